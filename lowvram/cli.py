@@ -1,0 +1,122 @@
+"""The `lowvram` command: parse, build the config, call one function. Errors are one line each."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import sys
+import typing
+from pathlib import Path
+
+from lowvram import __version__
+from lowvram.config import SECTIONS, build_config, fields_by_name, read_toml
+from lowvram.errors import LowvramError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line, with the closest valid flag."""
+
+    def error(self, message: str):
+        if "unrecognized arguments:" in message:
+            bad = message.split(":", 1)[1].split()
+            flags = [o for a in self._actions for o in a.option_strings]
+            hints = [difflib.get_close_matches(b.split("=")[0], flags, n=1) for b in bad]
+            hint = "; ".join(f"did you mean {h[0]}?" for h in hints if h)
+            message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, grouped by section; the field's metadata is its help."""
+    table = fields_by_name()
+    groups = {section: parser.add_argument_group(section) for section in SECTIONS}
+    for name, (section, f, kind) in table.items():
+        meta = f.metadata
+        flag = meta.get("flag") or "--" + name.replace("_", "-")
+        shown = "" if f.default in (None, dataclasses.MISSING) else f" [default: {f.default}]"
+        kwargs = dict(dest=name, default=argparse.SUPPRESS, help=meta["help"] + shown)
+        if kind is bool:
+            groups[section].add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(kind) is tuple:
+            groups[section].add_argument(flag, action="append", metavar=meta["metavar"], **kwargs)
+        else:
+            groups[section].add_argument(flag, choices=meta["choices"], metavar=meta["metavar"], **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lowvram", description="LoRA training for Stable Diffusion 1.5 and SDXL on small GPUs.")
+    parser.add_argument("--version", action="version", version=f"lowvram {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a LoRA", description="Train a LoRA. Options come from --config "
+                           "(TOML, same names in sections [model] [data] [network] [optim] [training] [output]) "
+                           "and from flags, which override the file.")
+    train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file)")
+    _add_config_flags(train)
+
+    gen = sub.add_parser("generate", help="render images with a LoRA",
+                         description="Render images from a base model with a LoRA applied (diffusers pipeline).")
+    gen.add_argument("--model", default="tiny", help="base model, as for train --model [default: tiny]")
+    gen.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
+                     help="force the architecture instead of detecting it")
+    gen.add_argument("--lora", type=Path, help="LoRA .safetensors file (kohya or diffusers format)")
+    gen.add_argument("--weight", type=float, default=1.0, help="LoRA strength [default: 1.0]")
+    gen.add_argument("--prompt", required=True, help="text prompt")
+    gen.add_argument("--negative-prompt", default=None, help="negative prompt")
+    gen.add_argument("--output", type=Path, default=Path("generated.png"),
+                     help="image path; with --count > 1, numbered files [default: generated.png]")
+    gen.add_argument("--count", type=int, default=1, help="number of images [default: 1]")
+    gen.add_argument("--steps", type=int, default=25, help="denoising steps [default: 25]")
+    gen.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale [default: 7.0]")
+    gen.add_argument("--resolution", type=int, default=None, help="image size in pixels [default: the model's]")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the first image [default: 0]")
+    return parser
+
+
+def train_values(args: argparse.Namespace) -> dict:
+    """Option values: the config file's, overridden by the flags given on the command line."""
+    values = read_toml(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k in fields_by_name()})
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        if args.command == "train":
+            from lowvram.train.loop import train
+
+            train(build_config(train_values(args)))
+        elif args.command == "generate":
+            from lowvram.generate import generate
+
+            for path in generate(args):
+                print(f"wrote {path}")
+    except LowvramError as exc:
+        for line in str(exc).splitlines():
+            print(f"lowvram {args.command}: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lowvram {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """diffusers/transformers warn about things users can't act on (safety checker, unused config keys)."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""The run configuration: typed, frozen dataclasses that flow from the CLI into the run.
+
+The dataclasses are the schema. Each field's metadata carries its `--help` text (and choices), the CLI
+builds its flags from them, a TOML file uses the same names in the same sections, and the resolved config
+is written back beside the LoRA in that form, so `--config` can replay any run. Every value passes through
+`build_config`, which collects all problems and reports them together, each naming the option and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowvram.errors import LowvramError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear")
+OPTIMIZERS = ("adamw",)
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+SAVE_PRECISION = ("fp16", "bf16", "fp32")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
+FORMATS = ("kohya", "diffusers")
+SAMPLE_DATA = "sample"
+
+
+def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None, metavar: str | None = None,
+           flag: str | None = None):
+    """A config field: its default, its `--help` text and, where it has them, the accepted values and a flag
+    name other than `--field-name`."""
+    meta = {"help": help, "choices": choices, "metavar": metavar, "flag": flag}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = option("tiny", "Base model: a family name (tiny, tiny-sdxl; sd15 and sdxl download from the hub), "
+                        "a diffusers folder, a single-file .safetensors checkpoint, or a hub id.", metavar="MODEL")
+    model_family: str | None = option(None, "Force the architecture instead of detecting it from the checkpoint.",
+                                      choices=FAMILIES)
+    prediction_type: str | None = option(None, "What the U-Net predicts; default: what the model's scheduler says "
+                                         "(epsilon for SD1.5/SDXL base).", choices=PREDICTION_TYPES)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data: str | None = option(None, "Image folder: images with same-named .txt/.caption files; kohya-style "
+                              "'N_name' subfolders repeat their images N times. 'sample' writes and uses the "
+                              "built-in sample dataset.", metavar="DIR")
+    resolution: int | None = option(None, "Training resolution in pixels (square; default: the model's native "
+                                    "size: 512 for SD1.5, 1024 for SDXL, 64 for the tiny models).", metavar="PX")
+    caption_extension: str = option(".txt", "Caption file extension tried first (.txt and .caption are both read).")
+    caption_template: str = option("{trigger}", "Caption for an image without a caption file; {trigger} is the "
+                                   "trigger word, or the folder's name without its repeat prefix.")
+    trigger_word: str | None = option(None, "Word that activates the LoRA; prepended to captions that lack it.")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    rank: int = option(16, "LoRA rank (dimension) of every adapted layer.", metavar="R")
+    alpha: float | None = option(None, "LoRA alpha; the update is scaled by alpha/rank (default: alpha = rank).")
+    dropout: float = option(0.0, "Dropout on the LoRA path during training.")
+    train_text_encoder: bool = option(False, "Also train LoRA adapters on the text encoder(s).")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = option("adamw", "Optimizer.", choices=OPTIMIZERS)
+    lr: float = option(1e-4, "Learning rate of the U-Net adapters.")
+    text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder adapters (default: --lr).")
+    weight_decay: float = option(1e-2, "AdamW weight decay.")
+    max_grad_norm: float = option(1.0, "Clip the gradient norm to this value (0 disables clipping).")
+    scheduler: str = option("constant", "Learning-rate schedule.", choices=SCHEDULERS)
+    warmup_steps: int = option(0, "Linear warm-up steps (used by every schedule except 'constant').")
+    scheduler_cycles: int = option(1, "Restarts of cosine_with_restarts.")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = option(1, "Images per micro-batch.")
+    gradient_accumulation: int = option(1, "Micro-batches per optimizer step (effective batch = batch size x this).")
+    max_steps: int | None = option(None, "Optimizer steps to train (give this or --epochs; default: 10 epochs).")
+    epochs: int | None = option(None, "Passes over the dataset, repeats included.")
+    seed: int = option(42, "Seed for noise, timesteps, data order and LoRA initialisation.")
+    mixed_precision: str = option("auto", "Compute precision: auto picks bf16 on GPUs that support it, fp16 on "
+                                  "older GPUs, no (fp32) on CPU.", choices=MIXED_PRECISION)
+    noise_offset: float = option(0.0, "Noise offset (e.g. 0.05) so the model learns very dark/bright images.")
+    min_snr_gamma: float | None = option(None, "Min-SNR loss weighting gamma (5 is the usual value; off by default).")
+    gradient_checkpointing: bool = option(False, "Recompute U-Net activations in backward to save memory.")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    output: str = option("output", "Output folder for the LoRA, its config, checkpoints and samples.", metavar="DIR")
+    name: str | None = option(None, "File name of the LoRA without extension (default: the output folder's name).")
+    format: str = option("kohya", "kohya: one .safetensors that ComfyUI, AUTOMATIC1111 and diffusers load; "
+                         "diffusers: also a diffusers/PEFT folder with adapter metadata.", choices=FORMATS)
+    save_every: str | None = option(None, "Also save every N steps ('500') or N epochs ('2e').", metavar="N[e]")
+    save_precision: str = option("fp16", "Precision of the saved LoRA.", choices=SAVE_PRECISION)
+    overwrite: bool = option(False, "Replace an existing LoRA of the same name in the output folder.")
+    sample_prompts: tuple[str, ...] = option((), "Prompt(s) to render with the trained LoRA at the end "
+                                             "(repeat the flag for several).", metavar="PROMPT",
+                                             flag="--sample-prompt")
+    sample_steps: int = option(20, "Denoising steps for sample images.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs, validated."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def alpha(self) -> float:
+        return float(self.network.alpha if self.network.alpha is not None else self.network.rank)
+
+    @property
+    def text_encoder_lr(self) -> float:
+        return self.optim.text_encoder_lr if self.optim.text_encoder_lr is not None else self.optim.lr
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.output)
+
+    @property
+    def output_name(self) -> str:
+        return self.output.name or self.output_dir.resolve().name
+
+    def to_toml_dict(self) -> dict[str, dict[str, Any]]:
+        """Sections of set values (TOML has no null), in the form `--config` reads back."""
+        out: dict[str, dict[str, Any]] = {}
+        for section in dataclasses.fields(self):
+            values = dataclasses.asdict(getattr(self, section.name))
+            out[section.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None}
+        return out
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}  # type: ignore[misc]
+
+
+def fields_by_name() -> dict[str, tuple[str, dataclasses.Field, Any]]:
+    """Every option: name -> (section, field, resolved type). Option names are unique across sections."""
+    table = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            table[f.name] = (section, f, hints[f.name])
+    return table
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Option values from a TOML config file, relative paths resolved against the file's folder."""
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise LowvramError(f"--config: file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise LowvramError(f"--config: {path} is not valid TOML: {exc}") from None
+    known = fields_by_name()
+    values: dict[str, Any] = {}
+    problems = []
+    for section, table in doc.items():
+        if section not in SECTIONS or not isinstance(table, dict):
+            hint = _did_you_mean(section, list(SECTIONS))
+            problems.append(f"{path}: unknown section [{section}]{hint}; sections are {', '.join(SECTIONS)}")
+            continue
+        for key, value in table.items():
+            if key not in known or known[key][0] != section:
+                where = f" (it belongs in [{known[key][0]}])" if key in known else _did_you_mean(key, list(known))
+                problems.append(f"{path}: unknown key '{key}' in [{section}]{where}")
+                continue
+            values[key] = value
+    if problems:
+        raise LowvramError("\n".join(problems))
+    base = path.resolve().parent
+    for key in ("data", "output"):
+        if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA and not Path(values[key]).is_absolute():
+            values[key] = str(base / values[key])
+    model = values.get("model")
+    if isinstance(model, str) and not Path(model).is_absolute() and (base / model).exists():
+        values["model"] = str(base / model)
+    return values
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """Convert a TOML or flag value to the field's type; raise ValueError with a readable reason."""
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("a value is required")
+    target = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
+    if typing.get_origin(target) is tuple:
+        if isinstance(value, str):
+            return (value,)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of strings")
+        return tuple(value)
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ValueError("expected true or false")
+    if target is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("expected a whole number")
+        return int(value)
+    if target is float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        return float(value)
+    if target is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError("expected a string")
+        return str(value)
+    return value
+
+
+def parse_save_every(value: str | None) -> tuple[int, str] | None:
+    """'500' / '500s' / '500 steps' -> (500, 'steps'); '2e' / '2 epochs' -> (2, 'epochs')."""
+    if value is None:
+        return None
+    text = str(value).strip().lower().replace(" ", "")
+    for suffix, unit in (("epochs", "epochs"), ("epoch", "epochs"), ("e", "epochs"),
+                         ("steps", "steps"), ("step", "steps"), ("s", "steps"), ("", "steps")):
+        if text.endswith(suffix):
+            number = text[: len(text) - len(suffix)] if suffix else text
+            if number.isdigit() and int(number) > 0:
+                return int(number), unit
+            break
+    raise ValueError(f"'{value}' is not a positive number of steps ('500') or epochs ('2e')")
+
+
+def build_config(values: dict[str, Any]) -> RunConfig:
+    """Validate option values (from TOML and flags, flags already merged on top) into a RunConfig.
+
+    Every problem is collected and reported at once, one line each, naming the flag and the fix.
+    """
+    known = fields_by_name()
+    problems: list[str] = []
+    sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, value in values.items():
+        if name not in known:
+            problems.append(f"unknown option '{name}'{_did_you_mean(name, list(known))}")
+            continue
+        section, f, kind = known[name]
+        flag = "--" + name.replace("_", "-")
+        try:
+            value = _coerce(value, kind)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{flag}: {value!r} is invalid: {exc}")
+            continue
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            problems.append(f"{flag}: '{value}' is not one of {', '.join(choices)}")
+            continue
+        sections[section][name] = value
+    config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
+    rejected = {"--" + line.split(":")[0].lstrip("-") for line in problems}
+    problems += [line for line in _check(config) if line.split(":")[0] not in rejected]
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return config
+
+
+def pickle_refusal(flag: str, path: str) -> str:
+    """Why a pickled checkpoint is refused, and the one command that converts it without running its code."""
+    out = str(Path(path).with_suffix(".safetensors"))
+    return (f"{flag}: {path} is a pickle file, which can run arbitrary code when loaded, so lowvram never opens it; "
+            f"convert it once to safetensors: python -c \"import torch, safetensors.torch as st; "
+            f"d = torch.load('{path}', weights_only=True); "
+            f"st.save_file({{k: v.contiguous() for k, v in d.get('state_dict', d).items()}}, '{out}')\"")
+
+
+def _check(c: RunConfig) -> list[str]:
+    """Cross-field and range checks; each message names the flag and the fix."""
+    p = []
+
+    def positive(flag: str, value: float | int | None, *, allow_zero: bool = False) -> None:
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            p.append(f"--{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+    if c.data.data is None:
+        p.append("--data: no dataset given; pass an image folder, or 'sample' for the built-in sample dataset")
+    elif c.data.data != SAMPLE_DATA and not Path(c.data.data).is_dir():
+        p.append(f"--data: folder not found: {c.data.data}")
+    model_path = Path(c.model.model)
+    if model_path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+        p.append(pickle_refusal("--model", c.model.model))
+    elif model_path.suffix.lower() == ".safetensors" and not model_path.is_file():
+        p.append(f"--model: file not found: {c.model.model}")
+    if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
+        p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
+    if c.data.caption_extension not in (".txt", ".caption"):
+        p.append(f"--caption-extension: '{c.data.caption_extension}' is not one of .txt, .caption")
+    if "{trigger}" not in c.data.caption_template and "{" in c.data.caption_template:
+        p.append("--caption-template: the only placeholder is {trigger}")
+    positive("rank", c.network.rank)
+    positive("alpha", c.network.alpha)
+    if not 0 <= c.network.dropout < 1:
+        p.append(f"--dropout: must be in [0, 1), got {c.network.dropout}")
+    positive("lr", c.optim.lr)
+    positive("text-encoder-lr", c.optim.text_encoder_lr, allow_zero=True)
+    positive("weight-decay", c.optim.weight_decay, allow_zero=True)
+    positive("max-grad-norm", c.optim.max_grad_norm, allow_zero=True)
+    positive("warmup-steps", c.optim.warmup_steps, allow_zero=True)
+    positive("scheduler-cycles", c.optim.scheduler_cycles)
+    positive("batch-size", c.training.batch_size)
+    positive("gradient-accumulation", c.training.gradient_accumulation)
+    positive("max-steps", c.training.max_steps)
+    positive("epochs", c.training.epochs)
+    positive("noise-offset", c.training.noise_offset, allow_zero=True)
+    positive("min-snr-gamma", c.training.min_snr_gamma)
+    positive("sample-steps", c.output.sample_steps)
+    if c.training.max_steps is not None and c.training.epochs is not None:
+        p.append("--max-steps and --epochs: can't use both; choose one")
+    if c.optim.text_encoder_lr is not None and not c.network.train_text_encoder:
+        p.append("--text-encoder-lr: set, but the text encoder is not trained; add --train-text-encoder")
+    try:
+        parse_save_every(c.output.save_every)
+    except ValueError as exc:
+        p.append(f"--save-every: {exc}")
+    name = c.output_name
+    if not name or any(ch in name for ch in '/\\:*?"<>|'):
+        p.append(f"--name: '{name}' is not a valid file name")
+    return p

@@ -1,0 +1,1 @@
+"""Datasets: scanning image folders with captions, and the built-in sample dataset."""

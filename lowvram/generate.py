@@ -1,0 +1,43 @@
+"""`lowvram generate`: render images from a base model with a LoRA applied, through diffusers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from lowvram.errors import LowvramError
+from lowvram.hardware import detect
+from lowvram.models.loading import load_model
+
+
+def generate(args: argparse.Namespace) -> list[Path]:
+    hardware = detect()
+    dtype = torch.float32 if hardware.device == "cpu" else (torch.bfloat16 if hardware.bf16 else torch.float16)
+    model = load_model(args.model, args.model_family, dtype=dtype)
+    pipeline = model.pipeline.to(hardware.device)
+    pipeline.set_progress_bar_config(disable=True)
+    if args.lora is not None:
+        if not args.lora.is_file():
+            raise LowvramError(f"--lora: file not found: {args.lora}")
+        if args.lora.suffix.lower() != ".safetensors":
+            raise LowvramError(f"--lora: {args.lora} is not a .safetensors file")
+        try:
+            pipeline.load_lora_weights(str(args.lora), adapter_name="lora")
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise LowvramError(f"--lora: {args.lora} does not fit {model.family.title}: "
+                               f"{str(exc).splitlines()[0]}") from None
+        pipeline.set_adapters(["lora"], adapter_weights=[args.weight])
+    size = args.resolution or model.family.resolution
+    paths = []
+    for i in range(args.count):
+        generator = torch.Generator("cpu").manual_seed(args.seed + i)
+        with torch.no_grad():
+            image = pipeline(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                             guidance_scale=args.guidance, height=size, width=size, generator=generator).images[0]
+        path = args.output if args.count == 1 else args.output.with_name(f"{args.output.stem}-{i:02d}{args.output.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,89 @@
+"""Model families as data: everything that differs between SD1.5 and SDXL lives here and nowhere else.
+
+The training loop, the LoRA export and the loaders read these fields; none of them asks "is this SDXL?".
+`tiny` and `tiny-sdxl` are the same structures shrunk for demos and tests (seeded random weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_ROOT = Path(__file__).parent / "configs"
+
+# peft target modules: the attention projections of the U-Net transformer blocks and of CLIP.
+UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """One text encoder of a family and how its output conditions the U-Net."""
+
+    component: str  # pipeline attribute: "text_encoder" / "text_encoder_2"
+    tokenizer: str  # pipeline attribute of its tokenizer
+    kohya_prefix: str  # LoRA key prefix that ComfyUI/A1111 expect: lora_te, lora_te1, lora_te2
+    hidden_state: int  # which hidden state feeds cross-attention: -1 = final (with final layer norm), -2 = penultimate
+    pooled: bool = False  # its projected pooled output conditions the U-Net (SDXL's text_embeds)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    title: str
+    config_dir: Path  # diffusers config folder (no weights) shipped in the package
+    pipeline_class: str  # diffusers pipeline that loads and samples this family
+    resolution: int  # native training resolution
+    text_encoders: tuple[TextEncoderSpec, ...]
+    size_conditioning: bool  # SDXL's add_time_ids: original size, crop top-left, target size
+    hub_id: str | None  # where `--model <family name>` downloads from (None: built from random weights)
+    # single-file checkpoint key -> shape that identifies this architecture (the cross-attention key width)
+    fingerprint: tuple[tuple[str, tuple[int, ...]], ...]
+    modelspec_architecture: str  # Stability's modelspec id written into LoRA metadata
+    base_model_version: str  # kohya's ss_base_model_version
+    unet_lora_targets: tuple[str, ...] = UNET_ATTENTION
+    text_lora_targets: tuple[str, ...] = CLIP_ATTENTION
+
+    @property
+    def is_random_init(self) -> bool:
+        return self.hub_id is None
+
+
+SD_TEXT = (TextEncoderSpec("text_encoder", "tokenizer", "lora_te", hidden_state=-1),)
+SDXL_TEXT = (
+    TextEncoderSpec("text_encoder", "tokenizer", "lora_te1", hidden_state=-2),
+    TextEncoderSpec("text_encoder_2", "tokenizer_2", "lora_te2", hidden_state=-2, pooled=True),
+)
+_ATTN2_K = "model.diffusion_model.input_blocks.{}.1.transformer_blocks.0.attn2.to_k.weight"
+
+FAMILIES: dict[str, ModelFamily] = {
+    f.name: f
+    for f in (
+        ModelFamily("sd15", "Stable Diffusion 1.5", CONFIG_ROOT / "sd15", "StableDiffusionPipeline", 512, SD_TEXT,
+                    size_conditioning=False, hub_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+                    fingerprint=((_ATTN2_K.format(1), (320, 768)),),
+                    modelspec_architecture="stable-diffusion-v1/lora", base_model_version="sd_v1"),
+        ModelFamily("sdxl", "Stable Diffusion XL", CONFIG_ROOT / "sdxl", "StableDiffusionXLPipeline", 1024, SDXL_TEXT,
+                    size_conditioning=True, hub_id="stabilityai/stable-diffusion-xl-base-1.0",
+                    fingerprint=((_ATTN2_K.format(4), (640, 2048)),),
+                    modelspec_architecture="stable-diffusion-xl-v1-base/lora", base_model_version="sdxl_base_v1-0"),
+        ModelFamily("tiny", "tiny SD (random weights)", CONFIG_ROOT / "tiny", "StableDiffusionPipeline", 64, SD_TEXT,
+                    size_conditioning=False, hub_id=None, fingerprint=((_ATTN2_K.format(1), (32, 32)),),
+                    modelspec_architecture="stable-diffusion-v1/lora", base_model_version="sd_v1"),
+        ModelFamily("tiny-sdxl", "tiny SDXL (random weights)", CONFIG_ROOT / "tiny-sdxl", "StableDiffusionXLPipeline",
+                    64, SDXL_TEXT, size_conditioning=True, hub_id=None,
+                    fingerprint=((_ATTN2_K.format(3), (64, 80)),),
+                    modelspec_architecture="stable-diffusion-xl-v1-base/lora", base_model_version="sdxl_base_v1-0"),
+    )
+}
+
+
+def family_for_pipeline(pipeline_class: str, cross_attention_dim: int) -> ModelFamily | None:
+    """The family whose pipeline class and U-Net cross-attention width match a diffusers model."""
+    import json
+
+    for family in FAMILIES.values():
+        unet = json.loads((family.config_dir / "unet" / "config.json").read_text())
+        if family.pipeline_class == pipeline_class and unet["cross_attention_dim"] == cross_attention_dim:
+            return family
+    return None

@@ -1,0 +1,214 @@
+"""Load a base model from whatever the user has: a family name, a diffusers folder, a single-file
+checkpoint in the original (LDM/SGM) layout, or a hub id. Single files load offline: the configs and
+tokenizer files they need ship in `lowvram/models/configs/`. Pickles are never opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lowvram.config import pickle_refusal
+from lowvram.errors import LowvramError
+from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+RANDOM_INIT_SEED = 0  # `--model tiny` is one fixed model, so a LoRA trained on it loads on it again later
+
+
+@dataclass
+class LoadedModel:
+    """A base model's components (inside a diffusers pipeline, which also samples) and where they came from."""
+
+    family: ModelFamily
+    pipeline: object  # diffusers StableDiffusionPipeline / StableDiffusionXLPipeline
+    source: str
+    name: str  # short name for metadata and file names
+    hash: str  # AUTOMATIC1111's short model hash (or a stand-in for random-init models)
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.pipeline.unet
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.pipeline.vae
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [getattr(self.pipeline, spec.component) for spec in self.family.text_encoders]
+
+    @property
+    def tokenizers(self) -> list:
+        return [getattr(self.pipeline, spec.tokenizer) for spec in self.family.text_encoders]
+
+
+def load_model(model: str, family: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load `model` (see `--model`); `family` overrides detection for checkpoints we can't identify."""
+    forced = FAMILIES[family] if family else None
+    path = Path(model).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise LowvramError(pickle_refusal("--model", model))
+    if model in FAMILIES and not path.exists():
+        spec = FAMILIES[model]
+        if spec.is_random_init:
+            return LoadedModel(spec, build_from_config(spec, dtype=dtype), model, model, f"random{RANDOM_INIT_SEED}")
+        return _load_from_hub(spec.hub_id, forced or spec, dtype)
+    if path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise LowvramError(f"--model: {model} is not a .safetensors checkpoint or a diffusers folder")
+        return _load_single_file(path, forced, dtype)
+    if path.is_dir():
+        return _load_diffusers_folder(path, forced, dtype)
+    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        return _load_from_hub(model, forced, dtype)
+    raise LowvramError(f"--model: '{model}' is not a file, a folder, a hub id or one of {', '.join(FAMILIES)}")
+
+
+def build_from_config(family: ModelFamily, dtype: torch.dtype = torch.float32, seed: int = RANDOM_INIT_SEED):
+    """A pipeline of the family's architecture with seeded random weights (no download, no weight files)."""
+    root = family.config_dir
+    index = json.loads((root / "model_index.json").read_text())
+    torch.manual_seed(seed)
+    components = {}
+    for name, entry in sorted(index.items()):
+        if name.startswith("_") or not isinstance(entry, list):
+            continue
+        library, class_name = entry
+        if library is None:
+            components[name] = None
+            continue
+        cls = getattr(importlib.import_module(library), class_name)
+        if library == "diffusers" and class_name.endswith("Scheduler"):
+            components[name] = cls.from_pretrained(root, subfolder=name)
+        elif library == "diffusers":
+            components[name] = cls.from_config(cls.load_config(root, subfolder=name)).to(dtype=dtype)
+        elif class_name.endswith("Tokenizer"):
+            components[name] = cls.from_pretrained(root, subfolder=name)
+        else:
+            config = cls.config_class.from_pretrained(root, subfolder=name)
+            components[name] = cls(config).to(dtype=dtype)
+    pipeline_cls = getattr(importlib.import_module("diffusers"), family.pipeline_class)
+    return pipeline_cls(**components)
+
+
+def detect_single_file_family(path: Path) -> ModelFamily:
+    """Identify a single-file checkpoint from its header (key names and shapes; no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys if "attn2.to_k.weight" in k}
+    except Exception as exc:  # safetensors raises its own error types for truncated/garbage files
+        raise LowvramError(f"--model: {path} is not a readable .safetensors file ({exc}); re-download it") from None
+    for family in FAMILIES.values():
+        if all(shapes.get(key) == shape for key, shape in family.fingerprint):
+            return family
+    raise LowvramError(f"--model: {path} {_describe_unknown_checkpoint(keys, shapes)}")
+
+
+def _describe_unknown_checkpoint(keys: list[str], shapes: dict[str, tuple[int, ...]]) -> str:
+    """Name what a checkpoint we can't train on probably is, and what to pass instead."""
+    if any(k.startswith(("lora_", "lycoris_")) or ".lora_" in k or "lora_A" in k or ".alpha" in k for k in keys):
+        return ("is a LoRA, not a base model; pass a base checkpoint to --model "
+                "(and this file to `lowvram generate --lora`)")
+    if any(k.startswith("model.diffusion_model.joint_blocks") for k in keys):
+        return "is a Stable Diffusion 3 checkpoint; lowvram trains SD1.5 and SDXL models"
+    if any("double_blocks" in k for k in keys):
+        return "is a Flux checkpoint; lowvram trains SD1.5 and SDXL models"
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        if any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys):
+            return "is a VAE, not a full checkpoint; pass a full SD1.5 or SDXL checkpoint"
+        if any(k.startswith(("down_blocks.", "conv_in.", "text_model.")) for k in keys):
+            return "is a single diffusers component; pass the whole diffusers folder (with model_index.json)"
+        return "has no U-Net (no model.diffusion_model.* keys); pass a full SD1.5 or SDXL checkpoint"
+    widths = sorted({shape[-1] for shape in shapes.values()})
+    guess = {1024: " (Stable Diffusion 2.x)", 1280: " (SDXL refiner)"}.get(widths[0] if widths else 0, "")
+    return (f"has an unknown U-Net (cross-attention width {widths}){guess}; lowvram trains SD1.5 and SDXL; "
+            "if it is one of those, say which with --model-family")
+
+
+def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype) -> LoadedModel:
+    family = forced or detect_single_file_family(path)
+    pipeline_cls = getattr(importlib.import_module("diffusers"), family.pipeline_class)
+    with _quiet_diffusers():
+        try:
+            pipeline = pipeline_cls.from_single_file(
+                str(path), config=str(family.config_dir), local_files_only=True, torch_dtype=dtype
+            )
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise LowvramError(f"--model: {path} could not be loaded as {family.title}: {_first_line(exc)}") from None
+    for name, component in pipeline.components.items():
+        # diffusers leaves weights the file lacks on the meta device instead of failing: catch it here
+        if isinstance(component, torch.nn.Module) and any(p.is_meta for p in component.parameters()):
+            raise LowvramError(f"--model: {path} has no (or incomplete) {name} weights; "
+                               f"pass a complete {family.title} checkpoint")
+    return LoadedModel(family, pipeline, str(path), path.stem, file_short_hash(path))
+
+
+def _load_diffusers_folder(path: Path, forced: ModelFamily | None, dtype: torch.dtype) -> LoadedModel:
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise LowvramError(f"--model: {path} is a folder without model_index.json, so not a diffusers model; "
+                           "pass a diffusers folder or a .safetensors checkpoint")
+    index = json.loads(index_file.read_text())
+    unet_config = json.loads((path / "unet" / "config.json").read_text())
+    family = forced or family_for_pipeline(index.get("_class_name", ""), unet_config.get("cross_attention_dim"))
+    if family is None:
+        raise LowvramError(f"--model: {path} is a {index.get('_class_name')} with cross-attention width "
+                           f"{unet_config.get('cross_attention_dim')}; lowvram trains SD1.5 and SDXL models")
+    pipeline_cls = getattr(importlib.import_module("diffusers"), family.pipeline_class)
+    try:
+        pipeline = pipeline_cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True,
+                                                safety_checker=None, requires_safety_checker=False)
+    except (OSError, EnvironmentError) as exc:
+        raise LowvramError(f"--model: {path} could not be loaded: {_first_line(exc)} (lowvram reads only "
+                           ".safetensors weights; convert pickle .bin files first)") from None
+    unet_weights = next((path / "unet").glob("*.safetensors"), None)
+    return LoadedModel(family, pipeline, str(path), path.name, file_short_hash(unet_weights) if unet_weights else "")
+
+
+def _load_from_hub(repo_id: str, family: ModelFamily | None, dtype: torch.dtype) -> LoadedModel:
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(repo_id, torch_dtype=dtype, use_safetensors=True,
+                                                     safety_checker=None, requires_safety_checker=False)
+    except Exception as exc:  # network, auth and missing-repo errors all end here
+        raise LowvramError(f"--model: could not download '{repo_id}' from the Hugging Face hub "
+                           f"({_first_line(exc)}); offline, pass a local .safetensors file or diffusers folder") from None
+    family = family or family_for_pipeline(type(pipeline).__name__, pipeline.unet.config.cross_attention_dim)
+    if family is None:
+        raise LowvramError(f"--model: '{repo_id}' is a {type(pipeline).__name__}; lowvram trains SD1.5 and SDXL")
+    return LoadedModel(family, pipeline, repo_id, repo_id.split("/")[-1], "")
+
+
+def file_short_hash(path: Path) -> str:
+    """AUTOMATIC1111's legacy model hash: sha256 of 64 KiB at offset 1 MiB (cheap on multi-GB files)."""
+    with open(path, "rb") as fh:
+        fh.seek(0x100000)
+        return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class _quiet_diffusers:
+    """diffusers logs a warning per unexpected key on single files; the user can't act on them."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("diffusers")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)

@@ -1,0 +1,1 @@
+"""Training: the loop, the objective, the conditioning and the LoRA export."""

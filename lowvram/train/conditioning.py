@@ -1,0 +1,43 @@
+"""Turning images and captions into what the U-Net sees, driven by the family's data (no SD/SDXL branches)."""
+
+from __future__ import annotations
+
+import torch
+
+from lowvram.data.dataset import Example
+from lowvram.models.families import ModelFamily
+
+
+def encode_images(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE latents scaled to unit variance, as the U-Net was trained on."""
+    latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, captions: list[str],
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cross-attention states (the encoders' chosen hidden states, concatenated) and the pooled embedding
+    of the encoder marked `pooled` (SDXL), exactly as the family's diffusers pipeline computes them."""
+    states, pooled = [], None
+    for spec, encoder, tokenizer in zip(family.text_encoders, text_encoders, tokenizers):
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        out = encoder(ids, output_hidden_states=True)
+        states.append(out.last_hidden_state if spec.hidden_state == -1 else out.hidden_states[spec.hidden_state])
+        if spec.pooled:
+            pooled = out.text_embeds
+    return torch.cat(states, dim=-1), pooled
+
+
+def unet_conditioning(family: ModelFamily, examples: list[Example], hidden: torch.Tensor,
+                      pooled: torch.Tensor | None, resolution: int) -> dict:
+    """Keyword arguments for the U-Net's forward besides the noisy latents and timesteps."""
+    kwargs: dict = {"encoder_hidden_states": hidden}
+    if family.size_conditioning:
+        time_ids = torch.tensor(
+            [[*ex.original_size, *ex.crop_top_left, resolution, resolution] for ex in examples],
+            device=hidden.device, dtype=hidden.dtype,
+        )
+        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+    return kwargs

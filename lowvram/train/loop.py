@@ -1,0 +1,249 @@
+"""The training run, top to bottom: data, model, adapters, optimizer, the loop, the LoRA file, samples."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import tomli_w
+import torch
+from rich.console import Console
+
+import lowvram
+from lowvram.config import SAMPLE_DATA, RunConfig, parse_save_every
+from lowvram.data.dataset import TrainingData, scan_images
+from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
+from lowvram.errors import LowvramError
+from lowvram.files import write_text
+from lowvram.hardware import detect, resolve_mixed_precision
+from lowvram.models.loading import LoadedModel, load_model
+from lowvram.train import lora
+from lowvram.train.conditioning import encode_images, encode_prompts, unet_conditioning
+from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
+from lowvram.train.progress import TrainingProgress
+
+DEFAULT_EPOCHS = 10
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainResult:
+    lora_path: Path
+    config_path: Path
+    samples: list[Path]
+    steps: int
+    epochs: int
+    final_loss: float
+
+
+def train(config: RunConfig, console: Console | None = None) -> TrainResult:
+    """Train a LoRA as `config` says and write it, its config and sample images to the output folder."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    console = console or Console()
+    out_dir = config.output_dir
+    lora_path = out_dir / f"{config.output_name}.safetensors"
+    if lora_path.exists() and not config.output.overwrite:
+        raise LowvramError(f"--output: {lora_path} exists; pass --overwrite to replace it, or choose another --name")
+    hardware = detect()
+    mixed_precision = resolve_mixed_precision(config.training.mixed_precision, hardware)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=hardware.device == "cpu")
+    device, weight_dtype = accelerator.device, WEIGHT_DTYPES[mixed_precision]
+    set_seed(config.training.seed)
+
+    # Data: scan once up front so a bad folder fails before any weight is loaded.
+    trigger = config.data.trigger_word
+    if config.data.data == SAMPLE_DATA:
+        data_root = write_sample_dataset(out_dir / "sample_data")
+        trigger = trigger or SAMPLE_TRIGGER
+    else:
+        data_root = Path(config.data.data)
+    items, notes = scan_images(data_root, config.data.caption_extension, config.data.caption_template, trigger)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+    # Model: everything frozen; compute weights in the mixed-precision dtype, the VAE in fp32 where it overflows.
+    with console.status(f"loading {config.model.model}"):
+        model = load_model(config.model.model, config.model.model_family)
+    family = model.family
+    resolution = config.data.resolution or family.resolution
+    noise_scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
+    if config.model.prediction_type:
+        noise_scheduler.register_to_config(prediction_type=config.model.prediction_type)
+        model.pipeline.scheduler.register_to_config(prediction_type=config.model.prediction_type)
+    vae_dtype = torch.float32 if weight_dtype == torch.float16 and model.vae.config.force_upcast else weight_dtype
+    for module in (model.unet, *model.text_encoders):
+        module.requires_grad_(False).to(device, dtype=weight_dtype)
+    model.vae.requires_grad_(False).to(device, dtype=vae_dtype)
+
+    # Adapters: seeded so the same config gives the same LoRA.
+    torch.manual_seed(config.training.seed)
+    trainable = lora.add_lora(model, config.network.rank, config.alpha, config.network.dropout,
+                              config.network.train_text_encoder)
+    if config.training.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        if config.network.train_text_encoder:
+            for encoder in model.text_encoders:
+                encoder.gradient_checkpointing_enable()
+    groups = [{"params": params, "lr": config.optim.lr if part == "unet" else config.text_encoder_lr}
+              for part, params in trainable.items()]
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.optim.weight_decay)
+
+    data = TrainingData(items, resolution, config.training.batch_size, config.training.seed)
+    steps_per_epoch = math.ceil(data.batches_per_epoch / config.training.gradient_accumulation)
+    total_steps = config.training.max_steps or steps_per_epoch * (config.training.epochs or DEFAULT_EPOCHS)
+    lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
+                                 num_training_steps=total_steps, num_cycles=config.optim.scheduler_cycles)
+    prepared = accelerator.prepare(model.unet, *[m for _, m in lora.adapted_modules(model)[1:]], optimizer,
+                                   lr_scheduler)
+    optimizer, lr_scheduler = prepared[-2], prepared[-1]
+    all_params = [p for params in trainable.values() for p in params]
+    train_text = config.network.train_text_encoder
+    save_every = parse_save_every(config.output.save_every)
+
+    console.print(
+        f"[bold]lowvram[/] {family.title} from {model.source} on {hardware.name} ({mixed_precision}) | "
+        f"{len(items)} images, {len(data.expanded)} with repeats, {resolution}px | rank {config.network.rank} "
+        f"alpha {config.alpha:g} | {total_steps} steps = {total_steps / steps_per_epoch:.3g} epochs "
+        f"of {steps_per_epoch} | batch {config.training.batch_size} x {config.training.gradient_accumulation}"
+    )
+    started = datetime.now(timezone.utc)
+    metrics_path = out_dir / "metrics.jsonl"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = open(metrics_path, "w", encoding="utf-8")
+    batches = data.batches()
+    epoch = 0
+    model.unet.train()
+    with TrainingProgress(console, total_steps) as progress, metrics:
+        for step in range(1, total_steps + 1):
+            step_start, step_loss = time.perf_counter(), 0.0
+            for _ in range(config.training.gradient_accumulation):
+                epoch, examples = next(batches)
+                pixels = torch.stack([ex.pixels for ex in examples])
+                with torch.no_grad():
+                    latents = encode_images(model.vae, pixels).to(weight_dtype)
+                with torch.set_grad_enabled(train_text), accelerator.autocast():
+                    hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers,
+                                                    [ex.caption for ex in examples], device)
+                    conditioning = unet_conditioning(family, examples, hidden, pooled, resolution)
+                noise = sample_noise(latents, config.training.noise_offset)
+                timesteps = sample_timesteps(noise_scheduler, len(examples), device)
+                with accelerator.autocast():
+                    loss = diffusion_loss(model.unet, noise_scheduler, latents, conditioning, noise, timesteps,
+                                          config.training.min_snr_gamma)
+                accelerator.backward(loss / config.training.gradient_accumulation)
+                step_loss += loss.item() / config.training.gradient_accumulation
+            if config.optim.max_grad_norm:
+                accelerator.clip_grad_norm_(all_params, config.optim.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            lr = lr_scheduler.get_last_lr()[0]
+            smoothed = progress.update(step, step_loss, lr)
+            metrics.write(json.dumps({"step": step, "epoch": epoch, "loss": step_loss, "loss_smoothed": smoothed,
+                                      "lr": lr, "seconds": time.perf_counter() - step_start}) + "\n")
+            if save_every and step < total_steps and _is_save_point(save_every, step, steps_per_epoch):
+                suffix = f"step{step:06d}" if save_every[1] == "steps" else f"e{step // steps_per_epoch:04d}"
+                _save(config, model, items, out_dir / f"{config.output_name}-{suffix}.safetensors",
+                      step, epoch, resolution, trigger, started)
+
+    model.unet.eval()
+    epochs_done = math.ceil(total_steps / steps_per_epoch)
+    _save(config, model, items, lora_path, total_steps, epochs_done, resolution, trigger, started)
+    if config.output.format == "diffusers":
+        lora.save_diffusers(model, out_dir / f"{config.output_name}-diffusers", config.output.save_precision)
+    config_path = write_text(out_dir / f"{config.output_name}.toml", tomli_w.dumps(config.to_toml_dict()))
+    samples = render_samples(model, config, out_dir / "samples", resolution, accelerator)
+    console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples))
+    return TrainResult(lora_path, config_path, samples, total_steps, epochs_done, progress.loss or float("nan"))
+
+
+def _is_save_point(save_every: tuple[int, str], step: int, steps_per_epoch: int) -> bool:
+    every, unit = save_every
+    if unit == "steps":
+        return step % every == 0
+    return step % steps_per_epoch == 0 and (step // steps_per_epoch) % every == 0
+
+
+def _save(config: RunConfig, model: LoadedModel, items, path: Path, step: int, epoch: int, resolution: int,
+          trigger: str | None, started: datetime) -> Path:
+    metadata = lora_metadata(config, model, items, step, epoch, resolution, trigger, started)
+    return lora.save_kohya(model, path, config.alpha, config.output.save_precision, metadata)
+
+
+def lora_metadata(config: RunConfig, model: LoadedModel, items, step: int, epoch: int, resolution: int,
+                  trigger: str | None, started: datetime) -> dict[str, str]:
+    """What kohya (ss_*), Stability's modelspec and lowvram record, so UIs and model sites can show it."""
+    family = model.family
+    folders: dict[str, list[str]] = {}
+    for item in items:
+        folders.setdefault(f"{item.repeats}_{item.path.parent.name}", []).append(item.caption)
+    prediction = model.pipeline.scheduler.config.prediction_type
+    now = datetime.now(timezone.utc)
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.network.rank),
+        "ss_network_alpha": f"{config.alpha:g}",
+        "ss_network_dropout": f"{config.network.dropout:g}",
+        "ss_base_model_version": family.base_model_version,
+        "ss_sd_model_name": model.name,
+        "ss_sd_model_hash": model.hash,
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_steps": str(step),
+        "ss_epoch": str(epoch),
+        "ss_num_train_images": str(sum(item.repeats for item in items)),
+        "ss_learning_rate": f"{config.optim.lr:g}",
+        "ss_unet_lr": f"{config.optim.lr:g}",
+        "ss_text_encoder_lr": f"{config.text_encoder_lr:g}" if config.network.train_text_encoder else "0",
+        "ss_lr_scheduler": config.optim.scheduler,
+        "ss_optimizer": config.optim.optimizer,
+        "ss_seed": str(config.training.seed),
+        "ss_noise_offset": f"{config.training.noise_offset:g}",
+        "ss_min_snr_gamma": f"{config.training.min_snr_gamma or 0:g}",
+        "ss_batch_size_per_device": str(config.training.batch_size),
+        "ss_gradient_accumulation_steps": str(config.training.gradient_accumulation),
+        "ss_output_name": config.output_name,
+        "ss_training_comment": trigger or "",
+        "ss_training_started_at": str(started.timestamp()),
+        "ss_training_finished_at": str(now.timestamp()),
+        "ss_tag_frequency": lora.tag_frequency(folders),
+        "ss_v2": "False",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": family.modelspec_architecture,
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": config.output_name,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
+        "modelspec.date": now.strftime("%Y-%m-%dT%H:%M:%S"),
+        "lowvram.version": lowvram.__version__,
+        "lowvram.family": family.name,
+        "lowvram.base_model": model.source,
+        "lowvram.trigger_word": trigger or "",
+        "lowvram.dataset_images": str(len(items)),
+        "lowvram.config": tomli_w.dumps(config.to_toml_dict()),
+    }
+
+
+def render_samples(model: LoadedModel, config: RunConfig, folder: Path, resolution: int, accelerator) -> list[Path]:
+    """Render each sample prompt with the trained adapters active (seeded: one fixed image per prompt)."""
+    paths = []
+    pipeline = model.pipeline
+    pipeline.set_progress_bar_config(disable=True)
+    for i, prompt in enumerate(config.output.sample_prompts):
+        generator = torch.Generator("cpu").manual_seed(config.training.seed + i)
+        with torch.no_grad(), accelerator.autocast():
+            image = pipeline(prompt, num_inference_steps=config.output.sample_steps, height=resolution,
+                             width=resolution, generator=generator).images[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{config.output_name}-{i:02d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,35 @@
+"""The diffusion training objective: DDPM noising, epsilon or v target, min-SNR weighting, noise offset."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
+
+
+def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian noise; with an offset, plus a per-channel constant so the model can shift overall brightness."""
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    if noise_offset:
+        noise += noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator,
+                                            device=latents.device, dtype=latents.dtype)
+    return noise
+
+
+def sample_timesteps(scheduler, batch: int, device: torch.device, generator: torch.Generator | None = None):
+    return torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device)
+
+
+def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, conditioning: dict,
+                   noise: torch.Tensor, timesteps: torch.Tensor, min_snr_gamma: float | None = None) -> torch.Tensor:
+    """MSE between the U-Net's prediction for the noised latents and its target (noise or velocity)."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction_type = scheduler.config.prediction_type
+    target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, **conditioning).sample
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:
+        snr = compute_snr(scheduler, timesteps)
+        weight = snr.clamp(max=min_snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+        loss = loss * weight
+    return loss.mean()

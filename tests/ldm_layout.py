@@ -1,0 +1,210 @@
+"""Test helper: write diffusers/transformers weights in the ORIGINAL single-file checkpoint layout.
+
+Stable Diffusion checkpoints downloaded from model sites use the CompVis LDM (SD1.x) or
+Stability "sgm" (SDXL) key layout.  This module is the inverse of the converters in
+``diffusers.loaders.single_file_utils`` so tests can build such files from tiny random models.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+SD15_CLIP_PREFIX = "cond_stage_model.transformer."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+
+# diffusers prefix -> (LDM prefix, renames applied to each remaining dotted part of the key)
+Table = dict[str, tuple[str, dict[str, str]]]
+
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+_OPEN_CLIP_LAYER = {
+    "self_attn.out_proj": "attn.out_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+
+
+def _remap(state_dict: dict[str, torch.Tensor], table: Table, out_prefix: str) -> dict[str, torch.Tensor]:
+    """Rename every key by its longest prefix found in ``table``; raise on a key no entry covers."""
+    out = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        for n in range(len(parts) - 1, 0, -1):
+            head = ".".join(parts[:n]) + "."
+            if head in table:
+                new_head, renames = table[head]
+                out[out_prefix + new_head + ".".join(renames.get(p, p) for p in parts[n:])] = value
+                break
+        else:
+            raise KeyError(f"no original-layout mapping for {key!r}")
+    return out
+
+
+def _has(state_dict: dict[str, Any], prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in state_dict)
+
+
+def _per_block(value: int | list[int] | tuple[int, ...], n: int) -> list[int]:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+def unet_to_ldm(state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """diffusers ``UNet2DConditionModel`` state dict -> ``model.diffusion_model.*`` (SD1.x / SDXL)."""
+    table: Table = {
+        "conv_in.": ("input_blocks.0.0.", {}),
+        "time_embedding.linear_1.": ("time_embed.0.", {}),
+        "time_embedding.linear_2.": ("time_embed.2.", {}),
+        "conv_norm_out.": ("out.0.", {}),
+        "conv_out.": ("out.2.", {}),
+    }
+    for emb in ("add_embedding", "class_embedding"):  # SDXL "text_time" / class-conditioned UNets
+        table[f"{emb}.linear_1."] = ("label_emb.0.0.", {})
+        table[f"{emb}.linear_2."] = ("label_emb.0.2.", {})
+
+    # input_blocks: conv_in, then per level `layers` x [resnet, attention?], then [downsample] if any
+    layers = _per_block(config["layers_per_block"], len(config["down_block_types"]))
+    slot = 1
+    for b, n_layers in enumerate(layers):
+        for i in range(n_layers):
+            table[f"down_blocks.{b}.resnets.{i}."] = (f"input_blocks.{slot}.0.", _UNET_RESNET)
+            table[f"down_blocks.{b}.attentions.{i}."] = (f"input_blocks.{slot}.1.", {})
+            slot += 1
+        if _has(state_dict, f"down_blocks.{b}.downsamplers."):
+            table[f"down_blocks.{b}.downsamplers.0.conv."] = (f"input_blocks.{slot}.0.op.", {})
+            slot += 1
+
+    # middle_block: resnet, attention, resnet (interleaved, numbered consecutively)
+    slot, i = 0, 0
+    while _has(state_dict, f"mid_block.resnets.{i}."):
+        table[f"mid_block.resnets.{i}."] = (f"middle_block.{slot}.", _UNET_RESNET)
+        slot += 1
+        if _has(state_dict, f"mid_block.attentions.{i}."):
+            table[f"mid_block.attentions.{i}."] = (f"middle_block.{slot}.", {})
+            slot += 1
+        i += 1
+
+    # output_blocks: per level `layers + 1` x [resnet, attention?, upsample on the level's last one]
+    slot = 0
+    for b, n_layers in enumerate(reversed(layers)):
+        for i in range(n_layers + 1):
+            table[f"up_blocks.{b}.resnets.{i}."] = (f"output_blocks.{slot}.0.", _UNET_RESNET)
+            upsample_at = 1
+            if _has(state_dict, f"up_blocks.{b}.attentions.{i}."):
+                table[f"up_blocks.{b}.attentions.{i}."] = (f"output_blocks.{slot}.1.", {})
+                upsample_at = 2
+            slot += 1
+        table[f"up_blocks.{b}.upsamplers.0."] = (f"output_blocks.{slot - 1}.{upsample_at}.", {})
+    return _remap(state_dict, table, UNET_PREFIX)
+
+
+def vae_to_ldm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers ``AutoencoderKL`` state dict -> ``first_stage_model.*``."""
+    table: Table = {f"{p}.": (f"{p}.", {}) for p in ("quant_conv", "post_quant_conv")}
+    for side in ("encoder", "decoder"):
+        table[f"{side}.conv_in."] = (f"{side}.conv_in.", {})
+        table[f"{side}.conv_out."] = (f"{side}.conv_out.", {})
+        table[f"{side}.conv_norm_out."] = (f"{side}.norm_out.", {})
+        for i in range(2):
+            table[f"{side}.mid_block.resnets.{i}."] = (f"{side}.mid.block_{i + 1}.", _VAE_RESNET)
+        for ours, theirs in _VAE_ATTN.items():
+            table[f"{side}.mid_block.attentions.0.{ours}."] = (f"{side}.mid.attn_1.{theirs}.", {})
+
+    n_down = len({k.split(".")[2] for k in state_dict if k.startswith("encoder.down_blocks.")})
+    for i in range(n_down):
+        table[f"encoder.down_blocks.{i}.resnets."] = (f"encoder.down.{i}.block.", _VAE_RESNET)
+        table[f"encoder.down_blocks.{i}.downsamplers.0."] = (f"encoder.down.{i}.downsample.", {})
+    n_up = len({k.split(".")[2] for k in state_dict if k.startswith("decoder.up_blocks.")})
+    for i in range(n_up):  # LDM numbers decoder levels from the lowest resolution up
+        table[f"decoder.up_blocks.{i}.resnets."] = (f"decoder.up.{n_up - 1 - i}.block.", _VAE_RESNET)
+        table[f"decoder.up_blocks.{i}.upsamplers.0."] = (f"decoder.up.{n_up - 1 - i}.upsample.", {})
+
+    out = _remap(state_dict, table, VAE_PREFIX)
+    # LDM's AttnBlock uses 1x1 convolutions: its q/k/v/proj_out weights are [C, C, 1, 1]
+    return {
+        k: v[:, :, None, None] if ".mid.attn_1." in k and k.endswith(".weight") and v.ndim == 2 else v
+        for k, v in out.items()
+    }
+
+
+def clip_text_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """transformers ``CLIPTextModel`` -> ``{prefix}text_model.*`` (``position_ids`` buffers dropped).
+
+    transformers >= 5.6 flattened ``CLIPTextModel`` (no ``text_model.`` in its keys); the original
+    layout always has it, so it is added where missing.
+    """
+    return {
+        prefix + (k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k): v
+        for k, v in state_dict.items()
+        if not k.endswith("position_ids")
+    }
+
+
+def open_clip_to_sgm(
+    state_dict: dict[str, torch.Tensor], num_layers: int, prefix: str = SDXL_OPEN_CLIP_PREFIX
+) -> dict[str, torch.Tensor]:
+    """transformers ``CLIPTextModelWithProjection`` -> OpenCLIP layout under ``prefix`` (SDXL encoder 2)."""
+    sd = {k.removeprefix("text_model."): v for k, v in state_dict.items() if not k.endswith("position_ids")}
+    out = {
+        "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": sd.pop("final_layer_norm.weight"),
+        "ln_final.bias": sd.pop("final_layer_norm.bias"),
+        # OpenCLIP computes `x @ text_projection`: the transpose of the nn.Linear weight, [hidden, proj]
+        "text_projection": sd.pop("text_projection.weight").T,
+        "logit_scale": torch.tensor(math.log(100.0)),  # present in real SDXL files, unused by diffusers
+    }
+    for i in range(num_layers):
+        src, dst = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [sd.pop(f"{src}self_attn.{p}_proj.{kind}") for p in "qkv"]
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(qkv)
+            for ours, theirs in _OPEN_CLIP_LAYER.items():
+                out[f"{dst}{theirs}.{kind}"] = sd.pop(f"{src}{ours}.{kind}")
+    if sd:
+        raise KeyError(f"no OpenCLIP mapping for {sorted(sd)}")
+    return {prefix + k: v for k, v in out.items()}
+
+
+def _finish(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+
+
+def sd15_single_file(unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module) -> dict:
+    """Full SD1.x single-file state dict (LDM layout), ready for ``safetensors.torch.save_file``."""
+    return _finish(
+        {
+            **unet_to_ldm(unet.state_dict(), unet.config),
+            **vae_to_ldm(vae.state_dict()),
+            **clip_text_to_ldm(text_encoder.state_dict(), SD15_CLIP_PREFIX),
+        }
+    )
+
+
+def sdxl_single_file(
+    unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module, text_encoder_2: torch.nn.Module
+) -> dict:
+    """Full SDXL single-file state dict (sgm layout), ready for ``safetensors.torch.save_file``."""
+    return _finish(
+        {
+            **unet_to_ldm(unet.state_dict(), unet.config),
+            **vae_to_ldm(vae.state_dict()),
+            **clip_text_to_ldm(text_encoder.state_dict(), SDXL_CLIP_PREFIX),
+            **open_clip_to_sgm(text_encoder_2.state_dict(), text_encoder_2.config.num_hidden_layers),
+        }
+    )
