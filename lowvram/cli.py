@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         if "unrecognized arguments:" in message:
-            bad = message.split(":", 1)[1].split()
+            bad = [word for word in message.split(":", 1)[1].split() if word.startswith("-")]
             flags = [o for a in self._actions for o in a.option_strings]
             hints = [difflib.get_close_matches(b.split("=")[0], flags, n=1) for b in bad]
             hint = "; ".join(f"did you mean {h[0]}?" for h in hints if h)
@@ -36,7 +36,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         meta = f.metadata
         flag = meta.get("flag") or "--" + name.replace("_", "-")
         shown = "" if f.default in (None, dataclasses.MISSING) else f" [default: {f.default}]"
-        kwargs = dict(dest=name, default=argparse.SUPPRESS, help=meta["help"] + shown)
+        kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
         if kind is bool:
             groups[section].add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(kind) is tuple:
@@ -46,17 +46,17 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lowvram", description="LoRA training for Stable Diffusion 1.5 and SDXL on small GPUs.")
+    parser = _Parser(prog="lowvram", allow_abbrev=False, description="LoRA training for Stable Diffusion 1.5 and SDXL on small GPUs.")
     parser.add_argument("--version", action="version", version=f"lowvram {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = sub.add_parser("train", help="train a LoRA", description="Train a LoRA. Options come from --config "
+    train = sub.add_parser("train", allow_abbrev=False, help="train a LoRA", description="Train a LoRA. Options come from --config "
                            "(TOML, same names in sections [model] [data] [network] [optim] [training] [output]) "
                            "and from flags, which override the file.")
     train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file)")
     _add_config_flags(train)
 
-    gen = sub.add_parser("generate", help="render images with a LoRA",
+    gen = sub.add_parser("generate", allow_abbrev=False, help="render images with a LoRA",
                          description="Render images from a base model with a LoRA applied (diffusers pipeline).")
     gen.add_argument("--model", default="tiny", help="base model, as for train --model [default: tiny]")
     gen.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
@@ -84,7 +84,11 @@ def train_values(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the subcommand's parser, so the message names `lowvram train` and its flags
+        parser._subparsers._group_actions[0].choices[args.command].error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     _quiet_libraries()
     try:
         if args.command == "train":
@@ -114,7 +118,9 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 

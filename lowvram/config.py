@@ -200,6 +200,15 @@ def read_toml(path: Path) -> dict[str, Any]:
     return values
 
 
+def _absolute_path(name: str, value: Any) -> Any:
+    """Paths become absolute, so the resolved config saved beside the LoRA replays from any folder."""
+    if name in ("data", "output") and isinstance(value, str) and value != SAMPLE_DATA:
+        return str(Path(value).expanduser().absolute())
+    if name == "model" and isinstance(value, str) and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().absolute())
+    return value
+
+
 def _did_you_mean(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -279,6 +288,9 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             problems.append(f"{flag}: '{value}' is not one of {', '.join(choices)}")
             continue
         sections[section][name] = value
+    for name in ("model", "data", "output"):
+        section, f, _ = known[name]
+        sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
     config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
     rejected = {"--" + line.split(":")[0].lstrip("-") for line in problems}
     problems += [line for line in _check(config) if line.split(":")[0] not in rejected]
@@ -300,7 +312,7 @@ def _check(c: RunConfig) -> list[str]:
     """Cross-field and range checks; each message names the flag and the fix."""
     p = []
 
-    def positive(flag: str, value: float | int | None, *, allow_zero: bool = False) -> None:
+    def positive(flag: str, value: float | None, *, allow_zero: bool = False) -> None:
         if value is not None and (value < 0 or (value == 0 and not allow_zero)):
             p.append(f"--{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 

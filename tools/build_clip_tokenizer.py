@@ -32,7 +32,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def build(bpe_gz: Path, out_dir: Path) -> None:
-    lines = gzip.open(bpe_gz).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_gz) as fh:
+        lines = fh.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     vocab = list(bytes_to_unicode().values())
     vocab += [v + "</w>" for v in vocab]

@@ -100,13 +100,13 @@ def build_from_config(family: ModelFamily, dtype: torch.dtype = torch.float32, s
 
 def detect_single_file_family(path: Path) -> ModelFamily:
     """Identify a single-file checkpoint from its header (key names and shapes; no tensor is read)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys if "attn2.to_k.weight" in k}
-    except Exception as exc:  # safetensors raises its own error types for truncated/garbage files
+    except (OSError, SafetensorError) as exc:
         raise LowvramError(f"--model: {path} is not a readable .safetensors file ({exc}); re-download it") from None
     for family in FAMILIES.values():
         if all(shapes.get(key) == shape for key, shape in family.fingerprint):
@@ -137,12 +137,18 @@ def _describe_unknown_checkpoint(keys: list[str], shapes: dict[str, tuple[int, .
 
 def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype) -> LoadedModel:
     family = forced or detect_single_file_family(path)
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
     pipeline_cls = getattr(importlib.import_module("diffusers"), family.pipeline_class)
     with _quiet_diffusers():
         try:
             pipeline = pipeline_cls.from_single_file(
                 str(path), config=str(family.config_dir), local_files_only=True, torch_dtype=dtype
             )
+        except SingleFileComponentError as exc:
+            component = str(exc).split("Failed to load ", 1)[-1].split(".", 1)[0]
+            raise LowvramError(f"--model: {path} has no {component} weights; pass a complete "
+                               f"{family.title} checkpoint") from None
         except (ValueError, KeyError, RuntimeError) as exc:
             raise LowvramError(f"--model: {path} could not be loaded as {family.title}: {_first_line(exc)}") from None
     for name, component in pipeline.components.items():
@@ -168,7 +174,7 @@ def _load_diffusers_folder(path: Path, forced: ModelFamily | None, dtype: torch.
     try:
         pipeline = pipeline_cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True,
                                                 safety_checker=None, requires_safety_checker=False)
-    except (OSError, EnvironmentError) as exc:
+    except OSError as exc:
         raise LowvramError(f"--model: {path} could not be loaded: {_first_line(exc)} (lowvram reads only "
                            ".safetensors weights; convert pickle .bin files first)") from None
     unet_weights = next((path / "unet").glob("*.safetensors"), None)
@@ -181,7 +187,7 @@ def _load_from_hub(repo_id: str, family: ModelFamily | None, dtype: torch.dtype)
     try:
         pipeline = DiffusionPipeline.from_pretrained(repo_id, torch_dtype=dtype, use_safetensors=True,
                                                      safety_checker=None, requires_safety_checker=False)
-    except Exception as exc:  # network, auth and missing-repo errors all end here
+    except Exception as exc:  # noqa: BLE001 - hub, network and auth errors have no common base class
         raise LowvramError(f"--model: could not download '{repo_id}' from the Hugging Face hub "
                            f"({_first_line(exc)}); offline, pass a local .safetensors file or diffusers folder") from None
     family = family or family_for_pipeline(type(pipeline).__name__, pipeline.unet.config.cross_attention_dim)

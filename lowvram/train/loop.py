@@ -38,6 +38,7 @@ class TrainResult:
     steps: int
     epochs: int
     final_loss: float
+    model: LoadedModel  # the base model with the trained adapters still attached
 
 
 def train(config: RunConfig, console: Console | None = None) -> TrainResult:
@@ -117,11 +118,10 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     started = datetime.now(timezone.utc)
     metrics_path = out_dir / "metrics.jsonl"
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = open(metrics_path, "w", encoding="utf-8")
     batches = data.batches()
     epoch = 0
     model.unet.train()
-    with TrainingProgress(console, total_steps) as progress, metrics:
+    with TrainingProgress(console, total_steps) as progress, open(metrics_path, "w", encoding="utf-8") as metrics:
         for step in range(1, total_steps + 1):
             step_start, step_loss = time.perf_counter(), 0.0
             for _ in range(config.training.gradient_accumulation):
@@ -163,7 +163,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     config_path = write_text(out_dir / f"{config.output_name}.toml", tomli_w.dumps(config.to_toml_dict()))
     samples = render_samples(model, config, out_dir / "samples", resolution, accelerator)
     console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples))
-    return TrainResult(lora_path, config_path, samples, total_steps, epochs_done, progress.loss or float("nan"))
+    return TrainResult(lora_path, config_path, samples, total_steps, epochs_done, progress.loss or float("nan"), model)
 
 
 def _is_save_point(save_every: tuple[int, str], step: int, steps_per_epoch: int) -> bool:

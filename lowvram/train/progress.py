@@ -20,7 +20,7 @@ class TrainingProgress:
         )
         self.task = self.progress.add_task("train", total=total_steps, stats="")
 
-    def __enter__(self) -> TrainingProgress:
+    def __enter__(self):
         self.progress.start()
         return self
 

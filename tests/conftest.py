@@ -1,0 +1,42 @@
+"""Shared fixtures. Everything runs offline on the CPU with the tiny models."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach for the Hugging Face hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import socket
+
+import pytest
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+from lowvram.data.sample import write_sample_dataset
+
+diffusers_logging.set_verbosity_error()
+transformers_logging.set_verbosity_error()
+
+
+@pytest.fixture
+def sample_data(tmp_path):
+    return write_sample_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def run_config(**overrides):
+    """A validated RunConfig for a short tiny-model run; keyword arguments override the defaults."""
+    from lowvram.config import build_config
+
+    values = {"model": "tiny", "data": "sample", "max_steps": 4, "rank": 4, "overwrite": True}
+    values.update(overrides)
+    return build_config(values)

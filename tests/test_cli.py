@@ -1,0 +1,86 @@
+"""The command line: every option documented, bad options get one line naming them, pickles are refused."""
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from lowvram.cli import build_parser, main
+from lowvram.config import fields_by_name
+
+
+def help_text(*argv):
+    return subprocess.run([sys.executable, "-m", "lowvram", *argv, "--help"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_top_level_help_lists_the_subcommands():
+    text = help_text()
+    assert "train" in text and "generate" in text
+
+
+def test_train_help_describes_every_option():
+    text = help_text("train")
+    for name, (_, field, _) in fields_by_name().items():
+        flag = field.metadata.get("flag") or "--" + name.replace("_", "-")
+        assert flag in text, flag
+        first_words = " ".join(field.metadata["help"].split()[:3])
+        assert first_words in " ".join(text.split()), f"help of {flag} missing"
+
+
+def test_generate_help_describes_every_option():
+    parser = build_parser()
+    generate = parser._subparsers._group_actions[0].choices["generate"]
+    for action in generate._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{action.option_strings} has no help"
+    assert "--lora" in help_text("generate")
+
+
+def test_unknown_option_is_one_line_naming_it():
+    result = subprocess.run([sys.executable, "-m", "lowvram", "train", "--data", "sample", "--lerning-rate", "1"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "--lerning-rate" in lines[0]
+
+
+def test_misspelled_option_suggests_the_right_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", "sample", "--batch-siz", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "did you mean --batch-size?" in err
+
+
+def test_bad_value_is_one_line_naming_the_option(capsys):
+    assert main(["train", "--data", "sample", "--rank", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lowvram train: error: --rank: must be > 0, got 0"]
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_checkpoint_is_refused_unopened(tmp_path, capsys, sample_data):
+    marker = tmp_path / "pwned"
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(pickle.dumps({"state_dict": _Exploit(str(marker))}))
+    assert main(["train", "--model", str(checkpoint), "--data", str(sample_data)]) == 2
+    err = capsys.readouterr().err
+    assert "model.ckpt is a pickle file" in err and "convert it once to safetensors" in err
+    assert not marker.exists()
+
+    from lowvram.errors import LowvramError
+    from lowvram.models import load_model
+
+    with pytest.raises(LowvramError, match="pickle"):
+        load_model(str(checkpoint))
+    assert not marker.exists()

@@ -1,0 +1,86 @@
+"""The run configuration: TOML + flags merge, validation that names every problem, the saved config replays."""
+
+import pytest
+import tomllib
+
+from lowvram.cli import build_parser, train_values
+from lowvram.config import RunConfig, build_config, parse_save_every, read_toml
+from lowvram.errors import LowvramError
+
+
+def parse_train(argv):
+    return train_values(build_parser().parse_args(["train", *argv]))
+
+
+def test_flags_override_the_file_and_file_paths_are_relative_to_it(tmp_path, sample_data):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('[data]\ndata = "data"\nresolution = 128\n[network]\nrank = 8\n[output]\noutput = "out"\n')
+    config = build_config(parse_train(["--config", str(config_file), "--rank", "32"]))
+    assert config.network.rank == 32  # flag wins
+    assert config.data.resolution == 128  # file value kept
+    assert config.data.data == str(sample_data)  # resolved against the file's folder, not the cwd
+    assert config.output.output == str(tmp_path / "out")
+
+
+def test_unknown_toml_key_is_named_with_its_section(tmp_path):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text("[network]\nrank = 8\nrnak = 4\nlr = 1e-4\n")
+    with pytest.raises(LowvramError) as err:
+        read_toml(config_file)
+    message = str(err.value)
+    assert "unknown key 'rnak' in [network]" in message and "did you mean 'rank'" in message
+    assert "'lr' in [network] (it belongs in [optim])" in message
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text("[netwrk]\nrank = 8\n")
+    with pytest.raises(LowvramError, match=r"unknown section \[netwrk\] \(did you mean 'network'\?\)"):
+        read_toml(config_file)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(LowvramError) as err:
+        build_config({"data": "/no/such/folder", "lr": -1, "scheduler": "cosin", "max_steps": 3, "epochs": 2,
+                      "rank": "x"})
+    lines = str(err.value).splitlines()
+    assert any(line.startswith("--scheduler: 'cosin' is not one of constant") for line in lines)
+    assert any(line.startswith("--rank:") for line in lines)
+    assert "--data: folder not found: /no/such/folder" in lines
+    assert "--lr: must be > 0, got -1.0" in lines
+    assert "--max-steps and --epochs: can't use both; choose one" in lines
+
+
+def test_text_encoder_lr_without_training_the_text_encoder_is_refused():
+    with pytest.raises(LowvramError, match="--text-encoder-lr: .*add --train-text-encoder"):
+        build_config({"data": "sample", "text_encoder_lr": 1e-5})
+
+
+@pytest.mark.parametrize("text, expected", [("500", (500, "steps")), ("2e", (2, "epochs")),
+                                            ("3 epochs", (3, "epochs")), ("100steps", (100, "steps"))])
+def test_save_every_accepts_steps_and_epochs(text, expected):
+    assert parse_save_every(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "e", "2x", "1.5e"])
+def test_save_every_rejects_nonsense(text):
+    with pytest.raises(ValueError):
+        parse_save_every(text)
+
+
+def test_resolved_config_replays_to_the_same_config(tmp_path):
+    config = build_config({"data": "sample", "rank": 8, "alpha": 4, "sample_prompts": ["a", "b"], "lr": 3e-4,
+                           "min_snr_gamma": 5, "save_every": "2e"})
+    import tomli_w
+
+    path = tmp_path / "resolved.toml"
+    path.write_text(tomli_w.dumps(config.to_toml_dict()))
+    assert tomllib.loads(path.read_text())["network"]["alpha"] == 4
+    assert build_config(read_toml(path)) == config
+
+
+def test_defaults_are_a_valid_config_given_data():
+    config = build_config({"data": "sample"})
+    assert isinstance(config, RunConfig)
+    assert config.alpha == config.network.rank  # alpha defaults to rank: scale 1
+    assert config.text_encoder_lr == config.optim.lr

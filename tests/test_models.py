@@ -1,0 +1,102 @@
+"""Loading base models: single-file checkpoints offline, diffusers folders, and clear refusals of wrong kinds."""
+
+import pytest
+import torch
+from ldm_layout import sd15_single_file, sdxl_single_file
+from safetensors.torch import save_file
+
+from lowvram.errors import LowvramError
+from lowvram.models import FAMILIES, load_model
+from lowvram.models.loading import detect_single_file_family
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-sdxl"])
+def base(request):
+    return load_model(request.param)
+
+
+def single_file(model, path):
+    p = model.pipeline
+    if model.family.size_conditioning:
+        state = sdxl_single_file(p.unet, p.vae, p.text_encoder, p.text_encoder_2)
+    else:
+        state = sd15_single_file(p.unet, p.vae, p.text_encoder)
+    save_file(state, str(path))
+    return path
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=key)
+
+
+def test_random_init_models_are_fixed(base):
+    again = load_model(base.family.name)
+    assert_same_weights(base.unet, again.unet)  # the same "tiny" every time, so its LoRAs load later
+
+
+def test_single_file_checkpoint_loads_offline(base, tmp_path, no_network):
+    path = single_file(base, tmp_path / "model.safetensors")
+    assert detect_single_file_family(path) is base.family
+    loaded = load_model(str(path))
+    assert loaded.family is base.family
+    for spec in (("unet",), ("vae",), *[(s.component,) for s in base.family.text_encoders]):
+        assert_same_weights(getattr(base.pipeline, spec[0]), getattr(loaded.pipeline, spec[0]))
+    assert len(loaded.hash) == 8
+
+
+def test_diffusers_folder_loads(base, tmp_path, no_network):
+    base.pipeline.save_pretrained(tmp_path / "folder")
+    loaded = load_model(str(tmp_path / "folder"))
+    assert loaded.family is base.family
+    assert_same_weights(base.unet, loaded.unet)
+
+
+def test_lora_file_passed_as_model_is_named(tmp_path):
+    path = tmp_path / "my_lora.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0)}, str(path))
+    with pytest.raises(LowvramError, match="my_lora.safetensors is a LoRA, not a base model"):
+        load_model(str(path))
+
+
+def test_vae_file_passed_as_model_is_named(tmp_path):
+    path = tmp_path / "vae.safetensors"
+    save_file({"encoder.conv_in.weight": torch.zeros(1), "decoder.conv_out.weight": torch.zeros(1)}, str(path))
+    with pytest.raises(LowvramError, match="is a VAE, not a full checkpoint"):
+        load_model(str(path))
+
+
+def test_sd2_checkpoint_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "sd21.safetensors"
+    save_file({FAMILIES["sd15"].fingerprint[0][0]: torch.zeros(320, 1024)}, str(path))
+    with pytest.raises(LowvramError, match=r"Stable Diffusion 2\.x.*--model-family"):
+        load_model(str(path))
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, base):
+    path = single_file(base, tmp_path / "model.safetensors")
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(LowvramError, match="is not a readable .safetensors file"):
+        load_model(str(path))
+
+
+def test_checkpoint_missing_a_component_is_refused(tmp_path):
+    model = load_model("tiny")
+    state = sd15_single_file(model.unet, model.vae, model.pipeline.text_encoder)
+    state = {k: v for k, v in state.items() if not k.startswith("first_stage_model.")}
+    save_file(state, str(tmp_path / "novae.safetensors"))
+    with pytest.raises(LowvramError, match="novae.safetensors has no AutoencoderKL weights"):
+        load_model(str(tmp_path / "novae.safetensors"))
+
+
+def test_folder_without_model_index_is_refused(tmp_path):
+    with pytest.raises(LowvramError, match="without model_index.json"):
+        load_model(str(tmp_path))
+
+
+def test_unknown_name_lists_the_families():
+    with pytest.raises(LowvramError, match="tiny-sdxl"):
+        load_model("not-a-model")

@@ -1,0 +1,206 @@
+"""End-to-end training on the tiny models: the loss falls, and the saved LoRA reloads in diffusers with
+exactly the behaviour it had in lowvram (alpha != rank included), for SD and SDXL, kohya and diffusers formats."""
+
+import json
+
+import pytest
+import torch
+from conftest import run_config
+from diffusers import DDPMScheduler
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lowvram.cli import main
+from lowvram.config import build_config, read_toml
+from lowvram.data.dataset import load_example, scan_images
+from lowvram.errors import LowvramError
+from lowvram.models import load_model
+from lowvram.train.conditioning import encode_images, encode_prompts, unet_conditioning
+from lowvram.train.loop import train
+from lowvram.train.loss import diffusion_loss
+
+
+def fixed_batch_loss(model, data_root, resolution=64):
+    """Loss over every sample image at four fixed timesteps with fixed noise: comparable across models."""
+    items, _ = scan_images(data_root / "5_lvshape", trigger_word="lvshape")
+    examples = [load_example(item, resolution) for item in items]
+    scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # the VAE samples its latent distribution
+    with torch.no_grad():
+        latents = encode_images(model.vae, torch.stack([ex.pixels for ex in examples]))
+        hidden, pooled = encode_prompts(model.family, model.text_encoders, model.tokenizers,
+                                        [ex.caption for ex in examples], "cpu")
+        conditioning = unet_conditioning(model.family, examples, hidden, pooled, resolution)
+        losses = []
+        for t in (100, 300, 600, 900):
+            noise = torch.randn(latents.shape, generator=generator)
+            timesteps = torch.full((len(examples),), t)
+            losses.append(diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps).item())
+    return sum(losses) / len(losses)
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    before = fixed_batch_loss(load_model("tiny"), _sample_root(tmp_path))
+    result = train(run_config(output=str(tmp_path / "out"), max_steps=60, lr=2e-3, rank=8))
+    after = fixed_batch_loss(result.model, tmp_path / "out" / "sample_data")
+    assert after < 0.9 * before, (before, after)
+    steps = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 61))
+
+
+def _sample_root(tmp_path):
+    from lowvram.data.sample import write_sample_dataset
+
+    return write_sample_dataset(tmp_path / "before")
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-sdxl"])
+def trained(request, tmp_path_factory):
+    """A short run with alpha != rank and the text encoder(s) trained, saved in fp32 in both formats."""
+    out = tmp_path_factory.mktemp(request.param)
+    config = run_config(model=request.param, output=str(out), rank=4, alpha=2.0, lr=1e-2, train_text_encoder=True,
+                        text_encoder_lr=5e-3, save_precision="fp32", format="diffusers", max_steps=5,
+                        sample_prompts=["lvshape, a red circle"], sample_steps=2, save_every="2")
+    return config, train(config)
+
+
+def model_outputs(model, captions=("lvshape, a red circle", "a green square")):
+    torch.manual_seed(0)
+    latents, timesteps = torch.randn(2, 4, 32, 32), torch.tensor([10, 700])
+    with torch.no_grad():
+        hidden, pooled = encode_prompts(model.family, model.text_encoders, model.tokenizers, list(captions), "cpu")
+        conditioning = {"encoder_hidden_states": hidden}
+        if model.family.size_conditioning:
+            time_ids = torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)
+            conditioning["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        return hidden, model.unet(latents, timesteps, **conditioning).sample
+
+
+@pytest.mark.parametrize("layout", ["kohya", "diffusers"])
+def test_lora_reloads_in_diffusers_and_reproduces_the_trained_model(trained, layout):
+    config, result = trained
+    path = result.lora_path if layout == "kohya" else result.lora_path.parent / f"{config.output_name}-diffusers"
+    fresh = load_model(config.model.model)
+    untouched_hidden, untouched_out = model_outputs(fresh)
+    fresh.pipeline.load_lora_weights(str(path), adapter_name="reloaded")
+
+    # every tensor of the file landed in the model: nothing missing, nothing dropped as unexpected
+    ours = {name: get_peft_model_state_dict(module) for name, module in
+            [("unet", result.model.unet), *zip([s.component for s in result.model.family.text_encoders],
+                                               result.model.text_encoders)]}
+    for name, state in ours.items():
+        module = getattr(fresh.pipeline, name)
+        theirs = get_peft_model_state_dict(module, adapter_name="reloaded")
+        assert set(theirs) == set(state), name
+        assert module.peft_config["reloaded"].lora_alpha == 2.0 and module.peft_config["reloaded"].r == 4
+
+    hidden, out = model_outputs(result.model)
+    reloaded_hidden, reloaded_out = model_outputs(fresh)
+    torch.testing.assert_close(reloaded_hidden, hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reloaded_out, out, rtol=1e-4, atol=1e-5)
+    assert (out - untouched_out).abs().max() > 1e-3  # the LoRA really changes the output
+    assert (hidden - untouched_hidden).abs().max() > 1e-3
+
+
+def test_kohya_file_has_the_keys_comfyui_and_a1111_map(trained):
+    config, result = trained
+    state = load_file(str(result.lora_path))
+    prefixes = {key.split(".")[0].split("_text_model_")[0] for key in state if "_text_model_" in key}
+    expected_te = {"lora_te"} if config.model.model == "tiny" else {"lora_te1", "lora_te2"}
+    assert prefixes == expected_te
+    assert all(key.startswith(("lora_unet_", "lora_te")) for key in state)
+    assert all(key.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for key in state)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in state \
+        or "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in state
+    alphas = {float(v) for k, v in state.items() if k.endswith(".alpha")}
+    assert alphas == {2.0}
+    downs = [v for k, v in state.items() if k.endswith(".lora_down.weight")]
+    assert all(v.shape[0] == 4 and v.dtype == torch.float32 for v in downs)
+
+
+def test_metadata_describes_the_run(trained):
+    config, result = trained
+    with safe_open(str(result.lora_path), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2"
+    assert meta["ss_steps"] == "5" and meta["ss_resolution"] == "(64, 64)"
+    assert meta["ss_sd_model_name"] == config.model.model and meta["ss_sd_model_hash"] == "random0"
+    assert meta["lowvram.trigger_word"] == "lvshape" and meta["lowvram.dataset_images"] == "6"
+    assert meta["ss_num_train_images"] == "30"  # 6 images x 5 repeats
+    assert json.loads(meta["ss_tag_frequency"])["5_5_lvshape"]["lvshape"] == 6
+    assert meta["modelspec.architecture"].endswith("/lora")
+    assert build_config(read_toml_text(meta["lowvram.config"], result.lora_path.parent)) == config
+
+
+def read_toml_text(text, folder):
+    path = folder / "from-metadata.toml"
+    path.write_text(text)
+    return read_toml(path)
+
+
+def test_outputs_beside_the_lora(trained):
+    config, result = trained
+    assert result.config_path.name == f"{config.output_name}.toml"
+    assert build_config(read_toml(result.config_path)) == config
+    assert [p.name for p in result.samples] == [f"{config.output_name}-00.png"]
+    from PIL import Image
+
+    assert Image.open(result.samples[0]).size == (64, 64)
+    checkpoints = sorted(p.name for p in result.lora_path.parent.glob(f"{config.output_name}-step*.safetensors"))
+    assert checkpoints == [f"{config.output_name}-step000002.safetensors", f"{config.output_name}-step000004.safetensors"]
+
+
+def test_save_precision_fp16_halves_the_file(tmp_path):
+    result = train(run_config(output=str(tmp_path), max_steps=1, save_precision="fp16"))
+    state = load_file(str(result.lora_path))
+    assert {v.dtype for v in state.values()} == {torch.float16}
+
+
+def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):
+    result = train(run_config(output=str(tmp_path), max_steps=1))
+    before = result.lora_path.read_bytes()
+    with pytest.raises(LowvramError, match="exists; pass --overwrite"):
+        train(run_config(output=str(tmp_path), max_steps=1, overwrite=False))
+    assert result.lora_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("options", [
+    {"prediction_type": "v_prediction", "min_snr_gamma": 5.0, "noise_offset": 0.05},
+    {"scheduler": "cosine_with_restarts", "warmup_steps": 2, "scheduler_cycles": 2, "gradient_accumulation": 2,
+     "batch_size": 2, "gradient_checkpointing": True},
+    {"epochs": 1, "batch_size": 3, "scheduler": "linear", "max_steps": None},
+])
+def test_training_options_run_and_are_recorded(tmp_path, options):
+    result = train(run_config(output=str(tmp_path), **options))
+    meta = result.lora_path and safe_open(str(result.lora_path), framework="pt").metadata()
+    if "prediction_type" in options:
+        assert meta["modelspec.prediction_type"] == "v" and meta["ss_min_snr_gamma"] == "5"
+    if "epochs" in options:
+        assert result.steps == 10 and meta["ss_epoch"] == "1"  # 30 images with repeats / batch 3
+    assert result.final_loss == result.final_loss  # not NaN
+
+
+def test_generate_renders_with_the_lora(trained, tmp_path):
+    config, result = trained
+    argv = ["generate", "--model", config.model.model, "--prompt", "lvshape, a red circle", "--steps", "3",
+            "--seed", "1"]
+    assert main([*argv, "--output", str(tmp_path / "plain.png")]) == 0
+    assert main([*argv, "--lora", str(result.lora_path), "--weight", "1.0", "--output", str(tmp_path / "l.png")]) == 0
+    import numpy as np
+    from PIL import Image
+
+    plain = np.asarray(Image.open(tmp_path / "plain.png"), dtype=np.float32)
+    with_lora = np.asarray(Image.open(tmp_path / "l.png"), dtype=np.float32)
+    assert plain.shape == with_lora.shape == (64, 64, 3)
+    assert np.abs(plain - with_lora).mean() > 0.5  # the LoRA changes the image
+
+
+def test_generate_refuses_a_lora_of_the_other_family(trained, tmp_path, capsys):
+    config, result = trained
+    other = "tiny-sdxl" if config.model.model == "tiny" else "tiny"
+    code = main(["generate", "--model", other, "--prompt", "x", "--steps", "1", "--lora", str(result.lora_path),
+                 "--output", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--lora:" in err and len(err.strip().splitlines()) == 1
