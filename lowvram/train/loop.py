@@ -233,15 +233,23 @@ def lora_metadata(config: RunConfig, model: LoadedModel, items, step: int, epoch
 
 
 def render_samples(model: LoadedModel, config: RunConfig, folder: Path, resolution: int, accelerator) -> list[Path]:
-    """Render each sample prompt with the trained adapters active (seeded: one fixed image per prompt)."""
+    """Render each sample prompt with the trained adapters active (seeded: one fixed image per prompt).
+
+    The denoising runs in the training precision; the VAE decodes outside autocast in its own dtype,
+    because SDXL's VAE overflows in fp16 and is kept in fp32 for exactly that reason.
+    """
     paths = []
-    pipeline = model.pipeline
+    pipeline, vae = model.pipeline, model.vae
     pipeline.set_progress_bar_config(disable=True)
     for i, prompt in enumerate(config.output.sample_prompts):
         generator = torch.Generator("cpu").manual_seed(config.training.seed + i)
-        with torch.no_grad(), accelerator.autocast():
-            image = pipeline(prompt, num_inference_steps=config.output.sample_steps, height=resolution,
-                             width=resolution, generator=generator).images[0]
+        with torch.no_grad():
+            with accelerator.autocast():
+                latents = pipeline(prompt, num_inference_steps=config.output.sample_steps, height=resolution,
+                                   width=resolution, generator=generator, output_type="latent").images
+            shift = getattr(vae.config, "shift_factor", None) or 0.0
+            decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+        image = pipeline.image_processor.postprocess(decoded.float(), output_type="pil")[0]
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{config.output_name}-{i:02d}.png"
         image.save(path)
