@@ -1,0 +1,87 @@
+"""Aspect-ratio buckets, as kohya makes them: shapes of about the training resolution's pixel area in
+steps of 64 px between a minimum and maximum side; each image goes to the bucket nearest its aspect
+ratio, is scaled to cover it and cropped; every batch is drawn from one bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an image of a given size goes: its bucket, the size it is scaled to, and the crop slack."""
+
+    bucket: tuple[int, int]  # (width, height) of the training shape
+    scaled: tuple[int, int]  # (width, height) after scaling, covering the bucket
+    upscale: float  # > 1 when the image is enlarged to fill the bucket
+
+    @property
+    def kept_fraction(self) -> float:
+        """Share of the scaled image that survives the crop to the bucket."""
+        return (self.bucket[0] * self.bucket[1]) / (self.scaled[0] * self.scaled[1])
+
+
+@dataclass(frozen=True)
+class Buckets:
+    resolution: int
+    min_side: int
+    max_side: int
+    step: int = 64
+    no_upscale: bool = False
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """kohya's make_bucket_resolutions: (width, height) pairs with area <= resolution², sides on the step."""
+        area = self.resolution * self.resolution
+        side = int(math.sqrt(area) // self.step) * self.step
+        shapes = {(side, side)}
+        width = self.min_side
+        while width <= self.max_side:
+            height = min(self.max_side, int((area // width) // self.step) * self.step)
+            if height >= self.min_side:
+                shapes.add((width, height))
+                shapes.add((height, width))
+            width += self.step
+        return sorted(shapes)
+
+    def place(self, width: int, height: int) -> Placement:
+        """The bucket nearest the image's aspect ratio (kohya: smallest |ratio difference|)."""
+        ratio = width / height
+        if self.no_upscale and width * height <= self.resolution**2:
+            bucket = self._own_size_bucket(width, height)
+        else:
+            bucket = min(self.shapes, key=lambda s: (abs(s[0] / s[1] - ratio), -s[0] * s[1]))
+        scale = max(bucket[0] / width, bucket[1] / height)
+        scaled = (max(bucket[0], round(width * scale)), max(bucket[1], round(height * scale)))
+        return Placement(bucket, scaled, scale)
+
+    def _own_size_bucket(self, width: int, height: int) -> tuple[int, int]:
+        """kohya's bucket_no_upscale: a shape inside the image itself, sides rounded down to the step."""
+        return (max(self.step, width // self.step * self.step), max(self.step, height // self.step * self.step))
+
+
+def default_buckets(resolution: int, step: int = 64, min_side: int | None = None, max_side: int | None = None,
+                    no_upscale: bool = False) -> Buckets:
+    """Sides from half to twice the resolution (kohya's 256..1024 at 512), never below one step."""
+    step = min(step, resolution)
+    return Buckets(resolution, max(step, min_side or resolution // 2 // step * step),
+                   max_side or resolution * 2, step, no_upscale)
+
+
+def bucket_batches(buckets_of: list[tuple[int, int]], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch's batches of sample indices: shuffled within each bucket, split into batches of one bucket
+    each, then the batches shuffled. Deterministic for (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for index, bucket in enumerate(buckets_of):
+        by_bucket.setdefault(bucket, []).append(index)
+    batches = []
+    for bucket in sorted(by_bucket):
+        members = by_bucket[bucket]
+        order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+        batches += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
