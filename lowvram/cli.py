@@ -28,11 +28,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] = tuple(SECTIONS),
+                      skip: tuple[str, ...] = ()) -> None:
     """One flag per config field, grouped by section; the field's metadata is its help."""
     table = fields_by_name()
-    groups = {section: parser.add_argument_group(section) for section in SECTIONS}
+    groups = {section: parser.add_argument_group(section) for section in sections}
     for name, (section, f, kind) in table.items():
+        if section not in sections or name in skip:
+            continue
         meta = f.metadata
         flag = meta.get("flag") or "--" + name.replace("_", "-")
         shown = "" if f.default in (None, dataclasses.MISSING) else f" [default: {f.default}]"
@@ -56,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file)")
     _add_config_flags(train)
 
+    check = sub.add_parser("check-data", allow_abbrev=False, help="scan a dataset and report every file",
+                           description="Read every file of a dataset once and report what was found and what "
+                           "training will do with it (convert, crop, skip and why), per folder and bucket. "
+                           "Nothing in the folder is modified.")
+    check.add_argument("data", metavar="DIR", help="dataset folder")
+    check.add_argument("--report", type=Path, metavar="PATH", help="also write the full report as JSON")
+    check.add_argument("--verbose", action="store_true", help="list every file with a note, not only skipped ones")
+    _add_config_flags(check, sections=("model", "data"), skip=("data", "prediction_type"))
+
     gen = sub.add_parser("generate", allow_abbrev=False, help="render images with a LoRA",
                          description="Render images from a base model with a LoRA applied (diffusers pipeline).")
     gen.add_argument("--model", default="tiny", help="base model, as for train --model [default: tiny]")
@@ -73,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--resolution", type=int, default=None, help="image size in pixels [default: the model's]")
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image [default: 0]")
     return parser
+
+
+def check_values(args: argparse.Namespace) -> dict:
+    """Options for check-data: the data flags given, and the model only to know its resolution and buckets."""
+    values = {k: v for k, v in vars(args).items() if k in fields_by_name()}
+    values.setdefault("model", "sd15")
+    return values
 
 
 def train_values(args: argparse.Namespace) -> dict:
@@ -95,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.train.loop import train
 
             train(build_config(train_values(args)))
+        elif args.command == "check-data":
+            from lowvram.data.prepare import check_data
+
+            check_data(build_config(check_values(args)), args.report, args.verbose)
         elif args.command == "generate":
             from lowvram.generate import generate
 

@@ -65,6 +65,34 @@ class DataConfig:
     caption_template: str = option("{trigger}", "Caption for an image without a caption file; {trigger} is the "
                                    "trigger word, or the folder's name without its repeat prefix.")
     trigger_word: str | None = option(None, "Word that activates the LoRA; prepended to captions that lack it.")
+    reg_data: str | None = option(None, "Regularization (prior-preservation) image folder, same layout as --data; "
+                                  "cycled to match the training images per epoch.", metavar="DIR")
+    prior_loss_weight: float = option(1.0, "Loss weight of regularization images.")
+    bucket: bool = option(True, "Aspect-ratio buckets (kohya's); --no-bucket centre-crops every image square.")
+    bucket_step: int | None = option(None, "Bucket side step in pixels (default: 64; 16 for the tiny models).")
+    min_bucket_side: int | None = option(None, "Smallest bucket side (default: half the resolution).", metavar="PX")
+    max_bucket_side: int | None = option(None, "Largest bucket side (default: twice the resolution).", metavar="PX")
+    bucket_no_upscale: bool = option(False, "Give images smaller than the resolution a bucket of their own size "
+                                     "instead of enlarging them.")
+    small_images: str = option("upscale", "Images that must be enlarged to fill their bucket: upscale (with a "
+                               "warning in the scan) or skip.", choices=("upscale", "skip"))
+    flip: bool = option(False, "Horizontal-flip augmentation (a flipped variant of each image is cached).")
+    crop: str = option("center", "Crop to the bucket at the centre, or at random offsets (one per cached "
+                       "variant).", choices=("center", "random"))
+    color_jitter: float = option(0.0, "Colour jitter strength: brightness, contrast and saturation vary by up to "
+                                 "this fraction between cached variants (e.g. 0.1).")
+    latent_variants: int | None = option(None, "Augmented variants cached per image (default: 1; 2 with --flip; "
+                                         "4 with random crop or colour jitter).", metavar="N")
+    shuffle_tags: bool = option(False, "Shuffle comma-separated caption tags (kohya's shuffle_caption).")
+    keep_tokens: int = option(0, "Leading caption tags kept in place when shuffling.", metavar="N")
+    caption_dropout: float = option(0.0, "Probability of training a step on the empty caption.")
+    caption_variants: int = option(4, "Shuffled captions cached per caption when tags are shuffled.", metavar="N")
+    background: str = option("white", "Colour transparent images are composited on (white, black, grey, #RRGGBB).")
+    alpha_mask: bool = option(False, "Use transparency as a loss mask instead of compositing it.")
+    cache_dir: str | None = option(None, "Where the latent and text-embedding caches live (content-addressed, "
+                                   "shared between runs; default: $LOWVRAM_CACHE_DIR or ~/.cache/lowvram).",
+                                   metavar="DIR")
+    cache_batch_size: int = option(4, "Images or captions encoded at once while caching.")
 
 
 @dataclass(frozen=True)
@@ -191,7 +219,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     if problems:
         raise LowvramError("\n".join(problems))
     base = path.resolve().parent
-    for key in ("data", "output"):
+    for key in ("data", "output", "reg_data", "cache_dir"):
         if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA and not Path(values[key]).is_absolute():
             values[key] = str(base / values[key])
     model = values.get("model")
@@ -202,7 +230,7 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 def _absolute_path(name: str, value: Any) -> Any:
     """Paths become absolute, so the resolved config saved beside the LoRA replays from any folder."""
-    if name in ("data", "output") and isinstance(value, str) and value != SAMPLE_DATA:
+    if name in ("data", "output", "reg_data", "cache_dir") and isinstance(value, str) and value != SAMPLE_DATA:
         return str(Path(value).expanduser().absolute())
     if name == "model" and isinstance(value, str) and Path(value).expanduser().exists():
         return str(Path(value).expanduser().absolute())
@@ -288,7 +316,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             problems.append(f"{flag}: '{value}' is not one of {', '.join(choices)}")
             continue
         sections[section][name] = value
-    for name in ("model", "data", "output"):
+    for name in ("model", "data", "output", "reg_data", "cache_dir"):
         section, f, _ = known[name]
         sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
     config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
@@ -327,6 +355,30 @@ def _check(c: RunConfig) -> list[str]:
         p.append(f"--model: file not found: {c.model.model}")
     if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
         p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
+    if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
+        p.append(f"--reg-data: folder not found: {c.data.reg_data}")
+    for flag, value in (("bucket-step", c.data.bucket_step), ("min-bucket-side", c.data.min_bucket_side),
+                        ("max-bucket-side", c.data.max_bucket_side)):
+        if value is not None and (value < 8 or value % 8):
+            p.append(f"--{flag}: {value} must be a multiple of 8")
+    if c.data.min_bucket_side and c.data.max_bucket_side and c.data.min_bucket_side > c.data.max_bucket_side:
+        p.append("--min-bucket-side: larger than --max-bucket-side; swap them")
+    for flag, value in (("color-jitter", c.data.color_jitter), ("caption-dropout", c.data.caption_dropout)):
+        if not 0 <= value < 1:
+            p.append(f"--{flag}: must be in [0, 1), got {value}")
+    positive("latent-variants", c.data.latent_variants)
+    positive("caption-variants", c.data.caption_variants)
+    positive("keep-tokens", c.data.keep_tokens, allow_zero=True)
+    positive("prior-loss-weight", c.data.prior_loss_weight, allow_zero=True)
+    positive("cache-batch-size", c.data.cache_batch_size)
+    if c.data.keep_tokens and not c.data.shuffle_tags:
+        p.append("--keep-tokens: only matters with --shuffle-tags; add it or drop --keep-tokens")
+    from lowvram.data.prepare import parse_colour
+
+    try:
+        parse_colour(c.data.background)
+    except ValueError as exc:
+        p.append(f"--background: {exc}")
     if c.data.caption_extension not in (".txt", ".caption"):
         p.append(f"--caption-extension: '{c.data.caption_extension}' is not one of .txt, .caption")
     if "{trigger}" not in c.data.caption_template and "{" in c.data.caption_template:

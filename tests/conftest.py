@@ -17,6 +17,12 @@ diffusers_logging.set_verbosity_error()
 transformers_logging.set_verbosity_error()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """Tests share one cache, never the user's ~/.cache/lowvram."""
+    os.environ["LOWVRAM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
 def sample_data(tmp_path):
     return write_sample_dataset(tmp_path / "data")

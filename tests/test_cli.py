@@ -84,3 +84,26 @@ def test_pickle_checkpoint_is_refused_unopened(tmp_path, capsys, sample_data):
     with pytest.raises(LowvramError, match="pickle"):
         load_model(str(checkpoint))
     assert not marker.exists()
+
+
+def test_check_data_reports_and_writes_json(tmp_path, capsys):
+    import json
+
+    from messy_dataset import write_messy_dataset
+
+    write_messy_dataset(tmp_path / "data")
+    report_path = tmp_path / "report.json"
+    assert main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--report", str(report_path)]) == 0
+    out = capsys.readouterr().out
+    assert "truncated.jpg" in out and "usable" in out
+    report = json.loads(report_path.read_text())
+    assert json.dumps(report)  # plain JSON all the way down
+    assert "truncated" in json.dumps(report)
+
+
+def test_check_data_on_a_folder_with_nothing_usable_fails_naming_it(tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["check-data", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert f"no usable images in {tmp_path}" in captured.err
+    assert "notes.png" in captured.out  # the per-file table still says why

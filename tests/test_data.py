@@ -1,71 +1,104 @@
-"""Dataset scanning: captions, kohya repeat folders, trigger words, cropping for SDXL conditioning."""
+"""Buckets, augmentation variants and caption handling."""
 
+import random
+
+import pytest
 from PIL import Image
 
-from lowvram.data.dataset import TrainingData, load_example, scan_images
+from lowvram.data.augment import (
+    AugmentOptions,
+    CaptionOptions,
+    apply_variant,
+    auto_variant_count,
+    caption_variants,
+    make_variant,
+    shuffle_tags,
+)
+from lowvram.data.buckets import Buckets, bucket_batches, default_buckets
 
 
-def make_image(path, size=(80, 64), mode="RGB"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size).save(path)
-    return path
+def test_buckets_match_kohyas_for_sd15():
+    shapes = default_buckets(512).shapes
+    assert (512, 512) in shapes and (256, 1024) in shapes and (1024, 256) in shapes and (576, 448) in shapes
+    assert all(w % 64 == 0 and h % 64 == 0 for w, h in shapes)
+    assert all(256 <= w <= 1024 and 256 <= h <= 1024 for w, h in shapes)
+    assert all(w * h <= 512 * 512 for w, h in shapes)
+    assert all((h, w) in shapes for w, h in shapes)
 
 
-def test_repeat_folders_captions_and_templates(tmp_path):
-    make_image(tmp_path / "top.png")
-    (tmp_path / "top.txt").write_text("\n  a caption on line two  \nignored third line\n")
-    make_image(tmp_path / "10_sks dog" / "a.jpg")
-    (tmp_path / "10_sks dog" / "a.caption").write_text("from the caption file")
-    make_image(tmp_path / "10_sks dog" / "b.png")  # no caption: folder name through the template
-    make_image(tmp_path / "misc" / "c.png")  # not N_name: skipped with a note
-    items, notes = scan_images(tmp_path, caption_template="a photo of {trigger}")
-    by_name = {item.path.name: item for item in items}
-    assert set(by_name) == {"top.png", "a.jpg", "b.png"}
-    assert by_name["top.png"].caption == "a caption on line two" and by_name["top.png"].repeats == 1
-    assert by_name["a.jpg"].caption == "from the caption file" and by_name["a.jpg"].repeats == 10
-    assert by_name["b.png"].caption == "a photo of sks dog"
-    assert any("misc" in note for note in notes)
+@pytest.mark.parametrize("size", [(800, 600), (600, 800), (1000, 1000), (1920, 1080), (300, 1200), (513, 257)])
+def test_each_image_lands_in_the_bucket_nearest_its_aspect_ratio(size):
+    buckets = default_buckets(512)
+    placement = buckets.place(*size)
+    ratio = size[0] / size[1]
+    best = min(abs(w / h - ratio) for w, h in buckets.shapes)
+    assert abs(placement.bucket[0] / placement.bucket[1] - ratio) == pytest.approx(best)
+    # scaled to cover the bucket without distortion
+    assert placement.scaled[0] >= placement.bucket[0] and placement.scaled[1] >= placement.bucket[1]
+    assert placement.scaled[0] / placement.scaled[1] == pytest.approx(ratio, rel=0.01)
 
 
-def test_caption_extension_preference(tmp_path):
-    make_image(tmp_path / "x.png")
-    (tmp_path / "x.txt").write_text("txt caption")
-    (tmp_path / "x.caption").write_text("caption caption")
-    assert scan_images(tmp_path)[0][0].caption == "txt caption"
-    assert scan_images(tmp_path, caption_extension=".caption")[0][0].caption == "caption caption"
+def test_no_upscale_keeps_small_images_at_their_size():
+    buckets = default_buckets(512, no_upscale=True)
+    assert buckets.place(300, 200).bucket == (256, 192)
+    assert buckets.place(300, 200).upscale <= 1.0 + 1e-9
+    assert buckets.place(2000, 2000).bucket == (512, 512)  # large images still go to the regular buckets
 
 
-def test_trigger_word_is_prepended_only_when_missing(tmp_path):
-    make_image(tmp_path / "a.png")
-    (tmp_path / "a.txt").write_text("a dog on grass")
-    make_image(tmp_path / "b.png")
-    (tmp_path / "b.txt").write_text("ohwx dog sitting")
-    items, _ = scan_images(tmp_path, trigger_word="ohwx")
-    assert [i.caption for i in items] == ["ohwx, a dog on grass", "ohwx dog sitting"]
+def test_every_batch_is_one_bucket_and_the_schedule_is_seeded():
+    rng = random.Random(0)
+    buckets_of = [rng.choice([(512, 512), (576, 448), (448, 576)]) for _ in range(50)]
+    batches = bucket_batches(buckets_of, batch_size=4, seed=7, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(50))
+    assert all(len({buckets_of[i] for i in batch}) == 1 for batch in batches)
+    assert all(1 <= len(b) <= 4 for b in batches)
+    assert batches == bucket_batches(buckets_of, batch_size=4, seed=7, epoch=0)
+    assert batches != bucket_batches(buckets_of, batch_size=4, seed=8, epoch=0)
+    assert batches != bucket_batches(buckets_of, batch_size=4, seed=7, epoch=1)
 
 
-def test_load_example_crops_to_a_square_and_records_sdxl_conditioning(tmp_path):
-    make_image(tmp_path / "wide.png", (200, 100))
-    item = scan_images(tmp_path)[0][0]
-    example = load_example(item, 64)
-    assert example.pixels.shape == (3, 64, 64)
-    assert -1.0 <= example.pixels.min() and example.pixels.max() <= 1.0
-    assert example.original_size == (100, 200)  # (height, width) as SDXL's add_time_ids expect
-    assert example.crop_top_left == (0, 32)  # resized to 128x64, centre crop starts 32 px in
+def test_square_only_buckets_when_bucketing_is_off():
+    assert Buckets(512, 512, 512, 64).shapes == [(512, 512)]
 
 
-def test_transparent_images_are_composited_on_white(tmp_path):
-    make_image(tmp_path / "clear.png", (64, 64), mode="RGBA")  # fully transparent black
-    example = load_example(scan_images(tmp_path)[0][0], 64)
-    assert example.pixels.min() == 1.0  # white, not black
+def test_variants_are_deterministic_and_flip_alternates():
+    placement = default_buckets(64, 16).place(100, 80)
+    options = AugmentOptions(flip=True, crop="random", color_jitter=0.2, variants=4)
+    variants = [make_variant("abc", i, placement, options) for i in range(4)]
+    assert variants == [make_variant("abc", i, placement, options) for i in range(4)]
+    assert [v.flip for v in variants] == [False, True, False, True]
+    assert variants[0].jitter == (1.0, 1.0, 1.0)  # variant 0 is the plain image
+    assert len({v.jitter for v in variants}) > 1
+    assert variants != [make_variant("abd", i, placement, options) for i in range(4)]
 
 
-def test_epoch_order_is_seeded_and_covers_every_repeat(tmp_path):
-    for name in "abc":
-        make_image(tmp_path / "3_x" / f"{name}.png")
-    items, _ = scan_images(tmp_path)
-    data = TrainingData(items, 64, batch_size=2, seed=1)
-    assert sorted(data.epoch_order(0)) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert data.epoch_order(0) == TrainingData(items, 64, 2, seed=1).epoch_order(0)
-    assert data.epoch_order(0) != data.epoch_order(1) or data.epoch_order(0) != data.epoch_order(2)
-    assert data.batches_per_epoch == 5
+def test_apply_variant_gives_the_bucket_shape_and_really_flips():
+    image = Image.new("RGB", (100, 80), (0, 0, 0))
+    image.paste((255, 0, 0), (0, 0, 50, 80))  # left half red
+    placement = default_buckets(64, 16).place(100, 80)
+    plain = apply_variant(image, placement, make_variant("x", 0, placement, AugmentOptions(flip=True)))
+    flipped = apply_variant(image, placement, make_variant("x", 1, placement, AugmentOptions(flip=True)))
+    assert plain.size == flipped.size == placement.bucket
+    assert plain.getpixel((1, 10))[0] > 200 and flipped.getpixel((1, 10))[0] < 50
+
+
+def test_auto_variant_count():
+    assert auto_variant_count(False, "center", 0.0) == 1
+    assert auto_variant_count(True, "center", 0.0) == 2
+    assert auto_variant_count(False, "random", 0.0) == 4
+
+
+def test_shuffle_keeps_the_first_tokens():
+    caption = "ohwx, dog, grass, sunny, park"
+    for seed in range(5):
+        shuffled = shuffle_tags(caption, 1, random.Random(seed))
+        assert shuffled.startswith("ohwx, ")
+        assert sorted(shuffled.split(", ")) == sorted(caption.split(", "))
+    assert len({shuffle_tags(caption, 1, random.Random(s)) for s in range(20)}) > 1
+
+
+def test_caption_variants_only_when_shuffling():
+    assert caption_variants("a, b, c", CaptionOptions()) == ["a, b, c"]
+    variants = caption_variants("a, b, c, d", CaptionOptions(shuffle_tags=True, keep_tokens=1, variants=4))
+    assert variants[0] == "a, b, c, d" and all(v.startswith("a, ") for v in variants) and len(variants) > 1
+    assert caption_variants("a", CaptionOptions(shuffle_tags=True, variants=4)) == ["a"]

@@ -1,132 +1,106 @@
-"""The training images: a folder of images with same-named caption files, kohya-style repeat folders.
+"""The training stream: which cached entries form each batch, epoch after epoch.
 
-    dataset/
-      10_sks dog/        every image here counts 10 times per epoch; "sks dog" is the caption for
-        a.png a.txt      images without a caption file (through --caption-template)
-      photo.jpg          images at the top level count once
-
-A caption file's first non-empty line is the caption. A trigger word missing from a caption is prepended.
+Every usable image becomes a `Sample` (its cached latent variants and caption variants), expanded by its
+repeats; regularization images are cycled to match the training images' count per epoch (kohya's
+balance). Each epoch's batches come from one bucket each, in an order fixed by the seed; each draw picks
+one of the sample's variants. Entries are read from disk per batch, so RAM does not grow with the dataset.
 """
 
 from __future__ import annotations
 
-import math
-import re
+import random
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 
-from lowvram.errors import LowvramError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CAPTION_SUFFIXES = (".txt", ".caption")
-REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+from lowvram.data.augment import CaptionOptions, shuffle_tags
+from lowvram.data.buckets import bucket_batches
+from lowvram.data.cache import TensorStore
 
 
 @dataclass(frozen=True)
-class ImageItem:
-    path: Path
+class Sample:
+    latent_keys: tuple[str, ...]  # one per cached augmentation variant
+    text_keys: tuple[str, ...]  # one per cached caption variant; empty when captions are encoded live
     caption: str
+    bucket: tuple[int, int]
     repeats: int
+    weight: float = 1.0  # loss weight: --prior-loss-weight for regularization images
 
 
-@dataclass(frozen=True)
-class Example:
-    """One training example, ready for the encoders."""
-
-    pixels: torch.Tensor  # (3, H, W) in [-1, 1]
-    caption: str
-    original_size: tuple[int, int]  # (height, width) before resizing: SDXL conditions on it
-    crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image: SDXL conditions on it
-
-
-def scan_images(root: Path, caption_extension: str = ".txt", caption_template: str = "{trigger}",
-                trigger_word: str | None = None) -> tuple[list[ImageItem], list[str]]:
-    """Find every image and its caption. Returns the items and notes worth telling the user."""
-    root = Path(root)
-    if not root.is_dir():
-        raise LowvramError(f"--data: folder not found: {root}")
-    notes: list[str] = []
-    folders: list[tuple[Path, int, str]] = [(root, 1, root.name)]
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        match = REPEAT_FOLDER.match(sub.name)
-        if match:
-            folders.append((sub, int(match.group(1)), match.group(2)))
-        else:
-            notes.append(f"skipped folder {sub.name}/: not named 'N_name' (N = repeats), as kohya's convention needs")
-    order = [caption_extension] + [s for s in CAPTION_SUFFIXES if s != caption_extension]
-    items = []
-    for folder, repeats, folder_name in folders:
-        if repeats == 0:
-            notes.append(f"skipped folder {folder.name}/: 0 repeats")
-            continue
-        for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
-            caption = _read_caption(image, order)
-            if caption is None:
-                caption = caption_template.format(trigger=trigger_word or folder_name).strip()
-            elif trigger_word and trigger_word not in caption:
-                caption = f"{trigger_word}, {caption}"
-            items.append(ImageItem(image, caption, repeats))
-    if not items:
-        raise LowvramError(f"--data: no images ({', '.join(IMAGE_SUFFIXES)}) in {root} or its N_name subfolders")
-    return items, notes
-
-
-def _read_caption(image: Path, suffixes: list[str]) -> str | None:
-    for suffix in suffixes:
-        path = image.with_suffix(suffix)
-        if path.is_file():
-            lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-            return next((line for line in lines if line), "")
-    return None
-
-
-def load_example(item: ImageItem, resolution: int) -> Example:
-    """Read an image upright in RGB, scale its short side to `resolution` and centre-crop a square."""
-    with Image.open(item.path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            im = Image.new("RGB", rgba.size, (255, 255, 255))
-            im.paste(rgba, mask=rgba.getchannel("A"))
-        im = im.convert("RGB")
-        width, height = im.size
-        scale = resolution / min(width, height)
-        new_w, new_h = max(resolution, round(width * scale)), max(resolution, round(height * scale))
-        im = im.resize((new_w, new_h), Image.Resampling.LANCZOS)
-        top, left = (new_h - resolution) // 2, (new_w - resolution) // 2
-        im = im.crop((left, top, left + resolution, top + resolution))
-        array = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
-    pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-    return Example(pixels, item.caption, (height, width), (top, left))
+@dataclass
+class Batch:
+    latents: torch.Tensor
+    time_ids: torch.Tensor  # SDXL size conditioning per sample
+    weights: torch.Tensor
+    captions: list[str]  # what to encode live when the text encoder trains
+    mask: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None  # cached text embeddings
+    pooled: torch.Tensor | None = None
 
 
 class TrainingData:
-    """Items expanded by their repeats, served in a seeded order per epoch, batch by batch."""
+    def __init__(self, samples: list[Sample], reg_samples: list[Sample], batch_size: int, seed: int,
+                 captions: CaptionOptions, latents: TensorStore, texts: TensorStore, empty_text_key: str | None):
+        self.samples = samples + reg_samples
+        self.batch_size, self.seed, self.captions = batch_size, seed, captions
+        self.latent_store, self.text_store, self.empty_text_key = latents, texts, empty_text_key
+        self.train_expanded = [i for i, s in enumerate(samples) for _ in range(s.repeats)]
+        reg_base = [len(samples) + i for i, s in enumerate(reg_samples) for _ in range(s.repeats)]
+        self.reg_expanded = [reg_base[i % len(reg_base)] for i in range(len(self.train_expanded))] if reg_base else []
 
-    def __init__(self, items: list[ImageItem], resolution: int, batch_size: int, seed: int):
-        self.items = items
-        self.resolution = resolution
-        self.batch_size = batch_size
-        self.seed = seed
-        self.expanded = [i for i, item in enumerate(items) for _ in range(item.repeats)]
+    @property
+    def images_per_epoch(self) -> int:
+        return len(self.train_expanded) + len(self.reg_expanded)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Sample indices of each batch of one epoch: one bucket per batch, seeded order."""
+        expanded = self.train_expanded + self.reg_expanded
+        buckets = [self.samples[i].bucket for i in expanded]
+        return [[expanded[i] for i in batch] for batch in bucket_batches(buckets, self.batch_size, self.seed, epoch)]
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.expanded) / self.batch_size)
-
-    def epoch_order(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return [self.expanded[i] for i in torch.randperm(len(self.expanded), generator=generator).tolist()]
+        return len(self.epoch_batches(0))
 
     def batches(self, start_epoch: int = 0):
-        """Yield (epoch, batch) forever, epoch after epoch."""
+        """Yield (epoch, Batch) forever."""
         epoch = start_epoch
         while True:
-            order = self.epoch_order(epoch)
-            for start in range(0, len(order), self.batch_size):
-                yield epoch, [load_example(self.items[i], self.resolution) for i in order[start : start + self.batch_size]]
+            for number, indices in enumerate(self.epoch_batches(epoch)):
+                yield epoch, self.load(indices, random.Random(f"{self.seed}/{epoch}/{number}"))
             epoch += 1
+
+    def load(self, indices: list[int], rng: random.Random) -> Batch:
+        latents, time_ids, masks, hidden, pooled, captions = [], [], [], [], [], []
+        for i in indices:
+            sample = self.samples[i]
+            entry = self.latent_store.load(rng.choice(sample.latent_keys))
+            latents.append(entry["latent"])
+            time_ids.append(entry["time_ids"])
+            masks.append(entry.get("mask"))
+            dropped = self.captions.dropout > 0 and rng.random() < self.captions.dropout
+            if sample.text_keys:
+                text = self.text_store.load(self.empty_text_key if dropped else rng.choice(sample.text_keys))
+                hidden.append(text["hidden"])
+                pooled.append(text.get("pooled"))
+            caption = sample.caption
+            if self.captions.shuffle_tags:
+                caption = shuffle_tags(caption, self.captions.keep_tokens, rng)
+            captions.append("" if dropped else caption)
+        return Batch(
+            latents=torch.stack(latents),
+            time_ids=torch.stack(time_ids).float(),
+            weights=torch.tensor([self.samples[i].weight for i in indices]),
+            captions=captions,
+            mask=_stack_masks(masks, latents),
+            hidden=torch.stack(hidden) if hidden else None,
+            pooled=torch.stack(pooled) if pooled and pooled[0] is not None else None,
+        )
+
+
+def _stack_masks(masks: list[torch.Tensor | None], latents: list[torch.Tensor]) -> torch.Tensor | None:
+    """Images without transparency train on every pixel (a mask of ones) beside masked ones."""
+    if all(m is None for m in masks):
+        return None
+    return torch.stack([m if m is not None else torch.ones_like(lat[:1]) for m, lat in zip(masks, latents)])

@@ -71,6 +71,43 @@ def load_model(model: str, family: str | None = None, dtype: torch.dtype = torch
     raise LowvramError(f"--model: '{model}' is not a file, a folder, a hub id or one of {', '.join(FAMILIES)}")
 
 
+def detect_family(model: str, family: str | None = None) -> ModelFamily:
+    """The family of `model` from names, headers and configs only: no weights are read."""
+    if family:
+        return FAMILIES[family]
+    path = Path(model).expanduser()
+    if model in FAMILIES and not path.exists():
+        return FAMILIES[model]
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise LowvramError(pickle_refusal("--model", model))
+    if path.is_file():
+        return detect_single_file_family(path)
+    if path.is_dir():
+        return _folder_family(path / "model_index.json", path / "unet" / "config.json", str(path))
+    try:
+        from huggingface_hub import hf_hub_download
+
+        index = hf_hub_download(model, "model_index.json")
+        unet = hf_hub_download(model, "config.json", subfolder="unet")
+    except Exception as exc:  # noqa: BLE001 - hub, network and auth errors have no common base class
+        raise LowvramError(f"--model: '{model}' is not a local file or folder, and its config could not be "
+                           f"fetched from the hub ({_first_line(exc)})") from None
+    return _folder_family(Path(index), Path(unet), model)
+
+
+def _folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
+    if not index_file.is_file():
+        raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model; "
+                           "pass a diffusers folder or a .safetensors checkpoint")
+    index = json.loads(index_file.read_text())
+    unet_config = json.loads(unet_file.read_text()) if unet_file.is_file() else {}
+    family = family_for_pipeline(index.get("_class_name", ""), unet_config.get("cross_attention_dim"))
+    if family is None:
+        raise LowvramError(f"--model: {name} is a {index.get('_class_name')} with cross-attention width "
+                           f"{unet_config.get('cross_attention_dim')}; lowvram trains SD1.5 and SDXL models")
+    return family
+
+
 def build_from_config(family: ModelFamily, dtype: torch.dtype = torch.float32, seed: int = RANDOM_INIT_SEED):
     """A pipeline of the family's architecture with seeded random weights (no download, no weight files)."""
     root = family.config_dir
@@ -160,16 +197,7 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
 
 
 def _load_diffusers_folder(path: Path, forced: ModelFamily | None, dtype: torch.dtype) -> LoadedModel:
-    index_file = path / "model_index.json"
-    if not index_file.is_file():
-        raise LowvramError(f"--model: {path} is a folder without model_index.json, so not a diffusers model; "
-                           "pass a diffusers folder or a .safetensors checkpoint")
-    index = json.loads(index_file.read_text())
-    unet_config = json.loads((path / "unet" / "config.json").read_text())
-    family = forced or family_for_pipeline(index.get("_class_name", ""), unet_config.get("cross_attention_dim"))
-    if family is None:
-        raise LowvramError(f"--model: {path} is a {index.get('_class_name')} with cross-attention width "
-                           f"{unet_config.get('cross_attention_dim')}; lowvram trains SD1.5 and SDXL models")
+    family = forced or _folder_family(path / "model_index.json", path / "unet" / "config.json", str(path))
     pipeline_cls = getattr(importlib.import_module("diffusers"), family.pipeline_class)
     try:
         pipeline = pipeline_cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from lowvram.data.dataset import Example
 from lowvram.models.families import ModelFamily
 
 
@@ -30,14 +29,12 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
     return torch.cat(states, dim=-1), pooled
 
 
-def unet_conditioning(family: ModelFamily, examples: list[Example], hidden: torch.Tensor,
-                      pooled: torch.Tensor | None, resolution: int) -> dict:
-    """Keyword arguments for the U-Net's forward besides the noisy latents and timesteps."""
+def unet_conditioning(family: ModelFamily, hidden: torch.Tensor, pooled: torch.Tensor | None,
+                      time_ids: torch.Tensor) -> dict:
+    """Keyword arguments for the U-Net's forward besides the noisy latents and timesteps. `time_ids` are
+    SDXL's size conditioning per sample: original (h, w), crop (top, left), target (h, w)."""
     kwargs: dict = {"encoder_hidden_states": hidden}
     if family.size_conditioning:
-        time_ids = torch.tensor(
-            [[*ex.original_size, *ex.crop_top_left, resolution, resolution] for ex in examples],
-            device=hidden.device, dtype=hidden.dtype,
-        )
-        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        kwargs["added_cond_kwargs"] = {"text_embeds": pooled,
+                                       "time_ids": time_ids.to(device=hidden.device, dtype=hidden.dtype)}
     return kwargs

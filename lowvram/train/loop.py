@@ -15,14 +15,16 @@ from rich.console import Console
 
 import lowvram
 from lowvram.config import SAMPLE_DATA, RunConfig, parse_save_every
-from lowvram.data.dataset import TrainingData, scan_images
+from lowvram.data.cache import default_cache_dir
+from lowvram.data.dataset import TrainingData
+from lowvram.data.prepare import prepare_training_data, scan
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 from lowvram.hardware import detect, resolve_mixed_precision
-from lowvram.models.loading import LoadedModel, load_model
+from lowvram.models.loading import LoadedModel, detect_family, load_model
 from lowvram.train import lora
-from lowvram.train.conditioning import encode_images, encode_prompts, unet_conditioning
+from lowvram.train.conditioning import encode_prompts, unet_conditioning
 from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
 from lowvram.train.progress import TrainingProgress
 
@@ -39,6 +41,9 @@ class TrainResult:
     epochs: int
     final_loss: float
     model: LoadedModel  # the base model with the trained adapters still attached
+    data: TrainingData  # what it trained on (cached entries)
+    encoded: tuple[int, int]  # latents and text embeddings encoded by this run; the rest came from the cache
+    data_reports: list  # the scan reports of the dataset (and the regularization set)
 
 
 def train(config: RunConfig, console: Console | None = None) -> TrainResult:
@@ -59,45 +64,55 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     device, weight_dtype = accelerator.device, WEIGHT_DTYPES[mixed_precision]
     set_seed(config.training.seed)
 
-    # Data: scan once up front so a bad folder fails before any weight is loaded.
+    # Data: scan first, so a bad dataset fails before any weight is loaded.
     trigger = config.data.trigger_word
     if config.data.data == SAMPLE_DATA:
         data_root = write_sample_dataset(out_dir / "sample_data")
         trigger = trigger or SAMPLE_TRIGGER
     else:
         data_root = Path(config.data.data)
-    items, notes = scan_images(data_root, config.data.caption_extension, config.data.caption_template, trigger)
-    for note in notes:
-        console.print(f"[yellow]note:[/] {note}")
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
+    family_hint = detect_family(config.model.model, config.model.model_family)
+    reports = [scan(config, data_root, family_hint, trigger, cache_dir, console)]
+    if config.data.reg_data:
+        reports.append(scan(config, Path(config.data.reg_data), family_hint, None, cache_dir, console))
+    for report in reports:
+        report.print_summary(console)
 
-    # Model: everything frozen; compute weights in the mixed-precision dtype, the VAE in fp32 where it overflows.
+    # Model: everything frozen, in the compute dtype; the VAE stays fp32 where it overflows in fp16 (SDXL).
     with console.status(f"loading {config.model.model}"):
         model = load_model(config.model.model, config.model.model_family)
     family = model.family
-    resolution = config.data.resolution or family.resolution
     noise_scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
     if config.model.prediction_type:
         noise_scheduler.register_to_config(prediction_type=config.model.prediction_type)
         model.pipeline.scheduler.register_to_config(prediction_type=config.model.prediction_type)
     vae_dtype = torch.float32 if weight_dtype == torch.float16 and model.vae.config.force_upcast else weight_dtype
     for module in (model.unet, *model.text_encoders):
-        module.requires_grad_(False).to(device, dtype=weight_dtype)
-    model.vae.requires_grad_(False).to(device, dtype=vae_dtype)
+        module.requires_grad_(False).to(dtype=weight_dtype)
+    model.vae.requires_grad_(False).to(dtype=vae_dtype)
+
+    # Caches: encode what is missing; afterwards only the U-Net (and trained text encoders) use the GPU.
+    prepared_data = prepare_training_data(config, model, reports, device, cache_dir, console)
+    data = prepared_data.data
+    model.unet.to(device)
+    train_text = config.network.train_text_encoder
+    if train_text:
+        for encoder in model.text_encoders:
+            encoder.to(device)
 
     # Adapters: seeded so the same config gives the same LoRA.
     torch.manual_seed(config.training.seed)
-    trainable = lora.add_lora(model, config.network.rank, config.alpha, config.network.dropout,
-                              config.network.train_text_encoder)
+    trainable = lora.add_lora(model, config.network.rank, config.alpha, config.network.dropout, train_text)
     if config.training.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-        if config.network.train_text_encoder:
+        if train_text:
             for encoder in model.text_encoders:
                 encoder.gradient_checkpointing_enable()
     groups = [{"params": params, "lr": config.optim.lr if part == "unet" else config.text_encoder_lr}
               for part, params in trainable.items()]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.optim.weight_decay)
 
-    data = TrainingData(items, resolution, config.training.batch_size, config.training.seed)
     steps_per_epoch = math.ceil(data.batches_per_epoch / config.training.gradient_accumulation)
     total_steps = config.training.max_steps or steps_per_epoch * (config.training.epochs or DEFAULT_EPOCHS)
     lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
@@ -106,12 +121,12 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                                    lr_scheduler)
     optimizer, lr_scheduler = prepared[-2], prepared[-1]
     all_params = [p for params in trainable.values() for p in params]
-    train_text = config.network.train_text_encoder
     save_every = parse_save_every(config.output.save_every)
+    records = reports[0].usable
 
     console.print(
         f"[bold]lowvram[/] {family.title} from {model.source} on {hardware.name} ({mixed_precision}) | "
-        f"{len(items)} images, {len(data.expanded)} with repeats, {resolution}px | rank {config.network.rank} "
+        f"{len(records)} images, {data.images_per_epoch} per epoch with repeats | rank {config.network.rank} "
         f"alpha {config.alpha:g} | {total_steps} steps = {total_steps / steps_per_epoch:.3g} epochs "
         f"of {steps_per_epoch} | batch {config.training.batch_size} x {config.training.gradient_accumulation}"
     )
@@ -125,19 +140,22 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         for step in range(1, total_steps + 1):
             step_start, step_loss = time.perf_counter(), 0.0
             for _ in range(config.training.gradient_accumulation):
-                epoch, examples = next(batches)
-                pixels = torch.stack([ex.pixels for ex in examples])
-                with torch.no_grad():
-                    latents = encode_images(model.vae, pixels).to(weight_dtype)
-                with torch.set_grad_enabled(train_text), accelerator.autocast():
-                    hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers,
-                                                    [ex.caption for ex in examples], device)
-                    conditioning = unet_conditioning(family, examples, hidden, pooled, resolution)
+                epoch, batch = next(batches)
+                latents = batch.latents.to(device, weight_dtype)
+                if train_text:
+                    with accelerator.autocast():
+                        hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers,
+                                                        batch.captions, device)
+                else:
+                    hidden = batch.hidden.to(device, weight_dtype)
+                    pooled = batch.pooled.to(device, weight_dtype) if batch.pooled is not None else None
+                conditioning = unet_conditioning(family, hidden, pooled, batch.time_ids)
                 noise = sample_noise(latents, config.training.noise_offset)
-                timesteps = sample_timesteps(noise_scheduler, len(examples), device)
+                timesteps = sample_timesteps(noise_scheduler, len(latents), device)
                 with accelerator.autocast():
                     loss = diffusion_loss(model.unet, noise_scheduler, latents, conditioning, noise, timesteps,
-                                          config.training.min_snr_gamma)
+                                          config.training.min_snr_gamma, batch.weights.to(device),
+                                          batch.mask.to(device) if batch.mask is not None else None)
                 accelerator.backward(loss / config.training.gradient_accumulation)
                 step_loss += loss.item() / config.training.gradient_accumulation
             if config.optim.max_grad_norm:
@@ -152,18 +170,19 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                                       "lr": lr, "seconds": time.perf_counter() - step_start}) + "\n")
             if save_every and step < total_steps and _is_save_point(save_every, step, steps_per_epoch):
                 suffix = f"step{step:06d}" if save_every[1] == "steps" else f"e{step // steps_per_epoch:04d}"
-                _save(config, model, items, out_dir / f"{config.output_name}-{suffix}.safetensors",
-                      step, epoch, resolution, trigger, started)
+                _save(config, model, records, out_dir / f"{config.output_name}-{suffix}.safetensors",
+                      step, epoch, trigger, started)
 
     model.unet.eval()
     epochs_done = math.ceil(total_steps / steps_per_epoch)
-    _save(config, model, items, lora_path, total_steps, epochs_done, resolution, trigger, started)
+    _save(config, model, records, lora_path, total_steps, epochs_done, trigger, started)
     if config.output.format == "diffusers":
         lora.save_diffusers(model, out_dir / f"{config.output_name}-diffusers", config.output.save_precision)
     config_path = write_text(out_dir / f"{config.output_name}.toml", tomli_w.dumps(config.to_toml_dict()))
-    samples = render_samples(model, config, out_dir / "samples", resolution, accelerator)
+    samples = render_samples(model, config, out_dir / "samples", accelerator)
     console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples))
-    return TrainResult(lora_path, config_path, samples, total_steps, epochs_done, progress.loss or float("nan"), model)
+    return TrainResult(lora_path, config_path, samples, total_steps, epochs_done, progress.loss or float("nan"), model,
+                       data, (prepared_data.encoded_latents, prepared_data.encoded_texts), reports)
 
 
 def _is_save_point(save_every: tuple[int, str], step: int, steps_per_epoch: int) -> bool:
@@ -173,19 +192,20 @@ def _is_save_point(save_every: tuple[int, str], step: int, steps_per_epoch: int)
     return step % steps_per_epoch == 0 and (step // steps_per_epoch) % every == 0
 
 
-def _save(config: RunConfig, model: LoadedModel, items, path: Path, step: int, epoch: int, resolution: int,
+def _save(config: RunConfig, model: LoadedModel, records, path: Path, step: int, epoch: int,
           trigger: str | None, started: datetime) -> Path:
-    metadata = lora_metadata(config, model, items, step, epoch, resolution, trigger, started)
+    metadata = lora_metadata(config, model, records, step, epoch, trigger, started)
     return lora.save_kohya(model, path, config.alpha, config.output.save_precision, metadata)
 
 
-def lora_metadata(config: RunConfig, model: LoadedModel, items, step: int, epoch: int, resolution: int,
+def lora_metadata(config: RunConfig, model: LoadedModel, records, step: int, epoch: int,
                   trigger: str | None, started: datetime) -> dict[str, str]:
     """What kohya (ss_*), Stability's modelspec and lowvram record, so UIs and model sites can show it."""
     family = model.family
+    resolution = config.data.resolution or family.resolution
     folders: dict[str, list[str]] = {}
-    for item in items:
-        folders.setdefault(f"{item.repeats}_{item.path.parent.name}", []).append(item.caption)
+    for record in records:
+        folders.setdefault(f"{record.repeats}_{record.folder}", []).append(record.caption)
     prediction = model.pipeline.scheduler.config.prediction_type
     now = datetime.now(timezone.utc)
     return {
@@ -199,7 +219,7 @@ def lora_metadata(config: RunConfig, model: LoadedModel, items, step: int, epoch
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_steps": str(step),
         "ss_epoch": str(epoch),
-        "ss_num_train_images": str(sum(item.repeats for item in items)),
+        "ss_num_train_images": str(sum(record.repeats for record in records)),
         "ss_learning_rate": f"{config.optim.lr:g}",
         "ss_unet_lr": f"{config.optim.lr:g}",
         "ss_text_encoder_lr": f"{config.text_encoder_lr:g}" if config.network.train_text_encoder else "0",
@@ -227,19 +247,26 @@ def lora_metadata(config: RunConfig, model: LoadedModel, items, step: int, epoch
         "lowvram.family": family.name,
         "lowvram.base_model": model.source,
         "lowvram.trigger_word": trigger or "",
-        "lowvram.dataset_images": str(len(items)),
+        "lowvram.dataset_images": str(len(records)),
         "lowvram.config": tomli_w.dumps(config.to_toml_dict()),
     }
 
 
-def render_samples(model: LoadedModel, config: RunConfig, folder: Path, resolution: int, accelerator) -> list[Path]:
+def render_samples(model: LoadedModel, config: RunConfig, folder: Path, accelerator) -> list[Path]:
     """Render each sample prompt with the trained adapters active (seeded: one fixed image per prompt).
 
     The denoising runs in the training precision; the VAE decodes outside autocast in its own dtype,
     because SDXL's VAE overflows in fp16 and is kept in fp32 for exactly that reason.
     """
+    if not config.output.sample_prompts:
+        return []
     paths = []
+    resolution = config.data.resolution or model.family.resolution
     pipeline, vae = model.pipeline, model.vae
+    device = accelerator.device
+    vae.to(device)  # back from the CPU for rendering
+    for encoder in model.text_encoders:
+        encoder.to(device)
     pipeline.set_progress_bar_config(disable=True)
     for i, prompt in enumerate(config.output.sample_prompts):
         generator = torch.Generator("cpu").manual_seed(config.training.seed + i)

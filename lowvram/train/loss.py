@@ -21,15 +21,26 @@ def sample_timesteps(scheduler, batch: int, device: torch.device, generator: tor
 
 
 def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, conditioning: dict,
-                   noise: torch.Tensor, timesteps: torch.Tensor, min_snr_gamma: float | None = None) -> torch.Tensor:
-    """MSE between the U-Net's prediction for the noised latents and its target (noise or velocity)."""
+                   noise: torch.Tensor, timesteps: torch.Tensor, min_snr_gamma: float | None = None,
+                   weights: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between the U-Net's prediction for the noised latents and its target (noise or velocity).
+
+    `weights` scale each sample (regularization images); `mask` (B, 1, h, w) in [0, 1] restricts the loss
+    to the opaque part of an image (alpha as loss mask)."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction_type = scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, **conditioning).sample
-    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if mask is None:
+        loss = error.mean(dim=(1, 2, 3))
+    else:
+        mask = mask.to(error)
+        loss = (error * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1)
     if min_snr_gamma:
         snr = compute_snr(scheduler, timesteps)
         weight = snr.clamp(max=min_snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
         loss = loss * weight
+    if weights is not None:
+        loss = loss * weights.to(loss)
     return loss.mean()

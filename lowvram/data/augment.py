@@ -1,0 +1,106 @@
+"""Augmentations that survive latent caching, and caption handling.
+
+Random augmentations and pre-encoded latents don't mix by themselves: a cached latent is one fixed crop
+of one fixed image. So each image gets a fixed number of *variants* (flipped/unflipped, different crops,
+different colour jitter), each derived deterministically from the image's content hash and the variant
+number, cached once and drawn among during training. Captions do the same with tag shuffling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageEnhance
+
+from lowvram.data.buckets import Placement
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One fixed augmentation of one image: everything needed to reproduce its pixels exactly."""
+
+    flip: bool
+    crop_top_left: tuple[int, int]  # (top, left) in the scaled image
+    jitter: tuple[float, float, float]  # brightness, contrast, saturation factors (1.0 = unchanged)
+
+    def as_key(self) -> dict:
+        return {"flip": self.flip, "crop": list(self.crop_top_left), "jitter": [round(j, 6) for j in self.jitter]}
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    flip: bool = False
+    crop: str = "center"  # or "random"
+    color_jitter: float = 0.0  # max relative change of brightness, contrast and saturation
+    variants: int = 1  # cached variants per image
+
+
+def auto_variant_count(flip: bool, crop: str, color_jitter: float) -> int:
+    """Enough variants to cover the augmentations asked for: 2 for flip alone, 4 with random crop or jitter."""
+    if crop == "random" or color_jitter > 0:
+        return 4
+    return 2 if flip else 1
+
+
+def _rng(*parts: object) -> random.Random:
+    seed = hashlib.sha256(repr(parts).encode()).digest()
+    return random.Random(int.from_bytes(seed[:8], "big"))
+
+
+def make_variant(image_hash: str, index: int, placement: Placement, options: AugmentOptions) -> Variant:
+    """Variant `index` of an image: flip alternates (0: as is, 1: flipped, ...); crop and jitter are drawn
+    from a generator seeded by the image's hash, so the same image always gets the same variants."""
+    rng = _rng(image_hash, index)
+    slack_x = placement.scaled[0] - placement.bucket[0]
+    slack_y = placement.scaled[1] - placement.bucket[1]
+    if options.crop == "random" and index > 0:
+        crop = (rng.randint(0, slack_y), rng.randint(0, slack_x))
+    else:
+        crop = (slack_y // 2, slack_x // 2)
+    jitter = (1.0, 1.0, 1.0)
+    if options.color_jitter > 0 and index > 0:
+        jitter = tuple(1.0 + rng.uniform(-options.color_jitter, options.color_jitter) for _ in range(3))
+    return Variant(flip=options.flip and index % 2 == 1, crop_top_left=crop, jitter=jitter)
+
+
+def apply_variant(image: Image.Image, placement: Placement, variant: Variant) -> Image.Image:
+    """Scale to cover the bucket, crop, flip and jitter: the pixels the VAE encodes for this variant."""
+    image = image.resize(placement.scaled, Image.Resampling.LANCZOS)
+    top, left = variant.crop_top_left
+    width, height = placement.bucket
+    image = image.crop((left, top, left + width, top + height))
+    if variant.flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if image.mode == "RGB":
+        for enhancer, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color),
+                                    variant.jitter):
+            if factor != 1.0:
+                image = enhancer(image).enhance(factor)
+    return image
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    shuffle_tags: bool = False
+    keep_tokens: int = 0  # leading comma-separated tags that stay in place when shuffling
+    dropout: float = 0.0  # probability of training on the empty caption
+    variants: int = 4  # cached shuffles per caption (used when tags are shuffled and embeddings cached)
+
+
+def shuffle_tags(caption: str, keep_tokens: int, rng: random.Random) -> str:
+    """kohya's shuffle_caption: comma-separated tags shuffled, the first `keep_tokens` kept in front."""
+    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    head, tail = tags[:keep_tokens], tags[keep_tokens:]
+    rng.shuffle(tail)
+    return ", ".join(head + tail)
+
+
+def caption_variants(caption: str, options: CaptionOptions) -> list[str]:
+    """The fixed set of caption texts to cache for one caption (just itself when tags aren't shuffled)."""
+    if not options.shuffle_tags:
+        return [caption]
+    variants = [caption] + [shuffle_tags(caption, options.keep_tokens, _rng(caption, i))
+                            for i in range(1, options.variants)]
+    return list(dict.fromkeys(variants))  # a short caption may have fewer distinct shuffles

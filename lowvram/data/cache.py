@@ -1,0 +1,219 @@
+"""Content-addressed caches of VAE latents and text embeddings, one safetensors file per entry.
+
+A latent's key covers the image bytes (their hash), its bucket, scale, crop, flip and jitter, how
+transparency is handled, and the VAE's identity (a fingerprint of its weights) and dtype. A text
+embedding's key covers the caption text and the text encoders' identity and the hidden states used.
+So any change invalidates exactly the entries it affects, and caches are safe to share between runs
+and datasets. Entries are written atomically: an interrupted pass resumes where it stopped, and a
+file that fails to open (truncated, corrupt) is deleted and encoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from lowvram.data.augment import Variant, apply_variant
+from lowvram.data.buckets import Placement
+from lowvram.data.scan import ImageRecord, ScanOptions, open_training_image
+from lowvram.errors import LowvramError
+from lowvram.files import save_safetensors
+
+CACHE_FORMAT = 1  # bump when what an entry holds changes, so old entries are never misread
+
+
+def default_cache_dir() -> Path:
+    """$LOWVRAM_CACHE_DIR, else $XDG_CACHE_HOME/lowvram, else ~/.cache/lowvram."""
+    if os.environ.get("LOWVRAM_CACHE_DIR"):
+        return Path(os.environ["LOWVRAM_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lowvram"
+
+
+def module_fingerprint(*modules: torch.nn.Module) -> str:
+    """A content hash of modules' weights: names, shapes, dtypes and the values at both ends of every
+    tensor. Cheap on multi-GB models, and any two real checkpoints differ in it."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            flat = tensor.detach().reshape(-1)
+            sample = torch.cat([flat[:512], flat[-512:]]).to("cpu", torch.float32)
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def content_key(**parts: object) -> str:
+    return hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True).encode()).hexdigest()
+
+
+class TensorStore:
+    """Files `<root>/<kind>/<key[:2]>/<key>.safetensors`, each holding one entry's tensors."""
+
+    def __init__(self, root: Path, kind: str):
+        self.root = Path(root) / kind
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def valid(self, key: str) -> bool:
+        """True when the entry exists and opens with the right key; a broken file is removed."""
+        from safetensors import safe_open
+
+        path = self.path(key)
+        if not path.is_file():
+            return False
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                ok = (f.metadata() or {}).get("key") == key
+        except Exception:  # noqa: BLE001 - any failure to open means the entry must be rebuilt
+            ok = False
+        if not ok:
+            path.unlink(missing_ok=True)
+        return ok
+
+    def load(self, key: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.path(key)))
+        except Exception as exc:  # noqa: BLE001 - corrupt or vanished under us
+            self.path(key).unlink(missing_ok=True)
+            raise LowvramError(f"cache entry {self.path(key)} is unreadable ({exc}); it was removed, run again "
+                               "to rebuild it") from None
+
+    def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        save_safetensors(tensors, self.path(key), {"key": key})
+
+
+@dataclass(frozen=True)
+class LatentJob:
+    key: str
+    record: ImageRecord
+    placement: Placement
+    variant: Variant
+
+
+@dataclass(frozen=True)
+class TextJob:
+    key: str
+    caption: str
+
+
+def latent_key(record: ImageRecord, placement: Placement, variant: Variant, options: ScanOptions,
+               vae_id: str, vae_dtype: torch.dtype) -> str:
+    return content_key(kind="latent", image=record.sha256, bucket=list(placement.bucket),
+                       scaled=list(placement.scaled), variant=variant.as_key(), background=list(options.background),
+                       alpha_mask=options.alpha_mask, vae=vae_id, dtype=str(vae_dtype))
+
+
+def text_key(caption: str, encoders_id: str) -> str:
+    return content_key(kind="text", caption=caption, encoders=encoders_id)
+
+
+def sdxl_time_ids(record: ImageRecord, placement: Placement, variant: Variant) -> list[float]:
+    """SDXL's size conditioning: original (h, w), crop (top, left) and target (h, w). A flipped image's
+    crop is measured from the other side, as kohya does."""
+    top, left = variant.crop_top_left
+    if variant.flip:
+        left = placement.scaled[0] - placement.bucket[0] - left
+    return [record.height, record.width, top, left, placement.bucket[1], placement.bucket[0]]
+
+
+def vae_downscale(vae: torch.nn.Module) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def estimate_bytes(latent_jobs: list[LatentJob], text_jobs: list[TextJob], vae: torch.nn.Module,
+                   text_width: int, pooled_width: int, dtype_bytes: int, text_dtype_bytes: int) -> int:
+    """Disk bytes the entries will take (tensor data; headers add about 200 bytes each)."""
+    f = vae_downscale(vae)
+    latent = sum(vae.config.latent_channels * (j.placement.bucket[0] // f) * (j.placement.bucket[1] // f)
+                 for j in latent_jobs) * dtype_bytes
+    text = len(text_jobs) * (77 * text_width + pooled_width) * text_dtype_bytes
+    return latent + text + 256 * (len(latent_jobs) + len(text_jobs))
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed * 1.1 > free:
+        raise LowvramError(f"--cache-dir: {folder} has {free / 2**30:.2f} GiB free but the cache needs "
+                           f"{needed / 2**30:.2f} GiB; free some space or pass another --cache-dir")
+
+
+def _progress(console: Console, label: str) -> Progress:
+    return Progress(TextColumn(f"[bold]{label}"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, options: ScanOptions,
+                   batch_size: int, console: Console) -> int:
+    """Encode the given (missing) entries, batched per bucket; returns how many were encoded."""
+    from lowvram.train.conditioning import encode_images
+
+    missing = jobs
+    if not missing:
+        return 0
+    by_bucket: dict[tuple[int, int], list[LatentJob]] = {}
+    for job in missing:
+        by_bucket.setdefault(job.placement.bucket, []).append(job)
+    f = vae_downscale(vae)
+    with _progress(console, "caching latents") as progress, torch.no_grad():
+        task = progress.add_task("latents", total=len(missing))
+        for bucket_jobs in by_bucket.values():
+            for start in range(0, len(bucket_jobs), batch_size):
+                chunk = bucket_jobs[start : start + batch_size]
+                pixels, masks = [], []
+                for job in chunk:  # one decoded image at a time: host RAM does not grow with the dataset
+                    image, mask = open_training_image(job.record, options)
+                    pixels.append(_to_tensor(apply_variant(image, job.placement, job.variant)))
+                    masks.append(None if mask is None else _mask_tensor(apply_variant(mask, job.placement,
+                                                                                       job.variant)))
+                latents = encode_images(vae, torch.stack(pixels)).cpu()
+                for i, job in enumerate(chunk):
+                    entry = {"latent": latents[i].contiguous(),
+                             "time_ids": torch.tensor(sdxl_time_ids(job.record, job.placement, job.variant))}
+                    if masks[i] is not None:
+                        entry["mask"] = torch.nn.functional.interpolate(masks[i][None], scale_factor=1 / f,
+                                                                        mode="area")[0]
+                    store.save(job.key, entry)
+                progress.advance(task, len(chunk))
+    return len(missing)
+
+
+def encode_texts(jobs: list[TextJob], store: TensorStore, encode, batch_size: int, console: Console) -> int:
+    """Encode the given (missing) captions; `encode(captions)` returns (hidden states, pooled or None)."""
+    missing = jobs
+    if not missing:
+        return 0
+    with _progress(console, "caching text embeddings") as progress, torch.no_grad():
+        task = progress.add_task("text", total=len(missing))
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            hidden, pooled = encode([job.caption for job in chunk])
+            for i, job in enumerate(chunk):
+                entry = {"hidden": hidden[i].cpu().contiguous()}
+                if pooled is not None:
+                    entry["pooled"] = pooled[i].cpu().contiguous()
+                store.save(job.key, entry)
+            progress.advance(task, len(chunk))
+    return len(missing)
+
+
+def _mask_tensor(mask) -> torch.Tensor:
+    """An 'L' mask as a (1, H, W) tensor in [0, 1]."""
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None]
+
+
+def _to_tensor(image) -> torch.Tensor:
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -1,0 +1,181 @@
+"""The phase before training: scan the dataset(s), then encode every latent and caption variant into the
+caches, so the VAE (and the frozen text encoders) can leave the GPU for the whole training loop."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from lowvram.config import RunConfig
+from lowvram.data.augment import AugmentOptions, CaptionOptions, auto_variant_count, caption_variants, make_variant
+from lowvram.data.buckets import Buckets, default_buckets
+from lowvram.data.cache import (
+    LatentJob,
+    TensorStore,
+    TextJob,
+    check_free_space,
+    encode_latents,
+    encode_texts,
+    estimate_bytes,
+    latent_key,
+    module_fingerprint,
+    text_key,
+)
+from lowvram.data.dataset import Sample, TrainingData
+from lowvram.data.scan import ScanOptions, ScanReport, scan_dataset
+from lowvram.models.families import ModelFamily
+
+COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (127, 127, 127), "gray": (127, 127, 127)}
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """'white', '#RRGGBB' or 'R,G,B'."""
+    text = text.strip().lower()
+    if text in COLOURS:
+        return COLOURS[text]
+    if text.startswith("#") and len(text) == 7:
+        return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) != 3 or not all(0 <= p <= 255 for p in parts):
+        raise ValueError(f"'{text}' is not a colour: use white, black, grey, #RRGGBB or R,G,B")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def make_buckets(config: RunConfig, family: ModelFamily) -> Buckets:
+    resolution = config.data.resolution or family.resolution
+    step = config.data.bucket_step or family.bucket_step
+    if not config.data.bucket:
+        return Buckets(resolution, resolution, resolution, min(step, resolution))
+    return default_buckets(resolution, step, config.data.min_bucket_side, config.data.max_bucket_side,
+                           config.data.bucket_no_upscale)
+
+
+def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
+    return ScanOptions(caption_extension=config.data.caption_extension, caption_template=config.data.caption_template,
+                       trigger_word=trigger, background=parse_colour(config.data.background),
+                       alpha_mask=config.data.alpha_mask, small_images=config.data.small_images)
+
+
+def scan_index_path(cache_dir: Path, root: Path) -> Path:
+    """The scan index lives in the cache, never in the user's dataset folder."""
+    return cache_dir / "scan" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:20]}.json"
+
+
+def scan(config: RunConfig, root: Path, family: ModelFamily, trigger: str | None, cache_dir: Path,
+         console: Console | None) -> ScanReport:
+    return scan_dataset(root, make_buckets(config, family), scan_options(config, trigger),
+                        index_path=scan_index_path(cache_dir, root), console=console)
+
+
+@dataclass
+class PreparedData:
+    data: TrainingData
+    reports: list[ScanReport]
+    encoded_latents: int  # entries encoded by this run (the rest came from the cache)
+    encoded_texts: int
+
+
+def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], device: torch.device,
+                          cache_dir: Path, console: Console) -> PreparedData:
+    """Encode what the caches lack, then free the GPU of the VAE (and of the text encoders unless they train)."""
+    family = model.family
+    options = scan_options(config, None)
+    augment = AugmentOptions(config.data.flip, config.data.crop, config.data.color_jitter,
+                             config.data.latent_variants or auto_variant_count(config.data.flip, config.data.crop,
+                                                                               config.data.color_jitter))
+    captions = CaptionOptions(config.data.shuffle_tags, config.data.keep_tokens, config.data.caption_dropout,
+                              config.data.caption_variants)
+    cache_text = not config.network.train_text_encoder
+    vae_id = module_fingerprint(model.vae)
+    text_id = module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])
+    latent_store, text_store = TensorStore(cache_dir, "latents"), TensorStore(cache_dir, "text")
+
+    latent_jobs: dict[str, LatentJob] = {}
+    text_jobs: dict[str, TextJob] = {}
+    samples: list[list[Sample]] = [[], []]
+    buckets = make_buckets(config, family)
+    for report_index, report in enumerate(reports):
+        weight = 1.0 if report_index == 0 else config.data.prior_loss_weight
+        for record in report.usable:
+            placement = buckets.place(record.width, record.height)
+            keys = []
+            for v in range(augment.variants):
+                variant = make_variant(record.sha256, v, placement, augment)
+                key = latent_key(record, placement, variant, options, vae_id, model.vae.dtype)
+                latent_jobs.setdefault(key, LatentJob(key, record, placement, variant))
+                keys.append(key)
+            text_keys = []
+            if cache_text:
+                for caption in caption_variants(record.caption, captions):
+                    key = text_key(caption, text_id)
+                    text_jobs.setdefault(key, TextJob(key, caption))
+                    text_keys.append(key)
+            samples[report_index].append(Sample(tuple(dict.fromkeys(keys)), tuple(text_keys), record.caption,
+                                                placement.bucket, record.repeats, weight))
+    empty_key = None
+    if cache_text and config.data.caption_dropout > 0:
+        empty_key = text_key("", text_id)
+        text_jobs.setdefault(empty_key, TextJob(empty_key, ""))
+
+    text_width = sum(getattr(enc.config, "hidden_size", 0) for enc in model.text_encoders)
+    pooled_width = sum(enc.config.projection_dim for spec, enc in zip(family.text_encoders, model.text_encoders)
+                       if spec.pooled)
+    te_bytes = model.text_encoders[0].dtype.itemsize
+    total = estimate_bytes(list(latent_jobs.values()), list(text_jobs.values()), model.vae, text_width, pooled_width,
+                           model.vae.dtype.itemsize, te_bytes)
+    missing_latents = [j for j in latent_jobs.values() if not latent_store.valid(j.key)]
+    missing_texts = [j for j in text_jobs.values() if not text_store.valid(j.key)]
+    needed = estimate_bytes(missing_latents, missing_texts, model.vae, text_width, pooled_width,
+                            model.vae.dtype.itemsize, te_bytes)
+    console.print(f"cache {cache_dir}: {len(latent_jobs)} latents ({augment.variants} variant(s) per image) and "
+                  f"{len(text_jobs)} text embeddings, {total / 2**20:.1f} MiB; "
+                  f"{len(missing_latents)} + {len(missing_texts)} to encode ({needed / 2**20:.1f} MiB)")
+    check_free_space(cache_dir, needed)
+
+    batch = config.data.cache_batch_size
+    model.vae.to(device)
+    encoded_latents = encode_latents(missing_latents, latent_store, model.vae, options, batch, console)
+    model.vae.to("cpu")
+    encoded_texts = 0
+    if cache_text:
+        from lowvram.train.conditioning import encode_prompts
+
+        for encoder in model.text_encoders:
+            encoder.to(device)
+        encoded_texts = encode_texts(
+            missing_texts, text_store,
+            lambda texts: encode_prompts(family, model.text_encoders, model.tokenizers, texts, device), batch, console)
+        for encoder in model.text_encoders:
+            encoder.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
+                        latent_store, text_store, empty_key)
+    return PreparedData(data, reports, encoded_latents, encoded_texts)
+
+
+def check_data(config: RunConfig, report_path: Path | None, verbose: bool, console: Console | None = None) -> ScanReport:
+    """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON."""
+    from lowvram.data.cache import default_cache_dir
+    from lowvram.data.scan import NoUsableImages
+    from lowvram.models.loading import detect_family
+
+    console = console or Console()
+    family = detect_family(config.model.model, config.model.model_family)
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
+    try:
+        report = scan(config, Path(config.data.data), family, config.data.trigger_word, cache_dir, console)
+    except NoUsableImages as exc:
+        exc.report.print_summary(console, verbose)
+        if report_path:
+            exc.report.write_json(report_path)
+        raise
+    report.print_summary(console, verbose)
+    if report_path:
+        report.write_json(report_path)
+        console.print(f"report written to {report_path}")
+    return report

@@ -1,0 +1,485 @@
+"""The dataset scan (`lowvram check-data`, and the start of `train`): every file read once and reported with
+what was found and what will be done to it.
+
+Users' folders are messy, so one bad file becomes a skipped record with a reason, never a crash; and nothing
+in the folder is ever written. An index kept elsewhere (the cache) lets a rescan skip decoding unchanged files.
+Folder rules are kohya's, as in `dataset.scan_images`: images in the root count once, `N_name/` repeats N times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from rich.text import Text
+
+from lowvram.data.buckets import Buckets
+from lowvram.errors import LowvramError
+from lowvram.files import write_text
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+PIL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # Pillow decoders tried; a phone's JPEG may come back as "MPO"
+EXPECTED_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
+                    ".bmp": ("BMP", "DIB")}
+UNSUPPORTED_SUFFIXES = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".jfif", ".psd", ".svg",
+                        ".ico", ".tga", ".exr", ".dng", ".raw", ".cr2", ".nef", ".arw")
+SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
+SILENT_NAMES = ("Thumbs.db", "desktop.ini")
+CAPTION_SUFFIXES = (".txt", ".caption")
+REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+MODE_NOTES = {"I;16": "16-bit -> 8-bit RGB", "CMYK": "CMYK -> RGB", "P": "palette -> RGB", "L": "greyscale -> RGB", "LA": "greyscale -> RGB",
+              "1": "1-bit -> RGB", "I": "32-bit -> 8-bit RGB", "F": "32-bit float -> 8-bit RGB"}
+INDEX_VERSION = 1
+UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
+PROGRESS_FROM = 50  # files; fewer scan in a blink
+NOTES_LISTED_UP_TO = 20  # usable files with notes printed without --verbose
+SUPPORTED = " ".join(IMAGE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    caption_extension: str = ".txt"  # ".txt" or ".caption": tried first
+    caption_template: str = "{trigger}"
+    trigger_word: str | None = None
+    background: tuple[int, int, int] = (255, 255, 255)  # what transparency is composited on
+    alpha_mask: bool = False  # keep alpha as a loss mask instead of compositing
+    small_images: str = "upscale"  # "upscale" (with a note) or "skip"
+    min_side: int = 64  # images with a side below this are skipped
+    max_pixels: int = 89_478_485  # Pillow's decompression-bomb limit: larger images are skipped, never decoded
+    min_kept_fraction: float = 0.5  # skip images whose crop to the nearest bucket keeps less than this
+
+    def __post_init__(self):
+        if self.caption_extension not in CAPTION_SUFFIXES:
+            raise LowvramError(f"--caption-extension: {self.caption_extension!r} is not one of {CAPTION_SUFFIXES}")
+        if self.small_images not in ("upscale", "skip"):
+            raise LowvramError(f"--small-images: {self.small_images!r} is not 'upscale' or 'skip'")
+        try:
+            self.caption_template.format(trigger="")
+        except (KeyError, IndexError, ValueError):
+            raise LowvramError(f"--caption-template: {self.caption_template!r}: the only placeholder is {{trigger}}"
+                               ) from None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path  # absolute
+    relpath: str  # relative to the dataset root, for reports
+    folder: str  # label: "name" of "10_name", or the root folder's name
+    repeats: int
+    usable: bool
+    reason: str | None  # "kind: details; fix" when skipped, None when usable
+    notes: tuple[str, ...]  # what will be done to it (conversions, caption fallbacks, duplicates)
+    width: int  # after EXIF orientation
+    height: int
+    mode: str  # Pillow mode as stored
+    has_alpha: bool
+    sha256: str  # of the file bytes ("" when not read)
+    caption: str  # final: template and trigger word applied
+    bucket: tuple[int, int] | None  # (width, height); None when skipped
+    transposed: bool = False  # EXIF orientation rotates or flips it
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
+                "bucket": list(self.bucket) if self.bucket else None}
+
+
+def _kind(text: str) -> str:
+    """'too small: 1x1 ...' -> 'too small'; 'duplicate of a.png' -> 'duplicate': counts in the summary."""
+    return re.sub(r" of .*| x[\d.]+", "", text.split(":")[0])
+
+
+def _folder_of(record: ImageRecord) -> str:
+    parent = Path(record.relpath).parent.as_posix()
+    return "." if parent == "." else parent + "/"
+
+
+@dataclass
+class ScanReport:
+    root: Path
+    records: list[ImageRecord]
+    folder_notes: list[str]
+
+    @property
+    def usable(self) -> list[ImageRecord]:
+        return [r for r in self.records if r.usable]
+
+    @property
+    def skipped(self) -> list[ImageRecord]:
+        return [r for r in self.records if not r.usable]
+
+    def summary(self) -> dict:
+        usable = self.usable
+        folders: dict[str, dict] = {}
+        for r in self.records:
+            f = folders.setdefault(_folder_of(r), {"label": r.folder, "repeats": r.repeats, "images": 0, "usable": 0,
+                                                   "skipped": 0})
+            f["images"] += 1
+            f["usable" if r.usable else "skipped"] += 1
+        buckets = Counter(f"{r.bucket[0]}x{r.bucket[1]}" for r in usable)
+        return {"images": len(self.records), "usable": len(usable), "skipped": len(self.records) - len(usable),
+                "samples_per_epoch": sum(r.repeats for r in usable), "folders": folders,
+                "skipped_by_reason": dict(Counter(_kind(r.reason or "") for r in self.skipped)),
+                "notes": dict(Counter(_kind(n) for r in usable for n in r.notes)), "buckets": dict(sorted(buckets.items()))}
+
+    def to_json(self) -> dict:
+        return {"root": str(self.root), "summary": self.summary(), "folder_notes": list(self.folder_notes),
+                "records": [r.to_json() for r in self.records]}
+
+    def write_json(self, path: Path) -> Path:
+        return write_text(path, json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
+
+    def print_summary(self, console: Console, verbose: bool = False) -> None:
+        """Per folder, then every skipped file with its reason, the files with notes, and the buckets."""
+        summary = self.summary()
+        console.print(_table(f"dataset {self.root}", ("folder", "label", "images", "usable", "skipped", "repeats",
+                                                       "samples/epoch"),
+                             [(k, f["label"], f["images"], f["usable"], f["skipped"], f["repeats"],
+                               f["usable"] * f["repeats"]) for k, f in summary["folders"].items()]))
+        for note in self.folder_notes:
+            console.print(Text(note, style="yellow"))
+        if self.skipped:
+            console.print(_table(f"{len(self.skipped)} skipped", ("file", "reason"),
+                                 [(r.relpath, r.reason) for r in self.skipped]))
+        noted = [r for r in self.usable if r.notes]
+        if noted and (verbose or len(noted) <= NOTES_LISTED_UP_TO):
+            console.print(_table("usable, with notes", ("file", "size", "notes"),
+                                 [(r.relpath, f"{r.width}x{r.height}", "; ".join(r.notes)) for r in noted]))
+        elif noted:
+            kinds = ", ".join(f"{k} ({n})" for k, n in summary["notes"].items())
+            console.print(f"{len(noted)} usable files have notes: {kinds}; --verbose or the JSON report lists them")
+        if summary["buckets"]:
+            console.print(_table("buckets", ("bucket", "images"), summary["buckets"].items()))
+        console.print(f"{summary['usable']} of {summary['images']} images usable, {summary['skipped']} skipped; "
+                      f"{summary['samples_per_epoch']} samples per epoch with repeats")
+
+
+def _table(title: str, columns: tuple[str, ...], rows) -> Table:
+    """Cells as plain Text: file names like 'a[1].png' are not rich markup."""
+    table = Table(title=Text(title))
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("folder", "label", "file", "reason", "notes") else "right")
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    return table
+
+
+class NoUsableImages(LowvramError):
+    """Nothing to train on; `.report` still says why each file was skipped, for `check-data` to print."""
+
+    def __init__(self, message: str, report: ScanReport):
+        super().__init__(message)
+        self.report = report
+
+
+def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
+                 console: Console | None = None) -> ScanReport:
+    """Read every file once (or not at all when the index knows it unchanged) and judge it. Raises
+    LowvramError when the folder is missing or nothing in it is usable (NoUsableImages, carrying the report)."""
+    given = Path(root)
+    if not given.is_dir():
+        raise LowvramError(f"--data: {'not a folder' if given.exists() else 'folder not found'}: {given}")
+    root = given.resolve()
+    if index_path is not None and Path(index_path).resolve().is_relative_to(root):
+        raise LowvramError(f"scan index {index_path} is inside the dataset folder {root}; keep it in the cache")
+    files, folder_notes = _list_files(root)
+    old_index = _read_index(index_path)
+    new_index = {k: v for k, v in old_index.items() if not Path(k).is_relative_to(root)}  # other datasets' entries
+    records: list[ImageRecord] = []
+    first_of: dict[str, str] = {}  # sha256 -> relpath of the first usable copy
+    with Progress(console=console, transient=True, disable=console is None or len(files) < PROGRESS_FROM) as progress:
+        task = progress.add_task(f"scanning {root.name}", total=len(files))
+        for path, repeats, label in files:
+            record = _scan_file(root, path, repeats, label, buckets, options, old_index, new_index)
+            if record.usable and record.sha256 in first_of:
+                record = replace(record, notes=record.notes + (f"duplicate of {first_of[record.sha256]}",))
+            elif record.usable:
+                first_of[record.sha256] = record.relpath
+            records.append(record)
+            progress.advance(task)
+    if index_path is not None:
+        try:
+            write_text(Path(index_path), json.dumps({"version": INDEX_VERSION, "files": new_index}))
+        except LowvramError as exc:  # only a cache: the scan itself is still good
+            if console is not None:
+                console.print(Text(f"scan index not saved: {exc}", style="yellow"))
+    report = ScanReport(root, records, folder_notes)
+    if not report.usable:
+        if not records:
+            message = f"--data: no images ({', '.join(IMAGE_SUFFIXES)}) in {root} or its N_name subfolders"
+        else:
+            message = f"--data: no usable images in {root}: {len(records)} skipped (see `lowvram check-data {given}`)"
+        raise NoUsableImages(message, report)
+    return report
+
+
+def _list_files(root: Path) -> tuple[list[tuple[Path, int, str]], list[str]]:
+    """(image-like file, repeats, folder label) in a stable order, and notes about what was passed over."""
+    notes: list[str] = []
+    folders = [(root, 1, root.name)]
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        match = REPEAT_FOLDER.match(sub.name)
+        if not match:
+            notes.append(f"skipped folder {sub.name}/: not named 'N_name' (N = repeats), as kohya's convention needs")
+        elif int(match.group(1)) == 0:
+            notes.append(f"skipped folder {sub.name}/: 0 repeats")
+        else:
+            folders.append((sub, int(match.group(1)), match.group(2)))
+    files = []
+    for folder, repeats, label in folders:
+        where = "" if folder == root else f"{folder.name}/"
+        unknown = []
+        try:
+            entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        except OSError as exc:
+            notes.append(f"skipped folder {where}: can't list it ({exc.strerror or exc})")
+            continue
+        for path in entries:
+            suffix = path.suffix.lower()
+            if path.is_dir():
+                if folder != root:
+                    notes.append(f"ignored folder {where}{path.name}/: images must sit directly in an N_name folder")
+            elif suffix in IMAGE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES:
+                files.append((path, repeats, label))
+            elif suffix not in SILENT_SUFFIXES and path.name not in SILENT_NAMES:
+                unknown.append(path.name)
+        if unknown:
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            notes.append(f"ignored {len(unknown)} file(s) of unknown type in {where or './'}: "
+                         f"{', '.join(unknown[:5])}{more}")
+    return files, notes
+
+
+def _read_index(index_path: Path | None) -> dict[str, dict]:
+    """The previous scan's facts per file; a missing or damaged index just means decoding everything again."""
+    try:
+        data = json.loads(Path(index_path).read_text(encoding="utf-8")) if index_path else {}
+        return data["files"] if data.get("version") == INDEX_VERSION and isinstance(data.get("files"), dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _scan_file(root: Path, path: Path, repeats: int, label: str, buckets: Buckets, options: ScanOptions,
+               old_index: dict, new_index: dict) -> ImageRecord:
+    relpath = path.relative_to(root).as_posix()
+    caption, caption_notes = _caption(path, label, options)
+    suffix = path.suffix.lower()
+    if suffix in UNSUPPORTED_SUFFIXES:
+        reason = f"unsupported format: {suffix} files can't be read; convert it to one of {SUPPORTED}"
+        return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None)
+    facts = _facts(path, options, old_index.get(str(path)))
+    if facts["size"] >= 0:
+        new_index[str(path)] = facts
+    width, height, mode = facts["width"], facts["height"], facts["mode"]
+    reason, bucket, notes = _judge(facts, suffix, buckets, options)
+    if reason is None:
+        rotated = ["EXIF rotation applied"] if facts["transposed"] else []
+        notes = _mode_notes(mode, facts["has_alpha"], options) + rotated + notes + caption_notes
+    return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
+                       facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"])
+
+
+def _facts(path: Path, options: ScanOptions, cached: dict | None) -> dict:
+    """What the file is, from the index when its size and mtime are unchanged, else from reading it once."""
+    try:
+        stat = path.stat()
+        if _still_valid(cached, stat, options.max_pixels):
+            return cached
+        data = path.read_bytes()
+    except OSError as exc:  # kept out of the index (size -1): a chmod does not change the mtime
+        return _blank(size=-1, error=f"unreadable: {exc.strerror or exc}; check the file and its permissions")
+    return {**_probe(data, options.max_pixels), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _still_valid(cached, stat, max_pixels: int) -> bool:
+    """Same size and mtime, and decoded last time (or never to be: an error, or still over max_pixels)."""
+    try:
+        return (cached.keys() >= _blank().keys() and cached["size"] == stat.st_size
+                and cached["mtime_ns"] == stat.st_mtime_ns
+                and bool(cached["decoded"] or cached["error"] or cached["width"] * cached["height"] > max_pixels))
+    except (AttributeError, KeyError, TypeError):
+        return False
+
+
+def _blank(**values) -> dict:
+    facts = {"size": 0, "mtime_ns": 0, "sha256": "", "width": 0, "height": 0, "mode": "", "format": "",
+             "has_alpha": False, "transposed": False, "decoded": False, "error": None}
+    return {**facts, **values}
+
+
+def _probe(data: bytes, max_pixels: int) -> dict:
+    """Header facts, then a full decode unless over max_pixels: truncated files only fail in load()."""
+    facts = _blank(sha256=hashlib.sha256(data).hexdigest())
+    if not data:
+        return {**facts, "error": "empty file: 0 bytes; re-export or delete it"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, below
+            with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
+                orientation = _orientation(im)
+                width, height = im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
+                facts.update(width=width, height=height, mode=im.mode, format=im.format or "",
+                             has_alpha=_has_alpha(im), transposed=orientation in (2, 3, 4, 5, 6, 7, 8))
+                if width * height <= max_pixels:
+                    if im.format in ("JPEG", "MPO"):  # 1/8 scale still reads every byte: truncation shows, in 1/64 RAM
+                        im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+                    im.load()
+                    facts["decoded"] = True
+    except Image.DecompressionBombError:
+        facts["error"] = (f"too large: over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, Pillow's decompression-bomb "
+                          "limit; downscale it")
+    except Image.UnidentifiedImageError:
+        facts["error"] = _unidentified(data)
+    except Exception as exc:  # noqa: BLE001 -- truncated, corrupt, odd: one bad file never ends the scan
+        message = str(exc) or type(exc).__name__
+        kind = "truncated" if "truncated" in message else "unreadable"
+        facts["error"] = f"{kind}: {message}; re-download or re-export it"
+    return facts
+
+
+def _unidentified(data: bytes) -> str:
+    """An image of another format behind a supported name, or not an image at all."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                actual = im.format
+    except Exception:  # noqa: BLE001
+        actual = None
+    if actual:
+        return f"unsupported format: it is a {actual} file; convert it to one of {SUPPORTED}"
+    return f"not an image: no image decoder recognises its content ({data[:12]!r}...); delete or re-export it"
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 -- malformed EXIF: shown as stored, as most viewers do
+        return 1
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ALPHA_MODES or im.info.get("transparency") is not None
+
+
+def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> tuple[str | None, tuple | None, list]:
+    """(reason it is skipped or None, bucket, notes) from the facts and this run's options."""
+    width, height = facts["width"], facts["height"]
+    if facts["error"]:
+        return facts["error"], None, []
+    if width * height > options.max_pixels:
+        return (f"too large: {width}x{height} = {width * height} pixels, over the limit of {options.max_pixels} "
+                "(Pillow's decompression-bomb limit); downscale it"), None, []
+    if min(width, height) < options.min_side:
+        return f"too small: {width}x{height}, sides must be at least {options.min_side} px; use a larger image", None, []
+    placement = buckets.place(width, height)
+    if placement.kept_fraction < options.min_kept_fraction:
+        wide = width >= height
+        extreme = max(buckets.shapes, key=lambda s: s[0] / s[1] if wide else s[1] / s[0])
+        ratio = max(width, height) / min(width, height)
+        shape = f"{'widest' if wide else 'tallest'} bucket is {extreme[0]}x{extreme[1]}"
+        target = "it" if placement.bucket == extreme else f"its bucket {placement.bucket[0]}x{placement.bucket[1]}"
+        return (f"extreme aspect ratio: {width}x{height} is {f'{ratio:.1f}:1' if wide else f'1:{ratio:.1f}'} and the "
+                f"{shape}: cropping to {target} would keep only {placement.kept_fraction:.0%} of the image; "
+                "crop or split it"), None, []
+    notes = []
+    if placement.upscale > UPSCALE_NOTE_FROM:
+        if options.small_images == "skip":
+            return (f"needs upscaling: {width}x{height} would be enlarged x{placement.upscale:.1f} to fill its bucket "
+                    f"{placement.bucket[0]}x{placement.bucket[1]} (small images = skip)"), None, []
+        notes.append(f"upscaled x{placement.upscale:.1f} to fill its bucket")
+    if facts["format"] and facts["format"] not in EXPECTED_FORMATS.get(suffix, ()):
+        notes.append(f"is a {facts['format']} file despite its {suffix} name")
+    return None, placement.bucket, notes
+
+
+def _mode_notes(mode: str, has_alpha: bool, options: ScanOptions) -> list[str]:
+    key = "I;16" if mode.startswith("I;16") else mode
+    notes = [MODE_NOTES[key]] if key in MODE_NOTES else [] if mode in ("RGB", "RGBA") else [f"{mode} -> RGB"]
+    if has_alpha:
+        what = mode if mode in ALPHA_MODES else "transparency"
+        colour = {(255, 255, 255): "white", (0, 0, 0): "black"}.get(tuple(options.background),
+                                                                     f"rgb{tuple(options.background)}")
+        notes.append("alpha kept as loss mask" if options.alpha_mask else f"{what} composited on {colour}")
+    return notes
+
+
+def _caption(image: Path, label: str, options: ScanOptions) -> tuple[str, list[str]]:
+    """The caption file's first non-empty line, else the template; the trigger word prepended when missing."""
+    order = [options.caption_extension] + [s for s in CAPTION_SUFFIXES if s != options.caption_extension]
+    found = [image.with_suffix(s) for s in order if image.with_suffix(s).is_file()]
+    notes, text = [], None
+    if len(found) > 1:
+        notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
+    if not found:
+        notes.append("no caption file: template used")
+    else:
+        try:
+            raw = found[0].read_bytes()
+            try:
+                decoded = raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                decoded = raw.decode("utf-8", errors="replace")
+                notes.append(f"caption not UTF-8: decoded with replacement (save {found[0].name} as UTF-8)")
+            text = next((line.strip() for line in decoded.splitlines() if line.strip()), None)
+            if text is None:
+                notes.append("empty caption file: template used")
+        except OSError as exc:
+            notes.append(f"caption unreadable ({exc.strerror or exc}): template used")
+    if text is None:
+        text = options.caption_template.format(trigger=options.trigger_word or label).strip()
+    elif options.trigger_word and options.trigger_word not in text:
+        text = f"{options.trigger_word}, {text}"
+    return text, notes
+
+
+def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions()
+                        ) -> tuple[Image.Image, Image.Image | None]:
+    """THE one place an image is decoded for training: upright, 8-bit RGB, alpha composited on the background
+    (or returned as an "L" loss mask). A large JPEG may come back reduced (draft mode), never below the size
+    that covers its bucket: resize to the placement's `scaled`, and take the original size from the record."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the scan checked max_pixels
+            with Image.open(record.path, formats=PIL_FORMATS) as im:
+                if im.format in ("JPEG", "MPO") and record.bucket and record.width and record.height:
+                    scale = max(record.bucket[0] / record.width, record.bucket[1] / record.height)
+                    need = (math.ceil(record.width * scale), math.ceil(record.height * scale))
+                    if scale <= 0.5:
+                        im.draft(im.mode, need if im.size == (record.width, record.height) else need[::-1])
+                upright = ImageOps.exif_transpose(im) if record.transposed else im
+                return _to_rgb(upright, options)
+    except Exception as exc:  # noqa: BLE001
+        raise LowvramError(f"{record.path}: could not be decoded for training ({exc}); did it change since the "
+                           "scan? Run `lowvram check-data` again") from None
+
+
+def _to_rgb(im: Image.Image, options: ScanOptions) -> tuple[Image.Image, Image.Image | None]:
+    if _has_alpha(im) and im.mode not in HIGH_BIT_MODES:
+        rgba = im.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        if options.alpha_mask:
+            return rgba.convert("RGB"), alpha
+        out = Image.new("RGB", rgba.size, tuple(options.background))
+        out.paste(rgba.convert("RGB"), mask=alpha)
+        return out, None
+    if im.mode in HIGH_BIT_MODES:  # Pillow's own convert clips these at 255 instead of scaling
+        array = np.asarray(im).astype(np.float32)
+        peak = float(array.max()) if array.size else 0.0  # 'I' and 'F' carry no bit depth: guess it from the peak
+        top = 65535.0 if im.mode.startswith("I;16") or peak > 255 else 1.0 if im.mode == "F" and peak <= 1 else 255.0
+        grey = np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB"), None
+    return im.convert("RGB"), None

@@ -1,0 +1,161 @@
+"""The latent and text-embedding caches: content-addressed, resumable, self-healing; and training on a
+messy dataset completes on the good files without touching the user's folder."""
+
+import hashlib
+
+import pytest
+import torch
+from conftest import run_config
+from messy_dataset import write_messy_dataset
+from rich.console import Console
+
+from lowvram.data.cache import TensorStore
+from lowvram.data.prepare import prepare_training_data, scan
+from lowvram.models import load_model
+from lowvram.train.loop import train
+
+QUIET = Console(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny")
+
+
+def prepare(config, model, data_root, cache_dir):
+    reports = [scan(config, data_root, model.family, config.data.trigger_word, cache_dir, None)]
+    return prepare_training_data(config, model, reports, torch.device("cpu"), cache_dir, QUIET)
+
+
+def setup(tmp_path, sample_data, **options):
+    cache = tmp_path / "cache"
+    config = run_config(data=str(sample_data), cache_dir=str(cache), **options)
+    return config, cache
+
+
+def test_second_run_encodes_nothing(tmp_path, sample_data, tiny):
+    config, cache = setup(tmp_path, sample_data, flip=True)
+    first = prepare(config, tiny, sample_data, cache)
+    assert (first.encoded_latents, first.encoded_texts) == (12, 6)  # 6 images x 2 variants; 6 captions
+    again = prepare(config, tiny, sample_data, cache)
+    assert (again.encoded_latents, again.encoded_texts) == (0, 0)
+
+
+def test_editing_one_caption_reencodes_only_that_embedding(tmp_path, sample_data, tiny):
+    config, cache = setup(tmp_path, sample_data)
+    prepare(config, tiny, sample_data, cache)
+    caption = next(sample_data.glob("*/*.txt"))
+    caption.write_text("lvshape, an entirely new caption")
+    again = prepare(config, tiny, sample_data, cache)
+    assert (again.encoded_latents, again.encoded_texts) == (0, 1)
+
+
+def test_replacing_one_image_reencodes_only_its_latents(tmp_path, sample_data, tiny):
+    config, cache = setup(tmp_path, sample_data, flip=True)
+    prepare(config, tiny, sample_data, cache)
+    from PIL import Image
+
+    image = next(sample_data.glob("*/*.png"))
+    Image.new("RGB", (96, 112), (1, 2, 3)).save(image)
+    again = prepare(config, tiny, sample_data, cache)
+    assert (again.encoded_latents, again.encoded_texts) == (2, 0)  # both variants of that image
+
+
+def test_changing_the_vae_or_the_crop_invalidates_the_latents(tmp_path, sample_data, tiny):
+    config, cache = setup(tmp_path, sample_data)
+    prepare(config, tiny, sample_data, cache)
+    assert prepare(run_config(data=str(sample_data), cache_dir=str(cache), crop="random", latent_variants=1),
+                   tiny, sample_data, cache).encoded_latents == 0  # variant 0 is the centre crop either way
+    other = load_model("tiny")
+    with torch.no_grad():
+        other.vae.decoder.conv_out.weight.add_(0.01)  # a fine-tuned decoder changes the VAE's identity
+    assert prepare(config, other, sample_data, cache).encoded_latents == 6
+
+
+def test_truncated_cache_file_is_rebuilt(tmp_path, sample_data, tiny):
+    config, cache = setup(tmp_path, sample_data)
+    prepare(config, tiny, sample_data, cache)
+    victim = next((cache / "latents").rglob("*.safetensors"))
+    victim.write_bytes(victim.read_bytes()[:40])
+    again = prepare(config, tiny, sample_data, cache)
+    assert (again.encoded_latents, again.encoded_texts) == (1, 0)
+    assert len(TensorStore(cache, "latents").load(victim.stem)["latent"].shape) == 3
+
+
+def test_interrupted_caching_resumes_without_redoing_work(tmp_path, sample_data, tiny, monkeypatch):
+    config, cache = setup(tmp_path, sample_data, flip=True, cache_batch_size=1)
+    saved = []
+    original = TensorStore.save
+
+    def save_then_die(self, key, tensors):
+        if len(saved) == 5:
+            raise KeyboardInterrupt  # the user hits Ctrl-C, or the runtime is killed, mid-pass
+        original(self, key, tensors)
+        saved.append(key)
+
+    monkeypatch.setattr(TensorStore, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(config, tiny, sample_data, cache)
+    monkeypatch.setattr(TensorStore, "save", original)
+    resumed = prepare(config, tiny, sample_data, cache)
+    assert resumed.encoded_latents == 12 - 5 and resumed.encoded_texts == 6
+    assert not list(cache.rglob("*.tmp"))  # no half-written entry left behind
+
+
+def test_alpha_mask_is_cached_at_latent_resolution(tmp_path, tiny):
+    from PIL import Image
+
+    root = tmp_path / "data" / "1_cut"
+    root.mkdir(parents=True)
+    image = Image.new("RGBA", (64, 64), (255, 0, 0, 0))
+    image.paste((255, 0, 0, 255), (0, 0, 32, 64))  # left half opaque
+    image.save(root / "a.png")
+    config = run_config(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), alpha_mask=True)
+    prepared = prepare(config, tiny, tmp_path / "data", tmp_path / "cache")
+    batch = prepared.data.load([0], __import__("random").Random(0))
+    assert batch.mask.shape == (1, 1, 32, 32)
+    assert batch.mask[0, 0, :, :16].min() == 1.0 and batch.mask[0, 0, :, 16:].max() == 0.0
+
+
+def tree_digest(root):
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        digest.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+            digest.update(str(path.stat().st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+def test_training_on_a_messy_dataset_completes_on_the_good_files(tmp_path):
+    expected = write_messy_dataset(tmp_path / "data")
+    before = tree_digest(tmp_path / "data")
+    result = train(run_config(data=str(tmp_path / "data"), output=str(tmp_path / "out"), max_steps=3,
+                              cache_dir=str(tmp_path / "cache")))
+    assert result.lora_path.is_file()
+    report = result.data_reports[0]
+    skipped = {r.relpath: r.reason for r in report.skipped}
+    bad = {"truncated.jpg", "tiny.png", "panorama.png", "text.png", "empty.jpg", "anim.gif", "really_a_gif.png"}
+    assert set(skipped) == {f"2_messy/{name}" for name in bad}
+    for relpath, reason in skipped.items():
+        assert expected[relpath] in reason, (relpath, reason)
+    assert {r.relpath for r in report.usable} == set(expected) - set(skipped)
+    assert result.data.images_per_epoch == 2 * len(report.usable)  # the 2_ folder's repeats
+    assert tree_digest(tmp_path / "data") == before  # the user's folder is byte-for-byte unchanged
+
+
+def test_regularization_images_are_balanced_and_weighted(tmp_path, sample_data, tiny):
+    from PIL import Image
+
+    reg = tmp_path / "reg" / "1_shape"
+    reg.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (80, 80), (10 * i, 20, 30)).save(reg / f"r{i}.png")
+    config = run_config(data=str(sample_data), reg_data=str(tmp_path / "reg"), prior_loss_weight=0.5,
+                        cache_dir=str(tmp_path / "cache"), batch_size=1)
+    reports = [scan(config, sample_data, tiny.family, None, tmp_path / "cache", None),
+               scan(config, tmp_path / "reg", tiny.family, None, tmp_path / "cache", None)]
+    data = prepare_training_data(config, tiny, reports, torch.device("cpu"), tmp_path / "cache", QUIET).data
+    assert data.images_per_epoch == 60  # 30 training samples + the 3 regularization images cycled to 30
+    weights = sorted(data.samples[i].weight for batch in data.epoch_batches(0) for i in batch)
+    assert weights == [0.5] * 30 + [1.0] * 30

@@ -1,0 +1,327 @@
+"""The dataset scan: every bad file named with its reason, odd ones converted, the user's folder never
+touched, and a rescan of unchanged files decoding nothing."""
+
+import hashlib
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from messy_dataset import FOLDER, GOOD, drawn, write_messy_dataset
+from PIL import Image
+from rich.console import Console
+
+from lowvram.data.buckets import default_buckets
+from lowvram.data.scan import NoUsableImages, ScanOptions, open_training_image, scan_dataset
+from lowvram.errors import LowvramError
+
+TINY = default_buckets(64, 16)
+
+
+def tree_state(root):
+    """Every path under root with its type, size, mtime, permissions and content hash, plus the root's own."""
+    state = {".": (root.stat().st_mtime_ns, root.stat().st_mode)}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        state[path.relative_to(root).as_posix()] = (path.is_dir(), st.st_size, st.st_mtime_ns, st.st_mode, digest)
+    return state
+
+
+def by_relpath(report):
+    return {r.relpath: r for r in report.records}
+
+
+@pytest.fixture
+def messy(tmp_path):
+    root = tmp_path / "data"
+    return root, write_messy_dataset(root)
+
+
+@pytest.fixture
+def count_opens(monkeypatch):
+    """Record the sha256 of every image Pillow is asked to open."""
+    opened = []
+    original = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        data = fp.getvalue() if hasattr(fp, "getvalue") else Path(fp).read_bytes()
+        opened.append(hashlib.sha256(data).hexdigest())
+        return original(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    return opened
+
+
+def test_every_messy_file_is_reported_with_its_reason_or_notes(messy):
+    root, expect = messy
+    report = scan_dataset(root, TINY)
+    records = by_relpath(report)
+    assert set(records) == set(expect)  # captions, metadata, dotfiles and unknown files are not images
+    for relpath, keyword in expect.items():
+        record = records[relpath]
+        said = record.reason if not record.usable else "; ".join(record.notes)
+        assert keyword in said, (relpath, said)
+        if keyword == "":
+            assert record.usable and record.notes == (), (relpath, record)
+        assert record.path.is_absolute() and record.folder == "messy" and record.repeats == 2
+    skipped = {"truncated.jpg", "tiny.png", "panorama.png", "text.png", "empty.jpg", "anim.gif", "really_a_gif.png"}
+    assert {r.relpath for r in report.skipped} == {f"{FOLDER}/{name}" for name in skipped}
+    assert all(r.bucket is None and r.reason for r in report.skipped)
+    assert all(r.bucket is not None and r.reason is None for r in report.usable)
+    assert "supported" in records[f"{FOLDER}/anim.gif"].reason and ".png .jpg" in records[f"{FOLDER}/anim.gif"].reason
+    assert "40.0:1" in records[f"{FOLDER}/panorama.png"].reason and "128x32" in records[f"{FOLDER}/panorama.png"].reason
+    assert (records[f"{FOLDER}/panorama.png"].width, records[f"{FOLDER}/panorama.png"].height) == (8000, 200)
+    notes = " | ".join(report.folder_notes)
+    assert "misc/" in notes and "0_off/" in notes and "notes.docx" in notes
+    assert "metadata.json" not in notes and "DS_Store" not in notes and "._good_1" not in notes
+    # Captions: file first line, template (folder label) when missing or empty, latin-1 decoded with replacement.
+    assert records[f"{FOLDER}/good_1.png"].caption == "a circle in rgb(220, 40, 40)"
+    assert records[f"{FOLDER}/empty_caption.png"].caption == "messy"
+    assert records[f"{FOLDER}/uncaptioned.png"].caption == "messy"
+    assert records[f"{FOLDER}/both.png"].caption == "from the txt"
+    assert records[f"{FOLDER}/latin1.png"].caption == "caf\ufffd au lait"
+    assert records[f"{FOLDER}/good_1_copy.png"].sha256 == records[f"{FOLDER}/good_1.png"].sha256 != ""
+    assert "duplicate" not in " ".join(records[f"{FOLDER}/good_1.png"].notes)  # only the later copy is noted
+    assert len(report.usable) >= 4 and all(records[f"{FOLDER}/{name}"].usable for name in GOOD)
+
+
+def test_converted_images_decode_to_8_bit_rgb_with_the_right_pixels(messy):
+    root, _ = messy
+    records = by_relpath(scan_dataset(root, TINY))
+
+    def pixels(name, **options):
+        image, mask = open_training_image(records[f"{FOLDER}/{name}"], ScanOptions(**options))
+        assert image.mode == "RGB"
+        return np.asarray(image).astype(int), None if mask is None else np.asarray(mask)
+
+    rotated = records[f"{FOLDER}/rotated.jpg"]
+    assert (rotated.width, rotated.height) == (80, 120) and rotated.bucket[0] < rotated.bucket[1]  # upright: portrait
+    upright, _ = pixels("rotated.jpg")
+    assert upright.shape == (120, 80, 3)
+    assert upright[20, 40, 0] > 180 and upright[20, 40, 2] < 80  # red on top: stored left side, turned clockwise
+    assert upright[100, 40, 2] > 180 and upright[100, 40, 0] < 80  # blue at the bottom
+
+    cmyk, _ = pixels("cmyk.jpg")
+    assert records[f"{FOLDER}/cmyk.jpg"].mode == "CMYK"
+    assert cmyk[48, 48, 0] > 200 and cmyk[48, 48, 1] < 60 and cmyk[48, 48, 2] < 60  # red, not inverted
+
+    sixteen, _ = pixels("sixteen.png")
+    assert records[f"{FOLDER}/sixteen.png"].mode.startswith("I;16")
+    assert abs(sixteen[10, 10, 0] - 128) <= 1 and sixteen[10, 90].tolist() == [255, 255, 255]  # scaled, not clipped
+
+    composited, mask = pixels("rgba.png")
+    assert records[f"{FOLDER}/rgba.png"].has_alpha and mask is None
+    assert composited[10, 10].tolist() == [255, 0, 0] and composited[10, 90].tolist() == [255, 255, 255]
+    on_black, _ = pixels("rgba.png", background=(0, 0, 0))
+    assert on_black[10, 90].tolist() == [0, 0, 0]
+    kept, mask = pixels("rgba.png", alpha_mask=True)
+    assert mask is not None and mask.shape == (96, 96) and mask[10, 10] == 255 and mask[10, 90] == 0
+    assert kept[10, 10].tolist() == [255, 0, 0]
+    masked = scan_dataset(root, TINY, ScanOptions(alpha_mask=True))
+    assert "alpha kept as loss mask" in by_relpath(masked)[f"{FOLDER}/rgba.png"].notes
+
+    for name in ("palette.png", "grey.png", "bitmap.png"):
+        image, _ = pixels(name)
+        assert image.shape == (96, 96, 3)
+    assert pixels("grey.png")[0][48, 48].tolist()[0] == pixels("grey.png")[0][48, 48].tolist()[2] < 200  # the disc
+
+
+def test_the_dataset_folder_is_never_modified(messy, tmp_path):
+    root, _ = messy
+    before = tree_state(root)
+    index = tmp_path / "cache" / "scan.json"
+    report = scan_dataset(root, TINY, index_path=index)
+    assert tree_state(root) == before
+    for record in report.usable:
+        for options in (ScanOptions(), ScanOptions(alpha_mask=True)):
+            image, _ = open_training_image(record, options)
+            assert image.mode == "RGB" and image.size == (record.width, record.height)
+    scan_dataset(root, TINY, index_path=index)  # a rescan with the index
+    report.write_json(tmp_path / "report.json")
+    assert tree_state(root) == before
+    assert index.is_file()
+
+
+def test_an_index_inside_the_dataset_is_refused(messy):
+    root, _ = messy
+    before = tree_state(root)
+    with pytest.raises(LowvramError, match="inside the dataset"):
+        scan_dataset(root, TINY, index_path=root / FOLDER / "index.json")
+    assert tree_state(root) == before
+
+
+def test_json_report_round_trips_with_a_summary(messy, tmp_path):
+    root, _ = messy
+    report = scan_dataset(root, TINY)
+    data = report.to_json()
+    assert json.loads(json.dumps(data)) == data
+    assert json.loads(report.write_json(tmp_path / "out" / "report.json").read_text(encoding="utf-8")) == data
+    summary = data["summary"]
+    assert summary["images"] == len(report.records) == summary["usable"] + summary["skipped"]
+    assert summary["usable"] == len(report.usable) and summary["samples_per_epoch"] == 2 * len(report.usable)
+    assert sum(summary["buckets"].values()) == len(report.usable) and "64x64" in summary["buckets"]
+    assert {"truncated", "too small", "extreme aspect ratio", "not an image", "empty file",
+            "unsupported format"} == set(summary["skipped_by_reason"])
+    assert summary["notes"]["duplicate"] == 1
+    assert summary["folders"][f"{FOLDER}/"]["skipped"] == len(report.skipped)
+    rows = {r["relpath"]: r for r in data["records"]}
+    assert rows[f"{FOLDER}/rotated.jpg"]["bucket"] == [48, 80] and rows[f"{FOLDER}/tiny.png"]["bucket"] is None
+
+
+def test_rescan_with_the_index_decodes_nothing(messy, tmp_path, count_opens):
+    root, _ = messy
+    index = tmp_path / "cache" / "scan.json"
+    first = scan_dataset(root, TINY, index_path=index)
+    assert len(count_opens) >= len(first.records) - 2  # the first scan decoded them (not the .gif, not the empty)
+    count_opens.clear()
+    second = scan_dataset(root, TINY, index_path=index)
+    assert count_opens == []
+    assert second.records == first.records and second.folder_notes == first.folder_notes
+    # Captions are re-read every scan: an edited caption shows without decoding anything.
+    (root / FOLDER / "good_1.txt").write_text("an edited caption", encoding="utf-8")
+    third = scan_dataset(root, TINY, index_path=index)
+    assert count_opens == [] and by_relpath(third)[f"{FOLDER}/good_1.png"].caption == "an edited caption"
+
+
+def test_a_changed_file_is_the_only_one_decoded_again(messy, tmp_path, count_opens):
+    root, _ = messy
+    index = tmp_path / "cache" / "scan.json"
+    first = by_relpath(scan_dataset(root, TINY, index_path=index))
+    changed = root / FOLDER / "good_3.png"
+    drawn(size=(100, 90), colour=(1, 2, 3)).save(changed)
+    count_opens.clear()
+    second = by_relpath(scan_dataset(root, TINY, index_path=index))
+    assert count_opens == [hashlib.sha256(changed.read_bytes()).hexdigest()]
+    record = second[f"{FOLDER}/good_3.png"]
+    assert (record.width, record.height) == (100, 90) and record.sha256 == count_opens[0]
+    assert {k: v for k, v in second.items() if k != record.relpath} == {
+        k: v for k, v in first.items() if k != record.relpath}
+
+
+def test_missing_empty_or_hopeless_folders_raise_naming_the_folder(tmp_path):
+    with pytest.raises(LowvramError, match="nowhere"):
+        scan_dataset(tmp_path / "nowhere", TINY)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LowvramError, match="empty"):
+        scan_dataset(tmp_path / "empty", TINY)
+    bad = tmp_path / "all_bad" / "3_x"
+    bad.mkdir(parents=True)
+    (bad / "text.png").write_text("not an image")
+    Image.new("RGB", (8, 8)).save(bad / "tiny.png")
+    with pytest.raises(NoUsableImages, match="all_bad") as caught:
+        scan_dataset(tmp_path / "all_bad", TINY)
+    assert isinstance(caught.value, LowvramError) and "2 skipped" in str(caught.value)
+    assert {r.relpath for r in caught.value.report.skipped} == {"3_x/text.png", "3_x/tiny.png"}
+
+
+def test_images_over_max_pixels_are_skipped_and_rescanned_when_allowed(tmp_path):
+    drawn(size=(120, 120)).save(tmp_path / "big.png")
+    drawn(size=(96, 96)).save(tmp_path / "fine.png")
+    index = tmp_path.parent / f"{tmp_path.name}-index.json"
+    records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(max_pixels=10_000), index_path=index))
+    assert not records["big.png"].usable and "too large" in records["big.png"].reason
+    assert "14400" in records["big.png"].reason and (records["big.png"].width, records["big.png"].height) == (120, 120)
+    assert records["fine.png"].usable
+    records = by_relpath(scan_dataset(tmp_path, TINY, index_path=index))  # limit raised: now decoded and usable
+    assert records["big.png"].usable and records["big.png"].bucket == (64, 64)
+
+
+@pytest.mark.filterwarnings("error")
+def test_pillow_decompression_bomb_warning_and_error_never_escape(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # Pillow warns above 5000 pixels, refuses above 10000
+    drawn(size=(64, 64)).save(tmp_path / "ok.png")
+    drawn(size=(80, 80)).save(tmp_path / "warns.png")
+    drawn(size=(120, 120)).save(tmp_path / "refused.jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        strict = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(max_pixels=5000)))
+        lenient = by_relpath(scan_dataset(tmp_path, TINY))  # our limit above Pillow's warning: decoded quietly
+        image, _ = open_training_image(lenient["warns.png"], ScanOptions())
+    assert strict["ok.png"].usable and lenient["ok.png"].usable
+    assert "too large" in strict["warns.png"].reason and "6400" in strict["warns.png"].reason
+    assert lenient["warns.png"].usable and image.size == (80, 80)
+    for records in (strict, lenient):
+        assert "too large" in records["refused.jpg"].reason and "decompression-bomb" in records["refused.jpg"].reason
+
+
+def test_small_images_are_upscaled_with_a_note_or_skipped(tmp_path):
+    drawn(size=(100, 100)).save(tmp_path / "small.png")
+    drawn(size=(800, 800)).save(tmp_path / "large.png")
+    records = by_relpath(scan_dataset(tmp_path, default_buckets(512)))
+    assert records["small.png"].usable and "upscaled x5.1 to fill its bucket" in records["small.png"].notes
+    assert records["large.png"].usable and records["large.png"].notes == ("no caption file: template used",)
+    records = by_relpath(scan_dataset(tmp_path, default_buckets(512), ScanOptions(small_images="skip")))
+    assert not records["small.png"].usable and "needs upscaling" in records["small.png"].reason
+    assert records["large.png"].usable
+
+
+def test_folder_conventions_captions_and_trigger_word(tmp_path):
+    drawn().save(tmp_path / "top.png")
+    (tmp_path / "top.txt").write_text("\n  a caption on line two  \nignored third line\n")
+    (tmp_path / "10_sks dog").mkdir()
+    drawn().save(tmp_path / "10_sks dog" / "a.jpg")
+    (tmp_path / "10_sks dog" / "a.txt").write_text("from the txt")
+    (tmp_path / "10_sks dog" / "a.caption").write_text("from the caption")
+    drawn().save(tmp_path / "10_sks dog" / "b.png")
+    (tmp_path / "10_sks dog" / "nested").mkdir()
+    drawn().save(tmp_path / "10_sks dog" / "nested" / "c.png")
+    options = ScanOptions(caption_template="a photo of {trigger}")
+    report = scan_dataset(tmp_path, TINY, options)
+    records = by_relpath(report)
+    assert set(records) == {"top.png", "10_sks dog/a.jpg", "10_sks dog/b.png"}
+    assert (records["top.png"].caption, records["top.png"].repeats) == ("a caption on line two", 1)
+    assert records["top.png"].folder == tmp_path.name
+    assert (records["10_sks dog/a.jpg"].repeats, records["10_sks dog/a.jpg"].folder) == (10, "sks dog")
+    assert records["10_sks dog/a.jpg"].caption == "from the txt"
+    assert records["10_sks dog/b.png"].caption == "a photo of sks dog"
+    assert any("nested" in note for note in report.folder_notes)
+    records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".caption", trigger_word="zwx")))
+    assert records["10_sks dog/a.jpg"].caption == "zwx, from the caption"
+    assert "both .caption and .txt: used .caption" in records["10_sks dog/a.jpg"].notes
+    assert records["10_sks dog/b.png"].caption == "zwx"
+    with pytest.raises(LowvramError, match="small-images"):
+        ScanOptions(small_images="stretch")
+
+
+def test_large_jpeg_is_decoded_in_draft_mode_but_still_covers_its_bucket(tmp_path):
+    drawn(size=(2048, 1536)).save(tmp_path / "photo.jpg", quality=90)
+    buckets = default_buckets(512)
+    record = scan_dataset(tmp_path, buckets).records[0]
+    image, _ = open_training_image(record, ScanOptions())
+    scaled = buckets.place(record.width, record.height).scaled
+    assert image.mode == "RGB" and image.width < 2048
+    assert image.width >= scaled[0] and image.height >= scaled[1]
+
+
+def test_progress_bar_and_printed_summary(messy, tmp_path):
+    root, expect = messy
+    for i in range(60):  # enough files for a progress bar
+        drawn(size=(64, 64), colour=(i, 0, 0)).save(root / f"extra_{i:02d}.png")
+    out = io.StringIO()
+    console = Console(file=out, width=300, force_terminal=True, color_system=None)
+    report = scan_dataset(root, TINY, console=console)
+    assert len(report.records) == len(expect) + 60
+    out.truncate(0)
+    report.print_summary(console, verbose=True)
+    text = out.getvalue()
+    for record in report.skipped:
+        assert record.relpath in text and record.reason.split(":")[0] in text
+    assert "CMYK -> RGB" in text and "misc/" in text and "64x64" in text
+    out.truncate(0)
+    out.seek(0)
+    report.print_summary(console)  # many noted files: counted, not listed
+    assert "usable files have notes" in out.getvalue() and "extra_05.png" not in out.getvalue()
+
+
+def test_unreadable_file_is_skipped_not_fatal(messy, tmp_path):
+    root, _ = messy
+    (root / FOLDER / "dangling.png").symlink_to(tmp_path / "moved-away.png")  # unreadable even for root
+    index = tmp_path / "index.json"
+    records = by_relpath(scan_dataset(root, TINY, index_path=index))
+    assert "unreadable" in records[f"{FOLDER}/dangling.png"].reason
+    assert str(root / FOLDER / "dangling.png") not in json.loads(index.read_text())["files"]  # retried next time
+    drawn().save(tmp_path / "moved-away.png")
+    assert by_relpath(scan_dataset(root, TINY, index_path=index))[f"{FOLDER}/dangling.png"].usable
