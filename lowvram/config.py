@@ -381,8 +381,10 @@ def _check(c: RunConfig) -> list[str]:
         p.append(f"--background: {exc}")
     if c.data.caption_extension not in (".txt", ".caption"):
         p.append(f"--caption-extension: '{c.data.caption_extension}' is not one of .txt, .caption")
-    if "{trigger}" not in c.data.caption_template and "{" in c.data.caption_template:
-        p.append("--caption-template: the only placeholder is {trigger}")
+    try:
+        c.data.caption_template.format(trigger="")
+    except (KeyError, IndexError, ValueError):
+        p.append(f"--caption-template: {c.data.caption_template!r}: the only placeholder is {{trigger}}")
     positive("rank", c.network.rank)
     positive("alpha", c.network.alpha)
     if not 0 <= c.network.dropout < 1:

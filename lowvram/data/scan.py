@@ -3,7 +3,7 @@ what was found and what will be done to it.
 
 Users' folders are messy, so one bad file becomes a skipped record with a reason, never a crash; and nothing
 in the folder is ever written. An index kept elsewhere (the cache) lets a rescan skip decoding unchanged files.
-Folder rules are kohya's, as in `dataset.scan_images`: images in the root count once, `N_name/` repeats N times.
+Folder rules are kohya's: images in the root count once, `N_name/` repeats N times.
 """
 
 from __future__ import annotations
