@@ -106,7 +106,7 @@ def main() -> None:
 
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
                             cwd=Path(__file__).parent).stdout.strip()
     record = {
         "benchmark": "data pipeline scale",
