@@ -25,7 +25,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear")
-OPTIMIZERS = ("adamw",)
+OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "lion8bit", "adafactor")
+UNET_WEIGHTS = ("auto", "fp32", "fp16", "bf16", "fp8", "bnb-int8", "bnb-nf4", "quanto-int8", "quanto-int4",
+                "quanto-fp8")
+ATTENTION = ("auto", "xformers", "sdpa", "math")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SAVE_PRECISION = ("fp16", "bf16", "fp32")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -105,7 +108,9 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = option("adamw", "Optimizer.", choices=OPTIMIZERS)
+    optimizer: str = option("adamw", "Optimizer: adamw (torch); adamw8bit, paged_adamw8bit and lion8bit "
+                            "(bitsandbytes: optimizer state in 8 bits); adafactor (factored second moments).",
+                            choices=OPTIMIZERS)
     lr: float = option(1e-4, "Learning rate of the U-Net adapters.")
     text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder adapters (default: --lr).")
     weight_decay: float = option(1e-2, "AdamW weight decay.")
@@ -126,7 +131,20 @@ class TrainingConfig:
                                   "older GPUs, no (fp32) on CPU.", choices=MIXED_PRECISION)
     noise_offset: float = option(0.0, "Noise offset (e.g. 0.05) so the model learns very dark/bright images.")
     min_snr_gamma: float | None = option(None, "Min-SNR loss weighting gamma (5 is the usual value; off by default).")
-    gradient_checkpointing: bool = option(False, "Recompute U-Net activations in backward to save memory.")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The memory strategy: how each part of the model is stored and where it lives during training."""
+
+    unet_weights: str = option("auto", "Storage of the frozen U-Net: fp32/fp16/bf16; fp8 (stored in float8, "
+                               "upcast per layer); bnb-int8, bnb-nf4 (bitsandbytes, Linear layers only); "
+                               "quanto-int8, quanto-int4, quanto-fp8 (Linear and Conv2d). auto: the compute "
+                               "precision.", choices=UNET_WEIGHTS)
+    gradient_checkpointing: bool = option(False, "Recompute U-Net activations in backward to save memory "
+                                          "(and the text encoders' when they train).")
+    attention: str = option("auto", "Attention kernels: xformers when installed and working, else PyTorch SDPA "
+                            "(flash / memory-efficient), else math.", choices=ATTENTION)
 
 
 @dataclass(frozen=True)
@@ -153,6 +171,7 @@ class RunConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     @property

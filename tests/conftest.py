@@ -46,3 +46,15 @@ def run_config(**overrides):
     values = {"model": "tiny", "data": "sample", "max_steps": 4, "rank": 4, "overwrite": True}
     values.update(overrides)
     return build_config(values)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.gpu` tests run where CUDA is, and are skipped (not failed) elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

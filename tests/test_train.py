@@ -158,7 +158,7 @@ def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):
 @pytest.mark.parametrize("options", [
     {"prediction_type": "v_prediction", "min_snr_gamma": 5.0, "noise_offset": 0.05},
     {"scheduler": "cosine_with_restarts", "warmup_steps": 2, "scheduler_cycles": 2, "gradient_accumulation": 2,
-     "batch_size": 2, "gradient_checkpointing": True},
+     "batch_size": 2, "gradient_checkpointing": True, "unet_weights": "fp8", "optimizer": "adamw8bit"},
     {"epochs": 1, "batch_size": 3, "scheduler": "linear", "max_steps": None},
 ])
 def test_training_options_run_and_are_recorded(tmp_path, options):

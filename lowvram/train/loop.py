@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 
 import lowvram
+from lowvram.attention import set_attention
 from lowvram.config import SAMPLE_DATA, RunConfig, parse_save_every
 from lowvram.data.cache import default_cache_dir
 from lowvram.data.dataset import TrainingData
@@ -23,13 +24,16 @@ from lowvram.errors import LowvramError
 from lowvram.files import write_text
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.models.loading import LoadedModel, detect_family, load_model
+from lowvram.quant import convert_frozen, storage_bytes
 from lowvram.train import lora
 from lowvram.train.conditioning import encode_prompts, unet_conditioning
 from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
+from lowvram.train.optim import build_optimizer
 from lowvram.train.progress import TrainingProgress
 
 DEFAULT_EPOCHS = 10
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+WEIGHT_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @dataclass
@@ -95,7 +99,10 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     # Caches: encode what is missing; afterwards only the U-Net (and trained text encoders) use the GPU.
     prepared_data = prepare_training_data(config, model, reports, device, cache_dir, console)
     data = prepared_data.data
+    unet_weights = config.memory.unet_weights if config.memory.unet_weights != "auto" else WEIGHT_NAMES[weight_dtype]
+    convert_frozen(model.unet, unet_weights, weight_dtype)
     model.unet.to(device)
+    attention = set_attention(model.unet, config.memory.attention)
     train_text = config.network.train_text_encoder
     if train_text:
         for encoder in model.text_encoders:
@@ -104,14 +111,14 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     # Adapters: seeded so the same config gives the same LoRA.
     torch.manual_seed(config.training.seed)
     trainable = lora.add_lora(model, config.network.rank, config.alpha, config.network.dropout, train_text)
-    if config.training.gradient_checkpointing:
+    if config.memory.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         if train_text:
             for encoder in model.text_encoders:
                 encoder.gradient_checkpointing_enable()
     groups = [{"params": params, "lr": config.optim.lr if part == "unet" else config.text_encoder_lr}
               for part, params in trainable.items()]
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.optim.weight_decay)
+    optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay)
 
     steps_per_epoch = math.ceil(data.batches_per_epoch / config.training.gradient_accumulation)
     total_steps = config.training.max_steps or steps_per_epoch * (config.training.epochs or DEFAULT_EPOCHS)
@@ -125,7 +132,9 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     records = reports[0].usable
 
     console.print(
-        f"[bold]lowvram[/] {family.title} from {model.source} on {hardware.name} ({mixed_precision}) | "
+        f"[bold]lowvram[/] {family.title} from {model.source} on {hardware.name} ({mixed_precision}) | U-Net "
+        f"{unet_weights} ({storage_bytes(model.unet) / 2**20:.0f} MiB), {attention} attention, "
+        f"{config.optim.optimizer} | "
         f"{len(records)} images, {data.images_per_epoch} per epoch with repeats | rank {config.network.rank} "
         f"alpha {config.alpha:g} | {total_steps} steps = {total_steps / steps_per_epoch:.3g} epochs "
         f"of {steps_per_epoch} | batch {config.training.batch_size} x {config.training.gradient_accumulation}"

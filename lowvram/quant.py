@@ -1,0 +1,194 @@
+"""Storage formats for the frozen U-Net, behind one function: `convert_frozen(module, format)`.
+
+LoRA adapters are added *after* conversion, on top of the converted layers, and train in fp32; the
+saved LoRA holds only adapter weights, and nothing is ever merged into quantized weights.
+
+| format       | Linear           | Conv2d           | backend                                   |
+|--------------|------------------|------------------|-------------------------------------------|
+| fp32/fp16/bf16 | cast           | cast             | torch                                     |
+| fp8          | float8_e4m3fn    | float8_e4m3fn    | torch: stored fp8, upcast per layer       |
+| bnb-int8     | LLM.int8         | compute dtype    | bitsandbytes Linear8bitLt                 |
+| bnb-nf4      | NF4 + double quant | compute dtype  | bitsandbytes Linear4bit (QLoRA)           |
+| quanto-int8  | int8             | int8             | optimum-quanto                            |
+| quanto-int4  | int4             | int4             | optimum-quanto                            |
+| quanto-fp8   | float8_e4m3fn    | float8_e4m3fn    | optimum-quanto                            |
+
+bitsandbytes quantizes only nn.Linear, and SD1.5's U-Net is ~69 % convolutions by parameters, so the
+fp8 and quanto formats, which also convert Conv2d, save far more on SD1.5. Heavy backends are
+imported only when their format is chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lowvram.errors import LowvramError
+
+# The input and output convolutions are tiny and sensitive; every tool keeps them in full precision.
+KEEP_FULL_PRECISION = ("conv_in", "conv_out")
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    name: str
+    bits: float  # bits per converted weight, scales included approximately (for the planner)
+    converts_conv: bool
+    backend: str  # "torch", "bitsandbytes", "optimum-quanto"
+    description: str
+
+
+WEIGHT_FORMATS = {
+    f.name: f
+    for f in (
+        WeightFormat("fp32", 32, True, "torch", "full precision"),
+        WeightFormat("fp16", 16, True, "torch", "half precision"),
+        WeightFormat("bf16", 16, True, "torch", "bfloat16"),
+        WeightFormat("fp8", 8, True, "torch", "float8 storage, upcast per layer (kohya's fp8_base)"),
+        WeightFormat("bnb-int8", 8.1, False, "bitsandbytes", "LLM.int8 Linear layers"),
+        WeightFormat("bnb-nf4", 4.13, False, "bitsandbytes", "NF4 Linear layers with double quantization"),
+        WeightFormat("quanto-int8", 8.1, True, "optimum-quanto", "int8 Linear and Conv2d"),
+        WeightFormat("quanto-int4", 4.5, True, "optimum-quanto", "int4 (group-wise) Linear and Conv2d"),
+        WeightFormat("quanto-fp8", 8.1, True, "optimum-quanto", "float8 Linear and Conv2d"),
+    )
+}
+CAST_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def convert_frozen(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype) -> torch.nn.Module:
+    """Store `module`'s frozen weights in `fmt`, computing in `compute_dtype`. Call before adding adapters.
+
+    Non-converted parts (norms, embeddings, convolutions under bitsandbytes) are cast to `compute_dtype`.
+    """
+    if fmt not in WEIGHT_FORMATS:
+        raise LowvramError(f"--unet-weights: '{fmt}' is not one of {', '.join(WEIGHT_FORMATS)}")
+    module.requires_grad_(False)
+    if fmt in CAST_DTYPES:
+        return module.to(dtype=CAST_DTYPES[fmt])
+    module.to(dtype=compute_dtype)
+    if fmt == "fp8":
+        _to_fp8(module, compute_dtype)
+    elif fmt.startswith("bnb-"):
+        _to_bitsandbytes(module, fmt, compute_dtype)
+    else:
+        _to_quanto(module, fmt)
+    module.requires_grad_(False)  # quanto's freeze() leaves requires_grad on
+    return module
+
+
+class UpcastLinear(torch.nn.Linear):
+    """A Linear whose weight is stored in fp8 and upcast to the compute dtype for each call."""
+
+    compute_dtype: torch.dtype = torch.float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        return F.linear(x.to(self.compute_dtype), self.weight.to(self.compute_dtype), bias)
+
+
+class UpcastConv2d(torch.nn.Conv2d):
+    """A Conv2d whose weight is stored in fp8 and upcast to the compute dtype for each call."""
+
+    compute_dtype: torch.dtype = torch.float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        return self._conv_forward(x.to(self.compute_dtype), self.weight.to(self.compute_dtype), bias)
+
+
+def _convertible(module: torch.nn.Module):
+    """(parent, attribute name, layer) for every Linear/Conv2d outside KEEP_FULL_PRECISION."""
+    for name, parent in module.named_modules():
+        for child_name, child in parent.named_children():
+            full = f"{name}.{child_name}" if name else child_name
+            if full.split(".")[0] in KEEP_FULL_PRECISION:
+                continue
+            if type(child) in (torch.nn.Linear, torch.nn.Conv2d):
+                yield parent, child_name, child
+
+
+def _to_fp8(module: torch.nn.Module, compute_dtype: torch.dtype) -> None:
+    for _, _, layer in list(_convertible(module)):
+        layer.weight.data = layer.weight.data.to(torch.float8_e4m3fn)
+        layer.__class__ = UpcastLinear if isinstance(layer, torch.nn.Linear) else UpcastConv2d
+        layer.compute_dtype = compute_dtype
+
+
+def _to_bitsandbytes(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype) -> None:
+    bnb = _import("bitsandbytes", fmt)
+    for parent, name, layer in list(_convertible(module)):
+        if not isinstance(layer, torch.nn.Linear):
+            continue
+        bias = layer.bias is not None
+        if fmt == "bnb-nf4":
+            new = bnb.nn.Linear4bit(layer.in_features, layer.out_features, bias=bias, compute_dtype=compute_dtype,
+                                    compress_statistics=True, quant_type="nf4", device="meta")
+            new.weight = bnb.nn.Params4bit(layer.weight.data, requires_grad=False, compress_statistics=True,
+                                           quant_type="nf4")
+        else:
+            new = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=bias, has_fp16_weights=False,
+                                      threshold=6.0, device="meta")
+            new.weight = bnb.nn.Int8Params(layer.weight.data, requires_grad=False, has_fp16_weights=False)
+        if bias:
+            new.bias = torch.nn.Parameter(layer.bias.data, requires_grad=False)
+        setattr(parent, name, new)
+    # bitsandbytes quantizes when the weights move to a device; peft reads these flags to pick its bnb layers
+    module.to(next(module.parameters()).device)
+    module.is_loaded_in_4bit = fmt == "bnb-nf4"
+    module.is_loaded_in_8bit = fmt == "bnb-int8"
+
+
+def _to_quanto(module: torch.nn.Module, fmt: str) -> None:
+    quanto = _import("optimum.quanto", fmt)
+    weights = {"quanto-int8": quanto.qint8, "quanto-int4": quanto.qint4, "quanto-fp8": quanto.qfloat8}[fmt]
+    quanto.quantize(module, weights=weights, exclude=[f"{name}*" for name in KEEP_FULL_PRECISION])
+    quanto.freeze(module)
+
+
+def _import(name: str, fmt: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise LowvramError(f"--unet-weights {fmt}: needs {name.split('.')[-1]} ({exc}); "
+                           f"pip install {name.replace('.', '-')}, or choose fp16/fp8") from None
+
+
+def storage_bytes(module: torch.nn.Module) -> int:
+    """Bytes the module's parameters and buffers really occupy, looking inside quantized tensors."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        for part in _storage_parts(tensor):
+            key = part.untyped_storage().data_ptr() if part.device.type != "meta" else id(part)
+            if key not in seen:
+                seen.add(key)
+                total += part.numel() * part.element_size()
+    return total
+
+
+def _storage_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors behind a (possibly quantized) tensor: quanto's inner data and scales, and
+    bitsandbytes' packed data plus its quantization statistics."""
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) is not torch.nn.Parameter:
+        names, _ = tensor.__tensor_flatten__()
+        return [p for name in names for p in _storage_parts(getattr(tensor, name))]
+    parts = [tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor]
+    state = getattr(tensor, "quant_state", None)
+    if state is not None:
+        parts += [t for t in _quant_state_tensors(state)]
+    scale = getattr(tensor, "SCB", None)
+    if isinstance(scale, torch.Tensor):
+        parts.append(scale)
+    return parts
+
+
+def _quant_state_tensors(state) -> list[torch.Tensor]:
+    tensors = [getattr(state, "absmax", None), getattr(state, "code", None)]
+    nested = getattr(state, "state2", None)
+    if nested is not None:
+        tensors += [getattr(nested, "absmax", None), getattr(nested, "code", None)]
+    return [t for t in tensors if isinstance(t, torch.Tensor)]

@@ -1,0 +1,157 @@
+"""Low-VRAM execution on the tiny model: every frozen-U-Net storage format trains with LoRA on top and is
+really stored in that format; every optimizer steps; LoRAs from quantized runs load in full-precision
+diffusers pipelines."""
+
+import random
+
+import pytest
+import torch
+from conftest import run_config
+from peft.utils import get_peft_model_state_dict
+
+from lowvram.attention import set_attention
+from lowvram.models import load_model
+from lowvram.quant import WEIGHT_FORMATS, convert_frozen, storage_bytes
+from lowvram.train.loop import train
+from lowvram.train.optim import build_optimizer
+
+# Largest relative error of the converted tiny U-Net's output against fp32 (random weights, CPU).
+MAX_RELATIVE_ERROR = {"fp32": 0.0, "fp16": 0.01, "bf16": 0.05, "fp8": 0.15, "bnb-int8": 0.02, "bnb-nf4": 0.1,
+                      "quanto-int8": 0.03, "quanto-int4": 0.35, "quanto-fp8": 0.15}
+# Bytes of the converted U-Net relative to fp32, at most (the tiny model's convolutions dominate, so the
+# bitsandbytes formats, which keep convolutions, save little on it, as on SD1.5).
+MAX_SIZE_RATIO = {"fp32": 1.0, "fp16": 0.51, "bf16": 0.51, "fp8": 0.3, "bnb-int8": 0.85, "bnb-nf4": 0.82,
+                  "quanto-int8": 0.3, "quanto-int4": 0.2, "quanto-fp8": 0.3}
+FORMATS = [f for f in WEIGHT_FORMATS if f != "quanto-int4"] + [pytest.param("quanto-int4", marks=pytest.mark.slow)]
+
+
+def unet_inputs():
+    generator = torch.Generator().manual_seed(0)
+    return (torch.randn(2, 4, 32, 32, generator=generator), torch.tensor([10, 600]),
+            torch.randn(2, 77, 32, generator=generator))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    unet = load_model("tiny").unet
+    with torch.no_grad():
+        return storage_bytes(unet), unet(*unet_inputs()).sample
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_weight_format_is_really_stored_and_stays_close(fmt, reference):
+    fp32_bytes, expected = reference
+    unet = convert_frozen(load_model("tiny").unet, fmt, torch.float32)
+    assert storage_bytes(unet) <= MAX_SIZE_RATIO[fmt] * fp32_bytes
+    to_q = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    conv = unet.down_blocks[0].resnets[0].conv1
+    stored = {
+        "fp16": (torch.float16, torch.float16), "bf16": (torch.bfloat16, torch.bfloat16),
+        "fp8": (torch.float8_e4m3fn, torch.float8_e4m3fn), "bnb-int8": (torch.int8, torch.float32),
+        "bnb-nf4": (torch.uint8, torch.float32),
+    }.get(fmt)
+    if stored:
+        assert (to_q.weight.dtype, conv.weight.dtype) == stored
+    if fmt.startswith("quanto"):
+        inner = {"quanto-int8": torch.int8, "quanto-int4": torch.uint8, "quanto-fp8": torch.float8_e4m3fn}[fmt]
+        assert to_q.weight._data.dtype == inner and conv.weight._data.dtype == inner
+    assert not any(p.requires_grad for p in unet.parameters())
+    x, t, h = unet_inputs()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(fmt, torch.float32)
+    with torch.no_grad():
+        out = unet(x.to(dtype), t, h.to(dtype)).sample.float()
+    error = ((out - expected).norm() / expected.norm()).item()
+    print(f"{fmt}: relative error {error:.4f}, {storage_bytes(unet) / fp32_bytes:.2f} x fp32 bytes")
+    assert error <= MAX_RELATIVE_ERROR[fmt], error
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "bnb-nf4", "bnb-int8", "quanto-int8"])
+def test_quantized_run_trains_and_its_lora_loads_in_full_precision_diffusers(fmt, tmp_path):
+    result = train(run_config(output=str(tmp_path), max_steps=4, lr=1e-2, rank=4, alpha=2.0, unet_weights=fmt,
+                              save_precision="fp32"))
+    assert result.final_loss == result.final_loss
+    trained = get_peft_model_state_dict(result.model.unet)
+    assert not any("base_layer" in k or "weight_format" in k for k in trained)
+    assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)  # the adapters learned
+    fresh = load_model("tiny")
+    fresh.pipeline.load_lora_weights(str(result.lora_path), adapter_name="q")
+    reloaded = get_peft_model_state_dict(fresh.unet, adapter_name="q")
+    assert set(reloaded) == set(trained)
+    for key, value in trained.items():
+        torch.testing.assert_close(reloaded[key], value.float())
+    from safetensors.torch import load_file
+
+    assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in load_file(result.lora_path))
+
+
+def fixed_batch_loss_after(optimizer_name: str, steps: int = 20) -> tuple[float, float]:
+    """Loss of a LoRA'd tiny U-Net on one fixed batch before and after `steps` optimizer steps."""
+    from peft import LoraConfig
+
+    torch.manual_seed(0)
+    unet = load_model("tiny").unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-2}], weight_decay=0.0)
+    x, t, h = unet_inputs()
+    target = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    losses = []
+    for _ in range(steps + 1):
+        loss = torch.nn.functional.mse_loss(unet(x, t, h).sample, target)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return losses[0], losses[-1]
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw8bit", "paged_adamw8bit", "lion8bit", "adafactor"])
+def test_each_optimizer_steps_and_lowers_the_loss(name):
+    before, after = fixed_batch_loss_after(name)
+    assert after < before * 0.95, (before, after)
+
+
+@pytest.mark.parametrize("name", ["adamw8bit", "paged_adamw8bit", "lion8bit"])
+def test_8bit_optimizers_keep_their_state_in_8_bits(name):
+    param = torch.nn.Parameter(torch.randn(64, 128))  # bitsandbytes uses 8-bit state from 4,096 elements
+    optimizer = build_optimizer(name, [{"params": [param], "lr": 1e-3}], weight_decay=0.0)
+    param.grad = torch.randn_like(param)
+    optimizer.step()
+    state = optimizer.state[param]
+    assert state["state1"].dtype == torch.uint8
+
+
+def test_attention_falls_back_to_sdpa_without_xformers():
+    unet = load_model("tiny").unet
+    assert set_attention(unet, "auto") == ("xformers" if torch.cuda.is_available() else "sdpa")
+    assert set_attention(unet, "math") == "math"
+    with torch.no_grad():
+        math_out = unet(*unet_inputs()).sample
+    set_attention(unet, "sdpa")
+    with torch.no_grad():
+        torch.testing.assert_close(unet(*unet_inputs()).sample, math_out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_asking_for_xformers_without_cuda_says_why():
+    from lowvram.errors import LowvramError
+
+    with pytest.raises(LowvramError, match="--attention xformers: xformers needs a CUDA GPU"):
+        set_attention(load_model("tiny").unet, "xformers")
+
+
+@pytest.mark.gpu
+def test_only_the_unet_is_on_the_gpu_after_caching(tmp_path):
+    result = train(run_config(output=str(tmp_path), max_steps=2, unet_weights="bnb-nf4"))
+    model = result.model
+    assert model.unet.device.type == "cuda"
+    assert model.vae.device.type == "cpu" or result.samples  # samples bring the VAE back for rendering
+    assert all(enc.device.type == "cpu" for enc in model.text_encoders) or result.samples
+
+
+def test_batch_variant_choice_is_seeded(tmp_path):
+    result = train(run_config(output=str(tmp_path), max_steps=1, flip=True))
+    data = result.data
+    first = data.load([0, 1, 2], random.Random(5))
+    again = data.load([0, 1, 2], random.Random(5))
+    torch.testing.assert_close(first.latents, again.latents)
