@@ -5,7 +5,7 @@ saved LoRA holds only adapter weights, and nothing is ever merged into quantized
 
 | format       | Linear           | Conv2d           | backend                                   |
 |--------------|------------------|------------------|-------------------------------------------|
-| fp32/fp16/bf16 | cast           | cast             | torch                                     |
+| fp32/fp16/bf16 | cast (or stored, upcast per layer when it differs from the compute dtype) | torch |
 | fp8          | float8_e4m3fn    | float8_e4m3fn    | torch: stored fp8, upcast per layer       |
 | bnb-int8     | LLM.int8         | compute dtype    | bitsandbytes Linear8bitLt                 |
 | bnb-nf4      | NF4 + double quant | compute dtype  | bitsandbytes Linear4bit (QLoRA)           |
@@ -65,11 +65,11 @@ def convert_frozen(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype
     if fmt not in WEIGHT_FORMATS:
         raise LowvramError(f"--unet-weights: '{fmt}' is not one of {', '.join(WEIGHT_FORMATS)}")
     module.requires_grad_(False)
-    if fmt in CAST_DTYPES:
-        return module.to(dtype=CAST_DTYPES[fmt])
+    if CAST_DTYPES.get(fmt) == compute_dtype:
+        return module.to(dtype=compute_dtype)
     module.to(dtype=compute_dtype)
-    if fmt == "fp8":
-        _to_fp8(module, compute_dtype)
+    if fmt in CAST_DTYPES or fmt == "fp8":  # stored in another float type, upcast layer by layer
+        _to_stored_dtype(module, CAST_DTYPES.get(fmt, torch.float8_e4m3fn), compute_dtype)
     elif fmt.startswith("bnb-"):
         _to_bitsandbytes(module, fmt, compute_dtype)
     else:
@@ -79,7 +79,8 @@ def convert_frozen(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype
 
 
 class UpcastLinear(torch.nn.Linear):
-    """A Linear whose weight is stored in fp8 and upcast to the compute dtype for each call."""
+    """A Linear whose weight is stored in a smaller float type (fp8, or bf16 under fp32 compute) and upcast
+    to the compute dtype for each call."""
 
     compute_dtype: torch.dtype = torch.float32
 
@@ -89,7 +90,7 @@ class UpcastLinear(torch.nn.Linear):
 
 
 class UpcastConv2d(torch.nn.Conv2d):
-    """A Conv2d whose weight is stored in fp8 and upcast to the compute dtype for each call."""
+    """A Conv2d whose weight is stored in a smaller float type and upcast to the compute dtype for each call."""
 
     compute_dtype: torch.dtype = torch.float32
 
@@ -109,9 +110,9 @@ def _convertible(module: torch.nn.Module):
                 yield parent, child_name, child
 
 
-def _to_fp8(module: torch.nn.Module, compute_dtype: torch.dtype) -> None:
+def _to_stored_dtype(module: torch.nn.Module, stored: torch.dtype, compute_dtype: torch.dtype) -> None:
     for _, _, layer in list(_convertible(module)):
-        layer.weight.data = layer.weight.data.to(torch.float8_e4m3fn)
+        layer.weight.data = layer.weight.data.to(stored)
         layer.__class__ = UpcastLinear if isinstance(layer, torch.nn.Linear) else UpcastConv2d
         layer.compute_dtype = compute_dtype
 

@@ -20,7 +20,7 @@ MAX_RELATIVE_ERROR = {"fp32": 0.0, "fp16": 0.01, "bf16": 0.05, "fp8": 0.15, "bnb
                       "quanto-int8": 0.03, "quanto-int4": 0.35, "quanto-fp8": 0.15}
 # Bytes of the converted U-Net relative to fp32, at most (the tiny model's convolutions dominate, so the
 # bitsandbytes formats, which keep convolutions, save little on it, as on SD1.5).
-MAX_SIZE_RATIO = {"fp32": 1.0, "fp16": 0.51, "bf16": 0.51, "fp8": 0.3, "bnb-int8": 0.85, "bnb-nf4": 0.82,
+MAX_SIZE_RATIO = {"fp32": 1.0, "fp16": 0.52, "bf16": 0.52, "fp8": 0.3, "bnb-int8": 0.85, "bnb-nf4": 0.82,
                   "quanto-int8": 0.3, "quanto-int4": 0.2, "quanto-fp8": 0.3}
 FORMATS = [f for f in WEIGHT_FORMATS if f != "quanto-int4"] + [pytest.param("quanto-int4", marks=pytest.mark.slow)]
 
@@ -42,6 +42,8 @@ def reference():
 def test_weight_format_is_really_stored_and_stays_close(fmt, reference):
     fp32_bytes, expected = reference
     unet = convert_frozen(load_model("tiny").unet, fmt, torch.float32)
+    if fmt in ("fp16", "bf16"):  # stored in half precision while computing in fp32, as on a CPU
+        assert type(unet.down_blocks[0].resnets[0].conv1).__name__ == "UpcastConv2d"
     assert storage_bytes(unet) <= MAX_SIZE_RATIO[fmt] * fp32_bytes
     to_q = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
     conv = unet.down_blocks[0].resnets[0].conv1
@@ -56,10 +58,8 @@ def test_weight_format_is_really_stored_and_stays_close(fmt, reference):
         inner = {"quanto-int8": torch.int8, "quanto-int4": torch.uint8, "quanto-fp8": torch.float8_e4m3fn}[fmt]
         assert to_q.weight._data.dtype == inner and conv.weight._data.dtype == inner
     assert not any(p.requires_grad for p in unet.parameters())
-    x, t, h = unet_inputs()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(fmt, torch.float32)
-    with torch.no_grad():
-        out = unet(x.to(dtype), t, h.to(dtype)).sample.float()
+    with torch.no_grad():  # computing in fp32: stored fp16/bf16/fp8 weights are upcast layer by layer
+        out = unet(*unet_inputs()).sample
     error = ((out - expected).norm() / expected.norm()).item()
     print(f"{fmt}: relative error {error:.4f}, {storage_bytes(unet) / fp32_bytes:.2f} x fp32 bytes")
     assert error <= MAX_RELATIVE_ERROR[fmt], error
@@ -155,3 +155,18 @@ def test_batch_variant_choice_is_seeded(tmp_path):
     first = data.load([0, 1, 2], random.Random(5))
     again = data.load([0, 1, 2], random.Random(5))
     torch.testing.assert_close(first.latents, again.latents)
+
+
+def test_memory_benchmark_runs_on_the_cpu(tmp_path):
+    """tools/bench_memory.py is what a GPU session runs; keep it working where CI can see it."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "tools/bench_memory.py", "--family", "tiny", "--device", "cpu", "--steps", "1",
+                    "--warmup", "0", "--strategies", "fp8-ckpt", "--out", str(out)], check=True, capture_output=True)
+    record = json.loads(out.read_text())
+    assert record["command"].startswith("python tools/bench_memory.py") and record["commit"]
+    (run,) = record["runs"]
+    assert run["ok"] and run["unet_weights"] == "fp8" and run["seconds_per_step"] > 0 and run["lora_params"] > 0

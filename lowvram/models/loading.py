@@ -135,6 +135,23 @@ def build_from_config(family: ModelFamily, dtype: torch.dtype = torch.float32, s
     return pipeline_cls(**components)
 
 
+def random_unet(family: ModelFamily, dtype: torch.dtype = torch.float16, seed: int = RANDOM_INIT_SEED):
+    """A full-size U-Net of the family with random weights, made directly in `dtype` (built on the meta
+    device first, so an SDXL U-Net never exists in fp32 in host RAM). For benchmarks: memory and speed do
+    not depend on the weights' values."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights(include_buffers=True):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(family.config_dir, subfolder="unet"))
+    unet = unet.to(dtype=dtype).to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in [*unet.parameters(), *unet.buffers()]:
+            tensor.normal_(0.0, 0.02, generator=generator)
+    return unet
+
+
 def detect_single_file_family(path: Path) -> ModelFamily:
     """Identify a single-file checkpoint from its header (key names and shapes; no tensor is read)."""
     from safetensors import SafetensorError, safe_open

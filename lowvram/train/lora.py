@@ -20,24 +20,28 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 UNET_KOHYA_PREFIX = "lora_unet"
 
 
+def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float,
+                dropout: float) -> list[torch.nn.Parameter]:
+    """Add a LoRA adapter (peft) on `targets` of a frozen module; return its trainable parameters, in fp32
+    whatever the frozen weights' dtype or format."""
+    from peft import LoraConfig
+
+    module.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+                                  init_lora_weights=True))
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
 def add_lora(model: LoadedModel, rank: int, alpha: float, dropout: float, train_text_encoder: bool
              ) -> dict[str, list[torch.nn.Parameter]]:
     """Add LoRA adapters to the U-Net (and the text encoders); return the trainable parameters per part."""
-    from peft import LoraConfig
-
-    def config(targets):
-        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                          init_lora_weights=True)
-
-    model.unet.add_adapter(config(model.family.unet_lora_targets))
-    trainable = {"unet": [p for p in model.unet.parameters() if p.requires_grad]}
+    family = model.family
+    trainable = {"unet": add_adapter(model.unet, family.unet_lora_targets, rank, alpha, dropout)}
     if train_text_encoder:
-        for spec, encoder in zip(model.family.text_encoders, model.text_encoders):
-            encoder.add_adapter(config(model.family.text_lora_targets))
-            trainable[spec.component] = [p for p in encoder.parameters() if p.requires_grad]
-    for params in trainable.values():
-        for p in params:
-            p.data = p.data.float()  # adapters train in fp32 whatever the frozen weights' dtype
+        for spec, encoder in zip(family.text_encoders, model.text_encoders):
+            trainable[spec.component] = add_adapter(encoder, family.text_lora_targets, rank, alpha, dropout)
     return trainable
 
 

@@ -1,0 +1,187 @@
+"""Measure the training step's GPU memory and speed per memory strategy, under a VRAM budget.
+
+Builds the full-size SD1.5 or SDXL U-Net with random weights (memory and speed do not depend on the
+values), converts it to the strategy's storage format, adds a rank-16 LoRA, and runs real training steps
+from cached-style inputs (latents and text embeddings, as lowvram trains after its caching phase) under
+`torch.cuda.set_per_process_memory_fraction(budget / total)`. Each (strategy, budget) runs in its own
+subprocess, so peaks and the CUDA context are measured cleanly and an out-of-memory ends only that run.
+
+    python tools/bench_memory.py --family sd15 --resolution 512 --budgets 2 4 6 8 --out benchmarks/sd15.json
+    python tools/bench_memory.py --family sdxl --resolution 1024 --budgets 4 12 16 0 --strategies nf4-ckpt
+    python tools/bench_memory.py --family tiny --resolution 64 --device cpu --steps 2   # smoke test, no GPU
+
+Budget 0 means unlimited. The JSON records the command, commit, device, driver and library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# name -> (unet_weights, gradient_checkpointing, optimizer)
+STRATEGIES = {
+    "fp16": ("fp16", False, "adamw"),
+    "bf16": ("bf16", False, "adamw"),
+    "bf16-ckpt": ("bf16", True, "adamw8bit"),
+    "fp8-ckpt": ("fp8", True, "adamw8bit"),
+    "int8-ckpt": ("quanto-int8", True, "adamw8bit"),
+    "nf4-ckpt": ("bnb-nf4", True, "adamw8bit"),
+    "int4-ckpt": ("quanto-int4", True, "adamw8bit"),
+}
+GIB = 1024**3
+
+
+def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, steps: int, warmup: int,
+            batch: int, rank: int, device_name: str) -> dict:
+    """One measurement, in this process."""
+    import torch
+
+    from lowvram.attention import set_attention
+    from lowvram.models import FAMILIES
+    from lowvram.models.loading import random_unet
+    from lowvram.quant import convert_frozen, storage_bytes
+    from lowvram.train.conditioning import unet_conditioning
+    from lowvram.train.lora import add_adapter
+    from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
+    from lowvram.train.optim import build_optimizer
+
+    weights, checkpointing, optimizer_name = STRATEGIES[strategy]
+    family = FAMILIES[family_name]
+    device = torch.device(device_name)
+    result = {"strategy": strategy, "unet_weights": weights, "gradient_checkpointing": checkpointing,
+              "optimizer": optimizer_name, "budget_gb": budget_gb, "family": family_name,
+              "resolution": resolution, "batch": batch, "rank": rank}
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.init()
+        free, total = torch.cuda.mem_get_info()
+        result["context_bytes"] = total - free  # driver + CUDA context (nothing allocated by us yet)
+        if budget_gb:
+            torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * GIB / total))
+    compute = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda
+                                                                               else torch.float32)
+    try:
+        unet = random_unet(family, dtype=compute if weights not in ("fp32",) else torch.float32)
+        convert_frozen(unet, weights, compute)
+        unet.to(device)
+        result["unet_bytes"] = storage_bytes(unet)
+        result["attention"] = set_attention(unet, "auto")
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        params = add_adapter(unet, family.unet_lora_targets, rank, rank, 0.0)
+        result["lora_params"] = sum(p.numel() for p in params)
+        optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)
+        from diffusers import DDPMScheduler
+
+        scheduler = DDPMScheduler.from_pretrained(family.config_dir, subfolder="scheduler")
+        f = 8 if family_name in ("sd15", "sdxl") else 2
+        latents = torch.randn(batch, 4, resolution // f, resolution // f, device=device, dtype=compute)
+        width = unet.config.cross_attention_dim
+        hidden = torch.randn(batch, 77, width, device=device, dtype=compute)
+        pooled = torch.randn(batch, 1280 if family_name == "sdxl" else 32, device=device, dtype=compute)
+        time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device)
+        conditioning = unet_conditioning(family, hidden, pooled if family.size_conditioning else None, time_ids)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for step in range(warmup + steps):
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=compute, enabled=cuda):
+                noise = sample_noise(latents, 0.0)
+                loss = diffusion_loss(unet, scheduler, latents, conditioning, noise,
+                                      sample_timesteps(scheduler, batch, device))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+        result.update(ok=True, seconds_per_step=statistics.median(times), loss=loss.item())
+    except torch.OutOfMemoryError as exc:
+        result.update(ok=False, error=f"out of memory: {str(exc).splitlines()[0]}")
+    if cuda:
+        result["peak_allocated"] = torch.cuda.max_memory_allocated()
+        result["peak_reserved"] = torch.cuda.max_memory_reserved()
+        result["peak_reserved_plus_context"] = result["peak_reserved"] + result["context_bytes"]
+    import resource
+
+    result["host_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return result
+
+
+def environment() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for name in ("diffusers", "peft", "bitsandbytes", "optimum.quanto"):
+        try:
+            info[name] = __import__(name, fromlist=["__version__"]).__version__
+        except Exception:  # noqa: BLE001 - report what is there
+            info[name] = None
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+        info["total_memory"] = torch.cuda.get_device_properties(0).total_memory
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=False)
+        info["driver"] = smi.stdout.strip() or None
+    else:
+        info["device"] = "cpu"
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="sd15", choices=("sd15", "sdxl", "tiny", "tiny-sdxl"))
+    parser.add_argument("--resolution", type=int, default=None, help="default: the family's")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0], help="GiB; 0 = unlimited")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from lowvram.models import FAMILIES
+
+    resolution = args.resolution or FAMILIES[args.family].resolution
+    if args.one:
+        print(json.dumps(run_one(args.family, resolution, args.strategies[0], args.budgets[0], args.steps,
+                                 args.warmup, args.batch, args.rank, args.device)))
+        return
+    runs = []
+    for strategy in args.strategies:
+        for budget in args.budgets:
+            cmd = [sys.executable, __file__, "--one", "--family", args.family, "--resolution", str(resolution),
+                   "--strategies", strategy, "--budgets", str(budget), "--steps", str(args.steps), "--warmup",
+                   str(args.warmup), "--batch", str(args.batch), "--rank", str(args.rank), "--device", args.device]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            lines = done.stdout.strip().splitlines()
+            try:
+                run = json.loads(lines[-1])
+            except (IndexError, json.JSONDecodeError):
+                run = {"strategy": strategy, "budget_gb": budget, "ok": False,
+                       "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+            runs.append(run)
+            print(json.dumps(run), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
+                            cwd=Path(__file__).parent).stdout.strip()
+    record = {"benchmark": "training step memory and speed per strategy",
+              "command": " ".join(["python", "tools/bench_memory.py", *sys.argv[1:]]), "commit": commit,
+              "environment": environment(), "runs": runs}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
