@@ -57,7 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
                            "(TOML, same names in sections [model] [data] [network] [optim] [training] [output]) "
                            "and from flags, which override the file.")
     train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file)")
+    train.add_argument("--auto", action="store_true", help="let the memory planner choose --unet-weights, "
+                       "--gradient-checkpointing and --optimizer for this GPU (flags you give are kept)")
+    train.add_argument("--vram", metavar="SIZE", help="with --auto: plan for at most this much VRAM (e.g. 6GB)")
     _add_config_flags(train)
+
+    plan = sub.add_parser("plan", allow_abbrev=False, help="estimate memory and pick a strategy (dry run)",
+                          description="Estimate peak VRAM and host RAM of every phase for each memory strategy, "
+                          "and say what fits: without a GPU and without loading weights. Takes the same options "
+                          "as train.")
+    plan.add_argument("--config", type=Path, help="TOML config file, as for train")
+    plan.add_argument("--profile", help="plan for a GPU profile (see lowvram doctor --profiles)")
+    plan.add_argument("--vram", metavar="SIZE", help="plan for a GPU with this much free VRAM (e.g. 6GB)")
+    plan.add_argument("--ram", metavar="SIZE", help="host RAM to plan for (e.g. 12GB; default: this machine's)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_config_flags(plan)
+
+    doc = sub.add_parser("doctor", allow_abbrev=False, help="what this machine can do",
+                         description="Report the GPU, its memory and precision support, whether xformers, "
+                         "bitsandbytes and optimum-quanto work here, host RAM and free disk.")
+    doc.add_argument("--profiles", action="store_true", help="list the GPU profiles plan --profile knows")
 
     check = sub.add_parser("check-data", allow_abbrev=False, help="scan a dataset and report every file",
                            description="Read every file of a dataset once and report what was found and what "
@@ -87,6 +106,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plan_values(args: argparse.Namespace) -> dict:
+    values = train_values(args)
+    values.setdefault("data", "sample")  # plan needs no dataset
+    return values
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from lowvram.hardware import hardware_for
+    from lowvram.plan import fixed_choices, plan, workload_for
+    from lowvram.plan.report import plan_json, print_plan
+
+    values = plan_values(args)
+    config = build_config(values)
+    hardware = hardware_for(args.profile, args.vram, args.ram)
+    if hardware.device != "cuda":
+        raise LowvramError("no CUDA GPU here: pass --vram SIZE or --profile NAME to plan for a card")
+    result = plan(workload_for(config, hardware), hardware, fixed_choices(values))
+    if args.json:
+        print(json.dumps(plan_json(result), indent=2))
+    else:
+        print_plan(result, Console())
+    return 0 if result.choice else 1
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lowvram.hardware import doctor, list_profiles, load_profile
+
+    console = Console()
+    if args.profiles:
+        table = Table(title="GPU profiles (lowvram plan --profile NAME)")
+        for column in ("name", "card", "VRAM GiB", "bf16", "host RAM GiB"):
+            table.add_column(column)
+        for name in list_profiles():
+            hw = load_profile(name)
+            table.add_row(name, hw.name, f"{hw.total_vram / 2**30:g}", "yes" if hw.bf16 else "no",
+                          f"{hw.host_ram / 2**30:g}")
+        console.print(table)
+        return 0
+    table = Table(title="lowvram doctor")
+    table.add_column("")
+    table.add_column("")
+    for key, value in doctor().items():
+        table.add_row(key, str(value))
+    console.print(table)
+    return 0
+
+
+def auto_strategy(config, values: dict, vram: str | None):
+    """train --auto: plan for the GPU present (capped by --vram) and apply the choice; explicit flags stay."""
+    import dataclasses
+
+    from rich.console import Console
+
+    from lowvram.hardware import detect, parse_size
+    from lowvram.plan import apply_choice, fixed_choices, plan, workload_for
+    from lowvram.plan.report import print_plan
+
+    hardware = detect()
+    if hardware.device != "cuda":
+        print("lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in fp32")
+        return config
+    if vram:
+        budget = parse_size(vram, "--vram")
+        hardware = dataclasses.replace(hardware, free_vram=min(hardware.free_vram, budget), source="--vram")
+    result = plan(workload_for(config, hardware), hardware, fixed_choices(values))
+    print_plan(result, Console(), top=6)
+    if result.choice is None:
+        raise LowvramError(f"--auto: {result.explanation}; " + "; ".join(result.suggestions))
+    return apply_choice(config, result.choice.strategy)
+
+
 def check_values(args: argparse.Namespace) -> dict:
     """Options for check-data: the data flags given, and the model only to know its resolution and buckets."""
     values = {k: v for k, v in vars(args).items() if k in fields_by_name()}
@@ -113,7 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from lowvram.train.loop import train
 
-            train(build_config(train_values(args)))
+            values = train_values(args)
+            config = build_config(values)
+            if args.auto:
+                config = auto_strategy(config, values, args.vram)
+            elif args.vram:
+                raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")
+            train(config)
+        elif args.command == "plan":
+            return run_plan(args)
+        elif args.command == "doctor":
+            return run_doctor(args)
         elif args.command == "check-data":
             from lowvram.data.prepare import check_data
 

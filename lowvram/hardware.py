@@ -1,12 +1,29 @@
-"""What we are running on: the device to train on and the precision it supports."""
+"""What we run on, or plan for: the GPU present, a profile from `lowvram/profiles/`, or a bare budget.
+
+A `Hardware` is all the planner needs to know about a machine: VRAM (total and free), whether bf16 works,
+host RAM, PCIe bandwidth for offload estimates, and what the CUDA context takes before we allocate anything.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import shutil
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from lowvram.errors import LowvramError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROFILES = Path(__file__).parent / "profiles"
+GIB = 1024**3
+DEFAULT_CONTEXT = int(0.45 * GIB)  # CUDA context + cuBLAS/cuDNN workspaces on recent drivers (uncalibrated)
 
 
 @dataclass(frozen=True)
@@ -15,13 +32,88 @@ class Hardware:
     name: str
     total_vram: int  # bytes; 0 on CPU
     bf16: bool  # bf16 tensor math supported (Ampere and newer)
+    free_vram: int = 0  # bytes free now (a profile: total minus what the desktop typically holds)
+    host_ram: int = 0  # bytes
+    compute_capability: str = ""
+    pcie_gbps: float = 12.0  # effective host<->device bandwidth, GB/s
+    cuda_context: int = DEFAULT_CONTEXT  # bytes the driver and libraries take before our first tensor
+    shared_memory_fallback: bool = False  # Windows drivers can spill into system RAM (10x slower) instead of OOM
+    source: str = "detected"  # detected / profile <name> / --vram
 
 
 def detect() -> Hardware:
+    """The machine we are on: the first CUDA GPU, else the CPU."""
+    host = _host_ram()
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        return Hardware("cuda", props.name, props.total_memory, torch.cuda.is_bf16_supported())
-    return Hardware("cpu", "CPU", 0, True)
+        free, total = torch.cuda.mem_get_info(0)
+        return Hardware("cuda", props.name, total, torch.cuda.is_bf16_supported(), free_vram=free, host_ram=host,
+                        compute_capability=f"{props.major}.{props.minor}",
+                        shared_memory_fallback=sys.platform == "win32")
+    return Hardware("cpu", "CPU", 0, True, host_ram=host)
+
+
+def _host_ram() -> int:
+    try:
+        import psutil
+
+        return psutil.virtual_memory().total
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        return 0
+
+
+def parse_size(text: str, flag: str) -> int:
+    """'6GB', '6 GiB', '6', '5.5G', '512MB' -> bytes (GB and GiB are both read as GiB: cards are sold so)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([gGmM]i?[bB]?)?\s*", str(text))
+    if not match:
+        raise LowvramError(f"{flag}: '{text}' is not a size; write e.g. 6GB or 512MB")
+    value, unit = float(match.group(1)), (match.group(2) or "g")[0].lower()
+    return int(value * (GIB if unit == "g" else 1024**2))
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES.glob("*.toml"))
+
+
+def load_profile(name: str) -> Hardware:
+    """A card people train on, from `lowvram/profiles/<name>.toml`."""
+    path = PROFILES / f"{name}.toml"
+    if not path.is_file():
+        raise LowvramError(f"--profile: no profile '{name}'; profiles are {', '.join(list_profiles())}")
+    data = tomllib.loads(path.read_text())
+    known = {"name", "vram_gb", "free_vram_gb", "bf16", "host_ram_gb", "compute_capability", "pcie_gbps",
+             "cuda_context_gb", "shared_memory_fallback", "notes"}
+    unknown = set(data) - known
+    if unknown:
+        raise LowvramError(f"profile {path}: unknown keys {sorted(unknown)}; known keys are {sorted(known)}")
+    try:
+        vram = int(data["vram_gb"] * GIB)
+        return Hardware(
+            device="cuda", name=data["name"], total_vram=vram, bf16=bool(data["bf16"]),
+            free_vram=int(data.get("free_vram_gb", data["vram_gb"]) * GIB),
+            host_ram=int(data["host_ram_gb"] * GIB), compute_capability=str(data["compute_capability"]),
+            pcie_gbps=float(data.get("pcie_gbps", 12.0)),
+            cuda_context=int(data.get("cuda_context_gb", DEFAULT_CONTEXT / GIB) * GIB),
+            shared_memory_fallback=bool(data.get("shared_memory_fallback", False)), source=f"profile {name}")
+    except KeyError as exc:
+        raise LowvramError(f"profile {path}: missing key {exc}") from None
+
+
+def hardware_for(profile: str | None, vram: str | None, ram: str | None) -> Hardware:
+    """What `plan`/`train --auto` plan for: a profile, a bare --vram budget, or the machine present."""
+    if profile and vram:
+        raise LowvramError("--profile and --vram: can't use both; choose one")
+    if profile:
+        hardware = load_profile(profile)
+    elif vram:
+        budget = parse_size(vram, "--vram")
+        hardware = Hardware("cuda", f"{budget / GIB:g} GiB GPU", budget, True, free_vram=budget,
+                            host_ram=_host_ram(), source="--vram")
+    else:
+        hardware = detect()
+    if ram:
+        hardware = replace(hardware, host_ram=parse_size(ram, "--ram"))
+    return hardware
 
 
 def resolve_mixed_precision(choice: str, hardware: Hardware) -> str:
@@ -35,3 +127,48 @@ def resolve_mixed_precision(choice: str, hardware: Hardware) -> str:
     if choice == "bf16" and hardware.device == "cuda" and not hardware.bf16:
         raise LowvramError(f"--mixed-precision bf16: {hardware.name} has no bf16 support; use fp16 (or auto)")
     return choice
+
+
+def doctor() -> dict[str, object]:
+    """Everything `lowvram doctor` reports: the GPU, which optional backends work here, RAM and disk."""
+    hardware = detect()
+    report: dict[str, object] = {
+        "device": hardware.name, "cuda": torch.cuda.is_available(), "torch": torch.__version__,
+        "cuda_version": torch.version.cuda, "total_vram_gb": round(hardware.total_vram / GIB, 2),
+        "free_vram_gb": round(hardware.free_vram / GIB, 2), "compute_capability": hardware.compute_capability,
+        "bf16": hardware.bf16 if hardware.device == "cuda" else None,
+        "host_ram_gb": round(hardware.host_ram / GIB, 2), "free_disk_gb": round(shutil.disk_usage(".").free / GIB, 2),
+    }
+    report["bitsandbytes"] = _works("bitsandbytes", _bitsandbytes_check)
+    report["optimum-quanto"] = _works("optimum.quanto", _quanto_check)
+    from lowvram.attention import _xformers_problem
+
+    problem = _xformers_problem()
+    report["xformers"] = "works" if problem is None else f"no: {problem}"
+    return report
+
+
+def _works(module: str, check) -> str:
+    try:
+        check()
+        return "works"
+    except Exception as exc:  # noqa: BLE001 - report any failure as text, it's a diagnostic
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"no: {first}"
+
+
+def _bitsandbytes_check() -> None:
+    import bitsandbytes as bnb
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to(device)
+    layer(torch.zeros(1, 64, device=device))
+
+
+def _quanto_check() -> None:
+    from optimum.quanto import freeze, qint8, quantize
+
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    quantize(layer, weights=qint8)
+    freeze(layer)
+    layer(torch.zeros(1, 64))

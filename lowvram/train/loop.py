@@ -175,7 +175,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
 
             lr = lr_scheduler.get_last_lr()[0]
-            smoothed = progress.update(step, step_loss, lr)
+            smoothed = progress.update(step, step_loss, lr, time.perf_counter() - step_start)
             metrics.write(json.dumps({"step": step, "epoch": epoch, "loss": step_loss, "loss_smoothed": smoothed,
                                       "lr": lr, "seconds": time.perf_counter() - step_start}) + "\n")
             if save_every and step < total_steps and _is_save_point(save_every, step, steps_per_epoch):

@@ -9,8 +9,41 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
+class SpillWatch:
+    """Warns once when training looks like it spilled out of VRAM: Windows drivers may fall back to shared
+    system memory instead of raising out-of-memory, and every step then becomes several times slower."""
+
+    def __init__(self, console: Console, settle_steps: int = 5, factor: float = 3.0, patience: int = 3):
+        self.console, self.settle_steps, self.factor, self.patience = console, settle_steps, factor, patience
+        self.times: list[float] = []
+        self.slow_in_a_row = 0
+        self.warned = False
+
+    def step(self, seconds: float) -> str | None:
+        """Record one step's time; returns the warning when one is due (and prints it)."""
+        self.times.append(seconds)
+        if self.warned or len(self.times) <= self.settle_steps:
+            return None
+        baseline = sorted(self.times[: self.settle_steps])[self.settle_steps // 2]
+        self.slow_in_a_row = self.slow_in_a_row + 1 if seconds > self.factor * baseline else 0
+        message = None
+        if self.slow_in_a_row >= self.patience:
+            message = (f"steps slowed from {baseline:.2f} s to {seconds:.2f} s: if this is Windows, the driver may "
+                       "be spilling VRAM into system RAM; lower the memory use (see lowvram plan) or turn off "
+                       "'CUDA - Sysmem Fallback Policy' in the NVIDIA control panel")
+        elif torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(0).total_memory
+            if torch.cuda.max_memory_reserved() > total:
+                message = "PyTorch reserved more memory than the GPU has: the driver is using system RAM"
+        if message:
+            self.warned = True
+            self.console.print(f"[yellow]warning:[/] {message}")
+        return message
+
+
 class TrainingProgress:
     def __init__(self, console: Console, total_steps: int, smoothing: float = 0.9):
+        self.spill = SpillWatch(console)
         self.smoothing = smoothing
         self.loss: float | None = None
         self.started = time.perf_counter()
@@ -27,8 +60,10 @@ class TrainingProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def update(self, step: int, loss: float, lr: float) -> float:
-        """Advance to `step`; returns the smoothed loss."""
+    def update(self, step: int, loss: float, lr: float, seconds: float | None = None) -> float:
+        """Advance to `step` (which took `seconds`); returns the smoothed loss."""
+        if seconds is not None:
+            self.spill.step(seconds)
         self.loss = loss if self.loss is None else self.smoothing * self.loss + (1 - self.smoothing) * loss
         rate = step / max(time.perf_counter() - self.started, 1e-9)
         stats = f"loss {self.loss:.4f}  lr {lr:.2e}  {rate:.2f} it/s"

@@ -1,0 +1,47 @@
+"""The memory planner: estimate every phase's peak VRAM and host RAM without a GPU, pick a strategy that fits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lowvram.config import RunConfig
+from lowvram.hardware import Hardware
+from lowvram.plan.estimate import Estimate, MemoryStrategy, Workload, estimate
+from lowvram.plan.planner import Plan, plan
+
+__all__ = ["Estimate", "MemoryStrategy", "Plan", "Workload", "apply_choice", "estimate", "fixed_choices", "plan",
+           "workload_for"]
+
+STRATEGY_OPTIONS = ("unet_weights", "gradient_checkpointing", "optimizer")
+
+
+def workload_for(config: RunConfig, hardware: Hardware) -> Workload:
+    """What `config` trains, for the estimator. Reads the model's header/config only, never its weights."""
+    import json
+
+    from lowvram.models.loading import detect_family
+
+    family = detect_family(config.model.model, config.model.model_family)
+    fp16 = hardware.device == "cuda" and not hardware.bf16
+    vae = json.loads((family.config_dir / "vae" / "config.json").read_text())
+    return Workload(family=family, resolution=config.data.resolution or family.resolution,
+                    batch=config.training.batch_size, rank=config.network.rank,
+                    train_text_encoder=config.network.train_text_encoder,
+                    cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),
+                    compute_bytes=2 if hardware.device == "cuda" else 4,
+                    vae_fp32=fp16 and bool(vae.get("force_upcast")))
+
+
+def fixed_choices(values: dict) -> dict:
+    """The strategy options the user gave explicitly (flags or config file): the planner keeps them."""
+    fixed = {k: values[k] for k in STRATEGY_OPTIONS if k in values}
+    if fixed.get("unet_weights") == "auto":
+        del fixed["unet_weights"]
+    return fixed
+
+
+def apply_choice(config: RunConfig, chosen: MemoryStrategy) -> RunConfig:
+    memory = dataclasses.replace(config.memory, unet_weights=chosen.unet_weights,
+                                 gradient_checkpointing=chosen.gradient_checkpointing)
+    optim = dataclasses.replace(config.optim, optimizer=chosen.optimizer)
+    return dataclasses.replace(config, memory=memory, optim=optim)

@@ -1,0 +1,174 @@
+"""The estimator: peak VRAM and host RAM of every phase of a run, per component, without a GPU or weights.
+
+Exact parts are computed: frozen-weight bytes per storage format (precomputed from the real backends into
+`plan_data.json`), LoRA parameters, their gradients and optimizer state. Activations come from one traced
+training step per grid point (fake tensors, `tools/build_plan_data.py`), scaled linearly in pixels and batch
+between grid points. What is not yet calibrated on a GPU (CUDA context, fragmentation, speed) says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from lowvram.errors import LowvramError
+from lowvram.hardware import GIB, Hardware
+from lowvram.models.families import ModelFamily
+from lowvram.train.optim import optimizer_state_bytes
+
+DATA_FILE = Path(__file__).parent / "plan_data.json"
+PHASES = ("loading", "latent caching", "text caching", "training", "sampling", "saving")
+FRAGMENTATION = 0.08  # share of transient memory the caching allocator loses to fragmentation (uncalibrated)
+HOST_BASELINE = int(2.5 * GIB)  # python + torch + CUDA libraries resident in host RAM (uncalibrated)
+VRAM_SAFETY = int(0.25 * GIB)  # kept free below the budget
+# Relative step time per storage format and for checkpointing (priors until GPU calibration).
+FORMAT_COST = {"fp32": 2.0, "fp16": 1.0, "bf16": 1.0, "fp8": 1.12, "bnb-int8": 1.8, "bnb-nf4": 1.3,
+               "quanto-int8": 1.35, "quanto-int4": 1.5, "quanto-fp8": 1.3}
+CHECKPOINT_COST = 1.3
+OPTIMIZER_COST = {"adamw": 1.0, "adamw8bit": 1.0, "paged_adamw8bit": 1.02, "lion8bit": 1.0, "adafactor": 1.02}
+
+
+@dataclass(frozen=True)
+class MemoryStrategy:
+    """What the planner chooses: how the frozen U-Net is stored, whether activations are recomputed, and
+    which optimizer keeps the adapters' state."""
+
+    unet_weights: str
+    gradient_checkpointing: bool
+    optimizer: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.unet_weights}{' +ckpt' if self.gradient_checkpointing else ''} {self.optimizer}"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is trained, as far as memory is concerned."""
+
+    family: ModelFamily
+    resolution: int
+    batch: int = 1
+    rank: int = 16
+    train_text_encoder: bool = False
+    cache_batch_size: int = 4
+    sampling: bool = True
+    compute_bytes: int = 2  # 2 for bf16/fp16 mixed precision, 4 for fp32
+    vae_fp32: bool = False  # SDXL's VAE under fp16: kept in fp32
+
+
+@dataclass
+class Estimate:
+    strategy: MemoryStrategy
+    vram: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> component -> bytes
+    host: dict[str, dict[str, int]] = field(default_factory=dict)
+    speed: float = 1.0  # predicted step time relative to 16-bit weights without checkpointing
+
+    def peak_vram(self, phase: str | None = None) -> int:
+        return max(sum(v.values()) for k, v in self.vram.items() if phase in (None, k))
+
+    def peak_host(self) -> int:
+        return max(sum(v.values()) for v in self.host.values())
+
+    @property
+    def limiting_phase(self) -> str:
+        return max(self.vram, key=lambda phase: sum(self.vram[phase].values()))
+
+    def fits(self, hardware: Hardware) -> bool:
+        return (self.peak_vram() <= hardware.free_vram - VRAM_SAFETY
+                and (not hardware.host_ram or self.peak_host() <= hardware.host_ram))
+
+
+@lru_cache(maxsize=1)
+def plan_data() -> dict:
+    if not DATA_FILE.is_file():
+        raise LowvramError(f"{DATA_FILE} is missing; regenerate it with python tools/build_plan_data.py")
+    return json.loads(DATA_FILE.read_text())
+
+
+def family_data(family: ModelFamily) -> dict:
+    families = plan_data()["families"]
+    if family.name not in families:
+        raise LowvramError(f"no planning data for {family.title}; regenerate lowvram/plan/plan_data.json")
+    return families[family.name]
+
+
+def scaled(entries: list[dict], resolution: int, batch: int, key: str = "activation_bytes", **match) -> int:
+    """Activation bytes at `resolution` and `batch`, from the traced grid: linear in pixel count between the
+    two nearest grid resolutions (extrapolated from the nearest one outside), linear in batch."""
+    points = sorted((e["resolution"], e[key] / e.get("batch", 1)) for e in entries
+                    if all(e.get(k) == v for k, v in match.items()))
+    if not points:
+        raise LowvramError(f"no traced data for {match}; regenerate lowvram/plan/plan_data.json")
+    pixels = resolution * resolution
+    below = [p for p in points if p[0] <= resolution]
+    above = [p for p in points if p[0] >= resolution]
+    if below and above and below[-1][0] != above[0][0]:
+        (r0, a0), (r1, a1) = below[-1], above[0]
+        per_image = a0 + (a1 - a0) * (pixels - r0 * r0) / (r1 * r1 - r0 * r0)
+    else:
+        r0, a0 = (below[-1] if below else above[0])
+        per_image = a0 * pixels / (r0 * r0)
+    return int(per_image * batch)
+
+
+def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Estimate:
+    """Peak VRAM and host RAM of every phase, per component."""
+    data = family_data(work.family)
+    compute_key = "compute16" if work.compute_bytes == 2 else "compute32"
+    counts = data["part_param_counts"]
+    text_parts = [spec.component for spec in work.family.text_encoders]
+    text_bytes = sum(counts[p] for p in text_parts) * work.compute_bytes
+    vae_bytes = counts["vae"] * (4 if work.vae_fp32 else work.compute_bytes)
+    unet_bytes = data["unet_weight_bytes"][compute_key][strategy.unet_weights]
+    lora_params = data["lora_params_per_rank"]["unet"] * work.rank
+    if work.train_text_encoder:
+        lora_params += sum(data["lora_params_per_rank"][p] for p in text_parts) * work.rank
+    lora = lora_params * 4  # adapters train in fp32
+    context = hardware.cuda_context if hardware.device == "cuda" else 0
+
+    activations = scaled(data["training"], work.resolution, work.batch,
+                         checkpointing=strategy.gradient_checkpointing)
+    if work.train_text_encoder:
+        activations += int(0.1 * text_bytes * work.batch)  # 77 tokens: small next to the U-Net (uncalibrated)
+    dequant = 0 if strategy.unet_weights in ("fp16", "bf16", "fp32") else data["largest_layer_params"] * 2 * 2
+    training = {
+        "CUDA context": context,
+        "U-Net weights": unet_bytes,
+        "text encoder weights": text_bytes if work.train_text_encoder else 0,
+        "LoRA parameters": lora,
+        "gradients": lora,
+        "optimizer state": optimizer_state_bytes(strategy.optimizer, lora_params),
+        "activations": activations,
+        "dequantization workspace": dequant,
+        "fragmentation margin": int(FRAGMENTATION * (activations + dequant)),
+    }
+    vae_activations = scaled(data["vae_encode"], work.resolution, work.cache_batch_size)
+    sampling_activations = scaled(data["sampling"], work.resolution, 1)
+    result = Estimate(strategy)
+    result.vram = {
+        "loading": {"CUDA context": 0},
+        "latent caching": {"CUDA context": context, "VAE weights": vae_bytes, "activations": vae_activations,
+                           "fragmentation margin": int(FRAGMENTATION * vae_activations)},
+        "text caching": {"CUDA context": context, "text encoder weights": text_bytes,
+                         "activations": int(0.05 * text_bytes)},
+        "training": training,
+        "sampling": {"CUDA context": context, "U-Net weights": unet_bytes, "LoRA parameters": lora,
+                     "VAE weights": vae_bytes, "text encoder weights": text_bytes,
+                     "activations": sampling_activations} if work.sampling else {"CUDA context": 0},
+        "saving": {"CUDA context": context, "U-Net weights": unet_bytes, "LoRA parameters": lora,
+                   "optimizer state": training["optimizer state"]},
+    }
+    model_host = (counts["unet"] + sum(counts[p] for p in text_parts)) * work.compute_bytes + vae_bytes
+    result.host = {
+        "loading": {"process": HOST_BASELINE, "model (compute dtype)": model_host,
+                    "conversion transient": counts["unet"] * work.compute_bytes},
+        "training": {"process": HOST_BASELINE,
+                     "VAE and text encoders (parked)": vae_bytes + (0 if work.train_text_encoder else text_bytes)},
+        "saving": {"process": HOST_BASELINE, "LoRA copy": lora},
+    }
+    result.speed = (FORMAT_COST[strategy.unet_weights] * (CHECKPOINT_COST if strategy.gradient_checkpointing else 1)
+                    * OPTIMIZER_COST[strategy.optimizer])
+    return result

@@ -1,0 +1,93 @@
+"""The planner: enumerate memory strategies, keep those whose every phase fits the budget, pick the
+fastest predicted, explain the choice; when nothing fits, find the smallest change that would."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+from lowvram.hardware import GIB, Hardware
+from lowvram.plan.estimate import VRAM_SAFETY, Estimate, MemoryStrategy, Workload, estimate
+
+QUANTIZED = ("fp8", "quanto-int8", "bnb-nf4", "quanto-int4", "quanto-fp8", "bnb-int8")
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+@dataclass
+class Plan:
+    workload: Workload
+    hardware: Hardware
+    candidates: list[Estimate]  # fastest predicted first
+    choice: Estimate | None
+    explanation: str
+    suggestions: list[str]
+
+    @property
+    def budget(self) -> int:
+        return self.hardware.free_vram - VRAM_SAFETY
+
+
+def strategies(work: Workload, fixed: dict) -> list[MemoryStrategy]:
+    """Every strategy the planner may choose, restricted to the user's explicit choices (`fixed`)."""
+    native = "bf16" if work.compute_bytes == 2 else "fp32"
+    formats = [fixed["unet_weights"]] if fixed.get("unet_weights") else [native, *QUANTIZED]
+    checkpointing = [fixed["gradient_checkpointing"]] if "gradient_checkpointing" in fixed else [False, True]
+    optimizers = [fixed["optimizer"]] if fixed.get("optimizer") else list(OPTIMIZERS)
+    return [MemoryStrategy(f, c, o) for f, c, o in itertools.product(formats, checkpointing, optimizers)]
+
+
+def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest: bool = True) -> Plan:
+    fixed = fixed or {}
+    estimates = [estimate(work, s, hardware) for s in strategies(work, fixed)]
+    estimates.sort(key=lambda e: (e.speed, e.peak_vram()))
+    fitting = [e for e in estimates if e.fits(hardware)]
+    if fitting:
+        choice = fitting[0]
+        faster = [e for e in estimates if e.speed < choice.speed]
+        why = f"the fastest predicted of {len(fitting)} strategies that fit"
+        if faster:
+            over = faster[0]
+            why += (f"; {over.strategy.label} would be faster but needs "
+                    f"{over.peak_vram() / GIB:.2f} GiB in {over.limiting_phase}")
+        explanation = f"chose {choice.strategy.label}: {why}"
+        return Plan(work, hardware, estimates, choice, explanation, [])
+    smallest = min(estimates, key=lambda e: e.peak_vram())
+    explanation = (f"nothing fits {max(hardware.free_vram - VRAM_SAFETY, 0) / GIB:.2f} GiB: the leanest strategy "
+                   f"({smallest.strategy.label}) needs {smallest.peak_vram() / GIB:.2f} GiB in "
+                   f"{smallest.limiting_phase}")
+    if hardware.host_ram and smallest.peak_host() > hardware.host_ram:
+        explanation += f" and {smallest.peak_host() / GIB:.1f} GiB of host RAM"
+    return Plan(work, hardware, estimates, None, explanation,
+                smallest_changes(work, hardware, fixed) if suggest else [])
+
+
+def smallest_changes(work: Workload, hardware: Hardware, fixed: dict) -> list[str]:
+    """Single changes that would make some strategy fit, least disruptive first."""
+    def fits(w: Workload, h: Hardware = hardware, f: dict = fixed) -> bool:
+        return plan(w, h, f, suggest=False).choice is not None
+
+    found = []
+    if fixed and fits(work, f={}):
+        found.append(f"let the planner choose ({', '.join(f'--{k.replace(chr(95), chr(45))}' for k in fixed)} "
+                     "rule out every strategy that fits)")
+    if work.batch > 1 and fits(replace(work, batch=1)):
+        found.append("--batch-size 1 (use --gradient-accumulation to keep the effective batch)")
+    if work.sampling and fits(replace(work, sampling=False)):
+        found.append("drop --sample-prompt (sampling at the end is the phase that does not fit)")
+    for resolution in range(work.resolution - 64, max(255, work.resolution // 2 - 1), -64):
+        if fits(replace(work, resolution=resolution)):
+            found.append(f"--resolution {resolution}")
+            break
+    for rank in (8, 4):
+        if rank < work.rank and fits(replace(work, rank=rank)):
+            found.append(f"--rank {rank}")
+            break
+    if work.cache_batch_size > 1 and fits(replace(work, cache_batch_size=1)):
+        found.append("--cache-batch-size 1")
+    need = min(e.peak_vram() for e in plan(work, hardware, fixed, suggest=False).candidates) + VRAM_SAFETY
+    found.append(f"a GPU with at least {need / GIB:.1f} GiB free")
+    if hardware.host_ram:
+        host = min(e.peak_host() for e in plan(work, hardware, fixed, suggest=False).candidates)
+        if host > hardware.host_ram:
+            found.append(f"at least {host / GIB:.1f} GiB of host RAM (--ram)")
+    return found

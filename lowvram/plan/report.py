@@ -1,0 +1,76 @@
+"""Showing a plan: rich tables for people, a JSON document for programs."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from lowvram.hardware import GIB
+from lowvram.plan.estimate import PHASES, Estimate
+from lowvram.plan.planner import Plan
+
+SHOWN_PHASES = ("latent caching", "text caching", "training", "sampling")
+
+
+def gib(value: int) -> str:
+    return f"{value / GIB:.2f}"
+
+
+def print_plan(result: Plan, console: Console, top: int = 12) -> None:
+    work, hardware = result.workload, result.hardware
+    console.print(f"[bold]{work.family.title}[/] at {work.resolution}px, batch {work.batch}, LoRA rank "
+                  f"{work.rank}{' + text encoder' if work.train_text_encoder else ''} on [bold]{hardware.name}[/] "
+                  f"({hardware.source}): budget {gib(result.budget)} GiB of {gib(hardware.total_vram)} GiB VRAM, "
+                  f"{gib(hardware.host_ram)} GiB host RAM")
+    table = Table(title="candidate strategies (peak VRAM per phase, GiB)")
+    for column in ("strategy", "fits", *SHOWN_PHASES, "host RAM", "rel. time/step"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for est in result.candidates[:top]:
+        fits = est.fits(hardware)
+        style = "bold green" if est is result.choice else ("" if fits else "dim")
+        table.add_row(est.strategy.label, "yes" if fits else "no",
+                      *[gib(est.peak_vram(phase)) for phase in SHOWN_PHASES], gib(est.peak_host()),
+                      f"{est.speed:.2f}", style=style)
+    console.print(table)
+    shown = result.choice or min(result.candidates, key=lambda e: e.peak_vram())
+    console.print(breakdown(shown))
+    console.print(("[green]" if result.choice else "[red]") + result.explanation)
+    for suggestion in result.suggestions:
+        console.print(f"  would fit with: {suggestion}")
+    console.print("[dim]activations are traced per model and scaled; CUDA context, fragmentation and relative "
+                  "speeds are priors until calibrated on a GPU (tools/bench_memory.py)[/]")
+
+
+def breakdown(est: Estimate) -> Table:
+    """Per-component bytes of every phase for one strategy."""
+    table = Table(title=f"{est.strategy.label}: VRAM per phase and component (GiB)")
+    table.add_column("component")
+    phases = [p for p in PHASES if p in est.vram]
+    for phase in phases:
+        table.add_column(phase, justify="right")
+    components = list(dict.fromkeys(c for phase in phases for c in est.vram[phase]))
+    for component in components:
+        cells = [gib(est.vram[p][component]) if component in est.vram[p] else "" for p in phases]
+        table.add_row(component, *cells)
+    table.add_row("[bold]total", *[f"[bold]{gib(est.peak_vram(p))}" for p in phases])
+    return table
+
+
+def plan_json(result: Plan) -> dict:
+    def one(est: Estimate) -> dict:
+        return {"strategy": {"unet_weights": est.strategy.unet_weights,
+                             "gradient_checkpointing": est.strategy.gradient_checkpointing,
+                             "optimizer": est.strategy.optimizer},
+                "fits": est.fits(result.hardware), "relative_step_time": round(est.speed, 3),
+                "peak_vram_bytes": est.peak_vram(), "peak_host_bytes": est.peak_host(),
+                "limiting_phase": est.limiting_phase, "vram_bytes": est.vram, "host_bytes": est.host}
+
+    work, hardware = result.workload, result.hardware
+    return {
+        "model_family": work.family.name, "resolution": work.resolution, "batch": work.batch, "rank": work.rank,
+        "hardware": {"name": hardware.name, "source": hardware.source, "total_vram": hardware.total_vram,
+                     "free_vram": hardware.free_vram, "budget": result.budget, "host_ram": hardware.host_ram},
+        "fits": result.choice is not None, "choice": one(result.choice) if result.choice else None,
+        "explanation": result.explanation, "suggestions": result.suggestions,
+        "candidates": [one(e) for e in result.candidates],
+    }

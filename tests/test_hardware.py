@@ -1,0 +1,73 @@
+"""GPU profiles and budgets: every shipped profile loads and is plausible; sizes parse; bad input is named."""
+
+import pytest
+
+from lowvram.errors import LowvramError
+from lowvram.hardware import GIB, hardware_for, list_profiles, load_profile, parse_size
+
+EXPECTED = {"gtx-1650-4gb", "rtx-3050-laptop-4gb", "rtx-3060-laptop-6gb", "rtx-2060-6gb", "rtx-3070-8gb",
+            "rtx-4060-8gb", "rtx-3060-12gb", "colab-t4", "rtx-4090-24gb", "a100-40gb", "h100-80gb"}
+
+
+def test_the_cards_people_train_on_have_profiles():
+    assert EXPECTED <= set(list_profiles())
+
+
+@pytest.mark.parametrize("name", list_profiles())
+def test_every_profile_loads_and_is_plausible(name):
+    hw = load_profile(name)
+    assert hw.device == "cuda" and hw.source == f"profile {name}"
+    assert 2 * GIB <= hw.total_vram <= 200 * GIB
+    assert 0 < hw.free_vram <= hw.total_vram
+    assert 4 * GIB <= hw.host_ram <= 2048 * GIB
+    major = int(hw.compute_capability.split(".")[0])
+    assert hw.bf16 == (major >= 8)  # bf16 arrived with Ampere (8.x)
+    assert 0 < hw.cuda_context < GIB and hw.pcie_gbps > 0
+
+
+def test_colab_t4_is_fp16_with_little_host_ram():
+    hw = load_profile("colab-t4")
+    assert not hw.bf16 and 12 * GIB < hw.host_ram < 13 * GIB and hw.total_vram >= 15 * GIB
+
+
+@pytest.mark.parametrize("text, expected", [("6GB", 6 * GIB), ("6", 6 * GIB), ("5.5 GiB", int(5.5 * GIB)),
+                                            ("512MB", 512 * 1024**2), ("2g", 2 * GIB)])
+def test_sizes_parse(text, expected):
+    assert parse_size(text, "--vram") == expected
+
+
+def test_bad_size_and_unknown_profile_are_named():
+    with pytest.raises(LowvramError, match="--vram: 'six' is not a size"):
+        parse_size("six", "--vram")
+    with pytest.raises(LowvramError, match="--profile: no profile 'rtx-9090'; profiles are .*colab-t4"):
+        load_profile("rtx-9090")
+    with pytest.raises(LowvramError, match="can't use both"):
+        hardware_for("colab-t4", "6GB", None)
+
+
+def test_vram_and_ram_budgets_make_a_hardware():
+    hw = hardware_for(None, "6GB", "12GB")
+    assert hw.total_vram == hw.free_vram == 6 * GIB and hw.host_ram == 12 * GIB and hw.source == "--vram"
+
+
+def test_profile_with_an_unknown_key_is_refused(tmp_path, monkeypatch):
+    from lowvram import hardware
+
+    (tmp_path / "odd.toml").write_text('name = "x"\nvram_gb = 4\nbf16 = true\nhost_ram_gb = 8\n'
+                                       'compute_capability = "8.6"\nvram = 4\n')
+    monkeypatch.setattr(hardware, "PROFILES", tmp_path)
+    with pytest.raises(LowvramError, match=r"unknown keys \['vram'\]"):
+        load_profile("odd")
+
+
+def test_spill_watch_warns_once_when_steps_slow_down_for_good():
+    from rich.console import Console
+
+    from lowvram.train.progress import SpillWatch
+
+    watch = SpillWatch(Console(quiet=True))
+    warnings = [watch.step(t) for t in [0.5] * 6 + [0.6, 2.0, 2.1, 2.2, 2.0, 2.3]]
+    assert [w is not None for w in warnings].count(True) == 1
+    assert "spilling VRAM into system RAM" in next(w for w in warnings if w)
+    steady = SpillWatch(Console(quiet=True))
+    assert not any(steady.step(t) for t in [0.5, 0.6, 0.5, 0.55, 0.5, 2.0, 0.5, 0.52, 0.5])  # one slow step is fine
