@@ -155,8 +155,9 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
         "text caching": {"CUDA context": context, "text encoder weights": text_bytes,
                          "activations": int(0.05 * text_bytes)},
         "training": training,
+        # the sampler brings the text encoders, then the VAE, to the device one after the other
         "sampling": {"CUDA context": context, "U-Net weights": unet_bytes, "LoRA parameters": lora,
-                     "VAE weights": vae_bytes, "text encoder weights": text_bytes,
+                     "visiting part (text encoders or VAE)": max(text_bytes, vae_bytes),
                      "activations": sampling_activations} if work.sampling else {"CUDA context": 0},
         "saving": {"CUDA context": context, "U-Net weights": unet_bytes, "LoRA parameters": lora,
                    "optimizer state": training["optimizer state"]},

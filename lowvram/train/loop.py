@@ -30,6 +30,7 @@ from lowvram.train.conditioning import encode_prompts, unet_conditioning
 from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
 from lowvram.train.optim import build_optimizer
 from lowvram.train.progress import TrainingProgress
+from lowvram.train.sampling import render_samples
 
 DEFAULT_EPOCHS = 10
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -189,7 +190,9 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     if config.output.format == "diffusers":
         lora.save_diffusers(model, out_dir / f"{config.output_name}-diffusers", config.output.save_precision)
     config_path = write_text(out_dir / f"{config.output_name}.toml", tomli_w.dumps(config.to_toml_dict()))
-    samples = render_samples(model, config, out_dir / "samples", accelerator)
+    samples = render_samples(model, config.output.sample_prompts, out_dir / "samples", config.output_name,
+                             config.data.resolution or family.resolution, config.output.sample_steps,
+                             config.training.seed, accelerator)
     console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples))
     return TrainResult(lora_path, config_path, samples, total_steps, epochs_done, progress.loss or float("nan"), model,
                        data, (prepared_data.encoded_latents, prepared_data.encoded_texts), reports)
@@ -260,35 +263,3 @@ def lora_metadata(config: RunConfig, model: LoadedModel, records, step: int, epo
         "lowvram.dataset_images": str(len(records)),
         "lowvram.config": tomli_w.dumps(config.to_toml_dict()),
     }
-
-
-def render_samples(model: LoadedModel, config: RunConfig, folder: Path, accelerator) -> list[Path]:
-    """Render each sample prompt with the trained adapters active (seeded: one fixed image per prompt).
-
-    The denoising runs in the training precision; the VAE decodes outside autocast in its own dtype,
-    because SDXL's VAE overflows in fp16 and is kept in fp32 for exactly that reason.
-    """
-    if not config.output.sample_prompts:
-        return []
-    paths = []
-    resolution = config.data.resolution or model.family.resolution
-    pipeline, vae = model.pipeline, model.vae
-    device = accelerator.device
-    vae.to(device)  # back from the CPU for rendering
-    for encoder in model.text_encoders:
-        encoder.to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    for i, prompt in enumerate(config.output.sample_prompts):
-        generator = torch.Generator("cpu").manual_seed(config.training.seed + i)
-        with torch.no_grad():
-            with accelerator.autocast():
-                latents = pipeline(prompt, num_inference_steps=config.output.sample_steps, height=resolution,
-                                   width=resolution, generator=generator, output_type="latent").images
-            shift = getattr(vae.config, "shift_factor", None) or 0.0
-            decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
-        image = pipeline.image_processor.postprocess(decoded.float(), output_type="pil")[0]
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{config.output_name}-{i:02d}.png"
-        image.save(path)
-        paths.append(path)
-    return paths

@@ -1,0 +1,75 @@
+"""Sample images during/after training, one model part on the GPU at a time.
+
+diffusers' pipelines want every component on one device; on a small card that means the text encoders,
+the U-Net and the VAE together. Here each part visits the device for its own step: the text encoders
+encode the prompts and leave, the U-Net denoises (classifier-free guidance), the VAE decodes and leaves.
+So sampling never needs more memory than training plus the VAE decode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from lowvram.models.loading import LoadedModel
+from lowvram.train.conditioning import encode_prompts, unet_conditioning
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+GUIDANCE = 7.0
+
+
+def _visit(modules: list[torch.nn.Module], device: torch.device):
+    for module in modules:
+        module.to(device)
+
+
+@torch.no_grad()
+def render(model: LoadedModel, prompt: str, resolution: int, steps: int, seed: int, device: torch.device,
+           autocast) -> Image:
+    family, pipeline, unet, vae = model.family, model.pipeline, model.unet, model.vae
+    home = next(vae.parameters()).device
+    _visit(model.text_encoders, device)
+    with autocast():
+        hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers, ["", prompt], device)
+    if getattr(pipeline.config, "force_zeros_for_empty_prompt", False):  # SDXL's unconditional embedding
+        hidden[0].zero_()
+        if pooled is not None:
+            pooled[0].zero_()
+    _visit(model.text_encoders, home)
+
+    scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
+    scheduler.set_timesteps(steps, device=device)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    shape = (1, unet.config.in_channels, resolution // factor, resolution // factor)
+    latents = (torch.randn(shape, generator=generator) * scheduler.init_noise_sigma).to(device)
+    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * 2, dtype=torch.float32)
+    conditioning = unet_conditioning(family, hidden, pooled, time_ids)
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        with autocast():
+            uncond, cond = unet(model_input, t, **conditioning).sample.float().chunk(2)
+        latents = scheduler.step(uncond + GUIDANCE * (cond - uncond), t, latents).prev_sample
+
+    vae.to(device)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample  # outside autocast:
+    vae.to(home)  # SDXL's VAE overflows in fp16 and is kept in fp32
+    return pipeline.image_processor.postprocess(image.float(), output_type="pil")[0]
+
+
+def render_samples(model: LoadedModel, prompts: tuple[str, ...], folder: Path, name: str, resolution: int,
+                   steps: int, seed: int, accelerator) -> list[Path]:
+    """One seeded image per prompt, `<folder>/<name>-NN.png`."""
+    paths = []
+    for i, prompt in enumerate(prompts):
+        image = render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}-{i:02d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
