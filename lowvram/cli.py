@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def plan_values(args: argparse.Namespace) -> dict:
     values = train_values(args)
     values.setdefault("data", "sample")  # plan needs no dataset
+    values.setdefault("model", "sd15")  # planning for the tiny demo model answers no one's question
     return values
 
 
@@ -130,7 +131,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan_json(result), indent=2))
     else:
-        print_plan(result, Console())
+        print_plan(result, Console(width=max(Console().width, 100)))
     return 0 if result.choice else 1
 
 
@@ -181,7 +182,7 @@ def auto_strategy(config, values: dict, vram: str | None):
     print_plan(result, Console(), top=6)
     if result.choice is None:
         raise LowvramError(f"--auto: {result.explanation}; " + "; ".join(result.suggestions))
-    return apply_choice(config, result.choice.strategy)
+    return apply_choice(config, result.choice)
 
 
 def check_values(args: argparse.Namespace) -> dict:
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # reported by the subcommand's parser, so the message names `lowvram train` and its flags
         parser._subparsers._group_actions[0].choices[args.command].error(
             f"unrecognized arguments: {' '.join(unknown)}")
-    _quiet_libraries()
+    if args.command not in ("plan", "doctor"):  # those must start fast: diffusers alone takes seconds to import
+        _quiet_libraries()
     try:
         if args.command == "train":
             from lowvram.train.loop import train

@@ -145,6 +145,8 @@ class MemoryConfig:
                                           "(and the text encoders' when they train).")
     attention: str = option("auto", "Attention kernels: xformers when installed and working, else PyTorch SDPA "
                             "(flash / memory-efficient), else math.", choices=ATTENTION)
+    vae_tiling: bool = option(False, "Run the VAE in 512 px tiles when caching latents and decoding samples: far "
+                              "less memory at high resolutions (tiled latents are cached separately).")
 
 
 @dataclass(frozen=True)

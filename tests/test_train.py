@@ -213,3 +213,10 @@ def test_part_by_part_sampler_matches_the_diffusers_pipeline(family):
                             width=64, generator=torch.Generator("cpu").manual_seed(3)).images[0]
     difference = np.abs(np.asarray(ours, dtype=np.float32) - np.asarray(theirs, dtype=np.float32))
     assert difference.max() <= 2.0, difference.max()
+    # with the prompts encoded beforehand (as the caching phase does), the same image
+    with torch.no_grad():
+        embeddings = encode_prompts(model.family, model.text_encoders, model.tokenizers,
+                                    ["", "lvshape, a red circle"], "cpu")
+    cached = render(model, "lvshape, a red circle", 64, 4, seed=3, device=torch.device("cpu"),
+                    autocast=contextlib.nullcontext, embeddings=embeddings)
+    assert np.array_equal(np.asarray(cached), np.asarray(ours))

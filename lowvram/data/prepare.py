@@ -28,6 +28,7 @@ from lowvram.data.cache import (
 from lowvram.data.dataset import Sample, TrainingData
 from lowvram.data.scan import ScanOptions, ScanReport, scan_dataset
 from lowvram.models.families import ModelFamily
+from lowvram.train.conditioning import set_vae_tiling
 
 COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (127, 127, 127), "gray": (127, 127, 127)}
 
@@ -77,6 +78,9 @@ class PreparedData:
     reports: list[ScanReport]
     encoded_latents: int  # entries encoded by this run (the rest came from the cache)
     encoded_texts: int
+    # sample prompts ("" first, for guidance) encoded while the text encoders were on the device, so that
+    # sampling later needs no text encoder there; None when the text encoders train
+    sample_embeddings: tuple | None = None
 
 
 def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], device: torch.device,
@@ -105,7 +109,8 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
             keys = []
             for v in range(augment.variants):
                 variant = make_variant(record.sha256, v, placement, augment)
-                key = latent_key(record, placement, variant, options, vae_id, model.vae.dtype)
+                key = latent_key(record, placement, variant, options, vae_id, model.vae.dtype,
+                                 config.memory.vae_tiling)
                 latent_jobs.setdefault(key, LatentJob(key, record, placement, variant))
                 keys.append(key)
             text_keys = []
@@ -137,25 +142,31 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
     check_free_space(cache_dir, needed)
 
     batch = config.data.cache_batch_size
+    set_vae_tiling(model.vae, config.memory.vae_tiling)
     model.vae.to(device)
     encoded_latents = encode_latents(missing_latents, latent_store, model.vae, options, batch, console)
     model.vae.to("cpu")
-    encoded_texts = 0
+    encoded_texts, sample_embeddings = 0, None
     if cache_text:
         from lowvram.train.conditioning import encode_prompts
 
         for encoder in model.text_encoders:
             encoder.to(device)
-        encoded_texts = encode_texts(
-            missing_texts, text_store,
-            lambda texts: encode_prompts(family, model.text_encoders, model.tokenizers, texts, device), batch, console)
+        def encode(texts):
+            return encode_prompts(family, model.text_encoders, model.tokenizers, texts, device)
+
+        encoded_texts = encode_texts(missing_texts, text_store, encode, batch, console)
+        if config.output.sample_prompts:
+            with torch.no_grad():
+                hidden, pooled = encode(["", *config.output.sample_prompts])
+            sample_embeddings = (hidden.cpu(), None if pooled is None else pooled.cpu())
         for encoder in model.text_encoders:
             encoder.to("cpu")
     if device.type == "cuda":
         torch.cuda.empty_cache()
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
                         latent_store, text_store, empty_key)
-    return PreparedData(data, reports, encoded_latents, encoded_texts)
+    return PreparedData(data, reports, encoded_latents, encoded_texts, sample_embeddings)
 
 
 def check_data(config: RunConfig, report_path: Path | None, verbose: bool, console: Console | None = None) -> ScanReport:

@@ -29,6 +29,7 @@ def workload_for(config: RunConfig, hardware: Hardware) -> Workload:
                     train_text_encoder=config.network.train_text_encoder,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),
                     compute_bytes=2 if hardware.device == "cuda" else 4,
+                    native_format="fp32" if hardware.device != "cuda" else ("bf16" if hardware.bf16 else "fp16"),
                     vae_fp32=fp16 and bool(vae.get("force_upcast")))
 
 
@@ -40,8 +41,13 @@ def fixed_choices(values: dict) -> dict:
     return fixed
 
 
-def apply_choice(config: RunConfig, chosen: MemoryStrategy) -> RunConfig:
-    memory = dataclasses.replace(config.memory, unet_weights=chosen.unet_weights,
-                                 gradient_checkpointing=chosen.gradient_checkpointing)
-    optim = dataclasses.replace(config.optim, optimizer=chosen.optimizer)
-    return dataclasses.replace(config, memory=memory, optim=optim)
+def apply_choice(config: RunConfig, chosen: Estimate) -> RunConfig:
+    """The config with the planner's choices filled in (explicit user choices were fixed in planning)."""
+    strategy = chosen.strategy
+    memory = dataclasses.replace(config.memory, unet_weights=strategy.unet_weights,
+                                 gradient_checkpointing=strategy.gradient_checkpointing,
+                                 vae_tiling=config.memory.vae_tiling or chosen.vae_tiling)
+    optim = dataclasses.replace(config.optim, optimizer=strategy.optimizer)
+    data = dataclasses.replace(config.data, cache_batch_size=min(config.data.cache_batch_size,
+                                                                 chosen.cache_batch_size))
+    return dataclasses.replace(config, memory=memory, optim=optim, data=data)

@@ -23,11 +23,13 @@ PHASES = ("loading", "latent caching", "text caching", "training", "sampling", "
 FRAGMENTATION = 0.08  # share of transient memory the caching allocator loses to fragmentation (uncalibrated)
 HOST_BASELINE = int(2.5 * GIB)  # python + torch + CUDA libraries resident in host RAM (uncalibrated)
 VRAM_SAFETY = int(0.25 * GIB)  # kept free below the budget
+TILE_PX = 512  # lowvram.train.conditioning.VAE_TILE_PX (not imported: plan must not import diffusers)
 # Relative step time per storage format and for checkpointing (priors until GPU calibration).
 FORMAT_COST = {"fp32": 2.0, "fp16": 1.0, "bf16": 1.0, "fp8": 1.12, "bnb-int8": 1.8, "bnb-nf4": 1.3,
                "quanto-int8": 1.35, "quanto-int4": 1.5, "quanto-fp8": 1.3}
 CHECKPOINT_COST = 1.3
-OPTIMIZER_COST = {"adamw": 1.0, "adamw8bit": 1.0, "paged_adamw8bit": 1.02, "lion8bit": 1.0, "adafactor": 1.02}
+# A LoRA's optimizer state is megabytes: 8-bit state only pays when memory is that tight.
+OPTIMIZER_COST = {"adamw": 1.0, "adamw8bit": 1.01, "paged_adamw8bit": 1.02, "lion8bit": 1.01, "adafactor": 1.02}
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class MemoryStrategy:
 
     @property
     def label(self) -> str:
-        return f"{self.unet_weights}{' +ckpt' if self.gradient_checkpointing else ''} {self.optimizer}"
+        return f"{self.unet_weights}{' ckpt' if self.gradient_checkpointing else ''} {self.optimizer}"
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,15 @@ class Workload:
     cache_batch_size: int = 4
     sampling: bool = True
     compute_bytes: int = 2  # 2 for bf16/fp16 mixed precision, 4 for fp32
+    native_format: str = "bf16"  # the storage format that matches the compute dtype (fp16 on pre-Ampere GPUs)
     vae_fp32: bool = False  # SDXL's VAE under fp16: kept in fp32
 
 
 @dataclass
 class Estimate:
     strategy: MemoryStrategy
+    cache_batch_size: int = 1  # images per VAE call in the caching phase, the largest that fits
+    vae_tiling: bool = False  # VAE in 512 px tiles, when even one whole image doesn't fit
     vram: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> component -> bytes
     host: dict[str, dict[str, int]] = field(default_factory=dict)
     speed: float = 1.0  # predicted step time relative to 16-bit weights without checkpointing
@@ -98,8 +103,8 @@ def family_data(family: ModelFamily) -> dict:
 def scaled(entries: list[dict], resolution: int, batch: int, key: str = "activation_bytes", **match) -> int:
     """Activation bytes at `resolution` and `batch`, from the traced grid: linear in pixel count between the
     two nearest grid resolutions (extrapolated from the nearest one outside), linear in batch."""
-    points = sorted((e["resolution"], e[key] / e.get("batch", 1)) for e in entries
-                    if all(e.get(k) == v for k, v in match.items()))
+    points = sorted((e["resolution"], e[key]) for e in entries
+                    if e.get("batch", 1) == 1 and all(e.get(k) == v for k, v in match.items()))
     if not points:
         raise LowvramError(f"no traced data for {match}; regenerate lowvram/plan/plan_data.json")
     pixels = resolution * resolution
@@ -112,6 +117,40 @@ def scaled(entries: list[dict], resolution: int, batch: int, key: str = "activat
         r0, a0 = (below[-1] if below else above[0])
         per_image = a0 * pixels / (r0 * r0)
     return int(per_image * batch)
+
+
+CAST_FORMATS = ("fp32", "fp16", "bf16")
+
+
+def training_entries(entries: list[dict], strategy: MemoryStrategy) -> list[dict]:
+    """The traced steps that stand for this strategy: its own storage format where it was traced (fp8 keeps
+    16-bit copies for backward, so it has its own entries), else the 16-bit trace (bitsandbytes and quanto
+    save their quantized weights, not dequantized copies)."""
+    same = [e for e in entries if e.get("unet_weights") == strategy.unet_weights
+            and e["checkpointing"] == strategy.gradient_checkpointing]
+    if same:
+        return same
+    return [e for e in entries if e.get("unet_weights", "bf16") in CAST_FORMATS]
+
+
+def caching_phase(work: Workload, data: dict, context: int, vae_bytes: int, hardware: Hardware
+                  ) -> tuple[int, bool, dict[str, int]]:
+    """The latent-caching settings for this budget: the largest VAE batch (up to the one asked for) that
+    fits, else one image in 512 px tiles. The VAE runs once per image, so this costs little time."""
+
+    def phase(batch: int, tiled: bool) -> dict[str, int]:
+        size = min(work.resolution, TILE_PX) if tiled else work.resolution
+        activations = scaled(data["vae_encode"], size, batch)
+        return {"context": context, "VAE": vae_bytes, "activations": activations,
+                "fragment.": int(FRAGMENTATION * activations)}
+
+    budget = hardware.free_vram - VRAM_SAFETY
+    batch = work.cache_batch_size
+    while batch >= 1:
+        if sum(phase(batch, False).values()) <= budget:
+            return batch, False, phase(batch, False)
+        batch //= 2
+    return 1, True, phase(1, True)
 
 
 def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Estimate:
@@ -129,45 +168,51 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     lora = lora_params * 4  # adapters train in fp32
     context = hardware.cuda_context if hardware.device == "cuda" else 0
 
-    activations = scaled(data["training"], work.resolution, work.batch,
-                         checkpointing=strategy.gradient_checkpointing)
+    traced = training_entries(data["training"], strategy)
+    activations = scaled(traced, work.resolution, work.batch, checkpointing=strategy.gradient_checkpointing)
     if work.train_text_encoder:
         activations += int(0.1 * text_bytes * work.batch)  # 77 tokens: small next to the U-Net (uncalibrated)
-    dequant = 0 if strategy.unet_weights in ("fp16", "bf16", "fp32") else data["largest_layer_params"] * 2 * 2
+    # bitsandbytes/quanto dequantize one layer at a time (they can't be traced on fake tensors); fp8's upcast
+    # copies are in its own traced activations
+    untraced = traced[0].get("unet_weights") != strategy.unet_weights and strategy.unet_weights not in CAST_FORMATS
+    dequant = data["largest_layer_params"] * 2 * 2 if untraced else 0
     training = {
-        "CUDA context": context,
-        "U-Net weights": unet_bytes,
-        "text encoder weights": text_bytes if work.train_text_encoder else 0,
-        "LoRA parameters": lora,
+        "context": context,
+        "U-Net": unet_bytes,
+        "text enc.": text_bytes if work.train_text_encoder else 0,
+        "LoRA": lora,
         "gradients": lora,
-        "optimizer state": optimizer_state_bytes(strategy.optimizer, lora_params),
+        "optim. state": optimizer_state_bytes(strategy.optimizer, lora_params),
         "activations": activations,
-        "dequantization workspace": dequant,
-        "fragmentation margin": int(FRAGMENTATION * (activations + dequant)),
+        "dequant": dequant,
+        "fragment.": int(FRAGMENTATION * (activations + dequant)),
     }
-    vae_activations = scaled(data["vae_encode"], work.resolution, work.cache_batch_size)
-    sampling_activations = scaled(data["sampling"], work.resolution, 1)
     result = Estimate(strategy)
+    result.cache_batch_size, result.vae_tiling, latent_caching = caching_phase(work, data, context, vae_bytes,
+                                                                              hardware)
+    sampling_activations = scaled(data["sampling"], work.resolution, 1)
+    if result.vae_tiling:  # the decode at the end of sampling is tiled too
+        sampling_activations = min(sampling_activations, scaled(data["sampling"], TILE_PX, 1))
     result.vram = {
-        "loading": {"CUDA context": 0},
-        "latent caching": {"CUDA context": context, "VAE weights": vae_bytes, "activations": vae_activations,
-                           "fragmentation margin": int(FRAGMENTATION * vae_activations)},
-        "text caching": {"CUDA context": context, "text encoder weights": text_bytes,
+        "loading": {"context": 0},
+        "latent caching": latent_caching,
+        "text caching": {"context": context, "text enc.": text_bytes,
                          "activations": int(0.05 * text_bytes)},
         "training": training,
-        # the sampler brings the text encoders, then the VAE, to the device one after the other
-        "sampling": {"CUDA context": context, "U-Net weights": unet_bytes, "LoRA parameters": lora,
-                     "visiting part (text encoders or VAE)": max(text_bytes, vae_bytes),
-                     "activations": sampling_activations} if work.sampling else {"CUDA context": 0},
-        "saving": {"CUDA context": context, "U-Net weights": unet_bytes, "LoRA parameters": lora,
-                   "optimizer state": training["optimizer state"]},
+        # prompts were encoded in the caching phase (trained text encoders are on the device already);
+        # the VAE visits the device for the decode
+        "sampling": {"context": context, "U-Net": unet_bytes, "LoRA": lora,
+                     "text enc.": text_bytes if work.train_text_encoder else 0, "VAE": vae_bytes,
+                     "activations": sampling_activations} if work.sampling else {"context": 0},
+        "saving": {"context": context, "U-Net": unet_bytes, "LoRA": lora,
+                   "optim. state": training["optim. state"]},
     }
     model_host = (counts["unet"] + sum(counts[p] for p in text_parts)) * work.compute_bytes + vae_bytes
     result.host = {
-        "loading": {"process": HOST_BASELINE, "model (compute dtype)": model_host,
-                    "conversion transient": counts["unet"] * work.compute_bytes},
+        "loading": {"process": HOST_BASELINE, "model": model_host,
+                    "conversion": counts["unet"] * work.compute_bytes},
         "training": {"process": HOST_BASELINE,
-                     "VAE and text encoders (parked)": vae_bytes + (0 if work.train_text_encoder else text_bytes)},
+                     "parked parts": vae_bytes + (0 if work.train_text_encoder else text_bytes)},
         "saving": {"process": HOST_BASELINE, "LoRA copy": lora},
     }
     result.speed = (FORMAT_COST[strategy.unet_weights] * (CHECKPOINT_COST if strategy.gradient_checkpointing else 1)

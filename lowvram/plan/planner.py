@@ -29,8 +29,7 @@ class Plan:
 
 def strategies(work: Workload, fixed: dict) -> list[MemoryStrategy]:
     """Every strategy the planner may choose, restricted to the user's explicit choices (`fixed`)."""
-    native = "bf16" if work.compute_bytes == 2 else "fp32"
-    formats = [fixed["unet_weights"]] if fixed.get("unet_weights") else [native, *QUANTIZED]
+    formats = [fixed["unet_weights"]] if fixed.get("unet_weights") else [work.native_format, *QUANTIZED]
     checkpointing = [fixed["gradient_checkpointing"]] if "gradient_checkpointing" in fixed else [False, True]
     optimizers = [fixed["optimizer"]] if fixed.get("optimizer") else list(OPTIMIZERS)
     return [MemoryStrategy(f, c, o) for f, c, o in itertools.product(formats, checkpointing, optimizers)]
@@ -39,7 +38,7 @@ def strategies(work: Workload, fixed: dict) -> list[MemoryStrategy]:
 def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest: bool = True) -> Plan:
     fixed = fixed or {}
     estimates = [estimate(work, s, hardware) for s in strategies(work, fixed)]
-    estimates.sort(key=lambda e: (e.speed, e.peak_vram()))
+    estimates.sort(key=lambda e: (e.speed, e.peak_vram("training"), e.peak_vram()))
     fitting = [e for e in estimates if e.fits(hardware)]
     if fitting:
         choice = fitting[0]

@@ -10,6 +10,8 @@ from lowvram.plan.estimate import PHASES, Estimate
 from lowvram.plan.planner import Plan
 
 SHOWN_PHASES = ("latent caching", "text caching", "training", "sampling")
+SHORT = {"latent caching": "latents", "text caching": "text", "training": "train", "sampling": "sample",
+         "loading": "load", "saving": "save"}
 
 
 def gib(value: int) -> str:
@@ -22,9 +24,9 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
                   f"{work.rank}{' + text encoder' if work.train_text_encoder else ''} on [bold]{hardware.name}[/] "
                   f"({hardware.source}): budget {gib(result.budget)} GiB of {gib(hardware.total_vram)} GiB VRAM, "
                   f"{gib(hardware.host_ram)} GiB host RAM")
-    table = Table(title="candidate strategies (peak VRAM per phase, GiB)")
-    for column in ("strategy", "fits", *SHOWN_PHASES, "host RAM", "rel. time/step"):
-        table.add_column(column, justify="left" if column == "strategy" else "right")
+    table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), relative time per step")
+    for column in ("strategy", "fits", *[SHORT[p] for p in SHOWN_PHASES], "host", "time"):
+        table.add_column(column, justify="left" if column == "strategy" else "right", no_wrap=True)
     for est in result.candidates[:top]:
         fits = est.fits(hardware)
         style = "bold green" if est is result.choice else ("" if fits else "dim")
@@ -34,6 +36,8 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     console.print(table)
     shown = result.choice or min(result.candidates, key=lambda e: e.peak_vram())
     console.print(breakdown(shown))
+    console.print(f"latent caching: {shown.cache_batch_size} image(s) per VAE call"
+                  + (", VAE in 512 px tiles (--vae-tiling)" if shown.vae_tiling else ""))
     console.print(("[green]" if result.choice else "[red]") + result.explanation)
     for suggestion in result.suggestions:
         console.print(f"  would fit with: {suggestion}")
@@ -44,10 +48,10 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
 def breakdown(est: Estimate) -> Table:
     """Per-component bytes of every phase for one strategy."""
     table = Table(title=f"{est.strategy.label}: VRAM per phase and component (GiB)")
-    table.add_column("component")
+    table.add_column("component", no_wrap=True)
     phases = [p for p in PHASES if p in est.vram]
     for phase in phases:
-        table.add_column(phase, justify="right")
+        table.add_column(SHORT[phase], justify="right", no_wrap=True)
     components = list(dict.fromkeys(c for phase in phases for c in est.vram[phase]))
     for component in components:
         cells = [gib(est.vram[p][component]) if component in est.vram[p] else "" for p in phases]
@@ -60,7 +64,8 @@ def plan_json(result: Plan) -> dict:
     def one(est: Estimate) -> dict:
         return {"strategy": {"unet_weights": est.strategy.unet_weights,
                              "gradient_checkpointing": est.strategy.gradient_checkpointing,
-                             "optimizer": est.strategy.optimizer},
+                             "optimizer": est.strategy.optimizer, "cache_batch_size": est.cache_batch_size,
+                             "vae_tiling": est.vae_tiling},
                 "fits": est.fits(result.hardware), "relative_step_time": round(est.speed, 3),
                 "peak_vram_bytes": est.peak_vram(), "peak_host_bytes": est.peak_host(),
                 "limiting_phase": est.limiting_phase, "vram_bytes": est.vram, "host_bytes": est.host}

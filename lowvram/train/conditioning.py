@@ -6,6 +6,19 @@ import torch
 
 from lowvram.models.families import ModelFamily
 
+VAE_TILE_PX = 512
+
+
+def set_vae_tiling(vae: torch.nn.Module, enabled: bool) -> None:
+    """Tiles of 512 px (diffusers' default tile is the model's native size, 1024 px for SDXL, which at
+    1024 px saves nothing)."""
+    if enabled:
+        vae.enable_tiling()
+        vae.tile_sample_min_size = VAE_TILE_PX
+        vae.tile_latent_min_size = VAE_TILE_PX // 2 ** (len(vae.config.block_out_channels) - 1)
+    else:
+        vae.disable_tiling()
+
 
 def encode_images(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     """VAE latents scaled to unit variance, as the U-Net was trained on."""

@@ -192,7 +192,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     config_path = write_text(out_dir / f"{config.output_name}.toml", tomli_w.dumps(config.to_toml_dict()))
     samples = render_samples(model, config.output.sample_prompts, out_dir / "samples", config.output_name,
                              config.data.resolution or family.resolution, config.output.sample_steps,
-                             config.training.seed, accelerator)
+                             config.training.seed, accelerator, prepared_data.sample_embeddings)
     console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples))
     return TrainResult(lora_path, config_path, samples, total_steps, epochs_done, progress.loss or float("nan"), model,
                        data, (prepared_data.encoded_latents, prepared_data.encoded_texts), reports)

@@ -29,17 +29,23 @@ def _visit(modules: list[torch.nn.Module], device: torch.device):
 
 @torch.no_grad()
 def render(model: LoadedModel, prompt: str, resolution: int, steps: int, seed: int, device: torch.device,
-           autocast) -> Image:
+           autocast, embeddings: tuple | None = None) -> Image:
+    """One image. `embeddings`: the (hidden, pooled) of ["", prompt], encoded beforehand; else the text
+    encoders visit the device to encode them."""
     family, pipeline, unet, vae = model.family, model.pipeline, model.unet, model.vae
     home = next(vae.parameters()).device
-    _visit(model.text_encoders, device)
-    with autocast():
-        hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers, ["", prompt], device)
+    if embeddings is None:
+        text_home = next(model.text_encoders[0].parameters()).device
+        _visit(model.text_encoders, device)
+        with autocast():
+            hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers, ["", prompt], device)
+        _visit(model.text_encoders, text_home)
+    else:
+        hidden, pooled = (None if t is None else t.to(device) for t in embeddings)
     if getattr(pipeline.config, "force_zeros_for_empty_prompt", False):  # SDXL's unconditional embedding
         hidden[0].zero_()
         if pooled is not None:
             pooled[0].zero_()
-    _visit(model.text_encoders, home)
 
     scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
     scheduler.set_timesteps(steps, device=device)
@@ -63,11 +69,17 @@ def render(model: LoadedModel, prompt: str, resolution: int, steps: int, seed: i
 
 
 def render_samples(model: LoadedModel, prompts: tuple[str, ...], folder: Path, name: str, resolution: int,
-                   steps: int, seed: int, accelerator) -> list[Path]:
-    """One seeded image per prompt, `<folder>/<name>-NN.png`."""
+                   steps: int, seed: int, accelerator, embeddings: tuple | None = None) -> list[Path]:
+    """One seeded image per prompt, `<folder>/<name>-NN.png`. `embeddings`: (hidden, pooled) of
+    ["", *prompts] from the caching phase, so the text encoders need not come back to the device."""
     paths = []
     for i, prompt in enumerate(prompts):
-        image = render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast)
+        pair = None
+        if embeddings is not None:
+            hidden, pooled = embeddings
+            pick = torch.tensor([0, i + 1])
+            pair = (hidden[pick], None if pooled is None else pooled[pick])
+        image = render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast, pair)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}-{i:02d}.png"
         image.save(path)
