@@ -40,7 +40,15 @@ from lowvram.quant import _convertible, convert_frozen, storage_bytes
 TRACEABLE_WEIGHTS = ("fp32", "fp16", "bf16", "fp8")  # torch-only formats: bnb/quanto can't wrap fake tensors
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # CUDA autocast's float32 list (torch docs, "CUDA Ops that can autocast to float32"); CPU autocast has few.
-CUDA_FP32_OPS = frozenset(["__pow__", "__rdiv__", "__rpow__", "__rtruediv__", "acos", "asin", "binary_cross_entropy_with_logits", "cosh", "cosine_embedding_loss", "cdist", "cosine_similarity", "cross_entropy", "cumprod", "cumsum", "dist", "erfinv", "exp", "expm1", "group_norm", "hinge_embedding_loss", "kl_div", "l1_loss", "layer_norm", "log", "log_softmax", "log10", "log1p", "log2", "margin_ranking_loss", "mse_loss", "multilabel_margin_loss", "multi_margin_loss", "nll_loss", "norm", "normalize", "pdist", "poisson_nll_loss", "pow", "prod", "reciprocal", "rsqrt", "sinh", "smooth_l1_loss", "soft_margin_loss", "softmax", "softmin", "softplus", "sum", "renorm", "tan", "triplet_margin_loss"])
+CUDA_FP32_OPS = frozenset((
+    "__pow__", "__rdiv__", "__rpow__", "__rtruediv__", "acos", "asin", "binary_cross_entropy_with_logits", "cosh",
+    "cosine_embedding_loss", "cdist", "cosine_similarity", "cross_entropy", "cumprod", "cumsum", "dist", "erfinv",
+    "exp", "expm1", "group_norm", "hinge_embedding_loss", "kl_div", "l1_loss", "layer_norm", "log", "log_softmax",
+    "log10", "log1p", "log2", "margin_ranking_loss", "mse_loss", "multilabel_margin_loss", "multi_margin_loss",
+    "nll_loss", "norm", "normalize", "pdist", "poisson_nll_loss", "pow", "prod", "reciprocal", "rsqrt", "sinh",
+    "smooth_l1_loss", "soft_margin_loss", "softmax", "softmin", "softplus", "sum", "renorm", "tan",
+    "triplet_margin_loss",
+))
 
 
 class LiveBytes(TorchDispatchMode):
@@ -71,6 +79,10 @@ class LiveBytes(TorchDispatchMode):
         return out
 
     def _register(self, tensor: torch.Tensor) -> None:
+        if hasattr(tensor, "__tensor_flatten__"):  # a wrapper subclass (quanto's QTensors): its inner tensors
+            for name in tensor.__tensor_flatten__()[0]:
+                self._register(getattr(tensor, name))
+            return
         if tensor.layout != torch.strided or tensor.device.type == "meta":
             return
         storage = tensor.untyped_storage()
@@ -84,7 +96,7 @@ class LiveBytes(TorchDispatchMode):
             self.peak = max(self.peak, self.live)
 
     def _release(self, key: int) -> None:
-        self._sizes.pop(key, 0)
+        self.live -= self._sizes.pop(key, 0)
 
 
 class CudaAutocastPolicy(TorchFunctionMode):
