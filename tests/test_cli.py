@@ -107,3 +107,22 @@ def test_check_data_on_a_folder_with_nothing_usable_fails_naming_it(tmp_path, ca
     captured = capsys.readouterr()
     assert f"no usable images in {tmp_path}" in captured.err
     assert "notes.png" in captured.out  # the per-file table still says why
+
+
+def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU message")
+    assert main(["train", "--auto", "--data", "sample", "--max-steps", "1", "--output", str(tmp_path)]) == 0
+    assert "no CUDA GPU, so nothing to plan" in capsys.readouterr().out
+    assert (tmp_path / f"{tmp_path.name}.safetensors").is_file()
+
+
+def test_plan_without_a_gpu_or_budget_asks_for_one(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU message")
+    assert main(["plan", "--model", "sd15"]) == 2
+    assert "pass --vram SIZE or --profile NAME" in capsys.readouterr().err

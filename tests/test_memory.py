@@ -170,3 +170,4 @@ def test_memory_benchmark_runs_on_the_cpu(tmp_path):
     assert record["command"].startswith("python tools/bench_memory.py") and record["commit"]
     (run,) = record["runs"]
     assert run["ok"] and run["unet_weights"] == "fp8" and run["seconds_per_step"] > 0 and run["lora_params"] > 0
+    assert run["estimated_peak_allocated"] > 0  # the planner's prediction, for calibration

@@ -138,3 +138,17 @@ def test_sd15_fits_the_6gb_must_and_sdxl_the_12gb_must_by_estimate():
     assert plan(work("sd15", 512), hardware_for(None, "6GB", "16GB")).choice is not None
     assert plan(work("sdxl", 1024), hardware_for(None, "12GB", "32GB")).choice is not None
     assert GIB > 0
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_estimated_training_peak_matches_a_real_cpu_step_of_the_tiny_model(checkpointing):
+    """The estimator (exact weights + traced activations scaled from the data file + analytic LoRA state)
+    against the live bytes counted during a real training step on real CPU tensors: within 10 %."""
+    from lowvram.plan.trace import trace_training_step
+
+    real = trace_training_step("tiny", 64, batch=2, rank=8, checkpointing=checkpointing, fake=False)
+    est = estimate(work("tiny", 64, batch=2, rank=8, compute_bytes=4),
+                   MemoryStrategy("fp32", checkpointing, "adamw"), hardware_for(None, "8GB", "64GB"))
+    training = est.vram["training"]
+    predicted = sum(v for k, v in training.items() if k not in ("context", "fragment."))
+    assert abs(predicted - real["peak_bytes"]) <= 0.10 * real["peak_bytes"], (predicted, real["peak_bytes"])

@@ -10,6 +10,9 @@ subprocess, so peaks and the CUDA context are measured cleanly and an out-of-mem
     python tools/bench_memory.py --family sdxl --resolution 1024 --budgets 4 12 16 0 --strategies nf4-ckpt
     python tools/bench_memory.py --family tiny --resolution 64 --device cpu --steps 2   # smoke test, no GPU
 
+Each run also records `estimated_peak_allocated`, what `lowvram plan` predicts for the same step, so the
+results are the planner's calibration data (estimate vs measured peak allocated).
+
 Budget 0 means unlimited. The JSON records the command, commit, device, driver and library versions.
 """
 
@@ -105,6 +108,8 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
             if step >= warmup:
                 times.append(time.perf_counter() - start)
         result.update(ok=True, seconds_per_step=statistics.median(times), loss=loss.item())
+        result["estimated_peak_allocated"] = planner_estimate(family, resolution, batch, rank, weights,
+                                                              checkpointing, optimizer_name)
     except torch.OutOfMemoryError as exc:
         result.update(ok=False, error=f"out of memory: {str(exc).splitlines()[0]}")
     if cuda:
@@ -115,6 +120,20 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
 
     result["host_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return result
+
+
+def planner_estimate(family, resolution: int, batch: int, rank: int, weights: str, checkpointing: bool,
+                     optimizer: str) -> int | None:
+    """What `lowvram plan` predicts for this training step, comparable to max_memory_allocated (no CUDA
+    context, no fragmentation margin): the calibration record for the estimator."""
+    from lowvram.hardware import hardware_for
+    from lowvram.plan.estimate import MemoryStrategy, Workload, estimate
+
+    if weights == "fp32":
+        return None
+    est = estimate(Workload(family, resolution, batch, rank, sampling=False, native_format="bf16"),
+                   MemoryStrategy(weights, checkpointing, optimizer), hardware_for(None, "80GB", "128GB"))
+    return sum(v for k, v in est.vram["training"].items() if k not in ("context", "fragment."))
 
 
 def environment() -> dict:
