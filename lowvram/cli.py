@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     except LowvramError as exc:
         for line in str(exc).splitlines():
             print(f"lowvram {args.command}: error: {line}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"lowvram {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -35,6 +35,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
+NOT_SAVED = ("resume",)  # one run's circumstance, not part of the recipe a saved config replays
 
 
 def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None, metavar: str | None = None,
@@ -129,6 +130,11 @@ class TrainingConfig:
     seed: int = option(42, "Seed for noise, timesteps, data order and LoRA initialisation.")
     mixed_precision: str = option("auto", "Compute precision: auto picks bf16 on GPUs that support it, fp16 on "
                                   "older GPUs, no (fp32) on CPU.", choices=MIXED_PRECISION)
+    checkpoint_every: int | None = option(None, "Save a resumable checkpoint every N steps (always at the end "
+                                          "and on Ctrl-C).", metavar="N")
+    keep_checkpoints: int = option(2, "Resumable checkpoints kept (the newest).", metavar="K")
+    resume: str | None = option(None, "Continue from a checkpoint folder, or 'auto' for the newest in the "
+                                "output folder.", metavar="PATH|auto")
     noise_offset: float = option(0.0, "Noise offset (e.g. 0.05) so the model learns very dark/bright images.")
     min_snr_gamma: float | None = option(None, "Min-SNR loss weighting gamma (5 is the usual value; off by default).")
 
@@ -197,7 +203,8 @@ class RunConfig:
         out: dict[str, dict[str, Any]] = {}
         for section in dataclasses.fields(self):
             values = dataclasses.asdict(getattr(self, section.name))
-            out[section.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None}
+            out[section.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
+                                 if v is not None and k not in NOT_SAVED}
         return out
 
 
@@ -421,6 +428,8 @@ def _check(c: RunConfig) -> list[str]:
     positive("max-steps", c.training.max_steps)
     positive("epochs", c.training.epochs)
     positive("noise-offset", c.training.noise_offset, allow_zero=True)
+    positive("checkpoint-every", c.training.checkpoint_every)
+    positive("keep-checkpoints", c.training.keep_checkpoints)
     positive("min-snr-gamma", c.training.min_snr_gamma)
     positive("sample-steps", c.output.sample_steps)
     if c.training.max_steps is not None and c.training.epochs is not None:

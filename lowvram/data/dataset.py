@@ -63,13 +63,14 @@ class TrainingData:
     def batches_per_epoch(self) -> int:
         return len(self.epoch_batches(0))
 
-    def batches(self, start_epoch: int = 0):
-        """Yield (epoch, Batch) forever."""
-        epoch = start_epoch
+    def batches(self, start_epoch: int = 0, start_batch: int = 0):
+        """Yield (epoch, batch number, Batch) forever, from a position (where a resumed run left off)."""
+        epoch, first = start_epoch, start_batch
         while True:
             for number, indices in enumerate(self.epoch_batches(epoch)):
-                yield epoch, self.load(indices, random.Random(f"{self.seed}/{epoch}/{number}"))
-            epoch += 1
+                if number >= first:
+                    yield epoch, number, self.load(indices, random.Random(f"{self.seed}/{epoch}/{number}"))
+            epoch, first = epoch + 1, 0
 
     def load(self, indices: list[int], rng: random.Random) -> Batch:
         latents, time_ids, masks, hidden, pooled, captions = [], [], [], [], [], []

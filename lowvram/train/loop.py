@@ -20,19 +20,20 @@ from lowvram.data.cache import default_cache_dir
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import prepare_training_data, scan
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, TrainingDiverged, TrainingInterrupted
 from lowvram.files import write_text
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.models.loading import LoadedModel, detect_family, load_model
 from lowvram.quant import convert_frozen, storage_bytes
-from lowvram.train import lora
+from lowvram.train import checkpoint, lora
 from lowvram.train.conditioning import encode_prompts, unet_conditioning
 from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
 from lowvram.train.optim import build_optimizer
-from lowvram.train.progress import TrainingProgress
+from lowvram.train.progress import StopOnSignal, TrainingProgress
 from lowvram.train.sampling import render_samples
 
 DEFAULT_EPOCHS = 10
+MAX_BAD_STEPS = 5  # non-finite steps in a row before the run stops
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 WEIGHT_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -141,17 +142,31 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         f"alpha {config.alpha:g} | {total_steps} steps = {total_steps / steps_per_epoch:.3g} epochs "
         f"of {steps_per_epoch} | batch {config.training.batch_size} x {config.training.gradient_accumulation}"
     )
+    # Resumable state: adapters, optimizer, scheduler, RNG and the data position.
+    adapted = dict(lora.adapted_modules(model))
+    position = checkpoint.Position(0, 0, 0)
+    if config.training.resume:
+        found = checkpoint.resolve(config.training.resume, out_dir)
+        position = checkpoint.load(found, adapted, optimizer, lr_scheduler, accelerator)
+        console.print(f"resumed from {found} at step {position.step}")
+
+    def save_checkpoint() -> Path:
+        return checkpoint.save(checkpoint.checkpoint_root(out_dir), position, adapted, optimizer, lr_scheduler,
+                               accelerator, config.training.keep_checkpoints)
+
     started = datetime.now(timezone.utc)
     metrics_path = out_dir / "metrics.jsonl"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    batches = data.batches()
-    epoch = 0
+    # written first: it is what `--config ... --resume auto` continues an interrupted run with
+    config_path = write_text(out_dir / f"{config.output_name}.toml", tomli_w.dumps(config.to_toml_dict()))
+    batches = data.batches(position.epoch, position.batch)
+    epoch, bad_steps = position.epoch, 0
     model.unet.train()
-    with TrainingProgress(console, total_steps) as progress, open(metrics_path, "w", encoding="utf-8") as metrics:
-        for step in range(1, total_steps + 1):
+    with (TrainingProgress(console, total_steps, position.step) as progress, StopOnSignal() as signals,
+          open(metrics_path, "a" if position.step else "w", encoding="utf-8") as metrics):
+        for step in range(position.step + 1, total_steps + 1):
             step_start, step_loss = time.perf_counter(), 0.0
             for _ in range(config.training.gradient_accumulation):
-                epoch, batch = next(batches)
+                epoch, number, batch = next(batches)
                 latents = batch.latents.to(device, weight_dtype)
                 if train_text:
                     with accelerator.autocast():
@@ -169,27 +184,49 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                                           batch.mask.to(device) if batch.mask is not None else None)
                 accelerator.backward(loss / config.training.gradient_accumulation)
                 step_loss += loss.item() / config.training.gradient_accumulation
-            if config.optim.max_grad_norm:
-                accelerator.clip_grad_norm_(all_params, config.optim.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
+            position = checkpoint.Position(step, epoch, number + 1)
+            if math.isfinite(step_loss) and all(p.grad is None or torch.isfinite(p.grad).all() for p in all_params):
+                bad_steps = 0
+                if config.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_(all_params, config.optim.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+            else:  # a non-finite loss or gradient never reaches the weights
+                bad_steps += 1
+                console.print(f"[yellow]step {step}: non-finite loss or gradient, step skipped[/]")
+                if bad_steps >= MAX_BAD_STEPS:
+                    raise TrainingDiverged(
+                        f"{bad_steps} steps in a row had a non-finite loss or gradient (at step {step}); likely "
+                        "causes: a learning rate too high (--lr), fp16 overflow (try --mixed-precision bf16, or "
+                        "keep SDXL's VAE in fp32), or a broken image (lowvram check-data); the last checkpoint "
+                        f"in {checkpoint.checkpoint_root(out_dir)} holds the last good weights")
             optimizer.zero_grad(set_to_none=True)
 
             lr = lr_scheduler.get_last_lr()[0]
             smoothed = progress.update(step, step_loss, lr, time.perf_counter() - step_start)
             metrics.write(json.dumps({"step": step, "epoch": epoch, "loss": step_loss, "loss_smoothed": smoothed,
                                       "lr": lr, "seconds": time.perf_counter() - step_start}) + "\n")
+            metrics.flush()  # readable while training runs (and after a kill)
             if save_every and step < total_steps and _is_save_point(save_every, step, steps_per_epoch):
                 suffix = f"step{step:06d}" if save_every[1] == "steps" else f"e{step // steps_per_epoch:04d}"
                 _save(config, model, records, out_dir / f"{config.output_name}-{suffix}.safetensors",
                       step, epoch, trigger, started)
+            every = config.training.checkpoint_every
+            if (every and step % every == 0) or step == total_steps:
+                save_checkpoint()
+            if signals.received and step < total_steps:
+                saved = save_checkpoint()
+                usable = _save(config, model, records, out_dir / f"{config.output_name}-step{step:06d}.safetensors",
+                               step, epoch, trigger, started)
+                raise TrainingInterrupted(f"interrupted at step {step} of {total_steps}: saved {usable} and the "
+                                          f"checkpoint {saved}; continue with: lowvram train --config "
+                                          f"{out_dir / config.output_name}.toml --resume auto")
 
     model.unet.eval()
     epochs_done = math.ceil(total_steps / steps_per_epoch)
     _save(config, model, records, lora_path, total_steps, epochs_done, trigger, started)
     if config.output.format == "diffusers":
         lora.save_diffusers(model, out_dir / f"{config.output_name}-diffusers", config.output.save_precision)
-    config_path = write_text(out_dir / f"{config.output_name}.toml", tomli_w.dumps(config.to_toml_dict()))
     samples = render_samples(model, config.output.sample_prompts, out_dir / "samples", config.output_name,
                              config.data.resolution or family.resolution, config.output.sample_steps,
                              config.training.seed, accelerator, prepared_data.sample_embeddings)

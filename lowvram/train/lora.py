@@ -76,7 +76,13 @@ def kohya_state_dict(model: LoadedModel, alpha: float, dtype: torch.dtype) -> di
 
 
 def save_kohya(model: LoadedModel, path: Path, alpha: float, precision: str, metadata: dict[str, str]) -> Path:
-    return save_safetensors(kohya_state_dict(model, alpha, DTYPES[precision]), path, metadata)
+    from lowvram.errors import LowvramError
+
+    state = kohya_state_dict(model, alpha, DTYPES[precision])
+    if not all(torch.isfinite(t).all() for t in state.values()):
+        raise LowvramError(f"refusing to write {path}: the LoRA holds non-finite values (NaN/inf); the "
+                           "checkpoints in the output folder hold the last good weights")
+    return save_safetensors(state, path, metadata)
 
 
 def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:

@@ -41,9 +41,43 @@ class SpillWatch:
         return message
 
 
+class StopOnSignal:
+    """The first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step; a second one
+    stops at once (files are written atomically, so nothing already saved is damaged)."""
+
+    def __enter__(self):
+        import signal
+
+        self.received = None
+        self.previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.received is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.received = signum
+        print("\nstopping after this step and saving a checkpoint (press Ctrl-C again to stop at once)",
+              flush=True)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 class TrainingProgress:
-    def __init__(self, console: Console, total_steps: int, smoothing: float = 0.9):
+    def __init__(self, console: Console, total_steps: int, start_step: int = 0, smoothing: float = 0.9):
         self.spill = SpillWatch(console)
+        self.start_step = start_step
         self.smoothing = smoothing
         self.loss: float | None = None
         self.started = time.perf_counter()
@@ -51,7 +85,7 @@ class TrainingProgress:
             TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(), console=console, transient=False,
         )
-        self.task = self.progress.add_task("train", total=total_steps, stats="")
+        self.task = self.progress.add_task("train", total=total_steps, completed=start_step, stats="")
 
     def __enter__(self):
         self.progress.start()
@@ -65,7 +99,7 @@ class TrainingProgress:
         if seconds is not None:
             self.spill.step(seconds)
         self.loss = loss if self.loss is None else self.smoothing * self.loss + (1 - self.smoothing) * loss
-        rate = step / max(time.perf_counter() - self.started, 1e-9)
+        rate = (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
         stats = f"loss {self.loss:.4f}  lr {lr:.2e}  {rate:.2f} it/s"
         if torch.cuda.is_available():
             gib = 1024**3

@@ -1,0 +1,171 @@
+"""Resumable training state: small (no base weights), safetensors for tensors, written atomically.
+
+A checkpoint is a folder `<output>/checkpoints/step-000500/` holding the adapters, the optimizer's tensors,
+and `state.json` with everything else: scheduler, step, the data position, RNG states. It is written into a
+temporary folder and renamed into place, so a kill at any moment leaves the previous checkpoint whole.
+Resuming restores all of it, so an interrupted run ends with the same LoRA as an uninterrupted one
+(bit-identical on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lowvram.errors import LowvramError
+
+FORMAT = 1
+
+
+@dataclass
+class Position:
+    step: int  # optimizer steps done
+    epoch: int  # data position: the next batch to draw
+    batch: int
+
+
+def checkpoint_root(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler,
+         accelerator, keep: int) -> Path:
+    """Write a checkpoint for `position` and keep only the newest `keep`."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{position.step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    try:
+        adapters = {f"{name}/{key}": value.detach().cpu().contiguous()
+                    for name, module in modules.items() for key, value in get_peft_model_state_dict(module).items()}
+        if not all(torch.isfinite(t).all() for t in adapters.values()):
+            raise LowvramError("refusing to checkpoint non-finite LoRA weights; the last good checkpoint is kept")
+        save_file(adapters, str(tmp / "adapters.safetensors"))
+        optimizer_tensors, optimizer_rest = _split(optimizer.state_dict())
+        save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, str(tmp / "rng.safetensors"))
+        state = {
+            "format": FORMAT, "step": position.step, "epoch": position.epoch, "batch": position.batch,
+            "optimizer": optimizer_rest, "lr_scheduler": lr_scheduler.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state()),
+        }
+        (tmp / "state.json").write_text(json.dumps(state))
+        for path in tmp.iterdir():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LowvramError(f"could not write checkpoint {final}: {exc.strerror or exc}; the previous checkpoint "
+                           "is intact (free some disk space?)") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(root: Path) -> Path | None:
+    """The newest complete checkpoint (temporary folders of interrupted writes are ignored)."""
+    done = [p for p in sorted(root.glob("step-*")) if (p / "state.json").is_file()]
+    return done[-1] if done else None
+
+
+def resolve(resume: str, output_dir: Path) -> Path:
+    if resume == "auto":
+        found = latest(checkpoint_root(output_dir))
+        if found is None:
+            raise LowvramError(f"--resume auto: no checkpoint in {checkpoint_root(output_dir)}; start without "
+                               "--resume, or pass a checkpoint folder")
+        return found
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise LowvramError(f"--resume: {path} is not a lowvram checkpoint folder (no state.json)")
+    return path
+
+
+def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, accelerator) -> Position:
+    """Restore everything `save` wrote; returns where training continues."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    if state.get("format") != FORMAT:
+        raise LowvramError(f"--resume: {path} was written by another lowvram version (format {state.get('format')})")
+    adapters = load_file(str(path / "adapters.safetensors"))
+    for name, module in modules.items():
+        prefix = f"{name}/"
+        part = {k[len(prefix):]: v for k, v in adapters.items() if k.startswith(prefix)}
+        if not part:
+            raise LowvramError(f"--resume: {path} has no adapter for {name}; was it saved by a run with other "
+                               "--train-text-encoder / network options?")
+        device = next(p for p in module.parameters() if p.requires_grad).device
+        set_peft_model_state_dict(module, {k: v.to(device) for k, v in part.items()})
+    optimizer.load_state_dict(_join(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if state["scaler"] is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    random.setstate(_tuples(state["python_rng"]))
+    np.random.set_state(_numpy_state(state["numpy_rng"]))
+    return Position(state["step"], state["epoch"], state["batch"])
+
+
+def _split(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state -> (tensors keyed 'state/<param>/<name>', the JSON-able rest)."""
+    tensors, rest = {}, {"param_groups": state_dict["param_groups"], "state": {}}
+    for param_id, entries in state_dict["state"].items():
+        rest["state"][str(param_id)] = {}
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state/{param_id}/{name}"] = value.detach().cpu().contiguous()
+            else:
+                rest["state"][str(param_id)][name] = value
+    return tensors, rest
+
+
+def _join(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict = {int(k): dict(v) for k, v in rest["state"].items()}
+    for key, value in tensors.items():
+        _, param_id, name = key.split("/", 2)
+        state.setdefault(int(param_id), {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _numpy_state(value):
+    name, keys, pos, has_gauss, cached = value
+    return name, np.array(keys["ndarray"], dtype=keys["dtype"]), pos, has_gauss, cached

@@ -1,0 +1,125 @@
+"""Reliability: an interrupted and resumed run ends with exactly the LoRA of an uninterrupted one; a kill
+mid-save, a NaN or a full disk never costs what was already saved."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import run_config
+from safetensors.torch import load_file
+
+from lowvram.errors import LowvramError, TrainingDiverged
+from lowvram.train import checkpoint
+from lowvram.train.loop import train
+
+STEPS = 60
+
+
+def cli(out, *extra):
+    return [sys.executable, "-m", "lowvram", "train", "--data", "sample", "--output", str(out), "--max-steps",
+            str(STEPS), "--rank", "4", "--lr", "1e-3", "--flip", *extra]
+
+
+def assert_same_lora(a, b):
+    first, second = load_file(str(a)), load_file(str(b))
+    assert set(first) == set(second)
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
+    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
+    whole = tmp_path / "whole"
+    subprocess.run(cli(whole), check=True, capture_output=True, env=env)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(cli(cut), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = cut / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "--resume auto" in err
+    assert len(err.strip().splitlines()) == 1  # one clear line
+    stopped_at = len(metrics.read_text().splitlines())
+    assert stopped_at < STEPS
+    assert checkpoint.latest(cut / "checkpoints").name == f"step-{stopped_at:06d}"
+    assert (cut / f"cut-step{stopped_at:06d}.safetensors").is_file()  # a usable LoRA right away
+
+    subprocess.run([sys.executable, "-m", "lowvram", "train", "--config", str(cut / "cut.toml"), "--resume", "auto"],
+                   check=True, capture_output=True, env=env)
+    assert_same_lora(whole / "whole.safetensors", cut / "cut.safetensors")
+    assert len(metrics.read_text().splitlines()) == STEPS
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    result = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2))
+    root = tmp_path / "checkpoints"
+    assert checkpoint.latest(root).name == "step-000004"
+    (root / ".step-zzz").mkdir()  # what a kill -9 mid-write leaves: a temporary folder, half written
+    (root / ".step-zzz" / "adapters.safetensors").write_bytes(b"\x00" * 10)
+    assert checkpoint.latest(root).name == "step-000004"
+
+    import lowvram.train.checkpoint as ckpt
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies in the middle of writing the next checkpoint
+
+    monkeypatch.setattr("safetensors.torch.save_file", die)
+    with pytest.raises(KeyboardInterrupt):
+        train(run_config(output=str(tmp_path), max_steps=6, checkpoint_every=2, resume="auto"))
+    monkeypatch.undo()
+    assert checkpoint.latest(root).name == "step-000004"
+    resumed = train(run_config(output=str(tmp_path), max_steps=6, resume="auto"))
+    assert resumed.lora_path.is_file() and ckpt.latest(root).name == "step-000006"
+    assert result.lora_path.exists()
+
+
+def test_full_disk_while_checkpointing_is_one_clear_error_and_keeps_earlier_files(tmp_path, monkeypatch):
+    train(run_config(output=str(tmp_path), max_steps=2))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".safetensors"}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    with pytest.raises(LowvramError, match="previous checkpoint is intact"):
+        train(run_config(output=str(tmp_path), max_steps=4, resume="auto"))
+    monkeypatch.undo()
+    for path, data in before.items():
+        assert path.read_bytes() == data
+    assert checkpoint.latest(tmp_path / "checkpoints").name == "step-000002"
+
+
+def test_nan_losses_are_skipped_and_never_saved(tmp_path, monkeypatch, capsys):
+    from lowvram.train import loop
+
+    real = loop.diffusion_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] in (2, 3) else loss
+
+    monkeypatch.setattr(loop, "diffusion_loss", sometimes_nan)
+    result = train(run_config(output=str(tmp_path), max_steps=6))
+    assert "non-finite loss or gradient, step skipped" in capsys.readouterr().out
+    assert all(torch.isfinite(t).all() for t in load_file(str(result.lora_path)).values())
+
+    monkeypatch.setattr(loop, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(TrainingDiverged, match="non-finite loss or gradient.*--lr"):
+        train(run_config(output=str(tmp_path / "diverged"), max_steps=8))
+    assert not (tmp_path / "diverged" / "diverged.safetensors").exists()
+
+
+def test_resume_auto_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(LowvramError, match="--resume auto: no checkpoint in"):
+        train(run_config(output=str(tmp_path), max_steps=2, resume="auto"))
