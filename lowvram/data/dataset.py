@@ -38,6 +38,20 @@ class Batch:
     hidden: torch.Tensor | None = None  # cached text embeddings
     pooled: torch.Tensor | None = None
 
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def split(self, parts: int) -> list[Batch]:
+        """The batch in up to `parts` smaller ones (for running a batch that no longer fits in memory)."""
+        size = max(1, -(-len(self) // parts))
+
+        def cut(value, i):
+            return None if value is None else value[i : i + size]
+
+        return [Batch(self.latents[i : i + size], self.time_ids[i : i + size], self.weights[i : i + size],
+                      self.captions[i : i + size], cut(self.mask, i), cut(self.hidden, i), cut(self.pooled, i))
+                for i in range(0, len(self), size)]
+
 
 class TrainingData:
     def __init__(self, samples: list[Sample], reg_samples: list[Sample], batch_size: int, seed: int,

@@ -154,6 +154,27 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         return checkpoint.save(checkpoint.checkpoint_root(out_dir), position, adapted, optimizer, lr_scheduler,
                                accelerator, config.training.keep_checkpoints)
 
+    def batch_loss(batch, share: float) -> float:
+        """Forward and backward of one (part of a) batch whose loss counts `share` of the step's."""
+        latents = batch.latents.to(device, weight_dtype)
+        if train_text:
+            with accelerator.autocast():
+                hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers, batch.captions,
+                                                device)
+        else:
+            hidden = batch.hidden.to(device, weight_dtype)
+            pooled = batch.pooled.to(device, weight_dtype) if batch.pooled is not None else None
+        conditioning = unet_conditioning(family, hidden, pooled, batch.time_ids)
+        noise = sample_noise(latents, config.training.noise_offset)
+        timesteps = sample_timesteps(noise_scheduler, len(latents), device)
+        with accelerator.autocast():
+            loss = diffusion_loss(model.unet, noise_scheduler, latents, conditioning, noise, timesteps,
+                                  config.training.min_snr_gamma, batch.weights.to(device),
+                                  batch.mask.to(device) if batch.mask is not None else None)
+        accelerator.backward(loss * share)
+        return loss.item() * share
+
+    splits = 1  # batches run in this many parts after an out-of-memory
     started = datetime.now(timezone.utc)
     metrics_path = out_dir / "metrics.jsonl"
     # written first: it is what `--config ... --resume auto` continues an interrupted run with
@@ -164,26 +185,20 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     with (TrainingProgress(console, total_steps, position.step) as progress, StopOnSignal() as signals,
           open(metrics_path, "a" if position.step else "w", encoding="utf-8") as metrics):
         for step in range(position.step + 1, total_steps + 1):
-            step_start, step_loss = time.perf_counter(), 0.0
-            for _ in range(config.training.gradient_accumulation):
-                epoch, number, batch = next(batches)
-                latents = batch.latents.to(device, weight_dtype)
-                if train_text:
-                    with accelerator.autocast():
-                        hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers,
-                                                        batch.captions, device)
-                else:
-                    hidden = batch.hidden.to(device, weight_dtype)
-                    pooled = batch.pooled.to(device, weight_dtype) if batch.pooled is not None else None
-                conditioning = unet_conditioning(family, hidden, pooled, batch.time_ids)
-                noise = sample_noise(latents, config.training.noise_offset)
-                timesteps = sample_timesteps(noise_scheduler, len(latents), device)
-                with accelerator.autocast():
-                    loss = diffusion_loss(model.unet, noise_scheduler, latents, conditioning, noise, timesteps,
-                                          config.training.min_snr_gamma, batch.weights.to(device),
-                                          batch.mask.to(device) if batch.mask is not None else None)
-                accelerator.backward(loss / config.training.gradient_accumulation)
-                step_loss += loss.item() / config.training.gradient_accumulation
+            step_start = time.perf_counter()
+            drawn = [next(batches) for _ in range(config.training.gradient_accumulation)]
+            epoch, number = drawn[-1][0], drawn[-1][1]
+            while True:  # a CUDA out-of-memory makes the run leaner and repeats the step on the same data
+                try:
+                    step_loss = sum(batch_loss(chunk, len(chunk) / len(batch) / len(drawn))
+                                    for _, _, batch in drawn for chunk in batch.split(splits))
+                    break
+                except torch.OutOfMemoryError:
+                    optimizer.zero_grad(set_to_none=True)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    change, splits = leaner_after_oom(model.unet, splits, max(len(b) for _, _, b in drawn))
+                    console.print(f"[yellow]out of memory at step {step}: {change}; repeating the step[/]")
             position = checkpoint.Position(step, epoch, number + 1)
             if math.isfinite(step_loss) and all(p.grad is None or torch.isfinite(p.grad).all() for p in all_params):
                 bad_steps = 0
@@ -233,6 +248,18 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples))
     return TrainResult(lora_path, config_path, samples, total_steps, epochs_done, progress.loss or float("nan"), model,
                        data, (prepared_data.encoded_latents, prepared_data.encoded_texts), reports)
+
+
+def leaner_after_oom(unet: torch.nn.Module, splits: int, batch_size: int) -> tuple[str, int]:
+    """The next leaner way to run a step that ran out of memory, keeping the effective batch: recompute
+    activations, then run each batch in smaller parts (gradients accumulate to the same update)."""
+    if not unet.is_gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        return "turned on gradient checkpointing", splits
+    if batch_size // splits > 1:
+        return f"running each batch in {splits * 2} parts (same effective batch)", splits * 2
+    raise LowvramError("out of memory even with gradient checkpointing and one image at a time; run lowvram plan "
+                       "for this GPU, or use a lower --resolution or leaner --unet-weights (e.g. bnb-nf4)")
 
 
 def _is_save_point(save_every: tuple[int, str], step: int, steps_per_epoch: int) -> bool:
