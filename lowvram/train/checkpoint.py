@@ -134,24 +134,31 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
 
 
 def _split(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state -> (tensors keyed 'state/<param>/<name>', the JSON-able rest)."""
-    tensors, rest = {}, {"param_groups": state_dict["param_groups"], "state": {}}
-    for param_id, entries in state_dict["state"].items():
-        rest["state"][str(param_id)] = {}
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state/{param_id}/{name}"] = value.detach().cpu().contiguous()
-            else:
-                rest["state"][str(param_id)][name] = value
-    return tensors, rest
+    """Optimizer state -> (tensors keyed by their path 'state/<param>/<name>[/<inner>...]', the JSON-able
+    rest). Nested dicts (bitsandbytes keeps its quantization state in one) are walked."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value, path: str):
+        if isinstance(value, torch.Tensor):
+            tensors[path] = value.detach().cpu().contiguous()
+            return {"__tensor__": path}
+        if isinstance(value, dict):
+            return {str(k): walk(v, f"{path}/{k}") for k, v in value.items()}
+        return value
+
+    state = {str(param_id): walk(entries, f"state/{param_id}") for param_id, entries in state_dict["state"].items()}
+    return tensors, {"param_groups": state_dict["param_groups"], "state": state}
 
 
 def _join(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
-    state: dict = {int(k): dict(v) for k, v in rest["state"].items()}
-    for key, value in tensors.items():
-        _, param_id, name = key.split("/", 2)
-        state.setdefault(int(param_id), {})[name] = value
-    return {"state": state, "param_groups": rest["param_groups"]}
+    def unwalk(value):
+        if isinstance(value, dict):
+            if set(value) == {"__tensor__"}:
+                return tensors[value["__tensor__"]]
+            return {k: unwalk(v) for k, v in value.items()}
+        return value
+
+    return {"state": {int(k): unwalk(v) for k, v in rest["state"].items()}, "param_groups": rest["param_groups"]}
 
 
 def _jsonable(value):
