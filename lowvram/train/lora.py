@@ -92,8 +92,9 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
 
     dtype = DTYPES[precision]
     kwargs = {}
+    states = peft_state_dicts(model)
     for component, module in adapted_modules(model):
-        state = convert_state_dict_to_diffusers(peft_state_dicts(model)[component])
+        state = convert_state_dict_to_diffusers(states[component])
         kwargs[f"{component}_lora_layers"] = {k: v.to(dtype) for k, v in state.items()}
         kwargs[f"{component}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
     folder.mkdir(parents=True, exist_ok=True)
