@@ -127,11 +127,22 @@ def run_plan(args: argparse.Namespace) -> int:
     hardware = hardware_for(args.profile, args.vram, args.ram)
     if hardware.device != "cuda":
         raise LowvramError("no CUDA GPU here: pass --vram SIZE or --profile NAME to plan for a card")
-    result = plan(workload_for(config, hardware), hardware, fixed_choices(values))
+    work = workload_for(config, hardware)
+    result = plan(work, hardware, fixed_choices(values))
+    console = Console(width=max(Console().width, 100), stderr=args.json)
+    if config.data.data != "sample":  # a real dataset: scan it too, so problems show up before the evening
+        from lowvram.data.cache import default_cache_dir
+        from lowvram.data.prepare import scan
+
+        cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
+        report = scan(config, Path(config.data.data), work.family, config.data.trigger_word, cache_dir, console)
+        buckets = ", ".join(f"{shape} x{n}" for shape, n in report.summary()["buckets"].items())
+        console.print(f"dataset {report.root}: {len(report.usable)} usable images, {len(report.skipped)} skipped "
+                      f"(details: lowvram check-data); buckets {buckets}")
     if args.json:
         print(json.dumps(plan_json(result), indent=2))
     else:
-        print_plan(result, Console(width=max(Console().width, 100)))
+        print_plan(result, console)
     return 0 if result.choice else 1
 
 

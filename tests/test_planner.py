@@ -152,3 +152,14 @@ def test_estimated_training_peak_matches_a_real_cpu_step_of_the_tiny_model(check
     training = est.vram["training"]
     predicted = sum(v for k, v in training.items() if k not in ("context", "fragment."))
     assert abs(predicted - real["peak_bytes"]) <= 0.10 * real["peak_bytes"], (predicted, real["peak_bytes"])
+
+
+def test_plan_scans_a_real_dataset_too(tmp_path):
+    from messy_dataset import write_messy_dataset
+
+    write_messy_dataset(tmp_path / "data")
+    done, _ = lowvram("plan", "--model", "sd15", "--vram", "8GB", "--data", str(tmp_path / "data"),
+                            "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr
+    assert "usable images, 7 skipped" in " ".join(done.stdout.split())
+    assert "chose" in done.stdout
