@@ -54,6 +54,8 @@ class ModelConfig:
                         "a diffusers folder, a single-file .safetensors checkpoint, or a hub id.", metavar="MODEL")
     model_family: str | None = option(None, "Force the architecture instead of detecting it from the checkpoint.",
                                       choices=FAMILIES)
+    vae: str | None = option(None, "A VAE to use instead of the model's: a diffusers VAE folder (e.g. the fp16-fixed "
+                             "SDXL VAE, which then runs in fp16) or a .safetensors VAE file.", metavar="PATH")
     prediction_type: str | None = option(None, "What the U-Net predicts; default: what the model's scheduler says "
                                          "(epsilon for SD1.5/SDXL base).", choices=PREDICTION_TYPES)
 
@@ -250,9 +252,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     for key in ("data", "output", "reg_data", "cache_dir"):
         if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA and not Path(values[key]).is_absolute():
             values[key] = str(base / values[key])
-    model = values.get("model")
-    if isinstance(model, str) and not Path(model).is_absolute() and (base / model).exists():
-        values["model"] = str(base / model)
+    for key in ("model", "vae"):
+        value = values.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
+            values[key] = str(base / value)
     return values
 
 
@@ -260,7 +263,7 @@ def _absolute_path(name: str, value: Any) -> Any:
     """Paths become absolute, so the resolved config saved beside the LoRA replays from any folder."""
     if name in ("data", "output", "reg_data", "cache_dir") and isinstance(value, str) and value != SAMPLE_DATA:
         return str(Path(value).expanduser().absolute())
-    if name == "model" and isinstance(value, str) and Path(value).expanduser().exists():
+    if name in ("model", "vae") and isinstance(value, str) and Path(value).expanduser().exists():
         return str(Path(value).expanduser().absolute())
     return value
 
@@ -344,7 +347,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             problems.append(f"{flag}: '{value}' is not one of {', '.join(choices)}")
             continue
         sections[section][name] = value
-    for name in ("model", "data", "output", "reg_data", "cache_dir"):
+    for name in ("model", "vae", "data", "output", "reg_data", "cache_dir"):
         section, f, _ = known[name]
         sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
     config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
@@ -381,6 +384,12 @@ def _check(c: RunConfig) -> list[str]:
         p.append(pickle_refusal("--model", c.model.model))
     elif model_path.suffix.lower() == ".safetensors" and not model_path.is_file():
         p.append(f"--model: file not found: {c.model.model}")
+    if c.model.vae is not None:
+        vae_path = Path(c.model.vae)
+        if vae_path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+            p.append(pickle_refusal("--vae", c.model.vae))
+        elif not vae_path.exists():
+            p.append(f"--vae: not found: {c.model.vae}")
     if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
         p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():

@@ -84,3 +84,14 @@ def test_defaults_are_a_valid_config_given_data():
     assert isinstance(config, RunConfig)
     assert config.alpha == config.network.rank  # alpha defaults to rank: scale 1
     assert config.text_encoder_lr == config.optim.lr
+
+
+def test_vae_option_is_checked_and_resolved(tmp_path):
+    with pytest.raises(LowvramError, match="--vae: not found"):
+        build_config({"data": "sample", "vae": str(tmp_path / "nope")})
+    with pytest.raises(LowvramError, match="--vae: .*vae.pt is a pickle file"):
+        build_config({"data": "sample", "vae": str(tmp_path / "vae.pt")})
+    (tmp_path / "vae").mkdir()
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('[model]\nvae = "vae"\n[data]\ndata = "sample"\n')
+    assert build_config(read_toml(config_file)).model.vae == str(tmp_path / "vae")

@@ -100,3 +100,48 @@ def test_folder_without_model_index_is_refused(tmp_path):
 def test_unknown_name_lists_the_families():
     with pytest.raises(LowvramError, match="tiny-sdxl"):
         load_model("not-a-model")
+
+
+@pytest.fixture
+def other_vae():
+    vae = load_model("tiny").vae
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(1.5)  # a "fixed" VAE: same architecture, other weights
+    return vae
+
+
+@pytest.mark.parametrize("layout", ["folder", "diffusers-file", "original-file"])
+def test_a_users_vae_replaces_the_models(layout, other_vae, tmp_path):
+    from ldm_layout import vae_to_ldm
+
+    if layout == "folder":
+        other_vae.save_pretrained(tmp_path / "vae")
+        path = tmp_path / "vae"
+    elif layout == "diffusers-file":
+        path = tmp_path / "vae.safetensors"
+        save_file({k: v.contiguous() for k, v in other_vae.state_dict().items()}, str(path))
+    else:
+        path = tmp_path / "vae.safetensors"
+        save_file(vae_to_ldm(other_vae.state_dict()), str(path))
+    loaded = load_model("tiny", vae=str(path))
+    assert_same_weights(loaded.vae, other_vae)
+    assert loaded.pipeline.vae is loaded.vae
+
+
+def test_a_file_that_is_not_a_vae_is_named(tmp_path):
+    path = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 4)}, str(path))
+    with pytest.raises(LowvramError, match="--vae: .*lora.safetensors does not fit"):
+        load_model("tiny", vae=str(path))
+
+
+def test_training_with_a_users_vae_encodes_with_it(other_vae, tmp_path):
+    from conftest import run_config
+
+    from lowvram.train.loop import train
+
+    other_vae.save_pretrained(tmp_path / "vae")
+    result = train(run_config(output=str(tmp_path / "out"), max_steps=1, vae=str(tmp_path / "vae"),
+                              cache_dir=str(tmp_path / "cache")))
+    assert_same_weights(result.model.vae, other_vae)
+    assert result.encoded[0] == 6  # fresh latents for this VAE: the cache key covers the VAE's weights

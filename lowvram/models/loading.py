@@ -49,8 +49,16 @@ class LoadedModel:
         return [getattr(self.pipeline, spec.tokenizer) for spec in self.family.text_encoders]
 
 
-def load_model(model: str, family: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load `model` (see `--model`); `family` overrides detection for checkpoints we can't identify."""
+def load_model(model: str, family: str | None = None, dtype: torch.dtype = torch.float32,
+               vae: str | None = None) -> LoadedModel:
+    """Load `model` (see `--model`); `family` overrides detection; `vae` replaces the model's VAE."""
+    loaded = _load_model(model, family, dtype)
+    if vae:
+        loaded.pipeline.register_modules(vae=load_vae(Path(vae), loaded.family, dtype))
+    return loaded
+
+
+def _load_model(model: str, family: str | None, dtype: torch.dtype) -> LoadedModel:
     forced = FAMILIES[family] if family else None
     path = Path(model).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -69,6 +77,34 @@ def load_model(model: str, family: str | None = None, dtype: torch.dtype = torch
     if model.count("/") == 1 and not model.startswith((".", "/", "~")):
         return _load_from_hub(model, forced, dtype)
     raise LowvramError(f"--model: '{model}' is not a file, a folder, a hub id or one of {', '.join(FAMILIES)}")
+
+
+def load_vae(path: Path, family: ModelFamily, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A user's VAE: a diffusers folder, or a .safetensors file in the original or the diffusers layout."""
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise LowvramError(pickle_refusal("--vae", str(path)))
+    try:
+        if path.is_dir():
+            return AutoencoderKL.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - missing files, bad headers and configs all mean "not a VAE"
+        raise LowvramError(f"--vae: {path} could not be loaded as a VAE ({_first_line(exc)})") from None
+    state = {k.removeprefix("first_stage_model."): v for k, v in state.items()}
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(family.config_dir, subfolder="vae"))
+    if any(k.startswith("encoder.down.") for k in state):  # original (LDM) layout
+        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+        state = convert_ldm_vae_checkpoint(state, vae.config)
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LowvramError(f"--vae: {path} does not fit {family.title}'s VAE ({len(missing)} weights missing, "
+                           f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})")
+    return vae.to(dtype=dtype)
 
 
 def detect_family(model: str, family: str | None = None) -> ModelFamily:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from lowvram.config import RunConfig
 from lowvram.hardware import Hardware
@@ -24,6 +25,9 @@ def workload_for(config: RunConfig, hardware: Hardware) -> Workload:
     family = detect_family(config.model.model, config.model.model_family)
     fp16 = hardware.device == "cuda" and not hardware.bf16
     vae = json.loads((family.config_dir / "vae" / "config.json").read_text())
+    user_vae = Path(config.model.vae or "") / "config.json"
+    if config.model.vae and user_vae.is_file():  # e.g. the fp16-fixed SDXL VAE: force_upcast false
+        vae = json.loads(user_vae.read_text())
     return Workload(family=family, resolution=config.data.resolution or family.resolution,
                     batch=config.training.batch_size, rank=config.network.rank,
                     train_text_encoder=config.network.train_text_encoder,

@@ -88,7 +88,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     # Model: everything frozen, in the compute dtype; the VAE stays fp32 where it overflows in fp16 (SDXL).
     with console.status(f"loading {config.model.model}"):
         # straight into the compute dtype: an SDXL checkpoint never exists in fp32 in host RAM
-        model = load_model(config.model.model, config.model.model_family, dtype=weight_dtype)
+        model = load_model(config.model.model, config.model.model_family, dtype=weight_dtype, vae=config.model.vae)
     family = model.family
     noise_scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
     if config.model.prediction_type:
