@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import run_config
 
-from lowvram.hardware import GIB, hardware_for, load_profile
+from lowvram.hardware import hardware_for, load_profile
 from lowvram.models import FAMILIES
 from lowvram.plan import apply_choice, fixed_choices, plan, workload_for
 from lowvram.plan.estimate import MemoryStrategy, Workload, estimate
@@ -137,7 +137,6 @@ def test_sd15_fits_the_6gb_must_and_sdxl_the_12gb_must_by_estimate():
     """The issue's floors, as the estimator sees them (the GPU measurements are tools/bench_memory.py's)."""
     assert plan(work("sd15", 512), hardware_for(None, "6GB", "16GB")).choice is not None
     assert plan(work("sdxl", 1024), hardware_for(None, "12GB", "32GB")).choice is not None
-    assert GIB > 0
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

@@ -200,12 +200,16 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                     change, splits = leaner_after_oom(model.unet, splits, max(len(b) for _, _, b in drawn))
                     console.print(f"[yellow]out of memory at step {step}: {change}; repeating the step[/]")
             position = checkpoint.Position(step, epoch, number + 1)
-            if math.isfinite(step_loss) and all(p.grad is None or torch.isfinite(p.grad).all() for p in all_params):
-                bad_steps = 0
-                if config.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(all_params, config.optim.max_grad_norm)
+            # one total norm (one device sync), unscaled first under fp16; inf max_norm measures without clipping
+            grad_norm = accelerator.clip_grad_norm_(all_params, config.optim.max_grad_norm or math.inf)
+            finite = math.isfinite(step_loss) and (grad_norm is None or math.isfinite(float(grad_norm)))
+            if finite or accelerator.scaler is not None:
+                # under fp16 the grad scaler skips a non-finite update itself and lowers its scale; it must see
+                # every step (skipping optimizer.step would leave it unscaled and never recovering)
                 optimizer.step()
                 lr_scheduler.step()
+            if finite:
+                bad_steps = 0
             else:  # a non-finite loss or gradient never reaches the weights
                 bad_steps += 1
                 console.print(f"[yellow]step {step}: non-finite loss or gradient, step skipped[/]")

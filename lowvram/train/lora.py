@@ -102,13 +102,6 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
     return folder / "pytorch_lora_weights.safetensors"
 
 
-def read_lora_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
 def tag_frequency(captions_by_folder: dict[str, list[str]]) -> str:
     """kohya's ss_tag_frequency: per folder, how often each comma-separated tag occurs."""
     freq: dict[str, dict[str, int]] = {}
