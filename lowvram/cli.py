@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 
 from lowvram import __version__
-from lowvram.config import SECTIONS, build_config, fields_by_name, read_toml
+from lowvram.config import SECTIONS, build_config, fields_by_name, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError
 
 
@@ -54,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", allow_abbrev=False, help="train a LoRA", description="Train a LoRA. Options come from --config "
-                           "(TOML, same names in sections [model] [data] [network] [optim] [training] [output]) "
+                           "(TOML, same names in sections [model] [data] [network] [optim] [training] [validation] [memory] [output]) "
                            "and from flags, which override the file.")
     train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file)")
+    train.add_argument("--preset", help=f"starting settings for a kind of job ({', '.join(list_presets())}); "
+                       "--config and flags override them")
     train.add_argument("--auto", action="store_true", help="let the memory planner choose --unet-weights, "
                        "--gradient-checkpointing and --optimizer for this GPU (flags you give are kept)")
     train.add_argument("--vram", metavar="SIZE", help="with --auto: plan for at most this much VRAM (e.g. 6GB)")
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "and say what fits: without a GPU and without loading weights. Takes the same options "
                           "as train.")
     plan.add_argument("--config", type=Path, help="TOML config file, as for train")
+    plan.add_argument("--preset", help="starting settings, as for train")
     plan.add_argument("--profile", help="plan for a GPU profile (see lowvram doctor --profiles)")
     plan.add_argument("--vram", metavar="SIZE", help="plan for a GPU with this much free VRAM (e.g. 6GB)")
     plan.add_argument("--ram", metavar="SIZE", help="host RAM to plan for (e.g. 12GB; default: this machine's)")
@@ -205,7 +208,8 @@ def check_values(args: argparse.Namespace) -> dict:
 
 def train_values(args: argparse.Namespace) -> dict:
     """Option values: the config file's, overridden by the flags given on the command line."""
-    values = read_toml(args.config) if args.config else {}
+    values = read_toml(preset_path(args.preset)) if args.preset else {}
+    values.update(read_toml(args.config) if args.config else {})
     values.update({k: v for k, v in vars(args).items() if k in fields_by_name()})
     return values
 

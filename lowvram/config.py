@@ -25,7 +25,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear")
-OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "lion8bit", "adafactor")
+OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "lion", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
+NETWORKS = ("lora", "dora", "loha", "lokr")
 UNET_WEIGHTS = ("auto", "fp32", "fp16", "bf16", "fp8", "bnb-int8", "bnb-nf4", "quanto-int8", "quanto-int4",
                 "quanto-fp8")
 ATTENTION = ("auto", "xformers", "sdpa", "math")
@@ -35,7 +36,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
-NOT_SAVED = ("resume",)  # one run's circumstance, not part of the recipe a saved config replays
+NOT_SAVED = ("resume",)
+PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data")  # folders: made absolute  # one run's circumstance, not part of the recipe a saved config replays
 
 
 def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None, metavar: str | None = None,
@@ -103,18 +105,25 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    rank: int = option(16, "LoRA rank (dimension) of every adapted layer.", metavar="R")
-    alpha: float | None = option(None, "LoRA alpha; the update is scaled by alpha/rank (default: alpha = rank).")
-    dropout: float = option(0.0, "Dropout on the LoRA path during training.")
+    network: str = option("lora", "Adapter type (peft): lora; dora (LoRA plus a learned magnitude per output); "
+                          "loha (Hadamard product of two low-rank pairs); lokr (Kronecker product, see "
+                          "--lokr-factor). Saved with kohya/LyCORIS key names for ComfyUI and AUTOMATIC1111.",
+                          choices=NETWORKS)
+    rank: int = option(16, "Rank (dimension) of every adapted layer.", metavar="R")
+    alpha: float | None = option(None, "Alpha; the update is scaled by alpha/rank (default: alpha = rank).")
+    dropout: float = option(0.0, "Dropout on the adapter path during training (module dropout for loha/lokr).")
+    lokr_factor: int = option(-1, "LoKr: the factor the first Kronecker matrix's sides are split by (-1: as "
+                              "square as possible; 4-16 gives smaller files).", metavar="F")
     train_text_encoder: bool = option(False, "Also train LoRA adapters on the text encoder(s).")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     optimizer: str = option("adamw", "Optimizer: adamw (torch); adamw8bit, paged_adamw8bit and lion8bit "
-                            "(bitsandbytes: optimizer state in 8 bits); adafactor (factored second moments).",
-                            choices=OPTIMIZERS)
-    lr: float = option(1e-4, "Learning rate of the U-Net adapters.")
+                            "(bitsandbytes: state in 8 bits); lion (one moment); adafactor (factored second "
+                            "moments); prodigy (learning-rate-free: --lr is a multiplier, 1.0); schedulefree_adamw "
+                            "(no schedule needed).", choices=OPTIMIZERS)
+    lr: float | None = option(None, "Learning rate of the U-Net adapters (default: 1e-4; 1.0 for prodigy).")
     text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder adapters (default: --lr).")
     weight_decay: float = option(1e-2, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Clip the gradient norm to this value (0 disables clipping).")
@@ -139,6 +148,20 @@ class TrainingConfig:
                                 "output folder.", metavar="PATH|auto")
     noise_offset: float = option(0.0, "Noise offset (e.g. 0.05) so the model learns very dark/bright images.")
     min_snr_gamma: float | None = option(None, "Min-SNR loss weighting gamma (5 is the usual value; off by default).")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """A held-out set whose loss, at fixed timesteps and noise, says when training stops helping."""
+
+    validation_data: str | None = option(None, "Validation image folder (same layout as --data).", metavar="DIR")
+    validation_split: float = option(0.0, "Fraction of the training images held out for validation instead "
+                                     "(e.g. 0.1; chosen by the seed).")
+    validate_every: int | None = option(None, "Validate every N steps (default: once per epoch).", metavar="N")
+    validation_timesteps: int = option(4, "Fixed timesteps, evenly spread, each image is validated at.",
+                                       metavar="N")
+    early_stopping: int | None = option(None, "Stop after this many validations in a row without a new best "
+                                        "loss (the patience); the best LoRA is kept as <name>-best.", metavar="N")
 
 
 @dataclass(frozen=True)
@@ -170,6 +193,11 @@ class OutputConfig:
                                              "(repeat the flag for several).", metavar="PROMPT",
                                              flag="--sample-prompt")
     sample_steps: int = option(20, "Denoising steps for sample images.")
+    sample_every: str | None = option(None, "Also render the sample prompts every N steps ('500') or N epochs "
+                                      "('2e'), as one grid image per save point.", metavar="N[e]")
+    tensorboard: bool = option(False, "Also log loss, learning rate, gradient norm, VRAM and samples to "
+                               "TensorBoard in <output>/logs (pip install 'lowvram[tensorboard]'); "
+                               "metrics.jsonl is always written.")
 
 
 @dataclass(frozen=True)
@@ -181,6 +209,7 @@ class RunConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -189,8 +218,14 @@ class RunConfig:
         return float(self.network.alpha if self.network.alpha is not None else self.network.rank)
 
     @property
+    def lr(self) -> float:
+        if self.optim.lr is not None:
+            return self.optim.lr
+        return 1.0 if self.optim.optimizer == "prodigy" else 1e-4
+
+    @property
     def text_encoder_lr(self) -> float:
-        return self.optim.text_encoder_lr if self.optim.text_encoder_lr is not None else self.optim.lr
+        return self.optim.text_encoder_lr if self.optim.text_encoder_lr is not None else self.lr
 
     @property
     def output_dir(self) -> Path:
@@ -249,7 +284,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     if problems:
         raise LowvramError("\n".join(problems))
     base = path.resolve().parent
-    for key in ("data", "output", "reg_data", "cache_dir"):
+    for key in PATH_OPTIONS:
         if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA and not Path(values[key]).is_absolute():
             values[key] = str(base / values[key])
     for key in ("model", "vae"):
@@ -259,9 +294,27 @@ def read_toml(path: Path) -> dict[str, Any]:
     return values
 
 
+PRESETS_DIR = Path(__file__).parent / "profiles" / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    """A preset (typical settings for a kind of job) by name, or a TOML file of the same form."""
+    if Path(name).suffix == ".toml" and Path(name).is_file():
+        return Path(name)
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise LowvramError(f"--preset: no preset '{name}'{_did_you_mean(name, list_presets())}; presets are "
+                           f"{', '.join(list_presets())} (or give a .toml file)")
+    return path
+
+
 def _absolute_path(name: str, value: Any) -> Any:
     """Paths become absolute, so the resolved config saved beside the LoRA replays from any folder."""
-    if name in ("data", "output", "reg_data", "cache_dir") and isinstance(value, str) and value != SAMPLE_DATA:
+    if name in PATH_OPTIONS and isinstance(value, str) and value != SAMPLE_DATA:
         return str(Path(value).expanduser().absolute())
     if name in ("model", "vae") and isinstance(value, str) and Path(value).expanduser().exists():
         return str(Path(value).expanduser().absolute())
@@ -347,7 +400,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             problems.append(f"{flag}: '{value}' is not one of {', '.join(choices)}")
             continue
         sections[section][name] = value
-    for name in ("model", "vae", "data", "output", "reg_data", "cache_dir"):
+    for name in ("model", "vae", *PATH_OPTIONS):
         section, f, _ = known[name]
         sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
     config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
@@ -394,6 +447,20 @@ def _check(c: RunConfig) -> list[str]:
         p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
         p.append(f"--reg-data: folder not found: {c.data.reg_data}")
+    v = c.validation
+    if v.validation_data is not None and not Path(v.validation_data).is_dir():
+        p.append(f"--validation-data: folder not found: {v.validation_data}")
+    if not 0 <= v.validation_split < 1:
+        p.append(f"--validation-split: must be in [0, 1), got {v.validation_split}")
+    if v.validation_data and v.validation_split:
+        p.append("--validation-split and --validation-data: can't use both; choose one")
+    validating = bool(v.validation_data or v.validation_split)
+    for flag, value in (("validate-every", v.validate_every), ("early-stopping", v.early_stopping)):
+        if value is not None and not validating:
+            p.append(f"--{flag}: needs a validation set; add --validation-split 0.1 or --validation-data DIR")
+    positive("validate-every", v.validate_every)
+    positive("validation-timesteps", v.validation_timesteps)
+    positive("early-stopping", v.early_stopping)
     for flag, value in (("bucket-step", c.data.bucket_step), ("min-bucket-side", c.data.min_bucket_side),
                         ("max-bucket-side", c.data.max_bucket_side)):
         if value is not None and (value < 8 or value % 8):
@@ -427,6 +494,9 @@ def _check(c: RunConfig) -> list[str]:
     if not 0 <= c.network.dropout < 1:
         p.append(f"--dropout: must be in [0, 1), got {c.network.dropout}")
     positive("lr", c.optim.lr)
+    if c.optim.optimizer == "prodigy" and c.optim.lr is not None and c.optim.lr < 0.1:
+        p.append(f"--lr: {c.optim.lr:g} with prodigy, which finds the step size itself and scales it by --lr; "
+                 "use --lr 1.0 (or leave it out)")
     positive("text-encoder-lr", c.optim.text_encoder_lr, allow_zero=True)
     positive("weight-decay", c.optim.weight_decay, allow_zero=True)
     positive("max-grad-norm", c.optim.max_grad_norm, allow_zero=True)
@@ -445,10 +515,17 @@ def _check(c: RunConfig) -> list[str]:
         p.append("--max-steps and --epochs: can't use both; choose one")
     if c.optim.text_encoder_lr is not None and not c.network.train_text_encoder:
         p.append("--text-encoder-lr: set, but the text encoder is not trained; add --train-text-encoder")
-    try:
-        parse_save_every(c.output.save_every)
-    except ValueError as exc:
-        p.append(f"--save-every: {exc}")
+    for flag, value in (("save-every", c.output.save_every), ("sample-every", c.output.sample_every)):
+        try:
+            parse_save_every(value)
+        except ValueError as exc:
+            p.append(f"--{flag}: {exc}")
+    if c.output.sample_every and not c.output.sample_prompts:
+        p.append("--sample-every: no prompt to render; add --sample-prompt \"...\"")
+    if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:
+        p.append(f"--lokr-factor: must be -1 (automatic) or >= 1, got {c.network.lokr_factor}")
+    if c.network.lokr_factor != -1 and c.network.network != "lokr":
+        p.append("--lokr-factor: only used with --network lokr")
     name = c.output_name
     if not name or any(ch in name for ch in '/\\:*?"<>|'):
         p.append(f"--name: '{name}' is not a valid file name")

@@ -83,7 +83,7 @@ def test_defaults_are_a_valid_config_given_data():
     config = build_config({"data": "sample"})
     assert isinstance(config, RunConfig)
     assert config.alpha == config.network.rank  # alpha defaults to rank: scale 1
-    assert config.text_encoder_lr == config.optim.lr
+    assert config.text_encoder_lr == config.lr == 1e-4
 
 
 def test_vae_option_is_checked_and_resolved(tmp_path):

@@ -119,7 +119,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         if train_text:
             for encoder in model.text_encoders:
                 encoder.gradient_checkpointing_enable()
-    groups = [{"params": params, "lr": config.optim.lr if part == "unet" else config.text_encoder_lr}
+    groups = [{"params": params, "lr": config.lr if part == "unet" else config.text_encoder_lr}
               for part, params in trainable.items()]
     optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay)
 
@@ -301,8 +301,8 @@ def lora_metadata(config: RunConfig, model: LoadedModel, records, step: int, epo
         "ss_steps": str(step),
         "ss_epoch": str(epoch),
         "ss_num_train_images": str(sum(record.repeats for record in records)),
-        "ss_learning_rate": f"{config.optim.lr:g}",
-        "ss_unet_lr": f"{config.optim.lr:g}",
+        "ss_learning_rate": f"{config.lr:g}",
+        "ss_unet_lr": f"{config.lr:g}",
         "ss_text_encoder_lr": f"{config.text_encoder_lr:g}" if config.network.train_text_encoder else "0",
         "ss_lr_scheduler": config.optim.scheduler,
         "ss_optimizer": config.optim.optimizer,
