@@ -513,6 +513,9 @@ def _check(c: RunConfig) -> list[str]:
     positive("sample-steps", c.output.sample_steps)
     if c.training.max_steps is not None and c.training.epochs is not None:
         p.append("--max-steps and --epochs: can't use both; choose one")
+    if c.optim.optimizer == "schedulefree_adamw" and c.optim.scheduler != "constant":
+        p.append(f"--scheduler {c.optim.scheduler}: schedulefree_adamw replaces the schedule; use --scheduler "
+                 "constant (its warm-up comes from --warmup-steps)")
     if c.optim.text_encoder_lr is not None and not c.network.train_text_encoder:
         p.append("--text-encoder-lr: set, but the text encoder is not trained; add --train-text-encoder")
     for flag, value in (("save-every", c.output.save_every), ("sample-every", c.output.sample_every)):

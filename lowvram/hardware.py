@@ -6,6 +6,7 @@ host RAM, PCIe bandwidth for offload estimates, and what the CUDA context takes 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -42,11 +43,13 @@ class Hardware:
 
 
 def detect() -> Hardware:
-    """The machine we are on: the first CUDA GPU, else the CPU."""
+    """The machine we are on: this process's CUDA GPU (LOCAL_RANK's under `accelerate launch`, so each
+    process plans for its own card), else the CPU."""
     host = _host_ram()
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        free, total = torch.cuda.mem_get_info(0)
+        index = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+        props = torch.cuda.get_device_properties(index)
+        free, total = torch.cuda.mem_get_info(index)
         return Hardware("cuda", props.name, total, torch.cuda.is_bf16_supported(), free_vram=free, host_ram=host,
                         compute_capability=f"{props.major}.{props.minor}",
                         shared_memory_fallback=sys.platform == "win32")

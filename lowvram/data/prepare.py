@@ -4,7 +4,7 @@ caches, so the VAE (and the frozen text encoders) can leave the GPU for the whol
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -81,11 +81,13 @@ class PreparedData:
     # sample prompts ("" first, for guidance) encoded while the text encoders were on the device, so that
     # sampling later needs no text encoder there; None when the text encoders train
     sample_embeddings: tuple | None = None
+    validation: list[Sample] = field(default_factory=list)  # held-out samples (first variant, plain caption)
 
 
 def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], device: torch.device,
-                          cache_dir: Path, console: Console) -> PreparedData:
-    """Encode what the caches lack, then free the GPU of the VAE (and of the text encoders unless they train)."""
+                          cache_dir: Path, console: Console, validation: list | tuple = ()) -> PreparedData:
+    """Encode what the caches lack, then free the GPU of the VAE (and of the text encoders unless they train).
+    `validation`: image records held out from training, cached once each, unaugmented, with their caption."""
     family = model.family
     options = scan_options(config, None)
     augment = AugmentOptions(config.data.flip, config.data.crop, config.data.color_jitter,
@@ -100,22 +102,26 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
 
     latent_jobs: dict[str, LatentJob] = {}
     text_jobs: dict[str, TextJob] = {}
-    samples: list[list[Sample]] = [[], []]
+    samples: list[list[Sample]] = [[], [], []]  # training, regularization, validation
     buckets = make_buckets(config, family)
-    for report_index, report in enumerate(reports):
-        weight = 1.0 if report_index == 0 else config.data.prior_loss_weight
-        for record in report.usable:
+    held_out = {record.path for record in validation}
+    plain = AugmentOptions()
+    for report_index, records in enumerate([[r for r in reports[0].usable if r.path not in held_out],
+                                            reports[1].usable if len(reports) > 1 else [], list(validation)]):
+        weight = config.data.prior_loss_weight if report_index == 1 else 1.0
+        validating = report_index == 2
+        for record in records:
             placement = buckets.place(record.width, record.height)
             keys = []
-            for v in range(augment.variants):
-                variant = make_variant(record.sha256, v, placement, augment)
+            for v in range(1 if validating else augment.variants):
+                variant = make_variant(record.sha256, v, placement, plain if validating else augment)
                 key = latent_key(record, placement, variant, options, vae_id, model.vae.dtype,
                                  config.memory.vae_tiling)
                 latent_jobs.setdefault(key, LatentJob(key, record, placement, variant))
                 keys.append(key)
             text_keys = []
             if cache_text:
-                for caption in caption_variants(record.caption, captions):
+                for caption in [record.caption] if validating else caption_variants(record.caption, captions):
                     key = text_key(caption, text_id)
                     text_jobs.setdefault(key, TextJob(key, caption))
                     text_keys.append(key)
@@ -166,7 +172,7 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
         torch.cuda.empty_cache()
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
                         latent_store, text_store, empty_key)
-    return PreparedData(data, reports, encoded_latents, encoded_texts, sample_embeddings)
+    return PreparedData(data, reports, encoded_latents, encoded_texts, sample_embeddings, samples[2])
 
 
 def check_data(config: RunConfig, report_path: Path | None, verbose: bool, console: Console | None = None) -> ScanReport:

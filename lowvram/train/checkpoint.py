@@ -30,6 +30,7 @@ class Position:
     step: int  # optimizer steps done
     epoch: int  # data position: the next batch to draw
     batch: int
+    validation: dict | None = None  # early stopping's state: best loss, its step, validations since
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -59,6 +60,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
         save_file(rng, str(tmp / "rng.safetensors"))
         state = {
             "format": FORMAT, "step": position.step, "epoch": position.epoch, "batch": position.batch,
+            "validation": position.validation,
             "optimizer": optimizer_rest, "lr_scheduler": lr_scheduler.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state()),
@@ -130,7 +132,7 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
             torch.cuda.set_rng_state_all(states)
     random.setstate(_tuples(state["python_rng"]))
     np.random.set_state(_numpy_state(state["numpy_rng"]))
-    return Position(state["step"], state["epoch"], state["batch"])
+    return Position(state["step"], state["epoch"], state["batch"], state.get("validation"))
 
 
 def _split(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:

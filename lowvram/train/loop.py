@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +13,6 @@ import tomli_w
 import torch
 from rich.console import Console
 
-import lowvram
 from lowvram.attention import set_attention
 from lowvram.config import SAMPLE_DATA, RunConfig, parse_save_every
 from lowvram.data.cache import default_cache_dir
@@ -28,9 +27,12 @@ from lowvram.quant import convert_frozen, storage_bytes
 from lowvram.train import checkpoint, lora
 from lowvram.train.conditioning import encode_prompts, unet_conditioning
 from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
-from lowvram.train.optim import build_optimizer
+from lowvram.train.metadata import lora_metadata
+from lowvram.train.optim import build_optimizer, use_averaged_weights
 from lowvram.train.progress import StopOnSignal, TrainingProgress
-from lowvram.train.sampling import render_samples
+from lowvram.train.runlog import RunLog
+from lowvram.train.sampling import render_grid, render_samples
+from lowvram.train.validation import EarlyStopping, hold_out, validation_loss
 
 DEFAULT_EPOCHS = 10
 MAX_BAD_STEPS = 5  # non-finite steps in a row before the run stops
@@ -50,16 +52,19 @@ class TrainResult:
     data: TrainingData  # what it trained on (cached entries)
     encoded: tuple[int, int]  # latents and text embeddings encoded by this run; the rest came from the cache
     data_reports: list  # the scan reports of the dataset (and the regularization set)
+    validation: EarlyStopping | None = None  # the validation record, when a validation set was given
 
 
 def train(config: RunConfig, console: Console | None = None) -> TrainResult:
-    """Train a LoRA as `config` says and write it, its config and sample images to the output folder."""
+    """Train a LoRA as `config` says and write it, its config and sample images to the output folder.
+
+    Under `accelerate launch` every process runs this: each trains on its share of every step's batches
+    (DDP averages the gradients), only the main process writes files."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    console = console or Console()
     out_dir = config.output_dir
     lora_path = out_dir / f"{config.output_name}.safetensors"
     if lora_path.exists() and not config.output.overwrite:
@@ -68,20 +73,32 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     mixed_precision = resolve_mixed_precision(config.training.mixed_precision, hardware)
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=hardware.device == "cpu")
     device, weight_dtype = accelerator.device, WEIGHT_DTYPES[mixed_precision]
-    set_seed(config.training.seed)
+    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    console = console or Console(quiet=not main)
+    set_seed(config.training.seed, device_specific=True)  # each process draws its own noise
 
     # Data: scan first, so a bad dataset fails before any weight is loaded.
     trigger = config.data.trigger_word
     if config.data.data == SAMPLE_DATA:
-        data_root = write_sample_dataset(out_dir / "sample_data")
+        data_root = out_dir / "sample_data"
+        with accelerator.main_process_first():
+            write_sample_dataset(data_root)
         trigger = trigger or SAMPLE_TRIGGER
     else:
         data_root = Path(config.data.data)
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
     family_hint = detect_family(config.model.model, config.model.model_family)
-    reports = [scan(config, data_root, family_hint, trigger, cache_dir, console)]
-    if config.data.reg_data:
-        reports.append(scan(config, Path(config.data.reg_data), family_hint, None, cache_dir, console))
+    with accelerator.main_process_first():  # one process writes the scan index, the others read it
+        reports = [scan(config, data_root, family_hint, trigger, cache_dir, console)]
+        if config.data.reg_data:
+            reports.append(scan(config, Path(config.data.reg_data), family_hint, None, cache_dir, console))
+        held_out = []
+        if config.validation.validation_data:
+            held_out = scan(config, Path(config.validation.validation_data), family_hint, trigger, cache_dir,
+                            console).usable
+    records = reports[0].usable
+    if config.validation.validation_split:
+        records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
     for report in reports:
         report.print_summary(console)
 
@@ -100,8 +117,9 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     model.vae.requires_grad_(False).to(dtype=vae_dtype)
 
     # Caches: encode what is missing; afterwards only the U-Net (and trained text encoders) use the GPU.
-    prepared_data = prepare_training_data(config, model, reports, device, cache_dir, console)
-    data = prepared_data.data
+    with accelerator.main_process_first():  # the main process encodes; the others find it all cached
+        prepared_data = prepare_training_data(config, model, reports, device, cache_dir, console, held_out)
+    data, validation_samples = prepared_data.data, prepared_data.validation
     unet_weights = config.memory.unet_weights if config.memory.unet_weights != "auto" else WEIGHT_NAMES[weight_dtype]
     convert_frozen(model.unet, unet_weights, weight_dtype)
     model.unet.to(device)
@@ -111,9 +129,10 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         for encoder in model.text_encoders:
             encoder.to(device)
 
-    # Adapters: seeded so the same config gives the same LoRA.
+    # Adapters: seeded so the same config gives the same LoRA (in every process).
     torch.manual_seed(config.training.seed)
-    trainable = lora.add_lora(model, config.network.rank, config.alpha, config.network.dropout, train_text)
+    trainable = lora.add_lora(model, config.network, config.alpha, train_text)
+    torch.manual_seed(config.training.seed + rank)
     if config.memory.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         if train_text:
@@ -121,46 +140,63 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                 encoder.gradient_checkpointing_enable()
     groups = [{"params": params, "lr": config.lr if part == "unet" else config.text_encoder_lr}
               for part, params in trainable.items()]
-    optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay)
+    optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, config.optim.warmup_steps)
 
-    steps_per_epoch = math.ceil(data.batches_per_epoch / config.training.gradient_accumulation)
+    batches_per_step = config.training.gradient_accumulation * world
+    steps_per_epoch = max(1, math.ceil(data.batches_per_epoch / batches_per_step))
     total_steps = config.training.max_steps or steps_per_epoch * (config.training.epochs or DEFAULT_EPOCHS)
     lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
                                  num_training_steps=total_steps, num_cycles=config.optim.scheduler_cycles)
+    # wrapped for multi-GPU (DDP), unchanged in one process; the forward passes go through the wrappers
     prepared = accelerator.prepare(model.unet, *[m for _, m in lora.adapted_modules(model)[1:]], optimizer,
                                    lr_scheduler)
-    optimizer, lr_scheduler = prepared[-2], prepared[-1]
+    unet, optimizer, lr_scheduler = prepared[0], prepared[-2], prepared[-1]
+    text_encoders = list(prepared[1:-2]) if train_text else model.text_encoders
     all_params = [p for params in trainable.values() for p in params]
     save_every = parse_save_every(config.output.save_every)
-    records = reports[0].usable
+    sample_every = parse_save_every(config.output.sample_every)
+    validate_every = config.validation.validate_every or steps_per_epoch
+    resolution = config.data.resolution or family.resolution
 
     console.print(
-        f"[bold]lowvram[/] {family.title} from {model.source} on {hardware.name} ({mixed_precision}) | U-Net "
-        f"{unet_weights} ({storage_bytes(model.unet) / 2**20:.0f} MiB), {attention} attention, "
-        f"{config.optim.optimizer} | "
-        f"{len(records)} images, {data.images_per_epoch} per epoch with repeats | rank {config.network.rank} "
-        f"alpha {config.alpha:g} | {total_steps} steps = {total_steps / steps_per_epoch:.3g} epochs "
-        f"of {steps_per_epoch} | batch {config.training.batch_size} x {config.training.gradient_accumulation}"
+        f"[bold]lowvram[/] {family.title} from {model.source} on {hardware.name} ({mixed_precision})"
+        f"{f' x {world} processes' if world > 1 else ''} | U-Net {unet_weights} "
+        f"({storage_bytes(model.unet) / 2**20:.0f} MiB), {attention} attention, {config.optim.optimizer} | "
+        f"{len(records)} images, {data.images_per_epoch} per epoch with repeats"
+        f"{f', {len(validation_samples)} for validation' if validation_samples else ''} | {config.network.network} "
+        f"rank {config.network.rank} alpha {config.alpha:g} | {total_steps} steps = "
+        f"{total_steps / steps_per_epoch:.3g} epochs of {steps_per_epoch} | batch {config.training.batch_size} x "
+        f"{config.training.gradient_accumulation}{f' x {world}' if world > 1 else ''}"
     )
-    # Resumable state: adapters, optimizer, scheduler, RNG and the data position.
+    # Resumable state: adapters, optimizer, scheduler, RNG, the data position and early stopping's record.
     adapted = dict(lora.adapted_modules(model))
     position = checkpoint.Position(0, 0, 0)
     if config.training.resume:
         found = checkpoint.resolve(config.training.resume, out_dir)
         position = checkpoint.load(found, adapted, optimizer, lr_scheduler, accelerator)
         console.print(f"resumed from {found} at step {position.step}")
+    stopping = EarlyStopping.restore(config.validation.early_stopping, position.validation)
 
-    def save_checkpoint() -> Path:
+    def save_checkpoint() -> Path | None:
+        if not main:
+            return None
         return checkpoint.save(checkpoint.checkpoint_root(out_dir), position, adapted, optimizer, lr_scheduler,
                                accelerator, config.training.keep_checkpoints)
+
+    def save_lora(path: Path, step: int, epoch: int) -> Path:
+        """The LoRA as it stands (schedule-free: its averaged weights), written by the main process."""
+        if main:
+            with use_averaged_weights(optimizer):
+                lora.save_kohya(model, path, config.alpha, config.output.save_precision,
+                                lora_metadata(config, model, records, step, epoch, trigger, started))
+        return path
 
     def batch_loss(batch, share: float) -> float:
         """Forward and backward of one (part of a) batch whose loss counts `share` of the step's."""
         latents = batch.latents.to(device, weight_dtype)
         if train_text:
             with accelerator.autocast():
-                hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers, batch.captions,
-                                                device)
+                hidden, pooled = encode_prompts(family, text_encoders, model.tokenizers, batch.captions, device)
         else:
             hidden = batch.hidden.to(device, weight_dtype)
             pooled = batch.pooled.to(device, weight_dtype) if batch.pooled is not None else None
@@ -168,38 +204,52 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         noise = sample_noise(latents, config.training.noise_offset)
         timesteps = sample_timesteps(noise_scheduler, len(latents), device)
         with accelerator.autocast():
-            loss = diffusion_loss(model.unet, noise_scheduler, latents, conditioning, noise, timesteps,
+            loss = diffusion_loss(unet, noise_scheduler, latents, conditioning, noise, timesteps,
                                   config.training.min_snr_gamma, batch.weights.to(device),
                                   batch.mask.to(device) if batch.mask is not None else None)
         accelerator.backward(loss * share)
         return loss.item() * share
 
+    def validate() -> float:
+        """The held-out loss, each process scoring its share of the images."""
+        with evaluating(model, optimizer):
+            total, count = validation_loss(
+                model.unet, noise_scheduler, family, data, validation_samples[rank::world],
+                config.validation.validation_timesteps, config.training.seed, device, weight_dtype,
+                accelerator.autocast, model.text_encoders if train_text else None, model.tokenizers)
+        total, count = _sum_over_processes(accelerator, total, count)
+        return total / count
+
     splits = 1  # batches run in this many parts after an out-of-memory
     started = datetime.now(timezone.utc)
-    metrics_path = out_dir / "metrics.jsonl"
     # written first: it is what `--config ... --resume auto` continues an interrupted run with
-    config_path = write_text(out_dir / f"{config.output_name}.toml", tomli_w.dumps(config.to_toml_dict()))
+    config_path = out_dir / f"{config.output_name}.toml"
+    if main:
+        write_text(config_path, tomli_w.dumps(config.to_toml_dict()))
     batches = data.batches(position.epoch, position.batch)
-    epoch, bad_steps = position.epoch, 0
+    epoch, bad_steps, step = position.epoch, 0, position.step
     model.unet.train()
     with (TrainingProgress(console, total_steps, position.step) as progress, StopOnSignal() as signals,
-          open(metrics_path, "a" if position.step else "w", encoding="utf-8") as metrics):
+          RunLog(out_dir, position.step > 0, config.output.tensorboard, main) as log):
         for step in range(position.step + 1, total_steps + 1):
             step_start = time.perf_counter()
-            drawn = [next(batches) for _ in range(config.training.gradient_accumulation)]
+            drawn = [next(batches) for _ in range(batches_per_step)]  # the same draws in every process
             epoch, number = drawn[-1][0], drawn[-1][1]
+            mine = [batch for _, _, batch in drawn[rank::world]]
             while True:  # a CUDA out-of-memory makes the run leaner and repeats the step on the same data
                 try:
-                    step_loss = sum(batch_loss(chunk, len(chunk) / len(batch) / len(drawn))
-                                    for _, _, batch in drawn for chunk in batch.split(splits))
+                    step_loss = sum(batch_loss(chunk, len(chunk) / len(batch) / len(mine))
+                                    for batch in mine for chunk in batch.split(splits))
                     break
                 except torch.OutOfMemoryError:
                     optimizer.zero_grad(set_to_none=True)
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
-                    change, splits = leaner_after_oom(model.unet, splits, max(len(b) for _, _, b in drawn))
+                    change, splits = leaner_after_oom(model.unet, splits, max(len(b) for b in mine))
                     console.print(f"[yellow]out of memory at step {step}: {change}; repeating the step[/]")
-            position = checkpoint.Position(step, epoch, number + 1)
+            # one collective per step: the mean loss, and whether any process was asked to stop
+            step_loss, stop_asked = _sum_over_processes(accelerator, step_loss, float(signals.received is not None))
+            step_loss /= world
             # one total norm (one device sync), unscaled first under fp16; inf max_norm measures without clipping
             grad_norm = accelerator.clip_grad_norm_(all_params, config.optim.max_grad_norm or math.inf)
             finite = math.isfinite(step_loss) and (grad_norm is None or math.isfinite(float(grad_norm)))
@@ -222,36 +272,84 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
 
             lr = lr_scheduler.get_last_lr()[0]
-            smoothed = progress.update(step, step_loss, lr, time.perf_counter() - step_start)
-            metrics.write(json.dumps({"step": step, "epoch": epoch, "loss": step_loss, "loss_smoothed": smoothed,
-                                      "lr": lr, "seconds": time.perf_counter() - step_start}) + "\n")
-            metrics.flush()  # readable while training runs (and after a kill)
+            seconds = time.perf_counter() - step_start
+            smoothed = progress.update(step, step_loss, lr, seconds)
+            log.step(step, {"epoch": epoch, "loss": step_loss, "loss_smoothed": smoothed, "lr": lr,
+                            "grad_norm": float(grad_norm) if grad_norm is not None else None, "seconds": seconds})
+            if validation_samples and (step % validate_every == 0 or step == total_steps):
+                loss = validate()
+                best = stopping.update(step, loss)
+                log.validation(step, loss, best)
+                console.print(f"step {step}: validation loss {loss:.5f}" + (" (best)" if best else
+                              f", best {stopping.best:.5f} at step {stopping.best_step}"))
+                if best:
+                    save_lora(out_dir / f"{config.output_name}-best.safetensors", step, epoch)
+            position = checkpoint.Position(step, epoch, number + 1, stopping.state())
             if save_every and step < total_steps and _is_save_point(save_every, step, steps_per_epoch):
                 suffix = f"step{step:06d}" if save_every[1] == "steps" else f"e{step // steps_per_epoch:04d}"
-                _save(config, model, records, out_dir / f"{config.output_name}-{suffix}.safetensors",
-                      step, epoch, trigger, started)
+                save_lora(out_dir / f"{config.output_name}-{suffix}.safetensors", step, epoch)
+            if sample_every and main and _is_save_point(sample_every, step, steps_per_epoch):
+                with evaluating(model, optimizer):
+                    grid = render_grid(model, config.output.sample_prompts,
+                                       out_dir / "samples" / f"{config.output_name}-step{step:06d}.png", resolution,
+                                       config.output.sample_steps, config.training.seed, accelerator,
+                                       prepared_data.sample_embeddings)
+                log.image(step, "samples", grid)
             every = config.training.checkpoint_every
-            if (every and step % every == 0) or step == total_steps:
+            if (every and step % every == 0) or step == total_steps or stopping.stop:
                 save_checkpoint()
-            if signals.received and step < total_steps:
+            if stopping.stop:
+                console.print(f"[yellow]early stopping at step {step}:[/] no better validation loss in "
+                              f"{stopping.since_best} validations; the best ({stopping.best:.5f}, step "
+                              f"{stopping.best_step}) is {config.output_name}-best.safetensors")
+                break
+            if stop_asked and step < total_steps:
                 saved = save_checkpoint()
-                usable = _save(config, model, records, out_dir / f"{config.output_name}-step{step:06d}.safetensors",
-                               step, epoch, trigger, started)
+                usable = save_lora(out_dir / f"{config.output_name}-step{step:06d}.safetensors", step, epoch)
                 raise TrainingInterrupted(f"interrupted at step {step} of {total_steps}: saved {usable} and the "
                                           f"checkpoint {saved}; continue with: lowvram train --config "
                                           f"{out_dir / config.output_name}.toml --resume auto")
 
     model.unet.eval()
-    epochs_done = math.ceil(total_steps / steps_per_epoch)
-    _save(config, model, records, lora_path, total_steps, epochs_done, trigger, started)
-    if config.output.format == "diffusers":
-        lora.save_diffusers(model, out_dir / f"{config.output_name}-diffusers", config.output.save_precision)
-    samples = render_samples(model, config.output.sample_prompts, out_dir / "samples", config.output_name,
-                             config.data.resolution or family.resolution, config.output.sample_steps,
-                             config.training.seed, accelerator, prepared_data.sample_embeddings)
-    console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples))
-    return TrainResult(lora_path, config_path, samples, total_steps, epochs_done, progress.loss or float("nan"), model,
-                       data, (prepared_data.encoded_latents, prepared_data.encoded_texts), reports)
+    epochs_done = math.ceil(step / steps_per_epoch)
+    save_lora(lora_path, step, epochs_done)
+    samples: list[Path] = []
+    if main:
+        with use_averaged_weights(optimizer):
+            if config.output.format == "diffusers":
+                lora.save_diffusers(model, out_dir / f"{config.output_name}-diffusers", config.output.save_precision)
+            samples = render_samples(model, config.output.sample_prompts, out_dir / "samples", config.output_name,
+                                     resolution, config.output.sample_steps, config.training.seed, accelerator,
+                                     prepared_data.sample_embeddings)
+        console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples))
+    accelerator.wait_for_everyone()
+    return TrainResult(lora_path, config_path, samples, step, epochs_done, progress.loss or float("nan"), model,
+                       data, (prepared_data.encoded_latents, prepared_data.encoded_texts), reports,
+                       stopping if validation_samples else None)
+
+
+@contextmanager
+def evaluating(model: LoadedModel, optimizer):
+    """Sampling and validation see the LoRA as it will be saved: no adapter dropout, schedule-free's
+    averaged weights; training resumes where it was afterwards."""
+    modules = [model.unet, *model.text_encoders]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        with use_averaged_weights(optimizer):
+            yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def _sum_over_processes(accelerator, *values: float) -> tuple[float, ...]:
+    """Sums across processes (one all-reduce); the values themselves in a single process."""
+    if accelerator.num_processes == 1:
+        return values
+    summed = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum")
+    return tuple(summed.tolist())
 
 
 def leaner_after_oom(unet: torch.nn.Module, splits: int, batch_size: int) -> tuple[str, int]:
@@ -271,63 +369,3 @@ def _is_save_point(save_every: tuple[int, str], step: int, steps_per_epoch: int)
     if unit == "steps":
         return step % every == 0
     return step % steps_per_epoch == 0 and (step // steps_per_epoch) % every == 0
-
-
-def _save(config: RunConfig, model: LoadedModel, records, path: Path, step: int, epoch: int,
-          trigger: str | None, started: datetime) -> Path:
-    metadata = lora_metadata(config, model, records, step, epoch, trigger, started)
-    return lora.save_kohya(model, path, config.alpha, config.output.save_precision, metadata)
-
-
-def lora_metadata(config: RunConfig, model: LoadedModel, records, step: int, epoch: int,
-                  trigger: str | None, started: datetime) -> dict[str, str]:
-    """What kohya (ss_*), Stability's modelspec and lowvram record, so UIs and model sites can show it."""
-    family = model.family
-    resolution = config.data.resolution or family.resolution
-    folders: dict[str, list[str]] = {}
-    for record in records:
-        folders.setdefault(f"{record.repeats}_{record.folder}", []).append(record.caption)
-    prediction = model.pipeline.scheduler.config.prediction_type
-    now = datetime.now(timezone.utc)
-    return {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(config.network.rank),
-        "ss_network_alpha": f"{config.alpha:g}",
-        "ss_network_dropout": f"{config.network.dropout:g}",
-        "ss_base_model_version": family.base_model_version,
-        "ss_sd_model_name": model.name,
-        "ss_sd_model_hash": model.hash,
-        "ss_resolution": f"({resolution}, {resolution})",
-        "ss_steps": str(step),
-        "ss_epoch": str(epoch),
-        "ss_num_train_images": str(sum(record.repeats for record in records)),
-        "ss_learning_rate": f"{config.lr:g}",
-        "ss_unet_lr": f"{config.lr:g}",
-        "ss_text_encoder_lr": f"{config.text_encoder_lr:g}" if config.network.train_text_encoder else "0",
-        "ss_lr_scheduler": config.optim.scheduler,
-        "ss_optimizer": config.optim.optimizer,
-        "ss_seed": str(config.training.seed),
-        "ss_noise_offset": f"{config.training.noise_offset:g}",
-        "ss_min_snr_gamma": f"{config.training.min_snr_gamma or 0:g}",
-        "ss_batch_size_per_device": str(config.training.batch_size),
-        "ss_gradient_accumulation_steps": str(config.training.gradient_accumulation),
-        "ss_output_name": config.output_name,
-        "ss_training_comment": trigger or "",
-        "ss_training_started_at": str(started.timestamp()),
-        "ss_training_finished_at": str(now.timestamp()),
-        "ss_tag_frequency": lora.tag_frequency(folders),
-        "ss_v2": "False",
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": family.modelspec_architecture,
-        "modelspec.implementation": "diffusers",
-        "modelspec.title": config.output_name,
-        "modelspec.resolution": f"{resolution}x{resolution}",
-        "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
-        "modelspec.date": now.strftime("%Y-%m-%dT%H:%M:%S"),
-        "lowvram.version": lowvram.__version__,
-        "lowvram.family": family.name,
-        "lowvram.base_model": model.source,
-        "lowvram.trigger_word": trigger or "",
-        "lowvram.dataset_images": str(len(records)),
-        "lowvram.config": tomli_w.dumps(config.to_toml_dict()),
-    }

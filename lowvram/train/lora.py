@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lowvram.config import NetworkConfig
 from lowvram.files import save_safetensors
 from lowvram.models.loading import LoadedModel
 
@@ -34,15 +35,25 @@ def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, al
     return params
 
 
-def add_lora(model: LoadedModel, rank: int, alpha: float, dropout: float, train_text_encoder: bool
+def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_text_encoder: bool
              ) -> dict[str, list[torch.nn.Parameter]]:
-    """Add LoRA adapters to the U-Net (and the text encoders); return the trainable parameters per part."""
-    family = model.family
+    """Add the adapters `network` describes to the U-Net (and the text encoders); return the trainable
+    parameters per part."""
+    from lowvram.errors import LowvramError
+
+    if network.network != "lora":
+        raise LowvramError(f"--network {network.network}: not supported yet; use --network lora")
+    family, rank, dropout = model.family, network.rank, network.dropout
     trainable = {"unet": add_adapter(model.unet, family.unet_lora_targets, rank, alpha, dropout)}
     if train_text_encoder:
         for spec, encoder in zip(family.text_encoders, model.text_encoders):
             trainable[spec.component] = add_adapter(encoder, family.text_lora_targets, rank, alpha, dropout)
     return trainable
+
+
+def network_metadata(network: NetworkConfig) -> dict[str, str]:
+    """kohya's ss_network_* entries that tell UIs and model sites which network type the file holds."""
+    return {"ss_network_module": "networks.lora", "ss_network_dim": str(network.rank)}
 
 
 def adapted_modules(model: LoadedModel) -> list[tuple[str, torch.nn.Module]]:

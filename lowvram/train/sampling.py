@@ -68,20 +68,40 @@ def render(model: LoadedModel, prompt: str, resolution: int, steps: int, seed: i
     return pipeline.image_processor.postprocess(image.float(), output_type="pil")[0]
 
 
-def render_samples(model: LoadedModel, prompts: tuple[str, ...], folder: Path, name: str, resolution: int,
-                   steps: int, seed: int, accelerator, embeddings: tuple | None = None) -> list[Path]:
-    """One seeded image per prompt, `<folder>/<name>-NN.png`. `embeddings`: (hidden, pooled) of
-    ["", *prompts] from the caching phase, so the text encoders need not come back to the device."""
-    paths = []
+def render_images(model: LoadedModel, prompts: tuple[str, ...], resolution: int, steps: int, seed: int,
+                  accelerator, embeddings: tuple | None = None) -> list[Image]:
+    """One seeded image per prompt (seed + its index). `embeddings`: (hidden, pooled) of ["", *prompts] from
+    the caching phase, so the text encoders need not come back to the device."""
+    images = []
     for i, prompt in enumerate(prompts):
         pair = None
         if embeddings is not None:
             hidden, pooled = embeddings
             pick = torch.tensor([0, i + 1])
             pair = (hidden[pick], None if pooled is None else pooled[pick])
-        image = render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast, pair)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}-{i:02d}.png"
-        image.save(path)
-        paths.append(path)
+        images.append(render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast,
+                             pair))
+    return images
+
+
+def render_samples(model: LoadedModel, prompts: tuple[str, ...], folder: Path, name: str, resolution: int,
+                   steps: int, seed: int, accelerator, embeddings: tuple | None = None) -> list[Path]:
+    """The final samples: `<folder>/<name>-NN.png`, one per prompt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(render_images(model, prompts, resolution, steps, seed, accelerator, embeddings)):
+        paths.append(folder / f"{name}-{i:02d}.png")
+        image.save(paths[-1])
     return paths
+
+
+def render_grid(model: LoadedModel, prompts: tuple[str, ...], path: Path, resolution: int, steps: int, seed: int,
+                accelerator, embeddings: tuple | None = None) -> Path:
+    """The samples of one point in training side by side in one image (same seeds every time, so grids of
+    successive steps show what training changed)."""
+    from diffusers.utils import make_image_grid
+
+    images = render_images(model, prompts, resolution, steps, seed, accelerator, embeddings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_image_grid(images, rows=1, cols=len(images)).save(path)
+    return path

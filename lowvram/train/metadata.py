@@ -1,0 +1,67 @@
+"""What a saved LoRA says about itself: kohya's ss_* keys, Stability's modelspec and lowvram's own, so UIs
+and model sites (and `--config` replays) can show and reproduce how it was trained."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import tomli_w
+
+import lowvram
+from lowvram.config import RunConfig
+from lowvram.models.loading import LoadedModel
+from lowvram.train import lora
+
+
+def lora_metadata(config: RunConfig, model: LoadedModel, records, step: int, epoch: int,
+                  trigger: str | None, started: datetime) -> dict[str, str]:
+    """What kohya (ss_*), Stability's modelspec and lowvram record, so UIs and model sites can show it."""
+    family = model.family
+    resolution = config.data.resolution or family.resolution
+    folders: dict[str, list[str]] = {}
+    for record in records:
+        folders.setdefault(f"{record.repeats}_{record.folder}", []).append(record.caption)
+    prediction = model.pipeline.scheduler.config.prediction_type
+    now = datetime.now(timezone.utc)
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.network.rank),
+        "ss_network_alpha": f"{config.alpha:g}",
+        "ss_network_dropout": f"{config.network.dropout:g}",
+        "ss_base_model_version": family.base_model_version,
+        "ss_sd_model_name": model.name,
+        "ss_sd_model_hash": model.hash,
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_steps": str(step),
+        "ss_epoch": str(epoch),
+        "ss_num_train_images": str(sum(record.repeats for record in records)),
+        "ss_learning_rate": f"{config.lr:g}",
+        "ss_unet_lr": f"{config.lr:g}",
+        "ss_text_encoder_lr": f"{config.text_encoder_lr:g}" if config.network.train_text_encoder else "0",
+        "ss_lr_scheduler": config.optim.scheduler,
+        "ss_optimizer": config.optim.optimizer,
+        "ss_seed": str(config.training.seed),
+        "ss_noise_offset": f"{config.training.noise_offset:g}",
+        "ss_min_snr_gamma": f"{config.training.min_snr_gamma or 0:g}",
+        "ss_batch_size_per_device": str(config.training.batch_size),
+        "ss_gradient_accumulation_steps": str(config.training.gradient_accumulation),
+        "ss_output_name": config.output_name,
+        "ss_training_comment": trigger or "",
+        "ss_training_started_at": str(started.timestamp()),
+        "ss_training_finished_at": str(now.timestamp()),
+        "ss_tag_frequency": lora.tag_frequency(folders),
+        "ss_v2": "False",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": family.modelspec_architecture,
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": config.output_name,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
+        "modelspec.date": now.strftime("%Y-%m-%dT%H:%M:%S"),
+        "lowvram.version": lowvram.__version__,
+        "lowvram.family": family.name,
+        "lowvram.base_model": model.source,
+        "lowvram.trigger_word": trigger or "",
+        "lowvram.dataset_images": str(len(records)),
+        "lowvram.config": tomli_w.dumps(config.to_toml_dict()),
+    } | lora.network_metadata(config.network)

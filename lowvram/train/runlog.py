@@ -1,0 +1,70 @@
+"""What a run records as it goes: `metrics.jsonl` always (one JSON object per line, flushed, so it is
+readable while training runs and after a kill), TensorBoard too when asked (loss, learning rate, gradient
+norm, VRAM, validation loss and sample grids)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lowvram.errors import LowvramError
+
+
+class RunLog:
+    def __init__(self, output_dir: Path, append: bool, tensorboard: bool, enabled: bool = True):
+        self.enabled = enabled  # only the main process writes (multi-GPU)
+        self.metrics = None
+        if enabled:  # closed by close() / __exit__: this object is the context manager
+            self.metrics = open(output_dir / "metrics.jsonl", "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        self.writer = None
+        if tensorboard and enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise LowvramError("--tensorboard: TensorBoard is not installed; pip install 'lowvram[tensorboard]' "
+                                   "(or tensorboard), or drop --tensorboard") from None
+            self.writer = SummaryWriter(str(output_dir / "logs"))
+
+    def step(self, step: int, values: dict) -> None:
+        """One optimizer step's numbers (`values` holds loss, lr, grad_norm, seconds, ...)."""
+        if not self.enabled:
+            return
+        if torch.cuda.is_available():
+            values = {**values, "vram_peak_gib": torch.cuda.max_memory_reserved() / 2**30}
+        self._write({"step": step, **values})
+        if self.writer:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and key not in ("epoch",):
+                    self.writer.add_scalar(f"train/{key}", value, step)
+
+    def validation(self, step: int, loss: float, best: bool) -> None:
+        if not self.enabled:
+            return
+        self._write({"step": step, "validation_loss": loss, "best": best})
+        if self.writer:
+            self.writer.add_scalar("validation/loss", loss, step)
+
+    def image(self, step: int, tag: str, path: Path) -> None:
+        if self.writer:
+            from PIL import Image
+
+            self.writer.add_image(tag, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+
+    def _write(self, record: dict) -> None:
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+
+    def close(self) -> None:
+        if self.metrics:
+            self.metrics.close()
+        if self.writer:
+            self.writer.close()
+
+    def __enter__(self) -> RunLog:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

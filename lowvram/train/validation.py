@@ -1,0 +1,108 @@
+"""Validation: the loss on held-out images at fixed timesteps with fixed noise, and early stopping on it.
+
+Training loss is too noisy to say when a LoRA stops improving (each step draws a random timestep and random
+noise). Validation removes that randomness: every held-out image is scored at the same evenly spread
+timesteps with the same noise every time, so two validation losses differ only because the weights did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from lowvram.data.dataset import Sample, TrainingData
+from lowvram.errors import LowvramError
+from lowvram.train.conditioning import encode_prompts, unet_conditioning
+from lowvram.train.loss import diffusion_loss
+
+
+def hold_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Split usable image records into (training, validation) by `fraction`, chosen by the seed from a
+    content-ordered list, so the same dataset and seed always hold out the same images."""
+    if len(records) < 2:
+        raise LowvramError(f"--validation-split: the dataset has {len(records)} usable image(s); holding some out "
+                           "needs at least 2 (or pass --validation-data DIR)")
+    count = min(len(records) - 1, max(1, round(len(records) * fraction)))
+    ordered = sorted(records, key=lambda r: (r.sha256, r.relpath))
+    held = {id(r) for r in random.Random(f"validation/{seed}").sample(ordered, count)}
+    return [r for r in records if id(r) not in held], [r for r in records if id(r) in held]
+
+
+def fixed_timesteps(count: int, train_timesteps: int) -> list[int]:
+    """`count` timesteps spread evenly over the schedule, each in the middle of its share."""
+    return [int((k + 0.5) * train_timesteps / count) for k in range(count)]
+
+
+@torch.no_grad()
+def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: list[Sample], timesteps: int,
+                    seed: int, device: torch.device, dtype: torch.dtype, autocast, text_encoders=None,
+                    tokenizers=None) -> tuple[float, int]:
+    """Sum and count of the losses of `samples` (each image at every fixed timestep, noise seeded per image
+    and timestep). `text_encoders`: encode captions live (when they train), else use cached embeddings."""
+    total, count = 0.0, 0
+    for sample in samples:
+        entry = data.latent_store.load(sample.latent_keys[0])
+        latents = entry["latent"][None].to(device, dtype)
+        if text_encoders is not None:
+            with autocast():
+                hidden, pooled = encode_prompts(family, text_encoders, tokenizers, [sample.caption], device)
+        else:
+            text = data.text_store.load(sample.text_keys[0])
+            hidden = text["hidden"][None].to(device, dtype)
+            pooled = text["pooled"][None].to(device, dtype) if text.get("pooled") is not None else None
+        conditioning = unet_conditioning(family, hidden, pooled, entry["time_ids"][None].float())
+        mask = entry.get("mask")
+        for t in fixed_timesteps(timesteps, noise_scheduler.config.num_train_timesteps):
+            generator = torch.Generator().manual_seed(_noise_seed(seed, sample.latent_keys[0], t))
+            noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
+            with autocast():
+                loss = diffusion_loss(unet, noise_scheduler, latents, conditioning, noise,
+                                      torch.tensor([t], device=device),
+                                      mask=mask[None].to(device) if mask is not None else None)
+            total += loss.item()
+            count += 1
+    return total, count
+
+
+def _noise_seed(*parts) -> int:
+    """A seed from the parts, the same in every process (Python's hash() of a string is not)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") % 2**63
+
+
+@dataclass
+class EarlyStopping:
+    """Tracks the best validation loss; `stop` once `patience` validations in a row brought no new best."""
+
+    patience: int | None
+    best: float = math.inf
+    best_step: int = 0
+    since_best: int = 0
+    history: list = field(default_factory=list)
+
+    def update(self, step: int, loss: float) -> bool:
+        """Record a validation; True when it is a new best."""
+        self.history.append((step, loss))
+        if loss < self.best:
+            self.best, self.best_step, self.since_best = loss, step, 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.patience is not None and self.since_best >= self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best if math.isfinite(self.best) else None, "best_step": self.best_step,
+                "since_best": self.since_best, "history": self.history}
+
+    @classmethod
+    def restore(cls, patience: int | None, state: dict | None) -> EarlyStopping:
+        if not state:
+            return cls(patience)
+        best = state["best"] if state["best"] is not None else math.inf
+        return cls(patience, best, state["best_step"], state["since_best"], [tuple(h) for h in state["history"]])
