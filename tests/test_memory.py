@@ -10,6 +10,7 @@ from conftest import run_config
 from peft.utils import get_peft_model_state_dict
 
 from lowvram.attention import set_attention
+from lowvram.config import OPTIMIZERS
 from lowvram.models import load_model
 from lowvram.quant import WEIGHT_FORMATS, convert_frozen, storage_bytes
 from lowvram.train.loop import train
@@ -92,7 +93,8 @@ def fixed_batch_loss_after(optimizer_name: str, steps: int = 20) -> tuple[float,
     unet = load_model("tiny").unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-2}], weight_decay=0.0)
+    lr = 1.0 if optimizer_name == "prodigy" else 1e-2  # Prodigy's lr multiplies the step size it finds
+    optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": lr}], weight_decay=0.0)
     x, t, h = unet_inputs()
     target = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     losses = []
@@ -105,9 +107,10 @@ def fixed_batch_loss_after(optimizer_name: str, steps: int = 20) -> tuple[float,
     return losses[0], losses[-1]
 
 
-@pytest.mark.parametrize("name", ["adamw", "adamw8bit", "paged_adamw8bit", "lion8bit", "adafactor"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_each_optimizer_steps_and_lowers_the_loss(name):
-    before, after = fixed_batch_loss_after(name)
+    # Prodigy starts from a tiny step size (d0 = 1e-6) and needs ~25 steps to find its own
+    before, after = fixed_batch_loss_after(name, steps=40 if name == "prodigy" else 20)
     assert after < before * 0.95, (before, after)
 
 

@@ -1,0 +1,69 @@
+"""Sampling during training (grids at fixed seeds), metrics.jsonl and TensorBoard, and the presets."""
+
+import json
+
+import pytest
+from conftest import run_config
+from PIL import Image
+
+from lowvram.cli import train_values
+from lowvram.config import build_config, list_presets, preset_path, read_toml
+from lowvram.errors import LowvramError
+from lowvram.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sampled")
+    config = run_config(output=str(out), max_steps=4, sample_every="2", sample_prompts=["lvshape, a red circle",
+                        "lvshape, a blue square"], sample_steps=2, tensorboard=True, validation_split=0.34,
+                        validate_every=2)
+    return config, train(config)
+
+
+def test_sample_grids_are_written_every_n_steps_at_the_expected_size(sampled):
+    config, result = sampled
+    grids = sorted((config.output_dir / "samples").glob(f"{config.output_name}-step*.png"))
+    assert [g.name for g in grids] == [f"{config.output_name}-step000002.png", f"{config.output_name}-step000004.png"]
+    for grid in grids:
+        assert Image.open(grid).size == (2 * 64, 64)  # two prompts side by side at the tiny model's 64 px
+    assert len(result.samples) == 2  # the final samples, one file per prompt
+
+
+def test_metrics_and_tensorboard_hold_every_step(sampled):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config, _ = sampled
+    rows = [json.loads(line) for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all({"lr", "grad_norm", "seconds", "loss_smoothed"} <= r.keys() for r in steps)
+    events = EventAccumulator(str(config.output_dir / "logs"), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("validation/loss")] == [2, 4]
+    assert [e.step for e in events.Images("samples")] == [2, 4]
+
+
+def test_every_preset_is_a_valid_config():
+    assert set(list_presets()) >= {"character", "style", "object"}
+    for name in list_presets():
+        values = read_toml(preset_path(name)) | {"data": "sample"}
+        config = build_config(values)
+        assert 8 <= config.network.rank <= 32 and config.optim.scheduler == "cosine"
+
+
+def test_flags_and_config_files_override_a_preset(tmp_path):
+    from lowvram.cli import build_parser
+
+    config_file = tmp_path / "mine.toml"
+    config_file.write_text('[network]\nrank = 12\n[data]\ndata = "sample"\n')
+    args = build_parser().parse_args(["train", "--preset", "style", "--config", str(config_file), "--lr", "3e-4"])
+    config = build_config(train_values(args))
+    assert config.network.rank == 12  # config file over preset
+    assert config.lr == 3e-4  # flag over preset
+    assert config.network.alpha == 16 and config.data.flip  # the rest from the preset
+
+
+def test_an_unknown_preset_names_the_ones_there_are():
+    with pytest.raises(LowvramError, match="presets are character, object, style"):
+        preset_path("charcter")

@@ -1,0 +1,63 @@
+"""Multi-GPU through `accelerate launch` (DDP), exercised on the CPU with two processes and the gloo backend:
+both ranks finish, the main process alone writes the LoRA, and every rank ends with the same weights."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+RANK_SCRIPT = """
+import sys
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+from lowvram.config import build_config
+from lowvram.train.loop import train
+
+out = sys.argv[1]
+config = build_config({{"model": "tiny", "data": "sample", "output": out, "max_steps": 4, "rank": 4,
+                       "lr": 1e-2, "batch_size": 2, "save_precision": "fp32", "checkpoint_every": 2,
+                       "validation_split": 0.34, "validate_every": 2, "cache_dir": {cache!r}}})
+result = train(config)
+from accelerate import PartialState
+state = PartialState()
+weights = {{k: v.contiguous() for k, v in get_peft_model_state_dict(result.model.unet).items()}}
+save_file(weights, f"{{out}}/rank{{state.process_index}}-of-{{state.num_processes}}.safetensors")
+print(f"rank {{state.process_index}} finished at step {{result.steps}}", flush=True)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_lora_with_identical_weights(tmp_path):
+    script = tmp_path / "train_rank.py"
+    script.write_text(textwrap.dedent(RANK_SCRIPT.format(cache=str(tmp_path / "cache"))))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(free_port()), str(script), str(out)],
+        check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "rank 0 finished at step 4" in run.stdout and "rank 1 finished at step 4" in run.stdout
+    assert "x 2 processes" in run.stdout  # the run knew it was distributed
+
+    ranks = [load_file(out / f"rank{r}-of-2.safetensors") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    assert any(t.abs().sum() > 0 for k, t in ranks[0].items() if "lora_B" in k)  # it trained
+    written = sorted(p.name for p in out.glob("*.safetensors") if not p.name.startswith("rank"))
+    assert written == ["out-best.safetensors", "out.safetensors"]  # one LoRA (and the best), from one process
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    saved = load_file(out / "out.safetensors")
+    assert len(saved) == 3 * len([k for k in ranks[0] if "lora_A" in k])  # down, up and alpha per module

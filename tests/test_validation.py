@@ -1,0 +1,117 @@
+"""Validation and early stopping on the tiny model: a held-out split chosen by the seed, a loss that only
+changes when the weights do, a run that stops when that loss stops improving, and the best LoRA kept."""
+
+import json
+
+import pytest
+import torch
+from conftest import run_config
+from safetensors.torch import load_file
+
+from lowvram.data.scan import ScanReport
+from lowvram.errors import LowvramError
+from lowvram.train.loop import train
+from lowvram.train.validation import EarlyStopping, fixed_timesteps, hold_out, validation_loss
+
+
+def test_the_held_out_split_is_fixed_by_the_seed_and_disjoint(sample_data):
+    from lowvram.data.buckets import default_buckets
+    from lowvram.data.scan import ScanOptions, scan_dataset
+
+    records = scan_dataset(sample_data, default_buckets(64, 16), ScanOptions()).usable
+    train_a, held_a = hold_out(records, 0.34, seed=1)
+    _, held_b = hold_out(list(reversed(records)), 0.34, seed=1)
+    assert len(held_a) == 2 and len(train_a) == 4
+    assert {r.path for r in held_a} == {r.path for r in held_b}  # order of the scan does not matter
+    assert not {r.path for r in held_a} & {r.path for r in train_a}
+    assert {r.path for r in hold_out(records, 0.34, seed=2)[1]} != {r.path for r in held_a} or len(records) < 4
+    with pytest.raises(LowvramError, match="--validation-split"):
+        hold_out(records[:1], 0.5, seed=1)
+
+
+def test_fixed_timesteps_spread_over_the_schedule():
+    assert fixed_timesteps(4, 1000) == [125, 375, 625, 875]
+
+
+def test_early_stopping_counts_validations_without_a_new_best():
+    stopping = EarlyStopping(patience=2)
+    assert stopping.update(10, 1.0) and not stopping.stop
+    assert stopping.update(20, 0.9)
+    assert not stopping.update(30, 0.95) and not stopping.stop
+    assert not stopping.update(40, 0.9) and stopping.stop  # equal is not better
+    restored = EarlyStopping.restore(2, json.loads(json.dumps(stopping.state())))
+    assert (restored.best, restored.best_step, restored.since_best, restored.stop) == (0.9, 20, 2, True)
+
+
+@pytest.fixture(scope="module")
+def diverging(tmp_path_factory):
+    """A run whose learning rate is far too high: its validation loss gets worse, so it must stop early."""
+    out = tmp_path_factory.mktemp("early")
+    config = run_config(output=str(out), validation_split=0.34, validate_every=2, early_stopping=3, max_steps=40,
+                        lr=0.5, rank=4, save_every="2", save_precision="fp32")
+    return config, train(config)
+
+
+def test_a_run_stops_when_validation_stops_improving_and_keeps_the_best(diverging):
+    config, result = diverging
+    history = result.validation.history
+    assert result.steps < 40, "the run did not stop early"
+    assert [s for s, _ in history] == list(range(2, result.steps + 1, 2))
+    losses = [loss for _, loss in history]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert best == len(losses) - 1 - 3  # stopped exactly `patience` validations after the best
+    assert result.validation.best_step == history[best][0]
+
+    out = config.output_dir
+    best_file = load_file(out / f"{config.output_name}-best.safetensors")
+    at_best = load_file(out / f"{config.output_name}-step{history[best][0]:06d}.safetensors")
+    assert best_file.keys() == at_best.keys()
+    assert all(torch.equal(best_file[k], at_best[k]) for k in best_file)
+    final = load_file(result.lora_path)
+    assert any(not torch.equal(final[k], best_file[k]) for k in final)  # the final LoRA is the last weights
+
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    validations = [r for r in logged if "validation_loss" in r]
+    assert [(r["step"], r["validation_loss"]) for r in validations] == [tuple(h) for h in history]
+
+
+def test_the_validation_loss_depends_only_on_the_weights(diverging):
+    _, result = diverging
+    model, data = result.model, result.data
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
+    samples = data.samples[:2]
+
+    def score():
+        return validation_loss(model.unet, scheduler, model.family, data, samples, 4, 42, torch.device("cpu"),
+                               torch.float32, _no_autocast)
+
+    first, second = score(), score()
+    assert first == second and first[1] == 8  # 2 images x 4 timesteps
+    with torch.no_grad():
+        next(p for p in model.unet.parameters() if p.requires_grad).add_(0.1)
+    assert score()[0] != first[0]
+
+
+def _no_autocast():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_validation_options_need_a_validation_set():
+    with pytest.raises(LowvramError, match="--early-stopping: needs a validation set"):
+        run_config(early_stopping=3)
+    with pytest.raises(LowvramError, match="can't use both"):
+        run_config(validation_split=0.1, validation_data=".")
+
+
+def test_a_validation_folder_is_used_whole(tmp_path, sample_data):
+    from lowvram.data.sample import write_sample_dataset
+
+    held = write_sample_dataset(tmp_path / "validation")
+    result = train(run_config(output=str(tmp_path / "out"), data=str(sample_data), validation_data=str(held),
+                              max_steps=2, validate_every=1))
+    assert [s for s, _ in result.validation.history] == [1, 2]
+    assert isinstance(result.data_reports[0], ScanReport) and len(result.data_reports[0].usable) == 6
