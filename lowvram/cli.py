@@ -206,11 +206,22 @@ def check_values(args: argparse.Namespace) -> dict:
     return values
 
 
+# options that answer one question: a layer that sets one of them replaces a lower layer's other
+ALTERNATIVES = (("max_steps", "epochs"), ("validation_split", "validation_data"))
+
+
 def train_values(args: argparse.Namespace) -> dict:
-    """Option values: the config file's, overridden by the flags given on the command line."""
-    values = read_toml(preset_path(args.preset)) if args.preset else {}
-    values.update(read_toml(args.config) if args.config else {})
-    values.update({k: v for k, v in vars(args).items() if k in fields_by_name()})
+    """Option values: a preset's, overridden by the config file's, overridden by the flags given."""
+    values: dict = {}
+    layers = [read_toml(preset_path(args.preset)) if args.preset else {},
+              read_toml(args.config) if args.config else {},
+              {k: v for k, v in vars(args).items() if k in fields_by_name()}]
+    for layer in layers:
+        for group in ALTERNATIVES:
+            if any(name in layer for name in group):
+                for name in group:
+                    values.pop(name, None)
+        values.update(layer)
     return values
 
 

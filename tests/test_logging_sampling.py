@@ -64,6 +64,17 @@ def test_flags_and_config_files_override_a_preset(tmp_path):
     assert config.network.alpha == 16 and config.data.flip  # the rest from the preset
 
 
+def test_max_steps_given_replaces_a_presets_epochs():
+    from lowvram.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--preset", "character", "--data", "sample", "--max-steps", "7"])
+    config = build_config(train_values(args))
+    assert (config.training.max_steps, config.training.epochs) == (7, None)
+    with pytest.raises(LowvramError, match="can't use both"):  # both on one layer is still a contradiction
+        build_config(train_values(build_parser().parse_args(["train", "--data", "sample", "--max-steps", "7",
+                                                             "--epochs", "2"])))
+
+
 def test_an_unknown_preset_names_the_ones_there_are():
     with pytest.raises(LowvramError, match="presets are character, object, style"):
         preset_path("charcter")

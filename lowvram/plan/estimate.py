@@ -29,7 +29,8 @@ FORMAT_COST = {"fp32": 2.0, "fp16": 1.0, "bf16": 1.0, "fp8": 1.12, "bnb-int8": 1
                "quanto-int8": 1.35, "quanto-int4": 1.5, "quanto-fp8": 1.3}
 CHECKPOINT_COST = 1.3
 # A LoRA's optimizer state is megabytes: 8-bit state only pays when memory is that tight.
-OPTIMIZER_COST = {"adamw": 1.0, "adamw8bit": 1.01, "paged_adamw8bit": 1.02, "lion8bit": 1.01, "adafactor": 1.02}
+OPTIMIZER_COST = {"adamw": 1.0, "adamw8bit": 1.01, "paged_adamw8bit": 1.02, "lion": 1.0, "lion8bit": 1.01,
+                  "adafactor": 1.02, "prodigy": 1.03, "schedulefree_adamw": 1.01}
 
 
 @dataclass(frozen=True)

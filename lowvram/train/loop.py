@@ -174,7 +174,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     if config.training.resume:
         found = checkpoint.resolve(config.training.resume, out_dir)
         position = checkpoint.load(found, adapted, optimizer, lr_scheduler, accelerator)
-        console.print(f"resumed from {found} at step {position.step}")
+        console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
     stopping = EarlyStopping.restore(config.validation.early_stopping, position.validation)
 
     def save_checkpoint() -> Path | None:
@@ -230,7 +230,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     epoch, bad_steps, step = position.epoch, 0, position.step
     model.unet.train()
     with (TrainingProgress(console, total_steps, position.step) as progress, StopOnSignal() as signals,
-          RunLog(out_dir, position.step > 0, config.output.tensorboard, main) as log):
+          RunLog(out_dir, position.step, config.output.tensorboard, main) as log):
         for step in range(position.step + 1, total_steps + 1):
             step_start = time.perf_counter()
             drawn = [next(batches) for _ in range(batches_per_step)]  # the same draws in every process
@@ -321,7 +321,8 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
             samples = render_samples(model, config.output.sample_prompts, out_dir / "samples", config.output_name,
                                      resolution, config.output.sample_steps, config.training.seed, accelerator,
                                      prepared_data.sample_embeddings)
-        console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples))
+        console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
+                      soft_wrap=True)
     accelerator.wait_for_everyone()
     return TrainResult(lora_path, config_path, samples, step, epochs_done, progress.loss or float("nan"), model,
                        data, (prepared_data.encoded_latents, prepared_data.encoded_texts), reports,

@@ -75,7 +75,14 @@ class StopOnSignal:
 
 
 class TrainingProgress:
+    """A live progress bar in a terminal; where output goes to a pipe or a notebook (which would show a bar
+    only when it ends), a plain line every `LINE_SECONDS` and at the last step instead."""
+
+    LINE_SECONDS = 10.0
+
     def __init__(self, console: Console, total_steps: int, start_step: int = 0, smoothing: float = 0.9):
+        self.console, self.total_steps, self.live = console, total_steps, console.is_terminal
+        self.last_line = 0.0
         self.spill = SpillWatch(console)
         self.start_step = start_step
         self.smoothing = smoothing
@@ -88,11 +95,13 @@ class TrainingProgress:
         self.task = self.progress.add_task("train", total=total_steps, completed=start_step, stats="")
 
     def __enter__(self):
-        self.progress.start()
+        if self.live:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
 
     def update(self, step: int, loss: float, lr: float, seconds: float | None = None) -> float:
         """Advance to `step` (which took `seconds`); returns the smoothed loss."""
@@ -105,5 +114,9 @@ class TrainingProgress:
             gib = 1024**3
             stats += (f"  VRAM {torch.cuda.memory_allocated() / gib:.2f} GiB"
                       f" (peak {torch.cuda.max_memory_reserved() / gib:.2f})")
-        self.progress.update(self.task, completed=step, stats=stats)
+        if self.live:
+            self.progress.update(self.task, completed=step, stats=stats)
+        elif time.perf_counter() - self.last_line >= self.LINE_SECONDS or step == self.total_steps:
+            self.last_line = time.perf_counter()
+            self.console.print(f"step {step}/{self.total_steps}  {stats}", highlight=False, soft_wrap=True)
         return self.loss

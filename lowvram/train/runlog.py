@@ -11,14 +11,21 @@ import numpy as np
 import torch
 
 from lowvram.errors import LowvramError
+from lowvram.files import write_text
 
 
 class RunLog:
-    def __init__(self, output_dir: Path, append: bool, tensorboard: bool, enabled: bool = True):
+    def __init__(self, output_dir: Path, resumed_step: int, tensorboard: bool, enabled: bool = True):
+        """`resumed_step`: the step a resumed run continues after (0 for a new run); what an interrupted run
+        logged past it is dropped, since those steps are trained again."""
         self.enabled = enabled  # only the main process writes (multi-GPU)
         self.metrics = None
-        if enabled:  # closed by close() / __exit__: this object is the context manager
-            self.metrics = open(output_dir / "metrics.jsonl", "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        if enabled:
+            path = output_dir / "metrics.jsonl"
+            if resumed_step:  # rewritten atomically: a kill now must not lose the history
+                write_text(path, _lines_up_to(path, resumed_step))
+            # closed by close() / __exit__: this object is the context manager
+            self.metrics = open(path, "a" if resumed_step else "w", encoding="utf-8")  # noqa: SIM115
         self.writer = None
         if tensorboard and enabled:
             try:
@@ -68,3 +75,16 @@ class RunLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _lines_up_to(path: Path, step: int) -> str:
+    if not path.is_file():
+        return ""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line + "\n")
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+    return "".join(kept)
