@@ -215,8 +215,10 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     }
     model_host = (counts["unet"] + sum(counts[p] for p in text_parts)) * work.compute_bytes + vae_bytes
     result.host = {
+        # measured on the CPU (benchmarks/host-ram-*.json): loading maps the file and peaks at about the
+        # weights' size (mostly reclaimable file pages); converting the U-Net to another format adds its copy
         "loading": {"process": HOST_BASELINE, "model": model_host,
-                    "conversion": counts["unet"] * work.compute_bytes},
+                    "conversion": unet_bytes if strategy.unet_weights != work.native_format else 0},
         "training": {"process": HOST_BASELINE,
                      "parked parts": vae_bytes + (0 if work.train_text_encoder else text_bytes)},
         "saving": {"process": HOST_BASELINE, "LoRA copy": lora},

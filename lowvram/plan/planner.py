@@ -84,7 +84,8 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict) -> list[st
     if work.cache_batch_size > 1 and fits(replace(work, cache_batch_size=1)):
         found.append("--cache-batch-size 1")
     need = min(e.peak_vram() for e in plan(work, hardware, fixed, suggest=False).candidates) + VRAM_SAFETY
-    found.append(f"a GPU with at least {need / GIB:.1f} GiB free")
+    if need > hardware.free_vram:
+        found.append(f"a GPU with at least {need / GIB:.1f} GiB free")
     if hardware.host_ram:
         host = min(e.peak_host() for e in plan(work, hardware, fixed, suggest=False).candidates)
         if host > hardware.host_ram:

@@ -1,0 +1,126 @@
+"""Peak host RAM of loading a full-size SD1.5/SDXL model, as users bring it (CPU only; no GPU needed).
+
+Builds the family's architecture with random weights in fp16, writes it the two ways users have models (a
+single-file checkpoint in the original LDM/SGM layout, and a diffusers folder), then loads each in a fresh
+process exactly as `lowvram train` does (`load_model(..., dtype=fp16)`) and records that process's peak
+resident memory beside the planner's host-RAM estimate for the loading phase. Colab's free tier has 12.7 GB.
+
+    python tools/bench_host_ram.py --family sdxl --work /tmp/hostram --out benchmarks/host-ram-sdxl.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the writer of the original single-file layout lives with the tests
+
+MEASURE = """
+import json, sys, time, torch
+import lowvram.models.loading as loading
+
+def status():  # this process's memory (VmHWM: peak resident since exec, so nothing of the parent's)
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+
+before = status()
+start = time.perf_counter()
+model = loading.load_model(sys.argv[1], dtype=torch.float16)
+seconds = time.perf_counter() - start
+loaded = status()
+modules = [c for c in model.pipeline.components.values() if isinstance(c, torch.nn.Module)]
+weights = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+checksum = sum(float(p.float().sum()) for m in modules for p in m.parameters())  # every page read, as training does
+touched = status()
+print(json.dumps({"before_load": before, "after_load": loaded, "after_reading_every_weight": touched,
+                  "peak_rss_bytes": touched["VmHWM"], "weights_bytes": weights, "load_seconds": round(seconds, 1)}))
+"""
+
+
+def write_model(family_name: str, work: Path) -> dict[str, Path]:
+    import torch
+    from ldm_layout import sd15_single_file, sdxl_single_file
+    from safetensors.torch import save_file
+
+    from lowvram.models.families import FAMILIES
+    from lowvram.models.loading import build_from_config
+
+    family = FAMILIES[family_name]
+    work.mkdir(parents=True, exist_ok=True)
+    single, folder = work / f"{family_name}-random.safetensors", work / f"{family_name}-random"
+    if single.is_file() and (folder / "model_index.json").is_file():
+        return {"single-file": single, "diffusers folder": folder}
+    pipeline = build_from_config(family, dtype=torch.float16)
+    encoders = [getattr(pipeline, spec.component) for spec in family.text_encoders]
+    writer = sdxl_single_file if len(encoders) == 2 else sd15_single_file
+    save_file(writer(pipeline.unet, pipeline.vae, *encoders), str(single))
+    pipeline.save_pretrained(str(folder), safe_serialization=True)
+    return {"single-file": single, "diffusers folder": folder}
+
+
+def planner_estimate(family_name: str) -> dict:
+    from lowvram.config import build_config
+    from lowvram.hardware import load_profile
+    from lowvram.plan import plan, workload_for
+
+    hardware = load_profile("colab-t4")
+    config = build_config({"model": family_name, "data": "sample"})
+    result = plan(workload_for(config, hardware), hardware, {})
+    chosen = result.choice or result.candidates[0]
+    return {"profile": "colab-t4", "loading_host_bytes": sum(chosen.host["loading"].values()),
+            "components": chosen.host["loading"]}
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=("sd15", "sdxl"), required=True)
+    parser.add_argument("--work", type=Path, required=True, help="where the random-weight model files are written")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.write_only:
+        write_model(args.family, args.work)
+        return
+    # written by a process of its own, so none of the building's memory is in this one's children
+    subprocess.run([sys.executable, __file__, "--family", args.family, "--work", str(args.work), "--out",
+                    str(args.out), "--write-only"], check=True)
+    sources = write_model(args.family, args.work)  # the files exist now: only their paths
+    runs = {}
+    for kind, path in sources.items():
+        done = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, check=True)
+        runs[kind] = json.loads(done.stdout.strip().splitlines()[-1]) | {"file_bytes": _size(path)}
+        print(kind, runs[kind], flush=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                            check=True).stdout.strip()
+    import diffusers
+    import transformers
+
+    result = {
+        "what": f"peak host RAM of loading a full-size {args.family} model in fp16 (random weights)",
+        "command": " ".join(["python", *sys.argv]),
+        "commit": commit,
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                    "torch": torch.__version__, "diffusers": diffusers.__version__,
+                    "transformers": transformers.__version__},
+        "runs": runs,
+        "planner": planner_estimate(args.family),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+if __name__ == "__main__":
+    main()
