@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "--config and flags override them")
     train.add_argument("--auto", action="store_true", help="let the memory planner choose --unet-weights, "
                        "--gradient-checkpointing and --optimizer for this GPU (flags you give are kept)")
-    train.add_argument("--vram", metavar="SIZE", help="with --auto: plan for at most this much VRAM (e.g. 6GB)")
+    train.add_argument("--vram", metavar="SIZE", help="with --auto: plan for, and keep the run within, at most this "
+                       "much VRAM (e.g. 6GB)")
     _add_config_flags(train)
 
     plan = sub.add_parser("plan", allow_abbrev=False, help="estimate memory and pick a strategy (dry run)",
@@ -192,6 +193,10 @@ def auto_strategy(config, values: dict, vram: str | None):
     if vram:
         budget = parse_size(vram, "--vram")
         hardware = dataclasses.replace(hardware, free_vram=min(hardware.free_vram, budget), source="--vram")
+        # held to it, not only planned for: the rest of the card stays free for other programs (or a display)
+        import torch
+
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / hardware.total_vram))
     result = plan(workload_for(config, hardware), hardware, fixed_choices(values))
     print_plan(result, Console(), top=6)
     if result.choice is None:

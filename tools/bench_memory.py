@@ -40,6 +40,18 @@ STRATEGIES = {
 GIB = 1024**3
 
 
+def parse_strategy(name: str) -> tuple[str, bool, str]:
+    """A named strategy, or any the planner can choose written as 'weights,ckpt|nockpt,optimizer'."""
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    weights, checkpointing, optimizer = name.split(",")
+    return weights, checkpointing == "ckpt", optimizer
+
+
+def strategy_name(weights: str, checkpointing: bool, optimizer: str) -> str:
+    return f"{weights},{'ckpt' if checkpointing else 'nockpt'},{optimizer}"
+
+
 def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, steps: int, warmup: int,
             batch: int, rank: int, device_name: str) -> dict:
     """One measurement, in this process."""
@@ -54,7 +66,7 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
     from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
     from lowvram.train.optim import build_optimizer
 
-    weights, checkpointing, optimizer_name = STRATEGIES[strategy]
+    weights, checkpointing, optimizer_name = parse_strategy(strategy)
     family = FAMILIES[family_name]
     device = torch.device(device_name)
     result = {"strategy": strategy, "unet_weights": weights, "gradient_checkpointing": checkpointing,
@@ -122,6 +134,82 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
     return result
 
 
+def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, batch: int, rank: int,
+                 device_name: str, budget_gb: float = 0) -> dict:
+    """The usual way, as diffusers' train_text_to_image_lora(_sdxl).py does by default: every part in fp16 on
+    the GPU, the VAE and the text encoder(s) run on every step (no caches), fp32 LoRA on the U-Net, AdamW,
+    no gradient checkpointing, PyTorch's default attention (SDPA)."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from lowvram.models import FAMILIES
+    from lowvram.models.loading import build_from_config
+    from lowvram.train.conditioning import encode_images, encode_prompts, unet_conditioning
+    from lowvram.train.lora import add_adapter
+    from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
+
+    family = FAMILIES[family_name]
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    result = {"strategy": "baseline (diffusers example defaults)", "budget_gb": budget_gb, "family": family_name,
+              "resolution": resolution, "batch": batch, "rank": rank}
+    if cuda:
+        torch.cuda.init()
+        free, total = torch.cuda.mem_get_info()
+        result["context_bytes"] = total - free
+        if budget_gb:
+            torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * GIB / total))
+    dtype = torch.float16 if cuda else torch.float32
+    try:
+        pipeline = build_from_config(family, dtype=dtype)
+        unet, vae = pipeline.unet, pipeline.vae
+        encoders = [getattr(pipeline, spec.component) for spec in family.text_encoders]
+        tokenizers = [getattr(pipeline, spec.tokenizer) for spec in family.text_encoders]
+        for module in (unet, vae, *encoders):
+            module.requires_grad_(False).to(device)
+        if family.name in ("sdxl", "tiny-sdxl"):
+            vae.to(dtype=torch.float32)  # the example keeps SDXL's VAE in fp32 (it overflows in fp16)
+        params = add_adapter(unet, family.unet_lora_targets, rank, rank, 0.0)  # fp32 trainables, as the example
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        scheduler = DDPMScheduler.from_pretrained(family.config_dir, subfolder="scheduler")
+        pixels = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
+        captions = ["a photo of a cat sitting on a chair"] * batch
+        time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device)
+        scaler = torch.amp.GradScaler(enabled=cuda)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for step in range(warmup + steps):
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype, enabled=cuda):
+                with torch.no_grad():
+                    latents = encode_images(vae, pixels).to(dtype)
+                    hidden, pooled = encode_prompts(family, encoders, tokenizers, captions, device)
+                conditioning = unet_conditioning(family, hidden, pooled, time_ids)
+                loss = diffusion_loss(unet, scheduler, latents, conditioning, sample_noise(latents, 0.0),
+                                      sample_timesteps(scheduler, batch, device))
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+        result.update(ok=True, seconds_per_step=statistics.median(times), loss=loss.item())
+    except torch.OutOfMemoryError as exc:
+        result.update(ok=False, error=f"out of memory: {str(exc).splitlines()[0]}")
+    if cuda:
+        result["peak_allocated"] = torch.cuda.max_memory_allocated()
+        result["peak_reserved"] = torch.cuda.max_memory_reserved()
+        result["peak_reserved_plus_context"] = result["peak_reserved"] + result["context_bytes"]
+    import resource
+
+    result["host_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return result
+
+
 def planner_estimate(family, resolution: int, batch: int, rank: int, weights: str, checkpointing: bool,
                      optimizer: str) -> int | None:
     """What `lowvram plan` predicts for this training step, comparable to max_memory_allocated (no CUDA
@@ -134,6 +222,25 @@ def planner_estimate(family, resolution: int, batch: int, rank: int, weights: st
     est = estimate(Workload(family, resolution, batch, rank, sampling=False, native_format="bf16"),
                    MemoryStrategy(weights, checkpointing, optimizer), hardware_for(None, "80GB", "128GB"))
     return sum(v for k, v in est.vram["training"].items() if k not in ("context", "fragment."))
+
+
+def measure(family: str, resolution: int, strategy: str, budget: float, steps: int, warmup: int, batch: int,
+            rank: int, device: str) -> dict:
+    """One run in a subprocess of its own: clean peaks, and an out-of-memory (or a crash) ends only it."""
+    cmd = [sys.executable, __file__, "--one", "--family", family, "--resolution", str(resolution), "--strategies",
+           strategy, "--budgets", str(budget), "--steps", str(steps), "--warmup", str(warmup), "--batch", str(batch),
+           "--rank", str(rank), "--device", device]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"strategy": strategy, "budget_gb": budget, "ok": False,
+                "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).parent).stdout.strip()
 
 
 def environment() -> dict:
@@ -160,7 +267,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="sd15", choices=("sd15", "sdxl", "tiny", "tiny-sdxl"))
     parser.add_argument("--resolution", type=int, default=None, help="default: the family's")
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
+                        help=f"named ({', '.join(STRATEGIES)}) or 'weights,ckpt|nockpt,optimizer'; 'baseline' "
+                        "runs the diffusers-example way (see run_baseline)")
     parser.add_argument("--budgets", nargs="+", type=float, default=[0], help="GiB; 0 = unlimited")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
@@ -174,28 +283,22 @@ def main() -> None:
 
     resolution = args.resolution or FAMILIES[args.family].resolution
     if args.one:
-        print(json.dumps(run_one(args.family, resolution, args.strategies[0], args.budgets[0], args.steps,
-                                 args.warmup, args.batch, args.rank, args.device)))
+        if args.strategies[0] == "baseline":
+            print(json.dumps(run_baseline(args.family, resolution, args.steps, args.warmup, args.batch, args.rank,
+                                          args.device, args.budgets[0])))
+        else:
+            print(json.dumps(run_one(args.family, resolution, args.strategies[0], args.budgets[0], args.steps,
+                                     args.warmup, args.batch, args.rank, args.device)))
         return
     runs = []
     for strategy in args.strategies:
         for budget in args.budgets:
-            cmd = [sys.executable, __file__, "--one", "--family", args.family, "--resolution", str(resolution),
-                   "--strategies", strategy, "--budgets", str(budget), "--steps", str(args.steps), "--warmup",
-                   str(args.warmup), "--batch", str(args.batch), "--rank", str(args.rank), "--device", args.device]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            lines = done.stdout.strip().splitlines()
-            try:
-                run = json.loads(lines[-1])
-            except (IndexError, json.JSONDecodeError):
-                run = {"strategy": strategy, "budget_gb": budget, "ok": False,
-                       "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+            run = measure(args.family, resolution, strategy, budget, args.steps, args.warmup, args.batch, args.rank,
+                          args.device)
             runs.append(run)
             print(json.dumps(run), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                            cwd=Path(__file__).parent).stdout.strip()
     record = {"benchmark": "training step memory and speed per strategy",
-              "command": " ".join(["python", "tools/bench_memory.py", *sys.argv[1:]]), "commit": commit,
+              "command": " ".join(["python", "tools/bench_memory.py", *sys.argv[1:]]), "commit": commit(),
               "environment": environment(), "runs": runs}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,189 @@
+"""The GPU proof, one command: every strategy the planner can choose, the usual way of training beside them,
+and `lowvram train --auto` under each VRAM budget, for SD1.5 at 512 px and SDXL at 1024 px.
+
+    python tools/bench_gpu_proof.py --out benchmarks/gpu-proof-h100.json
+    python tools/render_benchmarks.py benchmarks/gpu-proof-h100.json --markdown - --png docs/gpu-proof.png
+    python tools/bench_gpu_proof.py --families tiny --device cpu --steps 2 --warmup 1 --out /tmp/p.json  # smoke
+
+1. Each strategy runs once without a cap (tools/bench_memory.py, a process per run): peak allocated and
+   reserved, the CUDA context, host peak RSS, median s/step over `--steps` after `--warmup`, and the planner's
+   estimate of the same step. A strategy fits a budget when its peak reserved plus the context is within it.
+   `--capped` also reruns every (strategy, budget) pair under `torch.cuda.set_per_process_memory_fraction`
+   (the issue's full grid; about |strategies| x |budgets| minutes).
+2. The baseline: diffusers' LoRA example defaults (fp16 everywhere on the GPU, VAE and text encoders every
+   step, AdamW, no checkpointing), same machine, same run: every strategy gets a speed ratio against it.
+3. `lowvram train --auto --vram B` per budget on a full-size random-weight model written to `--work`, held to
+   the budget: it must not run out of memory, and its s/step is compared with the fastest strategy that fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TOOLS))
+
+import bench_memory
+
+RESOLUTIONS = {"sd15": 512, "sdxl": 1024, "tiny": 64, "tiny-sdxl": 64}
+GIB = 1024**3
+
+
+def planner_strategies(family_name: str, resolution: int) -> list[str]:
+    """Every strategy `lowvram plan` may choose for this family on a bf16 GPU."""
+    from lowvram.hardware import hardware_for
+    from lowvram.models import FAMILIES
+    from lowvram.plan.estimate import Workload
+    from lowvram.plan.planner import strategies
+
+    hardware = hardware_for(None, "80GB", "128GB")
+    work = Workload(FAMILIES[family_name], resolution, native_format="bf16" if hardware.bf16 else "fp16")
+    return [bench_memory.strategy_name(s.unet_weights, s.gradient_checkpointing, s.optimizer)
+            for s in strategies(work, {})]
+
+
+def fits(run: dict, budget_gb: float) -> bool:
+    if not run.get("ok"):
+        return False
+    if not budget_gb:
+        return True
+    used = run.get("peak_reserved_plus_context")
+    return used is not None and used <= budget_gb * GIB
+
+
+def auto_run(model: str, family: str, resolution: int, budget_gb: float, steps: int, warmup: int, device: str,
+             work: Path) -> dict:
+    """`lowvram train --auto` as a user runs it, held to the budget; s/step from its metrics.jsonl."""
+    out = Path(tempfile.mkdtemp(prefix=f"auto-{family}-{budget_gb:g}-", dir=work))
+    cmd = [sys.executable, "-m", "lowvram", "train", "--auto", "--model", model, "--data", "sample", "--resolution",
+           str(resolution), "--max-steps", str(warmup + steps), "--output", str(out), "--overwrite"]
+    if budget_gb and device == "cuda":
+        cmd += ["--vram", f"{budget_gb:g}GB"]
+    env = None if device == "cuda" else {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    result = {"budget_gb": budget_gb, "exit_code": done.returncode, "command": " ".join(cmd[1:]),
+              "out_of_memory_events": done.stdout.count("out of memory at step"),
+              "ok": done.returncode == 0}
+    if done.returncode:
+        result["error"] = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file():
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        seconds = [r["seconds"] for r in rows if "seconds" in r and r["step"] > warmup]
+        if seconds:
+            result["seconds_per_step"] = statistics.median(seconds)
+        peaks = [r["vram_peak_gib"] for r in rows if "vram_peak_gib" in r]
+        if peaks:
+            result["peak_reserved"] = int(max(peaks) * GIB)
+    saved = out / f"{out.name}.toml"
+    if saved.is_file():
+        from lowvram.config import tomllib
+
+        resolved = tomllib.loads(saved.read_text())
+        memory, optimizer = resolved.get("memory", {}), resolved.get("optim", {}).get("optimizer")
+        result["choice"] = bench_memory.strategy_name(memory.get("unet_weights"),
+                                                      bool(memory.get("gradient_checkpointing")), optimizer)
+    return result
+
+
+def random_model(family: str, work: Path) -> str:
+    """A full-size diffusers folder with random weights (tiny models need none: they build from configs)."""
+    if family.startswith("tiny"):
+        return family
+    folder = work / f"{family}-random"
+    if not (folder / "model_index.json").is_file():
+        subprocess.run([sys.executable, str(TOOLS / "bench_host_ram.py"), "--family", family, "--work", str(work),
+                        "--out", str(work / f"host-ram-{family}.json"), "--write-only"], check=True)
+    return str(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=["sd15", "sdxl"], choices=list(RESOLUTIONS))
+    parser.add_argument("--budgets", nargs="+", type=float, default=[2, 4, 6, 8, 12, 16, 0],
+                        help="GiB; 0 = unlimited")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--capped", action="store_true", help="also run every strategy under every budget's cap")
+    parser.add_argument("--skip-auto", action="store_true")
+    parser.add_argument("--strategies", nargs="+", help="only these (default: every one the planner may choose)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lowvram-proof")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    record = {"benchmark": "GPU proof: every strategy, the usual way, and train --auto per budget",
+              "command": " ".join(["python", "tools/bench_gpu_proof.py", *sys.argv[1:]]),
+              "commit": bench_memory.commit(), "environment": bench_memory.environment(),
+              "steps": args.steps, "warmup": args.warmup, "budgets_gb": args.budgets, "families": {}}
+    for family in args.families:
+        resolution = RESOLUTIONS[family]
+        names = args.strategies or planner_strategies(family, resolution)
+        section = {"resolution": resolution, "batch": 1, "rank": args.rank, "strategies": [], "capped": [],
+                   "auto": []}
+
+        def measure(strategy: str, budget: float = 0, resolution: int = resolution, family: str = family) -> dict:
+            run = bench_memory.measure(family, resolution, strategy, budget, args.steps, args.warmup, 1, args.rank,
+                                       args.device)
+            print(json.dumps(run), flush=True)
+            return run
+
+        section["baseline"] = measure("baseline")
+        section["strategies"] = [measure(name) for name in names]
+        if args.capped:
+            section["capped"] = [measure(name, budget) for name in names for budget in args.budgets if budget]
+        if not args.skip_auto:
+            model = random_model(family, args.work)
+            section["auto"] = [auto_run(model, family, resolution, budget, args.steps, args.warmup, args.device,
+                                        args.work) for budget in args.budgets]
+            for run in section["auto"]:
+                print(json.dumps(run), flush=True)
+        section["summary"] = summarize(section, args.budgets)
+        record["families"][family] = section
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")  # after each family: a partial result survives
+    print(f"wrote {args.out}")
+
+
+def summarize(section: dict, budgets: list[float]) -> dict:
+    """Per budget: what fit, the fastest of those, --auto against it; per strategy: speed against the
+    baseline and the estimator's error on peak allocated."""
+    baseline = section["baseline"].get("seconds_per_step") if section["baseline"].get("ok") else None
+    per_strategy = []
+    for run in section["strategies"]:
+        row = {"strategy": run["strategy"], "ok": run.get("ok", False)}
+        if run.get("ok") and baseline:
+            row["speed_vs_baseline"] = baseline / run["seconds_per_step"]
+        measured, estimated = run.get("peak_allocated"), run.get("estimated_peak_allocated")
+        if measured and estimated:
+            row["estimate_error"] = (estimated - measured) / measured  # negative: an underestimate
+        per_strategy.append(row)
+    per_budget = []
+    for budget in budgets:
+        fitting = [r for r in section["strategies"] if fits(r, budget)]
+        fastest = min(fitting, key=lambda r: r["seconds_per_step"], default=None)
+        auto = next((a for a in section["auto"] if a["budget_gb"] == budget), None)
+        row = {"budget_gb": budget, "fitting": [r["strategy"] for r in fitting],
+               "fastest": fastest["strategy"] if fastest else None}
+        if auto:
+            row.update(auto_ok=auto["ok"], auto_choice=auto.get("choice"),
+                       auto_out_of_memory_events=auto["out_of_memory_events"])
+            if fastest and auto.get("seconds_per_step"):
+                row["auto_vs_fastest"] = auto["seconds_per_step"] / fastest["seconds_per_step"]
+            if baseline and auto.get("seconds_per_step"):
+                row["auto_speed_vs_baseline"] = baseline / auto["seconds_per_step"]
+        per_budget.append(row)
+    return {"baseline_seconds_per_step": baseline, "strategies": per_strategy, "budgets": per_budget}
+
+
+if __name__ == "__main__":
+    main()
