@@ -78,15 +78,53 @@ def convert_frozen(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype
     return module
 
 
+class _UpcastLinear(torch.autograd.Function):
+    """F.linear with a weight stored small and upcast for the call. Autograd would keep the upcast copy of
+    every layer until backward (it needs the weight for the input's gradient), which makes fp8 storage use
+    *more* memory than bf16; this keeps the stored weight instead and upcasts it again in backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dtype):
+        ctx.save_for_backward(weight)
+        ctx.dtype, ctx.x_dtype = dtype, x.dtype
+        return F.linear(x.to(dtype), weight.to(dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (weight,) = ctx.saved_tensors
+        grad_x = grad_out.to(ctx.dtype) @ weight.to(ctx.dtype) if ctx.needs_input_grad[0] else None
+        return None if grad_x is None else grad_x.to(ctx.x_dtype), None, None, None
+
+
+class _UpcastConv2d(torch.autograd.Function):
+    """The Conv2d counterpart of `_UpcastLinear`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dtype, stride, padding, dilation, groups):
+        ctx.save_for_backward(weight)
+        ctx.dtype, ctx.x_dtype, ctx.x_shape = dtype, x.dtype, x.shape
+        ctx.conv = (stride, padding, dilation, groups)
+        return F.conv2d(x.to(dtype), weight.to(dtype), bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (weight,) = ctx.saved_tensors
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, weight.to(ctx.dtype), grad_out.to(ctx.dtype),
+                                                *ctx.conv).to(ctx.x_dtype)
+        return grad_x, None, None, None, None, None, None, None
+
+
 class UpcastLinear(torch.nn.Linear):
     """A Linear whose weight is stored in a smaller float type (fp8, or bf16 under fp32 compute) and upcast
-    to the compute dtype for each call."""
+    to the compute dtype for each call (and again in backward, instead of keeping the upcast copy)."""
 
     compute_dtype: torch.dtype = torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        return F.linear(x.to(self.compute_dtype), self.weight.to(self.compute_dtype), bias)
+        return _UpcastLinear.apply(x, self.weight, bias, self.compute_dtype)
 
 
 class UpcastConv2d(torch.nn.Conv2d):
@@ -95,8 +133,12 @@ class UpcastConv2d(torch.nn.Conv2d):
     compute_dtype: torch.dtype = torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros":  # not in SD/SDXL U-Nets; the plain path keeps it correct anyway
+            bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+            return self._conv_forward(x.to(self.compute_dtype), self.weight.to(self.compute_dtype), bias)
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        return self._conv_forward(x.to(self.compute_dtype), self.weight.to(self.compute_dtype), bias)
+        return _UpcastConv2d.apply(x, self.weight, bias, self.compute_dtype, self.stride, self.padding,
+                                   self.dilation, self.groups)
 
 
 def _convertible(module: torch.nn.Module):

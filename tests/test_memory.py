@@ -174,3 +174,26 @@ def test_memory_benchmark_runs_on_the_cpu(tmp_path):
     (run,) = record["runs"]
     assert run["ok"] and run["unet_weights"] == "fp8" and run["seconds_per_step"] > 0 and run["lora_params"] > 0
     assert run["estimated_peak_allocated"] > 0  # the planner's prediction, for calibration
+
+
+def saved_for_backward_bytes(unet) -> int:
+    """Bytes of the distinct storages autograd keeps from one forward for the backward pass."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    x, t, h = unet_inputs()
+    x.requires_grad_(True)  # as under a LoRA: gradients flow through every frozen layer
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        unet(x, t, h).sample.sum()
+    return sum(storages.values())
+
+
+def test_fp8_keeps_its_stored_weights_for_backward_not_upcast_copies():
+    full = load_model("tiny").unet.requires_grad_(False)
+    fp8 = convert_frozen(load_model("tiny").unet.requires_grad_(False), "fp8", torch.float32)
+    weights = sum(p.numel() * 4 for p in full.parameters())
+    # upcast copies kept for backward would cost fp8 as much as the fp32 weights: each layer's 4-byte copy
+    assert saved_for_backward_bytes(fp8) < saved_for_backward_bytes(full) - 0.5 * weights
