@@ -527,6 +527,9 @@ def _check(c: RunConfig) -> list[str]:
         p.append("--sample-every: no prompt to render; add --sample-prompt \"...\"")
     if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:
         p.append(f"--lokr-factor: must be -1 (automatic) or >= 1, got {c.network.lokr_factor}")
+    if c.output.format == "diffusers" and c.network.network in ("loha", "lokr"):
+        p.append(f"--format diffusers: diffusers cannot load {c.network.network} adapters; keep --format kohya "
+                 "(ComfyUI and AUTOMATIC1111 load it), or use --network lora or dora")
     if c.network.lokr_factor != -1 and c.network.network != "lokr":
         p.append("--lokr-factor: only used with --network lokr")
     name = c.output_name

@@ -23,6 +23,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
             raise LowvramError(f"--lora: file not found: {args.lora}")
         if args.lora.suffix.lower() != ".safetensors":
             raise LowvramError(f"--lora: {args.lora} is not a .safetensors file")
+        _refuse_what_diffusers_misreads(args.lora)
         try:
             pipeline.load_lora_weights(str(args.lora), adapter_name="lora")
         except (ValueError, KeyError, RuntimeError) as exc:
@@ -41,3 +42,18 @@ def generate(args: argparse.Namespace) -> list[Path]:
         image.save(path)
         paths.append(path)
     return paths
+
+
+def _refuse_what_diffusers_misreads(path: Path) -> None:
+    """diffusers fails on LoHa/LoKr files and drops a kohya DoRA file's magnitudes (rendering plain LoRA
+    without a word): say so instead of rendering something that is not the trained LoRA."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    kind = next((name for marker, name in ((".hada_w1_a", "LoHa"), (".lokr_w1", "LoKr"), (".dora_scale", "DoRA"))
+                 if any(k.endswith(marker) or marker + "_" in k for k in keys)), None)
+    if kind:
+        hint = " (or train with --format diffusers and pass the -diffusers folder's file)" if kind == "DoRA" else ""
+        raise LowvramError(f"--lora: {path} is a {kind} file, which diffusers cannot apply correctly; try it in "
+                           f"ComfyUI or AUTOMATIC1111{hint}")

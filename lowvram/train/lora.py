@@ -1,9 +1,19 @@
-"""LoRA adapters (peft) on the model, and their export in the formats users load.
+"""Adapters (peft) on the model: LoRA, DoRA, LoHa and LoKr, and their export in the formats users load.
 
-kohya format (the default) is what ComfyUI and AUTOMATIC1111 map completely, and diffusers'
-`load_lora_weights` reads it too: `lora_unet_<module path with _>.lora_down.weight` / `.lora_up.weight`
-and a per-module `.alpha`. Text-encoder module paths always read `text_model.…` there, whatever
-transformers calls them in memory (transformers 5 dropped that level in CLIPTextModel).
+The kohya/LyCORIS format (the default) is what ComfyUI and AUTOMATIC1111 map completely: one key prefix per
+module, `lora_unet_<module path with _>` (`lora_te_`, `lora_te1_`, `lora_te2_` for the text encoders, whose module
+paths always read `text_model.…` there, whatever transformers calls them in memory), then per network type
+
+    lora  .lora_down.weight (rank, in)  .lora_up.weight (out, rank)  .alpha
+    dora  the same plus .dora_scale (out, 1): the learned magnitude of each output row (LyCORIS `wd_on_output`)
+    loha  .hada_w1_a (out, rank)  .hada_w1_b (rank, in)  .hada_w2_a  .hada_w2_b  .alpha
+    lokr  .lokr_w1  .lokr_w2 or .lokr_w2_a/.lokr_w2_b  .alpha
+
+peft's LoHa/LoKr parameters already carry LyCORIS's names, shapes and formulas (delta = (w1a@w1b)*(w2a@w2b) and
+kron(w1, w2), times alpha/rank), so they are written as they are. DoRA's file is exactly peft's model in LyCORIS
+(and in ComfyUI once it normalizes output-axis DoRA by the adapted weight, Comfy-Org/ComfyUI#15458; today it uses
+the base weight's norm); AUTOMATIC1111 reads only input-axis DoRA. diffusers' `load_lora_weights` reads the lora
+file, DoRA only in its own layout (it drops `dora_scale` from kohya files), LoHa/LoKr not at all.
 """
 
 from __future__ import annotations
@@ -14,46 +24,103 @@ from pathlib import Path
 import torch
 
 from lowvram.config import NetworkConfig
+from lowvram.errors import LowvramError
 from lowvram.files import save_safetensors
 from lowvram.models.loading import LoadedModel
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 UNET_KOHYA_PREFIX = "lora_unet"
+ADAPTER = "default"  # peft's adapter name; lowvram adds one adapter per model part
+NAMES = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}
 
 
-def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float,
-                dropout: float) -> list[torch.nn.Parameter]:
-    """Add a LoRA adapter (peft) on `targets` of a frozen module; return its trainable parameters, in fp32
-    whatever the frozen weights' dtype or format."""
-    from peft import LoraConfig
+def peft_config(network: str, targets: tuple[str, ...], rank: int, alpha: float, dropout: float,
+                lokr_factor: int = -1):
+    """The peft config of one network type, with the defaults LyCORIS's kohya network uses: dropout on the
+    whole module for LoHa/LoKr (LyCORIS implements no per-input dropout there), LoKr's first matrix never
+    decomposed, LoKr's second matrix zero at first (its `init_weights="lycoris"`)."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    module.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                                  init_lora_weights=True))
+    if network in ("lora", "dora"):
+        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+                          init_lora_weights=True, use_dora=network == "dora")
+    if network == "loha":
+        return LoHaConfig(r=rank, alpha=alpha, module_dropout=dropout, target_modules=list(targets))
+    if network == "lokr":
+        return LoKrConfig(r=rank, alpha=alpha, module_dropout=dropout, target_modules=list(targets),
+                          decompose_factor=lokr_factor, decompose_both=False, init_weights="lycoris")
+    raise LowvramError(f"--network: '{network}' is not one of {', '.join(NAMES)}")
+
+
+def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, dropout: float,
+                network: str = "lora", lokr_factor: int = -1) -> list[torch.nn.Parameter]:
+    """Add an adapter (peft) of type `network` on `targets` of a frozen module; return its trainable parameters,
+    in fp32 whatever the frozen weights' dtype or format."""
+    module.add_adapter(peft_config(network, targets, rank, alpha, dropout, lokr_factor))
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
     return params
 
 
+def check_supported(module: torch.nn.Module, targets: tuple[str, ...], network: str) -> None:
+    """Raise a one-line LowvramError if peft cannot train `network` on the (converted) layers `targets` names."""
+    for name, layer in module.named_modules():
+        if any(name == t or name.endswith("." + t) for t in targets):
+            problem = _unsupported(network, layer)
+            if problem:
+                raise LowvramError(problem)
+
+
+def _unsupported(network: str, layer: torch.nn.Module) -> str | None:
+    kind, weight = type(layer).__name__, getattr(layer, "weight", None)
+    if network in ("loha", "lokr") and kind == "Linear4bit":
+        # peft's LoHa/LoKr reshape their delta to the base weight's shape, and a 4-bit weight is packed
+        return (f"--network {network}: peft has no {NAMES[network]} layer for bitsandbytes 4-bit weights "
+                "(--unet-weights bnb-nf4); use --network lora or dora, or --unet-weights quanto-int4")
+    if network == "dora" and weight is not None and weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        # DoRA's initial magnitude adds the float8 weight to a float32 one, a promotion torch refuses
+        return ("--network dora: peft's DoRA cannot read float8 weights (--unet-weights fp8); use --unet-weights "
+                "quanto-fp8 (also 8-bit), or --network lora, loha or lokr")
+    if network == "dora" and kind == "Linear8bitLt" and weight is not None and weight.device.type == "cpu":
+        # on the CPU peft re-wraps the 8-bit weight each time DoRA reads it and loses its scales
+        return ("--network dora: peft's DoRA breaks bitsandbytes 8-bit weights on the CPU (--unet-weights "
+                "bnb-int8); use --unet-weights quanto-int8, or --network lora, loha or lokr")
+    return None
+
+
 def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_text_encoder: bool
              ) -> dict[str, list[torch.nn.Parameter]]:
     """Add the adapters `network` describes to the U-Net (and the text encoders); return the trainable
-    parameters per part."""
-    from lowvram.errors import LowvramError
-
-    if network.network != "lora":
-        raise LowvramError(f"--network {network.network}: not supported yet; use --network lora")
-    family, rank, dropout = model.family, network.rank, network.dropout
-    trainable = {"unet": add_adapter(model.unet, family.unet_lora_targets, rank, alpha, dropout)}
+    parameters per part. Every part is checked first, so a refused combination leaves the model untouched."""
+    family = model.family
+    parts = [("unet", model.unet, family.unet_lora_targets)]
     if train_text_encoder:
-        for spec, encoder in zip(family.text_encoders, model.text_encoders):
-            trainable[spec.component] = add_adapter(encoder, family.text_lora_targets, rank, alpha, dropout)
-    return trainable
+        parts += [(spec.component, encoder, family.text_lora_targets)
+                  for spec, encoder in zip(family.text_encoders, model.text_encoders)]
+    for _, module, targets in parts:
+        check_supported(module, targets, network.network)
+    return {name: add_adapter(module, targets, network.rank, alpha, network.dropout, network.network,
+                              network.lokr_factor)
+            for name, module, targets in parts}
 
 
 def network_metadata(network: NetworkConfig) -> dict[str, str]:
-    """kohya's ss_network_* entries that tell UIs and model sites which network type the file holds."""
-    return {"ss_network_module": "networks.lora", "ss_network_dim": str(network.rank)}
+    """kohya's ss_network_* entries that tell UIs, model sites and kohya's own scripts which network the file
+    holds, as kohya writes them: LoRA is `networks.lora`; the others are LyCORIS networks (`lycoris.kohya`,
+    its `--network_args` as JSON strings). DoRA is LyCORIS's LoRA with `dora_wd`, on the output axis as peft's."""
+    alpha = network.alpha if network.alpha is not None else network.rank
+    meta = {"ss_network_dim": str(network.rank), "ss_network_alpha": f"{alpha:g}", "lowvram.network": network.network}
+    if network.network == "lora":
+        return meta | {"ss_network_module": "networks.lora"}
+    args = {"algo": "lora" if network.network == "dora" else network.network}
+    if network.network == "dora":
+        args |= {"dora_wd": "True", "wd_on_output": "True"}
+    if network.network == "lokr":
+        args["factor"] = str(network.lokr_factor)
+    if network.network in ("loha", "lokr") and network.dropout:
+        args["module_dropout"] = f"{network.dropout:g}"
+    return meta | {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)}
 
 
 def adapted_modules(model: LoadedModel) -> list[tuple[str, torch.nn.Module]]:
@@ -64,32 +131,64 @@ def adapted_modules(model: LoadedModel) -> list[tuple[str, torch.nn.Module]]:
     return parts
 
 
+def adapted_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(module path, peft layer) for every layer of `module` that carries lowvram's adapter."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(name, layer) for name, layer in module.named_modules()
+            if isinstance(layer, BaseTunerLayer) and ADAPTER in getattr(layer, "r", {})]
+
+
 def peft_state_dicts(model: LoadedModel) -> dict[str, dict[str, torch.Tensor]]:
-    """The adapters' weights per component, in peft naming (`<module>.lora_A.weight`)."""
+    """The adapters' weights per component, in peft naming (`<module>.lora_A.weight`, `<module>.hada_w1_a`)."""
     from peft.utils import get_peft_model_state_dict
 
     return {name: get_peft_model_state_dict(module) for name, module in adapted_modules(model)}
 
 
-def kohya_state_dict(model: LoadedModel, alpha: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The adapters in kohya naming with the trained alpha (diffusers' converter writes alpha = rank)."""
+def kohya_tensors(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """One adapted layer's tensors under kohya/LyCORIS names (see the module docstring), scaled so that
+    ComfyUI, AUTOMATIC1111 and LyCORIS rebuild exactly the delta peft trained."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+
+    if isinstance(layer, (LoHaLayer, LoKrLayer)):
+        own = {name: getattr(layer, name)[ADAPTER] for name in layer.adapter_layer_names
+               if ADAPTER in getattr(layer, name)}
+        alpha = float(layer.alpha[ADAPTER])
+        if "lokr_w1" in own and "lokr_w2" in own:
+            # with neither Kronecker factor decomposed there is no rank, and LyCORIS, ComfyUI and A1111 apply no
+            # alpha/rank (LyCORIS itself then saves alpha = rank); peft does, so its scale goes into w1
+            own["lokr_w1"] = own["lokr_w1"] * layer.scaling[ADAPTER]
+            alpha = float(layer.r[ADAPTER])
+        return own | {"alpha": torch.tensor(alpha)}
+    out = {"lora_down.weight": layer.lora_A[ADAPTER].weight, "lora_up.weight": layer.lora_B[ADAPTER].weight,
+           "alpha": torch.tensor(float(layer.lora_alpha[ADAPTER]))}
+    if layer.use_dora.get(ADAPTER):
+        # peft's magnitude is the norm of each output row of W + (alpha/rank) up@down, shape (out,); LyCORIS
+        # (wd_on_output) and ComfyUI tell that axis from the shape (out, 1[, 1, 1]), (1, in) being the input axis
+        magnitude = layer.lora_magnitude_vector[ADAPTER].weight
+        conv = isinstance(layer.get_base_layer(), torch.nn.Conv2d)
+        out["dora_scale"] = magnitude.reshape(-1, 1, 1, 1) if conv else magnitude.reshape(-1, 1)
+    return out
+
+
+def kohya_state_dict(model: LoadedModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """All adapters in kohya/LyCORIS naming, with the trained alpha (diffusers' converter writes alpha = rank)."""
     prefixes = {"unet": UNET_KOHYA_PREFIX} | {spec.component: spec.kohya_prefix for spec in model.family.text_encoders}
     out = {}
-    for component, state in peft_state_dicts(model).items():
-        for key, tensor in state.items():
-            module, kind = key.rsplit(".lora_", 1)
-            if component != "unet" and not module.startswith("text_model."):
-                module = "text_model." + module
-            base = f"{prefixes[component]}_{module.replace('.', '_')}"
-            out[f"{base}.lora_down.weight" if kind == "A.weight" else f"{base}.lora_up.weight"] = tensor.to(dtype)
-            out[f"{base}.alpha"] = torch.tensor(alpha, dtype=dtype)
+    for component, module in adapted_modules(model):
+        for path, layer in adapted_layers(module):
+            if component != "unet" and not path.startswith("text_model."):
+                path = "text_model." + path
+            base = f"{prefixes[component]}_{path.replace('.', '_')}"
+            out |= {f"{base}.{key}": tensor.detach().to(dtype) for key, tensor in kohya_tensors(layer).items()}
     return out
 
 
 def save_kohya(model: LoadedModel, path: Path, alpha: float, precision: str, metadata: dict[str, str]) -> Path:
-    from lowvram.errors import LowvramError
-
-    state = kohya_state_dict(model, alpha, DTYPES[precision])
+    """Write the kohya/LyCORIS file. `alpha` is the run's; each layer's own (the same) is what is written."""
+    state = kohya_state_dict(model, DTYPES[precision])
     if not all(torch.isfinite(t).all() for t in state.values()):
         raise LowvramError(f"refusing to write {path}: the LoRA holds non-finite values (NaN/inf); the "
                            "checkpoints in the output folder hold the last good weights")
@@ -98,16 +197,25 @@ def save_kohya(model: LoadedModel, path: Path, alpha: float, precision: str, met
 
 def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
     """diffusers' own LoRA layout (pytorch_lora_weights.safetensors) with the adapter metadata that keeps
-    alpha (without it diffusers reloads with alpha = rank and the outputs are wrong whenever they differ)."""
+    alpha (without it diffusers reloads with alpha = rank and the outputs are wrong whenever they differ) and
+    DoRA (`use_dora`). diffusers loads only LoRA-type adapters, so LoHa and LoKr stay in the kohya file."""
     from diffusers.utils import convert_state_dict_to_diffusers
 
+    configs = {component: module.peft_config[ADAPTER] for component, module in adapted_modules(model)}
+    if any(type(config).__name__ != "LoraConfig" for config in configs.values()):
+        network = "loha" if any(type(c).__name__ == "LoHaConfig" for c in configs.values()) else "lokr"
+        raise LowvramError(f"--format diffusers: diffusers loads only LoRA and DoRA adapters, not {NAMES[network]};"
+                           f" the kohya .safetensors in {folder.parent} loads in ComfyUI and AUTOMATIC1111")
     dtype = DTYPES[precision]
     kwargs = {}
     states = peft_state_dicts(model)
-    for component, module in adapted_modules(model):
+    for component, config in configs.items():
         state = convert_state_dict_to_diffusers(states[component])
-        kwargs[f"{component}_lora_layers"] = {k: v.to(dtype) for k, v in state.items()}
-        kwargs[f"{component}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
+        # DoRA magnitudes as the parameter is named (`….lora_magnitude_vector.weight`): peft's loader reads both
+        # spellings, transformers' `load_adapter` (the text encoders) only this one and drops the bare one
+        kwargs[f"{component}_lora_layers"] = {k + ".weight" if k.endswith(".lora_magnitude_vector") else k: v.to(dtype)
+                                              for k, v in state.items()}
+        kwargs[f"{component}_lora_adapter_metadata"] = config.to_dict()
     folder.mkdir(parents=True, exist_ok=True)
     type(model.pipeline).save_lora_weights(str(folder), safe_serialization=True, **kwargs)
     return folder / "pytorch_lora_weights.safetensors"

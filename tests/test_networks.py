@@ -1,0 +1,271 @@
+"""Network types (LoRA, DoRA, LoHa, LoKr) on the tiny models: each trains, is saved under the kohya/LyCORIS keys
+ComfyUI and AUTOMATIC1111 read, and the saved file rebuilds exactly the trained model when applied with the
+loaders' own formulas (written out here independently of peft); diffusers reloads LoRA and DoRA; the frozen-weight
+formats peft cannot adapt are refused with one clear line before the model is touched."""
+
+import copy
+import json
+import types
+
+import pytest
+import torch
+from conftest import run_config
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import load_file
+from test_train import model_outputs
+
+from lowvram.config import NetworkConfig
+from lowvram.errors import LowvramError
+from lowvram.models import load_model
+from lowvram.quant import WEIGHT_FORMATS, convert_frozen
+from lowvram.train import checkpoint, lora
+from lowvram.train.loop import train
+
+SUFFIXES = {
+    "lora": {"lora_down.weight", "lora_up.weight", "alpha"},
+    "dora": {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"},
+    "loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+    "lokr": {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"},  # w2 whole or decomposed, by layer size
+}
+# (network, --unet-weights) pairs peft cannot train (on this machine, the CPU): refused with a clear error
+REFUSED = {("loha", "bnb-nf4"), ("lokr", "bnb-nf4"), ("dora", "fp8"), ("dora", "bnb-int8")}
+
+
+@pytest.fixture(scope="module", params=[("tiny", "lora"), ("tiny", "dora"), ("tiny", "loha"), ("tiny", "lokr"),
+                                        ("tiny-sdxl", "lokr")], ids="-".join)
+def trained(request, tmp_path_factory):
+    """A short run with alpha != rank and the text encoder(s) trained, saved in fp32 (lora and dora also in
+    diffusers' layout). On tiny every LoKr layer keeps both Kronecker factors whole; on tiny-sdxl the 80-wide
+    cross-attention inputs decompose the second one."""
+    model, network = request.param
+    out = tmp_path_factory.mktemp(f"{model}-{network}")
+    config = run_config(model=model, network=network, output=str(out), max_steps=3, rank=4, alpha=2.0, lr=1e-2,
+                        train_text_encoder=True, text_encoder_lr=5e-3, save_precision="fp32",
+                        format="diffusers" if network in ("lora", "dora") else "kohya")
+    return config, train(config)
+
+
+def adapted_layers(model):
+    """(kohya prefix, module path as kohya writes it, peft layer) of every adapted layer."""
+    parts = [("lora_unet", model.unet)] + [(spec.kohya_prefix, encoder) for spec, encoder in
+                                          zip(model.family.text_encoders, model.text_encoders)]
+    for prefix, module in parts:
+        for name, layer in module.named_modules():
+            if isinstance(layer, BaseTunerLayer):
+                path = name if prefix == "lora_unet" or name.startswith("text_model.") else f"text_model.{name}"
+                yield f"{prefix}_{path.replace('.', '_')}", layer
+
+
+def effective_weight(layer):
+    """The weight a Linear layer (adapted or not) really applies, probed through its forward."""
+    with torch.no_grad():
+        eye = torch.eye(layer.in_features)
+        bias = layer.get_base_layer().bias if isinstance(layer, BaseTunerLayer) else layer.bias
+        return (layer(eye) - (0 if bias is None else bias)).T
+
+
+def lycoris_weight(state, key, weight):
+    """The weight ComfyUI (comfy/weight_adapter) and LyCORIS compute for one saved layer on top of `weight`."""
+    def get(name):
+        return state.get(f"{key}.{name}")
+
+    alpha = get("alpha").item()
+    if get("lora_down.weight") is not None:
+        down, up = get("lora_down.weight"), get("lora_up.weight")
+        delta = (up.flatten(1) @ down.flatten(1)) * alpha / down.shape[0]
+    elif get("hada_w1_a") is not None:
+        delta = (get("hada_w1_a") @ get("hada_w1_b")) * (get("hada_w2_a") @ get("hada_w2_b"))
+        delta = delta * alpha / get("hada_w1_b").shape[0]
+    else:  # LoKr: alpha/rank only when a Kronecker factor is decomposed (rank = its inner size), else 1
+        w1 = get("lokr_w1") if get("lokr_w1") is not None else get("lokr_w1_a") @ get("lokr_w1_b")
+        w2 = get("lokr_w2") if get("lokr_w2") is not None else get("lokr_w2_a") @ get("lokr_w2_b")
+        rank = next((get(n).shape[0] for n in ("lokr_w1_b", "lokr_w2_b") if get(n) is not None), None)
+        delta = torch.kron(w1, w2) * (alpha / rank if rank else 1.0)
+    merged = weight + delta.reshape(weight.shape)
+    scale = get("dora_scale")
+    if scale is not None:  # DoRA on the output axis (LyCORIS wd_on_output): each row's norm becomes dora_scale
+        assert scale.shape == (weight.shape[0], 1)
+        merged = scale * merged / merged.norm(dim=1, keepdim=True)
+    return merged
+
+
+def test_each_network_trains_and_saves_only_its_keys(trained):
+    config, result = trained
+    network = config.network.network
+    assert result.final_loss == result.final_loss  # finite
+    layers = dict(adapted_layers(result.model))
+    changed = {key for key, layer in layers.items()  # every adapter starts as the identity
+               if (effective_weight(layer) - effective_weight(layer.get_base_layer())).abs().max() > 1e-5}
+    assert {key for key in layers if key.startswith("lora_unet_")} <= changed
+    # in each text encoder; SDXL's first reads the penultimate layer, so its last layer gets no gradient
+    assert {key.split("_text_model_")[0] for key in changed if "_text_model_" in key} == \
+        {spec.kohya_prefix for spec in result.model.family.text_encoders}
+    state = load_file(str(result.lora_path))
+    assert {key.split(".", 1)[0] for key in state} == set(layers)  # one entry per adapted layer, nothing else
+    suffixes = {key.split(".", 1)[1] for key in state}
+    assert suffixes <= SUFFIXES[network] and suffixes >= SUFFIXES[network] - {"lokr_w2", "lokr_w2_a", "lokr_w2_b"}
+    assert all(v.dtype == torch.float32 for v in state.values())
+    te_prefixes = {key.split("_text_model_")[0] for key in state if "_text_model_" in key}
+    assert te_prefixes == ({"lora_te"} if config.model.model == "tiny" else {"lora_te1", "lora_te2"})
+    if network == "lokr":
+        decomposed = any(key.endswith(".lokr_w2_a") for key in state)
+        assert decomposed == (config.model.model == "tiny-sdxl")
+
+
+def test_saved_file_rebuilds_the_trained_model_with_the_loaders_formulas(trained):
+    """Every layer rebuilt from the file (fresh full-precision base weight + the LyCORIS/ComfyUI formula) is the
+    layer lowvram trained, and the patched model gives the trained model's outputs."""
+    config, result = trained
+    state = load_file(str(result.lora_path))
+    fresh = load_model(config.model.model)
+    untouched_hidden, untouched_out = model_outputs(fresh)
+    base_layers = {}
+    for prefix, module in [("lora_unet", fresh.unet)] + [(spec.kohya_prefix, encoder) for spec, encoder in
+                                                         zip(fresh.family.text_encoders, fresh.text_encoders)]:
+        for name, layer in module.named_modules():
+            path = name if prefix == "lora_unet" or name.startswith("text_model.") else f"text_model.{name}"
+            base_layers[f"{prefix}_{path.replace('.', '_')}"] = layer
+    for key, layer in adapted_layers(result.model):
+        base = base_layers[key]
+        rebuilt = lycoris_weight(state, key, base.weight.detach())
+        torch.testing.assert_close(rebuilt, effective_weight(layer), rtol=1e-4, atol=1e-5)
+        if config.network.network in ("loha", "lokr"):  # and the delta is peft's own
+            torch.testing.assert_close(rebuilt - base.weight.detach(), layer.get_delta_weight("default").detach(),
+                                       rtol=1e-4, atol=1e-6)
+        with torch.no_grad():
+            base.weight.copy_(rebuilt)
+    hidden, out = model_outputs(result.model)
+    patched_hidden, patched_out = model_outputs(fresh)
+    torch.testing.assert_close(patched_hidden, hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(patched_out, out, rtol=1e-4, atol=1e-5)
+    assert (out - untouched_out).abs().max() > 1e-3 and (hidden - untouched_hidden).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("layout", ["kohya", "diffusers"])
+def test_lora_and_dora_reload_in_diffusers(trained, layout):
+    config, result = trained
+    network = config.network.network
+    if network not in ("lora", "dora"):
+        pytest.skip("diffusers loads only LoRA and DoRA")
+    if (network, layout) == ("dora", "kohya"):
+        pytest.skip("diffusers drops dora_scale from kohya files of SD/SDXL (it warns); the formula test covers it")
+    path = result.lora_path if layout == "kohya" else result.lora_path.parent / f"{config.output_name}-diffusers"
+    fresh = load_model(config.model.model)
+    fresh.pipeline.load_lora_weights(str(path), adapter_name="reloaded")
+    for component, module in lora.adapted_modules(result.model):
+        theirs = getattr(fresh.pipeline, component)
+        assert theirs.peft_config["reloaded"].use_dora == (network == "dora")
+        assert theirs.peft_config["reloaded"].lora_alpha == 2.0 and theirs.peft_config["reloaded"].r == 4
+        ours = get_peft_model_state_dict(module)
+        reloaded = get_peft_model_state_dict(theirs, adapter_name="reloaded")
+        assert set(reloaded) == set(ours), component
+        for key, value in ours.items():  # DoRA's magnitudes included, text encoders too
+            torch.testing.assert_close(reloaded[key], value, msg=key)
+    hidden, out = model_outputs(result.model)
+    reloaded_hidden, reloaded_out = model_outputs(fresh)
+    torch.testing.assert_close(reloaded_hidden, hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reloaded_out, out, rtol=1e-4, atol=1e-5)
+
+
+def test_diffusers_layout_is_refused_for_loha_and_lokr(trained, tmp_path):
+    config, result = trained
+    if config.network.network in ("lora", "dora"):
+        pytest.skip("saved in diffusers' layout by the run")
+    with pytest.raises(LowvramError, match="diffusers loads only LoRA and DoRA") as error:
+        lora.save_diffusers(result.model, tmp_path / "x-diffusers", "fp32")
+    assert "ComfyUI and AUTOMATIC1111" in str(error.value) and len(str(error.value).splitlines()) == 1
+    assert not (tmp_path / "x-diffusers").exists()
+
+
+def test_the_config_refuses_the_diffusers_layout_for_loha_and_lokr_before_training():
+    for network in ("loha", "lokr"):
+        with pytest.raises(LowvramError, match=f"--format diffusers: diffusers cannot load {network}"):
+            run_config(network=network, format="diffusers")
+
+
+def test_generate_refuses_files_diffusers_would_misapply(trained, tmp_path):
+    from lowvram.cli import main
+
+    config, result = trained
+    code = main(["generate", "--model", config.model.model, "--lora", str(result.lora_path), "--prompt", "x",
+                 "--steps", "1", "--output", str(tmp_path / "x.png")])
+    refused = config.network.network in ("dora", "loha", "lokr")
+    assert code == (2 if refused else 0) and (tmp_path / "x.png").exists() != refused
+
+
+def test_metadata_names_the_network_as_kohya_and_lycoris_do(trained):
+    config, result = trained
+    meta = safe_open(str(result.lora_path), framework="pt").metadata()
+    network = config.network.network
+    assert meta["lowvram.network"] == network and meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2"
+    if network == "lora":
+        assert meta["ss_network_module"] == "networks.lora" and "ss_network_args" not in meta
+        return
+    assert meta["ss_network_module"] == "lycoris.kohya"
+    expected = {"dora": {"algo": "lora", "dora_wd": "True", "wd_on_output": "True"}, "loha": {"algo": "loha"},
+                "lokr": {"algo": "lokr", "factor": "-1"}}[network]
+    assert json.loads(meta["ss_network_args"]) == expected
+
+
+def test_metadata_records_lokr_factor_and_module_dropout():
+    meta = lora.network_metadata(NetworkConfig(network="lokr", rank=8, alpha=4.0, dropout=0.1, lokr_factor=8))
+    assert json.loads(meta["ss_network_args"]) == {"algo": "lokr", "factor": "8", "module_dropout": "0.1"}
+    assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4"
+    assert lora.network_metadata(NetworkConfig(rank=16))["ss_network_alpha"] == "16"  # alpha defaults to rank
+
+
+def test_checkpoint_restores_every_network_type(trained):
+    """Resuming loads the checkpoint's adapters (LoHa/LoKr/DoRA parameters included) into a fresh model."""
+    config, result = trained
+    fresh = load_model(config.model.model)
+    torch.manual_seed(1)  # another initialisation than the run's
+    params = lora.add_lora(fresh, config.network, config.alpha, True)
+    optimizer = torch.optim.AdamW([{"params": p, "lr": 1e-3} for p in params.values()])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    found = checkpoint.latest(checkpoint.checkpoint_root(result.lora_path.parent))
+    position = checkpoint.load(found, dict(lora.adapted_modules(fresh)), optimizer, scheduler,
+                               types.SimpleNamespace(scaler=None))
+    assert position.step == 3
+    for (_, module), (_, theirs) in zip(lora.adapted_modules(result.model), lora.adapted_modules(fresh)):
+        ours, restored = get_peft_model_state_dict(module), get_peft_model_state_dict(theirs)
+        assert set(ours) == set(restored)
+        for key, value in ours.items():
+            assert torch.equal(restored[key], value), key
+
+
+@pytest.fixture(scope="module")
+def pristine():
+    return load_model("tiny")
+
+
+@pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
+@pytest.mark.parametrize("network", ["lora", "dora", "loha", "lokr"])
+def test_each_network_trains_on_each_weight_format_or_is_refused_clearly(pristine, network, fmt):
+    model = copy.copy(pristine)
+    model.pipeline = copy.copy(pristine.pipeline)
+    model.pipeline.unet = copy.deepcopy(pristine.unet)
+    convert_frozen(model.unet, fmt, torch.float32)
+    config = NetworkConfig(network=network, rank=4)
+    if (network, fmt) in REFUSED:
+        with pytest.raises(LowvramError) as error:
+            lora.add_lora(model, config, 4.0, False)
+        message = str(error.value)
+        assert f"--network {network}" in message and f"--unet-weights {fmt}" in message and "use " in message
+        assert len(message.splitlines()) == 1
+        assert not any(isinstance(m, BaseTunerLayer) for m in model.unet.modules())  # nothing was added
+        return
+    params = lora.add_lora(model, config, 4.0, False)["unet"]
+    assert params and all(p.dtype == torch.float32 for p in params)
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    latents, hidden = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 5, 32, generator=generator)
+    before = [p.detach().clone() for p in params]
+    for _ in range(2):  # two steps: a layer that breaks after its first use (bnb-int8 + DoRA on the CPU) shows
+        loss = model.unet(latents, torch.tensor([10]), encoder_hidden_states=hidden).sample.pow(2).mean()
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert any(not torch.equal(p, b) for p, b in zip(params, before))
