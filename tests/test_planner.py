@@ -162,3 +162,33 @@ def test_plan_scans_a_real_dataset_too(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "usable images, 7 skipped" in " ".join(done.stdout.split())
     assert "chose" in done.stdout
+
+
+@pytest.mark.parametrize("network", ["lora", "dora", "loha", "lokr"])
+def test_the_estimate_counts_each_network_types_parameters(network):
+    from lowvram.models import load_model
+    from lowvram.plan.estimate import adapter_params, family_data
+    from lowvram.train.lora import add_adapter
+
+    model = load_model("tiny")
+    family = model.family
+    real = sum(p.numel() for p in add_adapter(model.unet, family.unet_lora_targets, 4, 4, 0.0, network))
+    estimated = adapter_params(family_data(family), Workload(family, 64, rank=4, network=network), ["unet"])
+    if network == "lokr":
+        assert real <= estimated  # LoRA's count bounds LoKr's
+    else:
+        assert real == estimated
+
+
+def test_loha_and_lokr_count_the_full_size_deltas_they_keep_for_backward():
+
+    hardware = hardware_for(None, "80GB", "64GB")
+    family = FAMILIES["sdxl"]
+
+    def activations(network: str, checkpointing: bool) -> int:
+        work = Workload(family, 1024, network=network)
+        return estimate(work, MemoryStrategy("bf16", checkpointing, "adamw"), hardware).vram["training"]["activations"]
+
+    assert activations("loha", False) - activations("lora", False) > 3 * 2**30  # SDXL: ~955 M adapted weights
+    assert activations("loha", True) - activations("lora", True) < 100 * 2**20  # one block at a time
+    assert activations("dora", False) > activations("lora", False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -88,6 +89,28 @@ def lora_per_rank(family) -> dict[str, int]:
     return counts
 
 
+def adapted_layers(family) -> dict[str, dict[str, int]]:
+    """Per part, what the adapter types beyond LoRA cost: the adapted layers' weight parameters (LoHa and
+    LoKr build a full-size delta per layer, kept for backward), their output features (DoRA's magnitudes),
+    and the most weight parameters adapted inside one block (what checkpointing keeps alive at once)."""
+    parts = {"unet": family.unet_lora_targets} | {spec.component: family.text_lora_targets
+                                                   for spec in family.text_encoders}
+    out = {}
+    for part, targets in parts.items():
+        module = trace.meta_component(family, part)
+        weights, outputs, blocks = 0, 0, {}
+        for name, layer in module.named_modules():
+            if any(name == t or name.endswith("." + t) for t in targets) and hasattr(layer, "weight"):
+                weights += layer.weight.numel()
+                outputs += layer.weight.shape[0]
+                # checkpointing recomputes one transformer block (a CLIP layer) at a time
+                block = re.sub(r"(transformer_blocks|layers)\.(\d+)\..*", r"\1.\2", name)
+                blocks[block] = blocks.get(block, 0) + layer.weight.numel()
+        out[part] = {"weight_params": weights, "output_features": outputs,
+                     "largest_block_weight_params": max(blocks.values(), default=0)}
+    return out
+
+
 def largest_layer(family) -> int:
     unet = trace.meta_component(family, "unet")
     return max(sum(p.numel() for p in module.parameters(recurse=False)) for module in unet.modules())
@@ -113,6 +136,7 @@ def build_family(name: str, resolutions: list[int], extras: bool) -> dict:
     data["part_param_counts"] = param_counts(family)
     data["lora_params_per_rank"] = lora_per_rank(family)
     data["largest_layer_params"] = largest_layer(family)
+    data["adapted_layers"] = adapted_layers(family)
     # "training" holds one batch-1 entry per (resolution, checkpointing, unet_weights) and "vae_encode" one per
     # resolution: the planner interpolates over them; other settings go to the *_variants lists
     data["training"] = [training_entry(name, r, checkpointing=c) for r in sorted(resolutions) for c in (False, True)]
@@ -161,8 +185,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one resolution per family, no extras")
     parser.add_argument("--families", nargs="+", default=list(GRID), choices=list(GRID))
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--update-adapted-layers", action="store_true",
+                        help="only recompute adapted_layers in the existing file (seconds, no tracing)")
     args = parser.parse_args()
     logging.getLogger("diffusers").setLevel(logging.ERROR)  # the dtype-cast warning on every meta build
+    if args.update_adapted_layers:
+        record = json.loads(args.out.read_text())
+        for name, data in record["families"].items():
+            data["adapted_layers"] = adapted_layers(FAMILIES[name])
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        log(f"updated adapted_layers in {args.out}")
+        return
     started = time.perf_counter()
     grid = QUICK if args.quick else GRID
     import diffusers

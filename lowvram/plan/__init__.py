@@ -29,7 +29,7 @@ def workload_for(config: RunConfig, hardware: Hardware) -> Workload:
     if config.model.vae and user_vae.is_file():  # e.g. the fp16-fixed SDXL VAE: force_upcast false
         vae = json.loads(user_vae.read_text())
     return Workload(family=family, resolution=config.data.resolution or family.resolution,
-                    batch=config.training.batch_size, rank=config.network.rank,
+                    batch=config.training.batch_size, rank=config.network.rank, network=config.network.network,
                     train_text_encoder=config.network.train_text_encoder,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),
                     compute_bytes=2 if hardware.device == "cuda" else 4,

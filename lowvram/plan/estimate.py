@@ -28,6 +28,9 @@ TILE_PX = 512  # lowvram.train.conditioning.VAE_TILE_PX (not imported: plan must
 FORMAT_COST = {"fp32": 2.0, "fp16": 1.0, "bf16": 1.0, "fp8": 1.12, "bnb-int8": 1.8, "bnb-nf4": 1.3,
                "quanto-int8": 1.35, "quanto-int4": 1.5, "quanto-fp8": 1.3}
 CHECKPOINT_COST = 1.3
+# DoRA also keeps each adapted layer's base output for its magnitude's gradient: measured 1.30x LoRA's saved
+# activations on the tiny model (CPU, SDPA; uncalibrated on a GPU)
+DORA_ACTIVATION_FACTOR = 1.3
 # A LoRA's optimizer state is megabytes: 8-bit state only pays when memory is that tight.
 OPTIMIZER_COST = {"adamw": 1.0, "adamw8bit": 1.01, "paged_adamw8bit": 1.02, "lion": 1.0, "lion8bit": 1.01,
                   "adafactor": 1.02, "prodigy": 1.03, "schedulefree_adamw": 1.01}
@@ -55,6 +58,7 @@ class Workload:
     resolution: int
     batch: int = 1
     rank: int = 16
+    network: str = "lora"  # lora, dora, loha, lokr
     train_text_encoder: bool = False
     cache_batch_size: int = 4
     sampling: bool = True
@@ -85,6 +89,25 @@ class Estimate:
     def fits(self, hardware: Hardware) -> bool:
         return (self.peak_vram() <= hardware.free_vram - VRAM_SAFETY
                 and (not hardware.host_ram or self.peak_host() <= hardware.host_ram))
+
+
+def adapter_params(data: dict, work: Workload, parts: list[str]) -> int:
+    """Trainable parameters of the adapters on `parts`: exact for LoRA (rank x (in + out) per layer), DoRA
+    (plus one magnitude per output feature) and LoHa (two LoRA-sized pairs); LoKr's Kronecker factors are
+    smaller than LoRA's at the same rank, so LoRA's count bounds them."""
+    lora = sum(data["lora_params_per_rank"][p] for p in parts) * work.rank
+    if work.network == "dora":
+        return lora + sum(data["adapted_layers"][p]["output_features"] for p in parts)
+    return 2 * lora if work.network == "loha" else lora
+
+
+def delta_weight_bytes(data: dict, work: Workload, parts: list[str], checkpointing: bool) -> int:
+    """LoHa and LoKr build each layer's full-size delta weight (fp32) in forward, and autograd keeps it for
+    backward: every adapted layer's, or with checkpointing only one recomputed block's at a time."""
+    if work.network not in ("loha", "lokr"):
+        return 0
+    key = "largest_block_weight_params" if checkpointing else "weight_params"
+    return 4 * sum(data["adapted_layers"][p][key] for p in parts)
 
 
 @lru_cache(maxsize=1)
@@ -167,15 +190,16 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     text_bytes = sum(counts[p] for p in text_parts) * work.compute_bytes
     vae_bytes = counts["vae"] * (4 if work.vae_fp32 else work.compute_bytes)
     unet_bytes = data["unet_weight_bytes"][compute_key][strategy.unet_weights]
-    lora_params = data["lora_params_per_rank"]["unet"] * work.rank
-    if work.train_text_encoder:
-        lora_params += sum(data["lora_params_per_rank"][p] for p in text_parts) * work.rank
+    trained_parts = ["unet", *(text_parts if work.train_text_encoder else [])]
+    lora_params = adapter_params(data, work, trained_parts)
     lora = lora_params * 4  # adapters train in fp32
     context = hardware.cuda_context if hardware.device == "cuda" else 0
 
     traced = training_entries(data["training"], strategy)
     activations = int(scaled(traced, work.resolution, work.batch, checkpointing=strategy.gradient_checkpointing)
-                      * UNTRACED_ACTIVATION_FACTOR.get(strategy.unet_weights, 1.0))
+                      * UNTRACED_ACTIVATION_FACTOR.get(strategy.unet_weights, 1.0)
+                      * (DORA_ACTIVATION_FACTOR if work.network == "dora" else 1.0))
+    activations += delta_weight_bytes(data, work, trained_parts, strategy.gradient_checkpointing)
     if work.train_text_encoder:
         activations += int(0.1 * text_bytes * work.batch)  # 77 tokens: small next to the U-Net (uncalibrated)
     # bitsandbytes/quanto dequantize one layer at a time (they can't be traced on fake tensors); fp8's upcast
