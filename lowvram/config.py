@@ -174,6 +174,9 @@ class MemoryConfig:
                                "precision.", choices=UNET_WEIGHTS)
     gradient_checkpointing: bool = option(False, "Recompute U-Net activations in backward to save memory "
                                           "(and the text encoders' when they train).")
+    offload_activations: bool = option(False, "Keep the activations saved for backward in pinned host RAM instead "
+                                       "of VRAM, copied back as backward needs them: for the smallest budgets, "
+                                       "at the cost of PCIe transfers (combines with --gradient-checkpointing).")
     attention: str = option("auto", "Attention kernels: xformers when installed and working, else PyTorch SDPA "
                             "(flash / memory-efficient), else math.", choices=ATTENTION)
     vae_tiling: bool = option(False, "Run the VAE in 512 px tiles when caching latents and decoding samples: far "

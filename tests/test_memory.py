@@ -197,3 +197,28 @@ def test_fp8_keeps_its_stored_weights_for_backward_not_upcast_copies():
     weights = sum(p.numel() * 4 for p in full.parameters())
     # upcast copies kept for backward would cost fp8 as much as the fp32 weights: each layer's 4-byte copy
     assert saved_for_backward_bytes(fp8) < saved_for_backward_bytes(full) - 0.5 * weights
+
+
+def test_offloading_activations_trains_the_same_lora(tmp_path):
+    from peft.utils import get_peft_model_state_dict
+
+    def weights(**options):
+        result = train(run_config(output=str(tmp_path / str(len(options))), max_steps=2, lr=1e-2, **options))
+        return get_peft_model_state_dict(result.model.unet)
+
+    plain, offloaded = weights(), weights(offload_activations=True)
+    assert plain.keys() == offloaded.keys()
+    assert all(torch.equal(plain[k], offloaded[k]) for k in plain)
+
+
+def test_the_planner_moves_offloaded_activations_to_host_ram():
+    from lowvram.hardware import hardware_for
+    from lowvram.models import FAMILIES
+    from lowvram.plan.estimate import MemoryStrategy, Workload, estimate
+
+    hardware, strategy = hardware_for(None, "24GB", "64GB"), MemoryStrategy("bf16", False, "adamw")
+    kept = estimate(Workload(FAMILIES["sdxl"], 1024), strategy, hardware)
+    moved = estimate(Workload(FAMILIES["sdxl"], 1024, offload_activations=True), strategy, hardware)
+    assert moved.vram["training"]["activations"] < kept.vram["training"]["activations"] / 4
+    assert moved.host["training"]["offloaded activations"] == kept.vram["training"]["activations"]
+    assert moved.speed > kept.speed

@@ -45,8 +45,11 @@ def planner_strategies(family_name: str, resolution: int) -> list[str]:
 
     hardware = hardware_for(None, "80GB", "128GB")
     work = Workload(FAMILIES[family_name], resolution, native_format="bf16" if hardware.bf16 else "fp16")
-    return [bench_memory.strategy_name(s.unet_weights, s.gradient_checkpointing, s.optimizer)
-            for s in strategies(work, {})]
+    names = [bench_memory.strategy_name(s.unet_weights, s.gradient_checkpointing, s.optimizer)
+             for s in strategies(work, {})]
+    # --offload-activations is the user's choice, not the planner's: measured on the leanest strategies
+    return names + [f"{name},offload" for name in names if name.endswith(",ckpt,adamw8bit")
+                    and name.split(",")[0] in ("bnb-nf4", "quanto-int4")]
 
 
 def fits(run: dict, budget_gb: float) -> bool:

@@ -19,6 +19,7 @@ Budget 0 means unlimited. The JSON records the command, commit, device, driver a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -40,12 +41,13 @@ STRATEGIES = {
 GIB = 1024**3
 
 
-def parse_strategy(name: str) -> tuple[str, bool, str]:
-    """A named strategy, or any the planner can choose written as 'weights,ckpt|nockpt,optimizer'."""
+def parse_strategy(name: str) -> tuple[str, bool, str, bool]:
+    """A named strategy, or any the planner can choose written as 'weights,ckpt|nockpt,optimizer[,offload]'
+    (offload: saved activations in pinned host RAM, --offload-activations)."""
     if name in STRATEGIES:
-        return STRATEGIES[name]
-    weights, checkpointing, optimizer = name.split(",")
-    return weights, checkpointing == "ckpt", optimizer
+        return (*STRATEGIES[name], False)
+    weights, checkpointing, optimizer, *rest = name.split(",")
+    return weights, checkpointing == "ckpt", optimizer, rest == ["offload"]
 
 
 def strategy_name(weights: str, checkpointing: bool, optimizer: str) -> str:
@@ -66,11 +68,11 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
     from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
     from lowvram.train.optim import build_optimizer
 
-    weights, checkpointing, optimizer_name = parse_strategy(strategy)
+    weights, checkpointing, optimizer_name, offload = parse_strategy(strategy)
     family = FAMILIES[family_name]
     device = torch.device(device_name)
     result = {"strategy": strategy, "unet_weights": weights, "gradient_checkpointing": checkpointing,
-              "optimizer": optimizer_name, "budget_gb": budget_gb, "family": family_name,
+              "optimizer": optimizer_name, "offload_activations": offload, "budget_gb": budget_gb, "family": family_name,
               "resolution": resolution, "batch": batch, "rank": rank}
     cuda = device.type == "cuda"
     if cuda:
@@ -108,7 +110,8 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
         times = []
         for step in range(warmup + steps):
             start = time.perf_counter()
-            with torch.autocast(device.type, dtype=compute, enabled=cuda):
+            saving = torch.autograd.graph.save_on_cpu(pin_memory=cuda) if offload else contextlib.nullcontext()
+            with torch.autocast(device.type, dtype=compute, enabled=cuda), saving:
                 noise = sample_noise(latents, 0.0)
                 loss = diffusion_loss(unet, scheduler, latents, conditioning, noise,
                                       sample_timesteps(scheduler, batch, device))
@@ -121,7 +124,7 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
                 times.append(time.perf_counter() - start)
         result.update(ok=True, seconds_per_step=statistics.median(times), loss=loss.item())
         result["estimated_peak_allocated"] = planner_estimate(family, resolution, batch, rank, weights,
-                                                              checkpointing, optimizer_name)
+                                                              checkpointing, optimizer_name, offload)
     except torch.OutOfMemoryError as exc:
         result.update(ok=False, error=f"out of memory: {str(exc).splitlines()[0]}")
     if cuda:
@@ -211,7 +214,7 @@ def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, bat
 
 
 def planner_estimate(family, resolution: int, batch: int, rank: int, weights: str, checkpointing: bool,
-                     optimizer: str) -> int | None:
+                     optimizer: str, offload: bool = False) -> int | None:
     """What `lowvram plan` predicts for this training step, comparable to max_memory_allocated (no CUDA
     context, no fragmentation margin): the calibration record for the estimator."""
     from lowvram.hardware import hardware_for
@@ -219,7 +222,8 @@ def planner_estimate(family, resolution: int, batch: int, rank: int, weights: st
 
     if weights == "fp32":
         return None
-    est = estimate(Workload(family, resolution, batch, rank, sampling=False, native_format="bf16"),
+    est = estimate(Workload(family, resolution, batch, rank, sampling=False, native_format="bf16",
+                            offload_activations=offload),
                    MemoryStrategy(weights, checkpointing, optimizer), hardware_for(None, "80GB", "128GB"))
     return sum(v for k, v in est.vram["training"].items() if k not in ("context", "fragment."))
 

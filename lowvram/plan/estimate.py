@@ -9,7 +9,7 @@ between grid points. What is not yet calibrated on a GPU (CUDA context, fragment
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +28,7 @@ TILE_PX = 512  # lowvram.train.conditioning.VAE_TILE_PX (not imported: plan must
 FORMAT_COST = {"fp32": 2.0, "fp16": 1.0, "bf16": 1.0, "fp8": 1.12, "bnb-int8": 1.8, "bnb-nf4": 1.3,
                "quanto-int8": 1.35, "quanto-int4": 1.5, "quanto-fp8": 1.3}
 CHECKPOINT_COST = 1.3
+OFFLOAD_COST = 1.5  # activations over PCIe and back (a prior: uncalibrated)
 # DoRA also keeps each adapted layer's base output for its magnitude's gradient: measured 1.30x LoRA's saved
 # activations on the tiny model (CPU, SDPA; uncalibrated on a GPU)
 DORA_ACTIVATION_FACTOR = 1.3
@@ -59,6 +60,7 @@ class Workload:
     batch: int = 1
     rank: int = 16
     network: str = "lora"  # lora, dora, loha, lokr
+    offload_activations: bool = False  # saved activations in pinned host RAM (--offload-activations)
     train_text_encoder: bool = False
     cache_batch_size: int = 4
     sampling: bool = True
@@ -200,6 +202,13 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
                       * UNTRACED_ACTIVATION_FACTOR.get(strategy.unet_weights, 1.0)
                       * (DORA_ACTIVATION_FACTOR if work.network == "dora" else 1.0))
     activations += delta_weight_bytes(data, work, trained_parts, strategy.gradient_checkpointing)
+    offloaded = 0
+    if work.offload_activations:
+        # what stays on the GPU is the op at hand and the tensors backward is using: bounded (loosely) by what
+        # checkpointing keeps; the rest waits in host RAM
+        offloaded = activations
+        checkpointed = training_entries(data["training"], replace(strategy, gradient_checkpointing=True))
+        activations = min(activations, int(scaled(checkpointed, work.resolution, work.batch, checkpointing=True)))
     if work.train_text_encoder:
         activations += int(0.1 * text_bytes * work.batch)  # 77 tokens: small next to the U-Net (uncalibrated)
     # bitsandbytes/quanto dequantize one layer at a time (they can't be traced on fake tensors); fp8's upcast
@@ -243,10 +252,11 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
         # weights' size (mostly reclaimable file pages); converting the U-Net to another format adds its copy
         "loading": {"process": HOST_BASELINE, "model": model_host,
                     "conversion": unet_bytes if strategy.unet_weights != work.native_format else 0},
-        "training": {"process": HOST_BASELINE,
+        "training": {"process": HOST_BASELINE, "offloaded activations": offloaded,
                      "parked parts": vae_bytes + (0 if work.train_text_encoder else text_bytes)},
         "saving": {"process": HOST_BASELINE, "LoRA copy": lora},
     }
     result.speed = (FORMAT_COST[strategy.unet_weights] * (CHECKPOINT_COST if strategy.gradient_checkpointing else 1)
+                    * (OFFLOAD_COST if work.offload_activations else 1)
                     * OPTIMIZER_COST[strategy.optimizer])
     return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -191,6 +191,12 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                                 lora_metadata(config, model, records, step, epoch, trigger, started))
         return path
 
+    def offload():
+        """Saved activations to pinned host RAM and back (torch's save_on_cpu), when asked for."""
+        if not config.memory.offload_activations:
+            return nullcontext()
+        return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
+
     def batch_loss(batch, share: float) -> float:
         """Forward and backward of one (part of a) batch whose loss counts `share` of the step's."""
         latents = batch.latents.to(device, weight_dtype)
@@ -203,7 +209,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         conditioning = unet_conditioning(family, hidden, pooled, batch.time_ids)
         noise = sample_noise(latents, config.training.noise_offset)
         timesteps = sample_timesteps(noise_scheduler, len(latents), device)
-        with accelerator.autocast():
+        with accelerator.autocast(), offload():
             loss = diffusion_loss(unet, noise_scheduler, latents, conditioning, noise, timesteps,
                                   config.training.min_snr_gamma, batch.weights.to(device),
                                   batch.mask.to(device) if batch.mask is not None else None)
