@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("data", metavar="DIR", help="dataset folder")
     check.add_argument("--report", type=Path, metavar="PATH", help="also write the full report as JSON")
     check.add_argument("--verbose", action="store_true", help="list every file with a note, not only skipped ones")
+    check.add_argument("--config", type=Path, help="a training config: its [model] and [data] options apply")
+    check.add_argument("--preset", help="a preset: its [data] options apply")
     _add_config_flags(check, sections=("model", "data"), skip=("data", "prediction_type"))
 
     gen = sub.add_parser("generate", allow_abbrev=False, help="render images with a LoRA",
@@ -205,8 +207,11 @@ def auto_strategy(config, values: dict, vram: str | None):
 
 
 def check_values(args: argparse.Namespace) -> dict:
-    """Options for check-data: the data flags given, and the model only to know its resolution and buckets."""
-    values = {k: v for k, v in vars(args).items() if k in fields_by_name()}
+    """Options for check-data: the [model] and [data] options of the preset, config and flags given (the
+    model only for its resolution and buckets); the rest of a training config does not matter here."""
+    known = fields_by_name()
+    values = {k: v for k, v in train_values(args).items() if known[k][0] in ("model", "data")}
+    values["data"] = args.data
     values.setdefault("model", "sd15")
     return values
 

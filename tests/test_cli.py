@@ -126,3 +126,17 @@ def test_plan_without_a_gpu_or_budget_asks_for_one(capsys):
         pytest.skip("checks the CPU message")
     assert main(["plan", "--model", "sd15"]) == 2
     assert "pass --vram SIZE or --profile NAME" in capsys.readouterr().err
+
+
+def test_check_data_reads_a_training_config_and_a_preset(tmp_path, sample_data):
+    import json
+
+    config = tmp_path / "run.toml"
+    config.write_text('[model]\nmodel = "tiny"\n[data]\ncaption_template = "{trigger} shape"\nresolution = 96\n'
+                      '[training]\nmax_steps = 7\n[optim]\nlr = 1e-3\n')
+    report = tmp_path / "report.json"
+    assert main(["check-data", str(sample_data), "--config", str(config), "--preset", "style",
+                 "--report", str(report)]) == 0
+    records = json.loads(report.read_text())["records"]
+    areas = [r["bucket"][0] * r["bucket"][1] for r in records]
+    assert records and all(0.8 * 96 * 96 <= a <= 1.2 * 96 * 96 for a in areas)  # the config's 96 px, not tiny's 64
