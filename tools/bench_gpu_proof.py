@@ -118,7 +118,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--capped", action="store_true", help="also run every strategy under every budget's cap")
     parser.add_argument("--skip-auto", action="store_true")
+    parser.add_argument("--auto-only", action="store_true", help="only the baseline and train --auto (to split a "
+                        "long run over several device calls; render the results together)")
     parser.add_argument("--strategies", nargs="+", help="only these (default: every one the planner may choose)")
+    parser.add_argument("--optimizers", nargs="+", help="only strategies with these optimizers (the optimizer "
+                        "changes a LoRA's memory by megabytes and its speed barely: one is enough per device call)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lowvram-proof")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -131,6 +135,8 @@ def main() -> None:
     for family in args.families:
         resolution = RESOLUTIONS[family]
         names = args.strategies or planner_strategies(family, resolution)
+        if args.optimizers:
+            names = [n for n in names if n.split(",")[2] in args.optimizers]
         section = {"resolution": resolution, "batch": 1, "rank": args.rank, "strategies": [], "capped": [],
                    "auto": []}
 
@@ -141,7 +147,7 @@ def main() -> None:
             return run
 
         section["baseline"] = measure("baseline")
-        section["strategies"] = [measure(name) for name in names]
+        section["strategies"] = [] if args.auto_only else [measure(name) for name in names]
         if args.capped:
             section["capped"] = [measure(name, budget) for name in names for budget in args.budgets if budget]
         if not args.skip_auto:

@@ -88,13 +88,26 @@ def chart(record: dict, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def merge(records: list[dict]) -> dict:
+    """Results of several runs on one device as one record (each family from the last run that has it)."""
+    devices = {r["environment"].get("device") for r in records}
+    if len(devices) > 1:
+        raise SystemExit(f"results from different devices ({', '.join(map(str, devices))}) do not compare")
+    merged = dict(records[-1])
+    merged["families"] = {name: section for r in records for name, section in r["families"].items()}
+    merged["command"] = " ; ".join(dict.fromkeys(r["command"] for r in records))
+    merged["commit"] = records[-1]["commit"]
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("result", type=Path)
+    parser.add_argument("results", type=Path, nargs="+", help="one or more results (e.g. one per device call); "
+                        "their families are shown together")
     parser.add_argument("--markdown", help="write the tables here ('-' for stdout)")
     parser.add_argument("--png", type=Path, help="write the chart here (needs matplotlib)")
     args = parser.parse_args()
-    record = json.loads(args.result.read_text())
+    record = merge([json.loads(path.read_text()) for path in args.results])
     if args.markdown:
         text = markdown(record)
         if args.markdown == "-":
