@@ -93,8 +93,18 @@ def merge(records: list[dict]) -> dict:
     devices = {r["environment"].get("device") for r in records}
     if len(devices) > 1:
         raise SystemExit(f"results from different devices ({', '.join(map(str, devices))}) do not compare")
+    from bench_gpu_proof import summarize
+
     merged = dict(records[-1])
-    merged["families"] = {name: section for r in records for name, section in r["families"].items()}
+    merged["families"] = {}
+    for record in records:  # a family measured over several calls: strategies from one, --auto from another
+        for name, section in record["families"].items():
+            into = merged["families"].setdefault(name, dict(section))
+            for key in ("strategies", "capped", "auto"):
+                if section.get(key):
+                    into[key] = section[key]
+    for section in merged["families"].values():
+        section["summary"] = summarize(section, merged["budgets_gb"])
     merged["command"] = " ; ".join(dict.fromkeys(r["command"] for r in records))
     merged["commit"] = records[-1]["commit"]
     return merged
