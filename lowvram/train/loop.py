@@ -175,6 +175,9 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         found = checkpoint.resolve(config.training.resume, out_dir)
         position = checkpoint.load(found, adapted, optimizer, lr_scheduler, accelerator)
         console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
+        if position.step >= total_steps:
+            console.print(f"nothing left to train: the run ends at step {total_steps} (raise --max-steps or "
+                          "--epochs to train further); writing the LoRA from the checkpoint", soft_wrap=True)
     stopping = EarlyStopping.restore(config.validation.early_stopping, position.validation)
 
     def save_checkpoint() -> Path | None:
