@@ -23,13 +23,17 @@ def generate(args: argparse.Namespace) -> list[Path]:
             raise LowvramError(f"--lora: file not found: {args.lora}")
         if args.lora.suffix.lower() != ".safetensors":
             raise LowvramError(f"--lora: {args.lora} is not a .safetensors file")
-        _refuse_what_diffusers_misreads(args.lora)
-        try:
-            pipeline.load_lora_weights(str(args.lora), adapter_name="lora")
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise LowvramError(f"--lora: {args.lora} does not fit {model.family.title}: "
-                               f"{str(exc).splitlines()[0]}") from None
-        pipeline.set_adapters(["lora"], adapter_weights=[args.weight])
+        if _lycoris_kind(args.lora):  # DoRA, LoHa, LoKr: diffusers drops or refuses them; peft applies them
+            from lowvram.train.lora import load_kohya
+
+            load_kohya(model, args.lora, args.weight)
+        else:
+            try:
+                pipeline.load_lora_weights(str(args.lora), adapter_name="lora")
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise LowvramError(f"--lora: {args.lora} does not fit {model.family.title}: "
+                                   f"{str(exc).splitlines()[0]}") from None
+            pipeline.set_adapters(["lora"], adapter_weights=[args.weight])
     size = args.resolution or model.family.resolution
     paths = []
     for i in range(args.count):
@@ -44,16 +48,11 @@ def generate(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-def _refuse_what_diffusers_misreads(path: Path) -> None:
-    """diffusers fails on LoHa/LoKr files and drops a kohya DoRA file's magnitudes (rendering plain LoRA
-    without a word): say so instead of rendering something that is not the trained LoRA."""
+def _lycoris_kind(path: Path) -> str | None:
+    """'DoRA', 'LoHa' or 'LoKr' for a kohya/LyCORIS file of that type (read from its header), else None."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
-    kind = next((name for marker, name in ((".hada_w1_a", "LoHa"), (".lokr_w1", "LoKr"), (".dora_scale", "DoRA"))
-                 if any(k.endswith(marker) or marker + "_" in k for k in keys)), None)
-    if kind:
-        hint = " (or train with --format diffusers and pass the -diffusers folder's file)" if kind == "DoRA" else ""
-        raise LowvramError(f"--lora: {path} is a {kind} file, which diffusers cannot apply correctly; try it in "
-                           f"ComfyUI or AUTOMATIC1111{hint}")
+    return next((name for marker, name in ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"))
+                 if any(marker in k for k in keys)), None)

@@ -185,14 +185,38 @@ def test_the_config_refuses_the_diffusers_layout_for_loha_and_lokr_before_traini
             run_config(network=network, format="diffusers")
 
 
-def test_generate_refuses_files_diffusers_would_misapply(trained, tmp_path):
+def test_the_kohya_file_reloads_through_peft_with_the_trained_behaviour(trained):
+    """lowvram's own reader (what `generate` uses for DoRA, LoHa and LoKr) gives back the trained model."""
+    config, result = trained
+    fresh = load_model(config.model.model)
+    assert lora.load_kohya(fresh, result.lora_path) == config.network.network
+    hidden, out = model_outputs(result.model)
+    reloaded_hidden, reloaded_out = model_outputs(fresh)
+    torch.testing.assert_close(reloaded_hidden, hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reloaded_out, out, rtol=1e-4, atol=1e-5)
+    if config.network.network != "dora":  # (DoRA's learned magnitudes apply even with no delta)
+        muted = load_model(config.model.model)
+        lora.load_kohya(muted, result.lora_path, strength=0.0)
+        base_hidden, base_out = model_outputs(load_model(config.model.model))
+        muted_hidden, muted_out = model_outputs(muted)
+        torch.testing.assert_close(muted_out, base_out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(muted_hidden, base_hidden, rtol=1e-5, atol=1e-6)
+
+
+def test_generate_renders_with_every_network_type(trained, tmp_path):
     from lowvram.cli import main
 
     config, result = trained
-    code = main(["generate", "--model", config.model.model, "--lora", str(result.lora_path), "--prompt", "x",
-                 "--steps", "1", "--output", str(tmp_path / "x.png")])
-    refused = config.network.network in ("dora", "loha", "lokr")
-    assert code == (2 if refused else 0) and (tmp_path / "x.png").exists() != refused
+    assert main(["generate", "--model", config.model.model, "--lora", str(result.lora_path), "--prompt", "x",
+                 "--steps", "1", "--weight", "0.7", "--output", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").is_file()
+
+
+def test_a_file_for_another_family_is_refused(trained):
+    config, result = trained
+    other = load_model("tiny-sdxl" if config.model.model == "tiny" else "tiny")
+    with pytest.raises(LowvramError, match="does not fit"):
+        lora.load_kohya(other, result.lora_path)
 
 
 def test_metadata_names_the_network_as_kohya_and_lycoris_do(trained):

@@ -231,3 +231,87 @@ def tag_frequency(captions_by_folder: dict[str, list[str]]) -> str:
                 if tag:
                     counts[tag] = counts.get(tag, 0) + 1
     return json.dumps(freq, ensure_ascii=False)
+
+
+def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
+    """Apply a kohya/LyCORIS file (LoRA, DoRA, LoHa or LoKr; ours or another trainer's) to the model through
+    peft: the inverse of `save_kohya`. diffusers' loader reads plain LoRA only (it drops `dora_scale`).
+    Per-layer ranks and alphas are kept (peft's rank/alpha patterns); returns the network type."""
+    from peft import LoKrConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    network = _network_of(tensors)
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        base, suffix = key.split(".", 1)
+        layers.setdefault(base, {})[suffix] = tensor
+    try:
+        factor = int(json.loads(metadata.get("ss_network_args") or "{}").get("factor", -1))
+    except (ValueError, AttributeError):
+        factor = -1
+    parts = [(UNET_KOHYA_PREFIX, model.unet, False)] + [(spec.kohya_prefix, encoder, True) for spec, encoder
+                                                        in zip(model.family.text_encoders, model.text_encoders)]
+    placed = set()
+    for prefix, module, is_text in parts:
+        paths = {}
+        for name, layer in module.named_modules():
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+                kohya_path = "text_model." + name if is_text and not name.startswith("text_model.") else name
+                paths[f"{prefix}_{kohya_path.replace('.', '_')}"] = name
+        found = {paths[base]: own for base, own in layers.items() if base in paths}
+        if not found:
+            continue
+        placed.update(base for base in layers if base in paths)
+        ranks = {name: _rank_of(own) for name, own in found.items()}
+        alphas = {name: float(own["alpha"]) if "alpha" in own else float(ranks[name]) for name, own in found.items()}
+        first = next(iter(found))
+        config = peft_config(network, tuple(found), ranks[first], alphas[first], 0.0, factor)
+        if isinstance(config, LoKrConfig):
+            config.decompose_both = any("lokr_w1_a" in own for own in found.values())
+        config.rank_pattern, config.alpha_pattern = ranks, alphas
+        module.add_adapter(config)
+        state = {f"{name}.{_peft_suffix(suffix)}": _peft_tensor(suffix, tensor)
+                 for name, own in found.items() for suffix, tensor in own.items() if suffix != "alpha"}
+        try:
+            set_peft_model_state_dict(module, state)
+        except RuntimeError as exc:
+            raise LowvramError(f"--lora: {path} does not fit {model.family.title}: {str(exc).splitlines()[0]}") from None
+        for _, layer in adapted_layers(module):
+            layer.scaling[ADAPTER] *= strength
+    missing = sorted(set(layers) - placed)
+    if missing:
+        raise LowvramError(f"--lora: {path} does not fit {model.family.title}: no layer for {missing[0]} (and "
+                           f"{len(missing) - 1} more); was it trained for another model family?")
+    return network
+
+
+def _network_of(tensors: dict[str, torch.Tensor]) -> str:
+    suffixes = {key.split(".", 1)[1] for key in tensors if "." in key}
+    if any(s.startswith("hada_") for s in suffixes):
+        return "loha"
+    if any(s.startswith("lokr_") for s in suffixes):
+        return "lokr"
+    if "lora_down.weight" in suffixes:
+        return "dora" if "dora_scale" in suffixes else "lora"
+    raise LowvramError("--lora: no LoRA, DoRA, LoHa or LoKr layers in the file (kohya/LyCORIS key names expected)")
+
+
+def _rank_of(own: dict[str, torch.Tensor]) -> int:
+    for key, axis in (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1)):
+        if key in own:
+            return int(own[key].shape[axis])
+    # LoKr with no decomposed factor has no rank; LyCORIS then applies no alpha/rank scale (alpha = rank)
+    return max(1, int(float(own.get("alpha", torch.tensor(1.0)))))
+
+
+def _peft_suffix(suffix: str) -> str:
+    return {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight",
+            "dora_scale": "lora_magnitude_vector"}.get(suffix, suffix)
+
+
+def _peft_tensor(suffix: str, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(-1) if suffix == "dora_scale" else tensor
