@@ -94,6 +94,9 @@ class DataConfig:
     shuffle_tags: bool = option(False, "Shuffle comma-separated caption tags (kohya's shuffle_caption).")
     keep_tokens: int = option(0, "Leading caption tags kept in place when shuffling.", metavar="N")
     caption_dropout: float = option(0.0, "Probability of training a step on the empty caption.")
+    max_token_length: int = option(75, "Caption tokens the text encoders read (kohya's max_token_length): 75, 150 "
+                                   "or 225. Longer captions are cut there; 150 and 225 read them in 75-token "
+                                   "chunks, as AUTOMATIC1111 and ComfyUI read long prompts.", metavar="N")
     caption_variants: int = option(4, "Shuffled captions cached per caption when tags are shuffled.", metavar="N")
     background: str = option("white", "Colour transparent images are composited on (white, black, grey, #RRGGBB).")
     alpha_mask: bool = option(False, "Use transparency as a loss mask instead of compositing it.")
@@ -478,6 +481,8 @@ def _check(c: RunConfig) -> list[str]:
     positive("keep-tokens", c.data.keep_tokens, allow_zero=True)
     positive("prior-loss-weight", c.data.prior_loss_weight, allow_zero=True)
     positive("cache-batch-size", c.data.cache_batch_size)
+    if c.data.max_token_length not in (75, 150, 225):
+        p.append(f"--max-token-length: {c.data.max_token_length} is not one of 75, 150, 225")
     if c.data.keep_tokens and not c.data.shuffle_tags:
         p.append("--keep-tokens: only matters with --shuffle-tags; add it or drop --keep-tokens")
     from lowvram.data.prepare import parse_colour

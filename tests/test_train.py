@@ -220,3 +220,38 @@ def test_part_by_part_sampler_matches_the_diffusers_pipeline(family):
     cached = render(model, "lvshape, a red circle", 64, 4, seed=3, device=torch.device("cpu"),
                     autocast=contextlib.nullcontext, embeddings=embeddings)
     assert np.array_equal(np.asarray(cached), np.asarray(ours))
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-sdxl"])
+def test_long_captions_are_read_in_75_token_chunks(model_name):
+    model = load_model(model_name)
+    head = ", ".join(f"tag{i}" for i in range(40))  # about 80 tokens
+    captions = [head + ", a red circle", head + ", a blue square"]  # differ only after the first 75 tokens
+
+    def encode(max_tokens):
+        with torch.no_grad():
+            return encode_prompts(model.family, model.text_encoders, model.tokenizers, captions, "cpu", max_tokens)
+
+    plain, plain_pooled = encode(75)
+    chunked, chunked_pooled = encode(225)
+    assert plain.shape[1] == 77 and chunked.shape[1] == 227
+    assert torch.equal(plain[0], plain[1])  # cut at 75 tokens: the difference is lost
+    assert not torch.allclose(chunked[0], chunked[1])  # read in chunks: it is kept
+    torch.testing.assert_close(chunked[:, :76], plain[:, :76])  # the first chunk is the plain encoding
+    if plain_pooled is not None:
+        torch.testing.assert_close(chunked_pooled, plain_pooled)  # SDXL pools the first chunk, as kohya
+
+
+def test_a_run_with_long_captions_caches_and_trains_on_all_of_them(tmp_path):
+    data = tmp_path / "data" / "3_long"
+    data.mkdir(parents=True)
+    from PIL import Image
+
+    for i, colour in enumerate(["red", "blue"]):
+        Image.new("RGB", (64, 64), colour).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(", ".join(f"tag{j}" for j in range(60)) + f", {colour}\n")
+    result = train(run_config(data=str(tmp_path / "data"), output=str(tmp_path / "out"), max_token_length=225,
+                              max_steps=2))
+    assert result.data.load([0], random.Random(0)).hidden.shape[1] == 227
+    with safe_open(str(result.lora_path), "pt") as f:
+        assert f.metadata()["ss_max_token_length"] == "225"

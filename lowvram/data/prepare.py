@@ -97,7 +97,8 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
                               config.data.caption_variants)
     cache_text = not config.network.train_text_encoder
     vae_id = module_fingerprint(model.vae)
-    text_id = module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])
+    text_id = (module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])
+               + (f"/tokens{config.data.max_token_length}" if config.data.max_token_length != 75 else ""))
     latent_store, text_store = TensorStore(cache_dir, "latents"), TensorStore(cache_dir, "text")
 
     latent_jobs: dict[str, LatentJob] = {}
@@ -159,7 +160,8 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
         for encoder in model.text_encoders:
             encoder.to(device)
         def encode(texts):
-            return encode_prompts(family, model.text_encoders, model.tokenizers, texts, device)
+            return encode_prompts(family, model.text_encoders, model.tokenizers, texts, device,
+                                  config.data.max_token_length)
 
         encoded_texts = encode_texts(missing_texts, text_store, encode, batch, console)
         if config.output.sample_prompts:

@@ -31,6 +31,7 @@ class LoadedModel:
     source: str
     name: str  # short name for metadata and file names
     hash: str  # AUTOMATIC1111's short model hash (or a stand-in for random-init models)
+    max_token_length: int = 75  # caption tokens the text encoders read (--max-token-length)
 
     @property
     def unet(self) -> torch.nn.Module:

@@ -27,19 +27,50 @@ def encode_images(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return (latents - shift) * vae.config.scaling_factor
 
 
+CHUNK_TOKENS = 75  # CLIP reads 77 tokens: BOS, 75 of the caption, EOS
+
+
 def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, captions: list[str],
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   device: torch.device, max_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Cross-attention states (the encoders' chosen hidden states, concatenated) and the pooled embedding
-    of the encoder marked `pooled` (SDXL), exactly as the family's diffusers pipeline computes them."""
+    of the encoder marked `pooled` (SDXL), exactly as the family's diffusers pipeline computes them.
+
+    `max_tokens` 150 or 225 reads longer captions as kohya's max_token_length and AUTOMATIC1111/ComfyUI's long
+    prompts do: 75-token chunks, each encoded with its own BOS/EOS, joined without the inner BOS/EOS (so 227
+    states for 225 tokens); the pooled embedding is the first chunk's."""
+    chunks = max(1, max_tokens // CHUNK_TOKENS)
     states, pooled = [], None
     for spec, encoder, tokenizer in zip(family.text_encoders, text_encoders, tokenizers):
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        out = encoder(ids, output_hidden_states=True)
-        states.append(out.last_hidden_state if spec.hidden_state == -1 else out.hidden_states[spec.hidden_state])
+        ids = tokenizer(captions, padding="max_length", max_length=chunks * CHUNK_TOKENS + 2, truncation=True,
+                        return_tensors="pt").input_ids
+        if chunks > 1:
+            ids = _chunked(ids, chunks, tokenizer)
+        out = encoder(ids.to(device), output_hidden_states=True)
+        hidden = out.last_hidden_state if spec.hidden_state == -1 else out.hidden_states[spec.hidden_state]
+        if chunks > 1:
+            hidden = hidden.reshape(len(captions), chunks, CHUNK_TOKENS + 2, -1)
+            hidden = torch.cat([hidden[:, 0, :1], hidden[:, :, 1:-1].flatten(1, 2), hidden[:, -1, -1:]], dim=1)
+        states.append(hidden)
         if spec.pooled:
-            pooled = out.text_embeds
+            pooled = out.text_embeds if chunks == 1 else out.text_embeds[::chunks]
     return torch.cat(states, dim=-1), pooled
+
+
+def _chunked(ids: torch.Tensor, chunks: int, tokenizer) -> torch.Tensor:
+    """(B, chunks*75 + 2) token ids as (B*chunks, 77): each 75-token piece between a BOS and an EOS. A piece
+    that ends inside the caption gets an EOS of its own; a piece past the caption's end is padding, as
+    kohya's get_input_ids builds it."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    body = ids[:, 1:-1].reshape(len(ids), chunks, CHUNK_TOKENS)
+    out = torch.full((len(ids), chunks, CHUNK_TOKENS + 2), pad, dtype=ids.dtype)
+    out[:, :, 0] = bos
+    out[:, :, 1:-1] = body
+    last = ids[:, -1:].expand(-1, chunks)  # the sequence's own end: EOS when truncated, else padding
+    out[:, :, -1] = torch.where((body[:, :, -1] != eos) & (body[:, :, -1] != pad), eos, last)
+    empty = body[:, :, 0] == pad  # a chunk wholly past the caption: an EOS right after BOS, as for ""
+    out[:, :, 1] = torch.where(empty, eos, out[:, :, 1])
+    return out.reshape(-1, CHUNK_TOKENS + 2)
 
 
 def unet_conditioning(family: ModelFamily, hidden: torch.Tensor, pooled: torch.Tensor | None,

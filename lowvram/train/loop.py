@@ -107,6 +107,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         # straight into the compute dtype: an SDXL checkpoint never exists in fp32 in host RAM
         model = load_model(config.model.model, config.model.model_family, dtype=weight_dtype, vae=config.model.vae)
     family = model.family
+    model.max_token_length = config.data.max_token_length
     noise_scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
     if config.model.prediction_type:
         noise_scheduler.register_to_config(prediction_type=config.model.prediction_type)
@@ -205,7 +206,8 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         latents = batch.latents.to(device, weight_dtype)
         if train_text:
             with accelerator.autocast():
-                hidden, pooled = encode_prompts(family, text_encoders, model.tokenizers, batch.captions, device)
+                hidden, pooled = encode_prompts(family, text_encoders, model.tokenizers, batch.captions, device,
+                                                config.data.max_token_length)
         else:
             hidden = batch.hidden.to(device, weight_dtype)
             pooled = batch.pooled.to(device, weight_dtype) if batch.pooled is not None else None
@@ -225,7 +227,8 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
             total, count = validation_loss(
                 model.unet, noise_scheduler, family, data, validation_samples[rank::world],
                 config.validation.validation_timesteps, config.training.seed, device, weight_dtype,
-                accelerator.autocast, model.text_encoders if train_text else None, model.tokenizers)
+                accelerator.autocast, model.text_encoders if train_text else None, model.tokenizers,
+                config.data.max_token_length)
         total, count = _sum_over_processes(accelerator, total, count)
         return total / count
 

@@ -38,7 +38,8 @@ def render(model: LoadedModel, prompt: str, resolution: int, steps: int, seed: i
         text_home = next(model.text_encoders[0].parameters()).device
         _visit(model.text_encoders, device)
         with autocast():
-            hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers, ["", prompt], device)
+            hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers, ["", prompt], device,
+                                            model.max_token_length)
         _visit(model.text_encoders, text_home)
     else:
         hidden, pooled = (None if t is None else t.to(device) for t in embeddings)

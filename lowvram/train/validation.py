@@ -40,7 +40,7 @@ def fixed_timesteps(count: int, train_timesteps: int) -> list[int]:
 @torch.no_grad()
 def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: list[Sample], timesteps: int,
                     seed: int, device: torch.device, dtype: torch.dtype, autocast, text_encoders=None,
-                    tokenizers=None) -> tuple[float, int]:
+                    tokenizers=None, max_tokens: int = 75) -> tuple[float, int]:
     """Sum and count of the losses of `samples` (each image at every fixed timestep, noise seeded per image
     and timestep). `text_encoders`: encode captions live (when they train), else use cached embeddings."""
     total, count = 0.0, 0
@@ -49,7 +49,8 @@ def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: 
         latents = entry["latent"][None].to(device, dtype)
         if text_encoders is not None:
             with autocast():
-                hidden, pooled = encode_prompts(family, text_encoders, tokenizers, [sample.caption], device)
+                hidden, pooled = encode_prompts(family, text_encoders, tokenizers, [sample.caption], device,
+                                                max_tokens)
         else:
             text = data.text_store.load(sample.text_keys[0])
             hidden = text["hidden"][None].to(device, dtype)
