@@ -54,6 +54,47 @@ def strategy_name(weights: str, checkpointing: bool, optimizer: str) -> str:
     return f"{weights},{'ckpt' if checkpointing else 'nockpt'},{optimizer}"
 
 
+def timed_steps(step, steps: int, warmup: int, cuda: bool) -> dict:
+    """Run `step` warmup + steps times; the median seconds of the timed ones (the GPU synchronized) and the
+    last loss."""
+    import torch
+
+    times, loss = [], None
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        loss = step()
+        if cuda:
+            torch.cuda.synchronize()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"seconds_per_step": statistics.median(times), "loss": loss}
+
+
+def cap(result: dict, budget_gb: float) -> None:
+    """Record the CUDA context (driver and context, before anything of ours) and hold the process to the budget."""
+    import torch
+
+    torch.cuda.init()
+    free, total = torch.cuda.mem_get_info()
+    result["context_bytes"] = total - free
+    if budget_gb:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * GIB / total))
+
+
+def finish(result: dict, cuda: bool) -> dict:
+    """The run's peaks: GPU allocated and reserved (plus the context), and the host's resident set."""
+    import resource
+
+    import torch
+
+    if cuda:
+        result["peak_allocated"] = torch.cuda.max_memory_allocated()
+        result["peak_reserved"] = torch.cuda.max_memory_reserved()
+        result["peak_reserved_plus_context"] = result["peak_reserved"] + result["context_bytes"]
+    result["host_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return result
+
+
 def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, steps: int, warmup: int,
             batch: int, rank: int, device_name: str) -> dict:
     """One measurement, in this process."""
@@ -76,11 +117,7 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
               "resolution": resolution, "batch": batch, "rank": rank}
     cuda = device.type == "cuda"
     if cuda:
-        torch.cuda.init()
-        free, total = torch.cuda.mem_get_info()
-        result["context_bytes"] = total - free  # driver + CUDA context (nothing allocated by us yet)
-        if budget_gb:
-            torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * GIB / total))
+        cap(result, budget_gb)
     compute = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda
                                                                                else torch.float32)
     try:
@@ -107,9 +144,8 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        times = []
-        for step in range(warmup + steps):
-            start = time.perf_counter()
+
+        def step() -> float:
             saving = torch.autograd.graph.save_on_cpu(pin_memory=cuda) if offload else contextlib.nullcontext()
             with torch.autocast(device.type, dtype=compute, enabled=cuda), saving:
                 noise = sample_noise(latents, 0.0)
@@ -118,23 +154,14 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if cuda:
-                torch.cuda.synchronize()
-            if step >= warmup:
-                times.append(time.perf_counter() - start)
-        result.update(ok=True, seconds_per_step=statistics.median(times), loss=loss.item())
+            return loss.item()
+
+        result.update(ok=True, **timed_steps(step, steps, warmup, cuda))
         result["estimated_peak_allocated"] = planner_estimate(family, resolution, batch, rank, weights,
                                                               checkpointing, optimizer_name, offload)
     except torch.OutOfMemoryError as exc:
         result.update(ok=False, error=f"out of memory: {str(exc).splitlines()[0]}")
-    if cuda:
-        result["peak_allocated"] = torch.cuda.max_memory_allocated()
-        result["peak_reserved"] = torch.cuda.max_memory_reserved()
-        result["peak_reserved_plus_context"] = result["peak_reserved"] + result["context_bytes"]
-    import resource
-
-    result["host_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return result
+    return finish(result, cuda)
 
 
 def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, batch: int, rank: int,
@@ -157,11 +184,7 @@ def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, bat
     result = {"strategy": "baseline (diffusers example defaults)", "budget_gb": budget_gb, "family": family_name,
               "resolution": resolution, "batch": batch, "rank": rank}
     if cuda:
-        torch.cuda.init()
-        free, total = torch.cuda.mem_get_info()
-        result["context_bytes"] = total - free
-        if budget_gb:
-            torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * GIB / total))
+        cap(result, budget_gb)
     dtype = torch.float16 if cuda else torch.float32
     try:
         pipeline = build_from_config(family, dtype=dtype)
@@ -182,9 +205,8 @@ def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, bat
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        times = []
-        for step in range(warmup + steps):
-            start = time.perf_counter()
+
+        def step() -> float:
             with torch.autocast(device.type, dtype=dtype, enabled=cuda):
                 with torch.no_grad():
                     latents = encode_images(vae, pixels).to(dtype)
@@ -196,21 +218,12 @@ def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, bat
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            if cuda:
-                torch.cuda.synchronize()
-            if step >= warmup:
-                times.append(time.perf_counter() - start)
-        result.update(ok=True, seconds_per_step=statistics.median(times), loss=loss.item())
+            return loss.item()
+
+        result.update(ok=True, **timed_steps(step, steps, warmup, cuda))
     except torch.OutOfMemoryError as exc:
         result.update(ok=False, error=f"out of memory: {str(exc).splitlines()[0]}")
-    if cuda:
-        result["peak_allocated"] = torch.cuda.max_memory_allocated()
-        result["peak_reserved"] = torch.cuda.max_memory_reserved()
-        result["peak_reserved_plus_context"] = result["peak_reserved"] + result["context_bytes"]
-    import resource
-
-    result["host_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return result
+    return finish(result, cuda)
 
 
 def planner_estimate(family, resolution: int, batch: int, rank: int, weights: str, checkpointing: bool,
