@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _quiet_libraries() -> None:
     """diffusers/transformers warn about things users can't act on (safety checker, unused config keys)."""
+    import logging
     import warnings
 
     from diffusers.utils import logging as diffusers_logging
@@ -290,6 +291,9 @@ def _quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # bitsandbytes (imported by peft) tries to fetch a CPU kernel from the hub on AVX512-BF16 CPUs and logs its
+    # failure on every run; it falls back to its own kernel, so there is nothing for the user to do
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

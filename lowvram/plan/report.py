@@ -27,13 +27,17 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), relative time per step")
     for column in ("strategy", "fits", *[SHORT[p] for p in SHOWN_PHASES], "host", "time"):
         table.add_column(column, justify="left" if column == "strategy" else "right", no_wrap=True)
-    for est in result.candidates[:top]:
+    rows = shown_candidates(result, top)
+    for est in rows:
         fits = est.fits(hardware)
         style = "bold green" if est is result.choice else ("" if fits else "dim")
         table.add_row(est.strategy.label, "yes" if fits else "no",
                       *[gib(est.peak_vram(phase)) for phase in SHOWN_PHASES], gib(est.peak_host()),
                       f"{est.speed:.2f}", style=style)
     console.print(table)
+    if len(rows) < len(result.candidates):
+        console.print(f"[dim]{len(result.candidates) - len(rows)} more strategies: lowvram plan --json lists every "
+                      "one[/]")
     shown = result.choice or min(result.candidates, key=lambda e: e.peak_vram())
     console.print(breakdown(shown))
     console.print(f"latent caching: {shown.cache_batch_size} image(s) per VAE call"
@@ -43,6 +47,19 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
         console.print(f"  would fit with: {suggestion}")
     console.print("[dim]activations are traced per model and scaled; CUDA context, fragmentation and relative "
                   "speeds are priors until calibrated on a GPU (tools/bench_memory.py)[/]")
+
+
+def shown_candidates(result: Plan, top: int) -> list[Estimate]:
+    """The rows worth reading, fastest first: the choice and the next strategies that fit, plus the fastest one
+    and those just faster than the choice that do not (what more VRAM would buy); when nothing fits, the
+    leanest."""
+    if result.choice is None:
+        leanest = sorted(result.candidates, key=lambda e: e.peak_vram())[:top]
+        return [e for e in result.candidates if e in leanest]
+    faster = [e for e in result.candidates if e.speed < result.choice.speed]
+    over = (faster[:1] + faster[1:][-2:]) if faster else []
+    fitting = [e for e in result.candidates if e.fits(result.hardware)][:max(1, top - len(over))]
+    return [e for e in result.candidates if e in over or e in fitting]
 
 
 def breakdown(est: Estimate) -> Table:
