@@ -42,7 +42,7 @@ print(json.dumps({"before_load": before, "after_load": loaded, "after_reading_ev
 """
 
 
-def write_model(family_name: str, work: Path) -> dict[str, Path]:
+def write_model(family_name: str, work: Path, single_file: bool = True) -> dict[str, Path]:
     import torch
     from ldm_layout import sd15_single_file, sdxl_single_file
     from safetensors.torch import save_file
@@ -53,14 +53,16 @@ def write_model(family_name: str, work: Path) -> dict[str, Path]:
     family = FAMILIES[family_name]
     work.mkdir(parents=True, exist_ok=True)
     single, folder = work / f"{family_name}-random.safetensors", work / f"{family_name}-random"
-    if single.is_file() and (folder / "model_index.json").is_file():
-        return {"single-file": single, "diffusers folder": folder}
+    written = {"single-file": single, "diffusers folder": folder} if single_file else {"diffusers folder": folder}
+    if all(path.exists() for path in written.values()) and (folder / "model_index.json").is_file():
+        return written
     pipeline = build_from_config(family, dtype=torch.float16)
-    encoders = [getattr(pipeline, spec.component) for spec in family.text_encoders]
-    writer = sdxl_single_file if len(encoders) == 2 else sd15_single_file
-    save_file(writer(pipeline.unet, pipeline.vae, *encoders), str(single))
+    if single_file:
+        encoders = [getattr(pipeline, spec.component) for spec in family.text_encoders]
+        writer = sdxl_single_file if len(encoders) == 2 else sd15_single_file
+        save_file(writer(pipeline.unet, pipeline.vae, *encoders), str(single))
     pipeline.save_pretrained(str(folder), safe_serialization=True)
-    return {"single-file": single, "diffusers folder": folder}
+    return written
 
 
 def planner_estimate(family_name: str) -> dict:
@@ -80,14 +82,16 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=("sd15", "sdxl"), required=True)
+    parser.add_argument("--family", choices=("sd15", "sdxl", "tiny", "tiny-sdxl"), required=True)
     parser.add_argument("--work", type=Path, required=True, help="where the random-weight model files are written")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--write-only", action="store_true", help="only write the random-weight model files")
+    parser.add_argument("--folder-only", action="store_true", help="with --write-only: only the diffusers folder "
+                        "(what tools/bench_gpu_proof.py reads)")
     args = parser.parse_args()
 
     if args.write_only:
-        write_model(args.family, args.work)
+        write_model(args.family, args.work, single_file=not args.folder_only)
         return
     # written by a process of its own, so none of the building's memory is in this one's children
     subprocess.run([sys.executable, __file__, "--family", args.family, "--work", str(args.work), "--out",

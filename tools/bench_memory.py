@@ -96,8 +96,10 @@ def finish(result: dict, cuda: bool) -> dict:
 
 
 def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, steps: int, warmup: int,
-            batch: int, rank: int, device_name: str) -> dict:
-    """One measurement, in this process."""
+            batch: int, rank: int, device_name: str, model_dir: str | None = None) -> dict:
+    """One measurement, in this process. With `model_dir` (a diffusers folder of random weights, written once)
+    the U-Net is read from it, memory-mapped, instead of filled with random numbers again: seconds, not a
+    minute, for SDXL."""
     import torch
 
     from lowvram.attention import set_attention
@@ -121,7 +123,13 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
     compute = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda
                                                                                else torch.float32)
     try:
-        unet = random_unet(family, dtype=compute if weights not in ("fp32",) else torch.float32)
+        dtype = compute if weights not in ("fp32",) else torch.float32
+        if model_dir:
+            from diffusers import UNet2DConditionModel
+
+            unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=dtype)
+        else:
+            unet = random_unet(family, dtype=dtype)
         convert_frozen(unet, weights, compute)
         unet.to(device)
         result["unet_bytes"] = storage_bytes(unet)
@@ -165,7 +173,7 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
 
 
 def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, batch: int, rank: int,
-                 device_name: str, budget_gb: float = 0) -> dict:
+                 device_name: str, budget_gb: float = 0, model_dir: str | None = None) -> dict:
     """The usual way, as diffusers' train_text_to_image_lora(_sdxl).py does by default: every part in fp16 on
     the GPU, the VAE and the text encoder(s) run on every step (no caches), fp32 LoRA on the U-Net, AdamW,
     no gradient checkpointing, PyTorch's default attention (SDPA)."""
@@ -187,7 +195,12 @@ def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, bat
         cap(result, budget_gb)
     dtype = torch.float16 if cuda else torch.float32
     try:
-        pipeline = build_from_config(family, dtype=dtype)
+        if model_dir:
+            from lowvram.models.loading import load_model
+
+            pipeline = load_model(model_dir, family.name, dtype=dtype).pipeline
+        else:
+            pipeline = build_from_config(family, dtype=dtype)
         unet, vae = pipeline.unet, pipeline.vae
         encoders = [getattr(pipeline, spec.component) for spec in family.text_encoders]
         tokenizers = [getattr(pipeline, spec.tokenizer) for spec in family.text_encoders]
@@ -242,12 +255,18 @@ def planner_estimate(family, resolution: int, batch: int, rank: int, weights: st
 
 
 def measure(family: str, resolution: int, strategy: str, budget: float, steps: int, warmup: int, batch: int,
-            rank: int, device: str) -> dict:
-    """One run in a subprocess of its own: clean peaks, and an out-of-memory (or a crash) ends only it."""
+            rank: int, device: str, model_dir: str | None = None, timeout: float | None = None) -> dict:
+    """One run in a subprocess of its own: clean peaks, and an out-of-memory, a crash or a hang (`timeout`
+    seconds) ends only it."""
     cmd = [sys.executable, __file__, "--one", "--family", family, "--resolution", str(resolution), "--strategies",
            strategy, "--budgets", str(budget), "--steps", str(steps), "--warmup", str(warmup), "--batch", str(batch),
            "--rank", str(rank), "--device", device]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if model_dir:
+        cmd += ["--model-dir", str(model_dir)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"strategy": strategy, "budget_gb": budget, "ok": False, "error": f"timed out after {timeout:.0f} s"}
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
@@ -293,6 +312,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--model-dir", help="a diffusers folder of the family with random weights to read the U-Net "
+                        "from (see tools/bench_host_ram.py --write-only); default: fill one with random numbers")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -302,16 +323,16 @@ def main() -> None:
     if args.one:
         if args.strategies[0] == "baseline":
             print(json.dumps(run_baseline(args.family, resolution, args.steps, args.warmup, args.batch, args.rank,
-                                          args.device, args.budgets[0])))
+                                          args.device, args.budgets[0], args.model_dir)))
         else:
             print(json.dumps(run_one(args.family, resolution, args.strategies[0], args.budgets[0], args.steps,
-                                     args.warmup, args.batch, args.rank, args.device)))
+                                     args.warmup, args.batch, args.rank, args.device, args.model_dir)))
         return
     runs = []
     for strategy in args.strategies:
         for budget in args.budgets:
             run = measure(args.family, resolution, strategy, budget, args.steps, args.warmup, args.batch, args.rank,
-                          args.device)
+                          args.device, args.model_dir)
             runs.append(run)
             print(json.dumps(run), flush=True)
     record = {"benchmark": "training step memory and speed per strategy",
