@@ -192,7 +192,7 @@ def main() -> None:
                                       "baseline": {}, "strategies": [], "capped": [], "auto": []}
 
     def save() -> None:
-        for family, section in record["families"].items():
+        for section in record["families"].values():
             section["summary"] = summarize(section, args.budgets)
         record["seconds"] = round(time.monotonic() - started)
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,8 +212,10 @@ def main() -> None:
         else:
             run = bench_memory.measure(family, resolution, name, budget, args.steps, args.warmup, 1, args.rank,
                                        args.device, models[family], timeout)
-        {"baseline": lambda r: section.update(baseline=r), "strategy": section["strategies"].append,
-         "capped": section["capped"].append, "auto": section["auto"].append}[kind](run)
+        if kind == "baseline":
+            section["baseline"] = run
+        else:
+            section[{"strategy": "strategies", "capped": "capped", "auto": "auto"}[kind]].append(run)
         print(f"[{time.monotonic() - started:5.0f} s] {json.dumps(run)}", flush=True)
         save()
     save()
