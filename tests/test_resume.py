@@ -191,3 +191,18 @@ def test_optimizer_state_round_trips_through_a_checkpoint(tmp_path, optimizer):
     fresh.step()
     for p, a in zip(params, after_original):
         assert torch.equal(p.detach(), a)
+
+
+def test_fp16_scaler_overflows_are_routine_until_the_scale_falls_below_one():
+    """Under fp16 the grad scaler skips an update whose gradients overflow and lowers its scale, often several
+    steps in a row at first: that is no bad step. A non-finite loss is, and so are gradients that still
+    overflow at a scale under 1. (The whole fp16 path runs in tests/test_gpu.py, on CUDA.)"""
+    from lowvram.train.loop import step_verdict
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    assert step_verdict(0.1, torch.tensor(3.0), scaler) == "ok"
+    assert step_verdict(0.1, torch.tensor(float("inf")), scaler) == "scaler overflow"
+    assert step_verdict(float("nan"), torch.tensor(3.0), scaler) == "bad"
+    assert step_verdict(0.1, torch.tensor(float("nan")), None) == "bad"  # bf16/fp32: no scaler to absorb it
+    low = torch.amp.GradScaler("cpu", init_scale=0.25)
+    assert step_verdict(0.1, torch.tensor(float("inf")), low) == "bad"

@@ -36,6 +36,7 @@ from lowvram.train.validation import EarlyStopping, hold_out, validation_loss
 
 DEFAULT_EPOCHS = 10
 MAX_BAD_STEPS = 5  # non-finite steps in a row before the run stops
+MIN_GRAD_SCALE = 1.0  # fp16: overflows the grad scaler has brought its scale below this are not fp16's range
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 WEIGHT_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -264,15 +265,15 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
             step_loss /= world
             # one total norm (one device sync), unscaled first under fp16; inf max_norm measures without clipping
             grad_norm = accelerator.clip_grad_norm_(all_params, config.optim.max_grad_norm or math.inf)
-            finite = math.isfinite(step_loss) and (grad_norm is None or math.isfinite(float(grad_norm)))
-            if finite or accelerator.scaler is not None:
+            verdict = step_verdict(step_loss, grad_norm, accelerator.scaler)
+            if verdict == "ok" or accelerator.scaler is not None:
                 # under fp16 the grad scaler skips a non-finite update itself and lowers its scale; it must see
                 # every step (skipping optimizer.step would leave it unscaled and never recovering)
                 optimizer.step()
                 lr_scheduler.step()
-            if finite:
+            if verdict == "ok":
                 bad_steps = 0
-            else:  # a non-finite loss or gradient never reaches the weights
+            elif verdict == "bad":  # a non-finite loss or gradient never reaches the weights
                 bad_steps += 1
                 console.print(f"[yellow]step {step}: non-finite loss or gradient, step skipped[/]")
                 if bad_steps >= MAX_BAD_STEPS:
@@ -355,6 +356,20 @@ def evaluating(model: LoadedModel, optimizer):
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)
+
+
+def step_verdict(loss: float, grad_norm, scaler) -> str:
+    """'ok'; 'scaler overflow': fp16's grad scaler met gradients beyond fp16's range, skips the update and
+    lowers its scale, as it does now and then, above all in the first steps (routine, not a bad step); or
+    'bad': the loss itself is not finite, or the gradients are not even at a scale below 1, where no fp16
+    range explains them."""
+    if not math.isfinite(loss):
+        return "bad"
+    if grad_norm is None or math.isfinite(float(grad_norm)):
+        return "ok"
+    if scaler is not None and scaler.get_scale() >= MIN_GRAD_SCALE:
+        return "scaler overflow"
+    return "bad"
 
 
 def _sum_over_processes(accelerator, *values: float) -> tuple[float, ...]:
