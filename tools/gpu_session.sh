@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every GPU check lowvram owes, as one device call of at most 10 minutes.
+#
+# Prepare here, once per session (the device machine reaches no registry; its image has torch, transformers,
+# peft, accelerate, safetensors, rich, pillow and pytest, not the rest):
+#   bash tools/gpu_session.sh --fetch        # wheels for the device's Python 3.12 into .whl/ (git-ignored, ~50 MB)
+# Then one device call, carrying .whl (timeout_s 590):
+#   bash tools/gpu_session.sh                # results under $OUT
+#
+# In order, each bounded so the whole fits the call:
+#   1. nvidia-smi and the library versions                      -> $OUT/environment.txt
+#   2. pytest -m gpu: what only CUDA shows, on the tiny models   -> $OUT/gpu-tests.txt
+#   3. tools/bench_gpu_proof.py with --deadline: the usual way and the planner's choice per budget for SD1.5 512
+#      and SDXL 1024 first, then train --auto per budget, then every other strategy -> $OUT/gpu-proof.json
+#   4. the tables for the README                                 -> $OUT/gpu-proof.md
+# Commit the JSON under benchmarks/ (it records its command, commit, device and versions).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(diffusers==0.42.1 bitsandbytes==0.50.2 optimum-quanto==0.2.7 peft==0.21.2 tomli-w==1.2.0 prodigyopt==1.1.2
+        schedulefree==1.4.1 importlib-metadata==8.7.0)
+
+if [[ "${1:-}" == "--fetch" ]]; then
+  platforms=()
+  for tag in manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
+    platforms+=(--platform "${tag}_x86_64")
+  done
+  exec python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "${platforms[@]}" --platform any -d .whl "${WHEELS[@]}"
+fi
+
+OUT=${OUT:-/tmp/lowvram-gpu}
+BUDGET=${BUDGET:-540}  # seconds for everything below; the last run may overrun by bench_gpu_proof's RUN_TIMEOUT_MIN
+mkdir -p "$OUT"
+start=$SECONDS
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "installing the carried wheels failed" >&2; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+{ nvidia-smi; python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench_memory; \
+print(json.dumps(bench_memory.environment(), indent=2))"; } > "$OUT/environment.txt" 2>&1
+
+# the tiny models: seconds each; a test stuck compiling a kernel is stopped, not waited for
+timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" --timeout 120 \
+  tests/test_gpu.py tests/test_memory.py > "$OUT/gpu-tests.txt" 2>&1
+echo "gpu tests: $(tail -1 "$OUT/gpu-tests.txt")"
+
+left=$(( BUDGET - (SECONDS - start) - 150 ))  # room for the last run past the deadline and for rendering
+# PROOF_ARGS: extra options, e.g. a CPU rehearsal: PROOF_ARGS="--families tiny --device cpu --steps 1"
+python3 tools/bench_gpu_proof.py --optimizers adamw8bit --deadline "$(( left > 60 ? left : 60 ))" \
+  --work /tmp/lowvram-proof --out "$OUT/gpu-proof.json" ${PROOF_ARGS:-} > "$OUT/gpu-proof.log" 2>&1
+tail -1 "$OUT/gpu-proof.log"
+python3 tools/render_benchmarks.py "$OUT/gpu-proof.json" --markdown "$OUT/gpu-proof.md" \
+  && cat "$OUT/gpu-proof.md"
+echo "done in $(( SECONDS - start )) s"
