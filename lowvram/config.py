@@ -27,6 +27,7 @@ else:  # pragma: no cover
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "lion", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
 NETWORKS = ("lora", "dora", "loha", "lokr")
+LORA_LAYERS = ("attn", "attn-mlp", "full")  # lowvram.models.families.LORA_LAYERS (not imported: plan starts fast)
 UNET_WEIGHTS = ("auto", "fp32", "fp16", "bf16", "fp8", "bnb-int8", "bnb-nf4", "quanto-int8", "quanto-int4",
                 "quanto-fp8")
 ATTENTION = ("auto", "xformers", "sdpa", "math")
@@ -115,6 +116,11 @@ class NetworkConfig:
     rank: int = option(16, "Rank (dimension) of every adapted layer.", metavar="R")
     alpha: float | None = option(None, "Alpha; the update is scaled by alpha/rank (default: alpha = rank).")
     dropout: float = option(0.0, "Dropout on the adapter path during training (module dropout for loha/lokr).")
+    lora_layers: str = option("attn", "Which layers get adapters: attn (attention projections, as the diffusers "
+                              "examples); attn-mlp (every layer of the transformer blocks and CLIP's MLPs: kohya's "
+                              "default LoRA); full (also the ResNet convolutions: kohya's LoCon, often used for "
+                              "styles). More layers: more capacity, a larger file, a little more memory.",
+                              choices=LORA_LAYERS)
     lokr_factor: int = option(-1, "LoKr: the factor the first Kronecker matrix's sides are split by (-1: as "
                               "square as possible; 4-16 gives smaller files).", metavar="F")
     train_text_encoder: bool = option(False, "Also train LoRA adapters on the text encoder(s).")

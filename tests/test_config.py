@@ -95,3 +95,11 @@ def test_vae_option_is_checked_and_resolved(tmp_path):
     config_file = tmp_path / "run.toml"
     config_file.write_text('[model]\nvae = "vae"\n[data]\ndata = "sample"\n')
     assert build_config(read_toml(config_file)).model.vae == str(tmp_path / "vae")
+
+
+def test_lora_layers_choices_are_the_families_layer_sets():
+    """config lists them without importing the models package (plan must start fast); they must agree."""
+    from lowvram.config import LORA_LAYERS
+    from lowvram.models.families import LORA_LAYERS as SETS
+
+    assert LORA_LAYERS == tuple(SETS)

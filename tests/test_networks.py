@@ -34,15 +34,17 @@ REFUSED = {("loha", "bnb-nf4"), ("lokr", "bnb-nf4"), ("dora", "fp8"), ("dora", "
 
 
 @pytest.fixture(scope="module", params=[("tiny", "lora"), ("tiny", "dora"), ("tiny", "loha"), ("tiny", "lokr"),
-                                        ("tiny-sdxl", "lokr")], ids="-".join)
+                                        ("tiny-sdxl", "lokr"), ("tiny", "lora", "full"), ("tiny-sdxl", "dora", "full"),
+                                        ("tiny", "loha", "full"), ("tiny-sdxl", "lokr", "attn-mlp")], ids="-".join)
 def trained(request, tmp_path_factory):
     """A short run with alpha != rank and the text encoder(s) trained, saved in fp32 (lora and dora also in
     diffusers' layout). On tiny every LoKr layer keeps both Kronecker factors whole; on tiny-sdxl the 80-wide
-    cross-attention inputs decompose the second one."""
-    model, network = request.param
-    out = tmp_path_factory.mktemp(f"{model}-{network}")
+    cross-attention inputs decompose the second one. With --lora-layers full the ResNet convolutions (3x3, and
+    1x1 shortcuts) carry adapters too."""
+    model, network, layers = (*request.param, "attn")[:3]
+    out = tmp_path_factory.mktemp(f"{model}-{network}-{layers}")
     config = run_config(model=model, network=network, output=str(out), max_steps=3, rank=4, alpha=2.0, lr=1e-2,
-                        train_text_encoder=True, text_encoder_lr=5e-3, save_precision="fp32",
+                        train_text_encoder=True, text_encoder_lr=5e-3, save_precision="fp32", lora_layers=layers,
                         format="diffusers" if network in ("lora", "dora") else "kohya")
     return config, train(config)
 
@@ -59,7 +61,18 @@ def adapted_layers(model):
 
 
 def effective_weight(layer):
-    """The weight a Linear layer (adapted or not) really applies, probed through its forward."""
+    """The weight a Linear layer (adapted or not) really applies, probed through its forward; for a
+    convolution, peft's base weight plus its delta (DoRA: rescaled per output channel)."""
+    base = layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
+    if isinstance(base, torch.nn.Conv2d):
+        if layer is base:
+            return base.weight.detach()
+        with torch.no_grad():
+            merged = base.weight + layer.get_delta_weight("default")
+            if getattr(layer, "use_dora", {}).get("default"):
+                magnitude = layer.lora_magnitude_vector["default"].weight.reshape(-1, 1, 1, 1)
+                merged = magnitude * merged / merged.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
+            return merged
     with torch.no_grad():
         eye = torch.eye(layer.in_features)
         bias = layer.get_base_layer().bias if isinstance(layer, BaseTunerLayer) else layer.bias
@@ -86,8 +99,9 @@ def lycoris_weight(state, key, weight):
     merged = weight + delta.reshape(weight.shape)
     scale = get("dora_scale")
     if scale is not None:  # DoRA on the output axis (LyCORIS wd_on_output): each row's norm becomes dora_scale
-        assert scale.shape == (weight.shape[0], 1)
-        merged = scale * merged / merged.norm(dim=1, keepdim=True)
+        assert scale.shape == (weight.shape[0], *[1] * (weight.dim() - 1))
+        norm = merged.flatten(1).norm(dim=1).reshape(scale.shape)
+        merged = scale * merged / norm
     return merged
 
 
@@ -98,7 +112,12 @@ def test_each_network_trains_and_saves_only_its_keys(trained):
     layers = dict(adapted_layers(result.model))
     changed = {key for key, layer in layers.items()  # every adapter starts as the identity
                if (effective_weight(layer) - effective_weight(layer.get_base_layer())).abs().max() > 1e-5}
-    assert {key for key in layers if key.startswith("lora_unet_")} <= changed
+    groups = result.model.unet.config.norm_num_groups
+    # a time projection into a block with one channel per norm group gets no gradient: the GroupNorm after it
+    # removes any per-channel shift (the tiny models' first level; real ones have 10 channels a group)
+    inert = {key for key, layer in layers.items() if key.endswith("time_emb_proj")
+             and layer.get_base_layer().out_features == groups}
+    assert {key for key in layers if key.startswith("lora_unet_")} - inert <= changed
     # in each text encoder; SDXL's first reads the penultimate layer, so its last layer gets no gradient
     assert {key.split("_text_model_")[0] for key in changed if "_text_model_" in key} == \
         {spec.kohya_prefix for spec in result.model.family.text_encoders}
@@ -223,19 +242,25 @@ def test_metadata_names_the_network_as_kohya_and_lycoris_do(trained):
     config, result = trained
     meta = safe_open(str(result.lora_path), framework="pt").metadata()
     network = config.network.network
+    layers = config.network.lora_layers
     assert meta["lowvram.network"] == network and meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2"
+    assert meta["lowvram.lora_layers"] == layers
+    conv = {"conv_dim": "4", "conv_alpha": "2"} if layers == "full" else {}  # kohya's LoCon arguments
     if network == "lora":
-        assert meta["ss_network_module"] == "networks.lora" and "ss_network_args" not in meta
+        assert meta["ss_network_module"] == "networks.lora"
+        assert json.loads(meta.get("ss_network_args", "{}")) == conv
         return
     assert meta["ss_network_module"] == "lycoris.kohya"
     expected = {"dora": {"algo": "lora", "dora_wd": "True", "wd_on_output": "True"}, "loha": {"algo": "loha"},
                 "lokr": {"algo": "lokr", "factor": "-1"}}[network]
-    assert json.loads(meta["ss_network_args"]) == expected
+    preset = {"attn": "attn-only", "attn-mlp": "attn-mlp", "full": "full"}[layers]
+    assert json.loads(meta["ss_network_args"]) == expected | {"preset": preset} | conv
 
 
 def test_metadata_records_lokr_factor_and_module_dropout():
     meta = lora.network_metadata(NetworkConfig(network="lokr", rank=8, alpha=4.0, dropout=0.1, lokr_factor=8))
-    assert json.loads(meta["ss_network_args"]) == {"algo": "lokr", "factor": "8", "module_dropout": "0.1"}
+    assert json.loads(meta["ss_network_args"]) == {"algo": "lokr", "factor": "8", "module_dropout": "0.1",
+                                                   "preset": "attn-only"}
     assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4"
     assert lora.network_metadata(NetworkConfig(rank=16))["ss_network_alpha"] == "16"  # alpha defaults to rank
 
@@ -266,12 +291,13 @@ def pristine():
 
 @pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
 @pytest.mark.parametrize("network", ["lora", "dora", "loha", "lokr"])
-def test_each_network_trains_on_each_weight_format_or_is_refused_clearly(pristine, network, fmt):
+@pytest.mark.parametrize("layers", ["attn", "full"])  # full: convolutions too, stored in each format
+def test_each_network_trains_on_each_weight_format_or_is_refused_clearly(pristine, network, fmt, layers):
     model = copy.copy(pristine)
     model.pipeline = copy.copy(pristine.pipeline)
     model.pipeline.unet = copy.deepcopy(pristine.unet)
     convert_frozen(model.unet, fmt, torch.float32)
-    config = NetworkConfig(network=network, rank=4)
+    config = NetworkConfig(network=network, rank=4, lora_layers=layers)
     if (network, fmt) in REFUSED:
         with pytest.raises(LowvramError) as error:
             lora.add_lora(model, config, 4.0, False)
@@ -282,7 +308,7 @@ def test_each_network_trains_on_each_weight_format_or_is_refused_clearly(pristin
         return
     params = lora.add_lora(model, config, 4.0, False)["unet"]
     assert params and all(p.dtype == torch.float32 for p in params)
-    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
     generator = torch.Generator().manual_seed(0)
     latents, hidden = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 5, 32, generator=generator)
     before = [p.detach().clone() for p in params]
@@ -290,6 +316,11 @@ def test_each_network_trains_on_each_weight_format_or_is_refused_clearly(pristin
         loss = model.unet(latents, torch.tensor([10]), encoder_hidden_states=hidden).sample.pow(2).mean()
         assert torch.isfinite(loss)
         loss.backward()
+        # by the second step every factor has a gradient (a zero-initialised one only from the second on), the
+        # convolutions' adapters too whatever their frozen layer's storage; not the inert time projections
+        silent = [name for name, p in model.unet.named_parameters() if p.requires_grad and "time_emb_proj" not in name
+                  and (p.grad is None or not p.grad.any())]
         optimizer.step()
         optimizer.zero_grad()
+    assert not silent, silent[:3]
     assert any(not torch.equal(p, b) for p, b in zip(params, before))

@@ -139,14 +139,16 @@ def test_sd15_fits_the_6gb_must_and_sdxl_the_12gb_must_by_estimate():
     assert plan(work("sdxl", 1024), hardware_for(None, "12GB", "32GB")).choice is not None
 
 
+@pytest.mark.parametrize("layers", ["attn", "attn-mlp", "full"])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_estimated_training_peak_matches_a_real_cpu_step_of_the_tiny_model(checkpointing):
+def test_estimated_training_peak_matches_a_real_cpu_step_of_the_tiny_model(checkpointing, layers):
     """The estimator (exact weights + traced activations scaled from the data file + analytic LoRA state)
-    against the live bytes counted during a real training step on real CPU tensors: within 10 %."""
+    against the live bytes counted during a real training step on real CPU tensors: within 10 %, for every
+    --lora-layers choice (the wider ones add their own traced activations and adapter state)."""
     from lowvram.plan.trace import trace_training_step
 
-    real = trace_training_step("tiny", 64, batch=2, rank=8, checkpointing=checkpointing, fake=False)
-    est = estimate(work("tiny", 64, batch=2, rank=8, compute_bytes=4),
+    real = trace_training_step("tiny", 64, batch=2, rank=8, checkpointing=checkpointing, fake=False, layers=layers)
+    est = estimate(work("tiny", 64, batch=2, rank=8, compute_bytes=4, lora_layers=layers),
                    MemoryStrategy("fp32", checkpointing, "adamw"), hardware_for(None, "8GB", "64GB"))
     training = est.vram["training"]
     predicted = sum(v for k, v in training.items() if k not in ("context", "fragment."))
@@ -164,16 +166,18 @@ def test_plan_scans_a_real_dataset_too(tmp_path):
     assert "chose" in done.stdout
 
 
+@pytest.mark.parametrize("layers", ["attn", "attn-mlp", "full"])
 @pytest.mark.parametrize("network", ["lora", "dora", "loha", "lokr"])
-def test_the_estimate_counts_each_network_types_parameters(network):
+def test_the_estimate_counts_each_network_types_parameters(network, layers):
     from lowvram.models import load_model
     from lowvram.plan.estimate import adapter_params, family_data
     from lowvram.train.lora import add_adapter
 
     model = load_model("tiny")
     family = model.family
-    real = sum(p.numel() for p in add_adapter(model.unet, family.unet_lora_targets, 4, 4, 0.0, network))
-    estimated = adapter_params(family_data(family), Workload(family, 64, rank=4, network=network), ["unet"])
+    real = sum(p.numel() for p in add_adapter(model.unet, family.lora_targets("unet", layers), 4, 4, 0.0, network))
+    estimated = adapter_params(family_data(family), Workload(family, 64, rank=4, network=network,
+                                                             lora_layers=layers), ["unet"])
     if network == "lokr":
         assert real <= estimated  # LoRA's count bounds LoKr's
     else:
@@ -192,3 +196,20 @@ def test_loha_and_lokr_count_the_full_size_deltas_they_keep_for_backward():
     assert activations("loha", False) - activations("lora", False) > 3 * 2**30  # SDXL: ~955 M adapted weights
     assert activations("loha", True) - activations("lora", True) < 100 * 2**20  # one block at a time
     assert activations("dora", False) > activations("lora", False)
+
+
+def test_wider_lora_layers_cost_more_memory_and_the_planner_counts_it():
+    """kohya's default set (attn-mlp) and LoCon (full) keep more inputs for their adapters' gradients and hold
+    more adapter parameters: the plan for SDXL at 1024 px grows with them, most without checkpointing."""
+    hardware = hardware_for(None, "80GB", "64GB")
+    family = FAMILIES["sdxl"]
+
+    def training(layers: str, checkpointing: bool) -> dict:
+        return estimate(Workload(family, 1024, lora_layers=layers), MemoryStrategy("bf16", checkpointing, "adamw"),
+                        hardware).vram["training"]
+
+    for checkpointing in (False, True):
+        attn, mlp, full = (training(layers, checkpointing) for layers in ("attn", "attn-mlp", "full"))
+        assert attn["LoRA"] < mlp["LoRA"] < full["LoRA"]
+        assert attn["activations"] < mlp["activations"] < full["activations"]
+    assert training("attn-mlp", False)["activations"] - training("attn", False)["activations"] > 2**30

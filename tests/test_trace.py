@@ -130,9 +130,10 @@ def plan_data():
         return json.load(fh)
 
 
-def _training(data, family, resolution, checkpointing, batch=1):
+def _training(data, family, resolution, checkpointing, batch=1, layers="attn"):
     entries = [e for e in data["families"][family]["training"] if e["resolution"] == resolution
-               and e["checkpointing"] == checkpointing and e["batch"] == batch and e["unet_weights"] == e["dtype"]]
+               and e["checkpointing"] == checkpointing and e["batch"] == batch and e["unet_weights"] == e["dtype"]
+               and e["layers"] == layers]
     assert len(entries) == 1, (family, resolution, checkpointing)
     return entries[0]
 
@@ -143,7 +144,9 @@ def test_plan_data_covers_every_family_and_the_native_resolutions(plan_data):
     for name, family in plan_data["families"].items():
         for column in COMPUTE:
             assert set(family["unet_weight_bytes"][column]) == set(WEIGHT_FORMATS)
-        assert family["part_param_counts"]["unet"] > family["lora_params_per_rank"]["unet"] > 0
+        per_rank = family["lora_params_per_rank"]
+        assert family["part_param_counts"]["unet"] > per_rank["full"]["unet"] > per_rank["attn-mlp"]["unet"]
+        assert per_rank["attn-mlp"]["unet"] > per_rank["attn"]["unet"] > 0
         assert family["largest_layer_params"] > 0
         assert family["vae_encode"] and family["sampling"]
     for name, resolution in (("sd15", 512), ("sdxl", 1024)):
@@ -151,6 +154,9 @@ def test_plan_data_covers_every_family_and_the_native_resolutions(plan_data):
         ckpt = _training(plan_data, name, resolution, True)
         assert ckpt["activation_bytes"] < plain["activation_bytes"] and ckpt["peak_bytes"] < plain["peak_bytes"]
         assert plain["peak_bytes"] == plain["baseline_bytes"] + plain["activation_bytes"]
+        for layers in ("attn-mlp", "full"):  # more adapted layers keep more inputs for their gradients
+            wider = _training(plan_data, name, resolution, False, layers=layers)
+            assert wider["activation_bytes"] > plain["activation_bytes"]
     assert plan_data["families"]["sdxl"]["part_param_counts"]["unet"] > 2.5e9
 
 
@@ -162,6 +168,9 @@ def test_plan_data_is_not_stale(plan_data, family):
         fresh = trace_training_step(family, 64, checkpointing=checkpointing)
         shipped = _training(plan_data, family, 64, checkpointing)
         assert {k: shipped[k] for k in BYTE_KEYS} == {k: fresh[k] for k in BYTE_KEYS}
+    fresh = trace_training_step(family, 64, layers="full")
+    shipped = _training(plan_data, family, 64, False, layers="full")
+    assert {k: shipped[k] for k in BYTE_KEYS} == {k: fresh[k] for k in BYTE_KEYS}
     for column, dtype in COMPUTE.items():
         for fmt in ("fp16", "fp8", "bnb-nf4", "quanto-int8"):
             assert data["unet_weight_bytes"][column][fmt] == unet_weight_bytes(family, fmt, dtype)

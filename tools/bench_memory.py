@@ -136,7 +136,7 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
         result["attention"] = set_attention(unet, "auto")
         if checkpointing:
             unet.enable_gradient_checkpointing()
-        params = add_adapter(unet, family.unet_lora_targets, rank, rank, 0.0)
+        params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)
         result["lora_params"] = sum(p.numel() for p in params)
         optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)
         from diffusers import DDPMScheduler
@@ -208,7 +208,7 @@ def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, bat
             module.requires_grad_(False).to(device)
         if family.name in ("sdxl", "tiny-sdxl"):
             vae.to(dtype=torch.float32)  # the example keeps SDXL's VAE in fp32 (it overflows in fp16)
-        params = add_adapter(unet, family.unet_lora_targets, rank, rank, 0.0)  # fp32 trainables, as the example
+        params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)  # fp32 trainables, as the example
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         scheduler = DDPMScheduler.from_pretrained(family.config_dir, subfolder="scheduler")
         pixels = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1

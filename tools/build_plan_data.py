@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lowvram.models.families import FAMILIES
+from lowvram.models.families import DEFAULT_LORA_LAYERS, FAMILIES, LORA_LAYERS
 from lowvram.plan import trace
 from lowvram.quant import WEIGHT_FORMATS
 from lowvram.train.lora import add_adapter
@@ -79,36 +79,40 @@ def param_counts(family) -> dict[str, int]:
     return {part: sum(p.numel() for p in trace.meta_component(family, part).parameters()) for part in parts}
 
 
-def lora_per_rank(family) -> dict[str, int]:
-    """LoRA parameters at rank 1 (they are exactly linear in rank: rank * (in + out) per adapted layer)."""
-    counts = {"unet": sum(p.numel() for p in add_adapter(trace.meta_component(family, "unet"),
-                                                         family.unet_lora_targets, 1, 1, 0.0))}
-    for spec in family.text_encoders:
-        module = trace.meta_component(family, spec.component)
-        counts[spec.component] = sum(p.numel() for p in add_adapter(module, family.text_lora_targets, 1, 1, 0.0))
-    return counts
+def parts_of(family) -> list[str]:
+    return ["unet", *[spec.component for spec in family.text_encoders]]
 
 
-def adapted_layers(family) -> dict[str, dict[str, int]]:
-    """Per part, what the adapter types beyond LoRA cost: the adapted layers' weight parameters (LoHa and
-    LoKr build a full-size delta per layer, kept for backward), their output features (DoRA's magnitudes),
-    and the most weight parameters adapted inside one block (what checkpointing keeps alive at once)."""
-    parts = {"unet": family.unet_lora_targets} | {spec.component: family.text_lora_targets
-                                                   for spec in family.text_encoders}
-    out = {}
-    for part, targets in parts.items():
-        module = trace.meta_component(family, part)
-        weights, outputs, blocks = 0, 0, {}
-        for name, layer in module.named_modules():
-            if any(name == t or name.endswith("." + t) for t in targets) and hasattr(layer, "weight"):
-                weights += layer.weight.numel()
-                outputs += layer.weight.shape[0]
-                # checkpointing recomputes one transformer block (a CLIP layer) at a time
-                block = re.sub(r"(transformer_blocks|layers)\.(\d+)\..*", r"\1.\2", name)
-                blocks[block] = blocks.get(block, 0) + layer.weight.numel()
-        out[part] = {"weight_params": weights, "output_features": outputs,
-                     "largest_block_weight_params": max(blocks.values(), default=0)}
-    return out
+def lora_per_rank(family) -> dict[str, dict[str, int]]:
+    """Per --lora-layers choice and part, LoRA parameters at rank 1 (exactly linear in rank: rank * (in + out)
+    per adapted layer, times kernel area for convolutions' down matrices)."""
+    return {layers: {part: sum(p.numel() for p in add_adapter(trace.meta_component(family, part),
+                                                              family.lora_targets(part, layers), 1, 1, 0.0))
+                     for part in parts_of(family)}
+            for layers in LORA_LAYERS}
+
+
+def adapted_layers(family) -> dict[str, dict[str, dict[str, int]]]:
+    """Per --lora-layers choice and part, what the adapter types beyond LoRA cost: the adapted layers' weight
+    parameters (LoHa and LoKr build a full-size delta per layer, kept for backward), their output features
+    (DoRA's magnitudes), and the most weight parameters adapted inside one checkpointed unit (a transformer
+    block, a ResNet block, a CLIP layer: what checkpointing keeps alive at once)."""
+    return {layers: {part: _adapted(family, part, family.lora_targets(part, layers)) for part in parts_of(family)}
+            for layers in LORA_LAYERS}
+
+
+def _adapted(family, part: str, targets: tuple[str, ...]) -> dict[str, int]:
+    module = trace.meta_component(family, part)
+    weights, outputs, blocks = 0, 0, {}
+    for name, layer in module.named_modules():
+        if any(name == t or name.endswith("." + t) for t in targets) and hasattr(layer, "weight"):
+            weights += layer.weight.numel()
+            outputs += layer.weight.shape[0]
+            # checkpointing recomputes one transformer block, ResNet block or CLIP layer at a time
+            block = re.sub(r"(transformer_blocks|resnets|layers)\.(\d+)\..*", r"\1.\2", name)
+            blocks[block] = blocks.get(block, 0) + layer.weight.numel()
+    return {"weight_params": weights, "output_features": outputs,
+            "largest_block_weight_params": max(blocks.values(), default=0)}
 
 
 def largest_layer(family) -> int:
@@ -119,9 +123,9 @@ def largest_layer(family) -> int:
 def training_entry(family_name: str, resolution: int, **kwargs) -> dict:
     result = trace.trace_training_step(family_name, resolution, **kwargs)
     log(f"  training {family_name} {resolution}px batch {result['batch']} ckpt {result['checkpointing']} "
-        f"{result['unet_weights']}: peak {result['peak_bytes'] / 2**30:.3f} GiB, activations "
+        f"{result['unet_weights']} {result['layers']}: peak {result['peak_bytes'] / 2**30:.3f} GiB, activations "
         f"{result['activation_bytes'] / 2**30:.3f} GiB ({result['seconds']:.1f} s)")
-    keep = ("resolution", "batch", "checkpointing", "unet_weights", "dtype", "rank", *BYTE_KEYS)
+    keep = ("resolution", "batch", "checkpointing", "unet_weights", "dtype", "rank", "layers", *BYTE_KEYS)
     return {key: result[key] for key in keep}
 
 
@@ -143,6 +147,7 @@ def build_family(name: str, resolutions: list[int], extras: bool) -> dict:
     first = resolutions[0]
     if extras and not family.is_random_init:  # fp8 keeps 16-bit upcast copies for backward: its own entries
         data["training"] += [training_entry(name, first, checkpointing=c, weights="fp8") for c in (False, True)]
+    data["training"] += layer_set_entries(family)
     data["training_variants"] = []
     if extras and name == "sd15":
         data["training_variants"] += [training_entry(name, first, batch=2, checkpointing=c)
@@ -158,8 +163,16 @@ def build_family(name: str, resolutions: list[int], extras: bool) -> dict:
     return data
 
 
+def layer_set_entries(family) -> list[dict]:
+    """The wider --lora-layers choices at the native resolution, with and without checkpointing: the planner
+    adds their extra activations over the default set's (scaled with pixels and batch like the rest)."""
+    return [training_entry(family.name, family.resolution, checkpointing=c, layers=layers)
+            for layers in LORA_LAYERS if layers != DEFAULT_LORA_LAYERS for c in (False, True)]
+
+
 def _plain(entries: list[dict]) -> list[dict]:
-    return [e for e in entries if e["unet_weights"] == e["dtype"]]
+    return [e for e in entries if e["unet_weights"] == e["dtype"] and e.get("layers", DEFAULT_LORA_LAYERS)
+            == DEFAULT_LORA_LAYERS]
 
 
 def batch_scaling(entries: list[dict]) -> list[dict]:
@@ -187,14 +200,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--update-adapted-layers", action="store_true",
                         help="only recompute adapted_layers in the existing file (seconds, no tracing)")
+    parser.add_argument("--update-layer-sets", action="store_true",
+                        help="only recompute the --lora-layers data in the existing file (adapter counts, and "
+                        "the wider sets' traces at the native resolutions: a minute or two)")
     args = parser.parse_args()
     logging.getLogger("diffusers").setLevel(logging.ERROR)  # the dtype-cast warning on every meta build
-    if args.update_adapted_layers:
+    if args.update_adapted_layers or args.update_layer_sets:
         record = json.loads(args.out.read_text())
         for name, data in record["families"].items():
-            data["adapted_layers"] = adapted_layers(FAMILIES[name])
+            family = FAMILIES[name]
+            data["adapted_layers"] = adapted_layers(family)
+            if args.update_layer_sets:
+                data["lora_params_per_rank"] = lora_per_rank(family)
+                default = [e for e in data["training"] if e.get("layers", DEFAULT_LORA_LAYERS) == DEFAULT_LORA_LAYERS]
+                for entry in default:
+                    entry["layers"] = DEFAULT_LORA_LAYERS
+                data["training"] = default + layer_set_entries(family)
         args.out.write_text(json.dumps(record, indent=1) + "\n")
-        log(f"updated adapted_layers in {args.out}")
+        log(f"updated {'the --lora-layers data' if args.update_layer_sets else 'adapted_layers'} in {args.out}")
         return
     started = time.perf_counter()
     grid = QUICK if args.quick else GRID

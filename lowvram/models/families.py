@@ -11,9 +11,22 @@ from pathlib import Path
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 
-# peft target modules: the attention projections of the U-Net transformer blocks and of CLIP.
+# peft target modules (module-name suffixes) per --lora-layers choice, the same for every family:
+#   attn      the attention projections: what the diffusers example scripts adapt
+#   attn-mlp  every Linear (and SD1.5's 1x1 projection convs) of the transformer blocks, and CLIP's MLPs too:
+#             kohya's default LoRA (networks.lora), so kohya recipes carry over rank for rank
+#   full      also the ResNet blocks' convolutions and time projections and the resamplers: kohya's LoCon
+#             (conv_dim) / LyCORIS's full preset; the stem (conv_in/out) and embeddings stay frozen, as there
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+UNET_TRANSFORMER = UNET_ATTENTION + ("ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+UNET_RESNET = ("conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
+LORA_LAYERS = {
+    "attn": {"unet": UNET_ATTENTION, "text": CLIP_ATTENTION},
+    "attn-mlp": {"unet": UNET_TRANSFORMER, "text": CLIP_ATTENTION + ("fc1", "fc2")},
+    "full": {"unet": UNET_TRANSFORMER + UNET_RESNET, "text": CLIP_ATTENTION + ("fc1", "fc2")},
+}
+DEFAULT_LORA_LAYERS = "attn"
 
 
 @dataclass(frozen=True)
@@ -42,12 +55,15 @@ class ModelFamily:
     modelspec_architecture: str  # Stability's modelspec id written into LoRA metadata
     base_model_version: str  # kohya's ss_base_model_version
     bucket_step: int = 64  # aspect-bucket side step in pixels (a multiple of the latent grid's alignment)
-    unet_lora_targets: tuple[str, ...] = UNET_ATTENTION
-    text_lora_targets: tuple[str, ...] = CLIP_ATTENTION
 
     @property
     def is_random_init(self) -> bool:
         return self.hub_id is None
+
+    @staticmethod
+    def lora_targets(part: str, layers: str = DEFAULT_LORA_LAYERS) -> tuple[str, ...]:
+        """peft target modules of `part` ("unet", or a text encoder's component name) for --lora-layers."""
+        return LORA_LAYERS[layers]["unet" if part == "unet" else "text"]
 
 
 SD_TEXT = (TextEncoderSpec("text_encoder", "tokenizer", "lora_te", hidden_state=-1),)

@@ -30,6 +30,7 @@ def workload_for(config: RunConfig, hardware: Hardware) -> Workload:
         vae = json.loads(user_vae.read_text())
     return Workload(family=family, resolution=config.data.resolution or family.resolution,
                     batch=config.training.batch_size, rank=config.network.rank, network=config.network.network,
+                    lora_layers=config.network.lora_layers,
                     offload_activations=config.memory.offload_activations,
                     train_text_encoder=config.network.train_text_encoder,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),

@@ -60,6 +60,7 @@ class Workload:
     batch: int = 1
     rank: int = 16
     network: str = "lora"  # lora, dora, loha, lokr
+    lora_layers: str = "attn"  # which layers carry adapters (--lora-layers)
     offload_activations: bool = False  # saved activations in pinned host RAM (--offload-activations)
     train_text_encoder: bool = False
     cache_batch_size: int = 4
@@ -97,9 +98,9 @@ def adapter_params(data: dict, work: Workload, parts: list[str]) -> int:
     """Trainable parameters of the adapters on `parts`: exact for LoRA (rank x (in + out) per layer), DoRA
     (plus one magnitude per output feature) and LoHa (two LoRA-sized pairs); LoKr's Kronecker factors are
     smaller than LoRA's at the same rank, so LoRA's count bounds them."""
-    lora = sum(data["lora_params_per_rank"][p] for p in parts) * work.rank
+    lora = sum(data["lora_params_per_rank"][work.lora_layers][p] for p in parts) * work.rank
     if work.network == "dora":
-        return lora + sum(data["adapted_layers"][p]["output_features"] for p in parts)
+        return lora + sum(data["adapted_layers"][work.lora_layers][p]["output_features"] for p in parts)
     return 2 * lora if work.network == "loha" else lora
 
 
@@ -109,7 +110,7 @@ def delta_weight_bytes(data: dict, work: Workload, parts: list[str], checkpointi
     if work.network not in ("loha", "lokr"):
         return 0
     key = "largest_block_weight_params" if checkpointing else "weight_params"
-    return 4 * sum(data["adapted_layers"][p][key] for p in parts)
+    return 4 * sum(data["adapted_layers"][work.lora_layers][p][key] for p in parts)
 
 
 @lru_cache(maxsize=1)
@@ -146,21 +147,37 @@ def scaled(entries: list[dict], resolution: int, batch: int, key: str = "activat
 
 
 CAST_FORMATS = ("fp32", "fp16", "bf16")
+DEFAULT_LAYERS = "attn"  # lowvram.models.families.DEFAULT_LORA_LAYERS: the set every grid point is traced with
 # Formats that can't be traced on fake tensors use the 16-bit trace times this factor: their extra
 # activations measured against fp32 weights in a real CPU step of the tiny model (quanto keeps dequantized
 # convolution weights for backward). To be replaced by GPU measurements.
 UNTRACED_ACTIVATION_FACTOR = {"quanto-int8": 1.09, "quanto-int4": 1.09, "quanto-fp8": 1.09, "bnb-int8": 1.11}
 
 
-def training_entries(entries: list[dict], strategy: MemoryStrategy) -> list[dict]:
+def training_entries(entries: list[dict], strategy: MemoryStrategy, layers: str = DEFAULT_LAYERS) -> list[dict]:
     """The traced steps that stand for this strategy: its own storage format where it was traced (fp8 keeps
     16-bit copies for backward, so it has its own entries), else the 16-bit trace (bitsandbytes and quanto
-    save their quantized weights, not dequantized copies)."""
+    save their quantized weights, not dequantized copies); all with adapters on `layers`."""
+    entries = [e for e in entries if e.get("layers", DEFAULT_LAYERS) == layers]
     same = [e for e in entries if e.get("unet_weights") == strategy.unet_weights
             and e["checkpointing"] == strategy.gradient_checkpointing]
     if same:
         return same
     return [e for e in entries if e.get("unet_weights", "bf16") in CAST_FORMATS]
+
+
+def wider_layers_activations(entries: list[dict], work: Workload, checkpointing: bool) -> int:
+    """What adapting more layers (--lora-layers attn-mlp/full) adds to the default set's activations: each
+    adapted layer keeps its input for the adapter's gradient. Traced at the native resolution, scaled with
+    pixels and batch like the rest."""
+    if work.lora_layers == DEFAULT_LAYERS:
+        return 0
+    strategy = MemoryStrategy("bf16", checkpointing, "adamw")
+    wider = training_entries(entries, strategy, work.lora_layers)
+    traced_at = {e["resolution"] for e in wider}
+    default = [e for e in training_entries(entries, strategy) if e["resolution"] in traced_at]
+    return max(0, scaled(wider, work.resolution, work.batch, checkpointing=checkpointing)
+               - scaled(default, work.resolution, work.batch, checkpointing=checkpointing))
 
 
 def caching_phase(work: Workload, data: dict, context: int, vae_bytes: int, hardware: Hardware
@@ -201,6 +218,7 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     activations = int(scaled(traced, work.resolution, work.batch, checkpointing=strategy.gradient_checkpointing)
                       * UNTRACED_ACTIVATION_FACTOR.get(strategy.unet_weights, 1.0)
                       * (DORA_ACTIVATION_FACTOR if work.network == "dora" else 1.0))
+    activations += wider_layers_activations(data["training"], work, strategy.gradient_checkpointing)
     activations += delta_weight_bytes(data, work, trained_parts, strategy.gradient_checkpointing)
     offloaded = 0
     if work.offload_activations:

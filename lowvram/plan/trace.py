@@ -33,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map_only
 
-from lowvram.models.families import FAMILIES, ModelFamily
+from lowvram.models.families import DEFAULT_LORA_LAYERS, FAMILIES, ModelFamily
 from lowvram.models.loading import _quiet_diffusers
 from lowvram.quant import _convertible, convert_frozen, storage_bytes
 
@@ -172,7 +172,8 @@ def _bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def _trace_unet(family: ModelFamily, dtype: torch.dtype, weights: str, rank: int | None,
-                checkpointing: bool) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+                checkpointing: bool, layers: str = DEFAULT_LORA_LAYERS
+                ) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
     """The U-Net as training prepares it (format, SDPA, adapters, checkpointing), still on meta."""
     from lowvram.attention import set_attention
     from lowvram.train.lora import add_adapter
@@ -183,7 +184,7 @@ def _trace_unet(family: ModelFamily, dtype: torch.dtype, weights: str, rank: int
     with _quiet_diffusers():  # its warning about casting with .to() concerns loading weights, not sizes
         unet = convert_frozen(meta_component(family, "unet"), fmt, dtype)
     set_attention(unet, "sdpa")
-    params = add_adapter(unet, family.unet_lora_targets, rank, rank, 0.0) if rank else []
+    params = add_adapter(unet, family.lora_targets("unet", layers), rank, rank, 0.0) if rank else []
     if checkpointing:
         unet.enable_gradient_checkpointing(None if dtype == torch.float32 else _checkpoint)
     return unet, params
@@ -217,7 +218,7 @@ def _conditioning(family: ModelFamily, unet: torch.nn.Module, batch: int, resolu
 
 def trace_training_step(family_name: str, resolution: int, batch: int = 1, rank: int = 16,
                         checkpointing: bool = False, fake: bool = True, weights: str = "auto",
-                        dtype: torch.dtype | None = None) -> dict:
+                        dtype: torch.dtype | None = None, layers: str = DEFAULT_LORA_LAYERS) -> dict:
     """Live bytes of one U-Net LoRA training step from cached latents and text embeddings.
 
     `baseline_bytes` is what stays resident between steps (frozen weights, LoRA parameters, AdamW state:
@@ -235,7 +236,7 @@ def trace_training_step(family_name: str, resolution: int, batch: int = 1, rank:
     family = FAMILIES[family_name]
     dtype = dtype or trace_dtype(family)
     start = time.perf_counter()
-    unet, meta_params = _trace_unet(family, dtype, weights, rank, checkpointing)
+    unet, meta_params = _trace_unet(family, dtype, weights, rank, checkpointing, layers)
     scheduler = DDPMScheduler.from_pretrained(family.config_dir, subfolder="scheduler")
     counter = LiveBytes()
     with _tensor_mode(fake), CudaAutocastPolicy(), counter:
@@ -264,7 +265,7 @@ def trace_training_step(family_name: str, resolution: int, batch: int = 1, rank:
         del loss, latents, conditioning, noise, timesteps
         result = {
             "family": family_name, "resolution": resolution, "batch": batch, "rank": rank,
-            "checkpointing": checkpointing, "fake": fake, "dtype": DTYPE_NAMES[dtype],
+            "checkpointing": checkpointing, "fake": fake, "dtype": DTYPE_NAMES[dtype], "layers": layers,
             "unet_weights": DTYPE_NAMES[dtype] if weights == "auto" else weights,
             "weights_bytes": _bytes(frozen), "lora_params": sum(p.numel() for p in meta_params),
             "baseline_bytes": baseline, "peak_bytes": counter.peak,

@@ -32,6 +32,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 UNET_KOHYA_PREFIX = "lora_unet"
 ADAPTER = "default"  # peft's adapter name; lowvram adds one adapter per model part
 NAMES = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}
+LYCORIS_PRESETS = {"attn": "attn-only", "attn-mlp": "attn-mlp", "full": "full"}  # --lora-layers in LyCORIS's words
 
 
 def peft_config(network: str, targets: tuple[str, ...], rank: int, alpha: float, dropout: float,
@@ -57,10 +58,30 @@ def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, al
     """Add an adapter (peft) of type `network` on `targets` of a frozen module; return its trainable parameters,
     in fp32 whatever the frozen weights' dtype or format."""
     module.add_adapter(peft_config(network, targets, rank, alpha, dropout, lokr_factor))
+    _plain_adapter_convolutions(module)
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
     return params
+
+
+def _plain_adapter_convolutions(module: torch.nn.Module) -> None:
+    """peft builds a convolution's LoRA matrices with the base layer's own class (`type(base_layer)`): for a
+    stored format that is lowvram's upcasting Conv2d (no weight gradient) or quanto's quantizing one (no
+    weight at all unless quantized). The adapters are plain fp32 convolutions, keeping peft's initial weights."""
+    for layer in module.modules():
+        for matrices in (getattr(layer, "lora_A", None), getattr(layer, "lora_B", None)):
+            if not isinstance(matrices, torch.nn.ModuleDict):
+                continue
+            for key, conv in list(matrices.items()):
+                if isinstance(conv, torch.nn.Conv2d) and type(conv) is not torch.nn.Conv2d:
+                    plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                            conv.padding, conv.dilation, conv.groups, bias=conv.bias is not None,
+                                            padding_mode=conv.padding_mode, device="meta")
+                    plain.weight = torch.nn.Parameter(conv.weight.detach().clone(), requires_grad=conv.weight.requires_grad)
+                    if conv.bias is not None:
+                        plain.bias = torch.nn.Parameter(conv.bias.detach().clone(), requires_grad=conv.bias.requires_grad)
+                    matrices[key] = plain
 
 
 def check_supported(module: torch.nn.Module, targets: tuple[str, ...], network: str) -> None:
@@ -94,9 +115,9 @@ def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_tex
     """Add the adapters `network` describes to the U-Net (and the text encoders); return the trainable
     parameters per part. Every part is checked first, so a refused combination leaves the model untouched."""
     family = model.family
-    parts = [("unet", model.unet, family.unet_lora_targets)]
+    parts = [("unet", model.unet, family.lora_targets("unet", network.lora_layers))]
     if train_text_encoder:
-        parts += [(spec.component, encoder, family.text_lora_targets)
+        parts += [(spec.component, encoder, family.lora_targets(spec.component, network.lora_layers))
                   for spec, encoder in zip(family.text_encoders, model.text_encoders)]
     for _, module, targets in parts:
         check_supported(module, targets, network.network)
@@ -108,12 +129,16 @@ def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_tex
 def network_metadata(network: NetworkConfig) -> dict[str, str]:
     """kohya's ss_network_* entries that tell UIs, model sites and kohya's own scripts which network the file
     holds, as kohya writes them: LoRA is `networks.lora`; the others are LyCORIS networks (`lycoris.kohya`,
-    its `--network_args` as JSON strings). DoRA is LyCORIS's LoRA with `dora_wd`, on the output axis as peft's."""
+    its `--network_args` as JSON strings). DoRA is LyCORIS's LoRA with `dora_wd`, on the output axis as peft's.
+    Adapted convolutions (--lora-layers full) are kohya's `conv_dim`/`conv_alpha` and LyCORIS's `full` preset."""
     alpha = network.alpha if network.alpha is not None else network.rank
-    meta = {"ss_network_dim": str(network.rank), "ss_network_alpha": f"{alpha:g}", "lowvram.network": network.network}
+    meta = {"ss_network_dim": str(network.rank), "ss_network_alpha": f"{alpha:g}", "lowvram.network": network.network,
+            "lowvram.lora_layers": network.lora_layers}
+    conv = {"conv_dim": str(network.rank), "conv_alpha": f"{alpha:g}"} if network.lora_layers == "full" else {}
     if network.network == "lora":
-        return meta | {"ss_network_module": "networks.lora"}
-    args = {"algo": "lora" if network.network == "dora" else network.network}
+        return meta | {"ss_network_module": "networks.lora"} | ({"ss_network_args": json.dumps(conv)} if conv else {})
+    args = {"algo": "lora" if network.network == "dora" else network.network,
+            "preset": LYCORIS_PRESETS[network.lora_layers], **conv}
     if network.network == "dora":
         args |= {"dora_wd": "True", "wd_on_output": "True"}
     if network.network == "lokr":
@@ -199,8 +224,6 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
     """diffusers' own LoRA layout (pytorch_lora_weights.safetensors) with the adapter metadata that keeps
     alpha (without it diffusers reloads with alpha = rank and the outputs are wrong whenever they differ) and
     DoRA (`use_dora`). diffusers loads only LoRA-type adapters, so LoHa and LoKr stay in the kohya file."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-
     configs = {component: module.peft_config[ADAPTER] for component, module in adapted_modules(model)}
     if any(type(config).__name__ != "LoraConfig" for config in configs.values()):
         network = "loha" if any(type(c).__name__ == "LoHaConfig" for c in configs.values()) else "lokr"
@@ -210,7 +233,9 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
     kwargs = {}
     states = peft_state_dicts(model)
     for component, config in configs.items():
-        state = convert_state_dict_to_diffusers(states[component])
+        # peft's own key names (lora_A/lora_B), which diffusers' loader reads natively; its converter to the older
+        # names rewrites only attention projections, and a file mixing both loses them on reload
+        state = states[component]
         # DoRA magnitudes as the parameter is named (`….lora_magnitude_vector.weight`): peft's loader reads both
         # spellings, transformers' `load_adapter` (the text encoders) only this one and drops the bare one
         kwargs[f"{component}_lora_layers"] = {k + ".weight" if k.endswith(".lora_magnitude_vector") else k: v.to(dtype)
@@ -314,4 +339,8 @@ def _peft_suffix(suffix: str) -> str:
 
 
 def _peft_tensor(suffix: str, tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.reshape(-1) if suffix == "dora_scale" else tensor
+    """LyCORIS's output-axis DoRA scale, (out, 1) or (out, 1, 1, 1), as peft's magnitude: (out,) for a Linear,
+    (1, out, 1, 1) for a convolution."""
+    if suffix != "dora_scale":
+        return tensor
+    return tensor.reshape(1, -1, 1, 1) if tensor.dim() == 4 else tensor.reshape(-1)
