@@ -7,6 +7,8 @@ Heavy imports happen only for the optimizer chosen."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from contextlib import contextmanager
 
 import torch
@@ -31,9 +33,11 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
     if name == "prodigy":
         from prodigyopt import Prodigy
 
-        # bias correction and a safeguarded warm-up are what Prodigy's authors advise for diffusion LoRAs
-        return Prodigy(groups, weight_decay=weight_decay, use_bias_correction=True,
-                       safeguard_warmup=warmup_steps > 0)
+        # bias correction and a safeguarded warm-up are what Prodigy's authors advise for diffusion LoRAs;
+        # its constructor prints which weight decay it uses, in the middle of our progress output
+        with contextlib.redirect_stdout(io.StringIO()):
+            return Prodigy(groups, weight_decay=weight_decay, use_bias_correction=True,
+                           safeguard_warmup=warmup_steps > 0)
     if name == "schedulefree_adamw":
         from schedulefree import AdamWScheduleFree
 
