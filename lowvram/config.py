@@ -37,8 +37,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
-NOT_SAVED = ("resume",)
-PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data")  # folders: made absolute  # one run's circumstance, not part of the recipe a saved config replays
+NOT_SAVED = ("resume",)  # one run's circumstance, not part of the recipe a saved config replays
+PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights")  # made absolute
 
 
 def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None, metavar: str | None = None,
@@ -124,6 +124,10 @@ class NetworkConfig:
     lokr_factor: int = option(-1, "LoKr: the factor the first Kronecker matrix's sides are split by (-1: as "
                               "square as possible; 4-16 gives smaller files).", metavar="F")
     train_text_encoder: bool = option(False, "Also train LoRA adapters on the text encoder(s).")
+    network_weights: str | None = option(None, "Start from an existing LoRA file (kohya's --network_weights): "
+                                         "its weights fill the adapters before the first step, e.g. to train "
+                                         "a LoRA further on new images. Its type, rank, alpha and layers must "
+                                         "match --network, --rank, --alpha and --lora-layers.", metavar="FILE")
 
 
 @dataclass(frozen=True)
@@ -455,6 +459,12 @@ def _check(c: RunConfig) -> list[str]:
             p.append(pickle_refusal("--vae", c.model.vae))
         elif not vae_path.exists():
             p.append(f"--vae: not found: {c.model.vae}")
+    if c.network.network_weights is not None:
+        weights_path = Path(c.network.network_weights)
+        if weights_path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+            p.append(pickle_refusal("--network-weights", c.network.network_weights))
+        elif not weights_path.is_file():
+            p.append(f"--network-weights: file not found: {c.network.network_weights}")
     if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
         p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():

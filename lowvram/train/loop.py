@@ -134,6 +134,9 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     # Adapters: seeded so the same config gives the same LoRA (in every process).
     torch.manual_seed(config.training.seed)
     trainable = lora.add_lora(model, config.network, config.alpha, train_text)
+    if config.network.network_weights and not config.training.resume:  # a checkpoint holds them already
+        filled = lora.start_from(model, Path(config.network.network_weights), config.network, config.alpha)
+        console.print(f"adapters start from {config.network.network_weights} ({filled} layers)", soft_wrap=True)
     torch.manual_seed(config.training.seed + rank)
     if config.memory.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()

@@ -198,17 +198,67 @@ def kohya_tensors(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def kohya_state_dict(model: LoadedModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """All adapters in kohya/LyCORIS naming, with the trained alpha (diffusers' converter writes alpha = rank)."""
+def kohya_layers(model: LoadedModel) -> dict[str, tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """Every adapted layer by its kohya/LyCORIS key prefix: (its part's module, its path there, the peft layer)."""
     prefixes = {"unet": UNET_KOHYA_PREFIX} | {spec.component: spec.kohya_prefix for spec in model.family.text_encoders}
     out = {}
     for component, module in adapted_modules(model):
         for path, layer in adapted_layers(module):
-            if component != "unet" and not path.startswith("text_model."):
-                path = "text_model." + path
-            base = f"{prefixes[component]}_{path.replace('.', '_')}"
-            out |= {f"{base}.{key}": tensor.detach().to(dtype) for key, tensor in kohya_tensors(layer).items()}
+            kohya_path = path if component == "unet" or path.startswith("text_model.") else "text_model." + path
+            out[f"{prefixes[component]}_{kohya_path.replace('.', '_')}"] = (module, path, layer)
     return out
+
+
+def kohya_state_dict(model: LoadedModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """All adapters in kohya/LyCORIS naming, with the trained alpha (diffusers' converter writes alpha = rank)."""
+    return {f"{base}.{key}": tensor.detach().to(dtype)
+            for base, (_, _, layer) in kohya_layers(model).items() for key, tensor in kohya_tensors(layer).items()}
+
+
+def start_from(model: LoadedModel, path: Path, network: NetworkConfig, alpha: float) -> int:
+    """Fill the adapters just added with a kohya/LyCORIS file's weights (--network-weights, as kohya's
+    --network_weights), so training continues that LoRA; returns how many layers were filled. The file must
+    hold this run's network type, rank and alpha, on layers this run adapts; layers it lacks start fresh."""
+    flag = "--network-weights"
+    _, tensors = _read_lora_file(path)
+    found = _network_of(tensors, flag)
+    if found != network.network:
+        raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
+    layers = _by_layer(tensors)
+    ours = kohya_layers(model)
+    unknown = sorted(set(layers) - set(ours))
+    if unknown:
+        text = any(not base.startswith(UNET_KOHYA_PREFIX) for base in unknown)
+        raise LowvramError(f"{flag}: {path} has layers this run does not adapt ({unknown[0]} and {len(unknown) - 1} "
+                           f"more); pass the --lora-layers{' and --train-text-encoder' if text else ''} it was "
+                           f"trained with, and a base model of its family")
+    states: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
+    for base, own in layers.items():
+        module, layer_path, layer = ours[base]
+        whole_lokr = "lokr_w1" in own and "lokr_w2" in own  # saved with peft's scale folded into w1 (no rank)
+        rank, file_alpha = _rank_of(own), float(own["alpha"]) if "alpha" in own else float(_rank_of(own))
+        if not whole_lokr and (rank != network.rank or abs(file_alpha - alpha) > 1e-6 * max(1.0, alpha)):
+            raise LowvramError(f"{flag}: {path} was trained with rank {rank} and alpha {file_alpha:g}; pass --rank "
+                               f"{rank} --alpha {file_alpha:g}")
+        state = states.setdefault(id(module), (module, {}))[1]
+        for suffix, tensor in own.items():
+            if suffix != "alpha":
+                value = _peft_tensor(suffix, tensor).float()
+                state[f"{layer_path}.{_peft_suffix(suffix)}"] = (value / layer.scaling[ADAPTER]
+                                                                if whole_lokr and suffix == "lokr_w1" else value)
+    from peft.utils import set_peft_model_state_dict
+
+    for module, state in states.values():
+        try:
+            result = set_peft_model_state_dict(module, state)
+        except RuntimeError as exc:
+            raise LowvramError(f"{flag}: {path} does not match this run's adapters ({str(exc).splitlines()[-1].strip()})"
+                               "; pass the --network, --rank, --lokr-factor and --lora-layers it was trained with"
+                               ) from None
+        unexpected = [key for key in getattr(result, "unexpected_keys", []) if ADAPTER in key or "lora" in key]
+        if unexpected:
+            raise LowvramError(f"{flag}: {path} holds tensors this run's adapters have no place for ({unexpected[0]})")
+    return len(layers)
 
 
 def save_kohya(model: LoadedModel, path: Path, alpha: float, precision: str, metadata: dict[str, str]) -> Path:
@@ -264,16 +314,10 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
     Per-layer ranks and alphas are kept (peft's rank/alpha patterns); returns the network type."""
     from peft import LoKrConfig
     from peft.utils import set_peft_model_state_dict
-    from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    metadata, tensors = _read_lora_file(path)
     network = _network_of(tensors)
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        base, suffix = key.split(".", 1)
-        layers.setdefault(base, {})[suffix] = tensor
+    layers = _by_layer(tensors)
     try:
         factor = int(json.loads(metadata.get("ss_network_args") or "{}").get("factor", -1))
     except (ValueError, AttributeError):
@@ -314,7 +358,26 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
     return network
 
 
-def _network_of(tensors: dict[str, torch.Tensor]) -> str:
+def _read_lora_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as exc:
+        raise LowvramError(f"{path}: not a readable .safetensors file ({exc})") from None
+
+
+def _by_layer(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """kohya/LyCORIS tensors grouped by layer: {key prefix: {suffix: tensor}}."""
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        base, suffix = key.split(".", 1)
+        layers.setdefault(base, {})[suffix] = tensor
+    return layers
+
+
+def _network_of(tensors: dict[str, torch.Tensor], flag: str = "--lora") -> str:
     suffixes = {key.split(".", 1)[1] for key in tensors if "." in key}
     if any(s.startswith("hada_") for s in suffixes):
         return "loha"
@@ -322,7 +385,7 @@ def _network_of(tensors: dict[str, torch.Tensor]) -> str:
         return "lokr"
     if "lora_down.weight" in suffixes:
         return "dora" if "dora_scale" in suffixes else "lora"
-    raise LowvramError("--lora: no LoRA, DoRA, LoHa or LoKr layers in the file (kohya/LyCORIS key names expected)")
+    raise LowvramError(f"{flag}: no LoRA, DoRA, LoHa or LoKr layers in the file (kohya/LyCORIS key names expected)")
 
 
 def _rank_of(own: dict[str, torch.Tensor]) -> int:
