@@ -31,7 +31,8 @@ def test_plan_answers_in_seconds_with_the_per_phase_table(argv):
     done, seconds = lowvram("plan", *argv)
     assert done.returncode == 0, done.stderr
     assert seconds < 5, seconds
-    for word in ("candidate strategies", "latents", "train", "activations", "U-Net", "optim. state", "chose"):
+    for word in ("candidate strategies", "latents", "train", "activations", "U-Net", "optim. state", "chose",
+                 "host RAM per phase", "parked parts"):
         assert word in done.stdout, word
 
 

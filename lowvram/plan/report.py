@@ -40,6 +40,7 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
                       "one[/]")
     shown = result.choice or min(result.candidates, key=lambda e: e.peak_vram())
     console.print(breakdown(shown))
+    console.print(host_breakdown(shown))
     console.print(f"latent caching: {shown.cache_batch_size} image(s) per VAE call"
                   + (", VAE in 512 px tiles (--vae-tiling)" if shown.vae_tiling else ""))
     console.print(("[green]" if result.choice else "[red]") + result.explanation)
@@ -74,6 +75,21 @@ def breakdown(est: Estimate) -> Table:
         cells = [gib(est.vram[p][component]) if component in est.vram[p] else "" for p in phases]
         table.add_row(component, *cells)
     table.add_row("[bold]total", *[f"[bold]{gib(est.peak_vram(p))}" for p in phases])
+    return table
+
+
+def host_breakdown(est: Estimate) -> Table:
+    """Per-component host RAM of every phase for one strategy (loading peaks: the mapped checkpoint and, for a
+    stored format, the converted U-Net beside it)."""
+    table = Table(title=f"{est.strategy.label}: host RAM per phase (GiB)")
+    table.add_column("component", no_wrap=True)
+    phases = list(est.host)
+    for phase in phases:
+        table.add_column(SHORT.get(phase, phase), justify="right", no_wrap=True)
+    components = list(dict.fromkeys(c for phase in phases for c in est.host[phase]))
+    for component in components:
+        table.add_row(component, *[gib(est.host[p][component]) if component in est.host[p] else "" for p in phases])
+    table.add_row("[bold]total", *[f"[bold]{gib(sum(est.host[p].values()))}" for p in phases])
     return table
 
 
