@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.errors import LowvramError
+from lowvram.train.prompts import SamplePrompt, parse_prompt
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -206,7 +207,9 @@ class OutputConfig:
     save_precision: str = option("fp16", "Precision of the saved LoRA.", choices=SAVE_PRECISION)
     overwrite: bool = option(False, "Replace an existing LoRA of the same name in the output folder.")
     sample_prompts: tuple[str, ...] = option((), "Prompt(s) to render with the trained LoRA at the end "
-                                             "(repeat the flag for several).", metavar="PROMPT",
+                                             "(repeat the flag for several). kohya's inline options work: "
+                                             "'a cat --n blurry --w 512 --h 768 --s 28 --l 7 --d 42' (negative "
+                                             "prompt, width, height, steps, guidance, seed).", metavar="PROMPT",
                                              flag="--sample-prompt")
     sample_steps: int = option(20, "Denoising steps for sample images.")
     sample_every: str | None = option(None, "Also render the sample prompts every N steps ('500') or N epochs "
@@ -242,6 +245,11 @@ class RunConfig:
     @property
     def text_encoder_lr(self) -> float:
         return self.optim.text_encoder_lr if self.optim.text_encoder_lr is not None else self.lr
+
+    @property
+    def samples(self) -> tuple[SamplePrompt, ...]:
+        """The sample prompts with their inline options parsed (validated when the config was built)."""
+        return tuple(parse_prompt(line) for line in self.output.sample_prompts)
 
     @property
     def output_dir(self) -> Path:
@@ -547,6 +555,11 @@ def _check(c: RunConfig) -> list[str]:
             parse_save_every(value)
         except ValueError as exc:
             p.append(f"--{flag}: {exc}")
+    for line in c.output.sample_prompts:
+        try:
+            parse_prompt(line)
+        except ValueError as exc:
+            p.append(f"--sample-prompt: {exc}")
     if c.output.sample_every and not c.output.sample_prompts:
         p.append("--sample-every: no prompt to render; add --sample-prompt \"...\"")
     if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:

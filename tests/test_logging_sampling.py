@@ -16,8 +16,8 @@ from lowvram.train.loop import train
 def sampled(tmp_path_factory):
     out = tmp_path_factory.mktemp("sampled")
     config = run_config(output=str(out), max_steps=4, sample_every="2", sample_prompts=["lvshape, a red circle",
-                        "lvshape, a blue square"], sample_steps=2, tensorboard=True, validation_split=0.34,
-                        validate_every=2)
+                        "lvshape, a blue square --n circle --w 96 --h 48 --s 3 --l 5 --d 9"], sample_steps=2,
+                        tensorboard=True, validation_split=0.34, validate_every=2)
     return config, train(config)
 
 
@@ -25,9 +25,22 @@ def test_sample_grids_are_written_every_n_steps_at_the_expected_size(sampled):
     config, result = sampled
     grids = sorted((config.output_dir / "samples").glob(f"{config.output_name}-step*.png"))
     assert [g.name for g in grids] == [f"{config.output_name}-step000002.png", f"{config.output_name}-step000004.png"]
-    for grid in grids:
-        assert Image.open(grid).size == (2 * 64, 64)  # two prompts side by side at the tiny model's 64 px
-    assert len(result.samples) == 2  # the final samples, one file per prompt
+    for grid in grids:  # side by side: 64 px (the tiny model's resolution) and the second prompt's 96 x 48
+        assert Image.open(grid).size == (64 + 96, 64)
+    assert [Image.open(path).size for path in result.samples] == [(64, 64), (96, 48)]  # one file per prompt
+
+
+def test_sample_prompts_take_kohyas_inline_options():
+    from lowvram.train.prompts import SamplePrompt, parse_prompt
+
+    assert parse_prompt("a cat, sitting --n blurry, lowres --W 512 --h 768 --s 28 --l 6.5 --d 7") == SamplePrompt(
+        "a cat, sitting", negative="blurry, lowres", width=512, height=768, steps=28, guidance=6.5, seed=7)
+    assert parse_prompt("a photo -- of a dog") == SamplePrompt("a photo -- of a dog")  # '--' alone is text
+    for bad, named in (("a cat --x 3", "unknown option --x"), ("a cat --w 500", "--w (width) must be a multiple of 8"),
+                       ("a cat --s none", "--s (steps) must be a number"), ("--n blurry", "no prompt")):
+        with pytest.raises(LowvramError, match="--sample-prompt: ") as error:
+            run_config(sample_prompts=[bad])
+        assert named in str(error.value) and len(str(error.value).splitlines()) == 1
 
 
 def test_metrics_and_tensorboard_hold_every_step(sampled):

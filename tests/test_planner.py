@@ -214,3 +214,19 @@ def test_wider_lora_layers_cost_more_memory_and_the_planner_counts_it():
         assert attn["LoRA"] < mlp["LoRA"] < full["LoRA"]
         assert attn["activations"] < mlp["activations"] < full["activations"]
     assert training("attn-mlp", False)["activations"] - training("attn", False)["activations"] > 2**30
+
+
+def test_the_sampling_phase_counts_the_largest_sample_size_a_prompt_asks_for():
+    from lowvram.config import build_config
+    from lowvram.plan import workload_for
+
+    hardware = hardware_for(None, "8GB", "64GB")
+
+    def sampling_peak(*prompts: str) -> int:
+        config = build_config({"model": "sd15", "data": "sample", "sample_prompts": list(prompts)})
+        work = workload_for(config, hardware)
+        return estimate(work, MemoryStrategy("bf16", True, "adamw"), hardware).peak_vram("sampling")
+
+    assert workload_for(build_config({"model": "sd15", "data": "sample", "sample_prompts": ["a --w 1024 --h 768"]}),
+                        hardware).sample_resolution == 886
+    assert sampling_peak("a cat", "a dog --w 1024 --h 1536") > sampling_peak("a cat", "a dog") > 0

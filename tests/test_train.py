@@ -220,6 +220,16 @@ def test_part_by_part_sampler_matches_the_diffusers_pipeline(family):
     cached = render(model, "lvshape, a red circle", 64, 4, seed=3, device=torch.device("cpu"),
                     autocast=contextlib.nullcontext, embeddings=embeddings)
     assert np.array_equal(np.asarray(cached), np.asarray(ours))
+    # a negative prompt, another size, steps, guidance and seed from kohya's inline options: the same image
+    # as the pipeline given them as arguments
+    ours = render(model, "lvshape, a red circle --n a blue square --w 96 --h 48 --s 3 --l 4.5 --d 11", 64, 4,
+                  seed=3, device=torch.device("cpu"), autocast=contextlib.nullcontext)
+    theirs = model.pipeline("lvshape, a red circle", negative_prompt="a blue square", num_inference_steps=3,
+                            guidance_scale=4.5, height=48, width=96,
+                            generator=torch.Generator("cpu").manual_seed(11)).images[0]
+    assert ours.size == theirs.size == (96, 48)
+    difference = np.abs(np.asarray(ours, dtype=np.float32) - np.asarray(theirs, dtype=np.float32))
+    assert difference.max() <= 2.0, difference.max()
 
 
 @pytest.mark.parametrize("model_name", ["tiny", "tiny-sdxl"])

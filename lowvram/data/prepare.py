@@ -164,9 +164,9 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
                                   config.data.max_token_length)
 
         encoded_texts = encode_texts(missing_texts, text_store, encode, batch, console)
-        if config.output.sample_prompts:
+        if config.samples:  # each prompt's negative and itself, in that order
             with torch.no_grad():
-                hidden, pooled = encode(["", *config.output.sample_prompts])
+                hidden, pooled = encode([text for p in config.samples for text in (p.negative, p.text)])
             sample_embeddings = (hidden.cpu(), None if pooled is None else pooled.cpu())
         for encoder in model.text_encoders:
             encoder.to("cpu")

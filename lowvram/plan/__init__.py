@@ -34,9 +34,16 @@ def workload_for(config: RunConfig, hardware: Hardware) -> Workload:
                     offload_activations=config.memory.offload_activations,
                     train_text_encoder=config.network.train_text_encoder,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),
+                    sample_resolution=sample_resolution(config, config.data.resolution or family.resolution),
                     compute_bytes=2 if hardware.device == "cuda" else 4,
                     native_format="fp32" if hardware.device != "cuda" else ("bf16" if hardware.bf16 else "fp16"),
                     vae_fp32=fp16 and bool(vae.get("force_upcast")))
+
+
+def sample_resolution(config: RunConfig, resolution: int) -> int | None:
+    """The square side with as many pixels as the largest sample image (prompts may set --w/--h)."""
+    sizes = [p.size(resolution) for p in config.samples]
+    return int(max(w * h for w, h in sizes) ** 0.5) if sizes else None
 
 
 def fixed_choices(values: dict) -> dict:

@@ -68,6 +68,7 @@ class Workload:
     compute_bytes: int = 2  # 2 for bf16/fp16 mixed precision, 4 for fp32
     native_format: str = "bf16"  # the storage format that matches the compute dtype (fp16 on pre-Ampere GPUs)
     vae_fp32: bool = False  # SDXL's VAE under fp16: kept in fp32
+    sample_resolution: int | None = None  # square side of the largest sample image's pixels (default: resolution)
 
 
 @dataclass
@@ -247,7 +248,8 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     result = Estimate(strategy)
     result.cache_batch_size, result.vae_tiling, latent_caching = caching_phase(work, data, context, vae_bytes,
                                                                               hardware)
-    sampling_activations = scaled(data["sampling"], work.resolution, 1) * (2 if work.vae_fp32 else 1)
+    sample_side = work.sample_resolution or work.resolution
+    sampling_activations = scaled(data["sampling"], sample_side, 1) * (2 if work.vae_fp32 else 1)
     if result.vae_tiling:  # the decode at the end of sampling is tiled too
         sampling_activations = min(sampling_activations, scaled(data["sampling"], TILE_PX, 1))
     result.vram = {

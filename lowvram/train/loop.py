@@ -306,7 +306,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                 save_lora(out_dir / f"{config.output_name}-{suffix}.safetensors", step, epoch)
             if sample_every and main and _is_save_point(sample_every, step, steps_per_epoch):
                 with evaluating(model, optimizer):
-                    grid = render_grid(model, config.output.sample_prompts,
+                    grid = render_grid(model, config.samples,
                                        out_dir / "samples" / f"{config.output_name}-step{step:06d}.png", resolution,
                                        config.output.sample_steps, config.training.seed, accelerator,
                                        prepared_data.sample_embeddings)
@@ -334,7 +334,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         with use_averaged_weights(optimizer):
             if config.output.format == "diffusers":
                 lora.save_diffusers(model, out_dir / f"{config.output_name}-diffusers", config.output.save_precision)
-            samples = render_samples(model, config.output.sample_prompts, out_dir / "samples", config.output_name,
+            samples = render_samples(model, config.samples, out_dir / "samples", config.output_name,
                                      resolution, config.output.sample_steps, config.training.seed, accelerator,
                                      prepared_data.sample_embeddings)
         console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),

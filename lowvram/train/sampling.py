@@ -15,6 +15,7 @@ import torch
 
 from lowvram.models.loading import LoadedModel
 from lowvram.train.conditioning import encode_prompts, unet_conditioning
+from lowvram.train.prompts import SamplePrompt, parse_prompt
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -28,39 +29,43 @@ def _visit(modules: list[torch.nn.Module], device: torch.device):
 
 
 @torch.no_grad()
-def render(model: LoadedModel, prompt: str, resolution: int, steps: int, seed: int, device: torch.device,
-           autocast, embeddings: tuple | None = None) -> Image:
-    """One image. `embeddings`: the (hidden, pooled) of ["", prompt], encoded beforehand; else the text
+def render(model: LoadedModel, prompt: SamplePrompt | str, resolution: int, steps: int, seed: int,
+           device: torch.device, autocast, embeddings: tuple | None = None) -> Image:
+    """One image; the prompt's own options (negative prompt, size, steps, guidance, seed) override the
+    arguments. `embeddings`: the (hidden, pooled) of [negative, prompt], encoded beforehand; else the text
     encoders visit the device to encode them."""
+    prompt = parse_prompt(prompt) if isinstance(prompt, str) else prompt
     family, pipeline, unet, vae = model.family, model.pipeline, model.unet, model.vae
     home = next(vae.parameters()).device
     if embeddings is None:
         text_home = next(model.text_encoders[0].parameters()).device
         _visit(model.text_encoders, device)
         with autocast():
-            hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers, ["", prompt], device,
-                                            model.max_token_length)
+            hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers,
+                                            [prompt.negative, prompt.text], device, model.max_token_length)
         _visit(model.text_encoders, text_home)
     else:
         hidden, pooled = (None if t is None else t.to(device) for t in embeddings)
-    if getattr(pipeline.config, "force_zeros_for_empty_prompt", False):  # SDXL's unconditional embedding
-        hidden[0].zero_()
+    if not prompt.negative and getattr(pipeline.config, "force_zeros_for_empty_prompt", False):
+        hidden[0].zero_()  # SDXL's unconditional embedding, as its pipeline makes it
         if pooled is not None:
             pooled[0].zero_()
 
+    width, height = prompt.size(resolution)
+    guidance = GUIDANCE if prompt.guidance is None else prompt.guidance
     scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
-    scheduler.set_timesteps(steps, device=device)
+    scheduler.set_timesteps(prompt.steps or steps, device=device)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    shape = (1, unet.config.in_channels, resolution // factor, resolution // factor)
+    generator = torch.Generator("cpu").manual_seed(seed if prompt.seed is None else prompt.seed)
+    shape = (1, unet.config.in_channels, height // factor, width // factor)
     latents = (torch.randn(shape, generator=generator) * scheduler.init_noise_sigma).to(device)
-    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * 2, dtype=torch.float32)
+    time_ids = torch.tensor([[height, width, 0, 0, height, width]] * 2, dtype=torch.float32)
     conditioning = unet_conditioning(family, hidden, pooled, time_ids)
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         with autocast():
             uncond, cond = unet(model_input, t, **conditioning).sample.float().chunk(2)
-        latents = scheduler.step(uncond + GUIDANCE * (cond - uncond), t, latents).prev_sample
+        latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
 
     vae.to(device)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
@@ -69,23 +74,24 @@ def render(model: LoadedModel, prompt: str, resolution: int, steps: int, seed: i
     return pipeline.image_processor.postprocess(image.float(), output_type="pil")[0]
 
 
-def render_images(model: LoadedModel, prompts: tuple[str, ...], resolution: int, steps: int, seed: int,
+def render_images(model: LoadedModel, prompts: tuple[SamplePrompt, ...], resolution: int, steps: int, seed: int,
                   accelerator, embeddings: tuple | None = None) -> list[Image]:
-    """One seeded image per prompt (seed + its index). `embeddings`: (hidden, pooled) of ["", *prompts] from
-    the caching phase, so the text encoders need not come back to the device."""
+    """One seeded image per prompt (seed + its index, unless it sets its own). `embeddings`: (hidden, pooled)
+    of each prompt's negative and itself in turn, from the caching phase, so the text encoders need not come
+    back to the device."""
     images = []
     for i, prompt in enumerate(prompts):
         pair = None
         if embeddings is not None:
             hidden, pooled = embeddings
-            pick = torch.tensor([0, i + 1])
+            pick = torch.tensor([2 * i, 2 * i + 1])
             pair = (hidden[pick], None if pooled is None else pooled[pick])
         images.append(render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast,
                              pair))
     return images
 
 
-def render_samples(model: LoadedModel, prompts: tuple[str, ...], folder: Path, name: str, resolution: int,
+def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder: Path, name: str, resolution: int,
                    steps: int, seed: int, accelerator, embeddings: tuple | None = None) -> list[Path]:
     """The final samples: `<folder>/<name>-NN.png`, one per prompt."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,13 +102,18 @@ def render_samples(model: LoadedModel, prompts: tuple[str, ...], folder: Path, n
     return paths
 
 
-def render_grid(model: LoadedModel, prompts: tuple[str, ...], path: Path, resolution: int, steps: int, seed: int,
-                accelerator, embeddings: tuple | None = None) -> Path:
-    """The samples of one point in training side by side in one image (same seeds every time, so grids of
-    successive steps show what training changed)."""
-    from diffusers.utils import make_image_grid
+def render_grid(model: LoadedModel, prompts: tuple[SamplePrompt, ...], path: Path, resolution: int, steps: int,
+                seed: int, accelerator, embeddings: tuple | None = None) -> Path:
+    """The samples of one point in training side by side in one image, top-aligned when their sizes differ
+    (same seeds every time, so grids of successive steps show what training changed)."""
+    from PIL import Image as PILImage
 
     images = render_images(model, prompts, resolution, steps, seed, accelerator, embeddings)
+    grid = PILImage.new("RGB", (sum(im.width for im in images), max(im.height for im in images)))
+    x = 0
+    for image in images:
+        grid.paste(image, (x, 0))
+        x += image.width
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_image_grid(images, rows=1, cols=len(images)).save(path)
+    grid.save(path)
     return path
