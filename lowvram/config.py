@@ -99,6 +99,9 @@ class DataConfig:
     max_token_length: int = option(75, "Caption tokens the text encoders read (kohya's max_token_length): 75, 150 "
                                    "or 225. Longer captions are cut there; 150 and 225 read them in 75-token "
                                    "chunks, as AUTOMATIC1111 and ComfyUI read long prompts.", metavar="N")
+    clip_skip: int = option(1, "CLIP layers skipped from the end, as kohya's and AUTOMATIC1111's clip skip: 2 "
+                            "reads the penultimate layer, which anime SD1.5 models (NovelAI's descendants) are "
+                            "trained for. SD1.5 only: SDXL reads its penultimate layer already.", metavar="N")
     caption_variants: int = option(4, "Shuffled captions cached per caption when tags are shuffled.", metavar="N")
     background: str = option("white", "Colour transparent images are composited on (white, black, grey, #RRGGBB).")
     alpha_mask: bool = option(False, "Use transparency as a loss mask instead of compositing it.")
@@ -245,6 +248,13 @@ class RunConfig:
     @property
     def text_encoder_lr(self) -> float:
         return self.optim.text_encoder_lr if self.optim.text_encoder_lr is not None else self.lr
+
+    @property
+    def text_reading(self):
+        """How the text encoders read captions and prompts (train.conditioning.TextReading)."""
+        from lowvram.train.conditioning import TextReading
+
+        return TextReading(self.data.max_token_length, self.data.clip_skip)
 
     @property
     def samples(self) -> tuple[SamplePrompt, ...]:
@@ -505,6 +515,8 @@ def _check(c: RunConfig) -> list[str]:
     positive("keep-tokens", c.data.keep_tokens, allow_zero=True)
     positive("prior-loss-weight", c.data.prior_loss_weight, allow_zero=True)
     positive("cache-batch-size", c.data.cache_batch_size)
+    if not 1 <= c.data.clip_skip <= 4:
+        p.append(f"--clip-skip: {c.data.clip_skip} is not one of 1 (the last layer, the default), 2, 3, 4")
     if c.data.max_token_length not in (75, 150, 225):
         p.append(f"--max-token-length: {c.data.max_token_length} is not one of 75, 150, 225")
     if c.data.keep_tokens and not c.data.shuffle_tags:

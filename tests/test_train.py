@@ -16,7 +16,7 @@ from lowvram.cli import main
 from lowvram.config import build_config, read_toml
 from lowvram.errors import LowvramError
 from lowvram.models import load_model
-from lowvram.train.conditioning import encode_prompts, unet_conditioning
+from lowvram.train.conditioning import TextReading, encode_prompts, unet_conditioning
 from lowvram.train.loop import train
 from lowvram.train.loss import diffusion_loss
 
@@ -240,7 +240,8 @@ def test_long_captions_are_read_in_75_token_chunks(model_name):
 
     def encode(max_tokens):
         with torch.no_grad():
-            return encode_prompts(model.family, model.text_encoders, model.tokenizers, captions, "cpu", max_tokens)
+            return encode_prompts(model.family, model.text_encoders, model.tokenizers, captions, "cpu",
+                                  TextReading(max_tokens))
 
     plain, plain_pooled = encode(75)
     chunked, chunked_pooled = encode(225)
@@ -265,3 +266,34 @@ def test_a_run_with_long_captions_caches_and_trains_on_all_of_them(tmp_path):
     assert result.data.load([0], random.Random(0)).hidden.shape[1] == 227
     with safe_open(str(result.lora_path), "pt") as f:
         assert f.metadata()["ss_max_token_length"] == "225"
+
+
+def test_clip_skip_reads_the_layer_diffusers_and_automatic1111_read():
+    """kohya's and AUTOMATIC1111's clip skip 2 (diffusers' clip_skip=1): the penultimate layer's states through
+    the final layer norm, as diffusers' encode_prompt computes them (its own call reaches for the `text_model`
+    level transformers 5 removed, so the formula is written out here)."""
+    model = load_model("tiny")
+    prompt = ["lvshape, a red circle"]
+    encoder, tokenizer = model.text_encoders[0], model.tokenizers[0]
+    with torch.no_grad():
+        skipped, _ = encode_prompts(model.family, model.text_encoders, model.tokenizers, prompt, "cpu",
+                                    TextReading(clip_skip=2))
+        plain, _ = encode_prompts(model.family, model.text_encoders, model.tokenizers, prompt, "cpu")
+        ids = tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        states = encoder(ids, output_hidden_states=True).hidden_states
+        theirs = encoder.final_layer_norm(states[-2])
+    torch.testing.assert_close(skipped, theirs)
+    torch.testing.assert_close(plain, encoder.final_layer_norm(states[-1]))
+    assert not torch.allclose(skipped, plain)
+
+
+def test_a_clip_skip_run_encodes_its_own_embeddings_and_records_it(tmp_path, sample_data):
+    first = train(run_config(data=str(sample_data), output=str(tmp_path / "a"), max_steps=1))
+    skipped = train(run_config(data=str(sample_data), output=str(tmp_path / "b"), max_steps=1, clip_skip=2))
+    assert skipped.encoded[1] == first.encoded[1] > 0  # the default reading's cached embeddings are not reused
+    with safe_open(str(skipped.lora_path), "pt") as f:
+        assert f.metadata()["ss_clip_skip"] == "2"
+    with pytest.raises(LowvramError, match="--clip-skip 2: tiny SDXL .* already reads .* penultimate"):
+        train(run_config(model="tiny-sdxl", output=str(tmp_path / "c"), clip_skip=2))
+    with pytest.raises(LowvramError, match="--clip-skip: 7 is not one of"):
+        run_config(clip_skip=7)

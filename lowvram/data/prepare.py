@@ -98,7 +98,7 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
     cache_text = not config.network.train_text_encoder
     vae_id = module_fingerprint(model.vae)
     text_id = (module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])
-               + (f"/tokens{config.data.max_token_length}" if config.data.max_token_length != 75 else ""))
+               + config.text_reading.cache_tag)
     latent_store, text_store = TensorStore(cache_dir, "latents"), TensorStore(cache_dir, "text")
 
     latent_jobs: dict[str, LatentJob] = {}
@@ -161,7 +161,7 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
             encoder.to(device)
         def encode(texts):
             return encode_prompts(family, model.text_encoders, model.tokenizers, texts, device,
-                                  config.data.max_token_length)
+                                  config.text_reading)
 
         encoded_texts = encode_texts(missing_texts, text_store, encode, batch, console)
         if config.samples:  # each prompt's negative and itself, in that order

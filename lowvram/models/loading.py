@@ -31,7 +31,7 @@ class LoadedModel:
     source: str
     name: str  # short name for metadata and file names
     hash: str  # AUTOMATIC1111's short model hash (or a stand-in for random-init models)
-    max_token_length: int = 75  # caption tokens the text encoders read (--max-token-length)
+    text_reading: object = None  # how captions are read (train.conditioning.TextReading; None: the default)
 
     @property
     def unet(self) -> torch.nn.Module:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lowvram.models.families import ModelFamily
@@ -30,15 +32,33 @@ def encode_images(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 CHUNK_TOKENS = 75  # CLIP reads 77 tokens: BOS, 75 of the caption, EOS
 
 
+@dataclass(frozen=True)
+class TextReading:
+    """How captions are read: `max_tokens` 75, 150 or 225 (kohya's max_token_length) and `clip_skip`, the CLIP
+    layers skipped from the end (kohya's and AUTOMATIC1111's numbering: 1 reads the last layer, 2 the one
+    before it through the final layer norm, as anime SD1.5 models expect)."""
+
+    max_tokens: int = CHUNK_TOKENS
+    clip_skip: int = 1
+
+    @property
+    def cache_tag(self) -> str:
+        """What sets these embeddings apart from the default reading's in the cache."""
+        return ((f"/tokens{self.max_tokens}" if self.max_tokens != CHUNK_TOKENS else "")
+                + (f"/clipskip{self.clip_skip}" if self.clip_skip != 1 else ""))
+
+
 def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, captions: list[str],
-                   device: torch.device, max_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   device: torch.device, reading: TextReading = TextReading()
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Cross-attention states (the encoders' chosen hidden states, concatenated) and the pooled embedding
     of the encoder marked `pooled` (SDXL), exactly as the family's diffusers pipeline computes them.
 
-    `max_tokens` 150 or 225 reads longer captions as kohya's max_token_length and AUTOMATIC1111/ComfyUI's long
-    prompts do: 75-token chunks, each encoded with its own BOS/EOS, joined without the inner BOS/EOS (so 227
-    states for 225 tokens); the pooled embedding is the first chunk's."""
-    chunks = max(1, max_tokens // CHUNK_TOKENS)
+    `reading.max_tokens` 150 or 225 reads longer captions as kohya's max_token_length and AUTOMATIC1111/ComfyUI's
+    long prompts do: 75-token chunks, each encoded with its own BOS/EOS, joined without the inner BOS/EOS (so 227
+    states for 225 tokens); the pooled embedding is the first chunk's. `reading.clip_skip` 2 or more takes an
+    earlier layer's states through the final layer norm, as diffusers' `clip_skip` (one less) does."""
+    chunks = max(1, reading.max_tokens // CHUNK_TOKENS)
     states, pooled = [], None
     for spec, encoder, tokenizer in zip(family.text_encoders, text_encoders, tokenizers):
         ids = tokenizer(captions, padding="max_length", max_length=chunks * CHUNK_TOKENS + 2, truncation=True,
@@ -46,7 +66,12 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
         if chunks > 1:
             ids = _chunked(ids, chunks, tokenizer)
         out = encoder(ids.to(device), output_hidden_states=True)
-        hidden = out.last_hidden_state if spec.hidden_state == -1 else out.hidden_states[spec.hidden_state]
+        if spec.hidden_state == -1 and reading.clip_skip > 1:
+            text_model = getattr(encoder, "module", encoder)  # (DDP wraps a text encoder that trains)
+            text_model = getattr(text_model, "text_model", text_model)  # (transformers 5 has no text_model level)
+            hidden = text_model.final_layer_norm(out.hidden_states[-reading.clip_skip])
+        else:
+            hidden = out.last_hidden_state if spec.hidden_state == -1 else out.hidden_states[spec.hidden_state]
         if chunks > 1:
             hidden = hidden.reshape(len(captions), chunks, CHUNK_TOKENS + 2, -1)
             hidden = torch.cat([hidden[:, 0, :1], hidden[:, :, 1:-1].flatten(1, 2), hidden[:, -1, -1:]], dim=1)

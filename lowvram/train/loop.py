@@ -89,6 +89,9 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         data_root = Path(config.data.data)
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
     family_hint = detect_family(config.model.model, config.model.model_family)
+    if config.data.clip_skip > 1 and any(spec.hidden_state != -1 for spec in family_hint.text_encoders):
+        raise LowvramError(f"--clip-skip {config.data.clip_skip}: {family_hint.title} already reads its text "
+                           "encoders' penultimate layer, and kohya ignores clip skip for it; drop --clip-skip")
     with accelerator.main_process_first():  # one process writes the scan index, the others read it
         reports = [scan(config, data_root, family_hint, trigger, cache_dir, console)]
         if config.data.reg_data:
@@ -108,7 +111,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         # straight into the compute dtype: an SDXL checkpoint never exists in fp32 in host RAM
         model = load_model(config.model.model, config.model.model_family, dtype=weight_dtype, vae=config.model.vae)
     family = model.family
-    model.max_token_length = config.data.max_token_length
+    model.text_reading = config.text_reading
     noise_scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
     if config.model.prediction_type:
         noise_scheduler.register_to_config(prediction_type=config.model.prediction_type)
@@ -211,7 +214,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         if train_text:
             with accelerator.autocast():
                 hidden, pooled = encode_prompts(family, text_encoders, model.tokenizers, batch.captions, device,
-                                                config.data.max_token_length)
+                                                config.text_reading)
         else:
             hidden = batch.hidden.to(device, weight_dtype)
             pooled = batch.pooled.to(device, weight_dtype) if batch.pooled is not None else None
@@ -232,7 +235,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                 model.unet, noise_scheduler, family, data, validation_samples[rank::world],
                 config.validation.validation_timesteps, config.training.seed, device, weight_dtype,
                 accelerator.autocast, model.text_encoders if train_text else None, model.tokenizers,
-                config.data.max_token_length)
+                config.text_reading)
         total, count = _sum_over_processes(accelerator, total, count)
         return total / count
 

@@ -42,6 +42,7 @@ def lora_metadata(config: RunConfig, model: LoadedModel, records, step: int, epo
         "ss_optimizer": config.optim.optimizer,
         "ss_seed": str(config.training.seed),
         "ss_max_token_length": str(config.data.max_token_length),
+        "ss_clip_skip": str(config.data.clip_skip) if config.data.clip_skip > 1 else "None",
         "ss_noise_offset": f"{config.training.noise_offset:g}",
         "ss_min_snr_gamma": f"{config.training.min_snr_gamma or 0:g}",
         "ss_batch_size_per_device": str(config.training.batch_size),
