@@ -288,8 +288,10 @@ def test_clip_skip_reads_the_layer_diffusers_and_automatic1111_read():
 
 
 def test_a_clip_skip_run_encodes_its_own_embeddings_and_records_it(tmp_path, sample_data):
-    first = train(run_config(data=str(sample_data), output=str(tmp_path / "a"), max_steps=1))
-    skipped = train(run_config(data=str(sample_data), output=str(tmp_path / "b"), max_steps=1, clip_skip=2))
+    cache = str(tmp_path / "cache")  # a cache of its own: the shared one may hold these captions already
+    first = train(run_config(data=str(sample_data), output=str(tmp_path / "a"), max_steps=1, cache_dir=cache))
+    skipped = train(run_config(data=str(sample_data), output=str(tmp_path / "b"), max_steps=1, clip_skip=2,
+                               cache_dir=cache))
     assert skipped.encoded[1] == first.encoded[1] > 0  # the default reading's cached embeddings are not reused
     with safe_open(str(skipped.lora_path), "pt") as f:
         assert f.metadata()["ss_clip_skip"] == "2"
