@@ -471,18 +471,14 @@ def _check(c: RunConfig) -> list[str]:
         p.append(pickle_refusal("--model", c.model.model))
     elif model_path.suffix.lower() == ".safetensors" and not model_path.is_file():
         p.append(f"--model: file not found: {c.model.model}")
-    if c.model.vae is not None:
-        vae_path = Path(c.model.vae)
-        if vae_path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
-            p.append(pickle_refusal("--vae", c.model.vae))
-        elif not vae_path.exists():
-            p.append(f"--vae: not found: {c.model.vae}")
-    if c.network.network_weights is not None:
-        weights_path = Path(c.network.network_weights)
-        if weights_path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
-            p.append(pickle_refusal("--network-weights", c.network.network_weights))
-        elif not weights_path.is_file():
-            p.append(f"--network-weights: file not found: {c.network.network_weights}")
+    for flag, value, must_be_file in (("--vae", c.model.vae, False),
+                                      ("--network-weights", c.network.network_weights, True)):
+        if value is None:
+            continue
+        if Path(value).suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+            p.append(pickle_refusal(flag, value))
+        elif not (Path(value).is_file() if must_be_file else Path(value).exists()):
+            p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}")
     if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
         p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
