@@ -82,3 +82,14 @@ def test_a_missing_or_pickled_file_is_refused_before_anything_loads(tmp_path):
     (tmp_path / "old.ckpt").write_bytes(b"not opened")
     with pytest.raises(LowvramError, match="--network-weights: .*pickle"):
         run_config(network_weights=str(tmp_path / "old.ckpt"))
+
+
+def test_a_file_that_is_not_safetensors_is_named_with_the_option(tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(LowvramError) as error:
+        train(run_config(output=str(tmp_path / "out"), max_steps=1, network_weights=str(broken)))
+    message = str(error.value)
+    assert message.startswith(f"--network-weights: {broken} is not a readable .safetensors file")
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "out" / "out.safetensors").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lowvram.errors import LowvramError
 from lowvram.hardware import GIB, Hardware
-from lowvram.models.families import ModelFamily
+from lowvram.models.families import DEFAULT_LORA_LAYERS, ModelFamily
 from lowvram.train.optim import optimizer_state_bytes
 
 DATA_FILE = Path(__file__).parent / "plan_data.json"
@@ -60,7 +60,7 @@ class Workload:
     batch: int = 1
     rank: int = 16
     network: str = "lora"  # lora, dora, loha, lokr
-    lora_layers: str = "attn"  # which layers carry adapters (--lora-layers)
+    lora_layers: str = DEFAULT_LORA_LAYERS  # which layers carry adapters (--lora-layers)
     offload_activations: bool = False  # saved activations in pinned host RAM (--offload-activations)
     train_text_encoder: bool = False
     cache_batch_size: int = 4
@@ -148,18 +148,17 @@ def scaled(entries: list[dict], resolution: int, batch: int, key: str = "activat
 
 
 CAST_FORMATS = ("fp32", "fp16", "bf16")
-DEFAULT_LAYERS = "attn"  # lowvram.models.families.DEFAULT_LORA_LAYERS: the set every grid point is traced with
 # Formats that can't be traced on fake tensors use the 16-bit trace times this factor: their extra
 # activations measured against fp32 weights in a real CPU step of the tiny model (quanto keeps dequantized
 # convolution weights for backward). To be replaced by GPU measurements.
 UNTRACED_ACTIVATION_FACTOR = {"quanto-int8": 1.09, "quanto-int4": 1.09, "quanto-fp8": 1.09, "bnb-int8": 1.11}
 
 
-def training_entries(entries: list[dict], strategy: MemoryStrategy, layers: str = DEFAULT_LAYERS) -> list[dict]:
+def training_entries(entries: list[dict], strategy: MemoryStrategy, layers: str = DEFAULT_LORA_LAYERS) -> list[dict]:
     """The traced steps that stand for this strategy: its own storage format where it was traced (fp8 keeps
     16-bit copies for backward, so it has its own entries), else the 16-bit trace (bitsandbytes and quanto
     save their quantized weights, not dequantized copies); all with adapters on `layers`."""
-    entries = [e for e in entries if e.get("layers", DEFAULT_LAYERS) == layers]
+    entries = [e for e in entries if e.get("layers", DEFAULT_LORA_LAYERS) == layers]
     same = [e for e in entries if e.get("unet_weights") == strategy.unet_weights
             and e["checkpointing"] == strategy.gradient_checkpointing]
     if same:
@@ -171,7 +170,7 @@ def wider_layers_activations(entries: list[dict], work: Workload, checkpointing:
     """What adapting more layers (--lora-layers attn-mlp/full) adds to the default set's activations: each
     adapted layer keeps its input for the adapter's gradient. Traced at the native resolution, scaled with
     pixels and batch like the rest."""
-    if work.lora_layers == DEFAULT_LAYERS:
+    if work.lora_layers == DEFAULT_LORA_LAYERS:
         return 0
     strategy = MemoryStrategy("bf16", checkpointing, "adamw")
     wider = training_entries(entries, strategy, work.lora_layers)

@@ -48,8 +48,11 @@ class TextReading:
                 + (f"/clipskip{self.clip_skip}" if self.clip_skip != 1 else ""))
 
 
+DEFAULT_READING = TextReading()
+
+
 def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, captions: list[str],
-                   device: torch.device, reading: TextReading = TextReading()
+                   device: torch.device, reading: TextReading = DEFAULT_READING
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Cross-attention states (the encoders' chosen hidden states, concatenated) and the pooled embedding
     of the encoder marked `pooled` (SDXL), exactly as the family's diffusers pipeline computes them.

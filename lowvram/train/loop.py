@@ -214,7 +214,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         if train_text:
             with accelerator.autocast():
                 hidden, pooled = encode_prompts(family, text_encoders, model.tokenizers, batch.captions, device,
-                                                config.text_reading)
+                                                model.text_reading)
         else:
             hidden = batch.hidden.to(device, weight_dtype)
             pooled = batch.pooled.to(device, weight_dtype) if batch.pooled is not None else None
@@ -235,7 +235,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                 model.unet, noise_scheduler, family, data, validation_samples[rank::world],
                 config.validation.validation_timesteps, config.training.seed, device, weight_dtype,
                 accelerator.autocast, model.text_encoders if train_text else None, model.tokenizers,
-                config.text_reading)
+                model.text_reading)
         total, count = _sum_over_processes(accelerator, total, count)
         return total / count
 

@@ -78,9 +78,7 @@ def _plain_adapter_convolutions(module: torch.nn.Module) -> None:
                     plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                                             conv.padding, conv.dilation, conv.groups, bias=conv.bias is not None,
                                             padding_mode=conv.padding_mode, device="meta")
-                    plain.weight = torch.nn.Parameter(conv.weight.detach().clone(), requires_grad=conv.weight.requires_grad)
-                    if conv.bias is not None:
-                        plain.bias = torch.nn.Parameter(conv.bias.detach().clone(), requires_grad=conv.bias.requires_grad)
+                    plain.weight, plain.bias = conv.weight, conv.bias  # the same parameters, peft's init
                     matrices[key] = plain
 
 
@@ -220,7 +218,7 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig, alpha: fl
     --network_weights), so training continues that LoRA; returns how many layers were filled. The file must
     hold this run's network type, rank and alpha, on layers this run adapts; layers it lacks start fresh."""
     flag = "--network-weights"
-    _, tensors = _read_lora_file(path)
+    _, tensors = _read_lora_file(path, flag)
     found = _network_of(tensors, flag)
     if found != network.network:
         raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
@@ -236,7 +234,8 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig, alpha: fl
     for base, own in layers.items():
         module, layer_path, layer = ours[base]
         whole_lokr = "lokr_w1" in own and "lokr_w2" in own  # saved with peft's scale folded into w1 (no rank)
-        rank, file_alpha = _rank_of(own), float(own["alpha"]) if "alpha" in own else float(_rank_of(own))
+        rank = _rank_of(own)
+        file_alpha = float(own.get("alpha", rank))
         if not whole_lokr and (rank != network.rank or abs(file_alpha - alpha) > 1e-6 * max(1.0, alpha)):
             raise LowvramError(f"{flag}: {path} was trained with rank {rank} and alpha {file_alpha:g}; pass --rank "
                                f"{rank} --alpha {file_alpha:g}")
@@ -252,10 +251,10 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig, alpha: fl
         try:
             result = set_peft_model_state_dict(module, state)
         except RuntimeError as exc:
-            raise LowvramError(f"{flag}: {path} does not match this run's adapters ({str(exc).splitlines()[-1].strip()})"
-                               "; pass the --network, --rank, --lokr-factor and --lora-layers it was trained with"
-                               ) from None
-        unexpected = [key for key in getattr(result, "unexpected_keys", []) if ADAPTER in key or "lora" in key]
+            detail = str(exc).splitlines()[-1].strip()
+            raise LowvramError(f"{flag}: {path} does not match this run's adapters ({detail}); pass the --network, "
+                               "--rank, --lokr-factor and --lora-layers it was trained with") from None
+        unexpected = list(getattr(result, "unexpected_keys", []))
         if unexpected:
             raise LowvramError(f"{flag}: {path} holds tensors this run's adapters have no place for ({unexpected[0]})")
     return len(layers)
@@ -358,14 +357,15 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
     return network
 
 
-def _read_lora_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def _read_lora_file(path: Path, flag: str = "--lora") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (OSError, SafetensorError) as exc:
-        raise LowvramError(f"{path}: not a readable .safetensors file ({exc})") from None
+        raise LowvramError(f"{flag}: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]}); "
+                           "pass a LoRA .safetensors file") from None
 
 
 def _by_layer(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

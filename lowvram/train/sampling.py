@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lowvram.models.loading import LoadedModel
-from lowvram.train.conditioning import TextReading, encode_prompts, unet_conditioning
+from lowvram.train.conditioning import DEFAULT_READING, encode_prompts, unet_conditioning
 from lowvram.train.prompts import SamplePrompt, parse_prompt
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def render(model: LoadedModel, prompt: SamplePrompt | str, resolution: int, step
         with autocast():
             hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers,
                                             [prompt.negative, prompt.text], device,
-                                            model.text_reading or TextReading())
+                                            model.text_reading or DEFAULT_READING)
         _visit(model.text_encoders, text_home)
     else:
         hidden, pooled = (None if t is None else t.to(device) for t in embeddings)

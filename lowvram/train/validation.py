@@ -16,7 +16,7 @@ import torch
 
 from lowvram.data.dataset import Sample, TrainingData
 from lowvram.errors import LowvramError
-from lowvram.train.conditioning import TextReading, encode_prompts, unet_conditioning
+from lowvram.train.conditioning import DEFAULT_READING, TextReading, encode_prompts, unet_conditioning
 from lowvram.train.loss import diffusion_loss
 
 
@@ -40,7 +40,7 @@ def fixed_timesteps(count: int, train_timesteps: int) -> list[int]:
 @torch.no_grad()
 def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: list[Sample], timesteps: int,
                     seed: int, device: torch.device, dtype: torch.dtype, autocast, text_encoders=None,
-                    tokenizers=None, reading=None) -> tuple[float, int]:
+                    tokenizers=None, reading: TextReading = DEFAULT_READING) -> tuple[float, int]:
     """Sum and count of the losses of `samples` (each image at every fixed timestep, noise seeded per image
     and timestep). `text_encoders`: encode captions live (when they train), else use cached embeddings."""
     total, count = 0.0, 0
@@ -50,7 +50,7 @@ def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: 
         if text_encoders is not None:
             with autocast():
                 hidden, pooled = encode_prompts(family, text_encoders, tokenizers, [sample.caption], device,
-                                                reading or TextReading())
+                                                reading)
         else:
             text = data.text_store.load(sample.text_keys[0])
             hidden = text["hidden"][None].to(device, dtype)
