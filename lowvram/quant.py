@@ -16,10 +16,17 @@ saved LoRA holds only adapter weights, and nothing is ever merged into quantized
 bitsandbytes quantizes only nn.Linear, and SD1.5's U-Net is ~69 % convolutions by parameters, so the
 fp8 and quanto formats, which also convert Conv2d, save far more on SD1.5. Heavy backends are
 imported only when their format is chosen.
+
+The backends' CUDA kernels demand more of a call than their CPU paths do, and an H200 showed it (quanto's
+int4 TinyGemm kernel takes bf16 inputs only, its fp8 Marlin kernel fp16/bf16, bitsandbytes' int8 matmul its
+statistics on the input's device). `KERNEL_CONTRACTS` writes those demands down and `contract_violations`
+checks them on any device, so the CPU suite catches what only a GPU would have crashed on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +65,8 @@ CAST_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 
 
 def convert_frozen(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype) -> torch.nn.Module:
-    """Store `module`'s frozen weights in `fmt`, computing in `compute_dtype`. Call before adding adapters.
+    """Store `module`'s frozen weights in `fmt`, computing in `compute_dtype`. Call before adding adapters,
+    and move the result with `place`.
 
     Non-converted parts (norms, embeddings, convolutions under bitsandbytes) are cast to `compute_dtype`.
     """
@@ -73,8 +81,26 @@ def convert_frozen(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype
     elif fmt.startswith("bnb-"):
         _to_bitsandbytes(module, fmt, compute_dtype)
     else:
-        _to_quanto(module, fmt)
+        _to_quanto(module, fmt, compute_dtype)
     module.requires_grad_(False)  # quanto's freeze() leaves requires_grad on
+    return module
+
+
+def place(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """`module.to(device)` for a converted module, keeping every tensor a kernel reads with its layer.
+
+    `Module.to` swaps each parameter's data in place, which leaves bitsandbytes' int8 statistics (`CB`, `SCB`,
+    attributes of the parameter and of the layer's state) behind on the old device; its CUDA matmul then
+    meets CPU tensors."""
+    module.to(device)
+    for layer in module.modules():
+        if type(layer).__name__ != "Linear8bitLt":
+            continue
+        weight, state = layer.weight, layer.state
+        scale = weight.SCB if weight.SCB is not None else state.SCB
+        if scale is not None:  # quantized: the int8 data is the matrix the kernel reads
+            weight.CB, weight.SCB = weight.data, scale.to(weight.device)
+            state.CB = state.SCB = None  # forward takes them from the weight again (init_8bit_state)
     return module
 
 
@@ -183,11 +209,23 @@ def _to_bitsandbytes(module: torch.nn.Module, fmt: str, compute_dtype: torch.dty
     module.is_loaded_in_8bit = fmt == "bnb-int8"
 
 
-def _to_quanto(module: torch.nn.Module, fmt: str) -> None:
+def _to_quanto(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype) -> None:
     quanto = _import("optimum.quanto", fmt)
     weights = {"quanto-int8": quanto.qint8, "quanto-int4": quanto.qint4, "quanto-fp8": quanto.qfloat8}[fmt]
     quanto.quantize(module, weights=weights, exclude=[f"{name}*" for name in KEEP_FULL_PRECISION])
     quanto.freeze(module)
+    cast = functools.partial(_input_to, compute_dtype)
+    for layer in module.modules():
+        if isinstance(layer, quanto.nn.QModuleMixin):
+            # quanto's kernels are picked by the weight's __torch_function__, before autocast can cast the
+            # input: fp32 arrives from autocast's fp32 norms and from fp32 adapters, and its CUDA kernels
+            # (TinyGemm int4, Marlin fp8) refuse it; its int8 kernels refuse transposed views (SDXL's
+            # time embeddings)
+            layer.register_forward_pre_hook(cast)
+
+
+def _input_to(dtype: torch.dtype, layer: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].to(dtype).contiguous(), *args[1:])
 
 
 def _import(name: str, fmt: str):
@@ -235,3 +273,75 @@ def _quant_state_tensors(state) -> list[torch.Tensor]:
     if nested is not None:
         tensors += [getattr(nested, "absmax", None), getattr(nested, "code", None)]
     return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+
+# What each backend's CUDA kernels demand of a converted layer's call. Their CPU paths accept more, so these are
+# checked explicitly (`contract_violations`), on the CPU at full-size layer shapes in the tests.
+KERNEL_CONTRACTS = {
+    "torch": "every weight tensor on the input's device",
+    "bitsandbytes": "every weight tensor and quantization statistic (int8 CB/SCB, NF4 absmax/code, in the weight "
+                    "and in the layer's state) on the input's device",
+    "optimum-quanto": "input in the compute dtype, the dtype of the weight's scales (TinyGemm int4: bf16 only; "
+                      "Marlin fp8: fp16/bf16 only), contiguous (int8 matmuls); Linear inputs of 2 or 3 dimensions (its int8 CUDA matmul); "
+                      "every inner tensor on the input's device",
+}
+
+
+def converted_layers(module: torch.nn.Module):
+    """(name, layer, backend) for every layer whose frozen weight a backend stores (what a kernel contract
+    covers)."""
+    for name, layer in module.named_modules():
+        backend = _backend_of(layer)
+        if backend:
+            yield name, layer, backend
+
+
+def _backend_of(layer: torch.nn.Module) -> str | None:
+    if isinstance(layer, (UpcastLinear, UpcastConv2d)):
+        return "torch"
+    kind = type(layer).__name__
+    if kind in ("Linear8bitLt", "Linear4bit"):
+        return "bitsandbytes"
+    if kind in ("QLinear", "QConv2d") and type(layer).__module__.startswith("optimum.quanto"):
+        return "optimum-quanto"
+    return None
+
+
+def contract_violations(layer: torch.nn.Module, x: torch.Tensor, compute_dtype: torch.dtype) -> list[str]:
+    """How the call `layer(x)` breaks its backend's kernel contract (`KERNEL_CONTRACTS`); empty when it keeps it.
+    `x` is the input as the layer's forward receives it (after its own pre-hooks)."""
+    backend = _backend_of(layer)
+    problems = []
+    tensors = _storage_parts(layer.weight)
+    state = getattr(layer, "state", None)
+    tensors += [t for t in (getattr(state, "CB", None), getattr(state, "SCB", None)) if isinstance(t, torch.Tensor)]
+    tensors += [t for t in (getattr(layer.weight, "CB", None),) if isinstance(t, torch.Tensor)]
+    elsewhere = sorted({str(t.device) for t in tensors if t.device != x.device})
+    if elsewhere:
+        problems.append(f"weight tensors on {', '.join(elsewhere)}, input on {x.device}")
+    if backend == "optimum-quanto":
+        if x.dtype != compute_dtype:
+            problems.append(f"input {x.dtype}, kernel needs {compute_dtype}")
+        if not x.is_contiguous():
+            problems.append("input not contiguous (a view), kernel needs contiguous memory")
+        if isinstance(layer, torch.nn.Linear) and x.dim() not in (2, 3):
+            problems.append(f"input of {x.dim()} dimensions, kernel needs 2 or 3")
+    return problems
+
+
+@contextlib.contextmanager
+def watch_contracts(module: torch.nn.Module, compute_dtype: torch.dtype):
+    """Check every converted layer's calls inside the block against its kernel contract; yields the list of
+    violations found, '<layer>: <problem>'. The check runs after the layer's own pre-hooks (registered first)."""
+    found: list[str] = []
+    handles = []
+    for name, layer, _ in converted_layers(module):
+        def check(layer, args, name=name):
+            found.extend(f"{name} ({type(layer).__name__}): {p}"
+                         for p in contract_violations(layer, args[0], compute_dtype))
+        handles.append(layer.register_forward_pre_hook(check))
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()

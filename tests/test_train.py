@@ -299,3 +299,11 @@ def test_a_clip_skip_run_encodes_its_own_embeddings_and_records_it(tmp_path, sam
         train(run_config(model="tiny-sdxl", output=str(tmp_path / "c"), clip_skip=2))
     with pytest.raises(LowvramError, match="--clip-skip: 7 is not one of"):
         run_config(clip_skip=7)
+
+
+def test_a_second_run_in_one_process_may_use_another_precision(tmp_path):
+    """accelerate keeps the first Accelerator's mixed precision for the whole process and refuses another (seen on
+    a GPU as 'AcceleratorState has already been initialized'); a notebook that trains twice must not meet it."""
+    first = train(run_config(output=str(tmp_path / "fp32"), max_steps=1, mixed_precision="no"))
+    second = train(run_config(output=str(tmp_path / "bf16"), max_steps=1, mixed_precision="bf16"))
+    assert first.lora_path.is_file() and second.lora_path.is_file()

@@ -105,7 +105,7 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
     from lowvram.attention import set_attention
     from lowvram.models import FAMILIES
     from lowvram.models.loading import random_unet
-    from lowvram.quant import convert_frozen, storage_bytes
+    from lowvram.quant import convert_frozen, place, storage_bytes
     from lowvram.train.conditioning import unet_conditioning
     from lowvram.train.lora import add_adapter
     from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
@@ -131,7 +131,7 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
         else:
             unet = random_unet(family, dtype=dtype)
         convert_frozen(unet, weights, compute)
-        unet.to(device)
+        place(unet, device)
         result["unet_bytes"] = storage_bytes(unet)
         result["attention"] = set_attention(unet, "auto")
         if checkpointing:

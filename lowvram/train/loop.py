@@ -23,7 +23,7 @@ from lowvram.errors import LowvramError, TrainingDiverged, TrainingInterrupted
 from lowvram.files import write_text
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.models.loading import LoadedModel, detect_family, load_model
-from lowvram.quant import convert_frozen, storage_bytes
+from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.train import checkpoint, lora
 from lowvram.train.conditioning import encode_prompts, unet_conditioning
 from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
@@ -62,6 +62,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     Under `accelerate launch` every process runs this: each trains on its share of every step's batches
     (DDP averages the gradients), only the main process writes files."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -72,6 +73,9 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         raise LowvramError(f"--output: {lora_path} exists; pass --overwrite to replace it, or choose another --name")
     hardware = detect()
     mixed_precision = resolve_mixed_precision(config.training.mixed_precision, hardware)
+    # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run
+    # in one process (a notebook, the tests) starts from its own (the process group, PartialState, stays)
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=hardware.device == "cpu")
     device, weight_dtype = accelerator.device, WEIGHT_DTYPES[mixed_precision]
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
@@ -127,7 +131,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     data, validation_samples = prepared_data.data, prepared_data.validation
     unet_weights = config.memory.unet_weights if config.memory.unet_weights != "auto" else WEIGHT_NAMES[weight_dtype]
     convert_frozen(model.unet, unet_weights, weight_dtype)
-    model.unet.to(device)
+    place(model.unet, device)
     attention = set_attention(model.unet, config.memory.attention)
     train_text = config.network.train_text_encoder
     if train_text:
