@@ -24,7 +24,8 @@ else:  # pragma: no cover
 
 PROFILES = Path(__file__).parent / "profiles"
 GIB = 1024**3
-DEFAULT_CONTEXT = int(0.45 * GIB)  # CUDA context + cuBLAS/cuDNN workspaces on recent drivers (uncalibrated)
+# CUDA context + libraries before our first tensor, where no GPU result measured one (lowvram.plan.calibration)
+DEFAULT_CONTEXT = int(0.5 * GIB)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Hardware:
     host_ram: int = 0  # bytes
     compute_capability: str = ""
     pcie_gbps: float = 12.0  # effective host<->device bandwidth, GB/s
-    cuda_context: int = DEFAULT_CONTEXT  # bytes the driver and libraries take before our first tensor
+    cuda_context: int = 0  # bytes the driver and libraries take before our first tensor (0: the measured default)
     shared_memory_fallback: bool = False  # Windows drivers can spill into system RAM (10x slower) instead of OOM
     source: str = "detected"  # detected / profile <name> / --vram
 
@@ -96,7 +97,7 @@ def load_profile(name: str) -> Hardware:
             free_vram=int(data.get("free_vram_gb", data["vram_gb"]) * GIB),
             host_ram=int(data["host_ram_gb"] * GIB), compute_capability=str(data["compute_capability"]),
             pcie_gbps=float(data.get("pcie_gbps", 12.0)),
-            cuda_context=int(data.get("cuda_context_gb", DEFAULT_CONTEXT / GIB) * GIB),
+            cuda_context=int(data.get("cuda_context_gb", 0) * GIB),
             shared_memory_fallback=bool(data.get("shared_memory_fallback", False)), source=f"profile {name}")
     except KeyError as exc:
         raise LowvramError(f"profile {path}: missing key {exc}") from None

@@ -22,7 +22,7 @@ def test_every_profile_loads_and_is_plausible(name):
     assert 4 * GIB <= hw.host_ram <= 2048 * GIB
     major = int(hw.compute_capability.split(".")[0])
     assert hw.bf16 == (major >= 8)  # bf16 arrived with Ampere (8.x)
-    assert 0 < hw.cuda_context < GIB and hw.pcie_gbps > 0
+    assert 0 <= hw.cuda_context < GIB and hw.pcie_gbps > 0  # 0: the measured default (calibration.json)
 
 
 def test_colab_t4_is_fp16_with_little_host_ram():

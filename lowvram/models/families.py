@@ -55,6 +55,7 @@ class ModelFamily:
     modelspec_architecture: str  # Stability's modelspec id written into LoRA metadata
     base_model_version: str  # kohya's ss_base_model_version
     bucket_step: int = 64  # aspect-bucket side step in pixels (a multiple of the latent grid's alignment)
+    full_size: str = ""  # a shrunk family: the full-size one it stands for (whose GPU results verify its strategies)
 
     @property
     def is_random_init(self) -> bool:
@@ -86,12 +87,13 @@ FAMILIES: dict[str, ModelFamily] = {
                     modelspec_architecture="stable-diffusion-xl-v1-base/lora", base_model_version="sdxl_base_v1-0"),
         ModelFamily("tiny", "tiny SD (random weights)", CONFIG_ROOT / "tiny", "StableDiffusionPipeline", 64, SD_TEXT,
                     size_conditioning=False, hub_id=None, fingerprint=((_ATTN2_K.format(1), (32, 32)),),
-                    modelspec_architecture="stable-diffusion-v1/lora", base_model_version="sd_v1", bucket_step=16),
+                    modelspec_architecture="stable-diffusion-v1/lora", base_model_version="sd_v1", bucket_step=16,
+                    full_size="sd15"),
         ModelFamily("tiny-sdxl", "tiny SDXL (random weights)", CONFIG_ROOT / "tiny-sdxl", "StableDiffusionXLPipeline",
                     64, SDXL_TEXT, size_conditioning=True, hub_id=None,
                     fingerprint=((_ATTN2_K.format(3), (64, 80)),),
                     modelspec_architecture="stable-diffusion-xl-v1-base/lora", base_model_version="sdxl_base_v1-0",
-                    bucket_step=16),
+                    bucket_step=16, full_size="sdxl"),
     )
 }
 

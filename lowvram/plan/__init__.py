@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from lowvram.config import RunConfig
-from lowvram.hardware import Hardware
+from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.plan.estimate import Estimate, MemoryStrategy, Workload, estimate
 from lowvram.plan.planner import Plan, plan
 
@@ -14,6 +14,7 @@ __all__ = ["Estimate", "MemoryStrategy", "Plan", "Workload", "apply_choice", "es
            "workload_for"]
 
 STRATEGY_OPTIONS = ("unet_weights", "gradient_checkpointing", "optimizer")
+NATIVE_FORMAT = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}  # the U-Net stored as the run computes
 
 
 def workload_for(config: RunConfig, hardware: Hardware) -> Workload:
@@ -23,7 +24,8 @@ def workload_for(config: RunConfig, hardware: Hardware) -> Workload:
     from lowvram.models.loading import detect_family
 
     family = detect_family(config.model.model, config.model.model_family)
-    fp16 = hardware.device == "cuda" and not hardware.bf16
+    mixed_precision = resolve_mixed_precision(config.training.mixed_precision, hardware)
+    fp16 = mixed_precision == "fp16"
     vae = json.loads((family.config_dir / "vae" / "config.json").read_text())
     user_vae = Path(config.model.vae or "") / "config.json"
     if config.model.vae and user_vae.is_file():  # e.g. the fp16-fixed SDXL VAE: force_upcast false
@@ -35,9 +37,8 @@ def workload_for(config: RunConfig, hardware: Hardware) -> Workload:
                     train_text_encoder=config.network.train_text_encoder,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),
                     sample_resolution=sample_resolution(config, config.data.resolution or family.resolution),
-                    compute_bytes=2 if hardware.device == "cuda" else 4,
-                    native_format="fp32" if hardware.device != "cuda" else ("bf16" if hardware.bf16 else "fp16"),
-                    vae_fp32=fp16 and bool(vae.get("force_upcast")))
+                    compute_bytes=4 if mixed_precision == "no" else 2, mixed_precision=mixed_precision,
+                    native_format=NATIVE_FORMAT[mixed_precision], vae_fp32=fp16 and bool(vae.get("force_upcast")))
 
 
 def sample_resolution(config: RunConfig, resolution: int) -> int | None:

@@ -14,17 +14,27 @@ from functools import lru_cache
 from pathlib import Path
 
 from lowvram.errors import LowvramError
-from lowvram.hardware import GIB, Hardware
+from lowvram.hardware import DEFAULT_CONTEXT, GIB, Hardware
 from lowvram.models.families import DEFAULT_LORA_LAYERS, ModelFamily
+from lowvram.plan.calibration import cuda_context_bytes, is_verified, step_time_ratios
 from lowvram.train.optim import optimizer_state_bytes
 
 DATA_FILE = Path(__file__).parent / "plan_data.json"
 PHASES = ("loading", "latent caching", "text caching", "training", "sampling", "saving")
-FRAGMENTATION = 0.08  # share of transient memory the caching allocator loses to fragmentation (uncalibrated)
+FRAGMENTATION = 0.08  # share of transient memory the caching allocator loses to fragmentation (caching, sampling)
+# Training, measured (benchmarks/gpu/2026-11-29-h200, H200): reserved exceeds allocated by 1.5-14 %, in proportion
+# to the activation bytes a whole forward pass allocates and frees (checkpointing recomputes them block by block
+# but allocates them all the same), not to what is kept: 4-5 % of that volume for SD1.5 at 512 and SDXL at 1024
+# in bf16 and NF4, 7 % for SDXL in bf16; 7 % bounds them.
+TRAINING_FRAGMENTATION = 0.07
+# cuBLAS/cuBLASLt workspaces and kernel scratch, allocated through PyTorch's allocator in every GPU phase: the
+# median shortfall of the estimated allocated peak below the measured one (the same six runs: 23-158 MiB).
+KERNEL_WORKSPACE = 80 * 2**20
 HOST_BASELINE = int(2.5 * GIB)  # python + torch + CUDA libraries resident in host RAM (uncalibrated)
 VRAM_SAFETY = int(0.25 * GIB)  # kept free below the budget
 TILE_PX = 512  # lowvram.train.conditioning.VAE_TILE_PX (not imported: plan must not import diffusers)
-# Relative step time per storage format and for checkpointing (priors until GPU calibration).
+# Relative step time per storage format and for checkpointing: priors, replaced per family by the measured
+# ratios in calibration.json wherever a GPU result measured them.
 FORMAT_COST = {"fp32": 2.0, "fp16": 1.0, "bf16": 1.0, "fp8": 1.12, "bnb-int8": 1.8, "bnb-nf4": 1.3,
                "quanto-int8": 1.35, "quanto-int4": 1.5, "quanto-fp8": 1.3}
 CHECKPOINT_COST = 1.3
@@ -67,6 +77,7 @@ class Workload:
     sampling: bool = True
     compute_bytes: int = 2  # 2 for bf16/fp16 mixed precision, 4 for fp32
     native_format: str = "bf16"  # the storage format that matches the compute dtype (fp16 on pre-Ampere GPUs)
+    mixed_precision: str = "bf16"  # bf16, fp16 or no: what the run computes in (--mixed-precision resolved)
     vae_fp32: bool = False  # SDXL's VAE under fp16: kept in fp32
     sample_resolution: int | None = None  # square side of the largest sample image's pixels (default: resolution)
 
@@ -79,6 +90,7 @@ class Estimate:
     vram: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> component -> bytes
     host: dict[str, dict[str, int]] = field(default_factory=dict)
     speed: float = 1.0  # predicted step time relative to 16-bit weights without checkpointing
+    verified: bool | None = None  # seen training at full size on a GPU (calibration.json); None: planned for a CPU
 
     def peak_vram(self, phase: str | None = None) -> int:
         return max(sum(v.values()) for k, v in self.vram.items() if phase in (None, k))
@@ -188,8 +200,8 @@ def caching_phase(work: Workload, data: dict, context: int, vae_bytes: int, hard
     def phase(batch: int, tiled: bool) -> dict[str, int]:
         size = min(work.resolution, TILE_PX) if tiled else work.resolution
         activations = scaled(data["vae_encode"], size, batch) * (2 if work.vae_fp32 else 1)  # traced in 16 bits
-        return {"context": context, "VAE": vae_bytes, "activations": activations,
-                "fragment.": int(FRAGMENTATION * activations)}
+        return {"context": context, "workspace": KERNEL_WORKSPACE if context else 0, "VAE": vae_bytes,
+                "activations": activations, "fragment.": int(FRAGMENTATION * activations)}
 
     budget = hardware.free_vram - VRAM_SAFETY
     batch = work.cache_batch_size
@@ -212,7 +224,9 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     trained_parts = ["unet", *(text_parts if work.train_text_encoder else [])]
     lora_params = adapter_params(data, work, trained_parts)
     lora = lora_params * 4  # adapters train in fp32
-    context = hardware.cuda_context if hardware.device == "cuda" else 0
+    cuda = hardware.device == "cuda"
+    context = (hardware.cuda_context or cuda_context_bytes() or DEFAULT_CONTEXT) if cuda else 0
+    workspace = KERNEL_WORKSPACE if cuda else 0
 
     traced = training_entries(data["training"], strategy)
     activations = int(scaled(traced, work.resolution, work.batch, checkpointing=strategy.gradient_checkpointing)
@@ -233,8 +247,12 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     # copies are in its own traced activations
     untraced = traced[0].get("unet_weights") != strategy.unet_weights and strategy.unet_weights not in CAST_FORMATS
     dequant = data["largest_layer_params"] * 2 * 2 if untraced else 0
+    # what a whole forward pass allocates, kept or not: the native format's activations without checkpointing
+    forward_volume = scaled(training_entries(data["training"], MemoryStrategy(work.native_format, False, "adamw")),
+                            work.resolution, work.batch, checkpointing=False)
     training = {
         "context": context,
+        "workspace": workspace,
         "U-Net": unet_bytes,
         "text enc.": text_bytes if work.train_text_encoder else 0,
         "LoRA": lora,
@@ -242,7 +260,7 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
         "optim. state": optimizer_state_bytes(strategy.optimizer, lora_params),
         "activations": activations,
         "dequant": dequant,
-        "fragment.": int(FRAGMENTATION * (activations + dequant)),
+        "fragment.": int(TRAINING_FRAGMENTATION * forward_volume) if cuda else 0,
     }
     result = Estimate(strategy)
     result.cache_batch_size, result.vae_tiling, latent_caching = caching_phase(work, data, context, vae_bytes,
@@ -254,12 +272,12 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     result.vram = {
         "loading": {"context": 0},
         "latent caching": latent_caching,
-        "text caching": {"context": context, "text enc.": text_bytes,
+        "text caching": {"context": context, "workspace": workspace, "text enc.": text_bytes,
                          "activations": int(0.05 * text_bytes)},
         "training": training,
         # prompts were encoded in the caching phase (trained text encoders are on the device already);
         # the VAE visits the device for the decode
-        "sampling": {"context": context, "U-Net": unet_bytes, "LoRA": lora,
+        "sampling": {"context": context, "workspace": workspace, "U-Net": unet_bytes, "LoRA": lora,
                      "text enc.": text_bytes if work.train_text_encoder else 0, "VAE": vae_bytes,
                      "activations": sampling_activations} if work.sampling else {"context": 0},
         "saving": {"context": context, "U-Net": unet_bytes, "LoRA": lora,
@@ -275,7 +293,20 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
                      "parked parts": vae_bytes + (0 if work.train_text_encoder else text_bytes)},
         "saving": {"process": HOST_BASELINE, "LoRA copy": lora},
     }
-    result.speed = (FORMAT_COST[strategy.unet_weights] * (CHECKPOINT_COST if strategy.gradient_checkpointing else 1)
-                    * (OFFLOAD_COST if work.offload_activations else 1)
-                    * OPTIMIZER_COST[strategy.optimizer])
+    result.speed = relative_step_time(work, strategy)
+    if cuda:
+        result.verified = is_verified(work.family, strategy.unet_weights, strategy.gradient_checkpointing,
+                                      strategy.optimizer, work.mixed_precision)
     return result
+
+
+def relative_step_time(work: Workload, strategy: MemoryStrategy) -> float:
+    """Step time relative to native 16-bit weights without checkpointing: measured ratios (calibration.json) for
+    the family at the nearest measured batch, priors where nothing was measured."""
+    measured = step_time_ratios(work.family, work.batch)
+    native = strategy.unet_weights == work.native_format
+    weights = 1.0 if native else measured.get("unet_weights", {}).get(strategy.unet_weights,
+                                                                      FORMAT_COST[strategy.unet_weights])
+    checkpointing = measured.get("gradient_checkpointing", CHECKPOINT_COST) if strategy.gradient_checkpointing else 1
+    return (weights * checkpointing * (OFFLOAD_COST if work.offload_activations else 1)
+            * OPTIMIZER_COST[strategy.optimizer])

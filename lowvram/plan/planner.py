@@ -1,5 +1,6 @@
-"""The planner: enumerate memory strategies, keep those whose every phase fits the budget, pick the
-fastest predicted, explain the choice; when nothing fits, find the smallest change that would."""
+"""The planner: enumerate memory strategies, keep those whose every phase fits the budget and that have been
+seen training on a GPU, pick the fastest predicted, explain the choice; when nothing fits, find the smallest
+change that would. A storage format the user names explicitly may be unverified: it runs, with a warning."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from dataclasses import dataclass, replace
 
 from lowvram.hardware import GIB, Hardware
 from lowvram.plan.estimate import VRAM_SAFETY, Estimate, MemoryStrategy, Workload, estimate
+from lowvram.quant import PLANNED_FORMATS
 
-QUANTIZED = ("fp8", "quanto-int8", "bnb-nf4", "quanto-int4", "quanto-fp8", "bnb-int8")
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 
@@ -29,7 +30,7 @@ class Plan:
 
 def strategies(work: Workload, fixed: dict) -> list[MemoryStrategy]:
     """Every strategy the planner may choose, restricted to the user's explicit choices (`fixed`)."""
-    formats = [fixed["unet_weights"]] if fixed.get("unet_weights") else [work.native_format, *QUANTIZED]
+    formats = [fixed["unet_weights"]] if fixed.get("unet_weights") else [work.native_format, *PLANNED_FORMATS]
     checkpointing = [fixed["gradient_checkpointing"]] if "gradient_checkpointing" in fixed else [False, True]
     optimizers = [fixed["optimizer"]] if fixed.get("optimizer") else list(OPTIMIZERS)
     return [MemoryStrategy(f, c, o) for f, c, o in itertools.product(formats, checkpointing, optimizers)]
@@ -39,25 +40,40 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
     fixed = fixed or {}
     estimates = [estimate(work, s, hardware) for s in strategies(work, fixed)]
     estimates.sort(key=lambda e: (e.speed, e.peak_vram("training"), e.peak_vram()))
-    fitting = [e for e in estimates if e.fits(hardware)]
+    explicit = bool(fixed.get("unet_weights"))  # the user's own format runs unverified, with a warning
+    fitting = [e for e in estimates if e.fits(hardware) and (e.verified is not False or explicit)]
     if fitting:
         choice = fitting[0]
         faster = [e for e in estimates if e.speed < choice.speed]
         why = f"the fastest predicted of {len(fitting)} strategies that fit"
         if faster:
             over = faster[0]
-            why += (f"; {over.strategy.label} would be faster but needs "
-                    f"{over.peak_vram() / GIB:.2f} GiB in {over.limiting_phase}")
+            reason = ("has not been seen training on a GPU" if over.fits(hardware)
+                      else f"needs {over.peak_vram() / GIB:.2f} GiB in {over.limiting_phase}")
+            why += f"; {over.strategy.label} would be faster but {reason}"
         explanation = f"chose {choice.strategy.label}: {why}"
         return Plan(work, hardware, estimates, choice, explanation, [])
+    unverified = [e for e in estimates if e.fits(hardware)]
+    if unverified:
+        first = unverified[0].strategy
+        flags = (f"--unet-weights {first.unet_weights} --{'' if first.gradient_checkpointing else 'no-'}"
+                 f"gradient-checkpointing --optimizer {first.optimizer}")
+        explanation = (f"nothing seen training {work.family.title} on a GPU fits {plan_budget(hardware) / GIB:.2f} "
+                       f"GiB; {len(unverified)} unverified strategies would (the fastest: {first.label})")
+        return Plan(work, hardware, estimates, None, explanation,
+                    [f"{flags} (runs it unverified, with a warning)"] if suggest else [])
     smallest = min(estimates, key=lambda e: e.peak_vram())
-    explanation = (f"nothing fits {max(hardware.free_vram - VRAM_SAFETY, 0) / GIB:.2f} GiB: the leanest strategy "
+    explanation = (f"nothing fits {plan_budget(hardware) / GIB:.2f} GiB: the leanest strategy "
                    f"({smallest.strategy.label}) needs {smallest.peak_vram() / GIB:.2f} GiB in "
                    f"{smallest.limiting_phase}")
     if hardware.host_ram and smallest.peak_host() > hardware.host_ram:
         explanation += f" and {smallest.peak_host() / GIB:.1f} GiB of host RAM"
     return Plan(work, hardware, estimates, None, explanation,
                 smallest_changes(work, hardware, fixed) if suggest else [])
+
+
+def plan_budget(hardware: Hardware) -> int:
+    return max(hardware.free_vram - VRAM_SAFETY, 0)
 
 
 def smallest_changes(work: Workload, hardware: Hardware, fixed: dict) -> list[str]:

@@ -10,6 +10,7 @@ from lowvram.plan.estimate import PHASES, Estimate
 from lowvram.plan.planner import Plan
 
 SHOWN_PHASES = ("latent caching", "text caching", "training", "sampling")
+VERIFIED = {True: "seen", False: "unverified", None: ""}
 SHORT = {"latent caching": "latents", "text caching": "text", "training": "train", "sampling": "sample",
          "loading": "load", "saving": "save"}
 
@@ -24,21 +25,22 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
                   f"{work.rank}{' + text encoder' if work.train_text_encoder else ''} on [bold]{hardware.name}[/] "
                   f"({hardware.source}): budget {gib(result.budget)} GiB of {gib(hardware.total_vram)} GiB VRAM, "
                   f"{gib(hardware.host_ram)} GiB host RAM")
-    table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), relative time per step")
-    for column in ("strategy", "fits", *[SHORT[p] for p in SHOWN_PHASES], "host", "time"):
+    table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), relative time per step, "
+                        "whether a GPU result shows it training")
+    for column in ("strategy", "fits", *[SHORT[p] for p in SHOWN_PHASES], "host", "time", "on GPU"):
         table.add_column(column, justify="left" if column == "strategy" else "right", no_wrap=True)
     rows = shown_candidates(result, top)
     for est in rows:
         fits = est.fits(hardware)
-        style = "bold green" if est is result.choice else ("" if fits else "dim")
+        style = "bold green" if est is result.choice else ("" if fits and est.verified is not False else "dim")
         table.add_row(est.strategy.label, "yes" if fits else "no",
                       *[gib(est.peak_vram(phase)) for phase in SHOWN_PHASES], gib(est.peak_host()),
-                      f"{est.speed:.2f}", style=style)
+                      f"{est.speed:.2f}", VERIFIED[est.verified], style=style)
     console.print(table)
     if len(rows) < len(result.candidates):
         console.print(f"[dim]{len(result.candidates) - len(rows)} more strategies: lowvram plan --json lists every "
                       "one[/]")
-    shown = result.choice or min(result.candidates, key=lambda e: e.peak_vram())
+    shown = result.choice or shown_candidates(result, 1)[0]
     console.print(breakdown(shown))
     console.print(host_breakdown(shown))
     console.print(f"latent caching: {shown.cache_batch_size} image(s) per VAE call"
@@ -46,8 +48,10 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     console.print(("[green]" if result.choice else "[red]") + result.explanation)
     for suggestion in result.suggestions:
         console.print(f"  would fit with: {suggestion}")
-    console.print("[dim]activations are traced per model and scaled; CUDA context, fragmentation and relative "
-                  "speeds are priors until calibrated on a GPU (tools/bench_memory.py)[/]")
+    console.print("[dim]activations are traced per model and scaled; the CUDA context, allocator slack, kernel "
+                  "workspace and step-time ratios come from committed GPU results where measured "
+                  "(lowvram/plan/calibration.json), priors elsewhere; only strategies seen training on a GPU are "
+                  "chosen[/]")
 
 
 def shown_candidates(result: Plan, top: int) -> list[Estimate]:
@@ -55,7 +59,8 @@ def shown_candidates(result: Plan, top: int) -> list[Estimate]:
     and those just faster than the choice that do not (what more VRAM would buy); when nothing fits, the
     leanest."""
     if result.choice is None:
-        leanest = sorted(result.candidates, key=lambda e: e.peak_vram())[:top]
+        unverified = [e for e in result.candidates if e.fits(result.hardware)]  # fit, but never seen on a GPU
+        leanest = unverified[:top] or sorted(result.candidates, key=lambda e: e.peak_vram())[:top]
         return [e for e in result.candidates if e in leanest]
     faster = [e for e in result.candidates if e.speed < result.choice.speed]
     over = (faster[:1] + faster[1:][-2:]) if faster else []
@@ -99,7 +104,8 @@ def plan_json(result: Plan) -> dict:
                              "gradient_checkpointing": est.strategy.gradient_checkpointing,
                              "optimizer": est.strategy.optimizer, "cache_batch_size": est.cache_batch_size,
                              "vae_tiling": est.vae_tiling},
-                "fits": est.fits(result.hardware), "relative_step_time": round(est.speed, 3),
+                "fits": est.fits(result.hardware), "verified_on_gpu": est.verified,
+                "relative_step_time": round(est.speed, 3),
                 "peak_vram_bytes": est.peak_vram(), "peak_host_bytes": est.peak_host(),
                 "limiting_phase": est.limiting_phase, "vram_bytes": est.vram, "host_bytes": est.host}
 

@@ -23,6 +23,7 @@ from lowvram.errors import LowvramError, TrainingDiverged, TrainingInterrupted
 from lowvram.files import write_text
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.models.loading import LoadedModel, detect_family, load_model
+from lowvram.plan.calibration import unverified_warning
 from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.train import checkpoint, lora
 from lowvram.train.conditioning import encode_prompts, unet_conditioning
@@ -180,6 +181,11 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         f"{total_steps / steps_per_epoch:.3g} epochs of {steps_per_epoch} | batch {config.training.batch_size} x "
         f"{config.training.gradient_accumulation}{f' x {world}' if world > 1 else ''}"
     )
+    if hardware.device == "cuda":
+        unverified = unverified_warning(family, unet_weights, config.memory.gradient_checkpointing,
+                                        config.optim.optimizer, mixed_precision)
+        if unverified:
+            console.print(f"[yellow]warning:[/] {unverified}", soft_wrap=True)
     # Resumable state: adapters, optimizer, scheduler, RNG, the data position and early stopping's record.
     adapted = dict(lora.adapted_modules(model))
     position = checkpoint.Position(0, 0, 0)

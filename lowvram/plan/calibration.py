@@ -1,0 +1,61 @@
+"""What committed GPU measurements say, as the planner reads it: which strategies have been seen training at
+full size on CUDA, the CUDA context, and measured step-time ratios.
+
+`calibration.json` beside this file is derived from benchmarks/ by tools/calibrate_planner.py (a test keeps the
+two in step). A strategy no result shows training on a GPU is unverified: `--auto` never picks it, `plan` marks
+it, and an explicit `--unet-weights` runs it with a one-line warning. The tiny models plan as the full-size
+family they shrink.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from lowvram.models.families import FAMILIES, ModelFamily
+
+CALIBRATION_FILE = Path(__file__).parent / "calibration.json"
+PROOF_COMMAND = "python tools/bench_gpu_proof.py"
+
+
+@lru_cache(maxsize=1)
+def calibration() -> dict:
+    if not CALIBRATION_FILE.is_file():
+        return {"verified": [], "step_time": {}, "cuda_context_bytes": None}
+    return json.loads(CALIBRATION_FILE.read_text())
+
+
+def full_size(family: ModelFamily) -> str:
+    """The full-size family whose GPU results stand for `family` (tiny -> sd15, tiny-sdxl -> sdxl)."""
+    return family.full_size or family.name
+
+
+def is_verified(family: ModelFamily, unet_weights: str, gradient_checkpointing: bool, optimizer: str,
+                mixed_precision: str) -> bool:
+    key = (full_size(family), unet_weights, gradient_checkpointing, optimizer, mixed_precision)
+    return any((v["family"], v["unet_weights"], v["gradient_checkpointing"], v["optimizer"],
+                v.get("mixed_precision", "bf16")) == key for v in calibration()["verified"])
+
+
+def unverified_warning(family: ModelFamily, unet_weights: str, gradient_checkpointing: bool, optimizer: str,
+                       mixed_precision: str) -> str | None:
+    """One line for a run about to train a strategy no GPU result shows working; None when one does."""
+    if is_verified(family, unet_weights, gradient_checkpointing, optimizer, mixed_precision):
+        return None
+    return (f"--unet-weights {unet_weights}{' with checkpointing' if gradient_checkpointing else ''}, {optimizer}, "
+            f"{mixed_precision}: not yet seen training {FAMILIES[full_size(family)].title} on a GPU (no committed "
+            f"result; {PROOF_COMMAND} measures it); it may fail in a CUDA kernel")
+
+
+def step_time_ratios(family: ModelFamily, batch: int) -> dict:
+    """Measured ratios for the family at the measured batch nearest `batch` ({} where none was measured)."""
+    measured = calibration()["step_time"].get(full_size(family), {})
+    if not measured:
+        return {}
+    nearest = min(measured, key=lambda b: (abs(int(b) - batch), int(b)))
+    return measured[nearest]
+
+
+def cuda_context_bytes() -> int | None:
+    return calibration().get("cuda_context_bytes")
