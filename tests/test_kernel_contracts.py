@@ -112,3 +112,24 @@ def test_place_moves_bitsandbytes_int8_statistics_with_the_weight():
     assert layer.weight.CB.data_ptr() == layer.weight.data.data_ptr()
     block(torch.randn(2, 256, dtype=COMPUTE))
     assert layer.state.CB.data_ptr() == layer.weight.data.data_ptr()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("family_name", "fmt"), CASES)
+def test_every_converted_layer_trains_on_cuda_at_full_width(family_name, fmt):
+    """The same U-Nets on the GPU, the way a run gets there: converted on the host, then placed; a training
+    step under CUDA's own autocast, every call checked against its contract, and finite adapter gradients."""
+    unet = place(convert_frozen(full_width_unet(family_name), fmt, COMPUTE), "cuda")
+    params = add_adapter(unet, FAMILIES[family_name].lora_targets("unet", "full"), 4, 4, 0.0)
+    family = FAMILIES[family_name]
+    scheduler = DDPMScheduler.from_pretrained(family.config_dir, subfolder="scheduler")
+    latents = torch.randn(1, 4, 16, 16, dtype=COMPUTE, device="cuda")
+    hidden = torch.randn(1, 77, unet.config.cross_attention_dim, dtype=COMPUTE, device="cuda")
+    pooled = torch.randn(1, 1280, dtype=COMPUTE, device="cuda") if family.size_conditioning else None
+    time_ids = torch.tensor([[128, 128, 0, 0, 128, 128]], device="cuda")
+    with watch_contracts(unet, COMPUTE) as violations, torch.autocast("cuda", dtype=COMPUTE):
+        loss = diffusion_loss(unet, scheduler, latents, unet_conditioning(family, hidden, pooled, time_ids),
+                              torch.randn_like(latents), torch.tensor([500], device="cuda"))
+    loss.backward()
+    assert not violations, violations[:3]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)

@@ -1,27 +1,25 @@
-"""The GPU proof, one command: every strategy the planner can choose, the usual way of training beside them,
-and `lowvram train --auto` under each VRAM budget, for SD1.5 at 512 px and SDXL at 1024 px.
+"""The GPU proof in one short device call: every strategy the planner may choose at batch 1 and 4, the usual way
+beside them, and `lowvram train --auto` end to end under each VRAM cap, for SD1.5 at 512 px and SDXL at 1024 px.
 
-    python tools/bench_gpu_proof.py --out benchmarks/gpu-proof-h100.json
-    python tools/render_benchmarks.py benchmarks/gpu-proof-h100.json --markdown - --png docs/gpu-proof.png
-    python tools/bench_gpu_proof.py --families tiny --device cpu --steps 2 --warmup 1 --out /tmp/p.json  # smoke
+    python tools/bench_gpu_proof.py --deadline 420 --calibrate benchmarks/gpu/DATE-DEVICE/gpu-proof.json \\
+        --out $OUT/gpu-proof.json
+    python tools/bench_gpu_proof.py --families tiny --device cpu --budgets 0 --out /tmp/p.json   # rehearsal
 
-Device time is short (a 10-minute call, 15 minutes a session), so the runs go in the order that answers the
-most when cut short, and `--deadline S` starts nothing after S seconds (a run still going then is stopped
-RUN_TIMEOUT_MIN later); the JSON is rewritten after every run and lists what did not run. First: per family,
-the random-weight model folder (written once, read by every run), the usual way, and the planner's choice for
-every budget; then train --auto per budget; then every other strategy; then `--capped`. A GPU session:
+In order, each part bounded by `--deadline` (seconds; nothing new starts after it) and the JSON rewritten after
+each part, so a call cut short still returns what it measured:
 
-    python tools/bench_gpu_proof.py --optimizers adamw8bit --deadline 420 --out $OUT/gpu-proof.json
-
-1. Each strategy runs once without a cap (tools/bench_memory.py, a process per run): peak allocated and
-   reserved, the CUDA context, host peak RSS, median s/step over `--steps` after `--warmup`, and the planner's
-   estimate of the same step. A strategy fits a budget when its peak reserved plus the context is within it.
-   `--capped` also reruns every (strategy, budget) pair under `torch.cuda.set_per_process_memory_fraction`
-   (the issue's full grid; about |strategies| x |budgets| minutes).
-2. The baseline: diffusers' LoRA example defaults (fp16 everywhere on the GPU, VAE and text encoders every
-   step, AdamW, no checkpointing), same machine, same run: every strategy gets a speed ratio against it.
-3. `lowvram train --auto --vram B` per budget on a full-size random-weight model written to `--work`, held to
-   the budget: it must not run out of memory, and its s/step is compared with the fastest strategy that fit.
+1. Random-weight model folders for the `--auto` runs are written in the background (CPU, a few threads).
+2. Per family, one process sweeps the strategies (tools/bench_sweep.py): the usual way (diffusers' example
+   defaults) and every planner candidate at each batch size, each on a U-Net made and converted on the GPU.
+3. With `--calibrate PATH`, the sweep is written to PATH (under benchmarks/) and lowvram/plan/calibration.json is
+   derived again from benchmarks/ (tools/calibrate_planner.py), so the `--auto` runs plan with what was just seen.
+4. At once, in parallel (their speed is not what they measure, their memory is per process): `lowvram train
+   --auto --vram B` per family and budget, end to end on the sample dataset (caching, training, a sample, the
+   save), each phase's peak VRAM read from its metrics.jsonl; the way a Colab T4 runs it (`--mixed-precision
+   fp16`, SDXL's VAE in fp32, 15 GB; SD1.5 at 6 GB); and two strategies again in fresh processes of their own,
+   converted on the host as a run does, to check the sweep's peaks.
+5. The summary: per family and batch, what fits each budget, the fastest of it, the planner's pick against the
+   fastest unconstrained step, the fastest against the usual way.
 """
 
 from __future__ import annotations
@@ -29,228 +27,263 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
+ROOT = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 
 import bench_memory
 
-RESOLUTIONS = {"sd15": 512, "sdxl": 1024, "tiny": 64, "tiny-sdxl": 64}
-RUN_TIMEOUT_MIN = 120  # seconds one run may take past the deadline before it is stopped
 GIB = 1024**3
+FRESH_PROCESS_CHECKS = ("bf16,ckpt,adamw8bit", "bnb-nf4,ckpt,adamw8bit")  # SD1.5: seconds to convert on the host
+T4_BUDGETS = {"sd15": 6, "sdxl": 15}  # GB, with --mixed-precision fp16
+AUTO_RESERVE = 150  # seconds the --auto runs need after the sweeps (they run side by side)
+WRITER = """
+import sys, torch
+sys.path.insert(0, sys.argv[3])
+torch.set_num_threads(4)
+import bench_memory, importlib
+from lowvram.models import FAMILIES
+family = FAMILIES[sys.argv[1]]
+index = __import__("json").loads((family.config_dir / "model_index.json").read_text())
+names = [n for n, e in index.items() if not n.startswith("_") and isinstance(e, list) and e[0]
+         and not e[1].endswith("Scheduler")]
+parts = bench_memory.random_components(family, torch.device("cpu"), torch.float16, tuple(names))
+scheduler = index["scheduler"]
+parts["scheduler"] = getattr(importlib.import_module(scheduler[0]), scheduler[1]).from_pretrained(
+    family.config_dir, subfolder="scheduler")
+for name, entry in index.items():
+    if isinstance(entry, list) and entry[0] is None:
+        parts[name] = None
+pipeline = getattr(importlib.import_module("diffusers"), family.pipeline_class)(**parts)
+pipeline.save_pretrained(sys.argv[2], safe_serialization=True)
+"""
 
 
-def planner_strategies(family_name: str, resolution: int) -> list[str]:
-    """Every strategy `lowvram plan` may choose for this family on a bf16 GPU."""
-    from lowvram.hardware import hardware_for
-    from lowvram.models import FAMILIES
-    from lowvram.plan.estimate import Workload
-    from lowvram.plan.planner import strategies
-
-    hardware = hardware_for(None, "80GB", "128GB")
-    work = Workload(FAMILIES[family_name], resolution, native_format="bf16" if hardware.bf16 else "fp16")
-    names = [bench_memory.strategy_name(s.unet_weights, s.gradient_checkpointing, s.optimizer)
-             for s in strategies(work, {})]
-    # --offload-activations is the user's choice, not the planner's: measured on the leanest strategies
-    return names + [f"{name},offload" for name in names if name.endswith(",ckpt,adamw8bit")
-                    and name.split(",")[0] in ("bnb-nf4", "quanto-int4")]
+def elapsed_since(started: float) -> float:
+    return time.monotonic() - started
 
 
-def fits(run: dict, budget_gb: float) -> bool:
-    if not run.get("ok"):
-        return False
-    if not budget_gb:
-        return True
-    used = run.get("peak_reserved_plus_context")
-    return used is not None and used <= budget_gb * GIB
+def write_model(family: str, work: Path) -> tuple[Path, subprocess.Popen | None]:
+    """A full-size diffusers folder of random fp16 weights (what `--auto` loads as a user's model), in the
+    background."""
+    folder = work / f"{family}-random"
+    if (folder / "model_index.json").is_file():
+        return folder, None
+    env = {**os.environ, "OMP_NUM_THREADS": "4"}
+    return folder, subprocess.Popen([sys.executable, "-c", WRITER, family, str(folder), str(TOOLS)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def auto_run(model: str, family: str, resolution: int, budget_gb: float, steps: int, warmup: int, device: str,
-             work: Path, timeout: float | None = None) -> dict:
-    """`lowvram train --auto` as a user runs it, held to the budget; s/step from its metrics.jsonl."""
-    out = Path(tempfile.mkdtemp(prefix=f"auto-{family}-{budget_gb:g}-", dir=work))
-    cmd = [sys.executable, "-m", "lowvram", "train", "--auto", "--model", model, "--data", "sample", "--resolution",
-           str(resolution), "--max-steps", str(warmup + steps), "--output", str(out), "--overwrite"]
-    if budget_gb and device == "cuda":
-        cmd += ["--vram", f"{budget_gb:g}GB"]
-    env = None if device == "cuda" else {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+def sweep(family: str, args, left: float) -> list[dict]:
+    """tools/bench_sweep.py for one family, its lines read back whether it finished or was stopped."""
+    lines = args.work / f"sweep-{family}.jsonl"
+    lines.unlink(missing_ok=True)
+    cmd = [sys.executable, str(TOOLS / "bench_sweep.py"), "--family", family, "--device", args.device,
+           "--deadline", str(max(1, left - AUTO_RESERVE)), "--out", str(lines), "--batches", *map(str, args.batches),
+           "--steps", *map(str, args.steps), "--warmup", str(args.warmup)]
+    try:
+        subprocess.run(cmd, check=False, timeout=left + 60, stdout=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pass
+    return [json.loads(line) for line in lines.read_text().splitlines()] if lines.is_file() else []
+
+
+def auto_run(model: Path, family: str, resolution: int, budget: float, fp16: bool, args, timeout: float) -> dict:
+    """`lowvram train --auto` as a user runs it, held to the budget: its choice, out-of-memory events, and the
+    peak of every phase (from its metrics.jsonl)."""
+    out = Path(tempfile.mkdtemp(prefix=f"auto-{family}-{budget:g}-", dir=args.work))
+    cmd = [sys.executable, "-m", "lowvram", "train", "--auto", "--model", str(model), "--data", "sample",
+           "--resolution", str(resolution), "--max-steps", "3", "--sample-prompt", "lvshape, a red circle",
+           "--sample-steps", "2", "--output", str(out), "--cache-dir", str(out / "cache"), "--overwrite"]
+    if budget and args.device == "cuda":
+        cmd += ["--vram", f"{budget:g}GB"]
+    if fp16:
+        cmd += ["--mixed-precision", "fp16"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if args.device != "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    result = {"kind": "auto", "family": family, "budget_gb": budget, "mixed_precision": "fp16" if fp16 else "bf16",
+              "resolution": resolution, "batch": 1, "rank": 16, "command": " ".join(["lowvram", *cmd[3:]])}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"budget_gb": budget_gb, "ok": False, "command": " ".join(cmd[1:]), "out_of_memory_events": 0,
-                "error": f"timed out after {timeout:.0f} s"}
-    result = {"budget_gb": budget_gb, "exit_code": done.returncode, "command": " ".join(cmd[1:]),
-              "out_of_memory_events": done.stdout.count("out of memory at step"),
-              "ok": done.returncode == 0}
+        return {**result, "ok": False, "error": f"timed out after {timeout:.0f} s"}
+    result.update(ok=done.returncode == 0, exit_code=done.returncode,
+                  out_of_memory_events=done.stdout.count("out of memory at step"))
     if done.returncode:
-        result["error"] = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        result["error"] = (done.stderr.strip().splitlines() or ["no output"])[-1][:400]
+    resolved = out / f"{out.name}.toml"
+    if resolved.is_file():
+        from lowvram.config import tomllib
+
+        config = tomllib.loads(resolved.read_text())
+        result.update(unet_weights=config["memory"]["unet_weights"],
+                      gradient_checkpointing=bool(config["memory"].get("gradient_checkpointing")),
+                      optimizer=config["optim"]["optimizer"], vae_fp32=fp16 and family in ("sdxl", "tiny-sdxl"))
     metrics = out / "metrics.jsonl"
     if metrics.is_file():
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-        seconds = [r["seconds"] for r in rows if "seconds" in r and r["step"] > warmup]
-        if seconds:
-            result["seconds_per_step"] = statistics.median(seconds)
-        peaks = [r["vram_peak_gib"] for r in rows if "vram_peak_gib" in r]
+        peaks = next((r["phase_peak_bytes"] for r in rows if "phase_peak_bytes" in r), None)
         if peaks:
-            result["peak_reserved"] = int(max(peaks) * GIB)
-    saved = out / f"{out.name}.toml"
-    if saved.is_file():
-        from lowvram.config import tomllib
-
-        resolved = tomllib.loads(saved.read_text())
-        memory, optimizer = resolved.get("memory", {}), resolved.get("optim", {}).get("optimizer")
-        result["choice"] = bench_memory.strategy_name(memory.get("unet_weights"),
-                                                      bool(memory.get("gradient_checkpointing")), optimizer)
+            result["phase_peaks"] = peaks
     return result
 
 
-def random_model(family: str, work: Path) -> str:
-    """A full-size diffusers folder with random weights, written once (a process of its own, so its memory is
-    nobody's peak): train --auto loads it as a user's model, and each strategy run reads its U-Net from it."""
-    folder = work / f"{family}-random"
-    if not (folder / "model_index.json").is_file():
-        subprocess.run([sys.executable, str(TOOLS / "bench_host_ram.py"), "--family", family, "--work", str(work),
-                        "--out", str(work / f"host-ram-{family}.json"), "--write-only", "--folder-only"], check=True)
-    return str(folder)
+def within_cap(run: dict, context: int) -> bool | None:
+    if not run.get("budget_gb") or "phase_peaks" not in run:
+        return None
+    return all(peak + context <= run["budget_gb"] * GIB for peak in run["phase_peaks"].values())
 
 
-def planner_choice(family_name: str, resolution: int, budget_gb: float) -> str | None:
-    """What `lowvram plan` picks on a bf16 GPU with this much free VRAM (0: unlimited)."""
+def planner_pick(family: str, resolution: int, batch: int, budget: float, mixed_precision: str = "bf16"):
+    """What `lowvram plan` picks for this budget (0: unlimited) with the calibration as it stands now."""
     from lowvram.hardware import hardware_for
     from lowvram.models import FAMILIES
     from lowvram.plan.estimate import Workload
     from lowvram.plan.planner import plan
 
-    hardware = hardware_for(None, f"{budget_gb or 80:g}GB", "128GB")
-    chosen = plan(Workload(FAMILIES[family_name], resolution, native_format="bf16"), hardware, {}).choice
-    if chosen is None:
+    work = Workload(FAMILIES[family], resolution, batch, sampling=False, mixed_precision=mixed_precision,
+                    native_format=mixed_precision)
+    choice = plan(work, hardware_for(None, f"{budget or 141:g}GB", "128GB"), {}).choice
+    if choice is None:
         return None
-    strategy = chosen.strategy
-    return bench_memory.strategy_name(strategy.unet_weights, strategy.gradient_checkpointing, strategy.optimizer)
+    s = choice.strategy
+    return bench_memory.strategy_name(s.unet_weights, s.gradient_checkpointing, s.optimizer)
 
 
-def work_queue(args) -> list[tuple[str, str, str, float]]:
-    """(kind, family, strategy, budget) in the order that answers the most if the run is cut short: per family
-    the usual way and the planner's choice for every budget; then train --auto per budget; then every other
-    strategy (the estimator's calibration); then, with --capped, every strategy under every budget's cap."""
-    first, auto, rest, capped = [], [], [], []
-    for family in args.families:
-        resolution = RESOLUTIONS[family]
-        every = args.strategies or planner_strategies(family, resolution)
-        names = [n for n in every if not args.optimizers or n.split(",")[2] in args.optimizers]
-        first.append(("baseline", family, "baseline", 0))
-        if not args.auto_only:  # the planner's choices run whatever --optimizers says: they are what --auto runs
-            chosen = [planner_choice(family, resolution, budget) for budget in args.budgets]
-            chosen = [n for n in dict.fromkeys(chosen) if n in every]
-            first += [("strategy", family, name, 0) for name in chosen]
-            rest += [("strategy", family, name, 0) for name in names if name not in chosen]
-        if not args.skip_auto:
-            auto += [("auto", family, "auto", budget) for budget in args.budgets]
-        if args.capped:
-            capped += [("capped", family, name, budget) for name in names for budget in args.budgets if budget]
-    return first + auto + rest + capped
+def summarize(section: dict, budgets: list[float], family: str) -> list[dict]:
+    """Per batch size and budget: what fit, the fastest of it, the planner's pick and its speed."""
+    rows = []
+    bf16 = [r for r in section["strategies"] if r.get("ok") and r.get("mixed_precision", "bf16") == "bf16"]
+    for batch in sorted({r["batch"] for r in bf16}):
+        runs = [r for r in bf16 if r["batch"] == batch]
+        fastest = min(runs, key=lambda r: r["seconds_per_step"])
+        base = next((b for b in section["baseline"] if b.get("ok") and b["batch"] == batch), None)
+        for budget in [0, *budgets]:
+            fitting = [r for r in runs if not budget or r.get("peak_reserved_plus_context", 0) <= budget * GIB]
+            best = min(fitting, key=lambda r: r["seconds_per_step"], default=None)
+            pick = planner_pick(family, section["resolution"], batch, budget)
+            picked = next((r for r in runs if r["strategy"] == pick), None)
+            row = {"batch": batch, "budget_gb": budget, "fitting": [r["strategy"] for r in fitting],
+                   "fastest_fitting": best and best["strategy"], "planner_pick": pick,
+                   "fastest_unconstrained": fastest["strategy"]}
+            if picked:
+                row["pick_vs_fastest_unconstrained"] = round(picked["seconds_per_step"] / fastest["seconds_per_step"], 3)
+                row["pick_fits"] = picked in fitting
+            if base and best:
+                row["fastest_fitting_speedup_vs_usual_way"] = round(base["seconds_per_step"] / best["seconds_per_step"], 3)
+            rows.append(row)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=["sd15", "sdxl"], choices=list(RESOLUTIONS))
-    parser.add_argument("--budgets", nargs="+", type=float, default=[2, 4, 6, 8, 12, 16, 0],
-                        help="GiB; 0 = unlimited")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--families", nargs="+", default=["sd15", "sdxl"])
+    parser.add_argument("--budgets", nargs="+", type=float, default=[4, 6, 8, 12], help="GiB for --auto --vram")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--steps", nargs="+", type=int, default=[3, 2], help="timed steps per batch size")
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--capped", action="store_true", help="also run every strategy under every budget's cap")
-    parser.add_argument("--skip-auto", action="store_true")
-    parser.add_argument("--auto-only", action="store_true", help="only the baseline and train --auto (to split a "
-                        "long run over several device calls; render the results together)")
-    parser.add_argument("--strategies", nargs="+", help="only these (default: every one the planner may choose)")
-    parser.add_argument("--optimizers", nargs="+", help="only strategies with these optimizers (the optimizer "
-                        "changes a LoRA's memory by megabytes and its speed barely: one is enough per device call)")
-    parser.add_argument("--deadline", type=float, default=0, help="seconds after which no new run starts (0: none); "
-                        "what did not run is listed under not_run, and the JSON is rewritten after every run")
+    parser.add_argument("--deadline", type=float, default=420, help="seconds after which nothing new starts")
+    parser.add_argument("--calibrate", type=Path, help="also write the result here (under benchmarks/) and derive "
+                        "lowvram/plan/calibration.json again before the --auto runs")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lowvram-proof")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    from lowvram.models import FAMILIES
 
-    record = {"benchmark": "GPU proof: every strategy, the usual way, and train --auto per budget",
+    record = {"benchmark": "GPU proof: every planner strategy at batch 1 and 4, the usual way, train --auto per cap",
               "command": " ".join(["python", "tools/bench_gpu_proof.py", *sys.argv[1:]]),
               "commit": bench_memory.commit(), "environment": bench_memory.environment(),
-              "steps": args.steps, "warmup": args.warmup, "budgets_gb": args.budgets, "families": {}, "not_run": []}
-    queue = work_queue(args)
-    models = {family: random_model(family, args.work) for family in args.families}
-    for family in args.families:
-        record["families"][family] = {"resolution": RESOLUTIONS[family], "batch": 1, "rank": args.rank,
-                                      "baseline": {}, "strategies": [], "capped": [], "auto": []}
+              "batches": args.batches, "steps": args.steps, "warmup": args.warmup, "budgets_gb": args.budgets,
+              "families": {f: {"resolution": FAMILIES[f].resolution, "rank": 16, "baseline": [], "strategies": [],
+                               "auto": [], "fresh_process": []} for f in args.families}, "not_run": []}
 
     def save() -> None:
-        for section in record["families"].values():
-            section["summary"] = summarize(section, args.budgets)
-        record["seconds"] = round(time.monotonic() - started)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")  # after every run: a cut-short call keeps its part
+        record["seconds"] = round(elapsed_since(started))
+        for path in (args.out, args.calibrate):
+            if path:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(record, indent=2) + "\n")
 
-    for kind, family, name, budget in queue:
-        elapsed = time.monotonic() - started
-        if args.deadline and elapsed > args.deadline:
-            record["not_run"].append(f"{kind} {family} {name}" + (f" {budget:g} GiB" if budget else ""))
+    writers = {f: write_model(f, args.work) for f in args.families}
+    for family in args.families:
+        left = args.deadline - elapsed_since(started)
+        if left < 30:
+            record["not_run"].append(f"sweep {family}")
             continue
-        section, resolution = record["families"][family], RESOLUTIONS[family]
-        # a hung run (a kernel compiling, a driver stall) must not eat the device call
-        timeout = max(RUN_TIMEOUT_MIN, args.deadline - elapsed + RUN_TIMEOUT_MIN) if args.deadline else None
-        if kind == "auto":
-            run = auto_run(models[family], family, resolution, budget, args.steps, args.warmup, args.device,
-                           args.work, timeout)
-        else:
-            run = bench_memory.measure(family, resolution, name, budget, args.steps, args.warmup, 1, args.rank,
-                                       args.device, models[family], timeout)
-        if kind == "baseline":
-            section["baseline"] = run
-        else:
-            section[{"strategy": "strategies", "capped": "capped", "auto": "auto"}[kind]].append(run)
-        print(f"[{time.monotonic() - started:5.0f} s] {json.dumps(run)}", flush=True)
+        section = record["families"][family]
+        for line in sweep(family, args, left):
+            kind = line.pop("kind", "strategy")
+            if kind == "not run":
+                record["not_run"].append(f"{family} {line['strategy']}")
+            else:
+                section["baseline" if kind == "baseline" else "strategies"].append(line)
         save()
+        print(f"[{elapsed_since(started):4.0f} s] swept {family}: {len(section['strategies'])} measurements",
+              flush=True)
+    if args.calibrate:
+        from lowvram.plan.calibration import calibration
+
+        subprocess.run([sys.executable, str(TOOLS / "calibrate_planner.py")], check=False)
+        calibration.cache_clear()  # the summary's picks plan with it too
+
+    jobs = []
+    for family in args.families:
+        folder, writer = writers[family]
+        resolution = FAMILIES[family].resolution
+        wanted = [(folder, family, resolution, budget, False) for budget in args.budgets]
+        if args.device == "cuda" and family in T4_BUDGETS:
+            wanted.append((folder, family, resolution, T4_BUDGETS[family], True))
+        if elapsed_since(started) > args.deadline:
+            if writer is not None:
+                writer.kill()
+            record["not_run"] += [f"auto {family} {budget:g} GB{' fp16' if fp16 else ''}"
+                                  for *_, budget, fp16 in wanted]
+            continue
+        if writer is not None:
+            _, error = writer.communicate()
+            if writer.returncode:
+                record["not_run"].append(f"auto {family}: writing the model failed: {error.strip()[-300:]}")
+                continue
+        jobs += wanted
+    timeout = max(60, args.deadline - elapsed_since(started) + 60)
+    with ThreadPoolExecutor(max_workers=len(jobs) + len(FRESH_PROCESS_CHECKS) or 1) as pool:
+        autos = [pool.submit(auto_run, *job, args, timeout) for job in jobs]
+        fresh = []
+        if jobs and args.device == "cuda" and "sd15" in args.families:
+            fresh = [pool.submit(bench_memory.measure, "sd15", 512, name, 0, 3, 1, 1, 16, "cuda", None, timeout)
+                     for name in FRESH_PROCESS_CHECKS]
+        contexts = {f: next((r["context_bytes"] for r in record["families"][f]["strategies"]), 0)
+                    for f in args.families}
+        for future in autos:
+            run = future.result()
+            run["context_bytes"] = contexts[run["family"]]
+            run["within_cap"] = within_cap(run, run["context_bytes"])
+            record["families"][run["family"]]["auto"].append(run)
+            save()
+        for name, future in zip(FRESH_PROCESS_CHECKS, fresh):
+            run = future.result()
+            swept = next((r for r in record["families"]["sd15"]["strategies"]
+                          if r["strategy"] == name and r["batch"] == 1 and r.get("ok")), None)
+            if swept and run.get("ok"):
+                run["sweep_peak_reserved"] = swept["peak_reserved"]
+                run["sweep_vs_fresh"] = round(swept["peak_reserved"] / run["peak_reserved"], 3)
+            record["families"]["sd15"]["fresh_process"].append(run)
+    for family, section in record["families"].items():
+        section["summary"] = summarize(section, args.budgets, family)
     save()
-    print(f"wrote {args.out}" + (f"; not run (deadline): {len(record['not_run'])}" if record["not_run"] else ""))
-
-
-def summarize(section: dict, budgets: list[float]) -> dict:
-    """Per budget: what fit, the fastest of those, --auto against it; per strategy: speed against the
-    baseline and the estimator's error on peak allocated."""
-    baseline = section["baseline"].get("seconds_per_step") if section.get("baseline", {}).get("ok") else None
-    per_strategy = []
-    for run in section["strategies"]:
-        row = {"strategy": run["strategy"], "ok": run.get("ok", False)}
-        if run.get("ok") and baseline:
-            row["speed_vs_baseline"] = baseline / run["seconds_per_step"]
-        measured, estimated = run.get("peak_allocated"), run.get("estimated_peak_allocated")
-        if measured and estimated:
-            row["estimate_error"] = (estimated - measured) / measured  # negative: an underestimate
-        per_strategy.append(row)
-    per_budget = []
-    for budget in budgets:
-        fitting = [r for r in section["strategies"] if fits(r, budget)]
-        fastest = min(fitting, key=lambda r: r["seconds_per_step"], default=None)
-        auto = next((a for a in section["auto"] if a["budget_gb"] == budget), None)
-        row = {"budget_gb": budget, "fitting": [r["strategy"] for r in fitting],
-               "fastest": fastest["strategy"] if fastest else None}
-        if auto:
-            row.update(auto_ok=auto["ok"], auto_choice=auto.get("choice"),
-                       auto_out_of_memory_events=auto["out_of_memory_events"])
-            if fastest and auto.get("seconds_per_step"):
-                row["auto_vs_fastest"] = auto["seconds_per_step"] / fastest["seconds_per_step"]
-            if baseline and auto.get("seconds_per_step"):
-                row["auto_speed_vs_baseline"] = baseline / auto["seconds_per_step"]
-        per_budget.append(row)
-    return {"baseline_seconds_per_step": baseline, "strategies": per_strategy, "budgets": per_budget}
+    print(f"wrote {args.out} in {elapsed_since(started):.0f} s" +
+          (f"; not run: {', '.join(record['not_run'])}" if record["not_run"] else ""))
 
 
 if __name__ == "__main__":

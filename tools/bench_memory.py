@@ -95,20 +95,96 @@ def finish(result: dict, cuda: bool) -> dict:
     return result
 
 
+def random_module(build, device, dtype, seed: int = 0):
+    """`build()` on the meta device, then storage on `device` filled with N(0, 0.02): seconds for SDXL on a GPU
+    (memory and speed do not depend on the weights' values)."""
+    import torch
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # buffers (CLIP's position ids) keep their real values
+        module = build()
+    buffers = {name: tensor.clone() for name, tensor in module.named_buffers()}
+    module = module.to(dtype=dtype).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for tensor in module.parameters():
+            tensor.normal_(0.0, 0.02, generator=generator)
+        for norm in module.modules():  # as initialized: norms with weights of 0.02 shrink activations to
+            if isinstance(norm, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and norm.weight is not None:
+                norm.weight.fill_(1.0)  # denormals, which a CPU computes a hundred times slower
+        for name, value in buffers.items():
+            module.get_buffer(name).copy_(value)
+    return module
+
+
+def random_components(family, device, dtype, names: tuple[str, ...]) -> dict:
+    """The family's pipeline components `names` (unet, vae, text encoders, tokenizers), random, made on `device`."""
+    import importlib
+
+    root = family.config_dir
+    index = json.loads((root / "model_index.json").read_text())
+    parts = {}
+    for name in names:
+        library, class_name = index[name]
+        cls = getattr(importlib.import_module(library), class_name)
+        if class_name.endswith("Tokenizer"):
+            parts[name] = cls.from_pretrained(root, subfolder=name)
+        elif library == "diffusers":
+            config = cls.load_config(root, subfolder=name)
+            parts[name] = random_module(lambda cls=cls, config=config: cls.from_config(config), device, dtype)
+        else:
+            config = cls.config_class.from_pretrained(root, subfolder=name)
+            parts[name] = random_module(lambda cls=cls, config=config: cls(config), device, dtype)
+    return parts
+
+
+def cached_style_step(unet, family, resolution: int, batch: int, compute, device, optimizer, scaler=None,
+                      offload: bool = False):
+    """One training step as lowvram runs it after caching (latents and text embeddings as inputs), as a function
+    returning the loss."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from lowvram.train.conditioning import unet_conditioning
+    from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
+
+    cuda = device.type == "cuda"
+    scheduler = DDPMScheduler.from_pretrained(family.config_dir, subfolder="scheduler")
+    f = 8 if family.name in ("sd15", "sdxl") else 2
+    latents = torch.randn(batch, 4, resolution // f, resolution // f, device=device, dtype=compute)
+    hidden = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device, dtype=compute)
+    pooled = torch.randn(batch, 1280 if family.name == "sdxl" else 32, device=device, dtype=compute)
+    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device)
+    conditioning = unet_conditioning(family, hidden, pooled if family.size_conditioning else None, time_ids)
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
+
+    def step() -> float:
+        saving = torch.autograd.graph.save_on_cpu(pin_memory=cuda) if offload else contextlib.nullcontext()
+        with torch.autocast(device.type, dtype=compute, enabled=cuda), saving:
+            noise = sample_noise(latents, 0.0)
+            loss = diffusion_loss(unet, scheduler, latents, conditioning, noise,
+                                  sample_timesteps(scheduler, batch, device))
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
 def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, steps: int, warmup: int,
             batch: int, rank: int, device_name: str, model_dir: str | None = None) -> dict:
-    """One measurement, in this process. With `model_dir` (a diffusers folder of random weights, written once)
-    the U-Net is read from it, memory-mapped, instead of filled with random numbers again: seconds, not a
-    minute, for SDXL."""
+    """One measurement, in this process, the way `lowvram train` gets there: the U-Net converted on the host,
+    then placed on the device. With `model_dir` (a diffusers folder of random weights, written once) the U-Net
+    is read from it, memory-mapped, instead of filled with random numbers again."""
     import torch
 
     from lowvram.attention import set_attention
     from lowvram.models import FAMILIES
     from lowvram.models.loading import random_unet
     from lowvram.quant import convert_frozen, place, storage_bytes
-    from lowvram.train.conditioning import unet_conditioning
     from lowvram.train.lora import add_adapter
-    from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
     from lowvram.train.optim import build_optimizer
 
     weights, checkpointing, optimizer_name, offload = parse_strategy(strategy)
@@ -122,6 +198,7 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
         cap(result, budget_gb)
     compute = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda
                                                                                else torch.float32)
+    result["mixed_precision"] = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}[compute]
     try:
         dtype = compute if weights not in ("fp32",) else torch.float32
         if model_dir:
@@ -139,73 +216,42 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
         params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)
         result["lora_params"] = sum(p.numel() for p in params)
         optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)
-        from diffusers import DDPMScheduler
-
-        scheduler = DDPMScheduler.from_pretrained(family.config_dir, subfolder="scheduler")
-        f = 8 if family_name in ("sd15", "sdxl") else 2
-        latents = torch.randn(batch, 4, resolution // f, resolution // f, device=device, dtype=compute)
-        width = unet.config.cross_attention_dim
-        hidden = torch.randn(batch, 77, width, device=device, dtype=compute)
-        pooled = torch.randn(batch, 1280 if family_name == "sdxl" else 32, device=device, dtype=compute)
-        time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device)
-        conditioning = unet_conditioning(family, hidden, pooled if family.size_conditioning else None, time_ids)
+        step = cached_style_step(unet, family, resolution, batch, compute, device, optimizer, offload=offload)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-
-        def step() -> float:
-            saving = torch.autograd.graph.save_on_cpu(pin_memory=cuda) if offload else contextlib.nullcontext()
-            with torch.autocast(device.type, dtype=compute, enabled=cuda), saving:
-                noise = sample_noise(latents, 0.0)
-                loss = diffusion_loss(unet, scheduler, latents, conditioning, noise,
-                                      sample_timesteps(scheduler, batch, device))
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss.item()
-
         result.update(ok=True, **timed_steps(step, steps, warmup, cuda))
         result["estimated_peak_allocated"] = planner_estimate(family, resolution, batch, rank, weights,
-                                                              checkpointing, optimizer_name, offload)
+                                                              checkpointing, optimizer_name, offload,
+                                                              result["mixed_precision"])
     except torch.OutOfMemoryError as exc:
         result.update(ok=False, error=f"out of memory: {str(exc).splitlines()[0]}")
     return finish(result, cuda)
 
 
-def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, batch: int, rank: int,
-                 device_name: str, budget_gb: float = 0, model_dir: str | None = None) -> dict:
+def run_baseline_here(family, resolution: int, steps: int, warmup: int, batch: int, rank: int, device) -> dict:
     """The usual way, as diffusers' train_text_to_image_lora(_sdxl).py does by default: every part in fp16 on
     the GPU, the VAE and the text encoder(s) run on every step (no caches), fp32 LoRA on the U-Net, AdamW,
-    no gradient checkpointing, PyTorch's default attention (SDPA)."""
+    no gradient checkpointing, PyTorch's default attention (SDPA). Random weights made on the device."""
     import torch
     from diffusers import DDPMScheduler
 
-    from lowvram.models import FAMILIES
-    from lowvram.models.loading import build_from_config
     from lowvram.train.conditioning import encode_images, encode_prompts, unet_conditioning
     from lowvram.train.lora import add_adapter
     from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
 
-    family = FAMILIES[family_name]
-    device = torch.device(device_name)
     cuda = device.type == "cuda"
-    result = {"strategy": "baseline (diffusers example defaults)", "budget_gb": budget_gb, "family": family_name,
-              "resolution": resolution, "batch": batch, "rank": rank}
-    if cuda:
-        cap(result, budget_gb)
+    result = {"strategy": "baseline (diffusers example defaults)", "family": family.name, "resolution": resolution,
+              "batch": batch, "rank": rank, "mixed_precision": "fp16" if cuda else "no"}
     dtype = torch.float16 if cuda else torch.float32
+    names = ("unet", "vae", *[n for spec in family.text_encoders for n in (spec.component, spec.tokenizer)])
     try:
-        if model_dir:
-            from lowvram.models.loading import load_model
-
-            pipeline = load_model(model_dir, family.name, dtype=dtype).pipeline
-        else:
-            pipeline = build_from_config(family, dtype=dtype)
-        unet, vae = pipeline.unet, pipeline.vae
-        encoders = [getattr(pipeline, spec.component) for spec in family.text_encoders]
-        tokenizers = [getattr(pipeline, spec.tokenizer) for spec in family.text_encoders]
+        parts = random_components(family, device, dtype, names)
+        unet, vae = parts["unet"], parts["vae"]
+        encoders = [parts[spec.component] for spec in family.text_encoders]
+        tokenizers = [parts[spec.tokenizer] for spec in family.text_encoders]
         for module in (unet, vae, *encoders):
-            module.requires_grad_(False).to(device)
+            module.requires_grad_(False)
         if family.name in ("sdxl", "tiny-sdxl"):
             vae.to(dtype=torch.float32)  # the example keeps SDXL's VAE in fp32 (it overflows in fp16)
         params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)  # fp32 trainables, as the example
@@ -234,13 +280,16 @@ def run_baseline(family_name: str, resolution: int, steps: int, warmup: int, bat
             return loss.item()
 
         result.update(ok=True, **timed_steps(step, steps, warmup, cuda))
+        if cuda:
+            result["peak_allocated"] = torch.cuda.max_memory_allocated()
+            result["peak_reserved"] = torch.cuda.max_memory_reserved()
     except torch.OutOfMemoryError as exc:
         result.update(ok=False, error=f"out of memory: {str(exc).splitlines()[0]}")
-    return finish(result, cuda)
+    return result
 
 
 def planner_estimate(family, resolution: int, batch: int, rank: int, weights: str, checkpointing: bool,
-                     optimizer: str, offload: bool = False) -> int | None:
+                     optimizer: str, offload: bool = False, mixed_precision: str = "bf16") -> int | None:
     """What `lowvram plan` predicts for this training step, comparable to max_memory_allocated (no CUDA
     context, no fragmentation margin): the calibration record for the estimator."""
     from lowvram.hardware import hardware_for
@@ -248,8 +297,9 @@ def planner_estimate(family, resolution: int, batch: int, rank: int, weights: st
 
     if weights == "fp32":
         return None
-    est = estimate(Workload(family, resolution, batch, rank, sampling=False, native_format="bf16",
-                            offload_activations=offload),
+    mixed_precision = "bf16" if mixed_precision == "no" else mixed_precision  # a CPU rehearsal: the GPU's plan
+    est = estimate(Workload(family, resolution, batch, rank, sampling=False, native_format=mixed_precision,
+                            mixed_precision=mixed_precision, offload_activations=offload),
                    MemoryStrategy(weights, checkpointing, optimizer), hardware_for(None, "80GB", "128GB"))
     return sum(v for k, v in est.vram["training"].items() if k not in ("context", "fragment."))
 
@@ -322,8 +372,14 @@ def main() -> None:
     resolution = args.resolution or FAMILIES[args.family].resolution
     if args.one:
         if args.strategies[0] == "baseline":
-            print(json.dumps(run_baseline(args.family, resolution, args.steps, args.warmup, args.batch, args.rank,
-                                          args.device, args.budgets[0], args.model_dir)))
+            import torch
+
+            result = {"budget_gb": args.budgets[0]}
+            if args.device == "cuda":
+                cap(result, args.budgets[0])
+            result.update(run_baseline_here(FAMILIES[args.family], resolution, args.steps, args.warmup, args.batch,
+                                            args.rank, torch.device(args.device)))
+            print(json.dumps(finish(result, args.device == "cuda")))
         else:
             print(json.dumps(run_one(args.family, resolution, args.strategies[0], args.budgets[0], args.steps,
                                      args.warmup, args.batch, args.rank, args.device, args.model_dir)))

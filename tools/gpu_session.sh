@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Every GPU check lowvram owes, as one device call of at most 10 minutes.
+# Every GPU check lowvram owes, as one device call of at most 9 minutes (timeout_s 560).
 #
 # Prepare here, once per session (the device machine reaches no registry; its image has torch, transformers,
 # peft, accelerate, safetensors, rich, pillow and pytest, not the rest):
 #   bash tools/gpu_session.sh --fetch        # wheels for the device's Python 3.12 into .whl/ (git-ignored, ~50 MB)
-# Then one device call, carrying .whl (timeout_s 590):
-#   bash tools/gpu_session.sh                # results under $OUT
+# Then one device call, carrying .whl:
+#   OUT=$OUT bash tools/gpu_session.sh       # results under $OUT
 #
 # In order, each bounded so the whole fits the call:
-#   1. nvidia-smi and the library versions                      -> $OUT/environment.txt
-#   2. pytest -m gpu: what only CUDA shows, on the tiny models   -> $OUT/gpu-tests.txt
-#   3. tools/bench_gpu_proof.py with --deadline: the usual way and the planner's choice per budget for SD1.5 512
-#      and SDXL 1024 first, then train --auto per budget, then every other strategy -> $OUT/gpu-proof.json
-#   4. the tables for the README                                 -> $OUT/gpu-proof.md
-# Commit the JSON under benchmarks/ (it records its command, commit, device and versions).
+#   1. nvidia-smi and the library versions                            -> $OUT/environment.txt
+#   2. pytest -m "gpu and not slow": every stored format's kernels at full-width layer shapes, fp16's grad
+#      scaler, the optimizers, offload, train --auto under a cap (at most 90 s) -> $OUT/gpu-tests.txt
+#   3. tools/bench_gpu_proof.py: SD1.5 512 and SDXL 1024, every planner strategy at batch 1 and 4 and the usual
+#      way (one process per model), then train --auto per cap and the T4 way, side by side; the result is also
+#      written under benchmarks/gpu/ and calibration.json derived from it before the --auto runs
+#                                                                      -> $OUT/gpu-proof.json, calibration.json
+#   4. the README tables                                               -> $OUT/gpu-proof.md
+# Then, here: copy gpu-proof.json to the benchmarks/gpu/ path its command names, run
+# python tools/calibrate_planner.py, and commit both.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +34,7 @@ if [[ "${1:-}" == "--fetch" ]]; then
 fi
 
 OUT=${OUT:-/tmp/lowvram-gpu}
-BUDGET=${BUDGET:-540}  # seconds for everything below; the last run may overrun by bench_gpu_proof's RUN_TIMEOUT_MIN
+BUDGET=${BUDGET:-520}  # seconds for everything below
 mkdir -p "$OUT"
 start=$SECONDS
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -40,21 +44,22 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 else
   export PYTHONPATH=$PWD
 fi
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
 { nvidia-smi; python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench_memory; \
 print(json.dumps(bench_memory.environment(), indent=2))"; } > "$OUT/environment.txt" 2>&1
 
-# the tiny models: seconds each; a test stuck compiling a kernel is stopped, not waited for
-timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" --timeout 120 \
-  tests/test_gpu.py tests/test_memory.py > "$OUT/gpu-tests.txt" 2>&1
+timeout 90 python3 -m pytest -q -m "gpu and not slow" -p no:cacheprovider -o addopts="" --timeout 60 \
+  tests/test_gpu.py tests/test_kernel_contracts.py tests/test_memory.py > "$OUT/gpu-tests.txt" 2>&1
 echo "gpu tests: $(tail -1 "$OUT/gpu-tests.txt")"
 
-left=$(( BUDGET - (SECONDS - start) - 150 ))  # room for the last run past the deadline and for rendering
-# PROOF_ARGS: extra options, e.g. a CPU rehearsal: PROOF_ARGS="--families tiny --device cpu --steps 1"
-python3 tools/bench_gpu_proof.py --optimizers adamw8bit --deadline "$(( left > 60 ? left : 60 ))" \
+left=$(( BUDGET - (SECONDS - start) - 60 ))  # room for the runs past the deadline and for rendering
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z ' 'a-z-' | sed 's/nvidia-//')
+target="benchmarks/gpu/$(date +%F)-${device:-gpu}/gpu-proof.json"
+# PROOF_ARGS: extra options, e.g. a CPU rehearsal: PROOF_ARGS="--families tiny --device cpu --budgets 0"
+python3 tools/bench_gpu_proof.py --deadline "$(( left > 60 ? left : 60 ))" --calibrate "$target" \
   --work /tmp/lowvram-proof --out "$OUT/gpu-proof.json" ${PROOF_ARGS:-} > "$OUT/gpu-proof.log" 2>&1
 tail -1 "$OUT/gpu-proof.log"
-python3 tools/render_benchmarks.py "$OUT/gpu-proof.json" --markdown "$OUT/gpu-proof.md" \
-  && cat "$OUT/gpu-proof.md"
-echo "done in $(( SECONDS - start )) s"
+cp lowvram/plan/calibration.json "$OUT/calibration.json"
+python3 tools/render_benchmarks.py "$OUT/gpu-proof.json" --markdown "$OUT/gpu-proof.md" && cat "$OUT/gpu-proof.md"
+echo "done in $(( SECONDS - start )) s; commit $OUT/gpu-proof.json as $target"

@@ -4,6 +4,7 @@ caches, so the VAE (and the frozen text encoders) can leave the GPU for the whol
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from lowvram.data.cache import (
 )
 from lowvram.data.dataset import Sample, TrainingData
 from lowvram.data.scan import ScanOptions, ScanReport, scan_dataset
+from lowvram.memory import PhasePeaks
 from lowvram.models.families import ModelFamily
 from lowvram.train.conditioning import set_vae_tiling
 
@@ -85,9 +87,11 @@ class PreparedData:
 
 
 def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], device: torch.device,
-                          cache_dir: Path, console: Console, validation: list | tuple = ()) -> PreparedData:
+                          cache_dir: Path, console: Console, validation: list | tuple = (),
+                          peaks: PhasePeaks | None = None) -> PreparedData:
     """Encode what the caches lack, then free the GPU of the VAE (and of the text encoders unless they train).
-    `validation`: image records held out from training, cached once each, unaugmented, with their caption."""
+    `validation`: image records held out from training, cached once each, unaugmented, with their caption.
+    `peaks` records the caching phases' peak VRAM."""
     family = model.family
     options = scan_options(config, None)
     augment = AugmentOptions(config.data.flip, config.data.crop, config.data.color_jitter,
@@ -150,26 +154,28 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
 
     batch = config.data.cache_batch_size
     set_vae_tiling(model.vae, config.memory.vae_tiling)
-    model.vae.to(device)
-    encoded_latents = encode_latents(missing_latents, latent_store, model.vae, options, batch, console)
-    model.vae.to("cpu")
+    with peaks.phase("latent caching") if peaks else nullcontext():
+        model.vae.to(device)
+        encoded_latents = encode_latents(missing_latents, latent_store, model.vae, options, batch, console)
+        model.vae.to("cpu")
     encoded_texts, sample_embeddings = 0, None
     if cache_text:
         from lowvram.train.conditioning import encode_prompts
 
-        for encoder in model.text_encoders:
-            encoder.to(device)
         def encode(texts):
             return encode_prompts(family, model.text_encoders, model.tokenizers, texts, device,
                                   config.text_reading)
 
-        encoded_texts = encode_texts(missing_texts, text_store, encode, batch, console)
-        if config.samples:  # each prompt's negative and itself, in that order
-            with torch.no_grad():
-                hidden, pooled = encode([text for p in config.samples for text in (p.negative, p.text)])
-            sample_embeddings = (hidden.cpu(), None if pooled is None else pooled.cpu())
-        for encoder in model.text_encoders:
-            encoder.to("cpu")
+        with peaks.phase("text caching") if peaks else nullcontext():
+            for encoder in model.text_encoders:
+                encoder.to(device)
+            encoded_texts = encode_texts(missing_texts, text_store, encode, batch, console)
+            if config.samples:  # each prompt's negative and itself, in that order
+                with torch.no_grad():
+                    hidden, pooled = encode([text for p in config.samples for text in (p.negative, p.text)])
+                sample_embeddings = (hidden.cpu(), None if pooled is None else pooled.cpu())
+            for encoder in model.text_encoders:
+                encoder.to("cpu")
     if device.type == "cuda":
         torch.cuda.empty_cache()
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,

@@ -22,6 +22,7 @@ from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.errors import LowvramError, TrainingDiverged, TrainingInterrupted
 from lowvram.files import write_text
 from lowvram.hardware import detect, resolve_mixed_precision
+from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, detect_family, load_model
 from lowvram.plan.calibration import unverified_warning
 from lowvram.quant import convert_frozen, place, storage_bytes
@@ -31,7 +32,7 @@ from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
 from lowvram.train.metadata import lora_metadata
 from lowvram.train.optim import build_optimizer, use_averaged_weights
 from lowvram.train.progress import StopOnSignal, TrainingProgress
-from lowvram.train.runlog import RunLog
+from lowvram.train.runlog import RunLog, append_record
 from lowvram.train.sampling import render_grid, render_samples
 from lowvram.train.validation import EarlyStopping, hold_out, validation_loss
 
@@ -127,8 +128,10 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     model.vae.requires_grad_(False).to(dtype=vae_dtype)
 
     # Caches: encode what is missing; afterwards only the U-Net (and trained text encoders) use the GPU.
+    peaks = PhasePeaks(device)  # each phase's peak VRAM, to print and to log beside the metrics
     with accelerator.main_process_first():  # the main process encodes; the others find it all cached
-        prepared_data = prepare_training_data(config, model, reports, device, cache_dir, console, held_out)
+        prepared_data = prepare_training_data(config, model, reports, device, cache_dir, console, held_out,
+                                              peaks)
     data, validation_samples = prepared_data.data, prepared_data.validation
     unet_weights = config.memory.unet_weights if config.memory.unet_weights != "auto" else WEIGHT_NAMES[weight_dtype]
     convert_frozen(model.unet, unet_weights, weight_dtype)
@@ -259,7 +262,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     epoch, bad_steps, step = position.epoch, 0, position.step
     model.unet.train()
     with (TrainingProgress(console, total_steps, position.step) as progress, StopOnSignal() as signals,
-          RunLog(out_dir, position.step, config.output.tensorboard, main) as log):
+          RunLog(out_dir, position.step, config.output.tensorboard, main) as log, peaks.phase("training")):
         for step in range(position.step + 1, total_steps + 1):
             step_start = time.perf_counter()
             drawn = [next(batches) for _ in range(batches_per_step)]  # the same draws in every process
@@ -341,17 +344,22 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
 
     model.unet.eval()
     epochs_done = math.ceil(step / steps_per_epoch)
-    save_lora(lora_path, step, epochs_done)
+    with peaks.phase("saving"):
+        save_lora(lora_path, step, epochs_done)
     samples: list[Path] = []
     if main:
         with use_averaged_weights(optimizer):
             if config.output.format == "diffusers":
                 lora.save_diffusers(model, out_dir / f"{config.output_name}-diffusers", config.output.save_precision)
-            samples = render_samples(model, config.samples, out_dir / "samples", config.output_name,
-                                     resolution, config.output.sample_steps, config.training.seed, accelerator,
-                                     prepared_data.sample_embeddings)
+            with peaks.phase("sampling"):
+                samples = render_samples(model, config.samples, out_dir / "samples", config.output_name,
+                                         resolution, config.output.sample_steps, config.training.seed, accelerator,
+                                         prepared_data.sample_embeddings)
         console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
                       soft_wrap=True)
+        if peaks.bytes:
+            console.print(f"peak VRAM per phase (reserved, without the CUDA context): {peaks.summary()}")
+            append_record(out_dir / "metrics.jsonl", {"step": step, "phase_peak_bytes": peaks.bytes})
     accelerator.wait_for_everyone()
     return TrainResult(lora_path, config_path, samples, step, epochs_done, progress.loss or float("nan"), model,
                        data, (prepared_data.encoded_latents, prepared_data.encoded_texts), reports,

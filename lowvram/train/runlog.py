@@ -77,6 +77,12 @@ class RunLog:
         self.close()
 
 
+def append_record(path: Path, record: dict) -> None:
+    """One more line in a closed metrics.jsonl (what the run measured after its last step)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
 def _lines_up_to(path: Path, step: int) -> str:
     if not path.is_file():
         return ""

@@ -1,0 +1,173 @@
+"""One process, one model family, every strategy the planner may choose: the GPU proof's measurements.
+
+    python tools/bench_sweep.py --family sd15 --out /tmp/sweep-sd15.jsonl
+    python tools/bench_sweep.py --family tiny --device cpu --out /tmp/sweep-tiny.jsonl   # rehearsal, no GPU
+
+A fresh process per strategy spends half a minute loading and converting SDXL; this one makes each strategy's
+full-size U-Net with random weights directly on the GPU (memory and speed do not depend on the values),
+converts it there, trains `--warmup` + `--steps` steps at each batch size from cached-style inputs (latents and
+text embeddings, as lowvram trains after caching), frees everything and resets the peak statistics before the
+next. Each measurement is one JSON line, appended and flushed as it is made, so a run cut short keeps what it
+measured. First the usual way (diffusers' example defaults) at each batch size, then the strategies, most telling
+first. `tools/bench_gpu_proof.py` checks two of them against a fresh process of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_memory
+
+# (storage, checkpointing, optimizer, mixed precision, at every batch size or the first only): the planner's
+# candidates, the likeliest choices first, at every batch; then, at batch 1 only, one AdamW pair (the
+# optimizer's cost) and the fp16 way a T4 trains (it has no bf16)
+SWEEP = [
+    ("native", False, "adamw8bit", "bf16", True), ("native", True, "adamw8bit", "bf16", True),
+    ("bnb-nf4", True, "adamw8bit", "bf16", True), ("fp8", True, "adamw8bit", "bf16", True),
+    ("quanto-int4", True, "adamw8bit", "bf16", True), ("fp8", False, "adamw8bit", "bf16", True),
+    ("bnb-nf4", False, "adamw8bit", "bf16", True), ("quanto-int4", False, "adamw8bit", "bf16", True),
+    ("native", False, "adamw", "bf16", False), ("native", True, "adamw", "bf16", False),
+    ("native", False, "adamw8bit", "fp16", False), ("native", True, "adamw8bit", "fp16", False),
+    ("bnb-nf4", True, "adamw8bit", "fp16", False), ("fp8", True, "adamw8bit", "fp16", False),
+]
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": "float32"}
+
+
+def random_unet(family, device, dtype):
+    return bench_memory.random_components(family, device, dtype, ("unet",))["unet"]
+
+
+def strategy_name(weights: str, checkpointing: bool, optimizer: str, mixed_precision: str) -> str:
+    name = bench_memory.strategy_name(weights, checkpointing, optimizer)
+    return name if mixed_precision == "bf16" else f"{name},{mixed_precision}"
+
+
+def measure(family, device, weights: str, checkpointing: bool, optimizer_name: str, mixed_precision: str,
+            resolution: int, batches: list[int], steps: dict[int, int], warmup: int, rank: int):
+    """Yield one result per batch size for one strategy, on one freshly made and converted U-Net."""
+    import torch
+
+    from lowvram.attention import set_attention
+    from lowvram.quant import convert_frozen, place, storage_bytes
+    from lowvram.train.lora import add_adapter
+    from lowvram.train.optim import build_optimizer
+
+    cuda = device.type == "cuda"
+    compute = getattr(torch, DTYPES[mixed_precision]) if cuda else torch.float32
+    common = {"strategy": strategy_name(weights, checkpointing, optimizer_name, mixed_precision),
+              "unet_weights": weights, "gradient_checkpointing": checkpointing, "optimizer": optimizer_name,
+              "mixed_precision": mixed_precision if cuda else "no", "offload_activations": False,
+              "family": family.name, "resolution": resolution, "rank": rank, "budget_gb": 0}
+    started = time.perf_counter()
+    try:
+        unet = random_unet(family, device, compute)
+        convert_frozen(unet, weights, compute)  # on the device: the run converts on the host, then places
+        place(unet, device)
+        set_attention(unet, "auto")
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)
+        optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)
+        scaler = torch.amp.GradScaler(enabled=mixed_precision == "fp16" and cuda)
+        common.update(unet_bytes=storage_bytes(unet), lora_params=sum(p.numel() for p in params),
+                      convert_seconds=round(time.perf_counter() - started, 1))
+    except Exception as exc:  # noqa: BLE001 - a backend that cannot convert is a result, not the end
+        yield {**common, "ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        return
+    for batch in batches:
+        result = {**common, "batch": batch}
+        try:
+            step = bench_memory.cached_style_step(unet, family, resolution, batch, compute, device, optimizer,
+                                                  scaler)
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            result.update(ok=True, **bench_memory.timed_steps(step, steps[batch], warmup, cuda))
+            if cuda:
+                result["peak_allocated"] = torch.cuda.max_memory_allocated()
+                result["peak_reserved"] = torch.cuda.max_memory_reserved()
+            result["estimated_peak_allocated"] = bench_memory.planner_estimate(
+                family, resolution, batch, rank, weights, checkpointing, optimizer_name, False, mixed_precision)
+        except Exception as exc:  # noqa: BLE001 - an out-of-memory or a kernel's refusal is this run's result
+            result.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        yield result
+        optimizer.zero_grad(set_to_none=True)
+    del unet, params, optimizer
+
+
+def free(cuda: bool) -> None:
+    import torch
+
+    gc.collect()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", required=True, choices=("sd15", "sdxl", "tiny", "tiny-sdxl"))
+    parser.add_argument("--resolution", type=int, help="default: the family's")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--steps", nargs="+", type=int, default=[3, 2], help="timed steps per batch size")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--deadline", type=float, default=0, help="seconds after which no strategy starts (0: none)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended as they are measured")
+    args = parser.parse_args()
+    import torch
+
+    from lowvram.models import FAMILIES
+
+    family, device = FAMILIES[args.family], torch.device(args.device)
+    cuda = device.type == "cuda"
+    resolution = args.resolution or family.resolution
+    steps = dict(zip(args.batches, args.steps))
+    started = time.monotonic()
+    context = 0
+    if cuda:
+        torch.cuda.init()
+        free_bytes, total = torch.cuda.mem_get_info()
+        context = total - free_bytes
+    native = {"bf16": "bf16", "fp16": "fp16"}
+    with open(args.out, "a", encoding="utf-8") as out:
+        def emit(result: dict) -> None:
+            result = {**result, "context_bytes": context, "seconds_into_sweep": round(time.monotonic() - started)}
+            if result.get("peak_reserved"):
+                result["peak_reserved_plus_context"] = result["peak_reserved"] + context
+            out.write(json.dumps(result) + "\n")
+            out.flush()
+            print(json.dumps(result), flush=True)
+
+        for batch in args.batches:
+            emit({**bench_memory.run_baseline_here(family, resolution, steps[batch], args.warmup, batch, args.rank,
+                                                   device), "kind": "baseline"})
+            free(cuda)
+        for weights, checkpointing, optimizer, mixed_precision, every_batch in SWEEP:
+            if not cuda and mixed_precision != "bf16":
+                continue  # the CPU computes in fp32 only
+            if args.deadline and time.monotonic() - started > args.deadline:
+                emit({"kind": "not run", "strategy": strategy_name(weights, checkpointing, optimizer,
+                                                                   mixed_precision)})
+                continue
+            stored = native.get(mixed_precision, "fp32") if weights == "native" else weights
+            if not cuda and weights == "native":
+                stored = "fp32"
+            batches = args.batches if every_batch else args.batches[:1]
+            for result in measure(family, device, stored, checkpointing, optimizer, mixed_precision, resolution,
+                                  batches, steps, args.warmup, args.rank):
+                emit({**result, "kind": "strategy"})
+            free(cuda)
+
+
+if __name__ == "__main__":
+    main()
