@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 
 from lowvram import __version__
-from lowvram.config import SECTIONS, build_config, fields_by_name, list_presets, preset_path, read_toml
+from lowvram.config import SECTIONS, build_config, fields_by_name, flag_name, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError
 
 
@@ -37,7 +37,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]
         if section not in sections or name in skip:
             continue
         meta = f.metadata
-        flag = meta.get("flag") or "--" + name.replace("_", "-")
+        flag = flag_name(f)
         shown = "" if f.default in (None, dataclasses.MISSING) else f" [default: {f.default}]"
         kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
         if kind is bool:
@@ -198,7 +198,8 @@ def auto_strategy(config, values: dict, vram: str | None):
         # held to it, not only planned for: the rest of the card stays free for other programs (or a display)
         import torch
 
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / hardware.total_vram))
+        # the process's own GPU: under `accelerate launch` each rank's (detect() read LOCAL_RANK), not GPU 0
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / hardware.total_vram), hardware.index)
     result = plan(workload_for(config, hardware), hardware, fixed_choices(values))
     print_plan(result, Console(), top=6)
     if result.choice is None:

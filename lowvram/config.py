@@ -282,6 +282,11 @@ class RunConfig:
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}  # type: ignore[misc]
 
 
+def flag_name(f: dataclasses.Field) -> str:
+    """The command-line flag of an option: what its metadata names, else --field-name."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
 def fields_by_name() -> dict[str, tuple[str, dataclasses.Field, Any]]:
     """Every option: name -> (section, field, resolved type). Option names are unique across sections."""
     table = {}
@@ -423,7 +428,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             problems.append(f"unknown option '{name}'{_did_you_mean(name, list(known))}")
             continue
         section, f, kind = known[name]
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(f)
         try:
             value = _coerce(value, kind)
         except (TypeError, ValueError) as exc:
@@ -438,7 +443,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
         section, f, _ = known[name]
         sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
     config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
-    rejected = {"--" + line.split(":")[0].lstrip("-") for line in problems}
+    rejected = {line.split(":")[0] for line in problems}
     problems += [line for line in _check(config) if line.split(":")[0] not in rejected]
     if problems:
         raise LowvramError("\n".join(problems))

@@ -50,9 +50,13 @@ def generate(args: argparse.Namespace) -> list[Path]:
 
 def _lycoris_kind(path: Path) -> str | None:
     """'DoRA', 'LoHa' or 'LoKr' for a kohya/LyCORIS file of that type (read from its header), else None."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        keys = list(f.keys())
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except (OSError, SafetensorError) as exc:  # truncated, or not safetensors at all: one line, as train says it
+        raise LowvramError(f"--lora: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]}); "
+                           "pass a LoRA .safetensors file") from None
     return next((name for marker, name in ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"))
                  if any(marker in k for k in keys)), None)

@@ -41,6 +41,7 @@ class Hardware:
     cuda_context: int = 0  # bytes the driver and libraries take before our first tensor (0: the measured default)
     shared_memory_fallback: bool = False  # Windows drivers can spill into system RAM (10x slower) instead of OOM
     source: str = "detected"  # detected / profile <name> / --vram
+    index: int = 0  # the CUDA device this process uses (its LOCAL_RANK's under `accelerate launch`)
 
 
 def detect() -> Hardware:
@@ -53,7 +54,7 @@ def detect() -> Hardware:
         free, total = torch.cuda.mem_get_info(index)
         return Hardware("cuda", props.name, total, torch.cuda.is_bf16_supported(), free_vram=free, host_ram=host,
                         compute_capability=f"{props.major}.{props.minor}",
-                        shared_memory_fallback=sys.platform == "win32")
+                        shared_memory_fallback=sys.platform == "win32", index=index)
     return Hardware("cpu", "CPU", 0, True, host_ram=host)
 
 

@@ -59,3 +59,30 @@ def test_only_strategies_a_result_shows_training_are_verified():
                                                      r["optimizer"]) for r in runs}
     crashed = [r for _, rec in RESULTS for s in rec["families"].values() for r in s["strategies"] if not r.get("ok")]
     assert crashed and not any(v["unet_weights"] == "quanto-int4" for v in calibration()["verified"])
+
+
+def test_an_unverified_strategy_gets_a_warning_line_and_a_verified_one_none():
+    from lowvram.models import FAMILIES
+    from lowvram.plan.calibration import unverified_warning
+
+    sd15 = FAMILIES["sd15"]
+    assert unverified_warning(sd15, "bf16", True, "adamw8bit", "bf16") is None
+    line = unverified_warning(sd15, "quanto-int4", True, "adamw8bit", "bf16")
+    assert line.startswith("--unet-weights quanto-int4 with checkpointing") and "\n" not in line
+    assert "not yet seen training Stable Diffusion 1.5 on a GPU" in line
+    # the tiny models stand for their full-size family; fp16 is another kernel path, not yet seen
+    assert unverified_warning(FAMILIES["tiny"], "bf16", True, "adamw8bit", "bf16") is None
+    assert unverified_warning(sd15, "fp16", True, "adamw8bit", "fp16") is not None
+
+
+def test_plan_json_says_which_strategies_a_gpu_has_shown_training():
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "lowvram", "plan", "--model", "sdxl", "--vram", "12GB", "--json"],
+                          capture_output=True, text=True, check=True)
+    plan = json.loads(done.stdout)
+    assert plan["choice"]["verified_on_gpu"] is True
+    flags = {(c["strategy"]["unet_weights"], c["strategy"]["gradient_checkpointing"], c["strategy"]["optimizer"]):
+             c["verified_on_gpu"] for c in plan["candidates"]}
+    assert flags[("bnb-nf4", True, "adamw8bit")] is True and flags[("quanto-int4", True, "adamw8bit")] is False

@@ -3,6 +3,7 @@
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,8 +98,11 @@ def test_check_data_reports_and_writes_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "truncated.jpg" in out and "usable" in out
     report = json.loads(report_path.read_text())
-    assert json.dumps(report)  # plain JSON all the way down
-    assert "truncated" in json.dumps(report)
+    records = {Path(r["path"]).name: r for r in report["records"]}
+    assert not records["truncated.jpg"]["usable"] and "truncated" in records["truncated.jpg"]["reason"]
+    assert report["summary"]["skipped"] == sum(not r["usable"] for r in records.values()) > 0
+    assert report["summary"]["usable"] == sum(r["usable"] for r in records.values()) > 0
+    assert report["summary"]["skipped_by_reason"].get("truncated", 0) >= 1
 
 
 def test_check_data_on_a_folder_with_nothing_usable_fails_naming_it(tmp_path, capsys):
@@ -140,3 +144,22 @@ def test_check_data_reads_a_training_config_and_a_preset(tmp_path, sample_data):
     records = json.loads(report.read_text())["records"]
     areas = [r["bucket"][0] * r["bucket"][1] for r in records]
     assert records and all(0.8 * 96 * 96 <= a <= 1.2 * 96 * 96 for a in areas)  # the config's 96 px, not tiny's 64
+
+
+def test_a_value_error_names_the_flag_the_user_types(tmp_path):
+    """--sample-prompt is the flag of the field sample_prompts: errors name the flag, not the field."""
+    from lowvram.config import build_config
+    from lowvram.errors import LowvramError
+
+    with pytest.raises(LowvramError) as err:
+        build_config({"data": "sample", "sample_prompts": 5})
+    assert str(err.value).startswith("--sample-prompt: 5 is invalid")
+
+
+def test_generate_with_a_corrupt_lora_says_so_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    code = main(["generate", "--model", "tiny", "--prompt", "x", "--steps", "1", "--lora", str(bad),
+                 "--output", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--lora:" in err[0] and "not a readable .safetensors file" in err[0]

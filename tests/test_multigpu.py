@@ -1,6 +1,7 @@
 """Multi-GPU through `accelerate launch` (DDP), exercised on the CPU with two processes and the gloo backend:
 both ranks finish, the main process alone writes the LoRA, and every rank ends with the same weights."""
 
+import json
 import os
 import socket
 import subprocess
@@ -12,17 +13,18 @@ import torch
 from safetensors.torch import load_file
 
 RANK_SCRIPT = """
-import sys
+import json, sys
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 from lowvram.config import build_config
 from lowvram.train.loop import train
 
 out = sys.argv[1]
-config = build_config({{"model": "tiny", "data": "sample", "output": out, "max_steps": 4, "rank": 4,
-                       "lr": 1e-2, "batch_size": 2, "save_precision": "fp32", "checkpoint_every": 2,
-                       "validation_split": 0.34, "validate_every": 2, "cache_dir": {cache!r}}})
-result = train(config)
+options = {{"model": "tiny", "data": "sample", "output": out, "max_steps": 4, "rank": 4,
+           "lr": 1e-2, "batch_size": 2, "save_precision": "fp32", "checkpoint_every": 2,
+           "validation_split": 0.34, "validate_every": 2, "cache_dir": {cache!r}}}
+options.update(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {{}})
+result = train(build_config({{k: v for k, v in options.items() if v is not None}}))  # None: drop that option
 from accelerate import PartialState
 state = PartialState()
 weights = {{k: v.contiguous() for k, v in get_peft_model_state_dict(result.model.unet).items()}}
@@ -37,18 +39,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_one_lora_with_identical_weights(tmp_path):
+def launch(tmp_path, out, options: dict | None = None) -> subprocess.CompletedProcess:
+    """The rank script under `accelerate launch` with two CPU processes (gloo)."""
     script = tmp_path / "train_rank.py"
     script.write_text(textwrap.dedent(RANK_SCRIPT.format(cache=str(tmp_path / "cache"))))
-    out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "--main_process_port", str(free_port()), str(script), str(out)],
+         "--main_process_port", str(free_port()), str(script), str(out), json.dumps(options or {})],
         check=False, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_lora_with_identical_weights(tmp_path):
+    out = tmp_path / "out"
+    run = launch(tmp_path, out, {"scheduler": "linear"})
     assert "rank 0 finished at step 4" in run.stdout and "rank 1 finished at step 4" in run.stdout
     assert "x 2 processes" in run.stdout  # the run knew it was distributed
 
@@ -61,3 +69,20 @@ def test_two_processes_train_one_lora_with_identical_weights(tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     saved = load_file(out / "out.safetensors")
     assert len(saved) == 3 * len([k for k in ranks[0] if "lora_A" in k])  # down, up and alpha per module
+    # the schedule runs over the run's steps, not steps / processes (accelerate's scheduler wrapper steps it once
+    # per process): linear decay from 1e-2 over 4 steps leaves 3/4 of it after the first
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
+    assert lrs[1] == pytest.approx(0.75e-2) and lrs[3] == pytest.approx(0.25e-2)
+
+
+@pytest.mark.slow
+def test_two_processes_resume_each_rank_with_its_own_random_state(tmp_path):
+    """A two-process run interrupted at a checkpoint and resumed ends with the LoRA an uninterrupted run makes:
+    each rank continues its own noise (rank 0's state restored on both would correlate them)."""
+    constant = {"validation_split": None, "validate_every": None, "checkpoint_every": 2}
+    launch(tmp_path, tmp_path / "whole", constant)
+    launch(tmp_path, tmp_path / "cut", {**constant, "max_steps": 2})
+    launch(tmp_path, tmp_path / "cut", {**constant, "resume": "auto", "overwrite": True})
+    whole, resumed = (load_file(tmp_path / name / f"{name}.safetensors") for name in ("whole", "cut"))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

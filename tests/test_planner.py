@@ -9,6 +9,7 @@ import time
 import pytest
 from conftest import run_config
 
+from lowvram.config import build_config
 from lowvram.hardware import hardware_for, load_profile
 from lowvram.models import FAMILIES
 from lowvram.plan import apply_choice, fixed_choices, plan, workload_for
@@ -241,3 +242,17 @@ def test_the_sampling_phase_counts_the_largest_sample_size_a_prompt_asks_for():
     assert workload_for(build_config({"model": "sd15", "data": "sample", "sample_prompts": ["a --w 1024 --h 768"]}),
                         hardware).sample_resolution == 886
     assert sampling_peak("a cat", "a dog --w 1024 --h 1536") > sampling_peak("a cat", "a dog") > 0
+
+
+def test_the_plan_computes_in_the_precision_the_run_will():
+    """--mixed-precision reaches the plan: fp16 on a bf16 card stores the U-Net in fp16 and keeps SDXL's VAE in
+    fp32 (it overflows in fp16), as the run does; 'no' computes in 4 bytes."""
+    hardware = hardware_for(None, "24GB", "64GB")  # a bf16 card
+    fp16 = workload_for(build_config({"model": "sdxl", "data": "sample", "mixed_precision": "fp16"}), hardware)
+    assert (fp16.mixed_precision, fp16.native_format, fp16.compute_bytes, fp16.vae_fp32) == ("fp16", "fp16", 2, True)
+    full = workload_for(build_config({"model": "sdxl", "data": "sample", "mixed_precision": "no"}), hardware)
+    assert (full.native_format, full.compute_bytes, full.vae_fp32) == ("fp32", 4, False)
+    auto = workload_for(build_config({"model": "sdxl", "data": "sample"}), hardware)
+    assert (auto.native_format, auto.vae_fp32) == ("bf16", False)
+    assert estimate(full, MemoryStrategy("fp32", True, "adamw"), hardware).peak_vram("training") > estimate(
+        auto, MemoryStrategy("bf16", True, "adamw"), hardware).peak_vram("training")

@@ -307,3 +307,24 @@ def test_a_second_run_in_one_process_may_use_another_precision(tmp_path):
     first = train(run_config(output=str(tmp_path / "fp32"), max_steps=1, mixed_precision="no"))
     second = train(run_config(output=str(tmp_path / "bf16"), max_steps=1, mixed_precision="bf16"))
     assert first.lora_path.is_file() and second.lora_path.is_file()
+
+
+def test_trained_text_encoders_train_in_train_mode(tmp_path, monkeypatch):
+    """--train-text-encoder: the text encoders run in train mode, as the U-Net does (adapter dropout and
+    transformers' gradient checkpointing read it), and are back in eval mode afterwards."""
+    from lowvram.train import loop
+
+    modes = []
+    real = loop.encode_prompts
+
+    def recording(family, encoders, *args, **kwargs):
+        modes.append([encoder.training for encoder in encoders])
+        return real(family, encoders, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "encode_prompts", recording)
+    folder = tmp_path / "model"  # loaded as users' models are: from_pretrained leaves every part in eval mode
+    load_model("tiny").pipeline.save_pretrained(folder, safe_serialization=True)
+    result = train(run_config(model=str(folder), output=str(tmp_path / "out"), max_steps=2, train_text_encoder=True,
+                              dropout=0.1))
+    assert modes and all(all(step) for step in modes), modes
+    assert not any(encoder.training for encoder in result.model.text_encoders)

@@ -22,7 +22,7 @@ import torch
 
 from lowvram.errors import LowvramError
 
-FORMAT = 1
+FORMAT = 2  # 2: RNG states per process
 
 
 @dataclass
@@ -37,9 +37,28 @@ def checkpoint_root(output_dir: Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's torch RNG states (CPU and every CUDA device)."""
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def gather_rng_states(accelerator) -> list[dict[str, torch.Tensor]]:
+    """Every process's RNG states, in rank order (a collective: every process calls it); each rank draws its own
+    noise, so a resumed rank must continue its own stream, not rank 0's."""
+    if accelerator.num_processes == 1:
+        return [rng_state()]
+    from accelerate.utils import gather_object
+
+    return gather_object([rng_state()])
+
+
 def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler,
-         accelerator, keep: int) -> Path:
-    """Write a checkpoint for `position` and keep only the newest `keep`."""
+         accelerator, keep: int, rng_states: list[dict[str, torch.Tensor]]) -> Path:
+    """Write a checkpoint for `position` (with every process's RNG states, from `gather_rng_states`) and keep only
+    the newest `keep`."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -54,10 +73,8 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
         save_file(adapters, str(tmp / "adapters.safetensors"))
         optimizer_tensors, optimizer_rest = _split(optimizer.state_dict())
         save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, str(tmp / "rng.safetensors"))
+        save_file({f"rank{rank}/{key}": value for rank, states in enumerate(rng_states)
+                   for key, value in states.items()}, str(tmp / "rng.safetensors"))
         state = {
             "format": FORMAT, "step": position.step, "epoch": position.epoch, "batch": position.batch,
             "validation": position.validation,
@@ -125,9 +142,14 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     if state["scaler"] is not None and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
     rng = load_file(str(path / "rng.safetensors"))
-    torch.set_rng_state(rng["torch"])
+    prefix = f"rank{accelerator.process_index}/"
+    if not any(k.startswith(prefix) for k in rng):
+        raise LowvramError(f"--resume: {path} was saved by a run of fewer processes; resume it with as many "
+                           "processes as it had")
+    mine = {k[len(prefix):]: v for k, v in rng.items() if k.startswith(prefix)}
+    torch.set_rng_state(mine["torch"])
     if torch.cuda.is_available():
-        states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+        states = [mine[k] for k in sorted(k for k in mine if k.startswith("cuda"))]
         if states:
             torch.cuda.set_rng_state_all(states)
     random.setstate(_tuples(state["python_rng"]))

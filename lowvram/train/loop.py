@@ -88,8 +88,9 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     trigger = config.data.trigger_word
     if config.data.data == SAMPLE_DATA:
         data_root = out_dir / "sample_data"
-        with accelerator.main_process_first():
-            write_sample_dataset(data_root)
+        if main:  # one writer: another process rewriting the files while the main one scans them changed their
+            write_sample_dataset(data_root)  # cache keys, and that process then encoded its own latents
+        accelerator.wait_for_everyone()
         trigger = trigger or SAMPLE_TRIGGER
     else:
         data_root = Path(config.data.data)
@@ -163,11 +164,12 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     total_steps = config.training.max_steps or steps_per_epoch * (config.training.epochs or DEFAULT_EPOCHS)
     lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
                                  num_training_steps=total_steps, num_cycles=config.optim.scheduler_cycles)
-    # wrapped for multi-GPU (DDP), unchanged in one process; the forward passes go through the wrappers
-    prepared = accelerator.prepare(model.unet, *[m for _, m in lora.adapted_modules(model)[1:]], optimizer,
-                                   lr_scheduler)
-    unet, optimizer, lr_scheduler = prepared[0], prepared[-2], prepared[-1]
-    text_encoders = list(prepared[1:-2]) if train_text else model.text_encoders
+    # wrapped for multi-GPU (DDP), unchanged in one process; the forward passes go through the wrappers. The
+    # schedule is not: accelerate's wrapper steps it once per process each call (split_batches=False), which
+    # would end warm-up and decay after total_steps / processes
+    prepared = accelerator.prepare(model.unet, *[m for _, m in lora.adapted_modules(model)[1:]], optimizer)
+    unet, optimizer = prepared[0], prepared[-1]
+    text_encoders = list(prepared[1:-1]) if train_text else model.text_encoders
     all_params = [p for params in trainable.values() for p in params]
     save_every = parse_save_every(config.output.save_every)
     sample_every = parse_save_every(config.output.sample_every)
@@ -202,10 +204,11 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     stopping = EarlyStopping.restore(config.validation.early_stopping, position.validation)
 
     def save_checkpoint() -> Path | None:
+        rng_states = checkpoint.gather_rng_states(accelerator)  # every process: a collective
         if not main:
             return None
         return checkpoint.save(checkpoint.checkpoint_root(out_dir), position, adapted, optimizer, lr_scheduler,
-                               accelerator, config.training.keep_checkpoints)
+                               accelerator, config.training.keep_checkpoints, rng_states)
 
     def save_lora(path: Path, step: int, epoch: int) -> Path:
         """The LoRA as it stands (schedule-free: its averaged weights), written by the main process."""
@@ -260,7 +263,9 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         write_text(config_path, tomli_w.dumps(config.to_toml_dict()))
     batches = data.batches(position.epoch, position.batch)
     epoch, bad_steps, step = position.epoch, 0, position.step
-    model.unet.train()
+    trained_modules = [model.unet, *(model.text_encoders if train_text else [])]
+    for module in trained_modules:  # adapter dropout and transformers' gradient checkpointing read .training
+        module.train()
     with (TrainingProgress(console, total_steps, position.step) as progress, StopOnSignal() as signals,
           RunLog(out_dir, position.step, config.output.tensorboard, main) as log, peaks.phase("training")):
         for step in range(position.step + 1, total_steps + 1):
@@ -289,7 +294,8 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                 # under fp16 the grad scaler skips a non-finite update itself and lowers its scale; it must see
                 # every step (skipping optimizer.step would leave it unscaled and never recovering)
                 optimizer.step()
-                lr_scheduler.step()
+                if not optimizer.step_was_skipped:  # the grad scaler skipped it: the schedule waits too
+                    lr_scheduler.step()
             if verdict == "ok":
                 bad_steps = 0
             elif verdict == "bad":  # a non-finite loss or gradient never reaches the weights
@@ -342,7 +348,8 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                                           f"checkpoint {saved}; continue with: lowvram train --config "
                                           f"{out_dir / config.output_name}.toml --resume auto")
 
-    model.unet.eval()
+    for module in trained_modules:
+        module.eval()
     epochs_done = math.ceil(step / steps_per_epoch)
     with peaks.phase("saving"):
         save_lora(lora_path, step, epochs_done)
