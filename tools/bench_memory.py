@@ -138,6 +138,15 @@ def random_components(family, device, dtype, names: tuple[str, ...]) -> dict:
     return parts
 
 
+def update(loss, optimizer, scaler) -> float:
+    """Backward and an optimizer step through the grad scaler (a no-op one outside fp16); the loss."""
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def cached_style_step(unet, family, resolution: int, batch: int, compute, device, optimizer, scaler=None,
                       offload: bool = False):
     """One training step as lowvram runs it after caching (latents and text embeddings as inputs), as a function
@@ -164,11 +173,7 @@ def cached_style_step(unet, family, resolution: int, batch: int, compute, device
             noise = sample_noise(latents, 0.0)
             loss = diffusion_loss(unet, scheduler, latents, conditioning, noise,
                                   sample_timesteps(scheduler, batch, device))
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return update(loss, optimizer, scaler)
 
     return step
 
@@ -273,11 +278,7 @@ def run_baseline_here(family, resolution: int, steps: int, warmup: int, batch: i
                 conditioning = unet_conditioning(family, hidden, pooled, time_ids)
                 loss = diffusion_loss(unet, scheduler, latents, conditioning, sample_noise(latents, 0.0),
                                       sample_timesteps(scheduler, batch, device))
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            return loss.item()
+            return update(loss, optimizer, scaler)
 
         result.update(ok=True, **timed_steps(step, steps, warmup, cuda))
         if cuda:
