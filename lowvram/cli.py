@@ -243,18 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # reported by the subcommand's parser, so the message names `lowvram train` and its flags
         parser._subparsers._group_actions[0].choices[args.command].error(
             f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command not in ("plan", "doctor"):  # those must start fast: diffusers alone takes seconds to import
-        _quiet_libraries()
     try:
+        if args.command not in ("plan", "doctor", "train"):  # those start fast: diffusers takes seconds to import
+            _quiet_libraries()
         if args.command == "train":
+            values = train_values(args)
+            config = build_config(values)  # every option error within a second, before the heavy imports
+            if args.vram and not args.auto:
+                raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")
+            _quiet_libraries()
             from lowvram.train.loop import train
 
-            values = train_values(args)
-            config = build_config(values)
             if args.auto:
                 config = auto_strategy(config, values, args.vram)
-            elif args.vram:
-                raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")
             train(config)
         elif args.command == "plan":
             return run_plan(args)

@@ -415,6 +415,25 @@ def parse_save_every(value: str | None) -> tuple[int, str] | None:
     raise ValueError(f"'{value}' is not a positive number of steps ('500') or epochs ('2e')")
 
 
+COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (127, 127, 127), "gray": (127, 127, 127)}
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """'white', '#RRGGBB' or 'R,G,B' (--background)."""
+    text = text.strip().lower()
+    if text in COLOURS:
+        return COLOURS[text]
+    if text.startswith("#") and len(text) == 7:
+        return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or not all(0 <= p <= 255 for p in parts):
+        raise ValueError(f"'{text}' is not a colour: use white, black, grey, #RRGGBB or R,G,B")
+    return tuple(parts)  # type: ignore[return-value]
+
+
 def build_config(values: dict[str, Any]) -> RunConfig:
     """Validate option values (from TOML and flags, flags already merged on top) into a RunConfig.
 
@@ -522,7 +541,6 @@ def _check(c: RunConfig) -> list[str]:
         p.append(f"--max-token-length: {c.data.max_token_length} is not one of 75, 150, 225")
     if c.data.keep_tokens and not c.data.shuffle_tags:
         p.append("--keep-tokens: only matters with --shuffle-tags; add it or drop --keep-tokens")
-    from lowvram.data.prepare import parse_colour
 
     try:
         parse_colour(c.data.background)

@@ -163,3 +163,15 @@ def test_generate_with_a_corrupt_lora_says_so_in_one_line(tmp_path, capsys):
                  "--output", str(tmp_path / "x.png")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--lora:" in err[0] and "not a readable .safetensors file" in err[0]
+
+
+def test_option_errors_come_before_any_heavy_import():
+    """Every option error of `train` is reported before torch, diffusers or peft are imported (they take seconds
+    to tens of seconds on a busy machine); tools/bench_cli_latency.py measures the time."""
+    code = ("import sys; from lowvram.cli import main; "
+            "code = main(['train', '--data', 'sample', '--rank', '0', '--background', 'purple']); "
+            "heavy = [m for m in ('torch', 'diffusers', 'peft', 'transformers') if m in sys.modules]; "
+            "print(code, heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "2 []", done.stdout + done.stderr
+    assert "--rank: must be > 0" in done.stderr and "--background: 'purple' is not a colour" in done.stderr

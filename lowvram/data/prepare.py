@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from lowvram.config import RunConfig
+from lowvram.config import RunConfig, parse_colour
 from lowvram.data.augment import AugmentOptions, CaptionOptions, auto_variant_count, caption_variants, make_variant
 from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.cache import (
@@ -31,21 +31,6 @@ from lowvram.data.scan import ScanOptions, ScanReport, scan_dataset
 from lowvram.memory import PhasePeaks
 from lowvram.models.families import ModelFamily
 from lowvram.train.conditioning import set_vae_tiling
-
-COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (127, 127, 127), "gray": (127, 127, 127)}
-
-
-def parse_colour(text: str) -> tuple[int, int, int]:
-    """'white', '#RRGGBB' or 'R,G,B'."""
-    text = text.strip().lower()
-    if text in COLOURS:
-        return COLOURS[text]
-    if text.startswith("#") and len(text) == 7:
-        return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
-    parts = [int(p) for p in text.split(",")]
-    if len(parts) != 3 or not all(0 <= p <= 255 for p in parts):
-        raise ValueError(f"'{text}' is not a colour: use white, black, grey, #RRGGBB or R,G,B")
-    return tuple(parts)  # type: ignore[return-value]
 
 
 def make_buckets(config: RunConfig, family: ModelFamily) -> Buckets:
