@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale [default: 7.0]")
     gen.add_argument("--resolution", type=int, default=None, help="image size in pixels [default: the model's]")
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image [default: 0]")
+
+    info = sub.add_parser("info", allow_abbrev=False, help="show a LoRA file's network and metadata",
+                          description="Show what a LoRA .safetensors file (lowvram's, kohya's or another trainer's) "
+                          "holds: its network type, layers and metadata, reading only its header.")
+    info.add_argument("file", type=Path, metavar="FILE")
+    info.add_argument("--json", action="store_true", help="print it as JSON")
+    info.add_argument("--strip-paths", action="store_true", help="first rewrite the file (atomically, same tensors) "
+                      "without the local folders its metadata names, for sharing it")
     return parser
 
 
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         parser._subparsers._group_actions[0].choices[args.command].error(
             f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        if args.command not in ("plan", "doctor", "train"):  # those start fast: diffusers takes seconds to import
+        if args.command not in ("plan", "doctor", "train", "info"):  # they start fast: diffusers takes seconds
             _quiet_libraries()
         if args.command == "train":
             values = train_values(args)
@@ -265,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.data.prepare import check_data
 
             check_data(build_config(check_values(args)), args.report, args.verbose)
+        elif args.command == "info":
+            from lowvram.info import print_info
+
+            print_info(args.file, args.json, args.strip_paths)
         elif args.command == "generate":
             from lowvram.generate import generate
 

@@ -40,6 +40,7 @@ FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
 NOT_SAVED = ("resume",)  # one run's circumstance, not part of the recipe a saved config replays
 PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights")  # made absolute
+LOCAL_ONLY = ("output", "cache_dir")  # where this machine keeps things: no part of a shared recipe
 
 
 def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None, metavar: str | None = None,
@@ -276,6 +277,18 @@ class RunConfig:
             values = dataclasses.asdict(getattr(self, section.name))
             out[section.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
                                  if v is not None and k not in NOT_SAVED}
+        return out
+
+    def to_shareable_dict(self) -> dict[str, dict[str, Any]]:
+        """The recipe without this machine's folders, for a LoRA's metadata: models and datasets by their file or
+        folder name, the output and cache folders left out (the `.toml` beside the LoRA keeps them all)."""
+        out = self.to_toml_dict()
+        for section in out.values():
+            for name in list(section):
+                if name in LOCAL_ONLY:
+                    del section[name]
+                elif name in ("model", "vae", *PATH_OPTIONS) and section[name] != SAMPLE_DATA:
+                    section[name] = Path(section[name]).name
         return out
 
 

@@ -20,6 +20,8 @@ def atomic_write(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp (and safetensors' own writer) leave it owner-only; a ComfyUI server of another user must read it
+        os.chmod(tmp, plain_mode(0o666))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -32,6 +34,13 @@ def atomic_write(path: Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def plain_mode(requested: int) -> int:
+    """The permissions `open()` (0o666) or `mkdir()` (0o777) gives under the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return requested & ~umask
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lowvram.errors import LowvramError
+from lowvram.files import plain_mode
 
 FORMAT = 2  # 2: RNG states per process
 
@@ -65,6 +66,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{position.step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    os.chmod(tmp, plain_mode(0o777))  # like every file lowvram writes: what the umask gives, not mkdtemp's 0700
     try:
         adapters = {f"{name}/{key}": value.detach().cpu().contiguous()
                     for name, module in modules.items() for key, value in get_peft_model_state_dict(module).items()}
@@ -86,6 +88,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
         for path in tmp.iterdir():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(path, plain_mode(0o666))  # safetensors writes owner-only
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -1,9 +1,12 @@
 """What a saved LoRA says about itself: kohya's ss_* keys, Stability's modelspec and lowvram's own, so UIs
-and model sites (and `--config` replays) can show and reproduce how it was trained."""
+and model sites can show how it was trained. LoRAs get shared: no value holds a folder of this machine (the
+base model and datasets are named by file and folder name, as kohya does); the `.toml` beside the LoRA keeps
+the full config that `--config` replays."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import tomli_w
 
@@ -62,8 +65,14 @@ def lora_metadata(config: RunConfig, model: LoadedModel, records, step: int, epo
         "modelspec.date": now.strftime("%Y-%m-%dT%H:%M:%S"),
         "lowvram.version": lowvram.__version__,
         "lowvram.family": family.name,
-        "lowvram.base_model": model.source,
+        "lowvram.base_model": shareable_name(model.source),
         "lowvram.trigger_word": trigger or "",
         "lowvram.dataset_images": str(len(records)),
-        "lowvram.config": tomli_w.dumps(config.to_toml_dict()),
+        "lowvram.config": tomli_w.dumps(config.to_shareable_dict()),
     } | lora.network_metadata(config.network)
+
+
+def shareable_name(source: str) -> str:
+    """A local model by its file or folder name; a hub id or a family name as it is."""
+    path = Path(source).expanduser()
+    return path.name if path.is_absolute() or path.exists() else source

@@ -1,0 +1,110 @@
+"""`lowvram info FILE`: what a LoRA file says about itself (its network, layers and metadata), whoever trained it,
+and `--strip-paths` to take this machine's folders out of its metadata before sharing it.
+
+Only the file's header is read (safetensors keeps names, shapes and metadata there); `--strip-paths` rewrites the
+file atomically with the same tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from lowvram.errors import LowvramError
+
+# An absolute folder in a text: POSIX (/home/alice/) or Windows (C:\Users\bob\), not part of a URL or a word.
+_FOLDER = re.compile(r"(?<![\w.:/\\])(?:[A-Za-z]:[\\/]|/)(?:[^\s\"'<>|*?\\/:]+[\\/])+")
+_NETWORKS = ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"), (".lora_down.", "LoRA"),
+             (".lora_A.", "LoRA (diffusers/peft layout)"))
+
+
+def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
+    """(metadata, {tensor name: (dtype, shape)}), reading no tensor data."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise LowvramError(f"info: {path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {key: (str(f.get_slice(key).get_dtype()), tuple(f.get_slice(key).get_shape())) for key in f.keys()}  # noqa: SIM118
+            return f.metadata() or {}, tensors
+    except (OSError, SafetensorError) as exc:
+        raise LowvramError(f"info: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
+
+
+def describe(path: Path) -> dict:
+    """What `lowvram info` prints: the network type, its layers and parameters, and the metadata."""
+    metadata, tensors = read_header(path)
+    network = next((name for marker, name in _NETWORKS if any(marker in key for key in tensors)), "unknown")
+    modules = {key.split(".", 1)[0] for key in tensors}
+    params = sum(_count(shape) for _, shape in tensors.values())
+    return {"file": str(path), "bytes": path.stat().st_size, "network": network, "modules": len(modules),
+            "parameters": params, "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
+            "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)})}
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    total = 1
+    for side in shape:
+        total *= side
+    return total
+
+
+def strip_paths(path: Path) -> int:
+    """Rewrite `path` with every absolute folder in its metadata removed (a file keeps its name); returns how many
+    values changed. The tensors and the file's permissions stay as they were."""
+    from safetensors.torch import load_file
+
+    from lowvram.files import save_safetensors
+
+    metadata, _ = read_header(path)
+    stripped = {key: _FOLDER.sub("", value) for key, value in metadata.items()}
+    changed = sum(stripped[key] != value for key, value in metadata.items())
+    if changed:
+        mode = path.stat().st_mode & 0o777
+        save_safetensors(load_file(str(path)), path, stripped)
+        os.chmod(path, mode)
+    return changed
+
+
+def print_info(path: Path, as_json: bool, strip: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if strip:
+        changed = strip_paths(path)
+        print(f"{path}: {changed} metadata value(s) held a local folder; rewritten without them" if changed
+              else f"{path}: no local folder in its metadata; unchanged")
+    info = describe(path)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    console = Console()
+    console.print(f"[bold]{path.name}[/]: {info['network']}, {info['modules']} modules, {info['parameters']:,} "
+                  f"parameters ({', '.join(info['dtypes'])}), {info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
+    table = Table(title="metadata")
+    table.add_column("key", no_wrap=True)
+    table.add_column("value")
+    for key in sorted(info["metadata"]):
+        table.add_row(key, _shown(key, info["metadata"][key]))
+    console.print(table)
+    if info["private_paths"]:
+        console.print(f"[yellow]{len(info['private_paths'])} local folder(s) in the metadata (e.g. "
+                      f"{info['private_paths'][0]}); lowvram info --strip-paths {path} removes them[/]", soft_wrap=True)
+
+
+def _shown(key: str, value: str) -> str:
+    """ss_tag_frequency is a JSON of every caption tag: its most frequent ones are what a reader wants."""
+    if key == "ss_tag_frequency":
+        try:
+            counts: dict[str, int] = {}
+            for tags in json.loads(value).values():
+                for tag, count in tags.items():
+                    counts[tag] = counts.get(tag, 0) + count
+            top = sorted(counts.items(), key=lambda item: -item[1])[:10]
+            return ", ".join(f"{tag} ({count})" for tag, count in top) + (" ..." if len(counts) > 10 else "")
+        except (ValueError, AttributeError):
+            return value
+    return value

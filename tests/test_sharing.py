@@ -1,0 +1,134 @@
+"""LoRA files ready to share: readable by a ComfyUI/AUTOMATIC1111 server running as another user (the
+permissions a plain open() gives under the umask), no folder of this machine in their metadata, and
+`lowvram info` to show (and strip) any LoRA file's metadata."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_config
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from lowvram.cli import main
+from lowvram.data.sample import write_sample_dataset
+from lowvram.models import load_model
+from lowvram.train.loop import train
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    """A run whose model, dataset and output all live under a home folder, as a user's do."""
+    home = tmp_path_factory.mktemp("home") / "alice"
+    model = home / "models" / "my-tiny-model"
+    load_model("tiny").pipeline.save_pretrained(model, safe_serialization=True)
+    data = write_sample_dataset(home / "datasets" / "shapes")
+    previous = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    try:
+        result = train(run_config(model=str(model), data=str(data), output=str(home / "loras" / "shapes"),
+                                  max_steps=2, trigger_word="lvshape"))
+    finally:
+        if previous is None:
+            del os.environ["HOME"]
+        else:
+            os.environ["HOME"] = previous
+    return home, model, data, result
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_every_file_a_run_writes_has_the_permissions_the_umask_gives(tmp_path, umask_022):
+    result = train(run_config(output=str(tmp_path / "out"), max_steps=2, checkpoint_every=1,
+                              sample_prompts=("lvshape, a red circle",)))
+    written = [result.lora_path, result.config_path, *result.samples]
+    assert result.samples and all(mode(path) == 0o644 for path in written), {p.name: oct(mode(p)) for p in written}
+    checkpoints = sorted((tmp_path / "out" / "checkpoints").iterdir())
+    assert checkpoints and all(mode(folder) == 0o755 for folder in checkpoints)
+    assert all(mode(file) == 0o644 for folder in checkpoints for file in folder.iterdir())
+
+
+def test_no_metadata_value_names_a_folder_of_this_machine(shared_run):
+    home, model, data, result = shared_run
+    with safe_open(str(result.lora_path), "pt") as f:
+        metadata = f.metadata()
+    private = [str(home), str(model), str(data), str(result.lora_path.parent), str(model.parent), "/tmp"]
+    leaks = {key: folder for key, value in metadata.items() for folder in private if folder in value}
+    assert not leaks, leaks
+    # what ComfyUI, AUTOMATIC1111 and model sites show is all there, by names
+    assert metadata["ss_sd_model_name"] == "my-tiny-model" and metadata["lowvram.base_model"] == "my-tiny-model"
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_steps"] == "2" and metadata["ss_resolution"]
+    assert metadata["ss_training_comment"] == "lvshape" and metadata["modelspec.architecture"]
+    assert "5_lvshape" in json.loads(metadata["ss_tag_frequency"])
+    recipe = metadata["lowvram.config"]
+    assert 'data = "shapes"' in recipe and 'model = "my-tiny-model"' in recipe and "\noutput =" not in recipe
+    # the full config, paths and all, stays beside the LoRA for --config to replay
+    assert str(data) in result.config_path.read_text()
+
+
+def kohya_file(path: Path) -> Path:
+    """A LoRA as kohya's sd-scripts writes one: lora_unet_* keys with alpha, and metadata that names the
+    trainer's own folders (older sd-scripts versions wrote the checkpoint's full path)."""
+    tensors = {}
+    for name in ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+                 "lora_te_text_model_encoder_layers_0_self_attn_q_proj"):
+        tensors[f"{name}.lora_down.weight"] = torch.randn(8, 320)
+        tensors[f"{name}.lora_up.weight"] = torch.zeros(320, 8)
+        tensors[f"{name}.alpha"] = torch.tensor(4.0)
+    metadata = {
+        "ss_network_module": "networks.lora", "ss_network_dim": "8", "ss_network_alpha": "4.0",
+        "ss_sd_model_name": "/home/bob/stable-diffusion-webui/models/Stable-diffusion/v1-5-pruned.safetensors",
+        "ss_dataset_dirs": json.dumps({"10_ohwx dog": {"n_repeats": 10, "img_count": 24}}),
+        "ss_tag_frequency": json.dumps({"10_ohwx dog": {"ohwx": 24, "dog": 20, "grass": 3}}),
+        "ss_output_name": "ohwx_dog", "ss_training_comment": r"trained from C:\Users\bob\datasets\dog",
+        "ss_learning_rate": "0.0001", "ss_resolution": "(512, 512)", "modelspec.title": "https://example.org/a/b",
+    }
+    save_file(tensors, str(path), metadata)
+    return path
+
+
+def test_info_prints_another_trainers_lora(tmp_path, capsys):
+    path = kohya_file(tmp_path / "ohwx_dog.safetensors")
+    assert main(["info", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "LoRA, 2 modules" in out and "ss_network_dim" in out and "ohwx (24)" in out
+    assert "2 local folder(s) in the metadata" in out and "--strip-paths" in out
+
+
+def test_strip_paths_rewrites_the_metadata_without_local_folders_and_keeps_the_tensors(tmp_path, capsys):
+    path = kohya_file(tmp_path / "ohwx_dog.safetensors")
+    before = load_file(str(path))
+    os.chmod(path, 0o640)
+    assert main(["info", str(path), "--strip-paths", "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 metadata value(s) held a local folder" in printed
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    assert metadata["ss_sd_model_name"] == "v1-5-pruned.safetensors"
+    assert metadata["ss_training_comment"] == "trained from dog"
+    assert metadata["modelspec.title"] == "https://example.org/a/b"  # a URL is no local folder
+    assert metadata["ss_dataset_dirs"] == json.dumps({"10_ohwx dog": {"n_repeats": 10, "img_count": 24}})
+    after = load_file(str(path))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert mode(path) == 0o640
+    assert main(["info", str(path), "--strip-paths"]) == 0 and "unchanged" in capsys.readouterr().out
+
+
+def test_info_on_a_file_that_is_no_safetensors_says_so_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "x.safetensors"
+    bad.write_text("not a model")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a readable .safetensors file" in err[0]
