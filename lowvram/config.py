@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.errors import LowvramError
+from lowvram.formats import WEIGHT_FORMATS
 from lowvram.train.prompts import SamplePrompt, parse_prompt
 
 if sys.version_info >= (3, 11):
@@ -29,8 +30,7 @@ SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restart
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "lion", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
 NETWORKS = ("lora", "dora", "loha", "lokr")
 LORA_LAYERS = ("attn", "attn-mlp", "full")  # lowvram.models.families.LORA_LAYERS (not imported: plan starts fast)
-UNET_WEIGHTS = ("auto", "fp32", "fp16", "bf16", "fp8", "bnb-int8", "bnb-nf4", "quanto-int8", "quanto-int4",
-                "quanto-fp8")
+UNET_WEIGHTS = ("auto", *WEIGHT_FORMATS)
 ATTENTION = ("auto", "xformers", "sdpa", "math")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SAVE_PRECISION = ("fp16", "bf16", "fp32")

@@ -27,43 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from lowvram.errors import LowvramError
+from lowvram.formats import WEIGHT_FORMATS
 
 # The input and output convolutions are tiny and sensitive; every tool keeps them in full precision.
 KEEP_FULL_PRECISION = ("conv_in", "conv_out")
 
 
-@dataclass(frozen=True)
-class WeightFormat:
-    name: str
-    converts_conv: bool
-    backend: str  # "torch", "bitsandbytes", "optimum-quanto"
-    description: str
-    # the planner weighs it (beside the native 16-bit format): no other format is both as small and as fast.
-    # bnb-int8 (Linear only) is larger and slower than fp8; quanto's int8 and fp8 are fp8's size, slower by prior.
-    planned: bool = False
-
-
-WEIGHT_FORMATS = {
-    f.name: f
-    for f in (
-        WeightFormat("fp32", True, "torch", "full precision"),
-        WeightFormat("fp16", True, "torch", "half precision"),
-        WeightFormat("bf16", True, "torch", "bfloat16"),
-        WeightFormat("fp8", True, "torch", "float8 storage, upcast per layer (kohya's fp8_base)", planned=True),
-        WeightFormat("bnb-int8", False, "bitsandbytes", "LLM.int8 Linear layers"),
-        WeightFormat("bnb-nf4", False, "bitsandbytes", "NF4 Linear layers with double quantization", planned=True),
-        WeightFormat("quanto-int8", True, "optimum-quanto", "int8 Linear and Conv2d"),
-        WeightFormat("quanto-int4", True, "optimum-quanto", "int4 (group-wise) Linear and Conv2d", planned=True),
-        WeightFormat("quanto-fp8", True, "optimum-quanto", "float8 Linear and Conv2d"),
-    )
-}
-PLANNED_FORMATS = tuple(name for name, f in WEIGHT_FORMATS.items() if f.planned)
 CAST_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -11,7 +11,7 @@ import torch
 from conftest import run_config
 from safetensors.torch import load_file
 
-from lowvram.quant import WEIGHT_FORMATS
+from lowvram.formats import WEIGHT_FORMATS
 from lowvram.train.loop import train
 
 pytestmark = pytest.mark.gpu

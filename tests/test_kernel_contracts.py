@@ -13,8 +13,9 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
+from lowvram.formats import WEIGHT_FORMATS
 from lowvram.models import FAMILIES
-from lowvram.quant import WEIGHT_FORMATS, contract_violations, convert_frozen, converted_layers, place, watch_contracts
+from lowvram.quant import contract_violations, convert_frozen, converted_layers, place, watch_contracts
 from lowvram.train.conditioning import unet_conditioning
 from lowvram.train.lora import add_adapter
 from lowvram.train.loss import diffusion_loss

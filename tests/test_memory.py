@@ -11,8 +11,9 @@ from peft.utils import get_peft_model_state_dict
 
 from lowvram.attention import set_attention
 from lowvram.config import OPTIMIZERS
+from lowvram.formats import WEIGHT_FORMATS
 from lowvram.models import load_model
-from lowvram.quant import WEIGHT_FORMATS, convert_frozen, storage_bytes
+from lowvram.quant import convert_frozen, storage_bytes
 from lowvram.train.loop import train
 from lowvram.train.optim import build_optimizer
 

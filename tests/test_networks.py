@@ -18,8 +18,9 @@ from test_train import model_outputs
 
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
+from lowvram.formats import WEIGHT_FORMATS
 from lowvram.models import load_model
-from lowvram.quant import WEIGHT_FORMATS, convert_frozen
+from lowvram.quant import convert_frozen
 from lowvram.train import checkpoint, lora
 from lowvram.train.loop import train
 

@@ -10,11 +10,11 @@ import pytest
 from conftest import run_config
 
 from lowvram.config import build_config
+from lowvram.formats import WEIGHT_FORMATS
 from lowvram.hardware import hardware_for, load_profile
 from lowvram.models import FAMILIES
 from lowvram.plan import apply_choice, fixed_choices, plan, workload_for
 from lowvram.plan.estimate import MemoryStrategy, Workload, estimate
-from lowvram.quant import WEIGHT_FORMATS
 
 
 def lowvram(*argv):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lowvram.formats import WEIGHT_FORMATS
 from lowvram.models import FAMILIES
 from lowvram.models.loading import random_unet
 from lowvram.plan import trace
@@ -20,7 +21,7 @@ from lowvram.plan.trace import (
     trace_vae_encode,
     unet_weight_bytes,
 )
-from lowvram.quant import WEIGHT_FORMATS, convert_frozen, storage_bytes
+from lowvram.quant import convert_frozen, storage_bytes
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 PLAN_DATA = trace.__file__.replace("trace.py", "plan_data.json")

@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lowvram.formats import WEIGHT_FORMATS
 from lowvram.models.families import DEFAULT_LORA_LAYERS, FAMILIES, LORA_LAYERS
 from lowvram.plan import trace
-from lowvram.quant import WEIGHT_FORMATS
 from lowvram.train.lora import add_adapter
 
 OUT = ROOT / "lowvram" / "plan" / "plan_data.json"

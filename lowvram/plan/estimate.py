@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lowvram.errors import LowvramError
+from lowvram.formats import CAST_FORMATS, WEIGHT_FORMATS
 from lowvram.hardware import DEFAULT_CONTEXT, GIB, Hardware
 from lowvram.models.families import DEFAULT_LORA_LAYERS, ModelFamily
 from lowvram.plan.calibration import cuda_context_bytes, is_verified, step_time_ratios
@@ -34,10 +35,8 @@ KERNEL_WORKSPACE = 80 * 2**20
 HOST_BASELINE = int(2.5 * GIB)  # python + torch + CUDA libraries resident in host RAM (uncalibrated)
 VRAM_SAFETY = int(0.25 * GIB)  # kept free below the budget
 TILE_PX = 512  # lowvram.train.conditioning.VAE_TILE_PX (not imported: plan must not import diffusers)
-# Relative step time per storage format and for checkpointing: priors, replaced per family by the measured
-# ratios in calibration.json wherever a GPU result measured them.
-FORMAT_COST = {"fp32": 2.0, "fp16": 1.0, "bf16": 1.0, "fp8": 1.12, "bnb-int8": 1.8, "bnb-nf4": 1.3,
-               "quanto-int8": 1.35, "quanto-int4": 1.5, "quanto-fp8": 1.3}
+# Relative step time of checkpointing (and, in lowvram.formats, of each storage format): priors, replaced per
+# family by the measured ratios in calibration.json wherever a GPU result measured them.
 CHECKPOINT_COST = 1.3
 OFFLOAD_COST = 1.5  # activations over PCIe and back (a prior: uncalibrated)
 # DoRA also keeps each adapted layer's base output for its magnitude's gradient: measured 1.30x LoRA's saved
@@ -160,7 +159,6 @@ def scaled(entries: list[dict], resolution: int, batch: int, key: str = "activat
     return int(per_image * batch)
 
 
-CAST_FORMATS = ("fp32", "fp16", "bf16")
 # Formats that can't be traced on fake tensors use the 16-bit trace times this factor: their extra
 # activations measured against fp32 weights in a real CPU step of the tiny model (quanto keeps dequantized
 # convolution weights for backward). To be replaced by GPU measurements.
@@ -306,8 +304,8 @@ def relative_step_time(work: Workload, strategy: MemoryStrategy) -> float:
     the family at the nearest measured batch, priors where nothing was measured."""
     measured = step_time_ratios(work.family, work.batch)
     native = strategy.unet_weights == work.native_format
-    weights = 1.0 if native else measured.get("unet_weights", {}).get(strategy.unet_weights,
-                                                                      FORMAT_COST[strategy.unet_weights])
+    weights = 1.0 if native else measured.get("unet_weights", {}).get(
+        strategy.unet_weights, WEIGHT_FORMATS[strategy.unet_weights].prior_step_time)
     checkpointing = measured.get("gradient_checkpointing", CHECKPOINT_COST) if strategy.gradient_checkpointing else 1
     return (weights * checkpointing * (OFFLOAD_COST if work.offload_activations else 1)
             * OPTIMIZER_COST[strategy.optimizer])

@@ -7,9 +7,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
+from lowvram.formats import PLANNED_FORMATS
 from lowvram.hardware import GIB, Hardware
 from lowvram.plan.estimate import VRAM_SAFETY, Estimate, MemoryStrategy, Workload, estimate
-from lowvram.quant import PLANNED_FORMATS
 
 OPTIMIZERS = ("adamw", "adamw8bit")
 

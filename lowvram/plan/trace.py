@@ -33,11 +33,11 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map_only
 
+from lowvram.formats import TRACEABLE_FORMATS
 from lowvram.models.families import DEFAULT_LORA_LAYERS, FAMILIES, ModelFamily
 from lowvram.models.loading import _quiet_diffusers
 from lowvram.quant import _convertible, convert_frozen, storage_bytes
 
-TRACEABLE_WEIGHTS = ("fp32", "fp16", "bf16", "fp8")  # torch-only formats: bnb/quanto can't wrap fake tensors
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # CUDA autocast's float32 list (torch docs, "CUDA Ops that can autocast to float32"); CPU autocast has few.
 CUDA_FP32_OPS = frozenset((
@@ -179,8 +179,8 @@ def _trace_unet(family: ModelFamily, dtype: torch.dtype, weights: str, rank: int
     from lowvram.train.lora import add_adapter
 
     fmt = DTYPE_NAMES[dtype] if weights == "auto" else weights
-    if fmt not in TRACEABLE_WEIGHTS:
-        raise ValueError(f"can only trace U-Net weights in {TRACEABLE_WEIGHTS}, not {fmt}")
+    if fmt not in TRACEABLE_FORMATS:
+        raise ValueError(f"can only trace U-Net weights in {TRACEABLE_FORMATS}, not {fmt}")
     with _quiet_diffusers():  # its warning about casting with .to() concerns loading weights, not sizes
         unet = convert_frozen(meta_component(family, "unet"), fmt, dtype)
     set_attention(unet, "sdpa")

@@ -1,0 +1,45 @@
+"""The frozen U-Net's storage formats (`--unet-weights`), declared once: the options, the converters in
+`lowvram.quant`, the planner and the trace all read this table. Plain data, no torch: `plan` and option checks
+import it without loading any backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    name: str
+    converts_conv: bool
+    backend: str  # "torch", "bitsandbytes", "optimum-quanto"
+    description: str
+    prior_step_time: float  # step time against native 16-bit weights where no GPU result measured it
+    # the planner weighs it (beside the native 16-bit format): no other format is both as small and as fast.
+    # bnb-int8 (Linear only) is larger and slower than fp8; quanto's int8 and fp8 are fp8's size, slower by prior.
+    planned: bool = False
+
+    @property
+    def cast(self) -> bool:
+        """A plain float type: the weights are cast, or stored so and upcast per layer (no quantization)."""
+        return self.name in ("fp32", "fp16", "bf16")
+
+
+WEIGHT_FORMATS = {
+    f.name: f
+    for f in (
+        WeightFormat("fp32", True, "torch", "full precision", 2.0),
+        WeightFormat("fp16", True, "torch", "half precision", 1.0),
+        WeightFormat("bf16", True, "torch", "bfloat16", 1.0),
+        WeightFormat("fp8", True, "torch", "float8 storage, upcast per layer (kohya's fp8_base)", 1.12, planned=True),
+        WeightFormat("bnb-int8", False, "bitsandbytes", "LLM.int8 Linear layers", 1.8),
+        WeightFormat("bnb-nf4", False, "bitsandbytes", "NF4 Linear layers with double quantization", 1.3,
+                     planned=True),
+        WeightFormat("quanto-int8", True, "optimum-quanto", "int8 Linear and Conv2d", 1.35),
+        WeightFormat("quanto-int4", True, "optimum-quanto", "int4 (group-wise) Linear and Conv2d", 1.5, planned=True),
+        WeightFormat("quanto-fp8", True, "optimum-quanto", "float8 Linear and Conv2d", 1.3),
+    )
+}
+PLANNED_FORMATS = tuple(name for name, f in WEIGHT_FORMATS.items() if f.planned)
+CAST_FORMATS = tuple(name for name, f in WEIGHT_FORMATS.items() if f.cast)
+# formats a fake-tensor trace can convert (bitsandbytes and quanto cannot wrap fake tensors)
+TRACEABLE_FORMATS = tuple(name for name, f in WEIGHT_FORMATS.items() if f.backend == "torch")
