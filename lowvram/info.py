@@ -72,6 +72,7 @@ def strip_paths(path: Path) -> int:
 def print_info(path: Path, as_json: bool, strip: bool) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     if strip:
         changed = strip_paths(path)
@@ -88,7 +89,7 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
     table.add_column("key", no_wrap=True)
     table.add_column("value")
     for key in sorted(info["metadata"]):
-        table.add_row(key, _shown(key, info["metadata"][key]))
+        table.add_row(key, Text(_shown(key, info["metadata"][key])))  # as text: TOML's [section] is no markup
     console.print(table)
     if info["private_paths"]:
         console.print(f"[yellow]{len(info['private_paths'])} local folder(s) in the metadata (e.g. "

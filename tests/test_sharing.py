@@ -94,6 +94,7 @@ def kohya_file(path: Path) -> Path:
         "ss_tag_frequency": json.dumps({"10_ohwx dog": {"ohwx": 24, "dog": 20, "grass": 3}}),
         "ss_output_name": "ohwx_dog", "ss_training_comment": r"trained from C:\Users\bob\datasets\dog",
         "ss_learning_rate": "0.0001", "ss_resolution": "(512, 512)", "modelspec.title": "https://example.org/a/b",
+        "modelspec.description": "[model] and [bold]tags[/bold]",
     }
     save_file(tensors, str(path), metadata)
     return path
@@ -104,6 +105,7 @@ def test_info_prints_another_trainers_lora(tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "LoRA, 2 modules" in out and "ss_network_dim" in out and "ohwx (24)" in out
+    assert "[model] and [bold]tags[/bold]" in out  # shown as written, not as markup
     assert "2 local folder(s) in the metadata" in out and "--strip-paths" in out
 
 
