@@ -25,7 +25,7 @@ class Plan:
 
     @property
     def budget(self) -> int:
-        return self.hardware.free_vram - VRAM_SAFETY
+        return plan_budget(self.hardware)
 
 
 def strategies(work: Workload, fixed: dict) -> list[MemoryStrategy]:
@@ -73,6 +73,7 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
 
 
 def plan_budget(hardware: Hardware) -> int:
+    """The VRAM a plan may use: what is free, less the margin kept below it."""
     return max(hardware.free_vram - VRAM_SAFETY, 0)
 
 
