@@ -127,6 +127,7 @@ def main() -> None:
     import torch
 
     from lowvram.models import FAMILIES
+    from lowvram.plan import NATIVE_FORMAT
 
     family, device = FAMILIES[args.family], torch.device(args.device)
     cuda = device.type == "cuda"
@@ -138,7 +139,6 @@ def main() -> None:
         torch.cuda.init()
         free_bytes, total = torch.cuda.mem_get_info()
         context = total - free_bytes
-    native = {"bf16": "bf16", "fp16": "fp16"}
     with open(args.out, "a", encoding="utf-8") as out:
         def emit(result: dict) -> None:
             result = {**result, "context_bytes": context, "seconds_into_sweep": round(time.monotonic() - started)}
@@ -159,11 +159,10 @@ def main() -> None:
                 emit({"kind": "not run", "strategy": strategy_name(weights, checkpointing, optimizer,
                                                                    mixed_precision)})
                 continue
-            stored = native.get(mixed_precision, "fp32") if weights == "native" else weights
-            if not cuda and weights == "native":
-                stored = "fp32"
+            if weights == "native":  # the U-Net stored as the run computes (the CPU: fp32)
+                weights = NATIVE_FORMAT[mixed_precision if cuda else "no"]
             batches = args.batches if every_batch else args.batches[:1]
-            for result in measure(family, device, stored, checkpointing, optimizer, mixed_precision, resolution,
+            for result in measure(family, device, weights, checkpointing, optimizer, mixed_precision, resolution,
                                   batches, steps, args.warmup, args.rank):
                 emit({**result, "kind": "strategy"})
             free(cuda)
