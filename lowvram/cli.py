@@ -135,21 +135,20 @@ def run_plan(args: argparse.Namespace) -> int:
     from lowvram.hardware import hardware_for
     from lowvram.plan import fixed_choices, plan, workload_for
     from lowvram.plan.report import plan_json, print_plan
+    from lowvram.resolve import resolve_run
 
     values = plan_values(args)
     config = build_config(values)
     hardware = hardware_for(args.profile, args.vram, args.ram)
     if hardware.device != "cuda":
         raise LowvramError("no CUDA GPU here: pass --vram SIZE or --profile NAME to plan for a card")
-    work = workload_for(config, hardware)
-    result = plan(work, hardware, fixed_choices(values))
+    run = resolve_run(config, hardware)
+    result = plan(workload_for(run), hardware, fixed_choices(values))
     console = Console(width=max(Console().width, 100), stderr=args.json)
-    if config.data.data != "sample":  # a real dataset: scan it too, so problems show up before the evening
-        from lowvram.data.cache import default_cache_dir
-        from lowvram.data.prepare import scan
+    if not run.uses_sample_data:  # a real dataset: scan it too, so problems show up before the evening
+        from lowvram.data.check import scan
 
-        cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
-        report = scan(config, Path(config.data.data), work.family, config.data.trigger_word, cache_dir, console)
+        report = scan(run, Path(config.data.data), config.data.trigger_word, console)
         buckets = ", ".join(f"{shape} x{n}" for shape, n in report.summary()["buckets"].items())
         console.print(f"dataset {report.root}: {len(report.usable)} usable images, {len(report.skipped)} skipped "
                       f"(details: lowvram check-data); buckets {buckets}")
@@ -195,6 +194,7 @@ def auto_strategy(config, values: dict, vram: str | None):
     from lowvram.hardware import detect, parse_size
     from lowvram.plan import apply_choice, fixed_choices, plan, workload_for
     from lowvram.plan.report import print_plan
+    from lowvram.resolve import resolve_run
 
     hardware = detect()
     if hardware.device != "cuda":
@@ -208,7 +208,7 @@ def auto_strategy(config, values: dict, vram: str | None):
 
         # the process's own GPU: under `accelerate launch` each rank's (detect() read LOCAL_RANK), not GPU 0
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / hardware.total_vram), hardware.index)
-    result = plan(workload_for(config, hardware), hardware, fixed_choices(values))
+    result = plan(workload_for(resolve_run(config, hardware)), hardware, fixed_choices(values))
     print_plan(result, Console(), top=6)
     if result.choice is None:
         raise LowvramError(f"--auto: {result.explanation}; " + "; ".join(result.suggestions))
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         parser._subparsers._group_actions[0].choices[args.command].error(
             f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        if args.command not in ("plan", "doctor", "train", "info"):  # they start fast: diffusers takes seconds
+        if args.command not in ("plan", "doctor", "train", "info", "check-data"):  # fast: diffusers takes seconds
             _quiet_libraries()
         if args.command == "train":
             values = train_values(args)
@@ -270,9 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "doctor":
             return run_doctor(args)
         elif args.command == "check-data":
-            from lowvram.data.prepare import check_data
+            from lowvram.data.check import check_data
+            from lowvram.hardware import NO_GPU
+            from lowvram.resolve import resolve_run
 
-            check_data(build_config(check_values(args)), args.report, args.verbose)
+            check_data(resolve_run(build_config(check_values(args)), NO_GPU), args.report, args.verbose)
         elif args.command == "info":
             from lowvram.info import print_info
 

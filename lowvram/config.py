@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, pickle_refusal
 from lowvram.formats import WEIGHT_FORMATS
-from lowvram.train.prompts import SamplePrompt, parse_prompt
+from lowvram.optim import OPTIMIZERS
+from lowvram.prompts import SamplePrompt, parse_prompt
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +28,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear")
-OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "lion", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
 NETWORKS = ("lora", "dora", "loha", "lokr")
 LORA_LAYERS = ("attn", "attn-mlp", "full")  # lowvram.models.families.LORA_LAYERS (not imported: plan starts fast)
 UNET_WEIGHTS = ("auto", *WEIGHT_FORMATS)
@@ -137,10 +137,8 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = option("adamw", "Optimizer: adamw (torch); adamw8bit, paged_adamw8bit and lion8bit "
-                            "(bitsandbytes: state in 8 bits); lion (one moment); adafactor (factored second "
-                            "moments); prodigy (learning-rate-free: --lr is a multiplier, 1.0); schedulefree_adamw "
-                            "(no schedule needed).", choices=OPTIMIZERS)
+    optimizer: str = option("adamw", "Optimizer: " + "; ".join(o.help for o in OPTIMIZERS.values()) + ".",
+                            choices=tuple(OPTIMIZERS))
     lr: float | None = option(None, "Learning rate of the U-Net adapters (default: 1e-4; 1.0 for prodigy).")
     text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder adapters (default: --lr).")
     weight_decay: float = option(1e-2, "AdamW weight decay.")
@@ -244,18 +242,11 @@ class RunConfig:
     def lr(self) -> float:
         if self.optim.lr is not None:
             return self.optim.lr
-        return 1.0 if self.optim.optimizer == "prodigy" else 1e-4
+        return OPTIMIZERS[self.optim.optimizer].default_lr
 
     @property
     def text_encoder_lr(self) -> float:
         return self.optim.text_encoder_lr if self.optim.text_encoder_lr is not None else self.lr
-
-    @property
-    def text_reading(self):
-        """How the text encoders read captions and prompts (train.conditioning.TextReading)."""
-        from lowvram.train.conditioning import TextReading
-
-        return TextReading(self.data.max_token_length, self.data.clip_skip)
 
     @property
     def samples(self) -> tuple[SamplePrompt, ...]:
@@ -482,15 +473,6 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     return config
 
 
-def pickle_refusal(flag: str, path: str) -> str:
-    """Why a pickled checkpoint is refused, and the one command that converts it without running its code."""
-    out = str(Path(path).with_suffix(".safetensors"))
-    return (f"{flag}: {path} is a pickle file, which can run arbitrary code when loaded, so lowvram never opens it; "
-            f"convert it once to safetensors: python -c \"import torch, safetensors.torch as st; "
-            f"d = torch.load('{path}', weights_only=True); "
-            f"st.save_file({{k: v.contiguous() for k, v in d.get('state_dict', d).items()}}, '{out}')\"")
-
-
 def _check(c: RunConfig) -> list[str]:
     """Cross-field and range checks; each message names the flag and the fix."""
     p = []
@@ -570,8 +552,9 @@ def _check(c: RunConfig) -> list[str]:
     if not 0 <= c.network.dropout < 1:
         p.append(f"--dropout: must be in [0, 1), got {c.network.dropout}")
     positive("lr", c.optim.lr)
-    if c.optim.optimizer == "prodigy" and c.optim.lr is not None and c.optim.lr < 0.1:
-        p.append(f"--lr: {c.optim.lr:g} with prodigy, which finds the step size itself and scales it by --lr; "
+    optimizer = OPTIMIZERS.get(c.optim.optimizer)
+    if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:
+        p.append(f"--lr: {c.optim.lr:g} with {optimizer.name}, which finds the step size itself and scales it by --lr; "
                  "use --lr 1.0 (or leave it out)")
     positive("text-encoder-lr", c.optim.text_encoder_lr, allow_zero=True)
     positive("weight-decay", c.optim.weight_decay, allow_zero=True)
@@ -589,8 +572,8 @@ def _check(c: RunConfig) -> list[str]:
     positive("sample-steps", c.output.sample_steps)
     if c.training.max_steps is not None and c.training.epochs is not None:
         p.append("--max-steps and --epochs: can't use both; choose one")
-    if c.optim.optimizer == "schedulefree_adamw" and c.optim.scheduler != "constant":
-        p.append(f"--scheduler {c.optim.scheduler}: schedulefree_adamw replaces the schedule; use --scheduler "
+    if optimizer and optimizer.schedule_free and c.optim.scheduler != "constant":
+        p.append(f"--scheduler {c.optim.scheduler}: {optimizer.name} replaces the schedule; use --scheduler "
                  "constant (its warm-up comes from --warmup-steps)")
     if c.optim.text_encoder_lr is not None and not c.network.train_text_encoder:
         p.append("--text-encoder-lr: set, but the text encoder is not trained; add --train-text-encoder")

@@ -1,4 +1,7 @@
-"""The one exception type the CLI turns into a clean one-line message (no traceback)."""
+"""The one exception type the CLI turns into a clean one-line message (no traceback), and the messages more
+than one layer gives."""
+
+from pathlib import Path
 
 
 class LowvramError(Exception):
@@ -13,3 +16,12 @@ class TrainingInterrupted(LowvramError):
 
 class TrainingDiverged(LowvramError):
     """Several steps in a row had a non-finite loss or gradient."""
+
+
+def pickle_refusal(flag: str, path: str) -> str:
+    """Why a pickled checkpoint is refused, and the one command that converts it without running its code."""
+    out = str(Path(path).with_suffix(".safetensors"))
+    return (f"{flag}: {path} is a pickle file, which can run arbitrary code when loaded, so lowvram never opens it; "
+            f"convert it once to safetensors: python -c \"import torch, safetensors.torch as st; "
+            f"d = torch.load('{path}', weights_only=True); "
+            f"st.save_file({{k: v.contiguous() for k, v in d.get('state_dict', d).items()}}, '{out}')\"")

@@ -6,10 +6,12 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lowvram.errors import LowvramError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def atomic_write(path: Path, write) -> Path:

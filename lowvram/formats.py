@@ -17,6 +17,10 @@ class WeightFormat:
     # the planner weighs it (beside the native 16-bit format): no other format is both as small and as fast.
     # bnb-int8 (Linear only) is larger and slower than fp8; quanto's int8 and fp8 are fp8's size, slower by prior.
     planned: bool = False
+    # activations against the 16-bit trace, for formats a fake-tensor trace cannot convert: measured against fp32
+    # weights in a real CPU step of the tiny model (quanto keeps dequantized convolution weights for backward);
+    # to be replaced by GPU measurements
+    untraced_activation_factor: float = 1.0
 
     @property
     def cast(self) -> bool:
@@ -31,12 +35,16 @@ WEIGHT_FORMATS = {
         WeightFormat("fp16", True, "torch", "half precision", 1.0),
         WeightFormat("bf16", True, "torch", "bfloat16", 1.0),
         WeightFormat("fp8", True, "torch", "float8 storage, upcast per layer (kohya's fp8_base)", 1.12, planned=True),
-        WeightFormat("bnb-int8", False, "bitsandbytes", "LLM.int8 Linear layers", 1.8),
+        WeightFormat("bnb-int8", False, "bitsandbytes", "LLM.int8 Linear layers", 1.8,
+                     untraced_activation_factor=1.11),
         WeightFormat("bnb-nf4", False, "bitsandbytes", "NF4 Linear layers with double quantization", 1.3,
                      planned=True),
-        WeightFormat("quanto-int8", True, "optimum-quanto", "int8 Linear and Conv2d", 1.35),
-        WeightFormat("quanto-int4", True, "optimum-quanto", "int4 (group-wise) Linear and Conv2d", 1.5, planned=True),
-        WeightFormat("quanto-fp8", True, "optimum-quanto", "float8 Linear and Conv2d", 1.3),
+        WeightFormat("quanto-int8", True, "optimum-quanto", "int8 Linear and Conv2d", 1.35,
+                     untraced_activation_factor=1.09),
+        WeightFormat("quanto-int4", True, "optimum-quanto", "int4 (group-wise) Linear and Conv2d", 1.5, planned=True,
+                     untraced_activation_factor=1.09),
+        WeightFormat("quanto-fp8", True, "optimum-quanto", "float8 Linear and Conv2d", 1.3,
+                     untraced_activation_factor=1.09),
     )
 }
 PLANNED_FORMATS = tuple(name for name, f in WEIGHT_FORMATS.items() if f.planned)

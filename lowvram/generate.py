@@ -24,7 +24,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
         if args.lora.suffix.lower() != ".safetensors":
             raise LowvramError(f"--lora: {args.lora} is not a .safetensors file")
         if _lycoris_kind(args.lora):  # DoRA, LoHa, LoKr: diffusers drops or refuses them; peft applies them
-            from lowvram.train.lora import load_kohya
+            from lowvram.adapters.lora_files import load_kohya
 
             load_kohya(model, args.lora, args.weight)
         else:

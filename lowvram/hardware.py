@@ -13,8 +13,6 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from lowvram.errors import LowvramError
 
 if sys.version_info >= (3, 11):
@@ -46,7 +44,9 @@ class Hardware:
 
 def detect() -> Hardware:
     """The machine we are on: this process's CUDA GPU (LOCAL_RANK's under `accelerate launch`, so each
-    process plans for its own card), else the CPU."""
+    process plans for its own card), else the CPU. Imports torch: `plan` with a profile or --vram does not."""
+    import torch
+
     host = _host_ram()
     if torch.cuda.is_available():
         index = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
@@ -136,6 +136,8 @@ def resolve_mixed_precision(choice: str, hardware: Hardware) -> str:
 
 def doctor() -> dict[str, object]:
     """Everything `lowvram doctor` reports: the GPU, which optional backends work here, RAM and disk."""
+    import torch
+
     hardware = detect()
     report: dict[str, object] = {
         "device": hardware.name, "cuda": torch.cuda.is_available(), "torch": torch.__version__,
@@ -164,6 +166,7 @@ def _works(module: str, check) -> str:
 
 def _bitsandbytes_check() -> None:
     import bitsandbytes as bnb
+    import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to(device)
@@ -171,9 +174,14 @@ def _bitsandbytes_check() -> None:
 
 
 def _quanto_check() -> None:
+    import torch
     from optimum.quanto import freeze, qint8, quantize
 
     layer = torch.nn.Sequential(torch.nn.Linear(64, 64))
     quantize(layer, weights=qint8)
     freeze(layer)
     layer(torch.zeros(1, 64))
+
+
+# where no GPU is looked at (check-data): plans and data need a family and a resolution, not a card
+NO_GPU = Hardware("cpu", "CPU", 0, True)

@@ -6,12 +6,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach for the Hugging Face hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from lowvram.data.sample import write_sample_dataset
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))  # the build-time tools (tools/plan_trace.py)
 
 diffusers_logging.set_verbosity_error()
 transformers_logging.set_verbosity_error()

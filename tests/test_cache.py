@@ -1,7 +1,9 @@
 """The latent and text-embedding caches: content-addressed, resumable, self-healing; and training on a
 messy dataset completes on the good files without touching the user's folder."""
 
+import dataclasses
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +12,11 @@ from messy_dataset import write_messy_dataset
 from rich.console import Console
 
 from lowvram.data.cache import TensorStore
-from lowvram.data.prepare import prepare_training_data, scan
+from lowvram.data.check import scan
+from lowvram.data.prepare import prepare_training_data
+from lowvram.hardware import NO_GPU
 from lowvram.models import load_model
+from lowvram.resolve import resolve_run
 from lowvram.train.loop import train
 
 QUIET = Console(quiet=True)
@@ -22,9 +27,15 @@ def tiny():
     return load_model("tiny")
 
 
+def resolved(config, cache_dir):
+    """The run as check-data resolves it (no GPU), caching in `cache_dir`."""
+    return dataclasses.replace(resolve_run(config, NO_GPU), cache_dir=Path(cache_dir))
+
+
 def prepare(config, model, data_root, cache_dir):
-    reports = [scan(config, data_root, model.family, config.data.trigger_word, cache_dir, None)]
-    return prepare_training_data(config, model, reports, torch.device("cpu"), cache_dir, QUIET)
+    run = resolved(config, cache_dir)
+    reports = [scan(run, data_root, config.data.trigger_word, None)]
+    return prepare_training_data(run, model, reports, torch.device("cpu"), QUIET)
 
 
 def setup(tmp_path, sample_data, **options):
@@ -153,9 +164,9 @@ def test_regularization_images_are_balanced_and_weighted(tmp_path, sample_data, 
         Image.new("RGB", (80, 80), (10 * i, 20, 30)).save(reg / f"r{i}.png")
     config = run_config(data=str(sample_data), reg_data=str(tmp_path / "reg"), prior_loss_weight=0.5,
                         cache_dir=str(tmp_path / "cache"), batch_size=1)
-    reports = [scan(config, sample_data, tiny.family, None, tmp_path / "cache", None),
-               scan(config, tmp_path / "reg", tiny.family, None, tmp_path / "cache", None)]
-    data = prepare_training_data(config, tiny, reports, torch.device("cpu"), tmp_path / "cache", QUIET).data
+    run = resolved(config, tmp_path / "cache")
+    reports = [scan(run, sample_data, None, None), scan(run, tmp_path / "reg", None, None)]
+    data = prepare_training_data(run, tiny, reports, torch.device("cpu"), QUIET).data
     assert data.images_per_epoch == 60  # 30 training samples + the 3 regularization images cycled to 30
     weights = sorted(data.samples[i].weight for batch in data.epoch_batches(0) for i in batch)
     assert weights == [0.5] * 30 + [1.0] * 30

@@ -35,7 +35,7 @@ def test_every_weight_format_trains_on_cuda(fmt, tmp_path):
 def test_fp16_mixed_precision_survives_an_overflow_through_its_grad_scaler(tmp_path, monkeypatch, capsys):
     """A T4's path: fp16 autocast with fp32 adapters and a grad scaler. An overflowing step is skipped by the
     scaler (which lowers its scale), the run goes on, and nothing non-finite is written."""
-    from lowvram.train import loop
+    from lowvram.train import step as loop
 
     real = loop.diffusion_loss
     calls = {"n": 0}
@@ -74,7 +74,7 @@ def test_attention_on_cuda_is_xformers_when_it_works_else_sdpa():
 
 @pytest.mark.parametrize("name", ["adamw8bit", "paged_adamw8bit", "lion8bit", "adafactor"])
 def test_8bit_paged_and_factored_optimizers_step_cuda_tensors(name):
-    from lowvram.train.optim import build_optimizer
+    from lowvram.optim import build_optimizer
 
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(256, 256, device="cuda"))

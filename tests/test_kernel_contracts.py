@@ -13,11 +13,11 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
+from lowvram.adapters.networks import add_adapter
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.models import FAMILIES
+from lowvram.models.conditioning import unet_conditioning
 from lowvram.quant import contract_violations, convert_frozen, converted_layers, place, watch_contracts
-from lowvram.train.conditioning import unet_conditioning
-from lowvram.train.lora import add_adapter
 from lowvram.train.loss import diffusion_loss
 
 COMPUTE = torch.bfloat16

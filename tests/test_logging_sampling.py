@@ -31,7 +31,7 @@ def test_sample_grids_are_written_every_n_steps_at_the_expected_size(sampled):
 
 
 def test_sample_prompts_take_kohyas_inline_options():
-    from lowvram.train.prompts import SamplePrompt, parse_prompt
+    from lowvram.prompts import SamplePrompt, parse_prompt
 
     assert parse_prompt("a cat, sitting --n blurry, lowres --W 512 --h 768 --s 28 --l 6.5 --d 7") == SamplePrompt(
         "a cat, sitting", negative="blurry, lowres", width=512, height=768, steps=28, guidance=6.5, seed=7)

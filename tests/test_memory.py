@@ -10,12 +10,11 @@ from conftest import run_config
 from peft.utils import get_peft_model_state_dict
 
 from lowvram.attention import set_attention
-from lowvram.config import OPTIMIZERS
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.models import load_model
+from lowvram.optim import OPTIMIZERS, build_optimizer
 from lowvram.quant import convert_frozen, storage_bytes
 from lowvram.train.loop import train
-from lowvram.train.optim import build_optimizer
 
 # Largest relative error of the converted tiny U-Net's output against fp32 (random weights, CPU).
 MAX_RELATIVE_ERROR = {"fp32": 0.0, "fp16": 0.01, "bf16": 0.05, "fp8": 0.15, "bnb-int8": 0.02, "bnb-nf4": 0.1,

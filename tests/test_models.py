@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from lowvram.errors import LowvramError
 from lowvram.models import FAMILIES, load_model
-from lowvram.models.loading import detect_single_file_family
+from lowvram.models.detect import detect_single_file_family
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-sdxl"])

@@ -7,9 +7,9 @@ import torch
 from conftest import run_config
 from safetensors.torch import load_file
 
+from lowvram.adapters import lora_files, networks
 from lowvram.errors import LowvramError
 from lowvram.models import load_model
-from lowvram.train import lora
 from lowvram.train.loop import train
 
 CASES = [("tiny", "lora", "attn"), ("tiny", "dora", "full"), ("tiny-sdxl", "loha", "attn-mlp"), ("tiny", "lokr", "attn"),
@@ -33,9 +33,9 @@ def test_the_adapters_start_exactly_as_the_file_says(first):
     values, result = first
     model = load_model(values["model"])
     config = run_config(**values)
-    lora.add_lora(model, config.network, config.alpha, True)
-    assert lora.start_from(model, result.lora_path, config.network, config.alpha) == len(lora.kohya_layers(model))
-    saved, filled = load_file(str(result.lora_path)), lora.kohya_state_dict(model, torch.float32)
+    networks.add_lora(model, config.network, config.alpha, True)
+    assert lora_files.start_from(model, result.lora_path, config.network, config.alpha) == len(lora_files.kohya_layers(model))
+    saved, filled = load_file(str(result.lora_path)), lora_files.kohya_state_dict(model, torch.float32)
     assert saved.keys() == filled.keys()
     for key, tensor in saved.items():
         torch.testing.assert_close(filled[key], tensor, rtol=1e-6, atol=0, msg=key)

@@ -16,12 +16,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_train import model_outputs
 
+from lowvram.adapters import lora_files, networks
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.models import load_model
 from lowvram.quant import convert_frozen
-from lowvram.train import checkpoint, lora
+from lowvram.train import checkpoint
 from lowvram.train.loop import train
 
 SUFFIXES = {
@@ -174,7 +175,7 @@ def test_lora_and_dora_reload_in_diffusers(trained, layout):
     path = result.lora_path if layout == "kohya" else result.lora_path.parent / f"{config.output_name}-diffusers"
     fresh = load_model(config.model.model)
     fresh.pipeline.load_lora_weights(str(path), adapter_name="reloaded")
-    for component, module in lora.adapted_modules(result.model):
+    for component, module in networks.adapted_modules(result.model):
         theirs = getattr(fresh.pipeline, component)
         assert theirs.peft_config["reloaded"].use_dora == (network == "dora")
         assert theirs.peft_config["reloaded"].lora_alpha == 2.0 and theirs.peft_config["reloaded"].r == 4
@@ -194,7 +195,7 @@ def test_diffusers_layout_is_refused_for_loha_and_lokr(trained, tmp_path):
     if config.network.network in ("lora", "dora"):
         pytest.skip("saved in diffusers' layout by the run")
     with pytest.raises(LowvramError, match="diffusers loads only LoRA and DoRA") as error:
-        lora.save_diffusers(result.model, tmp_path / "x-diffusers", "fp32")
+        lora_files.save_diffusers(result.model, tmp_path / "x-diffusers", "fp32")
     assert "ComfyUI and AUTOMATIC1111" in str(error.value) and len(str(error.value).splitlines()) == 1
     assert not (tmp_path / "x-diffusers").exists()
 
@@ -209,14 +210,14 @@ def test_the_kohya_file_reloads_through_peft_with_the_trained_behaviour(trained)
     """lowvram's own reader (what `generate` uses for DoRA, LoHa and LoKr) gives back the trained model."""
     config, result = trained
     fresh = load_model(config.model.model)
-    assert lora.load_kohya(fresh, result.lora_path) == config.network.network
+    assert lora_files.load_kohya(fresh, result.lora_path) == config.network.network
     hidden, out = model_outputs(result.model)
     reloaded_hidden, reloaded_out = model_outputs(fresh)
     torch.testing.assert_close(reloaded_hidden, hidden, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(reloaded_out, out, rtol=1e-4, atol=1e-5)
     if config.network.network != "dora":  # (DoRA's learned magnitudes apply even with no delta)
         muted = load_model(config.model.model)
-        lora.load_kohya(muted, result.lora_path, strength=0.0)
+        lora_files.load_kohya(muted, result.lora_path, strength=0.0)
         base_hidden, base_out = model_outputs(load_model(config.model.model))
         muted_hidden, muted_out = model_outputs(muted)
         torch.testing.assert_close(muted_out, base_out, rtol=1e-5, atol=1e-6)
@@ -236,7 +237,7 @@ def test_a_file_for_another_family_is_refused(trained):
     config, result = trained
     other = load_model("tiny-sdxl" if config.model.model == "tiny" else "tiny")
     with pytest.raises(LowvramError, match="does not fit"):
-        lora.load_kohya(other, result.lora_path)
+        lora_files.load_kohya(other, result.lora_path)
 
 
 def test_metadata_names_the_network_as_kohya_and_lycoris_do(trained):
@@ -259,11 +260,11 @@ def test_metadata_names_the_network_as_kohya_and_lycoris_do(trained):
 
 
 def test_metadata_records_lokr_factor_and_module_dropout():
-    meta = lora.network_metadata(NetworkConfig(network="lokr", rank=8, alpha=4.0, dropout=0.1, lokr_factor=8))
+    meta = lora_files.network_metadata(NetworkConfig(network="lokr", rank=8, alpha=4.0, dropout=0.1, lokr_factor=8))
     assert json.loads(meta["ss_network_args"]) == {"algo": "lokr", "factor": "8", "module_dropout": "0.1",
                                                    "preset": "attn-only"}
     assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4"
-    assert lora.network_metadata(NetworkConfig(rank=16))["ss_network_alpha"] == "16"  # alpha defaults to rank
+    assert lora_files.network_metadata(NetworkConfig(rank=16))["ss_network_alpha"] == "16"  # alpha defaults to rank
 
 
 def test_checkpoint_restores_every_network_type(trained):
@@ -271,14 +272,14 @@ def test_checkpoint_restores_every_network_type(trained):
     config, result = trained
     fresh = load_model(config.model.model)
     torch.manual_seed(1)  # another initialisation than the run's
-    params = lora.add_lora(fresh, config.network, config.alpha, True)
+    params = networks.add_lora(fresh, config.network, config.alpha, True)
     optimizer = torch.optim.AdamW([{"params": p, "lr": 1e-3} for p in params.values()])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     found = checkpoint.latest(checkpoint.checkpoint_root(result.lora_path.parent))
-    position = checkpoint.load(found, dict(lora.adapted_modules(fresh)), optimizer, scheduler,
+    position = checkpoint.load(found, dict(networks.adapted_modules(fresh)), optimizer, scheduler,
                                types.SimpleNamespace(scaler=None, process_index=0))
     assert position.step == 3
-    for (_, module), (_, theirs) in zip(lora.adapted_modules(result.model), lora.adapted_modules(fresh)):
+    for (_, module), (_, theirs) in zip(networks.adapted_modules(result.model), networks.adapted_modules(fresh)):
         ours, restored = get_peft_model_state_dict(module), get_peft_model_state_dict(theirs)
         assert set(ours) == set(restored)
         for key, value in ours.items():
@@ -301,13 +302,13 @@ def test_each_network_trains_on_each_weight_format_or_is_refused_clearly(pristin
     config = NetworkConfig(network=network, rank=4, lora_layers=layers)
     if (network, fmt) in REFUSED:
         with pytest.raises(LowvramError) as error:
-            lora.add_lora(model, config, 4.0, False)
+            networks.add_lora(model, config, 4.0, False)
         message = str(error.value)
         assert f"--network {network}" in message and f"--unet-weights {fmt}" in message and "use " in message
         assert len(message.splitlines()) == 1
         assert not any(isinstance(m, BaseTunerLayer) for m in model.unet.modules())  # nothing was added
         return
-    params = lora.add_lora(model, config, 4.0, False)["unet"]
+    params = networks.add_lora(model, config, 4.0, False)["unet"]
     assert params and all(p.dtype == torch.float32 for p in params)
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
     generator = torch.Generator().manual_seed(0)

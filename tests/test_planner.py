@@ -15,6 +15,7 @@ from lowvram.hardware import hardware_for, load_profile
 from lowvram.models import FAMILIES
 from lowvram.plan import apply_choice, fixed_choices, plan, workload_for
 from lowvram.plan.estimate import MemoryStrategy, Workload, estimate
+from lowvram.resolve import resolve_run
 
 
 def lowvram(*argv):
@@ -139,7 +140,7 @@ def test_train_auto_applies_the_choice_and_keeps_explicit_flags():
     config = run_config(max_steps=1)
     hardware = load_profile("rtx-3060-laptop-6gb")
     values = {"optimizer": "adamw8bit"}
-    result = plan(workload_for(config, hardware), hardware, fixed_choices(values))
+    result = plan(workload_for(resolve_run(config, hardware)), hardware, fixed_choices(values))
     chosen = apply_choice(config, result.choice)
     assert chosen.optim.optimizer == "adamw8bit"
     assert chosen.memory.unet_weights == result.choice.strategy.unet_weights
@@ -158,7 +159,7 @@ def test_estimated_training_peak_matches_a_real_cpu_step_of_the_tiny_model(check
     """The estimator (exact weights + traced activations scaled from the data file + analytic LoRA state)
     against the live bytes counted during a real training step on real CPU tensors: within 10 %, for every
     --lora-layers choice (the wider ones add their own traced activations and adapter state)."""
-    from lowvram.plan.trace import trace_training_step
+    from plan_trace import trace_training_step
 
     real = trace_training_step("tiny", 64, batch=2, rank=8, checkpointing=checkpointing, fake=False, layers=layers)
     est = estimate(work("tiny", 64, batch=2, rank=8, compute_bytes=4, lora_layers=layers),
@@ -182,9 +183,9 @@ def test_plan_scans_a_real_dataset_too(tmp_path):
 @pytest.mark.parametrize("layers", ["attn", "attn-mlp", "full"])
 @pytest.mark.parametrize("network", ["lora", "dora", "loha", "lokr"])
 def test_the_estimate_counts_each_network_types_parameters(network, layers):
+    from lowvram.adapters.networks import add_adapter
     from lowvram.models import load_model
     from lowvram.plan.estimate import adapter_params, family_data
-    from lowvram.train.lora import add_adapter
 
     model = load_model("tiny")
     family = model.family
@@ -236,11 +237,11 @@ def test_the_sampling_phase_counts_the_largest_sample_size_a_prompt_asks_for():
 
     def sampling_peak(*prompts: str) -> int:
         config = build_config({"model": "sd15", "data": "sample", "sample_prompts": list(prompts)})
-        work = workload_for(config, hardware)
+        work = workload_for(resolve_run(config, hardware))
         return estimate(work, MemoryStrategy("bf16", True, "adamw"), hardware).peak_vram("sampling")
 
-    assert workload_for(build_config({"model": "sd15", "data": "sample", "sample_prompts": ["a --w 1024 --h 768"]}),
-                        hardware).sample_resolution == 886
+    config = build_config({"model": "sd15", "data": "sample", "sample_prompts": ["a --w 1024 --h 768"]})
+    assert workload_for(resolve_run(config, hardware)).sample_resolution == 886
     assert sampling_peak("a cat", "a dog --w 1024 --h 1536") > sampling_peak("a cat", "a dog") > 0
 
 
@@ -248,11 +249,15 @@ def test_the_plan_computes_in_the_precision_the_run_will():
     """--mixed-precision reaches the plan: fp16 on a bf16 card stores the U-Net in fp16 and keeps SDXL's VAE in
     fp32 (it overflows in fp16), as the run does; 'no' computes in 4 bytes."""
     hardware = hardware_for(None, "24GB", "64GB")  # a bf16 card
-    fp16 = workload_for(build_config({"model": "sdxl", "data": "sample", "mixed_precision": "fp16"}), hardware)
+
+    def workload(**values):
+        return workload_for(resolve_run(build_config({"model": "sdxl", "data": "sample", **values}), hardware))
+
+    fp16 = workload(mixed_precision="fp16")
     assert (fp16.mixed_precision, fp16.native_format, fp16.compute_bytes, fp16.vae_fp32) == ("fp16", "fp16", 2, True)
-    full = workload_for(build_config({"model": "sdxl", "data": "sample", "mixed_precision": "no"}), hardware)
+    full = workload(mixed_precision="no")
     assert (full.native_format, full.compute_bytes, full.vae_fp32) == ("fp32", 4, False)
-    auto = workload_for(build_config({"model": "sdxl", "data": "sample"}), hardware)
+    auto = workload()
     assert (auto.native_format, auto.vae_fp32) == ("bf16", False)
     assert estimate(full, MemoryStrategy("fp32", True, "adamw"), hardware).peak_vram("training") > estimate(
         auto, MemoryStrategy("bf16", True, "adamw"), hardware).peak_vram("training")

@@ -99,7 +99,7 @@ def test_full_disk_while_checkpointing_is_one_clear_error_and_keeps_earlier_file
 
 
 def test_nan_losses_are_skipped_and_never_saved(tmp_path, monkeypatch, capsys):
-    from lowvram.train import loop
+    from lowvram.train import step as loop
 
     real = loop.diffusion_loss
     calls = {"n": 0}
@@ -128,7 +128,7 @@ def test_resume_auto_without_a_checkpoint_is_a_clear_error(tmp_path):
 def test_injected_out_of_memory_makes_the_run_leaner_and_it_finishes_every_step(tmp_path, monkeypatch, capsys):
     import json
 
-    from lowvram.train import loop
+    from lowvram.train import step as loop
 
     real = loop.diffusion_loss
     calls = {"n": 0}
@@ -163,8 +163,8 @@ def test_batch_split_keeps_every_sample(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adamw8bit", "adafactor", "lion", "prodigy", "schedulefree_adamw"])
 def test_optimizer_state_round_trips_through_a_checkpoint(tmp_path, optimizer):
+    from lowvram.optim import build_optimizer
     from lowvram.train.checkpoint import _join, _split
-    from lowvram.train.optim import build_optimizer
 
     params = [torch.nn.Parameter(torch.randn(64, 128)), torch.nn.Parameter(torch.randn(7))]
     opt = build_optimizer(optimizer, [{"params": params, "lr": 1e-3}], weight_decay=0.0)
@@ -197,7 +197,7 @@ def test_fp16_scaler_overflows_are_routine_until_the_scale_falls_below_one():
     """Under fp16 the grad scaler skips an update whose gradients overflow and lowers its scale, often several
     steps in a row at first: that is no bad step. A non-finite loss is, and so are gradients that still
     overflow at a scale under 1. (The whole fp16 path runs in tests/test_gpu.py, on CUDA.)"""
-    from lowvram.train.loop import step_verdict
+    from lowvram.train.step import step_verdict
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     assert step_verdict(0.1, torch.tensor(3.0), scaler) == "ok"

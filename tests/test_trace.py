@@ -4,16 +4,12 @@ against a real CPU training step, and the shipped plan_data.json against fresh t
 import gc
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-from lowvram.formats import WEIGHT_FORMATS
-from lowvram.models import FAMILIES
-from lowvram.models.loading import random_unet
-from lowvram.plan import trace
-from lowvram.plan.trace import (
+from plan_trace import (
     CudaAutocastPolicy,
     LiveBytes,
     trace_sampling,
@@ -21,10 +17,14 @@ from lowvram.plan.trace import (
     trace_vae_encode,
     unet_weight_bytes,
 )
+
+from lowvram.formats import WEIGHT_FORMATS
+from lowvram.models import FAMILIES
+from lowvram.models.loading import random_unet
 from lowvram.quant import convert_frozen, storage_bytes
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
-PLAN_DATA = trace.__file__.replace("trace.py", "plan_data.json")
+PLAN_DATA = str(Path(__file__).parents[1] / "lowvram" / "plan" / "plan_data.json")
 FORMATS = [f for f in WEIGHT_FORMATS if f != "quanto-int4"] + [pytest.param("quanto-int4", marks=pytest.mark.slow)]
 COMPUTE = {"compute16": torch.float16, "compute32": torch.float32}
 BYTE_KEYS = ("weights_bytes", "baseline_bytes", "peak_bytes", "activation_bytes")

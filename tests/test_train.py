@@ -17,7 +17,7 @@ from lowvram.cli import main
 from lowvram.config import build_config, read_toml
 from lowvram.errors import LowvramError
 from lowvram.models import load_model
-from lowvram.train.conditioning import TextReading, encode_prompts, unet_conditioning
+from lowvram.models.conditioning import TextReading, encode_prompts, unet_conditioning
 from lowvram.train.loop import train
 from lowvram.train.loss import diffusion_loss
 
@@ -317,7 +317,7 @@ def test_a_second_run_in_one_process_may_use_another_precision(tmp_path):
 def test_trained_text_encoders_train_in_train_mode(tmp_path, monkeypatch):
     """--train-text-encoder: the text encoders run in train mode, as the U-Net does (adapter dropout and
     transformers' gradient checkpointing read it), and are back in eval mode afterwards."""
-    from lowvram.train import loop
+    from lowvram.train import step as loop  # where the step encodes
 
     modes = []
     real = loop.encode_prompts

@@ -45,22 +45,26 @@ def child(task: str, data: Path, cache: Path) -> dict:
     from rich.console import Console
 
     from lowvram.config import build_config
-    from lowvram.data.prepare import prepare_training_data, scan
-    from lowvram.models import FAMILIES, load_model
+    from lowvram.data.check import scan
+    from lowvram.data.prepare import prepare_training_data
+    from lowvram.hardware import NO_GPU
+    from lowvram.models import load_model
+    from lowvram.resolve import resolve_run
 
     config = build_config({"model": "tiny", "data": str(data), "cache_dir": str(cache), "max_steps": 1})
+    run = resolve_run(config, NO_GPU)
     quiet = Console(quiet=True)
     start = time.perf_counter()
     if task == "scan":
-        report = scan(config, data, FAMILIES["tiny"], None, cache, None)
+        report = scan(run, data, None, None)
         result = {"images": len(report.records), "usable": len(report.usable)}
     else:
         import torch
 
         model = load_model("tiny")
-        report = scan(config, data, model.family, None, cache, None)
+        report = scan(run, data, None, None)
         start = time.perf_counter()
-        prepared = prepare_training_data(config, model, [report], torch.device("cpu"), cache, quiet)
+        prepared = prepare_training_data(run, model, [report], torch.device("cpu"), quiet)
         result = {"images": len(report.usable), "encoded_latents": prepared.encoded_latents,
                   "encoded_texts": prepared.encoded_texts}
     result["seconds"] = round(time.perf_counter() - start, 3)

@@ -69,10 +69,11 @@ def planner_estimate(family_name: str) -> dict:
     from lowvram.config import build_config
     from lowvram.hardware import load_profile
     from lowvram.plan import plan, workload_for
+    from lowvram.resolve import resolve_run
 
     hardware = load_profile("colab-t4")
     config = build_config({"model": family_name, "data": "sample"})
-    result = plan(workload_for(config, hardware), hardware, {})
+    result = plan(workload_for(resolve_run(config, hardware)), hardware, {})
     chosen = result.choice or result.candidates[0]
     return {"profile": "colab-t4", "loading_host_bytes": sum(chosen.host["loading"].values()),
             "components": chosen.host["loading"]}

@@ -154,7 +154,7 @@ def cached_style_step(unet, family, resolution: int, batch: int, compute, device
     import torch
     from diffusers import DDPMScheduler
 
-    from lowvram.train.conditioning import unet_conditioning
+    from lowvram.models.conditioning import unet_conditioning
     from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
 
     cuda = device.type == "cuda"
@@ -185,12 +185,12 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
     is read from it, memory-mapped, instead of filled with random numbers again."""
     import torch
 
+    from lowvram.adapters.networks import add_adapter
     from lowvram.attention import set_attention
     from lowvram.models import FAMILIES
     from lowvram.models.loading import random_unet
+    from lowvram.optim import build_optimizer
     from lowvram.quant import convert_frozen, place, storage_bytes
-    from lowvram.train.lora import add_adapter
-    from lowvram.train.optim import build_optimizer
 
     weights, checkpointing, optimizer_name, offload = parse_strategy(strategy)
     family = FAMILIES[family_name]
@@ -241,8 +241,8 @@ def run_baseline_here(family, resolution: int, steps: int, warmup: int, batch: i
     import torch
     from diffusers import DDPMScheduler
 
-    from lowvram.train.conditioning import encode_images, encode_prompts, unet_conditioning
-    from lowvram.train.lora import add_adapter
+    from lowvram.adapters.networks import add_adapter
+    from lowvram.models.conditioning import encode_images, encode_prompts, unet_conditioning
     from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
 
     cuda = device.type == "cuda"

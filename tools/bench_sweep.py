@@ -54,10 +54,10 @@ def measure(family, device, weights: str, checkpointing: bool, optimizer_name: s
     """Yield one result per batch size for one strategy, on one freshly made and converted U-Net."""
     import torch
 
+    from lowvram.adapters.networks import add_adapter
     from lowvram.attention import set_attention
+    from lowvram.optim import build_optimizer
     from lowvram.quant import convert_frozen, place, storage_bytes
-    from lowvram.train.lora import add_adapter
-    from lowvram.train.optim import build_optimizer
 
     cuda = device.type == "cuda"
     compute = getattr(torch, DTYPES[mixed_precision]) if cuda else torch.float32

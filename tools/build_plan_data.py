@@ -2,7 +2,7 @@
 
 Per family: the frozen U-Net's exact bytes in every storage format and compute dtype, parameter counts of
 every part, LoRA parameters per rank, and traced peak memory of training steps, latent caching (VAE
-encode) and sampling, all measured on the CPU with fake tensors (see lowvram/plan/trace.py). No GPU, no
+encode) and sampling, all measured on the CPU with fake tensors (see tools/plan_trace.py). No GPU, no
 weights, no network. Takes a few minutes on 2 cores:
 
     python tools/build_plan_data.py                 # the full grid
@@ -24,10 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import plan_trace as trace
+
+from lowvram.adapters.networks import add_adapter
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.models.families import DEFAULT_LORA_LAYERS, FAMILIES, LORA_LAYERS
-from lowvram.plan import trace
-from lowvram.train.lora import add_adapter
 
 OUT = ROOT / "lowvram" / "plan" / "plan_data.json"
 # family -> training resolutions; the first is also where batch 2 and fp8 storage are traced for full-size ones
@@ -36,7 +37,7 @@ QUICK = {"tiny": [64], "tiny-sdxl": [64], "sd15": [512], "sdxl": [1024]}
 COMPUTE = {"compute16": torch.float16, "compute32": torch.float32}
 BYTE_KEYS = ("activation_bytes", "peak_bytes", "baseline_bytes", "weights_bytes")
 NOTES = """\
-Measured by tracing on the CPU with fake tensors (lowvram/plan/trace.py): no GPU, no weights.
+Measured by tracing on the CPU with fake tensors (tools/plan_trace.py): no GPU, no weights.
 unet_weight_bytes: exact storage_bytes(convert_frozen(unet, format, compute dtype)) (fp16/fp32 compute;
 bf16 compute has the fp16 sizes), from one real converted layer per distinct layer kind.
 training: one LoRA step (rank 16, AdamW, dropout 0, SDPA attention) from cached latents and text embeddings,

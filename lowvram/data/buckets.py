@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 
 @dataclass(frozen=True)
 class Placement:
@@ -75,6 +73,8 @@ def default_buckets(resolution: int, step: int = 64, min_side: int | None = None
 def bucket_batches(buckets_of: list[tuple[int, int]], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """One epoch's batches of sample indices: shuffled within each bucket, split into batches of one bucket
     each, then the batches shuffled. Deterministic for (seed, epoch)."""
+    import torch  # here: scanning and planning use the buckets without torch
+
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     by_bucket: dict[tuple[int, int], list[int]] = {}
     for index, bucket in enumerate(buckets_of):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +28,6 @@ from lowvram.errors import LowvramError
 from lowvram.files import save_safetensors
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes, so old entries are never misread
-
-
-def default_cache_dir() -> Path:
-    """$LOWVRAM_CACHE_DIR, else $XDG_CACHE_HOME/lowvram, else ~/.cache/lowvram."""
-    if os.environ.get("LOWVRAM_CACHE_DIR"):
-        return Path(os.environ["LOWVRAM_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lowvram"
 
 
 def module_fingerprint(*modules: torch.nn.Module) -> str:
@@ -158,7 +150,7 @@ def _progress(console: Console, label: str) -> Progress:
 def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, options: ScanOptions,
                    batch_size: int, console: Console) -> int:
     """Encode the given (missing) entries, batched per bucket; returns how many were encoded."""
-    from lowvram.train.conditioning import encode_images
+    from lowvram.models.conditioning import encode_images
 
     missing = jobs
     if not missing:

@@ -1,19 +1,15 @@
-"""The phase before training: scan the dataset(s), then encode every latent and caption variant into the
+"""The phase before training, after the scan (`lowvram.data.check`): encode every latent and caption variant into the
 caches, so the VAE (and the frozen text encoders) can leave the GPU for the whole training loop."""
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from lowvram.config import RunConfig, parse_colour
 from lowvram.data.augment import AugmentOptions, CaptionOptions, auto_variant_count, caption_variants, make_variant
-from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.cache import (
     LatentJob,
     TensorStore,
@@ -26,37 +22,12 @@ from lowvram.data.cache import (
     module_fingerprint,
     text_key,
 )
+from lowvram.data.check import make_buckets, scan_options
 from lowvram.data.dataset import Sample, TrainingData
-from lowvram.data.scan import ScanOptions, ScanReport, scan_dataset
+from lowvram.data.scan import ScanReport
 from lowvram.memory import PhasePeaks
-from lowvram.models.families import ModelFamily
-from lowvram.train.conditioning import set_vae_tiling
-
-
-def make_buckets(config: RunConfig, family: ModelFamily) -> Buckets:
-    resolution = config.data.resolution or family.resolution
-    step = config.data.bucket_step or family.bucket_step
-    if not config.data.bucket:
-        return Buckets(resolution, resolution, resolution, min(step, resolution))
-    return default_buckets(resolution, step, config.data.min_bucket_side, config.data.max_bucket_side,
-                           config.data.bucket_no_upscale)
-
-
-def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
-    return ScanOptions(caption_extension=config.data.caption_extension, caption_template=config.data.caption_template,
-                       trigger_word=trigger, background=parse_colour(config.data.background),
-                       alpha_mask=config.data.alpha_mask, small_images=config.data.small_images)
-
-
-def scan_index_path(cache_dir: Path, root: Path) -> Path:
-    """The scan index lives in the cache, never in the user's dataset folder."""
-    return cache_dir / "scan" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:20]}.json"
-
-
-def scan(config: RunConfig, root: Path, family: ModelFamily, trigger: str | None, cache_dir: Path,
-         console: Console | None) -> ScanReport:
-    return scan_dataset(root, make_buckets(config, family), scan_options(config, trigger),
-                        index_path=scan_index_path(cache_dir, root), console=console)
+from lowvram.models.conditioning import set_vae_tiling
+from lowvram.resolve import ResolvedRun
 
 
 @dataclass
@@ -71,13 +42,12 @@ class PreparedData:
     validation: list[Sample] = field(default_factory=list)  # held-out samples (first variant, plain caption)
 
 
-def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], device: torch.device,
-                          cache_dir: Path, console: Console, validation: list | tuple = (),
-                          peaks: PhasePeaks | None = None) -> PreparedData:
+def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], device: torch.device, console: Console,
+                          validation: list | tuple = (), peaks: PhasePeaks | None = None) -> PreparedData:
     """Encode what the caches lack, then free the GPU of the VAE (and of the text encoders unless they train).
     `validation`: image records held out from training, cached once each, unaugmented, with their caption.
     `peaks` records the caching phases' peak VRAM."""
-    family = model.family
+    config, family, cache_dir = run.config, model.family, run.cache_dir
     options = scan_options(config, None)
     augment = AugmentOptions(config.data.flip, config.data.crop, config.data.color_jitter,
                              config.data.latent_variants or auto_variant_count(config.data.flip, config.data.crop,
@@ -87,13 +57,13 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
     cache_text = not config.network.train_text_encoder
     vae_id = module_fingerprint(model.vae)
     text_id = (module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])
-               + config.text_reading.cache_tag)
+               + run.text_reading.cache_tag)
     latent_store, text_store = TensorStore(cache_dir, "latents"), TensorStore(cache_dir, "text")
 
     latent_jobs: dict[str, LatentJob] = {}
     text_jobs: dict[str, TextJob] = {}
     samples: list[list[Sample]] = [[], [], []]  # training, regularization, validation
-    buckets = make_buckets(config, family)
+    buckets = make_buckets(run)
     held_out = {record.path for record in validation}
     plain = AugmentOptions()
     for report_index, records in enumerate([[r for r in reports[0].usable if r.path not in held_out],
@@ -145,11 +115,11 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
         model.vae.to("cpu")
     encoded_texts, sample_embeddings = 0, None
     if cache_text:
-        from lowvram.train.conditioning import encode_prompts
+        from lowvram.models.conditioning import encode_prompts
 
         def encode(texts):
             return encode_prompts(family, model.text_encoders, model.tokenizers, texts, device,
-                                  config.text_reading)
+                                  run.text_reading)
 
         with peaks.phase("text caching") if peaks else nullcontext():
             for encoder in model.text_encoders:
@@ -166,26 +136,3 @@ def prepare_training_data(config: RunConfig, model, reports: list[ScanReport], d
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
                         latent_store, text_store, empty_key)
     return PreparedData(data, reports, encoded_latents, encoded_texts, sample_embeddings, samples[2])
-
-
-def check_data(config: RunConfig, report_path: Path | None, verbose: bool, console: Console | None = None) -> ScanReport:
-    """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON."""
-    from lowvram.data.cache import default_cache_dir
-    from lowvram.data.scan import NoUsableImages
-    from lowvram.models.loading import detect_family
-
-    console = console or Console()
-    family = detect_family(config.model.model, config.model.model_family)
-    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
-    try:
-        report = scan(config, Path(config.data.data), family, config.data.trigger_word, cache_dir, console)
-    except NoUsableImages as exc:
-        exc.report.print_summary(console, verbose)
-        if report_path:
-            exc.report.write_json(report_path)
-        raise
-    report.print_summary(console, verbose)
-    if report_path:
-        report.write_json(report_path)
-        console.print(f"report written to {report_path}")
-    return report

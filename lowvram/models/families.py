@@ -107,3 +107,25 @@ def family_for_pipeline(pipeline_class: str, cross_attention_dim: int) -> ModelF
         if family.pipeline_class == pipeline_class and unet["cross_attention_dim"] == cross_attention_dim:
             return family
     return None
+
+
+CHUNK_TOKENS = 75  # CLIP reads 77 tokens: BOS, 75 of the caption, EOS
+
+
+@dataclass(frozen=True)
+class TextReading:
+    """How captions are read: `max_tokens` 75, 150 or 225 (kohya's max_token_length) and `clip_skip`, the CLIP
+    layers skipped from the end (kohya's and AUTOMATIC1111's numbering: 1 reads the last layer, 2 the one
+    before it through the final layer norm, as anime SD1.5 models expect)."""
+
+    max_tokens: int = CHUNK_TOKENS
+    clip_skip: int = 1
+
+    @property
+    def cache_tag(self) -> str:
+        """What sets these embeddings apart from the default reading's in the cache."""
+        return ((f"/tokens{self.max_tokens}" if self.max_tokens != CHUNK_TOKENS else "")
+                + (f"/clipskip{self.clip_skip}" if self.clip_skip != 1 else ""))
+
+
+DEFAULT_READING = TextReading()

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import torch
 
-from lowvram.config import pickle_refusal
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, pickle_refusal
+from lowvram.models.detect import PICKLE_SUFFIXES, detect_single_file_family, first_line, folder_family
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 RANDOM_INIT_SEED = 0  # `--model tiny` is one fixed model, so a LoRA trained on it loads on it again later
 
 
@@ -31,7 +30,7 @@ class LoadedModel:
     source: str
     name: str  # short name for metadata and file names
     hash: str  # AUTOMATIC1111's short model hash (or a stand-in for random-init models)
-    text_reading: object = None  # how captions are read (train.conditioning.TextReading; None: the default)
+    text_reading: object = None  # how captions are read (models.conditioning.TextReading; None: the default)
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -94,7 +93,7 @@ def load_vae(path: Path, family: ModelFamily, dtype: torch.dtype = torch.float32
 
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - missing files, bad headers and configs all mean "not a VAE"
-        raise LowvramError(f"--vae: {path} could not be loaded as a VAE ({_first_line(exc)})") from None
+        raise LowvramError(f"--vae: {path} could not be loaded as a VAE ({first_line(exc)})") from None
     state = {k.removeprefix("first_stage_model."): v for k, v in state.items()}
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(family.config_dir, subfolder="vae"))
     if any(k.startswith("encoder.down.") for k in state):  # original (LDM) layout
@@ -106,43 +105,6 @@ def load_vae(path: Path, family: ModelFamily, dtype: torch.dtype = torch.float32
         raise LowvramError(f"--vae: {path} does not fit {family.title}'s VAE ({len(missing)} weights missing, "
                            f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})")
     return vae.to(dtype=dtype)
-
-
-def detect_family(model: str, family: str | None = None) -> ModelFamily:
-    """The family of `model` from names, headers and configs only: no weights are read."""
-    if family:
-        return FAMILIES[family]
-    path = Path(model).expanduser()
-    if model in FAMILIES and not path.exists():
-        return FAMILIES[model]
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise LowvramError(pickle_refusal("--model", model))
-    if path.is_file():
-        return detect_single_file_family(path)
-    if path.is_dir():
-        return _folder_family(path / "model_index.json", path / "unet" / "config.json", str(path))
-    try:
-        from huggingface_hub import hf_hub_download
-
-        index = hf_hub_download(model, "model_index.json")
-        unet = hf_hub_download(model, "config.json", subfolder="unet")
-    except Exception as exc:  # noqa: BLE001 - hub, network and auth errors have no common base class
-        raise LowvramError(f"--model: '{model}' is not a local file or folder, and its config could not be "
-                           f"fetched from the hub ({_first_line(exc)})") from None
-    return _folder_family(Path(index), Path(unet), model)
-
-
-def _folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
-    if not index_file.is_file():
-        raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model; "
-                           "pass a diffusers folder or a .safetensors checkpoint")
-    index = json.loads(index_file.read_text())
-    unet_config = json.loads(unet_file.read_text()) if unet_file.is_file() else {}
-    family = family_for_pipeline(index.get("_class_name", ""), unet_config.get("cross_attention_dim"))
-    if family is None:
-        raise LowvramError(f"--model: {name} is a {index.get('_class_name')} with cross-attention width "
-                           f"{unet_config.get('cross_attention_dim')}; lowvram trains SD1.5 and SDXL models")
-    return family
 
 
 def build_from_config(family: ModelFamily, dtype: torch.dtype = torch.float32, seed: int = RANDOM_INIT_SEED):
@@ -189,43 +151,6 @@ def random_unet(family: ModelFamily, dtype: torch.dtype = torch.float16, seed: i
     return unet
 
 
-def detect_single_file_family(path: Path) -> ModelFamily:
-    """Identify a single-file checkpoint from its header (key names and shapes; no tensor is read)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys if "attn2.to_k.weight" in k}
-    except (OSError, SafetensorError) as exc:
-        raise LowvramError(f"--model: {path} is not a readable .safetensors file ({exc}); re-download it") from None
-    for family in FAMILIES.values():
-        if all(shapes.get(key) == shape for key, shape in family.fingerprint):
-            return family
-    raise LowvramError(f"--model: {path} {_describe_unknown_checkpoint(keys, shapes)}")
-
-
-def _describe_unknown_checkpoint(keys: list[str], shapes: dict[str, tuple[int, ...]]) -> str:
-    """Name what a checkpoint we can't train on probably is, and what to pass instead."""
-    if any(k.startswith(("lora_", "lycoris_")) or ".lora_" in k or "lora_A" in k or ".alpha" in k for k in keys):
-        return ("is a LoRA, not a base model; pass a base checkpoint to --model "
-                "(and this file to `lowvram generate --lora`)")
-    if any(k.startswith("model.diffusion_model.joint_blocks") for k in keys):
-        return "is a Stable Diffusion 3 checkpoint; lowvram trains SD1.5 and SDXL models"
-    if any("double_blocks" in k for k in keys):
-        return "is a Flux checkpoint; lowvram trains SD1.5 and SDXL models"
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        if any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys):
-            return "is a VAE, not a full checkpoint; pass a full SD1.5 or SDXL checkpoint"
-        if any(k.startswith(("down_blocks.", "conv_in.", "text_model.")) for k in keys):
-            return "is a single diffusers component; pass the whole diffusers folder (with model_index.json)"
-        return "has no U-Net (no model.diffusion_model.* keys); pass a full SD1.5 or SDXL checkpoint"
-    widths = sorted({shape[-1] for shape in shapes.values()})
-    guess = {1024: " (Stable Diffusion 2.x)", 1280: " (SDXL refiner)"}.get(widths[0] if widths else 0, "")
-    return (f"has an unknown U-Net (cross-attention width {widths}){guess}; lowvram trains SD1.5 and SDXL; "
-            "if it is one of those, say which with --model-family")
-
-
 def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype) -> LoadedModel:
     family = forced or detect_single_file_family(path)
     from diffusers.loaders.single_file_utils import SingleFileComponentError
@@ -241,7 +166,7 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
             raise LowvramError(f"--model: {path} has no {component} weights; pass a complete "
                                f"{family.title} checkpoint") from None
         except (ValueError, KeyError, RuntimeError) as exc:
-            raise LowvramError(f"--model: {path} could not be loaded as {family.title}: {_first_line(exc)}") from None
+            raise LowvramError(f"--model: {path} could not be loaded as {family.title}: {first_line(exc)}") from None
     for name, component in pipeline.components.items():
         # diffusers leaves weights the file lacks on the meta device instead of failing: catch it here
         if isinstance(component, torch.nn.Module) and any(p.is_meta for p in component.parameters()):
@@ -251,13 +176,13 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
 
 
 def _load_diffusers_folder(path: Path, forced: ModelFamily | None, dtype: torch.dtype) -> LoadedModel:
-    family = forced or _folder_family(path / "model_index.json", path / "unet" / "config.json", str(path))
+    family = forced or folder_family(path / "model_index.json", path / "unet" / "config.json", str(path))
     pipeline_cls = getattr(importlib.import_module("diffusers"), family.pipeline_class)
     try:
         pipeline = pipeline_cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True,
                                                 safety_checker=None, requires_safety_checker=False)
     except OSError as exc:
-        raise LowvramError(f"--model: {path} could not be loaded: {_first_line(exc)} (lowvram reads only "
+        raise LowvramError(f"--model: {path} could not be loaded: {first_line(exc)} (lowvram reads only "
                            ".safetensors weights; convert pickle .bin files first)") from None
     unet_weights = next((path / "unet").glob("*.safetensors"), None)
     return LoadedModel(family, pipeline, str(path), path.name, file_short_hash(unet_weights) if unet_weights else "")
@@ -271,7 +196,7 @@ def _load_from_hub(repo_id: str, family: ModelFamily | None, dtype: torch.dtype)
                                                      safety_checker=None, requires_safety_checker=False)
     except Exception as exc:  # noqa: BLE001 - hub, network and auth errors have no common base class
         raise LowvramError(f"--model: could not download '{repo_id}' from the Hugging Face hub "
-                           f"({_first_line(exc)}); offline, pass a local .safetensors file or diffusers folder") from None
+                           f"({first_line(exc)}); offline, pass a local .safetensors file or diffusers folder") from None
     family = family or family_for_pipeline(type(pipeline).__name__, pipeline.unet.config.cross_attention_dim)
     if family is None:
         raise LowvramError(f"--model: '{repo_id}' is a {type(pipeline).__name__}; lowvram trains SD1.5 and SDXL")
@@ -283,11 +208,6 @@ def file_short_hash(path: Path) -> str:
     with open(path, "rb") as fh:
         fh.seek(0x100000)
         return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class _quiet_diffusers:

@@ -3,48 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from lowvram.config import RunConfig
-from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.plan.estimate import Estimate, MemoryStrategy, Workload, estimate
 from lowvram.plan.planner import Plan, plan
+from lowvram.resolve import NATIVE_FORMAT, ResolvedRun
 
-__all__ = ["Estimate", "MemoryStrategy", "Plan", "Workload", "apply_choice", "estimate", "fixed_choices", "plan",
+__all__ = ["NATIVE_FORMAT", "Estimate", "MemoryStrategy", "Plan", "Workload", "apply_choice", "estimate", "fixed_choices", "plan",
            "workload_for"]
 
 STRATEGY_OPTIONS = ("unet_weights", "gradient_checkpointing", "optimizer")
-NATIVE_FORMAT = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}  # the U-Net stored as the run computes
 
 
-def workload_for(config: RunConfig, hardware: Hardware) -> Workload:
-    """What `config` trains, for the estimator. Reads the model's header/config only, never its weights."""
-    import json
-
-    from lowvram.models.loading import detect_family
-
-    family = detect_family(config.model.model, config.model.model_family)
-    mixed_precision = resolve_mixed_precision(config.training.mixed_precision, hardware)
-    fp16 = mixed_precision == "fp16"
-    vae = json.loads((family.config_dir / "vae" / "config.json").read_text())
-    user_vae = Path(config.model.vae or "") / "config.json"
-    if config.model.vae and user_vae.is_file():  # e.g. the fp16-fixed SDXL VAE: force_upcast false
-        vae = json.loads(user_vae.read_text())
-    return Workload(family=family, resolution=config.data.resolution or family.resolution,
-                    batch=config.training.batch_size, rank=config.network.rank, network=config.network.network,
-                    lora_layers=config.network.lora_layers,
+def workload_for(run: ResolvedRun) -> Workload:
+    """What the resolved run trains, for the estimator."""
+    config = run.config
+    return Workload(family=run.family, resolution=run.resolution, batch=config.training.batch_size,
+                    rank=config.network.rank, network=config.network.network, lora_layers=config.network.lora_layers,
                     offload_activations=config.memory.offload_activations,
                     train_text_encoder=config.network.train_text_encoder,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),
-                    sample_resolution=sample_resolution(config, config.data.resolution or family.resolution),
-                    compute_bytes=4 if mixed_precision == "no" else 2, mixed_precision=mixed_precision,
-                    native_format=NATIVE_FORMAT[mixed_precision], vae_fp32=fp16 and bool(vae.get("force_upcast")))
-
-
-def sample_resolution(config: RunConfig, resolution: int) -> int | None:
-    """The square side with as many pixels as the largest sample image (prompts may set --w/--h)."""
-    sizes = [p.size(resolution) for p in config.samples]
-    return int(max(w * h for w, h in sizes) ** 0.5) if sizes else None
+                    sample_resolution=run.sample_resolution, compute_bytes=run.compute_bytes,
+                    mixed_precision=run.mixed_precision, native_format=run.native_format, vae_fp32=run.vae_fp32)
 
 
 def fixed_choices(values: dict) -> dict:

@@ -17,8 +17,8 @@ from lowvram.errors import LowvramError
 from lowvram.formats import CAST_FORMATS, WEIGHT_FORMATS
 from lowvram.hardware import DEFAULT_CONTEXT, GIB, Hardware
 from lowvram.models.families import DEFAULT_LORA_LAYERS, ModelFamily
+from lowvram.optim import OPTIMIZERS, optimizer_state_bytes
 from lowvram.plan.calibration import cuda_context_bytes, is_verified, step_time_ratios
-from lowvram.train.optim import optimizer_state_bytes
 
 DATA_FILE = Path(__file__).parent / "plan_data.json"
 PHASES = ("loading", "latent caching", "text caching", "training", "sampling", "saving")
@@ -34,7 +34,7 @@ TRAINING_FRAGMENTATION = 0.07
 KERNEL_WORKSPACE = 80 * 2**20
 HOST_BASELINE = int(2.5 * GIB)  # python + torch + CUDA libraries resident in host RAM (uncalibrated)
 VRAM_SAFETY = int(0.25 * GIB)  # kept free below the budget
-TILE_PX = 512  # lowvram.train.conditioning.VAE_TILE_PX (not imported: plan must not import diffusers)
+TILE_PX = 512  # lowvram.models.conditioning.VAE_TILE_PX (not imported: plan must not import diffusers)
 # Relative step time of checkpointing (and, in lowvram.formats, of each storage format): priors, replaced per
 # family by the measured ratios in calibration.json wherever a GPU result measured them.
 CHECKPOINT_COST = 1.3
@@ -42,9 +42,7 @@ OFFLOAD_COST = 1.5  # activations over PCIe and back (a prior: uncalibrated)
 # DoRA also keeps each adapted layer's base output for its magnitude's gradient: measured 1.30x LoRA's saved
 # activations on the tiny model (CPU, SDPA; uncalibrated on a GPU)
 DORA_ACTIVATION_FACTOR = 1.3
-# A LoRA's optimizer state is megabytes: 8-bit state only pays when memory is that tight.
-OPTIMIZER_COST = {"adamw": 1.0, "adamw8bit": 1.01, "paged_adamw8bit": 1.02, "lion": 1.0, "lion8bit": 1.01,
-                  "adafactor": 1.02, "prodigy": 1.03, "schedulefree_adamw": 1.01}
+
 
 
 @dataclass(frozen=True)
@@ -159,12 +157,6 @@ def scaled(entries: list[dict], resolution: int, batch: int, key: str = "activat
     return int(per_image * batch)
 
 
-# Formats that can't be traced on fake tensors use the 16-bit trace times this factor: their extra
-# activations measured against fp32 weights in a real CPU step of the tiny model (quanto keeps dequantized
-# convolution weights for backward). To be replaced by GPU measurements.
-UNTRACED_ACTIVATION_FACTOR = {"quanto-int8": 1.09, "quanto-int4": 1.09, "quanto-fp8": 1.09, "bnb-int8": 1.11}
-
-
 def training_entries(entries: list[dict], strategy: MemoryStrategy, layers: str = DEFAULT_LORA_LAYERS) -> list[dict]:
     """The traced steps that stand for this strategy: its own storage format where it was traced (fp8 keeps
     16-bit copies for backward, so it has its own entries), else the 16-bit trace (bitsandbytes and quanto
@@ -229,7 +221,7 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
 
     traced = training_entries(data["training"], strategy)
     activations = int(scaled(traced, work.resolution, work.batch, checkpointing=strategy.gradient_checkpointing)
-                      * UNTRACED_ACTIVATION_FACTOR.get(strategy.unet_weights, 1.0)
+                      * WEIGHT_FORMATS[strategy.unet_weights].untraced_activation_factor
                       * (DORA_ACTIVATION_FACTOR if work.network == "dora" else 1.0))
     activations += wider_layers_activations(data["training"], work, strategy.gradient_checkpointing)
     activations += delta_weight_bytes(data, work, trained_parts, strategy.gradient_checkpointing)
@@ -308,4 +300,4 @@ def relative_step_time(work: Workload, strategy: MemoryStrategy) -> float:
         strategy.unet_weights, WEIGHT_FORMATS[strategy.unet_weights].prior_step_time)
     checkpointing = measured.get("gradient_checkpointing", CHECKPOINT_COST) if strategy.gradient_checkpointing else 1
     return (weights * checkpointing * (OFFLOAD_COST if work.offload_activations else 1)
-            * OPTIMIZER_COST[strategy.optimizer])
+            * OPTIMIZERS[strategy.optimizer].step_cost)

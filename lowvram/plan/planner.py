@@ -9,9 +9,8 @@ from dataclasses import dataclass, replace
 
 from lowvram.formats import PLANNED_FORMATS
 from lowvram.hardware import GIB, Hardware
+from lowvram.optim import PLANNED_OPTIMIZERS
 from lowvram.plan.estimate import VRAM_SAFETY, Estimate, MemoryStrategy, Workload, estimate
-
-OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 @dataclass
@@ -32,7 +31,7 @@ def strategies(work: Workload, fixed: dict) -> list[MemoryStrategy]:
     """Every strategy the planner may choose, restricted to the user's explicit choices (`fixed`)."""
     formats = [fixed["unet_weights"]] if fixed.get("unet_weights") else [work.native_format, *PLANNED_FORMATS]
     checkpointing = [fixed["gradient_checkpointing"]] if "gradient_checkpointing" in fixed else [False, True]
-    optimizers = [fixed["optimizer"]] if fixed.get("optimizer") else list(OPTIMIZERS)
+    optimizers = [fixed["optimizer"]] if fixed.get("optimizer") else list(PLANNED_OPTIMIZERS)
     return [MemoryStrategy(f, c, o) for f, c, o in itertools.product(formats, checkpointing, optimizers)]
 
 

@@ -11,16 +11,15 @@ from pathlib import Path
 import tomli_w
 
 import lowvram
-from lowvram.config import RunConfig
+from lowvram.adapters import lora_files
 from lowvram.models.loading import LoadedModel
-from lowvram.train import lora
+from lowvram.resolve import ResolvedRun
 
 
-def lora_metadata(config: RunConfig, model: LoadedModel, records, step: int, epoch: int,
+def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoch: int,
                   trigger: str | None, started: datetime) -> dict[str, str]:
     """What kohya (ss_*), Stability's modelspec and lowvram record, so UIs and model sites can show it."""
-    family = model.family
-    resolution = config.data.resolution or family.resolution
+    config, family, resolution = run.config, model.family, run.resolution
     folders: dict[str, list[str]] = {}
     for record in records:
         folders.setdefault(f"{record.repeats}_{record.folder}", []).append(record.caption)
@@ -54,7 +53,7 @@ def lora_metadata(config: RunConfig, model: LoadedModel, records, step: int, epo
         "ss_training_comment": trigger or "",
         "ss_training_started_at": str(started.timestamp()),
         "ss_training_finished_at": str(now.timestamp()),
-        "ss_tag_frequency": lora.tag_frequency(folders),
+        "ss_tag_frequency": lora_files.tag_frequency(folders),
         "ss_v2": "False",
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": family.modelspec_architecture,
@@ -69,7 +68,7 @@ def lora_metadata(config: RunConfig, model: LoadedModel, records, step: int, epo
         "lowvram.trigger_word": trigger or "",
         "lowvram.dataset_images": str(len(records)),
         "lowvram.config": tomli_w.dumps(config.to_shareable_dict()),
-    } | lora.network_metadata(config.network)
+    } | lora_files.network_metadata(config.network)
 
 
 def shareable_name(source: str) -> str:

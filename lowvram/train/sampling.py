@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lowvram.models.conditioning import DEFAULT_READING, encode_prompts, unet_conditioning
 from lowvram.models.loading import LoadedModel
-from lowvram.train.conditioning import DEFAULT_READING, encode_prompts, unet_conditioning
-from lowvram.train.prompts import SamplePrompt, parse_prompt
+from lowvram.prompts import SamplePrompt, parse_prompt
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -16,7 +16,7 @@ import torch
 
 from lowvram.data.dataset import Sample, TrainingData
 from lowvram.errors import LowvramError
-from lowvram.train.conditioning import DEFAULT_READING, TextReading, encode_prompts, unet_conditioning
+from lowvram.models.conditioning import DEFAULT_READING, TextReading, encode_prompts, unet_conditioning
 from lowvram.train.loss import diffusion_loss
 
 

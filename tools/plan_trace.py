@@ -1,4 +1,5 @@
-"""Peak memory of lowvram's GPU phases, measured on the CPU without a GPU and without weights.
+"""Peak memory of lowvram's GPU phases, measured on the CPU without a GPU and without weights. A build-time tool:
+`tools/build_plan_data.py` and the tests use it; nothing in the `lowvram` package imports it.
 
 The architecture is built on the meta device from the shipped configs (no weights, no RAM), LoRA adapters
 are added there, and then every parameter is replaced by a FakeTensor: a CPU tensor with shape and dtype
@@ -175,8 +176,8 @@ def _trace_unet(family: ModelFamily, dtype: torch.dtype, weights: str, rank: int
                 checkpointing: bool, layers: str = DEFAULT_LORA_LAYERS
                 ) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
     """The U-Net as training prepares it (format, SDPA, adapters, checkpointing), still on meta."""
+    from lowvram.adapters.networks import add_adapter
     from lowvram.attention import set_attention
-    from lowvram.train.lora import add_adapter
 
     fmt = DTYPE_NAMES[dtype] if weights == "auto" else weights
     if fmt not in TRACEABLE_FORMATS:
@@ -204,7 +205,7 @@ def _latent_shape(family: ModelFamily, batch: int, resolution: int) -> tuple[int
 
 def _conditioning(family: ModelFamily, unet: torch.nn.Module, batch: int, resolution: int, dtype: torch.dtype):
     """Cached-style text conditioning (hidden states, SDXL's pooled embedding and size time_ids)."""
-    from lowvram.train.conditioning import unet_conditioning
+    from lowvram.models.conditioning import unet_conditioning
 
     config = unet.config
     hidden = torch.randn(batch, 77, config.cross_attention_dim, dtype=dtype)
@@ -230,8 +231,8 @@ def trace_training_step(family_name: str, resolution: int, batch: int = 1, rank:
     """
     from diffusers import DDPMScheduler
 
+    from lowvram.optim import build_optimizer
     from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
-    from lowvram.train.optim import build_optimizer
 
     family = FAMILIES[family_name]
     dtype = dtype or trace_dtype(family)
@@ -292,7 +293,7 @@ def trace_vae_encode(family_name: str, resolution: int, batch: int = 1, dtype: t
                      tiling: bool = False) -> dict:
     """Transient bytes of encoding a batch of images to latents (the latent-caching phase), beyond the
     VAE's weights: the pixel batch on the device, the encoder's activations (no_grad) and the latents."""
-    from lowvram.train.conditioning import encode_images
+    from lowvram.models.conditioning import encode_images
 
     family = FAMILIES[family_name]
     dtype = dtype or trace_dtype(family)

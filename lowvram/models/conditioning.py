@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from lowvram.models.families import ModelFamily
+from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, ModelFamily, TextReading
 
 VAE_TILE_PX = 512
 
@@ -27,28 +25,6 @@ def encode_images(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
-
-
-CHUNK_TOKENS = 75  # CLIP reads 77 tokens: BOS, 75 of the caption, EOS
-
-
-@dataclass(frozen=True)
-class TextReading:
-    """How captions are read: `max_tokens` 75, 150 or 225 (kohya's max_token_length) and `clip_skip`, the CLIP
-    layers skipped from the end (kohya's and AUTOMATIC1111's numbering: 1 reads the last layer, 2 the one
-    before it through the final layer norm, as anime SD1.5 models expect)."""
-
-    max_tokens: int = CHUNK_TOKENS
-    clip_skip: int = 1
-
-    @property
-    def cache_tag(self) -> str:
-        """What sets these embeddings apart from the default reading's in the cache."""
-        return ((f"/tokens{self.max_tokens}" if self.max_tokens != CHUNK_TOKENS else "")
-                + (f"/clipskip{self.clip_skip}" if self.clip_skip != 1 else ""))
-
-
-DEFAULT_READING = TextReading()
 
 
 def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, captions: list[str],

@@ -1,4 +1,4 @@
-"""Adapters (peft) on the model: LoRA, DoRA, LoHa and LoKr, and their export in the formats users load.
+"""The adapters' files, written and read: kohya/LyCORIS (LoRA, DoRA, LoHa, LoKr) and diffusers' layout.
 
 The kohya/LyCORIS format (the default) is what ComfyUI and AUTOMATIC1111 map completely: one key prefix per
 module, `lora_unet_<module path with _>` (`lora_te_`, `lora_te1_`, `lora_te2_` for the text encoders, whose module
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from lowvram.adapters.networks import ADAPTER, NAMES, adapted_layers, adapted_modules, peft_config, peft_state_dicts
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.files import save_safetensors
@@ -30,98 +31,7 @@ from lowvram.models.loading import LoadedModel
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 UNET_KOHYA_PREFIX = "lora_unet"
-ADAPTER = "default"  # peft's adapter name; lowvram adds one adapter per model part
-NAMES = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}
 LYCORIS_PRESETS = {"attn": "attn-only", "attn-mlp": "attn-mlp", "full": "full"}  # --lora-layers in LyCORIS's words
-
-
-def peft_config(network: str, targets: tuple[str, ...], rank: int, alpha: float, dropout: float,
-                lokr_factor: int = -1):
-    """The peft config of one network type, with the defaults LyCORIS's kohya network uses: dropout on the
-    whole module for LoHa/LoKr (LyCORIS implements no per-input dropout there), LoKr's first matrix never
-    decomposed, LoKr's second matrix zero at first (its `init_weights="lycoris"`)."""
-    from peft import LoHaConfig, LoKrConfig, LoraConfig
-
-    if network in ("lora", "dora"):
-        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                          init_lora_weights=True, use_dora=network == "dora")
-    if network == "loha":
-        return LoHaConfig(r=rank, alpha=alpha, module_dropout=dropout, target_modules=list(targets))
-    if network == "lokr":
-        return LoKrConfig(r=rank, alpha=alpha, module_dropout=dropout, target_modules=list(targets),
-                          decompose_factor=lokr_factor, decompose_both=False, init_weights="lycoris")
-    raise LowvramError(f"--network: '{network}' is not one of {', '.join(NAMES)}")
-
-
-def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, dropout: float,
-                network: str = "lora", lokr_factor: int = -1) -> list[torch.nn.Parameter]:
-    """Add an adapter (peft) of type `network` on `targets` of a frozen module; return its trainable parameters,
-    in fp32 whatever the frozen weights' dtype or format."""
-    module.add_adapter(peft_config(network, targets, rank, alpha, dropout, lokr_factor))
-    _plain_adapter_convolutions(module)
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
-    return params
-
-
-def _plain_adapter_convolutions(module: torch.nn.Module) -> None:
-    """peft builds a convolution's LoRA matrices with the base layer's own class (`type(base_layer)`): for a
-    stored format that is lowvram's upcasting Conv2d (no weight gradient) or quanto's quantizing one (no
-    weight at all unless quantized). The adapters are plain fp32 convolutions, keeping peft's initial weights."""
-    for layer in module.modules():
-        for matrices in (getattr(layer, "lora_A", None), getattr(layer, "lora_B", None)):
-            if not isinstance(matrices, torch.nn.ModuleDict):
-                continue
-            for key, conv in list(matrices.items()):
-                if isinstance(conv, torch.nn.Conv2d) and type(conv) is not torch.nn.Conv2d:
-                    plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                            conv.padding, conv.dilation, conv.groups, bias=conv.bias is not None,
-                                            padding_mode=conv.padding_mode, device="meta")
-                    plain.weight, plain.bias = conv.weight, conv.bias  # the same parameters, peft's init
-                    matrices[key] = plain
-
-
-def check_supported(module: torch.nn.Module, targets: tuple[str, ...], network: str) -> None:
-    """Raise a one-line LowvramError if peft cannot train `network` on the (converted) layers `targets` names."""
-    for name, layer in module.named_modules():
-        if any(name == t or name.endswith("." + t) for t in targets):
-            problem = _unsupported(network, layer)
-            if problem:
-                raise LowvramError(problem)
-
-
-def _unsupported(network: str, layer: torch.nn.Module) -> str | None:
-    kind, weight = type(layer).__name__, getattr(layer, "weight", None)
-    if network in ("loha", "lokr") and kind == "Linear4bit":
-        # peft's LoHa/LoKr reshape their delta to the base weight's shape, and a 4-bit weight is packed
-        return (f"--network {network}: peft has no {NAMES[network]} layer for bitsandbytes 4-bit weights "
-                "(--unet-weights bnb-nf4); use --network lora or dora, or --unet-weights quanto-int4")
-    if network == "dora" and weight is not None and weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        # DoRA's initial magnitude adds the float8 weight to a float32 one, a promotion torch refuses
-        return ("--network dora: peft's DoRA cannot read float8 weights (--unet-weights fp8); use --unet-weights "
-                "quanto-fp8 (also 8-bit), or --network lora, loha or lokr")
-    if network == "dora" and kind == "Linear8bitLt" and weight is not None and weight.device.type == "cpu":
-        # on the CPU peft re-wraps the 8-bit weight each time DoRA reads it and loses its scales
-        return ("--network dora: peft's DoRA breaks bitsandbytes 8-bit weights on the CPU (--unet-weights "
-                "bnb-int8); use --unet-weights quanto-int8, or --network lora, loha or lokr")
-    return None
-
-
-def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_text_encoder: bool
-             ) -> dict[str, list[torch.nn.Parameter]]:
-    """Add the adapters `network` describes to the U-Net (and the text encoders); return the trainable
-    parameters per part. Every part is checked first, so a refused combination leaves the model untouched."""
-    family = model.family
-    parts = [("unet", model.unet, family.lora_targets("unet", network.lora_layers))]
-    if train_text_encoder:
-        parts += [(spec.component, encoder, family.lora_targets(spec.component, network.lora_layers))
-                  for spec, encoder in zip(family.text_encoders, model.text_encoders)]
-    for _, module, targets in parts:
-        check_supported(module, targets, network.network)
-    return {name: add_adapter(module, targets, network.rank, alpha, network.dropout, network.network,
-                              network.lokr_factor)
-            for name, module, targets in parts}
 
 
 def network_metadata(network: NetworkConfig) -> dict[str, str]:
@@ -144,29 +54,6 @@ def network_metadata(network: NetworkConfig) -> dict[str, str]:
     if network.network in ("loha", "lokr") and network.dropout:
         args["module_dropout"] = f"{network.dropout:g}"
     return meta | {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)}
-
-
-def adapted_modules(model: LoadedModel) -> list[tuple[str, torch.nn.Module]]:
-    """(component name, module) for each part that carries an adapter."""
-    parts = [("unet", model.unet)]
-    parts += [(spec.component, enc) for spec, enc in zip(model.family.text_encoders, model.text_encoders)
-              if getattr(enc, "peft_config", None)]
-    return parts
-
-
-def adapted_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """(module path, peft layer) for every layer of `module` that carries lowvram's adapter."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [(name, layer) for name, layer in module.named_modules()
-            if isinstance(layer, BaseTunerLayer) and ADAPTER in getattr(layer, "r", {})]
-
-
-def peft_state_dicts(model: LoadedModel) -> dict[str, dict[str, torch.Tensor]]:
-    """The adapters' weights per component, in peft naming (`<module>.lora_A.weight`, `<module>.hada_w1_a`)."""
-    from peft.utils import get_peft_model_state_dict
-
-    return {name: get_peft_model_state_dict(module) for name, module in adapted_modules(model)}
 
 
 def kohya_tensors(layer: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,90 @@
+"""A run's config worked out once for its model and machine: the model family, the mixed precision and what
+follows from it (the U-Net's native storage, the VAE's dtype), the training resolution, the cache folder and how
+captions are read. `lowvram plan`, `check-data` and the training loop all read one `ResolvedRun`, so what is
+planned is what trains. Plain data: no torch, no weights (the family comes from names, headers and configs)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lowvram.config import SAMPLE_DATA, RunConfig
+from lowvram.errors import LowvramError
+from lowvram.hardware import Hardware, resolve_mixed_precision
+from lowvram.models.detect import detect_family
+from lowvram.models.families import ModelFamily, TextReading
+
+NATIVE_FORMAT = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}  # the U-Net stored as the run computes
+
+
+def default_cache_dir() -> Path:
+    """$LOWVRAM_CACHE_DIR, else $XDG_CACHE_HOME/lowvram, else ~/.cache/lowvram."""
+    if os.environ.get("LOWVRAM_CACHE_DIR"):
+        return Path(os.environ["LOWVRAM_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lowvram"
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    config: RunConfig
+    family: ModelFamily
+    hardware: Hardware
+    mixed_precision: str  # "no" (fp32), "fp16" or "bf16": what the run computes in
+    vae_fp32: bool  # the VAE stays in fp32 where it overflows in fp16 (SDXL's, `force_upcast`)
+    cache_dir: Path
+
+    @property
+    def resolution(self) -> int:
+        return self.config.data.resolution or self.family.resolution
+
+    @property
+    def native_format(self) -> str:
+        return NATIVE_FORMAT[self.mixed_precision]
+
+    @property
+    def unet_weights(self) -> str:
+        """The frozen U-Net's storage format: --unet-weights, `auto` being the compute dtype itself."""
+        chosen = self.config.memory.unet_weights
+        return self.native_format if chosen == "auto" else chosen
+
+    @property
+    def compute_bytes(self) -> int:
+        return 4 if self.mixed_precision == "no" else 2
+
+    @property
+    def text_reading(self) -> TextReading:
+        return TextReading(self.config.data.max_token_length, self.config.data.clip_skip)
+
+    @property
+    def uses_sample_data(self) -> bool:
+        return self.config.data.data == SAMPLE_DATA
+
+    @property
+    def sample_resolution(self) -> int | None:
+        """The square side with as many pixels as the largest sample image (prompts may set --w/--h)."""
+        sizes = [p.size(self.resolution) for p in self.config.samples]
+        return int(max(w * h for w, h in sizes) ** 0.5) if sizes else None
+
+
+def resolve_run(config: RunConfig, hardware: Hardware) -> ResolvedRun:
+    """Everything the config leaves to the model and the machine; the checks that need the family."""
+    family = detect_family(config.model.model, config.model.model_family)
+    if config.data.clip_skip > 1 and any(spec.hidden_state != -1 for spec in family.text_encoders):
+        raise LowvramError(f"--clip-skip {config.data.clip_skip}: {family.title} already reads its text encoders' "
+                           "penultimate layer, and kohya ignores clip skip for it; drop --clip-skip")
+    mixed_precision = resolve_mixed_precision(config.training.mixed_precision, hardware)
+    vae_fp32 = mixed_precision == "fp16" and bool(_vae_config(config, family).get("force_upcast"))
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
+    return ResolvedRun(config, family, hardware, mixed_precision, vae_fp32, cache_dir)
+
+
+def _vae_config(config: RunConfig, family: ModelFamily) -> dict:
+    """The config of the VAE the run will load: a --vae folder's (e.g. the fp16-fixed SDXL VAE: force_upcast
+    false), a diffusers model folder's own, else the family's (single files, a --vae file, hub ids)."""
+    if config.model.vae:
+        own = Path(config.model.vae) / "config.json"
+    else:
+        own = Path(config.model.model).expanduser() / "vae" / "config.json"
+    return json.loads((own if own.is_file() else family.config_dir / "vae" / "config.json").read_text())

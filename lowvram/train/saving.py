@@ -1,0 +1,136 @@
+"""What a run keeps along the way: LoRA files, checkpoints, validation and sample grids, at the points the config
+asks for, and on Ctrl-C. Only the main process writes; a checkpoint gathers every process's random state first."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from lowvram.adapters import lora_files
+from lowvram.errors import TrainingInterrupted
+from lowvram.optim import use_averaged_weights
+from lowvram.train import checkpoint
+from lowvram.train.metadata import lora_metadata
+from lowvram.train.runlog import RunLog
+from lowvram.train.sampling import render_grid
+from lowvram.train.setup import Dataset, Schedule, Session, Trainee
+from lowvram.train.step import sum_over_processes
+from lowvram.train.validation import EarlyStopping, validation_loss
+
+
+def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, step: int, epoch: int,
+              started: datetime) -> Path:
+    """The LoRA as it stands (schedule-free: its averaged weights), written by the main process."""
+    if session.main:
+        with use_averaged_weights(trainee.optimizer):
+            lora_files.save_kohya(trainee.model, path, session.config.alpha, session.config.output.save_precision,
+                                  lora_metadata(session.run, trainee.model, dataset.records, step, epoch,
+                                                dataset.trigger, started))
+    return path
+
+
+def save_checkpoint(session: Session, trainee: Trainee, position: checkpoint.Position) -> Path | None:
+    """Every process takes part (its random state is gathered); the main process writes."""
+    rng_states = checkpoint.gather_rng_states(session.accelerator)
+    if not session.main:
+        return None
+    return checkpoint.save(checkpoint.checkpoint_root(session.out_dir), position, trainee.adapted, trainee.optimizer,
+                           trainee.lr_scheduler, session.accelerator, session.config.training.keep_checkpoints,
+                           rng_states)
+
+
+def resume(session: Session, trainee: Trainee, schedule: Schedule) -> checkpoint.Position:
+    """Where the run continues: the start, or the checkpoint --resume names (adapters, optimizer, schedule, RNG,
+    the data position and early stopping's record)."""
+    if not session.config.training.resume:
+        return checkpoint.Position(0, 0, 0)
+    found = checkpoint.resolve(session.config.training.resume, session.out_dir)
+    position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator)
+    session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
+    if position.step >= schedule.total_steps:
+        session.console.print(f"nothing left to train: the run ends at step {schedule.total_steps} (raise "
+                              "--max-steps or --epochs to train further); writing the LoRA from the checkpoint",
+                              soft_wrap=True)
+    return position
+
+
+def validate(session: Session, trainee: Trainee, data, samples: list) -> float:
+    """The held-out loss, each process scoring its share of the images."""
+    config, model, world = session.config, trainee.model, session.world
+    with evaluating(trainee):
+        total, count = validation_loss(
+            model.unet, trainee.noise_scheduler, model.family, data, samples[session.rank::world],
+            config.validation.validation_timesteps, config.training.seed, session.device, session.weight_dtype,
+            session.accelerator.autocast, model.text_encoders if trainee.train_text else None, model.tokenizers,
+            model.text_reading)
+    total, count = sum_over_processes(session.accelerator, total, count)
+    return total / count
+
+
+def validate_and_keep_best(session: Session, trainee: Trainee, dataset: Dataset, prepared, stopping: EarlyStopping,
+                           log: RunLog, step: int, epoch: int, started: datetime) -> None:
+    loss = validate(session, trainee, prepared.data, prepared.validation)
+    best = stopping.update(step, loss)
+    log.validation(step, loss, best)
+    session.console.print(f"step {step}: validation loss {loss:.5f}" + (" (best)" if best else
+                          f", best {stopping.best:.5f} at step {stopping.best_step}"))
+    if best:
+        save_lora(session, trainee, dataset, session.out_dir / f"{session.config.output_name}-best.safetensors",
+                  step, epoch, started)
+
+
+def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepared, schedule: Schedule,
+                   position: checkpoint.Position, stop: bool, log: RunLog, started: datetime) -> None:
+    """The LoRA every --save-every, a sample grid every --sample-every, a checkpoint every --checkpoint-every, at
+    the end and when early stopping ends the run."""
+    config, step, epoch = session.config, position.step, position.epoch
+    name, out_dir = config.output_name, session.out_dir
+    save_every, sample_every = schedule.save_every, schedule.sample_every
+    if save_every and step < schedule.total_steps and is_save_point(save_every, step, schedule.steps_per_epoch):
+        suffix = f"step{step:06d}" if save_every[1] == "steps" else f"e{step // schedule.steps_per_epoch:04d}"
+        save_lora(session, trainee, dataset, out_dir / f"{name}-{suffix}.safetensors", step, epoch, started)
+    if sample_every and session.main and is_save_point(sample_every, step, schedule.steps_per_epoch):
+        with evaluating(trainee):
+            grid = render_grid(trainee.model, config.samples, out_dir / "samples" / f"{name}-step{step:06d}.png",
+                               session.run.resolution, config.output.sample_steps, config.training.seed,
+                               session.accelerator, prepared.sample_embeddings)
+        log.image(step, "samples", grid)
+    every = config.training.checkpoint_every
+    if (every and step % every == 0) or step == schedule.total_steps or stop:
+        save_checkpoint(session, trainee, position)
+
+
+def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule,
+                     position: checkpoint.Position, started: datetime) -> TrainingInterrupted:
+    """Ctrl-C or SIGTERM: a checkpoint and a usable LoRA of the steps so far; the error says how to continue."""
+    step, out_dir, name = position.step, session.out_dir, session.config.output_name
+    saved = save_checkpoint(session, trainee, position)
+    usable = save_lora(session, trainee, dataset, out_dir / f"{name}-step{step:06d}.safetensors", step,
+                       position.epoch, started)
+    return TrainingInterrupted(f"interrupted at step {step} of {schedule.total_steps}: saved {usable} and the "
+                               f"checkpoint {saved}; continue with: lowvram train --config {out_dir / name}.toml "
+                               "--resume auto")
+
+
+@contextmanager
+def evaluating(trainee: Trainee):
+    """Sampling and validation see the LoRA as it will be saved: no adapter dropout, schedule-free's averaged
+    weights; training resumes where it was afterwards."""
+    modules = [trainee.model.unet, *trainee.model.text_encoders]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        with use_averaged_weights(trainee.optimizer):
+            yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def is_save_point(every: tuple[int, str], step: int, steps_per_epoch: int) -> bool:
+    count, unit = every
+    if unit == "steps":
+        return step % count == 0
+    return step % steps_per_epoch == 0 and (step // steps_per_epoch) % count == 0

@@ -1,0 +1,258 @@
+"""The stages before the first step, each a function of what the stages before it made: the session (the run
+resolved for this machine, accelerate), the scanned data, the frozen model with its caches filled, and the
+adapters with their optimizer and schedule. `lowvram.train.loop.train` calls them in this order; the order is
+also the order random numbers are drawn in, which a resumed or repeated run relies on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from lowvram.adapters import lora_files, networks
+from lowvram.attention import set_attention
+from lowvram.config import RunConfig, parse_save_every
+from lowvram.data.check import scan
+from lowvram.data.dataset import TrainingData
+from lowvram.data.prepare import PreparedData, prepare_training_data
+from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
+from lowvram.data.scan import ScanReport
+from lowvram.errors import LowvramError
+from lowvram.hardware import detect
+from lowvram.memory import PhasePeaks
+from lowvram.models.loading import LoadedModel, load_model
+from lowvram.optim import build_optimizer
+from lowvram.plan.calibration import unverified_warning
+from lowvram.quant import convert_frozen, place, storage_bytes
+from lowvram.resolve import ResolvedRun, resolve_run
+from lowvram.train.validation import hold_out
+
+DEFAULT_EPOCHS = 10
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Session:
+    """One process's part in a run: the config resolved for this machine, accelerate's state, its console."""
+
+    run: ResolvedRun
+    accelerator: object  # accelerate.Accelerator
+    console: Console
+
+    @property
+    def config(self) -> RunConfig:
+        return self.run.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return WEIGHT_DTYPES[self.run.mixed_precision]
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def out_dir(self) -> Path:
+        return self.config.output_dir
+
+
+@dataclass
+class Dataset:
+    reports: list[ScanReport]  # the dataset's (and the regularization set's)
+    records: list  # the images trained on
+    held_out: list  # the images validated on
+    trigger: str | None
+
+
+@dataclass
+class Trainee:
+    """The model with its adapters, and what updates them."""
+
+    model: LoadedModel
+    unet: torch.nn.Module  # as accelerate wrapped it (DDP under multi-GPU): the forward passes go through it
+    text_encoders: list  # wrapped likewise when they train
+    train_text: bool
+    adapted: dict[str, torch.nn.Module]  # the adapted parts by component name, as checkpoints store them
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    noise_scheduler: object
+
+    @property
+    def trained_modules(self) -> list[torch.nn.Module]:
+        return [self.model.unet, *(self.model.text_encoders if self.train_text else [])]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    batches_per_step: int  # over all processes
+    steps_per_epoch: int
+    total_steps: int
+    save_every: tuple[int, str] | None
+    sample_every: tuple[int, str] | None
+    validate_every: int
+
+    def epochs_at(self, step: int) -> int:
+        return math.ceil(step / self.steps_per_epoch)
+
+
+def start_session(config: RunConfig, console: Console | None) -> Session:
+    """Resolve the run for this machine and start accelerate; every process seeds its own noise."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    lora_path = config.output_dir / f"{config.output_name}.safetensors"
+    if lora_path.exists() and not config.output.overwrite:
+        raise LowvramError(f"--output: {lora_path} exists; pass --overwrite to replace it, or choose another --name")
+    run = resolve_run(config, detect())
+    # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run
+    # in one process (a notebook, the tests) starts from its own (the process group, PartialState, stays)
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.hardware.device == "cpu")
+    set_seed(config.training.seed, device_specific=True)
+    return Session(run, accelerator, console or Console(quiet=not accelerator.is_main_process))
+
+
+def scan_data(session: Session) -> Dataset:
+    """Scan first, so a bad dataset fails before any weight is loaded."""
+    config, run, accelerator = session.config, session.run, session.accelerator
+    trigger = config.data.trigger_word
+    if run.uses_sample_data:
+        data_root = session.out_dir / "sample_data"
+        if session.main:  # one writer: another process rewriting the files while the main one scans them changed
+            write_sample_dataset(data_root)  # their cache keys, and that process then encoded its own latents
+        accelerator.wait_for_everyone()
+        trigger = trigger or SAMPLE_TRIGGER
+    else:
+        data_root = Path(config.data.data)
+    with accelerator.main_process_first():  # one process writes the scan index, the others read it
+        reports = [scan(run, data_root, trigger, session.console)]
+        if config.data.reg_data:
+            reports.append(scan(run, Path(config.data.reg_data), None, session.console))
+        held_out = []
+        if config.validation.validation_data:
+            held_out = scan(run, Path(config.validation.validation_data), trigger, session.console).usable
+    records = reports[0].usable
+    if config.validation.validation_split:
+        records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
+    for report in reports:
+        report.print_summary(session.console)
+    return Dataset(reports, records, held_out, trigger)
+
+
+def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
+    """The base model, all frozen, in the compute dtype (the VAE in fp32 where it overflows in fp16), and the
+    noise schedule it was trained with."""
+    from diffusers import DDPMScheduler
+
+    config = session.config
+    with session.console.status(f"loading {config.model.model}"):
+        # straight into the compute dtype: an SDXL checkpoint never exists in fp32 in host RAM
+        model = load_model(config.model.model, config.model.model_family, dtype=session.weight_dtype,
+                           vae=config.model.vae)
+    model.text_reading = session.run.text_reading
+    noise_scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
+    if config.model.prediction_type:
+        noise_scheduler.register_to_config(prediction_type=config.model.prediction_type)
+        model.pipeline.scheduler.register_to_config(prediction_type=config.model.prediction_type)
+    for module in (model.unet, *model.text_encoders):
+        module.requires_grad_(False).to(dtype=session.weight_dtype)
+    model.vae.requires_grad_(False).to(dtype=torch.float32 if session.run.vae_fp32 else session.weight_dtype)
+    return model, noise_scheduler
+
+
+def fill_caches_and_place(session: Session, model: LoadedModel, dataset: Dataset, peaks: PhasePeaks
+                          ) -> tuple[PreparedData, str]:
+    """Encode what the caches lack; afterwards only the U-Net (stored as --unet-weights) and the text encoders
+    that train use the GPU. Returns the prepared data and the attention kernel chosen."""
+    with session.accelerator.main_process_first():  # the main process encodes; the others find it all cached
+        prepared = prepare_training_data(session.run, model, dataset.reports, session.device, session.console,
+                                         dataset.held_out, peaks)
+    convert_frozen(model.unet, session.run.unet_weights, session.weight_dtype)
+    place(model.unet, session.device)
+    attention = set_attention(model.unet, session.config.memory.attention)
+    if session.config.network.train_text_encoder:
+        for encoder in model.text_encoders:
+            encoder.to(session.device)
+    return prepared, attention
+
+
+def plan_schedule(config: RunConfig, data: TrainingData, world: int) -> Schedule:
+    batches_per_step = config.training.gradient_accumulation * world
+    steps_per_epoch = max(1, math.ceil(data.batches_per_epoch / batches_per_step))
+    total_steps = config.training.max_steps or steps_per_epoch * (config.training.epochs or DEFAULT_EPOCHS)
+    return Schedule(batches_per_step, steps_per_epoch, total_steps, parse_save_every(config.output.save_every),
+                    parse_save_every(config.output.sample_every),
+                    config.validation.validate_every or steps_per_epoch)
+
+
+def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, schedule: Schedule) -> Trainee:
+    """Adapters (seeded, so the same config gives the same LoRA in every process), checkpointing, the optimizer
+    and the learning-rate schedule, wrapped by accelerate for multi-GPU."""
+    from diffusers.optimization import get_scheduler
+
+    config, rank = session.config, session.rank
+    train_text = config.network.train_text_encoder
+    torch.manual_seed(config.training.seed)
+    trainable = networks.add_lora(model, config.network, config.alpha, train_text)
+    if config.network.network_weights and not config.training.resume:  # a checkpoint holds them already
+        filled = lora_files.start_from(model, Path(config.network.network_weights), config.network, config.alpha)
+        session.console.print(f"adapters start from {config.network.network_weights} ({filled} layers)",
+                              soft_wrap=True)
+    torch.manual_seed(config.training.seed + rank)
+    if config.memory.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        if train_text:
+            for encoder in model.text_encoders:
+                encoder.gradient_checkpointing_enable()
+    groups = [{"params": params, "lr": config.lr if part == "unet" else config.text_encoder_lr}
+              for part, params in trainable.items()]
+    optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, config.optim.warmup_steps)
+    lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
+                                 num_training_steps=schedule.total_steps, num_cycles=config.optim.scheduler_cycles)
+    # wrapped for multi-GPU (DDP), unchanged in one process; the forward passes go through the wrappers. The
+    # schedule is not: accelerate's wrapper steps it once per process each call (split_batches=False), which
+    # would end warm-up and decay after total_steps / processes
+    adapted = networks.adapted_modules(model)
+    prepared = session.accelerator.prepare(model.unet, *[m for _, m in adapted[1:]], optimizer)
+    text_encoders = list(prepared[1:-1]) if train_text else model.text_encoders
+    return Trainee(model, prepared[0], text_encoders, train_text, dict(adapted),
+                   [p for params in trainable.values() for p in params], prepared[-1], lr_scheduler, noise_scheduler)
+
+
+def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: PreparedData, attention: str,
+             schedule: Schedule) -> None:
+    """The run in one paragraph, and a warning where no GPU result shows its strategy training."""
+    config, run, model = session.config, session.run, trainee.model
+    world, data = session.world, prepared.data
+    session.console.print(
+        f"[bold]lowvram[/] {run.family.title} from {model.source} on {run.hardware.name} ({run.mixed_precision})"
+        f"{f' x {world} processes' if world > 1 else ''} | U-Net {run.unet_weights} "
+        f"({storage_bytes(model.unet) / 2**20:.0f} MiB), {attention} attention, {config.optim.optimizer} | "
+        f"{len(dataset.records)} images, {data.images_per_epoch} per epoch with repeats"
+        f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
+        f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g} | {schedule.total_steps} steps "
+        f"= {schedule.total_steps / schedule.steps_per_epoch:.3g} epochs of {schedule.steps_per_epoch} | batch "
+        f"{config.training.batch_size} x {config.training.gradient_accumulation}{f' x {world}' if world > 1 else ''}"
+    )
+    if run.hardware.device == "cuda":
+        unverified = unverified_warning(run.family, run.unet_weights, config.memory.gradient_checkpointing,
+                                        config.optim.optimizer, run.mixed_precision)
+        if unverified:
+            session.console.print(f"[yellow]warning:[/] {unverified}", soft_wrap=True)

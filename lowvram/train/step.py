@@ -1,0 +1,131 @@
+"""One training step: forward and backward over this process's batches (made leaner and repeated after a CUDA
+out-of-memory), then the update, which a non-finite loss or gradient never reaches."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+
+from lowvram.errors import LowvramError, TrainingDiverged
+from lowvram.models.conditioning import encode_prompts, unet_conditioning
+from lowvram.train import checkpoint
+from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
+from lowvram.train.setup import Session, Trainee
+
+MAX_BAD_STEPS = 5  # non-finite steps in a row before the run stops
+MIN_GRAD_SCALE = 1.0  # fp16: overflows the grad scaler has brought its scale below this are not fp16's range
+
+
+def forward_backward(session: Session, trainee: Trainee, batches: list, splits: int, step: int) -> tuple[float, int]:
+    """This process's share of the step's loss, gradients accumulated. A CUDA out-of-memory makes the run leaner
+    (see `leaner_after_oom`) and repeats the step on the same data; returns the loss and the parts each batch
+    now runs in."""
+    while True:
+        try:
+            return sum(batch_loss(session, trainee, chunk, len(chunk) / len(batch) / len(batches))
+                       for batch in batches for chunk in batch.split(splits)), splits
+        except torch.OutOfMemoryError:
+            trainee.optimizer.zero_grad(set_to_none=True)
+            if session.device.type == "cuda":
+                torch.cuda.empty_cache()
+            change, splits = leaner_after_oom(trainee.model.unet, splits, max(len(b) for b in batches))
+            session.console.print(f"[yellow]out of memory at step {step}: {change}; repeating the step[/]")
+
+
+def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> float:
+    """Forward and backward of one (part of a) batch whose loss counts `share` of the step's."""
+    config, device, dtype, accelerator = session.config, session.device, session.weight_dtype, session.accelerator
+    model = trainee.model
+    latents = batch.latents.to(device, dtype)
+    if trainee.train_text:
+        with accelerator.autocast():
+            hidden, pooled = encode_prompts(model.family, trainee.text_encoders, model.tokenizers, batch.captions,
+                                            device, model.text_reading)
+    else:
+        hidden = batch.hidden.to(device, dtype)
+        pooled = batch.pooled.to(device, dtype) if batch.pooled is not None else None
+    conditioning = unet_conditioning(model.family, hidden, pooled, batch.time_ids)
+    noise = sample_noise(latents, config.training.noise_offset)
+    timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device)
+    with accelerator.autocast(), offloading(session):
+        loss = diffusion_loss(trainee.unet, trainee.noise_scheduler, latents, conditioning, noise, timesteps,
+                              config.training.min_snr_gamma, batch.weights.to(device),
+                              batch.mask.to(device) if batch.mask is not None else None)
+    accelerator.backward(loss * share)
+    return loss.item() * share
+
+
+def offloading(session: Session):
+    """Saved activations to pinned host RAM and back (torch's save_on_cpu), when asked for."""
+    if not session.config.memory.offload_activations:
+        return nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=session.device.type == "cuda")
+
+
+def update(session: Session, trainee: Trainee, step_loss: float) -> tuple[str, float | None]:
+    """Clip, judge and apply the step's gradients; returns the verdict (see `step_verdict`) and the gradient norm."""
+    accelerator, optimizer = session.accelerator, trainee.optimizer
+    # one total norm (one device sync), unscaled first under fp16; inf max_norm measures without clipping
+    grad_norm = accelerator.clip_grad_norm_(trainee.params, session.config.optim.max_grad_norm or math.inf)
+    verdict = step_verdict(step_loss, grad_norm, accelerator.scaler)
+    if verdict == "ok" or accelerator.scaler is not None:
+        # under fp16 the grad scaler skips a non-finite update itself and lowers its scale; it must see every
+        # step (skipping optimizer.step would leave it unscaled and never recovering)
+        optimizer.step()
+        if not optimizer.step_was_skipped:  # the grad scaler skipped it: the schedule waits too
+            trainee.lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return verdict, float(grad_norm) if grad_norm is not None else None
+
+
+def count_bad_steps(session: Session, verdict: str, bad_steps: int, step: int) -> int:
+    """Non-finite steps in a row; too many stop the run, pointing at the likely causes."""
+    if verdict == "ok":
+        return 0
+    if verdict != "bad":
+        return bad_steps
+    bad_steps += 1
+    session.console.print(f"[yellow]step {step}: non-finite loss or gradient, step skipped[/]")
+    if bad_steps >= MAX_BAD_STEPS:
+        raise TrainingDiverged(
+            f"{bad_steps} steps in a row had a non-finite loss or gradient (at step {step}); likely causes: a "
+            "learning rate too high (--lr), fp16 overflow (try --mixed-precision bf16, or keep SDXL's VAE in fp32), "
+            "or a broken image (lowvram check-data); the last checkpoint in "
+            f"{checkpoint.checkpoint_root(session.out_dir)} holds the last good weights")
+    return bad_steps
+
+
+def step_verdict(loss: float, grad_norm, scaler) -> str:
+    """'ok'; 'scaler overflow': fp16's grad scaler met gradients beyond fp16's range, skips the update and
+    lowers its scale, as it does now and then, above all in the first steps (routine, not a bad step); or
+    'bad': the loss itself is not finite, or the gradients are not even at a scale below 1, where no fp16
+    range explains them."""
+    if not math.isfinite(loss):
+        return "bad"
+    if grad_norm is None or math.isfinite(float(grad_norm)):
+        return "ok"
+    if scaler is not None and scaler.get_scale() >= MIN_GRAD_SCALE:
+        return "scaler overflow"
+    return "bad"
+
+
+def sum_over_processes(accelerator, *values: float) -> tuple[float, ...]:
+    """Sums across processes (one all-reduce); the values themselves in a single process."""
+    if accelerator.num_processes == 1:
+        return values
+    summed = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum")
+    return tuple(summed.tolist())
+
+
+def leaner_after_oom(unet: torch.nn.Module, splits: int, batch_size: int) -> tuple[str, int]:
+    """The next leaner way to run a step that ran out of memory, keeping the effective batch: recompute
+    activations, then run each batch in smaller parts (gradients accumulate to the same update)."""
+    if not unet.is_gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        return "turned on gradient checkpointing", splits
+    if batch_size // splits > 1:
+        return f"running each batch in {splits * 2} parts (same effective batch)", splits * 2
+    raise LowvramError("out of memory even with gradient checkpointing and one image at a time; run lowvram plan "
+                       "for this GPU, or use a lower --resolution or leaner --unet-weights (e.g. bnb-nf4)")
