@@ -3,6 +3,8 @@
 grad scaler, the attention choice, the 8-bit and paged optimizers, offloaded activations, and `train --auto`
 held to a VRAM cap. Skipped without CUDA (see conftest); a GPU session runs them with `pytest -m gpu`."""
 
+import ast
+import os
 import subprocess
 import sys
 
@@ -105,3 +107,18 @@ def test_train_auto_plans_for_a_vram_cap_and_trains_within_it(tmp_path):
     out = " ".join(done.stdout.split())
     assert "(--vram): budget 1.75 GiB" in out and "chose " in out  # 2 GiB less the safety margin
     finite_lora(tmp_path / "auto" / "auto.safetensors")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_the_vram_cap_holds_each_process_to_its_own_gpu():
+    """Under `accelerate launch` each process's --vram cap applies to the GPU of its LOCAL_RANK, not to GPU 0
+    (which every rank capped before)."""
+    code = ("import torch\nfrom lowvram.cli import auto_strategy\nfrom lowvram.config import build_config\n"
+            "values = {'model': 'tiny', 'data': 'sample', 'max_steps': 1}\n"
+            "auto_strategy(build_config(values), values, '2GB')\n"
+            "print([torch.cuda.get_per_process_memory_fraction(i) for i in range(2)])\n")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LOCAL_RANK": "1"}, check=False,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert first == 1.0 and second < 1.0, (first, second)
