@@ -11,7 +11,16 @@ import typing
 from pathlib import Path
 
 from lowvram import __version__
-from lowvram.config import SECTIONS, build_config, fields_by_name, flag_name, list_presets, preset_path, read_toml
+from lowvram.config import (
+    PLANNING_MODEL,
+    SECTIONS,
+    build_config,
+    fields_by_name,
+    flag_name,
+    list_presets,
+    preset_path,
+    read_toml,
+)
 from lowvram.errors import LowvramError
 
 
@@ -20,10 +29,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         if "unrecognized arguments:" in message:
+            from lowvram.kohya_names import kohya_hint
+
             bad = [word for word in message.split(":", 1)[1].split() if word.startswith("-")]
             flags = [o for a in self._actions for o in a.option_strings]
-            hints = [difflib.get_close_matches(b.split("=")[0], flags, n=1) for b in bad]
-            hint = "; ".join(f"did you mean {h[0]}?" for h in hints if h)
+            hints = [kohya_hint(b) or next((f"did you mean {m}?" for m in difflib.get_close_matches(
+                b.split("=")[0], flags, n=1)), None) for b in bad]
+            hint = "; ".join(h for h in hints if h)
             message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -123,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def plan_values(args: argparse.Namespace) -> dict:
     values = train_values(args)
     values.setdefault("data", "sample")  # plan needs no dataset
-    values.setdefault("model", "sd15")  # planning for the tiny demo model answers no one's question
+    values.setdefault("model", PLANNING_MODEL)
     return values
 
 
@@ -163,7 +175,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from lowvram.hardware import doctor, list_profiles, load_profile
+    from lowvram.hardware import list_profiles, load_profile
 
     console = Console()
     if args.profiles:
@@ -176,11 +188,13 @@ def run_doctor(args: argparse.Namespace) -> int:
                           f"{hw.host_ram / 2**30:g}")
         console.print(table)
         return 0
-    table = Table(title="lowvram doctor")
-    table.add_column("")
-    table.add_column("")
-    for key, value in doctor().items():
-        table.add_row(key, str(value))
+    from lowvram.doctor import doctor_report
+
+    table = Table(title="lowvram doctor", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for topic, words in doctor_report():
+        table.add_row(topic, words)
     console.print(table)
     return 0
 
@@ -221,7 +235,7 @@ def check_values(args: argparse.Namespace) -> dict:
     known = fields_by_name()
     values = {k: v for k, v in train_values(args).items() if known[k][0] in ("model", "data")}
     values["data"] = args.data
-    values.setdefault("model", "sd15")
+    values.setdefault("model", PLANNING_MODEL)
     return values
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowvram.errors import LowvramError, pickle_refusal
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import SamplePrompt, parse_prompt
@@ -38,6 +38,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
+PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume",)  # one run's circumstance, not part of the recipe a saved config replays
 PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights")  # made absolute
 LOCAL_ONLY = ("output", "cache_dir")  # where this machine keeps things: no part of a shared recipe
@@ -55,8 +56,10 @@ def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | No
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = option("tiny", "Base model: a family name (tiny, tiny-sdxl; sd15 and sdxl download from the hub), "
-                        "a diffusers folder, a single-file .safetensors checkpoint, or a hub id.", metavar="MODEL")
+    model: str | None = option(None, "Base model: a single-file .safetensors checkpoint, a diffusers folder, a hub "
+                               "id, or a family name (sd15 and sdxl download from the hub; tiny and tiny-sdxl are "
+                               "the built-in demo models). Required for train; plan and check-data default to "
+                               f"{PLANNING_MODEL}.", metavar="MODEL")
     model_family: str | None = option(None, "Force the architecture instead of detecting it from the checkpoint.",
                                       choices=FAMILIES)
     vae: str | None = option(None, "A VAE to use instead of the model's: a diffusers VAE folder (e.g. the fp16-fixed "
@@ -324,8 +327,6 @@ def read_toml(path: Path) -> dict[str, Any]:
                 problems.append(f"{path}: unknown key '{key}' in [{section}]{where}")
                 continue
             values[key] = value
-    if problems:
-        raise LowvramError("\n".join(problems))
     base = path.resolve().parent
     for key in PATH_OPTIONS:
         if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA and not Path(values[key]).is_absolute():
@@ -334,7 +335,23 @@ def read_toml(path: Path) -> dict[str, Any]:
         value = values.get(key)
         if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
             values[key] = str(base / value)
+    if problems:  # with them, every value of the file that is wrong: one pass shows all there is to fix
+        problems += [f"{path}: {line}" for line in _file_value_problems(values)]
+        raise LowvramError("\n".join(problems))
     return values
+
+
+def _file_value_problems(values: dict[str, Any]) -> list[str]:
+    """What is wrong with the values one file sets, alone: their types and choices, and the range and
+    cross-field checks about them (not those about options the file leaves to other layers)."""
+    sections, problems = _parsed_values(values)
+    try:
+        config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
+    except TypeError:
+        return problems
+    flags = {flag_name(fields_by_name()[name][1]) for name in values}
+    rejected = {line.split(":")[0] for line in problems}
+    return problems + [line for line in _check(config) if line.split(":")[0] in flags - rejected]
 
 
 PRESETS_DIR = Path(__file__).parent / "profiles" / "presets"
@@ -444,6 +461,21 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     Every problem is collected and reported at once, one line each, naming the flag and the fix.
     """
     known = fields_by_name()
+    sections, problems = _parsed_values(values)
+    for name in ("model", "vae", *PATH_OPTIONS):
+        section, f, _ = known[name]
+        sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
+    config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
+    rejected = {line.split(":")[0] for line in problems}
+    problems += [line for line in _check(config) if line.split(":")[0] not in rejected]
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return config
+
+
+def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Each value read as its option's type and checked against its choices: (values by section, problems)."""
+    known = fields_by_name()
     problems: list[str] = []
     sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for name, value in values.items():
@@ -452,6 +484,13 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             continue
         section, f, kind = known[name]
         flag = flag_name(f)
+        if name == "resolution" and isinstance(value, str) and "," in value:  # kohya's "W,H"
+            width, _, height = value.partition(",")
+            if width.strip() != height.strip():
+                problems.append(f"{flag}: '{value}' is kohya's width,height; lowvram takes one number, the side of a "
+                                "square (aspect-ratio buckets give the other shapes)")
+                continue
+            value = width.strip()
         try:
             value = _coerce(value, kind)
         except (TypeError, ValueError) as exc:
@@ -462,15 +501,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             problems.append(f"{flag}: '{value}' is not one of {', '.join(choices)}")
             continue
         sections[section][name] = value
-    for name in ("model", "vae", *PATH_OPTIONS):
-        section, f, _ = known[name]
-        sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
-    config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
-    rejected = {line.split(":")[0] for line in problems}
-    problems += [line for line in _check(config) if line.split(":")[0] not in rejected]
-    if problems:
-        raise LowvramError("\n".join(problems))
-    return config
+    return sections, problems
 
 
 def _check(c: RunConfig) -> list[str]:
@@ -485,8 +516,11 @@ def _check(c: RunConfig) -> list[str]:
         p.append("--data: no dataset given; pass an image folder, or 'sample' for the built-in sample dataset")
     elif c.data.data != SAMPLE_DATA and not Path(c.data.data).is_dir():
         p.append(f"--data: folder not found: {c.data.data}")
-    model_path = Path(c.model.model)
-    if model_path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+    model_path = Path(c.model.model or "")
+    if c.model.model is None:
+        p.append("--model: which base model? pass a .safetensors checkpoint, a diffusers folder or a hub id "
+                 "(--model tiny trains the built-in demo model, whose random weights make a toy LoRA)")
+    elif model_path.suffix.lower() in PICKLE_SUFFIXES:
         p.append(pickle_refusal("--model", c.model.model))
     elif model_path.suffix.lower() == ".safetensors" and not model_path.is_file():
         p.append(f"--model: file not found: {c.model.model}")
@@ -494,7 +528,7 @@ def _check(c: RunConfig) -> list[str]:
                                       ("--network-weights", c.network.network_weights, True)):
         if value is None:
             continue
-        if Path(value).suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+        if Path(value).suffix.lower() in PICKLE_SUFFIXES:
             p.append(pickle_refusal(flag, value))
         elif not (Path(value).is_file() if must_be_file else Path(value).exists()):
             p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}")

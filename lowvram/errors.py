@@ -3,6 +3,8 @@ than one layer gives."""
 
 from pathlib import Path
 
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # never opened: loading a pickle can run code
+
 
 class LowvramError(Exception):
     """A problem the user can fix: the message names the file or option and says how."""

@@ -7,8 +7,8 @@ host RAM, PCIe bandwidth for offload estimates, and what the CUDA context takes 
 from __future__ import annotations
 
 import os
+import platform
 import re
-import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +41,11 @@ class Hardware:
     source: str = "detected"  # detected / profile <name> / --vram
     index: int = 0  # the CUDA device this process uses (its LOCAL_RANK's under `accelerate launch`)
 
+    @property
+    def can_spill_vram(self) -> bool:
+        """Slow steps may mean VRAM spilled into system RAM: a CUDA GPU behind the Windows driver's fallback."""
+        return self.device == "cuda" and self.shared_memory_fallback
+
 
 def detect() -> Hardware:
     """The machine we are on: this process's CUDA GPU (LOCAL_RANK's under `accelerate launch`, so each
@@ -54,8 +59,16 @@ def detect() -> Hardware:
         free, total = torch.cuda.mem_get_info(index)
         return Hardware("cuda", props.name, total, torch.cuda.is_bf16_supported(), free_vram=free, host_ram=host,
                         compute_capability=f"{props.major}.{props.minor}",
-                        shared_memory_fallback=sys.platform == "win32", index=index)
+                        shared_memory_fallback=behind_windows_driver(), index=index)
     return Hardware("cpu", "CPU", 0, True, host_ram=host)
+
+
+def behind_windows_driver(system: str | None = None, release: str | None = None) -> bool:
+    """Windows, or WSL (Linux on the Windows driver): where the driver's sysmem fallback can spill VRAM into
+    system RAM instead of raising out-of-memory."""
+    system = platform.system() if system is None else system
+    release = (platform.uname().release if release is None else release).lower()
+    return system == "Windows" or (system == "Linux" and ("microsoft" in release or "wsl" in release))
 
 
 def _host_ram() -> int:
@@ -132,55 +145,6 @@ def resolve_mixed_precision(choice: str, hardware: Hardware) -> str:
     if choice == "bf16" and hardware.device == "cuda" and not hardware.bf16:
         raise LowvramError(f"--mixed-precision bf16: {hardware.name} has no bf16 support; use fp16 (or auto)")
     return choice
-
-
-def doctor() -> dict[str, object]:
-    """Everything `lowvram doctor` reports: the GPU, which optional backends work here, RAM and disk."""
-    import torch
-
-    hardware = detect()
-    report: dict[str, object] = {
-        "device": hardware.name, "cuda": torch.cuda.is_available(), "torch": torch.__version__,
-        "cuda_version": torch.version.cuda, "total_vram_gb": round(hardware.total_vram / GIB, 2),
-        "free_vram_gb": round(hardware.free_vram / GIB, 2), "compute_capability": hardware.compute_capability,
-        "bf16": hardware.bf16 if hardware.device == "cuda" else None,
-        "host_ram_gb": round(hardware.host_ram / GIB, 2), "free_disk_gb": round(shutil.disk_usage(".").free / GIB, 2),
-    }
-    report["bitsandbytes"] = _works("bitsandbytes", _bitsandbytes_check)
-    report["optimum-quanto"] = _works("optimum.quanto", _quanto_check)
-    from lowvram.attention import _xformers_problem
-
-    problem = _xformers_problem()
-    report["xformers"] = "works" if problem is None else f"no: {problem}"
-    return report
-
-
-def _works(module: str, check) -> str:
-    try:
-        check()
-        return "works"
-    except Exception as exc:  # noqa: BLE001 - report any failure as text, it's a diagnostic
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"no: {first}"
-
-
-def _bitsandbytes_check() -> None:
-    import bitsandbytes as bnb
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to(device)
-    layer(torch.zeros(1, 64, device=device))
-
-
-def _quanto_check() -> None:
-    import torch
-    from optimum.quanto import freeze, qint8, quantize
-
-    layer = torch.nn.Sequential(torch.nn.Linear(64, 64))
-    quantize(layer, weights=qint8)
-    freeze(layer)
-    layer(torch.zeros(1, 64))
 
 
 # where no GPU is looked at (check-data): plans and data need a family and a resolution, not a card

@@ -40,7 +40,7 @@ def test_generate_help_describes_every_option():
 
 
 def test_unknown_option_is_one_line_naming_it():
-    result = subprocess.run([sys.executable, "-m", "lowvram", "train", "--data", "sample", "--lerning-rate", "1"],
+    result = subprocess.run([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample", "--lerning-rate", "1"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -50,14 +50,14 @@ def test_unknown_option_is_one_line_naming_it():
 
 def test_misspelled_option_suggests_the_right_one(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--data", "sample", "--batch-siz", "2"])
+        main(["train", "--model", "tiny", "--data", "sample", "--batch-siz", "2"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "did you mean --batch-size?" in err
 
 
 def test_bad_value_is_one_line_naming_the_option(capsys):
-    assert main(["train", "--data", "sample", "--rank", "0"]) == 2
+    assert main(["train", "--model", "tiny", "--data", "sample", "--rank", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["lowvram train: error: --rank: must be > 0, got 0"]
 
@@ -118,7 +118,7 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("checks the CPU message")
-    assert main(["train", "--auto", "--data", "sample", "--max-steps", "1", "--output", str(tmp_path)]) == 0
+    assert main(["train", "--auto", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output", str(tmp_path)]) == 0
     assert "no CUDA GPU, so nothing to plan" in capsys.readouterr().out
     assert (tmp_path / f"{tmp_path.name}.safetensors").is_file()
 
@@ -152,7 +152,7 @@ def test_a_value_error_names_the_flag_the_user_types(tmp_path):
     from lowvram.errors import LowvramError
 
     with pytest.raises(LowvramError) as err:
-        build_config({"data": "sample", "sample_prompts": 5})
+        build_config({"model": "tiny", "data": "sample", "sample_prompts": 5})
     assert str(err.value).startswith("--sample-prompt: 5 is invalid")
 
 
@@ -169,7 +169,7 @@ def test_option_errors_come_before_any_heavy_import():
     """Every option error of `train` is reported before torch, diffusers or peft are imported (they take seconds
     to tens of seconds on a busy machine); tools/bench_cli_latency.py measures the time."""
     code = ("import sys; from lowvram.cli import main; "
-            "code = main(['train', '--data', 'sample', '--rank', '0', '--background', 'purple']); "
+            "code = main(['train', '--model', 'tiny', '--data', 'sample', '--rank', '0', '--background', 'purple']); "
             "heavy = [m for m in ('torch', 'diffusers', 'peft', 'transformers') if m in sys.modules]; "
             "print(code, heavy)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -14,7 +14,7 @@ def parse_train(argv):
 
 def test_flags_override_the_file_and_file_paths_are_relative_to_it(tmp_path, sample_data):
     config_file = tmp_path / "run.toml"
-    config_file.write_text('[data]\ndata = "data"\nresolution = 128\n[network]\nrank = 8\n[output]\noutput = "out"\n')
+    config_file.write_text('[model]\nmodel = "tiny"\n[data]\ndata = "data"\nresolution = 128\n[network]\nrank = 8\n[output]\noutput = "out"\n')
     config = build_config(parse_train(["--config", str(config_file), "--rank", "32"]))
     assert config.network.rank == 32  # flag wins
     assert config.data.resolution == 128  # file value kept
@@ -41,7 +41,7 @@ def test_unknown_section_is_an_error(tmp_path):
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(LowvramError) as err:
-        build_config({"data": "/no/such/folder", "lr": -1, "scheduler": "cosin", "max_steps": 3, "epochs": 2,
+        build_config({"model": "tiny", "data": "/no/such/folder", "lr": -1, "scheduler": "cosin", "max_steps": 3, "epochs": 2,
                       "rank": "x"})
     lines = str(err.value).splitlines()
     assert any(line.startswith("--scheduler: 'cosin' is not one of constant") for line in lines)
@@ -53,7 +53,7 @@ def test_every_problem_is_reported_at_once():
 
 def test_text_encoder_lr_without_training_the_text_encoder_is_refused():
     with pytest.raises(LowvramError, match="--text-encoder-lr: .*add --train-text-encoder"):
-        build_config({"data": "sample", "text_encoder_lr": 1e-5})
+        build_config({"model": "tiny", "data": "sample", "text_encoder_lr": 1e-5})
 
 
 @pytest.mark.parametrize("text, expected", [("500", (500, "steps")), ("2e", (2, "epochs")),
@@ -69,7 +69,7 @@ def test_save_every_rejects_nonsense(text):
 
 
 def test_resolved_config_replays_to_the_same_config(tmp_path):
-    config = build_config({"data": "sample", "rank": 8, "alpha": 4, "sample_prompts": ["a", "b"], "lr": 3e-4,
+    config = build_config({"model": "tiny", "data": "sample", "rank": 8, "alpha": 4, "sample_prompts": ["a", "b"], "lr": 3e-4,
                            "min_snr_gamma": 5, "save_every": "2e"})
     import tomli_w
 
@@ -80,7 +80,7 @@ def test_resolved_config_replays_to_the_same_config(tmp_path):
 
 
 def test_defaults_are_a_valid_config_given_data():
-    config = build_config({"data": "sample"})
+    config = build_config({"model": "tiny", "data": "sample"})
     assert isinstance(config, RunConfig)
     assert config.alpha == config.network.rank  # alpha defaults to rank: scale 1
     assert config.text_encoder_lr == config.lr == 1e-4
@@ -88,12 +88,12 @@ def test_defaults_are_a_valid_config_given_data():
 
 def test_vae_option_is_checked_and_resolved(tmp_path):
     with pytest.raises(LowvramError, match="--vae: not found"):
-        build_config({"data": "sample", "vae": str(tmp_path / "nope")})
+        build_config({"model": "tiny", "data": "sample", "vae": str(tmp_path / "nope")})
     with pytest.raises(LowvramError, match="--vae: .*vae.pt is a pickle file"):
-        build_config({"data": "sample", "vae": str(tmp_path / "vae.pt")})
+        build_config({"model": "tiny", "data": "sample", "vae": str(tmp_path / "vae.pt")})
     (tmp_path / "vae").mkdir()
     config_file = tmp_path / "run.toml"
-    config_file.write_text('[model]\nvae = "vae"\n[data]\ndata = "sample"\n')
+    config_file.write_text('[model]\nmodel = "tiny"\nvae = "vae"\n[data]\ndata = "sample"\n')
     assert build_config(read_toml(config_file)).model.vae == str(tmp_path / "vae")
 
 

@@ -60,7 +60,7 @@ def test_metrics_and_tensorboard_hold_every_step(sampled):
 def test_every_preset_is_a_valid_config():
     assert set(list_presets()) >= {"character", "style", "object"}
     for name in list_presets():
-        values = read_toml(preset_path(name)) | {"data": "sample"}
+        values = read_toml(preset_path(name)) | {"model": "tiny", "data": "sample"}
         config = build_config(values)
         assert 8 <= config.network.rank <= 32 and config.optim.scheduler == "cosine"
 
@@ -69,7 +69,7 @@ def test_flags_and_config_files_override_a_preset(tmp_path):
     from lowvram.cli import build_parser
 
     config_file = tmp_path / "mine.toml"
-    config_file.write_text('[network]\nrank = 12\n[data]\ndata = "sample"\n')
+    config_file.write_text('[model]\nmodel = "tiny"\n[network]\nrank = 12\n[data]\ndata = "sample"\n')
     args = build_parser().parse_args(["train", "--preset", "style", "--config", str(config_file), "--lr", "3e-4"])
     config = build_config(train_values(args))
     assert config.network.rank == 12  # config file over preset
@@ -80,7 +80,7 @@ def test_flags_and_config_files_override_a_preset(tmp_path):
 def test_max_steps_given_replaces_a_presets_epochs():
     from lowvram.cli import build_parser
 
-    args = build_parser().parse_args(["train", "--preset", "character", "--data", "sample", "--max-steps", "7"])
+    args = build_parser().parse_args(["train", "--model", "tiny", "--preset", "character", "--data", "sample", "--max-steps", "7"])
     config = build_config(train_values(args))
     assert (config.training.max_steps, config.training.epochs) == (7, None)
     with pytest.raises(LowvramError, match="can't use both"):  # both on one layer is still a contradiction

@@ -21,7 +21,7 @@ STEPS = 60
 
 
 def cli(out, *extra):
-    return [sys.executable, "-m", "lowvram", "train", "--data", "sample", "--output", str(out), "--max-steps",
+    return [sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps",
             str(STEPS), "--rank", "4", "--lr", "1e-3", "--flip", *extra]
 
 

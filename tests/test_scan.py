@@ -77,12 +77,12 @@ def test_every_messy_file_is_reported_with_its_reason_or_notes(messy):
     notes = " | ".join(report.folder_notes)
     assert "misc/" in notes and "0_off/" in notes and "notes.docx" in notes
     assert "metadata.json" not in notes and "DS_Store" not in notes and "._good_1" not in notes
-    # Captions: file first line, template (folder label) when missing or empty, latin-1 decoded with replacement.
+    # Captions: file first line, template (folder label) when missing or empty, latin-1 read as cp1252.
     assert records[f"{FOLDER}/good_1.png"].caption == "a circle in rgb(220, 40, 40)"
     assert records[f"{FOLDER}/empty_caption.png"].caption == "messy"
     assert records[f"{FOLDER}/uncaptioned.png"].caption == "messy"
     assert records[f"{FOLDER}/both.png"].caption == "from the txt"
-    assert records[f"{FOLDER}/latin1.png"].caption == "caf\ufffd au lait"
+    assert records[f"{FOLDER}/latin1.png"].caption == "café au lait"
     assert records[f"{FOLDER}/good_1_copy.png"].sha256 == records[f"{FOLDER}/good_1.png"].sha256 != ""
     assert "duplicate" not in " ".join(records[f"{FOLDER}/good_1.png"].notes)  # only the later copy is noted
     assert len(report.usable) >= 4 and all(records[f"{FOLDER}/{name}"].usable for name in GOOD)

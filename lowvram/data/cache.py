@@ -134,12 +134,29 @@ def estimate_bytes(latent_jobs: list[LatentJob], text_jobs: list[TextJob], vae: 
     return latent + text + 256 * (len(latent_jobs) + len(text_jobs))
 
 
+def human_size(size: int) -> str:
+    """Bytes in the largest unit that keeps the number at 1 or more, to three digits: '1023 B', '1.50 KiB',
+    '45.2 GiB'; a nearly full disk then shows its few MiB instead of '0.00 GiB'."""
+    if size < 1024:
+        return f"{size} B"
+    value, unit = float(size), "B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f} {unit}"
+
+
 def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse to start filling a cache the disk can't hold, with 10% to spare for headers and other writers."""
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
-    if needed * 1.1 > free:
-        raise LowvramError(f"--cache-dir: {folder} has {free / 2**30:.2f} GiB free but the cache needs "
-                           f"{needed / 2**30:.2f} GiB; free some space or pass another --cache-dir")
+    required = int(needed * 1.1)
+    if required > free:
+        # the total with the margin: `needed` alone may be below `free`, which reads as no reason to refuse
+        raise LowvramError(f"--cache-dir: {folder} has {human_size(free)} free but the cache needs "
+                           f"{human_size(required)} ({human_size(needed)} of entries and 10% to spare); free "
+                           f"{human_size(required - free)} more or pass another --cache-dir")
 
 
 def _progress(console: Console, label: str) -> Progress:

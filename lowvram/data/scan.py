@@ -91,6 +91,7 @@ class ImageRecord:
     caption: str  # final: template and trigger word applied
     bucket: tuple[int, int] | None  # (width, height); None when skipped
     transposed: bool = False  # EXIF orientation rotates or flips it
+    non_utf8_caption: str | None = None  # the caption file (relative path) when it was read as cp1252, not UTF-8
 
     def to_json(self) -> dict:
         return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
@@ -163,6 +164,11 @@ class ScanReport:
             console.print(f"{len(noted)} usable files have notes: {kinds}; --verbose or the JSON report lists them")
         if summary["buckets"]:
             console.print(_table("buckets", ("bucket", "images"), summary["buckets"].items()))
+        legacy = [r.non_utf8_caption for r in self.records if r.non_utf8_caption]
+        if legacy:
+            were = "caption was" if len(legacy) == 1 else "captions were"
+            console.print(Text(f"{len(legacy)} {were} not UTF-8; read as cp1252: {', '.join(legacy)}",
+                               style="yellow"))
         console.print(f"{summary['usable']} of {summary['images']} images usable, {summary['skipped']} skipped; "
                       f"{summary['samples_per_epoch']} samples per epoch with repeats")
 
@@ -275,11 +281,13 @@ def _read_index(index_path: Path | None) -> dict[str, dict]:
 def _scan_file(root: Path, path: Path, repeats: int, label: str, buckets: Buckets, options: ScanOptions,
                old_index: dict, new_index: dict) -> ImageRecord:
     relpath = path.relative_to(root).as_posix()
-    caption, caption_notes = _caption(path, label, options)
+    caption, caption_notes, caption_file = _caption(path, label, options)
+    non_utf8 = (Path(relpath).parent / caption_file.name).as_posix() if caption_file else None
     suffix = path.suffix.lower()
     if suffix in UNSUPPORTED_SUFFIXES:
         reason = f"unsupported format: {suffix} files can't be read; convert it to one of {SUPPORTED}"
-        return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None)
+        return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
+                           non_utf8_caption=non_utf8)
     facts = _facts(path, options, old_index.get(str(path)))
     if facts["size"] >= 0:
         new_index[str(path)] = facts
@@ -289,7 +297,7 @@ def _scan_file(root: Path, path: Path, repeats: int, label: str, buckets: Bucket
         rotated = ["EXIF rotation applied"] if facts["transposed"] else []
         notes = _mode_notes(mode, facts["has_alpha"], options) + rotated + notes + caption_notes
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
-                       facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"])
+                       facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8)
 
 
 def _facts(path: Path, options: ScanOptions, cached: dict | None) -> dict:
@@ -417,11 +425,12 @@ def _mode_notes(mode: str, has_alpha: bool, options: ScanOptions) -> list[str]:
     return notes
 
 
-def _caption(image: Path, label: str, options: ScanOptions) -> tuple[str, list[str]]:
-    """The caption file's first non-empty line, else the template; the trigger word prepended when missing."""
+def _caption(image: Path, label: str, options: ScanOptions) -> tuple[str, list[str], Path | None]:
+    """The caption file's first non-empty line, else the template; the trigger word prepended when missing.
+    Also the caption file when it was not UTF-8 (None when it was, or when there is none)."""
     order = [options.caption_extension] + [s for s in CAPTION_SUFFIXES if s != options.caption_extension]
     found = [image.with_suffix(s) for s in order if image.with_suffix(s).is_file()]
-    notes, text = [], None
+    notes, text, non_utf8 = [], None, None
     if len(found) > 1:
         notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
     if not found:
@@ -432,8 +441,8 @@ def _caption(image: Path, label: str, options: ScanOptions) -> tuple[str, list[s
             try:
                 decoded = raw.decode("utf-8-sig")
             except UnicodeDecodeError:
-                decoded = raw.decode("utf-8", errors="replace")
-                notes.append(f"caption not UTF-8: decoded with replacement (save {found[0].name} as UTF-8)")
+                decoded, non_utf8 = _decode_legacy(raw), found[0]
+                notes.append(f"caption not UTF-8: read as cp1252 (save {found[0].name} as UTF-8 to be sure)")
             text = next((line.strip() for line in decoded.splitlines() if line.strip()), None)
             if text is None:
                 notes.append("empty caption file: template used")
@@ -443,7 +452,16 @@ def _caption(image: Path, label: str, options: ScanOptions) -> tuple[str, list[s
         text = options.caption_template.format(trigger=options.trigger_word or label).strip()
     elif options.trigger_word and options.trigger_word not in text:
         text = f"{options.trigger_word}, {text}"
-    return text, notes
+    return text, notes, non_utf8
+
+
+def _decode_legacy(raw: bytes) -> str:
+    """Windows' ANSI code page, what Notepad and older taggers saved in: cp1252, a superset of latin-1's printable
+    characters. Its five undefined bytes are taken as latin-1, so nothing becomes a replacement character."""
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:  # single-byte encodings: byte by byte is exact
+        return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in raw)
 
 
 def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions()

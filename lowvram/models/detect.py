@@ -6,25 +6,40 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lowvram.errors import LowvramError, pickle_refusal
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def detect_family(model: str, family: str | None = None) -> ModelFamily:
-    """The family of `model` from names, headers and configs only: no weights are read."""
-    if family:
-        return FAMILIES[family]
+    """The family of `model` from names, headers and configs only: no weights are read. `family`
+    (--model-family) names it where detection cannot (an unknown checkpoint, a hub id offline); where detection
+    finds another family, the two disagree and that is an error, not a guess."""
+    forced = FAMILIES[family] if family else None
     path = Path(model).expanduser()
     if model in FAMILIES and not path.exists():
-        return FAMILIES[model]
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+        found = FAMILIES[model]
+    elif path.suffix.lower() in PICKLE_SUFFIXES:
         raise LowvramError(pickle_refusal("--model", model))
-    if path.is_file():
-        return detect_single_file_family(path)
-    if path.is_dir():
-        return folder_family(path / "model_index.json", path / "unet" / "config.json", str(path))
+    elif path.is_file():
+        try:
+            found = detect_single_file_family(path)
+        except LowvramError:
+            if forced is None or not path.suffix.lower() == ".safetensors":
+                raise
+            found = forced  # an unknown U-Net: --model-family says what it is
+    elif path.is_dir():
+        found = folder_family(path / "model_index.json", path / "unet" / "config.json", str(path))
+    elif forced is not None:
+        return forced  # a hub id: no download just to confirm what the user said
+    else:
+        found = _hub_family(model)
+    if forced is not None and found is not forced:
+        raise LowvramError(f"--model-family {forced.name}: {model} is {found.title} ({found.name}), not "
+                           f"{forced.title}; drop --model-family, or pass a {forced.title} model")
+    return found
+
+
+def _hub_family(model: str) -> ModelFamily:
     try:
         from huggingface_hub import hf_hub_download
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from lowvram.errors import LowvramError, pickle_refusal
-from lowvram.models.detect import PICKLE_SUFFIXES, detect_single_file_family, first_line, folder_family
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
+from lowvram.models.detect import detect_family, detect_single_file_family, first_line, folder_family
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
 RANDOM_INIT_SEED = 0  # `--model tiny` is one fixed model, so a LoRA trained on it loads on it again later
@@ -59,7 +59,7 @@ def load_model(model: str, family: str | None = None, dtype: torch.dtype = torch
 
 
 def _load_model(model: str, family: str | None, dtype: torch.dtype) -> LoadedModel:
-    forced = FAMILIES[family] if family else None
+    forced = detect_family(model, family) if family else None  # --model-family must agree with what the file is
     path = Path(model).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise LowvramError(pickle_refusal("--model", model))

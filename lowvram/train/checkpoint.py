@@ -22,6 +22,7 @@ import torch
 
 from lowvram.errors import LowvramError
 from lowvram.files import plain_mode
+from lowvram.train.identity import differences, identity
 
 FORMAT = 2  # 2: RNG states per process
 
@@ -57,9 +58,9 @@ def gather_rng_states(accelerator) -> list[dict[str, torch.Tensor]]:
 
 
 def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler,
-         accelerator, keep: int, rng_states: list[dict[str, torch.Tensor]]) -> Path:
+         accelerator, keep: int, rng_states: list[dict[str, torch.Tensor]], run_recipe: dict | None = None) -> Path:
     """Write a checkpoint for `position` (with every process's RNG states, from `gather_rng_states`) and keep only
-    the newest `keep`."""
+    this run's newest `keep` (by step; `run_recipe` says which run it is, see `lowvram.train.outdir`)."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -83,6 +84,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
             "optimizer": optimizer_rest, "lr_scheduler": lr_scheduler.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state()),
+            "run": {"identity": identity(run_recipe), "recipe": run_recipe} if run_recipe is not None else None,
         }
         (tmp / "state.json").write_text(json.dumps(state))
         for path in tmp.iterdir():
@@ -99,27 +101,63 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+    mine = [path for _, path in complete(root, identity(run_recipe) if run_recipe is not None else None)]
+    for old in mine[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint (temporary folders of interrupted writes are ignored)."""
-    done = [p for p in sorted(root.glob("step-*")) if (p / "state.json").is_file()]
-    return done[-1] if done else None
+def complete(root: Path, run_identity: str | None = None) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first by step number (never by name: a name sorts
+    wrongly past step 999999); only run `run_identity`'s, if given (checkpoints from before run identities count
+    as any run's). Temporary folders of interrupted writes are not complete."""
+    found = []
+    for path in root.glob("step-*"):
+        if not ((path / "state.json").is_file() and path.name[5:].isdigit()):
+            continue
+        if run_identity is None or run_of(path).get("identity", run_identity) == run_identity:
+            found.append((int(path.name[5:]), path))
+    return sorted(found)
 
 
-def resolve(resume: str, output_dir: Path) -> Path:
+def run_of(path: Path) -> dict:
+    """The run a checkpoint belongs to: {"identity", "recipe"}, or {} where it predates run identities."""
+    try:
+        return json.loads((path / "state.json").read_text()).get("run") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def latest(root: Path, run_identity: str | None = None) -> Path | None:
+    """The newest complete checkpoint (of run `run_identity`, if given)."""
+    done = complete(root, run_identity)
+    return done[-1][1] if done else None
+
+
+def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> Path:
+    """The checkpoint `--resume` names: `auto`, the newest of this run in the output folder; or a folder. A
+    checkpoint of another run is refused, naming what differs."""
+    ours = identity(run_recipe) if run_recipe is not None else None
     if resume == "auto":
-        found = latest(checkpoint_root(output_dir))
+        root = checkpoint_root(output_dir)
+        found = latest(root, ours)
         if found is None:
-            raise LowvramError(f"--resume auto: no checkpoint in {checkpoint_root(output_dir)}; start without "
-                               "--resume, or pass a checkpoint folder")
+            others = complete(root)
+            if others:
+                theirs = run_of(others[-1][1]).get("recipe", {})
+                raise LowvramError(f"--resume auto: the checkpoints in {root} belong to another run "
+                                   f"({differences(theirs, run_recipe or {})}); pass the options it was trained "
+                                   "with, or start without --resume")
+            raise LowvramError(f"--resume auto: no checkpoint in {root}; start without --resume, or pass a "
+                               "checkpoint folder")
         return found
     path = Path(resume)
     if not (path / "state.json").is_file():
         raise LowvramError(f"--resume: {path} is not a lowvram checkpoint folder (no state.json)")
+    theirs = run_of(path)
+    if ours is not None and theirs.get("identity", ours) != ours:
+        raise LowvramError(f"--resume: {path} is a checkpoint of another run ({differences(theirs['recipe'], run_recipe)}"
+                           "); pass the options it was trained with, or start without --resume")
     return path
 
 

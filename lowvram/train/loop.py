@@ -19,7 +19,7 @@ from lowvram.files import write_text
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel
 from lowvram.optim import use_averaged_weights
-from lowvram.train import checkpoint
+from lowvram.train import checkpoint, outdir
 from lowvram.train.progress import StopOnSignal, TrainingProgress
 from lowvram.train.runlog import RunLog, append_record
 from lowvram.train.sampling import render_samples
@@ -60,7 +60,15 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     Under `accelerate launch` every process runs this: each trains on its share of every step's batches
     (DDP averages the gradients), only the main process writes files."""
     session = start_session(config, console)
-    console, out_dir, name = session.console, session.out_dir, config.output_name
+    with outdir.claimed(session.run, session.accelerator, session.main) as note:  # the folder is this run's
+        if note:
+            session.console.print(note, soft_wrap=True)
+        return run_training(session)
+
+
+def run_training(session: Session) -> TrainResult:
+    """Data, model, adapters, the steps with their save points, the LoRA and samples: the run, top to bottom."""
+    config, console, out_dir, name = session.config, session.console, session.out_dir, session.config.output_name
     dataset = scan_data(session)
     model, noise_scheduler = load_frozen_model(session)
     peaks = PhasePeaks(session.device)  # each phase's peak VRAM, to print and to log beside the metrics
@@ -80,8 +88,10 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     step, splits, bad_steps = position.step, 1, 0  # splits: batches run in this many parts after an out-of-memory
     for module in trainee.trained_modules:  # adapter dropout and transformers' gradient checkpointing read .training
         module.train()
-    with (TrainingProgress(console, schedule.total_steps, position.step) as progress, StopOnSignal() as signals,
-          RunLog(out_dir, position.step, config.output.tensorboard, session.main) as log, peaks.phase("training")):
+    spill = session.run.hardware.can_spill_vram  # slow steps then may mean VRAM spilled into system RAM
+    with (TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill) as progress,
+          StopOnSignal() as signals, RunLog(out_dir, position.step, config.output.tensorboard, session.main) as log,
+          peaks.phase("training")):
         for step in range(position.step + 1, schedule.total_steps + 1):
             step_start = time.perf_counter()
             drawn = [next(batches) for _ in range(schedule.batches_per_step)]  # the same draws in every process
@@ -122,6 +132,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     return TrainResult(lora_path, config_path, samples, step, schedule.epochs_at(step), progress.loss or float("nan"),
                        model, prepared.data, (prepared.encoded_latents, prepared.encoded_texts), dataset.reports,
                        stopping if prepared.validation else None)
+
 
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,

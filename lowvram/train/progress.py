@@ -76,14 +76,16 @@ class StopOnSignal:
 
 class TrainingProgress:
     """A live progress bar in a terminal; where output goes to a pipe or a notebook (which would show a bar
-    only when it ends), a plain line every `LINE_SECONDS` and at the last step instead."""
+    only when it ends), a plain line every `LINE_SECONDS` and at the last step instead. `watch_spill` adds the
+    warning for steps that slow down for good, where the driver can spill VRAM (`Hardware.can_spill_vram`)."""
 
     LINE_SECONDS = 10.0
 
-    def __init__(self, console: Console, total_steps: int, start_step: int = 0, smoothing: float = 0.9):
+    def __init__(self, console: Console, total_steps: int, start_step: int = 0, smoothing: float = 0.9,
+                 watch_spill: bool = False):
         self.console, self.total_steps, self.live = console, total_steps, console.is_terminal
         self.last_line = 0.0
-        self.spill = SpillWatch(console)
+        self.spill = SpillWatch(console) if watch_spill else None
         self.start_step = start_step
         self.smoothing = smoothing
         self.loss: float | None = None
@@ -105,7 +107,7 @@ class TrainingProgress:
 
     def update(self, step: int, loss: float, lr: float, seconds: float | None = None) -> float:
         """Advance to `step` (which took `seconds`); returns the smoothed loss."""
-        if seconds is not None:
+        if seconds is not None and self.spill is not None:
             self.spill.step(seconds)
         self.loss = loss if self.loss is None else self.smoothing * self.loss + (1 - self.smoothing) * loss
         rate = (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)

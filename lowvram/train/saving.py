@@ -11,6 +11,7 @@ from lowvram.adapters import lora_files
 from lowvram.errors import TrainingInterrupted
 from lowvram.optim import use_averaged_weights
 from lowvram.train import checkpoint
+from lowvram.train.identity import recipe
 from lowvram.train.metadata import lora_metadata
 from lowvram.train.runlog import RunLog
 from lowvram.train.sampling import render_grid
@@ -37,7 +38,7 @@ def save_checkpoint(session: Session, trainee: Trainee, position: checkpoint.Pos
         return None
     return checkpoint.save(checkpoint.checkpoint_root(session.out_dir), position, trainee.adapted, trainee.optimizer,
                            trainee.lr_scheduler, session.accelerator, session.config.training.keep_checkpoints,
-                           rng_states)
+                           rng_states, recipe(session.run))
 
 
 def resume(session: Session, trainee: Trainee, schedule: Schedule) -> checkpoint.Position:
@@ -45,7 +46,7 @@ def resume(session: Session, trainee: Trainee, schedule: Schedule) -> checkpoint
     the data position and early stopping's record)."""
     if not session.config.training.resume:
         return checkpoint.Position(0, 0, 0)
-    found = checkpoint.resolve(session.config.training.resume, session.out_dir)
+    found = checkpoint.resolve(session.config.training.resume, session.out_dir, recipe(session.run))
     position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
     if position.step >= schedule.total_steps:

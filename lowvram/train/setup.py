@@ -238,7 +238,8 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
 
 def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: PreparedData, attention: str,
              schedule: Schedule) -> None:
-    """The run in one paragraph, and a warning where no GPU result shows its strategy training."""
+    """The run in one paragraph; a warning where warm-up fills most of the run, and where no GPU result shows
+    its strategy training."""
     config, run, model = session.config, session.run, trainee.model
     world, data = session.world, prepared.data
     session.console.print(
@@ -251,6 +252,12 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"= {schedule.total_steps / schedule.steps_per_epoch:.3g} epochs of {schedule.steps_per_epoch} | batch "
         f"{config.training.batch_size} x {config.training.gradient_accumulation}{f' x {world}' if world > 1 else ''}"
     )
+    warmup = config.optim.warmup_steps
+    if warmup > schedule.total_steps / 2 and config.optim.scheduler != "constant":
+        reached = "never reaches" if warmup >= schedule.total_steps else "reaches only late"
+        session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} is most of this run's {schedule.total_steps} "
+                              f"steps: the learning rate {reached} --lr {config.lr:g}; lower --warmup-steps (say "
+                              f"{max(0, schedule.total_steps // 10)})", soft_wrap=True)
     if run.hardware.device == "cuda":
         unverified = unverified_warning(run.family, run.unet_weights, config.memory.gradient_checkpointing,
                                         config.optim.optimizer, run.mixed_precision)

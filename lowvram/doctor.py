@@ -1,0 +1,97 @@
+"""`lowvram doctor`: what this machine can do, in words: the GPU and its precision, the optional backends and what
+their absence costs, RAM and disk, and what `train --auto` would choose here for SD1.5 and SDXL."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from lowvram.config import build_config
+from lowvram.hardware import GIB, Hardware, detect
+from lowvram.plan import plan, workload_for
+from lowvram.resolve import resolve_run
+
+# what --auto is asked about: the two families at their native resolutions, default options
+AUTO_EXAMPLES = (("SD1.5 at 512", "sd15"), ("SDXL at 1024", "sdxl"))
+
+
+def doctor_report() -> list[tuple[str, str]]:
+    """(topic, what to know) rows."""
+    import torch
+
+    hardware = detect()
+    rows = [("GPU", _gpu_line(hardware)),
+            ("PyTorch", f"{torch.__version__}, " + (f"CUDA {torch.version.cuda}" if torch.version.cuda else
+                                                     "a CPU-only build (no CUDA)"))]
+    bnb_missing = "--unet-weights bnb-int8/bnb-nf4 and the 8-bit optimizers are unavailable; pip install bitsandbytes"
+    rows.append(("bitsandbytes", _works(_bitsandbytes_check, bnb_missing)))
+    quanto_missing = "--unet-weights quanto-* is unavailable; pip install optimum-quanto"
+    rows.append(("optimum-quanto", _works(_quanto_check, quanto_missing)))
+    rows.append(("xformers", _xformers_line()))
+    rows.append(("host RAM", f"{hardware.host_ram / GIB:.1f} GiB"))
+    free_disk = shutil.disk_usage(".").free / GIB
+    rows.append(("free disk here", f"{free_disk:.1f} GiB (latent caches and checkpoints need a few GiB)"))
+    for label, model in AUTO_EXAMPLES:
+        rows.append((f"--auto, {label}", _auto_line(hardware, model)))
+    return rows
+
+
+def _gpu_line(hardware: Hardware) -> str:
+    if hardware.device != "cuda":
+        return ("none: training runs on the CPU in fp32, which suits the tiny demo models only; `lowvram plan "
+                "--vram 8GB` (or --profile) plans for a card elsewhere")
+    precision = "bf16 and fp16" if hardware.bf16 else "fp16 only (no bf16: pre-Ampere, e.g. a T4)"
+    return (f"{hardware.name}, {hardware.total_vram / GIB:.1f} GiB ({hardware.free_vram / GIB:.1f} GiB free now), "
+            f"compute capability {hardware.compute_capability}, mixed precision {precision}")
+
+
+def _auto_line(hardware: Hardware, model: str) -> str:
+    if hardware.device != "cuda":
+        return "no GPU: --auto trains on the CPU in fp32"
+    result = plan(workload_for(resolve_run(build_config({"model": model, "data": "sample"}), hardware)), hardware)
+    if result.choice is None:
+        return f"would refuse: {result.explanation}"
+    peak = result.choice.peak_vram() / GIB
+    return f"{result.choice.strategy.label} (peak {peak:.1f} GiB of {hardware.free_vram / GIB:.1f} GiB free)"
+
+
+def _works(check, missing: str) -> str:
+    try:
+        check()
+        return "works"
+    except ImportError:
+        return f"not installed: {missing}"
+    except Exception as exc:  # noqa: BLE001 - report any failure as text, it's a diagnostic
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"installed but failing here ({first}): {missing.split(';')[0]}"
+
+
+def _bitsandbytes_check() -> None:
+    import torch
+
+    # its CPU kernel lookup logs a failure to reach the hub on every import; it falls back by itself
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import bitsandbytes as bnb
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to(device)
+    layer(torch.zeros(1, 64, device=device))
+
+
+def _quanto_check() -> None:
+    import torch
+    from optimum.quanto import freeze, qint8, quantize
+
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    quantize(layer, weights=qint8)
+    freeze(layer)
+    layer(torch.zeros(1, 64))
+
+
+def _xformers_line() -> str:
+    from lowvram.attention import _xformers_problem
+
+    problem = _xformers_problem()
+    if problem is None:
+        return "works (--attention auto uses it)"
+    return f"not used ({problem}): PyTorch's SDPA attention does the same job"

@@ -1,0 +1,36 @@
+"""What makes two runs the same run: what the adapters' weights depend on beyond their length, namely the model,
+the data, the network's shape, the resolution, the seed and the optimizer. The number of steps or epochs, the
+learning rate and the save points may change on resume (raising --epochs to train further is how a finished run
+continues). Output folders and checkpoints record it (`lowvram.train.outdir`, `lowvram.train.checkpoint`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from lowvram.resolve import ResolvedRun
+
+
+def recipe(run: ResolvedRun) -> dict[str, object]:
+    """The options that make a run this run, by flag name."""
+    config = run.config
+    return {"--model": config.model.model, "--model-family": run.family.name, "--vae": config.model.vae,
+            "--data": config.data.data, "--reg-data": config.data.reg_data, "--resolution": run.resolution,
+            "--network": config.network.network, "--rank": config.network.rank, "--alpha": config.alpha,
+            "--lora-layers": config.network.lora_layers, "--lokr-factor": config.network.lokr_factor,
+            "--train-text-encoder": config.network.train_text_encoder, "--seed": config.training.seed,
+            "--optimizer": config.optim.optimizer}
+
+
+def identity(run_recipe: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(run_recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def differences(theirs: dict[str, object], ours: dict[str, object]) -> str:
+    """'--rank 8 there, 16 here; ...' for the options two recipes disagree on."""
+    changed = [flag for flag in ours if theirs.get(flag) != ours.get(flag)]
+    return "; ".join(f"{flag} {_shown(theirs.get(flag))} there, {_shown(ours.get(flag))} here" for flag in changed)
+
+
+def _shown(value: object) -> str:
+    return "(not set)" if value is None else str(value)

@@ -1,0 +1,170 @@
+"""One output folder, one run. A run records who it is in the folder (`lowvram-run.json`: its recipe, see
+`lowvram.train.identity`, and that recipe's hash), and holds a lock file while it writes there. A new run in a
+folder that holds another run's files stops and says what to do; `--resume` continues only the run the folder (or
+the checkpoint) belongs to; `--overwrite` moves the earlier run's files into `archive/` rather than deleting them;
+a second run on the same folder at the same time is refused, naming the first."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lowvram.errors import LowvramError
+from lowvram.files import write_text
+from lowvram.resolve import ResolvedRun
+from lowvram.train import checkpoint
+from lowvram.train.identity import differences, identity, recipe
+
+RECORD = "lowvram-run.json"
+LOCK = ".lowvram.lock"
+ARCHIVE = "archive"
+SHARED = ("metrics.jsonl", "checkpoints", "samples", "logs")  # what every run writes under these names
+
+
+def read_record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def claimed(run: ResolvedRun, accelerator, main: bool):
+    """Hold the output folder for this run: the lock, the ownership check, the record. The main process decides;
+    every process raises the same error, so none waits forever on a collective."""
+    folder = run.config.output_dir
+    lock = FolderLock(folder) if main else None
+    problem, note = None, None
+    if lock is not None:
+        try:
+            lock.acquire()
+            note = take_ownership(run)
+        except LowvramError as exc:
+            lock.release()
+            problem = str(exc)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise LowvramError(problem)
+    try:
+        yield note
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def take_ownership(run: ResolvedRun) -> str | None:
+    """Check that the folder is this run's to write, archive an earlier run's files under --overwrite, and record
+    this run. Returns a line to tell the user, if any."""
+    config, folder = run.config, run.config.output_dir
+    ours = recipe(run)
+    record = read_record(folder)
+    checkpoints = checkpoint.complete(checkpoint.checkpoint_root(folder))
+    note = None
+    if config.training.resume:
+        if record and record.get("identity") != identity(ours):
+            raise LowvramError(f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}); "
+                               "pass the options it was trained with (its .toml there has them), or start a new "
+                               "run in another --output")
+    elif record or checkpoints:
+        steps = f" with checkpoints up to step {checkpoints[-1][0]}" if checkpoints else ""
+        if not config.output.overwrite:
+            same = record is not None and record.get("identity") == identity(ours)
+            what = "an earlier run of these options" if same or record is None else (
+                f"another run ({differences(record['recipe'], ours)})")
+            raise LowvramError(f"--output: {folder} holds {what}{steps}; continue it with --resume auto, start over "
+                               f"with --overwrite (its files move to {folder / ARCHIVE}/), or choose another --output")
+        moved = archive(folder, record, config.output_name)
+        note = f"moved the earlier run's files in {folder} to {moved}" if moved else None
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / RECORD, json.dumps({"identity": identity(ours), "recipe": ours, "name": config.output_name,
+                                            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                                           indent=1) + "\n")
+    return note
+
+
+def archive(folder: Path, record: dict | None, name: str) -> Path | None:
+    """Move what an earlier run wrote in `folder` into `folder/archive/<time>/`; nothing else is touched."""
+    names = {name, *([record["name"]] if record and record.get("name") else [])}
+    ours = [folder / entry for entry in (*SHARED, RECORD) if (folder / entry).exists()]
+    for run_name in names:
+        ours += [path for path in folder.iterdir() if path.name == f"{run_name}.toml"
+                 or (path.name.startswith(run_name) and path.suffix == ".safetensors")
+                 or path.name == f"{run_name}-diffusers"]
+    if not ours:
+        return None
+    target = folder / ARCHIVE / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    while target.exists():
+        target = target.with_name(target.name + "-1")
+    target.mkdir(parents=True)
+    for path in dict.fromkeys(ours):
+        shutil.move(str(path), str(target / path.name))
+    return target
+
+
+class FolderLock:
+    """`<folder>/.lowvram.lock`, created exclusively, naming the process that holds it. A lock whose process is
+    gone (killed, crashed, the machine restarted) is stale and taken over."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "created": _process_created(os.getpid()),
+                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and _alive(holder):
+                    where = "" if holder.get("host") == mine["host"] else f" on {holder.get('host')}"
+                    raise LowvramError(
+                        f"--output: {self.path.parent} is in use by another lowvram run (pid {holder.get('pid')}"
+                        f"{where}, since {holder.get('since')}); wait for it to end, or choose another --output"
+                        + (f" (if that run is gone, delete {self.path})" if where else "")) from None
+                self.path.unlink(missing_ok=True)  # stale: the process that wrote it is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(mine, fh)
+            self.held = True
+            return
+        raise LowvramError(f"--output: could not take {self.path}; another run keeps creating it")
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None  # half-written by a process killed between creating and writing it
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _process_created(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the process named in a lock still runs (the same pid and start time: pids are reused). A lock
+    from another host cannot be checked and counts as held."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    created = _process_created(int(holder.get("pid", -1)))
+    return created is not None and (holder.get("created") is None or abs(created - holder["created"]) < 1.0)

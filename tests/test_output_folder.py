@@ -1,0 +1,127 @@
+"""One output folder, one run: a reused folder never mixes two runs or loses a trained LoRA, `--resume` continues
+only its own run, and a second run on a folder in use is refused while the first lives."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import run_config
+from safetensors.torch import load_file
+
+from lowvram.errors import LowvramError, TrainingInterrupted
+from lowvram.train import checkpoint
+from lowvram.train.loop import train
+from lowvram.train.outdir import ARCHIVE, LOCK, RECORD
+
+
+def interrupted(config, after_steps: int = 3) -> int:
+    """Train until `after_steps` steps are logged, then Ctrl-C (a real SIGINT); returns the step it stopped at."""
+    metrics = config.output_dir / "metrics.jsonl"
+
+    def press_ctrl_c():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= after_steps):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with pytest.raises(TrainingInterrupted):
+        train(config)
+    return len(metrics.read_text().splitlines())
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_in_a_folder_holding_another_runs_checkpoints_stops_and_loses_nothing(tmp_path):
+    out = tmp_path / "x"
+    first = run_config(output=str(out), max_steps=40, checkpoint_every=1, overwrite=False)
+    stopped = interrupted(first)
+    before = snapshot(out)
+
+    other = run_config(output=str(out), max_steps=3, rank=8, overwrite=False)
+    with pytest.raises(LowvramError) as refused:
+        train(other)
+    message = str(refused.value)
+    assert "another run (" in message and "--rank 4 there, 8 here" in message
+    assert "--resume auto" in message and "--overwrite" in message and "\n" not in message
+    same_options = run_config(output=str(out), max_steps=3, overwrite=False)
+    with pytest.raises(LowvramError, match="holds an earlier run of these options with checkpoints up to step"):
+        train(same_options)
+    assert snapshot(out) == before  # nothing written, nothing pruned
+
+    # --overwrite: the earlier run's files move to archive/, and this run's own final checkpoint survives pruning
+    result = train(run_config(output=str(out), max_steps=3, rank=8, overwrite=True, keep_checkpoints=1))
+    [archived] = (out / ARCHIVE).iterdir()
+    assert (archived / "checkpoints" / f"step-{stopped:06d}").is_dir()
+    assert (archived / f"x-step{stopped:06d}.safetensors").read_bytes() == before[f"x-step{stopped:06d}.safetensors"]
+    assert (archived / "x.toml").read_bytes() == before["x.toml"]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000003"]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()][:3] == [1, 2, 3]
+    assert result.steps == 3
+
+    # the first run's options and --resume auto: refused, it is not this folder's run any more, and its weights
+    # never replace this run's LoRA
+    trained = (out / "x.safetensors").read_bytes()
+    with pytest.raises(LowvramError, match="--rank 8 there, 4 here"):
+        train(run_config(output=str(out), max_steps=40, checkpoint_every=1, resume="auto", overwrite=True))
+    assert (out / "x.safetensors").read_bytes() == trained
+
+
+def test_resume_refuses_a_checkpoint_of_another_run_naming_the_difference(tmp_path):
+    first = run_config(output=str(tmp_path / "a"), max_steps=2, checkpoint_every=1)
+    train(first)
+    found = checkpoint.latest(tmp_path / "a" / "checkpoints")
+    other = run_config(output=str(tmp_path / "b"), max_steps=4, lora_layers="attn-mlp", resume=str(found))
+    with pytest.raises(LowvramError, match="--resume: .* is a checkpoint of another run \\(--lora-layers attn there, "
+                                           "attn-mlp here\\)"):
+        train(other)
+    same = run_config(output=str(tmp_path / "c"), max_steps=4, resume=str(found))  # more steps: the same run
+    assert train(same).steps == 4
+
+
+def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
+    train(run_config(output=str(tmp_path / "a"), max_steps=1, checkpoint_every=1))
+    root = tmp_path / "a" / "checkpoints"
+    for step in (999_999, 1_000_000):  # "step-1000000" sorts before "step-999999" by name
+        shutil.copytree(root / "step-000001", root / f"step-{step:06d}")
+    assert checkpoint.latest(root).name == "step-1000000"
+    assert [step for step, _ in checkpoint.complete(root)] == [1, 999_999, 1_000_000]
+
+
+def cli_run(out, steps: int, *extra) -> list[str]:
+    return [sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample", "--output", str(out),
+            "--max-steps", str(steps), "--rank", "4", "--checkpoint-every", "1", *extra]
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "x"
+    first = subprocess.Popen(cli_run(out, 4000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "metrics.jsonl").is_file():
+            time.sleep(0.05)
+        second = subprocess.run(cli_run(out, 3, "--resume", "auto"), capture_output=True, text=True, env=env,
+                                check=False, timeout=300)
+        assert second.returncode != 0
+        assert f"in use by another lowvram run (pid {first.pid}" in second.stderr, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.kill()  # SIGKILL: no chance to release the lock
+        first.communicate(timeout=60)
+    assert (out / LOCK).is_file() and (out / RECORD).is_file()
+    done = checkpoint.latest(out / "checkpoints").name
+    resumed = subprocess.run(cli_run(out, int(done[5:]) + 2, "--resume", "auto"), capture_output=True, text=True,
+                             env=env, check=False, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {out / 'checkpoints' / done}" in " ".join(resumed.stdout.split())
+    assert load_file(str(out / "x.safetensors"))
+    assert not (out / LOCK).exists()  # released at the end

@@ -1,0 +1,225 @@
+"""Rough edges a new user hit (#19): a Windows-only warning on Linux, a disk-full message that named the same size
+twice, latin-1 captions turned into replacement characters, Ctrl-C tracebacks, the toy model trained by default,
+check-data's help naming another model than it used, and a --model-family that disagrees with the model."""
+
+import io
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import run_config
+from ldm_layout import sd15_single_file
+from PIL import Image
+from rich.console import Console
+from safetensors.torch import save_file
+
+from lowvram.adapters.lora_files import tag_frequency
+from lowvram.cli import build_parser, main
+from lowvram.config import PLANNING_MODEL, build_config, read_toml
+from lowvram.data.buckets import default_buckets
+from lowvram.data.cache import check_free_space, human_size
+from lowvram.data.scan import scan_dataset
+from lowvram.doctor import _auto_line, _gpu_line
+from lowvram.errors import LowvramError
+from lowvram.hardware import NO_GPU, Hardware, behind_windows_driver, detect, hardware_for, load_profile
+from lowvram.kohya_names import KOHYA_FLAGS
+from lowvram.models import load_model
+from lowvram.train.loop import train
+from lowvram.train.progress import TrainingProgress
+
+STEADY_THEN_FIVE_TIMES_SLOWER = [0.5] * 6 + [2.5] * 6
+
+
+def printed_while_training(step_seconds: list[float], **progress_options) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    with TrainingProgress(console, len(step_seconds), **progress_options) as progress:
+        for step, seconds in enumerate(step_seconds, start=1):
+            progress.update(step, loss=0.1, lr=1e-4, seconds=seconds)
+    return out.getvalue()
+
+
+def test_slow_steps_on_a_linux_cpu_run_say_nothing_about_windows_vram_spilling():
+    printed = printed_while_training(STEADY_THEN_FIVE_TIMES_SLOWER)
+    assert "step 12/12" in printed  # the run was reported, just without the warning
+    assert "spilling VRAM" not in printed and "warning" not in printed
+
+
+def test_where_the_driver_can_spill_the_same_slowdown_warns_once():
+    printed = printed_while_training(STEADY_THEN_FIVE_TIMES_SLOWER, watch_spill=True)
+    assert printed.count("spilling VRAM") == 1 and "0.50 s to 2.50 s" in printed
+
+
+def test_only_a_cuda_gpu_behind_the_windows_driver_watches_for_spilled_vram():
+    assert not detect().can_spill_vram  # this test machine: Linux, no Windows driver
+    assert behind_windows_driver(system="Windows", release="10")
+    assert behind_windows_driver(system="Linux", release="5.15.153.1-microsoft-standard-WSL2")
+    assert not behind_windows_driver(system="Linux", release="6.8.0-45-generic")
+    gpu = Hardware("cuda", "NVIDIA GeForce RTX 3060", 12 * 2**30, True, shared_memory_fallback=True)
+    assert gpu.can_spill_vram and not replace(gpu, shared_memory_fallback=False).can_spill_vram
+    assert not replace(NO_GPU, shared_memory_fallback=True).can_spill_vram
+
+
+def test_human_size_picks_the_unit_that_shows_the_size():
+    sizes = [0, 1023, 1536, 5 * 2**20, 3 * 2**30, 300 * 2**10, int(45.2 * 2**30)]
+    assert [human_size(n) for n in sizes] == ["0 B", "1023 B", "1.50 KiB", "5.00 MiB", "3.00 GiB", "300 KiB",
+                                              "45.2 GiB"]
+
+
+def test_a_cache_folder_short_of_space_names_two_different_sizes(tmp_path):
+    needed = shutil.disk_usage(tmp_path).free + 1024
+    with pytest.raises(LowvramError) as refused:
+        check_free_space(tmp_path / "cache", needed)
+    message = str(refused.value)
+    free, required = re.search(r"has ([\d.]+ \w+) free but the cache needs ([\d.]+ \w+)", message).groups()
+    assert free != required, message
+    assert "\n" not in message and "--cache-dir" in message
+
+
+def dataset_with_captions(root, captions: dict[str, bytes]):
+    folder = root / "5_thing"
+    folder.mkdir(parents=True)
+    for stem, caption in captions.items():
+        Image.new("RGB", (96, 96), (200, 80, 40)).save(folder / f"{stem}.png")
+        (folder / f"{stem}.txt").write_bytes(caption)
+    return root
+
+
+def printed_summary(report) -> str:
+    out = io.StringIO()
+    report.print_summary(Console(file=out, width=300))
+    return out.getvalue()
+
+
+def test_a_latin1_caption_keeps_its_accents_and_the_summary_says_it_was_not_utf8(tmp_path):
+    root = dataset_with_captions(tmp_path / "data", {"cafe": "café, naïve".encode("latin-1")})
+    report = scan_dataset(root, default_buckets(64, 16))
+    [record] = report.records
+    assert record.caption == "café, naïve"
+    assert "\ufffd" not in tag_frequency({record.folder: [record.caption]})  # what the LoRA's metadata carries
+    assert "1 caption was not UTF-8; read as cp1252: 5_thing/cafe.txt" in printed_summary(report)
+
+
+def test_captions_are_decoded_as_utf8_then_cp1252_then_latin1_byte_by_byte(tmp_path):
+    root = dataset_with_captions(tmp_path / "data", {
+        "bom": "\ufeffnaïve, utf-8 with a byte order mark".encode(),
+        "plain": "naïve, utf-8".encode(),
+        "quotes": "it\u2019s 5\u20ac".encode("cp1252"),  # bytes that latin-1 reads as control characters
+        "undefined": b"caf\xe9 \x81",  # 0x81: no character in cp1252
+    })
+    index = tmp_path / "cache" / "scan.json"
+    for _ in range(2):  # the second scan takes the images from the index; captions must come out the same
+        report = scan_dataset(root, default_buckets(64, 16), index_path=index)
+        captions = {record.relpath: record.caption for record in report.records}
+        assert captions == {"5_thing/bom.png": "naïve, utf-8 with a byte order mark",
+                            "5_thing/plain.png": "naïve, utf-8", "5_thing/quotes.png": "it\u2019s 5\u20ac",
+                            "5_thing/undefined.png": "café \x81"}
+        summary = printed_summary(report)
+        assert "2 captions were not UTF-8; read as cp1252: 5_thing/quotes.txt, 5_thing/undefined.txt" in summary
+
+
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
+    """Ctrl-C in the first seconds, while torch and diffusers are being imported: one line, exit code 130."""
+    for delay in (1.0, 2.5):
+        run = subprocess.Popen([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
+                                "--output", str(tmp_path / f"out{delay}"), "--max-steps", "50"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=300)
+        assert run.returncode in (130, -signal.SIGINT), err[-3000:]  # what a shell shows as 130 either way
+        assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err[-3000:]  # no traceback
+
+
+def test_train_without_model_asks_for_one_instead_of_training_the_toy(capsys):
+    assert main(["train", "--data", "sample", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--model: which base model?" in err and "--model tiny" in err and len(err.strip().splitlines()) == 1
+
+
+def test_check_data_and_plan_say_the_model_they_assume_and_use_it(sample_data, capsys):
+    for command in ("check-data", "plan"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert f"plan and check-data default to {PLANNING_MODEL}" in help_text and "[default: tiny]" not in help_text
+    assert main(["check-data", str(sample_data)]) == 0
+    assert "512x512" in capsys.readouterr().out  # sd15's buckets, as the help says
+
+
+def test_a_model_family_that_disagrees_with_the_model_is_one_line(tmp_path, capsys):
+    assert main(["train", "--model", "tiny", "--model-family", "sdxl", "--data", "sample",
+                 "--output", str(tmp_path / "a")]) == 2
+    assert "--model-family sdxl: tiny is tiny SD" in capsys.readouterr().err
+    tiny = load_model("tiny").pipeline
+    checkpoint = tmp_path / "sd.safetensors"
+    save_file(sd15_single_file(tiny.unet, tiny.vae, tiny.text_encoder), str(checkpoint))
+    for command in (["train", "--data", "sample", "--output", str(tmp_path / "b")], ["plan", "--vram", "8GB"]):
+        assert main([*command, "--model", str(checkpoint), "--model-family", "tiny-sdxl"]) == 2
+        err = capsys.readouterr().err
+        assert f"--model-family tiny-sdxl: {checkpoint} is tiny SD" in err and len(err.strip().splitlines()) == 1
+
+
+def test_kohya_flag_names_are_answered_with_the_lowvram_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "tiny", "--train_data_dir", "x", "--network_dim", "16", "--learning_rate=1e-4"])
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    for kohya, ours in (("--train_data_dir", "--data"), ("--network_dim", "--rank"), ("--learning_rate", "--lr")):
+        assert f"{kohya} is kohya's name; lowvram's is {ours}" in err
+    assert build_config({"model": "tiny", "data": "sample", "resolution": "512,512"}).data.resolution == 512
+    with pytest.raises(LowvramError, match="'512,768' is kohya's width,height"):
+        build_config({"model": "tiny", "data": "sample", "resolution": "512,768"})
+
+
+def test_every_kohya_name_points_at_a_real_option_and_the_readme_shows_the_table():
+    train_flags = {o for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                   for o in a.option_strings}
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for kohya, ours in KOHYA_FLAGS.items():
+        assert kohya not in train_flags  # a shared name needs no entry
+        named = re.findall(r"--[a-z0-9-]+", ours)
+        assert all(flag in train_flags for flag in named), (kohya, ours)
+        assert f"| `{kohya}` |" in readme, kohya
+
+
+def test_a_warm_up_longer_than_most_of_the_run_is_warned_about(tmp_path):
+    """The character preset's 100 warm-up steps with --max-steps 10 would keep the learning rate near zero."""
+    printed = io.StringIO()
+    train(run_config(output=str(tmp_path / "a"), scheduler="cosine", warmup_steps=100, max_steps=3),
+          Console(file=printed, width=300))
+    assert "--warmup-steps 100 is most of this run's 3 steps: the learning rate never reaches --lr" in printed.getvalue()
+    quiet = io.StringIO()
+    train(run_config(output=str(tmp_path / "b"), scheduler="cosine", warmup_steps=1, max_steps=3),
+          Console(file=quiet, width=300))
+    assert "--warmup-steps" not in quiet.getvalue()
+
+
+def test_a_toml_with_an_unknown_key_still_reports_its_wrong_values(tmp_path):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('[network]\nrnak = 4\nrank = 0\nnetwork = "lorra"\n[optim]\nscheduler = "cosin"\n')
+    with pytest.raises(LowvramError) as refused:
+        read_toml(config_file)
+    lines = str(refused.value).splitlines()
+    assert any("unknown key 'rnak'" in line for line in lines)
+    for wrong in ("--rank: must be > 0", "--network: 'lorra' is not one of", "--scheduler: 'cosin' is not one of"):
+        assert any(wrong in line for line in lines), (wrong, lines)
+    assert not any("--model" in line or "--data" in line for line in lines)  # left to other layers: not wrong here
+
+
+def test_doctor_speaks_in_words_and_says_what_auto_would_choose(capsys):
+    assert main(["doctor"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "None" not in out and "False" not in out
+    assert "training runs on the CPU in fp32" in out and "--auto, SDXL at 1024" in out and "bitsandbytes" in out
+    t4 = load_profile("colab-t4")  # the same lines for a card, through the real planner
+    assert "fp16 only" in _gpu_line(t4)
+    assert _auto_line(t4, "sd15").startswith("would refuse: nothing seen training")  # no fp16 GPU result yet
+    sd15 = _auto_line(hardware_for(None, "8GB", "16GB"), "sd15")
+    assert re.fullmatch(r"\S+( ckpt)? \S+ \(peak \d+\.\d GiB of 8\.0 GiB free\)", sd15), sd15
