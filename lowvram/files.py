@@ -1,10 +1,15 @@
-"""Writing files so that a crash, a kill or a full disk never leaves a half-written one behind."""
+"""Writing files so that a crash, a kill or a full disk never leaves a half-written one behind: each file is
+written under a temporary name and renamed into place, and a write whose size is known is checked against the
+free space first, so a full disk stops it before it starts (`DiskFull`)."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,10 +18,63 @@ from lowvram.errors import LowvramError
 if TYPE_CHECKING:
     import torch
 
+# what atomic_write names its temporary files: `.<final name>.<mkstemp's 8 characters>.tmp`
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
-def atomic_write(path: Path, write) -> Path:
-    """Call `write(tmp_path)`, fsync, then rename over `path`; on failure the old `path` is untouched."""
+
+class DiskFull(LowvramError):
+    """No room for a write: `what` needs `needed` bytes in `folder`, which has `free`; or the process's file-size
+    limit (`ulimit -f`) stopped it."""
+
+    def __init__(self, folder: Path, needed: int, free: int, what: str, size_limit: bool = False):
+        self.folder, self.needed, self.free, self.what = Path(folder), needed, free, what
+        if size_limit:
+            super().__init__(f"the file-size limit (ulimit -f) stopped writing {what} in {folder}")
+        elif free >= needed:  # the check before writing passed: something else filled the disk meanwhile
+            super().__init__(f"the disk filled up while writing {what} in {folder} ({human_size(free)} free now; "
+                             "another program may be writing there)")
+        else:
+            super().__init__(f"no room for {what} in {folder}: it needs {human_size(needed)}, "
+                             f"{human_size(free)} is free")
+
+
+def human_size(size: int) -> str:
+    """Bytes in the largest unit that keeps the number at 1 or more, to three digits: '1023 B', '1.50 KiB',
+    '45.2 GiB'; a nearly full disk then shows its few MiB instead of '0.00 GiB'."""
+    if size < 1024:
+        return f"{size} B"
+    value, unit = float(size), "B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f} {unit}"
+
+
+def free_bytes(folder: Path) -> int:
+    folder = Path(folder)
+    while not folder.exists():  # the folder a write would create: its nearest existing parent's disk
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def ensure_room(folder: Path, size: int, what: str) -> None:
+    """Stop before writing `size` bytes into `folder` if they cannot fit (with room for the filesystem's own
+    bookkeeping: 5 % and 1 MiB)."""
+    needed = int(size * 1.05) + 2**20
+    free = free_bytes(folder)
+    if needed > free:
+        raise DiskFull(folder, needed, free, what)
+
+
+def atomic_write(path: Path, write, size: int | None = None, what: str | None = None) -> Path:
+    """Call `write(tmp_path)`, fsync, then rename over `path`; on failure the old `path` is untouched. With
+    `size` (bytes, known beforehand) the free space is checked first."""
     path = Path(path)
+    what = what or path.name
+    if size is not None:
+        ensure_room(path.parent, size, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -27,15 +85,41 @@ def atomic_write(path: Path, write) -> Path:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise LowvramError(f"disk full while writing {path}; free some space (nothing earlier was lost)") from None
-        raise LowvramError(f"could not write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFull(path.parent, size or 0, free_bytes(path.parent), what, is_size_limit(exc)) from None
+        if isinstance(exc, OSError):
+            raise LowvramError(f"could not write {path}: {exc.strerror or exc}") from None
         raise
     return path
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk or a file-size limit, as the OS says it, or as safetensors' writer words it (its own error)."""
+    if isinstance(exc, OSError) and exc.errno in FULL_DISK_ERRNOS:
+        return True
+    text = str(exc)
+    return any(f"os error {code})" in text for code in FULL_DISK_ERRNOS) or "No space left on device" in text
+
+
+def is_size_limit(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.EFBIG) or f"os error {errno.EFBIG})" in str(exc)
+
+
+def remove_orphans(folder: Path, older_than: float = 0.0) -> list[Path]:
+    """Delete the temporary files that writes killed midway left in `folder` (only names atomic_write makes,
+    and only those untouched for `older_than` seconds: another process may be writing the newer ones)."""
+    removed = []
+    now = time.time()
+    for path in Path(folder).glob(".*.tmp"):
+        try:
+            if TEMPORARY.match(path.name) and path.is_file() and now - path.stat().st_mtime >= older_than:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # its writer finished (or cleaned up) meanwhile
+            continue
+    return removed
 
 
 def plain_mode(requested: int) -> int:
@@ -45,13 +129,20 @@ def plain_mode(requested: int) -> int:
     return requested & ~umask
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
-    """Save tensors as safetensors, atomically."""
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None,
+                     what: str | None = None) -> Path:
+    """Save tensors as safetensors, atomically, after checking they fit."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    size = sum(t.nbytes for t in tensors.values()) + 256 * len(tensors) + len(str(metadata or ""))
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), size, what)
+
+
+def save_image(image, path: Path, what: str | None = None) -> Path:
+    """A PNG, atomically: a kill mid-save leaves no truncated image."""
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), image.width * image.height * 4, what)
 
 
 def write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), len(text.encode()))

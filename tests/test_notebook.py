@@ -100,6 +100,7 @@ def test_the_notebook_is_valid_and_saved_clean():
         assert code_cell.outputs == [] and code_cell.execution_count is None, f"cell {code_cell.id}: clear outputs"
 
 
+@pytest.mark.slow
 def test_the_notebook_trains_and_resumes_after_a_disconnect(run_dir, tmp_path):
     checkpoints = run_dir / "checkpoints"
     lora = run_dir / "shapes.safetensors"

@@ -101,6 +101,7 @@ def cli_run(out, steps: int, *extra) -> list[str]:
             "--max-steps", str(steps), "--rank", "4", "--checkpoint-every", "1", *extra]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
     env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "x"

@@ -25,7 +25,7 @@ from lowvram.data.augment import Variant, apply_variant
 from lowvram.data.buckets import Placement
 from lowvram.data.scan import ImageRecord, ScanOptions, open_training_image
 from lowvram.errors import LowvramError
-from lowvram.files import save_safetensors
+from lowvram.files import DiskFull, human_size, remove_orphans, save_safetensors
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes, so old entries are never misread
 
@@ -47,11 +47,31 @@ def content_key(**parts: object) -> str:
     return hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True).encode()).hexdigest()
 
 
+ORPHAN_AGE = 15 * 60  # seconds: a temporary entry file untouched this long was left by a killed writer
+
+
 class TensorStore:
-    """Files `<root>/<kind>/<key[:2]>/<key>.safetensors`, each holding one entry's tensors."""
+    """Files `<root>/<kind>/<key[:2]>/<key>.safetensors`, each holding one entry's tensors. Where the disk has no
+    room for them, the entries of this run are kept in memory instead (`in_memory`, with the reason in
+    `fell_back`), if the host RAM holds them."""
 
     def __init__(self, root: Path, kind: str):
         self.root = Path(root) / kind
+        self.memory: dict[str, dict[str, torch.Tensor]] | None = None
+        self.fell_back: str | None = None
+        self.orphans_removed = sum(len(remove_orphans(folder, ORPHAN_AGE)) for folder in
+                                   (self.root.glob("*") if self.root.is_dir() else ()) if folder.is_dir())
+
+    def keep_in_memory(self, reason: str, needed: int) -> None:
+        """From now on, entries go to memory; refused where the RAM available cannot hold `needed` bytes twice."""
+        import psutil
+
+        available = psutil.virtual_memory().available
+        if needed * 2 > available:
+            raise LowvramError(f"{reason}; keeping the cache in memory instead needs {human_size(needed * 2)} of RAM "
+                               f"and {human_size(available)} is available: free disk space or pass another "
+                               "--cache-dir") from None
+        self.memory, self.fell_back = self.memory or {}, reason
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
@@ -60,6 +80,8 @@ class TensorStore:
         """True when the entry exists and opens with the right key; a broken file is removed."""
         from safetensors import safe_open
 
+        if self.memory is not None and key in self.memory:
+            return True
         path = self.path(key)
         if not path.is_file():
             return False
@@ -75,6 +97,8 @@ class TensorStore:
     def load(self, key: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
+        if self.memory is not None and key in self.memory:
+            return self.memory[key]
         try:
             return load_file(str(self.path(key)))
         except Exception as exc:  # noqa: BLE001 - corrupt or vanished under us
@@ -83,7 +107,13 @@ class TensorStore:
                                "to rebuild it") from None
 
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        save_safetensors(tensors, self.path(key), {"key": key})
+        if self.memory is None:
+            try:
+                save_safetensors(tensors, self.path(key), {"key": key}, what="a cache entry")
+                return
+            except DiskFull as exc:
+                self.keep_in_memory(str(exc), sum(t.nbytes for t in tensors.values()) * 64)
+        self.memory[key] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
 
 
 @dataclass(frozen=True)
@@ -134,29 +164,18 @@ def estimate_bytes(latent_jobs: list[LatentJob], text_jobs: list[TextJob], vae: 
     return latent + text + 256 * (len(latent_jobs) + len(text_jobs))
 
 
-def human_size(size: int) -> str:
-    """Bytes in the largest unit that keeps the number at 1 or more, to three digits: '1023 B', '1.50 KiB',
-    '45.2 GiB'; a nearly full disk then shows its few MiB instead of '0.00 GiB'."""
-    if size < 1024:
-        return f"{size} B"
-    value, unit = float(size), "B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024:
-            break
-    return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f} {unit}"
-
-
-def check_free_space(folder: Path, needed: int) -> None:
-    """Refuse to start filling a cache the disk can't hold, with 10% to spare for headers and other writers."""
+def check_free_space(folder: Path, needed: int) -> str | None:
+    """Why a cache of `needed` more bytes will not fit the disk (with 10% to spare for headers and other
+    writers), or None when it does."""
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     required = int(needed * 1.1)
-    if required > free:
-        # the total with the margin: `needed` alone may be below `free`, which reads as no reason to refuse
-        raise LowvramError(f"--cache-dir: {folder} has {human_size(free)} free but the cache needs "
-                           f"{human_size(required)} ({human_size(needed)} of entries and 10% to spare); free "
-                           f"{human_size(required - free)} more or pass another --cache-dir")
+    if required <= free:
+        return None
+    # the total with the margin: `needed` alone may be below `free`, which reads as no reason to refuse
+    return (f"--cache-dir: {folder} has {human_size(free)} free but the cache needs {human_size(required)} "
+            f"({human_size(needed)} of entries and 10% to spare); free {human_size(required - free)} more or pass "
+            "another --cache-dir")
 
 
 def _progress(console: Console, label: str) -> Progress:

@@ -105,7 +105,10 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     console.print(f"cache {cache_dir}: {len(latent_jobs)} latents ({augment.variants} variant(s) per image) and "
                   f"{len(text_jobs)} text embeddings, {total / 2**20:.1f} MiB; "
                   f"{len(missing_latents)} + {len(missing_texts)} to encode ({needed / 2**20:.1f} MiB)")
-    check_free_space(cache_dir, needed)
+    short = check_free_space(cache_dir, needed)
+    if short:
+        latent_store.keep_in_memory(short, needed)
+        text_store.keep_in_memory(short, needed)
 
     batch = config.data.cache_batch_size
     set_vae_tiling(model.vae, config.memory.vae_tiling)
@@ -113,6 +116,14 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
         model.vae.to(device)
         encoded_latents = encode_latents(missing_latents, latent_store, model.vae, options, batch, console)
         model.vae.to("cpu")
+    for store in (latent_store, text_store):
+        if store.orphans_removed:
+            console.print(f"removed {store.orphans_removed} temporary file(s) a killed run left in {store.root}")
+    for store in (latent_store, text_store):
+        if store.fell_back:
+            console.print(f"[yellow]warning:[/] {store.fell_back}; encoding into memory for this run instead "
+                          "(the next run encodes again)", soft_wrap=True)
+            break
     encoded_texts, sample_embeddings = 0, None
     if cache_text:
         from lowvram.models.conditioning import encode_prompts

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lowvram.errors import LowvramError
-from lowvram.files import plain_mode
+from lowvram.files import DiskFull, ensure_room, free_bytes, is_disk_full, is_size_limit, plain_mode
 from lowvram.train.identity import differences, identity
 
 FORMAT = 2  # 2: RNG states per process
@@ -64,20 +64,22 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{position.step:06d}"
+    adapters = {f"{name}/{key}": value.detach().cpu().contiguous()
+                for name, module in modules.items() for key, value in get_peft_model_state_dict(module).items()}
+    if not all(torch.isfinite(t).all() for t in adapters.values()):
+        raise LowvramError("refusing to checkpoint non-finite LoRA weights; the last good checkpoint is kept")
+    optimizer_tensors, optimizer_rest = _split(optimizer.state_dict())
+    rng = {f"rank{rank}/{key}": value for rank, states in enumerate(rng_states) for key, value in states.items()}
+    size = sum(t.nbytes for part in (adapters, optimizer_tensors, rng) for t in part.values()) + 2**16
+    ensure_room(root, size, f"checkpoint {final.name}")  # before writing: a full disk stops it cleanly
+    root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
     os.chmod(tmp, plain_mode(0o777))  # like every file lowvram writes: what the umask gives, not mkdtemp's 0700
     try:
-        adapters = {f"{name}/{key}": value.detach().cpu().contiguous()
-                    for name, module in modules.items() for key, value in get_peft_model_state_dict(module).items()}
-        if not all(torch.isfinite(t).all() for t in adapters.values()):
-            raise LowvramError("refusing to checkpoint non-finite LoRA weights; the last good checkpoint is kept")
         save_file(adapters, str(tmp / "adapters.safetensors"))
-        optimizer_tensors, optimizer_rest = _split(optimizer.state_dict())
         save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
-        save_file({f"rank{rank}/{key}": value for rank, states in enumerate(rng_states)
-                   for key, value in states.items()}, str(tmp / "rng.safetensors"))
+        save_file(rng, str(tmp / "rng.safetensors"))
         state = {
             "format": FORMAT, "step": position.step, "epoch": position.epoch, "batch": position.batch,
             "validation": position.validation,
@@ -94,12 +96,13 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise LowvramError(f"could not write checkpoint {final}: {exc.strerror or exc}; the previous checkpoint "
-                           "is intact (free some disk space?)") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):  # the disk filled up meanwhile (another writer), or a file-size limit
+            raise DiskFull(root, size, free_bytes(root), f"checkpoint {final.name}", is_size_limit(exc)) from None
+        if isinstance(exc, OSError):
+            raise LowvramError(f"could not write checkpoint {final}: {exc.strerror or exc}; the previous checkpoint "
+                               "is intact") from None
         raise
     mine = [path for _, path in complete(root, identity(run_recipe) if run_recipe is not None else None)]
     for old in mine[:-keep] if keep > 0 else []:
@@ -134,13 +137,39 @@ def latest(root: Path, run_identity: str | None = None) -> Path | None:
     return done[-1][1] if done else None
 
 
-def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> Path:
-    """The checkpoint `--resume` names: `auto`, the newest of this run in the output folder; or a folder. A
-    checkpoint of another run is refused, naming what differs."""
+PARTS = ("adapters.safetensors", "optimizer.safetensors", "rng.safetensors")
+
+
+def problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (a part truncated, missing or unreadable), or None."""
+    from safetensors.torch import load_file
+
+    try:
+        json.loads((path / "state.json").read_text())
+        for part in PARTS:
+            load_file(str(path / part))
+    except Exception as exc:  # noqa: BLE001 - whatever broke it, the checkpoint is unusable
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return None
+
+
+def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> tuple[Path, list[str]]:
+    """The checkpoint `--resume` names: `auto`, the newest readable one of this run in the output folder (with
+    a line for each newer one that was unreadable); or a folder. A checkpoint of another run is refused,
+    naming what differs."""
     ours = identity(run_recipe) if run_recipe is not None else None
     if resume == "auto":
         root = checkpoint_root(output_dir)
-        found = latest(root, ours)
+        unreadable = []
+        for _, path in reversed(complete(root, ours)):
+            reason = problem(path)
+            if reason is None:
+                return path, unreadable
+            unreadable.append(f"checkpoint {path.name} is unreadable ({reason})")
+        if unreadable:
+            raise LowvramError(f"--resume auto: no readable checkpoint in {root} ({'; '.join(unreadable)}); start "
+                               "without --resume to train from the beginning, or pass a checkpoint folder")
+        found = None
         if found is None:
             others = complete(root)
             if others:
@@ -150,7 +179,6 @@ def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> Pa
                                    "with, or start without --resume")
             raise LowvramError(f"--resume auto: no checkpoint in {root}; start without --resume, or pass a "
                                "checkpoint folder")
-        return found
     path = Path(resume)
     if not (path / "state.json").is_file():
         raise LowvramError(f"--resume: {path} is not a lowvram checkpoint folder (no state.json)")
@@ -158,7 +186,10 @@ def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> Pa
     if ours is not None and theirs.get("identity", ours) != ours:
         raise LowvramError(f"--resume: {path} is a checkpoint of another run ({differences(theirs['recipe'], run_recipe)}"
                            "); pass the options it was trained with, or start without --resume")
-    return path
+    reason = problem(path)
+    if reason:
+        raise LowvramError(f"--resume: {path} is unreadable ({reason}); pass an earlier checkpoint")
+    return path, []
 
 
 def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, accelerator) -> Position:

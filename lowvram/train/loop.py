@@ -15,7 +15,7 @@ from lowvram.adapters import lora_files
 from lowvram.config import RunConfig
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
-from lowvram.files import write_text
+from lowvram.files import DiskFull, write_text
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel
 from lowvram.optim import use_averaged_weights
@@ -63,7 +63,10 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     with outdir.claimed(session.run, session.accelerator, session.main) as note:  # the folder is this run's
         if note:
             session.console.print(note, soft_wrap=True)
-        return run_training(session)
+        try:
+            return run_training(session)
+        except DiskFull as exc:  # the newest checkpoint and LoRA are whole: say so, and how to go on
+            raise outdir.out_of_room(session.run, exc) from None
 
 
 def run_training(session: Session) -> TrainResult:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 from contextlib import contextmanager
@@ -15,12 +16,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lowvram.errors import LowvramError
-from lowvram.files import write_text
+from lowvram.files import DiskFull, remove_orphans, write_text
 from lowvram.resolve import ResolvedRun
 from lowvram.train import checkpoint
 from lowvram.train.identity import differences, identity, recipe
 
 RECORD = "lowvram-run.json"
+HALF_WRITTEN_CHECKPOINT = re.compile(r"^\.step-[a-z0-9_]{8}$")  # tempfile.mkdtemp(prefix=".step-")
 LOCK = ".lowvram.lock"
 ARCHIVE = "archive"
 SHARED = ("metrics.jsonl", "checkpoints", "samples", "logs")  # what every run writes under these names
@@ -64,6 +66,7 @@ def take_ownership(run: ResolvedRun) -> str | None:
     """Check that the folder is this run's to write, archive an earlier run's files under --overwrite, and record
     this run. Returns a line to tell the user, if any."""
     config, folder = run.config, run.config.output_dir
+    removed = remove_leftovers(folder)
     ours = recipe(run)
     record = read_record(folder)
     checkpoints = checkpoint.complete(checkpoint.checkpoint_root(folder))
@@ -83,11 +86,38 @@ def take_ownership(run: ResolvedRun) -> str | None:
                                f"with --overwrite (its files move to {folder / ARCHIVE}/), or choose another --output")
         moved = archive(folder, record, config.output_name)
         note = f"moved the earlier run's files in {folder} to {moved}" if moved else None
+    if removed:
+        note = "; ".join(filter(None, [note, f"removed {len(removed)} temporary file(s) a killed run left in {folder}"]))
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / RECORD, json.dumps({"identity": identity(ours), "recipe": ours, "name": config.output_name,
                                             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")},
                                            indent=1) + "\n")
     return note
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """What writes killed midway left in the output folder: temporary files (named as only `atomic_write` names
+    them) and half-written checkpoint folders. Safe while this run holds the folder's lock: nobody else writes."""
+    if not folder.is_dir():
+        return []
+    removed = remove_orphans(folder) + remove_orphans(folder / "samples")
+    root = checkpoint.checkpoint_root(folder)
+    for partial in root.glob(".step-*") if root.is_dir() else ():
+        if HALF_WRITTEN_CHECKPOINT.match(partial.name) and partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+    return removed
+
+
+def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
+    """The one line a full disk ends a run with: what ran out, what was kept, and how to go on."""
+    folder, name = run.config.output_dir, run.config.output_name
+    newest = checkpoint.latest(checkpoint.checkpoint_root(folder), identity(recipe(run)))
+    loras = sorted(folder.glob(f"{name}*.safetensors"), key=lambda p: p.stat().st_mtime)
+    kept = [f"checkpoint {newest.name}" if newest else "no checkpoint yet"] + [f"LoRA {p.name}" for p in loras[-1:]]
+    then = (f"continue with: lowvram train --config {folder / name}.toml --resume auto" if newest
+            else "run the same command again")
+    return LowvramError(f"{exc}; kept: {', '.join(kept)}; free space, then {then}")
 
 
 def archive(folder: Path, record: dict | None, name: str) -> Path | None:

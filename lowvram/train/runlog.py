@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from lowvram.errors import LowvramError
-from lowvram.files import write_text
+from lowvram.files import DiskFull, free_bytes, is_disk_full, is_size_limit, write_text
 
 
 class RunLog:
@@ -61,8 +61,15 @@ class RunLog:
             self.writer.add_image(tag, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
 
     def _write(self, record: dict) -> None:
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
+        line = json.dumps(record) + "\n"
+        try:
+            self.metrics.write(line)
+            self.metrics.flush()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            folder = Path(self.metrics.name).parent
+            raise DiskFull(folder, len(line), free_bytes(folder), "metrics.jsonl", is_size_limit(exc)) from None
 
     def close(self) -> None:
         if self.metrics:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lowvram.files import save_image
 from lowvram.models.conditioning import DEFAULT_READING, encode_prompts, unet_conditioning
 from lowvram.models.loading import LoadedModel
 from lowvram.prompts import SamplePrompt, parse_prompt
@@ -99,7 +100,7 @@ def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder
     paths = []
     for i, image in enumerate(render_images(model, prompts, resolution, steps, seed, accelerator, embeddings)):
         paths.append(folder / f"{name}-{i:02d}.png")
-        image.save(paths[-1])
+        save_image(image, paths[-1], "a sample image")
     return paths
 
 
@@ -116,5 +117,4 @@ def render_grid(model: LoadedModel, prompts: tuple[SamplePrompt, ...], path: Pat
         grid.paste(image, (x, 0))
         x += image.width
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
+    return save_image(grid, path, "a sample grid")

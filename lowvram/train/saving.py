@@ -46,7 +46,9 @@ def resume(session: Session, trainee: Trainee, schedule: Schedule) -> checkpoint
     the data position and early stopping's record)."""
     if not session.config.training.resume:
         return checkpoint.Position(0, 0, 0)
-    found = checkpoint.resolve(session.config.training.resume, session.out_dir, recipe(session.run))
+    found, unreadable = checkpoint.resolve(session.config.training.resume, session.out_dir, recipe(session.run))
+    for line in unreadable:
+        session.console.print(f"[yellow]{line}: resuming from an earlier one[/]", soft_wrap=True)
     position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
     if position.step >= schedule.total_steps:

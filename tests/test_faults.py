@@ -1,0 +1,252 @@
+"""Real faults, not simulated ones: a filesystem that fills up (a small tmpfs where this machine may mount one, a
+file-size limit on the training process otherwise), SIGKILL at random moments, a corrupt newest checkpoint, and
+temporary files a killed writer left. After each: every file in the output is complete and loadable or absent,
+no temporary file survives the next run, and resuming ends with the LoRA an uninterrupted run writes."""
+
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lowvram.files import TEMPORARY
+from lowvram.train import checkpoint
+
+pytestmark = pytest.mark.slow  # real processes killed and resumed, real filesystems filled: minutes
+STEPS = 12
+
+
+def cli(out: Path, data: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", str(data), "--output", str(out),
+            "--max-steps", str(STEPS), "--rank", "4", "--lr", "1e-3", "--seed", "3", "--checkpoint-every", "1",
+            "--keep-checkpoints", "100", *extra]
+
+
+def run(argv: list[str], env: dict, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    def file_size_limit():  # a write past it fails with EFBIG, as a full disk fails with ENOSPC
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=600,
+                          preexec_fn=file_size_limit if limit_bytes else None)
+
+
+@pytest.fixture
+def env(tmp_path) -> dict:
+    return {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, sample_data_module) -> dict:
+    """The LoRA of an uninterrupted run, and the cache it filled (later runs read the same latents from it)."""
+    root = tmp_path_factory.mktemp("whole")
+    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
+    done = run(cli(root / "out", sample_data_module), env)
+    assert done.returncode == 0, done.stderr
+    return {"lora": load_file(str(root / "out" / "out.safetensors")), "cache": root / "cache",
+            "sizes": {p.name: p.stat().st_size for p in (root / "out").rglob("*") if p.is_file()}}
+
+
+@pytest.fixture(scope="module")
+def sample_data_module(tmp_path_factory) -> Path:
+    from lowvram.data.sample import write_sample_dataset
+
+    return write_sample_dataset(tmp_path_factory.mktemp("data") / "data")
+
+
+def cached_env(uninterrupted) -> dict:
+    return {**os.environ, "LOWVRAM_CACHE_DIR": str(uninterrupted["cache"]), "HF_HUB_OFFLINE": "1"}
+
+
+def assert_output_sound(out: Path) -> None:
+    """Every file complete and loadable, or absent: no temporary file, no half-written checkpoint."""
+    leftovers = [p for p in out.rglob("*") if TEMPORARY.match(p.name) or p.name.startswith(".step-")]
+    assert not leftovers, leftovers
+    for path in out.rglob("*.safetensors"):
+        load_file(str(path))
+    for _, folder in checkpoint.complete(out / "checkpoints"):
+        assert checkpoint.problem(folder) is None, folder
+
+
+def assert_same_lora(path: Path, expected: dict) -> None:
+    got = load_file(str(path))
+    assert got.keys() == expected.keys()
+    for key in got:
+        assert torch.equal(got[key], expected[key]), key
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of a chosen size (a tmpfs, where this machine lets the tests mount one), and a way to
+    grow it, as a user frees space."""
+    mounted = []
+
+    def mount(name: str, kib: int) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the file-size-limit tests still run")
+        mounted.append(folder)
+        return folder
+
+    def grow(folder: Path, kib: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={kib}k", str(folder)], check=True)
+
+    yield mount, grow
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_disk_that_fills_up_at_a_checkpoint_stops_the_run_in_one_line_and_resume_finishes_it(
+        uninterrupted, sample_data_module, small_disk):
+    mount, grow = small_disk
+    checkpoint_kib = uninterrupted["sizes"]["optimizer.safetensors"] // 1024 * 3 + 64
+    out = mount("out", 1024 + 5 * checkpoint_kib)  # about five checkpoints beside the 1 MiB kept spare
+    env = cached_env(uninterrupted)
+    failed = run(cli(out, sample_data_module), env)
+    assert failed.returncode == 2, failed.stderr
+    line = failed.stderr.strip()
+    assert len(line.splitlines()) == 1 and "no room for checkpoint step-" in line and f"in {out / 'checkpoints'}" in line
+    kept = checkpoint.latest(out / "checkpoints")
+    assert kept is not None and f"kept: checkpoint {kept.name}" in line and "--resume auto" in line
+    assert_output_sound(out)
+
+    grow(out, 64 * 1024)  # the user frees space
+    resumed = run(cli(out, sample_data_module, "--resume", "auto"), env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
+    assert_output_sound(out)
+
+
+def test_a_cache_folder_without_room_falls_back_to_memory_for_the_run(tmp_path, sample_data_module, small_disk):
+    mount, _ = small_disk
+    cache = mount("cache", 1024)  # room for the 1 MiB kept spare, not for the entries
+    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = run(cli(tmp_path / "out", sample_data_module, "--max-steps", "2"), env)
+    assert done.returncode == 0, done.stderr
+    printed = " ".join(done.stdout.split())
+    assert "encoding into memory for this run" in printed
+    assert load_file(str(tmp_path / "out" / "out.safetensors"))
+
+
+def test_a_file_size_limit_at_the_final_save_keeps_the_checkpoint_and_resume_writes_the_lora(
+        uninterrupted, sample_data_module, tmp_path):
+    """The write itself fails (EFBIG, as a disk that fills up meanwhile fails with ENOSPC), not the check before
+    it: with Lion's one moment and an fp32 LoRA with its metadata, only the final LoRA is larger than the limit
+    (the sizes come from a run without the limit)."""
+    env, options = cached_env(uninterrupted), ("--optimizer", "lion", "--save-precision", "fp32")
+    sized = run(cli(tmp_path / "sized", sample_data_module, *options), env)
+    assert sized.returncode == 0, sized.stderr
+    sizes = {p.name: p.stat().st_size for p in (tmp_path / "sized").rglob("*") if p.is_file()}
+    lora_size = sizes.pop("sized.safetensors")
+    assert max(sizes.values()) < lora_size - 1024, (lora_size, sizes)
+    out = tmp_path / "out"
+    failed = run(cli(out, sample_data_module, *options), env, limit_bytes=lora_size - 512)
+    assert failed.returncode == 2, failed.stderr
+    line = failed.stderr.strip()
+    assert len(line.splitlines()) == 1 and "file-size limit" in line and f"kept: checkpoint step-{STEPS:06d}" in line
+    assert not (out / "out.safetensors").exists()
+    assert_output_sound(out)
+    resumed = run(cli(out, sample_data_module, *options, "--resume", "auto"), env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_lora(out / "out.safetensors", load_file(str(tmp_path / "sized" / "sized.safetensors")))
+
+
+def test_sigkill_at_twenty_random_moments_then_resume_ends_with_the_uninterrupted_lora(
+        uninterrupted, sample_data_module, tmp_path):
+    """Twenty SIGKILLs: two while the run starts (imports, scan, cache), the rest a random fraction of a second
+    after a step was logged, so they land in steps and in the checkpoint and LoRA saves around them. After each,
+    the next run resumes; the last one ends with the LoRA of a run never killed."""
+    env, steps = cached_env(uninterrupted), "60"
+    whole = run(cli(tmp_path / "whole", sample_data_module, "--max-steps", steps), env)
+    assert whole.returncode == 0, whole.stderr
+    out, metrics = tmp_path / "out", tmp_path / "out" / "metrics.jsonl"
+    moments = random.Random(20261130)
+    argv, kills, landed = cli(out, sample_data_module, "--max-steps", steps, "--save-every", "3"), 0, []
+    while kills < 20:
+        before = logged_steps(metrics)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        if kills < 2:
+            time.sleep(moments.uniform(0.5, 4.0))
+        else:
+            deadline = time.time() + 120
+            while proc.poll() is None and logged_steps(metrics) <= before and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(moments.uniform(0.0, 0.3))
+        if proc.poll() is not None:  # it finished first
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        kills, landed = kills + 1, [*landed, logged_steps(metrics)]
+        assert_loadable_or_absent(out)
+        if checkpoint.latest(out / "checkpoints") is not None:
+            argv = cli(out, sample_data_module, "--max-steps", steps, "--save-every", "3", "--resume", "auto")
+    assert kills == 20 and len(set(landed)) >= 10, landed  # at many different points of the run
+    if not (out / "out.safetensors").exists():
+        done = run(argv, env)
+        assert done.returncode == 0, done.stderr
+    assert_same_lora(out / "out.safetensors", load_file(str(tmp_path / "whole" / "whole.safetensors")))
+    assert_output_sound(out)  # the runs after the kills removed what the kills left
+
+
+def logged_steps(metrics: Path) -> int:
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+
+def assert_loadable_or_absent(out: Path) -> None:
+    """Right after a kill: temporary files may remain (the next run removes them); finished files are whole."""
+    for path in out.rglob("*.safetensors"):
+        if not TEMPORARY.match(path.name):
+            load_file(str(path))
+    for _, folder in checkpoint.complete(out / "checkpoints"):
+        assert checkpoint.problem(folder) is None, folder
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before_and_says_so(uninterrupted, sample_data_module,
+                                                                             tmp_path):
+    out, env = tmp_path / "out", cached_env(uninterrupted)
+    done = run(cli(out, sample_data_module, "--max-steps", "4"), env)
+    assert done.returncode == 0, done.stderr
+    root = out / "checkpoints"
+    adapters = root / "step-000004" / "adapters.safetensors"
+    adapters.write_bytes(adapters.read_bytes()[: adapters.stat().st_size // 2])  # truncated
+    (root / "step-000003" / "optimizer.safetensors").unlink()  # a missing part
+    resumed = run(cli(out, sample_data_module, "--max-steps", "6", "--resume", "auto", "--overwrite"), env)
+    assert resumed.returncode == 0, resumed.stderr
+    printed = " ".join(resumed.stdout.split())
+    assert "step-000004 is unreadable" in printed and "step-000003 is unreadable" in printed
+    assert f"resumed from {root / 'step-000002'} at step 2" in printed
+    for _, folder in checkpoint.complete(root):
+        load_file(str(folder / "adapters.safetensors"))
+    with pytest.raises(AssertionError):
+        assert_same_lora(out / "out.safetensors", {})  # it trained on (steps 3 to 6), it did not start over
+    assert len([line for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]) == 6
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_run(uninterrupted, sample_data_module,
+                                                                        tmp_path):
+    """A writer SIGKILLed in the middle of atomic_write leaves its temporary file; the next run in that folder
+    removes it, and nothing else (a user's own dotfile stays)."""
+    out, env = tmp_path / "out", cached_env(uninterrupted)
+    out.mkdir()
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\nfrom pathlib import Path\nfrom lowvram.files import atomic_write\n"
+        "def half(tmp):\n    tmp.write_bytes(b'x' * 1000)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "atomic_write(Path(sys.argv[1]) / 'out-step000001.safetensors', half)\n"), str(out)],
+        capture_output=True, text=True, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    [orphan] = [p for p in out.iterdir() if TEMPORARY.match(p.name)]
+    (out / ".my-notes.tmp").write_text("mine")
+    done = run(cli(out, sample_data_module, "--max-steps", "1"), env)
+    assert done.returncode == 0, done.stderr
+    assert not orphan.exists() and (out / ".my-notes.tmp").read_text() == "mine"
+    assert "removed 1 temporary file" in " ".join(done.stdout.split())
