@@ -194,6 +194,9 @@ def test_a_warm_up_longer_than_most_of_the_run_is_warned_about(tmp_path):
     train(run_config(output=str(tmp_path / "a"), scheduler="cosine", warmup_steps=100, max_steps=3),
           Console(file=printed, width=300))
     assert "--warmup-steps 100 is most of this run's 3 steps: the learning rate never reaches --lr" in printed.getvalue()
+    ignored = io.StringIO()  # the constant schedule has no warm-up at all
+    train(run_config(output=str(tmp_path / "c"), warmup_steps=2, max_steps=3), Console(file=ignored, width=300))
+    assert "--warmup-steps 2 has no effect with --scheduler constant" in ignored.getvalue()
     quiet = io.StringIO()
     train(run_config(output=str(tmp_path / "b"), scheduler="cosine", warmup_steps=1, max_steps=3),
           Console(file=quiet, width=300))

@@ -77,15 +77,19 @@ def take_ownership(run: ResolvedRun) -> str | None:
                                "pass the options it was trained with (its .toml there has them), or start a new "
                                "run in another --output")
     elif record or checkpoints:
-        steps = f" with checkpoints up to step {checkpoints[-1][0]}" if checkpoints else ""
-        if not config.output.overwrite:
-            same = record is not None and record.get("identity") == identity(ours)
-            what = "an earlier run of these options" if same or record is None else (
-                f"another run ({differences(record['recipe'], ours)})")
-            raise LowvramError(f"--output: {folder} holds {what}{steps}; continue it with --resume auto, start over "
-                               f"with --overwrite (its files move to {folder / ARCHIVE}/), or choose another --output")
-        moved = archive(folder, record, config.output_name)
-        note = f"moved the earlier run's files in {folder} to {moved}" if moved else None
+        same = record is not None and record.get("identity") == identity(ours)
+        if same and not checkpoints:  # its earlier start died before its first checkpoint: nothing to resume
+            note = f"starting over: the earlier run of these options in {folder} left no checkpoint to resume"
+        elif not config.output.overwrite:
+            steps = f" with checkpoints up to step {checkpoints[-1][0]}" if checkpoints else ""
+            what = ("an earlier run of these options" if same else "an earlier run" if record is None
+                    else f"another run ({differences(record['recipe'], ours)})")
+            resume = "continue it with --resume auto, " if checkpoints else ""
+            raise LowvramError(f"--output: {folder} holds {what}{steps}; {resume}start over with --overwrite (its "
+                               f"files move to {folder / ARCHIVE}/), or choose another --output")
+        else:
+            moved = archive(folder, record, config.output_name)
+            note = f"moved the earlier run's files in {folder} to {moved}" if moved else None
     if removed:
         note = "; ".join(filter(None, [note, f"removed {len(removed)} temporary file(s) a killed run left in {folder}"]))
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from lowvram.errors import LowvramError
 from lowvram.hardware import detect
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model
-from lowvram.optim import build_optimizer
+from lowvram.optim import OPTIMIZERS, build_optimizer
 from lowvram.plan.calibration import unverified_warning
 from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.resolve import ResolvedRun, resolve_run
@@ -253,7 +253,10 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{config.training.batch_size} x {config.training.gradient_accumulation}{f' x {world}' if world > 1 else ''}"
     )
     warmup = config.optim.warmup_steps
-    if warmup > schedule.total_steps / 2 and config.optim.scheduler != "constant":
+    if warmup and config.optim.scheduler == "constant" and not OPTIMIZERS[config.optim.optimizer].schedule_free:
+        session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} has no effect with --scheduler constant; "
+                              "use --scheduler constant_with_warmup (or cosine) to warm up", soft_wrap=True)
+    elif warmup > schedule.total_steps / 2 and config.optim.scheduler != "constant":
         reached = "never reaches" if warmup >= schedule.total_steps else "reaches only late"
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} is most of this run's {schedule.total_steps} "
                               f"steps: the learning rate {reached} --lr {config.lr:g}; lower --warmup-steps (say "
