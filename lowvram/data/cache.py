@@ -59,6 +59,7 @@ class TensorStore:
         self.root = Path(root) / kind
         self.memory: dict[str, dict[str, torch.Tensor]] | None = None
         self.fell_back: str | None = None
+        self.expected_bytes = 0  # what this run will still write (set by the caching phase): the RAM it would need
         self.orphans_removed = sum(len(remove_orphans(folder, ORPHAN_AGE)) for folder in
                                    (self.root.glob("*") if self.root.is_dir() else ()) if folder.is_dir())
 
@@ -112,7 +113,7 @@ class TensorStore:
                 save_safetensors(tensors, self.path(key), {"key": key}, what="a cache entry")
                 return
             except DiskFull as exc:
-                self.keep_in_memory(str(exc), sum(t.nbytes for t in tensors.values()) * 64)
+                self.keep_in_memory(str(exc), max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
         self.memory[key] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
 
 

@@ -105,6 +105,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     console.print(f"cache {cache_dir}: {len(latent_jobs)} latents ({augment.variants} variant(s) per image) and "
                   f"{len(text_jobs)} text embeddings, {total / 2**20:.1f} MiB; "
                   f"{len(missing_latents)} + {len(missing_texts)} to encode ({needed / 2**20:.1f} MiB)")
+    latent_store.expected_bytes = text_store.expected_bytes = needed
     short = check_free_space(cache_dir, needed)
     if short:
         latent_store.keep_in_memory(short, needed)

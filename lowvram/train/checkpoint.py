@@ -169,16 +169,14 @@ def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> tu
         if unreadable:
             raise LowvramError(f"--resume auto: no readable checkpoint in {root} ({'; '.join(unreadable)}); start "
                                "without --resume to train from the beginning, or pass a checkpoint folder")
-        found = None
-        if found is None:
-            others = complete(root)
-            if others:
-                theirs = run_of(others[-1][1]).get("recipe", {})
-                raise LowvramError(f"--resume auto: the checkpoints in {root} belong to another run "
-                                   f"({differences(theirs, run_recipe or {})}); pass the options it was trained "
-                                   "with, or start without --resume")
-            raise LowvramError(f"--resume auto: no checkpoint in {root}; start without --resume, or pass a "
-                               "checkpoint folder")
+        others = complete(root)
+        if others:
+            theirs = run_of(others[-1][1]).get("recipe", {})
+            raise LowvramError(f"--resume auto: the checkpoints in {root} belong to another run "
+                               f"({differences(theirs, run_recipe or {})}); pass the options it was trained "
+                               "with, or start without --resume")
+        raise LowvramError(f"--resume auto: no checkpoint in {root}; start without --resume, or pass a "
+                           "checkpoint folder")
     path = Path(resume)
     if not (path / "state.json").is_file():
         raise LowvramError(f"--resume: {path} is not a lowvram checkpoint folder (no state.json)")
