@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parents[1] / "lowvram"
 # lowest first; a module belongs to the longest entry that names it or a package above it
 LAYERS = [
     ("lowvram", "lowvram.errors", "lowvram.files", "lowvram.formats", "lowvram.memory", "lowvram.prompts",
-     "lowvram.optim"),
+     "lowvram.optim", "lowvram.checkpointing"),
     ("lowvram.config",),
     ("lowvram.hardware", "lowvram.attention", "lowvram.models.families", "lowvram.models.detect"),
     ("lowvram.resolve", "lowvram.models", "lowvram.quant"),

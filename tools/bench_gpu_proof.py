@@ -87,7 +87,7 @@ def sweep(family: str, args, left: float) -> list[dict]:
     lines.unlink(missing_ok=True)
     cmd = [sys.executable, str(TOOLS / "bench_sweep.py"), "--family", family, "--device", args.device,
            "--deadline", str(max(1, left - AUTO_RESERVE)), "--out", str(lines), "--batches", *map(str, args.batches),
-           "--steps", *map(str, args.steps), "--warmup", str(args.warmup)]
+           "--steps", *map(str, args.steps), "--warmup", str(args.warmup), "--budgets", *map(str, args.budgets)]
     try:
         subprocess.run(cmd, check=False, timeout=left + 60, stdout=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
@@ -125,7 +125,9 @@ def auto_run(model: Path, family: str, resolution: int, budget: float, fp16: boo
 
         config = tomllib.loads(resolved.read_text())
         result.update(unet_weights=config["memory"]["unet_weights"],
-                      gradient_checkpointing=bool(config["memory"].get("gradient_checkpointing")),
+                      gradient_checkpointing=bool(config["memory"].get("gradient_checkpointing")
+                                                  or config["memory"].get("checkpoint_blocks")),
+                      checkpoint_units=config["memory"].get("checkpoint_blocks"),
                       optimizer=config["optim"]["optimizer"], vae_fp32=fp16 and family in ("sdxl", "tiny-sdxl"))
     metrics = out / "metrics.jsonl"
     if metrics.is_file():
@@ -155,7 +157,8 @@ def planner_pick(family: str, resolution: int, batch: int, budget: float, mixed_
     if choice is None:
         return None
     s = choice.strategy
-    return bench_memory.strategy_name(s.unet_weights, s.gradient_checkpointing, s.optimizer)
+    return bench_memory.strategy_name(s.unet_weights, s.checkpoint_units if s.selective else s.gradient_checkpointing,
+                                      s.optimizer)
 
 
 def summarize(section: dict, budgets: list[float], family: str) -> list[dict]:

@@ -50,8 +50,10 @@ def parse_strategy(name: str) -> tuple[str, bool, str, bool]:
     return weights, checkpointing == "ckpt", optimizer, rest == ["offload"]
 
 
-def strategy_name(weights: str, checkpointing: bool, optimizer: str) -> str:
-    return f"{weights},{'ckpt' if checkpointing else 'nockpt'},{optimizer}"
+def strategy_name(weights: str, checkpointing: bool | int, optimizer: str) -> str:
+    """weights,ckpt|nockpt|ckptN,optimizer (N: selective checkpointing of the first N units)."""
+    units = "" if isinstance(checkpointing, bool) else str(checkpointing)
+    return f"{weights},{'ckpt' if checkpointing else 'nockpt'}{units},{optimizer}"
 
 
 def timed_steps(step, steps: int, warmup: int, cuda: bool) -> dict:
@@ -289,7 +291,7 @@ def run_baseline_here(family, resolution: int, steps: int, warmup: int, batch: i
     return result
 
 
-def planner_estimate(family, resolution: int, batch: int, rank: int, weights: str, checkpointing: bool,
+def planner_estimate(family, resolution: int, batch: int, rank: int, weights: str, checkpointing: bool | int,
                      optimizer: str, offload: bool = False, mixed_precision: str = "bf16") -> int | None:
     """What `lowvram plan` predicts for this training step, comparable to max_memory_allocated (no CUDA
     context, no fragmentation margin): the calibration record for the estimator."""
@@ -301,7 +303,9 @@ def planner_estimate(family, resolution: int, batch: int, rank: int, weights: st
     mixed_precision = "bf16" if mixed_precision == "no" else mixed_precision  # a CPU rehearsal: the GPU's plan
     est = estimate(Workload(family, resolution, batch, rank, sampling=False, native_format=mixed_precision,
                             mixed_precision=mixed_precision, offload_activations=offload),
-                   MemoryStrategy(weights, checkpointing, optimizer), hardware_for(None, "80GB", "128GB"))
+                   MemoryStrategy(weights, bool(checkpointing), optimizer,
+                                  None if isinstance(checkpointing, bool) else checkpointing),
+                   hardware_for(None, "80GB", "128GB"))
     return sum(v for k, v in est.vram["training"].items() if k not in ("context", "fragment."))
 
 

@@ -44,25 +44,29 @@ def random_unet(family, device, dtype):
     return bench_memory.random_components(family, device, dtype, ("unet",))["unet"]
 
 
-def strategy_name(weights: str, checkpointing: bool, optimizer: str, mixed_precision: str) -> str:
+def strategy_name(weights: str, checkpointing: bool | int, optimizer: str, mixed_precision: str) -> str:
     name = bench_memory.strategy_name(weights, checkpointing, optimizer)
     return name if mixed_precision == "bf16" else f"{name},{mixed_precision}"
 
 
-def measure(family, device, weights: str, checkpointing: bool, optimizer_name: str, mixed_precision: str,
+def measure(family, device, weights: str, checkpointing: bool | int, optimizer_name: str, mixed_precision: str,
             resolution: int, batches: list[int], steps: dict[int, int], warmup: int, rank: int):
     """Yield one result per batch size for one strategy, on one freshly made and converted U-Net."""
     import torch
 
     from lowvram.adapters.networks import add_adapter
     from lowvram.attention import set_attention
+    from lowvram.checkpointing import enable_checkpointing
     from lowvram.optim import build_optimizer
+    from lowvram.plan.estimate import checkpoint_unit_names
     from lowvram.quant import convert_frozen, place, storage_bytes
 
     cuda = device.type == "cuda"
     compute = getattr(torch, DTYPES[mixed_precision]) if cuda else torch.float32
+    units = None if isinstance(checkpointing, bool) else checkpointing
     common = {"strategy": strategy_name(weights, checkpointing, optimizer_name, mixed_precision),
-              "unet_weights": weights, "gradient_checkpointing": checkpointing, "optimizer": optimizer_name,
+              "unet_weights": weights, "gradient_checkpointing": bool(checkpointing), "checkpoint_units": units,
+              "optimizer": optimizer_name,
               "mixed_precision": mixed_precision if cuda else "no", "offload_activations": False,
               "family": family.name, "resolution": resolution, "rank": rank, "budget_gb": 0}
     started = time.perf_counter()
@@ -72,7 +76,7 @@ def measure(family, device, weights: str, checkpointing: bool, optimizer_name: s
         place(unet, device)
         set_attention(unet, "auto")
         if checkpointing:
-            unet.enable_gradient_checkpointing()
+            enable_checkpointing(unet, checkpoint_unit_names(family, units))
         params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)
         optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)
         scaler = torch.amp.GradScaler(enabled=mixed_precision == "fp16" and cuda)
@@ -102,6 +106,29 @@ def measure(family, device, weights: str, checkpointing: bool, optimizer_name: s
     del unet, params, optimizer
 
 
+def with_picks(family, resolution: int, args) -> list[tuple]:
+    """SWEEP with the planner's picks at each --budgets GB and batch added after the first two entries, where
+    SWEEP lacks them: what the proof compares against the fastest step must have been measured."""
+    from lowvram.hardware import hardware_for
+    from lowvram.plan.estimate import Workload
+    from lowvram.plan.planner import plan
+
+    picks = []
+    for budget in [b for b in args.budgets if b > 0]:
+        for batch in args.batches:
+            work = Workload(family, resolution, batch, args.rank, sampling=False)
+            choice = plan(work, hardware_for(None, f"{budget:g}GB", "128GB"), {}).choice
+            if choice is None:
+                continue
+            s = choice.strategy
+            checkpointing = s.checkpoint_units if s.selective else s.gradient_checkpointing
+            weights = "native" if s.unet_weights == "bf16" else s.unet_weights
+            entry = (weights, checkpointing, s.optimizer, "bf16", True)
+            if entry not in SWEEP and entry not in picks:
+                picks.append(entry)
+    return [*SWEEP[:2], *picks, *SWEEP[2:]]
+
+
 def free(cuda: bool) -> None:
     import torch
 
@@ -122,6 +149,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--deadline", type=float, default=0, help="seconds after which no strategy starts (0: none)")
+    parser.add_argument("--budgets", nargs="*", type=float, default=[],
+                        help="GB: also sweep the planner's pick at each (selective checkpointing is chosen per budget)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended as they are measured")
     args = parser.parse_args()
     import torch
@@ -152,7 +181,7 @@ def main() -> None:
             emit({**bench_memory.run_baseline_here(family, resolution, steps[batch], args.warmup, batch, args.rank,
                                                    device), "kind": "baseline"})
             free(cuda)
-        for weights, checkpointing, optimizer, mixed_precision, every_batch in SWEEP:
+        for weights, checkpointing, optimizer, mixed_precision, every_batch in with_picks(family, resolution, args):
             if not cuda and mixed_precision != "bf16":
                 continue  # the CPU computes in fp32 only
             if args.deadline and time.monotonic() - started > args.deadline:

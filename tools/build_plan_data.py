@@ -68,6 +68,10 @@ sampling: U-Net forward at batch 2 (classifier-free guidance) under autocast, th
 the VAE dtype (bf16 here; 2x for fp32); the phase needs U-Net weights + max(unet_activation_bytes, VAE weights
 + vae_decode_activation_bytes). activation_bytes = the larger transient.
 largest_layer_params: most parameters directly held by one U-Net module (weight + bias).
+checkpoint_units: diffusers' checkpointing switches (each block's resnets, each Transformer2DModel's blocks) at
+the native resolution, batch 1, no checkpointing: saved_bytes = storages autograd keeps for backward that the
+unit's recomputed parts create (inputs and weights excluded), forward_flops = what recomputing them costs
+(torch's FlopCounterMode). Ordered most bytes per FLOP first: selective checkpointing takes a prefix.
 """
 
 
@@ -149,6 +153,7 @@ def build_family(name: str, resolutions: list[int], extras: bool) -> dict:
     if extras and not family.is_random_init:  # fp8 keeps 16-bit upcast copies for backward: its own entries
         data["training"] += [training_entry(name, first, checkpointing=c, weights="fp8") for c in (False, True)]
     data["training"] += layer_set_entries(family)
+    data["checkpoint_units"] = checkpoint_units(family)
     data["training_variants"] = []
     if extras and name == "sd15":
         data["training_variants"] += [training_entry(name, first, batch=2, checkpointing=c)
@@ -162,6 +167,16 @@ def build_family(name: str, resolutions: list[int], extras: bool) -> dict:
     data["resolution_scaling"] = resolution_scaling(data["training"])
     log(f"{name}: done in {time.perf_counter() - started:.1f} s")
     return data
+
+
+def checkpoint_units(family) -> list[dict]:
+    """The U-Net's checkpointing units at the native resolution, in the order selective checkpointing switches
+    them on: the most activation bytes saved per recomputed FLOP first."""
+    units = trace.trace_checkpoint_units(family.name, family.resolution)
+    units.sort(key=lambda u: (-u["saved_bytes"] / max(u["forward_flops"], 1), u["name"]))
+    log(f"  {family.name}: {len(units)} checkpointing units, {sum(u['saved_bytes'] for u in units) / 2**20:.0f} MiB "
+        f"saved for backward, {sum(u['forward_flops'] for u in units) / 1e9:.0f} GFLOP to recompute")
+    return units
 
 
 def layer_set_entries(family) -> list[dict]:
@@ -201,11 +216,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--update-adapted-layers", action="store_true",
                         help="only recompute adapted_layers in the existing file (seconds, no tracing)")
+    parser.add_argument("--update-checkpoint-units", action="store_true",
+                        help="only recompute checkpoint_units in the existing file (a trace per family: seconds)")
     parser.add_argument("--update-layer-sets", action="store_true",
                         help="only recompute the --lora-layers data in the existing file (adapter counts, and "
                         "the wider sets' traces at the native resolutions: a minute or two)")
     args = parser.parse_args()
     logging.getLogger("diffusers").setLevel(logging.ERROR)  # the dtype-cast warning on every meta build
+    if args.update_checkpoint_units:
+        record = json.loads(args.out.read_text())
+        for name, data in record["families"].items():
+            data["checkpoint_units"] = checkpoint_units(FAMILIES[name])
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        log(f"updated checkpoint_units in {args.out}")
+        return
     if args.update_adapted_layers or args.update_layer_sets:
         record = json.loads(args.out.read_text())
         for name, data in record["families"].items():

@@ -78,9 +78,11 @@ def step_time(runs: list[dict]) -> dict:
             entry = ratios.setdefault(run["family"], {}).setdefault(str(run["batch"]), {})
             ratio = run["seconds_per_step"] / other["seconds_per_step"]
             same_format = run["unet_weights"] == other["unet_weights"]
-            if same_format and run["gradient_checkpointing"] and not other["gradient_checkpointing"]:
+            every_unit = not run.get("checkpoint_units")  # selective runs check the planner's pick, not this ratio
+            if same_format and run["gradient_checkpointing"] and every_unit and not other["gradient_checkpointing"]:
                 entry.setdefault("gradient_checkpointing", []).append(ratio)
             elif (run["gradient_checkpointing"] == other["gradient_checkpointing"] and other["unet_weights"] in NATIVE
+                  and run.get("checkpoint_units") == other.get("checkpoint_units")
                   and run["unet_weights"] not in NATIVE):
                 entry.setdefault("unet_weights", {}).setdefault(run["unet_weights"], []).append(ratio)
     for family in ratios.values():
@@ -104,7 +106,8 @@ def planned(run: dict, phase: str = "training") -> int:
                     lora_layers=run.get("lora_layers", "attn"), offload_activations=run.get("offload_activations", False),
                     sampling=phase == "sampling", mixed_precision=mixed_precision, native_format=mixed_precision,
                     vae_fp32=run.get("vae_fp32", False))
-    strategy = MemoryStrategy(run["unet_weights"], run["gradient_checkpointing"], run["optimizer"])
+    strategy = MemoryStrategy(run["unet_weights"], run["gradient_checkpointing"], run["optimizer"],
+                              run.get("checkpoint_units"))
     return estimate(work, strategy, hardware_for(None, "141GB", "128GB")).peak_vram(phase)
 
 

@@ -34,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map_only
 
+from lowvram.checkpointing import checkpoint_units, enable_checkpointing, recomputed_parts
 from lowvram.formats import TRACEABLE_FORMATS
 from lowvram.models.families import DEFAULT_LORA_LAYERS, FAMILIES, ModelFamily
 from lowvram.models.loading import _quiet_diffusers
@@ -173,7 +174,7 @@ def _bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def _trace_unet(family: ModelFamily, dtype: torch.dtype, weights: str, rank: int | None,
-                checkpointing: bool, layers: str = DEFAULT_LORA_LAYERS
+                checkpointing: bool | list[str], layers: str = DEFAULT_LORA_LAYERS
                 ) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
     """The U-Net as training prepares it (format, SDPA, adapters, checkpointing), still on meta."""
     from lowvram.adapters.networks import add_adapter
@@ -186,8 +187,9 @@ def _trace_unet(family: ModelFamily, dtype: torch.dtype, weights: str, rank: int
         unet = convert_frozen(meta_component(family, "unet"), fmt, dtype)
     set_attention(unet, "sdpa")
     params = add_adapter(unet, family.lora_targets("unet", layers), rank, rank, 0.0) if rank else []
-    if checkpointing:
-        unet.enable_gradient_checkpointing(None if dtype == torch.float32 else _checkpoint)
+    if checkpointing:  # True: every unit; a list: the named units (lowvram.checkpointing)
+        enable_checkpointing(unet, None if checkpointing is True else list(checkpointing),
+                             None if dtype == torch.float32 else _checkpoint)
     return unet, params
 
 
@@ -218,7 +220,7 @@ def _conditioning(family: ModelFamily, unet: torch.nn.Module, batch: int, resolu
 
 
 def trace_training_step(family_name: str, resolution: int, batch: int = 1, rank: int = 16,
-                        checkpointing: bool = False, fake: bool = True, weights: str = "auto",
+                        checkpointing: bool | list[str] = False, fake: bool = True, weights: str = "auto",
                         dtype: torch.dtype | None = None, layers: str = DEFAULT_LORA_LAYERS) -> dict:
     """Live bytes of one U-Net LoRA training step from cached latents and text embeddings.
 
@@ -389,3 +391,63 @@ def unet_weight_bytes(family_name: str, fmt: str, compute_dtype: torch.dtype) ->
                          - _converted_bytes([kind], fmt, compute_dtype))
             total += (count - 1) * per_layer
     return total
+
+
+def trace_checkpoint_units(family_name: str, resolution: int, dtype: torch.dtype | None = None) -> list[dict]:
+    """What checkpointing each unit (lowvram.checkpointing) saves and costs, from one traced forward pass of a
+    LoRA training step without checkpointing, at batch 1: `saved_bytes`, the storages autograd keeps for
+    backward that the unit's recomputed parts create (their inputs and the weights stay saved either way), and
+    `forward_flops`, what recomputing them costs. The storages are counted once, for the innermost unit."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    family = FAMILIES[family_name]
+    dtype = dtype or trace_dtype(family)
+    unet, _ = _trace_unet(family, dtype, "auto", 16, False)
+    units = checkpoint_units(unet)
+    saved: dict[str, dict[int, int]] = {name: {} for name in units}
+    flops: dict[str, int] = dict.fromkeys(units, 0)
+    active: list[tuple[str, set[int]]] = []  # (unit, storages that existed when its part was called)
+
+    def enter(name: str):
+        def hook(module, args, kwargs):
+            known = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            active.append((name, known | weights))
+        return hook
+
+    def leave(module, args, kwargs, output):
+        active.pop()
+
+    def pack(tensor: torch.Tensor):
+        if active and tensor.layout == torch.strided:
+            name, known = active[-1]
+            storage = tensor.untyped_storage()
+            if id(storage) not in known:
+                saved[name][id(storage)] = storage.nbytes()
+        return tensor
+
+    handles = []
+    for name, unit in units.items():
+        for part in recomputed_parts(unit):
+            handles.append(part.register_forward_pre_hook(enter(name), with_kwargs=True))
+            handles.append(part.register_forward_hook(leave, with_kwargs=True))
+    # the CPU flash-attention op has no formula of its own; its FLOPs are any SDPA kernel's (arguments as shapes)
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                     lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value)}
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_attention)
+    with _tensor_mode(True), CudaAutocastPolicy():
+        materialize(unet, fake=True)
+        unet.train()
+        weights = {id(t.untyped_storage()) for t in _module_tensors(unet)}
+        latents = torch.randn(_latent_shape(family, 1, resolution), dtype=dtype)
+        conditioning = _conditioning(family, unet, 1, resolution, dtype)
+        with _autocast(dtype), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), counter:
+            unet(latents, torch.tensor([500]), **conditioning)
+    for handle in handles:
+        handle.remove()
+    by_module = counter.get_flop_counts()
+    root = type(unet).__name__
+    for name, unit in units.items():
+        parts = {f"{root}.{part_name}" for part_name, part in unet.named_modules() if part in recomputed_parts(unit)}
+        flops[name] = sum(sum(by_module.get(part, {}).values()) for part in parts)
+    return [{"name": name, "saved_bytes": sum(saved[name].values()), "forward_flops": flops[name]}
+            for name in units]

@@ -12,7 +12,7 @@ from lowvram.resolve import NATIVE_FORMAT, ResolvedRun
 __all__ = ["NATIVE_FORMAT", "Estimate", "MemoryStrategy", "Plan", "Workload", "apply_choice", "estimate", "fixed_choices", "plan",
            "workload_for"]
 
-STRATEGY_OPTIONS = ("unet_weights", "gradient_checkpointing", "optimizer")
+STRATEGY_OPTIONS = ("unet_weights", "gradient_checkpointing", "checkpoint_blocks", "optimizer")
 
 
 def workload_for(run: ResolvedRun) -> Workload:
@@ -32,6 +32,10 @@ def fixed_choices(values: dict) -> dict:
     fixed = {k: values[k] for k in STRATEGY_OPTIONS if k in values}
     if fixed.get("unet_weights") == "auto":
         del fixed["unet_weights"]
+    if fixed.get("checkpoint_blocks") is None:
+        fixed.pop("checkpoint_blocks", None)
+    else:  # a flag's text (build_config has checked it)
+        fixed["checkpoint_blocks"] = int(fixed["checkpoint_blocks"])
     return fixed
 
 
@@ -40,6 +44,7 @@ def apply_choice(config: RunConfig, chosen: Estimate) -> RunConfig:
     strategy = chosen.strategy
     memory = dataclasses.replace(config.memory, unet_weights=strategy.unet_weights,
                                  gradient_checkpointing=strategy.gradient_checkpointing,
+                                 checkpoint_blocks=strategy.checkpoint_units,
                                  vae_tiling=config.memory.vae_tiling or chosen.vae_tiling)
     optim = dataclasses.replace(config.optim, optimizer=strategy.optimizer)
     data = dataclasses.replace(config.data, cache_batch_size=min(config.data.cache_batch_size,

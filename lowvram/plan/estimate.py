@@ -53,10 +53,21 @@ class MemoryStrategy:
     unet_weights: str
     gradient_checkpointing: bool
     optimizer: str
+    # with checkpointing: how many of the family's checkpointing units are recomputed, the ones that save the
+    # most per recomputed FLOP first (plan_data.json "checkpoint_units"); None: all of them
+    checkpoint_units: int | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.unet_weights}{' ckpt' if self.gradient_checkpointing else ''} {self.optimizer}"
+        if not self.gradient_checkpointing:
+            return f"{self.unet_weights} {self.optimizer}"
+        units = self.checkpoint_units
+        part = "" if units is None else f" {units} block{'s' if units > 1 else ''}"
+        return f"{self.unet_weights} ckpt{part} {self.optimizer}"
+
+    @property
+    def selective(self) -> bool:
+        return self.gradient_checkpointing and self.checkpoint_units is not None
 
 
 @dataclass(frozen=True)
@@ -220,11 +231,14 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     workspace = KERNEL_WORKSPACE if cuda else 0
 
     traced = training_entries(data["training"], strategy)
-    activations = int(scaled(traced, work.resolution, work.batch, checkpointing=strategy.gradient_checkpointing)
-                      * WEIGHT_FORMATS[strategy.unet_weights].untraced_activation_factor
-                      * (DORA_ACTIVATION_FACTOR if work.network == "dora" else 1.0))
-    activations += wider_layers_activations(data["training"], work, strategy.gradient_checkpointing)
-    activations += delta_weight_bytes(data, work, trained_parts, strategy.gradient_checkpointing)
+    if strategy.selective:
+        checkpoint_unit_names(work.family, strategy.checkpoint_units)  # refuses a count the U-Net lacks
+        everything = unet_activations(data, work, replace(strategy, checkpoint_units=None), trained_parts)
+        nothing = unet_activations(data, work, replace(strategy, gradient_checkpointing=False), trained_parts)
+        saved_share, _ = checkpointed_shares(data, strategy.checkpoint_units)
+        activations = everything + int((nothing - everything) * (1 - saved_share))
+    else:
+        activations = unet_activations(data, work, strategy, trained_parts)
     offloaded = 0
     if work.offload_activations:
         # what stays on the GPU is the op at hand and the tensors backward is using: bounded (loosely) by what
@@ -291,6 +305,43 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     return result
 
 
+def unet_activations(data: dict, work: Workload, strategy: MemoryStrategy, trained_parts: list[str]) -> int:
+    """The U-Net's training activations with checkpointing all units or none, from the traces."""
+    traced = training_entries(data["training"], strategy)
+    activations = int(scaled(traced, work.resolution, work.batch, checkpointing=strategy.gradient_checkpointing)
+                      * WEIGHT_FORMATS[strategy.unet_weights].untraced_activation_factor
+                      * (DORA_ACTIVATION_FACTOR if work.network == "dora" else 1.0))
+    activations += wider_layers_activations(data["training"], work, strategy.gradient_checkpointing)
+    return activations + delta_weight_bytes(data, work, trained_parts, strategy.gradient_checkpointing)
+
+
+def checkpointed_shares(data: dict, count: int | None) -> tuple[float, float]:
+    """(share of the saved-for-backward bytes, share of the recomputed FLOPs) of the first `count` checkpointing
+    units (None: all). Selective checkpointing's activations lie between the all-units and no-units traces in
+    proportion to the bytes its units save; measured against traces of the chosen sets (tests/test_selective_
+    checkpointing.py), this is within 5 % of SD1.5's activations at every count."""
+    units = data["checkpoint_units"]
+    chosen = units if count is None else units[:count]
+    saved = sum(u["saved_bytes"] for u in chosen) / max(sum(u["saved_bytes"] for u in units), 1)
+    flops = sum(u["forward_flops"] for u in chosen) / max(sum(u["forward_flops"] for u in units), 1)
+    return saved, flops
+
+
+def checkpoint_unit_count(family: ModelFamily) -> int:
+    return len(family_data(family)["checkpoint_units"])
+
+
+def checkpoint_unit_names(family: ModelFamily, count: int | None) -> list[str] | None:
+    """The U-Net modules whose checkpointing switch `count` selective units turn on (None: all of them)."""
+    if count is None:
+        return None
+    units = family_data(family)["checkpoint_units"]
+    if not 1 <= count <= len(units):
+        raise LowvramError(f"--checkpoint-blocks {count}: {family.title}'s U-Net has {len(units)} blocks to "
+                           f"recompute; pass 1 to {len(units)}, or --gradient-checkpointing for all of them")
+    return [unit["name"] for unit in units[:count]]
+
+
 def relative_step_time(work: Workload, strategy: MemoryStrategy) -> float:
     """Step time relative to native 16-bit weights without checkpointing: measured ratios (calibration.json) for
     the family at the nearest measured batch, priors where nothing was measured."""
@@ -298,6 +349,9 @@ def relative_step_time(work: Workload, strategy: MemoryStrategy) -> float:
     native = strategy.unet_weights == work.native_format
     weights = 1.0 if native else measured.get("unet_weights", {}).get(
         strategy.unet_weights, WEIGHT_FORMATS[strategy.unet_weights].prior_step_time)
-    checkpointing = measured.get("gradient_checkpointing", CHECKPOINT_COST) if strategy.gradient_checkpointing else 1
+    checkpointing = 1.0
+    if strategy.gradient_checkpointing:  # recomputing a share of the forward FLOPs costs that share of all of it
+        _, recomputed = checkpointed_shares(family_data(work.family), strategy.checkpoint_units)
+        checkpointing = 1 + (measured.get("gradient_checkpointing", CHECKPOINT_COST) - 1) * recomputed
     return (weights * checkpointing * (OFFLOAD_COST if work.offload_activations else 1)
             * OPTIMIZERS[strategy.optimizer].step_cost)

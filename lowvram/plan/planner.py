@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from lowvram.formats import PLANNED_FORMATS
 from lowvram.hardware import GIB, Hardware
 from lowvram.optim import PLANNED_OPTIMIZERS
-from lowvram.plan.estimate import VRAM_SAFETY, Estimate, MemoryStrategy, Workload, estimate
+from lowvram.plan.estimate import VRAM_SAFETY, Estimate, MemoryStrategy, Workload, checkpoint_unit_count, estimate
 
 
 @dataclass
@@ -28,16 +28,54 @@ class Plan:
 
 
 def strategies(work: Workload, fixed: dict) -> list[MemoryStrategy]:
-    """Every strategy the planner may choose, restricted to the user's explicit choices (`fixed`)."""
+    """Every strategy the planner may choose, restricted to the user's explicit choices (`fixed`): no
+    checkpointing and all of it (selective checkpointing is added per budget by `estimates`)."""
     formats = [fixed["unet_weights"]] if fixed.get("unet_weights") else [work.native_format, *PLANNED_FORMATS]
-    checkpointing = [fixed["gradient_checkpointing"]] if "gradient_checkpointing" in fixed else [False, True]
+    if fixed.get("checkpoint_blocks"):
+        checkpointing = [(True, fixed["checkpoint_blocks"])]
+    elif "gradient_checkpointing" in fixed:
+        checkpointing = [(fixed["gradient_checkpointing"], None)]
+    else:
+        checkpointing = [(False, None), (True, None)]
     optimizers = [fixed["optimizer"]] if fixed.get("optimizer") else list(PLANNED_OPTIMIZERS)
-    return [MemoryStrategy(f, c, o) for f, c, o in itertools.product(formats, checkpointing, optimizers)]
+    return [MemoryStrategy(f, c, o, units) for f, (c, units), o in itertools.product(formats, checkpointing, optimizers)]
+
+
+def estimates_for(work: Workload, hardware: Hardware, fixed: dict) -> list[Estimate]:
+    """The estimate of every strategy, plus, where the planner chooses checkpointing and a budget lies between
+    none and all of it, the fewest checkpointed units that fit: a 12 GB card then recomputes little or nothing,
+    a 6 GB card a few blocks."""
+    found = [estimate(work, s, hardware) for s in strategies(work, fixed)]
+    if "gradient_checkpointing" in fixed or fixed.get("checkpoint_blocks"):
+        return found
+    for full in [e for e in found if e.strategy.gradient_checkpointing and e.fits(hardware)]:
+        without = replace(full.strategy, gradient_checkpointing=False)
+        if any(e.strategy == without and e.fits(hardware) and e.verified is not False for e in found):
+            continue  # nothing to recompute (an unverified one may not be chosen: checkpointing some still helps)
+        fewest = fewest_units(work, hardware, full.strategy)
+        if fewest is not None:
+            found.append(fewest)
+    return found
+
+
+def fewest_units(work: Workload, hardware: Hardware, strategy: MemoryStrategy) -> Estimate | None:
+    """The estimate with the fewest checkpointed units that fits (activations fall as units are added, so a
+    bisection finds it); None when only all of them fit."""
+    low, high = 1, checkpoint_unit_count(work.family) - 1  # high: the most units short of all
+    best = None
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = estimate(work, replace(strategy, checkpoint_units=middle), hardware)
+        if candidate.fits(hardware):
+            best, high = candidate, middle - 1
+        else:
+            low = middle + 1
+    return best
 
 
 def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest: bool = True) -> Plan:
     fixed = fixed or {}
-    estimates = [estimate(work, s, hardware) for s in strategies(work, fixed)]
+    estimates = estimates_for(work, hardware, fixed)
     estimates.sort(key=lambda e: (e.speed, e.peak_vram("training"), e.peak_vram()))
     explicit = bool(fixed.get("unet_weights"))  # the user's own format runs unverified, with a warning
     fitting = [e for e in estimates if e.fits(hardware) and (e.verified is not False or explicit)]
@@ -55,8 +93,7 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
     unverified = [e for e in estimates if e.fits(hardware)]
     if unverified:
         first = unverified[0].strategy
-        flags = (f"--unet-weights {first.unet_weights} --{'' if first.gradient_checkpointing else 'no-'}"
-                 f"gradient-checkpointing --optimizer {first.optimizer}")
+        flags = f"--unet-weights {first.unet_weights} {checkpointing_flags(first)} --optimizer {first.optimizer}"
         explanation = (f"nothing seen training {work.family.title} on a GPU fits {plan_budget(hardware) / GIB:.2f} "
                        f"GiB; {len(unverified)} unverified strategies would (the fastest: {first.label})")
         return Plan(work, hardware, estimates, None, explanation,
@@ -69,6 +106,12 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         explanation += f" and {smallest.peak_host() / GIB:.1f} GiB of host RAM"
     return Plan(work, hardware, estimates, None, explanation,
                 smallest_changes(work, hardware, fixed) if suggest else [])
+
+
+def checkpointing_flags(strategy: MemoryStrategy) -> str:
+    if strategy.selective:
+        return f"--checkpoint-blocks {strategy.checkpoint_units}"
+    return f"--{'' if strategy.gradient_checkpointing else 'no-'}gradient-checkpointing"
 
 
 def plan_budget(hardware: Hardware) -> int:

@@ -70,7 +70,8 @@ def shown_candidates(result: Plan, top: int) -> list[Estimate]:
 
 def breakdown(est: Estimate) -> Table:
     """Per-component bytes of every phase for one strategy."""
-    table = Table(title=f"{est.strategy.label}: VRAM per phase and component (GiB)")
+    title = f"{est.strategy.label}: VRAM per phase and component (GiB)"
+    table = Table(title=title, min_width=len(title))  # a title wrapped mid-phrase reads badly
     table.add_column("component", no_wrap=True)
     phases = [p for p in PHASES if p in est.vram]
     for phase in phases:
@@ -86,7 +87,8 @@ def breakdown(est: Estimate) -> Table:
 def host_breakdown(est: Estimate) -> Table:
     """Per-component host RAM of every phase for one strategy (loading peaks: the mapped checkpoint and, for a
     stored format, the converted U-Net beside it)."""
-    table = Table(title=f"{est.strategy.label}: host RAM per phase (GiB)")
+    title = f"{est.strategy.label}: host RAM per phase (GiB)"
+    table = Table(title=title, min_width=len(title))
     table.add_column("component", no_wrap=True)
     phases = list(est.host)
     for phase in phases:
@@ -102,6 +104,7 @@ def plan_json(result: Plan) -> dict:
     def one(est: Estimate) -> dict:
         return {"strategy": {"unet_weights": est.strategy.unet_weights,
                              "gradient_checkpointing": est.strategy.gradient_checkpointing,
+                             "checkpoint_blocks": est.strategy.checkpoint_units,
                              "optimizer": est.strategy.optimizer, "cache_batch_size": est.cache_batch_size,
                              "vae_tiling": est.vae_tiling},
                 "fits": est.fits(result.hardware), "verified_on_gpu": est.verified,

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from lowvram.adapters import lora_files, networks
 from lowvram.attention import set_attention
+from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.config import RunConfig, parse_save_every
 from lowvram.data.check import scan
 from lowvram.data.dataset import TrainingData
@@ -26,6 +27,7 @@ from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model
 from lowvram.optim import OPTIMIZERS, build_optimizer
 from lowvram.plan.calibration import unverified_warning
+from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.resolve import ResolvedRun, resolve_run
 from lowvram.train.validation import hold_out
@@ -121,6 +123,7 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     if lora_path.exists() and not config.output.overwrite:
         raise LowvramError(f"--output: {lora_path} exists; pass --overwrite to replace it, or choose another --name")
     run = resolve_run(config, detect())
+    checkpoint_unit_names(run.family, config.memory.checkpoint_blocks)  # a count the U-Net lacks stops here
     # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run
     # in one process (a notebook, the tests) starts from its own (the process group, PartialState, stays)
     AcceleratorState._reset_state()
@@ -216,8 +219,8 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         session.console.print(f"adapters start from {config.network.network_weights} ({filled} layers)",
                               soft_wrap=True)
     torch.manual_seed(config.training.seed + rank)
-    if config.memory.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
+    if config.memory.checkpointing:
+        enable_checkpointing(model.unet, checkpoint_unit_names(session.run.family, config.memory.checkpoint_blocks))
         if train_text:
             for encoder in model.text_encoders:
                 encoder.gradient_checkpointing_enable()
@@ -236,6 +239,13 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
                    [p for params in trainable.values() for p in params], prepared[-1], lr_scheduler, noise_scheduler)
 
 
+def checkpointing_note(unet: torch.nn.Module) -> str:
+    recomputed, units = checkpointed_count(unet)
+    if not recomputed:
+        return ""
+    return ", checkpointing" + ("" if recomputed == units else f" {recomputed} of {units} blocks")
+
+
 def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: PreparedData, attention: str,
              schedule: Schedule) -> None:
     """The run in one paragraph; a warning where warm-up fills most of the run, and where no GPU result shows
@@ -245,7 +255,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     session.console.print(
         f"[bold]lowvram[/] {run.family.title} from {model.source} on {run.hardware.name} ({run.mixed_precision})"
         f"{f' x {world} processes' if world > 1 else ''} | U-Net {run.unet_weights} "
-        f"({storage_bytes(model.unet) / 2**20:.0f} MiB), {attention} attention, {config.optim.optimizer} | "
+        f"({storage_bytes(model.unet) / 2**20:.0f} MiB){checkpointing_note(model.unet)}, {attention} attention, "
+        f"{config.optim.optimizer} | "
         f"{len(dataset.records)} images, {data.images_per_epoch} per epoch with repeats"
         f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
         f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g} | {schedule.total_steps} steps "
@@ -262,7 +273,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
                               f"steps: the learning rate {reached} --lr {config.lr:g}; lower --warmup-steps (say "
                               f"{max(0, schedule.total_steps // 10)})", soft_wrap=True)
     if run.hardware.device == "cuda":
-        unverified = unverified_warning(run.family, run.unet_weights, config.memory.gradient_checkpointing,
+        unverified = unverified_warning(run.family, run.unet_weights, config.memory.checkpointing,
                                         config.optim.optimizer, run.mixed_precision)
         if unverified:
             session.console.print(f"[yellow]warning:[/] {unverified}", soft_wrap=True)

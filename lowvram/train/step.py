@@ -8,6 +8,7 @@ from contextlib import nullcontext
 
 import torch
 
+from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.models.conditioning import encode_prompts, unet_conditioning
 from lowvram.train import checkpoint
@@ -122,9 +123,10 @@ def sum_over_processes(accelerator, *values: float) -> tuple[float, ...]:
 def leaner_after_oom(unet: torch.nn.Module, splits: int, batch_size: int) -> tuple[str, int]:
     """The next leaner way to run a step that ran out of memory, keeping the effective batch: recompute
     activations, then run each batch in smaller parts (gradients accumulate to the same update)."""
-    if not unet.is_gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        return "turned on gradient checkpointing", splits
+    recomputed, units = checkpointed_count(unet)
+    if recomputed < units:
+        enable_checkpointing(unet)
+        return f"turned on gradient checkpointing{f' (all blocks, was {recomputed})' if recomputed else ''}", splits
     if batch_size // splits > 1:
         return f"running each batch in {splits * 2} parts (same effective batch)", splits * 2
     raise LowvramError("out of memory even with gradient checkpointing and one image at a time; run lowvram plan "
