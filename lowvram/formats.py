@@ -21,6 +21,10 @@ class WeightFormat:
     # weights in a real CPU step of the tiny model (quanto keeps dequantized convolution weights for backward);
     # to be replaced by GPU measurements
     untraced_activation_factor: float = 1.0
+    # W8A8: the CUDA compute capability its 8-bit matmul needs (lowvram.w8a8); older cards store the 8-bit
+    # weights and multiply them dequantized, at the prior of weight-only storage
+    matmul_capability: tuple[int, int] | None = None
+    weight_only_step_time: float | None = None
 
     @property
     def cast(self) -> bool:
@@ -45,6 +49,12 @@ WEIGHT_FORMATS = {
                      untraced_activation_factor=1.09),
         WeightFormat("quanto-fp8", True, "optimum-quanto", "float8 Linear and Conv2d", 1.3,
                      untraced_activation_factor=1.09),
+        # int8/fp8 weights *and* matmuls (inputs quantized per token) on Linear layers; convolutions keep the
+        # compute dtype. Faster than 16 bits by prior only: OneTrainer reports about 2x for its W8A8 LoRA training
+        WeightFormat("w8a8-int8", False, "torch", "int8 Linear weights and int8 matmuls (W8A8)", 0.85, planned=True,
+                     matmul_capability=(7, 5), weight_only_step_time=1.12),
+        WeightFormat("w8a8-fp8", False, "torch", "float8 Linear weights and float8 matmuls (W8A8)", 0.85,
+                     planned=True, matmul_capability=(8, 9), weight_only_step_time=1.12),
     )
 }
 PLANNED_FORMATS = tuple(name for name, f in WEIGHT_FORMATS.items() if f.planned)

@@ -12,6 +12,8 @@ saved LoRA holds only adapter weights, and nothing is ever merged into quantized
 | quanto-int8  | int8             | int8             | optimum-quanto                            |
 | quanto-int4  | int4             | int4             | optimum-quanto                            |
 | quanto-fp8   | float8_e4m3fn    | float8_e4m3fn    | optimum-quanto                            |
+| w8a8-int8    | int8, int8 matmuls | compute dtype  | torch._int_mm (lowvram.w8a8)              |
+| w8a8-fp8     | float8_e4m3fn, fp8 matmuls | compute dtype | torch._scaled_mm (lowvram.w8a8)     |
 
 bitsandbytes quantizes only nn.Linear, and SD1.5's U-Net is ~69 % convolutions by parameters, so the
 fp8 and quanto formats, which also convert Conv2d, save far more on SD1.5. Heavy backends are
@@ -31,6 +33,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from lowvram import w8a8
 from lowvram.errors import LowvramError
 from lowvram.formats import WEIGHT_FORMATS
 
@@ -55,6 +58,8 @@ def convert_frozen(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype
     module.to(dtype=compute_dtype)
     if fmt in CAST_DTYPES or fmt == "fp8":  # stored in another float type, upcast layer by layer
         _to_stored_dtype(module, CAST_DTYPES.get(fmt, torch.float8_e4m3fn), compute_dtype)
+    elif fmt.startswith("w8a8-"):
+        _to_w8a8(module, fmt.removeprefix("w8a8-"), compute_dtype)
     elif fmt.startswith("bnb-"):
         _to_bitsandbytes(module, fmt, compute_dtype)
     else:
@@ -160,6 +165,12 @@ def _to_stored_dtype(module: torch.nn.Module, stored: torch.dtype, compute_dtype
         layer.weight.data = layer.weight.data.to(stored)
         layer.__class__ = UpcastLinear if isinstance(layer, torch.nn.Linear) else UpcastConv2d
         layer.compute_dtype = compute_dtype
+
+
+def _to_w8a8(module: torch.nn.Module, kind: str, compute_dtype: torch.dtype) -> None:
+    for _, _, layer in list(_convertible(module)):
+        if isinstance(layer, torch.nn.Linear) and w8a8.convertible(layer, kind):
+            w8a8.to_w8a8(layer, kind, compute_dtype)
 
 
 def _to_bitsandbytes(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype) -> None:
@@ -274,7 +285,7 @@ def converted_layers(module: torch.nn.Module):
 
 
 def _backend_of(layer: torch.nn.Module) -> str | None:
-    if isinstance(layer, (UpcastLinear, UpcastConv2d)):
+    if isinstance(layer, (UpcastLinear, UpcastConv2d, w8a8.W8A8Linear)):
         return "torch"
     kind = type(layer).__name__
     if kind in ("Linear8bitLt", "Linear4bit"):

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import plan_trace as trace
 
 from lowvram.adapters.networks import add_adapter
-from lowvram.formats import WEIGHT_FORMATS
+from lowvram.formats import CAST_FORMATS, TRACEABLE_FORMATS, WEIGHT_FORMATS
 from lowvram.models.families import DEFAULT_LORA_LAYERS, FAMILIES, LORA_LAYERS
 
 OUT = ROOT / "lowvram" / "plan" / "plan_data.json"
@@ -42,7 +42,7 @@ unet_weight_bytes: exact storage_bytes(convert_frozen(unet, format, compute dtyp
 bf16 compute has the fp16 sizes), from one real converted layer per distinct layer kind.
 training: one LoRA step (rank 16, AdamW, dropout 0, SDPA attention) from cached latents and text embeddings,
 batch 1. "training" has one entry per (resolution, checkpointing, unet_weights): the trace dtype at every
-resolution, fp8 storage at the native one; "training_variants" holds batch 2 (sd15 512) for comparison. Full-size families: frozen
+resolution, fp8 and W8A8 storage at the native one; "training_variants" holds batch 2 (sd15 512) for comparison. Full-size families: frozen
 U-Net in bf16 (fp16 has identical sizes) under autocast with CUDA's fp32 ops (group_norm, layer_norm, ...);
 tiny families: fp32, no autocast, as on a CPU.
 baseline_bytes = frozen weights + LoRA params + AdamW state (resident between steps); peak_bytes = most live
@@ -150,8 +150,10 @@ def build_family(name: str, resolutions: list[int], extras: bool) -> dict:
     # resolution: the planner interpolates over them; other settings go to the *_variants lists
     data["training"] = [training_entry(name, r, checkpointing=c) for r in sorted(resolutions) for c in (False, True)]
     first = resolutions[0]
-    if extras and not family.is_random_init:  # fp8 keeps 16-bit upcast copies for backward: its own entries
-        data["training"] += [training_entry(name, first, checkpointing=c, weights="fp8") for c in (False, True)]
+    if extras and not family.is_random_init:  # fp8 keeps 16-bit upcast copies for backward, W8A8 quantizes
+        # each input: their own entries
+        data["training"] += [training_entry(name, first, checkpointing=c, weights=fmt)
+                             for fmt in TRACEABLE_FORMATS if fmt not in CAST_FORMATS for c in (False, True)]
     data["training"] += layer_set_entries(family)
     data["checkpoint_units"] = checkpoint_units(family)
     data["training_variants"] = []

@@ -20,7 +20,7 @@ def workload_for(run: ResolvedRun) -> Workload:
     config = run.config
     return Workload(family=run.family, resolution=run.resolution, batch=config.training.batch_size,
                     rank=config.network.rank, network=config.network.network, lora_layers=config.network.lora_layers,
-                    offload_activations=config.memory.offload_activations,
+                    offload_activations=config.memory.offload_activations, compile=config.memory.compile,
                     train_text_encoder=config.network.train_text_encoder,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),
                     sample_resolution=run.sample_resolution, compute_bytes=run.compute_bytes,

@@ -39,6 +39,9 @@ TILE_PX = 512  # lowvram.models.conditioning.VAE_TILE_PX (not imported: plan mus
 # family by the measured ratios in calibration.json wherever a GPU result measured them.
 CHECKPOINT_COST = 1.3
 OFFLOAD_COST = 1.5  # activations over PCIe and back (a prior: uncalibrated)
+# --compile's compiled transformer blocks: "about 27 % faster than eager" is what compiled training is reported to
+# gain elsewhere (a prior, uncalibrated on our models); its warm-up is paid once per image size and batch
+COMPILE_COST = 0.8
 # DoRA also keeps each adapted layer's base output for its magnitude's gradient: measured 1.30x LoRA's saved
 # activations on the tiny model (CPU, SDPA; uncalibrated on a GPU)
 DORA_ACTIVATION_FACTOR = 1.3
@@ -81,6 +84,7 @@ class Workload:
     network: str = "lora"  # lora, dora, loha, lokr
     lora_layers: str = DEFAULT_LORA_LAYERS  # which layers carry adapters (--lora-layers)
     offload_activations: bool = False  # saved activations in pinned host RAM (--offload-activations)
+    compile: bool = False  # compiled transformer blocks (--compile)
     train_text_encoder: bool = False
     cache_batch_size: int = 4
     sampling: bool = True
@@ -298,11 +302,19 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
                      "parked parts": vae_bytes + (0 if work.train_text_encoder else text_bytes)},
         "saving": {"process": HOST_BASELINE, "LoRA copy": lora},
     }
-    result.speed = relative_step_time(work, strategy)
+    result.speed = relative_step_time(work, strategy, hardware)
     if cuda:
         result.verified = is_verified(work.family, strategy.unet_weights, strategy.gradient_checkpointing,
                                       strategy.optimizer, work.mixed_precision)
     return result
+
+
+def has_capability(hardware: Hardware, needed: tuple[int, int]) -> bool:
+    """Whether a CUDA card reaches a compute capability; an unknown card (a bare --vram budget) is assumed to."""
+    if hardware.device != "cuda" or not hardware.compute_capability:
+        return True
+    major, _, minor = hardware.compute_capability.partition(".")
+    return (int(major), int(minor or 0)) >= needed
 
 
 def unet_activations(data: dict, work: Workload, strategy: MemoryStrategy, trained_parts: list[str]) -> int:
@@ -342,16 +354,19 @@ def checkpoint_unit_names(family: ModelFamily, count: int | None) -> list[str] |
     return [unit["name"] for unit in units[:count]]
 
 
-def relative_step_time(work: Workload, strategy: MemoryStrategy) -> float:
+def relative_step_time(work: Workload, strategy: MemoryStrategy, hardware: Hardware | None = None) -> float:
     """Step time relative to native 16-bit weights without checkpointing: measured ratios (calibration.json) for
-    the family at the nearest measured batch, priors where nothing was measured."""
+    the family at the nearest measured batch, priors where nothing was measured. A W8A8 format on a card without
+    its 8-bit matmul stores 8-bit weights only (dequantized per call): its weight-only prior."""
     measured = step_time_ratios(work.family, work.batch)
     native = strategy.unet_weights == work.native_format
-    weights = 1.0 if native else measured.get("unet_weights", {}).get(
-        strategy.unet_weights, WEIGHT_FORMATS[strategy.unet_weights].prior_step_time)
+    fmt = WEIGHT_FORMATS[strategy.unet_weights]
+    weights = 1.0 if native else measured.get("unet_weights", {}).get(strategy.unet_weights, fmt.prior_step_time)
+    if fmt.matmul_capability and hardware and not has_capability(hardware, fmt.matmul_capability):
+        weights = fmt.weight_only_step_time
     checkpointing = 1.0
     if strategy.gradient_checkpointing:  # recomputing a share of the forward FLOPs costs that share of all of it
         _, recomputed = checkpointed_shares(family_data(work.family), strategy.checkpoint_units)
         checkpointing = 1 + (measured.get("gradient_checkpointing", CHECKPOINT_COST) - 1) * recomputed
     return (weights * checkpointing * (OFFLOAD_COST if work.offload_activations else 1)
-            * OPTIMIZERS[strategy.optimizer].step_cost)
+            * (COMPILE_COST if work.compile else 1) * OPTIMIZERS[strategy.optimizer].step_cost)

@@ -50,8 +50,9 @@ def estimates_for(work: Workload, hardware: Hardware, fixed: dict) -> list[Estim
         return found
     for full in [e for e in found if e.strategy.gradient_checkpointing and e.fits(hardware)]:
         without = replace(full.strategy, gradient_checkpointing=False)
-        if any(e.strategy == without and e.fits(hardware) and e.verified is not False for e in found):
-            continue  # nothing to recompute (an unverified one may not be chosen: checkpointing some still helps)
+        if any(e.strategy == without and e.fits(hardware) and (e.verified is not False or full.verified is False)
+               for e in found):
+            continue  # nothing need be recomputed, unless only the checkpointed strategy may be chosen
         fewest = fewest_units(work, hardware, full.strategy)
         if fewest is not None:
             found.append(fewest)

@@ -15,6 +15,7 @@ from rich.console import Console
 from lowvram.adapters import lora_files, networks
 from lowvram.attention import set_attention
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
+from lowvram.compiling import compile_blocks, compile_problem, compiled_count
 from lowvram.config import RunConfig, parse_save_every
 from lowvram.data.check import scan
 from lowvram.data.dataset import TrainingData
@@ -221,6 +222,12 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
     torch.manual_seed(config.training.seed + rank)
     if config.memory.checkpointing:
         enable_checkpointing(model.unet, checkpoint_unit_names(session.run.family, config.memory.checkpoint_blocks))
+    if config.memory.compile:  # after the adapters: the compiled blocks contain them
+        problem = compile_problem(session.device)
+        if problem:
+            session.console.print(f"[yellow]warning:[/] --compile: {problem}; training without it", soft_wrap=True)
+        else:
+            compile_blocks(model.unet)
         if train_text:
             for encoder in model.text_encoders:
                 encoder.gradient_checkpointing_enable()
@@ -255,7 +262,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     session.console.print(
         f"[bold]lowvram[/] {run.family.title} from {model.source} on {run.hardware.name} ({run.mixed_precision})"
         f"{f' x {world} processes' if world > 1 else ''} | U-Net {run.unet_weights} "
-        f"({storage_bytes(model.unet) / 2**20:.0f} MiB){checkpointing_note(model.unet)}, {attention} attention, "
+        f"({storage_bytes(model.unet) / 2**20:.0f} MiB){checkpointing_note(model.unet)}, {attention} attention"
+        f"{f', {compiled_count(model.unet)} blocks compiled' if compiled_count(model.unet) else ''}, "
         f"{config.optim.optimizer} | "
         f"{len(dataset.records)} images, {data.images_per_epoch} per epoch with repeats"
         f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
