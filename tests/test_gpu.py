@@ -1,7 +1,7 @@
 """What only a CUDA GPU can show, on the tiny models in seconds: every weight format's CUDA kernels
-(bitsandbytes, optimum-quanto, the fp8 upcast) train, fp16 mixed precision survives an overflow through its
-grad scaler, the attention choice, the 8-bit and paged optimizers, offloaded activations, and `train --auto`
-held to a VRAM cap. Skipped without CUDA (see conftest); a GPU session runs them with `pytest -m gpu`."""
+(bitsandbytes, optimum-quanto, the fp8 upcast, W8A8's 8-bit matmuls) train, fp16 mixed precision survives an
+overflow through its grad scaler, the attention choice, the 8-bit and paged optimizers, offloaded activations,
+compiled blocks with selective checkpointing, and `train --auto` held to a VRAM cap. Skipped without CUDA (see conftest); a GPU session runs them with `pytest -m gpu`."""
 
 import ast
 import os
@@ -122,3 +122,25 @@ def test_the_vram_cap_holds_each_process_to_its_own_gpu():
     assert done.returncode == 0, done.stderr[-3000:]
     first, second = ast.literal_eval(done.stdout.strip().splitlines()[-1])
     assert first == 1.0 and second < 1.0, (first, second)
+
+
+def test_compiled_blocks_and_selective_checkpointing_train_on_cuda(tmp_path, capsys):
+    """#14's levers on CUDA: transformer blocks compiled by inductor (Triton kernels) and recomputed in part."""
+    result = train(run_config(output=str(tmp_path), max_steps=3, compile=True, checkpoint_blocks=4, lr=1e-3))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "blocks compiled" in out and "checkpointing 4 of 9 blocks" in out, out
+    assert result.final_loss == result.final_loss
+    finite_lora(result.lora_path)
+
+
+def test_adamw_steps_cuda_adapters_in_one_fused_kernel():
+    from lowvram.optim import build_optimizer
+
+    params = [torch.nn.Parameter(torch.randn(320, 16, device="cuda")) for _ in range(4)]
+    optimizer = build_optimizer("adamw", [{"params": params, "lr": 1e-2}], weight_decay=0.01)
+    assert optimizer.defaults["fused"] is True
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = params[0].detach().clone()
+    optimizer.step()
+    assert not torch.equal(before, params[0]) and torch.isfinite(params[0]).all()

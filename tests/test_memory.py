@@ -18,11 +18,11 @@ from lowvram.train.loop import train
 
 # Largest relative error of the converted tiny U-Net's output against fp32 (random weights, CPU).
 MAX_RELATIVE_ERROR = {"fp32": 0.0, "fp16": 0.01, "bf16": 0.05, "fp8": 0.15, "bnb-int8": 0.02, "bnb-nf4": 0.1,
-                      "quanto-int8": 0.03, "quanto-int4": 0.35, "quanto-fp8": 0.15}
+                      "quanto-int8": 0.03, "quanto-int4": 0.35, "quanto-fp8": 0.15, "w8a8-int8": 0.05, "w8a8-fp8": 0.15}
 # Bytes of the converted U-Net relative to fp32, at most (the tiny model's convolutions dominate, so the
-# bitsandbytes formats, which keep convolutions, save little on it, as on SD1.5).
+# bitsandbytes and W8A8 formats, which keep convolutions, save little on it, as on SD1.5).
 MAX_SIZE_RATIO = {"fp32": 1.0, "fp16": 0.52, "bf16": 0.52, "fp8": 0.3, "bnb-int8": 0.85, "bnb-nf4": 0.82,
-                  "quanto-int8": 0.3, "quanto-int4": 0.2, "quanto-fp8": 0.3}
+                  "quanto-int8": 0.3, "quanto-int4": 0.2, "quanto-fp8": 0.3, "w8a8-int8": 0.82, "w8a8-fp8": 0.82}
 FORMATS = [f for f in WEIGHT_FORMATS if f != "quanto-int4"] + [pytest.param("quanto-int4", marks=pytest.mark.slow)]
 
 
@@ -51,7 +51,8 @@ def test_weight_format_is_really_stored_and_stays_close(fmt, reference):
     stored = {
         "fp16": (torch.float16, torch.float16), "bf16": (torch.bfloat16, torch.bfloat16),
         "fp8": (torch.float8_e4m3fn, torch.float8_e4m3fn), "bnb-int8": (torch.int8, torch.float32),
-        "bnb-nf4": (torch.uint8, torch.float32),
+        "bnb-nf4": (torch.uint8, torch.float32), "w8a8-int8": (torch.int8, torch.float32),
+        "w8a8-fp8": (torch.float8_e4m3fn, torch.float32),
     }.get(fmt)
     if stored:
         assert (to_q.weight.dtype, conv.weight.dtype) == stored

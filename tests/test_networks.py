@@ -32,7 +32,8 @@ SUFFIXES = {
     "lokr": {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"},  # w2 whole or decomposed, by layer size
 }
 # (network, --unet-weights) pairs peft cannot train (on this machine, the CPU): refused with a clear error
-REFUSED = {("loha", "bnb-nf4"), ("lokr", "bnb-nf4"), ("dora", "fp8"), ("dora", "bnb-int8")}
+REFUSED = {("loha", "bnb-nf4"), ("lokr", "bnb-nf4"), ("dora", "fp8"), ("dora", "bnb-int8"), ("dora", "w8a8-int8"),
+           ("dora", "w8a8-fp8")}
 
 
 @pytest.fixture(scope="module", params=[("tiny", "lora"), ("tiny", "dora"), ("tiny", "loha"), ("tiny", "lokr"),

@@ -39,6 +39,8 @@ SWEEP = [
     ("native", False, "adamw", "bf16", False), ("native", True, "adamw", "bf16", False),
     ("native", False, "adamw8bit", "fp16", False), ("native", True, "adamw8bit", "fp16", False),
     ("bnb-nf4", True, "adamw8bit", "fp16", False), ("fp8", True, "adamw8bit", "fp16", False),
+    # --compile, last (its warm-up is long): the same strategies compiled, for the planner's compile ratio
+    ("native", False, "adamw8bit", "bf16", True, "compiled"), ("native", True, "adamw8bit", "bf16", True, "compiled"),
 ]
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": "float32"}
 
@@ -47,19 +49,23 @@ def random_unet(family, device, dtype):
     return bench_memory.random_components(family, device, dtype, ("unet",))["unet"]
 
 
-def strategy_name(weights: str, checkpointing: bool | int, optimizer: str, mixed_precision: str) -> str:
+def strategy_name(weights: str, checkpointing: bool | int, optimizer: str, mixed_precision: str,
+                  compiled: bool = False) -> str:
     name = bench_memory.strategy_name(weights, checkpointing, optimizer)
-    return name if mixed_precision == "bf16" else f"{name},{mixed_precision}"
+    name = name if mixed_precision == "bf16" else f"{name},{mixed_precision}"
+    return f"{name},compiled" if compiled else name
 
 
 def measure(family, device, weights: str, checkpointing: bool | int, optimizer_name: str, mixed_precision: str,
-            resolution: int, batches: list[int], steps: dict[int, int], warmup: int, rank: int):
+            resolution: int, batches: list[int], steps: dict[int, int], warmup: int, rank: int,
+            compiled: bool = False):
     """Yield one result per batch size for one strategy, on one freshly made and converted U-Net."""
     import torch
 
     from lowvram.adapters.networks import add_adapter
     from lowvram.attention import set_attention
     from lowvram.checkpointing import enable_checkpointing
+    from lowvram.compiling import compile_blocks
     from lowvram.optim import build_optimizer
     from lowvram.plan.estimate import checkpoint_unit_names
     from lowvram.quant import convert_frozen, place, storage_bytes
@@ -67,7 +73,8 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
     cuda = device.type == "cuda"
     compute = getattr(torch, DTYPES[mixed_precision]) if cuda else torch.float32
     units = None if isinstance(checkpointing, bool) else checkpointing
-    common = {"strategy": strategy_name(weights, checkpointing, optimizer_name, mixed_precision),
+    common = {"strategy": strategy_name(weights, checkpointing, optimizer_name, mixed_precision, compiled),
+              "compiled": compiled,
               "unet_weights": weights, "gradient_checkpointing": bool(checkpointing), "checkpoint_units": units,
               "optimizer": optimizer_name,
               "mixed_precision": mixed_precision if cuda else "no", "offload_activations": False,
@@ -81,6 +88,8 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
         if checkpointing:
             enable_checkpointing(unet, checkpoint_unit_names(family, units))
         params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)
+        if compiled:  # the warm-up steps pay for the compilation, as a run's first steps do
+            compile_blocks(unet)
         optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)
         scaler = torch.amp.GradScaler(enabled=mixed_precision == "fp16" and cuda)
         common.update(unet_bytes=storage_bytes(unet), lora_params=sum(p.numel() for p in params),
@@ -184,18 +193,20 @@ def main() -> None:
             emit({**bench_memory.run_baseline_here(family, resolution, steps[batch], args.warmup, batch, args.rank,
                                                    device), "kind": "baseline"})
             free(cuda)
-        for weights, checkpointing, optimizer, mixed_precision, every_batch in with_picks(family, resolution, args):
-            if not cuda and mixed_precision != "bf16":
-                continue  # the CPU computes in fp32 only
+        for weights, checkpointing, optimizer, mixed_precision, every_batch, *extra in with_picks(family, resolution,
+                                                                                                args):
+            compiled = "compiled" in extra
+            if not cuda and (mixed_precision != "bf16" or compiled):
+                continue  # the CPU computes in fp32 only; compiling here would only rehearse the compiler
             if args.deadline and time.monotonic() - started > args.deadline:
                 emit({"kind": "not run", "strategy": strategy_name(weights, checkpointing, optimizer,
-                                                                   mixed_precision)})
+                                                                   mixed_precision, compiled)})
                 continue
             if weights == "native":  # the U-Net stored as the run computes (the CPU: fp32)
                 weights = NATIVE_FORMAT[mixed_precision if cuda else "no"]
             batches = args.batches if every_batch else args.batches[:1]
             for result in measure(family, device, weights, checkpointing, optimizer, mixed_precision, resolution,
-                                  batches, steps, args.warmup, args.rank):
+                                  batches, steps, args.warmup, args.rank, compiled):
                 emit({**result, "kind": "strategy"})
             free(cuda)
 

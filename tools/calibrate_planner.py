@@ -10,7 +10,9 @@ Every GPU result under benchmarks/ (a JSON with an `environment.device` other th
   chooses only these; `plan` marks the rest unverified.
 - cuda_context_bytes: the largest CUDA context measured (driver, context and libraries before our first tensor).
 - step_time: measured step-time ratios per full-size family and batch: gradient checkpointing against none (same
-  format), and each storage format against the native 16-bit one (same checkpointing). A ratio no result measured
+  format), each storage format against the native 16-bit one (same checkpointing), and `--compile` against the
+  same strategy uncompiled (selective checkpointing runs check the planner's picks, not these ratios). A ratio
+  no result measured
   stays the estimator's prior. Pairs whose optimizers differ are compared as measured: an 8-bit optimizer's step
   on a few million LoRA parameters is within the noise of a U-Net step.
 
@@ -77,6 +79,11 @@ def step_time(runs: list[dict]) -> dict:
                 continue
             entry = ratios.setdefault(run["family"], {}).setdefault(str(run["batch"]), {})
             ratio = run["seconds_per_step"] / other["seconds_per_step"]
+            if run.get("compiled") or other.get("compiled"):  # compiled runs give the compile ratio only
+                if run.get("compiled") and not other.get("compiled") and strategy_key(run) == strategy_key(other) \
+                        and run.get("checkpoint_units") == other.get("checkpoint_units"):
+                    entry.setdefault("compile", []).append(ratio)
+                continue
             same_format = run["unet_weights"] == other["unet_weights"]
             every_unit = not run.get("checkpoint_units")  # selective runs check the planner's pick, not this ratio
             if same_format and run["gradient_checkpointing"] and every_unit and not other["gradient_checkpointing"]:
@@ -87,8 +94,9 @@ def step_time(runs: list[dict]) -> dict:
                 entry.setdefault("unet_weights", {}).setdefault(run["unet_weights"], []).append(ratio)
     for family in ratios.values():
         for entry in family.values():
-            if "gradient_checkpointing" in entry:
-                entry["gradient_checkpointing"] = round(statistics.median(entry["gradient_checkpointing"]), 3)
+            for ratio in ("gradient_checkpointing", "compile"):
+                if ratio in entry:
+                    entry[ratio] = round(statistics.median(entry[ratio]), 3)
             for fmt, values in entry.get("unet_weights", {}).items():
                 entry["unet_weights"][fmt] = round(statistics.median(values), 3)
     return ratios

@@ -75,6 +75,11 @@ def _unsupported(network: str, layer: torch.nn.Module) -> str | None:
         # peft's LoHa/LoKr reshape their delta to the base weight's shape, and a 4-bit weight is packed
         return (f"--network {network}: peft has no {NAMES[network]} layer for bitsandbytes 4-bit weights "
                 "(--unet-weights bnb-nf4); use --network lora or dora, or --unet-weights quanto-int4")
+    if network == "dora" and kind == "W8A8Linear":
+        # DoRA's magnitude is the norm of the base weight, which peft reads as stored: 8-bit values without
+        # their per-feature scales
+        return (f"--network dora: peft's DoRA cannot read W8A8's 8-bit weights (--unet-weights w8a8-{layer.kind}); "
+                "use --network lora, loha or lokr, or --unet-weights quanto-int8")
     if network == "dora" and weight is not None and weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
         # DoRA's initial magnitude adds the float8 weight to a float32 one, a promotion torch refuses
         return ("--network dora: peft's DoRA cannot read float8 weights (--unet-weights fp8); use --unet-weights "
