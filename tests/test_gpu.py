@@ -124,6 +124,8 @@ def test_the_vram_cap_holds_each_process_to_its_own_gpu():
     assert first == 1.0 and second < 1.0, (first, second)
 
 
+@pytest.mark.slow  # Triton's compile takes tens of seconds: outside the GPU session's 60 s of tests (its sweep
+# trains compiled full-size U-Nets instead)
 def test_compiled_blocks_and_selective_checkpointing_train_on_cuda(tmp_path, capsys):
     """#14's levers on CUDA: transformer blocks compiled by inductor (Triton kernels) and recomputed in part."""
     result = train(run_config(output=str(tmp_path), max_steps=3, compile=True, checkpoint_blocks=4, lr=1e-3))

@@ -40,7 +40,8 @@ TILE_PX = 512  # lowvram.models.conditioning.VAE_TILE_PX (not imported: plan mus
 CHECKPOINT_COST = 1.3
 OFFLOAD_COST = 1.5  # activations over PCIe and back (a prior: uncalibrated)
 # --compile's compiled transformer blocks: "about 27 % faster than eager" is what compiled training is reported to
-# gain elsewhere (a prior, uncalibrated on our models); its warm-up is paid once per image size and batch
+# gain elsewhere (a prior until calibration.json has a measured "compile" ratio); its warm-up is paid once per
+# image size and batch
 COMPILE_COST = 0.8
 # DoRA also keeps each adapted layer's base output for its magnitude's gradient: measured 1.30x LoRA's saved
 # activations on the tiny model (CPU, SDPA; uncalibrated on a GPU)
@@ -369,4 +370,4 @@ def relative_step_time(work: Workload, strategy: MemoryStrategy, hardware: Hardw
         _, recomputed = checkpointed_shares(family_data(work.family), strategy.checkpoint_units)
         checkpointing = 1 + (measured.get("gradient_checkpointing", CHECKPOINT_COST) - 1) * recomputed
     return (weights * checkpointing * (OFFLOAD_COST if work.offload_activations else 1)
-            * (COMPILE_COST if work.compile else 1) * OPTIMIZERS[strategy.optimizer].step_cost)
+            * (measured.get("compile", COMPILE_COST) if work.compile else 1) * OPTIMIZERS[strategy.optimizer].step_cost)
