@@ -16,6 +16,7 @@ multiply the dequantized weight instead.
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,8 @@ def kernel_supported(kind: str, device: torch.device) -> bool:
     on, formats.WEIGHT_FORMATS' matmul_capability). Elsewhere the layers multiply their weights dequantized."""
     if device.type != "cuda":
         return True
+    if kind == "fp8" and (sys.platform == "win32" or torch.version.hip):
+        return False  # torch's row-wise scaled-mm (CUTLASS) kernel is built for neither Windows nor ROCm
     return torch.cuda.get_device_capability(device) >= WEIGHT_FORMATS[f"w8a8-{kind}"].matmul_capability
 
 
