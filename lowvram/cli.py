@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -273,9 +274,11 @@ def main(argv: list[str] | None = None) -> int:
             config = build_config(values)  # every option error within a second, before the heavy imports
             if args.vram and not args.auto:
                 raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")
-            _quiet_libraries()
-            from lowvram.train.loop import train
-
+            with remembered_interrupt() as interrupted:
+                _quiet_libraries()
+                from lowvram.train.loop import train
+            if interrupted:  # a Ctrl-C the imports swallowed
+                raise KeyboardInterrupt
             if args.auto:
                 config = auto_strategy(config, values, args.vram)
             train(config)
@@ -306,6 +309,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lowvram {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+@contextlib.contextmanager
+def remembered_interrupt():
+    """Ctrl-C while the libraries load raises KeyboardInterrupt wherever it lands; one that lands in a finalizer
+    or a callback is printed as 'Exception ignored' and lost, and the run would go on. The signal is remembered
+    here (a list that is non-empty once it came), for the caller to act on after the block."""
+    import signal
+
+    received: list[int] = []
+
+    def handle(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, handle)
+    except ValueError:  # not the main thread (a notebook's worker): leave signals alone
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _quiet_libraries() -> None:

@@ -3,6 +3,7 @@ twice, latin-1 captions turned into replacement characters, Ctrl-C tracebacks, t
 check-data's help naming another model than it used, and a --model-family that disagrees with the model."""
 
 import io
+import os
 import re
 import shutil
 import signal
@@ -233,3 +234,21 @@ def test_the_test_command_shows_progress_per_file_and_the_readme_says_how_long_i
     assert "pytest" in command and " -q" not in command and "--durations" in command  # file by file, slowest named
     assert re.search(r"take about \d+ minutes\s+on the 2-core CI machine", readme)
     assert '-m "not slow"' in readme
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowing, on purpose
+def test_a_ctrl_c_that_a_finalizer_swallows_while_the_libraries_load_is_still_acted_on():
+    """Python prints a KeyboardInterrupt raised inside a finalizer as 'Exception ignored' and goes on; the run
+    must not go on training. A real SIGINT lands in a real __del__ here."""
+    from lowvram.cli import remembered_interrupt
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs here, inside __del__
+
+    with remembered_interrupt() as interrupted:
+        obj = Finalized()
+        del obj  # the KeyboardInterrupt raised in __del__ is swallowed
+    assert interrupted == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
