@@ -152,3 +152,15 @@ def test_a_lora_trained_with_some_blocks_checkpointed_is_the_one_trained_without
     fresh = load_model("tiny")
     fresh.pipeline.load_lora_weights(str(files["some"]), adapter_name="some")
     assert any("lora" in name for name, _ in fresh.unet.named_parameters())
+
+
+@pytest.mark.parametrize("memory, text_checkpointed", [({"checkpoint_blocks": 2}, True), ({"compile": True}, False)])
+def test_trained_text_encoders_are_checkpointed_with_the_u_net_and_only_then(tmp_path, memory, text_checkpointed):
+    from lowvram.compiling import compile_problem
+    from lowvram.train.loop import train
+
+    if "compile" in memory and compile_problem(torch.device("cpu")):
+        pytest.skip("no C++ compiler here")
+    result = train(run_config(output=str(tmp_path), max_steps=1, train_text_encoder=True, text_encoder_lr=1e-3,
+                              **memory))
+    assert [e.is_gradient_checkpointing for e in result.model.text_encoders] == [text_checkpointed]

@@ -222,15 +222,15 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
     torch.manual_seed(config.training.seed + rank)
     if config.memory.checkpointing:
         enable_checkpointing(model.unet, checkpoint_unit_names(session.run.family, config.memory.checkpoint_blocks))
+        if train_text:
+            for encoder in model.text_encoders:
+                encoder.gradient_checkpointing_enable()
     if config.memory.compile:  # after the adapters: the compiled blocks contain them
         problem = compile_problem(session.device)
         if problem:
             session.console.print(f"[yellow]warning:[/] --compile: {problem}; training without it", soft_wrap=True)
         else:
             compile_blocks(model.unet)
-        if train_text:
-            for encoder in model.text_encoders:
-                encoder.gradient_checkpointing_enable()
     groups = [{"params": params, "lr": config.lr if part == "unet" else config.text_encoder_lr}
               for part, params in trainable.items()]
     optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, config.optim.warmup_steps)
