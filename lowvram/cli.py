@@ -47,18 +47,32 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]
     table = fields_by_name()
     groups = {section: parser.add_argument_group(section) for section in sections}
     for name, (section, f, kind) in table.items():
-        if section not in sections or name in skip:
-            continue
-        meta = f.metadata
-        flag = flag_name(f)
-        shown = "" if f.default in (None, dataclasses.MISSING) else f" [default: {f.default}]"
-        kwargs = {"dest": name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
-        if kind is bool:
-            groups[section].add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(kind) is tuple:
-            groups[section].add_argument(flag, action="append", metavar=meta["metavar"], **kwargs)
-        else:
-            groups[section].add_argument(flag, choices=meta["choices"], metavar=meta["metavar"], **kwargs)
+        if section in sections and name not in skip:
+            _add_field_flag(groups[section], f, kind)
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, title: str) -> None:
+    """`lowvram caption`'s flags, from its options dataclass (DIR is positional)."""
+    from lowvram.caption import CaptionConfig
+
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(CaptionConfig)
+    for f in dataclasses.fields(CaptionConfig):
+        if f.name != "data":
+            _add_field_flag(group, f, hints[f.name])
+
+
+def _add_field_flag(group, f: dataclasses.Field, kind) -> None:
+    """The flag of one option field: its metadata is the help, the choices and the metavar."""
+    meta = f.metadata
+    shown = "" if f.default in (None, dataclasses.MISSING) else f" [default: {f.default}]"
+    kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
+    if kind is bool:
+        group.add_argument(flag_name(f), action=argparse.BooleanOptionalAction, **kwargs)
+    elif typing.get_origin(kind) is tuple:
+        group.add_argument(flag_name(f), action="append", metavar=meta["metavar"], **kwargs)
+    else:
+        group.add_argument(flag_name(f), choices=meta["choices"], metavar=meta["metavar"], **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale [default: 7.0]")
     gen.add_argument("--resolution", type=int, default=None, help="image size in pixels [default: the model's]")
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image [default: 0]")
+
+    cap = sub.add_parser("caption", allow_abbrev=False, help="write captions for images that have none",
+                         description="Write a .txt caption for each image of a dataset that has none, with a WD14-style "
+                         "tagger (tags) or an image-to-text model such as BLIP (a sentence). Nothing in the folder "
+                         "changes but the new caption files.")
+    cap.add_argument("data", metavar="DIR", help="dataset folder (kohya-style N_name subfolders are captioned too)")
+    cap.add_argument("--dry-run", action="store_true", help="say what would be captioned, and where the model would "
+                     "run, without loading it")
+    cap.add_argument("--vram", metavar="SIZE", help="plan for at most this much VRAM (e.g. 4GB)")
+    _add_option_flags(cap, "captioning")
 
     info = sub.add_parser("info", allow_abbrev=False, help="show a LoRA file's network and metadata",
                           description="Show what a LoRA .safetensors file (lowvram's, kohya's or another trainer's) "
@@ -240,6 +264,30 @@ def check_values(args: argparse.Namespace) -> dict:
     return values
 
 
+def run_caption(args: argparse.Namespace) -> int:
+    from lowvram.caption import CaptionConfig, caption_dataset
+    from lowvram.config import options_from
+    from lowvram.hardware import hardware_for
+    from lowvram.resolve import default_cache_dir
+
+    names = {f.name for f in dataclasses.fields(CaptionConfig)}
+    config = options_from(CaptionConfig, {k: v for k, v in vars(args).items() if k in names})
+    hardware = hardware_for(None, args.vram, None)
+    if args.vram and not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LowvramError("--vram: there is no CUDA GPU here to caption on; add --dry-run to see the plan")
+    report = caption_dataset(config, hardware, default_cache_dir(), dry_run=args.dry_run)
+    for image, reason in report.skipped:
+        print(f"skipped {image}: {reason}")
+    if not args.dry_run:
+        print(f"wrote {len(report.written)} caption(s); kept {len(report.kept)} existing")
+    if report.backup and report.written:
+        print(f"the captions replaced are kept in {report.backup}")
+    return 0
+
+
 # options that answer one question: a layer that sets one of them replaces a lower layer's other
 ALTERNATIVES = (("max_steps", "epochs"), ("validation_split", "validation_data"))
 
@@ -292,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.resolve import resolve_run
 
             check_data(resolve_run(build_config(check_values(args)), NO_GPU), args.report, args.verbose)
+        elif args.command == "caption":
+            return run_caption(args)
         elif args.command == "info":
             from lowvram.info import print_info
 

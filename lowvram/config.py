@@ -38,6 +38,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
+CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, in this order by default
 PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume",)  # one run's circumstance, not part of the recipe a saved config replays
 PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights")  # made absolute
@@ -432,6 +433,22 @@ def _coerce(value: Any, kind: Any) -> Any:
     return value
 
 
+def options_from(cls: type, values: dict[str, Any]) -> Any:
+    """An options dataclass other than the run's (e.g. `lowvram caption`'s) from flag or form values, each read as its
+    field's type; every problem is reported at once."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    parsed, problems = {}, []
+    for name, value in values.items():
+        try:
+            parsed[name] = _coerce(value, hints[name])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{flag_name(fields[name])}: {value!r} is invalid: {exc}")
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return cls(**parsed)
+
+
 def parse_save_every(value: str | None) -> tuple[int, str] | None:
     """'500' / '500s' / '500 steps' -> (500, 'steps'); '2e' / '2 epochs' -> (2, 'epochs')."""
     if value is None:
@@ -586,8 +603,8 @@ def _check(c: RunConfig) -> list[str]:
         parse_colour(c.data.background)
     except ValueError as exc:
         p.append(f"--background: {exc}")
-    if c.data.caption_extension not in (".txt", ".caption"):
-        p.append(f"--caption-extension: '{c.data.caption_extension}' is not one of .txt, .caption")
+    if c.data.caption_extension not in CAPTION_SUFFIXES:
+        p.append(f"--caption-extension: '{c.data.caption_extension}' is not one of {', '.join(CAPTION_SUFFIXES)}")
     try:
         c.data.caption_template.format(trigger="")
     except (KeyError, IndexError, ValueError):

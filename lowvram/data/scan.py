@@ -25,6 +25,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from lowvram.config import CAPTION_SUFFIXES
 from lowvram.data.buckets import Buckets
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
@@ -37,7 +38,6 @@ UNSUPPORTED_SUFFIXES = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jx
                         ".ico", ".tga", ".exr", ".dng", ".raw", ".cr2", ".nef", ".arw")
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
 SILENT_NAMES = ("Thumbs.db", "desktop.ini")
-CAPTION_SUFFIXES = (".txt", ".caption")
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")

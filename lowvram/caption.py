@@ -1,0 +1,321 @@
+"""`lowvram caption DIR`: a caption file for every image that lacks one, written by a captioning model the user
+names. Two kinds, told apart by the model's files:
+
+- a tagger in the WD14 layout (`model.onnx` + `selected_tags.csv`, as SmilingWolf's taggers ship), run by
+  onnxruntime: comma-separated tags above a threshold, character tags first, then the most confident;
+- an image-to-text model that transformers' AutoModelForImageTextToText loads (BLIP, GIT, BLIP-2, Florence-2):
+  a sentence.
+
+The trigger word, when given, comes first. The dataset folder gains the new caption files and nothing else:
+models are cached by huggingface_hub, the captions `--overwrite` replaces are kept in lowvram's cache, and each
+caption is written atomically as soon as its batch is done, so an interrupted run keeps what it wrote and a rerun
+goes on from there. Images are decoded by the dataset scan, so a file that training would skip is skipped here
+with the same reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lowvram.config import CAPTION_SUFFIXES, option
+from lowvram.errors import LowvramError
+from lowvram.hardware import GIB, Hardware
+from lowvram.models.detect import first_line
+from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+TAGGER_FILES = ("model.onnx", "selected_tags.csv")
+RATING, GENERAL, CHARACTER = 9, 0, 4  # selected_tags.csv categories
+SCAN_RESOLUTION = 1024  # the scan only decodes here; buckets at SDXL's size keep every image training could use
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """`lowvram caption`'s options (the CLI's flags and the UI's form are made from these fields)."""
+
+    data: str | None = option(None, "Dataset folder: its images without a caption file get one.", metavar="DIR")
+    caption_model: str | None = option(
+        None, "Captioning model: a hub id or a local folder. A WD14-style tagger (model.onnx + selected_tags.csv, "
+        "e.g. SmilingWolf/wd-swinv2-tagger-v3) writes tags; an image-to-text model transformers loads (e.g. "
+        "Salesforce/blip-image-captioning-large, microsoft/git-large-coco) writes a sentence.", metavar="MODEL")
+    trigger_word: str | None = option(None, "Word written first in every new caption.")
+    overwrite: bool = option(False, "Caption every image, replacing existing captions (the old ones are kept in "
+                             "lowvram's cache).")
+    caption_extension: str = option(".txt", "Extension of the caption files written.", choices=CAPTION_SUFFIXES)
+    threshold: float = option(0.35, "Tagger: lowest confidence of a general tag.", metavar="P")
+    character_threshold: float = option(0.85, "Tagger: lowest confidence of a character tag.", metavar="P")
+    exclude_tags: tuple[str, ...] = option((), "Tagger: a tag never written (repeatable).", metavar="TAG")
+    keep_underscores: bool = option(False, "Tagger: keep the underscores of tags (long_hair) instead of spaces.")
+    prompt: str | None = option(None, "Image-to-text: text the caption continues (BLIP: 'a photo of'; Florence-2 "
+                                "needs a task such as '<DETAILED_CAPTION>').")
+    max_length: int = option(40, "Image-to-text: most tokens per caption.", metavar="N")
+    batch_size: int = option(8, "Images captioned at once.", metavar="N")
+    device: str = option("auto", "Where the model runs: auto (the GPU when the plan says it fits), cuda or cpu.",
+                         choices=("auto", "cuda", "cpu"))
+
+    def problems(self) -> list[str]:
+        found = []
+        if not self.data:
+            found.append("DIR: name the dataset folder to caption")
+        if not self.caption_model:
+            found.append("--caption-model: name a captioning model (a hub id or a local folder), e.g. "
+                         "SmilingWolf/wd-swinv2-tagger-v3 or Salesforce/blip-image-captioning-large")
+        for flag, value in (("threshold", self.threshold), ("character-threshold", self.character_threshold)):
+            if not 0 < value <= 1:
+                found.append(f"--{flag}: {value} is not a confidence in (0, 1]")
+        for flag, value in (("max-length", self.max_length), ("batch-size", self.batch_size)):
+            if value < 1:
+                found.append(f"--{flag}: must be at least 1, not {value}")
+        return found
+
+
+@dataclass
+class CaptionReport:
+    written: list[str] = field(default_factory=list)  # relative paths of the caption files written
+    kept: list[str] = field(default_factory=list)  # images whose existing caption was left alone
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
+    backup: Path | None = None  # where the captions --overwrite replaced were kept
+    device: str = "cpu"
+
+
+def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, console: Console | None = None,
+                    dry_run: bool = False) -> CaptionReport:
+    """Caption the images of `config.data` that lack a caption (all of them with --overwrite)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from lowvram.data.scan import open_training_image
+    from lowvram.files import write_text
+
+    problems = config.problems()
+    if problems:
+        raise LowvramError("\n".join(problems))
+    console = console or Console()
+    root = Path(config.data).expanduser()
+    if not root.is_dir():
+        raise LowvramError(f"DIR: {'not a folder' if root.exists() else 'folder not found'}: {root}")
+    report = CaptionReport()
+    todo = _images_to_caption(root.resolve(), config, report)
+    model = locate_model(config.caption_model)
+    estimate = estimate_captioner(model.weight_files, config.batch_size, runs_in_half=model.kind != "tagger")
+    report.device = _choose_device(config.device, estimate, hardware, console)
+    console.print(f"{len(todo)} image(s) to caption, {len(report.kept)} already captioned, {len(report.skipped)} "
+                  f"skipped; {model.kind} {config.caption_model} on the {'GPU' if report.device == 'cuda' else 'CPU'}")
+    if dry_run or not todo:
+        return report
+    captioner = model.load(report.device, config)
+    if config.overwrite:
+        report.backup = cache_dir / "replaced-captions" / f"{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("captioning", total=len(todo))
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start:start + config.batch_size]
+            images = [open_training_image(record)[0] for record, _ in batch]
+            for (record, target), text in zip(batch, captioner(images), strict=True):
+                caption = ", ".join(part for part in (config.trigger_word, text.strip()) if part)
+                if not caption:
+                    report.skipped.append((record.relpath, "the model gave no caption"))
+                    continue
+                _keep_old_caption(target, root.resolve(), report.backup)
+                write_text(target, caption + "\n")
+                report.written.append(target.relative_to(root.resolve()).as_posix())
+            progress.advance(task, len(batch))
+    return report
+
+
+def _images_to_caption(root: Path, config: CaptionConfig, report: CaptionReport) -> list:
+    """(scan record, caption file to write) for each usable image that needs a caption."""
+    from lowvram.data.buckets import default_buckets
+    from lowvram.data.scan import NoUsableImages, ScanOptions, scan_dataset
+
+    try:
+        scanned = scan_dataset(root, default_buckets(SCAN_RESOLUTION), ScanOptions(
+            caption_extension=config.caption_extension)).records
+    except NoUsableImages as exc:
+        scanned = exc.report.records
+        if not scanned:
+            raise LowvramError(f"DIR: {exc}".replace("--data: ", "")) from None
+    todo = []
+    for record in scanned:
+        if not record.usable:
+            report.skipped.append((record.relpath, record.reason or "unusable"))
+            continue
+        existing = [record.path.with_suffix(s) for s in (config.caption_extension, *CAPTION_SUFFIXES)]
+        existing = [p for p in existing if p.is_file()]
+        if existing and not config.overwrite and _read(existing[0]).strip():
+            report.kept.append(record.relpath)
+            continue
+        todo.append((record, existing[0] if existing else record.path.with_suffix(config.caption_extension)))
+    return todo
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _keep_old_caption(target: Path, root: Path, backup: Path | None) -> None:
+    from lowvram.files import write_text
+
+    if backup is not None and target.is_file() and _read(target).strip():
+        write_text(backup / target.relative_to(root), _read(target))
+
+
+def _choose_device(choice: str, estimate: CaptionerEstimate, hardware: Hardware, console: Console) -> str:
+    if choice == "cpu":
+        return "cpu"
+    if choice == "cuda":
+        if hardware.device != "cuda":
+            raise LowvramError("--device cuda: no CUDA GPU here; use --device cpu (or auto)")
+        return "cuda"
+    if hardware.device != "cuda":
+        return "cpu"
+    if estimate.fits(hardware):
+        return "cuda"
+    console.print(f"the captioner needs about {estimate.describe()}; {hardware.name} has "
+                  f"{(hardware.free_vram or hardware.total_vram) / GIB:.2f} GiB free: captioning on the CPU")
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class LocatedModel:
+    """A captioning model's kind and files, found without loading it."""
+
+    kind: str  # "tagger" or "image-to-text"
+    source: str  # a local folder, or the hub id transformers loads (and caches) itself
+    weight_files: list[Path]
+
+    def load(self, device: str, config: CaptionConfig):
+        """A function from a list of RGB images to their captions."""
+        if self.kind == "tagger":
+            return _load_tagger(Path(self.source), device, config)
+        return _load_image_to_text(self.source, device, config)
+
+
+def locate_model(name: str) -> LocatedModel:
+    """The model's kind and weight files: a local folder, else a hub id (downloaded once, then from the cache)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _located(path, name)
+    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise LowvramError(f"--caption-model: {name} is not a model folder or a hub id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:  # the files that tell the kind, and the weights; never pickles
+        folder = snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.csv", "*.model", "model.onnx",
+                                                         "*.safetensors"])
+    except Exception as exc:  # noqa: BLE001 - offline without a cached copy, unknown repo, gated repo
+        raise LowvramError(f"--caption-model: {name} could not be fetched ({first_line(exc)}); give a local folder "
+                           "or run once online") from None
+    return _located(Path(folder), name)
+
+
+def _located(folder: Path, name: str) -> LocatedModel:
+    if all((folder / f).is_file() for f in TAGGER_FILES):
+        return LocatedModel("tagger", str(folder), [folder / "model.onnx"])
+    if (folder / "config.json").is_file():
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            raise LowvramError(f"--caption-model: {name} has no .safetensors weights (pickled weights are never "
+                               "opened); use a model that ships safetensors")
+        return LocatedModel("image-to-text", str(folder), weights)
+    raise LowvramError(f"--caption-model: {name} is neither a WD14-style tagger ({' + '.join(TAGGER_FILES)}) nor a "
+                       "transformers model (config.json)")
+
+
+def _load_image_to_text(source: str, device: str, config: CaptionConfig):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    except Exception as exc:  # noqa: BLE001 - an unsupported architecture or broken files
+        raise LowvramError(f"--caption-model: {config.caption_model} could not be loaded as an image-to-text model "
+                           f"({first_line(exc)})") from None
+    model.to(device).eval()
+
+    @torch.inference_mode()
+    def caption(images: list) -> list[str]:
+        text = [config.prompt] * len(images) if config.prompt else None
+        inputs = processor(images=images, text=text, return_tensors="pt").to(device)
+        inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+        ids = model.generate(**inputs, max_new_tokens=config.max_length, do_sample=False)
+        return processor.batch_decode(ids, skip_special_tokens=True)
+
+    return caption
+
+
+def _load_tagger(folder: Path, device: str, config: CaptionConfig):
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise LowvramError("--caption-model: a WD14 tagger runs on onnxruntime, which is not installed; "
+                           "pip install onnxruntime (or onnxruntime-gpu)") from None
+    tags = _read_tags(folder / "selected_tags.csv")
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=providers)
+    except Exception as exc:  # noqa: BLE001
+        raise LowvramError(f"--caption-model: {folder / 'model.onnx'} could not be loaded ({first_line(exc)})") from None
+    entry = session.get_inputs()[0]
+    if len(entry.shape) != 4 or entry.shape[3] != 3 or not isinstance(entry.shape[1], int):
+        raise LowvramError(f"--caption-model: {config.caption_model} takes input {entry.shape}, not the WD14 "
+                           "layout (batch, size, size, 3)")
+    size = entry.shape[1]
+    excluded = {t.replace("_", " ") for t in config.exclude_tags}
+
+    def caption(images: list) -> list[str]:
+        batch = np.stack([_tagger_input(image, size) for image in images])
+        scores = session.run(None, {entry.name: batch})[0]
+        if scores.shape[1] != len(tags):
+            raise LowvramError(f"--caption-model: the model scores {scores.shape[1]} tags, selected_tags.csv "
+                               f"names {len(tags)}")
+        return [_tag_line(row, tags, config, excluded) for row in scores]
+
+    return caption
+
+
+def _read_tags(path: Path) -> list[tuple[str, int]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [(row["name"], int(row.get("category") or GENERAL)) for row in csv.DictReader(fh)]
+    except (KeyError, ValueError, OSError) as exc:
+        raise LowvramError(f"--caption-model: {path} is not a tag list with name and category columns "
+                           f"({first_line(exc)})") from None
+
+
+def _tagger_input(image, size: int):
+    """WD14's input: the image padded to a white square, resized, as float BGR 0-255 (what the taggers trained on)."""
+    import numpy as np
+    from PIL import Image
+
+    side = max(image.size)
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    pixels = np.asarray(square.resize((size, size), Image.BICUBIC), dtype=np.float32)
+    return np.ascontiguousarray(pixels[:, :, ::-1])
+
+
+def _tag_line(scores, tags: list[tuple[str, int]], config: CaptionConfig, excluded: set[str]) -> str:
+    chosen = []
+    for (name, category), score in zip(tags, scores, strict=True):
+        tag = name if config.keep_underscores else name.replace("_", " ")
+        if category == RATING or tag.replace("_", " ") in excluded or tag == config.trigger_word:
+            continue
+        if score >= (config.character_threshold if category == CHARACTER else config.threshold):
+            chosen.append((category != CHARACTER, -float(score), tag))
+    return ", ".join(tag for *_, tag in sorted(chosen))

@@ -1,0 +1,171 @@
+"""`lowvram caption`: real captioning models (a tiny ONNX tagger run by onnxruntime, a tiny BLIP run by
+transformers) write captions for the images that lack them, and nothing else in the dataset folder changes."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from captioners import TAGGER_SIDE, build_blip, build_tagger
+from PIL import Image
+
+from lowvram.caption import _tagger_input
+from lowvram.cli import main
+from lowvram.plan.captioner import weight_bytes
+
+
+@pytest.fixture(scope="module")
+def tagger(tmp_path_factory):
+    return build_tagger(tmp_path_factory.mktemp("tagger") / "wd-tiny")
+
+
+@pytest.fixture(scope="module")
+def blip(tmp_path_factory):
+    return build_blip(tmp_path_factory.mktemp("blip") / "blip-tiny")
+
+
+def colour_dataset(root: Path) -> Path:
+    """Square single-colour images, one captioned, in a kohya repeat folder; plus a broken file."""
+    folder = root / "3_colours"
+    folder.mkdir(parents=True)
+    for name, rgb in (("red", (220, 40, 40)), ("green", (40, 200, 60)), ("blue", (40, 60, 220)),
+                      ("white", (240, 240, 240)), ("dark", (20, 20, 20))):
+        Image.new("RGB", (96, 96), rgb).save(folder / f"{name}.png")
+    (folder / "dark.txt").write_text("my own words about the dark one\n")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def captions(root: Path) -> dict[str, str]:
+    return {p.stem: p.read_text() for p in root.rglob("*.txt")}
+
+
+def test_tagger_writes_tags_for_uncaptioned_images_only(tmp_path, tagger, capsys):
+    data = colour_dataset(tmp_path / "data")
+    before = snapshot(data)
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--trigger-word", "zkw"]) == 0
+    after = snapshot(data)
+    new = set(after) - set(before)
+    assert new == {f"3_colours/{n}.txt" for n in ("red", "green", "blue", "white")}  # nothing else, no temp files
+    assert {k: after[k] for k in before} == before  # images and the existing caption untouched
+    got = captions(data)
+    # the tagger reads BGR: were the channels not swapped, red would come back as blue
+    assert got["red"] == "zkw, red theme\n"
+    assert got["green"] == "zkw, green theme\n"
+    assert got["blue"] == "zkw, blue theme\n"
+    assert got["white"] == "zkw, blue theme, green theme, red theme, bright theme\n"  # most confident first
+    assert got["dark"] == "my own words about the dark one\n"
+    out = capsys.readouterr().out
+    assert "skipped 3_colours/broken.jpg: " in out and "wrote 4 caption(s); kept 1 existing" in out
+
+
+def test_tagger_thresholds_and_exclusions(tmp_path, tagger):
+    data = colour_dataset(tmp_path / "data")
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--exclude-tags", "red_theme",
+                 "--exclude-tags", "bright theme", "--character-threshold", "0.4", "--keep-underscores"]) == 0
+    got = captions(data)
+    assert got["red"] == "hatsune_miku\n"  # character tags first; the excluded one gone
+    assert got["white"] == "hatsune_miku, blue_theme, green_theme\n"
+    assert "general" not in "".join(got.values())  # rating tags are never written
+
+
+def test_rerun_keeps_everything_and_overwrite_keeps_the_old_captions(tmp_path, tagger, monkeypatch, capsys):
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
+    data = colour_dataset(tmp_path / "data")
+    (data / "3_colours" / "green.txt").write_text("  \n")  # an empty caption file counts as none
+    main(["caption", str(data), "--caption-model", str(tagger)])
+    first = snapshot(data)
+    assert captions(data)["green"] == "green theme\n"
+    capsys.readouterr()
+    main(["caption", str(data), "--caption-model", str(tagger)])
+    assert snapshot(data) == first
+    assert "wrote 0 caption(s); kept 5 existing" in capsys.readouterr().out
+
+    main(["caption", str(data), "--caption-model", str(tagger), "--overwrite", "--trigger-word", "zkw"])
+    assert captions(data)["dark"] == "zkw\n"
+    kept = list((tmp_path / "cache" / "replaced-captions").rglob("*.txt"))
+    assert {p.relative_to(p.parents[1]).as_posix(): p.read_text() for p in kept}["3_colours/dark.txt"] == \
+        "my own words about the dark one\n"
+    assert len(kept) == 5
+    assert set(snapshot(data)) == set(first)
+
+
+def test_blip_writes_a_sentence(tmp_path, blip, sample_data):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    images = sorted(sample_data.rglob("*.png"))
+    for image in images[:3]:
+        image.with_suffix(".txt").unlink()
+    before = snapshot(sample_data)
+    assert main(["caption", str(sample_data), "--caption-model", str(blip), "--trigger-word", "lvshape",
+                 "--batch-size", "2", "--max-length", "6"]) == 0
+    after = snapshot(sample_data)
+    assert set(after) - set(before) == {p.with_suffix(".txt").relative_to(sample_data).as_posix() for p in images[:3]}
+    assert {k: after[k] for k in before} == before
+    # what the model itself says for the first image, as our training would see it (upright RGB)
+    processor, model = AutoProcessor.from_pretrained(blip), AutoModelForImageTextToText.from_pretrained(blip)
+    with torch.inference_mode():
+        ids = model.generate(**processor(images=[Image.open(images[0]).convert("RGB")], return_tensors="pt"),
+                             max_new_tokens=6, do_sample=False)
+    expected = processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+    assert expected
+    assert images[0].with_suffix(".txt").read_text() == f"lvshape, {expected}\n"
+
+
+def test_dry_run_plans_the_device_and_writes_nothing(tmp_path, blip, capsys):
+    data = colour_dataset(tmp_path / "data")
+    before = snapshot(data)
+    assert main(["caption", str(data), "--caption-model", str(blip), "--dry-run", "--vram", "0.6GB"]) == 0
+    out = capsys.readouterr().out
+    assert "captioning on the CPU" in out and "4 image(s) to caption" in out and "on the CPU" in out
+    assert main(["caption", str(data), "--caption-model", str(blip), "--dry-run", "--vram", "8GB",
+                 "--batch-size", "2"]) == 0
+    assert "on the GPU" in capsys.readouterr().out
+    assert snapshot(data) == before
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["{data}"], "--caption-model: name a captioning model"),
+    (["{missing}", "--caption-model", "{tagger}"], "DIR: folder not found:"),
+    (["{data}", "--caption-model", "{data}"], "is neither a WD14-style tagger"),
+    (["{data}", "--caption-model", "{pickled}"], "has no .safetensors weights"),
+    (["{data}", "--caption-model", "{tagger}", "--threshold", "2"], "--threshold: 2.0 is not a confidence"),
+    (["{data}", "--caption-model", "{tagger}", "--batch-size", "x"], "--batch-size: 'x' is invalid"),
+    (["{data}", "--caption-model", "{tagger}", "--vram", "4GB"], "--vram: there is no CUDA GPU here"),
+])
+def test_bad_input_is_one_line(tmp_path, tagger, capsys, args, message):
+    data = colour_dataset(tmp_path / "data")
+    pickled = tmp_path / "old-model"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x02")
+    paths = {"data": data, "missing": tmp_path / "nope", "tagger": tagger, "pickled": pickled}
+    before = snapshot(data)
+    assert main(["caption", *(a.format(**paths) for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert snapshot(data) == before
+
+
+def test_tagger_input_is_the_wd14_layout():
+    image = Image.new("RGB", (40, 20), (200, 100, 10))
+    pixels = _tagger_input(image, TAGGER_SIDE)
+    assert pixels.shape == (TAGGER_SIDE, TAGGER_SIDE, 3) and pixels.dtype == np.float32
+    assert pixels.flags["C_CONTIGUOUS"]
+    assert tuple(pixels[TAGGER_SIDE // 2, TAGGER_SIDE // 2]) == (10, 100, 200)  # BGR, 0-255
+    assert tuple(pixels[0, TAGGER_SIDE // 2]) == (255, 255, 255)  # padded to a square with white
+
+
+def test_weight_bytes_count_the_dtype_the_model_runs_in(tmp_path, blip):
+    from safetensors.torch import load_file
+
+    files = sorted(blip.glob("*.safetensors"))
+    stored = weight_bytes(files, runs_in_half=False)
+    assert stored == sum(t.numel() * t.element_size() for p in files for t in load_file(p).values())  # fp32 on disk
+    assert weight_bytes(files, runs_in_half=True) == stored // 2
