@@ -147,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--vram", metavar="SIZE", help="plan for at most this much VRAM (e.g. 4GB)")
     _add_option_flags(cap, "captioning")
 
+    ui = sub.add_parser("ui", allow_abbrev=False, help="the local web app", description="Serve the web app: the "
+                        "options form with the live VRAM plan, the dataset check and captions, and training with its "
+                        "charts and samples. Needs the [ui] extra (pip install -e \".[ui]\").")
+    ui.add_argument("--port", type=int, default=7860, help="port [default: 7860]")
+    ui.add_argument("--listen", action="store_true", help="serve on every network interface, not only this machine "
+                    "(anyone who can reach it can start runs and read your folders)")
+    ui.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs internet)")
+
     info = sub.add_parser("info", allow_abbrev=False, help="show a LoRA file's network and metadata",
                           description="Show what a LoRA .safetensors file (lowvram's, kohya's or another trainer's) "
                           "holds: its network type, layers and metadata, reading only its header.")
@@ -157,30 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plan_values(args: argparse.Namespace) -> dict:
-    values = train_values(args)
-    values.setdefault("data", "sample")  # plan needs no dataset
-    values.setdefault("model", PLANNING_MODEL)
-    return values
-
-
 def run_plan(args: argparse.Namespace) -> int:
     import json
 
     from rich.console import Console
 
     from lowvram.hardware import hardware_for
-    from lowvram.plan import fixed_choices, plan, workload_for
+    from lowvram.plan import plan_options
     from lowvram.plan.report import plan_json, print_plan
-    from lowvram.resolve import resolve_run
 
-    values = plan_values(args)
-    config = build_config(values)
-    hardware = hardware_for(args.profile, args.vram, args.ram)
-    if hardware.device != "cuda":
-        raise LowvramError("no CUDA GPU here: pass --vram SIZE or --profile NAME to plan for a card")
-    run = resolve_run(config, hardware)
-    result = plan(workload_for(run), hardware, fixed_choices(values))
+    values = train_values(args)
+    build_config({"data": "sample", "model": PLANNING_MODEL, **values})  # option errors before looking at a GPU
+    run, result = plan_options(values, hardware_for(args.profile, args.vram, args.ram))
+    config = run.config
     console = Console(width=max(Console().width, 100), stderr=args.json)
     if not run.uses_sample_data:  # a real dataset: scan it too, so problems show up before the evening
         from lowvram.data.check import scan
@@ -340,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.resolve import resolve_run
 
             check_data(resolve_run(build_config(check_values(args)), NO_GPU), args.report, args.verbose)
+        elif args.command == "ui":
+            from lowvram.resolve import default_cache_dir
+            from lowvram.ui.app import launch
+
+            launch("0.0.0.0" if args.listen else "127.0.0.1", args.port, args.share, default_cache_dir())
         elif args.command == "caption":
             return run_caption(args)
         elif args.command == "info":

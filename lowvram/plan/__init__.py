@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from lowvram.config import RunConfig
+from lowvram.config import PLANNING_MODEL, RunConfig, build_config
+from lowvram.hardware import Hardware
 from lowvram.plan.estimate import Estimate, MemoryStrategy, Workload, estimate
 from lowvram.plan.planner import Plan, plan
 from lowvram.resolve import NATIVE_FORMAT, ResolvedRun
 
 __all__ = ["NATIVE_FORMAT", "Estimate", "MemoryStrategy", "Plan", "Workload", "apply_choice", "estimate", "fixed_choices", "plan",
-           "workload_for"]
+           "plan_options", "workload_for"]
 
 STRATEGY_OPTIONS = ("unet_weights", "gradient_checkpointing", "checkpoint_blocks", "optimizer")
 
@@ -25,6 +26,20 @@ def workload_for(run: ResolvedRun) -> Workload:
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),
                     sample_resolution=run.sample_resolution, compute_bytes=run.compute_bytes,
                     mixed_precision=run.mixed_precision, native_format=run.native_format, vae_fp32=run.vae_fp32)
+
+
+def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:
+    """`lowvram plan` for option values (a dataset and a model are optional: the sample data and sd15 stand in).
+    Raises LowvramError with the CLI's words where the options cannot run or there is no GPU to plan for."""
+    from lowvram.errors import LowvramError
+    from lowvram.resolve import resolve_run
+
+    values = {"data": "sample", "model": PLANNING_MODEL, **values}
+    config = build_config(values)
+    if hardware.device != "cuda":
+        raise LowvramError("no CUDA GPU here: pass --vram SIZE or --profile NAME to plan for a card")
+    run = resolve_run(config, hardware)
+    return run, plan(workload_for(run), hardware, fixed_choices(values))
 
 
 def fixed_choices(values: dict) -> dict:

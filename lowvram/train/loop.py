@@ -112,7 +112,8 @@ def run_training(session: Session) -> TrainResult:
             seconds = time.perf_counter() - step_start
             smoothed = progress.update(step, step_loss, lr, seconds)
             log.step(step, {"epoch": epoch, "loss": step_loss, "loss_smoothed": smoothed, "lr": lr,
-                            "grad_norm": grad_norm, "seconds": seconds})
+                            "grad_norm": grad_norm, "seconds": seconds,
+                            "total_steps": schedule.total_steps})
             if prepared.validation and (step % schedule.validate_every == 0 or step == schedule.total_steps):
                 validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, started)
             position = checkpoint.Position(step, epoch, number + 1, stopping.state())

@@ -44,7 +44,7 @@ class RunLog:
         self._write({"step": step, **values})
         if self.writer:
             for key, value in values.items():
-                if isinstance(value, (int, float)) and key not in ("epoch",):
+                if isinstance(value, (int, float)) and key not in ("epoch", "total_steps"):
                     self.writer.add_scalar(f"train/{key}", value, step)
 
     def validation(self, step: int, loss: float, best: bool) -> None:

@@ -1,0 +1,275 @@
+"""`lowvram ui`: the local web app (Gradio). Three tabs:
+
+- Setup: the options form (made from the config dataclasses), presets, `.toml` load and save, and the live plan
+  for the chosen card, refreshed on every change;
+- Dataset: `check-data` on the form's dataset, captions edited in place, and `lowvram caption`;
+- Train: start, stop and resume a run in its own process, its loss and learning-rate charts, samples and log,
+  and a test image of a finished LoRA.
+
+Every error is the CLI's one line, shown in the page; the app itself never goes down with a run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from lowvram.caption import CaptionConfig
+from lowvram.config import SECTIONS, list_presets, preset_path, read_toml
+from lowvram.errors import LowvramError
+from lowvram.files import write_text
+from lowvram.ui import dataset as data_panel
+from lowvram.ui.form import FormField, form_fields, form_values, option_fields, option_values, toml_text
+from lowvram.ui.planview import BUDGET, CSS, THIS_GPU, card_choices, plan_for, render
+from lowvram.ui.runs import TrainingProcess, lowvram_command, outputs_of, progress_line, read_metrics
+from lowvram.ui.runs import render as render_image
+
+OPEN_SECTIONS = ("model", "data", "network", "training", "output")
+REFRESH_SECONDS = 1.0
+
+
+def _component(gr, field: FormField):
+    common = {"label": field.flag, "info": field.field.metadata["help"], "elem_id": field.elem_id}
+    value = field.to_form(field.default)
+    choices = field.field.metadata.get("choices")
+    if field.base is bool:
+        return gr.Checkbox(value=value, **common)
+    if choices:
+        options = list(choices) if field.default is not None else ["", *choices]
+        return gr.Dropdown(options, value=value, allow_custom_value=False, **common)
+    if field.base in (int, float) and field.required:
+        return gr.Number(value=value, precision=0 if field.base is int else None, **common)
+    lines = 3 if str(field.base).startswith("tuple") else 1
+    return gr.Textbox(value=value, lines=lines, max_lines=lines * 4, **common)
+
+
+def _message(exc: Exception) -> str:
+    """An error as the page shows it: the CLI's lines."""
+    return "\n\n".join(f"**error:** {line}" for line in str(exc).splitlines())
+
+
+def build_app(cache_dir: Path):
+    """The Blocks app; `cache_dir` holds the UI's run configs, logs, renders and caption originals."""
+    import gradio as gr
+
+    fields = form_fields()
+    caption_fields = [f for f in option_fields(CaptionConfig, "caption") if f.name != "data"]
+    training = TrainingProcess()
+    ui_dir = Path(cache_dir) / "ui"
+    has_gpu = _has_cuda()
+
+    with gr.Blocks(title="lowvram") as app:
+        gr.Markdown("## lowvram: LoRA training for small GPUs")
+        with gr.Tabs():
+            with gr.Tab("Setup", id="setup"):
+                with gr.Row():
+                    preset = gr.Dropdown(["", *list_presets()], value="", label="preset", elem_id="preset")
+                    config_path = gr.Textbox(label="config file (.toml)", elem_id="config-path", scale=2)
+                    load_button = gr.Button("Load .toml", elem_id="load-config")
+                    save_button = gr.Button("Save .toml", elem_id="save-config")
+                setup_status = gr.Markdown(elem_id="setup-status")
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        inputs = []
+                        for section in SECTIONS:
+                            with gr.Accordion(section, open=section in OPEN_SECTIONS):
+                                inputs += [_component(gr, f) for f in fields if f.section == section]
+                    with gr.Column(scale=2, elem_id="plan-column"):
+                        card = gr.Dropdown(card_choices(), value=THIS_GPU if has_gpu else BUDGET, label="card",
+                                           elem_id="card")
+                        budget = gr.Textbox(value="8GB", label="VRAM budget (with 'a VRAM budget')", elem_id="budget")
+                        plan_view = gr.HTML(elem_id="plan")
+                        plan_error = gr.Markdown(elem_id="plan-error")
+            with gr.Tab("Dataset", id="dataset"):
+                check_button = gr.Button("Check the dataset (the form's --data)", elem_id="check-data")
+                data_summary = gr.Markdown(elem_id="data-summary")
+                data_table = gr.Dataframe(headers=data_panel.COLUMNS, interactive=False, wrap=True,
+                                          elem_id="data-table")
+                with gr.Row():
+                    image_choice = gr.Dropdown([], label="image", elem_id="caption-image")
+                    preview = gr.Image(label="preview", type="filepath", height=160, elem_id="caption-preview")
+                caption_text = gr.Textbox(label="caption", lines=2, elem_id="caption-text")
+                save_caption_button = gr.Button("Save caption", elem_id="save-caption")
+                caption_status = gr.Markdown(elem_id="caption-status")
+                with gr.Accordion("Caption the images without captions (lowvram caption)", open=False):
+                    caption_inputs = [_component(gr, f) for f in caption_fields]
+                    caption_button = gr.Button("Caption", elem_id="run-caption")
+                    caption_log = gr.Textbox(label="lowvram caption", lines=4, elem_id="caption-log")
+            with gr.Tab("Train", id="train"):
+                auto = gr.Checkbox(value=has_gpu, label="let the planner choose the memory strategy (--auto, "
+                                   "within the Setup tab's budget)", elem_id="auto")
+                with gr.Row():
+                    start_button = gr.Button("Start", variant="primary", elem_id="start")
+                    stop_button = gr.Button("Stop (saves a checkpoint)", elem_id="stop")
+                    resume_button = gr.Button("Resume", elem_id="resume")
+                run_state = gr.Markdown("no run yet", elem_id="run-state")
+                run_progress = gr.Markdown(elem_id="run-progress")
+                with gr.Row():
+                    loss_plot = gr.LinePlot(x="step", y="loss", title="loss", elem_id="loss-chart", height=240)
+                    lr_plot = gr.LinePlot(x="step", y="lr", title="learning rate", elem_id="lr-chart", height=240)
+                samples = gr.Gallery(label="samples", columns=4, height=220, elem_id="samples")
+                run_log = gr.Textbox(label="log", lines=8, elem_id="run-log")
+                with gr.Row():
+                    lora_choice = gr.Dropdown([], label="LoRA file", elem_id="lora-file", scale=2)
+                    prompt = gr.Textbox(label="prompt", elem_id="render-prompt", scale=2)
+                    render_button = gr.Button("Render a test image", elem_id="render")
+                rendered = gr.Image(label="test image", elem_id="rendered", height=256)
+                render_status = gr.Markdown(elem_id="render-status")
+        timer = gr.Timer(REFRESH_SECONDS)
+
+        # --- Setup ---
+        def refresh_plan(*shown):
+            *form, card_name, budget_text = shown
+            try:
+                return render(plan_for(option_values(fields, form), card_name, budget_text)), ""
+            except LowvramError as exc:
+                return "", _message(exc)
+
+        gr.on([c.change for c in [*inputs, card, budget]] + [app.load], refresh_plan,
+              inputs=[*inputs, card, budget], outputs=[plan_view, plan_error], trigger_mode="always_last",
+              show_progress="hidden")
+
+        def fill(values: dict[str, Any], where: str):
+            return [*form_values(fields, values), f"loaded {where}"]
+
+        def load_preset(name):
+            if not name:
+                return [gr.skip()] * (len(inputs) + 1)
+            return fill(read_toml(preset_path(name)), f"preset {name}")
+
+        def load_config(path):
+            try:
+                return fill(read_toml(Path(path).expanduser()), path)
+            except LowvramError as exc:
+                return [gr.skip()] * len(inputs) + [_message(exc)]
+
+        def save_config(path, *form):
+            try:
+                if not path:
+                    raise LowvramError("--config: type the path of the .toml to write")
+                target = write_text(Path(path).expanduser(), toml_text(option_values(fields, form)))
+            except LowvramError as exc:
+                return _message(exc)
+            return f"saved {target}: `lowvram train --config {target}` runs it"
+
+        preset.change(load_preset, preset, [*inputs, setup_status])
+        load_button.click(load_config, config_path, [*inputs, setup_status])
+        save_button.click(save_config, [config_path, *inputs], setup_status)
+
+        # --- Dataset ---
+        def check(*form):
+            try:
+                summary, rows, images = data_panel.check_dataset(option_values(fields, form))
+            except LowvramError as exc:
+                return _message(exc), [], gr.update(choices=[], value=None)
+            return summary, rows, gr.update(choices=images, value=None)
+
+        def show_caption(relpath, *form):
+            root = option_values(fields, form).get("data")
+            if not relpath or not root:
+                return None, ""
+            return str(Path(root) / relpath), data_panel.read_caption(Path(root), relpath)
+
+        def save_caption(relpath, text, *form):
+            root = option_values(fields, form).get("data")
+            try:
+                if not relpath or not root:
+                    raise LowvramError("choose an image first")
+                return data_panel.save_caption(Path(root), relpath, text, data_panel.backup_dir_for(cache_dir, root))
+            except LowvramError as exc:
+                return _message(exc)
+
+        def run_caption(*shown):
+            form, caption_form = shown[:len(inputs)], shown[len(inputs):]
+            root = option_values(fields, form).get("data") or ""
+            args = ["caption", root]
+            for field, value in option_values(caption_fields, caption_form).items():
+                flag = [caption_fields[[f.name for f in caption_fields].index(field)].flag]
+                if value is True:
+                    args += flag
+                elif isinstance(value, tuple):
+                    args += [a for v in value for a in (*flag, v)]
+                elif value is not False:
+                    args += [*flag, str(value)]
+            done = subprocess.run(lowvram_command(*args), capture_output=True, text=True, check=False)
+            return (done.stdout + done.stderr).strip()
+
+        check_button.click(check, inputs, [data_summary, data_table, image_choice])
+        image_choice.change(show_caption, [image_choice, *inputs], [preview, caption_text])
+        save_caption_button.click(save_caption, [image_choice, caption_text, *inputs], caption_status)
+        caption_button.click(run_caption, [*inputs, *caption_inputs], caption_log)
+
+        # --- Train ---
+        def start(resume: bool, use_auto: bool, card_name: str, budget_text: str, *form):
+            values = option_values(fields, form)
+            try:
+                text = toml_text(values)
+                output = Path(values.get("output", "output")).expanduser().resolve()
+                vram = (budget_text if card_name == BUDGET else "") if use_auto else None
+                return training.start(text, ui_dir, output, resume=resume, auto_vram=vram)
+            except LowvramError as exc:
+                return _message(exc)
+
+        start_button.click(lambda *a: start(False, *a), [auto, card, budget, *inputs], run_state)
+        resume_button.click(lambda *a: start(True, *a), [auto, card, budget, *inputs], run_state)
+        stop_button.click(lambda: training.stop(), None, run_state)
+
+        def refresh():
+            if training.process is None:
+                return [gr.skip()] * 7
+            import pandas as pd
+
+            records = read_metrics(training.output)
+            frame = pd.DataFrame([{"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in records],
+                                 columns=["step", "loss", "lr"])
+            sample_files, loras = outputs_of(training.output)
+            state = training.state()
+            return (f"**{state}**", progress_line(records), frame, frame, sample_files, training.log_tail(),
+                    gr.update(choices=loras, value=loras[0] if loras and not training.running else None))
+
+        timer.tick(refresh, None, [run_state, run_progress, loss_plot, lr_plot, samples, run_log, lora_choice],
+                   show_progress="hidden")
+
+        def render_test(lora, text, *form):
+            values = option_values(fields, form)
+            try:
+                if not lora or not text:
+                    raise LowvramError("choose a LoRA file and type a prompt")
+                image = ui_dir / "renders" / f"render-{time.strftime('%Y%m%d-%H%M%S')}.png"
+                path = render_image(values.get("model", "tiny"), lora, text, image)
+            except LowvramError as exc:
+                return None, _message(exc)
+            return str(path), f"rendered {path.name}"
+
+        render_button.click(render_test, [lora_choice, prompt, *inputs], [rendered, render_status])
+    return app
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = True):
+    """Serve the app; on localhost unless --listen or --share say otherwise."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise LowvramError("ui: Gradio is not installed; pip install -e \".[ui]\" (or pip install gradio)") from None
+    app = build_app(cache_dir)
+    return app.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False, quiet=False,
+                      prevent_thread_lock=not block, allowed_paths=[str(Path.cwd()), str(cache_dir)],
+                      footer_links=[], theme=_offline_theme())
+
+
+def _offline_theme():
+    """Gradio's default look with the system's fonts: its web fonts would be fetched from the internet."""
+    import gradio as gr
+
+    system = ["ui-sans-serif", "system-ui", "sans-serif"]
+    return gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])

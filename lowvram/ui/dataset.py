@@ -1,0 +1,85 @@
+"""The dataset panel: `check-data` for the form's dataset (every file, usable or skipped and why, the buckets and
+the captions), and captions edited in place. An edit is written atomically; the caption it replaces is kept in
+lowvram's cache the first time it is edited, so the dataset folder gains no backup files."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL, build_config
+from lowvram.errors import LowvramError
+from lowvram.files import write_text
+
+COLUMNS = ["file", "status", "reason or notes", "bucket", "caption"]
+TOP_TAGS = 10
+
+
+def check_dataset(values: dict[str, Any]):
+    """(summary markdown, table rows, usable image paths relative to the dataset) for the form's dataset."""
+    from lowvram.data.check import scan
+    from lowvram.data.scan import NoUsableImages
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+
+    if not values.get("data"):
+        raise LowvramError("--data: choose the dataset folder first")
+    config = build_config({"model": PLANNING_MODEL, **values})
+    run = resolve_run(config, NO_GPU)
+    try:
+        report = scan(run, Path(config.data.data), config.data.trigger_word, None)
+    except NoUsableImages as exc:
+        report = exc.report
+    rows = [[r.relpath, "usable" if r.usable else "skipped", r.reason or "; ".join(r.notes),
+             f"{r.bucket[0]}x{r.bucket[1]}" if r.bucket else "", r.caption] for r in report.records]
+    return _summary(report), rows, [r.relpath for r in report.usable]
+
+
+def _summary(report) -> str:
+    summary = report.summary()
+    usable = report.usable
+    from_files = sum(1 for r in usable if not any(n.startswith(("no caption file", "empty caption")) for n in r.notes))
+    words = [len(r.caption.split()) for r in usable]
+    tags = Counter(t.strip() for r in usable for t in r.caption.split(",") if t.strip())
+    buckets = ", ".join(f"{shape} ×{n}" for shape, n in summary["buckets"].items()) or "none"
+    lines = [(f"**{summary['usable']} usable, {summary['skipped']} skipped** of {summary['images']} images; "
+             f"{summary['samples_per_epoch']} samples per epoch"),
+             f"buckets: {buckets}",
+             (f"captions: {from_files} from caption files, {len(usable) - from_files} from the template; "
+             f"{sum(words) / max(1, len(words)):.1f} words on average"),
+             "most frequent tags: " + (", ".join(f"{t} ({n})" for t, n in tags.most_common(TOP_TAGS)) or "none")]
+    lines += [f"- {note}" for note in report.folder_notes]
+    return "\n\n".join(lines)
+
+
+def caption_file(root: Path, relpath: str) -> Path:
+    """The caption file an image uses (the .txt where there is none yet)."""
+    image = (Path(root) / relpath).resolve()
+    if not image.is_relative_to(Path(root).resolve()):
+        raise LowvramError(f"{relpath}: not inside the dataset folder")
+    found = [image.with_suffix(s) for s in CAPTION_SUFFIXES if image.with_suffix(s).is_file()]
+    return found[0] if found else image.with_suffix(CAPTION_SUFFIXES[0])
+
+
+def read_caption(root: Path, relpath: str) -> str:
+    path = caption_file(root, relpath)
+    return path.read_text(encoding="utf-8", errors="replace").strip() if path.is_file() else ""
+
+
+def save_caption(root: Path, relpath: str, text: str, backup_dir: Path) -> str:
+    """Write the caption atomically; the first edit of a caption file keeps its original in `backup_dir`."""
+    path = caption_file(root, relpath)
+    kept = backup_dir / path.relative_to(Path(root).resolve())
+    if path.is_file() and not kept.exists():
+        write_text(kept, path.read_text(encoding="utf-8", errors="replace"))
+    write_text(path, text.strip() + "\n")
+    return f"saved {path.name}" + (f"; the original is kept in {kept}" if kept.exists() else "")
+
+
+def backup_dir_for(cache_dir: Path, root: Path) -> Path:
+    """Where the originals of a dataset's edited captions are kept: one folder per dataset, in the cache."""
+    import hashlib
+
+    root = Path(root).resolve()
+    return Path(cache_dir) / "edited-captions" / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"

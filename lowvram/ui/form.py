@@ -1,0 +1,123 @@
+"""The training form, made from the config dataclasses the CLI and TOML files use, so no option is described
+twice: one component per option (its flag is the label, its help the hint), and the conversions between the
+form's values, option values and `.toml` files."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from lowvram.config import build_config, fields_by_name, flag_name
+
+PATH_FIELDS = ("model", "vae", "data", "reg_data", "validation_data", "output", "cache_dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class FormField:
+    name: str
+    section: str
+    field: dataclasses.Field
+    kind: Any  # the resolved type: bool, int, float, str, tuple[str, ...], or Optional of one
+    prefix: str = "opt"  # of the page element's id: options of two forms may share a name
+
+    @property
+    def base(self) -> Any:
+        """The type without Optional."""
+        if typing.get_origin(self.kind) in (typing.Union, types.UnionType):
+            return next(a for a in typing.get_args(self.kind) if a is not type(None))
+        return self.kind
+
+    @property
+    def default(self) -> Any:
+        f = self.field
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+    @property
+    def required(self) -> bool:
+        """The option always has a value (an optional one may be left empty)."""
+        return self.base is self.kind
+
+    @property
+    def flag(self) -> str:
+        return flag_name(self.field)
+
+    @property
+    def elem_id(self) -> str:
+        return f"{self.prefix}-{self.name.replace('_', '-')}"
+
+    def to_form(self, value: Any) -> Any:
+        """An option value as its component shows it."""
+        if typing.get_origin(self.base) is tuple:
+            return "\n".join(value or ())
+        if self.base is bool:
+            return bool(value)
+        if self.base in (int, float):
+            return value if self.required else "" if value is None else str(value)
+        return "" if value is None else str(value)
+
+    def from_form(self, shown: Any) -> Any:
+        """What the component holds, as an option value (None: left empty)."""
+        if typing.get_origin(self.base) is tuple:
+            return tuple(line.strip() for line in str(shown or "").splitlines() if line.strip())
+        if self.base is bool:
+            return bool(shown)
+        if self.base in (int, float):
+            if isinstance(shown, str):  # an optional number's text box: the config reads (and checks) the text
+                return shown.strip() or None
+            if shown is None:
+                return None
+            return int(shown) if self.base is int and float(shown).is_integer() else shown
+        text = "" if shown is None else str(shown).strip()
+        return text or None
+
+
+def form_fields() -> list[FormField]:
+    """Every option of the run, section by section, in the order the dataclasses declare them."""
+    return [FormField(name, section, f, kind) for name, (section, f, kind) in fields_by_name().items()]
+
+
+def option_fields(cls: type, section: str) -> list[FormField]:
+    """The fields of another command's options dataclass (e.g. `lowvram caption`'s), ids prefixed by `section`."""
+    hints = typing.get_type_hints(cls)
+    return [FormField(f.name, section, f, hints[f.name], prefix=section) for f in dataclasses.fields(cls)]
+
+
+def option_values(fields: list[FormField], shown: list[Any]) -> dict[str, Any]:
+    """The options the form sets: those whose value is not the default (as flags given on the command line, so
+    the planner keeps only the strategy options the user chose)."""
+    values = {}
+    for field, raw in zip(fields, shown, strict=True):
+        value = field.from_form(raw)
+        default = field.default
+        if value is None or value == default or (value == () and not default):
+            continue
+        values[field.name] = value
+    return values
+
+
+def form_values(fields: list[FormField], values: dict[str, Any]) -> list[Any]:
+    """The form showing `values` over the defaults."""
+    return [field.to_form(values.get(field.name, field.default)) for field in fields]
+
+
+def toml_text(values: dict[str, Any]) -> str:
+    """The `.toml` that `lowvram train --config` replays: the validated config, with folders made absolute so the
+    file works from anywhere. Raises LowvramError with the CLI's words when the options cannot run."""
+    import tomli_w
+
+    resolved = {k: str(Path(v).expanduser().resolve()) if k in PATH_FIELDS and v and _is_local(k, v) else v
+                for k, v in values.items()}
+    config = build_config(resolved)
+    return tomli_w.dumps(config.to_toml_dict())
+
+
+def _is_local(name: str, value: str) -> bool:
+    """A path option naming this machine's files (not a hub id, a family name or the built-in sample)."""
+    if name == "model":
+        return Path(value).expanduser().exists()
+    return value != "sample"
+
+

@@ -1,0 +1,102 @@
+"""The live plan: `lowvram plan` for the form's options and the chosen card, drawn as one bar per phase (its peak
+VRAM against the card's budget), the planner's pick, the other candidates, and the smallest change that fits."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from lowvram.errors import LowvramError
+from lowvram.hardware import GIB, Hardware, hardware_for, list_profiles
+
+THIS_GPU = "this machine's GPU"
+BUDGET = "a VRAM budget"
+CANDIDATES_SHOWN = 6
+
+
+def card_choices() -> list[str]:
+    return [THIS_GPU, *list_profiles(), BUDGET]
+
+
+def card_hardware(card: str, budget: str) -> Hardware:
+    """The Hardware the plan is for: detected, a profile, or a typed budget (the CLI's --vram words)."""
+    if card == BUDGET:
+        return hardware_for(None, budget or "", None) if budget else _no_budget()
+    if card == THIS_GPU:
+        return hardware_for(None, None, None)
+    return hardware_for(card, None, None)
+
+
+def _no_budget() -> Hardware:
+    raise LowvramError("--vram: type a budget such as 6GB")
+
+
+def plan_for(values: dict[str, Any], card: str, budget: str) -> dict:
+    """plan_json of the options on the card."""
+    from lowvram.plan import plan_options
+    from lowvram.plan.report import plan_json
+
+    _, result = plan_options(values, card_hardware(card, budget))
+    return plan_json(result)
+
+
+def render(plan: dict) -> str:
+    """The plan as HTML: bars per phase for the pick (or the leanest candidate), then the candidates."""
+    budget = plan["hardware"]["budget"]
+    shown = plan["choice"] or min(plan["candidates"], key=lambda c: c["peak_vram_bytes"])
+    phases = {name: sum(parts.values()) for name, parts in shown["vram_bytes"].items() if sum(parts.values())}
+    top = max([budget, *phases.values()])
+    head = (f"<p id='plan-workload'>{html.escape(plan['model_family'])} at {plan['resolution']} px, batch "
+            f"{plan['batch']}, rank {plan['rank']}</p>"
+            f"<p id='plan-pick'><b>{_strategy(shown['strategy'])}</b>: peak {_gib(shown['peak_vram_bytes'])} GiB "
+            f"of {_gib(budget)} GiB on {html.escape(plan['hardware']['name'])}"
+            f"{'' if plan['fits'] else ' &mdash; does not fit'}</p>")
+    if not plan["fits"]:
+        fix = "; ".join(plan["suggestions"]) or "no change found"
+        head += (f"<p id='plan-verdict' class='lv-bad'>{html.escape(plan['explanation'])}</p>"
+                 f"<p id='plan-fix'>would fit with: {html.escape(fix)}</p>")
+    else:
+        head += "<p id='plan-verdict' class='lv-good'>fits: the planner would train with this</p>"
+    bars = "".join(_bar(name, peak, budget, top) for name, peak in phases.items())
+    rows = "".join(
+        f"<tr><td>{_strategy(c['strategy'])}</td><td>{_gib(c['peak_vram_bytes'])}</td>"
+        f"<td>{'yes' if c['fits'] else 'no'}</td><td>{c['relative_step_time']:.2f}x</td>"
+        f"<td>{'yes' if c['verified_on_gpu'] else 'not yet'}</td></tr>"
+        for c in plan["candidates"][:CANDIDATES_SHOWN])
+    table = ("<table class='lv-candidates'><tr><th>strategy</th><th>peak GiB</th><th>fits</th><th>step time</th>"
+             f"<th>seen on a GPU</th></tr>{rows}</table>")
+    return f"<div id='plan-view'>{head}<div class='lv-bars'>{bars}</div>{table}</div>"
+
+
+def _bar(phase: str, peak: int, budget: int, top: int) -> str:
+    over = " lv-over" if peak > budget else ""
+    return (f"<div class='lv-row'><span class='lv-phase'>{html.escape(phase)}</span>"
+            f"<span class='lv-track'><span class='lv-fill{over}' style='width:{100 * peak / top:.1f}%'></span>"
+            f"<span class='lv-mark' title='budget' style='left:{100 * budget / top:.1f}%'></span></span>"
+            f"<span class='lv-value' data-phase='{html.escape(phase)}'>{_gib(peak)} GiB</span></div>")
+
+
+def _strategy(strategy: dict) -> str:
+    blocks = strategy.get("checkpoint_blocks")
+    ckpt = f"ckpt {blocks} blocks" if blocks else "ckpt" if strategy["gradient_checkpointing"] else "no ckpt"
+    return html.escape(f"{strategy['unet_weights']}, {ckpt}, {strategy['optimizer']}")
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:.2f}"
+
+
+CSS = """
+#plan-column { position: sticky; top: 8px; align-self: flex-start; }
+#plan-view .lv-bars { position: relative; margin: 8px 0; }
+#plan-view .lv-row { display: flex; align-items: center; gap: 8px; margin: 3px 0; }
+#plan-view .lv-phase { width: 120px; }
+#plan-view .lv-track { flex: 1; background: #eee; height: 14px; position: relative; }
+#plan-view .lv-fill { display: block; height: 14px; background: #3b82f6; }
+#plan-view .lv-fill.lv-over { background: #dc2626; }
+#plan-view .lv-value { width: 80px; text-align: right; }
+#plan-view .lv-mark { position: absolute; top: -2px; bottom: -2px; border-left: 2px dashed #111; }
+#plan-view .lv-bad { color: #b91c1c; }
+#plan-view .lv-good { color: #15803d; }
+#plan-view table { margin-top: 8px; font-size: 0.9em; }
+"""

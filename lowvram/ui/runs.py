@@ -1,0 +1,138 @@
+"""Training and rendering from the UI, each in its own process: a crash or an out-of-memory error ends that
+process, never the UI. Stop sends the process what Ctrl-C sends (it saves a checkpoint and a LoRA, then exits);
+Resume starts `train --resume auto` on the same config. Progress is read back from the files a run writes anyway:
+`metrics.jsonl`, the samples and the LoRAs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lowvram.errors import LowvramError
+from lowvram.files import write_text
+
+LOG_LINES = 12
+ETA_WINDOW = 20  # steps the time per step is averaged over
+
+
+def lowvram_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lowvram", *args]
+
+
+@dataclass
+class TrainingProcess:
+    """The UI's one training run (a local app for one person: one run at a time)."""
+
+    config_path: Path | None = None
+    output: Path | None = None
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+    started: float = 0.0
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, toml: str, config_dir: Path, output: Path, resume: bool = False, auto_vram: str | None = None) -> str:
+        if self.running:
+            raise LowvramError("a run is already going: stop it first")
+        config_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = write_text(config_dir / "ui-run.toml", toml)
+        self.output = output
+        args = ["train", "--config", str(self.config_path)]
+        if resume:
+            args += ["--resume", "auto"]
+        if auto_vram is not None:
+            args += ["--auto", *(["--vram", auto_vram] if auto_vram else [])]
+        self.log_path = config_dir / "ui-run.log"
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            # a session of its own: Ctrl-C in the terminal running the UI does not reach the run
+            self.process = subprocess.Popen(lowvram_command(*args), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, env={**os.environ, "COLUMNS": "100"})
+        self.started = time.time()
+        return f"started: lowvram {' '.join(args)}"
+
+    def stop(self) -> str:
+        """What Ctrl-C does: the run finishes its step, saves a checkpoint and a LoRA, and exits."""
+        if not self.running:
+            return "no run is going"
+        self.process.send_signal(signal.SIGINT)
+        return "stopping: the run saves a checkpoint, then exits"
+
+    def state(self) -> str:
+        if self.process is None:
+            return "no run yet"
+        code = self.process.poll()
+        if code is None:
+            return "running"
+        return {0: "finished", 130: "stopped (a checkpoint was saved: Resume continues it)"}.get(
+            code, f"failed (exit code {code}): see the log")
+
+    def log_tail(self) -> str:
+        if not self.log_path or not self.log_path.is_file():
+            return ""
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(line for line in lines[-LOG_LINES:])
+
+
+def read_metrics(output: Path | None) -> list[dict]:
+    """The step records of a run's metrics.jsonl (a line being written is left for the next read)."""
+    path = Path(output or "") / "metrics.jsonl"
+    if not output or not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "loss" in record:
+            records.append(record)
+    return records
+
+
+def progress_line(records: list[dict]) -> str:
+    """Step, loss, VRAM and the time left, from the metrics."""
+    if not records:
+        return "waiting for the first step"
+    last = records[-1]
+    total_steps = last.get("total_steps")
+    words = [f"step {last['step']}" + (f" of {total_steps}" if total_steps else ""), f"loss {last['loss']:.4f}"]
+    if "vram_peak_gib" in last:
+        words.append(f"VRAM peak {last['vram_peak_gib']:.2f} GiB")
+    recent = [r["seconds"] for r in records[-ETA_WINDOW:] if "seconds" in r]
+    if total_steps and recent:
+        left = (total_steps - last["step"]) * sum(recent) / len(recent)
+        words.append(f"about {left:.0f} s left")
+    return ", ".join(words)
+
+
+def outputs_of(output: Path | None) -> tuple[list[str], list[str]]:
+    """(sample images, LoRA files) of a run folder, newest first."""
+    if not output or not Path(output).is_dir():
+        return [], []
+    folder = Path(output)
+
+    def newest(paths):
+        return [str(p) for p in sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+    samples = newest((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
+    return samples, newest(folder.glob("*.safetensors"))
+
+
+def render(model: str, lora: str, prompt: str, image: Path, steps: int = 20) -> Path:
+    """A test image of the LoRA, through `lowvram generate` in a process of its own."""
+    done = subprocess.run(lowvram_command("generate", "--model", model, "--lora", lora, "--prompt", prompt,
+                                          "--output", str(image), "--steps", str(steps)),
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        message = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise LowvramError(message.removeprefix("lowvram generate: error: "))
+    return image

@@ -1,0 +1,290 @@
+"""`lowvram ui` driven in a real browser: headless Chromium (Debian's, which `.ci/run` installs) through
+Playwright, against the app served by `lowvram ui` in a process of its own, as a user runs it.
+
+Without the browser or the [ui] extra these tests are skipped; `.ci/run` sets LOWVRAM_REQUIRE_BROWSER=1, which
+turns that skip into a failure. With LOWVRAM_UI_SCREENSHOTS=DIR they also save the README's screenshots there."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from captioners import build_tagger
+from messy_dataset import write_messy_dataset
+
+from lowvram.data.sample import write_sample_dataset
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium's own background traffic is refused on a closed network; these flags keep it quiet
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = os.environ.get("LOWVRAM_UI_SCREENSHOTS")
+
+
+def _missing() -> str | None:
+    try:
+        import gradio  # noqa: F401
+        import playwright  # noqa: F401
+    except ImportError as exc:
+        return f"the ui extra and playwright are not installed ({exc.name})"
+    if not CHROMIUM.exists():
+        return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
+    return None
+
+
+if _missing():
+    if os.environ.get("LOWVRAM_REQUIRE_BROWSER"):
+        raise RuntimeError(f"browser tests required but {_missing()}")
+    pytest.skip(_missing(), allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`lowvram ui` in its own process, in a working folder of its own, with its own cache."""
+    root = tmp_path_factory.mktemp("ui")
+    work, cache = root / "work", root / "cache"
+    work.mkdir()
+    port = _free_port()
+    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(root / "ui.log", "w")  # noqa: SIM115 - open while the server runs
+    process = subprocess.Popen([sys.executable, "-m", "lowvram", "ui", "--port", str(port)], cwd=work, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                raise AssertionError("lowvram ui did not come up:\n" + (root / "ui.log").read_text()[-3000:]) from None
+            time.sleep(0.5)
+    yield {"url": url, "root": root, "work": work, "cache": cache}
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server["url"])
+    page.wait_for_selector("#plan-view, #plan-error p", timeout=60_000)
+    yield page
+    page.close()
+
+
+def field(page, name: str):
+    return page.locator(f"#opt-{name} input, #opt-{name} textarea").first
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"li[role=option][aria-label='{option}']").click()
+
+
+def training_peak(page) -> str:
+    return page.inner_text("[data-phase='training']")
+
+
+PLAN_TEXT = "() => (document.querySelector('#plan-view')?.innerText ?? '') + (document.querySelector('#plan-error')?.innerText ?? '')"
+
+
+def set_and_wait_for_plan(page, name: str, value: str) -> None:
+    """Type a value (then leave the field, as a user does) and wait for the plan to answer."""
+    before = page.evaluate(PLAN_TEXT)
+    field(page, name).fill(value)
+    field(page, name).press("Tab")
+    page.wait_for_function(f"b => ({PLAN_TEXT})() != b", arg=before, timeout=15_000)
+
+
+def shot(page, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lowvram", *args], capture_output=True, text=True, check=False)
+
+
+def test_the_plan_follows_the_resolution(page):
+    budget = page.locator("#budget textarea, #budget input").first
+    budget.fill("6GB")
+    page.wait_for_function("() => document.querySelector('#plan-pick')?.innerText.includes('6 GiB GPU')")
+    at_512 = training_peak(page)
+    set_and_wait_for_plan(page, "resolution", "768")
+    at_768 = training_peak(page)
+    assert float(at_768.split()[0]) > float(at_512.split()[0])
+    # the same numbers as `lowvram plan` for the same options and card
+    plan = cli("plan", "--model", "sd15", "--resolution", "768", "--vram", "6GB", "--json")
+    import json
+
+    choice = json.loads(plan.stdout)["choice"]
+    assert at_768 == f"{sum(choice['vram_bytes']['training'].values()) / 2**30:.2f} GiB"
+    shot(page, "setup-plan")
+
+
+def test_a_configuration_too_large_is_flagged_with_its_fix(page):
+    page.locator("#budget textarea, #budget input").first.fill("4GB")
+    field(page, "model").fill("sdxl")
+    set_and_wait_for_plan(page, "batch-size", "8")
+    expect(page.locator("#plan-verdict")).to_contain_text("nothing fits", timeout=15_000)
+    words = json_plan("--model", "sdxl", "--batch-size", "8", "--vram", "4GB")
+    expect(page.locator("#plan-verdict")).to_have_text(words["explanation"])
+    expect(page.locator("#plan-fix")).to_have_text("would fit with: " + "; ".join(words["suggestions"]))
+    assert "lv-over" in page.inner_html("#plan-view")  # the phase over the budget is drawn red
+    shot(page, "setup-too-large")
+
+
+def json_plan(*args: str) -> dict:
+    import json
+
+    return json.loads(cli("plan", *args, "--json").stdout)
+
+
+def test_a_preset_fills_the_form_and_a_saved_toml_replays(page, server):
+    choose(page, "preset", "character")
+    expect(page.locator("#setup-status")).to_contain_text("loaded preset character")
+    expect(field(page, "rank")).to_have_value("16")
+    expect(field(page, "keep-tokens")).to_have_value("1")
+    expect(page.locator("#opt-lora-layers input")).to_have_value("attn-mlp")
+    field(page, "model").fill("tiny")
+    field(page, "data").fill("sample")
+    target = server["root"] / "saved.toml"
+    page.locator("#config-path textarea, #config-path input").first.fill(str(target))
+    page.locator("#save-config").click()
+    expect(page.locator("#setup-status")).to_contain_text(f"saved {target}")
+    from lowvram.config import read_toml
+
+    saved = read_toml(target)
+    assert saved["rank"] == 16 and saved["lora_layers"] == "attn-mlp" and saved["model"] == "tiny"
+    # `train --config` reads what the UI wrote: an option error would stop it before anything else
+    assert cli("plan", "--config", str(target), "--vram", "8GB").returncode == 0
+
+
+def test_bad_input_gets_the_cli_line_and_the_ui_stays_up(page, server):
+    set_and_wait_for_plan(page, "rank", "0")
+    cli_line = cli("plan", "--model", "sd15", "--rank", "0", "--vram", "8GB").stderr.strip()
+    assert cli_line.startswith("lowvram plan: error: ")
+    expect(page.locator("#plan-error")).to_contain_text(cli_line.removeprefix("lowvram plan: error: "))
+    field(page, "rank").fill("8")
+    expect(page.locator("#plan-view")).to_be_visible(timeout=15_000)  # fixed: the plan is back
+    field(page, "model").fill(str(server["root"] / "no-such-model.safetensors"))
+    expect(page.locator("#plan-error")).to_contain_text("no-such-model.safetensors", timeout=15_000)
+    field(page, "model").fill("")
+    field(page, "data").fill(str(server["root"] / "no-such-folder"))
+    page.get_by_role("tab", name="Dataset").click()
+    page.locator("#check-data").click()
+    expect(page.locator("#data-summary")).to_contain_text("folder not found", timeout=15_000)
+
+
+def test_check_data_lists_bad_files_and_captions_are_edited_in_place(page, server):
+    data = server["root"] / "messy"
+    expected = write_messy_dataset(data)
+    field(page, "data").fill(str(data))
+    field(page, "model").fill("tiny")
+    page.get_by_role("tab", name="Dataset").click()
+    page.locator("#check-data").click()
+    expect(page.locator("#data-summary")).to_contain_text("usable", timeout=30_000)
+    table = page.inner_text("#data-table")
+    for relpath, word in expected.items():
+        assert Path(relpath).name in table, relpath
+        assert word.lower() in table.lower(), (relpath, word)
+    assert "skipped" in table
+    shot(page, "dataset")
+
+    choose(page, "caption-image", "2_messy/good_1.png")
+    caption_file = data / "2_messy" / "good_1.txt"
+    original = caption_file.read_text() if caption_file.exists() else None
+    expect(page.locator("#caption-text textarea")).to_have_value((original or "").strip())
+    page.locator("#caption-text textarea").fill("a red circle, edited in the browser")
+    names_before = {p.name for p in caption_file.parent.iterdir()}
+    page.locator("#save-caption").click()
+    expect(page.locator("#caption-status")).to_contain_text("saved good_1.txt")
+    assert caption_file.read_text() == "a red circle, edited in the browser\n"
+    kept = list((server["cache"] / "edited-captions").rglob("good_1.txt"))
+    assert (kept[0].read_text() == original) if original else not kept
+    assert {p.name for p in caption_file.parent.iterdir()} == names_before | {"good_1.txt"}  # no backup, no temp
+
+
+def test_captioning_from_the_ui_writes_only_new_captions(page, server):
+    data = server["root"] / "to-caption"
+    write_sample_dataset(data)
+    for txt in list(data.rglob("*.txt"))[:2]:
+        txt.unlink()
+    before = {p.name for p in data.rglob("*")}
+    tagger = build_tagger(server["root"] / "tagger")
+    field(page, "data").fill(str(data))
+    page.get_by_role("tab", name="Dataset").click()
+    page.get_by_text("Caption the images without captions").click()
+    page.locator("#caption-caption-model textarea, #caption-caption-model input").first.fill(str(tagger))
+    page.locator("#caption-trigger-word textarea, #caption-trigger-word input").first.fill("zkw")
+    page.locator("#run-caption").click()
+    expect(page.locator("#caption-log textarea")).to_have_value(re.compile("wrote 2 caption"), timeout=60_000)
+    new = {p.name for p in data.rglob("*")} - before
+    assert len(new) == 2 and all(name.endswith(".txt") for name in new)
+    assert all((next(data.rglob(name))).read_text().startswith("zkw") for name in new)
+
+
+def test_train_stop_resume_and_render(page, server):
+    out = server["root"] / "run"
+    data = write_sample_dataset(server["root"] / "train-data")
+    field(page, "model").fill("tiny")
+    field(page, "data").fill(str(data))
+    field(page, "output").fill(str(out))
+    set_and_wait_for_plan(page, "max-steps", "240")
+    field(page, "sample-prompts").fill("lvshape, a red circle on a blue background")
+    field(page, "sample-every").fill("20")
+    field(page, "sample-steps").fill("4")
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#start").click()
+    expect(page.locator("#run-state")).to_contain_text("running", timeout=30_000)
+    expect(page.locator("#samples img").first).to_be_visible(timeout=120_000)  # a sample grid, mid-run
+    expect(page.locator("#run-progress")).to_contain_text("of 240")
+    expect(page.locator("#loss-chart canvas, #loss-chart svg").first).to_be_visible()
+    shot(page, "train")
+    page.locator("#stop").click()
+    expect(page.locator("#run-state")).to_contain_text("stopped", timeout=120_000)
+    checkpoints = sorted((out / "checkpoints").glob("step-*"))
+    assert checkpoints
+    stopped_at = int(checkpoints[-1].name.removeprefix("step-"))
+    assert stopped_at < 240
+
+    page.locator("#resume").click()
+    expect(page.locator("#run-state")).to_contain_text("finished", timeout=240_000)
+    import json
+
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == list(range(1, 241))  # the resumed run continued after the checkpoint, to the end
+    assert "resum" in (server["cache"] / "ui" / "ui-run.log").read_text().lower()
+
+    expect(page.locator("#lora-file input")).to_have_value(str(out / "run.safetensors"), timeout=10_000)
+    page.locator("#render-prompt textarea, #render-prompt input").first.fill("lvshape, a red circle")
+    page.locator("#render").click()
+    expect(page.locator("#render-status")).to_contain_text("rendered", timeout=120_000)
+    expect(page.locator("#rendered img")).to_be_visible()
