@@ -62,7 +62,8 @@ def render(plan: dict) -> str:
         f"<tr><td>{_strategy(c['strategy'])}</td><td>{_gib(c['peak_vram_bytes'])}</td>"
         f"<td>{'yes' if c['fits'] else 'no'}</td><td>{c['relative_step_time']:.2f}x</td>"
         f"<td>{'yes' if c['verified_on_gpu'] else 'not yet'}</td></tr>"
-        for c in plan["candidates"][:CANDIDATES_SHOWN])
+        for c in (plan["candidates"] if plan["fits"] else  # nothing fits: the leanest first
+                  sorted(plan["candidates"], key=lambda c: c["peak_vram_bytes"]))[:CANDIDATES_SHOWN])
     table = ("<table class='lv-candidates'><tr><th>strategy</th><th>peak GiB</th><th>fits</th><th>step time</th>"
              f"<th>seen on a GPU</th></tr>{rows}</table>")
     return f"<div id='plan-view'>{head}<div class='lv-bars'>{bars}</div>{table}</div>"
@@ -87,7 +88,8 @@ def _gib(value: int) -> str:
 
 
 CSS = """
-#plan-column { position: sticky; top: 8px; align-self: flex-start; }
+.gradio-container { overflow: visible !important; }  /* a hidden overflow would keep the plan from staying in view */
+#plan-column { position: sticky !important; top: 8px; align-self: flex-start !important; }
 #plan-view .lv-bars { position: relative; margin: 8px 0; }
 #plan-view .lv-row { display: flex; align-items: center; gap: 8px; margin: 3px 0; }
 #plan-view .lv-phase { width: 120px; }
