@@ -131,20 +131,27 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lowvram", *args], capture_output=True, text=True, check=False)
 
 
-def test_the_plan_follows_the_resolution(page):
-    budget = page.locator("#budget textarea, #budget input").first
-    budget.fill("6GB")
-    page.wait_for_function("() => document.querySelector('#plan-pick')?.innerText.includes('6 GiB GPU')")
-    at_512 = training_peak(page)
-    set_and_wait_for_plan(page, "resolution", "768")
-    at_768 = training_peak(page)
-    assert float(at_768.split()[0]) > float(at_512.split()[0])
-    # the same numbers as `lowvram plan` for the same options and card
-    plan = cli("plan", "--model", "sd15", "--resolution", "768", "--vram", "6GB", "--json")
-    import json
+def planned_training_gib(*args: str) -> str:
+    """`lowvram plan`'s training peak for the pick, as the page shows it."""
+    choice = json_plan(*args)["choice"]
+    return f"{sum(choice['vram_bytes']['training'].values()) / 2**30:.2f} GiB"
 
-    choice = json.loads(plan.stdout)["choice"]
-    assert at_768 == f"{sum(choice['vram_bytes']['training'].values()) / 2**30:.2f} GiB"
+
+def wait_for_training_peak(page, text: str) -> None:
+    page.wait_for_function("t => document.querySelector(\"[data-phase='training']\")?.innerText == t", arg=text,
+                           timeout=15_000)
+
+
+def test_the_plan_follows_the_resolution(page):
+    at_512 = planned_training_gib("--model", "sd15", "--vram", "6GB")
+    at_768 = planned_training_gib("--model", "sd15", "--resolution", "768", "--vram", "6GB")
+    assert at_512 != at_768
+    page.locator("#budget textarea, #budget input").first.fill("6GB")
+    wait_for_training_peak(page, at_512)  # the same numbers as `lowvram plan` for the same options and card
+    field(page, "resolution").fill("768")
+    field(page, "resolution").press("Tab")
+    wait_for_training_peak(page, at_768)
+    expect(page.locator("#plan-workload")).to_have_text("sd15 at 768 px, batch 1, rank 16")
     shot(page, "setup-plan")
 
 

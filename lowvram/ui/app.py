@@ -121,8 +121,8 @@ def build_app(cache_dir: Path):
         timer = gr.Timer(REFRESH_SECONDS)
 
         # --- Setup ---
-        def refresh_plan(*shown):
-            *form, card_name, budget_text = shown
+        def refresh_plan(*given):
+            *form, card_name, budget_text = given
             try:
                 return render(plan_for(option_values(fields, form), card_name, budget_text)), ""
             except LowvramError as exc:
@@ -182,18 +182,13 @@ def build_app(cache_dir: Path):
             except LowvramError as exc:
                 return _message(exc)
 
-        def run_caption(*shown):
-            form, caption_form = shown[:len(inputs)], shown[len(inputs):]
-            root = option_values(fields, form).get("data") or ""
-            args = ["caption", root]
-            for field, value in option_values(caption_fields, caption_form).items():
-                flag = [caption_fields[[f.name for f in caption_fields].index(field)].flag]
-                if value is True:
-                    args += flag
-                elif isinstance(value, tuple):
-                    args += [a for v in value for a in (*flag, v)]
-                elif value is not False:
-                    args += [*flag, str(value)]
+        def run_caption(*given):
+            form, caption_form = given[:len(inputs)], given[len(inputs):]
+            args = ["caption", option_values(fields, form).get("data") or ""]
+            chosen = option_values(caption_fields, caption_form)
+            for f in caption_fields:
+                if f.name in chosen:
+                    args += _flag_args(f.flag, chosen[f.name])
             done = subprocess.run(lowvram_command(*args), capture_output=True, text=True, check=False)
             return (done.stdout + done.stderr).strip()
 
@@ -203,12 +198,16 @@ def build_app(cache_dir: Path):
         caption_button.click(run_caption, [*inputs, *caption_inputs], caption_log)
 
         # --- Train ---
+        shown: dict[str, Any] = {}  # what the Train tab shows already: unchanged parts are not sent again
+        picked = {"lora": None}  # the LoRA file the page chose (not the user)
+
         def start(resume: bool, use_auto: bool, card_name: str, budget_text: str, *form):
             values = option_values(fields, form)
             try:
                 text = toml_text(values)
                 output = Path(values.get("output", "output")).expanduser().resolve()
                 vram = (budget_text if card_name == BUDGET else "") if use_auto else None
+                shown.clear()
                 return training.start(text, ui_dir, output, resume=resume, auto_vram=vram)
             except LowvramError as exc:
                 return _message(exc)
@@ -217,7 +216,13 @@ def build_app(cache_dir: Path):
         resume_button.click(lambda *a: start(True, *a), [auto, card, budget, *inputs], run_state)
         stop_button.click(lambda: training.stop(), None, run_state)
 
-        def refresh():
+        def changed(key: str, value):
+            if shown.get(key) == value:
+                return gr.skip()
+            shown[key] = value
+            return value
+
+        def refresh(chosen_lora):
             if training.process is None:
                 return [gr.skip()] * 7
             import pandas as pd
@@ -225,12 +230,20 @@ def build_app(cache_dir: Path):
             records = read_metrics(training.output)
             frame = pd.DataFrame([{"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in records],
                                  columns=["step", "loss", "lr"])
+            plots = [frame, frame] if shown.get("steps") != len(records) else [gr.skip(), gr.skip()]
+            shown["steps"] = len(records)
             sample_files, loras = outputs_of(training.output)
-            state = training.state()
-            return (f"**{state}**", progress_line(records), frame, frame, sample_files, training.log_tail(),
-                    gr.update(choices=loras, value=loras[0] if loras and not training.running else None))
+            # the newest LoRA of a finished run, unless the user chose another one
+            user_chose = chosen_lora in loras and chosen_lora != picked["lora"]
+            keep = chosen_lora if user_chose else loras[0] if loras and not training.running else None
+            if not user_chose:
+                picked["lora"] = keep
+            lora_list = gr.skip() if shown.get("loras") == (loras, keep) else gr.update(choices=loras, value=keep)
+            shown["loras"] = (loras, keep)
+            return (changed("state", f"**{training.state()}**"), changed("progress", progress_line(records)), *plots,
+                    changed("samples", sample_files), changed("log", training.log_tail()), lora_list)
 
-        timer.tick(refresh, None, [run_state, run_progress, loss_plot, lr_plot, samples, run_log, lora_choice],
+        timer.tick(refresh, lora_choice, [run_state, run_progress, loss_plot, lr_plot, samples, run_log, lora_choice],
                    show_progress="hidden")
 
         def render_test(lora, text, *form):
@@ -245,7 +258,17 @@ def build_app(cache_dir: Path):
             return str(path), f"rendered {path.name}"
 
         render_button.click(render_test, [lora_choice, prompt, *inputs], [rendered, render_status])
+        app.load(shown.clear)  # a page (re)loaded shows nothing yet: the next tick sends everything
     return app
+
+
+def _flag_args(flag: str, value: Any) -> list[str]:
+    """An option value as command-line words."""
+    if isinstance(value, bool):
+        return [flag if value else f"--no-{flag[2:]}"]
+    if isinstance(value, tuple):
+        return [word for item in value for word in (flag, item)]
+    return [flag, str(value)]
 
 
 def _has_cuda() -> bool:
