@@ -267,6 +267,8 @@ def _load_tagger(folder: Path, device: str, config: CaptionConfig):
     providers = ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
+    elif device == "cuda":
+        print("onnxruntime here has no CUDA: the tagger runs on the CPU (pip install onnxruntime-gpu for the GPU)")
     try:
         session = ort.InferenceSession(str(folder / "model.onnx"), providers=providers)
     except Exception as exc:  # noqa: BLE001

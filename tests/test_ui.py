@@ -191,6 +191,11 @@ def test_a_preset_fills_the_form_and_a_saved_toml_replays(page, server):
     assert saved["rank"] == 16 and saved["lora_layers"] == "attn-mlp" and saved["model"] == "tiny"
     # `train --config` reads what the UI wrote: an option error would stop it before anything else
     assert cli("plan", "--config", str(target), "--vram", "8GB").returncode == 0
+    field(page, "rank").fill("4")
+    page.locator("#load-config").click()
+    expect(page.locator("#setup-status")).to_contain_text(f"loaded {target}")
+    expect(field(page, "rank")).to_have_value("16")
+    expect(field(page, "model")).to_have_value("tiny")
 
 
 def test_bad_input_gets_the_cli_line_and_the_ui_stays_up(page, server):

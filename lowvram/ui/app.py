@@ -249,10 +249,10 @@ def build_app(cache_dir: Path):
         def render_test(lora, text, *form):
             values = option_values(fields, form)
             try:
-                if not lora or not text:
-                    raise LowvramError("choose a LoRA file and type a prompt")
+                if not lora or not text or not values.get("model"):
+                    raise LowvramError("choose the base model (--model), a LoRA file and a prompt")
                 image = ui_dir / "renders" / f"render-{time.strftime('%Y%m%d-%H%M%S')}.png"
-                path = render_image(values.get("model", "tiny"), lora, text, image)
+                path = render_image(values["model"], lora, text, image)
             except LowvramError as exc:
                 return None, _message(exc)
             return str(path), f"rendered {path.name}"
