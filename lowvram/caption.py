@@ -132,7 +132,7 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
 def _images_to_caption(root: Path, config: CaptionConfig, report: CaptionReport) -> list:
     """(scan record, caption file to write) for each usable image that needs a caption."""
     from lowvram.data.buckets import default_buckets
-    from lowvram.data.scan import NoUsableImages, ScanOptions, scan_dataset
+    from lowvram.data.scan import IMAGE_SUFFIXES, NoUsableImages, ScanOptions, scan_dataset
 
     try:
         scanned = scan_dataset(root, default_buckets(SCAN_RESOLUTION), ScanOptions(
@@ -140,7 +140,8 @@ def _images_to_caption(root: Path, config: CaptionConfig, report: CaptionReport)
     except NoUsableImages as exc:
         scanned = exc.report.records
         if not scanned:
-            raise LowvramError(f"DIR: {exc}".replace("--data: ", "")) from None
+            raise LowvramError(f"DIR: no images ({', '.join(IMAGE_SUFFIXES)}) in {root} or its N_name "
+                               "subfolders") from None
     todo = []
     for record in scanned:
         if not record.usable:

@@ -138,6 +138,7 @@ def test_dry_run_plans_the_device_and_writes_nothing(tmp_path, blip, capsys):
     (["{data}", "--caption-model", "{tagger}", "--threshold", "2"], "--threshold: 2.0 is not a confidence"),
     (["{data}", "--caption-model", "{tagger}", "--batch-size", "x"], "--batch-size: 'x' is invalid"),
     (["{data}", "--caption-model", "{tagger}", "--vram", "4GB"], "--vram: there is no CUDA GPU here"),
+    (["{empty}", "--caption-model", "{tagger}"], "DIR: no images (.png"),
 ])
 def test_bad_input_is_one_line(tmp_path, tagger, capsys, args, message):
     data = colour_dataset(tmp_path / "data")
@@ -145,7 +146,8 @@ def test_bad_input_is_one_line(tmp_path, tagger, capsys, args, message):
     pickled.mkdir()
     (pickled / "config.json").write_text("{}")
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x02")
-    paths = {"data": data, "missing": tmp_path / "nope", "tagger": tagger, "pickled": pickled}
+    (tmp_path / "empty").mkdir()
+    paths = {"data": data, "missing": tmp_path / "nope", "tagger": tagger, "pickled": pickled, "empty": tmp_path / "empty"}
     before = snapshot(data)
     assert main(["caption", *(a.format(**paths) for a in args)]) == 2
     err = capsys.readouterr().err

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 from lowvram.config import PLANNING_MODEL, RunConfig, build_config
+from lowvram.errors import LowvramError
 from lowvram.hardware import Hardware
 from lowvram.plan.estimate import Estimate, MemoryStrategy, Workload, estimate
 from lowvram.plan.planner import Plan, plan
-from lowvram.resolve import NATIVE_FORMAT, ResolvedRun
+from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
 
 __all__ = ["NATIVE_FORMAT", "Estimate", "MemoryStrategy", "Plan", "Workload", "apply_choice", "estimate", "fixed_choices", "plan",
            "plan_options", "workload_for"]
@@ -31,9 +32,6 @@ def workload_for(run: ResolvedRun) -> Workload:
 def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:
     """`lowvram plan` for option values (a dataset and a model are optional: the sample data and sd15 stand in).
     Raises LowvramError with the CLI's words where the options cannot run or there is no GPU to plan for."""
-    from lowvram.errors import LowvramError
-    from lowvram.resolve import resolve_run
-
     values = {"data": "sample", "model": PLANNING_MODEL, **values}
     config = build_config(values)
     if hardware.device != "cuda":

@@ -7,12 +7,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 from lowvram.config import build_config, fields_by_name, flag_name
-
-PATH_FIELDS = ("model", "vae", "data", "reg_data", "validation_data", "output", "cache_dir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,20 +101,8 @@ def form_values(fields: list[FormField], values: dict[str, Any]) -> list[Any]:
 
 
 def toml_text(values: dict[str, Any]) -> str:
-    """The `.toml` that `lowvram train --config` replays: the validated config, with folders made absolute so the
-    file works from anywhere. Raises LowvramError with the CLI's words when the options cannot run."""
+    """The `.toml` that `lowvram train --config` replays: the validated config (its folders absolute, so the file
+    works from anywhere). Raises LowvramError with the CLI's words when the options cannot run."""
     import tomli_w
 
-    resolved = {k: str(Path(v).expanduser().resolve()) if k in PATH_FIELDS and v and _is_local(k, v) else v
-                for k, v in values.items()}
-    config = build_config(resolved)
-    return tomli_w.dumps(config.to_toml_dict())
-
-
-def _is_local(name: str, value: str) -> bool:
-    """A path option naming this machine's files (not a hub id, a family name or the built-in sample)."""
-    if name == "model":
-        return Path(value).expanduser().exists()
-    return value != "sample"
-
-
+    return tomli_w.dumps(build_config(values).to_toml_dict())

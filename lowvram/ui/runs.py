@@ -10,8 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lowvram.errors import LowvramError
@@ -33,8 +32,6 @@ class TrainingProcess:
     output: Path | None = None
     process: subprocess.Popen | None = None
     log_path: Path | None = None
-    started: float = 0.0
-    history: list[str] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
@@ -56,7 +53,6 @@ class TrainingProcess:
             # a session of its own: Ctrl-C in the terminal running the UI does not reach the run
             self.process = subprocess.Popen(lowvram_command(*args), stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True, env={**os.environ, "COLUMNS": "100"})
-        self.started = time.time()
         return f"started: lowvram {' '.join(args)}"
 
     def stop(self) -> str:

@@ -1,0 +1,51 @@
+"""The UI's form is the config schema: every option has a field, the form's values are the options a user set
+(as flags would be), and the `.toml` it saves is what `train --config` reads back. No browser needed."""
+
+from pathlib import Path
+
+from lowvram.config import build_config, fields_by_name, read_toml
+from lowvram.ui.form import form_fields, form_values, option_values, toml_text
+
+
+def test_every_option_has_one_field_and_its_default_round_trips():
+    fields = form_fields()
+    assert [f.name for f in fields] == list(fields_by_name())
+    assert option_values(fields, form_values(fields, {})) == {}  # an untouched form sets nothing
+
+
+def test_the_form_sets_only_what_differs_from_the_defaults():
+    fields = form_fields()
+    shown = form_values(fields, {"rank": 32, "flip": True, "sample_prompts": ("a cat", "a dog"), "lr": 2e-4})
+    by_name = dict(zip([f.name for f in fields], shown, strict=True))
+    by_name["max_steps"] = "500"  # an optional number is a text box
+    by_name["trigger_word"] = "  "  # left blank
+    values = option_values(fields, [by_name[f.name] for f in fields])
+    # optional numbers stay text: the config reads them as it reads flags
+    assert values == {"rank": 32, "flip": True, "sample_prompts": ("a cat", "a dog"), "lr": "0.0002",
+                      "max_steps": "500"}
+    config = build_config({"model": "tiny", "data": "sample", **values})
+    assert config.training.max_steps == 500 and config.optim.lr == 2e-4
+
+
+def test_the_saved_toml_replays_with_local_folders_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    text = toml_text({"model": "tiny", "data": "data", "output": "out", "rank": 8})
+    (tmp_path / "elsewhere").mkdir()
+    saved = tmp_path / "elsewhere" / "run.toml"
+    saved.write_text(text)
+    values = read_toml(saved)
+    assert values["data"] == str(tmp_path / "data") and values["output"] == str(tmp_path / "out")
+    assert values["model"] == "tiny"  # a family name, not a path
+    assert values["rank"] == 8
+    assert build_config(values).network.rank == 8
+
+
+def test_an_option_that_cannot_run_is_refused_in_the_clis_words(tmp_path):
+    import pytest
+
+    from lowvram.errors import LowvramError
+
+    with pytest.raises(LowvramError, match="--rank"):
+        toml_text({"model": "tiny", "data": "sample", "rank": 0})
+    assert not list(Path(tmp_path).iterdir())
