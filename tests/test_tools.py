@@ -42,3 +42,14 @@ def test_the_gpu_proof_starts_nothing_past_its_deadline_and_says_what_did_not_ru
     assert record["not_run"] == ["sweep tiny", "auto tiny 0 GB"]
 
 
+
+
+def test_the_captioner_benchmark_rehearses_on_the_cpu(tmp_path):
+    """The GPU check of the captioner's VRAM allowance runs its code path with a small model here."""
+    out = tmp_path / "captioner.json"
+    subprocess.run([sys.executable, str(TOOLS / "bench_captioner.py"), "--tiny", "--batches", "1,2", "--out", str(out)],
+                   check=True, capture_output=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["batch"] for r in rows] == [1, 2]
+    assert rows[1]["estimate_bytes"] - rows[0]["estimate_bytes"] == 256 * 1024**2  # the allowance per image
+    assert all(r["weights_bytes"] > 0 for r in rows)

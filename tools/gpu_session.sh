@@ -16,6 +16,7 @@
 #      written under benchmarks/gpu/ and calibration.json derived from it before the --auto runs
 #                                                                      -> $OUT/gpu-proof.json, calibration.json
 #   4. the README tables                                               -> $OUT/gpu-proof.md
+#   5. with the time left, the captioner's peak VRAM (tools/bench_captioner.py) -> $OUT/captioner.json
 # Then, here: copy gpu-proof.json to the benchmarks/gpu/ path its command names, run
 # python tools/calibrate_planner.py, and commit both.
 set -uo pipefail
@@ -62,4 +63,9 @@ python3 tools/bench_gpu_proof.py --deadline "$(( left > 60 ? left : 60 ))" --cal
 tail -1 "$OUT/gpu-proof.log"
 cp lowvram/plan/calibration.json "$OUT/calibration.json"
 python3 tools/render_benchmarks.py "$OUT/gpu-proof.json" --markdown "$OUT/gpu-proof.md" && cat "$OUT/gpu-proof.md"
+left=$(( BUDGET - (SECONDS - start) ))
+if (( left >= 40 )); then
+  timeout "$left" python3 tools/bench_captioner.py --out "$OUT/captioner.json" > "$OUT/captioner.log" 2>&1
+  echo "captioner: $(grep -c peak_reserved "$OUT/captioner.json" 2>/dev/null || echo 0) batch size(s) measured"
+fi
 echo "done in $(( SECONDS - start )) s; commit $OUT/gpu-proof.json as $target"
