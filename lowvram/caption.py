@@ -61,8 +61,11 @@ class CaptionConfig:
 
     def problems(self) -> list[str]:
         found = []
+        folder = Path(self.data or "").expanduser()
         if not self.data:
             found.append("DIR: name the dataset folder to caption")
+        elif not folder.is_dir():
+            found.append(f"DIR: {'not a folder' if folder.exists() else 'folder not found'}: {folder}")
         if not self.caption_model:
             found.append("--caption-model: name a captioning model (a hub id or a local folder), e.g. "
                          "SmilingWolf/wd-swinv2-tagger-v3 or Salesforce/blip-image-captioning-large")
@@ -98,8 +101,6 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
         raise LowvramError("\n".join(problems))
     console = console or Console()
     root = Path(config.data).expanduser()
-    if not root.is_dir():
-        raise LowvramError(f"DIR: {'not a folder' if root.exists() else 'folder not found'}: {root}")
     report = CaptionReport()
     todo = _images_to_caption(root.resolve(), config, report)
     model = locate_model(config.caption_model)

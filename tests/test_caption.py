@@ -2,6 +2,7 @@
 transformers) write captions for the images that lack them, and nothing else in the dataset folder changes."""
 
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,16 @@ def test_weight_bytes_count_the_dtype_the_model_runs_in(tmp_path, blip):
     stored = weight_bytes(files, runs_in_half=False)
     assert stored == sum(t.numel() * t.element_size() for p in files for t in load_file(p).values())  # fp32 on disk
     assert weight_bytes(files, runs_in_half=True) == stored // 2
+
+
+def test_missing_optional_libraries_name_the_extra_to_install(tmp_path, tagger, monkeypatch, capsys):
+    """Without onnxruntime a tagger cannot run; without Gradio there is no UI: one line each, naming the install."""
+    data = colour_dataset(tmp_path / "data")
+    before = snapshot(data)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an import of a missing package meets
+    assert main(["caption", str(data), "--caption-model", str(tagger)]) == 2
+    assert "pip install onnxruntime" in capsys.readouterr().err
+    assert snapshot(data) == before
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    assert main(["ui", "--port", "1"]) == 2
+    assert 'pip install -e ".[ui]"' in capsys.readouterr().err

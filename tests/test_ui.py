@@ -255,6 +255,10 @@ def test_captioning_from_the_ui_writes_only_new_captions(page, server):
     page.get_by_text("Caption the images without captions").click()
     page.locator("#caption-caption-model textarea, #caption-caption-model input").first.fill(str(tagger))
     page.locator("#caption-trigger-word textarea, #caption-trigger-word input").first.fill("zkw")
+    page.locator("#plan-caption").click()
+    expect(page.locator("#caption-log textarea")).to_have_value(re.compile("2 image.s. to caption.*on the CPU", re.DOTALL),
+                                                                timeout=60_000)
+    assert {p.name for p in data.rglob("*")} == before  # a dry run writes nothing
     page.locator("#run-caption").click()
     expect(page.locator("#caption-log textarea")).to_have_value(re.compile("wrote 2 caption"), timeout=60_000)
     new = {p.name for p in data.rglob("*")} - before

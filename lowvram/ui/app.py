@@ -96,7 +96,10 @@ def build_app(cache_dir: Path):
                 caption_status = gr.Markdown(elem_id="caption-status")
                 with gr.Accordion("Caption the images without captions (lowvram caption)", open=False):
                     caption_inputs = [_component(gr, f) for f in caption_fields]
-                    caption_button = gr.Button("Caption", elem_id="run-caption")
+                    with gr.Row():
+                        caption_plan_button = gr.Button("What would it do? (--dry-run: the images, and GPU or CPU)",
+                                                        elem_id="plan-caption")
+                        caption_button = gr.Button("Caption", elem_id="run-caption")
                     caption_log = gr.Textbox(label="lowvram caption", lines=4, elem_id="caption-log")
             with gr.Tab("Train", id="train"):
                 auto = gr.Checkbox(value=has_gpu, label="let the planner choose the memory strategy (--auto, "
@@ -182,9 +185,9 @@ def build_app(cache_dir: Path):
             except LowvramError as exc:
                 return _message(exc)
 
-        def run_caption(*given):
+        def run_caption(dry_run: bool, *given):
             form, caption_form = given[:len(inputs)], given[len(inputs):]
-            args = ["caption", option_values(fields, form).get("data") or ""]
+            args = ["caption", option_values(fields, form).get("data") or "", *(["--dry-run"] if dry_run else [])]
             chosen = option_values(caption_fields, caption_form)
             for f in caption_fields:
                 if f.name in chosen:
@@ -195,7 +198,8 @@ def build_app(cache_dir: Path):
         check_button.click(check, inputs, [data_summary, data_table, image_choice])
         image_choice.change(show_caption, [image_choice, *inputs], [preview, caption_text])
         save_caption_button.click(save_caption, [image_choice, caption_text, *inputs], caption_status)
-        caption_button.click(run_caption, [*inputs, *caption_inputs], caption_log)
+        caption_button.click(lambda *a: run_caption(False, *a), [*inputs, *caption_inputs], caption_log)
+        caption_plan_button.click(lambda *a: run_caption(True, *a), [*inputs, *caption_inputs], caption_log)
 
         # --- Train ---
         shown: dict[str, Any] = {}  # what the Train tab shows already: unchanged parts are not sent again
@@ -283,7 +287,7 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = Tru
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise LowvramError("ui: Gradio is not installed; pip install -e \".[ui]\" (or pip install gradio)") from None
+        raise LowvramError('Gradio is not installed; pip install -e ".[ui]" (or pip install gradio)') from None
     app = build_app(cache_dir)
     return app.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False, quiet=False,
                       prevent_thread_lock=not block, allowed_paths=[str(Path.cwd()), str(cache_dir)],
