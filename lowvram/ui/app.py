@@ -210,6 +210,9 @@ def build_app(cache_dir: Path):
             try:
                 text = toml_text(values)
                 output = Path(values.get("output", "output")).expanduser().resolve()
+                if resume and not any((output / "checkpoints").glob("step-*")):
+                    raise LowvramError(f"nothing to resume: no checkpoint in {output / 'checkpoints'} yet; "
+                                       "press Start")
                 vram = (budget_text if card_name == BUDGET else "") if use_auto else None
                 shown.clear()
                 return training.start(text, ui_dir, output, resume=resume, auto_vram=vram)
