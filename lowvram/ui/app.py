@@ -29,6 +29,7 @@ from lowvram.ui.runs import render as render_image
 
 OPEN_SECTIONS = ("model", "data", "network", "training", "output")
 REFRESH_SECONDS = 1.0
+CHART_POINTS = 2000  # at most about this many points per chart
 
 
 def _component(gr, field: FormField):
@@ -235,7 +236,8 @@ def build_app(cache_dir: Path):
             import pandas as pd
 
             records = read_metrics(training.output)
-            frame = pd.DataFrame([{"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in records],
+            drawn = records[::max(1, len(records) // CHART_POINTS)]  # a long run's chart stays light to send
+            frame = pd.DataFrame([{"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in drawn],
                                  columns=["step", "loss", "lr"])
             plots = [frame, frame] if shown.get("steps") != len(records) else [gr.skip(), gr.skip()]
             shown["steps"] = len(records)
