@@ -185,3 +185,4 @@ def test_missing_optional_libraries_name_the_extra_to_install(tmp_path, tagger, 
     monkeypatch.setitem(sys.modules, "gradio", None)
     assert main(["ui", "--port", "1"]) == 2
     assert 'pip install -e ".[ui]"' in capsys.readouterr().err
+

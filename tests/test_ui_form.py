@@ -1,8 +1,11 @@
-"""The UI's form is the config schema: every option has a field, the form's values are the options a user set
-(as flags would be), and the `.toml` it saves is what `train --config` reads back. No browser needed."""
+"""The UI without a browser: its form is the config schema (every option has a field, the form's values are the
+options a user set, as flags would be, and the `.toml` it saves is what `train --config` reads back), and
+`lowvram ui` refuses a port it cannot serve in one line."""
 
-from pathlib import Path
 
+import pytest
+
+from lowvram.cli import main
 from lowvram.config import build_config, fields_by_name, read_toml
 from lowvram.ui.form import form_fields, form_values, option_values, toml_text
 
@@ -41,11 +44,22 @@ def test_the_saved_toml_replays_with_local_folders_made_absolute(tmp_path, monke
     assert build_config(values).network.rank == 8
 
 
-def test_an_option_that_cannot_run_is_refused_in_the_clis_words(tmp_path):
-    import pytest
-
+def test_an_option_that_cannot_run_is_refused_in_the_clis_words():
     from lowvram.errors import LowvramError
 
-    with pytest.raises(LowvramError, match="--rank"):
+    with pytest.raises(LowvramError, match="--rank: must be > 0"):
         toml_text({"model": "tiny", "data": "sample", "rank": 0})
-    assert not list(Path(tmp_path).iterdir())
+
+
+def test_a_port_in_use_is_one_line(capsys):
+    pytest.importorskip("gradio")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lowvram ui: error: --port {port}: ") and "choose another" in err
+    assert len(err.splitlines()) == 1

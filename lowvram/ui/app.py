@@ -293,10 +293,22 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = Tru
         import gradio  # noqa: F401
     except ImportError:
         raise LowvramError('Gradio is not installed; pip install -e ".[ui]" (or pip install gradio)') from None
+    _check_port(host, port)
     app = build_app(cache_dir)
     return app.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False, quiet=False,
                       prevent_thread_lock=not block, allowed_paths=[str(Path.cwd()), str(cache_dir)],
                       footer_links=[], theme=_offline_theme())
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise LowvramError(f"--port {port}: {host}:{port} cannot be served ({exc.strerror or exc}; another "
+                               "lowvram ui?); choose another with --port") from None
 
 
 def _offline_theme():
