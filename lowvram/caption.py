@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 TAGGER_FILES = ("model.onnx", "selected_tags.csv")
+IMAGE_TO_TEXT_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]  # configs, tokenizers, weights
 RATING, GENERAL, CHARACTER = 9, 0, 4  # selected_tags.csv categories
 SCAN_RESOLUTION = 1024  # the scan only decodes here; buckets at SDXL's size keep every image training could use
 
@@ -211,9 +212,11 @@ def locate_model(name: str) -> LocatedModel:
         raise LowvramError(f"--caption-model: {name} is not a model folder or a hub id (owner/name)")
     from huggingface_hub import snapshot_download
 
-    try:  # the files that tell the kind, and the weights; never pickles
-        folder = snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.csv", "*.model", "model.onnx",
-                                                         "*.safetensors"])
+    try:  # first the small files that tell the kind, then that kind's files only (a WD14 repo also holds timm
+        # weights a tagger never reads); never pickles
+        folder = Path(snapshot_download(name, allow_patterns=["selected_tags.csv", "config.json"]))
+        tagger = (folder / "selected_tags.csv").is_file()
+        folder = snapshot_download(name, allow_patterns=list(TAGGER_FILES) if tagger else IMAGE_TO_TEXT_FILES)
     except Exception as exc:  # noqa: BLE001 - offline without a cached copy, unknown repo, gated repo
         raise LowvramError(f"--caption-model: {name} could not be fetched ({first_line(exc)}); give a local folder "
                            "or run once online") from None

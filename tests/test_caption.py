@@ -186,3 +186,20 @@ def test_missing_optional_libraries_name_the_extra_to_install(tmp_path, tagger, 
     assert main(["ui", "--port", "1"]) == 2
     assert 'pip install -e ".[ui]"' in capsys.readouterr().err
 
+
+
+def test_a_hub_id_loads_from_the_hugging_face_cache_offline(tmp_path, monkeypatch, capsys):
+    """`--caption-model owner/name` offline: huggingface_hub finds the snapshot in its cache (laid out as a download
+    leaves it), and the tagger runs from there."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf"
+    snapshot = cache / "models--someone--wd-tiny" / "snapshots" / ("0" * 40)
+    build_tagger(snapshot)
+    (cache / "models--someone--wd-tiny" / "refs").mkdir()
+    (cache / "models--someone--wd-tiny" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    data = colour_dataset(tmp_path / "data")
+    assert main(["caption", str(data), "--caption-model", "someone/wd-tiny"]) == 0
+    assert captions(data)["red"] == "red theme\n"
