@@ -50,7 +50,8 @@ class StopOnSignal:
 
         self.received = None
         self.previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGBREAK: Windows' Ctrl-Break, which is what reaches a run started in its own process group (the UI's)
+        for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])):
             try:
                 self.previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone

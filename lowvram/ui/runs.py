@@ -18,6 +18,8 @@ from lowvram.files import write_text
 
 LOG_LINES = 12
 ETA_WINDOW = 20  # steps the time per step is averaged over
+# what Ctrl-C sends; Windows delivers only Ctrl-Break to another process group (the run takes it as SIGBREAK)
+STOP_SIGNAL = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGINT)
 
 
 def lowvram_command(*args: str) -> list[str]:
@@ -50,16 +52,18 @@ class TrainingProcess:
             args += ["--auto", *(["--vram", auto_vram] if auto_vram else [])]
         self.log_path = config_dir / "ui-run.log"
         with open(self.log_path, "w", encoding="utf-8") as log:
-            # a session of its own: Ctrl-C in the terminal running the UI does not reach the run
+            # a session (process group) of its own: Ctrl-C in the terminal running the UI does not reach the run
+            own_group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
+                         else {"start_new_session": True})
             self.process = subprocess.Popen(lowvram_command(*args), stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True, env={**os.environ, "COLUMNS": "100"})
+                                            env={**os.environ, "COLUMNS": "100"}, **own_group)
         return f"started: lowvram {' '.join(args)}"
 
     def stop(self) -> str:
         """What Ctrl-C does: the run finishes its step, saves a checkpoint and a LoRA, and exits."""
         if not self.running:
             return "no run is going"
-        self.process.send_signal(signal.SIGINT)
+        self.process.send_signal(STOP_SIGNAL)
         return "stopping: the run saves a checkpoint, then exits"
 
     def state(self) -> str:
