@@ -49,7 +49,9 @@ def test_the_captioner_benchmark_rehearses_on_the_cpu(tmp_path):
     out = tmp_path / "captioner.json"
     subprocess.run([sys.executable, str(TOOLS / "bench_captioner.py"), "--tiny", "--batches", "1,2", "--out", str(out)],
                    check=True, capture_output=True)
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    assert len(result["commit"]) == 40 and result["environment"]["device"] == "cpu"  # a result names its source
+    rows = result["rows"]
     assert [r["batch"] for r in rows] == [1, 2]
     assert rows[1]["estimate_bytes"] - rows[0]["estimate_bytes"] == 256 * 1024**2  # the allowance per image
     assert all(r["weights_bytes"] > 0 for r in rows)

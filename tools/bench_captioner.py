@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_memory import commit, environment
 
 from lowvram.plan.captioner import ACTIVATIONS_PER_IMAGE, CaptionerEstimate
 
@@ -76,8 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     device = "cpu" if args.tiny else "cuda"
     rows = measure(TINY if args.tiny else LARGE, [int(b) for b in args.batches.split(",")], device)
-    result = {"command": " ".join(["python", *sys.argv]), "device": torch.cuda.get_device_name() if device == "cuda"
-              else "cpu", "torch": torch.__version__, "model": "tiny BLIP" if args.tiny else "BLIP-large sizes",
+    result = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "environment": environment(),
+              "model": "tiny BLIP" if args.tiny else "BLIP-large sizes",
               "allowance_per_image_bytes": ACTIVATIONS_PER_IMAGE, "rows": rows}
     text = json.dumps(result, indent=1)
     print(text)

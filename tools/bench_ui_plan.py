@@ -20,6 +20,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_memory import commit
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -102,8 +105,7 @@ def main() -> None:
             process.wait(timeout=30)
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 check=False).stdout.strip(),
+        "commit": commit(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "what": "seconds from typing a new option value (and leaving the field) to the plan redrawn on the page; "
                 "sd15 on a 6 GB budget; changes: " + ", ".join(f"--{n} {v}" for n, v in CHANGES),
