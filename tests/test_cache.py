@@ -52,6 +52,23 @@ def test_second_run_encodes_nothing(tmp_path, sample_data, tiny):
     assert (again.encoded_latents, again.encoded_texts) == (0, 0)
 
 
+def test_a_cached_latent_depends_on_its_key_alone_not_on_the_batch_or_the_random_state(tmp_path, sample_data,
+                                                                                      tiny):
+    """The same key must hold the same latent however the cache was filled: in batches of 4 or one at a time,
+    after other random draws. (Drawn from the global random state, each depended on the draws before it.)"""
+    entries = []
+    for name, batch in (("batched", 4), ("one-by-one", 1)):
+        config, cache = setup(tmp_path / name, sample_data, flip=True, cache_batch_size=batch)
+        torch.manual_seed(len(name))  # a different global random state for each fill
+        prepare(config, tiny, sample_data, cache)
+        store = TensorStore(cache, "latents")
+        entries.append({p.stem: store.load(p.stem)["latent"] for p in (cache / "latents").rglob("*.safetensors")})
+    batched, single = entries
+    assert batched.keys() == single.keys() and len(batched) == 12
+    gap = max((batched[key] - single[key]).abs().max().item() for key in batched)
+    assert gap < 1e-4, gap  # the VAE in a batch of 4 or of 1 rounds differently; a different draw is ~1
+
+
 def test_editing_one_caption_reencodes_only_that_embedding(tmp_path, sample_data, tiny):
     config, cache = setup(tmp_path, sample_data)
     prepare(config, tiny, sample_data, cache)

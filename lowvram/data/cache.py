@@ -207,7 +207,8 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
                     pixels.append(_to_tensor(apply_variant(image, job.placement, job.variant)))
                     masks.append(None if mask is None else _mask_tensor(apply_variant(mask, job.placement,
                                                                                        job.variant)))
-                latents = encode_images(vae, torch.stack(pixels)).cpu()
+                seeds = [int(job.key[:16], 16) for job in chunk]  # the key is a sha256: its own seed
+                latents = encode_images(vae, torch.stack(pixels), seeds).cpu()
                 for i, job in enumerate(chunk):
                     entry = {"latent": latents[i].contiguous(),
                              "time_ids": torch.tensor(sdxl_time_ids(job.record, job.placement, job.variant))}

@@ -20,9 +20,18 @@ def set_vae_tiling(vae: torch.nn.Module, enabled: bool) -> None:
         vae.disable_tiling()
 
 
-def encode_images(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """VAE latents scaled to unit variance, as the U-Net was trained on."""
-    latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample()
+def encode_images(vae: torch.nn.Module, pixels: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+    """VAE latents scaled to unit variance, as the U-Net was trained on. With `seeds` (one per image) each
+    latent's draw from the VAE's distribution depends on its own seed alone, not on the global random state nor
+    on which other images share its batch: a cached latent is then a function of its cache key."""
+    distribution = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    if seeds is None:
+        latents = distribution.sample()
+    else:
+        mean = distribution.mean
+        noise = torch.stack([torch.randn(mean.shape[1:], generator=torch.Generator().manual_seed(seed))
+                             for seed in seeds])
+        latents = mean + distribution.std * noise.to(mean)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
 
