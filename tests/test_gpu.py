@@ -146,3 +146,31 @@ def test_adamw_steps_cuda_adapters_in_one_fused_kernel():
     before = params[0].detach().clone()
     optimizer.step()
     assert not torch.equal(before, params[0]) and torch.isfinite(params[0]).all()
+
+
+def cuda_waits(tmp_path, steps: int) -> dict:
+    """The host's waits for the GPU in a run of `steps` steps (torch's sync debug mode), by file and line."""
+    import warnings
+    from collections import Counter
+    from pathlib import Path
+
+    config = run_config(output=str(tmp_path / f"steps{steps}"), cache_dir=str(tmp_path / "cache"), max_steps=steps,
+                        batch_size=2)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(config)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+
+
+def test_a_training_step_waits_for_the_gpu_once(tmp_path):
+    """What tests/test_step_syncs.py counts in lowvram's code on the CPU, counted here in everything a step runs
+    (diffusers, peft, torch, CUDA copies): three extra steps add three waits, the step's one read-back."""
+    cuda_waits(tmp_path, 1)  # fills the cache
+    short, long = cuda_waits(tmp_path, 2), cuda_waits(tmp_path, 5)
+    long.subtract(short)
+    extra = {where: count for where, count in long.items() if count}
+    assert sum(extra.values()) == 3, f"waits per 3 steps, by place: {extra}"

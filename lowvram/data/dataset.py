@@ -9,7 +9,7 @@ one of the sample's variants. Entries are read from disk per batch, so RAM does 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -40,6 +40,18 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.latents)
+
+    def tensors(self) -> dict[str, torch.Tensor | None]:
+        return {name: getattr(self, name) for name in ("latents", "time_ids", "weights", "mask", "hidden", "pooled")}
+
+    def pinned(self) -> Batch:
+        """The batch in page-locked host memory, from which a copy to the GPU need not wait for the GPU."""
+        return replace(self, **{k: t.pin_memory() for k, t in self.tensors().items() if t is not None})
+
+    def to(self, device: torch.device) -> Batch:
+        """On `device`; from pinned memory without blocking the host (the copy queues behind the GPU's work)."""
+        return replace(self, **{k: t.to(device, non_blocking=t.is_pinned()) for k, t in self.tensors().items()
+                                if t is not None})
 
     def split(self, parts: int) -> list[Batch]:
         """The batch in up to `parts` smaller ones (for running a batch that no longer fits in memory)."""

@@ -35,7 +35,7 @@ from lowvram.train.setup import (
     scan_data,
     start_session,
 )
-from lowvram.train.step import count_bad_steps, forward_backward, sum_over_processes, update
+from lowvram.train.step import count_bad_steps, forward_backward, update
 from lowvram.train.validation import EarlyStopping
 
 
@@ -88,6 +88,7 @@ def run_training(session: Session) -> TrainResult:
     if session.main:
         write_text(config_path, tomli_w.dumps(config.to_toml_dict()))
     batches = prepared.data.batches(position.epoch, position.batch)
+    following = draw(session, batches, schedule.batches_per_step)
     step, splits, bad_steps = position.step, 1, 0  # splits: batches run in this many parts after an out-of-memory
     for module in trainee.trained_modules:  # adapter dropout and transformers' gradient checkpointing read .training
         module.train()
@@ -97,22 +98,20 @@ def run_training(session: Session) -> TrainResult:
           peaks.phase("training")):
         for step in range(position.step + 1, schedule.total_steps + 1):
             step_start = time.perf_counter()
-            drawn = [next(batches) for _ in range(schedule.batches_per_step)]  # the same draws in every process
-            epoch, number = drawn[-1][0], drawn[-1][1]
-            mine = [batch for _, _, batch in drawn[session.rank::session.world]]
+            epoch, number, mine = following
             step_loss, splits = forward_backward(session, trainee, mine, splits, step)
-            # one collective per step: the mean loss, and whether any process was asked to stop
-            step_loss, stop_asked = sum_over_processes(session.accelerator, step_loss,
-                                                       float(signals.received is not None))
-            step_loss /= session.world
-            verdict, grad_norm = update(session, trainee, step_loss)
-            bad_steps = count_bad_steps(session, verdict, bad_steps, step)
+            if step < schedule.total_steps:  # read from the cache while the GPU works through the backward pass
+                following = draw(session, batches, schedule.batches_per_step)
+            # one collective and one read-back per step: the mean loss, whether any process was asked to stop,
+            # and the gradient norm
+            outcome = update(session, trainee, step_loss, signals.received is not None)
+            bad_steps = count_bad_steps(session, outcome.verdict, bad_steps, step)
 
             lr = trainee.lr_scheduler.get_last_lr()[0]
             seconds = time.perf_counter() - step_start
-            smoothed = progress.update(step, step_loss, lr, seconds)
-            log.step(step, {"epoch": epoch, "loss": step_loss, "loss_smoothed": smoothed, "lr": lr,
-                            "grad_norm": grad_norm, "seconds": seconds,
+            smoothed = progress.update(step, outcome.loss, lr, seconds)
+            log.step(step, {"epoch": epoch, "loss": outcome.loss, "loss_smoothed": smoothed, "lr": lr,
+                            "grad_norm": outcome.grad_norm, "seconds": seconds,
                             "total_steps": schedule.total_steps})
             if prepared.validation and (step % schedule.validate_every == 0 or step == schedule.total_steps):
                 validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, started)
@@ -123,7 +122,7 @@ def run_training(session: Session) -> TrainResult:
                               f"{stopping.since_best} validations; the best ({stopping.best:.5f}, step "
                               f"{stopping.best_step}) is {name}-best.safetensors")
                 break
-            if stop_asked and step < schedule.total_steps:
+            if outcome.stop_asked and step < schedule.total_steps:
                 raise save_interrupted(session, trainee, dataset, schedule, position, started)
 
     for module in trainee.trained_modules:
@@ -137,6 +136,16 @@ def run_training(session: Session) -> TrainResult:
                        model, prepared.data, (prepared.encoded_latents, prepared.encoded_texts), dataset.reports,
                        stopping if prepared.validation else None)
 
+
+def draw(session: Session, batches, count: int) -> tuple[int, int, list]:
+    """The next step's batches: every process draws the same `count` and keeps its share. Returns the epoch and
+    number of the last one drawn (where a checkpoint continues) and this process's batches, pinned on CUDA so
+    that their copies to the GPU do not wait for it."""
+    drawn = [next(batches) for _ in range(count)]
+    mine = [batch for _, _, batch in drawn[session.rank::session.world]]
+    if session.device.type == "cuda":
+        mine = [batch.pinned() for batch in mine]
+    return drawn[-1][0], drawn[-1][1], mine
 
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,

@@ -1,10 +1,15 @@
 """One training step: forward and backward over this process's batches (made leaner and repeated after a CUDA
-out-of-memory), then the update, which a non-finite loss or gradient never reaches."""
+out-of-memory), then the update, which a non-finite loss or gradient never reaches.
+
+A step reads values back from the GPU once: the loss, the gradient norm and the stop flag, together, because the
+update's verdict needs them. Nothing else waits for the GPU (batches arrive from pinned memory without blocking),
+so the host prepares the next step's data while the GPU still works on this one's backward pass."""
 
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
@@ -19,10 +24,11 @@ MAX_BAD_STEPS = 5  # non-finite steps in a row before the run stops
 MIN_GRAD_SCALE = 1.0  # fp16: overflows the grad scaler has brought its scale below this are not fp16's range
 
 
-def forward_backward(session: Session, trainee: Trainee, batches: list, splits: int, step: int) -> tuple[float, int]:
-    """This process's share of the step's loss, gradients accumulated. A CUDA out-of-memory makes the run leaner
-    (see `leaner_after_oom`) and repeats the step on the same data; returns the loss and the parts each batch
-    now runs in."""
+def forward_backward(session: Session, trainee: Trainee, batches: list, splits: int, step: int
+                     ) -> tuple[torch.Tensor, int]:
+    """This process's share of the step's loss (on the device, not read back), gradients accumulated. A CUDA
+    out-of-memory makes the run leaner (see `leaner_after_oom`) and repeats the step on the same data; returns the
+    loss and the parts each batch now runs in."""
     while True:
         try:
             return sum(batch_loss(session, trainee, chunk, len(chunk) / len(batch) / len(batches))
@@ -35,27 +41,27 @@ def forward_backward(session: Session, trainee: Trainee, batches: list, splits: 
             session.console.print(f"[yellow]out of memory at step {step}: {change}; repeating the step[/]")
 
 
-def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> float:
+def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch.Tensor:
     """Forward and backward of one (part of a) batch whose loss counts `share` of the step's."""
     config, device, dtype, accelerator = session.config, session.device, session.weight_dtype, session.accelerator
     model = trainee.model
-    latents = batch.latents.to(device, dtype)
+    batch = batch.to(device)  # without waiting: pinned on CUDA (see `Batch.pinned`)
+    latents = batch.latents.to(dtype)
     if trainee.train_text:
         with accelerator.autocast():
             hidden, pooled = encode_prompts(model.family, trainee.text_encoders, model.tokenizers, batch.captions,
                                             device, model.text_reading)
     else:
-        hidden = batch.hidden.to(device, dtype)
-        pooled = batch.pooled.to(device, dtype) if batch.pooled is not None else None
+        hidden = batch.hidden.to(dtype)
+        pooled = batch.pooled.to(dtype) if batch.pooled is not None else None
     conditioning = unet_conditioning(model.family, hidden, pooled, batch.time_ids)
     noise = sample_noise(latents, config.training.noise_offset)
     timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device)
     with accelerator.autocast(), offloading(session):
         loss = diffusion_loss(trainee.unet, trainee.noise_scheduler, latents, conditioning, noise, timesteps,
-                              config.training.min_snr_gamma, batch.weights.to(device),
-                              batch.mask.to(device) if batch.mask is not None else None)
+                              config.training.min_snr_gamma, batch.weights, batch.mask)
     accelerator.backward(loss * share)
-    return loss.item() * share
+    return loss.detach().float() * share
 
 
 def offloading(session: Session):
@@ -65,12 +71,29 @@ def offloading(session: Session):
     return torch.autograd.graph.save_on_cpu(pin_memory=session.device.type == "cuda")
 
 
-def update(session: Session, trainee: Trainee, step_loss: float) -> tuple[str, float | None]:
-    """Clip, judge and apply the step's gradients; returns the verdict (see `step_verdict`) and the gradient norm."""
+@dataclass
+class StepOutcome:
+    verdict: str  # see `step_verdict`
+    loss: float  # the mean over processes
+    grad_norm: float | None
+    stop_asked: bool  # some process was asked to stop (Ctrl-C, SIGTERM)
+
+
+def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_asked: bool) -> StepOutcome:
+    """Clip, judge and apply the step's gradients. The loss is averaged over processes with the stop flag in the
+    same all-reduce, and read back with the gradient norm: the step's one wait for the GPU."""
     accelerator, optimizer = session.accelerator, trainee.optimizer
-    # one total norm (one device sync), unscaled first under fp16; inf max_norm measures without clipping
+    shared = torch.stack([step_loss.to(session.device, torch.float32),
+                          torch.tensor(float(stop_asked), device=session.device)])
+    if accelerator.num_processes > 1:
+        shared = accelerator.reduce(shared, "sum")
+    # one total norm, unscaled first under fp16; inf max_norm measures without clipping
     grad_norm = accelerator.clip_grad_norm_(trainee.params, session.config.optim.max_grad_norm or math.inf)
-    verdict = step_verdict(step_loss, grad_norm, accelerator.scaler)
+    if grad_norm is not None:
+        shared = torch.cat([shared, torch.as_tensor(grad_norm).detach().to(shared).reshape(1)])
+    loss, stop, *norm = shared.tolist()
+    loss, grad_norm = loss / accelerator.num_processes, norm[0] if norm else None
+    verdict = step_verdict(loss, grad_norm, accelerator.scaler)
     if verdict == "ok" or accelerator.scaler is not None:
         # under fp16 the grad scaler skips a non-finite update itself and lowers its scale; it must see every
         # step (skipping optimizer.step would leave it unscaled and never recovering)
@@ -78,7 +101,7 @@ def update(session: Session, trainee: Trainee, step_loss: float) -> tuple[str, f
         if not optimizer.step_was_skipped:  # the grad scaler skipped it: the schedule waits too
             trainee.lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return verdict, float(grad_norm) if grad_norm is not None else None
+    return StepOutcome(verdict, loss, grad_norm, stop > 0)
 
 
 def count_bad_steps(session: Session, verdict: str, bad_steps: int, step: int) -> int:
@@ -98,14 +121,14 @@ def count_bad_steps(session: Session, verdict: str, bad_steps: int, step: int) -
     return bad_steps
 
 
-def step_verdict(loss: float, grad_norm, scaler) -> str:
+def step_verdict(loss: float, grad_norm: float | None, scaler) -> str:
     """'ok'; 'scaler overflow': fp16's grad scaler met gradients beyond fp16's range, skips the update and
     lowers its scale, as it does now and then, above all in the first steps (routine, not a bad step); or
     'bad': the loss itself is not finite, or the gradients are not even at a scale below 1, where no fp16
     range explains them."""
     if not math.isfinite(loss):
         return "bad"
-    if grad_norm is None or math.isfinite(float(grad_norm)):
+    if grad_norm is None or math.isfinite(grad_norm):
         return "ok"
     if scaler is not None and scaler.get_scale() >= MIN_GRAD_SCALE:
         return "scaler overflow"

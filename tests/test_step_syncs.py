@@ -1,0 +1,59 @@
+"""A training step waits for the GPU once. Every read of a tensor's value on the host (`.item()`, `.tolist()`,
+`float(t)`, `if t:`, ...) makes the host wait until the GPU has finished all the work queued before it, and the
+GPU then idles while the host prepares the next work. lowvram's own step code reads back once per step: the
+loss, the stop flag and the gradient norm, together.
+
+On the CPU this is counted with a torch function mode that sees every such read, attributed to the code that
+made it. The library code the step calls (diffusers, peft, torch) and CUDA's own waits (copies from pageable
+memory) are counted on a GPU, by tests/test_gpu.py::test_a_training_step_waits_for_the_gpu_once."""
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from conftest import run_config
+from torch.overrides import TorchFunctionMode
+
+import lowvram
+from lowvram.train.loop import train
+
+READBACKS = {"item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy", "cpu"}
+LOWVRAM = str(Path(lowvram.__file__).parent)
+TORCH = str(Path(torch.__file__).parent)
+
+
+class CountReadbacks(TorchFunctionMode):
+    """Counts reads of tensor values made by lowvram's code, by file and line."""
+
+    def __init__(self):
+        super().__init__()
+        self.where: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in READBACKS:
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code.co_filename.startswith(TORCH):  # e.g. Tensor.__format__
+                frame = frame.f_back
+            if frame is not None and frame.f_code.co_filename.startswith(LOWVRAM):
+                self.where[f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {func.__name__}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def readbacks(tmp_path, steps: int) -> Counter:
+    config = run_config(output=str(tmp_path / f"steps{steps}"), cache_dir=str(tmp_path / "cache"), max_steps=steps,
+                        batch_size=2)
+    with CountReadbacks() as counter:
+        train(config)
+    return counter.where
+
+
+def test_lowvrams_step_code_reads_back_from_the_device_once_per_step(tmp_path):
+    """Two runs that differ only in their number of steps, after a first run has filled the cache: what the three
+    extra steps read is the per-step cost (setup, saving and sampling are the same in both and cancel out)."""
+    readbacks(tmp_path, 1)
+    short, long = readbacks(tmp_path, 2), readbacks(tmp_path, 5)
+    per_step = long.copy()
+    per_step.subtract(short)
+    extra = {where: count for where, count in per_step.items() if count}
+    assert sum(extra.values()) == 3, f"reads per 3 steps, by place: {extra}"
