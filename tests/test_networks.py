@@ -327,3 +327,44 @@ def test_each_network_trains_on_each_weight_format_or_is_refused_clearly(pristin
         optimizer.zero_grad()
     assert not silent, silent[:3]
     assert any(not torch.equal(p, b) for p, b in zip(params, before))
+
+
+@pytest.fixture(scope="module")
+def bf16_unet():
+    return load_model("tiny").unet.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("network,fewer", [("lora", True), ("lokr", True), ("dora", False)])
+def test_without_peft_input_casts_autocast_computes_the_same_values_with_fewer_copies(network, fewer, bf16_unet):
+    """Under autocast, training turns off peft's cast of each adapted layer's input to fp32 (autocast casts it
+    straight back): outputs and gradients stay bit-identical in bf16, and the activation copies are gone. DoRA
+    keeps its casts (without them its values change)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountCopies(TorchDispatchMode):
+        copies = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and args[0].dim() >= 3:  # an activation, not a weight
+                self.copies += 1
+            return func(*args, **(kwargs or {}))
+
+    def step(cast: bool):
+        torch.manual_seed(0)
+        unet = copy.deepcopy(bf16_unet)
+        networks.add_adapter(unet, ("to_q", "to_k", "to_v", "to_out.0"), 4, 4.0, 0.0, network)
+        for p in unet.parameters():  # a nonzero delta, so the adapter paths carry something
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.05)
+        networks.cast_inputs(unet, cast)
+        latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.bfloat16)
+        hidden = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(2),
+                             dtype=torch.bfloat16)
+        with CountCopies() as counter, torch.autocast("cpu", torch.bfloat16):
+            out = unet(latents, torch.tensor([500]), encoder_hidden_states=hidden).sample
+            out.float().square().mean().backward()
+        return out.detach(), [p.grad for p in unet.parameters() if p.requires_grad], counter.copies
+
+    (out, grads, copies), (out_fast, grads_fast, copies_fast) = step(True), step(False)
+    assert torch.equal(out, out_fast) and all(torch.equal(a, b) for a, b in zip(grads, grads_fast))
+    assert (copies_fast < copies) == fewer and copies_fast <= copies, (copies, copies_fast)

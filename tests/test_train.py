@@ -13,6 +13,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from lowvram.adapters import networks
 from lowvram.cli import main
 from lowvram.config import build_config, read_toml
 from lowvram.errors import LowvramError
@@ -312,6 +313,23 @@ def test_a_second_run_in_one_process_may_use_another_precision(tmp_path):
     first = train(run_config(output=str(tmp_path / "fp32"), max_steps=1, mixed_precision="no"))
     second = train(run_config(output=str(tmp_path / "bf16"), max_steps=1, mixed_precision="bf16"))
     assert first.lora_path.is_file() and second.lora_path.is_file()
+
+
+def test_a_bf16_run_skips_peft_input_casts_yet_every_forward_works_and_the_model_handed_back_too(tmp_path):
+    """Under mixed precision training turns off peft's fp32 input casts (autocast casts back): every forward of
+    the run (training with the text encoder, validation, sample grids, final samples) runs under autocast, and
+    the model handed back casts again, so it runs outside autocast."""
+    result = train(run_config(output=str(tmp_path / "bf16"), max_steps=2, mixed_precision="bf16",
+                              train_text_encoder=True, validation_split=0.34, validate_every=1, sample_every="1",
+                              sample_prompts=["lvshape, a red circle"], sample_steps=2, gradient_checkpointing=True))
+    assert len(list((tmp_path / "bf16" / "samples").glob("*.png"))) >= 3  # two grids and the final sample
+    unet = result.model.unet
+    layers = networks.adapted_layers(unet)
+    assert layers and all(layer.cast_input_dtype_enabled for _, layer in layers)
+    latents = torch.randn(1, 4, 32, 32, dtype=unet.dtype)
+    hidden = torch.randn(1, 77, unet.config.cross_attention_dim, dtype=unet.dtype)
+    with torch.no_grad():
+        assert torch.isfinite(unet(latents, torch.tensor([500]), encoder_hidden_states=hidden).sample).all()
 
 
 def test_trained_text_encoders_train_in_train_mode(tmp_path, monkeypatch):

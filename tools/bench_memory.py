@@ -187,7 +187,7 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
     is read from it, memory-mapped, instead of filled with random numbers again."""
     import torch
 
-    from lowvram.adapters.networks import add_adapter
+    from lowvram.adapters.networks import add_adapter, cast_inputs
     from lowvram.attention import set_attention
     from lowvram.models import FAMILIES
     from lowvram.models.loading import random_unet
@@ -221,6 +221,7 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
         if checkpointing:
             unet.enable_gradient_checkpointing()
         params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)
+        cast_inputs(unet, cast=not cuda)  # as training sets it: no input casts under autocast
         result["lora_params"] = sum(p.numel() for p in params)
         optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)
         step = cached_style_step(unet, family, resolution, batch, compute, device, optimizer, offload=offload)

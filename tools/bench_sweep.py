@@ -62,7 +62,7 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
     """Yield one result per batch size for one strategy, on one freshly made and converted U-Net."""
     import torch
 
-    from lowvram.adapters.networks import add_adapter
+    from lowvram.adapters.networks import add_adapter, cast_inputs
     from lowvram.attention import set_attention
     from lowvram.checkpointing import enable_checkpointing
     from lowvram.compiling import compile_blocks
@@ -88,6 +88,7 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
         if checkpointing:
             enable_checkpointing(unet, checkpoint_unit_names(family, units))
         params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)
+        cast_inputs(unet, cast=not cuda)  # as training sets it: no input casts under autocast
         if compiled:  # the warm-up steps pay for the compilation, as a run's first steps do
             compile_blocks(unet)
         optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)

@@ -177,7 +177,7 @@ def _trace_unet(family: ModelFamily, dtype: torch.dtype, weights: str, rank: int
                 checkpointing: bool | list[str], layers: str = DEFAULT_LORA_LAYERS
                 ) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
     """The U-Net as training prepares it (format, SDPA, adapters, checkpointing), still on meta."""
-    from lowvram.adapters.networks import add_adapter
+    from lowvram.adapters.networks import add_adapter, cast_inputs
     from lowvram.attention import set_attention
 
     fmt = DTYPE_NAMES[dtype] if weights == "auto" else weights
@@ -187,6 +187,7 @@ def _trace_unet(family: ModelFamily, dtype: torch.dtype, weights: str, rank: int
         unet = convert_frozen(meta_component(family, "unet"), fmt, dtype)
     set_attention(unet, "sdpa")
     params = add_adapter(unet, family.lora_targets("unet", layers), rank, rank, 0.0) if rank else []
+    cast_inputs(unet, cast=dtype == torch.float32)  # as training sets it: no input casts under autocast
     if checkpointing:  # True: every unit; a list: the named units (lowvram.checkpointing)
         enable_checkpointing(unet, None if checkpointing is True else list(checkpointing),
                              None if dtype == torch.float32 else _checkpoint)

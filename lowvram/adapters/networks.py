@@ -107,6 +107,17 @@ def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_tex
             for name, module, targets in parts}
 
 
+def cast_inputs(module: torch.nn.Module, cast: bool) -> None:
+    """Whether peft casts each adapted layer's input to the adapters' fp32. Under autocast it need not: autocast
+    casts the fp32 copy straight back to 16 bits for the adapter's matmul, so the cast costs two copies of the
+    activation per layer in forward, two more in backward, and a third copy kept for backward, all with the
+    values the 16-bit input already had. Training under mixed precision turns it off; without autocast (fp32
+    runs, a trained model handed back) it stays on, as the adapters' matmuls then need fp32 inputs. DoRA keeps it
+    always: its forward computes with the input's dtype beyond the adapter's matmuls. (LoHa casts nothing.)"""
+    for _, layer in adapted_layers(module):
+        layer.cast_input_dtype_enabled = cast or bool(getattr(layer, "use_dora", {}).get(ADAPTER))
+
+
 def adapted_modules(model: LoadedModel) -> list[tuple[str, torch.nn.Module]]:
     """(component name, module) for each part that carries an adapter."""
     parts = [("unet", model.unet)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import tomli_w
 from rich.console import Console
 
-from lowvram.adapters import lora_files
+from lowvram.adapters import lora_files, networks
 from lowvram.config import RunConfig
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
@@ -132,6 +132,8 @@ def run_training(session: Session) -> TrainResult:
         save_lora(session, trainee, dataset, lora_path, step, schedule.epochs_at(step), started)
     samples = finish(session, trainee, prepared, peaks, lora_path, step)
     session.accelerator.wait_for_everyone()
+    for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
+        networks.cast_inputs(module, cast=True)
     return TrainResult(lora_path, config_path, samples, step, schedule.epochs_at(step), progress.loss or float("nan"),
                        model, prepared.data, (prepared.encoded_latents, prepared.encoded_texts), dataset.reports,
                        stopping if prepared.validation else None)

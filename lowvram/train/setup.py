@@ -220,6 +220,8 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         session.console.print(f"adapters start from {config.network.network_weights} ({filled} layers)",
                               soft_wrap=True)
     torch.manual_seed(config.training.seed + rank)
+    for _, module in networks.adapted_modules(model):  # every forward that trains runs under autocast, or in fp32
+        networks.cast_inputs(module, cast=session.accelerator.mixed_precision == "no")
     if config.memory.checkpointing:
         enable_checkpointing(model.unet, checkpoint_unit_names(session.run.family, config.memory.checkpoint_blocks))
         if train_text:
