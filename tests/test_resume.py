@@ -16,7 +16,7 @@ from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.train import checkpoint
 from lowvram.train.loop import train
 
-STEPS = 60
+STEPS = 16
 
 
 def cli(out, *extra):
