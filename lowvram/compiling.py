@@ -30,16 +30,34 @@ def compile_problem(device: torch.device) -> str | None:
     return None
 
 
-def compile_blocks(unet: torch.nn.Module) -> int:
+RECOMPILE_MARGIN = 8  # graphs beyond the counted ones before dynamo gives up on a block (a changed guard, a split)
+
+
+def compile_blocks(unet: torch.nn.Module, batch_shapes: int) -> int:
     """Compile the U-Net's repeated blocks in place; returns how many modules will run compiled. Shapes are
-    static (one graph per bucket resolution and batch size), which lets the compiler specialize fully."""
+    static (one graph per bucket resolution and batch size), which lets the compiler specialize fully.
+
+    `batch_shapes`: how many input shapes (pixel count x batch size) the run feeds the U-Net. All blocks of one
+    class share one code object, whose graphs dynamo counts against a limit: past it, the block runs eagerly for
+    the rest of the run after one log line. Each shape needs a graph per block width (SD1.5 has three), with
+    gradients (training) and without (validation, samples), so the limit is raised to cover them all."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True  # a block the compiler cannot handle runs eagerly instead
-    # every bucket is a new shape for every block; the default limit of 8 would leave the rest eager
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    needed = 2 * batch_shapes * block_widths(unet) + RECOMPILE_MARGIN
+    for name in ("recompile_limit", "accumulated_recompile_limit"):  # cache_size_limit before torch 2.6
+        name = name if hasattr(torch._dynamo.config, name) else name.replace("recompile", "cache_size")
+        setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), needed))
     unet.compile_repeated_blocks(dynamic=False)
     return compiled_count(unet)
+
+
+def block_widths(unet: torch.nn.Module) -> int:
+    """How many differently shaped kinds of repeated block the U-Net has (its parameters' shapes tell them
+    apart): each needs its own graphs."""
+    kinds = getattr(unet, "_repeated_blocks", ())
+    return max(1, len({tuple(tuple(p.shape) for p in module.parameters()) for module in unet.modules()
+                       if type(module).__name__ in kinds}))
 
 
 def compiled_count(unet: torch.nn.Module) -> int:

@@ -43,3 +43,35 @@ def test_without_a_compiler_the_run_says_so_and_trains_eagerly(tmp_path, capsys,
     out = " ".join(capsys.readouterr().out.split())
     assert "--compile: torch.compile needs a C++ compiler for the CPU" in out and "training without it" in out
     assert "blocks compiled" not in out and result.lora_path.is_file()
+
+
+def test_the_recompile_limit_covers_every_batch_shape_of_the_run():
+    """Past dynamo's recompile limit a block runs eagerly for the rest of the run (one log line, seen on this CPU
+    with a limit of 2). All transformer blocks share one code object, so the limit must cover every input shape
+    the run meets, at each block width, with and without gradients; the old fixed 64 covered 10 shapes of
+    SD1.5 (three widths)."""
+    import torch._dynamo
+
+    from lowvram.compiling import block_widths, compile_blocks
+    from lowvram.data.augment import CaptionOptions
+    from lowvram.data.dataset import Sample, TrainingData
+    from lowvram.models.loading import load_model
+    from lowvram.train.setup import plan_schedule
+
+    # 5 square images, 3 wide and 2 tall at batch 4: (4096 px, 4), (4096, 1), (2048, 3), (2048, 2)
+    buckets = [(64, 64)] * 5 + [(64, 32)] * 3 + [(32, 64)] * 2
+    data = TrainingData([Sample((), (), "", bucket, 1) for bucket in buckets], [], 4, 0, CaptionOptions(),
+                        None, None, None)
+    assert data.batch_shapes() == {(4096, 4), (4096, 1), (2048, 3), (2048, 2)}
+    schedule = plan_schedule(run_config(batch_size=4, sample_prompts=["a", "b"]), data, 1)
+    assert schedule.batch_shapes == 4 + 2 + 1  # and the samples' sizes, the default one included
+
+    unet = load_model("tiny").unet
+    assert block_widths(unet) == 2  # the tiny U-Net's transformer blocks come in two widths
+    limits = torch._dynamo.config.recompile_limit, torch._dynamo.config.accumulated_recompile_limit
+    try:
+        compile_blocks(unet, 40)
+        assert torch._dynamo.config.recompile_limit >= 2 * 40 * 2
+        assert torch._dynamo.config.accumulated_recompile_limit >= 2 * 40 * 2
+    finally:
+        torch._dynamo.config.recompile_limit, torch._dynamo.config.accumulated_recompile_limit = limits

@@ -90,7 +90,7 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
         params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)
         cast_inputs(unet, cast=not cuda)  # as training sets it: no input casts under autocast
         if compiled:  # the warm-up steps pay for the compilation, as a run's first steps do
-            compile_blocks(unet)
+            compile_blocks(unet, len(batches))  # one fixed shape per batch size
         optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)
         scaler = torch.amp.GradScaler(enabled=mixed_precision == "fp16" and cuda)
         common.update(unet_bytes=storage_bytes(unet), lora_params=sum(p.numel() for p in params),

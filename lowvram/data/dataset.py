@@ -85,6 +85,13 @@ class TrainingData:
         buckets = [self.samples[i].bucket for i in expanded]
         return [[expanded[i] for i in batch] for batch in bucket_batches(buckets, self.batch_size, self.seed, epoch)]
 
+    def batch_shapes(self) -> set[tuple[int, int]]:
+        """The (pixel count, batch size) pairs of the batches: the shapes a compiled U-Net specializes on (a
+        bucket's last batch may be smaller; a bucket and its transpose have the same count). The same every
+        epoch: only the order changes."""
+        return {(self.samples[batch[0]].bucket[0] * self.samples[batch[0]].bucket[1], len(batch))
+                for batch in self.epoch_batches(0)}
+
     @property
     def batches_per_epoch(self) -> int:
         return len(self.epoch_batches(0))

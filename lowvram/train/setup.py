@@ -109,6 +109,7 @@ class Schedule:
     save_every: tuple[int, str] | None
     sample_every: tuple[int, str] | None
     validate_every: int
+    batch_shapes: int  # input shapes the U-Net meets: training's (pixel count, batch size) pairs, samples' sizes
 
     def epochs_at(self, step: int) -> int:
         return math.ceil(step / self.steps_per_epoch)
@@ -203,7 +204,8 @@ def plan_schedule(config: RunConfig, data: TrainingData, world: int) -> Schedule
     total_steps = config.training.max_steps or steps_per_epoch * (config.training.epochs or DEFAULT_EPOCHS)
     return Schedule(batches_per_step, steps_per_epoch, total_steps, parse_save_every(config.output.save_every),
                     parse_save_every(config.output.sample_every),
-                    config.validation.validate_every or steps_per_epoch)
+                    config.validation.validate_every or steps_per_epoch,
+                    len(data.batch_shapes()) + len(config.output.sample_prompts) + 1)
 
 
 def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, schedule: Schedule) -> Trainee:
@@ -232,7 +234,7 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         if problem:
             session.console.print(f"[yellow]warning:[/] --compile: {problem}; training without it", soft_wrap=True)
         else:
-            compile_blocks(model.unet)
+            compile_blocks(model.unet, schedule.batch_shapes)
     groups = [{"params": params, "lr": config.lr if part == "unet" else config.text_encoder_lr}
               for part, params in trainable.items()]
     optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, config.optim.warmup_steps)
@@ -261,11 +263,13 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     its strategy training."""
     config, run, model = session.config, session.run, trainee.model
     world, data = session.world, prepared.data
+    compiled = (f", {compiled_count(model.unet)} blocks compiled (for up to {schedule.batch_shapes} input shapes, "
+                "each compiled at its first step)" if compiled_count(model.unet) else "")
     session.console.print(
         f"[bold]lowvram[/] {run.family.title} from {model.source} on {run.hardware.name} ({run.mixed_precision})"
         f"{f' x {world} processes' if world > 1 else ''} | U-Net {run.unet_weights} "
         f"({storage_bytes(model.unet) / 2**20:.0f} MiB){checkpointing_note(model.unet)}, {attention} attention"
-        f"{f', {compiled_count(model.unet)} blocks compiled' if compiled_count(model.unet) else ''}, "
+        f"{compiled}, "
         f"{config.optim.optimizer} | "
         f"{len(dataset.records)} images, {data.images_per_epoch} per epoch with repeats"
         f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
