@@ -1,6 +1,7 @@
 """The planner: answers fast without a GPU or weights, picks the fastest-predicted strategy that fits and
 never one that doesn't, keeps explicit choices, and says what would fit when nothing does."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -262,3 +263,37 @@ def test_the_plan_computes_in_the_precision_the_run_will():
     assert (auto.native_format, auto.vae_fp32) == ("bf16", False)
     assert estimate(full, MemoryStrategy("fp32", True, "adamw"), hardware).peak_vram("training") > estimate(
         auto, MemoryStrategy("bf16", True, "adamw"), hardware).peak_vram("training")
+
+
+def test_compile_counts_its_workers_host_ram_and_its_warm_up_per_shape(monkeypatch):
+    """--compile costs host RAM (inductor's worker processes, one per core up to 32) and a warm-up per input
+    shape: the measured one where a GPU result has it (calibrate_planner derives it from a compiled run's first
+    step against the eager run's), else the prior."""
+    import importlib
+    import os
+    import sys
+    from pathlib import Path
+
+    estimator = importlib.import_module("lowvram.plan.estimate")  # the module, not the package's function
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import calibrate_planner
+
+    hardware = hardware_for(None, "24GB", "64GB")
+    work = Workload(FAMILIES["sd15"], 512)
+    eager = estimate(work, MemoryStrategy("bf16", False, "adamw"), hardware)
+    compiled = estimate(dataclasses.replace(work, compile=True), MemoryStrategy("bf16", False, "adamw"), hardware)
+    workers = min(32, os.cpu_count() or 1) * 64 * 2**20
+    assert compiled.host["training"]["compile workers"] == workers
+    assert compiled.peak_host() >= eager.peak_host() and eager.compile_seconds is None
+    assert compiled.compile_seconds == estimator.COMPILE_SECONDS and not compiled.compile_measured
+
+    runs = [{"family": "sd15", "batch": 1, "device": "GPU", "mixed_precision": "bf16", "unet_weights": "bf16",
+             "gradient_checkpointing": False, "optimizer": "adamw", "seconds_per_step": 0.10,
+             "first_step_seconds": 2.0 + 40.0 * compiled_run, "compiled": bool(compiled_run)}
+            for compiled_run in (0, 1)]
+    measured = calibrate_planner.step_time(runs)["sd15"]["1"]
+    assert measured["compile_seconds"] == 40.0 and measured["compile"] == 1.0
+    monkeypatch.setattr(estimator, "step_time_ratios", lambda family, batch: measured)
+    again = estimate(dataclasses.replace(work, compile=True), MemoryStrategy("bf16", False, "adamw"), hardware)
+    assert again.compile_seconds == 40.0 and again.compile_measured

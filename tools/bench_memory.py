@@ -57,8 +57,8 @@ def strategy_name(weights: str, checkpointing: bool | int, optimizer: str) -> st
 
 
 def timed_steps(step, steps: int, warmup: int, cuda: bool) -> dict:
-    """Run `step` warmup + steps times; the median seconds of the timed ones (the GPU synchronized) and the
-    last loss."""
+    """Run `step` warmup + steps times; the median seconds of the timed ones (the GPU synchronized), the first
+    step's seconds and the last loss."""
     import torch
 
     times, loss = [], None
@@ -67,9 +67,10 @@ def timed_steps(step, steps: int, warmup: int, cuda: bool) -> dict:
         loss = step()
         if cuda:
             torch.cuda.synchronize()
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    return {"seconds_per_step": statistics.median(times), "loss": loss}
+        times.append(time.perf_counter() - start)
+    # the first step pays for what is done once per shape (a compiled run's compilation)
+    return {"seconds_per_step": statistics.median(times[warmup:]), "first_step_seconds": round(times[0], 3),
+            "loss": loss}
 
 
 def cap(result: dict, budget_gb: float) -> None:

@@ -11,7 +11,8 @@ Every GPU result under benchmarks/ (a JSON with an `environment.device` other th
 - cuda_context_bytes: the largest CUDA context measured (driver, context and libraries before our first tensor).
 - step_time: measured step-time ratios per full-size family and batch: gradient checkpointing against none (same
   format), each storage format against the native 16-bit one (same checkpointing), and `--compile` against the
-  same strategy uncompiled (selective checkpointing runs check the planner's picks, not these ratios). A ratio
+  same strategy uncompiled, with its warm-up ("compile_seconds": the compiled run's first step less the eager
+  one's) (selective checkpointing runs check the planner's picks, not these ratios). A ratio
   no result measured
   stays the estimator's prior. Pairs whose optimizers differ are compared as measured: an 8-bit optimizer's step
   on a few million LoRA parameters is within the noise of a U-Net step.
@@ -83,6 +84,9 @@ def step_time(runs: list[dict]) -> dict:
                 if run.get("compiled") and not other.get("compiled") and strategy_key(run) == strategy_key(other) \
                         and run.get("checkpoint_units") == other.get("checkpoint_units"):
                     entry.setdefault("compile", []).append(ratio)
+                    if "first_step_seconds" in run and "first_step_seconds" in other:
+                        entry.setdefault("compile_seconds", []).append(
+                            max(0.0, run["first_step_seconds"] - other["first_step_seconds"]))
                 continue
             same_format = run["unet_weights"] == other["unet_weights"]
             every_unit = not run.get("checkpoint_units")  # selective runs check the planner's pick, not this ratio
@@ -94,7 +98,7 @@ def step_time(runs: list[dict]) -> dict:
                 entry.setdefault("unet_weights", {}).setdefault(run["unet_weights"], []).append(ratio)
     for family in ratios.values():
         for entry in family.values():
-            for ratio in ("gradient_checkpointing", "compile"):
+            for ratio in ("gradient_checkpointing", "compile", "compile_seconds"):
                 if ratio in entry:
                     entry[ratio] = round(statistics.median(entry[ratio]), 3)
             for fmt, values in entry.get("unet_weights", {}).items():

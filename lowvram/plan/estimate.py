@@ -9,6 +9,7 @@ between grid points. What is not yet calibrated on a GPU (CUDA context, fragment
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +44,13 @@ OFFLOAD_COST = 1.5  # activations over PCIe and back (a prior: uncalibrated)
 # gain elsewhere (a prior until calibration.json has a measured "compile" ratio); its warm-up is paid once per
 # image size and batch
 COMPILE_COST = 0.8
+# --compile's warm-up: the first step at each input shape (bucket pixel count x batch size) compiles the blocks.
+# A prior until a GPU result measures it (calibration.json "compile_seconds": a compiled run's first step less the
+# eager one's); inductor compiles on worker processes, one per CPU core up to 32, each about 58 MiB resident
+# (measured on the CPU backend, this repository's 2-core machine; uncalibrated for Triton's)
+COMPILE_SECONDS = 30.0
+COMPILE_WORKER_BYTES = 64 * 2**20
+COMPILE_WORKERS_MAX = 32
 # DoRA also keeps each adapted layer's base output for its magnitude's gradient: measured 1.30x LoRA's saved
 # activations on the tiny model (CPU, SDPA; uncalibrated on a GPU)
 DORA_ACTIVATION_FACTOR = 1.3
@@ -104,6 +112,8 @@ class Estimate:
     vram: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> component -> bytes
     host: dict[str, dict[str, int]] = field(default_factory=dict)
     speed: float = 1.0  # predicted step time relative to 16-bit weights without checkpointing
+    compile_seconds: float | None = None  # --compile: the warm-up per input shape (None: not compiling)
+    compile_measured: bool = False  # that warm-up comes from a GPU result, not the prior
     verified: bool | None = None  # seen training at full size on a GPU (calibration.json); None: planned for a CPU
 
     def peak_vram(self, phase: str | None = None) -> int:
@@ -300,14 +310,24 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
         "loading": {"process": HOST_BASELINE, "model": model_host,
                     "conversion": unet_bytes if strategy.unet_weights != work.native_format else 0},
         "training": {"process": HOST_BASELINE, "offloaded activations": offloaded,
-                     "parked parts": vae_bytes + (0 if work.train_text_encoder else text_bytes)},
+                     "parked parts": vae_bytes + (0 if work.train_text_encoder else text_bytes),
+                     "compile workers": compile_workers_bytes() if work.compile else 0},
         "saving": {"process": HOST_BASELINE, "LoRA copy": lora},
     }
     result.speed = relative_step_time(work, strategy, hardware)
+    if work.compile:
+        measured = step_time_ratios(work.family, work.batch).get("compile_seconds")
+        result.compile_seconds, result.compile_measured = measured or COMPILE_SECONDS, measured is not None
     if cuda:
         result.verified = is_verified(work.family, strategy.unet_weights, strategy.gradient_checkpointing,
                                       strategy.optimizer, work.mixed_precision)
     return result
+
+
+def compile_workers_bytes() -> int:
+    """Host RAM of inductor's compile workers: one per CPU core of this machine (the one that plans is, as a
+    rule, the one that trains), up to 32."""
+    return min(COMPILE_WORKERS_MAX, os.cpu_count() or 1) * COMPILE_WORKER_BYTES
 
 
 def has_capability(hardware: Hardware, needed: tuple[int, int]) -> bool:

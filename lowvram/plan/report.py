@@ -45,6 +45,11 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     console.print(host_breakdown(shown))
     console.print(f"latent caching: {shown.cache_batch_size} image(s) per VAE call"
                   + (", VAE in 512 px tiles (--vae-tiling)" if shown.vae_tiling else ""))
+    if shown.compile_seconds is not None:
+        console.print(f"--compile: the first step at each input shape (bucket size x batch size) compiles the "
+                      f"blocks, about {shown.compile_seconds:.0f} s each ("
+                      + ("measured on a GPU" if shown.compile_measured else "a prior, not yet measured on a GPU")
+                      + "); a short run over many buckets may not win it back")
     console.print(("[green]" if result.choice else "[red]") + result.explanation)
     for suggestion in result.suggestions:
         console.print(f"  would fit with: {suggestion}")
@@ -108,7 +113,7 @@ def plan_json(result: Plan) -> dict:
                              "optimizer": est.strategy.optimizer, "cache_batch_size": est.cache_batch_size,
                              "vae_tiling": est.vae_tiling},
                 "fits": est.fits(result.hardware), "verified_on_gpu": est.verified,
-                "relative_step_time": round(est.speed, 3),
+                "relative_step_time": round(est.speed, 3), "compile_seconds_per_shape": est.compile_seconds,
                 "peak_vram_bytes": est.peak_vram(), "peak_host_bytes": est.peak_host(),
                 "limiting_phase": est.limiting_phase, "vram_bytes": est.vram, "host_bytes": est.host}
 
