@@ -83,8 +83,9 @@ def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_ask
     """Clip, judge and apply the step's gradients. The loss is averaged over processes with the stop flag in the
     same all-reduce, and read back with the gradient norm: the step's one wait for the GPU."""
     accelerator, optimizer = session.accelerator, trainee.optimizer
+    # torch.full fills on the device; torch.tensor(value, device=...) would copy from the host and wait
     shared = torch.stack([step_loss.to(session.device, torch.float32),
-                          torch.tensor(float(stop_asked), device=session.device)])
+                          torch.full((), float(stop_asked), device=session.device)])
     if accelerator.num_processes > 1:
         shared = accelerator.reduce(shared, "sum")
     # one total norm, unscaled first under fp16; inf max_norm measures without clipping
