@@ -174,7 +174,7 @@ def _bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def _trace_unet(family: ModelFamily, dtype: torch.dtype, weights: str, rank: int | None,
-                checkpointing: bool | list[str], layers: str = DEFAULT_LORA_LAYERS
+                checkpointing: bool | list[str], layers: str = DEFAULT_LORA_LAYERS, input_casts: bool | None = None
                 ) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
     """The U-Net as training prepares it (format, SDPA, adapters, checkpointing), still on meta."""
     from lowvram.adapters.networks import add_adapter, cast_inputs
@@ -187,7 +187,8 @@ def _trace_unet(family: ModelFamily, dtype: torch.dtype, weights: str, rank: int
         unet = convert_frozen(meta_component(family, "unet"), fmt, dtype)
     set_attention(unet, "sdpa")
     params = add_adapter(unet, family.lora_targets("unet", layers), rank, rank, 0.0) if rank else []
-    cast_inputs(unet, cast=dtype == torch.float32)  # as training sets it: no input casts under autocast
+    # None: as training sets them (no input casts under autocast); tools/bench_step_overhead.py compares both
+    cast_inputs(unet, cast=dtype == torch.float32 if input_casts is None else input_casts)
     if checkpointing:  # True: every unit; a list: the named units (lowvram.checkpointing)
         enable_checkpointing(unet, None if checkpointing is True else list(checkpointing),
                              None if dtype == torch.float32 else _checkpoint)
@@ -222,7 +223,8 @@ def _conditioning(family: ModelFamily, unet: torch.nn.Module, batch: int, resolu
 
 def trace_training_step(family_name: str, resolution: int, batch: int = 1, rank: int = 16,
                         checkpointing: bool | list[str] = False, fake: bool = True, weights: str = "auto",
-                        dtype: torch.dtype | None = None, layers: str = DEFAULT_LORA_LAYERS) -> dict:
+                        dtype: torch.dtype | None = None, layers: str = DEFAULT_LORA_LAYERS,
+                        input_casts: bool | None = None) -> dict:
     """Live bytes of one U-Net LoRA training step from cached latents and text embeddings.
 
     `baseline_bytes` is what stays resident between steps (frozen weights, LoRA parameters, AdamW state:
@@ -240,7 +242,7 @@ def trace_training_step(family_name: str, resolution: int, batch: int = 1, rank:
     family = FAMILIES[family_name]
     dtype = dtype or trace_dtype(family)
     start = time.perf_counter()
-    unet, meta_params = _trace_unet(family, dtype, weights, rank, checkpointing, layers)
+    unet, meta_params = _trace_unet(family, dtype, weights, rank, checkpointing, layers, input_casts)
     scheduler = DDPMScheduler.from_pretrained(family.config_dir, subfolder="scheduler")
     counter = LiveBytes()
     with _tensor_mode(fake), CudaAutocastPolicy(), counter:
