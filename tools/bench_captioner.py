@@ -9,7 +9,6 @@ the code on the CPU with a small model.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_memory import commit, environment
+from bench_memory import commit, environment, write_result
 
 from lowvram.plan.captioner import ACTIVATIONS_PER_IMAGE, CaptionerEstimate
 
@@ -82,11 +81,7 @@ def main() -> None:
     result = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "environment": environment(),
               "model": "tiny BLIP" if args.tiny else "BLIP-large sizes",
               "allowance_per_image_bytes": ACTIVATIONS_PER_IMAGE, "rows": rows}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_memory import write_result
+
 
 def make_dataset(root: Path, count: int, size=(640, 480)) -> None:
     """`count` noisy JPEGs (noise compresses badly, like photos) with captions, in a kohya 1_ folder."""
@@ -121,11 +124,7 @@ def main() -> None:
         "dataset": "640x480 JPEG noise images with captions, tiny model at 64 px (1 latent + 1 text entry each)",
         "results": results,
     }
-    text = json.dumps(record, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_result(record, args.out, indent=2)
 
 
 if __name__ == "__main__":

@@ -336,6 +336,15 @@ def commit() -> str:
                           cwd=Path(__file__).parent).stdout.strip()
 
 
+def write_result(result: dict, out: Path | None, indent: int = 1) -> None:
+    """A benchmark's result: printed, and written to `out` (its folder made) when given."""
+    text = json.dumps(result, indent=indent)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
 def environment() -> dict:
     import torch
 

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_memory import commit, environment
+from bench_memory import commit, environment, write_result
 
 TINY_POINTS = [("tiny", 64, False, "attn"), ("tiny", 64, True, "full")]  # --tiny: a rehearsal in seconds
 POINTS = [("sd15", 512, False, "attn"), ("sd15", 512, True, "attn"), ("sd15", 512, False, "full"),
@@ -90,8 +90,7 @@ def main() -> None:
               "environment": environment(),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "peft_input_casts": casts, "compile_workers": workers}
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ the clock stopped when the plan on the page has changed. Also the planner call a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -21,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_memory import commit
+from bench_memory import commit, write_result
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -112,10 +111,7 @@ def main() -> None:
         "browser_round_trip": summary(browser),
         "planner_call": summary(in_process(args.rounds)),
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
