@@ -12,16 +12,8 @@ import typing
 from pathlib import Path
 
 from lowvram import __version__
-from lowvram.config import (
-    PLANNING_MODEL,
-    SECTIONS,
-    build_config,
-    fields_by_name,
-    flag_name,
-    list_presets,
-    preset_path,
-    read_toml,
-)
+from lowvram.config import PLANNING_MODEL, SECTIONS, fields_by_name, flag_name
+from lowvram.configure import build_config, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError
 
 
@@ -263,7 +255,7 @@ def check_values(args: argparse.Namespace) -> dict:
 
 def run_caption(args: argparse.Namespace) -> int:
     from lowvram.caption import CaptionConfig, caption_dataset
-    from lowvram.config import options_from
+    from lowvram.configure import options_from
     from lowvram.hardware import hardware_for
     from lowvram.resolve import default_cache_dir
 

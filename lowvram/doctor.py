@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 
-from lowvram.config import build_config
+from lowvram.configure import build_config
 from lowvram.hardware import GIB, Hardware, detect
 from lowvram.plan import plan, workload_for
 from lowvram.resolve import resolve_run

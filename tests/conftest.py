@@ -45,7 +45,7 @@ def no_network(monkeypatch):
 
 def run_config(**overrides):
     """A validated RunConfig for a short tiny-model run; keyword arguments override the defaults."""
-    from lowvram.config import build_config
+    from lowvram.configure import build_config
 
     values = {"model": "tiny", "data": "sample", "max_steps": 4, "rank": 4, "overwrite": True}
     values.update(overrides)

@@ -148,7 +148,7 @@ def test_check_data_reads_a_training_config_and_a_preset(tmp_path, sample_data):
 
 def test_a_value_error_names_the_flag_the_user_types(tmp_path):
     """--sample-prompt is the flag of the field sample_prompts: errors name the flag, not the field."""
-    from lowvram.config import build_config
+    from lowvram.configure import build_config
     from lowvram.errors import LowvramError
 
     with pytest.raises(LowvramError) as err:

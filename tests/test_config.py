@@ -4,7 +4,8 @@ import pytest
 import tomllib
 
 from lowvram.cli import build_parser, train_values
-from lowvram.config import RunConfig, build_config, parse_save_every, read_toml
+from lowvram.config import RunConfig, parse_save_every
+from lowvram.configure import build_config, read_toml
 from lowvram.errors import LowvramError
 
 

@@ -7,7 +7,7 @@ from conftest import run_config
 from PIL import Image
 
 from lowvram.cli import train_values
-from lowvram.config import build_config, list_presets, preset_path, read_toml
+from lowvram.configure import build_config, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError
 from lowvram.train.loop import train
 

@@ -16,7 +16,7 @@ RANK_SCRIPT = """
 import json, sys
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
-from lowvram.config import build_config
+from lowvram.configure import build_config
 from lowvram.train.loop import train
 
 out = sys.argv[1]

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import run_config
 
-from lowvram.config import build_config
+from lowvram.configure import build_config
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.hardware import hardware_for, load_profile
 from lowvram.models import FAMILIES
@@ -232,7 +232,7 @@ def test_wider_lora_layers_cost_more_memory_and_the_planner_counts_it():
 
 
 def test_the_sampling_phase_counts_the_largest_sample_size_a_prompt_asks_for():
-    from lowvram.config import build_config
+    from lowvram.configure import build_config
     from lowvram.plan import workload_for
 
     hardware = hardware_for(None, "8GB", "64GB")

@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 
 from lowvram.adapters.lora_files import tag_frequency
 from lowvram.cli import build_parser, main
-from lowvram.config import PLANNING_MODEL, build_config, read_toml
+from lowvram.config import PLANNING_MODEL
+from lowvram.configure import build_config, read_toml
 from lowvram.data.buckets import default_buckets
 from lowvram.data.cache import check_free_space
 from lowvram.data.scan import scan_dataset

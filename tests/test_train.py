@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from lowvram.adapters import networks
 from lowvram.cli import main
-from lowvram.config import build_config, read_toml
+from lowvram.configure import build_config, read_toml
 from lowvram.errors import LowvramError
 from lowvram.models import load_model
 from lowvram.models.conditioning import TextReading, encode_prompts, unet_conditioning

@@ -185,7 +185,7 @@ def test_a_preset_fills_the_form_and_a_saved_toml_replays(page, server):
     page.locator("#config-path textarea, #config-path input").first.fill(str(target))
     page.locator("#save-config").click()
     expect(page.locator("#setup-status")).to_contain_text(f"saved {target}")
-    from lowvram.config import read_toml
+    from lowvram.configure import read_toml
 
     saved = read_toml(target)
     assert saved["rank"] == 16 and saved["lora_layers"] == "attn-mlp" and saved["model"] == "tiny"

@@ -6,7 +6,8 @@ options a user set, as flags would be, and the `.toml` it saves is what `train -
 import pytest
 
 from lowvram.cli import main
-from lowvram.config import build_config, fields_by_name, read_toml
+from lowvram.config import fields_by_name
+from lowvram.configure import build_config, read_toml
 from lowvram.ui.form import form_fields, form_values, option_values, toml_text
 
 

@@ -47,7 +47,7 @@ def child(task: str, data: Path, cache: Path) -> dict:
     """Run one measurement in this process and return its numbers."""
     from rich.console import Console
 
-    from lowvram.config import build_config
+    from lowvram.configure import build_config
     from lowvram.data.check import scan
     from lowvram.data.prepare import prepare_training_data
     from lowvram.hardware import NO_GPU

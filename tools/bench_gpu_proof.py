@@ -121,7 +121,7 @@ def auto_run(model: Path, family: str, resolution: int, budget: float, fp16: boo
         result["error"] = (done.stderr.strip().splitlines() or ["no output"])[-1][:400]
     resolved = out / f"{out.name}.toml"
     if resolved.is_file():
-        from lowvram.config import tomllib
+        from lowvram.configure import tomllib
 
         config = tomllib.loads(resolved.read_text())
         result.update(unet_weights=config["memory"]["unet_weights"],

@@ -66,7 +66,7 @@ def write_model(family_name: str, work: Path, single_file: bool = True) -> dict[
 
 
 def planner_estimate(family_name: str) -> dict:
-    from lowvram.config import build_config
+    from lowvram.configure import build_config
     from lowvram.hardware import load_profile
     from lowvram.plan import plan, workload_for
     from lowvram.resolve import resolve_run

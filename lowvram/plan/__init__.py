@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from lowvram.config import PLANNING_MODEL, RunConfig, build_config
+from lowvram.config import PLANNING_MODEL, RunConfig
+from lowvram.configure import build_config
 from lowvram.errors import LowvramError
 from lowvram.hardware import Hardware
 from lowvram.plan.estimate import Estimate, MemoryStrategy, Workload, estimate

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.caption import CaptionConfig
-from lowvram.config import SECTIONS, list_presets, preset_path, read_toml
+from lowvram.config import SECTIONS
+from lowvram.configure import list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 from lowvram.ui import dataset as data_panel

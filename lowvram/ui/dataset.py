@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL, build_config
+from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
+from lowvram.configure import build_config
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 

@@ -9,7 +9,8 @@ import types
 import typing
 from typing import Any
 
-from lowvram.config import build_config, fields_by_name, flag_name
+from lowvram.config import fields_by_name, flag_name
+from lowvram.configure import build_config
 
 
 @dataclasses.dataclass(frozen=True)

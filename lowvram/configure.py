@@ -1,0 +1,350 @@
+"""From option values to a validated `RunConfig`: TOML files, presets, flags and the web UI's form.
+
+Each value is read as its option's type (`lowvram.config` declares them), checked against its choices, its range and
+the other options, and every problem is reported at once, one line each, naming the option and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from lowvram.config import (
+    CAPTION_SUFFIXES,
+    PATH_OPTIONS,
+    SAMPLE_DATA,
+    SECTIONS,
+    RunConfig,
+    fields_by_name,
+    flag_name,
+    parse_colour,
+    parse_save_every,
+)
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
+from lowvram.optim import OPTIMIZERS
+from lowvram.prompts import parse_prompt
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Option values from a TOML config file, relative paths resolved against the file's folder."""
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise LowvramError(f"--config: file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise LowvramError(f"--config: {path} is not valid TOML: {exc}") from None
+    known = fields_by_name()
+    values: dict[str, Any] = {}
+    problems = []
+    for section, table in doc.items():
+        if section not in SECTIONS or not isinstance(table, dict):
+            hint = _did_you_mean(section, list(SECTIONS))
+            problems.append(f"{path}: unknown section [{section}]{hint}; sections are {', '.join(SECTIONS)}")
+            continue
+        for key, value in table.items():
+            if key not in known or known[key][0] != section:
+                where = f" (it belongs in [{known[key][0]}])" if key in known else _did_you_mean(key, list(known))
+                problems.append(f"{path}: unknown key '{key}' in [{section}]{where}")
+                continue
+            values[key] = value
+    base = path.resolve().parent
+    for key in PATH_OPTIONS:
+        if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA and not Path(values[key]).is_absolute():
+            values[key] = str(base / values[key])
+    for key in ("model", "vae"):
+        value = values.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
+            values[key] = str(base / value)
+    if problems:  # with them, every value of the file that is wrong: one pass shows all there is to fix
+        problems += [f"{path}: {line}" for line in _file_value_problems(values)]
+        raise LowvramError("\n".join(problems))
+    return values
+
+
+def _file_value_problems(values: dict[str, Any]) -> list[str]:
+    """What is wrong with the values one file sets, alone: their types and choices, and the range and
+    cross-field checks about them (not those about options the file leaves to other layers)."""
+    sections, problems = _parsed_values(values)
+    try:
+        config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
+    except TypeError:
+        return problems
+    flags = {flag_name(fields_by_name()[name][1]) for name in values}
+    rejected = {line.split(":")[0] for line in problems}
+    return problems + [line for line in _check(config) if line.split(":")[0] in flags - rejected]
+
+
+PRESETS_DIR = Path(__file__).parent / "profiles" / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    """A preset (typical settings for a kind of job) by name, or a TOML file of the same form."""
+    if Path(name).suffix == ".toml" and Path(name).is_file():
+        return Path(name)
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise LowvramError(f"--preset: no preset '{name}'{_did_you_mean(name, list_presets())}; presets are "
+                           f"{', '.join(list_presets())} (or give a .toml file)")
+    return path
+
+
+def _absolute_path(name: str, value: Any) -> Any:
+    """Paths become absolute, so the resolved config saved beside the LoRA replays from any folder."""
+    if name in PATH_OPTIONS and isinstance(value, str) and value != SAMPLE_DATA:
+        return str(Path(value).expanduser().absolute())
+    if name in ("model", "vae") and isinstance(value, str) and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().absolute())
+    return value
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """Convert a TOML or flag value to the field's type; raise ValueError with a readable reason."""
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("a value is required")
+    target = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
+    if typing.get_origin(target) is tuple:
+        if isinstance(value, str):
+            return (value,)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of strings")
+        return tuple(value)
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ValueError("expected true or false")
+    if target is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("expected a whole number")
+        return int(value)
+    if target is float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        return float(value)
+    if target is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError("expected a string")
+        return str(value)
+    return value
+
+
+def options_from(cls: type, values: dict[str, Any]) -> Any:
+    """An options dataclass other than the run's (e.g. `lowvram caption`'s) from flag or form values, each read as its
+    field's type; every problem is reported at once."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    parsed, problems = {}, []
+    for name, value in values.items():
+        try:
+            parsed[name] = _coerce(value, hints[name])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{flag_name(fields[name])}: {value!r} is invalid: {exc}")
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return cls(**parsed)
+
+
+def build_config(values: dict[str, Any]) -> RunConfig:
+    """Validate option values (from TOML and flags, flags already merged on top) into a RunConfig.
+
+    Every problem is collected and reported at once, one line each, naming the flag and the fix.
+    """
+    known = fields_by_name()
+    sections, problems = _parsed_values(values)
+    for name in ("model", "vae", *PATH_OPTIONS):
+        section, f, _ = known[name]
+        sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
+    config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
+    rejected = {line.split(":")[0] for line in problems}
+    problems += [line for line in _check(config) if line.split(":")[0] not in rejected]
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return config
+
+
+def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Each value read as its option's type and checked against its choices: (values by section, problems)."""
+    known = fields_by_name()
+    problems: list[str] = []
+    sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, value in values.items():
+        if name not in known:
+            problems.append(f"unknown option '{name}'{_did_you_mean(name, list(known))}")
+            continue
+        section, f, kind = known[name]
+        flag = flag_name(f)
+        if name == "resolution" and isinstance(value, str) and "," in value:  # kohya's "W,H"
+            width, _, height = value.partition(",")
+            if width.strip() != height.strip():
+                problems.append(f"{flag}: '{value}' is kohya's width,height; lowvram takes one number, the side of a "
+                                "square (aspect-ratio buckets give the other shapes)")
+                continue
+            value = width.strip()
+        try:
+            value = _coerce(value, kind)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{flag}: {value!r} is invalid: {exc}")
+            continue
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            problems.append(f"{flag}: '{value}' is not one of {', '.join(choices)}")
+            continue
+        sections[section][name] = value
+    return sections, problems
+
+
+def _check(c: RunConfig) -> list[str]:
+    """Cross-field and range checks; each message names the flag and the fix."""
+    p = []
+
+    def positive(flag: str, value: float | None, *, allow_zero: bool = False) -> None:
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            p.append(f"--{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+    if c.data.data is None:
+        p.append("--data: no dataset given; pass an image folder, or 'sample' for the built-in sample dataset")
+    elif c.data.data != SAMPLE_DATA and not Path(c.data.data).is_dir():
+        p.append(f"--data: folder not found: {c.data.data}")
+    model_path = Path(c.model.model or "")
+    if c.model.model is None:
+        p.append("--model: which base model? pass a .safetensors checkpoint, a diffusers folder or a hub id "
+                 "(--model tiny trains the built-in demo model, whose random weights make a toy LoRA)")
+    elif model_path.suffix.lower() in PICKLE_SUFFIXES:
+        p.append(pickle_refusal("--model", c.model.model))
+    elif model_path.suffix.lower() == ".safetensors" and not model_path.is_file():
+        p.append(f"--model: file not found: {c.model.model}")
+    for flag, value, must_be_file in (("--vae", c.model.vae, False),
+                                      ("--network-weights", c.network.network_weights, True)):
+        if value is None:
+            continue
+        if Path(value).suffix.lower() in PICKLE_SUFFIXES:
+            p.append(pickle_refusal(flag, value))
+        elif not (Path(value).is_file() if must_be_file else Path(value).exists()):
+            p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}")
+    if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
+        p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
+    if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
+        p.append(f"--reg-data: folder not found: {c.data.reg_data}")
+    v = c.validation
+    if v.validation_data is not None and not Path(v.validation_data).is_dir():
+        p.append(f"--validation-data: folder not found: {v.validation_data}")
+    if not 0 <= v.validation_split < 1:
+        p.append(f"--validation-split: must be in [0, 1), got {v.validation_split}")
+    if v.validation_data and v.validation_split:
+        p.append("--validation-split and --validation-data: can't use both; choose one")
+    validating = bool(v.validation_data or v.validation_split)
+    for flag, value in (("validate-every", v.validate_every), ("early-stopping", v.early_stopping)):
+        if value is not None and not validating:
+            p.append(f"--{flag}: needs a validation set; add --validation-split 0.1 or --validation-data DIR")
+    positive("validate-every", v.validate_every)
+    positive("validation-timesteps", v.validation_timesteps)
+    positive("early-stopping", v.early_stopping)
+    for flag, value in (("bucket-step", c.data.bucket_step), ("min-bucket-side", c.data.min_bucket_side),
+                        ("max-bucket-side", c.data.max_bucket_side)):
+        if value is not None and (value < 8 or value % 8):
+            p.append(f"--{flag}: {value} must be a multiple of 8")
+    if c.data.min_bucket_side and c.data.max_bucket_side and c.data.min_bucket_side > c.data.max_bucket_side:
+        p.append("--min-bucket-side: larger than --max-bucket-side; swap them")
+    for flag, value in (("color-jitter", c.data.color_jitter), ("caption-dropout", c.data.caption_dropout)):
+        if not 0 <= value < 1:
+            p.append(f"--{flag}: must be in [0, 1), got {value}")
+    positive("latent-variants", c.data.latent_variants)
+    positive("caption-variants", c.data.caption_variants)
+    positive("keep-tokens", c.data.keep_tokens, allow_zero=True)
+    positive("prior-loss-weight", c.data.prior_loss_weight, allow_zero=True)
+    positive("cache-batch-size", c.data.cache_batch_size)
+    if not 1 <= c.data.clip_skip <= 4:
+        p.append(f"--clip-skip: {c.data.clip_skip} is not one of 1 (the last layer, the default), 2, 3, 4")
+    if c.data.max_token_length not in (75, 150, 225):
+        p.append(f"--max-token-length: {c.data.max_token_length} is not one of 75, 150, 225")
+    if c.data.keep_tokens and not c.data.shuffle_tags:
+        p.append("--keep-tokens: only matters with --shuffle-tags; add it or drop --keep-tokens")
+
+    try:
+        parse_colour(c.data.background)
+    except ValueError as exc:
+        p.append(f"--background: {exc}")
+    if c.data.caption_extension not in CAPTION_SUFFIXES:
+        p.append(f"--caption-extension: '{c.data.caption_extension}' is not one of {', '.join(CAPTION_SUFFIXES)}")
+    try:
+        c.data.caption_template.format(trigger="")
+    except (KeyError, IndexError, ValueError):
+        p.append(f"--caption-template: {c.data.caption_template!r}: the only placeholder is {{trigger}}")
+    positive("rank", c.network.rank)
+    positive("alpha", c.network.alpha)
+    if not 0 <= c.network.dropout < 1:
+        p.append(f"--dropout: must be in [0, 1), got {c.network.dropout}")
+    positive("lr", c.optim.lr)
+    optimizer = OPTIMIZERS.get(c.optim.optimizer)
+    if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:
+        p.append(f"--lr: {c.optim.lr:g} with {optimizer.name}, which finds the step size itself and scales it by --lr; "
+                 "use --lr 1.0 (or leave it out)")
+    positive("text-encoder-lr", c.optim.text_encoder_lr, allow_zero=True)
+    positive("weight-decay", c.optim.weight_decay, allow_zero=True)
+    positive("max-grad-norm", c.optim.max_grad_norm, allow_zero=True)
+    positive("warmup-steps", c.optim.warmup_steps, allow_zero=True)
+    positive("scheduler-cycles", c.optim.scheduler_cycles)
+    positive("batch-size", c.training.batch_size)
+    positive("gradient-accumulation", c.training.gradient_accumulation)
+    positive("max-steps", c.training.max_steps)
+    positive("epochs", c.training.epochs)
+    positive("noise-offset", c.training.noise_offset, allow_zero=True)
+    positive("checkpoint-every", c.training.checkpoint_every)
+    positive("checkpoint-blocks", c.memory.checkpoint_blocks)
+    positive("keep-checkpoints", c.training.keep_checkpoints)
+    positive("min-snr-gamma", c.training.min_snr_gamma)
+    positive("sample-steps", c.output.sample_steps)
+    if c.training.max_steps is not None and c.training.epochs is not None:
+        p.append("--max-steps and --epochs: can't use both; choose one")
+    if optimizer and optimizer.schedule_free and c.optim.scheduler != "constant":
+        p.append(f"--scheduler {c.optim.scheduler}: {optimizer.name} replaces the schedule; use --scheduler "
+                 "constant (its warm-up comes from --warmup-steps)")
+    if c.optim.text_encoder_lr is not None and not c.network.train_text_encoder:
+        p.append("--text-encoder-lr: set, but the text encoder is not trained; add --train-text-encoder")
+    for flag, value in (("save-every", c.output.save_every), ("sample-every", c.output.sample_every)):
+        try:
+            parse_save_every(value)
+        except ValueError as exc:
+            p.append(f"--{flag}: {exc}")
+    for line in c.output.sample_prompts:
+        try:
+            parse_prompt(line)
+        except ValueError as exc:
+            p.append(f"--sample-prompt: {exc}")
+    if c.output.sample_every and not c.output.sample_prompts:
+        p.append("--sample-every: no prompt to render; add --sample-prompt \"...\"")
+    if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:
+        p.append(f"--lokr-factor: must be -1 (automatic) or >= 1, got {c.network.lokr_factor}")
+    if c.output.format == "diffusers" and c.network.network in ("loha", "lokr"):
+        p.append(f"--format diffusers: diffusers cannot load {c.network.network} adapters; keep --format kohya "
+                 "(ComfyUI and AUTOMATIC1111 load it), or use --network lora or dora")
+    if c.network.lokr_factor != -1 and c.network.network != "lokr":
+        p.append("--lokr-factor: only used with --network lokr")
+    name = c.output_name
+    if not name or any(ch in name for ch in '/\\:*?"<>|'):
+        p.append(f"--name: '{name}' is not a valid file name")
+    return p
