@@ -4,8 +4,9 @@ and SDXL models, with and without text-encoder training.
 The pins (`tests/pins/lora-pins.json`) hold each LoRA's tensor digest and per-tensor norms, and the library
 versions and CPU kernels that produced them. Where those match, the LoRA must be bit-identical; elsewhere
 (another CPU's kernels round differently) its norms must agree to 1e-4. Rewrite the pins only for a change
-that is meant to change results, on a commit whose results you trust:
-`LOWVRAM_WRITE_PINS=1 .venv/bin/python -m pytest tests/test_pin.py`."""
+that is meant to change results, on a commit whose results you trust, with the thread count the test command
+gives each worker on the 2-core CI machine:
+`OMP_NUM_THREADS=1 LOWVRAM_WRITE_PINS=1 .venv/bin/python -m pytest tests/test_pin.py`."""
 
 import hashlib
 import json
@@ -32,8 +33,9 @@ COMMON = {"max_steps": 3, "rank": 4, "alpha": 2.0, "lr": 1e-2, "save_precision":
 
 
 def environment() -> dict[str, str]:
-    """What decides the exact bits besides our code."""
+    """What decides the exact bits besides our code (the thread count splits the reductions differently)."""
     return {"python": platform.python_version(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": str(torch.get_num_threads()),
             **{name: version(name) for name in ("torch", "diffusers", "transformers", "peft", "accelerate")}}
 
 
