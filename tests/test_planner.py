@@ -51,6 +51,26 @@ def test_a_card_no_gpu_result_covers_is_refused_with_the_strategy_that_would_run
     assert " seen " not in out.split("candidate strategies")[1].split("VRAM per phase")[0]
 
 
+@pytest.mark.parametrize("width", [80, 100])
+def test_the_candidates_table_shows_the_choice_and_cuts_no_number(width):
+    """SDXL in 6 GB: strategies faster than the choice that fit but were never seen on a GPU pushed the choice
+    out of the table, and at `plan`'s 100 columns its numbers were cut to '10.…'."""
+    from rich.console import Console
+
+    from lowvram.plan import plan_options
+    from lowvram.plan.report import print_plan
+
+    _, result = plan_options({"model": "sdxl"}, hardware_for(None, "6GB", "24GB"))
+    console = Console(width=width, record=True)
+    print_plan(result, console)
+    table = console.export_text().split("candidate strategies")[1]
+    table = table[table.index("┏"):table.index("┘")]
+    assert result.choice is not None and "…" not in table
+    rows = [line.strip("│ ") for line in table.splitlines() if line.startswith("│")]
+    names = " ".join(row.split("│")[0].strip() for row in rows)  # a name wrapped over rows reads back whole
+    assert result.choice.strategy.label in " ".join(names.split()), names
+
+
 def test_sdxl_in_2gb_fails_with_a_useful_suggestion():
     done, _ = lowvram("plan", "--model", "sdxl", "--resolution", "1024", "--vram", "2GB")
     assert done.returncode == 1

@@ -25,16 +25,19 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
                   f"{work.rank}{' + text encoder' if work.train_text_encoder else ''} on [bold]{hardware.name}[/] "
                   f"({hardware.source}): budget {gib(result.budget)} GiB of {gib(hardware.total_vram)} GiB VRAM, "
                   f"{gib(hardware.host_ram)} GiB host RAM")
+    rows = shown_candidates(result, top)
+    phases = [p for p in SHOWN_PHASES if p != "sampling" or any(e.peak_vram(p) for e in rows)]  # no prompts: none
     table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), relative time per step, "
                         "whether a GPU result shows it training")
-    for column in ("strategy", "fits", *[SHORT[p] for p in SHOWN_PHASES], "host", "time", "on GPU"):
-        table.add_column(column, justify="left" if column == "strategy" else "right", no_wrap=True)
-    rows = shown_candidates(result, top)
+    # on a narrow console the strategy's name wraps: a number cut to "10.…" would mislead
+    table.add_column("strategy", overflow="fold", min_width=12)
+    for column in ("fits", *[SHORT[p] for p in phases], "host", "time", "on GPU"):
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     for est in rows:
         fits = est.fits(hardware)
         style = "bold green" if est is result.choice else ("" if fits and est.verified is not False else "dim")
         table.add_row(est.strategy.label, "yes" if fits else "no",
-                      *[gib(est.peak_vram(phase)) for phase in SHOWN_PHASES], gib(est.peak_host()),
+                      *[gib(est.peak_vram(phase)) for phase in phases], gib(est.peak_host()),
                       f"{est.speed:.2f}", VERIFIED[est.verified], style=style)
     console.print(table)
     if len(rows) < len(result.candidates):
@@ -61,15 +64,16 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
 
 def shown_candidates(result: Plan, top: int) -> list[Estimate]:
     """The rows worth reading, fastest first: the choice and the next strategies that fit, plus the fastest one
-    and those just faster than the choice that do not (what more VRAM would buy); when nothing fits, the
-    leanest."""
+    and the two just faster than the choice (what more VRAM, or a GPU result for an unverified one, would buy);
+    when nothing is chosen, those that fit but were never seen on a GPU, else the leanest."""
     if result.choice is None:
         unverified = [e for e in result.candidates if e.fits(result.hardware)]  # fit, but never seen on a GPU
         leanest = unverified[:top] or sorted(result.candidates, key=lambda e: e.peak_vram())[:top]
         return [e for e in result.candidates if e in leanest]
-    faster = [e for e in result.candidates if e.speed < result.choice.speed]
+    chosen_at = result.candidates.index(result.choice)
+    faster = result.candidates[:chosen_at]
     over = (faster[:1] + faster[1:][-2:]) if faster else []
-    fitting = [e for e in result.candidates if e.fits(result.hardware)][:max(1, top - len(over))]
+    fitting = [e for e in result.candidates[chosen_at:] if e.fits(result.hardware)][:max(1, top - len(over))]
     return [e for e in result.candidates if e in over or e in fitting]
 
 
