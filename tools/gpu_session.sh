@@ -50,7 +50,9 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 { nvidia-smi; python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench_memory; \
 print(json.dumps(bench_memory.environment(), indent=2))"; } > "$OUT/environment.txt" 2>&1
 
-timeout 90 python3 -m pytest -q -m "gpu and not slow" -p no:cacheprovider -o addopts="" --timeout 60 \
+per_test=()  # pytest-timeout is in the device's image; without it one hung test still ends at the outer 90 s
+python3 -c "import pytest_timeout" 2> /dev/null && per_test=(--timeout 60)
+timeout 90 python3 -m pytest -q -m "gpu and not slow" -p no:cacheprovider -o addopts="" "${per_test[@]}" \
   tests/test_gpu.py tests/test_kernel_contracts.py tests/test_memory.py > "$OUT/gpu-tests.txt" 2>&1
 echo "gpu tests: $(tail -1 "$OUT/gpu-tests.txt")"
 
