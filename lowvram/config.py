@@ -159,6 +159,9 @@ class TrainingConfig:
     resume: str | None = option(None, "Continue from a checkpoint folder, or 'auto' for the newest in the "
                                 "output folder.", metavar="PATH|auto")
     noise_offset: float = option(0.0, "Noise offset (e.g. 0.05) so the model learns very dark/bright images.")
+    ip_noise_gamma: float = option(0.0, "Input perturbation (kohya's --ip_noise_gamma): the U-Net is given latents "
+                                   "noised with the noise plus this much more, and still predicts the noise alone; "
+                                   "0.1 is usual, 0 is off.", metavar="G")
     min_snr_gamma: float | None = option(None, "Min-SNR loss weighting gamma (5 is the usual value; off by default).")
 
 

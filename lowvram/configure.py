@@ -313,6 +313,7 @@ def _check(c: RunConfig) -> list[str]:
     positive("max-steps", c.training.max_steps)
     positive("epochs", c.training.epochs)
     positive("noise-offset", c.training.noise_offset, allow_zero=True)
+    positive("ip-noise-gamma", c.training.ip_noise_gamma, allow_zero=True)
     positive("checkpoint-every", c.training.checkpoint_every)
     positive("checkpoint-blocks", c.memory.checkpoint_blocks)
     positive("keep-checkpoints", c.training.keep_checkpoints)

@@ -55,6 +55,7 @@ KOHYA_FLAGS = {
     "--clip_skip": "--clip-skip",
     "--max_token_length": "--max-token-length",
     "--noise_offset": "--noise-offset",
+    "--ip_noise_gamma": "--ip-noise-gamma",
     "--min_snr_gamma": "--min-snr-gamma",
     "--v_parameterization": "--prediction-type v_prediction",
     "--cache_latents": "(always: latents are cached on disk)",

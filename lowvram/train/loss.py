@@ -1,4 +1,5 @@
-"""The diffusion training objective: DDPM noising, epsilon or v target, min-SNR weighting, noise offset."""
+"""The diffusion training objective: DDPM noising, epsilon or v target, min-SNR weighting, noise offset, input
+perturbation."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ def sample_timesteps(scheduler, batch: int, device: torch.device, generator: tor
 
 def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, conditioning: dict,
                    noise: torch.Tensor, timesteps: torch.Tensor, min_snr_gamma: float | None = None,
-                   weights: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                   weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                   perturbation: torch.Tensor | None = None) -> torch.Tensor:
     """MSE between the U-Net's prediction for the noised latents and its target (noise or velocity).
 
     `weights` scale each sample (regularization images); `mask` (B, 1, h, w) in [0, 1] restricts the loss
-    to the opaque part of an image (alpha as loss mask)."""
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    to the opaque part of an image (alpha as loss mask); `perturbation` is added to the noise the input gets,
+    not to the one the target is made of (input perturbation, Ning et al. 2023)."""
+    noisy = scheduler.add_noise(latents, noise if perturbation is None else noise + perturbation, timesteps)
     prediction_type = scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, **conditioning).sample

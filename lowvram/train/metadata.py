@@ -46,6 +46,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_max_token_length": str(config.data.max_token_length),
         "ss_clip_skip": str(config.data.clip_skip) if config.data.clip_skip > 1 else "None",
         "ss_noise_offset": f"{config.training.noise_offset:g}",
+        "ss_ip_noise_gamma": f"{config.training.ip_noise_gamma:g}" if config.training.ip_noise_gamma else "None",
         "ss_min_snr_gamma": f"{config.training.min_snr_gamma or 0:g}",
         "ss_batch_size_per_device": str(config.training.batch_size),
         "ss_gradient_accumulation_steps": str(config.training.gradient_accumulation),

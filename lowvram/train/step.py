@@ -57,9 +57,11 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
     conditioning = unet_conditioning(model.family, hidden, pooled, batch.time_ids)
     noise = sample_noise(latents, config.training.noise_offset)
     timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device)
+    gamma = config.training.ip_noise_gamma
+    perturbation = gamma * torch.randn_like(latents) if gamma else None
     with accelerator.autocast(), offloading(session):
         loss = diffusion_loss(trainee.unet, trainee.noise_scheduler, latents, conditioning, noise, timesteps,
-                              config.training.min_snr_gamma, batch.weights, batch.mask)
+                              config.training.min_snr_gamma, batch.weights, batch.mask, perturbation)
     accelerator.backward(loss * share)
     return loss.detach().float() * share
 
