@@ -27,6 +27,10 @@ ATTENTION = ("auto", "xformers", "sdpa", "math")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SAVE_PRECISION = ("fp16", "bf16", "fp32")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+LOSSES = ("l2", "l1", "huber", "smooth_l1")  # kohya's --loss_type values
+HUBER_LOSSES = ("huber", "smooth_l1")
+HUBER_SCHEDULES = ("snr", "exponential", "constant")  # the first is the default, as in kohya
+HUBER_C = 0.1  # kohya's default --huber_c
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
@@ -163,6 +167,15 @@ class TrainingConfig:
                                    "noised with the noise plus this much more, and still predicts the noise alone; "
                                    "0.1 is usual, 0 is off.", metavar="G")
     min_snr_gamma: float | None = option(None, "Min-SNR loss weighting gamma (5 is the usual value; off by default).")
+    loss: str = option("l2", "The loss between the U-Net's prediction and its target: l2 (mean squared error), l1, or "
+                       "kohya's pseudo-Huber losses huber and smooth_l1, which weigh large errors less. The "
+                       "validation loss stays l2, so runs compare.", choices=LOSSES)
+    huber_c: float | None = option(None, f"Threshold of --loss huber or smooth_l1 where the error turns from "
+                                   f"squared to linear, reached at the noisiest timestep (default {HUBER_C}).",
+                                   metavar="C")
+    huber_schedule: str | None = option(None, "How the Huber threshold moves from 1 at the least noisy timestep to "
+                                        f"--huber-c at the noisiest (default {HUBER_SCHEDULES[0]}, following the "
+                                        "noise level; constant keeps --huber-c).", choices=HUBER_SCHEDULES)
 
 
 @dataclass(frozen=True)
@@ -253,6 +266,12 @@ class RunConfig:
         if self.optim.lr is not None:
             return self.optim.lr
         return OPTIMIZERS[self.optim.optimizer].default_lr
+
+    @property
+    def huber(self) -> tuple[float, str]:
+        """The Huber threshold at the noisiest timestep and its schedule, defaults filled in."""
+        t = self.training
+        return (t.huber_c if t.huber_c is not None else HUBER_C), (t.huber_schedule or HUBER_SCHEDULES[0])
 
     @property
     def text_encoder_lr(self) -> float:

@@ -16,6 +16,7 @@ from typing import Any
 
 from lowvram.config import (
     CAPTION_SUFFIXES,
+    HUBER_LOSSES,
     PATH_OPTIONS,
     SAMPLE_DATA,
     SECTIONS,
@@ -314,6 +315,11 @@ def _check(c: RunConfig) -> list[str]:
     positive("epochs", c.training.epochs)
     positive("noise-offset", c.training.noise_offset, allow_zero=True)
     positive("ip-noise-gamma", c.training.ip_noise_gamma, allow_zero=True)
+    if c.training.huber_c is not None and not 0 < c.training.huber_c <= 1:
+        p.append(f"--huber-c: must be in (0, 1], got {c.training.huber_c}")
+    for flag, value in (("huber-c", c.training.huber_c), ("huber-schedule", c.training.huber_schedule)):
+        if value is not None and c.training.loss not in HUBER_LOSSES:
+            p.append(f"--{flag}: only used with --loss huber or smooth_l1; add one or drop --{flag}")
     positive("checkpoint-every", c.training.checkpoint_every)
     positive("checkpoint-blocks", c.memory.checkpoint_blocks)
     positive("keep-checkpoints", c.training.keep_checkpoints)

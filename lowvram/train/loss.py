@@ -1,11 +1,13 @@
 """The diffusion training objective: DDPM noising, epsilon or v target, min-SNR weighting, noise offset, input
-perturbation."""
+perturbation, and the loss between prediction and target (squared, absolute or pseudo-Huber)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
+
+from lowvram.config import HUBER_C, HUBER_LOSSES, HUBER_SCHEDULES
 
 
 def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -21,20 +23,51 @@ def sample_timesteps(scheduler, batch: int, device: torch.device, generator: tor
     return torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device)
 
 
+def huber_threshold(scheduler, timesteps: torch.Tensor, c: float, schedule: str) -> torch.Tensor:
+    """Per sample, where the pseudo-Huber loss turns from squared to linear: 1 at the least noisy timestep, `c` at
+    the noisiest; in between following the noise level (snr), geometrically in the timestep (exponential), or
+    `c` throughout (constant). kohya's --huber_schedule."""
+    if schedule == "constant":
+        return torch.full(timesteps.shape, c, device=timesteps.device)
+    if schedule == "exponential":
+        return c ** (timesteps.float() / scheduler.config.num_train_timesteps)
+    alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+    return (1 - c) / (1 + sigmas) ** 2 + c
+
+
+def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str,
+                     threshold: torch.Tensor | None = None) -> torch.Tensor:
+    """l2, l1, or the pseudo-Huber losses: huber (2c(sqrt(d^2 + c^2) - c), ~d^2 near 0 and 2c|d| far out) and
+    smooth_l1 (the same divided by c), with the per-sample threshold c."""
+    if loss == "l2":
+        return F.mse_loss(prediction, target, reduction="none")
+    if loss == "l1":
+        return F.l1_loss(prediction, target, reduction="none")
+    c = threshold.view(-1, *[1] * (prediction.dim() - 1))
+    squared = (prediction - target) ** 2
+    pseudo = 2 * squared / ((squared + c**2).sqrt() + c)  # = 2(sqrt(d^2 + c^2) - c), without its cancellation
+    return c * pseudo if loss == "huber" else pseudo
+
+
 def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, conditioning: dict,
                    noise: torch.Tensor, timesteps: torch.Tensor, min_snr_gamma: float | None = None,
                    weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                   perturbation: torch.Tensor | None = None) -> torch.Tensor:
-    """MSE between the U-Net's prediction for the noised latents and its target (noise or velocity).
+                   perturbation: torch.Tensor | None = None, loss: str = "l2",
+                   huber: tuple[float, str] = (HUBER_C, HUBER_SCHEDULES[0])) -> torch.Tensor:
+    """The loss (`loss`: l2 by default) between the U-Net's prediction for the noised latents and its target
+    (noise or velocity).
 
     `weights` scale each sample (regularization images); `mask` (B, 1, h, w) in [0, 1] restricts the loss
     to the opaque part of an image (alpha as loss mask); `perturbation` is added to the noise the input gets,
-    not to the one the target is made of (input perturbation, Ning et al. 2023)."""
+    not to the one the target is made of (input perturbation, Ning et al. 2023); `huber` is the pseudo-Huber
+    losses' (threshold at the noisiest timestep, schedule)."""
     noisy = scheduler.add_noise(latents, noise if perturbation is None else noise + perturbation, timesteps)
     prediction_type = scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, **conditioning).sample
-    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    threshold = huber_threshold(scheduler, timesteps, *huber) if loss in HUBER_LOSSES else None
+    error = elementwise_loss(prediction.float(), target.float(), loss, threshold)
     if mask is None:
         loss = error.mean(dim=(1, 2, 3))
     else:

@@ -61,7 +61,8 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
     perturbation = gamma * torch.randn_like(latents) if gamma else None
     with accelerator.autocast(), offloading(session):
         loss = diffusion_loss(trainee.unet, trainee.noise_scheduler, latents, conditioning, noise, timesteps,
-                              config.training.min_snr_gamma, batch.weights, batch.mask, perturbation)
+                              config.training.min_snr_gamma, batch.weights, batch.mask, perturbation,
+                              config.training.loss, config.huber)
     accelerator.backward(loss * share)
     return loss.detach().float() * share
 

@@ -1,0 +1,92 @@
+"""The objective on the tiny U-Net: input perturbation noises the input and not the target, and the losses
+(l2, l1, kohya's pseudo-Huber huber and smooth_l1 with their threshold schedules) are what they say."""
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from lowvram.configure import build_config
+from lowvram.errors import LowvramError
+from lowvram.models import load_model
+from lowvram.models.conditioning import unet_conditioning
+from lowvram.train.loss import diffusion_loss, elementwise_loss, huber_threshold
+
+
+def tiny_step_inputs(prediction_type="epsilon"):
+    model = load_model("tiny")
+    scheduler = DDPMScheduler.from_pretrained(model.family.config_dir, subfolder="scheduler",
+                                              prediction_type=prediction_type)
+    generator = torch.Generator().manual_seed(0)
+    latents, noise, perturbation = (torch.randn(2, 4, 8, 8, generator=generator) for _ in range(3))
+    hidden = torch.randn(2, 77, model.unet.config.cross_attention_dim, generator=generator)
+    return model, scheduler, latents, noise, 0.1 * perturbation, unet_conditioning(model.family, hidden, None, None)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_input_perturbation_noises_the_input_more_and_leaves_the_target(prediction_type):
+    """--ip-noise-gamma: the U-Net is given latents noised with the noise plus the perturbation, and its target is
+    still made of the noise alone."""
+    model, scheduler, latents, noise, perturbation, conditioning = tiny_step_inputs(prediction_type)
+    timesteps = torch.tensor([100, 700])
+    with torch.no_grad():
+        got = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps, perturbation=perturbation)
+        seen = model.unet(scheduler.add_noise(latents, noise + perturbation, timesteps), timesteps,
+                          **conditioning).sample
+        target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+        plain = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps)
+    assert got.item() == pytest.approx(torch.nn.functional.mse_loss(seen, target).item(), rel=1e-6)
+    assert got.item() != pytest.approx(plain.item(), rel=1e-4)
+
+
+def test_the_pseudo_huber_losses_are_squared_near_zero_and_linear_far_out():
+    d = torch.tensor([0.0, 0.01, 1.0, 100.0]).view(4, 1, 1, 1)
+    zero, c = torch.zeros_like(d), torch.full((4,), 0.1)
+    huber = elementwise_loss(d, zero, "huber", c).flatten()
+    exact = 2 * 0.1 * ((d.flatten().double() ** 2 + 0.01).sqrt() - 0.1)
+    assert huber.tolist() == pytest.approx(exact.tolist(), rel=1e-6)
+    assert huber[1].item() == pytest.approx(0.01**2, rel=1e-2)  # ~d^2 well inside the threshold
+    assert huber[3].item() == pytest.approx(2 * 0.1 * 100, rel=1e-2)  # ~2c|d| far outside it
+    assert elementwise_loss(d, zero, "smooth_l1", c).flatten().tolist() == pytest.approx((huber / 0.1).tolist())
+    assert elementwise_loss(d, zero, "l1").flatten().tolist() == pytest.approx(d.flatten().tolist())
+    assert elementwise_loss(d, zero, "l2").flatten().tolist() == pytest.approx((d.flatten() ** 2).tolist())
+
+
+def test_an_outlier_pulls_on_the_huber_gradient_no_more_than_2c():
+    prediction = torch.tensor([0.0, 1000.0]).view(2, 1, 1, 1).requires_grad_()
+    elementwise_loss(prediction, torch.zeros_like(prediction), "huber", torch.full((2,), 0.1)).sum().backward()
+    assert prediction.grad.abs().max().item() == pytest.approx(0.2, rel=1e-3)
+    l2 = prediction.detach().requires_grad_()
+    elementwise_loss(l2, torch.zeros_like(l2), "l2").sum().backward()
+    assert l2.grad.abs().max().item() == pytest.approx(2000.0)
+
+
+@pytest.mark.parametrize("schedule", ["snr", "exponential", "constant"])
+def test_the_huber_threshold_runs_from_1_at_no_noise_to_c_at_full_noise(schedule):
+    scheduler = DDPMScheduler.from_pretrained(load_model("tiny").family.config_dir, subfolder="scheduler")
+    last = scheduler.config.num_train_timesteps - 1
+    first, middle, end = huber_threshold(scheduler, torch.tensor([0, last // 2, last]), 0.1, schedule).tolist()
+    if schedule == "constant":
+        assert first == middle == end == pytest.approx(0.1)
+    else:
+        assert first > 0.9 and end == pytest.approx(0.1, abs=0.01) and first > middle > end
+
+
+@pytest.mark.parametrize("loss", ["l1", "huber", "smooth_l1"])
+def test_each_loss_trains_the_u_net_through_the_real_objective(loss):
+    model, scheduler, latents, noise, _, conditioning = tiny_step_inputs()
+    value = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, torch.tensor([100, 900]), loss=loss,
+                           huber=(0.1, "snr"))
+    value.backward()
+    assert torch.isfinite(value) and any(p.grad is not None and p.grad.abs().sum() > 0
+                                         for p in model.unet.parameters())
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"huber_c": 0.2}, "--huber-c: only used with --loss huber or smooth_l1"),
+    ({"loss": "huber", "huber_c": 0.0}, "--huber-c: must be in (0, 1]"),
+    ({"huber_schedule": "snr", "loss": "l1"}, "--huber-schedule: only used with --loss huber or smooth_l1"),
+    ({"loss": "mse"}, "--loss: 'mse' is not one of l2, l1, huber, smooth_l1"),
+])
+def test_loss_options_that_do_not_go_together_are_refused(values, message):
+    with pytest.raises(LowvramError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_config({"model": "tiny", "data": "sample", **values})
