@@ -31,6 +31,8 @@ LOSSES = ("l2", "l1", "huber", "smooth_l1")  # kohya's --loss_type values
 HUBER_LOSSES = ("huber", "smooth_l1")
 HUBER_SCHEDULES = ("snr", "exponential", "constant")  # the first is the default, as in kohya
 HUBER_C = 0.1  # kohya's default --huber_c
+ZERO_SNR_NEEDS_V = ("the last timestep's input is pure noise, in which an epsilon model has nothing to predict; it "
+                    "needs a v-prediction model (--prediction-type v_prediction if the model is one)")
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
@@ -63,6 +65,9 @@ class ModelConfig:
                              "SDXL VAE, which then runs in fp16) or a .safetensors VAE file.", metavar="PATH")
     prediction_type: str | None = option(None, "What the U-Net predicts; default: what the model's scheduler says "
                                          "(epsilon for SD1.5/SDXL base).", choices=PREDICTION_TYPES)
+    zero_terminal_snr: bool = option(False, "Rescale the noise schedule so its last timestep is pure noise (Lin et "
+                                     "al. 2023; kohya's --zero_terminal_snr), as v-prediction models such as "
+                                     "NoobAI-XL V-Pred were trained; samples then use a trailing timestep spacing.")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from lowvram.config import (
     PATH_OPTIONS,
     SAMPLE_DATA,
     SECTIONS,
+    ZERO_SNR_NEEDS_V,
     RunConfig,
     fields_by_name,
     flag_name,
@@ -315,6 +316,8 @@ def _check(c: RunConfig) -> list[str]:
     positive("epochs", c.training.epochs)
     positive("noise-offset", c.training.noise_offset, allow_zero=True)
     positive("ip-noise-gamma", c.training.ip_noise_gamma, allow_zero=True)
+    if c.model.zero_terminal_snr and c.model.prediction_type == "epsilon":
+        p.append(f"--zero-terminal-snr: {ZERO_SNR_NEEDS_V}")
     if c.training.huber_c is not None and not 0 < c.training.huber_c <= 1:
         p.append(f"--huber-c: must be in (0, 1], got {c.training.huber_c}")
     for flag, value in (("huber-c", c.training.huber_c), ("huber-schedule", c.training.huber_schedule)):

@@ -56,6 +56,7 @@ KOHYA_FLAGS = {
     "--max_token_length": "--max-token-length",
     "--noise_offset": "--noise-offset",
     "--ip_noise_gamma": "--ip-noise-gamma",
+    "--zero_terminal_snr": "--zero-terminal-snr",
     "--loss_type": "--loss",
     "--huber_c": "--huber-c",
     "--huber_schedule": "--huber-schedule",

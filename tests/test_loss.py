@@ -1,15 +1,22 @@
-"""The objective on the tiny U-Net: input perturbation noises the input and not the target, and the losses
-(l2, l1, kohya's pseudo-Huber huber and smooth_l1 with their threshold schedules) are what they say."""
+"""The objective on the tiny U-Net: input perturbation noises the input and not the target, the losses (l2, l1,
+kohya's pseudo-Huber huber and smooth_l1 with their threshold schedules) are what they say, and zero terminal SNR
+makes the last timestep pure noise for v-prediction models and is refused for epsilon ones."""
+
+import dataclasses
 
 import pytest
 import torch
+from conftest import run_config
 from diffusers import DDPMScheduler
+from safetensors import safe_open
 
 from lowvram.configure import build_config
 from lowvram.errors import LowvramError
 from lowvram.models import load_model
 from lowvram.models.conditioning import unet_conditioning
+from lowvram.train.loop import train
 from lowvram.train.loss import diffusion_loss, elementwise_loss, huber_threshold
+from lowvram.train.setup import noise_schedules
 
 
 def tiny_step_inputs(prediction_type="epsilon"):
@@ -90,3 +97,25 @@ def test_each_loss_trains_the_u_net_through_the_real_objective(loss):
 def test_loss_options_that_do_not_go_together_are_refused(values, message):
     with pytest.raises(LowvramError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_config({"model": "tiny", "data": "sample", **values})
+
+
+def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_match(tmp_path):
+    config = run_config(output=str(tmp_path), prediction_type="v_prediction", zero_terminal_snr=True)
+    model = load_model("tiny")
+    plain = noise_schedules(load_model("tiny"), run_config(output=str(tmp_path), prediction_type="v_prediction"))
+    rescaled = noise_schedules(model, config)
+    assert plain.alphas_cumprod[-1] > 0 and rescaled.alphas_cumprod[-1] == 0
+    assert rescaled.config.prediction_type == "v_prediction"
+    sampler = model.pipeline.scheduler.config
+    assert sampler.rescale_betas_zero_snr and sampler.timestep_spacing == "trailing"
+    result = train(dataclasses.replace(config, output=dataclasses.replace(
+        config.output, sample_prompts=("lvshape, a red circle",), sample_steps=3)))
+    assert result.final_loss == result.final_loss and result.samples  # trained (no NaN) and sampled
+    assert safe_open(str(result.lora_path), framework="pt").metadata()["ss_zero_terminal_snr"] == "True"
+
+
+def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path):
+    with pytest.raises(LowvramError, match="--zero-terminal-snr: tiny predicts epsilon; .* needs a v-prediction"):
+        train(run_config(output=str(tmp_path), zero_terminal_snr=True))
+    with pytest.raises(LowvramError, match="--zero-terminal-snr: the last timestep's input is pure noise"):
+        build_config({"model": "tiny", "data": "sample", "zero_terminal_snr": True, "prediction_type": "epsilon"})

@@ -5,6 +5,7 @@ also the order random numbers are drawn in, which a resumed or repeated run reli
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from lowvram.adapters import lora_files, networks
 from lowvram.attention import set_attention
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import compile_blocks, compile_problem, compiled_count
-from lowvram.config import RunConfig, parse_save_every
+from lowvram.config import ZERO_SNR_NEEDS_V, RunConfig, parse_save_every
 from lowvram.data.check import scan
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData, prepare_training_data
@@ -164,22 +165,37 @@ def scan_data(session: Session) -> Dataset:
 def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
     """The base model, all frozen, in the compute dtype (the VAE in fp32 where it overflows in fp16), and the
     noise schedule it was trained with."""
-    from diffusers import DDPMScheduler
-
     config = session.config
     with session.console.status(f"loading {config.model.model}"):
         # straight into the compute dtype: an SDXL checkpoint never exists in fp32 in host RAM
         model = load_model(config.model.model, config.model.model_family, dtype=session.weight_dtype,
                            vae=config.model.vae)
     model.text_reading = session.run.text_reading
-    noise_scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
-    if config.model.prediction_type:
-        noise_scheduler.register_to_config(prediction_type=config.model.prediction_type)
-        model.pipeline.scheduler.register_to_config(prediction_type=config.model.prediction_type)
+    noise_scheduler = noise_schedules(model, config)
     for module in (model.unet, *model.text_encoders):
         module.requires_grad_(False).to(dtype=session.weight_dtype)
     model.vae.requires_grad_(False).to(dtype=torch.float32 if session.run.vae_fp32 else session.weight_dtype)
     return model, noise_scheduler
+
+
+def noise_schedules(model: LoadedModel, config: RunConfig):
+    """The training noise schedule, from the one the model was trained with; the sampling scheduler of
+    `model.pipeline` is set to match (prediction type, zero terminal SNR)."""
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler
+
+    pipeline = model.pipeline
+    if config.model.prediction_type:
+        pipeline.scheduler.register_to_config(prediction_type=config.model.prediction_type)
+    if not config.model.zero_terminal_snr:
+        return DDPMScheduler.from_config(pipeline.scheduler.config)
+    if pipeline.scheduler.config.prediction_type != "v_prediction":
+        raise LowvramError(f"--zero-terminal-snr: {config.model.model} predicts epsilon; {ZERO_SNR_NEEDS_V}")
+    sampler = type(pipeline.scheduler)
+    if "rescale_betas_zero_snr" not in inspect.signature(sampler).parameters:  # PNDM, SD1.5's default, has none
+        sampler = EulerDiscreteScheduler
+    pipeline.scheduler = sampler.from_config(pipeline.scheduler.config, rescale_betas_zero_snr=True,
+                                             timestep_spacing="trailing")
+    return DDPMScheduler.from_config(pipeline.scheduler.config, rescale_betas_zero_snr=True)
 
 
 def fill_caches_and_place(session: Session, model: LoadedModel, dataset: Dataset, peaks: PhasePeaks
