@@ -115,7 +115,7 @@ def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_mat
 
 
 def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path):
-    with pytest.raises(LowvramError, match="--zero-terminal-snr: tiny predicts epsilon; .* needs a v-prediction"):
+    with pytest.raises(LowvramError, match="--zero-terminal-snr: tiny predicts epsilon with a zero-terminal-SNR schedule; .* needs a v-pred"):
         train(run_config(output=str(tmp_path), zero_terminal_snr=True))
     with pytest.raises(LowvramError, match="--zero-terminal-snr: the last timestep's input is pure noise"):
         build_config({"model": "tiny", "data": "sample", "zero_terminal_snr": True, "prediction_type": "epsilon"})

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from ldm_layout import sd15_single_file, sdxl_single_file
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from lowvram.errors import LowvramError
 from lowvram.models import FAMILIES, load_model
@@ -45,6 +45,19 @@ def test_single_file_checkpoint_loads_offline(base, tmp_path, no_network):
     for spec in (("unet",), ("vae",), *[(s.component,) for s in base.family.text_encoders]):
         assert_same_weights(getattr(base.pipeline, spec[0]), getattr(loaded.pipeline, spec[0]))
     assert len(loaded.hash) == 8
+
+
+def test_a_checkpoints_v_pred_and_ztsnr_keys_set_its_prediction_and_schedule(base, tmp_path):
+    """NoobAI-XL V-Pred style checkpoints say what they predict with empty `v_pred` and `ztsnr` tensors (ComfyUI
+    reads them); training and sampling then use v-prediction on a zero-terminal-SNR schedule unasked."""
+    path = single_file(base, tmp_path / "plain.safetensors")
+    plain = load_model(str(path)).pipeline.scheduler.config
+    assert plain.prediction_type == "epsilon" and not plain.get("rescale_betas_zero_snr")
+    state = load_file(str(path))
+    save_file({**state, "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(tmp_path / "vpred.safetensors"))
+    marked = load_model(str(tmp_path / "vpred.safetensors")).pipeline.scheduler.config
+    assert marked.prediction_type == "v_prediction" and marked.rescale_betas_zero_snr
+    assert marked.timestep_spacing == "trailing"
 
 
 def test_diffusers_folder_loads(base, tmp_path, no_network):

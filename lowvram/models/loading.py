@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -172,7 +173,27 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
         if isinstance(component, torch.nn.Module) and any(p.is_meta for p in component.parameters()):
             raise LowvramError(f"--model: {path} has no (or incomplete) {name} weights; "
                                f"pass a complete {family.title} checkpoint")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        markers = set(handle.keys()) & {"v_pred", "ztsnr"}  # what ComfyUI reads: NoobAI-XL V-Pred carries both
+    if "v_pred" in markers:
+        pipeline.scheduler.register_to_config(prediction_type="v_prediction")
+    if "ztsnr" in markers:
+        pipeline.scheduler = zero_terminal_snr_sampler(pipeline.scheduler)
     return LoadedModel(family, pipeline, str(path), path.stem, file_short_hash(path))
+
+
+def zero_terminal_snr_sampler(scheduler):
+    """The sampler for a model trained with zero terminal SNR (Lin et al. 2023): its schedule rescaled so the last
+    timestep is pure noise, and timesteps spaced from that last one ('trailing'). Euler where the model's own
+    sampler has no such option (PNDM, SD1.5's default)."""
+    from diffusers import EulerDiscreteScheduler
+
+    sampler = type(scheduler)
+    if "rescale_betas_zero_snr" not in inspect.signature(sampler).parameters:
+        sampler = EulerDiscreteScheduler
+    return sampler.from_config(scheduler.config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
 
 def _load_diffusers_folder(path: Path, forced: ModelFamily | None, dtype: torch.dtype) -> LoadedModel:

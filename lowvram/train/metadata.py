@@ -48,7 +48,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_noise_offset": f"{config.training.noise_offset:g}",
         "ss_ip_noise_gamma": f"{config.training.ip_noise_gamma:g}" if config.training.ip_noise_gamma else "None",
         "ss_min_snr_gamma": f"{config.training.min_snr_gamma or 0:g}",
-        "ss_zero_terminal_snr": str(config.model.zero_terminal_snr),
+        "ss_zero_terminal_snr": str(bool(model.pipeline.scheduler.config.get("rescale_betas_zero_snr"))),
         "ss_loss_type": config.training.loss,
         "ss_huber_c": f"{config.huber[0]:g}",
         "ss_huber_schedule": config.huber[1],

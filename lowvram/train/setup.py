@@ -5,7 +5,6 @@ also the order random numbers are drawn in, which a resumed or repeated run reli
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from lowvram.data.scan import ScanReport
 from lowvram.errors import LowvramError
 from lowvram.hardware import detect
 from lowvram.memory import PhasePeaks
-from lowvram.models.loading import LoadedModel, load_model
+from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import OPTIMIZERS, build_optimizer
 from lowvram.plan.calibration import unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
@@ -179,23 +178,21 @@ def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
 
 
 def noise_schedules(model: LoadedModel, config: RunConfig):
-    """The training noise schedule, from the one the model was trained with; the sampling scheduler of
-    `model.pipeline` is set to match (prediction type, zero terminal SNR)."""
-    from diffusers import DDPMScheduler, EulerDiscreteScheduler
+    """The training noise schedule, from the one the model was trained with (a checkpoint's v_pred and ztsnr
+    markers included); the sampling scheduler of `model.pipeline` is set to match the options."""
+    from diffusers import DDPMScheduler
 
     pipeline = model.pipeline
     if config.model.prediction_type:
         pipeline.scheduler.register_to_config(prediction_type=config.model.prediction_type)
-    if not config.model.zero_terminal_snr:
-        return DDPMScheduler.from_config(pipeline.scheduler.config)
-    if pipeline.scheduler.config.prediction_type != "v_prediction":
-        raise LowvramError(f"--zero-terminal-snr: {config.model.model} predicts epsilon; {ZERO_SNR_NEEDS_V}")
-    sampler = type(pipeline.scheduler)
-    if "rescale_betas_zero_snr" not in inspect.signature(sampler).parameters:  # PNDM, SD1.5's default, has none
-        sampler = EulerDiscreteScheduler
-    pipeline.scheduler = sampler.from_config(pipeline.scheduler.config, rescale_betas_zero_snr=True,
-                                             timestep_spacing="trailing")
-    return DDPMScheduler.from_config(pipeline.scheduler.config, rescale_betas_zero_snr=True)
+    if config.model.zero_terminal_snr and not pipeline.scheduler.config.get("rescale_betas_zero_snr"):
+        pipeline.scheduler = zero_terminal_snr_sampler(pipeline.scheduler)
+    zero_snr = pipeline.scheduler.config.get("rescale_betas_zero_snr", False)
+    if zero_snr and pipeline.scheduler.config.prediction_type != "v_prediction":
+        flag, marker = ("--zero-terminal-snr", "") if config.model.zero_terminal_snr else ("--model", " (its ztsnr key)")
+        raise LowvramError(f"{flag}: {config.model.model} predicts epsilon with a zero-terminal-SNR schedule{marker}; "
+                           f"{ZERO_SNR_NEEDS_V}")
+    return DDPMScheduler.from_config(pipeline.scheduler.config, rescale_betas_zero_snr=zero_snr)
 
 
 def fill_caches_and_place(session: Session, model: LoadedModel, dataset: Dataset, peaks: PhasePeaks
