@@ -100,7 +100,10 @@ class DataConfig:
     latent_variants: int | None = option(None, "Augmented variants cached per image (default: 1; 2 with --flip; "
                                          "4 with random crop or colour jitter).", metavar="N")
     shuffle_tags: bool = option(False, "Shuffle comma-separated caption tags (kohya's shuffle_caption).")
-    keep_tokens: int = option(0, "Leading caption tags kept in place when shuffling.", metavar="N")
+    keep_tokens: int = option(0, "Leading caption tags kept in place when shuffling, and never dropped.", metavar="N")
+    tag_dropout: float = option(0.0, "Probability that each caption tag past --keep-tokens is left out (kohya's "
+                                "caption_tag_dropout_rate), drawn per step, or per cached variant when text "
+                                "embeddings are cached.", metavar="P")
     caption_dropout: float = option(0.0, "Probability of training a step on the empty caption.")
     max_token_length: int = option(75, "Caption tokens the text encoders read (kohya's max_token_length): 75, 150 "
                                    "or 225. Longer captions are cut there; 150 and 225 read them in 75-token "
@@ -108,7 +111,8 @@ class DataConfig:
     clip_skip: int = option(1, "CLIP layers skipped from the end, as kohya's and AUTOMATIC1111's clip skip: 2 "
                             "reads the penultimate layer, which anime SD1.5 models (NovelAI's descendants) are "
                             "trained for. SD1.5 only: SDXL reads its penultimate layer already.", metavar="N")
-    caption_variants: int = option(4, "Shuffled captions cached per caption when tags are shuffled.", metavar="N")
+    caption_variants: int = option(4, "Caption variants cached per caption when tags are shuffled or dropped.",
+                                   metavar="N")
     background: str = option("white", "Colour transparent images are composited on (white, black, grey, #RRGGBB).")
     alpha_mask: bool = option(False, "Use transparency as a loss mask instead of compositing it.")
     cache_dir: str | None = option(None, "Where the latent and text-embedding caches live (content-addressed, "

@@ -271,7 +271,8 @@ def _check(c: RunConfig) -> list[str]:
             p.append(f"--{flag}: {value} must be a multiple of 8")
     if c.data.min_bucket_side and c.data.max_bucket_side and c.data.min_bucket_side > c.data.max_bucket_side:
         p.append("--min-bucket-side: larger than --max-bucket-side; swap them")
-    for flag, value in (("color-jitter", c.data.color_jitter), ("caption-dropout", c.data.caption_dropout)):
+    for flag, value in (("color-jitter", c.data.color_jitter), ("caption-dropout", c.data.caption_dropout),
+                        ("tag-dropout", c.data.tag_dropout)):
         if not 0 <= value < 1:
             p.append(f"--{flag}: must be in [0, 1), got {value}")
     positive("latent-variants", c.data.latent_variants)
@@ -283,8 +284,8 @@ def _check(c: RunConfig) -> list[str]:
         p.append(f"--clip-skip: {c.data.clip_skip} is not one of 1 (the last layer, the default), 2, 3, 4")
     if c.data.max_token_length not in (75, 150, 225):
         p.append(f"--max-token-length: {c.data.max_token_length} is not one of 75, 150, 225")
-    if c.data.keep_tokens and not c.data.shuffle_tags:
-        p.append("--keep-tokens: only matters with --shuffle-tags; add it or drop --keep-tokens")
+    if c.data.keep_tokens and not (c.data.shuffle_tags or c.data.tag_dropout):
+        p.append("--keep-tokens: only matters with --shuffle-tags or --tag-dropout; add one or drop --keep-tokens")
 
     try:
         parse_colour(c.data.background)

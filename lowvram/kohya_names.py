@@ -48,6 +48,7 @@ KOHYA_FLAGS = {
     "--shuffle_caption": "--shuffle-tags",
     "--keep_tokens": "--keep-tokens",
     "--caption_dropout_rate": "--caption-dropout",
+    "--caption_tag_dropout_rate": "--tag-dropout",
     "--prior_loss_weight": "--prior-loss-weight",
     "--flip_aug": "--flip",
     "--color_aug": "--color-jitter",

@@ -12,7 +12,7 @@ from lowvram.data.augment import (
     auto_variant_count,
     caption_variants,
     make_variant,
-    shuffle_tags,
+    vary_tags,
 )
 from lowvram.data.buckets import Buckets, bucket_batches, default_buckets
 
@@ -89,12 +89,24 @@ def test_auto_variant_count():
 
 
 def test_shuffle_keeps_the_first_tokens():
-    caption = "ohwx, dog, grass, sunny, park"
+    caption, shuffling = "ohwx, dog, grass, sunny, park", CaptionOptions(shuffle_tags=True, keep_tokens=1)
     for seed in range(5):
-        shuffled = shuffle_tags(caption, 1, random.Random(seed))
+        shuffled = vary_tags(caption, shuffling, random.Random(seed))
         assert shuffled.startswith("ohwx, ")
         assert sorted(shuffled.split(", ")) == sorted(caption.split(", "))
-    assert len({shuffle_tags(caption, 1, random.Random(s)) for s in range(20)}) > 1
+    assert len({vary_tags(caption, shuffling, random.Random(s)) for s in range(20)}) > 1
+
+
+def test_tag_dropout_leaves_out_tags_past_the_kept_ones_at_its_rate():
+    caption = "ohwx, " + ", ".join(f"tag{i}" for i in range(40))
+    dropping = CaptionOptions(keep_tokens=1, tag_dropout=0.25)
+    kept = [vary_tags(caption, dropping, random.Random(seed)).split(", ") for seed in range(50)]
+    assert all(tags[0] == "ohwx" for tags in kept)  # the kept tag is never dropped, and stays in front
+    assert all(tags[1:] == sorted(tags[1:], key=lambda t: int(t[3:])) for tags in kept)  # no shuffle asked
+    rate = 1 - sum(len(tags) - 1 for tags in kept) / (40 * 50)
+    assert 0.2 < rate < 0.3, rate
+    variants = caption_variants(caption, dropping)
+    assert variants[0] == caption and len(variants) == 4 and all(len(v) < len(caption) for v in variants[1:])
 
 
 def test_caption_variants_only_when_shuffling():

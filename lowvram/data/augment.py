@@ -86,21 +86,29 @@ class CaptionOptions:
     shuffle_tags: bool = False
     keep_tokens: int = 0  # leading comma-separated tags that stay in place when shuffling
     dropout: float = 0.0  # probability of training on the empty caption
-    variants: int = 4  # cached shuffles per caption (used when tags are shuffled and embeddings cached)
+    variants: int = 4  # cached variants per caption (used when tags are shuffled or dropped and embeddings cached)
+    tag_dropout: float = 0.0  # probability of leaving out each tag past the first `keep_tokens`
+
+    @property
+    def varies_tags(self) -> bool:
+        return self.shuffle_tags or self.tag_dropout > 0
 
 
-def shuffle_tags(caption: str, keep_tokens: int, rng: random.Random) -> str:
-    """kohya's shuffle_caption: comma-separated tags shuffled, the first `keep_tokens` kept in front."""
+def vary_tags(caption: str, options: CaptionOptions, rng: random.Random) -> str:
+    """The comma-separated tags past the first `keep_tokens` shuffled (kohya's shuffle_caption) and each left out
+    with probability `tag_dropout` (its caption_tag_dropout_rate); the first ones stay in front."""
     tags = [t.strip() for t in caption.split(",") if t.strip()]
-    head, tail = tags[:keep_tokens], tags[keep_tokens:]
-    rng.shuffle(tail)
+    head, tail = tags[:options.keep_tokens], tags[options.keep_tokens:]
+    if options.shuffle_tags:
+        rng.shuffle(tail)
+    if options.tag_dropout:
+        tail = [tag for tag in tail if rng.random() >= options.tag_dropout]
     return ", ".join(head + tail)
 
 
 def caption_variants(caption: str, options: CaptionOptions) -> list[str]:
-    """The fixed set of caption texts to cache for one caption (just itself when tags aren't shuffled)."""
-    if not options.shuffle_tags:
+    """The fixed set of caption texts to cache for one caption (just itself when tags aren't varied)."""
+    if not options.varies_tags:
         return [caption]
-    variants = [caption] + [shuffle_tags(caption, options.keep_tokens, _rng(caption, i))
-                            for i in range(1, options.variants)]
+    variants = [caption] + [vary_tags(caption, options, _rng(caption, i)) for i in range(1, options.variants)]
     return list(dict.fromkeys(variants))  # a short caption may have fewer distinct shuffles

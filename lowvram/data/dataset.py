@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from lowvram.data.augment import CaptionOptions, shuffle_tags
+from lowvram.data.augment import CaptionOptions, vary_tags
 from lowvram.data.buckets import bucket_batches
 from lowvram.data.cache import TensorStore
 
@@ -119,8 +119,8 @@ class TrainingData:
                 hidden.append(text["hidden"])
                 pooled.append(text.get("pooled"))
             caption = sample.caption
-            if self.captions.shuffle_tags:
-                caption = shuffle_tags(caption, self.captions.keep_tokens, rng)
+            if self.captions.varies_tags:
+                caption = vary_tags(caption, self.captions, rng)
             captions.append("" if dropped else caption)
         return Batch(
             latents=torch.stack(latents),
