@@ -31,6 +31,7 @@ LOSSES = ("l2", "l1", "huber", "smooth_l1")  # kohya's --loss_type values
 HUBER_LOSSES = ("huber", "smooth_l1")
 HUBER_SCHEDULES = ("snr", "exponential", "constant")  # the first is the default, as in kohya
 HUBER_C = 0.1  # kohya's default --huber_c
+TRAIN_TIMESTEPS = 1000  # the length of SD1.5's and SDXL's noise schedules
 ZERO_SNR_NEEDS_V = ("the last timestep's input is pure noise, in which an epsilon model has nothing to predict; it "
                     "needs a v-prediction model (--prediction-type v_prediction if the model is one)")
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
@@ -176,6 +177,13 @@ class TrainingConfig:
                                    "noised with the noise plus this much more, and still predicts the noise alone; "
                                    "0.1 is usual, 0 is off.", metavar="G")
     min_snr_gamma: float | None = option(None, "Min-SNR loss weighting gamma (5 is the usual value; off by default).")
+    debiased_estimation: bool = option(False, "Weigh each timestep's loss by 1/sqrt(SNR), 1/(SNR+1) for v-prediction "
+                                       "(kohya's --debiased_estimation_loss), against the noise of the least noisy "
+                                       "steps.")
+    min_timestep: int | None = option(None, "Train on timesteps from this one (kohya's --min_timestep; default 0).",
+                                      metavar="T")
+    max_timestep: int | None = option(None, "Train on timesteps below this one (kohya's --max_timestep; default: the "
+                                      f"schedule's length, {TRAIN_TIMESTEPS}).", metavar="T")
     loss: str = option("l2", "The loss between the U-Net's prediction and its target: l2 (mean squared error), l1, or "
                        "kohya's pseudo-Huber losses huber and smooth_l1, which weigh large errors less. The "
                        "validation loss stays l2, so runs compare.", choices=LOSSES)

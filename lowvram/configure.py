@@ -20,6 +20,7 @@ from lowvram.config import (
     PATH_OPTIONS,
     SAMPLE_DATA,
     SECTIONS,
+    TRAIN_TIMESTEPS,
     ZERO_SNR_NEEDS_V,
     RunConfig,
     fields_by_name,
@@ -317,6 +318,13 @@ def _check(c: RunConfig) -> list[str]:
     positive("epochs", c.training.epochs)
     positive("noise-offset", c.training.noise_offset, allow_zero=True)
     positive("ip-noise-gamma", c.training.ip_noise_gamma, allow_zero=True)
+    low, high = c.training.min_timestep, c.training.max_timestep
+    if low is not None and not 0 <= low < TRAIN_TIMESTEPS:
+        p.append(f"--min-timestep: {low} is not in [0, {TRAIN_TIMESTEPS})")
+    if high is not None and not 0 < high <= TRAIN_TIMESTEPS:
+        p.append(f"--max-timestep: {high} is not in (0, {TRAIN_TIMESTEPS}]")
+    if low is not None and high is not None and low >= high:
+        p.append(f"--min-timestep: {low} is not below --max-timestep {high}; the range would be empty")
     if c.model.zero_terminal_snr and c.model.prediction_type == "epsilon":
         p.append(f"--zero-terminal-snr: {ZERO_SNR_NEEDS_V}")
     if c.training.huber_c is not None and not 0 < c.training.huber_c <= 1:

@@ -15,7 +15,7 @@ from lowvram.errors import LowvramError
 from lowvram.models import load_model
 from lowvram.models.conditioning import unet_conditioning
 from lowvram.train.loop import train
-from lowvram.train.loss import diffusion_loss, elementwise_loss, huber_threshold
+from lowvram.train.loss import Objective, diffusion_loss, elementwise_loss, huber_threshold, sample_timesteps
 from lowvram.train.setup import noise_schedules
 
 
@@ -81,8 +81,8 @@ def test_the_huber_threshold_runs_from_1_at_no_noise_to_c_at_full_noise(schedule
 @pytest.mark.parametrize("loss", ["l1", "huber", "smooth_l1"])
 def test_each_loss_trains_the_u_net_through_the_real_objective(loss):
     model, scheduler, latents, noise, _, conditioning = tiny_step_inputs()
-    value = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, torch.tensor([100, 900]), loss=loss,
-                           huber=(0.1, "snr"))
+    value = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, torch.tensor([100, 900]),
+                           Objective(loss, huber=(0.1, "snr")))
     value.backward()
     assert torch.isfinite(value) and any(p.grad is not None and p.grad.abs().sum() > 0
                                          for p in model.unet.parameters())
@@ -119,3 +119,34 @@ def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path
         train(run_config(output=str(tmp_path), zero_terminal_snr=True))
     with pytest.raises(LowvramError, match="--zero-terminal-snr: the last timestep's input is pure noise"):
         build_config({"model": "tiny", "data": "sample", "zero_terminal_snr": True, "prediction_type": "epsilon"})
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_debiased_estimation_weighs_each_timestep_by_its_snr(prediction_type):
+    model, scheduler, latents, noise, _, conditioning = tiny_step_inputs(prediction_type)
+    timesteps = torch.tensor([0, 500])
+    alone = [{name: value[i:i + 1] for name, value in conditioning.items()} for i in range(2)]
+    with torch.no_grad():
+        per_sample = [diffusion_loss(model.unet, scheduler, latents[i:i + 1], alone[i], noise[i:i + 1],
+                                     timesteps[i:i + 1]).item() for i in range(2)]
+        got = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps, Objective(debiased=True))
+    snr = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod))[timesteps].clamp(max=1000)
+    weight = snr.rsqrt() if prediction_type == "epsilon" else 1 / (snr + 1)
+    assert got.item() == pytest.approx(sum(w * l for w, l in zip(weight.tolist(), per_sample)) / 2, rel=1e-4)
+
+
+def test_timesteps_stay_in_the_range_asked_for():
+    scheduler = DDPMScheduler.from_pretrained(load_model("tiny").family.config_dir, subfolder="scheduler")
+    drawn = sample_timesteps(scheduler, 4000, torch.device("cpu"), between=(200, 300))
+    assert drawn.min().item() == 200 and drawn.max().item() == 299
+    whole = sample_timesteps(scheduler, 4000, torch.device("cpu"))
+    assert whole.min().item() < 10 and whole.max().item() > 990
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"min_timestep": 500, "max_timestep": 500}, "--min-timestep: 500 is not below --max-timestep 500"),
+    ({"max_timestep": 1001}, "--max-timestep: 1001 is not in \\(0, 1000\\]"),
+])
+def test_an_empty_or_outside_timestep_range_is_refused(values, message):
+    with pytest.raises(LowvramError, match=message):
+        build_config({"model": "tiny", "data": "sample", **values})

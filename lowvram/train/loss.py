@@ -1,13 +1,31 @@
-"""The diffusion training objective: DDPM noising, epsilon or v target, min-SNR weighting, noise offset, input
-perturbation, and the loss between prediction and target (squared, absolute or pseudo-Huber)."""
+"""The diffusion training objective: DDPM noising, epsilon or v target, noise offset, input perturbation, a
+timestep range, the loss between prediction and target (squared, absolute or pseudo-Huber) and its weighting per
+timestep (min-SNR, debiased estimation)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
-from lowvram.config import HUBER_C, HUBER_LOSSES, HUBER_SCHEDULES
+from lowvram.config import HUBER_C, HUBER_LOSSES, HUBER_SCHEDULES, RunConfig
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the loss is and how each timestep's is weighed (the plain l2 loss by default)."""
+
+    loss: str = "l2"  # l2, l1, huber or smooth_l1
+    huber: tuple[float, str] = (HUBER_C, HUBER_SCHEDULES[0])  # the Huber threshold at the noisiest step, schedule
+    min_snr_gamma: float | None = None
+    debiased: bool = False  # weigh each timestep by 1/sqrt(SNR) (1/(SNR+1) for v-prediction)
+
+    @classmethod
+    def of(cls, config: RunConfig) -> Objective:
+        t = config.training
+        return cls(t.loss, config.huber, t.min_snr_gamma, t.debiased_estimation)
 
 
 def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -19,8 +37,12 @@ def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Ge
     return noise
 
 
-def sample_timesteps(scheduler, batch: int, device: torch.device, generator: torch.Generator | None = None):
-    return torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device)
+def sample_timesteps(scheduler, batch: int, device: torch.device, generator: torch.Generator | None = None,
+                     between: tuple[int | None, int | None] = (None, None)):
+    """Uniform timesteps in [low, high) (kohya's --min_timestep, --max_timestep), the whole schedule by default."""
+    low, high = between
+    high = scheduler.config.num_train_timesteps if high is None else high
+    return torch.randint(low or 0, high, (batch,), generator=generator, device=device)
 
 
 def huber_threshold(scheduler, timesteps: torch.Tensor, c: float, schedule: str) -> torch.Tensor:
@@ -51,32 +73,34 @@ def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str,
 
 
 def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, conditioning: dict,
-                   noise: torch.Tensor, timesteps: torch.Tensor, min_snr_gamma: float | None = None,
+                   noise: torch.Tensor, timesteps: torch.Tensor, objective: Objective = Objective(),
                    weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                   perturbation: torch.Tensor | None = None, loss: str = "l2",
-                   huber: tuple[float, str] = (HUBER_C, HUBER_SCHEDULES[0])) -> torch.Tensor:
-    """The loss (`loss`: l2 by default) between the U-Net's prediction for the noised latents and its target
-    (noise or velocity).
+                   perturbation: torch.Tensor | None = None) -> torch.Tensor:
+    """The `objective`'s loss between the U-Net's prediction for the noised latents and its target (noise or
+    velocity).
 
     `weights` scale each sample (regularization images); `mask` (B, 1, h, w) in [0, 1] restricts the loss
     to the opaque part of an image (alpha as loss mask); `perturbation` is added to the noise the input gets,
-    not to the one the target is made of (input perturbation, Ning et al. 2023); `huber` is the pseudo-Huber
-    losses' (threshold at the noisiest timestep, schedule)."""
+    not to the one the target is made of (input perturbation, Ning et al. 2023)."""
     noisy = scheduler.add_noise(latents, noise if perturbation is None else noise + perturbation, timesteps)
     prediction_type = scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, **conditioning).sample
-    threshold = huber_threshold(scheduler, timesteps, *huber) if loss in HUBER_LOSSES else None
-    error = elementwise_loss(prediction.float(), target.float(), loss, threshold)
+    huber = objective.loss in HUBER_LOSSES
+    threshold = huber_threshold(scheduler, timesteps, *objective.huber) if huber else None
+    error = elementwise_loss(prediction.float(), target.float(), objective.loss, threshold)
     if mask is None:
         loss = error.mean(dim=(1, 2, 3))
     else:
         mask = mask.to(error)
         loss = (error * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1)
-    if min_snr_gamma:
+    if objective.min_snr_gamma:
         snr = compute_snr(scheduler, timesteps)
-        weight = snr.clamp(max=min_snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+        weight = snr.clamp(max=objective.min_snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
         loss = loss * weight
+    if objective.debiased:  # Yu et al. 2024; the SNR capped at 1000 as kohya does, else timestep 0 weighs nothing
+        snr = compute_snr(scheduler, timesteps).clamp(max=1000)
+        loss = loss * (snr.rsqrt() if prediction_type == "epsilon" else 1 / (snr + 1))
     if weights is not None:
         loss = loss * weights.to(loss)
     return loss.mean()

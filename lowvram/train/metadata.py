@@ -12,6 +12,7 @@ import tomli_w
 
 import lowvram
 from lowvram.adapters import lora_files
+from lowvram.config import TRAIN_TIMESTEPS
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import ResolvedRun
 
@@ -48,6 +49,9 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_noise_offset": f"{config.training.noise_offset:g}",
         "ss_ip_noise_gamma": f"{config.training.ip_noise_gamma:g}" if config.training.ip_noise_gamma else "None",
         "ss_min_snr_gamma": f"{config.training.min_snr_gamma or 0:g}",
+        "ss_debiased_estimation": str(config.training.debiased_estimation),
+        "ss_min_timestep": str(config.training.min_timestep or 0),
+        "ss_max_timestep": str(config.training.max_timestep or TRAIN_TIMESTEPS),
         "ss_zero_terminal_snr": str(bool(model.pipeline.scheduler.config.get("rescale_betas_zero_snr"))),
         "ss_loss_type": config.training.loss,
         "ss_huber_c": f"{config.huber[0]:g}",

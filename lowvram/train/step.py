@@ -17,7 +17,7 @@ from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.models.conditioning import encode_prompts, unet_conditioning
 from lowvram.train import checkpoint
-from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
+from lowvram.train.loss import Objective, diffusion_loss, sample_noise, sample_timesteps
 from lowvram.train.setup import Session, Trainee
 
 MAX_BAD_STEPS = 5  # non-finite steps in a row before the run stops
@@ -56,13 +56,13 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
         pooled = batch.pooled.to(dtype) if batch.pooled is not None else None
     conditioning = unet_conditioning(model.family, hidden, pooled, batch.time_ids)
     noise = sample_noise(latents, config.training.noise_offset)
-    timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device)
+    timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device,
+                                 between=(config.training.min_timestep, config.training.max_timestep))
     gamma = config.training.ip_noise_gamma
     perturbation = gamma * torch.randn_like(latents) if gamma else None
     with accelerator.autocast(), offloading(session):
         loss = diffusion_loss(trainee.unet, trainee.noise_scheduler, latents, conditioning, noise, timesteps,
-                              config.training.min_snr_gamma, batch.weights, batch.mask, perturbation,
-                              config.training.loss, config.huber)
+                              Objective.of(config), batch.weights, batch.mask, perturbation)
     accelerator.backward(loss * share)
     return loss.detach().float() * share
 
