@@ -98,7 +98,7 @@ def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, cond
         snr = compute_snr(scheduler, timesteps)
         weight = snr.clamp(max=objective.min_snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
         loss = loss * weight
-    if objective.debiased:  # Yu et al. 2024; the SNR capped at 1000 as kohya does, else timestep 0 weighs nothing
+    if objective.debiased:  # the SNR capped at 1000 as kohya caps it: a noiseless first step's is infinite
         snr = compute_snr(scheduler, timesteps).clamp(max=1000)
         loss = loss * (snr.rsqrt() if prediction_type == "epsilon" else 1 / (snr + 1))
     if weights is not None:
