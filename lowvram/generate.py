@@ -9,7 +9,7 @@ import torch
 
 from lowvram.errors import LowvramError
 from lowvram.hardware import detect
-from lowvram.models.loading import load_model
+from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
@@ -23,6 +23,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
             raise LowvramError(f"--lora: file not found: {args.lora}")
         if args.lora.suffix.lower() != ".safetensors":
             raise LowvramError(f"--lora: {args.lora} is not a .safetensors file")
+        for change in follow_lora_schedule(model, args.lora):
+            print(f"the LoRA was trained with {change}: sampling with it too")
         if _lycoris_kind(args.lora):  # DoRA, LoHa, LoKr: diffusers drops or refuses them; peft applies them
             from lowvram.adapters.lora_files import load_kohya
 
@@ -46,6 +48,27 @@ def generate(args: argparse.Namespace) -> list[Path]:
         image.save(path)
         paths.append(path)
     return paths
+
+
+def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
+    """A LoRA trained with v-prediction or zero terminal SNR (its modelspec.prediction_type and
+    ss_zero_terminal_snr) on a base model whose own scheduler says neither: the sampler is set to what training
+    used. What was changed, in words."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(lora), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (OSError, SafetensorError):
+        return []  # _lycoris_kind names the unreadable file
+    scheduler, changes = model.pipeline.scheduler, []
+    if metadata.get("modelspec.prediction_type") == "v" and scheduler.config.prediction_type != "v_prediction":
+        scheduler.register_to_config(prediction_type="v_prediction")
+        changes.append("v-prediction")
+    if metadata.get("ss_zero_terminal_snr") == "True" and not scheduler.config.get("rescale_betas_zero_snr"):
+        model.pipeline.scheduler = zero_terminal_snr_sampler(scheduler)
+        changes.append("zero terminal SNR")
+    return changes
 
 
 def _lycoris_kind(path: Path) -> str | None:

@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from lowvram.configure import build_config
 from lowvram.errors import LowvramError
+from lowvram.generate import follow_lora_schedule
 from lowvram.models import load_model
 from lowvram.models.conditioning import unet_conditioning
 from lowvram.train.loop import train
@@ -112,6 +113,11 @@ def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_mat
         config.output, sample_prompts=("lvshape, a red circle",), sample_steps=3)))
     assert result.final_loss == result.final_loss and result.samples  # trained (no NaN) and sampled
     assert safe_open(str(result.lora_path), framework="pt").metadata()["ss_zero_terminal_snr"] == "True"
+    base = load_model("tiny")  # epsilon, no rescaling: generate follows what the LoRA was trained with
+    assert follow_lora_schedule(base, result.lora_path) == ["v-prediction", "zero terminal SNR"]
+    sampler = base.pipeline.scheduler.config
+    assert sampler.prediction_type == "v_prediction" and sampler.rescale_betas_zero_snr
+    assert follow_lora_schedule(base, result.lora_path) == []  # nothing left to change
 
 
 def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path):
