@@ -31,6 +31,7 @@ LOSSES = ("l2", "l1", "huber", "smooth_l1")  # kohya's --loss_type values
 HUBER_LOSSES = ("huber", "smooth_l1")
 HUBER_SCHEDULES = ("snr", "exponential", "constant")  # the first is the default, as in kohya
 HUBER_C = 0.1  # kohya's default --huber_c
+MULTIRES_DISCOUNT = 0.3  # kohya's default --multires_noise_discount
 TRAIN_TIMESTEPS = 1000  # the length of SD1.5's and SDXL's noise schedules
 ZERO_SNR_NEEDS_V = ("the last timestep's input is pure noise, in which an epsilon model has nothing to predict; it "
                     "needs a v-prediction model (--prediction-type v_prediction if the model is one)")
@@ -173,6 +174,12 @@ class TrainingConfig:
     resume: str | None = option(None, "Continue from a checkpoint folder, or 'auto' for the newest in the "
                                 "output folder.", metavar="PATH|auto")
     noise_offset: float = option(0.0, "Noise offset (e.g. 0.05) so the model learns very dark/bright images.")
+    multires_noise_iterations: int | None = option(None, "Multi-resolution (pyramid) noise: this many layers of "
+                                                   "coarser noise added (kohya's --multires_noise_iterations; 6-10 "
+                                                   "is usual), another way to reach very dark or bright images.",
+                                                   metavar="N")
+    multires_noise_discount: float | None = option(None, "Weight of each coarser layer relative to the one before "
+                                                   f"(default {MULTIRES_DISCOUNT}).", metavar="D")
     ip_noise_gamma: float = option(0.0, "Input perturbation (kohya's --ip_noise_gamma): the U-Net is given latents "
                                    "noised with the noise plus this much more, and still predicts the noise alone; "
                                    "0.1 is usual, 0 is off.", metavar="G")
@@ -283,6 +290,15 @@ class RunConfig:
         if self.optim.lr is not None:
             return self.optim.lr
         return OPTIMIZERS[self.optim.optimizer].default_lr
+
+    @property
+    def multires_noise(self) -> tuple[int, float] | None:
+        """(iterations, discount) of multi-resolution noise, or None without it."""
+        t = self.training
+        if not t.multires_noise_iterations:
+            return None
+        return t.multires_noise_iterations, (MULTIRES_DISCOUNT if t.multires_noise_discount is None
+                                             else t.multires_noise_discount)
 
     @property
     def huber(self) -> tuple[float, str]:

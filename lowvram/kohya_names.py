@@ -57,6 +57,8 @@ KOHYA_FLAGS = {
     "--max_token_length": "--max-token-length",
     "--noise_offset": "--noise-offset",
     "--ip_noise_gamma": "--ip-noise-gamma",
+    "--multires_noise_iterations": "--multires-noise-iterations",
+    "--multires_noise_discount": "--multires-noise-discount",
     "--zero_terminal_snr": "--zero-terminal-snr",
     "--loss_type": "--loss",
     "--debiased_estimation_loss": "--debiased-estimation",

@@ -16,7 +16,14 @@ from lowvram.generate import follow_lora_schedule
 from lowvram.models import load_model
 from lowvram.models.conditioning import unet_conditioning
 from lowvram.train.loop import train
-from lowvram.train.loss import Objective, diffusion_loss, elementwise_loss, huber_threshold, sample_timesteps
+from lowvram.train.loss import (
+    Objective,
+    diffusion_loss,
+    elementwise_loss,
+    huber_threshold,
+    sample_noise,
+    sample_timesteps,
+)
 from lowvram.train.setup import noise_schedules
 
 
@@ -154,5 +161,29 @@ def test_timesteps_stay_in_the_range_asked_for():
     ({"max_timestep": 1001}, "--max-timestep: 1001 is not in \\(0, 1000\\]"),
 ])
 def test_an_empty_or_outside_timestep_range_is_refused(values, message):
+    with pytest.raises(LowvramError, match=message):
+        build_config({"model": "tiny", "data": "sample", **values})
+
+
+def test_multires_noise_has_unit_variance_and_far_more_coarse_structure_than_plain_noise():
+    latents = torch.zeros(8, 4, 64, 64)
+    torch.manual_seed(0)
+    plain = sample_noise(latents, 0.0)
+    pyramid, strong = (sample_noise(latents, 0.0, multires=(6, discount)) for discount in (0.3, 0.8))
+    assert pyramid.std().item() == pytest.approx(1.0, rel=1e-3) and strong.std().item() == pytest.approx(1.0, rel=1e-3)
+    # the low frequencies plain noise averages away: kohya's default discount adds a third, 0.8 ten times as much
+    coarse = [torch.nn.functional.avg_pool2d(n, 8).var().item() for n in (plain, pyramid, strong)]
+    assert coarse[1] > 1.2 * coarse[0] and coarse[2] > 8 * coarse[0], coarse
+    torch.manual_seed(0)
+    sample_noise(latents, 0.0)
+    assert torch.equal(sample_noise(latents, 0.0, multires=(6, 0.3)), pyramid)  # the seed decides it all: resumable
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"multires_noise_iterations": 6, "noise_offset": 0.05}, "--multires-noise-iterations and --noise-offset"),
+    ({"multires_noise_discount": 0.3}, "--multires-noise-discount: only used with --multires-noise-iterations"),
+    ({"multires_noise_iterations": 6, "multires_noise_discount": 1.5}, "--multires-noise-discount: must be in"),
+])
+def test_multires_noise_options_that_do_not_go_together_are_refused(values, message):
     with pytest.raises(LowvramError, match=message):
         build_config({"model": "tiny", "data": "sample", **values})

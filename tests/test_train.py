@@ -167,7 +167,8 @@ def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):
     {"scheduler": "cosine_with_restarts", "warmup_steps": 2, "scheduler_cycles": 2, "gradient_accumulation": 2,
      "batch_size": 2, "gradient_checkpointing": True, "unet_weights": "fp8", "optimizer": "adamw8bit",
      "debiased_estimation": True, "min_timestep": 100, "max_timestep": 900},
-    {"epochs": 1, "batch_size": 3, "scheduler": "linear", "max_steps": None, "tag_dropout": 0.5, "keep_tokens": 1},
+    {"epochs": 1, "batch_size": 3, "scheduler": "linear", "max_steps": None, "tag_dropout": 0.5, "keep_tokens": 1,
+     "multires_noise_iterations": 6},
 ])
 def test_training_options_run_and_are_recorded(tmp_path, options):
     result = train(run_config(output=str(tmp_path), **options))
@@ -183,6 +184,7 @@ def test_training_options_run_and_are_recorded(tmp_path, options):
         assert result.steps == 10 and meta["ss_epoch"] == "1"  # 30 images with repeats / batch 3
         # "lvshape, a red circle ...": with and without its second tag, both cached and drawn from
         assert all(len(sample.text_keys) == 2 for sample in result.data.samples)
+        assert (meta["ss_multires_noise_iterations"], meta["ss_multires_noise_discount"]) == ("6", "0.3")
     assert result.final_loss == result.final_loss  # not NaN
 
 

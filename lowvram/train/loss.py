@@ -28,13 +28,33 @@ class Objective:
         return cls(t.loss, config.huber, t.min_snr_gamma, t.debiased_estimation)
 
 
-def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Gaussian noise; with an offset, plus a per-channel constant so the model can shift overall brightness."""
+def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None = None,
+                 multires: tuple[int, float] | None = None) -> torch.Tensor:
+    """Gaussian noise; with an offset, plus a per-channel constant so the model can shift overall brightness; with
+    `multires` (iterations, discount), plus noise drawn at ever coarser scales (kohya's multires noise)."""
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     if noise_offset:
         noise += noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator,
                                             device=latents.device, dtype=latents.dtype)
+    if multires:
+        noise = pyramid_noise(noise, *multires, generator)
     return noise
+
+
+def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise plus `iterations` more, the i-th drawn at a scale 1/r^i for a random r in [2, 4), scaled up to the
+    latent's size and weighed by discount^i, all rescaled to unit variance: the low frequencies plain noise barely
+    has (Whitaker's pyramid noise, as kohya's --multires_noise_iterations adds it). The factors come from torch's
+    CPU generator, whose state checkpoints keep, so a resumed run draws the same."""
+    height, width = noise.shape[-2:]
+    for i, factor in enumerate((2 + 2 * torch.rand(iterations)).tolist()):
+        coarse = (max(1, int(height / factor**i)), max(1, int(width / factor**i)))
+        drawn = torch.randn((*noise.shape[:2], *coarse), generator=generator, device=noise.device, dtype=noise.dtype)
+        noise = noise + F.interpolate(drawn, size=(height, width), mode="bilinear") * discount**i
+        if min(coarse) == 1:
+            break
+    return noise / noise.std()
 
 
 def sample_timesteps(scheduler, batch: int, device: torch.device, generator: torch.Generator | None = None,

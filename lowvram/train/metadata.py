@@ -47,6 +47,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_max_token_length": str(config.data.max_token_length),
         "ss_clip_skip": str(config.data.clip_skip) if config.data.clip_skip > 1 else "None",
         "ss_noise_offset": f"{config.training.noise_offset:g}",
+        "ss_multires_noise_iterations": str(config.multires_noise[0]) if config.multires_noise else "None",
+        "ss_multires_noise_discount": f"{config.multires_noise[1]:g}" if config.multires_noise else "None",
         "ss_ip_noise_gamma": f"{config.training.ip_noise_gamma:g}" if config.training.ip_noise_gamma else "None",
         "ss_min_snr_gamma": f"{config.training.min_snr_gamma or 0:g}",
         "ss_debiased_estimation": str(config.training.debiased_estimation),

@@ -55,7 +55,7 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
         hidden = batch.hidden.to(dtype)
         pooled = batch.pooled.to(dtype) if batch.pooled is not None else None
     conditioning = unet_conditioning(model.family, hidden, pooled, batch.time_ids)
-    noise = sample_noise(latents, config.training.noise_offset)
+    noise = sample_noise(latents, config.training.noise_offset, multires=config.multires_noise)
     timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device,
                                  between=(config.training.min_timestep, config.training.max_timestep))
     gamma = config.training.ip_noise_gamma
