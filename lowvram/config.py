@@ -137,6 +137,11 @@ class NetworkConfig:
                               "default LoRA); full (also the ResNet convolutions: kohya's LoCon, often used for "
                               "styles). More layers: more capacity, a larger file, a little more memory.",
                               choices=LORA_LAYERS)
+    conv_rank: int | None = option(None, "Rank of the 3x3 convolutions that --lora-layers full adapts (kohya's "
+                                   "conv_dim; default: --rank). Linear layers and 1x1 convolutions keep --rank.",
+                                   metavar="R")
+    conv_alpha: float | None = option(None, "Alpha of those convolutions (kohya's conv_alpha; default: the same "
+                                      "alpha/rank scale as the other layers).")
     lokr_factor: int = option(-1, "LoKr: the factor the first Kronecker matrix's sides are split by (-1: as "
                               "square as possible; 4-16 gives smaller files).", metavar="F")
     train_text_encoder: bool = option(False, "Also train LoRA adapters on the text encoder(s).")
@@ -144,6 +149,25 @@ class NetworkConfig:
                                          "its weights fill the adapters before the first step, e.g. to train "
                                          "a LoRA further on new images. Its type, rank, alpha and layers must "
                                          "match --network, --rank, --alpha and --lora-layers.", metavar="FILE")
+
+    @property
+    def resolved_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+    @property
+    def conv_rank_alpha(self) -> tuple[int, float]:
+        """(rank, alpha) of the adapted 3x3 convolutions: --conv-rank and --conv-alpha, by default --rank and
+        the alpha that keeps the other layers' alpha/rank scale."""
+        rank = self.conv_rank if self.conv_rank is not None else self.rank
+        if self.conv_alpha is not None:
+            return rank, float(self.conv_alpha)
+        return rank, self.resolved_alpha * rank / self.rank
+
+    @property
+    def distinct_conv(self) -> tuple[int, float] | None:
+        """`conv_rank_alpha` where the convolutions are adapted and differ from the other layers, else None."""
+        conv = self.conv_rank_alpha
+        return conv if self.lora_layers == "full" and conv != (self.rank, self.resolved_alpha) else None
 
 
 @dataclass(frozen=True)
@@ -283,7 +307,7 @@ class RunConfig:
 
     @property
     def alpha(self) -> float:
-        return float(self.network.alpha if self.network.alpha is not None else self.network.rank)
+        return self.network.resolved_alpha
 
     @property
     def lr(self) -> float:

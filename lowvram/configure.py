@@ -300,6 +300,12 @@ def _check(c: RunConfig) -> list[str]:
         p.append(f"--caption-template: {c.data.caption_template!r}: the only placeholder is {{trigger}}")
     positive("rank", c.network.rank)
     positive("alpha", c.network.alpha)
+    positive("conv-rank", c.network.conv_rank)
+    positive("conv-alpha", c.network.conv_alpha)
+    for flag, value in (("--conv-rank", c.network.conv_rank), ("--conv-alpha", c.network.conv_alpha)):
+        if value is not None and c.network.lora_layers != "full":
+            p.append(f"{flag}: only --lora-layers full adapts the convolutions (kohya's LoCon); add --lora-layers "
+                     f"full or drop {flag}")
     if not 0 <= c.network.dropout < 1:
         p.append(f"--dropout: must be in [0, 1), got {c.network.dropout}")
     positive("lr", c.optim.lr)

@@ -19,6 +19,10 @@ _FOLDER = re.compile(r"(?<![\w.:/\\])(?:[A-Za-z]:[\\/]|/)(?:[^\s\"'<>|*?\\/:]+[\
 _NETWORKS = ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"), (".lora_down.", "LoRA"),
              (".lora_A.", "LoRA (diffusers/peft layout)"))
 
+# where a module's rank is: the inner side of its low-rank pair (a LoKr with both factors whole has none)
+_RANK_AXES = ((".lora_down.weight", 0), (".lora_A.weight", 0), (".hada_w1_b", 0), (".lokr_w1_b", 0),
+              (".lokr_w2_b", 0))
+
 
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
     """(metadata, {tensor name: (dtype, shape)}), reading no tensor data."""
@@ -40,8 +44,13 @@ def describe(path: Path) -> dict:
     network = next((name for marker, name in _NETWORKS if any(marker in key for key in tensors)), "unknown")
     modules = {key.split(".", 1)[0] for key in tensors}
     params = sum(_count(shape) for _, shape in tensors.values())
+    rank_of = {key.split(".", 1)[0]: shape[axis] for key, (_, shape) in tensors.items()
+               for suffix, axis in _RANK_AXES if key.endswith(suffix)}  # one per module
+    ranks: dict[int, int] = {}
+    for rank in rank_of.values():
+        ranks[rank] = ranks.get(rank, 0) + 1
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "modules": len(modules),
-            "parameters": params, "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
+            "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params, "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
             "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)})}
 
 
@@ -83,7 +92,10 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
         print(json.dumps(info, indent=2))
         return
     console = Console()
-    console.print(f"[bold]{path.name}[/]: {info['network']}, {info['modules']} modules, {info['parameters']:,} "
+    ranks = info["ranks"]
+    shown = (f"rank {next(iter(ranks))}, " if len(ranks) == 1 else
+             "ranks " + ", ".join(f"{rank} ({count} module{'s' * (count > 1)})" for rank, count in ranks.items()) + ", " if ranks else "")
+    console.print(f"[bold]{path.name}[/]: {info['network']}, {info['modules']} modules, {shown}{info['parameters']:,} "
                   f"parameters ({', '.join(info['dtypes'])}), {info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     table = Table(title="metadata")
     table.add_column("key", no_wrap=True)

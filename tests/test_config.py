@@ -57,6 +57,20 @@ def test_text_encoder_lr_without_training_the_text_encoder_is_refused():
         build_config({"model": "tiny", "data": "sample", "text_encoder_lr": 1e-5})
 
 
+def test_conv_rank_and_alpha_need_the_convolutions_adapted_and_default_to_the_same_scale():
+    for flag in ("conv_rank", "conv_alpha"):
+        with pytest.raises(LowvramError, match=f"--{flag.replace('_', '-')}: only --lora-layers full adapts"):
+            build_config({"model": "tiny", "data": "sample", flag: 4})
+    with pytest.raises(LowvramError, match="--conv-rank: must be > 0, got 0"):
+        build_config({"model": "tiny", "data": "sample", "lora_layers": "full", "conv_rank": 0})
+    def conv(**values):
+        return build_config({"model": "tiny", "data": "sample", "lora_layers": "full"} | values).network
+    assert conv(rank=16).conv_rank_alpha == (16, 16.0) and conv(rank=16).distinct_conv is None
+    assert conv(rank=16, alpha=8).conv_rank_alpha == (16, 8.0)
+    assert conv(rank=16, alpha=8, conv_rank=4).conv_rank_alpha == (4, 2.0)  # alpha/rank stays 1/2
+    assert conv(rank=16, conv_rank=4, conv_alpha=1).distinct_conv == (4, 1.0)
+
+
 @pytest.mark.parametrize("text, expected", [("500", (500, "steps")), ("2e", (2, "epochs")),
                                             ("3 epochs", (3, "epochs")), ("100steps", (100, "steps"))])
 def test_save_every_accepts_steps_and_epochs(text, expected):

@@ -12,13 +12,14 @@ from lowvram.errors import LowvramError
 from lowvram.models import load_model
 from lowvram.train.loop import train
 
-CASES = [("tiny", "lora", "attn"), ("tiny", "dora", "full"), ("tiny-sdxl", "loha", "attn-mlp"), ("tiny", "lokr", "attn"),
-         ("tiny-sdxl", "lokr", "full")]
+CASES = [("tiny", "lora", "attn"), ("tiny", "dora", "full", "conv"), ("tiny-sdxl", "loha", "attn-mlp"),
+         ("tiny", "lokr", "attn"), ("tiny-sdxl", "lokr", "full")]
+CONV = {"conv_rank": 2, "conv_alpha": 3.0}  # "conv": the 3x3 convolutions' own rank and alpha (kohya's conv_dim)
 
 
-def settings(model: str, network: str, layers: str, **overrides) -> dict:
+def settings(model: str, network: str, layers: str, conv: str = "", **overrides) -> dict:
     return {"model": model, "network": network, "lora_layers": layers, "rank": 4, "alpha": 2.0,
-            "train_text_encoder": True, "save_precision": "fp32"} | overrides
+            "train_text_encoder": True, "save_precision": "fp32"} | (CONV if conv else {}) | overrides
 
 
 @pytest.fixture(scope="module", params=CASES, ids="-".join)
@@ -60,10 +61,14 @@ def test_a_file_of_another_type_rank_or_layer_set_is_refused_in_one_line(first, 
     path = str(result.lora_path)
     other = {"lora": "loha", "dora": "lora", "loha": "lokr", "lokr": "lora"}[values["network"]]
     cases = [({"network": other}, f"pass --network {values['network']}"),
-             ({"lora_layers": "attn"} if values["lora_layers"] != "attn" else None, "--lora-layers"),
+             ({"lora_layers": "attn", "conv_rank": None, "conv_alpha": None} if values["lora_layers"] != "attn"
+              else None, "--lora-layers"),
              ({"train_text_encoder": False, "text_encoder_lr": None}, "--train-text-encoder")]
     if values["network"] != "lokr" or values["lora_layers"] != "attn":  # tiny LoKr with whole factors has no rank
         cases.append(({"rank": 8}, "was trained with rank 4 and alpha 2; pass --rank 4 --alpha 2"))
+    if "conv_rank" in values:
+        cases.append(({"conv_rank": None, "conv_alpha": None},
+                      "was trained with 3x3 convolutions of rank 2 and alpha 3; pass --conv-rank 2 --conv-alpha 3"))
     for change, expected in cases:
         if change is None:
             continue

@@ -36,19 +36,24 @@ REFUSED = {("loha", "bnb-nf4"), ("lokr", "bnb-nf4"), ("dora", "fp8"), ("dora", "
            ("dora", "w8a8-fp8")}
 
 
+CONV = {"conv_rank": 2, "conv_alpha": 3.0}  # "conv": the 3x3 convolutions' own rank and alpha (kohya's conv_dim)
+
+
 @pytest.fixture(scope="module", params=[("tiny", "lora"), ("tiny", "dora"), ("tiny", "loha"), ("tiny", "lokr"),
-                                        ("tiny-sdxl", "lokr"), ("tiny", "lora", "full"), ("tiny-sdxl", "dora", "full"),
-                                        ("tiny", "loha", "full"), ("tiny-sdxl", "lokr", "attn-mlp")], ids="-".join)
+                                        ("tiny-sdxl", "lokr"), ("tiny", "lora", "full"),
+                                        ("tiny-sdxl", "dora", "full", "conv"), ("tiny", "loha", "full", "conv"),
+                                        ("tiny-sdxl", "lokr", "attn-mlp")], ids="-".join)
 def trained(request, tmp_path_factory):
     """A short run with alpha != rank and the text encoder(s) trained, saved in fp32 (lora and dora also in
     diffusers' layout). On tiny every LoKr layer keeps both Kronecker factors whole; on tiny-sdxl the 80-wide
     cross-attention inputs decompose the second one. With --lora-layers full the ResNet convolutions (3x3, and
-    1x1 shortcuts) carry adapters too."""
-    model, network, layers = (*request.param, "attn")[:3]
+    1x1 shortcuts) carry adapters too; "conv" gives the 3x3 ones their own rank and alpha."""
+    model, network, *rest = request.param
+    layers, conv = rest[0] if rest else "attn", "conv" in rest
     out = tmp_path_factory.mktemp(f"{model}-{network}-{layers}")
     config = run_config(model=model, network=network, output=str(out), max_steps=3, rank=4, alpha=2.0, lr=1e-2,
                         train_text_encoder=True, text_encoder_lr=5e-3, save_precision="fp32", lora_layers=layers,
-                        format="diffusers" if network in ("lora", "dora") else "kohya")
+                        format="diffusers" if network in ("lora", "dora") else "kohya", **(CONV if conv else {}))
     return config, train(config)
 
 
@@ -248,7 +253,9 @@ def test_metadata_names_the_network_as_kohya_and_lycoris_do(trained):
     layers = config.network.lora_layers
     assert meta["lowvram.network"] == network and meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2"
     assert meta["lowvram.lora_layers"] == layers
-    conv = {"conv_dim": "4", "conv_alpha": "2"} if layers == "full" else {}  # kohya's LoCon arguments
+    conv_rank, conv_alpha = config.network.conv_rank_alpha
+    conv = {"conv_dim": str(conv_rank), "conv_alpha": f"{conv_alpha:g}"} if layers == "full" else {}  # kohya's LoCon
+    assert conv_rank == (2 if config.network.conv_rank else 4)
     if network == "lora":
         assert meta["ss_network_module"] == "networks.lora"
         assert json.loads(meta.get("ss_network_args", "{}")) == conv
@@ -258,6 +265,24 @@ def test_metadata_names_the_network_as_kohya_and_lycoris_do(trained):
                 "lokr": {"algo": "lokr", "factor": "-1"}}[network]
     preset = {"attn": "attn-only", "attn-mlp": "attn-mlp", "full": "full"}[layers]
     assert json.loads(meta["ss_network_args"]) == expected | {"preset": preset} | conv
+
+
+def test_3x3_convolutions_take_their_own_rank_and_alpha(trained):
+    """kohya's conv_dim/conv_alpha: the 3x3 convolutions take --conv-rank and --conv-alpha; linear layers and 1x1
+    convolutions keep --rank and --alpha (by default, the convolutions too)."""
+    config, result = trained
+    if config.network.lora_layers != "full":
+        pytest.skip("no convolutions adapted")
+    conv_rank, conv_alpha = config.network.conv_rank_alpha
+    state = load_file(str(result.lora_path))
+    seen = set()
+    for key, layer in adapted_layers(result.model):
+        base = layer.get_base_layer()
+        spatial = isinstance(base, torch.nn.Conv2d) and base.kernel_size != (1, 1)
+        seen.add(spatial)
+        down = state.get(f"{key}.lora_down.weight", state.get(f"{key}.hada_w1_b"))
+        assert (down.shape[0], state[f"{key}.alpha"].item()) == ((conv_rank, conv_alpha) if spatial else (4, 2.0)), key
+    assert seen == {True, False}
 
 
 def test_metadata_records_lokr_factor_and_module_dropout():

@@ -202,18 +202,23 @@ def test_plan_scans_a_real_dataset_too(tmp_path):
     assert "chose" in done.stdout
 
 
-@pytest.mark.parametrize("layers", ["attn", "attn-mlp", "full"])
+@pytest.mark.parametrize("layers, conv_rank", [("attn", None), ("attn-mlp", None), ("full", None), ("full", 2)])
 @pytest.mark.parametrize("network", ["lora", "dora", "loha", "lokr"])
-def test_the_estimate_counts_each_network_types_parameters(network, layers):
+def test_the_estimate_counts_each_network_types_parameters(network, layers, conv_rank):
     from lowvram.adapters.networks import add_adapter
     from lowvram.models import load_model
     from lowvram.plan.estimate import adapter_params, family_data
 
     model = load_model("tiny")
     family = model.family
-    real = sum(p.numel() for p in add_adapter(model.unet, family.lora_targets("unet", layers), 4, 4, 0.0, network))
-    estimated = adapter_params(family_data(family), Workload(family, 64, rank=4, network=network,
+    conv = (conv_rank, float(conv_rank)) if conv_rank else None  # --conv-rank: the 3x3 convolutions' own rank
+    real = sum(p.numel() for p in add_adapter(model.unet, family.lora_targets("unet", layers), 4, 4, 0.0, network,
+                                              conv=conv))
+    estimated = adapter_params(family_data(family), Workload(family, 64, rank=4, conv_rank=conv_rank, network=network,
                                                              lora_layers=layers), ["unet"])
+    if conv_rank:
+        assert estimated < adapter_params(family_data(family), Workload(family, 64, rank=4, network=network,
+                                                                        lora_layers=layers), ["unet"])
     if network == "lokr":
         assert real <= estimated  # LoRA's count bounds LoKr's
     else:

@@ -104,9 +104,22 @@ def test_info_prints_another_trainers_lora(tmp_path, capsys):
     path = kohya_file(tmp_path / "ohwx_dog.safetensors")
     assert main(["info", str(path)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "LoRA, 2 modules" in out and "ss_network_dim" in out and "ohwx (24)" in out
+    assert "LoRA, 2 modules, rank 8, 10,242 parameters" in out and "ss_network_dim" in out and "ohwx (24)" in out
     assert "[model] and [bold]tags[/bold]" in out  # shown as written, not as markup
     assert "2 local folder(s) in the metadata" in out and "--strip-paths" in out
+
+
+def test_info_counts_the_modules_of_each_rank(tmp_path, capsys):
+    """A LoCon with its own conv_dim: the ranks come from the tensors' shapes, whatever the metadata says."""
+    path = kohya_file(tmp_path / "locon.safetensors")
+    tensors, metadata = load_file(str(path)), safe_open(str(path), framework="pt").metadata()
+    for block in range(3):
+        name = f"lora_unet_down_blocks_{block}_resnets_0_conv1"
+        tensors |= {f"{name}.lora_down.weight": torch.zeros(2, 320, 3, 3), f"{name}.lora_up.weight": torch.zeros(320, 2, 1, 1),
+                    f"{name}.alpha": torch.tensor(1.0)}
+    save_file(tensors, str(path), metadata)
+    assert main(["info", str(path)]) == 0
+    assert "LoRA, 5 modules, ranks 8 (2 modules), 2 (3 modules)," in " ".join(capsys.readouterr().out.split())
 
 
 def test_strip_paths_rewrites_the_metadata_without_local_folders_and_keeps_the_tensors(tmp_path, capsys):

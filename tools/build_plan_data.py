@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import plan_trace as trace
 
-from lowvram.adapters.networks import add_adapter
+from lowvram.adapters.networks import add_adapter, spatial_convolutions
 from lowvram.formats import CAST_FORMATS, TRACEABLE_FORMATS, WEIGHT_FORMATS
 from lowvram.models.families import DEFAULT_LORA_LAYERS, FAMILIES, LORA_LAYERS
 
@@ -97,6 +97,19 @@ def lora_per_rank(family) -> dict[str, dict[str, int]]:
             for layers in LORA_LAYERS}
 
 
+def conv_per_rank(family) -> dict[str, dict[str, int]]:
+    """The part of `lora_per_rank` that is in 3x3 convolutions (what --conv-rank changes), per --lora-layers
+    choice and part."""
+    out: dict[str, dict[str, int]] = {}
+    for layers in LORA_LAYERS:
+        out[layers] = {}
+        for part in parts_of(family):
+            module = trace.meta_component(family, part)
+            targets = spatial_convolutions(module, family.lora_targets(part, layers))
+            out[layers][part] = sum(p.numel() for p in add_adapter(module, tuple(targets), 1, 1, 0.0)) if targets else 0
+    return out
+
+
 def adapted_layers(family) -> dict[str, dict[str, dict[str, int]]]:
     """Per --lora-layers choice and part, what the adapter types beyond LoRA cost: the adapted layers' weight
     parameters (LoHa and LoKr build a full-size delta per layer, kept for backward), their output features
@@ -144,6 +157,7 @@ def build_family(name: str, resolutions: list[int], extras: bool) -> dict:
         f"({time.perf_counter() - started:.1f} s)")
     data["part_param_counts"] = param_counts(family)
     data["lora_params_per_rank"] = lora_per_rank(family)
+    data["conv_params_per_rank"] = conv_per_rank(family)
     data["largest_layer_params"] = largest_layer(family)
     data["adapted_layers"] = adapted_layers(family)
     # "training" holds one batch-1 entry per (resolution, checkpointing, unet_weights) and "vae_encode" one per
@@ -217,7 +231,8 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(GRID), choices=list(GRID))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--update-adapted-layers", action="store_true",
-                        help="only recompute adapted_layers in the existing file (seconds, no tracing)")
+                        help="only recompute the adapter counts (adapted_layers, lora_params_per_rank, "
+                        "conv_params_per_rank) in the existing file (seconds, no tracing)")
     parser.add_argument("--update-checkpoint-units", action="store_true",
                         help="only recompute checkpoint_units in the existing file (a trace per family: seconds)")
     parser.add_argument("--update-layer-sets", action="store_true",
@@ -237,14 +252,15 @@ def main() -> None:
         for name, data in record["families"].items():
             family = FAMILIES[name]
             data["adapted_layers"] = adapted_layers(family)
+            data["lora_params_per_rank"] = lora_per_rank(family)
+            data["conv_params_per_rank"] = conv_per_rank(family)
             if args.update_layer_sets:
-                data["lora_params_per_rank"] = lora_per_rank(family)
                 default = [e for e in data["training"] if e.get("layers", DEFAULT_LORA_LAYERS) == DEFAULT_LORA_LAYERS]
                 for entry in default:
                     entry["layers"] = DEFAULT_LORA_LAYERS
                 data["training"] = default + layer_set_entries(family)
         args.out.write_text(json.dumps(record, indent=1) + "\n")
-        log(f"updated {'the --lora-layers data' if args.update_layer_sets else 'adapted_layers'} in {args.out}")
+        log(f"updated {'the --lora-layers data' if args.update_layer_sets else 'the adapter counts'} in {args.out}")
         return
     started = time.perf_counter()
     grid = QUICK if args.quick else GRID

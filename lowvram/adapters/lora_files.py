@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from lowvram.adapters.networks import ADAPTER, NAMES, adapted_layers, adapted_modules, peft_config, peft_state_dicts
+from lowvram.adapters.networks import (ADAPTER, NAMES, adapted_layers, adapted_modules, peft_config, peft_state_dicts,
+                                       is_spatial)
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.files import save_safetensors
@@ -39,10 +40,11 @@ def network_metadata(network: NetworkConfig) -> dict[str, str]:
     holds, as kohya writes them: LoRA is `networks.lora`; the others are LyCORIS networks (`lycoris.kohya`,
     its `--network_args` as JSON strings). DoRA is LyCORIS's LoRA with `dora_wd`, on the output axis as peft's.
     Adapted convolutions (--lora-layers full) are kohya's `conv_dim`/`conv_alpha` and LyCORIS's `full` preset."""
-    alpha = network.alpha if network.alpha is not None else network.rank
+    alpha = network.resolved_alpha
     meta = {"ss_network_dim": str(network.rank), "ss_network_alpha": f"{alpha:g}", "lowvram.network": network.network,
             "lowvram.lora_layers": network.lora_layers}
-    conv = {"conv_dim": str(network.rank), "conv_alpha": f"{alpha:g}"} if network.lora_layers == "full" else {}
+    conv_rank, conv_alpha = network.conv_rank_alpha
+    conv = {"conv_dim": str(conv_rank), "conv_alpha": f"{conv_alpha:g}"} if network.lora_layers == "full" else {}
     if network.network == "lora":
         return meta | {"ss_network_module": "networks.lora"} | ({"ss_network_args": json.dumps(conv)} if conv else {})
     args = {"algo": "lora" if network.network == "dora" else network.network,
@@ -123,9 +125,12 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig, alpha: fl
         whole_lokr = "lokr_w1" in own and "lokr_w2" in own  # saved with peft's scale folded into w1 (no rank)
         rank = _rank_of(own)
         file_alpha = float(own.get("alpha", rank))
-        if not whole_lokr and (rank != network.rank or abs(file_alpha - alpha) > 1e-6 * max(1.0, alpha)):
-            raise LowvramError(f"{flag}: {path} was trained with rank {rank} and alpha {file_alpha:g}; pass --rank "
-                               f"{rank} --alpha {file_alpha:g}")
+        conv = is_spatial(layer.get_base_layer())
+        want_rank, want_alpha = network.conv_rank_alpha if conv else (network.rank, alpha)
+        if not whole_lokr and (rank != want_rank or abs(file_alpha - want_alpha) > 1e-6 * max(1.0, want_alpha)):
+            flags = "--conv-rank {} --conv-alpha {:g}" if conv else "--rank {} --alpha {:g}"
+            raise LowvramError(f"{flag}: {path} was trained with {'3x3 convolutions of ' if conv else ''}rank {rank} "
+                               f"and alpha {file_alpha:g}; pass {flags.format(rank, file_alpha)}")
         state = states.setdefault(id(module), (module, {}))[1]
         for suffix, tensor in own.items():
             if suffix != "alpha":

@@ -32,10 +32,17 @@ def peft_config(network: str, targets: tuple[str, ...], rank: int, alpha: float,
 
 
 def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, dropout: float,
-                network: str = "lora", lokr_factor: int = -1) -> list[torch.nn.Parameter]:
+                network: str = "lora", lokr_factor: int = -1, conv: tuple[int, float] | None = None
+                ) -> list[torch.nn.Parameter]:
     """Add an adapter (peft) of type `network` on `targets` of a frozen module; return its trainable parameters,
-    in fp32 whatever the frozen weights' dtype or format."""
-    module.add_adapter(peft_config(network, targets, rank, alpha, dropout, lokr_factor))
+    in fp32 whatever the frozen weights' dtype or format. `conv` is the (rank, alpha) of the targeted 3x3
+    convolutions (kohya's conv_dim and conv_alpha), by default `rank` and `alpha`."""
+    config = peft_config(network, targets, rank, alpha, dropout, lokr_factor)
+    if conv is not None and conv != (rank, alpha):
+        spatial = spatial_convolutions(module, targets)
+        config.rank_pattern = {name: conv[0] for name in spatial}
+        config.alpha_pattern = {name: conv[1] for name in spatial}
+    module.add_adapter(config)
     _plain_adapter_convolutions(module)
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
@@ -60,10 +67,26 @@ def _plain_adapter_convolutions(module: torch.nn.Module) -> None:
                     matrices[key] = plain
 
 
+def targeted(name: str, targets: tuple[str, ...]) -> bool:
+    """Whether the module at path `name` is one that `targets` (peft's target_modules) names."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def spatial_convolutions(module: torch.nn.Module, targets: tuple[str, ...]) -> list[str]:
+    """The paths of the targeted convolutions with a kernel larger than 1x1: the layers kohya's conv_dim and
+    conv_alpha apply to (its 1x1 convolutions take the linear layers' rank, as they are linear layers)."""
+    return [name for name, layer in module.named_modules() if targeted(name, targets) and is_spatial(layer)]
+
+
+def is_spatial(layer: torch.nn.Module) -> bool:
+    """A convolution with a kernel larger than 1x1."""
+    return isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
+
+
 def check_supported(module: torch.nn.Module, targets: tuple[str, ...], network: str) -> None:
     """Raise a one-line LowvramError if peft cannot train `network` on the (converted) layers `targets` names."""
     for name, layer in module.named_modules():
-        if any(name == t or name.endswith("." + t) for t in targets):
+        if targeted(name, targets):
             problem = _unsupported(network, layer)
             if problem:
                 raise LowvramError(problem)
@@ -103,7 +126,7 @@ def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_tex
     for _, module, targets in parts:
         check_supported(module, targets, network.network)
     return {name: add_adapter(module, targets, network.rank, alpha, network.dropout, network.network,
-                              network.lokr_factor)
+                              network.lokr_factor, network.conv_rank_alpha)
             for name, module, targets in parts}
 
 

@@ -22,7 +22,8 @@ def workload_for(run: ResolvedRun) -> Workload:
     """What the resolved run trains, for the estimator."""
     config = run.config
     return Workload(family=run.family, resolution=run.resolution, batch=config.training.batch_size,
-                    rank=config.network.rank, network=config.network.network, lora_layers=config.network.lora_layers,
+                    rank=config.network.rank, conv_rank=config.network.conv_rank_alpha[0],
+                    network=config.network.network, lora_layers=config.network.lora_layers,
                     offload_activations=config.memory.offload_activations, compile=config.memory.compile,
                     train_text_encoder=config.network.train_text_encoder,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),

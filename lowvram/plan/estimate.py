@@ -90,6 +90,7 @@ class Workload:
     resolution: int
     batch: int = 1
     rank: int = 16
+    conv_rank: int | None = None  # rank of the adapted 3x3 convolutions (--conv-rank; default: rank)
     network: str = "lora"  # lora, dora, loha, lokr
     lora_layers: str = DEFAULT_LORA_LAYERS  # which layers carry adapters (--lora-layers)
     offload_activations: bool = False  # saved activations in pinned host RAM (--offload-activations)
@@ -134,8 +135,10 @@ class Estimate:
 def adapter_params(data: dict, work: Workload, parts: list[str]) -> int:
     """Trainable parameters of the adapters on `parts`: exact for LoRA (rank x (in + out) per layer), DoRA
     (plus one magnitude per output feature) and LoHa (two LoRA-sized pairs); LoKr's Kronecker factors are
-    smaller than LoRA's at the same rank, so LoRA's count bounds them."""
-    lora = sum(data["lora_params_per_rank"][work.lora_layers][p] for p in parts) * work.rank
+    smaller than LoRA's at the same rank, so LoRA's count bounds them. The 3x3 convolutions take `conv_rank`."""
+    per_rank, conv_per_rank = data["lora_params_per_rank"][work.lora_layers], data["conv_params_per_rank"]
+    conv_rank = work.conv_rank if work.conv_rank is not None else work.rank
+    lora = sum(per_rank[p] * work.rank + conv_per_rank[work.lora_layers][p] * (conv_rank - work.rank) for p in parts)
     if work.network == "dora":
         return lora + sum(data["adapted_layers"][work.lora_layers][p]["output_features"] for p in parts)
     return 2 * lora if work.network == "loha" else lora

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from lowvram.config import NetworkConfig
 from lowvram.resolve import ResolvedRun
 
 
@@ -19,7 +20,14 @@ def recipe(run: ResolvedRun) -> dict[str, object]:
             "--network": config.network.network, "--rank": config.network.rank, "--alpha": config.alpha,
             "--lora-layers": config.network.lora_layers, "--lokr-factor": config.network.lokr_factor,
             "--train-text-encoder": config.network.train_text_encoder, "--seed": config.training.seed,
-            "--optimizer": config.optim.optimizer}
+            "--optimizer": config.optim.optimizer} | conv_recipe(config.network)
+
+
+def conv_recipe(network: NetworkConfig) -> dict[str, object]:
+    """--conv-rank and --conv-alpha where they make the convolutions differ from the other layers (left out
+    otherwise, so runs from before these options keep their identity)."""
+    conv = network.distinct_conv
+    return {"--conv-rank": conv[0], "--conv-alpha": conv[1]} if conv else {}
 
 
 def identity(run_recipe: dict[str, object]) -> str:

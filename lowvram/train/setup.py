@@ -16,7 +16,7 @@ from lowvram.adapters import lora_files, networks
 from lowvram.attention import set_attention
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import compile_blocks, compile_problem, compiled_count
-from lowvram.config import ZERO_SNR_NEEDS_V, RunConfig, parse_save_every
+from lowvram.config import ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig, parse_save_every
 from lowvram.data.check import scan
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData, prepare_training_data
@@ -270,6 +270,11 @@ def checkpointing_note(unet: torch.nn.Module) -> str:
     return ", checkpointing" + ("" if recomputed == units else f" {recomputed} of {units} blocks")
 
 
+def conv_note(network: NetworkConfig) -> str:
+    conv = network.distinct_conv
+    return f" (3x3 convolutions rank {conv[0]} alpha {conv[1]:g})" if conv else ""
+
+
 def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: PreparedData, attention: str,
              schedule: Schedule) -> None:
     """The run in one paragraph; a warning where warm-up fills most of the run, and where no GPU result shows
@@ -286,7 +291,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{config.optim.optimizer} | "
         f"{len(dataset.records)} images, {data.images_per_epoch} per epoch with repeats"
         f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
-        f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g} | {schedule.total_steps} steps "
+        f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g}{conv_note(config.network)} | "
+        f"{schedule.total_steps} steps "
         f"= {schedule.total_steps / schedule.steps_per_epoch:.3g} epochs of {schedule.steps_per_epoch} | batch "
         f"{config.training.batch_size} x {config.training.gradient_accumulation}{f' x {world}' if world > 1 else ''}"
     )
