@@ -211,6 +211,11 @@ class TrainingConfig:
     debiased_estimation: bool = option(False, "Weigh each timestep's loss by 1/sqrt(SNR), 1/(SNR+1) for v-prediction "
                                        "(kohya's --debiased_estimation_loss), against the noise of the least noisy "
                                        "steps.")
+    scale_v_pred_loss: bool = option(False, "v-prediction: weigh each timestep's loss by SNR/(SNR+1), which scales "
+                                     "it as an epsilon model's is (kohya's --scale_v_pred_loss_like_noise_pred).")
+    v_pred_like_loss: float = option(0.0, "Add this much of the loss weighed as v-prediction weighs it, (SNR+1)/SNR "
+                                     "times, which stresses the noisiest timesteps (kohya's --v_pred_like_loss; "
+                                     "0.1 is usual, 0 is off).", metavar="W")
     min_timestep: int | None = option(None, "Train on timesteps from this one (kohya's --min_timestep; default 0).",
                                       metavar="T")
     max_timestep: int | None = option(None, "Train on timesteps below this one (kohya's --max_timestep; default: the "

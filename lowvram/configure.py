@@ -300,6 +300,7 @@ def _check(c: RunConfig) -> list[str]:
         p.append(f"--caption-template: {c.data.caption_template!r}: the only placeholder is {{trigger}}")
     positive("rank", c.network.rank)
     positive("alpha", c.network.alpha)
+    positive("v-pred-like-loss", c.training.v_pred_like_loss, allow_zero=True)
     positive("conv-rank", c.network.conv_rank)
     positive("conv-alpha", c.network.conv_alpha)
     for flag, value in (("--conv-rank", c.network.conv_rank), ("--conv-alpha", c.network.conv_alpha)):

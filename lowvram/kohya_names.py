@@ -63,6 +63,8 @@ KOHYA_FLAGS = {
     "--zero_terminal_snr": "--zero-terminal-snr",
     "--loss_type": "--loss",
     "--debiased_estimation_loss": "--debiased-estimation",
+    "--scale_v_pred_loss_like_noise_pred": "--scale-v-pred-loss",
+    "--v_pred_like_loss": "--v-pred-like-loss",
     "--min_timestep": "--min-timestep",
     "--max_timestep": "--max-timestep",
     "--huber_c": "--huber-c",

@@ -1,6 +1,7 @@
 """The objective on the tiny U-Net: input perturbation noises the input and not the target, the losses (l2, l1,
-kohya's pseudo-Huber huber and smooth_l1 with their threshold schedules) are what they say, and zero terminal SNR
-makes the last timestep pure noise for v-prediction models and is refused for epsilon ones."""
+kohya's pseudo-Huber huber and smooth_l1 with their threshold schedules) and the per-timestep weightings are what
+they say, and zero terminal SNR makes the last timestep pure noise for v-prediction models and is refused for
+epsilon ones."""
 
 import dataclasses
 
@@ -134,18 +135,34 @@ def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path
         build_config({"model": "tiny", "data": "sample", "zero_terminal_snr": True, "prediction_type": "epsilon"})
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_debiased_estimation_weighs_each_timestep_by_its_snr(prediction_type):
+# each per-timestep weighting (kohya's), from the timestep's SNR capped at 1000 as kohya caps it
+WEIGHTINGS = {
+    "debiased": (Objective(debiased=True), lambda snr, v: 1 / (snr + 1) if v else snr.rsqrt()),
+    "scale_v_pred_loss": (Objective(v_scaled_like_epsilon=True), lambda snr, v: snr / (snr + 1)),
+    "v_pred_like_loss": (Objective(v_like=0.1), lambda snr, v: 1 + 0.1 * (snr + 1) / snr),
+}
+
+
+@pytest.mark.parametrize("weighting, prediction_type", [("debiased", "epsilon"), ("debiased", "v_prediction"),
+                                                        ("scale_v_pred_loss", "v_prediction"),
+                                                        ("v_pred_like_loss", "epsilon")])
+def test_each_timestep_weighting_weighs_by_its_snr(weighting, prediction_type):
     model, scheduler, latents, noise, _, conditioning = tiny_step_inputs(prediction_type)
     timesteps = torch.tensor([0, 500])
     alone = [{name: value[i:i + 1] for name, value in conditioning.items()} for i in range(2)]
+    objective, weight_of = WEIGHTINGS[weighting]
     with torch.no_grad():
         per_sample = [diffusion_loss(model.unet, scheduler, latents[i:i + 1], alone[i], noise[i:i + 1],
                                      timesteps[i:i + 1]).item() for i in range(2)]
-        got = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps, Objective(debiased=True))
+        got = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps, objective)
     snr = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod))[timesteps].clamp(max=1000)
-    weight = snr.rsqrt() if prediction_type == "epsilon" else 1 / (snr + 1)
+    weight = weight_of(snr, prediction_type == "v_prediction")
     assert got.item() == pytest.approx(sum(w * l for w, l in zip(weight.tolist(), per_sample)) / 2, rel=1e-4)
+
+
+def test_scaling_the_loss_like_epsilon_is_refused_for_a_model_that_predicts_epsilon(tmp_path):
+    with pytest.raises(LowvramError, match="--scale-v-pred-loss: tiny predicts epsilon, whose loss is scaled so"):
+        train(run_config(output=str(tmp_path), scale_v_pred_loss=True))
 
 
 def test_timesteps_stay_in_the_range_asked_for():

@@ -1,6 +1,6 @@
 """The diffusion training objective: DDPM noising, epsilon or v target, noise offset, input perturbation, a
 timestep range, the loss between prediction and target (squared, absolute or pseudo-Huber) and its weighting per
-timestep (min-SNR, debiased estimation)."""
+timestep (min-SNR, v-prediction's scales, debiased estimation)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,14 @@ class Objective:
     huber: tuple[float, str] = (HUBER_C, HUBER_SCHEDULES[0])  # the Huber threshold at the noisiest step, schedule
     min_snr_gamma: float | None = None
     debiased: bool = False  # weigh each timestep by 1/sqrt(SNR) (1/(SNR+1) for v-prediction)
+    v_scaled_like_epsilon: bool = False  # weigh each timestep by SNR/(SNR+1)
+    v_like: float = 0.0  # add this times the loss weighed by (SNR+1)/SNR
 
     @classmethod
     def of(cls, config: RunConfig) -> Objective:
         t = config.training
-        return cls(t.loss, config.huber, t.min_snr_gamma, t.debiased_estimation)
+        return cls(t.loss, config.huber, t.min_snr_gamma, t.debiased_estimation, t.scale_v_pred_loss,
+                   t.v_pred_like_loss)
 
 
 def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None = None,
@@ -118,7 +121,15 @@ def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, cond
         snr = compute_snr(scheduler, timesteps)
         weight = snr.clamp(max=objective.min_snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
         loss = loss * weight
-    if objective.debiased:  # the SNR capped at 1000 as kohya caps it: a noiseless first step's is infinite
+    # kohya's order: min-SNR, the two v-prediction scales, then debiased estimation; SNR capped at 1000 as kohya
+    # caps it (a noiseless first step's is infinite)
+    if objective.v_scaled_like_epsilon:
+        snr = compute_snr(scheduler, timesteps).clamp(max=1000)
+        loss = loss * snr / (snr + 1)
+    if objective.v_like:
+        snr = compute_snr(scheduler, timesteps).clamp(max=1000)
+        loss = loss + objective.v_like * loss * (snr + 1) / snr
+    if objective.debiased:
         snr = compute_snr(scheduler, timesteps).clamp(max=1000)
         loss = loss * (snr.rsqrt() if prediction_type == "epsilon" else 1 / (snr + 1))
     if weights is not None:

@@ -52,6 +52,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_ip_noise_gamma": f"{config.training.ip_noise_gamma:g}" if config.training.ip_noise_gamma else "None",
         "ss_min_snr_gamma": f"{config.training.min_snr_gamma or 0:g}",
         "ss_debiased_estimation": str(config.training.debiased_estimation),
+        "ss_scale_v_pred_loss_like_noise_pred": str(config.training.scale_v_pred_loss),
+        "ss_v_pred_like_loss": f"{config.training.v_pred_like_loss:g}" if config.training.v_pred_like_loss else "None",
         "ss_min_timestep": str(config.training.min_timestep or 0),
         "ss_max_timestep": str(config.training.max_timestep or TRAIN_TIMESTEPS),
         "ss_zero_terminal_snr": str(bool(model.pipeline.scheduler.config.get("rescale_betas_zero_snr"))),

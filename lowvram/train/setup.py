@@ -192,6 +192,9 @@ def noise_schedules(model: LoadedModel, config: RunConfig):
         flag, marker = ("--zero-terminal-snr", "") if config.model.zero_terminal_snr else ("--model", " (its ztsnr key)")
         raise LowvramError(f"{flag}: {config.model.model} predicts epsilon with a zero-terminal-SNR schedule{marker}; "
                            f"{ZERO_SNR_NEEDS_V}")
+    if config.training.scale_v_pred_loss and pipeline.scheduler.config.prediction_type != "v_prediction":
+        raise LowvramError(f"--scale-v-pred-loss: {config.model.model} predicts epsilon, whose loss is scaled so "
+                           "already; drop it, or pass --prediction-type v_prediction if the model is a v-prediction one")
     return DDPMScheduler.from_config(pipeline.scheduler.config, rescale_betas_zero_snr=zero_snr)
 
 
