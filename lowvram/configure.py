@@ -29,6 +29,7 @@ from lowvram.config import (
     parse_save_every,
 )
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
+from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import parse_prompt
 
@@ -47,6 +48,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise LowvramError(f"--config: file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise LowvramError(f"--config: {path} is not valid TOML: {exc}") from None
+    if is_kohya_config(doc):
+        return _read_kohya(doc, path)
     known = fields_by_name()
     values: dict[str, Any] = {}
     problems = []
@@ -72,6 +75,19 @@ def read_toml(path: Path) -> dict[str, Any]:
     if problems:  # with them, every value of the file that is wrong: one pass shows all there is to fix
         problems += [f"{path}: {line}" for line in _file_value_problems(values)]
         raise LowvramError("\n".join(problems))
+    return values
+
+
+def _read_kohya(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A kohya sd-scripts config's values (`lowvram.kohya_config`), its notes printed; its paths are relative to the
+    current folder, as kohya reads them."""
+    values, notes = translate(doc, path)
+    print(f"{path}: read as a kohya sd-scripts config", file=sys.stderr)
+    for note in notes:
+        print(f"{path}: {note}", file=sys.stderr)
+    problems = _file_value_problems(values)
+    if problems:
+        raise LowvramError("\n".join(f"{path}: {line}" for line in problems))
     return values
 
 

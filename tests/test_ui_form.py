@@ -64,3 +64,20 @@ def test_a_port_in_use_is_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"lowvram ui: error: --port {port}: ") and "choose another" in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_kohya_config_fills_the_form_and_saves_as_lowvrams_own(tmp_path):
+    """The UI's "load .toml" takes a kohya_ss config as `--config` does; *Save .toml* then writes lowvram's."""
+    import tomli_w
+
+    kohya = tmp_path / "config_lora.toml"
+    kohya.write_text(tomli_w.dumps({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
+                                    "network_dim": 8, "network_alpha": 4, "resolution": "64,64",
+                                    "network_args": ["conv_dim=2"], "max_train_steps": 5, "noise_offset": 0}))
+    fields = form_fields()
+    shown = form_values(fields, read_toml(kohya))
+    replayed = tmp_path / "run.toml"
+    replayed.write_text(toml_text(option_values(fields, shown)))
+    config = build_config(read_toml(replayed))
+    assert (config.network.rank, config.alpha, config.network.conv_rank_alpha) == (8, 4.0, (2, 1.0))
+    assert (config.data.resolution, config.training.max_steps, config.network.lora_layers) == (64, 5, "full")

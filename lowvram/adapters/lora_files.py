@@ -23,8 +23,15 @@ from pathlib import Path
 
 import torch
 
-from lowvram.adapters.networks import (ADAPTER, NAMES, adapted_layers, adapted_modules, peft_config, peft_state_dicts,
-                                       is_spatial)
+from lowvram.adapters.networks import (
+    ADAPTER,
+    NAMES,
+    adapted_layers,
+    adapted_modules,
+    is_spatial,
+    peft_config,
+    peft_state_dicts,
+)
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.files import save_safetensors

@@ -1,0 +1,239 @@
+"""A kohya sd-scripts config file (`train_network.py --config_file`, the TOML kohya_ss writes beside each run) read
+as lowvram options, so a kohya recipe trains here as it is.
+
+Each kohya setting becomes the lowvram option that means the same (`lowvram.kohya_names` holds the names). Where
+kohya's default differs from lowvram's in a way that changes the LoRA, a kohya file gets kohya's: rank 4 and
+alpha 1 without `network_dim`/`network_alpha`, 1600 steps without a length, kohya's LoRA layers (every layer of the
+transformer blocks; the ResNet convolutions too with `conv_dim`) and the text encoder trained unless
+`network_train_unet_only`. kohya_ss writes every setting, switched-off ones included (`noise_offset = 0`,
+`huber_c` beside `loss_type = "l2"`), so a setting at its off value is left out. Paths are relative to the
+current folder, as kohya reads them. A setting that would train something other than what kohya trains (an
+algorithm, optimizer or schedule lowvram lacks) is an error naming it; one lowvram does not know is listed as
+not carried over; one that changes nothing here (data loader workers, caching switches) is dropped quietly.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from lowvram.config import SCHEDULERS, SECTIONS, fields_by_name
+from lowvram.errors import LowvramError
+from lowvram.kohya_names import KOHYA_FLAGS
+
+# kohya setting -> lowvram option where the value carries over as it is: each single-flag entry of the kohya table
+# kohya's switches that set a lowvram option to a value
+SWITCHES = {"v_parameterization": ("prediction_type", "v_prediction"), "xformers": ("attention", "xformers"),
+            "sdpa": ("attention", "sdpa"), "fp8_base": ("unet_weights", "fp8"), "random_crop": ("crop", "random"),
+            "color_aug": ("color_jitter", 0.1)}
+SAME = {flag[2:]: ours[2:].replace("-", "_") for flag, ours in KOHYA_FLAGS.items()
+        if re.fullmatch(r"--[a-z0-9-]+", ours) and flag[2:] not in SWITCHES} | {"seed": "seed", "vae": "vae",
+                                                                              "resolution": "resolution"}
+# lowvram's optimizers by kohya's names (compared without case, dots, dashes and underscores)
+OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "pagedadamw8bit": "paged_adamw8bit", "lion": "lion",
+              "lion8bit": "lion8bit", "adafactor": "adafactor", "prodigy": "prodigy",
+              "adamwschedulefree": "schedulefree_adamw", "schedulefreeadamw": "schedulefree_adamw"}
+LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
+LYCORIS_PRESETS = {"full": "full", "attn-mlp": "attn-mlp", "attn-only": "attn"}
+SAVE_PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "float": "fp32", "fp32": "fp32"}
+# settings that change nothing lowvram does: it always caches, picks its own loader and kernels, and logs to --output
+INERT = {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
+         "max_data_loader_n_workers", "persistent_data_loader_workers", "logging_dir", "log_prefix", "log_with",
+         "log_tracker_name", "dynamo_backend", "lowram", "highvram", "vae_batch_size", "epoch", "save_model_as",
+         "save_state", "save_state_on_train_end", "training_comment", "full_fp16", "full_bf16", "no_half_vae",
+         "enable_bucket", "mem_eff_attn", "sample_sampler", "lr_scheduler_power", "lr_scheduler_args",
+         "wandb_run_name", "wandb_api_key", "output_config", "ddp_timeout", "console_log_simple", "noise_offset_type"}
+KOHYA_KEYS = set(SAME) | set(SWITCHES) | INERT | {
+    "network_module", "network_args", "network_train_unet_only", "network_train_text_encoder_only", "learning_rate",
+    "unet_lr", "text_encoder_lr", "optimizer_type", "optimizer_args", "save_every_n_steps", "save_every_n_epochs",
+    "sample_every_n_steps", "sample_every_n_epochs", "sample_prompts", "dataset_config", "v2", "save_precision"}
+# settings only kohya has: one of them makes a file kohya's
+MARKERS = KOHYA_KEYS - set(fields_by_name())
+
+
+def is_kohya_config(doc: dict[str, Any]) -> bool:
+    """Whether a TOML document is a kohya config: settings at the top level, or in sections other than lowvram's
+    (kohya reads any section as if its settings were at the top), one of which only kohya has."""
+    if all(section in SECTIONS and isinstance(table, dict) for section, table in doc.items()):
+        return False
+    return bool(set(_flat(doc)) & MARKERS)
+
+
+def _flat(doc: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        flat.update(value if isinstance(value, dict) else {key: value})
+    return flat
+
+
+def _pairs(value: Any) -> dict[str, str]:
+    """kohya's `network_args`/`optimizer_args`: ["conv_dim=8", "conv_alpha=1"] (or one such string)."""
+    items = value if isinstance(value, list) else str(value).split()
+    return {k.strip(): v.strip().strip("\"'") for k, _, v in (str(item).partition("=") for item in items) if k.strip()}
+
+
+def _off(value: Any) -> bool:
+    return value is None or value is False or value == 0 or value == "" or value == []
+
+
+def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
+    """(lowvram option values, notes for the user) for a kohya config document. Raises LowvramError, one line per
+    setting, for each setting lowvram cannot train as kohya would."""
+    flat = _flat(doc)
+    # kohya's off values are left out, except where 0 means something: no clipping, an untrained text encoder
+    left = {key: value for key, value in flat.items()
+            if not _off(value) or key in ("max_grad_norm", "text_encoder_lr", "network_alpha")}
+    values: dict[str, Any] = {"bucket": False} if flat.get("enable_bucket") is False else {}
+    notes: list[str] = []
+    problems: list[str] = []
+
+    def problem(key: str, text: str) -> None:
+        problems.append(f"{path}: {key}: {text}")
+
+    if left.pop("v2", None):
+        problem("v2", "Stable Diffusion 2 is not a family lowvram trains (SD1.5 and SDXL are)")
+    if left.pop("network_train_text_encoder_only", None):
+        problem("network_train_text_encoder_only", "lowvram always trains adapters on the U-Net; leave it out")
+    dataset_config = left.pop("dataset_config", None)
+    if dataset_config and "train_data_dir" not in left:
+        problem("dataset_config", "kohya's dataset TOML is not read; set train_data_dir to the image folder (its "
+                "N_name subfolders give the repeats) or pass --data")
+    elif dataset_config:
+        notes.append(f"dataset_config {dataset_config} is not read; train_data_dir is")
+    values |= _network(left, notes, problem)
+    values |= _learning_rates(left, values["train_text_encoder"])
+    values |= _optimizer(left, notes, problem)
+    values |= _length_and_saves(left, problem)
+    if left.get("loss_type") not in ("huber", "smooth_l1"):  # kohya_ss writes the Huber settings beside any loss
+        left.pop("huber_c", None), left.pop("huber_schedule", None)
+    if not left.get("multires_noise_iterations"):
+        left.pop("multires_noise_discount", None)
+    precision = left.pop("save_precision", None)
+    if precision is not None and str(precision) not in SAVE_PRECISIONS:
+        problem("save_precision", f"'{precision}' is not one of {', '.join(SAVE_PRECISIONS)}")
+    elif precision is not None:
+        values["save_precision"] = SAVE_PRECISIONS[str(precision)]
+    for key, (option, value) in SWITCHES.items():
+        if left.pop(key, None):
+            values[option] = value
+    values |= {SAME[key]: left.pop(key) for key in list(left) if key in SAME}
+    if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
+        del values["keep_tokens"]  # kohya_ss writes it whether or not anything moves the tags
+    if values.get("sample_every") and not values.get("sample_prompts"):
+        notes.append("sample_every_n_* is not carried over: no sample_prompts file to render")
+        del values["sample_every"]
+    unknown = sorted(set(left) - INERT)
+    if unknown:
+        notes.append(f"not carried over (lowvram has no such setting): {', '.join(unknown)}")
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return values, notes
+
+
+def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
+    """The network, its rank and alpha (kohya's defaults 4 and 1), its layers and whether the text encoder trains."""
+    module = str(left.pop("network_module", "networks.lora"))
+    args = _pairs(left.pop("network_args", []))
+    rank = int(left.pop("network_dim", 4))
+    alpha = float(left.pop("network_alpha", 1.0) or rank)  # kohya: alpha 0 is alpha = rank
+    values: dict[str, Any] = {"rank": rank, "alpha": alpha, "network": "lora",
+                              "train_text_encoder": not left.pop("network_train_unet_only", False)}
+    conv_dim, conv_alpha = args.pop("conv_dim", None), args.pop("conv_alpha", None)
+    if module == "networks.lora":
+        # kohya's LoRA adapts every layer of the transformer blocks; conv_dim adds the ResNet convolutions (LoCon)
+        values["lora_layers"] = "full" if conv_dim else "attn-mlp"
+        if conv_dim:  # kohya's conv_alpha defaults to 1
+            values |= {"conv_rank": int(conv_dim), "conv_alpha": float(conv_alpha or 1.0)}
+    elif module == "lycoris.kohya":
+        algo = args.pop("algo", "lora")
+        dora = str(args.pop("dora_wd", "")).lower() == "true"
+        if algo not in LYCORIS_ALGOS:
+            problem("network_args", f"LyCORIS algo '{algo}' is not one lowvram trains ({', '.join(LYCORIS_ALGOS)})")
+        values["network"] = "dora" if dora and LYCORIS_ALGOS.get(algo) == "lora" else LYCORIS_ALGOS.get(algo, "lora")
+        preset = args.pop("preset", "full")  # LyCORIS's default preset
+        if preset not in LYCORIS_PRESETS:
+            problem("network_args", f"LyCORIS preset '{preset}' is not one lowvram trains "
+                    f"({', '.join(LYCORIS_PRESETS)})")
+        values["lora_layers"] = LYCORIS_PRESETS.get(preset, "full")
+        if conv_dim and values["lora_layers"] == "full":  # LyCORIS's conv_alpha defaults to network_alpha
+            values |= {"conv_rank": int(conv_dim), "conv_alpha": float(conv_alpha or alpha)}
+        factor = args.pop("factor", None)
+        if factor is not None and values["network"] == "lokr":
+            values["lokr_factor"] = int(factor)
+        if "module_dropout" in args and values["network"] in ("loha", "lokr"):
+            values["dropout"] = float(args.pop("module_dropout"))
+        args.pop("wd_on_output", None)  # lowvram's DoRA (peft's) is on the output axis
+    else:
+        problem("network_module", f"'{module}' is not a network lowvram trains (networks.lora, or lycoris.kohya with "
+                f"algo {', '.join(LYCORIS_ALGOS)})")
+    if args:
+        notes.append(f"network_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
+    return values
+
+
+def _learning_rates(left: dict[str, Any], train_text_encoder: bool) -> dict[str, Any]:
+    """unet_lr, else learning_rate, for the U-Net; text_encoder_lr, else learning_rate, for the text encoder, which
+    a text_encoder_lr of 0 leaves untrained (SDXL's pair of text-encoder rates: the first)."""
+    learning_rate, unet_lr = left.pop("learning_rate", None), left.pop("unet_lr", None)
+    text_lr = left.pop("text_encoder_lr", None)
+    text_lr = text_lr[0] if isinstance(text_lr, list) and text_lr else text_lr
+    values: dict[str, Any] = {}
+    lr = unet_lr or learning_rate
+    if lr:
+        values["lr"] = float(lr)
+    if train_text_encoder and text_lr == 0:
+        values["train_text_encoder"] = False
+    elif train_text_encoder and text_lr and text_lr != lr:
+        values["text_encoder_lr"] = float(text_lr)
+    return values
+
+
+def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
+    """optimizer_type by kohya's name (a class path's last part), and weight_decay from optimizer_args."""
+    values: dict[str, Any] = {}
+    kind = left.pop("optimizer_type", None)
+    if kind:
+        key = re.sub(r"[^a-z0-9]", "", str(kind).rsplit(".", 1)[-1].lower())
+        if key in OPTIMIZERS:
+            values["optimizer"] = OPTIMIZERS[key]
+        else:
+            problem("optimizer_type", f"'{kind}' is not one lowvram has; use one of {', '.join(sorted(set(OPTIMIZERS.values())))}")
+    args = _pairs(left.pop("optimizer_args", []))
+    if "weight_decay" in args:
+        values["weight_decay"] = float(args.pop("weight_decay"))
+    if args:
+        notes.append(f"optimizer_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
+    return values
+
+
+def _length_and_saves(left: dict[str, Any], problem) -> dict[str, Any]:
+    """Epochs over steps where both are set (kohya's max_train_epochs wins), kohya's 1600 steps where neither is;
+    saves and samples every N steps or epochs; the prompts of a sample_prompts .txt file."""
+    values: dict[str, Any] = {}
+    epochs, steps = left.pop("max_train_epochs", None), left.pop("max_train_steps", None)
+    values |= {"epochs": int(epochs)} if epochs else {"max_steps": int(steps or 1600)}
+    warmup = left.pop("lr_warmup_steps", None)
+    if isinstance(warmup, float) and warmup < 1:
+        problem("lr_warmup_steps", f"{warmup} is a fraction of the run; give the steps it comes to as --warmup-steps")
+    elif warmup:
+        values["warmup_steps"] = int(warmup)
+    scheduler = left.pop("lr_scheduler", None)
+    if scheduler and scheduler not in SCHEDULERS:
+        problem("lr_scheduler", f"'{scheduler}' is not one lowvram has; use one of {', '.join(SCHEDULERS)}")
+    elif scheduler:
+        values["scheduler"] = scheduler
+    for what in ("save", "sample"):
+        every_steps, every_epochs = left.pop(f"{what}_every_n_steps", None), left.pop(f"{what}_every_n_epochs", None)
+        if every_steps or every_epochs:
+            values[f"{what}_every"] = str(int(every_steps)) if every_steps else f"{int(every_epochs)}e"
+    prompts = left.pop("sample_prompts", None)
+    if prompts:
+        prompt_file = Path(str(prompts)).expanduser()
+        if prompt_file.suffix.lower() != ".txt" or not prompt_file.is_file():
+            problem("sample_prompts", f"{prompt_file} is not a .txt prompt file lowvram can read (one prompt per line;"
+                    " kohya's --n, --w, --h, --s, --l and --d work); pass --sample-prompt instead")
+        else:
+            lines = prompt_file.read_text(encoding="utf-8").splitlines()
+            values["sample_prompts"] = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return values

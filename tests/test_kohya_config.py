@@ -1,0 +1,126 @@
+"""A kohya sd-scripts config file (the TOML kohya_ss writes beside each run) given to --config trains as kohya would
+train it: kohya's names and defaults, its switched-off settings left out, and one line per setting lowvram cannot
+follow."""
+
+from pathlib import Path
+
+import pytest
+import tomli_w
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lowvram.cli import main
+from lowvram.configure import build_config, read_toml
+from lowvram.errors import LowvramError
+from lowvram.kohya_config import is_kohya_config, translate
+
+# what kohya_ss writes for a LoCon run: every setting, switched-off ones included
+KOHYA_SS = {
+    "bucket_no_upscale": True, "bucket_reso_steps": 64, "cache_latents": True, "cache_latents_to_disk": True,
+    "caption_extension": ".txt", "clip_skip": 1, "dynamo_backend": "no", "enable_bucket": True, "epoch": 1,
+    "gradient_accumulation_steps": 1, "huber_c": 0.1, "huber_schedule": "snr", "learning_rate": 0.0004,
+    "logging_dir": "/workspace/kohya_ss/logs", "loss_type": "l2", "lr_scheduler": "cosine", "lr_scheduler_args": [],
+    "lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1, "max_bucket_reso": 2048, "max_data_loader_n_workers": 0,
+    "max_grad_norm": 1, "max_timestep": 1000, "max_token_length": 75, "max_train_steps": 3,
+    "min_bucket_reso": 256, "mixed_precision": "no", "multires_noise_discount": 0.3, "multires_noise_iterations": 0,
+    "network_alpha": 4, "network_args": ["conv_dim=2", "conv_alpha=1"], "network_dim": 8,
+    "network_module": "networks.lora", "noise_offset": 0, "noise_offset_type": "Original",
+    "optimizer_args": ["weight_decay=0.05", "betas=0.9,0.99"], "optimizer_type": "AdamW", "output_name": "mylora",
+    "pretrained_model_name_or_path": "tiny", "prior_loss_weight": 1, "resolution": "64,64",
+    "sample_sampler": "euler_a", "sample_every_n_epochs": 0, "save_every_n_steps": 2, "save_model_as": "safetensors",
+    "save_precision": "float", "seed": 42, "text_encoder_lr": 0.0001, "train_batch_size": 2, "train_data_dir": "sample",
+    "unet_lr": 0.0004, "keep_tokens": 1, "shuffle_caption": False, "xformers": False, "sdpa": True,
+    "caption_dropout_every_n_epochs": 0, "scale_weight_norms": 2.0,
+}
+
+
+def values_of(tmp_path: Path, settings: dict, name: str = "kohya.toml") -> dict:
+    path = tmp_path / name
+    path.write_text(tomli_w.dumps(settings))
+    return read_toml(path)
+
+
+def test_a_kohya_ss_config_trains_the_lora_kohya_would(tmp_path, capsys):
+    (tmp_path / "prompts.txt").write_text("# kohya's prompt file\nlvshape, a red circle --w 64 --h 64 --s 2\n\n")
+    settings = KOHYA_SS | {"output_dir": str(tmp_path / "out"), "sample_prompts": str(tmp_path / "prompts.txt")}
+    (tmp_path / "kohya.toml").write_text(tomli_w.dumps(settings))
+    assert main(["train", "--config", str(tmp_path / "kohya.toml")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "read as a kohya sd-scripts config" in err
+    assert "optimizer_args not carried over: betas=0.9,0.99" in err
+    assert "not carried over (lowvram has no such setting): scale_weight_norms" in err  # (the off ones: quietly)
+    out = tmp_path / "out"
+    lora = load_file(str(out / "mylora.safetensors"))
+    meta = safe_open(str(out / "mylora.safetensors"), framework="pt").metadata()
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_steps"]) == ("8", "4", "3")
+    assert meta["ss_network_args"] == '{"conv_dim": "2", "conv_alpha": "1"}'
+    assert {tensor.dtype for tensor in lora.values()} == {torch.float32}  # save_precision "float"
+    # kohya's LoRA: the text encoder trained, every layer of the transformer blocks, the convolutions at conv_dim
+    assert any(key.startswith("lora_te_") for key in lora)
+    assert any(key.endswith("_ff_net_2.lora_down.weight") for key in lora)
+    assert lora["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"].shape[0] == 2
+    assert lora["lora_unet_down_blocks_0_resnets_0_conv1.alpha"].item() == 1.0
+    assert (out / "mylora-step000002.safetensors").is_file() and (out / "samples" / "mylora-00.png").is_file()
+
+
+def test_kohyas_own_defaults_fill_what_the_file_leaves_out(tmp_path):
+    values = values_of(tmp_path, {"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample"})
+    config = build_config(values)
+    network = config.network
+    assert (network.rank, config.alpha, network.lora_layers, network.train_text_encoder) == (4, 1.0, "attn-mlp", True)
+    assert config.training.max_steps == 1600 and config.training.epochs is None
+    more = values_of(tmp_path, {"train_data_dir": "sample", "network_dim": 16, "network_alpha": 0, "max_train_epochs": 3,
+                                "max_train_steps": 1600, "network_train_unet_only": True, "enable_bucket": False})
+    config = build_config(more | {"model": "tiny"})
+    # alpha 0 is alpha = rank in kohya; max_train_epochs wins over max_train_steps
+    assert (config.alpha, config.training.epochs, config.training.max_steps) == (16.0, 3, None)
+    assert not config.network.train_text_encoder and not config.data.bucket
+    untrained = values_of(tmp_path, {"train_data_dir": "sample", "text_encoder_lr": 0, "learning_rate": 1e-4})
+    assert untrained["train_text_encoder"] is False and untrained["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("args, network, layers, extra", [
+    (["algo=locon", "conv_dim=4"], "lora", "full", {"conv_rank": 4, "conv_alpha": 2.0}),  # LyCORIS: conv_alpha = alpha
+    (["algo=loha", "preset=attn-mlp", "conv_dim=4", "module_dropout=0.1"], "loha", "attn-mlp", {"dropout": 0.1}),
+    (["algo=lokr", "factor=8", "preset=attn-only"], "lokr", "attn", {"lokr_factor": 8}),
+    (["algo=lora", "dora_wd=True", "wd_on_output=True"], "dora", "full", {}),  # LyCORIS's default preset is full
+])
+def test_lycoris_networks_carry_over(tmp_path, args, network, layers, extra):
+    values = values_of(tmp_path, {"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_dim": 8,
+                                  "network_alpha": 2, "network_args": args})
+    assert (values["network"], values["lora_layers"]) == (network, layers)
+    assert {key: values[key] for key in extra} == extra
+    build_config(values | {"model": "tiny"})  # and lowvram takes them
+
+
+def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path):
+    settings = {"train_data_dir": None, "dataset_config": "dataset.toml", "v2": True, "optimizer_type": "DAdaptAdam",
+                "lr_scheduler": "polynomial", "lr_warmup_steps": 0.1, "network_module": "lycoris.kohya",
+                "network_args": ["algo=ia3"], "sample_prompts": "prompts.json", "save_precision": "fp8"}
+    with pytest.raises(LowvramError) as error:
+        translate({k: v for k, v in settings.items() if v is not None}, Path("kohya.toml"))
+    lines = str(error.value).splitlines()
+    expected = ["v2: Stable Diffusion 2", "dataset_config: kohya's dataset TOML is not read", "LyCORIS algo 'ia3'",
+                "optimizer_type: 'DAdaptAdam'", "lr_warmup_steps: 0.1 is a fraction", "lr_scheduler: 'polynomial'",
+                "sample_prompts: prompts.json is not a .txt prompt file", "save_precision: 'fp8'"]
+    assert len(lines) == len(expected) and all(line.startswith("kohya.toml: ") for line in lines), lines
+    for fragment in expected:
+        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+
+
+def test_the_huber_settings_and_the_multires_discount_carry_over_where_they_are_used(tmp_path):
+    values = values_of(tmp_path, {"train_data_dir": "sample", "loss_type": "huber", "huber_c": 0.2,
+                                  "huber_schedule": "exponential", "multires_noise_iterations": 6,
+                                  "multires_noise_discount": 0.4, "optimizer_type": "bitsandbytes.optim.Lion8bit"})
+    assert (values["loss"], values["huber_c"], values["huber_schedule"]) == ("huber", 0.2, "exponential")
+    assert (values["multires_noise_iterations"], values["multires_noise_discount"]) == (6, 0.4)
+    assert values["optimizer"] == "lion8bit"
+
+
+def test_a_lowvram_config_is_not_read_as_kohyas(tmp_path):
+    assert not is_kohya_config({"network": {"rank": 8}, "training": {"seed": 1}})
+    assert not is_kohya_config({"netwrk": {"rank": 8}})  # a typo in lowvram's file gets lowvram's message
+    assert is_kohya_config({"network_dim": 8}) and is_kohya_config({"model_arguments": {"network_module": "x"}})
+    with pytest.raises(LowvramError, match=r"unknown section \[netwrk\]"):
+        values_of(tmp_path, {"netwrk": {"rank": 8}})
