@@ -71,6 +71,18 @@ def test_the_candidates_table_shows_the_choice_and_cuts_no_number(width):
     assert result.choice.strategy.label in " ".join(names.split()), names
 
 
+def test_training_the_text_encoders_that_do_not_fit_suggests_the_u_net_alone():
+    """kohya trains the text encoders by default, and a kohya recipe brings that along; where that is what does
+    not fit, the plan says so."""
+    from lowvram.plan import plan_options
+
+    _, result = plan_options({"model": "sdxl", "train_text_encoder": True}, hardware_for(None, "5GB", "32GB"))
+    assert result.choice is None
+    assert any(s.startswith("the U-Net's adapters only (drop --train-text-encoder") for s in result.suggestions)
+    _, alone = plan_options({"model": "sdxl"}, hardware_for(None, "5GB", "32GB"))
+    assert alone.choice is not None
+
+
 def test_sdxl_in_2gb_fails_with_a_useful_suggestion():
     done, _ = lowvram("plan", "--model", "sdxl", "--resolution", "1024", "--vram", "2GB")
     assert done.returncode == 1

@@ -131,6 +131,9 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict) -> list[st
                      "rule out every strategy that fits)")
     if work.batch > 1 and fits(replace(work, batch=1)):
         found.append("--batch-size 1 (use --gradient-accumulation to keep the effective batch)")
+    if work.train_text_encoder and fits(replace(work, train_text_encoder=False)):
+        found.append("the U-Net's adapters only (drop --train-text-encoder, or kohya's network_train_unet_only = "
+                     "true): the text encoders then run once, for the cache, and leave the GPU")
     if work.sampling and fits(replace(work, sampling=False)):
         found.append("drop --sample-prompt (sampling at the end is the phase that does not fit)")
     for resolution in range(work.resolution - 64, max(255, work.resolution // 2 - 1), -64):
