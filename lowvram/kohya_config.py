@@ -167,6 +167,9 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     else:
         problem("network_module", f"'{module}' is not a network lowvram trains (networks.lora, or lycoris.kohya with "
                 f"algo {', '.join(LYCORIS_ALGOS)})")
+    ratio = args.pop("loraplus_lr_ratio", None) or args.pop("loraplus_unet_lr_ratio", None)
+    if ratio and values["network"] in ("lora", "dora"):
+        values["loraplus_ratio"] = float(ratio)
     if args:
         notes.append(f"network_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
     return values

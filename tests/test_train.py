@@ -153,6 +153,24 @@ def test_save_precision_fp16_halves_the_file(tmp_path):
     assert {v.dtype for v in state.values()} == {torch.float16}
 
 
+@pytest.mark.parametrize("network", ["lora", "dora"])
+def test_loraplus_makes_the_b_matrices_learn_ratio_times_faster(tmp_path, network):
+    """Adam's first step moves each parameter that has a gradient by its learning rate. LoRA's B matrices start at
+    zero, so only they move then: by --lr, and by --lr times the ratio with LoRA+. The text encoder's too."""
+    for ratio in (None, 4.0):
+        result = train(run_config(output=str(tmp_path / str(ratio)), max_steps=1, lr=1e-3, text_encoder_lr=1e-3,
+                                  train_text_encoder=True, network=network, loraplus_ratio=ratio))
+        for _, module in networks.adapted_modules(result.model):
+            layers = [layer for _, layer in networks.adapted_layers(module)]
+            moved = max(layer.lora_B["default"].weight.abs().max().item() for layer in layers)
+            assert moved == pytest.approx(1e-3 * (ratio or 1), rel=1e-3)
+        meta = safe_open(str(result.lora_path), framework="pt").metadata()
+        assert meta["ss_loraplus_lr_ratio"] == ("4" if ratio else "None")
+    with pytest.raises(LowvramError, match="--loraplus-ratio: LoRA\+ speeds up LoRA's B matrices, which --network "
+                                           "loha has none of"):
+        run_config(network="loha", loraplus_ratio=16)
+
+
 def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):
     result = train(run_config(output=str(tmp_path), max_steps=1))
     before = result.lora_path.read_bytes()

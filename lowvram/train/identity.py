@@ -15,17 +15,21 @@ from lowvram.resolve import ResolvedRun
 def recipe(run: ResolvedRun) -> dict[str, object]:
     """The options that make a run this run, by flag name."""
     config = run.config
-    return {"--model": config.model.model, "--model-family": run.family.name, "--vae": config.model.vae,
-            "--data": config.data.data, "--reg-data": config.data.reg_data, "--resolution": run.resolution,
-            "--network": config.network.network, "--rank": config.network.rank, "--alpha": config.alpha,
-            "--lora-layers": config.network.lora_layers, "--lokr-factor": config.network.lokr_factor,
-            "--train-text-encoder": config.network.train_text_encoder, "--seed": config.training.seed,
-            "--optimizer": config.optim.optimizer} | conv_recipe(config.network)
+    run_recipe = {"--model": config.model.model, "--model-family": run.family.name, "--vae": config.model.vae,
+                  "--data": config.data.data, "--reg-data": config.data.reg_data, "--resolution": run.resolution,
+                  "--network": config.network.network, "--rank": config.network.rank, "--alpha": config.alpha,
+                  "--lora-layers": config.network.lora_layers, "--lokr-factor": config.network.lokr_factor,
+                  "--train-text-encoder": config.network.train_text_encoder, "--seed": config.training.seed,
+                  "--optimizer": config.optim.optimizer}
+    # options that came later count only where set, so earlier runs keep their identity
+    run_recipe |= conv_recipe(config.network)
+    if config.optim.loraplus_ratio:  # the optimizer's groups, which a checkpoint's state must match
+        run_recipe["--loraplus-ratio"] = config.optim.loraplus_ratio
+    return run_recipe
 
 
 def conv_recipe(network: NetworkConfig) -> dict[str, object]:
-    """--conv-rank and --conv-alpha where they make the convolutions differ from the other layers (left out
-    otherwise, so runs from before these options keep their identity)."""
+    """--conv-rank and --conv-alpha where they make the convolutions differ from the other layers."""
     conv = network.distinct_conv
     return {"--conv-rank": conv[0], "--conv-alpha": conv[1]} if conv else {}
 

@@ -251,8 +251,7 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
             session.console.print(f"[yellow]warning:[/] --compile: {problem}; training without it", soft_wrap=True)
         else:
             compile_blocks(model.unet, schedule.batch_shapes)
-    groups = [{"params": params, "lr": config.lr if part == "unet" else config.text_encoder_lr}
-              for part, params in trainable.items()]
+    groups = optimizer_groups(model, trainable, config)
     optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, config.optim.warmup_steps)
     lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
                                  num_training_steps=schedule.total_steps, num_cycles=config.optim.scheduler_cycles)
@@ -271,6 +270,23 @@ def checkpointing_note(unet: torch.nn.Module) -> str:
     if not recomputed:
         return ""
     return ", checkpointing" + ("" if recomputed == units else f" {recomputed} of {units} blocks")
+
+
+def optimizer_groups(model: LoadedModel, trainable: dict[str, list[torch.nn.Parameter]], config: RunConfig
+                     ) -> list[dict]:
+    """One parameter group per part at its learning rate; with LoRA+ (--loraplus-ratio) each part's B matrices go
+    to a group of their own, at that rate times the ratio."""
+    groups = []
+    modules = dict(networks.adapted_modules(model))
+    for part, params in trainable.items():
+        lr = config.lr if part == "unet" else config.text_encoder_lr
+        if not config.optim.loraplus_ratio:
+            groups.append({"params": params, "lr": lr})
+            continue
+        b_matrices = {id(layer.lora_B[networks.ADAPTER].weight) for _, layer in networks.adapted_layers(modules[part])}
+        groups.append({"params": [p for p in params if id(p) not in b_matrices], "lr": lr})
+        groups.append({"params": [p for p in params if id(p) in b_matrices], "lr": lr * config.optim.loraplus_ratio})
+    return groups
 
 
 def conv_note(network: NetworkConfig) -> str:
