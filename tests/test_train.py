@@ -166,7 +166,7 @@ def test_loraplus_makes_the_b_matrices_learn_ratio_times_faster(tmp_path, networ
             assert moved == pytest.approx(1e-3 * (ratio or 1), rel=1e-3)
         meta = safe_open(str(result.lora_path), framework="pt").metadata()
         assert meta["ss_loraplus_lr_ratio"] == ("4" if ratio else "None")
-    with pytest.raises(LowvramError, match="--loraplus-ratio: LoRA\+ speeds up LoRA's B matrices, which --network "
+    with pytest.raises(LowvramError, match=r"--loraplus-ratio: LoRA\+ speeds up LoRA's B matrices, which --network "
                                            "loha has none of"):
         run_config(network="loha", loraplus_ratio=16)
 
