@@ -181,6 +181,10 @@ class OptimConfig:
     scheduler: str = option("constant", "Learning-rate schedule.", choices=SCHEDULERS)
     warmup_steps: int = option(0, "Linear warm-up steps (used by every schedule except 'constant').")
     scheduler_cycles: int = option(1, "Restarts of cosine_with_restarts.")
+    scale_weight_norms: float | None = option(None, "Max-norm regularization (kohya's --scale_weight_norms; 1 is "
+                                              "usual): after each step, a LoRA or DoRA layer whose update has a "
+                                              "norm above this is scaled back to it, which keeps layers from "
+                                              "overfitting.", metavar="N")
     loraplus_ratio: float | None = option(None, "LoRA+: the B (up) matrices learn this many times faster than the A "
                                           "(down) ones, which trains LoRA and DoRA faster at the same --lr (kohya's "
                                           "loraplus_lr_ratio; 16 is the paper's value).", metavar="R")

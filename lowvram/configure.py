@@ -318,9 +318,12 @@ def _check(c: RunConfig) -> list[str]:
     positive("alpha", c.network.alpha)
     positive("v-pred-like-loss", c.training.v_pred_like_loss, allow_zero=True)
     positive("loraplus-ratio", c.optim.loraplus_ratio)
-    if c.optim.loraplus_ratio is not None and c.network.network in ("loha", "lokr"):
-        p.append(f"--loraplus-ratio: LoRA+ speeds up LoRA's B matrices, which --network {c.network.network} has none "
-                 "of; drop it or use --network lora or dora")
+    positive("scale-weight-norms", c.optim.scale_weight_norms)
+    for flag, value in (("--loraplus-ratio", c.optim.loraplus_ratio), ("--scale-weight-norms",
+                                                                       c.optim.scale_weight_norms)):
+        if value is not None and c.network.network in ("loha", "lokr"):
+            p.append(f"{flag}: it works on LoRA's B and A matrices, which --network {c.network.network} has none of; "
+                     "drop it or use --network lora or dora")
     positive("conv-rank", c.network.conv_rank)
     positive("conv-alpha", c.network.conv_alpha)
     for flag, value in (("--conv-rank", c.network.conv_rank), ("--conv-alpha", c.network.conv_alpha)):

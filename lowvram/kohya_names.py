@@ -30,6 +30,7 @@ KOHYA_FLAGS = {
     "--lr_scheduler_num_cycles": "--scheduler-cycles",
     "--optimizer_type": "--optimizer",
     "--max_grad_norm": "--max-grad-norm",
+    "--scale_weight_norms": "--scale-weight-norms",
     "--max_train_steps": "--max-steps",
     "--max_train_epochs": "--epochs",
     "--train_batch_size": "--batch-size",

@@ -31,7 +31,7 @@ KOHYA_SS = {
     "sample_sampler": "euler_a", "sample_every_n_epochs": 0, "save_every_n_steps": 2, "save_model_as": "safetensors",
     "save_precision": "float", "seed": 42, "text_encoder_lr": 0.0001, "train_batch_size": 2, "train_data_dir": "sample",
     "unet_lr": 0.0004, "keep_tokens": 1, "shuffle_caption": False, "xformers": False, "sdpa": True,
-    "caption_dropout_every_n_epochs": 0, "scale_weight_norms": 2.0,
+    "caption_dropout_every_n_epochs": 0, "scale_weight_norms": 2.0, "noise_offset_random_strength": True,
 }
 
 
@@ -49,12 +49,13 @@ def test_a_kohya_ss_config_trains_the_lora_kohya_would(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "read as a kohya sd-scripts config" in err
     assert "optimizer_args not carried over: betas=0.9,0.99" in err
-    assert "not carried over (lowvram has no such setting): scale_weight_norms" in err  # (the off ones: quietly)
+    assert "not carried over (lowvram has no such setting): noise_offset_random_strength" in err  # off ones: quietly
     out = tmp_path / "out"
     lora = load_file(str(out / "mylora.safetensors"))
     meta = safe_open(str(out / "mylora.safetensors"), framework="pt").metadata()
     assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_steps"]) == ("8", "4", "3")
     assert meta["ss_network_args"] == '{"conv_dim": "2", "conv_alpha": "1"}' and meta["ss_loraplus_lr_ratio"] == "16"
+    assert meta["ss_scale_weight_norms"] == "2"
     assert {tensor.dtype for tensor in lora.values()} == {torch.float32}  # save_precision "float"
     # kohya's LoRA: the text encoder trained, every layer of the transformer blocks, the convolutions at conv_dim
     assert any(key.startswith("lora_te_") for key in lora)

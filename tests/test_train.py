@@ -171,6 +171,36 @@ def test_loraplus_makes_the_b_matrices_learn_ratio_times_faster(tmp_path, networ
         run_config(network="loha", loraplus_ratio=16)
 
 
+@pytest.mark.parametrize("network", ["lora", "dora"])
+def test_scale_weight_norms_brings_each_layers_update_back_to_the_limit(network):
+    """On real adapted layers (linear and 3x3 convolutions): a layer whose update is above the limit ends exactly at
+    it, one below stays as it was, and the norm from the rank-sized Gram matrices is the full update's."""
+    model = load_model("tiny")
+    family = model.family
+    networks.add_adapter(model.unet, family.lora_targets("unet", "full"), 4, 2.0, 0.0, network)
+    torch.manual_seed(0)
+    layers = [layer for _, layer in networks.adapted_layers(model.unet)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.lora_B["default"].weight.normal_(std=0.05 * (1 + layers.index(layer) % 3))
+    before = [layer.get_delta_weight("default").norm().item() for layer in layers]
+    limit = sorted(before)[len(before) // 2]
+    networks.limit_norms(model.unet, limit)
+    after = [layer.get_delta_weight("default").norm().item() for layer in layers]
+    assert any(isinstance(layer.get_base_layer(), torch.nn.Conv2d) for layer in layers)
+    for was, now in zip(before, after):
+        assert now == pytest.approx(min(was, limit), rel=1e-4)
+    assert sum(was > limit for was in before) >= len(before) // 3
+
+
+def test_a_run_with_scale_weight_norms_keeps_every_layer_within_it(tmp_path):
+    result = train(run_config(output=str(tmp_path), max_steps=3, lr=1e-2, scale_weight_norms=0.01))
+    norms = [layer.get_delta_weight("default").norm().item()
+             for _, layer in networks.adapted_layers(result.model.unet)]
+    assert max(norms) <= 0.01 * (1 + 1e-4) and max(norms) > 0.005
+    assert safe_open(str(result.lora_path), framework="pt").metadata()["ss_scale_weight_norms"] == "0.01"
+
+
 def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):
     result = train(run_config(output=str(tmp_path), max_steps=1))
     before = result.lora_path.read_bytes()

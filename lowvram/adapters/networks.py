@@ -141,6 +141,21 @@ def cast_inputs(module: torch.nn.Module, cast: bool) -> None:
         layer.cast_input_dtype_enabled = cast or bool(getattr(layer, "use_dora", {}).get(ADAPTER))
 
 
+def limit_norms(module: torch.nn.Module, max_norm: float) -> None:
+    """kohya's --scale_weight_norms: each LoRA layer whose update (scaling x B A) has a Frobenius norm above
+    `max_norm` gets B and A scaled by the same factor, which brings it back to `max_norm`. The norm comes from the
+    rank-sized Gram matrices (|B A|^2 = sum((B^T B) * (A A^T))), not the full-size update, and nothing is read
+    back from the GPU."""
+    with torch.no_grad():
+        for _, layer in adapted_layers(module):
+            down, up = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+            a, b = down.flatten(1), up.flatten(1)  # (rank, in x kernel area), (out, rank)
+            norm = ((b.T @ b) * (a @ a.T)).sum().clamp(min=0).sqrt() * abs(layer.scaling[ADAPTER])
+            factor = (max_norm / norm.clamp(min=max_norm)).sqrt()
+            down.mul_(factor)
+            up.mul_(factor)
+
+
 def adapted_modules(model: LoadedModel) -> list[tuple[str, torch.nn.Module]]:
     """(component name, module) for each part that carries an adapter."""
     parts = [("unet", model.unet)]

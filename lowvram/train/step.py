@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lowvram.adapters import networks
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.models.conditioning import encode_prompts, unet_conditioning
@@ -104,6 +105,9 @@ def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_ask
         optimizer.step()
         if not optimizer.step_was_skipped:  # the grad scaler skipped it: the schedule waits too
             trainee.lr_scheduler.step()
+            if session.config.optim.scale_weight_norms:
+                for module in trainee.adapted.values():
+                    networks.limit_norms(module, session.config.optim.scale_weight_norms)
     optimizer.zero_grad(set_to_none=True)
     return StepOutcome(verdict, loss, grad_norm, stop > 0)
 
