@@ -289,6 +289,8 @@ class OutputConfig:
     format: str = option("kohya", "kohya: one .safetensors that ComfyUI, AUTOMATIC1111 and diffusers load; "
                          "diffusers: also a diffusers/PEFT folder with adapter metadata.", choices=FORMATS)
     save_every: str | None = option(None, "Also save every N steps ('500') or N epochs ('2e').", metavar="N[e]")
+    keep_saves: int | None = option(None, "Keep only the newest K of the --save-every LoRAs, deleting older ones "
+                                    "(kohya's --save_last_n_epochs; default: keep all).", metavar="K")
     save_precision: str = option("fp16", "Precision of the saved LoRA.", choices=SAVE_PRECISION)
     overwrite: bool = option(False, "Replace an existing LoRA of the same name in the output folder.")
     sample_prompts: tuple[str, ...] = option((), "Prompt(s) to render with the trained LoRA at the end "

@@ -391,6 +391,9 @@ def _check(c: RunConfig) -> list[str]:
             parse_prompt(line)
         except ValueError as exc:
             p.append(f"--sample-prompt: {exc}")
+    positive("keep-saves", c.output.keep_saves)
+    if c.output.keep_saves and not c.output.save_every:
+        p.append("--keep-saves: only used with --save-every; add it or drop --keep-saves")
     if c.output.sample_every and not c.output.sample_prompts:
         p.append("--sample-every: no prompt to render; add --sample-prompt \"...\"")
     if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:

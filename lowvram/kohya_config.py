@@ -120,6 +120,8 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     values |= {SAME[key]: left.pop(key) for key in list(left) if key in SAME}
     if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
         del values["keep_tokens"]  # kohya_ss writes it whether or not anything moves the tags
+    if values.get("keep_saves") and not values.get("save_every"):
+        del values["keep_saves"]  # nothing saved along the way to keep or delete
     if values.get("sample_every") and not values.get("sample_prompts"):
         notes.append("sample_every_n_* is not carried over: no sample_prompts file to render")
         del values["sample_every"]
@@ -226,6 +228,9 @@ def _length_and_saves(left: dict[str, Any], problem) -> dict[str, Any]:
         problem("lr_scheduler", f"'{scheduler}' is not one lowvram has; use one of {', '.join(SCHEDULERS)}")
     elif scheduler:
         values["scheduler"] = scheduler
+    last_steps, every = left.pop("save_last_n_steps", None), left.get("save_every_n_steps")
+    if last_steps and every:
+        values["keep_saves"] = max(1, int(last_steps) // int(every))
     for what in ("save", "sample"):
         every_steps, every_epochs = left.pop(f"{what}_every_n_steps", None), left.pop(f"{what}_every_n_epochs", None)
         if every_steps or every_epochs:

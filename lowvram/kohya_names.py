@@ -41,6 +41,8 @@ KOHYA_FLAGS = {
     "--save_model_as": "--format (kohya, diffusers)",
     "--save_every_n_steps": "--save-every N",
     "--save_every_n_epochs": "--save-every Ne",
+    "--save_last_n_epochs": "--keep-saves",
+    "--save_last_n_steps": "--keep-saves (a number of saves: the steps divided by --save-every's)",
     "--sample_every_n_steps": "--sample-every N",
     "--sample_every_n_epochs": "--sample-every Ne",
     "--sample_prompts": "--sample-prompt (once per prompt; kohya's inline n, w, h, s, l and d options work)",

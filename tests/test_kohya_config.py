@@ -77,6 +77,8 @@ def test_kohyas_own_defaults_fill_what_the_file_leaves_out(tmp_path):
     # alpha 0 is alpha = rank in kohya; max_train_epochs wins over max_train_steps
     assert (config.alpha, config.training.epochs, config.training.max_steps) == (16.0, 3, None)
     assert not config.network.train_text_encoder and not config.data.bucket
+    kept = values_of(tmp_path, {"train_data_dir": "sample", "save_every_n_steps": 100, "save_last_n_steps": 300})
+    assert (kept["save_every"], kept["keep_saves"]) == ("100", 3)  # kohya counts steps, lowvram saves
     untrained = values_of(tmp_path, {"train_data_dir": "sample", "text_encoder_lr": 0, "learning_rate": 1e-4})
     assert untrained["train_text_encoder"] is False and untrained["lr"] == 1e-4
 

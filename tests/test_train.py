@@ -166,9 +166,10 @@ def test_loraplus_makes_the_b_matrices_learn_ratio_times_faster(tmp_path, networ
             assert moved == pytest.approx(1e-3 * (ratio or 1), rel=1e-3)
         meta = safe_open(str(result.lora_path), framework="pt").metadata()
         assert meta["ss_loraplus_lr_ratio"] == ("4" if ratio else "None")
-    with pytest.raises(LowvramError, match=r"--loraplus-ratio: LoRA\+ speeds up LoRA's B matrices, which --network "
-                                           "loha has none of"):
-        run_config(network="loha", loraplus_ratio=16)
+    for flag in ("loraplus_ratio", "scale_weight_norms"):
+        with pytest.raises(LowvramError, match=f"--{flag.replace('_', '-')}: it works on LoRA's B and A matrices, "
+                                               "which --network loha has none of"):
+            run_config(network="loha", **{flag: 16})
 
 
 @pytest.mark.parametrize("network", ["lora", "dora"])
@@ -199,6 +200,15 @@ def test_a_run_with_scale_weight_norms_keeps_every_layer_within_it(tmp_path):
              for _, layer in networks.adapted_layers(result.model.unet)]
     assert max(norms) <= 0.01 * (1 + 1e-4) and max(norms) > 0.005
     assert safe_open(str(result.lora_path), framework="pt").metadata()["ss_scale_weight_norms"] == "0.01"
+
+
+def test_keep_saves_keeps_the_newest_intermediate_loras(tmp_path):
+    result = train(run_config(output=str(tmp_path), max_steps=5, save_every="1", keep_saves=2, name="notes"))
+    assert sorted(p.name for p in tmp_path.glob("notes*.safetensors")) == [
+        "notes-step000003.safetensors", "notes-step000004.safetensors", "notes.safetensors"]
+    assert result.lora_path.name == "notes.safetensors"
+    with pytest.raises(LowvramError, match="--keep-saves: only used with --save-every"):
+        run_config(keep_saves=2)
 
 
 def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):

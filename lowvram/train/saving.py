@@ -3,6 +3,7 @@ asks for, and on Ctrl-C. Only the main process writes; a checkpoint gathers ever
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -93,6 +94,9 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
     if save_every and step < schedule.total_steps and is_save_point(save_every, step, schedule.steps_per_epoch):
         suffix = f"step{step:06d}" if save_every[1] == "steps" else f"e{step // schedule.steps_per_epoch:04d}"
         save_lora(session, trainee, dataset, out_dir / f"{name}-{suffix}.safetensors", step, epoch, started)
+        if config.output.keep_saves and session.main:
+            for old in older_saves(out_dir, name, save_every[1], config.output.keep_saves):
+                old.unlink()
     if sample_every and session.main and is_save_point(sample_every, step, schedule.steps_per_epoch):
         with evaluating(trainee):
             grid = render_grid(trainee.model, config.samples, out_dir / "samples" / f"{name}-step{step:06d}.png",
@@ -102,6 +106,15 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
     every = config.training.checkpoint_every
     if (every and step % every == 0) or step == schedule.total_steps or stop:
         save_checkpoint(session, trainee, position)
+
+
+def older_saves(out_dir: Path, name: str, unit: str, keep: int) -> list[Path]:
+    """This run's --save-every LoRAs of one kind (<name>-step000500 or <name>-e0002) beyond the newest `keep`; other
+    files, the -best and the final LoRA among them, are never matched."""
+    pattern = re.compile(rf"{re.escape(name)}-{'step' if unit == 'steps' else 'e'}(\d+)\.safetensors")
+    saves = sorted((int(match.group(1)), path) for path in out_dir.iterdir()
+                   if (match := pattern.fullmatch(path.name)))
+    return [path for _, path in saves[:-keep]]
 
 
 def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule,
