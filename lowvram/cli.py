@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", allow_abbrev=False, help="train a LoRA", description="Train a LoRA. Options come from --config "
                            "(TOML, same names in sections [model] [data] [network] [optim] [training] [validation] [memory] [output]) "
                            "and from flags, which override the file.")
-    train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file)")
+    train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file), or a "
+                       "kohya sd-scripts config file, read as kohya reads it")
     train.add_argument("--preset", help=f"starting settings for a kind of job ({', '.join(list_presets())}); "
                        "--config and flags override them")
     train.add_argument("--auto", action="store_true", help="let the memory planner choose --unet-weights, "

@@ -141,7 +141,7 @@ class NetworkConfig:
                                    "conv_dim; default: --rank). Linear layers and 1x1 convolutions keep --rank.",
                                    metavar="R")
     conv_alpha: float | None = option(None, "Alpha of those convolutions (kohya's conv_alpha; default: the same "
-                                      "alpha/rank scale as the other layers).")
+                                      "alpha/rank scale as the other layers).", metavar="A")
     lokr_factor: int = option(-1, "LoKr: the factor the first Kronecker matrix's sides are split by (-1: as "
                               "square as possible; 4-16 gives smaller files).", metavar="F")
     train_text_encoder: bool = option(False, "Also train LoRA adapters on the text encoder(s).")
