@@ -205,6 +205,8 @@ class TrainingConfig:
     resume: str | None = option(None, "Continue from a checkpoint folder, or 'auto' for the newest in the "
                                 "output folder.", metavar="PATH|auto")
     noise_offset: float = option(0.0, "Noise offset (e.g. 0.05) so the model learns very dark/bright images.")
+    noise_offset_random_strength: bool = option(False, "Each step's noise offset is drawn between 0 and "
+                                                "--noise-offset (kohya's --noise_offset_random_strength).")
     multires_noise_iterations: int | None = option(None, "Multi-resolution (pyramid) noise: this many layers of "
                                                    "coarser noise added (kohya's --multires_noise_iterations; 6-10 "
                                                    "is usual), another way to reach very dark or bright images.",
@@ -214,6 +216,8 @@ class TrainingConfig:
     ip_noise_gamma: float = option(0.0, "Input perturbation (kohya's --ip_noise_gamma): the U-Net is given latents "
                                    "noised with the noise plus this much more, and still predicts the noise alone; "
                                    "0.1 is usual, 0 is off.", metavar="G")
+    ip_noise_gamma_random_strength: bool = option(False, "Each step's input perturbation is drawn between 0 and "
+                                                  "--ip-noise-gamma (kohya's --ip_noise_gamma_random_strength).")
     min_snr_gamma: float | None = option(None, "Min-SNR loss weighting gamma (5 is the usual value; off by default).")
     debiased_estimation: bool = option(False, "Weigh each timestep's loss by 1/sqrt(SNR), 1/(SNR+1) for v-prediction "
                                        "(kohya's --debiased_estimation_loss), against the noise of the least noisy "

@@ -348,6 +348,12 @@ def _check(c: RunConfig) -> list[str]:
     positive("epochs", c.training.epochs)
     positive("noise-offset", c.training.noise_offset, allow_zero=True)
     positive("ip-noise-gamma", c.training.ip_noise_gamma, allow_zero=True)
+    for flag, random_strength, strength in (
+            ("noise-offset", c.training.noise_offset_random_strength, c.training.noise_offset),
+            ("ip-noise-gamma", c.training.ip_noise_gamma_random_strength, c.training.ip_noise_gamma)):
+        if random_strength and not strength:
+            p.append(f"--{flag}-random-strength: draws a strength up to --{flag}, which is 0; set --{flag} or "
+                     f"drop --{flag}-random-strength")
     positive("multires-noise-iterations", c.training.multires_noise_iterations)
     if c.training.multires_noise_discount is not None and not 0 < c.training.multires_noise_discount < 1:
         p.append(f"--multires-noise-discount: must be in (0, 1), got {c.training.multires_noise_discount}")

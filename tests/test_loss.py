@@ -54,6 +54,26 @@ def test_input_perturbation_noises_the_input_more_and_leaves_the_target(predicti
     assert got.item() != pytest.approx(plain.item(), rel=1e-4)
 
 
+def test_a_noise_offsets_random_strength_scales_the_offset_alone():
+    latents = torch.zeros(2, 4, 8, 8)
+
+    def noise(offset, strength=None):
+        torch.manual_seed(0)
+        return sample_noise(latents, offset, offset_strength=None if strength is None else torch.tensor(strength))
+
+    plain, full = noise(0.0), noise(0.1)
+    torch.testing.assert_close(noise(0.1, 0.0), plain)
+    torch.testing.assert_close(noise(0.1, 1.0), full)
+    torch.testing.assert_close(noise(0.1, 0.25) - plain, 0.25 * (full - plain))
+    assert (full - plain).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("flag", ["noise_offset", "ip_noise_gamma"])
+def test_a_random_strength_of_nothing_is_refused(flag):
+    with pytest.raises(LowvramError, match=f"--{flag.replace('_', '-')}-random-strength: draws a strength up to"):
+        run_config(**{f"{flag}_random_strength": True})
+
+
 def test_the_pseudo_huber_losses_are_squared_near_zero_and_linear_far_out():
     d = torch.tensor([0.0, 0.01, 1.0, 100.0]).view(4, 1, 1, 1)
     zero, c = torch.zeros_like(d), torch.full((4,), 0.1)

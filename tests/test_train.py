@@ -221,7 +221,8 @@ def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):
 
 @pytest.mark.parametrize("options", [
     {"prediction_type": "v_prediction", "min_snr_gamma": 5.0, "noise_offset": 0.05, "ip_noise_gamma": 0.1,
-     "loss": "huber", "huber_schedule": "exponential", "scale_v_pred_loss": True},
+     "loss": "huber", "huber_schedule": "exponential", "scale_v_pred_loss": True,
+     "noise_offset_random_strength": True, "ip_noise_gamma_random_strength": True},
     {"scheduler": "cosine_with_restarts", "warmup_steps": 2, "scheduler_cycles": 2, "gradient_accumulation": 2,
      "batch_size": 2, "gradient_checkpointing": True, "unet_weights": "fp8", "optimizer": "adamw8bit",
      "debiased_estimation": True, "min_timestep": 100, "max_timestep": 900, "v_pred_like_loss": 0.1},
@@ -236,6 +237,7 @@ def test_training_options_run_and_are_recorded(tmp_path, options):
         assert meta["ss_ip_noise_gamma"] == "0.1" and meta["ss_loss_type"] == "huber"
         assert meta["ss_huber_c"] == "0.1" and meta["ss_huber_schedule"] == "exponential"
         assert meta["ss_scale_v_pred_loss_like_noise_pred"] == "True" and meta["ss_v_pred_like_loss"] == "None"
+        assert meta["ss_noise_offset_random_strength"] == meta["ss_ip_noise_gamma_random_strength"] == "True"
     if "debiased_estimation" in options:
         assert (meta["ss_debiased_estimation"], meta["ss_min_timestep"], meta["ss_max_timestep"]) == ("True", "100",
                                                                                                      "900")

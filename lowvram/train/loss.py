@@ -32,12 +32,15 @@ class Objective:
 
 
 def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None = None,
-                 multires: tuple[int, float] | None = None) -> torch.Tensor:
-    """Gaussian noise; with an offset, plus a per-channel constant so the model can shift overall brightness; with
-    `multires` (iterations, discount), plus noise drawn at ever coarser scales (kohya's multires noise)."""
+                 multires: tuple[int, float] | None = None, offset_strength: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Gaussian noise; with an offset, plus a per-channel constant so the model can shift overall brightness (times
+    `offset_strength`, a scalar on the device, where given); with `multires` (iterations, discount), plus noise
+    drawn at ever coarser scales (kohya's multires noise)."""
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     if noise_offset:
-        noise += noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator,
+        offset = noise_offset if offset_strength is None else noise_offset * offset_strength.to(latents.dtype)
+        noise += offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator,
                                             device=latents.device, dtype=latents.dtype)
     if multires:
         noise = pyramid_noise(noise, *multires, generator)

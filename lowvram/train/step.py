@@ -56,11 +56,14 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
         hidden = batch.hidden.to(dtype)
         pooled = batch.pooled.to(dtype) if batch.pooled is not None else None
     conditioning = unet_conditioning(model.family, hidden, pooled, batch.time_ids)
-    noise = sample_noise(latents, config.training.noise_offset, multires=config.multires_noise)
-    timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device,
-                                 between=(config.training.min_timestep, config.training.max_timestep))
-    gamma = config.training.ip_noise_gamma
-    perturbation = gamma * torch.randn_like(latents) if gamma else None
+    t = config.training
+    # kohya's random strengths: one per step, drawn on the device (reading it back would wait for the GPU)
+    offset_strength = torch.rand((), device=device) if t.noise_offset_random_strength else None
+    noise = sample_noise(latents, t.noise_offset, multires=config.multires_noise, offset_strength=offset_strength)
+    timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device, between=(t.min_timestep, t.max_timestep))
+    perturbation = t.ip_noise_gamma * torch.randn_like(latents) if t.ip_noise_gamma else None
+    if perturbation is not None and t.ip_noise_gamma_random_strength:
+        perturbation = perturbation * torch.rand((), device=device, dtype=perturbation.dtype)
     with accelerator.autocast(), offloading(session):
         loss = diffusion_loss(trainee.unet, trainee.noise_scheduler, latents, conditioning, noise, timesteps,
                               Objective.of(config), batch.weights, batch.mask, perturbation)
