@@ -50,7 +50,8 @@ def describe(path: Path) -> dict:
     for rank in rank_of.values():
         ranks[rank] = ranks.get(rank, 0) + 1
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "modules": len(modules),
-            "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params, "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
+            "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
+            "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
             "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)})}
 
 
@@ -93,8 +94,8 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
         return
     console = Console()
     ranks = info["ranks"]
-    shown = (f"rank {next(iter(ranks))}, " if len(ranks) == 1 else
-             "ranks " + ", ".join(f"{rank} ({count} module{'s' * (count > 1)})" for rank, count in ranks.items()) + ", " if ranks else "")
+    each = ", ".join(f"{rank} ({count} module{'s' * (count > 1)})" for rank, count in ranks.items())
+    shown = f"rank {next(iter(ranks))}, " if len(ranks) == 1 else f"ranks {each}, " if ranks else ""
     console.print(f"[bold]{path.name}[/]: {info['network']}, {info['modules']} modules, {shown}{info['parameters']:,} "
                   f"parameters ({', '.join(info['dtypes'])}), {info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     table = Table(title="metadata")

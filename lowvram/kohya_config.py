@@ -22,11 +22,11 @@ from lowvram.config import SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError
 from lowvram.kohya_names import KOHYA_FLAGS
 
-# kohya setting -> lowvram option where the value carries over as it is: each single-flag entry of the kohya table
 # kohya's switches that set a lowvram option to a value
 SWITCHES = {"v_parameterization": ("prediction_type", "v_prediction"), "xformers": ("attention", "xformers"),
             "sdpa": ("attention", "sdpa"), "fp8_base": ("unet_weights", "fp8"), "random_crop": ("crop", "random"),
             "color_aug": ("color_jitter", 0.1)}
+# kohya setting -> lowvram option where the value carries over as it is: each single-flag entry of the kohya table
 SAME = {flag[2:]: ours[2:].replace("-", "_") for flag, ours in KOHYA_FLAGS.items()
         if re.fullmatch(r"--[a-z0-9-]+", ours) and flag[2:] not in SWITCHES} | {"seed": "seed", "vae": "vae",
                                                                               "resolution": "resolution"}
@@ -207,7 +207,8 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
         if key in OPTIMIZERS:
             values["optimizer"] = OPTIMIZERS[key]
         else:
-            problem("optimizer_type", f"'{kind}' is not one lowvram has; use one of {', '.join(sorted(set(OPTIMIZERS.values())))}")
+            choices = ", ".join(sorted(set(OPTIMIZERS.values())))
+            problem("optimizer_type", f"'{kind}' is not one lowvram has; use one of {choices}")
     args = _pairs(left.pop("optimizer_args", []))
     if "weight_decay" in args:
         values["weight_decay"] = float(args.pop("weight_decay"))
