@@ -40,8 +40,8 @@ def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Ge
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     if noise_offset:
         offset = noise_offset if offset_strength is None else noise_offset * offset_strength.to(latents.dtype)
-        noise += offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator,
-                                            device=latents.device, dtype=latents.dtype)
+        noise += offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator, device=latents.device,
+                                      dtype=latents.dtype)
     if multires:
         noise = pyramid_noise(noise, *multires, generator)
     return noise
@@ -120,21 +120,19 @@ def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, cond
     else:
         mask = mask.to(error)
         loss = (error * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1)
-    if objective.min_snr_gamma:
+    if objective.min_snr_gamma or objective.v_scaled_like_epsilon or objective.v_like or objective.debiased:
         snr = compute_snr(scheduler, timesteps)
+        capped = snr.clamp(max=1000)  # as kohya caps it for its weightings: a noiseless first step's is infinite
+    if objective.min_snr_gamma:
         weight = snr.clamp(max=objective.min_snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
         loss = loss * weight
-    # kohya's order: min-SNR, the two v-prediction scales, then debiased estimation; SNR capped at 1000 as kohya
-    # caps it (a noiseless first step's is infinite)
+    # kohya's order: min-SNR, the two v-prediction scales, then debiased estimation
     if objective.v_scaled_like_epsilon:
-        snr = compute_snr(scheduler, timesteps).clamp(max=1000)
-        loss = loss * snr / (snr + 1)
+        loss = loss * capped / (capped + 1)
     if objective.v_like:
-        snr = compute_snr(scheduler, timesteps).clamp(max=1000)
-        loss = loss + objective.v_like * loss * (snr + 1) / snr
+        loss = loss + objective.v_like * loss * (capped + 1) / capped
     if objective.debiased:
-        snr = compute_snr(scheduler, timesteps).clamp(max=1000)
-        loss = loss * (snr.rsqrt() if prediction_type == "epsilon" else 1 / (snr + 1))
+        loss = loss * (capped.rsqrt() if prediction_type == "epsilon" else 1 / (capped + 1))
     if weights is not None:
         loss = loss * weights.to(loss)
     return loss.mean()

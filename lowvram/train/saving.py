@@ -96,7 +96,7 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
         save_lora(session, trainee, dataset, out_dir / f"{name}-{suffix}.safetensors", step, epoch, started)
         if config.output.keep_saves and session.main:
             for old in older_saves(out_dir, name, save_every[1], config.output.keep_saves):
-                old.unlink()
+                old.unlink(missing_ok=True)
     if sample_every and session.main and is_save_point(sample_every, step, schedule.steps_per_epoch):
         with evaluating(trainee):
             grid = render_grid(trainee.model, config.samples, out_dir / "samples" / f"{name}-step{step:06d}.png",
