@@ -305,6 +305,8 @@ class OutputConfig:
     sample_steps: int = option(20, "Denoising steps for sample images.")
     sample_every: str | None = option(None, "Also render the sample prompts every N steps ('500') or N epochs "
                                       "('2e'), as one grid image per save point.", metavar="N[e]")
+    sample_at_first: bool = option(False, "Also render the sample prompts before the first step, with the base "
+                                   "model alone, to compare against (kohya's --sample_at_first).")
     tensorboard: bool = option(False, "Also log loss, learning rate, gradient norm, VRAM and samples to "
                                "TensorBoard in <output>/logs (pip install 'lowvram[tensorboard]'); "
                                "metrics.jsonl is always written.")

@@ -400,8 +400,9 @@ def _check(c: RunConfig) -> list[str]:
     positive("keep-saves", c.output.keep_saves)
     if c.output.keep_saves and not c.output.save_every:
         p.append("--keep-saves: only used with --save-every; add it or drop --keep-saves")
-    if c.output.sample_every and not c.output.sample_prompts:
-        p.append("--sample-every: no prompt to render; add --sample-prompt \"...\"")
+    for flag, value in (("--sample-every", c.output.sample_every), ("--sample-at-first", c.output.sample_at_first)):
+        if value and not c.output.sample_prompts:
+            p.append(f"{flag}: no prompt to render; add --sample-prompt \"...\"")
     if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:
         p.append(f"--lokr-factor: must be -1 (automatic) or >= 1, got {c.network.lokr_factor}")
     if c.output.format == "diffusers" and c.network.network in ("loha", "lokr"):

@@ -45,6 +45,7 @@ KOHYA_FLAGS = {
     "--save_last_n_steps": "--keep-saves (a number of saves: the steps divided by --save-every's)",
     "--sample_every_n_steps": "--sample-every N",
     "--sample_every_n_epochs": "--sample-every Ne",
+    "--sample_at_first": "--sample-at-first",
     "--sample_prompts": "--sample-prompt (once per prompt; kohya's inline n, w, h, s, l and d options work)",
     "--enable_bucket": "(the default; --no-bucket turns it off)",
     "--min_bucket_reso": "--min-bucket-side",

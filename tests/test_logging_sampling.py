@@ -17,17 +17,24 @@ def sampled(tmp_path_factory):
     out = tmp_path_factory.mktemp("sampled")
     config = run_config(output=str(out), max_steps=4, sample_every="2", sample_prompts=["lvshape, a red circle",
                         "lvshape, a blue square --n circle --w 96 --h 48 --s 3 --l 5 --d 9"], sample_steps=2,
-                        tensorboard=True, validation_split=0.34, validate_every=2)
+                        tensorboard=True, validation_split=0.34, validate_every=2, sample_at_first=True)
     return config, train(config)
 
 
 def test_sample_grids_are_written_every_n_steps_at_the_expected_size(sampled):
     config, result = sampled
     grids = sorted((config.output_dir / "samples").glob(f"{config.output_name}-step*.png"))
-    assert [g.name for g in grids] == [f"{config.output_name}-step000002.png", f"{config.output_name}-step000004.png"]
+    # step 0: --sample-at-first, the base model alone
+    assert [g.name for g in grids] == [f"{config.output_name}-step{step:06d}.png" for step in (0, 2, 4)]
     for grid in grids:  # side by side: 64 px (the tiny model's resolution) and the second prompt's 96 x 48
         assert Image.open(grid).size == (64 + 96, 64)
     assert [Image.open(path).size for path in result.samples] == [(64, 64), (96, 48)]  # one file per prompt
+
+
+@pytest.mark.parametrize("flag", ["sample_every", "sample_at_first"])
+def test_sampling_without_a_prompt_is_refused(flag):
+    with pytest.raises(LowvramError, match=f"--{flag.replace('_', '-')}: no prompt to render; add --sample-prompt"):
+        run_config(**{flag: "2" if flag == "sample_every" else True})
 
 
 def test_sample_prompts_take_kohyas_inline_options():
@@ -54,7 +61,7 @@ def test_metrics_and_tensorboard_hold_every_step(sampled):
     events = EventAccumulator(str(config.output_dir / "logs"), size_guidance={"images": 0}).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in events.Scalars("validation/loss")] == [2, 4]
-    assert [e.step for e in events.Images("samples")] == [2, 4]
+    assert [e.step for e in events.Images("samples")] == [0, 2, 4]
 
 
 def test_every_preset_is_a_valid_config():

@@ -81,3 +81,25 @@ def test_a_kohya_config_fills_the_form_and_saves_as_lowvrams_own(tmp_path):
     config = build_config(read_toml(replayed))
     assert (config.network.rank, config.alpha, config.network.conv_rank_alpha) == (8, 4.0, (2, 1.0))
     assert (config.data.resolution, config.training.max_steps, config.network.lora_layers) == (64, 5, "full")
+
+
+def test_a_stopped_run_says_stopping_until_it_exits():
+    """The state line the UI polls: after Stop it says the run is stopping (not running) for as long as the run
+    takes to save and exit, so the click's message and the polled state agree."""
+    import subprocess
+    import sys
+
+    from lowvram.ui.runs import TrainingProcess
+
+    # a run that takes its time over Ctrl-C (it ignores it), as one finishing its step and saving does
+    slow = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", slow], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        training = TrainingProcess(process=child)
+        assert training.state() == "running"
+        assert training.stop() == training.state() == "stopping: the run saves a checkpoint, then exits"
+    finally:
+        child.kill()
+        child.wait()
+    assert training.state().startswith("failed")

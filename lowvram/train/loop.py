@@ -23,7 +23,14 @@ from lowvram.train import checkpoint, outdir
 from lowvram.train.progress import StopOnSignal, TrainingProgress
 from lowvram.train.runlog import RunLog, append_record
 from lowvram.train.sampling import render_samples
-from lowvram.train.saving import at_save_points, resume, save_interrupted, save_lora, validate_and_keep_best
+from lowvram.train.saving import (
+    at_save_points,
+    resume,
+    sample_grid,
+    save_interrupted,
+    save_lora,
+    validate_and_keep_best,
+)
 from lowvram.train.setup import (
     Session,
     Trainee,
@@ -96,6 +103,8 @@ def run_training(session: Session) -> TrainResult:
     with (TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill) as progress,
           StopOnSignal() as signals, RunLog(out_dir, position.step, config.output.tensorboard, session.main) as log,
           peaks.phase("training")):
+        if config.output.sample_at_first and position.step == 0:
+            sample_grid(session, trainee, prepared, log, 0)
         for step in range(position.step + 1, schedule.total_steps + 1):
             step_start = time.perf_counter()
             epoch, number, mine = following

@@ -97,15 +97,25 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
         if config.output.keep_saves and session.main:
             for old in older_saves(out_dir, name, save_every[1], config.output.keep_saves):
                 old.unlink(missing_ok=True)
-    if sample_every and session.main and is_save_point(sample_every, step, schedule.steps_per_epoch):
-        with evaluating(trainee):
-            grid = render_grid(trainee.model, config.samples, out_dir / "samples" / f"{name}-step{step:06d}.png",
-                               session.run.resolution, config.output.sample_steps, config.training.seed,
-                               session.accelerator, prepared.sample_embeddings)
-        log.image(step, "samples", grid)
+    if sample_every and is_save_point(sample_every, step, schedule.steps_per_epoch):
+        sample_grid(session, trainee, prepared, log, step)
     every = config.training.checkpoint_every
     if (every and step % every == 0) or step == schedule.total_steps or stop:
         save_checkpoint(session, trainee, position)
+
+
+def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step: int) -> None:
+    """The sample prompts as the LoRA stands at `step` (0: the base model alone), one grid image, rendered by the
+    main process."""
+    if not session.main:
+        return
+    config = session.config
+    with evaluating(trainee):
+        grid = render_grid(trainee.model, config.samples,
+                           session.out_dir / "samples" / f"{config.output_name}-step{step:06d}.png",
+                           session.run.resolution, config.output.sample_steps, config.training.seed,
+                           session.accelerator, prepared.sample_embeddings)
+    log.image(step, "samples", grid)
 
 
 def older_saves(out_dir: Path, name: str, unit: str, keep: int) -> list[Path]:

@@ -217,13 +217,19 @@ def build_app(cache_dir: Path):
                                        "press Start")
                 vram = (budget_text if card_name == BUDGET else "") if use_auto else None
                 shown.clear()
-                return training.start(text, ui_dir, output, resume=resume, auto_vram=vram)
+                return showing_state(training.start(text, ui_dir, output, resume=resume, auto_vram=vram))
             except LowvramError as exc:
                 return _message(exc)
 
+        def showing_state(message: str) -> str:
+            # what a click puts in the state line, recorded as shown: a timer tick that read the state before the
+            # click's message reached the page must not leave the message standing in place of the run's state
+            shown["state"] = message
+            return message
+
         start_button.click(lambda *a: start(False, *a), [auto, card, budget, *inputs], run_state)
         resume_button.click(lambda *a: start(True, *a), [auto, card, budget, *inputs], run_state)
-        stop_button.click(lambda: training.stop(), None, run_state)
+        stop_button.click(lambda: showing_state(training.stop()), None, run_state)
 
         def changed(key: str, value):
             if shown.get(key) == value:

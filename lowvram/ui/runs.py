@@ -34,6 +34,7 @@ class TrainingProcess:
     output: Path | None = None
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    stopping: bool = False  # Stop was pressed and the run has not exited yet
 
     @property
     def running(self) -> bool:
@@ -44,7 +45,7 @@ class TrainingProcess:
             raise LowvramError("a run is already going: stop it first")
         config_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = write_text(config_dir / "ui-run.toml", toml)
-        self.output = output
+        self.output, self.stopping = output, False
         args = ["train", "--config", str(self.config_path)]
         if resume:
             args += ["--resume", "auto"]
@@ -64,14 +65,15 @@ class TrainingProcess:
         if not self.running:
             return "no run is going"
         self.process.send_signal(STOP_SIGNAL)
-        return "stopping: the run saves a checkpoint, then exits"
+        self.stopping = True
+        return self.state()
 
     def state(self) -> str:
         if self.process is None:
             return "no run yet"
         code = self.process.poll()
         if code is None:
-            return "running"
+            return "stopping: the run saves a checkpoint, then exits" if self.stopping else "running"
         return {0: "finished", 130: "stopped (a checkpoint was saved: Resume continues it)"}.get(
             code, f"failed (exit code {code}): see the log")
 
