@@ -278,9 +278,10 @@ def test_train_stop_resume_and_render(page, server):
     field(page, "sample-steps").fill("4")
     page.get_by_role("tab", name="Train").click()
     page.locator("#resume").click()  # nothing to resume yet: said, and nothing starts
-    expect(page.locator("#run-state")).to_contain_text("nothing to resume: no checkpoint in")
+    expect(page.locator("#run-message")).to_contain_text("nothing to resume: no checkpoint in")
     assert not out.exists()
     page.locator("#start").click()
+    expect(page.locator("#run-message")).to_contain_text("started: lowvram train --config")
     expect(page.locator("#run-state")).to_contain_text("running", timeout=30_000)
     expect(page.locator("#samples img").first).to_be_visible(timeout=120_000)  # a sample grid, mid-run
     expect(page.locator("#run-progress")).to_contain_text("of 240")

@@ -110,6 +110,7 @@ def build_app(cache_dir: Path):
                     start_button = gr.Button("Start", variant="primary", elem_id="start")
                     stop_button = gr.Button("Stop (saves a checkpoint)", elem_id="stop")
                     resume_button = gr.Button("Resume", elem_id="resume")
+                run_message = gr.Markdown(elem_id="run-message")
                 run_state = gr.Markdown("no run yet", elem_id="run-state")
                 run_progress = gr.Markdown(elem_id="run-progress")
                 with gr.Row():
@@ -217,19 +218,14 @@ def build_app(cache_dir: Path):
                                        "press Start")
                 vram = (budget_text if card_name == BUDGET else "") if use_auto else None
                 shown.clear()
-                return showing_state(training.start(text, ui_dir, output, resume=resume, auto_vram=vram))
+                return training.start(text, ui_dir, output, resume=resume, auto_vram=vram)
             except LowvramError as exc:
                 return _message(exc)
 
-        def showing_state(message: str) -> str:
-            # what a click puts in the state line, recorded as shown: a timer tick that read the state before the
-            # click's message reached the page must not leave the message standing in place of the run's state
-            shown["state"] = message
-            return message
-
-        start_button.click(lambda *a: start(False, *a), [auto, card, budget, *inputs], run_state)
-        resume_button.click(lambda *a: start(True, *a), [auto, card, budget, *inputs], run_state)
-        stop_button.click(lambda: showing_state(training.stop()), None, run_state)
+        # a click's message has a line of its own: the state line is the timer's alone, so the two never race
+        start_button.click(lambda *a: start(False, *a), [auto, card, budget, *inputs], run_message)
+        resume_button.click(lambda *a: start(True, *a), [auto, card, budget, *inputs], run_message)
+        stop_button.click(lambda: training.stop(), None, run_message)
 
         def changed(key: str, value):
             if shown.get(key) == value:
