@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import run_config
 from safetensors.torch import load_file
+from test_step_syncs import PER_STEP_OPTIONS
 
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.train.loop import train
@@ -148,14 +149,14 @@ def test_adamw_steps_cuda_adapters_in_one_fused_kernel():
     assert not torch.equal(before, params[0]) and torch.isfinite(params[0]).all()
 
 
-def cuda_waits(tmp_path, steps: int) -> dict:
+def cuda_waits(tmp_path, steps: int, **options) -> dict:
     """The host's waits for the GPU in a run of `steps` steps (torch's sync debug mode), by file and line."""
     import warnings
     from collections import Counter
     from pathlib import Path
 
     config = run_config(output=str(tmp_path / f"steps{steps}"), cache_dir=str(tmp_path / "cache"), max_steps=steps,
-                        batch_size=2)
+                        batch_size=2, **options)
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -166,11 +167,12 @@ def cuda_waits(tmp_path, steps: int) -> dict:
     return Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
 
 
-def test_a_training_step_waits_for_the_gpu_once(tmp_path):
+@pytest.mark.parametrize("options", [{}, PER_STEP_OPTIONS], ids=["plain", "per-step-options"])
+def test_a_training_step_waits_for_the_gpu_once(tmp_path, options):
     """What tests/test_step_syncs.py counts in lowvram's code on the CPU, counted here in everything a step runs
     (diffusers, peft, torch, CUDA copies): three extra steps add three waits, the step's one read-back."""
-    cuda_waits(tmp_path, 1)  # fills the cache
-    short, long = cuda_waits(tmp_path, 2), cuda_waits(tmp_path, 5)
+    cuda_waits(tmp_path, 1, **options)  # fills the cache
+    short, long = cuda_waits(tmp_path, 2, **options), cuda_waits(tmp_path, 5, **options)
     long.subtract(short)
     extra = {where: count for where, count in long.items() if count}
     assert sum(extra.values()) == 3, f"waits per 3 steps, by place: {extra}"

@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import run_config
 from torch.overrides import TorchFunctionMode
@@ -40,19 +41,26 @@ class CountReadbacks(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def readbacks(tmp_path, steps: int) -> Counter:
+# the options that add work to every step: each must stay on the device too
+PER_STEP_OPTIONS = {"scale_weight_norms": 0.05, "loraplus_ratio": 4.0, "noise_offset": 0.05,
+                    "noise_offset_random_strength": True, "ip_noise_gamma": 0.1, "ip_noise_gamma_random_strength": True,
+                    "min_snr_gamma": 5.0, "debiased_estimation": True, "v_pred_like_loss": 0.1}
+
+
+def readbacks(tmp_path, steps: int, **options) -> Counter:
     config = run_config(output=str(tmp_path / f"steps{steps}"), cache_dir=str(tmp_path / "cache"), max_steps=steps,
-                        batch_size=2)
+                        batch_size=2, **options)
     with CountReadbacks() as counter:
         train(config)
     return counter.where
 
 
-def test_lowvrams_step_code_reads_back_from_the_device_once_per_step(tmp_path):
+@pytest.mark.parametrize("options", [{}, PER_STEP_OPTIONS], ids=["plain", "per-step-options"])
+def test_lowvrams_step_code_reads_back_from_the_device_once_per_step(tmp_path, options):
     """Two runs that differ only in their number of steps, after a first run has filled the cache: what the three
     extra steps read is the per-step cost (setup, saving and sampling are the same in both and cancel out)."""
-    readbacks(tmp_path, 1)
-    short, long = readbacks(tmp_path, 2), readbacks(tmp_path, 5)
+    readbacks(tmp_path, 1, **options)
+    short, long = readbacks(tmp_path, 2, **options), readbacks(tmp_path, 5, **options)
     per_step = long.copy()
     per_step.subtract(short)
     extra = {where: count for where, count in per_step.items() if count}
