@@ -73,6 +73,19 @@ def _pairs(value: Any) -> dict[str, str]:
     return {k.strip(): v.strip().strip("\"'") for k, _, v in (str(item).partition("=") for item in items) if k.strip()}
 
 
+def _number(value: Any, key: str, problem, kind: type = float) -> Any:
+    """A kohya value as a number; where it is none, the problem is recorded and a stand-in returned, so that the
+    rest of the file is still checked and every problem reported at once."""
+    try:
+        number = float(value)
+        if kind is int and not number.is_integer():
+            raise ValueError
+        return kind(number)
+    except (TypeError, ValueError):
+        problem(key, f"{value!r} is not {'a whole number' if kind is int else 'a number'}")
+        return kind(1)
+
+
 def _off(value: Any) -> bool:
     return value is None or value is False or value == 0 or value == "" or value == []
 
@@ -102,7 +115,7 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     elif dataset_config:
         notes.append(f"dataset_config {dataset_config} is not read; train_data_dir is")
     values |= _network(left, notes, problem)
-    values |= _learning_rates(left, values["train_text_encoder"])
+    values |= _learning_rates(left, values["train_text_encoder"], problem)
     values |= _optimizer(left, notes, problem)
     values |= _length_and_saves(left, problem)
     if left.get("loss_type") not in ("huber", "smooth_l1"):  # kohya_ss writes the Huber settings beside any loss
@@ -141,8 +154,8 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     """The network, its rank and alpha (kohya's defaults 4 and 1), its layers and whether the text encoder trains."""
     module = str(left.pop("network_module", "networks.lora"))
     args = _pairs(left.pop("network_args", []))
-    rank = int(left.pop("network_dim", 4))
-    alpha = float(left.pop("network_alpha", 1.0) or rank)  # kohya: alpha 0 is alpha = rank
+    rank = _number(left.pop("network_dim", 4), "network_dim", problem, int)
+    alpha = _number(left.pop("network_alpha", 1.0), "network_alpha", problem) or float(rank)  # kohya: 0 is = rank
     values: dict[str, Any] = {"rank": rank, "alpha": alpha, "network": "lora",
                               "train_text_encoder": not left.pop("network_train_unet_only", False)}
     conv_dim, conv_alpha = args.pop("conv_dim", None), args.pop("conv_alpha", None)
@@ -150,7 +163,8 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         # kohya's LoRA adapts every layer of the transformer blocks; conv_dim adds the ResNet convolutions (LoCon)
         values["lora_layers"] = "full" if conv_dim else "attn-mlp"
         if conv_dim:  # kohya's conv_alpha defaults to 1
-            values |= {"conv_rank": int(conv_dim), "conv_alpha": float(conv_alpha or 1.0)}
+            values |= {"conv_rank": _number(conv_dim, "network_args conv_dim", problem, int),
+                       "conv_alpha": _number(conv_alpha or 1.0, "network_args conv_alpha", problem)}
     elif module == "lycoris.kohya":
         algo = args.pop("algo", "lora")
         dora = str(args.pop("dora_wd", "")).lower() == "true"
@@ -163,38 +177,40 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
                     f"({', '.join(LYCORIS_PRESETS)})")
         values["lora_layers"] = LYCORIS_PRESETS.get(preset, "full")
         if conv_dim and values["lora_layers"] == "full":  # LyCORIS's conv_alpha defaults to network_alpha
-            values |= {"conv_rank": int(conv_dim), "conv_alpha": float(conv_alpha or alpha)}
+            values |= {"conv_rank": _number(conv_dim, "network_args conv_dim", problem, int),
+                       "conv_alpha": _number(conv_alpha or alpha, "network_args conv_alpha", problem)}
         factor = args.pop("factor", None)
         if factor is not None and values["network"] == "lokr":
-            values["lokr_factor"] = int(factor)
+            values["lokr_factor"] = _number(factor, "network_args factor", problem, int)
         if "module_dropout" in args and values["network"] in ("loha", "lokr"):
-            values["dropout"] = float(args.pop("module_dropout"))
+            values["dropout"] = _number(args.pop("module_dropout"), "network_args module_dropout", problem)
         args.pop("wd_on_output", None)  # lowvram's DoRA (peft's) is on the output axis
     else:
         problem("network_module", f"'{module}' is not a network lowvram trains (networks.lora, or lycoris.kohya with "
                 f"algo {', '.join(LYCORIS_ALGOS)})")
     ratio = args.pop("loraplus_lr_ratio", None) or args.pop("loraplus_unet_lr_ratio", None)
     if ratio and values["network"] in ("lora", "dora"):
-        values["loraplus_ratio"] = float(ratio)
+        values["loraplus_ratio"] = _number(ratio, "network_args loraplus_lr_ratio", problem)
     if args:
         notes.append(f"network_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
     return values
 
 
-def _learning_rates(left: dict[str, Any], train_text_encoder: bool) -> dict[str, Any]:
+def _learning_rates(left: dict[str, Any], train_text_encoder: bool, problem) -> dict[str, Any]:
     """unet_lr, else learning_rate, for the U-Net; text_encoder_lr, else learning_rate, for the text encoder, which
     a text_encoder_lr of 0 leaves untrained (SDXL's pair of text-encoder rates: the first)."""
-    learning_rate, unet_lr = left.pop("learning_rate", None), left.pop("unet_lr", None)
-    text_lr = left.pop("text_encoder_lr", None)
-    text_lr = text_lr[0] if isinstance(text_lr, list) and text_lr else text_lr
+    rates = {key: left.pop(key, None) for key in ("learning_rate", "unet_lr", "text_encoder_lr")}
+    if isinstance(rates["text_encoder_lr"], list):
+        rates["text_encoder_lr"] = rates["text_encoder_lr"][0] if rates["text_encoder_lr"] else None
+    rates = {key: None if value is None else _number(value, key, problem) for key, value in rates.items()}
     values: dict[str, Any] = {}
-    lr = unet_lr or learning_rate
+    lr, text_lr = rates["unet_lr"] or rates["learning_rate"], rates["text_encoder_lr"]
     if lr:
-        values["lr"] = float(lr)
+        values["lr"] = lr
     if train_text_encoder and text_lr == 0:
         values["train_text_encoder"] = False
     elif train_text_encoder and text_lr and text_lr != lr:
-        values["text_encoder_lr"] = float(text_lr)
+        values["text_encoder_lr"] = text_lr
     return values
 
 
@@ -211,7 +227,7 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
             problem("optimizer_type", f"'{kind}' is not one lowvram has; use one of {choices}")
     args = _pairs(left.pop("optimizer_args", []))
     if "weight_decay" in args:
-        values["weight_decay"] = float(args.pop("weight_decay"))
+        values["weight_decay"] = _number(args.pop("weight_decay"), "optimizer_args weight_decay", problem)
     if args:
         notes.append(f"optimizer_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
     return values
@@ -222,12 +238,13 @@ def _length_and_saves(left: dict[str, Any], problem) -> dict[str, Any]:
     saves and samples every N steps or epochs; the prompts of a sample_prompts .txt file."""
     values: dict[str, Any] = {}
     epochs, steps = left.pop("max_train_epochs", None), left.pop("max_train_steps", None)
-    values |= {"epochs": int(epochs)} if epochs else {"max_steps": int(steps or 1600)}
+    values |= ({"epochs": _number(epochs, "max_train_epochs", problem, int)} if epochs else
+               {"max_steps": _number(steps or 1600, "max_train_steps", problem, int)})
     warmup = left.pop("lr_warmup_steps", None)
     if isinstance(warmup, float) and warmup < 1:
         problem("lr_warmup_steps", f"{warmup} is a fraction of the run; give the steps it comes to as --warmup-steps")
     elif warmup:
-        values["warmup_steps"] = int(warmup)
+        values["warmup_steps"] = _number(warmup, "lr_warmup_steps", problem, int)
     scheduler = left.pop("lr_scheduler", None)
     if scheduler and scheduler not in SCHEDULERS:
         problem("lr_scheduler", f"'{scheduler}' is not one lowvram has; use one of {', '.join(SCHEDULERS)}")
@@ -235,11 +252,14 @@ def _length_and_saves(left: dict[str, Any], problem) -> dict[str, Any]:
         values["scheduler"] = scheduler
     last_steps, every = left.pop("save_last_n_steps", None), left.get("save_every_n_steps")
     if last_steps and every:
-        values["keep_saves"] = max(1, int(last_steps) // int(every))
+        every_n = _number(every, "save_every_n_steps", problem, int) or 1
+        values["keep_saves"] = max(1, _number(last_steps, "save_last_n_steps", problem, int) // every_n)
     for what in ("save", "sample"):
         every_steps, every_epochs = left.pop(f"{what}_every_n_steps", None), left.pop(f"{what}_every_n_epochs", None)
         if every_steps or every_epochs:
-            values[f"{what}_every"] = str(int(every_steps)) if every_steps else f"{int(every_epochs)}e"
+            count = _number(every_steps or every_epochs, f"{what}_every_n_{'steps' if every_steps else 'epochs'}",
+                            problem, int)
+            values[f"{what}_every"] = str(count) if every_steps else f"{count}e"
     prompts = left.pop("sample_prompts", None)
     if prompts:
         prompt_file = Path(str(prompts)).expanduser()
@@ -247,6 +267,10 @@ def _length_and_saves(left: dict[str, Any], problem) -> dict[str, Any]:
             problem("sample_prompts", f"{prompt_file} is not a .txt prompt file lowvram can read (one prompt per line;"
                     " kohya's --n, --w, --h, --s, --l and --d work); pass --sample-prompt instead")
         else:
-            lines = prompt_file.read_text(encoding="utf-8").splitlines()
+            try:
+                lines = prompt_file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                problem("sample_prompts", f"{prompt_file} is unreadable ({exc}); save it as UTF-8 text")
+                lines = []
             values["sample_prompts"] = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     return values

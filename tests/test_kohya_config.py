@@ -127,3 +127,22 @@ def test_a_lowvram_config_is_not_read_as_kohyas(tmp_path):
     assert is_kohya_config({"network_dim": 8}) and is_kohya_config({"model_arguments": {"network_module": "x"}})
     with pytest.raises(LowvramError, match=r"unknown section \[netwrk\]"):
         values_of(tmp_path, {"netwrk": {"rank": 8}})
+
+
+def test_a_value_that_is_no_number_or_a_prompt_file_not_utf8_is_named_with_its_setting(tmp_path):
+    settings = {"train_data_dir": "sample", "network_dim": "abc", "network_args": ["conv_dim=x", "conv_alpha=1"],
+                "max_train_epochs": 2.5, "learning_rate": "fast", "optimizer_args": ["weight_decay=lots"]}
+    with pytest.raises(LowvramError) as error:
+        translate(settings, Path("kohya.toml"))
+    assert str(error.value).splitlines() == [
+        "kohya.toml: network_dim: 'abc' is not a whole number",
+        "kohya.toml: network_args conv_dim: 'x' is not a whole number",
+        "kohya.toml: learning_rate: 'fast' is not a number",
+        "kohya.toml: optimizer_args weight_decay: 'lots' is not a number",
+        "kohya.toml: max_train_epochs: 2.5 is not a whole number"]
+    latin1 = tmp_path / "prompts.txt"
+    latin1.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    with pytest.raises(LowvramError, match=f"sample_prompts: {latin1} is unreadable .*; save it as UTF-8 text"):
+        translate({"train_data_dir": "sample", "sample_prompts": str(latin1)}, Path("kohya.toml"))
+    assert translate(settings | {"network_dim": "8", "network_args": ["conv_dim=2"], "max_train_epochs": "3",
+                                 "learning_rate": "1e-4", "optimizer_args": []}, Path("k.toml"))[0]["rank"] == 8
