@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from lowvram.config import CAPTION_SUFFIXES, option
 from lowvram.errors import LowvramError
 from lowvram.hardware import GIB, Hardware
+from lowvram.kohya_dataset import is_dataset_file, read_dataset
 from lowvram.models.detect import first_line
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
 
@@ -40,7 +41,8 @@ SCAN_RESOLUTION = 1024  # the scan only decodes here; buckets at SDXL's size kee
 class CaptionConfig:
     """`lowvram caption`'s options (the CLI's flags and the UI's form are made from these fields)."""
 
-    data: str | None = option(None, "Dataset folder: its images without a caption file get one.", metavar="DIR")
+    data: str | None = option(None, "Dataset folder (or kohya dataset .toml: its image folders, is_reg ones "
+                              "left out): its images without a caption file get one.", metavar="DIR")
     caption_model: str | None = option(
         None, "Captioning model: a hub id or a local folder. A WD14-style tagger (model.onnx + selected_tags.csv, "
         "e.g. SmilingWolf/wd-swinv2-tagger-v3) writes tags; an image-to-text model transformers loads (e.g. "
@@ -65,7 +67,7 @@ class CaptionConfig:
         folder = Path(self.data or "").expanduser()
         if not self.data:
             found.append("DIR: name the dataset folder to caption")
-        elif not folder.is_dir():
+        elif not folder.is_dir() and not is_dataset_file(folder):
             found.append(f"DIR: {'not a folder' if folder.exists() else 'folder not found'}: {folder}")
         if not self.caption_model:
             found.append("--caption-model: name a captioning model (a hub id or a local folder), e.g. "
@@ -101,9 +103,8 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
     if problems:
         raise LowvramError("\n".join(problems))
     console = console or Console()
-    root = Path(config.data).expanduser()
     report = CaptionReport()
-    todo = _images_to_caption(root.resolve(), config, report)
+    root, todo = _images_to_caption(Path(config.data).expanduser(), config, report)
     model = locate_model(config.caption_model)
     estimate = estimate_captioner(model.weight_files, config.batch_size, runs_in_half=model.kind != "tagger")
     report.device = _choose_device(config.device, estimate, hardware, console)
@@ -131,19 +132,26 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
     return report
 
 
-def _images_to_caption(root: Path, config: CaptionConfig, report: CaptionReport) -> list:
-    """(scan record, caption file to write) for each usable image that needs a caption."""
+def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport) -> tuple[Path, list]:
+    """The folder the images are named relative to, and (scan record, caption file to write) for each usable image
+    that needs a caption."""
     from lowvram.data.buckets import default_buckets
-    from lowvram.data.scan import IMAGE_SUFFIXES, NoUsableImages, ScanOptions, scan_dataset
+    from lowvram.data.scan import IMAGE_SUFFIXES, ImageFolder, NoUsableImages, ScanOptions, scan_dataset, scan_folders
 
+    buckets, options = default_buckets(SCAN_RESOLUTION), ScanOptions(caption_extension=config.caption_extension)
+    dataset = read_dataset(data) if is_dataset_file(data) else None
+    root = dataset.root if dataset else data.resolve()
     try:
-        scanned = scan_dataset(root, default_buckets(SCAN_RESOLUTION), ScanOptions(
-            caption_extension=config.caption_extension)).records
+        if dataset:
+            folders = [ImageFolder(s.folder, s.repeats, s.label) for s in dataset.folders()]
+            scanned = scan_folders(root, folders, buckets, options).records
+        else:
+            scanned = scan_dataset(root, buckets, options).records
     except NoUsableImages as exc:
         scanned = exc.report.records
         if not scanned:
-            raise LowvramError(f"DIR: no images ({', '.join(IMAGE_SUFFIXES)}) in {root} or its N_name "
-                               "subfolders") from None
+            where = f"the image folders of {data}" if dataset else f"{root} or its N_name subfolders"
+            raise LowvramError(f"DIR: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}") from None
     todo = []
     for record in scanned:
         if not record.usable:
@@ -155,7 +163,7 @@ def _images_to_caption(root: Path, config: CaptionConfig, report: CaptionReport)
             report.kept.append(record.relpath)
             continue
         todo.append((record, existing[0] if existing else record.path.with_suffix(config.caption_extension)))
-    return todo
+    return root, todo
 
 
 def _read(path: Path) -> str:

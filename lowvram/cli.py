@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lowvram import __version__
 from lowvram.config import PLANNING_MODEL, SECTIONS, fields_by_name, flag_name
-from lowvram.configure import build_config, list_presets, preset_path, read_toml
+from lowvram.configure import build_config, list_presets, preset_path, read_toml, with_dataset_settings
 from lowvram.errors import LowvramError
 
 
@@ -283,11 +283,12 @@ ALTERNATIVES = (("max_steps", "epochs"), ("validation_split", "validation_data")
 
 
 def train_values(args: argparse.Namespace) -> dict:
-    """Option values: a preset's, overridden by the config file's, overridden by the flags given."""
+    """Option values: a preset's, overridden by the config file's, overridden by the flags given; a kohya dataset
+    file given as --data sets its settings just beneath the layer that names it."""
     values: dict = {}
     layers = [read_toml(preset_path(args.preset)) if args.preset else {},
               read_toml(args.config) if args.config else {},
-              {k: v for k, v in vars(args).items() if k in fields_by_name()}]
+              with_dataset_settings({k: v for k, v in vars(args).items() if k in fields_by_name()}, "the command line")]
     for layer in layers:
         for group in ALTERNATIVES:
             if any(name in layer for name in group):

@@ -30,6 +30,7 @@ from lowvram.config import (
 )
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.kohya_config import is_kohya_config, translate
+from lowvram.kohya_dataset import DATASET_SUFFIXES, is_dataset_file, read_dataset
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import parse_prompt
 
@@ -75,7 +76,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     if problems:  # with them, every value of the file that is wrong: one pass shows all there is to fix
         problems += [f"{path}: {line}" for line in _file_value_problems(values)]
         raise LowvramError("\n".join(problems))
-    return values
+    return with_dataset_settings(values, str(path))
 
 
 def _read_kohya(doc: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -88,7 +89,30 @@ def _read_kohya(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     problems = _file_value_problems(values)
     if problems:
         raise LowvramError("\n".join(f"{path}: {line}" for line in problems))
-    return values
+    return with_dataset_settings(values, str(path), dataset_wins=True)
+
+
+def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool = False, quiet: bool = False
+                          ) -> dict[str, Any]:
+    """One layer of options (a config file's, the flags, the web UI's form) with the settings of the kohya dataset
+    file it names as --data: beneath the layer's own values, which a note names where they replace one; over them
+    where the layer is a kohya config, whose dataset file wins as in kohya. Notes go to stderr unless `quiet`."""
+    data = layer.get("data")
+    if not is_dataset_file(data):
+        return layer
+    dataset = read_dataset(Path(data))
+    problems = _file_value_problems(dataset.values)
+    if problems:
+        raise LowvramError("\n".join(f"{data}: {line}" for line in problems))
+    training = len(dataset.folders())
+    notes = [(f"read as a kohya dataset config: {training} image folder{'s' * (training != 1)}, "
+              f"{len(dataset.subsets) - training} is_reg"), *dataset.notes]
+    if not dataset_wins:
+        notes += [f"{flag_name(fields_by_name()[name][1])} {layer[name]} from {source} replaces its setting ({value})"
+                  for name, value in dataset.values.items() if name in layer and layer[name] != value]
+    for note in notes if not quiet else ():
+        print(f"{data}: {note}", file=sys.stderr)
+    return layer | dataset.values if dataset_wins else dataset.values | layer
 
 
 def _file_value_problems(values: dict[str, Any]) -> list[str]:
@@ -236,6 +260,17 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
     return sections, problems
 
 
+def _dataset_file_problems(c: RunConfig) -> list[str]:
+    """What is wrong with the kohya dataset file given as --data, and with --reg-data beside its is_reg subsets."""
+    try:
+        dataset = read_dataset(Path(c.data.data))
+    except LowvramError as exc:
+        return str(exc).splitlines()
+    if c.data.reg_data and dataset.folders(regularization=True):
+        return [f"--reg-data: {c.data.data} has is_reg subsets already; drop --reg-data, or those subsets"]
+    return []
+
+
 def _check(c: RunConfig) -> list[str]:
     """Cross-field and range checks; each message names the flag and the fix."""
     p = []
@@ -246,6 +281,10 @@ def _check(c: RunConfig) -> list[str]:
 
     if c.data.data is None:
         p.append("--data: no dataset given; pass an image folder, or 'sample' for the built-in sample dataset")
+    elif is_dataset_file(c.data.data):
+        p += _dataset_file_problems(c)
+    elif Path(c.data.data).suffix.lower() in DATASET_SUFFIXES:
+        p.append(f"--data: file not found: {c.data.data}")
     elif c.data.data != SAMPLE_DATA and not Path(c.data.data).is_dir():
         p.append(f"--data: folder not found: {c.data.data}")
     model_path = Path(c.model.model or "")

@@ -73,7 +73,7 @@ def _pairs(value: Any) -> dict[str, str]:
     return {k.strip(): v.strip().strip("\"'") for k, _, v in (str(item).partition("=") for item in items) if k.strip()}
 
 
-def _number(value: Any, key: str, problem, kind: type = float) -> Any:
+def as_number(value: Any, key: str, problem, kind: type = float) -> Any:
     """A kohya value as a number; where it is none, the problem is recorded and a stand-in returned, so that the
     rest of the file is still checked and every problem reported at once."""
     try:
@@ -109,11 +109,11 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     if left.pop("network_train_text_encoder_only", None):
         problem("network_train_text_encoder_only", "lowvram always trains adapters on the U-Net; leave it out")
     dataset_config = left.pop("dataset_config", None)
-    if dataset_config and "train_data_dir" not in left:
-        problem("dataset_config", "kohya's dataset TOML is not read; set train_data_dir to the image folder (its "
-                "N_name subfolders give the repeats) or pass --data")
-    elif dataset_config:
-        notes.append(f"dataset_config {dataset_config} is not read; train_data_dir is")
+    if dataset_config:  # the images and their settings come from the dataset file (lowvram.kohya_dataset)
+        values["data"] = str(dataset_config)
+        ignored = [key for key in ("train_data_dir", "reg_data_dir") if left.pop(key, None)]
+        if ignored:
+            notes.append(f"{' and '.join(ignored)} not used: dataset_config names the images, as in kohya")
     values |= _network(left, notes, problem)
     values |= _learning_rates(left, values["train_text_encoder"], problem)
     values |= _optimizer(left, notes, problem)
@@ -154,8 +154,8 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     """The network, its rank and alpha (kohya's defaults 4 and 1), its layers and whether the text encoder trains."""
     module = str(left.pop("network_module", "networks.lora"))
     args = _pairs(left.pop("network_args", []))
-    rank = _number(left.pop("network_dim", 4), "network_dim", problem, int)
-    alpha = _number(left.pop("network_alpha", 1.0), "network_alpha", problem) or float(rank)  # kohya: 0 is = rank
+    rank = as_number(left.pop("network_dim", 4), "network_dim", problem, int)
+    alpha = as_number(left.pop("network_alpha", 1.0), "network_alpha", problem) or float(rank)  # kohya: 0 is = rank
     values: dict[str, Any] = {"rank": rank, "alpha": alpha, "network": "lora",
                               "train_text_encoder": not left.pop("network_train_unet_only", False)}
     conv_dim, conv_alpha = args.pop("conv_dim", None), args.pop("conv_alpha", None)
@@ -163,8 +163,8 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         # kohya's LoRA adapts every layer of the transformer blocks; conv_dim adds the ResNet convolutions (LoCon)
         values["lora_layers"] = "full" if conv_dim else "attn-mlp"
         if conv_dim:  # kohya's conv_alpha defaults to 1
-            values |= {"conv_rank": _number(conv_dim, "network_args conv_dim", problem, int),
-                       "conv_alpha": _number(conv_alpha or 1.0, "network_args conv_alpha", problem)}
+            values |= {"conv_rank": as_number(conv_dim, "network_args conv_dim", problem, int),
+                       "conv_alpha": as_number(conv_alpha or 1.0, "network_args conv_alpha", problem)}
     elif module == "lycoris.kohya":
         algo = args.pop("algo", "lora")
         dora = str(args.pop("dora_wd", "")).lower() == "true"
@@ -177,20 +177,20 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
                     f"({', '.join(LYCORIS_PRESETS)})")
         values["lora_layers"] = LYCORIS_PRESETS.get(preset, "full")
         if conv_dim and values["lora_layers"] == "full":  # LyCORIS's conv_alpha defaults to network_alpha
-            values |= {"conv_rank": _number(conv_dim, "network_args conv_dim", problem, int),
-                       "conv_alpha": _number(conv_alpha or alpha, "network_args conv_alpha", problem)}
+            values |= {"conv_rank": as_number(conv_dim, "network_args conv_dim", problem, int),
+                       "conv_alpha": as_number(conv_alpha or alpha, "network_args conv_alpha", problem)}
         factor = args.pop("factor", None)
         if factor is not None and values["network"] == "lokr":
-            values["lokr_factor"] = _number(factor, "network_args factor", problem, int)
+            values["lokr_factor"] = as_number(factor, "network_args factor", problem, int)
         if "module_dropout" in args and values["network"] in ("loha", "lokr"):
-            values["dropout"] = _number(args.pop("module_dropout"), "network_args module_dropout", problem)
+            values["dropout"] = as_number(args.pop("module_dropout"), "network_args module_dropout", problem)
         args.pop("wd_on_output", None)  # lowvram's DoRA (peft's) is on the output axis
     else:
         problem("network_module", f"'{module}' is not a network lowvram trains (networks.lora, or lycoris.kohya with "
                 f"algo {', '.join(LYCORIS_ALGOS)})")
     ratio = args.pop("loraplus_lr_ratio", None) or args.pop("loraplus_unet_lr_ratio", None)
     if ratio and values["network"] in ("lora", "dora"):
-        values["loraplus_ratio"] = _number(ratio, "network_args loraplus_lr_ratio", problem)
+        values["loraplus_ratio"] = as_number(ratio, "network_args loraplus_lr_ratio", problem)
     if args:
         notes.append(f"network_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
     return values
@@ -202,7 +202,7 @@ def _learning_rates(left: dict[str, Any], train_text_encoder: bool, problem) -> 
     rates = {key: left.pop(key, None) for key in ("learning_rate", "unet_lr", "text_encoder_lr")}
     if isinstance(rates["text_encoder_lr"], list):
         rates["text_encoder_lr"] = rates["text_encoder_lr"][0] if rates["text_encoder_lr"] else None
-    rates = {key: None if value is None else _number(value, key, problem) for key, value in rates.items()}
+    rates = {key: None if value is None else as_number(value, key, problem) for key, value in rates.items()}
     values: dict[str, Any] = {}
     lr, text_lr = rates["unet_lr"] or rates["learning_rate"], rates["text_encoder_lr"]
     if lr:
@@ -227,7 +227,7 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
             problem("optimizer_type", f"'{kind}' is not one lowvram has; use one of {choices}")
     args = _pairs(left.pop("optimizer_args", []))
     if "weight_decay" in args:
-        values["weight_decay"] = _number(args.pop("weight_decay"), "optimizer_args weight_decay", problem)
+        values["weight_decay"] = as_number(args.pop("weight_decay"), "optimizer_args weight_decay", problem)
     if args:
         notes.append(f"optimizer_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
     return values
@@ -238,13 +238,13 @@ def _length_and_saves(left: dict[str, Any], problem) -> dict[str, Any]:
     saves and samples every N steps or epochs; the prompts of a sample_prompts .txt file."""
     values: dict[str, Any] = {}
     epochs, steps = left.pop("max_train_epochs", None), left.pop("max_train_steps", None)
-    values |= ({"epochs": _number(epochs, "max_train_epochs", problem, int)} if epochs else
-               {"max_steps": _number(steps or 1600, "max_train_steps", problem, int)})
+    values |= ({"epochs": as_number(epochs, "max_train_epochs", problem, int)} if epochs else
+               {"max_steps": as_number(steps or 1600, "max_train_steps", problem, int)})
     warmup = left.pop("lr_warmup_steps", None)
     if isinstance(warmup, float) and warmup < 1:
         problem("lr_warmup_steps", f"{warmup} is a fraction of the run; give the steps it comes to as --warmup-steps")
     elif warmup:
-        values["warmup_steps"] = _number(warmup, "lr_warmup_steps", problem, int)
+        values["warmup_steps"] = as_number(warmup, "lr_warmup_steps", problem, int)
     scheduler = left.pop("lr_scheduler", None)
     if scheduler and scheduler not in SCHEDULERS:
         problem("lr_scheduler", f"'{scheduler}' is not one lowvram has; use one of {', '.join(SCHEDULERS)}")
@@ -252,12 +252,12 @@ def _length_and_saves(left: dict[str, Any], problem) -> dict[str, Any]:
         values["scheduler"] = scheduler
     last_steps, every = left.pop("save_last_n_steps", None), left.get("save_every_n_steps")
     if last_steps and every:
-        every_n = _number(every, "save_every_n_steps", problem, int) or 1
-        values["keep_saves"] = max(1, _number(last_steps, "save_last_n_steps", problem, int) // every_n)
+        every_n = as_number(every, "save_every_n_steps", problem, int) or 1
+        values["keep_saves"] = max(1, as_number(last_steps, "save_last_n_steps", problem, int) // every_n)
     for what in ("save", "sample"):
         every_steps, every_epochs = left.pop(f"{what}_every_n_steps", None), left.pop(f"{what}_every_n_epochs", None)
         if every_steps or every_epochs:
-            count = _number(every_steps or every_epochs, f"{what}_every_n_{'steps' if every_steps else 'epochs'}",
+            count = as_number(every_steps or every_epochs, f"{what}_every_n_{'steps' if every_steps else 'epochs'}",
                             problem, int)
             values[f"{what}_every"] = str(count) if every_steps else f"{count}e"
     prompts = left.pop("sample_prompts", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 # kohya flag -> what to write in lowvram (a flag, with a value where kohya's flag alone implies one)
 KOHYA_FLAGS = {
     "--config_file": "--config (a kohya config file is read as kohya reads it)",
-    "--dataset_config": "--data (the image folder; its N_name subfolders give the repeats)",
+    "--dataset_config": "--data (a kohya dataset .toml is read as kohya reads it)",
     "--pretrained_model_name_or_path": "--model",
     "--train_data_dir": "--data",
     "--reg_data_dir": "--reg-data",

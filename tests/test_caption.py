@@ -203,3 +203,16 @@ def test_a_hub_id_loads_from_the_hugging_face_cache_offline(tmp_path, monkeypatc
     data = colour_dataset(tmp_path / "data")
     assert main(["caption", str(data), "--caption-model", "someone/wd-tiny"]) == 0
     assert captions(data)["red"] == "red theme\n"
+
+
+def test_a_kohya_dataset_file_captions_its_training_folders_not_its_reg_ones(tmp_path, tagger, capsys):
+    data = colour_dataset(tmp_path / "data")
+    (tmp_path / "reg").mkdir()
+    Image.new("RGB", (96, 96), (220, 40, 40)).save(tmp_path / "reg" / "person.png")
+    dataset = tmp_path / "dataset.toml"
+    dataset.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{data / "3_colours"}"\n'
+                       f'[[datasets.subsets]]\nimage_dir = "{tmp_path / "reg"}"\nis_reg = true\n')
+    assert main(["caption", str(dataset), "--caption-model", str(tagger)]) == 0
+    assert captions(data)["red"] == "red theme\n" and not (tmp_path / "reg" / "person.txt").exists()
+    out = capsys.readouterr().out
+    assert "skipped data/3_colours/broken.jpg: " in out and "wrote 4 caption(s); kept 1 existing" in out

@@ -98,13 +98,13 @@ def test_lycoris_networks_carry_over(tmp_path, args, network, layers, extra):
 
 
 def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path):
-    settings = {"train_data_dir": None, "dataset_config": "dataset.toml", "v2": True, "optimizer_type": "DAdaptAdam",
+    settings = {"train_data_dir": None, "v2": True, "optimizer_type": "DAdaptAdam",
                 "lr_scheduler": "polynomial", "lr_warmup_steps": 0.1, "network_module": "lycoris.kohya",
                 "network_args": ["algo=ia3"], "sample_prompts": "prompts.json", "save_precision": "fp8"}
     with pytest.raises(LowvramError) as error:
         translate({k: v for k, v in settings.items() if v is not None}, Path("kohya.toml"))
     lines = str(error.value).splitlines()
-    expected = ["v2: Stable Diffusion 2", "dataset_config: kohya's dataset TOML is not read", "LyCORIS algo 'ia3'",
+    expected = ["v2: Stable Diffusion 2", "LyCORIS algo 'ia3'",
                 "optimizer_type: 'DAdaptAdam'", "lr_warmup_steps: 0.1 is a fraction", "lr_scheduler: 'polynomial'",
                 "sample_prompts: prompts.json is not a .txt prompt file", "save_precision: 'fp8'"]
     assert len(lines) == len(expected) and all(line.startswith("kohya.toml: ") for line in lines), lines

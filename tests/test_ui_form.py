@@ -103,3 +103,26 @@ def test_a_stopped_run_says_stopping_until_it_exits():
         child.kill()
         child.wait()
     assert training.state().startswith("failed")
+
+
+def test_a_kohya_dataset_file_in_the_form_brings_its_settings_and_its_captions_are_edited_in_place(tmp_path):
+    """Typed as the dataset, a kohya dataset file's settings fill what the form leaves at its defaults; the
+    dataset panel lists its images relative to the folder holding its image folders, and edits their captions."""
+    from lowvram.data.sample import write_sample_dataset
+    from lowvram.ui import dataset as data_panel
+
+    images = write_sample_dataset(tmp_path / "data") / "5_lvshape"
+    dataset = tmp_path / "dataset.toml"
+    dataset.write_text(f'[general]\nflip_aug = true\n[[datasets]]\nresolution = 64\nbatch_size = 2\n'
+                       f'[[datasets.subsets]]\nimage_dir = "{images}"\nclass_tokens = "lvshape"\n')
+    fields = form_fields()
+    values = option_values(fields, form_values(fields, {"data": str(dataset), "batch_size": 3}))
+    assert (values["resolution"], values["flip"], values["batch_size"]) == (64, True, 3)  # the form's own value wins
+    summary, rows, usable = data_panel.check_dataset(values | {"model": "tiny"})
+    assert "6 usable" in summary and usable[0] == "00_red_circle.png"
+    assert rows[0][4] == "lvshape, a red circle on a blue background"
+    root = data_panel.images_root(str(dataset))
+    assert root == images.resolve()
+    data_panel.save_caption(root, usable[0], "lvshape, an edited circle", tmp_path / "backup")
+    assert (images / "00_red_circle.txt").read_text() == "lvshape, an edited circle\n"
+    assert data_panel.read_caption(root, usable[0]) == "lvshape, an edited circle"

@@ -10,7 +10,8 @@ from rich.console import Console
 
 from lowvram.config import RunConfig, parse_colour
 from lowvram.data.buckets import Buckets, default_buckets
-from lowvram.data.scan import NoUsableImages, ScanOptions, ScanReport, scan_dataset
+from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
+from lowvram.kohya_dataset import is_dataset_file, read_dataset
 from lowvram.resolve import ResolvedRun
 
 
@@ -29,22 +30,39 @@ def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
                        alpha_mask=config.data.alpha_mask, small_images=config.data.small_images)
 
 
-def scan_index_path(cache_dir: Path, root: Path) -> Path:
-    """The scan index lives in the cache, never in the user's dataset folder."""
-    return cache_dir / "scan" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:20]}.json"
+def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:
+    """The scan index lives in the cache, never in the user's dataset folder; one per dataset and `part` of it."""
+    key = str(root.resolve()) + part
+    return cache_dir / "scan" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
-def scan(run: ResolvedRun, root: Path, trigger: str | None, console: Console | None) -> ScanReport:
-    return scan_dataset(root, make_buckets(run), scan_options(run.config, trigger),
-                        index_path=scan_index_path(run.cache_dir, root), console=console)
+def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool = False
+         ) -> ScanReport:
+    """The scan of an image folder, or of a kohya dataset file's image folders: its training subsets, or its
+    is_reg subsets with `regularization`."""
+    buckets, options = make_buckets(run), scan_options(run.config, trigger)
+    index = scan_index_path(run.cache_dir, data, " is_reg" if regularization else "")
+    if not is_dataset_file(data):
+        return scan_dataset(data, buckets, options, index_path=index, console=console)
+    dataset = read_dataset(data)
+    folders = [ImageFolder(s.folder, s.repeats, s.label) for s in dataset.folders(regularization)]
+    kind = "is_reg subsets" if regularization else "image folders"
+    return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,
+                        describe=(f"the {kind} of {data}", f"lowvram check-data {data}"))
+
+
+def has_regularization_subsets(data: str | None) -> bool:
+    return is_dataset_file(data) and bool(read_dataset(Path(data)).folders(regularization=True))
 
 
 def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, console: Console | None = None
                ) -> ScanReport:
-    """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON."""
+    """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON (of the
+    training images; a kohya dataset file's is_reg subsets are summed up after them)."""
     console = console or Console()
+    data = Path(run.config.data.data)
     try:
-        report = scan(run, Path(run.config.data.data), run.config.data.trigger_word, console)
+        report = scan(run, data, run.config.data.trigger_word, console)
     except NoUsableImages as exc:
         exc.report.print_summary(console, verbose)
         if report_path:
@@ -54,4 +72,10 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
     if report_path:
         report.write_json(report_path)
         console.print(f"report written to {report_path}")
+    if has_regularization_subsets(run.config.data.data):
+        try:
+            scan(run, data, None, console, regularization=True).print_summary(console, verbose)
+        except NoUsableImages as exc:
+            exc.report.print_summary(console, verbose)
+            raise
     return report

@@ -17,6 +17,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -191,17 +192,41 @@ class NoUsableImages(LowvramError):
         self.report = report
 
 
+class ImageFolder(NamedTuple):
+    """A folder of training images: its images sit directly in it, each repeated `repeats` times per epoch; `label`
+    is the caption of those without a caption file."""
+    path: Path
+    repeats: int
+    label: str
+
+
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
                  console: Console | None = None) -> ScanReport:
-    """Read every file once (or not at all when the index knows it unchanged) and judge it. Raises
+    """Scan a dataset folder laid out as kohya's: images in the root count once, `N_name/` repeats N times. Raises
     LowvramError when the folder is missing or nothing in it is usable (NoUsableImages, carrying the report)."""
     given = Path(root)
     if not given.is_dir():
         raise LowvramError(f"--data: {'not a folder' if given.exists() else 'folder not found'}: {given}")
     root = given.resolve()
+    folders, layout_notes = _repeat_folders(root)
+    return scan_folders(root, folders, buckets, options, index_path, console, layout_notes,
+                        describe=(f"{root} or its N_name subfolders", f"lowvram check-data {given}"))
+
+
+def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, options: ScanOptions = ScanOptions(),
+                 index_path: Path | None = None, console: Console | None = None, layout_notes: list[str] | None = None,
+                 describe: tuple[str, str] | None = None) -> ScanReport:
+    """Read every image of `folders` (all inside `root`, the resolved folder reports name files relative to) once,
+    or not at all when the index knows it unchanged, and judge it. `describe`: where the images are, and the command
+    that lists why each was skipped, for the error when none is usable (NoUsableImages, carrying the report).
+    `layout_notes` (the N_name layout's judgement of the root's subfolders) means the root's subfolders need no
+    further word."""
+    root = Path(root).resolve()
     if index_path is not None and Path(index_path).resolve().is_relative_to(root):
         raise LowvramError(f"scan index {index_path} is inside the dataset folder {root}; keep it in the cache")
-    files, folder_notes = _list_files(root)
+    judged = layout_notes is not None
+    files, listing_notes = _list_files(root, folders, "an N_name folder" if judged else "its image folder", judged)
+    folder_notes = list(layout_notes or []) + listing_notes
     old_index = _read_index(index_path)
     new_index = {k: v for k, v in old_index.items() if not Path(k).is_relative_to(root)}  # other datasets' entries
     records: list[ImageRecord] = []
@@ -224,18 +249,19 @@ def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOption
                 console.print(Text(f"scan index not saved: {exc}", style="yellow"))
     report = ScanReport(root, records, folder_notes)
     if not report.usable:
+        where, command = describe or (str(root), "lowvram check-data")
         if not records:
-            message = f"--data: no images ({', '.join(IMAGE_SUFFIXES)}) in {root} or its N_name subfolders"
+            message = f"--data: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}"
         else:
-            message = f"--data: no usable images in {root}: {len(records)} skipped (see `lowvram check-data {given}`)"
+            message = f"--data: no usable images in {where}: {len(records)} skipped (see `{command}`)"
         raise NoUsableImages(message, report)
     return report
 
 
-def _list_files(root: Path) -> tuple[list[tuple[Path, int, str]], list[str]]:
-    """(image-like file, repeats, folder label) in a stable order, and notes about what was passed over."""
+def _repeat_folders(root: Path) -> tuple[list[ImageFolder], list[str]]:
+    """The root (once) and its `N_name` subfolders (N times), and notes about the folders passed over."""
     notes: list[str] = []
-    folders = [(root, 1, root.name)]
+    folders = [ImageFolder(root, 1, root.name)]
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         match = REPEAT_FOLDER.match(sub.name)
         if not match:
@@ -243,21 +269,31 @@ def _list_files(root: Path) -> tuple[list[tuple[Path, int, str]], list[str]]:
         elif int(match.group(1)) == 0:
             notes.append(f"skipped folder {sub.name}/: 0 repeats")
         else:
-            folders.append((sub, int(match.group(1)), match.group(2)))
+            folders.append(ImageFolder(sub, int(match.group(1)), match.group(2)))
+    return folders, notes
+
+
+def _list_files(root: Path, folders: list[ImageFolder], container: str, root_judged: bool
+                ) -> tuple[list[tuple[Path, int, str]], list[str]]:
+    """(image-like file, repeats, folder label) in a stable order, and notes about what was passed over: a folder
+    inside an image folder is not read (`container` names where images must sit), unless it is one of `folders`
+    itself, or the root's subfolders were judged already (`root_judged`: the N_name layout)."""
+    notes: list[str] = []
+    listed = {folder.path for folder in folders}
     files = []
     for folder, repeats, label in folders:
-        where = "" if folder == root else f"{folder.name}/"
+        where = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
         unknown = []
         try:
             entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
         except OSError as exc:
-            notes.append(f"skipped folder {where}: can't list it ({exc.strerror or exc})")
+            notes.append(f"skipped folder {where or './'}: can't list it ({exc.strerror or exc})")
             continue
         for path in entries:
             suffix = path.suffix.lower()
             if path.is_dir():
-                if folder != root:
-                    notes.append(f"ignored folder {where}{path.name}/: images must sit directly in an N_name folder")
+                if path not in listed and not (folder == root and root_judged):
+                    notes.append(f"ignored folder {where}{path.name}/: images must sit directly in {container}")
             elif suffix in IMAGE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES:
                 files.append((path, repeats, label))
             elif suffix not in SILENT_SUFFIXES and path.name not in SILENT_NAMES:

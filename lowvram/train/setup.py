@@ -17,7 +17,7 @@ from lowvram.attention import set_attention
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import compile_blocks, compile_problem, compiled_count
 from lowvram.config import ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig, parse_save_every
-from lowvram.data.check import scan
+from lowvram.data.check import has_regularization_subsets, scan
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData, prepare_training_data
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
@@ -150,6 +150,8 @@ def scan_data(session: Session) -> Dataset:
         reports = [scan(run, data_root, trigger, session.console)]
         if config.data.reg_data:
             reports.append(scan(run, Path(config.data.reg_data), None, session.console))
+        elif has_regularization_subsets(config.data.data):  # a kohya dataset file's is_reg subsets
+            reports.append(scan(run, data_root, None, session.console, regularization=True))
         held_out = []
         if config.validation.validation_data:
             held_out = scan(run, Path(config.validation.validation_data), trigger, session.console).usable

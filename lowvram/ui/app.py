@@ -174,17 +174,19 @@ def build_app(cache_dir: Path):
             return summary, rows, gr.update(choices=images, value=None)
 
         def show_caption(relpath, *form):
-            root = option_values(fields, form).get("data")
-            if not relpath or not root:
+            data = option_values(fields, form).get("data")
+            if not relpath or not data:
                 return None, ""
-            return str(Path(root) / relpath), data_panel.read_caption(Path(root), relpath)
+            root = data_panel.images_root(data)
+            return str(root / relpath), data_panel.read_caption(root, relpath)
 
         def save_caption(relpath, text, *form):
-            root = option_values(fields, form).get("data")
+            data = option_values(fields, form).get("data")
             try:
-                if not relpath or not root:
+                if not relpath or not data:
                     raise LowvramError("choose an image first")
-                return data_panel.save_caption(Path(root), relpath, text, data_panel.backup_dir_for(cache_dir, root))
+                root = data_panel.images_root(data)
+                return data_panel.save_caption(root, relpath, text, data_panel.backup_dir_for(cache_dir, root))
             except LowvramError as exc:
                 return _message(exc)
 

@@ -12,6 +12,7 @@ from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
 from lowvram.configure import build_config
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
+from lowvram.kohya_dataset import is_dataset_file, read_dataset
 
 COLUMNS = ["file", "status", "reason or notes", "bucket", "caption"]
 TOP_TAGS = 10
@@ -28,13 +29,24 @@ def check_dataset(values: dict[str, Any]):
         raise LowvramError("--data: choose the dataset folder first")
     config = build_config({"model": PLANNING_MODEL, **values})
     run = resolve_run(config, NO_GPU)
+    data = Path(config.data.data)
     try:
-        report = scan(run, Path(config.data.data), config.data.trigger_word, None)
+        report = scan(run, data, config.data.trigger_word, None)
     except NoUsableImages as exc:
         report = exc.report
     rows = [[r.relpath, "usable" if r.usable else "skipped", r.reason or "; ".join(r.notes),
              f"{r.bucket[0]}x{r.bucket[1]}" if r.bucket else "", r.caption] for r in report.records]
-    return _summary(report), rows, [r.relpath for r in report.usable]
+    summary = _summary(report)
+    if is_dataset_file(data):  # a kohya dataset file: what was made of its settings, and its is_reg subsets
+        dataset = read_dataset(data)
+        summary += "".join(f"\n\n- {data.name}: {note}" for note in dataset.notes)
+        if dataset.folders(regularization=True):
+            try:
+                reg = scan(run, data, None, None, regularization=True)
+                summary += f"\n\nis_reg subsets: {len(reg.usable)} usable, {len(reg.skipped)} skipped"
+            except NoUsableImages as exc:
+                summary += f"\n\nis_reg subsets: {exc}"
+    return summary, rows, [r.relpath for r in report.usable]
 
 
 def _summary(report) -> str:
@@ -52,6 +64,12 @@ def _summary(report) -> str:
              "most frequent tags: " + (", ".join(f"{t} ({n})" for t, n in tags.most_common(TOP_TAGS)) or "none")]
     lines += [f"- {note}" for note in report.folder_notes]
     return "\n\n".join(lines)
+
+
+def images_root(data: str) -> Path:
+    """The folder the dataset's images are named relative to: the image folder, or the folder that holds every image
+    folder of a kohya dataset file."""
+    return read_dataset(Path(data)).root if is_dataset_file(data) else Path(data)
 
 
 def caption_file(root: Path, relpath: str) -> Path:

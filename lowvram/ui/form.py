@@ -10,7 +10,8 @@ import typing
 from typing import Any
 
 from lowvram.config import fields_by_name, flag_name
-from lowvram.configure import build_config
+from lowvram.configure import build_config, with_dataset_settings
+from lowvram.errors import LowvramError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,8 @@ def option_fields(cls: type, section: str) -> list[FormField]:
 
 def option_values(fields: list[FormField], shown: list[Any]) -> dict[str, Any]:
     """The options the form sets: those whose value is not the default (as flags given on the command line, so
-    the planner keeps only the strategy options the user chose)."""
+    the planner keeps only the strategy options the user chose), over the settings of a kohya dataset file given
+    as the dataset (a broken one is reported by the check of the whole config)."""
     values = {}
     for field, raw in zip(fields, shown, strict=True):
         value = field.from_form(raw)
@@ -93,7 +95,10 @@ def option_values(fields: list[FormField], shown: list[Any]) -> dict[str, Any]:
         if value is None or value == default or (value == () and not default):
             continue
         values[field.name] = value
-    return values
+    try:
+        return with_dataset_settings(values, "the form", quiet=True)
+    except LowvramError:
+        return values
 
 
 def form_values(fields: list[FormField], values: dict[str, Any]) -> list[Any]:

@@ -1,0 +1,260 @@
+"""A kohya dataset config (sd-scripts' `--dataset_config`: a TOML or JSON file of `[general]`, `[[datasets]]` and
+`[[datasets.subsets]]`) read as lowvram's dataset: its image folders with their repeats, class tokens and
+regularization flag, and the lowvram options its settings set.
+
+kohya settles each setting per subset: the subset's own, else its dataset's, else `[general]`'s. lowvram holds the
+dataset's settings once per run. Where subsets disagree on a caption or augmentation setting, the first training
+subset's value is used for all and a note says so. Settings that would make a different kind of run (two
+resolutions, two batch sizes) are refused, as are caption rewrites lowvram lacks, each in one line naming the
+setting and the fix. An image folder is read as kohya reads it: its images sit directly in it, and its name gives no
+repeats. A relative path is taken from the current folder, as kohya takes it, else from the file's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lowvram.errors import LowvramError
+from lowvram.kohya_config import as_number
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DATASET_SUFFIXES = (".toml", ".json")
+# settings of a whole dataset: subsets share them, and lowvram trains one value per run
+RUN_SETTINGS = {"resolution": "resolution", "batch_size": "batch_size", "enable_bucket": "bucket",
+                "min_bucket_reso": "min_bucket_side", "max_bucket_reso": "max_bucket_side",
+                "bucket_reso_steps": "bucket_step", "bucket_no_upscale": "bucket_no_upscale",
+                "validation_split": "validation_split"}
+# settings kohya keeps per subset, held once per run here
+SUBSET_SETTINGS = {"shuffle_caption": "shuffle_tags", "keep_tokens": "keep_tokens", "caption_extension":
+                   "caption_extension", "flip_aug": "flip", "color_aug": "color_jitter", "random_crop": "crop",
+                   "caption_dropout_rate": "caption_dropout", "caption_tag_dropout_rate": "tag_dropout",
+                   "alpha_mask": "alpha_mask", "caption_prefix": "trigger_word"}
+# a subset that leaves a setting out has kohya's default
+KOHYA_DEFAULTS = {"shuffle_caption": False, "keep_tokens": 0, "caption_extension": ".caption", "flip_aug": False,
+                  "color_aug": False, "random_crop": False, "caption_dropout_rate": 0.0,
+                  "caption_tag_dropout_rate": 0.0, "alpha_mask": False}
+SWITCH_VALUES = {"color_aug": (0.1, 0.0), "random_crop": ("random", "center")}  # kohya's switch -> (on, off)
+STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg"}
+# nothing lowvram does changes with these: it caches its own scan, and resizes as it resizes
+INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed"}
+# they would change what the model is shown: refused rather than trained without
+REFUSED = {
+    "metadata_file": "kohya's fine-tuning metadata JSON is not read; lowvram reads the caption beside each image "
+                     "(.txt or .caption): write them with `lowvram caption DIR`, or use an image_dir subset",
+    "conditioning_data_dir": "ControlNet training is not something lowvram does",
+    "caption_suffix": "lowvram adds no text after a caption; put it in the caption files",
+    "keep_tokens_separator": "lowvram keeps the first --keep-tokens tags in place; use keep_tokens",
+    "secondary_separator": "lowvram splits tags at commas only; join such tags in the caption files",
+    "enable_wildcard": "lowvram reads a caption's first line, without {a|b} choices; write one caption per image",
+    "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
+    "skip_image_resolution": "lowvram trains one resolution; leave it out (`lowvram check-data` lists small images)",
+    "network_multiplier": "lowvram trains the LoRA at strength 1; leave it out",
+}
+
+
+@dataclass(frozen=True)
+class Subset:
+    folder: Path  # absolute
+    repeats: int
+    label: str  # the caption of an image without a caption file: class_tokens, else the folder's name
+    regularization: bool
+
+
+@dataclass(frozen=True)
+class KohyaDataset:
+    path: Path
+    subsets: tuple[Subset, ...]
+    values: dict[str, Any]  # lowvram options its settings set
+    notes: tuple[str, ...]
+
+    def folders(self, regularization: bool = False) -> list[Subset]:
+        return [s for s in self.subsets if s.regularization == regularization]
+
+    @property
+    def root(self) -> Path:
+        """The folder all its image folders are in: reports and caption edits name images relative to it."""
+        try:
+            return Path(os.path.commonpath([s.folder for s in self.subsets]))
+        except ValueError:  # image folders on two drives: no common folder but the drives' own
+            return Path(self.subsets[0].folder.anchor)
+
+
+def is_dataset_file(data: str | Path | None) -> bool:
+    """Whether `--data` names a kohya dataset config rather than an image folder."""
+    return data is not None and Path(data).suffix.lower() in DATASET_SUFFIXES and Path(data).is_file()
+
+
+def read_dataset(path: Path) -> KohyaDataset:
+    """The dataset a kohya dataset config describes. Raises LowvramError, one line per problem, all at once."""
+    path = Path(path)
+    doc = _load(path)
+    problems: list[str] = []
+    notes: list[str] = []
+
+    def problem(key: str, text: str) -> None:
+        problems.append(f"{path}: {key}: {text}")
+
+    general = doc.get("general", {})
+    datasets = doc.get("datasets")
+    unknown_sections = sorted(set(doc) - {"general", "datasets"})
+    if unknown_sections:
+        notes.append(f"not read: {', '.join(unknown_sections)} (kohya's dataset files hold [general] and "
+                     "[[datasets]])")
+    if not isinstance(general, dict) or not isinstance(datasets, list) or not datasets or not all(
+            isinstance(d, dict) for d in datasets):
+        raise LowvramError(f"{path}: not a kohya dataset config: it needs [[datasets]] with [[datasets.subsets]] "
+                           "that name an image_dir each (or give --data an image folder)")
+    subsets: list[Subset] = []
+    settings: list[dict[str, Any]] = []  # each subset's settled settings, in order
+    run_values: dict[str, list[tuple[Any, str]]] = {}  # per run setting: (value, which dataset)
+    for number, dataset in enumerate(datasets, 1):
+        where = f"datasets[{number}]" if len(datasets) > 1 else "datasets"
+        layers = {**general, **{k: v for k, v in dataset.items() if k != "subsets"}}
+        for key in RUN_SETTINGS:
+            if key in layers:
+                run_values.setdefault(key, []).append((layers[key], where))
+        seen: set[Path] = set()
+        entries = dataset.get("subsets")
+        if not isinstance(entries, list) or not entries:
+            problem(where, "no [[datasets.subsets]]; add one with image_dir = \"FOLDER\"")
+            continue
+        for index, entry in enumerate(entries, 1):
+            name = f"{where}.subsets[{index}]"
+            settled = {**layers, **entry} if isinstance(entry, dict) else {}
+            subset = _subset(settled, path, name, problem)
+            if subset is None:
+                continue
+            if subset.folder in seen:
+                notes.append(f"{name}: {subset.folder} is already a subset of this dataset; kohya ignores the "
+                             "repeat, so does lowvram")
+                continue
+            seen.add(subset.folder)
+            subsets.append(subset)
+            settings.append(settled)
+    if subsets and not any(not s.regularization for s in subsets):
+        problem("datasets", "every subset is is_reg = true; add the images to train on as a subset without is_reg")
+    values = _run_values(run_values, problem)
+    values |= _subset_values(settings, subsets, notes, problem)
+    left = sorted({key for settled in settings for key in settled}
+                  - set(RUN_SETTINGS) - set(SUBSET_SETTINGS) - STRUCTURE - INERT - set(REFUSED) - {"caption_separator"})
+    if left:
+        notes.append(f"not carried over (lowvram has no such setting): {', '.join(left)}")
+    for key, why in REFUSED.items():
+        if any(_set(settled.get(key)) for settled in settings):
+            problem(key, why)
+    if any(settled.get("caption_separator", ",") != "," for settled in settings):
+        problem("caption_separator", "lowvram splits tags at commas; leave it out")
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return KohyaDataset(path.resolve(), tuple(subsets), values, tuple(notes))
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise LowvramError(f"--data: file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise LowvramError(f"--data: {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    except OSError as exc:
+        raise LowvramError(f"--data: can't read {path}: {exc.strerror or exc}") from None
+    if not isinstance(doc, dict):
+        raise LowvramError(f"--data: {path} is not a kohya dataset config (a table of [general] and [[datasets]])")
+    return doc
+
+
+def _set(value: Any) -> bool:
+    return value not in (None, False, "", [], 0)
+
+
+def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset | None:
+    """One [[datasets.subsets]] entry with its settings settled, or None (its problems recorded)."""
+    image_dir = settled.get("image_dir")
+    if not isinstance(image_dir, str) or not image_dir:
+        if not _set(settled.get("metadata_file")):  # a fine-tuning subset is refused by its own line
+            problem(name, "no image_dir; name the folder its images are in")
+        return None
+    folder = Path(image_dir).expanduser()
+    if not folder.is_absolute() and not folder.is_dir() and (path.parent / folder).is_dir():
+        folder = path.parent / folder  # kohya reads it from the current folder; the file's is the next guess
+    if not folder.is_dir():
+        problem(f"{name} image_dir", f"{'not a folder' if folder.exists() else 'folder not found'}: {image_dir}")
+        return None
+    repeats = as_number(settled.get("num_repeats", 1), f"{name} num_repeats", problem, int)
+    if repeats < 1:
+        problem(f"{name} num_repeats", f"{repeats} repeats would leave its images out; give 1 or more, or drop the "
+                "subset")
+    tokens = settled.get("class_tokens")
+    if tokens is not None and not isinstance(tokens, str):
+        problem(f"{name} class_tokens", f"{tokens!r} is not text")
+        tokens = None
+    folder = folder.resolve()
+    return Subset(folder, repeats, (tokens or "").strip() or folder.name, settled.get("is_reg") is True)
+
+
+def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, Any]:
+    """A dataset-wide setting all datasets agree on, as its lowvram option."""
+    values: dict[str, Any] = {}
+    for key, seen in found.items():
+        distinct = {json.dumps(value, sort_keys=True) for value, _ in seen}
+        if len(distinct) > 1:
+            listed = ", ".join(f"{value} ({where})" for value, where in seen)
+            problem(key, f"the datasets differ ({listed}); lowvram trains one value per run: give one in [general], "
+                    "or train each dataset as a run of its own")
+            continue
+        value = seen[0][0]
+        if key == "resolution" and isinstance(value, list):  # kohya's [width, height]
+            if len(value) != 2 or value[0] != value[1]:
+                problem(key, f"{value} is not square; lowvram trains at a square resolution, and its aspect-ratio "
+                        "buckets give the other shapes: give one number")
+                continue
+            value = value[0]
+        if key == "enable_bucket" and value is not False:
+            continue  # lowvram buckets unless told not to, as kohya_ss's configs ask
+        values[RUN_SETTINGS[key]] = value
+    return values
+
+
+def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes: list[str], problem
+                   ) -> dict[str, Any]:
+    """Caption and augmentation settings, each the first training subset's, with a note where others differ."""
+    values: dict[str, Any] = {}
+    training = [settled for settled, subset in zip(settings, subsets, strict=True) if not subset.regularization]
+    for key, option in SUBSET_SETTINGS.items():
+        if not training or not any(key in settled for settled in settings):
+            continue
+        each = [settled.get(key, KOHYA_DEFAULTS.get(key)) for settled in settings]
+        value = training[0].get(key, KOHYA_DEFAULTS.get(key))
+        if any(other != value for other in each):
+            shown = ", ".join(sorted({str(other) for other in each}))
+            notes.append(f"{key}: the subsets differ ({shown}); lowvram uses one value for the whole run: {value}")
+        if key in SWITCH_VALUES:
+            value = SWITCH_VALUES[key][0 if value else 1]
+        elif key == "caption_prefix":
+            trigger = str(value or "").strip().rstrip(",").strip()
+            if not trigger:
+                continue
+            if "," in trigger:
+                problem(key, f"{value!r} is several tags; lowvram prepends one trigger word (--trigger-word) to "
+                        "each caption lacking it: put the others in the caption files")
+                continue
+            notes.append(f"caption_prefix {value!r} is read as --trigger-word {trigger!r}: put before each caption "
+                         "that does not hold it already")
+            value = trigger
+        values[option] = value
+    if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
+        del values["keep_tokens"]  # kohya_ss writes it whether or not anything moves the tags
+    return values

@@ -1,0 +1,164 @@
+"""A kohya dataset config (sd-scripts' --dataset_config) given as --data trains as kohya would train it: its
+subsets with their repeats, class tokens and is_reg flag, its settings settled subset > dataset > general, and one
+line per setting lowvram cannot follow."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import tomli_w
+from safetensors import safe_open
+
+from lowvram.cli import main
+from lowvram.configure import build_config, read_toml
+from lowvram.data.sample import write_sample_dataset
+from lowvram.errors import LowvramError
+from lowvram.kohya_dataset import read_dataset
+
+
+def image_folders(root: Path) -> Path:
+    """alpha/ (3 captioned images), beta/ (3 without captions), reg/ (2 without) under `root`."""
+    images = sorted((write_sample_dataset(root / "source") / "5_lvshape").glob("*.png"))
+    for name, chosen, captions in (("alpha", images[:3], True), ("beta", images[3:], False), ("reg", images[:2], False)):
+        (root / "imgs" / name).mkdir(parents=True)
+        for image in chosen:
+            shutil.copy(image, root / "imgs" / name)
+            if captions:
+                shutil.copy(image.with_suffix(".txt"), root / "imgs" / name)
+    return root / "imgs"
+
+
+# sd-scripts' own example, at the tiny model's size: settings in every place kohya reads them from
+DATASET = {
+    "general": {"shuffle_caption": True, "caption_extension": ".txt", "keep_tokens": 1, "flip_aug": True},
+    "datasets": [{
+        "resolution": [64, 64], "batch_size": 2, "enable_bucket": True, "bucket_reso_steps": 16,
+        "subsets": [{"image_dir": "imgs/alpha", "num_repeats": 3},
+                    {"image_dir": "imgs/beta", "class_tokens": "lvshape thing", "num_repeats": 2, "keep_tokens": 2},
+                    {"image_dir": "imgs/reg", "is_reg": True, "class_tokens": "thing"}],
+    }],
+}
+
+
+def write(path: Path, doc: dict) -> Path:
+    path.write_text(json.dumps(doc) if path.suffix == ".json" else tomli_w.dumps(doc))
+    return path
+
+
+def test_a_kohya_dataset_file_trains_its_subsets_with_their_repeats_captions_and_settings(tmp_path, monkeypatch,
+                                                                                         capsys):
+    monkeypatch.chdir(tmp_path)  # kohya reads image_dir from the current folder
+    image_folders(tmp_path)
+    write(tmp_path / "dataset.toml", DATASET)
+    assert main(["train", "--model", "tiny", "--data", "dataset.toml", "--max-steps", "2", "--output", "out"]) == 0
+    captured = capsys.readouterr()
+    err, out = " ".join(captured.err.split()), " ".join(captured.out.split())
+    assert "dataset.toml: read as a kohya dataset config: 2 image folders, 1 is_reg" in err
+    assert "keep_tokens: the subsets differ (1, 2); lowvram uses one value for the whole run: 1" in err
+    # 3 x 3 + 3 x 2 training samples per epoch, and as many regularization ones cycled from reg/
+    assert "6 images, 30 per epoch with repeats" in out and "batch 2 x 1" in out
+    saved = read_toml(tmp_path / "out" / "out.toml")
+    assert saved["data"] == str(tmp_path / "dataset.toml")
+    assert (saved["resolution"], saved["batch_size"], saved["bucket_step"]) == (64, 2, 16)
+    assert (saved["shuffle_tags"], saved["keep_tokens"], saved["flip"]) == (True, 1, True)
+    meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
+    tags = json.loads(meta["ss_tag_frequency"])
+    assert set(tags) == {"3_alpha", "2_lvshape thing"}  # the training subsets, by repeats and label
+    assert tags["2_lvshape thing"] == {"lvshape thing": 3}  # class_tokens caption the uncaptioned images
+
+
+def test_a_kohya_config_naming_a_dataset_file_takes_the_dataset_files_settings(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    write(tmp_path / "dataset.toml", DATASET)
+    kohya = {"pretrained_model_name_or_path": "tiny", "dataset_config": "dataset.toml", "resolution": "512,512",
+             "train_batch_size": 1, "train_data_dir": "/nowhere", "network_dim": 8}
+    values = read_toml(write(tmp_path / "kohya.toml", kohya))
+    # in kohya the dataset file wins over the config file's own resolution and batch size
+    assert (values["data"], values["resolution"], values["batch_size"]) == ("dataset.toml", 64, 2)
+    assert "train_data_dir not used: dataset_config names the images" in " ".join(capsys.readouterr().err.split())
+    assert build_config(values).data.data == str(tmp_path / "dataset.toml")
+
+
+def test_a_flag_replaces_the_dataset_files_setting_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    write(tmp_path / "dataset.json", DATASET)  # kohya reads JSON too
+    report = tmp_path / "report.json"
+    assert main(["check-data", "dataset.json", "--model", "tiny", "--resolution", "128", "--report", str(report)]) == 0
+    captured = capsys.readouterr()
+    assert "--resolution 128 from the command line replaces its setting (64)" in " ".join(captured.err.split())
+    summary = json.loads(report.read_text())["summary"]
+    assert (summary["usable"], summary["samples_per_epoch"]) == (6, 15)
+    assert "128x128" in summary["buckets"] and "64x64" not in summary["buckets"]
+    assert "reg/" in captured.out  # the is_reg subset is checked too
+
+
+def test_relative_image_folders_are_found_beside_the_file_when_not_in_the_current_folder(tmp_path, monkeypatch):
+    image_folders(tmp_path / "project")
+    path = write(tmp_path / "project" / "dataset.toml", DATASET)
+    monkeypatch.chdir(tmp_path)
+    dataset = read_dataset(path)
+    assert [(s.folder.name, s.repeats, s.label, s.regularization) for s in dataset.subsets] == [
+        ("alpha", 3, "alpha", False), ("beta", 2, "lvshape thing", False), ("reg", 1, "thing", True)]
+    assert dataset.root == (tmp_path / "project" / "imgs").resolve()
+
+
+def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    doc = {"general": {"caption_suffix": ", from side", "enable_wildcard": True, "caption_prefix": "a, b"},
+           "datasets": [{"resolution": 512, "subsets": [{"image_dir": "imgs/alpha", "num_repeats": "ten"},
+                                                          {"image_dir": "imgs/missing"}, {"class_tokens": "x"}]},
+                        {"resolution": [768, 512], "batch_size": 2,
+                         "subsets": [{"image_dir": "imgs/beta", "metadata_file": "meta.json"}]}]}
+    with pytest.raises(LowvramError) as error:
+        read_dataset(write(tmp_path / "dataset.toml", doc))
+    lines = str(error.value).splitlines()
+    expected = ["subsets[1] num_repeats: 'ten' is not a whole number", "subsets[2] image_dir: folder not found",
+                "datasets[1].subsets[3]: no image_dir", ("resolution: the datasets differ (512 (datasets[1]), "
+                "[768, 512] (datasets[2]))"), "metadata_file: kohya's fine-tuning metadata JSON is not read",
+                "caption_suffix: lowvram adds no text", "enable_wildcard:", "caption_prefix: 'a, b' is several tags"]
+    assert len(lines) == len(expected) and all(line.startswith(f"{tmp_path / 'dataset.toml'}: ") for line in lines)
+    for fragment in expected:
+        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+    with pytest.raises(LowvramError, match="every subset is is_reg = true"):
+        read_dataset(write(tmp_path / "reg.toml", {"datasets": [{"subsets": [{"image_dir": "imgs/reg", "is_reg": True}]}]}))
+    with pytest.raises(LowvramError, match="not square"):
+        read_dataset(write(tmp_path / "wide.toml", {"general": {"resolution": [768, 512]},
+                                                    "datasets": [{"subsets": [{"image_dir": "imgs/alpha"}]}]}))
+
+
+def test_a_file_that_is_no_dataset_config_or_a_second_reg_source_is_an_error_naming_the_fix(tmp_path, monkeypatch,
+                                                                                           capsys):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    training_config = write(tmp_path / "train.toml", {"training": {"max_steps": 10}})
+    assert main(["train", "--model", "tiny", "--data", str(training_config)]) == 2
+    assert "not a kohya dataset config: it needs [[datasets]]" in capsys.readouterr().err
+    (tmp_path / "broken.toml").write_text("[general\n")
+    assert main(["check-data", "broken.toml"]) == 2
+    assert "--data: broken.toml is not valid TOML" in capsys.readouterr().err
+    assert main(["train", "--model", "tiny", "--data", "missing.toml"]) == 2
+    assert "--data: file not found: " in capsys.readouterr().err
+    write(tmp_path / "dataset.toml", DATASET)
+    assert main(["train", "--model", "tiny", "--data", "dataset.toml", "--reg-data", "imgs/reg"]) == 2
+    assert f"--reg-data: {tmp_path / 'dataset.toml'} has is_reg subsets already; drop --reg-data" in capsys.readouterr().err
+
+
+def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_listed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    doc = {"general": {"token_warmup_step": 5, "cache_info": True, "caption_prefix": "lvshape, "},
+           "datasets": [{"subsets": [{"image_dir": "imgs/alpha", "flip_aug": True, "random_crop": True},
+                                     {"image_dir": "imgs/beta", "color_aug": True},
+                                     {"image_dir": "imgs/alpha", "num_repeats": 4}]}]}
+    dataset = read_dataset(write(tmp_path / "dataset.toml", doc))
+    assert [s.folder.name for s in dataset.subsets] == ["alpha", "beta"]  # kohya ignores a repeated image_dir
+    assert dataset.values == {"flip": True, "crop": "random", "color_jitter": 0.0, "trigger_word": "lvshape"}
+    notes = " | ".join(dataset.notes)
+    assert "flip_aug: the subsets differ (False, True); lowvram uses one value for the whole run: True" in notes
+    assert "imgs/alpha is already a subset of this dataset" in notes
+    assert "not carried over (lowvram has no such setting): token_warmup_step" in notes  # cache_info: quietly
+    assert "caption_prefix 'lvshape, ' is read as --trigger-word 'lvshape'" in notes
