@@ -19,7 +19,7 @@ from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import SamplePrompt, parse_prompt
 
-SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear")
+SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 NETWORKS = ("lora", "dora", "loha", "lokr")
 LORA_LAYERS = ("attn", "attn-mlp", "full")  # lowvram.models.families.LORA_LAYERS (not imported: plan starts fast)
 UNET_WEIGHTS = ("auto", *WEIGHT_FORMATS)
@@ -181,6 +181,8 @@ class OptimConfig:
     scheduler: str = option("constant", "Learning-rate schedule.", choices=SCHEDULERS)
     warmup_steps: int = option(0, "Linear warm-up steps (used by every schedule except 'constant').")
     scheduler_cycles: int = option(1, "Restarts of cosine_with_restarts.")
+    scheduler_power: float = option(1.0, "Power of the polynomial schedule's decay (1 is linear; kohya's "
+                                    "lr_scheduler_power).")
     scale_weight_norms: float | None = option(None, "Max-norm regularization (kohya's --scale_weight_norms; 1 is "
                                               "usual): after each step, a LoRA or DoRA layer whose update has a "
                                               "norm above this is scaled back to it, which keeps layers from "

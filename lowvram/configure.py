@@ -381,6 +381,10 @@ def _check(c: RunConfig) -> list[str]:
     positive("max-grad-norm", c.optim.max_grad_norm, allow_zero=True)
     positive("warmup-steps", c.optim.warmup_steps, allow_zero=True)
     positive("scheduler-cycles", c.optim.scheduler_cycles)
+    positive("scheduler-power", c.optim.scheduler_power)
+    if c.optim.scheduler_power != 1.0 and c.optim.scheduler != "polynomial":
+        p.append(f"--scheduler-power: only used with --scheduler polynomial (this run's is {c.optim.scheduler}); add "
+                 "it or drop --scheduler-power")
     positive("batch-size", c.training.batch_size)
     positive("gradient-accumulation", c.training.gradient_accumulation)
     positive("max-steps", c.training.max_steps)

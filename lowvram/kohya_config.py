@@ -42,7 +42,7 @@ INERT = {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs",
          "max_data_loader_n_workers", "persistent_data_loader_workers", "logging_dir", "log_prefix", "log_with",
          "log_tracker_name", "dynamo_backend", "lowram", "highvram", "epoch", "save_model_as",
          "save_state", "save_state_on_train_end", "training_comment", "full_fp16", "full_bf16", "no_half_vae",
-         "enable_bucket", "mem_eff_attn", "sample_sampler", "lr_scheduler_power", "lr_scheduler_args",
+         "enable_bucket", "mem_eff_attn", "sample_sampler", "lr_scheduler_args",
          "wandb_run_name", "wandb_api_key", "output_config", "ddp_timeout", "console_log_simple", "noise_offset_type"}
 KOHYA_KEYS = set(SAME) | set(SWITCHES) | INERT | {
     "network_module", "network_args", "network_train_unet_only", "network_train_text_encoder_only", "learning_rate",
@@ -122,6 +122,8 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
         left.pop("huber_c", None), left.pop("huber_schedule", None)
     if not left.get("multires_noise_iterations"):
         left.pop("multires_noise_discount", None)
+    if left.get("lr_scheduler") != "polynomial":  # kohya_ss writes the power beside any schedule
+        left.pop("lr_scheduler_power", None)
     precision = left.pop("save_precision", None)
     if precision is not None and str(precision) not in SAVE_PRECISIONS:
         problem("save_precision", f"'{precision}' is not one of {', '.join(SAVE_PRECISIONS)}")

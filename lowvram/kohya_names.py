@@ -28,6 +28,7 @@ KOHYA_FLAGS = {
     "--lr_scheduler": "--scheduler",
     "--lr_warmup_steps": "--warmup-steps",
     "--lr_scheduler_num_cycles": "--scheduler-cycles",
+    "--lr_scheduler_power": "--scheduler-power",
     "--optimizer_type": "--optimizer",
     "--max_grad_norm": "--max-grad-norm",
     "--scale_weight_norms": "--scale-weight-norms",

@@ -99,13 +99,13 @@ def test_lycoris_networks_carry_over(tmp_path, args, network, layers, extra):
 
 def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path):
     settings = {"train_data_dir": None, "v2": True, "optimizer_type": "DAdaptAdam",
-                "lr_scheduler": "polynomial", "lr_warmup_steps": 0.1, "network_module": "lycoris.kohya",
+                "lr_scheduler": "adafactor", "lr_warmup_steps": 0.1, "network_module": "lycoris.kohya",
                 "network_args": ["algo=ia3"], "sample_prompts": "prompts.json", "save_precision": "fp8"}
     with pytest.raises(LowvramError) as error:
         translate({k: v for k, v in settings.items() if v is not None}, Path("kohya.toml"))
     lines = str(error.value).splitlines()
     expected = ["v2: Stable Diffusion 2", "LyCORIS algo 'ia3'",
-                "optimizer_type: 'DAdaptAdam'", "lr_warmup_steps: 0.1 is a fraction", "lr_scheduler: 'polynomial'",
+                "optimizer_type: 'DAdaptAdam'", "lr_warmup_steps: 0.1 is a fraction", "lr_scheduler: 'adafactor'",
                 "sample_prompts: prompts.json is not a .txt prompt file", "save_precision: 'fp8'"]
     assert len(lines) == len(expected) and all(line.startswith("kohya.toml: ") for line in lines), lines
     for fragment in expected:
@@ -118,6 +118,9 @@ def test_the_huber_settings_and_the_multires_discount_carry_over_where_they_are_
                                   "multires_noise_discount": 0.4, "optimizer_type": "bitsandbytes.optim.Lion8bit"})
     assert (values["loss"], values["huber_c"], values["huber_schedule"]) == ("huber", 0.2, "exponential")
     assert (values["multires_noise_iterations"], values["multires_noise_discount"]) == (6, 0.4)
+    assert "scheduler_power" not in values_of(tmp_path, KOHYA_SS | {"lr_scheduler_power": 2})  # beside cosine
+    decaying = values_of(tmp_path, KOHYA_SS | {"lr_scheduler": "polynomial", "lr_scheduler_power": 2})
+    assert (decaying["scheduler"], decaying["scheduler_power"]) == ("polynomial", 2)
     assert values["optimizer"] == "lion8bit"
 
 

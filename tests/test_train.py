@@ -250,6 +250,18 @@ def test_training_options_run_and_are_recorded(tmp_path, options):
     assert result.final_loss == result.final_loss  # not NaN
 
 
+def test_the_polynomial_schedule_decays_with_its_power(tmp_path):
+    """kohya's `--lr_scheduler polynomial --lr_scheduler_power 2`: (lr - lr_end) (1 - step/total)^2 + lr_end, with
+    diffusers' lr_end of 1e-7 (the optimizer's default rate, AdamW's 1e-3, would have made it 1e-8)."""
+    train(run_config(output=str(tmp_path), max_steps=4, scheduler="polynomial", scheduler_power=2.0, lr=1e-4))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [record["lr"] for record in records if "lr" in record]
+    end = 1e-7  # diffusers' lr_end
+    assert logged == pytest.approx([(1e-4 - end) * (1 - step / 4) ** 2 + end for step in (1, 2, 3, 4)], rel=1e-6)
+    with pytest.raises(LowvramError, match="--scheduler-power: only used with --scheduler polynomial"):
+        run_config(scheduler_power=2.0)
+
+
 def test_generate_renders_with_the_lora(trained, tmp_path):
     config, result = trained
     argv = ["generate", "--model", config.model.model, "--prompt", "lvshape, a red circle", "--steps", "3",

@@ -255,8 +255,12 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
             compile_blocks(model.unet, schedule.batch_shapes)
     groups = optimizer_groups(model, trainable, config)
     optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, config.optim.warmup_steps)
+    # the polynomial schedule decays towards 1e-7 in units of the optimizer's default rate, which kohya sets to its
+    # --learning_rate; here the groups carry the rates, and the default would be the optimizer's own (AdamW: 1e-3)
+    optimizer.defaults["lr"] = config.lr
     lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
-                                 num_training_steps=schedule.total_steps, num_cycles=config.optim.scheduler_cycles)
+                                 num_training_steps=schedule.total_steps, num_cycles=config.optim.scheduler_cycles,
+                                 power=config.optim.scheduler_power)
     # wrapped for multi-GPU (DDP), unchanged in one process; the forward passes go through the wrappers. The
     # schedule is not: accelerate's wrapper steps it once per process each call (split_batches=False), which
     # would end warm-up and decay after total_steps / processes
