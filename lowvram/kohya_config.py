@@ -122,7 +122,7 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
         left.pop("huber_c", None), left.pop("huber_schedule", None)
     if not left.get("multires_noise_iterations"):
         left.pop("multires_noise_discount", None)
-    if left.get("lr_scheduler") != "polynomial":  # kohya_ss writes the power beside any schedule
+    if flat.get("lr_scheduler") != "polynomial":  # kohya_ss writes the power beside any schedule
         left.pop("lr_scheduler_power", None)
     precision = left.pop("save_precision", None)
     if precision is not None and str(precision) not in SAVE_PRECISIONS:
