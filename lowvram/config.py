@@ -190,6 +190,13 @@ class OptimConfig:
     loraplus_ratio: float | None = option(None, "LoRA+: the B (up) matrices learn this many times faster than the A "
                                           "(down) ones, which trains LoRA and DoRA faster at the same --lr (kohya's "
                                           "loraplus_lr_ratio; 16 is the paper's value).", metavar="R")
+    ema: bool = option(False, "Keep an exponential moving average of the adapter weights (OneTrainer's and "
+                       "SimpleTuner's EMA, diffusers' EMAModel): the LoRA saved, sampled and validated is the "
+                       "average, which smooths out the last steps' noise. Costs one more copy of the adapters in "
+                       "VRAM (megabytes).")
+    ema_decay: float = option(0.999, "How slowly --ema's average follows the weights; it ramps up to this from 0 "
+                              "as (1 + step) / (10 + step), so short runs are averaged over their own length.",
+                              metavar="D")
 
 
 @dataclass(frozen=True)

@@ -357,6 +357,8 @@ def _check(c: RunConfig) -> list[str]:
     positive("alpha", c.network.alpha)
     positive("v-pred-like-loss", c.training.v_pred_like_loss, allow_zero=True)
     positive("loraplus-ratio", c.optim.loraplus_ratio)
+    if not 0 < c.optim.ema_decay < 1:
+        p.append(f"--ema-decay: must be in (0, 1), got {c.optim.ema_decay} (0.999 is usual)")
     positive("scale-weight-norms", c.optim.scale_weight_norms)
     for flag, value in (("--loraplus-ratio", c.optim.loraplus_ratio), ("--scale-weight-norms",
                                                                        c.optim.scale_weight_norms)):
@@ -425,6 +427,8 @@ def _check(c: RunConfig) -> list[str]:
     positive("sample-steps", c.output.sample_steps)
     if c.training.max_steps is not None and c.training.epochs is not None:
         p.append("--max-steps and --epochs: can't use both; choose one")
+    if c.optim.ema and optimizer and optimizer.schedule_free:
+        p.append(f"--ema: {optimizer.name} averages its weights already, and saves the average; drop --ema")
     if optimizer and optimizer.schedule_free and c.optim.scheduler != "constant":
         p.append(f"--scheduler {c.optim.scheduler}: {optimizer.name} replaces the schedule; use --scheduler "
                  "constant (its warm-up comes from --warmup-steps)")

@@ -28,7 +28,8 @@ def workload_for(run: ResolvedRun) -> Workload:
                     train_text_encoder=config.network.train_text_encoder,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),
                     sample_resolution=run.sample_resolution, compute_bytes=run.compute_bytes,
-                    mixed_precision=run.mixed_precision, native_format=run.native_format, vae_fp32=run.vae_fp32)
+                    mixed_precision=run.mixed_precision, native_format=run.native_format, vae_fp32=run.vae_fp32,
+                    ema=config.optim.ema)
 
 
 def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:

@@ -103,6 +103,7 @@ class Workload:
     mixed_precision: str = "bf16"  # bf16, fp16 or no: what the run computes in (--mixed-precision resolved)
     vae_fp32: bool = False  # SDXL's VAE under fp16: kept in fp32
     sample_resolution: int | None = None  # square side of the largest sample image's pixels (default: resolution)
+    ema: bool = False  # a moving average of the adapters (--ema): one more fp32 copy of them
 
 
 @dataclass
@@ -281,6 +282,7 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
         "LoRA": lora,
         "gradients": lora,
         "optim. state": optimizer_state_bytes(strategy.optimizer, lora_params),
+        **({"EMA": lora} if work.ema else {}),
         "activations": activations,
         "dequant": dequant,
         "fragment.": int(TRAINING_FRAGMENTATION * forward_volume) if cuda else 0,

@@ -58,9 +58,11 @@ def gather_rng_states(accelerator) -> list[dict[str, torch.Tensor]]:
 
 
 def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler,
-         accelerator, keep: int, rng_states: list[dict[str, torch.Tensor]], run_recipe: dict | None = None) -> Path:
-    """Write a checkpoint for `position` (with every process's RNG states, from `gather_rng_states`) and keep only
-    this run's newest `keep` (by step; `run_recipe` says which run it is, see `lowvram.train.outdir`)."""
+         accelerator, keep: int, rng_states: list[dict[str, torch.Tensor]], run_recipe: dict | None = None,
+         ema=None) -> Path:
+    """Write a checkpoint for `position` (with every process's RNG states, from `gather_rng_states`, and the moving
+    average of --ema) and keep only this run's newest `keep` (by step; `run_recipe` says which run it is, see
+    `lowvram.train.outdir`)."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -71,7 +73,8 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
         raise LowvramError("refusing to checkpoint non-finite LoRA weights; the last good checkpoint is kept")
     optimizer_tensors, optimizer_rest = _split(optimizer.state_dict())
     rng = {f"rank{rank}/{key}": value for rank, states in enumerate(rng_states) for key, value in states.items()}
-    size = sum(t.nbytes for part in (adapters, optimizer_tensors, rng) for t in part.values()) + 2**16
+    averaged = {str(i): t.detach().cpu().contiguous() for i, t in enumerate(ema.shadow_params)} if ema else {}
+    size = sum(t.nbytes for part in (adapters, optimizer_tensors, rng, averaged) for t in part.values()) + 2**16
     ensure_room(root, size, f"checkpoint {final.name}")  # before writing: a full disk stops it cleanly
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
@@ -80,6 +83,8 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
         save_file(adapters, str(tmp / "adapters.safetensors"))
         save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
+        if ema is not None:
+            save_file(averaged, str(tmp / EMA_PART))
         state = {
             "format": FORMAT, "step": position.step, "epoch": position.epoch, "batch": position.batch,
             "validation": position.validation,
@@ -87,6 +92,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state()),
             "run": {"identity": identity(run_recipe), "recipe": run_recipe} if run_recipe is not None else None,
+            "ema_step": ema.optimization_step if ema is not None else None,
         }
         (tmp / "state.json").write_text(json.dumps(state))
         for path in tmp.iterdir():
@@ -138,6 +144,7 @@ def latest(root: Path, run_identity: str | None = None) -> Path | None:
 
 
 PARTS = ("adapters.safetensors", "optimizer.safetensors", "rng.safetensors")
+EMA_PART = "ema.safetensors"  # with --ema
 
 
 def problem(path: Path) -> str | None:
@@ -146,7 +153,7 @@ def problem(path: Path) -> str | None:
 
     try:
         json.loads((path / "state.json").read_text())
-        for part in PARTS:
+        for part in PARTS + ((EMA_PART,) if (path / EMA_PART).exists() else ()):
             load_file(str(path / part))
     except Exception as exc:  # noqa: BLE001 - whatever broke it, the checkpoint is unusable
         return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -190,7 +197,8 @@ def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> tu
     return path, []
 
 
-def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, accelerator) -> Position:
+def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, accelerator, ema=None
+         ) -> Position:
     """Restore everything `save` wrote; returns where training continues."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -209,6 +217,13 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
         set_peft_model_state_dict(module, {k: v.to(device) for k, v in part.items()})
     optimizer.load_state_dict(_join(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
     lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if ema is not None:
+        if not (path / EMA_PART).is_file():
+            raise LowvramError(f"--resume: {path} holds no --ema average; resume it without --ema, or start anew")
+        averaged = load_file(str(path / EMA_PART))
+        for i, shadow in enumerate(ema.shadow_params):
+            shadow.copy_(averaged[str(i)])
+        ema.optimization_step = state["ema_step"]
     if state["scaler"] is not None and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
     rng = load_file(str(path / "rng.safetensors"))

@@ -18,7 +18,6 @@ from lowvram.data.prepare import PreparedData
 from lowvram.files import DiskFull, write_text
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel
-from lowvram.optim import use_averaged_weights
 from lowvram.train import checkpoint, outdir
 from lowvram.train.progress import StopOnSignal, TrainingProgress
 from lowvram.train.runlog import RunLog, append_record
@@ -165,7 +164,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     if not session.main:
         return []
     config, model, name = session.config, trainee.model, session.config.output_name
-    with use_averaged_weights(trainee.optimizer):
+    with trainee.averaged_weights():
         if config.output.format == "diffusers":
             lora_files.save_diffusers(model, session.out_dir / f"{name}-diffusers", config.output.save_precision)
         with peaks.phase("sampling"):

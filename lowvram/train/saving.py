@@ -10,7 +10,6 @@ from pathlib import Path
 
 from lowvram.adapters import lora_files
 from lowvram.errors import TrainingInterrupted
-from lowvram.optim import use_averaged_weights
 from lowvram.train import checkpoint
 from lowvram.train.identity import recipe
 from lowvram.train.metadata import lora_metadata
@@ -23,9 +22,9 @@ from lowvram.train.validation import EarlyStopping, validation_loss
 
 def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, step: int, epoch: int,
               started: datetime) -> Path:
-    """The LoRA as it stands (schedule-free: its averaged weights), written by the main process."""
+    """The LoRA as it stands (schedule-free's or --ema's averaged weights), written by the main process."""
     if session.main:
-        with use_averaged_weights(trainee.optimizer):
+        with trainee.averaged_weights():
             lora_files.save_kohya(trainee.model, path, session.config.alpha, session.config.output.save_precision,
                                   lora_metadata(session.run, trainee.model, dataset.records, step, epoch,
                                                 dataset.trigger, started))
@@ -39,7 +38,7 @@ def save_checkpoint(session: Session, trainee: Trainee, position: checkpoint.Pos
         return None
     return checkpoint.save(checkpoint.checkpoint_root(session.out_dir), position, trainee.adapted, trainee.optimizer,
                            trainee.lr_scheduler, session.accelerator, session.config.training.keep_checkpoints,
-                           rng_states, recipe(session.run))
+                           rng_states, recipe(session.run), trainee.ema)
 
 
 def resume(session: Session, trainee: Trainee, schedule: Schedule) -> checkpoint.Position:
@@ -50,7 +49,8 @@ def resume(session: Session, trainee: Trainee, schedule: Schedule) -> checkpoint
     found, unreadable = checkpoint.resolve(session.config.training.resume, session.out_dir, recipe(session.run))
     for line in unreadable:
         session.console.print(f"[yellow]{line}: resuming from an earlier one[/]", soft_wrap=True)
-    position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator)
+    position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator,
+                               trainee.ema)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
     if position.step >= schedule.total_steps:
         session.console.print(f"nothing left to train: the run ends at step {schedule.total_steps} (raise "
@@ -141,14 +141,14 @@ def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, sched
 
 @contextmanager
 def evaluating(trainee: Trainee):
-    """Sampling and validation see the LoRA as it will be saved: no adapter dropout, schedule-free's averaged
-    weights; training resumes where it was afterwards."""
+    """Sampling and validation see the LoRA as it will be saved: no adapter dropout, schedule-free's or --ema's
+    averaged weights; training resumes where it was afterwards."""
     modules = [trainee.model.unet, *trainee.model.text_encoders]
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
     try:
-        with use_averaged_weights(trainee.optimizer):
+        with trainee.averaged_weights():
             yield
     finally:
         for m, mode in zip(modules, modes):

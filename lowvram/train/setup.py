@@ -6,6 +6,8 @@ also the order random numbers are drawn in, which a resumed or repeated run reli
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from lowvram.errors import LowvramError
 from lowvram.hardware import detect
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
-from lowvram.optim import OPTIMIZERS, build_optimizer
+from lowvram.optim import OPTIMIZERS, build_optimizer, use_averaged_weights
 from lowvram.plan.calibration import unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.quant import convert_frozen, place, storage_bytes
@@ -95,10 +97,25 @@ class Trainee:
     optimizer: torch.optim.Optimizer
     lr_scheduler: object
     noise_scheduler: object
+    ema: object | None = None  # diffusers' EMAModel of `params` (--ema)
 
     @property
     def trained_modules(self) -> list[torch.nn.Module]:
         return [self.model.unet, *(self.model.text_encoders if self.train_text else [])]
+
+    @contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """The weights to save, sample and validate inside the block: schedule-free's averaged point, or --ema's
+        moving average (the training weights wait in host RAM); the training weights again after it."""
+        with use_averaged_weights(self.optimizer):
+            if self.ema is not None:
+                self.ema.store(self.params)
+                self.ema.copy_to(self.params)
+            try:
+                yield
+            finally:
+                if self.ema is not None:
+                    self.ema.restore(self.params)
 
 
 @dataclass(frozen=True)
@@ -267,8 +284,14 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
     adapted = networks.adapted_modules(model)
     prepared = session.accelerator.prepare(model.unet, *[m for _, m in adapted[1:]], optimizer)
     text_encoders = list(prepared[1:-1]) if train_text else model.text_encoders
-    return Trainee(model, prepared[0], text_encoders, train_text, dict(adapted),
-                   [p for params in trainable.values() for p in params], prepared[-1], lr_scheduler, noise_scheduler)
+    params = [p for part in trainable.values() for p in part]
+    ema = None
+    if config.optim.ema:  # from the starting weights (--network-weights' included); a resumed run loads its own
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=config.optim.ema_decay, foreach=True)
+    return Trainee(model, prepared[0], text_encoders, train_text, dict(adapted), params, prepared[-1], lr_scheduler,
+                   noise_scheduler, ema)
 
 
 def checkpointing_note(unet: torch.nn.Module) -> str:

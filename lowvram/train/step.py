@@ -111,6 +111,8 @@ def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_ask
             if session.config.optim.scale_weight_norms:
                 for module in trainee.adapted.values():
                     networks.limit_norms(module, session.config.optim.scale_weight_norms)
+            if trainee.ema is not None:  # the weights as applied, limits included
+                trainee.ema.step(trainee.params)
     optimizer.zero_grad(set_to_none=True)
     return StepOutcome(verdict, loss, grad_norm, stop > 0)
 
