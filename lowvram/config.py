@@ -117,6 +117,11 @@ class DataConfig:
                                    metavar="N")
     background: str = option("white", "Colour transparent images are composited on (white, black, grey, #RRGGBB).")
     alpha_mask: bool = option(False, "Use transparency as a loss mask instead of compositing it.")
+    masked_loss: bool = option(False, "Train only where an image's mask is white (grey: partly): the mask is a "
+                               "<image name>-masklabel.png beside it, as OneTrainer's masks are. Images without one "
+                               "train everywhere. Such files are never trained on as images.")
+    unmasked_weight: float = option(0.0, "Loss weight outside the mask (--masked-loss, --alpha-mask), e.g. 0.1 to "
+                                    "keep some of the background (OneTrainer's unmasked weight).", metavar="W")
     cache_dir: str | None = option(None, "Where the latent and text-embedding caches live (content-addressed, "
                                    "shared between runs; default: $LOWVRAM_CACHE_DIR or ~/.cache/lowvram).",
                                    metavar="DIR")

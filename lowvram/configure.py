@@ -334,6 +334,10 @@ def _check(c: RunConfig) -> list[str]:
     positive("latent-variants", c.data.latent_variants)
     positive("caption-variants", c.data.caption_variants)
     positive("keep-tokens", c.data.keep_tokens, allow_zero=True)
+    if not 0 <= c.data.unmasked_weight < 1:
+        p.append(f"--unmasked-weight: must be in [0, 1), got {c.data.unmasked_weight}")
+    elif c.data.unmasked_weight and not (c.data.masked_loss or c.data.alpha_mask):
+        p.append("--unmasked-weight: only used with --masked-loss or --alpha-mask; add one or drop it")
     positive("prior-loss-weight", c.data.prior_loss_weight, allow_zero=True)
     positive("cache-batch-size", c.data.cache_batch_size)
     if not 1 <= c.data.clip_skip <= 4:

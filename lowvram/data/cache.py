@@ -133,9 +133,10 @@ class TextJob:
 
 def latent_key(record: ImageRecord, placement: Placement, variant: Variant, options: ScanOptions,
                vae_id: str, vae_dtype: torch.dtype, tiled: bool) -> str:
+    masked = {"mask": record.mask_sha256} if options.masked_loss and record.mask else {}  # older keys stay valid
     return content_key(kind="latent", image=record.sha256, bucket=list(placement.bucket),
                        scaled=list(placement.scaled), variant=variant.as_key(), background=list(options.background),
-                       alpha_mask=options.alpha_mask, vae=vae_id, dtype=str(vae_dtype), tiled=tiled)
+                       alpha_mask=options.alpha_mask, vae=vae_id, dtype=str(vae_dtype), tiled=tiled, **masked)
 
 
 def text_key(caption: str, encoders_id: str) -> str:

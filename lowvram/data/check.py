@@ -27,7 +27,8 @@ def make_buckets(run: ResolvedRun) -> Buckets:
 def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
     return ScanOptions(caption_extension=config.data.caption_extension, caption_template=config.data.caption_template,
                        trigger_word=trigger, background=parse_colour(config.data.background),
-                       alpha_mask=config.data.alpha_mask, small_images=config.data.small_images)
+                       alpha_mask=config.data.alpha_mask, small_images=config.data.small_images,
+                       masked_loss=config.data.masked_loss)
 
 
 def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageChops, ImageOps
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -49,6 +49,8 @@ UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
 PROGRESS_FROM = 50  # files; fewer scan in a blink
 NOTES_LISTED_UP_TO = 20  # usable files with notes printed without --verbose
 SUPPORTED = " ".join(IMAGE_SUFFIXES)
+MASK_SUFFIX = "-masklabel.png"  # OneTrainer's loss masks: <image stem>-masklabel.png beside the image, never an image
+MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class ScanOptions:
     min_side: int = 64  # images with a side below this are skipped
     max_pixels: int = 89_478_485  # Pillow's decompression-bomb limit: larger images are skipped, never decoded
     min_kept_fraction: float = 0.5  # skip images whose crop to the nearest bucket keeps less than this
+    masked_loss: bool = False  # an image's <stem>-masklabel.png is its loss mask
 
     def __post_init__(self):
         if self.caption_extension not in CAPTION_SUFFIXES:
@@ -93,10 +96,12 @@ class ImageRecord:
     bucket: tuple[int, int] | None  # (width, height); None when skipped
     transposed: bool = False  # EXIF orientation rotates or flips it
     non_utf8_caption: str | None = None  # the caption file (relative path) when it was read as cp1252, not UTF-8
+    mask: Path | None = None  # its loss mask file, with --masked-loss
+    mask_sha256: str = ""
 
     def to_json(self) -> dict:
         return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
-                "bucket": list(self.bucket) if self.bucket else None}
+                "bucket": list(self.bucket) if self.bucket else None, "mask": str(self.mask) if self.mask else None}
 
 
 def _kind(text: str) -> str:
@@ -227,6 +232,10 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     judged = layout_notes is not None
     files, listing_notes = _list_files(root, folders, "an N_name folder" if judged else "its image folder", judged)
     folder_notes = list(layout_notes or []) + listing_notes
+    masked = sum(path.with_name(path.stem + MASK_SUFFIX).is_file() for path, _, _ in files)
+    if masked and not options.masked_loss:
+        folder_notes.append(f"{masked} image(s) have a {MASK_SUFFIX} mask (OneTrainer's), unused: --masked-loss "
+                            "trains on their white areas only")
     old_index = _read_index(index_path)
     new_index = {k: v for k, v in old_index.items() if not Path(k).is_relative_to(root)}  # other datasets' entries
     records: list[ImageRecord] = []
@@ -235,6 +244,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
         task = progress.add_task(f"scanning {root.name}", total=len(files))
         for path, repeats, label in files:
             record = _scan_file(root, path, repeats, label, buckets, options, old_index, new_index)
+            if options.masked_loss and record.usable:
+                record = _with_mask(record, options, old_index, new_index)
             if record.usable and record.sha256 in first_of:
                 record = replace(record, notes=record.notes + (f"duplicate of {first_of[record.sha256]}",))
             elif record.usable:
@@ -283,7 +294,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
     files = []
     for folder, repeats, label in folders:
         where = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
-        unknown = []
+        unknown, masks, stems = [], [], set()
         try:
             entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
         except OSError as exc:
@@ -294,10 +305,17 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
             if path.is_dir():
                 if path not in listed and not (folder == root and root_judged):
                     notes.append(f"ignored folder {where}{path.name}/: images must sit directly in {container}")
+            elif path.name.lower().endswith(MASK_SUFFIX):
+                masks.append(path.name)
             elif suffix in IMAGE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES:
                 files.append((path, repeats, label))
+                stems.add(path.stem)
             elif suffix not in SILENT_SUFFIXES and path.name not in SILENT_NAMES:
                 unknown.append(path.name)
+        orphans = [name for name in masks if name[:-len(MASK_SUFFIX)] not in stems]
+        if orphans:
+            notes.append(f"ignored {len(orphans)} mask file(s) in {where or './'} without an image of the same name: "
+                         f"{', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}")
         if unknown:
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             notes.append(f"ignored {len(unknown)} file(s) of unknown type in {where or './'}: "
@@ -334,6 +352,27 @@ def _scan_file(root: Path, path: Path, repeats: int, label: str, buckets: Bucket
         notes = _mode_notes(mode, facts["has_alpha"], options) + rotated + notes + caption_notes
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
                        facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8)
+
+
+def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_index: dict) -> ImageRecord:
+    """A usable image with its mask file, if it has one: unreadable, or of another shape than the image, it is
+    skipped with the reason, since training it unmasked is not what was asked."""
+    mask = record.path.with_name(record.path.stem + MASK_SUFFIX)
+    if not mask.is_file():
+        return replace(record, notes=record.notes + ("no mask: trained everywhere",))
+    facts = _facts(mask, options, old_index.get(str(mask)))
+    if facts["size"] >= 0:
+        new_index[str(mask)] = facts
+    shape = (facts["width"], facts["height"])
+    if facts["error"]:
+        reason = f"mask unreadable: {mask.name} is {facts['error']}"
+    elif abs(shape[0] * record.height / max(1, shape[1] * record.width) - 1) > MASK_ASPECT_TOLERANCE:
+        reason = (f"mask of another shape: {mask.name} is {shape[0]}x{shape[1]}, the image {record.width}x"
+                  f"{record.height}; make the mask the image's size")
+    else:
+        resized = () if shape == (record.width, record.height) else (f"mask resized from {shape[0]}x{shape[1]}",)
+        return replace(record, mask=mask, mask_sha256=facts["sha256"], notes=record.notes + resized)
+    return replace(record, usable=False, reason=reason, bucket=None)
 
 
 def _facts(path: Path, options: ScanOptions, cached: dict | None) -> dict:
@@ -515,10 +554,15 @@ def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions(
                     if scale <= 0.5:
                         im.draft(im.mode, need if im.size == (record.width, record.height) else need[::-1])
                 upright = ImageOps.exif_transpose(im) if record.transposed else im
-                return _to_rgb(upright, options)
+                image, alpha = _to_rgb(upright, options)
+            if not (options.masked_loss and record.mask):
+                return image, alpha
+            with Image.open(record.mask, formats=PIL_FORMATS) as im:
+                mask = ImageOps.exif_transpose(im).convert("L").resize(image.size, Image.Resampling.BILINEAR)
+            return image, mask if alpha is None else ImageChops.multiply(mask, alpha)
     except Exception as exc:  # noqa: BLE001
-        raise LowvramError(f"{record.path}: could not be decoded for training ({exc}); did it change since the "
-                           "scan? Run `lowvram check-data` again") from None
+        raise LowvramError(f"{record.path}: could not be decoded for training ({exc}); did it or its mask change "
+                           "since the scan? Run `lowvram check-data` again") from None
 
 
 def _to_rgb(im: Image.Image, options: ScanOptions) -> tuple[Image.Image, Image.Image | None]:

@@ -142,8 +142,9 @@ def run_training(session: Session) -> TrainResult:
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
         networks.cast_inputs(module, cast=True)
-    return TrainResult(lora_path, config_path, samples, step, schedule.epochs_at(step), progress.loss or float("nan"),
-                       model, prepared.data, (prepared.encoded_latents, prepared.encoded_texts), dataset.reports,
+    final_loss = progress.loss if progress.loss is not None else float("nan")  # a loss of 0.0 is a loss
+    return TrainResult(lora_path, config_path, samples, step, schedule.epochs_at(step), final_loss, model,
+                       prepared.data, (prepared.encoded_latents, prepared.encoded_texts), dataset.reports,
                        stopping if prepared.validation else None)
 
 

@@ -62,6 +62,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_max_timestep": str(config.training.max_timestep or TRAIN_TIMESTEPS),
         "ss_zero_terminal_snr": str(bool(model.pipeline.scheduler.config.get("rescale_betas_zero_snr"))),
         "ss_loss_type": config.training.loss,
+        "ss_masked_loss": str(config.data.masked_loss or config.data.alpha_mask),
         "ss_huber_c": f"{config.huber[0]:g}",
         "ss_huber_schedule": config.huber[1],
         "ss_batch_size_per_device": str(config.training.batch_size),

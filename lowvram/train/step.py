@@ -64,9 +64,12 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
     perturbation = t.ip_noise_gamma * torch.randn_like(latents) if t.ip_noise_gamma else None
     if perturbation is not None and t.ip_noise_gamma_random_strength:
         perturbation = perturbation * torch.rand((), device=device, dtype=perturbation.dtype)
+    mask = batch.mask
+    if mask is not None and config.data.unmasked_weight:  # the area outside the masks keeps some weight
+        mask = config.data.unmasked_weight + (1 - config.data.unmasked_weight) * mask
     with accelerator.autocast(), offloading(session):
         loss = diffusion_loss(trainee.unet, trainee.noise_scheduler, latents, conditioning, noise, timesteps,
-                              Objective.of(config), batch.weights, batch.mask, perturbation)
+                              Objective.of(config), batch.weights, mask, perturbation)
     accelerator.backward(loss * share)
     return loss.detach().float() * share
 

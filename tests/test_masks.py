@@ -1,0 +1,71 @@
+"""--masked-loss: OneTrainer's `<image>-masklabel.png` masks restrict an image's loss to its white area; mask files
+are never trained on as images; a mask that cannot be its image's is a skip with the reason."""
+
+import json
+import random
+
+from conftest import run_config
+from PIL import Image
+
+from lowvram.cli import main
+from lowvram.train.loop import train
+
+
+def masked_dataset(root, masks: dict[str, Image.Image]):
+    """The sample dataset (six 96x96 or 96x112 images) with the given masks written beside its images."""
+    from lowvram.data.sample import write_sample_dataset
+
+    folder = write_sample_dataset(root) / "5_lvshape"
+    for stem, mask in masks.items():
+        mask.save(folder / f"{stem}-masklabel.png")
+    return folder
+
+
+def left_half_white(width: int, height: int) -> Image.Image:
+    mask = Image.new("L", (width, height), 0)
+    mask.paste(255, (0, 0, width // 2, height))
+    return mask
+
+
+def test_the_scan_pairs_masks_with_their_images_and_never_takes_them_for_images(tmp_path, capsys):
+    folder = masked_dataset(tmp_path / "data", {"00_red_circle": left_half_white(96, 96),
+                                                "02_white_triangle": left_half_white(64, 96),  # another shape
+                                                "lost": left_half_white(96, 96)})  # no image of that name
+    (folder / "04_blue_square-masklabel.png").write_bytes(b"not a png")
+    report = tmp_path / "plain.json"
+    assert main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--report", str(report)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert json.loads(report.read_text())["summary"]["usable"] == 6  # masks are no images, with or without the flag
+    assert "3 image(s) have a -masklabel.png mask (OneTrainer's), unused: --masked-loss" in out
+    assert "ignored 1 mask file(s) in 5_lvshape/ without an image of the same name: lost-masklabel.png" in out
+    masked = tmp_path / "masked.json"
+    main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--masked-loss", "--report", str(masked)])
+    records = {r["relpath"].split("/")[-1]: r for r in json.loads(masked.read_text())["records"]}
+    assert records["00_red_circle.png"]["mask"].endswith("00_red_circle-masklabel.png")
+    assert "no mask: trained everywhere" in records["01_yellow_square.png"]["notes"]
+    assert records["02_white_triangle.png"]["reason"].startswith(
+        "mask of another shape: 02_white_triangle-masklabel.png is 64x96, the image 96x96")
+    assert records["04_blue_square.png"]["reason"].startswith("mask unreadable: 04_blue_square-masklabel.png is")
+
+
+def test_a_mask_reaches_the_loss_and_black_leaves_nothing_to_learn(tmp_path):
+    stems = ["00_red_circle", "01_yellow_square", "02_white_triangle", "03_orange_circle", "04_blue_square",
+             "05_green_triangle"]
+    sizes = {stem: (96, 96 + 16 * (i % 2)) for i, stem in enumerate(stems)}
+    masked_dataset(tmp_path / "half", {stem: left_half_white(*size) for stem, size in sizes.items()})
+    result = train(run_config(data=str(tmp_path / "half"), output=str(tmp_path / "out"), masked_loss=True,
+                              max_steps=1, resolution=64))
+    batch = result.data.load([0], random.Random(0))
+    mask = batch.mask[0, 0]  # at the latents' resolution: left half ones, right half zeros
+    assert mask.shape == batch.latents.shape[-2:]
+    half = mask.shape[1] // 2
+    # resized with the image: only the column at the edge is in between
+    assert bool((mask[:, :half - 1] > 0.97).all()) and bool((mask[:, half + 1:] < 0.03).all())
+
+    masked_dataset(tmp_path / "black", {stem: Image.new("L", size, 0) for stem, size in sizes.items()})
+    nothing = train(run_config(data=str(tmp_path / "black"), output=str(tmp_path / "none"), masked_loss=True,
+                               max_steps=2))
+    assert nothing.final_loss == 0.0
+    weights = train(run_config(data=str(tmp_path / "black"), output=str(tmp_path / "some"), masked_loss=True,
+                               unmasked_weight=0.5, max_steps=2))
+    assert weights.final_loss > 0
