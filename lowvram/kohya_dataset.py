@@ -4,9 +4,9 @@ regularization flag, and the lowvram options its settings set.
 
 kohya settles each setting per subset: the subset's own, else its dataset's, else `[general]`'s. lowvram holds the
 dataset's settings once per run. Where subsets disagree on a caption or augmentation setting, the first training
-subset's value is used for all and a note says so. Settings that would make a different kind of run (two
-resolutions, two batch sizes) are refused, as are caption rewrites lowvram lacks, each in one line naming the
-setting and the fix. An image folder is read as kohya reads it: its images sit directly in it, and its name gives no
+subset's value is used for all and a note says so; the caption prefix and suffix stay each subset's own. Settings
+that would make a different kind of run (two resolutions, two batch sizes) are refused, as are caption rewrites
+lowvram lacks, each in one line naming the setting and the fix. An image folder is read as kohya reads it: its images sit directly in it, and its name gives no
 repeats. A relative path is taken from the current folder, as kohya takes it, else from the file's folder.
 """
 
@@ -37,13 +37,13 @@ RUN_SETTINGS = {"resolution": "resolution", "batch_size": "batch_size", "enable_
 SUBSET_SETTINGS = {"shuffle_caption": "shuffle_tags", "keep_tokens": "keep_tokens", "caption_extension":
                    "caption_extension", "flip_aug": "flip", "color_aug": "color_jitter", "random_crop": "crop",
                    "caption_dropout_rate": "caption_dropout", "caption_tag_dropout_rate": "tag_dropout",
-                   "alpha_mask": "alpha_mask", "caption_prefix": "trigger_word"}
+                   "alpha_mask": "alpha_mask"}
 # a subset that leaves a setting out has kohya's default
 KOHYA_DEFAULTS = {"shuffle_caption": False, "keep_tokens": 0, "caption_extension": ".caption", "flip_aug": False,
                   "color_aug": False, "random_crop": False, "caption_dropout_rate": 0.0,
                   "caption_tag_dropout_rate": 0.0, "alpha_mask": False}
 SWITCH_VALUES = {"color_aug": (0.1, 0.0), "random_crop": ("random", "center")}  # kohya's switch -> (on, off)
-STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg"}
+STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_prefix", "caption_suffix"}  # per subset
 # nothing lowvram does changes with these: it caches its own scan, and resizes as it resizes
 INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed"}
 # they would change what the model is shown: refused rather than trained without
@@ -51,7 +51,6 @@ REFUSED = {
     "metadata_file": "kohya's fine-tuning metadata JSON is not read; lowvram reads the caption beside each image "
                      "(.txt or .caption): write them with `lowvram caption DIR`, or use an image_dir subset",
     "conditioning_data_dir": "ControlNet training is not something lowvram does",
-    "caption_suffix": "lowvram adds no text after a caption; put it in the caption files",
     "keep_tokens_separator": "lowvram keeps the first --keep-tokens tags in place; use keep_tokens",
     "secondary_separator": "lowvram splits tags at commas only; join such tags in the caption files",
     "enable_wildcard": "lowvram reads a caption's first line, without {a|b} choices; write one caption per image",
@@ -67,6 +66,8 @@ class Subset:
     repeats: int
     label: str  # the caption of an image without a caption file: class_tokens, else the folder's name
     regularization: bool
+    caption_prefix: str = ""  # written around each caption of the subset, as it is
+    caption_suffix: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def read_dataset(path: Path) -> KohyaDataset:
     if subsets and not any(not s.regularization for s in subsets):
         problem("datasets", "every subset is is_reg = true; add the images to train on as a subset without is_reg")
     values = _run_values(run_values, problem)
-    values |= _subset_values(settings, subsets, notes, problem)
+    values |= _subset_values(settings, subsets, notes)
     left = sorted({key for settled in settings for key in settled}
                   - set(RUN_SETTINGS) - set(SUBSET_SETTINGS) - STRUCTURE - INERT - set(REFUSED) - {"caption_separator"})
     if left:
@@ -201,8 +202,15 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
     if tokens is not None and not isinstance(tokens, str):
         problem(f"{name} class_tokens", f"{tokens!r} is not text")
         tokens = None
+    wrap = []
+    for key in ("caption_prefix", "caption_suffix"):
+        text = settled.get(key) or ""
+        if not isinstance(text, str):
+            problem(f"{name} {key}", f"{text!r} is not text")
+            text = ""
+        wrap.append(text)
     folder = folder.resolve()
-    return Subset(folder, repeats, (tokens or "").strip() or folder.name, settled.get("is_reg") is True)
+    return Subset(folder, repeats, (tokens or "").strip() or folder.name, settled.get("is_reg") is True, *wrap)
 
 
 def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, Any]:
@@ -228,8 +236,7 @@ def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, A
     return values
 
 
-def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes: list[str], problem
-                   ) -> dict[str, Any]:
+def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes: list[str]) -> dict[str, Any]:
     """Caption and augmentation settings, each the first training subset's, with a note where others differ."""
     values: dict[str, Any] = {}
     training = [settled for settled, subset in zip(settings, subsets, strict=True) if not subset.regularization]
@@ -243,17 +250,6 @@ def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes:
             notes.append(f"{key}: the subsets differ ({shown}); lowvram uses one value for the whole run: {value}")
         if key in SWITCH_VALUES:
             value = SWITCH_VALUES[key][0 if value else 1]
-        elif key == "caption_prefix":
-            trigger = str(value or "").strip().rstrip(",").strip()
-            if not trigger:
-                continue
-            if "," in trigger:
-                problem(key, f"{value!r} is several tags; lowvram prepends one trigger word (--trigger-word) to "
-                        "each caption lacking it: put the others in the caption files")
-                continue
-            notes.append(f"caption_prefix {value!r} is read as --trigger-word {trigger!r}: put before each caption "
-                         "that does not hold it already")
-            value = trigger
         values[option] = value
     if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
         del values["keep_tokens"]  # kohya_ss writes it whether or not anything moves the tags

@@ -60,6 +60,8 @@ KOHYA_FLAGS = {
     "--caption_tag_dropout_rate": "--tag-dropout",
     "--prior_loss_weight": "--prior-loss-weight",
     "--flip_aug": "--flip",
+    "--caption_prefix": "--caption-prefix",
+    "--caption_suffix": "--caption-suffix",
     "--alpha_mask": "--alpha-mask",
     "--masked_loss": "--masked-loss (a mask is an <image>-masklabel.png beside its image)",
     "--color_aug": "--color-jitter",

@@ -108,7 +108,7 @@ def test_relative_image_folders_are_found_beside_the_file_when_not_in_the_curren
 def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)
-    doc = {"general": {"caption_suffix": ", from side", "enable_wildcard": True, "caption_prefix": "a, b"},
+    doc = {"general": {"keep_tokens_separator": "|||", "enable_wildcard": True},
            "datasets": [{"resolution": 512, "subsets": [{"image_dir": "imgs/alpha", "num_repeats": "ten"},
                                                           {"image_dir": "imgs/missing"}, {"class_tokens": "x"}]},
                         {"resolution": [768, 512], "batch_size": 2,
@@ -119,7 +119,7 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     expected = ["subsets[1] num_repeats: 'ten' is not a whole number", "subsets[2] image_dir: folder not found",
                 "datasets[1].subsets[3]: no image_dir", ("resolution: the datasets differ (512 (datasets[1]), "
                 "[768, 512] (datasets[2]))"), "metadata_file: kohya's fine-tuning metadata JSON is not read",
-                "caption_suffix: lowvram adds no text", "enable_wildcard:", "caption_prefix: 'a, b' is several tags"]
+                "keep_tokens_separator: lowvram keeps the first --keep-tokens tags", "enable_wildcard:"]
     assert len(lines) == len(expected) and all(line.startswith(f"{tmp_path / 'dataset.toml'}: ") for line in lines)
     for fragment in expected:
         assert sum(fragment in line for line in lines) == 1, (fragment, lines)
@@ -152,13 +152,32 @@ def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_list
     image_folders(tmp_path)
     doc = {"general": {"token_warmup_step": 5, "cache_info": True, "caption_prefix": "lvshape, "},
            "datasets": [{"subsets": [{"image_dir": "imgs/alpha", "flip_aug": True, "random_crop": True},
-                                     {"image_dir": "imgs/beta", "color_aug": True},
+                                     {"image_dir": "imgs/beta", "color_aug": True, "caption_prefix": "other, ",
+                                      "caption_suffix": ", from side"},
                                      {"image_dir": "imgs/alpha", "num_repeats": 4}]}]}
     dataset = read_dataset(write(tmp_path / "dataset.toml", doc))
     assert [s.folder.name for s in dataset.subsets] == ["alpha", "beta"]  # kohya ignores a repeated image_dir
-    assert dataset.values == {"flip": True, "crop": "random", "color_jitter": 0.0, "trigger_word": "lvshape"}
+    assert dataset.values == {"flip": True, "crop": "random", "color_jitter": 0.0}
+    # each subset's captions are wrapped in its own prefix and suffix, as kohya wraps them
+    assert [(s.caption_prefix, s.caption_suffix) for s in dataset.subsets] == [("lvshape, ", ""),
+                                                                              ("other, ", ", from side")]
     notes = " | ".join(dataset.notes)
     assert "flip_aug: the subsets differ (False, True); lowvram uses one value for the whole run: True" in notes
     assert "imgs/alpha is already a subset of this dataset" in notes
     assert "not carried over (lowvram has no such setting): token_warmup_step" in notes  # cache_info: quietly
-    assert "caption_prefix 'lvshape, ' is read as --trigger-word 'lvshape'" in notes
+
+
+def test_caption_prefixes_and_suffixes_wrap_each_subsets_captions(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    write(tmp_path / "dataset.toml", {"datasets": [{"subsets": [
+        {"image_dir": "imgs/alpha", "caption_prefix": "masterpiece, ", "caption_suffix": ", from side"},
+        {"image_dir": "imgs/beta", "class_tokens": "thing"}]}]})
+    report = tmp_path / "report.json"
+    assert main(["check-data", "dataset.toml", "--model", "tiny", "--trigger-word", "zkw", "--caption-prefix",
+                 "best, ", "--report", str(report)]) == 0
+    captions = {r["relpath"]: r["caption"] for r in json.loads(report.read_text())["records"]}
+    # the trigger word first where a caption lacks it, then the subset's wrapping, then the run's
+    assert captions["alpha/00_red_circle.png"] == ("best, masterpiece, zkw, lvshape, a red circle on a blue "
+                                                   "background, from side")
+    assert captions["beta/03_orange_circle.png"] == "best, zkw"  # the template: the trigger word stands in

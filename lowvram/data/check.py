@@ -28,7 +28,8 @@ def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
     return ScanOptions(caption_extension=config.data.caption_extension, caption_template=config.data.caption_template,
                        trigger_word=trigger, background=parse_colour(config.data.background),
                        alpha_mask=config.data.alpha_mask, small_images=config.data.small_images,
-                       masked_loss=config.data.masked_loss)
+                       masked_loss=config.data.masked_loss, caption_prefix=config.data.caption_prefix,
+                       caption_suffix=config.data.caption_suffix)
 
 
 def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:
@@ -46,7 +47,8 @@ def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | N
     if not is_dataset_file(data):
         return scan_dataset(data, buckets, options, index_path=index, console=console)
     dataset = read_dataset(data)
-    folders = [ImageFolder(s.folder, s.repeats, s.label) for s in dataset.folders(regularization)]
+    folders = [ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix)
+               for s in dataset.folders(regularization)]
     kind = "is_reg subsets" if regularization else "image folders"
     return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,
                         describe=(f"the {kind} of {data}", f"lowvram check-data {data}"))

@@ -58,6 +58,8 @@ class ScanOptions:
     caption_extension: str = ".txt"  # ".txt" or ".caption": tried first
     caption_template: str = "{trigger}"
     trigger_word: str | None = None
+    caption_prefix: str = ""  # written before every caption, as it is (kohya's caption_prefix)
+    caption_suffix: str = ""
     background: tuple[int, int, int] = (255, 255, 255)  # what transparency is composited on
     alpha_mask: bool = False  # keep alpha as a loss mask instead of compositing
     small_images: str = "upscale"  # "upscale" (with a note) or "skip"
@@ -199,10 +201,13 @@ class NoUsableImages(LowvramError):
 
 class ImageFolder(NamedTuple):
     """A folder of training images: its images sit directly in it, each repeated `repeats` times per epoch; `label`
-    is the caption of those without a caption file."""
+    is the caption of those without a caption file; every caption of it is wrapped in `caption_prefix` and
+    `caption_suffix` (a kohya dataset subset's)."""
     path: Path
     repeats: int
     label: str
+    caption_prefix: str = ""
+    caption_suffix: str = ""
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
@@ -232,7 +237,7 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     judged = layout_notes is not None
     files, listing_notes = _list_files(root, folders, "an N_name folder" if judged else "its image folder", judged)
     folder_notes = list(layout_notes or []) + listing_notes
-    masked = sum(path.with_name(path.stem + MASK_SUFFIX).is_file() for path, _, _ in files)
+    masked = sum(path.with_name(path.stem + MASK_SUFFIX).is_file() for path, _ in files)
     if masked and not options.masked_loss:
         folder_notes.append(f"{masked} image(s) have a {MASK_SUFFIX} mask (OneTrainer's), unused: --masked-loss "
                             "trains on their white areas only")
@@ -242,8 +247,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     first_of: dict[str, str] = {}  # sha256 -> relpath of the first usable copy
     with Progress(console=console, transient=True, disable=console is None or len(files) < PROGRESS_FROM) as progress:
         task = progress.add_task(f"scanning {root.name}", total=len(files))
-        for path, repeats, label in files:
-            record = _scan_file(root, path, repeats, label, buckets, options, old_index, new_index)
+        for path, folder in files:
+            record = _scan_file(root, path, folder, buckets, options, old_index, new_index)
             if options.masked_loss and record.usable:
                 record = _with_mask(record, options, old_index, new_index)
             if record.usable and record.sha256 in first_of:
@@ -285,14 +290,15 @@ def _repeat_folders(root: Path) -> tuple[list[ImageFolder], list[str]]:
 
 
 def _list_files(root: Path, folders: list[ImageFolder], container: str, root_judged: bool
-                ) -> tuple[list[tuple[Path, int, str]], list[str]]:
-    """(image-like file, repeats, folder label) in a stable order, and notes about what was passed over: a folder
+                ) -> tuple[list[tuple[Path, ImageFolder]], list[str]]:
+    """(image-like file, its folder) in a stable order, and notes about what was passed over: a folder
     inside an image folder is not read (`container` names where images must sit), unless it is one of `folders`
     itself, or the root's subfolders were judged already (`root_judged`: the N_name layout)."""
     notes: list[str] = []
     listed = {folder.path for folder in folders}
     files = []
-    for folder, repeats, label in folders:
+    for image_folder in folders:
+        folder = image_folder.path
         where = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
         unknown, masks, stems = [], [], set()
         try:
@@ -308,7 +314,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
             elif path.name.lower().endswith(MASK_SUFFIX):
                 masks.append(path.name)
             elif suffix in IMAGE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES:
-                files.append((path, repeats, label))
+                files.append((path, image_folder))
                 stems.add(path.stem)
             elif suffix not in SILENT_SUFFIXES and path.name not in SILENT_NAMES:
                 unknown.append(path.name)
@@ -332,10 +338,10 @@ def _read_index(index_path: Path | None) -> dict[str, dict]:
         return {}
 
 
-def _scan_file(root: Path, path: Path, repeats: int, label: str, buckets: Buckets, options: ScanOptions,
+def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, options: ScanOptions,
                old_index: dict, new_index: dict) -> ImageRecord:
-    relpath = path.relative_to(root).as_posix()
-    caption, caption_notes, caption_file = _caption(path, label, options)
+    relpath, label, repeats = path.relative_to(root).as_posix(), folder.label, folder.repeats
+    caption, caption_notes, caption_file = _caption(path, folder, options)
     non_utf8 = (Path(relpath).parent / caption_file.name).as_posix() if caption_file else None
     suffix = path.suffix.lower()
     if suffix in UNSUPPORTED_SUFFIXES:
@@ -500,7 +506,7 @@ def _mode_notes(mode: str, has_alpha: bool, options: ScanOptions) -> list[str]:
     return notes
 
 
-def _caption(image: Path, label: str, options: ScanOptions) -> tuple[str, list[str], Path | None]:
+def _caption(image: Path, folder: ImageFolder, options: ScanOptions) -> tuple[str, list[str], Path | None]:
     """The caption file's first non-empty line, else the template; the trigger word prepended when missing.
     Also the caption file when it was not UTF-8 (None when it was, or when there is none)."""
     order = [options.caption_extension] + [s for s in CAPTION_SUFFIXES if s != options.caption_extension]
@@ -524,9 +530,10 @@ def _caption(image: Path, label: str, options: ScanOptions) -> tuple[str, list[s
         except OSError as exc:
             notes.append(f"caption unreadable ({exc.strerror or exc}): template used")
     if text is None:
-        text = options.caption_template.format(trigger=options.trigger_word or label).strip()
+        text = options.caption_template.format(trigger=options.trigger_word or folder.label).strip()
     elif options.trigger_word and options.trigger_word not in text:
         text = f"{options.trigger_word}, {text}"
+    text = f"{options.caption_prefix}{folder.caption_prefix}{text}{folder.caption_suffix}{options.caption_suffix}"
     return text, notes, non_utf8
 
 
