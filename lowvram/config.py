@@ -112,6 +112,8 @@ class DataConfig:
                                 "caption_tag_dropout_rate), drawn per step, or per cached variant when text "
                                 "embeddings are cached.", metavar="P")
     caption_dropout: float = option(0.0, "Probability of training a step on the empty caption.")
+    caption_dropout_every: int | None = option(None, "Every Nth epoch trains on the empty caption throughout "
+                                               "(kohya's caption_dropout_every_n_epochs).", metavar="N")
     max_token_length: int = option(75, "Caption tokens the text encoders read (kohya's max_token_length): 75, 150 "
                                    "or 225. Longer captions are cut there; 150 and 225 read them in 75-token "
                                    "chunks, as AUTOMATIC1111 and ComfyUI read long prompts.", metavar="N")

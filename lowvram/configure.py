@@ -333,6 +333,7 @@ def _check(c: RunConfig) -> list[str]:
             p.append(f"--{flag}: must be in [0, 1), got {value}")
     positive("latent-variants", c.data.latent_variants)
     positive("caption-variants", c.data.caption_variants)
+    positive("caption-dropout-every", c.data.caption_dropout_every)
     positive("keep-tokens", c.data.keep_tokens, allow_zero=True)
     if not 0 <= c.data.unmasked_weight < 1:
         p.append(f"--unmasked-weight: must be in [0, 1), got {c.data.unmasked_weight}")

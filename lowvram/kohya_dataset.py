@@ -37,6 +37,7 @@ RUN_SETTINGS = {"resolution": "resolution", "batch_size": "batch_size", "enable_
 SUBSET_SETTINGS = {"shuffle_caption": "shuffle_tags", "keep_tokens": "keep_tokens", "caption_extension":
                    "caption_extension", "flip_aug": "flip", "color_aug": "color_jitter", "random_crop": "crop",
                    "caption_dropout_rate": "caption_dropout", "caption_tag_dropout_rate": "tag_dropout",
+                   "caption_dropout_every_n_epochs": "caption_dropout_every",
                    "alpha_mask": "alpha_mask"}
 # a subset that leaves a setting out has kohya's default
 KOHYA_DEFAULTS = {"shuffle_caption": False, "keep_tokens": 0, "caption_extension": ".caption", "flip_aug": False,
@@ -248,6 +249,8 @@ def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes:
         if any(other != value for other in each):
             shown = ", ".join(sorted({str(other) for other in each}))
             notes.append(f"{key}: the subsets differ ({shown}); lowvram uses one value for the whole run: {value}")
+        if key == "caption_dropout_every_n_epochs" and not value:
+            continue  # kohya's 0 is off; lowvram's is no value
         if key in SWITCH_VALUES:
             value = SWITCH_VALUES[key][0 if value else 1]
         values[option] = value

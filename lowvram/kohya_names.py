@@ -58,6 +58,7 @@ KOHYA_FLAGS = {
     "--keep_tokens": "--keep-tokens",
     "--caption_dropout_rate": "--caption-dropout",
     "--caption_tag_dropout_rate": "--tag-dropout",
+    "--caption_dropout_every_n_epochs": "--caption-dropout-every",
     "--prior_loss_weight": "--prior-loss-weight",
     "--flip_aug": "--flip",
     "--caption_prefix": "--caption-prefix",

@@ -436,3 +436,14 @@ def test_trained_text_encoders_train_in_train_mode(tmp_path, monkeypatch):
                               dropout=0.1))
     assert modes and all(all(step) for step in modes), modes
     assert not any(encoder.training for encoder in result.model.text_encoders)
+
+
+def test_caption_dropout_every_n_epochs_trains_those_epochs_on_the_empty_caption(tmp_path):
+    """kohya's caption_dropout_every_n_epochs 2: the 2nd, 4th, ... epoch (counted from 1) has no captions."""
+    result = train(run_config(output=str(tmp_path), max_steps=1, caption_dropout_every=2, batch_size=6))
+    data = result.data
+    empty = data.text_store.load(data.empty_text_key)["hidden"]
+    for epoch, captioned in ((0, True), (1, False), (2, True), (3, False)):
+        _, _, batch = next(data.batches(epoch))
+        assert all(bool(caption) == captioned for caption in batch.captions), (epoch, batch.captions)
+        assert all(torch.equal(hidden, empty) != captioned for hidden in batch.hidden), epoch

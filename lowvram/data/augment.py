@@ -88,6 +88,7 @@ class CaptionOptions:
     dropout: float = 0.0  # probability of training on the empty caption
     variants: int = 4  # cached variants per caption (used when tags are shuffled or dropped and embeddings cached)
     tag_dropout: float = 0.0  # probability of leaving out each tag past the first `keep_tokens`
+    dropout_every: int | None = None  # every Nth epoch (counted from 1, as kohya counts) on the empty caption
 
     @property
     def varies_tags(self) -> bool:

@@ -102,10 +102,13 @@ class TrainingData:
         while True:
             for number, indices in enumerate(self.epoch_batches(epoch)):
                 if number >= first:
-                    yield epoch, number, self.load(indices, random.Random(f"{self.seed}/{epoch}/{number}"))
+                    yield epoch, number, self.load(indices, random.Random(f"{self.seed}/{epoch}/{number}"), epoch)
             epoch, first = epoch + 1, 0
 
-    def load(self, indices: list[int], rng: random.Random) -> Batch:
+    def load(self, indices: list[int], rng: random.Random, epoch: int | None = None) -> Batch:
+        """The batch of these samples; `epoch` (from 0) decides --caption-dropout-every's captionless epochs."""
+        every = self.captions.dropout_every
+        silent = bool(every and epoch is not None and (epoch + 1) % every == 0)
         latents, time_ids, masks, hidden, pooled, captions = [], [], [], [], [], []
         for i in indices:
             sample = self.samples[i]
@@ -113,7 +116,7 @@ class TrainingData:
             latents.append(entry["latent"])
             time_ids.append(entry["time_ids"])
             masks.append(entry.get("mask"))
-            dropped = self.captions.dropout > 0 and rng.random() < self.captions.dropout
+            dropped = (self.captions.dropout > 0 and rng.random() < self.captions.dropout) or silent
             if sample.text_keys:
                 text = self.text_store.load(self.empty_text_key if dropped else rng.choice(sample.text_keys))
                 hidden.append(text["hidden"])

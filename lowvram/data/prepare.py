@@ -53,7 +53,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                              config.data.latent_variants or auto_variant_count(config.data.flip, config.data.crop,
                                                                                config.data.color_jitter))
     captions = CaptionOptions(config.data.shuffle_tags, config.data.keep_tokens, config.data.caption_dropout,
-                              config.data.caption_variants, config.data.tag_dropout)
+                              config.data.caption_variants, config.data.tag_dropout, config.data.caption_dropout_every)
     cache_text = not config.network.train_text_encoder
     vae_id = module_fingerprint(model.vae)
     text_id = (module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])
@@ -88,7 +88,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
             samples[report_index].append(Sample(tuple(dict.fromkeys(keys)), tuple(text_keys), record.caption,
                                                 placement.bucket, record.repeats, weight))
     empty_key = None
-    if cache_text and config.data.caption_dropout > 0:
+    if cache_text and (config.data.caption_dropout > 0 or config.data.caption_dropout_every):
         empty_key = text_key("", text_id)
         text_jobs.setdefault(empty_key, TextJob(empty_key, ""))
 
