@@ -181,3 +181,15 @@ def test_caption_prefixes_and_suffixes_wrap_each_subsets_captions(tmp_path, monk
     assert captions["alpha/00_red_circle.png"] == ("best, masterpiece, zkw, lvshape, a red circle on a blue "
                                                    "background, from side")
     assert captions["beta/03_orange_circle.png"] == "best, zkw"  # the template: the trigger word stands in
+
+
+def test_an_is_reg_folder_inside_a_training_folder_is_no_ignored_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    images = image_folders(tmp_path)
+    shutil.move(images / "reg", images / "alpha" / "reg")
+    (images / "alpha" / "stray").mkdir()
+    write(tmp_path / "dataset.toml", {"datasets": [{"subsets": [
+        {"image_dir": "imgs/alpha"}, {"image_dir": "imgs/alpha/reg", "is_reg": True}]}]})
+    assert main(["check-data", "dataset.toml", "--model", "tiny"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ignored folder stray/" in out and "ignored folder reg/" not in out

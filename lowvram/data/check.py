@@ -50,8 +50,9 @@ def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | N
     folders = [ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix)
                for s in dataset.folders(regularization)]
     kind = "is_reg subsets" if regularization else "image folders"
+    others = tuple(s.folder for s in dataset.folders(not regularization))
     return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,
-                        describe=(f"the {kind} of {data}", f"lowvram check-data {data}"))
+                        describe=(f"the {kind} of {data}", f"lowvram check-data {data}"), elsewhere=others)
 
 
 def has_regularization_subsets(data: str | None) -> bool:

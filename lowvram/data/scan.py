@@ -225,17 +225,18 @@ def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOption
 
 def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, options: ScanOptions = ScanOptions(),
                  index_path: Path | None = None, console: Console | None = None, layout_notes: list[str] | None = None,
-                 describe: tuple[str, str] | None = None) -> ScanReport:
+                 describe: tuple[str, str] | None = None, elsewhere: tuple[Path, ...] = ()) -> ScanReport:
     """Read every image of `folders` (all inside `root`, the resolved folder reports name files relative to) once,
     or not at all when the index knows it unchanged, and judge it. `describe`: where the images are, and the command
     that lists why each was skipped, for the error when none is usable (NoUsableImages, carrying the report).
     `layout_notes` (the N_name layout's judgement of the root's subfolders) means the root's subfolders need no
-    further word."""
+    further word; nor do the folders `elsewhere` (the dataset's other image folders, scanned in another role)."""
     root = Path(root).resolve()
     if index_path is not None and Path(index_path).resolve().is_relative_to(root):
         raise LowvramError(f"scan index {index_path} is inside the dataset folder {root}; keep it in the cache")
     judged = layout_notes is not None
-    files, listing_notes = _list_files(root, folders, "an N_name folder" if judged else "its image folder", judged)
+    files, listing_notes = _list_files(root, folders, "an N_name folder" if judged else "its image folder", judged,
+                                       elsewhere)
     folder_notes = list(layout_notes or []) + listing_notes
     masked = sum(path.with_name(path.stem + MASK_SUFFIX).is_file() for path, _ in files)
     if masked and not options.masked_loss:
@@ -289,13 +290,13 @@ def _repeat_folders(root: Path) -> tuple[list[ImageFolder], list[str]]:
     return folders, notes
 
 
-def _list_files(root: Path, folders: list[ImageFolder], container: str, root_judged: bool
-                ) -> tuple[list[tuple[Path, ImageFolder]], list[str]]:
+def _list_files(root: Path, folders: list[ImageFolder], container: str, root_judged: bool,
+                elsewhere: tuple[Path, ...] = ()) -> tuple[list[tuple[Path, ImageFolder]], list[str]]:
     """(image-like file, its folder) in a stable order, and notes about what was passed over: a folder
     inside an image folder is not read (`container` names where images must sit), unless it is one of `folders`
-    itself, or the root's subfolders were judged already (`root_judged`: the N_name layout)."""
+    itself or `elsewhere`, or the root's subfolders were judged already (`root_judged`: the N_name layout)."""
     notes: list[str] = []
-    listed = {folder.path for folder in folders}
+    listed = {folder.path for folder in folders} | set(elsewhere)
     files = []
     for image_folder in folders:
         folder = image_folder.path
