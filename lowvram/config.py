@@ -19,6 +19,7 @@ from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import SamplePrompt, parse_prompt
 
+TIMESTEP_BIASES = ("none", "earlier", "later")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 NETWORKS = ("lora", "dora", "loha", "lokr")
 LORA_LAYERS = ("attn", "attn-mlp", "full")  # lowvram.models.families.LORA_LAYERS (not imported: plan starts fast)
@@ -252,6 +253,12 @@ class TrainingConfig:
                                       metavar="T")
     max_timestep: int | None = option(None, "Train on timesteps below this one (kohya's --max_timestep; default: the "
                                       f"schedule's length, {TRAIN_TIMESTEPS}).", metavar="T")
+    timestep_bias: str = option("none", "Draw the earlier (less noisy: detail) or later (noisier: composition) "
+                                "timesteps more often, as the diffusers SDXL example's --timestep_bias_strategy "
+                                "does.", choices=TIMESTEP_BIASES)
+    timestep_bias_multiplier: float = option(2.0, "How many times more often --timestep-bias draws its timesteps.",
+                                             metavar="M")
+    timestep_bias_portion: float = option(0.25, "The share of the timesteps --timestep-bias favours.", metavar="P")
     loss: str = option("l2", "The loss between the U-Net's prediction and its target: l2 (mean squared error), l1, or "
                        "kohya's pseudo-Huber losses huber and smooth_l1, which weigh large errors less. The "
                        "validation loss stays l2, so runs compare.", choices=LOSSES)

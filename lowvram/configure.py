@@ -416,6 +416,9 @@ def _check(c: RunConfig) -> list[str]:
         p.append(f"--min-timestep: {low} is not in [0, {TRAIN_TIMESTEPS})")
     if high is not None and not 0 < high <= TRAIN_TIMESTEPS:
         p.append(f"--max-timestep: {high} is not in (0, {TRAIN_TIMESTEPS}]")
+    positive("timestep-bias-multiplier", c.training.timestep_bias_multiplier)
+    if not 0 < c.training.timestep_bias_portion < 1:
+        p.append(f"--timestep-bias-portion: must be in (0, 1), got {c.training.timestep_bias_portion}")
     if low is not None and high is not None and low >= high:
         p.append(f"--min-timestep: {low} is not below --max-timestep {high}; the range would be empty")
     if c.model.zero_terminal_snr and c.model.prediction_type == "epsilon":

@@ -193,6 +193,22 @@ def test_timesteps_stay_in_the_range_asked_for():
     assert whole.min().item() < 10 and whole.max().item() > 990
 
 
+@pytest.mark.parametrize("strategy", ["earlier", "later"])
+def test_a_timestep_bias_draws_its_portion_multiplier_times_as_often(strategy):
+    """The diffusers SDXL example's --timestep_bias_strategy: with the later quarter of [200, 1000) weighted 3x, it
+    holds 3 x 200 / (600 + 3 x 200) = half of the draws; the rest stay uniform."""
+    scheduler = DDPMScheduler.from_pretrained(load_model("tiny").family.config_dir, subfolder="scheduler")
+    generator = torch.Generator().manual_seed(0)
+    drawn = sample_timesteps(scheduler, 40000, torch.device("cpu"), generator, between=(200, None),
+                             bias=(strategy, 3.0, 0.25))
+    assert drawn.min().item() == 200 and drawn.max().item() == 999
+    favoured = (drawn < 400) if strategy == "earlier" else (drawn >= 800)
+    assert favoured.float().mean().item() == pytest.approx(0.5, abs=0.01)
+    counts = torch.bincount(drawn - 200, minlength=800).float()
+    inside, outside = (counts[:200], counts[200:]) if strategy == "earlier" else (counts[600:], counts[:600])
+    assert inside.mean().item() / outside.mean().item() == pytest.approx(3.0, rel=0.05)
+
+
 @pytest.mark.parametrize(("values", "message"), [
     ({"min_timestep": 500, "max_timestep": 500}, "--min-timestep: 500 is not below --max-timestep 500"),
     ({"max_timestep": 1001}, "--max-timestep: 1001 is not in \\(0, 1000\\]"),

@@ -227,7 +227,7 @@ def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):
      "batch_size": 2, "gradient_checkpointing": True, "unet_weights": "fp8", "optimizer": "adamw8bit",
      "debiased_estimation": True, "min_timestep": 100, "max_timestep": 900, "v_pred_like_loss": 0.1},
     {"epochs": 1, "batch_size": 3, "scheduler": "linear", "max_steps": None, "tag_dropout": 0.5, "keep_tokens": 1,
-     "multires_noise_iterations": 6},
+     "multires_noise_iterations": 6, "timestep_bias": "later", "timestep_bias_multiplier": 3.0},
 ])
 def test_training_options_run_and_are_recorded(tmp_path, options):
     result = train(run_config(output=str(tmp_path), **options))

@@ -64,11 +64,22 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float,
 
 
 def sample_timesteps(scheduler, batch: int, device: torch.device, generator: torch.Generator | None = None,
-                     between: tuple[int | None, int | None] = (None, None)):
-    """Uniform timesteps in [low, high) (kohya's --min_timestep, --max_timestep), the whole schedule by default."""
+                     between: tuple[int | None, int | None] = (None, None), bias: tuple[str, float, float] | None = None):
+    """Timesteps in [low, high) (kohya's --min_timestep, --max_timestep), the whole schedule by default: uniform, or
+    with `bias` (strategy, multiplier, portion: the diffusers SDXL example's timestep bias) the earlier or later
+    portion of them drawn multiplier times as often."""
     low, high = between
-    high = scheduler.config.num_train_timesteps if high is None else high
-    return torch.randint(low or 0, high, (batch,), generator=generator, device=device)
+    low, high = low or 0, scheduler.config.num_train_timesteps if high is None else high
+    if bias is None or bias[0] == "none":
+        return torch.randint(low, high, (batch,), generator=generator, device=device)
+    strategy, multiplier, portion = bias
+    weights = torch.ones(high - low, device=device)
+    favoured = max(1, int(portion * (high - low)))
+    weights[slice(None, favoured) if strategy == "earlier" else slice(-favoured, None)] *= multiplier
+    cdf = weights.cumsum(0)
+    # inverse-CDF sampling: torch.multinomial would wait for the GPU to check its weights
+    drawn = torch.rand(batch, generator=generator, device=device) * cdf[-1]
+    return torch.searchsorted(cdf, drawn, right=True).clamp(max=high - low - 1) + low
 
 
 def huber_threshold(scheduler, timesteps: torch.Tensor, c: float, schedule: str) -> torch.Tensor:
