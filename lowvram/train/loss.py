@@ -64,7 +64,8 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float,
 
 
 def sample_timesteps(scheduler, batch: int, device: torch.device, generator: torch.Generator | None = None,
-                     between: tuple[int | None, int | None] = (None, None), bias: tuple[str, float, float] | None = None):
+                     between: tuple[int | None, int | None] = (None, None),
+                     bias: tuple[str, float, float] | None = None):
     """Timesteps in [low, high) (kohya's --min_timestep, --max_timestep), the whole schedule by default: uniform, or
     with `bias` (strategy, multiplier, portion: the diffusers SDXL example's timestep bias) the earlier or later
     portion of them drawn multiplier times as often."""
