@@ -20,7 +20,8 @@ from lowvram.kohya_dataset import read_dataset
 def image_folders(root: Path) -> Path:
     """alpha/ (3 captioned images), beta/ (3 without captions), reg/ (2 without) under `root`."""
     images = sorted((write_sample_dataset(root / "source") / "5_lvshape").glob("*.png"))
-    for name, chosen, captions in (("alpha", images[:3], True), ("beta", images[3:], False), ("reg", images[:2], False)):
+    for name, chosen, captions in (("alpha", images[:3], True), ("beta", images[3:], False),
+                                   ("reg", images[:2], False)):
         (root / "imgs" / name).mkdir(parents=True)
         for image in chosen:
             shutil.copy(image, root / "imgs" / name)
@@ -124,7 +125,8 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     for fragment in expected:
         assert sum(fragment in line for line in lines) == 1, (fragment, lines)
     with pytest.raises(LowvramError, match="every subset is is_reg = true"):
-        read_dataset(write(tmp_path / "reg.toml", {"datasets": [{"subsets": [{"image_dir": "imgs/reg", "is_reg": True}]}]}))
+        read_dataset(write(tmp_path / "reg.toml",
+                           {"datasets": [{"subsets": [{"image_dir": "imgs/reg", "is_reg": True}]}]}))
     with pytest.raises(LowvramError, match="not square"):
         read_dataset(write(tmp_path / "wide.toml", {"general": {"resolution": [768, 512]},
                                                     "datasets": [{"subsets": [{"image_dir": "imgs/alpha"}]}]}))
@@ -144,7 +146,8 @@ def test_a_file_that_is_no_dataset_config_or_a_second_reg_source_is_an_error_nam
     assert "--data: file not found: " in capsys.readouterr().err
     write(tmp_path / "dataset.toml", DATASET)
     assert main(["train", "--model", "tiny", "--data", "dataset.toml", "--reg-data", "imgs/reg"]) == 2
-    assert f"--reg-data: {tmp_path / 'dataset.toml'} has is_reg subsets already; drop --reg-data" in capsys.readouterr().err
+    expected = f"--reg-data: {tmp_path / 'dataset.toml'} has is_reg subsets already; drop --reg-data"
+    assert expected in capsys.readouterr().err
 
 
 def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_listed(tmp_path, monkeypatch):
