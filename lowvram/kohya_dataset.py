@@ -7,7 +7,8 @@ dataset's settings once per run. Where subsets disagree on a caption or augmenta
 subset's value is used for all and a note says so; the caption prefix and suffix stay each subset's own. Settings
 that would make a different kind of run (two resolutions, two batch sizes) are refused, as are caption rewrites
 lowvram lacks, each in one line naming the setting and the fix. An image folder is read as kohya reads it: its
-images sit directly in it, and its name gives no repeats. A relative path is taken from the current folder, as kohya takes it, else from the file's folder.
+images sit directly in it, and its name gives no repeats. A relative path is taken from the current folder, as
+kohya takes it, else from the file's folder.
 """
 
 from __future__ import annotations
