@@ -143,7 +143,8 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
     root = dataset.root if dataset else data.resolve()
     try:
         if dataset:
-            folders = [ImageFolder(s.folder, s.repeats, s.label) for s in dataset.folders()]
+            folders = [ImageFolder(s.folder, s.repeats, s.label) for s in dataset.folders()
+                       if s.captions is None]  # a fine-tuning subset is captioned by its metadata file
             scanned = scan_folders(root, folders, buckets, options).records
         else:
             scanned = scan_dataset(root, buckets, options).records

@@ -45,13 +45,12 @@ KOHYA_DEFAULTS = {"shuffle_caption": False, "keep_tokens": 0, "caption_extension
                   "color_aug": False, "random_crop": False, "caption_dropout_rate": 0.0,
                   "caption_tag_dropout_rate": 0.0, "alpha_mask": False}
 SWITCH_VALUES = {"color_aug": (0.1, 0.0), "random_crop": ("random", "center")}  # kohya's switch -> (on, off)
-STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_prefix", "caption_suffix"}  # per subset
+STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_prefix", "caption_suffix",
+             "metadata_file"}  # per subset
 # nothing lowvram does changes with these: it caches its own scan, and resizes as it resizes
 INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed"}
 # they would change what the model is shown: refused rather than trained without
 REFUSED = {
-    "metadata_file": "kohya's fine-tuning metadata JSON is not read; lowvram reads the caption beside each image "
-                     "(.txt or .caption): write them with `lowvram caption DIR`, or use an image_dir subset",
     "conditioning_data_dir": "ControlNet training is not something lowvram does",
     "keep_tokens_separator": "lowvram keeps the first --keep-tokens tags in place; use keep_tokens",
     "secondary_separator": "lowvram splits tags at commas only; join such tags in the caption files",
@@ -70,6 +69,7 @@ class Subset:
     regularization: bool
     caption_prefix: str = ""  # written around each caption of the subset, as it is
     caption_suffix: str = ""
+    captions: dict[str, str] | None = None  # a fine-tuning subset's: image key (stem or path) -> caption
 
 
 @dataclass(frozen=True)
@@ -187,12 +187,9 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
     """One [[datasets.subsets]] entry with its settings settled, or None (its problems recorded)."""
     image_dir = settled.get("image_dir")
     if not isinstance(image_dir, str) or not image_dir:
-        if not _set(settled.get("metadata_file")):  # a fine-tuning subset is refused by its own line
-            problem(name, "no image_dir; name the folder its images are in")
+        problem(name, "no image_dir; name the folder its images are in")
         return None
-    folder = Path(image_dir).expanduser()
-    if not folder.is_absolute() and not folder.is_dir() and (path.parent / folder).is_dir():
-        folder = path.parent / folder  # kohya reads it from the current folder; the file's is the next guess
+    folder = _local(Path(image_dir).expanduser(), path)
     if not folder.is_dir():
         problem(f"{name} image_dir", f"{'not a folder' if folder.exists() else 'folder not found'}: {image_dir}")
         return None
@@ -211,8 +208,44 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
             problem(f"{name} {key}", f"{text!r} is not text")
             text = ""
         wrap.append(text)
+    captions = None
+    if _set(settled.get("metadata_file")):
+        captions = _metadata_captions(_local(Path(str(settled["metadata_file"])).expanduser(), path),
+                                      f"{name} metadata_file", problem)
     folder = folder.resolve()
-    return Subset(folder, repeats, (tokens or "").strip() or folder.name, settled.get("is_reg") is True, *wrap)
+    return Subset(folder, repeats, (tokens or "").strip() or folder.name, settled.get("is_reg") is True, *wrap,
+                  captions)
+
+
+def _local(given: Path, dataset_file: Path) -> Path:
+    """A path as kohya reads it, from the current folder; where nothing is there, from the dataset file's folder."""
+    if not given.is_absolute() and not given.exists() and (dataset_file.parent / given).exists():
+        return dataset_file.parent / given
+    return given
+
+
+def _metadata_captions(metadata: Path, key: str, problem) -> dict[str, str]:
+    """kohya's fine-tuning metadata (merge_captions_to_metadata's JSON: image key -> caption and tags) as image key ->
+    caption: the caption's first line, then the tags, as kohya joins them; an entry with neither is left out."""
+    try:
+        entries = json.loads(metadata.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problem(key, f"file not found: {metadata}")
+        return {}
+    except (OSError, ValueError) as exc:
+        problem(key, f"{metadata} is not readable JSON ({exc}); make it with kohya's merge_captions_to_metadata.py")
+        return {}
+    if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):
+        problem(key, f"{metadata} is not kohya's metadata (a JSON object of image key: {{caption, tags}})")
+        return {}
+    captions = {}
+    for image, entry in entries.items():
+        caption = str(entry.get("caption") or "").strip().split("\n")[0].strip()
+        tags = str(entry.get("tags") or "").strip()
+        text = ", ".join(part for part in (caption, tags) if part)
+        if text:
+            captions[image] = text
+    return captions
 
 
 def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, Any]:

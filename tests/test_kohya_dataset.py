@@ -119,7 +119,7 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     lines = str(error.value).splitlines()
     expected = ["subsets[1] num_repeats: 'ten' is not a whole number", "subsets[2] image_dir: folder not found",
                 "datasets[1].subsets[3]: no image_dir", ("resolution: the datasets differ (512 (datasets[1]), "
-                "[768, 512] (datasets[2]))"), "metadata_file: kohya's fine-tuning metadata JSON is not read",
+                "[768, 512] (datasets[2]))"), "subsets[1] metadata_file: file not found: meta.json",
                 "keep_tokens_separator: lowvram keeps the first --keep-tokens tags", "enable_wildcard:"]
     assert len(lines) == len(expected) and all(line.startswith(f"{tmp_path / 'dataset.toml'}: ") for line in lines)
     for fragment in expected:
@@ -196,3 +196,27 @@ def test_an_is_reg_folder_inside_a_training_folder_is_no_ignored_folder(tmp_path
     assert main(["check-data", "dataset.toml", "--model", "tiny"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "ignored folder stray/" in out and "ignored folder reg/" not in out
+
+
+def test_a_fine_tuning_subset_takes_its_captions_from_its_metadata_file(tmp_path, monkeypatch, capsys):
+    """kohya's merge_captions_to_metadata JSON: image key (the name without extension) -> caption and tags, joined
+    as kohya joins them; only the images it names are read, and their .txt files are not."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)  # alpha/: 00_red_circle, 01_yellow_square, 02_white_triangle, each with a .txt
+    metadata = {"00_red_circle": {"caption": "a red circle\na second line", "tags": "red, circle"},
+                str(tmp_path / "imgs" / "alpha" / "01_yellow_square.png"): {"tags": "yellow, square"},
+                "gone": {"caption": "an image that is not there"}}
+    (tmp_path / "meta.json").write_text(json.dumps(metadata))
+    write(tmp_path / "dataset.toml", {"datasets": [{"subsets": [
+        {"image_dir": "imgs/alpha", "metadata_file": "meta.json", "caption_prefix": "zkw, "}]}]})
+    report = tmp_path / "report.json"
+    assert main(["check-data", "dataset.toml", "--model", "tiny", "--report", str(report)]) == 0
+    captions = {r["relpath"]: r["caption"] for r in json.loads(report.read_text())["records"]}
+    assert captions == {"00_red_circle.png": "zkw, a red circle, red, circle",
+                        "01_yellow_square.png": "zkw, yellow, square"}
+    out = " ".join(capsys.readouterr().out.split())
+    assert "left out 1 image(s) in ./ that its metadata_file has no caption for: 02_white_triangle.png" in out
+    assert "1 metadata_file entries name no image in ./" in out
+    (tmp_path / "meta.json").write_text("{not json")
+    assert main(["check-data", "dataset.toml", "--model", "tiny"]) == 2
+    assert "metadata_file: meta.json is not readable JSON" in capsys.readouterr().err

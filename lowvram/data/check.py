@@ -47,7 +47,7 @@ def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | N
     if not is_dataset_file(data):
         return scan_dataset(data, buckets, options, index_path=index, console=console)
     dataset = read_dataset(data)
-    folders = [ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix)
+    folders = [ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix, s.captions)
                for s in dataset.folders(regularization)]
     kind = "is_reg subsets" if regularization else "image folders"
     others = tuple(s.folder for s in dataset.folders(not regularization))

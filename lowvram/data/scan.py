@@ -28,6 +28,7 @@ from rich.text import Text
 
 from lowvram.config import CAPTION_SUFFIXES
 from lowvram.data.buckets import Buckets
+from lowvram.data.captions import read_caption_file
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 
@@ -202,12 +203,15 @@ class NoUsableImages(LowvramError):
 class ImageFolder(NamedTuple):
     """A folder of training images: its images sit directly in it, each repeated `repeats` times per epoch; `label`
     is the caption of those without a caption file; every caption of it is wrapped in `caption_prefix` and
-    `caption_suffix` (a kohya dataset subset's)."""
+    `caption_suffix` (a kohya dataset subset's). With `captions` (a kohya fine-tuning subset's metadata: image key,
+    its file name without the extension or its path, -> caption), only the images it names are read, and their
+    captions come from it."""
     path: Path
     repeats: int
     label: str
     caption_prefix: str = ""
     caption_suffix: str = ""
+    captions: dict[str, str] | None = None
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
@@ -301,7 +305,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
     for image_folder in folders:
         folder = image_folder.path
         where = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
-        unknown, masks, stems = [], [], set()
+        unknown, masks, stems, unlisted, keys = [], [], set(), [], set()
         try:
             entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
         except OSError as exc:
@@ -315,10 +319,21 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
             elif path.name.lower().endswith(MASK_SUFFIX):
                 masks.append(path.name)
             elif suffix in IMAGE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES:
+                key = _metadata_key(path, image_folder.captions)
+                if image_folder.captions is not None and key is None:
+                    unlisted.append(path.name)
+                    continue
                 files.append((path, image_folder))
                 stems.add(path.stem)
+                keys.add(key)
             elif suffix not in SILENT_SUFFIXES and path.name not in SILENT_NAMES:
                 unknown.append(path.name)
+        if unlisted:
+            notes.append(f"left out {len(unlisted)} image(s) in {where or './'} that its metadata_file has no caption "
+                         f"for: {', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''}")
+        if image_folder.captions is not None and len(image_folder.captions) > len(keys - {None}):
+            notes.append(f"{len(image_folder.captions) - len(keys - {None})} metadata_file entries name no image in "
+                         f"{where or './'}")
         orphans = [name for name in masks if name[:-len(MASK_SUFFIX)] not in stems]
         if orphans:
             notes.append(f"ignored {len(orphans)} mask file(s) in {where or './'} without an image of the same name: "
@@ -328,6 +343,13 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
             notes.append(f"ignored {len(unknown)} file(s) of unknown type in {where or './'}: "
                          f"{', '.join(unknown[:5])}{more}")
     return files, notes
+
+
+def _metadata_key(image: Path, captions: dict[str, str] | None) -> str | None:
+    """The key a kohya fine-tuning metadata file knows an image by: its name without the extension, or its path."""
+    if captions is None:
+        return None
+    return next((key for key in (image.stem, str(image), str(image.with_suffix(""))) if key in captions), None)
 
 
 def _read_index(index_path: Path | None) -> dict[str, dict]:
@@ -508,43 +530,20 @@ def _mode_notes(mode: str, has_alpha: bool, options: ScanOptions) -> list[str]:
 
 
 def _caption(image: Path, folder: ImageFolder, options: ScanOptions) -> tuple[str, list[str], Path | None]:
-    """The caption file's first non-empty line, else the template; the trigger word prepended when missing.
-    Also the caption file when it was not UTF-8 (None when it was, or when there is none)."""
-    order = [options.caption_extension] + [s for s in CAPTION_SUFFIXES if s != options.caption_extension]
-    found = [image.with_suffix(s) for s in order if image.with_suffix(s).is_file()]
-    notes, text, non_utf8 = [], None, None
-    if len(found) > 1:
-        notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
-    if not found:
-        notes.append("no caption file: template used")
+    """The folder's metadata caption, else the caption file's first non-empty line, else the template; the trigger
+    word prepended when missing, and the prefixes and suffixes around it. Also the caption file when it was not
+    UTF-8 (None when it was, or when there is none)."""
+    metadata_key = _metadata_key(image, folder.captions)
+    if metadata_key:
+        text, notes, non_utf8 = folder.captions[metadata_key], [], None
     else:
-        try:
-            raw = found[0].read_bytes()
-            try:
-                decoded = raw.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                decoded, non_utf8 = _decode_legacy(raw), found[0]
-                notes.append(f"caption not UTF-8: read as cp1252 (save {found[0].name} as UTF-8 to be sure)")
-            text = next((line.strip() for line in decoded.splitlines() if line.strip()), None)
-            if text is None:
-                notes.append("empty caption file: template used")
-        except OSError as exc:
-            notes.append(f"caption unreadable ({exc.strerror or exc}): template used")
+        text, notes, non_utf8 = read_caption_file(image, options.caption_extension)
     if text is None:
         text = options.caption_template.format(trigger=options.trigger_word or folder.label).strip()
     elif options.trigger_word and options.trigger_word not in text:
         text = f"{options.trigger_word}, {text}"
     text = f"{options.caption_prefix}{folder.caption_prefix}{text}{folder.caption_suffix}{options.caption_suffix}"
     return text, notes, non_utf8
-
-
-def _decode_legacy(raw: bytes) -> str:
-    """Windows' ANSI code page, what Notepad and older taggers saved in: cp1252, a superset of latin-1's printable
-    characters. Its five undefined bytes are taken as latin-1, so nothing becomes a replacement character."""
-    try:
-        return raw.decode("cp1252")
-    except UnicodeDecodeError:  # single-byte encodings: byte by byte is exact
-        return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in raw)
 
 
 def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions()

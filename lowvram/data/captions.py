@@ -1,0 +1,44 @@
+"""A caption file as the dataset scan reads it: the `.txt` or `.caption` beside an image (the extension asked for
+first), its first non-empty line, in UTF-8, or else in Windows' code page, which Notepad and older taggers saved in.
+What was found is said in notes, never raised: a caption problem never stops a scan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lowvram.config import CAPTION_SUFFIXES
+
+
+def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str], Path | None]:
+    """(the caption, or None where there is no file, it is empty or unreadable; notes; the file when it was not
+    UTF-8)."""
+    order = [extension] + [s for s in CAPTION_SUFFIXES if s != extension]
+    found = [image.with_suffix(s) for s in order if image.with_suffix(s).is_file()]
+    notes: list[str] = []
+    if len(found) > 1:
+        notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
+    if not found:
+        return None, notes + ["no caption file: template used"], None
+    non_utf8 = None
+    try:
+        raw = found[0].read_bytes()
+    except OSError as exc:
+        return None, notes + [f"caption unreadable ({exc.strerror or exc}): template used"], None
+    try:
+        decoded = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        decoded, non_utf8 = _decode_legacy(raw), found[0]
+        notes.append(f"caption not UTF-8: read as cp1252 (save {found[0].name} as UTF-8 to be sure)")
+    text = next((line.strip() for line in decoded.splitlines() if line.strip()), None)
+    if text is None:
+        notes.append("empty caption file: template used")
+    return text, notes, non_utf8
+
+
+def _decode_legacy(raw: bytes) -> str:
+    """Windows' ANSI code page, what Notepad and older taggers saved in: cp1252, a superset of latin-1's printable
+    characters. Its five undefined bytes are taken as latin-1, so nothing becomes a replacement character."""
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:  # single-byte encodings: byte by byte is exact
+        return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in raw)
