@@ -49,6 +49,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise LowvramError(f"--config: file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise LowvramError(f"--config: {path} is not valid TOML: {exc}") from None
+    if isinstance(doc.get("datasets"), list):
+        raise LowvramError(f"--config: {path} is a kohya dataset config ([[datasets]] of image folders); pass it as "
+                           f"--data {path}")
     if is_kohya_config(doc):
         return _read_kohya(doc, path)
     known = fields_by_name()

@@ -139,6 +139,8 @@ def test_a_file_that_is_no_dataset_config_or_a_second_reg_source_is_an_error_nam
     training_config = write(tmp_path / "train.toml", {"training": {"max_steps": 10}})
     assert main(["train", "--model", "tiny", "--data", str(training_config)]) == 2
     assert "not a kohya dataset config: it needs [[datasets]]" in capsys.readouterr().err
+    assert main(["train", "--model", "tiny", "--config", str(write(tmp_path / "ds.toml", DATASET))]) == 2
+    assert f"--config: {tmp_path / 'ds.toml'} is a kohya dataset config" in capsys.readouterr().err
     (tmp_path / "broken.toml").write_text("[general\n")
     assert main(["check-data", "broken.toml"]) == 2
     assert "--data: broken.toml is not valid TOML" in capsys.readouterr().err
