@@ -203,6 +203,9 @@ class OptimConfig:
     loraplus_ratio: float | None = option(None, "LoRA+: the B (up) matrices learn this many times faster than the A "
                                           "(down) ones, which trains LoRA and DoRA faster at the same --lr (kohya's "
                                           "loraplus_lr_ratio; 16 is the paper's value).", metavar="R")
+    loraplus_text_encoder_ratio: float | None = option(None, "LoRA+'s ratio for the text encoders' adapters (kohya's "
+                                                       "loraplus_text_encoder_lr_ratio; default: --loraplus-ratio).",
+                                                       metavar="R")
     ema: bool = option(False, "Keep an exponential moving average of the adapter weights (OneTrainer's and "
                        "SimpleTuner's EMA, diffusers' EMAModel): the LoRA saved, sampled and validated is the "
                        "average, which smooths out the last steps' noise. Costs one more copy of the adapters in "

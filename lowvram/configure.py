@@ -368,8 +368,13 @@ def _check(c: RunConfig) -> list[str]:
     if not 0 < c.optim.ema_decay < 1:
         p.append(f"--ema-decay: must be in (0, 1), got {c.optim.ema_decay} (0.999 is usual)")
     positive("scale-weight-norms", c.optim.scale_weight_norms)
-    for flag, value in (("--loraplus-ratio", c.optim.loraplus_ratio), ("--scale-weight-norms",
-                                                                       c.optim.scale_weight_norms)):
+    positive("loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio)
+    if c.optim.loraplus_text_encoder_ratio and not c.network.train_text_encoder:
+        p.append("--loraplus-text-encoder-ratio: the text encoders are not trained; add --train-text-encoder or drop "
+                 "it")
+    for flag, value in (("--loraplus-ratio", c.optim.loraplus_ratio),
+                        ("--loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio),
+                        ("--scale-weight-norms", c.optim.scale_weight_norms)):
         if value is not None and c.network.network in ("loha", "lokr"):
             p.append(f"{flag}: it works on LoRA's B and A matrices, which --network {c.network.network} has none of; "
                      "drop it or use --network lora or dora")

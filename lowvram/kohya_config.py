@@ -190,9 +190,14 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     else:
         problem("network_module", f"'{module}' is not a network lowvram trains (networks.lora, or lycoris.kohya with "
                 f"algo {', '.join(LYCORIS_ALGOS)})")
-    ratio = args.pop("loraplus_lr_ratio", None) or args.pop("loraplus_unet_lr_ratio", None)
-    if ratio and values["network"] in ("lora", "dora"):
-        values["loraplus_ratio"] = as_number(ratio, "network_args loraplus_lr_ratio", problem)
+    # kohya's part-specific LoRA+ ratios win over loraplus_lr_ratio
+    shared = args.pop("loraplus_lr_ratio", None)
+    unet, text = args.pop("loraplus_unet_lr_ratio", None) or shared, args.pop("loraplus_text_encoder_lr_ratio", None)
+    if unet and values["network"] in ("lora", "dora"):
+        values["loraplus_ratio"] = as_number(unet, "network_args loraplus_lr_ratio", problem)
+    if text and text != unet and values["network"] in ("lora", "dora") and values["train_text_encoder"]:
+        values["loraplus_text_encoder_ratio"] = as_number(text, "network_args loraplus_text_encoder_lr_ratio",
+                                                          problem)
     if args:
         notes.append(f"network_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
     return values

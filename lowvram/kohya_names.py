@@ -20,7 +20,8 @@ KOHYA_FLAGS = {
     "--network_module": "--network (lora, dora, loha, lokr)",
     "--network_weights": "--network-weights",
     "--network_args": "--conv-rank (conv_dim), --conv-alpha (conv_alpha), --lokr-factor (factor), --network (algo), "
-                      "--loraplus-ratio (loraplus_lr_ratio)",
+                      "--loraplus-ratio (loraplus_lr_ratio), --loraplus-text-encoder-ratio "
+                      "(loraplus_text_encoder_lr_ratio)",
     "--network_train_unet_only": "(the default; --train-text-encoder adds the text encoders)",
     "--learning_rate": "--lr",
     "--unet_lr": "--lr",

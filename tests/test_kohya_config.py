@@ -24,7 +24,8 @@ KOHYA_SS = {
     "lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1, "max_bucket_reso": 2048, "max_data_loader_n_workers": 0,
     "max_grad_norm": 1, "max_timestep": 1000, "max_token_length": 75, "max_train_steps": 3,
     "min_bucket_reso": 256, "mixed_precision": "no", "multires_noise_discount": 0.3, "multires_noise_iterations": 0,
-    "network_alpha": 4, "network_args": ["conv_dim=2", "conv_alpha=1", "loraplus_lr_ratio=16"], "network_dim": 8,
+    "network_alpha": 4, "network_args": ["conv_dim=2", "conv_alpha=1", "loraplus_lr_ratio=16",
+                                         "loraplus_text_encoder_lr_ratio=4"], "network_dim": 8,
     "network_module": "networks.lora", "noise_offset": 0, "noise_offset_type": "Original",
     "optimizer_args": ["weight_decay=0.05", "betas=0.9,0.99"], "optimizer_type": "AdamW", "output_name": "mylora",
     "pretrained_model_name_or_path": "tiny", "prior_loss_weight": 1, "resolution": "64,64",
@@ -55,6 +56,7 @@ def test_a_kohya_ss_config_trains_the_lora_kohya_would(tmp_path, capsys):
     meta = safe_open(str(out / "mylora.safetensors"), framework="pt").metadata()
     assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_steps"]) == ("8", "4", "3")
     assert meta["ss_network_args"] == '{"conv_dim": "2", "conv_alpha": "1"}' and meta["ss_loraplus_lr_ratio"] == "16"
+    assert meta["ss_loraplus_text_encoder_lr_ratio"] == "4"
     assert meta["ss_scale_weight_norms"] == "2"
     assert {tensor.dtype for tensor in lora.values()} == {torch.float32}  # save_precision "float"
     # kohya's LoRA: the text encoder trained, every layer of the transformer blocks, the convolutions at conv_dim

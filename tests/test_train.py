@@ -156,16 +156,20 @@ def test_save_precision_fp16_halves_the_file(tmp_path):
 @pytest.mark.parametrize("network", ["lora", "dora"])
 def test_loraplus_makes_the_b_matrices_learn_ratio_times_faster(tmp_path, network):
     """Adam's first step moves each parameter that has a gradient by its learning rate. LoRA's B matrices start at
-    zero, so only they move then: by --lr, and by --lr times the ratio with LoRA+. The text encoder's too."""
-    for ratio in (None, 4.0):
-        result = train(run_config(output=str(tmp_path / str(ratio)), max_steps=1, lr=1e-3, text_encoder_lr=1e-3,
-                                  train_text_encoder=True, network=network, loraplus_ratio=ratio))
-        for _, module in networks.adapted_modules(result.model):
+    zero, so only they move then: by --lr, and by --lr times the ratio with LoRA+. The text encoder's too, by its
+    own ratio where --loraplus-text-encoder-ratio gives one."""
+    for ratio, text_ratio in ((None, None), (4.0, None), (4.0, 2.0)):
+        result = train(run_config(output=str(tmp_path / f"{ratio}-{text_ratio}"), max_steps=1, lr=1e-3,
+                                  text_encoder_lr=1e-3, train_text_encoder=True, network=network,
+                                  loraplus_ratio=ratio, loraplus_text_encoder_ratio=text_ratio))
+        for part, module in networks.adapted_modules(result.model):
             layers = [layer for _, layer in networks.adapted_layers(module)]
             moved = max(layer.lora_B["default"].weight.abs().max().item() for layer in layers)
-            assert moved == pytest.approx(1e-3 * (ratio or 1), rel=1e-3)
+            expected = ratio if part == "unet" else text_ratio or ratio
+            assert moved == pytest.approx(1e-3 * (expected or 1), rel=1e-3), part
         meta = safe_open(str(result.lora_path), framework="pt").metadata()
         assert meta["ss_loraplus_lr_ratio"] == ("4" if ratio else "None")
+        assert meta["ss_loraplus_text_encoder_lr_ratio"] == ("2" if text_ratio else "None")
     for flag in ("loraplus_ratio", "scale_weight_norms"):
         with pytest.raises(LowvramError, match=f"--{flag.replace('_', '-')}: it works on LoRA's B and A matrices, "
                                                "which --network loha has none of"):

@@ -25,6 +25,8 @@ def recipe(run: ResolvedRun) -> dict[str, object]:
     run_recipe |= conv_recipe(config.network)
     if config.optim.loraplus_ratio:  # the optimizer's groups, which a checkpoint's state must match
         run_recipe["--loraplus-ratio"] = config.optim.loraplus_ratio
+    if config.optim.loraplus_text_encoder_ratio:
+        run_recipe["--loraplus-text-encoder-ratio"] = config.optim.loraplus_text_encoder_ratio
     if config.optim.ema:  # the average a checkpoint holds
         run_recipe["--ema-decay"] = config.optim.ema_decay
     return run_recipe

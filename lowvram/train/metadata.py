@@ -45,6 +45,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_optimizer": config.optim.optimizer,
         "ss_scale_weight_norms": f"{config.optim.scale_weight_norms:g}" if config.optim.scale_weight_norms else "None",
         "ss_loraplus_lr_ratio": f"{config.optim.loraplus_ratio:g}" if config.optim.loraplus_ratio else "None",
+        "ss_loraplus_text_encoder_lr_ratio": (f"{config.optim.loraplus_text_encoder_ratio:g}"
+                                              if config.optim.loraplus_text_encoder_ratio else "None"),
         "ss_seed": str(config.training.seed),
         "ss_max_token_length": str(config.data.max_token_length),
         "ss_clip_skip": str(config.data.clip_skip) if config.data.clip_skip > 1 else "None",

@@ -303,18 +303,20 @@ def checkpointing_note(unet: torch.nn.Module) -> str:
 
 def optimizer_groups(model: LoadedModel, trainable: dict[str, list[torch.nn.Parameter]], config: RunConfig
                      ) -> list[dict]:
-    """One parameter group per part at its learning rate; with LoRA+ (--loraplus-ratio) each part's B matrices go
-    to a group of their own, at that rate times the ratio."""
+    """One parameter group per part at its learning rate; with LoRA+ (--loraplus-ratio, and for the text encoders
+    --loraplus-text-encoder-ratio) each part's B matrices go to a group of their own, at that rate times the ratio."""
     groups = []
     modules = dict(networks.adapted_modules(model))
+    optim = config.optim
     for part, params in trainable.items():
         lr = config.lr if part == "unet" else config.text_encoder_lr
-        if not config.optim.loraplus_ratio:
+        ratio = optim.loraplus_ratio if part == "unet" else optim.loraplus_text_encoder_ratio or optim.loraplus_ratio
+        if not ratio:
             groups.append({"params": params, "lr": lr})
             continue
         b_matrices = {id(layer.lora_B[networks.ADAPTER].weight) for _, layer in networks.adapted_layers(modules[part])}
         groups.append({"params": [p for p in params if id(p) not in b_matrices], "lr": lr})
-        groups.append({"params": [p for p in params if id(p) in b_matrices], "lr": lr * config.optim.loraplus_ratio})
+        groups.append({"params": [p for p in params if id(p) in b_matrices], "lr": lr * ratio})
     return groups
 
 
