@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.config import CAPTION_SUFFIXES, option
+from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.hardware import GIB, Hardware
-from lowvram.kohya_dataset import is_dataset_file, read_dataset
 from lowvram.models.detect import first_line
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
 
@@ -41,8 +41,9 @@ SCAN_RESOLUTION = 1024  # the scan only decodes here; buckets at SDXL's size kee
 class CaptionConfig:
     """`lowvram caption`'s options (the CLI's flags and the UI's form are made from these fields)."""
 
-    data: str | None = option(None, "Dataset folder (or kohya dataset .toml: its image folders, is_reg ones "
-                              "left out): its images without a caption file get one.", metavar="DIR")
+    data: str | None = option(None, "Dataset folder (or a kohya dataset .toml or OneTrainer concepts .json: its "
+                              "image folders, is_reg ones left out): its images without a caption file get one.",
+                              metavar="DIR")
     caption_model: str | None = option(
         None, "Captioning model: a hub id or a local folder. A WD14-style tagger (model.onnx + selected_tags.csv, "
         "e.g. SmilingWolf/wd-swinv2-tagger-v3) writes tags; an image-to-text model transformers loads (e.g. "

@@ -40,6 +40,7 @@ FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
 CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, in this order by default
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # the image files a dataset trains on
 PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume",)  # one run's circumstance, not part of the recipe a saved config replays
 PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights")  # made absolute
@@ -76,8 +77,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     data: str | None = option(None, "Image folder: images with same-named .txt/.caption files; kohya-style "
-                              "'N_name' subfolders repeat their images N times. 'sample' writes and uses the "
-                              "built-in sample dataset.", metavar="DIR")
+                              "'N_name' subfolders repeat their images N times. Or a dataset file: a kohya "
+                              "dataset config (.toml/.json) or a OneTrainer concepts file (.json). 'sample' writes "
+                              "and uses the built-in sample dataset.", metavar="DIR")
     resolution: int | None = option(None, "Training resolution in pixels (square; default: the model's native "
                                     "size: 512 for SD1.5, 1024 for SDXL, 64 for the tiny models).", metavar="PX")
     caption_extension: str = option(".txt", "Caption file extension tried first (.txt and .caption are both read).")

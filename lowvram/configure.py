@@ -28,9 +28,9 @@ from lowvram.config import (
     parse_colour,
     parse_save_every,
 )
+from lowvram.dataset_files import DATASET_SUFFIXES, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.kohya_config import is_kohya_config, translate
-from lowvram.kohya_dataset import DATASET_SUFFIXES, is_dataset_file, read_dataset
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import parse_prompt
 
@@ -48,6 +48,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise LowvramError(f"--config: file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
+        if is_dataset_file(path) and Path(path).suffix.lower() == ".json":
+            raise LowvramError(f"--config: {path} is JSON, not a TOML config; a dataset file (a kohya dataset config "
+                               f"or a OneTrainer concepts file) is given as --data {path}") from None
         raise LowvramError(f"--config: {path} is not valid TOML: {exc}") from None
     if isinstance(doc.get("datasets"), list):
         raise LowvramError(f"--config: {path} is a kohya dataset config ([[datasets]] of image folders); pass it as "
@@ -97,9 +100,10 @@ def _read_kohya(doc: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool = False, quiet: bool = False
                           ) -> dict[str, Any]:
-    """One layer of options (a config file's, the flags, the web UI's form) with the settings of the kohya dataset
-    file it names as --data: beneath the layer's own values, which a note names where they replace one; over them
-    where the layer is a kohya config, whose dataset file wins as in kohya. Notes go to stderr unless `quiet`."""
+    """One layer of options (a config file's, the flags, the web UI's form) with the settings of the dataset file
+    (kohya's or OneTrainer's) it names as --data: beneath the layer's own values, which a note names where they
+    replace one; over them where the layer is a kohya config, whose dataset file wins as in kohya. Notes go to
+    stderr unless `quiet`."""
     data = layer.get("data")
     if not is_dataset_file(data):
         return layer
@@ -107,9 +111,7 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
     problems = _file_value_problems(dataset.values)
     if problems:
         raise LowvramError("\n".join(f"{data}: {line}" for line in problems))
-    training = len(dataset.folders())
-    notes = [(f"read as a kohya dataset config: {training} image folder{'s' * (training != 1)}, "
-              f"{len(dataset.subsets) - training} is_reg"), *dataset.notes]
+    notes = [dataset.summary, *dataset.notes]
     if not dataset_wins:
         notes += [f"{flag_name(fields_by_name()[name][1])} {layer[name]} from {source} replaces its setting ({value})"
                   for name, value in dataset.values.items() if name in layer and layer[name] != value]
@@ -264,7 +266,7 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
 
 
 def _dataset_file_problems(c: RunConfig) -> list[str]:
-    """What is wrong with the kohya dataset file given as --data, and with --reg-data beside its is_reg subsets."""
+    """What is wrong with the dataset file given as --data, and with --reg-data beside its is_reg subsets."""
     try:
         dataset = read_dataset(Path(c.data.data))
     except LowvramError as exc:

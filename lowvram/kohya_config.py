@@ -109,7 +109,7 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     if left.pop("network_train_text_encoder_only", None):
         problem("network_train_text_encoder_only", "lowvram always trains adapters on the U-Net; leave it out")
     dataset_config = left.pop("dataset_config", None)
-    if dataset_config:  # the images and their settings come from the dataset file (lowvram.kohya_dataset)
+    if dataset_config:  # the images and their settings come from the dataset file (lowvram.dataset_files)
         values["data"] = str(dataset_config)
         ignored = [key for key in ("train_data_dir", "reg_data_dir") if left.pop(key, None)]
         if ignored:

@@ -9,6 +9,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     # run OpenMP on every core spin against each other: a tiny-model step went from 0.14 s to 4.4 s here.
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -66,3 +67,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def image_folders(root: Path) -> Path:
+    """alpha/ (3 captioned images), beta/ (3 without captions), reg/ (2 without) under `root`."""
+    images = sorted((write_sample_dataset(root / "source") / "5_lvshape").glob("*.png"))
+    for name, chosen, captions in (("alpha", images[:3], True), ("beta", images[3:], False),
+                                   ("reg", images[:2], False)):
+        (root / "imgs" / name).mkdir(parents=True)
+        for image in chosen:
+            shutil.copy(image, root / "imgs" / name)
+            if captions:
+                shutil.copy(image.with_suffix(".txt"), root / "imgs" / name)
+    return root / "imgs"

@@ -8,27 +8,13 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from conftest import image_folders
 from safetensors import safe_open
 
 from lowvram.cli import main
 from lowvram.configure import build_config, read_toml
-from lowvram.data.sample import write_sample_dataset
+from lowvram.dataset_files import read_dataset
 from lowvram.errors import LowvramError
-from lowvram.kohya_dataset import read_dataset
-
-
-def image_folders(root: Path) -> Path:
-    """alpha/ (3 captioned images), beta/ (3 without captions), reg/ (2 without) under `root`."""
-    images = sorted((write_sample_dataset(root / "source") / "5_lvshape").glob("*.png"))
-    for name, chosen, captions in (("alpha", images[:3], True), ("beta", images[3:], False),
-                                   ("reg", images[:2], False)):
-        (root / "imgs" / name).mkdir(parents=True)
-        for image in chosen:
-            shutil.copy(image, root / "imgs" / name)
-            if captions:
-                shutil.copy(image.with_suffix(".txt"), root / "imgs" / name)
-    return root / "imgs"
-
 
 # sd-scripts' own example, at the tiny model's size: settings in every place kohya reads them from
 DATASET = {
@@ -138,7 +124,7 @@ def test_a_file_that_is_no_dataset_config_or_a_second_reg_source_is_an_error_nam
     image_folders(tmp_path)
     training_config = write(tmp_path / "train.toml", {"training": {"max_steps": 10}})
     assert main(["train", "--model", "tiny", "--data", str(training_config)]) == 2
-    assert "not a kohya dataset config: it needs [[datasets]]" in capsys.readouterr().err
+    assert "is neither a kohya dataset config ([[datasets]] of [[datasets.subsets]])" in capsys.readouterr().err
     assert main(["train", "--model", "tiny", "--config", str(write(tmp_path / "ds.toml", DATASET))]) == 2
     assert f"--config: {tmp_path / 'ds.toml'} is a kohya dataset config" in capsys.readouterr().err
     (tmp_path / "broken.toml").write_text("[general\n")

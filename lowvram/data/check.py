@@ -11,7 +11,7 @@ from rich.console import Console
 from lowvram.config import RunConfig, parse_colour
 from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
-from lowvram.kohya_dataset import is_dataset_file, read_dataset
+from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.resolve import ResolvedRun
 
 
@@ -40,15 +40,15 @@ def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:
 
 def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool = False
          ) -> ScanReport:
-    """The scan of an image folder, or of a kohya dataset file's image folders: its training subsets, or its
+    """The scan of an image folder, or of a dataset file's image folders: its training subsets, or its
     is_reg subsets with `regularization`."""
     buckets, options = make_buckets(run), scan_options(run.config, trigger)
     index = scan_index_path(run.cache_dir, data, " is_reg" if regularization else "")
     if not is_dataset_file(data):
         return scan_dataset(data, buckets, options, index_path=index, console=console)
     dataset = read_dataset(data)
-    folders = [ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix, s.captions)
-               for s in dataset.folders(regularization)]
+    folders = [ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix, s.captions,
+                           s.loss_weight) for s in dataset.folders(regularization)]
     kind = "is_reg subsets" if regularization else "image folders"
     others = tuple(s.folder for s in dataset.folders(not regularization))
     return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,
@@ -62,7 +62,7 @@ def has_regularization_subsets(data: str | None) -> bool:
 def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, console: Console | None = None
                ) -> ScanReport:
     """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON (of the
-    training images; a kohya dataset file's is_reg subsets are summed up after them)."""
+    training images; a dataset file's is_reg subsets are summed up after them)."""
     console = console or Console()
     data = Path(run.config.data.data)
     try:

@@ -25,7 +25,7 @@ class Sample:
     caption: str
     bucket: tuple[int, int]
     repeats: int
-    weight: float = 1.0  # loss weight: --prior-loss-weight for regularization images
+    weight: float = 1.0  # loss weight: --prior-loss-weight for regularization images, times its folder's
 
 
 @dataclass

@@ -86,7 +86,8 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                     text_jobs.setdefault(key, TextJob(key, caption))
                     text_keys.append(key)
             samples[report_index].append(Sample(tuple(dict.fromkeys(keys)), tuple(text_keys), record.caption,
-                                                placement.bucket, record.repeats, weight))
+                                                placement.bucket, record.repeats,
+                                                weight if validating else weight * record.loss_weight))
     empty_key = None
     if cache_text and (config.data.caption_dropout > 0 or config.data.caption_dropout_every):
         empty_key = text_key("", text_id)

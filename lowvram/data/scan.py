@@ -26,13 +26,12 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from lowvram.config import CAPTION_SUFFIXES
+from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES
 from lowvram.data.buckets import Buckets
 from lowvram.data.captions import read_caption_file
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PIL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # Pillow decoders tried; a phone's JPEG may come back as "MPO"
 EXPECTED_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
                     ".bmp": ("BMP", "DIB")}
@@ -101,6 +100,7 @@ class ImageRecord:
     non_utf8_caption: str | None = None  # the caption file (relative path) when it was read as cp1252, not UTF-8
     mask: Path | None = None  # its loss mask file, with --masked-loss
     mask_sha256: str = ""
+    loss_weight: float = 1.0  # its folder's
 
     def to_json(self) -> dict:
         return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
@@ -136,7 +136,7 @@ class ScanReport:
         folders: dict[str, dict] = {}
         for r in self.records:
             f = folders.setdefault(_folder_of(r), {"label": r.folder, "repeats": r.repeats, "images": 0, "usable": 0,
-                                                   "skipped": 0})
+                                                   "skipped": 0, "loss_weight": r.loss_weight})
             f["images"] += 1
             f["usable" if r.usable else "skipped"] += 1
         buckets = Counter(f"{r.bucket[0]}x{r.bucket[1]}" for r in usable)
@@ -155,10 +155,12 @@ class ScanReport:
     def print_summary(self, console: Console, verbose: bool = False) -> None:
         """Per folder, then every skipped file with its reason, the files with notes, and the buckets."""
         summary = self.summary()
+        weighted = any(f["loss_weight"] != 1 for f in summary["folders"].values())  # a column only where it tells
         console.print(_table(f"dataset {self.root}", ("folder", "label", "images", "usable", "skipped", "repeats",
-                                                       "samples/epoch"),
+                                                       "samples/epoch", *(("weight",) if weighted else ())),
                              [(k, f["label"], f["images"], f["usable"], f["skipped"], f["repeats"],
-                               f["usable"] * f["repeats"]) for k, f in summary["folders"].items()]))
+                               f["usable"] * f["repeats"], *((f"{f['loss_weight']:g}",) if weighted else ()))
+                              for k, f in summary["folders"].items()]))
         for note in self.folder_notes:
             console.print(Text(note, style="yellow"))
         if self.skipped:
@@ -212,6 +214,7 @@ class ImageFolder(NamedTuple):
     caption_prefix: str = ""
     caption_suffix: str = ""
     captions: dict[str, str] | None = None
+    loss_weight: float = 1.0  # scales its images' loss (a OneTrainer concept's)
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
@@ -370,7 +373,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
     if suffix in UNSUPPORTED_SUFFIXES:
         reason = f"unsupported format: {suffix} files can't be read; convert it to one of {SUPPORTED}"
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
-                           non_utf8_caption=non_utf8)
+                           non_utf8_caption=non_utf8, loss_weight=folder.loss_weight)
     facts = _facts(path, options, old_index.get(str(path)))
     if facts["size"] >= 0:
         new_index[str(path)] = facts
@@ -380,7 +383,8 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         rotated = ["EXIF rotation applied"] if facts["transposed"] else []
         notes = _mode_notes(mode, facts["has_alpha"], options) + rotated + notes + caption_notes
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
-                       facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8)
+                       facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8,
+                       loss_weight=folder.loss_weight)
 
 
 def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_index: dict) -> ImageRecord:

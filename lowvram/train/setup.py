@@ -167,7 +167,7 @@ def scan_data(session: Session) -> Dataset:
         reports = [scan(run, data_root, trigger, session.console)]
         if config.data.reg_data:
             reports.append(scan(run, Path(config.data.reg_data), None, session.console))
-        elif has_regularization_subsets(config.data.data):  # a kohya dataset file's is_reg subsets
+        elif has_regularization_subsets(config.data.data):  # a dataset file's is_reg subsets
             reports.append(scan(run, data_root, None, session.console, regularization=True))
         held_out = []
         if config.validation.validation_data:

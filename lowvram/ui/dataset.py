@@ -10,9 +10,9 @@ from typing import Any
 
 from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
 from lowvram.configure import build_config
+from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
-from lowvram.kohya_dataset import is_dataset_file, read_dataset
 
 COLUMNS = ["file", "status", "reason or notes", "bucket", "caption"]
 TOP_TAGS = 10
@@ -37,7 +37,7 @@ def check_dataset(values: dict[str, Any]):
     rows = [[r.relpath, "usable" if r.usable else "skipped", r.reason or "; ".join(r.notes),
              f"{r.bucket[0]}x{r.bucket[1]}" if r.bucket else "", r.caption] for r in report.records]
     summary = _summary(report)
-    if is_dataset_file(data):  # a kohya dataset file: what was made of its settings, and its is_reg subsets
+    if is_dataset_file(data):  # a dataset file: what was made of its settings, and its is_reg subsets
         dataset = read_dataset(data)
         summary += "".join(f"\n\n- {data.name}: {note}" for note in dataset.notes)
         if dataset.folders(regularization=True):
@@ -68,7 +68,7 @@ def _summary(report) -> str:
 
 def images_root(data: str) -> Path:
     """The folder the dataset's images are named relative to: the image folder, or the folder that holds every image
-    folder of a kohya dataset file."""
+    folder of a dataset file (kohya's or OneTrainer's)."""
     return read_dataset(Path(data)).root if is_dataset_file(data) else Path(data)
 
 

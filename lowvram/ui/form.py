@@ -86,8 +86,8 @@ def option_fields(cls: type, section: str) -> list[FormField]:
 
 def option_values(fields: list[FormField], shown: list[Any]) -> dict[str, Any]:
     """The options the form sets: those whose value is not the default (as flags given on the command line, so
-    the planner keeps only the strategy options the user chose), over the settings of a kohya dataset file given
-    as the dataset (a broken one is reported by the check of the whole config)."""
+    the planner keeps only the strategy options the user chose), over the settings of a dataset file (kohya's or
+    OneTrainer's) given as the dataset (a broken one is reported by the check of the whole config)."""
     values = {}
     for field, raw in zip(fields, shown, strict=True):
         value = field.from_form(raw)

@@ -14,21 +14,13 @@ kohya takes it, else from the file's folder.
 from __future__ import annotations
 
 import json
-import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import as_number
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-DATASET_SUFFIXES = (".toml", ".json")
 # settings of a whole dataset: subsets share them, and lowvram trains one value per run
 RUN_SETTINGS = {"resolution": "resolution", "batch_size": "batch_size", "enable_bucket": "bucket",
                 "min_bucket_reso": "min_bucket_side", "max_bucket_reso": "max_bucket_side",
@@ -61,45 +53,13 @@ REFUSED = {
 }
 
 
-@dataclass(frozen=True)
-class Subset:
-    folder: Path  # absolute
-    repeats: int
-    label: str  # the caption of an image without a caption file: class_tokens, else the folder's name
-    regularization: bool
-    caption_prefix: str = ""  # written around each caption of the subset, as it is
-    caption_suffix: str = ""
-    captions: dict[str, str] | None = None  # a fine-tuning subset's: image key (stem or path) -> caption
+def is_kohya_dataset(doc: Any) -> bool:
+    return isinstance(doc, dict) and "datasets" in doc
 
 
-@dataclass(frozen=True)
-class KohyaDataset:
-    path: Path
-    subsets: tuple[Subset, ...]
-    values: dict[str, Any]  # lowvram options its settings set
-    notes: tuple[str, ...]
-
-    def folders(self, regularization: bool = False) -> list[Subset]:
-        return [s for s in self.subsets if s.regularization == regularization]
-
-    @property
-    def root(self) -> Path:
-        """The folder all its image folders are in: reports and caption edits name images relative to it."""
-        try:
-            return Path(os.path.commonpath([s.folder for s in self.subsets]))
-        except ValueError:  # image folders on two drives: no common folder but the drives' own
-            return Path(self.subsets[0].folder.anchor)
-
-
-def is_dataset_file(data: str | Path | None) -> bool:
-    """Whether `--data` names a kohya dataset config rather than an image folder."""
-    return data is not None and Path(data).suffix.lower() in DATASET_SUFFIXES and Path(data).is_file()
-
-
-def read_dataset(path: Path) -> KohyaDataset:
-    """The dataset a kohya dataset config describes. Raises LowvramError, one line per problem, all at once."""
-    path = Path(path)
-    doc = _load(path)
+def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
+    """The dataset a kohya dataset config (`doc`, read from `path`) describes. Raises LowvramError, one line per
+    problem, all at once."""
     problems: list[str] = []
     notes: list[str] = []
 
@@ -158,25 +118,7 @@ def read_dataset(path: Path) -> KohyaDataset:
         problem("caption_separator", "lowvram splits tags at commas; leave it out")
     if problems:
         raise LowvramError("\n".join(problems))
-    return KohyaDataset(path.resolve(), tuple(subsets), values, tuple(notes))
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        if path.suffix.lower() == ".json":
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            with open(path, "rb") as fh:
-                doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise LowvramError(f"--data: file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise LowvramError(f"--data: {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
-    except OSError as exc:
-        raise LowvramError(f"--data: can't read {path}: {exc.strerror or exc}") from None
-    if not isinstance(doc, dict):
-        raise LowvramError(f"--data: {path} is not a kohya dataset config (a table of [general] and [[datasets]])")
-    return doc
+    return DatasetFile(path.resolve(), "kohya dataset config", tuple(subsets), values, tuple(notes))
 
 
 def _set(value: Any) -> bool:
@@ -189,7 +131,7 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
     if not isinstance(image_dir, str) or not image_dir:
         problem(name, "no image_dir; name the folder its images are in")
         return None
-    folder = _local(Path(image_dir).expanduser(), path)
+    folder = local_path(image_dir, path)
     if not folder.is_dir():
         problem(f"{name} image_dir", f"{'not a folder' if folder.exists() else 'folder not found'}: {image_dir}")
         return None
@@ -210,18 +152,11 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
         wrap.append(text)
     captions = None
     if _set(settled.get("metadata_file")):
-        captions = _metadata_captions(_local(Path(str(settled["metadata_file"])).expanduser(), path),
+        captions = _metadata_captions(local_path(str(settled["metadata_file"]), path),
                                       f"{name} metadata_file", problem)
     folder = folder.resolve()
     return Subset(folder, repeats, (tokens or "").strip() or folder.name, settled.get("is_reg") is True, *wrap,
                   captions)
-
-
-def _local(given: Path, dataset_file: Path) -> Path:
-    """A path as kohya reads it, from the current folder; where nothing is there, from the dataset file's folder."""
-    if not given.is_absolute() and not given.exists() and (dataset_file.parent / given).exists():
-        return dataset_file.parent / given
-    return given
 
 
 def _metadata_captions(metadata: Path, key: str, problem) -> dict[str, str]:
@@ -273,21 +208,17 @@ def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, A
 
 def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes: list[str]) -> dict[str, Any]:
     """Caption and augmentation settings, each the first training subset's, with a note where others differ."""
+    keys = [key for key in SUBSET_SETTINGS if any(key in settled for settled in settings)]
+    ordered = [settled for settled, _ in sorted(zip(settings, subsets, strict=True),
+                                                key=lambda pair: pair[1].regularization)]  # training ones first
+    if not subsets or all(subset.regularization for subset in subsets):
+        return {}
     values: dict[str, Any] = {}
-    training = [settled for settled, subset in zip(settings, subsets, strict=True) if not subset.regularization]
-    for key, option in SUBSET_SETTINGS.items():
-        if not training or not any(key in settled for settled in settings):
-            continue
-        each = [settled.get(key, KOHYA_DEFAULTS.get(key)) for settled in settings]
-        value = training[0].get(key, KOHYA_DEFAULTS.get(key))
-        if any(other != value for other in each):
-            shown = ", ".join(sorted({str(other) for other in each}))
-            notes.append(f"{key}: the subsets differ ({shown}); lowvram uses one value for the whole run: {value}")
+    each = [{key: settled.get(key, KOHYA_DEFAULTS.get(key)) for key in keys} for settled in ordered]
+    for key, value in settle(each, notes, "subsets").items():
         if key == "caption_dropout_every_n_epochs" and not value:
             continue  # kohya's 0 is off; lowvram's is no value
-        if key in SWITCH_VALUES:
-            value = SWITCH_VALUES[key][0 if value else 1]
-        values[option] = value
+        values[SUBSET_SETTINGS[key]] = SWITCH_VALUES[key][0 if value else 1] if key in SWITCH_VALUES else value
     if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
         del values["keep_tokens"]  # kohya_ss writes it whether or not anything moves the tags
     return values

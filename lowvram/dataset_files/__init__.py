@@ -1,0 +1,58 @@
+"""Dataset files other trainers write, given as `--data`: a kohya dataset config (`.toml` or `.json`) or a
+OneTrainer concepts file (`.json`), each read as lowvram's dataset (`DatasetFile`): its image folders and the
+options its settings set. The file's content says which it is."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lowvram.dataset_files.kohya import is_kohya_dataset, read_kohya_dataset
+from lowvram.dataset_files.onetrainer import concepts_in, read_concepts
+from lowvram.dataset_files.subsets import DatasetFile, Subset
+from lowvram.errors import LowvramError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DATASET_SUFFIXES = (".toml", ".json")
+__all__ = ["DATASET_SUFFIXES", "DatasetFile", "Subset", "is_dataset_file", "read_dataset"]
+
+
+def is_dataset_file(data: str | Path | None) -> bool:
+    """Whether `--data` names a dataset file rather than an image folder."""
+    return data is not None and Path(data).suffix.lower() in DATASET_SUFFIXES and Path(data).is_file()
+
+
+def read_dataset(path: Path) -> DatasetFile:
+    """The dataset a dataset file describes. Raises LowvramError, one line per problem, all at once."""
+    path = Path(path)
+    doc = _load(path)
+    concepts = concepts_in(doc)
+    if concepts is not None:
+        return read_concepts(concepts, path)
+    if is_kohya_dataset(doc):
+        return read_kohya_dataset(doc, path)
+    if isinstance(doc, dict) and doc.get("concept_file_name"):
+        raise LowvramError(f"--data: {path} is a OneTrainer training config without its concepts; pass its concepts "
+                           f"file as --data {doc['concept_file_name']}")
+    raise LowvramError(f"--data: {path} is neither a kohya dataset config ([[datasets]] of [[datasets.subsets]]) nor "
+                       "a OneTrainer concepts file (a JSON list of concepts); or give --data an image folder")
+
+
+def _load(path: Path) -> Any:
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise LowvramError(f"--data: file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise LowvramError(f"--data: {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    except OSError as exc:
+        raise LowvramError(f"--data: can't read {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,253 @@
+"""A OneTrainer concepts file (the JSON list its Concepts tab saves, such as `training_concepts/concepts.json`, or a
+OneTrainer training config that holds its concepts inline) read as lowvram's dataset: each enabled concept's image
+folder with its repeats, loss weight and captions, and the lowvram options its image and text settings set.
+
+A concept's balancing becomes whole repeats in the same proportions (OneTrainer's may be fractional: 0.5 shows half
+the images per epoch), its loss weight scales its images' loss, and its captions come from where its prompt source
+says: each image's `.txt`, one prompt file for the whole concept, or the file name. Augmentation and tag settings
+are one value per run here: the first training concept's, with a note where others differ. A validation concept
+becomes `--validation-data`. What lowvram cannot do as asked (prior prediction, rotation, a per-concept
+resolution) is refused in one line naming the setting and the fix, rather than trained differently.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from lowvram.config import IMAGE_SUFFIXES
+from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
+from lowvram.errors import LowvramError
+from lowvram.kohya_config import as_number
+
+# a concept's own keys lowvram reads; the rest of its image and text settings are below
+CONCEPT_KEYS = {"name", "path", "enabled", "type", "validation_concept", "include_subdirectories", "balancing",
+                "balancing_strategy", "repeats", "loss_weight", "image_variations", "text_variations", "image",
+                "text", "seed", "__version"}
+PROMPT_SOURCES = ("sample", "concept", "filename")
+MAX_REPEAT_SCALE = 10  # the largest factor tried to make fractional repeats whole in their proportions
+# on, they would change what the model is shown in a way lowvram does not do: refused, not trained without
+REFUSED = {
+    "image.enable_fixed_flip": "flip those images' files instead; lowvram's --flip flips at random",
+    "image.enable_random_rotate": "lowvram does not rotate images; turn it off",
+    "image.enable_fixed_rotate": "rotate those images' files instead",
+    "image.enable_fixed_brightness": "edit those images' files instead; lowvram varies colour at random only",
+    "image.enable_fixed_contrast": "edit those images' files instead; lowvram varies colour at random only",
+    "image.enable_fixed_saturation": "edit those images' files instead; lowvram varies colour at random only",
+    "image.enable_fixed_hue": "edit those images' files instead; lowvram varies colour at random only",
+    "image.enable_resolution_override": "lowvram trains one --resolution for the whole run; train the concept as "
+                                        "a run of its own",
+    "image.enable_random_circular_mask_shrink": "lowvram uses masks as drawn; turn it off",
+    "image.enable_random_mask_rotate_crop": "lowvram uses masks as drawn; turn it off",
+    "text.caps_randomize_enable": "lowvram trains captions as written; turn it off",
+}
+JITTER_KINDS = ("brightness", "contrast", "saturation", "hue")
+
+
+def concepts_in(doc: Any) -> list | None:
+    """The concepts of a OneTrainer concepts file, or of a training config that holds them; None for other files."""
+    if isinstance(doc, list):
+        return doc
+    if isinstance(doc, dict) and isinstance(doc.get("concepts"), list):
+        return doc["concepts"]
+    return None
+
+
+def read_concepts(concepts: list, path: Path) -> DatasetFile:
+    """The dataset OneTrainer's `concepts` (read from `path`) describe. Raises LowvramError, one line per problem,
+    all at once."""
+    problems: list[str] = []
+    notes: list[str] = []
+
+    def problem(key: str, text: str) -> None:
+        problems.append(f"{path}: {key}: {text}")
+
+    training: list[tuple[dict, list[Path], str]] = []  # (concept, its image folders, where) of each training concept
+    validation: list[tuple[list[Path], str]] = []
+    for number, concept in enumerate(concepts, 1):
+        where = f"concepts[{number}]"
+        if not isinstance(concept, dict):
+            problem(where, f"{concept!r} is not a concept (a JSON object with a path)")
+            continue
+        where += f" ({concept['name']})" if concept.get("name") else ""
+        if concept.get("enabled", True) is False:
+            notes.append(f"{where}: disabled in OneTrainer, left out")
+            continue
+        role = _role(concept, where, problem)
+        folders = _folders(concept, path, where, problem)
+        if role is None or folders is None:
+            continue
+        if role == "validation":
+            validation.append((folders, where))
+        else:
+            training.append((concept, folders, where))
+            for key, why in REFUSED.items():
+                section, name = key.split(".")
+                if (concept.get(section) or {}).get(name) is True:
+                    problem(f"{where} {key}", why)
+            unknown = sorted(set(concept) - CONCEPT_KEYS)
+            if unknown:
+                notes.append(f"{where}: not carried over (lowvram has no such setting): {', '.join(unknown)}")
+    if not training and not problems:
+        problem("concepts", "no enabled training concept; enable one, or add one with the folder of the images to "
+                "train on")
+    subsets = _subsets(training, path, notes, problem)
+    values = settle([_options(concept, where, notes, problem) for concept, _, where in training], notes, "concepts")
+    values = {name: value for name, value in values.items() if value is not None}
+    if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
+        del values["keep_tokens"]  # OneTrainer keeps one tag by default, whether or not anything moves the tags
+    if len(validation) > 1:
+        problem("validation concepts", f"{len(validation)} of them; lowvram validates on one folder: keep one, or "
+                "move their images into one folder")
+    elif validation:
+        folders, where = validation[0]
+        if len(folders) > 1:
+            notes.append(f"{where}: validated on the images directly in {folders[0]}, not its subfolders")
+        values["validation_data"] = str(folders[0])
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return DatasetFile(path.resolve(), "OneTrainer concepts file", tuple(subsets), values, tuple(notes))
+
+
+def _role(concept: dict, where: str, problem) -> str | None:
+    """"training" or "validation" (OneTrainer's concept type, or its older validation_concept switch)."""
+    kind = str(concept.get("type") or ("VALIDATION" if concept.get("validation_concept") else "STANDARD")).upper()
+    if kind == "STANDARD":
+        return "training"
+    if kind == "VALIDATION":
+        return "validation"
+    if kind == "PRIOR_PREDICTION":
+        problem(f"{where} type", "lowvram has no prior prediction; to keep the model's prior, give class images as "
+                "--reg-data (DreamBooth prior preservation), or make it a STANDARD concept")
+    else:
+        problem(f"{where} type", f"{kind!r} is not a concept type lowvram reads (STANDARD, VALIDATION)")
+    return None
+
+
+def _folders(concept: dict, path: Path, where: str, problem) -> list[Path] | None:
+    """The concept's image folder, and its subfolders with include_subdirectories; None (a problem recorded) when it
+    names none."""
+    given = concept.get("path")
+    if not isinstance(given, str) or not given:
+        problem(where, "no path; name the folder its images are in")
+        return None
+    folder = local_path(given, path)
+    if not folder.is_dir():
+        problem(f"{where} path", f"{'not a folder' if folder.exists() else 'folder not found'}: {given}")
+        return None
+    folder = folder.resolve()
+    if not concept.get("include_subdirectories"):
+        return [folder]
+    return [folder, *sorted(p for p in folder.rglob("*") if p.is_dir()
+                            and not any(part.startswith(".") for part in p.relative_to(folder).parts))]
+
+
+def _images(folders: list[Path]) -> list[Path]:
+    return [p for folder in folders for p in sorted(folder.iterdir())
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
+
+
+def _subsets(training: list[tuple[dict, list[Path], str]], path: Path, notes: list[str], problem) -> list[Subset]:
+    """Each training concept's folders as subsets, with whole repeats in the proportions of the concepts' balancing,
+    their loss weight and captions."""
+    wanted = []
+    for concept, folders, where in training:
+        balancing = as_number(concept.get("balancing", concept.get("repeats", 1.0)), f"{where} balancing", problem)
+        strategy = str(concept.get("balancing_strategy") or "REPEATS").upper()
+        if strategy == "SAMPLES":  # images shown per epoch, whatever the concept holds
+            count = len(_images(folders))
+            balancing = balancing / count if count else 1.0
+        elif strategy != "REPEATS":
+            problem(f"{where} balancing_strategy", f"{strategy!r} is not REPEATS or SAMPLES")
+        if balancing <= 0:
+            problem(f"{where} balancing", f"{balancing:g} would leave its images out; give more than 0, or disable "
+                    "the concept")
+        wanted.append(max(balancing, 1e-6))
+    repeats, factor = whole_repeats(wanted)
+    if factor > 1:
+        shown = ", ".join(f"{w:g} -> {r}" for w, r in zip(wanted, repeats, strict=True))
+        notes.append(f"balancing in whole repeats ({shown}): an epoch here is {factor} of OneTrainer's")
+    subsets = []
+    for (concept, folders, where), times in zip(training, repeats, strict=True):
+        weight = as_number(concept.get("loss_weight", 1.0), f"{where} loss_weight", problem)
+        if weight <= 0:
+            problem(f"{where} loss_weight", f"{weight:g} would train nothing on it; give more than 0, or disable the "
+                    "concept")
+        captions = _captions(concept, folders, path, where, notes, problem)
+        label = str(concept.get("name") or "").strip() or folders[0].name
+        subsets += [Subset(folder, times, label, False, captions=captions, loss_weight=weight) for folder in folders]
+    return subsets
+
+
+def whole_repeats(wanted: list[float]) -> tuple[list[int], int]:
+    """Whole repeats in the proportions of `wanted` (OneTrainer's balancing, fractional or not), and the factor that
+    made them whole: the smallest that does, else the one that brings the least to 1, the rest then rounded."""
+    for factor in range(1, MAX_REPEAT_SCALE + 1):
+        scaled = [w * factor for w in wanted]
+        if all(round(s) >= 1 and abs(s - round(s)) <= 0.01 * s for s in scaled):
+            return [round(s) for s in scaled], factor
+    factor = max(1, min(MAX_REPEAT_SCALE, math.ceil(1 / min(wanted))))
+    return [max(1, round(w * factor)) for w in wanted], factor
+
+
+def _captions(concept: dict, folders: list[Path], path: Path, where: str, notes: list[str], problem
+              ) -> dict[str, str] | None:
+    """Image key -> caption where the concept's prompt source is not the images' own caption files."""
+    text = concept.get("text") or {}
+    source = str(text.get("prompt_source") or "sample").lower()
+    if source == "sample":
+        return None
+    if source not in PROMPT_SOURCES:
+        problem(f"{where} text.prompt_source", f"{source!r} is not one of {', '.join(PROMPT_SOURCES)}")
+        return None
+    images = _images(folders)
+    if source == "filename":
+        return {str(image.with_suffix("")): image.stem for image in images}
+    prompt_file = local_path(str(text.get("prompt_path") or ""), path)
+    try:
+        lines = [line.strip() for line in prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        problem(f"{where} text.prompt_path", f"can't read {prompt_file} ({getattr(exc, 'strerror', None) or exc}); "
+                "name the text file of the concept's prompt")
+        return None
+    if not lines:
+        problem(f"{where} text.prompt_path", f"{prompt_file} is empty; write the concept's prompt in it")
+        return None
+    if len(lines) > 1:
+        notes.append(f"{where}: every image is captioned with the first line of {prompt_file.name}; OneTrainer "
+                     f"draws one of its {len(lines)} lines at random")
+    return {str(image.with_suffix("")): lines[0] for image in images}
+
+
+def _options(concept: dict, where: str, notes: list[str], problem) -> dict[str, Any]:
+    """The lowvram options a training concept's image and text settings stand for, OneTrainer's defaults where
+    the file leaves a setting out."""
+    image, text = concept.get("image") or {}, concept.get("text") or {}
+    jitter = [as_number(image.get(f"random_{kind}_max_strength", 0.0), f"{where} image.random_{kind}_max_strength",
+                        problem) for kind in JITTER_KINDS if image.get(f"enable_random_{kind}")]
+    if image.get("enable_random_hue"):
+        notes.append(f"{where}: image.enable_random_hue: lowvram varies brightness, contrast and saturation, not hue")
+    options = {"flip": image.get("enable_random_flip", True) is not False,
+               "crop": "random" if image.get("enable_crop_jitter", True) is not False else "center",
+               "color_jitter": max(jitter, default=0.0),
+               "shuffle_tags": text.get("enable_tag_shuffling") is True,
+               "keep_tokens": as_number(text.get("keep_tags_count", 1), f"{where} text.keep_tags_count", problem, int),
+               "tag_dropout": as_number(text.get("tag_dropout_probability", 0.0),
+                                        f"{where} text.tag_dropout_probability", problem)
+               if text.get("tag_dropout_enable") else 0.0}
+    variants = as_number(concept.get("image_variations", 1), f"{where} image_variations", problem, int)
+    captions = as_number(concept.get("text_variations", 1), f"{where} text_variations", problem, int)
+    # OneTrainer caches one of each by default; lowvram's defaults (None) then cover the augmentations asked for
+    options["latent_variants"] = variants if variants > 1 else None
+    options["caption_variants"] = captions if captions > 1 else None
+    if str(text.get("tag_delimiter", ",")).strip() != ",":
+        problem(f"{where} text.tag_delimiter", "lowvram splits tags at commas; use commas in the captions")
+    if text.get("tag_dropout_enable"):
+        mode = str(text.get("tag_dropout_mode") or "FULL").upper()
+        if mode != "FULL":
+            notes.append(f"{where}: text.tag_dropout_mode {mode}: lowvram drops each tag with the probability given")
+        if str(text.get("tag_dropout_special_tags_mode") or "NONE").upper() != "NONE":
+            problem(f"{where} text.tag_dropout_special_tags_mode", "lowvram drops any tag past --keep-tokens; set it "
+                    "to NONE, and put the tags to keep first")
+    return options

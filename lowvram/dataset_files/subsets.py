@@ -1,0 +1,70 @@
+"""What a dataset file describes, whichever trainer wrote it: image folders (subsets) with their repeats, captions
+and roles, and the lowvram options its settings set."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Subset:
+    folder: Path  # absolute
+    repeats: int
+    label: str  # the caption of an image without a caption file: class_tokens, else the folder's name
+    regularization: bool
+    caption_prefix: str = ""  # written around each caption of the subset, as it is
+    caption_suffix: str = ""
+    captions: dict[str, str] | None = None  # image key (stem or path) -> caption, where the file gives captions
+    loss_weight: float = 1.0  # each of its images' loss is scaled by it (OneTrainer's concept loss weight)
+
+
+@dataclass(frozen=True)
+class DatasetFile:
+    path: Path
+    kind: str  # what read it: "kohya dataset config", "OneTrainer concepts file"
+    subsets: tuple[Subset, ...]
+    values: dict[str, Any]  # lowvram options its settings set
+    notes: tuple[str, ...]
+
+    def folders(self, regularization: bool = False) -> list[Subset]:
+        return [s for s in self.subsets if s.regularization == regularization]
+
+    @property
+    def root(self) -> Path:
+        """The folder all its image folders are in: reports and caption edits name images relative to it."""
+        try:
+            return Path(os.path.commonpath([s.folder for s in self.subsets]))
+        except ValueError:  # image folders on two drives: no common folder but the drives' own
+            return Path(self.subsets[0].folder.anchor)
+
+    @property
+    def summary(self) -> str:
+        training = len(self.folders())
+        regularization = len(self.subsets) - training
+        return (f"read as a {self.kind}: {training} image folder{'s' * (training != 1)}"
+                + (f", {regularization} is_reg" if regularization else ""))
+
+
+def local_path(given: str, dataset_file: Path) -> Path:
+    """A path as kohya and OneTrainer read it, from the current folder; where nothing is there, from the dataset
+    file's folder."""
+    path = Path(given).expanduser()
+    if not path.is_absolute() and not path.exists() and (dataset_file.parent / path).exists():
+        return dataset_file.parent / path
+    return path
+
+
+def settle(each: list[dict[str, Any]], notes: list[str], parts: str) -> dict[str, Any]:
+    """One value per setting for the whole run, the first part's (put the first training subset first), with a
+    note for each setting the `parts` (subsets, concepts) give differently."""
+    values: dict[str, Any] = {}
+    for key in dict.fromkeys(key for settings in each for key in settings):
+        seen = [settings.get(key) for settings in each]
+        if any(other != seen[0] for other in seen):
+            shown = ", ".join(sorted({str(other) for other in seen}))
+            notes.append(f"{key}: the {parts} differ ({shown}); lowvram uses one value for the whole run: {seen[0]}")
+        values[key] = seen[0]
+    return values

@@ -1,0 +1,165 @@
+"""A OneTrainer concepts file given as --data trains its enabled concepts as OneTrainer would: their balancing as
+whole repeats in the same proportions, their loss weights, captions from the prompt source each names, its image
+and text settings as lowvram's options, its validation concept as --validation-data, and one line per setting
+lowvram cannot follow."""
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import image_folders, run_config
+from rich.console import Console
+from safetensors import safe_open
+
+from lowvram.cli import main
+from lowvram.configure import read_toml
+from lowvram.data.check import scan
+from lowvram.data.prepare import prepare_training_data
+from lowvram.dataset_files import read_dataset
+from lowvram.dataset_files.onetrainer import whole_repeats
+from lowvram.errors import LowvramError
+from lowvram.hardware import NO_GPU
+from lowvram.models import load_model
+from lowvram.resolve import resolve_run
+
+# a concept as OneTrainer's Concepts tab saves it (its defaults), shortened to the keys lowvram reads or refuses
+DEFAULT_CONCEPT = {
+    "__version": 1, "name": "", "path": "", "seed": 123, "enabled": True, "type": "STANDARD",
+    "include_subdirectories": False, "image_variations": 1, "text_variations": 1, "balancing": 1.0,
+    "balancing_strategy": "REPEATS", "loss_weight": 1.0,
+    "image": {"enable_crop_jitter": True, "enable_random_flip": True, "enable_fixed_flip": False,
+              "enable_random_rotate": False, "random_rotate_max_angle": 0.0, "enable_random_brightness": False,
+              "random_brightness_max_strength": 0.0, "enable_random_hue": False, "random_hue_max_strength": 0.0,
+              "enable_resolution_override": False, "resolution_override": "512"},
+    "text": {"prompt_source": "sample", "prompt_path": "", "enable_tag_shuffling": False, "tag_delimiter": ",",
+             "keep_tags_count": 1, "tag_dropout_enable": False, "tag_dropout_mode": "FULL",
+             "tag_dropout_probability": 0.0, "tag_dropout_special_tags_mode": "NONE", "caps_randomize_enable": False},
+}
+
+
+def concept(path: str, image: dict | None = None, text: dict | None = None, **values) -> dict:
+    made = copy.deepcopy(DEFAULT_CONCEPT) | {"path": path, **values}
+    made["image"] |= image or {}
+    made["text"] |= text or {}
+    return made
+
+
+def write(path: Path, concepts) -> Path:
+    path.write_text(json.dumps(concepts, indent=4))
+    return path
+
+
+def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_settings(tmp_path, monkeypatch,
+                                                                                        capsys):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)  # alpha/: 3 captioned images; beta/: 3 uncaptioned; reg/: 2
+    (tmp_path / "beta.txt").write_text("lvshape thing\n")
+    write(tmp_path / "concepts.json", [
+        concept("imgs/alpha", name="alpha", balancing=2.0, text={"enable_tag_shuffling": True}),
+        concept(str(tmp_path / "imgs" / "beta"), name="thing", balancing=0.5, loss_weight=0.5,
+                text={"prompt_source": "concept", "prompt_path": "beta.txt"}, image={"enable_random_flip": False}),
+        concept("imgs/missing", name="off", enabled=False),
+        concept("imgs/reg", name="held out", type="VALIDATION"),
+    ])
+    assert main(["train", "--model", "tiny", "--data", "concepts.json", "--resolution", "64", "--max-steps", "2",
+                 "--output", "out"]) == 0
+    captured = capsys.readouterr()
+    err, out = " ".join(captured.err.split()), " ".join(captured.out.split())
+    assert "concepts.json: read as a OneTrainer concepts file: 2 image folders" in err
+    assert "balancing in whole repeats (2 -> 4, 0.5 -> 1): an epoch here is 2 of OneTrainer's" in err
+    assert "concepts[3] (off): disabled in OneTrainer, left out" in err
+    assert "enable_random_flip" not in err and "flip: the concepts differ (False, True)" in err
+    assert "6 images, 15 per epoch with repeats" in out  # 3 x 4 + 3 x 1
+    saved = read_toml(tmp_path / "out" / "out.toml")
+    assert (saved["flip"], saved["crop"], saved["shuffle_tags"], saved["keep_tokens"]) == (True, "random", True, 1)
+    assert saved["validation_data"] == str((tmp_path / "imgs" / "reg").resolve())
+    meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
+    tags = json.loads(meta["ss_tag_frequency"])
+    assert set(tags) == {"4_alpha", "1_thing"}
+    assert tags["1_thing"] == {"lvshape thing": 3}  # the concept's prompt file captions every image of it
+
+
+def test_a_concepts_loss_weight_scales_its_images_loss(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    data = write(tmp_path / "concepts.json", [concept("imgs/alpha", loss_weight=2.0), concept("imgs/beta")])
+    config = run_config(data=str(data), cache_dir=str(tmp_path / "cache"), batch_size=1, resolution=64)
+    run = dataclasses.replace(resolve_run(config, NO_GPU), cache_dir=tmp_path / "cache")
+    reports = [scan(run, data, None, None)]
+    assert {r.relpath.split("/")[0]: r.loss_weight for r in reports[0].usable} == {"alpha": 2.0, "beta": 1.0}
+    assert reports[0].summary()["folders"]["alpha/"]["loss_weight"] == 2.0  # check-data's table shows it
+    prepared = prepare_training_data(run, load_model("tiny"), reports, torch.device("cpu"), Console(quiet=True)).data
+    weights = sorted(prepared.samples[i].weight for batch in prepared.epoch_batches(0) for i in batch)
+    assert weights == [1.0] * 3 + [2.0] * 3
+
+
+def test_prompt_sources_subfolders_and_samples_balancing(tmp_path, monkeypatch):
+    """The file name as the prompt; include_subdirectories reads the folders inside; SAMPLES balancing asks for a
+    number of images per epoch, whatever the concept holds."""
+    monkeypatch.chdir(tmp_path)
+    images = image_folders(tmp_path)
+    (images / "beta" / "more").mkdir()
+    for image in sorted((images / "alpha").glob("*.png"))[:2]:
+        (images / "beta" / "more" / f"extra_{image.name}").write_bytes(image.read_bytes())
+    dataset = read_dataset(write(tmp_path / "concepts.json", [
+        concept("imgs/alpha", text={"prompt_source": "filename"}, balancing=3, balancing_strategy="SAMPLES"),
+        concept("imgs/beta", include_subdirectories=True, balancing=10, balancing_strategy="SAMPLES")]))
+    assert [(s.folder.relative_to(images).as_posix(), s.repeats) for s in dataset.subsets] == [
+        ("alpha", 1), ("beta", 2), ("beta/more", 2)]  # 3 of 3 images, then 10 of 5: twice each
+    assert sorted(dataset.subsets[0].captions.values()) == ["00_red_circle", "01_yellow_square", "02_white_triangle"]
+    assert dataset.subsets[1].captions is None  # its own caption files (none here: the template)
+
+
+@pytest.mark.parametrize(("wanted", "expected"), [
+    ([1.0, 1.0], ([1, 1], 1)), ([2.0, 0.5], ([4, 1], 2)), ([1 / 3, 1.0], ([1, 3], 3)), ([0.25, 1.5], ([1, 6], 4)),
+    ([0.37, 1.0], ([1, 3], 3)),  # no small factor makes 0.37 whole: it becomes 1, and the rest are rounded
+])
+def test_fractional_balancing_becomes_whole_repeats_in_proportion(wanted, expected):
+    assert whole_repeats(wanted) == expected
+
+
+def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    path = write(tmp_path / "concepts.json", [
+        concept("imgs/alpha", type="PRIOR_PREDICTION"),
+        concept("imgs/beta", image={"enable_random_rotate": True, "enable_resolution_override": True},
+                text={"tag_delimiter": ";"}, loss_weight=0),
+        concept("imgs/missing"), {"name": "no path"}, "a string",
+        concept("imgs/reg", type="VALIDATION"), concept("imgs/alpha", validation_concept=True, type=None),
+    ])
+    with pytest.raises(LowvramError) as error:
+        read_dataset(path)
+    lines = str(error.value).splitlines()
+    expected = ["concepts[1] type: lowvram has no prior prediction", "concepts[2] image.enable_random_rotate:",
+                "concepts[2] image.enable_resolution_override:", "concepts[2] text.tag_delimiter:",
+                "concepts[2] loss_weight: 0 would train nothing", "concepts[3] path: folder not found: imgs/missing",
+                "concepts[4] (no path): no path", "concepts[5]: 'a string' is not a concept",
+                "validation concepts: 2 of them"]
+    assert len(lines) == len(expected) and all(line.startswith(f"{path}: ") for line in lines), lines
+    for fragment in expected:
+        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+
+
+def test_files_that_are_no_concepts_file_get_errors_naming_the_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    write(tmp_path / "off.json", [concept("imgs/alpha", enabled=False)])
+    assert main(["check-data", "off.json", "--model", "tiny"]) == 2
+    assert "concepts: no enabled training concept; enable one" in capsys.readouterr().err
+    (tmp_path / "onetrainer.json").write_text(json.dumps({"concept_file_name": "training_concepts/concepts.json",
+                                                           "epochs": 10}))
+    assert main(["check-data", "onetrainer.json", "--model", "tiny"]) == 2
+    assert ("is a OneTrainer training config without its concepts; pass its concepts file as --data "
+            "training_concepts/concepts.json") in " ".join(capsys.readouterr().err.split())
+    # a training config that holds its concepts inline is read as its concepts
+    (tmp_path / "inline.json").write_text(json.dumps({"epochs": 10, "concepts": [concept("imgs/alpha")]}))
+    assert main(["check-data", "inline.json", "--model", "tiny"]) == 0
+    assert main(["train", "--model", "tiny", "--config", "inline.json"]) == 2
+    assert "--config: inline.json is JSON, not a TOML config; a dataset file" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    assert main(["check-data", "other.json", "--model", "tiny"]) == 2
+    assert "is neither a kohya dataset config" in capsys.readouterr().err
