@@ -3,11 +3,16 @@ are never trained on as images; a mask that cannot be its image's is a skip with
 
 import json
 import random
+from pathlib import Path
 
+import pytest
 from conftest import run_config
 from PIL import Image
 
 from lowvram.cli import main
+from lowvram.data.check import scan
+from lowvram.hardware import NO_GPU
+from lowvram.resolve import resolve_run
 from lowvram.train.loop import train
 
 
@@ -32,11 +37,14 @@ def test_the_scan_pairs_masks_with_their_images_and_never_takes_them_for_images(
                                                 "02_white_triangle": left_half_white(64, 96),  # another shape
                                                 "lost": left_half_white(96, 96)})  # no image of that name
     (folder / "04_blue_square-masklabel.png").write_bytes(b"not a png")
+    in_alpha = Image.new("RGBA", (96, 112), (0, 0, 0, 0))  # drawn in transparency: black in every grey level
+    in_alpha.paste((0, 0, 0, 255), (0, 0, 48, 112))
+    in_alpha.save(folder / "03_orange_circle-masklabel.png")
     report = tmp_path / "plain.json"
     assert main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--report", str(report)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert json.loads(report.read_text())["summary"]["usable"] == 6  # masks are no images, with or without the flag
-    assert "3 image(s) have a -masklabel.png mask (OneTrainer's), unused: --masked-loss" in out
+    assert "4 image(s) have a -masklabel.png mask (OneTrainer's), unused: --masked-loss" in out
     assert "ignored 1 mask file(s) in 5_lvshape/ without an image of the same name: lost-masklabel.png" in out
     masked = tmp_path / "masked.json"
     main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--masked-loss", "--report", str(masked)])
@@ -46,6 +54,9 @@ def test_the_scan_pairs_masks_with_their_images_and_never_takes_them_for_images(
     assert records["02_white_triangle.png"]["reason"].startswith(
         "mask of another shape: 02_white_triangle-masklabel.png is 64x96, the image 96x96")
     assert records["04_blue_square.png"]["reason"].startswith("mask unreadable: 04_blue_square-masklabel.png is")
+    assert records["03_orange_circle.png"]["reason"].startswith(
+        "mask all black: nothing of the image would train; white marks what trains, so fix "
+        "03_orange_circle-masklabel.png")
 
 
 def test_a_mask_reaches_the_loss_and_black_leaves_nothing_to_learn(tmp_path):
@@ -62,10 +73,18 @@ def test_a_mask_reaches_the_loss_and_black_leaves_nothing_to_learn(tmp_path):
     # resized with the image: only the column at the edge is in between
     assert bool((mask[:, :half - 1] > 0.97).all()) and bool((mask[:, half + 1:] < 0.03).all())
 
-    masked_dataset(tmp_path / "black", {stem: Image.new("L", size, 0) for stem, size in sizes.items()})
-    nothing = train(run_config(data=str(tmp_path / "black"), output=str(tmp_path / "none"), masked_loss=True,
-                               max_steps=2))
-    assert nothing.final_loss == 0.0
-    weights = train(run_config(data=str(tmp_path / "black"), output=str(tmp_path / "some"), masked_loss=True,
-                               unmasked_weight=0.5, max_steps=2))
-    assert weights.final_loss > 0
+    # the unmasked weight lifts the black area: near 1 the whole image counts, as without masks
+    runs = {weight: train(run_config(data=str(tmp_path / "half"), output=str(tmp_path / f"w{weight}"), max_steps=1,
+                                     masked_loss=weight is not None, unmasked_weight=weight or 0.0, resolution=64))
+            for weight in (None, 0.0, 0.999)}
+    assert runs[0.999].final_loss == pytest.approx(runs[None].final_loss, rel=1e-3)
+    assert runs[0.0].final_loss != pytest.approx(runs[None].final_loss, rel=1e-3)
+
+
+def test_a_black_mask_is_a_skip_not_an_image_that_trains_nothing(tmp_path):
+    masked_dataset(tmp_path / "black", {"00_red_circle": Image.new("L", (96, 96), 0)})
+    config = run_config(data=str(tmp_path / "black"), masked_loss=True)
+    report = scan(resolve_run(config, NO_GPU), tmp_path / "black", None, None)
+    skipped = {Path(r.relpath).name: r.reason for r in report.skipped}
+    assert list(skipped) == ["00_red_circle.png"]
+    assert skipped["00_red_circle.png"].startswith("mask all black: nothing of the image would train")

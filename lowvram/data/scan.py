@@ -393,7 +393,7 @@ def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_i
     mask = record.path.with_name(record.path.stem + MASK_SUFFIX)
     if not mask.is_file():
         return replace(record, notes=record.notes + ("no mask: trained everywhere",))
-    facts = _facts(mask, options, old_index.get(str(mask)))
+    facts = _facts(mask, options, old_index.get(str(mask)), mask=True)
     if facts["size"] >= 0:
         new_index[str(mask)] = facts
     shape = (facts["width"], facts["height"])
@@ -402,14 +402,18 @@ def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_i
     elif abs(shape[0] * record.height / max(1, shape[1] * record.width) - 1) > MASK_ASPECT_TOLERANCE:
         reason = (f"mask of another shape: {mask.name} is {shape[0]}x{shape[1]}, the image {record.width}x"
                   f"{record.height}; make the mask the image's size")
+    elif facts["lightest"] == 0:  # as black as its grey levels go: a mask kept in the alpha channel reads so
+        reason = (f"mask all black: nothing of the image would train; white marks what trains, so fix {mask.name} "
+                  "(a mask drawn in transparency goes in its grey levels) or delete it")
     else:
         resized = () if shape == (record.width, record.height) else (f"mask resized from {shape[0]}x{shape[1]}",)
         return replace(record, mask=mask, mask_sha256=facts["sha256"], notes=record.notes + resized)
     return replace(record, usable=False, reason=reason, bucket=None)
 
 
-def _facts(path: Path, options: ScanOptions, cached: dict | None) -> dict:
-    """What the file is, from the index when its size and mtime are unchanged, else from reading it once."""
+def _facts(path: Path, options: ScanOptions, cached: dict | None, mask: bool = False) -> dict:
+    """What the file is, from the index when its size and mtime are unchanged, else from reading it once; for a
+    `mask`, also its lightest grey level."""
     try:
         stat = path.stat()
         if _still_valid(cached, stat, options.max_pixels):
@@ -417,7 +421,7 @@ def _facts(path: Path, options: ScanOptions, cached: dict | None) -> dict:
         data = path.read_bytes()
     except OSError as exc:  # kept out of the index (size -1): a chmod does not change the mtime
         return _blank(size=-1, error=f"unreadable: {exc.strerror or exc}; check the file and its permissions")
-    return {**_probe(data, options.max_pixels), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {**_probe(data, options.max_pixels, mask), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _still_valid(cached, stat, max_pixels: int) -> bool:
@@ -432,12 +436,13 @@ def _still_valid(cached, stat, max_pixels: int) -> bool:
 
 def _blank(**values) -> dict:
     facts = {"size": 0, "mtime_ns": 0, "sha256": "", "width": 0, "height": 0, "mode": "", "format": "",
-             "has_alpha": False, "transposed": False, "decoded": False, "error": None}
+             "has_alpha": False, "transposed": False, "decoded": False, "error": None, "lightest": None}
     return {**facts, **values}
 
 
-def _probe(data: bytes, max_pixels: int) -> dict:
-    """Header facts, then a full decode unless over max_pixels: truncated files only fail in load()."""
+def _probe(data: bytes, max_pixels: int, mask: bool = False) -> dict:
+    """Header facts, then a full decode unless over max_pixels: truncated files only fail in load(). A `mask`'s
+    lightest grey level, as training reads the mask."""
     facts = _blank(sha256=hashlib.sha256(data).hexdigest())
     if not data:
         return {**facts, "error": "empty file: 0 bytes; re-export or delete it"}
@@ -454,6 +459,8 @@ def _probe(data: bytes, max_pixels: int) -> dict:
                         im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
                     im.load()
                     facts["decoded"] = True
+                    if mask:
+                        facts["lightest"] = im.convert("L").getextrema()[1]
     except Image.DecompressionBombError:
         facts["error"] = (f"too large: over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, Pillow's decompression-bomb "
                           "limit; downscale it")

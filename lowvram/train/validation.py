@@ -56,7 +56,7 @@ def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: 
             hidden = text["hidden"][None].to(device, dtype)
             pooled = text["pooled"][None].to(device, dtype) if text.get("pooled") is not None else None
         conditioning = unet_conditioning(family, hidden, pooled, entry["time_ids"][None].float())
-        mask = entry.get("mask")
+        mask = entry.get("mask")  # strictly, without --unmasked-weight: one yardstick for runs that differ in it
         for t in fixed_timesteps(timesteps, noise_scheduler.config.num_train_timesteps):
             generator = torch.Generator().manual_seed(_noise_seed(seed, sample.latent_keys[0], t))
             noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
