@@ -33,18 +33,19 @@ def compile_problem(device: torch.device) -> str | None:
 RECOMPILE_MARGIN = 8  # graphs beyond the counted ones before dynamo gives up on a block (a changed guard, a split)
 
 
-def compile_blocks(unet: torch.nn.Module, batch_shapes: int) -> int:
+def compile_blocks(unet: torch.nn.Module, batch_shapes: int, passes: int = 2) -> int:
     """Compile the U-Net's repeated blocks in place; returns how many modules will run compiled. Shapes are
     static (one graph per bucket resolution and batch size), which lets the compiler specialize fully.
 
     `batch_shapes`: how many input shapes (pixel count x batch size) the run feeds the U-Net. All blocks of one
     class share one code object, whose graphs dynamo counts against a limit: past it, the block runs eagerly for
     the rest of the run after one log line. Each shape needs a graph per block width (SD1.5 has three), with
-    gradients (training) and without (validation, samples), so the limit is raised to cover them all."""
+    gradients (training) and without (validation, samples), and with the adapters off (`passes` 3: prior prediction),
+    so the limit is raised to cover them all."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True  # a block the compiler cannot handle runs eagerly instead
-    needed = 2 * batch_shapes * block_widths(unet) + RECOMPILE_MARGIN
+    needed = passes * batch_shapes * block_widths(unet) + RECOMPILE_MARGIN
     for name in ("recompile_limit", "accumulated_recompile_limit"):  # cache_size_limit before torch 2.6
         name = name if hasattr(torch._dynamo.config, name) else name.replace("recompile", "cache_size")
         setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), needed))

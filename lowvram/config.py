@@ -94,6 +94,10 @@ class DataConfig:
     reg_data: str | None = option(None, "Regularization (prior-preservation) image folder, same layout as --data; "
                                   "cycled to match the training images per epoch.", metavar="DIR")
     prior_loss_weight: float = option(1.0, "Loss weight of regularization images.")
+    prior_prediction: bool = option(False, "Train the regularization images toward the model's own prediction "
+                                    "with the adapters off, not toward the noise (OneTrainer's prior prediction): "
+                                    "any images then keep what the model did before, no class images it generated "
+                                    "needed. Costs a forward pass without gradients per batch that holds them.")
     bucket: bool = option(True, "Aspect-ratio buckets (kohya's); --no-bucket centre-crops every image square.")
     bucket_step: int | None = option(None, "Bucket side step in pixels (default: 64; 16 for the tiny models).")
     min_bucket_side: int | None = option(None, "Smallest bucket side (default: half the resolution).", metavar="PX")

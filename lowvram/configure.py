@@ -28,7 +28,7 @@ from lowvram.config import (
     parse_colour,
     parse_save_every,
 )
-from lowvram.dataset_files import DATASET_SUFFIXES, is_dataset_file, read_dataset
+from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.optim import OPTIMIZERS
@@ -276,6 +276,13 @@ def _dataset_file_problems(c: RunConfig) -> list[str]:
     return []
 
 
+def _has_regularization_subsets(data: str | None) -> bool:
+    try:
+        return has_regularization_subsets(data)
+    except LowvramError:  # the dataset file's own problems are reported on their own
+        return True
+
+
 def _check(c: RunConfig) -> list[str]:
     """Cross-field and range checks; each message names the flag and the fix."""
     p = []
@@ -312,6 +319,10 @@ def _check(c: RunConfig) -> list[str]:
         p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
         p.append(f"--reg-data: folder not found: {c.data.reg_data}")
+    if (c.data.prior_prediction and c.data.reg_data is None and c.data.data is not None
+            and not _has_regularization_subsets(c.data.data)):
+        p.append("--prior-prediction: there are no regularization images to predict for; give --reg-data DIR (any "
+                 "images of what the LoRA should leave as the model had it)")
     v = c.validation
     if v.validation_data is not None and not Path(v.validation_data).is_dir():
         p.append(f"--validation-data: folder not found: {v.validation_data}")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import run_config
 from safetensors.torch import load_file
-from test_step_syncs import PER_STEP_OPTIONS
+from test_step_syncs import PER_STEP_OPTIONS, with_regularization
 
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.train.loop import train
@@ -156,7 +156,7 @@ def cuda_waits(tmp_path, steps: int, **options) -> dict:
     from pathlib import Path
 
     config = run_config(output=str(tmp_path / f"steps{steps}"), cache_dir=str(tmp_path / "cache"), max_steps=steps,
-                        batch_size=2, **options)
+                        batch_size=2, **with_regularization(tmp_path, options))
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -125,7 +125,7 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)
     path = write(tmp_path / "concepts.json", [
-        concept("imgs/alpha", type="PRIOR_PREDICTION"),
+        concept("imgs/alpha", type="COUNTEREXAMPLE"),
         concept("imgs/beta", image={"enable_random_rotate": True, "enable_resolution_override": True},
                 text={"tag_delimiter": ";"}, loss_weight=0),
         concept("imgs/missing"), {"name": "no path"}, "a string",
@@ -134,7 +134,8 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
     with pytest.raises(LowvramError) as error:
         read_dataset(path)
     lines = str(error.value).splitlines()
-    expected = ["concepts[1] type: lowvram has no prior prediction", "concepts[2] image.enable_random_rotate:",
+    expected = ["concepts[1] type: 'COUNTEREXAMPLE' is not a concept type lowvram reads",
+                "concepts[2] image.enable_random_rotate:",
                 "concepts[2] image.enable_resolution_override:", "concepts[2] text.tag_delimiter:",
                 "concepts[2] loss_weight: 0 would train nothing", "concepts[3] path: folder not found: imgs/missing",
                 "concepts[4] (no path): no path", "concepts[5]: 'a string' is not a concept",

@@ -17,6 +17,7 @@ from conftest import run_config
 from torch.overrides import TorchFunctionMode
 
 import lowvram
+from lowvram.data.sample import write_sample_dataset
 from lowvram.train.loop import train
 
 READBACKS = {"item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy", "cpu"}
@@ -45,12 +46,19 @@ class CountReadbacks(TorchFunctionMode):
 PER_STEP_OPTIONS = {"scale_weight_norms": 0.05, "loraplus_ratio": 4.0, "noise_offset": 0.05,
                     "noise_offset_random_strength": True, "ip_noise_gamma": 0.1, "ip_noise_gamma_random_strength": True,
                     "min_snr_gamma": 5.0, "debiased_estimation": True, "v_pred_like_loss": 0.1, "ema": True,
-                    "timestep_bias": "later"}
+                    "timestep_bias": "later", "prior_prediction": True}
+
+
+def with_regularization(tmp_path: Path, options: dict) -> dict:
+    """--prior-prediction needs regularization images: the sample dataset once more."""
+    if options.get("prior_prediction"):
+        return {**options, "reg_data": str(write_sample_dataset(tmp_path / "reg"))}
+    return options
 
 
 def readbacks(tmp_path, steps: int, **options) -> Counter:
     config = run_config(output=str(tmp_path / f"steps{steps}"), cache_dir=str(tmp_path / "cache"), max_steps=steps,
-                        batch_size=2, **options)
+                        batch_size=2, **with_regularization(tmp_path, options))
     with CountReadbacks() as counter:
         train(config)
     return counter.where

@@ -3,6 +3,8 @@ parameters always in fp32. Their files (kohya/LyCORIS, diffusers) are `lowvram.a
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from lowvram.config import NetworkConfig
@@ -162,6 +164,20 @@ def adapted_modules(model: LoadedModel) -> list[tuple[str, torch.nn.Module]]:
     parts += [(spec.component, enc) for spec, enc in zip(model.family.text_encoders, model.text_encoders)
               if getattr(enc, "peft_config", None)]
     return parts
+
+
+@contextmanager
+def adapters_off(*modules: torch.nn.Module):
+    """The modules as they were before their adapters: each peft layer passes its base layer's output alone. peft's
+    switch also takes the adapters' gradients away, and gives them back after."""
+    layers = [layer for module in modules for _, layer in adapted_layers(module)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def adapted_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:

@@ -11,7 +11,7 @@ from rich.console import Console
 from lowvram.config import RunConfig, parse_colour
 from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
-from lowvram.dataset_files import is_dataset_file, read_dataset
+from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.resolve import ResolvedRun
 
 
@@ -53,10 +53,6 @@ def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | N
     others = tuple(s.folder for s in dataset.folders(not regularization))
     return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,
                         describe=(f"the {kind} of {data}", f"lowvram check-data {data}"), elsewhere=others)
-
-
-def has_regularization_subsets(data: str | None) -> bool:
-    return is_dataset_file(data) and bool(read_dataset(Path(data)).folders(regularization=True))
 
 
 def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, console: Console | None = None

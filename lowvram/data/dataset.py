@@ -37,12 +37,14 @@ class Batch:
     mask: torch.Tensor | None = None
     hidden: torch.Tensor | None = None  # cached text embeddings
     pooled: torch.Tensor | None = None
+    regularization: torch.Tensor | None = None  # (B,) bool: its regularization images; None when it holds none
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def tensors(self) -> dict[str, torch.Tensor | None]:
-        return {name: getattr(self, name) for name in ("latents", "time_ids", "weights", "mask", "hidden", "pooled")}
+        return {name: getattr(self, name) for name in ("latents", "time_ids", "weights", "mask", "hidden", "pooled",
+                                                       "regularization")}
 
     def pinned(self) -> Batch:
         """The batch in page-locked host memory, from which a copy to the GPU need not wait for the GPU."""
@@ -55,13 +57,20 @@ class Batch:
 
     def split(self, parts: int) -> list[Batch]:
         """The batch in up to `parts` smaller ones (for running a batch that no longer fits in memory)."""
+        if parts <= 1:
+            return [self]
         size = max(1, -(-len(self) // parts))
 
         def cut(value, i):
             return None if value is None else value[i : i + size]
 
+        def rows(i):  # read on the host, where the batch still is: no wait for the GPU
+            part = cut(self.regularization, i)
+            return part if part is not None and bool(part.any()) else None
+
         return [Batch(self.latents[i : i + size], self.time_ids[i : i + size], self.weights[i : i + size],
-                      self.captions[i : i + size], cut(self.mask, i), cut(self.hidden, i), cut(self.pooled, i))
+                      self.captions[i : i + size], cut(self.mask, i), cut(self.hidden, i), cut(self.pooled, i),
+                      rows(i))
                 for i in range(0, len(self), size)]
 
 
@@ -69,6 +78,7 @@ class TrainingData:
     def __init__(self, samples: list[Sample], reg_samples: list[Sample], batch_size: int, seed: int,
                  captions: CaptionOptions, latents: TensorStore, texts: TensorStore, empty_text_key: str | None):
         self.samples = samples + reg_samples
+        self.training_count = len(samples)  # the samples past it are regularization images
         self.batch_size, self.seed, self.captions = batch_size, seed, captions
         self.latent_store, self.text_store, self.empty_text_key = latents, texts, empty_text_key
         self.train_expanded = [i for i, s in enumerate(samples) for _ in range(s.repeats)]
@@ -133,7 +143,13 @@ class TrainingData:
             mask=_stack_masks(masks, latents),
             hidden=torch.stack(hidden) if hidden else None,
             pooled=torch.stack(pooled) if pooled and pooled[0] is not None else None,
+            regularization=_regularization_rows(indices, self.training_count),
         )
+
+
+def _regularization_rows(indices: list[int], training_count: int) -> torch.Tensor | None:
+    rows = [i >= training_count for i in indices]
+    return torch.tensor(rows) if any(rows) else None
 
 
 def _stack_masks(masks: list[torch.Tensor | None], latents: list[torch.Tensor]) -> torch.Tensor | None:

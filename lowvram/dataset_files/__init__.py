@@ -20,12 +20,19 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DATASET_SUFFIXES = (".toml", ".json")
-__all__ = ["DATASET_SUFFIXES", "DatasetFile", "Subset", "is_dataset_file", "read_dataset"]
+__all__ = ["DATASET_SUFFIXES", "DatasetFile", "Subset", "has_regularization_subsets", "is_dataset_file",
+           "read_dataset"]
 
 
 def is_dataset_file(data: str | Path | None) -> bool:
     """Whether `--data` names a dataset file rather than an image folder."""
     return data is not None and Path(data).suffix.lower() in DATASET_SUFFIXES and Path(data).is_file()
+
+
+def has_regularization_subsets(data: str | Path | None) -> bool:
+    """Whether `--data` is a dataset file with regularization subsets (kohya's is_reg, OneTrainer's prior
+    prediction concepts)."""
+    return is_dataset_file(data) and bool(read_dataset(Path(data)).folders(regularization=True))
 
 
 def read_dataset(path: Path) -> DatasetFile:

@@ -6,8 +6,9 @@ A concept's balancing becomes whole repeats in the same proportions (OneTrainer'
 the images per epoch), its loss weight scales its images' loss, and its captions come from where its prompt source
 says: each image's `.txt`, one prompt file for the whole concept, or the file name. Augmentation and tag settings
 are one value per run here: the first training concept's, with a note where others differ. A validation concept
-becomes `--validation-data`. What lowvram cannot do as asked (prior prediction, rotation, a per-concept
-resolution) is refused in one line naming the setting and the fix, rather than trained differently.
+becomes `--validation-data`; a prior prediction concept, regularization images with `--prior-prediction`. What
+lowvram cannot do as asked (rotation, a per-concept resolution) is refused in one line naming the setting and the
+fix, rather than trained differently.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
     def problem(key: str, text: str) -> None:
         problems.append(f"{path}: {key}: {text}")
 
-    training: list[tuple[dict, list[Path], str]] = []  # (concept, its image folders, where) of each training concept
+    # (concept, its image folders, where) of each training concept, and of each prior prediction one
+    training: list[tuple[dict, list[Path], str]] = []
+    priors: list[tuple[dict, list[Path], str]] = []
     validation: list[tuple[list[Path], str]] = []
     for number, concept in enumerate(concepts, 1):
         where = f"concepts[{number}]"
@@ -80,6 +83,10 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
             continue
         if role == "validation":
             validation.append((folders, where))
+        elif role == "prior":
+            priors.append((concept, folders, where))
+            notes.append(f"{where}: prior prediction: its images are regularization images, cycled to match the "
+                         "training images per epoch, their target the model's own prediction (--prior-prediction)")
         else:
             training.append((concept, folders, where))
             for key, why in REFUSED.items():
@@ -92,7 +99,7 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
     if not training and not problems:
         problem("concepts", "no enabled training concept; enable one, or add one with the folder of the images to "
                 "train on")
-    subsets = _subsets(training, path, notes, problem)
+    subsets = _subsets(training, path, notes, problem) + _subsets(priors, path, notes, problem, regularization=True)
     values = settle([_options(concept, where, notes, problem) for concept, _, where in training], notes, "concepts")
     values = {name: value for name, value in values.items() if value is not None}
     if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
@@ -105,23 +112,23 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
         if len(folders) > 1:
             notes.append(f"{where}: validated on the images directly in {folders[0]}, not its subfolders")
         values["validation_data"] = str(folders[0])
+    if priors:
+        values["prior_prediction"] = True
     if problems:
         raise LowvramError("\n".join(problems))
     return DatasetFile(path.resolve(), "OneTrainer concepts file", tuple(subsets), values, tuple(notes))
 
 
 def _role(concept: dict, where: str, problem) -> str | None:
-    """"training" or "validation" (OneTrainer's concept type, or its older validation_concept switch)."""
+    """"training", "validation" or "prior" (OneTrainer's concept type, or its older validation_concept switch)."""
     kind = str(concept.get("type") or ("VALIDATION" if concept.get("validation_concept") else "STANDARD")).upper()
     if kind == "STANDARD":
         return "training"
     if kind == "VALIDATION":
         return "validation"
     if kind == "PRIOR_PREDICTION":
-        problem(f"{where} type", "lowvram has no prior prediction; to keep the model's prior, give class images as "
-                "--reg-data (DreamBooth prior preservation), or make it a STANDARD concept")
-    else:
-        problem(f"{where} type", f"{kind!r} is not a concept type lowvram reads (STANDARD, VALIDATION)")
+        return "prior"
+    problem(f"{where} type", f"{kind!r} is not a concept type lowvram reads (STANDARD, VALIDATION, PRIOR_PREDICTION)")
     return None
 
 
@@ -148,11 +155,14 @@ def _images(folders: list[Path]) -> list[Path]:
             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
 
 
-def _subsets(training: list[tuple[dict, list[Path], str]], path: Path, notes: list[str], problem) -> list[Subset]:
-    """Each training concept's folders as subsets, with whole repeats in the proportions of the concepts' balancing,
-    their loss weight and captions."""
+def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: list[str], problem,
+             regularization: bool = False) -> list[Subset]:
+    """Each concept's folders as subsets, with whole repeats in the proportions of the concepts' balancing, their
+    loss weight and captions."""
+    if not concepts:
+        return []
     wanted = []
-    for concept, folders, where in training:
+    for concept, folders, where in concepts:
         balancing = as_number(concept.get("balancing", concept.get("repeats", 1.0)), f"{where} balancing", problem)
         strategy = str(concept.get("balancing_strategy") or "REPEATS").upper()
         if strategy == "SAMPLES":  # images shown per epoch, whatever the concept holds
@@ -167,16 +177,18 @@ def _subsets(training: list[tuple[dict, list[Path], str]], path: Path, notes: li
     repeats, factor = whole_repeats(wanted)
     if factor > 1:
         shown = ", ".join(f"{w:g} -> {r}" for w, r in zip(wanted, repeats, strict=True))
-        notes.append(f"balancing in whole repeats ({shown}): an epoch here is {factor} of OneTrainer's")
+        notes.append(f"balancing in whole repeats ({shown}): an epoch here is {factor} of OneTrainer's"
+                     if not regularization else f"prior prediction concepts' balancing in whole repeats ({shown})")
     subsets = []
-    for (concept, folders, where), times in zip(training, repeats, strict=True):
+    for (concept, folders, where), times in zip(concepts, repeats, strict=True):
         weight = as_number(concept.get("loss_weight", 1.0), f"{where} loss_weight", problem)
         if weight <= 0:
             problem(f"{where} loss_weight", f"{weight:g} would train nothing on it; give more than 0, or disable the "
                     "concept")
         captions = _captions(concept, folders, path, where, notes, problem)
         label = str(concept.get("name") or "").strip() or folders[0].name
-        subsets += [Subset(folder, times, label, False, captions=captions, loss_weight=weight) for folder in folders]
+        subsets += [Subset(folder, times, label, regularization, captions=captions, loss_weight=weight)
+                    for folder in folders]
     return subsets
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
+from lowvram.adapters.networks import adapters_off
 from lowvram.config import HUBER_C, HUBER_LOSSES, HUBER_SCHEDULES, RunConfig
 
 
@@ -113,16 +114,23 @@ def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str,
 def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, conditioning: dict,
                    noise: torch.Tensor, timesteps: torch.Tensor, objective: Objective = Objective(),
                    weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                   perturbation: torch.Tensor | None = None) -> torch.Tensor:
+                   perturbation: torch.Tensor | None = None, prior: torch.Tensor | None = None,
+                   prior_conditioning: dict | None = None) -> torch.Tensor:
     """The `objective`'s loss between the U-Net's prediction for the noised latents and its target (noise or
     velocity).
 
     `weights` scale each sample (regularization images); `mask` (B, 1, h, w) in [0, 1] restricts the loss
     to the opaque part of an image (alpha as loss mask); `perturbation` is added to the noise the input gets,
-    not to the one the target is made of (input perturbation, Ning et al. 2023)."""
+    not to the one the target is made of (input perturbation, Ning et al. 2023). The `prior` rows (B,) bool take
+    the model's own prediction without the adapters as their target (prior prediction), conditioned on
+    `prior_conditioning` (the text encoders' without their adapters) where it differs from `conditioning`."""
     noisy = scheduler.add_noise(latents, noise if perturbation is None else noise + perturbation, timesteps)
     prediction_type = scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    if prior is not None:  # before the training forward, so that its activations never sit beside this one's
+        with torch.no_grad(), adapters_off(unet):
+            own = unet(noisy, timesteps, **(prior_conditioning or conditioning)).sample
+        target = torch.where(prior[:, None, None, None], own.to(target.dtype), target)
     prediction = unet(noisy, timesteps, **conditioning).sample
     huber = objective.loss in HUBER_LOSSES
     threshold = huber_threshold(scheduler, timesteps, *objective.huber) if huber else None

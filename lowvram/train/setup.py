@@ -19,11 +19,12 @@ from lowvram.attention import set_attention
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import compile_blocks, compile_problem, compiled_count
 from lowvram.config import ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig, parse_save_every
-from lowvram.data.check import has_regularization_subsets, scan
+from lowvram.data.check import scan
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData, prepare_training_data
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ScanReport
+from lowvram.dataset_files import has_regularization_subsets
 from lowvram.errors import LowvramError
 from lowvram.hardware import detect
 from lowvram.memory import PhasePeaks
@@ -269,7 +270,7 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         if problem:
             session.console.print(f"[yellow]warning:[/] --compile: {problem}; training without it", soft_wrap=True)
         else:
-            compile_blocks(model.unet, schedule.batch_shapes)
+            compile_blocks(model.unet, schedule.batch_shapes, passes=3 if config.data.prior_prediction else 2)
     groups = optimizer_groups(model, trainable, config)
     optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, config.optim.warmup_steps)
     # the polynomial schedule decays towards 1e-7 in units of the optimizer's default rate, which kohya sets to its

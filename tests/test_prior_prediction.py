@@ -1,0 +1,80 @@
+"""--prior-prediction (OneTrainer's prior prediction): regularization images are trained toward the model's own
+prediction with the adapters off, so a fresh LoRA has nothing to learn from them, a changed one is pulled back to
+the model, and the adapters are on again after; their batches know it on the host; it needs regularization
+images; a OneTrainer prior prediction concept turns it on."""
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from conftest import image_folders, run_config
+from test_loss import tiny_step_inputs
+
+from lowvram.adapters import networks
+from lowvram.configure import build_config, with_dataset_settings
+from lowvram.dataset_files import read_dataset
+from lowvram.errors import LowvramError
+from lowvram.train.loop import train
+from lowvram.train.loss import diffusion_loss
+
+
+def test_prior_rows_learn_the_models_own_prediction_and_the_adapters_come_back():
+    model, scheduler, latents, noise, _, conditioning = tiny_step_inputs()
+    params = networks.add_adapter(model.unet, model.family.lora_targets("unet"), 4, 4.0, 0.0)
+    timesteps, prior = torch.tensor([100, 700]), torch.tensor([True, False])
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    with torch.no_grad():
+        base = model.unet(noisy, timesteps, **conditioning).sample
+
+    def loss():
+        return diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps, prior=prior,
+                              weights=torch.tensor([1.0, 0.0]))  # the prior row alone
+
+    assert loss().item() == 0.0  # a fresh LoRA predicts what the model does: nothing to learn from the prior row
+    with torch.no_grad():
+        for param in params:
+            param.add_(0.05 * torch.randn_like(param))
+    got = loss()
+    adapted = model.unet(noisy, timesteps, **conditioning).sample
+    # the batch's mean: the prior row's error against the model, the other row weighted out
+    assert got.item() == pytest.approx(torch.nn.functional.mse_loss(adapted[:1], base[:1]).item() / 2, rel=1e-5)
+    assert got.item() > 0 and got.requires_grad
+    assert all(param.requires_grad for param in params)  # the adapters are back on, with their gradients
+    assert not torch.allclose(adapted, base)
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_a_run_with_prior_prediction_trains_its_regularization_images_toward_the_model(tmp_path, sample_data,
+                                                                                        train_text_encoder):
+    """With the text encoders training, the model's own prediction reads the captions without their adapters."""
+    reg = tmp_path / "reg" / "1_shape"
+    shutil.copytree(sample_data / "5_lvshape", reg)
+    runs = {prior: train(run_config(data=str(sample_data), reg_data=str(tmp_path / "reg"), batch_size=2,
+                                    prior_prediction=prior, max_steps=1, output=str(tmp_path / f"out{prior}"),
+                                    train_text_encoder=train_text_encoder))
+            for prior in (False, True)}
+    # step 1 trains a fresh LoRA: the regularization images in its batch add nothing toward the model
+    batch = runs[True].data.load(runs[True].data.epoch_batches(0)[0], random.Random(0))
+    assert batch.regularization is not None and 0 < int(batch.regularization.sum()) < len(batch)
+    assert runs[True].final_loss < runs[False].final_loss
+
+
+def test_prior_prediction_needs_regularization_images(sample_data):
+    with pytest.raises(LowvramError, match="--prior-prediction: there are no regularization images to predict for"):
+        run_config(data=str(sample_data), prior_prediction=True)
+
+
+def test_a_onetrainer_prior_prediction_concept_is_regularization_with_prior_prediction(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    path = tmp_path / "concepts.json"
+    path.write_text(json.dumps([{"path": "imgs/alpha"}, {"path": "imgs/reg", "type": "PRIOR_PREDICTION",
+                                                          "loss_weight": 0.5}]))
+    dataset = read_dataset(path)
+    assert [(s.folder.name, s.regularization, s.loss_weight) for s in dataset.subsets] == [
+        ("alpha", False, 1.0), ("reg", True, 0.5)]
+    assert dataset.values["prior_prediction"] is True
+    values = with_dataset_settings({"model": "tiny", "data": str(path)}, "the test", quiet=True)
+    assert build_config(values).data.prior_prediction  # the file's setting, and its images, suffice
