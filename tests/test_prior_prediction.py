@@ -76,5 +76,6 @@ def test_a_onetrainer_prior_prediction_concept_is_regularization_with_prior_pred
     assert [(s.folder.name, s.regularization, s.loss_weight) for s in dataset.subsets] == [
         ("alpha", False, 1.0), ("reg", True, 0.5)]
     assert dataset.values["prior_prediction"] is True
+    assert dataset.summary == "read as a OneTrainer concepts file: 1 image folder, 1 prior prediction"
     values = with_dataset_settings({"model": "tiny", "data": str(path)}, "the test", quiet=True)
     assert build_config(values).data.prior_prediction  # the file's setting, and its images, suffice

@@ -118,7 +118,7 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
         problem("caption_separator", "lowvram splits tags at commas; leave it out")
     if problems:
         raise LowvramError("\n".join(problems))
-    return DatasetFile(path.resolve(), "kohya dataset config", tuple(subsets), values, tuple(notes))
+    return DatasetFile(path.resolve(), "kohya dataset config", tuple(subsets), values, tuple(notes), "is_reg")
 
 
 def _set(value: Any) -> bool:

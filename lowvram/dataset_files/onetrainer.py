@@ -116,7 +116,8 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
         values["prior_prediction"] = True
     if problems:
         raise LowvramError("\n".join(problems))
-    return DatasetFile(path.resolve(), "OneTrainer concepts file", tuple(subsets), values, tuple(notes))
+    return DatasetFile(path.resolve(), "OneTrainer concepts file", tuple(subsets), values, tuple(notes),
+                       "prior prediction")
 
 
 def _role(concept: dict, where: str, problem) -> str | None:

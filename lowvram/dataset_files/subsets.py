@@ -28,6 +28,7 @@ class DatasetFile:
     subsets: tuple[Subset, ...]
     values: dict[str, Any]  # lowvram options its settings set
     notes: tuple[str, ...]
+    regularization_kind: str = "regularization"  # what the file calls its regularization subsets
 
     def folders(self, regularization: bool = False) -> list[Subset]:
         return [s for s in self.subsets if s.regularization == regularization]
@@ -45,7 +46,7 @@ class DatasetFile:
         training = len(self.folders())
         regularization = len(self.subsets) - training
         return (f"read as a {self.kind}: {training} image folder{'s' * (training != 1)}"
-                + (f", {regularization} is_reg" if regularization else ""))
+                + (f", {regularization} {self.regularization_kind}" if regularization else ""))
 
 
 def local_path(given: str, dataset_file: Path) -> Path:
