@@ -136,6 +136,11 @@ class DataConfig:
                                "train everywhere. Such files are never trained on as images.")
     unmasked_weight: float = option(0.0, "Loss weight outside the mask (--masked-loss, --alpha-mask), e.g. 0.1 to "
                                     "keep some of the background (OneTrainer's unmasked weight).", metavar="W")
+    masked_prior_weight: float = option(0.0, "Hold the area outside the masks (--masked-loss, --alpha-mask) to the "
+                                        "model's own prediction with the adapters off, with this weight (OneTrainer's "
+                                        "masked prior preservation weight, e.g. 1): the LoRA learns the subject and "
+                                        "leaves the rest as the model had it. Costs a forward pass without gradients "
+                                        "per step.", metavar="W")
     cache_dir: str | None = option(None, "Where the latent and text-embedding caches live (content-addressed, "
                                    "shared between runs; default: $LOWVRAM_CACHE_DIR or ~/.cache/lowvram).",
                                    metavar="DIR")

@@ -355,6 +355,9 @@ def _check(c: RunConfig) -> list[str]:
         p.append(f"--unmasked-weight: must be in [0, 1), got {c.data.unmasked_weight}")
     elif c.data.unmasked_weight and not (c.data.masked_loss or c.data.alpha_mask):
         p.append("--unmasked-weight: only used with --masked-loss or --alpha-mask; add one or drop it")
+    positive("masked-prior-weight", c.data.masked_prior_weight, allow_zero=True)
+    if c.data.masked_prior_weight and not (c.data.masked_loss or c.data.alpha_mask):
+        p.append("--masked-prior-weight: only used with --masked-loss or --alpha-mask; add one or drop it")
     positive("prior-loss-weight", c.data.prior_loss_weight, allow_zero=True)
     positive("cache-batch-size", c.data.cache_batch_size)
     if not 1 <= c.data.clip_skip <= 4:

@@ -1,7 +1,8 @@
 """--prior-prediction (OneTrainer's prior prediction): regularization images are trained toward the model's own
 prediction with the adapters off, so a fresh LoRA has nothing to learn from them, a changed one is pulled back to
 the model, and the adapters are on again after; their batches know it on the host; it needs regularization
-images; a OneTrainer prior prediction concept turns it on."""
+images; a OneTrainer prior prediction concept turns it on. --masked-prior-weight holds the area outside the masks
+to the same prediction."""
 
 import json
 import random
@@ -11,13 +12,14 @@ import pytest
 import torch
 from conftest import image_folders, run_config
 from test_loss import tiny_step_inputs
+from test_masks import left_half_white, masked_dataset
 
 from lowvram.adapters import networks
 from lowvram.configure import build_config, with_dataset_settings
 from lowvram.dataset_files import read_dataset
 from lowvram.errors import LowvramError
 from lowvram.train.loop import train
-from lowvram.train.loss import diffusion_loss
+from lowvram.train.loss import Objective, diffusion_loss
 
 
 def test_prior_rows_learn_the_models_own_prediction_and_the_adapters_come_back():
@@ -79,3 +81,39 @@ def test_a_onetrainer_prior_prediction_concept_is_regularization_with_prior_pred
     assert dataset.summary == "read as a OneTrainer concepts file: 1 image folder, 1 prior prediction"
     values = with_dataset_settings({"model": "tiny", "data": str(path)}, "the test", quiet=True)
     assert build_config(values).data.prior_prediction  # the file's setting, and its images, suffice
+
+
+def test_a_masked_prior_weight_holds_the_area_outside_the_mask_to_the_model():
+    model, scheduler, latents, noise, _, conditioning = tiny_step_inputs()
+    params = networks.add_adapter(model.unet, model.family.lora_targets("unet"), 4, 4.0, 0.0)
+    timesteps = torch.tensor([100, 700])
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., :4] = 1  # the left half trains toward the noise, the right half is held to the model
+
+    def loss(weight):
+        return diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps,
+                              Objective(masked_prior_weight=weight), mask=mask)
+
+    assert loss(2.0).item() == loss(0.0).item()  # a fresh LoRA predicts what the model does
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    with torch.no_grad():
+        base = model.unet(noisy, timesteps, **conditioning).sample
+        for param in params:
+            param.add_(0.05 * torch.randn_like(param))
+        adapted = model.unet(noisy, timesteps, **conditioning).sample
+    held = ((adapted - base) ** 2)[..., 4:].mean()  # each sample's right half has the same area: one mean
+    assert loss(2.0).item() == pytest.approx(loss(0.0).item() + 2.0 * held.item(), rel=1e-5)
+
+
+def test_a_run_with_a_masked_prior_weight_trains_and_needs_masks(tmp_path):
+    stems = ["00_red_circle", "01_yellow_square", "02_white_triangle", "03_orange_circle", "04_blue_square",
+             "05_green_triangle"]
+    masked_dataset(tmp_path / "data", {stem: left_half_white(96, 96 + 16 * (i % 2)) for i, stem in enumerate(stems)})
+    runs = {weight: train(run_config(data=str(tmp_path / "data"), masked_loss=True, masked_prior_weight=weight,
+                                     max_steps=2, lr=0.1, output=str(tmp_path / f"out{weight}")))
+            for weight in (0.0, 1.0)}
+    # the first step moves the LoRA alike (held to the model where it is the model, nothing pulls); by the second,
+    # the area outside the masks adds how far the LoRA moved it
+    assert runs[1.0].final_loss > runs[0.0].final_loss
+    with pytest.raises(LowvramError, match="--masked-prior-weight: only used with --masked-loss or --alpha-mask"):
+        run_config(masked_prior_weight=1.0)

@@ -24,12 +24,18 @@ class Objective:
     debiased: bool = False  # weigh each timestep by 1/sqrt(SNR) (1/(SNR+1) for v-prediction)
     v_scaled_like_epsilon: bool = False  # weigh each timestep by SNR/(SNR+1)
     v_like: float = 0.0  # add this times the loss weighed by (SNR+1)/SNR
+    masked_prior_weight: float = 0.0  # hold the area outside the mask to the model's own prediction, this much
 
     @classmethod
     def of(cls, config: RunConfig) -> Objective:
         t = config.training
         return cls(t.loss, config.huber, t.min_snr_gamma, t.debiased_estimation, t.scale_v_pred_loss,
-                   t.v_pred_like_loss)
+                   t.v_pred_like_loss, config.data.masked_prior_weight)
+
+    def needs_own_prediction(self, mask: torch.Tensor | None, prior: torch.Tensor | None) -> bool:
+        """Whether the loss compares with the model's own prediction without the adapters: for prior prediction
+        rows, or for the area outside the masks."""
+        return prior is not None or (mask is not None and self.masked_prior_weight > 0)
 
 
 def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None = None,
@@ -111,6 +117,11 @@ def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str,
     return c * pseudo if loss == "huber" else pseudo
 
 
+def _area_mean(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each sample's mean error over the area its mask weighs (nothing where the mask is empty)."""
+    return (error * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1)
+
+
 def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, conditioning: dict,
                    noise: torch.Tensor, timesteps: torch.Tensor, objective: Objective = Objective(),
                    weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
@@ -123,13 +134,17 @@ def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, cond
     to the opaque part of an image (alpha as loss mask); `perturbation` is added to the noise the input gets,
     not to the one the target is made of (input perturbation, Ning et al. 2023). The `prior` rows (B,) bool take
     the model's own prediction without the adapters as their target (prior prediction), conditioned on
-    `prior_conditioning` (the text encoders' without their adapters) where it differs from `conditioning`."""
+    `prior_conditioning` (the text encoders' without their adapters) where it differs from `conditioning`; with
+    the objective's masked prior weight, the area outside the mask is held to that prediction too (OneTrainer's
+    masked prior preservation), each part's loss a mean over its own area."""
     noisy = scheduler.add_noise(latents, noise if perturbation is None else noise + perturbation, timesteps)
     prediction_type = scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-    if prior is not None:  # before the training forward, so that its activations never sit beside this one's
+    own = None
+    if objective.needs_own_prediction(mask, prior):  # before the training forward: their activations never meet
         with torch.no_grad(), adapters_off(unet):
-            own = unet(noisy, timesteps, **(prior_conditioning or conditioning)).sample
+            own = unet(noisy, timesteps, **(prior_conditioning or conditioning)).sample.float()
+    if prior is not None:
         target = torch.where(prior[:, None, None, None], own.to(target.dtype), target)
     prediction = unet(noisy, timesteps, **conditioning).sample
     huber = objective.loss in HUBER_LOSSES
@@ -139,7 +154,10 @@ def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, cond
         loss = error.mean(dim=(1, 2, 3))
     else:
         mask = mask.to(error)
-        loss = (error * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1)
+        loss = _area_mean(error, mask)
+        if objective.masked_prior_weight:  # the rest of the image held to what the model did before
+            kept = elementwise_loss(prediction.float(), own, objective.loss, threshold)
+            loss = loss + objective.masked_prior_weight * _area_mean(kept, 1 - mask)
     if objective.min_snr_gamma or objective.v_scaled_like_epsilon or objective.v_like or objective.debiased:
         snr = compute_snr(scheduler, timesteps)
         capped = snr.clamp(max=1000)  # as kohya caps it for its weightings: a noiseless first step's is infinite

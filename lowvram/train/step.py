@@ -70,15 +70,15 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
     if mask is not None and config.data.unmasked_weight:  # the area outside the masks keeps some weight
         mask = config.data.unmasked_weight + (1 - config.data.unmasked_weight) * mask
     prior = batch.regularization if config.data.prior_prediction else None
-    prior_conditioning = None
-    if prior is not None and trainee.train_text:  # the model before the LoRA reads the captions without it too
+    objective, prior_conditioning = Objective.of(config), None
+    if objective.needs_own_prediction(mask, prior) and trainee.train_text:  # without the LoRA, in the encoders too
         with torch.no_grad(), accelerator.autocast(), networks.adapters_off(*trainee.text_encoders):
             prior_conditioning = unet_conditioning(model.family, *encode_prompts(
                 model.family, trainee.text_encoders, model.tokenizers, batch.captions, device, model.text_reading),
                 batch.time_ids)
     with accelerator.autocast(), offloading(session):
         loss = diffusion_loss(trainee.unet, trainee.noise_scheduler, latents, conditioning, noise, timesteps,
-                              Objective.of(config), batch.weights, mask, perturbation, prior, prior_conditioning)
+                              objective, batch.weights, mask, perturbation, prior, prior_conditioning)
     accelerator.backward(loss * share)
     return loss.detach().float() * share
 
