@@ -117,3 +117,18 @@ def test_a_run_with_a_masked_prior_weight_trains_and_needs_masks(tmp_path):
     assert runs[1.0].final_loss > runs[0.0].final_loss
     with pytest.raises(LowvramError, match="--masked-prior-weight: only used with --masked-loss or --alpha-mask"):
         run_config(masked_prior_weight=1.0)
+
+
+def test_the_planner_counts_the_extra_forward_pass_in_the_step_time(tmp_path, sample_data):
+    from lowvram.hardware import NO_GPU
+    from lowvram.plan import MemoryStrategy, workload_for
+    from lowvram.plan.estimate import relative_step_time
+    from lowvram.resolve import resolve_run
+
+    reg = tmp_path / "reg"
+    shutil.copytree(sample_data, reg)
+    strategy = MemoryStrategy("bf16", gradient_checkpointing=False, optimizer="adamw")
+    times = [relative_step_time(workload_for(resolve_run(run_config(data=str(sample_data), reg_data=str(reg),
+                                                                    prior_prediction=prior), NO_GPU)), strategy)
+             for prior in (False, True)]
+    assert times[1] == pytest.approx(times[0] * 4 / 3)  # a forward pass is about a third of forward and backward

@@ -29,7 +29,8 @@ def workload_for(run: ResolvedRun) -> Workload:
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),
                     sample_resolution=run.sample_resolution, compute_bytes=run.compute_bytes,
                     mixed_precision=run.mixed_precision, native_format=run.native_format, vae_fp32=run.vae_fp32,
-                    ema=config.optim.ema)
+                    ema=config.optim.ema,
+                    own_prediction=config.data.prior_prediction or config.data.masked_prior_weight > 0)
 
 
 def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:

@@ -40,6 +40,9 @@ TILE_PX = 512  # lowvram.models.conditioning.VAE_TILE_PX (not imported: plan mus
 # family by the measured ratios in calibration.json wherever a GPU result measured them.
 CHECKPOINT_COST = 1.3
 OFFLOAD_COST = 1.5  # activations over PCIe and back (a prior: uncalibrated)
+# the model's own prediction (--prior-prediction, --masked-prior-weight): one more forward pass without gradients,
+# about a third of a forward and backward pass (a prior: uncalibrated), counted on every step
+OWN_PREDICTION_COST = 1 / 3
 # --compile's compiled transformer blocks: "about 27 % faster than eager" is what compiled training is reported to
 # gain elsewhere (a prior until calibration.json has a measured "compile" ratio); its warm-up is paid once per
 # image size and batch
@@ -104,6 +107,7 @@ class Workload:
     vae_fp32: bool = False  # SDXL's VAE under fp16: kept in fp32
     sample_resolution: int | None = None  # square side of the largest sample image's pixels (default: resolution)
     ema: bool = False  # a moving average of the adapters (--ema): one more fp32 copy of them
+    own_prediction: bool = False  # the model's own prediction per step: a forward pass without gradients first
 
 
 @dataclass
@@ -394,5 +398,6 @@ def relative_step_time(work: Workload, strategy: MemoryStrategy, hardware: Hardw
     if strategy.gradient_checkpointing:  # recomputing a share of the forward FLOPs costs that share of all of it
         _, recomputed = checkpointed_shares(family_data(work.family), strategy.checkpoint_units)
         checkpointing = 1 + (measured.get("gradient_checkpointing", CHECKPOINT_COST) - 1) * recomputed
-    return (weights * checkpointing * (OFFLOAD_COST if work.offload_activations else 1)
+    passes = checkpointing + (OWN_PREDICTION_COST if work.own_prediction else 0)  # the U-Net's work per step
+    return (weights * passes * (OFFLOAD_COST if work.offload_activations else 1)
             * (measured.get("compile", COMPILE_COST) if work.compile else 1) * OPTIMIZERS[strategy.optimizer].step_cost)
