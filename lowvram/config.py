@@ -243,6 +243,9 @@ class TrainingConfig:
     noise_offset: float = option(0.0, "Noise offset (e.g. 0.05) so the model learns very dark/bright images.")
     noise_offset_random_strength: bool = option(False, "Each step's noise offset is drawn between 0 and "
                                                 "--noise-offset (kohya's --noise_offset_random_strength).")
+    adaptive_noise_scale: float = option(0.0, "Add this times each channel's absolute latent mean to the noise "
+                                         "offset (kohya's --adaptive_noise_scale, e.g. 0.005): bright or dark images "
+                                         "get more of it. Needs --noise-offset.", metavar="S")
     multires_noise_iterations: int | None = option(None, "Multi-resolution (pyramid) noise: this many layers of "
                                                    "coarser noise added (kohya's --multires_noise_iterations; 6-10 "
                                                    "is usual), another way to reach very dark or bright images.",

@@ -428,6 +428,9 @@ def _check(c: RunConfig) -> list[str]:
         if random_strength and not strength:
             p.append(f"--{flag}-random-strength: draws a strength up to --{flag}, which is 0; set --{flag} or "
                      f"drop --{flag}-random-strength")
+    if c.training.adaptive_noise_scale and not c.training.noise_offset:
+        p.append("--adaptive-noise-scale: scales --noise-offset, which is 0; set --noise-offset (e.g. 0.05) or drop "
+                 "--adaptive-noise-scale")
     positive("multires-noise-iterations", c.training.multires_noise_iterations)
     if c.training.multires_noise_discount is not None and not 0 < c.training.multires_noise_discount < 1:
         p.append(f"--multires-noise-discount: must be in (0, 1), got {c.training.multires_noise_discount}")

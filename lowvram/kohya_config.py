@@ -135,10 +135,10 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     values |= {SAME[key]: left.pop(key) for key in list(left) if key in SAME}
     if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
         del values["keep_tokens"]  # kohya_ss writes it whether or not anything moves the tags
-    for random_strength, strength in (("noise_offset_random_strength", "noise_offset"),
-                                      ("ip_noise_gamma_random_strength", "ip_noise_gamma")):
-        if values.get(random_strength) and not values.get(strength):
-            del values[random_strength]  # a random share of nothing
+    for share, strength in (("noise_offset_random_strength", "noise_offset"), ("adaptive_noise_scale", "noise_offset"),
+                            ("ip_noise_gamma_random_strength", "ip_noise_gamma")):
+        if values.get(share) and not values.get(strength):
+            del values[share]  # a share of nothing
     if values.get("keep_saves") and not values.get("save_every"):
         del values["keep_saves"]  # nothing saved along the way to keep or delete
     if values.get("sample_every") and not values.get("sample_prompts"):

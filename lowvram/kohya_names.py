@@ -72,6 +72,7 @@ KOHYA_FLAGS = {
     "--max_token_length": "--max-token-length",
     "--noise_offset": "--noise-offset",
     "--noise_offset_random_strength": "--noise-offset-random-strength",
+    "--adaptive_noise_scale": "--adaptive-noise-scale",
     "--ip_noise_gamma": "--ip-noise-gamma",
     "--ip_noise_gamma_random_strength": "--ip-noise-gamma-random-strength",
     "--multires_noise_iterations": "--multires-noise-iterations",

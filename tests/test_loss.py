@@ -68,6 +68,28 @@ def test_a_noise_offsets_random_strength_scales_the_offset_alone():
     assert (full - plain).abs().max() > 0.01
 
 
+def test_an_adaptive_noise_scale_adds_each_channels_absolute_latent_mean_to_the_offset():
+    """kohya's --adaptive_noise_scale: offset + scale x |channel mean| per sample and channel, never below 0."""
+    latents = torch.zeros(2, 4, 8, 8)
+    latents[0, 1] = 3.0  # sample 0, channel 1 is bright; the rest have mean 0
+    latents[1, 2] = -2.0
+
+    def offsets(scale):  # what the offset added: the same seed draws the same plain noise first
+        torch.manual_seed(0)
+        noise = sample_noise(latents, 0.1, adaptive_scale=scale)
+        torch.manual_seed(0)
+        return noise - sample_noise(latents, 0.0)
+
+    plain, adaptive = offsets(0.0), offsets(0.5)
+    expected = torch.full((2, 4, 1, 1), 0.1)
+    expected[0, 1], expected[1, 2] = 0.1 + 0.5 * 3.0, 0.1 + 0.5 * 2.0
+    torch.testing.assert_close(adaptive, plain / 0.1 * expected)  # the same draws, each scaled by its offset
+    clamped = offsets(-0.5)  # a negative scale takes the offset down to 0, not below
+    assert bool((clamped[0, 1] == 0).all()) and bool((clamped[1, 0] != 0).any())
+    with pytest.raises(LowvramError, match="--adaptive-noise-scale: scales --noise-offset, which is 0"):
+        run_config(adaptive_noise_scale=0.005)
+
+
 @pytest.mark.parametrize("flag", ["noise_offset", "ip_noise_gamma"])
 def test_a_random_strength_of_nothing_is_refused(flag):
     with pytest.raises(LowvramError, match=f"--{flag.replace('_', '-')}-random-strength: draws a strength up to"):

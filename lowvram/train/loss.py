@@ -39,14 +39,17 @@ class Objective:
 
 
 def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None = None,
-                 multires: tuple[int, float] | None = None, offset_strength: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+                 multires: tuple[int, float] | None = None, offset_strength: torch.Tensor | None = None,
+                 adaptive_scale: float = 0.0) -> torch.Tensor:
     """Gaussian noise; with an offset, plus a per-channel constant so the model can shift overall brightness (times
-    `offset_strength`, a scalar on the device, where given); with `multires` (iterations, discount), plus noise
-    drawn at ever coarser scales (kohya's multires noise)."""
+    `offset_strength`, a scalar on the device, where given; plus `adaptive_scale` times each latent channel's
+    absolute mean, never below 0, as kohya's adaptive noise scale adds it); with `multires` (iterations, discount),
+    plus noise drawn at ever coarser scales (kohya's multires noise)."""
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     if noise_offset:
         offset = noise_offset if offset_strength is None else noise_offset * offset_strength.to(latents.dtype)
+        if adaptive_scale:
+            offset = (offset + adaptive_scale * latents.mean(dim=(2, 3), keepdim=True).abs()).clamp(min=0)
         noise += offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator, device=latents.device,
                                       dtype=latents.dtype)
     if multires:

@@ -54,6 +54,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_multires_noise_iterations": str(config.multires_noise[0]) if config.multires_noise else "None",
         "ss_multires_noise_discount": f"{config.multires_noise[1]:g}" if config.multires_noise else "None",
         "ss_noise_offset_random_strength": str(config.training.noise_offset_random_strength),
+        "ss_adaptive_noise_scale": (f"{config.training.adaptive_noise_scale:g}" if config.training.adaptive_noise_scale
+                                    else "None"),
         "ss_ip_noise_gamma_random_strength": str(config.training.ip_noise_gamma_random_strength),
         "ss_ip_noise_gamma": f"{config.training.ip_noise_gamma:g}" if config.training.ip_noise_gamma else "None",
         "ss_min_snr_gamma": f"{config.training.min_snr_gamma or 0:g}",

@@ -59,7 +59,8 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
     t = config.training
     # kohya's random strengths: one per step, drawn on the device (reading it back would wait for the GPU)
     offset_strength = torch.rand((), device=device) if t.noise_offset_random_strength else None
-    noise = sample_noise(latents, t.noise_offset, multires=config.multires_noise, offset_strength=offset_strength)
+    noise = sample_noise(latents, t.noise_offset, multires=config.multires_noise, offset_strength=offset_strength,
+                         adaptive_scale=t.adaptive_noise_scale)
     timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device,
                                  between=(t.min_timestep, t.max_timestep),
                                  bias=(t.timestep_bias, t.timestep_bias_multiplier, t.timestep_bias_portion))
