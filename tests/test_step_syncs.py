@@ -45,8 +45,8 @@ class CountReadbacks(TorchFunctionMode):
 # the options that add work to every step: each must stay on the device too
 PER_STEP_OPTIONS = {"scale_weight_norms": 0.05, "loraplus_ratio": 4.0, "noise_offset": 0.05,
                     "noise_offset_random_strength": True, "adaptive_noise_scale": 0.01, "ip_noise_gamma": 0.1,
-                    "ip_noise_gamma_random_strength": True, "min_snr_gamma": 5.0, "debiased_estimation": True, "v_pred_like_loss": 0.1, "ema": True,
-                    "timestep_bias": "later", "prior_prediction": True}
+                    "ip_noise_gamma_random_strength": True, "min_snr_gamma": 5.0, "debiased_estimation": True,
+                    "v_pred_like_loss": 0.1, "ema": True, "timestep_bias": "later", "prior_prediction": True}
 
 
 def with_regularization(tmp_path: Path, options: dict) -> dict:
