@@ -115,6 +115,10 @@ class DataConfig:
                                          "4 with random crop or colour jitter).", metavar="N")
     shuffle_tags: bool = option(False, "Shuffle comma-separated caption tags (kohya's shuffle_caption).")
     keep_tokens: int = option(0, "Leading caption tags kept in place when shuffling, and never dropped.", metavar="N")
+    keep_tokens_separator: str = option("", "Text in a caption that ends its tags kept in front (kohya's "
+                                        "keep_tokens_separator, e.g. \"|||\"): a caption that has it keeps the tags "
+                                        "before it in place, instead of the first --keep-tokens, and those after a "
+                                        "second one at the end; the separator is not trained on.", metavar="TEXT")
     tag_dropout: float = option(0.0, "Probability that each caption tag past --keep-tokens is left out (kohya's "
                                 "caption_tag_dropout_rate), drawn per step, or per cached variant when text "
                                 "embeddings are cached.", metavar="P")

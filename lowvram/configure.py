@@ -351,6 +351,9 @@ def _check(c: RunConfig) -> list[str]:
     positive("caption-variants", c.data.caption_variants)
     positive("caption-dropout-every", c.data.caption_dropout_every)
     positive("keep-tokens", c.data.keep_tokens, allow_zero=True)
+    if c.data.keep_tokens_separator and c.data.keep_tokens_separator.strip() in ("", ","):
+        p.append(f"--keep-tokens-separator: {c.data.keep_tokens_separator!r} would split tags; use text no caption "
+                 "has otherwise, e.g. \"|||\"")
     if not 0 <= c.data.unmasked_weight < 1:
         p.append(f"--unmasked-weight: must be in [0, 1), got {c.data.unmasked_weight}")
     elif c.data.unmasked_weight and not (c.data.masked_loss or c.data.alpha_mask):

@@ -15,6 +15,7 @@ from lowvram.data.augment import (
     vary_tags,
 )
 from lowvram.data.buckets import Buckets, bucket_batches, default_buckets
+from lowvram.data.captions import split_kept_tags
 
 
 def test_buckets_match_kohyas_for_sd15():
@@ -107,6 +108,24 @@ def test_tag_dropout_leaves_out_tags_past_the_kept_ones_at_its_rate():
     assert 0.2 < rate < 0.3, rate
     variants = caption_variants(caption, dropping)
     assert variants[0] == caption and len(variants) == 4 and all(len(v) < len(caption) for v in variants[1:])
+
+
+def test_a_keep_tokens_separator_keeps_a_captions_front_and_end_tags_in_place():
+    """kohya's keep_tokens_separator: "front ||| shuffled ||| end"; the separator itself is never trained on."""
+    caption, kept = split_kept_tags("ohwx, 1girl ||| red hair, smile, hat, dress ||| masterpiece", "|||")
+    assert (caption, kept) == ("ohwx, 1girl, red hair, smile, hat, dress, masterpiece", (2, 1))
+    assert split_kept_tags("ohwx, dog ||| grass, park", "|||") == ("ohwx, dog, grass, park", (2, 0))
+    assert split_kept_tags("ohwx, dog, grass", "|||") == ("ohwx, dog, grass", None)  # then --keep-tokens holds
+    varying = CaptionOptions(shuffle_tags=True, keep_tokens=3, tag_dropout=0.2)
+    seen = set()
+    for seed in range(30):
+        tags = vary_tags(caption, varying, random.Random(seed), kept).split(", ")
+        assert tags[:2] == ["ohwx", "1girl"] and tags[-1] == "masterpiece"  # not the first --keep-tokens 3
+        assert set(tags[2:-1]) <= {"red hair", "smile", "hat", "dress"}
+        seen.add(tuple(tags))
+    assert len(seen) > 5
+    variants = caption_variants(caption, varying, kept)
+    assert all(v.startswith("ohwx, 1girl, ") and v.endswith(", masterpiece") for v in variants)
 
 
 def test_caption_variants_only_when_shuffling():

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from conftest import image_folders
+from conftest import image_folders, run_config
 from safetensors import safe_open
 
 from lowvram.cli import main
 from lowvram.configure import build_config, read_toml
 from lowvram.dataset_files import read_dataset
 from lowvram.errors import LowvramError
+from lowvram.train.loop import train
 
 # sd-scripts' own example, at the tiny model's size: settings in every place kohya reads them from
 DATASET = {
@@ -95,7 +96,7 @@ def test_relative_image_folders_are_found_beside_the_file_when_not_in_the_curren
 def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)
-    doc = {"general": {"keep_tokens_separator": "|||", "enable_wildcard": True},
+    doc = {"general": {"secondary_separator": ";;;", "enable_wildcard": True},
            "datasets": [{"resolution": 512, "subsets": [{"image_dir": "imgs/alpha", "num_repeats": "ten"},
                                                           {"image_dir": "imgs/missing"}, {"class_tokens": "x"}]},
                         {"resolution": [768, 512], "batch_size": 2,
@@ -106,7 +107,7 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     expected = ["subsets[1] num_repeats: 'ten' is not a whole number", "subsets[2] image_dir: folder not found",
                 "datasets[1].subsets[3]: no image_dir", ("resolution: the datasets differ (512 (datasets[1]), "
                 "[768, 512] (datasets[2]))"), "subsets[1] metadata_file: file not found: meta.json",
-                "keep_tokens_separator: lowvram keeps the first --keep-tokens tags", "enable_wildcard:"]
+                "secondary_separator: lowvram splits tags at commas only", "enable_wildcard:"]
     assert len(lines) == len(expected) and all(line.startswith(f"{tmp_path / 'dataset.toml'}: ") for line in lines)
     for fragment in expected:
         assert sum(fragment in line for line in lines) == 1, (fragment, lines)
@@ -208,3 +209,24 @@ def test_a_fine_tuning_subset_takes_its_captions_from_its_metadata_file(tmp_path
     (tmp_path / "meta.json").write_text("{not json")
     assert main(["check-data", "dataset.toml", "--model", "tiny"]) == 2
     assert "metadata_file: meta.json is not readable JSON" in capsys.readouterr().err
+
+
+def test_a_keep_tokens_separator_keeps_each_captions_own_front_tags(tmp_path, monkeypatch):
+    """kohya's keep_tokens_separator from a dataset file: captions written "front ||| rest" keep their front tags
+    in place whatever their number, and are trained without the separator."""
+    monkeypatch.chdir(tmp_path)
+    images = image_folders(tmp_path)
+    (images / "alpha" / "00_red_circle.txt").write_text("zkw, red ||| circle, blue background")
+    write(tmp_path / "dataset.toml", {"general": {"shuffle_caption": True, "keep_tokens_separator": "|||"},
+                                      "datasets": [{"subsets": [{"image_dir": "imgs/alpha"}]}]})
+    report = tmp_path / "report.json"
+    assert main(["check-data", "dataset.toml", "--model", "tiny", "--report", str(report)]) == 0
+    records = {r["relpath"]: r for r in json.loads(report.read_text())["records"]}
+    assert records["00_red_circle.png"]["caption"] == "zkw, red, circle, blue background"
+    assert records["00_red_circle.png"]["kept_tags"] == [2, 0]
+    assert records["01_yellow_square.png"]["kept_tags"] is None  # no separator: --keep-tokens decides
+    assert main(["check-data", str(images / "alpha"), "--model", "tiny", "--keep-tokens-separator", ","]) == 2
+    result = train(run_config(data=str(images / "alpha"), keep_tokens_separator="|||", shuffle_tags=True,
+                              max_steps=1, output=str(tmp_path / "out")))
+    kept = {s.caption: s.kept_tags for s in result.data.samples}
+    assert kept["zkw, red, circle, blue background"] == (2, 0)  # what the training stream varies the tags by

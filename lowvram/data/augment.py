@@ -95,21 +95,24 @@ class CaptionOptions:
         return self.shuffle_tags or self.tag_dropout > 0
 
 
-def vary_tags(caption: str, options: CaptionOptions, rng: random.Random) -> str:
+def vary_tags(caption: str, options: CaptionOptions, rng: random.Random, kept: tuple[int, int] | None = None
+              ) -> str:
     """The comma-separated tags past the first `keep_tokens` shuffled (kohya's shuffle_caption) and each left out
-    with probability `tag_dropout` (its caption_tag_dropout_rate); the first ones stay in front."""
+    with probability `tag_dropout` (its caption_tag_dropout_rate); the first ones stay in front. `kept`: the
+    caption's own (front, end) tags that stay in place instead (written with --keep-tokens-separator)."""
     tags = [t.strip() for t in caption.split(",") if t.strip()]
-    head, tail = tags[:options.keep_tokens], tags[options.keep_tokens:]
+    front, end = kept if kept is not None else (options.keep_tokens, 0)
+    head, tail, last = tags[:front], tags[front:len(tags) - end], tags[len(tags) - end:]
     if options.shuffle_tags:
         rng.shuffle(tail)
     if options.tag_dropout:
         tail = [tag for tag in tail if rng.random() >= options.tag_dropout]
-    return ", ".join(head + tail)
+    return ", ".join(head + tail + last)
 
 
-def caption_variants(caption: str, options: CaptionOptions) -> list[str]:
+def caption_variants(caption: str, options: CaptionOptions, kept: tuple[int, int] | None = None) -> list[str]:
     """The fixed set of caption texts to cache for one caption (just itself when tags aren't varied)."""
     if not options.varies_tags:
         return [caption]
-    variants = [caption] + [vary_tags(caption, options, _rng(caption, i)) for i in range(1, options.variants)]
+    variants = [caption] + [vary_tags(caption, options, _rng(caption, i), kept) for i in range(1, options.variants)]
     return list(dict.fromkeys(variants))  # a short caption may have fewer distinct shuffles

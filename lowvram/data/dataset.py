@@ -26,6 +26,7 @@ class Sample:
     bucket: tuple[int, int]
     repeats: int
     weight: float = 1.0  # loss weight: --prior-loss-weight for regularization images, times its folder's
+    kept_tags: tuple[int, int] | None = None  # its caption's own tags kept in place (front, end)
 
 
 @dataclass
@@ -133,7 +134,7 @@ class TrainingData:
                 pooled.append(text.get("pooled"))
             caption = sample.caption
             if self.captions.varies_tags:
-                caption = vary_tags(caption, self.captions, rng)
+                caption = vary_tags(caption, self.captions, rng, sample.kept_tags)
             captions.append("" if dropped else caption)
         return Batch(
             latents=torch.stack(latents),

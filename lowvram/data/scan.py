@@ -28,7 +28,7 @@ from rich.text import Text
 
 from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES
 from lowvram.data.buckets import Buckets
-from lowvram.data.captions import read_caption_file
+from lowvram.data.captions import read_caption_file, split_kept_tags
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 
@@ -67,6 +67,7 @@ class ScanOptions:
     max_pixels: int = 89_478_485  # Pillow's decompression-bomb limit: larger images are skipped, never decoded
     min_kept_fraction: float = 0.5  # skip images whose crop to the nearest bucket keeps less than this
     masked_loss: bool = False  # an image's <stem>-masklabel.png is its loss mask
+    keep_tokens_separator: str = ""  # kohya's: ends the tags a caption keeps in front
 
     def __post_init__(self):
         if self.caption_extension not in CAPTION_SUFFIXES:
@@ -101,6 +102,7 @@ class ImageRecord:
     mask: Path | None = None  # its loss mask file, with --masked-loss
     mask_sha256: str = ""
     loss_weight: float = 1.0  # its folder's
+    kept_tags: tuple[int, int] | None = None  # its caption's tags kept at the front and end (keep_tokens_separator)
 
     def to_json(self) -> dict:
         return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
@@ -368,12 +370,13 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
                old_index: dict, new_index: dict) -> ImageRecord:
     relpath, label, repeats = path.relative_to(root).as_posix(), folder.label, folder.repeats
     caption, caption_notes, caption_file = _caption(path, folder, options)
+    caption, kept = split_kept_tags(caption, options.keep_tokens_separator)
     non_utf8 = (Path(relpath).parent / caption_file.name).as_posix() if caption_file else None
     suffix = path.suffix.lower()
     if suffix in UNSUPPORTED_SUFFIXES:
         reason = f"unsupported format: {suffix} files can't be read; convert it to one of {SUPPORTED}"
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
-                           non_utf8_caption=non_utf8, loss_weight=folder.loss_weight)
+                           non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, kept_tags=kept)
     facts = _facts(path, options, old_index.get(str(path)))
     if facts["size"] >= 0:
         new_index[str(path)] = facts
@@ -384,7 +387,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         notes = _mode_notes(mode, facts["has_alpha"], options) + rotated + notes + caption_notes
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
                        facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8,
-                       loss_weight=folder.loss_weight)
+                       loss_weight=folder.loss_weight, kept_tags=kept)
 
 
 def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_index: dict) -> ImageRecord:

@@ -31,11 +31,11 @@ SUBSET_SETTINGS = {"shuffle_caption": "shuffle_tags", "keep_tokens": "keep_token
                    "caption_extension", "flip_aug": "flip", "color_aug": "color_jitter", "random_crop": "crop",
                    "caption_dropout_rate": "caption_dropout", "caption_tag_dropout_rate": "tag_dropout",
                    "caption_dropout_every_n_epochs": "caption_dropout_every",
-                   "alpha_mask": "alpha_mask"}
+                   "alpha_mask": "alpha_mask", "keep_tokens_separator": "keep_tokens_separator"}
 # a subset that leaves a setting out has kohya's default
 KOHYA_DEFAULTS = {"shuffle_caption": False, "keep_tokens": 0, "caption_extension": ".caption", "flip_aug": False,
                   "color_aug": False, "random_crop": False, "caption_dropout_rate": 0.0,
-                  "caption_tag_dropout_rate": 0.0, "alpha_mask": False}
+                  "caption_tag_dropout_rate": 0.0, "alpha_mask": False, "keep_tokens_separator": ""}
 SWITCH_VALUES = {"color_aug": (0.1, 0.0), "random_crop": ("random", "center")}  # kohya's switch -> (on, off)
 STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_prefix", "caption_suffix",
              "metadata_file"}  # per subset
@@ -44,7 +44,6 @@ INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed
 # they would change what the model is shown: refused rather than trained without
 REFUSED = {
     "conditioning_data_dir": "ControlNet training is not something lowvram does",
-    "keep_tokens_separator": "lowvram keeps the first --keep-tokens tags in place; use keep_tokens",
     "secondary_separator": "lowvram splits tags at commas only; join such tags in the caption files",
     "enable_wildcard": "lowvram reads a caption's first line, without {a|b} choices; write one caption per image",
     "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
