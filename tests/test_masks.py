@@ -59,7 +59,7 @@ def test_the_scan_pairs_masks_with_their_images_and_never_takes_them_for_images(
         "03_orange_circle-masklabel.png")
 
 
-def test_a_mask_reaches_the_loss_and_black_leaves_nothing_to_learn(tmp_path):
+def test_a_mask_reaches_the_loss_and_the_unmasked_weight_lifts_the_rest(tmp_path):
     stems = ["00_red_circle", "01_yellow_square", "02_white_triangle", "03_orange_circle", "04_blue_square",
              "05_green_triangle"]
     sizes = {stem: (96, 96 + 16 * (i % 2)) for i, stem in enumerate(stems)}
