@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lowvram import __version__
 from lowvram.config import PLANNING_MODEL, SECTIONS, fields_by_name, flag_name
-from lowvram.configure import build_config, list_presets, preset_path, read_toml, with_dataset_settings
+from lowvram.configure import build_config, list_presets, preset_path, read_config, read_toml, with_dataset_settings
 from lowvram.errors import LowvramError
 
 
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(TOML, same names in sections [model] [data] [network] [optim] [training] [validation] [memory] [output]) "
                            "and from flags, which override the file.")
     train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file), or a "
-                       "kohya sd-scripts config file, read as kohya reads it")
+                       "kohya sd-scripts config file or OneTrainer config (.json), read as they read them")
     train.add_argument("--preset", help=f"starting settings for a kind of job ({', '.join(list_presets())}); "
                        "--config and flags override them")
     train.add_argument("--auto", action="store_true", help="let the memory planner choose --unet-weights, "
@@ -287,7 +287,7 @@ def train_values(args: argparse.Namespace) -> dict:
     file given as --data sets its settings just beneath the layer that names it."""
     values: dict = {}
     layers = [read_toml(preset_path(args.preset)) if args.preset else {},
-              read_toml(args.config) if args.config else {},
+              read_config(args.config) if args.config else {},
               with_dataset_settings({k: v for k, v in vars(args).items() if k in fields_by_name()}, "the command line")]
     for layer in layers:
         for group in ALTERNATIVES:

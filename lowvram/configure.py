@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import sys
 import types
 import typing
@@ -28,9 +29,16 @@ from lowvram.config import (
     parse_colour,
     parse_save_every,
 )
-from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
+from lowvram.dataset_files import (
+    DATASET_SUFFIXES,
+    has_regularization_subsets,
+    is_dataset_document,
+    is_dataset_file,
+    read_dataset,
+)
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.kohya_config import is_kohya_config, translate
+from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import parse_prompt
 
@@ -38,6 +46,27 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Option values from a `--config` file: lowvram's TOML (kohya's TOML configs too), or a OneTrainer config's
+    JSON."""
+    if Path(path).suffix.lower() != ".json":
+        return read_toml(path)
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LowvramError(f"--config: file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise LowvramError(f"--config: {path} is not readable JSON: {exc}") from None
+    if is_onetrainer_config(doc):
+        values, notes = translate_onetrainer(doc, Path(path))
+        return _translated(values, notes, Path(path), "a OneTrainer config", dataset_wins=False)
+    if is_dataset_document(doc):
+        raise LowvramError(f"--config: {path} is JSON, not a TOML config; a dataset file (a kohya dataset config "
+                           f"or a OneTrainer concepts file) is given as --data {path}")
+    raise LowvramError(f"--config: {path} is no config lowvram reads: lowvram's and kohya's are TOML, OneTrainer's "
+                       "JSON has model_type and training_method")
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -48,9 +77,6 @@ def read_toml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise LowvramError(f"--config: file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
-        if is_dataset_file(path) and Path(path).suffix.lower() == ".json":
-            raise LowvramError(f"--config: {path} is JSON, not a TOML config; a dataset file (a kohya dataset config "
-                               f"or a OneTrainer concepts file) is given as --data {path}") from None
         raise LowvramError(f"--config: {path} is not valid TOML: {exc}") from None
     if isinstance(doc.get("datasets"), list):
         raise LowvramError(f"--config: {path} is a kohya dataset config ([[datasets]] of image folders); pass it as "
@@ -89,13 +115,20 @@ def _read_kohya(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     """A kohya sd-scripts config's values (`lowvram.kohya_config`), its notes printed; its paths are relative to the
     current folder, as kohya reads them."""
     values, notes = translate(doc, path)
-    print(f"{path}: read as a kohya sd-scripts config", file=sys.stderr)
+    return _translated(values, notes, path, "a kohya sd-scripts config", dataset_wins=True)
+
+
+def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str, dataset_wins: bool
+                ) -> dict[str, Any]:
+    """Another trainer's config, translated: its notes printed, its values checked, its dataset file's settings
+    beneath them (over them for kohya's, whose dataset file wins as in kohya)."""
+    print(f"{path}: read as {kind}", file=sys.stderr)
     for note in notes:
         print(f"{path}: {note}", file=sys.stderr)
     problems = _file_value_problems(values)
     if problems:
         raise LowvramError("\n".join(f"{path}: {line}" for line in problems))
-    return with_dataset_settings(values, str(path), dataset_wins=True)
+    return with_dataset_settings(values, str(path), dataset_wins=dataset_wins)
 
 
 def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool = False, quiet: bool = False

@@ -20,13 +20,18 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DATASET_SUFFIXES = (".toml", ".json")
-__all__ = ["DATASET_SUFFIXES", "DatasetFile", "Subset", "has_regularization_subsets", "is_dataset_file",
-           "read_dataset"]
+__all__ = ["DATASET_SUFFIXES", "DatasetFile", "Subset", "has_regularization_subsets", "is_dataset_document",
+           "is_dataset_file", "read_dataset"]
 
 
 def is_dataset_file(data: str | Path | None) -> bool:
     """Whether `--data` names a dataset file rather than an image folder."""
     return data is not None and Path(data).suffix.lower() in DATASET_SUFFIXES and Path(data).is_file()
+
+
+def is_dataset_document(doc: Any) -> bool:
+    """Whether a file's content is a dataset file's (kohya's dataset config, OneTrainer's concepts)."""
+    return concepts_in(doc) is not None or is_kohya_dataset(doc)
 
 
 def has_regularization_subsets(data: str | Path | None) -> bool:

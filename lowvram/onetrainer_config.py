@@ -1,0 +1,388 @@
+"""A OneTrainer training config (the JSON its UI saves or exports) translated into lowvram's options, so a OneTrainer
+user's `--config my-lora.json` trains the LoRA OneTrainer would: its model, concepts, samples, learning rate and
+schedule, network, loss, noise and masking settings. Plain data, no torch.
+
+OneTrainer writes every setting, most at their defaults; those that change nothing lowvram does (its workspace,
+tensorboard, backups, the parts other model types have) are left out quietly. Its memory settings at their defaults
+(16-bit weights, gradient checkpointing on) are left to lowvram's planner, which picks the fastest that fits; a
+quantized U-Net it names is kept. What lowvram cannot train as OneTrainer would (another model type, a full
+fine-tune, another adapter or loss) is refused, one line per setting. Relative paths are taken from the current
+folder, else from the config's folder or the one above it (OneTrainer reads them from its own folder, and keeps
+its configs one below).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lowvram.errors import LowvramError
+from lowvram.kohya_config import as_number
+
+MODEL_TYPES = ("STABLE_DIFFUSION_15", "STABLE_DIFFUSION_XL_10_BASE")
+OPTIMIZERS = {"ADAMW": "adamw", "ADAMW_8BIT": "adamw8bit", "PAGED_ADAMW_8BIT": "paged_adamw8bit", "LION": "lion",
+              "LION_8BIT": "lion8bit", "ADAFACTOR": "adafactor", "PRODIGY": "prodigy",
+              "SCHEDULE_FREE_ADAMW": "schedulefree_adamw"}
+SCHEDULERS = {"CONSTANT": "constant", "LINEAR": "linear", "COSINE": "cosine", "COSINE_WITH_RESTARTS":
+              "cosine_with_restarts", "COSINE_WITH_HARD_RESTARTS": "cosine_with_restarts"}
+QUANTIZED = {"FLOAT_8": "fp8", "INT_8": "bnb-int8", "NFLOAT_4": "bnb-nf4", "FLOAT_W8A8": "w8a8-fp8",
+             "INT_W8A8": "w8a8-int8"}  # a U-Net storage OneTrainer names -> lowvram's
+PRECISIONS = {"FLOAT_16": "fp16", "BFLOAT_16": "bf16", "FLOAT_32": "fp32"}
+LAYER_PRESETS = {"full": "full", "attn-mlp": "attn-mlp", "attn-only": "attn"}
+NETWORKS = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}
+# what OneTrainer keeps beside the training itself, or for model types and methods lowvram does not train
+INERT = {
+    "__version", "debug_mode", "debug_dir", "workspace_dir", "cache_dir", "tensorboard", "tensorboard_expose",
+    "tensorboard_always_on", "tensorboard_port", "continue_last_backup", "prevent_overwrites", "include_train_config",
+    "multi_gpu", "device_indexes", "gradient_reduce_precision", "fused_gradient_reduce", "async_gradient_reduce",
+    "async_gradient_reduce_buffer", "output_model_format", "enable_async_offloading", "force_circular_padding",
+    "latent_caching", "clear_cache_before_training", "dataloader_threads", "train_device", "temp_device",
+    "fallback_train_dtype", "enable_autocast_cache", "only_cache", "frames", "vb_loss_strength", "prior",
+    "transformer", "quantization", "text_encoder_3", "text_encoder_3_layer_skip", "text_encoder_4",
+    "text_encoder_4_layer_skip", "text_encoder_sequence_length", "text_encoder_2_sequence_length",
+    "effnet_encoder", "decoder", "decoder_text_encoder", "decoder_vqgan", "unmasked_probability",
+    "custom_conditioning_image", "embedding_learning_rate", "preserve_embedding_norm", "embedding",
+    "additional_embeddings", "embedding_weight_dtype", "cloud", "lora_weight_dtype", "bundle_additional_embeddings",
+    "lora_decompose_norm_epsilon", "lora_decompose_output_axis", "optimizer_defaults", "sample_image_format",
+    "sample_video_format", "sample_audio_format", "samples_to_tensorboard", "non_ema_sampling", "backup_after",
+    "backup_after_unit", "rolling_backup", "rolling_backup_count", "backup_before_save", "save_filename_prefix",
+    "secrets", "ema_update_step_interval", "normalize_masked_area_loss", "sample_skip_first", "save_skip_first",
+    "layer_filter_regex", "oft_block_size", "oft_block_share", "oft_scaled", "lokr_dim", "lokr_decompose_both",
+    "lokr_use_tucker", "lokr_weight_decompose", "lokr_dora_on_output", "lokr_full_matrix", "lokr_vec_trick",
+    "constant_snr_floor", "learning_rate_min_factor", "scheduler_params", "custom_learning_rate_scheduler",
+    "enable_activation_offloading", "layer_offload_fraction",  # memory levers: the planner's to choose
+}
+# settings read below, each by its own rule
+READ = {
+    "training_method", "model_type", "base_model_name", "output_dtype", "output_model_destination",
+    "gradient_checkpointing", "compile",
+    "concept_file_name", "concepts", "aspect_ratio_bucketing", "learning_rate_scheduler", "learning_rate",
+    "learning_rate_warmup_steps", "learning_rate_cycles", "epochs", "batch_size", "gradient_accumulation_steps",
+    "ema", "ema_decay", "train_dtype", "resolution", "mse_strength", "mae_strength", "log_cosh_strength",
+    "huber_strength", "huber_delta", "loss_weight_fn", "loss_weight_strength", "dropout_probability", "loss_scaler",
+    "learning_rate_scaler", "clip_grad_norm", "offset_noise_weight", "generalized_offset_noise",
+    "perturbation_noise_weight", "rescale_noise_scheduler_to_zero_terminal_snr", "force_v_prediction",
+    "force_epsilon_prediction", "min_noising_strength", "max_noising_strength", "timestep_distribution",
+    "noising_weight", "noising_bias", "timestep_shift", "dynamic_timestep_shifting", "resolution_aware_loss_weight",
+    "unet", "text_encoder", "text_encoder_2", "text_encoder_layer_skip", "text_encoder_2_layer_skip", "vae",
+    "masked_training", "unmasked_weight", "masked_prior_preservation_weight", "layer_filter", "layer_filter_preset",
+    "peft_type", "lora_model_name", "lora_rank", "lora_alpha", "lora_decompose", "lokr_decompose_factor",
+    "optimizer", "sample_definition_file_name", "samples", "sample_after", "sample_after_unit", "save_every",
+    "save_every_unit", "validation", "validate_after", "validate_after_unit",
+}
+
+
+def is_onetrainer_config(doc: Any) -> bool:
+    return isinstance(doc, dict) and "model_type" in doc and "training_method" in doc
+
+
+def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
+    """(lowvram option values, notes for the user) for a OneTrainer training config. Raises LowvramError, one line
+    per setting, for each setting lowvram cannot train as OneTrainer would."""
+    values: dict[str, Any] = {}
+    notes: list[str] = []
+    problems: list[str] = []
+
+    def problem(key: str, text: str) -> None:
+        problems.append(f"{path}: {key}: {text}")
+
+    def number(key: str, kind: type = float) -> Any:
+        return as_number(doc[key], key, problem, kind)
+
+    if _upper(doc, "training_method") != "LORA":
+        problem("training_method", f"{doc.get('training_method')}: lowvram trains LoRA adapters; save the config "
+                "with the training method LoRA")
+    if _upper(doc, "model_type") not in MODEL_TYPES:
+        problem("model_type", f"{doc.get('model_type')}: lowvram trains Stable Diffusion 1.5 and SDXL (base), not "
+                "their inpainting models or other architectures")
+    if doc.get("base_model_name"):
+        values["model"] = _local(str(doc["base_model_name"]), path, keep=True)
+    if (doc.get("vae") or {}).get("model_name"):
+        values["vae"] = _local(str(doc["vae"]["model_name"]), path, keep=True)
+    values |= _data(doc, path, problem)
+    values |= _output(doc, notes, problem)
+    values |= _schedule(doc, notes, problem, number)
+    values |= _network(doc, path, problem, number)
+    values |= _loss_and_noise(doc, notes, problem, number)
+    values |= _memory(doc, notes, problem)
+    values |= _samples(doc, path, notes, problem)
+    if "sample_prompts" not in values:
+        values.pop("sample_every", None)  # no samples defined: OneTrainer draws nothing either
+    left = sorted(key for key in set(doc) - READ - INERT
+                  if doc[key] not in (None, False, 0, "", [], {}, "NONE", "OFF"))
+    if left:
+        notes.append(f"not carried over (lowvram has no such setting): {', '.join(left)}")
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return values, notes
+
+
+def _local(given: str, config: Path, keep: bool = False) -> str:
+    """A path as OneTrainer names it: from the current folder, else the config's folder or the one above (its own
+    folder, where it keeps training_presets/); `keep`: a name found nowhere stays as it is (a hub id)."""
+    path = Path(given).expanduser()
+    if path.is_absolute() or path.exists():
+        return str(path)
+    for base in (config.parent, config.parent.parent):
+        if (base / path).exists():
+            return str(base / path)
+    return given if keep else str(path)
+
+
+def _data(doc: dict[str, Any], path: Path, problem) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if isinstance(doc.get("concepts"), list):  # held inline: the config is its own concepts file
+        values["data"] = str(path)
+    elif doc.get("concept_file_name"):
+        concepts = _local(str(doc["concept_file_name"]), path)
+        if Path(concepts).is_file():
+            values["data"] = concepts
+        else:
+            problem("concept_file_name", f"file not found: {doc['concept_file_name']}; give the concepts file as "
+                    "--data, or the image folder")
+    resolution = str(doc.get("resolution", "512")).strip()
+    if resolution.isdigit():
+        values["resolution"] = int(resolution)
+    else:
+        problem("resolution", f"'{resolution}': lowvram trains one square resolution (its aspect-ratio buckets give "
+                "the other shapes); give one number")
+    if doc.get("aspect_ratio_bucketing") is False:
+        values["bucket"] = False
+    if doc.get("masked_training"):
+        values["masked_loss"] = True
+        values["unmasked_weight"] = float(doc.get("unmasked_weight") or 0.0)
+        values["masked_prior_weight"] = float(doc.get("masked_prior_preservation_weight") or 0.0)
+    skip = doc.get("text_encoder_layer_skip") or doc.get("text_encoder_2_layer_skip") or 0
+    if skip:
+        values["clip_skip"] = int(skip) + 1  # OneTrainer counts the layers skipped past the last; kohya counts it
+    return values
+
+
+def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    destination = doc.get("output_model_destination")
+    if destination:  # a file to write: from the current folder, as kohya's output_dir
+        target = Path(str(destination)).expanduser()
+        values["output"], values["name"] = str(target.parent), target.stem
+    precision = _upper(doc, "output_dtype")
+    if precision in PRECISIONS:
+        values["save_precision"] = PRECISIONS[precision]
+    elif precision:
+        problem("output_dtype", f"{precision}: a LoRA is saved in {', '.join(PRECISIONS)}")
+    for key, option in (("save_every", "save_every"), ("sample_after", "sample_every")):
+        every = _every(doc, key, notes)
+        if every:
+            values[option] = every
+    if doc.get("validation"):
+        unit = _upper(doc, "validate_after_unit") or "EPOCH"
+        after = int(doc.get("validate_after") or 1)
+        if unit == "STEP":
+            values["validate_every"] = after
+        elif unit != "EPOCH" or after != 1:
+            notes.append(f"validate_after {after} {unit}: lowvram validates once per epoch, or every N steps "
+                         "(--validate-every)")
+        if not doc.get("concepts") and not doc.get("concept_file_name"):
+            notes.append("validation: lowvram validates on a validation concept or --validation-split")
+    return values
+
+
+def _every(doc: dict[str, Any], key: str, notes: list[str]) -> str | None:
+    """OneTrainer's `key` with its unit as lowvram's 'N' steps or 'Ne' epochs; None where it is off (or timed)."""
+    unit = _upper(doc, f"{key}_unit") or "NEVER"
+    count = int(doc.get(key) or 0)
+    if unit in ("NEVER", "ALWAYS") or count <= 0:
+        return None
+    if unit in ("STEP", "EPOCH"):
+        return f"{count}{'e' if unit == 'EPOCH' else ''}"
+    notes.append(f"{key} {count} {unit}: lowvram counts in steps or epochs, not time; not carried over")
+    return None
+
+
+def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, option, kind in (("learning_rate", "lr", float), ("epochs", "epochs", int),
+                              ("batch_size", "batch_size", int), ("gradient_accumulation_steps",
+                                                                  "gradient_accumulation", int)):
+        if doc.get(key) is not None:
+            values[option] = number(key, kind)
+    unet = doc.get("unet") or {}
+    if unet.get("train") is False:
+        problem("unet.train", "lowvram always trains the U-Net's adapters; train it")
+    if unet.get("learning_rate") is not None:
+        values["lr"] = as_number(unet["learning_rate"], "unet.learning_rate", problem)
+    encoders = [doc.get(part) or {} for part in ("text_encoder", "text_encoder_2")]
+    if any(part.get("train") for part in encoders):
+        values["train_text_encoder"] = True
+        rates = [part["learning_rate"] for part in encoders if part.get("train") and part.get("learning_rate")]
+        if rates:
+            values["text_encoder_lr"] = float(rates[0])
+        if any(part.get("train") and part.get("stop_training_after") for part in encoders):
+            notes.append("text_encoder.stop_training_after: lowvram trains the text encoders for the whole run")
+    scheduler = _upper(doc, "learning_rate_scheduler") or "CONSTANT"
+    warmup = float(doc.get("learning_rate_warmup_steps") or 0)
+    if scheduler not in SCHEDULERS:
+        problem("learning_rate_scheduler", f"{scheduler} is not one lowvram has ({', '.join(SCHEDULERS)})")
+    else:
+        values["scheduler"] = SCHEDULERS[scheduler]
+        if warmup >= 1:
+            values["warmup_steps"] = int(warmup)
+            if scheduler == "CONSTANT":
+                values["scheduler"] = "constant_with_warmup"
+        elif warmup > 0:
+            notes.append(f"learning_rate_warmup_steps {warmup:g}: a share of the steps in OneTrainer; lowvram counts "
+                         "steps (--warmup-steps); not carried over")
+    if scheduler in ("COSINE_WITH_RESTARTS", "COSINE_WITH_HARD_RESTARTS") and doc.get("learning_rate_cycles"):
+        values["scheduler_cycles"] = max(1, round(float(doc["learning_rate_cycles"])))
+    optimizer = doc.get("optimizer") or {}
+    name = str(optimizer.get("optimizer") or "ADAMW").upper()
+    if name not in OPTIMIZERS:
+        problem("optimizer", f"{name} is not one lowvram has ({', '.join(OPTIMIZERS)})")
+    else:
+        values["optimizer"] = OPTIMIZERS[name]
+    if optimizer.get("weight_decay") is not None:
+        values["weight_decay"] = as_number(optimizer["weight_decay"], "optimizer.weight_decay", problem)
+    if doc.get("ema") and _upper(doc, "ema") != "OFF":
+        values["ema"] = True
+        if doc.get("ema_decay") is not None:
+            values["ema_decay"] = number("ema_decay")
+    for key in ("loss_scaler", "learning_rate_scaler"):
+        if (_upper(doc, key) or "NONE") != "NONE":
+            problem(key, f"{doc[key]}: lowvram does not scale the {key.split('_scaler')[0].replace('_', ' ')} by "
+                    "the batch; set it to NONE and scale --lr yourself")
+    return values
+
+
+def _network(doc: dict[str, Any], path: Path, problem, number) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    peft = _upper(doc, "peft_type") or "LORA"
+    if peft not in NETWORKS:
+        problem("peft_type", f"{peft} is not an adapter lowvram trains ({', '.join(NETWORKS)})")
+    else:
+        values["network"] = "dora" if peft == "LORA" and doc.get("lora_decompose") else NETWORKS[peft]
+    if peft == "LOKR" and doc.get("lokr_decompose_factor") is not None:
+        values["lokr_factor"] = number("lokr_decompose_factor", int)
+    if doc.get("lora_rank") is not None:
+        values["rank"] = number("lora_rank", int)
+    if doc.get("lora_alpha") is not None:
+        values["alpha"] = number("lora_alpha")
+    if doc.get("dropout_probability"):
+        values["dropout"] = number("dropout_probability")
+    if doc.get("lora_model_name"):
+        values["network_weights"] = _local(str(doc["lora_model_name"]), path)
+    preset = str(doc.get("layer_filter_preset") or "full")  # a named preset's layer_filter is its own pattern
+    if preset in LAYER_PRESETS:
+        values["lora_layers"] = LAYER_PRESETS[preset]
+    else:
+        problem("layer_filter", f"{doc.get('layer_filter') or preset}: lowvram adapts {', '.join(LAYER_PRESETS)} "
+                "(layer_filter_preset); choose one of them")
+    return values
+
+
+def _loss_and_noise(doc: dict[str, Any], notes: list[str], problem, number) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    strengths = {key: float(doc.get(f"{key}_strength", 1.0 if key == "mse" else 0.0) or 0.0)
+                 for key in ("mse", "mae", "log_cosh", "huber")}
+    used = [key for key, strength in strengths.items() if strength]
+    if used == ["mae"]:
+        values["loss"] = "l1"
+    elif used != ["mse"]:
+        problem("mse_strength", f"{', '.join(f'{k}_strength {strengths[k]:g}' for k in used) or 'no loss'}: "
+                "lowvram trains one loss, l2 (mse) or l1 (mae); keep one of them at 1")
+    weighting = _upper(doc, "loss_weight_fn") or "CONSTANT"
+    if weighting == "MIN_SNR_GAMMA":
+        values["min_snr_gamma"] = float(doc.get("loss_weight_strength") or 5.0)
+    elif weighting == "DEBIASED_ESTIMATION":
+        values["debiased_estimation"] = True
+    elif weighting != "CONSTANT":
+        problem("loss_weight_fn", f"{weighting}: lowvram weighs timesteps by MIN_SNR_GAMMA or DEBIASED_ESTIMATION")
+    if "clip_grad_norm" in doc:  # None: no clipping
+        values["max_grad_norm"] = float(doc["clip_grad_norm"] or 0.0)
+    if doc.get("offset_noise_weight"):
+        values["noise_offset"] = number("offset_noise_weight")
+        if doc.get("generalized_offset_noise"):
+            notes.append("generalized_offset_noise: lowvram's noise offset is the plain one")
+    if doc.get("perturbation_noise_weight"):
+        values["ip_noise_gamma"] = number("perturbation_noise_weight")
+    if doc.get("rescale_noise_scheduler_to_zero_terminal_snr"):
+        values["zero_terminal_snr"] = True
+    if doc.get("force_v_prediction"):
+        values["prediction_type"] = "v_prediction"
+    elif doc.get("force_epsilon_prediction"):
+        values["prediction_type"] = "epsilon"
+    low, high = float(doc.get("min_noising_strength") or 0.0), float(doc.get("max_noising_strength", 1.0) or 1.0)
+    if low > 0:
+        values["min_timestep"] = round(low * 1000)
+    if high < 1:
+        values["max_timestep"] = round(high * 1000)
+    distribution = _upper(doc, "timestep_distribution") or "UNIFORM"
+    shaped = [key for key in ("noising_weight", "noising_bias", "dynamic_timestep_shifting",
+                              "resolution_aware_loss_weight") if doc.get(key)]
+    if distribution != "UNIFORM" or shaped or float(doc.get("timestep_shift", 1.0) or 1.0) != 1.0:
+        notes.append(f"timestep_distribution {distribution}: lowvram draws timesteps uniformly (--timestep-bias "
+                     "shifts them earlier or later)")
+    return values
+
+
+def _memory(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
+    """The memory settings OneTrainer's user chose, beyond its defaults; the rest are the planner's to choose."""
+    values: dict[str, Any] = {}
+    planners: list[str] = []  # OneTrainer's defaults among them, which lowvram's planner chooses for the card
+    weights = _upper(doc.get("unet") or {}, "weight_dtype") or "NONE"
+    if weights in QUANTIZED:
+        values["unet_weights"] = QUANTIZED[weights]
+    elif weights in ("NONE", *PRECISIONS):
+        planners.append(f"unet.weight_dtype {weights}")
+    else:
+        problem("unet.weight_dtype", f"{weights} is not a storage lowvram has for the U-Net")
+    checkpointing = str(doc.get("gradient_checkpointing", "ON")).upper()
+    if checkpointing in ("OFF", "FALSE"):
+        values["gradient_checkpointing"] = False
+    elif checkpointing == "CPU_OFFLOADED":
+        values["gradient_checkpointing"] = values["offload_activations"] = True
+    else:
+        planners.append(f"gradient_checkpointing {checkpointing}")
+    if doc.get("compile"):
+        values["compile"] = True
+    compute = _upper(doc, "train_dtype") or "FLOAT_16"
+    if compute in ("BFLOAT_16", "FLOAT_32"):
+        values["mixed_precision"] = "bf16" if compute == "BFLOAT_16" else "no"
+    else:  # OneTrainer's default; lowvram computes in bf16 where the card has it, which fp16 can overflow
+        planners.append(f"train_dtype {compute}")
+    if planners:
+        notes.append(f"{', '.join(planners)}: OneTrainer's defaults, left to lowvram's planner, which picks the "
+                     "fastest that fits the card")
+    return values
+
+
+def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict[str, Any]:
+    """OneTrainer's sample definitions as prompts with kohya's inline options, which lowvram reads."""
+    samples = doc.get("samples")
+    if not isinstance(samples, list) and doc.get("sample_definition_file_name"):
+        file = Path(_local(str(doc["sample_definition_file_name"]), path))
+        try:
+            samples = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            notes.append(f"sample_definition_file_name: {file} not found; no samples")
+            samples = []
+        except (OSError, ValueError) as exc:
+            problem("sample_definition_file_name", f"{file} is not readable JSON ({exc})")
+            samples = []
+    prompts = []
+    for sample in samples if isinstance(samples, list) else []:
+        if not isinstance(sample, dict) or sample.get("enabled") is False or not sample.get("prompt"):
+            continue
+        line = str(sample["prompt"]).replace("\n", " ").strip()
+        for key, flag in (("negative_prompt", "n"), ("width", "w"), ("height", "h"), ("diffusion_steps", "s"),
+                          ("cfg_scale", "l")):
+            if sample.get(key):
+                line += f" --{flag} {sample[key]}"
+        if sample.get("seed") is not None and not sample.get("random_seed"):
+            line += f" --d {sample['seed']}"
+        prompts.append(line)
+    return {"sample_prompts": prompts} if prompts else {}
+
+
+def _upper(doc: dict[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    return str(value).upper() if value is not None else None

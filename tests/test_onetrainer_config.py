@@ -1,0 +1,121 @@
+"""A OneTrainer training config given as --config trains the LoRA OneTrainer would: its model, concepts, samples,
+learning rate and schedule, network, loss and noise settings; its memory defaults are the planner's to choose; its
+paths are found as OneTrainer finds them; what lowvram cannot train as OneTrainer would is one line per setting."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import image_folders
+from safetensors import safe_open
+
+from lowvram.cli import main
+from lowvram.configure import read_config, read_toml
+from lowvram.errors import LowvramError
+from lowvram.onetrainer_config import translate_onetrainer
+
+# a OneTrainer LoRA config as its UI saves it (a share of its keys, OneTrainer's defaults where not said)
+CONFIG = {
+    "__version": 10, "training_method": "LORA", "model_type": "STABLE_DIFFUSION_15", "base_model_name": "tiny",
+    "workspace_dir": "workspace/run", "cache_dir": "workspace-cache/run", "tensorboard": True,
+    "output_dtype": "BFLOAT_16", "output_model_format": "SAFETENSORS",
+    "output_model_destination": "models/ot-lora.safetensors", "gradient_checkpointing": "ON",
+    "concept_file_name": "training_concepts/concepts.json", "aspect_ratio_bucketing": True, "latent_caching": True,
+    "learning_rate_scheduler": "CONSTANT", "learning_rate": 0.0003, "learning_rate_warmup_steps": 2.0,
+    "learning_rate_cycles": 1.0, "epochs": 1, "batch_size": 2, "gradient_accumulation_steps": 1, "ema": "OFF",
+    "ema_decay": 0.999, "train_dtype": "FLOAT_16", "resolution": "64", "mse_strength": 1.0, "mae_strength": 0.0,
+    "loss_weight_fn": "MIN_SNR_GAMMA", "loss_weight_strength": 5.0, "dropout_probability": 0.0,
+    "loss_scaler": "NONE", "learning_rate_scaler": "NONE", "clip_grad_norm": 1.0, "offset_noise_weight": 0.05,
+    "perturbation_noise_weight": 0.0, "min_noising_strength": 0.0, "max_noising_strength": 1.0,
+    "timestep_distribution": "UNIFORM", "timestep_shift": 1.0,
+    "unet": {"train": True, "learning_rate": None, "weight_dtype": "FLOAT_16"},
+    "text_encoder": {"train": True, "learning_rate": 0.0001, "stop_training_after": 30,
+                     "stop_training_after_unit": "EPOCH", "weight_dtype": "FLOAT_16"},
+    "text_encoder_layer_skip": 1, "vae": {"model_name": "", "weight_dtype": "FLOAT_32"},
+    "masked_training": False, "unmasked_weight": 0.1, "layer_filter": "attentions",
+    "layer_filter_preset": "attn-mlp", "peft_type": "LORA", "lora_model_name": "", "lora_rank": 8,
+    "lora_alpha": 4.0, "lora_decompose": False,
+    "optimizer": {"optimizer": "ADAMW_8BIT", "weight_decay": 0.01, "stochastic_rounding": True},
+    "sample_definition_file_name": "training_samples/samples.json", "sample_after": 1, "sample_after_unit": "EPOCH",
+    "save_every": 0, "save_every_unit": "NEVER", "backup_after": 30, "backup_after_unit": "MINUTE",
+}
+
+
+def onetrainer_folder(root: Path) -> Path:
+    """OneTrainer's own layout: training_presets/ (the config), training_concepts/, training_samples/."""
+    image_folders(root)
+    for folder in ("training_presets", "training_concepts", "training_samples"):
+        (root / folder).mkdir()
+    (root / "training_concepts" / "concepts.json").write_text(json.dumps(
+        [{"name": "alpha", "path": str(root / "imgs" / "alpha"), "balancing": 2.0}]))
+    (root / "training_samples" / "samples.json").write_text(json.dumps([
+        {"enabled": True, "prompt": "lvshape, a red circle", "negative_prompt": "blurry", "width": 64, "height": 64,
+         "seed": 7, "random_seed": False, "diffusion_steps": 2, "cfg_scale": 6.5},
+        {"enabled": False, "prompt": "left out"}]))
+    path = root / "training_presets" / "my lora.json"
+    path.write_text(json.dumps(CONFIG, indent=4))
+    return path
+
+
+def test_a_onetrainer_config_trains_the_lora_onetrainer_would(tmp_path, monkeypatch, capsys):
+    path = onetrainer_folder(tmp_path / "OneTrainer")
+    monkeypatch.chdir(tmp_path)  # not OneTrainer's folder: its paths are found beside the config
+    assert main(["train", "--config", str(path)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "read as a OneTrainer config" in err
+    assert ("unet.weight_dtype FLOAT_16, gradient_checkpointing ON, train_dtype FLOAT_16: OneTrainer's defaults, "
+            "left to lowvram's planner") in err
+    assert "text_encoder.stop_training_after: lowvram trains the text encoders for the whole run" in err
+    saved = read_toml(tmp_path / "models" / "ot-lora.toml")
+    assert saved["data"] == str(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json")
+    assert (saved["rank"], saved["alpha"], saved["lora_layers"], saved["optimizer"]) == (8, 4.0, "attn-mlp",
+                                                                                       "adamw8bit")
+    assert (saved["lr"], saved["text_encoder_lr"], saved["train_text_encoder"]) == (0.0003, 0.0001, True)
+    assert (saved["scheduler"], saved["warmup_steps"], saved["min_snr_gamma"]) == ("constant_with_warmup", 2, 5.0)
+    assert (saved["clip_skip"], saved["noise_offset"], saved["save_precision"]) == (2, 0.05, "bf16")
+    assert saved["sample_prompts"] == ["lvshape, a red circle --n blurry --w 64 --h 64 --s 2 --l 6.5 --d 7"]
+    assert saved["sample_every"] == "1e"
+    meta = safe_open(str(tmp_path / "models" / "ot-lora.safetensors"), framework="pt").metadata()
+    assert set(json.loads(meta["ss_tag_frequency"])) == {"2_alpha"}  # the concept, with its balancing
+    assert list((tmp_path / "models").glob("**/*.png"))  # its sample was drawn
+
+
+def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(tmp_path):
+    path = onetrainer_folder(tmp_path)
+    doc = CONFIG | {"training_method": "FINE_TUNE", "model_type": "STABLE_DIFFUSION_3", "peft_type": "OFT_2",
+                    "mse_strength": 1.0, "huber_strength": 0.5, "resolution": "512,768", "loss_scaler": "BATCH",
+                    "learning_rate_scheduler": "REX", "optimizer": {"optimizer": "CAME"},
+                    "layer_filter_preset": "custom", "unet": {"weight_dtype": "GGUF"}}
+    with pytest.raises(LowvramError) as error:
+        translate_onetrainer(doc, path)
+    lines = str(error.value).splitlines()
+    expected = ["training_method: FINE_TUNE: lowvram trains LoRA adapters", "model_type: STABLE_DIFFUSION_3",
+                "peft_type: OFT_2 is not an adapter", "mse_strength: mse_strength 1, huber_strength 0.5",
+                "resolution: '512,768': lowvram trains one square resolution", "loss_scaler: BATCH",
+                "learning_rate_scheduler: REX", "optimizer: CAME", "layer_filter: attentions",
+                "unet.weight_dtype: GGUF"]
+    assert len(lines) == len(expected) and all(line.startswith(f"{path}: ") for line in lines), lines
+    for fragment in expected:
+        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+
+
+def test_inline_concepts_quantized_weights_and_files_that_are_no_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    inline = tmp_path / "inline.json"
+    inline.write_text(json.dumps(CONFIG | {"concepts": [{"path": "imgs/alpha"}], "unet": {"weight_dtype": "NFLOAT_4"},
+                                           "gradient_checkpointing": "CPU_OFFLOADED", "train_dtype": "BFLOAT_16",
+                                           "samples": [], "masked_training": True,
+                                           "masked_prior_preservation_weight": 1.0}))
+    values = read_config(inline)
+    assert values["data"] == str(inline)  # its concepts are read from it
+    assert (values["unet_weights"], values["gradient_checkpointing"], values["offload_activations"]) == (
+        "bnb-nf4", True, True)
+    assert (values["mixed_precision"], values["masked_loss"], values["masked_prior_weight"]) == ("bf16", True, 1.0)
+    assert "left to lowvram's planner" not in capsys.readouterr().err  # every memory setting was the user's
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    assert main(["train", "--config", "other.json"]) == 2
+    assert "--config: other.json is no config lowvram reads" in capsys.readouterr().err
+    (tmp_path / "concepts.json").write_text(json.dumps([{"path": "imgs/alpha"}]))
+    assert main(["train", "--config", "concepts.json"]) == 2
+    assert "is given as --data concepts.json" in capsys.readouterr().err
