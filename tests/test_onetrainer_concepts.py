@@ -164,3 +164,12 @@ def test_files_that_are_no_concepts_file_get_errors_naming_the_fix(tmp_path, mon
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
     assert main(["check-data", "other.json", "--model", "tiny"]) == 2
     assert "is neither a kohya dataset config" in capsys.readouterr().err
+
+
+def test_relative_folders_are_found_from_onetrainers_own_folder(tmp_path, monkeypatch):
+    """OneTrainer reads a concept's relative path from its own folder, one above training_concepts/."""
+    image_folders(tmp_path / "OneTrainer")
+    (tmp_path / "OneTrainer" / "training_concepts").mkdir()
+    path = write(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json", [concept("imgs/alpha")])
+    monkeypatch.chdir(tmp_path)
+    assert read_dataset(path).subsets[0].folder == (tmp_path / "OneTrainer" / "imgs" / "alpha").resolve()

@@ -1,6 +1,8 @@
 """A OneTrainer concepts file (the JSON list its Concepts tab saves, such as `training_concepts/concepts.json`, or a
 OneTrainer training config that holds its concepts inline) read as lowvram's dataset: each enabled concept's image
-folder with its repeats, loss weight and captions, and the lowvram options its image and text settings set.
+folder with its repeats, loss weight and captions, and the lowvram options its image and text settings set. A
+relative path is found from the current folder, else beside the file or one folder up (OneTrainer reads it from its
+own folder, which holds training_concepts/).
 
 A concept's balancing becomes whole repeats in the same proportions (OneTrainer's may be fractional: 0.5 shows half
 the images per epoch), its loss weight scales its images' loss, and its captions come from where its prompt source
@@ -140,7 +142,7 @@ def _folders(concept: dict, path: Path, where: str, problem) -> list[Path] | Non
     if not isinstance(given, str) or not given:
         problem(where, "no path; name the folder its images are in")
         return None
-    folder = local_path(given, path)
+    folder = local_path(given, path, levels=2)
     if not folder.is_dir():
         problem(f"{where} path", f"{'not a folder' if folder.exists() else 'folder not found'}: {given}")
         return None
@@ -217,7 +219,7 @@ def _captions(concept: dict, folders: list[Path], path: Path, where: str, notes:
     images = _images(folders)
     if source == "filename":
         return {str(image.with_suffix("")): image.stem for image in images}
-    prompt_file = local_path(str(text.get("prompt_path") or ""), path)
+    prompt_file = local_path(str(text.get("prompt_path") or ""), path, levels=2)
     try:
         lines = [line.strip() for line in prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, ValueError) as exc:

@@ -49,13 +49,14 @@ class DatasetFile:
                 + (f", {regularization} {self.regularization_kind}" if regularization else ""))
 
 
-def local_path(given: str, dataset_file: Path) -> Path:
+def local_path(given: str, dataset_file: Path, levels: int = 1) -> Path:
     """A path as kohya and OneTrainer read it, from the current folder; where nothing is there, from the dataset
-    file's folder."""
+    file's folder, or up to `levels` - 1 folders above it (OneTrainer's own folder holds its concepts folder)."""
     path = Path(given).expanduser()
-    if not path.is_absolute() and not path.exists() and (dataset_file.parent / path).exists():
-        return dataset_file.parent / path
-    return path
+    if path.is_absolute() or path.exists():
+        return path
+    bases = [dataset_file.parents[level] for level in range(min(levels, len(dataset_file.parents)))]
+    return next((base / path for base in bases if (base / path).exists()), path)
 
 
 def settle(each: list[dict[str, Any]], notes: list[str], parts: str) -> dict[str, Any]:
