@@ -115,6 +115,9 @@ class DataConfig:
                                          "4 with random crop or colour jitter).", metavar="N")
     shuffle_tags: bool = option(False, "Shuffle comma-separated caption tags (kohya's shuffle_caption).")
     keep_tokens: int = option(0, "Leading caption tags kept in place when shuffling, and never dropped.", metavar="N")
+    caption_lines: str = option("first", "A caption file's lines: the first is the caption (kohya's way), or each "
+                                "line is one, drawn each time the image is trained (OneTrainer's way).",
+                                choices=("first", "each"))
     keep_tokens_separator: str = option("", "Text in a caption that ends its tags kept in front (kohya's "
                                         "keep_tokens_separator, e.g. \"|||\"): a caption that has it keeps the tags "
                                         "before it in place, instead of the first --keep-tokens, and those after a "

@@ -133,3 +133,34 @@ def test_caption_variants_only_when_shuffling():
     variants = caption_variants("a, b, c, d", CaptionOptions(shuffle_tags=True, keep_tokens=1, variants=4))
     assert variants[0] == "a, b, c, d" and all(v.startswith("a, ") for v in variants) and len(variants) > 1
     assert caption_variants("a", CaptionOptions(shuffle_tags=True, variants=4)) == ["a"]
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_each_caption_line_is_a_caption_with_caption_lines_each(tmp_path, sample_data, train_text_encoder):
+    """OneTrainer's way with a caption file of several lines: each line is a caption, drawn each time the image is
+    trained (cached as a text variant each, or drawn per step when the text encoder trains); kohya's way, the
+    default, trains the first and says so."""
+    from conftest import run_config
+
+    from lowvram.data.check import scan
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+    from lowvram.train.loop import train
+
+    caption_file = sample_data / "5_lvshape" / "00_red_circle.txt"
+    caption_file.write_text("a red circle\n\nred, circle, blue background\nshape ||| red\n")
+    first = scan(resolve_run(run_config(data=str(sample_data)), NO_GPU), sample_data, "zkw", None)
+    record = next(r for r in first.usable if r.path.name == "00_red_circle.png")
+    assert (record.caption, record.more_captions) == ("zkw, a red circle", ())
+    assert "3 caption lines: the first is trained (--caption-lines each draws among them)" in record.notes
+    result = train(run_config(data=str(sample_data), caption_lines="each", keep_tokens_separator="|||",
+                              trigger_word="zkw", train_text_encoder=train_text_encoder, max_steps=1,
+                              output=str(tmp_path / "out")))
+    sample = next(s for s in result.data.samples if s.caption == "zkw, a red circle")
+    assert sample.more_captions == (("zkw, red, circle, blue background", None), ("zkw, shape, red", (2, 0)))
+    index = result.data.samples.index(sample)
+    if train_text_encoder:  # drawn per step
+        drawn = {result.data.load([index], random.Random(seed)).captions[0] for seed in range(30)}
+    else:  # each line cached, and drawn among
+        drawn = {result.data.text_store.load(key)["hidden"].sum().item() for key in sample.text_keys}
+    assert len(drawn) == 3

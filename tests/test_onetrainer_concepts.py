@@ -56,7 +56,7 @@ def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_s
                                                                                         capsys):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)  # alpha/: 3 captioned images; beta/: 3 uncaptioned; reg/: 2
-    (tmp_path / "beta.txt").write_text("lvshape thing\n")
+    (tmp_path / "beta.txt").write_text("lvshape thing\nlvshape, a shape\n")
     write(tmp_path / "concepts.json", [
         concept("imgs/alpha", name="alpha", balancing=2.0, text={"enable_tag_shuffling": True}),
         concept(str(tmp_path / "imgs" / "beta"), name="thing", balancing=0.5, loss_weight=0.5,
@@ -75,11 +75,16 @@ def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_s
     assert "6 images, 15 per epoch with repeats" in out  # 3 x 4 + 3 x 1
     saved = read_toml(tmp_path / "out" / "out.toml")
     assert (saved["flip"], saved["crop"], saved["shuffle_tags"], saved["keep_tokens"]) == (True, "random", True, 1)
+    assert saved["caption_lines"] == "each"
     assert saved["validation_data"] == str((tmp_path / "imgs" / "reg").resolve())
     meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
     tags = json.loads(meta["ss_tag_frequency"])
     assert set(tags) == {"4_alpha", "1_thing"}
     assert tags["1_thing"] == {"lvshape thing": 3}  # the concept's prompt file captions every image of it
+    assert main(["check-data", "concepts.json", "--model", "tiny", "--report", "report.json"]) == 0
+    records = json.loads((tmp_path / "report.json").read_text())["records"]
+    beta = [r for r in records if r["relpath"].startswith("beta/")]
+    assert all(r["more_captions"] == [["lvshape, a shape", None]] for r in beta)  # its second line, drawn in turn
 
 
 def test_a_concepts_loss_weight_scales_its_images_loss(tmp_path, monkeypatch):

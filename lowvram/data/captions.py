@@ -1,5 +1,5 @@
 """A caption file as the dataset scan reads it: the `.txt` or `.caption` beside an image (the extension asked for
-first), its first non-empty line, in UTF-8, or else in Windows' code page, which Notepad and older taggers saved in.
+first), its non-empty lines, in UTF-8, or else in Windows' code page, which Notepad and older taggers saved in.
 What was found is said in notes, never raised: a caption problem never stops a scan."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from lowvram.config import CAPTION_SUFFIXES
 
 
 def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str], Path | None]:
-    """(the caption, or None where there is no file, it is empty or unreadable; notes; the file when it was not
-    UTF-8)."""
+    """(the caption: its non-empty lines, stripped, one per line; or None where there is no file, it is empty or
+    unreadable; notes; the file when it was not UTF-8)."""
     order = [extension] + [s for s in CAPTION_SUFFIXES if s != extension]
     found = [image.with_suffix(s) for s in order if image.with_suffix(s).is_file()]
     notes: list[str] = []
@@ -29,7 +29,7 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     except UnicodeDecodeError:
         decoded, non_utf8 = _decode_legacy(raw), found[0]
         notes.append(f"caption not UTF-8: read as cp1252 (save {found[0].name} as UTF-8 to be sure)")
-    text = next((line.strip() for line in decoded.splitlines() if line.strip()), None)
+    text = "\n".join(line.strip() for line in decoded.splitlines() if line.strip()) or None
     if text is None:
         notes.append("empty caption file: template used")
     return text, notes, non_utf8

@@ -30,7 +30,8 @@ def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
                        alpha_mask=config.data.alpha_mask, small_images=config.data.small_images,
                        masked_loss=config.data.masked_loss, caption_prefix=config.data.caption_prefix,
                        caption_suffix=config.data.caption_suffix,
-                       keep_tokens_separator=config.data.keep_tokens_separator)
+                       keep_tokens_separator=config.data.keep_tokens_separator,
+                       caption_lines=config.data.caption_lines)
 
 
 def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:

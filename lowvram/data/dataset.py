@@ -27,6 +27,7 @@ class Sample:
     repeats: int
     weight: float = 1.0  # loss weight: --prior-loss-weight for regularization images, times its folder's
     kept_tags: tuple[int, int] | None = None  # its caption's own tags kept in place (front, end)
+    more_captions: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # other captions of it, and their kept tags
 
 
 @dataclass
@@ -132,9 +133,11 @@ class TrainingData:
                 text = self.text_store.load(self.empty_text_key if dropped else rng.choice(sample.text_keys))
                 hidden.append(text["hidden"])
                 pooled.append(text.get("pooled"))
-            caption = sample.caption
+            caption, kept = sample.caption, sample.kept_tags
+            if sample.more_captions:  # one of its caption lines (--caption-lines each)
+                caption, kept = rng.choice(((caption, kept), *sample.more_captions))
             if self.captions.varies_tags:
-                caption = vary_tags(caption, self.captions, rng, sample.kept_tags)
+                caption = vary_tags(caption, self.captions, rng, kept)
             captions.append("" if dropped else caption)
         return Batch(
             latents=torch.stack(latents),

@@ -81,15 +81,17 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                 keys.append(key)
             text_keys = []
             if cache_text:
-                for caption in ([record.caption] if validating
-                                else caption_variants(record.caption, captions, record.kept_tags)):
+                texts = [record.caption] if validating else [
+                    variant for text, kept in ((record.caption, record.kept_tags), *record.more_captions)
+                    for variant in caption_variants(text, captions, kept)]  # each caption line's variants
+                for caption in texts:
                     key = text_key(caption, text_id)
                     text_jobs.setdefault(key, TextJob(key, caption))
                     text_keys.append(key)
             samples[report_index].append(Sample(tuple(dict.fromkeys(keys)), tuple(text_keys), record.caption,
                                                 placement.bucket, record.repeats,
                                                 weight if validating else weight * record.loss_weight,
-                                                record.kept_tags))
+                                                record.kept_tags, () if validating else record.more_captions))
     empty_key = None
     if cache_text and (config.data.caption_dropout > 0 or config.data.caption_dropout_every):
         empty_key = text_key("", text_id)

@@ -68,6 +68,7 @@ class ScanOptions:
     min_kept_fraction: float = 0.5  # skip images whose crop to the nearest bucket keeps less than this
     masked_loss: bool = False  # an image's <stem>-masklabel.png is its loss mask
     keep_tokens_separator: str = ""  # kohya's: ends the tags a caption keeps in front
+    caption_lines: str = "first"  # a caption file's lines: the first one, or "each" as a caption drawn in turn
 
     def __post_init__(self):
         if self.caption_extension not in CAPTION_SUFFIXES:
@@ -103,10 +104,13 @@ class ImageRecord:
     mask_sha256: str = ""
     loss_weight: float = 1.0  # its folder's
     kept_tags: tuple[int, int] | None = None  # its caption's tags kept at the front and end (keep_tokens_separator)
+    more_captions: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # its other caption lines (and their kept)
 
     def to_json(self) -> dict:
         return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
-                "bucket": list(self.bucket) if self.bucket else None, "mask": str(self.mask) if self.mask else None}
+                "bucket": list(self.bucket) if self.bucket else None, "mask": str(self.mask) if self.mask else None,
+                "kept_tags": list(self.kept_tags) if self.kept_tags else None,
+                "more_captions": [[text, list(kept) if kept else None] for text, kept in self.more_captions]}
 
 
 def _kind(text: str) -> str:
@@ -369,14 +373,15 @@ def _read_index(index_path: Path | None) -> dict[str, dict]:
 def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, options: ScanOptions,
                old_index: dict, new_index: dict) -> ImageRecord:
     relpath, label, repeats = path.relative_to(root).as_posix(), folder.label, folder.repeats
-    caption, caption_notes, caption_file = _caption(path, folder, options)
-    caption, kept = split_kept_tags(caption, options.keep_tokens_separator)
+    captions, caption_notes, caption_file = _caption(path, folder, options)
+    (caption, kept), *more = [split_kept_tags(text, options.keep_tokens_separator) for text in captions]
     non_utf8 = (Path(relpath).parent / caption_file.name).as_posix() if caption_file else None
     suffix = path.suffix.lower()
     if suffix in UNSUPPORTED_SUFFIXES:
         reason = f"unsupported format: {suffix} files can't be read; convert it to one of {SUPPORTED}"
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
-                           non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, kept_tags=kept)
+                           non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, kept_tags=kept,
+                           more_captions=tuple(more))
     facts = _facts(path, options, old_index.get(str(path)))
     if facts["size"] >= 0:
         new_index[str(path)] = facts
@@ -387,7 +392,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         notes = _mode_notes(mode, facts["has_alpha"], options) + rotated + notes + caption_notes
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
                        facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8,
-                       loss_weight=folder.loss_weight, kept_tags=kept)
+                       loss_weight=folder.loss_weight, kept_tags=kept, more_captions=tuple(more))
 
 
 def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_index: dict) -> ImageRecord:
@@ -543,21 +548,27 @@ def _mode_notes(mode: str, has_alpha: bool, options: ScanOptions) -> list[str]:
     return notes
 
 
-def _caption(image: Path, folder: ImageFolder, options: ScanOptions) -> tuple[str, list[str], Path | None]:
-    """The folder's metadata caption, else the caption file's first non-empty line, else the template; the trigger
-    word prepended when missing, and the prefixes and suffixes around it. Also the caption file when it was not
-    UTF-8 (None when it was, or when there is none)."""
+def _caption(image: Path, folder: ImageFolder, options: ScanOptions) -> tuple[list[str], list[str], Path | None]:
+    """The folder's caption for it (a metadata file's, a concept's), else the caption file's, else the template:
+    its first line, or each line with --caption-lines each; the trigger word prepended where missing, and the
+    prefixes and suffixes around each. Also the caption file when it was not UTF-8 (None when it was, or when
+    there is none)."""
     metadata_key = _metadata_key(image, folder.captions)
     if metadata_key:
         text, notes, non_utf8 = folder.captions[metadata_key], [], None
     else:
         text, notes, non_utf8 = read_caption_file(image, options.caption_extension)
-    if text is None:
-        text = options.caption_template.format(trigger=options.trigger_word or folder.label).strip()
-    elif options.trigger_word and options.trigger_word not in text:
-        text = f"{options.trigger_word}, {text}"
-    text = f"{options.caption_prefix}{folder.caption_prefix}{text}{folder.caption_suffix}{options.caption_suffix}"
-    return text, notes, non_utf8
+    lines = [options.caption_template.format(trigger=options.trigger_word or folder.label).strip()]
+    if text is not None:
+        lines = [f"{options.trigger_word}, {line}" if options.trigger_word and options.trigger_word not in line
+                 else line for line in text.split("\n")]
+    if len(lines) > 1 and options.caption_lines == "first":
+        notes.append(f"{len(lines)} caption lines: the first is trained (--caption-lines each draws among them)")
+        lines = lines[:1]
+    elif len(lines) > 1:
+        notes.append(f"{len(lines)} caption lines, one drawn each time the image is trained")
+    wrap = (f"{options.caption_prefix}{folder.caption_prefix}", f"{folder.caption_suffix}{options.caption_suffix}")
+    return [f"{wrap[0]}{line}{wrap[1]}" for line in lines], notes, non_utf8
 
 
 def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions()

@@ -45,7 +45,8 @@ INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed
 REFUSED = {
     "conditioning_data_dir": "ControlNet training is not something lowvram does",
     "secondary_separator": "lowvram splits tags at commas only; join such tags in the caption files",
-    "enable_wildcard": "lowvram reads a caption's first line, without {a|b} choices; write one caption per image",
+    "enable_wildcard": "lowvram has no {a|b} choices; for a caption file's lines drawn in turn, leave it out and pass "
+                       "--caption-lines each",
     "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
     "skip_image_resolution": "lowvram trains one resolution; leave it out (`lowvram check-data` lists small images)",
     "network_multiplier": "lowvram trains the LoRA at strength 1; leave it out",

@@ -104,6 +104,7 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
     subsets = _subsets(training, path, notes, problem) + _subsets(priors, path, notes, problem, regularization=True)
     values = settle([_options(concept, where, notes, problem) for concept, _, where in training], notes, "concepts")
     values = {name: value for name, value in values.items() if value is not None}
+    values["caption_lines"] = "each"  # OneTrainer draws one of a caption's lines each time
     if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
         del values["keep_tokens"]  # OneTrainer keeps one tag by default, whether or not anything moves the tags
     if len(validation) > 1:
@@ -229,10 +230,7 @@ def _captions(concept: dict, folders: list[Path], path: Path, where: str, notes:
     if not lines:
         problem(f"{where} text.prompt_path", f"{prompt_file} is empty; write the concept's prompt in it")
         return None
-    if len(lines) > 1:
-        notes.append(f"{where}: every image is captioned with the first line of {prompt_file.name}; OneTrainer "
-                     f"draws one of its {len(lines)} lines at random")
-    return {str(image.with_suffix("")): lines[0] for image in images}
+    return {str(image.with_suffix("")): "\n".join(lines) for image in images}  # each line a caption, drawn in turn
 
 
 def _options(concept: dict, where: str, notes: list[str], problem) -> dict[str, Any]:
