@@ -40,8 +40,8 @@ def compile_blocks(unet: torch.nn.Module, batch_shapes: int, passes: int = 2) ->
     `batch_shapes`: how many input shapes (pixel count x batch size) the run feeds the U-Net. All blocks of one
     class share one code object, whose graphs dynamo counts against a limit: past it, the block runs eagerly for
     the rest of the run after one log line. Each shape needs a graph per block width (SD1.5 has three), with
-    gradients (training) and without (validation, samples), and with the adapters off (`passes` 3: prior prediction),
-    so the limit is raised to cover them all."""
+    gradients (training) and without (validation, samples), and with the adapters off (`passes` 3: the model's own
+    prediction), so the limit is raised to cover them all."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True  # a block the compiler cannot handle runs eagerly instead

@@ -153,6 +153,11 @@ class DataConfig:
                                    metavar="DIR")
     cache_batch_size: int = option(4, "Images or captions encoded at once while caching.")
 
+    @property
+    def own_prediction(self) -> bool:
+        """Whether training compares with the model's own prediction, adapters off (a forward pass more)."""
+        return self.prior_prediction or self.masked_prior_weight > 0
+
 
 @dataclass(frozen=True)
 class NetworkConfig:

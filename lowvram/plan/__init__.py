@@ -30,7 +30,7 @@ def workload_for(run: ResolvedRun) -> Workload:
                     sample_resolution=run.sample_resolution, compute_bytes=run.compute_bytes,
                     mixed_precision=run.mixed_precision, native_format=run.native_format, vae_fp32=run.vae_fp32,
                     ema=config.optim.ema,
-                    own_prediction=config.data.prior_prediction or config.data.masked_prior_weight > 0)
+                    own_prediction=config.data.own_prediction)
 
 
 def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:

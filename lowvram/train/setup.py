@@ -270,8 +270,7 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         if problem:
             session.console.print(f"[yellow]warning:[/] --compile: {problem}; training without it", soft_wrap=True)
         else:
-            own_prediction = config.data.prior_prediction or config.data.masked_prior_weight > 0
-            compile_blocks(model.unet, schedule.batch_shapes, passes=3 if own_prediction else 2)
+            compile_blocks(model.unet, schedule.batch_shapes, passes=3 if config.data.own_prediction else 2)
     groups = optimizer_groups(model, trainable, config)
     optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, config.optim.warmup_steps)
     # the polynomial schedule decays towards 1e-7 in units of the optimizer's default rate, which kohya sets to its
