@@ -52,7 +52,13 @@ INERT = {
     "lokr_use_tucker", "lokr_weight_decompose", "lokr_dora_on_output", "lokr_full_matrix", "lokr_vec_trick",
     "constant_snr_floor", "learning_rate_min_factor", "scheduler_params", "custom_learning_rate_scheduler",
     "enable_activation_offloading", "layer_offload_fraction",  # memory levers: the planner's to choose
+    "weight_dtype", "attention_mechanism",  # older configs': the planner's and lowvram's attention choice
+    "align_prop_probability", "align_prop_loss", "align_prop_weight", "align_prop_steps", "align_prop_truncate_steps",
+    "align_prop_cfg_scale",  # used only with align_prop, which is refused
 }
+# older OneTrainer configs' names for what newer ones call otherwise
+RENAMED = {"lora_layers": "layer_filter", "lora_layer_preset": "layer_filter_preset", "save_after": "save_every",
+           "save_after_unit": "save_every_unit"}
 # settings read below, each by its own rule
 READ = {
     "training_method", "model_type", "base_model_name", "output_dtype", "output_model_destination",
@@ -66,6 +72,7 @@ READ = {
     "force_epsilon_prediction", "min_noising_strength", "max_noising_strength", "timestep_distribution",
     "noising_weight", "noising_bias", "timestep_shift", "dynamic_timestep_shifting", "resolution_aware_loss_weight",
     "unet", "text_encoder", "text_encoder_2", "text_encoder_layer_skip", "text_encoder_2_layer_skip", "vae",
+    "align_prop",
     "masked_training", "unmasked_weight", "masked_prior_preservation_weight", "layer_filter", "layer_filter_preset",
     "peft_type", "lora_model_name", "lora_rank", "lora_alpha", "lora_decompose", "lokr_decompose_factor",
     "optimizer", "sample_definition_file_name", "samples", "sample_after", "sample_after_unit", "save_every",
@@ -80,6 +87,7 @@ def is_onetrainer_config(doc: Any) -> bool:
 def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes for the user) for a OneTrainer training config. Raises LowvramError, one line
     per setting, for each setting lowvram cannot train as OneTrainer would."""
+    doc = {RENAMED.get(key, key): value for key, value in doc.items()}
     values: dict[str, Any] = {}
     notes: list[str] = []
     problems: list[str] = []
@@ -93,6 +101,8 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     if _upper(doc, "training_method") != "LORA":
         problem("training_method", f"{doc.get('training_method')}: lowvram trains LoRA adapters; save the config "
                 "with the training method LoRA")
+    if doc.get("align_prop"):
+        problem("align_prop", "AlignProp's reward training is not something lowvram does; turn it off")
     if _upper(doc, "model_type") not in MODEL_TYPES:
         problem("model_type", f"{doc.get('model_type')}: lowvram trains Stable Diffusion 1.5 and SDXL (base), not "
                 "their inpainting models or other architectures")
@@ -217,7 +227,8 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         rates = [part["learning_rate"] for part in encoders if part.get("train") and part.get("learning_rate")]
         if rates:
             values["text_encoder_lr"] = float(rates[0])
-        if any(part.get("train") and part.get("stop_training_after") for part in encoders):
+        if any(part.get("train") and part.get("stop_training_after")
+               and str(part.get("stop_training_after_unit", "NEVER")).upper() != "NEVER" for part in encoders):
             notes.append("text_encoder.stop_training_after: lowvram trains the text encoders for the whole run")
     scheduler = _upper(doc, "learning_rate_scheduler") or "CONSTANT"
     warmup = float(doc.get("learning_rate_warmup_steps") or 0)
@@ -316,8 +327,8 @@ def _loss_and_noise(doc: dict[str, Any], notes: list[str], problem, number) -> d
     if high < 1:
         values["max_timestep"] = round(high * 1000)
     distribution = _upper(doc, "timestep_distribution") or "UNIFORM"
-    shaped = [key for key in ("noising_weight", "noising_bias", "dynamic_timestep_shifting",
-                              "resolution_aware_loss_weight") if doc.get(key)]
+    shaped = [key for key in ("noising_weight", "dynamic_timestep_shifting", "resolution_aware_loss_weight")
+              if doc.get(key)]  # noising_bias shapes nothing without noising_weight
     if distribution != "UNIFORM" or shaped or float(doc.get("timestep_shift", 1.0) or 1.0) != 1.0:
         notes.append(f"timestep_distribution {distribution}: lowvram draws timesteps uniformly (--timestep-bias "
                      "shifts them earlier or later)")

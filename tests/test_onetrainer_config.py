@@ -119,3 +119,20 @@ def test_inline_concepts_quantized_weights_and_files_that_are_no_config(tmp_path
     (tmp_path / "concepts.json").write_text(json.dumps([{"path": "imgs/alpha"}]))
     assert main(["train", "--config", "concepts.json"]) == 2
     assert "is given as --data concepts.json" in capsys.readouterr().err
+
+
+def test_an_older_onetrainer_config_is_read_by_its_old_names_without_false_notes(tmp_path):
+    """OneTrainer renamed settings over its versions (lora_layer_preset became layer_filter_preset, save_after
+    save_every) and writes settings that change nothing at their values; none of them makes a note."""
+    path = onetrainer_folder(tmp_path)
+    old = {key: value for key, value in CONFIG.items() if key not in ("layer_filter", "layer_filter_preset",
+                                                                         "save_every", "save_every_unit")}
+    old |= {"__version": 6, "lora_layers": "attentions", "lora_layer_preset": "attn-only", "weight_dtype": "BFLOAT_16",
+            "attention_mechanism": "DEFAULT", "align_prop": False, "align_prop_probability": 0.1,
+            "noising_weight": 0.0, "noising_bias": 0.5, "save_after": 2, "save_after_unit": "EPOCH",
+            "text_encoder": {"train": True, "stop_training_after": 10000, "stop_training_after_unit": "NEVER"}}
+    values, notes = translate_onetrainer(old, path)
+    assert (values["lora_layers"], values["save_every"], values["train_text_encoder"]) == ("attn", "2e", True)
+    assert [note for note in notes if "planner" not in note] == [], notes
+    with pytest.raises(LowvramError, match="align_prop: AlignProp's reward training is not something lowvram does"):
+        translate_onetrainer(old | {"align_prop": True}, path)
