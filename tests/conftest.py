@@ -80,3 +80,11 @@ def image_folders(root: Path) -> Path:
             if captions:
                 shutil.copy(image.with_suffix(".txt"), root / "imgs" / name)
     return root / "imgs"
+
+
+def assert_one_line_each(message: str, prefix: str, expected: list[str]) -> None:
+    """An error of one line per problem, each starting with `prefix` (the file), each fragment in exactly one."""
+    lines = message.splitlines()
+    assert len(lines) == len(expected) and all(line.startswith(prefix) for line in lines), lines
+    for fragment in expected:
+        assert sum(fragment in line for line in lines) == 1, (fragment, lines)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from conftest import image_folders, run_config
+from conftest import assert_one_line_each, image_folders, run_config
 from safetensors import safe_open
 
 from lowvram.cli import main
@@ -103,14 +103,11 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
                          "subsets": [{"image_dir": "imgs/beta", "metadata_file": "meta.json"}]}]}
     with pytest.raises(LowvramError) as error:
         read_dataset(write(tmp_path / "dataset.toml", doc))
-    lines = str(error.value).splitlines()
     expected = ["subsets[1] num_repeats: 'ten' is not a whole number", "subsets[2] image_dir: folder not found",
                 "datasets[1].subsets[3]: no image_dir", ("resolution: the datasets differ (512 (datasets[1]), "
                 "[768, 512] (datasets[2]))"), "subsets[1] metadata_file: file not found: meta.json",
                 "secondary_separator: lowvram splits tags at commas only", "enable_wildcard:"]
-    assert len(lines) == len(expected) and all(line.startswith(f"{tmp_path / 'dataset.toml'}: ") for line in lines)
-    for fragment in expected:
-        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+    assert_one_line_each(str(error.value), f"{tmp_path / 'dataset.toml'}: ", expected)
     with pytest.raises(LowvramError, match="every subset is is_reg = true"):
         read_dataset(write(tmp_path / "reg.toml",
                            {"datasets": [{"subsets": [{"image_dir": "imgs/reg", "is_reg": True}]}]}))

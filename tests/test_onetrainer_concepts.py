@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import image_folders, run_config
+from conftest import assert_one_line_each, image_folders, run_config
 from rich.console import Console
 from safetensors import safe_open
 
@@ -138,16 +138,13 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
     ])
     with pytest.raises(LowvramError) as error:
         read_dataset(path)
-    lines = str(error.value).splitlines()
     expected = ["concepts[1] type: 'COUNTEREXAMPLE' is not a concept type lowvram reads",
                 "concepts[2] image.enable_random_rotate:",
                 "concepts[2] image.enable_resolution_override:", "concepts[2] text.tag_delimiter:",
                 "concepts[2] loss_weight: 0 would train nothing", "concepts[3] path: folder not found: imgs/missing",
                 "concepts[4] (no path): no path", "concepts[5]: 'a string' is not a concept",
                 "validation concepts: 2 of them"]
-    assert len(lines) == len(expected) and all(line.startswith(f"{path}: ") for line in lines), lines
-    for fragment in expected:
-        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+    assert_one_line_each(str(error.value), f"{path}: ", expected)
 
 
 def test_files_that_are_no_concepts_file_get_errors_naming_the_fix(tmp_path, monkeypatch, capsys):
