@@ -118,6 +118,9 @@ class DataConfig:
     caption_lines: str = option("first", "A caption file's lines: the first is the caption (kohya's way), or each "
                                 "line is one, drawn each time the image is trained (OneTrainer's way).",
                                 choices=("first", "each"))
+    wildcards: bool = option(False, "Read {a|b|c} in a caption as one of a, b, c, drawn each time the image is "
+                             "trained: every combination is one of its captions (kohya's enable_wildcard, which "
+                             "reads a caption file's lines as --caption-lines each does, too).")
     keep_tokens_separator: str = option("", "Text in a caption that ends its tags kept in front (kohya's "
                                         "keep_tokens_separator, e.g. \"|||\"): a caption that has it keeps the tags "
                                         "before it in place, instead of the first --keep-tokens, and those after a "

@@ -129,6 +129,8 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
         problem("save_precision", f"'{precision}' is not one of {', '.join(SAVE_PRECISIONS)}")
     elif precision is not None:
         values["save_precision"] = SAVE_PRECISIONS[str(precision)]
+    if left.pop("enable_wildcard", None):  # kohya's wildcards read a caption file's lines as choices too
+        values |= {"wildcards": True, "caption_lines": "each"}
     for key, (option, value) in SWITCHES.items():
         if left.pop(key, None):
             values[option] = value

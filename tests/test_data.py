@@ -15,7 +15,7 @@ from lowvram.data.augment import (
     vary_tags,
 )
 from lowvram.data.buckets import Buckets, bucket_batches, default_buckets
-from lowvram.data.captions import split_kept_tags
+from lowvram.data.captions import expand_wildcards, split_kept_tags
 
 
 def test_buckets_match_kohyas_for_sd15():
@@ -164,3 +164,27 @@ def test_each_caption_line_is_a_caption_with_caption_lines_each(tmp_path, sample
     else:  # each line cached, and drawn among
         drawn = {result.data.text_store.load(key)["hidden"].sum().item() for key in sample.text_keys}
     assert len(drawn) == 3
+
+
+def test_wildcards_make_every_combination_a_caption_of_the_image(tmp_path, sample_data):
+    """kohya's {a|b|c}: each combination of a caption's choices is one of its captions, drawn in turn; past a limit,
+    a fixed choice of them."""
+    from conftest import run_config
+
+    from lowvram.data.check import scan
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+
+    assert expand_wildcards("a {red|blue} circle, {big|small}", 64) == (
+        ["a red circle, big", "a red circle, small", "a blue circle, big", "a blue circle, small"], 4)
+    assert expand_wildcards("no choices {here}", 64) == (["no choices {here}"], 1)
+    many, count = expand_wildcards("{a|b|c|d} {e|f|g|h} {i|j|k|l}", 10)
+    assert count == 64 and len(many) == len(set(many)) == 10
+    assert many == expand_wildcards("{a|b|c|d} {e|f|g|h} {i|j|k|l}", 10)[0]  # the same choice every run
+
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("a {red|crimson} circle\nlvshape, circle\n")
+    run = resolve_run(run_config(data=str(sample_data), wildcards=True, caption_lines="each"), NO_GPU)
+    record = next(r for r in scan(run, sample_data, None, None).usable if r.path.name == "00_red_circle.png")
+    assert [record.caption, *(text for text, _ in record.more_captions)] == [
+        "a red circle", "a crimson circle", "lvshape, circle"]
+    assert "3 captions from its {a|b} choices, one drawn each time the image is trained" in record.notes

@@ -151,3 +151,9 @@ def test_a_value_that_is_no_number_or_a_prompt_file_not_utf8_is_named_with_its_s
         translate({"train_data_dir": "sample", "sample_prompts": str(latin1)}, Path("kohya.toml"))
     assert translate(settings | {"network_dim": "8", "network_args": ["conv_dim=2"], "max_train_epochs": "3",
                                  "learning_rate": "1e-4", "optimizer_args": []}, Path("k.toml"))[0]["rank"] == 8
+
+
+def test_kohyas_enable_wildcard_reads_choices_and_caption_lines(tmp_path):
+    values = values_of(tmp_path, {"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
+                                  "enable_wildcard": True})
+    assert (values["wildcards"], values["caption_lines"]) == (True, "each")

@@ -4,9 +4,14 @@ What was found is said in notes, never raised: a caption problem never stops a s
 
 from __future__ import annotations
 
+import math
+import random
+import re
 from pathlib import Path
 
 from lowvram.config import CAPTION_SUFFIXES
+
+WILDCARD = re.compile(r"\{([^{}]*\|[^{}]*)\}")  # kohya's {a|b|c}: one of a, b, c
 
 
 def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str], Path | None]:
@@ -53,3 +58,20 @@ def split_kept_tags(caption: str, separator: str) -> tuple[str, tuple[int, int] 
     parts = [[tag.strip() for tag in part.split(",") if tag.strip()] for part in caption.split(separator, 2)]
     front, middle, end = parts[0], parts[1], parts[2] if len(parts) > 2 else []
     return ", ".join(front + middle + end), (len(front), len(end))
+
+
+def expand_wildcards(caption: str, limit: int) -> tuple[list[str], int]:
+    """Every caption the {a|b|c} choices in `caption` make, in order (itself where it has none), and how many
+    there are; past `limit`, that many of them, chosen by a seed of the caption (the same in every run)."""
+    parts = WILDCARD.split(caption)  # text, choices, text, choices, ..., text
+    options = [part.split("|") if i % 2 else [part] for i, part in enumerate(parts)]
+    count = math.prod(len(choices) for choices in options)
+    chosen = range(count) if count <= limit else sorted(random.Random(caption).sample(range(count), limit))
+    captions = []
+    for index in chosen:  # the index's digits, one per choice, in mixed radix
+        picked = []
+        for choices in reversed(options):
+            index, digit = divmod(index, len(choices))
+            picked.append(choices[digit])
+        captions.append("".join(reversed(picked)))
+    return captions, count

@@ -31,7 +31,7 @@ def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
                        masked_loss=config.data.masked_loss, caption_prefix=config.data.caption_prefix,
                        caption_suffix=config.data.caption_suffix,
                        keep_tokens_separator=config.data.keep_tokens_separator,
-                       caption_lines=config.data.caption_lines)
+                       caption_lines=config.data.caption_lines, wildcards=config.data.wildcards)
 
 
 def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:

@@ -28,10 +28,11 @@ from rich.text import Text
 
 from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES
 from lowvram.data.buckets import Buckets
-from lowvram.data.captions import read_caption_file, split_kept_tags
+from lowvram.data.captions import expand_wildcards, read_caption_file, split_kept_tags
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 
+MAX_WILDCARD_CAPTIONS = 64  # captions one caption line's {a|b} choices may make; past it, a fixed choice of them
 PIL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # Pillow decoders tried; a phone's JPEG may come back as "MPO"
 EXPECTED_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
                     ".bmp": ("BMP", "DIB")}
@@ -69,6 +70,7 @@ class ScanOptions:
     masked_loss: bool = False  # an image's <stem>-masklabel.png is its loss mask
     keep_tokens_separator: str = ""  # kohya's: ends the tags a caption keeps in front
     caption_lines: str = "first"  # a caption file's lines: the first one, or "each" as a caption drawn in turn
+    wildcards: bool = False  # kohya's {a|b|c}: each combination one of the image's captions
 
     def __post_init__(self):
         if self.caption_extension not in CAPTION_SUFFIXES:
@@ -567,6 +569,14 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions) -> tuple[li
         lines = lines[:1]
     elif len(lines) > 1:
         notes.append(f"{len(lines)} caption lines, one drawn each time the image is trained")
+    if options.wildcards:
+        expanded = [expand_wildcards(line, MAX_WILDCARD_CAPTIONS) for line in lines]
+        made = sum(count for _, count in expanded)
+        lines = [caption for captions, _ in expanded for caption in captions]
+        if made > len(lines):
+            notes.append(f"{made} captions from its {{a|b}} choices: {len(lines)} of them are drawn among")
+        elif made > len(expanded):
+            notes.append(f"{made} captions from its {{a|b}} choices, one drawn each time the image is trained")
     wrap = (f"{options.caption_prefix}{folder.caption_prefix}", f"{folder.caption_suffix}{options.caption_suffix}")
     return [f"{wrap[0]}{line}{wrap[1]}" for line in lines], notes, non_utf8
 

@@ -31,11 +31,13 @@ SUBSET_SETTINGS = {"shuffle_caption": "shuffle_tags", "keep_tokens": "keep_token
                    "caption_extension", "flip_aug": "flip", "color_aug": "color_jitter", "random_crop": "crop",
                    "caption_dropout_rate": "caption_dropout", "caption_tag_dropout_rate": "tag_dropout",
                    "caption_dropout_every_n_epochs": "caption_dropout_every",
-                   "alpha_mask": "alpha_mask", "keep_tokens_separator": "keep_tokens_separator"}
+                   "alpha_mask": "alpha_mask", "keep_tokens_separator": "keep_tokens_separator",
+                   "enable_wildcard": "wildcards"}
 # a subset that leaves a setting out has kohya's default
 KOHYA_DEFAULTS = {"shuffle_caption": False, "keep_tokens": 0, "caption_extension": ".caption", "flip_aug": False,
                   "color_aug": False, "random_crop": False, "caption_dropout_rate": 0.0,
-                  "caption_tag_dropout_rate": 0.0, "alpha_mask": False, "keep_tokens_separator": ""}
+                  "caption_tag_dropout_rate": 0.0, "alpha_mask": False, "keep_tokens_separator": "",
+                  "enable_wildcard": False}
 SWITCH_VALUES = {"color_aug": (0.1, 0.0), "random_crop": ("random", "center")}  # kohya's switch -> (on, off)
 STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_prefix", "caption_suffix",
              "metadata_file"}  # per subset
@@ -45,8 +47,6 @@ INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed
 REFUSED = {
     "conditioning_data_dir": "ControlNet training is not something lowvram does",
     "secondary_separator": "lowvram splits tags at commas only; join such tags in the caption files",
-    "enable_wildcard": "lowvram has no {a|b} choices; for a caption file's lines drawn in turn, leave it out and pass "
-                       "--caption-lines each",
     "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
     "skip_image_resolution": "lowvram trains one resolution; leave it out (`lowvram check-data` lists small images)",
     "network_multiplier": "lowvram trains the LoRA at strength 1; leave it out",
@@ -221,4 +221,6 @@ def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes:
         values[SUBSET_SETTINGS[key]] = SWITCH_VALUES[key][0 if value else 1] if key in SWITCH_VALUES else value
     if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
         del values["keep_tokens"]  # kohya_ss writes it whether or not anything moves the tags
+    if values.get("wildcards"):
+        values["caption_lines"] = "each"  # kohya's wildcards read a caption file's lines as choices too
     return values
