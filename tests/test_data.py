@@ -182,9 +182,10 @@ def test_wildcards_make_every_combination_a_caption_of_the_image(tmp_path, sampl
     assert count == 64 and len(many) == len(set(many)) == 10
     assert many == expand_wildcards("{a|b|c|d} {e|f|g|h} {i|j|k|l}", 10)[0]  # the same choice every run
 
-    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("a {red|crimson} circle\nlvshape, circle\n")
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("a {red|lvshape} circle\nlvshape, circle\n")
     run = resolve_run(run_config(data=str(sample_data), wildcards=True, caption_lines="each"), NO_GPU)
-    record = next(r for r in scan(run, sample_data, None, None).usable if r.path.name == "00_red_circle.png")
+    record = next(r for r in scan(run, sample_data, "lvshape", None).usable if r.path.name == "00_red_circle.png")
+    # the trigger word where a caption made lacks it
     assert [record.caption, *(text for text, _ in record.more_captions)] == [
-        "a red circle", "a crimson circle", "lvshape, circle"]
+        "lvshape, a red circle", "a lvshape circle", "lvshape, circle"]
     assert "3 captions from its {a|b} choices, one drawn each time the image is trained" in record.notes

@@ -12,6 +12,7 @@ from pathlib import Path
 from lowvram.config import CAPTION_SUFFIXES
 
 WILDCARD = re.compile(r"\{([^{}]*\|[^{}]*)\}")  # kohya's {a|b|c}: one of a, b, c
+MAX_WILDCARD_CAPTIONS = 64  # captions one caption line's {a|b} choices may make; past it, a fixed choice of them
 
 
 def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str], Path | None]:
@@ -75,3 +76,24 @@ def expand_wildcards(caption: str, limit: int) -> tuple[list[str], int]:
             picked.append(choices[digit])
         captions.append("".join(reversed(picked)))
     return captions, count
+
+
+def captions_of(text: str, each_line: bool, wildcards: bool, notes: list[str]) -> list[str]:
+    """The captions a caption text (its lines) makes: its first line, or each line; with `wildcards`, each
+    combination of their {a|b} choices. `notes` get a word on the lines left out or the captions made."""
+    lines = text.split("\n")
+    if len(lines) > 1 and not each_line:
+        notes.append(f"{len(lines)} caption lines: the first is trained (--caption-lines each draws among them)")
+        lines = lines[:1]
+    elif len(lines) > 1:
+        notes.append(f"{len(lines)} caption lines, one drawn each time the image is trained")
+    if not wildcards:
+        return lines
+    expanded = [expand_wildcards(line, MAX_WILDCARD_CAPTIONS) for line in lines]
+    made = sum(count for _, count in expanded)
+    captions = [caption for made_here, _ in expanded for caption in made_here]
+    if made > len(captions):
+        notes.append(f"{made} captions from its {{a|b}} choices: {len(captions)} of them are drawn among")
+    elif made > len(lines):
+        notes.append(f"{made} captions from its {{a|b}} choices, one drawn each time the image is trained")
+    return captions

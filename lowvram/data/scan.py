@@ -28,11 +28,10 @@ from rich.text import Text
 
 from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES
 from lowvram.data.buckets import Buckets
-from lowvram.data.captions import expand_wildcards, read_caption_file, split_kept_tags
+from lowvram.data.captions import captions_of, read_caption_file, split_kept_tags
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 
-MAX_WILDCARD_CAPTIONS = 64  # captions one caption line's {a|b} choices may make; past it, a fixed choice of them
 PIL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # Pillow decoders tried; a phone's JPEG may come back as "MPO"
 EXPECTED_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
                     ".bmp": ("BMP", "DIB")}
@@ -552,31 +551,20 @@ def _mode_notes(mode: str, has_alpha: bool, options: ScanOptions) -> list[str]:
 
 def _caption(image: Path, folder: ImageFolder, options: ScanOptions) -> tuple[list[str], list[str], Path | None]:
     """The folder's caption for it (a metadata file's, a concept's), else the caption file's, else the template:
-    its first line, or each line with --caption-lines each; the trigger word prepended where missing, and the
-    prefixes and suffixes around each. Also the caption file when it was not UTF-8 (None when it was, or when
-    there is none)."""
+    its first line, or each line with --caption-lines each, each {a|b} combination with --wildcards; the trigger
+    word prepended where missing, and the prefixes and suffixes around each. Also the caption file when it was not
+    UTF-8 (None when it was, or when there is none)."""
     metadata_key = _metadata_key(image, folder.captions)
     if metadata_key:
         text, notes, non_utf8 = folder.captions[metadata_key], [], None
     else:
         text, notes, non_utf8 = read_caption_file(image, options.caption_extension)
-    lines = [options.caption_template.format(trigger=options.trigger_word or folder.label).strip()]
-    if text is not None:
-        lines = [f"{options.trigger_word}, {line}" if options.trigger_word and options.trigger_word not in line
-                 else line for line in text.split("\n")]
-    if len(lines) > 1 and options.caption_lines == "first":
-        notes.append(f"{len(lines)} caption lines: the first is trained (--caption-lines each draws among them)")
-        lines = lines[:1]
-    elif len(lines) > 1:
-        notes.append(f"{len(lines)} caption lines, one drawn each time the image is trained")
-    if options.wildcards:
-        expanded = [expand_wildcards(line, MAX_WILDCARD_CAPTIONS) for line in lines]
-        made = sum(count for _, count in expanded)
-        lines = [caption for captions, _ in expanded for caption in captions]
-        if made > len(lines):
-            notes.append(f"{made} captions from its {{a|b}} choices: {len(lines)} of them are drawn among")
-        elif made > len(expanded):
-            notes.append(f"{made} captions from its {{a|b}} choices, one drawn each time the image is trained")
+    if text is None:
+        lines = [options.caption_template.format(trigger=options.trigger_word or folder.label).strip()]
+    else:
+        lines = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
+        if options.trigger_word:
+            lines = [line if options.trigger_word in line else f"{options.trigger_word}, {line}" for line in lines]
     wrap = (f"{options.caption_prefix}{folder.caption_prefix}", f"{folder.caption_suffix}{options.caption_suffix}")
     return [f"{wrap[0]}{line}{wrap[1]}" for line in lines], notes, non_utf8
 
