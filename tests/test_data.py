@@ -152,7 +152,7 @@ def test_each_caption_line_is_a_caption_with_caption_lines_each(tmp_path, sample
     first = scan(resolve_run(run_config(data=str(sample_data)), NO_GPU), sample_data, "zkw", None)
     record = next(r for r in first.usable if r.path.name == "00_red_circle.png")
     assert (record.caption, record.more_captions) == ("zkw, a red circle", ())
-    assert "3 caption lines: the first is trained (--caption-lines each draws among them)" in record.notes
+    assert "caption lines: the first of 3 is trained (--caption-lines each draws among them)" in record.notes
     result = train(run_config(data=str(sample_data), caption_lines="each", keep_tokens_separator="|||",
                               trigger_word="zkw", train_text_encoder=train_text_encoder, max_steps=1,
                               output=str(tmp_path / "out")))
@@ -188,4 +188,4 @@ def test_wildcards_make_every_combination_a_caption_of_the_image(tmp_path, sampl
     # the trigger word where a caption made lacks it
     assert [record.caption, *(text for text, _ in record.more_captions)] == [
         "lvshape, a red circle", "a lvshape circle", "lvshape, circle"]
-    assert "3 captions from its {a|b} choices, one drawn each time the image is trained" in record.notes
+    assert "{a|b} choices: one of 3 captions drawn each time the image is trained" in record.notes

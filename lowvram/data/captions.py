@@ -83,17 +83,17 @@ def captions_of(text: str, each_line: bool, wildcards: bool, notes: list[str]) -
     combination of their {a|b} choices. `notes` get a word on the lines left out or the captions made."""
     lines = text.split("\n")
     if len(lines) > 1 and not each_line:
-        notes.append(f"{len(lines)} caption lines: the first is trained (--caption-lines each draws among them)")
+        notes.append(f"caption lines: the first of {len(lines)} is trained (--caption-lines each draws among them)")
         lines = lines[:1]
     elif len(lines) > 1:
-        notes.append(f"{len(lines)} caption lines, one drawn each time the image is trained")
+        notes.append(f"caption lines: one of {len(lines)} drawn each time the image is trained")
     if not wildcards:
         return lines
     expanded = [expand_wildcards(line, MAX_WILDCARD_CAPTIONS) for line in lines]
     made = sum(count for _, count in expanded)
     captions = [caption for made_here, _ in expanded for caption in made_here]
     if made > len(captions):
-        notes.append(f"{made} captions from its {{a|b}} choices: {len(captions)} of them are drawn among")
+        notes.append(f"{{a|b}} choices: {made} captions, of which a fixed {len(captions)} are drawn among")
     elif made > len(lines):
-        notes.append(f"{made} captions from its {{a|b}} choices, one drawn each time the image is trained")
+        notes.append(f"{{a|b}} choices: one of {made} captions drawn each time the image is trained")
     return captions
