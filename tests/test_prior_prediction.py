@@ -132,3 +132,34 @@ def test_the_planner_counts_the_extra_forward_pass_in_the_step_time(tmp_path, sa
                                                                     prior_prediction=prior), NO_GPU)), strategy)
              for prior in (False, True)]
     assert times[1] == pytest.approx(times[0] * 4 / 3)  # a forward pass is about a third of forward and backward
+
+
+def test_a_measured_own_prediction_cost_replaces_the_prior(monkeypatch):
+    """calibrate_planner derives the extra forward pass's cost from a GPU result's pair of runs, with and without
+    it, and the planner's step time then uses it instead of the prior third."""
+    import dataclasses
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from lowvram.models import FAMILIES
+    from lowvram.plan import MemoryStrategy, Workload
+
+    estimator = importlib.import_module("lowvram.plan.estimate")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import calibrate_planner
+
+    runs = [{"family": "sd15", "batch": 1, "device": "GPU", "mixed_precision": "bf16", "unet_weights": "bf16",
+             "gradient_checkpointing": False, "optimizer": "adamw8bit", "seconds_per_step": seconds,
+             "own_prediction": own} for own, seconds in ((False, 0.10), (True, 0.125))]
+    measured = calibrate_planner.step_time(runs)["sd15"]["1"]
+    assert measured == {"own_prediction": 1.25}  # and no other ratio from the pair
+    work = Workload(FAMILIES["sd15"], 512, own_prediction=True)
+    strategy = MemoryStrategy("bf16", False, "adamw8bit")
+    monkeypatch.setattr(estimator, "step_time_ratios", lambda family, batch: {})
+    prior = estimator.relative_step_time(work, strategy) / estimator.relative_step_time(
+        dataclasses.replace(work, own_prediction=False), strategy)
+    monkeypatch.setattr(estimator, "step_time_ratios", lambda family, batch: measured)
+    assert prior == pytest.approx(4 / 3)
+    assert estimator.relative_step_time(work, strategy) / estimator.relative_step_time(
+        dataclasses.replace(work, own_prediction=False), strategy) == pytest.approx(1.25)

@@ -151,9 +151,10 @@ def update(loss, optimizer, scaler) -> float:
 
 
 def cached_style_step(unet, family, resolution: int, batch: int, compute, device, optimizer, scaler=None,
-                      offload: bool = False):
+                      offload: bool = False, own_prediction: bool = False):
     """One training step as lowvram runs it after caching (latents and text embeddings as inputs), as a function
-    returning the loss."""
+    returning the loss; with `own_prediction`, every image trained toward the model's own prediction
+    (--prior-prediction's extra forward pass)."""
     import torch
     from diffusers import DDPMScheduler
 
@@ -169,13 +170,14 @@ def cached_style_step(unet, family, resolution: int, batch: int, compute, device
     time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device)
     conditioning = unet_conditioning(family, hidden, pooled if family.size_conditioning else None, time_ids)
     scaler = scaler or torch.amp.GradScaler(enabled=False)
+    prior = torch.ones(batch, dtype=torch.bool, device=device) if own_prediction else None
 
     def step() -> float:
         saving = torch.autograd.graph.save_on_cpu(pin_memory=cuda) if offload else contextlib.nullcontext()
         with torch.autocast(device.type, dtype=compute, enabled=cuda), saving:
             noise = sample_noise(latents, 0.0)
             loss = diffusion_loss(unet, scheduler, latents, conditioning, noise,
-                                  sample_timesteps(scheduler, batch, device))
+                                  sample_timesteps(scheduler, batch, device), prior=prior)
         return update(loss, optimizer, scaler)
 
     return step

@@ -39,6 +39,8 @@ SWEEP = [
     ("native", False, "adamw", "bf16", False), ("native", True, "adamw", "bf16", False),
     ("native", False, "adamw8bit", "fp16", False), ("native", True, "adamw8bit", "fp16", False),
     ("bnb-nf4", True, "adamw8bit", "fp16", False), ("fp8", True, "adamw8bit", "fp16", False),
+    # the model's own prediction (--prior-prediction, --masked-prior-weight): its extra forward pass's cost
+    ("native", False, "adamw8bit", "bf16", True, "own-prediction"),
     # --compile, last (its warm-up is long): the same strategies compiled, for the planner's compile ratio
     ("native", False, "adamw8bit", "bf16", True, "compiled"), ("native", True, "adamw8bit", "bf16", True, "compiled"),
 ]
@@ -50,15 +52,16 @@ def random_unet(family, device, dtype):
 
 
 def strategy_name(weights: str, checkpointing: bool | int, optimizer: str, mixed_precision: str,
-                  compiled: bool = False) -> str:
+                  compiled: bool = False, own_prediction: bool = False) -> str:
     name = bench_memory.strategy_name(weights, checkpointing, optimizer)
     name = name if mixed_precision == "bf16" else f"{name},{mixed_precision}"
+    name = f"{name},own-prediction" if own_prediction else name
     return f"{name},compiled" if compiled else name
 
 
 def measure(family, device, weights: str, checkpointing: bool | int, optimizer_name: str, mixed_precision: str,
             resolution: int, batches: list[int], steps: dict[int, int], warmup: int, rank: int,
-            compiled: bool = False):
+            compiled: bool = False, own_prediction: bool = False):
     """Yield one result per batch size for one strategy, on one freshly made and converted U-Net."""
     import torch
 
@@ -73,8 +76,9 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
     cuda = device.type == "cuda"
     compute = getattr(torch, DTYPES[mixed_precision]) if cuda else torch.float32
     units = None if isinstance(checkpointing, bool) else checkpointing
-    common = {"strategy": strategy_name(weights, checkpointing, optimizer_name, mixed_precision, compiled),
-              "compiled": compiled,
+    common = {"strategy": strategy_name(weights, checkpointing, optimizer_name, mixed_precision, compiled,
+                                        own_prediction),
+              "compiled": compiled, "own_prediction": own_prediction,
               "unet_weights": weights, "gradient_checkpointing": bool(checkpointing), "checkpoint_units": units,
               "optimizer": optimizer_name,
               "mixed_precision": mixed_precision if cuda else "no", "offload_activations": False,
@@ -102,7 +106,7 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
         result = {**common, "batch": batch}
         try:
             step = bench_memory.cached_style_step(unet, family, resolution, batch, compute, device, optimizer,
-                                                  scaler)
+                                                  scaler, own_prediction=own_prediction)
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -196,18 +200,18 @@ def main() -> None:
             free(cuda)
         for weights, checkpointing, optimizer, mixed_precision, every_batch, *extra in with_picks(family, resolution,
                                                                                                 args):
-            compiled = "compiled" in extra
+            compiled, own_prediction = "compiled" in extra, "own-prediction" in extra
             if not cuda and (mixed_precision != "bf16" or compiled):
                 continue  # the CPU computes in fp32 only; compiling here would only rehearse the compiler
             if args.deadline and time.monotonic() - started > args.deadline:
                 emit({"kind": "not run", "strategy": strategy_name(weights, checkpointing, optimizer,
-                                                                   mixed_precision, compiled)})
+                                                                   mixed_precision, compiled, own_prediction)})
                 continue
             if weights == "native":  # the U-Net stored as the run computes (the CPU: fp32)
                 weights = NATIVE_FORMAT[mixed_precision if cuda else "no"]
             batches = args.batches if every_batch else args.batches[:1]
             for result in measure(family, device, weights, checkpointing, optimizer, mixed_precision, resolution,
-                                  batches, steps, args.warmup, args.rank, compiled):
+                                  batches, steps, args.warmup, args.rank, compiled, own_prediction):
                 emit({**result, "kind": "strategy"})
             free(cuda)
 

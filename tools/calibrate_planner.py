@@ -12,7 +12,8 @@ Every GPU result under benchmarks/ (a JSON with an `environment.device` other th
 - step_time: measured step-time ratios per full-size family and batch: gradient checkpointing against none (same
   format), each storage format against the native 16-bit one (same checkpointing), and `--compile` against the
   same strategy uncompiled, with its warm-up ("compile_seconds": the compiled run's first step less the eager
-  one's) (selective checkpointing runs check the planner's picks, not these ratios). A ratio
+  one's), and the model's own prediction ("own_prediction": its extra forward pass) against the same strategy
+  without it (selective checkpointing runs check the planner's picks, not these ratios). A ratio
   no result measured
   stays the estimator's prior. Pairs whose optimizers differ are compared as measured: an 8-bit optimizer's step
   on a few million LoRA parameters is within the noise of a U-Net step.
@@ -80,6 +81,11 @@ def step_time(runs: list[dict]) -> dict:
                 continue
             entry = ratios.setdefault(run["family"], {}).setdefault(str(run["batch"]), {})
             ratio = run["seconds_per_step"] / other["seconds_per_step"]
+            if run.get("own_prediction") or other.get("own_prediction"):  # they give the own prediction's cost only
+                if run.get("own_prediction") and not other.get("own_prediction") and not other.get("compiled") \
+                        and strategy_key(run) == strategy_key(other) and not run.get("checkpoint_units"):
+                    entry.setdefault("own_prediction", []).append(ratio)
+                continue
             if run.get("compiled") or other.get("compiled"):  # compiled runs give the compile ratio only
                 if run.get("compiled") and not other.get("compiled") and strategy_key(run) == strategy_key(other) \
                         and run.get("checkpoint_units") == other.get("checkpoint_units"):
@@ -98,7 +104,7 @@ def step_time(runs: list[dict]) -> dict:
                 entry.setdefault("unet_weights", {}).setdefault(run["unet_weights"], []).append(ratio)
     for family in ratios.values():
         for entry in family.values():
-            for ratio in ("gradient_checkpointing", "compile", "compile_seconds"):
+            for ratio in ("gradient_checkpointing", "compile", "compile_seconds", "own_prediction"):
                 if ratio in entry:
                     entry[ratio] = round(statistics.median(entry[ratio]), 3)
             for fmt, values in entry.get("unet_weights", {}).items():

@@ -41,7 +41,8 @@ TILE_PX = 512  # lowvram.models.conditioning.VAE_TILE_PX (not imported: plan mus
 CHECKPOINT_COST = 1.3
 OFFLOAD_COST = 1.5  # activations over PCIe and back (a prior: uncalibrated)
 # the model's own prediction (--prior-prediction, --masked-prior-weight): one more forward pass without gradients,
-# about a third of a forward and backward pass (a prior: uncalibrated), counted on every step
+# about a third of a forward and backward pass (a prior until calibration.json has a measured "own_prediction"
+# ratio), counted on every step
 OWN_PREDICTION_COST = 1 / 3
 # --compile's compiled transformer blocks: "about 27 % faster than eager" is what compiled training is reported to
 # gain elsewhere (a prior until calibration.json has a measured "compile" ratio); its warm-up is paid once per
@@ -398,6 +399,7 @@ def relative_step_time(work: Workload, strategy: MemoryStrategy, hardware: Hardw
     if strategy.gradient_checkpointing:  # recomputing a share of the forward FLOPs costs that share of all of it
         _, recomputed = checkpointed_shares(family_data(work.family), strategy.checkpoint_units)
         checkpointing = 1 + (measured.get("gradient_checkpointing", CHECKPOINT_COST) - 1) * recomputed
-    passes = checkpointing + (OWN_PREDICTION_COST if work.own_prediction else 0)  # the U-Net's work per step
+    own = measured.get("own_prediction", 1 + OWN_PREDICTION_COST) - 1 if work.own_prediction else 0
+    passes = checkpointing + own  # the U-Net's work per step
     return (weights * passes * (OFFLOAD_COST if work.offload_activations else 1)
             * (measured.get("compile", COMPILE_COST) if work.compile else 1) * OPTIMIZERS[strategy.optimizer].step_cost)
