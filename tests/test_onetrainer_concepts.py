@@ -126,6 +126,15 @@ def test_fractional_balancing_becomes_whole_repeats_in_proportion(wanted, expect
     assert whole_repeats(wanted) == expected
 
 
+def test_a_balancing_whole_repeats_cannot_hold_is_said_to_be_rough(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    dataset = read_dataset(write(tmp_path / "concepts.json", [concept("imgs/alpha"),
+                                                              concept("imgs/beta", balancing=0.0022)]))
+    assert [s.repeats for s in dataset.subsets] == [10, 1]
+    assert any("balancing in whole repeats (1 -> 10, 0.0022 -> 1) only roughly" in note for note in dataset.notes)
+
+
 def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)

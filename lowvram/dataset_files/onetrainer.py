@@ -179,8 +179,11 @@ def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: li
                     "the concept")
         wanted.append(max(balancing, 1e-6))
     repeats, factor = whole_repeats(wanted)
-    if factor > 1:
-        shown = ", ".join(f"{w:g} -> {r}" for w, r in zip(wanted, repeats, strict=True))
+    shown = ", ".join(f"{w:g} -> {r}" for w, r in zip(wanted, repeats, strict=True))
+    if any(abs(r / factor - w) > 0.01 * w for w, r in zip(wanted, repeats, strict=True)):
+        notes.append(f"balancing in whole repeats ({shown}) only roughly: every image is trained at least once an "
+                     "epoch here, so a concept balanced far below the others weighs more than in OneTrainer")
+    elif factor > 1:
         notes.append(f"balancing in whole repeats ({shown}): an epoch here is {factor} of OneTrainer's"
                      if not regularization else f"prior prediction concepts' balancing in whole repeats ({shown})")
     subsets = []
