@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lowvram.dataset_files.subsets import local_path
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import as_number
 
@@ -107,9 +108,9 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
         problem("model_type", f"{doc.get('model_type')}: lowvram trains Stable Diffusion 1.5 and SDXL (base), not "
                 "their inpainting models or other architectures")
     if doc.get("base_model_name"):
-        values["model"] = _local(str(doc["base_model_name"]), path, keep=True)
+        values["model"] = _found(str(doc["base_model_name"]), path)
     if (doc.get("vae") or {}).get("model_name"):
-        values["vae"] = _local(str(doc["vae"]["model_name"]), path, keep=True)
+        values["vae"] = _found(str(doc["vae"]["model_name"]), path)
     values |= _data(doc, path, problem)
     values |= _output(doc, notes, problem)
     values |= _schedule(doc, notes, problem, number)
@@ -128,16 +129,10 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     return values, notes
 
 
-def _local(given: str, config: Path, keep: bool = False) -> str:
-    """A path as OneTrainer names it: from the current folder, else the config's folder or the one above (its own
-    folder, where it keeps training_presets/); `keep`: a name found nowhere stays as it is (a hub id)."""
-    path = Path(given).expanduser()
-    if path.is_absolute() or path.exists():
-        return str(path)
-    for base in (config.parent, config.parent.parent):
-        if (base / path).exists():
-            return str(base / path)
-    return given if keep else str(path)
+def _found(given: str, config: Path) -> str:
+    """A path as OneTrainer names it, found as it finds it (see the module's docs); a name found nowhere stays as it
+    is (a hub id)."""
+    return str(local_path(given, config, levels=2))
 
 
 def _data(doc: dict[str, Any], path: Path, problem) -> dict[str, Any]:
@@ -145,7 +140,7 @@ def _data(doc: dict[str, Any], path: Path, problem) -> dict[str, Any]:
     if isinstance(doc.get("concepts"), list):  # held inline: the config is its own concepts file
         values["data"] = str(path)
     elif doc.get("concept_file_name"):
-        concepts = _local(str(doc["concept_file_name"]), path)
+        concepts = _found(str(doc["concept_file_name"]), path)
         if Path(concepts).is_file():
             values["data"] = concepts
         else:
@@ -280,7 +275,7 @@ def _network(doc: dict[str, Any], path: Path, problem, number) -> dict[str, Any]
     if doc.get("dropout_probability"):
         values["dropout"] = number("dropout_probability")
     if doc.get("lora_model_name"):
-        values["network_weights"] = _local(str(doc["lora_model_name"]), path)
+        values["network_weights"] = _found(str(doc["lora_model_name"]), path)
     preset = str(doc.get("layer_filter_preset") or "full")  # a named preset's layer_filter is its own pattern
     if preset in LAYER_PRESETS:
         values["lora_layers"] = LAYER_PRESETS[preset]
@@ -370,7 +365,7 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
     """OneTrainer's sample definitions as prompts with kohya's inline options, which lowvram reads."""
     samples = doc.get("samples")
     if not isinstance(samples, list) and doc.get("sample_definition_file_name"):
-        file = Path(_local(str(doc["sample_definition_file_name"]), path))
+        file = Path(_found(str(doc["sample_definition_file_name"]), path))
         try:
             samples = json.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -143,6 +143,7 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
         concept("imgs/beta", image={"enable_random_rotate": True, "enable_resolution_override": True},
                 text={"tag_delimiter": ";"}, loss_weight=0),
         concept("imgs/missing"), {"name": "no path"}, "a string",
+        concept("imgs/alpha", text={"prompt_source": "concept", "prompt_path": ""}),
         concept("imgs/reg", type="VALIDATION"), concept("imgs/alpha", validation_concept=True, type=None),
     ])
     with pytest.raises(LowvramError) as error:
@@ -152,6 +153,7 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
                 "concepts[2] image.enable_resolution_override:", "concepts[2] text.tag_delimiter:",
                 "concepts[2] loss_weight: 0 would train nothing", "concepts[3] path: folder not found: imgs/missing",
                 "concepts[4] (no path): no path", "concepts[5]: 'a string' is not a concept",
+                "concepts[6] text.prompt_path: none given for prompt_source concept",
                 "validation concepts: 2 of them"]
     assert_one_line_each(str(error.value), f"{path}: ", expected)
 

@@ -223,7 +223,11 @@ def _captions(concept: dict, folders: list[Path], path: Path, where: str, notes:
     images = _images(folders)
     if source == "filename":
         return {str(image.with_suffix("")): image.stem for image in images}
-    prompt_file = local_path(str(text.get("prompt_path") or ""), path, levels=2)
+    if not text.get("prompt_path"):  # an empty path would name the current folder
+        problem(f"{where} text.prompt_path", "none given for prompt_source concept; name the text file of the "
+                "concept's prompt, or set prompt_source to sample")
+        return None
+    prompt_file = local_path(str(text["prompt_path"]), path, levels=2)
     try:
         lines = [line.strip() for line in prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, ValueError) as exc:
