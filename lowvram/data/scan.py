@@ -8,8 +8,6 @@ Folder rules are kohya's: images in the root count once, `N_name/` repeats N tim
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import math
 import re
@@ -19,7 +17,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 from PIL import Image, ImageChops, ImageOps
 from rich.console import Console
 from rich.progress import Progress
@@ -29,26 +26,27 @@ from rich.text import Text
 from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES
 from lowvram.data.buckets import Buckets
 from lowvram.data.captions import captions_of, read_caption_file, split_kept_tags
+from lowvram.data.image_files import (
+    ALPHA_MODES,
+    EXPECTED_FORMATS,
+    PIL_FORMATS,
+    SUPPORTED,
+    UNSUPPORTED_SUFFIXES,
+    file_facts,
+    to_rgb,
+)
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 
-PIL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # Pillow decoders tried; a phone's JPEG may come back as "MPO"
-EXPECTED_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
-                    ".bmp": ("BMP", "DIB")}
-UNSUPPORTED_SUFFIXES = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".jfif", ".psd", ".svg",
-                        ".ico", ".tga", ".exr", ".dng", ".raw", ".cr2", ".nef", ".arw")
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
 SILENT_NAMES = ("Thumbs.db", "desktop.ini")
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
-HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 MODE_NOTES = {"I;16": "16-bit -> 8-bit RGB", "CMYK": "CMYK -> RGB", "P": "palette -> RGB", "L": "greyscale -> RGB", "LA": "greyscale -> RGB",
               "1": "1-bit -> RGB", "I": "32-bit -> 8-bit RGB", "F": "32-bit float -> 8-bit RGB"}
 INDEX_VERSION = 1
 UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
 PROGRESS_FROM = 50  # files; fewer scan in a blink
 NOTES_LISTED_UP_TO = 20  # usable files with notes printed without --verbose
-SUPPORTED = " ".join(IMAGE_SUFFIXES)
 MASK_SUFFIX = "-masklabel.png"  # OneTrainer's loss masks: <image stem>-masklabel.png beside the image, never an image
 MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
 
@@ -383,7 +381,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
                            non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, kept_tags=kept,
                            more_captions=tuple(more))
-    facts = _facts(path, options, old_index.get(str(path)))
+    facts = file_facts(path, options.max_pixels, old_index.get(str(path)))
     if facts["size"] >= 0:
         new_index[str(path)] = facts
     width, height, mode = facts["width"], facts["height"], facts["mode"]
@@ -402,7 +400,7 @@ def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_i
     mask = record.path.with_name(record.path.stem + MASK_SUFFIX)
     if not mask.is_file():
         return replace(record, notes=record.notes + ("no mask: trained everywhere",))
-    facts = _facts(mask, options, old_index.get(str(mask)), mask=True)
+    facts = file_facts(mask, options.max_pixels, old_index.get(str(mask)), mask=True)
     if facts["size"] >= 0:
         new_index[str(mask)] = facts
     shape = (facts["width"], facts["height"])
@@ -418,93 +416,6 @@ def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_i
         resized = () if shape == (record.width, record.height) else (f"mask resized from {shape[0]}x{shape[1]}",)
         return replace(record, mask=mask, mask_sha256=facts["sha256"], notes=record.notes + resized)
     return replace(record, usable=False, reason=reason, bucket=None)
-
-
-def _facts(path: Path, options: ScanOptions, cached: dict | None, mask: bool = False) -> dict:
-    """What the file is, from the index when its size and mtime are unchanged, else from reading it once; for a
-    `mask`, also its lightest grey level."""
-    try:
-        stat = path.stat()
-        if _still_valid(cached, stat, options.max_pixels):
-            return cached
-        data = path.read_bytes()
-    except OSError as exc:  # kept out of the index (size -1): a chmod does not change the mtime
-        return _blank(size=-1, error=f"unreadable: {exc.strerror or exc}; check the file and its permissions")
-    return {**_probe(data, options.max_pixels, mask), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _still_valid(cached, stat, max_pixels: int) -> bool:
-    """Same size and mtime, and decoded last time (or never to be: an error, or still over max_pixels)."""
-    try:
-        return (cached.keys() >= _blank().keys() and cached["size"] == stat.st_size
-                and cached["mtime_ns"] == stat.st_mtime_ns
-                and bool(cached["decoded"] or cached["error"] or cached["width"] * cached["height"] > max_pixels))
-    except (AttributeError, KeyError, TypeError):
-        return False
-
-
-def _blank(**values) -> dict:
-    facts = {"size": 0, "mtime_ns": 0, "sha256": "", "width": 0, "height": 0, "mode": "", "format": "",
-             "has_alpha": False, "transposed": False, "decoded": False, "error": None, "lightest": None}
-    return {**facts, **values}
-
-
-def _probe(data: bytes, max_pixels: int, mask: bool = False) -> dict:
-    """Header facts, then a full decode unless over max_pixels: truncated files only fail in load(). A `mask`'s
-    lightest grey level, as training reads the mask."""
-    facts = _blank(sha256=hashlib.sha256(data).hexdigest())
-    if not data:
-        return {**facts, "error": "empty file: 0 bytes; re-export or delete it"}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, below
-            with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
-                orientation = _orientation(im)
-                width, height = im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
-                facts.update(width=width, height=height, mode=im.mode, format=im.format or "",
-                             has_alpha=_has_alpha(im), transposed=orientation in (2, 3, 4, 5, 6, 7, 8))
-                if width * height <= max_pixels:
-                    if im.format in ("JPEG", "MPO"):  # 1/8 scale still reads every byte: truncation shows, in 1/64 RAM
-                        im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
-                    im.load()
-                    facts["decoded"] = True
-                    if mask:
-                        facts["lightest"] = im.convert("L").getextrema()[1]
-    except Image.DecompressionBombError:
-        facts["error"] = (f"too large: over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, Pillow's decompression-bomb "
-                          "limit; downscale it")
-    except Image.UnidentifiedImageError:
-        facts["error"] = _unidentified(data)
-    except Exception as exc:  # noqa: BLE001 -- truncated, corrupt, odd: one bad file never ends the scan
-        message = str(exc) or type(exc).__name__
-        kind = "truncated" if "truncated" in message else "unreadable"
-        facts["error"] = f"{kind}: {message}; re-download or re-export it"
-    return facts
-
-
-def _unidentified(data: bytes) -> str:
-    """An image of another format behind a supported name, or not an image at all."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                actual = im.format
-    except Exception:  # noqa: BLE001
-        actual = None
-    if actual:
-        return f"unsupported format: it is a {actual} file; convert it to one of {SUPPORTED}"
-    return f"not an image: no image decoder recognises its content ({data[:12]!r}...); delete or re-export it"
-
-
-def _orientation(im: Image.Image) -> int:
-    try:
-        return int(im.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 -- malformed EXIF: shown as stored, as most viewers do
-        return 1
-
-
-def _has_alpha(im: Image.Image) -> bool:
-    return im.mode in ALPHA_MODES or im.info.get("transparency") is not None
 
 
 def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> tuple[str | None, tuple | None, list]:
@@ -584,7 +495,7 @@ def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions(
                     if scale <= 0.5:
                         im.draft(im.mode, need if im.size == (record.width, record.height) else need[::-1])
                 upright = ImageOps.exif_transpose(im) if record.transposed else im
-                image, alpha = _to_rgb(upright, options)
+                image, alpha = to_rgb(upright, options.background, options.alpha_mask)
             if not (options.masked_loss and record.mask):
                 return image, alpha
             with Image.open(record.mask, formats=PIL_FORMATS) as im:
@@ -593,21 +504,3 @@ def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions(
     except Exception as exc:  # noqa: BLE001
         raise LowvramError(f"{record.path}: could not be decoded for training ({exc}); did it or its mask change "
                            "since the scan? Run `lowvram check-data` again") from None
-
-
-def _to_rgb(im: Image.Image, options: ScanOptions) -> tuple[Image.Image, Image.Image | None]:
-    if _has_alpha(im) and im.mode not in HIGH_BIT_MODES:
-        rgba = im.convert("RGBA")
-        alpha = rgba.getchannel("A")
-        if options.alpha_mask:
-            return rgba.convert("RGB"), alpha
-        out = Image.new("RGB", rgba.size, tuple(options.background))
-        out.paste(rgba.convert("RGB"), mask=alpha)
-        return out, None
-    if im.mode in HIGH_BIT_MODES:  # Pillow's own convert clips these at 255 instead of scaling
-        array = np.asarray(im).astype(np.float32)
-        peak = float(array.max()) if array.size else 0.0  # 'I' and 'F' carry no bit depth: guess it from the peak
-        top = 65535.0 if im.mode.startswith("I;16") or peak > 255 else 1.0 if im.mode == "F" and peak <= 1 else 255.0
-        grey = np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB"), None
-    return im.convert("RGB"), None

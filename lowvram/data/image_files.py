@@ -1,0 +1,130 @@
+"""What an image file is, read once: its size, mode, orientation and whether it decodes, for the scan and its
+index; and the conversion of a decoded image to the 8-bit RGB that training reads. Only the formats lowvram
+trains from are decoded (PIL_FORMATS); another format behind a supported name is named, not read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lowvram.config import IMAGE_SUFFIXES
+
+PIL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # Pillow decoders tried; a phone's JPEG may come back as "MPO"
+EXPECTED_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
+                    ".bmp": ("BMP", "DIB")}
+UNSUPPORTED_SUFFIXES = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".jfif", ".psd", ".svg",
+                        ".ico", ".tga", ".exr", ".dng", ".raw", ".cr2", ".nef", ".arw")
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+SUPPORTED = " ".join(IMAGE_SUFFIXES)
+
+
+def file_facts(path: Path, max_pixels: int, cached: dict | None, mask: bool = False) -> dict:
+    """What the file is, from the index when its size and mtime are unchanged, else from reading it once; for a
+    `mask`, also its lightest grey level."""
+    try:
+        stat = path.stat()
+        if _still_valid(cached, stat, max_pixels):
+            return cached
+        data = path.read_bytes()
+    except OSError as exc:  # kept out of the index (size -1): a chmod does not change the mtime
+        return _blank(size=-1, error=f"unreadable: {exc.strerror or exc}; check the file and its permissions")
+    return {**_probe(data, max_pixels, mask), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _still_valid(cached, stat, max_pixels: int) -> bool:
+    """Same size and mtime, and decoded last time (or never to be: an error, or still over max_pixels)."""
+    try:
+        return (cached.keys() >= _blank().keys() and cached["size"] == stat.st_size
+                and cached["mtime_ns"] == stat.st_mtime_ns
+                and bool(cached["decoded"] or cached["error"] or cached["width"] * cached["height"] > max_pixels))
+    except (AttributeError, KeyError, TypeError):
+        return False
+
+
+def _blank(**values) -> dict:
+    facts = {"size": 0, "mtime_ns": 0, "sha256": "", "width": 0, "height": 0, "mode": "", "format": "",
+             "has_alpha": False, "transposed": False, "decoded": False, "error": None, "lightest": None}
+    return {**facts, **values}
+
+
+def _probe(data: bytes, max_pixels: int, mask: bool = False) -> dict:
+    """Header facts, then a full decode unless over max_pixels: truncated files only fail in load(). A `mask`'s
+    lightest grey level, as training reads the mask."""
+    facts = _blank(sha256=hashlib.sha256(data).hexdigest())
+    if not data:
+        return {**facts, "error": "empty file: 0 bytes; re-export or delete it"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, below
+            with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
+                orientation = _orientation(im)
+                width, height = im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
+                facts.update(width=width, height=height, mode=im.mode, format=im.format or "",
+                             has_alpha=has_alpha(im), transposed=orientation in (2, 3, 4, 5, 6, 7, 8))
+                if width * height <= max_pixels:
+                    if im.format in ("JPEG", "MPO"):  # 1/8 scale still reads every byte: truncation shows, in 1/64 RAM
+                        im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+                    im.load()
+                    facts["decoded"] = True
+                    if mask:
+                        facts["lightest"] = im.convert("L").getextrema()[1]
+    except Image.DecompressionBombError:
+        facts["error"] = (f"too large: over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, Pillow's decompression-bomb "
+                          "limit; downscale it")
+    except Image.UnidentifiedImageError:
+        facts["error"] = _unidentified(data)
+    except Exception as exc:  # noqa: BLE001 -- truncated, corrupt, odd: one bad file never ends the scan
+        message = str(exc) or type(exc).__name__
+        kind = "truncated" if "truncated" in message else "unreadable"
+        facts["error"] = f"{kind}: {message}; re-download or re-export it"
+    return facts
+
+
+def _unidentified(data: bytes) -> str:
+    """An image of another format behind a supported name, or not an image at all."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                actual = im.format
+    except Exception:  # noqa: BLE001
+        actual = None
+    if actual:
+        return f"unsupported format: it is a {actual} file; convert it to one of {SUPPORTED}"
+    return f"not an image: no image decoder recognises its content ({data[:12]!r}...); delete or re-export it"
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 -- malformed EXIF: shown as stored, as most viewers do
+        return 1
+
+
+def has_alpha(im: Image.Image) -> bool:
+    return im.mode in ALPHA_MODES or im.info.get("transparency") is not None
+
+
+def to_rgb(im: Image.Image, background: tuple[int, int, int], alpha_mask: bool) -> tuple[Image.Image, Image.Image | None]:
+    if has_alpha(im) and im.mode not in HIGH_BIT_MODES:
+        rgba = im.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        if alpha_mask:
+            return rgba.convert("RGB"), alpha
+        out = Image.new("RGB", rgba.size, tuple(background))
+        out.paste(rgba.convert("RGB"), mask=alpha)
+        return out, None
+    if im.mode in HIGH_BIT_MODES:  # Pillow's own convert clips these at 255 instead of scaling
+        array = np.asarray(im).astype(np.float32)
+        peak = float(array.max()) if array.size else 0.0  # 'I' and 'F' carry no bit depth: guess it from the peak
+        top = 65535.0 if im.mode.startswith("I;16") or peak > 255 else 1.0 if im.mode == "F" and peak <= 1 else 255.0
+        grey = np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB"), None
+    return im.convert("RGB"), None
