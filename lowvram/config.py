@@ -181,6 +181,29 @@ class NetworkConfig:
                                    metavar="R")
     conv_alpha: float | None = option(None, "Alpha of those convolutions (kohya's conv_alpha; default: the same "
                                       "alpha/rank scale as the other layers).", metavar="A")
+    block_ranks: str | None = option(None, "Rank per U-Net block, comma-separated (kohya's block_dims): 25 values "
+                                     "for SD1.5 (IN00-IN11, M00, OUT00-OUT11), 23 for SDXL (its time embedding, "
+                                     "IN00-IN08, M00-M02, OUT00-OUT08, its output layers; the first and last hold no "
+                                     "adapted layers). 0 leaves a block without adapters. For the linear layers and "
+                                     "1x1 convolutions; default: --rank in every block.", metavar="R,R,...")
+    block_alphas: str | None = option(None, "Alpha per U-Net block, in --block-ranks' order (kohya's block_alphas), "
+                                      "or one value for every block; default: --alpha in every block (as kohya: a "
+                                      "block of lower rank then scales its update up).", metavar="A,A,...")
+    conv_block_ranks: str | None = option(None, "Rank per U-Net block of the 3x3 convolutions that --lora-layers "
+                                          "full adapts (kohya's conv_block_dims); 0 leaves them unadapted there; "
+                                          "default: --conv-rank.", metavar="R,R,...")
+    conv_block_alphas: str | None = option(None, "Their alpha per block (kohya's conv_block_alphas), or one value "
+                                           "for every block; default: the 3x3 convolutions' alpha (--conv-alpha).",
+                                           metavar="A,A,...")
+    down_lr_weight: str | None = option(None, "Learning-rate multipliers of the U-Net's input blocks IN00, IN01, "
+                                        "... (kohya's down_lr_weight): comma-separated (missing ones are 1), one "
+                                        "value for all, or a curve from the first to the last: cosine, sine, "
+                                        "linear, reverse_linear or zeros, +BASE to raise it (e.g. sine+0.5). A "
+                                        "block at 0 gets no adapters.", metavar="W,W,...")
+    mid_lr_weight: str | None = option(None, "The same for the middle block (SD1.5: M00; SDXL: M00-M02; kohya's "
+                                       "mid_lr_weight).", metavar="W,W,...")
+    up_lr_weight: str | None = option(None, "The same for the output blocks OUT00, OUT01, ... (kohya's "
+                                      "up_lr_weight).", metavar="W,W,...")
     lokr_factor: int = option(-1, "LoKr: the factor the first Kronecker matrix's sides are split by (-1: as "
                               "square as possible; 4-16 gives smaller files).", metavar="F")
     train_text_encoder: bool = option(False, "Also train LoRA adapters on the text encoder(s).")

@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from lowvram.adapters.blocks import check_syntax as check_block_syntax
 from lowvram.config import (
     CAPTION_SUFFIXES,
     HUBER_LOSSES,
@@ -413,6 +414,7 @@ def _check(c: RunConfig) -> list[str]:
         c.data.caption_template.format(trigger="")
     except (KeyError, IndexError, ValueError):
         p.append(f"--caption-template: {c.data.caption_template!r}: the only placeholder is {{trigger}}")
+    p.extend(check_block_syntax(c.network))
     positive("rank", c.network.rank)
     positive("alpha", c.network.alpha)
     positive("v-pred-like-loss", c.training.v_pred_like_loss, allow_zero=True)

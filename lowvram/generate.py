@@ -25,7 +25,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
             raise LowvramError(f"--lora: {args.lora} is not a .safetensors file")
         for change in follow_lora_schedule(model, args.lora):
             print(f"the LoRA was trained with {change}: sampling with it too")
-        if _lycoris_kind(args.lora):  # DoRA, LoHa, LoKr: diffusers drops or refuses them; peft applies them
+        if _read_with_peft(args.lora):
             from lowvram.adapters.lora_files import load_kohya
 
             load_kohya(model, args.lora, args.weight)
@@ -71,15 +71,18 @@ def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
     return changes
 
 
-def _lycoris_kind(path: Path) -> str | None:
-    """'DoRA', 'LoHa' or 'LoKr' for a kohya/LyCORIS file of that type (read from its header), else None."""
+def _read_with_peft(path: Path) -> bool:
+    """Whether lowvram's own reader applies the file: a DoRA, LoHa or LoKr (diffusers drops or refuses them), or
+    a file lowvram wrote (its reader is the exact inverse of the writer; diffusers' kohya converter misplaces the
+    alphas of some attention layers, which shows once they differ between blocks). Other plain LoRAs go through
+    diffusers, which also reads the original checkpoint layout's key names."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
+            ours = "lowvram.network" in (f.metadata() or {})
     except (OSError, SafetensorError) as exc:  # truncated, or not safetensors at all: one line, as train says it
         raise LowvramError(f"--lora: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]}); "
                            "pass a LoRA .safetensors file") from None
-    return next((name for marker, name in ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"))
-                 if any(marker in k for k in keys)), None)
+    return ours or any(marker in key for key in keys for marker in (".hada_w1_a", ".lokr_w", ".dora_scale"))

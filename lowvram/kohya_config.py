@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError
 from lowvram.kohya_names import KOHYA_FLAGS
@@ -169,6 +170,9 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         if conv_dim:  # kohya's conv_alpha defaults to 1
             values |= {"conv_rank": as_number(conv_dim, "network_args conv_dim", problem, int),
                        "conv_alpha": as_number(conv_alpha or 1.0, "network_args conv_alpha", problem)}
+        values |= _block_args(args, conv_alpha, problem)
+        if "conv_block_ranks" in values:
+            values["lora_layers"] = "full"
     elif module == "lycoris.kohya":
         algo = args.pop("algo", "lora")
         dora = str(args.pop("dora_wd", "")).lower() == "true"
@@ -203,6 +207,21 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     if args:
         notes.append(f"network_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
     return values
+
+
+def _block_args(args: dict[str, Any], conv_alpha: Any, problem) -> dict[str, str]:
+    """kohya's per-block network_args (block_dims, down_lr_weight and the rest) as lowvram's options. Without
+    conv_dim, kohya's conv_block_dims take an alpha of 1 (lowvram's default would be network_alpha)."""
+    given = {ours: str(args.pop(kohya)) for ours, kohya in BLOCK_OPTIONS.items() if kohya in args}
+    for ours, text in given.items():
+        kohya = BLOCK_OPTIONS[ours]
+        try:
+            check_value(kohya, text, ours.endswith("ranks"))
+        except LowvramError as exc:
+            problem(f"network_args {kohya}", str(exc).removeprefix(f"{kohya}: "))
+    if "conv_block_ranks" in given:
+        given.setdefault("conv_block_alphas", f"{float(conv_alpha or 1.0):g}")
+    return given
 
 
 def _learning_rates(left: dict[str, Any], train_text_encoder: bool, problem) -> dict[str, Any]:

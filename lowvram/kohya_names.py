@@ -21,7 +21,9 @@ KOHYA_FLAGS = {
     "--network_weights": "--network-weights",
     "--network_args": "--conv-rank (conv_dim), --conv-alpha (conv_alpha), --lokr-factor (factor), --network (algo), "
                       "--loraplus-ratio (loraplus_lr_ratio), --loraplus-text-encoder-ratio "
-                      "(loraplus_text_encoder_lr_ratio)",
+                      "(loraplus_text_encoder_lr_ratio), --block-ranks (block_dims), --block-alphas, "
+                      "--conv-block-ranks (conv_block_dims), --conv-block-alphas, --down-lr-weight, "
+                      "--mid-lr-weight, --up-lr-weight",
     "--network_train_unet_only": "(the default; --train-text-encoder adds the text encoders)",
     "--learning_rate": "--lr",
     "--unet_lr": "--lr",

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lowvram.adapters.blocks import BlockPlan, block_plan
 from lowvram.config import SAMPLE_DATA, RunConfig
 from lowvram.errors import LowvramError
 from lowvram.hardware import Hardware, resolve_mixed_precision
@@ -54,6 +55,11 @@ class ResolvedRun:
         return 4 if self.mixed_precision == "no" else 2
 
     @property
+    def blocks(self) -> BlockPlan | None:
+        """The U-Net's per-block ranks, alphas and learning-rate weights, where the config sets any."""
+        return block_plan(self.config.network, self.family.blocks, self.family.title)
+
+    @property
     def text_reading(self) -> TextReading:
         return TextReading(self.config.data.max_token_length, self.config.data.clip_skip)
 
@@ -77,7 +83,9 @@ def resolve_run(config: RunConfig, hardware: Hardware) -> ResolvedRun:
     mixed_precision = resolve_mixed_precision(config.training.mixed_precision, hardware)
     vae_fp32 = mixed_precision == "fp16" and bool(_vae_config(config, family).get("force_upcast"))
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
-    return ResolvedRun(config, family, hardware, mixed_precision, vae_fp32, cache_dir)
+    run = ResolvedRun(config, family, hardware, mixed_precision, vae_fp32, cache_dir)
+    run.blocks  # noqa: B018 -- a list of the wrong length for this family is said now, before any weights load
+    return run
 
 
 def _vae_config(config: RunConfig, family: ModelFamily) -> dict:

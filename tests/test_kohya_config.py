@@ -153,6 +153,28 @@ def test_a_value_that_is_no_number_or_a_prompt_file_not_utf8_is_named_with_its_s
                                  "learning_rate": "1e-4", "optimizer_args": []}, Path("k.toml"))[0]["rank"] == 8
 
 
+def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
+    dims, conv = ",".join(["4"] * 12 + ["8"] + ["4"] * 12), ",".join(["2"] * 25)
+    args = [f"block_dims={dims}", "block_alphas=2", f"conv_block_dims={conv}", "down_lr_weight=sine+0.5",
+            "mid_lr_weight=0", "up_lr_weight=1,1,0.5"]
+    values = values_of(tmp_path, {"train_data_dir": "sample", "network_dim": 8, "network_alpha": 4,
+                                  "network_args": args})
+    assert {key: values[key] for key in ("block_ranks", "block_alphas", "conv_block_ranks", "conv_block_alphas",
+                                         "down_lr_weight", "mid_lr_weight", "up_lr_weight", "lora_layers")} == {
+        "block_ranks": dims, "block_alphas": "2", "conv_block_ranks": conv, "conv_block_alphas": "1",  # kohya's 1
+        "down_lr_weight": "sine+0.5", "mid_lr_weight": "0", "up_lr_weight": "1,1,0.5", "lora_layers": "full"}
+    build_config(values | {"model": "tiny"})  # and lowvram takes them
+    with pytest.raises(LowvramError) as error:
+        translate({"train_data_dir": "sample", "network_args": ["block_dims=4,x", "up_lr_weight=slow"]},
+                  Path("kohya.toml"))
+    assert str(error.value).splitlines() == [
+        "kohya.toml: network_args block_dims: '4,x' is not comma-separated whole numbers (e.g. 4,4,8)",
+        "kohya.toml: network_args up_lr_weight: 'slow' is not comma-separated numbers (e.g. 4,4,8)"]
+    _, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_args":
+                          ["algo=locon", f"block_dims={dims}"]}, Path("kohya.toml"))
+    assert f"network_args not carried over: block_dims={dims}" in notes  # LyCORIS has no per-block ranks
+
+
 def test_kohyas_enable_wildcard_reads_choices_and_caption_lines(tmp_path):
     values = values_of(tmp_path, {"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
                                   "enable_wildcard": True})

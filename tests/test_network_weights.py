@@ -35,7 +35,7 @@ def test_the_adapters_start_exactly_as_the_file_says(first):
     model = load_model(values["model"])
     config = run_config(**values)
     networks.add_lora(model, config.network, config.alpha, True)
-    assert lora_files.start_from(model, result.lora_path, config.network, config.alpha) == len(lora_files.kohya_layers(model))
+    assert lora_files.start_from(model, result.lora_path, config.network) == len(lora_files.kohya_layers(model))
     saved, filled = load_file(str(result.lora_path)), lora_files.kohya_state_dict(model, torch.float32)
     assert saved.keys() == filled.keys()
     for key, tensor in saved.items():

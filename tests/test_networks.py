@@ -17,13 +17,17 @@ from safetensors.torch import load_file
 from test_train import model_outputs
 
 from lowvram.adapters import lora_files, networks
+from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.formats import WEIGHT_FORMATS
+from lowvram.hardware import detect
 from lowvram.models import load_model
 from lowvram.quant import convert_frozen
+from lowvram.resolve import resolve_run
 from lowvram.train import checkpoint
 from lowvram.train.loop import train
+from lowvram.train.setup import optimizer_groups
 
 SUFFIXES = {
     "lora": {"lora_down.weight", "lora_up.weight", "alpha"},
@@ -37,23 +41,29 @@ REFUSED = {("loha", "bnb-nf4"), ("lokr", "bnb-nf4"), ("dora", "fp8"), ("dora", "
 
 
 CONV = {"conv_rank": 2, "conv_alpha": 3.0}  # "conv": the 3x3 convolutions' own rank and alpha (kohya's conv_dim)
+# "blocks": tiny-sdxl's 23 blocks (kohya's SDXL numbering) at their own ranks, some at 0, and a block left untrained
+BLOCKS = {"block_ranks": "4,4,2,4,2,4,0,4,2,4,4,2,4,4,2,6,4,2,4,0,4,4,4",
+          "conv_block_ranks": "2,2,2,0,2,2,2,2,2,2,2,2,2,2,2,2,2,2,4,2,2,2,2", "conv_block_alphas": "3",
+          "up_lr_weight": "1,0.5,1,1,0"}
 
 
 @pytest.fixture(scope="module", params=[("tiny", "lora"), ("tiny", "dora"), ("tiny", "loha"), ("tiny", "lokr"),
                                         ("tiny-sdxl", "lokr"), ("tiny", "lora", "full"),
                                         ("tiny-sdxl", "dora", "full", "conv"), ("tiny", "loha", "full", "conv"),
-                                        ("tiny-sdxl", "lokr", "attn-mlp")], ids="-".join)
+                                        ("tiny-sdxl", "lokr", "attn-mlp"), ("tiny-sdxl", "lora", "full", "blocks")],
+                ids="-".join)
 def trained(request, tmp_path_factory):
     """A short run with alpha != rank and the text encoder(s) trained, saved in fp32 (lora and dora also in
     diffusers' layout). On tiny every LoKr layer keeps both Kronecker factors whole; on tiny-sdxl the 80-wide
     cross-attention inputs decompose the second one. With --lora-layers full the ResNet convolutions (3x3, and
-    1x1 shortcuts) carry adapters too; "conv" gives the 3x3 ones their own rank and alpha."""
+    1x1 shortcuts) carry adapters too; "conv" gives the 3x3 ones their own rank and alpha, "blocks" each block."""
     model, network, *rest = request.param
     layers, conv = rest[0] if rest else "attn", "conv" in rest
+    extra = (CONV if conv else {}) | (BLOCKS if "blocks" in rest else {})
     out = tmp_path_factory.mktemp(f"{model}-{network}-{layers}")
     config = run_config(model=model, network=network, output=str(out), max_steps=3, rank=4, alpha=2.0, lr=1e-2,
                         train_text_encoder=True, text_encoder_lr=5e-3, save_precision="fp32", lora_layers=layers,
-                        format="diffusers" if network in ("lora", "dora") else "kohya", **(CONV if conv else {}))
+                        format="diffusers" if network in ("lora", "dora") else "kohya", **extra)
     return config, train(config)
 
 
@@ -184,7 +194,13 @@ def test_lora_and_dora_reload_in_diffusers(trained, layout):
     for component, module in networks.adapted_modules(result.model):
         theirs = getattr(fresh.pipeline, component)
         assert theirs.peft_config["reloaded"].use_dora == (network == "dora")
-        assert theirs.peft_config["reloaded"].lora_alpha == 2.0 and theirs.peft_config["reloaded"].r == 4
+        if not config.network.block_ranks:
+            assert theirs.peft_config["reloaded"].lora_alpha == 2.0 and theirs.peft_config["reloaded"].r == 4
+        reloaded_layers = {name: layer for name, layer in theirs.named_modules()
+                           if isinstance(layer, BaseTunerLayer) and "reloaded" in layer.r}
+        for path, layer in networks.adapted_layers(module):  # each layer's own rank and alpha
+            assert (reloaded_layers[path].r["reloaded"], reloaded_layers[path].lora_alpha["reloaded"]) == \
+                networks.adapter_rank_alpha(layer), path
         ours = get_peft_model_state_dict(module)
         reloaded = get_peft_model_state_dict(theirs, adapter_name="reloaded")
         assert set(reloaded) == set(ours), component
@@ -255,6 +271,7 @@ def test_metadata_names_the_network_as_kohya_and_lycoris_do(trained):
     assert meta["lowvram.lora_layers"] == layers
     conv_rank, conv_alpha = config.network.conv_rank_alpha
     conv = {"conv_dim": str(conv_rank), "conv_alpha": f"{conv_alpha:g}"} if layers == "full" else {}  # kohya's LoCon
+    conv |= {kohya: BLOCKS[ours] for ours, kohya in BLOCK_OPTIONS.items() if getattr(config.network, ours)}
     assert conv_rank == (2 if config.network.conv_rank else 4)
     if network == "lora":
         assert meta["ss_network_module"] == "networks.lora"
@@ -274,6 +291,8 @@ def test_3x3_convolutions_take_their_own_rank_and_alpha(trained):
     if config.network.lora_layers != "full":
         pytest.skip("no convolutions adapted")
     conv_rank, conv_alpha = config.network.conv_rank_alpha
+    blocks = resolve_run(config, detect()).blocks  # per-block ranks and alphas, where the run sets them
+    unet_paths = {"lora_unet_" + path.replace(".", "_"): path for path, _ in networks.adapted_layers(result.model.unet)}
     state = load_file(str(result.lora_path))
     seen = set()
     for key, layer in adapted_layers(result.model):
@@ -281,7 +300,10 @@ def test_3x3_convolutions_take_their_own_rank_and_alpha(trained):
         spatial = isinstance(base, torch.nn.Conv2d) and base.kernel_size != (1, 1)
         seen.add(spatial)
         down = state.get(f"{key}.lora_down.weight", state.get(f"{key}.hada_w1_b"))
-        assert (down.shape[0], state[f"{key}.alpha"].item()) == ((conv_rank, conv_alpha) if spatial else (4, 2.0)), key
+        in_unet = key in unet_paths  # (the text encoders' layers take --rank and --alpha)
+        expected = networks.planned_rank_alpha(unet_paths.get(key, key), spatial, (4, 2.0), (conv_rank, conv_alpha),
+                                               blocks if in_unet else None)
+        assert (down.shape[0], state[f"{key}.alpha"].item()) == expected, key
     assert seen == {True, False}
 
 
@@ -298,8 +320,9 @@ def test_checkpoint_restores_every_network_type(trained):
     config, result = trained
     fresh = load_model(config.model.model)
     torch.manual_seed(1)  # another initialisation than the run's
-    params = networks.add_lora(fresh, config.network, config.alpha, True)
-    optimizer = torch.optim.AdamW([{"params": p, "lr": 1e-3} for p in params.values()])
+    blocks = resolve_run(config, detect()).blocks
+    params = networks.add_lora(fresh, config.network, config.alpha, True, blocks)
+    optimizer = torch.optim.AdamW(optimizer_groups(fresh, params, config, blocks))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     found = checkpoint.latest(checkpoint.checkpoint_root(result.lora_path.parent))
     position = checkpoint.load(found, dict(networks.adapted_modules(fresh)), optimizer, scheduler,

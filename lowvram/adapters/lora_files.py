@@ -19,16 +19,20 @@ file, DoRA only in its own layout (it drops `dora_scale` from kohya files), LoHa
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
 
+from lowvram.adapters.blocks import kohya_block_args, sets_blocks
 from lowvram.adapters.networks import (
     ADAPTER,
     NAMES,
     adapted_layers,
     adapted_modules,
+    adapter_rank_alpha,
     is_spatial,
+    layer_patterns,
     peft_config,
     peft_state_dicts,
 )
@@ -46,16 +50,18 @@ def network_metadata(network: NetworkConfig) -> dict[str, str]:
     """kohya's ss_network_* entries that tell UIs, model sites and kohya's own scripts which network the file
     holds, as kohya writes them: LoRA is `networks.lora`; the others are LyCORIS networks (`lycoris.kohya`,
     its `--network_args` as JSON strings). DoRA is LyCORIS's LoRA with `dora_wd`, on the output axis as peft's.
-    Adapted convolutions (--lora-layers full) are kohya's `conv_dim`/`conv_alpha` and LyCORIS's `full` preset."""
+    Adapted convolutions (--lora-layers full) are kohya's `conv_dim`/`conv_alpha` and LyCORIS's `full` preset;
+    per-block settings, kohya's `block_dims`, `down_lr_weight` and the rest."""
     alpha = network.resolved_alpha
     meta = {"ss_network_dim": str(network.rank), "ss_network_alpha": f"{alpha:g}", "lowvram.network": network.network,
             "lowvram.lora_layers": network.lora_layers}
     conv_rank, conv_alpha = network.conv_rank_alpha
-    conv = {"conv_dim": str(conv_rank), "conv_alpha": f"{conv_alpha:g}"} if network.lora_layers == "full" else {}
+    shape = {"conv_dim": str(conv_rank), "conv_alpha": f"{conv_alpha:g}"} if network.lora_layers == "full" else {}
+    shape |= kohya_block_args(network)
     if network.network == "lora":
-        return meta | {"ss_network_module": "networks.lora"} | ({"ss_network_args": json.dumps(conv)} if conv else {})
+        return meta | {"ss_network_module": "networks.lora"} | ({"ss_network_args": json.dumps(shape)} if shape else {})
     args = {"algo": "lora" if network.network == "dora" else network.network,
-            "preset": LYCORIS_PRESETS[network.lora_layers], **conv}
+            "preset": LYCORIS_PRESETS[network.lora_layers], **shape}
     if network.network == "dora":
         args |= {"dora_wd": "True", "wd_on_output": "True"}
     if network.network == "lokr":
@@ -109,7 +115,7 @@ def kohya_state_dict(model: LoadedModel, dtype: torch.dtype) -> dict[str, torch.
             for base, (_, _, layer) in kohya_layers(model).items() for key, tensor in kohya_tensors(layer).items()}
 
 
-def start_from(model: LoadedModel, path: Path, network: NetworkConfig, alpha: float) -> int:
+def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
     """Fill the adapters just added with a kohya/LyCORIS file's weights (--network-weights, as kohya's
     --network_weights), so training continues that LoRA; returns how many layers were filled. The file must
     hold this run's network type, rank and alpha, on layers this run adapts; layers it lacks start fresh."""
@@ -120,12 +126,14 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig, alpha: fl
         raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
     layers = _by_layer(tensors)
     ours = kohya_layers(model)
+    per_block = sets_blocks(network)
     unknown = sorted(set(layers) - set(ours))
     if unknown:
         text = any(not base.startswith(UNET_KOHYA_PREFIX) for base in unknown)
         raise LowvramError(f"{flag}: {path} has layers this run does not adapt ({unknown[0]} and {len(unknown) - 1} "
-                           f"more); pass the --lora-layers{' and --train-text-encoder' if text else ''} it was "
-                           f"trained with, and a base model of its family")
+                           f"more); pass the --lora-layers{' and --train-text-encoder' if text else ''}"
+                           f"{' and block settings' if per_block else ''} it was trained with, and a base model of "
+                           "its family")
     states: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
     for base, own in layers.items():
         module, layer_path, layer = ours[base]
@@ -133,11 +141,14 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig, alpha: fl
         rank = _rank_of(own)
         file_alpha = float(own.get("alpha", rank))
         conv = is_spatial(layer.get_base_layer())
-        want_rank, want_alpha = network.conv_rank_alpha if conv else (network.rank, alpha)
+        want_rank, want_alpha = adapter_rank_alpha(layer)
         if not whole_lokr and (rank != want_rank or abs(file_alpha - want_alpha) > 1e-6 * max(1.0, want_alpha)):
-            flags = "--conv-rank {} --conv-alpha {:g}" if conv else "--rank {} --alpha {:g}"
+            flags = ("the --block-ranks and --block-alphas (--conv-block-* for 3x3 convolutions) it was trained with"
+                     if per_block else ("--conv-rank {} --conv-alpha {:g}" if conv else "--rank {} --alpha {:g}"
+                                        ).format(rank, file_alpha))
+            where = f" at {base} (this run's: {want_rank} and {want_alpha:g})" if per_block else ""
             raise LowvramError(f"{flag}: {path} was trained with {'3x3 convolutions of ' if conv else ''}rank {rank} "
-                               f"and alpha {file_alpha:g}; pass {flags.format(rank, file_alpha)}")
+                               f"and alpha {file_alpha:g}{where}; pass {flags}")
         state = states.setdefault(id(module), (module, {}))[1]
         for suffix, tensor in own.items():
             if suffix != "alpha":
@@ -172,7 +183,8 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
     """diffusers' own LoRA layout (pytorch_lora_weights.safetensors) with the adapter metadata that keeps
     alpha (without it diffusers reloads with alpha = rank and the outputs are wrong whenever they differ) and
     DoRA (`use_dora`). diffusers loads only LoRA-type adapters, so LoHa and LoKr stay in the kohya file."""
-    configs = {component: module.peft_config[ADAPTER] for component, module in adapted_modules(model)}
+    modules = dict(adapted_modules(model))
+    configs = {component: module.peft_config[ADAPTER] for component, module in modules.items()}
     if any(type(config).__name__ != "LoraConfig" for config in configs.values()):
         network = "loha" if any(type(c).__name__ == "LoHaConfig" for c in configs.values()) else "lokr"
         raise LowvramError(f"--format diffusers: diffusers loads only LoRA and DoRA adapters, not {NAMES[network]};"
@@ -188,7 +200,12 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
         # spellings, transformers' `load_adapter` (the text encoders) only this one and drops the bare one
         kwargs[f"{component}_lora_layers"] = {k + ".weight" if k.endswith(".lora_magnitude_vector") else k: v.to(dtype)
                                               for k, v in state.items()}
-        kwargs[f"{component}_lora_adapter_metadata"] = config.to_dict()
+        meta = config.to_dict()
+        if meta.get("exclude_modules"):  # per-block settings left layers out: the adapted ones by name, which
+            # diffusers matches to the weights exactly (it would warn about an exclusion or extra targets)
+            meta |= {"target_modules": sorted(path for path, _ in adapted_layers(modules[component])),
+                     "exclude_modules": None}
+        kwargs[f"{component}_lora_adapter_metadata"] = meta
     folder.mkdir(parents=True, exist_ok=True)
     type(model.pipeline).save_lora_weights(str(folder), safe_serialization=True, **kwargs)
     return folder / "pytorch_lora_weights.safetensors"
@@ -235,11 +252,11 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
         placed.update(base for base in layers if base in paths)
         ranks = {name: _rank_of(own) for name, own in found.items()}
         alphas = {name: float(own["alpha"]) if "alpha" in own else float(ranks[name]) for name, own in found.items()}
-        first = next(iter(found))
-        config = peft_config(network, tuple(found), ranks[first], alphas[first], 0.0, factor)
+        rank, alpha = (Counter(values.values()).most_common(1)[0][0] for values in (ranks, alphas))
+        config = peft_config(network, tuple(found), rank, alpha, 0.0, factor)
         if isinstance(config, LoKrConfig):
             config.decompose_both = any("lokr_w1_a" in own for own in found.values())
-        config.rank_pattern, config.alpha_pattern = ranks, alphas
+        config.rank_pattern, config.alpha_pattern = layer_patterns(ranks, rank), layer_patterns(alphas, alpha)
         module.add_adapter(config)
         state = {f"{name}.{_peft_suffix(suffix)}": _peft_tensor(suffix, tensor)
                  for name, own in found.items() for suffix, tensor in own.items() if suffix != "alpha"}

@@ -3,10 +3,12 @@ parameters always in fp32. Their files (kohya/LyCORIS, diffusers) are `lowvram.a
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
 import torch
 
+from lowvram.adapters.blocks import BlockPlan
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.models.loading import LoadedModel
@@ -34,22 +36,50 @@ def peft_config(network: str, targets: tuple[str, ...], rank: int, alpha: float,
 
 
 def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, dropout: float,
-                network: str = "lora", lokr_factor: int = -1, conv: tuple[int, float] | None = None
-                ) -> list[torch.nn.Parameter]:
+                network: str = "lora", lokr_factor: int = -1, conv: tuple[int, float] | None = None,
+                blocks: BlockPlan | None = None) -> list[torch.nn.Parameter]:
     """Add an adapter (peft) of type `network` on `targets` of a frozen module; return its trainable parameters,
     in fp32 whatever the frozen weights' dtype or format. `conv` is the (rank, alpha) of the targeted 3x3
-    convolutions (kohya's conv_dim and conv_alpha), by default `rank` and `alpha`."""
+    convolutions (kohya's conv_dim and conv_alpha), by default `rank` and `alpha`; `blocks`, the U-Net's per-block
+    ranks and alphas, which set both in its blocks (rank 0: no adapter)."""
     config = peft_config(network, targets, rank, alpha, dropout, lokr_factor)
-    if conv is not None and conv != (rank, alpha):
-        spatial = spatial_convolutions(module, targets)
-        config.rank_pattern = {name: conv[0] for name in spatial}
-        config.alpha_pattern = {name: conv[1] for name in spatial}
+    spatial = set(spatial_convolutions(module, targets))
+    own = {name: planned_rank_alpha(name, name in spatial, (rank, alpha), conv, blocks)
+           for name, _ in module.named_modules() if targeted(name, targets)}
+    skipped = [name for name, (layer_rank, _) in own.items() if not layer_rank]
+    if own and len(skipped) == len(own):
+        raise LowvramError("--block-ranks, --*-lr-weight: every adapted layer is in a block at 0; give some blocks "
+                           "a rank and a weight above 0")
+    if skipped:  # one expression, which peft matches against each module's whole path
+        config.exclude_modules = "(?:" + "|".join(re.escape(name) for name in skipped) + ")"
+    kept = {name: value for name, value in own.items() if value[0]}
+    config.rank_pattern = layer_patterns({name: r for name, (r, _) in kept.items()}, rank)
+    config.alpha_pattern = layer_patterns({name: a for name, (_, a) in kept.items()}, alpha)
     module.add_adapter(config)
     _plain_adapter_convolutions(module)
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
     return params
+
+
+def planned_rank_alpha(path: str, spatial: bool, plain: tuple[int, float], conv: tuple[int, float] | None,
+                     blocks: BlockPlan | None) -> tuple[int, float]:
+    """(rank, alpha) of the adapted layer at `path`: its block's where `blocks` numbers it, else `conv` for a 3x3
+    convolution and `plain` for the rest."""
+    return (blocks and blocks.rank_alpha(path, spatial)) or (conv if spatial and conv else plain)
+
+
+def layer_patterns(values: dict[str, float], default: float) -> dict[str, float]:
+    """peft's rank_pattern or alpha_pattern for per-layer `values`: one expression per value other than `default`,
+    naming its layers' whole paths. peft tries every pattern against every adapted layer, each through Python's
+    cache of 512 compiled expressions: one pattern per layer (SDXL's U-Net has 722 under attn-mlp) would be
+    compiled anew at each try, about 45 s on SDXL."""
+    by_value: dict[float, list[str]] = {}
+    for name, value in values.items():
+        if value != default:
+            by_value.setdefault(value, []).append(re.escape(name))
+    return {"(?:" + "|".join(names) + ")": value for value, names in by_value.items()}
 
 
 def _plain_adapter_convolutions(module: torch.nn.Module) -> None:
@@ -116,10 +146,11 @@ def _unsupported(network: str, layer: torch.nn.Module) -> str | None:
     return None
 
 
-def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_text_encoder: bool
-             ) -> dict[str, list[torch.nn.Parameter]]:
-    """Add the adapters `network` describes to the U-Net (and the text encoders); return the trainable
-    parameters per part. Every part is checked first, so a refused combination leaves the model untouched."""
+def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_text_encoder: bool,
+             blocks: BlockPlan | None = None) -> dict[str, list[torch.nn.Parameter]]:
+    """Add the adapters `network` describes to the U-Net (and the text encoders), with the U-Net's per-block
+    ranks `blocks`; return the trainable parameters per part. Every part is checked first, so a refused
+    combination leaves the model untouched."""
     family = model.family
     parts = [("unet", model.unet, family.lora_targets("unet", network.lora_layers))]
     if train_text_encoder:
@@ -128,7 +159,7 @@ def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_tex
     for _, module, targets in parts:
         check_supported(module, targets, network.network)
     return {name: add_adapter(module, targets, network.rank, alpha, network.dropout, network.network,
-                              network.lokr_factor, network.conv_rank_alpha)
+                              network.lokr_factor, network.conv_rank_alpha, blocks if name == "unet" else None)
             for name, module, targets in parts}
 
 
@@ -178,6 +209,13 @@ def adapters_off(*modules: torch.nn.Module):
     finally:
         for layer in layers:
             layer.enable_adapters(True)
+
+
+def adapter_rank_alpha(layer: torch.nn.Module) -> tuple[int, float]:
+    """The (rank, alpha) a peft layer's adapter was made with (LoRA/DoRA name alpha `lora_alpha`, LoHa/LoKr
+    `alpha`)."""
+    alphas = layer.lora_alpha if hasattr(layer, "lora_alpha") else layer.alpha
+    return int(layer.r[ADAPTER]), float(alphas[ADAPTER])
 
 
 def adapted_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:

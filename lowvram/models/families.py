@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lowvram.adapters.blocks import BlockLayout
+
 CONFIG_ROOT = Path(__file__).parent / "configs"
 
 # peft target modules (module-name suffixes) per --lora-layers choice, the same for every family:
@@ -27,6 +29,10 @@ LORA_LAYERS = {
     "full": {"unet": UNET_TRANSFORMER + UNET_RESNET, "text": CLIP_ATTENTION + ("fc1", "fc2")},
 }
 DEFAULT_LORA_LAYERS = "attn"
+
+
+SD15_BLOCKS = BlockLayout(leading=0, down=12, mid=1, up=12, trailing=0)
+SDXL_BLOCKS = BlockLayout(leading=1, down=9, mid=3, up=9, trailing=1)
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class ModelFamily:
     base_model_version: str  # kohya's ss_base_model_version
     bucket_step: int = 64  # aspect-bucket side step in pixels (a multiple of the latent grid's alignment)
     full_size: str = ""  # a shrunk family: the full-size one it stands for (whose GPU results verify its strategies)
+    blocks: BlockLayout = SD15_BLOCKS  # kohya's block numbering (per-block ranks and learning rates)
 
     @property
     def is_random_init(self) -> bool:
@@ -84,7 +91,8 @@ FAMILIES: dict[str, ModelFamily] = {
         ModelFamily("sdxl", "Stable Diffusion XL", CONFIG_ROOT / "sdxl", "StableDiffusionXLPipeline", 1024, SDXL_TEXT,
                     size_conditioning=True, hub_id="stabilityai/stable-diffusion-xl-base-1.0",
                     fingerprint=((_ATTN2_K.format(4), (640, 2048)),),
-                    modelspec_architecture="stable-diffusion-xl-v1-base/lora", base_model_version="sdxl_base_v1-0"),
+                    modelspec_architecture="stable-diffusion-xl-v1-base/lora", base_model_version="sdxl_base_v1-0",
+                    blocks=SDXL_BLOCKS),
         ModelFamily("tiny", "tiny SD (random weights)", CONFIG_ROOT / "tiny", "StableDiffusionPipeline", 64, SD_TEXT,
                     size_conditioning=False, hub_id=None, fingerprint=((_ATTN2_K.format(1), (32, 32)),),
                     modelspec_architecture="stable-diffusion-v1/lora", base_model_version="sd_v1", bucket_step=16,
@@ -93,7 +101,7 @@ FAMILIES: dict[str, ModelFamily] = {
                     64, SDXL_TEXT, size_conditioning=True, hub_id=None,
                     fingerprint=((_ATTN2_K.format(3), (64, 80)),),
                     modelspec_architecture="stable-diffusion-xl-v1-base/lora", base_model_version="sdxl_base_v1-0",
-                    bucket_step=16, full_size="sdxl"),
+                    bucket_step=16, full_size="sdxl", blocks=SDXL_BLOCKS),
     )
 }
 

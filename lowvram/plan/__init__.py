@@ -21,8 +21,12 @@ STRATEGY_OPTIONS = ("unet_weights", "gradient_checkpointing", "checkpoint_blocks
 def workload_for(run: ResolvedRun) -> Workload:
     """What the resolved run trains, for the estimator."""
     config = run.config
+    rank, conv_rank = config.network.rank, config.network.conv_rank_alpha[0]
+    if run.blocks:  # every block counted at the largest rank: a bound, a few MiB of adapter weights and state over
+        largest, conv_rank = run.blocks.largest_ranks()
+        rank = max(largest, rank) if config.network.train_text_encoder else largest  # the encoders' is --rank
     return Workload(family=run.family, resolution=run.resolution, batch=config.training.batch_size,
-                    rank=config.network.rank, conv_rank=config.network.conv_rank_alpha[0],
+                    rank=rank, conv_rank=conv_rank,
                     network=config.network.network, lora_layers=config.network.lora_layers,
                     offload_activations=config.memory.offload_activations, compile=config.memory.compile,
                     train_text_encoder=config.network.train_text_encoder,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import NetworkConfig
 from lowvram.resolve import ResolvedRun
 
@@ -23,6 +24,8 @@ def recipe(run: ResolvedRun) -> dict[str, object]:
                   "--optimizer": config.optim.optimizer}
     # options that came later count only where set, so earlier runs keep their identity
     run_recipe |= conv_recipe(config.network)
+    run_recipe |= {"--" + name.replace("_", "-"): getattr(config.network, name) for name in BLOCK_OPTIONS
+                   if getattr(config.network, name) is not None}  # the adapters' shapes and the optimizer's groups
     if config.optim.loraplus_ratio:  # the optimizer's groups, which a checkpoint's state must match
         run_recipe["--loraplus-ratio"] = config.optim.loraplus_ratio
     if config.optim.loraplus_text_encoder_ratio:

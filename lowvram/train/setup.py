@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 
 from lowvram.adapters import lora_files, networks
+from lowvram.adapters.blocks import BlockPlan, block_of
 from lowvram.attention import set_attention
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import compile_blocks, compile_problem, compiled_count
@@ -252,9 +253,9 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
     config, rank = session.config, session.rank
     train_text = config.network.train_text_encoder
     torch.manual_seed(config.training.seed)
-    trainable = networks.add_lora(model, config.network, config.alpha, train_text)
+    trainable = networks.add_lora(model, config.network, config.alpha, train_text, session.run.blocks)
     if config.network.network_weights and not config.training.resume:  # a checkpoint holds them already
-        filled = lora_files.start_from(model, Path(config.network.network_weights), config.network, config.alpha)
+        filled = lora_files.start_from(model, Path(config.network.network_weights), config.network)
         session.console.print(f"adapters start from {config.network.network_weights} ({filled} layers)",
                               soft_wrap=True)
     torch.manual_seed(config.training.seed + rank)
@@ -271,7 +272,7 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
             session.console.print(f"[yellow]warning:[/] --compile: {problem}; training without it", soft_wrap=True)
         else:
             compile_blocks(model.unet, schedule.batch_shapes, passes=3 if config.data.own_prediction else 2)
-    groups = optimizer_groups(model, trainable, config)
+    groups = optimizer_groups(model, trainable, config, session.run.blocks)
     optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, config.optim.warmup_steps)
     # the polynomial schedule decays towards 1e-7 in units of the optimizer's default rate, which kohya sets to its
     # --learning_rate; here the groups carry the rates, and the default would be the optimizer's own (AdamW: 1e-3)
@@ -302,23 +303,44 @@ def checkpointing_note(unet: torch.nn.Module) -> str:
     return ", checkpointing" + ("" if recomputed == units else f" {recomputed} of {units} blocks")
 
 
-def optimizer_groups(model: LoadedModel, trainable: dict[str, list[torch.nn.Parameter]], config: RunConfig
-                     ) -> list[dict]:
+def optimizer_groups(model: LoadedModel, trainable: dict[str, list[torch.nn.Parameter]], config: RunConfig,
+                     blocks: BlockPlan | None = None) -> list[dict]:
     """One parameter group per part at its learning rate; with LoRA+ (--loraplus-ratio, and for the text encoders
-    --loraplus-text-encoder-ratio) each part's B matrices go to a group of their own, at that rate times the ratio."""
+    --loraplus-text-encoder-ratio) each part's B matrices go to a group of their own, at that rate times the ratio;
+    with per-block learning-rate weights (`blocks`) the U-Net's parameters are grouped by their block's weight too.
+    The first group is the U-Net's at its plain rate wherever there is one: the log's learning rate is its."""
     groups = []
     modules = dict(networks.adapted_modules(model))
     optim = config.optim
     for part, params in trainable.items():
         lr = config.lr if part == "unet" else config.text_encoder_lr
         ratio = optim.loraplus_ratio if part == "unet" else optim.loraplus_text_encoder_ratio or optim.loraplus_ratio
-        if not ratio:
-            groups.append({"params": params, "lr": lr})
-            continue
-        b_matrices = {id(layer.lora_B[networks.ADAPTER].weight) for _, layer in networks.adapted_layers(modules[part])}
-        groups.append({"params": [p for p in params if id(p) not in b_matrices], "lr": lr})
-        groups.append({"params": [p for p in params if id(p) in b_matrices], "lr": lr * ratio})
+        layers = networks.adapted_layers(modules[part])
+        b_matrices = {id(layer.lora_B[networks.ADAPTER].weight) for _, layer in layers} if ratio else set()
+        weights = ({id(p): blocks.lr_weight(path) for path, layer in layers for p in layer.parameters()}
+                   if blocks and part == "unet" else {})
+        grouped: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
+        for p in params:
+            grouped.setdefault((id(p) in b_matrices, weights.get(id(p), 1.0)), []).append(p)
+        for is_b, weight in sorted(grouped, key=lambda key: (key[0], key[1] != 1.0, -key[1])):
+            groups.append({"params": grouped[is_b, weight], "lr": lr * weight * (ratio if is_b else 1)})
     return groups
+
+
+def blocks_note(unet: torch.nn.Module, blocks: BlockPlan) -> str:
+    """'per block: ranks 2-8 in 9 of 24 blocks, learning-rate weights 0.5-1', from the adapters as added."""
+    layers = networks.adapted_layers(unet)
+    adapted = {block_of(path, blocks.layout) for path, _ in layers} - {None}
+    held = blocks.layout.size - blocks.layout.leading - blocks.layout.trailing - 1  # not IN00 (conv_in) either
+    ranks = [networks.adapter_rank_alpha(layer)[0] for _, layer in layers]
+    weights = {blocks.lr_weight(path) for path, _ in layers}
+
+    def span(values) -> str:
+        low, high = min(values, default=0), max(values, default=0)
+        return f"{low:.2g}" if low == high else f"{low:.2g}-{high:.2g}"
+
+    return (f"per block: ranks {span(ranks)} in {len(adapted)} of {held} blocks"
+            + (f", learning-rate weights {span(weights)}" if weights - {1.0} else ""))
 
 
 def conv_note(network: NetworkConfig) -> str:
@@ -332,6 +354,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     its strategy training."""
     config, run, model = session.config, session.run, trainee.model
     world, data = session.world, prepared.data
+    blocks = f" ({blocks_note(model.unet, run.blocks)})" if run.blocks else ""
     compiled = (f", {compiled_count(model.unet)} blocks compiled (for up to {schedule.batch_shapes} input shapes, "
                 "each compiled at its first step)" if compiled_count(model.unet) else "")
     session.console.print(
@@ -342,7 +365,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{config.optim.optimizer} | "
         f"{len(dataset.records)} images, {data.images_per_epoch} per epoch with repeats"
         f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
-        f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g}{conv_note(config.network)} | "
+        f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g}{conv_note(config.network)}"
+        f"{blocks} | "
         f"{schedule.total_steps} steps "
         f"= {schedule.total_steps / schedule.steps_per_epoch:.3g} epochs of {schedule.steps_per_epoch} | batch "
         f"{config.training.batch_size} x {config.training.gradient_accumulation}{f' x {world}' if world > 1 else ''}"

@@ -1,0 +1,219 @@
+"""Per-block ranks, alphas and learning-rate weights (kohya's block_dims, conv_block_dims, down/mid/up_lr_weight):
+kohya's block numbers at full size, every adapted layer at its block's rank, the optimizer's groups at each block's
+rate, and the refusals of a wrong list."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import run_config
+from diffusers import UNet2DConditionModel
+from ldm_layout import unet_to_ldm
+from test_train import model_outputs
+
+from lowvram.adapters import lora_files, networks
+from lowvram.adapters.blocks import block_of, block_plan
+from lowvram.config import NetworkConfig
+from lowvram.errors import LowvramError
+from lowvram.hardware import detect
+from lowvram.models.families import FAMILIES, LORA_LAYERS
+from lowvram.models.loading import load_model
+from lowvram.plan import workload_for
+from lowvram.resolve import resolve_run
+from lowvram.train.identity import recipe
+from lowvram.train.loop import train
+from lowvram.train.setup import optimizer_groups
+
+
+def meta_unet(family: str) -> UNet2DConditionModel:
+    config = UNet2DConditionModel.load_config(str(FAMILIES[family].config_dir / "unet"))
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(config)
+
+
+def kohya_number(ldm_key: str, family: str) -> int:
+    """kohya's block number from a module's key in the original (LDM/SGM) layout, as kohya's lora.py counts
+    them: SD1.5 input_blocks.K is K, its whole middle block 12, output_blocks.O is 13 + O; SDXL shifts the input
+    blocks by one (its time embedding is 0) and numbers the three middle parts 10-12."""
+    part, index = ldm_key.split(".")[:2]
+    sdxl = FAMILIES[family].blocks.leading == 1
+    return {"input_blocks": int(index) + sdxl, "middle_block": 10 + int(index) if sdxl else 12,
+            "output_blocks": 13 + int(index)}[part]
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_block_numbers_are_kohyas_in_the_original_layout(family):
+    """Every layer --lora-layers full adapts sits in the block kohya numbers it by (read from the original
+    checkpoint layout, which kohya's SDXL network names its layers by)."""
+    unet = meta_unet(family)
+    targets = LORA_LAYERS["full"]["unet"]
+    paths = [name for name, _ in unet.named_modules() if networks.targeted(name, targets)]
+    ldm = unet_to_ldm({f"{path}.weight": torch.empty(0) for path in paths}, dict(unet.config))
+    originals = {key.removeprefix("model.diffusion_model.").removesuffix(".weight"): key for key in ldm}
+    assert len(originals) == len(paths)
+    by_path = dict(zip([f"{path}.weight" for path in paths], ldm, strict=True))  # unet_to_ldm keeps the order
+    numbers = {path: block_of(path, FAMILIES[family].blocks) for path in paths}
+    expected = {path: kohya_number(by_path[f"{path}.weight"].removeprefix("model.diffusion_model."), family)
+                for path in paths}
+    assert numbers == expected
+    layout = FAMILIES[family].blocks
+    assert set(numbers.values()) == set(range(layout.leading + 1, layout.size - layout.trailing))  # all but IN00
+
+
+def ranks_for(size: int) -> str:
+    return ",".join(str(0 if i % 7 == 3 else 2 + 2 * (i % 4)) for i in range(size))
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_every_layer_takes_its_blocks_rank_and_alpha_at_full_size(family):
+    layout = FAMILIES[family].blocks
+    network = NetworkConfig(rank=16, alpha=8, lora_layers="full", block_ranks=ranks_for(layout.size),
+                            conv_block_ranks=",".join(str(i % 3 * 4) for i in range(layout.size)),
+                            conv_block_alphas="2", up_lr_weight="0,1,0.5")
+    plan = block_plan(network, layout, family)
+    unet = meta_unet(family)
+    targets = LORA_LAYERS["full"]["unet"]
+    spatial = set(networks.spatial_convolutions(unet, targets))
+    networks.add_adapter(unet, targets, 16, 8.0, 0.0, conv=network.conv_rank_alpha, blocks=plan)
+    adapted = dict(networks.adapted_layers(unet))
+    for path in [name for name, _ in unet.named_modules() if networks.targeted(name, targets)]:
+        block = block_of(path, layout)
+        rank, alpha = plan.rank_alpha(path, path in spatial)
+        if path in spatial:
+            assert (rank, alpha) == ((block % 3 * 4, 2.0) if block != layout.leading + layout.down + layout.mid
+                                     else (0, 0.0))
+        if not rank:
+            assert path not in adapted, path
+            continue
+        assert networks.adapter_rank_alpha(adapted[path]) == (rank, alpha), path
+    # kohya's default: every block at the run's alpha, whatever its rank
+    assert {networks.adapter_rank_alpha(layer)[1] for path, layer in adapted.items() if path not in spatial} == {8.0}
+    out00 = layout.leading + layout.down + layout.mid
+    assert not any(block_of(path, layout) == out00 for path in adapted)  # its learning-rate weight is 0
+
+
+def test_kohyas_weight_curves_and_lists():
+    layout = FAMILIES["sd15"].blocks
+
+    def weights(**values):
+        return block_plan(NetworkConfig(**values), layout, "SD1.5").lr_weights
+
+    cosine = weights(down_lr_weight="cosine")[:12]
+    assert cosine[0] == 1.0 and cosine[-1] == pytest.approx(0.0, abs=1e-12)
+    assert cosine[4] == pytest.approx(math.sin(math.pi * (7 / 11) / 2))
+    assert weights(up_lr_weight="sine+0.5")[13:] == pytest.approx([math.sin(math.pi * i / 11 / 2) + 0.5
+                                                                    for i in range(12)])
+    assert weights(up_lr_weight="linear")[13:] == pytest.approx([i / 11 for i in range(12)])
+    assert weights(down_lr_weight="0.5,0.25")[:13] == (0.5, 0.25) + (1.0,) * 11
+    assert weights(mid_lr_weight="0")[12] == 0.0 and weights(mid_lr_weight="0.3")[:12] == (1.0,) * 12
+    assert len(block_plan(NetworkConfig(up_lr_weight="zeros"), FAMILIES["sdxl"].blocks, "SDXL").lr_weights) == 23
+    with pytest.raises(LowvramError, match=r"^--up-lr-weight: 13 values given for 12 blocks; give at most 12$"):
+        weights(up_lr_weight=",".join(["1"] * 13))
+    with pytest.raises(LowvramError, match=r"^--down-lr-weight: 'sine\+x': the part after \+"):
+        weights(down_lr_weight="sine+x")
+
+
+def test_learning_rate_weights_group_the_unets_parameters():
+    config = run_config(lora_layers="attn-mlp", down_lr_weight="0.5", up_lr_weight="1,1,1,0.25",
+                        loraplus_ratio=4.0, train_text_encoder=True, text_encoder_lr=1e-5)
+    run = resolve_run(config, detect())
+    model = load_model("tiny")
+    trainable = networks.add_lora(model, config.network, config.alpha, True, run.blocks)
+    groups = optimizer_groups(model, trainable, config, run.blocks)
+    rate = {id(p): group["lr"] for group in groups for p in group["params"]}
+    assert groups[0]["lr"] == config.lr  # the log's learning rate is the plain one
+    seen = set()
+    for path, layer in networks.adapted_layers(model.unet):
+        weight = run.blocks.lr_weight(path)
+        seen.add(weight)
+        assert rate[id(layer.lora_A["default"].weight)] == pytest.approx(config.lr * weight), path
+        assert rate[id(layer.lora_B["default"].weight)] == pytest.approx(config.lr * weight * 4.0), path
+    assert seen == {0.5, 0.25, 1.0}
+    encoder = model.text_encoders[0]
+    assert all(rate[id(p)] in (1e-5, 4e-5) for p in encoder.parameters() if p.requires_grad)
+    assert sum(len(group["params"]) for group in groups) == sum(len(params) for params in trainable.values())
+
+
+def test_the_planner_counts_the_largest_block_rank_and_the_recipe_holds_the_blocks():
+    ranks = ",".join(["8"] * 12 + ["32"] + ["4"] * 12)
+    run = resolve_run(run_config(model="tiny", block_ranks=ranks), detect())
+    assert workload_for(run).rank == 32
+    assert recipe(run)["--block-ranks"] == ranks
+    assert "--block-ranks" not in recipe(resolve_run(run_config(), detect()))
+
+
+def lowvram_plan(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lowvram", "plan", "--vram", "6GB", *argv], capture_output=True,
+                          text=True, check=False)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--block-ranks", "4,4,4"], ("--block-ranks: 3 values given; Stable Diffusion 1.5 has 25 blocks (IN00, IN01, "
+                                  "IN02, ..., OUT11): give one value for each")),
+    (["--model", "sdxl", "--conv-block-alphas", "1,2", "--lora-layers", "full"],
+     "--conv-block-alphas: 2 values given; Stable Diffusion XL has 23 blocks (EMB, IN00, IN01, ..., FINAL)"),
+    (["--block-ranks", "4,x"], "--block-ranks: '4,x' is not comma-separated whole numbers (e.g. 4,4,8)"),
+    (["--block-alphas", "-1"], "--block-alphas: '-1' holds a negative value"),
+    (["--conv-block-ranks", "4"], "--conv-block-ranks: only --lora-layers full adapts the 3x3 convolutions"),
+    (["--mid-lr-weight", "fast"], "--mid-lr-weight: 'fast' is not comma-separated numbers"),
+])
+def test_a_wrong_block_list_is_one_line_naming_the_option(argv, message):
+    done = lowvram_plan(*argv)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+# tiny stands for SD1.5 (25 blocks); its transformer layers are in IN01, M00, OUT03 and OUT04 (entries 1, 12, 16, 17)
+TINY_RANKS = "4,2,4,4,4,4,4,4,4,4,4,4,4,4,4,4,6,0,4,4,4,4,4,4,4"
+TINY_ALPHAS = "1,3,1,1,1,1,1,1,1,1,1,1,7,1,1,1,0.5,5,1,1,1,1,1,1,1"
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory):
+    """A LoRA whose blocks differ in rank and alpha, saved in both layouts."""
+    values = {"output": str(tmp_path_factory.mktemp("blocks")), "max_steps": 3, "lr": 1e-2, "save_precision": "fp32",
+              "format": "diffusers", "lora_layers": "attn-mlp", "block_ranks": TINY_RANKS,
+              "block_alphas": TINY_ALPHAS}
+    return values, train(run_config(**values))
+
+
+def test_blocks_of_their_own_alpha_reload_exactly_in_lowvrams_reader_and_diffusers_layout(varied):
+    """`lowvram generate` (lowvram's reader, for lowvram's files) and diffusers (with the -diffusers file) give
+    the trained model back. diffusers' reader of kohya files misplaces the alphas of attention layers (it reads
+    them at the most common alpha), as the README says."""
+    _, result = varied
+    trained_out = model_outputs(result.model)[1]
+    ours = load_model("tiny")
+    lora_files.load_kohya(ours, result.lora_path)
+    theirs = load_model("tiny")
+    theirs.pipeline.load_lora_weights(str(result.lora_path.parent / f"{result.lora_path.stem}-diffusers"))
+    for model in (ours, theirs):
+        torch.testing.assert_close(model_outputs(model)[1], trained_out, rtol=1e-4, atol=1e-5)
+    misread = load_model("tiny")
+    misread.pipeline.load_lora_weights(str(result.lora_path))
+    off = (model_outputs(misread)[1] - trained_out).abs().max()
+    assert off > 1e-3, "diffusers now reads kohya files' per-block alphas: drop the README's caveat"
+    alphas = {networks.adapter_rank_alpha(layer)[1] for _, layer in networks.adapted_layers(result.model.unet)}
+    assert alphas == {3.0, 7.0, 0.5}  # every block's own, as given (OUT04, at rank 0, has no adapters)
+
+
+def test_a_file_of_per_block_ranks_starts_a_run_with_the_same_blocks_only(varied):
+    values, result = varied
+    config = run_config(**values)
+    model = load_model("tiny")
+    networks.add_lora(model, config.network, config.alpha, False, resolve_run(config, detect()).blocks)
+    assert lora_files.start_from(model, result.lora_path, config.network) == len(lora_files.kohya_layers(model))
+    plain = run_config(**{**values, "block_ranks": None, "block_alphas": None})
+    model = load_model("tiny")
+    networks.add_lora(model, plain.network, plain.alpha, False)
+    with pytest.raises(LowvramError, match=r"was trained with rank \d+ and alpha [\d.]+; pass --rank"):
+        lora_files.start_from(model, result.lora_path, plain.network)
+    other = run_config(**{**values, "block_alphas": "2"})
+    model = load_model("tiny")
+    networks.add_lora(model, other.network, other.alpha, False, resolve_run(other, detect()).blocks)
+    with pytest.raises(LowvramError, match=r"alpha \S+ at lora_unet_\w+ \(this run's: \d+ and 2\); pass the "
+                                           r"--block-ranks and --block-alphas"):
+        lora_files.start_from(model, result.lora_path, other.network)
