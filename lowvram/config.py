@@ -380,6 +380,17 @@ class OutputConfig:
                                     "(kohya's --save_last_n_epochs; default: keep all).", metavar="K")
     save_precision: str = option("fp16", "Precision of the saved LoRA.", choices=SAVE_PRECISION)
     overwrite: bool = option(False, "Replace an existing LoRA of the same name in the output folder.")
+    training_comment: str | None = option(None, "A note kept in the LoRA's metadata, which ComfyUI and "
+                                          "AUTOMATIC1111 show (kohya's ss_training_comment; default: the trigger "
+                                          "word).", metavar="TEXT")
+    metadata_title: str | None = option(None, "The LoRA's title in its modelspec metadata, which model sites and "
+                                        "UIs show (default: --name).", metavar="TEXT")
+    metadata_author: str | None = option(None, "Its author, in the modelspec metadata.", metavar="TEXT")
+    metadata_description: str | None = option(None, "Its description, in the modelspec metadata.", metavar="TEXT")
+    metadata_license: str | None = option(None, "Its license, in the modelspec metadata (e.g. "
+                                          "creativeml-openrail-m).", metavar="TEXT")
+    metadata_tags: str | None = option(None, "Its tags, comma-separated, in the modelspec metadata.",
+                                       metavar="A,B")
     sample_prompts: tuple[str, ...] = option((), "Prompt(s) to render with the trained LoRA at the end "
                                              "(repeat the flag for several). kohya's inline options work: "
                                              "'a cat --n blurry --w 512 --h 768 --s 28 --l 7 --d 42' (negative "

@@ -42,7 +42,7 @@ SAVE_PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "float": "fp32", "fp32": "fp3
 INERT = {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
          "max_data_loader_n_workers", "persistent_data_loader_workers", "logging_dir", "log_prefix", "log_with",
          "log_tracker_name", "dynamo_backend", "lowram", "highvram", "epoch", "save_model_as",
-         "save_state", "save_state_on_train_end", "training_comment", "full_fp16", "full_bf16", "no_half_vae",
+         "save_state", "save_state_on_train_end", "full_fp16", "full_bf16", "no_half_vae",
          "enable_bucket", "mem_eff_attn", "sample_sampler", "lr_scheduler_args",
          "wandb_run_name", "wandb_api_key", "output_config", "ddp_timeout", "console_log_simple", "noise_offset_type"}
 KOHYA_KEYS = set(SAME) | set(SWITCHES) | INERT | {

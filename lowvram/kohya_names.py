@@ -111,6 +111,12 @@ KOHYA_FLAGS = {
     "--xformers": "--attention xformers",
     "--sdpa": "--attention sdpa",
     "--fp8_base": "--unet-weights fp8",
+    "--training_comment": "--training-comment",
+    "--metadata_title": "--metadata-title",
+    "--metadata_author": "--metadata-author",
+    "--metadata_description": "--metadata-description",
+    "--metadata_license": "--metadata-license",
+    "--metadata_tags": "--metadata-tags",
 }
 
 

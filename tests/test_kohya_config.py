@@ -175,6 +175,14 @@ def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
     assert f"network_args not carried over: block_dims={dims}" in notes  # LyCORIS has no per-block ranks
 
 
+def test_kohyas_comment_and_modelspec_settings_carry_over(tmp_path):
+    values = values_of(tmp_path, {"train_data_dir": "sample", "training_comment": "v2", "metadata_title": "Dog",
+                                  "metadata_author": "bob", "metadata_tags": "dog,photo"})
+    assert {key: values[key] for key in ("training_comment", "metadata_title", "metadata_author",
+                                         "metadata_tags")} == {"training_comment": "v2", "metadata_title": "Dog",
+                                                               "metadata_author": "bob", "metadata_tags": "dog,photo"}
+
+
 def test_kohyas_enable_wildcard_reads_choices_and_caption_lines(tmp_path):
     values = values_of(tmp_path, {"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
                                   "enable_wildcard": True})

@@ -71,11 +71,26 @@ def test_no_metadata_value_names_a_folder_of_this_machine(shared_run):
     assert metadata["ss_sd_model_name"] == "my-tiny-model" and metadata["lowvram.base_model"] == "my-tiny-model"
     assert metadata["ss_network_dim"] == "4" and metadata["ss_steps"] == "2" and metadata["ss_resolution"]
     assert metadata["ss_training_comment"] == "lvshape" and metadata["modelspec.architecture"]
+    assert metadata["modelspec.title"] == "shapes" and "modelspec.author" not in metadata
     assert "5_lvshape" in json.loads(metadata["ss_tag_frequency"])
     recipe = metadata["lowvram.config"]
     assert 'data = "shapes"' in recipe and 'model = "my-tiny-model"' in recipe and "\noutput =" not in recipe
     # the full config, paths and all, stays beside the LoRA for --config to replay
     assert str(data) in result.config_path.read_text()
+
+
+def test_the_lora_says_what_its_author_wrote_about_it(tmp_path):
+    """kohya's --training_comment and --metadata_* options: what UIs and model sites show of a LoRA."""
+    result = train(run_config(output=str(tmp_path / "out"), max_steps=1, training_comment="v2: fewer steps",
+                              metadata_title="Shapes", metadata_author="alice", metadata_description="red circles",
+                              metadata_license="creativeml-openrail-m", metadata_tags="shapes,  circle ,"))
+    with safe_open(str(result.lora_path), "pt") as f:
+        metadata = f.metadata()
+    assert {key: metadata.get(key) for key in ("ss_training_comment", "modelspec.title", "modelspec.author",
+                                               "modelspec.description", "modelspec.license", "modelspec.tags")} == {
+        "ss_training_comment": "v2: fewer steps", "modelspec.title": "Shapes", "modelspec.author": "alice",
+        "modelspec.description": "red circles", "modelspec.license": "creativeml-openrail-m",
+        "modelspec.tags": "shapes, circle"}
 
 
 def kohya_file(path: Path) -> Path:

@@ -12,7 +12,7 @@ import tomli_w
 
 import lowvram
 from lowvram.adapters import lora_files
-from lowvram.config import TRAIN_TIMESTEPS
+from lowvram.config import TRAIN_TIMESTEPS, RunConfig
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import ResolvedRun
 
@@ -72,7 +72,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_batch_size_per_device": str(config.training.batch_size),
         "ss_gradient_accumulation_steps": str(config.training.gradient_accumulation),
         "ss_output_name": config.output_name,
-        "ss_training_comment": trigger or "",
+        "ss_training_comment": config.output.training_comment or trigger or "",
         "ss_training_started_at": str(started.timestamp()),
         "ss_training_finished_at": str(now.timestamp()),
         "ss_tag_frequency": lora_files.tag_frequency(folders),
@@ -80,7 +80,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": family.modelspec_architecture,
         "modelspec.implementation": "diffusers",
-        "modelspec.title": config.output_name,
+        "modelspec.title": config.output.metadata_title or config.output_name,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
         "modelspec.date": now.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -90,7 +90,17 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "lowvram.trigger_word": trigger or "",
         "lowvram.dataset_images": str(len(records)),
         "lowvram.config": tomli_w.dumps(config.to_shareable_dict()),
-    } | lora_files.network_metadata(config.network)
+    } | own_description(config) | lora_files.network_metadata(config.network)
+
+
+def own_description(config: RunConfig) -> dict[str, str]:
+    """The modelspec entries the user wrote (--metadata-author and the rest), as kohya writes them."""
+    output = config.output
+    given = {"author": output.metadata_author, "description": output.metadata_description,
+             "license": output.metadata_license,
+             "tags": ", ".join(t.strip() for t in output.metadata_tags.split(",") if t.strip())
+             if output.metadata_tags else None}
+    return {f"modelspec.{key}": value for key, value in given.items() if value}
 
 
 def shareable_name(source: str) -> str:
