@@ -6,11 +6,13 @@ lowvram cannot follow."""
 import copy
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import assert_one_line_each, image_folders, run_config
+from PIL import Image
 from rich.console import Console
 from safetensors import safe_open
 
@@ -19,11 +21,11 @@ from lowvram.configure import read_toml
 from lowvram.data.check import scan
 from lowvram.data.prepare import prepare_training_data
 from lowvram.dataset_files import read_dataset
-from lowvram.dataset_files.onetrainer import whole_repeats
 from lowvram.errors import LowvramError
 from lowvram.hardware import NO_GPU
 from lowvram.models import load_model
 from lowvram.resolve import resolve_run
+from lowvram.train.loop import train as main_train
 
 # a concept as OneTrainer's Concepts tab saves it (its defaults), shortened to the keys lowvram reads or refuses
 DEFAULT_CONCEPT = {
@@ -69,18 +71,18 @@ def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_s
     captured = capsys.readouterr()
     err, out = " ".join(captured.err.split()), " ".join(captured.out.split())
     assert "concepts.json: read as a OneTrainer concepts file: 2 image folders" in err
-    assert "balancing in whole repeats (2 -> 4, 0.5 -> 1): an epoch here is 2 of OneTrainer's" in err
+    assert "balancing" not in err  # its fractional balancing is trained as it is
     assert "concepts[3] (off): disabled in OneTrainer, left out" in err
     assert "enable_random_flip" not in err and "flip: the concepts differ (False, True)" in err
-    assert "6 images, 15 per epoch with repeats" in out  # 3 x 4 + 3 x 1
+    assert "6 images, 8 per epoch with repeats" in out  # 3 x 2 + half of 3, rounded up
     saved = read_toml(tmp_path / "out" / "out.toml")
     assert (saved["flip"], saved["crop"], saved["shuffle_tags"], saved["keep_tokens"]) == (True, "random", True, 1)
     assert saved["caption_lines"] == "each"
     assert saved["validation_data"] == str((tmp_path / "imgs" / "reg").resolve())
     meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
     tags = json.loads(meta["ss_tag_frequency"])
-    assert set(tags) == {"4_alpha", "1_thing"}
-    assert tags["1_thing"] == {"lvshape thing": 3}  # the concept's prompt file captions every image of it
+    assert set(tags) == {"2_alpha", "0.5_thing"}
+    assert tags["0.5_thing"] == {"lvshape thing": 3}  # the concept's prompt file captions every image of it
     assert main(["check-data", "concepts.json", "--model", "tiny", "--report", "report.json"]) == 0
     records = json.loads((tmp_path / "report.json").read_text())["records"]
     beta = [r for r in records if r["relpath"].startswith("beta/")]
@@ -114,25 +116,48 @@ def test_prompt_sources_subfolders_and_samples_balancing(tmp_path, monkeypatch):
         concept("imgs/beta", include_subdirectories=True, balancing=10, balancing_strategy="SAMPLES")]))
     assert [(s.folder.relative_to(images).as_posix(), s.repeats) for s in dataset.subsets] == [
         ("alpha", 1), ("beta", 2), ("beta/more", 2)]  # 3 of 3 images, then 10 of 5: twice each
+    fewer = read_dataset(write(tmp_path / "fewer.json", [concept("imgs/beta", include_subdirectories=True,
+                                                                 balancing=2, balancing_strategy="SAMPLES")]))
+    assert [s.repeats for s in fewer.subsets] == [0.4, 0.4]  # 2 of its 5 images each epoch
     assert sorted(dataset.subsets[0].captions.values()) == ["00_red_circle", "01_yellow_square", "02_white_triangle"]
     assert dataset.subsets[1].captions is None  # its own caption files (none here: the template)
 
 
-@pytest.mark.parametrize(("wanted", "expected"), [
-    ([1.0, 1.0], ([1, 1], 1)), ([2.0, 0.5], ([4, 1], 2)), ([1 / 3, 1.0], ([1, 3], 3)), ([0.25, 1.5], ([1, 6], 4)),
-    ([0.37, 1.0], ([1, 3], 3)),  # no small factor makes 0.37 whole: it becomes 1, and the rest are rounded
-])
-def test_fractional_balancing_becomes_whole_repeats_in_proportion(wanted, expected):
-    assert whole_repeats(wanted) == expected
+def test_a_fractional_balancing_trains_a_seeded_share_of_the_concept_each_epoch(tmp_path, monkeypatch):
+    """OneTrainer's 0.25 shows a quarter of a concept's images per epoch: here the same count every epoch, a
+    different quarter each time, the same quarters in every run of the seed; the whole repeats stay whole."""
+    monkeypatch.chdir(tmp_path)
+    images = image_folders(tmp_path)
+    for n in range(5):  # alpha/: 8 images
+        Image.new("RGB", (64, 64), (40 * n, 90, 200 - 30 * n)).save(images / "alpha" / f"plain{n}.png")
+    data = write(tmp_path / "concepts.json", [concept("imgs/alpha", balancing=0.25), concept("imgs/beta",
+                                                                                          balancing=1.5)])
+    config = run_config(data=str(data), cache_dir=str(tmp_path / "cache"), batch_size=2, resolution=64)
+    run = dataclasses.replace(resolve_run(config, NO_GPU), cache_dir=tmp_path / "cache")
+    report = scan(run, data, None, None)
+    assert report.summary()["samples_per_epoch"] == 2 + 3 + 2  # 8 x 0.25, 3 x 1.5 rounded half up
+    prepared = prepare_training_data(run, load_model("tiny"), [report], torch.device("cpu"), Console(quiet=True)).data
+    assert prepared.images_per_epoch == 7
+    drawn = []
+    for epoch in range(6):
+        counts = Counter(report.usable[i].relpath.split("/")[0] + "/" + Path(report.usable[i].relpath).stem
+                         for batch in prepared.epoch_batches(epoch) for i in batch)
+        alpha = {name for name in counts if name.startswith("alpha/")}
+        beta = [counts[name] for name in counts if name.startswith("beta/")]
+        assert len(alpha) == 2 and sorted(beta) == [1, 2, 2]  # a quarter of alpha; beta once, and half again
+        drawn.append(frozenset(alpha))
+    assert len(set(drawn)) > 2  # another share most epochs
+    again = prepare_training_data(run, load_model("tiny"), [report], torch.device("cpu"), Console(quiet=True)).data
+    assert [again.epoch_batches(e) for e in range(6)] == [prepared.epoch_batches(e) for e in range(6)]
 
 
-def test_a_balancing_whole_repeats_cannot_hold_is_said_to_be_rough(tmp_path, monkeypatch):
+def test_a_balancing_that_trains_no_image_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)
-    dataset = read_dataset(write(tmp_path / "concepts.json", [concept("imgs/alpha"),
-                                                              concept("imgs/beta", balancing=0.0022)]))
-    assert [s.repeats for s in dataset.subsets] == [10, 1]
-    assert any("balancing in whole repeats (1 -> 10, 0.0022 -> 1) only roughly" in note for note in dataset.notes)
+    write(tmp_path / "concepts.json", [concept("imgs/alpha", balancing=0.01)])
+    with pytest.raises(LowvramError, match=r"no image would train in an epoch: the balancing of every concept "
+                                           r"rounds to none of its images; raise a balancing"):
+        main_train(run_config(data="concepts.json", output=str(tmp_path / "out"), resolution=64, max_steps=1))
 
 
 def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(tmp_path, monkeypatch):

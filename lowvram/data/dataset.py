@@ -1,9 +1,11 @@
 """The training stream: which cached entries form each batch, epoch after epoch.
 
 Every usable image becomes a `Sample` (its cached latent variants and caption variants), expanded by its
-repeats; regularization images are cycled to match the training images' count per epoch (kohya's
-balance). Each epoch's batches come from one bucket each, in an order fixed by the seed; each draw picks
-one of the sample's variants. Entries are read from disk per batch, so RAM does not grow with the dataset.
+repeats; a fractional part (a OneTrainer balancing of 0.5 or 2.25) trains a seeded share of the images of its
+folder each epoch, the same count every epoch. Regularization images are cycled to match the training images'
+count per epoch (kohya's balance). Each epoch's batches come from one bucket each, in an order fixed by the
+seed; each draw picks one of the sample's variants. Entries are read from disk per batch, so RAM does not grow
+with the dataset.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from lowvram.data.augment import CaptionOptions, vary_tags
 from lowvram.data.buckets import bucket_batches
 from lowvram.data.cache import TensorStore
+from lowvram.data.scan import per_epoch
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,11 @@ class Sample:
     text_keys: tuple[str, ...]  # one per cached caption variant; empty when captions are encoded live
     caption: str
     bucket: tuple[int, int]
-    repeats: int
+    repeats: float  # per epoch; a fractional part is a share of its group drawn each epoch
     weight: float = 1.0  # loss weight: --prior-loss-weight for regularization images, times its folder's
     kept_tags: tuple[int, int] | None = None  # its caption's own tags kept in place (front, end)
     more_captions: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # other captions of it, and their kept tags
+    group: str = ""  # its folder: the images a fractional repeat draws its share from
 
 
 @dataclass
@@ -83,26 +87,48 @@ class TrainingData:
         self.training_count = len(samples)  # the samples past it are regularization images
         self.batch_size, self.seed, self.captions = batch_size, seed, captions
         self.latent_store, self.text_store, self.empty_text_key = latents, texts, empty_text_key
-        self.train_expanded = [i for i, s in enumerate(samples) for _ in range(s.repeats)]
-        reg_base = [len(samples) + i for i, s in enumerate(reg_samples) for _ in range(s.repeats)]
-        self.reg_expanded = [reg_base[i % len(reg_base)] for i in range(len(self.train_expanded))] if reg_base else []
+        self.fractional = any(s.repeats % 1 for s in self.samples)
+
+    def expanded(self, epoch: int) -> list[int]:
+        """The sample indices one epoch trains, each as often as its repeats say: whole repeats always, and of each
+        group with a fractional part, that share of its images (rounded), seeded by the epoch. Regularization
+        images follow, cycled to the training images' count."""
+        training = self._repeated(range(self.training_count), epoch)
+        regularization = self._repeated(range(self.training_count, len(self.samples)), epoch)
+        if not regularization:
+            return training
+        return training + [regularization[i % len(regularization)] for i in range(len(training))]
+
+    def _repeated(self, indices: range, epoch: int) -> list[int]:
+        chosen = [i for i in indices for _ in range(int(self.samples[i].repeats))]
+        groups: dict[tuple[str, float], list[int]] = {}
+        for i in indices:
+            if self.samples[i].repeats % 1:
+                groups.setdefault((self.samples[i].group, self.samples[i].repeats), []).append(i)
+        for (group, repeats), members in groups.items():
+            share = per_epoch(len(members), repeats % 1)
+            chosen += sorted(random.Random(f"{self.seed}/share/{epoch}/{group}/{repeats}").sample(members, share))
+        return chosen
 
     @property
     def images_per_epoch(self) -> int:
-        return len(self.train_expanded) + len(self.reg_expanded)
+        return len(self.expanded(0))  # the same count every epoch
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """Sample indices of each batch of one epoch: one bucket per batch, seeded order."""
-        expanded = self.train_expanded + self.reg_expanded
+        expanded = self.expanded(epoch)
         buckets = [self.samples[i].bucket for i in expanded]
         return [[expanded[i] for i in batch] for batch in bucket_batches(buckets, self.batch_size, self.seed, epoch)]
 
     def batch_shapes(self) -> set[tuple[int, int]]:
         """The (pixel count, batch size) pairs of the batches: the shapes a compiled U-Net specializes on (a
         bucket's last batch may be smaller; a bucket and its transpose have the same count). The same every
-        epoch: only the order changes."""
-        return {(self.samples[batch[0]].bucket[0] * self.samples[batch[0]].bucket[1], len(batch))
-                for batch in self.epoch_batches(0)}
+        epoch, where only the order changes; with fractional repeats a bucket's last batch may be of any size."""
+        shapes = {(self.samples[batch[0]].bucket[0] * self.samples[batch[0]].bucket[1], len(batch))
+                  for batch in self.epoch_batches(0)}
+        if self.fractional:
+            shapes |= {(pixels, size) for pixels, _ in shapes for size in range(1, self.batch_size + 1)}
+        return shapes
 
     @property
     def batches_per_epoch(self) -> int:

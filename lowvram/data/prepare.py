@@ -25,6 +25,7 @@ from lowvram.data.cache import (
 from lowvram.data.check import make_buckets, scan_options
 from lowvram.data.dataset import Sample, TrainingData
 from lowvram.data.scan import ScanReport
+from lowvram.errors import LowvramError
 from lowvram.memory import PhasePeaks
 from lowvram.models.conditioning import set_vae_tiling
 from lowvram.resolve import ResolvedRun
@@ -48,6 +49,9 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     `validation`: image records held out from training, cached once each, unaugmented, with their caption.
     `peaks` records the caching phases' peak VRAM."""
     config, family, cache_dir = run.config, model.family, run.cache_dir
+    if not reports[0].summary()["samples_per_epoch"]:
+        raise LowvramError(f"--data {config.data.data}: no image would train in an epoch: the balancing of every "
+                           "concept rounds to none of its images; raise a balancing (or repeats)")
     options = scan_options(config, None)
     augment = AugmentOptions(config.data.flip, config.data.crop, config.data.color_jitter,
                              config.data.latent_variants or auto_variant_count(config.data.flip, config.data.crop,
@@ -91,7 +95,8 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
             samples[report_index].append(Sample(tuple(dict.fromkeys(keys)), tuple(text_keys), record.caption,
                                                 placement.bucket, record.repeats,
                                                 weight if validating else weight * record.loss_weight,
-                                                record.kept_tags, () if validating else record.more_captions))
+                                                record.kept_tags, () if validating else record.more_captions,
+                                                record.folder))
     empty_key = None
     if cache_text and (config.data.caption_dropout > 0 or config.data.caption_dropout_every):
         empty_key = text_key("", text_id)

@@ -86,7 +86,7 @@ class ImageRecord:
     path: Path  # absolute
     relpath: str  # relative to the dataset root, for reports
     folder: str  # label: "name" of "10_name", or the root folder's name
-    repeats: int
+    repeats: float  # whole for kohya's folders; a OneTrainer balancing may be fractional
     usable: bool
     reason: str | None  # "kind: details; fix" when skipped, None when usable
     notes: tuple[str, ...]  # what will be done to it (conversions, caption fallbacks, duplicates)
@@ -110,6 +110,12 @@ class ImageRecord:
                 "bucket": list(self.bucket) if self.bucket else None, "mask": str(self.mask) if self.mask else None,
                 "kept_tags": list(self.kept_tags) if self.kept_tags else None,
                 "more_captions": [[text, list(kept) if kept else None] for text, kept in self.more_captions]}
+
+
+def per_epoch(images: int, repeats: float) -> int:
+    """How many samples `images` images repeated `repeats` times give per epoch: a fractional part is that share
+    of them, rounded half up (so that one image balanced at 0.5 still trains)."""
+    return int(repeats) * images + math.floor(images * (repeats % 1) + 0.5)
 
 
 def _kind(text: str) -> str:
@@ -146,7 +152,9 @@ class ScanReport:
             f["usable" if r.usable else "skipped"] += 1
         buckets = Counter(f"{r.bucket[0]}x{r.bucket[1]}" for r in usable)
         return {"images": len(self.records), "usable": len(usable), "skipped": len(self.records) - len(usable),
-                "samples_per_epoch": sum(r.repeats for r in usable), "folders": folders,
+                "samples_per_epoch": sum(per_epoch(count, repeats) for (_, repeats), count in
+                                         Counter((r.folder, r.repeats) for r in usable).items()),
+                "folders": folders,
                 "skipped_by_reason": dict(Counter(_kind(r.reason or "") for r in self.skipped)),
                 "notes": dict(Counter(_kind(n) for r in usable for n in r.notes)), "buckets": dict(sorted(buckets.items()))}
 
@@ -163,8 +171,9 @@ class ScanReport:
         weighted = any(f["loss_weight"] != 1 for f in summary["folders"].values())  # a column only where it tells
         console.print(_table(f"dataset {self.root}", ("folder", "label", "images", "usable", "skipped", "repeats",
                                                        "samples/epoch", *(("weight",) if weighted else ())),
-                             [(k, f["label"], f["images"], f["usable"], f["skipped"], f["repeats"],
-                               f["usable"] * f["repeats"], *((f"{f['loss_weight']:g}",) if weighted else ()))
+                             [(k, f["label"], f["images"], f["usable"], f["skipped"], f"{f['repeats']:g}",
+                               per_epoch(f["usable"], f["repeats"]),
+                               *((f"{f['loss_weight']:g}",) if weighted else ()))
                               for k, f in summary["folders"].items()]))
         for note in self.folder_notes:
             console.print(Text(note, style="yellow"))
@@ -214,7 +223,7 @@ class ImageFolder(NamedTuple):
     its file name without the extension or its path, -> caption), only the images it names are read, and their
     captions come from it."""
     path: Path
-    repeats: int
+    repeats: float
     label: str
     caption_prefix: str = ""
     caption_suffix: str = ""

@@ -4,9 +4,9 @@ folder with its repeats, loss weight and captions, and the lowvram options its i
 relative path is found from the current folder, else beside the file or one folder up (OneTrainer reads it from its
 own folder, which holds training_concepts/).
 
-A concept's balancing becomes whole repeats in the same proportions (OneTrainer's may be fractional: 0.5 shows half
-the images per epoch), its loss weight scales its images' loss, and its captions come from where its prompt source
-says: each image's `.txt`, one prompt file for the whole concept, or the file name. Augmentation and tag settings
+A concept's balancing becomes its repeats, fractional ones included (0.5 trains a seeded half of its images each
+epoch, as OneTrainer shows half of them), its loss weight scales its images' loss, and its captions come from
+where its prompt source says: each image's `.txt`, one prompt file for the whole concept, or the file name. Augmentation and tag settings
 are one value per run here: the first training concept's, with a note where others differ. A validation concept
 becomes `--validation-data`; a prior prediction concept, regularization images with `--prior-prediction`. What
 lowvram cannot do as asked (rotation, a per-concept resolution) is refused in one line naming the setting and the
@@ -15,7 +15,6 @@ fix, rather than trained differently.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ CONCEPT_KEYS = {"name", "path", "enabled", "type", "validation_concept", "includ
                 "balancing_strategy", "repeats", "loss_weight", "image_variations", "text_variations", "image",
                 "text", "seed", "__version"}
 PROMPT_SOURCES = ("sample", "concept", "filename")
-MAX_REPEAT_SCALE = 10  # the largest factor tried to make fractional repeats whole in their proportions
 # on, they would change what the model is shown in a way lowvram does not do: refused, not trained without
 REFUSED = {
     "image.enable_fixed_flip": "flip those images' files instead; lowvram's --flip flips at random",
@@ -161,11 +159,9 @@ def _images(folders: list[Path]) -> list[Path]:
 
 def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: list[str], problem,
              regularization: bool = False) -> list[Subset]:
-    """Each concept's folders as subsets, with whole repeats in the proportions of the concepts' balancing, their
-    loss weight and captions."""
-    if not concepts:
-        return []
-    wanted = []
+    """Each concept's folders as subsets: its balancing as their repeats (a fractional part trains that share of
+    its images each epoch, as OneTrainer's does), its loss weight and captions."""
+    subsets = []
     for concept, folders, where in concepts:
         balancing = as_number(concept.get("balancing", concept.get("repeats", 1.0)), f"{where} balancing", problem)
         strategy = str(concept.get("balancing_strategy") or "REPEATS").upper()
@@ -177,37 +173,15 @@ def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: li
         if balancing <= 0:
             problem(f"{where} balancing", f"{balancing:g} would leave its images out; give more than 0, or disable "
                     "the concept")
-        wanted.append(max(balancing, 1e-6))
-    repeats, factor = whole_repeats(wanted)
-    shown = ", ".join(f"{w:g} -> {r}" for w, r in zip(wanted, repeats, strict=True))
-    if any(abs(r / factor - w) > 0.01 * w for w, r in zip(wanted, repeats, strict=True)):
-        notes.append(f"balancing in whole repeats ({shown}) only roughly: every image is trained at least once an "
-                     "epoch here, so a concept balanced far below the others weighs more than in OneTrainer")
-    elif factor > 1:
-        notes.append(f"balancing in whole repeats ({shown}): an epoch here is {factor} of OneTrainer's"
-                     if not regularization else f"prior prediction concepts' balancing in whole repeats ({shown})")
-    subsets = []
-    for (concept, folders, where), times in zip(concepts, repeats, strict=True):
         weight = as_number(concept.get("loss_weight", 1.0), f"{where} loss_weight", problem)
         if weight <= 0:
             problem(f"{where} loss_weight", f"{weight:g} would train nothing on it; give more than 0, or disable the "
                     "concept")
         captions = _captions(concept, folders, path, where, notes, problem)
         label = str(concept.get("name") or "").strip() or folders[0].name
-        subsets += [Subset(folder, times, label, regularization, captions=captions, loss_weight=weight)
+        subsets += [Subset(folder, balancing, label, regularization, captions=captions, loss_weight=weight)
                     for folder in folders]
     return subsets
-
-
-def whole_repeats(wanted: list[float]) -> tuple[list[int], int]:
-    """Whole repeats in the proportions of `wanted` (OneTrainer's balancing, fractional or not), and the factor that
-    made them whole: the smallest that does, else the one that brings the least to 1, the rest then rounded."""
-    for factor in range(1, MAX_REPEAT_SCALE + 1):
-        scaled = [w * factor for w in wanted]
-        if all(round(s) >= 1 and abs(s - round(s)) <= 0.01 * s for s in scaled):
-            return [round(s) for s in scaled], factor
-    factor = max(1, min(MAX_REPEAT_SCALE, math.ceil(1 / min(wanted))))
-    return [max(1, round(w * factor)) for w in wanted], factor
 
 
 def _captions(concept: dict, folders: list[Path], path: Path, where: str, notes: list[str], problem

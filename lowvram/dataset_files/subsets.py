@@ -12,7 +12,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Subset:
     folder: Path  # absolute
-    repeats: int
+    repeats: float  # per epoch; a fractional part trains that share of the images each epoch
     label: str  # the caption of an image without a caption file: class_tokens, else the folder's name
     regularization: bool
     caption_prefix: str = ""  # written around each caption of the subset, as it is

@@ -23,7 +23,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
     config, family, resolution = run.config, model.family, run.resolution
     folders: dict[str, list[str]] = {}
     for record in records:
-        folders.setdefault(f"{record.repeats}_{record.folder}", []).append(record.caption)
+        folders.setdefault(f"{record.repeats:g}_{record.folder}", []).append(record.caption)
     prediction = model.pipeline.scheduler.config.prediction_type
     now = datetime.now(timezone.utc)
     return {
@@ -37,7 +37,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_steps": str(step),
         "ss_epoch": str(epoch),
-        "ss_num_train_images": str(sum(record.repeats for record in records)),
+        "ss_num_train_images": str(round(sum(record.repeats for record in records))),
         "ss_learning_rate": f"{config.lr:g}",
         "ss_unet_lr": f"{config.lr:g}",
         "ss_text_encoder_lr": f"{config.text_encoder_lr:g}" if config.network.train_text_encoder else "0",
