@@ -8,9 +8,9 @@ A concept's balancing becomes its repeats, fractional ones included (0.5 trains 
 epoch, as OneTrainer shows half of them), its loss weight scales its images' loss, and its captions come from
 where its prompt source says: each image's `.txt`, one prompt file for the whole concept, or the file name.
 Augmentation and tag settings are one value per run here: the first training concept's, with a note where others
-differ. A validation concept becomes `--validation-data`; a prior prediction concept, regularization images with `--prior-prediction`. What
-lowvram cannot do as asked (rotation, a per-concept resolution) is refused in one line naming the setting and the
-fix, rather than trained differently.
+differ. A validation concept becomes `--validation-data`; a prior prediction concept, regularization images with
+`--prior-prediction`. What lowvram cannot do as asked (rotation, a per-concept resolution) is refused in one line
+naming the setting and the fix, rather than trained differently.
 """
 
 from __future__ import annotations
