@@ -207,6 +207,10 @@ class NetworkConfig:
     lokr_factor: int = option(-1, "LoKr: the factor the first Kronecker matrix's sides are split by (-1: as "
                               "square as possible; 4-16 gives smaller files).", metavar="F")
     train_text_encoder: bool = option(False, "Also train LoRA adapters on the text encoder(s).")
+    text_encoder_until: str | None = option(None, "Train the text encoders' adapters for the first N steps ('300') "
+                                            "or N epochs ('2e') only, then freeze them and train the U-Net alone "
+                                            "(OneTrainer's stop_training_after; kohya's --stop_text_encoder_training)."
+                                            " Needs --train-text-encoder.", metavar="N[e]")
     network_weights: str | None = option(None, "Start from an existing LoRA file (kohya's --network_weights): "
                                          "its weights fill the adapters before the first step, e.g. to train "
                                          "a LoRA further on new images. Its type, rank, alpha and layers must "

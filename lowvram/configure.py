@@ -507,7 +507,10 @@ def _check(c: RunConfig) -> list[str]:
                  "constant (its warm-up comes from --warmup-steps)")
     if c.optim.text_encoder_lr is not None and not c.network.train_text_encoder:
         p.append("--text-encoder-lr: set, but the text encoder is not trained; add --train-text-encoder")
-    for flag, value in (("save-every", c.output.save_every), ("sample-every", c.output.sample_every)):
+    if c.network.text_encoder_until and not c.network.train_text_encoder:
+        p.append("--text-encoder-until: the text encoders are not trained; add --train-text-encoder or drop it")
+    for flag, value in (("save-every", c.output.save_every), ("sample-every", c.output.sample_every),
+                        ("text-encoder-until", c.network.text_encoder_until)):
         try:
             parse_save_every(value)
         except ValueError as exc:

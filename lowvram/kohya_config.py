@@ -48,7 +48,8 @@ INERT = {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs",
 KOHYA_KEYS = set(SAME) | set(SWITCHES) | INERT | {
     "network_module", "network_args", "network_train_unet_only", "network_train_text_encoder_only", "learning_rate",
     "unet_lr", "text_encoder_lr", "optimizer_type", "optimizer_args", "save_every_n_steps", "save_every_n_epochs",
-    "sample_every_n_steps", "sample_every_n_epochs", "sample_prompts", "dataset_config", "v2", "save_precision"}
+    "sample_every_n_steps", "sample_every_n_epochs", "sample_prompts", "dataset_config", "v2", "save_precision",
+    "stop_text_encoder_training"}
 # settings only kohya has: one of them makes a file kohya's
 MARKERS = KOHYA_KEYS - set(fields_by_name())
 
@@ -119,6 +120,9 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     values |= _learning_rates(left, values["train_text_encoder"], problem)
     values |= _optimizer(left, notes, problem)
     values |= _length_and_saves(left, problem)
+    stop = as_number(left.pop("stop_text_encoder_training", 0) or 0, "stop_text_encoder_training", problem, int)
+    if stop and values["train_text_encoder"]:  # kohya's 0: the text encoder trains the whole run
+        values["text_encoder_until"] = str(stop)
     if left.get("loss_type") not in ("huber", "smooth_l1"):  # kohya_ss writes the Huber settings beside any loss
         left.pop("huber_c", None), left.pop("huber_schedule", None)
     if not left.get("multires_noise_iterations"):

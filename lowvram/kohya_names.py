@@ -25,6 +25,7 @@ KOHYA_FLAGS = {
                       "--conv-block-ranks (conv_block_dims), --conv-block-alphas, --down-lr-weight, "
                       "--mid-lr-weight, --up-lr-weight",
     "--network_train_unet_only": "(the default; --train-text-encoder adds the text encoders)",
+    "--stop_text_encoder_training": "--text-encoder-until N",
     "--learning_rate": "--lr",
     "--unet_lr": "--lr",
     "--text_encoder_lr": "--text-encoder-lr",

@@ -222,9 +222,7 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         rates = [part["learning_rate"] for part in encoders if part.get("train") and part.get("learning_rate")]
         if rates:
             values["text_encoder_lr"] = float(rates[0])
-        if any(part.get("train") and part.get("stop_training_after")
-               and str(part.get("stop_training_after_unit", "NEVER")).upper() != "NEVER" for part in encoders):
-            notes.append("text_encoder.stop_training_after: lowvram trains the text encoders for the whole run")
+        values |= _text_encoder_until([part for part in encoders if part.get("train")], notes, problem)
     scheduler = _upper(doc, "learning_rate_scheduler") or "CONSTANT"
     warmup = float(doc.get("learning_rate_warmup_steps") or 0)
     if scheduler not in SCHEDULERS:
@@ -387,6 +385,28 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
             line += f" --d {sample['seed']}"
         prompts.append(line)
     return {"sample_prompts": prompts} if prompts else {}
+
+
+def _text_encoder_until(trained: list[dict], notes: list[str], problem) -> dict[str, str]:
+    """The trained text encoders' stop_training_after (OneTrainer's per encoder; here one for both) as
+    --text-encoder-until, in steps or epochs; a stop after some time is a note."""
+    stops = []
+    for part in trained:
+        unit = str(part.get("stop_training_after_unit") or "NEVER").upper()
+        after = part.get("stop_training_after")
+        if unit == "NEVER" or not after:
+            stops.append(None)
+        elif unit in ("STEP", "EPOCH"):
+            count = as_number(after, "text_encoder.stop_training_after", problem, int)
+            stops.append(f"{count}{'e' if unit == 'EPOCH' else ''}")
+        else:
+            notes.append(f"text_encoder.stop_training_after {after} {unit.lower()}: lowvram stops the text encoders "
+                         "after steps or epochs, not a time; they train for the whole run")
+            stops.append(None)
+    if len(set(stops)) > 1:
+        notes.append(f"text_encoder.stop_training_after: the text encoders differ ({', '.join(map(str, stops))}); "
+                     f"both stop as the first says")
+    return {"text_encoder_until": stops[0]} if stops and stops[0] else {}
 
 
 def _upper(doc: dict[str, Any], key: str) -> str | None:

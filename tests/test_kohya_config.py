@@ -175,6 +175,15 @@ def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
     assert f"network_args not carried over: block_dims={dims}" in notes  # LyCORIS has no per-block ranks
 
 
+def test_kohyas_text_encoder_stop_carries_over_where_the_text_encoder_trains(tmp_path):
+    assert values_of(tmp_path, {"train_data_dir": "sample", "stop_text_encoder_training": 100})[
+        "text_encoder_until"] == "100"
+    assert "text_encoder_until" not in values_of(tmp_path, {"train_data_dir": "sample", "network_train_unet_only": True,
+                                                             "stop_text_encoder_training": 100})
+    assert "text_encoder_until" not in values_of(tmp_path, {"train_data_dir": "sample",
+                                                             "stop_text_encoder_training": 0})
+
+
 def test_kohyas_comment_and_modelspec_settings_carry_over(tmp_path):
     values = values_of(tmp_path, {"train_data_dir": "sample", "training_comment": "v2", "metadata_title": "Dog",
                                   "metadata_author": "bob", "metadata_tags": "dog,photo"})

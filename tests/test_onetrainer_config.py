@@ -65,8 +65,8 @@ def test_a_onetrainer_config_trains_the_lora_onetrainer_would(tmp_path, monkeypa
     assert "read as a OneTrainer config" in err
     assert ("unet.weight_dtype FLOAT_16, gradient_checkpointing ON, train_dtype FLOAT_16: OneTrainer's defaults, "
             "left to lowvram's planner") in err
-    assert "text_encoder.stop_training_after: lowvram trains the text encoders for the whole run" in err
     saved = read_toml(tmp_path / "models" / "ot-lora.toml")
+    assert saved["text_encoder_until"] == "30e"  # its text encoder stops after 30 epochs
     assert saved["data"] == str(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json")
     assert (saved["rank"], saved["alpha"], saved["lora_layers"], saved["optimizer"]) == (8, 4.0, "attn-mlp",
                                                                                        "adamw8bit")
@@ -133,3 +133,20 @@ def test_an_older_onetrainer_config_is_read_by_its_old_names_without_false_notes
     assert [note for note in notes if "planner" not in note] == [], notes
     with pytest.raises(LowvramError, match="align_prop: AlignProp's reward training is not something lowvram does"):
         translate_onetrainer(old | {"align_prop": True}, path)
+
+
+@pytest.mark.parametrize(("encoders", "until", "note"), [
+    ({"text_encoder": {"train": True, "stop_training_after": 200, "stop_training_after_unit": "STEP"}}, "200", None),
+    ({"text_encoder": {"train": True, "stop_training_after": 2, "stop_training_after_unit": "EPOCH"},
+      "text_encoder_2": {"train": True, "stop_training_after": 5, "stop_training_after_unit": "EPOCH"}}, "2e",
+     "the text encoders differ (2e, 5e); both stop as the first says"),
+    ({"text_encoder": {"train": True, "stop_training_after": 30, "stop_training_after_unit": "MINUTE"}}, None,
+     "stop_training_after 30 minute: lowvram stops the text encoders after steps or epochs, not a time"),
+    ({"text_encoder": {"train": False, "stop_training_after": 3, "stop_training_after_unit": "EPOCH"}}, None, None),
+])
+def test_the_text_encoders_stop_training_as_onetrainer_says(tmp_path, encoders, until, note):
+    path = onetrainer_folder(tmp_path)
+    values, notes = translate_onetrainer({key: value for key, value in CONFIG.items() if key != "text_encoder"}
+                                         | encoders, path)
+    assert values.get("text_encoder_until") == until
+    assert any(note in line for line in notes) if note else not any("stop_training_after" in n for n in notes)

@@ -190,3 +190,34 @@ def test_fp16_scaler_overflows_are_routine_until_the_scale_falls_below_one():
     assert step_verdict(0.1, torch.tensor(float("nan")), None) == "bad"  # bf16/fp32: no scaler to absorb it
     low = torch.amp.GradScaler("cpu", init_scale=0.25)
     assert step_verdict(0.1, torch.tensor(float("inf")), low) == "bad"
+
+
+def test_the_text_encoders_stop_training_where_asked_and_stay_stopped_on_resume(tmp_path, capsys):
+    """--text-encoder-until 2: the text encoders' adapters train for two steps and keep those weights; the
+    U-Net's train on. A run resumed past that point keeps them frozen; one resumed before it trains them to it."""
+    values = {"output": str(tmp_path), "train_text_encoder": True, "text_encoder_until": "2", "lr": 1e-2,
+              "save_every": "1", "checkpoint_every": 1}
+    result = train(run_config(max_steps=4, **values))
+    assert "frozen from step 3 on (--text-encoder-until 2)" in " ".join(capsys.readouterr().out.split())
+    saved = {step: load_file(str(tmp_path / f"{tmp_path.name}-step{step:06d}.safetensors")) for step in (1, 2, 3)}
+    final = load_file(str(result.lora_path))
+
+    def part(state, prefix):
+        return {key: value for key, value in state.items() if key.startswith(prefix) and "alpha" not in key}
+
+    for key, value in part(final, "lora_te_").items():
+        assert torch.equal(saved[2][key], value), key  # unchanged after step 2
+    assert any(not torch.equal(saved[1][key], saved[2][key]) for key in part(final, "lora_te_"))  # trained to it
+    assert any(not torch.equal(saved[3][key], value) for key, value in part(final, "lora_unet_").items())
+    resumed = train(run_config(max_steps=5, resume="auto", overwrite=True, **values))  # from step 4's checkpoint
+    assert "frozen from step 5 on" in " ".join(capsys.readouterr().out.split())
+    for key, value in part(load_file(str(resumed.lora_path)), "lora_te_").items():
+        assert torch.equal(saved[2][key], value), key
+
+
+def test_text_encoder_until_needs_the_text_encoders_trained():
+    with pytest.raises(LowvramError, match=r"--text-encoder-until: the text encoders are not trained; add "
+                                           r"--train-text-encoder"):
+        run_config(text_encoder_until="2e")
+    with pytest.raises(LowvramError, match=r"--text-encoder-until: 'soon' is not a positive number of steps"):
+        run_config(text_encoder_until="soon", train_text_encoder=True)

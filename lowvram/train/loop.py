@@ -36,6 +36,7 @@ from lowvram.train.setup import (
     attach_adapters,
     describe,
     fill_caches_and_place,
+    freeze_text_encoders,
     load_frozen_model,
     plan_schedule,
     scan_data,
@@ -106,6 +107,8 @@ def run_training(session: Session) -> TrainResult:
             sample_grid(session, trainee, prepared, log, 0)
         for step in range(position.step + 1, schedule.total_steps + 1):
             step_start = time.perf_counter()
+            if not schedule.trains_text_at(step) and not trainee.text_frozen:
+                freeze_text_encoders(session, trainee, step)
             epoch, number, mine = following
             step_loss, splits = forward_backward(session, trainee, mine, splits, step)
             if step < schedule.total_steps:  # read from the cache while the GPU works through the backward pass

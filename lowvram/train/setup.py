@@ -100,6 +100,7 @@ class Trainee:
     lr_scheduler: object
     noise_scheduler: object
     ema: object | None = None  # diffusers' EMAModel of `params` (--ema)
+    text_frozen: bool = False  # past --text-encoder-until: the encoders still read the captions, without gradients
 
     @property
     def trained_modules(self) -> list[torch.nn.Module]:
@@ -129,6 +130,10 @@ class Schedule:
     sample_every: tuple[int, str] | None
     validate_every: int
     batch_shapes: int  # input shapes the U-Net meets: training's (pixel count, batch size) pairs, samples' sizes
+    text_encoder_until: int | None = None  # the last step that trains the text encoders (--text-encoder-until)
+
+    def trains_text_at(self, step: int) -> bool:
+        return self.text_encoder_until is None or step <= self.text_encoder_until
 
     def epochs_at(self, step: int) -> int:
         return math.ceil(step / self.steps_per_epoch)
@@ -239,10 +244,12 @@ def plan_schedule(config: RunConfig, data: TrainingData, world: int) -> Schedule
     batches_per_step = config.training.gradient_accumulation * world
     steps_per_epoch = max(1, math.ceil(data.batches_per_epoch / batches_per_step))
     total_steps = config.training.max_steps or steps_per_epoch * (config.training.epochs or DEFAULT_EPOCHS)
+    until = parse_save_every(config.network.text_encoder_until)
     return Schedule(batches_per_step, steps_per_epoch, total_steps, parse_save_every(config.output.save_every),
                     parse_save_every(config.output.sample_every),
                     config.validation.validate_every or steps_per_epoch,
-                    len(data.batch_shapes()) + len(config.output.sample_prompts) + 1)
+                    len(data.batch_shapes()) + len(config.output.sample_prompts) + 1,
+                    until and until[0] * (steps_per_epoch if until[1] == "epochs" else 1))
 
 
 def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, schedule: Schedule) -> Trainee:
@@ -252,6 +259,9 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
 
     config, rank = session.config, session.rank
     train_text = config.network.train_text_encoder
+    if config.network.text_encoder_until and session.world > 1:  # DDP expects every gradient it was given
+        raise LowvramError("--text-encoder-until: not with several processes (DDP needs the same parameters "
+                           "trained at every step); train on one GPU, or train the text encoders for the whole run")
     torch.manual_seed(config.training.seed)
     trainable = networks.add_lora(model, config.network, config.alpha, train_text, session.run.blocks)
     if config.network.network_weights and not config.training.resume:  # a checkpoint holds them already
@@ -294,6 +304,20 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         ema = EMAModel(params, decay=config.optim.ema_decay, foreach=True)
     return Trainee(model, prepared[0], text_encoders, train_text, dict(adapted), params, prepared[-1], lr_scheduler,
                    noise_scheduler, ema)
+
+
+def freeze_text_encoders(session: Session, trainee: Trainee, step: int) -> None:
+    """--text-encoder-until: from `step` on the text encoders' adapters keep their weights. They take no
+    gradients (the optimizer skips them, and their backward pass is saved), and their dropout is off."""
+    for encoder in trainee.model.text_encoders:
+        encoder.eval()
+        for param in encoder.parameters():
+            if param.requires_grad:
+                param.requires_grad_(False)
+                param.grad = None
+    trainee.text_frozen = True
+    session.console.print(f"the text encoders' adapters are frozen from step {step} on (--text-encoder-until "
+                          f"{session.config.network.text_encoder_until}); the U-Net trains on", soft_wrap=True)
 
 
 def checkpointing_note(unet: torch.nn.Module) -> str:

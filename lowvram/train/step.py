@@ -49,7 +49,7 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
     batch = batch.to(device)  # without waiting: pinned on CUDA (see `Batch.pinned`)
     latents = batch.latents.to(dtype)
     if trainee.train_text:
-        with accelerator.autocast():
+        with torch.no_grad() if trainee.text_frozen else nullcontext(), accelerator.autocast():
             hidden, pooled = encode_prompts(model.family, trainee.text_encoders, model.tokenizers, batch.captions,
                                             device, model.text_reading)
     else:
