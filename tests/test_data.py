@@ -3,6 +3,7 @@
 import random
 
 import pytest
+import torch
 from PIL import Image
 
 from lowvram.data.augment import (
@@ -189,3 +190,28 @@ def test_wildcards_make_every_combination_a_caption_of_the_image(tmp_path, sampl
     assert [record.caption, *(text for text, _ in record.more_captions)] == [
         "lvshape, a red circle", "a lvshape circle", "lvshape, circle"]
     assert "{a|b} choices: one of 3 captions drawn each time the image is trained" in record.notes
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_with_wildcards_each_line_is_drawn_as_often_as_another(tmp_path, sample_data, train_text_encoder):
+    """kohya draws a caption line, then its {a|b} choices: a line of four combinations is drawn no more often
+    than a line of one, whether the captions are cached or encoded per step."""
+    from conftest import run_config
+
+    from lowvram.train.loop import train
+
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("{a|b} {c|d} shape\nlvshape, circle\n")
+    result = train(run_config(data=str(sample_data), wildcards=True, caption_lines="each", max_steps=1,
+                              output=str(tmp_path / "out"), trigger_word="lvshape",
+                              train_text_encoder=train_text_encoder))
+    sample = next(s for s in result.data.samples if s.caption == "lvshape, a c shape")
+    assert sample.caption_weights == (0.125, 0.125, 0.125, 0.125, 0.5)
+    index = result.data.samples.index(sample)
+    draws = [result.data.load([index], random.Random(seed)) for seed in range(400)]
+    if train_text_encoder:
+        plain = sum(batch.captions[0] == "lvshape, circle" for batch in draws)
+    else:
+        assert sample.text_weights == sample.caption_weights  # one variant per caption
+        line = result.data.text_store.load(sample.text_keys[-1])["hidden"]
+        plain = sum(torch.equal(batch.hidden[0], line) for batch in draws)
+    assert 160 < plain < 240  # half of them, not a fifth

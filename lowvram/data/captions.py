@@ -78,9 +78,12 @@ def expand_wildcards(caption: str, limit: int) -> tuple[list[str], int]:
     return captions, count
 
 
-def captions_of(text: str, each_line: bool, wildcards: bool, notes: list[str]) -> list[str]:
+def captions_of(text: str, each_line: bool, wildcards: bool, notes: list[str]
+                ) -> tuple[list[str], tuple[float, ...]]:
     """The captions a caption text (its lines) makes: its first line, or each line; with `wildcards`, each
-    combination of their {a|b} choices. `notes` get a word on the lines left out or the captions made."""
+    combination of their {a|b} choices. `notes` get a word on the lines left out or the captions made. Also each
+    caption's chance of being drawn where they differ (empty where all are equal): as kohya draws a line, then
+    its choices, a line of more combinations is drawn no more often than another."""
     lines = text.split("\n")
     if len(lines) > 1 and not each_line:
         notes.append(f"caption lines: the first of {len(lines)} is trained (--caption-lines each draws among them)")
@@ -88,7 +91,7 @@ def captions_of(text: str, each_line: bool, wildcards: bool, notes: list[str]) -
     elif len(lines) > 1:
         notes.append(f"caption lines: one of {len(lines)} drawn each time the image is trained")
     if not wildcards:
-        return lines
+        return lines, ()
     expanded = [expand_wildcards(line, MAX_WILDCARD_CAPTIONS) for line in lines]
     made = sum(count for _, count in expanded)
     captions = [caption for made_here, _ in expanded for caption in made_here]
@@ -96,4 +99,6 @@ def captions_of(text: str, each_line: bool, wildcards: bool, notes: list[str]) -
         notes.append(f"{{a|b}} choices: {made} captions, of which a fixed {len(captions)} are drawn among")
     elif made > len(lines):
         notes.append(f"{{a|b}} choices: one of {made} captions drawn each time the image is trained")
-    return captions
+    if len({len(made_here) for made_here, _ in expanded}) == 1:
+        return captions, ()
+    return captions, tuple(1 / len(lines) / len(made_here) for made_here, _ in expanded for _ in made_here)

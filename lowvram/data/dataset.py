@@ -32,6 +32,8 @@ class Sample:
     kept_tags: tuple[int, int] | None = None  # its caption's own tags kept in place (front, end)
     more_captions: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # other captions of it, and their kept tags
     group: str = ""  # its folder: the images a fractional repeat draws its share from
+    caption_weights: tuple[float, ...] = ()  # the chance of its caption and each of more_captions; () = equal
+    text_weights: tuple[float, ...] = ()  # the same per cached text embedding (text_keys)
 
 
 @dataclass
@@ -156,12 +158,13 @@ class TrainingData:
             masks.append(entry.get("mask"))
             dropped = (self.captions.dropout > 0 and rng.random() < self.captions.dropout) or silent
             if sample.text_keys:
-                text = self.text_store.load(self.empty_text_key if dropped else rng.choice(sample.text_keys))
+                text = self.text_store.load(self.empty_text_key if dropped else
+                                            _draw(rng, sample.text_keys, sample.text_weights))
                 hidden.append(text["hidden"])
                 pooled.append(text.get("pooled"))
             caption, kept = sample.caption, sample.kept_tags
             if sample.more_captions:  # one of its caption lines (--caption-lines each)
-                caption, kept = rng.choice(((caption, kept), *sample.more_captions))
+                caption, kept = _draw(rng, ((caption, kept), *sample.more_captions), sample.caption_weights)
             if self.captions.varies_tags:
                 caption = vary_tags(caption, self.captions, rng, kept)
             captions.append("" if dropped else caption)
@@ -175,6 +178,11 @@ class TrainingData:
             pooled=torch.stack(pooled) if pooled and pooled[0] is not None else None,
             regularization=_regularization_rows(indices, self.training_count),
         )
+
+
+def _draw(rng: random.Random, choices, weights: tuple[float, ...]):
+    """One of `choices`, by `weights` where they are given (uniform draws keep the stream they always had)."""
+    return rng.choices(choices, weights)[0] if weights else rng.choice(choices)
 
 
 def _regularization_rows(indices: list[int], training_count: int) -> torch.Tensor | None:

@@ -83,20 +83,24 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                                  config.memory.vae_tiling)
                 latent_jobs.setdefault(key, LatentJob(key, record, placement, variant))
                 keys.append(key)
-            text_keys = []
+            text_keys, text_weights = [], []
+            caption_weights = () if validating else record.caption_weights
             if cache_text:
-                texts = [record.caption] if validating else [
-                    variant for text, kept in ((record.caption, record.kept_tags), *record.more_captions)
-                    for variant in caption_variants(text, captions, kept)]  # each caption line's variants
-                for caption in texts:
-                    key = text_key(caption, text_id)
-                    text_jobs.setdefault(key, TextJob(key, caption))
-                    text_keys.append(key)
+                drawn = ([(record.caption, None)] if validating
+                         else [(record.caption, record.kept_tags), *record.more_captions])
+                for i, (text, kept) in enumerate(drawn):  # each caption line's variants
+                    variants = [text] if validating else caption_variants(text, captions, kept)
+                    for caption in variants:
+                        key = text_key(caption, text_id)
+                        text_jobs.setdefault(key, TextJob(key, caption))
+                        text_keys.append(key)
+                        if caption_weights:  # a caption's chance, shared by its variants
+                            text_weights.append(caption_weights[i] / len(variants))
             samples[report_index].append(Sample(tuple(dict.fromkeys(keys)), tuple(text_keys), record.caption,
                                                 placement.bucket, record.repeats,
                                                 weight if validating else weight * record.loss_weight,
                                                 record.kept_tags, () if validating else record.more_captions,
-                                                record.folder))
+                                                record.folder, caption_weights, tuple(text_weights)))
     empty_key = None
     if cache_text and (config.data.caption_dropout > 0 or config.data.caption_dropout_every):
         empty_key = text_key("", text_id)

@@ -104,6 +104,7 @@ class ImageRecord:
     loss_weight: float = 1.0  # its folder's
     kept_tags: tuple[int, int] | None = None  # its caption's tags kept at the front and end (keep_tokens_separator)
     more_captions: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # its other caption lines (and their kept)
+    caption_weights: tuple[float, ...] = ()  # each caption's chance (the first, then more_captions); () = equal
 
     def to_json(self) -> dict:
         return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
@@ -381,7 +382,7 @@ def _read_index(index_path: Path | None) -> dict[str, dict]:
 def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, options: ScanOptions,
                old_index: dict, new_index: dict) -> ImageRecord:
     relpath, label, repeats = path.relative_to(root).as_posix(), folder.label, folder.repeats
-    captions, caption_notes, caption_file = _caption(path, folder, options)
+    captions, weights, caption_notes, caption_file = _caption(path, folder, options)
     (caption, kept), *more = [split_kept_tags(text, options.keep_tokens_separator) for text in captions]
     non_utf8 = (Path(relpath).parent / caption_file.name).as_posix() if caption_file else None
     suffix = path.suffix.lower()
@@ -389,7 +390,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         reason = f"unsupported format: {suffix} files can't be read; convert it to one of {SUPPORTED}"
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
                            non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, kept_tags=kept,
-                           more_captions=tuple(more))
+                           more_captions=tuple(more), caption_weights=weights)
     facts = file_facts(path, options.max_pixels, old_index.get(str(path)))
     if facts["size"] >= 0:
         new_index[str(path)] = facts
@@ -400,7 +401,8 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         notes = _mode_notes(mode, facts["has_alpha"], options) + rotated + notes + caption_notes
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
                        facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8,
-                       loss_weight=folder.loss_weight, kept_tags=kept, more_captions=tuple(more))
+                       loss_weight=folder.loss_weight, kept_tags=kept, more_captions=tuple(more),
+                       caption_weights=weights)
 
 
 def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_index: dict) -> ImageRecord:
@@ -469,24 +471,26 @@ def _mode_notes(mode: str, has_alpha: bool, options: ScanOptions) -> list[str]:
     return notes
 
 
-def _caption(image: Path, folder: ImageFolder, options: ScanOptions) -> tuple[list[str], list[str], Path | None]:
+def _caption(image: Path, folder: ImageFolder, options: ScanOptions
+             ) -> tuple[list[str], tuple[float, ...], list[str], Path | None]:
     """The folder's caption for it (a metadata file's, a concept's), else the caption file's, else the template:
     its first line, or each line with --caption-lines each, each {a|b} combination with --wildcards; the trigger
-    word prepended where missing, and the prefixes and suffixes around each. Also the caption file when it was not
-    UTF-8 (None when it was, or when there is none)."""
+    word prepended where missing, and the prefixes and suffixes around each; their chances of being drawn (see
+    `captions_of`). Also the caption file when it was not UTF-8 (None when it was, or when there is none)."""
     metadata_key = _metadata_key(image, folder.captions)
     if metadata_key:
         text, notes, non_utf8 = folder.captions[metadata_key], [], None
     else:
         text, notes, non_utf8 = read_caption_file(image, options.caption_extension)
+    weights: tuple[float, ...] = ()
     if text is None:
         lines = [options.caption_template.format(trigger=options.trigger_word or folder.label).strip()]
     else:
-        lines = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
+        lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
         if options.trigger_word:
             lines = [line if options.trigger_word in line else f"{options.trigger_word}, {line}" for line in lines]
     wrap = (f"{options.caption_prefix}{folder.caption_prefix}", f"{folder.caption_suffix}{options.caption_suffix}")
-    return [f"{wrap[0]}{line}{wrap[1]}" for line in lines], notes, non_utf8
+    return [f"{wrap[0]}{line}{wrap[1]}" for line in lines], weights, notes, non_utf8
 
 
 def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions()
