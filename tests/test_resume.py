@@ -221,3 +221,17 @@ def test_text_encoder_until_needs_the_text_encoders_trained():
         run_config(text_encoder_until="2e")
     with pytest.raises(LowvramError, match=r"--text-encoder-until: 'soon' is not a positive number of steps"):
         run_config(text_encoder_until="soon", train_text_encoder=True)
+
+
+def test_an_8bit_optimizers_state_survives_a_checkpoint(tmp_path):
+    """bitsandbytes keeps one quantization map for all its 8-bit states (layers from 4,096 weights, as every real
+    one is): the checkpoint writes it once, and the resumed run ends where the uninterrupted one does."""
+    values = {"optimizer": "adamw8bit", "lora_layers": "attn-mlp", "lr": 1e-3, "model": "tiny-sdxl", "rank": 16}
+    straight = train(run_config(output=str(tmp_path / "straight"), max_steps=4, **values))
+    train(run_config(output=str(tmp_path / "resumed"), max_steps=2, checkpoint_every=2, **values))
+    state = load_file(str(checkpoint.latest(tmp_path / "resumed" / "checkpoints") / "optimizer.safetensors"))
+    assert any("qmap" in key for key in state)  # 8-bit states were written
+    resumed = train(run_config(output=str(tmp_path / "resumed"), max_steps=4, resume="auto", **values))
+    ours, theirs = load_file(str(straight.lora_path)), load_file(str(resumed.lora_path))
+    for key, value in ours.items():
+        torch.testing.assert_close(theirs[key], value, msg=key)

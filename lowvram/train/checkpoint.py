@@ -244,12 +244,18 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
 
 def _split(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Optimizer state -> (tensors keyed by their path 'state/<param>/<name>[/<inner>...]', the JSON-able
-    rest). Nested dicts (bitsandbytes keeps its quantization state in one) are walked."""
+    rest). Nested dicts (bitsandbytes keeps its quantization state in one) are walked. A tensor held under several
+    parameters (bitsandbytes' quantization maps, one for all) is written once, and the others refer to it:
+    safetensors refuses tensors that share memory."""
     tensors: dict[str, torch.Tensor] = {}
+    written: dict[int, str] = {}  # id of a tensor already taken -> its path
 
     def walk(value, path: str):
         if isinstance(value, torch.Tensor):
-            tensors[path] = value.detach().cpu().contiguous()
+            if id(value) in written:
+                return {"__tensor__": written[id(value)]}
+            written[id(value)] = path
+            tensors[path] = value.detach().to("cpu", copy=True).contiguous()  # its own memory, even on the CPU
             return {"__tensor__": path}
         if isinstance(value, dict):
             return {str(k): walk(v, f"{path}/{k}") for k, v in value.items()}
