@@ -56,6 +56,7 @@ INERT = {
     "weight_dtype", "attention_mechanism",  # older configs': the planner's and lowvram's attention choice
     "align_prop_probability", "align_prop_loss", "align_prop_weight", "align_prop_steps", "align_prop_truncate_steps",
     "align_prop_cfg_scale",  # used only with align_prop, which is refused
+    "token_count", "initial_embedding_text", "latent_caching_epochs",  # older configs': embeddings, caching
 }
 # older OneTrainer configs' names for what newer ones call otherwise
 RENAMED = {"lora_layers": "layer_filter", "lora_layer_preset": "layer_filter_preset", "save_after": "save_every",
@@ -85,10 +86,57 @@ def is_onetrainer_config(doc: Any) -> bool:
     return isinstance(doc, dict) and "model_type" in doc and "training_method" in doc
 
 
+# the settings of each model part older configs (before __version 2) keep at the top level: OneTrainer's own
+# migration 1 moves `<prefix>...` into the part's section under the second name
+PART_SETTINGS = {"unet": ("train_unet", "unet_learning_rate", "unet_weight_dtype", "train_unet_epochs"),
+                 "text_encoder": ("train_text_encoder", "text_encoder_learning_rate", "text_encoder_weight_dtype",
+                                  "train_text_encoder_epochs"),
+                 "text_encoder_2": ("train_text_encoder_2", "text_encoder_2_learning_rate",
+                                    "text_encoder_2_weight_dtype", "train_text_encoder_2_epochs"),
+                 "vae": (None, None, "vae_weight_dtype", None)}
+
+
+def _migrated(doc: dict[str, Any]) -> dict[str, Any]:
+    """An older config in the shape of the current one, as OneTrainer's TrainConfig migrations bring it (those
+    that concern what lowvram reads): the optimizer and its settings into one section (version 0), each model
+    part's settings into its own (1), min-SNR as a loss weighting (2), the old noising bias as an offset from
+    0.5 (3), gradient checkpointing as ON or OFF (4), and a part's weight dtype NONE as the config's (9)."""
+    version = int(doc.get("__version") or 0) if str(doc.get("__version") or 0).isdigit() else 0
+    doc = dict(doc)
+    if version < 1 and isinstance(doc.get("optimizer"), str):
+        section = {key.removeprefix("optimizer_"): doc.pop(key) for key in list(doc)
+                   if key.startswith("optimizer_") and key != "optimizer_defaults"}
+        doc["optimizer"] = {"optimizer": doc["optimizer"], **section}
+    if version < 2:
+        vae_model = doc.pop("vae_model_name", None)
+        for part, (train, rate, dtype, epochs) in PART_SETTINGS.items():
+            section = dict(doc.get(part) or {})
+            for key, name in ((train, "train"), (rate, "learning_rate"), (dtype, "weight_dtype")):
+                if key in doc:
+                    section[name] = doc.pop(key)
+            if epochs in doc:
+                section |= {"stop_training_after": doc.pop(epochs), "stop_training_after_unit": "EPOCH"}
+            if part == "vae" and vae_model:
+                section["model_name"] = vae_model
+            if section:
+                doc[part] = section
+    if version < 3 and doc.get("min_snr_gamma"):
+        doc |= {"loss_weight_fn": "MIN_SNR_GAMMA", "loss_weight_strength": doc.pop("min_snr_gamma")}
+    if version < 4 and "noising_bias" in doc:
+        doc["noising_bias"] = float(doc["noising_bias"] or 0.5) - 0.5 if doc.get("noising_weight") else 0.0
+    if version < 5 and isinstance(doc.get("gradient_checkpointing"), bool):
+        doc["gradient_checkpointing"] = "ON" if doc["gradient_checkpointing"] else "OFF"
+    if version < 10 and doc.get("weight_dtype"):  # a part's NONE: the config's weight_dtype
+        for part in PART_SETTINGS:
+            if isinstance(doc.get(part), dict) and str(doc[part].get("weight_dtype", "NONE")).upper() == "NONE":
+                doc[part] = {**doc[part], "weight_dtype": doc["weight_dtype"]}
+    return doc
+
+
 def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes for the user) for a OneTrainer training config. Raises LowvramError, one line
     per setting, for each setting lowvram cannot train as OneTrainer would."""
-    doc = {RENAMED.get(key, key): value for key, value in doc.items()}
+    doc = {RENAMED.get(key, key): value for key, value in _migrated(doc).items()}
     values: dict[str, Any] = {}
     notes: list[str] = []
     problems: list[str] = []

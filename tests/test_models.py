@@ -158,3 +158,12 @@ def test_training_with_a_users_vae_encodes_with_it(other_vae, tmp_path):
                               cache_dir=str(tmp_path / "cache")))
     assert_same_weights(result.model.vae, other_vae)
     assert result.encoded[0] == 6  # fresh latents for this VAE: the cache key covers the VAE's weights
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_a_familys_own_hub_repository_is_known_offline(family, no_network):
+    """`lowvram plan --model stabilityai/stable-diffusion-xl-base-1.0` (what OneTrainer's presets name) needs no
+    connection: a family's own repository is that family."""
+    from lowvram.models.detect import detect_family
+
+    assert detect_family(FAMILIES[family].hub_id) is FAMILIES[family]

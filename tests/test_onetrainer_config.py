@@ -150,3 +150,51 @@ def test_the_text_encoders_stop_training_as_onetrainer_says(tmp_path, encoders, 
                                          | encoders, path)
     assert values.get("text_encoder_until") == until
     assert any(note in line for line in notes) if note else not any("stop_training_after" in n for n in notes)
+
+
+# an early OneTrainer config (no __version): each model part's settings at the top level, the optimizer a name,
+# min-SNR its own setting, gradient checkpointing a switch; as OneTrainer's LoRA presets were first written
+EARLY = {
+    "training_method": "LORA", "model_type": "STABLE_DIFFUSION_XL_10_BASE", "base_model_name": "tiny-sdxl",
+    "weight_dtype": "FLOAT_16", "unet_weight_dtype": "NONE", "text_encoder_weight_dtype": "NONE",
+    "vae_weight_dtype": "FLOAT_32", "output_model_destination": "models/early.safetensors",
+    "concept_file_name": "training_concepts/concepts.json", "optimizer": "ADAMW_8BIT",
+    "optimizer_weight_decay": 0.02, "learning_rate_scheduler": "CONSTANT", "learning_rate": 0.0003,
+    "learning_rate_warmup_steps": 0, "epochs": 2, "batch_size": 1, "train_text_encoder": True,
+    "train_text_encoder_epochs": 30, "text_encoder_learning_rate": 0.0001, "train_unet": True,
+    "train_unet_epochs": 100000, "unet_learning_rate": 0.0002, "min_snr_gamma": 5.0, "noising_weight": 0.0,
+    "noising_bias": 0.5, "gradient_checkpointing": True, "lora_rank": 8, "lora_alpha": 4.0,
+    "token_count": 1, "initial_embedding_text": "*", "latent_caching_epochs": 1, "resolution": 64,
+    "attention_mechanism": "XFORMERS", "save_after": 0, "save_after_unit": "NEVER",
+}
+
+
+def test_an_early_onetrainer_config_is_brought_up_to_date_as_onetrainer_does(tmp_path):
+    """OneTrainer's own migrations: the optimizer and its settings become a section, each part's settings move
+    into it (the text encoder's epochs becoming its stop), min-SNR becomes a loss weighting. Nothing is lost in a
+    note, and a config that was once a crash (an optimizer given by name) trains."""
+    path = onetrainer_folder(tmp_path)
+    values, notes = translate_onetrainer(EARLY, path)
+    assert {key: values.get(key) for key in ("optimizer", "weight_decay", "lr", "train_text_encoder",
+                                             "text_encoder_lr", "text_encoder_until", "min_snr_gamma", "rank")} == {
+        "optimizer": "adamw8bit", "weight_decay": 0.02, "lr": 0.0002, "train_text_encoder": True,
+        "text_encoder_lr": 0.0001, "text_encoder_until": "30e", "min_snr_gamma": 5.0, "rank": 8}
+    assert not [note for note in notes if "not carried over" in note], notes
+    assert any("unet.weight_dtype FLOAT_16" in note for note in notes)  # NONE read as the config's weight dtype
+    path.write_text(json.dumps(EARLY))
+    assert main(["train", "--config", str(path), "--output", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "out.safetensors").is_file()
+
+
+def test_a_onetrainer_preset_as_its_repository_ships_it_is_read(tmp_path):
+    """OneTrainer's presets hold only what differs from its defaults, the parts' settings in their sections."""
+    path = onetrainer_folder(tmp_path)
+    preset = {"base_model_name": "stable-diffusion-v1-5/stable-diffusion-v1-5", "batch_size": 4,
+              "layer_filter_preset": "attn-mlp", "learning_rate": 0.0003, "model_type": "STABLE_DIFFUSION_15",
+              "output_model_destination": "models/lora.safetensors", "output_model_format": "KOHYA_LORA",
+              "resolution": "512", "training_method": "LORA", "vae": {"weight_dtype": "FLOAT_32"},
+              "unet": {"weight_dtype": "FLOAT_16"}, "text_encoder": {"weight_dtype": "FLOAT_16"}}
+    values, _ = translate_onetrainer(preset, path)
+    assert {key: values.get(key) for key in ("model", "batch_size", "lora_layers", "lr", "resolution")} == {
+        "model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "batch_size": 4, "lora_layers": "attn-mlp",
+        "lr": 0.0003, "resolution": 512}

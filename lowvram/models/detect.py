@@ -31,6 +31,8 @@ def detect_family(model: str, family: str | None = None) -> ModelFamily:
         found = folder_family(path / "model_index.json", path / "unet" / "config.json", str(path))
     elif forced is not None:
         return forced  # a hub id: no download just to confirm what the user said
+    elif any(model == f.hub_id for f in FAMILIES.values()):  # a family's own repository: known without the hub
+        found = next(f for f in FAMILIES.values() if model == f.hub_id)
     else:
         found = _hub_family(model)
     if forced is not None and found is not forced:
@@ -46,8 +48,8 @@ def _hub_family(model: str) -> ModelFamily:
         index = hf_hub_download(model, "model_index.json")
         unet = hf_hub_download(model, "config.json", subfolder="unet")
     except Exception as exc:  # noqa: BLE001 - hub, network and auth errors have no common base class
-        raise LowvramError(f"--model: '{model}' is not a local file or folder, and its config could not be "
-                           f"fetched from the hub ({first_line(exc)})") from None
+        raise LowvramError(f"--model: '{model}' is not a local file or folder, and its config could not be fetched "
+                           f"from the hub ({first_line(exc)}); offline, --model-family names its family") from None
     return folder_family(Path(index), Path(unet), model)
 
 
