@@ -183,7 +183,7 @@ def test_an_early_onetrainer_config_is_brought_up_to_date_as_onetrainer_does(tmp
     assert any("unet.weight_dtype FLOAT_16" in note for note in notes)  # NONE read as the config's weight dtype
     path.write_text(json.dumps(EARLY))
     assert main(["train", "--config", str(path), "--output", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "out.safetensors").is_file()
+    assert (tmp_path / "out" / "early.safetensors").is_file()  # named as output_model_destination says
 
 
 def test_a_onetrainer_preset_as_its_repository_ships_it_is_read(tmp_path):
