@@ -245,7 +245,9 @@ class OptimConfig:
     weight_decay: float = option(1e-2, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Clip the gradient norm to this value (0 disables clipping).")
     scheduler: str = option("constant", "Learning-rate schedule.", choices=SCHEDULERS)
-    warmup_steps: int = option(0, "Linear warm-up steps (used by every schedule except 'constant').")
+    warmup_steps: float = option(0, "Linear warm-up steps (used by every schedule except 'constant'); under 1, a "
+                                 "share of the run's steps (0.1: the first tenth), as kohya's and OneTrainer's "
+                                 "read it.", metavar="N")
     scheduler_cycles: int = option(1, "Restarts of cosine_with_restarts.")
     scheduler_power: float = option(1.0, "Power of the polynomial schedule's decay (1 is linear; kohya's "
                                     "lr_scheduler_power).")

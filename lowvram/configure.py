@@ -449,6 +449,9 @@ def _check(c: RunConfig) -> list[str]:
     positive("weight-decay", c.optim.weight_decay, allow_zero=True)
     positive("max-grad-norm", c.optim.max_grad_norm, allow_zero=True)
     positive("warmup-steps", c.optim.warmup_steps, allow_zero=True)
+    if c.optim.warmup_steps > 1 and not float(c.optim.warmup_steps).is_integer():
+        p.append(f"--warmup-steps: {c.optim.warmup_steps:g} is neither a whole number of steps nor a share under 1 "
+                 "(0.1: the first tenth of the run)")
     positive("scheduler-cycles", c.optim.scheduler_cycles)
     positive("scheduler-power", c.optim.scheduler_power)
     if c.optim.scheduler_power != 1.0 and c.optim.scheduler != "polynomial":

@@ -272,11 +272,9 @@ def _length_and_saves(left: dict[str, Any], problem) -> dict[str, Any]:
     epochs, steps = left.pop("max_train_epochs", None), left.pop("max_train_steps", None)
     values |= ({"epochs": as_number(epochs, "max_train_epochs", problem, int)} if epochs else
                {"max_steps": as_number(steps or 1600, "max_train_steps", problem, int)})
-    warmup = left.pop("lr_warmup_steps", None)
-    if isinstance(warmup, float) and warmup < 1:
-        problem("lr_warmup_steps", f"{warmup} is a fraction of the run; give the steps it comes to as --warmup-steps")
-    elif warmup:
-        values["warmup_steps"] = as_number(warmup, "lr_warmup_steps", problem, int)
+    warmup = as_number(left.pop("lr_warmup_steps", 0) or 0, "lr_warmup_steps", problem)
+    if warmup:  # under 1, a share of the run's steps, as kohya reads it
+        values["warmup_steps"] = warmup if warmup < 1 else as_number(warmup, "lr_warmup_steps", problem, int)
     scheduler = left.pop("lr_scheduler", None)
     if scheduler and scheduler not in SCHEDULERS:
         problem("lr_scheduler", f"'{scheduler}' is not one lowvram has; use one of {', '.join(SCHEDULERS)}")

@@ -277,13 +277,10 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         problem("learning_rate_scheduler", f"{scheduler} is not one lowvram has ({', '.join(SCHEDULERS)})")
     else:
         values["scheduler"] = SCHEDULERS[scheduler]
-        if warmup >= 1:
-            values["warmup_steps"] = int(warmup)
+        if warmup > 0:  # under 1, a share of the run's steps in both
+            values["warmup_steps"] = int(warmup) if warmup >= 1 else warmup
             if scheduler == "CONSTANT":
                 values["scheduler"] = "constant_with_warmup"
-        elif warmup > 0:
-            notes.append(f"learning_rate_warmup_steps {warmup:g}: a share of the steps in OneTrainer; lowvram counts "
-                         "steps (--warmup-steps); not carried over")
     if scheduler in ("COSINE_WITH_RESTARTS", "COSINE_WITH_HARD_RESTARTS") and doc.get("learning_rate_cycles"):
         values["scheduler_cycles"] = max(1, round(float(doc["learning_rate_cycles"])))
     optimizer = doc.get("optimizer") or {}

@@ -104,12 +104,12 @@ def test_lycoris_networks_carry_over(tmp_path, args, network, layers, extra):
 
 def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path):
     settings = {"train_data_dir": None, "v2": True, "optimizer_type": "DAdaptAdam",
-                "lr_scheduler": "adafactor", "lr_warmup_steps": 0.1, "network_module": "lycoris.kohya",
+                "lr_scheduler": "adafactor", "network_module": "lycoris.kohya",
                 "network_args": ["algo=ia3"], "sample_prompts": "prompts.json", "save_precision": "fp8"}
     with pytest.raises(LowvramError) as error:
         translate({k: v for k, v in settings.items() if v is not None}, Path("kohya.toml"))
     expected = ["v2: Stable Diffusion 2", "LyCORIS algo 'ia3'",
-                "optimizer_type: 'DAdaptAdam'", "lr_warmup_steps: 0.1 is a fraction", "lr_scheduler: 'adafactor'",
+                "optimizer_type: 'DAdaptAdam'", "lr_scheduler: 'adafactor'",
                 "sample_prompts: prompts.json is not a .txt prompt file", "save_precision: 'fp8'"]
     assert_one_line_each(str(error.value), "kohya.toml: ", expected)
 
@@ -173,6 +173,11 @@ def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
     _, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_args":
                           ["algo=locon", f"block_dims={dims}"]}, Path("kohya.toml"))
     assert f"network_args not carried over: block_dims={dims}" in notes  # LyCORIS has no per-block ranks
+
+
+def test_kohyas_warmup_ratio_carries_over(tmp_path):
+    assert values_of(tmp_path, {"train_data_dir": "sample", "lr_warmup_steps": 0.1})["warmup_steps"] == 0.1
+    assert values_of(tmp_path, {"train_data_dir": "sample", "lr_warmup_steps": 100})["warmup_steps"] == 100
 
 
 def test_kohyas_text_encoder_stop_carries_over_where_the_text_encoder_trains(tmp_path):

@@ -266,6 +266,17 @@ def test_the_polynomial_schedule_decays_with_its_power(tmp_path):
         run_config(scheduler_power=2.0)
 
 
+def test_a_warmup_under_1_is_a_share_of_the_run(tmp_path):
+    """kohya's lr_warmup_steps 0.25 (and OneTrainer's share): the first quarter of the steps warms up."""
+    train(run_config(output=str(tmp_path), max_steps=8, scheduler="constant_with_warmup", warmup_steps=0.25,
+                     lr=1e-4))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [record["lr"] for record in records if "lr" in record]
+    assert logged == pytest.approx([1e-4 * min(1.0, step / 2) for step in range(1, 9)], rel=1e-6)  # 2 of 8 steps
+    with pytest.raises(LowvramError, match=r"--warmup-steps: 2.5 is neither a whole number of steps nor a share"):
+        run_config(warmup_steps=2.5)
+
+
 def test_generate_renders_with_the_lora(trained, tmp_path):
     config, result = trained
     argv = ["generate", "--model", config.model.model, "--prompt", "lvshape, a red circle", "--steps", "3",

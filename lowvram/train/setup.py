@@ -131,6 +131,7 @@ class Schedule:
     validate_every: int
     batch_shapes: int  # input shapes the U-Net meets: training's (pixel count, batch size) pairs, samples' sizes
     text_encoder_until: int | None = None  # the last step that trains the text encoders (--text-encoder-until)
+    warmup_steps: int = 0  # --warmup-steps in steps (a share under 1 of the run's)
 
     def trains_text_at(self, step: int) -> bool:
         return self.text_encoder_until is None or step <= self.text_encoder_until
@@ -249,7 +250,13 @@ def plan_schedule(config: RunConfig, data: TrainingData, world: int) -> Schedule
                     parse_save_every(config.output.sample_every),
                     config.validation.validate_every or steps_per_epoch,
                     len(data.batch_shapes()) + len(config.output.sample_prompts) + 1,
-                    until and until[0] * (steps_per_epoch if until[1] == "epochs" else 1))
+                    until and until[0] * (steps_per_epoch if until[1] == "epochs" else 1),
+                    warmup_steps(config.optim.warmup_steps, total_steps))
+
+
+def warmup_steps(given: float, total_steps: int) -> int:
+    """--warmup-steps in steps: as given, or under 1 that share of the run's steps (kohya's ratio)."""
+    return round(given * total_steps) if 0 < given < 1 else int(given)
 
 
 def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, schedule: Schedule) -> Trainee:
@@ -283,11 +290,11 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         else:
             compile_blocks(model.unet, schedule.batch_shapes, passes=3 if config.data.own_prediction else 2)
     groups = optimizer_groups(model, trainable, config, session.run.blocks)
-    optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, config.optim.warmup_steps)
+    optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, schedule.warmup_steps)
     # the polynomial schedule decays towards 1e-7 in units of the optimizer's default rate, which kohya sets to its
     # --learning_rate; here the groups carry the rates, and the default would be the optimizer's own (AdamW: 1e-3)
     optimizer.defaults["lr"] = config.lr
-    lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
+    lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=schedule.warmup_steps,
                                  num_training_steps=schedule.total_steps, num_cycles=config.optim.scheduler_cycles,
                                  power=config.optim.scheduler_power)
     # wrapped for multi-GPU (DDP), unchanged in one process; the forward passes go through the wrappers. The
@@ -395,7 +402,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"= {schedule.total_steps / schedule.steps_per_epoch:.3g} epochs of {schedule.steps_per_epoch} | batch "
         f"{config.training.batch_size} x {config.training.gradient_accumulation}{f' x {world}' if world > 1 else ''}"
     )
-    warmup = config.optim.warmup_steps
+    warmup = schedule.warmup_steps
     if warmup and config.optim.scheduler == "constant" and not OPTIMIZERS[config.optim.optimizer].schedule_free:
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} has no effect with --scheduler constant; "
                               "use --scheduler constant_with_warmup (or cosine) to warm up", soft_wrap=True)
