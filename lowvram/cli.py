@@ -58,7 +58,8 @@ def _add_field_flag(group, f: dataclasses.Field, kind) -> None:
     """The flag of one option field: its metadata is the help, the choices and the metavar."""
     meta = f.metadata
     shown = "" if f.default in (None, dataclasses.MISSING) else f" [default: {f.default}]"
-    kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
+    kwargs = {"dest": f.name, "default": argparse.SUPPRESS,
+              "help": (meta["help"] + shown).replace("%", "%%")}  # argparse formats help with %
     if kind is bool:
         group.add_argument(flag_name(f), action=argparse.BooleanOptionalAction, **kwargs)
     elif typing.get_origin(kind) is tuple:
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(TOML, same names in sections [model] [data] [network] [optim] [training] [validation] [memory] [output]) "
                            "and from flags, which override the file.")
     train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file), or a "
-                       "kohya sd-scripts config file or OneTrainer config (.json), read as they read them")
+                       "kohya sd-scripts config file, a kohya_ss GUI config (.json) or a OneTrainer config (.json), read "
+                       "as they read them")
     train.add_argument("--preset", help=f"starting settings for a kind of job ({', '.join(list_presets())}); "
                        "--config and flags override them")
     train.add_argument("--auto", action="store_true", help="let the memory planner choose --unet-weights, "

@@ -207,10 +207,11 @@ class NetworkConfig:
     lokr_factor: int = option(-1, "LoKr: the factor the first Kronecker matrix's sides are split by (-1: as "
                               "square as possible; 4-16 gives smaller files).", metavar="F")
     train_text_encoder: bool = option(False, "Also train LoRA adapters on the text encoder(s).")
-    text_encoder_until: str | None = option(None, "Train the text encoders' adapters for the first N steps ('300') "
-                                            "or N epochs ('2e') only, then freeze them and train the U-Net alone "
-                                            "(OneTrainer's stop_training_after; kohya's --stop_text_encoder_training)."
-                                            " Needs --train-text-encoder.", metavar="N[e]")
+    text_encoder_until: str | None = option(None, "Train the text encoders' adapters for the first N steps ('300'), "
+                                            "N epochs ('2e') or a share of the run ('25%') only, then freeze them and "
+                                            "train the U-Net alone (OneTrainer's stop_training_after; kohya's "
+                                            "--stop_text_encoder_training). Needs --train-text-encoder.",
+                                            metavar="N[e|%]")
     network_weights: str | None = option(None, "Start from an existing LoRA file (kohya's --network_weights): "
                                          "its weights fill the adapters before the first step, e.g. to train "
                                          "a LoRA further on new images. Its type, rank, alpha and layers must "
@@ -520,6 +521,22 @@ def parse_save_every(value: str | None) -> tuple[int, str] | None:
                 return int(number), unit
             break
     raise ValueError(f"'{value}' is not a positive number of steps ('500') or epochs ('2e')")
+
+
+def parse_until(value: str | None) -> tuple[float, str] | None:
+    """--text-encoder-until: '300' (steps), '2e' (epochs) or '25%' (of the run's steps, kohya_ss's percent)."""
+    if value is None:
+        return None
+    text = str(value).strip().replace(" ", "")
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            share = -1.0
+        if not 0 < share < 100:
+            raise ValueError(f"'{value}' is not a share of the run above 0 and under 100 % ('25%')")
+        return share, "percent"
+    return parse_save_every(value)
 
 
 COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (127, 127, 127), "gray": (127, 127, 127)}

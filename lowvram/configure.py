@@ -29,6 +29,7 @@ from lowvram.config import (
     flag_name,
     parse_colour,
     parse_save_every,
+    parse_until,
 )
 from lowvram.dataset_files import (
     DATASET_SUFFIXES,
@@ -39,6 +40,7 @@ from lowvram.dataset_files import (
 )
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.kohya_config import is_kohya_config, translate
+from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import parse_prompt
@@ -50,8 +52,8 @@ else:  # pragma: no cover
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """Option values from a `--config` file: lowvram's TOML (kohya's TOML configs too), or a OneTrainer config's
-    JSON."""
+    """Option values from a `--config` file: lowvram's TOML (kohya's TOML configs too), or a OneTrainer or kohya_ss
+    GUI config's JSON."""
     if Path(path).suffix.lower() != ".json":
         return read_toml(path)
     try:
@@ -63,11 +65,14 @@ def read_config(path: Path) -> dict[str, Any]:
     if is_onetrainer_config(doc):
         values, notes = translate_onetrainer(doc, Path(path))
         return _translated(values, notes, Path(path), "a OneTrainer config", dataset_wins=False)
+    if is_kohya_gui_config(doc):
+        values, notes = translate_gui(doc, Path(path))
+        return _translated(values, notes, Path(path), "a kohya_ss GUI config", dataset_wins=True)
     if is_dataset_document(doc):
         raise LowvramError(f"--config: {path} is JSON, not a TOML config; a dataset file (a kohya dataset config "
                            f"or a OneTrainer concepts file) is given as --data {path}")
     raise LowvramError(f"--config: {path} is no config lowvram reads: lowvram's and kohya's are TOML, OneTrainer's "
-                       "JSON has model_type and training_method")
+                       "JSON has model_type and training_method, kohya_ss's JSON LoRA_type")
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -512,10 +517,11 @@ def _check(c: RunConfig) -> list[str]:
         p.append("--text-encoder-lr: set, but the text encoder is not trained; add --train-text-encoder")
     if c.network.text_encoder_until and not c.network.train_text_encoder:
         p.append("--text-encoder-until: the text encoders are not trained; add --train-text-encoder or drop it")
-    for flag, value in (("save-every", c.output.save_every), ("sample-every", c.output.sample_every),
-                        ("text-encoder-until", c.network.text_encoder_until)):
+    for flag, value, parse in (("save-every", c.output.save_every, parse_save_every),
+                               ("sample-every", c.output.sample_every, parse_save_every),
+                               ("text-encoder-until", c.network.text_encoder_until, parse_until)):
         try:
-            parse_save_every(value)
+            parse(value)
         except ValueError as exc:
             p.append(f"--{flag}: {exc}")
     for line in c.output.sample_prompts:

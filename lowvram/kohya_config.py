@@ -139,6 +139,11 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     for key, (option, value) in SWITCHES.items():
         if left.pop(key, None):
             values[option] = value
+    step = left.get("bucket_reso_steps")
+    if isinstance(step, int) and step % 8:  # the latent grid is 8 pixels: kohya's buckets land on it too
+        left["bucket_reso_steps"] = max(8, -(-step // 8) * 8)
+        notes.append(f"bucket_reso_steps {step}: buckets step by {left['bucket_reso_steps']} pixels here, the "
+                     "latent grid's")
     values |= {SAME[key]: left.pop(key) for key in list(left) if key in SAME}
     if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
         del values["keep_tokens"]  # kohya_ss writes it whether or not anything moves the tags

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).parents[1] / "lowvram"
 LAYERS = [
     ("lowvram", "lowvram.errors", "lowvram.files", "lowvram.formats", "lowvram.memory", "lowvram.prompts",
      "lowvram.optim", "lowvram.checkpointing"),
-    ("lowvram.config", "lowvram.adapters.blocks", "lowvram.kohya_config", "lowvram.onetrainer_config",
+    ("lowvram.config", "lowvram.adapters.blocks", "lowvram.kohya_config", "lowvram.kohya_gui_config",
+     "lowvram.onetrainer_config",
      "lowvram.dataset_files", "lowvram.configure"),
     ("lowvram.hardware", "lowvram.attention", "lowvram.compiling", "lowvram.models.families", "lowvram.models.detect"),
     ("lowvram.resolve", "lowvram.models", "lowvram.quant", "lowvram.w8a8"),

@@ -416,3 +416,26 @@ def test_without_peft_input_casts_autocast_computes_the_same_values_with_fewer_c
     (out, grads, copies), (out_fast, grads_fast, copies_fast) = step(True), step(False)
     assert torch.equal(out, out_fast) and all(torch.equal(a, b) for a, b in zip(grads, grads_fast))
     assert (copies_fast < copies) == fewer and copies_fast <= copies, (copies, copies_fast)
+
+
+@pytest.mark.parametrize(("family", "layers", "factor"), [("sd15", "full", 6), ("sdxl", "attn-mlp", 8),
+                                                           ("sd15", "attn", -1)])
+def test_a_full_rank_lokr_trains_at_scale_1_and_the_planner_bounds_its_weights(family, layers, factor):
+    """kohya_ss's "full-rank" LoKr recipes (rank 100000, alpha 1, a factor): both Kronecker factors whole, which
+    LyCORIS applies at scale 1 (peft would scale by alpha/rank, 1e-5), and the planner counts them by the whole
+    factors' size (LoRA's count at that rank would be hundreds of GiB)."""
+    from diffusers import UNet2DConditionModel
+
+    from lowvram.models.families import FAMILIES, LORA_LAYERS
+    from lowvram.plan.estimate import Workload, adapter_params, family_data
+
+    config = UNet2DConditionModel.load_config(str(FAMILIES[family].config_dir / "unet"))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    params = networks.add_adapter(unet, LORA_LAYERS[layers]["unet"], 100000, 1.0, 0.0, network="lokr",
+                                  lokr_factor=factor)
+    assert {layer.scaling["default"] for _, layer in networks.adapted_layers(unet)} == {1.0}
+    actual = sum(p.numel() for p in params)
+    work = Workload(FAMILIES[family], 512, rank=100000, network="lokr", lokr_factor=factor, lora_layers=layers)
+    counted = adapter_params(family_data(FAMILIES[family]), work, ["unet"])
+    assert actual <= counted <= 2.5 * actual, (actual, counted)

@@ -228,9 +228,10 @@ def test_the_estimate_counts_each_network_types_parameters(network, layers, conv
                                               conv=conv))
     estimated = adapter_params(family_data(family), Workload(family, 64, rank=4, conv_rank=conv_rank, network=network,
                                                              lora_layers=layers), ["unet"])
-    if conv_rank:
-        assert estimated < adapter_params(family_data(family), Workload(family, 64, rank=4, network=network,
-                                                                        lora_layers=layers), ["unet"])
+    if conv_rank:  # (a LoKr whose factors are whole at rank 4, as on tiny's narrow layers, has no rank to lower)
+        fewer = adapter_params(family_data(family), Workload(family, 64, rank=4, network=network, lora_layers=layers),
+                               ["unet"])
+        assert estimated <= fewer if network == "lokr" else estimated < fewer
     if network == "lokr":
         assert real <= estimated  # LoRA's count bounds LoKr's
     else:

@@ -57,6 +57,7 @@ def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, al
     config.alpha_pattern = layer_patterns({name: a for name, (_, a) in kept.items()}, alpha)
     module.add_adapter(config)
     _plain_adapter_convolutions(module)
+    _whole_kronecker_unscaled(module)
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
@@ -80,6 +81,15 @@ def layer_patterns(values: dict[str, float], default: float) -> dict[str, float]
         if value != default:
             by_value.setdefault(value, []).append(re.escape(name))
     return {"(?:" + "|".join(names) + ")": value for value, names in by_value.items()}
+
+
+def _whole_kronecker_unscaled(module: torch.nn.Module) -> None:
+    """A LoKr layer whose Kronecker factors are both whole (its rank at least half the second factor's side, as
+    in "full-rank" LoKr recipes of rank 10000 and more) has no rank to scale by: LyCORIS trains and applies it at
+    scale 1, where peft would keep alpha/rank (1e-5 at rank 100000, which would leave it all but untrained)."""
+    for _, layer in adapted_layers(module):
+        if ADAPTER in getattr(layer, "lokr_w1", {}) and ADAPTER in getattr(layer, "lokr_w2", {}):
+            layer.scaling[ADAPTER] = 1.0
 
 
 def _plain_adapter_convolutions(module: torch.nn.Module) -> None:

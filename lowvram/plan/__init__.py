@@ -27,7 +27,8 @@ def workload_for(run: ResolvedRun) -> Workload:
         rank = max(largest, rank) if config.network.train_text_encoder else largest  # the encoders' is --rank
     return Workload(family=run.family, resolution=run.resolution, batch=config.training.batch_size,
                     rank=rank, conv_rank=conv_rank,
-                    network=config.network.network, lora_layers=config.network.lora_layers,
+                    network=config.network.network, lokr_factor=config.network.lokr_factor,
+                    lora_layers=config.network.lora_layers,
                     offload_activations=config.memory.offload_activations, compile=config.memory.compile,
                     train_text_encoder=config.network.train_text_encoder,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.output.sample_prompts),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from lowvram.errors import LowvramError
@@ -96,6 +96,7 @@ class Workload:
     rank: int = 16
     conv_rank: int | None = None  # rank of the adapted 3x3 convolutions (--conv-rank; default: rank)
     network: str = "lora"  # lora, dora, loha, lokr
+    lokr_factor: int = -1  # --lokr-factor: LoKr's first factor's side (-1: as square as possible)
     lora_layers: str = DEFAULT_LORA_LAYERS  # which layers carry adapters (--lora-layers)
     offload_activations: bool = False  # saved activations in pinned host RAM (--offload-activations)
     compile: bool = False  # compiled transformer blocks (--compile)
@@ -147,7 +148,29 @@ def adapter_params(data: dict, work: Workload, parts: list[str]) -> int:
     lora = sum(per_rank[p] * work.rank + conv_per_rank[work.lora_layers][p] * (conv_rank - work.rank) for p in parts)
     if work.network == "dora":
         return lora + sum(data["adapted_layers"][work.lora_layers][p]["output_features"] for p in parts)
+    if work.network == "lokr":  # past the factors' sides the second factor is whole: the weight / side^2 or less,
+        # and the first (side x side, under a layer's width) a layer's output features at most
+        layers = data["adapted_layers"][work.lora_layers]
+        side = lokr_side(work.lokr_factor, layer_widths(work.family))
+        whole = sum(layers[p]["weight_params"] // side ** 2 + layers[p]["output_features"] for p in parts)
+        return min(lora, whole)
     return 2 * lora if work.network == "loha" else lora
+
+
+def lokr_side(factor: int, widths: tuple[int, ...]) -> int:
+    """The least side of LoKr's first Kronecker factor on a model whose layers' widths are multiples of `widths`'
+    (LyCORIS splits a width by its largest divisor up to --lokr-factor, or for -1 as squarely as it can): the
+    largest power of two up to the factor that divides them all, or for -1 up to the narrowest one's root."""
+    if factor < 1:
+        return min(1 << ((int(w ** 0.5)).bit_length() - 1) for w in widths)
+    return min(1 << (factor.bit_length() - 1), *(w & -w for w in widths))  # w & -w: w's largest power-of-2 divisor
+
+
+@cache
+def layer_widths(family: ModelFamily) -> tuple[int, ...]:
+    """The widths a family's adapted layers are multiples of: its U-Net's block widths and the text width."""
+    unet = json.loads((family.config_dir / "unet" / "config.json").read_text())
+    return (*unet["block_out_channels"], unet["cross_attention_dim"])
 
 
 def delta_weight_bytes(data: dict, work: Workload, parts: list[str], checkpointing: bool) -> int:

@@ -19,7 +19,7 @@ from lowvram.adapters.blocks import BlockPlan, block_of
 from lowvram.attention import set_attention
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import compile_blocks, compile_problem, compiled_count
-from lowvram.config import ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig, parse_save_every
+from lowvram.config import ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig, parse_save_every, parse_until
 from lowvram.data.check import scan
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData, prepare_training_data
@@ -245,12 +245,13 @@ def plan_schedule(config: RunConfig, data: TrainingData, world: int) -> Schedule
     batches_per_step = config.training.gradient_accumulation * world
     steps_per_epoch = max(1, math.ceil(data.batches_per_epoch / batches_per_step))
     total_steps = config.training.max_steps or steps_per_epoch * (config.training.epochs or DEFAULT_EPOCHS)
-    until = parse_save_every(config.network.text_encoder_until)
+    until = parse_until(config.network.text_encoder_until)
     return Schedule(batches_per_step, steps_per_epoch, total_steps, parse_save_every(config.output.save_every),
                     parse_save_every(config.output.sample_every),
                     config.validation.validate_every or steps_per_epoch,
                     len(data.batch_shapes()) + len(config.output.sample_prompts) + 1,
-                    until and until[0] * (steps_per_epoch if until[1] == "epochs" else 1),
+                    until and math.ceil(until[0] * {"steps": 1, "epochs": steps_per_epoch,
+                                                    "percent": total_steps / 100}[until[1]]),
                     warmup_steps(config.optim.warmup_steps, total_steps))
 
 

@@ -1,0 +1,152 @@
+"""A kohya_ss GUI config (the JSON its LoRA tab saves and loads, its presets among them) read as kohya_ss passes it
+to sd-scripts, then as any kohya config (`lowvram.kohya_config`): its LoRA type becomes the network module and its
+network_args, its epochs the run's length, its warm-up and text-encoder stop (percent of the run) their shares,
+its attention choice kohya's switch, its noise-offset type the settings that apply, its sample prompts (text in
+the GUI) the prompts, and its additional parameters (sd-scripts flags) the settings they name. Plain data."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from lowvram.errors import LowvramError
+from lowvram.kohya_config import as_number, translate
+
+# the GUI's LoRA types lowvram trains: (network module, LyCORIS algo or None, whether conv_dim/conv_alpha pass)
+LORA_TYPES = {"Standard": ("networks.lora", None, False), "Kohya LoCon": ("networks.lora", None, True),
+              "LoCon": ("lycoris.kohya", "locon", True), "LyCORIS/LoCon": ("lycoris.kohya", "locon", True),
+              "LyCORIS/LoHa": ("lycoris.kohya", "loha", True), "LyCORIS/LoKr": ("lycoris.kohya", "lokr", True)}
+# what the GUI passes in network_args for kohya's own LoRA, and for LyCORIS's, where set
+KOHYA_LORA_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
+                   "block_alphas", "conv_block_dims", "conv_block_alphas", "rank_dropout", "module_dropout")
+LYCORIS_ARGS = ("dora_wd", "module_dropout", "rank_dropout", "use_tucker", "use_scalar", "rank_dropout_scale",
+                "bypass_mode", "train_norm", "decompose_both", "use_cp")
+RENAMED = {"optimizer": "optimizer_type", "max_resolution": "resolution", "lora_network_weights": "network_weights"}
+# the GUI's own state, and what the steps above consume: never an sd-scripts setting of the same name
+GUI_ONLY = {
+    "LoRA_type", "LyCORIS_preset", "conv_dim", "conv_alpha", "factor", "unit", "epoch", "lr_warmup",
+    "stop_text_encoder_training_pct", "stop_text_encoder_training", "xformers", "sdxl", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs",
+    "noise_offset_type", "sample_prompts", "additional_parameters", "num_cpu_threads_per_process", "model_list",
+    "num_processes", "num_machines", "multi_gpu", "gpu_ids", "main_process_port", "extra_accelerate_launch_args",
+    "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic", "use_wandb", "save_as_bool", "file_path",
+    "flux1_checkbox", "sd3_checkbox", "huber_scale", "constrain", "rescaled", "train_on_input",
+    *KOHYA_LORA_ARGS, *LYCORIS_ARGS,
+}
+
+
+def is_kohya_gui_config(doc: Any) -> bool:
+    return isinstance(doc, dict) and "LoRA_type" in doc
+
+
+def translate_gui(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
+    """(lowvram option values, notes) for a kohya_ss GUI config. Raises LowvramError, one line per setting, for
+    what lowvram cannot train as kohya_ss would."""
+    problems: list[str] = []
+
+    def problem(key: str, text: str) -> None:
+        problems.append(f"{path}: {key}: {text}")
+
+    settings = _sd_scripts_settings(doc, problem)
+    if problems:
+        raise LowvramError("\n".join(problems))
+    values, notes = translate(settings, path)
+    key = "stop_text_encoder_training_pct" if "stop_text_encoder_training_pct" in doc else "stop_text_encoder_training"
+    percent = as_number(doc.get(key) or 0, key, problem)  # percent of the run in the GUI, under either name
+    if percent and values.get("train_text_encoder"):
+        values["text_encoder_until"] = f"{percent:g}%"
+    prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
+    if any(prompts):
+        values["sample_prompts"] = [line for line in prompts if line and not line.startswith("#")]
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return values, notes
+
+
+def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
+    """The settings kohya_ss writes into sd-scripts' config for this GUI config (lowvram reads the parts it
+    trains; kohya_config leaves out the switched-off ones)."""
+    gui = {key: _typed(value) for key, value in doc.items() if value not in ("", None)}
+    settings = {RENAMED.get(key, key): value for key, value in gui.items() if key not in GUI_ONLY}
+    for key in ("optimizer_args", "lr_scheduler_args"):  # text in the GUI, split as kohya_ss splits it
+        if isinstance(settings.get(key), str):
+            settings[key] = settings[key].replace('"', "").split()
+    settings |= _network(gui, problem)
+    length = [key for key in ("max_train_epochs", "max_train_steps") if _number(gui.get(key))]
+    if not length and _number(gui.get("epoch")):  # the GUI's epochs, which it turns into steps
+        settings["max_train_epochs"] = gui["epoch"]
+    if not _number(gui.get("lr_warmup_steps")) and _number(gui.get("lr_warmup")):  # percent of the run
+        settings["lr_warmup_steps"] = float(gui["lr_warmup"]) / 100
+    attention = str(gui.get("xformers", "")).lower()
+    settings |= {"xformers": attention in ("xformers", "true"), "sdpa": attention == "sdpa"}
+    if str(gui.get("noise_offset_type", "Original")) == "Multires":
+        settings.pop("noise_offset", None), settings.pop("adaptive_noise_scale", None)
+    else:
+        settings.pop("multires_noise_iterations", None), settings.pop("multires_noise_discount", None)
+    text_rate, unet_rate = _number(gui.get("text_encoder_lr")), _number(gui.get("unet_lr"))
+    if not text_rate and unet_rate:  # a text-encoder rate of 0: kohya_ss trains the U-Net alone
+        settings |= {"network_train_unet_only": True}
+        settings.pop("text_encoder_lr", None)
+    elif text_rate and not unet_rate:
+        settings |= {"network_train_text_encoder_only": True}
+    return settings | _additional(str(gui.get("additional_parameters") or ""), problem)
+
+
+def _network(gui: dict[str, Any], problem) -> dict[str, Any]:
+    kind = str(gui.get("LoRA_type", "Standard"))
+    if kind not in LORA_TYPES:
+        problem("LoRA_type", f"'{kind}' is not a network lowvram trains ({', '.join(LORA_TYPES)})")
+        return {}
+    module, algo, conv = LORA_TYPES[kind]
+    names = KOHYA_LORA_ARGS if algo is None else LYCORIS_ARGS + (("factor",) if algo == "lokr" else ())
+    args = [f"{name}={gui[name]}" for name in names if _set(gui.get(name))]
+    if conv and _set(gui.get("conv_dim")):
+        args += [f"conv_dim={gui['conv_dim']}", f"conv_alpha={gui.get('conv_alpha', 1)}"]
+    if algo:
+        args += [f"algo={algo}", f"preset={gui.get('LyCORIS_preset') or 'full'}"]
+    return {"network_module": module, "network_args": args}
+
+
+def _additional(text: str, problem) -> dict[str, Any]:
+    """kohya_ss's additional parameters (sd-scripts flags, appended to its command) as settings: `--name value`,
+    `--name=value`, a switch alone, or several values (network_args) as a list."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        problem("additional_parameters", f"{text!r} is not a command line ({exc})")
+        return {}
+    settings: dict[str, Any] = {}
+    name = None
+    for word in words:
+        if word.startswith("--"):
+            name, _, value = word[2:].partition("=")
+            settings[name] = _typed(value) if value else True
+        elif name is None:
+            problem("additional_parameters", f"{word!r} follows no --flag")
+        else:
+            given = settings[name]
+            settings[name] = _typed(word) if given is True else (given if isinstance(given, list) else [given]) + [word]
+    return settings
+
+
+def _typed(value: Any) -> Any:
+    """The GUI keeps many numbers as text ("75", "0"): those as numbers, the rest as they are."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _set(value: Any) -> bool:
+    """A network setting the GUI passes: not empty, zero or off."""
+    return value not in (None, "", 0, False, "0", "False", "false")

@@ -1,0 +1,120 @@
+"""A kohya_ss GUI config (the JSON its LoRA tab saves, and its presets) given to --config trains as kohya_ss would
+have sd-scripts train it: its LoRA type, epochs, percent warm-up and text-encoder stop, attention and noise choices,
+sample prompts and additional parameters, in the GUI's own shapes (numbers as text, empty strings for unset)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_each
+from safetensors import safe_open
+
+from lowvram.cli import main
+from lowvram.configure import build_config, read_toml
+from lowvram.errors import LowvramError
+from lowvram.kohya_gui_config import translate_gui
+
+# what the GUI saves for a standard LoRA (modelled on kohya_ss's "SDXL - LoRA AI_characters standard" preset):
+# every field, the unset ones empty, many numbers as text
+STANDARD = {
+    "LoRA_type": "Standard", "adaptive_noise_scale": 0, "additional_parameters": "", "block_alphas": "",
+    "block_dims": "", "block_lr_zero_threshold": "", "bucket_no_upscale": False, "bucket_reso_steps": 64,
+    "cache_latents": True, "cache_latents_to_disk": True, "caption_dropout_every_n_epochs": 0.0,
+    "caption_dropout_rate": 0.05, "caption_extension": ".txt", "clip_skip": "1", "color_aug": False,
+    "conv_alpha": 1, "conv_block_alphas": "", "conv_block_dims": "", "conv_dim": 1, "decompose_both": False,
+    "dim_from_weights": False, "down_lr_weight": "", "enable_bucket": True, "epoch": 50, "factor": -1,
+    "flip_aug": False, "full_bf16": False, "full_fp16": False, "gradient_accumulation_steps": "1",
+    "gradient_checkpointing": True, "keep_tokens": "0", "learning_rate": 3e-05, "lora_network_weights": "",
+    "lr_scheduler": "constant", "lr_scheduler_args": "", "lr_scheduler_num_cycles": "", "lr_scheduler_power": "",
+    "lr_warmup": 0, "max_bucket_reso": 2048, "max_data_loader_n_workers": "0", "max_resolution": "64,64",
+    "max_timestep": 1000, "max_token_length": "75", "max_train_epochs": "", "max_train_steps": "2",
+    "mem_eff_attn": False, "mid_lr_weight": "", "min_bucket_reso": 256, "min_snr_gamma": 5, "min_timestep": 0,
+    "mixed_precision": "no", "module_dropout": 0, "multires_noise_discount": 0, "multires_noise_iterations": 0,
+    "network_alpha": 8, "network_dim": 8, "network_dropout": 0, "no_token_padding": False, "noise_offset": 0,
+    "noise_offset_type": "Original", "num_cpu_threads_per_process": 2, "optimizer": "AdamW", "optimizer_args": "",
+    "persistent_data_loader_workers": False, "prior_loss_weight": 1.0, "random_crop": False, "rank_dropout": 0,
+    "save_every_n_epochs": 1, "save_every_n_steps": 0, "save_last_n_steps": 0, "save_last_n_steps_state": 0,
+    "save_precision": "fp16", "scale_v_pred_loss_like_noise_pred": False, "scale_weight_norms": 0, "sdxl": False,
+    "sdxl_cache_text_encoder_outputs": False, "sdxl_no_half_vae": True, "seed": "", "shuffle_caption": False,
+    "stop_text_encoder_training_pct": 0, "text_encoder_lr": 3e-05, "train_batch_size": 1, "train_on_input": True,
+    "training_comment": "3 repeats", "unet_lr": 3e-05, "unit": 1, "up_lr_weight": "", "use_cp": False,
+    "use_wandb": False, "v2": False, "v_parameterization": False, "v_pred_like_loss": 0, "vae_batch_size": 0,
+    "weighted_captions": False, "xformers": "xformers",
+    "pretrained_model_name_or_path": "tiny", "train_data_dir": "sample", "output_name": "gui",
+}
+
+
+def write(path: Path, settings: dict) -> Path:
+    path.write_text(json.dumps(settings, indent=4))
+    return path
+
+
+def test_a_kohya_ss_gui_config_trains_the_lora_kohya_ss_would(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path / "gui.json", STANDARD | {"output_dir": str(tmp_path / "out"), "xformers": "sdpa"})
+    assert main(["train", "--config", str(path)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "read as a kohya_ss GUI config" in err and "not carried over" not in err  # every field placed
+    values = read_toml(tmp_path / "out" / "gui.toml")  # the resolved config (the text encoders at --lr, as given)
+    assert {key: values.get(key) for key in ("rank", "alpha", "lora_layers", "lr", "text_encoder_lr", "max_steps",
+                                             "min_snr_gamma", "attention", "resolution", "gradient_checkpointing",
+                                             "caption_dropout", "train_text_encoder")} == {
+        "rank": 8, "alpha": 8.0, "lora_layers": "attn-mlp", "lr": 3e-05, "text_encoder_lr": None, "max_steps": 2,
+        "min_snr_gamma": 5, "attention": "sdpa", "resolution": 64, "gradient_checkpointing": True,
+        "caption_dropout": 0.05, "train_text_encoder": True}
+    meta = safe_open(str(tmp_path / "out" / "gui.safetensors"), framework="pt").metadata()
+    assert meta["ss_training_comment"] == "3 repeats" and meta["ss_network_dim"] == "8"
+
+
+def settings_of(tmp_path, **changes) -> dict:
+    values, _ = translate_gui(STANDARD | changes, tmp_path / "gui.json")
+    return values
+
+
+def test_the_gui_s_network_types_become_kohya_s_networks(tmp_path):
+    assert settings_of(tmp_path)["attention"] == "xformers"  # the GUI's attention choice, by name
+    locon = settings_of(tmp_path, LoRA_type="Kohya LoCon", conv_dim=4, conv_alpha=2)
+    assert (locon["lora_layers"], locon["conv_rank"], locon["conv_alpha"]) == ("full", 4, 2.0)
+    lokr = settings_of(tmp_path, LoRA_type="LyCORIS/LoKr", LyCORIS_preset="attn-mlp", network_dim=100000,
+                       network_alpha=1, conv_dim=100000, factor=6)
+    assert (lokr["network"], lokr["lokr_factor"], lokr["rank"], lokr["lora_layers"]) == ("lokr", 6, 100000,
+                                                                                       "attn-mlp")
+    dora = settings_of(tmp_path, LoRA_type="LyCORIS/LoCon", dora_wd=True)
+    assert (dora["network"], dora["lora_layers"]) == ("dora", "full")
+    blocks = settings_of(tmp_path, block_dims=",".join(["4"] * 25), up_lr_weight="0.5")
+    assert (blocks["block_ranks"], blocks["up_lr_weight"]) == (",".join(["4"] * 25), "0.5")
+    with pytest.raises(LowvramError) as error:
+        settings_of(tmp_path, LoRA_type="LyCORIS/iA3")
+    assert_one_line_each(str(error.value), f"{tmp_path / 'gui.json'}: ", ["LoRA_type: 'LyCORIS/iA3' is not a network"])
+
+
+def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
+    values = settings_of(tmp_path, max_train_steps="", epoch=3, lr_warmup=10, stop_text_encoder_training_pct=25,
+                         xformers="sdpa", noise_offset_type="Multires", noise_offset=0.1,
+                         multires_noise_iterations=6, multires_noise_discount=0.3)
+    assert {key: values.get(key) for key in ("epochs", "warmup_steps", "text_encoder_until", "attention",
+                                             "noise_offset", "multires_noise_iterations")} == {
+        "epochs": 3, "warmup_steps": 0.1, "text_encoder_until": "25%", "attention": "sdpa", "noise_offset": None,
+        "multires_noise_iterations": 6}
+    original = settings_of(tmp_path, noise_offset=0.1, multires_noise_iterations=6)
+    assert (original["noise_offset"], original.get("multires_noise_iterations")) == (0.1, None)
+    unet_only = settings_of(tmp_path, text_encoder_lr=0)  # the GUI's way of training the U-Net alone
+    assert unet_only["train_text_encoder"] is False
+    build_config(values | {"model": "tiny"})  # and lowvram takes them
+
+
+def test_sample_prompts_text_and_additional_parameters_are_read_as_kohya_ss_passes_them(tmp_path):
+    values = settings_of(tmp_path, sample_prompts="# a comment\nlvshape, a red circle --w 64 --h 64\n\n",
+                         sample_every_n_steps=1,
+                         additional_parameters='--max_grad_norm=0.5 --noise_offset 0.05 --network_args "conv_dim=4" '
+                                               '"conv_alpha=1" --flip_aug')
+    assert values["sample_prompts"] == ["lvshape, a red circle --w 64 --h 64"]
+    assert (values["max_grad_norm"], values["noise_offset"], values["flip"]) == (0.5, 0.05, True)
+    assert (values["lora_layers"], values["conv_rank"]) == ("full", 4)  # network_args on the command line win
+    with pytest.raises(LowvramError, match=r"additional_parameters: 'stray' follows no --flag"):
+        settings_of(tmp_path, additional_parameters="stray --flip_aug")
+
+
+def test_a_bucket_step_off_the_latent_grid_is_rounded_up_to_it(tmp_path):
+    values, notes = translate_gui(STANDARD | {"bucket_reso_steps": 1}, tmp_path / "gui.json")
+    assert values["bucket_step"] == 8 and any("bucket_reso_steps 1: buckets step by 8 pixels" in n for n in notes)
