@@ -110,7 +110,8 @@ class ImageRecord:
         return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
                 "bucket": list(self.bucket) if self.bucket else None, "mask": str(self.mask) if self.mask else None,
                 "kept_tags": list(self.kept_tags) if self.kept_tags else None,
-                "more_captions": [[text, list(kept) if kept else None] for text, kept in self.more_captions]}
+                "more_captions": [[text, list(kept) if kept else None] for text, kept in self.more_captions],
+                "caption_weights": list(self.caption_weights)}
 
 
 def per_epoch(images: int, repeats: float) -> int:
