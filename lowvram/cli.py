@@ -15,6 +15,7 @@ from lowvram import __version__
 from lowvram.config import PLANNING_MODEL, SECTIONS, fields_by_name, flag_name
 from lowvram.configure import build_config, list_presets, preset_path, read_config, read_toml, with_dataset_settings
 from lowvram.errors import LowvramError
+from lowvram.samplers import SAMPLERS, sampler_name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +67,13 @@ def _add_field_flag(group, f: dataclasses.Field, kind) -> None:
         group.add_argument(flag_name(f), action="append", metavar=meta["metavar"], **kwargs)
     else:
         group.add_argument(flag_name(f), choices=meta["choices"], metavar=meta["metavar"], **kwargs)
+
+
+def _sampler(text: str) -> str:
+    try:
+        return sampler_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale [default: 7.0]")
     gen.add_argument("--resolution", type=int, default=None, help="image size in pixels [default: the model's]")
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image [default: 0]")
+    gen.add_argument("--sampler", type=_sampler, default=None,
+                     help=f"sampler: {', '.join(SAMPLERS)} (kohya's and A1111's spellings work too) "
+                     "[default: the model's own]")
 
     cap = sub.add_parser("caption", allow_abbrev=False, help="write captions for images that have none",
                          description="Write a .txt caption for each image of a dataset that has none, with a WD14-style "

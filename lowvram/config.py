@@ -18,6 +18,7 @@ from typing import Any
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import SamplePrompt, parse_prompt
+from lowvram.samplers import SAMPLERS
 
 TIMESTEP_BIASES = ("none", "earlier", "later")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
@@ -404,6 +405,9 @@ class OutputConfig:
                                              "prompt, width, height, steps, guidance, seed).", metavar="PROMPT",
                                              flag="--sample-prompt")
     sample_steps: int = option(20, "Denoising steps for sample images.")
+    sample_sampler: str | None = option(None, "Sampler for sample images (kohya's names: ddim, euler_a, "
+                                        "dpmsolver++, ...; a prompt's --ss overrides it); default: the model's "
+                                        "own scheduler.", choices=tuple(SAMPLERS))
     sample_every: str | None = option(None, "Also render the sample prompts every N steps ('500') or N epochs "
                                       "('2e'), as one grid image per save point.", metavar="N[e]")
     sample_at_first: bool = option(False, "Also render the sample prompts before the first step, with the base "
@@ -458,7 +462,7 @@ class RunConfig:
     @property
     def samples(self) -> tuple[SamplePrompt, ...]:
         """The sample prompts with their inline options parsed (validated when the config was built)."""
-        return tuple(parse_prompt(line) for line in self.output.sample_prompts)
+        return tuple(parse_prompt(line, self.output.sample_sampler) for line in self.output.sample_prompts)
 
     @property
     def output_dir(self) -> Path:

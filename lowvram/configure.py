@@ -44,6 +44,7 @@ from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import parse_prompt
+from lowvram.samplers import sampler_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -524,11 +525,16 @@ def _check(c: RunConfig) -> list[str]:
             parse(value)
         except ValueError as exc:
             p.append(f"--{flag}: {exc}")
+    samplers = {c.output.sample_sampler} if c.output.sample_sampler else set()
     for line in c.output.sample_prompts:
         try:
-            parse_prompt(line)
+            samplers.add(parse_prompt(line).sampler)
         except ValueError as exc:
             p.append(f"--sample-prompt: {exc}")
+    for name in sorted(samplers - {None}):
+        problem = sampler_problem(name, c.model.zero_terminal_snr)
+        if problem:
+            p.append(f"--sample-sampler: {problem}")
     positive("keep-saves", c.output.keep_saves)
     if c.output.keep_saves and not c.output.save_every:
         p.append("--keep-saves: only used with --save-every; add it or drop --keep-saves")

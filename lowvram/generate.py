@@ -10,6 +10,7 @@ import torch
 from lowvram.errors import LowvramError
 from lowvram.hardware import detect
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
+from lowvram.samplers import make_sampler, sampler_problem
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
@@ -36,6 +37,11 @@ def generate(args: argparse.Namespace) -> list[Path]:
                 raise LowvramError(f"--lora: {args.lora} does not fit {model.family.title}: "
                                    f"{str(exc).splitlines()[0]}") from None
             pipeline.set_adapters(["lora"], adapter_weights=[args.weight])
+    if args.sampler:
+        problem = sampler_problem(args.sampler, bool(pipeline.scheduler.config.get("rescale_betas_zero_snr")))
+        if problem:
+            raise LowvramError(f"--sampler: {problem}")
+        pipeline.scheduler = make_sampler(pipeline.scheduler, args.sampler)
     size = args.resolution or model.family.resolution
     paths = []
     for i in range(args.count):

@@ -22,6 +22,8 @@ from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError
 from lowvram.kohya_names import KOHYA_FLAGS
+from lowvram.prompts import read_prompt_file
+from lowvram.samplers import sampler_name
 
 # kohya's switches that set a lowvram option to a value
 SWITCHES = {"v_parameterization": ("prediction_type", "v_prediction"), "xformers": ("attention", "xformers"),
@@ -43,12 +45,13 @@ INERT = {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs",
          "max_data_loader_n_workers", "persistent_data_loader_workers", "logging_dir", "log_prefix", "log_with",
          "log_tracker_name", "dynamo_backend", "lowram", "highvram", "epoch", "save_model_as",
          "save_state", "save_state_on_train_end", "full_fp16", "full_bf16", "no_half_vae",
-         "enable_bucket", "mem_eff_attn", "sample_sampler", "lr_scheduler_args",
+         "enable_bucket", "mem_eff_attn", "lr_scheduler_args",
          "wandb_run_name", "wandb_api_key", "output_config", "ddp_timeout", "console_log_simple", "noise_offset_type"}
 KOHYA_KEYS = set(SAME) | set(SWITCHES) | INERT | {
     "network_module", "network_args", "network_train_unet_only", "network_train_text_encoder_only", "learning_rate",
     "unet_lr", "text_encoder_lr", "optimizer_type", "optimizer_args", "save_every_n_steps", "save_every_n_epochs",
-    "sample_every_n_steps", "sample_every_n_epochs", "sample_prompts", "dataset_config", "v2", "save_precision",
+    "sample_every_n_steps", "sample_every_n_epochs", "sample_prompts", "sample_sampler", "dataset_config", "v2",
+    "save_precision",
     "stop_text_encoder_training"}
 # settings only kohya has: one of them makes a file kohya's
 MARKERS = KOHYA_KEYS - set(fields_by_name())
@@ -119,7 +122,7 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
     values |= _network(left, notes, problem)
     values |= _learning_rates(left, values["train_text_encoder"], problem)
     values |= _optimizer(left, notes, problem)
-    values |= _length_and_saves(left, problem)
+    values |= _length_and_saves(left, notes, problem)
     stop = as_number(left.pop("stop_text_encoder_training", 0) or 0, "stop_text_encoder_training", problem, int)
     if stop and values["train_text_encoder"]:  # kohya's 0: the text encoder trains the whole run
         values["text_encoder_until"] = str(stop)
@@ -270,9 +273,9 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
     return values
 
 
-def _length_and_saves(left: dict[str, Any], problem) -> dict[str, Any]:
+def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     """Epochs over steps where both are set (kohya's max_train_epochs wins), kohya's 1600 steps where neither is;
-    saves and samples every N steps or epochs; the prompts of a sample_prompts .txt file."""
+    saves and samples every N steps or epochs; the prompts of a sample_prompts file, and kohya's sampler."""
     values: dict[str, Any] = {}
     epochs, steps = left.pop("max_train_epochs", None), left.pop("max_train_steps", None)
     values |= ({"epochs": as_number(epochs, "max_train_epochs", problem, int)} if epochs else
@@ -296,16 +299,22 @@ def _length_and_saves(left: dict[str, Any], problem) -> dict[str, Any]:
                             problem, int)
             values[f"{what}_every"] = str(count) if every_steps else f"{count}e"
     prompts = left.pop("sample_prompts", None)
+    sampler = str(left.pop("sample_sampler", None) or "ddim")  # kohya samples with DDIM unless told otherwise
     if prompts:
         prompt_file = Path(str(prompts)).expanduser()
-        if prompt_file.suffix.lower() != ".txt" or not prompt_file.is_file():
-            problem("sample_prompts", f"{prompt_file} is not a .txt prompt file lowvram can read (one prompt per line;"
-                    " kohya's --n, --w, --h, --s, --l and --d work); pass --sample-prompt instead")
+        try:
+            values["sample_prompts"], left_out = read_prompt_file(prompt_file)
+        except FileNotFoundError:
+            problem("sample_prompts", f"{prompt_file} not found; pass the prompt file's path, or --sample-prompt")
+        except (OSError, UnicodeDecodeError) as exc:
+            problem("sample_prompts", f"{prompt_file} is unreadable ({exc}); save it as UTF-8 text")
+        except ValueError as exc:
+            problem("sample_prompts", f"{prompt_file}: {exc}")
         else:
-            try:
-                lines = prompt_file.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                problem("sample_prompts", f"{prompt_file} is unreadable ({exc}); save it as UTF-8 text")
-                lines = []
-            values["sample_prompts"] = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+            if left_out:
+                notes.append(f"sample_prompts: not carried over from {prompt_file.name}: {', '.join(left_out)}")
+        try:
+            values["sample_sampler"] = sampler_name(sampler)
+        except ValueError as exc:
+            problem("sample_sampler", str(exc))
     return values

@@ -12,6 +12,7 @@ from typing import Any
 
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import as_number, translate
+from lowvram.samplers import sampler_name
 
 # the GUI's LoRA types lowvram trains: (network module, LyCORIS algo or None, whether conv_dim/conv_alpha pass)
 LORA_TYPES = {"Standard": ("networks.lora", None, False), "Kohya LoCon": ("networks.lora", None, True),
@@ -58,6 +59,10 @@ def translate_gui(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list
     prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
     if any(prompts):
         values["sample_prompts"] = [line for line in prompts if line and not line.startswith("#")]
+        try:  # kohya_ss's default is euler_a; sd-scripts' (without the GUI) ddim
+            values["sample_sampler"] = sampler_name(str(doc.get("sample_sampler") or "euler_a"))
+        except ValueError as exc:
+            problem("sample_sampler", str(exc))
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes

@@ -20,6 +20,7 @@ from typing import Any
 from lowvram.dataset_files.subsets import local_path
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import as_number
+from lowvram.samplers import sampler_name
 
 MODEL_TYPES = ("STABLE_DIFFUSION_15", "STABLE_DIFFUSION_XL_10_BASE")
 OPTIMIZERS = {"ADAMW": "adamw", "ADAMW_8BIT": "adamw8bit", "PAGED_ADAMW_8BIT": "paged_adamw8bit", "LION": "lion",
@@ -405,7 +406,8 @@ def _memory(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
 
 
 def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict[str, Any]:
-    """OneTrainer's sample definitions as prompts with kohya's inline options, which lowvram reads."""
+    """OneTrainer's sample definitions as prompts with kohya's inline options, which lowvram reads, its noise
+    scheduler as the sampler."""
     samples = doc.get("samples")
     if not isinstance(samples, list) and doc.get("sample_definition_file_name"):
         file = Path(_found(str(doc["sample_definition_file_name"]), path))
@@ -428,6 +430,10 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
                 line += f" --{flag} {sample[key]}"
         if sample.get("seed") is not None and not sample.get("random_seed"):
             line += f" --d {sample['seed']}"
+        try:  # OneTrainer's default sampler is DDIM
+            line += f" --ss {sampler_name(str(sample.get('noise_scheduler') or 'DDIM'))}"
+        except ValueError as exc:
+            problem("samples.noise_scheduler", str(exc))
         prompts.append(line)
     return {"sample_prompts": prompts} if prompts else {}
 

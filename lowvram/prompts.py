@@ -1,18 +1,32 @@
 """Sample prompts with kohya's inline options, so a kohya prompt list works as it is:
 
-    a portrait of ohwx, studio light --n blurry, lowres --w 512 --h 768 --s 28 --l 6.5 --d 1234
+    a portrait of ohwx, studio light --n blurry, lowres --w 512 --h 768 --s 28 --l 6.5 --d 1234 --ss euler_a
 
 `--n` negative prompt, `--w`/`--h` width and height in pixels (multiples of 8), `--s` denoising steps, `--l`
-guidance scale, `--d` seed. Anything not given takes the run's settings (--sample-steps, guidance 7, the run's
-seed plus the prompt's index, the training resolution).
+guidance scale, `--d` seed, `--ss` sampler. Anything not given takes the run's settings (--sample-steps,
+guidance 7, the run's seed plus the prompt's index, the training resolution, --sample-sampler).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-OPTIONS = {"n": "negative prompt", "w": "width", "h": "height", "s": "steps", "l": "guidance scale", "d": "seed"}
+from lowvram.samplers import sampler_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OPTIONS = {"n": "negative prompt", "w": "width", "h": "height", "s": "steps", "l": "guidance scale", "d": "seed",
+           "ss": "sampler"}
+# the keys of a kohya .toml/.json prompt file -> the inline option that says the same
+FILE_KEYS = {"negative_prompt": "n", "width": "w", "height": "h", "sample_steps": "s", "scale": "l", "seed": "d",
+             "sample_sampler": "ss"}
 
 
 @dataclass(frozen=True)
@@ -24,16 +38,18 @@ class SamplePrompt:
     steps: int | None = None
     guidance: float | None = None
     seed: int | None = None
+    sampler: str | None = None  # None: the model's own
 
     def size(self, resolution: int) -> tuple[int, int]:
         """(width, height) in pixels."""
         return self.width or resolution, self.height or resolution
 
 
-def parse_prompt(line: str) -> SamplePrompt:
-    """One prompt and its inline options; a ValueError names a bad or unknown option."""
+def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
+    """One prompt and its inline options (`sampler`: the run's, where the line names none); a ValueError names a
+    bad or unknown option."""
     text, *parts = re.split(r"\s--(?=[A-Za-z]+\s)", " " + line.strip())
-    values: dict = {"text": text.strip()}
+    values: dict = {"text": text.strip(), "sampler": sampler}
     for part in parts:
         key, _, value = part.partition(" ")
         key = key.lower()
@@ -41,6 +57,12 @@ def parse_prompt(line: str) -> SamplePrompt:
         if key not in OPTIONS:
             raise ValueError(f"unknown option --{key} in '{line}'; the options are "
                              + ", ".join(f"--{k} ({v})" for k, v in OPTIONS.items()))
+        if key == "ss":
+            try:
+                values["sampler"] = sampler_name(value)
+            except ValueError as exc:
+                raise ValueError(f"--ss (sampler): {exc} in '{line}'") from None
+            continue
         try:
             if key == "n":
                 values["negative"] = value
@@ -63,3 +85,45 @@ def parse_prompt(line: str) -> SamplePrompt:
     if not values["text"]:
         raise ValueError(f"no prompt before the options in '{line}'")
     return SamplePrompt(**values)
+
+
+def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
+    """The prompts of a kohya sample-prompt file, as lines with inline options: a .txt file's lines (# comments
+    skipped), each [[prompt.subset]] of a .toml file over its [prompt] defaults, or a .json list of prompts or
+    of objects with kohya's keys. Also the keys left out (ones no sample here uses, such as a ControlNet image).
+    OSError or ValueError says what is wrong with the file."""
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")], []
+    if suffix == ".toml":
+        try:
+            table = tomllib.loads(text).get("prompt")
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"not valid TOML: {exc}") from None
+        if not isinstance(table, dict) or not isinstance(table.get("subset"), list):
+            raise ValueError("no [[prompt.subset]] tables: kohya's prompt TOML holds [prompt] defaults and one "
+                             "[[prompt.subset]] per prompt")
+        defaults = {key: value for key, value in table.items() if key != "subset"}
+        entries = [defaults | subset for subset in table["subset"] if isinstance(subset, dict)]
+    elif suffix == ".json":
+        entries = json.loads(text)
+        if not isinstance(entries, list):
+            raise ValueError("not a JSON list of prompts")
+    else:
+        raise ValueError("not a prompt file (.txt, .toml or .json)")
+    lines, left_out = [], set()
+    for entry in entries:
+        if isinstance(entry, str):
+            lines.append(entry.strip())
+            continue
+        if not isinstance(entry, dict) or not str(entry.get("prompt") or "").strip():
+            raise ValueError(f"an entry without a prompt: {entry!r}")
+        line = " ".join(str(entry["prompt"]).split())
+        for key, value in entry.items():
+            if key in FILE_KEYS and value not in (None, ""):
+                line += f" --{FILE_KEYS[key]} {' '.join(str(value).split())}"
+            elif key not in ("prompt", "enum"):
+                left_out.add(key)
+        lines.append(line)
+    return [line for line in lines if line], sorted(left_out)

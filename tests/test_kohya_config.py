@@ -2,6 +2,7 @@
 train it: kohya's names and defaults, its switched-off settings left out, and one line per setting lowvram cannot
 follow."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,7 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
         translate({k: v for k, v in settings.items() if v is not None}, Path("kohya.toml"))
     expected = ["v2: Stable Diffusion 2", "LyCORIS algo 'ia3'",
                 "optimizer_type: 'DAdaptAdam'", "lr_scheduler: 'adafactor'",
-                "sample_prompts: prompts.json is not a .txt prompt file", "save_precision: 'fp8'"]
+                "sample_prompts: prompts.json not found", "save_precision: 'fp8'"]
     assert_one_line_each(str(error.value), "kohya.toml: ", expected)
 
 
@@ -201,3 +202,33 @@ def test_kohyas_enable_wildcard_reads_choices_and_caption_lines(tmp_path):
     values = values_of(tmp_path, {"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
                                   "enable_wildcard": True})
     assert (values["wildcards"], values["caption_lines"]) == (True, "each")
+
+
+def test_kohyas_toml_and_json_prompt_files_and_its_sampler_carry_over(tmp_path):
+    (tmp_path / "prompts.toml").write_text(tomli_w.dumps({"prompt": {
+        "negative_prompt": "blurry", "width": 64, "height": 96, "scale": 5.5, "sample_steps": 3,
+        "subset": [{"prompt": "lvshape, a red circle", "seed": 7},
+                   {"prompt": "lvshape, a blue\nsquare", "width": 128, "sample_sampler": "k_dpm_2_a",
+                    "controlnet_image": "edges.png"}]}}))
+    (tmp_path / "prompts.json").write_text(
+        '["lvshape, a circle --w 64", {"prompt": "lvshape, a square", "negative_prompt": "", "seed": 3, "enum": 0}]')
+    settings = {"train_data_dir": "sample", "sample_every_n_steps": 2}
+    values, notes = translate(settings | {"sample_prompts": str(tmp_path / "prompts.toml"),
+                                          "sample_sampler": "euler_a"}, Path("k.toml"))
+    assert values["sample_prompts"] == [
+        "lvshape, a red circle --n blurry --w 64 --h 96 --l 5.5 --s 3 --d 7",
+        "lvshape, a blue square --n blurry --w 128 --h 96 --l 5.5 --s 3 --ss k_dpm_2_a"]
+    assert values["sample_sampler"] == "euler_a" and values["sample_every"] == "2"
+    assert "sample_prompts: not carried over from prompts.toml: controlnet_image" in notes
+    config = build_config({"model": "tiny", **values})
+    assert [(p.width, p.height, p.sampler) for p in config.samples] == [(64, 96, "euler_a"), (128, 96, "dpm_2_a")]
+    values, _ = translate(settings | {"sample_prompts": str(tmp_path / "prompts.json")}, Path("k.toml"))
+    assert values["sample_prompts"] == ["lvshape, a circle --w 64", "lvshape, a square --d 3"]
+    assert values["sample_sampler"] == "ddim"  # kohya's default
+    (tmp_path / "bad.toml").write_text("[prompt]\nwidth = 64\n")
+    for bad, says in (("bad.toml", "no [[prompt.subset]] tables"), ("p.yaml", "not found"),
+                      ("prompts.json", "unknown sampler 'lcm'")):
+        extra = {"sample_sampler": "lcm"} if bad == "prompts.json" else {}
+        with pytest.raises(LowvramError, match=re.escape(says)) as error:
+            translate(settings | {"sample_prompts": str(tmp_path / bad)} | extra, Path("k.toml"))
+        assert len(str(error.value).splitlines()) == 1

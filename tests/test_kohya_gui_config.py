@@ -109,6 +109,8 @@ def test_sample_prompts_text_and_additional_parameters_are_read_as_kohya_ss_pass
                          additional_parameters='--max_grad_norm=0.5 --noise_offset 0.05 --network_args "conv_dim=4" '
                                                '"conv_alpha=1" --flip_aug')
     assert values["sample_prompts"] == ["lvshape, a red circle --w 64 --h 64"]
+    assert values["sample_sampler"] == "euler_a"  # the GUI's default sampler, whether or not the file names one
+    assert settings_of(tmp_path, sample_prompts="a", sample_sampler="k_dpm_2")["sample_sampler"] == "dpm_2"
     assert (values["max_grad_norm"], values["noise_offset"], values["flip"]) == (0.5, 0.05, True)
     assert (values["lora_layers"], values["conv_rank"]) == ("full", 4)  # network_args on the command line win
     with pytest.raises(LowvramError, match=r"additional_parameters: 'stray' follows no --flag"):

@@ -50,7 +50,7 @@ def onetrainer_folder(root: Path) -> Path:
         [{"name": "alpha", "path": str(root / "imgs" / "alpha"), "balancing": 2.0}]))
     (root / "training_samples" / "samples.json").write_text(json.dumps([
         {"enabled": True, "prompt": "lvshape, a red circle", "negative_prompt": "blurry", "width": 64, "height": 64,
-         "seed": 7, "random_seed": False, "diffusion_steps": 2, "cfg_scale": 6.5},
+         "seed": 7, "random_seed": False, "diffusion_steps": 2, "cfg_scale": 6.5, "noise_scheduler": "EULER_A"},
         {"enabled": False, "prompt": "left out"}]))
     path = root / "training_presets" / "my lora.json"
     path.write_text(json.dumps(CONFIG, indent=4))
@@ -73,7 +73,8 @@ def test_a_onetrainer_config_trains_the_lora_onetrainer_would(tmp_path, monkeypa
     assert (saved["lr"], saved["text_encoder_lr"], saved["train_text_encoder"]) == (0.0003, 0.0001, True)
     assert (saved["scheduler"], saved["warmup_steps"], saved["min_snr_gamma"]) == ("constant_with_warmup", 2, 5.0)
     assert (saved["clip_skip"], saved["noise_offset"], saved["save_precision"]) == (2, 0.05, "bf16")
-    assert saved["sample_prompts"] == ["lvshape, a red circle --n blurry --w 64 --h 64 --s 2 --l 6.5 --d 7"]
+    assert saved["sample_prompts"] == [
+        "lvshape, a red circle --n blurry --w 64 --h 64 --s 2 --l 6.5 --d 7 --ss euler_a"]
     assert saved["sample_every"] == "1e"
     meta = safe_open(str(tmp_path / "models" / "ot-lora.safetensors"), framework="pt").metadata()
     assert set(json.loads(meta["ss_tag_frequency"])) == {"2_alpha"}  # the concept, with its balancing

@@ -8,6 +8,7 @@ So sampling never needs more memory than training plus the VAE decode.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from lowvram.files import save_image
 from lowvram.models.conditioning import DEFAULT_READING, encode_prompts, unet_conditioning
 from lowvram.models.loading import LoadedModel
 from lowvram.prompts import SamplePrompt, parse_prompt
+from lowvram.samplers import make_sampler
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -55,7 +57,7 @@ def render(model: LoadedModel, prompt: SamplePrompt | str, resolution: int, step
 
     width, height = prompt.size(resolution)
     guidance = GUIDANCE if prompt.guidance is None else prompt.guidance
-    scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
+    scheduler = make_sampler(pipeline.scheduler, prompt.sampler)
     scheduler.set_timesteps(prompt.steps or steps, device=device)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     generator = torch.Generator("cpu").manual_seed(seed if prompt.seed is None else prompt.seed)
@@ -63,11 +65,13 @@ def render(model: LoadedModel, prompt: SamplePrompt | str, resolution: int, step
     latents = (torch.randn(shape, generator=generator) * scheduler.init_noise_sigma).to(device)
     time_ids = torch.tensor([[height, width, 0, 0, height, width]] * 2, dtype=torch.float32)
     conditioning = unet_conditioning(family, hidden, pooled, time_ids)
+    # an ancestral sampler's noise comes from the seed too, not from the global generator training draws from
+    seeded = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         with autocast():
             uncond, cond = unet(model_input, t, **conditioning).sample.float().chunk(2)
-        latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
+        latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents, **seeded).prev_sample
 
     vae.to(device)
     shift = getattr(vae.config, "shift_factor", None) or 0.0

@@ -35,6 +35,7 @@ from lowvram.plan.calibration import unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.resolve import ResolvedRun, resolve_run
+from lowvram.samplers import sampler_problem
 from lowvram.train.validation import hold_out
 
 DEFAULT_EPOCHS = 10
@@ -219,6 +220,10 @@ def noise_schedules(model: LoadedModel, config: RunConfig):
         flag, marker = ("--zero-terminal-snr", "") if config.model.zero_terminal_snr else ("--model", " (its ztsnr key)")
         raise LowvramError(f"{flag}: {config.model.model} predicts epsilon with a zero-terminal-SNR schedule{marker}; "
                            f"{ZERO_SNR_NEEDS_V}")
+    for prompt in config.samples:  # a base model's own zero-terminal-SNR schedule shows only now
+        problem = prompt.sampler and sampler_problem(prompt.sampler, zero_snr)
+        if problem:
+            raise LowvramError(f"--sample-sampler: {problem}")
     if config.training.scale_v_pred_loss and pipeline.scheduler.config.prediction_type != "v_prediction":
         raise LowvramError(f"--scale-v-pred-loss: {config.model.model} predicts epsilon, whose loss is scaled so "
                            "already; drop it, or pass --prediction-type v_prediction if the model is a v-prediction one")

@@ -1,0 +1,120 @@
+"""Samplers for sample images and `lowvram generate` (kohya's --sample_sampler and a prompt's --ss): each a
+diffusers scheduler made from the model's own config, seeded, and refused up front where it cannot sample."""
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_config
+
+from lowvram.cli import main
+from lowvram.errors import LowvramError
+from lowvram.models.loading import load_model, zero_terminal_snr_sampler
+from lowvram.prompts import parse_prompt
+from lowvram.samplers import SAMPLERS, make_sampler, sampler_name, sampler_problem
+from lowvram.train.sampling import render
+from lowvram.train.setup import noise_schedules
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny", None, dtype=torch.float32)
+
+
+def draw(model, line: str, seed: int = 3):
+    image = render(model, parse_prompt(line), 64, 3, seed, torch.device("cpu"), contextlib.nullcontext)
+    return np.asarray(image, dtype=np.float32)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_renders_the_same_image_from_the_same_seed_whatever_the_global_generator(tiny, name):
+    if sampler_problem(name, False):  # lms without scipy: refused up front, as the next tests show
+        pytest.skip(sampler_problem(name, False))
+    torch.manual_seed(0)
+    first = draw(tiny, f"lvshape, a red circle --ss {name}")
+    state = torch.random.get_rng_state()
+    torch.manual_seed(1)  # an ancestral sampler's noise comes from the prompt's seed, not from here
+    second = draw(tiny, f"lvshape, a red circle --ss {name}")
+    assert np.array_equal(first, second)
+    torch.manual_seed(0)
+    draw(tiny, f"lvshape, a red circle --ss {name}")
+    assert torch.equal(torch.random.get_rng_state(), state)  # training's random draws are not moved by a sample
+
+
+def test_the_sampler_changes_the_image_and_the_default_is_the_models_own(tiny):
+    own = draw(tiny, "lvshape, a red circle")
+    assert np.array_equal(own, draw(tiny, f"lvshape, a red circle --ss {type_name(tiny)}"))
+    assert np.abs(draw(tiny, "lvshape, a red circle --ss euler_a") - draw(tiny, "lvshape, a red circle --ss ddim")
+                  ).mean() > 0.5
+
+
+def type_name(model) -> str:
+    """The sampler name of the model's own scheduler (the tiny SD1.5's is PNDM)."""
+    return next(name for name, (cls, _) in SAMPLERS.items() if cls == type(model.pipeline.scheduler).__name__)
+
+
+def test_other_tools_names_mean_the_same_sampler():
+    assert [sampler_name(n) for n in ("k_euler_a", "DPMPP_SDE_KARRAS", "dpm++_2m_karras", "Euler_A", "k_dpm_2")] == [
+        "euler_a", "dpmsolver++_sde_karras", "dpmsolver++_karras", "euler_a", "dpm_2"]
+    with pytest.raises(ValueError, match="unknown sampler 'restart'; use one of ddim, pndm"):
+        sampler_name("restart")
+
+
+def test_a_sampler_keeps_the_models_prediction_type_and_schedule(tiny):
+    base = type(tiny.pipeline.scheduler).from_config(tiny.pipeline.scheduler.config, prediction_type="v_prediction")
+    for name in ("dpmsolver++", "euler_a", "unipc_karras"):
+        made = make_sampler(zero_terminal_snr_sampler(base), name)
+        assert made.config.prediction_type == "v_prediction"
+        assert made.config.rescale_betas_zero_snr and made.config.timestep_spacing == "trailing"
+    karras = make_sampler(base, "euler_karras")
+    assert karras.config.use_karras_sigmas and not make_sampler(karras, "euler").config.use_karras_sigmas
+
+
+def test_a_sampler_that_cannot_sample_zero_terminal_snr_is_refused_before_training(tiny):
+    with pytest.raises(LowvramError) as error:
+        run_config(zero_terminal_snr=True, prediction_type="v_prediction", sample_sampler="heun",
+                   sample_prompts=["a", "b --ss pndm", "c --ss euler_a"])
+    lines = str(error.value).splitlines()
+    assert [line.split(" cannot")[0] for line in lines] == ["--sample-sampler: 'heun'", "--sample-sampler: 'pndm'"]
+    assert "use one of ddim, euler, euler_karras, euler_a, dpmsolver" in lines[0]
+    # a base model whose own schedule is zero-terminal-SNR shows it only once loaded: refused there, before training
+    tiny.pipeline.scheduler = zero_terminal_snr_sampler(type(tiny.pipeline.scheduler).from_config(
+        tiny.pipeline.scheduler.config, prediction_type="v_prediction"))
+    try:
+        with pytest.raises(LowvramError, match="--sample-sampler: 'pndm' cannot sample a zero-terminal-SNR"):
+            noise_schedules(tiny, run_config(sample_prompts=["a"], sample_sampler="pndm"))
+        noise_schedules(tiny, run_config(sample_prompts=["a"], sample_sampler="ddim"))
+    finally:
+        tiny.pipeline.scheduler = load_model("tiny", None, dtype=torch.float32).pipeline.scheduler
+
+
+def test_an_unknown_sampler_is_one_line_naming_the_option():
+    with pytest.raises(LowvramError) as error:
+        run_config(sample_prompts=["a cat --ss restart"])
+    assert str(error.value).startswith("--sample-prompt: --ss (sampler): unknown sampler 'restart'; use one of")
+    assert len(str(error.value).splitlines()) == 1
+    with pytest.raises(LowvramError, match="--sample-sampler: "):
+        run_config(sample_prompts=["a cat"], sample_sampler="restart")
+
+
+def test_generate_samples_with_the_sampler_asked_for(tmp_path, capsys):
+    argv = ["generate", "--model", "tiny", "--prompt", "lvshape, a red circle", "--steps", "3", "--seed", "1"]
+    for sampler in ("k_euler_a", "ddim"):
+        assert main([*argv, "--sampler", sampler, "--output", str(tmp_path / f"{sampler}.png")]) == 0
+    from PIL import Image
+
+    images = [np.asarray(Image.open(tmp_path / f"{s}.png"), dtype=np.float32) for s in ("k_euler_a", "ddim")]
+    assert np.abs(images[0] - images[1]).mean() > 0.5
+    with pytest.raises(SystemExit):
+        main([*argv, "--sampler", "restart"])
+    assert "unknown sampler 'restart'" in capsys.readouterr().err
+
+
+def test_a_sampler_whose_package_is_missing_is_refused_naming_it():
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is not None:
+        pytest.skip("scipy is installed here: lms samples")
+    with pytest.raises(LowvramError, match="--sample-sampler: 'lms' needs scipy: pip install scipy"):
+        run_config(sample_prompts=["a cat --ss k_lms"])
