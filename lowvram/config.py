@@ -171,7 +171,13 @@ class NetworkConfig:
                           choices=NETWORKS)
     rank: int = option(16, "Rank (dimension) of every adapted layer.", metavar="R")
     alpha: float | None = option(None, "Alpha; the update is scaled by alpha/rank (default: alpha = rank).")
-    dropout: float = option(0.0, "Dropout on the adapter path during training (module dropout for loha/lokr).")
+    dropout: float = option(0.0, "Dropout on each LoRA layer's rank activations (its down projection's output) "
+                            "during training, as kohya's network_dropout and OneTrainer's dropout; for loha/lokr, "
+                            "module dropout as LyCORIS's.")
+    rank_dropout: float = option(0.0, "Probability that each rank of a LoRA layer is left out, per sample and step, "
+                                 "the rest scaled up to match (kohya's rank_dropout). LoRA and DoRA.")
+    module_dropout: float = option(0.0, "Probability that a layer's whole adapter is left out of a forward pass "
+                                   "during training (kohya's and LyCORIS's module_dropout).")
     lora_layers: str = option("attn", "Which layers get adapters: attn (attention projections, as the diffusers "
                               "examples); attn-mlp (every layer of the transformer blocks and CLIP's MLPs: kohya's "
                               "default LoRA); full (also the ResNet convolutions: kohya's LoCon, often used for "
@@ -221,6 +227,12 @@ class NetworkConfig:
     @property
     def resolved_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else self.rank)
+
+    @property
+    def lycoris_module_dropout(self) -> float:
+        """LoHa's and LoKr's module dropout (peft's own option): --module-dropout, or --dropout, LyCORIS's one
+        dropout there; 0 for LoRA and DoRA, whose dropouts are lowvram.adapters.dropout's."""
+        return (self.module_dropout or self.dropout) if self.network in ("loha", "lokr") else 0.0
 
     @property
     def conv_rank_alpha(self) -> tuple[int, float]:

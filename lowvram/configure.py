@@ -444,8 +444,15 @@ def _check(c: RunConfig) -> list[str]:
         if value is not None and c.network.lora_layers != "full":
             p.append(f"{flag}: only --lora-layers full adapts the convolutions (kohya's LoCon); add --lora-layers "
                      f"full or drop {flag}")
-    if not 0 <= c.network.dropout < 1:
-        p.append(f"--dropout: must be in [0, 1), got {c.network.dropout}")
+    for flag, value in (("dropout", c.network.dropout), ("rank-dropout", c.network.rank_dropout),
+                        ("module-dropout", c.network.module_dropout)):
+        if not 0 <= value < 1:
+            p.append(f"--{flag}: must be in [0, 1), got {value}")
+    if c.network.network in ("loha", "lokr") and c.network.rank_dropout:
+        p.append(f"--rank-dropout: peft's {c.network.network} has no rank dropout; use --module-dropout, or --network "
+                 "lora")
+    if c.network.network in ("loha", "lokr") and c.network.dropout and c.network.module_dropout:
+        p.append(f"--dropout and --module-dropout: for {c.network.network} both are module dropout; give one")
     positive("lr", c.optim.lr)
     optimizer = OPTIMIZERS.get(c.optim.optimizer)
     if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:

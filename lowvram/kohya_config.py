@@ -185,6 +185,7 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         values |= _block_args(args, conv_alpha, problem)
         if "conv_block_ranks" in values:
             values["lora_layers"] = "full"
+        values |= _dropouts(args, ("rank_dropout", "module_dropout"), problem)
     elif module == "lycoris.kohya":
         algo = args.pop("algo", "lora")
         dora = str(args.pop("dora_wd", "")).lower() == "true"
@@ -202,8 +203,8 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         factor = args.pop("factor", None)
         if factor is not None and values["network"] == "lokr":
             values["lokr_factor"] = as_number(factor, "network_args factor", problem, int)
-        if "module_dropout" in args and values["network"] in ("loha", "lokr"):
-            values["dropout"] = as_number(args.pop("module_dropout"), "network_args module_dropout", problem)
+        values |= _dropouts(args, ("module_dropout",) if values["network"] in ("loha", "lokr") else
+                            ("rank_dropout", "module_dropout"), problem)
         args.pop("wd_on_output", None)  # lowvram's DoRA (peft's) is on the output axis
     else:
         problem("network_module", f"'{module}' is not a network lowvram trains (networks.lora, or lycoris.kohya with "
@@ -219,6 +220,12 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     if args:
         notes.append(f"network_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
     return values
+
+
+def _dropouts(args: dict[str, Any], keys: tuple[str, ...], problem) -> dict[str, float]:
+    """kohya's rank_dropout and module_dropout network_args, where set and the network has them."""
+    rates = {key: as_number(args.pop(key), f"network_args {key}", problem) for key in keys if key in args}
+    return {key: rate for key, rate in rates.items() if rate}
 
 
 def _block_args(args: dict[str, Any], conv_alpha: Any, problem) -> dict[str, str]:

@@ -2,6 +2,7 @@
 train it: kohya's names and defaults, its switched-off settings left out, and one line per setting lowvram cannot
 follow."""
 
+import json
 import re
 from pathlib import Path
 
@@ -27,7 +28,7 @@ KOHYA_SS = {
     "max_grad_norm": 1, "max_timestep": 1000, "max_token_length": 75, "max_train_steps": 3,
     "min_bucket_reso": 256, "mixed_precision": "no", "multires_noise_discount": 0.3, "multires_noise_iterations": 0,
     "network_alpha": 4, "network_args": ["conv_dim=2", "conv_alpha=1", "loraplus_lr_ratio=16",
-                                         "loraplus_text_encoder_lr_ratio=4"], "network_dim": 8,
+                                         "loraplus_text_encoder_lr_ratio=4", "rank_dropout=0.1"], "network_dim": 8,
     "network_module": "networks.lora", "noise_offset": 0, "noise_offset_type": "Original",
     "optimizer_args": ["weight_decay=0.05", "betas=0.9,0.99"], "optimizer_type": "AdamW", "output_name": "mylora",
     "pretrained_model_name_or_path": "tiny", "prior_loss_weight": 1, "resolution": "64,64",
@@ -59,7 +60,8 @@ def test_a_kohya_ss_config_trains_the_lora_kohya_would(tmp_path, capsys):
     lora = load_file(str(out / "mylora.safetensors"))
     meta = safe_open(str(out / "mylora.safetensors"), framework="pt").metadata()
     assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_steps"]) == ("8", "4", "3")
-    assert meta["ss_network_args"] == '{"conv_dim": "2", "conv_alpha": "1"}' and meta["ss_loraplus_lr_ratio"] == "16"
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "1", "rank_dropout": "0.1"}
+    assert meta["ss_loraplus_lr_ratio"] == "16"
     assert meta["ss_loraplus_text_encoder_lr_ratio"] == "4"
     assert meta["ss_scale_weight_norms"] == "2"
     assert {tensor.dtype for tensor in lora.values()} == {torch.float32}  # save_precision "float"
@@ -91,9 +93,9 @@ def test_kohyas_own_defaults_fill_what_the_file_leaves_out(tmp_path):
 
 @pytest.mark.parametrize("args, network, layers, extra", [
     (["algo=locon", "conv_dim=4"], "lora", "full", {"conv_rank": 4, "conv_alpha": 2.0}),  # LyCORIS: conv_alpha = alpha
-    (["algo=loha", "preset=attn-mlp", "conv_dim=4", "module_dropout=0.1"], "loha", "attn-mlp", {"dropout": 0.1}),
+    (["algo=loha", "preset=attn-mlp", "conv_dim=4", "module_dropout=0.1"], "loha", "attn-mlp", {"module_dropout": 0.1}),
     (["algo=lokr", "factor=8", "preset=attn-only"], "lokr", "attn", {"lokr_factor": 8}),
-    (["algo=lora", "dora_wd=True", "wd_on_output=True"], "dora", "full", {}),  # LyCORIS's default preset is full
+    (["algo=lora", "dora_wd=True", "wd_on_output=True", "rank_dropout=0.2"], "dora", "full", {"rank_dropout": 0.2}),
 ])
 def test_lycoris_networks_carry_over(tmp_path, args, network, layers, extra):
     values = values_of(tmp_path, {"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_dim": 8,

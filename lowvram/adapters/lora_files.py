@@ -59,15 +59,19 @@ def network_metadata(network: NetworkConfig) -> dict[str, str]:
     shape = {"conv_dim": str(conv_rank), "conv_alpha": f"{conv_alpha:g}"} if network.lora_layers == "full" else {}
     shape |= kohya_block_args(network)
     if network.network == "lora":
+        shape |= {key: f"{value:g}" for key, value in (("rank_dropout", network.rank_dropout),
+                                                        ("module_dropout", network.module_dropout)) if value}
         return meta | {"ss_network_module": "networks.lora"} | ({"ss_network_args": json.dumps(shape)} if shape else {})
     args = {"algo": "lora" if network.network == "dora" else network.network,
             "preset": LYCORIS_PRESETS[network.lora_layers], **shape}
     if network.network == "dora":
         args |= {"dora_wd": "True", "wd_on_output": "True"}
+        args |= {key: f"{value:g}" for key, value in (("rank_dropout", network.rank_dropout),
+                                                       ("module_dropout", network.module_dropout)) if value}
     if network.network == "lokr":
         args["factor"] = str(network.lokr_factor)
-    if network.network in ("loha", "lokr") and network.dropout:
-        args["module_dropout"] = f"{network.dropout:g}"
+    if network.lycoris_module_dropout:
+        args["module_dropout"] = f"{network.lycoris_module_dropout:g}"
     return meta | {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)}
 
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from lowvram.adapters.blocks import BlockPlan
+from lowvram.adapters.dropout import add_lora_dropouts
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.models.loading import LoadedModel
@@ -17,32 +18,32 @@ ADAPTER = "default"  # peft's adapter name; lowvram adds one adapter per model p
 NAMES = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}
 
 
-def peft_config(network: str, targets: tuple[str, ...], rank: int, alpha: float, dropout: float,
+def peft_config(network: str, targets: tuple[str, ...], rank: int, alpha: float, module_dropout: float,
                 lokr_factor: int = -1):
-    """The peft config of one network type, with the defaults LyCORIS's kohya network uses: dropout on the
-    whole module for LoHa/LoKr (LyCORIS implements no per-input dropout there), LoKr's first matrix never
+    """The peft config of one network type, with the defaults LyCORIS's kohya network uses: LoHa's and LoKr's
+    `module_dropout` (LoRA's dropouts are kohya's, lowvram.adapters.dropout), LoKr's first matrix never
     decomposed, LoKr's second matrix zero at first (its `init_weights="lycoris"`)."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
     if network in ("lora", "dora"):
-        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                          init_lora_weights=True, use_dora=network == "dora")
+        return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True,
+                          use_dora=network == "dora")
     if network == "loha":
-        return LoHaConfig(r=rank, alpha=alpha, module_dropout=dropout, target_modules=list(targets))
+        return LoHaConfig(r=rank, alpha=alpha, module_dropout=module_dropout, target_modules=list(targets))
     if network == "lokr":
-        return LoKrConfig(r=rank, alpha=alpha, module_dropout=dropout, target_modules=list(targets),
+        return LoKrConfig(r=rank, alpha=alpha, module_dropout=module_dropout, target_modules=list(targets),
                           decompose_factor=lokr_factor, decompose_both=False, init_weights="lycoris")
     raise LowvramError(f"--network: '{network}' is not one of {', '.join(NAMES)}")
 
 
-def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, dropout: float,
+def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, module_dropout: float,
                 network: str = "lora", lokr_factor: int = -1, conv: tuple[int, float] | None = None,
                 blocks: BlockPlan | None = None) -> list[torch.nn.Parameter]:
     """Add an adapter (peft) of type `network` on `targets` of a frozen module; return its trainable parameters,
     in fp32 whatever the frozen weights' dtype or format. `conv` is the (rank, alpha) of the targeted 3x3
     convolutions (kohya's conv_dim and conv_alpha), by default `rank` and `alpha`; `blocks`, the U-Net's per-block
     ranks and alphas, which set both in its blocks (rank 0: no adapter)."""
-    config = peft_config(network, targets, rank, alpha, dropout, lokr_factor)
+    config = peft_config(network, targets, rank, alpha, module_dropout, lokr_factor)
     spatial = set(spatial_convolutions(module, targets))
     own = {name: planned_rank_alpha(name, name in spatial, (rank, alpha), conv, blocks)
            for name, _ in module.named_modules() if targeted(name, targets)}
@@ -168,9 +169,15 @@ def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_tex
                   for spec, encoder in zip(family.text_encoders, model.text_encoders)]
     for _, module, targets in parts:
         check_supported(module, targets, network.network)
-    return {name: add_adapter(module, targets, network.rank, alpha, network.dropout, network.network,
-                              network.lokr_factor, network.conv_rank_alpha, blocks if name == "unet" else None)
-            for name, module, targets in parts}
+    params = {name: add_adapter(module, targets, network.rank, alpha, network.lycoris_module_dropout,
+                                network.network, network.lokr_factor, network.conv_rank_alpha,
+                                blocks if name == "unet" else None)
+              for name, module, targets in parts}
+    if network.network in ("lora", "dora"):
+        for _, module, _ in parts:
+            pairs = [(layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]) for _, layer in adapted_layers(module)]
+            add_lora_dropouts(pairs, network.dropout, network.rank_dropout, network.module_dropout)
+    return params
 
 
 def cast_inputs(module: torch.nn.Module, cast: bool) -> None:
