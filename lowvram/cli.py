@@ -12,9 +12,10 @@ import typing
 from pathlib import Path
 
 from lowvram import __version__
-from lowvram.config import PLANNING_MODEL, SECTIONS, fields_by_name, flag_name
+from lowvram.config import PLANNING_MODEL, SAVE_PRECISION, SECTIONS, fields_by_name, flag_name
 from lowvram.configure import build_config, list_presets, preset_path, read_config, read_toml, with_dataset_settings
 from lowvram.errors import LowvramError
+from lowvram.resize import DYNAMIC
 from lowvram.samplers import SAMPLERS, sampler_name
 
 
@@ -168,6 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print it as JSON")
     info.add_argument("--strip-paths", action="store_true", help="first rewrite the file (atomically, same tensors) "
                       "without the local folders its metadata names, for sharing it")
+
+    resize = sub.add_parser("resize", allow_abbrev=False, help="a LoRA file at a lower rank (kohya's resize_lora)",
+                            description="Write a LoRA (or LoCon) file at a lower rank: each layer's update cut by its "
+                            "singular values to the rank that keeps the most of it, a fixed rank or per layer by a "
+                            "--dynamic rule (kohya's resize_lora.py). Any kohya-format file, whoever trained it.")
+    resize.add_argument("lora", type=Path, metavar="FILE", help="the LoRA .safetensors file")
+    resize.add_argument("--rank", type=int, required=True, help="the new rank; with --dynamic, the most a layer keeps")
+    resize.add_argument("--conv-rank", type=int, help="the new rank of 3x3 convolutions (LoCon) [default: --rank]")
+    resize.add_argument("--dynamic", choices=DYNAMIC, help="each layer's rank by a rule: sv_ratio keeps the "
+                        "singular values above the largest / PARAM; sv_fro, PARAM of the Frobenius norm; "
+                        "sv_cumulative, PARAM of the sum of singular values")
+    resize.add_argument("--dynamic-param", type=float, metavar="PARAM", help="the rule's parameter (e.g. 8 for "
+                        "sv_ratio, 0.9 for sv_fro)")
+    resize.add_argument("--output", type=Path, help="the new file [default: FILE-rRANK.safetensors beside it]")
+    resize.add_argument("--save-precision", choices=SAVE_PRECISION, help="its dtype [default: the file's]")
+    resize.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     return parser
 
 
@@ -355,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.info import print_info
 
             print_info(args.file, args.json, args.strip_paths)
+        elif args.command == "resize":
+            from lowvram.resize import run, summary
+
+            print(summary(run(args)))
         elif args.command == "generate":
             from lowvram.generate import generate
 

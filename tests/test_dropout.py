@@ -28,8 +28,8 @@ def test_each_dropout_leaves_out_what_kohyas_does_and_only_in_training():
     model = adapted(dropout=0.5, rank_dropout=0.5, module_dropout=0.5)
     layers = dict(adapted_layers(model.unet))
     model.unet.train()
-    for path, x in (("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", (3, 10, None)), ("down_blocks.0.resnets.0.conv1",
-                                                                           (3, None, 8, 8))):
+    for path, x in (("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", (3, 10, None)),
+                    ("down_blocks.0.resnets.0.conv1", (3, None, 8, 8))):
         down, up = layers[path].lora_A[ADAPTER], layers[path].lora_B[ADAPTER]
         conv = isinstance(down, torch.nn.Conv2d)
         x = torch.randn(*[down.weight.shape[1] if n is None else n for n in x])

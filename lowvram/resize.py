@@ -1,0 +1,179 @@
+"""`lowvram resize FILE --rank N`: a LoRA file at a lower rank, as kohya's resize_lora.py makes one: each layer's
+update (alpha/rank x up @ down) is split by its singular values and cut to the rank that keeps the most of it
+(Eckart-Young: no other rank-N pair comes closer). A fixed rank, or per layer the least rank that meets one of
+kohya's rules (`--dynamic`):
+
+    sv_ratio       keep the singular values above the largest / PARAM (PARAM > 1, e.g. 8)
+    sv_fro         keep PARAM of the update's Frobenius norm (0 < PARAM <= 1, e.g. 0.9)
+    sv_cumulative  keep PARAM of the sum of its singular values (0 < PARAM <= 1)
+
+never above --rank. The update is never formed: its factors' QR decompositions leave an SVD of a rank x rank
+core, so no GPU and little memory are needed. Each layer keeps its alpha/rank scale (alpha becomes that
+scale x the new rank) and the singular values are split evenly between the two factors, so the file can also
+continue training (--network-weights). Any kohya-format LoRA or LoCon works, whoever trained it; DoRA, LoHa and
+LoKr have no such split of their update and are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lowvram.errors import LowvramError
+from lowvram.files import save_safetensors
+
+if TYPE_CHECKING:
+    import torch
+
+DYNAMIC = ("sv_ratio", "sv_fro", "sv_cumulative")
+
+
+@dataclass(frozen=True)
+class Resized:
+    path: Path
+    layers: int
+    ranks: tuple[int, int]  # (before, after): the largest
+    after: list[int]  # each layer's new rank
+    kept: list[float]  # each layer's share of its update's Frobenius norm kept
+
+
+def kept_rank(values: torch.Tensor, limit: int, dynamic: str | None, param: float | None) -> int:
+    """How many of the singular values `values` (descending) to keep: at most `limit`, at least 1."""
+    import torch
+
+    if dynamic == "sv_ratio":
+        count = int((values > values[0] / param).sum())
+    elif dynamic in ("sv_fro", "sv_cumulative"):
+        weights = values.square() if dynamic == "sv_fro" else values
+        share = torch.cumsum(weights, 0) / weights.sum().clamp(min=1e-30)
+        target = param * param if dynamic == "sv_fro" else param
+        count = int(torch.searchsorted(share, torch.tensor(target, dtype=share.dtype) * (1 - 1e-6))) + 1
+    else:
+        count = limit
+    return max(1, min(count, limit, len(values)))
+
+
+def resize_pair(down: torch.Tensor, up: torch.Tensor, limit: int, dynamic: str | None, param: float | None
+                ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(down, up, share of the update's Frobenius norm kept) at the kept rank, shaped as the given ones (a
+    convolution's down (rank, in, k, k), up (out, rank, 1, 1)), their product the best approximation of
+    up @ down at that rank."""
+    import torch
+
+    rank = down.shape[0]
+    a, b = up.reshape(up.shape[0], rank).double(), down.reshape(rank, -1).double()
+    q_up, r_up = torch.linalg.qr(a)  # up @ down = q_up (r_up r_down^T) q_down^T
+    q_down, r_down = torch.linalg.qr(b.T)
+    u, values, vh = torch.linalg.svd(r_up @ r_down.T)
+    new = kept_rank(values, limit, dynamic, param)
+    root = values[:new].sqrt()
+    new_up = (q_up @ u[:, :new]) * root
+    new_down = root[:, None] * (vh[:new] @ q_down.T)
+    total = values.square().sum()
+    kept = float((values[:new].square().sum() / total).sqrt()) if total > 0 else 1.0
+    return (new_down.reshape(new, *down.shape[1:]).float(), new_up.reshape(up.shape[0], new, *up.shape[2:]).float(),
+            kept)
+
+
+def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None, param: float | None = None,
+                conv_rank: int | None = None, precision: str | None = None) -> Resized:
+    """Write `path`'s LoRA at (at most) `rank` (`conv_rank` for 3x3 convolutions) to `output`."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    from lowvram.adapters.lora_files import DTYPES
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata, tensors = f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as exc:
+        raise LowvramError(f"resize: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        base, _, suffix = key.partition(".")
+        layers.setdefault(base, {})[suffix] = tensor
+    suffixes = {suffix for own in layers.values() for suffix in own}
+    kind = next((name for marker, name in (("dora_scale", "DoRA"), ("hada_", "LoHa"), ("lokr_", "LoKr"))
+                 if any(suffix.startswith(marker) for suffix in suffixes)), None)
+    if kind:
+        raise LowvramError(f"resize: {path} is a {kind} file; only a LoRA's (or LoCon's) update splits into a "
+                           "lower-rank pair")
+    pairs = {base: own for base, own in layers.items() if {"lora_down.weight", "lora_up.weight"} <= own.keys()}
+    if not pairs:
+        raise LowvramError(f"resize: {path} holds no kohya-format LoRA layers (lora_down/lora_up); lowvram resizes "
+                           "the files ComfyUI and AUTOMATIC1111 load")
+    dtype = DTYPES[precision] if precision else next(iter(pairs.values()))["lora_down.weight"].dtype
+    written: dict[str, torch.Tensor] = {key: tensor for key, tensor in tensors.items()
+                                        if key.split(".", 1)[0] not in pairs}
+    before, after, kept = [], [], []
+    for base, own in pairs.items():
+        down, up = own["lora_down.weight"], own["lora_up.weight"]
+        old = down.shape[0]
+        alpha = float(own["alpha"]) if "alpha" in own else float(old)
+        limit = conv_rank if conv_rank and down.dim() == 4 and down.shape[-1] > 1 else rank
+        new_down, new_up, share = resize_pair(down, up, limit, dynamic, param)
+        new = new_down.shape[0]
+        written |= {f"{base}.lora_down.weight": new_down.to(dtype), f"{base}.lora_up.weight": new_up.to(dtype),
+                    f"{base}.alpha": torch.tensor(alpha / old * new, dtype=own.get("alpha", down).dtype)}
+        before.append(old)
+        after.append(new)
+        kept.append(share)
+    save_safetensors(written, output, _metadata(metadata, max(before), rank, dynamic, param, after), "the resized LoRA")
+    return Resized(output, len(pairs), (max(before), max(after)), after, kept)
+
+
+def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None, param: float | None,
+              after: list[int]) -> dict[str, str]:
+    """The file's metadata, its rank and alpha as kohya's resize writes them ("Dynamic" where layers differ), a
+    note of the resize in the training comment, and no hash of the old tensors."""
+    meta = {key: value for key, value in metadata.items() if not key.startswith("sshs_")}
+    how = f"{dynamic} {param:g}, at most rank {rank}" if dynamic else f"rank {rank}"
+    if len(set(after)) > 1:
+        meta["ss_network_dim"] = meta["ss_network_alpha"] = "Dynamic"
+    elif "ss_network_dim" in meta:
+        new = after[0]
+        if meta.get("ss_network_alpha", "").replace(".", "", 1).isdigit() and meta["ss_network_dim"].isdigit():
+            meta["ss_network_alpha"] = f"{float(meta['ss_network_alpha']) / int(meta['ss_network_dim']) * new:g}"
+        meta["ss_network_dim"] = str(new)
+    note = f"resized from rank {old} by lowvram resize ({how})"
+    meta["ss_training_comment"] = f"{meta['ss_training_comment']}; {note}" if meta.get("ss_training_comment") else note
+    return meta
+
+
+def run(args: argparse.Namespace) -> Resized:
+    """`lowvram resize`, its options checked first (one line each)."""
+    problems = []
+    if not args.lora.is_file():
+        problems.append(f"resize: {args.lora}: file not found")
+    if args.rank < 1 or (args.conv_rank is not None and args.conv_rank < 1):
+        problems.append("--rank, --conv-rank: must be 1 or more")
+    if args.dynamic and args.dynamic_param is None:
+        example = "8" if args.dynamic == "sv_ratio" else "0.9"
+        problems.append(f"--dynamic {args.dynamic}: give --dynamic-param (e.g. {example})")
+    elif args.dynamic == "sv_ratio" and args.dynamic_param <= 1:
+        problems.append(f"--dynamic-param: sv_ratio keeps the values above the largest / PARAM; give more than 1, "
+                        f"got {args.dynamic_param:g}")
+    elif args.dynamic and not 0 < args.dynamic_param <= 1:
+        problems.append(f"--dynamic-param: {args.dynamic} keeps that share; give a number in (0, 1], got "
+                        f"{args.dynamic_param:g}")
+    elif args.dynamic_param is not None and not args.dynamic:
+        problems.append("--dynamic-param: only used with --dynamic; add it or drop --dynamic-param")
+    output = args.output or args.lora.with_name(f"{args.lora.stem}-r{args.rank}.safetensors")
+    if output.resolve() == args.lora.resolve():
+        problems.append(f"--output: {output} is the file being resized; name another")
+    elif output.exists() and not args.overwrite:
+        problems.append(f"--output: {output} exists; add --overwrite to replace it, or name another")
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return resize_file(args.lora, args.rank, output, args.dynamic, args.dynamic_param, args.conv_rank,
+                       args.save_precision)
+
+
+def summary(result: Resized) -> str:
+    ranks = sorted(result.after)
+    return (f"{result.path}: {result.layers} layers, rank {result.ranks[0]} -> {result.ranks[1]} (median "
+            f"{statistics.median(ranks):g}, least {ranks[0]}); kept {statistics.mean(result.kept):.1%} of the "
+            f"updates' Frobenius norm on average, {min(result.kept):.1%} at least")

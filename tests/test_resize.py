@@ -1,0 +1,107 @@
+"""`lowvram resize`: a LoRA file at a lower rank (kohya's resize_lora.py), each layer's update the best
+approximation at its new rank, loadable by lowvram's reader and diffusers as the original is."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_config
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from lowvram.cli import main
+from lowvram.models.loading import load_model
+from lowvram.resize import kept_rank, resize_pair
+from lowvram.train.loop import train
+
+
+def test_each_rule_keeps_the_least_rank_that_meets_it():
+    values = torch.tensor([8.0, 4.0, 2.0, 1.0], dtype=torch.float64)
+    assert kept_rank(values, 4, "sv_ratio", 3) == 2  # above 8 / 3
+    assert kept_rank(values, 4, "sv_fro", 0.9) == 2  # (64 + 16) / 85 >= 0.81
+    assert kept_rank(values, 4, "sv_cumulative", 0.9) == 3  # 14 / 15 >= 0.9
+    assert kept_rank(values, 4, "sv_fro", 1.0) == 4 and kept_rank(values, 1, "sv_fro", 1.0) == 1  # --rank caps it
+    assert kept_rank(values, 3, None, None) == 3
+
+
+@pytest.mark.parametrize("down_shape, up_shape", [((6, 40), (30, 6)), ((6, 8, 3, 3), (12, 6, 1, 1))])
+def test_a_resized_pair_is_the_best_approximation_at_its_rank(down_shape, up_shape):
+    generator = torch.Generator().manual_seed(0)
+    down, up = torch.randn(down_shape, generator=generator), torch.randn(up_shape, generator=generator)
+    update = up.flatten(1).double() @ down.flatten(1).double()
+    same_down, same_up, kept = resize_pair(down, up, 6, None, None)
+    assert torch.allclose(same_up.flatten(1).double() @ same_down.flatten(1).double(), update, atol=1e-4)
+    assert kept == pytest.approx(1.0)
+    new_down, new_up, kept = resize_pair(down, up, 3, None, None)
+    assert new_down.shape == (3, *down_shape[1:]) and new_up.shape == (up_shape[0], 3, *up_shape[2:])
+    values = torch.linalg.svdvals(update)
+    error = torch.linalg.norm(update - new_up.flatten(1).double() @ new_down.flatten(1).double())
+    assert float(error) == pytest.approx(float(values[3:].square().sum().sqrt()), rel=1e-4)  # Eckart-Young
+    assert kept == pytest.approx(float((values[:3].square().sum() / values.square().sum()).sqrt()), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    return train(run_config(output=str(out), max_steps=3, rank=8, alpha=4, lora_layers="full", lr=1e-2)).lora_path
+
+
+def updates(path) -> dict[str, torch.Tensor]:
+    tensors = load_file(str(path))
+    bases = {key.split(".")[0] for key in tensors if key.endswith("lora_down.weight")}
+    pairs = {base: (tensors[f"{base}.lora_down.weight"].flatten(1).double(),
+                    tensors[f"{base}.lora_up.weight"].flatten(1).double(), float(tensors[f"{base}.alpha"]))
+             for base in bases}
+    return {base: alpha / down.shape[0] * up @ down for base, (down, up, alpha) in pairs.items()}
+
+
+def test_a_resized_file_holds_the_truncated_updates_and_says_so(trained, tmp_path, capsys):
+    out = tmp_path / "small.safetensors"
+    assert main(["resize", str(trained), "--rank", "2", "--output", str(out)]) == 0
+    assert "rank 8 -> 2" in capsys.readouterr().out
+    before, after = updates(trained), updates(out)
+    assert before.keys() == after.keys() and len(before) > 20
+    for base, update in before.items():
+        u, s, vh = torch.linalg.svd(update, full_matrices=False)
+        best = (u[:, :2] * s[:2]) @ vh[:2]
+        assert torch.allclose(after[base], best, atol=1e-6 + 1e-3 * float(s[0])), base
+    meta = safe_open(str(out), framework="pt").metadata()
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("2", "1")  # alpha/rank 4/8 kept
+    assert "resized from rank 8 by lowvram resize (rank 2)" in meta["ss_training_comment"]
+    assert load_file(str(out))[next(iter(after)) + ".lora_down.weight"].dtype == torch.float16  # the file's dtype
+
+
+def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffusers(trained, tmp_path):
+    same = tmp_path / "same.safetensors"
+    assert main(["resize", str(trained), "--rank", "8", "--output", str(same), "--save-precision", "fp32"]) == 0
+    argv = ["generate", "--model", "tiny", "--prompt", "lvshape, a red circle", "--steps", "3", "--seed", "1"]
+    images = []
+    for lora, name in ((trained, "original"), (same, "resized")):
+        assert main([*argv, "--lora", str(lora), "--output", str(tmp_path / f"{name}.png")]) == 0
+        images.append(np.asarray(Image.open(tmp_path / f"{name}.png"), dtype=np.float32))
+    assert np.abs(images[0] - images[1]).max() <= 2  # 8-bit pixels; the factors differ, the updates do not
+    dynamic = tmp_path / "dynamic.safetensors"
+    assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_fro", "--dynamic-param", "0.5",
+                 "--output", str(dynamic)]) == 0
+    meta = safe_open(str(dynamic), framework="pt").metadata()
+    ranks = {t.shape[0] for k, t in load_file(str(dynamic)).items() if k.endswith("lora_down.weight")}
+    assert len(ranks) > 1 and meta["ss_network_dim"] == "Dynamic"
+    pipeline = load_model("tiny", None, dtype=torch.float32).pipeline
+    pipeline.load_lora_weights(str(dynamic), adapter_name="resized")  # diffusers reads layers of differing rank
+
+
+def test_what_cannot_be_resized_is_one_line(trained, tmp_path, capsys):
+    lokr = tmp_path / "lokr.safetensors"
+    save_file({"lora_unet_x.lokr_w1": torch.ones(2, 2), "lora_unet_x.lokr_w2": torch.ones(2, 2)}, str(lokr))
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"")
+    for argv, says in (([str(lokr), "--rank", "2"], "is a LoKr file"),
+                       ([str(tmp_path / "none.safetensors"), "--rank", "2"], "file not found"),
+                       ([str(trained), "--rank", "2", "--dynamic", "sv_ratio", "--dynamic-param", "0.5"],
+                        "--dynamic-param: sv_ratio keeps the values above the largest / PARAM; give more than 1"),
+                       ([str(trained), "--rank", "2", "--dynamic", "sv_fro"], "--dynamic sv_fro: give --dynamic-param"),
+                       ([str(trained), "--rank", "2", "--output", str(taken)], "exists; add --overwrite"),
+                       ([str(trained), "--rank", "0"], "--rank, --conv-rank: must be 1 or more")):
+        assert main(["resize", *argv]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
