@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZERS
-from lowvram.prompts import SamplePrompt, parse_prompt
+from lowvram.prompts import SamplePrompt, parse_prompt, read_prompt_file
 from lowvram.samplers import SAMPLERS
 
 TIMESTEP_BIASES = ("none", "earlier", "later")
@@ -44,7 +45,8 @@ CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, i
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # the image files a dataset trains on
 PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume",)  # one run's circumstance, not part of the recipe a saved config replays
-PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights")  # made absolute
+PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights",  # made absolute
+                "sample_prompt_file")
 LOCAL_ONLY = ("output", "cache_dir")  # where this machine keeps things: no part of a shared recipe
 
 
@@ -416,6 +418,9 @@ class OutputConfig:
                                              "'a cat --n blurry --w 512 --h 768 --s 28 --l 7 --d 42' (negative "
                                              "prompt, width, height, steps, guidance, seed).", metavar="PROMPT",
                                              flag="--sample-prompt")
+    sample_prompt_file: str | None = option(None, "A file of sample prompts, added to --sample-prompt's: one per "
+                                            "line with the inline options (.txt, kohya's --sample_prompts file), or "
+                                            "kohya's .toml or .json prompt file.", metavar="FILE")
     sample_steps: int = option(20, "Denoising steps for sample images.")
     sample_sampler: str | None = option(None, "Sampler for sample images (kohya's names: ddim, euler_a, "
                                         "dpmsolver++, ...; a prompt's --ss overrides it); default: the model's "
@@ -471,10 +476,17 @@ class RunConfig:
     def text_encoder_lr(self) -> float:
         return self.optim.text_encoder_lr if self.optim.text_encoder_lr is not None else self.lr
 
+    @cached_property
+    def prompt_lines(self) -> tuple[str, ...]:
+        """The sample prompts as given: --sample-prompt's, then --sample-prompt-file's, read once (the caches hold
+        their embeddings, so they cannot change during the run)."""
+        path = self.output.sample_prompt_file
+        return self.output.sample_prompts + (tuple(read_prompt_file(Path(path))[0]) if path else ())
+
     @property
     def samples(self) -> tuple[SamplePrompt, ...]:
         """The sample prompts with their inline options parsed (validated when the config was built)."""
-        return tuple(parse_prompt(line, self.output.sample_sampler) for line in self.output.sample_prompts)
+        return tuple(parse_prompt(line, self.output.sample_sampler) for line in self.prompt_lines)
 
     @property
     def output_dir(self) -> Path:

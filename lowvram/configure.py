@@ -533,11 +533,20 @@ def _check(c: RunConfig) -> list[str]:
         except ValueError as exc:
             p.append(f"--{flag}: {exc}")
     samplers = {c.output.sample_sampler} if c.output.sample_sampler else set()
-    for line in c.output.sample_prompts:
+    lines, flag = c.output.sample_prompts, "--sample-prompt"
+    try:
+        lines = c.prompt_lines
+    except FileNotFoundError:
+        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} not found")
+    except (OSError, UnicodeDecodeError) as exc:
+        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} is unreadable ({exc}); save it as UTF-8 text")
+    except ValueError as exc:
+        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file}: {exc}")
+    for i, line in enumerate(lines):
         try:
             samplers.add(parse_prompt(line).sampler)
         except ValueError as exc:
-            p.append(f"--sample-prompt: {exc}")
+            p.append(f"{flag if i < len(c.output.sample_prompts) else '--sample-prompt-file'}: {exc}")
     for name in sorted(samplers - {None}):
         problem = sampler_problem(name, c.model.zero_terminal_snr)
         if problem:
@@ -546,7 +555,7 @@ def _check(c: RunConfig) -> list[str]:
     if c.output.keep_saves and not c.output.save_every:
         p.append("--keep-saves: only used with --save-every; add it or drop --keep-saves")
     for flag, value in (("--sample-every", c.output.sample_every), ("--sample-at-first", c.output.sample_at_first)):
-        if value and not c.output.sample_prompts:
+        if value and not (c.output.sample_prompts or c.output.sample_prompt_file):
             p.append(f"{flag}: no prompt to render; add --sample-prompt \"...\"")
     if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:
         p.append(f"--lokr-factor: must be -1 (automatic) or >= 1, got {c.network.lokr_factor}")

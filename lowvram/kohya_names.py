@@ -51,7 +51,8 @@ KOHYA_FLAGS = {
     "--sample_every_n_steps": "--sample-every N",
     "--sample_every_n_epochs": "--sample-every Ne",
     "--sample_at_first": "--sample-at-first",
-    "--sample_prompts": "--sample-prompt (once per prompt; kohya's inline n, w, h, s, l, d and ss options work)",
+    "--sample_prompts": "--sample-prompt-file (its .txt, .toml or .json prompt file; kohya's inline n, w, h, s, l, "
+                        "d and ss options work), or --sample-prompt once per prompt",
     "--sample_sampler": "--sample-sampler",
     "--enable_bucket": "(the default; --no-bucket turns it off)",
     "--min_bucket_reso": "--min-bucket-side",

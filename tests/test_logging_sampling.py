@@ -98,3 +98,22 @@ def test_max_steps_given_replaces_a_presets_epochs():
 def test_an_unknown_preset_names_the_ones_there_are():
     with pytest.raises(LowvramError, match="presets are character, object, style"):
         preset_path("charcter")
+
+
+def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
+    (tmp_path / "prompts.txt").write_text("# kohya's prompt file\nlvshape, a blue square --w 96 --ss euler_a\n\n")
+    (tmp_path / "prompts.toml").write_text('[prompt]\nwidth = 64\n[[prompt.subset]]\nprompt = "a circle"\nseed = 3\n')
+    config = run_config(output=str(tmp_path / "out"), max_steps=1, sample_prompts=["lvshape, a red circle"],
+                        sample_prompt_file=str(tmp_path / "prompts.txt"), sample_steps=2)
+    assert [(p.text, p.width, p.sampler) for p in config.samples] == [("lvshape, a red circle", None, None),
+                                                                     ("lvshape, a blue square", 96, "euler_a")]
+    result = train(config)
+    assert [Image.open(path).size for path in result.samples] == [(64, 64), (96, 64)]
+    only_file = run_config(sample_prompt_file=str(tmp_path / "prompts.toml"), sample_every="2")
+    assert [(p.text, p.width, p.seed) for p in only_file.samples] == [("a circle", 64, 3)]
+    (tmp_path / "bad.txt").write_text("a cat --w 500\n")
+    for path, says in (("none.txt", "--sample-prompt-file: {} not found"),
+                       ("bad.txt", "--sample-prompt-file: --w (width) must be a multiple of 8")):
+        with pytest.raises(LowvramError) as error:
+            run_config(sample_prompt_file=str(tmp_path / path))
+        assert str(error.value).startswith(says.format(tmp_path / path)) and len(str(error.value).splitlines()) == 1

@@ -254,7 +254,7 @@ def plan_schedule(config: RunConfig, data: TrainingData, world: int) -> Schedule
     return Schedule(batches_per_step, steps_per_epoch, total_steps, parse_save_every(config.output.save_every),
                     parse_save_every(config.output.sample_every),
                     config.validation.validate_every or steps_per_epoch,
-                    len(data.batch_shapes()) + len(config.output.sample_prompts) + 1,
+                    len(data.batch_shapes()) + len(config.prompt_lines) + 1,
                     until and math.ceil(until[0] * {"steps": 1, "epochs": steps_per_epoch,
                                                     "percent": total_steps / 100}[until[1]]),
                     warmup_steps(config.optim.warmup_steps, total_steps))
