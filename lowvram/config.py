@@ -259,6 +259,10 @@ class OptimConfig:
     lr: float | None = option(None, "Learning rate of the U-Net adapters (default: 1e-4; 1.0 for prodigy).")
     text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder adapters (default: --lr).")
     weight_decay: float = option(1e-2, "AdamW weight decay.")
+    optimizer_args: tuple[str, ...] = option((), "One of the optimizer's own settings, KEY=VALUE (kohya's "
+                                             "optimizer_args; repeat the flag for several): betas=0.9,0.99, eps, "
+                                             "amsgrad; prodigy's d_coef, d0, decouple, use_bias_correction, "
+                                             "safeguard_warmup, ...", metavar="KEY=VALUE", flag="--optimizer-arg")
     max_grad_norm: float = option(1.0, "Clip the gradient norm to this value (0 disables clipping).")
     scheduler: str = option("constant", "Learning-rate schedule.", choices=SCHEDULERS)
     warmup_steps: float = option(0, "Linear warm-up steps (used by every schedule except 'constant'); under 1, a "

@@ -42,7 +42,7 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
-from lowvram.optim import OPTIMIZERS
+from lowvram.optim import OPTIMIZERS, optimizer_kwargs
 from lowvram.prompts import parse_prompt
 from lowvram.samplers import sampler_problem
 
@@ -516,6 +516,11 @@ def _check(c: RunConfig) -> list[str]:
     positive("sample-steps", c.output.sample_steps)
     if c.training.max_steps is not None and c.training.epochs is not None:
         p.append("--max-steps and --epochs: can't use both; choose one")
+    if optimizer:
+        try:
+            optimizer_kwargs(optimizer.name, c.optim.optimizer_args)
+        except ValueError as exc:
+            p.append(f"--optimizer-arg: {exc}")
     if c.optim.ema and optimizer and optimizer.schedule_free:
         p.append(f"--ema: {optimizer.name} averages its weights already, and saves the average; drop --ema")
     if optimizer and optimizer.schedule_free and c.optim.scheduler != "constant":

@@ -22,6 +22,8 @@ from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError
 from lowvram.kohya_names import KOHYA_FLAGS
+from lowvram.optim import OPTIMIZERS as OPTIMIZER_SPECS
+from lowvram.optim import optimizer_kwargs
 from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
 
@@ -262,7 +264,8 @@ def _learning_rates(left: dict[str, Any], train_text_encoder: bool, problem) -> 
 
 
 def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
-    """optimizer_type by kohya's name (a class path's last part), and weight_decay from optimizer_args."""
+    """optimizer_type by kohya's name (a class path's last part), weight_decay and the optimizer's own settings
+    from optimizer_args."""
     values: dict[str, Any] = {}
     kind = left.pop("optimizer_type", None)
     if kind:
@@ -275,6 +278,22 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
     args = _pairs(left.pop("optimizer_args", []))
     if "weight_decay" in args:
         values["weight_decay"] = as_number(args.pop("weight_decay"), "optimizer_args weight_decay", problem)
+    name = values.get("optimizer", "adamw")
+    if name == "adafactor":  # kohya's usual Adafactor arguments are lowvram's fixed ones: a schedule on --lr
+        for key in ("scale_parameter", "relative_step", "warmup_init"):
+            if str(args.pop(key, "False")).lower() != "false":
+                problem(f"optimizer_args {key}", "lowvram's Adafactor follows --lr and --scheduler; set it False")
+    carried = []
+    for key, value in list(args.items()):
+        try:
+            optimizer_kwargs(name, [f"{key}={value}"])
+        except ValueError as exc:
+            if key in dict(OPTIMIZER_SPECS[name].args):
+                problem(f"optimizer_args {key}", f"{value!r} " + str(exc).removeprefix(f"{key}={value}: "))
+            continue
+        carried.append(f"{key}={args.pop(key)}")
+    if carried:
+        values["optimizer_args"] = carried
     if args:
         notes.append(f"optimizer_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
     return values

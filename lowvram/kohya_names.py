@@ -34,6 +34,7 @@ KOHYA_FLAGS = {
     "--lr_scheduler_num_cycles": "--scheduler-cycles",
     "--lr_scheduler_power": "--scheduler-power",
     "--optimizer_type": "--optimizer",
+    "--optimizer_args": "--optimizer-arg (once per KEY=VALUE; weight_decay is --weight-decay)",
     "--max_grad_norm": "--max-grad-norm",
     "--scale_weight_norms": "--scale-weight-norms",
     "--max_train_steps": "--max-steps",

@@ -20,6 +20,8 @@ from typing import Any
 from lowvram.dataset_files.subsets import local_path
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import as_number
+from lowvram.optim import OPTIMIZERS as OPTIMIZER_SPECS
+from lowvram.optim import optimizer_kwargs
 from lowvram.samplers import sampler_name
 
 MODEL_TYPES = ("STABLE_DIFFUSION_15", "STABLE_DIFFUSION_XL_10_BASE")
@@ -292,6 +294,8 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         values["optimizer"] = OPTIMIZERS[name]
     if optimizer.get("weight_decay") is not None:
         values["weight_decay"] = as_number(optimizer["weight_decay"], "optimizer.weight_decay", problem)
+    if name in OPTIMIZERS:
+        values |= _optimizer_settings(optimizer, OPTIMIZERS[name], problem)
     if doc.get("ema") and _upper(doc, "ema") != "OFF":
         values["ema"] = True
         if doc.get("ema_decay") is not None:
@@ -403,6 +407,27 @@ def _memory(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         notes.append(f"{', '.join(planners)}: OneTrainer's defaults, left to lowvram's planner, which picks the "
                      "fastest that fits the card")
     return values
+
+
+def _optimizer_settings(section: dict[str, Any], name: str, problem) -> dict[str, list[str]]:
+    """The settings of OneTrainer's optimizer section that lowvram's optimizer `name` takes (its betas as beta1
+    and beta2), as --optimizer-arg items; OneTrainer keeps unused ones as null."""
+    given = {key: value for key, value in section.items() if value is not None}
+    if "beta1" in given and "beta2" in given and name != "adafactor":
+        given["betas"] = f"{given.pop('beta1')},{given.pop('beta2')}"
+    if "eps" in given and "eps2" in given and name == "adafactor":  # Adafactor's two epsilons, one pair here
+        given["eps"] = f"{given.pop('eps')},{given.pop('eps2')}"
+    items = []
+    for key, value in given.items():
+        item = f"{key}={value}"
+        try:
+            optimizer_kwargs(name, [item])
+        except ValueError as exc:
+            if key in dict(OPTIMIZER_SPECS[name].args):
+                problem(f"optimizer.{key}", f"{value!r} " + str(exc).removeprefix(f"{item}: "))
+            continue
+        items.append(item)
+    return {"optimizer_args": items} if items else {}
 
 
 def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict[str, Any]:

@@ -33,52 +33,103 @@ class Optimizer:
     planned: bool = False  # the planner weighs it (beside the user's explicit choice)
     learning_rate_free: bool = False  # finds the step size itself: --lr is a multiplier around 1.0
     schedule_free: bool = False  # replaces the schedule: only --scheduler constant (with its warm-up) applies
+    # its own settings a user may give (--optimizer-arg KEY=VALUE, kohya's optimizer_args), each by the kind of
+    # value: float, int, bool, or pair (two numbers, comma-separated)
+    args: tuple[tuple[str, str], ...] = ()
+
+
+ADAM_ARGS = (("betas", "pair"), ("eps", "float"))
+BNB_ARGS = (("min_8bit_size", "int"),)  # tensors smaller than this keep 32-bit state (bitsandbytes has no amsgrad)
 
 
 OPTIMIZERS = {
     o.name: o
     for o in (
-        Optimizer("adamw", 8, 1.0, "adamw (torch)", planned=True),
-        Optimizer("adamw8bit", 2, 1.01, "adamw8bit (bitsandbytes: state in 8 bits)", planned=True),
-        Optimizer("paged_adamw8bit", 2, 1.02, "paged_adamw8bit (its 8-bit state spills to host RAM under pressure)"),
-        Optimizer("lion", 4, 1.0, "lion (one moment)"),
-        Optimizer("lion8bit", 1, 1.01, "lion8bit"),
-        Optimizer("adafactor", 4, 1.02, "adafactor (factored second moments)"),
+        Optimizer("adamw", 8, 1.0, "adamw (torch)", planned=True, args=(*ADAM_ARGS, ("amsgrad", "bool"))),
+        Optimizer("adamw8bit", 2, 1.01, "adamw8bit (bitsandbytes: state in 8 bits)", planned=True,
+                  args=ADAM_ARGS + BNB_ARGS),
+        Optimizer("paged_adamw8bit", 2, 1.02, "paged_adamw8bit (its 8-bit state spills to host RAM under pressure)",
+                  args=ADAM_ARGS + BNB_ARGS),
+        Optimizer("lion", 4, 1.0, "lion (one moment)", args=(("betas", "pair"), *BNB_ARGS)),
+        Optimizer("lion8bit", 1, 1.01, "lion8bit", args=(("betas", "pair"), *BNB_ARGS)),
+        Optimizer("adafactor", 4, 1.02, "adafactor (factored second moments)",
+                  args=(("eps", "pair"), ("clip_threshold", "float"), ("decay_rate", "float"), ("beta1", "float"))),
         Optimizer("prodigy", 16, 1.03, "prodigy (learning-rate-free: --lr is a multiplier, 1.0)", default_lr=1.0,
-                  learning_rate_free=True),
-        Optimizer("schedulefree_adamw", 8, 1.01, "schedulefree_adamw (no schedule needed)", schedule_free=True),
+                  learning_rate_free=True,
+                  args=(("betas", "pair"), ("beta3", "float"), ("eps", "float"), ("d0", "float"), ("d_coef", "float"),
+                        ("growth_rate", "float"), ("decouple", "bool"), ("use_bias_correction", "bool"),
+                        ("safeguard_warmup", "bool"), ("slice_p", "int"))),
+        Optimizer("schedulefree_adamw", 8, 1.01, "schedulefree_adamw (no schedule needed)", schedule_free=True,
+                  args=(("betas", "pair"), ("eps", "float"), ("r", "float"), ("weight_lr_power", "float"))),
     )
 }
 PLANNED_OPTIMIZERS = tuple(name for name, o in OPTIMIZERS.items() if o.planned)
 
 
-def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_steps: int = 0
-                    ) -> torch.optim.Optimizer:
+def optimizer_kwargs(name: str, items: tuple[str, ...] | list[str]) -> dict:
+    """--optimizer-arg's KEY=VALUE items as the optimizer's keyword arguments; a ValueError names a wrong one."""
+    kinds = dict(OPTIMIZERS[name].args)
+    kwargs = {}
+    for item in items:
+        key, sep, text = (part.strip() for part in str(item).partition("="))
+        if not sep or not key or not text:
+            raise ValueError(f"'{item}' is not KEY=VALUE (e.g. betas=0.9,0.99)")
+        if key == "weight_decay":
+            raise ValueError(f"weight_decay={text}: give it as --weight-decay {text}")
+        if key not in kinds:
+            raise ValueError(f"{name} takes no '{key}' here; it takes {', '.join(kinds) or 'none'}")
+        kwargs[key] = _typed(key, text, kinds[key])
+    return kwargs
+
+
+def _typed(key: str, text: str, kind: str):
+    try:
+        if kind == "bool":
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if kind == "pair":
+            first, second = (float(part) for part in text.strip("()[] ").split(","))
+            return first, second
+        number = float(text)
+        if kind == "int" and not number.is_integer():
+            raise ValueError
+        return int(number) if kind == "int" else number
+    except ValueError:
+        need = {"bool": "True or False", "pair": "two numbers, comma-separated", "int": "a whole number"}
+        raise ValueError(f"{key}={text}: must be {need.get(kind, 'a number')}") from None
+
+
+def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_steps: int = 0,
+                    settings: dict | None = None) -> torch.optim.Optimizer:
+    """The optimizer `name` over `groups`; `settings`, its own keyword arguments (`optimizer_kwargs`), override
+    lowvram's choices for it."""
     import torch
 
+    settings = settings or {}
     if name == "adamw":
         # on CUDA one fused kernel updates every adapter tensor (instead of a few launches per tensor); the CPU
         # keeps the default loop, whose results the pinned LoRAs were made with
         on_cuda = all(p.is_cuda for group in groups for p in group["params"])
-        return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=on_cuda or None)
+        return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=on_cuda or None, **settings)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
         # fixed learning rates (ours, with our schedule), not Adafactor's relative-step heuristics
         return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False,
-                         weight_decay=weight_decay)
+                         weight_decay=weight_decay, **settings)
     if name == "prodigy":
         from prodigyopt import Prodigy
 
         # bias correction and a safeguarded warm-up are what Prodigy's authors advise for diffusion LoRAs;
         # its constructor prints which weight decay it uses, in the middle of our progress output
         with contextlib.redirect_stdout(io.StringIO()):
-            return Prodigy(groups, weight_decay=weight_decay, use_bias_correction=True,
-                           safeguard_warmup=warmup_steps > 0)
+            return Prodigy(groups, weight_decay=weight_decay, **({"use_bias_correction": True,
+                                                                  "safeguard_warmup": warmup_steps > 0} | settings))
     if name == "schedulefree_adamw":
         from schedulefree import AdamWScheduleFree
 
-        optimizer = AdamWScheduleFree(groups, weight_decay=weight_decay, warmup_steps=warmup_steps)
+        optimizer = AdamWScheduleFree(groups, weight_decay=weight_decay, warmup_steps=warmup_steps, **settings)
         optimizer.train()
         return optimizer
     try:
@@ -90,7 +141,7 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
                "lion": bnb.optim.Lion, "lion8bit": bnb.optim.Lion8bit}
     if name not in classes:
         raise LowvramError(f"--optimizer: '{name}' is not one of {', '.join(OPTIMIZERS)}")
-    return classes[name](groups, weight_decay=weight_decay)
+    return classes[name](groups, weight_decay=weight_decay, **settings)
 
 
 @contextmanager

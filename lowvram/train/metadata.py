@@ -42,7 +42,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_unet_lr": f"{config.lr:g}",
         "ss_text_encoder_lr": f"{config.text_encoder_lr:g}" if config.network.train_text_encoder else "0",
         "ss_lr_scheduler": config.optim.scheduler,
-        "ss_optimizer": config.optim.optimizer,
+        "ss_optimizer": config.optim.optimizer + (f"({','.join(config.optim.optimizer_args)})"
+                                                  if config.optim.optimizer_args else ""),
         "ss_scale_weight_norms": f"{config.optim.scale_weight_norms:g}" if config.optim.scale_weight_norms else "None",
         "ss_loraplus_lr_ratio": f"{config.optim.loraplus_ratio:g}" if config.optim.loraplus_ratio else "None",
         "ss_loraplus_text_encoder_lr_ratio": (f"{config.optim.loraplus_text_encoder_ratio:g}"

@@ -30,7 +30,7 @@ from lowvram.errors import LowvramError
 from lowvram.hardware import detect
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
-from lowvram.optim import OPTIMIZERS, build_optimizer, use_averaged_weights
+from lowvram.optim import OPTIMIZERS, build_optimizer, optimizer_kwargs, use_averaged_weights
 from lowvram.plan.calibration import unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.quant import convert_frozen, place, storage_bytes
@@ -296,7 +296,8 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         else:
             compile_blocks(model.unet, schedule.batch_shapes, passes=3 if config.data.own_prediction else 2)
     groups = optimizer_groups(model, trainable, config, session.run.blocks)
-    optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, schedule.warmup_steps)
+    optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, schedule.warmup_steps,
+                                optimizer_kwargs(config.optim.optimizer, config.optim.optimizer_args))
     # the polynomial schedule decays towards 1e-7 in units of the optimizer's default rate, which kohya sets to its
     # --learning_rate; here the groups carry the rates, and the default would be the optimizer's own (AdamW: 1e-3)
     optimizer.defaults["lr"] = config.lr

@@ -1,0 +1,70 @@
+"""--optimizer-arg KEY=VALUE (kohya's optimizer_args): each optimizer's own settings reach its real constructor,
+wrong ones are one line naming what it takes, and kohya's and OneTrainer's settings carry over."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_config
+
+from lowvram.errors import LowvramError
+from lowvram.kohya_config import translate
+from lowvram.onetrainer_config import translate_onetrainer
+from lowvram.optim import OPTIMIZERS, build_optimizer, optimizer_kwargs
+
+# a value each setting may take
+EXAMPLES = {"betas": "0.85,0.98", "eps": "1e-7", "amsgrad": "True", "min_8bit_size": "2048", "clip_threshold": "0.9",
+            "decay_rate": "-0.7", "beta1": "0.8", "beta3": "0.97", "d0": "2e-6", "d_coef": "2", "growth_rate": "1e6",
+            "decouple": "False", "use_bias_correction": "False", "safeguard_warmup": "True", "slice_p": "3", "r": "0.5",
+            "weight_lr_power": "1.5"}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_setting_an_optimizer_takes_reaches_its_constructor_and_it_steps(name):
+    items = [f"{key}={'1e-29,1e-3' if (name, key) == ('adafactor', 'eps') else EXAMPLES[key]}"
+             for key, _ in OPTIMIZERS[name].args]
+    settings = optimizer_kwargs(name, items)
+    assert settings.keys() == dict(OPTIMIZERS[name].args).keys() and settings
+    param = torch.nn.Parameter(torch.randn(64, 64))
+    optimizer = build_optimizer(name, [{"params": [param], "lr": 1e-3}], 0.0, 2, settings)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    where = {**inner.defaults, **getattr(getattr(inner, "args", None), "__dict__", {})}  # bitsandbytes keeps some
+    for key, value in settings.items():
+        assert where.get(key) == value, (key, where.get(key), value)
+    param.square().sum().backward()
+    optimizer.step()
+
+
+def test_a_wrong_setting_is_one_line_naming_what_the_optimizer_takes():
+    for items, says in ((["d_coef=2"], "--optimizer-arg: adamw takes no 'd_coef' here; it takes betas, eps, amsgrad"),
+                        (["betas=0.9"], "--optimizer-arg: betas=0.9: must be two numbers, comma-separated"),
+                        (["weight_decay=0.1"], "--optimizer-arg: weight_decay=0.1: give it as --weight-decay 0.1"),
+                        (["decouple"], "--optimizer-arg: 'decouple' is not KEY=VALUE (e.g. betas=0.9,0.99)")):
+        with pytest.raises(LowvramError) as error:
+            run_config(optimizer_args=items)
+        assert str(error.value) == says
+    with pytest.raises(LowvramError, match=r"^--optimizer-arg: decouple=yes: must be True or False$"):
+        run_config(optimizer="prodigy", optimizer_args=["decouple=yes"])
+
+
+def test_kohyas_and_onetrainers_optimizer_settings_carry_over():
+    values, notes = translate({"train_data_dir": "sample", "optimizer_type": "Prodigy", "optimizer_args": [
+        "decouple=True", "weight_decay=0.01", "d_coef=2", "use_bias_correction=True", "safeguard_warmup=True",
+        "foo=1"]}, Path("k.toml"))
+    assert values["optimizer_args"] == ["decouple=True", "d_coef=2", "use_bias_correction=True",
+                                        "safeguard_warmup=True"]
+    assert values["weight_decay"] == 0.01 and "optimizer_args not carried over: foo=1" in notes
+    values, _ = translate({"train_data_dir": "sample", "optimizer_type": "Adafactor", "optimizer_args": [
+        "scale_parameter=False", "relative_step=False", "warmup_init=False"]}, Path("k.toml"))
+    assert values["optimizer"] == "adafactor" and "optimizer_args" not in values  # lowvram's own way already
+    with pytest.raises(LowvramError, match="optimizer_args relative_step: lowvram's Adafactor follows --lr"):
+        translate({"train_data_dir": "sample", "optimizer_type": "Adafactor",
+                   "optimizer_args": ["relative_step=True"]}, Path("k.toml"))
+    with pytest.raises(LowvramError, match="optimizer_args d_coef: 'lots' must be a number"):
+        translate({"train_data_dir": "sample", "optimizer_type": "Prodigy",
+                   "optimizer_args": ["d_coef=lots"]}, Path("k.toml"))
+    section = {"optimizer": "PRODIGY", "beta1": 0.9, "beta2": 0.99, "d_coef": 1.5, "decouple": True,
+               "use_bias_correction": False, "weight_decay": 0.02, "stochastic_rounding": True, "eps": None}
+    values, _ = translate_onetrainer({"model_type": "STABLE_DIFFUSION_15", "training_method": "LORA",
+                                      "optimizer": section}, Path("ot.json"))
+    assert values["optimizer_args"] == ["d_coef=1.5", "decouple=True", "use_bias_correction=False", "betas=0.9,0.99"]
