@@ -78,16 +78,17 @@ def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
 
 
 def _read_with_peft(path: Path) -> bool:
-    """Whether lowvram's own reader applies the file: a DoRA, LoHa or LoKr (diffusers drops or refuses them), or
-    a file lowvram wrote (its reader is the exact inverse of the writer; diffusers' kohya converter misplaces the
-    alphas of some attention layers, which shows once they differ between blocks). Other plain LoRAs go through
-    diffusers, which also reads the original checkpoint layout's key names."""
+    """Whether lowvram's own reader applies the file: a DoRA, LoHa or LoKr (diffusers drops or refuses them), a
+    file lowvram wrote (its reader is the exact inverse of the writer), or one whose alphas differ between layers
+    (diffusers' kohya converter misplaces the alphas of attention layers, which shows then). Other plain LoRAs go
+    through diffusers."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
             ours = "lowvram.network" in (f.metadata() or {})
+            ours |= len({float(f.get_tensor(key)) for key in keys if key.endswith(".alpha")}) > 1
     except (OSError, SafetensorError) as exc:  # truncated, or not safetensors at all: one line, as train says it
         raise LowvramError(f"--lora: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]}); "
                            "pass a LoRA .safetensors file") from None

@@ -12,23 +12,14 @@ from typing import Any
 
 import torch
 
+from lowvram.models.ldm_names import Table, unet_table
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 SD15_CLIP_PREFIX = "cond_stage_model.transformer."
 SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
-# diffusers prefix -> (LDM prefix, renames applied to each remaining dotted part of the key)
-Table = dict[str, tuple[str, dict[str, str]]]
-
-_UNET_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1",
-    "conv_shortcut": "skip_connection",
-}
 _VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 _OPEN_CLIP_LAYER = {
@@ -60,57 +51,9 @@ def _has(state_dict: dict[str, Any], prefix: str) -> bool:
     return any(k.startswith(prefix) for k in state_dict)
 
 
-def _per_block(value: int | list[int] | tuple[int, ...], n: int) -> list[int]:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * n
-
-
 def unet_to_ldm(state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
     """diffusers ``UNet2DConditionModel`` state dict -> ``model.diffusion_model.*`` (SD1.x / SDXL)."""
-    table: Table = {
-        "conv_in.": ("input_blocks.0.0.", {}),
-        "time_embedding.linear_1.": ("time_embed.0.", {}),
-        "time_embedding.linear_2.": ("time_embed.2.", {}),
-        "conv_norm_out.": ("out.0.", {}),
-        "conv_out.": ("out.2.", {}),
-    }
-    for emb in ("add_embedding", "class_embedding"):  # SDXL "text_time" / class-conditioned UNets
-        table[f"{emb}.linear_1."] = ("label_emb.0.0.", {})
-        table[f"{emb}.linear_2."] = ("label_emb.0.2.", {})
-
-    # input_blocks: conv_in, then per level `layers` x [resnet, attention?], then [downsample] if any
-    layers = _per_block(config["layers_per_block"], len(config["down_block_types"]))
-    slot = 1
-    for b, n_layers in enumerate(layers):
-        for i in range(n_layers):
-            table[f"down_blocks.{b}.resnets.{i}."] = (f"input_blocks.{slot}.0.", _UNET_RESNET)
-            table[f"down_blocks.{b}.attentions.{i}."] = (f"input_blocks.{slot}.1.", {})
-            slot += 1
-        if _has(state_dict, f"down_blocks.{b}.downsamplers."):
-            table[f"down_blocks.{b}.downsamplers.0.conv."] = (f"input_blocks.{slot}.0.op.", {})
-            slot += 1
-
-    # middle_block: resnet, attention, resnet (interleaved, numbered consecutively)
-    slot, i = 0, 0
-    while _has(state_dict, f"mid_block.resnets.{i}."):
-        table[f"mid_block.resnets.{i}."] = (f"middle_block.{slot}.", _UNET_RESNET)
-        slot += 1
-        if _has(state_dict, f"mid_block.attentions.{i}."):
-            table[f"mid_block.attentions.{i}."] = (f"middle_block.{slot}.", {})
-            slot += 1
-        i += 1
-
-    # output_blocks: per level `layers + 1` x [resnet, attention?, upsample on the level's last one]
-    slot = 0
-    for b, n_layers in enumerate(reversed(layers)):
-        for i in range(n_layers + 1):
-            table[f"up_blocks.{b}.resnets.{i}."] = (f"output_blocks.{slot}.0.", _UNET_RESNET)
-            upsample_at = 1
-            if _has(state_dict, f"up_blocks.{b}.attentions.{i}."):
-                table[f"up_blocks.{b}.attentions.{i}."] = (f"output_blocks.{slot}.1.", {})
-                upsample_at = 2
-            slot += 1
-        table[f"up_blocks.{b}.upsamplers.0."] = (f"output_blocks.{slot - 1}.{upsample_at}.", {})
-    return _remap(state_dict, table, UNET_PREFIX)
+    return _remap(state_dict, unet_table(config, lambda prefix: _has(state_dict, prefix)), UNET_PREFIX)
 
 
 def vae_to_ldm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -217,3 +217,43 @@ def test_a_file_of_per_block_ranks_starts_a_run_with_the_same_blocks_only(varied
     with pytest.raises(LowvramError, match=r"alpha \S+ at lora_unet_\w+ \(this run's: \d+ and 2\); pass the "
                                            r"--block-ranks and --block-alphas"):
         lora_files.start_from(model, result.lora_path, other.network)
+
+
+def test_a_kohya_sdxl_file_in_the_original_layout_with_alphas_of_its_own_reads_exactly(tmp_path, monkeypatch):
+    """kohya names SDXL's U-Net layers in the original layout (lora_unet_input_blocks_4_1_...). Such a file whose
+    alphas differ between layers (here LoCon's convolutions at alpha 1, the rest at 2) is read by lowvram's reader
+    in `lowvram generate`, which gives the trained model back; diffusers reads the same layers under either name
+    (a check of the names)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from lowvram import generate
+    from lowvram.models.ldm_names import ldm_path, unet_table
+
+    result = train(run_config(model="tiny-sdxl", output=str(tmp_path / "out"), max_steps=2, lr=1e-2, rank=4, alpha=2,
+                              lora_layers="full", conv_alpha=1, save_precision="fp32"))
+    trained_out = model_outputs(result.model)[1]
+    unet = result.model.unet
+    table = unet_table(dict(unet.config), lambda head: any(n.startswith(head) for n, _ in unet.named_modules()))
+    renamed = {}
+    for base, (_, path, _) in lora_files.kohya_layers(result.model).items():
+        if base.startswith("lora_unet_"):
+            renamed[base] = "lora_unet_" + ldm_path(path, table).replace(".", "_")
+    assert any("_in_layers_2" in name for name in renamed.values())  # ResNets' own names too
+    tensors = load_file(str(result.lora_path))
+    original = {renamed.get(key.split(".")[0], key.split(".")[0]) + "." + key.split(".", 1)[1]: tensor
+                for key, tensor in tensors.items()}
+    other = tmp_path / "kohya-sdxl.safetensors"  # another trainer's: none of lowvram's metadata
+    metadata = safe_open(str(result.lora_path), framework="pt").metadata()
+    save_file(original, str(other), {k: v for k, v in metadata.items() if not k.startswith("lowvram.")})
+
+    assert generate._read_with_peft(other)  # its alphas differ: lowvram's reader
+    ours = load_model("tiny-sdxl")
+    lora_files.load_kohya(ours, other)
+    torch.testing.assert_close(model_outputs(ours)[1], trained_out, rtol=1e-4, atol=1e-5)
+    by_diffusers = []
+    for path in (result.lora_path, other):
+        model = load_model("tiny-sdxl")
+        model.pipeline.load_lora_weights(str(path))
+        by_diffusers.append(model_outputs(model)[1])
+    torch.testing.assert_close(by_diffusers[0], by_diffusers[1])

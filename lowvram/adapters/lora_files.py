@@ -39,6 +39,7 @@ from lowvram.adapters.networks import (
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.files import save_safetensors
+from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -245,11 +246,14 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
                                                         in zip(model.family.text_encoders, model.text_encoders)]
     placed = set()
     for prefix, module, is_text in parts:
-        paths = {}
-        for name, layer in module.named_modules():
-            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
-                kohya_path = "text_model." + name if is_text and not name.startswith("text_model.") else name
-                paths[f"{prefix}_{kohya_path.replace('.', '_')}"] = name
+        names = [name for name, layer in module.named_modules()
+                 if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))]
+        # kohya names SDXL's U-Net layers in the original layout (lora_unet_input_blocks_4_1_...)
+        paths = {} if is_text else {f"{prefix}_{original.replace('.', '_')}": name
+                                    for original, name in _original_layout_paths(module, names).items()}
+        for name in names:
+            kohya_path = "text_model." + name if is_text and not name.startswith("text_model.") else name
+            paths[f"{prefix}_{kohya_path.replace('.', '_')}"] = name
         found = {paths[base]: own for base, own in layers.items() if base in paths}
         if not found:
             continue
@@ -275,6 +279,12 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
         raise LowvramError(f"--lora: {path} does not fit {model.family.title}: no layer for {missing[0]} (and "
                            f"{len(missing) - 1} more); was it trained for another model family?")
     return network
+
+
+def _original_layout_paths(unet: torch.nn.Module, names: list[str]) -> dict[str, str]:
+    """The U-Net layers `names` by their paths in the original checkpoint layout."""
+    table = unet_table(dict(unet.config), lambda head: any(name.startswith(head) for name in names))
+    return {original: name for name in names if (original := ldm_path(name, table))}
 
 
 def _read_lora_file(path: Path, flag: str = "--lora") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
