@@ -257,3 +257,8 @@ def test_a_kohya_sdxl_file_in_the_original_layout_with_alphas_of_its_own_reads_e
         model.pipeline.load_lora_weights(str(path))
         by_diffusers.append(model_outputs(model)[1])
     torch.testing.assert_close(by_diffusers[0], by_diffusers[1])
+    config = run_config(model="tiny-sdxl", rank=4, alpha=2, lora_layers="full", conv_alpha=1)
+    again = load_model("tiny-sdxl")  # --network-weights continues it too
+    networks.add_lora(again, config.network, config.alpha, False)
+    assert lora_files.start_from(again, other, config.network) == len(renamed)
+    torch.testing.assert_close(model_outputs(again)[1], trained_out, rtol=1e-4, atol=1e-5)

@@ -131,6 +131,7 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
         raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
     layers = _by_layer(tensors)
     ours = kohya_layers(model)
+    ours |= _original_layout_aliases(model.unet, ours)
     per_block = sets_blocks(network)
     unknown = sorted(set(layers) - set(ours))
     if unknown:
@@ -285,6 +286,16 @@ def _original_layout_paths(unet: torch.nn.Module, names: list[str]) -> dict[str,
     """The U-Net layers `names` by their paths in the original checkpoint layout."""
     table = unet_table(dict(unet.config), lambda head: any(name.startswith(head) for name in names))
     return {original: name for name in names if (original := ldm_path(name, table))}
+
+
+def _original_layout_aliases(unet: torch.nn.Module, layers: dict[str, tuple]) -> dict[str, tuple]:
+    """The U-Net's entries of `layers` (kohya_layers) under the original layout's names too, which kohya's SDXL
+    files use."""
+    prefix = f"{UNET_KOHYA_PREFIX}_"
+    names = [name for name, _ in unet.named_modules()]
+    return {prefix + original.replace(".", "_"): layers[prefix + path.replace(".", "_")]
+            for original, path in _original_layout_paths(unet, names).items()
+            if prefix + path.replace(".", "_") in layers}
 
 
 def _read_lora_file(path: Path, flag: str = "--lora") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
