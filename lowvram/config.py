@@ -213,6 +213,8 @@ class NetworkConfig:
                                        "mid_lr_weight).", metavar="W,W,...")
     up_lr_weight: str | None = option(None, "The same for the output blocks OUT00, OUT01, ... (kohya's "
                                       "up_lr_weight).", metavar="W,W,...")
+    block_lr_zero_threshold: float = option(0.0, "A block whose --down/--mid/--up-lr-weight is at or below this "
+                                            "gets no adapters (kohya's block_lr_zero_threshold).", metavar="W")
     lokr_factor: int = option(-1, "LoKr: the factor the first Kronecker matrix's sides are split by (-1: as "
                               "square as possible; 4-16 gives smaller files).", metavar="F")
     train_text_encoder: bool = option(False, "Also train LoRA adapters on the text encoder(s).")

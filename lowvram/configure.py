@@ -444,6 +444,11 @@ def _check(c: RunConfig) -> list[str]:
         if value is not None and c.network.lora_layers != "full":
             p.append(f"{flag}: only --lora-layers full adapts the convolutions (kohya's LoCon); add --lora-layers "
                      f"full or drop {flag}")
+    if c.network.block_lr_zero_threshold < 0:
+        p.append(f"--block-lr-zero-threshold: must be 0 or more, got {c.network.block_lr_zero_threshold:g}")
+    elif c.network.block_lr_zero_threshold and not any(
+            (c.network.down_lr_weight, c.network.mid_lr_weight, c.network.up_lr_weight)):
+        p.append("--block-lr-zero-threshold: only used with --down-lr-weight, --mid-lr-weight or --up-lr-weight")
     for flag, value in (("dropout", c.network.dropout), ("rank-dropout", c.network.rank_dropout),
                         ("module-dropout", c.network.module_dropout)):
         if not 0 <= value < 1:

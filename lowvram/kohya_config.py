@@ -188,6 +188,10 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         if "conv_block_ranks" in values:
             values["lora_layers"] = "full"
         values |= _dropouts(args, ("rank_dropout", "module_dropout"), problem)
+        threshold = as_number(args.pop("block_lr_zero_threshold", 0) or 0, "network_args block_lr_zero_threshold",
+                              problem)
+        if threshold and any(key in values for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")):
+            values["block_lr_zero_threshold"] = threshold
     elif module == "lycoris.kohya":
         algo = args.pop("algo", "lora")
         dora = str(args.pop("dora_wd", "")).lower() == "true"

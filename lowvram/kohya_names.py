@@ -23,7 +23,7 @@ KOHYA_FLAGS = {
                       "--loraplus-ratio (loraplus_lr_ratio), --loraplus-text-encoder-ratio "
                       "(loraplus_text_encoder_lr_ratio), --block-ranks (block_dims), --block-alphas, "
                       "--conv-block-ranks (conv_block_dims), --conv-block-alphas, --down-lr-weight, "
-                      "--mid-lr-weight, --up-lr-weight, --rank-dropout, --module-dropout",
+                      "--mid-lr-weight, --up-lr-weight, --block-lr-zero-threshold, --rank-dropout, --module-dropout",
     "--network_train_unet_only": "(the default; --train-text-encoder adds the text encoders)",
     "--stop_text_encoder_training": "--text-encoder-until N",
     "--learning_rate": "--lr",

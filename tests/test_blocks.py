@@ -107,6 +107,10 @@ def test_kohyas_weight_curves_and_lists():
                                                                     for i in range(12)])
     assert weights(up_lr_weight="linear")[13:] == pytest.approx([i / 11 for i in range(12)])
     assert weights(down_lr_weight="0.5,0.25")[:13] == (0.5, 0.25) + (1.0,) * 11
+    # kohya's block_lr_zero_threshold: a block weighted at or below it gets no adapters
+    assert weights(down_lr_weight="0.5,0.25", block_lr_zero_threshold=0.25)[:13] == (0.5, 0.0) + (1.0,) * 11
+    with pytest.raises(LowvramError, match="^--block-lr-zero-threshold: only used with --down-lr-weight"):
+        run_config(block_lr_zero_threshold=0.1)
     assert weights(mid_lr_weight="0")[12] == 0.0 and weights(mid_lr_weight="0.3")[:12] == (1.0,) * 12
     assert len(block_plan(NetworkConfig(up_lr_weight="zeros"), FAMILIES["sdxl"].blocks, "SDXL").lr_weights) == 23
     with pytest.raises(LowvramError, match=r"^--up-lr-weight: 13 values given for 12 blocks; give at most 12$"):

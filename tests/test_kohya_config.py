@@ -159,9 +159,10 @@ def test_a_value_that_is_no_number_or_a_prompt_file_not_utf8_is_named_with_its_s
 def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
     dims, conv = ",".join(["4"] * 12 + ["8"] + ["4"] * 12), ",".join(["2"] * 25)
     args = [f"block_dims={dims}", "block_alphas=2", f"conv_block_dims={conv}", "down_lr_weight=sine+0.5",
-            "mid_lr_weight=0", "up_lr_weight=1,1,0.5"]
+            "mid_lr_weight=0", "up_lr_weight=1,1,0.5", "block_lr_zero_threshold=0.6"]
     values = values_of(tmp_path, {"train_data_dir": "sample", "network_dim": 8, "network_alpha": 4,
                                   "network_args": args})
+    assert values["block_lr_zero_threshold"] == 0.6
     assert {key: values[key] for key in ("block_ranks", "block_alphas", "conv_block_ranks", "conv_block_alphas",
                                          "down_lr_weight", "mid_lr_weight", "up_lr_weight", "lora_layers")} == {
         "block_ranks": dims, "block_alphas": "2", "conv_block_ranks": conv, "conv_block_alphas": "1",  # kohya's 1

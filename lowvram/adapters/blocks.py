@@ -117,7 +117,10 @@ def sets_blocks(network: NetworkConfig) -> bool:
 
 def kohya_block_args(network: NetworkConfig) -> dict[str, str]:
     """The per-block options set, as kohya's network_args (its metadata's ss_network_args records them)."""
-    return {kohya: getattr(network, name) for name, kohya in BLOCK_OPTIONS.items() if getattr(network, name) is not None}
+    args = {kohya: getattr(network, name) for name, kohya in BLOCK_OPTIONS.items() if getattr(network, name) is not None}
+    if network.block_lr_zero_threshold and sets_blocks(network):
+        args["block_lr_zero_threshold"] = f"{network.block_lr_zero_threshold:g}"
+    return args
 
 
 def _shape(text: str) -> tuple[str, float] | None:
@@ -179,8 +182,10 @@ def block_plan(network: NetworkConfig, layout: BlockLayout, family_title: str) -
     down = _lr_weights(network.down_lr_weight, "--down-lr-weight", layout.down)
     mid = _lr_weights(network.mid_lr_weight, "--mid-lr-weight", layout.mid)
     up = _lr_weights(network.up_lr_weight, "--up-lr-weight", layout.up)
+    # kohya's block_lr_zero_threshold: a block weighted at or below it is left out (kohya's default 0 drops 0)
+    weights = tuple(w if w > network.block_lr_zero_threshold else 0.0 for w in down + mid + up)
     return BlockPlan(layout, tuple(int(r) for r in ranks), alphas, tuple(int(r) for r in conv_ranks), conv_alphas,
-                     (1.0,) * layout.leading + down + mid + up + (1.0,) * layout.trailing)
+                     (1.0,) * layout.leading + weights + (1.0,) * layout.trailing)
 
 
 def _per_block(text: str | None, flag: str, layout: BlockLayout, family_title: str, default: float,
