@@ -117,7 +117,8 @@ def sets_blocks(network: NetworkConfig) -> bool:
 
 def kohya_block_args(network: NetworkConfig) -> dict[str, str]:
     """The per-block options set, as kohya's network_args (its metadata's ss_network_args records them)."""
-    args = {kohya: getattr(network, name) for name, kohya in BLOCK_OPTIONS.items() if getattr(network, name) is not None}
+    args = {kohya: getattr(network, name) for name, kohya in BLOCK_OPTIONS.items()
+            if getattr(network, name) is not None}
     if network.block_lr_zero_threshold and sets_blocks(network):
         args["block_lr_zero_threshold"] = f"{network.block_lr_zero_threshold:g}"
     return args
