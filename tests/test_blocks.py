@@ -143,7 +143,9 @@ def test_learning_rate_weights_group_the_unets_parameters():
 def test_the_planner_counts_the_largest_block_rank_and_the_recipe_holds_the_blocks():
     ranks = ",".join(["8"] * 12 + ["32"] + ["4"] * 12)
     run = resolve_run(run_config(model="tiny", block_ranks=ranks), detect())
-    assert workload_for(run).rank == 32
+    assert workload_for(run).rank == 32 and workload_for(run).per_block
+    shown = lowvram_plan("--model", "tiny", "--block-ranks", ranks).stdout
+    assert "LoRA ranks up to 32 (per block)" in " ".join(shown.split())
     assert recipe(run)["--block-ranks"] == ranks
     assert "--block-ranks" not in recipe(resolve_run(run_config(), detect()))
 

@@ -26,7 +26,7 @@ def workload_for(run: ResolvedRun) -> Workload:
         largest, conv_rank = run.blocks.largest_ranks()
         rank = max(largest, rank) if config.network.train_text_encoder else largest  # the encoders' is --rank
     return Workload(family=run.family, resolution=run.resolution, batch=config.training.batch_size,
-                    rank=rank, conv_rank=conv_rank,
+                    rank=rank, per_block=run.blocks is not None, conv_rank=conv_rank,
                     network=config.network.network, lokr_factor=config.network.lokr_factor,
                     lora_layers=config.network.lora_layers,
                     offload_activations=config.memory.offload_activations, compile=config.memory.compile,

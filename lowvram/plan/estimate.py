@@ -94,6 +94,7 @@ class Workload:
     resolution: int
     batch: int = 1
     rank: int = 16
+    per_block: bool = False  # --block-ranks: `rank` is the largest block's (for the report)
     conv_rank: int | None = None  # rank of the adapted 3x3 convolutions (--conv-rank; default: rank)
     network: str = "lora"  # lora, dora, loha, lokr
     lokr_factor: int = -1  # --lokr-factor: LoKr's first factor's side (-1: as square as possible)
