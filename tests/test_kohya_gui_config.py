@@ -120,3 +120,14 @@ def test_sample_prompts_text_and_additional_parameters_are_read_as_kohya_ss_pass
 def test_a_bucket_step_off_the_latent_grid_is_rounded_up_to_it(tmp_path):
     values, notes = translate_gui(STANDARD | {"bucket_reso_steps": 1}, tmp_path / "gui.json")
     assert values["bucket_step"] == 8 and any("bucket_reso_steps 1: buckets step by 8 pixels" in n for n in notes)
+
+
+def test_a_prodigy_preset_trains_with_its_own_settings(tmp_path):
+    """kohya_ss's Prodigy presets put d_coef, decouple and the rest in optimizer_args (text in the GUI)."""
+    values = settings_of(tmp_path, optimizer="Prodigy", learning_rate=1, unet_lr=1, text_encoder_lr=1,
+                         optimizer_args="decouple=True weight_decay=0.01 d_coef=2 use_bias_correction=True "
+                                        "safeguard_warmup=True betas=0.9,0.99")
+    assert values["optimizer"] == "prodigy" and values["weight_decay"] == 0.01
+    assert values["optimizer_args"] == ["decouple=True", "d_coef=2", "use_bias_correction=True",
+                                        "safeguard_warmup=True", "betas=0.9,0.99"]
+    build_config(values | {"model": "tiny"})
