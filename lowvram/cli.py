@@ -175,17 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
                             "singular values to the rank that keeps the most of it, a fixed rank or per layer by a "
                             "--dynamic rule (kohya's resize_lora.py). Any kohya-format file, whoever trained it.")
     resize.add_argument("lora", type=Path, metavar="FILE", help="the LoRA .safetensors file")
-    resize.add_argument("--rank", type=int, required=True, help="the new rank; with --dynamic, the most a layer keeps")
-    resize.add_argument("--conv-rank", type=int, help="the new rank of 3x3 convolutions (LoCon) [default: --rank]")
-    resize.add_argument("--dynamic", choices=DYNAMIC, help="each layer's rank by a rule: sv_ratio keeps the "
+    _add_rank_flags(resize, "the new file [default: FILE-rRANK.safetensors beside it]")
+    merge = sub.add_parser("merge", allow_abbrev=False, help="several LoRA files as one (kohya's svd_merge_lora)",
+                           description="Write several LoRA (or LoCon) files as one: each layer's updates, weighted, "
+                           "summed and cut by their singular values to the rank that keeps the most of the sum, a "
+                           "fixed rank or per layer by a --dynamic rule (kohya's svd_merge_lora.py).")
+    merge.add_argument("lora", nargs="+", metavar="FILE[:WEIGHT]", help="the LoRA .safetensors files, each with "
+                       "its weight (default 1), e.g. style.safetensors:0.6")
+    _add_rank_flags(merge, "the merged file [default: merged.safetensors]")
+    return parser
+
+
+def _add_rank_flags(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """resize's and merge's flags: the rank, the dynamic rule, the output file."""
+    parser.add_argument("--rank", type=int, required=True, help="the new rank; with --dynamic, the most a layer keeps")
+    parser.add_argument("--conv-rank", type=int, help="the new rank of 3x3 convolutions (LoCon) [default: --rank]")
+    parser.add_argument("--dynamic", choices=DYNAMIC, help="each layer's rank by a rule: sv_ratio keeps the "
                         "singular values above the largest / PARAM; sv_fro, PARAM of the Frobenius norm; "
                         "sv_cumulative, PARAM of the sum of singular values")
-    resize.add_argument("--dynamic-param", type=float, metavar="PARAM", help="the rule's parameter (e.g. 8 for "
+    parser.add_argument("--dynamic-param", type=float, metavar="PARAM", help="the rule's parameter (e.g. 8 for "
                         "sv_ratio, 0.9 for sv_fro)")
-    resize.add_argument("--output", type=Path, help="the new file [default: FILE-rRANK.safetensors beside it]")
-    resize.add_argument("--save-precision", choices=SAVE_PRECISION, help="its dtype [default: the file's]")
-    resize.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    return parser
+    parser.add_argument("--output", type=Path, help=output_help)
+    parser.add_argument("--save-precision", choices=SAVE_PRECISION, help="its dtype [default: the (first) file's]")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -372,10 +384,12 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.info import print_info
 
             print_info(args.file, args.json, args.strip_paths)
-        elif args.command == "resize":
-            from lowvram.resize import run, summary
+        elif args.command in ("resize", "merge"):
+            from lowvram.merge import run as merge
+            from lowvram.resize import run as resize
+            from lowvram.resize import summary
 
-            print(summary(run(args)))
+            print(summary((resize if args.command == "resize" else merge)(args)))
         elif args.command == "generate":
             from lowvram.generate import generate
 

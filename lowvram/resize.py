@@ -82,29 +82,10 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
                 conv_rank: int | None = None, precision: str | None = None) -> Resized:
     """Write `path`'s LoRA at (at most) `rank` (`conv_rank` for 3x3 convolutions) to `output`."""
     import torch
-    from safetensors import SafetensorError, safe_open
 
     from lowvram.adapters.lora_files import DTYPES
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata, tensors = f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-    except (OSError, SafetensorError) as exc:
-        raise LowvramError(f"resize: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        base, _, suffix = key.partition(".")
-        layers.setdefault(base, {})[suffix] = tensor
-    suffixes = {suffix for own in layers.values() for suffix in own}
-    kind = next((name for marker, name in (("dora_scale", "DoRA"), ("hada_", "LoHa"), ("lokr_", "LoKr"))
-                 if any(suffix.startswith(marker) for suffix in suffixes)), None)
-    if kind:
-        raise LowvramError(f"resize: {path} is a {kind} file; only a LoRA's (or LoCon's) update splits into a "
-                           "lower-rank pair")
-    pairs = {base: own for base, own in layers.items() if {"lora_down.weight", "lora_up.weight"} <= own.keys()}
-    if not pairs:
-        raise LowvramError(f"resize: {path} holds no kohya-format LoRA layers (lora_down/lora_up); lowvram resizes "
-                           "the files ComfyUI and AUTOMATIC1111 load")
+    metadata, tensors, pairs = read_pairs(path, "resize")
     dtype = DTYPES[precision] if precision else next(iter(pairs.values()))["lora_down.weight"].dtype
     written: dict[str, torch.Tensor] = {key: tensor for key, tensor in tensors.items()
                                         if key.split(".", 1)[0] not in pairs}
@@ -123,6 +104,34 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
         kept.append(share)
     save_safetensors(written, output, _metadata(metadata, max(before), rank, dynamic, param, after), "the resized LoRA")
     return Resized(output, len(pairs), (max(before), max(after)), after, kept)
+
+
+def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torch.Tensor], dict[str, dict]]:
+    """(metadata, tensors, the LoRA layers' tensors by key prefix) of a kohya-format LoRA/LoCon file; a one-line
+    LowvramError for an unreadable file, a DoRA, LoHa or LoKr, or no LoRA layers at all."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata, tensors = f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as exc:
+        raise LowvramError(f"{command}: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]})"
+                           ) from None
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        base, _, suffix = key.partition(".")
+        layers.setdefault(base, {})[suffix] = tensor
+    suffixes = {suffix for own in layers.values() for suffix in own}
+    kind = next((name for marker, name in (("dora_scale", "DoRA"), ("hada_", "LoHa"), ("lokr_", "LoKr"))
+                 if any(suffix.startswith(marker) for suffix in suffixes)), None)
+    if kind:
+        raise LowvramError(f"{command}: {path} is a {kind} file; only a LoRA's (or LoCon's) update splits into a "
+                           "lower-rank pair")
+    pairs = {base: own for base, own in layers.items() if {"lora_down.weight", "lora_up.weight"} <= own.keys()}
+    if not pairs:
+        raise LowvramError(f"{command}: {path} holds no kohya-format LoRA layers (lora_down/lora_up); lowvram "
+                           f"{command}s the files ComfyUI and AUTOMATIC1111 load")
+    return metadata, tensors, pairs
 
 
 def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None, param: float | None,
@@ -145,9 +154,18 @@ def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None
 
 def run(args: argparse.Namespace) -> Resized:
     """`lowvram resize`, its options checked first (one line each)."""
+    problems = [] if args.lora.is_file() else [f"resize: {args.lora}: file not found"]
+    output = args.output or args.lora.with_name(f"{args.lora.stem}-r{args.rank}.safetensors")
+    problems += option_problems(args, output, [args.lora])
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return resize_file(args.lora, args.rank, output, args.dynamic, args.dynamic_param, args.conv_rank,
+                       args.save_precision)
+
+
+def option_problems(args: argparse.Namespace, output: Path, inputs: list[Path]) -> list[str]:
+    """What is wrong with resize's and merge's shared options (--rank, --dynamic, --output), one line each."""
     problems = []
-    if not args.lora.is_file():
-        problems.append(f"resize: {args.lora}: file not found")
     if args.rank < 1 or (args.conv_rank is not None and args.conv_rank < 1):
         problems.append("--rank, --conv-rank: must be 1 or more")
     if args.dynamic and args.dynamic_param is None:
@@ -161,15 +179,11 @@ def run(args: argparse.Namespace) -> Resized:
                         f"{args.dynamic_param:g}")
     elif args.dynamic_param is not None and not args.dynamic:
         problems.append("--dynamic-param: only used with --dynamic; add it or drop --dynamic-param")
-    output = args.output or args.lora.with_name(f"{args.lora.stem}-r{args.rank}.safetensors")
-    if output.resolve() == args.lora.resolve():
-        problems.append(f"--output: {output} is the file being resized; name another")
+    if any(output.resolve() == path.resolve() for path in inputs):
+        problems.append(f"--output: {output} is a file being read; name another")
     elif output.exists() and not args.overwrite:
         problems.append(f"--output: {output} exists; add --overwrite to replace it, or name another")
-    if problems:
-        raise LowvramError("\n".join(problems))
-    return resize_file(args.lora, args.rank, output, args.dynamic, args.dynamic_param, args.conv_rank,
-                       args.save_precision)
+    return problems
 
 
 def summary(result: Resized) -> str:

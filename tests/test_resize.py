@@ -105,3 +105,41 @@ def test_what_cannot_be_resized_is_one_line(trained, tmp_path, capsys):
         assert main(["resize", *argv]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory):
+    """Another LoRA on the same model: attention layers only, so some layers are the first one's alone."""
+    out = tmp_path_factory.mktemp("second")
+    return train(run_config(output=str(out), max_steps=3, rank=4, alpha=4, lora_layers="attn", lr=2e-2,
+                            seed=7)).lora_path
+
+
+def test_merged_files_hold_the_weighted_sum_of_their_updates(trained, second, tmp_path, capsys):
+    merged = tmp_path / "merged.safetensors"
+    assert main(["merge", f"{trained}:0.7", f"{second}:-0.5", "--rank", "12", "--output", str(merged),
+                 "--save-precision", "fp32"]) == 0
+    assert "rank 12 -> 12" in capsys.readouterr().out  # the sum's rank at most 8 + 4: kept whole
+    first, other, result = updates(trained), updates(second), updates(merged)
+    assert set(other) < set(first) and result.keys() == first.keys()
+    for base, update in result.items():
+        expected = 0.7 * first[base] + (-0.5 * other[base] if base in other else 0)
+        assert torch.allclose(update, expected, atol=1e-5 * float(expected.abs().max()) + 1e-7), base
+    meta = safe_open(str(merged), framework="pt").metadata()
+    assert meta["ss_training_comment"] == (f"merged by lowvram merge from {trained.name} x0.7, {second.name} x-0.5 "
+                                           "(rank 12)")
+    assert meta["ss_base_model_version"] == safe_open(str(trained), framework="pt").metadata()["ss_base_model_version"]
+    small = tmp_path / "small.safetensors"
+    assert main(["merge", str(trained), str(second), "--rank", "3", "--output", str(small)]) == 0
+    for base, update in updates(small).items():  # the best rank-3 approximation of each layer's sum
+        values = torch.linalg.svdvals(first[base] + other.get(base, 0))
+        error = torch.linalg.norm(update - first[base] - other.get(base, 0))
+        assert float(error) <= float(values[3:].square().sum().sqrt()) * 1.01 + 1e-3 * float(values[0]), base
+    load_model("tiny", None, dtype=torch.float32).pipeline.load_lora_weights(str(small))  # diffusers reads it
+
+
+def test_lora_files_of_different_models_are_not_merged(trained, tmp_path, capsys):
+    sdxl = train(run_config(model="tiny-sdxl", output=str(tmp_path / "xl"), max_steps=1, rank=4)).lora_path
+    assert main(["merge", str(trained), str(sdxl), "--rank", "4", "--output", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "merge LoRAs of one base model" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,98 @@
+"""`lowvram merge A.safetensors B.safetensors:0.5 --rank 32`: several LoRA files as one, as kohya's
+svd_merge_lora.py makes it: each layer's updates, each times its file's weight, summed, and cut to the rank that
+keeps the most of the sum (a fixed rank, or per layer by `--dynamic`, as `lowvram resize`). The factors are laid
+side by side (their ranks added), so the sum is split as a resize splits one update, never formed at full size.
+A layer that only some files adapt takes only theirs. The merged file is a plain kohya LoRA at alpha = rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lowvram.errors import LowvramError
+from lowvram.files import save_safetensors
+from lowvram.resize import Resized, option_problems, read_pairs, resize_pair
+
+# metadata the merged file keeps when every source agrees on it: what the LoRAs were trained for
+SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.implementation",
+                   "modelspec.prediction_type", "modelspec.resolution", "ss_zero_terminal_snr")
+
+
+def parse_source(text: str) -> tuple[Path, float]:
+    """FILE or FILE:WEIGHT (a Windows drive's colon is part of the file)."""
+    head, sep, tail = text.rpartition(":")
+    try:
+        return (Path(head), float(tail)) if sep and head else (Path(text), 1.0)
+    except ValueError:
+        return Path(text), 1.0
+
+
+def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dynamic: str | None = None,
+                param: float | None = None, conv_rank: int | None = None, precision: str | None = None) -> Resized:
+    """Write the weighted sum of `sources`' LoRAs at (at most) `rank` to `output`."""
+    import torch
+
+    from lowvram.adapters.lora_files import DTYPES
+
+    read = [(path, weight, *read_pairs(path, "merge")) for path, weight in sources]
+    for key in ("modelspec.architecture", "ss_base_model_version"):
+        said = {meta[key]: path for path, _, meta, _, _ in read if meta.get(key)}
+        if len(said) > 1:
+            (first, one), (second, other) = list(said.items())[:2]
+            raise LowvramError(f"merge: {one} is for {first}, {other} for {second}; merge LoRAs of one base model")
+    for path, _, _, tensors, pairs in read:
+        extra = sorted(key for key in tensors if key.split(".", 1)[0] not in pairs)
+        if extra:
+            raise LowvramError(f"merge: {path} holds tensors besides its LoRA layers ({extra[0]}); merge reads plain "
+                               "LoRA files")
+    dtype = DTYPES[precision] if precision else next(iter(read[0][4].values()))["lora_down.weight"].dtype
+    bases = list(dict.fromkeys(base for *_, pairs in read for base in pairs))
+    written, before, after, kept = {}, [], [], []
+    for base in bases:
+        downs, ups, shapes = [], [], set()
+        for path, weight, _, _, pairs in read:
+            if base not in pairs:
+                continue
+            down, up = pairs[base]["lora_down.weight"].float(), pairs[base]["lora_up.weight"].float()
+            alpha = float(pairs[base].get("alpha", down.shape[0]))
+            shapes.add((down.shape[1:], up.shape[0], up.shape[2:]))
+            if len(shapes) > 1:
+                raise LowvramError(f"merge: {path} does not fit the others at {base} ({tuple(down.shape)} against "
+                                   "another file's shape); merge LoRAs of one base model family")
+            downs.append(down)
+            ups.append(up * (weight * alpha / down.shape[0]))
+        down, up = torch.cat(downs), torch.cat(ups, dim=1)
+        limit = conv_rank if conv_rank and down.dim() == 4 and down.shape[-1] > 1 else rank
+        new_down, new_up, share = resize_pair(down, up, limit, dynamic, param)
+        new = new_down.shape[0]
+        written |= {f"{base}.lora_down.weight": new_down.to(dtype), f"{base}.lora_up.weight": new_up.to(dtype),
+                    f"{base}.alpha": torch.tensor(float(new), dtype=dtype)}
+        before.append(down.shape[0])
+        after.append(new)
+        kept.append(share)
+    save_safetensors(written, output, _metadata(read, rank, dynamic, param, after), "the merged LoRA")
+    return Resized(output, len(bases), (max(before), max(after)), after, kept)
+
+
+def _metadata(read: list, rank: int, dynamic: str | None, param: float | None, after: list[int]) -> dict[str, str]:
+    metas = [meta for _, _, meta, _, _ in read]
+    shared = {key: metas[0][key] for key in SHARED_METADATA
+              if key in metas[0] and all(meta.get(key) == metas[0][key] for meta in metas)}
+    dim = str(after[0]) if len(set(after)) == 1 else "Dynamic"
+    how = f"{dynamic} {param:g}, at most rank {rank}" if dynamic else f"rank {rank}"
+    parts = ", ".join(f"{path.name} x{weight:g}" for path, weight, *_ in read)
+    return shared | {"ss_network_module": "networks.lora", "ss_network_dim": dim, "ss_network_alpha": dim,
+                     "ss_training_comment": f"merged by lowvram merge from {parts} ({how})"}
+
+
+def run(args: argparse.Namespace) -> Resized:
+    """`lowvram merge`, its options checked first (one line each)."""
+    sources = [parse_source(text) for text in args.lora]
+    problems = [f"merge: {path}: file not found" for path, _ in sources if not path.is_file()]
+    output = args.output or Path("merged.safetensors")
+    problems += option_problems(args, output, [path for path, _ in sources])
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return merge_files(sources, args.rank, output, args.dynamic, args.dynamic_param, args.conv_rank,
+                       args.save_precision)
