@@ -13,7 +13,15 @@ from pathlib import Path
 
 from lowvram import __version__
 from lowvram.config import PLANNING_MODEL, SAVE_PRECISION, SECTIONS, fields_by_name, flag_name
-from lowvram.configure import build_config, list_presets, preset_path, read_config, read_toml, with_dataset_settings
+from lowvram.configure import (
+    build_config,
+    list_presets,
+    preset_path,
+    read_config,
+    read_toml,
+    with_dataset_settings,
+    with_network_weights,
+)
 from lowvram.errors import LowvramError
 from lowvram.resize import DYNAMIC
 from lowvram.samplers import SAMPLERS, sampler_name
@@ -337,7 +345,7 @@ def train_values(args: argparse.Namespace) -> dict:
                 for name in group:
                     values.pop(name, None)
         values.update(layer)
-    return values
+    return with_network_weights(values)
 
 
 def main(argv: list[str] | None = None) -> int:

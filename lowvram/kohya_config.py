@@ -177,6 +177,8 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     alpha = as_number(left.pop("network_alpha", 1.0), "network_alpha", problem) or float(rank)  # kohya: 0 is = rank
     values: dict[str, Any] = {"rank": rank, "alpha": alpha, "network": "lora",
                               "train_text_encoder": not left.pop("network_train_unet_only", False)}
+    if left.pop("dim_from_weights", False) and left.get("network_weights"):  # the rank and alpha are the file's
+        del values["rank"], values["alpha"]
     conv_dim, conv_alpha = args.pop("conv_dim", None), args.pop("conv_alpha", None)
     if module == "networks.lora":
         # kohya's LoRA adapts every layer of the transformer blocks; conv_dim adds the ResNet convolutions (LoCon)

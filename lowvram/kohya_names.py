@@ -19,6 +19,7 @@ KOHYA_FLAGS = {
     "--network_dropout": "--dropout",
     "--network_module": "--network (lora, dora, loha, lokr)",
     "--network_weights": "--network-weights",
+    "--dim_from_weights": "(the default with --network-weights: the file's rank, alpha and layers, unless given)",
     "--network_args": "--conv-rank (conv_dim), --conv-alpha (conv_alpha), --lokr-factor (factor), --network (algo), "
                       "--loraplus-ratio (loraplus_lr_ratio), --loraplus-text-encoder-ratio "
                       "(loraplus_text_encoder_lr_ratio), --block-ranks (block_dims), --block-alphas, "

@@ -235,3 +235,10 @@ def test_kohyas_toml_and_json_prompt_files_and_its_sampler_carry_over(tmp_path):
         with pytest.raises(LowvramError, match=re.escape(says)) as error:
             translate(settings | {"sample_prompts": str(tmp_path / bad)} | extra, Path("k.toml"))
         assert len(str(error.value).splitlines()) == 1
+
+
+def test_dim_from_weights_leaves_the_rank_and_alpha_to_the_file(tmp_path):
+    values, _ = translate({"train_data_dir": "sample", "network_weights": "old.safetensors", "dim_from_weights": True},
+                          Path("k.toml"))
+    assert "rank" not in values and "alpha" not in values and values["network_weights"] == "old.safetensors"
+    assert translate({"train_data_dir": "sample"}, Path("k.toml"))[0]["rank"] == 4  # kohya's own default otherwise

@@ -98,3 +98,25 @@ def test_a_file_that_is_not_safetensors_is_named_with_the_option(tmp_path):
     assert message.startswith(f"--network-weights: {broken} is not a readable .safetensors file")
     assert len(message.splitlines()) == 1
     assert not (tmp_path / "out" / "out.safetensors").exists()
+
+
+def test_the_files_network_is_the_runs_where_the_run_sets_none(first, tmp_path, capsys):
+    """kohya's --dim_from_weights, for every network setting: the file's type, rank, alpha, convolutions' rank and
+    alpha, layers and text encoders, read from its header, unless the run gives them."""
+    from lowvram.cli import main
+    from lowvram.lora_header import network_options
+
+    values, result = first
+    implied = network_options(result.lora_path)
+    wanted = {key: values[key] for key in ("network", "lora_layers", "train_text_encoder")}
+    if values["network"] != "lokr" or values["lora_layers"] != "attn":  # tiny LoKr with whole factors: no rank
+        wanted |= {"rank": 4, "alpha": 2.0}
+    wanted |= CONV if "conv_rank" in values else {}
+    assert {key: implied[key] for key in wanted} == wanted
+    argv = ["train", "--model", values["model"], "--data", "sample", "--output", str(tmp_path), "--max-steps", "1",
+            "--network-weights", str(result.lora_path)]
+    assert main(argv) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--network-weights: {result.lora_path} holds --network {values['network']}" in err
+    if "rank" in wanted:  # given, it is the run's: the file does not fit it
+        assert main([*argv, "--rank", "8", "--overwrite"]) == 2

@@ -10,7 +10,7 @@ import typing
 from typing import Any
 
 from lowvram.config import fields_by_name, flag_name
-from lowvram.configure import build_config, with_dataset_settings
+from lowvram.configure import build_config, with_dataset_settings, with_network_weights
 from lowvram.errors import LowvramError
 
 
@@ -96,7 +96,7 @@ def option_values(fields: list[FormField], shown: list[Any]) -> dict[str, Any]:
             continue
         values[field.name] = value
     try:
-        return with_dataset_settings(values, "the form", quiet=True)
+        return with_network_weights(with_dataset_settings(values, "the form", quiet=True), quiet=True)
     except LowvramError:
         return values
 

@@ -1,0 +1,86 @@
+"""What a kohya/LyCORIS file says about the network it holds, read from its safetensors header (and its alphas'
+few bytes) without torch: its network type, rank and alpha, its 3x3 convolutions' rank and alpha, the layers it
+adapts and whether the text encoders are among them. `--network-weights` takes these as the run's network where
+the run does not set them (kohya's --dim_from_weights, for every setting)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+# where a layer's rank is: the inner side of its low-rank pair
+RANK_AXES = (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1))
+SCALARS = {"F32": "<f", "F16": "<e", "F64": "<d"}
+
+
+def read_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
+    """(metadata, {tensor name: {"dtype", "shape", "data_offsets"}}, where the data starts). OSError or ValueError
+    for a file that is not safetensors."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("too short for a safetensors file")
+        size = struct.unpack("<Q", head)[0]
+        if size > 100_000_000:
+            raise ValueError("not a safetensors file (its header size is nonsense)")
+        header = json.loads(f.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors file")  # noqa: TRY004 (a file's contents, read as ValueError)
+    return header.pop("__metadata__", None) or {}, header, 8 + size
+
+
+def _scalar(f, entry: dict, start: int) -> float:
+    first, _ = entry["data_offsets"]
+    f.seek(start + first)
+    if entry["dtype"] == "BF16":
+        return struct.unpack("<f", struct.pack("<I", struct.unpack("<H", f.read(2))[0] << 16))[0]
+    fmt = SCALARS[entry["dtype"]]
+    return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+
+def network_options(path: Path) -> dict[str, Any]:
+    """The network options the file implies (network, rank, alpha, conv_rank, conv_alpha, lora_layers,
+    train_text_encoder, lokr_factor); {} for a file of no kohya/LyCORIS layers. Ranks and alphas are the most
+    common ones (a file of per-block ranks says its most common block's); a LoRA's or DoRA's 3x3 convolutions
+    have their own."""
+    metadata, tensors, start = read_header(path)
+    suffixes = {name.split(".", 1)[1] for name in tensors if "." in name}
+    network = next((kind for marker, kind in (("hada_", "loha"), ("lokr_", "lokr"), ("dora_scale", "dora"),
+                                               ("lora_down.", "lora")) if any(s.startswith(marker) for s in suffixes)),
+                   None)
+    if network is None:
+        return {}
+    layers: dict[str, dict[str, dict]] = {}
+    for name, entry in tensors.items():
+        base, _, suffix = name.partition(".")
+        layers.setdefault(base, {})[suffix] = entry
+    plain, spatial = [], []  # (rank, alpha) of each layer: the 3x3 convolutions apart
+    with open(path, "rb") as f:
+        for own in layers.values():
+            rank = next((own[key]["shape"][axis] for key, axis in RANK_AXES if key in own), None)
+            if rank is None:
+                continue
+            alpha = _scalar(f, own["alpha"], start) if "alpha" in own and own["alpha"]["dtype"] in (
+                *SCALARS, "BF16") else float(rank)
+            down = own.get("lora_down.weight") or own.get("hada_w1_b") or {"shape": []}
+            (spatial if len(down["shape"]) == 4 and down["shape"][-1] > 1 else plain).append((rank, alpha))
+    values: dict[str, Any] = {"network": network}
+    if plain or spatial:  # (a LoKr of whole Kronecker factors has no rank)
+        rank, alpha = Counter(plain or spatial).most_common(1)[0][0]
+        values |= {"rank": int(rank), "alpha": float(alpha)}
+    if spatial:
+        conv_rank, conv_alpha = Counter(spatial).most_common(1)[0][0]
+        values |= {"conv_rank": int(conv_rank), "conv_alpha": float(conv_alpha)}
+    names = " ".join(layers)
+    values["lora_layers"] = metadata.get("lowvram.lora_layers") or (
+        "full" if spatial else "attn-mlp" if any(part in names for part in ("_ff_net_", "_mlp_fc")) else "attn")
+    values["train_text_encoder"] = any(base.startswith("lora_te") for base in layers)
+    if network == "lokr":
+        try:
+            values["lokr_factor"] = int(json.loads(metadata.get("ss_network_args") or "{}").get("factor", -1))
+        except (ValueError, AttributeError):
+            pass
+    return values
