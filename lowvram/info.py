@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from lowvram import lora_header
 from lowvram.errors import LowvramError
 
 # An absolute folder in a text: POSIX (/home/alice/) or Windows (C:\Users\bob\), not part of a URL or a word.
@@ -26,16 +27,13 @@ _RANK_AXES = ((".lora_down.weight", 0), (".lora_A.weight", 0), (".hada_w1_b", 0)
 
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
     """(metadata, {tensor name: (dtype, shape)}), reading no tensor data."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise LowvramError(f"info: {path}: file not found")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {key: (str(f.get_slice(key).get_dtype()), tuple(f.get_slice(key).get_shape())) for key in f.keys()}  # noqa: SIM118
-            return f.metadata() or {}, tensors
-    except (OSError, SafetensorError) as exc:
+        metadata, tensors, _ = lora_header.read_header(path)
+    except (OSError, ValueError) as exc:
         raise LowvramError(f"info: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
+    return metadata, {key: (entry["dtype"], tuple(entry["shape"])) for key, entry in tensors.items()}
 
 
 def describe(path: Path) -> dict:
