@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from lowvram import __version__
-from lowvram.config import PLANNING_MODEL, SAVE_PRECISION, SECTIONS, fields_by_name, flag_name
+from lowvram.config import LORA_LAYERS, PLANNING_MODEL, SAVE_PRECISION, SECTIONS, fields_by_name, flag_name
 from lowvram.configure import (
     build_config,
     list_presets,
@@ -191,6 +191,30 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("lora", nargs="+", metavar="FILE[:WEIGHT]", help="the LoRA .safetensors files, each with "
                        "its weight (default 1), e.g. style.safetensors:0.6")
     _add_rank_flags(merge, "the merged file [default: merged.safetensors]")
+
+    ext = sub.add_parser("extract", allow_abbrev=False, help="a LoRA from a fine-tuned model and its base (kohya's "
+                         "extract_lora_from_models)", description="Write a LoRA of the difference between a "
+                         "fine-tuned model and the model it was tuned from: each layer's change cut by its singular "
+                         "values to --rank (kohya's extract_lora_from_models.py). Both models load in fp16 on the CPU.")
+    ext.add_argument("--base", required=True, metavar="MODEL", help="the model it was tuned from (as train --model)")
+    ext.add_argument("--tuned", required=True, metavar="MODEL", help="the fine-tuned model")
+    ext.add_argument("--rank", type=int, required=True, help="the LoRA's rank")
+    ext.add_argument("--conv-rank", type=int, help="the rank of the 3x3 convolutions (--lora-layers full) "
+                     "[default: --rank]")
+    ext.add_argument("--lora-layers", choices=LORA_LAYERS, default="attn-mlp", help="which layers (as train's "
+                     "--lora-layers) [default: attn-mlp, kohya's LoRA]")
+    ext.add_argument("--min-diff", type=float, default=0.01, help="a text encoder is extracted only where it "
+                     "changed by more than this [default: 0.01, kohya's]")
+    ext.add_argument("--clamp-quantile", type=float, default=0.99, help="the factors' values are clamped at this "
+                     "quantile of their size (1: not at all) [default: 0.99, kohya's]")
+    ext.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
+                     help="force the architecture instead of detecting it")
+    ext.add_argument("--output", type=Path, default=Path("extracted.safetensors"),
+                     help="the LoRA file [default: extracted.safetensors]")
+    ext.add_argument("--save-precision", choices=SAVE_PRECISION, default="fp16", help="its dtype [default: fp16]")
+    ext.add_argument("--load-precision", choices=SAVE_PRECISION, default="fp16", help="the models' dtype on the CPU "
+                     "(fp32 takes twice the host RAM) [default: fp16]")
+    ext.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     return parser
 
 
@@ -392,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.info import print_info
 
             print_info(args.file, args.json, args.strip_paths)
+        elif args.command == "extract":
+            from lowvram.extract import run, summary
+
+            print(summary(run(args)))
         elif args.command in ("resize", "merge"):
             from lowvram.merge import run as merge
             from lowvram.resize import run as resize

@@ -40,11 +40,11 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
         said = {meta[key]: path for path, _, meta, _, _ in read if meta.get(key)}
         if len(said) > 1:
             (first, one), (second, other) = list(said.items())[:2]
-            raise LowvramError(f"merge: {one} is for {first}, {other} for {second}; merge LoRAs of one base model")
+            raise LowvramError(f"{one} is for {first}, {other} for {second}; merge LoRAs of one base model")
     for path, _, _, tensors, pairs in read:
         extra = sorted(key for key in tensors if key.split(".", 1)[0] not in pairs)
         if extra:
-            raise LowvramError(f"merge: {path} holds tensors besides its LoRA layers ({extra[0]}); merge reads plain "
+            raise LowvramError(f"{path} holds tensors besides its LoRA layers ({extra[0]}); merge reads plain "
                                "LoRA files")
     dtype = DTYPES[precision] if precision else next(iter(read[0][4].values()))["lora_down.weight"].dtype
     bases = list(dict.fromkeys(base for *_, pairs in read for base in pairs))
@@ -58,7 +58,7 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
             alpha = float(pairs[base].get("alpha", down.shape[0]))
             shapes.add((down.shape[1:], up.shape[0], up.shape[2:]))
             if len(shapes) > 1:
-                raise LowvramError(f"merge: {path} does not fit the others at {base} ({tuple(down.shape)} against "
+                raise LowvramError(f"{path} does not fit the others at {base} ({tuple(down.shape)} against "
                                    "another file's shape); merge LoRAs of one base model family")
             downs.append(down)
             ups.append(up * (weight * alpha / down.shape[0]))
@@ -89,7 +89,7 @@ def _metadata(read: list, rank: int, dynamic: str | None, param: float | None, a
 def run(args: argparse.Namespace) -> Resized:
     """`lowvram merge`, its options checked first (one line each)."""
     sources = [parse_source(text) for text in args.lora]
-    problems = [f"merge: {path}: file not found" for path, _ in sources if not path.is_file()]
+    problems = [f"{path}: file not found" for path, _ in sources if not path.is_file()]
     output = args.output or Path("merged.safetensors")
     problems += option_problems(args, output, [path for path, _ in sources])
     if problems:

@@ -115,7 +115,7 @@ def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torc
         with safe_open(str(path), framework="pt") as f:
             metadata, tensors = f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (OSError, SafetensorError) as exc:
-        raise LowvramError(f"{command}: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]})"
+        raise LowvramError(f"{path} is not a readable .safetensors file ({str(exc).splitlines()[0]})"
                            ) from None
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
@@ -125,11 +125,11 @@ def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torc
     kind = next((name for marker, name in (("dora_scale", "DoRA"), ("hada_", "LoHa"), ("lokr_", "LoKr"))
                  if any(suffix.startswith(marker) for suffix in suffixes)), None)
     if kind:
-        raise LowvramError(f"{command}: {path} is a {kind} file; only a LoRA's (or LoCon's) update splits into a "
+        raise LowvramError(f"{path} is a {kind} file; only a LoRA's (or LoCon's) update splits into a "
                            "lower-rank pair")
     pairs = {base: own for base, own in layers.items() if {"lora_down.weight", "lora_up.weight"} <= own.keys()}
     if not pairs:
-        raise LowvramError(f"{command}: {path} holds no kohya-format LoRA layers (lora_down/lora_up); lowvram "
+        raise LowvramError(f"{path} holds no kohya-format LoRA layers (lora_down/lora_up); lowvram "
                            f"{command}s the files ComfyUI and AUTOMATIC1111 load")
     return metadata, tensors, pairs
 
@@ -154,7 +154,7 @@ def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None
 
 def run(args: argparse.Namespace) -> Resized:
     """`lowvram resize`, its options checked first (one line each)."""
-    problems = [] if args.lora.is_file() else [f"resize: {args.lora}: file not found"]
+    problems = [] if args.lora.is_file() else [f"{args.lora}: file not found"]
     output = args.output or args.lora.with_name(f"{args.lora.stem}-r{args.rank}.safetensors")
     problems += option_problems(args, output, [args.lora])
     if problems:

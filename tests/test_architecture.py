@@ -23,7 +23,7 @@ LAYERS = [
     ("lowvram.data",),
     ("lowvram.plan",),
     ("lowvram.train",),
-    ("lowvram.generate", "lowvram.info", "lowvram.resize", "lowvram.merge", "lowvram.doctor", "lowvram.caption", "lowvram.ui"),
+    ("lowvram.generate", "lowvram.info", "lowvram.resize", "lowvram.merge", "lowvram.extract", "lowvram.doctor", "lowvram.caption", "lowvram.ui"),
     ("lowvram.cli", "lowvram.__main__"),
 ]
 

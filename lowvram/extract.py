@@ -1,0 +1,133 @@
+"""`lowvram extract --base A --tuned B --rank 32`: a LoRA from the difference between a fine-tuned model and the
+model it was tuned from, as kohya's extract_lora_from_models.py makes one. Each adapted layer's weight change is
+cut by its singular values to --rank (--conv-rank for the 3x3 convolutions of --lora-layers full), its factors'
+values clamped at a quantile as kohya's are (--clamp-quantile, 0.99), and written as a kohya LoRA at alpha = rank.
+A text encoder is extracted only where it changed by more than --min-diff (kohya's 0.01): tuned models often
+leave theirs as they were. Both models load on the CPU (fp16 unless --load-precision says otherwise: a
+small change survives fp16's rounding, not bf16's); each layer is split in fp32. No GPU is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lowvram.errors import LowvramError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Extracted:
+    path: Path
+    layers: int
+    text_encoders: list[str]  # the text encoders extracted (the others did not change)
+    kept: list[float]  # each layer's share of its change's Frobenius norm kept
+
+
+def low_rank(delta: torch.Tensor, rank: int, clamp: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(down, up, share of the change's Frobenius norm kept): the rank-`rank` pair closest to `delta` (a Linear's
+    (out, in) or a convolution's (out, in, k, k) change), the singular values split evenly between the factors,
+    each factor's values clamped at their `clamp` quantile (1: none)."""
+    import torch
+
+    matrix = delta.flatten(1).float()
+    rank = min(rank, *matrix.shape)
+    if min(matrix.shape) <= 4 * rank:  # small enough to decompose whole
+        u, values, vh = torch.linalg.svd(matrix, full_matrices=False)
+    else:  # randomized, the rank's subspace found by power iteration: exact to float error for a low-rank change
+        u, values, v = torch.svd_lowrank(matrix, q=min(rank + 10, min(matrix.shape)), niter=6)
+        vh = v.T
+    root = values[:rank].sqrt()
+    up, down = u[:, :rank] * root, root[:, None] * vh[:rank]
+    if clamp < 1:
+        limit = torch.quantile(torch.cat([up.flatten(), down.flatten()]).abs(), clamp)
+        up, down = up.clamp(-limit, limit), down.clamp(-limit, limit)
+    total = torch.linalg.norm(matrix)
+    kept = float(torch.linalg.norm(up @ down) / total) if total > 0 else 1.0
+    if delta.dim() == 4:
+        return down.reshape(rank, *delta.shape[1:]), up.reshape(delta.shape[0], rank, 1, 1), kept
+    return down, up, kept
+
+
+def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "attn-mlp",
+            conv_rank: int | None = None, min_diff: float = 0.01, clamp: float = 0.99, precision: str = "fp16",
+            family: str | None = None, load_precision: str = "fp16") -> Extracted:
+    """Write the LoRA of `tuned` minus `base` to `output`; the models are loaded in `load_precision`."""
+    import torch
+
+    from lowvram.adapters.lora_files import DTYPES, UNET_KOHYA_PREFIX, network_metadata
+    from lowvram.adapters.networks import is_spatial, targeted
+    from lowvram.config import NetworkConfig
+    from lowvram.files import save_safetensors
+    from lowvram.models.loading import load_model
+
+    original, changed = (load_model(name, family, dtype=DTYPES[load_precision]) for name in (base, tuned))
+    if original.family.name != changed.family.name:
+        raise LowvramError(f"--base is {original.family.title}, --tuned {changed.family.title}; give the "
+                           "model the tuned one was trained from")
+    spec = original.family
+    parts = [(UNET_KOHYA_PREFIX, "unet", original.unet, changed.unet)] + [
+        (text.kohya_prefix, text.component, a, b)
+        for text, a, b in zip(spec.text_encoders, original.text_encoders, changed.text_encoders)]
+    tensors: dict[str, torch.Tensor] = {}
+    kept, encoders = [], []
+    dtype = DTYPES[precision]
+    for prefix, part, a, b in parts:
+        theirs = dict(b.named_modules())
+        pairs = [(name, layer, theirs.get(name)) for name, layer in a.named_modules()
+                 if targeted(name, spec.lora_targets(part, lora_layers))
+                 and isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))]
+        if any(other is None or other.weight.shape != layer.weight.shape for _, layer, other in pairs):
+            raise LowvramError(f"--tuned's {part} is not shaped as --base's; give the model it was tuned from")
+        if part != "unet":
+            largest = max((float((other.weight.float() - layer.weight.float()).abs().max()) for _, layer, other
+                           in pairs), default=0.0)
+            if largest <= min_diff:
+                continue
+            encoders.append(part)
+        for name, layer, other in pairs:
+            delta = other.weight.float() - layer.weight.float()
+            layer_rank = conv_rank if conv_rank and is_spatial(layer) else rank
+            down, up, share = low_rank(delta, layer_rank, clamp)
+            path = name if part == "unet" or name.startswith("text_model.") else "text_model." + name
+            key = f"{prefix}_{path.replace('.', '_')}"
+            tensors |= {f"{key}.lora_down.weight": down.to(dtype), f"{key}.lora_up.weight": up.to(dtype),
+                        f"{key}.alpha": torch.tensor(float(down.shape[0]), dtype=dtype)}
+            kept.append(share)
+    network = NetworkConfig(rank=rank, alpha=float(rank), lora_layers=lora_layers, conv_rank=conv_rank,
+                            conv_alpha=float(conv_rank) if conv_rank else None)
+    metadata = network_metadata(network) | {
+        "ss_base_model_version": spec.base_model_version, "modelspec.architecture": spec.modelspec_architecture,
+        "ss_training_comment": f"extracted by lowvram extract: {Path(tuned).name} minus {Path(base).name}"}
+    save_safetensors(tensors, output, metadata, "the extracted LoRA")
+    return Extracted(output, len(kept), encoders, kept)
+
+
+def run(args: argparse.Namespace) -> Extracted:
+    """`lowvram extract`, its options checked first (one line each)."""
+    problems = []
+    if args.rank < 1 or (args.conv_rank is not None and args.conv_rank < 1):
+        problems.append("--rank, --conv-rank: must be 1 or more")
+    if args.conv_rank is not None and args.lora_layers != "full":
+        problems.append("--conv-rank: only used with --lora-layers full (the 3x3 convolutions)")
+    if not 0 < args.clamp_quantile <= 1:
+        problems.append(f"--clamp-quantile: must be in (0, 1], got {args.clamp_quantile:g}")
+    if args.min_diff < 0:
+        problems.append(f"--min-diff: must be 0 or more, got {args.min_diff:g}")
+    if args.output.exists() and not args.overwrite:
+        problems.append(f"--output: {args.output} exists; add --overwrite to replace it, or name another")
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return extract(args.base, args.tuned, args.rank, args.output, args.lora_layers, args.conv_rank, args.min_diff,
+                   args.clamp_quantile, args.save_precision, args.model_family, args.load_precision)
+
+
+def summary(result: Extracted) -> str:
+    encoders = f" and {', '.join(result.text_encoders)}" if result.text_encoders else " (the text encoders unchanged)"
+    mean = sum(result.kept) / max(1, len(result.kept))
+    return (f"{result.path}: {result.layers} layers of the U-Net{encoders}; kept {mean:.1%} of the changes' "
+            f"Frobenius norm on average, {min(result.kept, default=1.0):.1%} at least")
