@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="force the architecture instead of detecting it")
     gen.add_argument("--lora", type=Path, help="LoRA .safetensors file (kohya or diffusers format)")
     gen.add_argument("--weight", type=float, default=1.0, help="LoRA strength [default: 1.0]")
-    gen.add_argument("--prompt", required=True, help="text prompt")
+    gen.add_argument("--prompt", required=True, help="text prompt; kohya's inline options work (--n negative, --w "
+                     "--h size, --s steps, --l guidance, --d seed, --ss sampler) and win over the flags")
     gen.add_argument("--negative-prompt", default=None, help="negative prompt")
     gen.add_argument("--output", type=Path, default=Path("generated.png"),
                      help="image path; with --count > 1, numbered files [default: generated.png]")

@@ -10,10 +10,17 @@ import torch
 from lowvram.errors import LowvramError
 from lowvram.hardware import detect
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
+from lowvram.prompts import parse_prompt
 from lowvram.samplers import make_sampler, sampler_problem
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
+    """Render `--count` images; the prompt's kohya-style inline options (--n --w --h --s --l --d --ss) win over
+    the flags that say the same."""
+    try:
+        prompt = parse_prompt(args.prompt, args.sampler)
+    except ValueError as exc:
+        raise LowvramError(f"--prompt: {exc}") from None
     hardware = detect()
     dtype = torch.float32 if hardware.device == "cpu" else (torch.bfloat16 if hardware.bf16 else torch.float16)
     model = load_model(args.model, args.model_family, dtype=dtype)
@@ -37,18 +44,21 @@ def generate(args: argparse.Namespace) -> list[Path]:
                 raise LowvramError(f"--lora: {args.lora} does not fit {model.family.title}: "
                                    f"{str(exc).splitlines()[0]}") from None
             pipeline.set_adapters(["lora"], adapter_weights=[args.weight])
-    if args.sampler:
-        problem = sampler_problem(args.sampler, bool(pipeline.scheduler.config.get("rescale_betas_zero_snr")))
+    if prompt.sampler:
+        problem = sampler_problem(prompt.sampler, bool(pipeline.scheduler.config.get("rescale_betas_zero_snr")))
         if problem:
             raise LowvramError(f"--sampler: {problem}")
-        pipeline.scheduler = make_sampler(pipeline.scheduler, args.sampler)
-    size = args.resolution or model.family.resolution
+        pipeline.scheduler = make_sampler(pipeline.scheduler, prompt.sampler)
+    width, height = prompt.size(args.resolution or model.family.resolution)
+    negative = prompt.negative or args.negative_prompt
+    guidance = args.guidance if prompt.guidance is None else prompt.guidance
+    seed = args.seed if prompt.seed is None else prompt.seed
     paths = []
     for i in range(args.count):
-        generator = torch.Generator("cpu").manual_seed(args.seed + i)
+        generator = torch.Generator("cpu").manual_seed(seed + i)
         with torch.no_grad():
-            image = pipeline(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                             guidance_scale=args.guidance, height=size, width=size, generator=generator).images[0]
+            image = pipeline(prompt.text, negative_prompt=negative, num_inference_steps=prompt.steps or args.steps,
+                             guidance_scale=guidance, height=height, width=width, generator=generator).images[0]
         path = args.output if args.count == 1 else args.output.with_name(f"{args.output.stem}-{i:02d}{args.output.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)

@@ -118,3 +118,17 @@ def test_a_sampler_whose_package_is_missing_is_refused_naming_it():
         pytest.skip("scipy is installed here: lms samples")
     with pytest.raises(LowvramError, match="--sample-sampler: 'lms' needs scipy: pip install scipy"):
         run_config(sample_prompts=["a cat --ss k_lms"])
+
+
+def test_generate_takes_the_prompts_inline_options_over_its_flags(tmp_path):
+    from PIL import Image
+
+    base = ["generate", "--model", "tiny", "--steps", "2"]
+    assert main([*base, "--prompt", "a red circle --ss ddim --d 3 --n blue", "--seed", "9",
+                 "--output", str(tmp_path / "inline.png")]) == 0
+    assert main([*base, "--prompt", "a red circle", "--sampler", "ddim", "--seed", "3", "--negative-prompt", "blue",
+                 "--output", str(tmp_path / "flags.png")]) == 0
+    inline, flags = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("inline", "flags"))
+    assert np.array_equal(inline, flags)
+    assert main([*base, "--prompt", "a red circle --w 96 --h 48", "--output", str(tmp_path / "wide.png")]) == 0
+    assert Image.open(tmp_path / "wide.png").size == (96, 48)
