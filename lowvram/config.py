@@ -124,6 +124,9 @@ class DataConfig:
     wildcards: bool = option(False, "Read {a|b|c} in a caption as one of a, b, c, drawn each time the image is "
                              "trained: every combination is one of its captions (kohya's enable_wildcard, which "
                              "reads a caption file's lines as --caption-lines each does, too).")
+    caption_separator: str = option(",", "What separates a caption's tags, for --shuffle-tags, --keep-tokens and "
+                                    "--tag-dropout (kohya's caption_separator); the tags they vary are joined with "
+                                    "', ', as kohya joins them.", metavar="TEXT")
     keep_tokens_separator: str = option("", "Text in a caption that ends its tags kept in front (kohya's "
                                         "keep_tokens_separator, e.g. \"|||\"): a caption that has it keeps the tags "
                                         "before it in place, instead of the first --keep-tokens, and those after a "

@@ -425,7 +425,10 @@ def _check(c: RunConfig) -> list[str]:
     positive("caption-variants", c.data.caption_variants)
     positive("caption-dropout-every", c.data.caption_dropout_every)
     positive("keep-tokens", c.data.keep_tokens, allow_zero=True)
-    if c.data.keep_tokens_separator and c.data.keep_tokens_separator.strip() in ("", ","):
+    if not c.data.caption_separator.strip():
+        p.append(f"--caption-separator: {c.data.caption_separator!r} is no separator; give the text between tags "
+                 "(kohya's default: ,)")
+    if c.data.keep_tokens_separator and c.data.keep_tokens_separator.strip() in ("", ",", c.data.caption_separator):
         p.append(f"--keep-tokens-separator: {c.data.keep_tokens_separator!r} would split tags; use text no caption "
                  "has otherwise, e.g. \"|||\"")
     if not 0 <= c.data.unmasked_weight < 1:

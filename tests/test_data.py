@@ -215,3 +215,34 @@ def test_with_wildcards_each_line_is_drawn_as_often_as_another(tmp_path, sample_
         line = result.data.text_store.load(sample.text_keys[-1])["hidden"]
         plain = sum(torch.equal(batch.hidden[0], line) for batch in draws)
     assert 160 < plain < 240  # half of them, not a fifth
+
+
+def test_a_caption_separator_splits_the_tags_kohya_would(tmp_path, sample_data):
+    """kohya's caption_separator: tags split at it for shuffling, --keep-tokens and tag dropout, and joined with
+    ", " as kohya joins them; a caption whose tags do not vary stays as written; the trigger word is a tag."""
+    from conftest import run_config
+
+    from lowvram.data.check import scan
+    from lowvram.dataset_files import read_dataset
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+
+    caption = "ohwx; red hair; smile; hat"
+    shuffling = CaptionOptions(shuffle_tags=True, keep_tokens=1, separator=";")
+    for seed in range(10):
+        tags = vary_tags(caption, shuffling, random.Random(seed)).split(", ")
+        assert tags[0] == "ohwx" and sorted(tags[1:]) == ["hat", "red hair", "smile"]
+    assert split_kept_tags("ohwx; 1girl ||| red hair, long; smile", "|||", ";") == (
+        "ohwx, 1girl, red hair, long, smile", (2, 0))
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("a red circle; blue background")
+    report = scan(resolve_run(run_config(data=str(sample_data), caption_separator=";"), NO_GPU), sample_data, "zkw",
+                  None)
+    record = next(r for r in report.usable if r.path.name == "00_red_circle.png")
+    assert record.caption == "zkw; a red circle; blue background"  # the trigger word a tag of its own
+    (tmp_path / "data.toml").write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{sample_data}"\n'
+                                        'caption_separator = ";"\nshuffle_caption = true\n')
+    assert read_dataset(tmp_path / "data.toml").values["caption_separator"] == ";"
+    from lowvram.errors import LowvramError
+
+    with pytest.raises(LowvramError, match="--caption-separator: . . is no separator"):
+        run_config(caption_separator=" ")

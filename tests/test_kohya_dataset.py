@@ -106,7 +106,7 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     expected = ["subsets[1] num_repeats: 'ten' is not a whole number", "subsets[2] image_dir: folder not found",
                 "datasets[1].subsets[3]: no image_dir", ("resolution: the datasets differ (512 (datasets[1]), "
                 "[768, 512] (datasets[2]))"), "subsets[1] metadata_file: file not found: meta.json",
-                "secondary_separator: lowvram splits tags at commas only", "face_crop_aug_range:"]
+                "secondary_separator: lowvram splits tags at --caption-separator only", "face_crop_aug_range:"]
     assert_one_line_each(str(error.value), f"{tmp_path / 'dataset.toml'}: ", expected)
     with pytest.raises(LowvramError, match="every subset is is_reg = true"):
         read_dataset(write(tmp_path / "reg.toml",

@@ -89,6 +89,7 @@ class CaptionOptions:
     variants: int = 4  # cached variants per caption (used when tags are shuffled or dropped and embeddings cached)
     tag_dropout: float = 0.0  # probability of leaving out each tag past the first `keep_tokens`
     dropout_every: int | None = None  # every Nth epoch (counted from 1, as kohya counts) on the empty caption
+    separator: str = ","  # what separates a caption's tags (kohya's caption_separator)
 
     @property
     def varies_tags(self) -> bool:
@@ -97,10 +98,12 @@ class CaptionOptions:
 
 def vary_tags(caption: str, options: CaptionOptions, rng: random.Random, kept: tuple[int, int] | None = None
               ) -> str:
-    """The comma-separated tags past the first `keep_tokens` shuffled (kohya's shuffle_caption) and each left out
-    with probability `tag_dropout` (its caption_tag_dropout_rate); the first ones stay in front. `kept`: the
-    caption's own (front, end) tags that stay in place instead (written with --keep-tokens-separator)."""
-    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    """The tags (split at `options.separator`) past the first `keep_tokens` shuffled (kohya's shuffle_caption) and
+    each left out with probability `tag_dropout` (its caption_tag_dropout_rate); the first ones stay in front;
+    joined with ", " as kohya joins them. `kept`: the caption's own (front, end) tags that stay in place instead
+    (written with --keep-tokens-separator, and already joined with ", ")."""
+    separator = "," if kept is not None else options.separator
+    tags = [t.strip() for t in caption.split(separator) if t.strip()]
     front, end = kept if kept is not None else (options.keep_tokens, 0)
     head, tail, last = tags[:front], tags[front:len(tags) - end], tags[len(tags) - end:]
     if options.shuffle_tags:

@@ -31,6 +31,7 @@ def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
                        masked_loss=config.data.masked_loss, caption_prefix=config.data.caption_prefix,
                        caption_suffix=config.data.caption_suffix,
                        keep_tokens_separator=config.data.keep_tokens_separator,
+                       caption_separator=config.data.caption_separator,
                        caption_lines=config.data.caption_lines, wildcards=config.data.wildcards)
 
 

@@ -57,7 +57,8 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                              config.data.latent_variants or auto_variant_count(config.data.flip, config.data.crop,
                                                                                config.data.color_jitter))
     captions = CaptionOptions(config.data.shuffle_tags, config.data.keep_tokens, config.data.caption_dropout,
-                              config.data.caption_variants, config.data.tag_dropout, config.data.caption_dropout_every)
+                              config.data.caption_variants, config.data.tag_dropout, config.data.caption_dropout_every,
+                              config.data.caption_separator)
     cache_text = not config.network.train_text_encoder
     vae_id = module_fingerprint(model.vae)
     text_id = (module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])

@@ -66,6 +66,7 @@ class ScanOptions:
     min_kept_fraction: float = 0.5  # skip images whose crop to the nearest bucket keeps less than this
     masked_loss: bool = False  # an image's <stem>-masklabel.png is its loss mask
     keep_tokens_separator: str = ""  # kohya's: ends the tags a caption keeps in front
+    caption_separator: str = ","  # kohya's: what separates a caption's tags
     caption_lines: str = "first"  # a caption file's lines: the first one, or "each" as a caption drawn in turn
     wildcards: bool = False  # kohya's {a|b|c}: each combination one of the image's captions
 
@@ -384,7 +385,8 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
                old_index: dict, new_index: dict) -> ImageRecord:
     relpath, label, repeats = path.relative_to(root).as_posix(), folder.label, folder.repeats
     captions, weights, caption_notes, caption_file = _caption(path, folder, options)
-    (caption, kept), *more = [split_kept_tags(text, options.keep_tokens_separator) for text in captions]
+    (caption, kept), *more = [split_kept_tags(text, options.keep_tokens_separator, options.caption_separator)
+                              for text in captions]
     non_utf8 = (Path(relpath).parent / caption_file.name).as_posix() if caption_file else None
     suffix = path.suffix.lower()
     if suffix in UNSUPPORTED_SUFFIXES:
@@ -489,7 +491,8 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
     else:
         lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
         if options.trigger_word:
-            lines = [line if options.trigger_word in line else f"{options.trigger_word}, {line}" for line in lines]
+            joint = ", " if options.caption_separator == "," else f"{options.caption_separator} "  # a tag of its own
+            lines = [line if options.trigger_word in line else f"{options.trigger_word}{joint}{line}" for line in lines]
     wrap = (f"{options.caption_prefix}{folder.caption_prefix}", f"{folder.caption_suffix}{options.caption_suffix}")
     return [f"{wrap[0]}{line}{wrap[1]}" for line in lines], weights, notes, non_utf8
 
