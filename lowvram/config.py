@@ -276,6 +276,9 @@ class OptimConfig:
     scheduler_cycles: int = option(1, "Restarts of cosine_with_restarts.")
     scheduler_power: float = option(1.0, "Power of the polynomial schedule's decay (1 is linear; kohya's "
                                     "lr_scheduler_power).")
+    min_lr_ratio: float = option(0.0, "The decaying schedules (cosine, cosine_with_restarts, linear, polynomial) "
+                                 "decay to this share of the learning rate instead of 0 (OneTrainer's "
+                                 "learning_rate_min_factor, kohya's lr_scheduler_min_lr_ratio).", metavar="R")
     scale_weight_norms: float | None = option(None, "Max-norm regularization (kohya's --scale_weight_norms; 1 is "
                                               "usual): after each step, a LoRA or DoRA layer whose update has a "
                                               "norm above this is scaled back to it, which keeps layers from "

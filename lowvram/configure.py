@@ -568,6 +568,10 @@ def _check(c: RunConfig) -> list[str]:
     if optimizer and optimizer.schedule_free and c.optim.scheduler != "constant":
         p.append(f"--scheduler {c.optim.scheduler}: {optimizer.name} replaces the schedule; use --scheduler "
                  "constant (its warm-up comes from --warmup-steps)")
+    if not 0 <= c.optim.min_lr_ratio < 1:
+        p.append(f"--min-lr-ratio: must be in [0, 1), got {c.optim.min_lr_ratio:g}")
+    elif c.optim.min_lr_ratio and c.optim.scheduler in ("constant", "constant_with_warmup"):
+        p.append(f"--min-lr-ratio: --scheduler {c.optim.scheduler} does not decay; use cosine, linear, ... or drop it")
     if c.optim.text_encoder_lr is not None and not c.network.train_text_encoder:
         p.append("--text-encoder-lr: set, but the text encoder is not trained; add --train-text-encoder")
     if c.network.text_encoder_until and not c.network.train_text_encoder:

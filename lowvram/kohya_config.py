@@ -316,6 +316,13 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[s
     if warmup:  # under 1, a share of the run's steps, as kohya reads it
         values["warmup_steps"] = warmup if warmup < 1 else as_number(warmup, "lr_warmup_steps", problem, int)
     scheduler = left.pop("lr_scheduler", None)
+    ratio = as_number(left.pop("lr_scheduler_min_lr_ratio", 0) or 0, "lr_scheduler_min_lr_ratio", problem)
+    if scheduler == "cosine_with_min_lr":  # transformers' cosine to min_lr_rate, as kohya builds it
+        scheduler = "cosine"
+        if ratio:
+            values["min_lr_ratio"] = ratio
+        else:
+            problem("lr_scheduler", "cosine_with_min_lr needs lr_scheduler_min_lr_ratio; give it, or use cosine")
     if scheduler and scheduler not in SCHEDULERS:
         problem("lr_scheduler", f"'{scheduler}' is not one lowvram has; use one of {', '.join(SCHEDULERS)}")
     elif scheduler:

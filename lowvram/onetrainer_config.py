@@ -54,7 +54,7 @@ INERT = {
     "secrets", "ema_update_step_interval", "normalize_masked_area_loss", "sample_skip_first", "save_skip_first",
     "layer_filter_regex", "oft_block_size", "oft_block_share", "oft_scaled", "lokr_dim", "lokr_decompose_both",
     "lokr_use_tucker", "lokr_weight_decompose", "lokr_dora_on_output", "lokr_full_matrix", "lokr_vec_trick",
-    "constant_snr_floor", "learning_rate_min_factor", "scheduler_params", "custom_learning_rate_scheduler",
+    "constant_snr_floor", "scheduler_params", "custom_learning_rate_scheduler",
     "enable_activation_offloading", "layer_offload_fraction",  # memory levers: the planner's to choose
     "weight_dtype", "attention_mechanism",  # older configs': the planner's and lowvram's attention choice
     "align_prop_probability", "align_prop_loss", "align_prop_weight", "align_prop_steps", "align_prop_truncate_steps",
@@ -284,6 +284,8 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
             values["warmup_steps"] = int(warmup) if warmup >= 1 else warmup
             if scheduler == "CONSTANT":
                 values["scheduler"] = "constant_with_warmup"
+    if doc.get("learning_rate_min_factor") and SCHEDULERS.get(scheduler, "constant").startswith(("cosine", "linear")):
+        values["min_lr_ratio"] = number("learning_rate_min_factor")  # OneTrainer: where the schedule decays to
     if scheduler in ("COSINE_WITH_RESTARTS", "COSINE_WITH_HARD_RESTARTS") and doc.get("learning_rate_cycles"):
         values["scheduler_cycles"] = max(1, round(float(doc["learning_rate_cycles"])))
     optimizer = doc.get("optimizer") or {}

@@ -242,3 +242,18 @@ def test_dim_from_weights_leaves_the_rank_and_alpha_to_the_file(tmp_path):
                           Path("k.toml"))
     assert "rank" not in values and "alpha" not in values and values["network_weights"] == "old.safetensors"
     assert translate({"train_data_dir": "sample"}, Path("k.toml"))[0]["rank"] == 4  # kohya's own default otherwise
+
+
+def test_kohyas_cosine_with_min_lr_and_onetrainers_min_factor_floor_the_schedule():
+    from lowvram.onetrainer_config import translate_onetrainer
+
+    values, _ = translate({"train_data_dir": "sample", "lr_scheduler": "cosine_with_min_lr",
+                           "lr_scheduler_min_lr_ratio": 0.1}, Path("k.toml"))
+    assert (values["scheduler"], values["min_lr_ratio"]) == ("cosine", 0.1)
+    with pytest.raises(LowvramError, match="cosine_with_min_lr needs lr_scheduler_min_lr_ratio"):
+        translate({"train_data_dir": "sample", "lr_scheduler": "cosine_with_min_lr"}, Path("k.toml"))
+    doc = {"model_type": "STABLE_DIFFUSION_15", "training_method": "LORA", "learning_rate_scheduler": "COSINE",
+           "learning_rate_min_factor": 0.05}
+    assert translate_onetrainer(doc, Path("ot.json"))[0]["min_lr_ratio"] == 0.05
+    constant = translate_onetrainer(doc | {"learning_rate_scheduler": "CONSTANT"}, Path("ot.json"))[0]
+    assert "min_lr_ratio" not in constant  # nothing decays there

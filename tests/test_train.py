@@ -3,6 +3,7 @@ exactly the behaviour it had in lowvram (alpha != rank included), for SD and SDX
 
 import dataclasses
 import json
+import math
 import random
 
 import pytest
@@ -462,3 +463,18 @@ def test_caption_dropout_every_n_epochs_trains_those_epochs_on_the_empty_caption
         _, _, batch = next(data.batches(epoch))
         assert all(bool(caption) == captioned for caption in batch.captions), (epoch, batch.captions)
         assert all(torch.equal(hidden, empty) != captioned for hidden in batch.hidden), epoch
+
+
+def test_a_min_lr_ratio_floors_the_decay_not_the_warm_up(tmp_path):
+    """OneTrainer's learning_rate_min_factor (kohya's cosine_with_min_lr): past warm-up, ratio + (1 - ratio) x the
+    schedule's factor, so the run ends at ratio x --lr instead of 0."""
+    train(run_config(output=str(tmp_path), max_steps=8, scheduler="cosine", warmup_steps=2, lr=1e-4,
+                     min_lr_ratio=0.2))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [record["lr"] for record in records if "lr" in record]
+    # as logged after each step: warm-up over 2 steps, then cosine over the other 6, floored at 0.2
+    expected = [1e-4 * (step / 2 if step < 2 else 0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (step - 2) / 6)))
+                for step in range(1, 9)]
+    assert logged == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(LowvramError, match="--min-lr-ratio: --scheduler constant does not decay"):
+        run_config(min_lr_ratio=0.1)

@@ -205,6 +205,14 @@ def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
     return model, noise_scheduler
 
 
+def floor_schedule(lr_scheduler, ratio: float, warmup_steps: int) -> None:
+    """Past its warm-up, a schedule's factor f runs from 1 to `ratio` instead of to 0: ratio + (1 - ratio) f, as
+    OneTrainer's learning_rate_min_factor and transformers' min_lr_rate shape it."""
+    lr_scheduler.lr_lambdas = [
+        lambda step, factor=factor: factor(step) if step < warmup_steps else ratio + (1 - ratio) * factor(step)
+        for factor in lr_scheduler.lr_lambdas]
+
+
 def noise_schedules(model: LoadedModel, config: RunConfig):
     """The training noise schedule, from the one the model was trained with (a checkpoint's v_pred and ztsnr
     markers included); the sampling scheduler of `model.pipeline` is set to match the options."""
@@ -304,6 +312,8 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
     lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=schedule.warmup_steps,
                                  num_training_steps=schedule.total_steps, num_cycles=config.optim.scheduler_cycles,
                                  power=config.optim.scheduler_power)
+    if config.optim.min_lr_ratio:
+        floor_schedule(lr_scheduler, config.optim.min_lr_ratio, schedule.warmup_steps)
     # wrapped for multi-GPU (DDP), unchanged in one process; the forward passes go through the wrappers. The
     # schedule is not: accelerate's wrapper steps it once per process each call (split_batches=False), which
     # would end warm-up and decay after total_steps / processes
