@@ -20,9 +20,9 @@ from lowvram.configure import (
     read_config,
     read_toml,
     with_dataset_settings,
-    with_network_weights,
 )
 from lowvram.errors import LowvramError
+from lowvram.lora_header import with_network_weights
 from lowvram.resize import DYNAMIC
 from lowvram.samplers import SAMPLERS, sampler_name
 

@@ -15,7 +15,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.adapters.blocks import check_syntax as check_block_syntax
 from lowvram.config import (
     CAPTION_SUFFIXES,
@@ -42,7 +41,6 @@ from lowvram.dataset_files import (
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
-from lowvram.lora_header import network_options
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
 from lowvram.optim import OPTIMIZERS, optimizer_kwargs
 from lowvram.prompts import parse_prompt
@@ -160,38 +158,6 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
     for note in notes if not quiet else ():
         print(f"{data}: {note}", file=sys.stderr)
     return layer | dataset.values if dataset_wins else dataset.values | layer
-
-
-def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
-    """The network --network-weights holds (its type, rank, alpha, convolutions' rank and alpha, layers, text
-    encoders: `lowvram.lora_header`) beneath the values given, as kohya's --dim_from_weights does for the rank;
-    a note on stderr names what the file set, unless `quiet`. Per-block settings keep their own ranks."""
-    path = values.get("network_weights")
-    if not path:
-        return values
-    try:
-        implied = network_options(Path(path))
-    except (OSError, ValueError):  # a missing or broken file is named by the config check
-        return values
-    if any(name in values for name in BLOCK_OPTIONS):
-        implied = {name: value for name, value in implied.items() if name not in ("rank", "alpha")}
-    taken = {name: value for name, value in implied.items() if name not in values}
-    if taken and not quiet:
-        print(f"--network-weights: {path} holds {' '.join(_as_flags(taken))}; trained further with those",
-              file=sys.stderr)
-    return taken | values
-
-
-def _as_flags(values: dict[str, Any]) -> list[str]:
-    """Option values as the flags that set them (`--rank 8`, `--train-text-encoder`)."""
-    flags = []
-    for name, value in values.items():
-        flag = flag_name(fields_by_name()[name][1])
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag.removeprefix("--"))
-        else:
-            flags.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
-    return flags
 
 
 def _file_value_problems(values: dict[str, Any]) -> list[str]:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from lowvram.adapters.blocks import BLOCK_OPTIONS
+from lowvram.config import fields_by_name, flag_name
 
 # where a layer's rank is: the inner side of its low-rank pair
 RANK_AXES = (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1))
@@ -84,3 +88,35 @@ def network_options(path: Path) -> dict[str, Any]:
         except (ValueError, AttributeError):
             pass
     return values
+
+
+def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+    """The network --network-weights holds (its type, rank, alpha, convolutions' rank and alpha, layers, text
+    encoders: `lowvram.lora_header`) beneath the values given, as kohya's --dim_from_weights does for the rank;
+    a note on stderr names what the file set, unless `quiet`. Per-block settings keep their own ranks."""
+    path = values.get("network_weights")
+    if not path:
+        return values
+    try:
+        implied = network_options(Path(path))
+    except (OSError, ValueError):  # a missing or broken file is named by the config check
+        return values
+    if any(name in values for name in BLOCK_OPTIONS):
+        implied = {name: value for name, value in implied.items() if name not in ("rank", "alpha")}
+    taken = {name: value for name, value in implied.items() if name not in values}
+    if taken and not quiet:
+        print(f"--network-weights: {path} holds {' '.join(_as_flags(taken))}; trained further with those",
+              file=sys.stderr)
+    return taken | values
+
+
+def _as_flags(values: dict[str, Any]) -> list[str]:
+    """Option values as the flags that set them (`--rank 8`, `--train-text-encoder`)."""
+    flags = []
+    for name, value in values.items():
+        flag = flag_name(fields_by_name()[name][1])
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag.removeprefix("--"))
+        else:
+            flags.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return flags

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).parents[1] / "lowvram"
 LAYERS = [
     ("lowvram", "lowvram.errors", "lowvram.files", "lowvram.formats", "lowvram.memory", "lowvram.prompts",
      "lowvram.optim", "lowvram.checkpointing"),
-    ("lowvram.config", "lowvram.adapters.blocks", "lowvram.kohya_config", "lowvram.kohya_gui_config",
+    ("lowvram.config", "lowvram.adapters.blocks", "lowvram.lora_header", "lowvram.kohya_config",
+     "lowvram.kohya_gui_config",
      "lowvram.onetrainer_config",
      "lowvram.dataset_files", "lowvram.configure"),
     ("lowvram.hardware", "lowvram.attention", "lowvram.compiling", "lowvram.models.families", "lowvram.models.detect"),
@@ -23,7 +24,8 @@ LAYERS = [
     ("lowvram.data",),
     ("lowvram.plan",),
     ("lowvram.train",),
-    ("lowvram.generate", "lowvram.info", "lowvram.resize", "lowvram.merge", "lowvram.extract", "lowvram.doctor", "lowvram.caption", "lowvram.ui"),
+    ("lowvram.generate", "lowvram.info", "lowvram.resize", "lowvram.merge", "lowvram.extract", "lowvram.doctor",
+     "lowvram.caption", "lowvram.ui"),
     ("lowvram.cli", "lowvram.__main__"),
 ]
 

@@ -10,8 +10,9 @@ import typing
 from typing import Any
 
 from lowvram.config import fields_by_name, flag_name
-from lowvram.configure import build_config, with_dataset_settings, with_network_weights
+from lowvram.configure import build_config, with_dataset_settings
 from lowvram.errors import LowvramError
+from lowvram.lora_header import with_network_weights
 
 
 @dataclasses.dataclass(frozen=True)
