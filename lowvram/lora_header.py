@@ -92,15 +92,15 @@ def network_options(path: Path) -> dict[str, Any]:
 
 def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
     """The network --network-weights holds (its type, rank, alpha, convolutions' rank and alpha, layers, text
-    encoders: `lowvram.lora_header`) beneath the values given, as kohya's --dim_from_weights does for the rank;
+    encoders: `network_options`) beneath the values given, as kohya's --dim_from_weights does for the rank;
     a note on stderr names what the file set, unless `quiet`. Per-block settings keep their own ranks."""
     path = values.get("network_weights")
     if not path:
         return values
     try:
         implied = network_options(Path(path))
-    except (OSError, ValueError):  # a missing or broken file is named by the config check
-        return values
+    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
+        return values  # a missing or broken file is named by the config check, or where it is read
     if any(name in values for name in BLOCK_OPTIONS):
         implied = {name: value for name, value in implied.items() if name not in ("rank", "alpha")}
     taken = {name: value for name, value in implied.items() if name not in values}

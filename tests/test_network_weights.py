@@ -97,6 +97,13 @@ def test_a_file_that_is_not_safetensors_is_named_with_the_option(tmp_path):
     message = str(error.value)
     assert message.startswith(f"--network-weights: {broken} is not a readable .safetensors file")
     assert len(message.splitlines()) == 1
+    from lowvram.lora_header import with_network_weights
+
+    odd = tmp_path / "odd.safetensors"  # a header of valid JSON that is no safetensors header
+    header = b'{"lora_unet_x.lora_down.weight": {"dtype": "F16"}}'
+    odd.write_bytes(len(header).to_bytes(8, "little") + header)
+    for path in (broken, odd):  # nothing taken from them; the error comes where the file is read
+        assert with_network_weights({"network_weights": str(path)}) == {"network_weights": str(path)}
     assert not (tmp_path / "out" / "out.safetensors").exists()
 
 
