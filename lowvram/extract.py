@@ -65,6 +65,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
     from lowvram.files import save_safetensors
     from lowvram.models.loading import load_model
 
+    torch.manual_seed(0)  # svd_lowrank's random start: the same file from the same models
     original, changed = (load_model(name, family, dtype=DTYPES[load_precision]) for name in (base, tuned))
     if original.family.name != changed.family.name:
         raise LowvramError(f"--base is {original.family.title}, --tuned {changed.family.title}; give the "

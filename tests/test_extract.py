@@ -32,10 +32,11 @@ def test_a_change_within_the_rank_comes_back_exactly(shape):
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """A 'fine-tuned' tiny model: the tiny model with a trained LoCon fused into its U-Net's weights."""
+    """A 'fine-tuned' tiny model: the tiny model with a trained LoCon fused into its U-Net's and text encoder's
+    weights."""
     out = tmp_path_factory.mktemp("tuned")
     lora = train(run_config(output=str(out / "run"), max_steps=3, rank=4, alpha=4, lora_layers="full", lr=2e-2,
-                            save_precision="fp32")).lora_path
+                            save_precision="fp32", train_text_encoder=True)).lora_path
     model = load_model("tiny", None, dtype=torch.float32)
     model.pipeline.load_lora_weights(str(lora))
     model.pipeline.fuse_lora()
@@ -51,13 +52,19 @@ def test_the_extracted_lora_gives_the_tuned_model_back(tuned, tmp_path, capsys):
     assert main(["extract", "--base", "tiny", "--tuned", str(folder), "--rank", "4", "--lora-layers", "full",
                  "--clamp-quantile", "1", "--load-precision", "fp32", "--save-precision", "fp32",
                  "--output", str(out)]) == 0
-    assert "(the text encoders unchanged)" in capsys.readouterr().out
+    assert "layers of the U-Net and text_encoder" in capsys.readouterr().out
     extracted, trained = load_file(str(out)), load_file(str(lora))
     assert set(extracted) == set(trained)  # the same layers, under kohya's names
     base = load_model("tiny")
     lora_files.load_kohya(base, out)
-    tuned_out = model_outputs(load_model(str(folder)))[1]
-    torch.testing.assert_close(model_outputs(base)[1], tuned_out, rtol=1e-3, atol=1e-4)
+    tuned_hidden, tuned_out = model_outputs(load_model(str(folder)))
+    hidden, unet_out = model_outputs(base)
+    torch.testing.assert_close(hidden, tuned_hidden, rtol=1e-3, atol=1e-4)  # the text encoder's change too
+    torch.testing.assert_close(unet_out, tuned_out, rtol=1e-3, atol=1e-4)
+    assert main(["extract", "--base", "tiny", "--tuned", str(folder), "--rank", "4", "--min-diff", "10",
+                 "--output", str(tmp_path / "unet-only.safetensors")]) == 0
+    assert "(the text encoders unchanged)" in capsys.readouterr().out  # a change under --min-diff is none
+    assert not any(key.startswith("lora_te") for key in load_file(str(tmp_path / "unet-only.safetensors")))
     meta = safe_open(str(out), framework="pt").metadata()
     assert (meta["ss_network_module"], meta["ss_network_dim"], meta["ss_network_alpha"]) == ("networks.lora", "4", "4")
     assert meta["ss_training_comment"] == f"extracted by lowvram extract: {folder.name} minus tiny"
