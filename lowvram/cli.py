@@ -185,13 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
                             "--dynamic rule (kohya's resize_lora.py). Any kohya-format file, whoever trained it.")
     resize.add_argument("lora", type=Path, metavar="FILE", help="the LoRA .safetensors file")
     _add_rank_flags(resize, "the new file [default: FILE-rRANK.safetensors beside it]")
-    merge = sub.add_parser("merge", allow_abbrev=False, help="several LoRA files as one (kohya's svd_merge_lora)",
+    merge = sub.add_parser("merge", allow_abbrev=False, help="several LoRA files as one, or into a model (kohya's "
+                           "svd_merge_lora, merge_lora)",
                            description="Write several LoRA (or LoCon) files as one: each layer's updates, weighted, "
                            "summed and cut by their singular values to the rank that keeps the most of the sum, a "
-                           "fixed rank or per layer by a --dynamic rule (kohya's svd_merge_lora.py).")
+                           "fixed rank or per layer by a --dynamic rule (kohya's svd_merge_lora.py). With --model, "
+                           "fuse them into that model's weights instead and write the model (kohya's merge_lora.py): "
+                           "a single file stays a single file, its other tensors as they were. On the CPU; it takes "
+                           "host RAM for the model and the file (about 14 GB for an fp16 SDXL checkpoint).")
     merge.add_argument("lora", nargs="+", metavar="FILE[:WEIGHT]", help="the LoRA .safetensors files, each with "
                        "its weight (default 1), e.g. style.safetensors:0.6")
-    _add_rank_flags(merge, "the merged file [default: merged.safetensors]")
+    merge.add_argument("--model", metavar="MODEL", help="fuse the LoRAs into this model (as train --model: a "
+                       "single-file checkpoint, a diffusers folder or a hub id) and write it to --output")
+    merge.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
+                       help="with --model: force the architecture instead of detecting it")
+    _add_rank_flags(merge, "the merged file [default: merged.safetensors; with --model, a .safetensors name writes "
+                    "a single-file checkpoint, any other a diffusers folder: merged.safetensors for a single-file "
+                    "model, the folder merged otherwise]", rank_required=False)
 
     ext = sub.add_parser("extract", allow_abbrev=False, help="a LoRA from a fine-tuned model and its base (kohya's "
                          "extract_lora_from_models)", description="Write a LoRA of the difference between a "
@@ -219,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_rank_flags(parser: argparse.ArgumentParser, output_help: str) -> None:
+def _add_rank_flags(parser: argparse.ArgumentParser, output_help: str, rank_required: bool = True) -> None:
     """resize's and merge's flags: the rank, the dynamic rule, the output file."""
-    parser.add_argument("--rank", type=int, required=True, help="the new rank; with --dynamic, the most a layer keeps")
+    parser.add_argument("--rank", type=int, required=rank_required, help="the new rank; with --dynamic, the most a "
+                        "layer keeps" + ("" if rank_required else " (not with --model)"))
     parser.add_argument("--conv-rank", type=int, help="the new rank of 3x3 convolutions (LoCon) [default: --rank]")
     parser.add_argument("--dynamic", choices=DYNAMIC, help="each layer's rank by a rule: sv_ratio keeps the "
                         "singular values above the largest / PARAM; sv_fro, PARAM of the Frobenius norm; "
@@ -419,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
             print_info(args.file, args.json, args.strip_paths)
         elif args.command == "extract":
             from lowvram.extract import run, summary
+
+            print(summary(run(args)))
+        elif args.command == "merge" and args.model:
+            from lowvram.fuse import run, summary
 
             print(summary(run(args)))
         elif args.command in ("resize", "merge"):

@@ -90,6 +90,9 @@ def run(args: argparse.Namespace) -> Resized:
     """`lowvram merge`, its options checked first (one line each)."""
     sources = [parse_source(text) for text in args.lora]
     problems = [f"{path}: file not found" for path, _ in sources if not path.is_file()]
+    if args.rank is None:
+        problems.append("--rank: give the merged file's rank (or --model to fuse the LoRAs into a model instead)")
+        args.rank = 1  # the other options are still checked
     output = args.output or Path("merged.safetensors")
     problems += option_problems(args, output, [path for path, _ in sources])
     if problems:

@@ -24,7 +24,8 @@ LAYERS = [
     ("lowvram.data",),
     ("lowvram.plan",),
     ("lowvram.train",),
-    ("lowvram.generate", "lowvram.info", "lowvram.resize", "lowvram.merge", "lowvram.extract", "lowvram.doctor",
+    ("lowvram.generate", "lowvram.info", "lowvram.resize", "lowvram.merge", "lowvram.fuse", "lowvram.extract",
+     "lowvram.doctor",
      "lowvram.caption", "lowvram.ui"),
     ("lowvram.cli", "lowvram.__main__"),
 ]

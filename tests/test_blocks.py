@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import run_config
 from diffusers import UNet2DConditionModel
-from ldm_layout import unet_to_ldm
 from test_train import model_outputs
 
 from lowvram.adapters import lora_files, networks
@@ -19,6 +18,7 @@ from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.hardware import detect
 from lowvram.models.families import FAMILIES, LORA_LAYERS
+from lowvram.models.ldm_layout import unet_to_ldm
 from lowvram.models.loading import load_model
 from lowvram.plan import workload_for
 from lowvram.resolve import resolve_run

@@ -1,4 +1,4 @@
-"""Checks for tests/ldm_layout.py: our diffusers -> original-layout writer must be the exact inverse of
+"""Checks for lowvram/models/ldm_layout.py: our diffusers -> original-layout writer must be the exact inverse of
 diffusers' own single-file converters, and files it writes must load with ``from_single_file`` offline."""
 
 import json
@@ -26,30 +26,17 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-try:
-    from ldm_layout import (
-        SD15_CLIP_PREFIX,
-        SDXL_CLIP_PREFIX,
-        SDXL_OPEN_CLIP_PREFIX,
-        clip_text_to_ldm,
-        open_clip_to_sgm,
-        sd15_single_file,
-        sdxl_single_file,
-        unet_to_ldm,
-        vae_to_ldm,
-    )
-except ImportError:  # tests/ is a package
-    from tests.ldm_layout import (
-        SD15_CLIP_PREFIX,
-        SDXL_CLIP_PREFIX,
-        SDXL_OPEN_CLIP_PREFIX,
-        clip_text_to_ldm,
-        open_clip_to_sgm,
-        sd15_single_file,
-        sdxl_single_file,
-        unet_to_ldm,
-        vae_to_ldm,
-    )
+from lowvram.models.ldm_layout import (
+    SD15_CLIP_PREFIX,
+    SDXL_CLIP_PREFIX,
+    SDXL_OPEN_CLIP_PREFIX,
+    clip_text_to_ldm,
+    open_clip_to_sgm,
+    sd15_single_file,
+    sdxl_single_file,
+    unet_to_ldm,
+    vae_to_ldm,
+)
 
 HIDDEN_1, HIDDEN_2, POOLED = 32, 48, 24  # the two SDXL encoders must differ in width, see tiny_text_encoder_2
 

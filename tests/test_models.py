@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from ldm_layout import sd15_single_file, sdxl_single_file
 from safetensors.torch import load_file, save_file
 
 from lowvram.errors import LowvramError
 from lowvram.models import FAMILIES, load_model
 from lowvram.models.detect import detect_single_file_family
+from lowvram.models.ldm_layout import sd15_single_file, sdxl_single_file
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-sdxl"])
@@ -125,7 +125,7 @@ def other_vae():
 
 @pytest.mark.parametrize("layout", ["folder", "diffusers-file", "original-file"])
 def test_a_users_vae_replaces_the_models(layout, other_vae, tmp_path):
-    from ldm_layout import vae_to_ldm
+    from lowvram.models.ldm_layout import vae_to_ldm
 
     if layout == "folder":
         other_vae.save_pretrained(tmp_path / "vae")

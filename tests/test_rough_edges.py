@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from conftest import run_config
-from ldm_layout import sd15_single_file
 from PIL import Image
 from rich.console import Console
 from safetensors.torch import save_file
@@ -33,6 +32,7 @@ from lowvram.files import human_size
 from lowvram.hardware import NO_GPU, Hardware, behind_windows_driver, detect, hardware_for, load_profile
 from lowvram.kohya_names import KOHYA_FLAGS
 from lowvram.models import load_model
+from lowvram.models.ldm_layout import sd15_single_file
 from lowvram.train.loop import train
 from lowvram.train.progress import TrainingProgress
 

@@ -248,3 +248,20 @@ def peft_state_dicts(model: LoadedModel) -> dict[str, dict[str, torch.Tensor]]:
     from peft.utils import get_peft_model_state_dict
 
     return {name: get_peft_model_state_dict(module) for name, module in adapted_modules(model)}
+
+
+def fuse_adapters(module: torch.nn.Module) -> int:
+    """Merge lowvram's adapter into `module`'s weights (peft's merge: LoRA, DoRA, LoHa, LoKr alike) and take the
+    peft layers out, leaving the plain model, changed, to which another file's adapter can be added. Returns how
+    many layers changed."""
+    layers = adapted_layers(module)
+    for name, layer in layers:
+        layer.merge(adapter_names=[ADAPTER])
+        parent, _, child = name.rpartition(".")
+        setattr(module.get_submodule(parent), child, layer.get_base_layer())
+    # the model's record of the adapter (diffusers' and transformers' add_adapter refuse a name it holds)
+    if hasattr(module, "peft_config"):
+        del module.peft_config
+    if hasattr(module, "_hf_peft_config_loaded"):
+        module._hf_peft_config_loaded = False
+    return len(layers)

@@ -1,8 +1,7 @@
-"""Test helper: write diffusers/transformers weights in the ORIGINAL single-file checkpoint layout.
-
-Stable Diffusion checkpoints downloaded from model sites use the CompVis LDM (SD1.x) or
-Stability "sgm" (SDXL) key layout.  This module is the inverse of the converters in
-``diffusers.loaders.single_file_utils`` so tests can build such files from tiny random models.
+"""diffusers/transformers weights in the ORIGINAL single-file checkpoint layout, the one ComfyUI and AUTOMATIC1111
+load: CompVis LDM keys for SD1.x, Stability's "sgm" keys for SDXL. The inverse of the converters in
+``diffusers.loaders.single_file_utils`` (the tests check each round trip): `lowvram merge --model` writes a
+checkpoint with it, and the tests build single files from tiny random models with it.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lowvram.models.ldm_names import Table, unet_table
+from lowvram.models.ldm_names import Table, ldm_path, unet_table
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -35,15 +34,10 @@ def _remap(state_dict: dict[str, torch.Tensor], table: Table, out_prefix: str) -
     """Rename every key by its longest prefix found in ``table``; raise on a key no entry covers."""
     out = {}
     for key, value in state_dict.items():
-        parts = key.split(".")
-        for n in range(len(parts) - 1, 0, -1):
-            head = ".".join(parts[:n]) + "."
-            if head in table:
-                new_head, renames = table[head]
-                out[out_prefix + new_head + ".".join(renames.get(p, p) for p in parts[n:])] = value
-                break
-        else:
+        path = ldm_path(key, table)
+        if path is None:
             raise KeyError(f"no original-layout mapping for {key!r}")
+        out[out_prefix + path] = value
     return out
 
 

@@ -1,0 +1,171 @@
+"""`lowvram merge --model BASE style.safetensors:0.8 ...`: LoRA files fused into a model's weights, as kohya's
+merge_lora.py (`--sd_model`) makes a checkpoint that needs no LoRA loader. Each file is applied by lowvram's
+reader (LoRA, LoCon, DoRA, LoHa or LoKr, lowvram's or another trainer's) at its weight and merged by peft, one
+file after another, on the CPU; no GPU is needed.
+
+The result keeps the model's form. A single-file checkpoint is rewritten key for key: the weights the LoRAs
+changed take their new values in the file's own layout and dtype, and every other tensor (EMA weights, extra
+buffers, the VAE) is kept as it was, bit for bit. A diffusers folder is saved as a folder (save_pretrained). An
+`--output` ending in .safetensors from a folder or a hub model writes the original single-file layout, the one
+ComfyUI and AUTOMATIC1111 load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lowvram.errors import LowvramError
+from lowvram.merge import parse_source
+
+if TYPE_CHECKING:
+    import torch
+
+    from lowvram.models.loading import LoadedModel
+
+# a single file's dtype as its header names it
+HEADER_DTYPES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32"}
+
+
+@dataclass(frozen=True)
+class Fused:
+    path: Path
+    layers: list[int]  # each file's changed layers, in order
+    tensors_changed: int  # the checkpoint's tensors that differ from the model's
+
+
+def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: Path, family: str | None = None,
+                    precision: str | None = None) -> Fused:
+    """Write `model_name` with `sources`' LoRAs (each at its weight) fused in to `output`: a .safetensors file or
+    a diffusers folder. `precision` (fp16, bf16, fp32) casts every floating tensor; by default a single file
+    keeps its dtypes and other models are written in fp16."""
+    from lowvram.adapters.lora_files import DTYPES, load_kohya
+    from lowvram.adapters.networks import fuse_adapters
+    from lowvram.models.loading import load_model
+
+    single = Path(model_name).suffix.lower() == ".safetensors" and Path(model_name).is_file()
+    working = precision or (_file_precision(Path(model_name)) if single else "fp16")
+    model = load_model(model_name, family, dtype=DTYPES[working])
+    layers = []
+    for path, weight in sources:
+        load_kohya(model, path, weight)
+        layers.append(sum(fuse_adapters(module) for module in [model.unet, *model.text_encoders]))
+    if output.suffix.lower() != ".safetensors":
+        return Fused(_save_folder(model, output, DTYPES[working]), layers, 0)
+    converted = _original_layout(model)
+    if single:
+        tensors, changed = _rewritten(Path(model_name), converted, DTYPES[working], precision)
+    else:
+        tensors, changed = converted, 0
+    from lowvram.files import save_safetensors
+
+    metadata = _file_metadata(Path(model_name)) if single else {}
+    parts = ", ".join(f"{path.name} x{weight:g}" for path, weight in sources)
+    metadata["lowvram.fused_loras"] = parts
+    save_safetensors(tensors, output, metadata, "the merged model")
+    return Fused(output, layers, changed)
+
+
+def _original_layout(model: LoadedModel) -> dict[str, torch.Tensor]:
+    from lowvram.models.ldm_layout import sd15_single_file, sdxl_single_file
+
+    if len(model.text_encoders) == 2:
+        return sdxl_single_file(model.unet, model.vae, *model.text_encoders)
+    return sd15_single_file(model.unet, model.vae, model.text_encoders[0])
+
+
+def _rewritten(path: Path, converted: dict[str, torch.Tensor], working: torch.dtype, precision: str | None
+               ) -> tuple[dict[str, torch.Tensor], int]:
+    """`path`'s tensors, each replaced by its converted value where that differs at the `working` dtype (the LoRAs
+    changed it) and kept as the file has it otherwise; all cast to `precision` if given. A weight the conversion
+    has and the file lacks would be lost: its layout is not the one lowvram writes, and that is refused."""
+    import torch
+    from safetensors import safe_open
+
+    from lowvram.adapters.lora_files import DTYPES
+
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+        absent = sorted(key for key in converted if key not in set(keys) and not key.endswith("logit_scale"))
+        if absent:
+            raise LowvramError(f"--model: {path} names its weights otherwise than the layout lowvram writes (no "
+                               f"{absent[0]}); give --output a folder name for a diffusers folder instead")
+        tensors, changed = {}, 0
+        for key in keys:
+            tensor = handle.get_tensor(key)
+            new = converted.get(key)
+            if new is not None and new.numel() == tensor.numel():
+                new = new.reshape(tensor.shape)
+                if not torch.equal(new.to(working), tensor.to(working)):
+                    tensor = new.to(tensor.dtype)
+                    changed += 1
+            tensors[key] = tensor.to(DTYPES[precision]) if precision and tensor.is_floating_point() else tensor
+    return tensors, changed
+
+
+def _save_folder(model: LoadedModel, output: Path, dtype: torch.dtype) -> Path:
+    """The pipeline as a diffusers folder, written beside `output` and renamed into place when complete."""
+    from lowvram.files import ensure_room
+
+    size = sum(p.numel() * dtype.itemsize for name, part in model.pipeline.components.items()
+               if hasattr(part, "parameters") for p in part.parameters())
+    output.parent.mkdir(parents=True, exist_ok=True)
+    ensure_room(output.parent, size, "the merged model")
+    partial = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        model.pipeline.save_pretrained(str(partial), safe_serialization=True)
+        if output.exists():
+            shutil.rmtree(output)
+        partial.rename(output)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return output
+
+
+def _file_precision(path: Path) -> str:
+    """The dtype most of a checkpoint's U-Net weights have (fp16 where the header says none lowvram knows)."""
+    from collections import Counter
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        kinds = Counter(handle.get_slice(key).get_dtype() for key in handle.keys()  # noqa: SIM118
+                        if key.startswith("model.diffusion_model."))
+    return next((HEADER_DTYPES[kind] for kind, _ in kinds.most_common() if kind in HEADER_DTYPES), "fp16")
+
+
+def _file_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def run(args: argparse.Namespace) -> Fused:
+    """`lowvram merge --model`, its options checked first (one line each)."""
+    sources = [parse_source(text) for text in args.lora]
+    problems = [f"{path}: file not found" for path, _ in sources if not path.is_file()]
+    for flag, given in (("--rank", args.rank), ("--conv-rank", args.conv_rank), ("--dynamic", args.dynamic),
+                        ("--dynamic-param", args.dynamic_param)):
+        if given is not None:
+            problems.append(f"{flag}: with --model the LoRAs are added to the model's weights whole; drop {flag}")
+    single = Path(args.model).suffix.lower() == ".safetensors"
+    output = args.output or Path("merged.safetensors" if single else "merged")
+    if Path(args.model).exists() and output.resolve() == Path(args.model).resolve():
+        problems.append(f"--output: {output} is the model being read; name another")
+    elif output.exists() and not args.overwrite:
+        problems.append(f"--output: {output} exists; add --overwrite to replace it, or name another")
+    if problems:
+        raise LowvramError("\n".join(problems))
+    return fuse_into_model(args.model, sources, output, args.model_family, args.save_precision)
+
+
+def summary(result: Fused) -> str:
+    changes = ", ".join(str(count) for count in result.layers)
+    tail = f", {result.tensors_changed} of its tensors changed" if result.tensors_changed else ""
+    return f"{result.path}: the model with {len(result.layers)} LoRA file(s) fused in ({changes} layers{tail})"

@@ -1,0 +1,152 @@
+"""`lowvram merge --model`: LoRA files fused into a model (kohya's merge_lora.py). The merged checkpoint, loaded by
+diffusers' own single-file loader, gives what the base model with the LoRA applied gives; every tensor the LoRA
+did not change is kept bit for bit, extra keys included; a diffusers folder comes back as a folder."""
+
+import pytest
+import torch
+from conftest import run_config
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from test_train import model_outputs
+
+from lowvram.adapters.lora_files import load_kohya
+from lowvram.cli import main
+from lowvram.models.ldm_layout import sd15_single_file, sdxl_single_file
+from lowvram.models.loading import load_model
+from lowvram.train.loop import train
+
+EXTRA = "model_ema.decay"  # a tensor diffusers does not read, which the merged file must still hold
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-sdxl"])
+def setup(request, tmp_path_factory):
+    """(family, the base model as a single file, two LoRAs trained on it with their text encoders)"""
+    family, root = request.param, tmp_path_factory.mktemp(request.param)
+    model = load_model(family)
+    p = model.pipeline
+    state = (sdxl_single_file(p.unet, p.vae, p.text_encoder, p.text_encoder_2) if model.family.size_conditioning
+             else sd15_single_file(p.unet, p.vae, p.text_encoder))
+    checkpoint = root / "base.safetensors"
+    save_file(state | {EXTRA: torch.tensor(0.9999)}, str(checkpoint), metadata={"modelspec.title": "base"})
+    loras = [train(run_config(model=family, output=str(root / name), max_steps=3, rank=4, alpha=2, lr=5e-2,
+                              seed=seed, lora_layers="full", train_text_encoder=True)).lora_path
+             for name, seed in (("first", 1), ("second", 2))]
+    return family, checkpoint, loras
+
+
+def applied(family, checkpoint, lora, weight):
+    """The base model with the LoRA applied by lowvram's reader, unfused: the reference."""
+    model = load_model(str(checkpoint), family)
+    load_kohya(model, lora, weight)
+    return model_outputs(model)
+
+
+def test_the_merged_checkpoint_gives_what_the_lora_gives(setup, tmp_path, capsys):
+    family, checkpoint, (lora, _) = setup
+    merged = tmp_path / "merged.safetensors"
+    assert main(["merge", f"{lora}:0.7", "--model", str(checkpoint), "--output", str(merged)]) == 0
+    assert f"{merged}: the model with 1 LoRA file(s) fused in" in capsys.readouterr().out
+
+    base_hidden, base_out = model_outputs(load_model(str(checkpoint), family))
+    hidden, out = model_outputs(load_model(str(merged), family))  # diffusers' from_single_file reads it
+    want_hidden, want_out = applied(family, checkpoint, lora, 0.7)
+    assert not torch.allclose(want_out, base_out, atol=1e-3) and not torch.allclose(want_hidden, base_hidden, atol=1e-3)
+    torch.testing.assert_close(hidden, want_hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+
+    before, after = load_file(str(checkpoint)), load_file(str(merged))
+    assert before.keys() == after.keys()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(key.endswith(".weight") or "in_proj_weight" in key for key in changed)
+    assert not any(key.startswith("first_stage_model.") or key == EXTRA for key in changed)  # the VAE, the extra
+    assert all(after[key].dtype == before[key].dtype for key in before)
+    metadata = safe_open(str(merged), framework="pt").metadata()
+    assert metadata["modelspec.title"] == "base" and metadata["lowvram.fused_loras"] == f"{lora.name} x0.7"
+
+
+def test_several_loras_add_up_at_their_weights(setup, tmp_path):
+    _, checkpoint, (first, second) = setup
+    paths = {}
+    runs = (("a", [f"{first}:1"]), ("b", [f"{second}:1"]), ("ab", [f"{first}:0.5", f"{second}:-0.8"]))
+    for name, sources in runs:
+        paths[name] = tmp_path / f"{name}.safetensors"
+        assert main(["merge", *sources, "--model", str(checkpoint), "--output", str(paths[name])]) == 0
+    base, a, b, ab = (load_file(str(path)) for path in (checkpoint, paths["a"], paths["b"], paths["ab"]))
+    for key in a:
+        if a[key].is_floating_point() and not torch.equal(a[key], base[key]):
+            want = base[key] + 0.5 * (a[key] - base[key]) - 0.8 * (b[key] - base[key])
+            torch.testing.assert_close(ab[key], want, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_a_diffusers_folder_is_merged_into_a_folder_or_a_single_file(setup, tmp_path):
+    family, checkpoint, (lora, _) = setup
+    folder = tmp_path / "base-folder"
+    load_model(str(checkpoint), family).pipeline.save_pretrained(str(folder))
+    want_hidden, want_out = applied(family, checkpoint, lora, 1.0)
+    for output in (tmp_path / "merged", tmp_path / "merged.safetensors"):
+        assert main(["merge", str(lora), "--model", str(folder), "--output", str(output),
+                     "--save-precision", "fp32"]) == 0
+        hidden, out = model_outputs(load_model(str(output), family))
+        torch.testing.assert_close(hidden, want_hidden, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_save_precision_casts_the_whole_checkpoint(setup, tmp_path):
+    family, checkpoint, (lora, _) = setup
+    merged = tmp_path / "half.safetensors"
+    assert main(["merge", str(lora), "--model", str(checkpoint), "--output", str(merged), "--save-precision",
+                 "fp16"]) == 0
+    tensors = load_file(str(merged))
+    assert {tensor.dtype for tensor in tensors.values()} == {torch.float16}
+    hidden, out = model_outputs(load_model(str(merged), family))
+    want_hidden, want_out = applied(family, checkpoint, lora, 1.0)
+    torch.testing.assert_close(hidden, want_hidden, rtol=2e-2, atol=2e-2)  # fp16's rounding of every weight
+    torch.testing.assert_close(out, want_out, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rank", "4"], "--rank: with --model the LoRAs are added to the model's weights whole; drop --rank"),
+    (["--output", "{checkpoint}"], "is the model being read; name another"),
+    (["--output", "{existing}"], "exists; add --overwrite to replace it"),
+])
+def test_wrong_options_are_refused_in_one_line(setup, tmp_path, capsys, argv, message):
+    _, checkpoint, (lora, _) = setup
+    existing = tmp_path / "there.safetensors"
+    existing.write_bytes(b"keep")
+    argv = [arg.format(checkpoint=checkpoint, existing=existing) for arg in argv]
+    assert main(["merge", str(lora), "--model", str(checkpoint), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert existing.read_bytes() == b"keep"
+
+
+def test_a_lora_of_another_family_is_refused(setup, tmp_path, capsys):
+    family, checkpoint, _ = setup
+    other = "tiny" if family == "tiny-sdxl" else "tiny-sdxl"
+    lora = train(run_config(model=other, output=str(tmp_path / "other"), max_steps=1)).lora_path
+    merged = tmp_path / "merged.safetensors"
+    assert main(["merge", str(lora), "--model", str(checkpoint), "--output", str(merged)]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit" in err and len(err.strip().splitlines()) == 1 and not merged.exists()
+
+
+def test_merging_without_a_rank_or_a_model_is_refused(setup, capsys):
+    _, _, (lora, _) = setup
+    assert main(["merge", str(lora)]) == 2
+    assert "--rank: give the merged file's rank (or --model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("network", ["dora", "loha", "lokr"])
+def test_other_networks_fuse_as_they_apply(setup, tmp_path, network):
+    family, checkpoint, _ = setup
+    lora = train(run_config(model=family, output=str(tmp_path / network), max_steps=2, rank=4, lr=5e-2,
+                            network=network, train_text_encoder=True)).lora_path
+    merged = tmp_path / "merged.safetensors"
+    assert main(["merge", f"{lora}:0.6", "--model", str(checkpoint), "--output", str(merged)]) == 0
+    hidden, out = model_outputs(load_model(str(merged), family))
+    want_hidden, want_out = applied(family, checkpoint, lora, 0.6)
+    base_hidden, base_out = model_outputs(load_model(str(checkpoint), family))
+    assert not torch.allclose(want_out, base_out, atol=1e-4) and not torch.allclose(want_hidden, base_hidden, atol=1e-4)
+    torch.testing.assert_close(hidden, want_hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
