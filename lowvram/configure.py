@@ -27,9 +27,6 @@ from lowvram.config import (
     RunConfig,
     fields_by_name,
     flag_name,
-    parse_colour,
-    parse_save_every,
-    parse_until,
 )
 from lowvram.dataset_files import (
     DATASET_SUFFIXES,
@@ -43,6 +40,7 @@ from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
 from lowvram.optim import OPTIMIZERS, optimizer_kwargs
+from lowvram.option_values import parse_colour, parse_save_every, parse_until
 from lowvram.prompts import parse_prompt
 from lowvram.samplers import sampler_problem
 

@@ -4,9 +4,10 @@ import pytest
 import tomllib
 
 from lowvram.cli import build_parser, train_values
-from lowvram.config import RunConfig, parse_save_every
+from lowvram.config import RunConfig
 from lowvram.configure import build_config, read_toml
 from lowvram.errors import LowvramError
+from lowvram.option_values import parse_save_every
 
 
 def parse_train(argv):

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lowvram.config import RunConfig, parse_colour
+from lowvram.config import RunConfig
 from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
+from lowvram.option_values import parse_colour
 from lowvram.resolve import ResolvedRun
 
 

@@ -19,7 +19,7 @@ from lowvram.adapters.blocks import BlockPlan, block_of
 from lowvram.attention import set_attention
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import compile_blocks, compile_problem, compiled_count
-from lowvram.config import ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig, parse_save_every, parse_until
+from lowvram.config import ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
 from lowvram.data.check import scan
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData, prepare_training_data
@@ -31,6 +31,7 @@ from lowvram.hardware import detect
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import OPTIMIZERS, build_optimizer, optimizer_kwargs, use_averaged_weights
+from lowvram.option_values import parse_save_every, parse_until
 from lowvram.plan.calibration import unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.quant import convert_frozen, place, storage_bytes

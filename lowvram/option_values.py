@@ -1,0 +1,54 @@
+"""The text forms some options take, parsed: a save interval ('500', '2e'), --text-encoder-until ('25%'), and a
+background colour. Plain functions below the config, so the config checker and the run read them alike."""
+
+from __future__ import annotations
+
+
+def parse_save_every(value: str | None) -> tuple[int, str] | None:
+    """'500' / '500s' / '500 steps' -> (500, 'steps'); '2e' / '2 epochs' -> (2, 'epochs')."""
+    if value is None:
+        return None
+    text = str(value).strip().lower().replace(" ", "")
+    for suffix, unit in (("epochs", "epochs"), ("epoch", "epochs"), ("e", "epochs"),
+                         ("steps", "steps"), ("step", "steps"), ("s", "steps"), ("", "steps")):
+        if text.endswith(suffix):
+            number = text[: len(text) - len(suffix)] if suffix else text
+            if number.isdigit() and int(number) > 0:
+                return int(number), unit
+            break
+    raise ValueError(f"'{value}' is not a positive number of steps ('500') or epochs ('2e')")
+
+
+def parse_until(value: str | None) -> tuple[float, str] | None:
+    """--text-encoder-until: '300' (steps), '2e' (epochs) or '25%' (of the run's steps, kohya_ss's percent)."""
+    if value is None:
+        return None
+    text = str(value).strip().replace(" ", "")
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            share = -1.0
+        if not 0 < share < 100:
+            raise ValueError(f"'{value}' is not a share of the run above 0 and under 100 % ('25%')")
+        return share, "percent"
+    return parse_save_every(value)
+
+
+COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (127, 127, 127), "gray": (127, 127, 127)}
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """'white', '#RRGGBB' or 'R,G,B' (--background)."""
+    text = text.strip().lower()
+    if text in COLOURS:
+        return COLOURS[text]
+    if text.startswith("#") and len(text) == 7:
+        return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or not all(0 <= p <= 255 for p in parts):
+        raise ValueError(f"'{text}' is not a colour: use white, black, grey, #RRGGBB or R,G,B")
+    return tuple(parts)  # type: ignore[return-value]
