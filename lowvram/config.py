@@ -20,6 +20,7 @@ from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZERS
 from lowvram.prompts import SamplePrompt, parse_prompt, read_prompt_file
 from lowvram.samplers import SAMPLERS
+from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
 
 TIMESTEP_BIASES = ("none", "earlier", "later")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
@@ -348,6 +349,20 @@ class TrainingConfig:
     timestep_bias_multiplier: float = option(2.0, "How many times more often --timestep-bias draws its timesteps.",
                                              metavar="M")
     timestep_bias_portion: float = option(0.25, "The share of the timesteps --timestep-bias favours.", metavar="P")
+    timestep_distribution: str = option("uniform", "How timesteps are drawn (OneTrainer's timestep_distribution): "
+                                        "uniform; logit_normal (SD3's, favouring the middle); heavy_tail (SD3's "
+                                        "mode sampling: the middle with --noising-weight above 0, the ends below); "
+                                        "cos_map (the middle, gently); sigmoid (the noisy end); inverted_parabola "
+                                        "(peaked at 0.5 + --noising-bias of the range).",
+                                        choices=TIMESTEP_DISTRIBUTIONS)
+    noising_weight: float = option(0.0, "The shape of --timestep-distribution (OneTrainer's noising_weight): "
+                                   "logit_normal's spread less 1, heavy_tail's scale, how steep the sigmoid and "
+                                   "how narrow the parabola are.", metavar="W")
+    noising_bias: float = option(0.0, "Where --timestep-distribution centres, from the middle of the range "
+                                 "(OneTrainer's noising_bias; logit_normal's mean).", metavar="B")
+    timestep_shift: float = option(1.0, "Move the drawn timesteps toward the noisy end (above 1) or the clean end "
+                                   "(below 1): t -> s t / ((s - 1) t + 1) of the schedule (OneTrainer's "
+                                   "timestep_shift).", metavar="S")
     loss: str = option("l2", "The loss between the U-Net's prediction and its target: l2 (mean squared error), l1, or "
                        "kohya's pseudo-Huber losses huber and smooth_l1, which weigh large errors less. The "
                        "validation loss stays l2, so runs compare.", choices=LOSSES)
@@ -357,6 +372,12 @@ class TrainingConfig:
     huber_schedule: str | None = option(None, "How the Huber threshold moves from 1 at the least noisy timestep to "
                                         f"--huber-c at the noisiest (default {HUBER_SCHEDULES[0]}, following the "
                                         "noise level; constant keeps --huber-c).", choices=HUBER_SCHEDULES)
+
+    @property
+    def timestep_shape(self) -> TimestepShape:
+        return TimestepShape(self.min_timestep, self.max_timestep, self.timestep_distribution, self.noising_weight,
+                             self.noising_bias, self.timestep_shift, self.timestep_bias, self.timestep_bias_multiplier,
+                             self.timestep_bias_portion)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from lowvram.optim import OPTIMIZERS, optimizer_kwargs
 from lowvram.option_values import parse_colour, parse_save_every, parse_until
 from lowvram.prompts import parse_prompt
 from lowvram.samplers import sampler_problem
+from lowvram.timesteps import timestep_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -506,6 +507,8 @@ def _check(c: RunConfig) -> list[str]:
     positive("timestep-bias-multiplier", c.training.timestep_bias_multiplier)
     if not 0 < c.training.timestep_bias_portion < 1:
         p.append(f"--timestep-bias-portion: must be in (0, 1), got {c.training.timestep_bias_portion}")
+    if problem := timestep_problem(c.training.timestep_shape):
+        p.append(problem)
     if low is not None and high is not None and low >= high:
         p.append(f"--min-timestep: {low} is not below --max-timestep {high}; the range would be empty")
     if c.model.zero_terminal_snr and c.model.prediction_type == "epsilon":

@@ -23,6 +23,7 @@ from lowvram.kohya_config import as_number
 from lowvram.optim import OPTIMIZERS as OPTIMIZER_SPECS
 from lowvram.optim import optimizer_kwargs
 from lowvram.samplers import sampler_name
+from lowvram.timesteps import SHAPED, TIMESTEP_DISTRIBUTIONS
 
 MODEL_TYPES = ("STABLE_DIFFUSION_15", "STABLE_DIFFUSION_XL_10_BASE")
 OPTIMIZERS = {"ADAMW": "adamw", "ADAMW_8BIT": "adamw8bit", "PAGED_ADAMW_8BIT": "paged_adamw8bit", "LION": "lion",
@@ -371,12 +372,19 @@ def _loss_and_noise(doc: dict[str, Any], notes: list[str], problem, number) -> d
         values["min_timestep"] = round(low * 1000)
     if high < 1:
         values["max_timestep"] = round(high * 1000)
-    distribution = _upper(doc, "timestep_distribution") or "UNIFORM"
-    shaped = [key for key in ("noising_weight", "dynamic_timestep_shifting", "resolution_aware_loss_weight")
-              if doc.get(key)]  # noising_bias shapes nothing without noising_weight
-    if distribution != "UNIFORM" or shaped or float(doc.get("timestep_shift", 1.0) or 1.0) != 1.0:
-        notes.append(f"timestep_distribution {distribution}: lowvram draws timesteps uniformly (--timestep-bias "
-                     "shifts them earlier or later)")
+    distribution = (_upper(doc, "timestep_distribution") or "UNIFORM").lower()
+    if distribution not in TIMESTEP_DISTRIBUTIONS:
+        problem("timestep_distribution", f"{distribution.upper()} is not one lowvram draws "
+                f"({', '.join(d.upper() for d in TIMESTEP_DISTRIBUTIONS)})")
+    elif distribution != "uniform":
+        values["timestep_distribution"] = distribution
+    if distribution in SHAPED:  # OneTrainer keeps them (noising_bias 0.5 by default) when nothing reads them
+        values |= {key: float(doc[key]) for key in ("noising_weight", "noising_bias") if doc.get(key)}
+    if float(doc.get("timestep_shift", 1.0) or 1.0) != 1.0:
+        values["timestep_shift"] = float(doc["timestep_shift"])
+    for key in ("dynamic_timestep_shifting", "resolution_aware_loss_weight"):
+        if doc.get(key):
+            notes.append(f"{key}: not carried (lowvram's shift is --timestep-shift, the same at every resolution)")
     return values
 
 

@@ -16,6 +16,7 @@ from lowvram.errors import LowvramError
 from lowvram.generate import follow_lora_schedule
 from lowvram.models import load_model
 from lowvram.models.conditioning import unet_conditioning
+from lowvram.timesteps import TimestepShape
 from lowvram.train.loop import train
 from lowvram.train.loss import (
     Objective,
@@ -209,7 +210,7 @@ def test_scaling_the_loss_like_epsilon_is_refused_for_a_model_that_predicts_epsi
 
 def test_timesteps_stay_in_the_range_asked_for():
     scheduler = DDPMScheduler.from_pretrained(load_model("tiny").family.config_dir, subfolder="scheduler")
-    drawn = sample_timesteps(scheduler, 4000, torch.device("cpu"), between=(200, 300))
+    drawn = sample_timesteps(scheduler, 4000, torch.device("cpu"), shape=TimestepShape(200, 300))
     assert drawn.min().item() == 200 and drawn.max().item() == 299
     whole = sample_timesteps(scheduler, 4000, torch.device("cpu"))
     assert whole.min().item() < 10 and whole.max().item() > 990
@@ -221,8 +222,8 @@ def test_a_timestep_bias_draws_its_portion_multiplier_times_as_often(strategy):
     holds 3 x 200 / (600 + 3 x 200) = half of the draws; the rest stay uniform."""
     scheduler = DDPMScheduler.from_pretrained(load_model("tiny").family.config_dir, subfolder="scheduler")
     generator = torch.Generator().manual_seed(0)
-    drawn = sample_timesteps(scheduler, 40000, torch.device("cpu"), generator, between=(200, None),
-                             bias=(strategy, 3.0, 0.25))
+    drawn = sample_timesteps(scheduler, 40000, torch.device("cpu"), generator,
+                             TimestepShape(200, None, favour=strategy, multiplier=3.0, portion=0.25))
     assert drawn.min().item() == 200 and drawn.max().item() == 999
     favoured = (drawn < 400) if strategy == "earlier" else (drawn >= 800)
     assert favoured.float().mean().item() == pytest.approx(0.5, abs=0.01)

@@ -10,7 +10,7 @@ from conftest import assert_one_line_each, image_folders
 from safetensors import safe_open
 
 from lowvram.cli import main
-from lowvram.configure import read_config, read_toml
+from lowvram.configure import build_config, read_config, read_toml
 from lowvram.errors import LowvramError
 from lowvram.onetrainer_config import translate_onetrainer
 
@@ -199,3 +199,19 @@ def test_a_onetrainer_preset_as_its_repository_ships_it_is_read(tmp_path):
     assert {key: values.get(key) for key in ("model", "batch_size", "lora_layers", "lr", "resolution")} == {
         "model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "batch_size": 4, "lora_layers": "attn-mlp",
         "lr": 0.0003, "resolution": 512}
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({"timestep_distribution": "LOGIT_NORMAL", "noising_weight": 0.3, "noising_bias": -0.2, "timestep_shift": 2.0},
+     {"timestep_distribution": "logit_normal", "noising_weight": 0.3, "noising_bias": -0.2, "timestep_shift": 2.0}),
+    ({"timestep_distribution": "COS_MAP", "noising_weight": 0.0, "noising_bias": 0.5}, {"timestep_distribution":
+                                                                                      "cos_map"}),
+    ({"timestep_distribution": "UNIFORM", "noising_weight": 0.0, "noising_bias": 0.5}, {}),  # OneTrainer's defaults
+])
+def test_onetrainers_timestep_distribution_is_carried(tmp_path, settings, expected):
+    path = onetrainer_folder(tmp_path)
+    values, notes = translate_onetrainer(CONFIG | settings, path)
+    keys = ("timestep_distribution", "noising_weight", "noising_bias", "timestep_shift")
+    assert {key: values[key] for key in keys if key in values} == expected
+    assert not [note for note in notes if "timestep" in note], notes
+    build_config(values | {"output": str(tmp_path / "out")})  # and the run accepts it

@@ -4,6 +4,7 @@ timestep (min-SNR, v-prediction's scales, debiased estimation)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,9 @@ from diffusers.training_utils import compute_snr
 
 from lowvram.adapters.networks import adapters_off
 from lowvram.config import HUBER_C, HUBER_LOSSES, HUBER_SCHEDULES, RunConfig
+from lowvram.timesteps import TimestepShape, timestep_weights
+
+UNIFORM = TimestepShape()
 
 
 @dataclass(frozen=True)
@@ -74,23 +78,21 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float,
 
 
 def sample_timesteps(scheduler, batch: int, device: torch.device, generator: torch.Generator | None = None,
-                     between: tuple[int | None, int | None] = (None, None),
-                     bias: tuple[str, float, float] | None = None):
-    """Timesteps in [low, high) (kohya's --min_timestep, --max_timestep), the whole schedule by default: uniform, or
-    with `bias` (strategy, multiplier, portion: the diffusers SDXL example's timestep bias) the earlier or later
-    portion of them drawn multiplier times as often."""
-    low, high = between
-    low, high = low or 0, scheduler.config.num_train_timesteps if high is None else high
-    if bias is None or bias[0] == "none":
-        return torch.randint(low, high, (batch,), generator=generator, device=device)
-    strategy, multiplier, portion = bias
-    weights = torch.ones(high - low, device=device)
-    favoured = max(1, int(portion * (high - low)))
-    weights[slice(None, favoured) if strategy == "earlier" else slice(-favoured, None)] *= multiplier
-    cdf = weights.cumsum(0)
+                     shape: TimestepShape = UNIFORM) -> torch.Tensor:
+    """`batch` timesteps as `shape` says (lowvram.timesteps): uniform over its range by default."""
+    count = scheduler.config.num_train_timesteps
+    if shape.is_uniform():
+        return torch.randint(*shape.span(count), (batch,), generator=generator, device=device)
+    cdf = _timestep_cdf(shape, count, device)
     # inverse-CDF sampling: torch.multinomial would wait for the GPU to check its weights
     drawn = torch.rand(batch, generator=generator, device=device) * cdf[-1]
-    return torch.searchsorted(cdf, drawn, right=True).clamp(max=high - low - 1) + low
+    return torch.searchsorted(cdf, drawn, right=True).clamp(max=count - 1)
+
+
+@functools.lru_cache(maxsize=4)
+def _timestep_cdf(shape: TimestepShape, count: int, device: torch.device) -> torch.Tensor:
+    """The cumulative weights of the timesteps, worked out once per run and kept on the device."""
+    return torch.tensor(timestep_weights(shape, count), dtype=torch.float64).cumsum(0).float().to(device)
 
 
 def huber_threshold(scheduler, timesteps: torch.Tensor, c: float, schedule: str) -> torch.Tensor:

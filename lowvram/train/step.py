@@ -61,9 +61,7 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
     offset_strength = torch.rand((), device=device) if t.noise_offset_random_strength else None
     noise = sample_noise(latents, t.noise_offset, multires=config.multires_noise, offset_strength=offset_strength,
                          adaptive_scale=t.adaptive_noise_scale)
-    timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device,
-                                 between=(t.min_timestep, t.max_timestep),
-                                 bias=(t.timestep_bias, t.timestep_bias_multiplier, t.timestep_bias_portion))
+    timesteps = sample_timesteps(trainee.noise_scheduler, len(latents), device, shape=t.timestep_shape)
     perturbation = t.ip_noise_gamma * torch.randn_like(latents) if t.ip_noise_gamma else None
     if perturbation is not None and t.ip_noise_gamma_random_strength:
         perturbation = perturbation * torch.rand((), device=device, dtype=perturbation.dtype)
