@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default="tiny", help="base model, as for train --model [default: tiny]")
     gen.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
                      help="force the architecture instead of detecting it")
-    gen.add_argument("--lora", type=Path, help="LoRA .safetensors file (kohya or diffusers format)")
+    gen.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]", help="LoRA .safetensors file (kohya or "
+                     "diffusers format), with its strength if not --weight's (style.safetensors:0.6); give it again "
+                     "to stack several")
     gen.add_argument("--weight", type=float, default=1.0, help="LoRA strength [default: 1.0]")
     gen.add_argument("--prompt", required=True, help="text prompt; kohya's inline options work (--n negative, --w "
                      "--h size, --s steps, --l guidance, --d seed, --ss sampler) and win over the flags")

@@ -9,6 +9,7 @@ import torch
 
 from lowvram.errors import LowvramError
 from lowvram.hardware import detect
+from lowvram.merge import parse_source
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.prompts import parse_prompt
 from lowvram.samplers import make_sampler, sampler_problem
@@ -26,24 +27,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     model = load_model(args.model, args.model_family, dtype=dtype)
     pipeline = model.pipeline.to(hardware.device)
     pipeline.set_progress_bar_config(disable=True)
-    if args.lora is not None:
-        if not args.lora.is_file():
-            raise LowvramError(f"--lora: file not found: {args.lora}")
-        if args.lora.suffix.lower() != ".safetensors":
-            raise LowvramError(f"--lora: {args.lora} is not a .safetensors file")
-        for change in follow_lora_schedule(model, args.lora):
-            print(f"the LoRA was trained with {change}: sampling with it too")
-        if _read_with_peft(args.lora):
-            from lowvram.adapters.lora_files import load_kohya
-
-            load_kohya(model, args.lora, args.weight)
-        else:
-            try:
-                pipeline.load_lora_weights(str(args.lora), adapter_name="lora")
-            except (ValueError, KeyError, RuntimeError) as exc:
-                raise LowvramError(f"--lora: {args.lora} does not fit {model.family.title}: "
-                                   f"{str(exc).splitlines()[0]}") from None
-            pipeline.set_adapters(["lora"], adapter_weights=[args.weight])
+    if args.lora:
+        apply_loras(model, [parse_source(text, args.weight) for text in args.lora])
     if prompt.sampler:
         problem = sampler_problem(prompt.sampler, bool(pipeline.scheduler.config.get("rescale_betas_zero_snr")))
         if problem:
@@ -64,6 +49,39 @@ def generate(args: argparse.Namespace) -> list[Path]:
         image.save(path)
         paths.append(path)
     return paths
+
+
+def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
+    """Apply each LoRA file at its strength. One file stays a separate adapter. Several stack as ComfyUI and
+    AUTOMATIC1111 stack them: those lowvram's reader applies are fused into the weights one after another (its
+    adapters share one name), then diffusers' adapters for the rest are set side by side, each at its weight."""
+    for path, _ in sources:
+        if not path.is_file():
+            raise LowvramError(f"--lora: file not found: {path}")
+        if path.suffix.lower() != ".safetensors":
+            raise LowvramError(f"--lora: {path} is not a .safetensors file")
+    for path, _ in sources:
+        for change in follow_lora_schedule(model, path):
+            print(f"{path.name} was trained with {change}: sampling with it too")
+    ours = [(path, weight) for path, weight in sources if _read_with_peft(path)]
+    for path, weight in ours:
+        from lowvram.adapters.lora_files import load_kohya
+        from lowvram.adapters.networks import fuse_adapters
+
+        load_kohya(model, path, weight)
+        if len(sources) > 1:
+            for module in (model.unet, *model.text_encoders):
+                fuse_adapters(module)
+    theirs = [(path, weight) for path, weight in sources if (path, weight) not in ours]
+    names = ["lora"] + [f"lora{i}" for i in range(1, len(theirs))]
+    for name, (path, _) in zip(names, theirs):
+        try:
+            model.pipeline.load_lora_weights(str(path), adapter_name=name)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise LowvramError(f"--lora: {path} does not fit {model.family.title}: "
+                               f"{str(exc).splitlines()[0]}") from None
+    if theirs:
+        model.pipeline.set_adapters(names[: len(theirs)], adapter_weights=[weight for _, weight in theirs])
 
 
 def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:

@@ -19,13 +19,13 @@ SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "
                    "modelspec.prediction_type", "modelspec.resolution", "ss_zero_terminal_snr")
 
 
-def parse_source(text: str) -> tuple[Path, float]:
-    """FILE or FILE:WEIGHT (a Windows drive's colon is part of the file)."""
+def parse_source(text: str, weight: float = 1.0) -> tuple[Path, float]:
+    """FILE or FILE:WEIGHT, `weight` where none is given (a Windows drive's colon is part of the file)."""
     head, sep, tail = text.rpartition(":")
     try:
-        return (Path(head), float(tail)) if sep and head else (Path(text), 1.0)
+        return (Path(head), float(tail)) if sep and head else (Path(text), weight)
     except ValueError:
-        return Path(text), 1.0
+        return Path(text), weight
 
 
 def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dynamic: str | None = None,

@@ -2,9 +2,11 @@
 diffusers' own single-file loader, gives what the base model with the LoRA applied gives; every tensor the LoRA
 did not change is kept bit for bit, extra keys included; a diffusers folder comes back as a folder."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_config
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_train import model_outputs
@@ -150,3 +152,30 @@ def test_other_networks_fuse_as_they_apply(setup, tmp_path, network):
     assert not torch.allclose(want_out, base_out, atol=1e-4) and not torch.allclose(want_hidden, base_hidden, atol=1e-4)
     torch.testing.assert_close(hidden, want_hidden, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+
+
+def test_generate_stacks_several_loras_as_the_merged_checkpoint_holds_them(setup, tmp_path):
+    """`generate --lora A:0.5 --lora B:-0.8` renders what the checkpoint with both fused in renders, whichever
+    reader applies each file (lowvram's for a kohya file it wrote, diffusers' for a diffusers-format file)."""
+    family, checkpoint, (first, _) = setup
+    diffusers_second = train(run_config(model=family, output=str(tmp_path / "second"), max_steps=3, rank=4, alpha=4,
+                                        lr=5e-2, seed=2, format="diffusers", save_precision="fp32"))
+    second_folder = diffusers_second.lora_path.parent / f"{diffusers_second.lora_path.stem}-diffusers"
+    second_file = second_folder / "pytorch_lora_weights.safetensors"
+    merged = tmp_path / "merged.safetensors"
+    assert main(["merge", f"{first}:0.5", f"{diffusers_second.lora_path}:-0.8", "--model", str(checkpoint),
+                 "--output", str(merged)]) == 0
+    argv = ["generate", "--prompt", "lvshape, a red circle", "--steps", "3", "--seed", "1", "--model-family", family]
+    images = {}
+    for name, extra in (("merged", ["--model", str(merged)]),
+                        ("stacked", ["--model", str(checkpoint), "--lora", f"{first}:0.5", "--lora",
+                                     f"{second_file}:-0.8"]),
+                        ("ours", ["--model", str(checkpoint), "--lora", f"{first}:0.5", "--lora",
+                                  f"{diffusers_second.lora_path}:-0.8"]),
+                        ("one", ["--model", str(checkpoint), "--lora", f"{first}:0.5"])):
+        images[name] = tmp_path / f"{name}.png"
+        assert main([*argv, *extra, "--output", str(images[name])]) == 0
+    merged_pixels, stacked, ours, one = (np.asarray(Image.open(images[name]), dtype=np.int16)
+                                         for name in ("merged", "stacked", "ours", "one"))
+    assert np.abs(merged_pixels - stacked).max() <= 2 and np.abs(merged_pixels - ours).max() <= 2  # 8-bit rounding
+    assert np.abs(merged_pixels - one).max() > 10  # the second LoRA changed it
