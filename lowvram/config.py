@@ -128,6 +128,9 @@ class DataConfig:
     caption_separator: str = option(",", "What separates a caption's tags, for --shuffle-tags, --keep-tokens and "
                                     "--tag-dropout (kohya's caption_separator); the tags they vary are joined with "
                                     "', ', as kohya joins them.", metavar="TEXT")
+    secondary_separator: str = option("", "Text that joins words into one tag, which shuffles and drops whole, and "
+                                      "is then trained as --caption-separator (kohya's secondary_separator, e.g. "
+                                      "\";;;\").", metavar="TEXT")
     keep_tokens_separator: str = option("", "Text in a caption that ends its tags kept in front (kohya's "
                                         "keep_tokens_separator, e.g. \"|||\"): a caption that has it keeps the tags "
                                         "before it in place, instead of the first --keep-tokens, and those after a "

@@ -396,6 +396,10 @@ def _check(c: RunConfig) -> list[str]:
     if c.data.keep_tokens_separator and c.data.keep_tokens_separator.strip() in ("", ",", c.data.caption_separator):
         p.append(f"--keep-tokens-separator: {c.data.keep_tokens_separator!r} would split tags; use text no caption "
                  "has otherwise, e.g. \"|||\"")
+    if c.data.secondary_separator and c.data.secondary_separator.strip() in (
+            "", c.data.caption_separator.strip(), c.data.keep_tokens_separator.strip()):
+        p.append(f"--secondary-separator: {c.data.secondary_separator!r} is no separator of its own; use text no "
+                 "caption has otherwise, e.g. \";;;\"")
     if not 0 <= c.data.unmasked_weight < 1:
         p.append(f"--unmasked-weight: must be in [0, 1), got {c.data.unmasked_weight}")
     elif c.data.unmasked_weight and not (c.data.masked_loss or c.data.alpha_mask):

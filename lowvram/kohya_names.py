@@ -83,6 +83,7 @@ KOHYA_FLAGS = {
     "--adaptive_noise_scale": "--adaptive-noise-scale",
     "--keep_tokens_separator": "--keep-tokens-separator",
     "--caption_separator": "--caption-separator",
+    "--secondary_separator": "--secondary-separator",
     "--enable_wildcard": "--wildcards --caption-lines each",
     "--ip_noise_gamma": "--ip-noise-gamma",
     "--ip_noise_gamma_random_strength": "--ip-noise-gamma-random-strength",

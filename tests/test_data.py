@@ -246,3 +246,34 @@ def test_a_caption_separator_splits_the_tags_kohya_would(tmp_path, sample_data):
 
     with pytest.raises(LowvramError, match="--caption-separator: . . is no separator"):
         run_config(caption_separator=" ")
+
+
+def test_a_secondary_separator_keeps_its_words_one_tag_and_is_trained_as_the_separator(tmp_path, sample_data):
+    """kohya's secondary_separator: `red;;;hair` shuffles and drops as one tag, and the text encoder reads
+    `red,hair` (kohya replaces it after shuffling), in every variant cached and in the batches alike."""
+    from conftest import run_config
+
+    from lowvram.dataset_files import read_dataset
+    from lowvram.errors import LowvramError
+    from lowvram.train.loop import train
+
+    options = CaptionOptions(shuffle_tags=True, tag_dropout=0.3, secondary_separator=";;;", variants=12)
+    variants = caption_variants("ohwx, red;;;hair, smile;;;wide, hat", options)
+    assert len(variants) > 3 and not any(";;;" in text for text in variants)
+    for text in variants:
+        tags = text.split(", ")
+        assert all(tag in ("ohwx", "red,hair", "smile,wide", "hat") for tag in tags), text
+    assert caption_variants("a;;;b, c", CaptionOptions(secondary_separator=";;;")) == ["a,b, c"]  # unvaried too
+
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("a red;;;circle, blue background")
+    config = run_config(data=str(sample_data), secondary_separator=";;;", shuffle_tags=True, train_text_encoder=True,
+                        output=str(tmp_path / "out"), max_steps=6, batch_size=2)
+    result = train(config)
+    draws = result.data.batches()
+    seen = [caption for _ in range(20) for caption in next(draws)[2].captions]
+    assert "red,circle" in " ".join(seen) and not any(";;;" in caption for caption in seen)
+    (tmp_path / "data.toml").write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{sample_data}"\n'
+                                        'secondary_separator = ";;;"\n')
+    assert read_dataset(tmp_path / "data.toml").values["secondary_separator"] == ";;;"
+    with pytest.raises(LowvramError, match="--secondary-separator: ',' is no separator of its own"):
+        run_config(secondary_separator=",")

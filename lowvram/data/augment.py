@@ -90,6 +90,7 @@ class CaptionOptions:
     tag_dropout: float = 0.0  # probability of leaving out each tag past the first `keep_tokens`
     dropout_every: int | None = None  # every Nth epoch (counted from 1, as kohya counts) on the empty caption
     separator: str = ","  # what separates a caption's tags (kohya's caption_separator)
+    secondary_separator: str = ""  # joins words into one tag, trained as `separator` (kohya's secondary_separator)
 
     @property
     def varies_tags(self) -> bool:
@@ -116,6 +117,13 @@ def vary_tags(caption: str, options: CaptionOptions, rng: random.Random, kept: t
 def caption_variants(caption: str, options: CaptionOptions, kept: tuple[int, int] | None = None) -> list[str]:
     """The fixed set of caption texts to cache for one caption (just itself when tags aren't varied)."""
     if not options.varies_tags:
-        return [caption]
+        return [trained_text(caption, options)]
     variants = [caption] + [vary_tags(caption, options, _rng(caption, i), kept) for i in range(1, options.variants)]
-    return list(dict.fromkeys(variants))  # a short caption may have fewer distinct shuffles
+    return list(dict.fromkeys(trained_text(text, options) for text in variants))  # a short caption may have fewer
+    # distinct shuffles
+
+
+def trained_text(caption: str, options: CaptionOptions) -> str:
+    """A caption's text as the text encoder reads it: its tags already varied, the secondary separator read as the
+    caption separator (kohya replaces it after shuffling, so the words it joins move and drop together)."""
+    return caption.replace(options.secondary_separator, options.separator) if options.secondary_separator else caption

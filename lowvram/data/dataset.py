@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from lowvram.data.augment import CaptionOptions, vary_tags
+from lowvram.data.augment import CaptionOptions, trained_text, vary_tags
 from lowvram.data.buckets import bucket_batches
 from lowvram.data.cache import TensorStore
 from lowvram.data.scan import per_epoch
@@ -167,7 +167,7 @@ class TrainingData:
                 caption, kept = _draw(rng, ((caption, kept), *sample.more_captions), sample.caption_weights)
             if self.captions.varies_tags:
                 caption = vary_tags(caption, self.captions, rng, kept)
-            captions.append("" if dropped else caption)
+            captions.append("" if dropped else trained_text(caption, self.captions))
         return Batch(
             latents=torch.stack(latents),
             time_ids=torch.stack(time_ids).float(),

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 import torch
 from rich.console import Console
 
-from lowvram.data.augment import AugmentOptions, CaptionOptions, auto_variant_count, caption_variants, make_variant
+from lowvram.data.augment import (
+    AugmentOptions,
+    CaptionOptions,
+    auto_variant_count,
+    caption_variants,
+    make_variant,
+    trained_text,
+)
 from lowvram.data.cache import (
     LatentJob,
     TensorStore,
@@ -58,7 +65,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                                                                                config.data.color_jitter))
     captions = CaptionOptions(config.data.shuffle_tags, config.data.keep_tokens, config.data.caption_dropout,
                               config.data.caption_variants, config.data.tag_dropout, config.data.caption_dropout_every,
-                              config.data.caption_separator)
+                              config.data.caption_separator, config.data.secondary_separator)
     cache_text = not config.network.train_text_encoder
     vae_id = module_fingerprint(model.vae)
     text_id = (module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])
@@ -90,7 +97,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                 drawn = ([(record.caption, None)] if validating
                          else [(record.caption, record.kept_tags), *record.more_captions])
                 for i, (text, kept) in enumerate(drawn):  # each caption line's variants
-                    variants = [text] if validating else caption_variants(text, captions, kept)
+                    variants = [trained_text(text, captions)] if validating else caption_variants(text, captions, kept)
                     for caption in variants:
                         key = text_key(caption, text_id)
                         text_jobs.setdefault(key, TextJob(key, caption))

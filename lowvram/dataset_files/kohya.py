@@ -32,12 +32,13 @@ SUBSET_SETTINGS = {"shuffle_caption": "shuffle_tags", "keep_tokens": "keep_token
                    "caption_dropout_rate": "caption_dropout", "caption_tag_dropout_rate": "tag_dropout",
                    "caption_dropout_every_n_epochs": "caption_dropout_every",
                    "alpha_mask": "alpha_mask", "keep_tokens_separator": "keep_tokens_separator",
-                   "enable_wildcard": "wildcards", "caption_separator": "caption_separator"}
+                   "enable_wildcard": "wildcards", "caption_separator": "caption_separator",
+                   "secondary_separator": "secondary_separator"}
 # a subset that leaves a setting out has kohya's default
 KOHYA_DEFAULTS = {"shuffle_caption": False, "keep_tokens": 0, "caption_extension": ".caption", "flip_aug": False,
                   "color_aug": False, "random_crop": False, "caption_dropout_rate": 0.0,
                   "caption_tag_dropout_rate": 0.0, "alpha_mask": False, "keep_tokens_separator": "",
-                  "enable_wildcard": False, "caption_separator": ","}
+                  "enable_wildcard": False, "caption_separator": ",", "secondary_separator": ""}
 SWITCH_VALUES = {"color_aug": (0.1, 0.0), "random_crop": ("random", "center")}  # kohya's switch -> (on, off)
 STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_prefix", "caption_suffix",
              "metadata_file"}  # per subset
@@ -46,7 +47,6 @@ INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed
 # they would change what the model is shown: refused rather than trained without
 REFUSED = {
     "conditioning_data_dir": "ControlNet training is not something lowvram does",
-    "secondary_separator": "lowvram splits tags at --caption-separator only; join such tags in the caption files",
     "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
     "skip_image_resolution": "lowvram trains one resolution; leave it out (`lowvram check-data` lists small images)",
     "network_multiplier": "lowvram trains the LoRA at strength 1; leave it out",
