@@ -109,18 +109,10 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
 def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torch.Tensor], dict[str, dict]]:
     """(metadata, tensors, the LoRA layers' tensors by key prefix) of a kohya-format LoRA/LoCon file; a one-line
     LowvramError for an unreadable file, a DoRA, LoHa or LoKr, or no LoRA layers at all."""
-    from safetensors import SafetensorError, safe_open
+    from lowvram.adapters.lora_files import by_layer, read_lora_file
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata, tensors = f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-    except (OSError, SafetensorError) as exc:
-        raise LowvramError(f"{path} is not a readable .safetensors file ({str(exc).splitlines()[0]})"
-                           ) from None
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        base, _, suffix = key.partition(".")
-        layers.setdefault(base, {})[suffix] = tensor
+    metadata, tensors = read_lora_file(path, None)
+    layers = by_layer(tensors)
     suffixes = {suffix for own in layers.values() for suffix in own}
     kind = next((name for marker, name in (("dora_scale", "DoRA"), ("hada_", "LoHa"), ("lokr_", "LoKr"))
                  if any(suffix.startswith(marker) for suffix in suffixes)), None)

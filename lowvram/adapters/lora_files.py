@@ -125,11 +125,11 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
     --network_weights), so training continues that LoRA; returns how many layers were filled. The file must
     hold this run's network type, rank and alpha, on layers this run adapts; layers it lacks start fresh."""
     flag = "--network-weights"
-    _, tensors = _read_lora_file(path, flag)
+    _, tensors = read_lora_file(path, flag)
     found = _network_of(tensors, flag)
     if found != network.network:
         raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
-    layers = _by_layer(tensors)
+    layers = by_layer(tensors)
     ours = kohya_layers(model)
     ours |= _original_layout_aliases(model.unet, ours)
     per_block = sets_blocks(network)
@@ -236,9 +236,9 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
     from peft import LoKrConfig
     from peft.utils import set_peft_model_state_dict
 
-    metadata, tensors = _read_lora_file(path)
+    metadata, tensors = read_lora_file(path)
     network = _network_of(tensors)
-    layers = _by_layer(tensors)
+    layers = by_layer(tensors)
     try:
         factor = int(json.loads(metadata.get("ss_network_args") or "{}").get("factor", -1))
     except (ValueError, AttributeError):
@@ -298,22 +298,24 @@ def _original_layout_aliases(unet: torch.nn.Module, layers: dict[str, tuple]) ->
             if prefix + path.replace(".", "_") in layers}
 
 
-def _read_lora_file(path: Path, flag: str = "--lora") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def read_lora_file(path: Path, flag: str | None = "--lora") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a .safetensors file; a one-line LowvramError (naming `flag`, if any) for a file that
+    is not one."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (OSError, SafetensorError) as exc:
-        raise LowvramError(f"{flag}: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]}); "
-                           "pass a LoRA .safetensors file") from None
+        raise LowvramError(f"{flag + ': ' if flag else ''}{path} is not a readable .safetensors file "
+                           f"({str(exc).splitlines()[0]}); pass a LoRA .safetensors file") from None
 
 
-def _by_layer(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+def by_layer(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """kohya/LyCORIS tensors grouped by layer: {key prefix: {suffix: tensor}}."""
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
-        base, suffix = key.split(".", 1)
+        base, _, suffix = key.partition(".")
         layers.setdefault(base, {})[suffix] = tensor
     return layers
 
