@@ -144,6 +144,9 @@ class DataConfig:
     max_token_length: int = option(75, "Caption tokens the text encoders read (kohya's max_token_length): 75, 150 "
                                    "or 225. Longer captions are cut there; 150 and 225 read them in 75-token "
                                    "chunks, as AUTOMATIC1111 and ComfyUI read long prompts.", metavar="N")
+    weighted_captions: bool = option(False, "Read AUTOMATIC1111's emphasis in captions and sample prompts, "
+                                     "(red hair:1.2), ((red hair)), [red hair], as kohya's --weighted_captions "
+                                     "does: those tokens' text states are weighed.")
     clip_skip: int = option(1, "CLIP layers skipped from the end, as kohya's and AUTOMATIC1111's clip skip: 2 "
                             "reads the penultimate layer, which anime SD1.5 models (NovelAI's descendants) are "
                             "trained for. SD1.5 only: SDXL reads its penultimate layer already.", metavar="N")

@@ -84,6 +84,7 @@ KOHYA_FLAGS = {
     "--keep_tokens_separator": "--keep-tokens-separator",
     "--caption_separator": "--caption-separator",
     "--secondary_separator": "--secondary-separator",
+    "--weighted_captions": "--weighted-captions",
     "--enable_wildcard": "--wildcards --caption-lines each",
     "--ip_noise_gamma": "--ip-noise-gamma",
     "--ip_noise_gamma_random_strength": "--ip-noise-gamma-random-strength",

@@ -127,3 +127,46 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
                 left_out.add(key)
         lines.append(line)
     return [line for line in lines if line], sorted(left_out)
+
+
+# AUTOMATIC1111's emphasis syntax: \( \) \[ \] \\ escapes, ( [ openers, ":1.2)" a weighted closer, ) ], plain text
+EMPHASIS = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
+ROUND, SQUARE = 1.1, 1 / 1.1  # what ( ) and [ ] multiply by
+
+
+def weighted_pieces(text: str) -> list[tuple[str, float]]:
+    """A caption or prompt written with AUTOMATIC1111's emphasis, as kohya's --weighted_captions reads it: the
+    text in pieces, each with its weight. `(red hair)` is 1.1 times, `((red hair))` 1.21, `[red hair]` 1/1.1,
+    `(red hair:1.5)` 1.5; an unclosed bracket weighs to the end; `\\(` is a plain parenthesis. Neighbouring
+    pieces of the same weight are joined."""
+    pieces: list[list] = []
+    opened: dict[str, list[int]] = {"(": [], "[": []}
+
+    def weigh(start: int, factor: float) -> None:
+        for piece in pieces[start:]:
+            piece[1] *= factor
+
+    for match in EMPHASIS.finditer(text):
+        token, weight = match.group(0), match.group(1)
+        if token.startswith("\\") and len(token) == 2:
+            pieces.append([token[1], 1.0])
+        elif token in opened:
+            opened[token].append(len(pieces))
+        elif weight is not None and opened["("]:
+            weigh(opened["("].pop(), float(weight))
+        elif token == ")" and opened["("]:
+            weigh(opened["("].pop(), ROUND)
+        elif token == "]" and opened["["]:
+            weigh(opened["["].pop(), SQUARE)
+        else:
+            pieces.append([token, 1.0])
+    for bracket, factor in (("(", ROUND), ("[", SQUARE)):
+        for start in opened[bracket]:
+            weigh(start, factor)
+    joined: list[tuple[str, float]] = []
+    for piece, weight in pieces:
+        if joined and joined[-1][1] == weight:
+            joined[-1] = (joined[-1][0] + piece, weight)
+        else:
+            joined.append((piece, weight))
+    return joined or [("", 1.0)]

@@ -61,7 +61,8 @@ class ResolvedRun:
 
     @property
     def text_reading(self) -> TextReading:
-        return TextReading(self.config.data.max_token_length, self.config.data.clip_skip)
+        return TextReading(self.config.data.max_token_length, self.config.data.clip_skip,
+                           self.config.data.weighted_captions)
 
     @property
     def uses_sample_data(self) -> bool:

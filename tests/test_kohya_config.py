@@ -36,7 +36,7 @@ KOHYA_SS = {
     "save_precision": "float", "seed": 42, "text_encoder_lr": 0.0001, "train_batch_size": 2, "train_data_dir": "sample",
     "unet_lr": 0.0004, "keep_tokens": 1, "shuffle_caption": False, "xformers": False, "sdpa": True,
     "caption_dropout_every_n_epochs": 0, "scale_weight_norms": 2.0, "adaptive_noise_scale": 0.005,
-    "weighted_captions": True,
+    "weighted_captions": True, "token_warmup_step": 10,
 }
 
 
@@ -54,7 +54,7 @@ def test_a_kohya_ss_config_trains_the_lora_kohya_would(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "read as a kohya sd-scripts config" in err
     assert "optimizer_args not carried over" not in err  # its betas reach AdamW
-    assert "not carried over (lowvram has no such setting): weighted_captions" in err  # off ones: quietly
+    assert "not carried over (lowvram has no such setting): token_warmup_step" in err  # off ones: quietly
     assert "adaptive_noise_scale" not in err  # a share of noise_offset 0: nothing, as kohya_ss writes it
     out = tmp_path / "out"
     lora = load_file(str(out / "mylora.safetensors"))
@@ -64,6 +64,7 @@ def test_a_kohya_ss_config_trains_the_lora_kohya_would(tmp_path, capsys):
     assert meta["ss_loraplus_lr_ratio"] == "16"
     assert meta["ss_loraplus_text_encoder_lr_ratio"] == "4"
     assert meta["ss_scale_weight_norms"] == "2" and meta["ss_optimizer"] == "adamw(betas=0.9,0.99)"
+    assert "weighted_captions = true" in meta["lowvram.config"]
     assert {tensor.dtype for tensor in lora.values()} == {torch.float32}  # save_precision "float"
     # kohya's LoRA: the text encoder trained, every layer of the transformer blocks, the convolutions at conv_dim
     assert any(key.startswith("lora_te_") for key in lora)

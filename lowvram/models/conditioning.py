@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, ModelFamily, TextReading
+from lowvram.prompts import weighted_pieces
 
 VAE_TILE_PX = 512
 
@@ -45,12 +46,17 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
     `reading.max_tokens` 150 or 225 reads longer captions as kohya's max_token_length and AUTOMATIC1111/ComfyUI's
     long prompts do: 75-token chunks, each encoded with its own BOS/EOS, joined without the inner BOS/EOS (so 227
     states for 225 tokens); the pooled embedding is the first chunk's. `reading.clip_skip` 2 or more takes an
-    earlier layer's states through the final layer norm, as diffusers' `clip_skip` (one less) does."""
+    earlier layer's states through the final layer norm, as diffusers' `clip_skip` (one less) does.
+    `reading.weighted` reads AUTOMATIC1111's emphasis, `(red hair:1.2)`, as kohya's weighted_captions does: each
+    token's states times its weight (the pooled embedding is the plain text's)."""
     chunks = max(1, reading.max_tokens // CHUNK_TOKENS)
     states, pooled = [], None
     for spec, encoder, tokenizer in zip(family.text_encoders, text_encoders, tokenizers):
-        ids = tokenizer(captions, padding="max_length", max_length=chunks * CHUNK_TOKENS + 2, truncation=True,
-                        return_tensors="pt").input_ids
+        if reading.weighted:
+            ids, weights = _weighted_ids(captions, tokenizer, chunks * CHUNK_TOKENS + 2)
+        else:
+            ids = tokenizer(captions, padding="max_length", max_length=chunks * CHUNK_TOKENS + 2, truncation=True,
+                            return_tensors="pt").input_ids
         if chunks > 1:
             ids = _chunked(ids, chunks, tokenizer)
         out = encoder(ids.to(device), output_hidden_states=True)
@@ -63,10 +69,31 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
         if chunks > 1:
             hidden = hidden.reshape(len(captions), chunks, CHUNK_TOKENS + 2, -1)
             hidden = torch.cat([hidden[:, 0, :1], hidden[:, :, 1:-1].flatten(1, 2), hidden[:, -1, -1:]], dim=1)
+        if reading.weighted:
+            hidden = hidden * weights.to(device=hidden.device, dtype=hidden.dtype)[:, :, None]
         states.append(hidden)
         if spec.pooled:
             pooled = out.text_embeds if chunks == 1 else out.text_embeds[::chunks]
     return torch.cat(states, dim=-1), pooled
+
+
+def _weighted_ids(captions: list[str], tokenizer, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, weights), each (B, `length`): the ids the tokenizer gives the captions' plain text (BOS, tokens cut to
+    fit, EOS, padding), each piece of emphasis tokenized alone, and each token's weight (1 for BOS, EOS and
+    padding)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows, weights = [], []
+    for caption in captions:
+        tokens, weighed = [], []
+        for text, weight in weighted_pieces(caption):
+            piece = tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
+            tokens += piece
+            weighed += [weight] * len(piece)
+        body = length - 2
+        row = [tokenizer.bos_token_id, *tokens[:body], tokenizer.eos_token_id]
+        rows.append(row + [pad] * (length - len(row)))
+        weights.append([1.0, *weighed[:body]] + [1.0] * (length - 1 - min(body, len(weighed))))
+    return torch.tensor(rows), torch.tensor(weights)
 
 
 def _chunked(ids: torch.Tensor, chunks: int, tokenizer) -> torch.Tensor:

@@ -128,12 +128,13 @@ class TextReading:
 
     max_tokens: int = CHUNK_TOKENS
     clip_skip: int = 1
+    weighted: bool = False  # AUTOMATIC1111's (emphasis:1.2) weighs the tokens' states (kohya's weighted_captions)
 
     @property
     def cache_tag(self) -> str:
         """What sets these embeddings apart from the default reading's in the cache."""
         return ((f"/tokens{self.max_tokens}" if self.max_tokens != CHUNK_TOKENS else "")
-                + (f"/clipskip{self.clip_skip}" if self.clip_skip != 1 else ""))
+                + (f"/clipskip{self.clip_skip}" if self.clip_skip != 1 else "") + ("/weighted" * self.weighted))
 
 
 DEFAULT_READING = TextReading()

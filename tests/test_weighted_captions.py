@@ -1,0 +1,67 @@
+"""--weighted-captions (kohya's --weighted_captions): AUTOMATIC1111's emphasis in captions and sample prompts
+weighs the text states of the tokens inside it, as kohya weighs them; a caption without emphasis is read exactly
+as without the option; the weighted embeddings are cached apart from plain ones."""
+
+import pytest
+import torch
+from conftest import run_config
+from safetensors import safe_open
+
+from lowvram.kohya_config import translate
+from lowvram.models import load_model
+from lowvram.models.conditioning import TextReading, encode_prompts
+from lowvram.prompts import weighted_pieces
+from lowvram.train.loop import train
+
+
+@pytest.mark.parametrize(("text", "pieces"), [
+    ("a (red hair) girl", [("a ", 1.0), ("red hair", 1.1), (" girl", 1.0)]),
+    ("((red)), [blue]", [("red", 1.1 * 1.1), (", ", 1.0), ("blue", 1 / 1.1)]),
+    ("(green:1.5), plain", [("green", 1.5), (", plain", 1.0)]),
+    ("(a (b:2) c)", [("a ", 1.1), ("b", 2.2), (" c", 1.1)]),
+    (r"a \(b\) c: d", [("a (b) c: d", 1.0)]),  # escaped parentheses and a colon are text
+    ("(unclosed", [("unclosed", 1.1)]),  # weighs to the end
+    ("closed) only", [("closed) only", 1.0)]),
+])
+def test_emphasis_is_read_as_automatic1111_reads_it(text, pieces):
+    got = weighted_pieces(text)
+    assert [piece for piece, _ in got] == [piece for piece, _ in pieces]
+    assert [weight for _, weight in got] == pytest.approx([weight for _, weight in pieces])
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-sdxl"])
+@pytest.mark.parametrize("max_tokens", [75, 150])
+def test_emphasis_weighs_its_tokens_states_and_nothing_else(model_name, max_tokens):
+    model = load_model(model_name)
+    def encode(captions, weighted):
+        return encode_prompts(model.family, model.text_encoders, model.tokenizers, captions, "cpu",
+                              TextReading(max_tokens, 1, weighted))
+
+    long = ", ".join(f"tag{i}" for i in range(30)) + ", a red circle, blue background"
+    with torch.no_grad():
+        plain, plain_pooled = encode([long, "lvshape, a red circle"], False)
+        same, _ = encode([long, "lvshape, a red circle"], True)
+        weighed, weighed_pooled = encode(["lvshape, a (red circle:1.5)"], True)
+    torch.testing.assert_close(same, plain, rtol=0, atol=0)  # no emphasis: exactly the plain reading
+    position = len(model.tokenizers[0]("lvshape, a", add_special_tokens=False).input_ids) + 1  # after BOS
+    red_circle = slice(position, position + 2)
+    torch.testing.assert_close(weighed[0, red_circle], 1.5 * plain[1, red_circle])
+    rest = torch.ones(plain.shape[1], dtype=torch.bool)
+    rest[red_circle] = False
+    torch.testing.assert_close(weighed[0, rest], plain[1, rest])
+    if plain_pooled is not None:  # SDXL's pooled embedding is the plain text's
+        torch.testing.assert_close(weighed_pooled[0], plain_pooled[1])
+
+
+def test_a_weighted_run_caches_its_own_embeddings_and_kohya_configs_ask_for_it(tmp_path, sample_data):
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("a (red circle:1.3), [blue background]")
+    cache = str(tmp_path / "cache")
+    plain = train(run_config(data=str(sample_data), output=str(tmp_path / "a"), max_steps=1, cache_dir=cache))
+    weighted = train(run_config(data=str(sample_data), output=str(tmp_path / "b"), max_steps=1, cache_dir=cache,
+                                weighted_captions=True))
+    assert weighted.encoded[1] == plain.encoded[1] > 0  # the plain reading's cached embeddings are not reused
+    assert weighted.lora_path.is_file()
+    with safe_open(str(weighted.lora_path), "pt") as f:
+        assert "weighted_captions = true" in f.metadata()["lowvram.config"]  # the recipe replays it
+    values, _ = translate({"weighted_captions": True, "network_module": "networks.lora"}, tmp_path / "k.toml")
+    assert values["weighted_captions"] is True
