@@ -107,8 +107,9 @@ def _rewritten(path: Path, converted: dict[str, torch.Tensor], working: torch.dt
 
 
 def _save_folder(model: LoadedModel, output: Path, dtype: torch.dtype) -> Path:
-    """The pipeline as a diffusers folder, written beside `output` and renamed into place when complete."""
-    from lowvram.files import ensure_room
+    """The pipeline as a diffusers folder, written beside `output` and renamed into place when complete; a disk
+    that fills up meanwhile leaves nothing behind and says so in one line."""
+    from lowvram.files import DiskFull, ensure_room, free_bytes, is_disk_full, is_size_limit
 
     size = sum(p.numel() * dtype.itemsize for name, part in model.pipeline.components.items()
                if hasattr(part, "parameters") for p in part.parameters())
@@ -121,8 +122,11 @@ def _save_folder(model: LoadedModel, output: Path, dtype: torch.dtype) -> Path:
         if output.exists():
             shutil.rmtree(output)
         partial.rename(output)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
+        if is_disk_full(exc):
+            raise DiskFull(output.parent, size, free_bytes(output.parent), "the merged model",
+                           is_size_limit(exc)) from None
         raise
     return output
 

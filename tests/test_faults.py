@@ -251,3 +251,27 @@ def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_run(uninterr
     assert done.returncode == 0, done.stderr
     assert not orphan.exists() and (out / ".my-notes.tmp").read_text() == "mine"
     assert "removed 1 temporary file" in " ".join(done.stdout.split())
+
+
+def test_a_file_size_limit_while_merging_into_a_model_leaves_nothing_and_says_so(tmp_path, env):
+    """`lowvram merge --model` under a file-size limit smaller than the model: a single file and a diffusers
+    folder each stop in one line naming the limit, and nothing is left at --output or beside it."""
+    from safetensors.torch import save_file
+
+    from lowvram.models import load_model
+    from lowvram.models.ldm_layout import sd15_single_file
+
+    model = load_model("tiny")
+    checkpoint = tmp_path / "base.safetensors"
+    save_file(sd15_single_file(model.unet, model.vae, model.pipeline.text_encoder), str(checkpoint))
+    trained = run([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample", "--output",
+                   str(tmp_path / "lora"), "--max-steps", "1"], env)
+    assert trained.returncode == 0, trained.stderr
+    lora = tmp_path / "lora" / "lora.safetensors"
+    for output in (tmp_path / "merged.safetensors", tmp_path / "merged"):
+        failed = run([sys.executable, "-m", "lowvram", "merge", str(lora), "--model", str(checkpoint), "--output",
+                      str(output)], env, limit_bytes=checkpoint.stat().st_size // 4)
+        assert failed.returncode == 2, failed.stderr
+        line = failed.stderr.strip()
+        assert len(line.splitlines()) == 1 and "file-size limit" in line and "the merged model" in line, line
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["base.safetensors", "cache", "lora"]
