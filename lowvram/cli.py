@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(check, sections=("model", "data"), skip=("data", "prediction_type"))
 
     gen = sub.add_parser("generate", allow_abbrev=False, help="render images with a LoRA",
-                         description="Render images from a base model with a LoRA applied (diffusers pipeline).")
+                         description="Render images from a base model with LoRAs applied, as training renders its "
+                         "samples (one model part on the GPU at a time). Prompts are read as AUTOMATIC1111 reads them: "
+                         "(emphasis:1.2), and long ones in 75-token chunks.")
     gen.add_argument("--model", default="tiny", help="base model, as for train --model [default: tiny]")
     gen.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
                      help="force the architecture instead of detecting it")
@@ -151,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale [default: 7.0]")
     gen.add_argument("--resolution", type=int, default=None, help="image size in pixels [default: the model's]")
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image [default: 0]")
+    gen.add_argument("--clip-skip", type=int, choices=(1, 2, 3, 4), help="CLIP layers skipped from the end, as "
+                     "train's --clip-skip [default: the LoRA's, else 1]")
     gen.add_argument("--sampler", type=_sampler, default=None,
                      help=f"sampler: {', '.join(SAMPLERS)} (kohya's and A1111's spellings work too) "
                      "[default: the model's own]")

@@ -1,18 +1,29 @@
-"""`lowvram generate`: render images from a base model with a LoRA applied, through diffusers."""
+"""`lowvram generate`: render images from a base model with LoRAs applied, as training renders its samples: one
+model part on the GPU at a time (the text encoders encode and leave, the U-Net denoises, the VAE decodes and
+leaves), so it runs on the cards lowvram trains on, and a prompt and seed give the image a training sample gave.
+Prompts are read as AUTOMATIC1111 reads them: `(emphasis:1.2)`, and long ones in 75-token chunks."""
 
 from __future__ import annotations
 
 import argparse
+import math
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from lowvram.errors import LowvramError
+from lowvram.files import save_image
 from lowvram.hardware import detect
 from lowvram.merge import parse_source
+from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, TextReading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
-from lowvram.prompts import parse_prompt
-from lowvram.samplers import make_sampler, sampler_problem
+from lowvram.prompts import parse_prompt, weighted_pieces
+from lowvram.samplers import sampler_problem
+from lowvram.train.sampling import render
+
+MAX_CHUNKS = 3  # 225 tokens, the most kohya and lowvram read
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
@@ -23,32 +34,40 @@ def generate(args: argparse.Namespace) -> list[Path]:
     except ValueError as exc:
         raise LowvramError(f"--prompt: {exc}") from None
     hardware = detect()
-    dtype = torch.float32 if hardware.device == "cpu" else (torch.bfloat16 if hardware.bf16 else torch.float16)
+    device = torch.device(hardware.device)
+    dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if hardware.bf16 else torch.float16)
     model = load_model(args.model, args.model_family, dtype=dtype)
-    pipeline = model.pipeline.to(hardware.device)
-    pipeline.set_progress_bar_config(disable=True)
     if args.lora:
         apply_loras(model, [parse_source(text, args.weight) for text in args.lora])
     if prompt.sampler:
-        problem = sampler_problem(prompt.sampler, bool(pipeline.scheduler.config.get("rescale_betas_zero_snr")))
+        problem = sampler_problem(prompt.sampler, bool(model.pipeline.scheduler.config.get("rescale_betas_zero_snr")))
         if problem:
             raise LowvramError(f"--sampler: {problem}")
-        pipeline.scheduler = make_sampler(pipeline.scheduler, prompt.sampler)
-    width, height = prompt.size(args.resolution or model.family.resolution)
-    negative = prompt.negative or args.negative_prompt
-    guidance = args.guidance if prompt.guidance is None else prompt.guidance
     seed = args.seed if prompt.seed is None else prompt.seed
+    prompt = replace(prompt, negative=prompt.negative or args.negative_prompt or "", seed=None,
+                     guidance=args.guidance if prompt.guidance is None else prompt.guidance)
+    reading = model.text_reading or DEFAULT_READING
+    model.text_reading = TextReading(CHUNK_TOKENS * _chunks(model, [prompt.text, prompt.negative]),
+                                     args.clip_skip or reading.clip_skip, weighted=True)
+    model.unet.to(device)
+    if dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
+        model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16, as its pipeline knows
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if device.type != "cpu" else nullcontext
     paths = []
     for i in range(args.count):
-        generator = torch.Generator("cpu").manual_seed(seed + i)
-        with torch.no_grad():
-            image = pipeline(prompt.text, negative_prompt=negative, num_inference_steps=prompt.steps or args.steps,
-                             guidance_scale=guidance, height=height, width=width, generator=generator).images[0]
+        image = render(model, prompt, args.resolution or model.family.resolution, prompt.steps or args.steps,
+                       seed + i, device, autocast)
         path = args.output if args.count == 1 else args.output.with_name(f"{args.output.stem}-{i:02d}{args.output.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-        paths.append(path)
+        paths.append(save_image(image, path, "the image"))
     return paths
+
+
+def _chunks(model: LoadedModel, texts: list[str]) -> int:
+    """How many 75-token chunks the longest of `texts` needs (at most 3), as AUTOMATIC1111 sizes a prompt."""
+    tokenizer = model.tokenizers[0]
+    longest = max(sum(len(tokenizer(piece, add_special_tokens=False).input_ids) for piece, _ in weighted_pieces(text)
+                      if piece.strip()) for text in texts)
+    return min(MAX_CHUNKS, max(1, math.ceil(longest / CHUNK_TOKENS)))
 
 
 def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
@@ -85,9 +104,9 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
 
 
 def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
-    """A LoRA trained with v-prediction or zero terminal SNR (its modelspec.prediction_type and
-    ss_zero_terminal_snr) on a base model whose own scheduler says neither: the sampler is set to what training
-    used. What was changed, in words."""
+    """A LoRA trained with v-prediction, zero terminal SNR or clip skip (its modelspec.prediction_type,
+    ss_zero_terminal_snr and ss_clip_skip) where the base model's own reading says otherwise: the sampler and the
+    text reading are set to what training used. What was changed, in words."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -102,6 +121,11 @@ def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
     if metadata.get("ss_zero_terminal_snr") == "True" and not scheduler.config.get("rescale_betas_zero_snr"):
         model.pipeline.scheduler = zero_terminal_snr_sampler(scheduler)
         changes.append("zero terminal SNR")
+    skip = metadata.get("ss_clip_skip", "")
+    reading = model.text_reading or DEFAULT_READING
+    if skip.isdigit() and int(skip) > 1 and model.family.text_encoders[0].hidden_state == -1 and reading.clip_skip == 1:
+        model.text_reading = replace(reading, clip_skip=int(skip))  # SDXL reads its penultimate layer already
+        changes.append(f"clip skip {skip}")
     return changes
 
 

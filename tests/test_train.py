@@ -293,6 +293,20 @@ def test_generate_renders_with_the_lora(trained, tmp_path):
     assert np.abs(plain - with_lora).mean() > 0.5  # the LoRA changes the image
 
 
+def test_generate_renders_the_image_training_sampled(trained, tmp_path):
+    """The same prompt, seed and steps give the final training sample again: generate renders as training does."""
+    config, result = trained
+    import numpy as np
+    from PIL import Image
+
+    assert main(["generate", "--model", config.model.model, "--lora", str(result.lora_path), "--prompt",
+                 config.output.sample_prompts[0], "--steps", str(config.output.sample_steps), "--seed",
+                 str(config.training.seed), "--output", str(tmp_path / "again.png")]) == 0
+    sampled = np.asarray(Image.open(result.samples[0]), dtype=np.int16)
+    again = np.asarray(Image.open(tmp_path / "again.png"), dtype=np.int16)
+    assert np.abs(sampled - again).max() <= 2  # 8-bit rounding of the same image
+
+
 def test_generate_refuses_a_lora_of_the_other_family(trained, tmp_path, capsys):
     config, result = trained
     other = "tiny-sdxl" if config.model.model == "tiny" else "tiny"

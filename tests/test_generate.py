@@ -1,0 +1,49 @@
+"""`lowvram generate` reads prompts as AUTOMATIC1111 does (emphasis, long prompts in 75-token chunks) and as the
+LoRA was trained (its clip skip), through the renderer training samples with."""
+
+import numpy as np
+import pytest
+from conftest import run_config
+from PIL import Image
+
+from lowvram.cli import main
+from lowvram.train.loop import train
+
+BASE = ["generate", "--model", "tiny", "--steps", "2", "--seed", "5"]
+
+
+def render(tmp_path, name: str, *argv) -> np.ndarray:
+    assert main([*BASE, *argv, "--output", str(tmp_path / f"{name}.png")]) == 0
+    return np.asarray(Image.open(tmp_path / f"{name}.png"), dtype=np.int16)
+
+
+def test_emphasis_weighs_a_prompt_and_a_weight_of_one_changes_nothing(tmp_path):
+    plain = render(tmp_path, "plain", "--prompt", "lvshape, a red circle")
+    unit = render(tmp_path, "unit", "--prompt", "lvshape, a (red circle:1.0)")
+    strong = render(tmp_path, "strong", "--prompt", "lvshape, a (red circle:1.8)")
+    assert np.array_equal(plain, unit)
+    assert np.abs(plain - strong).mean() > 0.5
+
+
+def test_a_long_prompt_is_read_past_75_tokens(tmp_path):
+    head = ", ".join(f"tag{i}" for i in range(45))  # past 75 tokens
+    red = render(tmp_path, "red", "--prompt", f"{head}, a red circle")
+    blue = render(tmp_path, "blue", "--prompt", f"{head}, a blue square")
+    assert not np.array_equal(red, blue)  # CLIP's first 75 tokens alone give one image (the same ids)
+
+
+def test_a_lora_trained_with_clip_skip_is_rendered_with_it(tmp_path, capsys):
+    lora = train(run_config(output=str(tmp_path / "skip"), max_steps=1, clip_skip=2)).lora_path
+    capsys.readouterr()
+    followed = render(tmp_path, "followed", "--prompt", "lvshape", "--lora", str(lora))
+    assert "skip.safetensors was trained with clip skip 2: sampling with it too" in capsys.readouterr().out
+    explicit = render(tmp_path, "explicit", "--prompt", "lvshape", "--lora", str(lora), "--clip-skip", "2")
+    last_layer = render(tmp_path, "last", "--prompt", "lvshape", "--lora", str(lora), "--clip-skip", "1")
+    assert np.array_equal(followed, explicit)
+    assert np.abs(followed - last_layer).mean() > 0.5
+
+
+def test_a_wrong_clip_skip_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        main([*BASE, "--prompt", "x", "--clip-skip", "9"])
+    assert "--clip-skip" in capsys.readouterr().err
