@@ -1,7 +1,8 @@
 """From option values to a validated `RunConfig`: TOML files, presets, flags and the web UI's form.
 
 Each value is read as its option's type (`lowvram.config` declares them), checked against its choices, its range and
-the other options, and every problem is reported at once, one line each, naming the option and the fix.
+the other options (`lowvram.config_checks`), and every problem is reported at once, one line each, naming the option
+and the fix.
 """
 
 from __future__ import annotations
@@ -15,35 +16,24 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from lowvram.adapters.blocks import check_syntax as check_block_syntax
 from lowvram.config import (
-    CAPTION_SUFFIXES,
-    HUBER_LOSSES,
     PATH_OPTIONS,
     SAMPLE_DATA,
     SECTIONS,
-    TRAIN_TIMESTEPS,
-    ZERO_SNR_NEEDS_V,
     RunConfig,
     fields_by_name,
     flag_name,
 )
+from lowvram.config_checks import config_problems
 from lowvram.dataset_files import (
-    DATASET_SUFFIXES,
-    has_regularization_subsets,
     is_dataset_document,
     is_dataset_file,
     read_dataset,
 )
-from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
+from lowvram.errors import LowvramError
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
-from lowvram.optim import OPTIMIZERS, optimizer_kwargs
-from lowvram.option_values import parse_colour, parse_save_every, parse_until
-from lowvram.prompts import parse_prompt
-from lowvram.samplers import sampler_problem
-from lowvram.timesteps import timestep_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -169,7 +159,7 @@ def _file_value_problems(values: dict[str, Any]) -> list[str]:
         return problems
     flags = {flag_name(fields_by_name()[name][1]) for name in values}
     rejected = {line.split(":")[0] for line in problems}
-    return problems + [line for line in _check(config) if line.split(":")[0] in flags - rejected]
+    return problems + [line for line in config_problems(config) if line.split(":")[0] in flags - rejected]
 
 
 PRESETS_DIR = Path(__file__).parent / "profiles" / "presets"
@@ -267,7 +257,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
         sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
     config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
     rejected = {line.split(":")[0] for line in problems}
-    problems += [line for line in _check(config) if line.split(":")[0] not in rejected]
+    problems += [line for line in config_problems(config) if line.split(":")[0] not in rejected]
     if problems:
         raise LowvramError("\n".join(problems))
     return config
@@ -302,291 +292,3 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
             continue
         sections[section][name] = value
     return sections, problems
-
-
-def _dataset_file_problems(c: RunConfig) -> list[str]:
-    """What is wrong with the dataset file given as --data, and with --reg-data beside its is_reg subsets."""
-    try:
-        dataset = read_dataset(Path(c.data.data))
-    except LowvramError as exc:
-        return str(exc).splitlines()
-    if c.data.reg_data and dataset.folders(regularization=True):
-        return [f"--reg-data: {c.data.data} has is_reg subsets already; drop --reg-data, or those subsets"]
-    return []
-
-
-def _has_regularization_subsets(data: str | None) -> bool:
-    try:
-        return has_regularization_subsets(data)
-    except LowvramError:  # the dataset file's own problems are reported on their own
-        return True
-
-
-def _check(c: RunConfig) -> list[str]:
-    """Cross-field and range checks; each message names the flag and the fix."""
-    p = []
-
-    def positive(flag: str, value: float | None, *, allow_zero: bool = False) -> None:
-        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-            p.append(f"--{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-    if c.data.data is None:
-        p.append("--data: no dataset given; pass an image folder, or 'sample' for the built-in sample dataset")
-    elif is_dataset_file(c.data.data):
-        p += _dataset_file_problems(c)
-    elif Path(c.data.data).suffix.lower() in DATASET_SUFFIXES:
-        p.append(f"--data: file not found: {c.data.data}")
-    elif c.data.data != SAMPLE_DATA and not Path(c.data.data).is_dir():
-        p.append(f"--data: folder not found: {c.data.data}")
-    model_path = Path(c.model.model or "")
-    if c.model.model is None:
-        p.append("--model: which base model? pass a .safetensors checkpoint, a diffusers folder or a hub id "
-                 "(--model tiny trains the built-in demo model, whose random weights make a toy LoRA)")
-    elif model_path.suffix.lower() in PICKLE_SUFFIXES:
-        p.append(pickle_refusal("--model", c.model.model))
-    elif model_path.suffix.lower() == ".safetensors" and not model_path.is_file():
-        p.append(f"--model: file not found: {c.model.model}")
-    for flag, value, must_be_file in (("--vae", c.model.vae, False),
-                                      ("--network-weights", c.network.network_weights, True)):
-        if value is None:
-            continue
-        if Path(value).suffix.lower() in PICKLE_SUFFIXES:
-            p.append(pickle_refusal(flag, value))
-        elif not (Path(value).is_file() if must_be_file else Path(value).exists()):
-            p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}")
-    if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
-        p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
-    if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
-        p.append(f"--reg-data: folder not found: {c.data.reg_data}")
-    if (c.data.prior_prediction and c.data.reg_data is None and c.data.data is not None
-            and not _has_regularization_subsets(c.data.data)):
-        p.append("--prior-prediction: there are no regularization images to predict for; give --reg-data DIR (any "
-                 "images of what the LoRA should leave as the model had it)")
-    v = c.validation
-    if v.validation_data is not None and not Path(v.validation_data).is_dir():
-        p.append(f"--validation-data: folder not found: {v.validation_data}")
-    if not 0 <= v.validation_split < 1:
-        p.append(f"--validation-split: must be in [0, 1), got {v.validation_split}")
-    if v.validation_data and v.validation_split:
-        p.append("--validation-split and --validation-data: can't use both; choose one")
-    validating = bool(v.validation_data or v.validation_split)
-    for flag, value in (("validate-every", v.validate_every), ("early-stopping", v.early_stopping)):
-        if value is not None and not validating:
-            p.append(f"--{flag}: needs a validation set; add --validation-split 0.1 or --validation-data DIR")
-    positive("validate-every", v.validate_every)
-    positive("validation-timesteps", v.validation_timesteps)
-    positive("early-stopping", v.early_stopping)
-    for flag, value in (("bucket-step", c.data.bucket_step), ("min-bucket-side", c.data.min_bucket_side),
-                        ("max-bucket-side", c.data.max_bucket_side)):
-        if value is not None and (value < 8 or value % 8):
-            p.append(f"--{flag}: {value} must be a multiple of 8")
-    if c.data.min_bucket_side and c.data.max_bucket_side and c.data.min_bucket_side > c.data.max_bucket_side:
-        p.append("--min-bucket-side: larger than --max-bucket-side; swap them")
-    for flag, value in (("color-jitter", c.data.color_jitter), ("caption-dropout", c.data.caption_dropout),
-                        ("tag-dropout", c.data.tag_dropout)):
-        if not 0 <= value < 1:
-            p.append(f"--{flag}: must be in [0, 1), got {value}")
-    positive("latent-variants", c.data.latent_variants)
-    positive("caption-variants", c.data.caption_variants)
-    positive("caption-dropout-every", c.data.caption_dropout_every)
-    positive("keep-tokens", c.data.keep_tokens, allow_zero=True)
-    if not c.data.caption_separator.strip():
-        p.append(f"--caption-separator: {c.data.caption_separator!r} is no separator; give the text between tags "
-                 "(kohya's default: ,)")
-    if c.data.keep_tokens_separator and c.data.keep_tokens_separator.strip() in ("", ",", c.data.caption_separator):
-        p.append(f"--keep-tokens-separator: {c.data.keep_tokens_separator!r} would split tags; use text no caption "
-                 "has otherwise, e.g. \"|||\"")
-    if c.data.secondary_separator and c.data.secondary_separator.strip() in (
-            "", c.data.caption_separator.strip(), c.data.keep_tokens_separator.strip()):
-        p.append(f"--secondary-separator: {c.data.secondary_separator!r} is no separator of its own; use text no "
-                 "caption has otherwise, e.g. \";;;\"")
-    if not 0 <= c.data.unmasked_weight < 1:
-        p.append(f"--unmasked-weight: must be in [0, 1), got {c.data.unmasked_weight}")
-    elif c.data.unmasked_weight and not (c.data.masked_loss or c.data.alpha_mask):
-        p.append("--unmasked-weight: only used with --masked-loss or --alpha-mask; add one or drop it")
-    positive("masked-prior-weight", c.data.masked_prior_weight, allow_zero=True)
-    if c.data.masked_prior_weight and not (c.data.masked_loss or c.data.alpha_mask):
-        p.append("--masked-prior-weight: only used with --masked-loss or --alpha-mask; add one or drop it")
-    positive("prior-loss-weight", c.data.prior_loss_weight, allow_zero=True)
-    positive("cache-batch-size", c.data.cache_batch_size)
-    if not 1 <= c.data.clip_skip <= 4:
-        p.append(f"--clip-skip: {c.data.clip_skip} is not one of 1 (the last layer, the default), 2, 3, 4")
-    if c.data.max_token_length not in (75, 150, 225):
-        p.append(f"--max-token-length: {c.data.max_token_length} is not one of 75, 150, 225")
-    if c.data.keep_tokens and not (c.data.shuffle_tags or c.data.tag_dropout):
-        p.append("--keep-tokens: only matters with --shuffle-tags or --tag-dropout; add one or drop --keep-tokens")
-
-    try:
-        parse_colour(c.data.background)
-    except ValueError as exc:
-        p.append(f"--background: {exc}")
-    if c.data.caption_extension not in CAPTION_SUFFIXES:
-        p.append(f"--caption-extension: '{c.data.caption_extension}' is not one of {', '.join(CAPTION_SUFFIXES)}")
-    try:
-        c.data.caption_template.format(trigger="")
-    except (KeyError, IndexError, ValueError):
-        p.append(f"--caption-template: {c.data.caption_template!r}: the only placeholder is {{trigger}}")
-    p.extend(check_block_syntax(c.network))
-    positive("rank", c.network.rank)
-    positive("alpha", c.network.alpha)
-    positive("v-pred-like-loss", c.training.v_pred_like_loss, allow_zero=True)
-    positive("loraplus-ratio", c.optim.loraplus_ratio)
-    if not 0 < c.optim.ema_decay < 1:
-        p.append(f"--ema-decay: must be in (0, 1), got {c.optim.ema_decay} (0.999 is usual)")
-    positive("scale-weight-norms", c.optim.scale_weight_norms)
-    positive("loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio)
-    if c.optim.loraplus_text_encoder_ratio and not c.network.train_text_encoder:
-        p.append("--loraplus-text-encoder-ratio: the text encoders are not trained; add --train-text-encoder or drop "
-                 "it")
-    for flag, value in (("--loraplus-ratio", c.optim.loraplus_ratio),
-                        ("--loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio),
-                        ("--scale-weight-norms", c.optim.scale_weight_norms)):
-        if value is not None and c.network.network in ("loha", "lokr"):
-            p.append(f"{flag}: it works on LoRA's B and A matrices, which --network {c.network.network} has none of; "
-                     "drop it or use --network lora or dora")
-    positive("conv-rank", c.network.conv_rank)
-    positive("conv-alpha", c.network.conv_alpha)
-    for flag, value in (("--conv-rank", c.network.conv_rank), ("--conv-alpha", c.network.conv_alpha)):
-        if value is not None and c.network.lora_layers != "full":
-            p.append(f"{flag}: only --lora-layers full adapts the convolutions (kohya's LoCon); add --lora-layers "
-                     f"full or drop {flag}")
-    if c.network.block_lr_zero_threshold < 0:
-        p.append(f"--block-lr-zero-threshold: must be 0 or more, got {c.network.block_lr_zero_threshold:g}")
-    elif c.network.block_lr_zero_threshold and not any(
-            (c.network.down_lr_weight, c.network.mid_lr_weight, c.network.up_lr_weight)):
-        p.append("--block-lr-zero-threshold: only used with --down-lr-weight, --mid-lr-weight or --up-lr-weight")
-    for flag, value in (("dropout", c.network.dropout), ("rank-dropout", c.network.rank_dropout),
-                        ("module-dropout", c.network.module_dropout)):
-        if not 0 <= value < 1:
-            p.append(f"--{flag}: must be in [0, 1), got {value}")
-    if c.network.network in ("loha", "lokr") and c.network.rank_dropout:
-        p.append(f"--rank-dropout: peft's {c.network.network} has no rank dropout; use --module-dropout, or --network "
-                 "lora")
-    if c.network.network in ("loha", "lokr") and c.network.dropout and c.network.module_dropout:
-        p.append(f"--dropout and --module-dropout: for {c.network.network} both are module dropout; give one")
-    positive("lr", c.optim.lr)
-    optimizer = OPTIMIZERS.get(c.optim.optimizer)
-    if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:
-        p.append(f"--lr: {c.optim.lr:g} with {optimizer.name}, which finds the step size itself and scales it by --lr; "
-                 "use --lr 1.0 (or leave it out)")
-    positive("text-encoder-lr", c.optim.text_encoder_lr, allow_zero=True)
-    positive("weight-decay", c.optim.weight_decay, allow_zero=True)
-    positive("max-grad-norm", c.optim.max_grad_norm, allow_zero=True)
-    positive("warmup-steps", c.optim.warmup_steps, allow_zero=True)
-    if c.optim.warmup_steps > 1 and not float(c.optim.warmup_steps).is_integer():
-        p.append(f"--warmup-steps: {c.optim.warmup_steps:g} is neither a whole number of steps nor a share under 1 "
-                 "(0.1: the first tenth of the run)")
-    positive("scheduler-cycles", c.optim.scheduler_cycles)
-    positive("scheduler-power", c.optim.scheduler_power)
-    if c.optim.scheduler_power != 1.0 and c.optim.scheduler != "polynomial":
-        p.append(f"--scheduler-power: only used with --scheduler polynomial (this run's is {c.optim.scheduler}); add "
-                 "it or drop --scheduler-power")
-    positive("batch-size", c.training.batch_size)
-    positive("gradient-accumulation", c.training.gradient_accumulation)
-    positive("max-steps", c.training.max_steps)
-    positive("epochs", c.training.epochs)
-    positive("noise-offset", c.training.noise_offset, allow_zero=True)
-    positive("ip-noise-gamma", c.training.ip_noise_gamma, allow_zero=True)
-    for flag, random_strength, strength in (
-            ("noise-offset", c.training.noise_offset_random_strength, c.training.noise_offset),
-            ("ip-noise-gamma", c.training.ip_noise_gamma_random_strength, c.training.ip_noise_gamma)):
-        if random_strength and not strength:
-            p.append(f"--{flag}-random-strength: draws a strength up to --{flag}, which is 0; set --{flag} or "
-                     f"drop --{flag}-random-strength")
-    if c.training.adaptive_noise_scale and not c.training.noise_offset:
-        p.append("--adaptive-noise-scale: scales --noise-offset, which is 0; set --noise-offset (e.g. 0.05) or drop "
-                 "--adaptive-noise-scale")
-    positive("multires-noise-iterations", c.training.multires_noise_iterations)
-    if c.training.multires_noise_discount is not None and not 0 < c.training.multires_noise_discount < 1:
-        p.append(f"--multires-noise-discount: must be in (0, 1), got {c.training.multires_noise_discount}")
-    if c.training.multires_noise_discount is not None and not c.training.multires_noise_iterations:
-        p.append("--multires-noise-discount: only used with --multires-noise-iterations; add it or drop the discount")
-    if c.training.multires_noise_iterations and c.training.noise_offset:
-        p.append("--multires-noise-iterations and --noise-offset: both reach dark and bright images; choose one")
-    low, high = c.training.min_timestep, c.training.max_timestep
-    if low is not None and not 0 <= low < TRAIN_TIMESTEPS:
-        p.append(f"--min-timestep: {low} is not in [0, {TRAIN_TIMESTEPS})")
-    if high is not None and not 0 < high <= TRAIN_TIMESTEPS:
-        p.append(f"--max-timestep: {high} is not in (0, {TRAIN_TIMESTEPS}]")
-    positive("timestep-bias-multiplier", c.training.timestep_bias_multiplier)
-    if not 0 < c.training.timestep_bias_portion < 1:
-        p.append(f"--timestep-bias-portion: must be in (0, 1), got {c.training.timestep_bias_portion}")
-    if problem := timestep_problem(c.training.timestep_shape):
-        p.append(problem)
-    if low is not None and high is not None and low >= high:
-        p.append(f"--min-timestep: {low} is not below --max-timestep {high}; the range would be empty")
-    if c.model.zero_terminal_snr and c.model.prediction_type == "epsilon":
-        p.append(f"--zero-terminal-snr: {ZERO_SNR_NEEDS_V}")
-    if c.training.huber_c is not None and not 0 < c.training.huber_c <= 1:
-        p.append(f"--huber-c: must be in (0, 1], got {c.training.huber_c}")
-    for flag, value in (("huber-c", c.training.huber_c), ("huber-schedule", c.training.huber_schedule)):
-        if value is not None and c.training.loss not in HUBER_LOSSES:
-            p.append(f"--{flag}: only used with --loss huber or smooth_l1; add one or drop --{flag}")
-    positive("checkpoint-every", c.training.checkpoint_every)
-    positive("checkpoint-blocks", c.memory.checkpoint_blocks)
-    positive("keep-checkpoints", c.training.keep_checkpoints)
-    positive("min-snr-gamma", c.training.min_snr_gamma)
-    positive("sample-steps", c.output.sample_steps)
-    if c.training.max_steps is not None and c.training.epochs is not None:
-        p.append("--max-steps and --epochs: can't use both; choose one")
-    if optimizer:
-        try:
-            optimizer_kwargs(optimizer.name, c.optim.optimizer_args)
-        except ValueError as exc:
-            p.append(f"--optimizer-arg: {exc}")
-    if c.optim.ema and optimizer and optimizer.schedule_free:
-        p.append(f"--ema: {optimizer.name} averages its weights already, and saves the average; drop --ema")
-    if optimizer and optimizer.schedule_free and c.optim.scheduler != "constant":
-        p.append(f"--scheduler {c.optim.scheduler}: {optimizer.name} replaces the schedule; use --scheduler "
-                 "constant (its warm-up comes from --warmup-steps)")
-    if not 0 <= c.optim.min_lr_ratio < 1:
-        p.append(f"--min-lr-ratio: must be in [0, 1), got {c.optim.min_lr_ratio:g}")
-    elif c.optim.min_lr_ratio and c.optim.scheduler in ("constant", "constant_with_warmup"):
-        p.append(f"--min-lr-ratio: --scheduler {c.optim.scheduler} does not decay; use cosine, linear, ... or drop it")
-    if c.optim.text_encoder_lr is not None and not c.network.train_text_encoder:
-        p.append("--text-encoder-lr: set, but the text encoder is not trained; add --train-text-encoder")
-    if c.network.text_encoder_until and not c.network.train_text_encoder:
-        p.append("--text-encoder-until: the text encoders are not trained; add --train-text-encoder or drop it")
-    for flag, value, parse in (("save-every", c.output.save_every, parse_save_every),
-                               ("sample-every", c.output.sample_every, parse_save_every),
-                               ("text-encoder-until", c.network.text_encoder_until, parse_until)):
-        try:
-            parse(value)
-        except ValueError as exc:
-            p.append(f"--{flag}: {exc}")
-    samplers = {c.output.sample_sampler} if c.output.sample_sampler else set()
-    lines, flag = c.output.sample_prompts, "--sample-prompt"
-    try:
-        lines = c.prompt_lines
-    except FileNotFoundError:
-        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} not found")
-    except (OSError, UnicodeDecodeError) as exc:
-        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} is unreadable ({exc}); save it as UTF-8 text")
-    except ValueError as exc:
-        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file}: {exc}")
-    for i, line in enumerate(lines):
-        try:
-            samplers.add(parse_prompt(line).sampler)
-        except ValueError as exc:
-            p.append(f"{flag if i < len(c.output.sample_prompts) else '--sample-prompt-file'}: {exc}")
-    for name in sorted(samplers - {None}):
-        problem = sampler_problem(name, c.model.zero_terminal_snr)
-        if problem:
-            p.append(f"--sample-sampler: {problem}")
-    positive("keep-saves", c.output.keep_saves)
-    if c.output.keep_saves and not c.output.save_every:
-        p.append("--keep-saves: only used with --save-every; add it or drop --keep-saves")
-    for flag, value in (("--sample-every", c.output.sample_every), ("--sample-at-first", c.output.sample_at_first)):
-        if value and not (c.output.sample_prompts or c.output.sample_prompt_file):
-            p.append(f"{flag}: no prompt to render; add --sample-prompt \"...\"")
-    if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:
-        p.append(f"--lokr-factor: must be -1 (automatic) or >= 1, got {c.network.lokr_factor}")
-    if c.output.format == "diffusers" and c.network.network in ("loha", "lokr"):
-        p.append(f"--format diffusers: diffusers cannot load {c.network.network} adapters; keep --format kohya "
-                 "(ComfyUI and AUTOMATIC1111 load it), or use --network lora or dora")
-    if c.network.lokr_factor != -1 and c.network.network != "lokr":
-        p.append("--lokr-factor: only used with --network lokr")
-    name = c.output_name
-    if not name or any(ch in name for ch in '/\\:*?"<>|'):
-        p.append(f"--name: '{name}' is not a valid file name")
-    return p
