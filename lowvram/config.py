@@ -269,7 +269,11 @@ class OptimConfig:
     optimizer: str = option("adamw", "Optimizer: " + "; ".join(o.help for o in OPTIMIZERS.values()) + ".",
                             choices=tuple(OPTIMIZERS))
     lr: float | None = option(None, "Learning rate of the U-Net adapters (default: 1e-4; 1.0 for prodigy).")
-    text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder adapters (default: --lr).")
+    text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder adapters (default: --lr); 0 "
+                                           "leaves the (first) text encoder without adapters.")
+    text_encoder_2_lr: float | None = option(None, "SDXL: learning rate of the second text encoder's adapters "
+                                             "(default: --text-encoder-lr); 0 leaves it without adapters, as "
+                                             "kohya's pair of text_encoder_lr and OneTrainer's text_encoder_2 do.")
     weight_decay: float = option(1e-2, "AdamW weight decay.")
     optimizer_args: tuple[str, ...] = option((), "One of the optimizer's own settings, KEY=VALUE (kohya's "
                                              "optimizer_args; repeat the flag for several): betas=0.9,0.99, eps, "
@@ -514,6 +518,13 @@ class RunConfig:
     @property
     def text_encoder_lr(self) -> float:
         return self.optim.text_encoder_lr if self.optim.text_encoder_lr is not None else self.lr
+
+    def text_encoder_rate(self, index: int) -> float:
+        """The learning rate of the text encoder at `index` (0: the first), 0 where it is not trained."""
+        if not self.network.train_text_encoder:
+            return 0.0
+        second = self.optim.text_encoder_2_lr
+        return second if index > 0 and second is not None else self.text_encoder_lr
 
     @cached_property
     def prompt_lines(self) -> tuple[str, ...]:

@@ -189,6 +189,9 @@ def config_problems(c: RunConfig) -> list[str]:
         p.append(f"--lr: {c.optim.lr:g} with {optimizer.name}, which finds the step size itself and scales it by --lr; "
                  "use --lr 1.0 (or leave it out)")
     positive("text-encoder-lr", c.optim.text_encoder_lr, allow_zero=True)
+    positive("text-encoder-2-lr", c.optim.text_encoder_2_lr, allow_zero=True)
+    if c.network.train_text_encoder and c.text_encoder_lr == 0 and c.optim.text_encoder_2_lr in (0, None):
+        p.append("--text-encoder-lr: 0 leaves every text encoder untrained; drop --train-text-encoder instead")
     positive("weight-decay", c.optim.weight_decay, allow_zero=True)
     positive("max-grad-norm", c.optim.max_grad_norm, allow_zero=True)
     positive("warmup-steps", c.optim.warmup_steps, allow_zero=True)
@@ -262,8 +265,10 @@ def config_problems(c: RunConfig) -> list[str]:
         p.append(f"--min-lr-ratio: must be in [0, 1), got {c.optim.min_lr_ratio:g}")
     elif c.optim.min_lr_ratio and c.optim.scheduler in ("constant", "constant_with_warmup"):
         p.append(f"--min-lr-ratio: --scheduler {c.optim.scheduler} does not decay; use cosine, linear, ... or drop it")
-    if c.optim.text_encoder_lr is not None and not c.network.train_text_encoder:
-        p.append("--text-encoder-lr: set, but the text encoder is not trained; add --train-text-encoder")
+    for flag, rate in (("--text-encoder-lr", c.optim.text_encoder_lr),
+                       ("--text-encoder-2-lr", c.optim.text_encoder_2_lr)):
+        if rate is not None and not c.network.train_text_encoder:
+            p.append(f"{flag}: set, but the text encoder is not trained; add --train-text-encoder")
     if c.network.text_encoder_until and not c.network.train_text_encoder:
         p.append("--text-encoder-until: the text encoders are not trained; add --train-text-encoder or drop it")
     for flag, value, parse in (("save-every", c.output.save_every, parse_save_every),

@@ -253,19 +253,24 @@ def _block_args(args: dict[str, Any], conv_alpha: Any, problem) -> dict[str, str
 
 def _learning_rates(left: dict[str, Any], train_text_encoder: bool, problem) -> dict[str, Any]:
     """unet_lr, else learning_rate, for the U-Net; text_encoder_lr, else learning_rate, for the text encoder, which
-    a text_encoder_lr of 0 leaves untrained (SDXL's pair of text-encoder rates: the first)."""
+    a text_encoder_lr of 0 leaves untrained; SDXL's pair of text-encoder rates, one per encoder."""
     rates = {key: left.pop(key, None) for key in ("learning_rate", "unet_lr", "text_encoder_lr")}
-    if isinstance(rates["text_encoder_lr"], list):
-        rates["text_encoder_lr"] = rates["text_encoder_lr"][0] if rates["text_encoder_lr"] else None
+    pair = rates["text_encoder_lr"] if isinstance(rates["text_encoder_lr"], list) else []
+    rates["text_encoder_lr"] = pair[0] if pair else None if isinstance(rates["text_encoder_lr"], list) else (
+        rates["text_encoder_lr"])
     rates = {key: None if value is None else as_number(value, key, problem) for key, value in rates.items()}
+    second = as_number(pair[1], "text_encoder_lr", problem) if len(pair) > 1 else None
     values: dict[str, Any] = {}
     lr, text_lr = rates["unet_lr"] or rates["learning_rate"], rates["text_encoder_lr"]
     if lr:
         values["lr"] = lr
-    if train_text_encoder and text_lr == 0:
+    if train_text_encoder and text_lr == 0 and not second:
         values["train_text_encoder"] = False
-    elif train_text_encoder and text_lr and text_lr != lr:
-        values["text_encoder_lr"] = text_lr
+    elif train_text_encoder:
+        if text_lr is not None and (text_lr != lr or second is not None):
+            values["text_encoder_lr"] = text_lr
+        if second is not None and second != (text_lr if text_lr is not None else lr):
+            values["text_encoder_2_lr"] = second
     return values
 
 

@@ -268,12 +268,17 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         problem("unet.train", "lowvram always trains the U-Net's adapters; train it")
     if unet.get("learning_rate") is not None:
         values["lr"] = as_number(unet["learning_rate"], "unet.learning_rate", problem)
-    encoders = [doc.get(part) or {} for part in ("text_encoder", "text_encoder_2")]
+    sdxl = (_upper(doc, "model_type") or "").startswith("STABLE_DIFFUSION_XL")
+    encoders = [doc.get(part) or {} for part in ("text_encoder", "text_encoder_2")[: 2 if sdxl else 1]]
     if any(part.get("train") for part in encoders):
         values["train_text_encoder"] = True
-        rates = [part["learning_rate"] for part in encoders if part.get("train") and part.get("learning_rate")]
-        if rates:
-            values["text_encoder_lr"] = float(rates[0])
+        # each encoder's own rate (OneTrainer's default: the run's); one it does not train has 0
+        rates = [float(part.get("learning_rate") or values.get("lr") or 0) if part.get("train") else 0.0
+                 for part in encoders]
+        if rates[0] != values.get("lr"):
+            values["text_encoder_lr"] = rates[0]
+        if rates[1:] and rates[1] != rates[0]:
+            values["text_encoder_2_lr"] = rates[1]
         values |= _text_encoder_until([part for part in encoders if part.get("train")], notes, problem)
     scheduler = _upper(doc, "learning_rate_scheduler") or "CONSTANT"
     warmup = float(doc.get("learning_rate_warmup_steps") or 0)

@@ -65,6 +65,12 @@ class ResolvedRun:
                            self.config.data.weighted_captions)
 
     @property
+    def trained_text_encoders(self) -> tuple[str, ...]:
+        """The text encoders (their components) that train: those whose learning rate is not 0."""
+        return tuple(spec.component for i, spec in enumerate(self.family.text_encoders)
+                     if self.config.text_encoder_rate(i) > 0)
+
+    @property
     def uses_sample_data(self) -> bool:
         return self.config.data.data == SAMPLE_DATA
 
@@ -78,6 +84,9 @@ class ResolvedRun:
 def resolve_run(config: RunConfig, hardware: Hardware) -> ResolvedRun:
     """Everything the config leaves to the model and the machine; the checks that need the family."""
     family = detect_family(config.model.model, config.model.model_family)
+    if config.optim.text_encoder_2_lr is not None and len(family.text_encoders) < 2:
+        raise LowvramError(f"--text-encoder-2-lr: {family.title} has one text encoder; --text-encoder-lr is its "
+                           "rate")
     if config.data.clip_skip > 1 and any(spec.hidden_state != -1 for spec in family.text_encoders):
         raise LowvramError(f"--clip-skip {config.data.clip_skip}: {family.title} already reads its text encoders' "
                            "penultimate layer, and kohya ignores clip skip for it; drop --clip-skip")

@@ -138,7 +138,8 @@ def test_an_older_onetrainer_config_is_read_by_its_old_names_without_false_notes
 
 @pytest.mark.parametrize(("encoders", "until", "note"), [
     ({"text_encoder": {"train": True, "stop_training_after": 200, "stop_training_after_unit": "STEP"}}, "200", None),
-    ({"text_encoder": {"train": True, "stop_training_after": 2, "stop_training_after_unit": "EPOCH"},
+    ({"model_type": "STABLE_DIFFUSION_XL_10_BASE",  # an SD1.5 config's text_encoder_2 is not read
+      "text_encoder": {"train": True, "stop_training_after": 2, "stop_training_after_unit": "EPOCH"},
       "text_encoder_2": {"train": True, "stop_training_after": 5, "stop_training_after_unit": "EPOCH"}}, "2e",
      "the text encoders differ (2e, 5e); both stop as the first says"),
     ({"text_encoder": {"train": True, "stop_training_after": 30, "stop_training_after_unit": "MINUTE"}}, None,
@@ -215,3 +216,19 @@ def test_onetrainers_timestep_distribution_is_carried(tmp_path, settings, expect
     assert {key: values[key] for key in keys if key in values} == expected
     assert not [note for note in notes if "timestep" in note], notes
     build_config(values | {"output": str(tmp_path / "out")})  # and the run accepts it
+
+
+@pytest.mark.parametrize(("encoders", "expected"), [
+    ({"text_encoder": {"train": True, "learning_rate": 1e-5}, "text_encoder_2": {"train": False}},
+     {"text_encoder_lr": 1e-5, "text_encoder_2_lr": 0.0}),
+    ({"text_encoder": {"train": False}, "text_encoder_2": {"train": True}},
+     {"text_encoder_lr": 0.0, "text_encoder_2_lr": 0.0003}),  # the second at the run's rate
+    ({"text_encoder": {"train": True, "learning_rate": 2e-5}, "text_encoder_2": {"train": True, "learning_rate": 2e-5}},
+     {"text_encoder_lr": 2e-5}),
+])
+def test_sdxls_two_text_encoders_train_as_onetrainer_says(tmp_path, encoders, expected):
+    path = onetrainer_folder(tmp_path)
+    doc = CONFIG | {"model_type": "STABLE_DIFFUSION_XL_10_BASE", "base_model_name": "tiny-sdxl"} | encoders
+    values, _ = translate_onetrainer(doc, path)
+    assert {key: values[key] for key in ("text_encoder_lr", "text_encoder_2_lr") if key in values} == expected
+    assert values["train_text_encoder"] is True

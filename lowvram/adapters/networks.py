@@ -4,6 +4,7 @@ parameters always in fp32. Their files (kohya/LyCORIS, diffusers) are `lowvram.a
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from contextlib import contextmanager
 
 import torch
@@ -157,16 +158,16 @@ def _unsupported(network: str, layer: torch.nn.Module) -> str | None:
     return None
 
 
-def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, train_text_encoder: bool,
+def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, text_encoders: bool | Collection[str],
              blocks: BlockPlan | None = None) -> dict[str, list[torch.nn.Parameter]]:
-    """Add the adapters `network` describes to the U-Net (and the text encoders), with the U-Net's per-block
-    ranks `blocks`; return the trainable parameters per part. Every part is checked first, so a refused
-    combination leaves the model untouched."""
+    """Add the adapters `network` describes to the U-Net and the text encoders `text_encoders` names (True: every
+    one), with the U-Net's per-block ranks `blocks`; return the trainable parameters per part. Every part is
+    checked first, so a refused combination leaves the model untouched."""
     family = model.family
     parts = [("unet", model.unet, family.lora_targets("unet", network.lora_layers))]
-    if train_text_encoder:
-        parts += [(spec.component, encoder, family.lora_targets(spec.component, network.lora_layers))
-                  for spec, encoder in zip(family.text_encoders, model.text_encoders)]
+    parts += [(spec.component, encoder, family.lora_targets(spec.component, network.lora_layers))
+              for spec, encoder in zip(family.text_encoders, model.text_encoders)
+              if text_encoders is True or (text_encoders and spec.component in text_encoders)]
     for _, module, targets in parts:
         check_supported(module, targets, network.network)
     params = {name: add_adapter(module, targets, network.rank, alpha, network.lycoris_module_dropout,

@@ -40,7 +40,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_num_train_images": str(round(sum(record.repeats for record in records))),
         "ss_learning_rate": f"{config.lr:g}",
         "ss_unet_lr": f"{config.lr:g}",
-        "ss_text_encoder_lr": f"{config.text_encoder_lr:g}" if config.network.train_text_encoder else "0",
+        "ss_text_encoder_lr": _text_encoder_rates(config, len(family.text_encoders)),
         "ss_lr_scheduler": config.optim.scheduler,
         "ss_optimizer": config.optim.optimizer + (f"({','.join(config.optim.optimizer_args)})"
                                                   if config.optim.optimizer_args else ""),
@@ -108,3 +108,9 @@ def shareable_name(source: str) -> str:
     """A local model by its file or folder name; a hub id or a family name as it is."""
     path = Path(source).expanduser()
     return path.name if path.is_absolute() or path.exists() else source
+
+
+def _text_encoder_rates(config: RunConfig, encoders: int) -> str:
+    """kohya's ss_text_encoder_lr: one rate, or the list of SDXL's two where they differ ("0": none trains)."""
+    rates = [config.text_encoder_rate(i) for i in range(encoders)]
+    return f"{rates[0]:g}" if len(set(rates)) == 1 else "[" + ", ".join(f"{rate:g}" for rate in rates) + "]"

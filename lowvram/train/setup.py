@@ -285,7 +285,8 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         raise LowvramError("--text-encoder-until: not with several processes (DDP needs the same parameters "
                            "trained at every step); train on one GPU, or train the text encoders for the whole run")
     torch.manual_seed(config.training.seed)
-    trainable = networks.add_lora(model, config.network, config.alpha, train_text, session.run.blocks)
+    trainable = networks.add_lora(model, config.network, config.alpha, session.run.trained_text_encoders,
+                                  session.run.blocks)
     if config.network.network_weights and not config.training.resume:  # a checkpoint holds them already
         filled = lora_files.start_from(model, Path(config.network.network_weights), config.network)
         session.console.print(f"adapters start from {config.network.network_weights} ({filled} layers)",
@@ -320,7 +321,9 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
     # would end warm-up and decay after total_steps / processes
     adapted = networks.adapted_modules(model)
     prepared = session.accelerator.prepare(model.unet, *[m for _, m in adapted[1:]], optimizer)
-    text_encoders = list(prepared[1:-1]) if train_text else model.text_encoders
+    wrapped = dict(zip([name for name, _ in adapted], prepared[:-1]))  # an encoder that trains runs wrapped
+    text_encoders = [wrapped.get(spec.component, encoder)
+                     for spec, encoder in zip(model.family.text_encoders, model.text_encoders)]
     params = [p for part in trainable.values() for p in part]
     ema = None
     if config.optim.ema:  # from the starting weights (--network-weights' included); a resumed run loads its own
@@ -361,8 +364,10 @@ def optimizer_groups(model: LoadedModel, trainable: dict[str, list[torch.nn.Para
     groups = []
     modules = dict(networks.adapted_modules(model))
     optim = config.optim
+    rates = {"unet": config.lr} | {spec.component: config.text_encoder_rate(i)
+                                   for i, spec in enumerate(model.family.text_encoders)}
     for part, params in trainable.items():
-        lr = config.lr if part == "unet" else config.text_encoder_lr
+        lr = rates[part]
         ratio = optim.loraplus_ratio if part == "unet" else optim.loraplus_text_encoder_ratio or optim.loraplus_ratio
         layers = networks.adapted_layers(modules[part])
         b_matrices = {id(layer.lora_B[networks.ADAPTER].weight) for _, layer in layers} if ratio else set()
