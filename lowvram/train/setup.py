@@ -296,8 +296,8 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         networks.cast_inputs(module, cast=session.accelerator.mixed_precision == "no")
     if config.memory.checkpointing:
         enable_checkpointing(model.unet, checkpoint_unit_names(session.run.family, config.memory.checkpoint_blocks))
-        if train_text:
-            for encoder in model.text_encoders:
+        for spec, encoder in zip(model.family.text_encoders, model.text_encoders):
+            if spec.component in session.run.trained_text_encoders:  # one without adapters keeps no activations
                 encoder.gradient_checkpointing_enable()
     if config.memory.compile:  # after the adapters: the compiled blocks contain them
         problem = compile_problem(session.device)
