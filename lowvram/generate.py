@@ -74,6 +74,11 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
     """Apply each LoRA file at its strength. One file stays a separate adapter. Several stack as ComfyUI and
     AUTOMATIC1111 stack them: those lowvram's reader applies are fused into the weights one after another (its
     adapters share one name), then diffusers' adapters for the rest are set side by side, each at its weight."""
+    # a diffusers LoRA folder (train --format diffusers writes one) by the weights file in it
+    from lowvram.adapters.lora_files import DIFFUSERS_WEIGHTS
+
+    sources = [(path / DIFFUSERS_WEIGHTS if (path / DIFFUSERS_WEIGHTS).is_file() else path, weight)
+               for path, weight in sources]
     for path, _ in sources:
         if not path.is_file():
             raise LowvramError(f"--lora: file not found: {path}")

@@ -161,7 +161,7 @@ def test_generate_stacks_several_loras_as_the_merged_checkpoint_holds_them(setup
     diffusers_second = train(run_config(model=family, output=str(tmp_path / "second"), max_steps=3, rank=4, alpha=4,
                                         lr=5e-2, seed=2, format="diffusers", save_precision="fp32"))
     second_folder = diffusers_second.lora_path.parent / f"{diffusers_second.lora_path.stem}-diffusers"
-    second_file = second_folder / "pytorch_lora_weights.safetensors"
+    assert (second_folder / "pytorch_lora_weights.safetensors").is_file()
     merged = tmp_path / "merged.safetensors"
     assert main(["merge", f"{first}:0.5", f"{diffusers_second.lora_path}:-0.8", "--model", str(checkpoint),
                  "--output", str(merged)]) == 0
@@ -169,7 +169,7 @@ def test_generate_stacks_several_loras_as_the_merged_checkpoint_holds_them(setup
     images = {}
     for name, extra in (("merged", ["--model", str(merged)]),
                         ("stacked", ["--model", str(checkpoint), "--lora", f"{first}:0.5", "--lora",
-                                     f"{second_file}:-0.8"]),
+                                     f"{second_folder}:-0.8"]),  # a diffusers LoRA folder, by its file
                         ("ours", ["--model", str(checkpoint), "--lora", f"{first}:0.5", "--lora",
                                   f"{diffusers_second.lora_path}:-0.8"]),
                         ("one", ["--model", str(checkpoint), "--lora", f"{first}:0.5"])):

@@ -44,6 +44,7 @@ from lowvram.models.loading import LoadedModel
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 UNET_KOHYA_PREFIX = "lora_unet"
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # the weights file diffusers' save_lora_weights writes
 LYCORIS_PRESETS = {"attn": "attn-only", "attn-mlp": "attn-mlp", "full": "full"}  # --lora-layers in LyCORIS's words
 
 
@@ -214,7 +215,7 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
         kwargs[f"{component}_lora_adapter_metadata"] = meta
     folder.mkdir(parents=True, exist_ok=True)
     type(model.pipeline).save_lora_weights(str(folder), safe_serialization=True, **kwargs)
-    return folder / "pytorch_lora_weights.safetensors"
+    return folder / DIFFUSERS_WEIGHTS
 
 
 def tag_frequency(captions_by_folder: dict[str, list[str]]) -> str:
