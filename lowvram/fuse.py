@@ -144,10 +144,12 @@ def _file_precision(path: Path) -> str:
 
 
 def _file_metadata(path: Path) -> dict[str, str]:
+    """The checkpoint's metadata, less the hashes of its old tensors (kohya's sshs_*, modelspec.hash_*)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+        return {key: value for key, value in (handle.metadata() or {}).items()
+                if not key.startswith(("sshs_", "modelspec.hash"))}
 
 
 def run(args: argparse.Namespace) -> Fused:
