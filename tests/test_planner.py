@@ -83,6 +83,18 @@ def test_training_the_text_encoders_that_do_not_fit_suggests_the_u_net_alone():
     assert alone.choice is not None
 
 
+def test_a_text_encoder_without_adapters_costs_no_adapter_memory():
+    """SDXL with --text-encoder-2-lr 0: both encoders stay on the GPU to read the captions, only the first trains."""
+    hardware = load_profile("rtx-3060-12gb")
+    both, first = (workload_for(resolve_run(build_config({"model": "sdxl", "data": "sample",
+                                                          "train_text_encoder": True, **extra}), hardware))
+                   for extra in ({}, {"text_encoder_2_lr": 0.0}))
+    strategy = MemoryStrategy("bf16", True, "adamw8bit")
+    whole, lean = (estimate(work, strategy, hardware).vram["training"] for work in (both, first))
+    assert lean["text enc."] == whole["text enc."]
+    assert lean["LoRA"] < whole["LoRA"] and lean["activations"] < whole["activations"]
+
+
 def test_sdxl_in_2gb_fails_with_a_useful_suggestion():
     done, _ = lowvram("plan", "--model", "sdxl", "--resolution", "1024", "--vram", "2GB")
     assert done.returncode == 1

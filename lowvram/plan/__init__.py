@@ -30,7 +30,7 @@ def workload_for(run: ResolvedRun) -> Workload:
                     network=config.network.network, lokr_factor=config.network.lokr_factor,
                     lora_layers=config.network.lora_layers,
                     offload_activations=config.memory.offload_activations, compile=config.memory.compile,
-                    train_text_encoder=config.network.train_text_encoder,
+                    train_text_encoder=config.network.train_text_encoder, trained_text=run.trained_text_encoders,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.prompt_lines),
                     sample_resolution=run.sample_resolution, compute_bytes=run.compute_bytes,
                     mixed_precision=run.mixed_precision, native_format=run.native_format, vae_fp32=run.vae_fp32,

@@ -101,7 +101,8 @@ class Workload:
     lora_layers: str = DEFAULT_LORA_LAYERS  # which layers carry adapters (--lora-layers)
     offload_activations: bool = False  # saved activations in pinned host RAM (--offload-activations)
     compile: bool = False  # compiled transformer blocks (--compile)
-    train_text_encoder: bool = False
+    train_text_encoder: bool = False  # the text encoders read each batch's captions on the GPU
+    trained_text: tuple[str, ...] | None = None  # those of them with adapters (None: every one)
     cache_batch_size: int = 4
     sampling: bool = True
     compute_bytes: int = 2  # 2 for bf16/fp16 mixed precision, 4 for fp32
@@ -271,7 +272,8 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     text_bytes = sum(counts[p] for p in text_parts) * work.compute_bytes
     vae_bytes = counts["vae"] * (4 if work.vae_fp32 else work.compute_bytes)
     unet_bytes = data["unet_weight_bytes"][compute_key][strategy.unet_weights]
-    trained_parts = ["unet", *(text_parts if work.train_text_encoder else [])]
+    trained_text = [part for part in text_parts if work.trained_text is None or part in work.trained_text]
+    trained_parts = ["unet", *(trained_text if work.train_text_encoder else [])]
     lora_params = adapter_params(data, work, trained_parts)
     lora = lora_params * 4  # adapters train in fp32
     cuda = hardware.device == "cuda"
@@ -294,8 +296,8 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
         offloaded = activations
         checkpointed = training_entries(data["training"], replace(strategy, gradient_checkpointing=True))
         activations = min(activations, int(scaled(checkpointed, work.resolution, work.batch, checkpointing=True)))
-    if work.train_text_encoder:
-        activations += int(0.1 * text_bytes * work.batch)  # 77 tokens: small next to the U-Net (uncalibrated)
+    if work.train_text_encoder:  # 77 tokens: small next to the U-Net (uncalibrated)
+        activations += int(0.1 * sum(counts[p] for p in trained_text) * work.compute_bytes * work.batch)
     # bitsandbytes/quanto dequantize one layer at a time (they can't be traced on fake tensors); fp8's upcast
     # copies are in its own traced activations
     untraced = traced[0].get("unet_weights") != strategy.unet_weights and strategy.unet_weights not in CAST_FORMATS
