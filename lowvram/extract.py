@@ -77,28 +77,29 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
     tensors: dict[str, torch.Tensor] = {}
     kept, encoders = [], []
     dtype = DTYPES[precision]
-    for prefix, part, a, b in parts:
-        theirs = dict(b.named_modules())
-        pairs = [(name, layer, theirs.get(name)) for name, layer in a.named_modules()
-                 if targeted(name, spec.lora_targets(part, lora_layers))
-                 and isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))]
-        if any(other is None or other.weight.shape != layer.weight.shape for _, layer, other in pairs):
-            raise LowvramError(f"--tuned's {part} is not shaped as --base's; give the model it was tuned from")
-        if part != "unet":
-            largest = max((float((other.weight.float() - layer.weight.float()).abs().max()) for _, layer, other
-                           in pairs), default=0.0)
-            if largest <= min_diff:
-                continue
-            encoders.append(part)
-        for name, layer, other in pairs:
-            delta = other.weight.float() - layer.weight.float()
-            layer_rank = conv_rank if conv_rank and is_spatial(layer) else rank
-            down, up, share = low_rank(delta, layer_rank, clamp)
-            path = name if part == "unet" or name.startswith("text_model.") else "text_model." + name
-            key = f"{prefix}_{path.replace('.', '_')}"
-            tensors |= {f"{key}.lora_down.weight": down.to(dtype), f"{key}.lora_up.weight": up.to(dtype),
-                        f"{key}.alpha": torch.tensor(float(down.shape[0]), dtype=dtype)}
-            kept.append(share)
+    with torch.no_grad():  # the weights require grad: each difference would keep an fp32 graph alive
+        for prefix, part, a, b in parts:
+            theirs = dict(b.named_modules())
+            pairs = [(name, layer, theirs.get(name)) for name, layer in a.named_modules()
+                     if targeted(name, spec.lora_targets(part, lora_layers))
+                     and isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))]
+            if any(other is None or other.weight.shape != layer.weight.shape for _, layer, other in pairs):
+                raise LowvramError(f"--tuned's {part} is not shaped as --base's; give the model it was tuned from")
+            if part != "unet":
+                largest = max((float((other.weight.float() - layer.weight.float()).abs().max()) for _, layer, other
+                               in pairs), default=0.0)
+                if largest <= min_diff:
+                    continue
+                encoders.append(part)
+            for name, layer, other in pairs:
+                delta = other.weight.float() - layer.weight.float()
+                layer_rank = conv_rank if conv_rank and is_spatial(layer) else rank
+                down, up, share = low_rank(delta, layer_rank, clamp)
+                path = name if part == "unet" or name.startswith("text_model.") else "text_model." + name
+                key = f"{prefix}_{path.replace('.', '_')}"
+                tensors |= {f"{key}.lora_down.weight": down.to(dtype), f"{key}.lora_up.weight": up.to(dtype),
+                            f"{key}.alpha": torch.tensor(float(down.shape[0]), dtype=dtype)}
+                kept.append(share)
     network = NetworkConfig(rank=rank, alpha=float(rank), lora_layers=lora_layers, conv_rank=conv_rank,
                             conv_alpha=float(conv_rank) if conv_rank else None)
     metadata = network_metadata(network) | {

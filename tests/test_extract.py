@@ -73,6 +73,25 @@ def test_the_extracted_lora_gives_the_tuned_model_back(tuned, tmp_path, capsys):
     torch.testing.assert_close(model_outputs(by_diffusers)[1], tuned_out, rtol=1e-3, atol=1e-4)
 
 
+def test_extraction_builds_no_autograd_graph(tuned, tmp_path, monkeypatch):
+    """The loaded models' weights require grad; a difference taken with grad on would keep each layer's fp32
+    copies alive through the factors until the file is written (tens of GB for SDXL)."""
+    from lowvram import extract
+
+    folder, _ = tuned
+    tracked = []
+    real = extract.low_rank
+
+    def recording(delta, *args):
+        tracked.append(delta.requires_grad)
+        return real(delta, *args)
+
+    monkeypatch.setattr(extract, "low_rank", recording)
+    assert main(["extract", "--base", "tiny", "--tuned", str(folder), "--rank", "2",
+                 "--output", str(tmp_path / "x.safetensors")]) == 0
+    assert tracked and not any(tracked)
+
+
 def test_what_cannot_be_extracted_is_one_line(tuned, tmp_path, capsys):
     folder, _ = tuned
     for argv, says in ((["--base", "tiny-sdxl", "--tuned", str(folder), "--rank", "4"],
