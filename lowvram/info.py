@@ -47,10 +47,22 @@ def describe(path: Path) -> dict:
     ranks: dict[int, int] = {}
     for rank in rank_of.values():
         ranks[rank] = ranks.get(rank, 0) + 1
-    return {"file": str(path), "bytes": path.stat().st_size, "network": network, "modules": len(modules),
+    checkpoint = _checkpoint_family(path) if network == "unknown" else None
+    return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
+            "modules": len(modules),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
             "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)})}
+
+
+def _checkpoint_family(path: Path) -> str | None:
+    """The family of a single-file base model (what --model takes) by its header; None for anything else."""
+    from lowvram.models.detect import detect_single_file_family
+
+    try:
+        return detect_single_file_family(path).title
+    except LowvramError:
+        return None
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -94,8 +106,10 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
     ranks = info["ranks"]
     each = ", ".join(f"{rank} ({count} module{'s' * (count > 1)})" for rank, count in ranks.items())
     shown = f"rank {next(iter(ranks))}, " if len(ranks) == 1 else f"ranks {each}, " if ranks else ""
-    console.print(f"[bold]{path.name}[/]: {info['network']}, {info['modules']} modules, {shown}{info['parameters']:,} "
-                  f"parameters ({', '.join(info['dtypes'])}), {info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
+    what = (f"a {info['checkpoint']} checkpoint, not a LoRA (train --model and generate --model take it)"
+            if info["checkpoint"] else f"{info['network']}, {info['modules']} modules, {shown}".rstrip(", "))
+    console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
+                  f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     table = Table(title="metadata")
     table.add_column("key", no_wrap=True)
     table.add_column("value")

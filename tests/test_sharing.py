@@ -156,6 +156,19 @@ def test_strip_paths_rewrites_the_metadata_without_local_folders_and_keeps_the_t
     assert main(["info", str(path), "--strip-paths"]) == 0 and "unchanged" in capsys.readouterr().out
 
 
+def test_info_names_a_base_model_checkpoint_as_one(tmp_path, capsys):
+    from lowvram.models.ldm_layout import sd15_single_file
+
+    model = load_model("tiny")
+    path = tmp_path / "model.safetensors"
+    save_file(sd15_single_file(model.unet, model.vae, model.pipeline.text_encoder), str(path))
+    assert main(["info", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "model.safetensors: a tiny SD (random weights) checkpoint, not a LoRA (train --model" in out
+    assert main(["info", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == "tiny SD (random weights)"
+
+
 def test_info_on_a_file_that_is_no_safetensors_says_so_in_one_line(tmp_path, capsys):
     bad = tmp_path / "x.safetensors"
     bad.write_text("not a model")
