@@ -86,6 +86,10 @@ class DataConfig:
                               "and uses the built-in sample dataset.", metavar="DIR")
     resolution: int | None = option(None, "Training resolution in pixels (square; default: the model's native "
                                     "size: 512 for SD1.5, 1024 for SDXL, 64 for the tiny models).", metavar="PX")
+    extra_resolutions: str | None = option(None, "Also train each image at these resolutions, e.g. 512,768 "
+                                           "(kohya's datasets of the same images at several resolutions, "
+                                           "ai-toolkit's resolution list): an epoch shows every image once at "
+                                           "each. Memory is planned for the largest.", metavar="R,R")
     caption_extension: str = option(".txt", "Caption file extension tried first (.txt and .caption are both read).")
     caption_template: str = option("{trigger}", "Caption for an image without a caption file; {trigger} is the "
                                    "trigger word, or the folder's name without its repeat prefix.")

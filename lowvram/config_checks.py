@@ -17,7 +17,7 @@ from lowvram.config import (
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.optim import OPTIMIZERS, optimizer_kwargs
-from lowvram.option_values import parse_colour, parse_save_every, parse_until
+from lowvram.option_values import parse_colour, parse_resolutions, parse_save_every, parse_until
 from lowvram.prompts import parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.timesteps import timestep_problem
@@ -75,6 +75,11 @@ def config_problems(c: RunConfig) -> list[str]:
             p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}")
     if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
         p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
+    try:
+        if c.data.resolution in parse_resolutions(c.data.extra_resolutions):
+            p.append(f"--extra-resolutions: {c.data.resolution} is --resolution already; name the others")
+    except ValueError as exc:
+        p.append(f"--extra-resolutions: {exc}")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
         p.append(f"--reg-data: folder not found: {c.data.reg_data}")
     if (c.data.prior_prediction and c.data.reg_data is None and c.data.data is not None

@@ -35,6 +35,22 @@ def parse_until(value: str | None) -> tuple[float, str] | None:
     return parse_save_every(value)
 
 
+def parse_resolutions(text: str | None) -> tuple[int, ...]:
+    """--extra-resolutions: '512,768' -> (512, 768); each a multiple of 8, at least 64, given once."""
+    if not text:
+        return ()
+    try:
+        sides = tuple(int(part) for part in str(text).replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"'{text}' is not a list of resolutions in pixels ('512,768')") from None
+    wrong = [side for side in sides if side < 64 or side % 8]
+    if wrong:
+        raise ValueError(f"{wrong[0]} must be a multiple of 8 and at least 64")
+    if len(set(sides)) < len(sides):
+        raise ValueError(f"'{text}' names a resolution twice")
+    return sides
+
+
 COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (127, 127, 127), "gray": (127, 127, 127)}
 
 

@@ -16,6 +16,7 @@ from lowvram.errors import LowvramError
 from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.models.detect import detect_family
 from lowvram.models.families import ModelFamily, TextReading
+from lowvram.option_values import parse_resolutions
 
 NATIVE_FORMAT = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}  # the U-Net stored as the run computes
 
@@ -63,6 +64,12 @@ class ResolvedRun:
     def text_reading(self) -> TextReading:
         return TextReading(self.config.data.max_token_length, self.config.data.clip_skip,
                            self.config.data.weighted_captions)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Every resolution each image trains at: --resolution's, then --extra-resolutions'."""
+        return (self.resolution, *(r for r in parse_resolutions(self.config.data.extra_resolutions)
+                                   if r != self.resolution))
 
     @property
     def trained_text_encoders(self) -> tuple[str, ...]:

@@ -16,8 +16,9 @@ from lowvram.option_values import parse_colour
 from lowvram.resolve import ResolvedRun
 
 
-def make_buckets(run: ResolvedRun) -> Buckets:
-    config, resolution = run.config, run.resolution
+def make_buckets(run: ResolvedRun, resolution: int | None = None) -> Buckets:
+    """The buckets of the run's resolution (or of `resolution`, one of --extra-resolutions)."""
+    config, resolution = run.config, resolution or run.resolution
     step = config.data.bucket_step or run.family.bucket_step
     if not config.data.bucket:
         return Buckets(resolution, resolution, resolution, min(step, resolution))

@@ -75,7 +75,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     latent_jobs: dict[str, LatentJob] = {}
     text_jobs: dict[str, TextJob] = {}
     samples: list[list[Sample]] = [[], [], []]  # training, regularization, validation
-    buckets = make_buckets(run)
+    buckets = {resolution: make_buckets(run, resolution) for resolution in run.resolutions}
     held_out = {record.path for record in validation}
     plain = AugmentOptions()
     for report_index, records in enumerate([[r for r in reports[0].usable if r.path not in held_out],
@@ -83,14 +83,6 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
         weight = config.data.prior_loss_weight if report_index == 1 else 1.0
         validating = report_index == 2
         for record in records:
-            placement = buckets.place(record.width, record.height)
-            keys = []
-            for v in range(1 if validating else augment.variants):
-                variant = make_variant(record.sha256, v, placement, plain if validating else augment)
-                key = latent_key(record, placement, variant, options, vae_id, model.vae.dtype,
-                                 config.memory.vae_tiling)
-                latent_jobs.setdefault(key, LatentJob(key, record, placement, variant))
-                keys.append(key)
             text_keys, text_weights = [], []
             caption_weights = () if validating else record.caption_weights
             if cache_text:
@@ -104,11 +96,20 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                         text_keys.append(key)
                         if caption_weights:  # a caption's chance, shared by its variants
                             text_weights.append(caption_weights[i] / len(variants))
-            samples[report_index].append(Sample(tuple(dict.fromkeys(keys)), tuple(text_keys), record.caption,
-                                                placement.bucket, record.repeats,
-                                                weight if validating else weight * record.loss_weight,
-                                                record.kept_tags, () if validating else record.more_captions,
-                                                record.folder, caption_weights, tuple(text_weights)))
+            for resolution in run.resolutions[:1] if validating else run.resolutions:  # each image at each one
+                placement = buckets[resolution].place(record.width, record.height)
+                keys = []
+                for v in range(1 if validating else augment.variants):
+                    variant = make_variant(record.sha256, v, placement, plain if validating else augment)
+                    key = latent_key(record, placement, variant, options, vae_id, model.vae.dtype,
+                                     config.memory.vae_tiling)
+                    latent_jobs.setdefault(key, LatentJob(key, record, placement, variant))
+                    keys.append(key)
+                samples[report_index].append(Sample(tuple(dict.fromkeys(keys)), tuple(text_keys), record.caption,
+                                                    placement.bucket, record.repeats,
+                                                    weight if validating else weight * record.loss_weight,
+                                                    record.kept_tags, () if validating else record.more_captions,
+                                                    record.folder, caption_weights, tuple(text_weights)))
     empty_key = None
     if cache_text and (config.data.caption_dropout > 0 or config.data.caption_dropout_every):
         empty_key = text_key("", text_id)

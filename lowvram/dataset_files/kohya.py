@@ -4,11 +4,12 @@ regularization flag, and the lowvram options its settings set.
 
 kohya settles each setting per subset: the subset's own, else its dataset's, else `[general]`'s. lowvram holds the
 dataset's settings once per run. Where subsets disagree on a caption or augmentation setting, the first training
-subset's value is used for all and a note says so; the caption prefix and suffix stay each subset's own. Settings
-that would make a different kind of run (two resolutions, two batch sizes) are refused, as are caption rewrites
-lowvram lacks, each in one line naming the setting and the fix. An image folder is read as kohya reads it: its
-images sit directly in it, and its name gives no repeats. A relative path is taken from the current folder, as
-kohya takes it, else from the file's folder.
+subset's value is used for all and a note says so; the caption prefix and suffix stay each subset's own. Datasets
+of the same subsets at different resolutions are kohya's multi-resolution training (--extra-resolutions). Settings
+that would make a different kind of run (other datasets at two resolutions, two batch sizes) are refused, as are
+caption rewrites lowvram lacks, each in one line naming the setting and the fix. An image folder is read as kohya
+reads it: its images sit directly in it, and its name gives no repeats. A relative path is taken from the current
+folder, as kohya takes it, else from the file's folder.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
         raise LowvramError(f"{path}: not a kohya dataset config: it needs [[datasets]] with [[datasets.subsets]] "
                            "that name an image_dir each (or give --data an image folder)")
     subsets: list[Subset] = []
+    per_dataset: list[list[Subset]] = []  # the subsets of each dataset
     settings: list[dict[str, Any]] = []  # each subset's settled settings, in order
     run_values: dict[str, list[tuple[Any, str]]] = {}  # per run setting: (value, which dataset)
     for number, dataset in enumerate(datasets, 1):
@@ -86,6 +88,7 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
             if key in layers:
                 run_values.setdefault(key, []).append((layers[key], where))
         seen: set[Path] = set()
+        per_dataset.append([])
         entries = dataset.get("subsets")
         if not isinstance(entries, list) or not entries:
             problem(where, "no [[datasets.subsets]]; add one with image_dir = \"FOLDER\"")
@@ -102,10 +105,15 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
                 continue
             seen.add(subset.folder)
             subsets.append(subset)
+            per_dataset[-1].append(subset)
             settings.append(settled)
     if subsets and not any(not s.regularization for s in subsets):
         problem("datasets", "every subset is is_reg = true; add the images to train on as a subset without is_reg")
-    values = _run_values(run_values, problem)
+    extra = _several_resolutions(run_values.get("resolution", []), per_dataset)
+    if extra:  # the same images at several resolutions: once each, at each resolution
+        run_values["resolution"] = run_values["resolution"][:1]
+        settings, subsets = settings[:len(per_dataset[0])], subsets[:len(per_dataset[0])]
+    values = _run_values(run_values, problem) | ({"extra_resolutions": extra} if extra else {})
     values |= _subset_values(settings, subsets, notes)
     left = sorted({key for settled in settings for key in settled}
                   - set(RUN_SETTINGS) - set(SUBSET_SETTINGS) - STRUCTURE - INERT - set(REFUSED))
@@ -179,6 +187,18 @@ def _metadata_captions(metadata: Path, key: str, problem) -> dict[str, str]:
         if text:
             captions[image] = text
     return captions
+
+
+def _several_resolutions(found: list[tuple[Any, str]], per_dataset: list[list[Subset]]) -> str | None:
+    """kohya's way to train images at several resolutions: datasets of the same subsets, each at its own square
+    resolution. The others than the first as --extra-resolutions' value; None for any other datasets."""
+    sides = [value[0] if isinstance(value, list) and len(value) == 2 and value[0] == value[1] else value
+             for value, _ in found]
+    if len(found) != len(per_dataset) or len(set(map(str, sides))) != len(sides) or len(sides) < 2:
+        return None
+    if any(not isinstance(side, int) for side in sides) or any(subsets != per_dataset[0] for subsets in per_dataset):
+        return None
+    return ",".join(str(side) for side in sides[1:])
 
 
 def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, Any]:

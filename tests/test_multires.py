@@ -1,0 +1,64 @@
+"""--extra-resolutions: every image trains at each resolution (kohya's datasets of the same images at several
+resolutions, ai-toolkit's resolution list): its latents are cached per resolution, an epoch holds each image once
+at each, batches keep one bucket each, and the planner plans for the largest."""
+
+import pytest
+from conftest import run_config
+
+from lowvram.cli import main
+from lowvram.errors import LowvramError
+from lowvram.hardware import load_profile
+from lowvram.plan import workload_for
+from lowvram.resolve import resolve_run
+from lowvram.train.loop import train
+
+
+def test_each_image_trains_at_each_resolution(tmp_path, sample_data):
+    single = train(run_config(data=str(sample_data), output=str(tmp_path / "one"), max_steps=1))
+    multi = train(run_config(data=str(sample_data), output=str(tmp_path / "two"), max_steps=4, resolution=64,
+                             extra_resolutions="96,80", batch_size=2))
+    assert multi.data.images_per_epoch == 3 * single.data.images_per_epoch
+    factor = 2 ** (len(multi.model.vae.config.block_out_channels) - 1)  # pixels per latent
+    sides = set()
+    draws = multi.data.batches()
+    for _ in range(multi.data.batches_per_epoch):
+        sides.add(next(draws)[2].latents.shape[-1] * factor)  # square images: one bucket per resolution
+    assert sides == {64, 80, 96}
+    assert multi.lora_path.is_file()
+
+
+def test_the_planner_plans_for_the_largest_resolution():
+    run = resolve_run(run_config(model="sdxl", resolution=768, extra_resolutions="1024,512"),
+                      load_profile("rtx-3060-12gb"))
+    assert run.resolutions == (768, 1024, 512) and workload_for(run).resolution == 1024
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("512,abc", "--extra-resolutions: '512,abc' is not a list of resolutions"),
+    ("100", "--extra-resolutions: 100 must be a multiple of 8"),
+    ("512,512", "--extra-resolutions: '512,512' names a resolution twice"),
+    ("64", "--extra-resolutions: 64 is --resolution already"),
+])
+def test_wrong_resolutions_are_refused_in_one_line(value, message):
+    with pytest.raises(LowvramError, match=message):
+        run_config(resolution=64, extra_resolutions=value)
+
+
+def test_kohyas_datasets_of_the_same_images_at_several_resolutions_are_read_as_that(tmp_path, sample_data,
+                                                                                      capsys):
+    from lowvram.dataset_files import read_dataset
+
+    folder = sample_data / "5_lvshape"
+    subset = f'[[datasets.subsets]]\nimage_dir = "{folder}"\nnum_repeats = 2\n'
+    (tmp_path / "multires.toml").write_text(f"[[datasets]]\nresolution = 64\n{subset}"
+                                            f"[[datasets]]\nresolution = [96, 96]\n{subset}")
+    dataset = read_dataset(tmp_path / "multires.toml")
+    assert (dataset.values["resolution"], dataset.values["extra_resolutions"]) == (64, "96")
+    assert len(dataset.subsets) == 1  # once, at each resolution
+    assert main(["train", "--model", "tiny", "--data", str(tmp_path / "multires.toml"), "--output",
+                 str(tmp_path / "out"), "--max-steps", "1"]) == 0
+    assert "6 images at 64 px, 96 px, 24 per epoch with repeats" in " ".join(capsys.readouterr().out.split())
+    other = f'[[datasets.subsets]]\nimage_dir = "{folder}"\n'  # one repeat: another subset
+    (tmp_path / "other.toml").write_text(f"[[datasets]]\nresolution = 64\n{subset}[[datasets]]\nresolution = 96\n{other}")
+    with pytest.raises(LowvramError, match="resolution: the datasets differ"):  # other subsets: not the same images
+        read_dataset(tmp_path / "other.toml")
