@@ -59,6 +59,7 @@ def test_kohyas_datasets_of_the_same_images_at_several_resolutions_are_read_as_t
                  str(tmp_path / "out"), "--max-steps", "1"]) == 0
     assert "6 images at 64 px, 96 px, 24 per epoch with repeats" in " ".join(capsys.readouterr().out.split())
     other = f'[[datasets.subsets]]\nimage_dir = "{folder}"\n'  # one repeat: another subset
-    (tmp_path / "other.toml").write_text(f"[[datasets]]\nresolution = 64\n{subset}[[datasets]]\nresolution = 96\n{other}")
+    (tmp_path / "other.toml").write_text(f"[[datasets]]\nresolution = 64\n{subset}"
+                                         f"[[datasets]]\nresolution = 96\n{other}")
     with pytest.raises(LowvramError, match="resolution: the datasets differ"):  # other subsets: not the same images
         read_dataset(tmp_path / "other.toml")
