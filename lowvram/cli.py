@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]", help="LoRA .safetensors file (kohya or "
                      "diffusers format), with its strength if not --weight's (style.safetensors:0.6); give it again "
                      "to stack several")
-    gen.add_argument("--weight", type=float, default=1.0, help="LoRA strength [default: 1.0]")
+    gen.add_argument("--weight", type=float, default=1.0, help="the strength of each --lora that gives none of "
+                     "its own [default: 1.0]")
     gen.add_argument("--prompt", required=True, help="text prompt; kohya's inline options work (--n negative, --w "
                      "--h size, --s steps, --l guidance, --d seed, --ss sampler) and win over the flags")
     gen.add_argument("--negative-prompt", default=None, help="negative prompt")
