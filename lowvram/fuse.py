@@ -89,7 +89,8 @@ def _rewritten(path: Path, converted: dict[str, torch.Tensor], working: torch.dt
 
     with safe_open(str(path), framework="pt") as handle:
         keys = list(handle.keys())
-        absent = sorted(key for key in converted if key not in set(keys) and not key.endswith("logit_scale"))
+        held = set(keys)
+        absent = sorted(key for key in converted if key not in held and not key.endswith("logit_scale"))
         if absent:
             raise LowvramError(f"--model: {path} names its weights otherwise than the layout lowvram writes (no "
                                f"{absent[0]}); give --output a folder name for a diffusers folder instead")

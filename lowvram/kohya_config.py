@@ -255,9 +255,9 @@ def _learning_rates(left: dict[str, Any], train_text_encoder: bool, problem) -> 
     """unet_lr, else learning_rate, for the U-Net; text_encoder_lr, else learning_rate, for the text encoder, which
     a text_encoder_lr of 0 leaves untrained; SDXL's pair of text-encoder rates, one per encoder."""
     rates = {key: left.pop(key, None) for key in ("learning_rate", "unet_lr", "text_encoder_lr")}
-    pair = rates["text_encoder_lr"] if isinstance(rates["text_encoder_lr"], list) else []
-    rates["text_encoder_lr"] = pair[0] if pair else None if isinstance(rates["text_encoder_lr"], list) else (
-        rates["text_encoder_lr"])
+    given = rates["text_encoder_lr"]
+    pair = given if isinstance(given, list) else [] if given is None else [given]
+    rates["text_encoder_lr"] = pair[0] if pair else None
     rates = {key: None if value is None else as_number(value, key, problem) for key, value in rates.items()}
     second = as_number(pair[1], "text_encoder_lr", problem) if len(pair) > 1 else None
     values: dict[str, Any] = {}
