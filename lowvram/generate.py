@@ -74,9 +74,9 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
     """Apply each LoRA file at its strength. One file stays a separate adapter. Several stack as ComfyUI and
     AUTOMATIC1111 stack them: those lowvram's reader applies are fused into the weights one after another (its
     adapters share one name), then diffusers' adapters for the rest are set side by side, each at its weight."""
-    # a diffusers LoRA folder (train --format diffusers writes one) by the weights file in it
     from lowvram.adapters.lora_files import DIFFUSERS_WEIGHTS
 
+    # a diffusers LoRA folder (train --format diffusers writes one) by the weights file in it
     sources = [(path / DIFFUSERS_WEIGHTS if (path / DIFFUSERS_WEIGHTS).is_file() else path, weight)
                for path, weight in sources]
     for path, _ in sources:
@@ -87,16 +87,17 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
     for path, _ in sources:
         for change in follow_lora_schedule(model, path):
             print(f"{path.name} was trained with {change}: sampling with it too")
-    ours = [(path, weight) for path, weight in sources if _read_with_peft(path)]
-    for path, weight in ours:
-        from lowvram.adapters.lora_files import load_kohya
-        from lowvram.adapters.networks import fuse_adapters
+    from lowvram.adapters.lora_files import load_kohya
+    from lowvram.adapters.networks import fuse_adapters
 
-        load_kohya(model, path, weight)
-        if len(sources) > 1:
-            for module in (model.unet, *model.text_encoders):
-                fuse_adapters(module)
-    theirs = [(path, weight) for path, weight in sources if (path, weight) not in ours]
+    by_peft = [_read_with_peft(path) for path, _ in sources]
+    for (path, weight), ours in zip(sources, by_peft):
+        if ours:
+            load_kohya(model, path, weight)
+            if len(sources) > 1:
+                for module in (model.unet, *model.text_encoders):
+                    fuse_adapters(module)
+    theirs = [source for source, ours in zip(sources, by_peft) if not ours]
     names = ["lora"] + [f"lora{i}" for i in range(1, len(theirs))]
     for name, (path, _) in zip(names, theirs):
         try:
