@@ -5,7 +5,6 @@ no temporary file survives the next run, and resuming ends with the LoRA an unin
 
 import os
 import random
-import resource
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from preloaded import Run, run
 from safetensors.torch import load_file
 
 from lowvram.files import TEMPORARY
@@ -29,13 +29,6 @@ def cli(out: Path, data: Path, *extra) -> list[str]:
             "--keep-checkpoints", "100", *extra]
 
 
-def run(argv: list[str], env: dict, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
-    def file_size_limit():  # a write past it fails with EFBIG, as a full disk fails with ENOSPC
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-
-    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=600,
-                          preexec_fn=file_size_limit if limit_bytes else None)
 
 
 @pytest.fixture
@@ -163,7 +156,7 @@ def test_a_file_size_limit_at_the_final_save_keeps_the_checkpoint_and_resume_wri
 
 def test_sigkill_at_twenty_random_moments_then_resume_ends_with_the_uninterrupted_lora(
         uninterrupted, sample_data_module, tmp_path):
-    """Twenty SIGKILLs: two while the run starts (imports, scan, cache), the rest a random fraction of a second
+    """Twenty SIGKILLs: two while the run starts (scan, model, cache), the rest a random fraction of a second
     after a step was logged, so they land in steps and in the checkpoint and LoRA saves around them. After each,
     the next run resumes; the last one ends with the LoRA of a run never killed."""
     env, steps = cached_env(uninterrupted), "100"  # more than twenty kills can reach
@@ -174,7 +167,7 @@ def test_sigkill_at_twenty_random_moments_then_resume_ends_with_the_uninterrupte
     argv, kills, landed = cli(out, sample_data_module, "--max-steps", steps, "--save-every", "3"), 0, []
     while kills < 20:
         before = logged_steps(metrics)
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        proc = Run(argv, env)
         if kills < 2:
             time.sleep(moments.uniform(0.5, 4.0))
         else:
@@ -183,7 +176,7 @@ def test_sigkill_at_twenty_random_moments_then_resume_ends_with_the_uninterrupte
                 time.sleep(0.01)
             time.sleep(moments.uniform(0.0, 0.25))
         if proc.poll() is not None:  # it finished first
-            assert proc.returncode == 0, proc.stderr.read()
+            assert proc.returncode == 0, proc.communicate()[1]
             break
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)

@@ -5,13 +5,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
 from conftest import run_config
+from preloaded import Run, run
 from safetensors.torch import load_file
 
 from lowvram.errors import LowvramError, TrainingInterrupted
@@ -105,13 +105,12 @@ def cli_run(out, steps: int, *extra) -> list[str]:
 def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
     env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "x"
-    first = subprocess.Popen(cli_run(out, 4000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = Run(cli_run(out, 4000), env)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not (out / "metrics.jsonl").is_file():
+        while time.time() < deadline and checkpoint.latest(out / "checkpoints") is None:
             time.sleep(0.05)
-        second = subprocess.run(cli_run(out, 3, "--resume", "auto"), capture_output=True, text=True, env=env,
-                                check=False, timeout=300)
+        second = run(cli_run(out, 3, "--resume", "auto"), env)
         assert second.returncode != 0
         assert f"in use by another lowvram run (pid {first.pid}" in second.stderr, second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
@@ -120,8 +119,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_take
         first.communicate(timeout=60)
     assert (out / LOCK).is_file() and (out / RECORD).is_file()
     done = checkpoint.latest(out / "checkpoints").name
-    resumed = subprocess.run(cli_run(out, int(done[5:]) + 2, "--resume", "auto"), capture_output=True, text=True,
-                             env=env, check=False, timeout=300)
+    resumed = run(cli_run(out, int(done[5:]) + 2, "--resume", "auto"), env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {out / 'checkpoints' / done}" in " ".join(resumed.stdout.split())
     assert load_file(str(out / "x.safetensors"))

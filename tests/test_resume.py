@@ -3,13 +3,13 @@ mid-save, a NaN or a full disk never costs what was already saved."""
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 import torch
 from conftest import run_config
+from preloaded import Run, run
 from safetensors.torch import load_file
 
 from lowvram.errors import LowvramError, TrainingDiverged
@@ -35,10 +35,10 @@ def assert_same_lora(a, b):
 def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
     env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
     whole = tmp_path / "whole"
-    subprocess.run(cli(whole), check=True, capture_output=True, env=env)
+    assert run(cli(whole), env).returncode == 0
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(cli(cut), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = Run(cli(cut), env)
     metrics = cut / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
@@ -53,8 +53,8 @@ def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
     assert checkpoint.latest(cut / "checkpoints").name == f"step-{stopped_at:06d}"
     assert (cut / f"cut-step{stopped_at:06d}.safetensors").is_file()  # a usable LoRA right away
 
-    subprocess.run([sys.executable, "-m", "lowvram", "train", "--config", str(cut / "cut.toml"), "--resume", "auto"],
-                   check=True, capture_output=True, env=env)
+    resumed = run([sys.executable, "-m", "lowvram", "train", "--config", str(cut / "cut.toml"), "--resume", "auto"], env)
+    assert resumed.returncode == 0, resumed.stderr
     assert_same_lora(whole / "whole.safetensors", cut / "cut.safetensors")
     assert len(metrics.read_text().splitlines()) == STEPS
 
