@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", allow_abbrev=False, help="render images with a LoRA",
                          description="Render images from a base model with LoRAs applied, as training renders its "
                          "samples (one model part on the GPU at a time). Prompts are read as AUTOMATIC1111 reads them: "
-                         "(emphasis:1.2), and long ones in 75-token chunks.")
+                         "(emphasis:1.2), BREAK, and long ones in 75-token chunks.")
     gen.add_argument("--model", default="tiny", help="base model, as for train --model [default: tiny]")
     gen.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
                      help="force the architecture instead of detecting it")

@@ -1,7 +1,7 @@
 """`lowvram generate`: render images from a base model with LoRAs applied, as training renders its samples: one
 model part on the GPU at a time (the text encoders encode and leave, the U-Net denoises, the VAE decodes and
 leaves), so it runs on the cards lowvram trains on, and a prompt and seed give the image a training sample gave.
-Prompts are read as AUTOMATIC1111 reads them: `(emphasis:1.2)`, and long ones in 75-token chunks."""
+Prompts are read as AUTOMATIC1111 reads them: `(emphasis:1.2)`, BREAK, and long ones in 75-token chunks."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ from lowvram.errors import LowvramError
 from lowvram.files import save_image
 from lowvram.hardware import detect
 from lowvram.merge import parse_source
+from lowvram.models.conditioning import weighted_tokens
 from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, TextReading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
-from lowvram.prompts import parse_prompt, weighted_pieces
+from lowvram.prompts import parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render
-
-MAX_CHUNKS = 3  # 225 tokens, the most kohya and lowvram read
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
@@ -63,11 +62,9 @@ def generate(args: argparse.Namespace) -> list[Path]:
 
 
 def _chunks(model: LoadedModel, texts: list[str]) -> int:
-    """How many 75-token chunks the longest of `texts` needs (at most 3), as AUTOMATIC1111 sizes a prompt."""
-    tokenizer = model.tokenizers[0]
-    longest = max(sum(len(tokenizer(piece, add_special_tokens=False).input_ids) for piece, _ in weighted_pieces(text)
-                      if piece.strip()) for text in texts)
-    return min(MAX_CHUNKS, max(1, math.ceil(longest / CHUNK_TOKENS)))
+    """How many 75-token chunks the longest of `texts` needs, as AUTOMATIC1111 sizes a prompt (no limit)."""
+    longest = max(len(weighted_tokens(text, model.tokenizers[0])[0]) for text in texts)
+    return max(1, math.ceil(longest / CHUNK_TOKENS))
 
 
 def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:

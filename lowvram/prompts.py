@@ -134,6 +134,10 @@ EMPHASIS = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()
 ROUND, SQUARE = 1.1, 1 / 1.1  # what ( ) and [ ] multiply by
 
 
+# AUTOMATIC1111's BREAK: the word alone, in capitals, ends the prompt's 75-token chunk
+CHUNK_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+
+
 def weighted_pieces(text: str) -> list[tuple[str, float]]:
     """A caption or prompt written with AUTOMATIC1111's emphasis, as kohya's --weighted_captions reads it: the
     text in pieces, each with its weight. `(red hair)` is 1.1 times, `((red hair))` 1.21, `[red hair]` 1/1.1,

@@ -1,4 +1,4 @@
-"""`lowvram generate` reads prompts as AUTOMATIC1111 does (emphasis, long prompts in 75-token chunks) and as the
+"""`lowvram generate` reads prompts as AUTOMATIC1111 does (emphasis, long prompts in 75-token chunks, BREAK) and as the
 LoRA was trained (its clip skip), through the renderer training samples with."""
 
 import numpy as np
@@ -30,6 +30,16 @@ def test_a_long_prompt_is_read_past_75_tokens(tmp_path):
     red = render(tmp_path, "red", "--prompt", f"{head}, a red circle")
     blue = render(tmp_path, "blue", "--prompt", f"{head}, a blue square")
     assert not np.array_equal(red, blue)  # CLIP's first 75 tokens alone give one image (the same ids)
+
+
+def test_a_prompt_past_225_tokens_is_read_to_its_end_and_break_starts_a_chunk(tmp_path):
+    head = ", ".join(f"tag{i}" for i in range(100))  # past 225 tokens, the most a caption is read to
+    red = render(tmp_path, "red", "--prompt", f"{head}, a red circle")
+    blue = render(tmp_path, "blue", "--prompt", f"{head}, a blue square")
+    assert not np.array_equal(red, blue)
+    plain = render(tmp_path, "plain", "--prompt", "lvshape, a red circle")
+    broken = render(tmp_path, "broken", "--prompt", "lvshape, a red circle BREAK")  # pads the chunk: no new one
+    assert np.array_equal(plain, broken)
 
 
 def test_a_lora_trained_with_clip_skip_is_rendered_with_it(tmp_path, capsys):

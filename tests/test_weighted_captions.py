@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from lowvram.kohya_config import translate
 from lowvram.models import load_model
-from lowvram.models.conditioning import TextReading, encode_prompts
+from lowvram.models.conditioning import TextReading, encode_prompts, weighted_tokens
 from lowvram.prompts import weighted_pieces
 from lowvram.train.loop import train
 
@@ -51,6 +51,30 @@ def test_emphasis_weighs_its_tokens_states_and_nothing_else(model_name, max_toke
     torch.testing.assert_close(weighed[0, rest], plain[1, rest])
     if plain_pooled is not None:  # SDXL's pooled embedding is the plain text's
         torch.testing.assert_close(weighed_pooled[0], plain_pooled[1])
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-sdxl"])
+def test_break_ends_the_chunk_as_automatic1111_reads_it(model_name):
+    """"A BREAK B" reads as A and B each encoded alone, one chunk each, joined as long prompts are; the pooled
+    embedding is A's. A BREAK at the start, a lower-case "break" and "BREAKFAST" are no chunk break."""
+    model = load_model(model_name)
+    def encode(captions, max_tokens):
+        return encode_prompts(model.family, model.text_encoders, model.tokenizers, captions, "cpu",
+                              TextReading(max_tokens, 1, True))
+
+    first, second = "lvshape, a (red circle:1.3)", "a blue square, [yellow] background"
+    with torch.no_grad():
+        split, split_pooled = encode([f"{first} BREAK {second}"], 150)
+        alone, alone_pooled = encode([first, second], 75)
+    torch.testing.assert_close(split, torch.cat([alone[:1, :-1], alone[1:, 1:]], dim=1), rtol=0, atol=0)
+    if split_pooled is not None:
+        torch.testing.assert_close(split_pooled[0], alone_pooled[0], rtol=0, atol=0)
+    tokenizer = model.tokenizers[0]
+    tokens, weights = weighted_tokens(f"{first} BREAK {second}", tokenizer)
+    assert len(tokens) == 75 + len(weighted_tokens(second, tokenizer)[0]) and len(weights) == len(tokens)
+    for text, plain in (("BREAK a red circle", "a red circle"), ("a break here", "a break here"),
+                        ("BREAKFAST", "BREAKFAST")):
+        assert weighted_tokens(text, tokenizer)[0] == tokenizer(plain, add_special_tokens=False).input_ids
 
 
 def test_a_weighted_run_caches_its_own_embeddings_and_kohya_configs_ask_for_it(tmp_path, sample_data):

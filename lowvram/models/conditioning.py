@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, ModelFamily, TextReading
-from lowvram.prompts import weighted_pieces
+from lowvram.prompts import CHUNK_BREAK, weighted_pieces
 
 VAE_TILE_PX = 512
 
@@ -48,7 +48,7 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
     states for 225 tokens); the pooled embedding is the first chunk's. `reading.clip_skip` 2 or more takes an
     earlier layer's states through the final layer norm, as diffusers' `clip_skip` (one less) does.
     `reading.weighted` reads AUTOMATIC1111's emphasis, `(red hair:1.2)`, as kohya's weighted_captions does: each
-    token's states times its weight (the pooled embedding is the plain text's)."""
+    token's states times its weight (the pooled embedding is the plain text's), and its BREAK ends a chunk."""
     chunks = max(1, reading.max_tokens // CHUNK_TOKENS)
     states, pooled = [], None
     for spec, encoder, tokenizer in zip(family.text_encoders, text_encoders, tokenizers):
@@ -77,18 +77,32 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
     return torch.cat(states, dim=-1), pooled
 
 
+def weighted_tokens(text: str, tokenizer) -> tuple[list[int], list[float]]:
+    """A prompt's token ids (without BOS and EOS) and each one's weight, as AUTOMATIC1111 reads it: each piece of
+    emphasis tokenized alone and weighed, and a BREAK ending the 75-token chunk there (an EOS, then padding of
+    weight 1 to the chunk's end; a BREAK at a chunk's start does nothing)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokens: list[int] = []
+    weights: list[float] = []
+    for piece, weight in weighted_pieces(text):
+        for i, part in enumerate(CHUNK_BREAK.split(piece)):
+            if i and len(tokens) % CHUNK_TOKENS:
+                fill = CHUNK_TOKENS - len(tokens) % CHUNK_TOKENS
+                tokens += [tokenizer.eos_token_id] + [pad] * (fill - 1)
+                weights += [1.0] * fill
+            ids = tokenizer(part, add_special_tokens=False).input_ids if part.strip() else []
+            tokens += ids
+            weights += [weight] * len(ids)
+    return tokens, weights
+
+
 def _weighted_ids(captions: list[str], tokenizer, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, weights), each (B, `length`): the ids the tokenizer gives the captions' plain text (BOS, tokens cut to
-    fit, EOS, padding), each piece of emphasis tokenized alone, and each token's weight (1 for BOS, EOS and
-    padding)."""
+    fit, EOS, padding), read by `weighted_tokens`, and each token's weight (1 for BOS, EOS and padding)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, weights = [], []
     for caption in captions:
-        tokens, weighed = [], []
-        for text, weight in weighted_pieces(caption):
-            piece = tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
-            tokens += piece
-            weighed += [weight] * len(piece)
+        tokens, weighed = weighted_tokens(caption, tokenizer)
         body = length - 2
         row = [tokenizer.bos_token_id, *tokens[:body], tokenizer.eos_token_id]
         rows.append(row + [pad] * (length - len(row)))
