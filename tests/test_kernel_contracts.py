@@ -9,6 +9,8 @@ transformer per stack, to keep a CPU run short), in the training step the loop r
 adapters on every layer kohya's LoCon adapts).
 """
 
+import copy
+
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -70,9 +72,18 @@ def training_step(unet, family_name: str) -> None:
         hook.remove()
 
 
+@pytest.fixture(scope="module")
+def built() -> dict:
+    """Each family's U-Net, built once (its random weights take seconds); each test converts a copy."""
+    return {}
+
+
 @pytest.mark.parametrize(("family_name", "fmt"), CASES)
-def test_every_converted_layer_keeps_its_kernel_contract_in_a_training_step(family_name, fmt):
-    unet = place(convert_frozen(full_width_unet(family_name), fmt, COMPUTE), "cpu")
+def test_every_converted_layer_keeps_its_kernel_contract_in_a_training_step(family_name, fmt, built):
+    if family_name not in built:
+        built.clear()  # (the cases come family by family: one U-Net held at a time)
+        built[family_name] = full_width_unet(family_name)
+    unet = place(convert_frozen(copy.deepcopy(built[family_name]), fmt, COMPUTE), "cpu")
     layers = list(converted_layers(unet))
     assert layers, f"{fmt} converted no layer"
     params = add_adapter(unet, FAMILIES[family_name].lora_targets("unet", "full"), 4, 4, 0.0)
