@@ -272,7 +272,7 @@ def test_train_stop_resume_and_render(page, server):
     field(page, "model").fill("tiny")
     field(page, "data").fill(str(data))
     field(page, "output").fill(str(out))
-    set_and_wait_for_plan(page, "max-steps", "240")
+    set_and_wait_for_plan(page, "max-steps", "120")
     field(page, "sample-prompts").fill("lvshape, a red circle on a blue background")
     field(page, "sample-every").fill("20")
     field(page, "sample-steps").fill("4")
@@ -284,7 +284,7 @@ def test_train_stop_resume_and_render(page, server):
     expect(page.locator("#run-message")).to_contain_text("started: lowvram train --config")
     expect(page.locator("#run-state")).to_contain_text("running", timeout=30_000)
     expect(page.locator("#samples img").first).to_be_visible(timeout=120_000)  # a sample grid, mid-run
-    expect(page.locator("#run-progress")).to_contain_text("of 240")
+    expect(page.locator("#run-progress")).to_contain_text("of 120")
     expect(page.locator("#loss-chart canvas, #loss-chart svg").first).to_be_visible()
     shot(page, "train")
     page.locator("#stop").click()
@@ -292,7 +292,7 @@ def test_train_stop_resume_and_render(page, server):
     checkpoints = sorted((out / "checkpoints").glob("step-*"))
     assert checkpoints
     stopped_at = int(checkpoints[-1].name.removeprefix("step-"))
-    assert stopped_at < 240
+    assert stopped_at < 120
 
     page.locator("#resume").click()
     expect(page.locator("#run-state")).to_contain_text("finished", timeout=240_000)
@@ -300,7 +300,7 @@ def test_train_stop_resume_and_render(page, server):
 
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in line]
-    assert steps == list(range(1, 241))  # the resumed run continued after the checkpoint, to the end
+    assert steps == list(range(1, 121))  # the resumed run continued after the checkpoint, to the end
     assert "resum" in (server["cache"] / "ui" / "ui-run.log").read_text().lower()
 
     expect(page.locator("#lora-file input")).to_have_value(str(out / "run.safetensors"), timeout=10_000)
