@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
 import plan_trace
 
 # Relative Frobenius error of the output and of the input's gradient against fp32, at every distinct Linear shape
-# of the two U-Nets, 256 tokens of N(0, 1) inputs: measured at most 1.3 % (int8) and 3.8 % (fp8 e4m3, three
-# mantissa bits); bf16 weights and inputs alone are off by about 0.3 %.
+# of the two U-Nets, 32 tokens of N(0, 1) inputs (the kernels take more than 16): measured at most 1.3 % (int8) and
+# 3.8 % (fp8 e4m3, three mantissa bits), as at 256 tokens, where the CPU's int8 matmul took a minute; bf16 weights
+# and inputs alone are off by about 0.3 %.
 BOUNDS = {"int8": 0.02, "fp8": 0.05}
 
 
@@ -47,8 +48,8 @@ def test_output_and_input_gradient_stay_within_bounds_at_every_real_layer_shape(
         with torch.no_grad():
             layer.weight.normal_(0, fan_in**-0.5, generator=generator)
         weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
-        x = torch.randn(2, 128, fan_in, generator=generator, requires_grad=True)
-        grad_out = torch.randn(2, 128, fan_out, generator=generator)
+        x = torch.randn(2, 16, fan_in, generator=generator, requires_grad=True)
+        grad_out = torch.randn(2, 16, fan_out, generator=generator)
         want = F.linear(x, weight, bias)
         (want_grad,) = torch.autograd.grad(want, x, grad_out)
         w8a8.to_w8a8(layer, kind, torch.float32)
