@@ -1,4 +1,4 @@
-"""`lowvram` commands in real processes that skip the ten seconds of imports a fresh interpreter spends.
+"""`lowvram` commands in real processes that skip the imports a fresh interpreter spends seconds on.
 
 Each command runs in a child forked from one server process that imported lowvram's training code and the
 libraries under it, and nothing else: it never ran a tensor operation, so no thread pool is forked half-alive
