@@ -134,7 +134,8 @@ class TextReading:
     def cache_tag(self) -> str:
         """What sets these embeddings apart from the default reading's in the cache."""
         return ((f"/tokens{self.max_tokens}" if self.max_tokens != CHUNK_TOKENS else "")
-                + (f"/clipskip{self.clip_skip}" if self.clip_skip != 1 else "") + ("/weighted" * self.weighted))
+                + (f"/clipskip{self.clip_skip}" if self.clip_skip != 1 else "")
+                + ("/weighted-break" * self.weighted))  # (BREAK ends a chunk: entries from before read it as text)
 
 
 DEFAULT_READING = TextReading()
