@@ -81,7 +81,7 @@ def weighted_tokens(text: str, tokenizer) -> tuple[list[int], list[float]]:
     """A prompt's token ids (without BOS and EOS) and each one's weight, as AUTOMATIC1111 reads it: each piece of
     emphasis tokenized alone and weighed, and a BREAK ending the 75-token chunk there (an EOS, then padding of
     weight 1 to the chunk's end; a BREAK at a chunk's start does nothing)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = _pad_id(tokenizer)
     tokens: list[int] = []
     weights: list[float] = []
     for piece, weight in weighted_pieces(text):
@@ -99,7 +99,7 @@ def weighted_tokens(text: str, tokenizer) -> tuple[list[int], list[float]]:
 def _weighted_ids(captions: list[str], tokenizer, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, weights), each (B, `length`): the ids the tokenizer gives the captions' plain text (BOS, tokens cut to
     fit, EOS, padding), read by `weighted_tokens`, and each token's weight (1 for BOS, EOS and padding)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = _pad_id(tokenizer)
     rows, weights = [], []
     for caption in captions:
         tokens, weighed = weighted_tokens(caption, tokenizer)
@@ -115,7 +115,7 @@ def _chunked(ids: torch.Tensor, chunks: int, tokenizer) -> torch.Tensor:
     that ends inside the caption gets an EOS of its own; a piece past the caption's end is padding, as
     kohya's get_input_ids builds it."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = _pad_id(tokenizer)
     body = ids[:, 1:-1].reshape(len(ids), chunks, CHUNK_TOKENS)
     out = torch.full((len(ids), chunks, CHUNK_TOKENS + 2), pad, dtype=ids.dtype)
     out[:, :, 0] = bos
@@ -125,6 +125,11 @@ def _chunked(ids: torch.Tensor, chunks: int, tokenizer) -> torch.Tensor:
     empty = body[:, :, 0] == pad  # a chunk wholly past the caption: an EOS right after BOS, as for ""
     out[:, :, 1] = torch.where(empty, eos, out[:, :, 1])
     return out.reshape(-1, CHUNK_TOKENS + 2)
+
+
+def _pad_id(tokenizer) -> int:
+    """The id that pads a caption to its length (EOS for a tokenizer without a pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def unet_conditioning(family: ModelFamily, hidden: torch.Tensor, pooled: torch.Tensor | None,
