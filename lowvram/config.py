@@ -429,6 +429,9 @@ class MemoryConfig:
     compile: bool = option(False, "Compile the U-Net's transformer blocks with torch.compile (regional): faster "
                            "steps after a one-time warm-up per image size; trains eagerly where the platform "
                            "cannot compile.")
+    cuda_graphs: bool = option(False, "With --compile on CUDA: replay the compiled blocks' training passes as CUDA "
+                               "graphs (torch.compile's reduce-overhead mode), fewer kernel launches per step; "
+                               "blocks that are recomputed (checkpointing) run compiled without graphs.")
     vae_tiling: bool = option(False, "Run the VAE in 512 px tiles when caching latents and decoding samples: far "
                               "less memory at high resolutions (tiled latents are cached separately).")
 

@@ -251,6 +251,8 @@ def config_problems(c: RunConfig) -> list[str]:
             p.append(f"--{flag}: only used with --loss huber or smooth_l1; add one or drop --{flag}")
     positive("checkpoint-every", c.training.checkpoint_every)
     positive("checkpoint-blocks", c.memory.checkpoint_blocks)
+    if c.memory.cuda_graphs and not c.memory.compile:
+        p.append("--cuda-graphs: replays the compiled blocks; add --compile")
     positive("keep-checkpoints", c.training.keep_checkpoints)
     positive("min-snr-gamma", c.training.min_snr_gamma)
     positive("sample-steps", c.output.sample_steps)

@@ -75,3 +75,80 @@ def test_the_recompile_limit_covers_every_batch_shape_of_the_run():
         assert torch._dynamo.config.accumulated_recompile_limit >= 2 * 40 * 2
     finally:
         torch._dynamo.config.recompile_limit, torch._dynamo.config.accumulated_recompile_limit = limits
+
+
+def test_cuda_graph_blocks_replay_only_training_passes_outside_recomputed_units():
+    """--cuda-graphs' routing, on the tiny U-Net's blocks as compile_blocks sets them up: a training pass replays
+    graphs in every block outside a recomputed unit. A pass without gradients, and the blocks of a unit that
+    checkpointing recomputes (PyTorch issue 154306), run the compiled code without graphs; once an out-of-memory
+    has dropped the graphs, no block replays them. The routed U-Net's output and gradients match the eager one's.
+    The compiled functions run eagerly here (torch.compiler.set_stance): the CPU has no graphs to replay, and
+    inductor's cold compile of every pass took 84 s on the CI machine; the GPU test of --cuda-graphs replays them."""
+    import copy
+
+    from lowvram.adapters.networks import add_adapter
+    from lowvram.checkpointing import checkpoint_units, enable_checkpointing
+    from lowvram.compiling import compile_blocks, drop_cuda_graphs, graphed_blocks, replaying_count
+    from lowvram.models.loading import load_model
+
+    model = load_model("tiny")
+    unet = model.unet.float()
+    add_adapter(unet, model.family.lora_targets("unet"), 4, 4, 0.0)
+    for p in unet.parameters():  # LoRA's B starts at zero; nonzero B gives A gradients too
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+    recomputed = next(name for name, unit in checkpoint_units(unet).items() if hasattr(unit, "transformer_blocks"))
+    enable_checkpointing(unet, [recomputed])
+    eager = copy.deepcopy(unet)
+    compile_blocks(unet, 1, cuda_graphs=True)
+    blocks = graphed_blocks(unet)
+    inside = {id(b) for b in blocks if b.unit is unet.get_submodule(recomputed)}
+    assert blocks and inside and len(inside) < len(blocks)
+    assert replaying_count(unet) == len(blocks) - len(inside)
+
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=generator)
+    hidden = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator)
+    timesteps = torch.tensor([100, 700])
+
+    def calls() -> dict[int, tuple[int, int]]:
+        return {id(b): (b.calls["graphs"], b.calls["plain"]) for b in blocks}
+
+    def training_pass(net) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        out = net(latents, timesteps, hidden).sample
+        out.square().mean().backward()
+        grads = [p.grad.clone() for p in net.parameters() if p.requires_grad]
+        net.zero_grad(set_to_none=True)
+        return out.detach(), grads
+
+    with torch.compiler.set_stance("force_eager"):
+        out, grads = training_pass(unet)  # a recomputed block runs again in backward
+        assert calls() == {key: (0, 2) if key in inside else (1, 0) for key in calls()}
+        want, want_grads = training_pass(eager)
+        assert torch.equal(out, want) and all(map(torch.equal, grads, want_grads))
+
+        with torch.no_grad():
+            unet(latents, timesteps, hidden)
+        assert calls() == {key: (0, 3) if key in inside else (1, 1) for key in calls()}
+
+        drop_cuda_graphs(unet)
+        training_pass(unet)
+        assert replaying_count(unet) == 0
+        assert calls() == {key: (0, 5) if key in inside else (1, 2) for key in calls()}
+
+
+def test_cuda_graphs_off_a_cuda_device_say_so_and_the_run_compiles_without_them(tmp_path, capsys):
+    # the blocks of the compiled run above (checkpointed, rank 4): inductor's cache has them
+    result = train(run_config(output=str(tmp_path / "out"), max_steps=2, compile=True, cuda_graphs=True,
+                              gradient_checkpointing=True))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--cuda-graphs: CUDA graphs need a CUDA device; compiling without them" in out
+    assert "blocks compiled" in out and "replay CUDA graphs" not in out and result.lora_path.is_file()
+
+
+def test_cuda_graphs_without_compile_are_refused():
+    from lowvram.configure import build_config
+    from lowvram.errors import LowvramError
+
+    with pytest.raises(LowvramError, match="--cuda-graphs: replays the compiled blocks; add --compile"):
+        build_config({"model": "tiny", "data": "sample", "cuda_graphs": True})

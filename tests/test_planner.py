@@ -347,3 +347,41 @@ def test_compile_counts_its_workers_host_ram_and_its_warm_up_per_shape(monkeypat
     monkeypatch.setattr(estimator, "step_time_ratios", lambda family, batch: measured)
     again = estimate(dataclasses.replace(work, compile=True), MemoryStrategy("bf16", False, "adamw"), hardware)
     assert again.compile_seconds == 40.0 and again.compile_measured
+
+
+def test_cuda_graphs_cost_memory_and_save_time_only_in_the_blocks_they_replay(monkeypatch):
+    """--cuda-graphs: the replayed blocks' extra buffers and speed-up, priors until calibrate_planner measures a
+    graphs run against the same blocks compiled without them; blocks recomputed by checkpointing replay nothing,
+    so all-units checkpointing gains and costs nothing, selective checkpointing part of it."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    estimator = importlib.import_module("lowvram.plan.estimate")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import calibrate_planner
+
+    hardware = hardware_for(None, "24GB", "64GB")
+    compiled = Workload(FAMILIES["sdxl"], 1024, compile=True)
+    graphs = dataclasses.replace(compiled, cuda_graphs=True)
+
+    def both(strategy: MemoryStrategy):
+        return estimate(compiled, strategy, hardware), estimate(graphs, strategy, hardware)
+
+    plain, replayed = both(MemoryStrategy("bf16", False, "adamw8bit"))
+    assert replayed.vram["training"]["CUDA graphs"] == int(0.1 * plain.vram["training"]["activations"]) > 0
+    assert replayed.speed == pytest.approx(plain.speed * estimator.CUDA_GRAPHS_COST)
+    plain, replayed = both(MemoryStrategy("bf16", True, "adamw8bit"))
+    assert replayed.vram["training"]["CUDA graphs"] == 0 and replayed.speed == plain.speed
+    plain, replayed = both(MemoryStrategy("bf16", True, "adamw8bit", checkpoint_units=3))
+    assert 0 < replayed.vram["training"]["CUDA graphs"] and plain.speed * 0.9 < replayed.speed < plain.speed
+
+    runs = [{"family": "sdxl", "batch": 1, "device": "GPU", "mixed_precision": "bf16", "unet_weights": "bf16",
+             "gradient_checkpointing": False, "optimizer": "adamw8bit", "seconds_per_step": seconds,
+             "compiled": compiled_run, "cuda_graphs": graphs_run}
+            for seconds, compiled_run, graphs_run in ((0.6, False, False), (0.5, True, False), (0.4, True, True))]
+    measured = calibrate_planner.step_time(runs)["sdxl"]["1"]
+    assert measured["cuda_graphs"] == 0.8 and measured["compile"] == pytest.approx(0.833, abs=1e-3)
+    monkeypatch.setattr(estimator, "step_time_ratios", lambda family, batch: measured)
+    assert estimate(graphs, MemoryStrategy("bf16", False, "adamw8bit"), hardware).speed == pytest.approx(
+        estimate(compiled, MemoryStrategy("bf16", False, "adamw8bit"), hardware).speed * 0.8)

@@ -141,17 +141,18 @@ def random_components(family, device, dtype, names: tuple[str, ...]) -> dict:
     return parts
 
 
-def update(loss, optimizer, scaler) -> float:
-    """Backward and an optimizer step through the grad scaler (a no-op one outside fp16); the loss."""
+def update(loss, optimizer, scaler, gradients_kept: bool = False) -> float:
+    """Backward and an optimizer step through the grad scaler (a no-op one outside fp16); the loss. Kept
+    gradients are zeroed in place, as a --cuda-graphs run keeps them (lowvram.train.setup.Trainee)."""
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=not gradients_kept)
     return loss.item()
 
 
 def cached_style_step(unet, family, resolution: int, batch: int, compute, device, optimizer, scaler=None,
-                      offload: bool = False, own_prediction: bool = False):
+                      offload: bool = False, own_prediction: bool = False, gradients_kept: bool = False):
     """One training step as lowvram runs it after caching (latents and text embeddings as inputs), as a function
     returning the loss; with `own_prediction`, every image trained toward the model's own prediction
     (--prior-prediction's extra forward pass)."""
@@ -178,7 +179,7 @@ def cached_style_step(unet, family, resolution: int, batch: int, compute, device
             noise = sample_noise(latents, 0.0)
             loss = diffusion_loss(unet, scheduler, latents, conditioning, noise,
                                   sample_timesteps(scheduler, batch, device), prior=prior)
-        return update(loss, optimizer, scaler)
+        return update(loss, optimizer, scaler, gradients_kept)
 
     return step
 

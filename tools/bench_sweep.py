@@ -43,6 +43,8 @@ SWEEP = [
     ("native", False, "adamw8bit", "bf16", True, "own-prediction"),
     # --compile, last (its warm-up is long): the same strategies compiled, for the planner's compile ratio
     ("native", False, "adamw8bit", "bf16", True, "compiled"), ("native", True, "adamw8bit", "bf16", True, "compiled"),
+    # --cuda-graphs: the compiled blocks' training passes replayed as CUDA graphs, against the compiled run above
+    ("native", False, "adamw8bit", "bf16", True, "compiled", "graphs"),
 ]
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": "float32"}
 
@@ -52,16 +54,17 @@ def random_unet(family, device, dtype):
 
 
 def strategy_name(weights: str, checkpointing: bool | int, optimizer: str, mixed_precision: str,
-                  compiled: bool = False, own_prediction: bool = False) -> str:
+                  compiled: bool = False, own_prediction: bool = False, graphs: bool = False) -> str:
     name = bench_memory.strategy_name(weights, checkpointing, optimizer)
     name = name if mixed_precision == "bf16" else f"{name},{mixed_precision}"
     name = f"{name},own-prediction" if own_prediction else name
-    return f"{name},compiled" if compiled else name
+    name = f"{name},compiled" if compiled else name
+    return f"{name},graphs" if graphs else name
 
 
 def measure(family, device, weights: str, checkpointing: bool | int, optimizer_name: str, mixed_precision: str,
             resolution: int, batches: list[int], steps: dict[int, int], warmup: int, rank: int,
-            compiled: bool = False, own_prediction: bool = False):
+            compiled: bool = False, own_prediction: bool = False, graphs: bool = False):
     """Yield one result per batch size for one strategy, on one freshly made and converted U-Net."""
     import torch
 
@@ -77,8 +80,8 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
     compute = getattr(torch, DTYPES[mixed_precision]) if cuda else torch.float32
     units = None if isinstance(checkpointing, bool) else checkpointing
     common = {"strategy": strategy_name(weights, checkpointing, optimizer_name, mixed_precision, compiled,
-                                        own_prediction),
-              "compiled": compiled, "own_prediction": own_prediction,
+                                        own_prediction, graphs),
+              "compiled": compiled, "cuda_graphs": graphs, "own_prediction": own_prediction,
               "unet_weights": weights, "gradient_checkpointing": bool(checkpointing), "checkpoint_units": units,
               "optimizer": optimizer_name,
               "mixed_precision": mixed_precision if cuda else "no", "offload_activations": False,
@@ -94,7 +97,9 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
         params = add_adapter(unet, family.lora_targets("unet"), rank, rank, 0.0)
         cast_inputs(unet, cast=not cuda)  # as training sets it: no input casts under autocast
         if compiled:  # the warm-up steps pay for the compilation, as a run's first steps do
-            compile_blocks(unet, len(batches))  # one fixed shape per batch size
+            compile_blocks(unet, len(batches), cuda_graphs=graphs)  # one fixed shape per batch size
+        for p in params if graphs else ():  # kept, as the run keeps them (see lowvram.train.setup.Trainee)
+            p.grad = torch.zeros_like(p)
         optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)
         scaler = torch.amp.GradScaler(enabled=mixed_precision == "fp16" and cuda)
         common.update(unet_bytes=storage_bytes(unet), lora_params=sum(p.numel() for p in params),
@@ -106,7 +111,7 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
         result = {**common, "batch": batch}
         try:
             step = bench_memory.cached_style_step(unet, family, resolution, batch, compute, device, optimizer,
-                                                  scaler, own_prediction=own_prediction)
+                                                  scaler, own_prediction=own_prediction, gradients_kept=graphs)
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -200,18 +205,19 @@ def main() -> None:
             free(cuda)
         for weights, checkpointing, optimizer, mixed_precision, every_batch, *extra in with_picks(family, resolution,
                                                                                                 args):
-            compiled, own_prediction = "compiled" in extra, "own-prediction" in extra
+            compiled, own_prediction, graphs = "compiled" in extra, "own-prediction" in extra, "graphs" in extra
             if not cuda and (mixed_precision != "bf16" or compiled):
                 continue  # the CPU computes in fp32 only; compiling here would only rehearse the compiler
             if args.deadline and time.monotonic() - started > args.deadline:
                 emit({"kind": "not run", "strategy": strategy_name(weights, checkpointing, optimizer,
-                                                                   mixed_precision, compiled, own_prediction)})
+                                                                   mixed_precision, compiled, own_prediction,
+                                                                   graphs)})
                 continue
             if weights == "native":  # the U-Net stored as the run computes (the CPU: fp32)
                 weights = NATIVE_FORMAT[mixed_precision if cuda else "no"]
             batches = args.batches if every_batch else args.batches[:1]
             for result in measure(family, device, weights, checkpointing, optimizer, mixed_precision, resolution,
-                                  batches, steps, args.warmup, args.rank, compiled, own_prediction):
+                                  batches, steps, args.warmup, args.rank, compiled, own_prediction, graphs):
                 emit({**result, "kind": "strategy"})
             free(cuda)
 

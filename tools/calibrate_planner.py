@@ -12,7 +12,8 @@ Every GPU result under benchmarks/ (a JSON with an `environment.device` other th
 - step_time: measured step-time ratios per full-size family and batch: gradient checkpointing against none (same
   format), each storage format against the native 16-bit one (same checkpointing), and `--compile` against the
   same strategy uncompiled, with its warm-up ("compile_seconds": the compiled run's first step less the eager
-  one's), and the model's own prediction ("own_prediction": its extra forward pass) against the same strategy
+  one's), `--cuda-graphs` against the same strategy compiled without graphs ("cuda_graphs"), and the model's own
+  prediction ("own_prediction": its extra forward pass) against the same strategy
   without it (selective checkpointing runs check the planner's picks, not these ratios). A ratio
   no result measured
   stays the estimator's prior. Pairs whose optimizers differ are compared as measured: an 8-bit optimizer's step
@@ -86,9 +87,12 @@ def step_time(runs: list[dict]) -> dict:
                         and strategy_key(run) == strategy_key(other) and not run.get("checkpoint_units"):
                     entry.setdefault("own_prediction", []).append(ratio)
                 continue
-            if run.get("compiled") or other.get("compiled"):  # compiled runs give the compile ratio only
-                if run.get("compiled") and not other.get("compiled") and strategy_key(run) == strategy_key(other) \
-                        and run.get("checkpoint_units") == other.get("checkpoint_units"):
+            if run.get("compiled") or other.get("compiled"):  # compiled runs give the compile ratios only
+                same = (strategy_key(run) == strategy_key(other)
+                        and run.get("checkpoint_units") == other.get("checkpoint_units"))
+                if same and run.get("cuda_graphs") and other.get("compiled") and not other.get("cuda_graphs"):
+                    entry.setdefault("cuda_graphs", []).append(ratio)  # against the same blocks without graphs
+                elif same and run.get("compiled") and not run.get("cuda_graphs") and not other.get("compiled"):
                     entry.setdefault("compile", []).append(ratio)
                     if "first_step_seconds" in run and "first_step_seconds" in other:
                         entry.setdefault("compile_seconds", []).append(
@@ -104,7 +108,7 @@ def step_time(runs: list[dict]) -> dict:
                 entry.setdefault("unet_weights", {}).setdefault(run["unet_weights"], []).append(ratio)
     for family in ratios.values():
         for entry in family.values():
-            for ratio in ("gradient_checkpointing", "compile", "compile_seconds", "own_prediction"):
+            for ratio in ("gradient_checkpointing", "compile", "compile_seconds", "cuda_graphs", "own_prediction"):
                 if ratio in entry:
                     entry[ratio] = round(statistics.median(entry[ratio]), 3)
             for fmt, values in entry.get("unet_weights", {}).items():
@@ -122,6 +126,7 @@ def planned(run: dict, phase: str = "training") -> int:
     mixed_precision = run.get("mixed_precision", "bf16")
     work = Workload(FAMILIES[run["family"]], run["resolution"], run.get("batch", 1), run.get("rank", 16),
                     lora_layers=run.get("lora_layers", "attn"), offload_activations=run.get("offload_activations", False),
+                    compile=run.get("compiled", False), cuda_graphs=run.get("cuda_graphs", False),
                     sampling=phase == "sampling", mixed_precision=mixed_precision, native_format=mixed_precision,
                     vae_fp32=run.get("vae_fp32", False))
     strategy = MemoryStrategy(run["unet_weights"], run["gradient_checkpointing"], run["optimizer"],

@@ -30,6 +30,7 @@ def workload_for(run: ResolvedRun) -> Workload:
                     network=config.network.network, lokr_factor=config.network.lokr_factor,
                     lora_layers=config.network.lora_layers,
                     offload_activations=config.memory.offload_activations, compile=config.memory.compile,
+                    cuda_graphs=config.memory.compile and config.memory.cuda_graphs,
                     train_text_encoder=config.network.train_text_encoder, trained_text=run.trained_text_encoders,
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.prompt_lines),
                     sample_resolution=run.sample_resolution, compute_bytes=run.compute_bytes,

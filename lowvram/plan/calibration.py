@@ -48,6 +48,11 @@ def unverified_warning(family: ModelFamily, unet_weights: str, gradient_checkpoi
             f"result; {PROOF_COMMAND} measures it); it may fail in a CUDA kernel")
 
 
+def graphs_measured(family: ModelFamily) -> bool:
+    """Whether a GPU result measured the family's compiled blocks replaying CUDA graphs (--cuda-graphs)."""
+    return any("cuda_graphs" in entry for entry in calibration()["step_time"].get(full_size(family), {}).values())
+
+
 def step_time_ratios(family: ModelFamily, batch: int) -> dict:
     """Measured ratios for the family at the measured batch nearest `batch` ({} where none was measured)."""
     measured = calibration()["step_time"].get(full_size(family), {})

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lowvram.hardware import GIB
+from lowvram.plan.calibration import graphs_measured
 from lowvram.plan.estimate import PHASES, Estimate
 from lowvram.plan.planner import Plan
 
@@ -54,6 +55,10 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
                       f"blocks, about {shown.compile_seconds:.0f} s each ("
                       + ("measured on a GPU" if shown.compile_measured else "a prior, not yet measured on a GPU")
                       + "); a short run over many buckets may not win it back")
+    if result.workload.cuda_graphs:
+        console.print("--cuda-graphs: the replayed blocks' memory and speed-up are "
+                      + ("measured on a GPU" if graphs_measured(result.workload.family)
+                         else "priors, not yet measured on a GPU"))
     console.print(("[green]" if result.choice else "[red]") + result.explanation)
     for suggestion in result.suggestions:
         console.print(f"  would fit with: {suggestion}")

@@ -18,7 +18,14 @@ from lowvram.adapters import lora_files, networks
 from lowvram.adapters.blocks import BlockPlan, block_of
 from lowvram.attention import set_attention
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
-from lowvram.compiling import compile_blocks, compile_problem, compiled_count
+from lowvram.compiling import (
+    compile_blocks,
+    compile_problem,
+    compiled_count,
+    cuda_graphs_problem,
+    replaying_count,
+    uses_cuda_graphs,
+)
 from lowvram.config import ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
 from lowvram.data.check import scan
 from lowvram.data.dataset import TrainingData
@@ -32,7 +39,7 @@ from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import OPTIMIZERS, build_optimizer, optimizer_kwargs, use_averaged_weights
 from lowvram.option_values import parse_save_every, parse_until
-from lowvram.plan.calibration import unverified_warning
+from lowvram.plan.calibration import graphs_measured, unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.resolve import ResolvedRun, resolve_run
@@ -103,6 +110,10 @@ class Trainee:
     noise_scheduler: object
     ema: object | None = None  # diffusers' EMAModel of `params` (--ema)
     text_frozen: bool = False  # past --text-encoder-until: the encoders still read the captions, without gradients
+    # --cuda-graphs: the gradients are buffers of their own that backward adds into, zeroed after each update. Set
+    # to None instead, the first backward would keep a graph's output memory as a gradient, which the next
+    # micro-batch's replay overwrites (CUDA Graph Trees reuse a generation's memory in the next)
+    gradients_kept: bool = False
 
     @property
     def trained_modules(self) -> list[torch.nn.Module]:
@@ -304,7 +315,14 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         if problem:
             session.console.print(f"[yellow]warning:[/] --compile: {problem}; training without it", soft_wrap=True)
         else:
-            compile_blocks(model.unet, schedule.batch_shapes, passes=3 if config.data.own_prediction else 2)
+            graphs = config.memory.cuda_graphs
+            if graphs and (problem := cuda_graphs_problem(session.device, session.world,
+                                                         config.memory.offload_activations)):
+                session.console.print(f"[yellow]warning:[/] --cuda-graphs: {problem}; compiling without them",
+                                      soft_wrap=True)
+                graphs = False
+            compile_blocks(model.unet, schedule.batch_shapes, passes=3 if config.data.own_prediction else 2,
+                           cuda_graphs=graphs)
     groups = optimizer_groups(model, trainable, config, session.run.blocks)
     optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, schedule.warmup_steps,
                                 optimizer_kwargs(config.optim.optimizer, config.optim.optimizer_args))
@@ -330,8 +348,11 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(params, decay=config.optim.ema_decay, foreach=True)
+    kept = uses_cuda_graphs(model.unet)
+    for p in params if kept else ():
+        p.grad = torch.zeros_like(p)
     return Trainee(model, prepared[0], text_encoders, train_text, dict(adapted), params, prepared[-1], lr_scheduler,
-                   noise_scheduler, ema)
+                   noise_scheduler, ema, gradients_kept=kept)
 
 
 def freeze_text_encoders(session: Session, trainee: Trainee, step: int) -> None:
@@ -409,8 +430,10 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     config, run, model = session.config, session.run, trainee.model
     world, data = session.world, prepared.data
     blocks = f" ({blocks_note(model.unet, run.blocks)})" if run.blocks else ""
+    replaying = replaying_count(model.unet)
     compiled = (f", {compiled_count(model.unet)} blocks compiled (for up to {schedule.batch_shapes} input shapes, "
-                "each compiled at its first step)" if compiled_count(model.unet) else "")
+                "each compiled at its first step" + (f"; {replaying} replay CUDA graphs in training" if replaying
+                                                      else "") + ")" if compiled_count(model.unet) else "")
     session.console.print(
         f"[bold]lowvram[/] {run.family.title} from {model.source} on {run.hardware.name} ({run.mixed_precision})"
         f"{f' x {world} processes' if world > 1 else ''} | U-Net {run.unet_weights} "
@@ -441,3 +464,6 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
                                         config.optim.optimizer, run.mixed_precision)
         if unverified:
             session.console.print(f"[yellow]warning:[/] {unverified}", soft_wrap=True)
+        if replaying and not graphs_measured(run.family):
+            session.console.print(f"[yellow]warning:[/] --cuda-graphs: not yet seen training {run.family.title} on "
+                                  "a GPU (no committed result); if a step fails, train without it", soft_wrap=True)

@@ -15,6 +15,7 @@ import torch
 
 from lowvram.adapters import networks
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
+from lowvram.compiling import drop_cuda_graphs, uses_cuda_graphs
 from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.models.conditioning import encode_prompts, unet_conditioning
 from lowvram.train import checkpoint
@@ -124,7 +125,7 @@ def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_ask
                     networks.limit_norms(module, session.config.optim.scale_weight_norms)
             if trainee.ema is not None:  # the weights as applied, limits included
                 trainee.ema.step(trainee.params)
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=not trainee.gradients_kept)
     return StepOutcome(verdict, loss, grad_norm, stop > 0)
 
 
@@ -168,8 +169,12 @@ def sum_over_processes(accelerator, *values: float) -> tuple[float, ...]:
 
 
 def leaner_after_oom(unet: torch.nn.Module, splits: int, batch_size: int) -> tuple[str, int]:
-    """The next leaner way to run a step that ran out of memory, keeping the effective batch: recompute
-    activations, then run each batch in smaller parts (gradients accumulate to the same update)."""
+    """The next leaner way to run a step that ran out of memory, keeping the effective batch: free the CUDA
+    graphs' memory, recompute activations, then run each batch in smaller parts (gradients accumulate to the same
+    update)."""
+    if uses_cuda_graphs(unet):
+        drop_cuda_graphs(unet)
+        return "stopped replaying CUDA graphs (the blocks stay compiled)", splits
     recomputed, units = checkpointed_count(unet)
     if recomputed < units:
         enable_checkpointing(unet)
