@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lowvram.adapters.blocks import BlockPlan, block_plan
 from lowvram.config import SAMPLE_DATA, RunConfig
+from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.models.detect import detect_family
@@ -70,6 +71,20 @@ class ResolvedRun:
         """Every resolution each image trains at: --resolution's, then --extra-resolutions'."""
         return (self.resolution, *(r for r in parse_resolutions(self.config.data.extra_resolutions)
                                    if r != self.resolution))
+
+    @property
+    def folder_resolutions(self) -> tuple[int, ...]:
+        """The resolutions of a dataset file's image folders that have one of their own (kohya's datasets of
+        different images at different resolutions, OneTrainer's resolution override): their images train at it."""
+        if not is_dataset_file(self.config.data.data):
+            return ()
+        return tuple(sorted({s.resolution for s in read_dataset(Path(self.config.data.data)).subsets
+                             if s.resolution}))
+
+    @property
+    def trained_resolutions(self) -> tuple[int, ...]:
+        """Every resolution some image trains at (the planner plans for the largest)."""
+        return tuple(dict.fromkeys((*self.resolutions, *self.folder_resolutions)))
 
     @property
     def trained_text_encoders(self) -> tuple[str, ...]:

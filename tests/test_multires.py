@@ -4,6 +4,7 @@ at each, batches keep one bucket each, and the planner plans for the largest."""
 
 import pytest
 from conftest import run_config
+from safetensors import safe_open
 
 from lowvram.cli import main
 from lowvram.errors import LowvramError
@@ -61,5 +62,49 @@ def test_kohyas_datasets_of_the_same_images_at_several_resolutions_are_read_as_t
     other = f'[[datasets.subsets]]\nimage_dir = "{folder}"\n'  # one repeat: another subset
     (tmp_path / "other.toml").write_text(f"[[datasets]]\nresolution = 64\n{subset}"
                                          f"[[datasets]]\nresolution = 96\n{other}")
-    with pytest.raises(LowvramError, match="resolution: the datasets differ"):  # other subsets: not the same images
-        read_dataset(tmp_path / "other.toml")
+    # other subsets (not the same repeats): each trains at its own dataset's resolution
+    assert [(s.repeats, s.resolution) for s in read_dataset(tmp_path / "other.toml").subsets] == [(2, None), (1, 96)]
+
+
+def test_kohyas_datasets_of_other_images_at_other_resolutions_train_each_at_its_own(tmp_path, sample_data, capsys):
+    """kohya's dataset config example: two datasets of different images, each at its resolution. The first's is
+    --resolution; the other's subsets are judged (small images) and trained at theirs, their latents in its
+    buckets; the planner plans for the largest, and the LoRA's metadata counts each image once."""
+    from lowvram.data.check import scan
+    from lowvram.data.sample import write_sample_dataset
+    from lowvram.dataset_files import read_dataset
+
+    other = write_sample_dataset(tmp_path / "other")  # 96 px images: enlarged at 128 px, not at 64
+    (tmp_path / "two.toml").write_text(
+        f'[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = "{sample_data / "5_lvshape"}"\n'
+        f'[[datasets]]\nresolution = [128, 128]\n[[datasets.subsets]]\nimage_dir = "{other / "5_lvshape"}"\n')
+    dataset = read_dataset(tmp_path / "two.toml")
+    assert dataset.values["resolution"] == 64 and "extra_resolutions" not in dataset.values
+    assert [s.resolution for s in dataset.subsets] == [None, 128]
+    assert "datasets[2]: its images train at 128 px (the others at --resolution 64)" in dataset.notes
+
+    config = run_config(data=str(tmp_path / "two.toml"), output=str(tmp_path / "out"), max_steps=2)
+    run = resolve_run(config, load_profile("rtx-3060-12gb"))
+    assert run.resolution == 64 and workload_for(run).resolution == 128
+    upscaled = {r.relpath.startswith("other") for r in scan(run, tmp_path / "two.toml", None, None).records
+                if any(note.startswith("upscaled") for note in r.notes)}
+    assert upscaled == {True}
+
+    result = train(config)
+    assert "12 images at 64 px, 128 px, 12 per epoch" in " ".join(capsys.readouterr().out.split())
+    areas = sorted(sample.bucket[0] * sample.bucket[1] for sample in result.data.samples)
+    assert len(areas) == 12 and max(areas[:6]) <= 64 * 64 < 96 * 96 < min(areas[6:])  # six at 64 px, six at 128
+    with safe_open(str(result.lora_path), "pt") as lora:
+        assert lora.metadata()["ss_num_train_images"] == "12"
+
+
+def test_a_onetrainer_concepts_resolution_override_trains_its_images_at_it(tmp_path, sample_data):
+    import json
+
+    from lowvram.dataset_files import read_dataset
+
+    concepts = [{"name": "plain", "path": str(sample_data / "5_lvshape")},
+                {"name": "large", "path": str(sample_data / "5_lvshape"),
+                 "image": {"enable_resolution_override": True, "resolution_override": "96"}}]
+    (tmp_path / "concepts.json").write_text(json.dumps(concepts))
+    assert [s.resolution for s in read_dataset(tmp_path / "concepts.json").subsets] == [None, 96]

@@ -165,7 +165,8 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
     image_folders(tmp_path)
     path = write(tmp_path / "concepts.json", [
         concept("imgs/alpha", type="COUNTEREXAMPLE"),
-        concept("imgs/beta", image={"enable_random_rotate": True, "enable_resolution_override": True},
+        concept("imgs/beta", image={"enable_random_rotate": True, "enable_resolution_override": True,
+                                    "resolution_override": "512x768"},
                 text={"tag_delimiter": ";"}, loss_weight=0),
         concept("imgs/missing"), {"name": "no path"}, "a string",
         concept("imgs/alpha", text={"prompt_source": "concept", "prompt_path": ""}),
@@ -175,7 +176,8 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
         read_dataset(path)
     expected = ["concepts[1] type: 'COUNTEREXAMPLE' is not a concept type lowvram reads",
                 "concepts[2] image.enable_random_rotate:",
-                "concepts[2] image.enable_resolution_override:", "concepts[2] text.tag_delimiter:",
+                "concepts[2] image.resolution_override: '512x768': lowvram reads one square resolution per concept",
+                "concepts[2] text.tag_delimiter:",
                 "concepts[2] loss_weight: 0 would train nothing", "concepts[3] path: folder not found: imgs/missing",
                 "concepts[4] (no path): no path", "concepts[5]: 'a string' is not a concept",
                 "concepts[6] text.prompt_path: none given for prompt_source concept",

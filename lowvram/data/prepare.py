@@ -17,6 +17,7 @@ from lowvram.data.augment import (
     make_variant,
     trained_text,
 )
+from lowvram.data.buckets import Buckets
 from lowvram.data.cache import (
     LatentJob,
     TensorStore,
@@ -75,7 +76,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     latent_jobs: dict[str, LatentJob] = {}
     text_jobs: dict[str, TextJob] = {}
     samples: list[list[Sample]] = [[], [], []]  # training, regularization, validation
-    buckets = {resolution: make_buckets(run, resolution) for resolution in run.resolutions}
+    buckets: dict[int, Buckets] = {}
     held_out = {record.path for record in validation}
     plain = AugmentOptions()
     for report_index, records in enumerate([[r for r in reports[0].usable if r.path not in held_out],
@@ -96,7 +97,10 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                         text_keys.append(key)
                         if caption_weights:  # a caption's chance, shared by its variants
                             text_weights.append(caption_weights[i] / len(variants))
-            for resolution in run.resolutions[:1] if validating else run.resolutions:  # each image at each one
+            resolutions = (record.resolution,) if record.resolution else run.resolutions  # its folder's own
+            for resolution in resolutions[:1] if validating else resolutions:  # each image at each one
+                if resolution not in buckets:
+                    buckets[resolution] = make_buckets(run, resolution)
                 placement = buckets[resolution].place(record.width, record.height)
                 keys = []
                 for v in range(1 if validating else augment.variants):

@@ -103,6 +103,7 @@ class ImageRecord:
     mask: Path | None = None  # its loss mask file, with --masked-loss
     mask_sha256: str = ""
     loss_weight: float = 1.0  # its folder's
+    resolution: int | None = None  # its folder's own (None: the run's resolutions)
     kept_tags: tuple[int, int] | None = None  # its caption's tags kept at the front and end (keep_tokens_separator)
     more_captions: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # its other caption lines (and their kept)
     caption_weights: tuple[float, ...] = ()  # each caption's chance (the first, then more_captions); () = equal
@@ -232,6 +233,8 @@ class ImageFolder(NamedTuple):
     caption_suffix: str = ""
     captions: dict[str, str] | None = None
     loss_weight: float = 1.0  # scales its images' loss (a OneTrainer concept's)
+    resolution: int | None = None  # its images' own resolution, and `buckets` of it (a kohya dataset's)
+    buckets: Buckets | None = None
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
@@ -273,7 +276,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     with Progress(console=console, transient=True, disable=console is None or len(files) < PROGRESS_FROM) as progress:
         task = progress.add_task(f"scanning {root.name}", total=len(files))
         for path, folder in files:
-            record = _scan_file(root, path, folder, buckets, options, old_index, new_index)
+            record = _scan_file(root, path, folder, buckets if folder.buckets is None else folder.buckets,
+                                options, old_index, new_index)
             if options.masked_loss and record.usable:
                 record = _with_mask(record, options, old_index, new_index)
             if record.usable and record.sha256 in first_of:
@@ -392,8 +396,8 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
     if suffix in UNSUPPORTED_SUFFIXES:
         reason = f"unsupported format: {suffix} files can't be read; convert it to one of {SUPPORTED}"
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
-                           non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, kept_tags=kept,
-                           more_captions=tuple(more), caption_weights=weights)
+                           non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, resolution=folder.resolution,
+                           kept_tags=kept, more_captions=tuple(more), caption_weights=weights)
     facts = file_facts(path, options.max_pixels, old_index.get(str(path)))
     if facts["size"] >= 0:
         new_index[str(path)] = facts
@@ -404,8 +408,8 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         notes = _mode_notes(mode, facts["has_alpha"], options) + rotated + notes + caption_notes
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
                        facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8,
-                       loss_weight=folder.loss_weight, kept_tags=kept, more_captions=tuple(more),
-                       caption_weights=weights)
+                       loss_weight=folder.loss_weight, resolution=folder.resolution, kept_tags=kept,
+                       more_captions=tuple(more), caption_weights=weights)
 
 
 def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_index: dict) -> ImageRecord:

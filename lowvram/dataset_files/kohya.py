@@ -5,16 +5,18 @@ regularization flag, and the lowvram options its settings set.
 kohya settles each setting per subset: the subset's own, else its dataset's, else `[general]`'s. lowvram holds the
 dataset's settings once per run. Where subsets disagree on a caption or augmentation setting, the first training
 subset's value is used for all and a note says so; the caption prefix and suffix stay each subset's own. Datasets
-of the same subsets at different resolutions are kohya's multi-resolution training (--extra-resolutions). Settings
-that would make a different kind of run (other datasets at two resolutions, two batch sizes) are refused, as are
-caption rewrites lowvram lacks, each in one line naming the setting and the fix. An image folder is read as kohya
-reads it: its images sit directly in it, and its name gives no repeats. A relative path is taken from the current
-folder, as kohya takes it, else from the file's folder.
+of the same subsets at different resolutions are kohya's multi-resolution training (--extra-resolutions); datasets
+of other images at other resolutions train each subset at its dataset's. Settings that would make a different
+kind of run (two batch sizes, a resolution that is not square) are refused, as are caption rewrites lowvram
+lacks, each in one line naming the setting and the fix. An image folder is read as kohya reads it: its images sit
+directly in it, and its name gives no repeats. A relative path is taken from the current folder, as kohya takes
+it, else from the file's folder.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,8 @@ INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed
 REFUSED = {
     "conditioning_data_dir": "ControlNet training is not something lowvram does",
     "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
-    "skip_image_resolution": "lowvram trains one resolution; leave it out (`lowvram check-data` lists small images)",
+    "skip_image_resolution": "lowvram skips no images by resolution; leave it out (`lowvram check-data` lists small "
+                             "images, and --small-images skip leaves them out)",
     "network_multiplier": "lowvram trains the LoRA at strength 1; leave it out",
 }
 
@@ -113,6 +116,10 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
     if extra:  # the same images at several resolutions: once each, at each resolution
         run_values["resolution"] = run_values["resolution"][:1]
         settings, subsets = settings[:len(per_dataset[0])], subsets[:len(per_dataset[0])]
+    elif own := _own_resolutions(run_values.get("resolution", []), per_dataset, notes):
+        # other images at other resolutions: each dataset's subsets at its own, the first's as --resolution
+        run_values["resolution"] = run_values["resolution"][:1]
+        subsets = [replace(subset, resolution=own.get(id(subset))) for subset in subsets]
     values = _run_values(run_values, problem) | ({"extra_resolutions": extra} if extra else {})
     values |= _subset_values(settings, subsets, notes)
     left = sorted({key for settled in settings for key in settled}
@@ -199,6 +206,22 @@ def _several_resolutions(found: list[tuple[Any, str]], per_dataset: list[list[Su
     if any(not isinstance(side, int) for side in sides) or any(subsets != per_dataset[0] for subsets in per_dataset):
         return None
     return ",".join(str(side) for side in sides[1:])
+
+
+def _own_resolutions(found: list[tuple[Any, str]], per_dataset: list[list[Subset]], notes: list[str]
+                     ) -> dict[int, int]:
+    """kohya's datasets of different images at different square resolutions: the resolution of each subset (by
+    id) of a dataset other than the first whose resolution differs from the first's; {} where the datasets agree,
+    where one leaves its resolution to the command line, or where one is not square (refused later)."""
+    sides = [value[0] if isinstance(value, list) and len(value) == 2 and value[0] == value[1] else value
+             for value, _ in found]
+    if len(found) != len(per_dataset) or len(set(map(str, sides))) < 2 or not all(isinstance(v, int) for v in sides):
+        return {}
+    own = {id(subset): side for side, subsets in zip(sides[1:], per_dataset[1:], strict=True) if side != sides[0]
+           for subset in subsets}
+    notes.extend(f"{where}: its images train at {side} px (the others at --resolution {sides[0]})"
+                 for side, (_, where) in zip(sides[1:], found[1:], strict=True) if side != sides[0])
+    return own
 
 
 def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, Any]:

@@ -9,8 +9,9 @@ epoch, as OneTrainer shows half of them), its loss weight scales its images' los
 where its prompt source says: each image's `.txt`, one prompt file for the whole concept, or the file name.
 Augmentation and tag settings are one value per run here: the first training concept's, with a note where others
 differ. A validation concept becomes `--validation-data`; a prior prediction concept, regularization images with
-`--prior-prediction`. What lowvram cannot do as asked (rotation, a per-concept resolution) is refused in one line
-naming the setting and the fix, rather than trained differently.
+`--prior-prediction`. A concept's resolution override trains its images at that resolution. What lowvram cannot do
+as asked (rotation, a resolution list) is refused in one line naming the setting and the fix, rather than trained
+differently.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ REFUSED = {
     "image.enable_fixed_contrast": "edit those images' files instead; lowvram varies colour at random only",
     "image.enable_fixed_saturation": "edit those images' files instead; lowvram varies colour at random only",
     "image.enable_fixed_hue": "edit those images' files instead; lowvram varies colour at random only",
-    "image.enable_resolution_override": "lowvram trains one --resolution for the whole run; train the concept as "
-                                        "a run of its own",
     "image.enable_random_circular_mask_shrink": "lowvram uses masks as drawn; turn it off",
     "image.enable_random_mask_rotate_crop": "lowvram uses masks as drawn; turn it off",
     "text.caps_randomize_enable": "lowvram trains captions as written; turn it off",
@@ -179,9 +178,23 @@ def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: li
                     "concept")
         captions = _captions(concept, folders, path, where, notes, problem)
         label = str(concept.get("name") or "").strip() or folders[0].name
-        subsets += [Subset(folder, balancing, label, regularization, captions=captions, loss_weight=weight)
-                    for folder in folders]
+        resolution = _resolution_override(concept.get("image") or {}, where, problem)
+        subsets += [Subset(folder, balancing, label, regularization, captions=captions, loss_weight=weight,
+                           resolution=resolution) for folder in folders]
     return subsets
+
+
+def _resolution_override(image: dict, where: str, problem) -> int | None:
+    """A concept's own resolution (its images train at it, the others at --resolution): one square side."""
+    if image.get("enable_resolution_override") is not True:
+        return None
+    text = str(image.get("resolution_override") or "").strip()
+    width, _, height = text.lower().partition("x")
+    if width.isdigit() and height in ("", width) and int(width) >= 64 and int(width) % 8 == 0:
+        return int(width)
+    problem(f"{where} image.resolution_override", f"{text!r}: lowvram reads one square resolution per concept, a "
+            "multiple of 8 from 64 (e.g. 768); aspect ratios come from its buckets")
+    return None
 
 
 def _captions(concept: dict, folders: list[Path], path: Path, where: str, notes: list[str], problem

@@ -19,6 +19,8 @@ class Subset:
     caption_suffix: str = ""
     captions: dict[str, str] | None = None  # image key (stem or path) -> caption, where the file gives captions
     loss_weight: float = 1.0  # each of its images' loss is scaled by it (OneTrainer's concept loss weight)
+    # its images' own square resolution (a kohya dataset's, a OneTrainer concept's override); None: --resolution's
+    resolution: int | None = None
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_steps": str(step),
         "ss_epoch": str(epoch),
-        "ss_num_train_images": str(round(sum(record.repeats for record in records) * len(run.resolutions))),
+        "ss_num_train_images": str(round(sum(record.repeats * (1 if record.resolution else len(run.resolutions))
+                                             for record in records))),
         "ss_learning_rate": f"{config.lr:g}",
         "ss_unet_lr": f"{config.lr:g}",
         "ss_text_encoder_lr": _text_encoder_rates(config, len(family.text_encoders)),

@@ -441,7 +441,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{compiled}, "
         f"{config.optim.optimizer} | "
         f"{len(dataset.records)} images"
-        f"{' at ' + ', '.join(f'{r} px' for r in run.resolutions) if len(run.resolutions) > 1 else ''}, "
+        f"{' at ' + ', '.join(f'{r} px' for r in sizes) if len(sizes := run.trained_resolutions) > 1 else ''}, "
         f"{data.images_per_epoch} per epoch with repeats"
         f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
         f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g}{conv_note(config.network)}"
