@@ -73,18 +73,28 @@ class ResolvedRun:
                                    if r != self.resolution))
 
     @property
-    def folder_resolutions(self) -> tuple[int, ...]:
-        """The resolutions of a dataset file's image folders that have one of their own (kohya's datasets of
-        different images at different resolutions, OneTrainer's resolution override): their images train at it."""
+    def folder_shapes(self) -> tuple[tuple[int | None, int | None], ...]:
+        """(resolution, batch size) of each of a dataset file's image folders that has either of its own (kohya's
+        datasets of other images at other resolutions or batch sizes, OneTrainer's resolution override); None
+        where it has the run's."""
         if not is_dataset_file(self.config.data.data):
             return ()
-        return tuple(sorted({s.resolution for s in read_dataset(Path(self.config.data.data)).subsets
-                             if s.resolution}))
+        return tuple(dict.fromkeys((s.resolution, s.batch_size) for s in read_dataset(Path(self.config.data.data))
+                                   .subsets if s.resolution or s.batch_size))
 
     @property
     def trained_resolutions(self) -> tuple[int, ...]:
-        """Every resolution some image trains at (the planner plans for the largest)."""
-        return tuple(dict.fromkeys((*self.resolutions, *self.folder_resolutions)))
+        """Every resolution some image trains at."""
+        return tuple(dict.fromkeys((*self.resolutions, *sorted({r for r, _ in self.folder_shapes if r}))))
+
+    @property
+    def planned_shape(self) -> tuple[int, int]:
+        """The (resolution, batch size) of the batches with the most pixels: what the planner plans for."""
+        batch = self.config.training.batch_size
+        shapes = [(r, batch) for r in self.resolutions]
+        for resolution, size in self.folder_shapes:
+            shapes += [(r, size or batch) for r in ((resolution,) if resolution else self.resolutions)]
+        return max(shapes, key=lambda shape: (shape[0] ** 2 * shape[1], shape[0]))
 
     @property
     def trained_text_encoders(self) -> tuple[str, ...]:

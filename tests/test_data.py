@@ -50,13 +50,20 @@ def test_no_upscale_keeps_small_images_at_their_size():
 def test_every_batch_is_one_bucket_and_the_schedule_is_seeded():
     rng = random.Random(0)
     buckets_of = [rng.choice([(512, 512), (576, 448), (448, 576)]) for _ in range(50)]
-    batches = bucket_batches(buckets_of, batch_size=4, seed=7, epoch=0)
+    fours = [4] * 50
+    batches = bucket_batches(buckets_of, fours, seed=7, epoch=0)
     assert sorted(i for b in batches for i in b) == list(range(50))
     assert all(len({buckets_of[i] for i in batch}) == 1 for batch in batches)
     assert all(1 <= len(b) <= 4 for b in batches)
-    assert batches == bucket_batches(buckets_of, batch_size=4, seed=7, epoch=0)
-    assert batches != bucket_batches(buckets_of, batch_size=4, seed=8, epoch=0)
-    assert batches != bucket_batches(buckets_of, batch_size=4, seed=7, epoch=1)
+    assert batches == bucket_batches(buckets_of, fours, seed=7, epoch=0)
+    assert batches != bucket_batches(buckets_of, fours, seed=8, epoch=0)
+    assert batches != bucket_batches(buckets_of, fours, seed=7, epoch=1)
+    # a kohya dataset's own batch size: its samples batch apart from the others of their bucket, at their size
+    sizes = [2 if i % 5 == 0 else 4 for i in range(50)]
+    batches = bucket_batches(buckets_of, sizes, seed=7, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(50))
+    assert all(len({(buckets_of[i], sizes[i]) for i in batch}) == 1 and len(batch) <= sizes[batch[0]]
+               for batch in batches)
 
 
 def test_square_only_buckets_when_bucketing_is_off():

@@ -67,33 +67,46 @@ def test_kohyas_datasets_of_the_same_images_at_several_resolutions_are_read_as_t
 
 
 def test_kohyas_datasets_of_other_images_at_other_resolutions_train_each_at_its_own(tmp_path, sample_data, capsys):
-    """kohya's dataset config example: two datasets of different images, each at its resolution. The first's is
-    --resolution; the other's subsets are judged (small images) and trained at theirs, their latents in its
-    buckets; the planner plans for the largest, and the LoRA's metadata counts each image once."""
+    """kohya's dataset config example: two datasets of different images, each at its resolution and batch size.
+    The first's are --resolution and --batch-size; the other's subsets are judged (small images) and trained at
+    theirs, their latents in its buckets, in batches of their own; the planner plans for the batches with the most
+    pixels, and the LoRA's metadata counts each image once."""
     from lowvram.data.check import scan
     from lowvram.data.sample import write_sample_dataset
     from lowvram.dataset_files import read_dataset
 
     other = write_sample_dataset(tmp_path / "other")  # 96 px images: enlarged at 128 px, not at 64
     (tmp_path / "two.toml").write_text(
-        f'[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = "{sample_data / "5_lvshape"}"\n'
-        f'[[datasets]]\nresolution = [128, 128]\n[[datasets.subsets]]\nimage_dir = "{other / "5_lvshape"}"\n')
+        f'[[datasets]]\nresolution = 64\nbatch_size = 2\n[[datasets.subsets]]\n'
+        f'image_dir = "{sample_data / "5_lvshape"}"\n'
+        f'[[datasets]]\nresolution = [128, 128]\nbatch_size = 1\n[[datasets.subsets]]\n'
+        f'image_dir = "{other / "5_lvshape"}"\n')
     dataset = read_dataset(tmp_path / "two.toml")
-    assert dataset.values["resolution"] == 64 and "extra_resolutions" not in dataset.values
-    assert [s.resolution for s in dataset.subsets] == [None, 128]
-    assert "datasets[2]: its images train at 128 px (the others at --resolution 64)" in dataset.notes
+    assert (dataset.values["resolution"], dataset.values["batch_size"]) == (64, 2)
+    assert "extra_resolutions" not in dataset.values
+    assert [(s.resolution, s.batch_size) for s in dataset.subsets] == [(None, None), (128, 1)]
+    assert {"datasets[2]: its images train at 128 px (the others at 64 px)",
+            "datasets[2]: its images train in batches of 1 (the others in batches of 2)"} <= set(dataset.notes)
 
-    config = run_config(data=str(tmp_path / "two.toml"), output=str(tmp_path / "out"), max_steps=2)
+    from lowvram.configure import with_dataset_settings
+
+    config = run_config(**with_dataset_settings({"data": str(tmp_path / "two.toml"), "output": str(tmp_path / "out"),
+                                                 "max_steps": 2}, "the test"))  # as the command line reads it
     run = resolve_run(config, load_profile("rtx-3060-12gb"))
-    assert run.resolution == 64 and workload_for(run).resolution == 128
+    assert run.resolution == 64 and run.planned_shape == (128, 1)  # 16384 pixels a batch, not 64 x 64 x 2
+    assert (workload_for(run).resolution, workload_for(run).batch) == (128, 1)
     upscaled = {r.relpath.startswith("other") for r in scan(run, tmp_path / "two.toml", None, None).records
                 if any(note.startswith("upscaled") for note in r.notes)}
     assert upscaled == {True}
 
     result = train(config)
-    assert "12 images at 64 px, 128 px, 12 per epoch" in " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().out.split())
+    assert "12 images at 64 px, 128 px, 12 per epoch" in out and "batch 2 (some folders 1) x 1" in out
     areas = sorted(sample.bucket[0] * sample.bucket[1] for sample in result.data.samples)
     assert len(areas) == 12 and max(areas[:6]) <= 64 * 64 < 96 * 96 < min(areas[6:])  # six at 64 px, six at 128
+    large = {i for i, sample in enumerate(result.data.samples) if sample.bucket[0] * sample.bucket[1] > 64 * 64}
+    sizes = sorted((len(batch), batch[0] in large) for batch in result.data.epoch_batches(0))
+    assert sizes[-1] == (2, False) and all(size == 1 for size, big in sizes if big) and len(sizes) == 6 + 3
     with safe_open(str(result.lora_path), "pt") as lora:
         assert lora.metadata()["ss_num_train_images"] == "12"
 

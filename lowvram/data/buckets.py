@@ -70,18 +70,20 @@ def default_buckets(resolution: int, step: int = 64, min_side: int | None = None
                    max_side or resolution * 2, step, no_upscale)
 
 
-def bucket_batches(buckets_of: list[tuple[int, int]], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def bucket_batches(buckets_of: list[tuple[int, int]], batch_sizes: list[int], seed: int, epoch: int
+                   ) -> list[list[int]]:
     """One epoch's batches of sample indices: shuffled within each bucket, split into batches of one bucket
-    each, then the batches shuffled. Deterministic for (seed, epoch)."""
+    each, then the batches shuffled. Each sample's batch size (kohya's datasets may differ) keeps those of another
+    size in batches of their own. Deterministic for (seed, epoch)."""
     import torch  # here: scanning and planning use the buckets without torch
 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    by_bucket: dict[tuple[int, int], list[int]] = {}
-    for index, bucket in enumerate(buckets_of):
-        by_bucket.setdefault(bucket, []).append(index)
+    by_bucket: dict[tuple[tuple[int, int], int], list[int]] = {}
+    for index, (bucket, size) in enumerate(zip(buckets_of, batch_sizes, strict=True)):
+        by_bucket.setdefault((bucket, size), []).append(index)
     batches = []
-    for bucket in sorted(by_bucket):
-        members = by_bucket[bucket]
+    for bucket, size in sorted(by_bucket):
+        members = by_bucket[bucket, size]
         order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
-        batches += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        batches += [order[i : i + size] for i in range(0, len(order), size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

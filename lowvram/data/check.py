@@ -53,7 +53,8 @@ def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | N
         return scan_dataset(data, buckets, options, index_path=index, console=console)
     dataset = read_dataset(data)
     folders = [ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix, s.captions,
-                           s.loss_weight, s.resolution, make_buckets(run, s.resolution) if s.resolution else None)
+                           s.loss_weight, s.resolution, make_buckets(run, s.resolution) if s.resolution else None,
+                           s.batch_size)
                for s in dataset.folders(regularization)]
     kind = "is_reg subsets" if regularization else "image folders"
     others = tuple(s.folder for s in dataset.folders(not regularization))

@@ -34,6 +34,7 @@ class Sample:
     group: str = ""  # its folder: the images a fractional repeat draws its share from
     caption_weights: tuple[float, ...] = ()  # the chance of its caption and each of more_captions; () = equal
     text_weights: tuple[float, ...] = ()  # the same per cached text embedding (text_keys)
+    batch_size: int | None = None  # its folder's own batch size (None: the run's)
 
 
 @dataclass
@@ -120,7 +121,8 @@ class TrainingData:
         """Sample indices of each batch of one epoch: one bucket per batch, seeded order."""
         expanded = self.expanded(epoch)
         buckets = [self.samples[i].bucket for i in expanded]
-        return [[expanded[i] for i in batch] for batch in bucket_batches(buckets, self.batch_size, self.seed, epoch)]
+        sizes = [self.samples[i].batch_size or self.batch_size for i in expanded]
+        return [[expanded[i] for i in batch] for batch in bucket_batches(buckets, sizes, self.seed, epoch)]
 
     def batch_shapes(self) -> set[tuple[int, int]]:
         """The (pixel count, batch size) pairs of the batches: the shapes a compiled U-Net specializes on (a
@@ -129,7 +131,8 @@ class TrainingData:
         shapes = {(self.samples[batch[0]].bucket[0] * self.samples[batch[0]].bucket[1], len(batch))
                   for batch in self.epoch_batches(0)}
         if self.fractional:
-            shapes |= {(pixels, size) for pixels, _ in shapes for size in range(1, self.batch_size + 1)}
+            largest = max(s.batch_size or self.batch_size for s in self.samples)
+            shapes |= {(pixels, size) for pixels, _ in shapes for size in range(1, largest + 1)}
         return shapes
 
     @property

@@ -113,7 +113,8 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                                                     placement.bucket, record.repeats,
                                                     weight if validating else weight * record.loss_weight,
                                                     record.kept_tags, () if validating else record.more_captions,
-                                                    record.folder, caption_weights, tuple(text_weights)))
+                                                    record.folder, caption_weights, tuple(text_weights),
+                                                    record.batch_size))
     empty_key = None
     if cache_text and (config.data.caption_dropout > 0 or config.data.caption_dropout_every):
         empty_key = text_key("", text_id)

@@ -104,6 +104,7 @@ class ImageRecord:
     mask_sha256: str = ""
     loss_weight: float = 1.0  # its folder's
     resolution: int | None = None  # its folder's own (None: the run's resolutions)
+    batch_size: int | None = None  # its folder's own (None: the run's)
     kept_tags: tuple[int, int] | None = None  # its caption's tags kept at the front and end (keep_tokens_separator)
     more_captions: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # its other caption lines (and their kept)
     caption_weights: tuple[float, ...] = ()  # each caption's chance (the first, then more_captions); () = equal
@@ -235,6 +236,7 @@ class ImageFolder(NamedTuple):
     loss_weight: float = 1.0  # scales its images' loss (a OneTrainer concept's)
     resolution: int | None = None  # its images' own resolution, and `buckets` of it (a kohya dataset's)
     buckets: Buckets | None = None
+    batch_size: int | None = None  # its images' own batch size (a kohya dataset's)
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
@@ -397,6 +399,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         reason = f"unsupported format: {suffix} files can't be read; convert it to one of {SUPPORTED}"
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
                            non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, resolution=folder.resolution,
+                           batch_size=folder.batch_size,
                            kept_tags=kept, more_captions=tuple(more), caption_weights=weights)
     facts = file_facts(path, options.max_pixels, old_index.get(str(path)))
     if facts["size"] >= 0:
@@ -408,7 +411,8 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         notes = _mode_notes(mode, facts["has_alpha"], options) + rotated + notes + caption_notes
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
                        facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8,
-                       loss_weight=folder.loss_weight, resolution=folder.resolution, kept_tags=kept,
+                       loss_weight=folder.loss_weight, resolution=folder.resolution, batch_size=folder.batch_size,
+                       kept_tags=kept,
                        more_captions=tuple(more), caption_weights=weights)
 
 

@@ -6,9 +6,9 @@ kohya settles each setting per subset: the subset's own, else its dataset's, els
 dataset's settings once per run. Where subsets disagree on a caption or augmentation setting, the first training
 subset's value is used for all and a note says so; the caption prefix and suffix stay each subset's own. Datasets
 of the same subsets at different resolutions are kohya's multi-resolution training (--extra-resolutions); datasets
-of other images at other resolutions train each subset at its dataset's. Settings that would make a different
-kind of run (two batch sizes, a resolution that is not square) are refused, as are caption rewrites lowvram
-lacks, each in one line naming the setting and the fix. An image folder is read as kohya reads it: its images sit
+of other images at other resolutions or batch sizes train each subset at its dataset's. Settings that would make a
+different kind of run (a resolution that is not square) are refused, as are caption rewrites lowvram lacks, each
+in one line naming the setting and the fix. An image folder is read as kohya reads it: its images sit
 directly in it, and its name gives no repeats. A relative path is taken from the current folder, as kohya takes
 it, else from the file's folder.
 """
@@ -29,6 +29,8 @@ RUN_SETTINGS = {"resolution": "resolution", "batch_size": "batch_size", "enable_
                 "min_bucket_reso": "min_bucket_side", "max_bucket_reso": "max_bucket_side",
                 "bucket_reso_steps": "bucket_step", "bucket_no_upscale": "bucket_no_upscale",
                 "validation_split": "validation_split"}
+# settings of a dataset that its subsets keep where datasets differ (Subset's fields), and how a note says them
+OWN_SETTINGS = {"resolution": "at {} px", "batch_size": "in batches of {}"}
 # settings kohya keeps per subset, held once per run here
 SUBSET_SETTINGS = {"shuffle_caption": "shuffle_tags", "keep_tokens": "keep_tokens", "caption_extension":
                    "caption_extension", "flip_aug": "flip", "color_aug": "color_jitter", "random_crop": "crop",
@@ -112,14 +114,18 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
             settings.append(settled)
     if subsets and not any(not s.regularization for s in subsets):
         problem("datasets", "every subset is is_reg = true; add the images to train on as a subset without is_reg")
-    extra = _several_resolutions(run_values.get("resolution", []), per_dataset)
+    batch_sizes = {json.dumps(value) for value, _ in run_values.get("batch_size", [])}
+    extra = _several_resolutions(run_values.get("resolution", []), per_dataset) if len(batch_sizes) < 2 else None
     if extra:  # the same images at several resolutions: once each, at each resolution
         run_values["resolution"] = run_values["resolution"][:1]
         settings, subsets = settings[:len(per_dataset[0])], subsets[:len(per_dataset[0])]
-    elif own := _own_resolutions(run_values.get("resolution", []), per_dataset, notes):
-        # other images at other resolutions: each dataset's subsets at its own, the first's as --resolution
-        run_values["resolution"] = run_values["resolution"][:1]
-        subsets = [replace(subset, resolution=own.get(id(subset))) for subset in subsets]
+    else:  # other images at other resolutions or batch sizes: each dataset's subsets at its own (the first's:
+        # the run's)
+        own = {key: _own_values(key, run_values.get(key, []), per_dataset, notes) for key in OWN_SETTINGS}
+        for key, values in own.items():
+            if values:
+                run_values[key] = run_values[key][:1]
+        subsets = [replace(subset, **{key: own[key].get(id(subset)) for key in OWN_SETTINGS}) for subset in subsets]
     values = _run_values(run_values, problem) | ({"extra_resolutions": extra} if extra else {})
     values |= _subset_values(settings, subsets, notes)
     left = sorted({key for settled in settings for key in settled}
@@ -208,19 +214,23 @@ def _several_resolutions(found: list[tuple[Any, str]], per_dataset: list[list[Su
     return ",".join(str(side) for side in sides[1:])
 
 
-def _own_resolutions(found: list[tuple[Any, str]], per_dataset: list[list[Subset]], notes: list[str]
-                     ) -> dict[int, int]:
-    """kohya's datasets of different images at different square resolutions: the resolution of each subset (by
-    id) of a dataset other than the first whose resolution differs from the first's; {} where the datasets agree,
-    where one leaves its resolution to the command line, or where one is not square (refused later)."""
-    sides = [value[0] if isinstance(value, list) and len(value) == 2 and value[0] == value[1] else value
-             for value, _ in found]
-    if len(found) != len(per_dataset) or len(set(map(str, sides))) < 2 or not all(isinstance(v, int) for v in sides):
+def _own_values(key: str, found: list[tuple[Any, str]], per_dataset: list[list[Subset]], notes: list[str]
+                ) -> dict[int, int]:
+    """kohya's datasets of different images at different square resolutions or batch sizes (`key`): the value of
+    each subset (by id) of a dataset other than the first whose value differs from the first's; {} where the
+    datasets agree, where one leaves it to the command line, or where one is not a value lowvram trains (refused
+    later, naming the datasets)."""
+    values = [value[0] if key == "resolution" and isinstance(value, list) and len(value) == 2 and value[0] == value[1]
+              else value for value, _ in found]
+    valid = all(isinstance(v, int) and not isinstance(v, bool) and (v >= 64 and v % 8 == 0 if key == "resolution"
+                                                                      else v >= 1) for v in values)
+    if len(found) != len(per_dataset) or not valid or len(set(values)) < 2:
         return {}
-    own = {id(subset): side for side, subsets in zip(sides[1:], per_dataset[1:], strict=True) if side != sides[0]
+    own = {id(subset): value for value, subsets in zip(values[1:], per_dataset[1:], strict=True) if value != values[0]
            for subset in subsets}
-    notes.extend(f"{where}: its images train at {side} px (the others at --resolution {sides[0]})"
-                 for side, (_, where) in zip(sides[1:], found[1:], strict=True) if side != sides[0])
+    what = OWN_SETTINGS[key]
+    notes.extend(f"{where}: its images train {what.format(value)} (the others {what.format(values[0])})"
+                 for value, (_, where) in zip(values[1:], found[1:], strict=True) if value != values[0])
     return own
 
 

@@ -21,6 +21,7 @@ class Subset:
     loss_weight: float = 1.0  # each of its images' loss is scaled by it (OneTrainer's concept loss weight)
     # its images' own square resolution (a kohya dataset's, a OneTrainer concept's override); None: --resolution's
     resolution: int | None = None
+    batch_size: int | None = None  # its images' own batch size (a kohya dataset's); None: --batch-size
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ def workload_for(run: ResolvedRun) -> Workload:
     if run.blocks:  # every block counted at the largest rank: a bound, a few MiB of adapter weights and state over
         largest, conv_rank = run.blocks.largest_ranks()
         rank = max(largest, rank) if config.network.train_text_encoder else largest  # the encoders' is --rank
-    return Workload(family=run.family, resolution=max(run.trained_resolutions), batch=config.training.batch_size,
+    resolution, batch = run.planned_shape
+    return Workload(family=run.family, resolution=resolution, batch=batch,
                     rank=rank, per_block=run.blocks is not None, conv_rank=conv_rank,
                     network=config.network.network, lokr_factor=config.network.lokr_factor,
                     lora_layers=config.network.lora_layers,

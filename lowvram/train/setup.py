@@ -418,6 +418,12 @@ def blocks_note(unet: torch.nn.Module, blocks: BlockPlan) -> str:
             + (f", learning-rate weights {span(weights)}" if weights - {1.0} else ""))
 
 
+def folder_batches(run: ResolvedRun) -> str:
+    """The batch sizes of a dataset file's folders that have their own (kohya's datasets)."""
+    sizes = sorted({size for _, size in run.folder_shapes if size})
+    return f" (some folders {', '.join(map(str, sizes))})" if sizes else ""
+
+
 def conv_note(network: NetworkConfig) -> str:
     conv = network.distinct_conv
     return f" (3x3 convolutions rank {conv[0]} alpha {conv[1]:g})" if conv else ""
@@ -448,7 +454,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{blocks} | "
         f"{schedule.total_steps} steps "
         f"= {schedule.total_steps / schedule.steps_per_epoch:.3g} epochs of {schedule.steps_per_epoch} | batch "
-        f"{config.training.batch_size} x {config.training.gradient_accumulation}{f' x {world}' if world > 1 else ''}"
+        f"{config.training.batch_size}{folder_batches(run)} x {config.training.gradient_accumulation}"
+        f"{f' x {world}' if world > 1 else ''}"
     )
     warmup = schedule.warmup_steps
     if warmup and config.optim.scheduler == "constant" and not OPTIMIZERS[config.optim.optimizer].schedule_free:
