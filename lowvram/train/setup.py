@@ -418,6 +418,15 @@ def blocks_note(unet: torch.nn.Module, blocks: BlockPlan) -> str:
             + (f", learning-rate weights {span(weights)}" if weights - {1.0} else ""))
 
 
+def compiled_note(unet: torch.nn.Module, batch_shapes: int) -> str:
+    count = compiled_count(unet)
+    if not count:
+        return ""
+    replaying = replaying_count(unet)
+    graphs = f"; {replaying} replay CUDA graphs in training" if replaying else ""
+    return f", {count} blocks compiled (for up to {batch_shapes} input shapes, each compiled at its first step{graphs})"
+
+
 def folder_batches(run: ResolvedRun) -> str:
     """The batch sizes of a dataset file's folders that have their own (kohya's datasets)."""
     sizes = sorted({size for _, size in run.folder_shapes if size})
@@ -436,18 +445,15 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     config, run, model = session.config, session.run, trainee.model
     world, data = session.world, prepared.data
     blocks = f" ({blocks_note(model.unet, run.blocks)})" if run.blocks else ""
-    replaying = replaying_count(model.unet)
-    compiled = (f", {compiled_count(model.unet)} blocks compiled (for up to {schedule.batch_shapes} input shapes, "
-                "each compiled at its first step" + (f"; {replaying} replay CUDA graphs in training" if replaying
-                                                      else "") + ")" if compiled_count(model.unet) else "")
+    sizes = run.trained_resolutions
     session.console.print(
         f"[bold]lowvram[/] {run.family.title} from {model.source} on {run.hardware.name} ({run.mixed_precision})"
         f"{f' x {world} processes' if world > 1 else ''} | U-Net {run.unet_weights} "
         f"({storage_bytes(model.unet) / 2**20:.0f} MiB){checkpointing_note(model.unet)}, {attention} attention"
-        f"{compiled}, "
+        f"{compiled_note(model.unet, schedule.batch_shapes)}, "
         f"{config.optim.optimizer} | "
         f"{len(dataset.records)} images"
-        f"{' at ' + ', '.join(f'{r} px' for r in sizes) if len(sizes := run.trained_resolutions) > 1 else ''}, "
+        f"{' at ' + ', '.join(f'{r} px' for r in sizes) if len(sizes) > 1 else ''}, "
         f"{data.images_per_epoch} per epoch with repeats"
         f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
         f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g}{conv_note(config.network)}"
@@ -471,6 +477,6 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
                                         config.optim.optimizer, run.mixed_precision)
         if unverified:
             session.console.print(f"[yellow]warning:[/] {unverified}", soft_wrap=True)
-        if replaying and not graphs_measured(run.family):
+        if replaying_count(model.unet) and not graphs_measured(run.family):
             session.console.print(f"[yellow]warning:[/] --cuda-graphs: not yet seen training {run.family.title} on "
                                   "a GPU (no committed result); if a step fails, train without it", soft_wrap=True)
