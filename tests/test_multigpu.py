@@ -86,3 +86,22 @@ def test_two_processes_resume_each_rank_with_its_own_random_state(tmp_path):
     whole, resumed = (load_file(tmp_path / name / f"{name}.safetensors") for name in ("whole", "cut"))
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+@pytest.mark.slow
+def test_two_processes_freeze_the_text_encoders_where_asked_and_stay_in_step(tmp_path):
+    """--text-encoder-until under DDP: past it every rank runs the wrapped encoders without gradients, so their
+    reducers wait for nothing, and the run ends on every rank with the same weights; the encoders' adapters keep
+    their step-2 weights (--save-every writes each step's LoRA)."""
+    out = tmp_path / "out"
+    run = launch(tmp_path, out, {"train_text_encoder": True, "text_encoder_until": "2", "save_every": "1",
+                                 "validation_split": None, "validate_every": None, "checkpoint_every": None})
+    assert "rank 0 finished at step 4" in run.stdout and "rank 1 finished at step 4" in run.stdout
+    assert "frozen from step 3 on" in " ".join(run.stdout.split())
+    ranks = [load_file(out / f"rank{r}-of-2.safetensors") for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    step2, step3, final = (load_file(out / name) for name in ("out-step000002.safetensors",
+                                                              "out-step000003.safetensors", "out.safetensors"))
+    text = [k for k in final if k.startswith("lora_te") and "alpha" not in k]
+    assert text and all(torch.equal(step2[k], final[k]) for k in text)  # frozen after step 2
+    assert any(not torch.equal(step3[k], final[k]) for k in final if k.startswith("lora_unet_"))  # the U-Net trains on

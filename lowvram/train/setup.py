@@ -292,9 +292,6 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
 
     config, rank = session.config, session.rank
     train_text = config.network.train_text_encoder
-    if config.network.text_encoder_until and session.world > 1:  # DDP expects every gradient it was given
-        raise LowvramError("--text-encoder-until: not with several processes (DDP needs the same parameters "
-                           "trained at every step); train on one GPU, or train the text encoders for the whole run")
     torch.manual_seed(config.training.seed)
     trainable = networks.add_lora(model, config.network, config.alpha, session.run.trained_text_encoders,
                                   session.run.blocks)
