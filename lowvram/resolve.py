@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from lowvram.adapters.blocks import BlockPlan, block_plan
@@ -72,7 +73,7 @@ class ResolvedRun:
         return (self.resolution, *(r for r in parse_resolutions(self.config.data.extra_resolutions)
                                    if r != self.resolution))
 
-    @property
+    @cached_property  # read once: describe, plan and the checks ask for it
     def folder_shapes(self) -> tuple[tuple[int | None, int | None], ...]:
         """(resolution, batch size) of each of a dataset file's image folders that has either of its own (kohya's
         datasets of other images at other resolutions or batch sizes, OneTrainer's resolution override); None
