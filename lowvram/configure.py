@@ -138,6 +138,9 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
         return layer
     dataset = read_dataset(Path(data))
     problems = _file_value_problems(dataset.values)
+    for subset in dataset.subsets:  # its own values, beside the run's they join
+        problems += [f"{subset.folder}: {line}" for line in _file_value_problems(
+            dataset.values | (subset.settings or {}), about=set(subset.settings or {}))]
     if problems:
         raise LowvramError("\n".join(f"{data}: {line}" for line in problems))
     notes = [dataset.summary, *dataset.notes]
@@ -149,15 +152,18 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
     return layer | dataset.values if dataset_wins else dataset.values | layer
 
 
-def _file_value_problems(values: dict[str, Any]) -> list[str]:
+def _file_value_problems(values: dict[str, Any], about: set[str] | None = None) -> list[str]:
     """What is wrong with the values one file sets, alone: their types and choices, and the range and
-    cross-field checks about them (not those about options the file leaves to other layers)."""
+    cross-field checks about them (not those about options the file leaves to other layers); `about`: only those
+    about these options."""
     sections, problems = _parsed_values(values)
+    flags = {flag_name(fields_by_name()[name][1]) for name in (values if about is None else about)}
+    if about is not None:
+        problems = [line for line in problems if line.split(":")[0] in flags]
     try:
         config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
     except TypeError:
         return problems
-    flags = {flag_name(fields_by_name()[name][1]) for name in values}
     rejected = {line.split(":")[0] for line in problems}
     return problems + [line for line in config_problems(config) if line.split(":")[0] in flags - rejected]
 

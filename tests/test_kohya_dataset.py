@@ -43,7 +43,7 @@ def test_a_kohya_dataset_file_trains_its_subsets_with_their_repeats_captions_and
     captured = capsys.readouterr()
     err, out = " ".join(captured.err.split()), " ".join(captured.out.split())
     assert "dataset.toml: read as a kohya dataset config: 2 image folders, 1 is_reg" in err
-    assert "keep_tokens: the subsets differ (1, 2); lowvram uses one value for the whole run: 1" in err
+    assert "keep_tokens: the subsets differ (1, 2); each trains its images with its own" in err
     # 3 x 3 + 3 x 2 training samples per epoch, and as many regularization ones cycled from reg/
     assert "6 images, 30 per epoch with repeats" in out and "batch 2 x 1" in out
     saved = read_toml(tmp_path / "out" / "out.toml")
@@ -151,7 +151,7 @@ def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_list
     assert [(s.caption_prefix, s.caption_suffix) for s in dataset.subsets] == [("lvshape, ", ""),
                                                                               ("other, ", ", from side")]
     notes = " | ".join(dataset.notes)
-    assert "flip_aug: the subsets differ (False, True); lowvram uses one value for the whole run: True" in notes
+    assert "flip_aug: the subsets differ (False, True); each trains its images with its own" in notes
     assert "imgs/alpha is already a subset of this dataset" in notes
     assert "not carried over (lowvram has no such setting): token_warmup_step" in notes  # cache_info: quietly
 

@@ -123,6 +123,7 @@ class LatentJob:
     record: ImageRecord
     placement: Placement
     variant: Variant
+    options: ScanOptions  # how its image is read (its folder's)
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,8 @@ def _progress(console: Console, label: str) -> Progress:
                     console=console, transient=False)
 
 
-def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, options: ScanOptions,
-                   batch_size: int, console: Console) -> int:
+def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, batch_size: int,
+                   console: Console) -> int:
     """Encode the given (missing) entries, batched per bucket; returns how many were encoded."""
     from lowvram.models.conditioning import encode_images
 
@@ -204,7 +205,7 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
                 chunk = bucket_jobs[start : start + batch_size]
                 pixels, masks = [], []
                 for job in chunk:  # one decoded image at a time: host RAM does not grow with the dataset
-                    image, mask = open_training_image(job.record, options)
+                    image, mask = open_training_image(job.record, job.options)
                     pixels.append(_to_tensor(apply_variant(image, job.placement, job.variant)))
                     masks.append(None if mask is None else _mask_tensor(apply_variant(mask, job.placement,
                                                                                        job.variant)))

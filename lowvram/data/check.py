@@ -4,7 +4,9 @@ cache, and `lowvram check-data`. Training's caching phase (`lowvram.data.prepare
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -24,6 +26,12 @@ def make_buckets(run: ResolvedRun, resolution: int | None = None) -> Buckets:
         return Buckets(resolution, resolution, resolution, min(step, resolution))
     return default_buckets(resolution, step, config.data.min_bucket_side, config.data.max_bucket_side,
                            config.data.bucket_no_upscale)
+
+
+def folder_config(config: RunConfig, settings: tuple[tuple[str, Any], ...]) -> RunConfig:
+    """The run's config as an image folder with its own caption and augmentation options (`settings`, a dataset file
+    subset's) trains it."""
+    return replace(config, data=replace(config.data, **dict(settings))) if settings else config
 
 
 def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
@@ -52,10 +60,13 @@ def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | N
     if not is_dataset_file(data):
         return scan_dataset(data, buckets, options, index_path=index, console=console)
     dataset = read_dataset(data)
-    folders = [ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix, s.captions,
-                           s.loss_weight, s.resolution, make_buckets(run, s.resolution) if s.resolution else None,
-                           s.batch_size)
-               for s in dataset.folders(regularization)]
+    folders = []
+    for s in dataset.folders(regularization):
+        settings = tuple(sorted((s.settings or {}).items()))
+        folders.append(ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix, s.captions,
+                                   s.loss_weight, s.resolution, make_buckets(run, s.resolution) if s.resolution
+                                   else None, s.batch_size, settings,
+                                   scan_options(folder_config(run.config, settings), trigger) if settings else None))
     kind = "is_reg subsets" if regularization else "image folders"
     others = tuple(s.folder for s in dataset.folders(not regularization))
     return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,

@@ -35,6 +35,7 @@ class Sample:
     caption_weights: tuple[float, ...] = ()  # the chance of its caption and each of more_captions; () = equal
     text_weights: tuple[float, ...] = ()  # the same per cached text embedding (text_keys)
     batch_size: int | None = None  # its folder's own batch size (None: the run's)
+    captions: CaptionOptions | None = None  # its folder's own caption options (None: the run's)
 
 
 @dataclass
@@ -150,16 +151,17 @@ class TrainingData:
 
     def load(self, indices: list[int], rng: random.Random, epoch: int | None = None) -> Batch:
         """The batch of these samples; `epoch` (from 0) decides --caption-dropout-every's captionless epochs."""
-        every = self.captions.dropout_every
-        silent = bool(every and epoch is not None and (epoch + 1) % every == 0)
         latents, time_ids, masks, hidden, pooled, captions = [], [], [], [], [], []
         for i in indices:
             sample = self.samples[i]
+            options = sample.captions or self.captions
+            every = options.dropout_every
+            silent = bool(every and epoch is not None and (epoch + 1) % every == 0)
             entry = self.latent_store.load(rng.choice(sample.latent_keys))
             latents.append(entry["latent"])
             time_ids.append(entry["time_ids"])
             masks.append(entry.get("mask"))
-            dropped = (self.captions.dropout > 0 and rng.random() < self.captions.dropout) or silent
+            dropped = (options.dropout > 0 and rng.random() < options.dropout) or silent
             if sample.text_keys:
                 text = self.text_store.load(self.empty_text_key if dropped else
                                             _draw(rng, sample.text_keys, sample.text_weights))
@@ -168,9 +170,9 @@ class TrainingData:
             caption, kept = sample.caption, sample.kept_tags
             if sample.more_captions:  # one of its caption lines (--caption-lines each)
                 caption, kept = _draw(rng, ((caption, kept), *sample.more_captions), sample.caption_weights)
-            if self.captions.varies_tags:
-                caption = vary_tags(caption, self.captions, rng, kept)
-            captions.append("" if dropped else trained_text(caption, self.captions))
+            if options.varies_tags:
+                caption = vary_tags(caption, options, rng, kept)
+            captions.append("" if dropped else trained_text(caption, options))
         return Batch(
             latents=torch.stack(latents),
             time_ids=torch.stack(time_ids).float(),

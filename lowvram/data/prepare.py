@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 from rich.console import Console
@@ -30,9 +31,9 @@ from lowvram.data.cache import (
     module_fingerprint,
     text_key,
 )
-from lowvram.data.check import make_buckets, scan_options
+from lowvram.data.check import folder_config, make_buckets, scan_options
 from lowvram.data.dataset import Sample, TrainingData
-from lowvram.data.scan import ScanReport
+from lowvram.data.scan import ScanOptions, ScanReport
 from lowvram.errors import LowvramError
 from lowvram.memory import PhasePeaks
 from lowvram.models.conditioning import set_vae_tiling
@@ -60,13 +61,8 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     if not reports[0].summary()["samples_per_epoch"]:
         raise LowvramError(f"--data {config.data.data}: no image would train in an epoch: the balancing of every "
                            "concept rounds to none of its images; raise a balancing (or repeats)")
-    options = scan_options(config, None)
-    augment = AugmentOptions(config.data.flip, config.data.crop, config.data.color_jitter,
-                             config.data.latent_variants or auto_variant_count(config.data.flip, config.data.crop,
-                                                                               config.data.color_jitter))
-    captions = CaptionOptions(config.data.shuffle_tags, config.data.keep_tokens, config.data.caption_dropout,
-                              config.data.caption_variants, config.data.tag_dropout, config.data.caption_dropout_every,
-                              config.data.caption_separator, config.data.secondary_separator)
+    options_of = cache(lambda settings: _folder_options(folder_config(config, settings)))
+    captions = options_of(())[2]
     cache_text = not config.network.train_text_encoder
     vae_id = module_fingerprint(model.vae)
     text_id = (module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])
@@ -79,18 +75,24 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     buckets: dict[int, Buckets] = {}
     held_out = {record.path for record in validation}
     plain = AugmentOptions()
+    dropping, variant_counts = False, set()  # whether some caption is dropped; the latent variants per image
     for report_index, records in enumerate([[r for r in reports[0].usable if r.path not in held_out],
                                             reports[1].usable if len(reports) > 1 else [], list(validation)]):
         weight = config.data.prior_loss_weight if report_index == 1 else 1.0
         validating = report_index == 2
         for record in records:
+            options, augment, own_captions = options_of(record.settings)
+            dropping |= bool(own_captions.dropout or own_captions.dropout_every) and not validating
+            if not validating:
+                variant_counts.add(augment.variants)
             text_keys, text_weights = [], []
             caption_weights = () if validating else record.caption_weights
             if cache_text:
                 drawn = ([(record.caption, None)] if validating
                          else [(record.caption, record.kept_tags), *record.more_captions])
                 for i, (text, kept) in enumerate(drawn):  # each caption line's variants
-                    variants = [trained_text(text, captions)] if validating else caption_variants(text, captions, kept)
+                    variants = ([trained_text(text, own_captions)] if validating
+                                else caption_variants(text, own_captions, kept))
                     for caption in variants:
                         key = text_key(caption, text_id)
                         text_jobs.setdefault(key, TextJob(key, caption))
@@ -107,16 +109,16 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                     variant = make_variant(record.sha256, v, placement, plain if validating else augment)
                     key = latent_key(record, placement, variant, options, vae_id, model.vae.dtype,
                                      config.memory.vae_tiling)
-                    latent_jobs.setdefault(key, LatentJob(key, record, placement, variant))
+                    latent_jobs.setdefault(key, LatentJob(key, record, placement, variant, options))
                     keys.append(key)
                 samples[report_index].append(Sample(tuple(dict.fromkeys(keys)), tuple(text_keys), record.caption,
                                                     placement.bucket, record.repeats,
                                                     weight if validating else weight * record.loss_weight,
                                                     record.kept_tags, () if validating else record.more_captions,
                                                     record.folder, caption_weights, tuple(text_weights),
-                                                    record.batch_size))
+                                                    record.batch_size, own_captions if record.settings else None))
     empty_key = None
-    if cache_text and (config.data.caption_dropout > 0 or config.data.caption_dropout_every):
+    if cache_text and dropping:
         empty_key = text_key("", text_id)
         text_jobs.setdefault(empty_key, TextJob(empty_key, ""))
 
@@ -130,7 +132,8 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     missing_texts = [j for j in text_jobs.values() if not text_store.valid(j.key)]
     needed = estimate_bytes(missing_latents, missing_texts, model.vae, text_width, pooled_width,
                             model.vae.dtype.itemsize, te_bytes)
-    console.print(f"cache {cache_dir}: {len(latent_jobs)} latents ({augment.variants} variant(s) per image) and "
+    per_image = "-".join(str(count) for count in sorted(variant_counts)[::max(1, len(variant_counts) - 1)])
+    console.print(f"cache {cache_dir}: {len(latent_jobs)} latents ({per_image} variant(s) per image) and "
                   f"{len(text_jobs)} text embeddings, {total / 2**20:.1f} MiB; "
                   f"{len(missing_latents)} + {len(missing_texts)} to encode ({needed / 2**20:.1f} MiB)")
     latent_store.expected_bytes = text_store.expected_bytes = needed
@@ -143,7 +146,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     set_vae_tiling(model.vae, config.memory.vae_tiling)
     with peaks.phase("latent caching") if peaks else nullcontext():
         model.vae.to(device)
-        encoded_latents = encode_latents(missing_latents, latent_store, model.vae, options, batch, console)
+        encoded_latents = encode_latents(missing_latents, latent_store, model.vae, batch, console)
         model.vae.to("cpu")
     for store in (latent_store, text_store):
         if store.orphans_removed:
@@ -176,3 +179,15 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
                         latent_store, text_store, empty_key)
     return PreparedData(data, reports, encoded_latents, encoded_texts, sample_embeddings, samples[2])
+
+
+def _folder_options(config) -> tuple[ScanOptions, AugmentOptions, CaptionOptions]:
+    """How the images of a folder trained with `config` (the run's, or one with its folder's own options) are read,
+    augmented and captioned."""
+    data = config.data
+    augment = AugmentOptions(data.flip, data.crop, data.color_jitter,
+                             data.latent_variants or auto_variant_count(data.flip, data.crop, data.color_jitter))
+    captions = CaptionOptions(data.shuffle_tags, data.keep_tokens, data.caption_dropout, data.caption_variants,
+                              data.tag_dropout, data.caption_dropout_every, data.caption_separator,
+                              data.secondary_separator)
+    return scan_options(config, None), augment, captions

@@ -15,7 +15,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from PIL import Image, ImageChops, ImageOps
 from rich.console import Console
@@ -108,13 +108,14 @@ class ImageRecord:
     kept_tags: tuple[int, int] | None = None  # its caption's tags kept at the front and end (keep_tokens_separator)
     more_captions: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # its other caption lines (and their kept)
     caption_weights: tuple[float, ...] = ()  # each caption's chance (the first, then more_captions); () = equal
+    settings: tuple[tuple[str, Any], ...] = ()  # its folder's own caption and augmentation options
 
     def to_json(self) -> dict:
         return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
                 "bucket": list(self.bucket) if self.bucket else None, "mask": str(self.mask) if self.mask else None,
                 "kept_tags": list(self.kept_tags) if self.kept_tags else None,
                 "more_captions": [[text, list(kept) if kept else None] for text, kept in self.more_captions],
-                "caption_weights": list(self.caption_weights)}
+                "caption_weights": list(self.caption_weights), "settings": dict(self.settings)}
 
 
 def per_epoch(images: int, repeats: float) -> int:
@@ -237,6 +238,10 @@ class ImageFolder(NamedTuple):
     resolution: int | None = None  # its images' own resolution, and `buckets` of it (a kohya dataset's)
     buckets: Buckets | None = None
     batch_size: int | None = None  # its images' own batch size (a kohya dataset's)
+    # the caption and augmentation options it sets otherwise than the run (a dataset file subset's: option -> value),
+    # and the scan options they make (None: the run's)
+    settings: tuple[tuple[str, Any], ...] = ()
+    options: ScanOptions | None = None
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
@@ -279,7 +284,7 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
         task = progress.add_task(f"scanning {root.name}", total=len(files))
         for path, folder in files:
             record = _scan_file(root, path, folder, buckets if folder.buckets is None else folder.buckets,
-                                options, old_index, new_index)
+                                folder.options or options, old_index, new_index)
             if options.masked_loss and record.usable:
                 record = _with_mask(record, options, old_index, new_index)
             if record.usable and record.sha256 in first_of:
@@ -399,8 +404,8 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         reason = f"unsupported format: {suffix} files can't be read; convert it to one of {SUPPORTED}"
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
                            non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, resolution=folder.resolution,
-                           batch_size=folder.batch_size,
-                           kept_tags=kept, more_captions=tuple(more), caption_weights=weights)
+                           batch_size=folder.batch_size, kept_tags=kept, more_captions=tuple(more),
+                           caption_weights=weights, settings=folder.settings)
     facts = file_facts(path, options.max_pixels, old_index.get(str(path)))
     if facts["size"] >= 0:
         new_index[str(path)] = facts
@@ -412,8 +417,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
                        facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8,
                        loss_weight=folder.loss_weight, resolution=folder.resolution, batch_size=folder.batch_size,
-                       kept_tags=kept,
-                       more_captions=tuple(more), caption_weights=weights)
+                       kept_tags=kept, more_captions=tuple(more), caption_weights=weights, settings=folder.settings)
 
 
 def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_index: dict) -> ImageRecord:

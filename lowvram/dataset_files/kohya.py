@@ -3,8 +3,9 @@
 regularization flag, and the lowvram options its settings set.
 
 kohya settles each setting per subset: the subset's own, else its dataset's, else `[general]`'s. lowvram holds the
-dataset's settings once per run. Where subsets disagree on a caption or augmentation setting, the first training
-subset's value is used for all and a note says so; the caption prefix and suffix stay each subset's own. Datasets
+dataset's settings once per run. Caption and augmentation settings are the first training subset's for the run
+(the lowvram options of the same meaning), and a subset that sets one otherwise trains its images with its own, with
+a note; the caption prefix and suffix stay each subset's own. Datasets
 of the same subsets at different resolutions are kohya's multi-resolution training (--extra-resolutions); datasets
 of other images at other resolutions or batch sizes train each subset at its dataset's. Settings that would make a
 different kind of run (a resolution that is not square) are refused, as are caption rewrites lowvram lacks, each
@@ -31,7 +32,7 @@ RUN_SETTINGS = {"resolution": "resolution", "batch_size": "batch_size", "enable_
                 "validation_split": "validation_split"}
 # settings of a dataset that its subsets keep where datasets differ (Subset's fields), and how a note says them
 OWN_SETTINGS = {"resolution": "at {} px", "batch_size": "in batches of {}"}
-# settings kohya keeps per subset, held once per run here
+# settings kohya keeps per subset, as lowvram's options: the first training subset's are the run's, others its own
 SUBSET_SETTINGS = {"shuffle_caption": "shuffle_tags", "keep_tokens": "keep_tokens", "caption_extension":
                    "caption_extension", "flip_aug": "flip", "color_aug": "color_jitter", "random_crop": "crop",
                    "caption_dropout_rate": "caption_dropout", "caption_tag_dropout_rate": "tag_dropout",
@@ -127,7 +128,8 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
                 run_values[key] = run_values[key][:1]
         subsets = [replace(subset, **{key: own[key].get(id(subset)) for key in OWN_SETTINGS}) for subset in subsets]
     values = _run_values(run_values, problem) | ({"extra_resolutions": extra} if extra else {})
-    values |= _subset_values(settings, subsets, notes)
+    caption_values, subsets = _subset_values(settings, subsets, notes)
+    values |= caption_values
     left = sorted({key for settled in settings for key in settled}
                   - set(RUN_SETTINGS) - set(SUBSET_SETTINGS) - STRUCTURE - INERT - set(REFUSED))
     if left:
@@ -257,21 +259,33 @@ def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, A
     return values
 
 
-def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes: list[str]) -> dict[str, Any]:
-    """Caption and augmentation settings, each the first training subset's, with a note where others differ."""
+def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes: list[str]
+                   ) -> tuple[dict[str, Any], list[Subset]]:
+    """Caption and augmentation settings as lowvram options: the first training subset's are the run's, and each
+    subset keeps those it sets otherwise (a note names each setting the subsets differ on)."""
     keys = [key for key in SUBSET_SETTINGS if any(key in settled for settled in settings)]
-    ordered = [settled for settled, _ in sorted(zip(settings, subsets, strict=True),
-                                                key=lambda pair: pair[1].regularization)]  # training ones first
-    if not subsets or all(subset.regularization for subset in subsets):
-        return {}
-    values: dict[str, Any] = {}
-    each = [{key: settled.get(key, KOHYA_DEFAULTS.get(key)) for key in keys} for settled in ordered]
-    for key, value in settle(each, notes, "subsets").items():
-        if key == "caption_dropout_every_n_epochs" and not value:
-            continue  # kohya's 0 is off; lowvram's is no value
-        values[SUBSET_SETTINGS[key]] = SWITCH_VALUES[key][0 if value else 1] if key in SWITCH_VALUES else value
+    if not keys or not subsets or all(subset.regularization for subset in subsets):
+        return {}, subsets
+    order = sorted(range(len(subsets)), key=lambda i: subsets[i].regularization)  # training ones first
+    written = [{key: settings[i].get(key, KOHYA_DEFAULTS.get(key)) for key in keys} for i in order]
+    names = {option: key for key, option in SUBSET_SETTINGS.items()} | {"caption_lines": "enable_wildcard"}
+    values, owns = settle([_as_options(part) for part in written], notes, "subsets", written, names)
+    if not values.get("keep_tokens"):
+        values.pop("keep_tokens", None)  # kohya_ss writes it whether or not anything moves the tags
+    if values.get("caption_lines") == "first":
+        del values["caption_lines"]
+    own_of = {order[n]: own for n, own in enumerate(owns)}
+    return values, [replace(subset, settings=own_of[i] or None) for i, subset in enumerate(subsets)]
+
+
+def _as_options(settled: dict[str, Any]) -> dict[str, Any]:
+    """One subset's kohya caption and augmentation settings as the lowvram options of the same meaning."""
+    values = {SUBSET_SETTINGS[key]: SWITCH_VALUES[key][0 if value else 1] if key in SWITCH_VALUES else value
+              for key, value in settled.items()}
+    if "caption_dropout_every" in values and not values["caption_dropout_every"]:
+        values["caption_dropout_every"] = None  # kohya's 0 is off; lowvram's is no value
     if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
-        del values["keep_tokens"]  # kohya_ss writes it whether or not anything moves the tags
-    if values.get("wildcards"):
-        values["caption_lines"] = "each"  # kohya's wildcards read a caption file's lines as choices too
+        values["keep_tokens"] = 0  # nothing moves its tags: none to keep
+    if "wildcards" in values:  # kohya's wildcards read a caption file's lines as choices too
+        values["caption_lines"] = "each" if values["wildcards"] else "first"
     return values

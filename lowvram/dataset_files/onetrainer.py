@@ -7,11 +7,11 @@ own folder, which holds training_concepts/).
 A concept's balancing becomes its repeats, fractional ones included (0.5 trains a seeded half of its images each
 epoch, as OneTrainer shows half of them), its loss weight scales its images' loss, and its captions come from
 where its prompt source says: each image's `.txt`, one prompt file for the whole concept, or the file name.
-Augmentation and tag settings are one value per run here: the first training concept's, with a note where others
-differ. A validation concept becomes `--validation-data`; a prior prediction concept, regularization images with
-`--prior-prediction`. A concept's resolution override trains its images at that resolution. What lowvram cannot do
-as asked (rotation, a resolution list) is refused in one line naming the setting and the fix, rather than trained
-differently.
+Augmentation and tag settings are the first training concept's for the run; a concept that sets one otherwise
+trains its images with its own, with a note. A validation concept becomes `--validation-data`; a prior prediction
+concept, regularization images with `--prior-prediction`. A concept's resolution override trains its images at that
+resolution. What lowvram cannot do as asked (rotation, a resolution list) is refused in one line naming the setting
+and the fix, rather than trained differently.
 """
 
 from __future__ import annotations
@@ -98,12 +98,13 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
     if not training and not problems:
         problem("concepts", "no enabled training concept; enable one, or add one with the folder of the images to "
                 "train on")
-    subsets = _subsets(training, path, notes, problem) + _subsets(priors, path, notes, problem, regularization=True)
-    values = settle([_options(concept, where, notes, problem) for concept, _, where in training], notes, "concepts")
-    values = {name: value for name, value in values.items() if value is not None}
+    values, owns = settle([_options(concept, where, notes, problem) for concept, _, where in training], notes,
+                          "concepts")
+    subsets = (_subsets(training, path, notes, problem, owns=owns)
+               + _subsets(priors, path, notes, problem, regularization=True))
     values["caption_lines"] = "each"  # OneTrainer draws one of a caption's lines each time
-    if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
-        del values["keep_tokens"]  # OneTrainer keeps one tag by default, whether or not anything moves the tags
+    if not values.get("keep_tokens"):
+        values.pop("keep_tokens", None)
     if len(validation) > 1:
         problem("validation concepts", f"{len(validation)} of them; lowvram validates on one folder: keep one, or "
                 "move their images into one folder")
@@ -157,11 +158,12 @@ def _images(folders: list[Path]) -> list[Path]:
 
 
 def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: list[str], problem,
-             regularization: bool = False) -> list[Subset]:
+             regularization: bool = False, owns: list[dict[str, Any]] | None = None) -> list[Subset]:
     """Each concept's folders as subsets: its balancing as their repeats (a fractional part trains that share of
-    its images each epoch, as OneTrainer's does), its loss weight and captions."""
+    its images each epoch, as OneTrainer's does), its loss weight and captions, and the options it sets otherwise
+    than the run (`owns`, per concept)."""
     subsets = []
-    for concept, folders, where in concepts:
+    for number, (concept, folders, where) in enumerate(concepts):
         balancing = as_number(concept.get("balancing", concept.get("repeats", 1.0)), f"{where} balancing", problem)
         strategy = str(concept.get("balancing_strategy") or "REPEATS").upper()
         if strategy == "SAMPLES":  # images shown per epoch, whatever the concept holds
@@ -179,8 +181,9 @@ def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: li
         captions = _captions(concept, folders, path, where, notes, problem)
         label = str(concept.get("name") or "").strip() or folders[0].name
         resolution = _resolution_override(concept.get("image") or {}, where, problem)
+        own = owns[number] if owns else None
         subsets += [Subset(folder, balancing, label, regularization, captions=captions, loss_weight=weight,
-                           resolution=resolution) for folder in folders]
+                           resolution=resolution, settings=own or None) for folder in folders]
     return subsets
 
 
@@ -248,6 +251,8 @@ def _options(concept: dict, where: str, notes: list[str], problem) -> dict[str, 
     # OneTrainer caches one of each by default; lowvram's defaults (None) then cover the augmentations asked for
     options["latent_variants"] = variants if variants > 1 else None
     options["caption_variants"] = captions if captions > 1 else None
+    if not (options["shuffle_tags"] or options["tag_dropout"]):
+        options["keep_tokens"] = 0  # OneTrainer keeps one tag by default, whether or not anything moves the tags
     if str(text.get("tag_delimiter", ",")).strip() != ",":
         problem(f"{where} text.tag_delimiter", "lowvram splits tags at commas; use commas in the captions")
     if text.get("tag_dropout_enable"):

@@ -22,6 +22,9 @@ class Subset:
     # its images' own square resolution (a kohya dataset's, a OneTrainer concept's override); None: --resolution's
     resolution: int | None = None
     batch_size: int | None = None  # its images' own batch size (a kohya dataset's); None: --batch-size
+    # the caption and augmentation options (lowvram's data options: name -> value) it sets otherwise than the first
+    # training subset, whose are the run's; its images train with these
+    settings: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,14 +65,16 @@ def local_path(given: str, dataset_file: Path, levels: int = 1) -> Path:
     return next((base / path for base in bases if (base / path).exists()), path)
 
 
-def settle(each: list[dict[str, Any]], notes: list[str], parts: str) -> dict[str, Any]:
-    """One value per setting for the whole run, the first part's (put the first training subset first), with a
-    note for each setting the `parts` (subsets, concepts) give differently."""
-    values: dict[str, Any] = {}
-    for key in dict.fromkeys(key for settings in each for key in settings):
-        seen = [settings.get(key) for settings in each]
-        if any(other != seen[0] for other in seen):
-            shown = ", ".join(sorted({str(other) for other in seen}))
-            notes.append(f"{key}: the {parts} differ ({shown}); lowvram uses one value for the whole run: {seen[0]}")
-        values[key] = seen[0]
-    return values
+def settle(each: list[dict[str, Any]], notes: list[str], parts: str, written: list[dict[str, Any]] | None = None,
+           names: dict[str, str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run's value of each lowvram option, the first part's (put the first training subset first), and the
+    options each part sets otherwise (its own). A note names each setting the `parts` (subsets, concepts) give
+    differently, as the file writes it: `written` (each part's settings in the file), `names` (option -> the file's
+    setting). A value of None is the option's default: left out of the run's values."""
+    first = each[0] if each else {}
+    owns = [{key: value for key, value in settings.items() if key not in first or value != first[key]}
+            for settings in each]
+    for key in dict.fromkeys((names or {}).get(key, key) for own in owns for key in own):
+        shown = ", ".join(sorted({str(settings.get(key)) for settings in written or each}))
+        notes.append(f"{key}: the {parts} differ ({shown}); each trains its images with its own")
+    return {key: value for key, value in first.items() if value is not None}, owns

@@ -1,0 +1,110 @@
+"""A dataset file's subsets (kohya) or concepts (OneTrainer) with caption and augmentation settings of their own: the
+first training subset's are the run's, and each other subset's images are read, cached, captioned and trained with
+its own, as kohya and OneTrainer train them."""
+
+import json
+import random
+import shutil
+
+import pytest
+from conftest import run_config
+
+from lowvram.configure import with_dataset_settings
+from lowvram.dataset_files import read_dataset
+from lowvram.errors import LowvramError
+from lowvram.train.loop import train
+
+
+def two_folders(tmp_path, sample_data):
+    """Two copies of the sample images, each image with a .txt and a .caption file that say which one they are."""
+    for name in ("plain", "varied"):
+        folder = tmp_path / name
+        shutil.copytree(sample_data / "5_lvshape", folder)
+        for text in folder.glob("*.txt"):
+            text.write_text(f"lvshape, {name}, from txt, {text.stem}\n")
+            text.with_suffix(".caption").write_text(f"lvshape, {name}, from caption, {text.stem}\n")
+    return tmp_path / "plain", tmp_path / "varied"
+
+
+def dataset_file(tmp_path, varied: dict) -> str:
+    plain, other = tmp_path / "plain", tmp_path / "varied"
+    entries = "".join(f"{key} = {json.dumps(value)}\n" for key, value in varied.items())
+    (tmp_path / "dataset.toml").write_text(
+        "[[datasets]]\nresolution = 64\nbatch_size = 2\n"
+        f'[[datasets.subsets]]\nimage_dir = "{plain}"\ncaption_extension = ".txt"\n'
+        f'[[datasets.subsets]]\nimage_dir = "{other}"\n{entries}')
+    return str(tmp_path / "dataset.toml")
+
+
+VARIED = {"flip_aug": True, "shuffle_caption": True, "keep_tokens": 1, "caption_dropout_rate": 0.5}
+
+
+def test_each_subset_reads_caches_and_captions_its_images_with_its_own_settings(tmp_path, sample_data):
+    two_folders(tmp_path, sample_data)
+    path = dataset_file(tmp_path, VARIED)  # the second subset leaves caption_extension at kohya's ".caption"
+    dataset = read_dataset(tmp_path / "dataset.toml")
+    assert dataset.values == {"resolution": 64, "batch_size": 2, "caption_extension": ".txt", "flip": False,
+                              "shuffle_tags": False, "caption_dropout": 0.0}
+    assert [s.settings for s in dataset.subsets] == [None, {
+        "caption_extension": ".caption", "flip": True, "shuffle_tags": True, "keep_tokens": 1, "caption_dropout": 0.5}]
+    assert {"flip_aug: the subsets differ (False, True); each trains its images with its own",
+            "caption_extension: the subsets differ (.caption, .txt); each trains its images with its own"
+            } <= set(dataset.notes)
+
+    config = run_config(**with_dataset_settings({"data": path, "output": str(tmp_path / "out"), "max_steps": 2},
+                                                "the test", quiet=True))
+    data = train(config).data
+    plain = [s for s in data.samples if s.group == "plain"]
+    varied = [s for s in data.samples if s.group == "varied"]
+    assert len(plain) == len(varied) == 6
+    # captions from each subset's own caption files
+    assert all(", from txt," in s.caption for s in plain) and all(", from caption," in s.caption for s in varied)
+    # a flipped variant cached for the flipped subset only; shuffled caption variants for the shuffled one only
+    assert {len(s.latent_keys) for s in plain} == {1} and {len(s.latent_keys) for s in varied} == {2}
+    assert {len(s.text_keys) for s in plain} == {1} and min(len(s.text_keys) for s in varied) > 1
+    # trained: only the second subset's captions are dropped and shuffled (its first tag kept in front)
+    drawn = {name: [data.load([i], random.Random(n)).captions[0] for n in range(40)
+                    for i, s in enumerate(data.samples) if s.group == name] for name in ("plain", "varied")}
+    assert "" not in drawn["plain"] and set(drawn["plain"]) == {s.caption for s in plain}
+    assert 0.3 < drawn["varied"].count("") / len(drawn["varied"]) < 0.7
+    shuffled = [c for c in drawn["varied"] if c and c not in {s.caption for s in varied}]
+    assert shuffled and all(c.startswith("lvshape, ") for c in shuffled)
+
+
+def test_a_subsets_own_setting_out_of_range_is_refused_naming_its_folder(tmp_path, sample_data):
+    _, varied = two_folders(tmp_path, sample_data)
+    path = dataset_file(tmp_path, {"caption_dropout_rate": 1.5})
+    with pytest.raises(LowvramError) as error:
+        with_dataset_settings({"data": path}, "the test", quiet=True)
+    assert str(error.value) == f"{path}: {varied}: --caption-dropout: must be in [0, 1), got 1.5"
+
+
+def test_a_subsets_own_alpha_mask_keeps_its_transparency_as_a_loss_mask(tmp_path, sample_data):
+    from PIL import Image
+
+    _, varied = two_folders(tmp_path, sample_data)
+    for folder in (tmp_path / "plain", varied):
+        for png in folder.glob("*.png"):
+            image = Image.open(png).convert("RGBA")
+            image.putalpha(128)
+            image.save(png)
+    path = dataset_file(tmp_path, {"alpha_mask": True})
+    config = run_config(**with_dataset_settings({"data": path, "output": str(tmp_path / "out"), "max_steps": 1},
+                                                "the test", quiet=True))
+    data = train(config).data
+    masked = {s.group: data.latent_store.load(s.latent_keys[0]).get("mask") is not None for s in data.samples}
+    assert masked == {"plain": False, "varied": True}
+
+
+def test_a_onetrainer_concepts_own_augmentation_and_tag_settings(tmp_path, sample_data):
+    concepts = [{"name": "first", "path": str(sample_data / "5_lvshape")},
+                {"name": "second", "path": str(sample_data / "5_lvshape"),
+                 "image": {"enable_random_flip": False, "enable_crop_jitter": False},
+                 "text": {"enable_tag_shuffling": True, "keep_tags_count": 2}}]
+    (tmp_path / "concepts.json").write_text(json.dumps(concepts))
+    dataset = read_dataset(tmp_path / "concepts.json")
+    assert (dataset.values["flip"], dataset.values["crop"], dataset.values["shuffle_tags"]) == (True, "random", False)
+    assert "keep_tokens" not in dataset.values  # OneTrainer's default of one kept tag moves nothing unshuffled
+    assert [s.settings for s in dataset.subsets] == [
+        None, {"flip": False, "crop": "center", "shuffle_tags": True, "keep_tokens": 2}]
+    assert "shuffle_tags: the concepts differ (False, True); each trains its images with its own" in dataset.notes
