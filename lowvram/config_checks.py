@@ -41,6 +41,15 @@ def _has_regularization_subsets(data: str | None) -> bool:
         return True
 
 
+def _alpha_mask_subsets(data: str | None) -> bool:
+    """Whether a dataset file's subset keeps its images' alpha as a loss mask of its own."""
+    try:
+        return is_dataset_file(data) and any((s.settings or {}).get("alpha_mask") for s in
+                                             read_dataset(Path(data)).subsets)
+    except LowvramError:  # the dataset file's own problems are reported on their own
+        return False
+
+
 def config_problems(c: RunConfig) -> list[str]:
     """Cross-field and range checks; each message names the flag and the fix."""
     p = []
@@ -124,12 +133,13 @@ def config_problems(c: RunConfig) -> list[str]:
             "", c.data.caption_separator.strip(), c.data.keep_tokens_separator.strip()):
         p.append(f"--secondary-separator: {c.data.secondary_separator!r} is no separator of its own; use text no "
                  "caption has otherwise, e.g. \";;;\"")
+    masks = c.data.masked_loss or c.data.alpha_mask or _alpha_mask_subsets(c.data.data)
     if not 0 <= c.data.unmasked_weight < 1:
         p.append(f"--unmasked-weight: must be in [0, 1), got {c.data.unmasked_weight}")
-    elif c.data.unmasked_weight and not (c.data.masked_loss or c.data.alpha_mask):
+    elif c.data.unmasked_weight and not masks:
         p.append("--unmasked-weight: only used with --masked-loss or --alpha-mask; add one or drop it")
     positive("masked-prior-weight", c.data.masked_prior_weight, allow_zero=True)
-    if c.data.masked_prior_weight and not (c.data.masked_loss or c.data.alpha_mask):
+    if c.data.masked_prior_weight and not masks:
         p.append("--masked-prior-weight: only used with --masked-loss or --alpha-mask; add one or drop it")
     positive("prior-loss-weight", c.data.prior_loss_weight, allow_zero=True)
     positive("cache-batch-size", c.data.cache_batch_size)

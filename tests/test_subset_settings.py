@@ -89,8 +89,9 @@ def test_a_subsets_own_alpha_mask_keeps_its_transparency_as_a_loss_mask(tmp_path
             image.putalpha(128)
             image.save(png)
     path = dataset_file(tmp_path, {"alpha_mask": True})
-    config = run_config(**with_dataset_settings({"data": path, "output": str(tmp_path / "out"), "max_steps": 1},
-                                                "the test", quiet=True))
+    # --unmasked-weight needs masks: the subset's own alpha masks are masks
+    config = run_config(**with_dataset_settings({"data": path, "output": str(tmp_path / "out"), "max_steps": 1,
+                                                 "unmasked_weight": 0.1}, "the test", quiet=True))
     data = train(config).data
     masked = {s.group: data.latent_store.load(s.latent_keys[0]).get("mask") is not None for s in data.samples}
     assert masked == {"plain": False, "varied": True}
