@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the writer of the original single-file layout lives with the tests
 
 MEASURE = """
 import json, sys, time, torch
@@ -44,10 +43,10 @@ print(json.dumps({"before_load": before, "after_load": loaded, "after_reading_ev
 
 def write_model(family_name: str, work: Path, single_file: bool = True) -> dict[str, Path]:
     import torch
-    from ldm_layout import sd15_single_file, sdxl_single_file
     from safetensors.torch import save_file
 
     from lowvram.models.families import FAMILIES
+    from lowvram.models.ldm_layout import sd15_single_file, sdxl_single_file
     from lowvram.models.loading import build_from_config
 
     family = FAMILIES[family_name]
