@@ -69,3 +69,17 @@ def test_the_step_overhead_benchmark_rehearses_on_the_cpu(tmp_path):
                for p in result["peft_input_casts"])
     workers = result["compile_workers"]
     assert workers["returncode"] == 0 and workers["workers"] >= 1 and workers["per_worker_bytes"] > 0
+
+
+def test_the_host_ram_benchmarks_rehearse_on_the_cpu(tmp_path):
+    """The benchmarks behind the README's host RAM figures, on the tiny model: loading it both ways users bring a
+    model, and fusing a LoRA into its single file (every adapted layer changed)."""
+    loading, fusing = tmp_path / "load.json", tmp_path / "fuse.json"
+    for tool, out in (("bench_host_ram.py", loading), ("bench_fuse_ram.py", fusing)):
+        subprocess.run([sys.executable, str(TOOLS / tool), "--family", "tiny", "--work", str(tmp_path / "work"),
+                        "--out", str(out)], check=True, capture_output=True)
+    runs = json.loads(loading.read_text())["runs"]
+    assert set(runs) == {"single-file", "diffusers folder"} and all(r["peak_rss_bytes"] > 0 for r in runs.values())
+    fused = json.loads(fusing.read_text())
+    assert len(fused["commit"]) == 40 and fused["run"]["peak_anon_bytes"] > 0
+    assert fused["run"]["tensors_changed"] == sum(fused["run"]["layers_fused"]) > 0
