@@ -81,9 +81,7 @@ def _rewritten(path: Path, converted: dict[str, torch.Tensor], working: torch.dt
                ) -> tuple[dict[str, torch.Tensor], int]:
     """`path`'s tensors, each replaced by its converted value where that differs at the `working` dtype (the LoRAs
     changed it) and kept as the file has it otherwise; all cast to `precision` if given. A weight the conversion
-    has and the file lacks would be lost: its layout is not the one lowvram writes, and that is refused. Where the
-    model holds a tensor bit for bit as the file does, the model's is written and the file's read freed at once:
-    host RAM holds the model and one of the file's tensors, not the model and the whole file."""
+    has and the file lacks would be lost: its layout is not the one lowvram writes, and that is refused."""
     import torch
     from safetensors import safe_open
 
@@ -102,20 +100,11 @@ def _rewritten(path: Path, converted: dict[str, torch.Tensor], working: torch.dt
             new = converted.get(key)
             if new is not None and new.numel() == tensor.numel():
                 new = new.reshape(tensor.shape)
-                if _same_bits(new, tensor):
-                    tensor = new
-                elif not torch.equal(new.to(working), tensor.to(working)):
+                if not torch.equal(new.to(working), tensor.to(working)):
                     tensor = new.to(tensor.dtype)
                     changed += 1
             tensors[key] = tensor.to(DTYPES[precision]) if precision and tensor.is_floating_point() else tensor
     return tensors, changed
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors of one shape hold the same bytes (torch.equal takes -0.0 for 0.0 and NaN for no NaN)."""
-    import torch
-
-    return a.dtype == b.dtype and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
 def _save_folder(model: LoadedModel, output: Path, dtype: torch.dtype) -> Path:
