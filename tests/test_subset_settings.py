@@ -71,6 +71,18 @@ def test_each_subset_reads_caches_and_captions_its_images_with_its_own_settings(
     assert shuffled and all(c.startswith("lvshape, ") for c in shuffled)
 
 
+def test_check_data_shows_each_folders_own_settings(tmp_path, sample_data, capsys, monkeypatch):
+    from lowvram.cli import main
+
+    two_folders(tmp_path, sample_data)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["check-data", dataset_file(tmp_path, {"flip_aug": True, "keep_tokens": 2})]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if "plain/" in line
+            or "varied/" in line}
+    assert "flip" not in rows["plain/"] and "caption_extension .caption, flip True" in rows["varied/"]
+    assert "keep_tokens" not in rows["varied/"]  # nothing moves its tags: none to keep
+
+
 def test_a_subsets_own_setting_out_of_range_is_refused_naming_its_folder(tmp_path, sample_data):
     _, varied = two_folders(tmp_path, sample_data)
     path = dataset_file(tmp_path, {"caption_dropout_rate": 1.5})

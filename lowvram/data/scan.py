@@ -153,7 +153,8 @@ class ScanReport:
         folders: dict[str, dict] = {}
         for r in self.records:
             f = folders.setdefault(_folder_of(r), {"label": r.folder, "repeats": r.repeats, "images": 0, "usable": 0,
-                                                   "skipped": 0, "loss_weight": r.loss_weight})
+                                                   "skipped": 0, "loss_weight": r.loss_weight,
+                                                   "settings": dict(r.settings)})
             f["images"] += 1
             f["usable" if r.usable else "skipped"] += 1
         buckets = Counter(f"{r.bucket[0]}x{r.bucket[1]}" for r in usable)
@@ -174,12 +175,17 @@ class ScanReport:
     def print_summary(self, console: Console, verbose: bool = False) -> None:
         """Per folder, then every skipped file with its reason, the files with notes, and the buckets."""
         summary = self.summary()
-        weighted = any(f["loss_weight"] != 1 for f in summary["folders"].values())  # a column only where it tells
+        folders = summary["folders"].values()
+        weighted = any(f["loss_weight"] != 1 for f in folders)  # a column only where it tells
+        own = any(f["settings"] for f in folders)
         console.print(_table(f"dataset {self.root}", ("folder", "label", "images", "usable", "skipped", "repeats",
-                                                       "samples/epoch", *(("weight",) if weighted else ())),
+                                                       "samples/epoch", *(("weight",) if weighted else ()),
+                                                       *(("own settings",) if own else ())),
                              [(k, f["label"], f["images"], f["usable"], f["skipped"], f"{f['repeats']:g}",
                                per_epoch(f["usable"], f["repeats"]),
-                               *((f"{f['loss_weight']:g}",) if weighted else ()))
+                               *((f"{f['loss_weight']:g}",) if weighted else ()),
+                               *((", ".join(f"{key} {value}" for key, value in f["settings"].items()),) if own
+                                 else ()))
                               for k, f in summary["folders"].items()]))
         for note in self.folder_notes:
             console.print(Text(note, style="yellow"))
@@ -208,7 +214,8 @@ def _table(title: str, columns: tuple[str, ...], rows) -> Table:
     """Cells as plain Text: file names like 'a[1].png' are not rich markup."""
     table = Table(title=Text(title))
     for name in columns:
-        table.add_column(name, justify="left" if name in ("folder", "label", "file", "reason", "notes") else "right")
+        texts = ("folder", "label", "file", "reason", "notes", "own settings")
+        table.add_column(name, justify="left" if name in texts else "right")
     for row in rows:
         table.add_row(*(Text(str(cell)) for cell in row))
     return table
