@@ -468,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
 def remembered_interrupt():
     """Ctrl-C while the libraries load raises KeyboardInterrupt wherever it lands; one that lands in a finalizer
     or a callback is printed as 'Exception ignored' and lost, and the run would go on. The signal is remembered
-    here (a list that is non-empty once it came), for the caller to act on after the block."""
+    here (a list that is non-empty once it came), for the caller to act on after the block. An error the block
+    raises after the signal came is the interrupt's doing (a library that wraps it, or a half-imported module that
+    then recurses: diffusers' lazy modules do both), so it is raised as the KeyboardInterrupt it is."""
     import signal
 
     received: list[int] = []
@@ -484,6 +486,10 @@ def remembered_interrupt():
         return
     try:
         yield received
+    except Exception:
+        if received:
+            raise KeyboardInterrupt from None
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
 

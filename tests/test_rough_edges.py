@@ -138,6 +138,21 @@ def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
         assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err[-3000:]  # no traceback
 
 
+def test_an_error_a_library_makes_of_ctrl_c_while_loading_is_the_interrupt():
+    """diffusers' lazy modules turn an import that Ctrl-C broke into 'RuntimeError: Failed to import ...' (or a
+    recursion in the half-imported module): still the interrupt, so still one line."""
+    from lowvram.cli import remembered_interrupt
+
+    with pytest.raises(KeyboardInterrupt), remembered_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises before this ends
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Failed to import diffusers.models.unets.unet_2d_condition") from exc
+    with pytest.raises(RuntimeError), remembered_interrupt():  # an error without a Ctrl-C is the error
+        raise RuntimeError("Failed to import")
+
+
 def test_train_without_model_asks_for_one_instead_of_training_the_toy(capsys):
     assert main(["train", "--data", "sample", "--max-steps", "1"]) == 2
     err = capsys.readouterr().err
