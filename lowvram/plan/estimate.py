@@ -28,7 +28,7 @@ FRAGMENTATION = 0.08  # share of transient memory the caching allocator loses to
 # to the activation bytes a whole forward pass allocates and frees (checkpointing recomputes them block by block
 # but allocates them all the same), not to what is kept: 4-5 % of that volume for SD1.5 at 512 and SDXL at 1024
 # in bf16 and NF4, 7 % for SDXL in bf16, 14 % for SD1.5 in fp8 (its per-layer upcast copies; at 7 % its estimate
-# is 3.7 % under, inside the calibration test's bounds). 7 % covers all but that one.
+# is 4.2 % under, inside the calibration test's bounds). 7 % covers all but that one.
 TRAINING_FRAGMENTATION = 0.07
 # cuBLAS/cuBLASLt workspaces and kernel scratch, allocated through PyTorch's allocator in every GPU phase: the
 # median shortfall of the estimated allocated peak below the measured one (the same six runs: 23-158 MiB).
