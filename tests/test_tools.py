@@ -83,3 +83,23 @@ def test_the_host_ram_benchmarks_rehearse_on_the_cpu(tmp_path):
     fused = json.loads(fusing.read_text())
     assert len(fused["commit"]) == 40 and fused["run"]["peak_anon_bytes"] > 0
     assert fused["run"]["tensors_changed"] == sum(fused["run"]["layers_fused"]) > 0
+
+
+def test_the_readme_timing_tools_read_what_they_time(tmp_path):
+    """record_ci_time.py reads a timed .ci/run log; bench_quick_start.py finds the README's quick-start job."""
+    log = tmp_path / "ci.log"
+    log.write_text("+ .ci/run\n...\n===== 975 passed, 66 skipped, 4 warnings in 855.03s (0:14:15) =====\n\n"
+                   "real\t16m31.683s\nuser\t25m18.369s\n")
+    out = tmp_path / "ci.json"
+    subprocess.run([sys.executable, str(TOOLS / "record_ci_time.py"), str(log), "--clone", str(TOOLS.parent),
+                    "--out", str(out)], check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    assert (result["result"], result["tests_seconds"], result["total_seconds"]) == (
+        "975 passed, 66 skipped, 4 warnings", 855.03, 991.7)
+    sys.path.insert(0, str(TOOLS))
+    try:
+        from bench_quick_start import quick_start_arguments
+    finally:
+        sys.path.remove(str(TOOLS))
+    arguments = quick_start_arguments()
+    assert arguments[:3] == ["train", "--model", "tiny"] and "--sample-prompt" in arguments
