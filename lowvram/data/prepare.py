@@ -10,6 +10,7 @@ from functools import cache
 import torch
 from rich.console import Console
 
+from lowvram.config import RunConfig
 from lowvram.data.augment import (
     AugmentOptions,
     CaptionOptions,
@@ -181,7 +182,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     return PreparedData(data, reports, encoded_latents, encoded_texts, sample_embeddings, samples[2])
 
 
-def _folder_options(config) -> tuple[ScanOptions, AugmentOptions, CaptionOptions]:
+def _folder_options(config: RunConfig) -> tuple[ScanOptions, AugmentOptions, CaptionOptions]:
     """How the images of a folder trained with `config` (the run's, or one with its folder's own options) are read,
     augmented and captioned."""
     data = config.data
