@@ -416,6 +416,11 @@ def test_a_clip_skip_run_encodes_its_own_embeddings_and_records_it(tmp_path, sam
     assert skipped.encoded[1] == first.encoded[1] > 0  # the default reading's cached embeddings are not reused
     with safe_open(str(skipped.lora_path), "pt") as f:
         assert f.metadata()["ss_clip_skip"] == "2"
+    # a trained encoder's states are fp32 (its adapters' sums) beside its bf16 weights: the final norm still reads
+    # them (kohya_ss's usual SD1.5 recipe: clip skip 2, bf16, the text encoder trained)
+    trained = train(run_config(data=str(sample_data), output=str(tmp_path / "te"), max_steps=1, clip_skip=2,
+                               mixed_precision="bf16", train_text_encoder=True, cache_dir=cache))
+    assert trained.lora_path.is_file()
     with pytest.raises(LowvramError, match="--clip-skip 2: tiny SDXL .* already reads .* penultimate"):
         train(run_config(model="tiny-sdxl", output=str(tmp_path / "c"), clip_skip=2))
     with pytest.raises(LowvramError, match="--clip-skip: 7 is not one of"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, ModelFamily, TextReading
 from lowvram.prompts import CHUNK_BREAK, weighted_pieces
@@ -63,7 +64,7 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
         if spec.hidden_state == -1 and reading.clip_skip > 1:
             text_model = getattr(encoder, "module", encoder)  # (DDP wraps a text encoder that trains)
             text_model = getattr(text_model, "text_model", text_model)  # (transformers 5 has no text_model level)
-            hidden = text_model.final_layer_norm(out.hidden_states[-reading.clip_skip])
+            hidden = _final_norm(text_model.final_layer_norm, out.hidden_states[-reading.clip_skip])
         else:
             hidden = out.last_hidden_state if spec.hidden_state == -1 else out.hidden_states[spec.hidden_state]
         if chunks > 1:
@@ -75,6 +76,14 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
         if spec.pooled:
             pooled = out.text_embeds if chunks == 1 else out.text_embeds[::chunks]
     return torch.cat(states, dim=-1), pooled
+
+
+def _final_norm(norm: torch.nn.LayerNorm, hidden: torch.Tensor) -> torch.Tensor:
+    """The encoder's final layer norm of an earlier layer's states, computed in fp32 as CUDA's autocast computes
+    layer norms: the states of a trained encoder are fp32 (its adapters' sums) beside 16-bit weights, which the CPU's
+    layer norm refuses to mix."""
+    weight, bias = (None if p is None else p.float() for p in (norm.weight, norm.bias))
+    return F.layer_norm(hidden.float(), norm.normalized_shape, weight, bias, norm.eps).to(hidden.dtype)
 
 
 def weighted_tokens(text: str, tokenizer) -> tuple[list[int], list[float]]:
