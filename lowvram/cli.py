@@ -14,6 +14,7 @@ from pathlib import Path
 from lowvram import __version__
 from lowvram.config import LORA_LAYERS, PLANNING_MODEL, SAVE_PRECISION, SECTIONS, fields_by_name, flag_name
 from lowvram.configure import (
+    ALTERNATIVES,
     build_config,
     list_presets,
     preset_path,
@@ -371,17 +372,14 @@ def run_caption(args: argparse.Namespace) -> int:
     return 0
 
 
-# options that answer one question: a layer that sets one of them replaces a lower layer's other
-ALTERNATIVES = (("max_steps", "epochs"), ("validation_split", "validation_data"))
-
-
 def train_values(args: argparse.Namespace) -> dict:
     """Option values: a preset's, overridden by the config file's, overridden by the flags given; a kohya dataset
     file given as --data sets its settings just beneath the layer that names it."""
     values: dict = {}
+    flags = {k: v for k, v in vars(args).items() if k in fields_by_name()}
     layers = [read_toml(preset_path(args.preset)) if args.preset else {},
-              read_config(args.config) if args.config else {},
-              with_dataset_settings({k: v for k, v in vars(args).items() if k in fields_by_name()}, "the command line")]
+              read_config(args.config, given=flags) if args.config else {},
+              with_dataset_settings(flags, "the command line")]
     for layer in layers:
         for group in ALTERNATIVES:
             if any(name in layer for name in group):

@@ -43,6 +43,17 @@ FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
 CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, in this order by default
+
+
+def caption_extension_problem(extension: str) -> str | None:
+    """Why `extension` names no caption file beside an image, or None. kohya reads any suffix (kohya_ss presets
+    give '.txt-no' on purpose, to caption from folder names); lowvram reads only that one where it is not one of
+    CAPTION_SUFFIXES."""
+    if extension.startswith(".") and len(extension) > 1 and not any(c in extension for c in "/\\ \t"):
+        return None
+    return f"'{extension}' is no file extension; give it with its dot, e.g. {CAPTION_SUFFIXES[0]}"
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # the image files a dataset trains on
 PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume",)  # one run's circumstance, not part of the recipe a saved config replays
@@ -90,7 +101,9 @@ class DataConfig:
                                            "(kohya's datasets of the same images at several resolutions, "
                                            "ai-toolkit's resolution list): an epoch shows every image once at "
                                            "each. Memory is planned for the largest.", metavar="R,R")
-    caption_extension: str = option(".txt", "Caption file extension tried first (.txt and .caption are both read).")
+    caption_extension: str = option(".txt", "Caption file extension tried first (.txt and .caption are both read); "
+                                    "any other is the only one read (kohya's .txt-no: captions from the folder "
+                                    "names).")
     caption_template: str = option("{trigger}", "Caption for an image without a caption file; {trigger} is the "
                                    "trigger word, or the folder's name without its repeat prefix.")
     trigger_word: str | None = option(None, "Word that activates the LoRA; prepended to captions that lack it.")

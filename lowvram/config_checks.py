@@ -7,12 +7,12 @@ from pathlib import Path
 
 from lowvram.adapters.blocks import check_syntax as check_block_syntax
 from lowvram.config import (
-    CAPTION_SUFFIXES,
     HUBER_LOSSES,
     SAMPLE_DATA,
     TRAIN_TIMESTEPS,
     ZERO_SNR_NEEDS_V,
     RunConfig,
+    caption_extension_problem,
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
@@ -154,8 +154,8 @@ def config_problems(c: RunConfig) -> list[str]:
         parse_colour(c.data.background)
     except ValueError as exc:
         p.append(f"--background: {exc}")
-    if c.data.caption_extension not in CAPTION_SUFFIXES:
-        p.append(f"--caption-extension: '{c.data.caption_extension}' is not one of {', '.join(CAPTION_SUFFIXES)}")
+    if caption_extension_problem(c.data.caption_extension):
+        p.append(f"--caption-extension: {caption_extension_problem(c.data.caption_extension)}")
     try:
         c.data.caption_template.format(trigger="")
     except (KeyError, IndexError, ValueError):

@@ -13,6 +13,7 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-def read_config(path: Path) -> dict[str, Any]:
+# options that answer one question: a layer that sets one of them replaces a lower layer's other
+ALTERNATIVES = (("max_steps", "epochs"), ("validation_split", "validation_data"))
+
+
+def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     """Option values from a `--config` file: lowvram's TOML (kohya's TOML configs too), or a OneTrainer or kohya_ss
-    GUI config's JSON."""
+    GUI config's JSON. `given`: the options the command line gives, which replace the file's: the file's values of
+    them are not checked (a kohya config's paths on another machine, replaced by --model and --data)."""
     if Path(path).suffix.lower() != ".json":
-        return read_toml(path)
+        return read_toml(path, given)
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -54,10 +60,10 @@ def read_config(path: Path) -> dict[str, Any]:
         raise LowvramError(f"--config: {path} is not readable JSON: {exc}") from None
     if is_onetrainer_config(doc):
         values, notes = translate_onetrainer(doc, Path(path))
-        return _translated(values, notes, Path(path), "a OneTrainer config", dataset_wins=False)
+        return _translated(values, notes, Path(path), "a OneTrainer config", False, given)
     if is_kohya_gui_config(doc):
         values, notes = translate_gui(doc, Path(path))
-        return _translated(values, notes, Path(path), "a kohya_ss GUI config", dataset_wins=True)
+        return _translated(values, notes, Path(path), "a kohya_ss GUI config", True, given)
     if is_dataset_document(doc):
         raise LowvramError(f"--config: {path} is JSON, not a TOML config; a dataset file (a kohya dataset config "
                            f"or a OneTrainer concepts file) is given as --data {path}")
@@ -65,8 +71,9 @@ def read_config(path: Path) -> dict[str, Any]:
                        "JSON has model_type and training_method, kohya_ss's JSON LoRA_type")
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Option values from a TOML config file, relative paths resolved against the file's folder."""
+def read_toml(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
+    """Option values from a TOML config file, relative paths resolved against the file's folder; `given` as for
+    `read_config`."""
     try:
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
@@ -78,7 +85,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise LowvramError(f"--config: {path} is a kohya dataset config ([[datasets]] of image folders); pass it as "
                            f"--data {path}")
     if is_kohya_config(doc):
-        return _read_kohya(doc, path)
+        return _read_kohya(doc, path, given)
     known = fields_by_name()
     values: dict[str, Any] = {}
     problems = []
@@ -102,25 +109,27 @@ def read_toml(path: Path) -> dict[str, Any]:
         if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
             values[key] = str(base / value)
     if problems:  # with them, every value of the file that is wrong: one pass shows all there is to fix
-        problems += [f"{path}: {line}" for line in _file_value_problems(values)]
+        problems += [f"{path}: {line}" for line in _file_value_problems(_unreplaced(values, given))]
         raise LowvramError("\n".join(problems))
-    return with_dataset_settings(values, str(path))
+    return with_dataset_settings(_unreplaced(values, given), str(path))
 
 
-def _read_kohya(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+def _read_kohya(doc: dict[str, Any], path: Path, given: Collection[str]) -> dict[str, Any]:
     """A kohya sd-scripts config's values (`lowvram.kohya_config`), its notes printed; its paths are relative to the
     current folder, as kohya reads them."""
     values, notes = translate(doc, path)
-    return _translated(values, notes, path, "a kohya sd-scripts config", dataset_wins=True)
+    return _translated(values, notes, path, "a kohya sd-scripts config", True, given)
 
 
-def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str, dataset_wins: bool
-                ) -> dict[str, Any]:
-    """Another trainer's config, translated: its notes printed, its values checked, its dataset file's settings
-    beneath them (over them for kohya's, whose dataset file wins as in kohya)."""
+def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str, dataset_wins: bool,
+                given: Collection[str]) -> dict[str, Any]:
+    """Another trainer's config, translated: its notes printed, its values checked (less those the command line
+    replaces), its dataset file's settings beneath them (over them for kohya's, whose dataset file wins as in
+    kohya)."""
     print(f"{path}: read as {kind}", file=sys.stderr)
     for note in notes:
         print(f"{path}: {note}", file=sys.stderr)
+    values = _unreplaced(values, given)
     problems = _file_value_problems(values)
     if problems:
         raise LowvramError("\n".join(f"{path}: {line}" for line in problems))
@@ -150,6 +159,13 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
     for note in notes if not quiet else ():
         print(f"{data}: {note}", file=sys.stderr)
     return layer | dataset.values if dataset_wins else dataset.values | layer
+
+
+def _unreplaced(values: dict[str, Any], given: Collection[str]) -> dict[str, Any]:
+    """A file's values less those the command line gives (and so replaces), with the alternatives of each (a file's
+    --sample-prompts file where the command line gives --sample-prompt)."""
+    replaced = set(given) | {name for group in ALTERNATIVES if set(group) & set(given) for name in group}
+    return {key: value for key, value in values.items() if key not in replaced}
 
 
 def _file_value_problems(values: dict[str, Any], about: set[str] | None = None) -> list[str]:

@@ -28,7 +28,7 @@ from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
 
 # kohya's switches that set a lowvram option to a value
-SWITCHES = {"v_parameterization": ("prediction_type", "v_prediction"), "xformers": ("attention", "xformers"),
+SWITCHES = {"v_parameterization": ("prediction_type", "v_prediction"), "xformers": ("attention", "auto"),
             "sdpa": ("attention", "sdpa"), "fp8_base": ("unet_weights", "fp8"), "random_crop": ("crop", "random"),
             "color_aug": ("color_jitter", 0.1)}
 # kohya setting -> lowvram option where the value carries over as it is: each single-flag entry of the kohya table
@@ -113,6 +113,10 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
 
     if left.pop("v2", None):
         problem("v2", "Stable Diffusion 2 is not a family lowvram trains (SD1.5 and SDXL are)")
+    scheduler_type = left.pop("lr_scheduler_type", None)
+    if scheduler_type:  # kohya's own schedule class replaces lr_scheduler: training it otherwise changes the LoRA
+        problem("lr_scheduler_type", f"{scheduler_type}: lowvram's schedules are lr_scheduler's "
+                f"({', '.join(SCHEDULERS)}); drop lr_scheduler_type and lr_scheduler_args to train with one of them")
     if left.pop("network_train_text_encoder_only", None):
         problem("network_train_text_encoder_only", "lowvram always trains adapters on the U-Net; leave it out")
     dataset_config = left.pop("dataset_config", None)
@@ -348,8 +352,9 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[s
         prompt_file = Path(str(prompts)).expanduser()
         try:
             values["sample_prompts"], left_out = read_prompt_file(prompt_file)
-        except FileNotFoundError:
-            problem("sample_prompts", f"{prompt_file} not found; pass the prompt file's path, or --sample-prompt")
+        except FileNotFoundError:  # samples change nothing trained: a file left on another machine is no error
+            notes.append(f"sample_prompts: {prompt_file} not found, so no samples; give --sample-prompt, or the "
+                         "prompt file's path")
         except (OSError, UnicodeDecodeError) as exc:
             problem("sample_prompts", f"{prompt_file} is unreadable ({exc}); save it as UTF-8 text")
         except ValueError as exc:

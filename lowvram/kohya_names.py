@@ -117,7 +117,7 @@ KOHYA_FLAGS = {
     "--logging_dir": "--tensorboard (logs go to <output>/logs)",
     "--log_with": "--tensorboard (metrics.jsonl is always written)",
     "--mem_eff_attn": "--attention sdpa",
-    "--xformers": "--attention xformers",
+    "--xformers": "--attention auto (xformers where it runs, else SDPA: the same memory)",
     "--sdpa": "--attention sdpa",
     "--fp8_base": "--unet-weights fp8",
     "--training_comment": "--training-comment",

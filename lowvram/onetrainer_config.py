@@ -100,6 +100,20 @@ PART_SETTINGS = {"unet": ("train_unet", "unet_learning_rate", "unet_weight_dtype
                  "vae": (None, None, "vae_weight_dtype", None)}
 
 
+# OneTrainer's own defaults (its TrainConfig.default_values) where lowvram's differ in a way that changes the LoRA: its
+# presets hold only what differs from them, and its UI fills in the rest
+DEFAULTS = {"lora_rank": 16, "lora_alpha": 1.0, "learning_rate": 3e-6, "learning_rate_warmup_steps": 200.0,
+            "epochs": 100, "batch_size": 1, "layer_filter_preset": "full", "learning_rate_scheduler": "CONSTANT"}
+PART_DEFAULTS = {part: {"train": True, "stop_training_after": 30, "stop_training_after_unit": "EPOCH"}
+                 for part in ("text_encoder", "text_encoder_2")}
+
+
+def _with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
+    """A config (a preset of only what differs, as OneTrainer ships them) with OneTrainer's defaults beneath it."""
+    parts = {part: defaults | (doc.get(part) or {}) for part, defaults in PART_DEFAULTS.items()}
+    return DEFAULTS | doc | parts
+
+
 def _migrated(doc: dict[str, Any]) -> dict[str, Any]:
     """An older config in the shape of the current one, as OneTrainer's TrainConfig migrations bring it (those
     that concern what lowvram reads): the optimizer and its settings into one section (version 0), each model
@@ -140,7 +154,7 @@ def _migrated(doc: dict[str, Any]) -> dict[str, Any]:
 def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes for the user) for a OneTrainer training config. Raises LowvramError, one line
     per setting, for each setting lowvram cannot train as OneTrainer would."""
-    doc = {RENAMED.get(key, key): value for key, value in _migrated(doc).items()}
+    doc = _with_defaults({RENAMED.get(key, key): value for key, value in _migrated(doc).items()})
     values: dict[str, Any] = {}
     notes: list[str] = []
     problems: list[str] = []
@@ -163,7 +177,7 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
         values["model"] = _found(str(doc["base_model_name"]), path)
     if (doc.get("vae") or {}).get("model_name"):
         values["vae"] = _found(str(doc["vae"]["model_name"]), path)
-    values |= _data(doc, path, problem)
+    values |= _data(doc, path, problem, notes)
     values |= _output(doc, notes, problem)
     values |= _schedule(doc, notes, problem, number)
     values |= _network(doc, path, problem, number)
@@ -187,7 +201,7 @@ def _found(given: str, config: Path) -> str:
     return str(local_path(given, config, levels=2))
 
 
-def _data(doc: dict[str, Any], path: Path, problem) -> dict[str, Any]:
+def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if isinstance(doc.get("concepts"), list):  # held inline: the config is its own concepts file
         values["data"] = str(path)
@@ -196,8 +210,8 @@ def _data(doc: dict[str, Any], path: Path, problem) -> dict[str, Any]:
         if Path(concepts).is_file():
             values["data"] = concepts
         else:
-            problem("concept_file_name", f"file not found: {doc['concept_file_name']}; give the concepts file as "
-                    "--data, or the image folder")
+            notes.append(f"concept_file_name: file not found: {doc['concept_file_name']}; give the concepts file "
+                         "as --data, or the image folder")
     resolution = str(doc.get("resolution", "512")).strip()
     if resolution.isdigit():
         values["resolution"] = int(resolution)

@@ -109,13 +109,31 @@ def test_lycoris_networks_carry_over(tmp_path, args, network, layers, extra):
 def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path):
     settings = {"train_data_dir": None, "v2": True, "optimizer_type": "DAdaptAdam",
                 "lr_scheduler": "adafactor", "network_module": "lycoris.kohya",
-                "network_args": ["algo=ia3"], "sample_prompts": "prompts.json", "save_precision": "fp8"}
+                "network_args": ["algo=ia3"], "save_precision": "fp8", "lr_scheduler_type": "CosineAnnealingLR",
+                "lr_scheduler_args": ["T_max=30"]}
     with pytest.raises(LowvramError) as error:
         translate({k: v for k, v in settings.items() if v is not None}, Path("kohya.toml"))
     expected = ["v2: Stable Diffusion 2", "LyCORIS algo 'ia3'",
-                "optimizer_type: 'DAdaptAdam'", "lr_scheduler: 'adafactor'",
-                "sample_prompts: prompts.json not found", "save_precision: 'fp8'"]
+                "optimizer_type: 'DAdaptAdam'", "lr_scheduler: 'adafactor'", "save_precision: 'fp8'",
+                "lr_scheduler_type: CosineAnnealingLR: lowvram's schedules are lr_scheduler's"]
     assert_one_line_each(str(error.value), "kohya.toml: ", expected)
+
+
+def test_flags_replace_a_kohya_configs_paths_from_another_machine(tmp_path, capsys):
+    """A config shared from another machine names its model, images and prompt file there: --model and --data
+    replace them before anything is checked, and a prompt file that is not here only means no samples (samples
+    change nothing trained). kohya's xformers switch trains on a card without xformers too (SDPA)."""
+    settings = KOHYA_SS | {"pretrained_model_name_or_path": "/mnt/c/models/illustriousXL_v01.safetensors",
+                           "train_data_dir": "/path/to/dataset", "sample_prompts": "D:/model_output/prompt.txt",
+                           "output_dir": str(tmp_path / "out"), "xformers": True, "sdpa": False}
+    (tmp_path / "kohya.toml").write_text(tomli_w.dumps(settings))
+    assert main(["train", "--config", str(tmp_path / "kohya.toml")]) == 2  # without the flags: the paths are wrong
+    assert "--model: file not found: /mnt/c/models/illustriousXL_v01.safetensors" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "kohya.toml"), "--model", "tiny", "--data", "sample",
+                 "--max-steps", "1"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "sample_prompts: D:/model_output/prompt.txt not found, so no samples" in err
+    assert (tmp_path / "out" / "mylora.safetensors").is_file()
 
 
 def test_the_huber_settings_and_the_multires_discount_carry_over_where_they_are_used(tmp_path):
@@ -230,12 +248,13 @@ def test_kohyas_toml_and_json_prompt_files_and_its_sampler_carry_over(tmp_path):
     assert values["sample_prompts"] == ["lvshape, a circle --w 64", "lvshape, a square --d 3"]
     assert values["sample_sampler"] == "ddim"  # kohya's default
     (tmp_path / "bad.toml").write_text("[prompt]\nwidth = 64\n")
-    for bad, says in (("bad.toml", "no [[prompt.subset]] tables"), ("p.yaml", "not found"),
-                      ("prompts.json", "unknown sampler 'lcm'")):
+    for bad, says in (("bad.toml", "no [[prompt.subset]] tables"), ("prompts.json", "unknown sampler 'lcm'")):
         extra = {"sample_sampler": "lcm"} if bad == "prompts.json" else {}
         with pytest.raises(LowvramError, match=re.escape(says)) as error:
             translate(settings | {"sample_prompts": str(tmp_path / bad)} | extra, Path("k.toml"))
         assert len(str(error.value).splitlines()) == 1
+    values, notes = translate(settings | {"sample_prompts": str(tmp_path / "p.yaml")}, Path("k.toml"))
+    assert "sample_prompts" not in values and any("p.yaml not found, so no samples" in note for note in notes)
 
 
 def test_dim_from_weights_leaves_the_rank_and_alpha_to_the_file(tmp_path):

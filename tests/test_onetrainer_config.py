@@ -200,6 +200,12 @@ def test_a_onetrainer_preset_as_its_repository_ships_it_is_read(tmp_path):
     assert {key: values.get(key) for key in ("model", "batch_size", "lora_layers", "lr", "resolution")} == {
         "model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "batch_size": 4, "lora_layers": "attn-mlp",
         "lr": 0.0003, "resolution": 512}
+    # what it leaves out is OneTrainer's default, not lowvram's: alpha 1 (not the rank: a LoRA 16 times weaker),
+    # 200 warm-up steps, 100 epochs, the text encoder trained for its first 30 epochs
+    assert {key: values.get(key) for key in ("rank", "alpha", "warmup_steps", "epochs", "train_text_encoder",
+                                             "text_encoder_until")} == {
+        "rank": 16, "alpha": 1.0, "warmup_steps": 200, "epochs": 100, "train_text_encoder": True,
+        "text_encoder_until": "30e"}
 
 
 @pytest.mark.parametrize(("settings", "expected"), [

@@ -282,8 +282,13 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     assert records["10_sks dog/a.jpg"].caption == "zwx, from the caption"
     assert "both .caption and .txt: used .caption" in records["10_sks dog/a.jpg"].notes
     assert records["10_sks dog/b.png"].caption == "zwx"
+    # kohya reads only the extension given: kohya_ss presets give '.txt-no' to caption from the folder names
+    records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".txt-no")))
+    assert records["10_sks dog/a.jpg"].caption == "sks dog" and records["top.png"].caption == tmp_path.name
     with pytest.raises(LowvramError, match="small-images"):
         ScanOptions(small_images="stretch")
+    with pytest.raises(LowvramError, match="--caption-extension: 'txt' is no file extension; give it with its dot"):
+        ScanOptions(caption_extension="txt")
 
 
 def test_large_jpeg_is_decoded_in_draft_mode_but_still_covers_its_bucket(tmp_path):

@@ -18,7 +18,7 @@ MAX_WILDCARD_CAPTIONS = 64  # captions one caption line's {a|b} choices may make
 def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str], Path | None]:
     """(the caption: its non-empty lines, stripped, one per line; or None where there is no file, it is empty or
     unreadable; notes; the file when it was not UTF-8)."""
-    order = [extension] + [s for s in CAPTION_SUFFIXES if s != extension]
+    order = [extension] + [s for s in CAPTION_SUFFIXES if s != extension and extension in CAPTION_SUFFIXES]
     found = [image.with_suffix(s) for s in order if image.with_suffix(s).is_file()]
     notes: list[str] = []
     if len(found) > 1:

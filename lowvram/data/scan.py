@@ -23,7 +23,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES
+from lowvram.config import IMAGE_SUFFIXES, caption_extension_problem
 from lowvram.data.buckets import Buckets
 from lowvram.data.captions import captions_of, read_caption_file, split_kept_tags
 from lowvram.data.image_files import (
@@ -53,7 +53,7 @@ MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
 
 @dataclass(frozen=True)
 class ScanOptions:
-    caption_extension: str = ".txt"  # ".txt" or ".caption": tried first
+    caption_extension: str = ".txt"  # tried first where it is .txt or .caption, the only one read otherwise
     caption_template: str = "{trigger}"
     trigger_word: str | None = None
     caption_prefix: str = ""  # written before every caption, as it is (kohya's caption_prefix)
@@ -71,8 +71,8 @@ class ScanOptions:
     wildcards: bool = False  # kohya's {a|b|c}: each combination one of the image's captions
 
     def __post_init__(self):
-        if self.caption_extension not in CAPTION_SUFFIXES:
-            raise LowvramError(f"--caption-extension: {self.caption_extension!r} is not one of {CAPTION_SUFFIXES}")
+        if caption_extension_problem(self.caption_extension):
+            raise LowvramError(f"--caption-extension: {caption_extension_problem(self.caption_extension)}")
         if self.small_images not in ("upscale", "skip"):
             raise LowvramError(f"--small-images: {self.small_images!r} is not 'upscale' or 'skip'")
         try:
