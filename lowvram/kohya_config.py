@@ -294,10 +294,16 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
     if "weight_decay" in args:
         values["weight_decay"] = as_number(args.pop("weight_decay"), "optimizer_args weight_decay", problem)
     name = values.get("optimizer", "adamw")
-    if name == "adafactor":  # kohya's usual Adafactor arguments are lowvram's fixed ones: a schedule on --lr
-        for key in ("scale_parameter", "relative_step", "warmup_init"):
-            if str(args.pop(key, "False")).lower() != "false":
-                problem(f"optimizer_args {key}", "lowvram's Adafactor follows --lr and --scheduler; set it False")
+    if name == "adafactor":  # lowvram's is kohya's with fixed steps: a schedule on --lr
+        # kohya's defaults where optimizer_args leaves them out (relative_step its own, the others transformers')
+        given = {key: str(args.pop(key, default)) for key, default in (("relative_step", True),
+                                                                        ("scale_parameter", True),
+                                                                        ("warmup_init", False))}
+        relative = {key: value for key, value in given.items() if value.lower() != "false"}
+        if relative:
+            problem("optimizer_args", f"Adafactor with {', '.join(f'{k}={v}' for k, v in relative.items())} (kohya's "
+                    "default where not given) takes its own step sizes; lowvram's follows --lr and --scheduler: give "
+                    "relative_step=False scale_parameter=False warmup_init=False")
     carried = []
     for key, value in list(args.items()):
         try:

@@ -136,6 +136,21 @@ def test_flags_replace_a_kohya_configs_paths_from_another_machine(tmp_path, caps
     assert (tmp_path / "out" / "mylora.safetensors").is_file()
 
 
+def test_kohyas_adafactor_takes_fixed_steps_only_where_its_arguments_say_so():
+    """kohya's Adafactor without optimizer_args is relative-step (its own step sizes, scale_parameter on): not
+    lowvram's, which follows --lr; with the arguments kohya's docs give for a fixed rate, it carries over."""
+    with pytest.raises(LowvramError) as error:
+        translate({"train_data_dir": "sample", "optimizer_type": "Adafactor", "optimizer_args": []}, Path("k.toml"))
+    assert str(error.value) == (
+        "k.toml: optimizer_args: Adafactor with relative_step=True, scale_parameter=True (kohya's default where not "
+        "given) takes its own step sizes; lowvram's follows --lr and --scheduler: give relative_step=False "
+        "scale_parameter=False warmup_init=False")
+    fixed = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
+    values, _ = translate({"train_data_dir": "sample", "optimizer_type": "Adafactor", "optimizer_args": fixed},
+                          Path("k.toml"))
+    assert values["optimizer"] == "adafactor"
+
+
 def test_the_huber_settings_and_the_multires_discount_carry_over_where_they_are_used(tmp_path):
     values = values_of(tmp_path, {"train_data_dir": "sample", "loss_type": "huber", "huber_c": 0.2,
                                   "huber_schedule": "exponential", "multires_noise_iterations": 6,
