@@ -385,3 +385,11 @@ def test_cuda_graphs_cost_memory_and_save_time_only_in_the_blocks_they_replay(mo
     monkeypatch.setattr(estimator, "step_time_ratios", lambda family, batch: measured)
     assert estimate(graphs, MemoryStrategy("bf16", False, "adamw8bit"), hardware).speed == pytest.approx(
         estimate(compiled, MemoryStrategy("bf16", False, "adamw8bit"), hardware).speed * 0.8)
+
+
+def test_the_plans_header_names_the_network_it_plans_for(capsys):
+    from lowvram.cli import main
+
+    assert main(["plan", "--model", "sdxl", "--network", "lokr", "--vram", "8GB"]) == 0
+    header = " ".join(capsys.readouterr().out.split())
+    assert "batch 1, lokr rank 16 on" in header and "LoRA rank" not in header

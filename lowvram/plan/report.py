@@ -23,7 +23,8 @@ def gib(value: int) -> str:
 def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     work, hardware = result.workload, result.hardware
     rank = f"ranks up to {work.rank} (per block)" if work.per_block else f"rank {work.rank}"
-    console.print(f"[bold]{work.family.title}[/] at {work.resolution}px, batch {work.batch}, LoRA {rank}"
+    network = "LoRA" if work.network == "lora" else work.network  # the run's own line names it so too
+    console.print(f"[bold]{work.family.title}[/] at {work.resolution}px, batch {work.batch}, {network} {rank}"
                   f"{' + text encoder' if work.train_text_encoder else ''} on [bold]{hardware.name}[/] "
                   f"({hardware.source}): budget {gib(result.budget)} GiB of {gib(hardware.total_vram)} GiB VRAM, "
                   f"{gib(hardware.host_ram)} GiB host RAM")
