@@ -212,6 +212,10 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         if conv_dim and values["lora_layers"] == "full":  # LyCORIS's conv_alpha defaults to network_alpha
             values |= {"conv_rank": as_number(conv_dim, "network_args conv_dim", problem, int),
                        "conv_alpha": as_number(conv_alpha or alpha, "network_args conv_alpha", problem)}
+        tucker = [key for key in ("use_cp", "use_tucker") if str(args.pop(key, "")).lower() == "true"]
+        if tucker and "conv_rank" in values:  # it factors the 3x3 convolutions' adapters otherwise than peft's
+            problem(f"network_args {tucker[0]}", "LyCORIS's CP (Tucker) decomposition of the convolutions is not one "
+                    f"lowvram trains; set {tucker[0]}=False, or drop conv_dim")
         factor = args.pop("factor", None)
         if factor is not None and values["network"] == "lokr":
             values["lokr_factor"] = as_number(factor, "network_args factor", problem, int)

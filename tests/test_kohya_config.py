@@ -136,9 +136,14 @@ def test_flags_replace_a_kohya_configs_paths_from_another_machine(tmp_path, caps
     assert (tmp_path / "out" / "mylora.safetensors").is_file()
 
 
-def test_kohyas_adafactor_takes_fixed_steps_only_where_its_arguments_say_so():
+def test_kohyas_adafactor_and_lycoris_cp_train_as_kohya_would_or_are_refused():
     """kohya's Adafactor without optimizer_args is relative-step (its own step sizes, scale_parameter on): not
-    lowvram's, which follows --lr; with the arguments kohya's docs give for a fixed rate, it carries over."""
+    lowvram's, which follows --lr; with the arguments kohya's docs give for a fixed rate, it carries over. LyCORIS's
+    use_cp factors adapted convolutions otherwise than peft: refused where convolutions are adapted."""
+    loha = {"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_args": ["algo=loha", "use_cp=True"]}
+    assert translate(loha, Path("k.toml"))[0]["network"] == "loha"  # no convolutions adapted: CP changes nothing
+    with pytest.raises(LowvramError, match="network_args use_cp: LyCORIS's CP .Tucker. decomposition"):
+        translate(loha | {"network_args": ["algo=loha", "use_cp=True", "conv_dim=8"]}, Path("k.toml"))
     with pytest.raises(LowvramError) as error:
         translate({"train_data_dir": "sample", "optimizer_type": "Adafactor", "optimizer_args": []}, Path("k.toml"))
     assert str(error.value) == (
