@@ -43,17 +43,6 @@ FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
 CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, in this order by default
-
-
-def caption_extension_problem(extension: str) -> str | None:
-    """Why `extension` names no caption file beside an image, or None. kohya reads any suffix (kohya_ss presets
-    give '.txt-no' on purpose, to caption from folder names); lowvram reads only that one where it is not one of
-    CAPTION_SUFFIXES."""
-    if extension.startswith(".") and len(extension) > 1 and not any(c in extension for c in "/\\ \t"):
-        return None
-    return f"'{extension}' is no file extension; give it with its dot, e.g. {CAPTION_SUFFIXES[0]}"
-
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # the image files a dataset trains on
 PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume",)  # one run's circumstance, not part of the recipe a saved config replays
@@ -70,6 +59,15 @@ def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | No
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def caption_extension_problem(extension: str) -> str | None:
+    """Why `extension` names no caption file beside an image, or None. kohya reads any suffix (kohya_ss presets
+    give '.txt-no' on purpose, to caption from folder names); lowvram reads only that one where it is not one of
+    CAPTION_SUFFIXES."""
+    if extension.startswith(".") and len(extension) > 1 and not any(c in extension for c in "/\\ \t"):
+        return None
+    return f"'{extension}' is no file extension; give it with its dot, e.g. {CAPTION_SUFFIXES[0]}"
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
 
 def _unreplaced(values: dict[str, Any], given: Collection[str]) -> dict[str, Any]:
     """A file's values less those the command line gives (and so replaces), with the alternatives of each (a file's
-    --sample-prompts file where the command line gives --sample-prompt)."""
+    epochs where the command line gives --max-steps)."""
     replaced = set(given) | {name for group in ALTERNATIVES if set(group) & set(given) for name in group}
     return {key: value for key, value in values.items() if key not in replaced}
 
