@@ -386,6 +386,9 @@ def train_values(args: argparse.Namespace) -> dict:
                 for name in group:
                     values.pop(name, None)
         values.update(layer)
+    if {"shuffle_tags", "tag_dropout"} & set(flags) and "keep_tokens" not in flags and not (
+            values.get("shuffle_tags") or values.get("tag_dropout")):
+        values.pop("keep_tokens", None)  # a file's kept tags, idle once the flags move no tag: not the user's error
     return with_network_weights(values)
 
 

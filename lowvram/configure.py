@@ -153,12 +153,27 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
     if problems:
         raise LowvramError("\n".join(f"{data}: {line}" for line in problems))
     notes = [dataset.summary, *dataset.notes]
+    values = dict(dataset.values)
     if not dataset_wins:
         notes += [f"{flag_name(fields_by_name()[name][1])} {layer[name]} from {source} replaces its setting ({value})"
-                  for name, value in dataset.values.items() if name in layer and layer[name] != value]
+                  for name, value in values.items() if name in layer and layer[name] != value]
+        for name in layer:  # the run's value: a subset that sets its own keeps it
+            keeping = [subset.folder.name for subset in dataset.subsets if name in (subset.settings or {})]
+            if keeping:
+                notes.append(f"{flag_name(fields_by_name()[name][1])} from {source} is the run's; "
+                             f"{', '.join(keeping)} keep{'s' * (len(keeping) == 1)} their own from the file")
+        if "resolution" in layer and "extra_resolutions" in values and "extra_resolutions" not in layer:
+            extra = [side for side in str(values["extra_resolutions"]).split(",") if side.strip() != str(layer[
+                "resolution"])]
+            if len(extra) < len(str(values["extra_resolutions"]).split(",")):
+                notes.append(f"--resolution {layer['resolution']} from {source} is one of its resolutions already: "
+                             "trained once")
+            values["extra_resolutions"] = ",".join(extra)
+            if not extra:
+                del values["extra_resolutions"]
     for note in notes if not quiet else ():
         print(f"{data}: {note}", file=sys.stderr)
-    return layer | dataset.values if dataset_wins else dataset.values | layer
+    return layer | values if dataset_wins else values | layer
 
 
 def _unreplaced(values: dict[str, Any], given: Collection[str]) -> dict[str, Any]:

@@ -121,3 +121,55 @@ def test_a_onetrainer_concepts_own_augmentation_and_tag_settings(tmp_path, sampl
     assert [s.settings for s in dataset.subsets] == [
         None, {"flip": False, "crop": "center", "shuffle_tags": True, "keep_tokens": 2}]
     assert "shuffle_tags: the concepts differ (False, True); each trains its images with its own" in dataset.notes
+
+
+def test_a_onetrainer_prior_concept_keeps_its_own_settings_and_is_refused_what_training_ones_are(tmp_path,
+                                                                                                 sample_data):
+    concepts = [{"name": "subject", "path": str(sample_data / "5_lvshape"), "text": {"enable_tag_shuffling": True},
+                 "concept_stats": {"image_count": 6}},  # OneTrainer's cached counts: no setting to carry over
+                {"name": "class", "path": str(sample_data / "5_lvshape"), "type": "PRIOR_PREDICTION",
+                 "image": {"enable_random_flip": False}}]
+    (tmp_path / "concepts.json").write_text(json.dumps(concepts))
+    dataset = read_dataset(tmp_path / "concepts.json")
+    prior = [s for s in dataset.subsets if s.regularization]
+    assert prior and prior[0].settings == {"flip": False, "shuffle_tags": False, "keep_tokens": 0}
+    assert not any("not carried over" in note for note in dataset.notes)
+    concepts[1]["image"]["enable_random_rotate"] = True
+    (tmp_path / "concepts.json").write_text(json.dumps(concepts))
+    with pytest.raises(LowvramError, match=r"concepts\[2\] \(class\) image.enable_random_rotate"):
+        read_dataset(tmp_path / "concepts.json")
+
+
+def test_flags_set_the_runs_value_and_say_which_subsets_keep_their_own(tmp_path, sample_data, capsys):
+    from lowvram.cli import main
+
+    two_folders(tmp_path, sample_data)
+    path = dataset_file(tmp_path, {"flip_aug": True})
+    text = (tmp_path / "dataset.toml").read_text()
+    (tmp_path / "dataset.toml").write_text("[general]\nshuffle_caption = true\nkeep_tokens = 1\n" + text)
+    # --no-shuffle-tags leaves the file's kept tags nothing to keep in place: no error about a flag not given
+    assert main(["check-data", path, "--flip", "--no-shuffle-tags"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--flip from the command line is the run's; varied keeps their own from the file" in err
+
+
+def test_a_resolution_flag_over_kohyas_several_resolutions_trains_each_once(tmp_path, sample_data, capsys):
+    from lowvram.configure import with_dataset_settings as settings_of
+
+    subset = f'[[datasets.subsets]]\nimage_dir = "{sample_data / "5_lvshape"}"\n'
+    path = tmp_path / "multires.toml"
+    path.write_text("".join(f"[[datasets]]\nresolution = {side}\n{subset}" for side in (128, 96, 64)))
+    values = settings_of({"data": str(path), "resolution": 64}, "the command line")
+    assert (values["resolution"], values["extra_resolutions"]) == (64, "96")
+    assert "--resolution 64 from the command line is one of its resolutions already" in capsys.readouterr().err
+    run_config(**values)  # not refused as "--extra-resolutions: 64 is --resolution already"
+
+
+def test_datasets_at_other_resolutions_with_a_missing_folder_say_only_that(tmp_path, sample_data):
+    (tmp_path / "two.toml").write_text(
+        f'[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = "{sample_data / "5_lvshape"}"\n'
+        f'[[datasets]]\nresolution = 128\n[[datasets.subsets]]\nimage_dir = "{tmp_path / "gone"}"\n')
+    with pytest.raises(LowvramError) as error:
+        read_dataset(tmp_path / "two.toml")
+    missing = f"{tmp_path / 'two.toml'}: datasets[2].subsets[1] image_dir: folder not found: {tmp_path / 'gone'}"
+    assert str(error.value).splitlines() == [missing]  # not also "the datasets differ" in resolution

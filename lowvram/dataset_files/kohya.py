@@ -44,7 +44,8 @@ SUBSET_SETTINGS = {"shuffle_caption": "shuffle_tags", "keep_tokens": "keep_token
 KOHYA_DEFAULTS = {"shuffle_caption": False, "keep_tokens": 0, "caption_extension": ".caption", "flip_aug": False,
                   "color_aug": False, "random_crop": False, "caption_dropout_rate": 0.0,
                   "caption_tag_dropout_rate": 0.0, "alpha_mask": False, "keep_tokens_separator": "",
-                  "enable_wildcard": False, "caption_separator": ",", "secondary_separator": ""}
+                  "enable_wildcard": False, "caption_separator": ",", "secondary_separator": "",
+                  "caption_dropout_every_n_epochs": 0}
 SWITCH_VALUES = {"color_aug": (0.1, 0.0), "random_crop": ("random", "center")}  # kohya's switch -> (on, off)
 STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_prefix", "caption_suffix",
              "metadata_file"}  # per subset
@@ -52,7 +53,9 @@ STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_pref
 INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed"}
 # they would change what the model is shown: refused rather than trained without
 REFUSED = {
-    "conditioning_data_dir": "ControlNet training is not something lowvram does",
+    "conditioning_data_dir": "ControlNet training is not something lowvram does; for kohya's masked loss (its masks "
+                             "in that folder), put each mask beside its image as <image name>-masklabel.png and "
+                             "train with --masked-loss",
     "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
     "skip_image_resolution": "lowvram skips no images by resolution; leave it out (`lowvram check-data` lists small "
                              "images, and --small-images skip leaves them out)",
@@ -124,9 +127,10 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
         # the run's)
         own = {key: _own_values(key, run_values.get(key, []), per_dataset, notes) for key in OWN_SETTINGS}
         for key, values in own.items():
-            if values:
+            if values is not None:
                 run_values[key] = run_values[key][:1]
-        subsets = [replace(subset, **{key: own[key].get(id(subset)) for key in OWN_SETTINGS}) for subset in subsets]
+        subsets = [replace(subset, **{key: (own[key] or {}).get(id(subset)) for key in OWN_SETTINGS})
+                   for subset in subsets]
     values = _run_values(run_values, problem) | ({"extra_resolutions": extra} if extra else {})
     caption_values, subsets = _subset_values(settings, subsets, notes)
     values |= caption_values
@@ -217,17 +221,17 @@ def _several_resolutions(found: list[tuple[Any, str]], per_dataset: list[list[Su
 
 
 def _own_values(key: str, found: list[tuple[Any, str]], per_dataset: list[list[Subset]], notes: list[str]
-                ) -> dict[int, int]:
+                ) -> dict[int, int] | None:
     """kohya's datasets of different images at different square resolutions or batch sizes (`key`): the value of
-    each subset (by id) of a dataset other than the first whose value differs from the first's; {} where the
-    datasets agree, where one leaves it to the command line, or where one is not a value lowvram trains (refused
-    later, naming the datasets)."""
+    each subset (by id) of a dataset other than the first whose value differs from the first's (none where its
+    subsets are missing, which is said on its own); None where the datasets agree, where one leaves it to the
+    command line, or where one is not a value lowvram trains (refused later, naming the datasets)."""
     values = [value[0] if key == "resolution" and isinstance(value, list) and len(value) == 2 and value[0] == value[1]
               else value for value, _ in found]
     valid = all(isinstance(v, int) and not isinstance(v, bool) and (v >= 64 and v % 8 == 0 if key == "resolution"
                                                                       else v >= 1) for v in values)
     if len(found) != len(per_dataset) or not valid or len(set(values)) < 2:
-        return {}
+        return None
     own = {id(subset): value for value, subsets in zip(values[1:], per_dataset[1:], strict=True) if value != values[0]
            for subset in subsets}
     what = OWN_SETTINGS[key]

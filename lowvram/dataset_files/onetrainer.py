@@ -27,7 +27,7 @@ from lowvram.kohya_config import as_number
 # a concept's own keys lowvram reads; the rest of its image and text settings are below
 CONCEPT_KEYS = {"name", "path", "enabled", "type", "validation_concept", "include_subdirectories", "balancing",
                 "balancing_strategy", "repeats", "loss_weight", "image_variations", "text_variations", "image",
-                "text", "seed", "__version"}
+                "text", "seed", "__version", "concept_stats"}  # concept_stats: OneTrainer's own cached counts
 PROMPT_SOURCES = ("sample", "concept", "filename")
 # on, they would change what the model is shown in a way lowvram does not do: refused, not trained without
 REFUSED = {
@@ -88,6 +88,7 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
                          "training images per epoch, their target the model's own prediction (--prior-prediction)")
         else:
             training.append((concept, folders, where))
+        if role in ("training", "prior"):  # their images train: with their own image and text settings
             for key, why in REFUSED.items():
                 section, name = key.split(".")
                 if (concept.get(section) or {}).get(name) is True:
@@ -98,10 +99,10 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
     if not training and not problems:
         problem("concepts", "no enabled training concept; enable one, or add one with the folder of the images to "
                 "train on")
-    values, owns = settle([_options(concept, where, notes, problem) for concept, _, where in training], notes,
-                          "concepts")
-    subsets = (_subsets(training, path, notes, problem, owns=owns)
-               + _subsets(priors, path, notes, problem, regularization=True))
+    values, owns = settle([_options(concept, where, notes, problem) for concept, _, where in training + priors],
+                          notes, "concepts")
+    subsets = (_subsets(training, path, notes, problem, owns=owns[:len(training)])
+               + _subsets(priors, path, notes, problem, regularization=True, owns=owns[len(training):]))
     values["caption_lines"] = "each"  # OneTrainer draws one of a caption's lines each time
     if not values.get("keep_tokens"):
         values.pop("keep_tokens", None)

@@ -75,6 +75,7 @@ def settle(each: list[dict[str, Any]], notes: list[str], parts: str, written: li
     owns = [{key: value for key, value in settings.items() if key not in first or value != first[key]}
             for settings in each]
     for key in dict.fromkeys((names or {}).get(key, key) for own in owns for key in own):
-        shown = ", ".join(sorted({str(settings.get(key)) for settings in written or each}))
+        shown = ", ".join(sorted({str(settings.get(key)) if settings.get(key) != "" else "''"
+                                  for settings in written or each}))
         notes.append(f"{key}: the {parts} differ ({shown}); each trains its images with its own")
     return {key: value for key, value in first.items() if value is not None}, owns
