@@ -163,6 +163,11 @@ def test_a_resolution_flag_over_kohyas_several_resolutions_trains_each_once(tmp_
     assert (values["resolution"], values["extra_resolutions"]) == (64, "96")
     assert "--resolution 64 from the command line is one of its resolutions already" in capsys.readouterr().err
     run_config(**values)  # not refused as "--extra-resolutions: 64 is --resolution already"
+    from lowvram.cli import main
+
+    assert main(["check-data", str(path), "--model", "tiny", "--resolution", "64"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "each image trains at 64 px, 96 px: 12 samples per epoch with repeats" in out
 
 
 def test_datasets_at_other_resolutions_with_a_missing_folder_say_only_that(tmp_path, sample_data):

@@ -87,6 +87,10 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
             exc.report.write_json(report_path)
         raise
     report.print_summary(console, verbose)
+    if len(run.resolutions) > 1:  # the buckets above are --resolution's; every image trains at each
+        sides = ", ".join(f"{side} px" for side in run.resolutions)
+        console.print(f"each image trains at {sides}: {report.summary()['samples_per_epoch'] * len(run.resolutions)} "
+                      "samples per epoch with repeats (the buckets above are the first resolution's)")
     if report_path:
         report.write_json(report_path)
         console.print(f"report written to {report_path}")
