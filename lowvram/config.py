@@ -61,15 +61,6 @@ def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | No
     return field(default=default, metadata=meta)
 
 
-def caption_extension_problem(extension: str) -> str | None:
-    """Why `extension` names no caption file beside an image, or None. kohya reads any suffix (kohya_ss presets
-    give '.txt-no' on purpose, to caption from folder names); lowvram reads only that one where it is not one of
-    CAPTION_SUFFIXES."""
-    if extension.startswith(".") and len(extension) > 1 and not any(c in extension for c in "/\\ \t"):
-        return None
-    return f"'{extension}' is no file extension; give it with its dot, e.g. {CAPTION_SUFFIXES[0]}"
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     model: str | None = option(None, "Base model: a single-file .safetensors checkpoint, a diffusers folder, a hub "

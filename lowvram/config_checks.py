@@ -12,12 +12,17 @@ from lowvram.config import (
     TRAIN_TIMESTEPS,
     ZERO_SNR_NEEDS_V,
     RunConfig,
-    caption_extension_problem,
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.optim import OPTIMIZERS, optimizer_kwargs
-from lowvram.option_values import parse_colour, parse_resolutions, parse_save_every, parse_until
+from lowvram.option_values import (
+    caption_extension_problem,
+    parse_colour,
+    parse_resolutions,
+    parse_save_every,
+    parse_until,
+)
 from lowvram.prompts import parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.timesteps import timestep_problem

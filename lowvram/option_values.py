@@ -1,5 +1,5 @@
-"""The text forms some options take, parsed: a save interval ('500', '2e'), --text-encoder-until ('25%'), and a
-background colour. Plain functions below the config, so the config checker and the run read them alike."""
+"""The text forms some options take, parsed: a save interval ('500', '2e'), --text-encoder-until ('25%'), a
+background colour, and a caption extension. Plain functions below the config, so the config checker and the run read them alike."""
 
 from __future__ import annotations
 
@@ -68,3 +68,12 @@ def parse_colour(text: str) -> tuple[int, int, int]:
     if len(parts) != 3 or not all(0 <= p <= 255 for p in parts):
         raise ValueError(f"'{text}' is not a colour: use white, black, grey, #RRGGBB or R,G,B")
     return tuple(parts)  # type: ignore[return-value]
+
+
+def caption_extension_problem(extension: str) -> str | None:
+    """Why `extension` names no caption file beside an image, or None. kohya reads any suffix (kohya_ss presets
+    give '.txt-no' on purpose, to caption from folder names); lowvram reads only that one where it is not one of
+    its own (.txt, .caption), which it reads both of."""
+    if extension.startswith(".") and len(extension) > 1 and not any(c in extension for c in "/\\ \t"):
+        return None
+    return f"'{extension}' is no file extension; give it with its dot, e.g. .txt"

@@ -23,7 +23,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from lowvram.config import IMAGE_SUFFIXES, caption_extension_problem
+from lowvram.config import IMAGE_SUFFIXES
 from lowvram.data.buckets import Buckets
 from lowvram.data.captions import captions_of, read_caption_file, split_kept_tags
 from lowvram.data.image_files import (
@@ -37,6 +37,7 @@ from lowvram.data.image_files import (
 )
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
+from lowvram.option_values import caption_extension_problem
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
 SILENT_NAMES = ("Thumbs.db", "desktop.ini")
