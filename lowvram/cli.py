@@ -24,6 +24,7 @@ from lowvram.configure import (
 )
 from lowvram.errors import LowvramError
 from lowvram.lora_header import with_network_weights
+from lowvram.option_values import area_side, width_height
 from lowvram.resize import DYNAMIC
 from lowvram.samplers import SAMPLERS, sampler_name
 
@@ -389,6 +390,10 @@ def train_values(args: argparse.Namespace) -> dict:
     if {"shuffle_tags", "tag_dropout"} & set(flags) and "keep_tokens" not in flags and not (
             values.get("shuffle_tags") or values.get("tag_dropout")):
         values.pop("keep_tokens", None)  # a file's kept tags, idle once the flags move no tag: not the user's error
+    shape = width_height(values.get("resolution"))
+    if shape and shape[0] != shape[1] and values.get("bucket") is not False:  # else refused, naming the fix
+        print(f"--resolution {shape[0]},{shape[1]} is kohya's width,height: lowvram trains aspect-ratio buckets of "
+              f"about its pixel area, those of {area_side(*shape)} px square, as kohya's buckets do", file=sys.stderr)
     return with_network_weights(values)
 
 

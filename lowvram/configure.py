@@ -35,6 +35,7 @@ from lowvram.errors import LowvramError
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
+from lowvram.option_values import area_side, width_height
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -311,13 +312,13 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
             continue
         section, f, kind = known[name]
         flag = flag_name(f)
-        if name == "resolution" and isinstance(value, str) and "," in value:  # kohya's "W,H"
-            width, _, height = value.partition(",")
-            if width.strip() != height.strip():
-                problems.append(f"{flag}: '{value}' is kohya's width,height; lowvram takes one number, the side of a "
-                                "square (aspect-ratio buckets give the other shapes)")
+        shape = width_height(value) if name == "resolution" else None
+        if shape:  # kohya's "W,H": buckets of its pixel area (train_values says so); square without buckets
+            if shape[0] != shape[1] and str(values.get("bucket")).lower() in ("false", "no", "0"):
+                problems.append(f"{flag}: '{value}' is kohya's width,height; with --no-bucket lowvram crops every "
+                                "image square: give one side, or drop --no-bucket to train buckets of its area")
                 continue
-            value = width.strip()
+            value = shape[0] if shape[0] == shape[1] else area_side(*shape)
         try:
             value = _coerce(value, kind)
         except (TypeError, ValueError) as exc:

@@ -1,6 +1,6 @@
 """kohya sd-scripts' flag names and the lowvram options that mean the same, so a kohya user who types
 `--network_dim 16` is told `--rank 16` instead of "unknown option". Flags both share (--seed, --vae,
---resolution: kohya's `512,512` is read as 512) need no entry. Plain data; the README's table is this one
+--resolution: kohya's `512,512` is read as 512, `512,768` as buckets of its area) need no entry. Plain data; the README's table is this one
 (tests/test_rough_edges.py checks they agree)."""
 
 from __future__ import annotations

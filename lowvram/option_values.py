@@ -1,7 +1,9 @@
 """The text forms some options take, parsed: a save interval ('500', '2e'), --text-encoder-until ('25%'), a
-background colour, and a caption extension. Plain functions below the config, so the config checker and the run read them alike."""
+background colour, a caption extension, and kohya's width,height resolution. Plain functions below the config, so the config checker and the run read them alike."""
 
 from __future__ import annotations
+
+import math
 
 
 def parse_save_every(value: str | None) -> tuple[int, str] | None:
@@ -49,6 +51,25 @@ def parse_resolutions(text: str | None) -> tuple[int, ...]:
     if len(set(sides)) < len(sides):
         raise ValueError(f"'{text}' names a resolution twice")
     return sides
+
+
+def width_height(value: object) -> tuple[int, int] | None:
+    """kohya's resolution as width and height ('512,768', or a dataset file's [512, 768]); None for anything else."""
+    parts = value.replace(" ", "").split(",") if isinstance(value, str) else value
+    if not isinstance(parts, (list, tuple)) or len(parts) != 2:
+        return None
+    try:
+        width, height = (int(part) for part in parts)
+    except (TypeError, ValueError):
+        return None
+    return width, height
+
+
+def area_side(width: int, height: int) -> int:
+    """lowvram's --resolution for kohya's width,height with buckets: the side of the square of at least its pixel area,
+    on the 8 px latent grid. Its buckets are kohya's for width x height but for a few near its area's edge."""
+    side = math.isqrt(width * height - 1) + 1
+    return -(-side // 8) * 8
 
 
 COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (127, 127, 127), "gray": (127, 127, 127)}

@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from lowvram.cli import main
 from lowvram.configure import build_config, read_toml
+from lowvram.data.buckets import default_buckets
 from lowvram.dataset_files import read_dataset
 from lowvram.errors import LowvramError
 from lowvram.train.loop import train
@@ -93,7 +94,7 @@ def test_relative_image_folders_are_found_beside_the_file_when_not_in_the_curren
     assert dataset.root == (tmp_path / "project" / "imgs").resolve()
 
 
-def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path, monkeypatch):
+def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)
     doc = {"general": {"face_crop_aug_range": [2.0, 4.0]},
@@ -111,9 +112,23 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     with pytest.raises(LowvramError, match="every subset is is_reg = true"):
         read_dataset(write(tmp_path / "reg.toml",
                            {"datasets": [{"subsets": [{"image_dir": "imgs/reg", "is_reg": True}]}]}))
-    with pytest.raises(LowvramError, match="not square"):
-        read_dataset(write(tmp_path / "wide.toml", {"general": {"resolution": [768, 512]},
-                                                    "datasets": [{"subsets": [{"image_dir": "imgs/alpha"}]}]}))
+    cropped = {"general": {"resolution": [768, 512], "enable_bucket": False},
+               "datasets": [{"subsets": [{"image_dir": "imgs/alpha"}]}]}
+    assert main(["plan", "--model", "tiny", "--data", str(write(tmp_path / "crop.toml", cropped)), "--vram", "6GB"]) == 2
+    assert "'[768, 512]' is kohya's width,height; with --no-bucket lowvram crops every image square" in capsys.readouterr().err
+
+
+def test_a_width_and_height_trains_buckets_of_about_its_area(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    wide = write(tmp_path / "wide.toml", {"general": {"resolution": [768, 512], "enable_bucket": True},
+                                          "datasets": [{"subsets": [{"image_dir": "imgs/alpha"}]}]})
+    assert main(["plan", "--model", "tiny", "--data", str(wide), "--vram", "6GB"]) == 0
+    out, err = capsys.readouterr()
+    assert "--resolution 768,512 is kohya's width,height: lowvram trains aspect-ratio buckets of about its pixel area, " \
+           "those of 632 px square" in err
+    assert "tiny SD (random weights) at 632px" in out
+    assert (768, 512) in default_buckets(632).shapes and (512, 768) in default_buckets(632).shapes
 
 
 def test_a_file_that_is_no_dataset_config_or_a_second_reg_source_is_an_error_naming_the_fix(tmp_path, monkeypatch,

@@ -190,8 +190,9 @@ def test_kohya_flag_names_are_answered_with_the_lowvram_option(capsys):
     for kohya, ours in (("--train_data_dir", "--data"), ("--network_dim", "--rank"), ("--learning_rate", "--lr")):
         assert f"{kohya} is kohya's name; lowvram's is {ours}" in err
     assert build_config({"model": "tiny", "data": "sample", "resolution": "512,512"}).data.resolution == 512
-    with pytest.raises(LowvramError, match="'512,768' is kohya's width,height"):
-        build_config({"model": "tiny", "data": "sample", "resolution": "512,768"})
+    assert build_config({"model": "tiny", "data": "sample", "resolution": "512, 768"}).data.resolution == 632
+    with pytest.raises(LowvramError, match="'512,768' is kohya's width,height; with --no-bucket lowvram crops"):
+        build_config({"model": "tiny", "data": "sample", "resolution": "512,768", "bucket": False})
 
 
 def test_every_kohya_name_points_at_a_real_option_and_the_readme_shows_the_table():

@@ -8,7 +8,7 @@ dataset's settings once per run. Caption and augmentation settings are the first
 a note; the caption prefix and suffix stay each subset's own. Datasets
 of the same subsets at different resolutions are kohya's multi-resolution training (--extra-resolutions); datasets
 of other images at other resolutions or batch sizes train each subset at its dataset's. Settings that would make a
-different kind of run (a resolution that is not square) are refused, as are caption rewrites lowvram lacks, each
+different kind of run (face-crop augmentation) are refused, as are caption rewrites lowvram lacks, each
 in one line naming the setting and the fix. An image folder is read as kohya reads it: its images sit
 directly in it, and its name gives no repeats. A relative path is taken from the current folder, as kohya takes
 it, else from the file's folder.
@@ -251,12 +251,8 @@ def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, A
                     "or train each dataset as a run of its own")
             continue
         value = seen[0][0]
-        if key == "resolution" and isinstance(value, list):  # kohya's [width, height]
-            if len(value) != 2 or value[0] != value[1]:
-                problem(key, f"{value} is not square; lowvram trains at a square resolution, and its aspect-ratio "
-                        "buckets give the other shapes: give one number")
-                continue
-            value = value[0]
+        if key == "resolution" and isinstance(value, list) and len(value) == 2 and value[0] == value[1]:
+            value = value[0]  # kohya's [width, height]; one that is not square is read as the options read "W,H"
         if key == "enable_bucket" and value is not False:
             continue  # lowvram buckets unless told not to, as kohya_ss's configs ask
         values[RUN_SETTINGS[key]] = value
