@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Read every file of a dataset once and report what was found and what "
                            "training will do with it (convert, crop, skip and why), per folder and bucket. "
                            "Nothing in the folder is modified.")
-    check.add_argument("data", metavar="DIR", help="dataset folder")
+    _add_data_argument(check, "dataset folder, or a kohya or OneTrainer dataset file")
     check.add_argument("--report", type=Path, metavar="PATH", help="also write the full report as JSON")
     check.add_argument("--verbose", action="store_true", help="list every file with a note, not only skipped ones")
     check.add_argument("--config", type=Path, help="a training config: its [model] and [data] options apply")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write a .txt caption for each image of a dataset that has none, with a WD14-style "
                          "tagger (tags) or an image-to-text model such as BLIP (a sentence). Nothing in the folder "
                          "changes but the new caption files.")
-    cap.add_argument("data", metavar="DIR", help="dataset folder (kohya-style N_name subfolders are captioned too)")
+    _add_data_argument(cap, "dataset folder (kohya-style N_name subfolders are captioned too)")
     cap.add_argument("--dry-run", action="store_true", help="say what would be captioned, and where the model would "
                      "run, without loading it")
     cap.add_argument("--vram", metavar="SIZE", help="plan for at most this much VRAM (e.g. 4GB)")
@@ -397,13 +397,25 @@ def train_values(args: argparse.Namespace) -> dict:
     return with_network_weights(values)
 
 
+def _add_data_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """The dataset as the command's argument, or as --data, which `lowvram train` taught the hand to type."""
+    parser.add_argument("data", metavar="DIR", nargs="?", help=what)
+    parser.add_argument("--data", dest="data_flag", metavar="DIR", help=argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    command = parser._subparsers._group_actions[0].choices[args.command]
     if unknown:  # reported by the subcommand's parser, so the message names `lowvram train` and its flags
-        parser._subparsers._group_actions[0].choices[args.command].error(
-            f"unrecognized arguments: {' '.join(unknown)}")
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if "data_flag" in args:
+        if args.data and args.data_flag and args.data != args.data_flag:
+            command.error(f"two datasets: {args.data} and --data {args.data_flag}; give one")
+        args.data = args.data or args.data_flag
+        if not args.data:
+            command.error(f"the dataset is required: lowvram {args.command} DIR")
     try:
         if args.command not in ("plan", "doctor", "train", "info", "check-data"):  # fast: diffusers takes seconds
             _quiet_libraries()

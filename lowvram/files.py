@@ -75,8 +75,11 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
     what = what or path.name
     if size is not None:
         ensure_room(path.parent, size, what)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # read-only, a file where a folder should be, no permission
+        raise LowvramError(f"could not write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -93,6 +96,22 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
             raise LowvramError(f"could not write {path}: {exc.strerror or exc}") from None
         raise
     return path
+
+
+def write_problem(folder: Path) -> str | None:
+    """Why no file can be written in `folder` (made with its parents first, as a write would): read-only, a file
+    where a folder should be, no permission; None when one can."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"can't write in {folder}: {existing} is a file, not a folder"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return f"can't write in {folder}: {exc.strerror or exc}"
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -24,7 +24,7 @@ from lowvram.cli import build_parser, main
 from lowvram.config import PLANNING_MODEL
 from lowvram.configure import build_config, read_toml
 from lowvram.data.buckets import default_buckets
-from lowvram.data.cache import check_free_space
+from lowvram.data.cache import cache_problem
 from lowvram.data.scan import scan_dataset
 from lowvram.doctor import _auto_line, _gpu_line
 from lowvram.errors import LowvramError
@@ -77,7 +77,7 @@ def test_human_size_picks_the_unit_that_shows_the_size():
 
 def test_a_cache_folder_short_of_space_names_two_different_sizes(tmp_path):
     needed = shutil.disk_usage(tmp_path).free + 1024
-    message = check_free_space(tmp_path / "cache", needed)  # why it does not fit (the run then caches in memory)
+    message = cache_problem(tmp_path / "cache", needed)  # why it does not fit (the run then caches in memory)
     free, required = re.search(r"has ([\d.]+ \w+) free but the cache needs ([\d.]+ \w+)", message).groups()
     assert free != required, message
     assert "\n" not in message and "--cache-dir" in message

@@ -25,7 +25,7 @@ from lowvram.data.augment import Variant, apply_variant
 from lowvram.data.buckets import Placement
 from lowvram.data.scan import ImageRecord, ScanOptions, open_training_image
 from lowvram.errors import LowvramError
-from lowvram.files import DiskFull, human_size, remove_orphans, save_safetensors
+from lowvram.files import DiskFull, human_size, remove_orphans, save_safetensors, write_problem
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes, so old entries are never misread
 
@@ -167,10 +167,14 @@ def estimate_bytes(latent_jobs: list[LatentJob], text_jobs: list[TextJob], vae: 
     return latent + text + 256 * (len(latent_jobs) + len(text_jobs))
 
 
-def check_free_space(folder: Path, needed: int) -> str | None:
-    """Why a cache of `needed` more bytes will not fit the disk (with 10% to spare for headers and other
-    writers), or None when it does."""
-    folder.mkdir(parents=True, exist_ok=True)
+def cache_problem(folder: Path, needed: int) -> str | None:
+    """Why a cache of `needed` more bytes cannot be written to `folder`: no file can be written there, or it will
+    not fit the disk (with 10% to spare for headers and other writers); None when it can."""
+    if not needed:
+        return None  # all cached: a read-only cache (a shared one) serves as well
+    problem = write_problem(folder)
+    if problem:
+        return f"--cache-dir: {problem} (pass a --cache-dir you can write to, to keep the cache)"
     free = shutil.disk_usage(folder).free
     required = int(needed * 1.1)
     if required <= free:

@@ -1,9 +1,11 @@
 """A caption file as the dataset scan reads it: the `.txt` or `.caption` beside an image (the extension asked for
-first), its non-empty lines, in UTF-8, or else in Windows' code page, which Notepad and older taggers saved in.
+first, in any case), its non-empty lines, in UTF-8, in UTF-16 (Windows' "Unicode"), or else in Windows' code page,
+which Notepad and older taggers saved in.
 What was found is said in notes, never raised: a caption problem never stops a scan."""
 
 from __future__ import annotations
 
+import codecs
 import math
 import random
 import re
@@ -19,7 +21,7 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     """(the caption: its non-empty lines, stripped, one per line; or None where there is no file, it is empty or
     unreadable; notes; the file when it was not UTF-8)."""
     order = [extension] + [s for s in CAPTION_SUFFIXES if s != extension and extension in CAPTION_SUFFIXES]
-    found = [image.with_suffix(s) for s in order if image.with_suffix(s).is_file()]
+    found = [path for path in (_caption_file(image, suffix) for suffix in order) if path]
     notes: list[str] = []
     if len(found) > 1:
         notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
@@ -30,15 +32,44 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
         raw = found[0].read_bytes()
     except OSError as exc:
         return None, notes + [f"caption unreadable ({exc.strerror or exc}): template used"], None
-    try:
-        decoded = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        decoded, non_utf8 = _decode_legacy(raw), found[0]
-        notes.append(f"caption not UTF-8: read as cp1252 (save {found[0].name} as UTF-8 to be sure)")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows Notepad's "Unicode", PowerShell 5's >
+        decoded = raw.decode("utf-16", errors="replace")
+    elif b"\0" in raw:  # UTF-16 without its byte-order mark, or no text at all
+        decoded = _decode_utf16(raw)
+        if decoded is None:
+            return None, notes + [f"caption unreadable: {found[0].name} holds NUL bytes, not text: template used"], None
+        notes.append(f"caption is UTF-16 without a byte-order mark: read as such (save {found[0].name} as UTF-8 to "
+                     "be sure)")
+    else:
+        try:
+            decoded = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            decoded, non_utf8 = _decode_legacy(raw), found[0]
+            notes.append(f"caption not UTF-8: read as cp1252 (save {found[0].name} as UTF-8 to be sure)")
     text = "\n".join(line.strip() for line in decoded.splitlines() if line.strip()) or None
     if text is None:
         notes.append("empty caption file: template used")
     return text, notes, non_utf8
+
+
+def _caption_file(image: Path, suffix: str) -> Path | None:
+    """The image's caption file of `suffix` in whichever case it is written (.txt, .TXT, .Txt: Windows keeps them
+    apart from nothing, Linux from each other)."""
+    variants = (suffix, suffix.lower(), suffix.upper(), suffix[:2].upper() + suffix[2:].lower())
+    return next((image.with_suffix(v) for v in dict.fromkeys(variants) if image.with_suffix(v).is_file()), None)
+
+
+def _decode_utf16(raw: bytes) -> str | None:
+    """Text saved as UTF-16 without a byte-order mark (its NUL bytes fall on the odd places in little-endian, the even
+    in big-endian); None for bytes that are no such text."""
+    odd, even = raw[1::2].count(0), raw[0::2].count(0)
+    if len(raw) % 2 or max(odd, even) < 0.4 * len(raw) / 2:  # Latin text in UTF-16 has a NUL in most places of one
+        return None
+    try:
+        decoded = raw.decode("utf-16-le" if odd >= even else "utf-16-be")
+    except UnicodeDecodeError:
+        return None
+    return None if "\0" in decoded else decoded
 
 
 def _decode_legacy(raw: bytes) -> str:

@@ -115,16 +115,25 @@ def has_alpha(im: Image.Image) -> bool:
 def to_rgb(im: Image.Image, background: tuple[int, int, int], alpha_mask: bool) -> tuple[Image.Image, Image.Image | None]:
     if has_alpha(im) and im.mode not in HIGH_BIT_MODES:
         rgba = im.convert("RGBA")
-        alpha = rgba.getchannel("A")
-        if alpha_mask:
-            return rgba.convert("RGB"), alpha
-        out = Image.new("RGB", rgba.size, tuple(background))
-        out.paste(rgba.convert("RGB"), mask=alpha)
-        return out, None
+        return _composited(rgba.convert("RGB"), rgba.getchannel("A"), background, alpha_mask)
     if im.mode in HIGH_BIT_MODES:  # Pillow's own convert clips these at 255 instead of scaling
         array = np.asarray(im).astype(np.float32)
         peak = float(array.max()) if array.size else 0.0  # 'I' and 'F' carry no bit depth: guess it from the peak
         top = 65535.0 if im.mode.startswith("I;16") or peak > 255 else 1.0 if im.mode == "F" and peak <= 1 else 255.0
         grey = np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
+        transparent = im.info.get("transparency")
+        if isinstance(transparent, (int, float)):  # a 16-bit grey PNG's tRNS: one grey level is see-through
+            alpha = Image.fromarray(np.where(array == transparent, 0, 255).astype(np.uint8))
+            return _composited(Image.fromarray(grey).convert("RGB"), alpha, background, alpha_mask)
         return Image.fromarray(grey).convert("RGB"), None
     return im.convert("RGB"), None
+
+
+def _composited(rgb: Image.Image, alpha: Image.Image, background: tuple[int, int, int], alpha_mask: bool
+                ) -> tuple[Image.Image, Image.Image | None]:
+    """The pixels on the background colour, or as they are with the alpha as the loss mask (--alpha-mask)."""
+    if alpha_mask:
+        return rgb, alpha
+    out = Image.new("RGB", rgb.size, tuple(background))
+    out.paste(rgb, mask=alpha)
+    return out, None

@@ -24,7 +24,7 @@ from lowvram.data.cache import (
     LatentJob,
     TensorStore,
     TextJob,
-    check_free_space,
+    cache_problem,
     encode_latents,
     encode_texts,
     estimate_bytes,
@@ -138,7 +138,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                   f"{len(text_jobs)} text embeddings, {total / 2**20:.1f} MiB; "
                   f"{len(missing_latents)} + {len(missing_texts)} to encode ({needed / 2**20:.1f} MiB)")
     latent_store.expected_bytes = text_store.expected_bytes = needed
-    short = check_free_space(cache_dir, needed)
+    short = cache_problem(cache_dir, needed)
     if short:
         latent_store.keep_in_memory(short, needed)
         text_store.keep_in_memory(short, needed)

@@ -41,7 +41,7 @@ from lowvram.option_values import caption_extension_problem
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
 SILENT_NAMES = ("Thumbs.db", "desktop.ini")
-REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$")  # kohya's: the repeats, then the label ("10" has none)
 MODE_NOTES = {"I;16": "16-bit -> 8-bit RGB", "CMYK": "CMYK -> RGB", "P": "palette -> RGB", "L": "greyscale -> RGB", "LA": "greyscale -> RGB",
               "1": "1-bit -> RGB", "I": "32-bit -> 8-bit RGB", "F": "32-bit float -> 8-bit RGB"}
 INDEX_VERSION = 1
@@ -274,9 +274,11 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     `layout_notes` (the N_name layout's judgement of the root's subfolders) means the root's subfolders need no
     further word; nor do the folders `elsewhere` (the dataset's other image folders, scanned in another role)."""
     root = Path(root).resolve()
-    if index_path is not None and Path(index_path).resolve().is_relative_to(root):
-        raise LowvramError(f"scan index {index_path} is inside the dataset folder {root}; keep it in the cache")
     judged = layout_notes is not None
+    # the image folders, not a dataset file's root: that may be the home folder the cache is in too
+    for folder in [root] if judged else [Path(f.path).resolve() for f in folders]:
+        if index_path is not None and Path(index_path).resolve().is_relative_to(folder):
+            raise LowvramError(f"scan index {index_path} is inside the dataset folder {folder}; keep it in the cache")
     files, listing_notes = _list_files(root, folders, "an N_name folder" if judged else "its image folder", judged,
                                        elsewhere)
     folder_notes = list(layout_notes or []) + listing_notes
@@ -329,7 +331,12 @@ def _repeat_folders(root: Path) -> tuple[list[ImageFolder], list[str]]:
         elif int(match.group(1)) == 0:
             notes.append(f"skipped folder {sub.name}/: 0 repeats")
         else:
-            folders.append(ImageFolder(sub, int(match.group(1)), match.group(2)))
+            folders.append(ImageFolder(sub, int(match.group(1)), match.group(2) or ""))
+    itself = REPEAT_FOLDER.match(root.name)
+    if len(folders) == 1 and itself and int(itself.group(1)):  # --data names the N_name folder, not its parent
+        folders = [ImageFolder(root, int(itself.group(1)), itself.group(2) or "")]
+        notes.append(f"{root.name}/ is itself an N_name folder: read as one ({itself.group(1)} repeats), as kohya "
+                     "reads it inside the folder it asks for")
     return folders, notes
 
 
@@ -367,6 +374,8 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                 keys.add(key)
             elif suffix not in SILENT_SUFFIXES and path.name not in SILENT_NAMES:
                 unknown.append(path.name)
+        if not stems and not unlisted and not (folder == root and root_judged):
+            notes.append(f"no images in {where or './'} ({', '.join(IMAGE_SUFFIXES)}): nothing of it trains")
         if unlisted:
             notes.append(f"left out {len(unlisted)} image(s) in {where or './'} that its metadata_file has no caption "
                          f"for: {', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''}")
@@ -512,9 +521,16 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
         if options.trigger_word:
             joint = ", " if options.caption_separator == "," else f"{options.caption_separator} "  # a tag of its own
-            lines = [line if options.trigger_word in line else f"{options.trigger_word}{joint}{line}" for line in lines]
+            lines = [line if _has_word(line, options.trigger_word) else f"{options.trigger_word}{joint}{line}"
+                     for line in lines]
     wrap = (f"{options.caption_prefix}{folder.caption_prefix}", f"{folder.caption_suffix}{options.caption_suffix}")
     return [f"{wrap[0]}{line}{wrap[1]}" for line in lines], weights, notes, non_utf8
+
+
+def _has_word(caption: str, word: str) -> bool:
+    """Whether the caption holds `word` as a word of its own ("sks" in "a sks dog", not in "tasks"), in any case:
+    the tokenizer reads it so."""
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", caption, re.IGNORECASE) is not None
 
 
 def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions()

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lowvram.errors import LowvramError
-from lowvram.files import DiskFull, remove_orphans, write_text
+from lowvram.files import DiskFull, remove_orphans, write_problem, write_text
 from lowvram.resolve import ResolvedRun
 from lowvram.train import checkpoint
 from lowvram.train.identity import differences, identity, recipe
@@ -44,6 +44,9 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
     problem, note = None, None
     if lock is not None:
         try:
+            unwritable = write_problem(folder)
+            if unwritable:
+                raise LowvramError(f"--output: {unwritable}; choose an --output folder you can write to")
             lock.acquire()
             note = take_ownership(run)
         except LowvramError as exc:

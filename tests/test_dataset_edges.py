@@ -1,0 +1,134 @@
+"""What real folders hold beyond the sample: captions saved by Windows tools (UTF-16, upper-case extensions),
+trigger words inside other words, 16-bit transparency, kohya's folder names at their edges, and caches or outputs
+that cannot be written. Each is read as meant, or said in one line."""
+
+import shutil
+
+import numpy as np
+import pytest
+import tomli_w
+from PIL import Image
+
+from lowvram.cli import main
+from lowvram.data.buckets import default_buckets
+from lowvram.data.scan import ScanOptions, open_training_image, scan_dataset
+from lowvram.errors import LowvramError
+from lowvram.files import atomic_write
+
+TINY = default_buckets(64, 16)
+
+
+def picture(path, colour=(200, 80, 40)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (96, 96), colour).save(path)
+    return path
+
+
+def captions_by_name(report):
+    return {record.relpath.rsplit("/", 1)[-1]: record for record in report.records}
+
+
+def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_bytes_are_not_text(tmp_path):
+    folder = tmp_path / "data" / "10_subj"
+    written = {"bom.txt": "utf16 caption, tag".encode("utf-16"),  # Notepad's "Unicode": a byte-order mark
+               "bare_be.txt": "big endian, tag".encode("utf-16-be"),  # no mark
+               "bare_le.txt": "little endian".encode("utf-16-le"),
+               "nul.txt": b"\x00\x01\x02binary\x00\xff",
+               "upper.TXT": b"written by a camera",
+               "title.Caption": b"from a tagger"}
+    for n, (name, raw) in enumerate(written.items()):
+        picture(folder / f"{name.split('.')[0]}.png", (n * 30, 80, 40))
+        (folder / name).write_bytes(raw)
+    report = captions_by_name(scan_dataset(tmp_path / "data", TINY))
+    assert report["bom.png"].caption == "utf16 caption, tag" and not report["bom.png"].notes
+    assert report["bare_be.png"].caption == "big endian, tag"
+    assert report["bare_le.png"].caption == "little endian"
+    assert any("UTF-16 without a byte-order mark" in note for note in report["bare_be.png"].notes)
+    assert report["nul.png"].caption == "subj"  # the folder's label, as for a missing caption
+    assert "caption unreadable: nul.txt holds NUL bytes, not text: template used" in report["nul.png"].notes
+    assert report["upper.png"].caption == "written by a camera"
+    assert report["title.png"].caption == "from a tagger"
+    assert not any(record.non_utf8_caption for record in report.values())  # none of them is read as cp1252
+
+
+def test_the_trigger_word_is_added_where_the_caption_lacks_it_as_a_word_of_its_own(tmp_path):
+    folder = tmp_path / "data" / "10_dog"
+    for n, (stem, caption) in enumerate((("tasks", "a dog doing tasks"), ("has", "photo of sks dog"),
+                                         ("upper", "SKS dog"), ("inside", "skSks"))):
+        picture(folder / f"{stem}.png", (n * 30, 80, 40))
+        (folder / f"{stem}.txt").write_text(caption)
+    report = captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions(trigger_word="sks")))
+    assert {name: record.caption for name, record in report.items()} == {
+        "tasks.png": "sks, a dog doing tasks", "has.png": "photo of sks dog", "upper.png": "SKS dog",
+        "inside.png": "sks, skSks"}
+
+
+def test_a_16_bit_grey_png_with_a_transparent_level_is_composited_as_its_note_says(tmp_path):
+    grey = np.full((96, 96), 40000, np.uint16)
+    grey[:, :48] = 0
+    path = tmp_path / "data" / "1_x" / "deep.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(grey).save(path, transparency=0)
+    record = scan_dataset(tmp_path / "data", TINY).records[0]
+    assert any("transparency composited on white" in note for note in record.notes), record.notes
+    image, mask = open_training_image(record)
+    pixels = np.asarray(image)
+    assert mask is None and (pixels[:, :40] == 255).all() and (pixels[:, 56:] == round(40000 * 255 / 65535)).all()
+    image, mask = open_training_image(record, ScanOptions(alpha_mask=True))
+    assert np.asarray(mask)[:, :40].max() == 0 and np.asarray(mask)[:, 56:].min() == 255
+
+
+def test_kohya_folder_names_at_their_edges(tmp_path, capsys):
+    root = tmp_path / "data"
+    picture(root / "10" / "a.png")  # kohya: 10 repeats, no label
+    (root / "5_empty").mkdir()
+    report = scan_dataset(root, TINY)
+    assert [(r.relpath, r.caption) for r in report.records] == [("10/a.png", "")]
+    assert report.summary()["samples_per_epoch"] == 10
+    assert "no images in 5_empty/ (.png, .jpg, .jpeg, .webp, .bmp): nothing of it trains" in report.folder_notes
+    assert not any("10/" in note for note in report.folder_notes)
+
+    subject = tmp_path / "only" / "10_my subject"  # --data names the N_name folder itself, not its parent
+    picture(subject / "b.png")
+    report = scan_dataset(subject, TINY)
+    assert [(r.caption, report.summary()["samples_per_epoch"]) for r in report.records] == [("my subject", 10)]
+    assert ("10_my subject/ is itself an N_name folder: read as one (10 repeats), as kohya reads it inside the "
+            "folder it asks for") in report.folder_notes
+
+
+def test_a_cache_or_output_that_cannot_be_written_is_said_in_one_line_and_the_cache_falls_back_to_memory(
+        tmp_path, sample_data, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(LowvramError, match=f"could not write {blocker / 'x' / 'y.json'}: Not a directory"):
+        atomic_write(blocker / "x" / "y.json", lambda tmp: tmp.write_text("{}"))
+    common = ["--model", "tiny", "--data", str(sample_data), "--resolution", "64", "--max-steps", "1"]
+    assert main(["check-data", *common[:4], "--cache-dir", str(blocker / "cache")]) == 0
+    assert "scan index not saved: could not write" in capsys.readouterr().out.replace("\n", "")
+
+    assert main(["train", *common, "--cache-dir", str(blocker / "cache"), "--output", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.replace("\n", "")
+    assert (f"warning: --cache-dir: can't write in {blocker / 'cache'}: {blocker} is a file, not a folder (pass a "
+            "--cache-dir you can write to, to keep the cache); encoding into memory for this run instead") in out
+    assert (tmp_path / "run" / "run.safetensors").is_file()
+
+    assert main(["train", *common, "--output", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"lowvram train: error: --output: can't write in {blocker / 'run'}: {blocker} is a file, "
+                           "not a folder; choose an --output folder you can write to")
+
+
+def test_a_dataset_file_whose_folders_share_the_home_folder_the_cache_is_in_scans(tmp_path, capsys):
+    home = tmp_path / "home"
+    for folder in ("img/10_alice", "reg/1_woman"):
+        picture(home / folder / "0.png")
+    dataset = home / "train" / "dataset.toml"
+    dataset.parent.mkdir()
+    dataset.write_text(tomli_w.dumps({"datasets": [{"subsets": [
+        {"image_dir": str(home / "img" / "10_alice")},
+        {"image_dir": str(home / "reg" / "1_woman"), "is_reg": True}]}]}))
+    assert main(["check-data", "--model", "tiny", "--cache-dir", str(home / ".cache" / "lowvram"), str(dataset)]) == 0
+    inside = home / "img" / "10_alice" / "cache"
+    assert main(["check-data", "--model", "tiny", "--cache-dir", str(inside), str(dataset)]) == 2
+    assert f"is inside the dataset folder {home / 'img' / '10_alice'}; keep it in the cache" in capsys.readouterr().err
+    shutil.rmtree(inside, ignore_errors=True)
