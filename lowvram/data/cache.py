@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lowvram.data.augment import Variant, apply_variant
 from lowvram.data.buckets import Placement
+from lowvram.data.image_files import HIGH_BIT_MODES
 from lowvram.data.scan import ImageRecord, ScanOptions, open_training_image
 from lowvram.errors import LowvramError
 from lowvram.files import DiskFull, human_size, remove_orphans, save_safetensors, write_problem
@@ -135,9 +136,12 @@ class TextJob:
 def latent_key(record: ImageRecord, placement: Placement, variant: Variant, options: ScanOptions,
                vae_id: str, vae_dtype: torch.dtype, tiled: bool) -> str:
     masked = {"mask": record.mask_sha256} if options.masked_loss and record.mask else {}  # older keys stay valid
+    # 16-bit grey with a transparent level: composited now; the latents cached before had black there
+    composited = {"grey_alpha": 1} if record.has_alpha and record.mode in HIGH_BIT_MODES else {}
     return content_key(kind="latent", image=record.sha256, bucket=list(placement.bucket),
                        scaled=list(placement.scaled), variant=variant.as_key(), background=list(options.background),
-                       alpha_mask=options.alpha_mask, vae=vae_id, dtype=str(vae_dtype), tiled=tiled, **masked)
+                       alpha_mask=options.alpha_mask, vae=vae_id, dtype=str(vae_dtype), tiled=tiled, **masked,
+                       **composited)
 
 
 def text_key(caption: str, encoders_id: str) -> str:
