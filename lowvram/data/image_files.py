@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -75,9 +76,10 @@ def _probe(data: bytes, max_pixels: int, mask: bool = False) -> dict:
                     facts["decoded"] = True
                     if mask:
                         facts["lightest"] = im.convert("L").getextrema()[1]
-    except Image.DecompressionBombError:
-        facts["error"] = (f"too large: over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, Pillow's decompression-bomb "
-                          "limit; downscale it")
+    except Image.DecompressionBombError as exc:
+        size = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow says the image's pixels only in its message
+        facts["error"] = (f"too large: {_pixels(int(size.group(1))) + ', ' if size else ''}over Pillow's "
+                          f"decompression-bomb limit of {_pixels(2 * (Image.MAX_IMAGE_PIXELS or 0))}; downscale it")
     except Image.UnidentifiedImageError:
         facts["error"] = _unidentified(data)
     except Exception as exc:  # noqa: BLE001 -- truncated, corrupt, odd: one bad file never ends the scan
@@ -85,6 +87,10 @@ def _probe(data: bytes, max_pixels: int, mask: bool = False) -> dict:
         kind = "truncated" if "truncated" in message else "unreadable"
         facts["error"] = f"{kind}: {message}; re-download or re-export it"
     return facts
+
+
+def _pixels(count: int) -> str:
+    return f"{count / 1e6:.0f} megapixels" if count >= 10**7 else f"{count} pixels"
 
 
 def _unidentified(data: bytes) -> str:
