@@ -87,6 +87,13 @@ def _sampler(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _port(text: str) -> int:
+    """A port to serve on: 1 to 65535 (0, any free one, would leave the browser not knowing where)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port from 1 to 65535")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lowvram", allow_abbrev=False, description="LoRA training for Stable Diffusion 1.5 and SDXL on small GPUs.")
     parser.add_argument("--version", action="version", version=f"lowvram {__version__}")
@@ -175,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", allow_abbrev=False, help="the local web app", description="Serve the web app: the "
                         "options form with the live VRAM plan, the dataset check and captions, and training with its "
                         "charts and samples. Needs the [ui] extra (pip install -e \".[ui]\").")
-    ui.add_argument("--port", type=int, default=7860, help="port [default: 7860]")
+    ui.add_argument("--port", type=_port, default=7860, help="port [default: 7860]")
     ui.add_argument("--listen", action="store_true", help="serve on every network interface, not only this machine "
                     "(anyone who can reach it can start runs and read your folders)")
     ui.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs internet)")
@@ -378,7 +385,7 @@ def train_values(args: argparse.Namespace) -> dict:
     file given as --data sets its settings just beneath the layer that names it."""
     values: dict = {}
     flags = {k: v for k, v in vars(args).items() if k in fields_by_name()}
-    layers = [read_toml(preset_path(args.preset)) if args.preset else {},
+    layers = [read_toml(preset_path(args.preset), flag="--preset") if args.preset else {},
               read_config(args.config, given=flags) if args.config else {},
               with_dataset_settings(flags, "the command line")]
     for layer in layers:

@@ -87,6 +87,17 @@ def config_problems(c: RunConfig) -> list[str]:
             p.append(pickle_refusal(flag, value))
         elif not (Path(value).is_file() if must_be_file else Path(value).exists()):
             p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}")
+    output = Path(c.output.output)
+    if output.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and not output.is_dir():  # OneTrainer's: a file
+        p.append(f"--output: {output} names a file; --output is the run's folder and --name its LoRA's name: "
+                 f"--output {output.parent} --name {output.stem}")
+    if c.output.name and Path(c.output.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
+        p.append(f"--name: {c.output.name}: give it without the extension (the LoRA is <name>.safetensors): "
+                 f"--name {Path(c.output.name).stem}")
+    if not 0 <= c.training.seed < 2**32:
+        p.append(f"--seed: {c.training.seed} is not a seed from 0 to {2**32 - 1}" + (
+            " (-1, random elsewhere: a lowvram run keeps its seed, so it can resume; leave --seed out for 42)"
+            if c.training.seed == -1 else ""))
     if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
         p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
     try:

@@ -7,6 +7,7 @@ and the fix.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import json
@@ -54,10 +55,8 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     if Path(path).suffix.lower() != ".json":
         return read_toml(path, given)
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LowvramError(f"--config: file not found: {path}") from None
-    except (OSError, ValueError) as exc:
+        doc = json.loads(config_text(path))
+    except ValueError as exc:
         raise LowvramError(f"--config: {path} is not readable JSON: {exc}") from None
     if is_onetrainer_config(doc):
         values, notes = translate_onetrainer(doc, Path(path))
@@ -72,16 +71,31 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
                        "JSON has model_type and training_method, kohya_ss's JSON LoRA_type")
 
 
-def read_toml(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
-    """Option values from a TOML config file, relative paths resolved against the file's folder; `given` as for
-    `read_config`."""
+def config_text(path: Path, flag: str = "--config") -> str:
+    """A config file's text: UTF-8 (with or without Notepad's byte-order mark) or UTF-16 (PowerShell 5's `>`)."""
     try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
-        raise LowvramError(f"--config: file not found: {path}") from None
+        raise LowvramError(f"{flag}: file not found: {path}") from None
+    except IsADirectoryError:
+        raise LowvramError(f"{flag}: {path} is a folder; give the config file in it") from None
+    except OSError as exc:
+        raise LowvramError(f"{flag}: can't read {path}: {exc.strerror or exc}") from None
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return raw.decode("utf-16")
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LowvramError(f"{flag}: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -> dict[str, Any]:
+    """Option values from a TOML config file (a --config, or a --preset as `flag` says), relative paths resolved
+    against the file's folder; `given` as for `read_config`."""
+    try:
+        doc = tomllib.loads(config_text(path, flag))
     except tomllib.TOMLDecodeError as exc:
-        raise LowvramError(f"--config: {path} is not valid TOML: {exc}") from None
+        raise LowvramError(f"{flag}: {path} is not valid TOML: {exc}") from None
     if isinstance(doc.get("datasets"), list):
         raise LowvramError(f"--config: {path} is a kohya dataset config ([[datasets]] of image folders); pass it as "
                            f"--data {path}")
@@ -91,6 +105,9 @@ def read_toml(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     values: dict[str, Any] = {}
     problems = []
     for section, table in doc.items():
+        if not isinstance(table, dict) and section in known:  # an option outside its table
+            problems.append(f"{path}: {section} belongs in a table: write it under [{known[section][0]}]")
+            continue
         if section not in SECTIONS or not isinstance(table, dict):
             hint = _did_you_mean(section, list(SECTIONS))
             problems.append(f"{path}: unknown section [{section}]{hint}; sections are {', '.join(SECTIONS)}")

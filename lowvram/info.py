@@ -27,12 +27,14 @@ _RANK_AXES = ((".lora_down.weight", 0), (".lora_A.weight", 0), (".hada_w1_b", 0)
 
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
     """(metadata, {tensor name: (dtype, shape)}), reading no tensor data."""
+    if path.is_dir():
+        raise LowvramError(f"{path} is a folder; give a LoRA .safetensors file in it")
     if not path.is_file():
-        raise LowvramError(f"info: {path}: file not found")
+        raise LowvramError(f"file not found: {path}")
     try:
         metadata, tensors, _ = lora_header.read_header(path)
     except (OSError, ValueError) as exc:
-        raise LowvramError(f"info: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
+        raise LowvramError(f"{path} is not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
     return metadata, {key: (entry["dtype"], tuple(entry["shape"])) for key, entry in tensors.items()}
 
 

@@ -33,7 +33,13 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
         header = json.loads(f.read(size))
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file")  # noqa: TRY004 (a file's contents, read as ValueError)
-    return header.pop("__metadata__", None) or {}, header, 8 + size
+    metadata = header.pop("__metadata__", None) or {}
+    end = max((entry["data_offsets"][1] for entry in header.values()
+               if isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2), default=0)
+    actual = Path(path).stat().st_size
+    if 8 + size + end > actual:  # cut off: a download or copy that stopped midway
+        raise ValueError(f"truncated: its tensors need {8 + size + end} bytes, the file has {actual}")
+    return metadata, header, 8 + size
 
 
 def _scalar(f, entry: dict, start: int) -> float:

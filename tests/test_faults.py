@@ -120,6 +120,24 @@ def test_a_disk_that_fills_up_at_a_checkpoint_stops_the_run_in_one_line_and_resu
     assert_output_sound(out)
 
 
+def test_a_disk_with_room_for_the_lora_but_not_the_last_checkpoint_keeps_the_lora(
+        uninterrupted, sample_data_module, small_disk):
+    """The LoRA is written before the end's checkpoint: the file the user trained for is the one a full disk
+    keeps."""
+    mount, _ = small_disk
+    lora_kib = uninterrupted["sizes"]["out.safetensors"] // 1024
+    checkpoint_kib = uninterrupted["sizes"]["optimizer.safetensors"] // 1024
+    assert checkpoint_kib > lora_kib + 40
+    out = mount("out", 1024 + lora_kib + 40)  # the 1 MiB kept spare and the LoRA, not its checkpoint
+    failed = run(cli(out, sample_data_module)[:-4], cached_env(uninterrupted))  # no --checkpoint-every: the end's
+    assert failed.returncode == 2, failed.stderr
+    line = failed.stderr.strip()
+    assert len(line.splitlines()) == 1 and "no room for checkpoint step-" in line, line
+    assert "kept: no checkpoint yet, LoRA out.safetensors" in line
+    assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
+    assert_output_sound(out)
+
+
 def test_a_cache_folder_without_room_falls_back_to_memory_for_the_run(tmp_path, sample_data_module, small_disk):
     mount, _ = small_disk
     cache = mount("cache", 1024)  # room for the 1 MiB kept spare, not for the entries

@@ -14,6 +14,7 @@ from lowvram.config import RunConfig
 from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
+from lowvram.errors import LowvramError
 from lowvram.option_values import parse_colour
 from lowvram.resolve import ResolvedRun
 
@@ -79,6 +80,11 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
     training images; a dataset file's is_reg subsets are summed up after them)."""
     console = console or Console()
     data = Path(run.config.data.data)
+    folders = [subset.folder for subset in read_dataset(data).subsets] if is_dataset_file(data) else [data]
+    for folder in folders if report_path else ():
+        if Path(report_path).resolve().is_relative_to(Path(folder).resolve()):
+            raise LowvramError(f"--report: {report_path} is inside the dataset folder {folder}, which lowvram never "
+                               "writes to; write the report elsewhere")
     try:
         report = scan(run, data, run.config.data.trigger_word, console)
     except NoUsableImages as exc:

@@ -15,7 +15,7 @@ from lowvram.adapters import lora_files, networks
 from lowvram.config import RunConfig
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
-from lowvram.files import DiskFull, write_text
+from lowvram.files import DiskFull
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel
 from lowvram.train import checkpoint, outdir
@@ -26,8 +26,8 @@ from lowvram.train.saving import (
     at_save_points,
     resume,
     sample_grid,
+    save_final,
     save_interrupted,
-    save_lora,
     validate_and_keep_best,
 )
 from lowvram.train.setup import (
@@ -92,11 +92,13 @@ def run_training(session: Session) -> TrainResult:
     started = datetime.now(timezone.utc)
     # written first: it is what `--config ... --resume auto` continues an interrupted run with
     config_path = out_dir / f"{name}.toml"
-    if session.main:
-        write_text(config_path, tomli_w.dumps(config.to_toml_dict()))
+    if session.main and not outdir.write_options(config_path, tomli_w.dumps(config.to_toml_dict())):
+        session.console.print(f"kept {config_path} as it is: lowvram did not write it (the run's options are in "
+                              "the LoRA's metadata)", soft_wrap=True)
     batches = prepared.data.batches(position.epoch, position.batch)
     following = draw(session, batches, schedule.batches_per_step)
     step, splits, bad_steps = position.step, 1, 0  # splits: batches run in this many parts after an out-of-memory
+    resumed_at = position.step
     for module in trainee.trained_modules:  # adapter dropout and transformers' gradient checkpointing read .training
         module.train()
     spill = session.run.hardware.can_spill_vram  # slow steps then may mean VRAM spilled into system RAM
@@ -140,7 +142,8 @@ def run_training(session: Session) -> TrainResult:
         module.eval()
     lora_path = out_dir / f"{name}.safetensors"
     with peaks.phase("saving"):
-        save_lora(session, trainee, dataset, lora_path, step, schedule.epochs_at(step), started)
+        save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
+                   position if step > resumed_at else None, started)
     samples = finish(session, trainee, prepared, peaks, lora_path, step)
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast

@@ -26,6 +26,24 @@ HALF_WRITTEN_CHECKPOINT = re.compile(r"^\.step-[a-z0-9_]{8}$")  # tempfile.mkdte
 LOCK = ".lowvram.lock"
 ARCHIVE = "archive"
 SHARED = ("metrics.jsonl", "checkpoints", "samples", "logs")  # what every run writes under these names
+OPTIONS_HEADER = "# the options of a lowvram run, as `lowvram train --config` reads them (written by the run)\n"
+
+
+def write_options(path: Path, text: str) -> bool:
+    """Write the run's options to `path` unless a file lowvram did not write is there (the user's own config, kept
+    in the output folder under the run's name): that one stays as it is. Whether they were written."""
+    if path.is_file() and not is_options_file(path):
+        return False
+    write_text(path, OPTIONS_HEADER + text)
+    return True
+
+
+def is_options_file(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline() == OPTIONS_HEADER
+    except OSError:
+        return False
 
 
 def read_record(folder: Path) -> dict | None:
@@ -81,8 +99,10 @@ def take_ownership(run: ResolvedRun) -> str | None:
                                "run in another --output")
     elif record or checkpoints:
         same = record is not None and record.get("identity") == identity(ours)
-        if same and not checkpoints:  # its earlier start died before its first checkpoint: nothing to resume
-            note = f"starting over: the earlier run of these options in {folder} left no checkpoint to resume"
+        kept = checkpoints or list(folder.glob(f"{record.get('name', '') if record else ''}*.safetensors"))
+        if not kept:  # its earlier start died before its first checkpoint and LoRA: nothing to resume or keep
+            note = (f"starting over: the earlier run {'of these options ' if same else ''}in {folder} left no "
+                    "checkpoint or LoRA")
         elif not config.output.overwrite:
             steps = f" with checkpoints up to step {checkpoints[-1][0]}" if checkpoints else ""
             what = ("an earlier run of these options" if same else "an earlier run" if record is None
@@ -91,6 +111,12 @@ def take_ownership(run: ResolvedRun) -> str | None:
             raise LowvramError(f"--output: {folder} holds {what}{steps}; {resume}start over with --overwrite (its "
                                f"files move to {folder / ARCHIVE}/), or choose another --output")
         else:
+            weights = config.network.network_weights
+            if weights and Path(weights).resolve() in {path.resolve() for path in archived(folder, record,
+                                                                                               config.output_name)}:
+                raise LowvramError(f"--network-weights: {weights} is the earlier run's LoRA, which --overwrite moves "
+                                   f"to {folder / ARCHIVE}/; train on from it into another --output, or copy it out "
+                                   "of this one first")
             moved = archive(folder, record, config.output_name)
             note = f"moved the earlier run's files in {folder} to {moved}" if moved else None
     if removed:
@@ -127,21 +153,28 @@ def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
     return LowvramError(f"{exc}; kept: {', '.join(kept)}; free space, then {then}")
 
 
-def archive(folder: Path, record: dict | None, name: str) -> Path | None:
-    """Move what an earlier run wrote in `folder` into `folder/archive/<time>/`; nothing else is touched."""
+def archived(folder: Path, record: dict | None, name: str) -> list[Path]:
+    """What an earlier run wrote in `folder`: the shared files, and its LoRA, step, epoch and best saves, and its
+    options, under its name or this run's; no one else's."""
     names = {name, *([record["name"]] if record and record.get("name") else [])}
     ours = [folder / entry for entry in (*SHARED, RECORD) if (folder / entry).exists()]
     for run_name in names:
-        ours += [path for path in folder.iterdir() if path.name == f"{run_name}.toml"
-                 or (path.name.startswith(run_name) and path.suffix == ".safetensors")
+        ours += [path for path in folder.iterdir() if (path.name == f"{run_name}.toml" and is_options_file(path))
+                 or re.fullmatch(rf"{re.escape(run_name)}(-(step\d+|e\d+|best))?\.safetensors", path.name)
                  or path.name == f"{run_name}-diffusers"]
+    return list(dict.fromkeys(ours))
+
+
+def archive(folder: Path, record: dict | None, name: str) -> Path | None:
+    """Move what an earlier run wrote in `folder` into `folder/archive/<time>/`; nothing else is touched."""
+    ours = archived(folder, record, name)
     if not ours:
         return None
     target = folder / ARCHIVE / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     while target.exists():
         target = target.with_name(target.name + "-1")
     target.mkdir(parents=True)
-    for path in dict.fromkeys(ours):
+    for path in ours:
         shutil.move(str(path), str(target / path.name))
     return target
 

@@ -4,12 +4,13 @@ asks for, and on Ctrl-C. Only the main process writes; a checkpoint gathers ever
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
 from lowvram.adapters import lora_files
 from lowvram.errors import TrainingInterrupted
+from lowvram.files import DiskFull
 from lowvram.train import checkpoint
 from lowvram.train.identity import recipe
 from lowvram.train.metadata import lora_metadata
@@ -86,8 +87,9 @@ def validate_and_keep_best(session: Session, trainee: Trainee, dataset: Dataset,
 
 def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepared, schedule: Schedule,
                    position: checkpoint.Position, stop: bool, log: RunLog, started: datetime) -> None:
-    """The LoRA every --save-every, a sample grid every --sample-every, a checkpoint every --checkpoint-every, at
-    the end and when early stopping ends the run."""
+    """The LoRA every --save-every, a sample grid every --sample-every, a checkpoint every --checkpoint-every (the
+    last one, at the end or where early stopping ends the run, follows the LoRA: a disk with room for only one keeps
+    the LoRA)."""
     config, step, epoch = session.config, position.step, position.epoch
     name, out_dir = config.output_name, session.out_dir
     save_every, sample_every = schedule.save_every, schedule.sample_every
@@ -100,7 +102,23 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
     if sample_every and is_save_point(sample_every, step, schedule.steps_per_epoch):
         sample_grid(session, trainee, prepared, log, step)
     every = config.training.checkpoint_every
-    if (every and step % every == 0) or step == schedule.total_steps or stop:
+    if every and step % every == 0 and step < schedule.total_steps and not stop:
+        save_checkpoint(session, trainee, position)
+
+
+def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: Path, step: int, epochs: int,
+               position: checkpoint.Position | None, started: datetime) -> None:
+    """The LoRA, then the end's checkpoint at `position` to train on from (None: this run took no step). A disk
+    with room for one keeps the LoRA; one whose LoRA write fails (a file-size limit, a disk filled meanwhile) still
+    gets the checkpoint where it fits, from which --resume writes the LoRA without another step."""
+    try:
+        save_lora(session, trainee, dataset, lora_path, step, epochs, started)
+    except DiskFull:
+        if position is not None:
+            with suppress(DiskFull):
+                save_checkpoint(session, trainee, position)
+        raise
+    if position is not None:
         save_checkpoint(session, trainee, position)
 
 

@@ -1,0 +1,137 @@
+"""What a user coming from kohya or OneTrainer types wrong, or keeps where lowvram writes: each is one line naming
+the option and the fix, or is kept as it is. Nothing of theirs is overwritten or moved."""
+
+import json
+import re
+import shutil
+
+import pytest
+from conftest import run_config
+from safetensors.torch import load_file
+
+from lowvram.cli import main
+from lowvram.configure import build_config, read_config
+from lowvram.errors import LowvramError
+from lowvram.hardware import parse_size
+from lowvram.train.loop import train
+from lowvram.train.outdir import ARCHIVE, RECORD
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_seed_outside_what_numpy_and_torch_take_is_one_line(capsys):
+    for seed, words in ((-1, "-1 is not a seed from 0 to 4294967295 (-1, random elsewhere"),
+                        (2**32, "4294967296 is not a seed from 0 to 4294967295")):
+        with pytest.raises(LowvramError, match=re.escape(f"--seed: {words}")):
+            build_config({"model": "tiny", "data": "sample", "seed": seed})
+    assert build_config({"model": "tiny", "data": "sample", "seed": 2**32 - 1}).training.seed == 2**32 - 1
+
+
+def test_config_files_as_windows_writes_them_are_read_and_the_unreadable_said_in_one_line(tmp_path, capsys):
+    text = '[training]\nmax_steps = 7\n'
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + text.encode())  # Notepad's UTF-8
+    (tmp_path / "wide.toml").write_bytes(text.encode("utf-16"))  # PowerShell 5's `>`
+    assert read_config(tmp_path / "bom.toml")["max_steps"] == read_config(tmp_path / "wide.toml")["max_steps"] == 7
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"LoRA_type": "Standard"}).encode())
+    assert isinstance(read_config(tmp_path / "bom.json"), dict)  # a kohya_ss GUI config, its BOM no matter
+    capsys.readouterr()
+    (tmp_path / "latin.toml").write_bytes(b'[output]\nname = "caf\xe9"\n')
+    (tmp_path / "folder.toml").mkdir()
+    (tmp_path / "flat.toml").write_text('model = "tiny"\n')
+    for name, words in (("latin.toml", "is not UTF-8 text (byte 20); save it as UTF-8"),
+                        ("folder.toml", "is a folder; give the config file in it"),
+                        ("flat.toml", "model belongs in a table: write it under [model]")):
+        with pytest.raises(LowvramError, match=re.escape(words)):
+            read_config(tmp_path / name)
+    assert main(["plan", "--preset", str(tmp_path / "latin.toml"), "--vram", "6GB"]) == 2
+    assert one_error(capsys).startswith("lowvram plan: error: --preset:")
+
+
+def test_sizes_and_ports_that_name_no_machine_are_refused(capsys):
+    assert parse_size("6", "--vram") == parse_size("6GB", "--vram") == 6 * 2**30
+    for text, words in (("0", "'0' is under 256 MB"), ("6MiB", "'6MiB' is under 256 MB"),
+                        ("8192", "'8192' is over 1024 GB; a number alone is in GB (write 8192MB for megabytes)")):
+        with pytest.raises(LowvramError, match=re.escape(f"--vram: {words}")):
+            parse_size(text, "--vram")
+    assert parse_size("2048", "--ram") == 2048 * 2**30  # a server's RAM may be
+    for port in ("0", "-1", "99999"):
+        with pytest.raises(SystemExit):
+            main(["ui", "--port", port])
+        assert f"argument --port: '{port}' is not a port from 1 to 65535" in one_error(capsys)
+
+
+def test_an_output_or_name_written_as_a_file_says_how_lowvram_names_them(tmp_path):
+    with pytest.raises(LowvramError) as error:
+        build_config({"model": "tiny", "data": "sample", "output": str(tmp_path / "out" / "my.safetensors"),
+                      "name": "mylora.safetensors"})
+    assert str(error.value).splitlines() == [
+        (f"--output: {tmp_path / 'out' / 'my.safetensors'} names a file; --output is the run's folder and --name its "
+         f"LoRA's name: --output {tmp_path / 'out'} --name my"),
+        "--name: mylora.safetensors: give it without the extension (the LoRA is <name>.safetensors): --name mylora"]
+
+
+def test_info_refuses_a_truncated_lora_and_a_folder(tmp_path, capsys):
+    config = run_config(output=str(tmp_path / "run"), max_steps=1)
+    lora = train(config).lora_path
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(lora.read_bytes()[: lora.stat().st_size // 2])
+    assert main(["info", str(cut)]) == 2
+    assert f"lowvram info: error: {cut} is not a readable .safetensors file (truncated: its tensors need" in \
+        one_error(capsys)
+    assert main(["info", str(tmp_path / "run")]) == 2
+    assert one_error(capsys) == f"lowvram info: error: {tmp_path / 'run'} is a folder; give a LoRA .safetensors file in it"
+    assert main(["info", str(lora)]) == 0
+
+
+def test_check_data_never_writes_its_report_into_the_dataset(sample_data, capsys):
+    caption = next(sample_data.rglob("*.txt"))
+    before = caption.read_bytes()
+    assert main(["check-data", "--model", "tiny", str(sample_data), "--report", str(caption)]) == 2
+    assert f"--report: {caption} is inside the dataset folder {sample_data}, which lowvram never writes to" in \
+        one_error(capsys)
+    assert caption.read_bytes() == before
+
+
+def test_the_users_config_in_the_output_folder_under_the_runs_name_is_kept(tmp_path, capsys):
+    folder = tmp_path / "dog"
+    folder.mkdir()
+    mine = folder / "dog.toml"
+    text = '# my carefully commented config\n[model]\nmodel = "tiny"\n[training]\nmax_steps = 1\n[output]\noutput = "."\n'
+    mine.write_text(text)
+    assert main(["train", "--config", str(mine), "--data", "sample", "--rank", "4"]) == 0
+    assert mine.read_text() == text and (folder / "dog.safetensors").is_file()
+    assert f"kept {mine} as it is: lowvram did not write it" in " ".join(capsys.readouterr().out.split())
+    assert main(["train", "--config", str(mine), "--data", "sample", "--rank", "4", "--overwrite"]) == 0
+    assert mine.read_text() == text  # --overwrite moves the earlier run's files, not the user's
+    assert not list((folder / ARCHIVE).rglob("dog.toml"))
+
+
+def test_a_run_that_failed_before_its_first_save_does_not_hold_the_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "tiny", "--data", str(tmp_path / "typo"), "--output", str(out)]) == 2
+    capsys.readouterr()
+    out.mkdir()  # a failure after the folder was claimed: its record, nothing to resume or keep
+    (out / RECORD).write_text(json.dumps({"identity": "another", "recipe": {"rank": 8}, "name": "run"}))
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "1"]) == 0
+    assert "starting over: the earlier run in" in " ".join(capsys.readouterr().out.split())
+
+
+def test_training_on_from_the_lora_overwrite_would_move_is_refused_and_other_files_stay(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = train(run_config(output=str(out), max_steps=1)).lora_path
+    resized = out / "run-r16.safetensors"  # `lowvram resize` beside it: not the run's
+    shutil.copy(first, resized)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "1",
+                 "--overwrite", "--network-weights", str(first)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"lowvram train: error: --network-weights: {first} is the earlier run's LoRA, which "
+                            "--overwrite moves"), error
+    assert first.is_file()
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "1",
+                 "--rank", "4", "--overwrite"]) == 0
+    assert resized.is_file() and load_file(str(resized))
+    assert list((out / ARCHIVE).rglob("run.safetensors"))
