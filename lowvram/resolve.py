@@ -134,8 +134,10 @@ def resolve_run(config: RunConfig, hardware: Hardware) -> ResolvedRun:
 def _vae_config(config: RunConfig, family: ModelFamily) -> dict:
     """The config of the VAE the run will load: a --vae folder's (e.g. the fp16-fixed SDXL VAE: force_upcast
     false), a diffusers model folder's own, else the family's (single files, a --vae file, hub ids)."""
-    if config.model.vae:
-        own = Path(config.model.vae) / "config.json"
+    if config.model.vae:  # a VAE folder, or a whole diffusers model's, whose vae/ it loads
+        folder = Path(config.model.vae).expanduser()
+        own = next((f for f in (folder / "config.json", folder / "vae" / "config.json") if f.is_file()),
+                   folder / "config.json")
     else:
         own = Path(config.model.model).expanduser() / "vae" / "config.json"
     return json.loads((own if own.is_file() else family.config_dir / "vae" / "config.json").read_text())

@@ -3,11 +3,23 @@ torch is not imported, so `lowvram plan` and `check-data` answer at once."""
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from pathlib import Path
 
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
+
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"  # a single file's U-Net stem: (320, in_channels, 3, 3)
+# U-Nets that read more than the noisy latent, by their input channels (text-to-image U-Nets read 4)
+IMAGE_CONDITIONED = {9: "an inpainting model", 8: "an image-editing model like instruct-pix2pix",
+                     7: "an upscaler", 5: "a depth-to-image model"}
+
+
+class UnknownCheckpoint(LowvramError):
+    """A readable checkpoint that is no family lowvram knows (--model-family may still say which it is)."""
 
 
 def detect_family(model: str, family: str | None = None) -> ModelFamily:
@@ -23,22 +35,66 @@ def detect_family(model: str, family: str | None = None) -> ModelFamily:
     elif path.is_file():
         try:
             found = detect_single_file_family(path)
-        except LowvramError:
+        except UnknownCheckpoint:
             if forced is None or not path.suffix.lower() == ".safetensors":
                 raise
             found = forced  # an unknown U-Net: --model-family says what it is
     elif path.is_dir():
-        found = folder_family(path / "model_index.json", path / "unet" / "config.json", str(path))
-    elif forced is not None:
-        return forced  # a hub id: no download just to confirm what the user said
+        found = diffusers_folder_family(path)
     elif any(model == f.hub_id for f in FAMILIES.values()):  # a family's own repository: known without the hub
         found = next(f for f in FAMILIES.values() if model == f.hub_id)
+    elif is_plainly_local(model):
+        raise path_not_found("--model", model)
+    elif forced is not None:
+        return forced  # a hub id: no download just to confirm what the user said
     else:
         found = _hub_family(model)
     if forced is not None and found is not forced:
         raise LowvramError(f"--model-family {forced.name}: {model} is {found.title} ({found.name}), not "
                            f"{forced.title}; drop --model-family, or pass a {forced.title} model")
     return found
+
+
+def is_plainly_local(name: str) -> bool:
+    """Whether `name` can only be a path on this machine, never a hub id ("owner/repo"): it starts at a root, the
+    current or the home folder or a drive, has more than one `/`, ends in a weights extension, or its first part
+    is a folder here (`models/tinydif`, a typo under an existing `models/`)."""
+    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in name or re.match(r"[A-Za-z]:", name):
+        return True
+    if name.count("/") > 1 or Path(name).suffix.lower() in WEIGHT_SUFFIXES:
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
+
+
+def path_not_found(flag: str, name: str) -> LowvramError:
+    """`flag`'s local file or folder is not there; the closest name beside where it should be, if one is close."""
+    path = Path(name).expanduser()
+    hint = ""
+    if path.parent.is_dir():  # stems compared: every "*.safetensors" name is close to every other
+        names: dict[str, str] = {}
+        for entry in path.parent.iterdir():
+            if entry.stem not in names or entry.suffix == path.suffix:
+                names[entry.stem] = entry.name
+        close = difflib.get_close_matches(path.stem, list(names), n=1)
+        hint = f" (did you mean {Path(name).parent / names[close[0]]}?)" if close else ""
+    return LowvramError(f"{flag}: file or folder not found: {name}{hint}")
+
+
+def read_json(file: Path, flag: str = "--model") -> dict:
+    """A model's JSON config; a broken one is a one-line error naming the file and where it breaks."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        reason = exc.msg.removesuffix(" at").removesuffix(" starting")  # "Unterminated string starting at"
+        raise LowvramError(f"{flag}: {file} is not valid JSON (line {exc.lineno} column {exc.colno}): {reason}; "
+                           "restore it from the model's source") from None
+    except UnicodeDecodeError:
+        raise LowvramError(f"{flag}: {file} is not valid JSON (not UTF-8 text); restore it from the model's "
+                           "source") from None
+    if not isinstance(value, dict):
+        raise LowvramError(f"{flag}: {file} is not valid JSON for a config (a {type(value).__name__}, not an "
+                           "object); restore it from the model's source")
+    return value
 
 
 def _hub_family(model: str) -> ModelFamily:
@@ -53,12 +109,67 @@ def _hub_family(model: str) -> ModelFamily:
     return folder_family(Path(index), Path(unet), model)
 
 
+PART_ORDER = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+def diffusers_folder_family(folder: Path) -> ModelFamily:
+    """The family of a local diffusers folder, once every part the loader reads is there with a valid config and
+    .safetensors weights: a copy that lost a part is named here, before diffusers fails on it in loading."""
+    index_file = folder / "model_index.json"
+    if index_file.is_file():
+        index = read_json(index_file)
+        parts = {name: entry for name, entry in index.items()  # the loader passes safety_checker=None
+                 if isinstance(entry, list) and len(entry) == 2 and entry[0] and name != "safety_checker"}
+        names = sorted(parts, key=lambda n: (PART_ORDER.index(n) if n in PART_ORDER else len(PART_ORDER), n))
+        for name in names:
+            if not (folder / name).is_dir():
+                raise LowvramError(f"--model: {folder} has no {name}/ (a diffusers model folder needs "
+                                   f"{', '.join(n + '/' for n in names)}); copy the whole model")
+        for name in names:
+            check_model_part(folder / name, *parts[name])
+    return folder_family(index_file, folder / "unet" / "config.json", str(folder))
+
+
+def check_model_part(part: Path, library: str, class_name: str, flag: str = "--model") -> None:
+    """One part of a diffusers model (unet/, vae/, tokenizer/, …) has what its `library` class loads from: its
+    config (valid JSON) and, for a network, .safetensors weights; pickles are named with the command that
+    converts them."""
+    if not any(part.iterdir()):
+        raise LowvramError(f"{flag}: {part} is empty; copy the whole model")
+    if "Tokenizer" in class_name:
+        return  # vocab.json + merges.txt, or tokenizer.json: transformers names what it lacks
+    config = ("scheduler_config.json" if class_name.endswith("Scheduler")
+              else "preprocessor_config.json" if class_name.endswith(("ImageProcessor", "FeatureExtractor"))
+              else "config.json")
+    if not (part / config).is_file():
+        raise LowvramError(f"{flag}: no {config} in {part}; copy the whole model")
+    read_json(part / config, flag)
+    if config != "config.json" or any(part.glob("*.safetensors")):
+        return
+    weights = "diffusion_pytorch_model.safetensors" if library == "diffusers" else "model.safetensors"
+    pickles = sorted(p for p in part.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:  # converted to the name `library` looks for (transformers': model.safetensors)
+        refusal = pickle_refusal(flag, str(pickles[0]))
+        raise LowvramError(refusal.replace(f"'{pickles[0].with_suffix('.safetensors')}'", f"'{part / weights}'"))
+    raise LowvramError(f"{flag}: no weights in {part} ({weights}); copy the whole model")
+
+
+def refuse_image_conditioned(name: str, in_channels: object) -> None:
+    """A U-Net that reads more than the noisy latent (inpainting, instruct-pix2pix, …) can't train here."""
+    if in_channels is None or in_channels == 4:
+        return
+    kind = IMAGE_CONDITIONED.get(in_channels if isinstance(in_channels, int) else 0, "not a text-to-image model")
+    raise LowvramError(f"--model: {name} is {kind} ({in_channels} input channels); lowvram trains SD1.5 and SDXL "
+                       "text-to-image models: give the base model")
+
+
 def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
     if not index_file.is_file():
         raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model; "
                            "pass a diffusers folder or a .safetensors checkpoint")
-    index = json.loads(index_file.read_text())
-    unet_config = json.loads(unet_file.read_text()) if unet_file.is_file() else {}
+    index = read_json(index_file)
+    unet_config = read_json(unet_file) if unet_file.is_file() else {}
+    refuse_image_conditioned(name, unet_config.get("in_channels", 4))
     family = family_for_pipeline(index.get("_class_name", ""), unet_config.get("cross_attention_dim"))
     if family is None:
         raise LowvramError(f"--model: {name} is a {index.get('_class_name')} with cross-attention width "
@@ -73,13 +184,16 @@ def detect_single_file_family(path: Path) -> ModelFamily:
     try:
         with safe_open(str(path), framework="numpy") as f:  # the header only, without torch
             keys = list(f.keys())
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys if "attn2.to_k.weight" in k}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys if "attn2.to_k.weight" in k or k == UNET_IN}
     except (OSError, SafetensorError) as exc:
         raise LowvramError(f"--model: {path} is not a readable .safetensors file ({exc}); re-download it") from None
+    stem = shapes.pop(UNET_IN, ())
+    if len(stem) == 4:
+        refuse_image_conditioned(str(path), stem[1])
     for family in FAMILIES.values():
         if all(shapes.get(key) == shape for key, shape in family.fingerprint):
             return family
-    raise LowvramError(f"--model: {path} {_describe_unknown_checkpoint(keys, shapes)}")
+    raise UnknownCheckpoint(f"--model: {path} {_describe_unknown_checkpoint(keys, shapes)}")
 
 
 def _describe_unknown_checkpoint(keys: list[str], shapes: dict[str, tuple[int, ...]]) -> str:

@@ -5,18 +5,30 @@ tokenizer files they need ship in `lowvram/models/configs/`. Pickles are never o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
 import json
 import logging
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
-from lowvram.models.detect import detect_family, detect_single_file_family, first_line, folder_family
+from lowvram.models.detect import (
+    check_model_part,
+    detect_family,
+    detect_single_file_family,
+    diffusers_folder_family,
+    first_line,
+    is_plainly_local,
+    path_not_found,
+)
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
 RANDOM_INIT_SEED = 0  # `--model tiny` is one fixed model, so a LoRA trained on it loads on it again later
@@ -55,7 +67,7 @@ def load_model(model: str, family: str | None = None, dtype: torch.dtype = torch
     """Load `model` (see `--model`); `family` overrides detection; `vae` replaces the model's VAE."""
     loaded = _load_model(model, family, dtype)
     if vae:
-        loaded.pipeline.register_modules(vae=load_vae(Path(vae), loaded.family, dtype))
+        loaded.pipeline.register_modules(vae=load_vae(vae, loaded.family, dtype))
     return loaded
 
 
@@ -75,18 +87,30 @@ def _load_model(model: str, family: str | None, dtype: torch.dtype) -> LoadedMod
         return _load_single_file(path, forced, dtype)
     if path.is_dir():
         return _load_diffusers_folder(path, forced, dtype)
+    if is_plainly_local(model):
+        raise path_not_found("--model", model)
     if model.count("/") == 1 and not model.startswith((".", "/", "~")):
         return _load_from_hub(model, forced, dtype)
     raise LowvramError(f"--model: '{model}' is not a file, a folder, a hub id or one of {', '.join(FAMILIES)}")
 
 
-def load_vae(path: Path, family: ModelFamily, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A user's VAE: a diffusers folder, or a .safetensors file in the original or the diffusers layout."""
+def load_vae(vae: str | Path, family: ModelFamily, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A user's VAE: a diffusers folder (or a whole diffusers model's vae/), or a .safetensors file in the original
+    or the diffusers layout."""
     from diffusers import AutoencoderKL
 
-    path = Path(path)
+    path = Path(vae).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise LowvramError(pickle_refusal("--vae", str(path)))
+        raise LowvramError(pickle_refusal("--vae", str(vae)))
+    if not path.exists():
+        raise path_not_found("--vae", str(vae))
+    if path.is_dir() and not (path / "config.json").is_file():
+        if not (path / "vae" / "config.json").is_file():
+            raise LowvramError(f"--vae: {path} has no config.json, so is not a diffusers VAE folder; pass a VAE "
+                               "folder (config.json and diffusion_pytorch_model.safetensors) or a .safetensors file")
+        path = path / "vae"  # a whole diffusers model: its VAE
+    if path.is_dir():
+        check_model_part(path, "diffusers", "AutoencoderKL", "--vae")
     try:
         if path.is_dir():
             return AutoencoderKL.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
@@ -157,16 +181,16 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     pipeline_cls = getattr(importlib.import_module("diffusers"), family.pipeline_class)
-    with _quiet_diffusers():
+    with _quiet_diffusers(), _lower_case_suffix(path) as readable:
         try:
             pipeline = pipeline_cls.from_single_file(
-                str(path), config=str(family.config_dir), local_files_only=True, torch_dtype=dtype
+                readable, config=str(family.config_dir), local_files_only=True, torch_dtype=dtype
             )
         except SingleFileComponentError as exc:
             component = str(exc).split("Failed to load ", 1)[-1].split(".", 1)[0]
             raise LowvramError(f"--model: {path} has no {component} weights; pass a complete "
                                f"{family.title} checkpoint") from None
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
             raise LowvramError(f"--model: {path} could not be loaded as {family.title}: {first_line(exc)}") from None
     for name, component in pipeline.components.items():
         # diffusers leaves weights the file lacks on the meta device instead of failing: catch it here
@@ -184,6 +208,24 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
     return LoadedModel(family, pipeline, str(path), path.stem, file_short_hash(path))
 
 
+@contextlib.contextmanager
+def _lower_case_suffix(path: Path) -> Iterator[str]:
+    """`path` under a name ending in `.safetensors`: diffusers reads any other name (`model.SAFETENSORS`) as a
+    pickle, so such a file is read through a correctly named link in a temporary folder."""
+    if path.name.endswith(".safetensors"):
+        yield str(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="lowvram-") as folder:
+        link = Path(folder) / f"{path.stem}.safetensors"
+        try:
+            os.symlink(path.resolve(), link)
+        except OSError as exc:  # e.g. Windows without the symlink privilege
+            raise LowvramError(f"--model: rename {path} to {link.name} (diffusers reads only a lower-case "
+                               f".safetensors extension, and a link to it could not be made: {first_line(exc)})"
+                               ) from None
+        yield str(link)
+
+
 def zero_terminal_snr_sampler(scheduler):
     """The sampler for a model trained with zero terminal SNR (Lin et al. 2023): its schedule rescaled so the last
     timestep is pure noise, and timesteps spaced from that last one ('trailing'). Euler where the model's own
@@ -197,14 +239,15 @@ def zero_terminal_snr_sampler(scheduler):
 
 
 def _load_diffusers_folder(path: Path, forced: ModelFamily | None, dtype: torch.dtype) -> LoadedModel:
-    family = forced or folder_family(path / "model_index.json", path / "unet" / "config.json", str(path))
+    family = forced or diffusers_folder_family(path)  # (detection, when forced, checked the parts already)
     pipeline_cls = getattr(importlib.import_module("diffusers"), family.pipeline_class)
     try:
         pipeline = pipeline_cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True,
                                                 safety_checker=None, requires_safety_checker=False)
     except OSError as exc:
-        raise LowvramError(f"--model: {path} could not be loaded: {first_line(exc)} (lowvram reads only "
-                           ".safetensors weights; convert pickle .bin files first)") from None
+        pickles = any(p.suffix.lower() in PICKLE_SUFFIXES for p in path.glob("*/*"))
+        hint = " (lowvram reads only .safetensors weights; convert pickle .bin files first)" if pickles else ""
+        raise LowvramError(f"--model: {path} could not be loaded: {first_line(exc)}{hint}") from None
     unet_weights = next((path / "unet").glob("*.safetensors"), None)
     return LoadedModel(family, pipeline, str(path), path.name, file_short_hash(unet_weights) if unet_weights else "")
 
@@ -216,8 +259,8 @@ def _load_from_hub(repo_id: str, family: ModelFamily | None, dtype: torch.dtype)
         pipeline = DiffusionPipeline.from_pretrained(repo_id, torch_dtype=dtype, use_safetensors=True,
                                                      safety_checker=None, requires_safety_checker=False)
     except Exception as exc:  # noqa: BLE001 - hub, network and auth errors have no common base class
-        raise LowvramError(f"--model: could not download '{repo_id}' from the Hugging Face hub "
-                           f"({first_line(exc)}); offline, pass a local .safetensors file or diffusers folder") from None
+        raise LowvramError(f"--model: could not download '{repo_id}' from the Hugging Face hub ({first_line(exc)}); "
+                           "offline, pass a local .safetensors file or diffusers folder") from None
     family = family or family_for_pipeline(type(pipeline).__name__, pipeline.unet.config.cross_attention_dim)
     if family is None:
         raise LowvramError(f"--model: '{repo_id}' is a {type(pipeline).__name__}; lowvram trains SD1.5 and SDXL")

@@ -1,0 +1,186 @@
+"""How --model and --vae paths are recognised: an upper-case .SAFETENSORS loads; a broken JSON config, a mistyped
+local path, an inpainting or pix2pix U-Net and a diffusers folder missing a part each get one line naming the file
+and the fix, before any weights load and without asking the hub; a whole model folder as --vae gives its vae/."""
+
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+
+from lowvram.cli import main
+from lowvram.errors import LowvramError
+from lowvram.models import FAMILIES, build_from_config, load_model
+from lowvram.models.detect import detect_family
+from lowvram.models.ldm_layout import sd15_single_file
+
+UNET_STEM = "model.diffusion_model.input_blocks.0.0.weight"  # (out, in_channels, 3, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline():
+    return build_from_config(FAMILIES["tiny"])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_pipeline):
+    """models/tinydiff (a diffusers folder) and models/tiny.safetensors (the same model as one file)."""
+    root = tmp_path_factory.mktemp("work") / "models"
+    tiny_pipeline.save_pretrained(root / "tinydiff", safe_serialization=True)
+    p = tiny_pipeline
+    save_file({k: v.contiguous() for k, v in sd15_single_file(p.unet, p.vae, p.text_encoder).items()},
+              str(root / "tiny.safetensors"))
+    return root
+
+
+@pytest.fixture
+def folder(models, tmp_path):
+    """A copy of the tiny diffusers folder, to break."""
+    return shutil.copytree(models / "tinydiff", tmp_path / "tinydiff")
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def commands(model: str, tmp_path) -> list[list[str]]:
+    """plan, check-data and train with `model`: each reads --model before anything else."""
+    return [["plan", "--model", model, "--data", "sample", "--vram", "8GB"],
+            ["check-data", "sample", "--model", model],
+            ["train", "--model", model, "--data", "sample", "--max-steps", "1", "--output", str(tmp_path / "out")]]
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("config", ["model_index.json", "unet/config.json", "vae/config.json"])
+def test_a_malformed_json_config_is_one_line_naming_the_file(config, folder, tmp_path, capsys):
+    (folder / config).write_text('{"_class_name": "StableDiffusionPipeline",\n  "in_channels": 4,,\n}')
+    for argv in commands(str(folder), tmp_path):
+        err = one_line_error(capsys, argv)
+        assert f"--model: {folder / config} is not valid JSON (line 2 column 20): Expecting property name" in err
+        assert err.endswith("restore it from the model's source")
+
+
+def test_an_upper_case_safetensors_extension_loads_as_safetensors(models, tiny_pipeline, tmp_path, no_network):
+    path = shutil.copy(models / "tiny.safetensors", tmp_path / "tiny.SAFETENSORS")
+    loaded = load_model(str(path))
+    assert loaded.family is FAMILIES["tiny"] and loaded.source == str(path) and len(loaded.hash) == 8
+    assert_same_weights(loaded.unet, tiny_pipeline.unet)
+    assert_same_weights(loaded.vae, tiny_pipeline.vae)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.SAFETENSORS"]  # nothing left beside it
+
+
+@pytest.mark.parametrize("name", ["models/tinydif", "./models/nothere", "{tmp}/nothere/model",
+                                  "models/nothere.safetensors", "nothere.Safetensors", "~/lowvram-nothere/x"])
+def test_a_local_path_that_is_not_there_is_not_found_without_the_hub(name, models, tmp_path, monkeypatch, capsys,
+                                                                     no_network):
+    monkeypatch.chdir(models.parent)  # models/ is a folder here: `models/tinydif` is a typo, not a hub id
+    name = name.format(tmp=tmp_path)
+    expected = f"--model: file or folder not found: {name}"
+    with pytest.raises(LowvramError) as plan_error:
+        detect_family(name)  # what plan, check-data and train ask first
+    with pytest.raises(LowvramError) as forced_error:
+        detect_family(name, "sd15")  # --model-family does not make it a hub id
+    with pytest.raises(LowvramError) as load_error:
+        load_model(name)  # what merge, extract and generate load with
+    for error in (plan_error, forced_error, load_error):
+        assert str(error.value).startswith(expected) and "hub" not in str(error.value)
+    if name == "models/tinydif":
+        assert str(plan_error.value) == f"{expected} (did you mean models/tinydiff?)"
+        assert expected in one_line_error(capsys, commands(name, tmp_path)[0])
+    with pytest.raises(LowvramError, match="--vae: file or folder not found: ./nothere/vae"):
+        load_model("tiny", vae="./nothere/vae")
+    for hub_id in ("someone/some-sd15-model", "runwayml/stable-diffusion-v1-5"):  # still hub ids (offline here)
+        with pytest.raises(LowvramError, match=f"'{hub_id}' is not a local file or folder.*--model-family"):
+            detect_family(hub_id)
+    assert detect_family(FAMILIES["sdxl"].hub_id) is FAMILIES["sdxl"]
+
+
+def test_an_inpainting_unet_folder_is_refused_before_loading(folder, tmp_path, capsys):
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    UNet2DConditionModel.from_config({**unet.config, "in_channels": 9}).save_pretrained(folder / "unet")
+    expected = (f"--model: {folder} is an inpainting model (9 input channels); lowvram trains SD1.5 and SDXL "
+                "text-to-image models: give the base model")
+    for argv in commands(str(folder), tmp_path):
+        assert one_line_error(capsys, argv) == f"lowvram {argv[0]}: error: {expected}"
+    with pytest.raises(LowvramError) as error:
+        load_model(str(folder))
+    assert str(error.value) == expected
+
+
+@pytest.mark.parametrize(("channels", "kind"), [(9, "an inpainting model"),
+                                               (8, "an image-editing model like instruct-pix2pix")])
+def test_an_image_conditioned_single_file_is_refused_from_its_header(channels, kind, models, tmp_path, capsys):
+    state = load_file(str(models / "tiny.safetensors"))
+    assert state[UNET_STEM].shape[1] == 4
+    state[UNET_STEM] = torch.zeros(state[UNET_STEM].shape[0], channels, 3, 3)
+    path = tmp_path / "edit.safetensors"
+    save_file(state, str(path))
+    err = one_line_error(capsys, commands(str(path), tmp_path)[0])
+    assert f"{path} is {kind}" in err and f"({channels} input channels); lowvram trains SD1.5 and SDXL text-to-image" \
+        in err and err.endswith("give the base model")
+    for family in (None, "tiny"):  # --model-family names the family; it does not make the U-Net text-to-image
+        with pytest.raises(LowvramError, match=rf"\({channels} input channels\)"):
+            load_model(str(path), family)
+
+
+def test_a_folder_without_its_vae_names_the_missing_part(folder, tmp_path, capsys):
+    shutil.rmtree(folder / "vae")
+    expected = (f"--model: {folder} has no vae/ (a diffusers model folder needs unet/, vae/, text_encoder/, "
+                "tokenizer/, scheduler/); copy the whole model")
+    for argv in commands(str(folder), tmp_path):
+        assert one_line_error(capsys, argv).endswith(expected)
+    with pytest.raises(LowvramError) as error:
+        load_model(str(folder))
+    assert str(error.value) == expected
+
+
+@pytest.mark.parametrize(("part", "weights"), [("unet", "diffusion_pytorch_model.safetensors"),
+                                                ("vae", "diffusion_pytorch_model.safetensors"),
+                                                ("text_encoder", "model.safetensors")])
+def test_a_folder_part_without_weights_is_named_without_a_pickle_hint(part, weights, folder, tmp_path, capsys):
+    (folder / part / weights).unlink()
+    expected = f"--model: no weights in {folder / part} ({weights}); copy the whole model"
+    assert one_line_error(capsys, commands(str(folder), tmp_path)[0]).endswith(expected)
+    with pytest.raises(LowvramError) as error:
+        load_model(str(folder))
+    assert str(error.value) == expected  # one line: no diffusers line before it, no advice about .bin files
+
+
+def test_pickle_weights_in_a_folder_get_the_command_that_converts_them(folder, tiny_pipeline):
+    """transformers reads text_encoder/model.safetensors, not pytorch_model.safetensors: the command in the
+    message writes the name the loader looks for, and then the folder loads."""
+    (folder / "text_encoder" / "model.safetensors").unlink()
+    torch.save(tiny_pipeline.text_encoder.state_dict(), folder / "text_encoder" / "pytorch_model.bin")
+    with pytest.raises(LowvramError) as error:
+        load_model(str(folder))
+    message = str(error.value)
+    assert message.startswith(f"--model: {folder / 'text_encoder' / 'pytorch_model.bin'} is a pickle file")
+    command = shlex.split(message.split("convert it once to safetensors: ", 1)[1])
+    assert command[0] == "python" and f"'{folder / 'text_encoder' / 'model.safetensors'}'" in command[2]
+    subprocess.run([sys.executable, *command[1:]], check=True)
+    assert_same_weights(load_model(str(folder)).pipeline.text_encoder, tiny_pipeline.text_encoder)
+
+
+def test_a_whole_model_folder_as_vae_uses_its_vae(folder, tmp_path):
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(1.5)  # another VAE than tiny's own
+    vae.save_pretrained(folder / "vae")
+    loaded = load_model("tiny", vae=str(folder))
+    assert_same_weights(loaded.vae, vae)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LowvramError, match=r"--vae: .*empty has no config.json, so is not a diffusers VAE folder"):
+        load_model("tiny", vae=str(tmp_path / "empty"))
