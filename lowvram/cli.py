@@ -157,12 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "--h size, --s steps, --l guidance, --d seed, --ss sampler) and win over the flags")
     gen.add_argument("--negative-prompt", default=None, help="negative prompt")
     gen.add_argument("--output", type=Path, default=Path("generated.png"),
-                     help="image path; with --count > 1, numbered files [default: generated.png]")
+                     help="image path, .png, .jpg, .jpeg or .webp (written in that format); with --count > 1, "
+                     "numbered files [default: generated.png]")
+    gen.add_argument("--overwrite", action="store_true", help="replace --output (or its numbered files) if it "
+                     "exists; a file being read (--model, --lora) is never replaced")
     gen.add_argument("--count", type=int, default=1, help="number of images [default: 1]")
-    gen.add_argument("--steps", type=int, default=25, help="denoising steps [default: 25]")
+    gen.add_argument("--steps", type=int, default=25, help="denoising steps, 1 or more [default: 25]")
     gen.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale [default: 7.0]")
-    gen.add_argument("--resolution", type=int, default=None, help="image size in pixels [default: the model's]")
-    gen.add_argument("--seed", type=int, default=0, help="seed of the first image [default: 0]")
+    gen.add_argument("--resolution", type=int, default=None, help="image size in pixels, a multiple of 8 from 64 "
+                     "to 4096 [default: the model's]")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the first image, 0 to 4294967295; -1 draws one "
+                     "and prints it [default: 0]")
     gen.add_argument("--clip-skip", type=int, choices=(1, 2, 3, 4), help="CLIP layers skipped from the end, as "
                      "train's --clip-skip [default: the LoRA's, else 1]")
     gen.add_argument("--sampler", type=_sampler, default=None,

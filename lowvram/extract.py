@@ -10,11 +10,13 @@ small change survives fp16's rounding, not bf16's); each layer is split in fp32.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.errors import LowvramError
+from lowvram.files import output_problem
 
 if TYPE_CHECKING:
     import torch
@@ -63,10 +65,10 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
     from lowvram.adapters.networks import is_spatial, targeted
     from lowvram.config import NetworkConfig
     from lowvram.files import save_safetensors
-    from lowvram.models.loading import load_model
 
     torch.manual_seed(0)  # svd_lowrank's random start: the same file from the same models
-    original, changed = (load_model(name, family, dtype=DTYPES[load_precision]) for name in (base, tuned))
+    original, changed = (_load(name, flag, family, DTYPES[load_precision])
+                         for name, flag in ((base, "--base"), (tuned, "--tuned")))
     if original.family.name != changed.family.name:
         raise LowvramError(f"--base is {original.family.title}, --tuned {changed.family.title}; give the "
                            "model the tuned one was trained from")
@@ -109,6 +111,27 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
     return Extracted(output, len(kept), encoders, kept)
 
 
+def _load(model: str, flag: str, family: str | None, dtype: torch.dtype):
+    """The model, loaded on the CPU; its errors name `flag` (--base or --tuned) where load_model's say --model
+    (not --model-family, which extract has too)."""
+    from lowvram.models.loading import load_model
+
+    try:
+        return load_model(model, family, dtype=dtype)
+    except LowvramError as exc:
+        if not str(exc).startswith("--model:"):
+            raise
+        raise LowvramError(re.sub(r"--model(?![-\w])", flag, str(exc))) from None
+
+
+def same_model(base: str, tuned: str) -> bool:
+    """Whether --base and --tuned name one model: the same file or folder (however written), or the same name."""
+    first, second = Path(base).expanduser(), Path(tuned).expanduser()
+    if first.exists() and second.exists():
+        return first.samefile(second)
+    return base == tuned
+
+
 def run(args: argparse.Namespace) -> Extracted:
     """`lowvram extract`, its options checked first (one line each)."""
     problems = []
@@ -120,8 +143,11 @@ def run(args: argparse.Namespace) -> Extracted:
         problems.append(f"--clamp-quantile: must be in (0, 1], got {args.clamp_quantile:g}")
     if args.min_diff < 0:
         problems.append(f"--min-diff: must be 0 or more, got {args.min_diff:g}")
-    if args.output.exists() and not args.overwrite:
-        problems.append(f"--output: {args.output} exists; add --overwrite to replace it, or name another")
+    if same_model(args.base, args.tuned):
+        problems.append("--tuned: the same file as --base; nothing to extract (give the fine-tuned model)")
+    written = output_problem(args.output, [Path(args.base), Path(args.tuned)], args.overwrite)
+    if written:
+        problems.append(written)
     if problems:
         raise LowvramError("\n".join(problems))
     return extract(args.base, args.tuned, args.rank, args.output, args.lora_layers, args.conv_rank, args.min_diff,

@@ -114,6 +114,23 @@ def write_problem(folder: Path) -> str | None:
         return f"can't write in {folder}: {exc.strerror or exc}"
 
 
+def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str = "--output") -> str | None:
+    """Why `output` must not be written, in one line: it is one of the files `inputs` being read (or inside a
+    folder being read: a diffusers model's), whatever --overwrite says; or it exists and `overwrite` is off.
+    None when it may be written."""
+    output = Path(output).expanduser()
+    target = output.resolve()
+    for path in (Path(given).expanduser() for given in inputs):
+        if not path.exists():
+            continue
+        same = target == path.resolve() or (output.exists() and output.samefile(path))  # a link to it too
+        if same or (path.is_dir() and output.exists() and target.is_relative_to(path.resolve())):
+            return f"{flag}: {output} is a file being read; name another"
+    if output.exists() and not overwrite:
+        return f"{flag}: {output} exists; add --overwrite to replace it, or name another"
+    return None
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """A full disk or a file-size limit, as the OS says it, or as safetensors' writer words it (its own error)."""
     if isinstance(exc, OSError) and exc.errno in FULL_DISK_ERRNOS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import secrets
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -14,35 +15,51 @@ from pathlib import Path
 import torch
 
 from lowvram.errors import LowvramError
-from lowvram.files import save_image
+from lowvram.files import atomic_write, output_problem
 from lowvram.hardware import detect
 from lowvram.merge import parse_source
 from lowvram.models.conditioning import weighted_tokens
 from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, TextReading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
-from lowvram.prompts import parse_prompt
+from lowvram.prompts import OPTIONS, SamplePrompt, parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # Pillow's names, by extension
+MAX_SEED = 2**32 - 1  # AUTOMATIC1111's and kohya's seeds; -1 draws one
+MIN_RESOLUTION, MAX_RESOLUTION = 64, 4096
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
     """Render `--count` images; the prompt's kohya-style inline options (--n --w --h --s --l --d --ss) win over
-    the flags that say the same."""
-    try:
-        prompt = parse_prompt(args.prompt, args.sampler)
-    except ValueError as exc:
-        raise LowvramError(f"--prompt: {exc}") from None
+    the flags that say the same. Every option is checked before the model loads (one line each), and nothing is
+    written over a file being read, or over any file without --overwrite."""
+    prompt, sources, problems = _read_options(args)
+    paths = output_paths(args.output, args.count)
+    problem = _output_problem(args, paths, [Path(args.model), *(path for path, _ in sources)])
+    problems += [problem] if problem else []
+    if problems:
+        raise LowvramError("\n".join(problems))
+    seed = args.seed if prompt.seed is None else prompt.seed
+    if seed == -1:  # AUTOMATIC1111's random seed, said so that the image can be made again
+        seed = secrets.randbelow(MAX_SEED + 2 - args.count)
+        print(f"seed -1: drew {seed}" + (f" (the images' seeds are {seed} to {seed + args.count - 1})"
+                                          if args.count > 1 else ""))
     hardware = detect()
     device = torch.device(hardware.device)
     dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if hardware.bf16 else torch.float16)
     model = load_model(args.model, args.model_family, dtype=dtype)
-    if args.lora:
-        apply_loras(model, [parse_source(text, args.weight) for text in args.lora])
+    steps = prompt.steps or args.steps
+    most = model.pipeline.scheduler.config.num_train_timesteps
+    if steps > most:  # the samplers cannot take more steps than the model was trained with timesteps
+        flag = "--steps:" if prompt.steps is None else "--prompt: --s (steps)"
+        raise LowvramError(f"{flag} {model.family.title} has {most} timesteps, so at most {most} steps; got {steps}")
+    if sources:
+        apply_loras(model, sources)
     if prompt.sampler:
         problem = sampler_problem(prompt.sampler, bool(model.pipeline.scheduler.config.get("rescale_betas_zero_snr")))
         if problem:
             raise LowvramError(f"--sampler: {problem}")
-    seed = args.seed if prompt.seed is None else prompt.seed
     prompt = replace(prompt, negative=prompt.negative or args.negative_prompt or "", seed=None,
                      guidance=args.guidance if prompt.guidance is None else prompt.guidance)
     reading = model.text_reading or DEFAULT_READING
@@ -52,13 +69,97 @@ def generate(args: argparse.Namespace) -> list[Path]:
     if dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
         model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16, as its pipeline knows
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if device.type != "cpu" else nullcontext
-    paths = []
-    for i in range(args.count):
-        image = render(model, prompt, args.resolution or model.family.resolution, prompt.steps or args.steps,
-                       seed + i, device, autocast)
-        path = args.output if args.count == 1 else args.output.with_name(f"{args.output.stem}-{i:02d}{args.output.suffix}")
-        paths.append(save_image(image, path, "the image"))
+    for i, path in enumerate(paths):
+        image = render(model, prompt, args.resolution or model.family.resolution, steps, seed + i, device, autocast)
+        save_as_named(image, path)
     return paths
+
+
+def output_paths(output: Path, count: int) -> list[Path]:
+    """The files `--output` names: itself for one image, else numbered ones beside it (out-00.png, out-01.png)."""
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i:02d}{output.suffix}") for i in range(count)]
+
+
+def save_as_named(image, path: Path) -> Path:
+    """The image in the format its file's extension names (JPEG without an alpha channel), atomically."""
+    kind = IMAGE_FORMATS[path.suffix.lower()]
+    image = image.convert("RGB") if kind == "JPEG" and image.mode != "RGB" else image
+    options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}.get(kind, {})  # 4:4:4 colour
+    return atomic_write(path, lambda tmp: image.save(tmp, format=kind, **options), image.width * image.height * 4,
+                        "the image")
+
+
+def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Path, float]], list[str]]:
+    """The prompt, the LoRAs with their weights, and what is wrong with the options, one line each."""
+    problems = []
+    try:
+        prompt = parse_prompt(args.prompt, args.sampler)
+    except ValueError as exc:
+        problems.append(f"--prompt: {exc}")
+        prompt = SamplePrompt("", sampler=args.sampler)  # the flags are still checked
+    sources = []
+    for text in args.lora or []:
+        try:
+            sources.append(parse_source(text, args.weight))
+        except LowvramError as exc:
+            problems.append(f"--lora: {exc}")
+    problems += lora_problems(sources)
+    for flag, value in (("--steps", args.steps), ("--count", args.count)):
+        if value < 1:
+            problems.append(f"{flag}: must be 1 or more, got {value}")
+    if args.resolution is not None and not (MIN_RESOLUTION <= args.resolution <= MAX_RESOLUTION
+                                            and args.resolution % 8 == 0):
+        problems.append(f"--resolution: must be a multiple of 8 from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got "
+                        f"{args.resolution}")
+    for flag, value in (("--guidance:", args.guidance), ("--weight:", args.weight),
+                        ("--prompt: --l (guidance scale)", prompt.guidance)):
+        if value is not None and not math.isfinite(value):
+            problems.append(f"{flag} must be a finite number, got {value}")
+    for key, value in (("w", prompt.width), ("h", prompt.height)):
+        if value is not None and value > MAX_RESOLUTION:
+            problems.append(f"--prompt: --{key} ({OPTIONS[key]}) must be at most {MAX_RESOLUTION}, got {value}")
+    for flag, seed in (("--seed:", args.seed), ("--prompt: --d (seed)", prompt.seed)):
+        if seed is not None and seed != -1 and not 0 <= seed <= MAX_SEED:
+            problems.append(f"{flag} must be from 0 to {MAX_SEED}, or -1 for a random one; got {seed}")
+    seed = args.seed if prompt.seed is None else prompt.seed
+    if args.count > 1 and 0 <= seed <= MAX_SEED < seed + args.count - 1:
+        problems.append(f"--seed: the {args.count} images' seeds {seed} to {seed + args.count - 1} pass {MAX_SEED}; "
+                        "give a smaller seed, or -1 for a random one")
+    return prompt, sources, problems
+
+
+def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Path]) -> str | None:
+    """What is wrong with --output (one line): a file being read (never replaced), an extension that names no
+    image format, or files that exist (every numbered one is checked before any is written) without
+    --overwrite."""
+    read = [problem for problem in (output_problem(path, inputs, overwrite=True) for path in paths) if problem]
+    if read:
+        return read[0]
+    if args.output.suffix.lower() not in IMAGE_FORMATS:
+        return (f"--output: {args.output} names no image format; end it in "
+                f"{', '.join(list(IMAGE_FORMATS)[:-1])} or {list(IMAGE_FORMATS)[-1]} (the format is the extension's)")
+    existing = [path for path in paths if path.exists()]
+    if existing and not args.overwrite:
+        more = f" (and {len(existing) - 1} more of the numbered files)" if len(existing) > 1 else ""
+        return f"--output: {existing[0]} exists{more}; add --overwrite to replace it, or name another"
+    return None
+
+
+def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
+    """What is wrong with the --lora files before anything loads: one that is not there, or not .safetensors (a
+    diffusers LoRA folder is read by its weights file)."""
+    from lowvram.adapters.lora_files import DIFFUSERS_WEIGHTS
+
+    problems = []
+    for path, _ in sources:
+        path = path / DIFFUSERS_WEIGHTS if (path / DIFFUSERS_WEIGHTS).is_file() else path
+        if not path.is_file():
+            problems.append(f"--lora: file not found: {path}")
+        elif path.suffix.lower() != ".safetensors":
+            problems.append(f"--lora: {path} is not a .safetensors file")
+    return problems
 
 
 def _chunks(model: LoadedModel, texts: list[str]) -> int:
@@ -76,11 +177,9 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
     # a diffusers LoRA folder (train --format diffusers writes one) by the weights file in it
     sources = [(path / DIFFUSERS_WEIGHTS if (path / DIFFUSERS_WEIGHTS).is_file() else path, weight)
                for path, weight in sources]
-    for path, _ in sources:
-        if not path.is_file():
-            raise LowvramError(f"--lora: file not found: {path}")
-        if path.suffix.lower() != ".safetensors":
-            raise LowvramError(f"--lora: {path} is not a .safetensors file")
+    problems = lora_problems(sources)
+    if problems:
+        raise LowvramError("\n".join(problems))
     for path, _ in sources:
         for change in follow_lora_schedule(model, path):
             print(f"{path.name} was trained with {change}: sampling with it too")

@@ -8,6 +8,7 @@ A layer that only some files adapt takes only theirs. The merged file is a plain
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from lowvram.errors import LowvramError
@@ -20,12 +21,29 @@ SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "
 
 
 def parse_source(text: str, weight: float = 1.0) -> tuple[Path, float]:
-    """FILE or FILE:WEIGHT, `weight` where none is given (a Windows drive's colon is part of the file)."""
+    """FILE or FILE:WEIGHT, `weight` where none is given. An existing file is the file, whatever colons its name
+    holds; so is text whose last ':' is a Windows drive's (C:\\x) or is followed by a path or a file name
+    (dir:v2.safetensors), which is then not found. Otherwise what follows the last ':' is the weight: a
+    LowvramError (one line) where it is not a finite number."""
     head, sep, tail = text.rpartition(":")
-    try:
-        return (Path(head), float(tail)) if sep and head else (Path(text), weight)
-    except ValueError:
+    if not sep or not head or Path(text).exists() or _is_path_part(head, tail):
         return Path(text), weight
+    try:
+        value = float(tail)
+    except ValueError:
+        raise LowvramError(f"weight '{tail}' of {head} is not a number; write FILE:WEIGHT, e.g. {head}:0.8") from None
+    if not math.isfinite(value):
+        raise LowvramError(f"weight '{tail}' of {head} is not a finite number; write FILE:WEIGHT, e.g. {head}:0.8")
+    return Path(head), value
+
+
+def _is_path_part(head: str, tail: str) -> bool:
+    """Whether `tail`, after the last ':', reads as the rest of a path rather than a weight: after a drive letter,
+    with a folder separator, or ending in a file suffix such as .safetensors."""
+    if (len(head) == 1 and head.isalpha()) or "/" in tail or "\\" in tail:
+        return True
+    suffix = Path(tail).suffix[1:]
+    return suffix.isalpha()
 
 
 def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dynamic: str | None = None,
@@ -88,8 +106,13 @@ def _metadata(read: list, rank: int, dynamic: str | None, param: float | None, a
 
 def run(args: argparse.Namespace) -> Resized:
     """`lowvram merge`, its options checked first (one line each)."""
-    sources = [parse_source(text) for text in args.lora]
-    problems = [f"{path}: file not found" for path, _ in sources if not path.is_file()]
+    sources, problems = [], []
+    for text in args.lora:
+        try:
+            sources.append(parse_source(text))
+        except LowvramError as exc:
+            problems.append(str(exc))
+    problems += [f"{path}: file not found" for path, _ in sources if not path.is_file()]
     if args.rank is None:
         problems.append("--rank: give the merged file's rank (or --model to fuse the LoRAs into a model instead)")
         args.rank = 1  # the other options are still checked

@@ -80,7 +80,8 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
             else:
                 values["seed"] = int(value)
         except ValueError:
-            need = "a multiple of 8, at least 32" if key in ("w", "h") else "a number"
+            need = {"w": "a multiple of 8, at least 32", "h": "a multiple of 8, at least 32",
+                    "s": "a whole number, at least 1"}.get(key, "a number")
             raise ValueError(f"--{key} ({OPTIONS[key]}) must be {need}, got '{value}' in '{line}'") from None
     if not values["text"]:
         raise ValueError(f"no prompt before the options in '{line}'")

@@ -5,12 +5,13 @@ import pytest
 import torch
 from conftest import run_config
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_train import model_outputs
 
 from lowvram.adapters import lora_files
 from lowvram.cli import main
 from lowvram.extract import low_rank
+from lowvram.models.ldm_layout import sd15_single_file
 from lowvram.models.loading import load_model
 from lowvram.train.loop import train
 
@@ -101,3 +102,53 @@ def test_what_cannot_be_extracted_is_one_line(tuned, tmp_path, capsys):
         assert main(["extract", *argv, "--output", str(tmp_path / "x.safetensors")]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture(scope="module")
+def base_file(tmp_path_factory):
+    """The tiny model as a single-file checkpoint."""
+    pipeline = load_model("tiny").pipeline
+    path = tmp_path_factory.mktemp("base") / "base.safetensors"
+    save_file(sd15_single_file(pipeline.unet, pipeline.vae, pipeline.text_encoder), str(path))
+    return path
+
+
+def refused(argv, capsys) -> str:
+    """The one line `extract` refuses `argv` with (exit 2, no traceback)."""
+    capsys.readouterr()
+    code = main(["extract", "--rank", "2", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    return err[0].removeprefix("lowvram extract: error: ")
+
+
+def test_a_model_that_does_not_load_is_named_by_its_option(tuned, tmp_path, capsys):
+    folder, lora = tuned
+    out = str(tmp_path / "x.safetensors")
+    missing = refused(["--base", str(tmp_path / "missing.safetensors"), "--tuned", str(folder), "--output", out],
+                      capsys)
+    assert missing.startswith("--base: ") and "missing.safetensors" in missing and "--model" not in missing, missing
+    assert refused(["--base", "tiny", "--tuned", str(lora), "--output", out], capsys) == (
+        f"--tuned: {lora} is a LoRA, not a base model; pass a base checkpoint to --tuned (and this file to "
+        "`lowvram generate --lora`)")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_same_model_as_base_and_tuned_is_refused(tuned, base_file, tmp_path, capsys, monkeypatch):
+    folder, _ = tuned
+    monkeypatch.chdir(base_file.parent)
+    out = str(tmp_path / "x.safetensors")
+    for base, again in (("tiny", "tiny"), (str(folder), f"{folder}/"), (str(base_file), "./base.safetensors")):
+        assert refused(["--base", base, "--tuned", again, "--output", out], capsys) == (
+            "--tuned: the same file as --base; nothing to extract (give the fine-tuned model)")
+    assert not (tmp_path / "x.safetensors").exists()  # not an all-zero LoRA
+
+
+def test_the_output_is_never_a_model_being_read(tuned, base_file, capsys):
+    folder, _ = tuned
+    inside = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    before = {path: path.read_bytes() for path in (base_file, inside)}
+    for output in (base_file, inside):  # a single file, or a file of a diffusers folder
+        assert refused(["--base", str(base_file), "--tuned", str(folder), "--output", str(output), "--overwrite"],
+                       capsys) == f"--output: {output} is a file being read; name another"
+    assert {path: path.read_bytes() for path in before} == before

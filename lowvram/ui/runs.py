@@ -132,7 +132,7 @@ def outputs_of(output: Path | None) -> tuple[list[str], list[str]]:
 def render(model: str, lora: str, prompt: str, image: Path, steps: int = 20) -> Path:
     """A test image of the LoRA, through `lowvram generate` in a process of its own."""
     done = subprocess.run(lowvram_command("generate", "--model", model, "--lora", lora, "--prompt", prompt,
-                                          "--output", str(image), "--steps", str(steps)),
+                                          "--output", str(image), "--steps", str(steps), "--overwrite"),
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         message = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]

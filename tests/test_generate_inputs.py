@@ -1,0 +1,142 @@
+"""`lowvram generate` checks what it is given before it loads anything: numbers in range, seeds A1111 can repeat,
+LoRA weights that are numbers, an --output in a format it writes, and never a file it reads, nor any existing
+file without --overwrite. Each refusal is one line naming the option and the fix, and writes nothing."""
+
+import re
+
+import numpy as np
+import pytest
+from conftest import run_config
+from PIL import Image
+from safetensors.torch import save_file
+
+from lowvram.cli import main
+from lowvram.data.sample import write_sample_dataset
+from lowvram.models.ldm_layout import sd15_single_file
+from lowvram.models.loading import load_model
+from lowvram.train.loop import train
+
+BASE = ["generate", "--model", "tiny", "--prompt", "lvshape, a red circle", "--steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """(a LoRA trained on the tiny model, the tiny model as a single-file checkpoint)"""
+    root = tmp_path_factory.mktemp("inputs")
+    lora = train(run_config(output=str(root / "run"), max_steps=1)).lora_path
+    pipeline = load_model("tiny").pipeline
+    checkpoint = root / "base.safetensors"
+    save_file(sd15_single_file(pipeline.unet, pipeline.vae, pipeline.text_encoder), str(checkpoint))
+    return lora, checkpoint
+
+
+def refused(argv, capsys) -> str:
+    """The one line `generate` refuses `argv` with (exit 2, no traceback)."""
+    capsys.readouterr()
+    code = main([*BASE, *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("lowvram generate: error: ")
+    return err[0].removeprefix("lowvram generate: error: ")
+
+
+def test_generate_never_writes_over_a_file_it_reads(inputs, tmp_path, capsys):
+    lora, checkpoint = inputs
+    numbered = tmp_path / "style-00.safetensors"  # with --count 2, the first numbered --output is this --lora
+    numbered.write_bytes(lora.read_bytes())
+    before = {path: path.read_bytes() for path in (lora, checkpoint, numbered)}
+    for argv, named in ((["--lora", str(lora), "--output", str(lora)], lora),
+                        (["--lora", f"{lora}:0.5", "--output", str(lora)], lora),
+                        (["--model", str(checkpoint), "--output", str(checkpoint)], checkpoint),
+                        (["--lora", str(numbered), "--count", "2", "--output", str(tmp_path / "style.safetensors")],
+                         numbered)):
+        for overwrite in ([], ["--overwrite"]):  # --overwrite never replaces a file being read
+            assert refused([*argv, *overwrite], capsys) == f"--output: {named} is a file being read; name another"
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def test_generate_replaces_an_existing_file_only_with_overwrite(tmp_path, capsys):
+    image = next((write_sample_dataset(tmp_path / "data") / "5_lvshape").glob("*.png"))
+    kept = image.read_bytes()
+    assert refused(["--output", str(image)], capsys) == (f"--output: {image} exists; add --overwrite to replace "
+                                                           "it, or name another")
+    assert image.read_bytes() == kept
+    numbered = tmp_path / "out-01.png"  # with --count, every numbered file is checked before any is written
+    numbered.write_bytes(kept)
+    assert refused(["--count", "3", "--output", str(tmp_path / "out.png")], capsys) == (
+        f"--output: {numbered} exists; add --overwrite to replace it, or name another")
+    assert sorted(path.name for path in tmp_path.glob("out*")) == ["out-01.png"]
+    assert main([*BASE, "--output", str(image), "--overwrite"]) == 0
+    assert Image.open(image).size == (64, 64) and image.read_bytes() != kept
+
+
+def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
+    pixels = {}
+    for name, kind in (("a.png", "PNG"), ("b.jpg", "JPEG"), ("c.JPEG", "JPEG"), ("d.webp", "WEBP")):
+        assert main([*BASE, "--output", str(tmp_path / name)]) == 0
+        with Image.open(tmp_path / name) as image:
+            assert image.format == kind, name
+            pixels[name] = np.asarray(image.convert("RGB"), dtype=np.int16)
+    assert main([*BASE, "--seed", "7", "--output", str(tmp_path / "other.png")]) == 0
+    other = np.abs(np.asarray(Image.open(tmp_path / "other.png"), dtype=np.int16) - pixels["a.png"]).mean()
+    assert np.abs(pixels["b.jpg"] - pixels["a.png"]).mean() < 8  # the same image, compressed at quality 95
+    for name in ("c.JPEG", "d.webp"):
+        assert np.abs(pixels[name] - pixels["a.png"]).mean() < other / 2, name  # not another image
+    for name in ("x.txt", "x.safetensors", "x"):
+        assert refused(["--output", str(tmp_path / name)], capsys) == (
+            f"--output: {tmp_path / name} names no image format; end it in .png, .jpg, .jpeg or .webp (the format "
+            "is the extension's)")
+        assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--steps", "0"], "--steps: must be 1 or more, got 0"),
+    (["--steps", "-1"], "--steps: must be 1 or more, got -1"),
+    (["--resolution", "-64"], "--resolution: must be a multiple of 8 from 64 to 4096, got -64"),
+    (["--resolution", "100000"], "--resolution: must be a multiple of 8 from 64 to 4096, got 100000"),
+    (["--resolution", "0"], "--resolution: must be a multiple of 8 from 64 to 4096, got 0"),
+    (["--resolution", "65"], "--resolution: must be a multiple of 8 from 64 to 4096, got 65"),
+    (["--count", "0"], "--count: must be 1 or more, got 0"),
+    (["--count", "-1"], "--count: must be 1 or more, got -1"),
+    (["--guidance", "nan"], "--guidance: must be a finite number, got nan"),
+    (["--weight", "nan"], "--weight: must be a finite number, got nan"),
+    (["--weight", "inf"], "--weight: must be a finite number, got inf"),
+    (["--seed", "99999999999999999999"],
+     "--seed: must be from 0 to 4294967295, or -1 for a random one; got 99999999999999999999"),
+    (["--seed", "-2"], "--seed: must be from 0 to 4294967295, or -1 for a random one; got -2"),
+    (["--seed", "4294967295", "--count", "2"], ("--seed: the 2 images' seeds 4294967295 to 4294967296 pass "
+                                                "4294967295; give a smaller seed, or -1 for a random one")),
+    (["--prompt", "x --s 0"], "--prompt: --s (steps) must be a whole number, at least 1, got '0' in 'x --s 0'"),
+    (["--prompt", "x --l nan"], "--prompt: --l (guidance scale) must be a finite number, got nan"),
+    (["--prompt", "x --w 8192"], "--prompt: --w (width) must be at most 4096, got 8192"),
+    (["--prompt", "x --d -5"], "--prompt: --d (seed) must be from 0 to 4294967295, or -1 for a random one; got -5"),
+])
+def test_a_number_out_of_range_is_one_line_and_writes_nothing(argv, says, tmp_path, capsys):
+    assert refused([*argv, "--output", str(tmp_path / "x.png")], capsys) == says
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_lora_weight_that_is_no_number_is_named(inputs, tmp_path, capsys):
+    lora, _ = inputs
+    for weight, says in (("abc", "is not a number"), ("nan", "is not a finite number"),
+                         ("-inf", "is not a finite number")):
+        assert refused(["--lora", f"{lora}:{weight}", "--output", str(tmp_path / "x.png")], capsys) == (
+            f"--lora: weight '{weight}' of {lora} {says}; write FILE:WEIGHT, e.g. {lora}:0.8")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_steps_past_the_models_timesteps_are_one_line(tmp_path, capsys):
+    says = refused(["--steps", "1001", "--sampler", "ddim", "--output", str(tmp_path / "x.png")], capsys)
+    assert says.startswith("--steps: ") and "at most 1000 steps; got 1001" in says
+
+
+def test_seed_minus_one_draws_a_seed_says_it_and_the_image_can_be_made_again(tmp_path, capsys):
+    capsys.readouterr()
+    assert main([*BASE, "--seed", "-1", "--output", str(tmp_path / "drawn.png")]) == 0
+    drawn = re.search(r"^seed -1: drew (\d+)$", capsys.readouterr().out, re.MULTILINE)
+    assert drawn and 0 <= int(drawn[1]) <= 2**32 - 1
+    assert main([*BASE, "--seed", drawn[1], "--output", str(tmp_path / "again.png")]) == 0
+    images = [np.asarray(Image.open(tmp_path / name)) for name in ("drawn.png", "again.png")]
+    assert np.array_equal(*images)
+    assert main([*BASE, "--prompt", "a red circle --d -1", "--output", str(tmp_path / "inline.png")]) == 0
+    assert re.search(r"^seed -1: drew \d+$", capsys.readouterr().out, re.MULTILINE)

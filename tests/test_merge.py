@@ -1,0 +1,60 @@
+"""FILE:WEIGHT, as `lowvram merge` and `generate --lora` read it: the weight after the last ':' where it is a finite
+number, a one-line error naming the file where it is not; an existing file (colons in its name, a Windows drive)
+is always the file."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_config
+from safetensors.torch import load_file
+
+from lowvram.cli import main
+from lowvram.errors import LowvramError
+from lowvram.merge import parse_source
+from lowvram.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora")
+    return train(run_config(output=str(out), max_steps=1)).lora_path
+
+
+def test_a_weight_is_read_after_the_last_colon_and_an_existing_file_wins(lora, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert parse_source("style.safetensors:0.6") == (Path("style.safetensors"), 0.6)
+    assert parse_source("style.safetensors:-0.8", 0.3) == (Path("style.safetensors"), -0.8)
+    assert parse_source("style.safetensors", 0.3) == (Path("style.safetensors"), 0.3)  # none given: the default
+    assert parse_source("C:\\loras\\style.safetensors") == (Path("C:\\loras\\style.safetensors"), 1.0)
+    assert parse_source("C:\\loras\\style.safetensors:0.5") == (Path("C:\\loras\\style.safetensors"), 0.5)
+    assert parse_source("D:/loras/style.safetensors") == (Path("D:/loras/style.safetensors"), 1.0)
+    assert parse_source("v1:style.safetensors") == (Path("v1:style.safetensors"), 1.0)  # a name: not found later
+    for name in ("lora:0.5", "lora:abc", "lora:nan"):  # files named as FILE:WEIGHT would be
+        shutil.copy(lora, tmp_path / name)
+        assert parse_source(name, 0.7) == (Path(name), 0.7)
+    assert parse_source("lora:0.5:0.25") == (Path("lora:0.5"), 0.25)  # and takes its own weight
+
+
+@pytest.mark.parametrize("weight, says", [("abc", "is not a number"), ("", "is not a number"),
+                                          ("nan", "is not a finite number"), ("inf", "is not a finite number"),
+                                          ("-inf", "is not a finite number")])
+def test_a_weight_that_is_no_finite_number_is_named(weight, says):
+    with pytest.raises(LowvramError) as error:
+        parse_source(f"base.safetensors:{weight}")
+    assert str(error.value) == (f"weight '{weight}' of base.safetensors {says}; write FILE:WEIGHT, e.g. "
+                                "base.safetensors:0.8")
+
+
+def test_merge_refuses_weights_that_are_no_numbers_in_one_line_each(lora, tmp_path, capsys):
+    out = tmp_path / "merged.safetensors"
+    for extra in ([], ["--model", "tiny"]):  # merging into a model reads FILE:WEIGHT too
+        assert main(["merge", f"{lora}:abc", f"{lora}:nan", *([] if extra else ["--rank", "4"]), *extra,
+                     "--output", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[0] == (f"lowvram merge: error: weight 'abc' of {lora} is not a number; write FILE:WEIGHT, e.g. "
+                          f"{lora}:0.8")
+        assert len(err) == (1 if extra else 2), err  # merge collects every problem; each is one line
+        assert not out.exists()
+    assert main(["merge", f"{lora}:0.5", "--rank", "2", "--output", str(out)]) == 0  # a number still merges
+    assert load_file(str(out))
