@@ -69,6 +69,9 @@ def config_problems(c: RunConfig) -> list[str]:
         p += _dataset_file_problems(c)
     elif Path(c.data.data).suffix.lower() in DATASET_SUFFIXES:
         p.append(f"--data: file not found: {c.data.data}")
+    elif c.data.data != SAMPLE_DATA and Path(c.data.data).is_file():
+        p.append(f"--data: {c.data.data} is a file; give the folder of images (kohya's N_name folders inside), or a "
+                 "kohya or OneTrainer dataset file")
     elif c.data.data != SAMPLE_DATA and not Path(c.data.data).is_dir():
         p.append(f"--data: folder not found: {c.data.data}")
     model_path = Path(c.model.model or "")

@@ -79,7 +79,9 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # read-only, a file where a folder should be, no permission
-        raise LowvramError(f"could not write {path}: {exc.strerror or exc}") from None
+        blocking = _file_in_the_way(path.parent)
+        reason = f"{blocking} is a file, not a folder" if blocking else exc.strerror or exc
+        raise LowvramError(f"could not write {path}: {reason}") from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -101,11 +103,9 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
 def write_problem(folder: Path) -> str | None:
     """Why no file can be written in `folder` (made with its parents first, as a write would): read-only, a file
     where a folder should be, no permission; None when one can."""
-    existing = Path(folder)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"can't write in {folder}: {existing} is a file, not a folder"
+    blocking = _file_in_the_way(folder)
+    if blocking:
+        return f"can't write in {folder}: {blocking} is a file, not a folder"
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -129,6 +129,14 @@ def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str 
     if output.exists() and not overwrite:
         return f"{flag}: {output} exists; add --overwrite to replace it, or name another"
     return None
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The file standing where `folder` or one of the folders above it should be, if one does."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return None if existing.is_dir() else existing
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -171,7 +171,9 @@ def option_problems(args: argparse.Namespace, output: Path, inputs: list[Path]) 
                         f"{args.dynamic_param:g}")
     elif args.dynamic_param is not None and not args.dynamic:
         problems.append("--dynamic-param: only used with --dynamic; add it or drop --dynamic-param")
-    if any(output.resolve() == path.resolve() for path in inputs):
+    if output.suffix.lower() != ".safetensors":  # a LoRA under a pickle's name would be refused as one, here too
+        problems.append(f"--output: {output}: a LoRA is written as .safetensors; name it {output.stem}.safetensors")
+    elif any(output.resolve() == path.resolve() for path in inputs):
         problems.append(f"--output: {output} is a file being read; name another")
     elif output.exists() and not args.overwrite:
         problems.append(f"--output: {output} exists; add --overwrite to replace it, or name another")

@@ -100,7 +100,7 @@ def test_a_cache_or_output_that_cannot_be_written_is_said_in_one_line_and_the_ca
         tmp_path, sample_data, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(LowvramError, match=f"could not write {blocker / 'x' / 'y.json'}: Not a directory"):
+    with pytest.raises(LowvramError, match=f"could not write {blocker / 'x' / 'y.json'}: {blocker} is a file, not a"):
         atomic_write(blocker / "x" / "y.json", lambda tmp: tmp.write_text("{}"))
     common = ["--model", "tiny", "--data", str(sample_data), "--resolution", "64", "--max-steps", "1"]
     assert main(["check-data", *common[:4], "--cache-dir", str(blocker / "cache")]) == 0

@@ -87,6 +87,18 @@ def test_info_refuses_a_truncated_lora_and_a_folder(tmp_path, capsys):
     assert main(["info", str(lora)]) == 0
 
 
+def test_a_file_where_a_folder_or_a_safetensors_name_belongs_is_named(tmp_path, sample_data, capsys):
+    image = next(sample_data.rglob("*.png"))
+    assert main(["check-data", "--model", "tiny", str(image)]) == 2
+    assert f"--data: {image} is a file; give the folder of images" in one_error(capsys)
+    lora = train(run_config(output=str(tmp_path / "run"), max_steps=1)).lora_path
+    capsys.readouterr()
+    for command in (["resize", str(lora), "--rank", "2"], ["merge", str(lora), "--rank", "2"]):
+        assert main([*command, "--output", str(tmp_path / "small.ckpt")]) == 2
+        assert "a LoRA is written as .safetensors; name it small.safetensors" in one_error(capsys)
+    assert not (tmp_path / "small.ckpt").exists()
+
+
 def test_check_data_never_writes_its_report_into_the_dataset(sample_data, capsys):
     caption = next(sample_data.rglob("*.txt"))
     before = caption.read_bytes()
