@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.errors import LowvramError
-from lowvram.files import save_safetensors
+from lowvram.files import output_problem, save_safetensors
 
 if TYPE_CHECKING:
     import torch
@@ -173,10 +173,8 @@ def option_problems(args: argparse.Namespace, output: Path, inputs: list[Path]) 
         problems.append("--dynamic-param: only used with --dynamic; add it or drop --dynamic-param")
     if output.suffix.lower() != ".safetensors":  # a LoRA under a pickle's name would be refused as one, here too
         problems.append(f"--output: {output}: a LoRA is written as .safetensors; name it {output.stem}.safetensors")
-    elif any(output.resolve() == path.resolve() for path in inputs):
-        problems.append(f"--output: {output} is a file being read; name another")
-    elif output.exists() and not args.overwrite:
-        problems.append(f"--output: {output} exists; add --overwrite to replace it, or name another")
+    elif written := output_problem(output, inputs, args.overwrite):
+        problems.append(written)
     return problems
 
 
