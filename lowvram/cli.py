@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import difflib
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -32,17 +33,32 @@ from lowvram.samplers import SAMPLERS, sampler_name
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line, with the closest valid flag."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # `--lr -1e-4` is a value (checked and refused as such), not a flag: Python 3.11's pattern misses exponents
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
     def error(self, message: str):
         if "unrecognized arguments:" in message:
             from lowvram.kohya_names import kohya_hint
 
             bad = [word for word in message.split(":", 1)[1].split() if word.startswith("-")]
             flags = [o for a in self._actions for o in a.option_strings]
-            hints = [kohya_hint(b) or next((f"did you mean {m}?" for m in difflib.get_close_matches(
-                b.split("=")[0], flags, n=1)), None) for b in bad]
+            hints = [kohya_hint(b) or _closest_flag(b.split("=")[0], flags) for b in bad]
             hint = "; ".join(h for h in hints if h)
             message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _closest_flag(word: str, flags: list[str]) -> str | None:
+    """'did you mean --lr?' for a typo of a lowvram flag, or of the kohya name of one (--lerning_rate)."""
+    from lowvram.kohya_names import KOHYA_FLAGS
+
+    names = {flag.lstrip("-"): flag for flag in flags if flag.startswith("--")}
+    kohya = {name.lstrip("-").replace("_", "-"): ours for name, ours in KOHYA_FLAGS.items()
+             if ours in flags}
+    match = difflib.get_close_matches(word.lstrip("-").replace("_", "-"), list(names) + list(kohya), n=1)
+    return f"did you mean {names.get(match[0]) or kohya[match[0]]}?" if match else None
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] = tuple(SECTIONS),
@@ -406,6 +422,10 @@ def train_values(args: argparse.Namespace) -> dict:
     if shape and shape[0] != shape[1] and values.get("bucket") is not False:  # else refused, naming the fix
         print(f"--resolution {shape[0]},{shape[1]} is kohya's width,height: lowvram trains aspect-ratio buckets of "
               f"about its pixel area, those of {area_side(*shape)} px square, as kohya's buckets do", file=sys.stderr)
+    idle = [flag_name(fields_by_name()[name][1]) for name in ("bucket_step", "min_bucket_side", "max_bucket_side", "bucket_no_upscale")
+            if values.get(name) not in (None, False)]
+    if idle and values.get("bucket") is False:
+        print(f"{', '.join(idle)}: no effect with --no-bucket, which crops every image square", file=sys.stderr)
     return with_network_weights(values)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lowvram.errors import LowvramError
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError
 from lowvram.merge import parse_source
 
 if TYPE_CHECKING:
@@ -163,7 +163,10 @@ def run(args: argparse.Namespace) -> Fused:
             problems.append(f"{flag}: with --model the LoRAs are added to the model's weights whole; drop {flag}")
     single = Path(args.model).suffix.lower() == ".safetensors"
     output = args.output or Path("merged.safetensors" if single else "merged")
-    if Path(args.model).exists() and output.resolve() == Path(args.model).resolve():
+    if output.suffix.lower() in PICKLE_SUFFIXES:
+        problems.append(f"--output: {output}: lowvram writes a .safetensors file or a diffusers folder (a name "
+                        f"without extension), never a {output.suffix} pickle; name one of those")
+    elif Path(args.model).exists() and output.resolve() == Path(args.model).resolve():
         problems.append(f"--output: {output} is the model being read; name another")
     elif output.exists() and not args.overwrite:
         problems.append(f"--output: {output} exists; add --overwrite to replace it, or name another")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lowvram.cli import build_parser, main
+from lowvram.cli import build_parser, main, train_values
 from lowvram.config import fields_by_name
 
 
@@ -54,6 +54,29 @@ def test_misspelled_option_suggests_the_right_one(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "did you mean --batch-size?" in err
+
+
+@pytest.mark.parametrize("typed, meant", [("--lerning-rate", "--lr"), ("--network-dimm", "--rank"),
+                                          ("--max_step", "--max-steps"), ("--sampel-prompt", "--sample-prompt")])
+def test_a_typo_of_a_flag_or_of_its_kohya_name_suggests_lowvrams_flag(capsys, typed, meant):
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "tiny", "--data", "sample", typed, "1"])
+    assert f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
+
+
+def test_a_negative_number_is_read_as_the_value_it_is(capsys):
+    assert main(["train", "--model", "tiny", "--data", "sample", "--lr", "-1e-4"]) == 2
+    assert capsys.readouterr().err.strip() == "lowvram train: error: --lr: must be > 0, got -0.0001"
+
+
+def test_bucket_options_that_no_bucket_leaves_idle_are_named(capsys):
+    args = build_parser().parse_args(["train", "--model", "tiny", "--data", "sample", "--no-bucket",
+                                      "--bucket-step", "32", "--max-bucket-side", "256"])
+    train_values(args)
+    assert capsys.readouterr().err.strip() == ("--bucket-step, --max-bucket-side: no effect with --no-bucket, which "
+                                               "crops every image square")
+    train_values(build_parser().parse_args(["train", "--model", "tiny", "--data", "sample", "--bucket-step", "32"]))
+    assert capsys.readouterr().err == ""
 
 
 def test_bad_value_is_one_line_naming_the_option(capsys):

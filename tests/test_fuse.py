@@ -113,16 +113,18 @@ def test_save_precision_casts_the_whole_checkpoint(setup, tmp_path):
     (["--rank", "4"], "--rank: with --model the LoRAs are added to the model's weights whole; drop --rank"),
     (["--output", "{checkpoint}"], "is the model being read; name another"),
     (["--output", "{existing}"], "exists; add --overwrite to replace it"),
+    (["--output", "{tmp}/merged.ckpt"], ("merged.ckpt: lowvram writes a .safetensors file or a diffusers folder (a "
+                                         "name without extension), never a .ckpt pickle")),
 ])
 def test_wrong_options_are_refused_in_one_line(setup, tmp_path, capsys, argv, message):
     _, checkpoint, (lora, _) = setup
     existing = tmp_path / "there.safetensors"
     existing.write_bytes(b"keep")
-    argv = [arg.format(checkpoint=checkpoint, existing=existing) for arg in argv]
+    argv = [arg.format(checkpoint=checkpoint, existing=existing, tmp=tmp_path) for arg in argv]
     assert main(["merge", str(lora), "--model", str(checkpoint), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
-    assert existing.read_bytes() == b"keep"
+    assert existing.read_bytes() == b"keep" and not (tmp_path / "merged.ckpt").exists()
 
 
 def test_a_lora_of_another_family_is_refused(setup, tmp_path, capsys):
