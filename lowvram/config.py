@@ -31,6 +31,7 @@ ATTENTION = ("auto", "xformers", "sdpa", "math")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SAVE_PRECISION = ("fp16", "bf16", "fp32")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: one to three of CLIP's 75-token chunks
 LOSSES = ("l2", "l1", "huber", "smooth_l1")  # kohya's --loss_type values
 HUBER_LOSSES = ("huber", "smooth_l1")
 HUBER_SCHEDULES = ("snr", "exponential", "constant")  # the first is the default, as in kohya
@@ -147,8 +148,9 @@ class DataConfig:
     caption_dropout: float = option(0.0, "Probability of training a step on the empty caption.")
     caption_dropout_every: int | None = option(None, "Every Nth epoch trains on the empty caption throughout "
                                                "(kohya's caption_dropout_every_n_epochs).", metavar="N")
-    max_token_length: int = option(75, "Caption tokens the text encoders read (kohya's max_token_length): 75, 150 "
-                                   "or 225. Longer captions are cut there; 150 and 225 read them in 75-token "
+    max_token_length: int = option(TOKEN_LENGTHS[0], "Caption tokens the text encoders read (kohya's "
+                                   "max_token_length): 75, 150 or 225. Longer captions are cut there (with a "
+                                   "warning); 150 and 225 read them in 75-token "
                                    "chunks, as AUTOMATIC1111 and ComfyUI read long prompts.", metavar="N")
     weighted_captions: bool = option(False, "Read AUTOMATIC1111's emphasis in captions and sample prompts, "
                                      "(red hair:1.2), ((red hair)), [red hair], as kohya's --weighted_captions "

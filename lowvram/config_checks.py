@@ -9,6 +9,7 @@ from lowvram.adapters.blocks import check_syntax as check_block_syntax
 from lowvram.config import (
     HUBER_LOSSES,
     SAMPLE_DATA,
+    TOKEN_LENGTHS,
     TRAIN_TIMESTEPS,
     ZERO_SNR_NEEDS_V,
     RunConfig,
@@ -164,8 +165,8 @@ def config_problems(c: RunConfig) -> list[str]:
     positive("cache-batch-size", c.data.cache_batch_size)
     if not 1 <= c.data.clip_skip <= 4:
         p.append(f"--clip-skip: {c.data.clip_skip} is not one of 1 (the last layer, the default), 2, 3, 4")
-    if c.data.max_token_length not in (75, 150, 225):
-        p.append(f"--max-token-length: {c.data.max_token_length} is not one of 75, 150, 225")
+    if c.data.max_token_length not in TOKEN_LENGTHS:
+        p.append(f"--max-token-length: {c.data.max_token_length} is not one of {', '.join(map(str, TOKEN_LENGTHS))}")
     if c.data.keep_tokens and not (c.data.shuffle_tags or c.data.tag_dropout):
         p.append("--keep-tokens: only matters with --shuffle-tags or --tag-dropout; add one or drop --keep-tokens")
 

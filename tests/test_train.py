@@ -374,16 +374,20 @@ def test_long_captions_are_read_in_75_token_chunks(model_name):
         torch.testing.assert_close(chunked_pooled, plain_pooled)  # SDXL pools the first chunk, as kohya
 
 
-def test_a_run_with_long_captions_caches_and_trains_on_all_of_them(tmp_path):
+def test_a_run_with_long_captions_caches_and_trains_on_all_of_them(tmp_path, capsys):
     data = tmp_path / "data" / "3_long"
     data.mkdir(parents=True)
     from PIL import Image
 
-    for i, colour in enumerate(["red", "blue"]):
+    for i, colour in enumerate(["red", "blue", "green"]):
         Image.new("RGB", (64, 64), colour).save(data / f"{i}.png")
-        (data / f"{i}.txt").write_text(", ".join(f"tag{j}" for j in range(60)) + f", {colour}\n")
+        (data / f"{i}.txt").write_text(", ".join(f"tag{j}" for j in range(30 if i < 2 else 3)) + f", {colour}\n")
+    train(run_config(data=str(tmp_path / "data"), output=str(tmp_path / "cut"), max_steps=1))
+    assert ("warning: 2 of 3 captions run past 75 tokens, and the text encoders read only their first 75: shorten "
+            "them, or add --max-token-length 150 (the longest, 1.png's, has 111)") in capsys.readouterr().out
     result = train(run_config(data=str(tmp_path / "data"), output=str(tmp_path / "out"), max_token_length=225,
                               max_steps=2))
+    assert "captions run past" not in capsys.readouterr().out
     assert result.data.load([0], random.Random(0)).hidden.shape[1] == 227
     with safe_open(str(result.lora_path), "pt") as f:
         assert f.metadata()["ss_max_token_length"] == "225"

@@ -10,7 +10,7 @@ from functools import cache
 import torch
 from rich.console import Console
 
-from lowvram.config import RunConfig
+from lowvram.config import TOKEN_LENGTHS, RunConfig
 from lowvram.data.augment import (
     AugmentOptions,
     CaptionOptions,
@@ -37,7 +37,8 @@ from lowvram.data.dataset import Sample, TrainingData
 from lowvram.data.scan import ScanOptions, ScanReport
 from lowvram.errors import LowvramError
 from lowvram.memory import PhasePeaks
-from lowvram.models.conditioning import set_vae_tiling
+from lowvram.models.conditioning import caption_tokens, set_vae_tiling
+from lowvram.models.families import TextReading
 from lowvram.resolve import ResolvedRun
 
 
@@ -143,6 +144,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
         latent_store.keep_in_memory(short, needed)
         text_store.keep_in_memory(short, needed)
 
+    _warn_of_cut_captions(reports[0].usable, model.tokenizers[0], run.text_reading, console)
     batch = config.data.cache_batch_size
     set_vae_tiling(model.vae, config.memory.vae_tiling)
     with peaks.phase("latent caching") if peaks else nullcontext():
@@ -180,6 +182,26 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
                         latent_store, text_store, empty_key)
     return PreparedData(data, reports, encoded_latents, encoded_texts, sample_embeddings, samples[2])
+
+
+def _warn_of_cut_captions(records: list, tokenizer, reading: TextReading, console: Console) -> None:
+    """One line when captions run past what the text encoders read, which kohya cuts without a word."""
+    lengths = {}
+    for record in records:
+        for text, _ in ((record.caption, None), *record.more_captions):
+            if text not in lengths:
+                lengths[text] = (caption_tokens(text, tokenizer, reading), record.path.name)
+    cut = [(tokens, name) for tokens, name in lengths.values() if tokens > reading.max_tokens]
+    if not cut:
+        return
+    longest, name = max(cut)
+    enough = next((length for length in TOKEN_LENGTHS if length >= longest), None)
+    more = (f", or add --max-token-length {enough}" if enough else
+            f", or add --max-token-length {TOKEN_LENGTHS[-1]} to read more of each"
+            if reading.max_tokens < TOKEN_LENGTHS[-1] else "")
+    console.print(f"[yellow]warning:[/] {len(cut)} of {len(lengths)} captions run past {reading.max_tokens} tokens, "
+                  f"and the text encoders read only their first {reading.max_tokens}: shorten them{more} (the "
+                  f"longest, {name}'s, has {longest})", soft_wrap=True)
 
 
 def _folder_options(config: RunConfig) -> tuple[ScanOptions, AugmentOptions, CaptionOptions]:

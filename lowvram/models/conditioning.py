@@ -78,6 +78,14 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
     return torch.cat(states, dim=-1), pooled
 
 
+def caption_tokens(text: str, tokenizer, reading: TextReading = DEFAULT_READING) -> int:
+    """The tokens `text` takes of the `reading.max_tokens` the encoders read (BOS and EOS aside): more means its end
+    is cut."""
+    if reading.weighted:
+        return len(weighted_tokens(text, tokenizer)[0])
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
 def _final_norm(norm: torch.nn.LayerNorm, hidden: torch.Tensor) -> torch.Tensor:
     """The encoder's final layer norm of an earlier layer's states, computed in fp32 as CUDA's autocast computes
     layer norms: the states of a trained encoder are fp32 (its adapters' sums) beside 16-bit weights, which the CPU's
