@@ -102,6 +102,7 @@ def test_a_local_path_that_is_not_there_is_not_found_without_the_hub(name, model
         assert expected in one_line_error(capsys, commands(name, tmp_path)[0])
     with pytest.raises(LowvramError, match="--vae: file or folder not found: ./nothere/vae"):
         load_model("tiny", vae="./nothere/vae")
+    (models.parent / "runwayml" / "other-download").mkdir(parents=True, exist_ok=True)  # other downloads
     for hub_id in ("someone/some-sd15-model", "runwayml/stable-diffusion-v1-5"):  # still hub ids (offline here)
         with pytest.raises(LowvramError, match=f"'{hub_id}' is not a local file or folder.*--model-family"):
             detect_family(hub_id)

@@ -58,12 +58,16 @@ def detect_family(model: str, family: str | None = None) -> ModelFamily:
 def is_plainly_local(name: str) -> bool:
     """Whether `name` can only be a path on this machine, never a hub id ("owner/repo"): it starts at a root, the
     current or the home folder or a drive, has more than one `/`, ends in a weights extension, or its first part
-    is a folder here (`models/tinydif`, a typo under an existing `models/`)."""
+    is a folder here holding a name close to its second (`models/tinydif`, a typo of `models/tinydiff`; a
+    `stabilityai/` folder of other downloads leaves `stabilityai/sdxl-turbo` a hub id)."""
     if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in name or re.match(r"[A-Za-z]:", name):
         return True
     if name.count("/") > 1 or Path(name).suffix.lower() in WEIGHT_SUFFIXES:
         return True
-    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
+    if "/" not in name or not Path(name.split("/", 1)[0]).is_dir():
+        return False
+    folder, entry = name.split("/", 1)
+    return bool(difflib.get_close_matches(entry, [p.stem for p in Path(folder).iterdir()], n=1))
 
 
 def path_not_found(flag: str, name: str) -> LowvramError:
