@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError
-from lowvram.merge import parse_source
+from lowvram.merge import parse_sources
 
 if TYPE_CHECKING:
     import torch
@@ -155,8 +155,7 @@ def _file_metadata(path: Path) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> Fused:
     """`lowvram merge --model`, its options checked first (one line each)."""
-    sources = [parse_source(text) for text in args.lora]
-    problems = [f"{path}: file not found" for path, _ in sources if not path.is_file()]
+    sources, problems = parse_sources(args.lora)
     for flag, given in (("--rank", args.rank), ("--conv-rank", args.conv_rank), ("--dynamic", args.dynamic),
                         ("--dynamic-param", args.dynamic_param)):
         if given is not None:

@@ -104,15 +104,20 @@ def _metadata(read: list, rank: int, dynamic: str | None, param: float | None, a
                      "ss_training_comment": f"merged by lowvram merge from {parts} ({how})"}
 
 
-def run(args: argparse.Namespace) -> Resized:
-    """`lowvram merge`, its options checked first (one line each)."""
+def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]]:
+    """Each FILE:WEIGHT read, and one line for each that names no weight or no file."""
     sources, problems = [], []
-    for text in args.lora:
+    for text in texts:
         try:
             sources.append(parse_source(text))
         except LowvramError as exc:
             problems.append(str(exc))
-    problems += [f"{path}: file not found" for path, _ in sources if not path.is_file()]
+    return sources, problems + [f"{path}: file not found" for path, _ in sources if not path.is_file()]
+
+
+def run(args: argparse.Namespace) -> Resized:
+    """`lowvram merge`, its options checked first (one line each)."""
+    sources, problems = parse_sources(args.lora)
     if args.rank is None:
         problems.append("--rank: give the merged file's rank (or --model to fuse the LoRAs into a model instead)")
         args.rank = 1  # the other options are still checked
