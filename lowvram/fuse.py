@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError
+from lowvram.files import output_problem
 from lowvram.merge import parse_sources
 
 if TYPE_CHECKING:
@@ -165,10 +166,8 @@ def run(args: argparse.Namespace) -> Fused:
     if output.suffix.lower() in PICKLE_SUFFIXES:
         problems.append(f"--output: {output}: lowvram writes a .safetensors file or a diffusers folder (a name "
                         f"without extension), never a {output.suffix} pickle; name one of those")
-    elif Path(args.model).exists() and output.resolve() == Path(args.model).resolve():
-        problems.append(f"--output: {output} is the model being read; name another")
-    elif output.exists() and not args.overwrite:
-        problems.append(f"--output: {output} exists; add --overwrite to replace it, or name another")
+    elif written := output_problem(output, [Path(args.model), *(path for path, _ in sources)], args.overwrite):
+        problems.append(written)
     if problems:
         raise LowvramError("\n".join(problems))
     return fuse_into_model(args.model, sources, output, args.model_family, args.save_precision)

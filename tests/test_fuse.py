@@ -111,7 +111,8 @@ def test_save_precision_casts_the_whole_checkpoint(setup, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--rank", "4"], "--rank: with --model the LoRAs are added to the model's weights whole; drop --rank"),
-    (["--output", "{checkpoint}"], "is the model being read; name another"),
+    (["--output", "{checkpoint}"], "is a file being read; name another"),
+    (["--output", "{lora}", "--overwrite"], "is a file being read; name another"),
     (["--output", "{existing}"], "exists; add --overwrite to replace it"),
     (["--output", "{tmp}/merged.ckpt"], ("merged.ckpt: lowvram writes a .safetensors file or a diffusers folder (a "
                                          "name without extension), never a .ckpt pickle")),
@@ -120,7 +121,7 @@ def test_wrong_options_are_refused_in_one_line(setup, tmp_path, capsys, argv, me
     _, checkpoint, (lora, _) = setup
     existing = tmp_path / "there.safetensors"
     existing.write_bytes(b"keep")
-    argv = [arg.format(checkpoint=checkpoint, existing=existing, tmp=tmp_path) for arg in argv]
+    argv = [arg.format(checkpoint=checkpoint, existing=existing, tmp=tmp_path, lora=lora) for arg in argv]
     assert main(["merge", str(lora), "--model", str(checkpoint), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
