@@ -1,6 +1,7 @@
 """The planner against every committed GPU measurement (benchmarks/): each estimate within 10 % of what was
 measured and never more than 5 % under it, and calibration.json exactly what the GPU results say."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -73,6 +74,25 @@ def test_an_unverified_strategy_gets_a_warning_line_and_a_verified_one_none():
     # the tiny models stand for their full-size family; fp16 is another kernel path, not yet seen
     assert unverified_warning(FAMILIES["tiny"], "bf16", True, "adamw8bit", "bf16") is None
     assert unverified_warning(sd15, "fp16", True, "adamw8bit", "fp16") is not None
+
+
+def test_some_blocks_recomputed_are_seen_once_all_and_none_are_or_a_result_shows_some(tmp_path, monkeypatch):
+    from lowvram.models import FAMILIES
+    from lowvram.plan import calibration as calibration_module
+    from lowvram.plan.calibration import is_verified, unverified_warning
+
+    sd15 = FAMILIES["sd15"]
+    assert is_verified(sd15, "bf16", True, "adamw8bit", "bf16")  # every block: seen
+    line = unverified_warning(sd15, "bf16", 5, "adamw8bit", "bf16")  # none was seen with adamw8bit, so not some
+    assert line.startswith("--unet-weights bf16 with 5 checkpointed blocks, adamw8bit, bf16: not yet seen")
+    entry = {"family": "sd15", "unet_weights": "bf16", "optimizer": "adamw8bit", "mixed_precision": "bf16"}
+    for seen, expected in (([True, False], True), (["some"], True), ([True], False)):
+        (tmp_path / "calibration.json").write_text(json.dumps(
+            {"verified": [{**entry, "gradient_checkpointing": c} for c in seen], "step_time": {}}))
+        monkeypatch.setattr(calibration_module, "CALIBRATION_FILE", tmp_path / "calibration.json")
+        calibration_module.calibration.cache_clear()
+        assert is_verified(sd15, "bf16", 5, "adamw8bit", "bf16") is expected, seen
+    calibration_module.calibration.cache_clear()  # (the real file again, once monkeypatch restores its path)
 
 
 def test_plan_json_says_which_strategies_a_gpu_has_shown_training():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import sys
 import time
@@ -130,24 +131,24 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
 
 def with_picks(family, resolution: int, args) -> list[tuple]:
     """SWEEP with the planner's picks at each --budgets GB and batch added after the first two entries, where
-    SWEEP lacks them: what the proof compares against the fastest step must have been measured."""
+    SWEEP lacks them, as the calibration stands and as it would once every strategy is seen: what the proof
+    compares against the fastest step must have been measured."""
     from lowvram.hardware import hardware_for
     from lowvram.plan.estimate import Workload
     from lowvram.plan.planner import plan
 
     picks = []
-    for budget in [b for b in args.budgets if b > 0]:
-        for batch in args.batches:
-            work = Workload(family, resolution, batch, args.rank, sampling=False)
-            choice = plan(work, hardware_for(None, f"{budget:g}GB", "128GB"), {}).choice
-            if choice is None:
-                continue
-            s = choice.strategy
-            checkpointing = s.checkpoint_units if s.selective else s.gradient_checkpointing
-            weights = "native" if s.unet_weights == "bf16" else s.unet_weights
-            entry = (weights, checkpointing, s.optimizer, "bf16", True)
-            if entry not in SWEEP and entry not in picks:
-                picks.append(entry)
+    for budget, batch, seen_only in itertools.product([b for b in args.budgets if b > 0], args.batches, (True, False)):
+        work = Workload(family, resolution, batch, args.rank, sampling=False)
+        choice = plan(work, hardware_for(None, f"{budget:g}GB", "128GB"), {}, seen_only=seen_only).choice
+        if choice is None:
+            continue
+        s = choice.strategy
+        checkpointing = s.checkpoint_units if s.selective else s.gradient_checkpointing
+        weights = "native" if s.unet_weights == "bf16" else s.unet_weights
+        entry = (weights, checkpointing, s.optimizer, "bf16", True)
+        if entry not in SWEEP and entry not in picks:
+            picks.append(entry)
     return [*SWEEP[:2], *picks, *SWEEP[2:]]
 
 

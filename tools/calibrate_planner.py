@@ -5,9 +5,8 @@
 
 Every GPU result under benchmarks/ (a JSON with an `environment.device` other than the CPU) counts:
 
-- verified: each (family, storage format, checkpointing, optimizer, mixed precision) that trained at full size
-  on CUDA. `--auto`
-  chooses only these; `plan` marks the rest unverified.
+- verified: each (family, storage format, checkpointing (all, none or "some" blocks), optimizer, mixed precision)
+  that trained at full size on CUDA. `--auto` chooses only these; `plan` marks the rest unverified.
 - cuda_context_bytes: the largest CUDA context measured (driver, context and libraries before our first tensor).
 - step_time: measured step-time ratios per full-size family and batch: gradient checkpointing against none (same
   format), each storage format against the native 16-bit one (same checkpointing), and `--compile` against the
@@ -61,8 +60,10 @@ def measured_runs(results: list[tuple[str, dict]]) -> list[dict]:
 
 def strategy_key(run: dict) -> tuple:
     """What a run verifies; results from before mixed_precision was recorded ran bf16 (on a bf16 GPU)."""
-    return (run["family"], run["unet_weights"], run["gradient_checkpointing"], run["optimizer"],
-            run.get("mixed_precision", "bf16"))
+    from lowvram.plan.calibration import PARTIAL
+
+    checkpointing = PARTIAL if run.get("checkpoint_units") else run["gradient_checkpointing"]
+    return run["family"], run["unet_weights"], checkpointing, run["optimizer"], run.get("mixed_precision", "bf16")
 
 
 def verified(runs: list[dict]) -> list[dict]:

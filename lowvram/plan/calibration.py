@@ -31,19 +31,30 @@ def full_size(family: ModelFamily) -> str:
     return family.full_size or family.name
 
 
-def is_verified(family: ModelFamily, unet_weights: str, gradient_checkpointing: bool, optimizer: str,
+PARTIAL = "some"  # a verified entry's gradient_checkpointing when only some blocks were recomputed
+
+
+def is_verified(family: ModelFamily, unet_weights: str, checkpointing: bool | int, optimizer: str,
                 mixed_precision: str) -> bool:
-    key = (full_size(family), unet_weights, gradient_checkpointing, optimizer, mixed_precision)
-    return any((v["family"], v["unet_weights"], v["gradient_checkpointing"], v["optimizer"],
-                v.get("mixed_precision", "bf16")) == key for v in calibration()["verified"])
+    """Whether a GPU result shows this strategy training; `checkpointing` True (every block), False, or a count of
+    blocks. Some blocks recomputed is seen when a result shows it, or shows both all and none: each block then
+    runs one of two ways seen working."""
+    seen = {v["gradient_checkpointing"] for v in calibration()["verified"]
+            if (v["family"], v["unet_weights"], v["optimizer"], v.get("mixed_precision", "bf16"))
+            == (full_size(family), unet_weights, optimizer, mixed_precision)}
+    if isinstance(checkpointing, bool):
+        return checkpointing in seen
+    return PARTIAL in seen or {True, False} <= seen
 
 
-def unverified_warning(family: ModelFamily, unet_weights: str, gradient_checkpointing: bool, optimizer: str,
+def unverified_warning(family: ModelFamily, unet_weights: str, checkpointing: bool | int, optimizer: str,
                        mixed_precision: str) -> str | None:
     """One line for a run about to train a strategy no GPU result shows working; None when one does."""
-    if is_verified(family, unet_weights, gradient_checkpointing, optimizer, mixed_precision):
+    if is_verified(family, unet_weights, checkpointing, optimizer, mixed_precision):
         return None
-    return (f"--unet-weights {unet_weights}{' with checkpointing' if gradient_checkpointing else ''}, {optimizer}, "
+    how = (" with checkpointing" if checkpointing is True else "" if checkpointing is False
+           else f" with {checkpointing} checkpointed blocks")
+    return (f"--unet-weights {unet_weights}{how}, {optimizer}, "
             f"{mixed_precision}: not yet seen training {FAMILIES[full_size(family)].title} on a GPU (no committed "
             f"result; {PROOF_COMMAND} measures it); it may fail in a CUDA kernel")
 

@@ -365,8 +365,9 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
         measured = step_time_ratios(work.family, work.batch).get("compile_seconds")
         result.compile_seconds, result.compile_measured = measured or COMPILE_SECONDS, measured is not None
     if cuda:
-        result.verified = is_verified(work.family, strategy.unet_weights, strategy.gradient_checkpointing,
-                                      strategy.optimizer, work.mixed_precision)
+        checkpointing = strategy.checkpoint_units if strategy.selective else strategy.gradient_checkpointing
+        result.verified = is_verified(work.family, strategy.unet_weights, checkpointing, strategy.optimizer,
+                                      work.mixed_precision)
     return result
 
 

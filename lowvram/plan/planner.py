@@ -74,11 +74,14 @@ def fewest_units(work: Workload, hardware: Hardware, strategy: MemoryStrategy) -
     return best
 
 
-def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest: bool = True) -> Plan:
+def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest: bool = True,
+         seen_only: bool = True) -> Plan:
+    """The fastest strategy that fits, among those a GPU result shows training unless `seen_only` is off (what the
+    GPU proof measures: the picks once each is seen)."""
     fixed = fixed or {}
     estimates = estimates_for(work, hardware, fixed)
     estimates.sort(key=lambda e: (e.speed, e.peak_vram("training"), e.peak_vram()))
-    explicit = bool(fixed.get("unet_weights"))  # the user's own format runs unverified, with a warning
+    explicit = bool(fixed.get("unet_weights")) or not seen_only  # the user's own format runs unverified (warned)
     fitting = [e for e in estimates if e.fits(hardware) and (e.verified is not False or explicit)]
     if fitting:
         choice = fitting[0]

@@ -470,7 +470,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
                               f"steps: the learning rate {reached} --lr {config.lr:g}; lower --warmup-steps (say "
                               f"{max(0, schedule.total_steps // 10)})", soft_wrap=True)
     if run.hardware.device == "cuda":
-        unverified = unverified_warning(run.family, run.unet_weights, config.memory.checkpointing,
+        memory = config.memory
+        unverified = unverified_warning(run.family, run.unet_weights, memory.checkpoint_blocks or memory.checkpointing,
                                         config.optim.optimizer, run.mixed_precision)
         if unverified:
             session.console.print(f"[yellow]warning:[/] {unverified}", soft_wrap=True)
