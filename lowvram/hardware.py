@@ -91,8 +91,8 @@ def parse_size(text: str, flag: str) -> int:
         raise LowvramError(f"{flag}: '{text}' is under 256 MB, no machine to train on; write e.g. 6GB")
     most = 1024 if flag == "--vram" else 16384  # GB: no GPU holds a terabyte yet
     if size > most * GIB:
-        raise LowvramError(f"{flag}: '{text}' is over {most} GB; a number alone is in GB (write {text}MB for "
-                           "megabytes)")
+        hint = f"; a number alone is in GB (write {text.strip()}MB for megabytes)" if not match.group(2) else ""
+        raise LowvramError(f"{flag}: '{text}' is over {most} GB{hint}")
     return size
 
 

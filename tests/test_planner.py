@@ -102,6 +102,25 @@ def test_sdxl_in_2gb_fails_with_a_useful_suggestion():
     assert "--resolution" in done.stdout or "GiB free" in done.stdout
 
 
+def test_a_change_only_an_unverified_strategy_then_fits_is_suggested_with_its_flags():
+    """A 6 GB card, SDXL at batch 4: no GPU has shown a strategy that fits at batch 1 either, but some would; the
+    suggestion says which, rather than only "a bigger GPU"."""
+    fp16 = {"mixed_precision": "fp16", "native_format": "fp16"}  # the card has no bf16
+    result = plan(work("sdxl", 1024, batch=4, **fp16), load_profile("rtx-2060-6gb"))
+    batch_one = next(s for s in result.suggestions if s.startswith("--batch-size 1"))
+    alone = plan(work("sdxl", 1024, batch=1, **fp16), load_profile("rtx-2060-6gb"))
+    assert alone.choice is None and alone.suggestions[0].startswith(batch_one.split(", with ")[1].split(" (")[0])
+    assert batch_one.endswith("(unverified, runs with a warning)")
+
+
+def test_when_only_host_ram_is_short_the_plan_says_so():
+    result = plan(work("sd15", 512), hardware_for(None, "6GB", "1GB"))
+    leanest = min((e for e in result.candidates if e.peak_vram() <= result.budget), key=lambda e: e.peak_host())
+    assert result.explanation == (f"nothing fits 1.0 GiB of host RAM: the leanest strategy that fits the GPU "
+                                  f"({leanest.strategy.label}) needs {leanest.peak_host() / 2**30:.1f} GiB")
+    assert result.suggestions == [f"at least {leanest.peak_host() / 2**30:.1f} GiB of host RAM (--ram)"]
+
+
 def test_plan_json_is_the_same_plan():
     done, _ = lowvram("plan", "--model", "sd15", "--vram", "6GB", "--json")
     result = json.loads(done.stdout)

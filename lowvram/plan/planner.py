@@ -9,7 +9,9 @@ from dataclasses import dataclass, replace
 
 from lowvram.formats import PLANNED_FORMATS
 from lowvram.hardware import GIB, Hardware
+from lowvram.models.families import FAMILIES
 from lowvram.optim import PLANNED_OPTIMIZERS
+from lowvram.plan.calibration import full_size
 from lowvram.plan.estimate import VRAM_SAFETY, Estimate, MemoryStrategy, Workload, checkpoint_unit_count, estimate
 
 
@@ -97,19 +99,27 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
     unverified = [e for e in estimates if e.fits(hardware)]
     if unverified:
         first = unverified[0].strategy
-        flags = f"--unet-weights {first.unet_weights} {checkpointing_flags(first)} --optimizer {first.optimizer}"
-        explanation = (f"nothing seen training {work.family.title} on a GPU fits {plan_budget(hardware) / GIB:.2f} "
-                       f"GiB; {len(unverified)} unverified strategies would (the fastest: {first.label})")
+        explanation = (f"nothing seen training {FAMILIES[full_size(work.family)].title} on a GPU fits "
+                       f"{plan_budget(hardware) / GIB:.2f} GiB; {len(unverified)} unverified strategies would (the "
+                       f"fastest: {first.label})")
         return Plan(work, hardware, estimates, None, explanation,
-                    [f"{flags} (runs it unverified, with a warning)"] if suggest else [])
-    smallest = min(estimates, key=lambda e: e.peak_vram())
-    explanation = (f"nothing fits {plan_budget(hardware) / GIB:.2f} GiB: the leanest strategy "
-                   f"({smallest.strategy.label}) needs {smallest.peak_vram() / GIB:.2f} GiB in "
-                   f"{smallest.limiting_phase}")
-    if hardware.host_ram and smallest.peak_host() > hardware.host_ram:
-        explanation += f" and {smallest.peak_host() / GIB:.1f} GiB of host RAM"
+                    [f"{strategy_flags(first)} (runs it unverified, with a warning)"] if suggest else [])
+    in_vram = [e for e in estimates if e.peak_vram() <= plan_budget(hardware)]
+    if in_vram:  # only host RAM is short
+        leanest = min(in_vram, key=lambda e: e.peak_host())
+        explanation = (f"nothing fits {hardware.host_ram / GIB:.1f} GiB of host RAM: the leanest strategy that fits "
+                       f"the GPU ({leanest.strategy.label}) needs {leanest.peak_host() / GIB:.1f} GiB")
+    else:
+        smallest = min(estimates, key=lambda e: e.peak_vram())
+        explanation = (f"nothing fits {plan_budget(hardware) / GIB:.2f} GiB: the leanest strategy "
+                       f"({smallest.strategy.label}) needs {smallest.peak_vram() / GIB:.2f} GiB in "
+                       f"{smallest.limiting_phase}")
     return Plan(work, hardware, estimates, None, explanation,
                 smallest_changes(work, hardware, fixed) if suggest else [])
+
+
+def strategy_flags(strategy: MemoryStrategy) -> str:
+    return f"--unet-weights {strategy.unet_weights} {checkpointing_flags(strategy)} --optimizer {strategy.optimizer}"
 
 
 def checkpointing_flags(strategy: MemoryStrategy) -> str:
@@ -124,31 +134,37 @@ def plan_budget(hardware: Hardware) -> int:
 
 
 def smallest_changes(work: Workload, hardware: Hardware, fixed: dict) -> list[str]:
-    """Single changes that would make some strategy fit, least disruptive first."""
-    def fits(w: Workload, h: Hardware = hardware, f: dict = fixed) -> bool:
-        return plan(w, h, f, suggest=False).choice is not None
+    """Single changes that would make some strategy fit, least disruptive first; one that only an unverified
+    strategy then fits names its flags."""
+    def fits(w: Workload, h: Hardware = hardware, f: dict = fixed) -> str | None:
+        """None when the change fits nothing; else what to add to its line ("" when a seen strategy fits)."""
+        changed = plan(w, h, f, suggest=False)
+        if changed.choice is not None:
+            return ""
+        first = next((e.strategy for e in changed.candidates if e.fits(h)), None)
+        return None if first is None else f", with {strategy_flags(first)} (unverified, runs with a warning)"
 
     found = []
-    if fixed and fits(work, f={}):
+    if fixed and (how := fits(work, f={})) is not None:
         found.append(f"let the planner choose ({', '.join(f'--{k.replace(chr(95), chr(45))}' for k in fixed)} "
-                     "rule out every strategy that fits)")
-    if work.batch > 1 and fits(replace(work, batch=1)):
-        found.append("--batch-size 1 (use --gradient-accumulation to keep the effective batch)")
-    if work.train_text_encoder and fits(replace(work, train_text_encoder=False)):
+                     f"rule out every strategy that fits){how}")
+    if work.batch > 1 and (how := fits(replace(work, batch=1))) is not None:
+        found.append(f"--batch-size 1 (use --gradient-accumulation to keep the effective batch){how}")
+    if work.train_text_encoder and (how := fits(replace(work, train_text_encoder=False))) is not None:
         found.append("the U-Net's adapters only (drop --train-text-encoder, or kohya's network_train_unet_only = "
-                     "true): the text encoders then run once, for the cache, and leave the GPU")
-    if work.sampling and fits(replace(work, sampling=False)):
-        found.append("drop --sample-prompt (sampling at the end is the phase that does not fit)")
+                     f"true): the text encoders then run once, for the cache, and leave the GPU{how}")
+    if work.sampling and (how := fits(replace(work, sampling=False))) is not None:
+        found.append(f"drop --sample-prompt (sampling at the end is the phase that does not fit){how}")
     for resolution in range(work.resolution - 64, max(255, work.resolution // 2 - 1), -64):
-        if fits(replace(work, resolution=resolution)):
-            found.append(f"--resolution {resolution}")
+        if (how := fits(replace(work, resolution=resolution))) is not None:
+            found.append(f"--resolution {resolution}{how}")
             break
     for rank in (8, 4):
-        if rank < work.rank and fits(replace(work, rank=rank)):
-            found.append(f"--rank {rank}")
+        if rank < work.rank and (how := fits(replace(work, rank=rank))) is not None:
+            found.append(f"--rank {rank}{how}")
             break
-    if work.cache_batch_size > 1 and fits(replace(work, cache_batch_size=1)):
-        found.append("--cache-batch-size 1")
+    if work.cache_batch_size > 1 and (how := fits(replace(work, cache_batch_size=1))) is not None:
+        found.append(f"--cache-batch-size 1{how}")
     need = min(e.peak_vram() for e in plan(work, hardware, fixed, suggest=False).candidates) + VRAM_SAFETY
     if need > hardware.free_vram:
         found.append(f"a GPU with at least {need / GIB:.1f} GiB free")
