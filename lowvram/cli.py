@@ -511,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lowvram {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lowvram plan --json | head`: the reader took what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
+        return 1
     return 0
 
 

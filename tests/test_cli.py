@@ -79,6 +79,13 @@ def test_bucket_options_that_no_bucket_leaves_idle_are_named(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_output_piped_into_a_reader_that_stops_early_ends_without_a_traceback():
+    process = subprocess.Popen([sys.executable, "-m", "lowvram", "plan", "--vram", "6GB", "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # `| head -1` gone before the plan is written
+    assert process.wait(timeout=120) == 1 and process.stderr.read() == b""
+
+
 def test_bad_value_is_one_line_naming_the_option(capsys):
     assert main(["train", "--model", "tiny", "--data", "sample", "--rank", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
