@@ -313,6 +313,9 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
     rejected = {line.split(":")[0] for line in problems}
     problems += [line for line in config_problems(config) if line.split(":")[0] not in rejected]
+    if sections["memory"].get("gradient_checkpointing") is False and config.memory.checkpoint_blocks is not None:
+        problems.append(f"--checkpoint-blocks: recomputes {config.memory.checkpoint_blocks} blocks, which "
+                        "--no-gradient-checkpointing rules out; drop one")  # (given, not the default, so a choice)
     if problems:
         raise LowvramError("\n".join(problems))
     return config

@@ -11,6 +11,7 @@ import pytest
 from conftest import run_config
 
 from lowvram.configure import build_config
+from lowvram.errors import LowvramError
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.hardware import hardware_for, load_profile
 from lowvram.models import FAMILIES
@@ -119,6 +120,24 @@ def test_when_only_host_ram_is_short_the_plan_says_so():
     assert result.explanation == (f"nothing fits 1.0 GiB of host RAM: the leanest strategy that fits the GPU "
                                   f"({leanest.strategy.label}) needs {leanest.peak_host() / 2**30:.1f} GiB")
     assert result.suggestions == [f"at least {leanest.peak_host() / 2**30:.1f} GiB of host RAM (--ram)"]
+
+
+def test_the_users_own_checkpoint_blocks_run_where_every_block_recomputed_is_seen():
+    from lowvram.plan import plan_options
+
+    _, result = plan_options({"model": "sd15", "checkpoint_blocks": "3"}, hardware_for(None, "6GB", "32GB"))
+    assert result.choice.strategy == MemoryStrategy("bf16", True, "adamw8bit", checkpoint_units=3)
+    assert result.choice.verified is False  # (shown unverified; training warns)
+    with pytest.raises(LowvramError, match=r"^--checkpoint-blocks: recomputes 3 blocks, which "
+                                           r"--no-gradient-checkpointing rules out; drop one$"):
+        build_config({"model": "tiny", "data": "sample", "checkpoint_blocks": 3, "gradient_checkpointing": False})
+
+
+def test_a_model_family_alone_plans_that_family():
+    from lowvram.plan import plan_options
+
+    run, _ = plan_options({"model_family": "sdxl"}, hardware_for(None, "6GB", "32GB"))
+    assert run.family is FAMILIES["sdxl"]
 
 
 def test_plan_json_is_the_same_plan():

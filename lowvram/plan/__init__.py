@@ -41,9 +41,10 @@ def workload_for(run: ResolvedRun) -> Workload:
 
 
 def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:
-    """`lowvram plan` for option values (a dataset and a model are optional: the sample data and sd15 stand in).
+    """`lowvram plan` for option values (a dataset and a model are optional: the sample data and sd15, or the
+    --model-family named, stand in).
     Raises LowvramError with the CLI's words where the options cannot run or there is no GPU to plan for."""
-    values = {"data": "sample", "model": PLANNING_MODEL, **values}
+    values = {"data": "sample", "model": values.get("model_family") or PLANNING_MODEL, **values}
     config = build_config(values)
     if hardware.device != "cuda":
         raise LowvramError("no CUDA GPU here: pass --vram SIZE or --profile NAME to plan for a card")

@@ -11,7 +11,7 @@ from lowvram.formats import PLANNED_FORMATS
 from lowvram.hardware import GIB, Hardware
 from lowvram.models.families import FAMILIES
 from lowvram.optim import PLANNED_OPTIMIZERS
-from lowvram.plan.calibration import full_size
+from lowvram.plan.calibration import full_size, is_verified
 from lowvram.plan.estimate import VRAM_SAFETY, Estimate, MemoryStrategy, Workload, checkpoint_unit_count, estimate
 
 
@@ -84,7 +84,13 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
     estimates = estimates_for(work, hardware, fixed)
     estimates.sort(key=lambda e: (e.speed, e.peak_vram("training"), e.peak_vram()))
     explicit = bool(fixed.get("unet_weights")) or not seen_only  # the user's own format runs unverified (warned)
-    fitting = [e for e in estimates if e.fits(hardware) and (e.verified is not False or explicit)]
+
+    def allowed(e: Estimate) -> bool:  # the user's own --checkpoint-blocks too, where every block is seen (warned)
+        s = e.strategy
+        return e.verified is not False or explicit or bool(fixed.get("checkpoint_blocks")) and is_verified(
+            work.family, s.unet_weights, True, s.optimizer, work.mixed_precision)
+
+    fitting = [e for e in estimates if e.fits(hardware) and allowed(e)]
     if fitting:
         choice = fitting[0]
         faster = [e for e in estimates if e.speed < choice.speed]
