@@ -74,7 +74,7 @@ def server(tmp_path_factory):
             if process.poll() is not None or time.time() > deadline:
                 raise AssertionError("lowvram ui did not come up:\n" + (root / "ui.log").read_text()[-3000:]) from None
             time.sleep(0.5)
-    yield {"url": url, "root": root, "work": work, "cache": cache}
+    yield {"url": url, "root": root, "work": work, "cache": cache, "port": port}
     process.terminate()
     process.wait(timeout=30)
     log.close()
@@ -301,7 +301,7 @@ def test_train_stop_resume_and_render(page, server):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in line]
     assert steps == list(range(1, 121))  # the resumed run continued after the checkpoint, to the end
-    assert "resum" in (server["cache"] / "ui" / "ui-run.log").read_text().lower()
+    assert "resum" in (server["cache"] / "ui" / f"ui-run-{server['port']}.log").read_text().lower()  # its port's
 
     expect(page.locator("#lora-file input")).to_have_value(str(out / "run.safetensors"), timeout=10_000)
     page.locator("#render-prompt textarea, #render-prompt input").first.fill("lvshape, a red circle")

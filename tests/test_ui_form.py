@@ -126,3 +126,39 @@ def test_a_kohya_dataset_file_in_the_form_brings_its_settings_and_its_captions_a
     data_panel.save_caption(root, usable[0], "lvshape, an edited circle", tmp_path / "backup")
     assert (images / "00_red_circle.txt").read_text() == "lvshape, an edited circle\n"
     assert data_panel.read_caption(root, usable[0]) == "lvshape, an edited circle"
+
+
+def test_the_plan_panel_tells_unverified_from_too_big():
+    """A T4 (no bf16, so no strategy seen on a GPU yet) fits SD1.5 easily: the panel says so and draws the fastest
+    that fits; SDXL in 2 GB does not fit and is drawn as its leanest candidate."""
+    from lowvram.ui.planview import _strategy, plan_for, render
+
+    t4 = plan_for({"model": "sd15"}, "colab-t4", "")
+    fastest_fitting = next(c for c in t4["candidates"] if c["fits"])
+    assert not t4["fits"] and "fits, but not yet seen training on a GPU" in render(t4)
+    assert f"<b>{_strategy(fastest_fitting['strategy'])}</b>" in render(t4)
+    tiny = plan_for({"model": "sdxl"}, "gtx-1650-4gb", "")
+    assert not any(c["fits"] for c in tiny["candidates"]) and "&mdash; does not fit" in render(tiny)
+
+
+def test_two_uis_keep_their_own_run_config_and_log(tmp_path):
+    """Two `lowvram ui` on two ports share the cache folder; each run's config and log are its UI's own."""
+    from lowvram.ui.runs import TrainingProcess
+
+    first, second = TrainingProcess("ui-run-7860"), TrainingProcess("ui-run-7861")
+    for training, rank in ((first, 0), (second, -3)):  # runs that stop at their option check, each its own way
+        training.start(f'[model]\nmodel = "tiny"\n[data]\ndata = "sample"\n[network]\nrank = {rank}\n', tmp_path,
+                       tmp_path / "out")
+    for training, rank in ((first, 0), (second, -3)):
+        assert training.process.wait(timeout=120) == 2
+        assert f"--rank: must be > 0, got {rank}" in training.log_tail()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ui-run-7860.log", "ui-run-7860.toml", "ui-run-7861.log",
+                                                          "ui-run-7861.toml"]
+
+
+def test_the_time_left_is_shown_only_while_the_run_goes():
+    from lowvram.ui.runs import progress_line
+
+    records = [{"step": 5, "total_steps": 300, "loss": 0.1, "seconds": 1.2}]
+    assert progress_line(records).endswith("about 354 s left")
+    assert progress_line(records, running=False) == "step 5 of 300, loss 0.1000"

@@ -53,13 +53,14 @@ def _message(exc: Exception) -> str:
     return "\n\n".join(f"**error:** {line}" for line in str(exc).splitlines())
 
 
-def build_app(cache_dir: Path):
-    """The Blocks app; `cache_dir` holds the UI's run configs, logs, renders and caption originals."""
+def build_app(cache_dir: Path, port: int | None = None):
+    """The Blocks app; `cache_dir` holds the UI's run configs and logs (named after its `port`), renders and
+    caption originals."""
     import gradio as gr
 
     fields = form_fields()
     caption_fields = [f for f in option_fields(CaptionConfig, "caption") if f.name != "data"]
-    training = TrainingProcess()
+    training = TrainingProcess(f"ui-run-{port}" if port else "ui-run")
     ui_dir = Path(cache_dir) / "ui"
     has_gpu = _has_cuda()
 
@@ -254,7 +255,7 @@ def build_app(cache_dir: Path):
                 picked["lora"] = keep
             lora_list = gr.skip() if shown.get("loras") == (loras, keep) else gr.update(choices=loras, value=keep)
             shown["loras"] = (loras, keep)
-            return (changed("state", f"**{training.state()}**"), changed("progress", progress_line(records)), *plots,
+            return (changed("state", f"**{training.state()}**"), changed("progress", progress_line(records, training.running)), *plots,
                     changed("samples", sample_files), changed("log", training.log_tail()), lora_list)
 
         timer.tick(refresh, lora_choice, [run_state, run_progress, loss_plot, lr_plot, samples, run_log, lora_choice],
@@ -299,7 +300,7 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = Tru
     except ImportError:
         raise LowvramError('Gradio is not installed; pip install -e ".[ui]" (or pip install gradio)') from None
     _check_port(host, port)
-    app = build_app(cache_dir)
+    app = build_app(cache_dir, port)
     return app.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False, quiet=False,
                       prevent_thread_lock=not block, allowed_paths=[str(Path.cwd()), str(cache_dir)],
                       footer_links=[], theme=_offline_theme())

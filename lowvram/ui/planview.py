@@ -41,16 +41,20 @@ def plan_for(values: dict[str, Any], card: str, budget: str) -> dict:
 
 
 def render(plan: dict) -> str:
-    """The plan as HTML: bars per phase for the pick (or the leanest candidate), then the candidates."""
+    """The plan as HTML: bars per phase for the pick (else the fastest that fits though unverified, else the leanest
+    candidate), then the candidates."""
     budget = plan["hardware"]["budget"]
-    shown = plan["choice"] or min(plan["candidates"], key=lambda c: c["peak_vram_bytes"])
+    shown = (plan["choice"] or next((c for c in plan["candidates"] if c["fits"]), None)
+             or min(plan["candidates"], key=lambda c: c["peak_vram_bytes"]))
+    verdict = ("" if plan["fits"] else " &mdash; fits, but not yet seen training on a GPU" if shown["fits"]
+               else " &mdash; does not fit")
     phases = {name: sum(parts.values()) for name, parts in shown["vram_bytes"].items() if sum(parts.values())}
     top = max([budget, *phases.values()])
     head = (f"<p id='plan-workload'>{html.escape(plan['model_family'])} at {plan['resolution']} px, batch "
             f"{plan['batch']}, rank {plan['rank']}</p>"
             f"<p id='plan-pick'><b>{_strategy(shown['strategy'])}</b>: peak {_gib(shown['peak_vram_bytes'])} GiB "
             f"of {_gib(budget)} GiB on {html.escape(plan['hardware']['name'])}"
-            f"{'' if plan['fits'] else ' &mdash; does not fit'}</p>")
+            f"{verdict}</p>")
     if not plan["fits"]:
         fix = "; ".join(plan["suggestions"]) or "no change found"
         head += (f"<p id='plan-verdict' class='lv-bad'>{html.escape(plan['explanation'])}</p>"

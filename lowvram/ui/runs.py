@@ -28,8 +28,10 @@ def lowvram_command(*args: str) -> list[str]:
 
 @dataclass
 class TrainingProcess:
-    """The UI's one training run (a local app for one person: one run at a time)."""
+    """The UI's one training run (a local app for one person: one run at a time). `name` names its config and log:
+    the UI's port's, so that two UIs (two ports) never write into each other's."""
 
+    name: str = "ui-run"
     config_path: Path | None = None
     output: Path | None = None
     process: subprocess.Popen | None = None
@@ -44,14 +46,14 @@ class TrainingProcess:
         if self.running:
             raise LowvramError("a run is already going: stop it first")
         config_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path = write_text(config_dir / "ui-run.toml", toml)
+        self.config_path = write_text(config_dir / f"{self.name}.toml", toml)
         self.output, self.stopping = output, False
         args = ["train", "--config", str(self.config_path)]
         if resume:
             args += ["--resume", "auto"]
         if auto_vram is not None:
             args += ["--auto", *(["--vram", auto_vram] if auto_vram else [])]
-        self.log_path = config_dir / "ui-run.log"
+        self.log_path = config_dir / f"{self.name}.log"
         with open(self.log_path, "w", encoding="utf-8") as log:
             # a session (process group) of its own: Ctrl-C in the terminal running the UI does not reach the run
             own_group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
@@ -100,8 +102,8 @@ def read_metrics(output: Path | None) -> list[dict]:
     return records
 
 
-def progress_line(records: list[dict]) -> str:
-    """Step, loss, VRAM and the time left, from the metrics."""
+def progress_line(records: list[dict], running: bool = True) -> str:
+    """Step, loss, VRAM and, while the run goes, the time left, from the metrics."""
     if not records:
         return "waiting for the first step"
     last = records[-1]
@@ -110,7 +112,7 @@ def progress_line(records: list[dict]) -> str:
     if "vram_peak_gib" in last:
         words.append(f"VRAM peak {last['vram_peak_gib']:.2f} GiB")
     recent = [r["seconds"] for r in records[-ETA_WINDOW:] if "seconds" in r]
-    if total_steps and recent:
+    if total_steps and recent and running:
         left = (total_steps - last["step"]) * sum(recent) / len(recent)
         words.append(f"about {left:.0f} s left")
     return ", ".join(words)
