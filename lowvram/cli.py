@@ -294,7 +294,8 @@ def run_plan(args: argparse.Namespace) -> int:
     build_config({"data": "sample", "model": PLANNING_MODEL, **values})  # option errors before looking at a GPU
     run, result = plan_options(values, hardware_for(args.profile, args.vram, args.ram))
     config = run.config
-    console = Console(width=max(Console().width, 100), stderr=args.json)
+    probe = Console(stderr=args.json)  # a terminal keeps its width; a pipe or file gets room for the tables
+    console = Console(width=probe.width if probe.is_terminal else max(probe.width, 100), stderr=args.json)
     if not run.uses_sample_data:  # a real dataset: scan it too, so problems show up before the evening
         from lowvram.data.check import scan
 
