@@ -23,7 +23,7 @@ from lowvram.config import SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError
 from lowvram.kohya_names import KOHYA_FLAGS
 from lowvram.optim import OPTIMIZERS as OPTIMIZER_SPECS
-from lowvram.optim import optimizer_kwargs
+from lowvram.optim import library_defaults, optimizer_kwargs
 from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
 
@@ -321,7 +321,7 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
         values["optimizer_args"] = carried
     if args:
         notes.append(f"optimizer_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
-    return values
+    return values | library_defaults(values)
 
 
 def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from lowvram.dataset_files.subsets import local_path
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import as_number
 from lowvram.optim import OPTIMIZERS as OPTIMIZER_SPECS
-from lowvram.optim import optimizer_kwargs
+from lowvram.optim import library_defaults, optimizer_kwargs
 from lowvram.samplers import sampler_name
 from lowvram.timesteps import SHAPED, TIMESTEP_DISTRIBUTIONS
 
@@ -318,6 +318,7 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         values["weight_decay"] = as_number(optimizer["weight_decay"], "optimizer.weight_decay", problem)
     if name in OPTIMIZERS:
         values |= _optimizer_settings(optimizer, OPTIMIZERS[name], problem)
+        values |= library_defaults(values)
     if doc.get("ema") and _upper(doc, "ema") != "OFF":
         values["ema"] = True
         if doc.get("ema_decay") is not None:

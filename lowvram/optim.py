@@ -36,6 +36,10 @@ class Optimizer:
     # its own settings a user may give (--optimizer-arg KEY=VALUE, kohya's optimizer_args), each by the kind of
     # value: float, int, bool, or pair (two numbers, comma-separated)
     args: tuple[tuple[str, str], ...] = ()
+    # its library's own defaults where lowvram chooses otherwise: what kohya and OneTrainer train with when their
+    # config gives none (weight decay, and KEY=VALUE settings)
+    library_weight_decay: float = 1e-2
+    library_settings: tuple[str, ...] = ()
 
 
 ADAM_ARGS = (("betas", "pair"), ("eps", "float"))
@@ -50,20 +54,33 @@ OPTIMIZERS = {
                   args=ADAM_ARGS + BNB_ARGS),
         Optimizer("paged_adamw8bit", 2, 1.02, "paged_adamw8bit (its 8-bit state spills to host RAM under pressure)",
                   args=ADAM_ARGS + BNB_ARGS),
-        Optimizer("lion", 4, 1.0, "lion (one moment)", args=(("betas", "pair"), *BNB_ARGS)),
-        Optimizer("lion8bit", 1, 1.01, "lion8bit", args=(("betas", "pair"), *BNB_ARGS)),
+        Optimizer("lion", 4, 1.0, "lion (one moment)", args=(("betas", "pair"), *BNB_ARGS), library_weight_decay=0),
+        Optimizer("lion8bit", 1, 1.01, "lion8bit", args=(("betas", "pair"), *BNB_ARGS), library_weight_decay=0),
         Optimizer("adafactor", 4, 1.02, "adafactor (factored second moments)",
-                  args=(("eps", "pair"), ("clip_threshold", "float"), ("decay_rate", "float"), ("beta1", "float"))),
+                  args=(("eps", "pair"), ("clip_threshold", "float"), ("decay_rate", "float"), ("beta1", "float")),
+                  library_weight_decay=0),
         Optimizer("prodigy", 16, 1.03, "prodigy (learning-rate-free: --lr is a multiplier, 1.0)", default_lr=1.0,
                   learning_rate_free=True,
                   args=(("betas", "pair"), ("beta3", "float"), ("eps", "float"), ("d0", "float"), ("d_coef", "float"),
                         ("growth_rate", "float"), ("decouple", "bool"), ("use_bias_correction", "bool"),
-                        ("safeguard_warmup", "bool"), ("slice_p", "int"))),
+                        ("safeguard_warmup", "bool"), ("slice_p", "int")),
+                  library_weight_decay=0, library_settings=("use_bias_correction=False", "safeguard_warmup=False")),
         Optimizer("schedulefree_adamw", 8, 1.01, "schedulefree_adamw (no schedule needed)", schedule_free=True,
-                  args=(("betas", "pair"), ("eps", "float"), ("r", "float"), ("weight_lr_power", "float"))),
+                  args=(("betas", "pair"), ("eps", "float"), ("r", "float"), ("weight_lr_power", "float")),
+                  library_weight_decay=0),
     )
 }
 PLANNED_OPTIMIZERS = tuple(name for name, o in OPTIMIZERS.items() if o.planned)
+
+
+def library_defaults(values: dict) -> dict:
+    """What of translated option values to add so that their optimizer trains as its library's defaults do, as kohya
+    and OneTrainer pass it no settings of their own: its weight decay and settings, where `values` gives none."""
+    spec = OPTIMIZERS[values.get("optimizer", "adamw")]
+    given = list(values.get("optimizer_args", []))
+    added = [item for item in spec.library_settings if item.split("=")[0] not in {g.split("=")[0] for g in given}]
+    return ({} if "weight_decay" in values else {"weight_decay": spec.library_weight_decay}) | (
+        {"optimizer_args": given + added} if added else {})
 
 
 def optimizer_kwargs(name: str, items: tuple[str, ...] | list[str]) -> dict:

@@ -67,4 +67,20 @@ def test_kohyas_and_onetrainers_optimizer_settings_carry_over():
                "use_bias_correction": False, "weight_decay": 0.02, "stochastic_rounding": True, "eps": None}
     values, _ = translate_onetrainer({"model_type": "STABLE_DIFFUSION_15", "training_method": "LORA",
                                       "optimizer": section}, Path("ot.json"))
-    assert values["optimizer_args"] == ["d_coef=1.5", "decouple=True", "use_bias_correction=False", "betas=0.9,0.99"]
+    assert values["optimizer_args"] == ["d_coef=1.5", "decouple=True", "use_bias_correction=False", "betas=0.9,0.99",
+                                        "safeguard_warmup=False"]  # OneTrainer's default where its config is silent
+
+
+@pytest.mark.parametrize("kohya, onetrainer, weight_decay, args", [
+    ("Prodigy", "PRODIGY", 0, ["use_bias_correction=False", "safeguard_warmup=False"]),
+    ("Lion", "LION", 0, None), ("Adafactor", "ADAFACTOR", 0, None), ("AdamW8bit", "ADAMW_8BIT", 0.01, None)])
+def test_an_optimizer_with_no_settings_trains_as_its_librarys_defaults_as_kohya_and_onetrainer_pass_it(
+        kohya, onetrainer, weight_decay, args):
+    """Neither passes a weight decay of its own, nor Prodigy's bias correction and safeguarded warm-up, which
+    lowvram's own runs turn on as Prodigy's authors advise for diffusion LoRAs."""
+    extra = {"optimizer_args": ["relative_step=False", "scale_parameter=False"]} if kohya == "Adafactor" else {}
+    from_kohya, _ = translate({"train_data_dir": "sample", "optimizer_type": kohya, **extra}, Path("k.toml"))
+    from_onetrainer, _ = translate_onetrainer({"model_type": "STABLE_DIFFUSION_15", "training_method": "LORA",
+                                               "optimizer": {"optimizer": onetrainer}}, Path("ot.json"))
+    for values in (from_kohya, from_onetrainer):
+        assert values["weight_decay"] == weight_decay and values.get("optimizer_args") == args
