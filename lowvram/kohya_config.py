@@ -97,9 +97,10 @@ def _off(value: Any) -> bool:
     return value is None or value is False or value == 0 or value == "" or value == []
 
 
-def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
-    """(lowvram option values, notes for the user) for a kohya config document. Raises LowvramError, one line per
-    setting, for each setting lowvram cannot train as kohya would."""
+def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """(lowvram option values, notes for the user) for a kohya config document; `prompts`: sample prompts it comes
+    with as text (kohya_ss's). Raises LowvramError, one line per setting, for each setting lowvram cannot train as
+    kohya would."""
     flat = _flat(doc)
     # kohya's off values are left out, except where 0 means something: no clipping, an untrained text encoder
     left = {key: value for key, value in flat.items()
@@ -162,6 +163,8 @@ def translate(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str
             del values[share]  # a share of nothing
     if values.get("keep_saves") and not values.get("save_every"):
         del values["keep_saves"]  # nothing saved along the way to keep or delete
+    if prompts:
+        values["sample_prompts"] = prompts
     if values.get("sample_every") and not values.get("sample_prompts"):
         notes.append("sample_every_n_* is not carried over: no sample_prompts file to render")
         del values["sample_every"]
@@ -259,25 +262,29 @@ def _block_args(args: dict[str, Any], conv_alpha: Any, problem) -> dict[str, str
     return given
 
 
+KOHYA_LEARNING_RATE = 2e-6  # sd-scripts' --learning_rate default, the rate of whatever no other rate names
+
+
 def _learning_rates(left: dict[str, Any], train_text_encoder: bool, problem) -> dict[str, Any]:
     """unet_lr, else learning_rate, for the U-Net; text_encoder_lr, else learning_rate, for the text encoder, which
-    a text_encoder_lr of 0 leaves untrained; SDXL's pair of text-encoder rates, one per encoder."""
+    a text_encoder_lr of 0 leaves untrained; SDXL's pair of text-encoder rates, one per encoder. learning_rate is
+    kohya's default where the config gives none."""
     rates = {key: left.pop(key, None) for key in ("learning_rate", "unet_lr", "text_encoder_lr")}
     given = rates["text_encoder_lr"]
     pair = given if isinstance(given, list) else [] if given is None else [given]
     rates["text_encoder_lr"] = pair[0] if pair else None
     rates = {key: None if value is None else as_number(value, key, problem) for key, value in rates.items()}
     second = as_number(pair[1], "text_encoder_lr", problem) if len(pair) > 1 else None
-    values: dict[str, Any] = {}
-    lr, text_lr = rates["unet_lr"] or rates["learning_rate"], rates["text_encoder_lr"]
-    if lr:
-        values["lr"] = lr
+    default = rates["learning_rate"] if rates["learning_rate"] is not None else KOHYA_LEARNING_RATE
+    lr = rates["unet_lr"] or default
+    text_lr = rates["text_encoder_lr"] if rates["text_encoder_lr"] is not None else default
+    values: dict[str, Any] = {"lr": lr}
     if train_text_encoder and text_lr == 0 and not second:
         values["train_text_encoder"] = False
     elif train_text_encoder:
-        if text_lr is not None and (text_lr != lr or second is not None):
+        if text_lr != lr or second is not None:
             values["text_encoder_lr"] = text_lr
-        if second is not None and second != (text_lr if text_lr is not None else lr):
+        if second is not None and second != text_lr:
             values["text_encoder_2_lr"] = second
     return values
 

@@ -51,14 +51,14 @@ def translate_gui(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list
     settings = _sd_scripts_settings(doc, problem)
     if problems:
         raise LowvramError("\n".join(problems))
-    values, notes = translate(settings, path)
+    prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
+    prompts = [line for line in prompts if line and not line.startswith("#")]
+    values, notes = translate(settings, path, prompts)
     key = "stop_text_encoder_training_pct" if "stop_text_encoder_training_pct" in doc else "stop_text_encoder_training"
     percent = as_number(doc.get(key) or 0, key, problem)  # percent of the run in the GUI, under either name
     if percent and values.get("train_text_encoder"):
         values["text_encoder_until"] = f"{percent:g}%"
-    prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
-    if any(prompts):
-        values["sample_prompts"] = [line for line in prompts if line and not line.startswith("#")]
+    if prompts:
         try:  # kohya_ss's default is euler_a; sd-scripts' (without the GUI) ddim
             values["sample_sampler"] = sampler_name(str(doc.get("sample_sampler") or "euler_a"))
         except ValueError as exc:
@@ -89,11 +89,16 @@ def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
     else:
         settings.pop("multires_noise_iterations", None), settings.pop("multires_noise_discount", None)
     text_rate, unet_rate = _number(gui.get("text_encoder_lr")), _number(gui.get("unet_lr"))
-    if not text_rate and unet_rate:  # a text-encoder rate of 0: kohya_ss trains the U-Net alone
+    for key, rate in (("text_encoder_lr", text_rate), ("unet_lr", unet_rate)):
+        if not rate:
+            settings.pop(key, None)  # kohya_ss leaves a rate of 0 out: learning_rate stands in
+    if not text_rate and unet_rate:  # a text-encoder rate of 0 beside a U-Net one: kohya_ss trains the U-Net alone
         settings |= {"network_train_unet_only": True}
-        settings.pop("text_encoder_lr", None)
     elif text_rate and not unet_rate:
         settings |= {"network_train_text_encoder_only": True}
+    if gui.get("lr_scheduler") == "cosine_with_restarts" and "lr_scheduler_num_cycles" not in gui and _number(
+            gui.get("epoch")):
+        settings["lr_scheduler_num_cycles"] = int(_number(gui["epoch"]))  # kohya_ss: a restart per epoch
     return settings | _additional(str(gui.get("additional_parameters") or ""), problem)
 
 

@@ -90,6 +90,10 @@ def test_kohyas_own_defaults_fill_what_the_file_leaves_out(tmp_path):
     assert (kept["save_every"], kept["keep_saves"]) == ("100", 3)  # kohya counts steps, lowvram saves
     untrained = values_of(tmp_path, {"train_data_dir": "sample", "text_encoder_lr": 0, "learning_rate": 1e-4})
     assert untrained["train_text_encoder"] is False and untrained["lr"] == 1e-4
+    assert values_of(tmp_path, {"train_data_dir": "sample"})["lr"] == 2e-6  # kohya's --learning_rate default
+    # the text encoder takes learning_rate, not unet_lr, where text_encoder_lr is left out
+    split = values_of(tmp_path, {"train_data_dir": "sample", "learning_rate": 1e-4, "unet_lr": 5e-4})
+    assert (split["lr"], split["text_encoder_lr"], split["train_text_encoder"]) == (5e-4, 1e-4, True)
 
 
 @pytest.mark.parametrize("args, network, layers, extra", [

@@ -101,15 +101,21 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
     assert (original["noise_offset"], original.get("multires_noise_iterations")) == (0.1, None)
     unet_only = settings_of(tmp_path, text_encoder_lr=0)  # the GUI's way of training the U-Net alone
     assert unet_only["train_text_encoder"] is False
+    both_at_the_rate = settings_of(tmp_path, text_encoder_lr=0, unet_lr=0, learning_rate=5e-4)  # both left out
+    assert both_at_the_rate["train_text_encoder"] is True and both_at_the_rate["lr"] == 5e-4
+    assert "text_encoder_lr" not in both_at_the_rate
+    restarts = settings_of(tmp_path, lr_scheduler="cosine_with_restarts", epoch=10)  # no cycles: one per epoch
+    assert restarts["scheduler_cycles"] == 10 and "scheduler_cycles" not in settings_of(tmp_path, epoch=10)
     build_config(values | {"model": "tiny"})  # and lowvram takes them
 
 
 def test_sample_prompts_text_and_additional_parameters_are_read_as_kohya_ss_passes_them(tmp_path):
     values = settings_of(tmp_path, sample_prompts="# a comment\nlvshape, a red circle --w 64 --h 64\n\n",
-                         sample_every_n_steps=1,
+                         sample_every_n_steps=25,
                          additional_parameters='--max_grad_norm=0.5 --noise_offset 0.05 --network_args "conv_dim=4" '
                                                '"conv_alpha=1" --flip_aug')
     assert values["sample_prompts"] == ["lvshape, a red circle --w 64 --h 64"]
+    assert values["sample_every"] == "25"  # the GUI's prompts are the ones kohya_ss samples every 25 steps
     assert values["sample_sampler"] == "euler_a"  # the GUI's default sampler, whether or not the file names one
     assert settings_of(tmp_path, sample_prompts="a", sample_sampler="k_dpm_2")["sample_sampler"] == "dpm_2"
     assert (values["max_grad_norm"], values["noise_offset"], values["flip"]) == (0.5, 0.05, True)
