@@ -14,7 +14,8 @@ its configs one below).
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from lowvram.dataset_files.subsets import local_path
@@ -103,7 +104,9 @@ PART_SETTINGS = {"unet": ("train_unet", "unet_learning_rate", "unet_weight_dtype
 # OneTrainer's own defaults (its TrainConfig.default_values) where lowvram's differ in a way that changes the LoRA: its
 # presets hold only what differs from them, and its UI fills in the rest
 DEFAULTS = {"lora_rank": 16, "lora_alpha": 1.0, "learning_rate": 3e-6, "learning_rate_warmup_steps": 200.0,
-            "epochs": 100, "batch_size": 1, "layer_filter_preset": "full", "learning_rate_scheduler": "CONSTANT"}
+            "epochs": 100, "batch_size": 1, "layer_filter_preset": "full", "learning_rate_scheduler": "CONSTANT",
+            "concept_file_name": "training_concepts/concepts.json",
+            "sample_definition_file_name": "training_samples/samples.json"}
 PART_DEFAULTS = {part: {"train": True, "stop_training_after": 30, "stop_training_after_unit": "EPOCH"}
                  for part in ("text_encoder", "text_encoder_2")}
 
@@ -233,7 +236,11 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
 def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     values: dict[str, Any] = {}
     destination = doc.get("output_model_destination")
-    if destination:  # a file to write: from the current folder, as kohya's output_dir
+    if destination and os.name != "nt" and PureWindowsPath(str(destination)).drive:  # saved on Windows, read here
+        values["name"] = PureWindowsPath(str(destination)).stem
+        notes.append(f"output_model_destination {destination} is a Windows path: the LoRA is written as "
+                     f"{values['name']} under --output (give one; default ./output)")
+    elif destination:  # a file to write: from the current folder, as kohya's output_dir
         target = Path(str(destination)).expanduser()
         values["output"], values["name"] = str(target.parent), target.stem
     precision = _upper(doc, "output_dtype")
@@ -469,7 +476,8 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
         try:
             samples = json.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            notes.append(f"sample_definition_file_name: {file} not found; no samples")
+            if doc["sample_definition_file_name"] != DEFAULTS["sample_definition_file_name"]:  # (its own: no word)
+                notes.append(f"sample_definition_file_name: {file} not found; no samples")
             samples = []
         except (OSError, ValueError) as exc:
             problem("sample_definition_file_name", f"{file} is not readable JSON ({exc})")

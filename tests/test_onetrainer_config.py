@@ -3,6 +3,7 @@ learning rate and schedule, network, loss and noise settings; its memory default
 paths are found as OneTrainer finds them; what lowvram cannot train as OneTrainer would is one line per setting."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,27 @@ def test_sdxls_two_text_encoders_train_as_onetrainer_says(tmp_path, encoders, ex
     values, _ = translate_onetrainer(doc, path)
     assert {key: values[key] for key in ("text_encoder_lr", "text_encoder_2_lr") if key in values} == expected
     assert values["train_text_encoder"] is True
+
+
+def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetrainers_default_ones(tmp_path):
+    """OneTrainer's presets hold only what differs from its defaults: training_concepts/concepts.json and
+    training_samples/samples.json are read as OneTrainer reads them."""
+    path = onetrainer_folder(tmp_path / "OneTrainer")
+    preset = {key: value for key, value in CONFIG.items()
+              if key not in ("concept_file_name", "sample_definition_file_name")}
+    values, _ = translate_onetrainer(preset, path)
+    assert values["data"] == str(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json")
+    assert values["sample_prompts"][0].startswith("lvshape, a red circle")
+    (tmp_path / "OneTrainer" / "training_samples" / "samples.json").unlink()  # its own default: missing, no word
+    assert not any("sample_definition_file_name" in note for note in translate_onetrainer(preset, path)[1])
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
+@pytest.mark.parametrize("destination", ["C:\\Users\\me\\OneTrainer\\models\\ohwx.safetensors",
+                                         "C:/Users/me/OneTrainer/models/ohwx.safetensors"])
+def test_a_windows_output_destination_keeps_its_name_and_leaves_the_folder_to_output(tmp_path, destination):
+    path = onetrainer_folder(tmp_path / "OneTrainer")
+    values, notes = translate_onetrainer({**CONFIG, "output_model_destination": destination}, path)
+    assert values["name"] == "ohwx" and "output" not in values
+    assert any(note.startswith(f"output_model_destination {destination} is a Windows path") for note in notes)
+    build_config(values | {"model": "tiny"})  # a name lowvram takes
