@@ -236,7 +236,8 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     if text and text != unet and values["network"] in ("lora", "dora") and values["train_text_encoder"]:
         values["loraplus_text_encoder_ratio"] = as_number(text, "network_args loraplus_text_encoder_lr_ratio",
                                                           problem)
-    if args:
+    args = {key: value for key, value in args.items() if str(value).lower() not in ("false", "0", "0.0", "")}
+    if args:  # (kohya_ss writes LyCORIS's switches off as well: nothing is lost with those)
         notes.append(f"network_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
     return values
 

@@ -301,3 +301,13 @@ def test_kohyas_cosine_with_min_lr_and_onetrainers_min_factor_floor_the_schedule
     assert translate_onetrainer(doc, Path("ot.json"))[0]["min_lr_ratio"] == 0.05
     constant = translate_onetrainer(doc | {"learning_rate_scheduler": "CONSTANT"}, Path("ot.json"))[0]
     assert "min_lr_ratio" not in constant  # nothing decays there
+
+
+def test_lycoris_switches_kohya_ss_writes_off_are_no_loss_and_no_note():
+    values, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_args": [
+        "preset=full", "algo=locon", "conv_dim=8", "conv_alpha=4", "dora_wd=False", "use_tucker=False",
+        "use_scalar=False", "rank_dropout_scale=False", "train_norm=False", "bypass_mode=False"]}, Path("k.toml"))
+    assert values["conv_rank"] == 8 and not any("network_args" in note for note in notes)
+    _, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya",
+                          "network_args": ["algo=locon", "train_norm=True"]}, Path("k.toml"))
+    assert "network_args not carried over: train_norm=True" in notes  # one that is on is named
