@@ -22,6 +22,7 @@ from lowvram.configure import (
     read_config,
     read_toml,
     with_dataset_settings,
+    without_idle_kept_tags,
 )
 from lowvram.errors import LowvramError
 from lowvram.lora_header import with_network_weights
@@ -416,9 +417,7 @@ def train_values(args: argparse.Namespace) -> dict:
                 for name in group:
                     values.pop(name, None)
         values.update(layer)
-    if {"shuffle_tags", "tag_dropout"} & set(flags) and "keep_tokens" not in flags and not (
-            values.get("shuffle_tags") or values.get("tag_dropout")):
-        values.pop("keep_tokens", None)  # a file's kept tags, idle once the flags move no tag: not the user's error
+    values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error
     shape = width_height(values.get("resolution"))
     if shape and shape[0] != shape[1] and values.get("bucket") is not False:  # else refused, naming the fix
         print(f"--resolution {shape[0]},{shape[1]} is kohya's width,height: lowvram trains aspect-ratio buckets of "

@@ -194,6 +194,15 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
     return layer | values if dataset_wins else values | layer
 
 
+def without_idle_kept_tags(values: dict[str, Any], typed: Collection[str] = ()) -> dict[str, Any]:
+    """The merged values less a file's keep_tokens where nothing moves the tags (kohya_ss writes it either way, and
+    kohya's config and dataset file may each hold one half); one `typed` on the command line stays, to be refused."""
+    if values.get("keep_tokens") and "keep_tokens" not in typed and not (
+            values.get("shuffle_tags") or values.get("tag_dropout")):
+        return {key: value for key, value in values.items() if key != "keep_tokens"}
+    return values
+
+
 def _unreplaced(values: dict[str, Any], given: Collection[str]) -> dict[str, Any]:
     """A file's values less those the command line gives (and so replaces), with the alternatives of each (a file's
     epochs where the command line gives --max-steps)."""
@@ -205,7 +214,8 @@ def _file_value_problems(values: dict[str, Any], about: set[str] | None = None) 
     """What is wrong with the values one file sets, alone: their types and choices, and the range and
     cross-field checks about them (not those about options the file leaves to other layers); `about`: only those
     about these options."""
-    sections, problems = _parsed_values(values)
+    moved_elsewhere = {} if {"shuffle_tags", "tag_dropout"} & set(values) else {"shuffle_tags": True}
+    sections, problems = _parsed_values(values | moved_elsewhere)  # (kept tags that another layer moves: fine)
     flags = {flag_name(fields_by_name()[name][1]) for name in (values if about is None else about)}
     if about is not None:
         problems = [line for line in problems if line.split(":")[0] in flags]

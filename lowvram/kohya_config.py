@@ -155,8 +155,6 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         notes.append(f"bucket_reso_steps {step}: buckets step by {left['bucket_reso_steps']} pixels here, the "
                      "latent grid's")
     values |= {SAME[key]: left.pop(key) for key in list(left) if key in SAME}
-    if values.get("keep_tokens") and not (values.get("shuffle_tags") or values.get("tag_dropout")):
-        del values["keep_tokens"]  # kohya_ss writes it whether or not anything moves the tags
     for share, strength in (("noise_offset_random_strength", "noise_offset"), ("adaptive_noise_scale", "noise_offset"),
                             ("ip_noise_gamma_random_strength", "ip_noise_gamma")):
         if values.get(share) and not values.get(strength):

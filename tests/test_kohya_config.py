@@ -311,3 +311,23 @@ def test_lycoris_switches_kohya_ss_writes_off_are_no_loss_and_no_note():
     _, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya",
                           "network_args": ["algo=locon", "train_norm=True"]}, Path("k.toml"))
     assert "network_args not carried over: train_norm=True" in notes  # one that is on is named
+
+
+@pytest.mark.parametrize("config, dataset", [
+    ({"shuffle_caption": True}, {"general": {"keep_tokens": 1}}),  # the config shuffles, the dataset keeps
+    ({"keep_tokens": 1}, {"general": {"shuffle_caption": True}}),  # and the other way round
+])
+def test_kept_tags_and_the_shuffle_that_moves_them_may_each_come_from_config_or_dataset_file(
+        tmp_path, sample_data, config, dataset):
+    """kohya settles each subset's settings from its dataset file, then from the config (argparse) beneath it."""
+    from lowvram.configure import without_idle_kept_tags
+
+    (tmp_path / "dataset.toml").write_text(tomli_w.dumps(
+        dataset | {"datasets": [{"subsets": [{"image_dir": str(sample_data / "5_lvshape"), "caption_extension": ".txt",
+                                              "num_repeats": 1}]}]}))
+    values = without_idle_kept_tags(values_of(tmp_path, config | {"dataset_config": str(tmp_path / "dataset.toml")}))
+    assert (values["shuffle_tags"], values["keep_tokens"]) == (True, 1)
+    build_config(values | {"model": "tiny"})
+    idle = values_of(tmp_path, {"train_data_dir": "sample", "keep_tokens": 1})  # kohya_ss writes it either way
+    assert "keep_tokens" not in without_idle_kept_tags(idle)
+    build_config(without_idle_kept_tags(idle) | {"model": "tiny"})

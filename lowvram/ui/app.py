@@ -19,7 +19,7 @@ from typing import Any
 
 from lowvram.caption import CaptionConfig
 from lowvram.config import SECTIONS
-from lowvram.configure import list_presets, preset_path, read_config, read_toml
+from lowvram.configure import list_presets, preset_path, read_config, read_toml, without_idle_kept_tags
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 from lowvram.ui import dataset as data_panel
@@ -149,7 +149,7 @@ def build_app(cache_dir: Path, port: int | None = None):
 
         def load_config(path):
             try:
-                return fill(read_config(Path(path).expanduser()), path)
+                return fill(without_idle_kept_tags(read_config(Path(path).expanduser())), path)
             except LowvramError as exc:
                 return [gr.skip()] * len(inputs) + [_message(exc)]
 
