@@ -124,3 +124,16 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_take
     assert f"resumed from {out / 'checkpoints' / done}" in " ".join(resumed.stdout.split())
     assert load_file(str(out / "x.safetensors"))
     assert not (out / LOCK).exists()  # released at the end
+
+
+def test_the_options_file_replays_the_recipe_without_this_runs_overwrite(tmp_path):
+    from lowvram.configure import read_toml
+
+    result = train(run_config(output=str(tmp_path), max_steps=1, overwrite=True))
+    assert "overwrite" not in read_toml(result.config_path)  # a replay asks again before it replaces anything
+
+
+def test_an_option_set_only_in_the_earlier_run_is_named_as_a_difference():
+    from lowvram.train.identity import differences
+
+    assert differences({"--rank": 4, "--ema-decay": 0.999}, {"--rank": 4}) == "--ema-decay 0.999 there, (not set) here"

@@ -235,3 +235,31 @@ def test_an_8bit_optimizers_state_survives_a_checkpoint(tmp_path):
     ours, theirs = load_file(str(straight.lora_path)), load_file(str(resumed.lora_path))
     for key, value in ours.items():
         torch.testing.assert_close(theirs[key], value, msg=key)
+
+
+def test_resume_auto_without_a_checkpoint_says_so_before_loading_and_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "typo"
+    with pytest.raises(LowvramError, match="--resume auto: no checkpoint in"):
+        train(run_config(output=str(out), max_steps=2, resume="auto"))
+    assert "cache" not in capsys.readouterr().out and not out.exists()  # no scan, no model, no folder
+
+
+def test_a_new_lr_on_resume_is_the_one_trained_with_from_the_restored_step(tmp_path):
+    train(run_config(output=str(tmp_path), max_steps=3, lr=1e-4, checkpoint_every=3, scheduler="cosine"))
+    train(run_config(output=str(tmp_path), max_steps=6, lr=1e-3, resume="auto", name="longer", scheduler="cosine"))
+    import json
+    import math
+
+    rates = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+             if "lr" in r}
+    assert rates[4] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 4 / 6)))  # the new rate, the new length
+
+
+def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_of_its_step(tmp_path, capsys):
+    first = train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=3)).lora_path
+    before = first.read_bytes()
+    train(run_config(output=str(tmp_path), max_steps=5, resume="auto"))  # no --overwrite asked: nothing is lost
+    assert (tmp_path / f"{first.stem}-step000003.safetensors").read_bytes() == before
+    assert f"kept the run's earlier final LoRA as {tmp_path / first.stem}-step000003.safetensors" in " ".join(
+        capsys.readouterr().out.split())
+    assert load_file(str(first))  # the continued run's own

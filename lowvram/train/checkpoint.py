@@ -215,8 +215,10 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
                                "--train-text-encoder / network options?")
         device = next(p for p in module.parameters() if p.requires_grad).device
         set_peft_model_state_dict(module, {k: v.to(device) for k, v in part.items()})
+    rates = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]  # this run's --lr
     optimizer.load_state_dict(_join(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
     lr_scheduler.load_state_dict(state["lr_scheduler"])
+    _with_rates(optimizer, lr_scheduler, rates)
     if ema is not None:
         if not (path / EMA_PART).is_file():
             raise LowvramError(f"--resume: {path} holds no --ema average; resume it without --ema, or start anew")
@@ -240,6 +242,16 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     random.setstate(_tuples(state["python_rng"]))
     np.random.set_state(_numpy_state(state["numpy_rng"]))
     return Position(state["step"], state["epoch"], state["batch"], state.get("validation"))
+
+
+def _with_rates(optimizer, lr_scheduler, rates: list[float]) -> None:
+    """This run's learning rates (--lr may change on resume) on its schedule at the restored step: the restored
+    state holds the earlier run's. Unchanged, they are the same floats the schedule's own step computes."""
+    lr_scheduler.base_lrs = list(rates)
+    for group, rate, factor in zip(optimizer.param_groups, rates, lr_scheduler.lr_lambdas):
+        group["initial_lr"] = rate
+        group["lr"] = rate * factor(lr_scheduler.last_epoch)
+    lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _split(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:

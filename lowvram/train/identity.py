@@ -47,7 +47,7 @@ def identity(run_recipe: dict[str, object]) -> str:
 
 def differences(theirs: dict[str, object], ours: dict[str, object]) -> str:
     """'--rank 8 there, 16 here; ...' for the options two recipes disagree on."""
-    changed = [flag for flag in ours if theirs.get(flag) != ours.get(flag)]
+    changed = [flag for flag in {**theirs, **ours} if theirs.get(flag) != ours.get(flag)]  # one set there only too
     return "; ".join(f"{flag} {_shown(theirs.get(flag))} there, {_shown(ours.get(flag))} here" for flag in changed)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lowvram.errors import LowvramError
 from lowvram.files import DiskFull, remove_orphans, write_problem, write_text
+from lowvram.lora_header import read_header
 from lowvram.resolve import ResolvedRun
 from lowvram.train import checkpoint
 from lowvram.train.identity import differences, identity, recipe
@@ -61,6 +62,7 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
     lock = FolderLock(folder) if main else None
     problem, note = None, None
     if lock is not None:
+        existed = folder.exists()
         try:
             unwritable = write_problem(folder)
             if unwritable:
@@ -69,6 +71,8 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
             note = take_ownership(run)
         except LowvramError as exc:
             lock.release()
+            if not existed and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # a refused run leaves no folder behind (an --output mistyped, say)
             problem = str(exc)
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
@@ -97,6 +101,10 @@ def take_ownership(run: ResolvedRun) -> str | None:
             raise LowvramError(f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}); "
                                "pass the options it was trained with (its .toml there has them), or start a new "
                                "run in another --output")
+        if config.training.resume == "auto" and not checkpoint.complete(checkpoint.checkpoint_root(folder)):
+            checkpoint.resolve("auto", folder, ours)  # its one line, before the data and the model load
+        lora = folder / f"{config.output_name}.safetensors"
+        note = _keep_final_lora(lora, record is not None, config.output.overwrite)
     elif record or checkpoints:
         same = record is not None and record.get("identity") == identity(ours)
         kept = checkpoints or list(folder.glob(f"{record.get('name', '') if record else ''}*.safetensors"))
@@ -126,6 +134,24 @@ def take_ownership(run: ResolvedRun) -> str | None:
                                             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")},
                                            indent=1) + "\n")
     return note
+
+
+def _keep_final_lora(lora: Path, ours: bool, overwrite: bool) -> str | None:
+    """A resumed run's earlier final LoRA (a finished run trained further) kept as the save point of its step,
+    as the run would have left it had it gone on; another's is replaced only with --overwrite."""
+    if not lora.exists():
+        return None
+    if not ours:
+        if overwrite:
+            return None
+        raise LowvramError(f"--output: {lora} exists; pass --overwrite to replace it, or choose another --name")
+    steps = read_header(lora)[0].get("ss_steps", "")
+    kept = lora.with_name(f"{lora.stem}-step{int(steps):06d}.safetensors") if steps.isdigit() else None
+    if kept is None or kept.exists():
+        kept = archive_file(lora)
+    else:
+        lora.rename(kept)
+    return f"kept the run's earlier final LoRA as {kept}"
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
@@ -170,12 +196,24 @@ def archive(folder: Path, record: dict | None, name: str) -> Path | None:
     ours = archived(folder, record, name)
     if not ours:
         return None
+    target = _archive_folder(folder)
+    for path in ours:
+        shutil.move(str(path), str(target / path.name))
+    return target
+
+
+def archive_file(path: Path) -> Path:
+    """Move one file into its folder's `archive/<time>/`; where it went."""
+    target = _archive_folder(path.parent) / path.name
+    shutil.move(str(path), str(target))
+    return target
+
+
+def _archive_folder(folder: Path) -> Path:
     target = folder / ARCHIVE / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     while target.exists():
         target = target.with_name(target.name + "-1")
     target.mkdir(parents=True)
-    for path in ours:
-        shutil.move(str(path), str(target / path.name))
     return target
 
 

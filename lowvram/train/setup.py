@@ -160,7 +160,7 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     from accelerate.utils import set_seed
 
     lora_path = config.output_dir / f"{config.output_name}.safetensors"
-    if lora_path.exists() and not config.output.overwrite:
+    if lora_path.exists() and not config.output.overwrite and not config.training.resume:  # (resuming: outdir)
         raise LowvramError(f"--output: {lora_path} exists; pass --overwrite to replace it, or choose another --name")
     run = resolve_run(config, detect())
     checkpoint_unit_names(run.family, config.memory.checkpoint_blocks)  # a count the U-Net lacks stops here
