@@ -137,3 +137,16 @@ def test_an_option_set_only_in_the_earlier_run_is_named_as_a_difference():
     from lowvram.train.identity import differences
 
     assert differences({"--rank": 4, "--ema-decay": 0.999}, {"--rank": 4}) == "--ema-decay 0.999 there, (not set) here"
+
+
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside_so_auto_follows_the_new_branch(tmp_path,
+                                                                                                       capsys):
+    train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2))
+    earlier = tmp_path / "checkpoints" / "step-000002"
+    train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=1, resume=str(earlier), lr=2e-4))
+    assert [path.name for _, path in checkpoint.complete(tmp_path / "checkpoints")][-1] == "step-000003"
+    assert list((tmp_path / ARCHIVE).glob("*/step-000004"))  # the branch left, kept
+    capsys.readouterr()
+    train(run_config(output=str(tmp_path), max_steps=5, resume="auto", lr=2e-4))
+    assert f"resumed from {tmp_path / 'checkpoints' / 'step-000003'} at step 3" in " ".join(
+        capsys.readouterr().out.split())  # the new branch's, not the old step 4

@@ -263,3 +263,14 @@ def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_
     assert f"kept the run's earlier final LoRA as {tmp_path / first.stem}-step000003.safetensors" in " ".join(
         capsys.readouterr().out.split())
     assert load_file(str(first))  # the continued run's own
+
+
+def test_every_checkpoint_unreadable_names_the_broken_part_and_the_way_out(tmp_path):
+    train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=1))
+    for part in (tmp_path / "checkpoints").glob("step-*/adapters.safetensors"):
+        part.write_bytes(part.read_bytes()[:100])  # a disk that filled, a copy cut short
+    with pytest.raises(LowvramError) as error:
+        train(run_config(output=str(tmp_path), max_steps=4, resume="auto"))
+    assert "is unreadable (adapters.safetensors: " in str(error.value) and "start over with --overwrite" in str(
+        error.value)
+    train(run_config(output=str(tmp_path), max_steps=2, overwrite=True))  # the way out it names

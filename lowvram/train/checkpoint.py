@@ -151,12 +151,13 @@ def problem(path: Path) -> str | None:
     """Why a checkpoint folder cannot be resumed from (a part truncated, missing or unreadable), or None."""
     from safetensors.torch import load_file
 
+    part = "state.json"
     try:
-        json.loads((path / "state.json").read_text())
+        json.loads((path / part).read_text())
         for part in PARTS + ((EMA_PART,) if (path / EMA_PART).exists() else ()):
             load_file(str(path / part))
     except Exception as exc:  # noqa: BLE001 - whatever broke it, the checkpoint is unusable
-        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"{part}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
     return None
 
 
@@ -175,7 +176,8 @@ def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> tu
             unreadable.append(f"checkpoint {path.name} is unreadable ({reason})")
         if unreadable:
             raise LowvramError(f"--resume auto: no readable checkpoint in {root} ({'; '.join(unreadable)}); start "
-                               "without --resume to train from the beginning, or pass a checkpoint folder")
+                               "over with --overwrite (the earlier files move to archive/), or pass a checkpoint "
+                               "folder")
         others = complete(root)
         if others:
             theirs = run_of(others[-1][1]).get("recipe", {})

@@ -104,7 +104,8 @@ def take_ownership(run: ResolvedRun) -> str | None:
         if config.training.resume == "auto" and not checkpoint.complete(checkpoint.checkpoint_root(folder)):
             checkpoint.resolve("auto", folder, ours)  # its one line, before the data and the model load
         lora = folder / f"{config.output_name}.safetensors"
-        note = _keep_final_lora(lora, record is not None, config.output.overwrite)
+        note = "; ".join(filter(None, [_keep_final_lora(lora, record is not None, config.output.overwrite),
+                                       _set_aside_later(checkpoints, config.training.resume, folder)])) or None
     elif record or checkpoints:
         same = record is not None and record.get("identity") == identity(ours)
         kept = checkpoints or list(folder.glob(f"{record.get('name', '') if record else ''}*.safetensors"))
@@ -152,6 +153,20 @@ def _keep_final_lora(lora: Path, ours: bool, overwrite: bool) -> str | None:
     else:
         lora.rename(kept)
     return f"kept the run's earlier final LoRA as {kept}"
+
+
+def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: Path) -> str | None:
+    """Resuming from an earlier checkpoint of this folder branches off there: the later ones (the branch left) move
+    to archive/, so that --resume auto and the pruning of old checkpoints follow the new branch."""
+    chosen = Path(resume).resolve() if resume != "auto" else None
+    steps = [step for step, path in checkpoints if path.resolve() == chosen]
+    later = [path for step, path in checkpoints if steps and step > steps[0]]
+    if not later:
+        return None
+    target = _archive_folder(folder)
+    for path in later:
+        shutil.move(str(path), str(target / path.name))
+    return f"moved {len(later)} checkpoint(s) after {chosen.name}, of the branch this run leaves, to {target}"
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
