@@ -20,6 +20,8 @@ _FOLDER = re.compile(r"(?<![\w.:/\\])(?:[A-Za-z]:[\\/]|/)(?:[^\s\"'<>|*?\\/:]+[\
 _NETWORKS = ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"), (".lora_down.", "LoRA"),
              (".lora_A.", "LoRA (diffusers/peft layout)"))
 
+_ADAPTER_PARTS = {"lora_down", "lora_up", "lora_mid", "alpha", "lora_A", "lora_B", "lora_magnitude_vector",
+                  "dora_scale"}
 # where a module's rank is: the inner side of its low-rank pair (a LoKr with both factors whole has none)
 _RANK_AXES = ((".lora_down.weight", 0), (".lora_A.weight", 0), (".hada_w1_b", 0), (".lokr_w1_b", 0),
               (".lokr_w2_b", 0))
@@ -42,9 +44,9 @@ def describe(path: Path) -> dict:
     """What `lowvram info` prints: the network type, its layers and parameters, and the metadata."""
     metadata, tensors = read_header(path)
     network = next((name for marker, name in _NETWORKS if any(marker in key for key in tensors)), "unknown")
-    modules = {key.split(".", 1)[0] for key in tensors}
+    modules = {_module(key) for key in tensors}
     params = sum(_count(shape) for _, shape in tensors.values())
-    rank_of = {key.split(".", 1)[0]: shape[axis] for key, (_, shape) in tensors.items()
+    rank_of = {_module(key): shape[axis] for key, (_, shape) in tensors.items()
                for suffix, axis in _RANK_AXES if key.endswith(suffix)}  # one per module
     ranks: dict[int, int] = {}
     for rank in rank_of.values():
@@ -55,6 +57,15 @@ def describe(path: Path) -> dict:
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
             "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)})}
+
+
+def _module(key: str) -> str:
+    """The adapted layer a tensor belongs to: its name up to the adapter's own parts (kohya's `name.lora_down.weight`,
+    peft's `unet.down_blocks.0....to_q.lora_A.weight`)."""
+    parts = key.split(".")
+    cut = next((i for i, part in enumerate(parts) if part in _ADAPTER_PARTS or part.startswith(("hada_", "lokr_"))),
+               len(parts))
+    return ".".join(parts[:cut])
 
 
 def _checkpoint_family(path: Path) -> str | None:

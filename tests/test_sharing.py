@@ -137,6 +137,17 @@ def test_info_counts_the_modules_of_each_rank(tmp_path, capsys):
     assert "LoRA, 5 modules, ranks 8 (2 modules), 2 (3 modules)," in " ".join(capsys.readouterr().out.split())
 
 
+def test_info_counts_the_modules_of_a_diffusers_layout_lora_as_of_kohyas(tmp_path, capsys):
+    """peft's names (unet.down_blocks.0....to_q.lora_A.weight) have dots where kohya's have underscores."""
+    tensors = {}
+    for layer in ("to_q", "to_k", "to_v"):
+        name = f"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.{layer}"
+        tensors |= {f"{name}.lora_A.weight": torch.zeros(16, 320), f"{name}.lora_B.weight": torch.zeros(320, 16)}
+    save_file(tensors, str(tmp_path / "pytorch_lora_weights.safetensors"))
+    assert main(["info", str(tmp_path / "pytorch_lora_weights.safetensors")]) == 0
+    assert "LoRA (diffusers/peft layout), 3 modules, rank 16" in " ".join(capsys.readouterr().out.split())
+
+
 def test_strip_paths_rewrites_the_metadata_without_local_folders_and_keeps_the_tensors(tmp_path, capsys):
     path = kohya_file(tmp_path / "ohwx_dog.safetensors")
     before = load_file(str(path))
