@@ -5,6 +5,7 @@ import json
 import pytest
 from conftest import run_config
 from PIL import Image
+from safetensors.torch import load_file
 
 from lowvram.cli import train_values
 from lowvram.configure import build_config, list_presets, preset_path, read_toml
@@ -118,3 +119,16 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
         with pytest.raises(LowvramError) as error:
             run_config(sample_prompt_file=str(tmp_path / path))
         assert str(error.value).startswith(says.format(tmp_path / path)) and len(str(error.value).splitlines()) == 1
+
+
+def test_ctrl_c_while_the_ends_samples_render_says_the_lora_is_saved(tmp_path, monkeypatch):
+    from lowvram.errors import TrainingInterrupted
+    from lowvram.train import loop
+
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C lands in the sampler's loop
+
+    monkeypatch.setattr(loop, "render_samples", pressed)
+    with pytest.raises(TrainingInterrupted, match="interrupted after the last step: .*run.safetensors is saved"):
+        train(run_config(output=str(tmp_path), name="run", max_steps=2, sample_prompts=["lvshape"]))
+    assert load_file(str(tmp_path / "run.safetensors"))

@@ -274,3 +274,13 @@ def test_every_checkpoint_unreadable_names_the_broken_part_and_the_way_out(tmp_p
     assert "is unreadable (adapters.safetensors: " in str(error.value) and "start over with --overwrite" in str(
         error.value)
     train(run_config(output=str(tmp_path), max_steps=2, overwrite=True))  # the way out it names
+
+
+def test_resuming_past_a_shorter_end_says_which_step_the_lora_is_of(tmp_path, capsys):
+    train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=4))
+    capsys.readouterr()
+    result = train(run_config(output=str(tmp_path), max_steps=2, resume="auto", name="short"))
+    assert ("nothing left to train: the run ends at step 2, before the checkpoint's 4 (raise --max-steps or --epochs "
+            "to train further); writing the LoRA of step 4 from the checkpoint") in " ".join(
+        capsys.readouterr().out.split())
+    assert result.steps == 4

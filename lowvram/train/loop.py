@@ -15,6 +15,7 @@ from lowvram.adapters import lora_files, networks
 from lowvram.config import RunConfig
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
+from lowvram.errors import TrainingInterrupted
 from lowvram.files import DiskFull
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel
@@ -171,13 +172,17 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     if not session.main:
         return []
     config, model, name = session.config, trainee.model, session.config.output_name
-    with trainee.averaged_weights():
-        if config.output.format == "diffusers":
-            lora_files.save_diffusers(model, session.out_dir / f"{name}-diffusers", config.output.save_precision)
-        with peaks.phase("sampling"):
-            samples = render_samples(model, config.samples, session.out_dir / "samples", name,
-                                     session.run.resolution, config.output.sample_steps, config.training.seed,
-                                     session.accelerator, prepared.sample_embeddings)
+    try:
+        with trainee.averaged_weights():
+            if config.output.format == "diffusers":
+                lora_files.save_diffusers(model, session.out_dir / f"{name}-diffusers", config.output.save_precision)
+            with peaks.phase("sampling"):
+                samples = render_samples(model, config.samples, session.out_dir / "samples", name,
+                                         session.run.resolution, config.output.sample_steps, config.training.seed,
+                                         session.accelerator, prepared.sample_embeddings)
+    except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
+        raise TrainingInterrupted(f"interrupted after the last step: {lora_path} is saved, its samples are not all "
+                                  f"drawn (lowvram generate --lora {lora_path} draws some)") from None
     session.console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
                           soft_wrap=True)
     if peaks.bytes:

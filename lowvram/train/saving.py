@@ -54,9 +54,10 @@ def resume(session: Session, trainee: Trainee, schedule: Schedule) -> checkpoint
                                trainee.ema)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
     if position.step >= schedule.total_steps:
-        session.console.print(f"nothing left to train: the run ends at step {schedule.total_steps} (raise "
-                              "--max-steps or --epochs to train further); writing the LoRA from the checkpoint",
-                              soft_wrap=True)
+        past = f", before the checkpoint's {position.step}" if position.step > schedule.total_steps else ""
+        session.console.print(f"nothing left to train: the run ends at step {schedule.total_steps}{past} (raise "
+                              f"--max-steps or --epochs to train further); writing the LoRA of step {position.step} "
+                              "from the checkpoint", soft_wrap=True)
     return position
 
 
