@@ -77,9 +77,11 @@ def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
         if isinstance(settings.get(key), str):
             settings[key] = settings[key].replace('"', "").split()
     settings |= _network(gui, problem)
-    length = [key for key in ("max_train_epochs", "max_train_steps") if _number(gui.get(key))]
-    if not length and _number(gui.get("epoch")):  # the GUI's epochs, which it turns into steps
-        settings["max_train_epochs"] = gui["epoch"]
+    additional = _additional(str(gui.get("additional_parameters") or ""), problem)
+    length = [key for key in ("max_train_epochs", "max_train_steps") if _number(gui.get(key)) or key in additional]
+    if not length and _number(gui.get("epoch")) and not gui.get("dataset_config"):
+        settings["max_train_epochs"] = gui["epoch"]  # the GUI's epochs, which it turns into steps (not from a
+        # dataset file, whose images it does not count: sd-scripts' 1600 steps then)
     if not _number(gui.get("lr_warmup_steps")) and _number(gui.get("lr_warmup")):  # percent of the run
         settings["lr_warmup_steps"] = float(gui["lr_warmup"]) / 100
     attention = str(gui.get("xformers", "")).lower()
@@ -99,7 +101,7 @@ def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
     if gui.get("lr_scheduler") == "cosine_with_restarts" and "lr_scheduler_num_cycles" not in gui and _number(
             gui.get("epoch")):
         settings["lr_scheduler_num_cycles"] = int(_number(gui["epoch"]))  # kohya_ss: a restart per epoch
-    return settings | _additional(str(gui.get("additional_parameters") or ""), problem)
+    return settings | additional
 
 
 def _network(gui: dict[str, Any], problem) -> dict[str, Any]:

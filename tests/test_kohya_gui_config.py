@@ -104,6 +104,12 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
     both_at_the_rate = settings_of(tmp_path, text_encoder_lr=0, unet_lr=0, learning_rate=5e-4)  # both left out
     assert both_at_the_rate["train_text_encoder"] is True and both_at_the_rate["lr"] == 5e-4
     assert "text_encoder_lr" not in both_at_the_rate
+    # the GUI's epochs make the steps it passes, unless sd-scripts' own flag gives them, or a dataset file (whose
+    # images kohya_ss does not count: sd-scripts' 1600 steps then)
+    steps = settings_of(tmp_path, max_train_steps="", epoch=10, additional_parameters="--max_train_steps=500")
+    assert (steps["max_steps"], steps.get("epochs")) == (500, None)
+    from_file = settings_of(tmp_path, max_train_steps="", epoch=10, dataset_config=str(tmp_path / "dataset.toml"))
+    assert (from_file["max_steps"], from_file.get("epochs")) == (1600, None)
     restarts = settings_of(tmp_path, lr_scheduler="cosine_with_restarts", epoch=10)  # no cycles: one per epoch
     assert restarts["scheduler_cycles"] == 10 and "scheduler_cycles" not in settings_of(tmp_path, epoch=10)
     build_config(values | {"model": "tiny"})  # and lowvram takes them
