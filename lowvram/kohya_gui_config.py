@@ -54,6 +54,10 @@ def translate_gui(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list
     prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
     prompts = [line for line in prompts if line and not line.startswith("#")]
     values, notes = translate(settings, path, prompts)
+    if doc.get("dataset_config") and _number(doc.get("epoch")) and "max_train_epochs" not in settings and (
+            "max_train_steps" not in settings):
+        notes.append(f"epoch {doc['epoch']} not used: with a dataset_config kohya_ss passes no length, and "
+                     "sd-scripts trains its default 1600 steps (give max_train_steps, or --epochs)")
     key = "stop_text_encoder_training_pct" if "stop_text_encoder_training_pct" in doc else "stop_text_encoder_training"
     percent = as_number(doc.get(key) or 0, key, problem)  # percent of the run in the GUI, under either name
     if percent and values.get("train_text_encoder"):

@@ -108,8 +108,10 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
     # images kohya_ss does not count: sd-scripts' 1600 steps then)
     steps = settings_of(tmp_path, max_train_steps="", epoch=10, additional_parameters="--max_train_steps=500")
     assert (steps["max_steps"], steps.get("epochs")) == (500, None)
-    from_file = settings_of(tmp_path, max_train_steps="", epoch=10, dataset_config=str(tmp_path / "dataset.toml"))
+    from_file, notes = translate_gui(STANDARD | {"max_train_steps": "", "epoch": 10, "dataset_config": str(
+        tmp_path / "dataset.toml")}, tmp_path / "gui.json")
     assert (from_file["max_steps"], from_file.get("epochs")) == (1600, None)
+    assert any(note.startswith("epoch 10 not used: with a dataset_config kohya_ss passes no length") for note in notes)
     restarts = settings_of(tmp_path, lr_scheduler="cosine_with_restarts", epoch=10)  # no cycles: one per epoch
     assert restarts["scheduler_cycles"] == 10 and "scheduler_cycles" not in settings_of(tmp_path, epoch=10)
     build_config(values | {"model": "tiny"})  # and lowvram takes them
