@@ -282,7 +282,8 @@ class OptimConfig:
     text_encoder_2_lr: float | None = option(None, "SDXL: learning rate of the second text encoder's adapters "
                                              "(default: --text-encoder-lr); 0 leaves it without adapters, as "
                                              "kohya's pair of text_encoder_lr and OneTrainer's text_encoder_2 do.")
-    weight_decay: float = option(1e-2, "AdamW weight decay.")
+    weight_decay: float = option(1e-2, "Weight decay, for every optimizer (kohya and OneTrainer configs that give "
+                                 "none take the optimizer library's own: 0 for lion, adafactor, prodigy).")
     optimizer_args: tuple[str, ...] = option((), "One of the optimizer's own settings, KEY=VALUE (kohya's "
                                              "optimizer_args; repeat the flag for several): betas=0.9,0.99, eps, "
                                              "amsgrad; prodigy's d_coef, d0, decouple, use_bias_correction, "
