@@ -126,8 +126,8 @@ def test_metadata_describes_the_run(trained):
     # the recipe replays the run; where its output went is this machine's business (the .toml beside it keeps it)
     replayed = build_config(read_toml_text(meta["lowvram.config"], result.lora_path.parent))
     assert "output =" not in meta["lowvram.config"]
-    assert dataclasses.replace(replayed, output=dataclasses.replace(replayed.output,
-                                                                    output=config.output.output)) == config
+    assert dataclasses.replace(replayed, output=dataclasses.replace(  # (--overwrite is this run's, never replayed)
+        replayed.output, output=config.output.output, overwrite=config.output.overwrite)) == config
 
 
 def read_toml_text(text, folder):
