@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.config import CAPTION_SUFFIXES, option
+from lowvram.data.captions import caption_file
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.hardware import GIB, Hardware
@@ -111,6 +112,10 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
     report.device = _choose_device(config.device, estimate, hardware, console)
     console.print(f"{len(todo)} image(s) to caption, {len(report.kept)} already captioned, {len(report.skipped)} "
                   f"skipped; {model.kind} {config.caption_model} on the {'GPU' if report.device == 'cuda' else 'CPU'}")
+    if dry_run:  # what a run would do, the model unloaded
+        console.print(f"the captioner needs about {estimate.describe()} on a GPU")
+        for record, target in todo:
+            console.print(f"  {record.relpath} -> {target.name}", soft_wrap=True)
     if dry_run or not todo:
         return report
     captioner = model.load(report.device, config)
@@ -159,8 +164,8 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         if not record.usable:
             report.skipped.append((record.relpath, record.reason or "unusable"))
             continue
-        existing = [record.path.with_suffix(s) for s in (config.caption_extension, *CAPTION_SUFFIXES)]
-        existing = [p for p in existing if p.is_file()]
+        existing = [found for suffix in dict.fromkeys((config.caption_extension, *CAPTION_SUFFIXES))
+                    if (found := caption_file(record.path, suffix))]  # in any case: training reads 003.TXT too
         if existing and not config.overwrite and _read(existing[0]).strip():
             report.kept.append(record.relpath)
             continue

@@ -243,8 +243,9 @@ class NetworkConfig:
                                             metavar="N[e|%]")
     network_weights: str | None = option(None, "Start from an existing LoRA file (kohya's --network_weights): "
                                          "its weights fill the adapters before the first step, e.g. to train "
-                                         "a LoRA further on new images. Its type, rank, alpha and layers must "
-                                         "match --network, --rank, --alpha and --lora-layers.", metavar="FILE")
+                                         "a LoRA further on new images. Its type, rank, alpha and layers are "
+                                         "the run's (--network, --rank, --alpha and --lora-layers, where given, "
+                                         "must match them).", metavar="FILE")
 
     @property
     def resolved_alpha(self) -> float:

@@ -119,12 +119,21 @@ def test_blip_writes_a_sentence(tmp_path, blip, sample_data):
     assert images[0].with_suffix(".txt").read_text() == f"lvshape, {expected}\n"
 
 
+def test_a_caption_file_with_an_upper_case_extension_is_the_images_caption(tmp_path, tagger, capsys):
+    """Training reads 003.TXT (Windows keeps names' case as typed); captioning must not add a 003.txt beside it."""
+    data = colour_dataset(tmp_path / "data")
+    (data / "3_colours" / "red.TXT").write_text("my own red\n")
+    assert main(["caption", str(data), "--caption-model", str(tagger)]) == 0
+    assert not (data / "3_colours" / "red.txt").exists() and "kept 2 existing" in capsys.readouterr().out
+
+
 def test_dry_run_plans_the_device_and_writes_nothing(tmp_path, blip, capsys):
     data = colour_dataset(tmp_path / "data")
     before = snapshot(data)
     assert main(["caption", str(data), "--caption-model", str(blip), "--dry-run", "--vram", "0.6GB"]) == 0
     out = capsys.readouterr().out
     assert "captioning on the CPU" in out and "4 image(s) to caption" in out and "on the CPU" in out
+    assert "the captioner needs about " in out and "3_colours/red.png -> red.txt" in " ".join(out.split())
     assert main(["caption", str(data), "--caption-model", str(blip), "--dry-run", "--vram", "8GB",
                  "--batch-size", "2"]) == 0
     assert "on the GPU" in capsys.readouterr().out

@@ -21,7 +21,7 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     """(the caption: its non-empty lines, stripped, one per line; or None where there is no file, it is empty or
     unreadable; notes; the file when it was not UTF-8)."""
     order = [extension] + [s for s in CAPTION_SUFFIXES if s != extension and extension in CAPTION_SUFFIXES]
-    found = [path for path in (_caption_file(image, suffix) for suffix in order) if path]
+    found = [path for path in (caption_file(image, suffix) for suffix in order) if path]
     notes: list[str] = []
     if len(found) > 1:
         notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
@@ -52,7 +52,7 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     return text, notes, non_utf8
 
 
-def _caption_file(image: Path, suffix: str) -> Path | None:
+def caption_file(image: Path, suffix: str) -> Path | None:
     """The image's caption file of `suffix` in whichever case it is written (.txt, .TXT, .Txt: Windows keeps them
     apart from nothing, Linux from each other)."""
     variants = (suffix, suffix.lower(), suffix.upper(), suffix[:2].upper() + suffix[2:].lower())

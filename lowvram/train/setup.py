@@ -161,7 +161,8 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
 
     lora_path = config.output_dir / f"{config.output_name}.safetensors"
     if lora_path.exists() and not config.output.overwrite and not config.training.resume:  # (resuming: outdir)
-        raise LowvramError(f"--output: {lora_path} exists; pass --overwrite to replace it, or choose another --name")
+        raise LowvramError(f"--output: {lora_path} exists; continue its run with --resume auto, start over with "
+                           "--overwrite (the earlier files move to archive/), or choose another --output")
     run = resolve_run(config, detect())
     checkpoint_unit_names(run.family, config.memory.checkpoint_blocks)  # a count the U-Net lacks stops here
     # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run
