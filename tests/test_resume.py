@@ -58,6 +58,13 @@ def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
     assert_same_lora(whole / "whole.safetensors", cut / "cut.safetensors")
     assert len(metrics.read_text().splitlines()) == STEPS
 
+    def smoothed(folder):
+        import json
+
+        return [json.loads(line)["loss_smoothed"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert smoothed(cut) == smoothed(whole)  # the running mean goes on where it was, as the weights do
+
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     result = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2))

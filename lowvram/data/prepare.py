@@ -137,7 +137,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     per_image = "-".join(str(count) for count in sorted(variant_counts)[::max(1, len(variant_counts) - 1)])
     console.print(f"cache {cache_dir}: {len(latent_jobs)} latents ({per_image} variant(s) per image) and "
                   f"{len(text_jobs)} text embeddings, {total / 2**20:.1f} MiB; "
-                  f"{len(missing_latents)} + {len(missing_texts)} to encode ({needed / 2**20:.1f} MiB)")
+                  f"{len(missing_latents)} + {len(missing_texts)} to encode ({needed / 2**20:.1f} MiB)", soft_wrap=True)
     latent_store.expected_bytes = text_store.expected_bytes = needed
     short = cache_problem(cache_dir, needed)
     if short:

@@ -189,7 +189,7 @@ class ScanReport:
                                  else ()))
                               for k, f in summary["folders"].items()]))
         for note in self.folder_notes:
-            console.print(Text(note, style="yellow"))
+            console.print(Text(note, style="yellow"), soft_wrap=True)
         if self.skipped:
             console.print(_table(f"{len(self.skipped)} skipped", ("file", "reason"),
                                  [(r.relpath, r.reason) for r in self.skipped]))

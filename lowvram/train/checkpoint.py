@@ -33,6 +33,7 @@ class Position:
     epoch: int  # data position: the next batch to draw
     batch: int
     validation: dict | None = None  # early stopping's state: best loss, its step, validations since
+    smoothed_loss: float | None = None  # the progress line's and metrics' running mean, continued on resume
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -87,7 +88,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
             save_file(averaged, str(tmp / EMA_PART))
         state = {
             "format": FORMAT, "step": position.step, "epoch": position.epoch, "batch": position.batch,
-            "validation": position.validation,
+            "validation": position.validation, "smoothed_loss": position.smoothed_loss,
             "optimizer": optimizer_rest, "lr_scheduler": lr_scheduler.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state()),
@@ -243,7 +244,7 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
             torch.cuda.set_rng_state_all(states)
     random.setstate(_tuples(state["python_rng"]))
     np.random.set_state(_numpy_state(state["numpy_rng"]))
-    return Position(state["step"], state["epoch"], state["batch"], state.get("validation"))
+    return Position(state["step"], state["epoch"], state["batch"], state.get("validation"), state.get("smoothed_loss"))
 
 
 def _with_rates(optimizer, lr_scheduler, rates: list[float]) -> None:

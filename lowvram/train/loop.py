@@ -106,6 +106,7 @@ def run_training(session: Session) -> TrainResult:
     with (TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill) as progress,
           StopOnSignal() as signals, RunLog(out_dir, position.step, config.output.tensorboard, session.main) as log,
           peaks.phase("training")):
+        progress.loss = position.smoothed_loss
         if config.output.sample_at_first and position.step == 0:
             sample_grid(session, trainee, prepared, log, 0)
         for step in range(position.step + 1, schedule.total_steps + 1):
@@ -129,12 +130,12 @@ def run_training(session: Session) -> TrainResult:
                             "total_steps": schedule.total_steps})
             if prepared.validation and (step % schedule.validate_every == 0 or step == schedule.total_steps):
                 validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, started)
-            position = checkpoint.Position(step, epoch, number + 1, stopping.state())
+            position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
             at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, started)
             if stopping.stop:
                 console.print(f"[yellow]early stopping at step {step}:[/] no better validation loss in "
                               f"{stopping.since_best} validations; the best ({stopping.best:.5f}, step "
-                              f"{stopping.best_step}) is {name}-best.safetensors")
+                              f"{stopping.best_step}) is {name}-best.safetensors", soft_wrap=True)
                 break
             if outcome.stop_asked and step < schedule.total_steps:
                 raise save_interrupted(session, trainee, dataset, schedule, position, started)

@@ -459,7 +459,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{schedule.total_steps} steps "
         f"= {schedule.total_steps / schedule.steps_per_epoch:.3g} epochs of {schedule.steps_per_epoch} | batch "
         f"{config.training.batch_size}{folder_batches(run)} x {config.training.gradient_accumulation}"
-        f"{f' x {world}' if world > 1 else ''}"
+        f"{f' x {world}' if world > 1 else ''}", soft_wrap=True  # one line, for logs and grep
     )
     warmup = schedule.warmup_steps
     if warmup and config.optim.scheduler == "constant" and not OPTIMIZERS[config.optim.optimizer].schedule_free:
