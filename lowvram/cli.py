@@ -422,8 +422,8 @@ def train_values(args: argparse.Namespace) -> dict:
     if shape and shape[0] != shape[1] and values.get("bucket") is not False:  # else refused, naming the fix
         print(f"--resolution {shape[0]},{shape[1]} is kohya's width,height: lowvram trains aspect-ratio buckets of "
               f"about its pixel area, those of {area_side(*shape)} px square, as kohya's buckets do", file=sys.stderr)
-    idle = [flag_name(fields_by_name()[name][1]) for name in ("bucket_step", "min_bucket_side", "max_bucket_side", "bucket_no_upscale")
-            if values.get(name) not in (None, False)]
+    idle = [flag_name(fields_by_name()[name][1]) for name in ("bucket_step", "min_bucket_side", "max_bucket_side",
+                                                             "bucket_no_upscale") if values.get(name) not in (None, False)]
     if idle and values.get("bucket") is False:
         print(f"{', '.join(idle)}: no effect with --no-bucket, which crops every image square", file=sys.stderr)
     return with_network_weights(values)
