@@ -220,7 +220,7 @@ def test_keep_saves_keeps_the_newest_intermediate_loras(tmp_path):
 def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):
     result = train(run_config(output=str(tmp_path), max_steps=1))
     before = result.lora_path.read_bytes()
-    with pytest.raises(LowvramError, match="exists; pass --overwrite"):
+    with pytest.raises(LowvramError, match="exists; continue its run with --resume auto, start over with --overwrite"):
         train(run_config(output=str(tmp_path), max_steps=1, overwrite=False))
     assert result.lora_path.read_bytes() == before
 
