@@ -212,7 +212,7 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
         concepts = _found(str(doc["concept_file_name"]), path)
         if Path(concepts).is_file():
             values["data"] = concepts
-        else:
+        elif doc["concept_file_name"] != DEFAULTS["concept_file_name"]:  # (OneTrainer's own, missing: no word)
             notes.append(f"concept_file_name: file not found: {doc['concept_file_name']}; give the concepts file "
                          "as --data, or the image folder")
     resolution = str(doc.get("resolution", "512")).strip()

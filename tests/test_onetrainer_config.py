@@ -250,8 +250,10 @@ def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetraine
     values, _ = translate_onetrainer(preset, path)
     assert values["data"] == str(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json")
     assert values["sample_prompts"][0].startswith("lvshape, a red circle")
-    (tmp_path / "OneTrainer" / "training_samples" / "samples.json").unlink()  # its own default: missing, no word
-    assert not any("sample_definition_file_name" in note for note in translate_onetrainer(preset, path)[1])
+    for default in ("training_samples/samples.json", "training_concepts/concepts.json"):
+        (tmp_path / "OneTrainer" / default).unlink()  # OneTrainer's own defaults, missing: no word (--data gives one)
+    assert not any(note.startswith(("sample_definition_file_name", "concept_file_name"))
+                   for note in translate_onetrainer(preset, path)[1])
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")

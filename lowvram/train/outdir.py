@@ -149,7 +149,7 @@ def _keep_final_lora(lora: Path, ours: bool, overwrite: bool) -> str | None:
     steps = read_header(lora)[0].get("ss_steps", "")
     kept = lora.with_name(f"{lora.stem}-step{int(steps):06d}.safetensors") if steps.isdigit() else None
     if kept is None or kept.exists():
-        kept = archive_file(lora)
+        kept = move_to_archive(lora.parent, [lora]) / lora.name
     else:
         lora.rename(kept)
     return f"kept the run's earlier final LoRA as {kept}"
@@ -163,9 +163,7 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
     later = [path for step, path in checkpoints if steps and step > steps[0]]
     if not later:
         return None
-    target = _archive_folder(folder)
-    for path in later:
-        shutil.move(str(path), str(target / path.name))
+    target = move_to_archive(folder, later)
     return f"moved {len(later)} checkpoint(s) after {chosen.name}, of the branch this run leaves, to {target}"
 
 
@@ -209,26 +207,17 @@ def archived(folder: Path, record: dict | None, name: str) -> list[Path]:
 def archive(folder: Path, record: dict | None, name: str) -> Path | None:
     """Move what an earlier run wrote in `folder` into `folder/archive/<time>/`; nothing else is touched."""
     ours = archived(folder, record, name)
-    if not ours:
-        return None
-    target = _archive_folder(folder)
-    for path in ours:
-        shutil.move(str(path), str(target / path.name))
-    return target
+    return move_to_archive(folder, ours) if ours else None
 
 
-def archive_file(path: Path) -> Path:
-    """Move one file into its folder's `archive/<time>/`; where it went."""
-    target = _archive_folder(path.parent) / path.name
-    shutil.move(str(path), str(target))
-    return target
-
-
-def _archive_folder(folder: Path) -> Path:
+def move_to_archive(folder: Path, paths: list[Path]) -> Path:
+    """Move `paths` (files or folders) into `folder/archive/<time>/`; that folder."""
     target = folder / ARCHIVE / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     while target.exists():
         target = target.with_name(target.name + "-1")
     target.mkdir(parents=True)
+    for path in paths:
+        shutil.move(str(path), str(target / path.name))
     return target
 
 
