@@ -126,6 +126,10 @@ def config_problems(c: RunConfig) -> list[str]:
     for flag, value in (("validate-every", v.validate_every), ("early-stopping", v.early_stopping)):
         if value is not None and not validating:
             p.append(f"--{flag}: needs a validation set; add --validation-split 0.1 or --validation-data DIR")
+    if v.early_stopping_delta < 0:
+        p.append(f"--early-stopping-delta: must be 0 or more, got {v.early_stopping_delta}")
+    elif v.early_stopping_delta and v.early_stopping is None:
+        p.append("--early-stopping-delta: has no effect without --early-stopping N; add it or drop the delta")
     positive("validate-every", v.validate_every)
     positive("validation-timesteps", v.validation_timesteps)
     positive("early-stopping", v.early_stopping)

@@ -39,8 +39,18 @@ def test_early_stopping_counts_validations_without_a_new_best():
     assert stopping.update(20, 0.9)
     assert not stopping.update(30, 0.95) and not stopping.stop
     assert not stopping.update(40, 0.9) and stopping.stop  # equal is not better
-    restored = EarlyStopping.restore(2, json.loads(json.dumps(stopping.state())))
+    restored = EarlyStopping.restore(2, 0.0, json.loads(json.dumps(stopping.state())))
     assert (restored.best, restored.best_step, restored.since_best, restored.stop) == (0.9, 20, 2, True)
+
+
+def test_early_stopping_delta_asks_a_new_best_to_beat_the_old_by_more():
+    stopping = EarlyStopping(patience=2, min_delta=0.01)
+    assert stopping.update(10, 1.0)
+    assert not stopping.update(20, 0.995)  # lower, but by less than the delta
+    assert stopping.update(30, 0.98) and stopping.best == 0.98 and stopping.since_best == 0
+    assert not stopping.update(40, 0.975) and not stopping.update(50, 0.979) and stopping.stop
+    restored = EarlyStopping.restore(2, 0.01, json.loads(json.dumps(stopping.state())))
+    assert restored.min_delta == 0.01 and restored.best == 0.98 and restored.stop
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +115,10 @@ def test_validation_options_need_a_validation_set():
         run_config(early_stopping=3)
     with pytest.raises(LowvramError, match="can't use both"):
         run_config(validation_split=0.1, validation_data=".")
+    with pytest.raises(LowvramError, match="--early-stopping-delta: has no effect without --early-stopping"):
+        run_config(validation_split=0.1, early_stopping_delta=0.01)
+    with pytest.raises(LowvramError, match="--early-stopping-delta: must be 0 or more"):
+        run_config(validation_split=0.1, early_stopping=2, early_stopping_delta=-0.01)
 
 
 def test_a_validation_folder_is_used_whole(tmp_path, sample_data):

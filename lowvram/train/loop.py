@@ -88,7 +88,8 @@ def run_training(session: Session) -> TrainResult:
     trainee = attach_adapters(session, model, noise_scheduler, schedule)
     describe(session, trainee, dataset, prepared, attention, schedule)
     position = resume(session, trainee, schedule)
-    stopping = EarlyStopping.restore(config.validation.early_stopping, position.validation)
+    stopping = EarlyStopping.restore(config.validation.early_stopping, config.validation.early_stopping_delta,
+                                     position.validation)
 
     started = datetime.now(timezone.utc)
     # written first: it is what `--config ... --resume auto` continues an interrupted run with

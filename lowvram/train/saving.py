@@ -3,6 +3,7 @@ asks for, and on Ctrl-C. Only the main process writes; a checkpoint gathers ever
 
 from __future__ import annotations
 
+import math
 import re
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -77,9 +78,12 @@ def validate(session: Session, trainee: Trainee, data, samples: list) -> float:
 def validate_and_keep_best(session: Session, trainee: Trainee, dataset: Dataset, prepared, stopping: EarlyStopping,
                            log: RunLog, step: int, epoch: int, started: datetime) -> None:
     loss = validate(session, trainee, prepared.data, prepared.validation)
+    previous_best = stopping.best
     best = stopping.update(step, loss)
     log.validation(step, loss, best)
-    session.console.print(f"step {step}: validation loss {loss:.5f}" + (" (best)" if best else
+    # the gain shown to two digits: one too small to see in five decimals still names what made it a best
+    gain = f", {previous_best - loss:.2g} lower" if best and math.isfinite(previous_best) else ""
+    session.console.print(f"step {step}: validation loss {loss:.5f}" + (f" (best{gain})" if best else
                           f", best {stopping.best:.5f} at step {stopping.best_step}"))
     if best:
         save_lora(session, trainee, dataset, session.out_dir / f"{session.config.output_name}-best.safetensors",

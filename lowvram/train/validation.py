@@ -76,9 +76,11 @@ def _noise_seed(*parts) -> int:
 
 @dataclass
 class EarlyStopping:
-    """Tracks the best validation loss; `stop` once `patience` validations in a row brought no new best."""
+    """Tracks the best validation loss; `stop` once `patience` validations in a row brought no new best (one
+    lower by more than `min_delta`)."""
 
     patience: int | None
+    min_delta: float = 0.0
     best: float = math.inf
     best_step: int = 0
     since_best: int = 0
@@ -87,7 +89,7 @@ class EarlyStopping:
     def update(self, step: int, loss: float) -> bool:
         """Record a validation; True when it is a new best."""
         self.history.append((step, loss))
-        if loss < self.best:
+        if loss < self.best - self.min_delta:
             self.best, self.best_step, self.since_best = loss, step, 0
             return True
         self.since_best += 1
@@ -102,8 +104,9 @@ class EarlyStopping:
                 "since_best": self.since_best, "history": self.history}
 
     @classmethod
-    def restore(cls, patience: int | None, state: dict | None) -> EarlyStopping:
+    def restore(cls, patience: int | None, min_delta: float, state: dict | None) -> EarlyStopping:
         if not state:
-            return cls(patience)
+            return cls(patience, min_delta)
         best = state["best"] if state["best"] is not None else math.inf
-        return cls(patience, best, state["best_step"], state["since_best"], [tuple(h) for h in state["history"]])
+        return cls(patience, min_delta, best, state["best_step"], state["since_best"],
+                   [tuple(h) for h in state["history"]])
