@@ -16,6 +16,7 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
+from lowvram.lora_header import network_weights_problem
 from lowvram.optim import OPTIMIZERS, optimizer_kwargs
 from lowvram.option_values import (
     caption_extension_problem,
@@ -91,6 +92,8 @@ def config_problems(c: RunConfig) -> list[str]:
             p.append(pickle_refusal(flag, value))
         elif not (Path(value).is_file() if must_be_file else Path(value).exists()):
             p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}")
+    if c.network.network_weights and not c.training.resume and Path(c.network.network_weights).is_file():
+        p += filter(None, [network_weights_problem(c.network)])
     output = Path(c.output.output)
     if output.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and not output.is_dir():  # OneTrainer's: a file
         p.append(f"--output: {output} names a file; --output is the run's folder and --name its LoRA's name: "

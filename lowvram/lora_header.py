@@ -116,6 +116,36 @@ def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[st
     return taken | values
 
 
+def same_alpha(stored: float, wanted: float) -> bool:
+    """Whether a file's alpha is the one wanted, to the precision of the fp16 it is often stored in."""
+    return abs(stored - wanted) <= 1e-3 * max(1.0, abs(wanted))
+
+
+def network_weights_problem(network) -> str | None:
+    """Where the run's --network, --rank/--alpha or --conv-rank/--conv-alpha (a NetworkConfig) differ from the
+    --network-weights file's, the line that names the file's: said before any caching, where the file is read only
+    after it. Per-block ranks are compared layer by layer when the file is read."""
+    path = network.network_weights
+    try:
+        held = network_options(Path(path))
+    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
+        return None  # a missing or broken file is named by the config check, or where it is read
+    flag = f"--network-weights: {path}"
+    if held.get("network", network.network) != network.network:
+        return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
+    if any(getattr(network, name) is not None for name in BLOCK_OPTIONS):
+        return None
+    pairs = [("", "rank", "alpha", (network.rank, network.resolved_alpha))]
+    if network.lora_layers == "full":
+        pairs.append(("3x3 convolutions of ", "conv_rank", "conv_alpha", network.conv_rank_alpha))
+    for what, rank_name, alpha_name, (rank, alpha) in pairs:
+        if rank_name in held and (held[rank_name] != rank or not same_alpha(held[alpha_name], alpha)):
+            flags = _as_flags({rank_name: held[rank_name], alpha_name: held[alpha_name]})
+            return (f"{flag} was trained with {what}rank {held[rank_name]} and alpha {held[alpha_name]:g} (this "
+                    f"run's: {rank} and {alpha:g}); pass {' '.join(flags)}, or leave them out to take the file's")
+    return None
+
+
 def _as_flags(values: dict[str, Any]) -> list[str]:
     """Option values as the flags that set them (`--rank 8`, `--train-text-encoder`)."""
     flags = []

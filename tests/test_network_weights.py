@@ -57,27 +57,36 @@ def test_a_run_from_the_file_continues_it(first, tmp_path, capsys):
 
 
 def test_a_file_of_another_type_rank_or_layer_set_is_refused_in_one_line(first, tmp_path):
+    """The type, rank and alpha are refused by the config check (before any caching); the layers once the model's
+    are known."""
     values, result = first
     path = str(result.lora_path)
     other = {"lora": "loha", "dora": "lora", "loha": "lokr", "lokr": "lora"}[values["network"]]
-    cases = [({"network": other}, f"pass --network {values['network']}"),
+    cases = [({"network": other}, [f"pass --network {values['network']}"], "config"),
              ({"lora_layers": "attn", "conv_rank": None, "conv_alpha": None} if values["lora_layers"] != "attn"
-              else None, "--lora-layers"),
-             ({"train_text_encoder": False, "text_encoder_lr": None}, "--train-text-encoder")]
+              else None, ["--lora-layers"], "run"),
+             ({"train_text_encoder": False, "text_encoder_lr": None}, ["--train-text-encoder"], "run")]
     if values["network"] != "lokr" or values["lora_layers"] != "attn":  # tiny LoKr with whole factors has no rank
-        cases.append(({"rank": 8}, "was trained with rank 4 and alpha 2; pass --rank 4 --alpha 2"))
+        cases.append(({"rank": 8}, ["was trained with rank 4 and alpha 2", "pass --rank 4 --alpha 2"], "config"))
     if "conv_rank" in values:
         cases.append(({"conv_rank": None, "conv_alpha": None},
-                      "was trained with 3x3 convolutions of rank 2 and alpha 3; pass --conv-rank 2 --conv-alpha 3"))
-    for change, expected in cases:
+                      ["was trained with 3x3 convolutions of rank 2 and alpha 3", "pass --conv-rank 2 --conv-alpha 3"],
+                      "config"))
+    for change, expected, stage in cases:
         if change is None:
             continue
-        config = run_config(**values | change | {"output": str(tmp_path / "x"), "network_weights": path,
-                                                 "max_steps": 1})
-        with pytest.raises(LowvramError) as error:
-            train(config)
-        message = str(error.value)
-        assert expected in message and "--network-weights" in message and len(message.splitlines()) == 1, message
+        try:
+            config = run_config(**values | change | {"output": str(tmp_path / "x"), "network_weights": path,
+                                                     "max_steps": 1})
+        except LowvramError as error:
+            message, refused_at = str(error), "config"
+        else:
+            with pytest.raises(LowvramError) as error:
+                train(config)
+            message, refused_at = str(error.value), "run"
+        assert refused_at == stage, (change, message)
+        assert all(part in message for part in expected) and "--network-weights" in message, message
+        assert len(message.splitlines()) == 1, message
     assert not (tmp_path / "x" / "x.safetensors").exists()
 
 

@@ -39,6 +39,7 @@ from lowvram.adapters.networks import (
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.files import save_safetensors
+from lowvram.lora_header import same_alpha
 from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
 
@@ -149,7 +150,7 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
         file_alpha = float(own.get("alpha", rank))
         conv = is_spatial(layer.get_base_layer())
         want_rank, want_alpha = adapter_rank_alpha(layer)
-        if not whole_lokr and (rank != want_rank or abs(file_alpha - want_alpha) > 1e-6 * max(1.0, want_alpha)):
+        if not whole_lokr and (rank != want_rank or not same_alpha(file_alpha, want_alpha)):
             flags = ("the --block-ranks and --block-alphas (--conv-block-* for 3x3 convolutions) it was trained with"
                      if per_block else ("--conv-rank {} --conv-alpha {:g}" if conv else "--rank {} --alpha {:g}"
                                         ).format(rank, file_alpha))
