@@ -57,10 +57,16 @@ def detect() -> Hardware:
         index = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
         props = torch.cuda.get_device_properties(index)
         free, total = torch.cuda.mem_get_info(index)
-        return Hardware("cuda", props.name, total, torch.cuda.is_bf16_supported(), free_vram=free, host_ram=host,
+        return Hardware("cuda", props.name, total, has_native_bf16(props.major), free_vram=free, host_ram=host,
                         compute_capability=f"{props.major}.{props.minor}",
                         shared_memory_fallback=behind_windows_driver(), index=index)
     return Hardware("cpu", "CPU", 0, True, host_ram=host)
+
+
+def has_native_bf16(compute_major: int) -> bool:
+    """bf16 in hardware: Ampere (compute capability 8) and later. torch.cuda.is_bf16_supported() also says yes
+    on a T4 or other Turing card, where bf16 is emulated and slow: those train in fp16."""
+    return compute_major >= 8
 
 
 def behind_windows_driver(system: str | None = None, release: str | None = None) -> bool:

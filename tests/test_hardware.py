@@ -71,3 +71,23 @@ def test_spill_watch_warns_once_when_steps_slow_down_for_good():
     assert "spilling VRAM into system RAM" in next(w for w in warnings if w)
     steady = SpillWatch(Console(quiet=True))
     assert not any(steady.step(t) for t in [0.5, 0.6, 0.5, 0.55, 0.5, 2.0, 0.5, 0.52, 0.5])  # one slow step is fine
+
+
+def test_a_t4_trains_in_fp16_though_torch_says_it_can_emulate_bf16(monkeypatch):
+    """torch.cuda.is_bf16_supported() is True on a T4 (it counts emulation); detection must not pick bf16 there."""
+    import types
+
+    import torch
+
+    from lowvram.hardware import detect, resolve_mixed_precision
+
+    t4 = types.SimpleNamespace(name="Tesla T4", major=7, minor=5)
+    for name, value in (("is_available", lambda: True), ("device_count", lambda: 1),
+                        ("get_device_properties", lambda index: t4), ("is_bf16_supported", lambda *a, **k: True),
+                        ("mem_get_info", lambda index: (14 * GIB, 15 * GIB))):
+        monkeypatch.setattr(torch.cuda, name, value)
+    hardware = detect()
+    assert (hardware.name, hardware.compute_capability, hardware.bf16) == ("Tesla T4", "7.5", False)
+    assert resolve_mixed_precision("auto", hardware) == "fp16"
+    with pytest.raises(LowvramError, match="--mixed-precision bf16: Tesla T4 has no bf16 support; use fp16"):
+        resolve_mixed_precision("bf16", hardware)

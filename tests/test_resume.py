@@ -291,3 +291,11 @@ def test_resuming_past_a_shorter_end_says_which_step_the_lora_is_of(tmp_path, ca
             "to train further); writing the LoRA of step 4 from the checkpoint") in " ".join(
         capsys.readouterr().out.split())
     assert result.steps == 4
+
+
+def test_cuda_random_states_go_back_to_their_own_devices_by_number():
+    saved = {f"cuda{i}": torch.tensor([i]) for i in range(12)} | {"torch": torch.tensor([-1])}
+    restored = checkpoint.cuda_rng_states(saved, device_count=12)
+    assert [index for index, _ in restored] == list(range(12))  # cuda10 after cuda9, not after cuda1
+    assert all(int(state) == index for index, state in restored)
+    assert [index for index, _ in checkpoint.cuda_rng_states(saved, device_count=2)] == [0, 1]

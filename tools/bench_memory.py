@@ -207,8 +207,10 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
     cuda = device.type == "cuda"
     if cuda:
         cap(result, budget_gb)
-    compute = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda
-                                                                               else torch.float32)
+    from lowvram.hardware import has_native_bf16
+
+    native_bf16 = cuda and has_native_bf16(torch.cuda.get_device_properties(device).major)
+    compute = torch.bfloat16 if native_bf16 else (torch.float16 if cuda else torch.float32)
     result["mixed_precision"] = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "no"}[compute]
     try:
         dtype = compute if weights not in ("fp32",) else torch.float32

@@ -239,12 +239,18 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     mine = {k[len(prefix):]: v for k, v in rng.items() if k.startswith(prefix)}
     torch.set_rng_state(mine["torch"])
     if torch.cuda.is_available():
-        states = [mine[k] for k in sorted(k for k in mine if k.startswith("cuda"))]
-        if states:
-            torch.cuda.set_rng_state_all(states)
+        for index, cuda_state in cuda_rng_states(mine, torch.cuda.device_count()):
+            torch.cuda.set_rng_state(cuda_state, index)
     random.setstate(_tuples(state["python_rng"]))
     np.random.set_state(_numpy_state(state["numpy_rng"]))
     return Position(state["step"], state["epoch"], state["batch"], state.get("validation"), state.get("smoothed_loss"))
+
+
+def cuda_rng_states(saved: dict[str, torch.Tensor], device_count: int) -> list[tuple[int, torch.Tensor]]:
+    """(device index, state) of each saved `cuda<N>` state whose device is here: by number, where sorting the
+    names would put cuda10 before cuda2, and a machine with fewer GPUs than the one that saved skips the rest."""
+    indices = sorted(int(name.removeprefix("cuda")) for name in saved if name.startswith("cuda"))
+    return [(index, saved[f"cuda{index}"]) for index in indices if index < device_count]
 
 
 def _with_rates(optimizer, lr_scheduler, rates: list[float]) -> None:
