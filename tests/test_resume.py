@@ -199,6 +199,29 @@ def test_fp16_scaler_overflows_are_routine_until_the_scale_falls_below_one():
     assert step_verdict(0.1, torch.tensor(float("inf")), low) == "bad"
 
 
+@pytest.mark.parametrize("fused", [None, True])
+def test_an_update_the_grad_scaler_skips_is_seen_as_skipped_with_fused_adamw_too(fused):
+    """Fused AdamW (lowvram's on CUDA) skips an overflowing update inside its kernel, where accelerate's
+    step_was_skipped cannot see it: the schedule, EMA and norm limits would run ahead on every overflow."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from lowvram.train.step import optimizer_stepped
+
+    Accelerator(cpu=True)
+    weight = torch.nn.Parameter(torch.ones(4))
+    adamw = torch.optim.AdamW([weight], lr=0.1, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    optimizer = AcceleratedOptimizer(adamw, scaler=scaler)
+    scaler.scale(torch.zeros(()))  # the scale is made lazily, as accelerator.backward does
+    for gradient, applied in ((float("inf"), False), (1.0, True)):
+        weight.grad = torch.full((4,), gradient)
+        scaler.unscale_(adamw)  # as accelerator.clip_grad_norm_ does first
+        assert optimizer_stepped(optimizer, scaler, gradients_finite=applied) is applied
+        assert torch.equal(weight.detach(), torch.ones(4)) is not applied
+        optimizer.zero_grad()
+
+
 def test_the_text_encoders_stop_training_where_asked_and_stay_stopped_on_resume(tmp_path, capsys):
     """--text-encoder-until 2: the text encoders' adapters train for two steps and keep those weights; the
     U-Net's train on. A run resumed past that point keeps them frozen; one resumed before it trains them to it."""

@@ -116,9 +116,10 @@ def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_ask
     verdict = step_verdict(loss, grad_norm, accelerator.scaler)
     if verdict == "ok" or accelerator.scaler is not None:
         # under fp16 the grad scaler skips a non-finite update itself and lowers its scale; it must see every
-        # step (skipping optimizer.step would leave it unscaled and never recovering)
-        optimizer.step()
-        if not optimizer.step_was_skipped:  # the grad scaler skipped it: the schedule waits too
+        # step (skipping optimizer.step would leave it unscaled and never recovering); the schedule, the norm
+        # limits and the EMA wait for an update it skipped
+        finite = grad_norm is not None and math.isfinite(grad_norm)
+        if optimizer_stepped(optimizer, accelerator.scaler, finite):
             trainee.lr_scheduler.step()
             if session.config.optim.scale_weight_norms:
                 for module in trainee.adapted.values():
@@ -127,6 +128,20 @@ def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_ask
                 trainee.ema.step(trainee.params)
     optimizer.zero_grad(set_to_none=not trainee.gradients_kept)
     return StepOutcome(verdict, loss, grad_norm, stop > 0)
+
+
+def optimizer_stepped(optimizer, scaler, gradients_finite: bool) -> bool:
+    """Step the (accelerate-wrapped) optimizer; whether it updated the weights. Under fp16 the grad scaler skips an
+    update of non-finite gradients and lowers its scale. accelerate's `step_was_skipped` cannot see that where the
+    optimizer skips it inside its own kernel (fused AdamW, lowvram's on CUDA), so the scale says it: it falls
+    exactly when an update was skipped. Reading it waits for the GPU, so only where the gradients (their norm, read
+    already) were not all finite."""
+    if scaler is None or gradients_finite:
+        optimizer.step()
+        return not optimizer.step_was_skipped
+    scale = scaler.get_scale()
+    optimizer.step()
+    return scaler.get_scale() >= scale and not optimizer.step_was_skipped
 
 
 def count_bad_steps(session: Session, verdict: str, bad_steps: int, step: int) -> int:
