@@ -32,3 +32,9 @@ class PhasePeaks:
 
     def summary(self) -> str:
         return ", ".join(f"{name} {peak / 2**30:.2f} GiB" for name, peak in self.bytes.items())
+
+
+def free_cached_memory(device: torch.device) -> None:
+    """After an out-of-memory error: what the failed work's tensors held goes back to the GPU, for the next step."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

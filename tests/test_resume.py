@@ -141,6 +141,30 @@ def test_injected_out_of_memory_makes_the_run_leaner_and_it_finishes_every_step(
     assert all(torch.isfinite(t).all() for t in load_file(str(result.lora_path)).values())
 
 
+def test_out_of_memory_drawing_samples_skips_them_and_the_run_keeps_its_work(tmp_path, monkeypatch, capsys):
+    """A sample grid mid-run (the VAE's decode beside the training state, the likeliest out-of-memory on a small
+    card) and the samples after the last step are skipped with a warning; the steps, the checkpoint due at the
+    same step and the LoRA are kept."""
+    import json
+
+    from lowvram.train import loop, saving
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(saving, "render_grid", out_of_memory)
+    monkeypatch.setattr(loop, "render_samples", out_of_memory)
+    result = train(run_config(output=str(tmp_path), max_steps=4, sample_every="2", checkpoint_every=2,
+                              sample_prompts=["lvshape"]))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "step 2: out of memory drawing the sample grid; skipped, training goes on" in out
+    assert f"out of memory drawing the samples after the last step; {result.lora_path} is saved" in out
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4] and result.lora_path.is_file()
+    assert [step for step, _ in checkpoint.complete(checkpoint.checkpoint_root(tmp_path))][-1] == 4
+
+
 def test_batch_split_keeps_every_sample(tmp_path):
     import random
 

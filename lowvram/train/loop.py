@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import tomli_w
+import torch
 from rich.console import Console
 
 from lowvram.adapters import lora_files, networks
@@ -17,7 +18,7 @@ from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
 from lowvram.errors import TrainingInterrupted
 from lowvram.files import DiskFull
-from lowvram.memory import PhasePeaks
+from lowvram.memory import PhasePeaks, free_cached_memory
 from lowvram.models.loading import LoadedModel
 from lowvram.train import checkpoint, outdir
 from lowvram.train.progress import StopOnSignal, TrainingProgress
@@ -185,6 +186,11 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
         raise TrainingInterrupted(f"interrupted after the last step: {lora_path} is saved, its samples are not all "
                                   f"drawn (lowvram generate --lora {lora_path} draws some)") from None
+    except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself
+        free_cached_memory(session.device)
+        session.console.print(f"[yellow]out of memory drawing the samples after the last step[/]; {lora_path} is "
+                              f"saved, and lowvram generate --lora {lora_path} draws them", soft_wrap=True)
+        samples = []
     session.console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
                           soft_wrap=True)
     if peaks.bytes:

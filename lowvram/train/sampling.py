@@ -9,6 +9,7 @@ So sampling never needs more memory than training plus the VAE decode.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,9 +27,18 @@ if TYPE_CHECKING:
 GUIDANCE = 7.0
 
 
-def _visit(modules: list[torch.nn.Module], device: torch.device):
-    for module in modules:
-        module.to(device)
+@contextmanager
+def visiting(modules: list[torch.nn.Module], device: torch.device):
+    """The modules on `device` for a while, then back home: after an out-of-memory error too, which training
+    survives (a VAE left on a small card would take the next step's room)."""
+    homes = [next(module.parameters()).device for module in modules]
+    try:
+        for module in modules:
+            module.to(device)
+        yield
+    finally:
+        for module, home in zip(modules, homes):
+            module.to(home)
 
 
 @torch.no_grad()
@@ -39,15 +49,11 @@ def render(model: LoadedModel, prompt: SamplePrompt | str, resolution: int, step
     encoders visit the device to encode them."""
     prompt = parse_prompt(prompt) if isinstance(prompt, str) else prompt
     family, pipeline, unet, vae = model.family, model.pipeline, model.unet, model.vae
-    home = next(vae.parameters()).device
     if embeddings is None:
-        text_home = next(model.text_encoders[0].parameters()).device
-        _visit(model.text_encoders, device)
-        with autocast():
+        with visiting(model.text_encoders, device), autocast():
             hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers,
                                             [prompt.negative, prompt.text], device,
                                             model.text_reading or DEFAULT_READING)
-        _visit(model.text_encoders, text_home)
     else:
         hidden, pooled = (None if t is None else t.to(device) for t in embeddings)
     if not prompt.negative and getattr(pipeline.config, "force_zeros_for_empty_prompt", False):
@@ -73,10 +79,9 @@ def render(model: LoadedModel, prompt: SamplePrompt | str, resolution: int, step
             uncond, cond = unet(model_input, t, **conditioning).sample.float().chunk(2)
         latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents, **seeded).prev_sample
 
-    vae.to(device)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample  # outside autocast:
-    vae.to(home)  # SDXL's VAE overflows in fp16 and is kept in fp32
+    with visiting([vae], device):  # outside autocast: SDXL's VAE overflows in fp16 and is kept in fp32
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
     return pipeline.image_processor.postprocess(image.float(), output_type="pil")[0]
 
 

@@ -9,9 +9,12 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
+import torch
+
 from lowvram.adapters import lora_files
 from lowvram.errors import TrainingInterrupted
 from lowvram.files import DiskFull
+from lowvram.memory import free_cached_memory
 from lowvram.train import checkpoint
 from lowvram.train.identity import recipe
 from lowvram.train.metadata import lora_metadata
@@ -92,9 +95,9 @@ def validate_and_keep_best(session: Session, trainee: Trainee, dataset: Dataset,
 
 def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepared, schedule: Schedule,
                    position: checkpoint.Position, stop: bool, log: RunLog, started: datetime) -> None:
-    """The LoRA every --save-every, a sample grid every --sample-every, a checkpoint every --checkpoint-every (the
-    last one, at the end or where early stopping ends the run, follows the LoRA: a disk with room for only one keeps
-    the LoRA)."""
+    """The LoRA every --save-every, a checkpoint every --checkpoint-every (the last one, at the end or where early
+    stopping ends the run, follows the LoRA: a disk with room for only one keeps the LoRA), then a sample grid
+    every --sample-every: drawing one may run out of memory, which must find the step's work kept."""
     config, step, epoch = session.config, position.step, position.epoch
     name, out_dir = config.output_name, session.out_dir
     save_every, sample_every = schedule.save_every, schedule.sample_every
@@ -104,11 +107,11 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
         if config.output.keep_saves and session.main:
             for old in older_saves(out_dir, name, save_every[1], config.output.keep_saves):
                 old.unlink(missing_ok=True)
-    if sample_every and is_save_point(sample_every, step, schedule.steps_per_epoch):
-        sample_grid(session, trainee, prepared, log, step)
     every = config.training.checkpoint_every
     if every and step % every == 0 and step < schedule.total_steps and not stop:
         save_checkpoint(session, trainee, position)
+    if sample_every and is_save_point(sample_every, step, schedule.steps_per_epoch):
+        sample_grid(session, trainee, prepared, log, step)
 
 
 def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: Path, step: int, epochs: int,
@@ -133,11 +136,18 @@ def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step:
     if not session.main:
         return
     config = session.config
-    with evaluating(trainee):
-        grid = render_grid(trainee.model, config.samples,
-                           session.out_dir / "samples" / f"{config.output_name}-step{step:06d}.png",
-                           session.run.resolution, config.output.sample_steps, config.training.seed,
-                           session.accelerator, prepared.sample_embeddings)
+    try:
+        with evaluating(trainee):
+            grid = render_grid(trainee.model, config.samples,
+                               session.out_dir / "samples" / f"{config.output_name}-step{step:06d}.png",
+                               session.run.resolution, config.output.sample_steps, config.training.seed,
+                               session.accelerator, prepared.sample_embeddings)
+    except torch.OutOfMemoryError:  # the VAE's decode beside the training state: the run matters more
+        free_cached_memory(session.device)
+        session.console.print(f"[yellow]step {step}: out of memory drawing the sample grid; skipped, training goes "
+                              "on[/] (a smaller sample size, e.g. --w 512 --h 512 in the prompt, may fit)",
+                              soft_wrap=True)
+        return
     log.image(step, "samples", grid)
 
 

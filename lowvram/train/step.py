@@ -17,6 +17,7 @@ from lowvram.adapters import networks
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import drop_cuda_graphs, uses_cuda_graphs
 from lowvram.errors import LowvramError, TrainingDiverged
+from lowvram.memory import free_cached_memory
 from lowvram.models.conditioning import encode_prompts, unet_conditioning
 from lowvram.train import checkpoint
 from lowvram.train.loss import Objective, diffusion_loss, sample_noise, sample_timesteps
@@ -37,8 +38,7 @@ def forward_backward(session: Session, trainee: Trainee, batches: list, splits: 
                        for batch in batches for chunk in batch.split(splits)), splits
         except torch.OutOfMemoryError:
             trainee.optimizer.zero_grad(set_to_none=True)
-            if session.device.type == "cuda":
-                torch.cuda.empty_cache()
+            free_cached_memory(session.device)
             change, splits = leaner_after_oom(trainee.model.unet, splits, max(len(b) for b in batches))
             session.console.print(f"[yellow]out of memory at step {step}: {change}; repeating the step[/]")
 
