@@ -439,3 +439,19 @@ def test_a_full_rank_lokr_trains_at_scale_1_and_the_planner_bounds_its_weights(f
     work = Workload(FAMILIES[family], 512, rank=100000, network="lokr", lokr_factor=factor, lora_layers=layers)
     counted = adapter_params(family_data(FAMILIES[family]), work, ["unet"])
     assert actual <= counted <= 2.5 * actual, (actual, counted)
+
+
+def test_switching_adapters_off_and_on_keeps_frozen_ones_frozen():
+    """Prior prediction runs the text encoders without their adapters; adapters frozen by --text-encoder-until
+    must stay frozen after it (peft's switch back turns every adapter's gradients on)."""
+    model = load_model("tiny")
+    params = networks.add_lora(model, NetworkConfig(rank=4), 4.0, True)
+    encoder = model.text_encoders[0]
+    frozen = [p for p in encoder.parameters() if p.requires_grad]
+    assert frozen and params["unet"]
+    for param in frozen:
+        param.requires_grad_(False)
+    with networks.adapters_off(encoder, model.unet):
+        assert not any(p.requires_grad for p in model.unet.parameters())
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert all(p.requires_grad for p in params["unet"])

@@ -218,8 +218,10 @@ def adapted_modules(model: LoadedModel) -> list[tuple[str, torch.nn.Module]]:
 @contextmanager
 def adapters_off(*modules: torch.nn.Module):
     """The modules as they were before their adapters: each peft layer passes its base layer's output alone. peft's
-    switch also takes the adapters' gradients away, and gives them back after."""
+    switch also takes the adapters' gradients away and, switched back, turns them all on: each keeps what it had
+    (adapters frozen by --text-encoder-until stay frozen)."""
     layers = [layer for module in modules for _, layer in adapted_layers(module)]
+    wanted = [(param, param.requires_grad) for module in modules for param in module.parameters()]
     for layer in layers:
         layer.enable_adapters(False)
     try:
@@ -227,6 +229,8 @@ def adapters_off(*modules: torch.nn.Module):
     finally:
         for layer in layers:
             layer.enable_adapters(True)
+        for param, requires_grad in wanted:
+            param.requires_grad_(requires_grad)
 
 
 def adapter_rank_alpha(layer: torch.nn.Module) -> tuple[int, float]:
