@@ -256,6 +256,20 @@ def test_training_options_run_and_are_recorded(tmp_path, options):
     assert result.final_loss == result.final_loss  # not NaN
 
 
+def test_an_epoch_ends_its_last_accumulated_step_so_epochs_stay_whole_passes(tmp_path):
+    """10 batches an epoch, 4 a step: steps of 4, 4 and 2 batches (kohya's accumulation ends with the epoch too),
+    so 2 epochs are 2 passes over the images and the epoch's save point comes after its last batch."""
+    import json
+
+    result = train(run_config(output=str(tmp_path), epochs=2, max_steps=None, batch_size=3, gradient_accumulation=4,
+                              save_every="1e"))
+    assert result.data.batches_per_epoch == 10 and result.steps == 6
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "loss" in r] == [0, 0, 0, 1, 1, 1]  # the epoch of each step's last batch
+    first_epoch = safe_open(str(tmp_path / f"{tmp_path.name}-e0001.safetensors"), framework="pt").metadata()
+    assert (first_epoch["ss_epoch"], first_epoch["ss_steps"]) == ("1", "3")
+
+
 def test_the_polynomial_schedule_decays_with_its_power(tmp_path):
     """kohya's `--lr_scheduler polynomial --lr_scheduler_power 2`: (lr - lr_end) (1 - step/total)^2 + lr_end, with
     diffusers' lr_end of 1e-7 (the optimizer's default rate, AdamW's 1e-3, would have made it 1e-8)."""
@@ -484,7 +498,7 @@ def test_caption_dropout_every_n_epochs_trains_those_epochs_on_the_empty_caption
     data = result.data
     empty = data.text_store.load(data.empty_text_key)["hidden"]
     for epoch, captioned in ((0, True), (1, False), (2, True), (3, False)):
-        _, _, batch = next(data.batches(epoch))
+        _, _, batch, _ = next(data.batches(epoch))
         assert all(bool(caption) == captioned for caption in batch.captions), (epoch, batch.captions)
         assert all(torch.equal(hidden, empty) != captioned for hidden in batch.hidden), epoch
 

@@ -141,12 +141,15 @@ class TrainingData:
         return len(self.epoch_batches(0))
 
     def batches(self, start_epoch: int = 0, start_batch: int = 0):
-        """Yield (epoch, batch number, Batch) forever, from a position (where a resumed run left off)."""
+        """Yield (epoch, batch number, Batch, whether it is its epoch's last) forever, from a position (where a
+        resumed run left off)."""
         epoch, first = start_epoch, start_batch
         while True:
-            for number, indices in enumerate(self.epoch_batches(epoch)):
+            batches = self.epoch_batches(epoch)
+            for number, indices in enumerate(batches):
                 if number >= first:
-                    yield epoch, number, self.load(indices, random.Random(f"{self.seed}/{epoch}/{number}"), epoch)
+                    batch = self.load(indices, random.Random(f"{self.seed}/{epoch}/{number}"), epoch)
+                    yield epoch, number, batch, number == len(batches) - 1
             epoch, first = epoch + 1, 0
 
     def load(self, indices: list[int], rng: random.Random, epoch: int | None = None) -> Batch:

@@ -159,11 +159,17 @@ def run_training(session: Session) -> TrainResult:
 
 
 def draw(session: Session, batches, count: int) -> tuple[int, int, list]:
-    """The next step's batches: every process draws the same `count` and keeps its share. Returns the epoch and
-    number of the last one drawn (where a checkpoint continues) and this process's batches, pinned on CUDA so
-    that their copies to the GPU do not wait for it."""
-    drawn = [next(batches) for _ in range(count)]
-    mine = [batch for _, _, batch in drawn[session.rank::session.world]]
+    """The next step's batches: every process draws the same `count`, or fewer where an epoch ends (as kohya's
+    gradient accumulation ends with the epoch: --epochs N is N passes over the images, and an epoch's save point
+    is its end), and keeps its share. Returns the epoch and number of the last one drawn (where a checkpoint
+    continues) and this process's batches, pinned on CUDA so that their copies to the GPU do not wait for it."""
+    drawn = []
+    while len(drawn) < count and not (drawn and drawn[-1][3]):
+        drawn.append(next(batches))
+    # every process runs as many batches (their gradients are averaged together): an epoch's short last step
+    # repeats its first batches where they do not share out evenly, as accelerate's even_batches does
+    dealt = drawn + [drawn[i % len(drawn)] for i in range(-len(drawn) % session.world)]
+    mine = [batch for _, _, batch, _ in dealt[session.rank::session.world]]
     if session.device.type == "cuda":
         mine = [batch.pinned() for batch in mine]
     return drawn[-1][0], drawn[-1][1], mine

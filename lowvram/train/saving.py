@@ -102,8 +102,10 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
     name, out_dir = config.output_name, session.out_dir
     save_every, sample_every = schedule.save_every, schedule.sample_every
     if save_every and step < schedule.total_steps and is_save_point(save_every, step, schedule.steps_per_epoch):
-        suffix = f"step{step:06d}" if save_every[1] == "steps" else f"e{step // schedule.steps_per_epoch:04d}"
-        save_lora(session, trainee, dataset, out_dir / f"{name}-{suffix}.safetensors", step, epoch, started)
+        # kohya's ss_epoch: the epoch under way (from 0) in a step's save, the epochs done in an epoch's
+        done = step // schedule.steps_per_epoch
+        suffix, saved_epoch = (f"step{step:06d}", epoch) if save_every[1] == "steps" else (f"e{done:04d}", done)
+        save_lora(session, trainee, dataset, out_dir / f"{name}-{suffix}.safetensors", step, saved_epoch, started)
         if config.output.keep_saves and session.main:
             for old in older_saves(out_dir, name, save_every[1], config.output.keep_saves):
                 old.unlink(missing_ok=True)
