@@ -240,7 +240,7 @@ def test_doctor_speaks_in_words_and_says_what_auto_would_choose(capsys):
     assert "training runs on the CPU in fp32" in out and "--auto, SDXL at 1024" in out and "bitsandbytes" in out
     t4 = load_profile("colab-t4")  # the same lines for a card, through the real planner
     assert "fp16 only" in _gpu_line(t4)
-    assert _auto_line(t4, "sd15").startswith("would refuse: nothing seen training")  # no fp16 GPU result yet
+    assert _auto_line(t4, "sd15").startswith("fp16 adamw (peak")  # seen in bf16: no fp16 GPU result yet
     sd15 = _auto_line(hardware_for(None, "8GB", "16GB"), "sd15")
     assert re.fullmatch(r"\S+( ckpt)? \S+ \(peak \d+\.\d GiB of 8\.0 GiB free\)", sd15), sd15
 

@@ -66,7 +66,7 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     console.print("[dim]activations are traced per model and scaled; the CUDA context, allocator slack, kernel "
                   "workspace and step-time ratios come from committed GPU results where measured "
                   "(lowvram/plan/calibration.json), priors elsewhere; only strategies seen training on a GPU are "
-                  "chosen[/]")
+                  "chosen (in bf16, for a card without it, until an fp16 result exists)[/]")
 
 
 def shown_candidates(result: Plan, top: int) -> list[Estimate]:
