@@ -85,6 +85,27 @@ def test_a_run_stops_when_validation_stops_improving_and_keeps_the_best(divergin
     assert [(r["step"], r["validation_loss"]) for r in validations] == [tuple(h) for h in history]
 
 
+def test_an_early_stopped_run_resumed_stays_stopped_and_keeps_its_files(diverging, tmp_path, capsys):
+    """Every "Run all" of the notebook resumes: the stop stands, no step is taken and no LoRA is set aside."""
+    import dataclasses
+    import shutil
+
+    config, result = diverging
+    out = tmp_path / "copy"
+    shutil.copytree(config.output_dir, out)
+    before = {path.name: load_file(path) for path in out.glob("*.safetensors")}
+    again = train(dataclasses.replace(config, output=dataclasses.replace(config.output, output=str(out),
+                                                                         name=config.output_name),
+                                      training=dataclasses.replace(config.training, resume="auto")))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"nothing left to train: the run stopped early at step {result.steps}" in printed
+    assert again.steps == result.steps and "kept the run's earlier final LoRA" not in printed
+    after = {path.name: load_file(path) for path in out.glob("*.safetensors")}
+    assert after.keys() == before.keys()
+    final, earlier = (files[f"{config.output_name}.safetensors"] for files in (after, before))
+    assert all(torch.equal(final[key], earlier[key]) for key in earlier)  # the same weights, written again
+
+
 def test_the_validation_loss_depends_only_on_the_weights(diverging):
     _, result = diverging
     model, data = result.model, result.data

@@ -91,6 +91,12 @@ def run_training(session: Session) -> TrainResult:
     position = resume(session, trainee, schedule)
     stopping = EarlyStopping.restore(config.validation.early_stopping, config.validation.early_stopping_delta,
                                      position.validation)
+    last_step = schedule.total_steps
+    if stopping.stop and position.step < last_step:  # an early-stopped run, resumed: its stop stands
+        last_step = position.step
+        console.print(f"nothing left to train: the run stopped early at step {position.step}, {stopping.since_best} "
+                      f"validations without a new best (raise --early-stopping to train further); writing the LoRA "
+                      f"of step {position.step} from the checkpoint", soft_wrap=True)
 
     started = datetime.now(timezone.utc)
     # written first: it is what `--config ... --resume auto` continues an interrupted run with
@@ -111,7 +117,7 @@ def run_training(session: Session) -> TrainResult:
         progress.loss = position.smoothed_loss
         if config.output.sample_at_first and position.step == 0:
             sample_grid(session, trainee, prepared, log, 0)
-        for step in range(position.step + 1, schedule.total_steps + 1):
+        for step in range(position.step + 1, last_step + 1):
             step_start = time.perf_counter()
             if not schedule.trains_text_at(step) and not trainee.text_frozen:
                 freeze_text_encoders(session, trainee, step)

@@ -104,8 +104,9 @@ def take_ownership(run: ResolvedRun) -> str | None:
         if config.training.resume == "auto" and not checkpoint.complete(checkpoint.checkpoint_root(folder)):
             checkpoint.resolve("auto", folder, ours)  # its one line, before the data and the model load
         lora = folder / f"{config.output_name}.safetensors"
-        note = "; ".join(filter(None, [_keep_final_lora(lora, record is not None, config.output.overwrite),
-                                       _set_aside_later(checkpoints, config.training.resume, folder)])) or None
+        if lora.exists() and record is None and not config.output.overwrite:
+            raise LowvramError(f"--output: {lora} exists; pass --overwrite to replace it, or choose another --name")
+        note = _set_aside_later(checkpoints, config.training.resume, folder)
     elif record or checkpoints:
         same = record is not None and record.get("identity") == identity(ours)
         kept = checkpoints or list(folder.glob(f"{record.get('name', '') if record else ''}*.safetensors"))
@@ -137,16 +138,15 @@ def take_ownership(run: ResolvedRun) -> str | None:
     return note
 
 
-def _keep_final_lora(lora: Path, ours: bool, overwrite: bool) -> str | None:
-    """A resumed run's earlier final LoRA (a finished run trained further) kept as the save point of its step,
-    as the run would have left it had it gone on; another's is replaced only with --overwrite."""
+def keep_earlier_final_lora(lora: Path, step: int) -> str | None:
+    """Before a resumed run writes its final LoRA: the earlier one, of another step (a finished run trained
+    further), kept as the save point of its step, as the run would have left it had it gone on. One of the same
+    step (a finished or early-stopped run resumed without a step to take) is the same file, written again."""
     if not lora.exists():
         return None
-    if not ours:
-        if overwrite:
-            return None
-        raise LowvramError(f"--output: {lora} exists; pass --overwrite to replace it, or choose another --name")
     steps = read_header(lora)[0].get("ss_steps", "")
+    if steps == str(step):
+        return None
     kept = lora.with_name(f"{lora.stem}-step{int(steps):06d}.safetensors") if steps.isdigit() else None
     if kept is None or kept.exists():
         kept = move_to_archive(lora.parent, [lora]) / lora.name

@@ -15,7 +15,7 @@ from lowvram.adapters import lora_files
 from lowvram.errors import TrainingInterrupted
 from lowvram.files import DiskFull
 from lowvram.memory import free_cached_memory
-from lowvram.train import checkpoint
+from lowvram.train import checkpoint, outdir
 from lowvram.train.identity import recipe
 from lowvram.train.metadata import lora_metadata
 from lowvram.train.runlog import RunLog
@@ -121,6 +121,10 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
     """The LoRA, then the end's checkpoint at `position` to train on from (None: this run took no step). A disk
     with room for one keeps the LoRA; one whose LoRA write fails (a file-size limit, a disk filled meanwhile) still
     gets the checkpoint where it fits, from which --resume writes the LoRA without another step."""
+    if session.main and session.config.training.resume:
+        kept = outdir.keep_earlier_final_lora(lora_path, step)
+        if kept:
+            session.console.print(kept, soft_wrap=True)
     try:
         save_lora(session, trainee, dataset, lora_path, step, epochs, started)
     except DiskFull:
