@@ -82,6 +82,12 @@ def test_two_processes_resume_each_rank_with_its_own_random_state(tmp_path):
     constant = {"validation_split": None, "validate_every": None, "checkpoint_every": 2}
     launch(tmp_path, tmp_path / "whole", constant)
     launch(tmp_path, tmp_path / "cut", {**constant, "max_steps": 2})
+    alone = subprocess.run([sys.executable, str(tmp_path / "train_rank.py"), str(tmp_path / "cut"),
+                            json.dumps({**constant, "resume": "auto"})], check=False, capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}, timeout=600)
+    assert alone.returncode != 0  # one process would continue another run: another batch, one random state
+    assert ("was saved by a run of 2 process(es), this one has 1; resume it with as many (accelerate launch "
+            "--num_processes 2 -m lowvram train)") in alone.stderr, alone.stderr[-2000:]
     launch(tmp_path, tmp_path / "cut", {**constant, "resume": "auto", "overwrite": True})
     whole, resumed = (load_file(tmp_path / name / f"{name}.safetensors") for name in ("whole", "cut"))
     assert whole.keys() == resumed.keys()

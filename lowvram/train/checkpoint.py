@@ -209,6 +209,15 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     state = json.loads((path / "state.json").read_text())
     if state.get("format") != FORMAT:
         raise LowvramError(f"--resume: {path} was written by another lowvram version (format {state.get('format')})")
+    rng = load_file(str(path / "rng.safetensors"))
+    # each process's random state and share of the data: another count would continue another run (every process
+    # reads the same file, so every one stops here, before any step)
+    saved_by = len({name.split("/")[0] for name in rng})
+    if saved_by != accelerator.num_processes:
+        how = (f"accelerate launch --num_processes {saved_by} -m lowvram train" if saved_by > 1
+               else "lowvram train, without accelerate launch")
+        raise LowvramError(f"--resume: {path} was saved by a run of {saved_by} process(es), this one has "
+                           f"{accelerator.num_processes}; resume it with as many ({how}), or start anew")
     adapters = load_file(str(path / "adapters.safetensors"))
     for name, module in modules.items():
         prefix = f"{name}/"
@@ -231,11 +240,7 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
         ema.optimization_step = state["ema_step"]
     if state["scaler"] is not None and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
-    rng = load_file(str(path / "rng.safetensors"))
     prefix = f"rank{accelerator.process_index}/"
-    if not any(k.startswith(prefix) for k in rng):
-        raise LowvramError(f"--resume: {path} was saved by a run of fewer processes; resume it with as many "
-                           "processes as it had")
     mine = {k[len(prefix):]: v for k, v in rng.items() if k.startswith(prefix)}
     torch.set_rng_state(mine["torch"])
     if torch.cuda.is_available():

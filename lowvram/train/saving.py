@@ -173,8 +173,12 @@ def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, sched
     saved = save_checkpoint(session, trainee, position)
     usable = save_lora(session, trainee, dataset, out_dir / f"{name}-step{step:06d}.safetensors", step,
                        position.epoch, started)
+    if not session.main:  # the main process says it, once
+        return TrainingInterrupted("")
+    # a checkpoint resumes only with as many processes as wrote it
+    launch = f"accelerate launch --num_processes {session.world} -m lowvram" if session.world > 1 else "lowvram"
     return TrainingInterrupted(f"interrupted at step {step} of {schedule.total_steps}: saved {usable} and the "
-                               f"checkpoint {saved}; continue with: lowvram train --config {out_dir / name}.toml "
+                               f"checkpoint {saved}; continue with: {launch} train --config {out_dir / name}.toml "
                                "--resume auto")
 
 
