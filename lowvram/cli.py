@@ -22,6 +22,7 @@ from lowvram.configure import (
     read_config,
     read_toml,
     with_dataset_settings,
+    with_preset_alpha,
     without_idle_kept_tags,
 )
 from lowvram.errors import LowvramError
@@ -417,6 +418,9 @@ def train_values(args: argparse.Namespace) -> dict:
                 for name in group:
                     values.pop(name, None)
         values.update(layer)
+    values, note = with_preset_alpha(values, layers[0], layers[1:])
+    if note:
+        print(note, file=sys.stderr)
     values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error
     shape = width_height(values.get("resolution"))
     if shape and shape[0] != shape[1] and values.get("bucket") is not False:  # else refused, naming the fix

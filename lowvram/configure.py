@@ -194,6 +194,22 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
     return layer | values if dataset_wins else values | layer
 
 
+def with_preset_alpha(values: dict[str, Any], preset: dict[str, Any], above: list[dict[str, Any]]
+                      ) -> tuple[dict[str, Any], str | None]:
+    """A preset's alpha is a share of its rank (character: alpha = rank / 2): where a layer above the preset sets
+    the rank alone, the alpha follows it, rather than a smaller rank making the updates several times stronger.
+    Returns the values and a note saying so."""
+    if not {"rank", "alpha"} <= preset.keys() or not any("rank" in layer for layer in above) or any(
+            "alpha" in layer for layer in above):
+        return values, None
+    try:
+        alpha = float(values["rank"]) * preset["alpha"] / preset["rank"]  # a flag's value is still its text
+    except (TypeError, ValueError):
+        return values, None  # not a number: the config check names it
+    return values | {"alpha": alpha}, (f"--rank {values['rank']}: the preset's alpha follows it, alpha {alpha:g} "
+                                       f"(its {preset['alpha']:g} of rank {preset['rank']}); --alpha sets your own")
+
+
 def without_idle_kept_tags(values: dict[str, Any], typed: Collection[str] = ()) -> dict[str, Any]:
     """The merged values less a file's keep_tokens where nothing moves the tags (kohya_ss writes it either way, and
     kohya's config and dataset file may each hold one half); one `typed` on the command line stays, to be refused."""

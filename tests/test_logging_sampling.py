@@ -83,7 +83,21 @@ def test_flags_and_config_files_override_a_preset(tmp_path):
     config = build_config(train_values(args))
     assert config.network.rank == 12  # config file over preset
     assert config.lr == 3e-4  # flag over preset
-    assert config.network.alpha == 16 and config.data.flip  # the rest from the preset
+    assert config.network.alpha == 6 and config.data.flip  # the rest from the preset; its alpha/rank kept (16/32)
+    assert config.optim.warmup_steps == 0.05  # a share of the run: a short one warms up too
+
+
+def test_a_rank_of_your_own_keeps_the_presets_alpha_ratio_and_an_alpha_of_your_own_stays(capsys):
+    from lowvram.cli import build_parser
+
+    def network(*flags):
+        args = build_parser().parse_args(["train", "--model", "tiny", "--data", "sample", "--preset", "style", *flags])
+        return build_config(train_values(args)).network
+
+    assert (network("--rank", "4").rank, network("--rank", "4").alpha) == (4, 2.0)
+    assert "--rank 4: the preset's alpha follows it, alpha 2 (its 16 of rank 32)" in capsys.readouterr().err
+    assert network("--rank", "4", "--alpha", "4").alpha == 4.0
+    assert network().alpha == 16.0 and not capsys.readouterr().err
 
 
 def test_max_steps_given_replaces_a_presets_epochs():
