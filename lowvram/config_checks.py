@@ -191,6 +191,9 @@ def config_problems(c: RunConfig) -> list[str]:
     positive("rank", c.network.rank)
     positive("alpha", c.network.alpha)
     positive("v-pred-like-loss", c.training.v_pred_like_loss, allow_zero=True)
+    if c.training.v_pred_like_loss and c.model.zero_terminal_snr:
+        p.append("--v-pred-like-loss: its (SNR+1)/SNR weight is infinite at the last timestep of --zero-terminal-snr's "
+                 "schedule; drop one of them")
     positive("loraplus-ratio", c.optim.loraplus_ratio)
     if not 0 < c.optim.ema_decay < 1:
         p.append(f"--ema-decay: must be in (0, 1), got {c.optim.ema_decay} (0.999 is usual)")

@@ -176,6 +176,9 @@ def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path
         train(run_config(output=str(tmp_path), zero_terminal_snr=True))
     with pytest.raises(LowvramError, match="--zero-terminal-snr: the last timestep's input is pure noise"):
         build_config({"model": "tiny", "data": "sample", "zero_terminal_snr": True, "prediction_type": "epsilon"})
+    with pytest.raises(LowvramError, match=r"--v-pred-like-loss: its \(SNR\+1\)/SNR weight is infinite"):
+        build_config({"model": "tiny", "data": "sample", "zero_terminal_snr": True, "v_pred_like_loss": 0.1,
+                      "prediction_type": "v_prediction"})
 
 
 # each per-timestep weighting (kohya's), from the timestep's SNR capped at 1000 as kohya caps it

@@ -58,6 +58,14 @@ def test_a_checkpoints_v_pred_and_ztsnr_keys_set_its_prediction_and_schedule(bas
     marked = load_model(str(tmp_path / "vpred.safetensors")).pipeline.scheduler.config
     assert marked.prediction_type == "v_prediction" and marked.rescale_betas_zero_snr
     assert marked.timestep_spacing == "trailing"
+    from conftest import run_config
+
+    from lowvram.train.setup import noise_schedules
+
+    model = str(tmp_path / "vpred.safetensors")  # kohya's v-pred-like loss weighs the last timestep infinitely here
+    with pytest.raises(LowvramError, match=r"--v-pred-like-loss: .*vpred.safetensors has a zero-terminal-SNR "
+                                           r"schedule \(its ztsnr key\), where the loss's \(SNR\+1\)/SNR weight"):
+        noise_schedules(load_model(model), run_config(model=model, v_pred_like_loss=0.1))
 
 
 def test_diffusers_folder_loads(base, tmp_path, no_network):

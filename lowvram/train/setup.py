@@ -245,6 +245,9 @@ def noise_schedules(model: LoadedModel, config: RunConfig):
         problem = prompt.sampler and sampler_problem(prompt.sampler, zero_snr)
         if problem:
             raise LowvramError(f"--sample-sampler: {problem}")
+    if config.training.v_pred_like_loss and zero_snr:  # the flag's case is refused with the other options
+        raise LowvramError(f"--v-pred-like-loss: {config.model.model} has a zero-terminal-SNR schedule (its ztsnr "
+                           "key), where the loss's (SNR+1)/SNR weight is infinite at the last timestep; drop it")
     if config.training.scale_v_pred_loss and pipeline.scheduler.config.prediction_type != "v_prediction":
         raise LowvramError(f"--scale-v-pred-loss: {config.model.model} predicts epsilon, whose loss is scaled so "
                            "already; drop it, or pass --prediction-type v_prediction if the model is a v-prediction one")
