@@ -70,9 +70,9 @@ def test_two_processes_train_one_lora_with_identical_weights(tmp_path):
     saved = load_file(out / "out.safetensors")
     assert len(saved) == 3 * len([k for k in ranks[0] if "lora_A" in k])  # down, up and alpha per module
     # the schedule runs over the run's steps, not steps / processes (accelerate's scheduler wrapper steps it once
-    # per process): linear decay from 1e-2 over 4 steps leaves 3/4 of it after the first
+    # per process): linear decay from 1e-2 over 4 steps leaves 3/4 of it for the second
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
-    assert lrs[1] == pytest.approx(0.75e-2) and lrs[3] == pytest.approx(0.25e-2)
+    assert lrs[2] == pytest.approx(0.75e-2) and lrs[4] == pytest.approx(0.25e-2)
 
 
 @pytest.mark.slow

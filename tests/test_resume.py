@@ -306,7 +306,7 @@ def test_a_new_lr_on_resume_is_the_one_trained_with_from_the_restored_step(tmp_p
 
     rates = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
              if "lr" in r}
-    assert rates[4] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 4 / 6)))  # the new rate, the new length
+    assert rates[4] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))  # the new rate, the new length
 
 
 def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_of_its_step(tmp_path, capsys):

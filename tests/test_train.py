@@ -277,7 +277,8 @@ def test_the_polynomial_schedule_decays_with_its_power(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logged = [record["lr"] for record in records if "lr" in record]
     end = 1e-7  # diffusers' lr_end
-    assert logged == pytest.approx([(1e-4 - end) * (1 - step / 4) ** 2 + end for step in (1, 2, 3, 4)], rel=1e-6)
+    # the rate each step's update used: the schedule's at the steps before it
+    assert logged == pytest.approx([(1e-4 - end) * (1 - done / 4) ** 2 + end for done in (0, 1, 2, 3)], rel=1e-6)
     with pytest.raises(LowvramError, match="--scheduler-power: only used with --scheduler polynomial"):
         run_config(scheduler_power=2.0)
 
@@ -288,7 +289,7 @@ def test_a_warmup_under_1_is_a_share_of_the_run(tmp_path):
                      lr=1e-4))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logged = [record["lr"] for record in records if "lr" in record]
-    assert logged == pytest.approx([1e-4 * min(1.0, step / 2) for step in range(1, 9)], rel=1e-6)  # 2 of 8 steps
+    assert logged == pytest.approx([1e-4 * min(1.0, done / 2) for done in range(8)], rel=1e-6)  # 2 of 8 steps
     with pytest.raises(LowvramError, match=r"--warmup-steps: 2.5 is neither a whole number of steps nor a share"):
         run_config(warmup_steps=2.5)
 
@@ -510,9 +511,9 @@ def test_a_min_lr_ratio_floors_the_decay_not_the_warm_up(tmp_path):
                      min_lr_ratio=0.2))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logged = [record["lr"] for record in records if "lr" in record]
-    # as logged after each step: warm-up over 2 steps, then cosine over the other 6, floored at 0.2
-    expected = [1e-4 * (step / 2 if step < 2 else 0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (step - 2) / 6)))
-                for step in range(1, 9)]
+    # the rate each step used: warm-up over 2 steps, then cosine over the other 6, floored at 0.2
+    expected = [1e-4 * (done / 2 if done < 2 else 0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (done - 2) / 6)))
+                for done in range(8)]
     assert logged == pytest.approx(expected, rel=1e-6)
     with pytest.raises(LowvramError, match="--min-lr-ratio: --scheduler constant does not decay"):
         run_config(min_lr_ratio=0.1)

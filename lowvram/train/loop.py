@@ -125,12 +125,12 @@ def run_training(session: Session) -> TrainResult:
             step_loss, splits = forward_backward(session, trainee, mine, splits, step)
             if step < schedule.total_steps:  # read from the cache while the GPU works through the backward pass
                 following = draw(session, batches, schedule.batches_per_step)
+            lr = trainee.optimizer.param_groups[0]["lr"]  # the rate this step's update uses (the plain one)
             # one collective and one read-back per step: the mean loss, whether any process was asked to stop,
             # and the gradient norm
             outcome = update(session, trainee, step_loss, signals.received is not None)
             bad_steps = count_bad_steps(session, outcome.verdict, bad_steps, step)
 
-            lr = trainee.lr_scheduler.get_last_lr()[0]
             seconds = time.perf_counter() - step_start
             smoothed = progress.update(step, outcome.loss, lr, seconds)
             log.step(step, {"epoch": epoch, "loss": outcome.loss, "loss_smoothed": smoothed, "lr": lr,
