@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import io
 import os
 import re
 import sys
@@ -452,14 +453,18 @@ def main(argv: list[str] | None = None) -> int:
         args.data = args.data or args.data_flag
         if not args.data:
             command.error(f"the dataset is required: lowvram {args.command} DIR")
+    # under accelerate launch every process reads the same options: the main one alone tells their notes and errors
+    echo = args.command == "train" and os.environ.get("RANK", "0") != "0"
     try:
         if args.command not in ("plan", "doctor", "train", "info", "check-data"):  # fast: diffusers takes seconds
             _quiet_libraries()
         if args.command == "train":
-            values = train_values(args)
-            config = build_config(values)  # every option error within a second, before the heavy imports
-            if args.vram and not args.auto:
-                raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")
+            with contextlib.redirect_stderr(io.StringIO()) if echo else contextlib.nullcontext():
+                values = train_values(args)
+                config = build_config(values)  # every option error within a second, before the heavy imports
+                if args.vram and not args.auto:
+                    raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")
+            echo = False  # what follows may differ per process (its GPU, its share of the work)
             with remembered_interrupt() as interrupted:
                 _quiet_libraries()
                 from lowvram.train.loop import train
@@ -509,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in generate(args):
                 print(f"wrote {path}")
     except LowvramError as exc:
-        for line in str(exc).splitlines():
+        for line in str(exc).splitlines() if not echo else []:
             print(f"lowvram {args.command}: error: {line}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:

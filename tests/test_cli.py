@@ -48,6 +48,17 @@ def test_unknown_option_is_one_line_naming_it():
     assert "--lerning-rate" in lines[0]
 
 
+def test_under_accelerate_launch_the_main_process_alone_tells_an_option_error_and_a_note(monkeypatch, capsys):
+    """Every process of `accelerate launch` reads the same options: one copy of each line, not one per process."""
+    argv = ["train", "--model", "tiny", "--data", "sample", "--preset", "style", "--rank", "4", "--lr", "-1"]
+    for rank, heard in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert ("lowvram train: error: --lr: must be > 0" in err) is heard, err
+        assert ("the preset's alpha follows it" in err) is heard, err
+
+
 def test_misspelled_option_suggests_the_right_one(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--model", "tiny", "--data", "sample", "--batch-siz", "2"])
