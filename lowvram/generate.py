@@ -233,9 +233,10 @@ def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
 
 def _read_with_peft(path: Path) -> bool:
     """Whether lowvram's own reader applies the file: a DoRA, LoHa or LoKr (diffusers drops or refuses them), a
-    file lowvram wrote (its reader is the exact inverse of the writer), or one whose alphas differ between layers
-    (diffusers' kohya converter misplaces the alphas of attention layers, which shows then). Other plain LoRAs go
-    through diffusers."""
+    LoCon with Tucker cores (lora_mid), a file lowvram wrote (its reader is the exact inverse of the writer), or
+    one whose alphas differ between layers (diffusers' kohya converter misplaces the alphas of attention layers,
+    which shows then), a layer without one (alpha = rank, scale 1, for kohya and ComfyUI) counting as differing:
+    diffusers scales it by another layer's alpha. Other plain LoRAs go through diffusers."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -243,7 +244,11 @@ def _read_with_peft(path: Path) -> bool:
             keys = list(f.keys())
             ours = "lowvram.network" in (f.metadata() or {})
             ours |= len({float(f.get_tensor(key)) for key in keys if key.endswith(".alpha")}) > 1
+            pairs = {key.split(".", 1)[0] for key in keys if key.endswith(".lora_down.weight")}
+            alphas = {key.split(".", 1)[0] for key in keys if key.endswith(".alpha")}
+            ours |= bool(alphas) and not pairs <= alphas
     except (OSError, SafetensorError) as exc:  # truncated, or not safetensors at all: one line, as train says it
         raise LowvramError(f"--lora: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]}); "
                            "pass a LoRA .safetensors file") from None
-    return ours or any(marker in key for key in keys for marker in (".hada_w1_a", ".lokr_w", ".dora_scale"))
+    markers = (".hada_w1_a", ".lokr_w", ".dora_scale", ".lora_mid.")
+    return ours or any(marker in key for key in keys for marker in markers)

@@ -90,10 +90,34 @@ def network_options(path: Path) -> dict[str, Any]:
     values["train_text_encoder"] = any(base.startswith("lora_te") for base in layers)
     if network == "lokr":
         try:
-            values["lokr_factor"] = int(json.loads(metadata.get("ss_network_args") or "{}").get("factor", -1))
-        except (ValueError, AttributeError):
-            pass
+            values["lokr_factor"] = int(json.loads(metadata.get("ss_network_args") or "{}")["factor"])
+        except (ValueError, AttributeError, KeyError, TypeError):  # unsaid: the one its shapes imply
+            values["lokr_factor"] = lokr_factor({base: {key: tuple(entry["shape"]) for key, entry in own.items()}
+                                                 for base, own in layers.items()})
     return values
+
+
+def lokr_factor(layers: dict[str, dict[str, tuple[int, ...]]]) -> int:
+    """The LoKr factor (LyCORIS's `factor`, peft's decompose_factor) under which each layer's Kronecker factors
+    have the shapes a file holds ({layer: {suffix: shape}}): -1 or a first factor's larger side, whichever makes
+    peft's factorization of every layer's sides give them; -1 where none does (or the file is no LoKr)."""
+    splits = set()  # (w1's side, w2's side) of each layer's output and input sides
+    for own in layers.values():
+        w1 = own.get("lokr_w1") or ((own["lokr_w1_a"][0], own["lokr_w1_b"][1]) if "lokr_w1_a" in own else None)
+        if not w1:
+            continue
+        if "lokr_w2" in own:
+            splits |= {(w1[0], own["lokr_w2"][0]), (w1[1], own["lokr_w2"][1])}
+        elif "lokr_w2_a" in own:  # a decomposed w2_b holds a convolution's kernel in its input side: output only
+            splits.add((w1[0], own["lokr_w2_a"][0]))
+    if not splits:
+        return -1
+    from peft.tuners.lokr.layer import factorization
+
+    for factor in (-1, *sorted({first for first, _ in splits if first > 1})):
+        if all(factorization(first * second, factor)[0] == first for first, second in splits):
+            return factor
+    return -1
 
 
 def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[str, Any]:

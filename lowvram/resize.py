@@ -107,8 +107,9 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
 
 
 def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torch.Tensor], dict[str, dict]]:
-    """(metadata, tensors, the LoRA layers' tensors by key prefix) of a kohya-format LoRA/LoCon file; a one-line
-    LowvramError for an unreadable file, a DoRA, LoHa or LoKr, or no LoRA layers at all."""
+    """(metadata, tensors, the LoRA layers' tensors by key prefix, a LoCon's Tucker cores folded into its down
+    matrices: `by_layer`) of a kohya-format LoRA/LoCon file; a one-line LowvramError for an unreadable file, a
+    DoRA, LoHa or LoKr, a tensor the pair would lose, or no LoRA layers at all."""
     from lowvram.adapters.lora_files import by_layer, read_lora_file
 
     metadata, tensors = read_lora_file(path, None)
@@ -120,6 +121,11 @@ def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torc
         raise LowvramError(f"{path} is a {kind} file; only a LoRA's (or LoCon's) update splits into a "
                            "lower-rank pair")
     pairs = {base: own for base, own in layers.items() if {"lora_down.weight", "lora_up.weight"} <= own.keys()}
+    extra = next((f"{suffix} at {base}" for base, own in pairs.items() for suffix in own
+                  if suffix not in ("lora_down.weight", "lora_up.weight", "alpha")), None)
+    if extra:  # a tensor the split would drop, changing the update
+        raise LowvramError(f"{path} holds {extra} besides its LoRA pair, which lowvram {command} cannot keep; "
+                           f"lowvram {command}s plain LoRA and LoCon files (Tucker cores too)")
     if not pairs:
         raise LowvramError(f"{path} holds no kohya-format LoRA layers (lora_down/lora_up); lowvram "
                            f"{command}s the files ComfyUI and AUTOMATIC1111 load")

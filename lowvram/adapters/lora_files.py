@@ -39,7 +39,7 @@ from lowvram.adapters.networks import (
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.files import save_safetensors
-from lowvram.lora_header import same_alpha
+from lowvram.lora_header import lokr_factor, same_alpha
 from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
 
@@ -132,6 +132,9 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
     if found != network.network:
         raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
     layers = by_layer(tensors)
+    problem = layers_problem(layers)
+    if problem:
+        raise LowvramError(f"{flag}: {path} {problem}")
     ours = kohya_layers(model)
     ours |= _original_layout_aliases(model.unet, ours)
     per_block = sets_blocks(network)
@@ -241,22 +244,29 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
     metadata, tensors = read_lora_file(path)
     network = _network_of(tensors)
     layers = by_layer(tensors)
+    problem = layers_problem(layers)
+    if problem:
+        raise LowvramError(f"--lora: {path} {problem}")
     try:
-        factor = int(json.loads(metadata.get("ss_network_args") or "{}").get("factor", -1))
-    except (ValueError, AttributeError):
-        factor = -1
-    parts = [(UNET_KOHYA_PREFIX, model.unet, False)] + [(spec.kohya_prefix, encoder, True) for spec, encoder
-                                                        in zip(model.family.text_encoders, model.text_encoders)]
+        factor = int(json.loads(metadata.get("ss_network_args") or "{}")["factor"])
+    except (ValueError, AttributeError, KeyError, TypeError):
+        # no factor said: the one the Kronecker factors' shapes imply (ComfyUI and A1111 need none, peft does)
+        factor = lokr_factor({base: {key: tuple(t.shape) for key, t in own.items()} for base, own in layers.items()})
+    encoders = model.family.text_encoders
+    # ComfyUI reads an SDXL file's lora_te_ keys as the first text encoder's (CLIP-L), as diffusers' converter does
+    parts = [((UNET_KOHYA_PREFIX,), model.unet, False)] + [
+        ((spec.kohya_prefix, "lora_te") if i == 0 and spec.kohya_prefix != "lora_te" else (spec.kohya_prefix,),
+         encoder, True) for i, (spec, encoder) in enumerate(zip(encoders, model.text_encoders))]
     placed = set()
-    for prefix, module, is_text in parts:
+    for prefixes, module, is_text in parts:
         names = [name for name, layer in module.named_modules()
                  if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))]
         # kohya names SDXL's U-Net layers in the original layout (lora_unet_input_blocks_4_1_...)
-        paths = {} if is_text else {f"{prefix}_{original.replace('.', '_')}": name
+        paths = {} if is_text else {f"{UNET_KOHYA_PREFIX}_{original.replace('.', '_')}": name
                                     for original, name in _original_layout_paths(module, names).items()}
         for name in names:
             kohya_path = "text_model." + name if is_text and not name.startswith("text_model.") else name
-            paths[f"{prefix}_{kohya_path.replace('.', '_')}"] = name
+            paths |= {f"{prefix}_{kohya_path.replace('.', '_')}": name for prefix in prefixes}
         found = {paths[base]: own for base, own in layers.items() if base in paths}
         if not found:
             continue
@@ -273,8 +283,9 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
                  for name, own in found.items() for suffix, tensor in own.items() if suffix != "alpha"}
         try:
             set_peft_model_state_dict(module, state)
-        except RuntimeError as exc:
-            raise LowvramError(f"--lora: {path} does not fit {model.family.title}: {str(exc).splitlines()[0]}") from None
+        except RuntimeError as exc:  # its first line says only "Error(s) in loading state_dict": the last names one
+            detail = str(exc).strip().splitlines()[-1].strip()
+            raise LowvramError(f"--lora: {path} does not fit {model.family.title}: {detail}") from None
         for _, layer in adapted_layers(module):
             layer.scaling[ADAPTER] *= strength
     missing = sorted(set(layers) - placed)
@@ -314,12 +325,55 @@ def read_lora_file(path: Path, flag: str | None = "--lora") -> tuple[dict[str, s
 
 
 def by_layer(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """kohya/LyCORIS tensors grouped by layer: {key prefix: {suffix: tensor}}."""
+    """kohya/LyCORIS tensors grouped by layer: {key prefix: {suffix: tensor}}, a LoCon's Tucker core folded into
+    its down matrix (`_fold_tucker`), so every reader sees a plain pair."""
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         base, _, suffix = key.partition(".")
         layers.setdefault(base, {})[suffix] = tensor
-    return layers
+    return {base: _fold_tucker(own) for base, own in layers.items()}
+
+
+def _fold_tucker(own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LyCORIS's LoCon with use_tucker runs a 3x3 convolution through down (rank, in, 1, 1), its core lora_mid
+    (rank, rank, k, k) and up: the core applied to down is the plain pair's down (rank, in, k, k), and the
+    update up @ that is exactly LyCORIS's (and ComfyUI's), at the same alpha/rank."""
+    if "lora_mid.weight" not in own or "lora_down.weight" not in own:
+        return own
+    own = dict(own)
+    mid, down = own.pop("lora_mid.weight"), own["lora_down.weight"]
+    folded = torch.einsum("ijhw,jc->ichw", mid.float(), down.flatten(1).float())
+    own["lora_down.weight"] = folded.to(down.dtype)
+    return own
+
+
+# what each kohya/LyCORIS layer may hold; other LyCORIS tensors (Tucker cores of LoHa and LoKr, full or bias
+# differences, norms, OFT) are named by what they are when refused
+READ_SUFFIXES = {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale", "hada_w1_a", "hada_w1_b", "hada_w2_a",
+                 "hada_w2_b", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"}
+FEATURES = {"hada_t": "LoHa's Tucker core (LyCORIS use_tucker)", "lokr_t": "LoKr's Tucker core (LyCORIS use_tucker)",
+            "diff": "a full weight difference (LyCORIS full)", "bias": "a bias difference",
+            "w_norm": "a norm layer's difference", "b_norm": "a norm layer's difference",
+            "oft_": "OFT (LyCORIS diag-oft)"}
+
+
+def layers_problem(layers: dict[str, dict[str, torch.Tensor]]) -> str | None:
+    """What in a file's layers (`by_layer`) lowvram cannot apply exactly, in words (the caller names the file):
+    an input-axis DoRA, or a tensor of another LyCORIS feature. None when every layer is read exactly."""
+    for base, own in layers.items():
+        scale, up = own.get("dora_scale"), own.get("lora_up.weight")
+        # LyCORIS's wd_on_output=False (A1111's reading) keeps one norm per input column, shape (1, in[, 1, 1]);
+        # peft's DoRA, and so lowvram's, has one per output row (out, 1[, 1, 1]): told apart as ComfyUI does
+        if scale is not None and up is not None and scale.shape[0] != up.shape[0]:
+            return (f"is a DoRA on the input axis (LyCORIS wd_on_output=False: dora_scale {tuple(scale.shape)} at "
+                    f"{base}), which lowvram cannot apply (peft's DoRA is on the output axis); retrain it with "
+                    "wd_on_output=True (or lowvram --network dora), or apply it in ComfyUI or AUTOMATIC1111")
+        other = next((suffix for suffix in own if suffix not in READ_SUFFIXES), None)
+        if other:
+            feature = next((name for start, name in FEATURES.items() if other.startswith(start)), "a tensor")
+            return (f"holds {feature} at {base} ({other}), which lowvram does not read; it applies LoRA, LoCon "
+                    "(Tucker too), output-axis DoRA, LoHa and LoKr: apply this file in ComfyUI or AUTOMATIC1111")
+    return None
 
 
 def _network_of(tensors: dict[str, torch.Tensor], flag: str = "--lora") -> str:

@@ -1,0 +1,180 @@
+"""Other trainers' kohya/LyCORIS files on the tiny models: what ComfyUI and LyCORIS apply exactly is applied
+exactly (a missing alpha, a LoCon's Tucker core, a LoKr whose factor only its shapes tell, SDXL's `lora_te_`
+keys), by `generate`, `resize` and `merge` alike; what peft cannot apply (input-axis DoRA, LoHa's Tucker core) is
+refused in one line that names the file and the feature. The files are built here by hand and the expected
+weights computed from the formats' own formulas (LyCORIS's module forward, kohya's alpha/rank)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_config
+from safetensors.torch import load_file, save_file
+
+from lowvram.adapters import lora_files, networks
+from lowvram.cli import main
+from lowvram.errors import LowvramError
+from lowvram.generate import apply_loras
+from lowvram.lora_header import network_options
+from lowvram.models.loading import load_model
+
+TE_Q = "encoder.layers.0.self_attn.q_proj"  # square (32 x 32) on tiny's and tiny-sdxl's first text encoder
+CONV = "down_blocks.0.resnets.0.conv1"  # a 3x3 convolution, 32 -> 32, on tiny
+MID_Q = "mid_block.attentions.0.transformer_blocks.0.attn1.to_q"  # 64 x 64: LoKr's factor 4 and -1 split it apart
+
+
+def kohya_key(prefix: str, path: str) -> str:
+    text = prefix.startswith("lora_te")
+    return f"{prefix}_{('text_model.' + path if text else path).replace('.', '_')}"
+
+
+def random(*shape, seed=[0]):  # noqa: B006 (a counter: each call draws new values)
+    seed[0] += 1
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed[0])) * 0.3
+
+
+def weight_of(layer: torch.nn.Module) -> torch.Tensor:
+    """The weight a Linear layer, adapted or not (by lowvram's reader or diffusers'), really applies: its
+    forward on the identity, less its bias."""
+    base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+    with torch.no_grad():
+        eye = torch.eye(base.in_features)
+        return (layer(eye) - (0 if base.bias is None else base.bias)).T
+
+
+def test_input_axis_dora_is_refused_in_one_line_where_files_are_read(tmp_path):
+    """LyCORIS's wd_on_output=False keeps dora_scale (1, in); on a square layer it fits peft's (out,) magnitude
+    and was applied on the wrong axis."""
+    path = tmp_path / "dora_in.safetensors"
+    base = kohya_key("lora_te", TE_Q)
+    save_file({f"{base}.lora_down.weight": random(4, 32), f"{base}.lora_up.weight": random(32, 4),
+               f"{base}.alpha": torch.tensor(2.0), f"{base}.dora_scale": random(1, 32).abs() + 1}, str(path))
+    with pytest.raises(LowvramError) as generated:
+        apply_loras(load_model("tiny"), [(path, 1.0)])
+    config = run_config(network="dora", rank=4, alpha=2.0, train_text_encoder=True)
+    model = load_model("tiny")
+    networks.add_lora(model, config.network, config.alpha, True)
+    with pytest.raises(LowvramError) as started:
+        lora_files.start_from(model, path, config.network)
+    for error, flag in ((generated, "--lora"), (started, "--network-weights")):
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"{flag}: {path} is a DoRA on the input axis")
+        assert "wd_on_output=True" in message
+
+
+def test_a_layer_without_alpha_is_applied_at_scale_1_beside_layers_with_one(tmp_path):
+    """kohya and ComfyUI read a missing alpha as alpha = rank; diffusers' converter gave such layers another
+    layer's alpha."""
+    model = load_model("tiny")
+    paths = [name for name, layer in model.unet.named_modules()
+             if isinstance(layer, torch.nn.Linear) and (".attn1.to_" in name or ".attn2.to_q" in name)]
+    tensors, expected = {}, {}
+    for name in paths:
+        base, weight = kohya_key("lora_unet", name), model.unet.get_submodule(name).weight
+        down, up = random(4, weight.shape[1]), random(weight.shape[0], 4)
+        tensors |= {f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up}
+        scale = 1.0  # attn2's layers hold no alpha
+        if "attn1" in name:
+            tensors[f"{base}.alpha"], scale = torch.tensor(1.0), 1.0 / 4
+        expected[name] = weight.detach() + scale * up @ down
+    path = tmp_path / "partial_alpha.safetensors"
+    save_file(tensors, str(path))
+    apply_loras(model, [(path, 1.0)])
+    for name, weight in expected.items():
+        torch.testing.assert_close(weight_of(model.unet.get_submodule(name)), weight, atol=1e-5, rtol=1e-5,
+                                   msg=name)
+
+
+@pytest.fixture
+def tucker(tmp_path):
+    """(file, base conv, expected forward) of a LoCon whose 3x3 convolution is Tucker-decomposed, as LyCORIS's
+    use_tucker saves it: down 1x1, the core lora_mid 3x3 (the layer's stride and padding), up 1x1."""
+    conv = load_model("tiny").unet.get_submodule(CONV)
+    down, mid, up = random(2, 32, 1, 1), random(2, 2, 3, 3), random(32, 2, 1, 1)
+    base = kohya_key("lora_unet", CONV)
+    path = tmp_path / "tucker.safetensors"
+    save_file({f"{base}.lora_down.weight": down, f"{base}.lora_mid.weight": mid, f"{base}.lora_up.weight": up,
+               f"{base}.alpha": torch.tensor(1.0)}, str(path))
+
+    def forward(x, strength=1.0):  # LyCORIS's LoConModule: the layer plus alpha/rank x up(mid(down(x)))
+        inner = F.conv2d(F.conv2d(x, down), mid, stride=conv.stride, padding=conv.padding)
+        return conv(x) + strength * 0.5 * F.conv2d(inner, up)
+
+    return path, conv, forward
+
+
+def test_a_tucker_locon_is_applied_exactly_by_generate(tucker):
+    path, _, forward = tucker
+    model = load_model("tiny")
+    apply_loras(model, [(path, 1.0)])
+    x = random(1, 32, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.unet.get_submodule(CONV)(x), forward(x), atol=1e-5, rtol=1e-5)
+
+
+def test_resize_and_merge_keep_a_tucker_core(tucker, tmp_path):
+    """The core folded into a 3x3 down matrix keeps the update exact at the same rank; dropped, the update was
+    a 1x1 convolution's."""
+    path, conv, forward = tucker
+    resized, merged = tmp_path / "resized.safetensors", tmp_path / "merged.safetensors"
+    assert main(["resize", str(path), "--rank", "2", "--output", str(resized)]) == 0
+    assert main(["merge", f"{path}:0.5", "--rank", "2", "--output", str(merged)]) == 0
+    x = random(1, 32, 8, 8)
+    for out, strength in ((resized, 1.0), (merged, 0.5)):
+        tensors = {key.split(".", 1)[1]: tensor for key, tensor in load_file(str(out)).items()}
+        down, up = tensors["lora_down.weight"], tensors["lora_up.weight"]
+        assert "lora_mid.weight" not in tensors and down.shape == (2, 32, 3, 3)
+        scale = float(tensors["alpha"]) / down.shape[0]
+        with torch.no_grad():
+            got = conv(x) + scale * F.conv2d(F.conv2d(x, down, stride=conv.stride, padding=conv.padding), up)
+            torch.testing.assert_close(got, forward(x, strength), atol=1e-5, rtol=1e-5, msg=str(out))
+
+
+def test_a_lokr_without_its_factor_in_the_metadata_takes_it_from_its_shapes(tmp_path):
+    """LyCORIS's factor 4 splits 64 as 4 x 16, its default (-1) as 8 x 8: ComfyUI reads the shapes, peft needs
+    the factor, which the shapes imply when no ss_network_args says it."""
+    model = load_model("tiny")
+    w1, w2_a, w2_b = random(4, 4), random(16, 2), random(2, 16)
+    base = kohya_key("lora_unet", MID_Q)
+    path = tmp_path / "lokr_f4.safetensors"
+    save_file({f"{base}.lokr_w1": w1, f"{base}.lokr_w2_a": w2_a, f"{base}.lokr_w2_b": w2_b,
+               f"{base}.alpha": torch.tensor(1.0)}, str(path))
+    expected = model.unet.get_submodule(MID_Q).weight.detach() + torch.kron(w1, w2_a @ w2_b) * 1.0 / 2
+    apply_loras(model, [(path, 1.0)])
+    torch.testing.assert_close(weight_of(model.unet.get_submodule(MID_Q)), expected, atol=1e-5, rtol=1e-5)
+    assert network_options(path)["lokr_factor"] == 4  # what --network-weights trains it further with
+
+
+@pytest.mark.parametrize("alphas", [(2.0, 2.0), (1.0, 3.0)], ids=["one-alpha", "alphas-differ"])
+def test_sdxl_lora_te_keys_are_the_first_text_encoders_on_both_paths(alphas, tmp_path):
+    """ComfyUI (and diffusers' converter) read lora_te_ as CLIP-L on SDXL; lowvram's own reader, which takes the
+    files whose alphas differ, did not."""
+    model = load_model("tiny-sdxl")
+    unet_q = next(name for name, _ in model.unet.named_modules() if name.endswith("attn1.to_q"))
+    # a whole attention (diffusers' converter refuses a lone projection) and a U-Net layer
+    layers = [("lora_te", model.text_encoders[0], TE_Q[:-6] + proj) for proj in ("q_proj", "k_proj", "v_proj",
+                                                                                   "out_proj")]
+    layers.append(("lora_unet", model.unet, unet_q))
+    tensors, expected = {}, {}
+    for (prefix, part, name), alpha in zip(layers, alphas * 3):
+        base, weight = kohya_key(prefix, name), part.get_submodule(name).weight
+        down, up = random(4, weight.shape[1]), random(weight.shape[0], 4)
+        tensors |= {f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up, f"{base}.alpha": torch.tensor(alpha)}
+        expected[part, name] = weight.detach() + alpha / 4 * up @ down
+    path = tmp_path / "te_prefix.safetensors"
+    save_file(tensors, str(path))
+    apply_loras(model, [(path, 1.0)])
+    for (part, name), weight in expected.items():
+        torch.testing.assert_close(weight_of(part.get_submodule(name)), weight, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_a_loha_tucker_core_is_refused_in_one_line_naming_it(tmp_path):
+    """peft's LoHa holds no Tucker core for it: named, not dropped nor a state-dict error."""
+    base = kohya_key("lora_te", TE_Q)
+    path = tmp_path / "loha_tucker.safetensors"
+    save_file({f"{base}.hada_w1_a": random(32, 2), f"{base}.hada_w1_b": random(2, 32), f"{base}.hada_w2_a":
+               random(32, 2), f"{base}.hada_w2_b": random(2, 32), f"{base}.hada_t1": random(2, 2, 1, 1),
+               f"{base}.alpha": torch.tensor(2.0)}, str(path))
+    with pytest.raises(LowvramError) as error:
+        apply_loras(load_model("tiny"), [(path, 1.0)])
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"--lora: {path} holds LoHa's Tucker core (LyCORIS use_tucker)")
