@@ -326,7 +326,7 @@ def test_checkpoint_restores_every_network_type(trained):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     found = checkpoint.latest(checkpoint.checkpoint_root(result.lora_path.parent))
     position = checkpoint.load(found, dict(networks.adapted_modules(fresh)), optimizer, scheduler,
-                               types.SimpleNamespace(scaler=None, process_index=0))
+                               types.SimpleNamespace(scaler=None, process_index=0, num_processes=1))
     assert position.step == 3
     for (_, module), (_, theirs) in zip(networks.adapted_modules(result.model), networks.adapted_modules(fresh)):
         ours, restored = get_peft_model_state_dict(module), get_peft_model_state_dict(theirs)
