@@ -61,7 +61,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
     """Write the LoRA of `tuned` minus `base` to `output`; the models are loaded in `load_precision`."""
     import torch
 
-    from lowvram.adapters.lora_files import DTYPES, UNET_KOHYA_PREFIX, network_metadata
+    from lowvram.adapters.lora_files import DTYPES, UNET_KOHYA_PREFIX, kohya_unet_paths, network_metadata
     from lowvram.adapters.networks import is_spatial, targeted
     from lowvram.config import NetworkConfig
     from lowvram.files import save_safetensors
@@ -77,6 +77,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
         (text.kohya_prefix, text.component, a, b)
         for text, a, b in zip(spec.text_encoders, original.text_encoders, changed.text_encoders)]
     tensors: dict[str, torch.Tensor] = {}
+    unet_paths = kohya_unet_paths(original.unet, spec)  # the names kohya's own files give the U-Net's layers
     kept, encoders = [], []
     dtype = DTYPES[precision]
     with torch.no_grad():  # the weights require grad: each difference would keep an fp32 graph alive
@@ -97,7 +98,10 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
                 delta = other.weight.float() - layer.weight.float()
                 layer_rank = conv_rank if conv_rank and is_spatial(layer) else rank
                 down, up, share = low_rank(delta, layer_rank, clamp)
-                path = name if part == "unet" or name.startswith("text_model.") else "text_model." + name
+                if part == "unet":
+                    path = unet_paths.get(name, name)
+                else:
+                    path = name if name.startswith("text_model.") else "text_model." + name
                 key = f"{prefix}_{path.replace('.', '_')}"
                 tensors |= {f"{key}.lora_down.weight": down.to(dtype), f"{key}.lora_up.weight": up.to(dtype),
                             f"{key}.alpha": torch.tensor(float(down.shape[0]), dtype=dtype)}

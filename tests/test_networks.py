@@ -72,10 +72,11 @@ def adapted_layers(model):
     parts = [("lora_unet", model.unet)] + [(spec.kohya_prefix, encoder) for spec, encoder in
                                           zip(model.family.text_encoders, model.text_encoders)]
     for prefix, module in parts:
+        renamed = lora_files.kohya_unet_paths(module, model.family) if prefix == "lora_unet" else {}
         for name, layer in module.named_modules():
             if isinstance(layer, BaseTunerLayer):
                 path = name if prefix == "lora_unet" or name.startswith("text_model.") else f"text_model.{name}"
-                yield f"{prefix}_{path.replace('.', '_')}", layer
+                yield f"{prefix}_{renamed.get(path, path).replace('.', '_')}", layer
 
 
 def effective_weight(layer):
@@ -146,6 +147,10 @@ def test_each_network_trains_and_saves_only_its_keys(trained):
     assert all(v.dtype == torch.float32 for v in state.values())
     te_prefixes = {key.split("_text_model_")[0] for key in state if "_text_model_" in key}
     assert te_prefixes == ({"lora_te"} if config.model.model == "tiny" else {"lora_te1", "lora_te2"})
+    # kohya names SD1.5's U-Net layers as diffusers does, SDXL's in the original layout (its U-Net is a port of it)
+    levels = {key.split(".")[0].removeprefix("lora_unet_").split("_blocks_")[0].split("_block_")[0]
+              for key in state if key.startswith("lora_unet_")}
+    assert levels <= ({"down", "mid", "up"} if config.model.model == "tiny" else {"input", "middle", "output"}), levels
     if network == "lokr":
         decomposed = any(key.endswith(".lokr_w2_a") for key in state)
         assert decomposed == (config.model.model == "tiny-sdxl")
@@ -161,9 +166,10 @@ def test_saved_file_rebuilds_the_trained_model_with_the_loaders_formulas(trained
     base_layers = {}
     for prefix, module in [("lora_unet", fresh.unet)] + [(spec.kohya_prefix, encoder) for spec, encoder in
                                                          zip(fresh.family.text_encoders, fresh.text_encoders)]:
+        renamed = lora_files.kohya_unet_paths(module, fresh.family) if prefix == "lora_unet" else {}
         for name, layer in module.named_modules():
             path = name if prefix == "lora_unet" or name.startswith("text_model.") else f"text_model.{name}"
-            base_layers[f"{prefix}_{path.replace('.', '_')}"] = layer
+            base_layers[f"{prefix}_{renamed.get(path, path).replace('.', '_')}"] = layer
     for key, layer in adapted_layers(result.model):
         base = base_layers[key]
         rebuilt = lycoris_weight(state, key, base.weight.detach())
@@ -292,7 +298,9 @@ def test_3x3_convolutions_take_their_own_rank_and_alpha(trained):
         pytest.skip("no convolutions adapted")
     conv_rank, conv_alpha = config.network.conv_rank_alpha
     blocks = resolve_run(config, detect()).blocks  # per-block ranks and alphas, where the run sets them
-    unet_paths = {"lora_unet_" + path.replace(".", "_"): path for path, _ in networks.adapted_layers(result.model.unet)}
+    renamed = lora_files.kohya_unet_paths(result.model.unet, result.model.family)  # SDXL's: the original layout
+    unet_paths = {"lora_unet_" + renamed.get(path, path).replace(".", "_"): path
+                  for path, _ in networks.adapted_layers(result.model.unet)}
     state = load_file(str(result.lora_path))
     seen = set()
     for key, layer in adapted_layers(result.model):

@@ -108,12 +108,25 @@ def kohya_tensors(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
 def kohya_layers(model: LoadedModel) -> dict[str, tuple[torch.nn.Module, str, torch.nn.Module]]:
     """Every adapted layer by its kohya/LyCORIS key prefix: (its part's module, its path there, the peft layer)."""
     prefixes = {"unet": UNET_KOHYA_PREFIX} | {spec.component: spec.kohya_prefix for spec in model.family.text_encoders}
+    unet_paths = kohya_unet_paths(model.unet, model.family)
     out = {}
     for component, module in adapted_modules(model):
         for path, layer in adapted_layers(module):
-            kohya_path = path if component == "unet" or path.startswith("text_model.") else "text_model." + path
+            if component == "unet":
+                kohya_path = unet_paths.get(path, path)
+            else:
+                kohya_path = path if path.startswith("text_model.") else "text_model." + path
             out[f"{prefixes[component]}_{kohya_path.replace('.', '_')}"] = (module, path, layer)
     return out
+
+
+def kohya_unet_paths(unet: torch.nn.Module, family) -> dict[str, str]:
+    """{diffusers module path: the path kohya's LoRA keys name} for a family whose kohya keys use the original
+    layout (SDXL's); {} where they are diffusers' own."""
+    if not family.kohya_original_layout:
+        return {}
+    names = [name for name, _ in unet.named_modules()]
+    return {name: original for original, name in _original_layout_paths(unet, names).items()}
 
 
 def kohya_state_dict(model: LoadedModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -302,13 +315,18 @@ def _original_layout_paths(unet: torch.nn.Module, names: list[str]) -> dict[str,
 
 
 def _original_layout_aliases(unet: torch.nn.Module, layers: dict[str, tuple]) -> dict[str, tuple]:
-    """The U-Net's entries of `layers` (kohya_layers) under the original layout's names too, which kohya's SDXL
-    files use."""
+    """The U-Net's entries of `layers` (kohya_layers) under the other layout's names too: a file may name an SDXL
+    U-Net's layers either way (kohya's original layout, or diffusers' as lowvram's earlier files did)."""
     prefix = f"{UNET_KOHYA_PREFIX}_"
     names = [name for name, _ in unet.named_modules()]
-    return {prefix + original.replace(".", "_"): layers[prefix + path.replace(".", "_")]
-            for original, path in _original_layout_paths(unet, names).items()
-            if prefix + path.replace(".", "_") in layers}
+    aliases = {}
+    for original, path in _original_layout_paths(unet, names).items():
+        ours, theirs = (prefix + name.replace(".", "_") for name in (path, original))
+        if ours in layers:
+            aliases[theirs] = layers[ours]
+        elif theirs in layers:
+            aliases[ours] = layers[theirs]
+    return aliases
 
 
 def read_lora_file(path: Path, flag: str | None = "--lora") -> tuple[dict[str, str], dict[str, torch.Tensor]]:

@@ -63,6 +63,9 @@ class ModelFamily:
     bucket_step: int = 64  # aspect-bucket side step in pixels (a multiple of the latent grid's alignment)
     full_size: str = ""  # a shrunk family: the full-size one it stands for (whose GPU results verify its strategies)
     blocks: BlockLayout = SD15_BLOCKS  # kohya's block numbering (per-block ranks and learning rates)
+    # kohya's SDXL U-Net is a port of the original layout, so its LoRA keys name those modules
+    # (lora_unet_input_blocks_4_1_...), as do the SDXL LoRAs people share; SD1.5's name diffusers' modules
+    kohya_original_layout: bool = False
 
     @property
     def is_random_init(self) -> bool:
@@ -92,7 +95,7 @@ FAMILIES: dict[str, ModelFamily] = {
                     size_conditioning=True, hub_id="stabilityai/stable-diffusion-xl-base-1.0",
                     fingerprint=((_ATTN2_K.format(4), (640, 2048)),),
                     modelspec_architecture="stable-diffusion-xl-v1-base/lora", base_model_version="sdxl_base_v1-0",
-                    blocks=SDXL_BLOCKS),
+                    blocks=SDXL_BLOCKS, kohya_original_layout=True),
         ModelFamily("tiny", "tiny SD (random weights)", CONFIG_ROOT / "tiny", "StableDiffusionPipeline", 64, SD_TEXT,
                     size_conditioning=False, hub_id=None, fingerprint=((_ATTN2_K.format(1), (32, 32)),),
                     modelspec_architecture="stable-diffusion-v1/lora", base_model_version="sd_v1", bucket_step=16,
@@ -101,7 +104,7 @@ FAMILIES: dict[str, ModelFamily] = {
                     64, SDXL_TEXT, size_conditioning=True, hub_id=None,
                     fingerprint=((_ATTN2_K.format(3), (64, 80)),),
                     modelspec_architecture="stable-diffusion-xl-v1-base/lora", base_model_version="sdxl_base_v1-0",
-                    bucket_step=16, full_size="sdxl", blocks=SDXL_BLOCKS),
+                    bucket_step=16, full_size="sdxl", blocks=SDXL_BLOCKS, kohya_original_layout=True),
     )
 }
 
