@@ -121,3 +121,24 @@ def test_a_onetrainer_concepts_resolution_override_trains_its_images_at_it(tmp_p
                  "image": {"enable_resolution_override": True, "resolution_override": "96"}}]
     (tmp_path / "concepts.json").write_text(json.dumps(concepts))
     assert [s.resolution for s in read_dataset(tmp_path / "concepts.json").subsets] == [None, 96]
+
+
+def test_a_large_jpeg_is_decoded_large_enough_for_each_resolution(tmp_path):
+    """A JPEG may be decoded reduced (draft mode) to what its bucket needs: for a larger resolution's bucket it
+    must be decoded at that one's size, not at the first resolution's and then enlarged."""
+    import numpy as np
+    from PIL import Image
+
+    from lowvram.data.buckets import default_buckets
+    from lowvram.data.scan import ScanOptions, open_training_image, scan_dataset
+
+    folder = tmp_path / "1_x"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "a.jpg", quality=90)
+    record = scan_dataset(tmp_path, default_buckets(512), ScanOptions()).records[0]
+    assert record.bucket == (512, 512)
+    assert open_training_image(record)[0].size == (512, 512)  # reduced for its own bucket
+    larger = default_buckets(1024).place(record.width, record.height)
+    image = open_training_image(record, ScanOptions(), larger.bucket)[0]
+    assert image.size[0] >= larger.scaled[0] and image.size[1] >= larger.scaled[1]

@@ -138,10 +138,13 @@ def latent_key(record: ImageRecord, placement: Placement, variant: Variant, opti
     masked = {"mask": record.mask_sha256} if options.masked_loss and record.mask else {}  # older keys stay valid
     # 16-bit grey with a transparent level: composited now; the latents cached before had black there
     composited = {"grey_alpha": 1} if record.has_alpha and record.mode in HIGH_BIT_MODES else {}
+    # another resolution's placement (--extra-resolutions): a large JPEG was decoded for the record's bucket, too
+    # small for a larger one, before its own size was asked for
+    own_size = {"decoded_for_placement": 1} if placement.bucket != record.bucket else {}
     return content_key(kind="latent", image=record.sha256, bucket=list(placement.bucket),
                        scaled=list(placement.scaled), variant=variant.as_key(), background=list(options.background),
                        alpha_mask=options.alpha_mask, vae=vae_id, dtype=str(vae_dtype), tiled=tiled, **masked,
-                       **composited)
+                       **composited, **own_size)
 
 
 def text_key(caption: str, encoders_id: str) -> str:
@@ -213,7 +216,7 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
                 chunk = bucket_jobs[start : start + batch_size]
                 pixels, masks = [], []
                 for job in chunk:  # one decoded image at a time: host RAM does not grow with the dataset
-                    image, mask = open_training_image(job.record, job.options)
+                    image, mask = open_training_image(job.record, job.options, job.placement.bucket)
                     pixels.append(_to_tensor(apply_variant(image, job.placement, job.variant)))
                     masks.append(None if mask is None else _mask_tensor(apply_variant(mask, job.placement,
                                                                                        job.variant)))

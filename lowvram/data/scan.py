@@ -533,17 +533,19 @@ def _has_word(caption: str, word: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", caption, re.IGNORECASE) is not None
 
 
-def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions()
-                        ) -> tuple[Image.Image, Image.Image | None]:
+def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions(),
+                        bucket: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Image | None]:
     """THE one place an image is decoded for training: upright, 8-bit RGB, alpha composited on the background
     (or returned as an "L" loss mask). A large JPEG may come back reduced (draft mode), never below the size
-    that covers its bucket: resize to the placement's `scaled`, and take the original size from the record."""
+    that covers `bucket` (by default the record's; an --extra-resolutions placement's is another): resize to the
+    placement's `scaled`, and take the original size from the record."""
+    bucket = bucket or record.bucket
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the scan checked max_pixels
             with Image.open(record.path, formats=PIL_FORMATS) as im:
-                if im.format in ("JPEG", "MPO") and record.bucket and record.width and record.height:
-                    scale = max(record.bucket[0] / record.width, record.bucket[1] / record.height)
+                if im.format in ("JPEG", "MPO") and bucket and record.width and record.height:
+                    scale = max(bucket[0] / record.width, bucket[1] / record.height)
                     need = (math.ceil(record.width * scale), math.ceil(record.height * scale))
                     if scale <= 0.5:
                         im.draft(im.mode, need if im.size == (record.width, record.height) else need[::-1])
