@@ -38,3 +38,41 @@ def free_cached_memory(device: torch.device) -> None:
     """After an out-of-memory error: what the failed work's tensors held goes back to the GPU, for the next step."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+class ActivationsToHost(torch.autograd.graph.saved_tensors_hooks):
+    """--offload-activations: what autograd saves for the backward pass goes to (pinned) host RAM and comes back
+    for it, as torch's save_on_cpu does, except the model's own tensors: its frozen weights (and views of them,
+    such as a Linear's transposed weight), quantized weights (tensor subclasses, which save_on_cpu would copy out
+    dequantized) and parameters stay where they are, referenced, where save_on_cpu copied the whole U-Net to the
+    host and back every step. `moved_bytes` counts what went to the host."""
+
+    def __init__(self, model: torch.nn.Module, pin_memory: bool):
+        kept = {_storage(tensor) for tensor in (*model.parameters(), *model.buffers())}
+        self.moved_bytes = 0
+
+        def pack(tensor: torch.Tensor):
+            if type(tensor) is not torch.Tensor or _storage(tensor) in kept:
+                return tensor
+            # its own strides (a transposed view stays one): the backward pass runs the kernels it would have
+            host = torch.empty_strided(tensor.size(), tensor.stride(), dtype=tensor.dtype, layout=tensor.layout,
+                                       pin_memory=pin_memory)
+            host.copy_(tensor, non_blocking=pin_memory)
+            self.moved_bytes += host.numel() * host.element_size()
+            return tensor.device, host
+
+        def unpack(packed):
+            if isinstance(packed, torch.Tensor):
+                return packed
+            device, host = packed
+            return host.to(device, non_blocking=pin_memory)
+
+        super().__init__(pack, unpack)
+
+
+def _storage(tensor: torch.Tensor) -> int | None:
+    """Where a tensor's data lives; None for a tensor subclass without storage of its own (a quantized weight)."""
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except RuntimeError:
+        return None

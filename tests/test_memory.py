@@ -212,7 +212,7 @@ def test_offloading_activations_trains_the_same_lora(tmp_path):
     assert all(torch.equal(plain[k], offloaded[k]) for k in plain)
 
 
-def test_the_planner_moves_offloaded_activations_to_host_ram():
+def test_the_planner_moves_offloaded_ActivationsToHost_ram():
     from lowvram.hardware import hardware_for
     from lowvram.models import FAMILIES
     from lowvram.plan.estimate import MemoryStrategy, Workload, estimate
@@ -223,3 +223,28 @@ def test_the_planner_moves_offloaded_activations_to_host_ram():
     assert moved.vram["training"]["activations"] < kept.vram["training"]["activations"] / 4
     assert moved.host["training"]["offloaded activations"] == kept.vram["training"]["activations"]
     assert moved.speed > kept.speed
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8", "quanto-int8"])
+def test_offloading_moves_the_activations_and_leaves_the_frozen_weights_in_place(fmt):
+    """torch's save_on_cpu also copied every weight autograd keeps (a Linear's transposed weight, fp8's stored
+    weight, quanto's weight dequantized) to the host and back each step: the whole U-Net over PCIe twice."""
+    from lowvram.memory import ActivationsToHost
+
+    unet = convert_frozen(load_model("tiny").unet.requires_grad_(False), fmt, torch.bfloat16)
+    own = {t.untyped_storage().data_ptr() for t in (*unet.parameters(), *unet.buffers()) if type(t.data) is torch.Tensor}
+    saved = []
+    x, t, h = unet_inputs()
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(
+            lambda tensor: saved.append(tensor) or tensor, lambda tensor: tensor):
+        unet(x, t, h).sample.float().sum()
+    weights = [s for s in saved if type(s) is not torch.Tensor or s.untyped_storage().data_ptr() in own]
+    activations = [s for s in saved if not any(s is w for w in weights)]
+    assert weights and activations  # the model keeps weights for backward: these must not move
+    offloaded = ActivationsToHost(unet, pin_memory=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16), offloaded:
+        loss = unet(x, t, h).sample.float().sum()
+    loss.backward()  # every saved tensor comes back for it
+    assert offloaded.moved_bytes == sum(s.numel() * s.element_size() for s in activations)
+    assert x.grad is not None and torch.isfinite(x.grad).all()

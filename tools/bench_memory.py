@@ -159,6 +159,7 @@ def cached_style_step(unet, family, resolution: int, batch: int, compute, device
     import torch
     from diffusers import DDPMScheduler
 
+    from lowvram.memory import ActivationsToHost
     from lowvram.models.conditioning import unet_conditioning
     from lowvram.train.loss import diffusion_loss, sample_noise, sample_timesteps
 
@@ -174,7 +175,7 @@ def cached_style_step(unet, family, resolution: int, batch: int, compute, device
     prior = torch.ones(batch, dtype=torch.bool, device=device) if own_prediction else None
 
     def step() -> float:
-        saving = torch.autograd.graph.save_on_cpu(pin_memory=cuda) if offload else contextlib.nullcontext()
+        saving = ActivationsToHost(unet, pin_memory=cuda) if offload else contextlib.nullcontext()
         with torch.autocast(device.type, dtype=compute, enabled=cuda), saving:
             noise = sample_noise(latents, 0.0)
             loss = diffusion_loss(unet, scheduler, latents, conditioning, noise,

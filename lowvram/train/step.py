@@ -17,7 +17,7 @@ from lowvram.adapters import networks
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import drop_cuda_graphs, uses_cuda_graphs
 from lowvram.errors import LowvramError, TrainingDiverged
-from lowvram.memory import free_cached_memory
+from lowvram.memory import ActivationsToHost, free_cached_memory
 from lowvram.models.conditioning import encode_prompts, unet_conditioning
 from lowvram.train import checkpoint
 from lowvram.train.loss import Objective, diffusion_loss, sample_noise, sample_timesteps
@@ -76,18 +76,18 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
             prior_conditioning = unet_conditioning(model.family, *encode_prompts(
                 model.family, trainee.text_encoders, model.tokenizers, batch.captions, device, model.text_reading),
                 batch.time_ids)
-    with accelerator.autocast(), offloading(session):
+    with accelerator.autocast(), offloading(session, trainee.unet):
         loss = diffusion_loss(trainee.unet, trainee.noise_scheduler, latents, conditioning, noise, timesteps,
                               objective, batch.weights, mask, perturbation, prior, prior_conditioning)
     accelerator.backward(loss * share)
     return loss.detach().float() * share
 
 
-def offloading(session: Session):
-    """Saved activations to pinned host RAM and back (torch's save_on_cpu), when asked for."""
+def offloading(session: Session, unet: torch.nn.Module):
+    """Saved activations to pinned host RAM and back, the U-Net's own weights kept in place, when asked for."""
     if not session.config.memory.offload_activations:
         return nullcontext()
-    return torch.autograd.graph.save_on_cpu(pin_memory=session.device.type == "cuda")
+    return ActivationsToHost(unet, pin_memory=session.device.type == "cuda")
 
 
 @dataclass
