@@ -23,6 +23,9 @@ class PhasePeaks:
             yield
             return
         torch.cuda.synchronize(self.device)
+        # the peak restarts at what is reserved now, and the allocator still holds the last phase's freed blocks
+        # (the VAE's, the training step's): handed back first, they are not counted as this phase's
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
         try:
             yield

@@ -248,3 +248,36 @@ def test_offloading_moves_the_activations_and_leaves_the_frozen_weights_in_place
     loss.backward()  # every saved tensor comes back for it
     assert offloaded.moved_bytes == sum(s.numel() * s.element_size() for s in activations)
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_a_phase_peak_does_not_count_the_blocks_the_last_phase_left_cached(monkeypatch):
+    """CUDA's peak restarts at what is reserved when reset; the allocator keeps the last phase's freed blocks
+    until emptied. (A stand-in allocator: the CPU has no CUDA one.)"""
+    from lowvram.memory import PhasePeaks
+
+    class Allocator:
+        in_use, reserved, peak = 0, 0, 0
+
+        def use(self, size):
+            self.in_use = size
+            self.reserved = max(self.reserved, size)
+            self.peak = max(self.peak, self.reserved)
+
+        def empty_cache(self):
+            self.reserved = self.in_use
+
+        def reset(self, device=None):
+            self.peak = self.reserved
+
+    allocator = Allocator()
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", allocator.empty_cache)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", allocator.reset)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: allocator.peak)
+    peaks = PhasePeaks(torch.device("cuda", 0))
+    with peaks.phase("caching"):
+        allocator.use(6)  # the VAE's encode
+        allocator.use(1)  # freed, still cached
+    with peaks.phase("training"):
+        allocator.use(3)
+    assert peaks.bytes == {"caching": 6, "training": 3}
