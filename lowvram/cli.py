@@ -349,6 +349,7 @@ def auto_strategy(config, values: dict, vram: str | None):
 
     from lowvram.hardware import detect, parse_size
     from lowvram.plan import apply_choice, fixed_choices, plan, workload_for
+    from lowvram.plan.estimate import context_bytes
     from lowvram.plan.report import print_plan
     from lowvram.resolve import resolve_run
 
@@ -362,8 +363,10 @@ def auto_strategy(config, values: dict, vram: str | None):
         # held to it, not only planned for: the rest of the card stays free for other programs (or a display)
         import torch
 
-        # the process's own GPU: under `accelerate launch` each rank's (detect() read LOCAL_RANK), not GPU 0
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / hardware.total_vram), hardware.index)
+        # the process's own GPU: under `accelerate launch` each rank's (detect() read LOCAL_RANK), not GPU 0; the
+        # cap holds PyTorch's allocator, the CUDA context comes on top of it (the plan counts it in the budget)
+        allocator = max(budget - context_bytes(hardware), 0)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, allocator / hardware.total_vram), hardware.index)
     result = plan(workload_for(resolve_run(config, hardware)), hardware, fixed_choices(values))
     print_plan(result, Console(), top=6)
     if result.choice is None:

@@ -271,6 +271,11 @@ def caching_phase(work: Workload, data: dict, context: int, vae_bytes: int, hard
     return 1, True, phase(1, True)
 
 
+def context_bytes(hardware: Hardware) -> int:
+    """What the CUDA context takes on the card before the first tensor: the profile's, else the measured one."""
+    return hardware.cuda_context or cuda_context_bytes() or DEFAULT_CONTEXT
+
+
 def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Estimate:
     """Peak VRAM and host RAM of every phase, per component."""
     data = family_data(work.family)
@@ -285,7 +290,7 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     lora_params = adapter_params(data, work, trained_parts)
     lora = lora_params * 4  # adapters train in fp32
     cuda = hardware.device == "cuda"
-    context = (hardware.cuda_context or cuda_context_bytes() or DEFAULT_CONTEXT) if cuda else 0
+    context = context_bytes(hardware) if cuda else 0
     workspace = KERNEL_WORKSPACE if cuda else 0
 
     traced = training_entries(data["training"], strategy)
