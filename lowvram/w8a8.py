@@ -46,7 +46,27 @@ def kernel_supported(kind: str, device: torch.device) -> bool:
         return True
     if kind == "fp8" and (sys.platform == "win32" or torch.version.hip):
         return False  # torch's row-wise scaled-mm (CUTLASS) kernel is built for neither Windows nor ROCm
-    return torch.cuda.get_device_capability(device) >= WEIGHT_FORMATS[f"w8a8-{kind}"].matmul_capability
+    if torch.cuda.get_device_capability(device) < WEIGHT_FORMATS[f"w8a8-{kind}"].matmul_capability:
+        return False
+    # the kernels also depend on the CUDA toolkit and torch build (cuBLAS int8 on Turing before CUDA 12.3, row-wise
+    # fp8 on Ada before torch 2.7): one small call says whether this one has them
+    problem = kernel_problem(kind, device)
+    if problem:
+        print(f"warning: --unet-weights w8a8-{kind}: this GPU and torch build have no {kind} matmul ({problem}); "
+              "its layers multiply their weights dequantized instead (slower)", file=sys.stderr)
+    return problem is None
+
+
+def kernel_problem(kind: str, device: torch.device) -> str | None:
+    """Why the 8-bit matmul fails on `device`, from one call at the smallest legal shapes; None when it runs."""
+    rows = torch.ones(32, 32, device=device)
+    a, scale_a = quantize_rows(rows, kind)
+    b, scale_b = quantize_rows(rows, kind)  # [N, K] row-major: its transpose is the column-major [K, N] operand
+    try:
+        matmul_8bit(kind, a, scale_a, b.t(), scale_b.view(1, -1))
+    except (RuntimeError, TypeError, NotImplementedError) as exc:  # a kernel missing, or an older signature
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
 
 
 def in_8_bits(rows: torch.Tensor, kind: str) -> bool:

@@ -168,3 +168,21 @@ def test_a_lora_trained_on_w8a8_weights_loads_in_diffusers_and_matches_the_full_
         assert difference / sum(want[k].norm() ** 2 for k in want) ** 0.5 < bound, fmt
     fresh = load_model("tiny")
     fresh.pipeline.load_lora_weights(str(files["w8a8-fp8"]), adapter_name="w8a8")
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+def test_the_kernel_probe_makes_a_legal_call_and_says_why_one_fails(kind, monkeypatch):
+    """On CUDA a small call decides whether the 8-bit matmul runs (its kernels depend on the toolkit and torch
+    build, not only on the card): the call itself keeps the kernels' contract, and a failure is told in words."""
+    from lowvram import w8a8
+
+    cpu = torch.device("cpu")
+    try:
+        problem = w8a8.kernel_problem(kind, cpu)
+    except w8a8.KernelContractError as exc:  # the probe's own operands would crash the CUDA kernel
+        pytest.fail(str(exc))
+    if kind == "int8":
+        assert problem is None  # torch's CPU int8 matmul runs
+    monkeypatch.setattr(torch, "_int_mm", lambda *a: (_ for _ in ()).throw(RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED")))
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no kernel\n...")))
+    assert w8a8.kernel_problem(kind, cpu) == ("CUBLAS_STATUS_NOT_SUPPORTED" if kind == "int8" else "no kernel")
