@@ -97,10 +97,10 @@ class DataConfig:
     caption_template: str = option("{trigger}", "Caption for an image without a caption file; {trigger} is the "
                                    "trigger word, or the folder's name without its repeat prefix.")
     trigger_word: str | None = option(None, "Word that activates the LoRA; prepended to captions that lack it.")
-    caption_prefix: str = option("", "Text written before every caption as it is, after the trigger word is added "
-                                 "(kohya's caption_prefix, e.g. \"masterpiece, \"); tag shuffling includes it.",
+    caption_prefix: str = option("", "Text written before every caption and a space, after the trigger word is "
+                                 "added (kohya's caption_prefix, e.g. \"masterpiece,\"); tag shuffling includes it.",
                                  metavar="TEXT")
-    caption_suffix: str = option("", "Text written after every caption as it is (kohya's caption_suffix, e.g. "
+    caption_suffix: str = option("", "Text written after every caption and a space (kohya's caption_suffix, e.g. "
                                  "\", from side\").", metavar="TEXT")
     reg_data: str | None = option(None, "Regularization (prior-preservation) image folder, same layout as --data; "
                                   "cycled to match the training images per epoch.", metavar="DIR")

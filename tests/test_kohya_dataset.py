@@ -176,15 +176,16 @@ def test_caption_prefixes_and_suffixes_wrap_each_subsets_captions(tmp_path, monk
     image_folders(tmp_path)
     write(tmp_path / "dataset.toml", {"datasets": [{"subsets": [
         {"image_dir": "imgs/alpha", "caption_prefix": "masterpiece, ", "caption_suffix": ", from side"},
-        {"image_dir": "imgs/beta", "class_tokens": "thing"}]}]})
+        {"image_dir": "imgs/beta", "class_tokens": "thing", "caption_prefix": "sks"}]}]})
     report = tmp_path / "report.json"
     assert main(["check-data", "dataset.toml", "--model", "tiny", "--trigger-word", "zkw", "--caption-prefix",
                  "best, ", "--report", str(report)]) == 0
     captions = {r["relpath"]: r["caption"] for r in json.loads(report.read_text())["records"]}
-    # the trigger word first where a caption lacks it, then the subset's wrapping, then the run's
+    # the trigger word first where a caption lacks it, then the subset's wrapping, then the run's, each joined
+    # with a space as kohya's process_caption joins them (none more after one that ends in a space)
     assert captions["alpha/00_red_circle.png"] == ("best, masterpiece, zkw, lvshape, a red circle on a blue "
-                                                   "background, from side")
-    assert captions["beta/03_orange_circle.png"] == "best, zkw"  # the template: the trigger word stands in
+                                                   "background , from side")
+    assert captions["beta/03_orange_circle.png"] == "best, sks zkw"  # the template: the trigger word stands in
 
 
 def test_an_is_reg_folder_inside_a_training_folder_is_no_ignored_folder(tmp_path, monkeypatch, capsys):

@@ -523,8 +523,18 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
             joint = ", " if options.caption_separator == "," else f"{options.caption_separator} "  # a tag of its own
             lines = [line if _has_word(line, options.trigger_word) else f"{options.trigger_word}{joint}{line}"
                      for line in lines]
-    wrap = (f"{options.caption_prefix}{folder.caption_prefix}", f"{folder.caption_suffix}{options.caption_suffix}")
-    return [f"{wrap[0]}{line}{wrap[1]}" for line in lines], weights, notes, non_utf8
+    for prefix, suffix in ((folder.caption_prefix, folder.caption_suffix), (options.caption_prefix,
+                                                                             options.caption_suffix)):
+        lines = [_wrapped(prefix, line, suffix) for line in lines]
+    return lines, weights, notes, non_utf8
+
+
+def _wrapped(prefix: str, line: str, suffix: str) -> str:
+    """kohya's caption_prefix + " " + caption + " " + caption_suffix; a prefix that ends (a suffix that starts)
+    with a space already takes none more."""
+    before = prefix + ("" if not prefix or prefix[-1].isspace() else " ")
+    after = ("" if not suffix or suffix[0].isspace() else " ") + suffix
+    return f"{before}{line}{after}"
 
 
 def _has_word(caption: str, word: str) -> bool:
