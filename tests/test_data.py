@@ -185,7 +185,9 @@ def test_wildcards_make_every_combination_a_caption_of_the_image(tmp_path, sampl
 
     assert expand_wildcards("a {red|blue} circle, {big|small}", 64) == (
         ["a red circle, big", "a red circle, small", "a blue circle, big", "a blue circle, small"], 4)
-    assert expand_wildcards("no choices {here}", 64) == (["no choices {here}"], 1)
+    # as kohya's process_caption: one choice is itself, {{ and }} are braces of the text
+    assert expand_wildcards("one choice {here}", 64) == (["one choice here"], 1)
+    assert expand_wildcards("a {{logo|text}} {a|b}", 64) == (["a {logo|text} a", "a {logo|text} b"], 2)
     many, count = expand_wildcards("{a|b|c|d} {e|f|g|h} {i|j|k|l}", 10)
     assert count == 64 and len(many) == len(set(many)) == 10
     assert many == expand_wildcards("{a|b|c|d} {e|f|g|h} {i|j|k|l}", 10)[0]  # the same choice every run

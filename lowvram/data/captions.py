@@ -13,7 +13,8 @@ from pathlib import Path
 
 from lowvram.config import CAPTION_SUFFIXES
 
-WILDCARD = re.compile(r"\{([^{}]*\|[^{}]*)\}")  # kohya's {a|b|c}: one of a, b, c
+WILDCARD = re.compile(r"\{([^{}]+)\}")  # kohya's {a|b|c}: one of a, b, c ({a}: a); {{ and }} are braces
+BRACES = ("{{", "\x00"), ("}}", "\x01")  # kohya's escaped braces, kept out of the choices' way
 MAX_WILDCARD_CAPTIONS = 64  # captions one caption line's {a|b} choices may make; past it, a fixed choice of them
 
 
@@ -95,7 +96,11 @@ def split_kept_tags(caption: str, separator: str, tag_separator: str = ",") -> t
 def expand_wildcards(caption: str, limit: int) -> tuple[list[str], int]:
     """Every caption the {a|b|c} choices in `caption` make, in order (itself where it has none), and how many
     there are; past `limit`, that many of them, chosen by a seed of the caption (the same in every run)."""
+    for escaped, placeholder in BRACES:
+        caption = caption.replace(escaped, placeholder)
     parts = WILDCARD.split(caption)  # text, choices, text, choices, ..., text
+    for escaped, placeholder in BRACES:
+        parts = [part.replace(placeholder, escaped[0]) for part in parts]
     options = [part.split("|") if i % 2 else [part] for i, part in enumerate(parts)]
     count = math.prod(len(choices) for choices in options)
     chosen = range(count) if count <= limit else sorted(random.Random(caption).sample(range(count), limit))
