@@ -64,7 +64,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
                      guidance=args.guidance if prompt.guidance is None else prompt.guidance)
     reading = model.text_reading or DEFAULT_READING
     model.text_reading = TextReading(CHUNK_TOKENS * _chunks(model, [prompt.text, prompt.negative]),
-                                     args.clip_skip or reading.clip_skip, weighted=True)
+                                     args.clip_skip or reading.clip_skip, weighted=True, keep_mean=True)
     model.unet.to(device)
     if dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
         model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16, as its pipeline knows

@@ -71,7 +71,11 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
             hidden = hidden.reshape(len(captions), chunks, CHUNK_TOKENS + 2, -1)
             hidden = torch.cat([hidden[:, 0, :1], hidden[:, :, 1:-1].flatten(1, 2), hidden[:, -1, -1:]], dim=1)
         if reading.weighted:
-            hidden = hidden * weights.to(device=hidden.device, dtype=hidden.dtype)[:, :, None]
+            weighed = hidden * weights.to(device=hidden.device, dtype=hidden.dtype)[:, :, None]
+            if reading.keep_mean:  # per prompt, as AUTOMATIC1111 encodes each prompt on its own
+                before, after = (states.float().mean(dim=(1, 2), keepdim=True) for states in (hidden, weighed))
+                weighed = (weighed.float() * (before / after)).to(hidden.dtype)
+            hidden = weighed
         states.append(hidden)
         if spec.pooled:
             pooled = out.text_embeds if chunks == 1 else out.text_embeds[::chunks]

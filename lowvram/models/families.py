@@ -132,13 +132,17 @@ class TextReading:
     max_tokens: int = CHUNK_TOKENS
     clip_skip: int = 1
     weighted: bool = False  # AUTOMATIC1111's (emphasis:1.2) weighs the tokens' states (kohya's weighted_captions)
+    # AUTOMATIC1111's default emphasis ("Original") then scales the states back to their unweighed mean; kohya's
+    # weighted captions do not (generate reads prompts as AUTOMATIC1111 does, training captions as kohya does)
+    keep_mean: bool = False
 
     @property
     def cache_tag(self) -> str:
         """What sets these embeddings apart from the default reading's in the cache."""
         return ((f"/tokens{self.max_tokens}" if self.max_tokens != CHUNK_TOKENS else "")
                 + (f"/clipskip{self.clip_skip}" if self.clip_skip != 1 else "")
-                + ("/weighted-break" * self.weighted))  # (BREAK ends a chunk: entries from before read it as text)
+                + ("/weighted-break" * self.weighted)  # (BREAK ends a chunk: entries from before read it as text)
+                + ("/keep-mean" * self.keep_mean))
 
 
 DEFAULT_READING = TextReading()
