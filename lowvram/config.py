@@ -114,7 +114,8 @@ class DataConfig:
     min_bucket_side: int | None = option(None, "Smallest bucket side (default: half the resolution).", metavar="PX")
     max_bucket_side: int | None = option(None, "Largest bucket side (default: twice the resolution).", metavar="PX")
     bucket_no_upscale: bool = option(False, "Give images smaller than the resolution a bucket of their own size "
-                                     "instead of enlarging them.")
+                                     "instead of enlarging them, and larger ones one of their own aspect ratio "
+                                     "(kohya's bucket_no_upscale).")
     small_images: str = option("upscale", "Images that must be enlarged to fill their bucket: upscale (with a "
                                "warning in the scan) or skip.", choices=("upscale", "skip"))
     flip: bool = option(False, "Horizontal-flip augmentation (a flipped variant of each image is cached).")

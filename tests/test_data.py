@@ -44,7 +44,11 @@ def test_no_upscale_keeps_small_images_at_their_size():
     buckets = default_buckets(512, no_upscale=True)
     assert buckets.place(300, 200).bucket == (256, 192)
     assert buckets.place(300, 200).upscale <= 1.0 + 1e-9
-    assert buckets.place(2000, 2000).bucket == (512, 512)  # large images still go to the regular buckets
+    assert buckets.place(2000, 2000).bucket == (512, 512)
+    # a larger one is shrunk to resolution² at its own aspect ratio, as kohya's select_bucket does (its
+    # round_to_steps: 3000x1000 -> 768x256, whole, where the nearest regular bucket, 832x256, cropped 8 %)
+    assert (buckets.place(3000, 1000).bucket, buckets.place(3000, 1000).kept_fraction) == ((768, 256), 1.0)
+    assert buckets.place(1200, 900).bucket == (512, 384)
 
 
 def test_every_batch_is_one_bucket_and_the_schedule_is_seeded():

@@ -51,11 +51,32 @@ class Buckets:
         ratio = width / height
         if self.no_upscale and width * height <= self.resolution**2:
             bucket = self._own_size_bucket(width, height)
+        elif self.no_upscale:
+            bucket = self._own_size_bucket(*self._shrunk(width, height))
         else:
             bucket = min(self.shapes, key=lambda s: (abs(s[0] / s[1] - ratio), -s[0] * s[1]))
         scale = max(bucket[0] / width, bucket[1] / height)
         scaled = (max(bucket[0], round(width * scale)), max(bucket[1], round(height * scale)))
         return Placement(bucket, scaled, scale)
+
+    def _shrunk(self, width: int, height: int) -> tuple[int, int]:
+        """kohya's bucket_no_upscale for an image larger than resolution²: shrunk to that area at its own aspect
+        ratio, one side rounded to the step (the one that keeps the ratio closer), the other following it."""
+        ratio = width / height
+        resized_width = math.sqrt(self.resolution**2 * ratio)
+        resized_height = self.resolution**2 / resized_width
+        by_width = self._round(resized_width)
+        by_height = self._round(resized_height)
+        width_error = abs(by_width / self._round(by_width / ratio) - ratio)
+        height_error = abs(self._round(by_height * ratio) / by_height - ratio)
+        if width_error < height_error:
+            return by_width, int(by_width / ratio + 0.5)
+        return int(by_height * ratio + 0.5), by_height
+
+    def _round(self, side: float) -> int:
+        """kohya's round_to_steps."""
+        whole = int(side + 0.5)
+        return max(self.step, whole - whole % self.step)
 
     def _own_size_bucket(self, width: int, height: int) -> tuple[int, int]:
         """kohya's bucket_no_upscale: a shape inside the image itself, sides rounded down to the step."""
