@@ -444,3 +444,23 @@ def test_the_plans_header_names_the_network_it_plans_for(capsys):
     assert main(["plan", "--model", "sdxl", "--network", "lokr", "--vram", "8GB"]) == 0
     header = " ".join(capsys.readouterr().out.split())
     assert "batch 1, lokr rank 16 on" in header and "LoRA rank" not in header
+
+
+def test_a_run_on_a_gpu_is_warned_of_what_no_gpu_result_shows():
+    """The strategy, and LoHa/LoKr/DoRA over a stored weight format (the GPU results train LoRA adapters only)."""
+    from lowvram.models import load_model
+    from lowvram.train.setup import unverified_on_gpu
+
+    card = hardware_for(None, "8GB", "16GB")
+    unet = load_model("tiny").unet
+
+    def warnings(**options):
+        return " ".join(unverified_on_gpu(resolve_run(run_config(**options), card), unet))
+
+    seen = {"unet_weights": "bnb-nf4", "gradient_checkpointing": True, "optimizer": "adamw8bit"}
+    assert warnings(**seen) == ""  # a strategy a committed result shows training, with LoRA
+    assert "--network loha over --unet-weights bnb-nf4: the GPU results so far train LoRA adapters only" in warnings(
+        network="loha", **seen)
+    assert warnings(network="loha", unet_weights="bf16", gradient_checkpointing=True, optimizer="adamw8bit") == ""
+    assert "--unet-weights quanto-int4 with checkpointing, adamw8bit, bf16: not yet seen training" in warnings(
+        unet_weights="quanto-int4", gradient_checkpointing=True, optimizer="adamw8bit")

@@ -473,12 +473,22 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} is most of this run's {schedule.total_steps} "
                               f"steps: the learning rate {reached} --lr {config.lr:g}; lower --warmup-steps (say "
                               f"{max(0, schedule.total_steps // 10)})", soft_wrap=True)
-    if run.hardware.device == "cuda":
-        memory = config.memory
-        unverified = unverified_warning(run.family, run.unet_weights, memory.checkpoint_blocks or memory.checkpointing,
-                                        config.optim.optimizer, run.mixed_precision)
-        if unverified:
-            session.console.print(f"[yellow]warning:[/] {unverified}", soft_wrap=True)
-        if replaying_count(model.unet) and not graphs_measured(run.family):
-            session.console.print(f"[yellow]warning:[/] --cuda-graphs: not yet seen training {run.family.title} on "
-                                  "a GPU (no committed result); if a step fails, train without it", soft_wrap=True)
+    for warning in unverified_on_gpu(run, model.unet) if run.hardware.device == "cuda" else []:
+        session.console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+
+
+def unverified_on_gpu(run: ResolvedRun, unet: torch.nn.Module) -> list[str]:
+    """What of this run no committed GPU result has shown training: the strategy, the network over a stored
+    weight format, CUDA graphs."""
+    config, memory = run.config, run.config.memory
+    found = [unverified_warning(run.family, run.unet_weights, memory.checkpoint_blocks or memory.checkpointing,
+                                config.optim.optimizer, run.mixed_precision)]
+    network = config.network.network
+    if network != "lora" and run.unet_weights not in ("fp32", "fp16", "bf16"):  # its layers over stored ones
+        found.append(f"--network {network} over --unet-weights {run.unet_weights}: the GPU results so far train "
+                     "LoRA adapters only, so this pair is unverified (the CPU checks its kernels' inputs; a GPU "
+                     "result has not shown it)")
+    if replaying_count(unet) and not graphs_measured(run.family):
+        found.append(f"--cuda-graphs: not yet seen training {run.family.title} on a GPU (no committed result); if "
+                     "a step fails, train without it")
+    return [warning for warning in found if warning]
