@@ -93,10 +93,17 @@ def test_8bit_paged_and_factored_optimizers_step_cuda_tensors(name):
     assert losses[-1] < losses[0]
 
 
-def test_offloaded_activations_train_on_cuda(tmp_path):
-    result = train(run_config(output=str(tmp_path), max_steps=3, offload_activations=True,
-                              gradient_checkpointing=True, unet_weights="bnb-nf4"))
-    finite_lora(result.lora_path)
+@pytest.mark.parametrize("fmt", ["bnb-nf4", "bf16", "fp8", "quanto-int8"])
+def test_offloaded_activations_train_on_cuda_as_kept_ones_do(tmp_path, fmt):
+    """Pinned host copies, the weights kept on the GPU (bf16's transposed views, fp8's and quanto's stored
+    weights): the same LoRA as without offloading."""
+    from safetensors.torch import load_file
+
+    runs = [train(run_config(output=str(tmp_path / str(offload)), max_steps=3, offload_activations=offload,
+                             gradient_checkpointing=True, unet_weights=fmt)).lora_path for offload in (False, True)]
+    finite_lora(runs[1])
+    kept, offloaded = (load_file(str(path)) for path in runs)
+    assert all(torch.allclose(kept[k].float(), offloaded[k].float(), atol=1e-5) for k in kept)
 
 
 def test_train_auto_plans_for_a_vram_cap_and_trains_within_it(tmp_path):
