@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -104,8 +105,12 @@ def test_kohya_file_has_the_keys_comfyui_and_a1111_map(trained):
     assert prefixes == expected_te
     assert all(key.startswith(("lora_unet_", "lora_te")) for key in state)
     assert all(key.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for key in state)
-    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in state \
-        or "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in state
+    if config.model.model == "tiny":  # kohya names SD1.5's U-Net layers as diffusers does
+        assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in state
+    else:  # and SDXL's in the original layout, as its SDXL U-Net (a port of it) has them
+        assert any(re.fullmatch(r"lora_unet_input_blocks_\d+_1_transformer_blocks_0_attn1_to_q\.lora_down\.weight", key)
+                   for key in state)
+        assert not any("down_blocks" in key or "up_blocks" in key or "mid_block" in key for key in state)
     alphas = {float(v) for k, v in state.items() if k.endswith(".alpha")}
     assert alphas == {2.0}
     downs = [v for k, v in state.items() if k.endswith(".lora_down.weight")]
