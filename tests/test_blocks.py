@@ -226,10 +226,11 @@ def test_a_file_of_per_block_ranks_starts_a_run_with_the_same_blocks_only(varied
 
 
 def test_a_kohya_sdxl_file_in_the_original_layout_with_alphas_of_its_own_reads_exactly(tmp_path, monkeypatch):
-    """kohya names SDXL's U-Net layers in the original layout (lora_unet_input_blocks_4_1_...). Such a file whose
-    alphas differ between layers (here LoCon's convolutions at alpha 1, the rest at 2) is read by lowvram's reader
-    in `lowvram generate`, which gives the trained model back; diffusers reads the same layers under either name
-    (a check of the names)."""
+    """kohya names SDXL's U-Net layers in the original layout (lora_unet_input_blocks_4_1_...), as lowvram now
+    writes them too; lowvram's earlier files named them as diffusers does. A file of either naming whose alphas
+    differ between layers (here LoCon's convolutions at alpha 1, the rest at 2) is read by lowvram's reader in
+    `lowvram generate`, which gives the trained model back; diffusers reads the same layers under either name (a
+    check of the names)."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -244,14 +245,15 @@ def test_a_kohya_sdxl_file_in_the_original_layout_with_alphas_of_its_own_reads_e
     renamed = {}
     for base, (_, path, _) in lora_files.kohya_layers(result.model).items():
         if base.startswith("lora_unet_"):
-            renamed[base] = "lora_unet_" + ldm_path(path, table).replace(".", "_")
-    assert any("_in_layers_2" in name for name in renamed.values())  # ResNets' own names too
+            assert base == "lora_unet_" + ldm_path(path, table).replace(".", "_")  # written in the original layout
+            renamed[base] = "lora_unet_" + path.replace(".", "_")  # the names lowvram's earlier files gave
+    assert any("_in_layers_2" in name for name in renamed)  # ResNets' own names too
     tensors = load_file(str(result.lora_path))
-    original = {renamed.get(key.split(".")[0], key.split(".")[0]) + "." + key.split(".", 1)[1]: tensor
-                for key, tensor in tensors.items()}
-    other = tmp_path / "kohya-sdxl.safetensors"  # another trainer's: none of lowvram's metadata
+    diffusers_named = {renamed.get(key.split(".")[0], key.split(".")[0]) + "." + key.split(".", 1)[1]: tensor
+                       for key, tensor in tensors.items()}
+    other = tmp_path / "earlier-sdxl.safetensors"  # none of lowvram's metadata either
     metadata = safe_open(str(result.lora_path), framework="pt").metadata()
-    save_file(original, str(other), {k: v for k, v in metadata.items() if not k.startswith("lowvram.")})
+    save_file(diffusers_named, str(other), {k: v for k, v in metadata.items() if not k.startswith("lowvram.")})
 
     assert generate._read_with_peft(other)  # its alphas differ: lowvram's reader
     ours = load_model("tiny-sdxl")
