@@ -51,9 +51,15 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
     """Write the weighted sum of `sources`' LoRAs at (at most) `rank` to `output`."""
     import torch
 
-    from lowvram.adapters.lora_files import DTYPES
+    from lowvram.adapters.lora_files import DTYPES, in_original_layout
 
     read = [(path, weight, *read_pairs(path, "merge")) for path, weight in sources]
+    # an SDXL U-Net named both ways across the files: one naming (kohya's), so each layer's updates add up
+    renames = in_original_layout([base for *_, pairs in read for base in pairs])
+    if renames:
+        read = [(path, weight, meta, _renamed(tensors, renames), {renames.get(base, base): own
+                                                                  for base, own in pairs.items()})
+                for path, weight, meta, tensors, pairs in read]
     for key in ("modelspec.architecture", "ss_base_model_version"):
         said = {meta[key]: path for path, _, meta, _, _ in read if meta.get(key)}
         if len(said) > 1:
@@ -91,6 +97,15 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
         kept.append(share)
     save_safetensors(written, output, _metadata(read, rank, dynamic, param, after), "the merged LoRA")
     return Resized(output, len(bases), (max(before), max(after)), after, kept)
+
+
+def _renamed(tensors: dict, renames: dict[str, str]) -> dict:
+    """The tensors with their layers' key prefixes renamed."""
+    out = {}
+    for key, tensor in tensors.items():
+        base, _, suffix = key.partition(".")
+        out[f"{renames.get(base, base)}.{suffix}"] = tensor
+    return out
 
 
 def _metadata(read: list, rank: int, dynamic: str | None, param: float | None, after: list[int]) -> dict[str, str]:

@@ -178,3 +178,32 @@ def test_a_loha_tucker_core_is_refused_in_one_line_naming_it(tmp_path):
         apply_loras(load_model("tiny"), [(path, 1.0)])
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"--lora: {path} holds LoHa's Tucker core (LyCORIS use_tucker)")
+
+
+def test_merging_sdxl_files_of_both_namings_adds_each_layers_updates(tmp_path):
+    """lowvram's earlier SDXL files name the U-Net's layers as diffusers does, kohya's (and lowvram's now) in the
+    original layout: merged, each layer is summed under kohya's name, not kept twice (readers then kept one)."""
+    from lowvram.models.ldm_names import ldm_path, unet_table
+
+    unet = load_model("tiny-sdxl").unet
+    names = [name for name, _ in unet.named_modules()]
+    table = unet_table(dict(unet.config), lambda head: any(name.startswith(head) for name in names))
+    layers = [name for name in names if name.endswith((".attn1.to_q", ".attn2.to_k", ".proj_in"))][:4]
+    files, deltas = [], {}
+    for which, weight in (("earlier", 1.0), ("kohya", 0.5)):
+        tensors = {}
+        for name in layers:
+            shape = unet.get_submodule(name).weight.shape
+            down, up = random(4, shape[1]), random(shape[0], 4)
+            key = "lora_unet_" + (name if which == "earlier" else ldm_path(name, table)).replace(".", "_")
+            tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(4.0)}
+            original = "lora_unet_" + ldm_path(name, table).replace(".", "_")
+            deltas[original] = deltas.get(original, 0) + weight * up @ down
+        files.append(f"{tmp_path / which}.safetensors:{weight}")
+        save_file(tensors, str(tmp_path / f"{which}.safetensors"))
+    assert main(["merge", *files, "--rank", "8", "--output", str(tmp_path / "merged.safetensors")]) == 0
+    merged = load_file(str(tmp_path / "merged.safetensors"))
+    assert {key.split(".")[0] for key in merged} == deltas.keys()  # each layer once, under kohya's name
+    for base, delta in deltas.items():
+        torch.testing.assert_close(merged[f"{base}.lora_up.weight"] @ merged[f"{base}.lora_down.weight"], delta,
+                                   rtol=1e-4, atol=1e-5)

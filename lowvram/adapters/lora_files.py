@@ -18,6 +18,7 @@ file, DoRA only in its own layout (it drops `dora_scale` from kohya files), LoHa
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from pathlib import Path
@@ -312,6 +313,44 @@ def _original_layout_paths(unet: torch.nn.Module, names: list[str]) -> dict[str,
     """The U-Net layers `names` by their paths in the original checkpoint layout."""
     table = unet_table(dict(unet.config), lambda head: any(name.startswith(head) for name in names))
     return {original: name for name in names if (original := ldm_path(name, table))}
+
+
+ORIGINAL_LAYOUT_HEADS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+
+
+def in_original_layout(bases: list[str]) -> dict[str, str]:
+    """Where `bases` name an SDXL U-Net's layers both ways (lowvram's earlier SDXL files beside kohya's and its
+    own now), {a diffusers-named key prefix: its name in the original layout}, for the SDXL-layout family whose
+    U-Net has every one of them under both namings; else {}."""
+    from lowvram.models import FAMILIES
+
+    unet = [base for base in bases if base.startswith(UNET_KOHYA_PREFIX + "_")]
+    original_named = {base for base in unet if base.startswith(ORIGINAL_LAYOUT_HEADS)}
+    diffusers_named = set(unet) - original_named
+    if not (original_named and diffusers_named):
+        return {}
+    for name, family in FAMILIES.items():
+        renames = _layout_renames(name) if family.kohya_original_layout else {}
+        if diffusers_named <= renames.keys() and original_named <= set(renames.values()):
+            return {base: renames[base] for base in diffusers_named}
+    return {}
+
+
+@functools.cache
+def _layout_renames(family_name: str) -> dict[str, str]:
+    """Every U-Net module's kohya key prefix in diffusers' names -> in the original layout, from the family's U-Net
+    config alone (built on the meta device: no weights)."""
+    from diffusers import UNet2DConditionModel
+
+    from lowvram.models import FAMILIES
+
+    config = json.loads((FAMILIES[family_name].config_dir / "unet" / "config.json").read_text())
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    names = [name for name, _ in unet.named_modules()]
+    prefix = UNET_KOHYA_PREFIX + "_"
+    return {prefix + path.replace(".", "_"): prefix + original.replace(".", "_")
+            for original, path in _original_layout_paths(unet, names).items()}
 
 
 def _original_layout_aliases(unet: torch.nn.Module, layers: dict[str, tuple]) -> dict[str, tuple]:
