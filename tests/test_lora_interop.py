@@ -207,3 +207,13 @@ def test_merging_sdxl_files_of_both_namings_adds_each_layers_updates(tmp_path):
     for base, delta in deltas.items():
         torch.testing.assert_close(merged[f"{base}.lora_up.weight"] @ merged[f"{base}.lora_down.weight"], delta,
                                    rtol=1e-4, atol=1e-5)
+    both = tmp_path / "both.safetensors"  # the two files' tensors in one: a layer under two names
+    save_file(load_file(str(tmp_path / "earlier.safetensors")) | load_file(str(tmp_path / "kohya.safetensors")),
+              str(both))
+    with pytest.raises(LowvramError, match="holds one layer under two names .*; lowvram merge adds"):
+        lora_files.load_kohya(load_model("tiny-sdxl"), both)
+    config = run_config(model="tiny-sdxl", rank=4, alpha=4.0, lora_layers="full")
+    model = load_model("tiny-sdxl")
+    networks.add_lora(model, config.network, config.alpha, False)
+    with pytest.raises(LowvramError, match="--network-weights: .* holds one layer under two names"):
+        lora_files.start_from(model, both, config.network)

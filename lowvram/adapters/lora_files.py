@@ -159,6 +159,9 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
                            f"more); pass the --lora-layers{' and --train-text-encoder' if text else ''}"
                            f"{' and block settings' if per_block else ''} it was trained with, and a base model of "
                            "its family")
+    problem = named_twice(list(layers), lambda base: id(ours[base][2]))
+    if problem:
+        raise LowvramError(f"{flag}: {path} {problem}")
     states: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
     for base, own in layers.items():
         module, layer_path, layer = ours[base]
@@ -282,6 +285,9 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
             kohya_path = "text_model." + name if is_text and not name.startswith("text_model.") else name
             paths |= {f"{prefix}_{kohya_path.replace('.', '_')}": name for prefix in prefixes}
         found = {paths[base]: own for base, own in layers.items() if base in paths}
+        problem = named_twice([base for base in layers if base in paths], paths.get)
+        if problem:
+            raise LowvramError(f"--lora: {path} {problem}")
         if not found:
             continue
         placed.update(base for base in layers if base in paths)
@@ -316,6 +322,18 @@ def _original_layout_paths(unet: torch.nn.Module, names: list[str]) -> dict[str,
 
 
 ORIGINAL_LAYOUT_HEADS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+
+
+def named_twice(bases: list[str], layer_of) -> str | None:
+    """Where two of a file's key prefixes name one layer (an SDXL U-Net's, in diffusers' and the original layout),
+    the words that say so: a reader would apply one and drop the other."""
+    seen: dict = {}
+    for base in bases:
+        other = seen.setdefault(layer_of(base), base)
+        if other != base:
+            return (f"holds one layer under two names ({other} and {base}): it joins files of both namings; "
+                    "lowvram merge adds such files' layers up")
+    return None
 
 
 def in_original_layout(bases: list[str]) -> dict[str, str]:
