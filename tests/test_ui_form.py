@@ -129,14 +129,17 @@ def test_a_kohya_dataset_file_in_the_form_brings_its_settings_and_its_captions_a
 
 
 def test_the_plan_panel_tells_unverified_from_too_big():
-    """A T4 (no bf16, so no strategy seen on a GPU yet) fits SD1.5 easily: the panel says so and draws the fastest
-    that fits; SDXL in 2 GB does not fit and is drawn as its leanest candidate."""
-    from lowvram.ui.planview import _strategy, plan_for, render
+    """In 1.9 GB only strategies no GPU result shows fit SD1.5: the panel says so and draws the fastest that fits;
+    a T4 (no bf16) trains one seen in bf16, and the panel says that; SDXL in 2 GB does not fit and is drawn as its
+    leanest candidate."""
+    from lowvram.ui.planview import BUDGET, _strategy, plan_for, render
 
+    small = plan_for({"model": "sd15"}, BUDGET, "1.9GB")
+    fastest_fitting = next(c for c in small["candidates"] if c["fits"])
+    assert not small["fits"] and "fits, but not yet seen training on a GPU" in render(small)
+    assert f"<b>{_strategy(fastest_fitting['strategy'])}</b>" in render(small)
     t4 = plan_for({"model": "sd15"}, "colab-t4", "")
-    fastest_fitting = next(c for c in t4["candidates"] if c["fits"])
-    assert not t4["fits"] and "fits, but not yet seen training on a GPU" in render(t4)
-    assert f"<b>{_strategy(fastest_fitting['strategy'])}</b>" in render(t4)
+    assert t4["fits"] and "fits: chose fp16 adamw: no GPU result shows fp16 training yet" in render(t4)
     tiny = plan_for({"model": "sdxl"}, "gtx-1650-4gb", "")
     assert not any(c["fits"] for c in tiny["candidates"]) and "&mdash; does not fit" in render(tiny)
 

@@ -59,6 +59,8 @@ def render(plan: dict) -> str:
         fix = "; ".join(plan["suggestions"]) or "no change found"
         head += (f"<p id='plan-verdict' class='lv-bad'>{html.escape(plan['explanation'])}</p>"
                  f"<p id='plan-fix'>would fit with: {html.escape(fix)}</p>")
+    elif shown.get("verified_on_gpu") is False:  # a card without bf16: picked among those seen in bf16
+        head += f"<p id='plan-verdict' class='lv-good'>fits: {html.escape(plan['explanation'])}</p>"
     else:
         head += "<p id='plan-verdict' class='lv-good'>fits: the planner would train with this</p>"
     bars = "".join(_bar(name, peak, budget, top) for name, peak in phases.items())
