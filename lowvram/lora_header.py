@@ -141,8 +141,9 @@ def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[st
 
 
 def same_alpha(stored: float, wanted: float) -> bool:
-    """Whether a file's alpha is the one wanted, to the precision of the fp16 it is often stored in."""
-    return abs(stored - wanted) <= 1e-3 * max(1.0, abs(wanted))
+    """Whether a file's alpha is the one wanted, to the precision of the fp16 or bf16 it is often stored in
+    (bf16 keeps 8 bits: 7.3 is stored as 7.3125)."""
+    return abs(stored - wanted) <= 2**-8 * max(1.0, abs(wanted))
 
 
 def network_weights_problem(network) -> str | None:

@@ -87,7 +87,7 @@ def test_two_processes_resume_each_rank_with_its_own_random_state(tmp_path):
                            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}, timeout=600)
     assert alone.returncode != 0  # one process would continue another run: another batch, one random state
     assert ("was saved by a run of 2 process(es), this one has 1; resume it with as many (accelerate launch "
-            "--num_processes 2 -m lowvram train)") in alone.stderr, alone.stderr[-2000:]
+            "--multi_gpu --num_processes 2 -m lowvram train)") in alone.stderr, alone.stderr[-2000:]
     launch(tmp_path, tmp_path / "cut", {**constant, "resume": "auto", "overwrite": True})
     whole, resumed = (load_file(tmp_path / name / f"{name}.safetensors") for name in ("whole", "cut"))
     assert whole.keys() == resumed.keys()

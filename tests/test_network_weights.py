@@ -136,3 +136,14 @@ def test_the_files_network_is_the_runs_where_the_run_sets_none(first, tmp_path, 
     assert f"--network-weights: {result.lora_path} holds --network {values['network']}" in err
     if "rank" in wanted:  # given, it is the run's: the file does not fit it
         assert main([*argv, "--rank", "8", "--overwrite"]) == 2
+
+
+def test_an_alpha_stored_in_fp16_or_bf16_is_the_one_given():
+    """A file's alpha is stored in its --save-precision: bf16 keeps 7.3 as 7.3125, which is still --alpha 7.3."""
+    import torch
+
+    from lowvram.lora_header import same_alpha
+
+    for dtype in (torch.float16, torch.bfloat16):
+        assert same_alpha(float(torch.tensor(7.3, dtype=dtype)), 7.3)
+    assert not same_alpha(7.0, 7.3) and not same_alpha(8.0, 4.0)

@@ -319,6 +319,18 @@ def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_
     assert load_file(str(first))  # the continued run's own
 
 
+def test_a_branch_from_an_earlier_checkpoint_to_the_same_step_keeps_the_earlier_final_lora(tmp_path, capsys):
+    """Resumed from step 2 with another --lr to the same last step: a LoRA of the same step, but of other weights."""
+    first = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, lr=1e-3)).lora_path
+    before = first.read_bytes()
+    capsys.readouterr()
+    train(run_config(output=str(tmp_path), max_steps=4, lr=2e-3,
+                     resume=str(tmp_path / "checkpoints" / "step-000002")))
+    kept = tmp_path / f"{first.stem}-step000004.safetensors"
+    assert f"kept the run's earlier final LoRA as {kept}" in " ".join(capsys.readouterr().out.split())
+    assert kept.read_bytes() == before and first.read_bytes() != before
+
+
 def test_every_checkpoint_unreadable_names_the_broken_part_and_the_way_out(tmp_path):
     train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=1))
     for part in (tmp_path / "checkpoints").glob("step-*/adapters.safetensors"):

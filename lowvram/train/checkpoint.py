@@ -214,7 +214,7 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     # reads the same file, so every one stops here, before any step)
     saved_by = len({name.split("/")[0] for name in rng})
     if saved_by != accelerator.num_processes:
-        how = (f"accelerate launch --num_processes {saved_by} -m lowvram train" if saved_by > 1
+        how = (f"accelerate launch --multi_gpu --num_processes {saved_by} -m lowvram train" if saved_by > 1
                else "lowvram train, without accelerate launch")
         raise LowvramError(f"--resume: {path} was saved by a run of {saved_by} process(es), this one has "
                            f"{accelerator.num_processes}; resume it with as many ({how}), or start anew")

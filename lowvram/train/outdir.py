@@ -138,14 +138,15 @@ def take_ownership(run: ResolvedRun) -> str | None:
     return note
 
 
-def keep_earlier_final_lora(lora: Path, step: int) -> str | None:
-    """Before a resumed run writes its final LoRA: the earlier one, of another step (a finished run trained
-    further), kept as the save point of its step, as the run would have left it had it gone on. One of the same
-    step (a finished or early-stopped run resumed without a step to take) is the same file, written again."""
+def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
+    """Before a resumed run writes its final LoRA: the earlier one (a finished run trained further, or the end of
+    the branch a run resumed from an earlier checkpoint leaves) kept as the save point of its step, as the run
+    would have left it had it gone on. Where this run took no step (a finished or early-stopped run resumed) and
+    it is of the same step, it is the same file, written again."""
     if not lora.exists():
         return None
     steps = read_header(lora)[0].get("ss_steps", "")
-    if steps == str(step):
+    if not trained and steps == str(step):
         return None
     kept = lora.with_name(f"{lora.stem}-step{int(steps):06d}.safetensors") if steps.isdigit() else None
     if kept is None or kept.exists():

@@ -122,7 +122,7 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
     with room for one keeps the LoRA; one whose LoRA write fails (a file-size limit, a disk filled meanwhile) still
     gets the checkpoint where it fits, from which --resume writes the LoRA without another step."""
     if session.main and session.config.training.resume:
-        kept = outdir.keep_earlier_final_lora(lora_path, step)
+        kept = outdir.keep_earlier_final_lora(lora_path, step, trained=position is not None)
         if kept:
             session.console.print(kept, soft_wrap=True)
     try:
@@ -176,7 +176,8 @@ def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, sched
     if not session.main:  # the main process says it, once
         return TrainingInterrupted("")
     # a checkpoint resumes only with as many processes as wrote it
-    launch = f"accelerate launch --num_processes {session.world} -m lowvram" if session.world > 1 else "lowvram"
+    launch = (f"accelerate launch --multi_gpu --num_processes {session.world} -m lowvram" if session.world > 1
+              else "lowvram")
     return TrainingInterrupted(f"interrupted at step {step} of {schedule.total_steps}: saved {usable} and the "
                                f"checkpoint {saved}; continue with: {launch} train --config {out_dir / name}.toml "
                                "--resume auto")
