@@ -27,7 +27,7 @@ from lowvram.configure import (
     without_idle_kept_tags,
 )
 from lowvram.errors import LowvramError
-from lowvram.lora_header import with_network_weights
+from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
 from lowvram.option_values import area_side, width_height
 from lowvram.resize import DYNAMIC
 from lowvram.samplers import SAMPLERS, sampler_name
@@ -422,9 +422,13 @@ def train_values(args: argparse.Namespace) -> dict:
                 for name in group:
                     values.pop(name, None)
         values.update(layer)
-    values, note = with_preset_alpha(values, layers[0], layers[1:])
-    if note:
-        print(note, file=sys.stderr)
+    if values.get("network_weights"):  # the file's network, not the preset's, unless the user's own says otherwise
+        values = {name: value for name, value in values.items() if name not in FILE_NETWORK_OPTIONS
+                  or name not in layers[0] or any(name in layer for layer in layers[1:])}
+    else:
+        values, note = with_preset_alpha(values, layers[0], layers[1:])
+        if note:
+            print(note, file=sys.stderr)
     values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error
     shape = width_height(values.get("resolution"))
     if shape and shape[0] != shape[1] and values.get("bucket") is not False:  # else refused, naming the fix
@@ -457,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data:
             command.error(f"the dataset is required: lowvram {args.command} DIR")
     # under accelerate launch every process reads the same options: the main one alone tells their notes and errors
-    echo = args.command == "train" and os.environ.get("RANK", "0") != "0"
+    echo = (args.command == "train" and os.environ.get("RANK", "0") != "0"
+            and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"))
     try:
         if args.command not in ("plan", "doctor", "train", "info", "check-data"):  # fast: diffusers takes seconds
             _quiet_libraries()

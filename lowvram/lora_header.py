@@ -51,6 +51,12 @@ def _scalar(f, entry: dict, start: int) -> float:
     return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
 
 
+# what a file's network says (network_options' keys): given with --network-weights, a preset's values of these
+# yield to the file's, as the user's own do not
+FILE_NETWORK_OPTIONS = ("network", "rank", "alpha", "conv_rank", "conv_alpha", "lora_layers", "train_text_encoder",
+                        "lokr_factor")
+
+
 def network_options(path: Path) -> dict[str, Any]:
     """The network options the file implies (network, rank, alpha, conv_rank, conv_alpha, lora_layers,
     train_text_encoder, lokr_factor); {} for a file of no kohya/LyCORIS layers. Ranks and alphas are the most

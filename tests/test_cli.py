@@ -51,8 +51,9 @@ def test_unknown_option_is_one_line_naming_it():
 def test_under_accelerate_launch_the_main_process_alone_tells_an_option_error_and_a_note(monkeypatch, capsys):
     """Every process of `accelerate launch` reads the same options: one copy of each line, not one per process."""
     argv = ["train", "--model", "tiny", "--data", "sample", "--preset", "style", "--rank", "4", "--lr", "-1"]
-    for rank, heard in (("0", True), ("1", False)):
+    for rank, world, heard in (("0", "2", True), ("1", "2", False), ("1", "1", True)):  # (RANK alone: no launch)
         monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", world)
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert ("lowvram train: error: --lr: must be > 0" in err) is heard, err

@@ -146,3 +146,23 @@ def test_ctrl_c_while_the_ends_samples_render_says_the_lora_is_saved(tmp_path, m
     with pytest.raises(TrainingInterrupted, match="interrupted after the last step: .*run.safetensors is saved"):
         train(run_config(output=str(tmp_path), name="run", max_steps=2, sample_prompts=["lvshape"]))
     assert load_file(str(tmp_path / "run.safetensors"))
+
+
+def test_a_presets_network_yields_to_the_network_weights_file(tmp_path, capsys):
+    """--network-weights takes the file's network (kohya's dim_from_weights): a preset's rank, alpha and layers do
+    not stand in its way, nor does the preset's alpha follow a --rank the user repeats from the file."""
+    from lowvram.cli import build_parser
+    from lowvram.train.loop import train
+
+    lora = train(run_config(output=str(tmp_path / "first"), max_steps=1, rank=8, alpha=8.0, lora_layers="full",
+                            conv_rank=2, conv_alpha=1.0)).lora_path
+
+    def network(*flags):
+        args = build_parser().parse_args(["train", "--model", "tiny", "--data", "sample", "--preset", "character",
+                                          "--network-weights", str(lora), *flags])
+        return build_config(train_values(args)).network
+
+    taken = network()
+    assert (taken.rank, taken.alpha, taken.lora_layers, taken.conv_rank) == (8, 8.0, "full", 2)
+    assert network("--rank", "8").alpha == 8.0
+    assert "the preset's alpha follows it" not in capsys.readouterr().err
