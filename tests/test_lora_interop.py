@@ -165,6 +165,14 @@ def test_sdxl_lora_te_keys_are_the_first_text_encoders_on_both_paths(alphas, tmp
     apply_loras(model, [(path, 1.0)])
     for (part, name), weight in expected.items():
         torch.testing.assert_close(weight_of(part.get_submodule(name)), weight, atol=1e-5, rtol=1e-5, msg=name)
+    if alphas[0] == alphas[1]:  # --network-weights trains such a file further (its one rank and alpha)
+        config = run_config(model="tiny-sdxl", rank=4, alpha=alphas[0], train_text_encoder=True)
+        again = load_model("tiny-sdxl")
+        networks.add_lora(again, config.network, config.alpha, True)
+        assert lora_files.start_from(again, path, config.network) == len(layers)
+        for (part, name), weight in expected.items():
+            own = (again.unet if part is model.unet else again.text_encoders[0]).get_submodule(name)
+            torch.testing.assert_close(weight_of(own), weight, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_a_loha_tucker_core_is_refused_in_one_line_naming_it(tmp_path):

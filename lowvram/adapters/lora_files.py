@@ -151,6 +151,10 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
         raise LowvramError(f"{flag}: {path} {problem}")
     ours = kohya_layers(model)
     ours |= _original_layout_aliases(model.unet, ours)
+    first = model.family.text_encoders[0].kohya_prefix  # SDXL's lora_te_ keys are its first encoder's (ComfyUI)
+    if first != "lora_te":
+        ours |= {"lora_te_" + key.removeprefix(first + "_"): entry for key, entry in ours.items()
+                 if key.startswith(first + "_")}
     per_block = sets_blocks(network)
     unknown = sorted(set(layers) - set(ours))
     if unknown:
