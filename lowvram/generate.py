@@ -18,8 +18,7 @@ from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, output_problem
 from lowvram.hardware import detect
 from lowvram.merge import parse_source
-from lowvram.models.conditioning import weighted_tokens
-from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, TextReading
+from lowvram.models.families import DEFAULT_READING, TextReading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.prompts import OPTIONS, SamplePrompt, parse_prompt
 from lowvram.samplers import sampler_problem
@@ -62,9 +61,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
             raise LowvramError(f"--sampler: {problem}")
     prompt = replace(prompt, negative=prompt.negative or args.negative_prompt or "", seed=None,
                      guidance=args.guidance if prompt.guidance is None else prompt.guidance)
-    reading = model.text_reading or DEFAULT_READING
-    model.text_reading = TextReading(CHUNK_TOKENS * _chunks(model, [prompt.text, prompt.negative]),
-                                     args.clip_skip or reading.clip_skip, weighted=True, keep_mean=True)
+    model.text_reading = TextReading(clip_skip=args.clip_skip or (model.text_reading or DEFAULT_READING).clip_skip,
+                                     a1111=True)
     model.unet.to(device)
     if dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
         model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16, as its pipeline knows
@@ -160,12 +158,6 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
         elif path.suffix.lower() != ".safetensors":
             problems.append(f"--lora: {path} is not a .safetensors file")
     return problems
-
-
-def _chunks(model: LoadedModel, texts: list[str]) -> int:
-    """How many 75-token chunks the longest of `texts` needs, as AUTOMATIC1111 sizes a prompt (no limit)."""
-    longest = max(len(weighted_tokens(text, model.tokenizers[0])[0]) for text in texts)
-    return max(1, math.ceil(longest / CHUNK_TOKENS))
 
 
 def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:

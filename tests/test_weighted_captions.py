@@ -53,25 +53,6 @@ def test_emphasis_weighs_its_tokens_states_and_nothing_else(model_name, max_toke
         torch.testing.assert_close(weighed_pooled[0], plain_pooled[1])
 
 
-def test_generate_keeps_the_states_mean_as_automatic1111s_default_emphasis_does():
-    """AUTOMATIC1111's "Original" emphasis: the weighed states scaled back to the unweighed ones' mean, per prompt;
-    kohya's weighted captions (training) leave them weighed."""
-    model = load_model("tiny")
-
-    def encode(captions, keep_mean):
-        return encode_prompts(model.family, model.text_encoders, model.tokenizers, captions, "cpu",
-                              TextReading(75, 1, True, keep_mean))[0]
-
-    prompts = ["lvshape, a (red circle:1.5)", "lvshape, a red circle"]
-    with torch.no_grad():
-        weighed, plain = encode(prompts, False)
-        kept, same = encode(prompts, True)
-    torch.testing.assert_close(same, plain, rtol=0, atol=0)  # no emphasis: nothing to restore
-    ratio = plain.float().mean() / weighed.float().mean()
-    torch.testing.assert_close(kept, weighed * ratio)
-    torch.testing.assert_close(kept.float().mean(), plain.float().mean())
-
-
 @pytest.mark.parametrize("model_name", ["tiny", "tiny-sdxl"])
 def test_break_ends_the_chunk_as_automatic1111_reads_it(model_name):
     """"A BREAK B" reads as A and B each encoded alone, one chunk each, joined as long prompts are; the pooled

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -9,6 +11,7 @@ from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, ModelFamily, 
 from lowvram.prompts import CHUNK_BREAK, weighted_pieces
 
 VAE_TILE_PX = 512
+COMMA_BACKTRACK = 20  # AUTOMATIC1111's comma_padding_backtrack: how far back a full chunk looks for a comma to end at
 
 
 def set_vae_tiling(vae: torch.nn.Module, enabled: bool) -> None:
@@ -44,12 +47,14 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
     """Cross-attention states (the encoders' chosen hidden states, concatenated) and the pooled embedding
     of the encoder marked `pooled` (SDXL), exactly as the family's diffusers pipeline computes them.
 
-    `reading.max_tokens` 150 or 225 reads longer captions as kohya's max_token_length and AUTOMATIC1111/ComfyUI's
-    long prompts do: 75-token chunks, each encoded with its own BOS/EOS, joined without the inner BOS/EOS (so 227
+    `reading.max_tokens` 150 or 225 reads longer captions as kohya's max_token_length does: 75-token chunks, each encoded with its own BOS/EOS, joined without the inner BOS/EOS (so 227
     states for 225 tokens); the pooled embedding is the first chunk's. `reading.clip_skip` 2 or more takes an
     earlier layer's states through the final layer norm, as diffusers' `clip_skip` (one less) does.
     `reading.weighted` reads AUTOMATIC1111's emphasis, `(red hair:1.2)`, as kohya's weighted_captions does: each
-    token's states times its weight (the pooled embedding is the plain text's), and its BREAK ends a chunk."""
+    token's states times its weight (the pooled embedding is the plain text's), and its BREAK ends a chunk.
+    `reading.a1111` reads them as AUTOMATIC1111 reads prompts instead (`_encode_as_a1111`)."""
+    if reading.a1111:
+        return _encode_as_a1111(family, text_encoders, tokenizers, captions, device, reading.clip_skip)
     chunks = max(1, reading.max_tokens // CHUNK_TOKENS)
     states, pooled = [], None
     for spec, encoder, tokenizer in zip(family.text_encoders, text_encoders, tokenizers):
@@ -61,25 +66,97 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
         if chunks > 1:
             ids = _chunked(ids, chunks, tokenizer)
         out = encoder(ids.to(device), output_hidden_states=True)
-        if spec.hidden_state == -1 and reading.clip_skip > 1:
-            text_model = getattr(encoder, "module", encoder)  # (DDP wraps a text encoder that trains)
-            text_model = getattr(text_model, "text_model", text_model)  # (transformers 5 has no text_model level)
-            hidden = _final_norm(text_model.final_layer_norm, out.hidden_states[-reading.clip_skip])
-        else:
-            hidden = out.last_hidden_state if spec.hidden_state == -1 else out.hidden_states[spec.hidden_state]
+        hidden = _chosen_states(spec, encoder, out, reading.clip_skip)
         if chunks > 1:
             hidden = hidden.reshape(len(captions), chunks, CHUNK_TOKENS + 2, -1)
             hidden = torch.cat([hidden[:, 0, :1], hidden[:, :, 1:-1].flatten(1, 2), hidden[:, -1, -1:]], dim=1)
         if reading.weighted:
-            weighed = hidden * weights.to(device=hidden.device, dtype=hidden.dtype)[:, :, None]
-            if reading.keep_mean:  # per prompt, as AUTOMATIC1111 encodes each prompt on its own
-                before, after = (states.float().mean(dim=(1, 2), keepdim=True) for states in (hidden, weighed))
-                weighed = (weighed.float() * (before / after)).to(hidden.dtype)
-            hidden = weighed
+            hidden = hidden * weights.to(device=hidden.device, dtype=hidden.dtype)[:, :, None]
         states.append(hidden)
         if spec.pooled:
             pooled = out.text_embeds if chunks == 1 else out.text_embeds[::chunks]
     return torch.cat(states, dim=-1), pooled
+
+
+def _encode_as_a1111(family: ModelFamily, text_encoders: list, tokenizers: list, prompts: list[str],
+                     device: torch.device, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`encode_prompts` for prompts read as AUTOMATIC1111 reads them (its sd_hijack_clip): each prompt in as many
+    77-token chunks as `a1111_chunks` gives it, each chunk encoded alone and kept whole (BOS and EOS too), its
+    weighed states scaled back to the chunk's unweighed mean; the pooled embedding is the first chunk's. Prompts of
+    different lengths are repeated to a common one, as ComfyUI batches them: attention reads a repeated sequence
+    as the sequence itself."""
+    states, pooled = [], None
+    for spec, encoder, tokenizer in zip(family.text_encoders, text_encoders, tokenizers):
+        chunked = [a1111_chunks(prompt, tokenizer) for prompt in prompts]
+        ids = torch.tensor([row for rows, _ in chunked for row in rows])
+        weights = torch.tensor([row for _, rows in chunked for row in rows])
+        out = encoder(ids.to(device), output_hidden_states=True)
+        hidden = _chosen_states(spec, encoder, out, clip_skip)
+        weighed = hidden.float() * weights.to(hidden.device)[:, :, None]
+        before, after = (chunk_states.float().mean(dim=(1, 2), keepdim=True) for chunk_states in (hidden, weighed))
+        # (a chunk without emphasis keeps its states as they are: its ratio is 1, or 0/0 where layer norms without
+        # a bias give a mean of exactly 0)
+        weighted = (weights != 1).any(dim=1).to(hidden.device)[:, None, None] & (after != 0)
+        hidden = (weighed * torch.where(weighted, before / after, 1.0)).to(hidden.dtype)
+        counts = [len(rows) for rows, _ in chunked]
+        states.append(hidden.split(counts))
+        if spec.pooled:
+            firsts = torch.tensor([0, *counts[:-1]]).cumsum(0)
+            pooled = out.text_embeds[firsts.to(out.text_embeds.device)]
+    common = math.lcm(*(len(chunks) for encoder_states in states for chunks in encoder_states))
+    per_prompt = [torch.cat([chunks.repeat(common // len(chunks), 1, 1).flatten(0, 1) for chunks in encoder_states])
+                  .reshape(len(prompts), common * (CHUNK_TOKENS + 2), -1) for encoder_states in states]
+    return torch.cat(per_prompt, dim=-1), pooled
+
+
+def a1111_chunks(text: str, tokenizer) -> tuple[list[list[int]], list[list[float]]]:
+    """A prompt's 77-token chunks (token ids, and each token's weight) as AUTOMATIC1111's tokenize_line makes them:
+    each piece of emphasis tokenized alone; a chunk that fills up with the last comma among its last
+    `COMMA_BACKTRACK` tokens ends at that comma, the words after it starting the next chunk; a BREAK ends the chunk
+    (one that has not begun stays empty); each chunk is BOS, its tokens, EOS, then padding."""
+    comma = tokenizer.get_vocab().get(",</w>")
+    chunks: list[tuple[list[int], list[float]]] = []
+    tokens: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal tokens, weights, last_comma
+        chunks.append((tokens, weights))
+        tokens, weights, last_comma = [], [], -1
+
+    for piece, weight in weighted_pieces(text):
+        for i, part in enumerate(CHUNK_BREAK.split(piece)):
+            if i:
+                close()
+            for token in tokenizer(part, add_special_tokens=False).input_ids:
+                if token == comma:
+                    last_comma = len(tokens)
+                elif len(tokens) == CHUNK_TOKENS and last_comma != -1 and CHUNK_TOKENS - last_comma <= COMMA_BACKTRACK:
+                    moved = tokens[last_comma + 1:], weights[last_comma + 1:]
+                    del tokens[last_comma + 1:], weights[last_comma + 1:]
+                    close()
+                    tokens, weights = moved
+                if len(tokens) == CHUNK_TOKENS:
+                    close()
+                tokens.append(token)
+                weights.append(weight)
+    if tokens or not chunks:
+        close()
+    pad = _pad_id(tokenizer)
+    ids = [[tokenizer.bos_token_id, *body, tokenizer.eos_token_id] + [pad] * (CHUNK_TOKENS - len(body))
+           for body, _ in chunks]
+    return ids, [[1.0, *weighed] + [1.0] * (CHUNK_TOKENS + 1 - len(weighed)) for _, weighed in chunks]
+
+
+def _chosen_states(spec, encoder: torch.nn.Module, out, clip_skip: int) -> torch.Tensor:
+    """The hidden states the family reads from an encoder's output: `clip_skip` 2 or more takes an earlier layer's
+    through the final layer norm, where the family reads the last layer."""
+    if spec.hidden_state == -1 and clip_skip > 1:
+        text_model = getattr(encoder, "module", encoder)  # (DDP wraps a text encoder that trains)
+        text_model = getattr(text_model, "text_model", text_model)  # (transformers 5 has no text_model level)
+        return _final_norm(text_model.final_layer_norm, out.hidden_states[-clip_skip])
+    return out.last_hidden_state if spec.hidden_state == -1 else out.hidden_states[spec.hidden_state]
 
 
 def caption_tokens(text: str, tokenizer, reading: TextReading = DEFAULT_READING) -> int:

@@ -132,9 +132,10 @@ class TextReading:
     max_tokens: int = CHUNK_TOKENS
     clip_skip: int = 1
     weighted: bool = False  # AUTOMATIC1111's (emphasis:1.2) weighs the tokens' states (kohya's weighted_captions)
-    # AUTOMATIC1111's default emphasis ("Original") then scales the states back to their unweighed mean; kohya's
-    # weighted captions do not (generate reads prompts as AUTOMATIC1111 does, training captions as kohya does)
-    keep_mean: bool = False
+    # read a prompt whole, as AUTOMATIC1111 does (generate; training captions are read as kohya reads them): as many
+    # 77-token chunks as it needs, each kept whole, a chunk's last words after a comma moved to the next, and its
+    # weighed states scaled back to their unweighed mean (its default "Original" emphasis); max_tokens is unused
+    a1111: bool = False
 
     @property
     def cache_tag(self) -> str:
@@ -142,7 +143,7 @@ class TextReading:
         return ((f"/tokens{self.max_tokens}" if self.max_tokens != CHUNK_TOKENS else "")
                 + (f"/clipskip{self.clip_skip}" if self.clip_skip != 1 else "")
                 + ("/weighted-break" * self.weighted)  # (BREAK ends a chunk: entries from before read it as text)
-                + ("/keep-mean" * self.keep_mean))
+                + ("/a1111" * self.a1111))
 
 
 DEFAULT_READING = TextReading()
