@@ -47,8 +47,9 @@ def encode_prompts(family: ModelFamily, text_encoders: list, tokenizers: list, c
     """Cross-attention states (the encoders' chosen hidden states, concatenated) and the pooled embedding
     of the encoder marked `pooled` (SDXL), exactly as the family's diffusers pipeline computes them.
 
-    `reading.max_tokens` 150 or 225 reads longer captions as kohya's max_token_length does: 75-token chunks, each encoded with its own BOS/EOS, joined without the inner BOS/EOS (so 227
-    states for 225 tokens); the pooled embedding is the first chunk's. `reading.clip_skip` 2 or more takes an
+    `reading.max_tokens` 150 or 225 reads longer captions as kohya's max_token_length does: 75-token chunks, each
+    encoded with its own BOS/EOS, joined without the inner BOS/EOS (so 227 states for 225 tokens); the pooled
+    embedding is the first chunk's. `reading.clip_skip` 2 or more takes an
     earlier layer's states through the final layer norm, as diffusers' `clip_skip` (one less) does.
     `reading.weighted` reads AUTOMATIC1111's emphasis, `(red hair:1.2)`, as kohya's weighted_captions does: each
     token's states times its weight (the pooled embedding is the plain text's), and its BREAK ends a chunk.
