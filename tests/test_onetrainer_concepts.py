@@ -5,6 +5,7 @@ lowvram cannot follow."""
 
 import copy
 import dataclasses
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -213,3 +214,27 @@ def test_relative_folders_are_found_from_onetrainers_own_folder(tmp_path, monkey
     path = write(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json", [concept("imgs/alpha")])
     monkeypatch.chdir(tmp_path)
     assert read_dataset(path).subsets[0].folder == (tmp_path / "OneTrainer" / "imgs" / "alpha").resolve()
+
+
+def test_epochs_of_a_fractional_balancing_end_where_their_images_do(tmp_path, monkeypatch):
+    """With a fractional balancing over two buckets, an epoch's batch count varies with the share it draws:
+    --epochs N still trains exactly N passes, and each epoch's save falls at that epoch's end."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "imgs" / "mixed"
+    folder.mkdir(parents=True)
+    for n in range(4):
+        Image.new("RGB", (128, 128), (60 * n, 90, 40)).save(folder / f"square{n}.png")
+        Image.new("RGB", (192, 96), (40, 60 * n, 90)).save(folder / f"wide{n}.png")
+    data = write(tmp_path / "concepts.json", [concept("imgs/mixed", balancing=0.5)])
+    result = main_train(run_config(data=str(data), output=str(tmp_path / "out"), resolution=128, batch_size=2,
+                                   max_steps=None, epochs=6, save_every="1e", seed=3))
+    batches = [len(result.data.epoch_batches(epoch)) for epoch in range(6)]
+    assert len(set(batches)) > 1  # the premise: 4 of the 8 images, split 2+2 (2 batches) or 3+1 (3)
+    ends = list(itertools.accumulate(batches))
+    assert result.steps == ends[-1] and result.epochs == 6
+    saves = sorted((tmp_path / "out").glob("*-e*.safetensors"))
+    with_steps = {}
+    for save in saves:
+        with safe_open(str(save), "pt") as f:
+            with_steps[save.name] = (int(f.metadata()["ss_steps"]), int(f.metadata()["ss_epoch"]))
+    assert sorted(with_steps.values()) == [(end, epoch + 1) for epoch, end in enumerate(ends[:-1])]

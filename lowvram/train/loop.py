@@ -136,7 +136,7 @@ def run_training(session: Session) -> TrainResult:
             log.step(step, {"epoch": epoch, "loss": outcome.loss, "loss_smoothed": smoothed, "lr": lr,
                             "grad_norm": outcome.grad_norm, "seconds": seconds,
                             "total_steps": schedule.total_steps})
-            if prepared.validation and (step % schedule.validate_every == 0 or step == schedule.total_steps):
+            if prepared.validation and (schedule.validates_at(step) or step == schedule.total_steps):
                 validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, started)
             position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
             at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, started)

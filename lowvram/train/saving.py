@@ -101,9 +101,9 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
     config, step, epoch = session.config, position.step, position.epoch
     name, out_dir = config.output_name, session.out_dir
     save_every, sample_every = schedule.save_every, schedule.sample_every
-    if save_every and step < schedule.total_steps and is_save_point(save_every, step, schedule.steps_per_epoch):
+    if save_every and step < schedule.total_steps and is_save_point(save_every, step, schedule):
         # kohya's ss_epoch: the epoch under way (from 0) in a step's save, the epochs done in an epoch's
-        done = step // schedule.steps_per_epoch
+        done = schedule.epochs_done_at(step)
         suffix, saved_epoch = (f"step{step:06d}", epoch) if save_every[1] == "steps" else (f"e{done:04d}", done)
         save_lora(session, trainee, dataset, out_dir / f"{name}-{suffix}.safetensors", step, saved_epoch, started)
         if config.output.keep_saves and session.main:
@@ -112,7 +112,7 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
     every = config.training.checkpoint_every
     if every and step % every == 0 and step < schedule.total_steps and not stop:
         save_checkpoint(session, trainee, position)
-    if sample_every and is_save_point(sample_every, step, schedule.steps_per_epoch):
+    if sample_every and is_save_point(sample_every, step, schedule):
         sample_grid(session, trainee, prepared, log, step)
 
 
@@ -199,8 +199,9 @@ def evaluating(trainee: Trainee):
             m.train(mode)
 
 
-def is_save_point(every: tuple[int, str], step: int, steps_per_epoch: int) -> bool:
+def is_save_point(every: tuple[int, str], step: int, schedule: Schedule) -> bool:
     count, unit = every
     if unit == "steps":
         return step % count == 0
-    return step % steps_per_epoch == 0 and (step // steps_per_epoch) % count == 0
+    done = schedule.epochs_done_at(step)
+    return done is not None and done % count == 0

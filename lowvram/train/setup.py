@@ -5,6 +5,7 @@ also the order random numbers are drawn in, which a resumed or repeated run reli
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -141,16 +142,33 @@ class Schedule:
     total_steps: int
     save_every: tuple[int, str] | None
     sample_every: tuple[int, str] | None
-    validate_every: int
+    validate_every: int | None  # None: at each epoch's end
     batch_shapes: int  # input shapes the U-Net meets: training's (pixel count, batch size) pairs, samples' sizes
     text_encoder_until: int | None = None  # the last step that trains the text encoders (--text-encoder-until)
     warmup_steps: int = 0  # --warmup-steps in steps (a share under 1 of the run's)
+    # the step each epoch ends at, through the run's last: with fractional repeats an epoch's batch count varies
+    # with the images its share draws (so steps_per_epoch, epoch 0's, is then approximate)
+    epoch_ends: tuple[int, ...] = ()
 
     def trains_text_at(self, step: int) -> bool:
         return self.text_encoder_until is None or step <= self.text_encoder_until
 
     def epochs_at(self, step: int) -> int:
-        return math.ceil(step / self.steps_per_epoch)
+        """The epochs begun by `step` (a step that ends an epoch counts it, not the next)."""
+        index = bisect.bisect_left(self.epoch_ends, step)
+        if index < len(self.epoch_ends) or not self.epoch_ends:
+            return index + 1 if step else 0
+        return index + math.ceil((step - self.epoch_ends[-1]) / self.steps_per_epoch)
+
+    def validates_at(self, step: int) -> bool:
+        if self.validate_every:
+            return step % self.validate_every == 0
+        return self.epochs_done_at(step) is not None
+
+    def epochs_done_at(self, step: int) -> int | None:
+        """The epochs done when `step` ends one; None at any other step."""
+        index = bisect.bisect_left(self.epoch_ends, step)
+        return index + 1 if index < len(self.epoch_ends) and self.epoch_ends[index] == step else None
 
 
 def start_session(config: RunConfig, console: Console | None) -> Session:
@@ -273,15 +291,24 @@ def fill_caches_and_place(session: Session, model: LoadedModel, dataset: Dataset
 def plan_schedule(config: RunConfig, data: TrainingData, world: int) -> Schedule:
     batches_per_step = config.training.gradient_accumulation * world
     steps_per_epoch = max(1, math.ceil(data.batches_per_epoch / batches_per_step))
-    total_steps = config.training.max_steps or steps_per_epoch * (config.training.epochs or DEFAULT_EPOCHS)
+    max_steps, epochs = config.training.max_steps, config.training.epochs or DEFAULT_EPOCHS
     until = parse_until(config.network.text_encoder_until)
+    until_epochs = int(until[0]) if until and until[1] == "epochs" else 0
+    ends = [steps_per_epoch]  # an epoch ends its last step early (loop.draw), so each epoch's steps round up
+    while (ends[-1] < max_steps) if max_steps else (len(ends) < max(epochs, until_epochs)):
+        batches = len(data.epoch_batches(len(ends))) if data.fractional else data.batches_per_epoch
+        ends.append(ends[-1] + max(1, math.ceil(batches / batches_per_step)))
+    total_steps = max_steps or ends[epochs - 1]
+    if until_epochs:
+        until_step = ends[until_epochs - 1] if until_epochs <= len(ends) else total_steps
+    else:
+        until_step = until and math.ceil(until[0] * {"steps": 1, "percent": total_steps / 100}[until[1]])
     return Schedule(batches_per_step, steps_per_epoch, total_steps, parse_save_every(config.output.save_every),
                     parse_save_every(config.output.sample_every),
-                    config.validation.validate_every or steps_per_epoch,
+                    config.validation.validate_every,
                     len(data.batch_shapes()) + len(config.prompt_lines) + 1,
-                    until and math.ceil(until[0] * {"steps": 1, "epochs": steps_per_epoch,
-                                                    "percent": total_steps / 100}[until[1]]),
-                    warmup_steps(config.optim.warmup_steps, total_steps))
+                    until_step, warmup_steps(config.optim.warmup_steps, total_steps),
+                    tuple(end for end in ends if end <= total_steps))
 
 
 def warmup_steps(given: float, total_steps: int) -> int:
@@ -460,7 +487,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g}{conv_note(config.network)}"
         f"{blocks} | "
         f"{schedule.total_steps} steps "
-        f"= {schedule.total_steps / schedule.steps_per_epoch:.3g} epochs of {schedule.steps_per_epoch} | batch "
+        f"= {schedule.total_steps / schedule.steps_per_epoch:.3g} epochs of {'about ' * data.fractional}"
+        f"{schedule.steps_per_epoch} | batch "
         f"{config.training.batch_size}{folder_batches(run)} x {config.training.gradient_accumulation}"
         f"{f' x {world}' if world > 1 else ''}", soft_wrap=True  # one line, for logs and grep
     )
