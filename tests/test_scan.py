@@ -4,6 +4,8 @@ touched, and a rescan of unchanged files decoding nothing."""
 import hashlib
 import io
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -331,3 +333,23 @@ def test_unreadable_file_is_skipped_not_fatal(messy, tmp_path):
     assert str(root / FOLDER / "dangling.png") not in json.loads(index.read_text())["files"]  # retried next time
     drawn().save(tmp_path / "moved-away.png")
     assert by_relpath(scan_dataset(root, TINY, index_path=index))[f"{FOLDER}/dangling.png"].usable
+
+
+def test_a_file_replaced_with_its_size_and_mtime_kept_is_read_again(messy, tmp_path, count_opens):
+    """`cp -p`, rsync -a and unzip give a replaced file its source's mtime, and an uncompressed image of the same
+    pixel count has the same size: the index must not hand out the old image's hash (its cached latent)."""
+    root, _ = messy
+    index = tmp_path / "cache" / "scan.json"
+    target = root / FOLDER / "good_3.png"
+    drawn(size=(96, 96), colour=(200, 0, 0)).save(target, compress_level=0)
+    os.utime(target, ns=(0, 10**18))
+    first = by_relpath(scan_dataset(root, TINY, index_path=index))
+    replacement = tmp_path / "other.png"
+    drawn(size=(96, 96), colour=(0, 0, 200)).save(replacement, compress_level=0)
+    assert replacement.stat().st_size == target.stat().st_size
+    shutil.copyfile(replacement, target)
+    os.utime(target, ns=(0, 10**18))  # what cp -p does after writing
+    count_opens.clear()
+    second = by_relpath(scan_dataset(root, TINY, index_path=index))
+    record = second[f"{FOLDER}/good_3.png"]
+    assert record.sha256 == hashlib.sha256(replacement.read_bytes()).hexdigest() != first[record.relpath].sha256

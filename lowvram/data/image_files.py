@@ -27,8 +27,9 @@ SUPPORTED = " ".join(IMAGE_SUFFIXES)
 
 
 def file_facts(path: Path, max_pixels: int, cached: dict | None, mask: bool = False) -> dict:
-    """What the file is, from the index when its size and mtime are unchanged, else from reading it once; for a
-    `mask`, also its lightest grey level."""
+    """What the file is, from the index when its size, mtime and ctime are unchanged, else from reading it once;
+    for a `mask`, also its lightest grey level. (The ctime too: `cp -p`, rsync and unzip give a replaced file its
+    source's mtime, and an image of the same pixel count, uncompressed, has the same size.)"""
     try:
         stat = path.stat()
         if _still_valid(cached, stat, max_pixels):
@@ -36,21 +37,22 @@ def file_facts(path: Path, max_pixels: int, cached: dict | None, mask: bool = Fa
         data = path.read_bytes()
     except OSError as exc:  # kept out of the index (size -1): a chmod does not change the mtime
         return _blank(size=-1, error=f"unreadable: {exc.strerror or exc}; check the file and its permissions")
-    return {**_probe(data, max_pixels, mask), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {**_probe(data, max_pixels, mask), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "ctime_ns": stat.st_ctime_ns}
 
 
 def _still_valid(cached, stat, max_pixels: int) -> bool:
-    """Same size and mtime, and decoded last time (or never to be: an error, or still over max_pixels)."""
+    """Same size, mtime and ctime, and decoded last time (or never to be: an error, or still over max_pixels)."""
     try:
         return (cached.keys() >= _blank().keys() and cached["size"] == stat.st_size
-                and cached["mtime_ns"] == stat.st_mtime_ns
+                and cached["mtime_ns"] == stat.st_mtime_ns and cached["ctime_ns"] == stat.st_ctime_ns
                 and bool(cached["decoded"] or cached["error"] or cached["width"] * cached["height"] > max_pixels))
     except (AttributeError, KeyError, TypeError):
         return False
 
 
 def _blank(**values) -> dict:
-    facts = {"size": 0, "mtime_ns": 0, "sha256": "", "width": 0, "height": 0, "mode": "", "format": "",
+    facts = {"size": 0, "mtime_ns": 0, "ctime_ns": 0, "sha256": "", "width": 0, "height": 0, "mode": "", "format": "",
              "has_alpha": False, "transposed": False, "decoded": False, "error": None, "lightest": None}
     return {**facts, **values}
 
