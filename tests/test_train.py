@@ -4,8 +4,10 @@ exactly the behaviour it had in lowvram (alpha != rank included), for SD and SDX
 import dataclasses
 import json
 import math
+import os
 import random
 import re
+import signal
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ from safetensors.torch import load_file
 from lowvram.adapters import networks
 from lowvram.cli import main
 from lowvram.configure import build_config, read_toml
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, TrainingInterrupted
 from lowvram.models import load_model
 from lowvram.models.conditioning import TextReading, encode_prompts, unet_conditioning
 from lowvram.train.loop import train
@@ -220,6 +222,30 @@ def test_keep_saves_keeps_the_newest_intermediate_loras(tmp_path):
     assert result.lora_path.name == "notes.safetensors"
     with pytest.raises(LowvramError, match="--keep-saves: only used with --save-every"):
         run_config(keep_saves=2)
+
+
+def test_keep_saves_counts_no_lora_an_interrupt_left_between_save_points(tmp_path, monkeypatch):
+    """The LoRA Ctrl-C leaves (named as a step's save) is no --save-every save: the resumed run keeps the newest
+    saves an uninterrupted run keeps, and the interrupted one too."""
+    from lowvram.train import step as steps
+
+    real, calls = steps.diffusion_loss, {"n": 0}
+
+    def ctrl_c_in_step_6(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # the run stops after this step
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "diffusion_loss", ctrl_c_in_step_6)
+    values = {"output": str(tmp_path), "max_steps": 10, "save_every": "4", "keep_saves": 2, "name": "k"}
+    with pytest.raises(TrainingInterrupted):
+        train(run_config(**values))
+    monkeypatch.undo()
+    assert (tmp_path / "k-step000006.safetensors").is_file()
+    train(run_config(**values, resume="auto"))
+    assert sorted(p.name for p in tmp_path.glob("k*.safetensors")) == [
+        "k-step000004.safetensors", "k-step000006.safetensors", "k-step000008.safetensors", "k.safetensors"]
 
 
 def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):

@@ -107,7 +107,7 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
         suffix, saved_epoch = (f"step{step:06d}", epoch) if save_every[1] == "steps" else (f"e{done:04d}", done)
         save_lora(session, trainee, dataset, out_dir / f"{name}-{suffix}.safetensors", step, saved_epoch, started)
         if config.output.keep_saves and session.main:
-            for old in older_saves(out_dir, name, save_every[1], config.output.keep_saves):
+            for old in older_saves(out_dir, name, save_every, config.output.keep_saves):
                 old.unlink(missing_ok=True)
     every = config.training.checkpoint_every
     if every and step % every == 0 and step < schedule.total_steps and not stop:
@@ -157,12 +157,14 @@ def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step:
     log.image(step, "samples", grid)
 
 
-def older_saves(out_dir: Path, name: str, unit: str, keep: int) -> list[Path]:
+def older_saves(out_dir: Path, name: str, every: tuple[int, str], keep: int) -> list[Path]:
     """This run's --save-every LoRAs of one kind (<name>-step000500 or <name>-e0002) beyond the newest `keep`; other
-    files, the -best and the final LoRA among them, are never matched."""
+    files, the -best and the final LoRA among them, are never matched, nor a LoRA of a step between save points (an
+    interrupted run's, named as a step's save is)."""
+    count, unit = every
     pattern = re.compile(rf"{re.escape(name)}-{'step' if unit == 'steps' else 'e'}(\d+)\.safetensors")
     saves = sorted((int(match.group(1)), path) for path in out_dir.iterdir()
-                   if (match := pattern.fullmatch(path.name)))
+                   if (match := pattern.fullmatch(path.name)) and (unit != "steps" or int(match.group(1)) % count == 0))
     return [path for _, path in saves[:-keep]]
 
 
