@@ -148,6 +148,38 @@ def test_ctrl_c_while_the_ends_samples_render_says_the_lora_is_saved(tmp_path, m
     assert load_file(str(tmp_path / "run.safetensors"))
 
 
+@pytest.mark.parametrize("when", ["in the last step", "while the LoRA is written"])
+def test_ctrl_c_as_the_run_ends_lets_the_lora_and_checkpoint_be_written(tmp_path, monkeypatch, when):
+    """The first Ctrl-C in the last step or during the final save (when one is most likely pressed) finishes the
+    save, then stops: the run is never lost to it."""
+    import os
+    import signal
+
+    from lowvram.errors import TrainingInterrupted
+    from lowvram.train import checkpoint, saving, step
+
+    def ctrl_c_then(real):
+        def call(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+        return call
+
+    if when == "in the last step":
+        real_loss, calls = step.diffusion_loss, {"n": 0}
+
+        def loss(*args, **kwargs):
+            calls["n"] += 1
+            return (ctrl_c_then(real_loss) if calls["n"] == 2 else real_loss)(*args, **kwargs)
+        monkeypatch.setattr(step, "diffusion_loss", loss)
+    else:
+        monkeypatch.setattr(saving.lora_files, "save_kohya", ctrl_c_then(saving.lora_files.save_kohya))
+    with pytest.raises(TrainingInterrupted, match="interrupted after the last step: .*run.safetensors is saved"):
+        train(run_config(output=str(tmp_path), name="run", max_steps=2, sample_prompts=["lvshape"]))
+    assert load_file(str(tmp_path / "run.safetensors"))
+    assert checkpoint.latest(tmp_path / "checkpoints").name == "step-000002"
+    assert not (tmp_path / "samples").exists()
+
+
 def test_a_presets_network_yields_to_the_network_weights_file(tmp_path, capsys):
     """--network-weights takes the file's network (kohya's dim_from_weights): a preset's rank, alpha and layers do
     not stand in its way, nor does the preset's alpha follow a --rank the user repeats from the file."""

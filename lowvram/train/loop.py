@@ -151,9 +151,13 @@ def run_training(session: Session) -> TrainResult:
     for module in trainee.trained_modules:
         module.eval()
     lora_path = out_dir / f"{name}.safetensors"
-    with peaks.phase("saving"):
+    asked = signals.received is not None  # in the last step
+    # a Ctrl-C as the last step ends (when it is most likely) lets the LoRA and its checkpoint be written
+    with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
         save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
                    position if step > resumed_at else None, started)
+    if (asked or signals.received is not None) and session.main:
+        raise stopped_after_the_last_step(lora_path)
     samples = finish(session, trainee, prepared, peaks, lora_path, step)
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
@@ -181,6 +185,11 @@ def draw(session: Session, batches, count: int) -> tuple[int, int, list]:
     return drawn[-1][0], drawn[-1][1], mine
 
 
+def stopped_after_the_last_step(lora_path: Path) -> TrainingInterrupted:
+    return TrainingInterrupted(f"interrupted after the last step: {lora_path} is saved, its samples are not all "
+                               f"drawn (lowvram generate --lora {lora_path} draws some)")
+
+
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
            step: int) -> list[Path]:
     """After the last step, in the main process: the diffusers-format copy, the sample images, the phase peaks."""
@@ -196,8 +205,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                                          session.run.resolution, config.output.sample_steps, config.training.seed,
                                          session.accelerator, prepared.sample_embeddings)
     except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
-        raise TrainingInterrupted(f"interrupted after the last step: {lora_path} is saved, its samples are not all "
-                                  f"drawn (lowvram generate --lora {lora_path} draws some)") from None
+        raise stopped_after_the_last_step(lora_path) from None
     except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself
         free_cached_memory(session.device)
         session.console.print(f"[yellow]out of memory drawing the samples after the last step[/]; {lora_path} is "

@@ -42,8 +42,12 @@ class SpillWatch:
 
 
 class StopOnSignal:
-    """The first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step; a second one
-    stops at once (files are written atomically, so nothing already saved is damaged)."""
+    """The first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step (or, with another
+    `notice`, what is under way to finish); a second one stops at once (files are written atomically, so nothing
+    already saved is damaged)."""
+
+    def __init__(self, notice: str = "stopping after this step and saving a checkpoint"):
+        self.notice = notice
 
     def __enter__(self):
         import signal
@@ -65,8 +69,7 @@ class StopOnSignal:
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
         self.received = signum
-        print("\nstopping after this step and saving a checkpoint (press Ctrl-C again to stop at once)",
-              flush=True)
+        print(f"\n{self.notice} (press Ctrl-C again to stop at once)", flush=True)
 
     def __exit__(self, *exc) -> None:
         import signal
