@@ -172,6 +172,19 @@ def test_a_file_size_limit_at_the_final_save_keeps_the_checkpoint_and_resume_wri
     assert_same_lora(out / "out.safetensors", load_file(str(tmp_path / "sized" / "sized.safetensors")))
 
 
+def test_a_file_size_limit_on_the_metrics_stops_the_run_in_one_line(uninterrupted, sample_data_module, tmp_path):
+    """The log line a full disk refuses stays in the file's buffer: closing the log must not raise it again over the
+    one-line message."""
+    sizes = uninterrupted["sizes"]
+    limit = max(sizes["out.toml"], sizes["lowvram-run.json"]) + 64
+    assert sizes["metrics.jsonl"] / STEPS * 40 > limit + 1024  # 40 steps' lines pass the limit
+    argv = [*cli(tmp_path / "out", sample_data_module)[:-4], "--max-steps", "40"]  # no checkpoints
+    failed = run(argv, cached_env(uninterrupted), limit_bytes=limit)
+    assert failed.returncode == 2, failed.stderr
+    line = failed.stderr.strip()
+    assert len(line.splitlines()) == 1 and "metrics.jsonl" in line and "file-size limit" in line, line
+
+
 def test_sigkill_at_twenty_random_moments_then_resume_ends_with_the_uninterrupted_lora(
         uninterrupted, sample_data_module, tmp_path):
     """Twenty SIGKILLs: two while the run starts (scan, model, cache), the rest a random fraction of a second

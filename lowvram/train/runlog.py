@@ -73,7 +73,11 @@ class RunLog:
 
     def close(self) -> None:
         if self.metrics:
-            self.metrics.close()
+            try:
+                self.metrics.close()
+            except OSError as exc:  # the line a full disk refused is still buffered: _write said so already
+                if not is_disk_full(exc):
+                    raise
         if self.writer:
             self.writer.close()
 
