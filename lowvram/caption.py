@@ -25,6 +25,7 @@ from lowvram.config import CAPTION_SUFFIXES, option
 from lowvram.data.captions import caption_file
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
+from lowvram.files import redraws_in_place
 from lowvram.hardware import GIB, Hardware
 from lowvram.models.detect import first_line
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
@@ -121,7 +122,7 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
     captioner = model.load(report.device, config)
     if config.overwrite:
         report.backup = cache_dir / "replaced-captions" / f"{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with Progress(console=console, transient=True) as progress:
+    with Progress(console=console, transient=True, disable=not redraws_in_place(console)) as progress:
         task = progress.add_task("captioning", total=len(todo))
         for start in range(0, len(todo), config.batch_size):
             batch = todo[start:start + config.batch_size]

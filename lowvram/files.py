@@ -39,6 +39,14 @@ class DiskFull(LowvramError):
                              f"{human_size(free)} is free")
 
 
+def redraws_in_place(console) -> bool:
+    """Whether `console` writes to a terminal, where a progress bar redraws in place. FORCE_COLOR (which ipykernel
+    sets, and so a notebook's `lowvram` commands inherit it, as CI systems do) makes rich take a pipe for one: its
+    colours are welcome there, a bar redrawn into a notebook cell's stored output or a CI log is not."""
+    isatty = getattr(console.file, "isatty", None)
+    return console.is_terminal and bool(isatty and isatty())
+
+
 def human_size(size: int) -> str:
     """Bytes in the largest unit that keeps the number at 1 or more, to three digits: '1023 B', '1.50 KiB',
     '45.2 GiB'; a nearly full disk then shows its few MiB instead of '0.00 GiB'."""

@@ -59,6 +59,14 @@ def test_where_the_driver_can_spill_the_same_slowdown_warns_once():
     assert printed.count("spilling VRAM") == 1 and "0.50 s to 2.50 s" in printed
 
 
+def test_forced_colour_through_a_pipe_still_prints_plain_progress_lines(monkeypatch):
+    """ipykernel sets FORCE_COLOR, so a notebook's `lowvram train` wrote to a pipe that rich took for a terminal: a
+    live bar, stored in the cell redraw by redraw (100 KB for 300 tiny steps)."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    printed = printed_while_training([0.5] * 12)
+    assert "step 12/12" in printed and "\r" not in printed and "\x1b[2K" not in printed
+
+
 def test_only_a_cuda_gpu_behind_the_windows_driver_watches_for_spilled_vram():
     assert not detect().can_spill_vram  # this test machine: Linux, no Windows driver
     assert behind_windows_driver(system="Windows", release="10")

@@ -26,7 +26,7 @@ from lowvram.data.buckets import Placement
 from lowvram.data.image_files import HIGH_BIT_MODES
 from lowvram.data.scan import ImageRecord, ScanOptions, open_training_image
 from lowvram.errors import LowvramError
-from lowvram.files import DiskFull, human_size, remove_orphans, save_safetensors, write_problem
+from lowvram.files import DiskFull, human_size, redraws_in_place, remove_orphans, save_safetensors, write_problem
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes, so old entries are never misread
 
@@ -194,7 +194,7 @@ def cache_problem(folder: Path, needed: int) -> str | None:
 
 def _progress(console: Console, label: str) -> Progress:
     return Progress(TextColumn(f"[bold]{label}"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
+                    console=console, transient=False, auto_refresh=redraws_in_place(console))
 
 
 def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, batch_size: int,

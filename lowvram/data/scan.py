@@ -36,7 +36,7 @@ from lowvram.data.image_files import (
     to_rgb,
 )
 from lowvram.errors import LowvramError
-from lowvram.files import write_text
+from lowvram.files import redraws_in_place, write_text
 from lowvram.option_values import caption_extension_problem
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
@@ -290,7 +290,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     new_index = {k: v for k, v in old_index.items() if not Path(k).is_relative_to(root)}  # other datasets' entries
     records: list[ImageRecord] = []
     first_of: dict[str, str] = {}  # sha256 -> relpath of the first usable copy
-    with Progress(console=console, transient=True, disable=console is None or len(files) < PROGRESS_FROM) as progress:
+    shown = console is not None and redraws_in_place(console) and len(files) >= PROGRESS_FROM
+    with Progress(console=console, transient=True, disable=not shown) as progress:
         task = progress.add_task(f"scanning {root.name}", total=len(files))
         for path, folder in files:
             record = _scan_file(root, path, folder, buckets if folder.buckets is None else folder.buckets,

@@ -8,6 +8,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from lowvram.files import redraws_in_place
+
 
 class SpillWatch:
     """Warns once when training looks like it spilled out of VRAM: Windows drivers may fall back to shared
@@ -87,7 +89,7 @@ class TrainingProgress:
 
     def __init__(self, console: Console, total_steps: int, start_step: int = 0, smoothing: float = 0.9,
                  watch_spill: bool = False):
-        self.console, self.total_steps, self.live = console, total_steps, console.is_terminal
+        self.console, self.total_steps, self.live = console, total_steps, redraws_in_place(console)
         self.last_line = 0.0
         self.spill = SpillWatch(console) if watch_spill else None
         self.start_step = start_step
