@@ -2,6 +2,7 @@
 mid-save, a NaN or a full disk never costs what was already saved."""
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -358,3 +359,21 @@ def test_cuda_random_states_go_back_to_their_own_devices_by_number():
     assert [index for index, _ in restored] == list(range(12))  # cuda10 after cuda9, not after cuda1
     assert all(int(state) == index for index, state in restored)
     assert [index for index, _ in checkpoint.cuda_rng_states(saved, device_count=2)] == [0, 1]
+
+
+def test_a_dataset_changed_since_the_checkpoint_is_said_on_resume(tmp_path, sample_data, capsys):
+    """The checkpoint's data position continues another order over other images: the resumed run says what changed
+    (and trains on, a caption fixed mid-run being worth training on); an unchanged dataset says nothing."""
+    values = {"data": str(sample_data), "output": str(tmp_path / "out"), "checkpoint_every": 2}
+    train(run_config(**values, max_steps=2))
+    train(run_config(**values, max_steps=3, resume="auto"))
+    assert "dataset changed" not in capsys.readouterr().out
+    folder = sample_data / "5_lvshape"
+    images = sorted(folder.glob("*.png"))
+    images[0].unlink()
+    images[1].with_suffix(".txt").write_text("lvshape, a caption fixed mid-run")
+    shutil.copy(images[2], folder / "99_new.png")
+    train(run_config(**values, max_steps=4, resume="auto"))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert ("the dataset changed since this checkpoint (1 image added, 1 image removed, 1 caption changed): "
+            "training goes on with it as it is now") in printed

@@ -9,6 +9,7 @@ Resuming restores all of it, so an interrupted run ends with the same LoRA as an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -34,6 +35,7 @@ class Position:
     batch: int
     validation: dict | None = None  # early stopping's state: best loss, its step, validations since
     smoothed_loss: float | None = None  # the progress line's and metrics' running mean, continued on resume
+    data: dict | None = None  # the dataset it was saved with (`data_fingerprint`); None before it was kept
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -60,10 +62,10 @@ def gather_rng_states(accelerator) -> list[dict[str, torch.Tensor]]:
 
 def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler,
          accelerator, keep: int, rng_states: list[dict[str, torch.Tensor]], run_recipe: dict | None = None,
-         ema=None) -> Path:
-    """Write a checkpoint for `position` (with every process's RNG states, from `gather_rng_states`, and the moving
-    average of --ema) and keep only this run's newest `keep` (by step; `run_recipe` says which run it is, see
-    `lowvram.train.outdir`)."""
+         ema=None, data: dict | None = None) -> Path:
+    """Write a checkpoint for `position` (with every process's RNG states, from `gather_rng_states`, the moving
+    average of --ema, and the dataset's `data_fingerprint`) and keep only this run's newest `keep` (by step;
+    `run_recipe` says which run it is, see `lowvram.train.outdir`)."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -93,7 +95,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state()),
             "run": {"identity": identity(run_recipe), "recipe": run_recipe} if run_recipe is not None else None,
-            "ema_step": ema.optimization_step if ema is not None else None,
+            "ema_step": ema.optimization_step if ema is not None else None, "data": data,
         }
         (tmp / "state.json").write_text(json.dumps(state))
         for path in tmp.iterdir():
@@ -248,7 +250,27 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
             torch.cuda.set_rng_state(cuda_state, index)
     random.setstate(_tuples(state["python_rng"]))
     np.random.set_state(_numpy_state(state["numpy_rng"]))
-    return Position(state["step"], state["epoch"], state["batch"], state.get("validation"), state.get("smoothed_loss"))
+    return Position(state["step"], state["epoch"], state["batch"], state.get("validation"), state.get("smoothed_loss"),
+                    state.get("data"))
+
+
+def data_fingerprint(records: list) -> dict[str, str]:
+    """Each image's content and caption, by its path: what a checkpoint keeps of the dataset, so that a resumed run
+    can tell the dataset changed since (its data position would then continue another order)."""
+    return {record.relpath: f"{record.sha256[:16]}/{hashlib.sha256(record.caption.encode()).hexdigest()[:12]}"
+            for record in records}
+
+
+def data_changes(then: dict | None, now: dict[str, str]) -> str | None:
+    """What changed in the dataset since a checkpoint, in words ('2 images added, 1 caption changed'); None when
+    nothing did, or the checkpoint kept no fingerprint."""
+    if then is None or then == now:
+        return None
+    kept = now.keys() & then.keys()
+    parts = [(len(now.keys() - then.keys()), "image", "added"), (len(then.keys() - now.keys()), "image", "removed"),
+             (sum(now[p].split("/")[0] != then[p].split("/")[0] for p in kept), "image", "replaced"),
+             (sum(now[p].split("/")[1] != then[p].split("/")[1] for p in kept), "caption", "changed")]
+    return ", ".join(f"{n} {noun}{'s' * (n > 1)} {verb}" for n, noun, verb in parts if n)
 
 
 def cuda_rng_states(saved: dict[str, torch.Tensor], device_count: int) -> list[tuple[int, torch.Tensor]]:

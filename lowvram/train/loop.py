@@ -88,7 +88,7 @@ def run_training(session: Session) -> TrainResult:
     schedule = plan_schedule(config, prepared.data, session.world)
     trainee = attach_adapters(session, model, noise_scheduler, schedule)
     describe(session, trainee, dataset, prepared, attention, schedule)
-    position = resume(session, trainee, schedule)
+    position = resume(session, trainee, dataset, schedule)
     stopping = EarlyStopping.restore(config.validation.early_stopping, config.validation.early_stopping_delta,
                                      position.validation)
     last_step = schedule.total_steps

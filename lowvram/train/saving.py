@@ -36,19 +36,21 @@ def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, 
     return path
 
 
-def save_checkpoint(session: Session, trainee: Trainee, position: checkpoint.Position) -> Path | None:
+def save_checkpoint(session: Session, trainee: Trainee, dataset: Dataset, position: checkpoint.Position
+                    ) -> Path | None:
     """Every process takes part (its random state is gathered); the main process writes."""
     rng_states = checkpoint.gather_rng_states(session.accelerator)
     if not session.main:
         return None
     return checkpoint.save(checkpoint.checkpoint_root(session.out_dir), position, trainee.adapted, trainee.optimizer,
                            trainee.lr_scheduler, session.accelerator, session.config.training.keep_checkpoints,
-                           rng_states, recipe(session.run), trainee.ema)
+                           rng_states, recipe(session.run), trainee.ema, dataset.fingerprint)
 
 
-def resume(session: Session, trainee: Trainee, schedule: Schedule) -> checkpoint.Position:
+def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule) -> checkpoint.Position:
     """Where the run continues: the start, or the checkpoint --resume names (adapters, optimizer, schedule, RNG,
-    the data position and early stopping's record)."""
+    the data position and early stopping's record); a dataset changed since is said, not refused (a caption fixed
+    mid-run is worth training on)."""
     if not session.config.training.resume:
         return checkpoint.Position(0, 0, 0)
     found, unreadable = checkpoint.resolve(session.config.training.resume, session.out_dir, recipe(session.run))
@@ -57,6 +59,11 @@ def resume(session: Session, trainee: Trainee, schedule: Schedule) -> checkpoint
     position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator,
                                trainee.ema)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
+    changed = checkpoint.data_changes(position.data, dataset.fingerprint)
+    if changed:
+        session.console.print(f"[yellow]the dataset changed since this checkpoint ({changed})[/]: training goes on "
+                              "with it as it is now, in another order than the interrupted run's, so the LoRA will "
+                              "not be the one an uninterrupted run gives", soft_wrap=True)
     if position.step >= schedule.total_steps:
         past = f", before the checkpoint's {position.step}" if position.step > schedule.total_steps else ""
         session.console.print(f"nothing left to train: the run ends at step {schedule.total_steps}{past} (raise "
@@ -111,7 +118,7 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
                 old.unlink(missing_ok=True)
     every = config.training.checkpoint_every
     if every and step % every == 0 and step < schedule.total_steps and not stop:
-        save_checkpoint(session, trainee, position)
+        save_checkpoint(session, trainee, dataset, position)
     if sample_every and is_save_point(sample_every, step, schedule):
         sample_grid(session, trainee, prepared, log, step)
 
@@ -130,10 +137,10 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
     except DiskFull:
         if position is not None:
             with suppress(DiskFull):
-                save_checkpoint(session, trainee, position)
+                save_checkpoint(session, trainee, dataset, position)
         raise
     if position is not None:
-        save_checkpoint(session, trainee, position)
+        save_checkpoint(session, trainee, dataset, position)
 
 
 def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step: int) -> None:
@@ -172,7 +179,7 @@ def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, sched
                      position: checkpoint.Position, started: datetime) -> TrainingInterrupted:
     """Ctrl-C or SIGTERM: a checkpoint and a usable LoRA of the steps so far; the error says how to continue."""
     step, out_dir, name = position.step, session.out_dir, session.config.output_name
-    saved = save_checkpoint(session, trainee, position)
+    saved = save_checkpoint(session, trainee, dataset, position)
     usable = save_lora(session, trainee, dataset, out_dir / f"{name}-step{step:06d}.safetensors", step,
                        position.epoch, started)
     if not session.main:  # the main process says it, once

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.resolve import ResolvedRun, resolve_run
 from lowvram.samplers import sampler_problem
+from lowvram.train import checkpoint
 from lowvram.train.validation import hold_out
 
 DEFAULT_EPOCHS = 10
@@ -94,6 +96,12 @@ class Dataset:
     records: list  # the images trained on
     held_out: list  # the images validated on
     trigger: str | None
+
+    @cached_property
+    def fingerprint(self) -> dict[str, str]:
+        """What a checkpoint keeps of the images and their captions (`checkpoint.data_fingerprint`)."""
+        return {f"{i}:{path}": facts for i, report in enumerate(self.reports)  # (a regularization set's paths apart)
+                for path, facts in checkpoint.data_fingerprint(report.usable).items()}
 
 
 @dataclass
