@@ -27,6 +27,7 @@ from lowvram.configure import (
     without_idle_kept_tags,
 )
 from lowvram.errors import LowvramError
+from lowvram.files import unwritable
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
 from lowvram.option_values import area_side, width_height
 from lowvram.resize import DYNAMIC
@@ -472,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                 config = build_config(values)  # every option error within a second, before the heavy imports
                 if args.vram and not args.auto:
                     raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")
+                if unwritable(config.output_dir):
+                    raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
+                                       "write to")
             echo = False  # what follows may differ per process (its GPU, its share of the work)
             with remembered_interrupt() as interrupted:
                 _quiet_libraries()

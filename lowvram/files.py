@@ -111,15 +111,31 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
 def write_problem(folder: Path) -> str | None:
     """Why no file can be written in `folder` (made with its parents first, as a write would): read-only, a file
     where a folder should be, no permission; None when one can."""
-    blocking = _file_in_the_way(folder)
-    if blocking:
-        return f"can't write in {folder}: {blocking} is a file, not a folder"
+    seen = unwritable(folder)
+    if seen:
+        return seen
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             return None
     except OSError as exc:
         return f"can't write in {folder}: {exc.strerror or exc}"
+
+
+def unwritable(folder: Path) -> str | None:
+    """What `write_problem` would find, as far as it shows without writing anything (a file in the way, a read-only
+    file system, no permission on the nearest folder there is): for the first second of a command."""
+    blocking = _file_in_the_way(folder)
+    if blocking:
+        return f"can't write in {folder}: {blocking} is a file, not a folder"
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return f"can't write in {folder}: {existing} is on a read-only file system"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"can't write in {folder}: {existing} is not writable (permission denied)"
+    return None
 
 
 def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str = "--output") -> str | None:

@@ -299,3 +299,16 @@ def test_a_file_size_limit_while_merging_into_a_model_leaves_nothing_and_says_so
         line = failed.stderr.strip()
         assert len(line.splitlines()) == 1 and "file-size limit" in line and "the merged model" in line, line
         assert sorted(path.name for path in tmp_path.iterdir()) == ["base.safetensors", "cache", "lora"]
+
+
+def test_a_read_only_output_folder_is_refused_before_any_model_library_loads(tmp_path, small_disk):
+    mount, _ = small_disk
+    folder = mount("readonly", 1024)
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    probe = ("import sys; from lowvram.cli import main; "
+             f"code = main(['train', '--model', 'tiny', '--data', 'sample', '--output', {str(folder / 'run')!r}]); "
+             "print(code, 'diffusers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert done.stderr.strip() == (f"lowvram train: error: --output: can't write in {folder / 'run'}: {folder} is on "
+                                   "a read-only file system; choose an --output folder you can write to")
