@@ -29,6 +29,11 @@ from lowvram.prompts import parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.timesteps import timestep_problem
 
+NOT_IN_NAMES = '/\\:*?"<>|'  # what Windows refuses in a file name (and / and \\ are folders)
+# the longest file a run names after its LoRA, "<name>-step0000500.safetensors", written as ".<that>.<8>.tmp" first,
+# within the 255 bytes of a file name
+MAX_NAME_BYTES = 255 - len("-step0000500.safetensors") - len("..12345678.tmp")
+
 
 def _dataset_file_problems(c: RunConfig) -> list[str]:
     """What is wrong with the dataset file given as --data, and with --reg-data beside its is_reg subsets."""
@@ -358,6 +363,16 @@ def config_problems(c: RunConfig) -> list[str]:
     if c.network.lokr_factor != -1 and c.network.network != "lokr":
         p.append("--lokr-factor: only used with --network lokr")
     name = c.output_name
-    if not name or any(ch in name for ch in '/\\:*?"<>|'):
-        p.append(f"--name: '{name}' is not a valid file name")
+    refused = "".join(dict.fromkeys(ch for ch in name if ch in NOT_IN_NAMES))
+    # given or from the --output folder: say which, since a user who never passed --name cannot see it
+    shown = name if len(name) <= 60 else f"{name[:40]}…"
+    flag, whose = ("--name", f"'{shown}'") if c.output.name else ("--output", f"the LoRA's name, the folder's '{shown}',")
+    fix = "pass another --name" if c.output.name else "pass --name NAME, or name the folder another way"
+    if not name or refused:
+        p.append(f"{flag}: {whose} is not a valid file name{f' ({refused} cannot be in one on Windows)' * bool(refused)}"
+                 f"; {fix}")
+    elif len(name.encode()) > MAX_NAME_BYTES:
+        p.append(f"{flag}: {whose} is {len(name.encode())} bytes long; the run's files add up to "
+                 f"{255 - MAX_NAME_BYTES} to it (-step000500.safetensors, a temporary suffix), and a file name holds "
+                 f"255, so it can be at most {MAX_NAME_BYTES}; {fix}")
     return p

@@ -2,6 +2,7 @@
 
 import pytest
 import tomllib
+from conftest import run_config
 
 from lowvram.cli import build_parser, train_values
 from lowvram.config import RunConfig
@@ -119,3 +120,25 @@ def test_lora_layers_choices_are_the_families_layer_sets():
     from lowvram.models.families import LORA_LAYERS as SETS
 
     assert LORA_LAYERS == tuple(SETS)
+
+
+@pytest.mark.parametrize(("values", "says"), [
+    ({"output": "out/a:b"}, ("--output: the LoRA's name, the folder's 'a:b', is not a valid file name (: cannot be "
+                             "in one on Windows); pass --name NAME, or name the folder another way")),
+    ({"output": "out", "name": "a*b"}, ("--name: 'a*b' is not a valid file name (* cannot be in one on Windows); "
+                                        "pass another --name")),
+    ({"output": "out/" + "é" * 110}, "is 220 bytes long; the run's files add up to 38 to it"),  # 110 characters
+])
+def test_a_lora_name_no_file_system_takes_is_refused_naming_where_it_came_from(values, says):
+    with pytest.raises(LowvramError) as error:
+        run_config(**values)
+    assert says in str(error.value)
+
+
+def test_the_longest_name_a_run_can_write_is_taken(tmp_path):
+    from lowvram.config_checks import MAX_NAME_BYTES
+    from lowvram.files import atomic_write
+
+    name = "n" * MAX_NAME_BYTES
+    assert run_config(output=str(tmp_path), name=name).output_name == name
+    atomic_write(tmp_path / f"{name}-step9999999.safetensors", lambda tmp: tmp.write_bytes(b"{}"))
