@@ -29,6 +29,8 @@ class DiskFull(LowvramError):
 
     def __init__(self, folder: Path, needed: int, free: int, what: str, size_limit: bool = False):
         self.folder, self.needed, self.free, self.what = Path(folder), needed, free, what
+        # what lets the write through: freeing space cannot lift a file-size limit
+        self.remedy = "raise the limit (ulimit -f unlimited) or write elsewhere" if size_limit else "free space"
         if size_limit:
             super().__init__(f"the file-size limit (ulimit -f) stopped writing {what} in {folder}")
         elif free >= needed:  # the check before writing passed: something else filled the disk meanwhile

@@ -183,6 +183,7 @@ def test_a_file_size_limit_on_the_metrics_stops_the_run_in_one_line(uninterrupte
     assert failed.returncode == 2, failed.stderr
     line = failed.stderr.strip()
     assert len(line.splitlines()) == 1 and "metrics.jsonl" in line and "file-size limit" in line, line
+    assert "raise the limit (ulimit -f unlimited) or write elsewhere, then run the same command again" in line
 
 
 def test_sigkill_at_twenty_random_moments_then_resume_ends_with_the_uninterrupted_lora(
