@@ -69,10 +69,13 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
+KEPT_FREE = 2**20  # what every write leaves free on its disk, for the filesystem's own bookkeeping
+
+
 def ensure_room(folder: Path, size: int, what: str) -> None:
     """Stop before writing `size` bytes into `folder` if they cannot fit (with room for the filesystem's own
     bookkeeping: 5 % and 1 MiB)."""
-    needed = int(size * 1.05) + 2**20
+    needed = int(size * 1.05) + KEPT_FREE
     free = free_bytes(folder)
     if needed > free:
         raise DiskFull(folder, needed, free, what)

@@ -3,8 +3,10 @@ file-size limit on the training process otherwise), SIGKILL at random moments, a
 temporary files a killed writer left. After each: every file in the output is complete and loadable or absent,
 no temporary file survives the next run, and resuming ends with the LoRA an uninterrupted run writes."""
 
+import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -313,3 +315,23 @@ def test_a_read_only_output_folder_is_refused_before_any_model_library_loads(tmp
     assert done.stdout.split() == ["2", "False"], done.stderr
     assert done.stderr.strip() == (f"lowvram train: error: --output: can't write in {folder / 'run'}: {folder} is on "
                                    "a read-only file system; choose an --output folder you can write to")
+
+
+def test_a_cache_folder_short_of_room_says_how_much_to_free_and_that_is_enough(tmp_path, sample_data_module,
+                                                                               small_disk):
+    """The room a cache needs counts the MiB every write leaves free: a folder with the entries' room but not that
+    one was let through, then refused every entry."""
+    mount, grow = small_disk
+    cache = mount("cache", 1024 + 64)  # room for the entries (about 115 KiB with their margin), not the MiB too
+    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+    short = run(cli(tmp_path / "short", sample_data_module, "--max-steps", "1"), env)
+    assert short.returncode == 0, short.stderr
+    printed = " ".join(short.stdout.split())
+    assert "no room for a cache entry" not in printed and "encoding into memory for this run" in printed
+    more = re.search(r"free ([\d.]+) KiB more or pass another --cache-dir", printed)
+    assert more, printed
+    grow(cache, 1024 + 64 + math.ceil(float(more.group(1))))
+    enough = run(cli(tmp_path / "enough", sample_data_module, "--max-steps", "1"), env)
+    assert enough.returncode == 0, enough.stderr
+    assert "encoding into memory" not in " ".join(enough.stdout.split()), (printed, enough.stdout)
+    assert any((cache / "latents").rglob("*"))

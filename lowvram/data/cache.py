@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,15 @@ from lowvram.data.buckets import Placement
 from lowvram.data.image_files import HIGH_BIT_MODES
 from lowvram.data.scan import ImageRecord, ScanOptions, open_training_image
 from lowvram.errors import LowvramError
-from lowvram.files import DiskFull, human_size, redraws_in_place, remove_orphans, save_safetensors, write_problem
+from lowvram.files import (
+    KEPT_FREE,
+    DiskFull,
+    human_size,
+    redraws_in_place,
+    remove_orphans,
+    save_safetensors,
+    write_problem,
+)
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes, so old entries are never misread
 
@@ -183,13 +192,18 @@ def cache_problem(folder: Path, needed: int) -> str | None:
     if problem:
         return f"--cache-dir: {problem} (pass a --cache-dir you can write to, to keep the cache)"
     free = shutil.disk_usage(folder).free
-    required = int(needed * 1.1)
+    required = int(needed * 1.1) + KEPT_FREE
     if required <= free:
         return None
-    # the total with the margin: `needed` alone may be below `free`, which reads as no reason to refuse
+    # the total with the margins: `needed` alone may be below `free`, which reads as no reason to refuse
     return (f"--cache-dir: {folder} has {human_size(free)} free but the cache needs {human_size(required)} "
-            f"({human_size(needed)} of entries and 10% to spare); free {human_size(required - free)} more or pass "
-            "another --cache-dir")
+            f"({human_size(needed)} of entries, 10% to spare and the {human_size(KEPT_FREE)} every write leaves "
+            f"free); free {human_size(_rounded_up(required - free))} more or pass another --cache-dir")
+
+
+def _rounded_up(size: int) -> int:
+    """`size` a little over, so that the three digits human_size shows are never less than it."""
+    return math.ceil(size * 1.01 / 1024) * 1024
 
 
 def _progress(console: Console, label: str) -> Progress:
