@@ -147,6 +147,12 @@ def test_check_data_reports_and_writes_json(tmp_path, capsys):
     assert report["summary"]["skipped_by_reason"].get("truncated", 0) >= 1
 
 
+def test_check_data_checks_the_built_in_sample_dataset_train_takes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no folder named sample here: the built-in one
+    assert main(["check-data", "sample", "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "6 of 6 images usable" in " ".join(capsys.readouterr().out.split())
+
+
 def test_check_data_on_a_folder_with_nothing_usable_fails_naming_it(tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not an image")
     assert main(["check-data", str(tmp_path)]) == 2

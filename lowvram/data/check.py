@@ -12,6 +12,7 @@ from rich.console import Console
 
 from lowvram.config import RunConfig
 from lowvram.data.buckets import Buckets, default_buckets
+from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
@@ -79,14 +80,16 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
     """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON (of the
     training images; a dataset file's is_reg subsets are summed up after them)."""
     console = console or Console()
-    data = Path(run.config.data.data)
+    data, trigger = Path(run.config.data.data), run.config.data.trigger_word
+    if run.uses_sample_data:  # the built-in dataset train --data sample trains on, written where the cache is
+        data, trigger = write_sample_dataset(run.cache_dir / "sample-data"), trigger or SAMPLE_TRIGGER
     folders = [subset.folder for subset in read_dataset(data).subsets] if is_dataset_file(data) else [data]
     for folder in folders if report_path else ():
         if Path(report_path).resolve().is_relative_to(Path(folder).resolve()):
             raise LowvramError(f"--report: {report_path} is inside the dataset folder {folder}, which lowvram never "
                                "writes to; write the report elsewhere")
     try:
-        report = scan(run, data, run.config.data.trigger_word, console)
+        report = scan(run, data, trigger, console)
     except NoUsableImages as exc:
         exc.report.print_summary(console, verbose)
         if report_path:
