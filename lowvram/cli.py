@@ -28,6 +28,7 @@ from lowvram.configure import (
 )
 from lowvram.errors import LowvramError
 from lowvram.files import unwritable
+from lowvram.hardware import parse_size
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
 from lowvram.option_values import area_side, width_height
 from lowvram.resize import DYNAMIC
@@ -473,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                 config = build_config(values)  # every option error within a second, before the heavy imports
                 if args.vram and not args.auto:
                     raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")
+                if args.vram:
+                    parse_size(args.vram, "--vram")  # wrong on any machine, one without a GPU too
                 if unwritable(config.output_dir):
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")

@@ -223,3 +223,12 @@ def test_option_errors_come_before_any_heavy_import():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "2 []", done.stdout + done.stderr
     assert "--rank: must be > 0" in done.stderr and "--background: 'purple' is not a colour" in done.stderr
+
+
+def test_a_vram_budget_that_is_no_size_is_refused_on_a_machine_without_a_gpu_too(tmp_path, capsys):
+    """--auto plans nothing without a GPU, so the budget was never read and the run went on."""
+    argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "run"), "--auto",
+            "--vram", "lots", "--max-steps", "1"]
+    assert main(argv) == 2
+    assert "--vram: 'lots' is not a size; write e.g. 6GB or 512MB" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
