@@ -115,9 +115,6 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     if left.pop("v2", None):
         problem("v2", "Stable Diffusion 2 is not a family lowvram trains (SD1.5 and SDXL are)")
     scheduler_type = left.pop("lr_scheduler_type", None)
-    if scheduler_type:  # kohya's own schedule class replaces lr_scheduler: training it otherwise changes the LoRA
-        problem("lr_scheduler_type", f"{scheduler_type}: lowvram's schedules are lr_scheduler's "
-                f"({', '.join(SCHEDULERS)}); drop lr_scheduler_type and lr_scheduler_args to train with one of them")
     if left.pop("network_train_text_encoder_only", None):
         problem("network_train_text_encoder_only", "lowvram always trains adapters on the U-Net; leave it out")
     dataset_config = left.pop("dataset_config", None)
@@ -130,6 +127,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     values |= _learning_rates(left, values["train_text_encoder"], problem)
     values |= _optimizer(left, notes, problem)
     values |= _length_and_saves(left, notes, problem)
+    if scheduler_type:  # kohya's own schedule class replaces lr_scheduler: training it otherwise changes the LoRA
+        values |= _scheduler_class(str(scheduler_type), flat.get("lr_scheduler_args") or [], values, notes, problem)
     stop = as_number(left.pop("stop_text_encoder_training", 0) or 0, "stop_text_encoder_training", problem, int)
     if stop and values["train_text_encoder"]:  # kohya's 0: the text encoder trains the whole run
         values["text_encoder_until"] = str(stop)
@@ -262,6 +261,36 @@ def _block_args(args: dict[str, Any], conv_alpha: Any, problem) -> dict[str, str
 
 
 KOHYA_LEARNING_RATE = 2e-6  # sd-scripts' --learning_rate default, the rate of whatever no other rate names
+
+
+def _scheduler_class(name: str, args: list, values: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
+    """kohya's lr_scheduler_type, a torch schedule class built from lr_scheduler_args in place of lr_scheduler
+    (and without its warm-up): CosineAnnealingLR over the whole run (T_max its steps) is lowvram's cosine with
+    eta_min as its floor; anything else is refused."""
+    refusal = f"{name}: lowvram's schedules are lr_scheduler's ({', '.join(SCHEDULERS)}); use one of them"
+    if name.rsplit(".", 1)[-1] != "CosineAnnealingLR":
+        problem("lr_scheduler_type", refusal)
+        return {}
+    given = dict(str(arg).split("=", 1) for arg in args if "=" in str(arg))
+    t_max = as_number(given.get("T_max", 0), "lr_scheduler_args T_max", problem, int)
+    eta_min = as_number(given.get("eta_min", 0), "lr_scheduler_args eta_min", problem)
+    steps = values.get("max_steps") if "epochs" not in values else None
+    if t_max != steps:  # torch's cosine turns back up after T_max steps, or stops short of the end
+        run = f"a run of {steps} steps" if steps else "a run of max_train_epochs"
+        problem("lr_scheduler_type", f"CosineAnnealingLR with T_max={t_max} over {run} is not one cosine over the "
+                "run, the one lowvram trains; set T_max to max_train_steps, or use lr_scheduler = \"cosine\"")
+        return {}
+    if eta_min and any(key in values for key in ("text_encoder_lr", "text_encoder_2_lr")):
+        problem("lr_scheduler_args", "eta_min is one floor for every learning rate, lowvram's floor a share of each; "
+                "drop eta_min, or give the text encoder the U-Net's learning rate")
+        return {}
+    translated: dict[str, Any] = {"scheduler": "cosine"}
+    if values.get("warmup_steps"):
+        translated["warmup_steps"] = 0
+        notes.append("lr_warmup_steps not used: kohya builds lr_scheduler_type's schedule without a warm-up")
+    if eta_min:
+        translated["min_lr_ratio"] = eta_min / values["lr"]
+    return translated
 
 
 def _learning_rates(left: dict[str, Any], train_text_encoder: bool, problem) -> dict[str, Any]:

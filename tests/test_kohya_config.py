@@ -114,13 +114,49 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     settings = {"train_data_dir": None, "v2": True, "optimizer_type": "DAdaptAdam",
                 "lr_scheduler": "adafactor", "network_module": "lycoris.kohya",
                 "network_args": ["algo=ia3"], "save_precision": "fp8", "lr_scheduler_type": "CosineAnnealingLR",
-                "lr_scheduler_args": ["T_max=30"]}
+                "lr_scheduler_args": ["T_max=30"], "max_train_steps": 100}
     with pytest.raises(LowvramError) as error:
         translate({k: v for k, v in settings.items() if v is not None}, Path("kohya.toml"))
     expected = ["v2: Stable Diffusion 2", "LyCORIS algo 'ia3'",
                 "optimizer_type: 'DAdaptAdam'", "lr_scheduler: 'adafactor'", "save_precision: 'fp8'",
-                "lr_scheduler_type: CosineAnnealingLR: lowvram's schedules are lr_scheduler's"]
+                "lr_scheduler_type: CosineAnnealingLR with T_max=30 over a run of 100 steps is not one cosine"]
     assert_one_line_each(str(error.value), "kohya.toml: ", expected)
+
+
+def test_a_cosine_annealing_schedule_over_the_whole_run_is_lowvrams_cosine_with_its_floor(tmp_path):
+    """kohya's lr_scheduler_type = CosineAnnealingLR, T_max the run's steps: torch's cosine to eta_min, which is
+    lowvram's cosine with eta_min / lr as its floor, step for step; without a warm-up, as kohya builds it."""
+    from diffusers.optimization import get_scheduler
+
+    from lowvram.train.setup import floor_schedule
+
+    settings = {"network_module": "networks.lora", "learning_rate": 1e-3, "max_train_steps": 40,
+                "lr_warmup_steps": 5, "lr_scheduler": "constant", "lr_scheduler_type": "CosineAnnealingLR",
+                "lr_scheduler_args": ["T_max=40", "eta_min=1e-4"]}
+    values, notes = translate(settings, tmp_path / "k.toml")
+    assert (values["scheduler"], values["min_lr_ratio"], values["warmup_steps"]) == ("cosine", pytest.approx(0.1), 0)
+    assert any("lr_warmup_steps not used" in note for note in notes)
+    build_config(values | {"model": "tiny", "data": "sample"})
+
+    def rates(make):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        schedule = make(optimizer)
+        out = []
+        for _ in range(40):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return out
+
+    def lowvrams(optimizer):
+        schedule = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=40)
+        floor_schedule(schedule, values["min_lr_ratio"], 0)
+        return schedule
+
+    torchs = rates(lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=40, eta_min=1e-4))
+    assert rates(lowvrams) == pytest.approx(torchs, rel=1e-6)
+    with pytest.raises(LowvramError, match="lr_scheduler_type: OneCycleLR: lowvram's schedules are lr_scheduler's"):
+        translate(settings | {"lr_scheduler_type": "OneCycleLR"}, tmp_path / "k.toml")
 
 
 def test_flags_replace_a_kohya_configs_paths_from_another_machine(tmp_path, capsys):
