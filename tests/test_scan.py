@@ -281,6 +281,9 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     assert records["10_sks dog/a.jpg"].caption == "from the txt"
     assert records["10_sks dog/b.png"].caption == "a photo of sks dog"
     assert any("nested" in note for note in report.folder_notes)
+    # kohya reads only the N_name folders: the top-level image trains here, and the scan says so
+    assert any("1 image(s) at the top level beside the N_name folders (top.png) train once each per epoch; kohya "
+               "leaves them out" in note for note in report.folder_notes)
     records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".caption", trigger_word="zwx")))
     assert records["10_sks dog/a.jpg"].caption == "zwx, from the caption"
     assert "both .caption and .txt: used .caption" in records["10_sks dog/a.jpg"].notes
