@@ -87,51 +87,84 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
             lock.release()
 
 
+def existing_lora_problem(config) -> str | None:
+    """The line a new run (neither --resume nor --overwrite) stops at when its LoRA is there already."""
+    lora = config.output_dir / f"{config.output_name}.safetensors"
+    if lora.exists() and not config.output.overwrite and not config.training.resume:
+        return (f"--output: {lora} exists; continue its run with --resume auto, start over with --overwrite (the "
+                "earlier files move to archive/), or choose another --output")
+    return None
+
+
+def ownership_problem(run: ResolvedRun) -> str | None:
+    """The line this run stops at over its --output folder (None: the folder is its to take), found without
+    writing there, so that the UI can ask before it starts a run: another run's files without --overwrite, another
+    run's checkpoints on --resume, an --network-weights file that --overwrite would move away."""
+    config, folder = run.config, run.config.output_dir
+    problem = existing_lora_problem(config)
+    if problem:
+        return problem
+    ours, record = recipe(run), read_record(folder)
+    checkpoints = checkpoint.complete(checkpoint.checkpoint_root(folder))
+    if config.training.resume:
+        if record and record.get("identity") != identity(ours):
+            return (f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}); pass the options "
+                    "it was trained with (its .toml there has them), or start a new run in another --output")
+        if config.training.resume == "auto" and not checkpoints:
+            try:
+                checkpoint.resolve("auto", folder, ours)  # its one line, before the data and the model load
+            except LowvramError as exc:
+                return str(exc)
+        lora = folder / f"{config.output_name}.safetensors"
+        if lora.exists() and record is None and not config.output.overwrite:
+            return f"--output: {lora} exists; pass --overwrite to replace it, or choose another --name"
+        return None
+    if not (record or checkpoints) or not (checkpoints or _earlier_loras(folder, record)):
+        return None  # no run there, or an earlier start died before its first checkpoint and LoRA
+    if not config.output.overwrite:
+        same = record is not None and record.get("identity") == identity(ours)
+        steps = f" with checkpoints up to step {checkpoints[-1][0]}" if checkpoints else ""
+        what = ("an earlier run of these options" if same else "an earlier run" if record is None
+                else f"another run ({differences(record['recipe'], ours)})")
+        resume = "continue it with --resume auto, " if checkpoints else ""
+        return (f"--output: {folder} holds {what}{steps}; {resume}start over with --overwrite (its files move to "
+                f"{folder / ARCHIVE}/), or choose another --output")
+    weights = config.network.network_weights
+    if weights and Path(weights).resolve() in {path.resolve() for path in archived(folder, record, config.output_name)}:
+        return (f"--network-weights: {weights} is the earlier run's LoRA, which --overwrite moves to "
+                f"{folder / ARCHIVE}/; train on from it into another --output, or copy it out of this one first")
+    return None
+
+
+def _earlier_loras(folder: Path, record: dict | None) -> list[Path]:
+    return list(folder.glob(f"{record.get('name', '') if record else ''}*.safetensors"))
+
+
 def take_ownership(run: ResolvedRun) -> str | None:
-    """Check that the folder is this run's to write, archive an earlier run's files under --overwrite, and record
-    this run. Returns a line to tell the user, if any."""
+    """Check that the folder is this run's to write (`ownership_problem`), archive an earlier run's files under
+    --overwrite, and record this run. Returns a line to tell the user, if any."""
     config, folder = run.config, run.config.output_dir
     removed = remove_leftovers(folder)
-    ours = recipe(run)
+    problem = ownership_problem(run)
+    if problem:
+        raise LowvramError(problem)
     record = read_record(folder)
     checkpoints = checkpoint.complete(checkpoint.checkpoint_root(folder))
     note = None
     if config.training.resume:
-        if record and record.get("identity") != identity(ours):
-            raise LowvramError(f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}); "
-                               "pass the options it was trained with (its .toml there has them), or start a new "
-                               "run in another --output")
-        if config.training.resume == "auto" and not checkpoint.complete(checkpoint.checkpoint_root(folder)):
-            checkpoint.resolve("auto", folder, ours)  # its one line, before the data and the model load
-        lora = folder / f"{config.output_name}.safetensors"
-        if lora.exists() and record is None and not config.output.overwrite:
-            raise LowvramError(f"--output: {lora} exists; pass --overwrite to replace it, or choose another --name")
         note = _set_aside_later(checkpoints, config.training.resume, folder)
     elif record or checkpoints:
-        same = record is not None and record.get("identity") == identity(ours)
-        kept = checkpoints or list(folder.glob(f"{record.get('name', '') if record else ''}*.safetensors"))
-        if not kept:  # its earlier start died before its first checkpoint and LoRA: nothing to resume or keep
+        if not (checkpoints or _earlier_loras(folder, record)):
+            same = record is not None and record.get("identity") == identity(recipe(run))
             note = (f"starting over: the earlier run {'of these options ' if same else ''}in {folder} left no "
                     "checkpoint or LoRA")
-        elif not config.output.overwrite:
-            steps = f" with checkpoints up to step {checkpoints[-1][0]}" if checkpoints else ""
-            what = ("an earlier run of these options" if same else "an earlier run" if record is None
-                    else f"another run ({differences(record['recipe'], ours)})")
-            resume = "continue it with --resume auto, " if checkpoints else ""
-            raise LowvramError(f"--output: {folder} holds {what}{steps}; {resume}start over with --overwrite (its "
-                               f"files move to {folder / ARCHIVE}/), or choose another --output")
-        else:
-            weights = config.network.network_weights
-            if weights and Path(weights).resolve() in {path.resolve() for path in archived(folder, record,
-                                                                                               config.output_name)}:
-                raise LowvramError(f"--network-weights: {weights} is the earlier run's LoRA, which --overwrite moves "
-                                   f"to {folder / ARCHIVE}/; train on from it into another --output, or copy it out "
-                                   "of this one first")
+        else:  # --overwrite, as ownership_problem let it through
             moved = archive(folder, record, config.output_name)
             note = f"moved the earlier run's files in {folder} to {moved}" if moved else None
     if removed:
         note = "; ".join(filter(None, [note, f"removed {len(removed)} temporary file(s) a killed run left in {folder}"]))
     folder.mkdir(parents=True, exist_ok=True)
+    ours = recipe(run)
     write_text(folder / RECORD, json.dumps({"identity": identity(ours), "recipe": ours, "name": config.output_name,
                                             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")},
                                            indent=1) + "\n")

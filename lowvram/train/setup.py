@@ -47,6 +47,7 @@ from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.resolve import ResolvedRun, resolve_run
 from lowvram.samplers import sampler_problem
 from lowvram.train import checkpoint
+from lowvram.train.outdir import existing_lora_problem
 from lowvram.train.validation import hold_out
 
 DEFAULT_EPOCHS = 10
@@ -185,10 +186,9 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
-    lora_path = config.output_dir / f"{config.output_name}.safetensors"
-    if lora_path.exists() and not config.output.overwrite and not config.training.resume:  # (resuming: outdir)
-        raise LowvramError(f"--output: {lora_path} exists; continue its run with --resume auto, start over with "
-                           "--overwrite (the earlier files move to archive/), or choose another --output")
+    problem = existing_lora_problem(config)  # before the slow part (outdir.claimed checks the rest)
+    if problem:
+        raise LowvramError(problem)
     run = resolve_run(config, detect())
     checkpoint_unit_names(run.family, config.memory.checkpoint_blocks)  # a count the U-Net lacks stops here
     # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run
