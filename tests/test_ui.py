@@ -308,3 +308,54 @@ def test_train_stop_resume_and_render(page, server):
     page.locator("#render").click()
     expect(page.locator("#render-status")).to_contain_text("rendered", timeout=120_000)
     expect(page.locator("#rendered img")).to_be_visible()
+
+
+def test_every_open_tab_follows_the_run(browser, server):
+    """Two tabs are two sessions: what one was sent already says nothing of the other, so both show the run's
+    state (here: a run that starts, then fails on its empty dataset)."""
+    empty = server["root"] / "empty-data"
+    empty.mkdir()
+    tabs = []
+    for _ in range(2):
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.goto(server["url"])
+        tab.wait_for_selector("#plan-view, #plan-error p", timeout=60_000)
+        tabs.append(tab)
+    try:
+        first = tabs[0]
+        field(first, "model").fill("tiny")
+        field(first, "data").fill(str(empty))
+        field(first, "output").fill(str(server["root"] / "two-tabs-run"))
+        for tab in tabs:
+            tab.get_by_role("tab", name="Train").click()
+        first.locator("#start").click()
+        expect(first.locator("#run-message")).to_contain_text("started: lowvram train --config", timeout=15_000)
+        for tab in tabs:
+            expect(tab.locator("#run-state")).to_contain_text("failed (exit code 2)", timeout=120_000)
+    finally:
+        for tab in tabs:
+            tab.close()
+
+
+def test_a_caption_is_saved_beside_the_checked_image_only(page, server):
+    """Changing --data after the check clears the image list: Save caption never writes into the other dataset."""
+    checked, other = write_sample_dataset(server["root"] / "checked-data"), server["root"] / "other-data"
+    other.mkdir()
+    field(page, "data").fill(str(checked))
+    field(page, "model").fill("tiny")
+    page.get_by_role("tab", name="Dataset").click()
+    page.locator("#check-data").click()
+    expect(page.locator("#data-summary")).to_contain_text("6 usable", timeout=30_000)
+    image = min(checked.rglob("*.png"))
+    choose(page, "caption-image", str(image.relative_to(checked)))
+    expect(page.locator("#caption-text textarea")).not_to_have_value("")
+    before = image.with_suffix(".txt").read_text()
+    page.get_by_role("tab", name="Setup").click()
+    field(page, "data").fill(str(other))
+    field(page, "data").press("Tab")
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.locator("#caption-image input")).to_have_value("", timeout=15_000)
+    page.locator("#caption-text textarea").fill("a caption for the other dataset")
+    page.locator("#save-caption").click()
+    expect(page.locator("#caption-status")).to_contain_text("check the dataset, then choose an image")
+    assert list(other.iterdir()) == [] and image.with_suffix(".txt").read_text() == before

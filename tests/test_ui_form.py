@@ -118,7 +118,7 @@ def test_a_kohya_dataset_file_in_the_form_brings_its_settings_and_its_captions_a
     fields = form_fields()
     values = option_values(fields, form_values(fields, {"data": str(dataset), "batch_size": 3}))
     assert (values["resolution"], values["flip"], values["batch_size"]) == (64, True, 3)  # the form's own value wins
-    summary, rows, usable = data_panel.check_dataset(values | {"model": "tiny"})
+    summary, rows, usable, _ = data_panel.check_dataset(values | {"model": "tiny"})
     assert "6 usable" in summary and usable[0] == "00_red_circle.png"
     assert rows[0][4] == "lvshape, a red circle on a blue background"
     root = data_panel.images_root(str(dataset))
@@ -165,3 +165,112 @@ def test_the_time_left_is_shown_only_while_the_run_goes():
     records = [{"step": 5, "total_steps": 300, "loss": 0.1, "seconds": 1.2}]
     assert progress_line(records).endswith("about 354 s left")
     assert progress_line(records, running=False) == "step 5 of 300, loss 0.1000"
+
+
+def test_checking_a_folder_without_images_says_so_in_the_clis_words(tmp_path):
+    """An empty dataset (or one of captions only) is not a silent "0 usable of 0": the CLI's line says why."""
+    from lowvram.ui import dataset as data_panel
+
+    (tmp_path / "5_thing").mkdir()
+    (tmp_path / "5_thing" / "1.txt").write_text("a caption without its image")
+    summary, _, usable, _ = data_panel.check_dataset({"data": str(tmp_path), "model": "tiny"})
+    assert "**error:** --data: no images (.png, .jpg" in summary and f"in {tmp_path} or its N_name" in summary
+    assert usable == []
+
+
+def test_checking_the_sample_dataset_checks_the_built_in_one(tmp_path, monkeypatch):
+    from lowvram.ui import dataset as data_panel
+
+    monkeypatch.chdir(tmp_path)  # no folder named sample here
+    values = {"data": "sample", "model": "tiny", "cache_dir": str(tmp_path / "cache")}
+    summary, _, usable, checked = data_panel.check_dataset(values)
+    assert "**6 usable, 0 skipped** of 6 images" in summary and len(usable) == 6
+    assert (data_panel.images_root(checked) / usable[0]).is_file()
+
+
+def test_save_toml_writes_only_a_toml(tmp_path):
+    """--config reads a .json as a OneTrainer or kohya_ss GUI config: lowvram's options are never saved as one."""
+    from lowvram.errors import LowvramError
+    from lowvram.ui.app import save_toml
+
+    values = {"model": "tiny", "data": "sample", "rank": 8}
+    with pytest.raises(LowvramError, match=r"^--config: .*x\.json: lowvram's options are written as \.toml; name it "
+                                           r"x\.toml$"):
+        save_toml(str(tmp_path / "x.json"), values)
+    assert list(tmp_path.iterdir()) == []
+    assert save_toml(str(tmp_path / "x.toml"), values).startswith(f"saved {tmp_path / 'x.toml'}: ")
+    assert read_toml(tmp_path / "x.toml")["rank"] == 8
+
+
+def test_a_fractional_whole_number_option_is_refused_not_rounded():
+    """2.5 typed into --rank reaches the config, which refuses it in one line, as the CLI does; 16 stays 16."""
+    gr = pytest.importorskip("gradio")
+    from lowvram.errors import LowvramError
+    from lowvram.ui.app import _component
+
+    fields = form_fields()
+    rank = next(f for f in fields if f.name == "rank")
+    with gr.Blocks():
+        box = _component(gr, rank)
+    shown = dict(zip([f.name for f in fields], form_values(fields, {}), strict=True))
+    shown["rank"] = box.preprocess(2.5)
+    with pytest.raises(LowvramError, match=r"^--rank: 2\.5 is invalid: expected a whole number$"):
+        toml_text(option_values(fields, [shown[f.name] for f in fields]) | {"model": "tiny", "data": "sample"})
+    shown["rank"] = box.preprocess(16.0)
+    assert "rank" not in option_values(fields, [shown[f.name] for f in fields])
+
+
+def _cli_train_error(config, resume: bool) -> str:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "lowvram", "train", "--config", str(config),
+                           *(["--resume", "auto"] if resume else [])],
+                          capture_output=True, text=True, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    return done.stderr.strip().splitlines()[-1].removeprefix("lowvram train: error: ")
+
+
+def test_start_refuses_a_folder_holding_another_run_in_the_clis_words(tmp_path):
+    """Start on an --output folder that holds a run, or Resume with other options, is refused before any process
+    starts, in the line `lowvram train` stops at; the Train tab keeps showing the earlier run, not a new one."""
+    import json
+
+    from lowvram.errors import LowvramError
+    from lowvram.train.outdir import RECORD
+    from lowvram.ui.runs import TrainingProcess
+
+    finished, changed = tmp_path / "finished", tmp_path / "changed"
+    finished.mkdir()
+    (finished / "finished.safetensors").write_bytes(b"a finished run's LoRA")
+    (finished / "metrics.jsonl").write_text('{"step": 5, "total_steps": 10, "loss": 0.1, "lr": 0.0001}\n')
+    changed.mkdir()
+    (changed / RECORD).write_text(json.dumps({"identity": "0" * 16, "recipe": {"--rank": 8}, "name": "changed"}))
+    (changed / "checkpoints" / "step-5").mkdir(parents=True)
+    (changed / "checkpoints" / "step-5" / "state.json").write_text("{}")
+    for folder, resume in ((finished, False), (changed, True)):
+        text = toml_text({"model": "tiny", "data": "sample", "output": str(folder), "max_steps": 2})
+        config = tmp_path / f"{folder.name}.toml"
+        config.write_text(text)
+        training = TrainingProcess()
+        with pytest.raises(LowvramError) as refused:
+            training.start(text, tmp_path / "ui", folder, resume=resume)
+        assert str(refused.value) == _cli_train_error(config, resume)
+        assert training.process is None and training.output is None and training.run_folder() is None
+
+
+def test_an_earlier_runs_files_are_not_the_new_runs_until_it_holds_the_folder(tmp_path):
+    import os
+    import time
+
+    from lowvram.train.outdir import RECORD
+    from lowvram.ui.runs import TrainingProcess
+
+    (tmp_path / RECORD).write_text("{}")
+    earlier = time.time() - 60
+    os.utime(tmp_path / RECORD, (earlier, earlier))
+    training = TrainingProcess(output=tmp_path, started=time.time())
+    assert training.run_folder() is None  # the earlier run's record: its metrics are not this run's progress
+    (tmp_path / RECORD).write_text("{}")  # the run took the folder
+    assert training.run_folder() == tmp_path

@@ -75,14 +75,20 @@ def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | N
                         describe=(f"the {kind} of {data}", f"lowvram check-data {data}"), elsewhere=others)
 
 
+def dataset_to_check(run: ResolvedRun) -> tuple[Path, str | None]:
+    """The dataset (a folder or a dataset file) `run` trains on, and its trigger word: --data's, or the built-in
+    sample dataset train --data sample trains on, written where the cache is."""
+    if run.uses_sample_data:
+        return write_sample_dataset(run.cache_dir / "sample-data"), run.config.data.trigger_word or SAMPLE_TRIGGER
+    return Path(run.config.data.data), run.config.data.trigger_word
+
+
 def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, console: Console | None = None
                ) -> ScanReport:
     """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON (of the
     training images; a dataset file's is_reg subsets are summed up after them)."""
     console = console or Console()
-    data, trigger = Path(run.config.data.data), run.config.data.trigger_word
-    if run.uses_sample_data:  # the built-in dataset train --data sample trains on, written where the cache is
-        data, trigger = write_sample_dataset(run.cache_dir / "sample-data"), trigger or SAMPLE_TRIGGER
+    data, trigger = dataset_to_check(run)
     folders = [subset.folder for subset in read_dataset(data).subsets] if is_dataset_file(data) else [data]
     for folder in folders if report_path else ():
         if Path(report_path).resolve().is_relative_to(Path(folder).resolve()):

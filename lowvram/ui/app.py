@@ -43,7 +43,8 @@ def _component(gr, field: FormField):
         options = list(choices) if field.default is not None else ["", *choices]
         return gr.Dropdown(options, value=value, allow_custom_value=False, **common)
     if field.base in (int, float) and field.required:
-        return gr.Number(value=value, precision=0 if field.base is int else None, **common)
+        # no precision: Gradio would round 2.5 to 2 before the config could refuse it as the CLI does
+        return gr.Number(value=value, **common)
     lines = 3 if str(field.base).startswith("tuple") else 1
     return gr.Textbox(value=value, lines=lines, max_lines=lines * 4, **common)
 
@@ -155,38 +156,46 @@ def build_app(cache_dir: Path, port: int | None = None):
 
         def save_config(path, *form):
             try:
-                if not path:
-                    raise LowvramError("--config: type the path of the .toml to write")
-                target = write_text(Path(path).expanduser(), toml_text(option_values(fields, form)))
+                return save_toml(path, option_values(fields, form))
             except LowvramError as exc:
                 return _message(exc)
-            return f"saved {target}: `lowvram train --config {target}` runs it"
 
         preset.change(load_preset, preset, [*inputs, setup_status])
         load_button.click(load_config, config_path, [*inputs, setup_status])
         save_button.click(save_config, [config_path, *inputs], setup_status)
 
         # --- Dataset ---
-        def check(*form):
-            try:
-                summary, rows, images = data_panel.check_dataset(option_values(fields, form))
-            except LowvramError as exc:
-                return _message(exc), [], gr.update(choices=[], value=None)
-            return summary, rows, gr.update(choices=images, value=None)
+        # per page: the dataset its image list came from, so a caption is written beside the image that was
+        # checked, never into the dataset the form names by then
+        checked = gr.State(None)
+        data_index = next(i for i, f in enumerate(fields) if f.name == "data")
+        data_input = inputs[data_index]
 
-        def show_caption(relpath, *form):
-            data = option_values(fields, form).get("data")
-            if not relpath or not data:
+        def check(*form):
+            values = option_values(fields, form)
+            try:
+                summary, rows, images, checked_data = data_panel.check_dataset(values)
+                root = str(data_panel.images_root(checked_data))
+            except LowvramError as exc:
+                return _message(exc), [], gr.update(choices=[], value=None), None
+            return summary, rows, gr.update(choices=images, value=None), {"data": form[data_index], "root": root}
+
+        def forget_check(data, seen):
+            if seen is None or seen["data"] == data:
+                return [gr.skip()] * 4
+            return "", [], gr.update(choices=[], value=None), None
+
+        def show_caption(relpath, seen):
+            if not relpath or seen is None:
                 return None, ""
-            root = data_panel.images_root(data)
+            root = Path(seen["root"])
             return str(root / relpath), data_panel.read_caption(root, relpath)
 
-        def save_caption(relpath, text, *form):
-            data = option_values(fields, form).get("data")
+        def save_caption(relpath, text, seen):
             try:
-                if not relpath or not data:
-                    raise LowvramError("choose an image first")
-                root = data_panel.images_root(data)
+                if not relpath or seen is None:
+                    raise LowvramError("check the dataset, then choose an image first")
+                root = Path(seen["root"])
                 return data_panel.save_caption(root, relpath, text, data_panel.backup_dir_for(cache_dir, root))
             except LowvramError as exc:
                 return _message(exc)
@@ -201,15 +210,17 @@ def build_app(cache_dir: Path, port: int | None = None):
             done = subprocess.run(lowvram_command(*args), capture_output=True, text=True, check=False)
             return (done.stdout + done.stderr).strip()
 
-        check_button.click(check, inputs, [data_summary, data_table, image_choice])
-        image_choice.change(show_caption, [image_choice, *inputs], [preview, caption_text])
-        save_caption_button.click(save_caption, [image_choice, caption_text, *inputs], caption_status)
+        check_button.click(check, inputs, [data_summary, data_table, image_choice, checked])
+        data_input.change(forget_check, [data_input, checked], [data_summary, data_table, image_choice, checked])
+        image_choice.change(show_caption, [image_choice, checked], [preview, caption_text])
+        save_caption_button.click(save_caption, [image_choice, caption_text, checked], caption_status)
         caption_button.click(lambda *a: run_caption(False, *a), [*inputs, *caption_inputs], caption_log)
         caption_plan_button.click(lambda *a: run_caption(True, *a), [*inputs, *caption_inputs], caption_log)
 
         # --- Train ---
-        shown: dict[str, Any] = {}  # what the Train tab shows already: unchanged parts are not sent again
-        picked = {"lora": None}  # the LoRA file the page chose (not the user)
+        # per page (each tab is a session of its own): what its Train tab shows already, so unchanged parts are
+        # not sent again, and the LoRA file the page chose (not the user)
+        shown = gr.State({})
 
         def start(resume: bool, use_auto: bool, card_name: str, budget_text: str, *form):
             values = option_values(fields, form)
@@ -220,7 +231,6 @@ def build_app(cache_dir: Path, port: int | None = None):
                     raise LowvramError(f"nothing to resume: no checkpoint in {output / 'checkpoints'} yet; "
                                        "press Start")
                 vram = (budget_text if card_name == BUDGET else "") if use_auto else None
-                shown.clear()
                 return training.start(text, ui_dir, output, resume=resume, auto_vram=vram)
             except LowvramError as exc:
                 return _message(exc)
@@ -230,35 +240,42 @@ def build_app(cache_dir: Path, port: int | None = None):
         resume_button.click(lambda *a: start(True, *a), [auto, card, budget, *inputs], run_message)
         stop_button.click(lambda: training.stop(), None, run_message)
 
-        def changed(key: str, value):
-            if shown.get(key) == value:
-                return gr.skip()
-            shown[key] = value
-            return value
-
-        def refresh(chosen_lora):
+        def refresh(chosen_lora, seen: dict[str, Any]):
             if training.process is None:
-                return [gr.skip()] * 7
+                return [gr.skip()] * 7 + [seen]
             import pandas as pd
 
-            records = read_metrics(training.output)
+            if seen.get("run") != training.started:  # another run: nothing this page shows is the new run's yet
+                seen.clear()
+                seen["run"] = training.started
+
+            def changed(key: str, value):
+                if seen.get(key) == value:
+                    return gr.skip()
+                seen[key] = value
+                return value
+
+            folder = training.run_folder()
+            records = read_metrics(folder)
             drawn = records[::max(1, len(records) // CHART_POINTS)]  # a long run's chart stays light to send
             frame = pd.DataFrame([{"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in drawn],
                                  columns=["step", "loss", "lr"])
-            plots = [frame, frame] if shown.get("steps") != len(records) else [gr.skip(), gr.skip()]
-            shown["steps"] = len(records)
-            sample_files, loras = outputs_of(training.output)
+            plots = [frame, frame] if seen.get("steps") != len(records) else [gr.skip(), gr.skip()]
+            seen["steps"] = len(records)
+            sample_files, loras = outputs_of(folder)
             # the newest LoRA of a finished run, unless the user chose another one
-            user_chose = chosen_lora in loras and chosen_lora != picked["lora"]
+            user_chose = chosen_lora in loras and chosen_lora != seen.get("picked")
             keep = chosen_lora if user_chose else loras[0] if loras and not training.running else None
             if not user_chose:
-                picked["lora"] = keep
-            lora_list = gr.skip() if shown.get("loras") == (loras, keep) else gr.update(choices=loras, value=keep)
-            shown["loras"] = (loras, keep)
-            return (changed("state", f"**{training.state()}**"), changed("progress", progress_line(records, training.running)), *plots,
-                    changed("samples", sample_files), changed("log", training.log_tail()), lora_list)
+                seen["picked"] = keep
+            lora_list = gr.skip() if seen.get("loras") == (loras, keep) else gr.update(choices=loras, value=keep)
+            seen["loras"] = (loras, keep)
+            return (changed("state", f"**{training.state()}**"),
+                    changed("progress", progress_line(records, training.running)), *plots,
+                    changed("samples", sample_files), changed("log", training.log_tail()), lora_list, seen)
 
-        timer.tick(refresh, lora_choice, [run_state, run_progress, loss_plot, lr_plot, samples, run_log, lora_choice],
+        timer.tick(refresh, [lora_choice, shown],
+                   [run_state, run_progress, loss_plot, lr_plot, samples, run_log, lora_choice, shown],
                    show_progress="hidden")
 
         def render_test(lora, text, *form):
@@ -273,8 +290,19 @@ def build_app(cache_dir: Path, port: int | None = None):
             return str(path), f"rendered {path.name}"
 
         render_button.click(render_test, [lora_choice, prompt, *inputs], [rendered, render_status])
-        app.load(shown.clear)  # a page (re)loaded shows nothing yet: the next tick sends everything
     return app
+
+
+def save_toml(path: str, values: dict[str, Any]) -> str:
+    """*Save .toml*: the options as the `.toml` that `lowvram train --config` replays. Only a .toml name: --config
+    reads a .json as a OneTrainer or kohya_ss GUI config, and the page, like --config's help, names .toml files."""
+    if not path or not path.strip():
+        raise LowvramError("--config: type the path of the .toml to write")
+    target = Path(path.strip()).expanduser()
+    if target.suffix.lower() != ".toml":
+        raise LowvramError(f"--config: {target}: lowvram's options are written as .toml; name it {target.stem}.toml")
+    target = write_text(target, toml_text(values))
+    return f"saved {target}: `lowvram train --config {target}` runs it"
 
 
 def _flag_args(flag: str, value: Any) -> list[str]:

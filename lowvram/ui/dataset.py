@@ -19,8 +19,9 @@ TOP_TAGS = 10
 
 
 def check_dataset(values: dict[str, Any]):
-    """(summary markdown, table rows, usable image paths relative to the dataset) for the form's dataset."""
-    from lowvram.data.check import scan
+    """(summary markdown, table rows, usable image paths relative to the dataset, the dataset checked) for the form's
+    dataset."""
+    from lowvram.data.check import dataset_to_check, scan
     from lowvram.data.scan import NoUsableImages
     from lowvram.hardware import NO_GPU
     from lowvram.resolve import resolve_run
@@ -29,14 +30,17 @@ def check_dataset(values: dict[str, Any]):
         raise LowvramError("--data: choose the dataset folder first")
     config = build_config({"model": PLANNING_MODEL, **values})
     run = resolve_run(config, NO_GPU)
-    data = Path(config.data.data)
+    data, trigger = dataset_to_check(run)
+    unusable = None
     try:
-        report = scan(run, data, config.data.trigger_word, None)
-    except NoUsableImages as exc:
-        report = exc.report
+        report = scan(run, data, trigger, None)
+    except NoUsableImages as exc:  # the table still says why each file was skipped; the line says what is missing
+        report, unusable = exc.report, exc
     rows = [[r.relpath, "usable" if r.usable else "skipped", r.reason or "; ".join(r.notes),
              f"{r.bucket[0]}x{r.bucket[1]}" if r.bucket else "", r.caption] for r in report.records]
     summary = _summary(report)
+    if unusable is not None:
+        summary = "\n\n".join(f"**error:** {line}" for line in str(unusable).splitlines()) + "\n\n" + summary
     if is_dataset_file(data):  # a dataset file: what was made of its settings, and its is_reg subsets
         dataset = read_dataset(data)
         summary += "".join(f"\n\n- {data.name}: {note}" for note in dataset.notes)
@@ -46,7 +50,7 @@ def check_dataset(values: dict[str, Any]):
                 summary += f"\n\nis_reg subsets: {len(reg.usable)} usable, {len(reg.skipped)} skipped"
             except NoUsableImages as exc:
                 summary += f"\n\nis_reg subsets: {exc}"
-    return summary, rows, [r.relpath for r in report.usable]
+    return summary, rows, [r.relpath for r in report.usable], data
 
 
 def _summary(report) -> str:
@@ -66,7 +70,7 @@ def _summary(report) -> str:
     return "\n\n".join(lines)
 
 
-def images_root(data: str) -> Path:
+def images_root(data: Path | str) -> Path:
     """The folder the dataset's images are named relative to: the image folder, or the folder that holds every image
     folder of a dataset file (kohya's or OneTrainer's)."""
     return read_dataset(Path(data)).root if is_dataset_file(data) else Path(data)

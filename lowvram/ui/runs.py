@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,17 +38,22 @@ class TrainingProcess:
     process: subprocess.Popen | None = None
     log_path: Path | None = None
     stopping: bool = False  # Stop was pressed and the run has not exited yet
+    started: float = 0.0  # time.time() as the run started
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, toml: str, config_dir: Path, output: Path, resume: bool = False, auto_vram: str | None = None) -> str:
+    def start(self, toml: str, config_dir: Path, output: Path, resume: bool = False,
+              auto_vram: str | None = None) -> str:
         if self.running:
             raise LowvramError("a run is already going: stop it first")
         config_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path = write_text(config_dir / f"{self.name}.toml", toml)
-        self.output, self.stopping = output, False
+        config_path = write_text(config_dir / f"{self.name}.toml", toml)
+        problem = output_problem(config_path, resume)
+        if problem:  # a run refused at its start never becomes the run the Train tab shows
+            raise LowvramError(problem)
+        self.config_path, self.output, self.stopping, self.started = config_path, output, False, time.time()
         args = ["train", "--config", str(self.config_path)]
         if resume:
             args += ["--resume", "auto"]
@@ -79,11 +85,37 @@ class TrainingProcess:
         return {0: "finished", 130: "stopped (a checkpoint was saved: Resume continues it)"}.get(
             code, f"failed (exit code {code}): see the log")
 
+    def run_folder(self) -> Path | None:
+        """The output folder once this run holds it: until then its files are an earlier run's (a run refused there,
+        or one that has not yet moved them to archive/, never shows them as its own)."""
+        from lowvram.train.outdir import RECORD
+
+        try:
+            claimed = self.output is not None and (self.output / RECORD).stat().st_mtime >= self.started
+        except OSError:
+            return None
+        return self.output if claimed else None
+
     def log_tail(self) -> str:
         if not self.log_path or not self.log_path.is_file():
             return ""
         lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         return "\n".join(line for line in lines[-LOG_LINES:])
+
+
+def output_problem(config_path: Path, resume: bool) -> str | None:
+    """The line `lowvram train --config config_path` would stop at over its --output folder (None: it would take
+    it), found without writing there; an option's error is left to the run, which says it in its log."""
+    from lowvram.configure import build_config, read_config
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+    from lowvram.train.outdir import ownership_problem
+
+    try:
+        config = build_config(read_config(config_path) | ({"resume": "auto"} if resume else {}))
+        return ownership_problem(resolve_run(config, NO_GPU))
+    except LowvramError:
+        return None
 
 
 def read_metrics(output: Path | None) -> list[dict]:
@@ -105,7 +137,7 @@ def read_metrics(output: Path | None) -> list[dict]:
 def progress_line(records: list[dict], running: bool = True) -> str:
     """Step, loss, VRAM and, while the run goes, the time left, from the metrics."""
     if not records:
-        return "waiting for the first step"
+        return "waiting for the first step" if running else ""
     last = records[-1]
     total_steps = last.get("total_steps")
     words = [f"step {last['step']}" + (f" of {total_steps}" if total_steps else ""), f"loss {last['loss']:.4f}"]
