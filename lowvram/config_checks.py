@@ -366,11 +366,14 @@ def config_problems(c: RunConfig) -> list[str]:
     refused = "".join(dict.fromkeys(ch for ch in name if ch in NOT_IN_NAMES))
     # given or from the --output folder: say which, since a user who never passed --name cannot see it
     shown = name if len(name) <= 60 else f"{name[:40]}…"
-    flag, whose = ("--name", f"'{shown}'") if c.output.name else ("--output", f"the LoRA's name, the folder's '{shown}',")
-    fix = "pass another --name" if c.output.name else "pass --name NAME, or name the folder another way"
+    if c.output.name:
+        flag, whose, fix = "--name", f"'{shown}'", "pass another --name"
+    else:
+        flag, whose = "--output", f"the LoRA's name, the folder's '{shown}',"
+        fix = "pass --name NAME, or name the folder another way"
     if not name or refused:
-        p.append(f"{flag}: {whose} is not a valid file name{f' ({refused} cannot be in one on Windows)' * bool(refused)}"
-                 f"; {fix}")
+        why = f" ({refused} cannot be in one on Windows)" if refused else ""
+        p.append(f"{flag}: {whose} is not a valid file name{why}; {fix}")
     elif len(name.encode()) > MAX_NAME_BYTES:
         p.append(f"{flag}: {whose} is {len(name.encode())} bytes long; the run's files add up to "
                  f"{255 - MAX_NAME_BYTES} to it (-step000500.safetensors, a temporary suffix), and a file name holds "

@@ -335,9 +335,9 @@ def _repeat_folders(root: Path) -> tuple[list[ImageFolder], list[str]]:
             folders.append(ImageFolder(sub, int(match.group(1)), match.group(2) or ""))
     loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
     if loose and len(folders) > 1:  # often a cover or preview image left there: say that it trains
-        notes.append(f"{len(loose)} image(s) at the top level beside the N_name folders ({', '.join(sorted(loose)[:3])}"
-                     f"{', ...' if len(loose) > 3 else ''}) train once each per epoch; kohya leaves them out: move them "
-                     "out of the dataset folder, or into an N_name folder")
+        named = ", ".join(sorted(loose)[:3]) + (", ..." if len(loose) > 3 else "")
+        notes.append(f"{len(loose)} image(s) at the top level beside the N_name folders ({named}) train once each per "
+                     "epoch; kohya leaves them out: move them out of the dataset folder, or into an N_name folder")
     itself = REPEAT_FOLDER.match(root.name)
     if len(folders) == 1 and itself and int(itself.group(1)):  # --data names the N_name folder, not its parent
         folders = [ImageFolder(root, int(itself.group(1)), itself.group(2) or "")]
