@@ -211,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=_port, default=7860, help="port [default: 7860]")
     ui.add_argument("--listen", action="store_true", help="serve on every network interface, not only this machine "
                     "(anyone who can reach it can start runs and read your folders)")
-    ui.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs internet)")
+    ui.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs internet and "
+                    "--auth: anyone with the link could start runs, write files and use this GPU)")
+    ui.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this user name and password before showing "
+                    "the app (AUTOMATIC1111's --gradio-auth); needed with --share")
 
     info = sub.add_parser("info", allow_abbrev=False, help="show a LoRA file's network and metadata",
                           description="Show what a LoRA .safetensors file (lowvram's, kohya's or another trainer's) "
@@ -500,9 +503,10 @@ def main(argv: list[str] | None = None) -> int:
             check_data(resolve_run(build_config(check_values(args)), NO_GPU), args.report, args.verbose)
         elif args.command == "ui":
             from lowvram.resolve import default_cache_dir
-            from lowvram.ui.app import launch
+            from lowvram.ui.app import launch, login
 
-            launch("0.0.0.0" if args.listen else "127.0.0.1", args.port, args.share, default_cache_dir())
+            launch("0.0.0.0" if args.listen else "127.0.0.1", args.port, args.share, default_cache_dir(),
+                   auth=login(args.auth, args.share, args.listen))
         elif args.command == "caption":
             return run_caption(args)
         elif args.command == "info":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from lowvram.ui.runs import render as render_image
 OPEN_SECTIONS = ("model", "data", "network", "training", "output")
 REFRESH_SECONDS = 1.0
 CHART_POINTS = 2000  # at most about this many points per chart
+PREVIEW_SIDE = 768  # a dataset image is shown at most this large: a 6000 px photo would go out whole
 
 
 def _component(gr, field: FormField):
@@ -94,7 +96,7 @@ def build_app(cache_dir: Path, port: int | None = None):
                                           elem_id="data-table")
                 with gr.Row():
                     image_choice = gr.Dropdown([], label="image", elem_id="caption-image")
-                    preview = gr.Image(label="preview", type="filepath", height=160, elem_id="caption-preview")
+                    preview = gr.Image(label="preview", height=160, elem_id="caption-preview")
                 caption_text = gr.Textbox(label="caption", lines=2, elem_id="caption-text")
                 save_caption_button = gr.Button("Save caption", elem_id="save-caption")
                 caption_status = gr.Markdown(elem_id="caption-status")
@@ -189,7 +191,7 @@ def build_app(cache_dir: Path, port: int | None = None):
             if not relpath or seen is None:
                 return None, ""
             root = Path(seen["root"])
-            return str(root / relpath), data_panel.read_caption(root, relpath)
+            return _picture(root / relpath, PREVIEW_SIDE), data_panel.read_caption(root, relpath)
 
         def save_caption(relpath, text, seen):
             try:
@@ -255,6 +257,12 @@ def build_app(cache_dir: Path, port: int | None = None):
                 seen[key] = value
                 return value
 
+            def pictures(paths: list[str]):  # read only when they change: a long run has many grids
+                if seen.get("samples") == paths:
+                    return gr.skip()
+                seen["samples"] = paths
+                return [(_picture(Path(path)), Path(path).name) for path in paths]
+
             folder = training.run_folder()
             records = read_metrics(folder)
             drawn = records[::max(1, len(records) // CHART_POINTS)]  # a long run's chart stays light to send
@@ -272,7 +280,7 @@ def build_app(cache_dir: Path, port: int | None = None):
             seen["loras"] = (loras, keep)
             return (changed("state", f"**{training.state()}**"),
                     changed("progress", progress_line(records, training.running)), *plots,
-                    changed("samples", sample_files), changed("log", training.log_tail()), lora_list, seen)
+                    pictures(sample_files), changed("log", training.log_tail()), lora_list, seen)
 
         timer.tick(refresh, [lora_choice, shown],
                    [run_state, run_progress, loss_plot, lr_plot, samples, run_log, lora_choice, shown],
@@ -287,10 +295,22 @@ def build_app(cache_dir: Path, port: int | None = None):
                 path = render_image(values["model"], lora, text, image)
             except LowvramError as exc:
                 return None, _message(exc)
-            return str(path), f"rendered {path.name}"
+            return _picture(path), f"rendered {path.name}"
 
         render_button.click(render_test, [lora_choice, prompt, *inputs], [rendered, render_status])
     return app
+
+
+def _picture(path: Path, side: int | None = None):
+    """An image the page shows, as pixels rather than a path: the server then serves no file of this machine (a
+    path would have to be in Gradio's allowed paths, for anyone who can reach the page to fetch)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        if side:
+            image.thumbnail((side, side))
+        return image.convert("RGB")
 
 
 def save_toml(path: str, values: dict[str, Any]) -> str:
@@ -320,9 +340,16 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = True):
-    """Serve the app; on localhost unless --listen or --share say otherwise."""
+def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = True,
+           auth: tuple[str, str] | None = None):
+    """Serve the app; on localhost unless --listen or --share say otherwise, behind a login with `auth`. It serves
+    no file of this machine: the pictures it shows go out as pixels, Gradio's copies of them into a folder of
+    lowvram's cache that only this user reads."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    private = cache_dir / "ui" / "gradio"
+    private.mkdir(parents=True, exist_ok=True)
+    private.chmod(0o700)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(private))
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -330,8 +357,24 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = Tru
     _check_port(host, port)
     app = build_app(cache_dir, port)
     return app.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False, quiet=False,
-                      prevent_thread_lock=not block, allowed_paths=[str(Path.cwd()), str(cache_dir)],
-                      footer_links=[], theme=_offline_theme())
+                      prevent_thread_lock=not block, auth=auth, footer_links=[], theme=_offline_theme())
+
+
+def login(auth: str | None, share: bool, listen: bool) -> tuple[str, str] | None:
+    """--auth as (user, password). A public link without one is refused, and a network without one warned about:
+    the app starts runs, writes files and reads folders as the user who started it."""
+    if auth is None:
+        if share:
+            raise LowvramError("--share: a public gradio.live link lets anyone who has it start runs, write files "
+                               "and use this GPU as you; add --auth USER:PASSWORD")
+        if listen:
+            print("warning: --listen without --auth: anyone who can reach this machine can start runs and write "
+                  "files as you; add --auth USER:PASSWORD", file=sys.stderr)
+        return None
+    user, _, password = auth.partition(":")
+    if not user or not password:
+        raise LowvramError("--auth: give it as USER:PASSWORD, both not empty")
+    return user, password
 
 
 def _check_port(host: str, port: int) -> None:
