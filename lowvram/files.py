@@ -8,6 +8,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -98,8 +99,9 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
     os.close(fd)
     try:
         write(Path(tmp))
-        # mkstemp (and safetensors' own writer) leave it owner-only; a ComfyUI server of another user must read it
-        os.chmod(tmp, plain_mode(0o666))
+        # mkstemp (and safetensors' own writer) leave it owner-only; a ComfyUI server of another user must read it.
+        # A file replaced keeps its own permissions: one kept private stays so
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else plain_mode(0o666))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -150,3 +150,31 @@ def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside_so_auto_f
     train(run_config(output=str(tmp_path), max_steps=5, resume="auto", lr=2e-4))
     assert f"resumed from {tmp_path / 'checkpoints' / 'step-000003'} at step 3" in " ".join(
         capsys.readouterr().out.split())  # the new branch's, not the old step 4
+
+
+def test_links_in_an_output_folder_from_elsewhere_are_replaced_never_written_through(tmp_path):
+    """A folder unpacked from someone else's run may hold links named as lowvram's files: a new run writes files
+    of its own there, and the files the links point to stay as they were."""
+    victims = {name: tmp_path / f"victim-{name}" for name in ("metrics", "caption", "image")}
+    for victim in victims.values():
+        victim.write_text("the user's own data")
+    out = tmp_path / "out"
+    sample = out / "sample_data" / "5_lvshape"
+    sample.mkdir(parents=True)
+    (out / "metrics.jsonl").symlink_to(victims["metrics"])
+    (sample / "00_red_circle.txt").symlink_to(victims["caption"])
+    (sample / "00_red_circle.png").symlink_to(victims["image"])
+    train(run_config(output=str(out), max_steps=1))  # --data sample: written into the folder
+    assert all(victim.read_text() == "the user's own data" for victim in victims.values())
+    for path in (out / "metrics.jsonl", sample / "00_red_circle.txt", sample / "00_red_circle.png"):
+        assert path.is_file() and not path.is_symlink(), path
+
+
+def test_a_file_replaced_keeps_its_permissions(tmp_path):
+    from lowvram.files import write_text
+
+    private = tmp_path / "private.toml"
+    private.write_text("old")
+    private.chmod(0o600)
+    write_text(private, "new")
+    assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o600

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from lowvram.files import atomic_write, write_text
+
 SAMPLE_TRIGGER = "lvshape"
 SHAPES = (
     ("circle", "red", (220, 40, 40), "blue", (40, 60, 200)),
@@ -35,6 +37,8 @@ def write_sample_dataset(root: Path, size: int = 96) -> Path:
         else:
             draw.polygon([(size * 0.5, size * 0.15), (size * 0.85, size * 0.8), (size * 0.15, size * 0.8)], fill=rgb)
         stem = f"{i:02d}_{colour}_{shape}"
-        image.save(folder / f"{stem}.png")
-        (folder / f"{stem}.txt").write_text(f"{SAMPLE_TRIGGER}, a {colour} {shape} on a {background} background\n")
+        # written as every file lowvram writes: a link of that name (in an output folder from elsewhere) is replaced,
+        # not followed
+        atomic_write(folder / f"{stem}.png", lambda tmp, image=image: image.save(tmp, format="PNG"))
+        write_text(folder / f"{stem}.txt", f"{SAMPLE_TRIGGER}, a {colour} {shape} on a {background} background\n")
     return Path(root)

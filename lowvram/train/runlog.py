@@ -24,6 +24,8 @@ class RunLog:
             path = output_dir / "metrics.jsonl"
             if resumed_step:  # rewritten atomically: a kill now must not lose the history
                 write_text(path, _lines_up_to(path, resumed_step))
+            else:  # a new file, not whatever a link of that name (in a folder from elsewhere) points to
+                path.unlink(missing_ok=True)
             # closed by close() / __exit__: this object is the context manager
             self.metrics = open(path, "a" if resumed_step else "w", encoding="utf-8")  # noqa: SIM115
         self.writer = None
