@@ -20,13 +20,13 @@ from lowvram.hardware import detect
 from lowvram.merge import parse_source
 from lowvram.models.families import DEFAULT_READING, TextReading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
-from lowvram.prompts import OPTIONS, SamplePrompt, parse_prompt
+from lowvram.prompts import MAX_SIDE, SamplePrompt, parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # Pillow's names, by extension
 MAX_SEED = 2**32 - 1  # AUTOMATIC1111's and kohya's seeds; -1 draws one
-MIN_RESOLUTION, MAX_RESOLUTION = 64, 4096
+MIN_RESOLUTION, MAX_RESOLUTION = 64, MAX_SIDE
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
@@ -115,9 +115,6 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
                         ("--prompt: --l (guidance scale)", prompt.guidance)):
         if value is not None and not math.isfinite(value):
             problems.append(f"{flag} must be a finite number, got {value}")
-    for key, value in (("w", prompt.width), ("h", prompt.height)):
-        if value is not None and value > MAX_RESOLUTION:
-            problems.append(f"--prompt: --{key} ({OPTIONS[key]}) must be at most {MAX_RESOLUTION}, got {value}")
     for flag, seed in (("--seed:", args.seed), ("--prompt: --d (seed)", prompt.seed)):
         if seed is not None and seed != -1 and not 0 <= seed <= MAX_SEED:
             problems.append(f"{flag} must be from 0 to {MAX_SEED}, or -1 for a random one; got {seed}")

@@ -22,6 +22,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+MAX_SIDE = 4096  # pixels: past it a sample takes more memory than any card has (and a shared file can ask for it)
+MAX_STEPS = 1000  # the timesteps SD1.5 and SDXL were trained with: no sampler takes more
 OPTIONS = {"n": "negative prompt", "w": "width", "h": "height", "s": "steps", "l": "guidance scale", "d": "seed",
            "ss": "sampler"}
 # the keys of a kohya .toml/.json prompt file -> the inline option that says the same
@@ -68,20 +70,20 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
                 values["negative"] = value
             elif key in ("w", "h"):
                 pixels = int(value)
-                if pixels < 32 or pixels % 8:
+                if not 32 <= pixels <= MAX_SIDE or pixels % 8:
                     raise ValueError
                 values["width" if key == "w" else "height"] = pixels
             elif key == "s":
                 values["steps"] = int(value)
-                if values["steps"] < 1:
+                if not 1 <= values["steps"] <= MAX_STEPS:
                     raise ValueError
             elif key == "l":
                 values["guidance"] = float(value)
             else:
                 values["seed"] = int(value)
         except ValueError:
-            need = {"w": "a multiple of 8, at least 32", "h": "a multiple of 8, at least 32",
-                    "s": "a whole number, at least 1"}.get(key, "a number")
+            side = f"a multiple of 8 from 32 to {MAX_SIDE}"
+            need = {"w": side, "h": side, "s": f"a whole number from 1 to {MAX_STEPS}"}.get(key, "a number")
             raise ValueError(f"--{key} ({OPTIONS[key]}) must be {need}, got '{value}' in '{line}'") from None
     if not values["text"]:
         raise ValueError(f"no prompt before the options in '{line}'")

@@ -35,7 +35,8 @@ def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_
                "bare_le.txt": "little endian".encode("utf-16-le"),
                "nul.txt": b"\x00\x01\x02binary\x00\xff",
                "upper.TXT": b"written by a camera",
-               "title.Caption": b"from a tagger"}
+               "title.Caption": b"from a tagger",
+               "log.txt": b"a log saved as a caption\n" * 50_000}  # 1.2 MB: read whole, one would fill the RAM
     for n, (name, raw) in enumerate(written.items()):
         picture(folder / f"{name.split('.')[0]}.png", (n * 30, 80, 40))
         (folder / name).write_bytes(raw)
@@ -48,6 +49,8 @@ def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_
     assert "caption unreadable: nul.txt holds NUL bytes, not text: template used" in report["nul.png"].notes
     assert report["upper.png"].caption == "written by a camera"
     assert report["title.png"].caption == "from a tagger"
+    assert report["log.png"].caption == "subj" and "caption file over 1 MiB: not a caption, template used" in (
+        report["log.png"].notes)
     assert not any(record.non_utf8_caption for record in report.values())  # none of them is read as cp1252
 
 

@@ -45,7 +45,10 @@ def test_sample_prompts_take_kohyas_inline_options():
         "a cat, sitting", negative="blurry, lowres", width=512, height=768, steps=28, guidance=6.5, seed=7)
     assert parse_prompt("a photo -- of a dog") == SamplePrompt("a photo -- of a dog")  # '--' alone is text
     for bad, named in (("a cat --x 3", "unknown option --x"), ("a cat --w 500", "--w (width) must be a multiple of 8"),
-                       ("a cat --s none", "--s (steps) must be a whole number, at least 1"),
+                       ("a cat --s none", "--s (steps) must be a whole number from 1 to 1000"),
+                       # a shared prompt file cannot ask for a sample no card holds, or for ever to draw it
+                       ("a cat --w 16384", "--w (width) must be a multiple of 8 from 32 to 4096"),
+                       ("a cat --s 100000000", "--s (steps) must be a whole number from 1 to 1000"),
                        ("--n blurry", "no prompt")):
         with pytest.raises(LowvramError, match="--sample-prompt: ") as error:
             run_config(sample_prompts=[bad])

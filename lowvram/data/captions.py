@@ -18,6 +18,9 @@ BRACES = ("{{", "\x00"), ("}}", "\x01")  # kohya's escaped braces, kept out of t
 MAX_WILDCARD_CAPTIONS = 64  # captions one caption line's {a|b} choices may make; past it, a fixed choice of them
 
 
+MAX_CAPTION_BYTES = 2**20  # the text encoders read at most 225 tokens: a caption file of a MiB is something else
+
+
 def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str], Path | None]:
     """(the caption: its non-empty lines, stripped, one per line; or None where there is no file, it is empty or
     unreadable; notes; the file when it was not UTF-8)."""
@@ -30,9 +33,12 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
         return None, notes + ["no caption file: template used"], None
     non_utf8 = None
     try:
-        raw = found[0].read_bytes()
+        with open(found[0], "rb") as fh:
+            raw = fh.read(MAX_CAPTION_BYTES + 1)
     except OSError as exc:
         return None, notes + [f"caption unreadable ({exc.strerror or exc}): template used"], None
+    if len(raw) > MAX_CAPTION_BYTES:  # a log or a dump saved as .txt: read whole, it would fill the RAM
+        return None, notes + [f"caption file over {MAX_CAPTION_BYTES // 2**20} MiB: not a caption, template used"], None
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows Notepad's "Unicode", PowerShell 5's >
         decoded = raw.decode("utf-16", errors="replace")
     elif b"\0" in raw:  # UTF-16 without its byte-order mark, or no text at all
