@@ -204,11 +204,12 @@ def build_app(cache_dir: Path, port: int | None = None):
 
         def run_caption(dry_run: bool, *given):
             form, caption_form = given[:len(inputs)], given[len(inputs):]
-            args = ["caption", option_values(fields, form).get("data") or "", *(["--dry-run"] if dry_run else [])]
+            args = ["caption", *(["--dry-run"] if dry_run else [])]
             chosen = option_values(caption_fields, caption_form)
             for f in caption_fields:
                 if f.name in chosen:
                     args += _flag_args(f.flag, chosen[f.name])
+            args += ["--", option_values(fields, form).get("data") or ""]  # a folder named "--x" is no option
             done = subprocess.run(lowvram_command(*args), capture_output=True, text=True, check=False)
             return (done.stdout + done.stderr).strip()
 
