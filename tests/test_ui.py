@@ -6,16 +6,14 @@ turns that skip into a failure. With LOWVRAM_UI_SCREENSHOTS=DIR they also save t
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from captioners import build_tagger
 from messy_dataset import write_messy_dataset
+from ui_server import served_ui
 
 from lowvram.data.sample import write_sample_dataset
 
@@ -47,37 +45,14 @@ from playwright.sync_api import expect, sync_playwright
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`lowvram ui` in its own process, in a working folder of its own, with its own cache."""
     root = tmp_path_factory.mktemp("ui")
     work, cache = root / "work", root / "cache"
     work.mkdir()
-    port = _free_port()
-    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(root / "ui.log", "w")  # noqa: SIM115 - open while the server runs
-    process = subprocess.Popen([sys.executable, "-m", "lowvram", "ui", "--port", str(port)], cwd=work, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.time() > deadline:
-                raise AssertionError("lowvram ui did not come up:\n" + (root / "ui.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
-    yield {"url": url, "root": root, "work": work, "cache": cache, "port": port}
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    with served_ui(work, cache, root / "ui.log") as url:
+        yield {"url": url, "root": root, "work": work, "cache": cache, "port": int(url.rsplit(":", 1)[1])}
 
 
 @pytest.fixture(scope="module")

@@ -293,36 +293,15 @@ def test_a_public_link_needs_a_login_and_an_open_network_is_warned_about(capsys)
 def test_the_server_hands_out_no_file_of_this_machine(tmp_path):
     """It served every file under the folder it was started in (its allowed paths): an ~/.ssh key to anyone who
     could reach the page. The pictures it shows go out as pixels; its copies stay in a folder only the user reads."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
     import urllib.error
     import urllib.request
 
+    from ui_server import served_ui
+
     pytest.importorskip("gradio")
     (tmp_path / "secret.txt").write_text("top secret")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "lowvram", "ui", "--port", str(port)], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                assert process.poll() is None and time.time() < deadline, "lowvram ui did not come up"
-                time.sleep(0.5)
+    with served_ui(tmp_path, tmp_path / "cache", tmp_path / "ui.log") as url:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{url}/gradio_api/file={tmp_path / 'secret.txt'}", timeout=10)
         assert refused.value.code == 403
         assert (tmp_path / "cache" / "ui" / "gradio").stat().st_mode & 0o777 == 0o700
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
