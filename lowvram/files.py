@@ -99,11 +99,11 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
     os.close(fd)
     try:
         write(Path(tmp))
-        # mkstemp (and safetensors' own writer) leave it owner-only; a ComfyUI server of another user must read it.
-        # A file replaced keeps its own permissions: one kept private stays so
-        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else plain_mode(0o666))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp (and safetensors' own writer) leave it owner-only; a ComfyUI server of another user must read it.
+        # A file replaced keeps its own permissions (one kept private stays so; a read-only one too, hence last)
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else plain_mode(0o666))
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)

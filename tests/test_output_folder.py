@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -178,3 +179,20 @@ def test_a_file_replaced_keeps_its_permissions(tmp_path):
     private.chmod(0o600)
     write_text(private, "new")
     assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_read_only_file_is_replaced_and_stays_read_only(tmp_path):
+    """The permissions a replaced file keeps are set last: a read-only one set on the temporary file first left it
+    unwritable to its own writer (root overrides that: its override is dropped here, as a user has none)."""
+    target = tmp_path / "caption.txt"
+    target.write_text("old")
+    target.chmod(0o444)
+    as_a_user = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("no setpriv to drop root's permission override")
+        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    code = f"from pathlib import Path; from lowvram.files import write_text; write_text(Path({str(target)!r}), 'new')"
+    done = subprocess.run([*as_a_user, sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o444
