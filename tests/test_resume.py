@@ -376,4 +376,9 @@ def test_a_dataset_changed_since_the_checkpoint_is_said_on_resume(tmp_path, samp
     train(run_config(**values, max_steps=4, resume="auto"))
     printed = " ".join(capsys.readouterr().out.split())
     assert ("the dataset changed since this checkpoint (1 image added, 1 image removed, 1 caption changed): "
-            "training goes on with it as it is now") in printed
+            "training goes on with it as it is now, in another order than the interrupted run's") in printed
+    images[1].with_suffix(".txt").write_text("lvshape, the caption fixed again")  # the images keep their order
+    train(run_config(**values, max_steps=6, resume="auto"))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert ("the dataset changed since this checkpoint (1 caption changed): training goes on with it as it is now, "
+            "so the LoRA will not be") in printed

@@ -157,7 +157,7 @@ def run_training(session: Session) -> TrainResult:
         save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
                    position if step > resumed_at else None, started)
     if (asked or signals.received is not None) and session.main:
-        raise stopped_after_the_last_step(lora_path)
+        raise stopped_after_the_last_step(lora_path, bool(config.samples))
     samples = finish(session, trainee, prepared, peaks, lora_path, step)
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
@@ -185,9 +185,10 @@ def draw(session: Session, batches, count: int) -> tuple[int, int, list]:
     return drawn[-1][0], drawn[-1][1], mine
 
 
-def stopped_after_the_last_step(lora_path: Path) -> TrainingInterrupted:
-    return TrainingInterrupted(f"interrupted after the last step: {lora_path} is saved, its samples are not all "
-                               f"drawn (lowvram generate --lora {lora_path} draws some)")
+def stopped_after_the_last_step(lora_path: Path, samples: bool) -> TrainingInterrupted:
+    """Said where a Ctrl-C stops a run whose LoRA is written: `samples`, whether it had samples left to draw."""
+    left = f", its samples are not all drawn (lowvram generate --lora {lora_path} draws some)" if samples else ""
+    return TrainingInterrupted(f"interrupted after the last step: {lora_path} is saved{left}")
 
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
@@ -205,7 +206,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                                          session.run.resolution, config.output.sample_steps, config.training.seed,
                                          session.accelerator, prepared.sample_embeddings)
     except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
-        raise stopped_after_the_last_step(lora_path) from None
+        raise stopped_after_the_last_step(lora_path, True) from None
     except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself
         free_cached_memory(session.device)
         session.console.print(f"[yellow]out of memory drawing the samples after the last step[/]; {lora_path} is "

@@ -60,10 +60,11 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
                                trainee.ema)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
     changed = checkpoint.data_changes(position.data, dataset.fingerprint)
-    if changed:
+    if changed:  # images added or removed change the order the rest come in; a caption or an image edited does not
+        order = ", in another order than the interrupted run's" * (position.data.keys() != dataset.fingerprint.keys())
         session.console.print(f"[yellow]the dataset changed since this checkpoint ({changed})[/]: training goes on "
-                              "with it as it is now, in another order than the interrupted run's, so the LoRA will "
-                              "not be the one an uninterrupted run gives", soft_wrap=True)
+                              f"with it as it is now{order}, so the LoRA will not be the one an uninterrupted run "
+                              "gives", soft_wrap=True)
     if position.step >= schedule.total_steps:
         past = f", before the checkpoint's {position.step}" if position.step > schedule.total_steps else ""
         session.console.print(f"nothing left to train: the run ends at step {schedule.total_steps}{past} (raise "
