@@ -69,3 +69,15 @@ def test_prompts_of_different_lengths_are_repeated_to_a_common_length(model):
     torch.testing.assert_close(both[0], alone[0].repeat(2, 1), rtol=0, atol=0)
     if pooled is not None:
         torch.testing.assert_close(pooled[0], alone_pooled[0])  # (a batch of 3 rows against 1)
+
+
+def test_prompts_whose_common_length_repeats_one_past_four_times_are_padded_with_the_empty_prompt(model):
+    """ComfyUI batches by repetition only up to 4 times (7 and 8 chunks would be 56); past that the shorter prompt
+    is padded with the empty prompt's chunk, as AUTOMATIC1111's pad_cond_uncond does."""
+    short, long = "lvshape", " BREAK ".join(["a red circle"] * 5)  # 1 chunk and 5
+    both, _ = encode(model, [short, long])
+    alone, _ = encode(model, [short, ""])
+    chunk = CHUNK_TOKENS + 2
+    assert both.shape[1] == 5 * chunk
+    torch.testing.assert_close(both[0, :chunk], alone[0], rtol=0, atol=0)
+    torch.testing.assert_close(both[0, chunk:], alone[1].repeat(4, 1), rtol=0, atol=0)

@@ -11,6 +11,7 @@ from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, ModelFamily, 
 from lowvram.prompts import CHUNK_BREAK, weighted_pieces
 
 VAE_TILE_PX = 512
+MOST_REPEATS = 4  # ComfyUI's: prompts whose common length repeats one more often are not batched by repetition
 COMMA_BACKTRACK = 20  # AUTOMATIC1111's comma_padding_backtrack: how far back a full chunk looks for a comma to end at
 
 
@@ -84,11 +85,12 @@ def _encode_as_a1111(family: ModelFamily, text_encoders: list, tokenizers: list,
     """`encode_prompts` for prompts read as AUTOMATIC1111 reads them (its sd_hijack_clip): each prompt in as many
     77-token chunks as `a1111_chunks` gives it, each chunk encoded alone and kept whole (BOS and EOS too), its
     weighed states scaled back to the chunk's unweighed mean; the pooled embedding is the first chunk's. Prompts of
-    different lengths are repeated to a common one, as ComfyUI batches them: attention reads a repeated sequence
-    as the sequence itself."""
+    different lengths are repeated to a common one, as ComfyUI batches them (attention reads a repeated sequence as
+    the sequence itself), where that repeats one at most `MOST_REPEATS` times; else the shorter ones are padded with
+    the empty prompt's chunk, as AUTOMATIC1111's pad_cond_uncond does."""
     states, pooled = [], None
     for spec, encoder, tokenizer in zip(family.text_encoders, text_encoders, tokenizers):
-        chunked = [a1111_chunks(prompt, tokenizer) for prompt in prompts]
+        chunked = [a1111_chunks(prompt, tokenizer) for prompt in [*prompts, ""]]  # (the empty prompt pads)
         ids = torch.tensor([row for rows, _ in chunked for row in rows])
         weights = torch.tensor([row for _, rows in chunked for row in rows])
         out = encoder(ids.to(device), output_hidden_states=True)
@@ -102,11 +104,17 @@ def _encode_as_a1111(family: ModelFamily, text_encoders: list, tokenizers: list,
         counts = [len(rows) for rows, _ in chunked]
         states.append(hidden.split(counts))
         if spec.pooled:
-            firsts = torch.tensor([0, *counts[:-1]]).cumsum(0)
+            firsts = torch.tensor([0, *counts[:-2]]).cumsum(0)
             pooled = out.text_embeds[firsts.to(out.text_embeds.device)]
-    common = math.lcm(*(len(chunks) for encoder_states in states for chunks in encoder_states))
-    per_prompt = [torch.cat([chunks.repeat(common // len(chunks), 1, 1).flatten(0, 1) for chunks in encoder_states])
-                  .reshape(len(prompts), common * (CHUNK_TOKENS + 2), -1) for encoder_states in states]
+    counts = [len(chunks) for encoder_states in states for chunks in encoder_states[:-1]]
+    common = math.lcm(*counts)
+    if common // min(counts) > MOST_REPEATS:
+        common = max(counts)
+        states = [[torch.cat([chunks, *[encoder_states[-1]] * (common - len(chunks))]) for chunks in encoder_states]
+                  for encoder_states in states]
+    per_prompt = [torch.cat([chunks.repeat(common // len(chunks), 1, 1).flatten(0, 1)
+                             for chunks in encoder_states[:-1]]).reshape(len(prompts), common * (CHUNK_TOKENS + 2), -1)
+                  for encoder_states in states]
     return torch.cat(per_prompt, dim=-1), pooled
 
 
