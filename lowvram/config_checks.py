@@ -3,6 +3,7 @@ and the fix (`lowvram.configure` builds the config and reports them)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lowvram.adapters.blocks import check_syntax as check_block_syntax
@@ -33,6 +34,12 @@ NOT_IN_NAMES = '/\\:*?"<>|'  # what Windows refuses in a file name (and / and \\
 # the longest file a run names after its LoRA, "<name>-step0000500.safetensors", written as ".<that>.<8>.tmp" first,
 # within the 255 bytes of a file name
 MAX_NAME_BYTES = 255 - len("-step0000500.safetensors") - len("..12345678.tmp")
+
+
+def windows_path_hint(path: str) -> str:
+    """Why a path with backslashes is not found here: Windows writes folders so (a config from a Windows machine)."""
+    windows = "\\" in str(path) and os.sep == "/"
+    return "; written as a Windows path: write it with / between folders here" if windows else ""
 
 
 def _dataset_file_problems(c: RunConfig) -> list[str]:
@@ -80,7 +87,7 @@ def config_problems(c: RunConfig) -> list[str]:
         p.append(f"--data: {c.data.data} is a file; give the folder of images (kohya's N_name folders inside), or a "
                  "kohya or OneTrainer dataset file")
     elif c.data.data != SAMPLE_DATA and not Path(c.data.data).is_dir():
-        p.append(f"--data: folder not found: {c.data.data}")
+        p.append(f"--data: folder not found: {c.data.data}{windows_path_hint(c.data.data)}")
     model_path = Path(c.model.model or "")
     if c.model.model is None:
         p.append("--model: which base model? pass a .safetensors checkpoint, a diffusers folder or a hub id "
@@ -118,14 +125,14 @@ def config_problems(c: RunConfig) -> list[str]:
     except ValueError as exc:
         p.append(f"--extra-resolutions: {exc}")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
-        p.append(f"--reg-data: folder not found: {c.data.reg_data}")
+        p.append(f"--reg-data: folder not found: {c.data.reg_data}{windows_path_hint(c.data.reg_data)}")
     if (c.data.prior_prediction and c.data.reg_data is None and c.data.data is not None
             and not _has_regularization_subsets(c.data.data)):
         p.append("--prior-prediction: there are no regularization images to predict for; give --reg-data DIR (any "
                  "images of what the LoRA should leave as the model had it)")
     v = c.validation
     if v.validation_data is not None and not Path(v.validation_data).is_dir():
-        p.append(f"--validation-data: folder not found: {v.validation_data}")
+        p.append(f"--validation-data: folder not found: {v.validation_data}{windows_path_hint(v.validation_data)}")
     if not 0 <= v.validation_split < 1:
         p.append(f"--validation-split: must be in [0, 1), got {v.validation_split}")
     if v.validation_data and v.validation_split:

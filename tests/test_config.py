@@ -142,3 +142,12 @@ def test_the_longest_name_a_run_can_write_is_taken(tmp_path):
     name = "n" * MAX_NAME_BYTES
     assert run_config(output=str(tmp_path), name=name).output_name == name
     atomic_write(tmp_path / f"{name}-step9999999.safetensors", lambda tmp: tmp.write_bytes(b"{}"))
+
+
+def test_a_windows_path_not_found_here_says_to_write_it_with_slashes():
+    with pytest.raises(LowvramError) as error:
+        run_config(data="winds\\10_dog", validation_data="C:\\val")
+    lines = str(error.value).splitlines()
+    for flag in ("--data", "--validation-data"):
+        assert any(line.startswith(f"{flag}: folder not found:") and line.endswith(
+            "; written as a Windows path: write it with / between folders here") for line in lines), lines
