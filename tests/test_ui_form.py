@@ -305,3 +305,15 @@ def test_the_server_hands_out_no_file_of_this_machine(tmp_path):
             urllib.request.urlopen(f"{url}/gradio_api/file={tmp_path / 'secret.txt'}", timeout=10)
         assert refused.value.code == 403
         assert (tmp_path / "cache" / "ui" / "gradio").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_test_image_renders_any_lora_file_and_any_prompt(tmp_path):
+    """Render takes a LoRA of an earlier session's run typed in, and a prompt that starts like a flag."""
+    from conftest import run_config
+
+    from lowvram.train.loop import train
+    from lowvram.ui.runs import render
+
+    lora = train(run_config(output=str(tmp_path / "earlier"), max_steps=1)).lora_path
+    image = render("tiny", str(lora), "--lvshape", tmp_path / "test.png", steps=1)  # (one word: no space)
+    assert image.is_file()

@@ -123,7 +123,9 @@ def build_app(cache_dir: Path, port: int | None = None):
                 samples = gr.Gallery(label="samples", columns=4, height=220, elem_id="samples")
                 run_log = gr.Textbox(label="log", lines=8, elem_id="run-log")
                 with gr.Row():
-                    lora_choice = gr.Dropdown([], label="LoRA file", elem_id="lora-file", scale=2)
+                    # this run's LoRAs, or any LoRA file typed in (one of an earlier session's runs)
+                    lora_choice = gr.Dropdown([], label="LoRA file", elem_id="lora-file", scale=2,
+                                              allow_custom_value=True)
                     prompt = gr.Textbox(label="prompt", elem_id="render-prompt", scale=2)
                     render_button = gr.Button("Render a test image", elem_id="render")
                 rendered = gr.Image(label="test image", elem_id="rendered", height=256)

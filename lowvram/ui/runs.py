@@ -165,8 +165,9 @@ def outputs_of(output: Path | None) -> tuple[list[str], list[str]]:
 
 def render(model: str, lora: str, prompt: str, image: Path, steps: int = 20) -> Path:
     """A test image of the LoRA, through `lowvram generate` in a process of its own."""
-    done = subprocess.run(lowvram_command("generate", "--model", model, "--lora", lora, "--prompt", prompt,
-                                          "--output", str(image), "--steps", str(steps), "--overwrite"),
+    # flag=value: a prompt or a path that starts with -- is still the flag's value
+    done = subprocess.run(lowvram_command("generate", f"--model={model}", f"--lora={lora}", f"--prompt={prompt}",
+                                          f"--output={image}", f"--steps={steps}", "--overwrite"),
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         message = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
