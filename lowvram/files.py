@@ -132,14 +132,17 @@ def write_problem(folder: Path) -> str | None:
 def unwritable(folder: Path) -> str | None:
     """What `write_problem` would find, as far as it shows without writing anything (a file in the way, a read-only
     file system, no permission on the nearest folder there is): for the first second of a command."""
-    blocking = _file_in_the_way(folder)
-    if blocking:
-        return f"can't write in {folder}: {blocking} is a file, not a folder"
-    existing = Path(folder)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY:
-        return f"can't write in {folder}: {existing} is on a read-only file system"
+    try:
+        blocking = _file_in_the_way(folder)
+        if blocking:
+            return f"can't write in {folder}: {blocking} is a file, not a folder"
+        existing = Path(folder)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY:
+            return f"can't write in {folder}: {existing} is on a read-only file system"
+    except OSError as exc:  # a folder above it that cannot even be looked into
+        return f"can't write in {folder}: {exc.strerror or exc}"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"can't write in {folder}: {existing} is not writable (permission denied)"
     return None

@@ -196,3 +196,23 @@ def test_a_read_only_file_is_replaced_and_stays_read_only(tmp_path):
     done = subprocess.run([*as_a_user, sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o444
+
+
+def test_an_output_under_a_folder_that_cannot_be_looked_into_is_one_line(tmp_path):
+    locked = tmp_path / "locked"
+    (locked / "inner").mkdir(parents=True)
+    locked.chmod(0)
+    as_a_user = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("no setpriv to drop root's permission override")
+        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    out = locked / "inner" / "run"
+    try:
+        done = subprocess.run([*as_a_user, sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data",
+                               "sample", "--output", str(out)], capture_output=True, text=True, check=False)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"lowvram train: error: --output: can't write in {out}: Permission denied; choose "
+                                   "an --output folder you can write to")
