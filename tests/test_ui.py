@@ -76,6 +76,19 @@ def field(page, name: str):
     return page.locator(f"#opt-{name} input, #opt-{name} textarea").first
 
 
+def fill_settled(locator, value: str) -> None:
+    """Fill a field just shown (an accordion opened): Gradio mounts it then, and can reset a value typed meanwhile."""
+    for _ in range(5):
+        locator.fill(value)
+        locator.press("Tab")
+        try:
+            expect(locator).to_have_value(value, timeout=3_000)
+            return
+        except AssertionError:
+            continue
+    expect(locator).to_have_value(value)
+
+
 def choose(page, elem_id: str, option: str) -> None:
     page.locator(f"#{elem_id} input").click()
     page.locator(f"li[role=option][aria-label='{option}']").click()
@@ -228,8 +241,9 @@ def test_captioning_from_the_ui_writes_only_new_captions(page, server):
     field(page, "data").fill(str(data))
     page.get_by_role("tab", name="Dataset").click()
     page.get_by_text("Caption the images without captions").click()
-    page.locator("#caption-caption-model textarea, #caption-caption-model input").first.fill(str(tagger))
-    page.locator("#caption-trigger-word textarea, #caption-trigger-word input").first.fill("zkw")
+    expect(page.locator("#plan-caption")).to_be_visible()
+    fill_settled(page.locator("#caption-caption-model textarea, #caption-caption-model input").first, str(tagger))
+    fill_settled(page.locator("#caption-trigger-word textarea, #caption-trigger-word input").first, "zkw")
     page.locator("#plan-caption").click()
     expect(page.locator("#caption-log textarea")).to_have_value(re.compile("2 image.s. to caption.*on the CPU", re.DOTALL),
                                                                 timeout=60_000)
