@@ -29,6 +29,7 @@ from lowvram.files import redraws_in_place
 from lowvram.hardware import GIB, Hardware
 from lowvram.models.detect import first_line
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
+from lowvram.resolve import REPLACED_CAPTIONS
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -121,7 +122,7 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
         return report
     captioner = model.load(report.device, config)
     if config.overwrite:
-        report.backup = cache_dir / "replaced-captions" / f"{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        report.backup = cache_dir / REPLACED_CAPTIONS / f"{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with Progress(console=console, transient=True, disable=not redraws_in_place(console)) as progress:
         task = progress.add_task("captioning", total=len(todo))
         for start in range(0, len(todo), config.batch_size):

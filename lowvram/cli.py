@@ -108,6 +108,15 @@ def _sampler(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _age(text: str) -> float:
+    from lowvram.housekeeping import parse_age
+
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+
+
 def _port(text: str) -> int:
     """A port to serve on: 1 to 65535 (0, any free one, would leave the browser not knowing where)."""
     if not text.isdigit() or not 1 <= int(text) <= 65535:
@@ -150,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Report the GPU, its memory and precision support, whether xformers, "
                          "bitsandbytes and optimum-quanto work here, host RAM and free disk.")
     doc.add_argument("--profiles", action="store_true", help="list the GPU profiles plan --profile knows")
+
+    cache = sub.add_parser("cache", allow_abbrev=False, help="what the cache holds; remove what no run used lately",
+                           description="Show the cache folder's parts (latents, text embeddings, scan indexes) and "
+                           "their sizes, or remove the entries no run used for a while, which the next run that "
+                           "needs them rebuilds. Captions kept from before an edit are never removed.")
+    cache.add_argument("--cache-dir", type=Path, metavar="DIR", help="the cache (default: $LOWVRAM_CACHE_DIR or ~/.cache/lowvram)")
+    removal = cache.add_mutually_exclusive_group()
+    removal.add_argument("--unused-for", type=_age, metavar="AGE", help="remove the entries no run used for this "
+                         "long: days (30 or 30d), hours (12h) or weeks (2w)")
+    removal.add_argument("--clear", action="store_true", help="remove every latent, text embedding, scan index and "
+                         "the sample dataset")
+    cache.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
     check = sub.add_parser("check-data", allow_abbrev=False, help="scan a dataset and report every file",
                            description="Read every file of a dataset once and report what was found and what "
@@ -318,34 +339,6 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0 if result.choice else 1
 
 
-def run_doctor(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from lowvram.hardware import list_profiles, load_profile
-
-    console = Console()
-    if args.profiles:
-        table = Table(title="GPU profiles (lowvram plan --profile NAME)")
-        for column in ("name", "card", "VRAM GiB", "bf16", "host RAM GiB"):
-            table.add_column(column)
-        for name in list_profiles():
-            hw = load_profile(name)
-            table.add_row(name, hw.name, f"{hw.total_vram / 2**30:g}", "yes" if hw.bf16 else "no",
-                          f"{hw.host_ram / 2**30:g}")
-        console.print(table)
-        return 0
-    from lowvram.doctor import doctor_report
-
-    table = Table(title="lowvram doctor", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for topic, words in doctor_report():
-        table.add_row(topic, words)
-    console.print(table)
-    return 0
-
-
 def auto_strategy(config, values: dict, vram: str | None):
     """train --auto: plan for the GPU present (capped by --vram) and apply the choice; explicit flags stay."""
     import dataclasses
@@ -469,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     echo = (args.command == "train" and os.environ.get("RANK", "0") != "0"
             and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"))
     try:
-        if args.command not in ("plan", "doctor", "train", "info", "check-data"):  # fast: diffusers takes seconds
+        if args.command not in ("plan", "doctor", "train", "info", "check-data", "cache"):  # diffusers takes seconds
             _quiet_libraries()
         if args.command == "train":
             with contextlib.redirect_stderr(io.StringIO()) if echo else contextlib.nullcontext():
@@ -494,7 +487,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plan":
             return run_plan(args)
         elif args.command == "doctor":
-            return run_doctor(args)
+            from lowvram.doctor import print_doctor
+
+            print_doctor(args.profiles)
+        elif args.command == "cache":
+            from lowvram.housekeeping import run_cache
+
+            run_cache(args.cache_dir, args.unused_for, args.clear, args.dry_run)
         elif args.command == "check-data":
             from lowvram.data.check import check_data
             from lowvram.hardware import NO_GPU

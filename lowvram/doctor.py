@@ -6,13 +6,37 @@ from __future__ import annotations
 import logging
 import shutil
 
+from rich.console import Console
+from rich.table import Table
+
 from lowvram.configure import build_config
-from lowvram.hardware import GIB, Hardware, detect
+from lowvram.hardware import GIB, Hardware, detect, list_profiles, load_profile
 from lowvram.plan import plan, workload_for
 from lowvram.resolve import resolve_run
 
 # what --auto is asked about: the two families at their native resolutions, default options
 AUTO_EXAMPLES = (("SD1.5 at 512", "sd15"), ("SDXL at 1024", "sdxl"))
+
+
+def print_doctor(profiles: bool) -> None:
+    """The report as a table; with `profiles`, the GPU profiles `plan --profile` knows instead."""
+    console = Console()
+    if profiles:
+        table = Table(title="GPU profiles (lowvram plan --profile NAME)")
+        for column in ("name", "card", "VRAM GiB", "bf16", "host RAM GiB"):
+            table.add_column(column)
+        for name in list_profiles():
+            hw = load_profile(name)
+            table.add_row(name, hw.name, f"{hw.total_vram / 2**30:g}", "yes" if hw.bf16 else "no",
+                          f"{hw.host_ram / 2**30:g}")
+        console.print(table)
+        return
+    table = Table(title="lowvram doctor", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for topic, words in doctor_report():
+        table.add_row(topic, words)
+    console.print(table)
 
 
 def doctor_report() -> list[tuple[str, str]]:

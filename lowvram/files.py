@@ -200,6 +200,34 @@ def remove_orphans(folder: Path, older_than: float = 0.0) -> list[Path]:
     return removed
 
 
+def lock_file(path: Path, shared: bool):
+    """An advisory lock on `path` (made if missing): shared ones wait for an exclusive holder, an exclusive one
+    raises BlockingIOError at once while any other is held. Returns the open file, whose closing (or the
+    process's end, a kill included) releases the lock; None where no lock can be had (Windows, a read-only folder
+    without the file, a file system without locks): the caller goes on unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+b")  # noqa: SIM115 - held open for as long as the lock is
+    except OSError:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115
+        except OSError:
+            return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
 def plain_mode(requested: int) -> int:
     """The permissions `open()` (0o666) or `mkdir()` (0o777) gives under the process's umask."""
     umask = os.umask(0)

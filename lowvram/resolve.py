@@ -23,6 +23,12 @@ from lowvram.option_values import parse_resolutions
 NATIVE_FORMAT = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}  # the U-Net stored as the run computes
 
 
+# the cache folder's parts, by what they hold
+LATENTS, TEXT, SCANS, SAMPLE_DATASET = "latents", "text", "scan", "sample-data"  # rebuilt when a run needs them
+EDITED_CAPTIONS, REPLACED_CAPTIONS, UI_FILES = "edited-captions", "replaced-captions", "ui"  # never rebuilt
+IN_USE = ".in-use"  # runs hold a shared lock on this file while they read the cache; `lowvram cache` an exclusive one
+
+
 def default_cache_dir() -> Path:
     """$LOWVRAM_CACHE_DIR, else $XDG_CACHE_HOME/lowvram, else ~/.cache/lowvram."""
     if os.environ.get("LOWVRAM_CACHE_DIR"):

@@ -27,7 +27,7 @@ LAYERS = [
     ("lowvram.train",),
     ("lowvram.generate", "lowvram.info", "lowvram.resize", "lowvram.merge", "lowvram.fuse", "lowvram.extract",
      "lowvram.doctor",
-     "lowvram.caption", "lowvram.ui"),
+     "lowvram.caption", "lowvram.ui", "lowvram.housekeeping"),
     ("lowvram.cli", "lowvram.__main__"),
 ]
 
@@ -104,6 +104,7 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     ["plan", "--model", "sdxl", "--profile", "colab-t4", "--json"],
     ["check-data", "SAMPLE", "--model", "tiny"],
     ["train", "--help"],
+    ["cache", "--cache-dir", "SAMPLE", "--unused-for", "30", "--dry-run"],
     ["train", "--model", "tiny", "--data", "sample", "--rank", "0"],
 ])
 def test_fast_commands_import_no_heavy_library(argv, sample_data):

@@ -10,9 +10,11 @@ file that fails to open (truncated, corrupt) is deleted and encoded again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +33,13 @@ from lowvram.files import (
     KEPT_FREE,
     DiskFull,
     human_size,
+    lock_file,
     redraws_in_place,
     remove_orphans,
     save_safetensors,
     write_problem,
 )
+from lowvram.resolve import IN_USE
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes, so old entries are never misread
 
@@ -63,9 +67,12 @@ ORPHAN_AGE = 15 * 60  # seconds: a temporary entry file untouched this long was 
 class TensorStore:
     """Files `<root>/<kind>/<key[:2]>/<key>.safetensors`, each holding one entry's tensors. Where the disk has no
     room for them, the entries of this run are kept in memory instead (`in_memory`, with the reason in
-    `fell_back`), if the host RAM holds them."""
+    `fell_back`), if the host RAM holds them. A store holds the cache's shared lock while it lives: `lowvram cache`
+    removes no entry from under a run. An entry's mtime is when a run last found it valid: what `lowvram cache
+    --unused-for` reads."""
 
     def __init__(self, root: Path, kind: str):
+        self.in_use = lock_file(Path(root) / IN_USE, shared=True)
         self.root = Path(root) / kind
         self.memory: dict[str, dict[str, torch.Tensor]] | None = None
         self.fell_back: str | None = None
@@ -103,7 +110,10 @@ class TensorStore:
             ok = False
         if not ok:
             path.unlink(missing_ok=True)
-        return ok
+            return False
+        with contextlib.suppress(OSError):  # a read-only (shared) cache: its owner's runs keep it fresh
+            os.utime(path)
+        return True
 
     def load(self, key: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file

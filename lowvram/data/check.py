@@ -17,7 +17,7 @@ from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanRepo
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.option_values import parse_colour
-from lowvram.resolve import ResolvedRun
+from lowvram.resolve import SAMPLE_DATASET, SCANS, ResolvedRun
 
 
 def make_buckets(run: ResolvedRun, resolution: int | None = None) -> Buckets:
@@ -50,7 +50,7 @@ def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
 def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:
     """The scan index lives in the cache, never in the user's dataset folder; one per dataset and `part` of it."""
     key = str(root.resolve()) + part
-    return cache_dir / "scan" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+    return cache_dir / SCANS / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
 def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool = False
@@ -79,7 +79,7 @@ def dataset_to_check(run: ResolvedRun) -> tuple[Path, str | None]:
     """The dataset (a folder or a dataset file) `run` trains on, and its trigger word: --data's, or the built-in
     sample dataset train --data sample trains on, written where the cache is."""
     if run.uses_sample_data:
-        return write_sample_dataset(run.cache_dir / "sample-data"), run.config.data.trigger_word or SAMPLE_TRIGGER
+        return write_sample_dataset(run.cache_dir / SAMPLE_DATASET), run.config.data.trigger_word or SAMPLE_TRIGGER
     return Path(run.config.data.data), run.config.data.trigger_word
 
 

@@ -39,7 +39,7 @@ from lowvram.errors import LowvramError
 from lowvram.memory import PhasePeaks
 from lowvram.models.conditioning import caption_tokens, set_vae_tiling
 from lowvram.models.families import TextReading
-from lowvram.resolve import ResolvedRun
+from lowvram.resolve import LATENTS, TEXT, ResolvedRun
 
 
 @dataclass
@@ -69,7 +69,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     vae_id = module_fingerprint(model.vae)
     text_id = (module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])
                + run.text_reading.cache_tag)
-    latent_store, text_store = TensorStore(cache_dir, "latents"), TensorStore(cache_dir, "text")
+    latent_store, text_store = TensorStore(cache_dir, LATENTS), TensorStore(cache_dir, TEXT)
 
     latent_jobs: dict[str, LatentJob] = {}
     text_jobs: dict[str, TextJob] = {}

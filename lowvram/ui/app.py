@@ -23,6 +23,7 @@ from lowvram.config import SECTIONS
 from lowvram.configure import list_presets, preset_path, read_config, read_toml, without_idle_kept_tags
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
+from lowvram.resolve import UI_FILES
 from lowvram.ui import dataset as data_panel
 from lowvram.ui.form import FormField, form_fields, form_values, option_fields, option_values, toml_text
 from lowvram.ui.planview import BUDGET, CSS, THIS_GPU, card_choices, plan_for, render
@@ -64,7 +65,7 @@ def build_app(cache_dir: Path, port: int | None = None):
     fields = form_fields()
     caption_fields = [f for f in option_fields(CaptionConfig, "caption") if f.name != "data"]
     training = TrainingProcess(f"ui-run-{port}" if port else "ui-run")
-    ui_dir = Path(cache_dir) / "ui"
+    ui_dir = Path(cache_dir) / UI_FILES
     has_gpu = _has_cuda()
 
     with gr.Blocks(title="lowvram") as app:
@@ -349,7 +350,7 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = Tru
     no file of this machine: the pictures it shows go out as pixels, Gradio's copies of them into a folder of
     lowvram's cache that only this user reads."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    private = cache_dir / "ui" / "gradio"
+    private = cache_dir / UI_FILES / "gradio"
     private.mkdir(parents=True, exist_ok=True)
     private.chmod(0o700)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(private))

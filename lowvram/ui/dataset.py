@@ -13,6 +13,7 @@ from lowvram.configure import build_config
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
+from lowvram.resolve import EDITED_CAPTIONS
 
 COLUMNS = ["file", "status", "reason or notes", "bucket", "caption"]
 TOP_TAGS = 10
@@ -105,4 +106,4 @@ def backup_dir_for(cache_dir: Path, root: Path) -> Path:
     import hashlib
 
     root = Path(root).resolve()
-    return Path(cache_dir) / "edited-captions" / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
+    return Path(cache_dir) / EDITED_CAPTIONS / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
