@@ -168,9 +168,22 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     unknown = sorted(set(left) - INERT)
     if unknown:
         notes.append(f"not carried over (lowvram has no such setting): {', '.join(unknown)}")
+    notes += _logging_notes(left)
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes
+
+
+def _logging_notes(left: dict[str, Any]) -> list[str]:
+    """Where kohya's logs go here: no Weights & Biases, and TensorBoard only when asked for."""
+    tracker = str(left.get("log_with") or "").lower()
+    if tracker in ("wandb", "all") or left.get("wandb_run_name") or left.get("wandb_api_key"):
+        return [("log_with wandb: lowvram logs to no Weights & Biases project; metrics.jsonl in the output folder "
+                 "holds each step's loss, learning rate and gradient norm (--tensorboard adds TensorBoard logs)")]
+    if left.get("logging_dir") or tracker == "tensorboard":
+        return [("logging_dir: lowvram writes TensorBoard logs (to <output>/logs) with --tensorboard; metrics.jsonl "
+                 "in the output folder is always written")]
+    return []
 
 
 def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:

@@ -81,6 +81,8 @@ def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
         if isinstance(settings.get(key), str):
             settings[key] = settings[key].replace('"', "").split()
     settings |= _network(gui, problem)
+    if gui.get("use_wandb") is True:  # the GUI's switch for sd-scripts' --log_with wandb
+        settings.setdefault("log_with", "wandb")
     additional = _additional(str(gui.get("additional_parameters") or ""), problem)
     length = [key for key in ("max_train_epochs", "max_train_steps") if _number(gui.get(key)) or key in additional]
     if not length and _number(gui.get("epoch")) and not gui.get("dataset_config"):

@@ -115,7 +115,7 @@ KOHYA_FLAGS = {
     "--highvram": "(not needed: lowvram plan picks what fits the GPU)",
     "--save_state": "--checkpoint-every N (a checkpoint is always saved at the end)",
     "--logging_dir": "--tensorboard (logs go to <output>/logs)",
-    "--log_with": "--tensorboard (metrics.jsonl is always written)",
+    "--log_with": "--tensorboard (metrics.jsonl is always written; there is no Weights & Biases logging)",
     "--mem_eff_attn": "--attention sdpa",
     "--xformers": "--attention auto (xformers where it runs, else SDPA: the same memory)",
     "--sdpa": "--attention sdpa",
@@ -129,9 +129,23 @@ KOHYA_FLAGS = {
 }
 
 
+# kohya flags lowvram has no counterpart for, and what to do instead
+WITHOUT_COUNTERPART = {
+    "--token_warmup_step": "lowvram trains every caption whole from the first step",
+    "--token_warmup_min": "lowvram trains every caption whole from the first step",
+    "--face_crop_aug_range": "lowvram has no face-crop augmentation (crop the images beforehand, or use --crop random)",
+    "--no_token_padding": "lowvram pads captions as the models were trained",
+    "--initial_epoch": "a run continues where it stopped with --resume",
+    "--initial_step": "a run continues where it stopped with --resume",
+    "--huggingface_repo_id": "lowvram uploads nothing (use huggingface-cli upload)",
+}
+
+
 def kohya_hint(flag: str) -> str | None:
     """'--network_dim is kohya's name; lowvram's is --rank' for a kohya flag (with or without its =value)."""
     name = flag.split("=", 1)[0]
+    if name in WITHOUT_COUNTERPART:
+        return f"{name} is kohya's: {WITHOUT_COUNTERPART[name]}"
     ours = KOHYA_FLAGS.get(name)
     if ours is None:
         return None

@@ -171,6 +171,10 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     if _upper(doc, "training_method") != "LORA":
         problem("training_method", f"{doc.get('training_method')}: lowvram trains LoRA adapters; save the config "
                 "with the training method LoRA")
+    if doc.get("additional_embeddings"):
+        problem("additional_embeddings", "lowvram trains no embeddings, so the captions' placeholders would train as "
+                "plain words; remove the embeddings (and their placeholders from the captions), or train them in "
+                "OneTrainer")
     if doc.get("align_prop"):
         problem("align_prop", "AlignProp's reward training is not something lowvram does; turn it off")
     if _upper(doc, "model_type") not in MODEL_TYPES:

@@ -74,6 +74,21 @@ def test_a_kohya_ss_config_trains_the_lora_kohya_would(tmp_path, capsys):
     assert (out / "mylora-step000002.safetensors").is_file() and (out / "samples" / "mylora-00.png").is_file()
 
 
+def test_where_kohyas_logs_went_is_said_once(tmp_path):
+    """kohya_ss's logging_dir meant TensorBoard logs, and log_with wandb a Weights & Biases project: neither happens
+    here unasked, so the run says where its figures are instead of dropping the setting silently."""
+    def logging_notes(settings):
+        _, notes = translate(settings, tmp_path / "kohya.toml")
+        return [note for note in notes if "log" in note.split(":")[0]]
+
+    assert logging_notes(KOHYA_SS) == [
+        ("logging_dir: lowvram writes TensorBoard logs (to <output>/logs) with --tensorboard; metrics.jsonl in the "
+        "output folder is always written")]
+    wandb = logging_notes(KOHYA_SS | {"log_with": "wandb", "wandb_run_name": "run-1"})
+    assert len(wandb) == 1 and wandb[0].startswith("log_with wandb: lowvram logs to no Weights & Biases project")
+    assert logging_notes({k: v for k, v in KOHYA_SS.items() if k != "logging_dir"}) == []
+
+
 def test_kohyas_own_defaults_fill_what_the_file_leaves_out(tmp_path):
     values = values_of(tmp_path, {"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample"})
     config = build_config(values)

@@ -71,6 +71,13 @@ def settings_of(tmp_path, **changes) -> dict:
     return values
 
 
+def test_the_gui_s_wandb_switch_is_said_to_log_nowhere_but_the_output_folder(tmp_path):
+    _, notes = translate_gui(STANDARD | {"use_wandb": True}, tmp_path / "gui.json")
+    assert any(note.startswith("log_with wandb: lowvram logs to no Weights & Biases project") for note in notes)
+    _, notes = translate_gui(STANDARD | {"use_wandb": False}, tmp_path / "gui.json")
+    assert not any("wandb" in note for note in notes)
+
+
 def test_the_gui_s_network_types_become_kohya_s_networks(tmp_path):
     # the GUI's xformers: xformers where it runs, else SDPA (the same memory), never a refusal on a card without it
     assert settings_of(tmp_path)["attention"] == "auto"

@@ -30,7 +30,7 @@ from lowvram.doctor import _auto_line, _gpu_line
 from lowvram.errors import LowvramError
 from lowvram.files import human_size
 from lowvram.hardware import NO_GPU, Hardware, behind_windows_driver, detect, hardware_for, load_profile
-from lowvram.kohya_names import KOHYA_FLAGS
+from lowvram.kohya_names import KOHYA_FLAGS, WITHOUT_COUNTERPART
 from lowvram.models import load_model
 from lowvram.models.ldm_layout import sd15_single_file
 from lowvram.train.loop import train
@@ -212,6 +212,18 @@ def test_every_kohya_name_points_at_a_real_option_and_the_readme_shows_the_table
         named = re.findall(r"--[a-z0-9-]+", ours)
         assert all(flag in train_flags for flag in named), (kohya, ours)
         assert f"| `{kohya}` |" in readme, kohya
+
+
+def test_a_kohya_flag_without_a_counterpart_says_what_to_do_instead(capsys):
+    train_flags = {o for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                   for o in a.option_strings}
+    for kohya, instead in WITHOUT_COUNTERPART.items():
+        assert kohya not in train_flags and kohya not in KOHYA_FLAGS
+        assert all(flag in train_flags for flag in re.findall(r"--[a-z0-9-]+", instead)), (kohya, instead)
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "tiny", "--data", "sample", "--token_warmup_step", "10"])
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--token_warmup_step is kohya's: lowvram trains every caption whole" in error
 
 
 def test_a_warm_up_longer_than_most_of_the_run_is_warned_about(tmp_path):
