@@ -23,7 +23,8 @@ from lowvram.samplers import SAMPLERS
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
 
 TIMESTEP_BIASES = ("none", "earlier", "later")
-SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
+SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial", "rex",
+              "inverse_sqrt")
 NETWORKS = ("lora", "dora", "loha", "lokr")
 LORA_LAYERS = ("attn", "attn-mlp", "full")  # lowvram.models.families.LORA_LAYERS (not imported: plan starts fast)
 UNET_WEIGHTS = ("auto", *WEIGHT_FORMATS)
@@ -291,7 +292,8 @@ class OptimConfig:
                                              "amsgrad; prodigy's d_coef, d0, decouple, use_bias_correction, "
                                              "safeguard_warmup, ...", metavar="KEY=VALUE", flag="--optimizer-arg")
     max_grad_norm: float = option(1.0, "Clip the gradient norm to this value (0 disables clipping).")
-    scheduler: str = option("constant", "Learning-rate schedule.", choices=SCHEDULERS)
+    scheduler: str = option("constant", "Learning-rate schedule (rex: OneTrainer's REX, which holds the rate longer "
+                            "than linear then drops it; inverse_sqrt: transformers', as kohya's).", choices=SCHEDULERS)
     warmup_steps: float = option(0, "Linear warm-up steps (used by every schedule except 'constant'); under 1, a "
                                  "share of the run's steps (0.1: the first tenth), as kohya's and OneTrainer's "
                                  "read it.", metavar="N")

@@ -31,7 +31,7 @@ OPTIMIZERS = {"ADAMW": "adamw", "ADAMW_8BIT": "adamw8bit", "PAGED_ADAMW_8BIT": "
               "LION_8BIT": "lion8bit", "ADAFACTOR": "adafactor", "PRODIGY": "prodigy",
               "SCHEDULE_FREE_ADAMW": "schedulefree_adamw"}
 SCHEDULERS = {"CONSTANT": "constant", "LINEAR": "linear", "COSINE": "cosine", "COSINE_WITH_RESTARTS":
-              "cosine_with_restarts", "COSINE_WITH_HARD_RESTARTS": "cosine_with_restarts"}
+              "cosine_with_restarts", "COSINE_WITH_HARD_RESTARTS": "cosine_with_restarts", "REX": "rex"}
 QUANTIZED = {"FLOAT_8": "fp8", "INT_8": "bnb-int8", "NFLOAT_4": "bnb-nf4", "FLOAT_W8A8": "w8a8-fp8",
              "INT_W8A8": "w8a8-int8"}  # a U-Net storage OneTrainer names -> lowvram's
 PRECISIONS = {"FLOAT_16": "fp16", "BFLOAT_16": "bf16", "FLOAT_32": "fp32"}
@@ -315,7 +315,8 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
             values["warmup_steps"] = int(warmup) if warmup >= 1 else warmup
             if scheduler == "CONSTANT":
                 values["scheduler"] = "constant_with_warmup"
-    if doc.get("learning_rate_min_factor") and SCHEDULERS.get(scheduler, "constant").startswith(("cosine", "linear")):
+    if doc.get("learning_rate_min_factor") and SCHEDULERS.get(scheduler, "constant").startswith(
+            ("cosine", "linear", "rex")):
         values["min_lr_ratio"] = number("learning_rate_min_factor")  # OneTrainer: where the schedule decays to
     if scheduler in ("COSINE_WITH_RESTARTS", "COSINE_WITH_HARD_RESTARTS") and doc.get("learning_rate_cycles"):
         values["scheduler_cycles"] = max(1, round(float(doc["learning_rate_cycles"])))

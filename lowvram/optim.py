@@ -161,6 +161,32 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
     return classes[name](groups, weight_decay=weight_decay, **settings)
 
 
+def build_schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cycles: int, power: float):
+    """The learning-rate schedule `name` (config.SCHEDULERS), each with a linear warm-up over `warmup_steps`:
+    diffusers' for the usual ones; REX as OneTrainer builds it (the paper's d = 0.9, over the steps after the
+    warm-up); inverse_sqrt as kohya builds it (transformers', its time scale the warm-up)."""
+    import torch
+
+    if name == "rex":
+        decay = max(1, total_steps - warmup_steps)
+
+        def rex(step: int) -> float:  # https://arxiv.org/abs/2107.04197
+            if step < warmup_steps:
+                return step / warmup_steps
+            left = 1.0 - min(1.0, (step - warmup_steps) / decay)
+            return left / (0.1 + 0.9 * left)
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, rex)
+    if name == "inverse_sqrt":
+        from transformers.optimization import get_inverse_sqrt_schedule
+
+        return get_inverse_sqrt_schedule(optimizer, num_warmup_steps=warmup_steps)
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
+                         num_cycles=cycles, power=power)
+
+
 @contextmanager
 def use_averaged_weights(optimizer):
     """For schedule-free optimizers: the parameters hold the averaged weights (what to save and sample)

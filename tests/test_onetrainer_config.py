@@ -86,7 +86,7 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
     path = onetrainer_folder(tmp_path)
     doc = CONFIG | {"training_method": "FINE_TUNE", "model_type": "STABLE_DIFFUSION_3", "peft_type": "OFT_2",
                     "mse_strength": 1.0, "huber_strength": 0.5, "resolution": "512,768", "loss_scaler": "BATCH",
-                    "learning_rate_scheduler": "REX", "optimizer": {"optimizer": "CAME"},
+                    "learning_rate_scheduler": "ADAFACTOR", "optimizer": {"optimizer": "CAME"},
                     "layer_filter_preset": "custom", "unet": {"weight_dtype": "GGUF"},
                     "additional_embeddings": [{"placeholder": "<zkw>", "token_count": 2, "train": True}]}
     with pytest.raises(LowvramError) as error:
@@ -94,7 +94,7 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
     expected = ["training_method: FINE_TUNE: lowvram trains LoRA adapters", "model_type: STABLE_DIFFUSION_3",
                 "peft_type: OFT_2 is not an adapter", "mse_strength: mse_strength 1, huber_strength 0.5",
                 "resolution: '512,768': lowvram trains one square resolution", "loss_scaler: BATCH",
-                "learning_rate_scheduler: REX", "optimizer: CAME", "layer_filter: attentions",
+                "learning_rate_scheduler: ADAFACTOR", "optimizer: CAME", "layer_filter: attentions",
                 "unet.weight_dtype: GGUF", "additional_embeddings: lowvram trains no embeddings"]
     assert_one_line_each(str(error.value), f"{path}: ", expected)
 

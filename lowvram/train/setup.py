@@ -39,7 +39,7 @@ from lowvram.errors import LowvramError
 from lowvram.hardware import detect
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
-from lowvram.optim import OPTIMIZERS, build_optimizer, optimizer_kwargs, use_averaged_weights
+from lowvram.optim import OPTIMIZERS, build_optimizer, build_schedule, optimizer_kwargs, use_averaged_weights
 from lowvram.option_values import parse_save_every, parse_until
 from lowvram.plan.calibration import graphs_measured, unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
@@ -327,8 +327,6 @@ def warmup_steps(given: float, total_steps: int) -> int:
 def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, schedule: Schedule) -> Trainee:
     """Adapters (seeded, so the same config gives the same LoRA in every process), checkpointing, the optimizer
     and the learning-rate schedule, wrapped by accelerate for multi-GPU."""
-    from diffusers.optimization import get_scheduler
-
     config, rank = session.config, session.rank
     train_text = config.network.train_text_encoder
     torch.manual_seed(config.training.seed)
@@ -365,9 +363,8 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
     # the polynomial schedule decays towards 1e-7 in units of the optimizer's default rate, which kohya sets to its
     # --learning_rate; here the groups carry the rates, and the default would be the optimizer's own (AdamW: 1e-3)
     optimizer.defaults["lr"] = config.lr
-    lr_scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=schedule.warmup_steps,
-                                 num_training_steps=schedule.total_steps, num_cycles=config.optim.scheduler_cycles,
-                                 power=config.optim.scheduler_power)
+    lr_scheduler = build_schedule(config.optim.scheduler, optimizer, schedule.warmup_steps, schedule.total_steps,
+                                  config.optim.scheduler_cycles, config.optim.scheduler_power)
     if config.optim.min_lr_ratio:
         floor_schedule(lr_scheduler, config.optim.min_lr_ratio, schedule.warmup_steps)
     # wrapped for multi-GPU (DDP), unchanged in one process; the forward passes go through the wrappers. The

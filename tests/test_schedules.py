@@ -1,0 +1,55 @@
+"""The learning-rate schedules other trainers have besides diffusers' own: REX (OneTrainer's) and inverse_sqrt
+(kohya's, from transformers), each after its linear warm-up, read from their configs and trained with."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_config
+
+from lowvram.kohya_config import translate
+from lowvram.onetrainer_config import SCHEDULERS as ONETRAINER_SCHEDULERS
+from lowvram.optim import build_schedule
+from lowvram.train.loop import train
+
+
+def factors(name: str, warmup: int, total: int) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = build_schedule(name, optimizer, warmup, total, cycles=1, power=1.0)
+    found = []
+    for _ in range(total + 1):
+        found.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return found
+
+
+def test_rex_warms_up_then_holds_the_rate_above_linear_and_ends_at_zero():
+    rex, linear = factors("rex", 4, 24), factors("linear", 4, 24)
+    assert rex[:5] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    assert rex[14] == pytest.approx(0.5 / (0.1 + 0.9 * 0.5))  # halfway through the decay: the paper's d = 0.9
+    assert all(r > line for r, line in zip(rex[5:24], linear[5:24])) and rex[24] == 0.0
+    assert all(a > b for a, b in itertools.pairwise(rex[4:]))
+
+
+def test_inverse_sqrt_decays_as_one_over_the_root_of_the_step_after_its_warm_up():
+    found = factors("inverse_sqrt", 5, 80)
+    assert found[5] == pytest.approx(1.0) and found[20] == pytest.approx(0.5) and found[80] == pytest.approx(0.25)
+    assert all(found[s] == pytest.approx(math.sqrt(5 / s)) for s in range(5, 81))
+
+
+def test_onetrainers_rex_and_kohyas_inverse_sqrt_are_read_as_theirs(tmp_path):
+    assert ONETRAINER_SCHEDULERS["REX"] == "rex"
+    values, _ = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
+                           "lr_scheduler": "inverse_sqrt", "lr_warmup_steps": 10}, tmp_path / "kohya.toml")
+    assert (values["scheduler"], values["warmup_steps"]) == ("inverse_sqrt", 10)
+
+
+def test_a_run_with_rex_and_a_floor_logs_the_rates_it_trained_with(tmp_path):
+    train(run_config(output=str(tmp_path), scheduler="rex", warmup_steps=2, min_lr_ratio=0.1, lr=1e-3, max_steps=6))
+    rates = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if '"lr"' in line]
+    expected = [0.0, 0.5, *(0.1 + 0.9 * (1 - p) / (0.1 + 0.9 * (1 - p)) for p in (0, 0.25, 0.5, 0.75))]
+    assert rates == pytest.approx([1e-3 * f for f in expected])
