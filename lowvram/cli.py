@@ -29,6 +29,7 @@ from lowvram.configure import (
 from lowvram.errors import LowvramError
 from lowvram.files import unwritable
 from lowvram.hardware import parse_size
+from lowvram.housekeeping import cache_folder, parse_age
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
 from lowvram.option_values import area_side, width_height
 from lowvram.resize import DYNAMIC
@@ -108,15 +109,6 @@ def _sampler(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _age(text: str) -> float:
-    from lowvram.housekeeping import parse_age
-
-    try:
-        return parse_age(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
-
-
 def _port(text: str) -> int:
     """A port to serve on: 1 to 65535 (0, any free one, would leave the browser not knowing where)."""
     if not text.isdigit() or not 1 <= int(text) <= 65535:
@@ -164,12 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Show the cache folder's parts (latents, text embeddings, scan indexes) and "
                            "their sizes, or remove the entries no run used for a while, which the next run that "
                            "needs them rebuilds. Captions kept from before an edit are never removed.")
-    cache.add_argument("--cache-dir", type=Path, metavar="DIR", help="the cache (default: $LOWVRAM_CACHE_DIR or ~/.cache/lowvram)")
+    cache.add_argument("--cache-dir", type=cache_folder, metavar="DIR", help="the cache (default: "
+                       "$LOWVRAM_CACHE_DIR, else $XDG_CACHE_HOME/lowvram or ~/.cache/lowvram)")
     removal = cache.add_mutually_exclusive_group()
-    removal.add_argument("--unused-for", type=_age, metavar="AGE", help="remove the entries no run used for this "
+    removal.add_argument("--unused-for", type=parse_age, metavar="AGE", help="remove the entries no run used for this "
                          "long: days (30 or 30d), hours (12h) or weeks (2w)")
-    removal.add_argument("--clear", action="store_true", help="remove every latent, text embedding, scan index and "
-                         "the sample dataset")
+    removal.add_argument("--clear", action="store_true", help="remove every latent, text embedding and scan index")
     cache.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
     check = sub.add_parser("check-data", allow_abbrev=False, help="scan a dataset and report every file",

@@ -200,11 +200,11 @@ def remove_orphans(folder: Path, older_than: float = 0.0) -> list[Path]:
     return removed
 
 
-def lock_file(path: Path, shared: bool):
-    """An advisory lock on `path` (made if missing): shared ones wait for an exclusive holder, an exclusive one
-    raises BlockingIOError at once while any other is held. Returns the open file, whose closing (or the
-    process's end, a kill included) releases the lock; None where no lock can be had (Windows, a read-only folder
-    without the file, a file system without locks): the caller goes on unlocked."""
+def lock_file(path: Path, shared: bool, waiting=None):
+    """An advisory lock on `path` (made if missing): shared ones wait for an exclusive holder (calling `waiting()`
+    first, to say so), an exclusive one raises BlockingIOError at once while any other is held. Returns the open
+    file, whose closing (or the process's end, a kill included) releases the lock; None where no lock can be had
+    (Windows, a read-only folder without the file, a file system without locks): the caller goes on unlocked."""
     try:
         import fcntl
     except ImportError:
@@ -218,7 +218,14 @@ def lock_file(path: Path, shared: bool):
         except OSError:
             return None
     try:
-        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not shared:
+                raise
+            if waiting:
+                waiting()
+            fcntl.flock(handle, fcntl.LOCK_SH)
     except BlockingIOError:
         handle.close()
         raise

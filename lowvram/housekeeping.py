@@ -2,20 +2,24 @@
 
 Runs find their latents and text embeddings by content, so the cache only grows: every VAE, resolution, crop and
 caption wording adds entries. A run marks each entry it uses (its mtime), so entries no run used for a while are
-told apart from the ones in use. The user's earlier captions (the web UI's edits, `caption --overwrite`) are kept
-here too, and are never removed by this command: they are not a cache.
+told apart from the ones in use. Only files named as lowvram names its entries are removed, never through a link,
+so a wrong --cache-dir (a home folder) loses nothing. The user's earlier captions (the web UI's edits, `caption
+--overwrite`) are kept in the cache folder too, and are never removed here: they are not a cache.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lowvram.errors import LowvramError
-from lowvram.files import human_size, lock_file
+from lowvram.files import TEMPORARY, human_size, lock_file
 from lowvram.resolve import (
     EDITED_CAPTIONS,
     IN_USE,
@@ -37,9 +41,12 @@ FOLDERS = {  # what each folder of the cache holds, as the table says it
     REPLACED_CAPTIONS: "captions before caption --overwrite (kept)",
     UI_FILES: "the web UI's run logs (kept)",
 }
-BY_AGE = (LATENTS, TEXT, SCANS)  # one file per entry: removed one by one, by when a run last used it
-REMOVABLE = (*BY_AGE, SAMPLE_DATASET)  # what --clear removes; the next run rebuilds what it needs
+# the removable entries, by their names within their folder (a killed write's temporary file is one too)
+ENTRY_NAMES = {LATENTS: re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.safetensors$"),
+               TEXT: re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.safetensors$"),
+               SCANS: re.compile(r"^[0-9a-f]{20}\.json$")}
 DAY = 24 * 3600
+MOST_DAYS = 36500
 
 
 @dataclass(frozen=True)
@@ -47,38 +54,66 @@ class FolderUsage:
     name: str
     files: int
     size: int
-    last_used: float | None  # the newest file's mtime
+    last_used: float  # the newest file's mtime
+    removable: int  # bytes of entries (ENTRY_NAMES)
+
+
+def run_cache(cache_dir: Path | None, unused_for: float | None, clear: bool, dry_run: bool) -> None:
+    """`lowvram cache`: the table, or the removal and what it freed."""
+    given = "--cache-dir" if cache_dir is not None else "the cache folder"
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if dry_run and unused_for is None and not clear:
+        raise LowvramError("--dry-run: only used with --unused-for or --clear; add one, or drop --dry-run")
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise LowvramError(f"{given} {cache_dir}: a file, not a folder; pass --cache-dir with the cache folder")
+    if not cache_dir.is_dir():
+        print(f"{cache_dir}: no cache there (nothing was cached yet, or the cache is elsewhere: --cache-dir)")
+        return
+    try:
+        if unused_for is None and not clear:
+            print("\n".join(summary(cache_dir, usage(cache_dir))))
+            return
+        files, size = remove(cache_dir, None if clear else unused_for, dry_run)
+    except PermissionError as exc:
+        raise LowvramError(f"{exc.filename}: cannot be read ({exc.strerror}); run as the user who owns the cache, "
+                           "or pass another --cache-dir") from None
+    which = "every cache entry" if clear else f"the entries no run used for {_age(unused_for)}"
+    print(f"{'would remove' if dry_run else 'removed'} {_files_count(files)} ({human_size(size)}) of {cache_dir}: "
+          f"{which}")
 
 
 def usage(cache_dir: Path) -> list[FolderUsage]:
     """Every folder of the cache with a file in it: the known ones first, then any other."""
     names = [name for name in FOLDERS if (cache_dir / name).is_dir()]
-    names += sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and p.name not in FOLDERS) \
-        if cache_dir.is_dir() else []
+    names += sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and p.name not in FOLDERS)
     found = []
     for name in names:
-        stats = [p.lstat() for p in _files(cache_dir / name)]
+        files = _files(cache_dir, name)
+        stats = {path: path.lstat() for path in files}
         if stats:
-            found.append(FolderUsage(name, len(stats), sum(s.st_size for s in stats), max(s.st_mtime for s in stats)))
+            entries = set(_entries(cache_dir, name, files))
+            found.append(FolderUsage(name, len(stats), sum(s.st_size for s in stats.values()),
+                                     max(s.st_mtime for s in stats.values()),
+                                     sum(s.st_size for path, s in stats.items() if path in entries)))
     return found
 
 
 def remove(cache_dir: Path, unused_for: float | None, dry_run: bool = False) -> tuple[int, int]:
-    """Remove the entries no run used for `unused_for` seconds (None: every removable file); returns how many
-    files and bytes went (or would go, with `dry_run`). Refused while a run reads the cache."""
+    """Remove the entries no run used for `unused_for` seconds (None: every entry); returns how many files and
+    bytes went (or would go, with `dry_run`). Refused while a run reads the cache, unless only counting."""
     try:
-        lock = lock_file(cache_dir / IN_USE, shared=False) if cache_dir.is_dir() else None
+        lock = None if dry_run else lock_file(cache_dir / IN_USE, shared=False)
     except BlockingIOError:
-        raise LowvramError(f"{cache_dir}: a lowvram run is using this cache; run `lowvram cache` again when it ends "
-                           "(or pass another --cache-dir)") from None
+        raise LowvramError(f"{cache_dir}: a lowvram run (or another `lowvram cache`) is using this cache; run this "
+                           "again when it ends") from None
     try:
         cutoff = None if unused_for is None else time.time() - unused_for
         files, size = 0, 0
-        for name in BY_AGE if unused_for is not None else REMOVABLE:
-            for path in _files(cache_dir / name):
+        for name in ENTRY_NAMES:
+            for path in _entries(cache_dir, name, _files(cache_dir, name)):
                 try:
-                    stat = path.stat()
-                except FileNotFoundError:  # a scan index check-data replaced meanwhile (it takes no lock)
+                    stat = path.lstat()
+                except FileNotFoundError:
                     continue
                 if cutoff is not None and stat.st_mtime >= cutoff:
                     continue
@@ -86,8 +121,8 @@ def remove(cache_dir: Path, unused_for: float | None, dry_run: bool = False) -> 
                     try:
                         path.unlink()
                     except OSError as exc:
-                        raise LowvramError(f"{path}: cannot be removed ({exc.strerror}); removed {files} files "
-                                           f"({human_size(size)}) before it") from None
+                        raise LowvramError(f"{path}: cannot be removed ({exc.strerror}); removed "
+                                           f"{_files_count(files)} ({human_size(size)}) before it") from None
                 files, size = files + 1, size + stat.st_size
             if not dry_run:
                 _remove_empty_folders(cache_dir / name)
@@ -97,19 +132,6 @@ def remove(cache_dir: Path, unused_for: float | None, dry_run: bool = False) -> 
             lock.close()
 
 
-def run_cache(cache_dir: Path | None, unused_for: float | None, clear: bool, dry_run: bool) -> None:
-    """`lowvram cache`: the table, or the removal and what it freed."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    if cache_dir.exists() and not cache_dir.is_dir():
-        raise LowvramError(f"--cache-dir {cache_dir}: a file, not a folder; name the cache folder")
-    if unused_for is None and not clear:
-        print("\n".join(summary(cache_dir, usage(cache_dir))))
-        return
-    files, size = remove(cache_dir, None if clear else unused_for, dry_run)
-    which = "every cache entry" if clear else f"the entries no run used for {_age(unused_for)}"
-    print(f"{'would remove' if dry_run else 'removed'} {files} files ({human_size(size)}) of {cache_dir}: {which}")
-
-
 def summary(cache_dir: Path, folders: list[FolderUsage]) -> list[str]:
     if not folders:
         return [f"{cache_dir}: empty"]
@@ -117,25 +139,35 @@ def summary(cache_dir: Path, folders: list[FolderUsage]) -> list[str]:
     width = max(len(f.name) for f in folders)
     lines = [f"{cache_dir}:"]
     for f in folders:
-        lines.append(f"  {f.name:<{width}}  {f.files:>7} {'files' if f.files != 1 else 'file '}  {human_size(f.size):>10}  last used "
-                     f"{_age(now - f.last_used)} ago  {FOLDERS.get(f.name, '')}".rstrip())
-    total = sum(f.size for f in folders if f.name in REMOVABLE)
-    lines.append(f"{human_size(total)} can be removed (the next run rebuilds what it needs); "
+        lines.append(f"  {f.name:<{width}}  {f.files:>7} {'files' if f.files != 1 else 'file '}  "
+                     f"{human_size(f.size):>10}  last used {_age(now - f.last_used)} ago  "
+                     f"{FOLDERS.get(f.name, '')}".rstrip())
+    removable = sum(f.removable for f in folders)
+    lines.append(f"{human_size(removable)} can be removed (the next run rebuilds what it needs); "
                  f"{human_size(shutil.disk_usage(cache_dir).free)} free on its disk")
     return lines
 
 
+def cache_folder(text: str) -> Path:
+    """--cache-dir's type: a blank name is refused (Path("") is the working folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; name the cache folder")
+    return Path(text)
+
+
 def parse_age(text: str) -> float:
-    """'30' or '30d' (days), '12h', '2w' as seconds."""
+    """--unused-for's type: '30' or '30d' (days), '12h', '2w' as seconds."""
     units = {"h": 3600, "d": DAY, "w": 7 * DAY}
+    text = text.strip()
     number, unit = (text[:-1], text[-1].lower()) if text[-1:].lower() in units else (text, "d")
     try:
-        value = float(number)
+        seconds = float(number) * units[unit]
     except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise ValueError(f"--unused-for {text}: give a number of days (30 or 30d), hours (12h) or weeks (2w)")
-    return value * units[unit]
+        seconds = math.nan
+    if not 0 <= seconds <= MOST_DAYS * DAY:
+        raise argparse.ArgumentTypeError(f"give a number of days (30 or 30d), hours (12h) or weeks (2w), up to "
+                                         f"{MOST_DAYS} days")
+    return seconds
 
 
 def _age(seconds: float) -> str:
@@ -146,15 +178,39 @@ def _age(seconds: float) -> str:
     return f"{round(seconds / DAY)} days"
 
 
-def _files(folder: Path) -> list[Path]:
-    """The plain files under `folder`; links (to files or folders) are neither followed nor counted."""
+def _files_count(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
+
+
+def _files(cache_dir: Path, name: str) -> list[Path]:
+    """The plain files under the cache's folder `name`; links (the folder itself, or files and folders in it) are
+    neither followed nor counted. A folder that cannot be read raises PermissionError."""
+    folder = cache_dir / name
+    if folder.is_symlink() or not folder.is_dir():
+        return []
     found = []
-    for root, _, names in os.walk(folder):
-        found += [path for path in (Path(root) / name for name in names) if path.is_file() and not path.is_symlink()]
+
+    def unreadable(error: OSError) -> None:
+        raise error
+
+    for root, _, names in os.walk(folder, onerror=unreadable):
+        found += [path for path in (Path(root) / n for n in names) if path.is_file() and not path.is_symlink()]
     return found
 
 
+def _entries(cache_dir: Path, name: str, files: list[Path]) -> list[Path]:
+    """Those of `files` that are entries of the folder `name`, by their names."""
+    pattern = ENTRY_NAMES.get(name)
+    if pattern is None:
+        return []
+    folder = cache_dir / name
+    return [path for path in files
+            if pattern.match(path.relative_to(folder).as_posix()) or TEMPORARY.match(path.name)]
+
+
 def _remove_empty_folders(folder: Path) -> None:
+    if folder.is_symlink() or not folder.is_dir():
+        return
     for root, _, _ in sorted(os.walk(folder), key=lambda walked: len(walked[0]), reverse=True):
         if Path(root) != folder and not any(Path(root).iterdir()):
             Path(root).rmdir()

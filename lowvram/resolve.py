@@ -15,6 +15,7 @@ from lowvram.adapters.blocks import BlockPlan, block_plan
 from lowvram.config import SAMPLE_DATA, RunConfig
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
+from lowvram.files import lock_file
 from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.models.detect import detect_family
 from lowvram.models.families import ModelFamily, TextReading
@@ -27,6 +28,15 @@ NATIVE_FORMAT = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}  # the U-Net stor
 LATENTS, TEXT, SCANS, SAMPLE_DATASET = "latents", "text", "scan", "sample-data"  # rebuilt when a run needs them
 EDITED_CAPTIONS, REPLACED_CAPTIONS, UI_FILES = "edited-captions", "replaced-captions", "ui"  # never rebuilt
 IN_USE = ".in-use"  # runs hold a shared lock on this file while they read the cache; `lowvram cache` an exclusive one
+
+
+def hold_cache(cache_dir: Path, console=None):
+    """The cache's shared lock (IN_USE), held until the returned file is closed (None: no lock to be had); a
+    wait for `lowvram cache` to finish is said on `console`."""
+    def waiting() -> None:
+        console.print(f"waiting for `lowvram cache` to finish removing entries from {cache_dir}", soft_wrap=True)
+
+    return lock_file(Path(cache_dir) / IN_USE, shared=True, waiting=waiting if console else None)
 
 
 def default_cache_dir() -> Path:

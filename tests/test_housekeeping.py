@@ -2,6 +2,7 @@
 went, nothing is removed from under a running run, and the captions kept from before an edit are never removed."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,7 +78,9 @@ def test_nothing_is_removed_from_under_a_run_and_a_killed_runs_lock_goes_with_it
         assert holder.stdout.readline().strip() == "ready"
         assert main(["cache", "--cache-dir", str(cache), "--clear"]) == 2
         error = capsys.readouterr().err
-        assert error.count("\n") == 1 and "a lowvram run is using this cache" in error, error
+        assert error.count("\n") == 1 and "a lowvram run (or another `lowvram cache`) is using this cache" in error
+        assert main(["cache", "--cache-dir", str(cache), "--clear", "--dry-run"]) == 0  # counting removes nothing
+        assert "would remove 13 files" in capsys.readouterr().out
         assert sorted(p for p in cache.rglob("*") if p.is_file()) == before
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -91,20 +94,92 @@ def test_nothing_is_removed_from_under_a_run_and_a_killed_runs_lock_goes_with_it
     assert backup.read_text() == "the caption caption --overwrite replaced"
 
 
+def test_only_lowvrams_own_entries_are_removed_never_through_a_link(tmp_path, sample_data, tiny, capsys):
+    """A --cache-dir that is a home folder, or a cache whose folder is a link to the user's files, loses nothing
+    but files named as lowvram names its entries."""
+    config, cache = setup(tmp_path, sample_data)
+    prepare(config, tiny, sample_data, cache)
+    home = tmp_path / "home"
+    mine = [home / "text" / "notes.md", home / "scan" / "receipt.json", home / "latents" / "ab" / "photo.safetensors",
+            home / "photos" / "cat.png"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("mine")
+    (cache / "text").rename(tmp_path / "elsewhere")
+    (cache / "text").symlink_to(tmp_path / "elsewhere")
+    linked = sorted((tmp_path / "elsewhere").rglob("*"))
+    for folder in (home, cache):
+        assert main(["cache", "--cache-dir", str(folder), "--clear"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("removed 0 files")
+    assert all(path.read_text() == "mine" for path in mine)
+    assert sorted((tmp_path / "elsewhere").rglob("*")) == linked and entries(cache, "latents") == []
+
+
+def test_what_cannot_be_read_is_named_in_one_line(tmp_path, sample_data, tiny):
+    config, cache = setup(tmp_path, sample_data)
+    prepare(config, tiny, sample_data, cache)
+    locked = next((cache / "latents").iterdir())  # as one `sudo lowvram train` leaves a folder of it
+    as_a_user = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("no setpriv to drop root's permission override")
+        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    locked.chmod(0)
+    try:
+        for args in ([], ["--clear"]):
+            done = subprocess.run([*as_a_user, sys.executable, "-m", "lowvram", "cache", "--cache-dir", str(cache),
+                                   *args], capture_output=True, text=True, check=False)
+            assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+            assert f"{locked}: cannot be read (Permission denied)" in done.stderr
+    finally:
+        locked.chmod(0o755)
+    assert len(entries(cache, "latents")) == 6  # nothing was removed before the refusal
+
+
+def test_no_cache_where_one_was_named_is_said(tmp_path, capsys):
+    assert main(["cache", "--cache-dir", str(tmp_path / "typo"), "--clear"]) == 0
+    assert "no cache there" in capsys.readouterr().out and not (tmp_path / "typo").exists()
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--unused-for", "soon"], "argument --unused-for: give a number of days (30 or 30d), hours (12h) or weeks (2w)"),
     (["--unused-for", "-3"], "argument --unused-for: give a number of days"),
     (["--unused-for", "3", "--clear"], "argument --clear: not allowed with argument --unused-for"),
+    (["--unused-for", "inf"], "argument --unused-for: give a number of days"),
+    (["--unused-for", "1e300"], "up to 36500 days"),
+    (["--cache-dir", " ", "--clear"], "argument --cache-dir: empty; name the cache folder"),
 ])
-def test_a_wrong_age_is_one_line_naming_the_option(args, expected, capsys):
+def test_a_wrong_age_or_folder_is_one_line_naming_the_option(args, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["cache", *args])
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and expected in error and error.count("\n") == 1, error
 
 
-def test_a_file_given_as_the_cache_is_refused_in_one_line(tmp_path, capsys):
+def test_a_file_or_a_dry_run_of_nothing_is_refused_in_one_line(tmp_path, capsys):
     not_a_folder = tmp_path / "cache.txt"
     not_a_folder.write_text("")
-    assert main(["cache", "--cache-dir", str(not_a_folder), "--clear"]) == 2
-    assert "a file, not a folder" in capsys.readouterr().err and not_a_folder.exists()
+    for args, expected in ((["--cache-dir", str(not_a_folder), "--clear"], "a file, not a folder"),
+                           (["--cache-dir", str(tmp_path), "--dry-run"], "--dry-run: only used with --unused-for")):
+        assert main(["cache", *args]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and expected in error, error
+    assert not_a_folder.exists()
+
+
+def test_a_scan_waits_for_a_removal_and_says_so(tmp_path, sample_data):
+    """check-data (and a run's scan) writes the dataset's index into the cache: it waits while `lowvram cache`
+    removes entries, instead of failing on a folder removed under it."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    holder = (f"import fcntl, time\nlock = open({str(cache / '.in-use')!r}, 'a+b')\nfcntl.flock(lock, fcntl.LOCK_EX)"
+              "\nprint('held', flush=True)\ntime.sleep(3)")
+    removal = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    assert removal.stdout.readline().strip() == "held"
+    done = subprocess.run([sys.executable, "-m", "lowvram", "check-data", str(sample_data), "--model", "tiny"],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "LOWVRAM_CACHE_DIR": str(cache)})
+    removal.wait()
+    assert done.returncode == 0, done.stderr
+    assert f"waiting for `lowvram cache` to finish removing entries from {cache}" in " ".join(done.stdout.split())
+    assert len(list((cache / "scan").glob("*.json"))) == 1

@@ -33,13 +33,12 @@ from lowvram.files import (
     KEPT_FREE,
     DiskFull,
     human_size,
-    lock_file,
     redraws_in_place,
     remove_orphans,
     save_safetensors,
     write_problem,
 )
-from lowvram.resolve import IN_USE
+from lowvram.resolve import hold_cache
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes, so old entries are never misread
 
@@ -71,8 +70,8 @@ class TensorStore:
     removes no entry from under a run. An entry's mtime is when a run last found it valid: what `lowvram cache
     --unused-for` reads."""
 
-    def __init__(self, root: Path, kind: str):
-        self.in_use = lock_file(Path(root) / IN_USE, shared=True)
+    def __init__(self, root: Path, kind: str, console: Console | None = None):
+        self.in_use = hold_cache(Path(root), console)
         self.root = Path(root) / kind
         self.memory: dict[str, dict[str, torch.Tensor]] | None = None
         self.fell_back: str | None = None
