@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.formats import WEIGHT_FORMATS
-from lowvram.optim import OPTIMIZERS
+from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, spec_of
 from lowvram.prompts import SamplePrompt, parse_prompt, read_prompt_file
 from lowvram.samplers import SAMPLERS
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
@@ -277,8 +277,9 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = option("adamw", "Optimizer: " + "; ".join(o.help for o in OPTIMIZERS.values()) + ".",
-                            choices=tuple(OPTIMIZERS))
+    optimizer: str = option("adamw", "Optimizer: " + "; ".join(o.help for o in OPTIMIZERS.values()) + "; or any "
+                            "other by its class, as kohya's (torch.optim.RAdam, pytorch_optimizer.CAME).",
+                            choices=OPTIMIZER_CHOICES)
     lr: float | None = option(None, "Learning rate of the U-Net adapters (default: 1e-4; 1.0 for prodigy).")
     text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder adapters (default: --lr); 0 "
                                            "leaves the (first) text encoder without adapters.")
@@ -516,7 +517,7 @@ class RunConfig:
     def lr(self) -> float:
         if self.optim.lr is not None:
             return self.optim.lr
-        return OPTIMIZERS[self.optim.optimizer].default_lr
+        return spec_of(self.optim.optimizer).default_lr
 
     @property
     def multires_noise(self) -> tuple[int, float] | None:

@@ -18,7 +18,7 @@ from lowvram.config import (
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.lora_header import network_weights_problem
-from lowvram.optim import OPTIMIZERS, optimizer_kwargs
+from lowvram.optim import OPTIMIZER_CHOICES, optimizer_kwargs, spec_of
 from lowvram.option_values import (
     caption_extension_problem,
     parse_colour,
@@ -241,7 +241,7 @@ def config_problems(c: RunConfig) -> list[str]:
     if c.network.network in ("loha", "lokr") and c.network.dropout and c.network.module_dropout:
         p.append(f"--dropout and --module-dropout: for {c.network.network} both are module dropout; give one")
     positive("lr", c.optim.lr)
-    optimizer = OPTIMIZERS.get(c.optim.optimizer)
+    optimizer = spec_of(c.optim.optimizer) if c.optim.optimizer in OPTIMIZER_CHOICES else None
     if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:
         p.append(f"--lr: {c.optim.lr:g} with {optimizer.name}, which finds the step size itself and scales it by --lr; "
                  "use --lr 1.0 (or leave it out)")

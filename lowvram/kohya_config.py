@@ -22,8 +22,7 @@ from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError
 from lowvram.kohya_names import KOHYA_FLAGS
-from lowvram.optim import OPTIMIZERS as OPTIMIZER_SPECS
-from lowvram.optim import library_defaults, optimizer_kwargs
+from lowvram.optim import library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
 
@@ -39,6 +38,21 @@ SAME = {flag[2:]: ours[2:].replace("-", "_") for flag, ours in KOHYA_FLAGS.items
 OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "pagedadamw8bit": "paged_adamw8bit", "lion": "lion",
               "lion8bit": "lion8bit", "adafactor": "adafactor", "prodigy": "prodigy",
               "adamwschedulefree": "schedulefree_adamw", "schedulefreeadamw": "schedulefree_adamw"}
+# kohya's other optimizers by name: the class it builds, and the settings it adds where optimizer_args has none
+KOHYA_CLASSES = {
+    "dadaptadam": ("dadaptation.DAdaptAdam", ()), "dadaptadagrad": ("dadaptation.DAdaptAdaGrad", ()),
+    "dadaptadan": ("dadaptation.DAdaptAdan", ()), "dadaptsgd": ("dadaptation.DAdaptSGD", ()),
+    "dadaptlion": ("dadaptation.DAdaptLion", ()),
+    "dadaptadampreprint": ("dadaptation.experimental.DAdaptAdamPreprint", ()),
+    "dadaptadanip": ("dadaptation.experimental.DAdaptAdanIP", ()),
+    "sgdnesterov": ("torch.optim.SGD", ("nesterov=True", "momentum=0.9")),
+    "sgdnesterov8bit": ("bitsandbytes.optim.SGD8bit", ("nesterov=True", "momentum=0.9")),
+    "pagedlion8bit": ("bitsandbytes.optim.PagedLion8bit", ()),
+    "ademamix8bit": ("bitsandbytes.optim.AdEMAMix8bit", ()),
+    "pagedademamix8bit": ("bitsandbytes.optim.PagedAdEMAMix8bit", ()),
+    "radamschedulefree": ("schedulefree.RAdamScheduleFree", ()),
+    "sgdschedulefree": ("schedulefree.SGDScheduleFree", ()),
+}
 LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
 LYCORIS_PRESETS = {"full": "full", "attn-mlp": "attn-mlp", "attn-only": "attn"}
 SAVE_PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "float": "fp32", "fp32": "fp32"}
@@ -335,14 +349,20 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
     from optimizer_args."""
     values: dict[str, Any] = {}
     kind = left.pop("optimizer_type", None)
+    added: tuple[str, ...] = ()
     if kind:
         key = re.sub(r"[^a-z0-9]", "", str(kind).rsplit(".", 1)[-1].lower())
         if key in OPTIMIZERS:
             values["optimizer"] = OPTIMIZERS[key]
+        elif key in KOHYA_CLASSES:
+            values["optimizer"], added = KOHYA_CLASSES[key]
+        elif key:  # another class, as kohya builds it: a bare name is torch.optim's
+            values["optimizer"] = str(kind) if "." in str(kind) else f"torch.optim.{kind}"
         else:
             choices = ", ".join(sorted(set(OPTIMIZERS.values())))
-            problem("optimizer_type", f"'{kind}' is not one lowvram has; use one of {choices}")
+            problem("optimizer_type", f"'{kind}' names no optimizer; use one of {choices}, or a class")
     args = _pairs(left.pop("optimizer_args", []))
+    args |= {k: v for k, v in (item.split("=", 1) for item in added) if k not in args}
     if "weight_decay" in args:
         values["weight_decay"] = as_number(args.pop("weight_decay"), "optimizer_args weight_decay", problem)
     name = values.get("optimizer", "adamw")
@@ -361,7 +381,7 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
         try:
             optimizer_kwargs(name, [f"{key}={value}"])
         except ValueError as exc:
-            if key in dict(OPTIMIZER_SPECS[name].args):
+            if key in dict(spec_of(name).args):
                 problem(f"optimizer_args {key}", f"{value!r} " + str(exc).removeprefix(f"{key}={value}: "))
             continue
         carried.append(f"{key}={args.pop(key)}")

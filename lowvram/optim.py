@@ -10,7 +10,9 @@ option checks stay fast."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -71,12 +73,33 @@ OPTIMIZERS = {
     )
 }
 PLANNED_OPTIMIZERS = tuple(name for name, o in OPTIMIZERS.items() if o.planned)
+# any other optimizer, named by its class as kohya's --optimizer_type does (torch.optim.RAdam, pytorch_optimizer.CAME,
+# dadaptation.DAdaptAdam): built with the groups' rates, --weight-decay and its --optimizer-arg settings
+CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+class NamesOrClassPath(tuple):
+    """--optimizer's choices: the named ones, listed in the help, or a class path."""
+
+    def __contains__(self, value: object) -> bool:
+        return tuple.__contains__(self, value) or (isinstance(value, str) and bool(CLASS_PATH.match(value)))
+
+
+OPTIMIZER_CHOICES = NamesOrClassPath(OPTIMIZERS)
+
+
+def spec_of(name: str) -> Optimizer:
+    """The named optimizer, or a class path's: its state unknown, planned as AdamW's (a LoRA's state is megabytes),
+    its settings any, its library's weight decay the usual 0."""
+    if name in OPTIMIZERS:
+        return OPTIMIZERS[name]
+    return Optimizer(name, 8, 1.0, f"{name} (a class)", library_weight_decay=0)
 
 
 def library_defaults(values: dict) -> dict:
     """What of translated option values to add so that their optimizer trains as its library's defaults do, as kohya
     and OneTrainer pass it no settings of their own: its weight decay and settings, where `values` gives none."""
-    spec = OPTIMIZERS[values.get("optimizer", "adamw")]
+    spec = spec_of(values.get("optimizer", "adamw"))
     given = list(values.get("optimizer_args", []))
     added = [item for item in spec.library_settings if item.split("=")[0] not in {g.split("=")[0] for g in given}]
     return ({} if "weight_decay" in values else {"weight_decay": spec.library_weight_decay}) | (
@@ -85,7 +108,7 @@ def library_defaults(values: dict) -> dict:
 
 def optimizer_kwargs(name: str, items: tuple[str, ...] | list[str]) -> dict:
     """--optimizer-arg's KEY=VALUE items as the optimizer's keyword arguments; a ValueError names a wrong one."""
-    kinds = dict(OPTIMIZERS[name].args)
+    kinds = dict(OPTIMIZERS[name].args) if name in OPTIMIZERS else None
     kwargs = {}
     for item in items:
         key, sep, text = (part.strip() for part in str(item).partition("="))
@@ -93,10 +116,36 @@ def optimizer_kwargs(name: str, items: tuple[str, ...] | list[str]) -> dict:
             raise ValueError(f"'{item}' is not KEY=VALUE (e.g. betas=0.9,0.99)")
         if key == "weight_decay":
             raise ValueError(f"weight_decay={text}: give it as --weight-decay {text}")
+        if kinds is None:  # a class's: read as kohya reads them (a Python literal, else the text)
+            kwargs[key] = _literal(text)
+            continue
         if key not in kinds:
             raise ValueError(f"{name} takes no '{key}' here; it takes {', '.join(kinds) or 'none'}")
         kwargs[key] = _typed(key, text, kinds[key])
     return kwargs
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def optimizer_class(name: str):
+    """A class path's optimizer class; a LowvramError in one line where it cannot be imported."""
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name, None)
+    except ImportError as exc:
+        raise LowvramError(f"--optimizer {name}: cannot import {module_name} ({exc}); pip install the package that "
+                           f"has it, or choose one of {', '.join(OPTIMIZERS)}") from None
+    if not isinstance(found, type):
+        raise LowvramError(f"--optimizer {name}: {module_name} has no class {class_name}; check its name "
+                           "(upper and lower case count)")
+    return found
 
 
 def _typed(key: str, text: str, kind: str):
@@ -148,6 +197,15 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
 
         optimizer = AdamWScheduleFree(groups, weight_decay=weight_decay, warmup_steps=warmup_steps, **settings)
         optimizer.train()
+        return optimizer
+    if name not in OPTIMIZERS:
+        try:
+            optimizer = optimizer_class(name)(groups, weight_decay=weight_decay, **settings)
+        except (TypeError, ValueError) as exc:
+            raise LowvramError(f"--optimizer {name}: {exc} (its settings: --optimizer-arg KEY=VALUE, and "
+                               "--weight-decay)") from None
+        if hasattr(optimizer, "train") and _is_schedule_free(optimizer):
+            optimizer.train()
         return optimizer
     try:
         import bitsandbytes as bnb
@@ -203,9 +261,9 @@ def use_averaged_weights(optimizer):
 
 def _is_schedule_free(optimizer) -> bool:
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
-    return type(inner).__module__.startswith("schedulefree")
+    return type(inner).__module__.startswith("schedulefree") or "ScheduleFree" in type(inner).__name__
 
 
 def optimizer_state_bytes(name: str, trainable_params: int) -> int:
     """Bytes of optimizer state for `trainable_params` fp32 parameters (for the planner)."""
-    return OPTIMIZERS[name].state_bytes * trainable_params
+    return spec_of(name).state_bytes * trainable_params

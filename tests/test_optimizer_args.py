@@ -84,3 +84,47 @@ def test_an_optimizer_with_no_settings_trains_as_its_librarys_defaults_as_kohya_
                                                "optimizer": {"optimizer": onetrainer}}, Path("ot.json"))
     for values in (from_kohya, from_onetrainer):
         assert values["weight_decay"] == weight_decay and values.get("optimizer_args") == args
+
+
+def test_an_optimizer_named_by_its_class_trains_resumes_and_plans(tmp_path, capsys):
+    """kohya's optimizer_type takes any class (torch.optim.RAdam, pytorch_optimizer.CAME): its settings are read as
+    Python literals and reach the constructor, the run resumes with its state, and the planner counts it as AdamW."""
+    import json
+
+    from lowvram.cli import main
+    from lowvram.train.loop import train
+
+    options = {"optimizer": "torch.optim.RAdam", "optimizer_args": ("decoupled_weight_decay=True",
+                                                                    "betas=(0.8, 0.95)")}
+    train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=2, **options))
+    state = json.loads((tmp_path / "checkpoints" / "step-000002" / "state.json").read_text())["optimizer"]
+    group = state["param_groups"][0]
+    assert group["decoupled_weight_decay"] is True and group["betas"] == [0.8, 0.95] and state["state"]
+    assert train(run_config(output=str(tmp_path), max_steps=3, resume="auto", **options)).steps == 3
+    assert "resumed from" in capsys.readouterr().out
+    assert main(["plan", "--model", "sd15", "--vram", "6GB", "--optimizer", "torch.optim.RAdam"]) == 0
+    assert optimizer_kwargs("torch.optim.RAdam", ["foreach=None", "name=fast"]) == {"foreach": None, "name": "fast"}
+
+
+def test_a_class_that_cannot_be_had_is_one_line_before_anything_loads(tmp_path):
+    for name, says in (("torch.optim.NoSuch", "--optimizer torch.optim.NoSuch: torch.optim has no class NoSuch"),
+                       ("nosuchpackage.Came", "--optimizer nosuchpackage.Came: cannot import nosuchpackage")):
+        with pytest.raises(LowvramError) as error:
+            build_optimizer(name, [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1.0}], 0.0)
+        assert str(error.value).startswith(says) and len(str(error.value).splitlines()) == 1
+    with pytest.raises(LowvramError, match="--optimizer torch.optim.SGD: .*unexpected keyword argument 'gamma'"):
+        build_optimizer("torch.optim.SGD", [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1.0}], 0.0,
+                        settings={"gamma": 0.5})
+
+
+@pytest.mark.parametrize("kohya, ours, added", [
+    ("DAdaptAdam", "dadaptation.DAdaptAdam", []),
+    ("SGDNesterov", "torch.optim.SGD", ["nesterov=True", "momentum=0.9"]),
+    ("RAdam", "torch.optim.RAdam", []),
+    ("pytorch_optimizer.CAME", "pytorch_optimizer.CAME", []),
+    ("bitsandbytes.optim.AdamW8bit", "adamw8bit", []),
+])
+def test_kohyas_other_optimizers_are_the_classes_kohya_builds(kohya, ours, added):
+    values, _ = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
+                           "optimizer_type": kohya}, Path("kohya.toml"))
+    assert values["optimizer"] == ours and sorted(values.get("optimizer_args", [])) == sorted(added)

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lowvram.models.families import FAMILIES, ModelFamily
+from lowvram.optim import OPTIMIZERS
 
 CALIBRATION_FILE = Path(__file__).parent / "calibration.json"
 PROOF_COMMAND = "python tools/bench_gpu_proof.py"
@@ -38,7 +39,9 @@ def is_verified(family: ModelFamily, unet_weights: str, checkpointing: bool | in
                 mixed_precision: str) -> bool:
     """Whether a GPU result shows this strategy training; `checkpointing` True (every block), False, or a count of
     blocks. Some blocks recomputed is seen when a result shows it, or shows both all and none: each block then
-    runs one of two ways seen working."""
+    runs one of two ways seen working. An optimizer named by its class is the user's own code: the strategy counts
+    as seen where it is with AdamW."""
+    optimizer = optimizer if optimizer in OPTIMIZERS else "adamw"
     seen = {v["gradient_checkpointing"] for v in calibration()["verified"]
             if (v["family"], v["unet_weights"], v["optimizer"], v.get("mixed_precision", "bf16"))
             == (full_size(family), unet_weights, optimizer, mixed_precision)}

@@ -18,7 +18,7 @@ from lowvram.errors import LowvramError
 from lowvram.formats import CAST_FORMATS, WEIGHT_FORMATS
 from lowvram.hardware import DEFAULT_CONTEXT, GIB, Hardware
 from lowvram.models.families import DEFAULT_LORA_LAYERS, ModelFamily
-from lowvram.optim import OPTIMIZERS, optimizer_state_bytes
+from lowvram.optim import optimizer_state_bytes, spec_of
 from lowvram.plan.calibration import cuda_context_bytes, is_verified, step_time_ratios
 
 DATA_FILE = Path(__file__).parent / "plan_data.json"
@@ -457,4 +457,4 @@ def relative_step_time(work: Workload, strategy: MemoryStrategy, hardware: Hardw
         graphs = 1 - (1 - measured.get("cuda_graphs", CUDA_GRAPHS_COST)) * replayed
     return (weights * passes * (OFFLOAD_COST if work.offload_activations else 1)
             * (measured.get("compile", COMPILE_COST) if work.compile else 1) * graphs
-            * OPTIMIZERS[strategy.optimizer].step_cost)
+            * spec_of(strategy.optimizer).step_cost)

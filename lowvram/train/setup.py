@@ -39,7 +39,15 @@ from lowvram.errors import LowvramError
 from lowvram.hardware import detect
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
-from lowvram.optim import OPTIMIZERS, build_optimizer, build_schedule, optimizer_kwargs, use_averaged_weights
+from lowvram.optim import (
+    OPTIMIZERS,
+    build_optimizer,
+    build_schedule,
+    optimizer_class,
+    optimizer_kwargs,
+    spec_of,
+    use_averaged_weights,
+)
 from lowvram.option_values import parse_save_every, parse_until
 from lowvram.plan.calibration import graphs_measured, unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
@@ -189,6 +197,8 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     problem = existing_lora_problem(config)  # before the slow part (outdir.claimed checks the rest)
     if problem:
         raise LowvramError(problem)
+    if config.optim.optimizer not in OPTIMIZERS:
+        optimizer_class(config.optim.optimizer)  # a class path that imports nothing stops before the model loads
     run = resolve_run(config, detect())
     checkpoint_unit_names(run.family, config.memory.checkpoint_blocks)  # a count the U-Net lacks stops here
     # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run
@@ -498,7 +508,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{f' x {world}' if world > 1 else ''}", soft_wrap=True  # one line, for logs and grep
     )
     warmup = schedule.warmup_steps
-    if warmup and config.optim.scheduler == "constant" and not OPTIMIZERS[config.optim.optimizer].schedule_free:
+    if warmup and config.optim.scheduler == "constant" and not spec_of(config.optim.optimizer).schedule_free:
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} has no effect with --scheduler constant; "
                               "use --scheduler constant_with_warmup (or cosine) to warm up", soft_wrap=True)
     elif warmup > schedule.total_steps / 2 and config.optim.scheduler != "constant":

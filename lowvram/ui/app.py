@@ -44,7 +44,9 @@ def _component(gr, field: FormField):
         return gr.Checkbox(value=value, **common)
     if choices:
         options = list(choices) if field.default is not None else ["", *choices]
-        return gr.Dropdown(options, value=value, allow_custom_value=False, **common)
+        # an open list (--optimizer's: any class path too) takes what is typed; the config checks it as the CLI does
+        open_list = type(choices) is not tuple
+        return gr.Dropdown(options, value=value, allow_custom_value=open_list, **common)
     if field.base in (int, float) and field.required:
         # no precision: Gradio would round 2.5 to 2 before the config could refuse it as the CLI does
         return gr.Number(value=value, **common)
