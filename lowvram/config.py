@@ -18,6 +18,7 @@ from typing import Any
 
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, spec_of
+from lowvram.option_values import relocated_source
 from lowvram.prompts import SamplePrompt, parse_prompt, read_prompt_file
 from lowvram.samplers import SAMPLERS
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
@@ -50,6 +51,7 @@ PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the 
 NOT_SAVED = ("resume", "overwrite")  # one run's circumstances, not part of the recipe a saved config replays
 PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights",  # made absolute
                 "sample_prompt_file")
+SOURCE_LISTS = ("base_weights",)  # FILE[:WEIGHT] items, whose files are made absolute as PATH_OPTIONS are
 LOCAL_ONLY = ("output", "cache_dir")  # where this machine keeps things: no part of a shared recipe
 
 
@@ -71,6 +73,10 @@ class ModelConfig:
                                f"{PLANNING_MODEL}.", metavar="MODEL")
     model_family: str | None = option(None, "Force the architecture instead of detecting it from the checkpoint.",
                                       choices=FAMILIES)
+    base_weights: tuple[str, ...] = option((), "LoRA files merged into the base model before training, each FILE or "
+                                           "FILE:WEIGHT (kohya's --base_weights and --base_weights_multiplier): the "
+                                           "LoRA trains on top of them. Repeat the flag for several.",
+                                           metavar="FILE[:W]", flag="--base-weights")
     vae: str | None = option(None, "A VAE to use instead of the model's: a diffusers VAE folder (e.g. the fp16-fixed "
                              "SDXL VAE, which then runs in fp16) or a .safetensors VAE file.", metavar="PATH")
     prediction_type: str | None = option(None, "What the U-Net predicts; default: what the model's scheduler says "
@@ -584,6 +590,8 @@ class RunConfig:
                     del section[name]
                 elif name in ("model", "vae", *PATH_OPTIONS) and section[name] != SAMPLE_DATA:
                     section[name] = Path(section[name]).name
+                elif name in SOURCE_LISTS:
+                    section[name] = [relocated_source(item, lambda path: Path(path.name)) for item in section[name]]
         return out
 
 

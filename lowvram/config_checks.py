@@ -24,6 +24,7 @@ from lowvram.option_values import (
     parse_colour,
     parse_resolutions,
     parse_save_every,
+    parse_source,
     parse_until,
 )
 from lowvram.prompts import parse_prompt
@@ -104,6 +105,16 @@ def config_problems(c: RunConfig) -> list[str]:
             p.append(pickle_refusal(flag, value))
         elif not (Path(value).is_file() if must_be_file else Path(value).exists()):
             p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}")
+    for item in c.model.base_weights:
+        try:
+            path, _ = parse_source(item)
+        except LowvramError as exc:
+            p.append(f"--base-weights: {exc}")
+            continue
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            p.append(pickle_refusal("--base-weights", str(path)))
+        elif not path.is_file():
+            p.append(f"--base-weights: file not found: {path}")
     if c.network.network_weights and not c.training.resume and Path(c.network.network_weights).is_file():
         p += filter(None, [network_weights_problem(c.network)])
     output = Path(c.output.output)

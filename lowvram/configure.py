@@ -22,6 +22,7 @@ from lowvram.config import (
     PATH_OPTIONS,
     SAMPLE_DATA,
     SECTIONS,
+    SOURCE_LISTS,
     RunConfig,
     fields_by_name,
     flag_name,
@@ -36,7 +37,7 @@ from lowvram.errors import LowvramError
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
-from lowvram.option_values import area_side, width_height
+from lowvram.option_values import area_side, relocated_source, width_height
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -122,6 +123,9 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -
     for key in PATH_OPTIONS:
         if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA and not Path(values[key]).is_absolute():
             values[key] = str(base / values[key])
+    for key in SOURCE_LISTS:
+        if isinstance(values.get(key), list):
+            values[key] = [relocated_source(str(item), lambda path: base / path) for item in values[key]]
     for key in ("model", "vae"):
         value = values.get(key)
         if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
@@ -267,6 +271,8 @@ def _absolute_path(name: str, value: Any) -> Any:
         return str(Path(value).expanduser().absolute())
     if name in ("model", "vae") and isinstance(value, str) and Path(value).expanduser().exists():
         return str(Path(value).expanduser().absolute())
+    if name in SOURCE_LISTS and isinstance(value, (list, tuple)):
+        return tuple(relocated_source(str(item), lambda path: path.expanduser().absolute()) for item in value)
     return value
 
 
@@ -333,9 +339,10 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     """
     known = fields_by_name()
     sections, problems = _parsed_values(values)
-    for name in ("model", "vae", *PATH_OPTIONS):
+    for name in ("model", "vae", *PATH_OPTIONS, *SOURCE_LISTS):
         section, f, _ = known[name]
-        sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
+        if name in sections[section] or name not in SOURCE_LISTS:  # (a list's default is made by its factory)
+            sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
     config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
     rejected = {line.split(":")[0] for line in problems}
     problems += [line for line in config_problems(config) if line.split(":")[0] not in rejected]

@@ -17,9 +17,9 @@ import torch
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, output_problem
 from lowvram.hardware import detect
-from lowvram.merge import parse_source
 from lowvram.models.families import DEFAULT_READING, TextReading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
+from lowvram.option_values import parse_source
 from lowvram.prompts import MAX_SIDE, SamplePrompt, parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render

@@ -64,6 +64,7 @@ INERT = {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs",
          "enable_bucket", "mem_eff_attn", "lr_scheduler_args",
          "wandb_run_name", "wandb_api_key", "output_config", "ddp_timeout", "console_log_simple", "noise_offset_type"}
 KOHYA_KEYS = set(SAME) | set(SWITCHES) | INERT | {
+    "base_weights", "base_weights_multiplier",
     "network_module", "network_args", "network_train_unet_only", "network_train_text_encoder_only", "learning_rate",
     "unet_lr", "text_encoder_lr", "optimizer_type", "optimizer_args", "save_every_n_steps", "save_every_n_epochs",
     "sample_every_n_steps", "sample_every_n_epochs", "sample_prompts", "sample_sampler", "dataset_config", "v2",
@@ -138,6 +139,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         if ignored:
             notes.append(f"{' and '.join(ignored)} not used: dataset_config names the images, as in kohya")
     values |= _network(left, notes, problem)
+    values |= _base_weights(left, problem)
     values |= _learning_rates(left, values["train_text_encoder"], problem)
     values |= _optimizer(left, notes, problem)
     values |= _length_and_saves(left, notes, problem)
@@ -186,6 +188,16 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes
+
+
+def _base_weights(left: dict[str, Any], problem) -> dict[str, Any]:
+    """kohya's base_weights and their base_weights_multiplier (1 where the list is short) as FILE:WEIGHT items."""
+    files, weights = left.pop("base_weights", None) or [], left.pop("base_weights_multiplier", None) or []
+    files = files if isinstance(files, list) else [files]
+    weights = weights if isinstance(weights, list) else [weights]
+    numbers = [as_number(w, "base_weights_multiplier", problem) for w in weights]
+    return {"base_weights": [f"{file}:{numbers[i] if i < len(numbers) else 1.0:g}" for i, file in enumerate(files)]
+            } if files else {}
 
 
 def _logging_notes(left: dict[str, Any]) -> list[str]:

@@ -120,6 +120,8 @@ KOHYA_FLAGS = {
     "--xformers": "--attention auto (xformers where it runs, else SDPA: the same memory)",
     "--sdpa": "--attention sdpa",
     "--fp8_base": "--unet-weights fp8",
+    "--base_weights": "--base-weights",
+    "--base_weights_multiplier": "--base-weights FILE:WEIGHT",
     "--training_comment": "--training-comment",
     "--metadata_title": "--metadata-title",
     "--metadata_author": "--metadata-author",

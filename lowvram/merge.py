@@ -8,42 +8,16 @@ A layer that only some files adapt takes only theirs. The merged file is a plain
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from lowvram.errors import LowvramError
 from lowvram.files import save_safetensors
+from lowvram.option_values import parse_source
 from lowvram.resize import Resized, option_problems, read_pairs, resize_pair
 
 # metadata the merged file keeps when every source agrees on it: what the LoRAs were trained for
 SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.implementation",
                    "modelspec.prediction_type", "modelspec.resolution", "ss_zero_terminal_snr")
-
-
-def parse_source(text: str, weight: float = 1.0) -> tuple[Path, float]:
-    """FILE or FILE:WEIGHT, `weight` where none is given. An existing file is the file, whatever colons its name
-    holds; so is text whose last ':' is a Windows drive's (C:\\x) or is followed by a path or a file name
-    (dir:v2.safetensors), which is then not found. Otherwise what follows the last ':' is the weight: a
-    LowvramError (one line) where it is not a finite number."""
-    head, sep, tail = text.rpartition(":")
-    if not sep or not head or Path(text).exists() or _is_path_part(head, tail):
-        return Path(text), weight
-    try:
-        value = float(tail)
-    except ValueError:
-        raise LowvramError(f"weight '{tail}' of {head} is not a number; write FILE:WEIGHT, e.g. {head}:0.8") from None
-    if not math.isfinite(value):
-        raise LowvramError(f"weight '{tail}' of {head} is not a finite number; write FILE:WEIGHT, e.g. {head}:0.8")
-    return Path(head), value
-
-
-def _is_path_part(head: str, tail: str) -> bool:
-    """Whether `tail`, after the last ':', reads as the rest of a path rather than a weight: after a drive letter,
-    with a folder separator, or ending in a file suffix such as .safetensors."""
-    if (len(head) == 1 and head.isalpha()) or "/" in tail or "\\" in tail:
-        return True
-    suffix = Path(tail).suffix[1:]
-    return suffix.isalpha()
 
 
 def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dynamic: str | None = None,

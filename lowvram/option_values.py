@@ -1,9 +1,13 @@
 """The text forms some options take, parsed: a save interval ('500', '2e'), --text-encoder-until ('25%'), a
-background colour, a caption extension, and kohya's width,height resolution. Plain functions below the config, so the config checker and the run read them alike."""
+background colour, a caption extension, kohya's width,height resolution, and a LoRA file with its weight
+(FILE:WEIGHT). Plain functions below the config, so the config checker and the run read them alike."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+from lowvram.errors import LowvramError
 
 
 def parse_save_every(value: str | None) -> tuple[int, str] | None:
@@ -98,3 +102,39 @@ def caption_extension_problem(extension: str) -> str | None:
     if extension.startswith(".") and len(extension) > 1 and not any(c in extension for c in "/\\ \t"):
         return None
     return f"'{extension}' is no file extension; give it with its dot, e.g. .txt"
+
+
+def parse_source(text: str, weight: float = 1.0) -> tuple[Path, float]:
+    """FILE or FILE:WEIGHT, `weight` where none is given. An existing file is the file, whatever colons its name
+    holds; so is text whose last ':' is a Windows drive's (C:\\x) or is followed by a path or a file name
+    (dir:v2.safetensors), which is then not found. Otherwise what follows the last ':' is the weight: a
+    LowvramError (one line) where it is not a finite number."""
+    head, sep, tail = text.rpartition(":")
+    if not sep or not head or Path(text).exists() or _is_path_part(head, tail):
+        return Path(text), weight
+    try:
+        value = float(tail)
+    except ValueError:
+        raise LowvramError(f"weight '{tail}' of {head} is not a number; write FILE:WEIGHT, e.g. {head}:0.8") from None
+    if not math.isfinite(value):
+        raise LowvramError(f"weight '{tail}' of {head} is not a finite number; write FILE:WEIGHT, e.g. {head}:0.8")
+    return Path(head), value
+
+
+def _is_path_part(head: str, tail: str) -> bool:
+    """Whether `tail`, after the last ':', reads as the rest of a path rather than a weight: after a drive letter,
+    with a folder separator, or ending in a file suffix such as .safetensors."""
+    if (len(head) == 1 and head.isalpha()) or "/" in tail or "\\" in tail:
+        return True
+    suffix = Path(tail).suffix[1:]
+    return suffix.isalpha()
+
+
+def relocated_source(text: str, place) -> str:
+    """FILE[:WEIGHT] with its file moved by `place` (a Path -> Path), the weight as written; text whose weight is no
+    number stays as it is, for the config check to name."""
+    try:
+        path, _ = parse_source(text)
+    except LowvramError:
+        return text
+    return str(place(path)) + text[len(str(path)):]

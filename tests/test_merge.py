@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from lowvram.cli import main
 from lowvram.errors import LowvramError
-from lowvram.merge import parse_source
+from lowvram.option_values import parse_source
 from lowvram.train.loop import train
 
 

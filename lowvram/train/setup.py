@@ -48,7 +48,7 @@ from lowvram.optim import (
     spec_of,
     use_averaged_weights,
 )
-from lowvram.option_values import parse_save_every, parse_until
+from lowvram.option_values import parse_save_every, parse_source, parse_until
 from lowvram.plan.calibration import graphs_measured, unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.quant import convert_frozen, place, storage_bytes
@@ -247,11 +247,25 @@ def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
         model = load_model(config.model.model, config.model.model_family, dtype=session.weight_dtype,
                            vae=config.model.vae)
     model.text_reading = session.run.text_reading
+    merge_base_weights(session, model)
     noise_scheduler = noise_schedules(model, config)
     for module in (model.unet, *model.text_encoders):
         module.requires_grad_(False).to(dtype=session.weight_dtype)
     model.vae.requires_grad_(False).to(dtype=torch.float32 if session.run.vae_fp32 else session.weight_dtype)
     return model, noise_scheduler
+
+
+def merge_base_weights(session: Session, model: LoadedModel) -> None:
+    """--base-weights: each LoRA file fused into the frozen model at its weight (kohya's merge before training), before
+    the caches fingerprint the text encoders and before the U-Net is stored as --unet-weights."""
+    for item in session.config.model.base_weights:
+        path, weight = parse_source(item)
+        try:
+            lora_files.load_kohya(model, path, weight)
+        except LowvramError as exc:
+            raise LowvramError(str(exc).replace("--lora:", "--base-weights:", 1)) from None
+        layers = sum(networks.fuse_adapters(module) for module in (model.unet, *model.text_encoders))
+        session.console.print(f"merged {path.name} x{weight:g} into the base model ({layers} layers)", soft_wrap=True)
 
 
 def floor_schedule(lr_scheduler, ratio: float, warmup_steps: int) -> None:

@@ -1,0 +1,64 @@
+"""--base-weights (kohya's --base_weights and --base_weights_multiplier): LoRA files fused into the frozen model
+before training, at their weights, so the new LoRA trains on top of them; paths in a config file are found beside
+it, and a file that is not there is one line before anything loads."""
+
+from pathlib import Path
+
+import pytest
+import tomli_w
+import torch
+from conftest import run_config
+
+from lowvram.adapters import lora_files, networks
+from lowvram.configure import build_config, read_toml
+from lowvram.errors import LowvramError
+from lowvram.kohya_config import translate
+from lowvram.models import load_model
+from lowvram.train.loop import train
+
+
+def frozen_weights(model) -> dict[str, torch.Tensor]:
+    """Every frozen weight of the U-Net and text encoders, by its plain name (peft's base_layer left out)."""
+    return {f"{part}.{name.replace('.base_layer', '')}": value.detach().clone()
+            for part, module in (("unet", model.unet), *((f"te{i}", m) for i, m in enumerate(model.text_encoders)))
+            for name, value in module.state_dict().items() if "lora_" not in name}
+
+
+def test_a_run_trains_on_the_model_with_the_base_loras_fused_in(tmp_path):
+    style = train(run_config(output=str(tmp_path / "style"), max_steps=2, lr=5e-2, train_text_encoder=True,
+                             text_encoder_lr=5e-2)).lora_path
+    config_file = tmp_path / "next.toml"
+    config_file.write_text(tomli_w.dumps({"model": {"model": "tiny", "base_weights": [f"style/{style.name}:0.5"]},
+                                          "data": {"data": "sample"}, "training": {"max_steps": 2},
+                                          "output": {"output": str(tmp_path / "next"), "overwrite": True}}))
+    values = read_toml(config_file)
+    assert values["base_weights"] == [f"{style}:0.5"]  # found beside the config
+    result = train(build_config(values))
+
+    expected = load_model("tiny")
+    lora_files.load_kohya(expected, style, 0.5)
+    assert sum(networks.fuse_adapters(m) for m in (expected.unet, *expected.text_encoders)) > 0
+    plain, fused, trained_on = frozen_weights(load_model("tiny")), frozen_weights(expected), frozen_weights(
+        result.model)
+    changed = [name for name in fused if not torch.equal(fused[name], plain[name])]
+    assert any(n.startswith("unet") for n in changed) and any(n.startswith("te") for n in changed)
+    for name in fused:
+        torch.testing.assert_close(trained_on[name], fused[name], msg=name)
+
+
+def test_kohyas_base_weights_take_their_multipliers_and_one_where_none_is_left():
+    values, notes = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
+                               "base_weights": ["a.safetensors", "b.safetensors"], "base_weights_multiplier": [0.5]},
+                              Path("kohya.toml"))
+    assert values["base_weights"] == ["a.safetensors:0.5", "b.safetensors:1"]
+    assert not any("base_weights" in note for note in notes)
+
+
+def test_a_base_weights_file_missing_misweighted_or_pickled_is_one_line_each(tmp_path):
+    with pytest.raises(LowvramError) as error:
+        build_config({"model": "tiny", "data": "sample", "base_weights": [
+            str(tmp_path / "gone.safetensors"), f"{tmp_path / 'a.safetensors'}:strong", str(tmp_path / "old.ckpt")]})
+    lines = [line for line in str(error.value).splitlines() if line.startswith("--base-weights")]
+    assert len(lines) == 3, lines
+    assert f"--base-weights: file not found: {tmp_path / 'gone.safetensors'}" in lines
+    assert any("weight 'strong'" in line for line in lines) and any("old.ckpt" in line for line in lines)
