@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.formats import WEIGHT_FORMATS
-from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, spec_of
+from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, spec_of
 from lowvram.option_values import relocated_source
 from lowvram.prompts import SamplePrompt, parse_prompt, read_prompt_file
 from lowvram.samplers import SAMPLERS
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
 
 TIMESTEP_BIASES = ("none", "earlier", "later")
-SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial", "rex",
-              "inverse_sqrt")
 NETWORKS = ("lora", "dora", "loha", "lokr")
 LORA_LAYERS = ("attn", "attn-mlp", "full")  # lowvram.models.families.LORA_LAYERS (not imported: plan starts fast)
 UNET_WEIGHTS = ("auto", *WEIGHT_FORMATS)

@@ -1,5 +1,6 @@
-"""Optimizers (`--optimizer`), declared once: the option's choices and help, the planner's state sizes and step
-costs, and the builder all read `OPTIMIZERS`. The 8-bit ones (bitsandbytes) keep Adam's two moments in 8 bits, a
+"""Optimizers (`--optimizer`) and learning-rate schedules (`--scheduler`), declared once: the option's choices and
+help, the planner's state sizes and step costs, and the builders all read `OPTIMIZERS` and `SCHEDULERS`; any other
+optimizer is named by its class. The 8-bit ones (bitsandbytes) keep Adam's two moments in 8 bits, a
 quarter of AdamW's state; the paged variant lets that state spill to host memory under pressure; Lion keeps one
 moment; Adafactor factors the second moment into row and column statistics; Prodigy estimates the step size
 itself (its learning rate is a multiplier, 1.0); schedule-free AdamW needs no decaying schedule, but its weights
@@ -73,6 +74,8 @@ OPTIMIZERS = {
     )
 }
 PLANNED_OPTIMIZERS = tuple(name for name, o in OPTIMIZERS.items() if o.planned)
+SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial", "rex",
+              "inverse_sqrt")  # build_schedule builds each
 # any other optimizer, named by its class as kohya's --optimizer_type does (torch.optim.RAdam, pytorch_optimizer.CAME,
 # dadaptation.DAdaptAdam): built with the groups' rates, --weight-decay and its --optimizer-arg settings
 CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
@@ -145,6 +148,11 @@ def optimizer_class(name: str):
     if not isinstance(found, type):
         raise LowvramError(f"--optimizer {name}: {module_name} has no class {class_name}; check its name "
                            "(upper and lower case count)")
+    import torch
+
+    if not issubclass(found, torch.optim.Optimizer):
+        raise LowvramError(f"--optimizer {name}: not an optimizer (a torch.optim.Optimizer); name an optimizer's "
+                           "class, e.g. torch.optim.RAdam")
     return found
 
 

@@ -108,7 +108,8 @@ def test_an_optimizer_named_by_its_class_trains_resumes_and_plans(tmp_path, caps
 
 def test_a_class_that_cannot_be_had_is_one_line_before_anything_loads(tmp_path):
     for name, says in (("torch.optim.NoSuch", "--optimizer torch.optim.NoSuch: torch.optim has no class NoSuch"),
-                       ("nosuchpackage.Came", "--optimizer nosuchpackage.Came: cannot import nosuchpackage")):
+                       ("nosuchpackage.Came", "--optimizer nosuchpackage.Came: cannot import nosuchpackage"),
+                       ("torch.nn.Linear", "--optimizer torch.nn.Linear: not an optimizer")):
         with pytest.raises(LowvramError) as error:
             build_optimizer(name, [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1.0}], 0.0)
         assert str(error.value).startswith(says) and len(str(error.value).splitlines()) == 1
