@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,13 +31,19 @@ EDITED_CAPTIONS, REPLACED_CAPTIONS, UI_FILES = "edited-captions", "replaced-capt
 IN_USE = ".in-use"  # runs hold a shared lock on this file while they read the cache; `lowvram cache` an exclusive one
 
 
-def hold_cache(cache_dir: Path, console=None):
-    """The cache's shared lock (IN_USE), held until the returned file is closed (None: no lock to be had); a
-    wait for `lowvram cache` to finish is said on `console`."""
+@contextmanager
+def cache_in_use(cache_dir: Path, console=None):
+    """Within the block, the cache's shared lock (IN_USE) is held: `lowvram cache` removes nothing from it. A wait
+    for a removal to finish first is said on `console`."""
     def waiting() -> None:
         console.print(f"waiting for `lowvram cache` to finish removing entries from {cache_dir}", soft_wrap=True)
 
-    return lock_file(Path(cache_dir) / IN_USE, shared=True, waiting=waiting if console else None)
+    lock = lock_file(Path(cache_dir) / IN_USE, shared=True, waiting=waiting if console else None)
+    try:
+        yield
+    finally:
+        if lock:
+            lock.close()
 
 
 def default_cache_dir() -> Path:

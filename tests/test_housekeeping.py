@@ -1,6 +1,7 @@
 """`lowvram cache`: the entries no run used lately go, the ones a run uses stay, the next run rebuilds only what
 went, nothing is removed from under a running run, and the captions kept from before an edit are never removed."""
 
+import io
 import os
 import shutil
 import signal
@@ -9,10 +10,13 @@ import sys
 import time
 
 import pytest
+from conftest import run_config
+from rich.console import Console
 from test_cache import prepare, setup
 
 from lowvram.cli import main
 from lowvram.models import load_model
+from lowvram.train.loop import train
 
 DAYS_40 = 40 * 24 * 3600
 
@@ -71,8 +75,8 @@ def test_nothing_is_removed_from_under_a_run_and_a_killed_runs_lock_goes_with_it
     backup.write_text("the caption caption --overwrite replaced")
     before = sorted(p for p in cache.rglob("*") if p.is_file())
 
-    a_run = (f"import time\nfrom lowvram.data.cache import TensorStore\nstore = TensorStore({str(cache)!r}, 'latents')"
-             "\nprint('ready', flush=True)\ntime.sleep(600)")
+    a_run = (f"import time\nfrom lowvram.resolve import cache_in_use\nwith cache_in_use({str(cache)!r}):\n"
+             "    print('ready', flush=True)\n    time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", a_run], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
@@ -139,6 +143,26 @@ def test_what_cannot_be_read_is_named_in_one_line(tmp_path, sample_data, tiny):
 def test_no_cache_where_one_was_named_is_said(tmp_path, capsys):
     assert main(["cache", "--cache-dir", str(tmp_path / "typo"), "--clear"]) == 0
     assert "no cache there" in capsys.readouterr().out and not (tmp_path / "typo").exists()
+
+
+def test_a_training_run_keeps_the_cache_while_it_runs_and_frees_it_when_it_ends(tmp_path, capsys):
+    """A run in this process (a notebook's) holds the cache through its steps; the result it hands back holds
+    nothing, so the cache can be cleared right after."""
+    cache = tmp_path / "cache"
+    refusals = []
+
+    class Watching(Console):
+        def print(self, *objects, **kwargs):
+            if any("step" in str(o) for o in objects) and not refusals:  # mid-run
+                refusals.append(main(["cache", "--cache-dir", str(cache), "--clear"]))
+            super().print(*objects, **kwargs)
+
+    result = train(run_config(output=str(tmp_path / "out"), cache_dir=str(cache), max_steps=2),
+                   Watching(file=io.StringIO()))
+    assert refusals == [2]
+    assert "a lowvram run (or another `lowvram cache`) is using this cache" in capsys.readouterr().err
+    assert main(["cache", "--cache-dir", str(cache), "--clear"]) == 0 and result.data is not None
+    assert "removed 13 files" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, expected", [

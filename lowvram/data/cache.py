@@ -38,7 +38,6 @@ from lowvram.files import (
     save_safetensors,
     write_problem,
 )
-from lowvram.resolve import hold_cache
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes, so old entries are never misread
 
@@ -66,12 +65,10 @@ ORPHAN_AGE = 15 * 60  # seconds: a temporary entry file untouched this long was 
 class TensorStore:
     """Files `<root>/<kind>/<key[:2]>/<key>.safetensors`, each holding one entry's tensors. Where the disk has no
     room for them, the entries of this run are kept in memory instead (`in_memory`, with the reason in
-    `fell_back`), if the host RAM holds them. A store holds the cache's shared lock while it lives: `lowvram cache`
-    removes no entry from under a run. An entry's mtime is when a run last found it valid: what `lowvram cache
-    --unused-for` reads."""
+    `fell_back`), if the host RAM holds them. An entry's mtime is when a run last found it valid: what `lowvram
+    cache --unused-for` reads (a run holds the cache's lock, `lowvram.resolve.cache_in_use`, while it reads)."""
 
-    def __init__(self, root: Path, kind: str, console: Console | None = None):
-        self.in_use = hold_cache(Path(root), console)
+    def __init__(self, root: Path, kind: str):
         self.root = Path(root) / kind
         self.memory: dict[str, dict[str, torch.Tensor]] | None = None
         self.fell_back: str | None = None

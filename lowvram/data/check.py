@@ -17,7 +17,7 @@ from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanRepo
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.option_values import parse_colour
-from lowvram.resolve import SAMPLE_DATASET, SCANS, ResolvedRun, hold_cache
+from lowvram.resolve import SAMPLE_DATASET, SCANS, ResolvedRun, cache_in_use
 
 
 def make_buckets(run: ResolvedRun, resolution: int | None = None) -> Buckets:
@@ -57,12 +57,8 @@ def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | N
          ) -> ScanReport:
     """The scan of an image folder, or of a dataset file's image folders: its training subsets, or its
     is_reg subsets with `regularization`."""
-    lock = hold_cache(run.cache_dir, console)  # `lowvram cache` removes no index while it is written
-    try:
+    with cache_in_use(run.cache_dir, console):  # `lowvram cache` removes no index while it is written
         return _scan(run, data, trigger, console, regularization)
-    finally:
-        if lock:
-            lock.close()
 
 
 def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool

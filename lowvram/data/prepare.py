@@ -69,7 +69,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     vae_id = module_fingerprint(model.vae)
     text_id = (module_fingerprint(*model.text_encoders) + repr([s.hidden_state for s in family.text_encoders])
                + run.text_reading.cache_tag)
-    latent_store, text_store = TensorStore(cache_dir, LATENTS, console), TensorStore(cache_dir, TEXT)
+    latent_store, text_store = TensorStore(cache_dir, LATENTS), TensorStore(cache_dir, TEXT)
 
     latent_jobs: dict[str, LatentJob] = {}
     text_jobs: dict[str, TextJob] = {}

@@ -20,6 +20,7 @@ from lowvram.errors import TrainingInterrupted
 from lowvram.files import DiskFull
 from lowvram.memory import PhasePeaks, free_cached_memory
 from lowvram.models.loading import LoadedModel
+from lowvram.resolve import cache_in_use
 from lowvram.train import checkpoint, outdir
 from lowvram.train.progress import StopOnSignal, TrainingProgress
 from lowvram.train.runlog import RunLog, append_record
@@ -69,7 +70,10 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     Under `accelerate launch` every process runs this: each trains on its share of every step's batches
     (DDP averages the gradients), only the main process writes files."""
     session = start_session(config, console)
-    with outdir.claimed(session.run, session.accelerator, session.main) as note:  # the folder is this run's
+    # the cache's entries stay while the run reads them, and are free to remove once it ends (the result handed
+    # back, in a notebook, holds no lock)
+    with (cache_in_use(session.run.cache_dir, session.console),
+          outdir.claimed(session.run, session.accelerator, session.main) as note):  # the folder is this run's
         if note:
             session.console.print(note, soft_wrap=True)
         try:
