@@ -3,6 +3,7 @@ and the fix (`lowvram.configure` builds the config and reports them)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
-from lowvram.lora_header import network_weights_problem
-from lowvram.optim import OPTIMIZER_CHOICES, optimizer_kwargs, spec_of
+from lowvram.lora_header import network_options, network_weights_problem
+from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
 from lowvram.option_values import (
     caption_extension_problem,
     parse_colour,
@@ -115,6 +116,14 @@ def config_problems(c: RunConfig) -> list[str]:
             p.append(pickle_refusal("--base-weights", str(path)))
         elif not path.is_file():
             p.append(f"--base-weights: file not found: {path}")
+        else:
+            try:
+                network = network_options(path)
+            except (OSError, ValueError) as exc:
+                network = {"": exc}
+            if not network or "" in network:
+                why = f"not a safetensors file ({network['']})" if network else "no LoRA, DoRA, LoHa or LoKr layers"
+                p.append(f"--base-weights: {path}: {why}; name a LoRA file (a model checkpoint is --model)")
     if c.network.network_weights and not c.training.resume and Path(c.network.network_weights).is_file():
         p += filter(None, [network_weights_problem(c.network)])
     output = Path(c.output.output)
@@ -321,6 +330,11 @@ def config_problems(c: RunConfig) -> list[str]:
     positive("sample-steps", c.output.sample_steps)
     if c.training.max_steps is not None and c.training.epochs is not None:
         p.append("--max-steps and --epochs: can't use both; choose one")
+    if optimizer and optimizer.name not in OPTIMIZERS:  # a class path: its package must be here (plan says so too)
+        package = optimizer.name.split(".")[0]
+        if importlib.util.find_spec(package) is None:
+            p.append(f"--optimizer {optimizer.name}: no package {package} here; pip install the one that has it, or "
+                     f"choose one of {', '.join(OPTIMIZERS)}")
     if optimizer:
         try:
             optimizer_kwargs(optimizer.name, c.optim.optimizer_args)

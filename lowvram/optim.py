@@ -96,7 +96,8 @@ def spec_of(name: str) -> Optimizer:
     its settings any, its library's weight decay the usual 0."""
     if name in OPTIMIZERS:
         return OPTIMIZERS[name]
-    return Optimizer(name, 8, 1.0, f"{name} (a class)", library_weight_decay=0)
+    return Optimizer(name, 8, 1.0, f"{name} (a class)", library_weight_decay=0,
+                     schedule_free="schedulefree" in name.lower())
 
 
 def library_defaults(values: dict) -> dict:
@@ -117,8 +118,8 @@ def optimizer_kwargs(name: str, items: tuple[str, ...] | list[str]) -> dict:
         key, sep, text = (part.strip() for part in str(item).partition("="))
         if not sep or not key or not text:
             raise ValueError(f"'{item}' is not KEY=VALUE (e.g. betas=0.9,0.99)")
-        if key == "weight_decay":
-            raise ValueError(f"weight_decay={text}: give it as --weight-decay {text}")
+        if key in ("weight_decay", "lr"):  # the run's own options, which the optimizer's groups carry
+            raise ValueError(f"{key}={text}: give it as --{key.replace('_', '-')} {text}")
         if kinds is None:  # a class's: read as kohya reads them (a Python literal, else the text)
             kwargs[key] = _literal(text)
             continue
@@ -154,6 +155,32 @@ def optimizer_class(name: str):
         raise LowvramError(f"--optimizer {name}: not an optimizer (a torch.optim.Optimizer); name an optimizer's "
                            "class, e.g. torch.optim.RAdam")
     return found
+
+
+def build_class_optimizer(name: str, groups: list[dict], weight_decay: float, settings: dict):
+    """A class path's optimizer, given what its constructor takes, as kohya builds it: the rate (the first group's,
+    for a class that wants one), the weight decay where it has one, and the settings. A LowvramError in one line
+    where it refuses them (run with a one-element parameter first, to check the options before the model loads)."""
+    import inspect
+
+    cls = optimizer_class(name)
+    taken = inspect.signature(cls).parameters
+    anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in taken.values())
+    unknown = [key for key in settings if key not in taken and not anything]
+    if unknown:
+        raise LowvramError(f"--optimizer-arg: {name} takes no {', '.join(unknown)}; it takes "
+                           f"{', '.join(k for k in taken if k not in ('self', 'params', 'lr', 'weight_decay'))}")
+    given = dict(settings)
+    if "weight_decay" in taken or anything:
+        given["weight_decay"] = weight_decay
+    elif weight_decay:
+        raise LowvramError(f"--weight-decay: {name} has no weight decay; pass --weight-decay 0")
+    if "lr" in taken:
+        given["lr"] = groups[0].get("lr", 1e-3)
+    try:
+        return cls(groups, **given)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise LowvramError(f"--optimizer-arg: {name} refused its settings ({exc})") from None
 
 
 def _typed(key: str, text: str, kind: str):
@@ -207,11 +234,7 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
         optimizer.train()
         return optimizer
     if name not in OPTIMIZERS:
-        try:
-            optimizer = optimizer_class(name)(groups, weight_decay=weight_decay, **settings)
-        except (TypeError, ValueError) as exc:
-            raise LowvramError(f"--optimizer {name}: {exc} (its settings: --optimizer-arg KEY=VALUE, and "
-                               "--weight-decay)") from None
+        optimizer = build_class_optimizer(name, groups, weight_decay, settings)
         if hasattr(optimizer, "train") and _is_schedule_free(optimizer):
             optimizer.train()
         return optimizer

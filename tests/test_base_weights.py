@@ -8,6 +8,7 @@ import pytest
 import tomli_w
 import torch
 from conftest import run_config
+from safetensors.torch import save_file
 
 from lowvram.adapters import lora_files, networks
 from lowvram.configure import build_config, read_toml
@@ -46,6 +47,18 @@ def test_a_run_trains_on_the_model_with_the_base_loras_fused_in(tmp_path):
         torch.testing.assert_close(trained_on[name], fused[name], msg=name)
 
 
+def test_a_resume_without_the_base_loras_is_refused_for_what_it_would_train_on(tmp_path, capsys):
+    from lowvram.cli import main
+
+    style = train(run_config(output=str(tmp_path / "style"), max_steps=1)).lora_path
+    argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "next"), "--max-steps", "2"]
+    assert main([*argv, "--checkpoint-every", "1", "--base-weights", f"{style}:0.5"]) == 0
+    assert main([*argv, "--max-steps", "3", "--resume", "auto"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"(--base-weights {style.name}:0.5 there, (not set) here)" in error, error
+    assert main([*argv, "--max-steps", "3", "--resume", "auto", "--base-weights", f"{style}:0.5"]) == 0
+
+
 def test_kohyas_base_weights_take_their_multipliers_and_one_where_none_is_left():
     values, notes = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
                                "base_weights": ["a.safetensors", "b.safetensors"], "base_weights_multiplier": [0.5]},
@@ -54,11 +67,18 @@ def test_kohyas_base_weights_take_their_multipliers_and_one_where_none_is_left()
     assert not any("base_weights" in note for note in notes)
 
 
-def test_a_base_weights_file_missing_misweighted_or_pickled_is_one_line_each(tmp_path):
+def test_a_base_weights_file_missing_misweighted_pickled_or_no_lora_is_one_line_each(tmp_path):
+    (tmp_path / "junk.safetensors").write_text("junk")
+    save_file({"model.diffusion_model.out.weight": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(LowvramError) as error:
         build_config({"model": "tiny", "data": "sample", "base_weights": [
-            str(tmp_path / "gone.safetensors"), f"{tmp_path / 'a.safetensors'}:strong", str(tmp_path / "old.ckpt")]})
+            str(tmp_path / "gone.safetensors"), f"{tmp_path / 'a.safetensors'}:strong", str(tmp_path / "old.ckpt"),
+            str(tmp_path / "junk.safetensors"), str(tmp_path / "model.safetensors")]})
     lines = [line for line in str(error.value).splitlines() if line.startswith("--base-weights")]
-    assert len(lines) == 3, lines
+    assert len(lines) == 5, lines
     assert f"--base-weights: file not found: {tmp_path / 'gone.safetensors'}" in lines
     assert any("weight 'strong'" in line for line in lines) and any("old.ckpt" in line for line in lines)
+    assert f"--base-weights: {tmp_path / 'model.safetensors'}: no LoRA, DoRA, LoHa or LoKr layers; name a LoRA file " \
+           "(a model checkpoint is --model)" in lines
+    assert any(line.startswith(f"--base-weights: {tmp_path / 'junk.safetensors'}: not a safetensors file")
+               for line in lines)

@@ -113,9 +113,32 @@ def test_a_class_that_cannot_be_had_is_one_line_before_anything_loads(tmp_path):
         with pytest.raises(LowvramError) as error:
             build_optimizer(name, [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1.0}], 0.0)
         assert str(error.value).startswith(says) and len(str(error.value).splitlines()) == 1
-    with pytest.raises(LowvramError, match="--optimizer torch.optim.SGD: .*unexpected keyword argument 'gamma'"):
+    with pytest.raises(LowvramError, match="--optimizer-arg: torch.optim.SGD takes no gamma; it takes momentum"):
         build_optimizer("torch.optim.SGD", [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1.0}], 0.0,
                         settings={"gamma": 0.5})
+
+
+def test_what_a_class_takes_is_checked_before_the_model_loads_and_plan_knows_a_missing_package(tmp_path, capsys):
+    from lowvram.cli import main
+
+    argv = ["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output", str(tmp_path / "out")]
+    for extra, says in (
+            (["--optimizer", "torch.optim.Rprop"], ("--weight-decay: torch.optim.Rprop has no weight decay; pass "
+                                                   "--weight-decay 0")),
+            (["--optimizer", "torch.optim.RAdam", "--optimizer-arg", "lr=0.5"], "lr=0.5: give it as --lr 0.5"),
+            (["--optimizer", "torch.optim.RAdam", "--optimizer-arg", "nonsense=1"],
+             "--optimizer-arg: torch.optim.RAdam takes no nonsense; it takes betas, eps"),
+            (["--optimizer", "torch.optim.SGD", "--optimizer-arg", "momentum=-1"],
+             "--optimizer-arg: torch.optim.SGD refused its settings (Invalid momentum value: -1)"),
+            (["--optimizer", "schedulefree.SGDScheduleFree", "--scheduler", "cosine"],
+             "--scheduler cosine: schedulefree.SGDScheduleFree replaces the schedule")):
+        assert main([*argv, *extra]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and says in error, error
+        assert not (tmp_path / "out").exists()  # stopped before the run began
+    assert main([*argv, "--optimizer", "torch.optim.Rprop", "--weight-decay", "0"]) == 0
+    assert main(["plan", "--model", "sdxl", "--vram", "8GB", "--optimizer", "nosuchpackage.Opt"]) == 2
+    assert "--optimizer nosuchpackage.Opt: no package nosuchpackage here" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kohya, ours, added", [

@@ -309,7 +309,8 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
             set_peft_model_state_dict(module, state)
         except RuntimeError as exc:  # its first line says only "Error(s) in loading state_dict": the last names one
             detail = str(exc).strip().splitlines()[-1].strip()
-            raise LowvramError(f"--lora: {path} does not fit {model.family.title}: {detail}") from None
+            raise LowvramError(f"--lora: {path} does not fit {model.family.title}: {detail}; was it trained for "
+                               "another model family?") from None
         for _, layer in adapted_layers(module):
             layer.scaling[ADAPTER] *= strength
     missing = sorted(set(layers) - placed)

@@ -1,15 +1,18 @@
-"""What makes two runs the same run: what the adapters' weights depend on beyond their length, namely the model,
-the data, the network's shape, the resolution, the seed and the optimizer. The number of steps or epochs, the
-learning rate and the save points may change on resume (raising --epochs to train further is how a finished run
-continues). Output folders and checkpoints record it (`lowvram.train.outdir`, `lowvram.train.checkpoint`)."""
+"""What makes two runs the same run: what the adapters' weights depend on beyond their length, namely the model
+(with the LoRAs merged into it), the data, the network's shape, the resolution, the seed and the optimizer. The
+number of steps or epochs, the learning rate and the save points may change on resume (raising --epochs to train
+further is how a finished run continues). Output folders and checkpoints record it (`lowvram.train.outdir`,
+`lowvram.train.checkpoint`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import NetworkConfig
+from lowvram.option_values import relocated_source
 from lowvram.resolve import ResolvedRun
 
 
@@ -32,6 +35,9 @@ def recipe(run: ResolvedRun) -> dict[str, object]:
         run_recipe["--loraplus-text-encoder-ratio"] = config.optim.loraplus_text_encoder_ratio
     if config.optim.ema:  # the average a checkpoint holds
         run_recipe["--ema-decay"] = config.optim.ema_decay
+    if config.model.base_weights:  # the model the adapters train on (by file name: a moved file is the same)
+        run_recipe["--base-weights"] = " ".join(relocated_source(item, lambda path: Path(path.name))
+                                                for item in config.model.base_weights)
     return run_recipe
 
 

@@ -41,9 +41,9 @@ from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import (
     OPTIMIZERS,
+    build_class_optimizer,
     build_optimizer,
     build_schedule,
-    optimizer_class,
     optimizer_kwargs,
     spec_of,
     use_averaged_weights,
@@ -197,8 +197,10 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     problem = existing_lora_problem(config)  # before the slow part (outdir.claimed checks the rest)
     if problem:
         raise LowvramError(problem)
-    if config.optim.optimizer not in OPTIMIZERS:
-        optimizer_class(config.optim.optimizer)  # a class path that imports nothing stops before the model loads
+    if config.optim.optimizer not in OPTIMIZERS:  # a class path: it and its settings are checked before the model loads
+        trial = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": config.lr}]
+        build_class_optimizer(config.optim.optimizer, trial, config.optim.weight_decay,
+                              optimizer_kwargs(config.optim.optimizer, config.optim.optimizer_args))
     run = resolve_run(config, detect())
     checkpoint_unit_names(run.family, config.memory.checkpoint_blocks)  # a count the U-Net lacks stops here
     # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run
