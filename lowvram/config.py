@@ -302,10 +302,12 @@ class OptimConfig:
     warmup_steps: float = option(0, "Linear warm-up steps (used by every schedule except 'constant'); under 1, a "
                                  "share of the run's steps (0.1: the first tenth), as kohya's and OneTrainer's "
                                  "read it.", metavar="N")
+    decay_steps: float = option(0, "warmup_stable_decay's decay, over the run's last N steps (under 1, a share of "
+                                "the run: kohya's lr_decay_steps).", metavar="N")
     scheduler_cycles: int = option(1, "Restarts of cosine_with_restarts.")
     scheduler_power: float = option(1.0, "Power of the polynomial schedule's decay (1 is linear; kohya's "
                                     "lr_scheduler_power).")
-    min_lr_ratio: float = option(0.0, "The decaying schedules (cosine, cosine_with_restarts, linear, polynomial) "
+    min_lr_ratio: float = option(0.0, "The decaying schedules (all but the constant ones) "
                                  "decay to this share of the learning rate instead of 0 (OneTrainer's "
                                  "learning_rate_min_factor, kohya's lr_scheduler_min_lr_ratio).", metavar="R")
     scale_weight_norms: float | None = option(None, "Max-norm regularization (kohya's --scale_weight_norms; 1 is "

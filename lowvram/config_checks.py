@@ -280,6 +280,15 @@ def config_problems(c: RunConfig) -> list[str]:
     if c.optim.scheduler_power != 1.0 and c.optim.scheduler != "polynomial":
         p.append(f"--scheduler-power: only used with --scheduler polynomial (this run's is {c.optim.scheduler}); add "
                  "it or drop --scheduler-power")
+    positive("decay-steps", c.optim.decay_steps, allow_zero=True)
+    if c.optim.scheduler == "warmup_stable_decay" and not c.optim.decay_steps:
+        p.append("--scheduler warmup_stable_decay: give its decay's length, --decay-steps N (0.2: the last fifth "
+                 "of the run)")
+    elif c.optim.decay_steps and c.optim.scheduler != "warmup_stable_decay":
+        p.append(f"--decay-steps: only used with --scheduler warmup_stable_decay (this run's is {c.optim.scheduler}); "
+                 "add it or drop --decay-steps")
+    if c.optim.decay_steps > 1 and not float(c.optim.decay_steps).is_integer():
+        p.append(f"--decay-steps: {c.optim.decay_steps:g} is neither a whole number of steps nor a share under 1")
     positive("batch-size", c.training.batch_size)
     positive("gradient-accumulation", c.training.gradient_accumulation)
     positive("max-steps", c.training.max_steps)

@@ -176,6 +176,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
             del values[share]  # a share of nothing
     if values.get("keep_saves") and not values.get("save_every"):
         del values["keep_saves"]  # nothing saved along the way to keep or delete
+    if values.get("scheduler") != "warmup_stable_decay":
+        values.pop("decay_steps", None)  # kohya_ss writes it beside any schedule; only this one reads it
     if prompts:
         values["sample_prompts"] = prompts
     if values.get("sample_every") and not values.get("sample_prompts"):
@@ -426,6 +428,8 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[s
         problem("lr_scheduler", f"'{scheduler}' is not one lowvram has; use one of {', '.join(SCHEDULERS)}")
     elif scheduler:
         values["scheduler"] = scheduler
+        if scheduler == "warmup_stable_decay" and ratio:  # where its decay ends, as kohya passes it
+            values["min_lr_ratio"] = ratio
     last_steps, every = left.pop("save_last_n_steps", None), left.get("save_every_n_steps")
     if last_steps and every:
         every_n = as_number(every, "save_every_n_steps", problem, int) or 1

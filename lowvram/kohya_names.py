@@ -34,6 +34,7 @@ KOHYA_FLAGS = {
     "--lr_warmup_steps": "--warmup-steps",
     "--lr_scheduler_num_cycles": "--scheduler-cycles",
     "--lr_scheduler_power": "--scheduler-power",
+    "--lr_decay_steps": "--decay-steps",
     "--lr_scheduler_min_lr_ratio": "--min-lr-ratio",
     "--optimizer_type": "--optimizer",
     "--optimizer_args": "--optimizer-arg (once per KEY=VALUE; weight_decay is --weight-decay)",

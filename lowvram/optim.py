@@ -75,7 +75,7 @@ OPTIMIZERS = {
 }
 PLANNED_OPTIMIZERS = tuple(name for name, o in OPTIMIZERS.items() if o.planned)
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial", "rex",
-              "inverse_sqrt")  # build_schedule builds each
+              "inverse_sqrt", "warmup_stable_decay")  # build_schedule builds each
 # any other optimizer, named by its class as kohya's --optimizer_type does (torch.optim.RAdam, pytorch_optimizer.CAME,
 # dadaptation.DAdaptAdam): built with the groups' rates, --weight-decay and its --optimizer-arg settings
 CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
@@ -250,10 +250,12 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
     return classes[name](groups, weight_decay=weight_decay, **settings)
 
 
-def build_schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cycles: int, power: float):
-    """The learning-rate schedule `name` (config.SCHEDULERS), each with a linear warm-up over `warmup_steps`:
-    diffusers' for the usual ones; REX as OneTrainer builds it (the paper's d = 0.9, over the steps after the
-    warm-up); inverse_sqrt as kohya builds it (transformers', its time scale the warm-up)."""
+def build_schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cycles: int, power: float,
+                   decay_steps: int = 0):
+    """The learning-rate schedule `name` (SCHEDULERS), each with a linear warm-up over `warmup_steps`: diffusers'
+    for the usual ones; REX as OneTrainer builds it (the paper's d = 0.9, over the steps after the warm-up);
+    inverse_sqrt and warmup_stable_decay as kohya builds them (transformers': the time scale the warm-up; the rate
+    held, then a cosine decay over the last `decay_steps`)."""
     import torch
 
     if name == "rex":
@@ -270,6 +272,11 @@ def build_schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cy
         from transformers.optimization import get_inverse_sqrt_schedule
 
         return get_inverse_sqrt_schedule(optimizer, num_warmup_steps=warmup_steps)
+    if name == "warmup_stable_decay":
+        from transformers.optimization import get_wsd_schedule
+
+        return get_wsd_schedule(optimizer, num_warmup_steps=warmup_steps, num_decay_steps=decay_steps,
+                                num_training_steps=total_steps)
     from diffusers.optimization import get_scheduler
 
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,

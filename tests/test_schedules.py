@@ -1,5 +1,6 @@
-"""The learning-rate schedules other trainers have besides diffusers' own: REX (OneTrainer's) and inverse_sqrt
-(kohya's, from transformers), each after its linear warm-up, read from their configs and trained with."""
+"""The learning-rate schedules other trainers have besides diffusers' own: REX (OneTrainer's), inverse_sqrt and
+warmup_stable_decay (kohya's, from transformers), each after its linear warm-up, read from their configs and
+trained with."""
 
 import itertools
 import json
@@ -15,9 +16,9 @@ from lowvram.optim import build_schedule
 from lowvram.train.loop import train
 
 
-def factors(name: str, warmup: int, total: int) -> list[float]:
+def factors(name: str, warmup: int, total: int, decay: int = 0) -> list[float]:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = build_schedule(name, optimizer, warmup, total, cycles=1, power=1.0)
+    schedule = build_schedule(name, optimizer, warmup, total, cycles=1, power=1.0, decay_steps=decay)
     found = []
     for _ in range(total + 1):
         found.append(optimizer.param_groups[0]["lr"])
@@ -40,11 +41,39 @@ def test_inverse_sqrt_decays_as_one_over_the_root_of_the_step_after_its_warm_up(
     assert all(found[s] == pytest.approx(math.sqrt(5 / s)) for s in range(5, 81))
 
 
+def test_warmup_stable_decay_holds_the_rate_then_decays_over_its_last_steps():
+    found = factors("warmup_stable_decay", 4, 24, decay=8)
+    assert found[:5] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0]) and found[4:17] == pytest.approx([1.0] * 13)
+    assert found[20] == pytest.approx(0.5) and found[24] == pytest.approx(0.0)  # a cosine over steps 16-24
+    assert all(a > b for a, b in itertools.pairwise(found[16:25]))
+
+
+def test_kohyas_warmup_stable_decay_takes_its_decay_and_floor_and_other_schedules_drop_the_decay(tmp_path):
+    kohya = {"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample", "lr_decay_steps": 0.25}
+    values, _ = translate(kohya | {"lr_scheduler": "warmup_stable_decay", "lr_scheduler_min_lr_ratio": 0.1},
+                          tmp_path / "kohya.toml")
+    assert (values["scheduler"], values["decay_steps"], values["min_lr_ratio"]) == ("warmup_stable_decay", 0.25, 0.1)
+    values, _ = translate(kohya | {"lr_scheduler": "cosine"}, tmp_path / "kohya.toml")
+    assert "decay_steps" not in values  # kohya_ss writes it beside any schedule
+
+
 def test_onetrainers_rex_and_kohyas_inverse_sqrt_are_read_as_theirs(tmp_path):
     assert ONETRAINER_SCHEDULERS["REX"] == "rex"
     values, _ = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
                            "lr_scheduler": "inverse_sqrt", "lr_warmup_steps": 10}, tmp_path / "kohya.toml")
     assert (values["scheduler"], values["warmup_steps"]) == ("inverse_sqrt", 10)
+
+
+def test_a_warmup_stable_decay_run_without_its_decay_or_a_decay_without_it_is_one_line(capsys):
+    from lowvram.cli import main
+
+    argv = ["train", "--model", "tiny", "--data", "sample"]
+    for extra, says in ((["--scheduler", "warmup_stable_decay"], ("--scheduler warmup_stable_decay: give its "
+                                                                  "decay's length, --decay-steps N")),
+                        (["--decay-steps", "10"], "--decay-steps: only used with --scheduler warmup_stable_decay")):
+        assert main([*argv, *extra]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and says in error, error
 
 
 def test_a_run_with_rex_and_a_floor_logs_the_rates_it_trained_with(tmp_path):

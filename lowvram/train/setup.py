@@ -341,12 +341,13 @@ def plan_schedule(config: RunConfig, data: TrainingData, world: int) -> Schedule
                     parse_save_every(config.output.sample_every),
                     config.validation.validate_every,
                     len(data.batch_shapes()) + len(config.prompt_lines) + 1,
-                    until_step, warmup_steps(config.optim.warmup_steps, total_steps),
+                    until_step, in_steps(config.optim.warmup_steps, total_steps),
                     tuple(end for end in ends if end <= total_steps))
 
 
-def warmup_steps(given: float, total_steps: int) -> int:
-    """--warmup-steps in steps: as given, or under 1 that share of the run's steps (kohya's ratio)."""
+def in_steps(given: float, total_steps: int) -> int:
+    """--warmup-steps or --decay-steps in steps: as given, or under 1 that share of the run's steps (kohya's
+    ratio)."""
     return round(given * total_steps) if 0 < given < 1 else int(given)
 
 
@@ -390,7 +391,8 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
     # --learning_rate; here the groups carry the rates, and the default would be the optimizer's own (AdamW: 1e-3)
     optimizer.defaults["lr"] = config.lr
     lr_scheduler = build_schedule(config.optim.scheduler, optimizer, schedule.warmup_steps, schedule.total_steps,
-                                  config.optim.scheduler_cycles, config.optim.scheduler_power)
+                                  config.optim.scheduler_cycles, config.optim.scheduler_power,
+                                  in_steps(config.optim.decay_steps, schedule.total_steps))
     if config.optim.min_lr_ratio:
         floor_schedule(lr_scheduler, config.optim.min_lr_ratio, schedule.warmup_steps)
     # wrapped for multi-GPU (DDP), unchanged in one process; the forward passes go through the wrappers. The
