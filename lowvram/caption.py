@@ -16,13 +16,14 @@ with the same reason.
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.config import CAPTION_SUFFIXES, option
-from lowvram.data.captions import caption_file
+from lowvram.data.captions import caption_file, read_caption_text
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
@@ -176,17 +177,16 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
 
 
 def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
+    return read_caption_text(path)
 
 
 def _keep_old_caption(target: Path, root: Path, backup: Path | None) -> None:
-    from lowvram.files import write_text
+    """Byte for byte: a UTF-16 or cp1252 original stays as it was."""
+    from lowvram.files import atomic_write
 
     if backup is not None and target.is_file() and _read(target).strip():
-        write_text(backup / target.relative_to(root), _read(target))
+        atomic_write(backup / target.relative_to(root), lambda tmp: shutil.copyfile(target, tmp),
+                     target.stat().st_size, "the replaced caption")
 
 
 def _choose_device(choice: str, estimate: CaptionerEstimate, hardware: Hardware, console: Console) -> str:

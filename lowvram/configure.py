@@ -7,7 +7,6 @@ and the fix.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import difflib
 import json
@@ -34,6 +33,7 @@ from lowvram.dataset_files import (
     read_dataset,
 )
 from lowvram.errors import LowvramError
+from lowvram.files import text_of
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
@@ -75,17 +75,13 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
 def config_text(path: Path, flag: str = "--config") -> str:
     """A config file's text: UTF-8 (with or without Notepad's byte-order mark) or UTF-16 (PowerShell 5's `>`)."""
     try:
-        raw = Path(path).read_bytes()
+        return text_of(path)
     except FileNotFoundError:
         raise LowvramError(f"{flag}: file not found: {path}") from None
     except IsADirectoryError:
         raise LowvramError(f"{flag}: {path} is a folder; give the config file in it") from None
     except OSError as exc:
         raise LowvramError(f"{flag}: can't read {path}: {exc.strerror or exc}") from None
-    try:
-        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-            return raw.decode("utf-16")
-        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise LowvramError(f"{flag}: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 

@@ -4,6 +4,8 @@ free space first, so a full disk stops it before it starts (`DiskFull`)."""
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import errno
 import os
 import re
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 # what atomic_write names its temporary files: `.<final name>.<mkstemp's 8 characters>.tmp`
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+WINDOWS_DISK_FULL = (39, 112)  # ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL: safetensors' writer reports these codes
 
 
 class DiskFull(LowvramError):
@@ -65,8 +68,8 @@ def human_size(size: int) -> str:
 
 def free_bytes(folder: Path) -> int:
     folder = Path(folder)
-    while not folder.exists():  # the folder a write would create: its nearest existing parent's disk
-        folder = folder.parent
+    while not folder.exists() and folder != folder.parent:  # a write's new folder: its nearest existing parent's disk
+        folder = folder.parent  # (a drive that is not there, E:\, is its own parent)
     return shutil.disk_usage(folder).free
 
 
@@ -104,8 +107,12 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
         # mkstemp (and safetensors' own writer) leave it owner-only; a ComfyUI server of another user must read it.
         # A file replaced keeps its own permissions (one kept private stays so; a read-only one too, hence last)
         os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else plain_mode(0o666))
+        if os.name == "nt" and path.exists():  # Windows replaces no read-only file (its copy is read-only again)
+            os.chmod(path, stat.S_IREAD | stat.S_IWRITE)
         os.replace(tmp, path)
     except BaseException as exc:
+        with contextlib.suppress(OSError):  # Windows removes no read-only file either
+            os.chmod(tmp, stat.S_IREAD | stat.S_IWRITE)
         Path(tmp).unlink(missing_ok=True)
         if is_disk_full(exc):
             raise DiskFull(path.parent, size or 0, free_bytes(path.parent), what, is_size_limit(exc)) from None
@@ -178,7 +185,8 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in FULL_DISK_ERRNOS:
         return True
     text = str(exc)
-    return any(f"os error {code})" in text for code in FULL_DISK_ERRNOS) or "No space left on device" in text
+    codes = (*FULL_DISK_ERRNOS, *(WINDOWS_DISK_FULL if os.name == "nt" else ()))
+    return any(f"os error {code})" in text for code in codes) or "No space left on device" in text
 
 
 def is_size_limit(exc: BaseException) -> bool:
@@ -233,6 +241,15 @@ def lock_file(path: Path, shared: bool, waiting=None):
         handle.close()
         return None
     return handle
+
+
+def text_of(path: Path) -> str:
+    """A text file as Windows editors save it too: UTF-8 with or without Notepad's byte-order mark, or UTF-16 with
+    one (PowerShell 5's `>`). OSError, or UnicodeDecodeError for other bytes."""
+    raw = Path(path).read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    return raw.decode("utf-8-sig")
 
 
 def plain_mode(requested: int) -> int:

@@ -73,6 +73,8 @@ def run_cache(cache_dir: Path | None, unused_for: float | None, clear: bool, dry
         if unused_for is None and not clear:
             print("\n".join(summary(cache_dir, usage(cache_dir))))
             return
+        if os.name == "nt" and not dry_run:  # no fcntl there: lock_file has no lock to offer
+            print("note: Windows gives lowvram no lock to wait on; run this when no training run is going")
         files, size = remove(cache_dir, None if clear else unused_for, dry_run)
     except PermissionError as exc:
         raise LowvramError(f"{exc.filename}: cannot be read ({exc.strerror}); run as the user who owns the cache, "

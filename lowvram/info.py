@@ -88,7 +88,7 @@ def _count(shape: tuple[int, ...]) -> int:
 def strip_paths(path: Path) -> int:
     """Rewrite `path` with every absolute folder in its metadata removed (a file keeps its name); returns how many
     values changed. The tensors and the file's permissions stay as they were."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     from lowvram.files import save_safetensors
 
@@ -97,7 +97,8 @@ def strip_paths(path: Path) -> int:
     changed = sum(stripped[key] != value for key, value in metadata.items())
     if changed:
         mode = path.stat().st_mode & 0o777
-        save_safetensors(load_file(str(path)), path, stripped)
+        # read whole, not mapped: Windows replaces no file that is mapped
+        save_safetensors(load(path.read_bytes()), path, stripped)
         os.chmod(path, mode)
     return changed
 

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lowvram.files import text_of
 from lowvram.samplers import sampler_name
 
 if sys.version_info >= (3, 11):
@@ -95,7 +96,7 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
     skipped), each [[prompt.subset]] of a .toml file over its [prompt] defaults, or a .json list of prompts or
     of objects with kohya's keys. Also the keys left out (ones no sample here uses, such as a ControlNet image).
     OSError or ValueError says what is wrong with the file."""
-    text = path.read_text(encoding="utf-8")
+    text = text_of(path)  # a BOM (Notepad's) or UTF-16 (PowerShell's) too: '\ufeff# comment' is no comment
     suffix = path.suffix.lower()
     if suffix == ".txt":
         return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")], []

@@ -39,24 +39,43 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
         return None, notes + [f"caption unreadable ({exc.strerror or exc}): template used"], None
     if len(raw) > MAX_CAPTION_BYTES:  # a log or a dump saved as .txt: read whole, it would fill the RAM
         return None, notes + [f"caption file over {MAX_CAPTION_BYTES // 2**20} MiB: not a caption, template used"], None
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows Notepad's "Unicode", PowerShell 5's >
-        decoded = raw.decode("utf-16", errors="replace")
-    elif b"\0" in raw:  # UTF-16 without its byte-order mark, or no text at all
-        decoded = _decode_utf16(raw)
-        if decoded is None:
-            return None, notes + [f"caption unreadable: {found[0].name} holds NUL bytes, not text: template used"], None
+    decoded, read_as = decode_caption(raw)
+    if decoded is None:
+        return None, notes + [f"caption unreadable: {found[0].name} holds NUL bytes, not text: template used"], None
+    if read_as == "utf-16 without a byte-order mark":
         notes.append(f"caption is UTF-16 without a byte-order mark: read as such (save {found[0].name} as UTF-8 to "
                      "be sure)")
-    else:
-        try:
-            decoded = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            decoded, non_utf8 = _decode_legacy(raw), found[0]
-            notes.append(f"caption not UTF-8: read as cp1252 (save {found[0].name} as UTF-8 to be sure)")
+    elif read_as == "cp1252":
+        non_utf8 = found[0]
+        notes.append(f"caption not UTF-8: read as cp1252 (save {found[0].name} as UTF-8 to be sure)")
     text = "\n".join(line.strip() for line in decoded.splitlines() if line.strip()) or None
     if text is None:
         notes.append("empty caption file: template used")
     return text, notes, non_utf8
+
+
+def decode_caption(raw: bytes) -> tuple[str | None, str]:
+    """A caption file's bytes as text, however Windows tools saved it, and how they were read: "utf-8" (a
+    byte-order mark or none), "utf-16" (Notepad's "Unicode", PowerShell 5's >), "utf-16 without a byte-order mark",
+    or "cp1252" (Notepad's ANSI, older taggers). None for bytes that are no text."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16", errors="replace"), "utf-16"
+    if b"\0" in raw:
+        return _decode_utf16(raw), "utf-16 without a byte-order mark"
+    try:
+        return raw.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        return _decode_legacy(raw), "cp1252"
+
+
+def read_caption_text(path: Path) -> str:
+    """The text of a caption file as training reads it (any of `decode_caption`'s encodings); "" for none."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CAPTION_BYTES + 1)
+    except OSError:
+        return ""
+    return "" if len(raw) > MAX_CAPTION_BYTES else (decode_caption(raw)[0] or "")
 
 
 def caption_file(image: Path, suffix: str) -> Path | None:

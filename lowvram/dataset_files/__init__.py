@@ -13,6 +13,7 @@ from lowvram.dataset_files.kohya import is_kohya_dataset, read_kohya_dataset
 from lowvram.dataset_files.onetrainer import concepts_in, read_concepts
 from lowvram.dataset_files.subsets import DatasetFile, Subset
 from lowvram.errors import LowvramError
+from lowvram.files import text_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,10 +59,8 @@ def read_dataset(path: Path) -> DatasetFile:
 
 def _load(path: Path) -> Any:
     try:
-        if path.suffix.lower() == ".json":
-            return json.loads(path.read_text(encoding="utf-8"))
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        text = text_of(path)  # a BOM (Notepad's) or UTF-16 (PowerShell's) too
+        return json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except FileNotFoundError:
         raise LowvramError(f"--data: file not found: {path}") from None
     except (tomllib.TOMLDecodeError, ValueError) as exc:

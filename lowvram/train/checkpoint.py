@@ -99,7 +99,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
         }
         (tmp / "state.json").write_text(json.dumps(state))
         for path in tmp.iterdir():
-            with open(path, "rb") as fh:
+            with open(path, "rb+") as fh:  # Windows flushes no file opened read-only
                 os.fsync(fh.fileno())
             os.chmod(path, plain_mode(0o666))  # safetensors writes owner-only
         if final.exists():

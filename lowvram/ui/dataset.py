@@ -4,15 +4,17 @@ lowvram's cache the first time it is edited, so the dataset folder gains no back
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
 from lowvram.configure import build_config
+from lowvram.data.captions import read_caption_text
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
-from lowvram.files import write_text
+from lowvram.files import atomic_write, write_text
 from lowvram.resolve import EDITED_CAPTIONS
 
 COLUMNS = ["file", "status", "reason or notes", "bucket", "caption"]
@@ -88,15 +90,15 @@ def caption_file(root: Path, relpath: str) -> Path:
 
 def read_caption(root: Path, relpath: str) -> str:
     path = caption_file(root, relpath)
-    return path.read_text(encoding="utf-8", errors="replace").strip() if path.is_file() else ""
+    return read_caption_text(path).strip() if path.is_file() else ""
 
 
 def save_caption(root: Path, relpath: str, text: str, backup_dir: Path) -> str:
     """Write the caption atomically; the first edit of a caption file keeps its original in `backup_dir`."""
     path = caption_file(root, relpath)
     kept = backup_dir / path.relative_to(Path(root).resolve())
-    if path.is_file() and not kept.exists():
-        write_text(kept, path.read_text(encoding="utf-8", errors="replace"))
+    if path.is_file() and not kept.exists():  # byte for byte: a UTF-16 or cp1252 original stays as it was
+        atomic_write(kept, lambda tmp: shutil.copyfile(path, tmp), path.stat().st_size, "the original caption")
     write_text(path, text.strip() + "\n")
     return f"saved {path.name}" + (f"; the original is kept in {kept}" if kept.exists() else "")
 

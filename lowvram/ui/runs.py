@@ -21,6 +21,9 @@ LOG_LINES = 12
 ETA_WINDOW = 20  # steps the time per step is averaged over
 # what Ctrl-C sends; Windows delivers only Ctrl-Break to another process group (the run takes it as SIGBREAK)
 STOP_SIGNAL = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGINT)
+# a child's output goes to a file or a pipe, which Windows' Python writes in the ANSI code page: a path or a prompt
+# in another script ended the run (rich re-raises UnicodeEncodeError), and the log is read back as UTF-8
+CHILD_ENV = {"PYTHONUTF8": "1", "PYTHONIOENCODING": "utf-8"}
 
 
 def lowvram_command(*args: str) -> list[str]:
@@ -65,7 +68,7 @@ class TrainingProcess:
             own_group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
                          else {"start_new_session": True})
             self.process = subprocess.Popen(lowvram_command(*args), stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "COLUMNS": "100"}, **own_group)
+                                            env={**os.environ, **CHILD_ENV, "COLUMNS": "100"}, **own_group)
         return f"started: lowvram {' '.join(args)}"
 
     def stop(self) -> str:
@@ -168,7 +171,8 @@ def render(model: str, lora: str, prompt: str, image: Path, steps: int = 20) -> 
     # flag=value: a prompt or a path that starts with -- is still the flag's value
     done = subprocess.run(lowvram_command("generate", f"--model={model}", f"--lora={lora}", f"--prompt={prompt}",
                                           f"--output={image}", f"--steps={steps}", "--overwrite"),
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", check=False,
+                          env={**os.environ, **CHILD_ENV})
     if done.returncode != 0:
         message = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise LowvramError(message.removeprefix("lowvram generate: error: "))

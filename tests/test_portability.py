@@ -1,0 +1,63 @@
+"""What Windows does differently, caught on Linux: files flushed only through a handle opened for writing, text
+files as Windows editors save them (a byte-order mark, UTF-16, the ANSI code page) read as training reads them,
+and the originals of edited captions kept byte for byte."""
+
+import ast
+import codecs
+from pathlib import Path
+
+from lowvram.data.captions import read_caption_text
+from lowvram.data.sample import write_sample_dataset
+from lowvram.dataset_files import read_dataset
+from lowvram.prompts import read_prompt_file
+from lowvram.ui import dataset as data_panel
+
+PACKAGE = Path(__file__).parents[1] / "lowvram"
+
+
+def test_every_fsync_is_on_a_file_opened_for_writing():
+    """Windows flushes no file opened read-only (os.fsync fails with EBADF): every checkpoint save failed there."""
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.With):
+                continue
+            modes = {item.optional_vars.id: item.context_expr.args[1].value for item in node.items
+                     if isinstance(item.context_expr, ast.Call) and getattr(item.context_expr.func, "id", "") == "open"
+                     and isinstance(item.optional_vars, ast.Name) and len(item.context_expr.args) > 1
+                     and isinstance(item.context_expr.args[1], ast.Constant)}
+            for inner in ast.walk(node):
+                if (isinstance(inner, ast.Call) and ast.unparse(inner.func) == "os.fsync"
+                        and isinstance(inner.args[0], ast.Call)):
+                    handle = ast.unparse(inner.args[0].func).removesuffix(".fileno")
+                    if handle in modes and not set(modes[handle]) & set("wa+"):
+                        wrong.append(f"{path.relative_to(PACKAGE.parent)}:{inner.lineno} ({modes[handle]!r})")
+    assert not wrong, wrong
+
+
+def test_text_files_saved_by_windows_editors_are_read_as_written(tmp_path):
+    images = write_sample_dataset(tmp_path / "data") / "5_lvshape"
+    dataset = tmp_path / "dataset.toml"
+    text = f'[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = "{images.as_posix()}"\nnum_repeats = 3\n'
+    dataset.write_bytes(codecs.BOM_UTF8 + text.encode())  # Notepad's UTF-8
+    assert read_dataset(dataset).folders(False)[0].repeats == 3
+    dataset.write_bytes(text.encode("utf-16"))  # PowerShell 5's `>`
+    assert read_dataset(dataset).folders(False)[0].repeats == 3
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(codecs.BOM_UTF8 + b"# my prompts\nlvshape, a red circle --w 64 --h 64\n")
+    assert read_prompt_file(prompts)[0] == ["lvshape, a red circle --w 64 --h 64"]  # the comment stays a comment
+
+
+def test_an_edited_captions_original_is_kept_byte_for_byte_and_shown_decoded(tmp_path):
+    """Notepad's "Unicode" (UTF-16) and ANSI (cp1252) captions, which training reads: the web UI showed them as
+    UTF-8 read with replacement characters, and kept that garbled text as the original."""
+    root = write_sample_dataset(tmp_path / "data")
+    image = min(root.rglob("*.png"))
+    for encoding, words in (("utf-16", "lvshape, a circle \u2014 red"), ("cp1252", "lvshape, caf\xe9 au lait")):
+        original = words.encode(encoding)
+        image.with_suffix(".txt").write_bytes(original)
+        relpath = image.relative_to(root).as_posix()
+        assert data_panel.read_caption(root, relpath) == words == read_caption_text(image.with_suffix(".txt"))
+        backup = tmp_path / f"backup-{encoding}"
+        data_panel.save_caption(root, relpath, "lvshape, edited", backup)
+        assert next(backup.rglob("*.txt")).read_bytes() == original
