@@ -9,6 +9,7 @@ import difflib
 import io
 import os
 import re
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -468,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")
             echo = False  # what follows may differ per process (its GPU, its share of the work)
+            if hasattr(signal, "SIGBREAK"):  # Windows' Ctrl-Break (the UI's Stop) before the steps: Ctrl-C's effect
+                with contextlib.suppress(ValueError):  # (not the main thread: a notebook's worker keeps its own)
+                    signal.signal(signal.SIGBREAK, signal.default_int_handler)
             with remembered_interrupt() as interrupted:
                 _quiet_libraries()
                 from lowvram.train.loop import train
@@ -543,8 +547,6 @@ def remembered_interrupt():
     here (a list that is non-empty once it came), for the caller to act on after the block. An error the block
     raises after the signal came is the interrupt's doing (a library that wraps it, or a half-imported module that
     then recurses: diffusers' lazy modules do both), so it is raised as the KeyboardInterrupt it is."""
-    import signal
-
     received: list[int] = []
 
     def handle(signum, frame):
