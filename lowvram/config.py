@@ -298,7 +298,8 @@ class OptimConfig:
                                              "safeguard_warmup, ...", metavar="KEY=VALUE", flag="--optimizer-arg")
     max_grad_norm: float = option(1.0, "Clip the gradient norm to this value (0 disables clipping).")
     scheduler: str = option("constant", "Learning-rate schedule (rex: OneTrainer's REX, which holds the rate longer "
-                            "than linear then drops it; inverse_sqrt: transformers', as kohya's).", choices=SCHEDULERS)
+                            "than linear then drops it; inverse_sqrt and warmup_stable_decay: transformers', as "
+                            "kohya's).", choices=SCHEDULERS)
     warmup_steps: float = option(0, "Linear warm-up steps (used by every schedule except 'constant'); under 1, a "
                                  "share of the run's steps (0.1: the first tenth), as kohya's and OneTrainer's "
                                  "read it.", metavar="N")

@@ -118,11 +118,10 @@ def config_problems(c: RunConfig) -> list[str]:
             p.append(f"--base-weights: file not found: {path}")
         else:
             try:
-                network = network_options(path)
+                why = None if network_options(path) else "no LoRA, DoRA, LoHa or LoKr layers"
             except (OSError, ValueError) as exc:
-                network = {"": exc}
-            if not network or "" in network:
-                why = f"not a safetensors file ({network['']})" if network else "no LoRA, DoRA, LoHa or LoKr layers"
+                why = f"not a safetensors file ({exc})"
+            if why:
                 p.append(f"--base-weights: {path}: {why}; name a LoRA file (a model checkpoint is --model)")
     if c.network.network_weights and not c.training.resume and Path(c.network.network_weights).is_file():
         p += filter(None, [network_weights_problem(c.network)])

@@ -137,4 +137,5 @@ def relocated_source(text: str, place) -> str:
         path, _ = parse_source(text)
     except LowvramError:
         return text
-    return str(place(path)) + text[len(str(path)):]
+    weighted = path != Path(text)  # (the weight is what follows the last ':'; the path may be written otherwise)
+    return str(place(path)) + (":" + text.rpartition(":")[2] if weighted else "")

@@ -59,6 +59,18 @@ def test_a_resume_without_the_base_loras_is_refused_for_what_it_would_train_on(t
     assert main([*argv, "--max-steps", "3", "--resume", "auto", "--base-weights", f"{style}:0.5"]) == 0
 
 
+def test_a_base_weights_path_moves_with_its_weight_however_it_is_written():
+    from lowvram.option_values import relocated_source
+
+    def beside(path):
+        return Path("/cfg") / path
+
+    assert relocated_source("./loras/style.safetensors:0.5", beside) == "/cfg/loras/style.safetensors:0.5"
+    assert relocated_source("style.safetensors", beside) == "/cfg/style.safetensors"
+    assert relocated_source("a//b.safetensors:-1", beside) == "/cfg/a/b.safetensors:-1"
+    assert relocated_source("style.safetensors:lots", beside) == "style.safetensors:lots"  # for the check to name
+
+
 def test_kohyas_base_weights_take_their_multipliers_and_one_where_none_is_left():
     values, notes = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
                                "base_weights": ["a.safetensors", "b.safetensors"], "base_weights_multiplier": [0.5]},
