@@ -275,8 +275,9 @@ def build_schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cy
     if name == "warmup_stable_decay":
         from transformers.optimization import get_wsd_schedule
 
+        # by keyword, the stable phase's length given: transformers 4.45 takes (warm-up, stable, decay) in that order
         return get_wsd_schedule(optimizer, num_warmup_steps=warmup_steps, num_decay_steps=decay_steps,
-                                num_training_steps=total_steps)
+                                num_stable_steps=max(0, total_steps - warmup_steps - decay_steps))
     from diffusers.optimization import get_scheduler
 
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
