@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from lowvram.configure import build_config
+from lowvram.files import human_size
 from lowvram.hardware import GIB, Hardware, detect, list_profiles, load_profile
+from lowvram.housekeeping import usage
 from lowvram.plan import plan, workload_for
-from lowvram.resolve import resolve_run
+from lowvram.resolve import default_cache_dir, resolve_run
 
 # what --auto is asked about: the two families at their native resolutions, default options
 AUTO_EXAMPLES = (("SD1.5 at 512", "sd15"), ("SDXL at 1024", "sdxl"))
@@ -55,9 +58,21 @@ def doctor_report() -> list[tuple[str, str]]:
     rows.append(("host RAM", f"{hardware.host_ram / GIB:.1f} GiB"))
     free_disk = shutil.disk_usage(".").free / GIB
     rows.append(("free disk here", f"{free_disk:.1f} GiB (latent caches and checkpoints need a few GiB)"))
+    rows.append(("cache", _cache_line(default_cache_dir())))
     for label, model in AUTO_EXAMPLES:
         rows.append((f"--auto, {label}", _auto_line(hardware, model)))
     return rows
+
+
+def _cache_line(cache_dir: Path) -> str:
+    """Where the caches are and what they hold, so a filling disk finds `lowvram cache`."""
+    try:
+        folders = usage(cache_dir) if cache_dir.is_dir() else []
+    except OSError as exc:
+        return f"{cache_dir}: cannot be read ({exc.strerror or exc})"
+    removable = sum(f.removable for f in folders)
+    return (f"{cache_dir}: {human_size(sum(f.size for f in folders))}, of which {human_size(removable)} the next run "
+            "rebuilds if removed (lowvram cache shows and prunes it)")
 
 
 def _gpu_line(hardware: Hardware) -> str:

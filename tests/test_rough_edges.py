@@ -26,13 +26,14 @@ from lowvram.configure import build_config, read_toml
 from lowvram.data.buckets import default_buckets
 from lowvram.data.cache import cache_problem
 from lowvram.data.scan import scan_dataset
-from lowvram.doctor import _auto_line, _gpu_line
+from lowvram.doctor import _auto_line, _cache_line, _gpu_line
 from lowvram.errors import LowvramError
 from lowvram.files import human_size
 from lowvram.hardware import NO_GPU, Hardware, behind_windows_driver, detect, hardware_for, load_profile
 from lowvram.kohya_names import KOHYA_FLAGS, WITHOUT_COUNTERPART
 from lowvram.models import load_model
 from lowvram.models.ldm_layout import sd15_single_file
+from lowvram.resolve import default_cache_dir
 from lowvram.train.loop import train
 from lowvram.train.progress import TrainingProgress
 
@@ -258,6 +259,9 @@ def test_doctor_speaks_in_words_and_says_what_auto_would_choose(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "None" not in out and "False" not in out
     assert "training runs on the CPU in fp32" in out and "--auto, SDXL at 1024" in out and "bitsandbytes" in out
+    assert "│ cache " in out  # where the caches are, and how big: the way to lowvram cache
+    assert _cache_line(default_cache_dir()).endswith("the next run rebuilds if removed (lowvram cache shows and "
+                                                     "prunes it)")
     t4 = load_profile("colab-t4")  # the same lines for a card, through the real planner
     assert "fp16 only" in _gpu_line(t4)
     assert _auto_line(t4, "sd15").startswith("fp16 adamw (peak")  # seen in bf16: no fp16 GPU result yet
