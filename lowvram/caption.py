@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.config import CAPTION_SUFFIXES, option
-from lowvram.data.captions import caption_file, read_caption_text
+from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, read_caption_text
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
@@ -169,22 +169,27 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
             continue
         existing = [found for suffix in dict.fromkeys((config.caption_extension, *CAPTION_SUFFIXES))
                     if (found := caption_file(record.path, suffix))]  # in any case: training reads 003.TXT too
-        if existing and not config.overwrite and _read(existing[0]).strip():
+        if existing and not config.overwrite and _has_text(existing[0]):
             report.kept.append(record.relpath)
             continue
         todo.append((record, existing[0] if existing else record.path.with_suffix(config.caption_extension)))
     return root, todo
 
 
-def _read(path: Path) -> str:
-    return read_caption_text(path)
+def _has_text(path: Path) -> bool:
+    """Whether a caption file holds something: words as training reads them, or more than a caption's size (a file
+    that is not lowvram's to replace)."""
+    try:
+        return path.stat().st_size > MAX_CAPTION_BYTES or bool(read_caption_text(path).strip())
+    except OSError:
+        return False
 
 
 def _keep_old_caption(target: Path, root: Path, backup: Path | None) -> None:
     """Byte for byte: a UTF-16 or cp1252 original stays as it was."""
     from lowvram.files import atomic_write
 
-    if backup is not None and target.is_file() and _read(target).strip():
+    if backup is not None and target.is_file() and _has_text(target):
         atomic_write(backup / target.relative_to(root), lambda tmp: shutil.copyfile(target, tmp),
                      target.stat().st_size, "the replaced caption")
 

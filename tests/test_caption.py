@@ -96,6 +96,23 @@ def test_rerun_keeps_everything_and_overwrite_keeps_the_old_captions(tmp_path, t
     assert set(snapshot(data)) == set(first)
 
 
+def test_a_file_too_big_for_a_caption_is_never_replaced_unkept_and_a_utf16_one_is_kept_byte_for_byte(
+        tmp_path, tagger, monkeypatch):
+    """Training reads neither a file over 1 MiB (a log saved as .txt) nor garbled text; caption must not take the
+    first for an empty caption to write over, nor keep the second as replacement characters."""
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
+    data = colour_dataset(tmp_path / "data")
+    log = (b"a log line that is not a caption\n" * 40_000)[: 2**20 + 10]
+    (data / "3_colours" / "red.txt").write_bytes(log)
+    wide = "my own words \u2014 in UTF-16\n".encode("utf-16")
+    (data / "3_colours" / "dark.txt").write_bytes(wide)
+    main(["caption", str(data), "--caption-model", str(tagger)])
+    assert (data / "3_colours" / "red.txt").read_bytes() == log  # kept: not lowvram's to write over
+    main(["caption", str(data), "--caption-model", str(tagger), "--overwrite", "--trigger-word", "zkw"])
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "cache" / "replaced-captions").rglob("*.txt")}
+    assert kept["red.txt"] == log and kept["dark.txt"] == wide
+
+
 def test_blip_writes_a_sentence(tmp_path, blip, sample_data):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
