@@ -71,6 +71,17 @@ def test_a_base_weights_path_moves_with_its_weight_however_it_is_written():
     assert relocated_source("style.safetensors:lots", beside) == "style.safetensors:lots"  # for the check to name
 
 
+def test_a_lora_of_another_family_is_one_line_naming_base_weights(tmp_path, capsys):
+    from lowvram.cli import main
+
+    sdxl = train(run_config(model="tiny-sdxl", output=str(tmp_path / "sdxl"), max_steps=1)).lora_path
+    assert main(["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output",
+                 str(tmp_path / "next"), "--base-weights", str(sdxl)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--base-weights: {sdxl} does not fit" in error, error
+    assert "another model family?" in error
+
+
 def test_kohyas_base_weights_take_their_multipliers_and_one_where_none_is_left():
     values, notes = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
                                "base_weights": ["a.safetensors", "b.safetensors"], "base_weights_multiplier": [0.5]},

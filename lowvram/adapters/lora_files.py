@@ -255,19 +255,20 @@ def tag_frequency(captions_by_folder: dict[str, list[str]]) -> str:
     return json.dumps(freq, ensure_ascii=False)
 
 
-def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
+def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str = "--lora") -> str:
     """Apply a kohya/LyCORIS file (LoRA, DoRA, LoHa or LoKr; ours or another trainer's) to the model through
     peft: the inverse of `save_kohya`. diffusers' loader reads plain LoRA only (it drops `dora_scale`).
-    Per-layer ranks and alphas are kept (peft's rank/alpha patterns); returns the network type."""
+    Per-layer ranks and alphas are kept (peft's rank/alpha patterns); returns the network type. Errors name the file
+    and `flag`, the option it came from."""
     from peft import LoKrConfig
     from peft.utils import set_peft_model_state_dict
 
     metadata, tensors = read_lora_file(path)
-    network = _network_of(tensors)
+    network = _network_of(tensors, flag)
     layers = by_layer(tensors)
     problem = layers_problem(layers)
     if problem:
-        raise LowvramError(f"--lora: {path} {problem}")
+        raise LowvramError(f"{flag}: {path} {problem}")
     try:
         factor = int(json.loads(metadata.get("ss_network_args") or "{}")["factor"])
     except (ValueError, AttributeError, KeyError, TypeError):
@@ -291,7 +292,7 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
         found = {paths[base]: own for base, own in layers.items() if base in paths}
         problem = named_twice([base for base in layers if base in paths], paths.get)
         if problem:
-            raise LowvramError(f"--lora: {path} {problem}")
+            raise LowvramError(f"{flag}: {path} {problem}")
         if not found:
             continue
         placed.update(base for base in layers if base in paths)
@@ -309,13 +310,13 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0) -> str:
             set_peft_model_state_dict(module, state)
         except RuntimeError as exc:  # its first line says only "Error(s) in loading state_dict": the last names one
             detail = str(exc).strip().splitlines()[-1].strip()
-            raise LowvramError(f"--lora: {path} does not fit {model.family.title}: {detail}; was it trained for "
+            raise LowvramError(f"{flag}: {path} does not fit {model.family.title}: {detail}; was it trained for "
                                "another model family?") from None
         for _, layer in adapted_layers(module):
             layer.scaling[ADAPTER] *= strength
     missing = sorted(set(layers) - placed)
     if missing:
-        raise LowvramError(f"--lora: {path} does not fit {model.family.title}: no layer for {missing[0]} (and "
+        raise LowvramError(f"{flag}: {path} does not fit {model.family.title}: no layer for {missing[0]} (and "
                            f"{len(missing) - 1} more); was it trained for another model family?")
     return network
 

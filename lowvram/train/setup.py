@@ -262,10 +262,7 @@ def merge_base_weights(session: Session, model: LoadedModel) -> None:
     the caches fingerprint the text encoders and before the U-Net is stored as --unet-weights."""
     for item in session.config.model.base_weights:
         path, weight = parse_source(item)
-        try:
-            lora_files.load_kohya(model, path, weight)
-        except LowvramError as exc:
-            raise LowvramError(str(exc).replace("--lora:", "--base-weights:", 1)) from None
+        lora_files.load_kohya(model, path, weight, flag="--base-weights")
         layers = sum(networks.fuse_adapters(module) for module in (model.unet, *model.text_encoders))
         session.console.print(f"merged {path.name} x{weight:g} into the base model ({layers} layers)", soft_wrap=True)
 
