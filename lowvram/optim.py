@@ -96,8 +96,12 @@ def spec_of(name: str) -> Optimizer:
     its settings any, its library's weight decay the usual 0."""
     if name in OPTIMIZERS:
         return OPTIMIZERS[name]
-    return Optimizer(name, 8, 1.0, f"{name} (a class)", library_weight_decay=0,
-                     schedule_free="schedulefree" in name.lower())
+    return Optimizer(name, 8, 1.0, f"{name} (a class)", library_weight_decay=0, schedule_free=_is_schedule_free(name))
+
+
+def _is_schedule_free(class_path: str) -> bool:
+    """Whether a class replaces the schedule: schedulefree's, and those named after it (ProdigyPlusScheduleFree)."""
+    return "schedulefree" in class_path.lower()
 
 
 def library_defaults(values: dict) -> dict:
@@ -157,10 +161,11 @@ def optimizer_class(name: str):
     return found
 
 
-def build_class_optimizer(name: str, groups: list[dict], weight_decay: float, settings: dict):
+def build_class_optimizer(name: str, groups: list[dict], weight_decay: float, settings: dict, warmup_steps: int = 0):
     """A class path's optimizer, given what its constructor takes, as kohya builds it: the rate (the first group's,
-    for a class that wants one), the weight decay where it has one, and the settings. A LowvramError in one line
-    where it refuses them (run with a one-element parameter first, to check the options before the model loads)."""
+    for a class that wants one), the weight decay where it has one, and the settings; a schedule-free one its
+    warm-up. A LowvramError in one line where it refuses them (run with a one-element parameter first, to check the
+    options before the model loads)."""
     import inspect
 
     cls = optimizer_class(name)
@@ -177,6 +182,8 @@ def build_class_optimizer(name: str, groups: list[dict], weight_decay: float, se
         raise LowvramError(f"--weight-decay: {name} has no weight decay; pass --weight-decay 0")
     if "lr" in taken:
         given["lr"] = groups[0].get("lr", 1e-3)
+    if "warmup_steps" in taken and "warmup_steps" not in settings and _is_schedule_free(name):
+        given["warmup_steps"] = warmup_steps  # the schedule stays constant: the warm-up is the optimizer's
     try:
         return cls(groups, **given)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -234,8 +241,8 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
         optimizer.train()
         return optimizer
     if name not in OPTIMIZERS:
-        optimizer = build_class_optimizer(name, groups, weight_decay, settings)
-        if hasattr(optimizer, "train") and _is_schedule_free(optimizer):
+        optimizer = build_class_optimizer(name, groups, weight_decay, settings, warmup_steps)
+        if hasattr(optimizer, "train") and spec_of(name).schedule_free:
             optimizer.train()
         return optimizer
     try:
@@ -288,7 +295,9 @@ def build_schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cy
 def use_averaged_weights(optimizer):
     """For schedule-free optimizers: the parameters hold the averaged weights (what to save and sample)
     inside the block, and the training point again after it. Other optimizers: nothing to do."""
-    switch = hasattr(optimizer, "eval") and hasattr(optimizer, "train") and _is_schedule_free(optimizer)
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+    switch = (hasattr(optimizer, "eval") and hasattr(optimizer, "train")
+              and _is_schedule_free(f"{type(inner).__module__}.{type(inner).__name__}"))
     if switch:
         optimizer.eval()
     try:
@@ -296,11 +305,6 @@ def use_averaged_weights(optimizer):
     finally:
         if switch:
             optimizer.train()
-
-
-def _is_schedule_free(optimizer) -> bool:
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
-    return type(inner).__module__.startswith("schedulefree") or "ScheduleFree" in type(inner).__name__
 
 
 def optimizer_state_bytes(name: str, trainable_params: int) -> int:

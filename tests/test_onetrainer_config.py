@@ -2,18 +2,22 @@
 learning rate and schedule, network, loss and noise settings; its memory defaults are the planner's to choose; its
 paths are found as OneTrainer finds them; what lowvram cannot train as OneTrainer would is one line per setting."""
 
+import importlib.util
+import inspect
 import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import assert_one_line_each, image_folders
 from safetensors import safe_open
 
 from lowvram.cli import main
 from lowvram.configure import build_config, read_config, read_toml
 from lowvram.errors import LowvramError
-from lowvram.onetrainer_config import translate_onetrainer
+from lowvram.onetrainer_config import JOINED, OPTIMIZER_CLASSES, translate_onetrainer
+from lowvram.optim import build_optimizer, optimizer_class, optimizer_kwargs, use_averaged_weights
 
 # a OneTrainer LoRA config as its UI saves it (a share of its keys, OneTrainer's defaults where not said)
 CONFIG = {
@@ -86,7 +90,7 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
     path = onetrainer_folder(tmp_path)
     doc = CONFIG | {"training_method": "FINE_TUNE", "model_type": "STABLE_DIFFUSION_3", "peft_type": "OFT_2",
                     "mse_strength": 1.0, "huber_strength": 0.5, "resolution": "512,768", "loss_scaler": "BATCH",
-                    "learning_rate_scheduler": "ADAFACTOR", "optimizer": {"optimizer": "CAME"},
+                    "learning_rate_scheduler": "ADAFACTOR", "optimizer": {"optimizer": "CAME_8BIT"},
                     "layer_filter_preset": "custom", "unet": {"weight_dtype": "GGUF"},
                     "additional_embeddings": [{"placeholder": "<zkw>", "token_count": 2, "train": True}]}
     with pytest.raises(LowvramError) as error:
@@ -94,7 +98,8 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
     expected = ["training_method: FINE_TUNE: lowvram trains LoRA adapters", "model_type: STABLE_DIFFUSION_3",
                 "peft_type: OFT_2 is not an adapter", "mse_strength: mse_strength 1, huber_strength 0.5",
                 "resolution: '512,768': lowvram trains one square resolution", "loss_scaler: BATCH",
-                "learning_rate_scheduler: ADAFACTOR", "optimizer: CAME", "layer_filter: attentions",
+                "learning_rate_scheduler: ADAFACTOR", "optimizer: CAME_8BIT is not one lowvram has",
+                "layer_filter: attentions",
                 "unet.weight_dtype: GGUF", "additional_embeddings: lowvram trains no embeddings"]
     assert_one_line_each(str(error.value), f"{path}: ", expected)
 
@@ -266,3 +271,75 @@ def test_a_windows_output_destination_keeps_its_name_and_leaves_the_folder_to_ou
     assert values["name"] == "ohwx" and "output" not in values
     assert any(note.startswith(f"output_model_destination {destination} is a Windows path") for note in notes)
     build_config(values | {"model": "tiny"})  # a name lowvram takes
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZER_CLASSES))
+def test_each_class_onetrainer_builds_is_one_that_takes_the_settings_given_it(name):
+    """Each of OneTrainer's other optimizers names a class that is there (where its package is installed), is an
+    optimizer, and takes every setting lowvram gives it: a typo or a library's rename fails here, not mid-run."""
+    path, taken = OPTIMIZER_CLASSES[name]
+    if importlib.util.find_spec(path.split(".")[0]) is None:
+        pytest.skip(f"{path.split('.')[0]} is not installed")
+    parameters = inspect.signature(optimizer_class(path)).parameters
+    given = [JOINED[setting][0] if setting in JOINED else setting.partition(":")[2] or setting
+             for setting in taken.split()]
+    assert [key for key in given if key not in parameters] == []
+    assert "weight_decay" in parameters  # OneTrainer gives each its weight decay
+
+
+@pytest.mark.parametrize(("section", "built", "expected"), [
+    ({"optimizer": "ADAM", "beta1": 0.8, "beta2": 0.95, "eps": 1e-7, "amsgrad": True, "weight_decay": 0.05,
+      "stochastic_rounding": True, "fused_back_pass": False, "momentum": 0.9, "__version": 0},
+     torch.optim.Adam, {"betas": (0.8, 0.95), "eps": 1e-7, "amsgrad": True, "weight_decay": 0.05}),
+    ({"optimizer": "AdEMAMix_8BIT", "beta1": 0.9, "beta2": 0.99, "beta3": 0.999, "alpha": 4.0, "eps": 1e-8,
+      "weight_decay": 0.01, "min_8bit_size": 4096, "is_paged": False, "percentile_clipping": 100},
+     "bitsandbytes.optim.AdEMAMix8bit", {"betas": (0.9, 0.99, 0.999), "alpha": 4.0, "weight_decay": 0.01}),
+    ({"optimizer": "SGD", "momentum": 0.9, "nesterov": True, "dampening": 0.0, "weight_decay": 0.0, "beta1": 0.9},
+     torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+])
+def test_onetrainers_other_optimizers_train_as_the_class_onetrainer_builds_with_its_settings(tmp_path, section,
+                                                                                              built, expected):
+    values, _ = translate_onetrainer(CONFIG | {"optimizer": section}, onetrainer_folder(tmp_path))
+    name = values["optimizer"]
+    optimizer = build_optimizer(name, [{"params": [torch.nn.Parameter(torch.zeros(4))], "lr": 3e-4}],
+                                values["weight_decay"], settings=optimizer_kwargs(name, values["optimizer_args"]))
+    assert type(optimizer) is (built if isinstance(built, type) else optimizer_class(built))
+    group = optimizer.param_groups[0]
+    assert {key: group[key] for key in expected} == expected
+    assert group["lr"] == 3e-4
+
+
+def test_a_onetrainer_optimizer_whose_package_is_missing_names_it_and_a_third_beta_joins_the_others(tmp_path):
+    path = onetrainer_folder(tmp_path)
+    section = {"optimizer": "CAME", "beta1": 0.9, "beta2": 0.999, "beta3": 0.9999, "eps": 1e-30, "eps2": 1e-16,
+               "weight_decay": 0.01, "stochastic_rounding": True}
+    values, _ = translate_onetrainer(CONFIG | {"optimizer": section}, path)
+    assert (values["optimizer"], values["optimizer_args"]) == (
+        "came_pytorch.CAME", ["eps=(1e-30, 1e-16)", "betas=(0.9, 0.999, 0.9999)"])
+    tiger, _ = translate_onetrainer(CONFIG | {"optimizer": {"optimizer": "TIGER", "beta1": 0.95,
+                                                            "decoupled_decay": False}}, path)
+    assert tiger["optimizer_args"] == ["beta=0.95", "weight_decouple=False"]  # under the class's own names
+    with pytest.raises(LowvramError, match=r"^--optimizer came_pytorch.CAME: no package came_pytorch here; pip "
+                                           r"install the one that has it"):
+        build_config(values)
+
+
+@pytest.mark.parametrize("optimizer", ["SCHEDULE_FREE_ADAMW", "SCHEDULE_FREE_SGD"])
+@pytest.mark.parametrize("scheduler", ["CONSTANT", "COSINE"])
+def test_a_schedule_free_optimizer_trains_at_a_constant_rate_with_its_own_warm_up_as_in_onetrainer(
+        tmp_path, optimizer, scheduler):
+    """OneTrainer trains a schedule-free optimizer at a constant rate whatever the schedule; its warm-up is the
+    optimizer's own. A config with a warm-up (OneTrainer's default) was refused: it became constant_with_warmup."""
+    doc = CONFIG | {"optimizer": {"optimizer": optimizer, "weight_decay": 0.0}, "learning_rate_scheduler": scheduler,
+                    "learning_rate_warmup_steps": 10.0, "learning_rate_min_factor": 0.1}
+    values, notes = translate_onetrainer(doc, onetrainer_folder(tmp_path))
+    assert (values["scheduler"], values["warmup_steps"], "min_lr_ratio" in values) == ("constant", 10, False)
+    assert any(note.startswith(f"learning_rate_scheduler: {optimizer} replaces the schedule")
+               for note in notes) == (scheduler == "COSINE")
+    config = build_config(values)  # which refused constant_with_warmup for it
+    optimizer = build_optimizer(config.optim.optimizer, [{"params": [torch.nn.Parameter(torch.zeros(4))],
+                                                          "lr": 1e-3}], 0.0, warmup_steps=10)
+    assert optimizer.param_groups[0]["warmup_steps"] == 10  # the optimizer warms up, not a schedule
+    with use_averaged_weights(optimizer):
+        assert not optimizer.param_groups[0]["train_mode"]  # a class's averaged weights are what is saved, too
+    assert optimizer.param_groups[0]["train_mode"]
