@@ -141,10 +141,13 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     values |= _network(left, notes, problem)
     values |= _base_weights(left, problem)
     values |= _learning_rates(left, values["train_text_encoder"], problem)
-    values |= _optimizer(left, notes, problem)
+    optimizer = _optimizer(left, notes, problem)
     values |= _length_and_saves(left, notes, problem)
-    if scheduler_type:  # kohya's own schedule class replaces lr_scheduler: training it otherwise changes the LoRA
+    if spec_of(optimizer.get("optimizer", "adamw")).schedule_free:
+        _without_schedule(values, optimizer["optimizer"], scheduler_type, notes)
+    elif scheduler_type:  # kohya's own schedule class replaces lr_scheduler: training it otherwise changes the LoRA
         values |= _scheduler_class(str(scheduler_type), flat.get("lr_scheduler_args") or [], values, notes, problem)
+    values |= optimizer
     stop = as_number(left.pop("stop_text_encoder_training", 0) or 0, "stop_text_encoder_training", problem, int)
     if stop and values["train_text_encoder"]:  # kohya's 0: the text encoder trains the whole run
         values["text_encoder_until"] = str(stop)
@@ -304,6 +307,20 @@ def _block_args(args: dict[str, Any], conv_alpha: Any, problem) -> dict[str, str
 KOHYA_LEARNING_RATE = 2e-6  # sd-scripts' --learning_rate default, the rate of whatever no other rate names
 
 
+def _without_schedule(values: dict[str, Any], optimizer: str, scheduler_type: Any, notes: list[str]) -> None:
+    """kohya trains a schedule-free optimizer with a schedule that does nothing: its lr_scheduler (or
+    lr_scheduler_type) and lr_warmup_steps go unused, and its warm-up is optimizer_args' warmup_steps."""
+    unused = [key for key, given in (("lr_scheduler", values.get("scheduler", "constant") != "constant"),
+                                     ("lr_scheduler_type", scheduler_type),
+                                     ("lr_warmup_steps", values.get("warmup_steps"))) if given]
+    if unused:
+        notes.append(f"{', '.join(unused)} not used: kohya trains {optimizer} without a schedule (its warm-up is "
+                     "optimizer_args' warmup_steps)")
+    values["scheduler"] = "constant"
+    for key in ("warmup_steps", "min_lr_ratio", "scheduler_cycles", "decay_steps"):
+        values.pop(key, None)
+
+
 def _scheduler_class(name: str, args: list, values: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     """kohya's lr_scheduler_type, a torch schedule class built from lr_scheduler_args in place of lr_scheduler
     (and without its warm-up): CosineAnnealingLR over the whole run (T_max its steps) is lowvram's cosine with
@@ -390,6 +407,8 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
             problem("optimizer_args", f"Adafactor with {', '.join(f'{k}={v}' for k, v in relative.items())} (kohya's "
                     "default where not given) takes its own step sizes; lowvram's follows --lr and --scheduler: give "
                     "relative_step=False scale_parameter=False warmup_init=False")
+    if spec_of(name).schedule_free and "warmup_steps" in args:  # its warm-up: lowvram's --warmup-steps gives it
+        values["warmup_steps"] = as_number(args.pop("warmup_steps"), "optimizer_args warmup_steps", problem, int)
     carried = []
     for key, value in list(args.items()):
         try:

@@ -382,3 +382,18 @@ def test_kept_tags_and_the_shuffle_that_moves_them_may_each_come_from_config_or_
     idle = values_of(tmp_path, {"train_data_dir": "sample", "keep_tokens": 1})  # kohya_ss writes it either way
     assert "keep_tokens" not in without_idle_kept_tags(idle)
     build_config(without_idle_kept_tags(idle) | {"model": "tiny"})
+
+
+@pytest.mark.parametrize("optimizer", ["AdamWScheduleFree", "RAdamScheduleFree"])
+def test_a_schedule_free_optimizer_trains_without_a_schedule_its_warm_up_from_optimizer_args_as_in_kohya(
+        tmp_path, optimizer):
+    """kohya gives a schedule-free optimizer a schedule that does nothing: its lr_scheduler and lr_warmup_steps go
+    unused, and optimizer_args' warmup_steps is its warm-up. A cosine there (kohya_ss's default) was refused."""
+    settings = {"train_data_dir": "sample", "optimizer_type": optimizer, "lr_scheduler": "cosine",
+                "lr_warmup_steps": 100, "lr_scheduler_min_lr_ratio": 0.1, "optimizer_args": ["warmup_steps=20"]}
+    values, notes = translate(settings, Path("kohya.toml"))
+    assert (values["scheduler"], values["warmup_steps"], "min_lr_ratio" in values) == ("constant", 20, False)
+    assert any(note.startswith("lr_scheduler, lr_warmup_steps not used: kohya trains") for note in notes)
+    build_config(values_of(tmp_path, settings | {"pretrained_model_name_or_path": "tiny"}))  # refused before
+    plain, _ = translate(settings | {"optimizer_args": []}, Path("kohya.toml"))
+    assert (plain["scheduler"], "warmup_steps" in plain) == ("constant", False)  # no warm-up, as in kohya
