@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import errno
+import itertools
 import os
 import re
 import shutil
@@ -208,39 +209,124 @@ def remove_orphans(folder: Path, older_than: float = 0.0) -> list[Path]:
     return removed
 
 
-def lock_file(path: Path, shared: bool, waiting=None):
-    """An advisory lock on `path` (made if missing): shared ones wait for an exclusive holder (calling `waiting()`
-    first, to say so), an exclusive one raises BlockingIOError at once while any other is held. Returns the open
-    file, whose closing (or the process's end, a kill included) releases the lock; None where no lock can be had
-    (Windows, a read-only folder without the file, a file system without locks): the caller goes on unlocked."""
+CLEARING = "exclusive.lock"  # the exclusive holder's lock file; each shared holder has one of its own
+LOCK_POLL = 0.1  # seconds between tries: a shared holder takes the exclusive lock for a moment to look
+
+
+@contextlib.contextmanager
+def hold_shared(folder: Path, waiting=None):
+    """One of any number of holders of `folder`'s lock for the block: waits while the exclusive holder has it
+    (calling `waiting()` once, to say so). Each holder locks a file of its own, so the same files and locks work on
+    Windows (msvcrt) and elsewhere (flock); a killed holder's lock goes with its process. Goes on unlocked where no
+    lock can be had (a read-only folder, a file system without locks)."""
+    folder = Path(folder)
+    mine = _new_holder(folder)
     try:
-        import fcntl
-    except ImportError:
-        return None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+b")  # noqa: SIM115 - held open for as long as the lock is
-    except OSError:
-        try:
-            handle = open(path, "rb")  # noqa: SIM115
-        except OSError:
-            return None
-    try:
-        try:
-            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not shared:
-                raise
-            if waiting:
+        told = False
+        for attempt in itertools.count():
+            if mine is None or _free(folder / CLEARING):  # registered first, then looked: a clearer sees one or
+                break                                     # the other
+            if waiting and not told and attempt >= 5:  # held longer than another holder's look takes
                 waiting()
-            fcntl.flock(handle, fcntl.LOCK_SH)
-    except BlockingIOError:
-        handle.close()
-        raise
+                told = True
+            time.sleep(LOCK_POLL)
+        yield
+    finally:
+        if mine is not None:
+            mine.close()
+            with contextlib.suppress(OSError):
+                os.unlink(mine.name)
+
+
+@contextlib.contextmanager
+def hold_exclusive(folder: Path):
+    """The only holder of `folder`'s lock for the block: BlockingIOError while another holds it, shared or
+    exclusive. A killed shared holder's file is removed. Goes on unlocked where no lock can be had."""
+    folder, handle = Path(folder), False
+    for _ in range(10):  # a shared holder looks for a moment
+        handle = _take(folder / CLEARING)
+        if handle is not False:
+            break
+        time.sleep(LOCK_POLL)
+    if handle is False:
+        raise BlockingIOError(errno.EAGAIN, "held by another", str(folder))
+    try:
+        for path in sorted(folder.glob("holder-*.lock")) if handle else []:
+            if not _free(path, create=False):
+                raise BlockingIOError(errno.EAGAIN, "held by another", str(path))
+            try:
+                path.unlink()  # its process is gone (Windows refuses while the holder has it open)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                raise BlockingIOError(errno.EAGAIN, "held by another", str(path)) from None
+        yield
+    finally:
+        if handle:
+            handle.close()
+
+
+def _new_holder(folder: Path):
+    """A file of this holder's own in `folder`, locked; None where no lock can be had."""
+    try:
+        if folder.is_file() and folder.stat().st_size == 0:
+            folder.unlink()  # an earlier lowvram's single lock file, where this folder goes now
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / f"holder-{os.getpid()}-{os.urandom(4).hex()}.lock", "x+b")  # noqa: SIM115
     except OSError:
-        handle.close()
         return None
-    return handle
+    if _lock(handle):  # a new file nobody else holds: not had only where the file system has no locks
+        return handle
+    handle.close()
+    with contextlib.suppress(OSError):
+        os.unlink(handle.name)
+    return None
+
+
+def _take(path: Path, create: bool = True):
+    """`path` opened and locked (held open for as long as the lock is); False while another holds it; None where
+    no lock can be had, or (without `create`) the file is gone."""
+    try:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+b" if create else "r+b")  # noqa: SIM115
+    except OSError:
+        return None
+    got = _lock(handle)
+    if not got:
+        handle.close()
+    return handle if got else got
+
+
+def _free(path: Path, create: bool = True) -> bool:
+    """Whether nobody holds `path`'s lock (taken and let go at once, to look)."""
+    taken = _take(path, create)
+    if taken:
+        taken.close()
+    return taken is not False
+
+
+def _lock(handle) -> bool | None:
+    """An exclusive lock on an open file without waiting: whether it was had (None: the file system has none).
+    Closing the file, or its process's end, releases it."""
+    if os.name == "nt":
+        import msvcrt
+
+        try:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            return False if exc.errno in (errno.EACCES, errno.EDEADLK) else None
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
 
 
 def text_of(path: Path) -> str:

@@ -10,6 +10,7 @@ so a wrong --cache-dir (a home folder) loses nothing. The user's earlier caption
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowvram.errors import LowvramError
-from lowvram.files import TEMPORARY, human_size, lock_file
+from lowvram.files import TEMPORARY, hold_exclusive, human_size
 from lowvram.resolve import (
     EDITED_CAPTIONS,
     IN_USE,
@@ -73,8 +74,6 @@ def run_cache(cache_dir: Path | None, unused_for: float | None, clear: bool, dry
         if unused_for is None and not clear:
             print("\n".join(summary(cache_dir, usage(cache_dir))))
             return
-        if os.name == "nt" and not dry_run:  # no fcntl there: lock_file has no lock to offer
-            print("note: Windows gives lowvram no lock to wait on; run this when no training run is going")
         files, size = remove(cache_dir, None if clear else unused_for, dry_run)
     except PermissionError as exc:
         raise LowvramError(f"{exc.filename}: cannot be read ({exc.strerror}); run as the user who owns the cache, "
@@ -87,7 +86,7 @@ def run_cache(cache_dir: Path | None, unused_for: float | None, clear: bool, dry
 def usage(cache_dir: Path) -> list[FolderUsage]:
     """Every folder of the cache with a file in it: the known ones first, then any other."""
     names = [name for name in FOLDERS if (cache_dir / name).is_dir()]
-    names += sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and p.name not in FOLDERS)
+    names += sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and p.name not in (*FOLDERS, IN_USE))
     found = []
     for name in names:
         files = _files(cache_dir, name)
@@ -104,34 +103,34 @@ def remove(cache_dir: Path, unused_for: float | None, dry_run: bool = False) -> 
     """Remove the entries no run used for `unused_for` seconds (None: every entry); returns how many files and
     bytes went (or would go, with `dry_run`). Refused while a run reads the cache, unless only counting."""
     try:
-        lock = None if dry_run else lock_file(cache_dir / IN_USE, shared=False)
+        with contextlib.nullcontext() if dry_run else hold_exclusive(cache_dir / IN_USE):
+            return _remove(cache_dir, unused_for, dry_run)
     except BlockingIOError:
         raise LowvramError(f"{cache_dir}: a lowvram run (or another `lowvram cache`) is using this cache; run this "
                            "again when it ends") from None
-    try:
-        cutoff = None if unused_for is None else time.time() - unused_for
-        files, size = 0, 0
-        for name in ENTRY_NAMES:
-            for path in _entries(cache_dir, name, _files(cache_dir, name)):
-                try:
-                    stat = path.lstat()
-                except FileNotFoundError:
-                    continue
-                if cutoff is not None and stat.st_mtime >= cutoff:
-                    continue
-                if not dry_run:
-                    try:
-                        path.unlink()
-                    except OSError as exc:
-                        raise LowvramError(f"{path}: cannot be removed ({exc.strerror}); removed "
-                                           f"{_files_count(files)} ({human_size(size)}) before it") from None
-                files, size = files + 1, size + stat.st_size
+
+
+def _remove(cache_dir: Path, unused_for: float | None, dry_run: bool) -> tuple[int, int]:
+    cutoff = None if unused_for is None else time.time() - unused_for
+    files, size = 0, 0
+    for name in ENTRY_NAMES:
+        for path in _entries(cache_dir, name, _files(cache_dir, name)):
+            try:
+                stat = path.lstat()
+            except FileNotFoundError:
+                continue
+            if cutoff is not None and stat.st_mtime >= cutoff:
+                continue
             if not dry_run:
-                _remove_empty_folders(cache_dir / name)
-        return files, size
-    finally:
-        if lock:
-            lock.close()
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    raise LowvramError(f"{path}: cannot be removed ({exc.strerror}); removed "
+                                       f"{_files_count(files)} ({human_size(size)}) before it") from None
+            files, size = files + 1, size + stat.st_size
+        if not dry_run:
+            _remove_empty_folders(cache_dir / name)
+    return files, size
 
 
 def summary(cache_dir: Path, folders: list[FolderUsage]) -> list[str]:

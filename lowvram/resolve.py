@@ -16,7 +16,7 @@ from lowvram.adapters.blocks import BlockPlan, block_plan
 from lowvram.config import SAMPLE_DATA, RunConfig
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
-from lowvram.files import lock_file
+from lowvram.files import hold_shared
 from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.models.detect import detect_family
 from lowvram.models.families import ModelFamily, TextReading
@@ -28,7 +28,7 @@ NATIVE_FORMAT = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}  # the U-Net stor
 # the cache folder's parts, by what they hold
 LATENTS, TEXT, SCANS, SAMPLE_DATASET = "latents", "text", "scan", "sample-data"  # rebuilt when a run needs them
 EDITED_CAPTIONS, REPLACED_CAPTIONS, UI_FILES = "edited-captions", "replaced-captions", "ui"  # never rebuilt
-IN_USE = ".in-use"  # runs hold a shared lock on this file while they read the cache; `lowvram cache` an exclusive one
+IN_USE = ".in-use"  # the lock runs share while they read the cache, and `lowvram cache` holds alone to remove
 
 
 @contextmanager
@@ -38,12 +38,8 @@ def cache_in_use(cache_dir: Path, console=None):
     def waiting() -> None:
         console.print(f"waiting for `lowvram cache` to finish removing entries from {cache_dir}", soft_wrap=True)
 
-    lock = lock_file(Path(cache_dir) / IN_USE, shared=True, waiting=waiting if console else None)
-    try:
+    with hold_shared(Path(cache_dir) / IN_USE, waiting=waiting if console else None):
         yield
-    finally:
-        if lock:
-            lock.close()
 
 
 def default_cache_dir() -> Path:

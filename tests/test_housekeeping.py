@@ -15,7 +15,9 @@ from rich.console import Console
 from test_cache import prepare, setup
 
 from lowvram.cli import main
+from lowvram.files import hold_exclusive
 from lowvram.models import load_model
+from lowvram.resolve import cache_in_use
 from lowvram.train.loop import train
 
 DAYS_40 = 40 * 24 * 3600
@@ -73,7 +75,10 @@ def test_nothing_is_removed_from_under_a_run_and_a_killed_runs_lock_goes_with_it
     backup = cache / "replaced-captions" / "data-20261202-120000" / "a.txt"
     backup.parent.mkdir(parents=True)
     backup.write_text("the caption caption --overwrite replaced")
-    before = sorted(p for p in cache.rglob("*") if p.is_file())
+    def entries():  # beside the lock's own files
+        return sorted(p for p in cache.rglob("*") if p.is_file() and ".in-use" not in p.parts)
+
+    before = entries()
 
     a_run = (f"import time\nfrom lowvram.resolve import cache_in_use\nwith cache_in_use({str(cache)!r}):\n"
              "    print('ready', flush=True)\n    time.sleep(600)")
@@ -85,7 +90,7 @@ def test_nothing_is_removed_from_under_a_run_and_a_killed_runs_lock_goes_with_it
         assert error.count("\n") == 1 and "a lowvram run (or another `lowvram cache`) is using this cache" in error
         assert main(["cache", "--cache-dir", str(cache), "--clear", "--dry-run"]) == 0  # counting removes nothing
         assert "would remove 13 files" in capsys.readouterr().out
-        assert sorted(p for p in cache.rglob("*") if p.is_file()) == before
+        assert entries() == before
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -93,8 +98,9 @@ def test_nothing_is_removed_from_under_a_run_and_a_killed_runs_lock_goes_with_it
     assert main(["cache", "--cache-dir", str(cache), "--clear"]) == 0
     assert "removed 13 files" in capsys.readouterr().out  # 6 latents, 6 text embeddings, the scan index
     left = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*"))
-    assert left == [".in-use", "latents", "replaced-captions", "replaced-captions/data-20261202-120000",
-                    "replaced-captions/data-20261202-120000/a.txt", "scan", "text"], left
+    assert left == [".in-use", ".in-use/exclusive.lock", "latents", "replaced-captions",  # the killed run's went
+                    "replaced-captions/data-20261202-120000", "replaced-captions/data-20261202-120000/a.txt", "scan",
+                    "text"], left
     assert backup.read_text() == "the caption caption --overwrite replaced"
 
 
@@ -196,8 +202,8 @@ def test_a_scan_waits_for_a_removal_and_says_so(tmp_path, sample_data):
     removes entries, instead of failing on a folder removed under it."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    holder = (f"import fcntl, time\nlock = open({str(cache / '.in-use')!r}, 'a+b')\nfcntl.flock(lock, fcntl.LOCK_EX)"
-              "\nprint('held', flush=True)\ntime.sleep(3)")
+    holder = (f"import time\nfrom lowvram.files import hold_exclusive\nwith hold_exclusive({str(cache / '.in-use')!r}):"
+              "\n    print('held', flush=True)\n    time.sleep(3)")
     removal = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
     assert removal.stdout.readline().strip() == "held"
     done = subprocess.run([sys.executable, "-m", "lowvram", "check-data", str(sample_data), "--model", "tiny"],
@@ -207,3 +213,35 @@ def test_a_scan_waits_for_a_removal_and_says_so(tmp_path, sample_data):
     assert done.returncode == 0, done.stderr
     assert f"waiting for `lowvram cache` to finish removing entries from {cache}" in " ".join(done.stdout.split())
     assert len(list((cache / "scan").glob("*.json"))) == 1
+
+
+def test_runs_share_the_cache_lock_each_by_a_file_of_its_own_which_a_killed_run_leaves_to_be_removed(tmp_path):
+    """The lock is one file per run (the locks every platform has, msvcrt's included): any number of runs hold it at
+    once, `lowvram cache` only when none does. A killed run's file is left unlocked, and removed by the next
+    removal; an earlier lowvram's single lock file makes way for the folder."""
+    folder = tmp_path / "cache" / ".in-use"
+    folder.parent.mkdir()
+    folder.write_bytes(b"")  # as an earlier lowvram left it
+    a_run = (f"import time\nfrom lowvram.resolve import cache_in_use\nwith cache_in_use({str(folder.parent)!r}):\n"
+             "    print('ready', flush=True)\n    time.sleep(600)")
+    runs = [subprocess.Popen([sys.executable, "-c", a_run], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        assert [run.stdout.readline().strip() for run in runs] == ["ready", "ready"]  # neither waits for the other
+        assert len(list(folder.glob("holder-*.lock"))) == 2
+        for run in runs:
+            with pytest.raises(BlockingIOError), hold_exclusive(folder):
+                pass
+            run.send_signal(signal.SIGKILL)
+            run.wait()
+        assert list(folder.glob("holder-*.lock"))  # a killed run's file stays (the first went as the second held)
+        with hold_exclusive(folder):
+            assert list(folder.glob("holder-*.lock")) == []
+            with pytest.raises(BlockingIOError), hold_exclusive(folder):  # one removal at a time
+                pass
+    finally:
+        for run in runs:
+            run.kill()
+            run.wait()
+    with cache_in_use(folder.parent):  # and a run in this process, after it
+        assert len(list(folder.glob("holder-*.lock"))) == 1
+    assert list(folder.glob("holder-*.lock")) == []
