@@ -501,6 +501,10 @@ class OutputConfig:
     tensorboard: bool = option(False, "Also log loss, learning rate, gradient norm, VRAM and samples to "
                                "TensorBoard in <output>/logs (pip install 'lowvram[tensorboard]'); "
                                "metrics.jsonl is always written.")
+    wandb_project: str | None = option(None, "Also log them to this Weights & Biases project (pip install "
+                                       "'lowvram[wandb]', then `wandb login` once; WANDB_MODE=offline keeps the "
+                                       "run in <output>/logs for `wandb sync`).", metavar="NAME")
+    wandb_run_name: str | None = option(None, "The W&B run's name (default: the LoRA's --name).", metavar="NAME")
 
 
 @dataclass(frozen=True)

@@ -395,6 +395,7 @@ def config_problems(c: RunConfig) -> list[str]:
     for flag, value in (("--sample-every", c.output.sample_every), ("--sample-at-first", c.output.sample_at_first)):
         if value and not (c.output.sample_prompts or c.output.sample_prompt_file):
             p.append(f"{flag}: no prompt to render; add --sample-prompt \"...\"")
+    p += _wandb_problems(c.output.wandb_project, c.output.wandb_run_name)
     if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:
         p.append(f"--lokr-factor: must be -1 (automatic) or >= 1, got {c.network.lokr_factor}")
     if c.output.format == "diffusers" and c.network.network in ("loha", "lokr"):
@@ -419,3 +420,18 @@ def config_problems(c: RunConfig) -> list[str]:
                  f"{255 - MAX_NAME_BYTES} to it (-step000500.safetensors, a temporary suffix), and a file name holds "
                  f"255, so it can be at most {MAX_NAME_BYTES}; {fix}")
     return p
+
+
+def _wandb_problems(project: str | None, run_name: str | None) -> list[str]:
+    """What W&B would refuse only once the model has loaded: a project name it does not take, a missing package."""
+    if project is None and run_name:
+        return ["--wandb-run-name: names a run of a W&B project; add --wandb-project NAME, or drop it"]
+    if project is None:
+        return []
+    refused = "".join(dict.fromkeys(ch for ch in project if ch in '/\\#?%:'))
+    if not project.strip() or refused or len(project) > 128:
+        why = f" ({refused} cannot be in one)" if refused else " (1 to 128 characters)"
+        return [f"--wandb-project: '{project}' is not a W&B project name{why}; pass another"]
+    if importlib.util.find_spec("wandb") is None:
+        return ["--wandb-project: Weights & Biases is not installed; pip install 'lowvram[wandb]', or drop it"]
+    return []

@@ -14,6 +14,7 @@ not carried over; one that changes nothing here (data loader workers, caching sw
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     unknown = sorted(set(left) - INERT)
     if unknown:
         notes.append(f"not carried over (lowvram has no such setting): {', '.join(unknown)}")
-    notes += _logging_notes(left)
+    values |= _logging(left, notes)
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes
@@ -205,16 +206,24 @@ def _base_weights(left: dict[str, Any], problem) -> dict[str, Any]:
             } if files else {}
 
 
-def _logging_notes(left: dict[str, Any]) -> list[str]:
-    """Where kohya's logs go here: no Weights & Biases, and TensorBoard only when asked for."""
+def _logging(left: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Where kohya's logs go here: its Weights & Biases project (log_tracker_name, else kohya's network_train) where
+    W&B is installed, and TensorBoard only when asked for."""
     tracker = str(left.get("log_with") or "").lower()
+    if tracker in ("wandb", "all") and importlib.util.find_spec("wandb") is not None:
+        if left.get("wandb_api_key"):
+            notes.append("wandb_api_key: not carried over (a key is no setting for a run's saved config); run "
+                         "`wandb login` once, or set WANDB_API_KEY")
+        return {"wandb_project": str(left.get("log_tracker_name") or "network_train")} | (
+            {"wandb_run_name": str(left["wandb_run_name"])} if left.get("wandb_run_name") else {})
     if tracker in ("wandb", "all") or left.get("wandb_run_name") or left.get("wandb_api_key"):
-        return [("log_with wandb: lowvram logs to no Weights & Biases project; metrics.jsonl in the output folder "
-                 "holds each step's loss, learning rate and gradient norm (--tensorboard adds TensorBoard logs)")]
-    if left.get("logging_dir") or tracker == "tensorboard":
-        return [("logging_dir: lowvram writes TensorBoard logs (to <output>/logs) with --tensorboard; metrics.jsonl "
-                 "in the output folder is always written")]
-    return []
+        notes.append("log_with wandb: Weights & Biases is not installed (pip install 'lowvram[wandb]'); "
+                     "metrics.jsonl in the output folder holds each step's loss, learning rate and gradient norm "
+                     "(--tensorboard adds TensorBoard logs)")
+    elif left.get("logging_dir") or tracker == "tensorboard":
+        notes.append("logging_dir: lowvram writes TensorBoard logs (to <output>/logs) with --tensorboard; "
+                     "metrics.jsonl in the output folder is always written")
+    return {}
 
 
 def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:

@@ -116,7 +116,9 @@ KOHYA_FLAGS = {
     "--highvram": "(not needed: lowvram plan picks what fits the GPU)",
     "--save_state": "--checkpoint-every N (a checkpoint is always saved at the end)",
     "--logging_dir": "--tensorboard (logs go to <output>/logs)",
-    "--log_with": "--tensorboard (metrics.jsonl is always written; there is no Weights & Biases logging)",
+    "--log_with": "--tensorboard, or --wandb-project NAME (metrics.jsonl is always written)",
+    "--log_tracker_name": "--wandb-project NAME",
+    "--wandb_run_name": "--wandb-run-name",
     "--mem_eff_attn": "--attention sdpa",
     "--xformers": "--attention auto (xformers where it runs, else SDPA: the same memory)",
     "--sdpa": "--attention sdpa",
@@ -141,6 +143,7 @@ WITHOUT_COUNTERPART = {
     "--initial_epoch": "a run continues where it stopped with --resume",
     "--initial_step": "a run continues where it stopped with --resume",
     "--huggingface_repo_id": "lowvram uploads nothing (use huggingface-cli upload)",
+    "--wandb_api_key": "run `wandb login` once, or set WANDB_API_KEY",
 }
 
 

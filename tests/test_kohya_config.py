@@ -4,6 +4,7 @@ follow."""
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,9 +85,25 @@ def test_where_kohyas_logs_went_is_said_once(tmp_path):
     assert logging_notes(KOHYA_SS) == [
         ("logging_dir: lowvram writes TensorBoard logs (to <output>/logs) with --tensorboard; metrics.jsonl in the "
         "output folder is always written")]
-    wandb = logging_notes(KOHYA_SS | {"log_with": "wandb", "wandb_run_name": "run-1"})
-    assert len(wandb) == 1 and wandb[0].startswith("log_with wandb: lowvram logs to no Weights & Biases project")
     assert logging_notes({k: v for k, v in KOHYA_SS.items() if k != "logging_dir"}) == []
+
+
+def test_kohyas_wandb_project_and_run_carry_over_and_its_key_stays_out_of_the_config(tmp_path, monkeypatch):
+    settings = KOHYA_SS | {"log_with": "wandb", "log_tracker_name": "loras", "wandb_run_name": "run-1",
+                           "wandb_api_key": "0123abcd"}
+    values, notes = translate(settings, tmp_path / "kohya.toml")
+    assert (values["wandb_project"], values["wandb_run_name"]) == ("loras", "run-1")
+    assert [note for note in notes if "wandb" in note] == [
+        "wandb_api_key: not carried over (a key is no setting for a run's saved config); run `wandb login` once, or "
+        "set WANDB_API_KEY"]
+    assert "0123abcd" not in json.dumps(values)
+    values, _ = translate(KOHYA_SS | {"log_with": "all"}, tmp_path / "kohya.toml")
+    assert values["wandb_project"] == "network_train"  # kohya's own name for it
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as where it is not installed: the run goes on without it
+    values, notes = translate(settings, tmp_path / "kohya.toml")
+    assert "wandb_project" not in values
+    assert any(note.startswith("log_with wandb: Weights & Biases is not installed (pip install 'lowvram[wandb]')")
+               for note in notes)
 
 
 def test_kohyas_own_defaults_fill_what_the_file_leaves_out(tmp_path):

@@ -1,6 +1,10 @@
 """Sampling during training (grids at fixed seeds), metrics.jsonl and TensorBoard, and the presets."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import run_config
@@ -11,6 +15,13 @@ from lowvram.cli import train_values
 from lowvram.configure import build_config, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError
 from lowvram.train.loop import train
+from lowvram.train.runlog import RunLog
+
+
+def offline_wandb(monkeypatch, folder: Path) -> None:
+    """W&B as a run without its servers sees it: the run kept in files, for `wandb sync` (and these tests)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(folder / "wandb-config"))
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +29,11 @@ def sampled(tmp_path_factory):
     out = tmp_path_factory.mktemp("sampled")
     config = run_config(output=str(out), max_steps=4, sample_every="2", sample_prompts=["lvshape, a red circle",
                         "lvshape, a blue square --n circle --w 96 --h 48 --s 3 --l 5 --d 9"], sample_steps=2,
-                        tensorboard=True, validation_split=0.34, validate_every=2, sample_at_first=True)
-    return config, train(config)
+                        tensorboard=True, validation_split=0.34, validate_every=2, sample_at_first=True,
+                        wandb_project="lowvram-tests")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        offline_wandb(monkeypatch, tmp_path_factory.mktemp("wandb"))
+        return config, train(config)
 
 
 def test_sample_grids_are_written_every_n_steps_at_the_expected_size(sampled):
@@ -67,6 +81,67 @@ def test_metrics_and_tensorboard_hold_every_step(sampled):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in events.Scalars("validation/loss")] == [2, 4]
     assert [e.step for e in events.Images("samples")] == [0, 2, 4]
+
+
+def test_weights_and_biases_gets_every_step_the_validations_and_the_samples(sampled):
+    config, _ = sampled
+    records = [json.loads(line) for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
+    run_id = next(record["wandb_run_id"] for record in records if "wandb_run_id" in record)
+    [path] = (config.output_dir / "logs" / "wandb").glob(f"offline-run-*/run-{run_id}.wandb")
+    log, run = path.read_bytes(), path.parent  # what `wandb sync` sends
+    for logged in (b"train/loss", b"train/lr", b"train/grad_norm", b"validation/loss", b"lowvram-tests",
+                   config.output_name.encode(), b"rank"):  # the run's name and its recipe too
+        assert logged in log, logged
+    samples = sorted((run / "files" / "media" / "images").glob("samples_*.png"))
+    assert [int(path.name.split("_")[1]) for path in samples] == [0, 2, 4]
+
+
+def test_a_resumed_run_logs_on_to_the_wandb_run_it_started_and_a_new_run_to_its_own(tmp_path, monkeypatch):
+    offline_wandb(monkeypatch, tmp_path)
+    config = run_config(output=str(tmp_path / "out"), wandb_project="lowvram-tests")
+    config.output_dir.mkdir()
+
+    def logged(resumed_step: int) -> None:
+        with RunLog(config.output_dir, resumed_step, config) as log:
+            log.step(resumed_step + 1, {"loss": 0.1, "epoch": 1})
+
+    def run_ids() -> list[str]:
+        logs = (config.output_dir / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
+        return [log.stem.removeprefix("run-") for log in logs]
+
+    logged(0)
+    logged(1)  # --resume
+    assert len(run_ids()) == 2 and len(set(run_ids())) == 1
+    logged(0)  # --overwrite: a run of its own
+    assert len(set(run_ids())) == 2
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"wandb_run_name": "first"}, ("--wandb-run-name: names a run of a W&B project; add --wandb-project NAME, or drop "
+                                  "it")),
+    ({"wandb_project": "loras/sdxl"}, ("--wandb-project: 'loras/sdxl' is not a W&B project name (/ cannot be in one); "
+                                      "pass another")),
+    ({"wandb_project": " "}, "--wandb-project: ' ' is not a W&B project name (1 to 128 characters); pass another"),
+])
+def test_a_wandb_setting_it_would_refuse_is_one_line_before_the_model_loads(values, expected):
+    with pytest.raises(LowvramError) as error:
+        run_config(**values)
+    assert str(error.value) == expected
+
+
+def test_a_wandb_run_that_cannot_start_is_one_line_saying_how_to_log_in(tmp_path):
+    """Not logged in, on a machine where W&B cannot ask (its first settings hold for the process: a fresh one)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env |= {"HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
+    a_run = ("from conftest import run_config\nfrom lowvram.train.runlog import RunLog\n"
+             f"config = run_config(output={str(tmp_path / 'out')!r}, wandb_project='lowvram-tests')\n"
+             "config.output_dir.mkdir()\nwith RunLog(config.output_dir, 0, config):\n    pass")
+    done = subprocess.run([sys.executable, "-c", a_run], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).parent, stdin=subprocess.DEVNULL, check=False)
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("lowvram.errors.LowvramError: --wandb-project: W&B did not start the run: No API key "
+                            "configured. Use `wandb login` to log in. To log on this machine only, set "
+                            "WANDB_MODE=offline"), done.stderr
 
 
 def test_every_preset_is_a_valid_config():

@@ -116,7 +116,7 @@ def run_training(session: Session) -> TrainResult:
         module.train()
     spill = session.run.hardware.can_spill_vram  # slow steps then may mean VRAM spilled into system RAM
     with (TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill) as progress,
-          StopOnSignal() as signals, RunLog(out_dir, position.step, config.output.tensorboard, session.main) as log,
+          StopOnSignal() as signals, RunLog(out_dir, position.step, config, session.main) as log,
           peaks.phase("training")):
         progress.loss = position.smoothed_loss
         if config.output.sample_at_first and position.step == 0:

@@ -1,21 +1,24 @@
 """What a run records as it goes: `metrics.jsonl` always (one JSON object per line, flushed, so it is
-readable while training runs and after a kill), TensorBoard too when asked (loss, learning rate, gradient
-norm, VRAM, validation loss and sample grids)."""
+readable while training runs and after a kill), TensorBoard and Weights & Biases too when asked (loss, learning
+rate, gradient norm, VRAM, validation loss and sample grids). A resumed run goes on logging to the W&B run it
+started: its id is the first record of metrics.jsonl."""
 
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lowvram.config import RunConfig
 from lowvram.errors import LowvramError
 from lowvram.files import DiskFull, free_bytes, is_disk_full, is_size_limit, write_text
 
 
 class RunLog:
-    def __init__(self, output_dir: Path, resumed_step: int, tensorboard: bool, enabled: bool = True):
+    def __init__(self, output_dir: Path, resumed_step: int, config: RunConfig, enabled: bool = True):
         """`resumed_step`: the step a resumed run continues after (0 for a new run); what an interrupted run
         logged past it is dropped, since those steps are trained again."""
         self.enabled = enabled  # only the main process writes (multi-GPU)
@@ -29,13 +32,16 @@ class RunLog:
             # closed by close() / __exit__: this object is the context manager
             self.metrics = open(path, "a" if resumed_step else "w", encoding="utf-8")  # noqa: SIM115
         self.writer = None
-        if tensorboard and enabled:
+        if config.output.tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise LowvramError("--tensorboard: TensorBoard is not installed; pip install 'lowvram[tensorboard]' "
                                    "(or tensorboard), or drop --tensorboard") from None
             self.writer = SummaryWriter(str(output_dir / "logs"))
+        self.wandb = None
+        if config.output.wandb_project and enabled:
+            self.wandb = _WandbRun(config, output_dir, self._wandb_run_id(resumed_step))
 
     def step(self, step: int, values: dict) -> None:
         """One optimizer step's numbers (`values` holds loss, lr, grad_norm, seconds, ...)."""
@@ -44,10 +50,13 @@ class RunLog:
         if torch.cuda.is_available():
             values = {**values, "vram_peak_gib": torch.cuda.max_memory_reserved() / 2**30}
         self._write({"step": step, **values})
+        scalars = {f"train/{key}": value for key, value in values.items()
+                   if isinstance(value, (int, float)) and key not in ("epoch", "total_steps")}
         if self.writer:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and key not in ("epoch", "total_steps"):
-                    self.writer.add_scalar(f"train/{key}", value, step)
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
+        if self.wandb:
+            self.wandb.log(step, scalars | {"train/epoch": values.get("epoch", 0)})
 
     def validation(self, step: int, loss: float, best: bool) -> None:
         if not self.enabled:
@@ -55,12 +64,27 @@ class RunLog:
         self._write({"step": step, "validation_loss": loss, "best": best})
         if self.writer:
             self.writer.add_scalar("validation/loss", loss, step)
+        if self.wandb:
+            self.wandb.log(step, {"validation/loss": loss})
 
     def image(self, step: int, tag: str, path: Path) -> None:
         if self.writer:
             from PIL import Image
 
             self.writer.add_image(tag, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+        if self.wandb:
+            self.wandb.image(step, tag, path)
+
+    def _wandb_run_id(self, resumed_step: int) -> str:
+        """The W&B run this run logs to: the one a resumed run started (its id is metrics.jsonl's first record),
+        else a new one, recorded there."""
+        if resumed_step:
+            for line in Path(self.metrics.name).read_text(encoding="utf-8").splitlines():
+                if '"wandb_run_id"' in line:
+                    return json.loads(line)["wandb_run_id"]
+        run_id = secrets.token_hex(4)
+        self._write({"step": 0, "wandb_run_id": run_id})
+        return run_id
 
     def _write(self, record: dict) -> None:
         line = json.dumps(record) + "\n"
@@ -73,7 +97,9 @@ class RunLog:
             folder = Path(self.metrics.name).parent
             raise DiskFull(folder, len(line), free_bytes(folder), "metrics.jsonl", is_size_limit(exc)) from None
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        if self.wandb:
+            self.wandb.finish(failed)
         if self.metrics:
             try:
                 self.metrics.close()
@@ -86,8 +112,42 @@ class RunLog:
     def __enter__(self) -> RunLog:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, *exc) -> None:
+        self.close(failed=kind is not None)
+
+
+class _WandbRun:
+    """A Weights & Biases run of the training run's steps (its files under <output>/logs, as TensorBoard's)."""
+
+    def __init__(self, config: RunConfig, output_dir: Path, run_id: str):
+        import wandb
+
+        folder = output_dir / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        # console "off": W&B would wrap the terminal that rich draws the progress on
+        try:  # the recipe as a LoRA's metadata has it: no folders of this machine go to W&B's servers
+            self.run = wandb.init(project=config.output.wandb_project, name=config.output.wandb_run_name or
+                                  config.output_name, id=run_id, resume="allow", dir=str(folder),
+                                  config=config.to_shareable_dict(),
+                                  settings=wandb.Settings(console="off", quiet=True))
+        except wandb.errors.Error as exc:
+            reason = str(exc).splitlines()[0].rstrip(".")
+            raise LowvramError(f"--wandb-project: W&B did not start the run: {reason}. To log on this machine only, "
+                               "set WANDB_MODE=offline (the run stays in <output>/logs for `wandb sync`)") from None
+        self.first_step = self.run.step  # a resumed run's: the steps logged before are W&B's already
+
+    def log(self, step: int, values: dict) -> None:
+        if step >= self.first_step:
+            self.run.log(values, step=step)
+
+    def image(self, step: int, tag: str, path: Path) -> None:
+        import wandb
+
+        if step >= self.first_step:
+            self.run.log({tag: wandb.Image(str(path))}, step=step)
+
+    def finish(self, failed: bool) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 def append_record(path: Path, record: dict) -> None:
