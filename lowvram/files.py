@@ -214,37 +214,45 @@ LOCK_POLL = 0.1  # seconds between tries: a shared holder takes the exclusive lo
 
 
 @contextlib.contextmanager
-def hold_shared(folder: Path, waiting=None):
+def hold_shared(folder: Path, waiting=None, unlocked=None):
     """One of any number of holders of `folder`'s lock for the block: waits while the exclusive holder has it
     (calling `waiting()` once, to say so). Each holder locks a file of its own, so the same files and locks work on
-    Windows (msvcrt) and elsewhere (flock); a killed holder's lock goes with its process. Goes on unlocked where no
-    lock can be had (a read-only folder, a file system without locks)."""
-    folder = Path(folder)
-    mine = _new_holder(folder)
+    Windows (msvcrt) and elsewhere (flock); a killed holder's lock goes with its process. Where no lock can be had
+    the block runs unlocked: quietly on a file system without locks, after `unlocked(reason)` where the folder
+    cannot be written (another user's)."""
+    folder, mine, told = Path(folder), None, False
     try:
-        told = False
         for attempt in itertools.count():
-            if mine is None or _free(folder / CLEARING):  # registered first, then looked: a clearer sees one or
-                break                                     # the other
+            try:
+                mine = _new_holder(folder)
+            except OSError as exc:
+                if unlocked:
+                    unlocked(f"{exc.filename or folder}: {exc.strerror}")
+                break
+            # registered first, then looked: a clearer finds this holder's file, or this holder finds the clearer
+            if mine is None or (mine and _free(folder / CLEARING) and _still_there(mine)):
+                break
+            if mine:
+                _let_go(mine)  # and register again once the clearer is done (it may have removed this file)
+            mine = None
             if waiting and not told and attempt >= 5:  # held longer than another holder's look takes
                 waiting()
                 told = True
             time.sleep(LOCK_POLL)
         yield
     finally:
-        if mine is not None:
-            mine.close()
-            with contextlib.suppress(OSError):
-                os.unlink(mine.name)
+        if mine:
+            _let_go(mine)
 
 
 @contextlib.contextmanager
 def hold_exclusive(folder: Path):
     """The only holder of `folder`'s lock for the block: BlockingIOError while another holds it, shared or
-    exclusive. A killed shared holder's file is removed. Goes on unlocked where no lock can be had."""
+    exclusive. A killed shared holder's file is removed. Goes on unlocked on a file system without locks; an
+    OSError where the lock can be neither taken nor made (a folder of another user's)."""
     folder, handle = Path(folder), False
     for _ in range(10):  # a shared holder looks for a moment
-        handle = _take(folder / CLEARING)
+        handle = _take(folder / CLEARING) if _lock_folder(folder) else False
         if handle is not False:
             break
         time.sleep(LOCK_POLL)
@@ -266,32 +274,53 @@ def hold_exclusive(folder: Path):
             handle.close()
 
 
+def _lock_folder(folder: Path) -> bool:
+    """`folder` made, where an earlier lowvram kept one lock file (removed once nobody holds it); False while
+    somebody does. OSError where it cannot be made."""
+    if folder.is_file() and folder.stat().st_size == 0:
+        old = _take(folder, create=False)
+        if old is False:
+            return False
+        if old:
+            old.close()
+        with contextlib.suppress(FileNotFoundError):
+            folder.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    return True
+
+
 def _new_holder(folder: Path):
-    """A file of this holder's own in `folder`, locked; None where no lock can be had."""
-    try:
-        if folder.is_file() and folder.stat().st_size == 0:
-            folder.unlink()  # an earlier lowvram's single lock file, where this folder goes now
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / f"holder-{os.getpid()}-{os.urandom(4).hex()}.lock", "x+b")  # noqa: SIM115
-    except OSError:
-        return None
-    if _lock(handle):  # a new file nobody else holds: not had only where the file system has no locks
-        return handle
-    handle.close()
-    with contextlib.suppress(OSError):
-        os.unlink(handle.name)
-    return None
+    """A file of this holder's own in `folder`, locked; None where the file system has no locks; False where
+    someone holds it already (a clearer looking at it the moment it was made, or at an earlier lowvram's lock).
+    OSError where the folder cannot be written."""
+    if not _lock_folder(folder):
+        return False
+    handle = open(folder / f"holder-{os.getpid()}-{os.urandom(4).hex()}.lock", "x+b")  # noqa: SIM115
+    got = _lock(handle)
+    if not got:
+        _let_go(handle)
+    return handle if got else got
 
 
 def _take(path: Path, create: bool = True):
     """`path` opened and locked (held open for as long as the lock is); False while another holds it; None where
-    no lock can be had, or (without `create`) the file is gone."""
+    the file system has no locks, or (without `create`) the file is gone. OSError where it can be neither opened
+    nor made."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+b" if create else "r+b")  # noqa: SIM115
-    except OSError:
+    except FileNotFoundError:
+        if create:
+            raise
         return None
+    except PermissionError as refused:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - another user's: a lock needs no write access
+        except FileNotFoundError:
+            if create:
+                raise refused from None
+            return None
     got = _lock(handle)
     if not got:
         handle.close()
@@ -299,11 +328,30 @@ def _take(path: Path, create: bool = True):
 
 
 def _free(path: Path, create: bool = True) -> bool:
-    """Whether nobody holds `path`'s lock (taken and let go at once, to look)."""
-    taken = _take(path, create)
+    """Whether nobody holds `path`'s lock (taken and let go at once, to look). A file that cannot be opened or
+    made is nobody's lock: the one who could hold it would have made it."""
+    try:
+        taken = _take(path, create)
+    except OSError:
+        return True
     if taken:
         taken.close()
     return taken is not False
+
+
+def _still_there(handle) -> bool:
+    """Whether an open file is still in its folder under its name (a clearer removes the holders' files it finds
+    unlocked)."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(handle.name))
+    except OSError:
+        return False
+
+
+def _let_go(handle) -> None:
+    handle.close()
+    with contextlib.suppress(OSError):
+        os.unlink(handle.name)
 
 
 def _lock(handle) -> bool | None:

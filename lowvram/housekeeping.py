@@ -102,12 +102,17 @@ def usage(cache_dir: Path) -> list[FolderUsage]:
 def remove(cache_dir: Path, unused_for: float | None, dry_run: bool = False) -> tuple[int, int]:
     """Remove the entries no run used for `unused_for` seconds (None: every entry); returns how many files and
     bytes went (or would go, with `dry_run`). Refused while a run reads the cache, unless only counting."""
-    try:
-        with contextlib.nullcontext() if dry_run else hold_exclusive(cache_dir / IN_USE):
-            return _remove(cache_dir, unused_for, dry_run)
-    except BlockingIOError:
-        raise LowvramError(f"{cache_dir}: a lowvram run (or another `lowvram cache`) is using this cache; run this "
-                           "again when it ends") from None
+    with contextlib.ExitStack() as held:
+        try:
+            if not dry_run:
+                held.enter_context(hold_exclusive(cache_dir / IN_USE))
+        except BlockingIOError:
+            raise LowvramError(f"{cache_dir}: a lowvram run (or another `lowvram cache`) is using this cache; run "
+                               "this again when it ends") from None
+        except OSError as exc:
+            raise LowvramError(f"{cache_dir / IN_USE}: cannot be locked ({exc.strerror}), so a run could be reading "
+                               "what this removes; run as the user who owns the cache") from None
+        return _remove(cache_dir, unused_for, dry_run)
 
 
 def _remove(cache_dir: Path, unused_for: float | None, dry_run: bool) -> tuple[int, int]:

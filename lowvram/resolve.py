@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from rich.markup import escape
+
 from lowvram.adapters.blocks import BlockPlan, block_plan
 from lowvram.config import SAMPLE_DATA, RunConfig
 from lowvram.dataset_files import is_dataset_file, read_dataset
@@ -36,9 +38,14 @@ def cache_in_use(cache_dir: Path, console=None):
     """Within the block, the cache's shared lock (IN_USE) is held: `lowvram cache` removes nothing from it. A wait
     for a removal to finish first is said on `console`."""
     def waiting() -> None:
-        console.print(f"waiting for `lowvram cache` to finish removing entries from {cache_dir}", soft_wrap=True)
+        console.print(f"waiting for `lowvram cache` to finish removing entries from {escape(str(cache_dir))}",
+                      soft_wrap=True)
 
-    with hold_shared(Path(cache_dir) / IN_USE, waiting=waiting if console else None):
+    def unlocked(reason: str) -> None:
+        console.print(f"[yellow]warning:[/] the cache's lock cannot be taken ({escape(reason)}), so `lowvram cache` "
+                      "could remove what this run reads; run as the user who owns the cache", soft_wrap=True)
+
+    with hold_shared(Path(cache_dir) / IN_USE, waiting if console else None, unlocked if console else None):
         yield
 
 

@@ -245,3 +245,64 @@ def test_runs_share_the_cache_lock_each_by_a_file_of_its_own_which_a_killed_run_
     with cache_in_use(folder.parent):  # and a run in this process, after it
         assert len(list(folder.glob("holder-*.lock"))) == 1
     assert list(folder.glob("holder-*.lock")) == []
+
+
+def test_a_lock_folder_of_another_users_still_locks_or_says_it_cannot(tmp_path):
+    """After one `sudo lowvram cache --clear` the lock's folder is root's: a run of another user still counts, and
+    one that cannot hold the lock says so; a removal that cannot lock refuses instead of going on unlocked."""
+    cache = tmp_path / "cache"
+    folder = cache / ".in-use"
+    as_a_user = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("no setpriv to drop root's permission override")
+        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    a_run = ("import time\nfrom rich.console import Console\nfrom lowvram.resolve import cache_in_use\n"
+             f"with cache_in_use({str(cache)!r}, Console(stderr=True, width=300)):\n    print('ready', flush=True)")
+
+    def as_another_user(*command):
+        return subprocess.run([*as_a_user, sys.executable, *command], capture_output=True, text=True, check=False)
+
+    with hold_exclusive(folder):  # the owner's removal made the folder and its lock file
+        pass
+    with cache_in_use(cache):  # and the owner's run holds the cache
+        for path in folder.iterdir():
+            path.chmod(0o444)
+        folder.chmod(0o555)
+        try:
+            refused = as_another_user("-m", "lowvram", "cache", "--cache-dir", str(cache), "--clear")
+            assert refused.returncode == 2 and "a lowvram run (or another `lowvram cache`) is using this cache" in (
+                refused.stderr), refused.stderr
+            unlocked = as_another_user("-c", a_run)
+            assert unlocked.stdout.strip() == "ready", unlocked.stderr
+            assert "warning: the cache's lock cannot be taken" in " ".join(unlocked.stderr.split()), unlocked.stderr
+        finally:
+            folder.chmod(0o755)
+    (folder / "exclusive.lock").unlink()
+    folder.chmod(0o555)
+    try:
+        refused = as_another_user("-m", "lowvram", "cache", "--cache-dir", str(cache), "--clear")
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"{folder}: cannot be locked (Permission denied)" in refused.stderr
+    finally:
+        folder.chmod(0o755)
+
+
+def test_an_earlier_lowvrams_lock_file_in_use_holds_off_a_removal(tmp_path):
+    """An earlier lowvram's run held its one lock file while it read the cache: a removal waits for it too."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ".in-use").write_bytes(b"")
+    earlier_run = (f"import fcntl, time\nlock = open({str(cache / '.in-use')!r}, 'a+b')\n"
+                   "fcntl.flock(lock, fcntl.LOCK_SH)\nprint('ready', flush=True)\ntime.sleep(600)")
+    earlier = subprocess.Popen([sys.executable, "-c", earlier_run], stdout=subprocess.PIPE, text=True)
+    try:
+        assert earlier.stdout.readline().strip() == "ready"
+        with pytest.raises(BlockingIOError), hold_exclusive(cache / ".in-use"):
+            pass
+        assert (cache / ".in-use").is_file()
+    finally:
+        earlier.kill()
+        earlier.wait()
+    with hold_exclusive(cache / ".in-use"):
+        assert (cache / ".in-use").is_dir()
