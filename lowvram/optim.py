@@ -139,7 +139,10 @@ def _literal(text: str):
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return text
+        pass
+    if text.lower().lstrip("+-") in ("inf", "infinity", "nan"):  # Python writes float("inf") as inf, JSON Infinity
+        return float(text)
+    return text
 
 
 def optimizer_class(name: str):
@@ -182,7 +185,10 @@ def build_class_optimizer(name: str, groups: list[dict], weight_decay: float, se
         raise LowvramError(f"--weight-decay: {name} has no weight decay; pass --weight-decay 0")
     if "lr" in taken:
         given["lr"] = groups[0].get("lr", 1e-3)
-    if "warmup_steps" in taken and "warmup_steps" not in settings and _is_schedule_free(name):
+    if _is_schedule_free(name) and "warmup_steps" not in settings and warmup_steps:
+        if "warmup_steps" not in taken:  # its schedule stays constant, so there would be no warm-up at all
+            raise LowvramError(f"--warmup-steps: {name} has no warm-up of its own, and a schedule-free optimizer "
+                               "takes no schedule's; drop --warmup-steps")
         given["warmup_steps"] = warmup_steps  # the schedule stays constant: the warm-up is the optimizer's
     try:
         return cls(groups, **given)

@@ -94,8 +94,8 @@ def test_kohyas_wandb_project_and_run_carry_over_and_its_key_stays_out_of_the_co
     values, notes = translate(settings, tmp_path / "kohya.toml")
     assert (values["wandb_project"], values["wandb_run_name"]) == ("loras", "run-1")
     assert [note for note in notes if "wandb" in note] == [
-        "wandb_api_key: not carried over (a key is no setting for a run's saved config); run `wandb login` once, or "
-        "set WANDB_API_KEY"]
+        ("wandb_api_key: not carried over (a key is no setting for a run's saved config); run `wandb login` once, or "
+        "set WANDB_API_KEY")]
     assert "0123abcd" not in json.dumps(values)
     values, _ = translate(KOHYA_SS | {"log_with": "all"}, tmp_path / "kohya.toml")
     assert values["wandb_project"] == "network_train"  # kohya's own name for it

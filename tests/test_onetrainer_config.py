@@ -319,6 +319,11 @@ def test_a_onetrainer_optimizer_whose_package_is_missing_names_it_and_a_third_be
     tiger, _ = translate_onetrainer(CONFIG | {"optimizer": {"optimizer": "TIGER", "beta1": 0.95,
                                                             "decoupled_decay": False}}, path)
     assert tiger["optimizer_args"] == ["beta=0.95", "weight_decouple=False"]  # under the class's own names
+    # OneTrainer's default growth rate, which its JSON writes as Infinity: a number, not the text "inf"
+    adapted, _ = translate_onetrainer(json.loads(json.dumps(CONFIG | {"optimizer": {
+        "optimizer": "DADAPT_ADAM", "growth_rate": float("inf"), "d0": 1e-6}})), path)
+    assert optimizer_kwargs(adapted["optimizer"], adapted["optimizer_args"]) == {"d0": 1e-6,
+                                                                                 "growth_rate": float("inf")}
     with pytest.raises(LowvramError, match=r"^--optimizer came_pytorch.CAME: no package came_pytorch here; pip "
                                            r"install the one that has it"):
         build_config(values)
@@ -343,3 +348,13 @@ def test_a_schedule_free_optimizer_trains_at_a_constant_rate_with_its_own_warm_u
     with use_averaged_weights(optimizer):
         assert not optimizer.param_groups[0]["train_mode"]  # a class's averaged weights are what is saved, too
     assert optimizer.param_groups[0]["train_mode"]
+
+
+def test_a_schedule_free_class_without_a_warm_up_of_its_own_refuses_one(tmp_path):
+    """Its schedule stays constant, so a --warmup-steps it cannot take would be no warm-up at all (kohya stops on
+    RAdamScheduleFree's warmup_steps too)."""
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(4))], "lr": 1e-3}]
+    with pytest.raises(LowvramError, match=r"^--warmup-steps: schedulefree.RAdamScheduleFree has no warm-up of its "
+                                           r"own, and a schedule-free optimizer takes no schedule's; drop "):
+        build_optimizer("schedulefree.RAdamScheduleFree", groups, 0.0, warmup_steps=10)
+    assert build_optimizer("schedulefree.RAdamScheduleFree", groups, 0.0).param_groups[0]["lr"] == 1e-3
