@@ -271,7 +271,7 @@ def hold_exclusive(folder: Path):
         yield
     finally:
         if handle:
-            handle.close()
+            _release(handle)
 
 
 def _lock_folder(folder: Path) -> bool:
@@ -282,7 +282,7 @@ def _lock_folder(folder: Path) -> bool:
         if old is False:
             return False
         if old:
-            old.close()
+            _release(old)
         with contextlib.suppress(FileNotFoundError):
             folder.unlink()
     folder.mkdir(parents=True, exist_ok=True)
@@ -335,7 +335,7 @@ def _free(path: Path, create: bool = True) -> bool:
     except OSError:
         return True
     if taken:
-        taken.close()
+        _release(taken)
     return taken is not False
 
 
@@ -349,9 +349,21 @@ def _still_there(handle) -> bool:
 
 
 def _let_go(handle) -> None:
-    handle.close()
+    _release(handle)
     with contextlib.suppress(OSError):
         os.unlink(handle.name)
+
+
+def _release(handle) -> None:
+    """Close a file this process may hold the lock of: unlocked first on Windows, which frees a lock closed over
+    only some time later."""
+    if os.name == "nt":
+        import msvcrt
+
+        with contextlib.suppress(OSError):
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+    handle.close()
 
 
 def _lock(handle) -> bool | None:
