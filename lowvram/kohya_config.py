@@ -173,6 +173,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         left["bucket_reso_steps"] = max(8, -(-step // 8) * 8)
         notes.append(f"bucket_reso_steps {step}: buckets step by {left['bucket_reso_steps']} pixels here, the "
                      "latent grid's")
+    values |= _logging(left, notes)  # (its W&B run name is kohya's only with W&B on)
     values |= {SAME[key]: left.pop(key) for key in list(left) if key in SAME}
     for share, strength in (("noise_offset_random_strength", "noise_offset"), ("adaptive_noise_scale", "noise_offset"),
                             ("ip_noise_gamma_random_strength", "ip_noise_gamma")):
@@ -190,7 +191,6 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     unknown = sorted(set(left) - INERT)
     if unknown:
         notes.append(f"not carried over (lowvram has no such setting): {', '.join(unknown)}")
-    values |= _logging(left, notes)
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes
@@ -208,22 +208,24 @@ def _base_weights(left: dict[str, Any], problem) -> dict[str, Any]:
 
 def _logging(left: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """Where kohya's logs go here: its Weights & Biases project (log_tracker_name, else kohya's network_train) where
-    W&B is installed, and TensorBoard only when asked for."""
+    log_with asks for one and W&B is installed, and TensorBoard only when asked for. Its W&B run name and key are
+    used only with W&B on, as in kohya."""
     tracker = str(left.get("log_with") or "").lower()
-    if tracker in ("wandb", "all") and importlib.util.find_spec("wandb") is not None:
-        if left.get("wandb_api_key"):
+    run_name, key = left.pop("wandb_run_name", None), left.pop("wandb_api_key", None)
+    values: dict[str, Any] = {}
+    if tracker in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
+        notes.append("log_with wandb: Weights & Biases is not installed (pip install 'lowvram[wandb]'); "
+                     "metrics.jsonl in the output folder holds each step's loss, learning rate and gradient norm")
+    elif tracker in ("wandb", "all"):
+        values = {"wandb_project": str(left.get("log_tracker_name") or "network_train")} | (
+            {"wandb_run_name": str(run_name)} if run_name else {})
+        if key:
             notes.append("wandb_api_key: not carried over (a key is no setting for a run's saved config); run "
                          "`wandb login` once, or set WANDB_API_KEY")
-        return {"wandb_project": str(left.get("log_tracker_name") or "network_train")} | (
-            {"wandb_run_name": str(left["wandb_run_name"])} if left.get("wandb_run_name") else {})
-    if tracker in ("wandb", "all") or left.get("wandb_run_name") or left.get("wandb_api_key"):
-        notes.append("log_with wandb: Weights & Biases is not installed (pip install 'lowvram[wandb]'); "
-                     "metrics.jsonl in the output folder holds each step's loss, learning rate and gradient norm "
-                     "(--tensorboard adds TensorBoard logs)")
-    elif left.get("logging_dir") or tracker == "tensorboard":
-        notes.append("logging_dir: lowvram writes TensorBoard logs (to <output>/logs) with --tensorboard; "
-                     "metrics.jsonl in the output folder is always written")
-    return {}
+    if left.get("logging_dir") or tracker in ("tensorboard", "all"):
+        notes.append(f"{'log_with all' if tracker == 'all' else 'logging_dir'}: lowvram writes TensorBoard logs (to "
+                     "<output>/logs) with --tensorboard; metrics.jsonl in the output folder is always written")
+    return values
 
 
 def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:

@@ -97,8 +97,13 @@ def test_kohyas_wandb_project_and_run_carry_over_and_its_key_stays_out_of_the_co
         ("wandb_api_key: not carried over (a key is no setting for a run's saved config); run `wandb login` once, or "
         "set WANDB_API_KEY")]
     assert "0123abcd" not in json.dumps(values)
-    values, _ = translate(KOHYA_SS | {"log_with": "all"}, tmp_path / "kohya.toml")
+    values, notes = translate(KOHYA_SS | {"log_with": "all"}, tmp_path / "kohya.toml")
     assert values["wandb_project"] == "network_train"  # kohya's own name for it
+    assert "log_with all: lowvram writes TensorBoard logs (to <output>/logs) with --tensorboard" in " ".join(notes)
+    # W&B off: its run name and key are kohya's only with it on (kohya_ss keeps them in every config)
+    values, notes = translate(settings | {"log_with": "tensorboard"}, tmp_path / "kohya.toml")
+    assert not any(key.startswith("wandb") for key in values) and not any("wandb" in note for note in notes)
+    assert any(note.startswith("logging_dir: lowvram writes TensorBoard logs") for note in notes)
     monkeypatch.setitem(sys.modules, "wandb", None)  # as where it is not installed: the run goes on without it
     values, notes = translate(settings, tmp_path / "kohya.toml")
     assert "wandb_project" not in values
@@ -168,7 +173,6 @@ def test_a_cosine_annealing_schedule_over_the_whole_run_is_lowvrams_cosine_with_
     values, notes = translate(settings, tmp_path / "k.toml")
     assert (values["scheduler"], values["min_lr_ratio"], values["warmup_steps"]) == ("cosine", pytest.approx(0.1), 0)
     assert any("lr_warmup_steps not used" in note for note in notes)
-    build_config(values | {"model": "tiny", "data": "sample"})
 
     def rates(make):
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)

@@ -74,8 +74,9 @@ def settings_of(tmp_path, **changes) -> dict:
 def test_the_gui_s_wandb_switch_logs_to_the_project_sd_scripts_names(tmp_path):
     values, _ = translate_gui(STANDARD | {"use_wandb": True, "wandb_run_name": "first"}, tmp_path / "gui.json")
     assert (values["wandb_project"], values["wandb_run_name"]) == ("network_train", "first")
-    values, notes = translate_gui(STANDARD | {"use_wandb": False}, tmp_path / "gui.json")
-    assert "wandb_project" not in values and not any("wandb" in note for note in notes)
+    values, notes = translate_gui(STANDARD | {"use_wandb": False, "wandb_run_name": "first", "wandb_api_key": "0a1b"},
+                                  tmp_path / "gui.json")
+    assert not any(key.startswith("wandb") for key in values) and not any("wandb" in note for note in notes)
 
 
 def test_the_gui_s_network_types_become_kohya_s_networks(tmp_path):

@@ -115,9 +115,10 @@ def run_training(session: Session) -> TrainResult:
     for module in trainee.trained_modules:  # adapter dropout and transformers' gradient checkpointing read .training
         module.train()
     spill = session.run.hardware.can_spill_vram  # slow steps then may mean VRAM spilled into system RAM
-    with (TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill) as progress,
-          StopOnSignal() as signals, RunLog(out_dir, position.step, config, session.main) as log,
-          peaks.phase("training")):
+    # the log first: W&B's login prompt, on a terminal not logged in, comes before the progress bar is drawn
+    with (RunLog(out_dir, position.step, config, session.main) as log,
+          TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill) as progress,
+          StopOnSignal() as signals, peaks.phase("training")):
         progress.loss = position.smoothed_loss
         if config.output.sample_at_first and position.step == 0:
             sample_grid(session, trainee, prepared, log, 0)

@@ -6,6 +6,7 @@ started: its id is the first record of metrics.jsonl."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 
@@ -113,7 +114,8 @@ class RunLog:
         return self
 
     def __exit__(self, kind, *exc) -> None:
-        self.close(failed=kind is not None)
+        # a stop asked for (Ctrl-C saves a checkpoint to resume from) is no failure
+        self.close(failed=kind is not None and not issubclass(kind, KeyboardInterrupt))
 
 
 class _WandbRun:
@@ -132,8 +134,10 @@ class _WandbRun:
                                   settings=wandb.Settings(console="off", quiet=True))
         except wandb.errors.Error as exc:
             reason = str(exc).splitlines()[0].rstrip(".")
-            raise LowvramError(f"--wandb-project: W&B did not start the run: {reason}. To log on this machine only, "
-                               "set WANDB_MODE=offline (the run stays in <output>/logs for `wandb sync`)") from None
+            offline = "" if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled") else (
+                " To log on this machine only, set WANDB_MODE=offline (the run stays in <output>/logs for `wandb "
+                "sync`)")
+            raise LowvramError(f"--wandb-project: W&B did not start the run: {reason}.{offline}") from None
         self.first_step = self.run.step  # a resumed run's: the steps logged before are W&B's already
 
     def log(self, step: int, values: dict) -> None:
