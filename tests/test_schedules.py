@@ -82,3 +82,20 @@ def test_a_run_with_rex_and_a_floor_logs_the_rates_it_trained_with(tmp_path):
              if '"lr"' in line]
     expected = [0.0, 0.5, *(0.1 + 0.9 * (1 - p) / (0.1 + 0.9 * (1 - p)) for p in (0, 0.25, 0.5, 0.75))]
     assert rates == pytest.approx([1e-3 * f for f in expected])
+
+
+def test_a_schedule_free_warm_up_shows_in_the_logged_rate_and_is_warned_about_when_most_of_the_run(tmp_path):
+    """The optimizer warms up inside its step: the rate logged is the one it used, and a warm-up longer than half
+    the run is said, as for a schedule's."""
+    import io
+
+    from rich.console import Console
+
+    printed = io.StringIO()
+    config = run_config(output=str(tmp_path / "out"), optimizer="schedulefree_adamw", lr=1e-3, warmup_steps=10,
+                        max_steps=3)
+    train(config, Console(file=printed, width=300))
+    rates = [record["lr"] for record in map(json.loads, (config.output_dir / "metrics.jsonl").read_text().splitlines())
+             if "lr" in record]
+    assert rates == pytest.approx([1e-4, 2e-4, 3e-4])  # 1, 2 and 3 tenths of the way up
+    assert "--warmup-steps 10 is most of this run's 3 steps" in printed.getvalue()

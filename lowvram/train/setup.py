@@ -527,7 +527,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     if warmup and config.optim.scheduler == "constant" and not spec_of(config.optim.optimizer).schedule_free:
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} has no effect with --scheduler constant; "
                               "use --scheduler constant_with_warmup (or cosine) to warm up", soft_wrap=True)
-    elif warmup > schedule.total_steps / 2 and config.optim.scheduler != "constant":
+    elif warmup > schedule.total_steps / 2 and (config.optim.scheduler != "constant"
+                                                or spec_of(config.optim.optimizer).schedule_free):
         reached = "never reaches" if warmup >= schedule.total_steps else "reaches only late"
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} is most of this run's {schedule.total_steps} "
                               f"steps: the learning rate {reached} --lr {config.lr:g}; lower --warmup-steps (say "
