@@ -79,9 +79,9 @@ class RunLog:
     def _wandb_run_id(self, resumed_step: int) -> str:
         """The W&B run this run logs to: the one a resumed run started (its id is metrics.jsonl's first record),
         else a new one, recorded there."""
-        if resumed_step:
+        if resumed_step:  # (the lines were read back already: each is whole)
             for line in Path(self.metrics.name).read_text(encoding="utf-8").splitlines():
-                if '"wandb_run_id"' in line:
+                if '"wandb_run_id"' in line and isinstance(json.loads(line).get("wandb_run_id"), str):
                     return json.loads(line)["wandb_run_id"]
         run_id = secrets.token_hex(4)
         self._write({"step": 0, "wandb_run_id": run_id})
