@@ -222,8 +222,8 @@ def _logging(left: dict[str, Any], notes: list[str]) -> dict[str, Any]:
         if key:
             notes.append("wandb_api_key: not carried over (a key is no setting for a run's saved config); run "
                          "`wandb login` once, or set WANDB_API_KEY")
-    if left.get("logging_dir") or tracker in ("tensorboard", "all"):
-        notes.append(f"{'log_with all' if tracker == 'all' else 'logging_dir'}: lowvram writes TensorBoard logs (to "
+    if tracker in ("tensorboard", "all") or (left.get("logging_dir") and not tracker):  # (kohya's default then)
+        notes.append(f"{f'log_with {tracker}' if tracker else 'logging_dir'}: lowvram writes TensorBoard logs (to "
                      "<output>/logs) with --tensorboard; metrics.jsonl in the output folder is always written")
     return values
 

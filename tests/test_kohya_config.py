@@ -103,7 +103,9 @@ def test_kohyas_wandb_project_and_run_carry_over_and_its_key_stays_out_of_the_co
     # W&B off: its run name and key are kohya's only with it on (kohya_ss keeps them in every config)
     values, notes = translate(settings | {"log_with": "tensorboard"}, tmp_path / "kohya.toml")
     assert not any(key.startswith("wandb") for key in values) and not any("wandb" in note for note in notes)
-    assert any(note.startswith("logging_dir: lowvram writes TensorBoard logs") for note in notes)
+    assert any(note.startswith("log_with tensorboard: lowvram writes TensorBoard logs") for note in notes)
+    _, notes = translate(settings, tmp_path / "kohya.toml")  # logging_dir is W&B's folder then, in kohya
+    assert not any("TensorBoard" in note for note in notes)
     monkeypatch.setitem(sys.modules, "wandb", None)  # as where it is not installed: the run goes on without it
     values, notes = translate(settings, tmp_path / "kohya.toml")
     assert "wandb_project" not in values

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lowvram.cli import train_values
 from lowvram.configure import build_config, list_presets, preset_path, read_toml
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, TrainingInterrupted
 from lowvram.train.loop import train
 from lowvram.train.runlog import RunLog
 
@@ -114,6 +114,26 @@ def test_a_resumed_run_logs_on_to_the_wandb_run_it_started_and_a_new_run_to_its_
     assert len(run_ids()) == 2 and len(set(run_ids())) == 1
     logged(0)  # --overwrite: a run of its own
     assert len(set(run_ids())) == 2
+
+
+def test_a_run_stopped_by_ctrl_c_is_no_failed_wandb_run_and_a_file_where_the_logs_go_is_one_line(tmp_path,
+                                                                                                    monkeypatch):
+    offline_wandb(monkeypatch, tmp_path)
+    config = run_config(output=str(tmp_path / "out"), wandb_project="lowvram-tests")
+    config.output_dir.mkdir()
+    with pytest.raises(TrainingInterrupted), RunLog(config.output_dir, 0, config) as log:
+        log.step(1, {"loss": 0.1, "epoch": 1})
+        raise TrainingInterrupted("interrupted at step 1: a checkpoint to resume from is saved")
+    [debug] = (config.output_dir / "logs" / "wandb").glob("offline-run-*/logs/debug.log")
+    assert "got exitcode: 0" in debug.read_text()  # W&B's "finished", not "failed"
+    other = run_config(output=str(tmp_path / "other"), wandb_project="lowvram-tests")
+    other.output_dir.mkdir()
+    (other.output_dir / "logs").write_text("a file of the user's")
+    with pytest.raises(LowvramError) as error, RunLog(other.output_dir, 0, other):
+        pass
+    assert str(error.value).startswith("--output: can't write in ") and (
+        f"{other.output_dir / 'logs'} is a file, not a folder (the run's logs go there)" in str(error.value))
+    assert str(error.value).count("\n") == 0
 
 
 @pytest.mark.parametrize(("values", "expected"), [

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from lowvram.config import RunConfig
-from lowvram.errors import LowvramError
-from lowvram.files import DiskFull, free_bytes, is_disk_full, is_size_limit, write_text
+from lowvram.errors import LowvramError, TrainingInterrupted
+from lowvram.files import DiskFull, free_bytes, is_disk_full, is_size_limit, write_problem, write_text
 
 
 class RunLog:
@@ -33,6 +33,11 @@ class RunLog:
             # closed by close() / __exit__: this object is the context manager
             self.metrics = open(path, "a" if resumed_step else "w", encoding="utf-8")  # noqa: SIM115
         self.writer = None
+        logs = output_dir / "logs"
+        unwritable = write_problem(logs) if (config.output.tensorboard or config.output.wandb_project) else None
+        if unwritable and enabled:  # (W&B would write elsewhere, TensorBoard stop with a traceback)
+            raise LowvramError(f"--output: {unwritable} (the run's logs go there); move it away, or choose another "
+                               "--output")
         if config.output.tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -115,7 +120,7 @@ class RunLog:
 
     def __exit__(self, kind, *exc) -> None:
         # a stop asked for (Ctrl-C saves a checkpoint to resume from) is no failure
-        self.close(failed=kind is not None and not issubclass(kind, KeyboardInterrupt))
+        self.close(failed=kind is not None and not issubclass(kind, (KeyboardInterrupt, TrainingInterrupted)))
 
 
 class _WandbRun:
