@@ -32,7 +32,8 @@ OPTIMIZERS = {"ADAMW": "adamw", "ADAMW_8BIT": "adamw8bit", "PAGED_ADAMW_8BIT": "
               "SCHEDULE_FREE_ADAMW": "schedulefree_adamw"}
 # OneTrainer's other optimizers: the class it builds, and the settings of its section it gives that class, by the
 # class's names. "betas" joins beta1 and beta2, "betas3" beta1 to beta3, "eps_pair" eps and eps2 into eps, and
-# "key:name" gives OneTrainer's key under the class's name. Not bitsandbytes' percentile_clipping and block_wise, which
+# "key:name" gives OneTrainer's key under the class's name; "warmup_steps", that it gives a schedule-free class the
+# run's warm-up. Not bitsandbytes' percentile_clipping and block_wise, which
 # its newer releases no longer take (OneTrainer passes their defaults: no clipping, block-wise).
 JOINED = {"betas": ("betas", ("beta1", "beta2")), "betas3": ("betas", ("beta1", "beta2", "beta3")),
           "eps_pair": ("eps", ("eps", "eps2"))}
@@ -53,7 +54,7 @@ OPTIMIZER_CLASSES = {
                   "max_unorm")),
     "ADEMAMIX": ("bitsandbytes.optim.AdEMAMix", "betas3 eps alpha optim_bits min_8bit_size is_paged"),
     "ADEMAMIX_8BIT": ("bitsandbytes.optim.AdEMAMix8bit", "betas3 eps alpha min_8bit_size is_paged"),
-    "SCHEDULE_FREE_SGD": ("schedulefree.SGDScheduleFree", "momentum r weight_lr_power foreach"),
+    "SCHEDULE_FREE_SGD": ("schedulefree.SGDScheduleFree", "momentum r weight_lr_power foreach warmup_steps"),
     "DADAPT_SGD": ("dadaptation.DAdaptSGD", "momentum log_every d0 growth_rate fsdp_in_use"),
     "DADAPT_ADAM": ("dadaptation.DAdaptAdam", ("betas eps log_every decouple use_bias_correction d0 growth_rate "
                     "fsdp_in_use")),
@@ -366,7 +367,8 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         values["min_lr_ratio"] = number("learning_rate_min_factor")  # OneTrainer: where the schedule decays to
     if scheduler in ("COSINE_WITH_RESTARTS", "COSINE_WITH_HARD_RESTARTS") and doc.get("learning_rate_cycles"):
         values["scheduler_cycles"] = max(1, round(float(doc["learning_rate_cycles"])))
-    values |= _optimizer(doc.get("optimizer") or {}, values.get("scheduler", "constant"), notes, problem)
+    values |= _optimizer(doc.get("optimizer") or {}, values.get("scheduler", "constant"), values.get("warmup_steps"),
+                         notes, problem)
     if values.get("scheduler") == "constant":  # a schedule-free optimizer's: nothing decays or restarts
         values.pop("min_lr_ratio", None)
         values.pop("scheduler_cycles", None)
@@ -490,9 +492,10 @@ def _memory(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     return values
 
 
-def _optimizer(section: dict[str, Any], scheduler: str, notes: list[str], problem) -> dict[str, Any]:
+def _optimizer(section: dict[str, Any], scheduler: str, warmup: float | None, notes: list[str],
+               problem) -> dict[str, Any]:
     """The optimizer OneTrainer builds, with its settings; a schedule-free one at a constant rate, as OneTrainer
-    trains it whatever the schedule (`scheduler`, as translated) says."""
+    trains it whatever the schedule (`scheduler` and `warmup`, as translated) says."""
     name = str(section.get("optimizer") or "ADAMW").upper()
     values: dict[str, Any] = {}
     if section.get("weight_decay") is not None:
@@ -513,6 +516,10 @@ def _optimizer(section: dict[str, Any], scheduler: str, notes: list[str], proble
             notes.append(f"learning_rate_scheduler: {name} replaces the schedule, so OneTrainer trains it at a "
                          "constant rate, as lowvram does")
         values["scheduler"] = "constant"  # its warm-up, if any, is the optimizer's own (from --warmup-steps)
+        if warmup and name in OPTIMIZER_CLASSES and "warmup_steps" not in OPTIMIZER_CLASSES[name][1].split():
+            values["warmup_steps"] = 0
+            notes.append(f"learning_rate_warmup_steps: {name} takes no warm-up of its own, and a schedule-free "
+                         "optimizer no schedule's: it trains without one")
     return values
 
 
@@ -528,8 +535,20 @@ def _class_settings(section: dict[str, Any], taken: str) -> dict[str, list[str]]
             if all(part in given for part in parts):
                 items.append(f"{name}={tuple(given[part] for part in parts)!r}")
         elif key in given:
-            items.append(f"{name or key}={given[key]!r}")
+            items.append(f"{name or key}={_read(given[key])!r}")
     return {"optimizer_args": items} if items else {}
+
+
+def _read(value: Any) -> Any:
+    """A setting OneTrainer's config types would read: a number or switch given as text is one."""
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _optimizer_settings(section: dict[str, Any], name: str, problem) -> dict[str, list[str]]:

@@ -319,6 +319,10 @@ def test_a_onetrainer_optimizer_whose_package_is_missing_names_it_and_a_third_be
     tiger, _ = translate_onetrainer(CONFIG | {"optimizer": {"optimizer": "TIGER", "beta1": 0.95,
                                                             "decoupled_decay": False}}, path)
     assert tiger["optimizer_args"] == ["beta=0.95", "weight_decouple=False"]  # under the class's own names
+    # a number given as text is one, as OneTrainer's config types read it
+    texts, _ = translate_onetrainer(CONFIG | {"optimizer": {"optimizer": "DADAPT_ADAM", "growth_rate": "1.02",
+                                                            "decouple": "true"}}, path)
+    assert optimizer_kwargs(texts["optimizer"], texts["optimizer_args"]) == {"decouple": True, "growth_rate": 1.02}
     # OneTrainer's default growth rate, which its JSON writes as Infinity: a number, not the text "inf"
     adapted, _ = translate_onetrainer(json.loads(json.dumps(CONFIG | {"optimizer": {
         "optimizer": "DADAPT_ADAM", "growth_rate": float("inf"), "d0": 1e-6}})), path)
@@ -348,6 +352,20 @@ def test_a_schedule_free_optimizer_trains_at_a_constant_rate_with_its_own_warm_u
     with use_averaged_weights(optimizer):
         assert not optimizer.param_groups[0]["train_mode"]  # a class's averaged weights are what is saved, too
     assert optimizer.param_groups[0]["train_mode"]
+
+
+def test_a_onetrainer_schedule_free_class_without_a_warm_up_of_its_own_trains_without_its_default_one(tmp_path):
+    """OneTrainer's configs warm up 200 steps unless told otherwise: PRODIGY_PLUS_SCHEDULE_FREE, which takes no
+    warm-up, then trains without one (a note says so) instead of being refused; SCHEDULE_FREE_SGD keeps its own."""
+    path = onetrainer_folder(tmp_path)
+    values, notes = translate_onetrainer(CONFIG | {"optimizer": {"optimizer": "PRODIGY_PLUS_SCHEDULE_FREE"},
+                                                   "learning_rate_warmup_steps": 200.0}, path)
+    assert (values["scheduler"], values["warmup_steps"]) == ("constant", 0)
+    assert "learning_rate_warmup_steps: PRODIGY_PLUS_SCHEDULE_FREE takes no warm-up of its own" in " ".join(notes)
+    values, notes = translate_onetrainer(CONFIG | {"optimizer": {"optimizer": "SCHEDULE_FREE_SGD"},
+                                                   "learning_rate_warmup_steps": 200.0}, path)
+    assert (values["scheduler"], values["warmup_steps"]) == ("constant", 200)
+    assert not any(note.startswith("learning_rate_warmup_steps") for note in notes)
 
 
 def test_a_schedule_free_class_without_a_warm_up_of_its_own_refuses_one(tmp_path):
