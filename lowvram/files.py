@@ -227,7 +227,7 @@ def hold_shared(folder: Path, waiting=None, unlocked=None):
                 mine = _new_holder(folder)
             except OSError as exc:
                 if unlocked:
-                    unlocked(f"{exc.filename or folder}: {exc.strerror}")
+                    unlocked(f"{folder}: {exc.strerror}")
                 break
             # registered first, then looked: a clearer finds this holder's file, or this holder finds the clearer
             if mine is None or (mine and _free(folder / CLEARING) and _still_there(mine)):
@@ -266,8 +266,10 @@ def hold_exclusive(folder: Path):
                 path.unlink()  # its process is gone (Windows refuses while the holder has it open)
             except FileNotFoundError:
                 pass
-            except OSError:
-                raise BlockingIOError(errno.EAGAIN, "held by another", str(path)) from None
+            except OSError as exc:
+                if os.name != "nt":  # a folder of another user's: a dead holder's file stays, and would for ever
+                    raise
+                raise BlockingIOError(errno.EAGAIN, "held by another", str(path)) from exc
         yield
     finally:
         if handle:
