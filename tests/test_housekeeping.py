@@ -278,6 +278,14 @@ def test_a_lock_folder_of_another_users_still_locks_or_says_it_cannot(tmp_path):
             assert "warning: the cache's lock cannot be taken" in " ".join(unlocked.stderr.split()), unlocked.stderr
         finally:
             folder.chmod(0o755)
+    (folder / "holder-1-0123abcd.lock").write_bytes(b"")  # a killed run's, which this user cannot remove
+    folder.chmod(0o555)
+    try:  # not "in use", which would never change
+        refused = as_another_user("-m", "lowvram", "cache", "--cache-dir", str(cache), "--clear")
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"{folder}: cannot be locked (Permission denied)" in refused.stderr
+    finally:
+        folder.chmod(0o755)
     (folder / "exclusive.lock").unlink()
     folder.chmod(0o555)
     try:
