@@ -142,6 +142,8 @@ def _literal(text: str):
         pass
     if text.lower().lstrip("+-") in ("inf", "infinity", "nan"):  # Python writes float("inf") as inf, JSON Infinity
         return float(text)
+    if text.lower() in ("true", "false"):  # as TOML and JSON write them
+        return text.lower() == "true"
     return text
 
 

@@ -17,7 +17,7 @@ LAYERS = [
      "lowvram.optim", "lowvram.checkpointing"),
     ("lowvram.config", "lowvram.adapters.blocks", "lowvram.lora_header", "lowvram.kohya_config",
      "lowvram.kohya_gui_config",
-     "lowvram.onetrainer_config",
+     "lowvram.onetrainer_optimizers", "lowvram.onetrainer_config",
      "lowvram.dataset_files", "lowvram.config_checks", "lowvram.configure"),
     ("lowvram.hardware", "lowvram.attention", "lowvram.compiling", "lowvram.models.families", "lowvram.models.detect"),
     ("lowvram.resolve", "lowvram.models", "lowvram.quant", "lowvram.w8a8"),
