@@ -221,6 +221,12 @@ def hold_shared(folder: Path, waiting=None, unlocked=None):
     the block runs unlocked: quietly on a file system without locks, after `unlocked(reason)` where the folder
     cannot be written (another user's)."""
     folder, mine, told = Path(folder), None, False
+    earlier = _earlier_lock_file(folder)
+    if earlier is not None:  # an earlier lowvram's, which its runs share as this: until a removal makes the folder
+        with earlier:
+            _share(earlier, waiting)
+            yield
+        return
     try:
         for attempt in itertools.count():
             try:
@@ -252,7 +258,7 @@ def hold_exclusive(folder: Path):
     OSError where the lock can be neither taken nor made (a folder of another user's)."""
     folder, handle = Path(folder), False
     for _ in range(10):  # a shared holder looks for a moment
-        handle = _take(folder / CLEARING) if _lock_folder(folder) else False
+        handle = _take(folder / CLEARING) if _make_lock_folder(folder) else False
         if handle is not False:
             break
         time.sleep(LOCK_POLL)
@@ -276,27 +282,54 @@ def hold_exclusive(folder: Path):
             _release(handle)
 
 
-def _lock_folder(folder: Path) -> bool:
+def _make_lock_folder(folder: Path) -> bool:
     """`folder` made, where an earlier lowvram kept one lock file (removed once nobody holds it); False while
     somebody does. OSError where it cannot be made."""
-    if folder.is_file() and folder.stat().st_size == 0:
-        old = _take(folder, create=False)
-        if old is False:
-            return False
-        if old:
-            _release(old)
-        with contextlib.suppress(FileNotFoundError):
+    try:
+        if folder.is_file() and folder.stat().st_size == 0:
+            old = _take(folder, create=False)
+            if old is False:
+                return False
+            if old:
+                _release(old)
             folder.unlink()
+    except OSError:  # another made the folder meanwhile
+        if not folder.is_dir():
+            raise
     folder.mkdir(parents=True, exist_ok=True)
     return True
 
 
+def _earlier_lock_file(folder: Path):
+    """An earlier lowvram's single lock file where the folder goes, opened; None where there is none (a lowvram
+    on Windows made none)."""
+    if os.name == "nt" or not folder.is_file():
+        return None
+    try:
+        return open(folder, "rb")  # (held open for as long as the lock is)
+    except OSError:
+        return None
+
+
+def _share(handle, waiting=None) -> None:
+    """A shared flock on an earlier lowvram's lock file, as its runs took one: after its removal, if one holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if waiting:
+            waiting()
+        fcntl.flock(handle, fcntl.LOCK_SH)
+    except OSError:  # a file system without locks
+        pass
+
+
 def _new_holder(folder: Path):
     """A file of this holder's own in `folder`, locked; None where the file system has no locks; False where
-    someone holds it already (a clearer looking at it the moment it was made, or at an earlier lowvram's lock).
-    OSError where the folder cannot be written."""
-    if not _lock_folder(folder):
-        return False
+    someone holds it already (a clearer looking at it the moment it was made). OSError where the folder cannot be
+    written."""
+    folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / f"holder-{os.getpid()}-{os.urandom(4).hex()}.lock", "x+b")  # noqa: SIM115
     got = _lock(handle)
     if not got:
@@ -330,12 +363,13 @@ def _take(path: Path, create: bool = True):
 
 
 def _free(path: Path, create: bool = True) -> bool:
-    """Whether nobody holds `path`'s lock (taken and let go at once, to look). A file that cannot be opened or
-    made is nobody's lock: the one who could hold it would have made it."""
+    """Whether nobody holds `path`'s lock (taken and let go at once, to look). The exclusive lock's file that
+    cannot be made is nobody's: the one who could hold it would have made it. A holder's file that cannot be opened
+    (another user's, unreadable) counts as held."""
     try:
         taken = _take(path, create)
     except OSError:
-        return True
+        return create
     if taken:
         _release(taken)
     return taken is not False

@@ -15,7 +15,7 @@ from rich.console import Console
 from test_cache import prepare, setup
 
 from lowvram.cli import main
-from lowvram.files import hold_exclusive
+from lowvram.files import hold_exclusive, hold_shared
 from lowvram.models import load_model
 from lowvram.resolve import cache_in_use
 from lowvram.train.loop import train
@@ -218,10 +218,9 @@ def test_a_scan_waits_for_a_removal_and_says_so(tmp_path, sample_data):
 def test_runs_share_the_cache_lock_each_by_a_file_of_its_own_which_a_killed_run_leaves_to_be_removed(tmp_path):
     """The lock is one file per run (the locks every platform has, msvcrt's included): any number of runs hold it at
     once, `lowvram cache` only when none does. A killed run's file is left unlocked, and removed by the next
-    removal; an earlier lowvram's single lock file makes way for the folder."""
+    removal."""
     folder = tmp_path / "cache" / ".in-use"
     folder.parent.mkdir()
-    folder.write_bytes(b"")  # as an earlier lowvram left it
     a_run = (f"import time\nfrom lowvram.resolve import cache_in_use\nwith cache_in_use({str(folder.parent)!r}):\n"
              "    print('ready', flush=True)\n    time.sleep(600)")
     runs = [subprocess.Popen([sys.executable, "-c", a_run], stdout=subprocess.PIPE, text=True) for _ in range(2)]
@@ -296,21 +295,30 @@ def test_a_lock_folder_of_another_users_still_locks_or_says_it_cannot(tmp_path):
         folder.chmod(0o755)
 
 
-def test_an_earlier_lowvrams_lock_file_in_use_holds_off_a_removal(tmp_path):
-    """An earlier lowvram's run held its one lock file while it read the cache: a removal waits for it too."""
+def test_an_earlier_lowvrams_lock_file_in_use_holds_off_a_removal_and_runs_share_it(tmp_path):
+    """An earlier lowvram's run held its one lock file, shared, while it read the cache: a removal is refused while
+    it does, and a new run shares the file with it (two readers never wait for each other) until a removal turns
+    it into the folder."""
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / ".in-use").write_bytes(b"")
     earlier_run = (f"import fcntl, time\nlock = open({str(cache / '.in-use')!r}, 'a+b')\n"
                    "fcntl.flock(lock, fcntl.LOCK_SH)\nprint('ready', flush=True)\ntime.sleep(600)")
     earlier = subprocess.Popen([sys.executable, "-c", earlier_run], stdout=subprocess.PIPE, text=True)
+    waited = []
     try:
         assert earlier.stdout.readline().strip() == "ready"
+        with hold_shared(cache / ".in-use", waiting=lambda: waited.append(True)):
+            assert (cache / ".in-use").is_file() and not waited
         with pytest.raises(BlockingIOError), hold_exclusive(cache / ".in-use"):
             pass
         assert (cache / ".in-use").is_file()
     finally:
         earlier.kill()
         earlier.wait()
+    with cache_in_use(cache), pytest.raises(BlockingIOError), hold_exclusive(cache / ".in-use"):
+        pass  # a new run on the earlier file counts too
     with hold_exclusive(cache / ".in-use"):
         assert (cache / ".in-use").is_dir()
+    with cache_in_use(cache):
+        assert len(list((cache / ".in-use").glob("holder-*.lock"))) == 1
