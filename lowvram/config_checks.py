@@ -428,6 +428,7 @@ def _wandb_problems(project: str | None, run_name: str | None) -> list[str]:
         return ["--wandb-run-name: names a run of a W&B project; add --wandb-project NAME, or drop it"]
     if project is None:
         return []
+    # W&B's own rule (wandb.Settings' project check), kept here so that a wrong name costs no model load
     refused = "".join(dict.fromkeys(ch for ch in project if ch in '/\\#?%:'))
     if not project.strip() or refused or len(project) > 128:
         why = f" ({refused} cannot be in one)" if refused else " (1 to 128 characters)"

@@ -173,7 +173,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         left["bucket_reso_steps"] = max(8, -(-step // 8) * 8)
         notes.append(f"bucket_reso_steps {step}: buckets step by {left['bucket_reso_steps']} pixels here, the "
                      "latent grid's")
-    values |= _logging(left, notes)  # (its W&B run name is kohya's only with W&B on)
+    # before SAME, which would pass wandb_run_name on as it is: _logging takes it, used only with W&B on, as in kohya
+    values |= _logging(left, notes)
     values |= {SAME[key]: left.pop(key) for key in list(left) if key in SAME}
     for share, strength in (("noise_offset_random_strength", "noise_offset"), ("adaptive_noise_scale", "noise_offset"),
                             ("ip_noise_gamma_random_strength", "ip_noise_gamma")):

@@ -1,7 +1,7 @@
 """What a run records as it goes: `metrics.jsonl` always (one JSON object per line, flushed, so it is
 readable while training runs and after a kill), TensorBoard and Weights & Biases too when asked (loss, learning
 rate, gradient norm, VRAM, validation loss and sample grids). A resumed run goes on logging to the W&B run it
-started: its id is the first record of metrics.jsonl."""
+started: its id is a record of metrics.jsonl, which the resume keeps."""
 
 from __future__ import annotations
 
@@ -23,31 +23,35 @@ class RunLog:
         """`resumed_step`: the step a resumed run continues after (0 for a new run); what an interrupted run
         logged past it is dropped, since those steps are trained again."""
         self.enabled = enabled  # only the main process writes (multi-GPU)
-        self.metrics = None
-        if enabled:
-            path = output_dir / "metrics.jsonl"
-            if resumed_step:  # rewritten atomically: a kill now must not lose the history
-                write_text(path, _lines_up_to(path, resumed_step))
-            else:  # a new file, not whatever a link of that name (in a folder from elsewhere) points to
-                path.unlink(missing_ok=True)
-            # closed by close() / __exit__: this object is the context manager
-            self.metrics = open(path, "a" if resumed_step else "w", encoding="utf-8")  # noqa: SIM115
-        self.writer = None
+        self.metrics, self.writer, self.wandb = None, None, None
+        if not enabled:
+            return
         logs = output_dir / "logs"
         unwritable = write_problem(logs) if (config.output.tensorboard or config.output.wandb_project) else None
-        if unwritable and enabled:  # (W&B would write elsewhere, TensorBoard stop with a traceback)
+        if unwritable:  # (W&B would write elsewhere, TensorBoard stop with a traceback)
             raise LowvramError(f"--output: {unwritable} (the run's logs go there); move it away, or choose another "
                                "--output")
-        if config.output.tensorboard and enabled:
+        if config.output.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise LowvramError("--tensorboard: TensorBoard is not installed; pip install 'lowvram[tensorboard]' "
                                    "(or tensorboard), or drop --tensorboard") from None
-            self.writer = SummaryWriter(str(output_dir / "logs"))
-        self.wandb = None
-        if config.output.wandb_project and enabled:
-            self.wandb = _WandbRun(config, output_dir, self._wandb_run_id(resumed_step))
+        path = output_dir / "metrics.jsonl"
+        if resumed_step:  # rewritten atomically: a kill now must not lose the history
+            write_text(path, _lines_up_to(path, resumed_step))
+        else:  # a new file, not whatever a link of that name (in a folder from elsewhere) points to
+            path.unlink(missing_ok=True)
+        # closed by close() / __exit__: this object is the context manager
+        self.metrics = open(path, "a" if resumed_step else "w", encoding="utf-8")  # noqa: SIM115
+        try:
+            if config.output.tensorboard:
+                self.writer = SummaryWriter(str(logs))
+            if config.output.wandb_project:
+                self.wandb = _WandbRun(config, output_dir, self._wandb_run_id(resumed_step))
+        except BaseException:
+            self.close(failed=True)
+            raise
 
     def step(self, step: int, values: dict) -> None:
         """One optimizer step's numbers (`values` holds loss, lr, grad_norm, seconds, ...)."""
@@ -82,8 +86,8 @@ class RunLog:
             self.wandb.image(step, tag, path)
 
     def _wandb_run_id(self, resumed_step: int) -> str:
-        """The W&B run this run logs to: the one a resumed run started (its id is metrics.jsonl's first record),
-        else a new one, recorded there."""
+        """The W&B run this run logs to: the one a resumed run started (its id is a record of metrics.jsonl), else
+        a new one, recorded there."""
         if resumed_step:  # (the lines were read back already: each is whole)
             for line in Path(self.metrics.name).read_text(encoding="utf-8").splitlines():
                 if '"wandb_run_id"' in line and isinstance(json.loads(line).get("wandb_run_id"), str):
@@ -132,7 +136,8 @@ class _WandbRun:
         folder = output_dir / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         # console "off": W&B would wrap the terminal that rich draws the progress on
-        try:  # the recipe as a LoRA's metadata has it: no folders of this machine go to W&B's servers
+        try:  # the recipe as a LoRA's metadata has it, without this machine's folders (W&B's own record of the
+            # run keeps the command line and the Python it ran)
             self.run = wandb.init(project=config.output.wandb_project, name=config.output.wandb_run_name or
                                   config.output_name, id=run_id, resume="allow", dir=str(folder),
                                   config=config.to_shareable_dict(),

@@ -201,7 +201,9 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
         trial = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": config.lr}]
         build_class_optimizer(config.optim.optimizer, trial, config.optim.weight_decay,
                               optimizer_kwargs(config.optim.optimizer, config.optim.optimizer_args),
-                              warmup_steps=1 if config.optim.warmup_steps else 0)  # (a share of steps: some)
+                              # whether there is a warm-up at all (its length, maybe a share of the steps, comes
+                              # later): a class without one of its own is refused here, before the model loads
+                              warmup_steps=1 if config.optim.warmup_steps else 0)
     run = resolve_run(config, detect())
     checkpoint_unit_names(run.family, config.memory.checkpoint_blocks)  # a count the U-Net lacks stops here
     # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run
