@@ -61,6 +61,7 @@ OPTIMIZER_CLASSES = {
              "initial_accumulator eps")),
 }
 
+
 def optimizer_values(section: dict[str, Any], scheduler: str, warmup: float | None, notes: list[str],
                      problem) -> dict[str, Any]:
     """The optimizer OneTrainer builds, with its settings; a schedule-free one at a constant rate, as OneTrainer
