@@ -51,7 +51,7 @@ def test_fp16_mixed_precision_survives_an_overflow_through_its_grad_scaler(tmp_p
     monkeypatch.setattr(loop, "diffusion_loss", overflow_once)
     result = train(run_config(output=str(tmp_path), max_steps=5, mixed_precision="fp16", lr=1e-3))
     out = " ".join(capsys.readouterr().out.split())
-    assert "(fp16)" in out and out.count("step skipped") == 1
+    assert "(fp16 mixed precision)" in out and out.count("step skipped") == 1
     assert result.steps == 5
     lora = finite_lora(result.lora_path)
     assert any(t.abs().sum() > 0 for k, t in lora.items() if "lora_up" in k)  # the other steps trained

@@ -508,7 +508,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     blocks = f" ({blocks_note(model.unet, run.blocks)})" if run.blocks else ""
     sizes = run.trained_resolutions
     session.console.print(
-        f"[bold]lowvram[/] {run.family.title} from {model.source} on {run.hardware.name} ({run.mixed_precision})"
+        f"[bold]lowvram[/] {run.family.title} from {model.source} on {run.hardware.name} "
+        f"({'fp32' if run.mixed_precision == 'no' else run.mixed_precision + ' mixed precision'})"
         f"{f' x {world} processes' if world > 1 else ''} | U-Net {run.unet_weights} "
         f"({storage_bytes(model.unet) / 2**20:.0f} MiB){checkpointing_note(model.unet)}, {attention} attention"
         f"{compiled_note(model.unet, schedule.batch_shapes)}, "
