@@ -213,7 +213,6 @@ def test_missing_optional_libraries_name_the_extra_to_install(tmp_path, tagger, 
     assert 'pip install -e ".[ui]"' in capsys.readouterr().err
 
 
-
 def test_a_hub_id_loads_from_the_hugging_face_cache_offline(tmp_path, monkeypatch, capsys):
     """`--caption-model owner/name` offline: huggingface_hub finds the snapshot in its cache (laid out as a download
     leaves it), and the tagger runs from there."""

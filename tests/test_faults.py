@@ -31,8 +31,6 @@ def cli(out: Path, data: Path, *extra) -> list[str]:
             "--keep-checkpoints", "100", *extra]
 
 
-
-
 @pytest.fixture
 def env(tmp_path) -> dict:
     return {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}

@@ -42,8 +42,6 @@ def test_the_gpu_proof_starts_nothing_past_its_deadline_and_says_what_did_not_ru
     assert record["not_run"] == ["sweep tiny", "auto tiny 0 GB"]
 
 
-
-
 def test_the_captioner_benchmark_rehearses_on_the_cpu(tmp_path):
     """The GPU check of the captioner's VRAM allowance runs its code path with a small model here."""
     out = tmp_path / "captioner.json"

@@ -67,7 +67,6 @@ CUDA_GRAPHS_COST = 0.9
 DORA_ACTIVATION_FACTOR = 1.3
 
 
-
 @dataclass(frozen=True)
 class MemoryStrategy:
     """What the planner chooses: how the frozen U-Net is stored, whether activations are recomputed, and
