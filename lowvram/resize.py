@@ -172,7 +172,7 @@ def option_problems(args: argparse.Namespace, output: Path, inputs: list[Path]) 
     elif args.dynamic == "sv_ratio" and args.dynamic_param <= 1:
         problems.append(f"--dynamic-param: sv_ratio keeps the values above the largest / PARAM; give more than 1, "
                         f"got {args.dynamic_param:g}")
-    elif args.dynamic and not 0 < args.dynamic_param <= 1:
+    elif args.dynamic and args.dynamic != "sv_ratio" and not 0 < args.dynamic_param <= 1:
         problems.append(f"--dynamic-param: {args.dynamic} keeps that share; give a number in (0, 1], got "
                         f"{args.dynamic_param:g}")
     elif args.dynamic_param is not None and not args.dynamic:

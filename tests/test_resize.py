@@ -86,6 +86,10 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
     meta = safe_open(str(dynamic), framework="pt").metadata()
     ranks = {t.shape[0] for k, t in load_file(str(dynamic)).items() if k.endswith("lora_down.weight")}
     assert len(ranks) > 1 and meta["ss_network_dim"] == "Dynamic"
+    ratio = tmp_path / "ratio.safetensors"  # a ratio above 1, unlike the shares the other rules keep
+    assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_ratio", "--dynamic-param", "4",
+                 "--output", str(ratio)]) == 0
+    assert {t.shape[0] for k, t in load_file(str(ratio)).items() if k.endswith("lora_down.weight")} <= set(range(1, 9))
     pipeline = load_model("tiny", None, dtype=torch.float32).pipeline
     pipeline.load_lora_weights(str(dynamic), adapter_name="resized")  # diffusers reads layers of differing rank
 
