@@ -482,6 +482,8 @@ class OutputConfig:
                                           "creativeml-openrail-m).", metavar="TEXT")
     metadata_tags: str | None = option(None, "Its tags, comma-separated, in the modelspec metadata.",
                                        metavar="A,B")
+    no_metadata: bool = option(False, "Write only which network the LoRA holds and for which model, not how it was "
+                               "trained (no captions, prompts or settings; kohya's --no_metadata).")
     sample_prompts: tuple[str, ...] = option((), "Prompt(s) to render with the trained LoRA at the end "
                                              "(repeat the flag for several). kohya's inline options work: "
                                              "'a cat --n blurry --w 512 --h 768 --s 28 --l 7 --d 42' (negative "

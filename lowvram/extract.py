@@ -64,7 +64,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
     from lowvram.adapters.lora_files import DTYPES, UNET_KOHYA_PREFIX, kohya_unet_paths, network_metadata
     from lowvram.adapters.networks import is_spatial, targeted
     from lowvram.config import NetworkConfig
-    from lowvram.files import save_safetensors
+    from lowvram.lora_metadata import modelspec, save_lora
 
     torch.manual_seed(0)  # svd_lowrank's random start: the same file from the same models
     original, changed = (_load(name, flag, family, DTYPES[load_precision])
@@ -109,9 +109,10 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
     network = NetworkConfig(rank=rank, alpha=float(rank), lora_layers=lora_layers, conv_rank=conv_rank,
                             conv_alpha=float(conv_rank) if conv_rank else None)
     metadata = network_metadata(network) | {
-        "ss_base_model_version": spec.base_model_version, "modelspec.architecture": spec.modelspec_architecture,
-        "ss_training_comment": f"extracted by lowvram extract: {Path(tuned).name} minus {Path(base).name}"}
-    save_safetensors(tensors, output, metadata, "the extracted LoRA")
+        "ss_base_model_version": spec.base_model_version, "ss_v2": "False",
+        "ss_training_comment": f"extracted by lowvram extract: {Path(tuned).name} minus {Path(base).name}"
+    } | modelspec(spec.modelspec_architecture, output.stem, f"{spec.resolution}x{spec.resolution}")
+    save_lora(tensors, output, metadata, "the extracted LoRA")
     return Extracted(output, len(kept), encoders, kept)
 
 

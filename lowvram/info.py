@@ -15,8 +15,9 @@ from pathlib import Path
 from lowvram import lora_header
 from lowvram.errors import LowvramError
 
-# An absolute folder in a text: POSIX (/home/alice/) or Windows (C:\Users\bob\), not part of a URL or a word.
-_FOLDER = re.compile(r"(?<![\w.:/\\])(?:[A-Za-z]:[\\/]|/)(?:[^\s\"'<>|*?\\/:]+[\\/])+")
+# An absolute folder in a text: POSIX (/home/alice/) or Windows (C:\Users\bob\), not part of a URL or a word;
+# in a JSON value its backslashes are doubled (C:\\Users\\bob\\).
+_FOLDER = re.compile(r"(?<![\w.:/\\])(?:[A-Za-z]:[\\/]+|/)(?:[^\s\"'<>|*?\\/:]+[\\/]+)+")
 _NETWORKS = ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"), (".lora_down.", "LoRA"),
              (".lora_A.", "LoRA (diffusers/peft layout)"))
 
@@ -87,10 +88,12 @@ def _count(shape: tuple[int, ...]) -> int:
 
 def strip_paths(path: Path) -> int:
     """Rewrite `path` with every absolute folder in its metadata removed (a file keeps its name); returns how many
-    values changed. The tensors and the file's permissions stay as they were."""
+    values changed. The tensors and the file's permissions stay as they were; kohya's hashes, where it has them,
+    are those of the rewritten file."""
     from safetensors.torch import load
 
     from lowvram.files import save_safetensors
+    from lowvram.lora_metadata import HASHES, save_lora
 
     metadata, _ = read_header(path)
     stripped = {key: _FOLDER.sub("", value) for key, value in metadata.items()}
@@ -98,7 +101,8 @@ def strip_paths(path: Path) -> int:
     if changed:
         mode = path.stat().st_mode & 0o777
         # read whole, not mapped: Windows replaces no file that is mapped
-        save_safetensors(load(path.read_bytes()), path, stripped)
+        save = save_lora if any(key in metadata for key in HASHES) else save_safetensors
+        save(load(path.read_bytes()), path, stripped)
         os.chmod(path, mode)
     return changed
 

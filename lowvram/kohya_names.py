@@ -127,6 +127,7 @@ KOHYA_FLAGS = {
     "--base_weights_multiplier": "--base-weights FILE:WEIGHT",
     "--training_comment": "--training-comment",
     "--metadata_title": "--metadata-title",
+    "--no_metadata": "--no-metadata",
     "--metadata_author": "--metadata-author",
     "--metadata_description": "--metadata-description",
     "--metadata_license": "--metadata-license",

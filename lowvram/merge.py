@@ -11,13 +11,13 @@ import argparse
 from pathlib import Path
 
 from lowvram.errors import LowvramError
-from lowvram.files import save_safetensors
+from lowvram.lora_metadata import modelspec, save_lora, title_of
 from lowvram.option_values import parse_source
 from lowvram.resize import Resized, option_problems, read_pairs, resize_pair
 
 # metadata the merged file keeps when every source agrees on it: what the LoRAs were trained for
-SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.implementation",
-                   "modelspec.prediction_type", "modelspec.resolution", "ss_zero_terminal_snr")
+SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.prediction_type",
+                   "modelspec.resolution", "ss_zero_terminal_snr")
 
 
 def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dynamic: str | None = None,
@@ -69,7 +69,7 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
         before.append(down.shape[0])
         after.append(new)
         kept.append(share)
-    save_safetensors(written, output, _metadata(read, rank, dynamic, param, after), "the merged LoRA")
+    save_lora(written, output, _metadata(read, output, rank, dynamic, param, after), "the merged LoRA")
     return Resized(output, len(bases), (max(before), max(after)), after, kept)
 
 
@@ -82,15 +82,24 @@ def _renamed(tensors: dict, renames: dict[str, str]) -> dict:
     return out
 
 
-def _metadata(read: list, rank: int, dynamic: str | None, param: float | None, after: list[int]) -> dict[str, str]:
+def _metadata(read: list, output: Path, rank: int, dynamic: str | None, param: float | None, after: list[int]
+              ) -> dict[str, str]:
+    """What the sources agree on, the merged network as kohya's svd_merge_lora writes it, and a modelspec block
+    titled by the output's name that names the sources (where they say what model they are for)."""
     metas = [meta for _, _, meta, _, _ in read]
     shared = {key: metas[0][key] for key in SHARED_METADATA
               if key in metas[0] and all(meta.get(key) == metas[0][key] for meta in metas)}
-    dim = str(after[0]) if len(set(after)) == 1 else "Dynamic"
+    dim = str(after[0]) if len(set(after)) == 1 and not dynamic else "Dynamic"
     how = f"{dynamic} {param:g}, at most rank {rank}" if dynamic else f"rank {rank}"
     parts = ", ".join(f"{path.name} x{weight:g}" for path, weight, *_ in read)
-    return shared | {"ss_network_module": "networks.lora", "ss_network_dim": dim, "ss_network_alpha": dim,
-                     "ss_training_comment": f"merged by lowvram merge from {parts} ({how})"}
+    merged = shared | {"ss_network_module": "networks.lora", "ss_network_dim": dim, "ss_network_alpha": dim,
+                       "ss_training_comment": f"merged by lowvram merge from {parts} ({how})"}
+    architecture = shared.get("modelspec.architecture")
+    if architecture is None:
+        return merged
+    return merged | modelspec(architecture, output.stem, shared.get("modelspec.resolution"),
+                              shared.get("modelspec.prediction_type"),
+                              ", ".join(title_of(path, meta) for path, _, meta, _, _ in read))
 
 
 def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]]:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.errors import LowvramError
-from lowvram.files import output_problem, save_safetensors
+from lowvram.files import output_problem
+from lowvram.lora_metadata import save_lora
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +103,7 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
         before.append(old)
         after.append(new)
         kept.append(share)
-    save_safetensors(written, output, _metadata(metadata, max(before), rank, dynamic, param, after), "the resized LoRA")
+    save_lora(written, output, _metadata(metadata, max(before), rank, dynamic, param, after), "the resized LoRA")
     return Resized(output, len(pairs), (max(before), max(after)), after, kept)
 
 
@@ -134,11 +135,11 @@ def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torc
 
 def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None, param: float | None,
               after: list[int]) -> dict[str, str]:
-    """The file's metadata, its rank and alpha as kohya's resize writes them ("Dynamic" where layers differ), a
-    note of the resize in the training comment, and no hash of the old tensors."""
-    meta = {key: value for key, value in metadata.items() if not key.startswith("sshs_")}
+    """The file's metadata, its rank and alpha as kohya's resize writes them ("Dynamic" for a --dynamic rule, or
+    where layers differ), and a note of the resize in the training comment."""
+    meta = dict(metadata)
     how = f"{dynamic} {param:g}, at most rank {rank}" if dynamic else f"rank {rank}"
-    if len(set(after)) > 1:
+    if dynamic or len(set(after)) > 1:
         meta["ss_network_dim"] = meta["ss_network_alpha"] = "Dynamic"
     elif "ss_network_dim" in meta:
         new = after[0]

@@ -88,3 +88,21 @@ def assert_one_line_each(message: str, prefix: str, expected: list[str]) -> None
     assert len(lines) == len(expected) and all(line.startswith(prefix) for line in lines), lines
     for fragment in expected:
         assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+
+
+def assert_kohya_hashes(path: Path) -> dict[str, str]:
+    """That a LoRA file holds kohya's hashes of itself, computed here the ways their readers do: sshs_model_hash is
+    AUTOMATIC1111's addnet hash of the file (sha256 of all after its header), sshs_legacy_hash kohya's sha256 of
+    64 KiB at 1 MiB into the file the tensors and the ss_* metadata alone make. Returns the file's metadata."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
+    data = path.read_bytes()
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    training = save(load_file(str(path)), {key: value for key, value in metadata.items() if key.startswith("ss_")})
+    assert metadata["sshs_model_hash"] == hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()
+    assert metadata["sshs_legacy_hash"] == hashlib.sha256(training[0x100000:0x110000]).hexdigest()[:8]
+    return metadata

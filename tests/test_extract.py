@@ -3,8 +3,7 @@ gives the tuned model back where the change is within the rank, and loads wherev
 
 import pytest
 import torch
-from conftest import run_config
-from safetensors import safe_open
+from conftest import assert_kohya_hashes, run_config
 from safetensors.torch import load_file, save_file
 from test_train import model_outputs
 
@@ -66,8 +65,9 @@ def test_the_extracted_lora_gives_the_tuned_model_back(tuned, tmp_path, capsys):
                  "--output", str(tmp_path / "unet-only.safetensors")]) == 0
     assert "(the text encoders unchanged)" in capsys.readouterr().out  # a change under --min-diff is none
     assert not any(key.startswith("lora_te") for key in load_file(str(tmp_path / "unet-only.safetensors")))
-    meta = safe_open(str(out), framework="pt").metadata()
+    meta = assert_kohya_hashes(out)
     assert (meta["ss_network_module"], meta["ss_network_dim"], meta["ss_network_alpha"]) == ("networks.lora", "4", "4")
+    assert (meta["modelspec.title"], meta["modelspec.sai_model_spec"], meta["ss_v2"]) == ("extracted", "1.0.0", "False")
     assert meta["ss_training_comment"] == f"extracted by lowvram extract: {folder.name} minus tiny"
     by_diffusers = load_model("tiny")
     by_diffusers.pipeline.load_lora_weights(str(out))

@@ -312,10 +312,11 @@ def test_kohyas_text_encoder_stop_carries_over_where_the_text_encoder_trains(tmp
 
 def test_kohyas_comment_and_modelspec_settings_carry_over(tmp_path):
     values = values_of(tmp_path, {"train_data_dir": "sample", "training_comment": "v2", "metadata_title": "Dog",
-                                  "metadata_author": "bob", "metadata_tags": "dog,photo"})
+                                  "metadata_author": "bob", "metadata_tags": "dog,photo", "no_metadata": True})
     assert {key: values[key] for key in ("training_comment", "metadata_title", "metadata_author",
-                                         "metadata_tags")} == {"training_comment": "v2", "metadata_title": "Dog",
-                                                               "metadata_author": "bob", "metadata_tags": "dog,photo"}
+                                         "metadata_tags", "no_metadata")} == {
+        "training_comment": "v2", "metadata_title": "Dog", "metadata_author": "bob", "metadata_tags": "dog,photo",
+        "no_metadata": True}
 
 
 def test_kohyas_enable_wildcard_reads_choices_and_caption_lines(tmp_path):

@@ -53,8 +53,12 @@ def test_a_kohya_dataset_file_trains_its_subsets_with_their_repeats_captions_and
     assert (saved["shuffle_tags"], saved["keep_tokens"], saved["flip"]) == (True, 1, True)
     meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
     tags = json.loads(meta["ss_tag_frequency"])
-    assert set(tags) == {"3_alpha", "2_lvshape thing"}  # the training subsets, by repeats and label
-    assert tags["2_lvshape thing"] == {"lvshape thing": 3}  # class_tokens caption the uncaptioned images
+    assert set(tags) == {"alpha", "beta"}  # the training subsets, by their folders' names as kohya's keys
+    assert tags["beta"] == {"lvshape thing": 3}  # class_tokens caption the uncaptioned images
+    assert json.loads(meta["ss_dataset_dirs"]) == {"alpha": {"n_repeats": 3, "img_count": 3},
+                                                   "beta": {"n_repeats": 2, "img_count": 3}}
+    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"reg": {"n_repeats": 1, "img_count": 2}}
+    assert (meta["ss_num_train_images"], meta["ss_num_reg_images"]) == ("15", "2")
 
 
 def test_a_kohya_config_naming_a_dataset_file_takes_the_dataset_files_settings(tmp_path, monkeypatch, capsys):

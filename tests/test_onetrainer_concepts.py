@@ -82,8 +82,9 @@ def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_s
     assert saved["validation_data"] == str((tmp_path / "imgs" / "reg").resolve())
     meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
     tags = json.loads(meta["ss_tag_frequency"])
-    assert set(tags) == {"2_alpha", "0.5_thing"}
-    assert tags["0.5_thing"] == {"lvshape thing": 3}  # the concept's prompt file captions every image of it
+    assert set(tags) == {"alpha", "beta"}  # by the concepts' folders, as kohya names its subsets'
+    assert tags["beta"] == {"lvshape thing": 3}  # the concept's prompt file captions every image of it
+    assert json.loads(meta["ss_dataset_dirs"])["beta"] == {"n_repeats": 0.5, "img_count": 3}
     assert main(["check-data", "concepts.json", "--model", "tiny", "--report", "report.json"]) == 0
     records = json.loads((tmp_path / "report.json").read_text())["records"]
     beta = [r for r in records if r["relpath"].startswith("beta/")]

@@ -83,7 +83,7 @@ def test_a_onetrainer_config_trains_the_lora_onetrainer_would(tmp_path, monkeypa
         "lvshape, a red circle --n blurry --w 64 --h 64 --s 2 --l 6.5 --d 7 --ss euler_a"]
     assert saved["sample_every"] == "1e"
     meta = safe_open(str(tmp_path / "models" / "ot-lora.safetensors"), framework="pt").metadata()
-    assert set(json.loads(meta["ss_tag_frequency"])) == {"2_alpha"}  # the concept, with its balancing
+    assert set(json.loads(meta["ss_tag_frequency"])) == {"alpha"}  # the concept, by its folder's name
     assert list((tmp_path / "models").glob("**/*.png"))  # its sample was drawn
 
 

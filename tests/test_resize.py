@@ -4,7 +4,7 @@ approximation at its new rank, loadable by lowvram's reader and diffusers as the
 import numpy as np
 import pytest
 import torch
-from conftest import run_config
+from conftest import assert_kohya_hashes, run_config
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -109,6 +109,38 @@ def test_what_cannot_be_resized_is_one_line(trained, tmp_path, capsys):
         assert main(["resize", *argv]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resized_and_merged_files_say_what_they_are_as_kohyas_scripts_write_it(tmp_path):
+    """Files past 1 MiB (where kohya's legacy hash reads) of an SDXL LoRA, one written by an earlier lowvram
+    (modelspec.implementation "diffusers"): what the resized and merged files say, hashes and modelspec."""
+    sources = []
+    for name, spec in (("first", {"modelspec.title": "First"}), ("second", {})):
+        tensors = {}
+        for layer in ("lora_unet_input_blocks_4_1_proj_in", "lora_unet_output_blocks_0_1_proj_out"):
+            tensors |= {f"{layer}.lora_down.weight": torch.randn(8, 20480),
+                        f"{layer}.lora_up.weight": torch.randn(640, 8), f"{layer}.alpha": torch.tensor(8.0)}
+        metadata = {"ss_network_module": "networks.lora", "ss_network_dim": "8", "ss_network_alpha": "8",
+                    "ss_base_model_version": "sdxl_base_v1-0",
+                    "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+                    "modelspec.implementation": "diffusers", "modelspec.resolution": "1024x1024",
+                    "sshs_model_hash": "0" * 64} | spec
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata)
+        sources.append(tmp_path / f"{name}.safetensors")
+    resized, merged = tmp_path / "resized.safetensors", tmp_path / "merged.safetensors"
+    assert main(["resize", str(sources[0]), "--rank", "4", "--dynamic", "sv_fro", "--dynamic-param", "1",
+                 "--save-precision", "fp32", "--output", str(resized)]) == 0
+    meta = assert_kohya_hashes(resized)
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("Dynamic", "Dynamic")  # kohya's, for any rule
+    assert meta["modelspec.title"] == "First"
+    assert main(["merge", str(sources[0]), f"{sources[1]}:0.5", "--rank", "4", "--save-precision", "fp32",
+                 "--output", str(merged)]) == 0
+    meta = assert_kohya_hashes(merged)
+    assert {key: value for key, value in meta.items() if key.startswith("modelspec.") and key != "modelspec.date"} == {
+        "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models", "modelspec.title": "merged",
+        "modelspec.resolution": "1024x1024", "modelspec.merged_from": "First, second"}
+    assert meta["modelspec.date"] and meta["ss_network_dim"] == "4"
 
 
 @pytest.fixture(scope="module")

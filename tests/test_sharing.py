@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_config
+from conftest import assert_kohya_hashes, run_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lowvram import lora_header
+from lowvram.adapters import lora_files
 from lowvram.cli import main
 from lowvram.data.sample import write_sample_dataset
 from lowvram.models import load_model
@@ -93,14 +95,52 @@ def test_the_lora_says_what_its_author_wrote_about_it(tmp_path):
         "modelspec.tags": "shapes, circle"}
 
 
-def kohya_file(path: Path) -> Path:
+def test_the_lora_holds_what_automatic1111_shows_and_kohyas_hashes_of_itself(shared_run):
+    """AUTOMATIC1111's LoRA card counts the dataset from ss_dataset_dirs and lists ss_bucket_info's resolutions; it
+    takes sshs_model_hash instead of hashing the file."""
+    *_, result = shared_run
+    metadata = assert_kohya_hashes(result.lora_path)
+    assert json.loads(metadata["ss_dataset_dirs"]) == {"5_lvshape": {"n_repeats": 5, "img_count": 6}}
+    buckets = json.loads(metadata["ss_bucket_info"])["buckets"].values()
+    assert sum(bucket["count"] for bucket in buckets) == 30
+    assert all(len(bucket["resolution"]) == 2 for bucket in buckets)
+    assert (metadata["modelspec.sai_model_spec"], metadata["modelspec.implementation"]) == ("1.0.0", "diffusers")
+
+
+def test_no_metadata_keeps_only_which_network_the_lora_holds_for_which_model(tmp_path):
+    """kohya's --no_metadata: no captions, prompts or settings; what loaders and lowvram's --network-weights read
+    stays, with the model version AUTOMATIC1111 sorts LoRAs by."""
+    result = train(run_config(output=str(tmp_path / "out"), max_steps=1, no_metadata=True, trigger_word="lvshape",
+                              sample_prompts=("a photo of Alice Smith",), metadata_author="alice"))
+    metadata = assert_kohya_hashes(result.lora_path)
+    assert not [value for value in metadata.values() if "Alice Smith" in value or "lvshape" in value]
+    assert {key for key in metadata if key.startswith("ss_")} == {"ss_network_module", "ss_network_dim",
+                                                                  "ss_network_alpha", "ss_base_model_version"}
+    assert (metadata["modelspec.architecture"], metadata["modelspec.author"]) == ("stable-diffusion-v1/lora", "alice")
+    options = lora_header.network_options(result.lora_path)
+    assert (options["network"], options["rank"], options["lora_layers"]) == ("lora", 4, "attn")
+
+
+def test_strip_paths_leaves_kohyas_hashes_those_of_the_rewritten_file(tmp_path):
+    """The legacy hash reads 1 MiB into the file, where a shorter header moves the tensors; a Windows folder in a
+    JSON value has its backslashes doubled."""
+    dirs = {"C:\\Users\\bob\\Pictures\\holiday": {"n_repeats": 2, "img_count": 3}}
+    path = kohya_file(tmp_path / "big.safetensors", width=40960, extra={
+        "ss_reg_dataset_dirs": json.dumps(dirs), "sshs_model_hash": "0" * 64, "sshs_legacy_hash": "0" * 8})
+    assert path.stat().st_size > 0x110000
+    assert main(["info", str(path), "--strip-paths"]) == 0
+    metadata = assert_kohya_hashes(path)
+    assert json.loads(metadata["ss_reg_dataset_dirs"]) == {"holiday": {"n_repeats": 2, "img_count": 3}}
+
+
+def kohya_file(path: Path, width: int = 320, extra: dict | None = None) -> Path:
     """A LoRA as kohya's sd-scripts writes one: lora_unet_* keys with alpha, and metadata that names the
     trainer's own folders (older sd-scripts versions wrote the checkpoint's full path)."""
     tensors = {}
     for name in ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
                  "lora_te_text_model_encoder_layers_0_self_attn_q_proj"):
-        tensors[f"{name}.lora_down.weight"] = torch.randn(8, 320)
-        tensors[f"{name}.lora_up.weight"] = torch.zeros(320, 8)
+        tensors[f"{name}.lora_down.weight"] = torch.randn(8, width)
+        tensors[f"{name}.lora_up.weight"] = torch.zeros(width, 8)
         tensors[f"{name}.alpha"] = torch.tensor(4.0)
     metadata = {
         "ss_network_module": "networks.lora", "ss_network_dim": "8", "ss_network_alpha": "4.0",
@@ -110,7 +150,7 @@ def kohya_file(path: Path) -> Path:
         "ss_output_name": "ohwx_dog", "ss_training_comment": r"trained from C:\Users\bob\datasets\dog",
         "ss_learning_rate": "0.0001", "ss_resolution": "(512, 512)", "modelspec.title": "https://example.org/a/b",
         "modelspec.description": "[model] and [bold]tags[/bold]",
-    }
+    } | (extra or {})
     save_file(tensors, str(path), metadata)
     return path
 
@@ -186,3 +226,9 @@ def test_info_on_a_file_that_is_no_safetensors_says_so_in_one_line(tmp_path, cap
     assert main(["info", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a readable .safetensors file" in err[0]
+
+
+def test_tag_frequency_counts_tags_in_lower_case_as_kohyas():
+    """AUTOMATIC1111 lists each tag once: "Blue Sky" and "blue sky" are one tag to kohya's count."""
+    assert json.loads(lora_files.tag_frequency({"5_sky": ["Blue Sky, clouds", "blue sky", " BLUE SKY ,"]})) == {
+        "5_sky": {"blue sky": 3, "clouds": 1}}

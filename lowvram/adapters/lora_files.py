@@ -39,8 +39,8 @@ from lowvram.adapters.networks import (
 )
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
-from lowvram.files import save_safetensors
 from lowvram.lora_header import lokr_factor, same_alpha
+from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
 
@@ -208,7 +208,7 @@ def save_kohya(model: LoadedModel, path: Path, alpha: float, precision: str, met
     if not all(torch.isfinite(t).all() for t in state.values()):
         raise LowvramError(f"refusing to write {path}: the LoRA holds non-finite values (NaN/inf); the "
                            "checkpoints in the output folder hold the last good weights")
-    return save_safetensors(state, path, metadata)
+    return save_lora(state, path, metadata)
 
 
 def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
@@ -244,12 +244,12 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
 
 
 def tag_frequency(captions_by_folder: dict[str, list[str]]) -> str:
-    """kohya's ss_tag_frequency: per folder, how often each comma-separated tag occurs."""
+    """kohya's ss_tag_frequency: per folder, how often each comma-separated tag occurs (in lower case)."""
     freq: dict[str, dict[str, int]] = {}
     for folder, captions in captions_by_folder.items():
         counts = freq.setdefault(folder, {})
         for caption in captions:
-            for tag in (t.strip() for t in caption.split(",")):
+            for tag in (t.strip().lower() for t in caption.split(",")):
                 if tag:
                     counts[tag] = counts.get(tag, 0) + 1
     return json.dumps(freq, ensure_ascii=False)

@@ -205,7 +205,7 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
         pipeline.scheduler.register_to_config(prediction_type="v_prediction")
     if "ztsnr" in markers:
         pipeline.scheduler = zero_terminal_snr_sampler(pipeline.scheduler)
-    return LoadedModel(family, pipeline, str(path), path.stem, file_short_hash(path))
+    return LoadedModel(family, pipeline, str(path), path.name, file_short_hash(path))
 
 
 @contextlib.contextmanager

@@ -1,10 +1,13 @@
 """What a saved LoRA says about itself: kohya's ss_* keys, Stability's modelspec and lowvram's own, so UIs
 and model sites can show how it was trained. LoRAs get shared: no value holds a folder of this machine (the
 base model and datasets are named by file and folder name, as kohya does); the `.toml` beside the LoRA keeps
-the full config that `--config` replays."""
+the full config that `--config` replays. `--no-metadata` keeps only what says which network the file holds, for
+which model (kohya's, and ss_base_model_version, without which AUTOMATIC1111 takes an SDXL LoRA for SD1.5's)."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,19 +16,24 @@ import tomli_w
 import lowvram
 from lowvram.adapters import lora_files
 from lowvram.config import TRAIN_TIMESTEPS, RunConfig
+from lowvram.lora_metadata import modelspec
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import ResolvedRun
 
 
 def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoch: int,
-                  trigger: str | None, started: datetime) -> dict[str, str]:
-    """What kohya (ss_*), Stability's modelspec and lowvram record, so UIs and model sites can show it."""
+                  trigger: str | None, started: datetime, regularization=()) -> dict[str, str]:
+    """What kohya (ss_*), Stability's modelspec and lowvram record, so UIs and model sites can show it; the
+    images trained on (`records`) and the regularization images."""
     config, family, resolution = run.config, model.family, run.resolution
-    folders: dict[str, list[str]] = {}
-    for record in records:
-        folders.setdefault(f"{record.repeats:g}_{record.folder}", []).append(record.caption)
     prediction = model.pipeline.scheduler.config.prediction_type
     now = datetime.now(timezone.utc)
+    described = modelspec(family.modelspec_architecture, config.output.metadata_title or config.output_name,
+                          f"{resolution}x{resolution}", "v" if prediction == "v_prediction" else "epsilon", when=now
+                          ) | own_description(config) | lora_files.network_metadata(config.network)
+    if config.output.no_metadata:
+        return {"ss_base_model_version": family.base_model_version} | described
+    data, training = config.data, config.training
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.network.rank),
@@ -34,11 +42,26 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_base_model_version": family.base_model_version,
         "ss_sd_model_name": model.name,
         "ss_sd_model_hash": model.hash,
+        "ss_vae_name": shareable_name(config.model.vae) if config.model.vae else "None",
+        "ss_session_id": str(int(started.timestamp() * 1e6) % 2**32),  # one for the run's every save, as kohya's
+        "ss_mixed_precision": run.mixed_precision,
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_steps": str(step),
         "ss_epoch": str(epoch),
         "ss_num_train_images": str(round(sum(record.repeats * (1 if record.resolution else len(run.resolutions))
                                              for record in records))),
+        "ss_num_reg_images": str(round(sum(record.repeats for record in regularization))),
+        "ss_dataset_dirs": dataset_dirs(records),
+        "ss_reg_dataset_dirs": dataset_dirs(regularization),
+        "ss_bucket_info": bucket_info(records),
+        "ss_enable_bucket": "True",
+        "ss_flip_aug": str(data.flip),
+        "ss_shuffle_caption": str(data.shuffle_tags),
+        "ss_keep_tokens": str(data.keep_tokens),
+        "ss_caption_dropout_rate": f"{data.caption_dropout:g}",
+        "ss_prior_loss_weight": f"{data.prior_loss_weight:g}",
+        "ss_max_train_steps": str(training.max_steps) if training.max_steps else "None",
+        "ss_lr_warmup_steps": f"{config.optim.warmup_steps:g}",
         "ss_learning_rate": f"{config.lr:g}",
         "ss_unet_lr": f"{config.lr:g}",
         "ss_text_encoder_lr": _text_encoder_rates(config, len(family.text_encoders)),
@@ -77,22 +100,51 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_training_comment": config.output.training_comment or trigger or "",
         "ss_training_started_at": str(started.timestamp()),
         "ss_training_finished_at": str(now.timestamp()),
-        "ss_tag_frequency": lora_files.tag_frequency(folders),
+        "ss_tag_frequency": lora_files.tag_frequency(_captions_by_folder(records)),
         "ss_v2": "False",
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": family.modelspec_architecture,
-        "modelspec.implementation": "diffusers",
-        "modelspec.title": config.output.metadata_title or config.output_name,
-        "modelspec.resolution": f"{resolution}x{resolution}",
-        "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
-        "modelspec.date": now.strftime("%Y-%m-%dT%H:%M:%S"),
         "lowvram.version": lowvram.__version__,
         "lowvram.family": family.name,
         "lowvram.base_model": shareable_name(model.source),
         "lowvram.trigger_word": trigger or "",
         "lowvram.dataset_images": str(len(records)),
         "lowvram.config": tomli_w.dumps(config.to_shareable_dict()),
-    } | own_description(config) | lora_files.network_metadata(config.network)
+    } | described
+
+
+def _folder(record) -> str:
+    """The folder an image is in, by its name (kohya's keys: `10_name`, or a dataset file's image_dir's name)."""
+    return record.path.parent.name
+
+
+def _captions_by_folder(records) -> dict[str, list[str]]:
+    folders: dict[str, list[str]] = {}
+    for record in records:
+        folders.setdefault(_folder(record), []).append(record.caption)
+    return folders
+
+
+def dataset_dirs(records) -> str:
+    """kohya's ss_dataset_dirs: each folder's repeats and image count (AUTOMATIC1111 shows their sum)."""
+    dirs: dict[str, dict] = {}
+    for record in records:
+        entry = dirs.setdefault(_folder(record), {"n_repeats": record.repeats, "img_count": 0})
+        entry["img_count"] += 1
+    for entry in dirs.values():
+        entry["n_repeats"] = int(entry["n_repeats"]) if float(entry["n_repeats"]).is_integer() else entry["n_repeats"]
+    return json.dumps(dirs, ensure_ascii=False)
+
+
+def bucket_info(records) -> str:
+    """kohya's ss_bucket_info: each bucket's (width, height) and its samples per epoch with repeats (AUTOMATIC1111
+    lists them as the LoRA's resolutions), and the images' mean aspect-ratio error against their buckets."""
+    counts: Counter = Counter()
+    errors = []
+    for record in records:
+        counts[record.bucket] += record.repeats
+        errors.append(abs(record.bucket[0] / record.bucket[1] - record.width / record.height))
+    buckets = {str(i): {"resolution": list(bucket), "count": round(count)}
+               for i, (bucket, count) in enumerate(sorted(counts.items()))}
+    return json.dumps({"buckets": buckets, "mean_img_ar_error": sum(errors) / max(1, len(errors))})
 
 
 def own_description(config: RunConfig) -> dict[str, str]:

@@ -32,7 +32,7 @@ def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, 
         with trainee.averaged_weights():
             lora_files.save_kohya(trainee.model, path, session.config.alpha, session.config.output.save_precision,
                                   lora_metadata(session.run, trainee.model, dataset.records, step, epoch,
-                                                dataset.trigger, started))
+                                                dataset.trigger, started, dataset.regularization))
     return path
 
 

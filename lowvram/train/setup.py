@@ -106,6 +106,11 @@ class Dataset:
     held_out: list  # the images validated on
     trigger: str | None
 
+    @property
+    def regularization(self) -> list:
+        """The regularization images (--reg-data's, or a dataset file's is_reg subsets')."""
+        return self.reports[1].usable if len(self.reports) > 1 else []
+
     @cached_property
     def fingerprint(self) -> dict[str, str]:
         """What a checkpoint keeps of the images and their captions (`checkpoint.data_fingerprint`)."""
