@@ -380,11 +380,21 @@ def config_problems(c: RunConfig) -> list[str]:
         p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} is unreadable ({exc}); save it as UTF-8 text")
     except ValueError as exc:
         p.append(f"--sample-prompt-file: {c.output.sample_prompt_file}: {exc}")
+    else:
+        if c.output.sample_prompt_file and len(lines) == len(c.output.sample_prompts):
+            p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} holds no prompt (an enabled one, not a "
+                     "# comment); add one, or drop --sample-prompt-file")
     for i, line in enumerate(lines):
+        where = flag if i < len(c.output.sample_prompts) else "--sample-prompt-file"
         try:
-            samplers.add(parse_prompt(line).sampler)
+            prompt = parse_prompt(line)
         except ValueError as exc:
-            p.append(f"{flag if i < len(c.output.sample_prompts) else '--sample-prompt-file'}: {exc}")
+            p.append(f"{where}: {exc}")
+            continue
+        samplers.add(prompt.sampler)
+        if prompt.seed == -1:
+            p.append(f"{where}: --d -1 in '{line}': a training sample keeps its seed, so that the grids of successive "
+                     "steps compare; give a seed, or leave --d out for the run's")
     for name in sorted(samplers - {None}):
         problem = sampler_problem(name, c.model.zero_terminal_snr)
         if problem:

@@ -17,15 +17,15 @@ import torch
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, output_problem
 from lowvram.hardware import detect
-from lowvram.models.families import DEFAULT_READING, TextReading
+from lowvram.models.detect import detect_family
+from lowvram.models.families import DEFAULT_READING, clip_skip_problem, prompt_reading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.option_values import parse_source
-from lowvram.prompts import MAX_SIDE, SamplePrompt, parse_prompt
+from lowvram.prompts import MAX_SEED, MAX_SIDE, SamplePrompt, parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # Pillow's names, by extension
-MAX_SEED = 2**32 - 1  # AUTOMATIC1111's and kohya's seeds; -1 draws one
 MIN_RESOLUTION, MAX_RESOLUTION = 64, MAX_SIDE
 
 
@@ -47,6 +47,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     hardware = detect()
     device = torch.device(hardware.device)
     dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if hardware.bf16 else torch.float16)
+    if args.clip_skip and clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip):
+        raise LowvramError(clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip))
     model = load_model(args.model, args.model_family, dtype=dtype)
     steps = prompt.steps or args.steps
     most = model.pipeline.scheduler.config.num_train_timesteps
@@ -61,8 +63,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
             raise LowvramError(f"--sampler: {problem}")
     prompt = replace(prompt, negative=prompt.negative or args.negative_prompt or "", seed=None,
                      guidance=args.guidance if prompt.guidance is None else prompt.guidance)
-    model.text_reading = TextReading(clip_skip=args.clip_skip or (model.text_reading or DEFAULT_READING).clip_skip,
-                                     a1111=True)
+    model.text_reading = prompt_reading(args.clip_skip or (model.text_reading or DEFAULT_READING).clip_skip)
     model.unet.to(device)
     if dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
         model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16, as its pipeline knows
@@ -111,13 +112,11 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
                                             and args.resolution % 8 == 0):
         problems.append(f"--resolution: must be a multiple of 8 from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got "
                         f"{args.resolution}")
-    for flag, value in (("--guidance:", args.guidance), ("--weight:", args.weight),
-                        ("--prompt: --l (guidance scale)", prompt.guidance)):
+    for flag, value in (("--guidance:", args.guidance), ("--weight:", args.weight)):
         if value is not None and not math.isfinite(value):
             problems.append(f"{flag} must be a finite number, got {value}")
-    for flag, seed in (("--seed:", args.seed), ("--prompt: --d (seed)", prompt.seed)):
-        if seed is not None and seed != -1 and not 0 <= seed <= MAX_SEED:
-            problems.append(f"{flag} must be from 0 to {MAX_SEED}, or -1 for a random one; got {seed}")
+    if args.seed != -1 and not 0 <= args.seed <= MAX_SEED:  # (the prompt's --d is checked where it is read)
+        problems.append(f"--seed: must be from 0 to {MAX_SEED}, or -1 for a random one; got {args.seed}")
     seed = args.seed if prompt.seed is None else prompt.seed
     if args.count > 1 and 0 <= seed <= MAX_SEED < seed + args.count - 1:
         problems.append(f"--seed: the {args.count} images' seeds {seed} to {seed + args.count - 1} pass {MAX_SEED}; "

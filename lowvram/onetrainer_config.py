@@ -22,7 +22,7 @@ from lowvram.dataset_files.subsets import local_path
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values
-from lowvram.samplers import sampler_name
+from lowvram.prompts import onetrainer_sample
 from lowvram.timesteps import SHAPED, TIMESTEP_DISTRIBUTIONS
 
 MODEL_TYPES = ("STABLE_DIFFUSION_15", "STABLE_DIFFUSION_XL_10_BASE")
@@ -458,20 +458,13 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
             samples = []
     prompts = []
     for sample in samples if isinstance(samples, list) else []:
-        if not isinstance(sample, dict) or sample.get("enabled") is False or not sample.get("prompt"):
-            continue
-        line = str(sample["prompt"]).replace("\n", " ").strip()
-        for key, flag in (("negative_prompt", "n"), ("width", "w"), ("height", "h"), ("diffusion_steps", "s"),
-                          ("cfg_scale", "l")):
-            if sample.get(key):
-                line += f" --{flag} {sample[key]}"
-        if sample.get("seed") is not None and not sample.get("random_seed"):
-            line += f" --d {sample['seed']}"
-        try:  # OneTrainer's default sampler is DDIM
-            line += f" --ss {sampler_name(str(sample.get('noise_scheduler') or 'DDIM'))}"
+        try:
+            line = onetrainer_sample(sample) if isinstance(sample, dict) else None
         except ValueError as exc:
             problem("samples.noise_scheduler", str(exc))
-        prompts.append(line)
+            continue
+        if line:
+            prompts.append(line)
     return {"sample_prompts": prompts} if prompts else {}
 
 

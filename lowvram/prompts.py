@@ -10,6 +10,7 @@ guidance 7, the run's seed plus the prompt's index, the training resolution, --s
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -25,11 +26,15 @@ else:  # pragma: no cover
 
 MAX_SIDE = 4096  # pixels: past it a sample takes more memory than any card has (and a shared file can ask for it)
 MAX_STEPS = 1000  # the timesteps SD1.5 and SDXL were trained with: no sampler takes more
+MAX_SEED = 2**32 - 1  # AUTOMATIC1111's and kohya's seeds; -1 draws one (where a random seed has a place)
 OPTIONS = {"n": "negative prompt", "w": "width", "h": "height", "s": "steps", "l": "guidance scale", "d": "seed",
            "ss": "sampler"}
 # the keys of a kohya .toml/.json prompt file -> the inline option that says the same
 FILE_KEYS = {"negative_prompt": "n", "width": "w", "height": "h", "sample_steps": "s", "scale": "l", "seed": "d",
              "sample_sampler": "ss"}
+# a OneTrainer sample definition's keys -> the inline option that says the same (its seed and noise scheduler apart)
+ONETRAINER_KEYS = {"negative_prompt": "n", "width": "w", "height": "h", "diffusion_steps": "s", "cfg_scale": "l"}
+ONETRAINER_OWN = {"diffusion_steps", "cfg_scale", "noise_scheduler", "random_seed", "enabled"}  # none are kohya's
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,16 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
                     raise ValueError
             elif key == "l":
                 values["guidance"] = float(value)
+                if not math.isfinite(values["guidance"]):
+                    raise ValueError
             else:
                 values["seed"] = int(value)
+                if values["seed"] != -1 and not 0 <= values["seed"] <= MAX_SEED:
+                    raise ValueError
         except ValueError:
             side = f"a multiple of 8 from 32 to {MAX_SIDE}"
-            need = {"w": side, "h": side, "s": f"a whole number from 1 to {MAX_STEPS}"}.get(key, "a number")
+            need = {"w": side, "h": side, "s": f"a whole number from 1 to {MAX_STEPS}", "l": "a finite number",
+                    "d": f"a whole number from 0 to {MAX_SEED}, or -1 for a random one"}[key]
             raise ValueError(f"--{key} ({OPTIONS[key]}) must be {need}, got '{value}' in '{line}'") from None
     if not values["text"]:
         raise ValueError(f"no prompt before the options in '{line}'")
@@ -94,8 +104,8 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
 def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
     """The prompts of a kohya sample-prompt file, as lines with inline options: a .txt file's lines (# comments
     skipped), each [[prompt.subset]] of a .toml file over its [prompt] defaults, or a .json list of prompts or
-    of objects with kohya's keys. Also the keys left out (ones no sample here uses, such as a ControlNet image).
-    OSError or ValueError says what is wrong with the file."""
+    of objects with kohya's keys (or OneTrainer's, as its samples.json holds them). Also the keys left out (ones no
+    sample here uses, such as a ControlNet image). OSError or ValueError says what is wrong with the file."""
     text = text_of(path)  # a BOM (Notepad's) or UTF-16 (PowerShell's) too: '\ufeff# comment' is no comment
     suffix = path.suffix.lower()
     if suffix == ".txt":
@@ -117,9 +127,14 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
     else:
         raise ValueError("not a prompt file (.txt, .toml or .json)")
     lines, left_out = [], set()
+    onetrainer = any(isinstance(entry, dict) and ONETRAINER_OWN & entry.keys() for entry in entries)
     for entry in entries:
         if isinstance(entry, str):
             lines.append(entry.strip())
+            continue
+        if onetrainer and isinstance(entry, dict):
+            lines.append(onetrainer_sample(entry) or "")
+            left_out |= entry.keys() - {"prompt", "seed", *ONETRAINER_KEYS, *ONETRAINER_OWN}
             continue
         if not isinstance(entry, dict) or not str(entry.get("prompt") or "").strip():
             raise ValueError(f"an entry without a prompt: {entry!r}")
@@ -131,6 +146,21 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
                 left_out.add(key)
         lines.append(line)
     return [line for line in lines if line], sorted(left_out)
+
+
+def onetrainer_sample(sample: dict) -> str | None:
+    """A OneTrainer sample definition as a prompt with kohya's inline options (None: disabled, or no prompt); its
+    noise scheduler as the sampler, DDIM where it names none, as OneTrainer's default. ValueError for a scheduler
+    lowvram has not."""
+    if sample.get("enabled") is False or not str(sample.get("prompt") or "").strip():
+        return None
+    line = " ".join(str(sample["prompt"]).split())
+    for key, flag in ONETRAINER_KEYS.items():
+        if sample.get(key):
+            line += f" --{flag} {' '.join(str(sample[key]).split())}"
+    if sample.get("seed") is not None and not sample.get("random_seed"):
+        line += f" --d {sample['seed']}"
+    return line + f" --ss {sampler_name(str(sample.get('noise_scheduler') or 'DDIM'))}"
 
 
 # AUTOMATIC1111's emphasis syntax: \( \) \[ \] \\ escapes, ( [ openers, ":1.2)" a weighted closer, ) ], plain text

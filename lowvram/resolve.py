@@ -21,7 +21,7 @@ from lowvram.errors import LowvramError
 from lowvram.files import hold_shared
 from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.models.detect import detect_family
-from lowvram.models.families import ModelFamily, TextReading
+from lowvram.models.families import ModelFamily, TextReading, clip_skip_problem
 from lowvram.option_values import parse_resolutions
 
 NATIVE_FORMAT = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}  # the U-Net stored as the run computes
@@ -146,9 +146,8 @@ def resolve_run(config: RunConfig, hardware: Hardware) -> ResolvedRun:
     if config.optim.text_encoder_2_lr is not None and len(family.text_encoders) < 2:
         raise LowvramError(f"--text-encoder-2-lr: {family.title} has one text encoder; --text-encoder-lr is its "
                            "rate")
-    if config.data.clip_skip > 1 and any(spec.hidden_state != -1 for spec in family.text_encoders):
-        raise LowvramError(f"--clip-skip {config.data.clip_skip}: {family.title} already reads its text encoders' "
-                           "penultimate layer, and kohya ignores clip skip for it; drop --clip-skip")
+    if clip_skip_problem(family, config.data.clip_skip):
+        raise LowvramError(clip_skip_problem(family, config.data.clip_skip))
     mixed_precision = resolve_mixed_precision(config.training.mixed_precision, hardware)
     vae_fp32 = mixed_precision == "fp16" and bool(_vae_config(config, family).get("force_upcast"))
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()

@@ -57,3 +57,12 @@ def test_a_wrong_clip_skip_is_one_line(capsys):
     with pytest.raises(SystemExit):
         main([*BASE, "--prompt", "x", "--clip-skip", "9"])
     assert "--clip-skip" in capsys.readouterr().err
+
+
+def test_clip_skip_on_sdxl_is_refused_as_training_refuses_it(tmp_path, capsys):
+    """SDXL reads its encoders' penultimate layer already: a --clip-skip 2 there would change nothing, silently."""
+    assert main(["generate", "--model", "tiny-sdxl", "--prompt", "x", "--steps", "1", "--clip-skip", "2",
+                 "--output", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--clip-skip 2: tiny SDXL (random weights) already reads its text encoders' penultimate layer" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "x.png").exists()

@@ -6,12 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_config
 from PIL import Image
 from safetensors.torch import load_file
 
-from lowvram.cli import train_values
+from lowvram.cli import main, train_values
 from lowvram.configure import build_config, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError, TrainingInterrupted
 from lowvram.train.loop import train
@@ -27,7 +28,8 @@ def offline_wandb(monkeypatch, folder: Path) -> None:
 @pytest.fixture(scope="module")
 def sampled(tmp_path_factory):
     out = tmp_path_factory.mktemp("sampled")
-    config = run_config(output=str(out), max_steps=4, sample_every="2", sample_prompts=["lvshape, a red circle",
+    config = run_config(output=str(out), max_steps=4, sample_every="2", sample_prompts=[
+                        "lvshape, a (red:1.3) circle BREAK [on blue] BREAK a BREAK b BREAK c BREAK d",  # 6 chunks
                         "lvshape, a blue square --n circle --w 96 --h 48 --s 3 --l 5 --d 9"], sample_steps=2,
                         tensorboard=True, validation_split=0.34, validate_every=2, sample_at_first=True,
                         wandb_project="lowvram-tests")
@@ -63,10 +65,27 @@ def test_sample_prompts_take_kohyas_inline_options():
                        # a shared prompt file cannot ask for a sample no card holds, or for ever to draw it
                        ("a cat --w 16384", "--w (width) must be a multiple of 8 from 32 to 4096"),
                        ("a cat --s 100000000", "--s (steps) must be a whole number from 1 to 1000"),
+                       # as generate refuses them, before any step rather than at the first sample
+                       ("a cat --d 99999999999999999999999", "--d (seed) must be a whole number from 0 to 4294967295"),
+                       ("a cat --l nan", "--l (guidance scale) must be a finite number"),
+                       ("a cat --d -1", "--d -1 in 'a cat --d -1': a training sample keeps its seed"),
                        ("--n blurry", "no prompt")):
         with pytest.raises(LowvramError, match="--sample-prompt: ") as error:
             run_config(sample_prompts=[bad])
         assert named in str(error.value) and len(str(error.value).splitlines()) == 1
+
+
+def test_generate_gives_the_final_samples_again_emphasis_and_break_read_alike(sampled, tmp_path):
+    """Samples read prompts as generate does (AUTOMATIC1111's emphasis and BREAK, as kohya's samples read emphasis),
+    each prompt encoded on its own, so that one of two chunks leaves the other prompt's one alone."""
+    config, result = sampled
+    for i, (prompt, sample) in enumerate(zip(config.output.sample_prompts, result.samples)):
+        again = tmp_path / f"again-{i}.png"
+        assert main(["generate", "--model", "tiny", "--lora", str(result.lora_path), "--prompt", prompt, "--steps",
+                     "2", "--seed", str(config.training.seed + i), "--output", str(again)]) == 0
+        difference = np.abs(np.asarray(Image.open(sample), dtype=np.int16) - np.asarray(Image.open(again),
+                                                                                         dtype=np.int16))
+        assert difference.max() <= 2, (prompt, difference.max())  # 8-bit rounding of the same image
 
 
 def test_metrics_and_tensorboard_hold_every_step(sampled):
@@ -226,8 +245,12 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
     only_file = run_config(sample_prompt_file=str(tmp_path / "prompts.toml"), sample_every="2")
     assert [(p.text, p.width, p.seed) for p in only_file.samples] == [("a circle", 64, 3)]
     (tmp_path / "bad.txt").write_text("a cat --w 500\n")
+    (tmp_path / "comments.txt").write_text("# prompts to come\n")
+    (tmp_path / "off.json").write_text('[{"prompt": "a cat", "enabled": false}]')  # OneTrainer's samples.json
     for path, says in (("none.txt", "--sample-prompt-file: {} not found"),
-                       ("bad.txt", "--sample-prompt-file: --w (width) must be a multiple of 8")):
+                       ("bad.txt", "--sample-prompt-file: --w (width) must be a multiple of 8"),
+                       ("comments.txt", "--sample-prompt-file: {} holds no prompt"),
+                       ("off.json", "--sample-prompt-file: {} holds no prompt")):
         with pytest.raises(LowvramError) as error:
             run_config(sample_prompt_file=str(tmp_path / path))
         assert str(error.value).startswith(says.format(tmp_path / path)) and len(str(error.value).splitlines()) == 1
@@ -296,3 +319,17 @@ def test_a_presets_network_yields_to_the_network_weights_file(tmp_path, capsys):
     assert (taken.rank, taken.alpha, taken.lora_layers, taken.conv_rank) == (8, 8.0, "full", 2)
     assert network("--rank", "8").alpha == 8.0
     assert "the preset's alpha follows it" not in capsys.readouterr().err
+
+
+def test_a_onetrainer_samples_file_is_read_with_onetrainers_keys(tmp_path):
+    """Its steps, guidance, scheduler and seed as OneTrainer gives them, a disabled sample left out, a random seed
+    left to the run's (the keys kohya's prompt files have none of)."""
+    (tmp_path / "samples.json").write_text(json.dumps([
+        {"enabled": True, "prompt": "lvshape, a red\ncircle", "negative_prompt": "blurry", "width": 64, "height": 96,
+         "seed": 7, "random_seed": False, "diffusion_steps": 5, "cfg_scale": 3.5, "noise_scheduler": "EULER_A"},
+        {"enabled": True, "prompt": "a square", "seed": 3, "random_seed": True, "diffusion_steps": 4},
+        {"enabled": False, "prompt": "a triangle"}]))
+    config = run_config(sample_prompt_file=str(tmp_path / "samples.json"))
+    read = [(p.text, p.negative, p.width, p.height, p.steps, p.guidance, p.seed, p.sampler) for p in config.samples]
+    assert read == [("lvshape, a red circle", "blurry", 64, 96, 5, 3.5, 7, "euler_a"),
+                    ("a square", "", None, None, 4, None, None, "ddim")]  # DDIM: OneTrainer's default

@@ -57,7 +57,7 @@ def trained(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     config = run_config(model=request.param, output=str(out), rank=4, alpha=2.0, lr=1e-2, train_text_encoder=True,
                         text_encoder_lr=5e-3, save_precision="fp32", format="diffusers", max_steps=5,
-                        sample_prompts=["lvshape, a red circle"], sample_steps=2, save_every="2")
+                        sample_prompts=["lvshape, a (red:1.2) circle"], sample_steps=2, save_every="2")
     return config, train(config)
 
 
@@ -341,7 +341,8 @@ def test_generate_renders_with_the_lora(trained, tmp_path):
 
 
 def test_generate_renders_the_image_training_sampled(trained, tmp_path):
-    """The same prompt, seed and steps give the final training sample again: generate renders as training does."""
+    """The same prompt, seed and steps give the final training sample again: generate renders as training does (and
+    reads the prompt as training samples read theirs, with the text encoders trained: emphasis weighed)."""
     config, result = trained
     import numpy as np
     from PIL import Image

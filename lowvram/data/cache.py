@@ -167,8 +167,9 @@ def text_key(caption: str, encoders_id: str) -> str:
 
 
 def sdxl_time_ids(record: ImageRecord, placement: Placement, variant: Variant) -> list[float]:
-    """SDXL's size conditioning: original (h, w), crop (top, left) and target (h, w). A flipped image's
-    crop is measured from the other side, as kohya does."""
+    """SDXL's size conditioning: original (h, w), crop (top, left) and target (h, w). The crop is where the bucket
+    was cut from the scaled image, as Stability's training and diffusers' examples give it (kohya gives half the
+    margin of the image fitted inside the bucket instead); a flipped image's is measured from the other side."""
     top, left = variant.crop_top_left
     if variant.flip:
         left = placement.scaled[0] - placement.bucket[0] - left

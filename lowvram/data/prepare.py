@@ -38,7 +38,7 @@ from lowvram.data.scan import ScanOptions, ScanReport
 from lowvram.errors import LowvramError
 from lowvram.memory import PhasePeaks
 from lowvram.models.conditioning import caption_tokens, set_vae_tiling
-from lowvram.models.families import TextReading
+from lowvram.models.families import TextReading, prompt_reading
 from lowvram.resolve import LATENTS, TEXT, ResolvedRun
 
 
@@ -48,9 +48,9 @@ class PreparedData:
     reports: list[ScanReport]
     encoded_latents: int  # entries encoded by this run (the rest came from the cache)
     encoded_texts: int
-    # sample prompts ("" first, for guidance) encoded while the text encoders were on the device, so that
-    # sampling later needs no text encoder there; None when the text encoders train
-    sample_embeddings: tuple | None = None
+    # each sample prompt's (hidden, pooled) of its negative and itself, encoded while the text encoders were on the
+    # device, so that sampling later needs no text encoder there; None when the text encoders train
+    sample_embeddings: list[tuple] | None = None
     validation: list[Sample] = field(default_factory=list)  # held-out samples (first variant, plain caption)
 
 
@@ -171,10 +171,13 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
             for encoder in model.text_encoders:
                 encoder.to(device)
             encoded_texts = encode_texts(missing_texts, text_store, encode, batch, console)
-            if config.samples:  # each prompt's negative and itself, in that order
+            sample_embeddings = []
+            for prompt in config.samples:  # each alone: its chunks are its own and its negative's
                 with torch.no_grad():
-                    hidden, pooled = encode([text for p in config.samples for text in (p.negative, p.text)])
-                sample_embeddings = (hidden.cpu(), None if pooled is None else pooled.cpu())
+                    hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers,
+                                                    [prompt.negative, prompt.text], device,
+                                                    prompt_reading(run.text_reading.clip_skip))
+                sample_embeddings.append((hidden.cpu(), None if pooled is None else pooled.cpu()))
             for encoder in model.text_encoders:
                 encoder.to("cpu")
     if device.type == "cuda":

@@ -147,3 +147,17 @@ class TextReading:
 
 
 DEFAULT_READING = TextReading()
+
+
+def prompt_reading(clip_skip: int = 1) -> TextReading:
+    """How a prompt is read, a training sample's as generate's: as AUTOMATIC1111 reads it (kohya's samples read its
+    emphasis too), whatever the reading of the captions trained on."""
+    return TextReading(clip_skip=clip_skip, a1111=True)
+
+
+def clip_skip_problem(family: ModelFamily, clip_skip: int) -> str | None:
+    """Why `family` takes no --clip-skip above 1 (SDXL reads its penultimate layer already), or None."""
+    if clip_skip > 1 and any(spec.hidden_state != -1 for spec in family.text_encoders):
+        return (f"--clip-skip {clip_skip}: {family.title} already reads its text encoders' penultimate layer, and "
+                "kohya ignores clip skip for it; drop --clip-skip")
+    return None

@@ -17,6 +17,7 @@ import torch
 
 from lowvram.files import save_image
 from lowvram.models.conditioning import DEFAULT_READING, encode_prompts, unet_conditioning
+from lowvram.models.families import prompt_reading
 from lowvram.models.loading import LoadedModel
 from lowvram.prompts import SamplePrompt, parse_prompt
 from lowvram.samplers import make_sampler
@@ -53,7 +54,7 @@ def render(model: LoadedModel, prompt: SamplePrompt | str, resolution: int, step
         with visiting(model.text_encoders, device), autocast():
             hidden, pooled = encode_prompts(family, model.text_encoders, model.tokenizers,
                                             [prompt.negative, prompt.text], device,
-                                            model.text_reading or DEFAULT_READING)
+                                            prompt_reading((model.text_reading or DEFAULT_READING).clip_skip))
     else:
         hidden, pooled = (None if t is None else t.to(device) for t in embeddings)
     if not prompt.negative and getattr(pipeline.config, "force_zeros_for_empty_prompt", False):
@@ -86,24 +87,16 @@ def render(model: LoadedModel, prompt: SamplePrompt | str, resolution: int, step
 
 
 def render_images(model: LoadedModel, prompts: tuple[SamplePrompt, ...], resolution: int, steps: int, seed: int,
-                  accelerator, embeddings: tuple | None = None) -> list[Image]:
-    """One seeded image per prompt (seed + its index, unless it sets its own). `embeddings`: (hidden, pooled)
-    of each prompt's negative and itself in turn, from the caching phase, so the text encoders need not come
-    back to the device."""
-    images = []
-    for i, prompt in enumerate(prompts):
-        pair = None
-        if embeddings is not None:
-            hidden, pooled = embeddings
-            pick = torch.tensor([2 * i, 2 * i + 1])
-            pair = (hidden[pick], None if pooled is None else pooled[pick])
-        images.append(render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast,
-                             pair))
-    return images
+                  accelerator, embeddings: list[tuple] | None = None) -> list[Image]:
+    """One seeded image per prompt (seed + its index, unless it sets its own). `embeddings`: each prompt's
+    (hidden, pooled) of its negative and itself, from the caching phase, so the text encoders need not come back
+    to the device."""
+    return [render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast,
+                   embeddings[i] if embeddings is not None else None) for i, prompt in enumerate(prompts)]
 
 
 def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder: Path, name: str, resolution: int,
-                   steps: int, seed: int, accelerator, embeddings: tuple | None = None) -> list[Path]:
+                   steps: int, seed: int, accelerator, embeddings: list[tuple] | None = None) -> list[Path]:
     """The final samples: `<folder>/<name>-NN.png`, one per prompt."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -114,7 +107,7 @@ def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder
 
 
 def render_grid(model: LoadedModel, prompts: tuple[SamplePrompt, ...], path: Path, resolution: int, steps: int,
-                seed: int, accelerator, embeddings: tuple | None = None) -> Path:
+                seed: int, accelerator, embeddings: list[tuple] | None = None) -> Path:
     """The samples of one point in training side by side in one image, top-aligned when their sizes differ
     (same seeds every time, so grids of successive steps show what training changed)."""
     from PIL import Image as PILImage
