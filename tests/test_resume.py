@@ -311,24 +311,38 @@ def test_a_new_lr_on_resume_is_the_one_trained_with_from_the_restored_step(tmp_p
 
 
 def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_of_its_step(tmp_path, capsys):
-    first = train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=3)).lora_path
-    before = first.read_bytes()
-    train(run_config(output=str(tmp_path), max_steps=5, resume="auto"))  # no --overwrite asked: nothing is lost
+    samples = {"sample_prompts": ("lvshape, a red circle",), "sample_steps": 1}
+    first = train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=3, **samples)).lora_path
+    before, sampled = first.read_bytes(), (tmp_path / "samples" / f"{first.stem}-00.png").read_bytes()
+    train(run_config(output=str(tmp_path), max_steps=5, resume="auto", **samples))  # no --overwrite: nothing is lost
     assert (tmp_path / f"{first.stem}-step000003.safetensors").read_bytes() == before
-    assert f"kept the run's earlier final LoRA as {tmp_path / first.stem}-step000003.safetensors" in " ".join(
-        capsys.readouterr().out.split())
-    assert load_file(str(first))  # the continued run's own
+    assert (tmp_path / "samples" / f"{first.stem}-step000003-00.png").read_bytes() == sampled  # its sample with it
+    assert (f"kept the run's earlier final LoRA as {tmp_path / first.stem}-step000003.safetensors with its samples"
+            in " ".join(capsys.readouterr().out.split()))
+    assert load_file(str(first)) and (tmp_path / "samples" / f"{first.stem}-00.png").is_file()  # the continued run's
 
 
 def test_a_branch_from_an_earlier_checkpoint_to_the_same_step_keeps_the_earlier_final_lora(tmp_path, capsys):
-    """Resumed from step 2 with another --lr to the same last step: a LoRA of the same step, but of other weights."""
-    first = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, lr=1e-3)).lora_path
+    """Resumed from step 2 with another --lr to the same last step: a LoRA of the same step, but of other weights.
+    The saves and sample grids the branch left made after step 2 go to archive/ with its checkpoints, so that the
+    new branch's replace none of them."""
+    saves = {"save_every": "1", "sample_every": "1", "sample_prompts": ("lvshape, a red circle",), "sample_steps": 1}
+    first = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, lr=1e-3, **saves)).lora_path
+    left = {path.name: path.read_bytes() for path in [*tmp_path.glob(f"{first.stem}-step00000[34].safetensors"),
+                                                      *(tmp_path / "samples").glob(f"{first.stem}-step00000[34].png")]}
     before = first.read_bytes()
     capsys.readouterr()
-    train(run_config(output=str(tmp_path), max_steps=4, lr=2e-3,
-                     resume=str(tmp_path / "checkpoints" / "step-000002")))
+    train(run_config(output=str(tmp_path), max_steps=4, lr=2e-3, resume=str(tmp_path / "checkpoints" / "step-000002"),
+                     **saves))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert sorted(left) == [f"{first.stem}-step000003.{kind}" for kind in ("png", "safetensors")] + [
+        f"{first.stem}-step000004.png"]  # (step 4's LoRA is the final one)
+    assert "moved 1 checkpoint(s) after step-000002 and 3 save(s) and sample(s), of the branch this run" in printed
+    archived = {path.name: path.read_bytes() for path in (tmp_path / "archive").glob("*/*") if path.is_file()}
+    assert all(archived[name] == data for name, data in left.items())
+    assert all((tmp_path / name).is_file() or (tmp_path / "samples" / name).is_file() for name in left)  # the new ones
     kept = tmp_path / f"{first.stem}-step000004.safetensors"
-    assert f"kept the run's earlier final LoRA as {kept}" in " ".join(capsys.readouterr().out.split())
+    assert f"kept the run's earlier final LoRA as {kept}" in printed
     assert kept.read_bytes() == before and first.read_bytes() != before
 
 

@@ -152,7 +152,7 @@ def take_ownership(run: ResolvedRun) -> str | None:
     checkpoints = checkpoint.complete(checkpoint.checkpoint_root(folder))
     note = None
     if config.training.resume:
-        note = _set_aside_later(checkpoints, config.training.resume, folder)
+        note = _set_aside_later(checkpoints, config.training.resume, folder, config.output_name)
     elif record or checkpoints:
         if not (checkpoints or _earlier_loras(folder, record)):
             same = record is not None and record.get("identity") == identity(recipe(run))
@@ -182,23 +182,47 @@ def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
     if not trained and steps == str(step):
         return None
     kept = lora.with_name(f"{lora.stem}-step{int(steps):06d}.safetensors") if steps.isdigit() else None
+    samples = [path for path in _samples(lora.parent) if re.fullmatch(rf"{re.escape(lora.stem)}-\d+\.png", path.name)]
     if kept is None or kept.exists():
-        kept = move_to_archive(lora.parent, [lora]) / lora.name
+        kept = move_to_archive(lora.parent, [lora, *samples]) / lora.name
     else:
         lora.rename(kept)
-    return f"kept the run's earlier final LoRA as {kept}"
+        for sample in samples:  # its samples as the LoRA: <name>-NN.png -> <name>-stepN-NN.png
+            sample.rename(sample.with_name(f"{kept.stem}{sample.name[len(lora.stem):]}"))
+    return f"kept the run's earlier final LoRA as {kept}" + (" with its samples" if samples else "")
 
 
-def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: Path) -> str | None:
-    """Resuming from an earlier checkpoint of this folder branches off there: the later ones (the branch left) move
-    to archive/, so that --resume auto and the pruning of old checkpoints follow the new branch."""
+def _samples(folder: Path) -> list[Path]:
+    return sorted((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
+
+
+def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: Path, name: str) -> str | None:
+    """Resuming from an earlier checkpoint of this folder branches off there: what the branch left wrote after it
+    (its checkpoints, LoRA saves and sample grids) moves to archive/, so that --resume auto and the pruning of old
+    checkpoints follow the new branch, and the new branch's saves replace none of the old one's."""
     chosen = Path(resume).resolve() if resume != "auto" else None
     steps = [step for step, path in checkpoints if path.resolve() == chosen]
     later = [path for step, path in checkpoints if steps and step > steps[0]]
     if not later:
         return None
-    target = move_to_archive(folder, later)
-    return f"moved {len(later)} checkpoint(s) after {chosen.name}, of the branch this run leaves, to {target}"
+    saves = [path for path in [*folder.glob("*.safetensors"), *_samples(folder)]
+             if (_saved_step(path, name) or 0) > steps[0]]
+    target = move_to_archive(folder, later + saves)
+    return (f"moved {len(later)} checkpoint(s) after {chosen.name}" + (f" and {len(saves)} save(s) and sample(s)"
+            if saves else "") + f", of the branch this run leaves, to {target}")
+
+
+def _saved_step(path: Path, name: str) -> int | None:
+    """The step of a save point of run `name` (a <name>-stepN or -eN LoRA, by its metadata; a sample grid
+    <name>-stepN.png or a kept final sample <name>-stepN-NN.png, by its name); None for anything else."""
+    if re.fullmatch(rf"{re.escape(name)}-(step\d+|e\d+)\.safetensors", path.name):
+        try:
+            steps = read_header(path)[0].get("ss_steps", "")
+        except (OSError, ValueError):
+            return None
+        return int(steps) if steps.isdigit() else None
+    found = re.fullmatch(rf"{re.escape(name)}-step(\d+)(-\d+)?\.png", path.name)
+    return int(found.group(1)) if found else None
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
