@@ -47,8 +47,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     hardware = detect()
     device = torch.device(hardware.device)
     dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if hardware.bf16 else torch.float16)
-    if args.clip_skip and clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip):
-        raise LowvramError(clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip))
+    if args.clip_skip and (problem := clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip)):
+        raise LowvramError(problem)
     model = load_model(args.model, args.model_family, dtype=dtype)
     steps = prompt.steps or args.steps
     most = model.pipeline.scheduler.config.num_train_timesteps

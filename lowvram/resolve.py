@@ -146,8 +146,8 @@ def resolve_run(config: RunConfig, hardware: Hardware) -> ResolvedRun:
     if config.optim.text_encoder_2_lr is not None and len(family.text_encoders) < 2:
         raise LowvramError(f"--text-encoder-2-lr: {family.title} has one text encoder; --text-encoder-lr is its "
                            "rate")
-    if clip_skip_problem(family, config.data.clip_skip):
-        raise LowvramError(clip_skip_problem(family, config.data.clip_skip))
+    if problem := clip_skip_problem(family, config.data.clip_skip):
+        raise LowvramError(problem)
     mixed_precision = resolve_mixed_precision(config.training.mixed_precision, hardware)
     vae_fp32 = mixed_precision == "fp16" and bool(_vae_config(config, family).get("force_upcast"))
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
