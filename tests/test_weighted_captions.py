@@ -89,3 +89,13 @@ def test_a_weighted_run_caches_its_own_embeddings_and_kohya_configs_ask_for_it(t
         assert "weighted_captions = true" in f.metadata()["lowvram.config"]  # the recipe replays it
     values, _ = translate({"weighted_captions": True, "network_module": "networks.lora"}, tmp_path / "k.toml")
     assert values["weighted_captions"] is True
+
+
+def test_a_break_that_pushes_a_weighted_caption_past_its_chunks_is_named_in_the_warning(tmp_path, sample_data, capsys):
+    """kohya's weighted captions read BREAK as a word; lowvram's start the next chunk there, which at the default
+    --max-token-length 75 leaves what follows unread: the warning says why."""
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("a red circle BREAK on a blue background")
+    train(run_config(data=str(sample_data), output=str(tmp_path / "a"), max_steps=1, weighted_captions=True,
+                     cache_dir=str(tmp_path / "cache")))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 of 6 captions run past 75 tokens" in out and "a BREAK fills the rest of its 75-token chunk" in out

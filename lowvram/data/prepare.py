@@ -39,6 +39,7 @@ from lowvram.errors import LowvramError
 from lowvram.memory import PhasePeaks
 from lowvram.models.conditioning import caption_tokens, set_vae_tiling
 from lowvram.models.families import TextReading, prompt_reading
+from lowvram.prompts import CHUNK_BREAK
 from lowvram.resolve import LATENTS, TEXT, ResolvedRun
 
 
@@ -198,13 +199,17 @@ def _warn_of_cut_captions(records: list, tokenizer, reading: TextReading, consol
     if not cut:
         return
     longest, name = max(cut)
+    breaks = reading.weighted and any(CHUNK_BREAK.search(text) for text, (tokens, _) in lengths.items()
+                                      if tokens > reading.max_tokens)
     enough = next((length for length in TOKEN_LENGTHS if length >= longest), None)
     more = (f", or add --max-token-length {enough}" if enough else
             f", or add --max-token-length {TOKEN_LENGTHS[-1]} to read more of each"
             if reading.max_tokens < TOKEN_LENGTHS[-1] else "")
     console.print(f"[yellow]warning:[/] {len(cut)} of {len(lengths)} captions run past {reading.max_tokens} tokens, "
                   f"and the text encoders read only their first {reading.max_tokens}: shorten them{more} (the "
-                  f"longest, {name}'s, has {longest})", soft_wrap=True)
+                  f"longest, {name}'s, has {longest}"
+                  + ("; a BREAK fills the rest of its 75-token chunk, so what follows it needs the next one" * breaks)
+                  + ")", soft_wrap=True)
 
 
 def _folder_options(config: RunConfig) -> tuple[ScanOptions, AugmentOptions, CaptionOptions]:
