@@ -173,6 +173,9 @@ class DataConfig:
                                "train everywhere. Such files are never trained on as images.")
     unmasked_weight: float = option(0.0, "Loss weight outside the mask (--masked-loss, --alpha-mask), e.g. 0.1 to "
                                     "keep some of the background (OneTrainer's unmasked weight).", metavar="W")
+    normalize_masked_area_loss: bool = option(False, "Count each masked image's loss over its mask's area, so it "
+                                              "weighs as much as an unmasked one (OneTrainer's); by default, as "
+                                              "kohya and OneTrainer, over the whole image: a small mask weighs less.")
     masked_prior_weight: float = option(0.0, "Hold the area outside the masks (--masked-loss, --alpha-mask) to the "
                                         "model's own prediction with the adapters off, with this weight (OneTrainer's "
                                         "masked prior preservation weight, e.g. 1): the LoRA learns the subject and "

@@ -196,6 +196,8 @@ def config_problems(c: RunConfig) -> list[str]:
         p.append(f"--unmasked-weight: must be in [0, 1), got {c.data.unmasked_weight}")
     elif c.data.unmasked_weight and not masks:
         p.append("--unmasked-weight: only used with --masked-loss or --alpha-mask; add one or drop it")
+    if c.data.normalize_masked_area_loss and not masks:
+        p.append("--normalize-masked-area-loss: only used with --masked-loss or --alpha-mask; add one or drop it")
     positive("masked-prior-weight", c.data.masked_prior_weight, allow_zero=True)
     if c.data.masked_prior_weight and not masks:
         p.append("--masked-prior-weight: only used with --masked-loss or --alpha-mask; add one or drop it")

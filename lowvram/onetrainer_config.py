@@ -49,7 +49,7 @@ INERT = {
     "lora_decompose_norm_epsilon", "lora_decompose_output_axis", "optimizer_defaults", "sample_image_format",
     "sample_video_format", "sample_audio_format", "samples_to_tensorboard", "non_ema_sampling", "backup_after",
     "backup_after_unit", "rolling_backup", "rolling_backup_count", "backup_before_save", "save_filename_prefix",
-    "secrets", "ema_update_step_interval", "normalize_masked_area_loss", "sample_skip_first", "save_skip_first",
+    "secrets", "ema_update_step_interval", "sample_skip_first", "save_skip_first",
     "layer_filter_regex", "oft_block_size", "oft_block_share", "oft_scaled", "lokr_dim", "lokr_decompose_both",
     "lokr_use_tucker", "lokr_weight_decompose", "lokr_dora_on_output", "lokr_full_matrix", "lokr_vec_trick",
     "constant_snr_floor", "scheduler_params", "custom_learning_rate_scheduler",
@@ -76,7 +76,8 @@ READ = {
     "noising_weight", "noising_bias", "timestep_shift", "dynamic_timestep_shifting", "resolution_aware_loss_weight",
     "unet", "text_encoder", "text_encoder_2", "text_encoder_layer_skip", "text_encoder_2_layer_skip", "vae",
     "align_prop",
-    "masked_training", "unmasked_weight", "masked_prior_preservation_weight", "layer_filter", "layer_filter_preset",
+    "masked_training", "unmasked_weight", "masked_prior_preservation_weight", "normalize_masked_area_loss",
+    "layer_filter", "layer_filter_preset",
     "peft_type", "lora_model_name", "lora_rank", "lora_alpha", "lora_decompose", "lokr_decompose_factor",
     "optimizer", "sample_definition_file_name", "samples", "sample_after", "sample_after_unit", "save_every",
     "save_every_unit", "validation", "validate_after", "validate_after_unit",
@@ -227,6 +228,7 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
         values["masked_loss"] = True
         values["unmasked_weight"] = float(doc.get("unmasked_weight") or 0.0)
         values["masked_prior_weight"] = float(doc.get("masked_prior_preservation_weight") or 0.0)
+        values["normalize_masked_area_loss"] = bool(doc.get("normalize_masked_area_loss"))
     skip = doc.get("text_encoder_layer_skip") or doc.get("text_encoder_2_layer_skip") or 0
     if skip:
         values["clip_skip"] = int(skip) + 1  # OneTrainer counts the layers skipped past the last; kohya counts it

@@ -266,3 +266,22 @@ def test_multires_noise_has_unit_variance_and_far_more_coarse_structure_than_pla
 def test_multires_noise_options_that_do_not_go_together_are_refused(values, message):
     with pytest.raises(LowvramError, match=message):
         build_config({"model": "tiny", "data": "sample", **values})
+
+
+def test_a_masked_loss_weighs_the_whole_image_as_kohya_and_onetrainer_and_its_mask_alone_when_asked():
+    """kohya (loss * mask, then the mean) and OneTrainer by default: an image masked to a quarter weighs a quarter;
+    OneTrainer's normalize_masked_area_loss divides by the mask's mean, so every image weighs alike."""
+    model, scheduler, latents, noise, _, conditioning = tiny_step_inputs()
+    timesteps = torch.tensor([100, 700])
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, :, :, :2] = 1  # a quarter
+    mask[1, :, :, :6] = 0.5  # three quarters, half weighed
+    with torch.no_grad():
+        error = (model.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, **conditioning).sample
+                 - noise).square()
+        plain = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps, mask=mask)
+        normalized = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps,
+                                    Objective(normalize_masked_area=True), mask=mask)
+    assert plain.item() == pytest.approx((error * mask).mean().item(), rel=1e-5)
+    per_image = (error * mask).mean(dim=(1, 2, 3)) / mask.mean(dim=(1, 2, 3))
+    assert normalized.item() == pytest.approx(per_image.mean().item(), rel=1e-5)

@@ -112,12 +112,14 @@ def test_inline_concepts_quantized_weights_and_files_that_are_no_config(tmp_path
     inline.write_text(json.dumps(CONFIG | {"concepts": [{"path": "imgs/alpha"}], "unet": {"weight_dtype": "NFLOAT_4"},
                                            "gradient_checkpointing": "CPU_OFFLOADED", "train_dtype": "BFLOAT_16",
                                            "samples": [], "masked_training": True,
-                                           "masked_prior_preservation_weight": 1.0}))
+                                           "masked_prior_preservation_weight": 1.0,
+                                           "normalize_masked_area_loss": True}))
     values = read_config(inline)
     assert values["data"] == str(inline)  # its concepts are read from it
     assert (values["unet_weights"], values["gradient_checkpointing"], values["offload_activations"]) == (
         "bnb-nf4", True, True)
-    assert (values["mixed_precision"], values["masked_loss"], values["masked_prior_weight"]) == ("bf16", True, 1.0)
+    assert (values["mixed_precision"], values["masked_loss"], values["masked_prior_weight"],
+            values["normalize_masked_area_loss"]) == ("bf16", True, 1.0, True)
     assert "left to lowvram's planner" not in capsys.readouterr().err  # every memory setting was the user's
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
     assert main(["train", "--config", "other.json"]) == 2

@@ -29,12 +29,13 @@ class Objective:
     v_scaled_like_epsilon: bool = False  # weigh each timestep by SNR/(SNR+1)
     v_like: float = 0.0  # add this times the loss weighed by (SNR+1)/SNR
     masked_prior_weight: float = 0.0  # hold the area outside the mask to the model's own prediction, this much
+    normalize_masked_area: bool = False  # a masked image's loss: the mean over its mask's area, not the image's
 
     @classmethod
     def of(cls, config: RunConfig) -> Objective:
         t = config.training
         return cls(t.loss, config.huber, t.min_snr_gamma, t.debiased_estimation, t.scale_v_pred_loss,
-                   t.v_pred_like_loss, config.data.masked_prior_weight)
+                   t.v_pred_like_loss, config.data.masked_prior_weight, config.data.normalize_masked_area_loss)
 
     def needs_own_prediction(self, mask: torch.Tensor | None, prior: torch.Tensor | None) -> bool:
         """Whether the loss compares with the model's own prediction without the adapters: for prior prediction
@@ -122,8 +123,12 @@ def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str,
     return c * pseudo if loss == "huber" else pseudo
 
 
-def _area_mean(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Each sample's mean error over the area its mask weighs (nothing where the mask is empty)."""
+def _masked_mean(error: torch.Tensor, mask: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Each sample's error weighed by its mask: the mean over the whole image, as kohya and OneTrainer take it (a
+    small mask weighs less), or with `normalize` the mean over the area the mask weighs (OneTrainer's
+    normalize_masked_area_loss; nothing where the mask is empty)."""
+    if not normalize:
+        return (error * mask).mean(dim=(1, 2, 3))
     return (error * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1)
 
 
@@ -141,7 +146,7 @@ def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, cond
     the model's own prediction without the adapters as their target (prior prediction), conditioned on
     `prior_conditioning` (the text encoders' without their adapters) where it differs from `conditioning`; with
     the objective's masked prior weight, the area outside the mask is held to that prediction too (OneTrainer's
-    masked prior preservation), each part's loss a mean over its own area."""
+    masked prior preservation), each part's loss weighed as `_masked_mean` says."""
     noisy = scheduler.add_noise(latents, noise if perturbation is None else noise + perturbation, timesteps)
     prediction_type = scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
@@ -159,10 +164,10 @@ def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, cond
         loss = error.mean(dim=(1, 2, 3))
     else:
         mask = mask.to(error)
-        loss = _area_mean(error, mask)
+        loss = _masked_mean(error, mask, objective.normalize_masked_area)
         if objective.masked_prior_weight:  # the rest of the image held to what the model did before
             kept = elementwise_loss(prediction.float(), own, objective.loss, threshold)
-            loss = loss + objective.masked_prior_weight * _area_mean(kept, 1 - mask)
+            loss = loss + objective.masked_prior_weight * _masked_mean(kept, 1 - mask, objective.normalize_masked_area)
     if objective.min_snr_gamma or objective.v_scaled_like_epsilon or objective.v_like or objective.debiased:
         snr = compute_snr(scheduler, timesteps)
         capped = snr.clamp(max=1000)  # as kohya caps it for its weightings: a noiseless first step's is infinite

@@ -67,8 +67,8 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
     if perturbation is not None and t.ip_noise_gamma_random_strength:
         perturbation = perturbation * torch.rand((), device=device, dtype=perturbation.dtype)
     mask = batch.mask
-    if mask is not None and config.data.unmasked_weight:  # the area outside the masks keeps some weight
-        mask = config.data.unmasked_weight + (1 - config.data.unmasked_weight) * mask
+    if mask is not None and config.data.unmasked_weight:  # the area outside the masks keeps some, as OneTrainer's
+        mask = mask.clamp(min=config.data.unmasked_weight)
     prior = batch.regularization if config.data.prior_prediction else None
     objective, prior_conditioning = Objective.of(config), None
     if objective.needs_own_prediction(mask, prior) and trainee.train_text:  # without the LoRA, in the encoders too

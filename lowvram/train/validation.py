@@ -17,7 +17,10 @@ import torch
 from lowvram.data.dataset import Sample, TrainingData
 from lowvram.errors import LowvramError
 from lowvram.models.conditioning import DEFAULT_READING, TextReading, encode_prompts, unet_conditioning
-from lowvram.train.loss import diffusion_loss
+from lowvram.train.loss import Objective, diffusion_loss
+
+# the plain loss, a masked image's over its mask's area: one yardstick for runs that differ in how they weigh masks
+AREA_MEAN = Objective(normalize_masked_area=True)
 
 
 def hold_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -62,7 +65,7 @@ def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: 
             noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
             with autocast():
                 loss = diffusion_loss(unet, noise_scheduler, latents, conditioning, noise,
-                                      torch.tensor([t], device=device),
+                                      torch.tensor([t], device=device), AREA_MEAN,
                                       mask=mask[None].to(device) if mask is not None else None)
             total += loss.item()
             count += 1
