@@ -285,3 +285,33 @@ def test_a_masked_loss_weighs_the_whole_image_as_kohya_and_onetrainer_and_its_ma
     assert plain.item() == pytest.approx((error * mask).mean().item(), rel=1e-5)
     per_image = (error * mask).mean(dim=(1, 2, 3)) / mask.mean(dim=(1, 2, 3))
     assert normalized.item() == pytest.approx(per_image.mean().item(), rel=1e-5)
+
+
+def test_noising_is_in_fp32_so_the_least_noisy_steps_keep_their_noise_under_bf16(monkeypatch, tmp_path):
+    """diffusers' add_noise computes in the latents' dtype: in bf16, SD's alphas_cumprod at t = 0 and 1 (0.99915,
+    0.99829) round to 1, so the U-Net was shown clean latents and asked for the noise. Noised in fp32, its bf16
+    input holds the noise (0.03 of it at t = 0); training hands the loss fp32 latents and noise."""
+    from lowvram.train import step
+
+    model, scheduler, latents, noise, _, conditioning = tiny_step_inputs()
+    model.unet.to(torch.bfloat16)
+    conditioning = {key: value.to(torch.bfloat16) for key, value in conditioning.items()}
+    timesteps = torch.tensor([0, 1])
+    seen = []
+    model.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps, unet_dtype=torch.bfloat16)
+        in_bf16 = scheduler.add_noise(latents.bfloat16(), noise.bfloat16(), timesteps)
+    assert seen[0].dtype == torch.bfloat16 and torch.equal(in_bf16, latents.bfloat16())  # what it was shown before
+    assert (seen[0].float() - latents)[0].std().item() == pytest.approx(
+        (1 - scheduler.alphas_cumprod[0]).sqrt().item(), rel=0.2)
+    dtypes = {}
+    real = step.diffusion_loss
+
+    def spy(unet, scheduler, latents, conditioning, noise, *args):
+        dtypes.update(latents=latents.dtype, noise=noise.dtype, unet=args[-1])
+        return real(unet, scheduler, latents, conditioning, noise, *args)
+
+    monkeypatch.setattr(step, "diffusion_loss", spy)
+    train(run_config(output=str(tmp_path), max_steps=1, mixed_precision="bf16"))
+    assert dtypes == {"latents": torch.float32, "noise": torch.float32, "unet": torch.bfloat16}

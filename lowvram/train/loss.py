@@ -136,7 +136,7 @@ def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, cond
                    noise: torch.Tensor, timesteps: torch.Tensor, objective: Objective = Objective(),
                    weights: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                    perturbation: torch.Tensor | None = None, prior: torch.Tensor | None = None,
-                   prior_conditioning: dict | None = None) -> torch.Tensor:
+                   prior_conditioning: dict | None = None, unet_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The `objective`'s loss between the U-Net's prediction for the noised latents and its target (noise or
     velocity).
 
@@ -146,8 +146,13 @@ def diffusion_loss(unet: torch.nn.Module, scheduler, latents: torch.Tensor, cond
     the model's own prediction without the adapters as their target (prior prediction), conditioned on
     `prior_conditioning` (the text encoders' without their adapters) where it differs from `conditioning`; with
     the objective's masked prior weight, the area outside the mask is held to that prediction too (OneTrainer's
-    masked prior preservation), each part's loss weighed as `_masked_mean` says."""
+    masked prior preservation), each part's loss weighed as `_masked_mean` says.
+
+    The noising and the target are computed in the latents' dtype (fp32: in bf16, SD's alphas_cumprod at the two
+    least noisy timesteps round to 1 and the U-Net would be shown clean latents), the U-Net given its input in
+    `unet_dtype`, where that is another."""
     noisy = scheduler.add_noise(latents, noise if perturbation is None else noise + perturbation, timesteps)
+    noisy = noisy if unet_dtype is None else noisy.to(unet_dtype)
     prediction_type = scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     own = None

@@ -48,7 +48,7 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
     config, device, dtype, accelerator = session.config, session.device, session.weight_dtype, session.accelerator
     model = trainee.model
     batch = batch.to(device)  # without waiting: pinned on CUDA (see `Batch.pinned`)
-    latents = batch.latents.to(dtype)
+    latents = batch.latents.float()  # noised in fp32 (`diffusion_loss`), the U-Net given them in `dtype`
     if trainee.train_text:
         with torch.no_grad() if trainee.text_frozen else nullcontext(), accelerator.autocast():
             hidden, pooled = encode_prompts(model.family, trainee.text_encoders, model.tokenizers, batch.captions,
@@ -78,7 +78,7 @@ def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch
                 batch.time_ids)
     with accelerator.autocast(), offloading(session, trainee.unet):
         loss = diffusion_loss(trainee.unet, trainee.noise_scheduler, latents, conditioning, noise, timesteps,
-                              objective, batch.weights, mask, perturbation, prior, prior_conditioning)
+                              objective, batch.weights, mask, perturbation, prior, prior_conditioning, dtype)
     accelerator.backward(loss * share)
     return loss.detach().float() * share
 

@@ -49,7 +49,7 @@ def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: 
     total, count = 0.0, 0
     for sample in samples:
         entry = data.latent_store.load(sample.latent_keys[0])
-        latents = entry["latent"][None].to(device, dtype)
+        latents = entry["latent"][None].to(device, torch.float32)  # noised in fp32, as training noises them
         if text_encoders is not None:
             with autocast():
                 hidden, pooled = encode_prompts(family, text_encoders, tokenizers, [sample.caption], device,
@@ -62,11 +62,11 @@ def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: 
         mask = entry.get("mask")  # strictly, without --unmasked-weight: one yardstick for runs that differ in it
         for t in fixed_timesteps(timesteps, noise_scheduler.config.num_train_timesteps):
             generator = torch.Generator().manual_seed(_noise_seed(seed, sample.latent_keys[0], t))
-            noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
+            noise = torch.randn(latents.shape, generator=generator).to(device)
             with autocast():
                 loss = diffusion_loss(unet, noise_scheduler, latents, conditioning, noise,
                                       torch.tensor([t], device=device), AREA_MEAN,
-                                      mask=mask[None].to(device) if mask is not None else None)
+                                      mask=mask[None].to(device) if mask is not None else None, unet_dtype=dtype)
             total += loss.item()
             count += 1
     return total, count
