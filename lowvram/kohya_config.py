@@ -152,8 +152,17 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     stop = as_number(left.pop("stop_text_encoder_training", 0) or 0, "stop_text_encoder_training", problem, int)
     if stop and values["train_text_encoder"]:  # kohya's 0: the text encoder trains the whole run
         values["text_encoder_until"] = str(stop)
+    scale = as_number(left.pop("huber_scale", 1) or 1, "huber_scale", problem)
     if left.get("loss_type") not in ("huber", "smooth_l1"):  # kohya_ss writes the Huber settings beside any loss
         left.pop("huber_c", None), left.pop("huber_schedule", None)
+    elif scale != 1:  # kohya scales the constant and exponential schedules' threshold by it, not the snr one's
+        schedule = str(left.get("huber_schedule") or "snr")
+        if schedule == "constant":
+            left["huber_c"] = as_number(left.get("huber_c", 0.1), "huber_c", problem) * scale
+            notes.append(f"huber_scale {scale:g}: the constant threshold huber_c is {left['huber_c']:g} here")
+        elif schedule == "exponential":
+            problem("huber_scale", f"{scale:g} scales the exponential schedule's threshold, which lowvram's "
+                    "--huber-c does not; use huber_schedule \"constant\" or \"snr\", or huber_scale 1")
     if not left.get("multires_noise_iterations"):
         left.pop("multires_noise_discount", None)
     if flat.get("lr_scheduler") != "polynomial":  # kohya_ss writes the power beside any schedule

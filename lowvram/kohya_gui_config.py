@@ -31,7 +31,7 @@ GUI_ONLY = {
     "noise_offset_type", "sample_prompts", "additional_parameters", "num_cpu_threads_per_process", "model_list",
     "num_processes", "num_machines", "multi_gpu", "gpu_ids", "main_process_port", "extra_accelerate_launch_args",
     "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic", "use_wandb", "save_as_bool", "file_path",
-    "flux1_checkbox", "sd3_checkbox", "huber_scale", "constrain", "rescaled", "train_on_input",
+    "flux1_checkbox", "sd3_checkbox", "constrain", "rescaled", "train_on_input",
     *KOHYA_LORA_ARGS, *LYCORIS_ARGS,
 }
 

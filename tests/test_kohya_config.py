@@ -244,6 +244,12 @@ def test_the_huber_settings_and_the_multires_discount_carry_over_where_they_are_
     decaying = values_of(tmp_path, KOHYA_SS | {"lr_scheduler": "polynomial", "lr_scheduler_power": 2})
     assert (decaying["scheduler"], decaying["scheduler_power"]) == ("polynomial", 2)
     assert values["optimizer"] == "lion8bit"
+    # kohya's huber_scale multiplies the constant schedule's threshold; the exponential one's it changes otherwise
+    huber = {"train_data_dir": "sample", "loss_type": "huber", "huber_c": 0.1, "huber_scale": 3}
+    assert values_of(tmp_path, huber | {"huber_schedule": "constant"})["huber_c"] == pytest.approx(0.3)
+    assert values_of(tmp_path, huber | {"huber_schedule": "snr"})["huber_c"] == 0.1  # kohya's snr schedule: unscaled
+    with pytest.raises(LowvramError, match="huber_scale: 3 scales the exponential schedule's threshold"):
+        values_of(tmp_path, huber | {"huber_schedule": "exponential"})
 
 
 def test_a_lowvram_config_is_not_read_as_kohyas(tmp_path):
