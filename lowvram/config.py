@@ -201,8 +201,7 @@ class NetworkConfig:
     rank: int = option(16, "Rank (dimension) of every adapted layer.", metavar="R")
     alpha: float | None = option(None, "Alpha; the update is scaled by alpha/rank (default: alpha = rank).")
     dropout: float = option(0.0, "Dropout on each LoRA layer's rank activations (its down projection's output) "
-                            "during training, as kohya's network_dropout and OneTrainer's dropout; for loha/lokr, "
-                            "module dropout as LyCORIS's.")
+                            "during training, as kohya's network_dropout and OneTrainer's dropout (LoRA only).")
     rank_dropout: float = option(0.0, "Probability that each rank of a LoRA layer is left out, per sample and step, "
                                  "the rest scaled up to match (kohya's rank_dropout). LoRA and DoRA.")
     module_dropout: float = option(0.0, "Probability that a layer's whole adapter is left out of a forward pass "
@@ -262,9 +261,9 @@ class NetworkConfig:
 
     @property
     def lycoris_module_dropout(self) -> float:
-        """LoHa's and LoKr's module dropout (peft's own option): --module-dropout, or --dropout, LyCORIS's one
-        dropout there; 0 for LoRA and DoRA, whose dropouts are lowvram.adapters.dropout's."""
-        return (self.module_dropout or self.dropout) if self.network in ("loha", "lokr") else 0.0
+        """LoHa's and LoKr's module dropout (peft's own option); 0 for LoRA and DoRA, whose dropouts are
+        lowvram.adapters.dropout's."""
+        return self.module_dropout if self.network in ("loha", "lokr") else 0.0
 
     @property
     def conv_rank_alpha(self) -> tuple[int, float]:

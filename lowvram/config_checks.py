@@ -259,8 +259,14 @@ def config_problems(c: RunConfig) -> list[str]:
     if c.network.network in ("loha", "lokr") and c.network.rank_dropout:
         p.append(f"--rank-dropout: peft's {c.network.network} has no rank dropout; use --module-dropout, or --network "
                  "lora")
-    if c.network.network in ("loha", "lokr") and c.network.dropout and c.network.module_dropout:
-        p.append(f"--dropout and --module-dropout: for {c.network.network} both are module dropout; give one")
+    if c.network.network in ("loha", "lokr") and c.network.dropout:
+        p.append(f"--dropout: LyCORIS's {c.network.network} has no dropout of its own (it ignores kohya's "
+                 "network_dropout); use --module-dropout, or --network lora")
+    dropouts = [f"--{flag}" for flag, value in (("dropout", c.network.dropout), ("rank-dropout",
+                c.network.rank_dropout), ("module-dropout", c.network.module_dropout)) if value]
+    if c.network.network == "dora" and dropouts:  # peft runs DoRA's weight norm through the hooked projections
+        p.append(f"{', '.join(dropouts)}: not with --network dora, whose weight norm peft computes through the "
+                 "same layers the dropouts act on (they would corrupt it); drop them, or use --network lora")
     positive("lr", c.optim.lr)
     optimizer = spec_of(c.optim.optimizer) if c.optim.optimizer in OPTIMIZER_CHOICES else None
     if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:

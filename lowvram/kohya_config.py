@@ -286,6 +286,9 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
             values["lokr_factor"] = as_number(factor, "network_args factor", problem, int)
         values |= _dropouts(args, ("module_dropout",) if values["network"] in ("loha", "lokr") else
                             ("rank_dropout", "module_dropout"), problem)
+        if values["network"] in ("loha", "lokr") and left.pop("network_dropout", None):
+            notes.append(f"network_dropout: LyCORIS's {algo} has no dropout of its own and ignores it; not carried "
+                         "over (module_dropout in network_args leaves out whole layers)")
         args.pop("wd_on_output", None)  # lowvram's DoRA (peft's) is on the output axis
     else:
         problem("network_module", f"'{module}' is not a network lowvram trains (networks.lora, or lycoris.kohya with "

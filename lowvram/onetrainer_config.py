@@ -347,7 +347,10 @@ def _network(doc: dict[str, Any], path: Path, problem, number) -> dict[str, Any]
         values["rank"] = number("lora_rank", int)
     if doc.get("lora_alpha") is not None:
         values["alpha"] = number("lora_alpha")
-    if doc.get("dropout_probability"):
+    if doc.get("dropout_probability") and values.get("network", "lora") != "lora":
+        problem("dropout_probability", f"lowvram's {values['network']} takes no dropout on its ranks (LoRA's only); "
+                "set it to 0")
+    elif doc.get("dropout_probability"):
         values["dropout"] = number("dropout_probability")
     if doc.get("lora_model_name"):
         values["network_weights"] = _found(str(doc["lora_model_name"]), path)

@@ -109,6 +109,9 @@ def test_kohyas_weight_curves_and_lists():
     assert weights(down_lr_weight="0.5,0.25")[:13] == (0.5, 0.25) + (1.0,) * 11
     # kohya's block_lr_zero_threshold: a block weighted at or below it gets no adapters
     assert weights(down_lr_weight="0.5,0.25", block_lr_zero_threshold=0.25)[:13] == (0.5, 0.0) + (1.0,) * 11
+    # in the groups given weights only: kohya keeps the others at 1 whatever the threshold
+    high = weights(up_lr_weight="0.5,1.5", block_lr_zero_threshold=1.0)
+    assert high[:13] == (1.0,) * 13 and high[13:16] == (0.0, 1.5, 0.0)
     with pytest.raises(LowvramError, match="^--block-lr-zero-threshold: only used with --down-lr-weight"):
         run_config(block_lr_zero_threshold=0.1)
     assert weights(mid_lr_weight="0")[12] == 0.0 and weights(mid_lr_weight="0.3")[:12] == (1.0,) * 12

@@ -139,7 +139,7 @@ def test_kohyas_own_defaults_fill_what_the_file_leaves_out(tmp_path):
     (["algo=locon", "conv_dim=4"], "lora", "full", {"conv_rank": 4, "conv_alpha": 2.0}),  # LyCORIS: conv_alpha = alpha
     (["algo=loha", "preset=attn-mlp", "conv_dim=4", "module_dropout=0.1"], "loha", "attn-mlp", {"module_dropout": 0.1}),
     (["algo=lokr", "factor=8", "preset=attn-only"], "lokr", "attn", {"lokr_factor": 8}),
-    (["algo=lora", "dora_wd=True", "wd_on_output=True", "rank_dropout=0.2"], "dora", "full", {"rank_dropout": 0.2}),
+    (["algo=lora", "dora_wd=True", "wd_on_output=True"], "dora", "full", {}),
 ])
 def test_lycoris_networks_carry_over(tmp_path, args, network, layers, extra):
     values = values_of(tmp_path, {"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_dim": 8,
@@ -147,6 +147,13 @@ def test_lycoris_networks_carry_over(tmp_path, args, network, layers, extra):
     assert (values["network"], values["lora_layers"]) == (network, layers)
     assert {key: values[key] for key in extra} == extra
     build_config(values | {"model": "tiny"})  # and lowvram takes them
+
+
+def test_lycoris_loha_and_lokr_ignore_network_dropout_as_lycoris_does(tmp_path):
+    values, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_dropout": 0.1,
+                               "network_args": ["algo=loha"]}, tmp_path / "k.toml")
+    assert "dropout" not in values and values["network"] == "loha"
+    assert any(note.startswith("network_dropout: LyCORIS's loha has no dropout of its own") for note in notes)
 
 
 def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path):

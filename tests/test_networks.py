@@ -316,7 +316,8 @@ def test_3x3_convolutions_take_their_own_rank_and_alpha(trained):
 
 
 def test_metadata_records_lokr_factor_and_module_dropout():
-    meta = lora_files.network_metadata(NetworkConfig(network="lokr", rank=8, alpha=4.0, dropout=0.1, lokr_factor=8))
+    meta = lora_files.network_metadata(NetworkConfig(network="lokr", rank=8, alpha=4.0, module_dropout=0.1,
+                                                     lokr_factor=8))
     assert json.loads(meta["ss_network_args"]) == {"algo": "lokr", "factor": "8", "module_dropout": "0.1",
                                                    "preset": "attn-only"}
     assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4"
@@ -463,3 +464,17 @@ def test_switching_adapters_off_and_on_keeps_frozen_ones_frozen():
         assert not any(p.requires_grad for p in model.unet.parameters())
     assert not any(p.requires_grad for p in encoder.parameters())
     assert all(p.requires_grad for p in params["unet"])
+
+
+def test_a_fresh_loha_starts_as_lycoris_draws_it():
+    """LyCORIS's LohaModule: w1_a ~ N(0, 0.1), w1_b and w2_b ~ N(0, 1), w2_a zero (the update starts at zero); peft's
+    kaiming start learns about twenty times slower, so a LyCORIS LoHa's learning rate would not carry over."""
+    model = load_model("tiny")
+    networks.add_adapter(model.unet, model.family.lora_targets("unet"), 8, 8.0, 0.0, network="loha")
+    layers = [layer for _, layer in networks.adapted_layers(model.unet)]
+    weights = {name: torch.cat([getattr(layer, name)[networks.ADAPTER].flatten() for layer in layers])
+               for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+    assert len(layers) > 10 and not weights["hada_w2_a"].any()
+    for name, std in (("hada_w1_a", 0.1), ("hada_w1_b", 1.0), ("hada_w2_b", 1.0)):
+        assert weights[name].std().item() == pytest.approx(std, rel=0.1), name
+        assert abs(weights[name].mean().item()) < 0.1 * std, name

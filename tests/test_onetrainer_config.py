@@ -105,6 +105,13 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
     assert_one_line_each(str(error.value), f"{path}: ", expected)
 
 
+@pytest.mark.parametrize("network", [{"peft_type": "LORA", "lora_decompose": True}, {"peft_type": "LOHA"}])
+def test_a_dropout_on_a_network_that_takes_none_is_refused(tmp_path, network):
+    """DoRA's weight norm runs through the layers a dropout acts on; LyCORIS's LoHa and LoKr have no rank dropout."""
+    with pytest.raises(LowvramError, match="dropout_probability: lowvram's (dora|loha) takes no dropout"):
+        translate_onetrainer(CONFIG | network | {"dropout_probability": 0.1}, onetrainer_folder(tmp_path))
+
+
 def test_inline_concepts_quantized_weights_and_files_that_are_no_config(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)

@@ -180,11 +180,14 @@ def block_plan(network: NetworkConfig, layout: BlockLayout, family_title: str) -
     conv_ranks = _per_block(network.conv_block_ranks, "--conv-block-ranks", layout, family_title, conv_rank,
                             integer=True)
     conv_alphas = _per_block(network.conv_block_alphas, "--conv-block-alphas", layout, family_title, conv_alpha)
-    down = _lr_weights(network.down_lr_weight, "--down-lr-weight", layout.down)
-    mid = _lr_weights(network.mid_lr_weight, "--mid-lr-weight", layout.mid)
-    up = _lr_weights(network.up_lr_weight, "--up-lr-weight", layout.up)
-    # kohya's block_lr_zero_threshold: a block weighted at or below it is left out (kohya's default 0 drops 0)
-    weights = tuple(w if w > network.block_lr_zero_threshold else 0.0 for w in down + mid + up)
+    # kohya's block_lr_zero_threshold: a block weighted at or below it is left out (kohya's default 0 drops 0), in
+    # the groups given weights; the others stay at 1 whatever the threshold
+    weights: tuple[float, ...] = ()
+    for text, flag, size in ((network.down_lr_weight, "--down-lr-weight", layout.down),
+                             (network.mid_lr_weight, "--mid-lr-weight", layout.mid),
+                             (network.up_lr_weight, "--up-lr-weight", layout.up)):
+        group = _lr_weights(text, flag, size)
+        weights += group if text is None else tuple(w if w > network.block_lr_zero_threshold else 0.0 for w in group)
     return BlockPlan(layout, tuple(int(r) for r in ranks), alphas, tuple(int(r) for r in conv_ranks), conv_alphas,
                      (1.0,) * layout.leading + weights + (1.0,) * layout.trailing)
 

@@ -60,6 +60,7 @@ def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, al
     module.add_adapter(config)
     _plain_adapter_convolutions(module)
     _whole_kronecker_unscaled(module)
+    _lycoris_hadamard_start(module)
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
@@ -92,6 +93,19 @@ def _whole_kronecker_unscaled(module: torch.nn.Module) -> None:
     for _, layer in adapted_layers(module):
         if ADAPTER in getattr(layer, "lokr_w1", {}) and ADAPTER in getattr(layer, "lokr_w2", {}):
             layer.scaling[ADAPTER] = 1.0
+
+
+def _lycoris_hadamard_start(module: torch.nn.Module) -> None:
+    """LoHa's first weights as LyCORIS draws them (its LohaModule: w1_a ~ N(0, 0.1), w1_b and w2_b ~ N(0, 1), w2_a
+    zero), not peft's (kaiming-uniform, w2_b zero), whose update starts about twenty times slower: a LyCORIS LoHa's
+    learning rate carries over."""
+    for _, layer in adapted_layers(module):
+        if ADAPTER in getattr(layer, "hada_w1_a", {}):
+            with torch.no_grad():
+                torch.nn.init.normal_(layer.hada_w1_a[ADAPTER], std=0.1)
+                torch.nn.init.normal_(layer.hada_w1_b[ADAPTER], std=1.0)
+                torch.nn.init.normal_(layer.hada_w2_b[ADAPTER], std=1.0)
+                torch.nn.init.zeros_(layer.hada_w2_a[ADAPTER])
 
 
 def _plain_adapter_convolutions(module: torch.nn.Module) -> None:
