@@ -255,7 +255,7 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         if conv_dim:  # kohya's conv_alpha defaults to 1
             values |= {"conv_rank": as_number(conv_dim, "network_args conv_dim", problem, int),
                        "conv_alpha": as_number(conv_alpha or 1.0, "network_args conv_alpha", problem)}
-        values |= _block_args(args, conv_alpha, problem)
+        values |= _block_args(args, conv_alpha, notes, problem)
         if "conv_block_ranks" in values:
             values["lora_layers"] = "full"
         values |= _dropouts(args, ("rank_dropout", "module_dropout"), problem)
@@ -313,10 +313,16 @@ def _dropouts(args: dict[str, Any], keys: tuple[str, ...], problem) -> dict[str,
     return {key: rate for key, rate in rates.items() if rate}
 
 
-def _block_args(args: dict[str, Any], conv_alpha: Any, problem) -> dict[str, str]:
+def _block_args(args: dict[str, Any], conv_alpha: Any, notes: list[str], problem) -> dict[str, str]:
     """kohya's per-block network_args (block_dims, down_lr_weight and the rest) as lowvram's options. Without
     conv_dim, kohya's conv_block_dims take an alpha of 1 (lowvram's default would be network_alpha)."""
     given = {ours: str(args.pop(kohya)) for ours, kohya in BLOCK_OPTIONS.items() if kohya in args}
+    for ours in ("down_lr_weight", "up_lr_weight"):  # kohya reads a value without a comma as a curve's name
+        text = given.get(ours, "")
+        if re.fullmatch(r"\s*[\d.]+\s*", text):
+            del given[ours]
+            notes.append(f"network_args {ours}={text}: kohya reads a single value as a weight curve's name, finds "
+                         f"none, and trains those blocks at 1, as here; for one weight in every block give a list")
     for ours, text in given.items():
         kohya = BLOCK_OPTIONS[ours]
         try:

@@ -304,6 +304,12 @@ def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
     assert str(error.value).splitlines() == [
         "kohya.toml: network_args block_dims: '4,x' is not comma-separated whole numbers (e.g. 4,4,8)",
         "kohya.toml: network_args up_lr_weight: 'slow' is not comma-separated numbers (e.g. 4,4,8)"]
+    # one number is no list to kohya but a curve's name, which it does not find: those blocks train at 1
+    values, notes = translate({"train_data_dir": "sample", "network_args": ["down_lr_weight=0.5", "mid_lr_weight=0.5",
+                                                                            "up_lr_weight=2"]}, Path("kohya.toml"))
+    assert "down_lr_weight" not in values and "up_lr_weight" not in values and values["mid_lr_weight"] == "0.5"
+    assert any(note.startswith("network_args up_lr_weight=2: kohya reads a single value as a weight curve's name")
+               for note in notes)
     _, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_args":
                           ["algo=locon", f"block_dims={dims}"]}, Path("kohya.toml"))
     assert f"network_args not carried over: block_dims={dims}" in notes  # LyCORIS has no per-block ranks
