@@ -177,6 +177,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     for key, (option, value) in SWITCHES.items():
         if left.pop(key, None):
             values[option] = value
+    for key, kohyas in (("min_bucket_reso", 256), ("max_bucket_reso", 1024)):  # sd-scripts' defaults, whatever
+        left.setdefault(key, kohyas)                                             # the resolution (ours follow it)
     step = left.get("bucket_reso_steps")
     if isinstance(step, int) and step % 8:  # the latent grid is 8 pixels: kohya's buckets land on it too
         left["bucket_reso_steps"] = max(8, -(-step // 8) * 8)

@@ -44,11 +44,21 @@ def test_no_upscale_keeps_small_images_at_their_size():
     buckets = default_buckets(512, no_upscale=True)
     assert buckets.place(300, 200).bucket == (256, 192)
     assert buckets.place(300, 200).upscale <= 1.0 + 1e-9
+    # kohya crops it at its own size, never resampled (scaling it to cover the bucket shrank it by a tenth)
+    assert (buckets.place(500, 300).bucket, buckets.place(500, 300).scaled) == ((448, 256), (500, 300))
     assert buckets.place(2000, 2000).bucket == (512, 512)
     # a larger one is shrunk to resolution² at its own aspect ratio, as kohya's select_bucket does (its
     # round_to_steps: 3000x1000 -> 768x256, whole, where the nearest regular bucket, 832x256, cropped 8 %)
     assert (buckets.place(3000, 1000).bucket, buckets.place(3000, 1000).kept_fraction) == ((768, 256), 1.0)
     assert buckets.place(1200, 900).bucket == (512, 384)
+
+
+def test_ties_and_rounding_are_kohyas():
+    """kohya's argmin takes the first bucket in sorted order when two are as near (2025x600 at 512: 832x256 and
+    896x256), and rounds the scaled size half up (int(x + 0.5), not Python's round half to even)."""
+    assert default_buckets(512).place(2025, 600).bucket == (832, 256)
+    assert default_buckets(768).place(1920, 512).bucket == (1408, 384)
+    assert default_buckets(512).place(360, 1024).scaled == (293, 832)
 
 
 def test_every_batch_is_one_bucket_and_the_schedule_is_seeded():

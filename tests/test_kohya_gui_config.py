@@ -90,8 +90,8 @@ def test_the_gui_s_network_types_become_kohya_s_networks(tmp_path):
                                                                                        "attn-mlp")
     dora = settings_of(tmp_path, LoRA_type="LyCORIS/LoCon", dora_wd=True)
     assert (dora["network"], dora["lora_layers"]) == ("dora", "full")
-    blocks = settings_of(tmp_path, block_dims=",".join(["4"] * 25), up_lr_weight="0.5")
-    assert (blocks["block_ranks"], blocks["up_lr_weight"]) == (",".join(["4"] * 25), "0.5")
+    blocks = settings_of(tmp_path, block_dims=",".join(["4"] * 25), up_lr_weight="0.5,0.5")
+    assert (blocks["block_ranks"], blocks["up_lr_weight"]) == (",".join(["4"] * 25), "0.5,0.5")
     with pytest.raises(LowvramError) as error:
         settings_of(tmp_path, LoRA_type="LyCORIS/iA3")
     assert_one_line_each(str(error.value), f"{tmp_path / 'gui.json'}: ", ["LoRA_type: 'LyCORIS/iA3' is not a network"])
