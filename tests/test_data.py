@@ -111,6 +111,18 @@ def test_auto_variant_count():
     assert auto_variant_count(False, "random", 0.0) == 4
 
 
+@pytest.mark.parametrize("count", [1, 3])
+def test_an_odd_variant_count_with_flip_is_refused(count):
+    """The variants alternate unflipped and flipped: one never flips, three flip a third of the time."""
+    from conftest import run_config
+
+    from lowvram.errors import LowvramError
+
+    with pytest.raises(LowvramError, match=f"--latent-variants {count} with --flip: the variants alternate"):
+        run_config(flip=True, latent_variants=count)
+    run_config(flip=True, latent_variants=count + 1)
+
+
 def test_shuffle_keeps_the_first_tokens():
     caption, shuffling = "ohwx, dog, grass, sunny, park", CaptionOptions(shuffle_tags=True, keep_tokens=1)
     for seed in range(5):
@@ -148,6 +160,11 @@ def test_a_keep_tokens_separator_keeps_a_captions_front_and_end_tags_in_place():
     assert len(seen) > 5
     variants = caption_variants(caption, varying, kept)
     assert all(v.startswith("ohwx, 1girl, ") and v.endswith(", masterpiece") for v in variants)
+    # with another --caption-separator a tag may hold a comma: "ohwx, man" is one kept tag, as kohya keeps it
+    caption, kept = split_kept_tags("ohwx, man ||| red hair; blue eyes", "|||", ";")
+    shuffling = CaptionOptions(shuffle_tags=True, separator=";")
+    assert {vary_tags(caption, shuffling, random.Random(seed), kept) for seed in range(30)} == {
+        "ohwx, man, red hair, blue eyes", "ohwx, man, blue eyes, red hair"}
 
 
 def test_caption_variants_only_when_shuffling():
@@ -256,7 +273,7 @@ def test_a_caption_separator_splits_the_tags_kohya_would(tmp_path, sample_data):
         tags = vary_tags(caption, shuffling, random.Random(seed)).split(", ")
         assert tags[0] == "ohwx" and sorted(tags[1:]) == ["hat", "red hair", "smile"]
     assert split_kept_tags("ohwx; 1girl ||| red hair, long; smile", "|||", ";") == (
-        "ohwx, 1girl, red hair, long, smile", (2, 0))
+        "ohwx; 1girl; red hair, long; smile", (2, 0))  # "red hair, long" one tag, as kohya splits it
     (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("a red circle; blue background")
     report = scan(resolve_run(run_config(data=str(sample_data), caption_separator=";"), NO_GPU), sample_data, "zkw",
                   None)

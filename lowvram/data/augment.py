@@ -102,9 +102,8 @@ def vary_tags(caption: str, options: CaptionOptions, rng: random.Random, kept: t
     """The tags (split at `options.separator`) past the first `keep_tokens` shuffled (kohya's shuffle_caption) and
     each left out with probability `tag_dropout` (its caption_tag_dropout_rate); the first ones stay in front;
     joined with ", " as kohya joins them. `kept`: the caption's own (front, end) tags that stay in place instead
-    (written with --keep-tokens-separator, and already joined with ", ")."""
-    separator = "," if kept is not None else options.separator
-    tags = [t.strip() for t in caption.split(separator) if t.strip()]
+    (written with --keep-tokens-separator, and already joined by the separator: `split_kept_tags`)."""
+    tags = [t.strip() for t in caption.split(options.separator) if t.strip()]
     front, end = kept if kept is not None else (options.keep_tokens, 0)
     head, tail, last = tags[:front], tags[front:len(tags) - end], tags[len(tags) - end:]
     if options.shuffle_tags:

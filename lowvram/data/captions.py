@@ -109,13 +109,15 @@ def _decode_legacy(raw: bytes) -> str:
 
 def split_kept_tags(caption: str, separator: str, tag_separator: str = ",") -> tuple[str, tuple[int, int] | None]:
     """A caption written with kohya's keep_tokens_separator ("front tags ||| tags to vary ||| end tags") as plain
-    tags (split at `tag_separator`, joined with ", " as kohya joins them), and how many of them stay in place at the
-    front and at the end; (the caption, None) where it has no separator."""
+    tags (split at `tag_separator`, joined with ", " as kohya joins them; with another separator, by it, so that a
+    tag holding a comma stays one when the tags are varied), and how many of them stay in place at the front and at
+    the end; (the caption, None) where it has no separator."""
     if not separator or separator not in caption:
         return caption, None
     parts = [[tag.strip() for tag in part.split(tag_separator) if tag.strip()] for part in caption.split(separator, 2)]
     front, middle, end = parts[0], parts[1], parts[2] if len(parts) > 2 else []
-    return ", ".join(front + middle + end), (len(front), len(end))
+    joint = ", " if tag_separator.strip() == "," else f"{tag_separator.strip()} "
+    return joint.join(front + middle + end), (len(front), len(end))
 
 
 def expand_wildcards(caption: str, limit: int) -> tuple[list[str], int]:
