@@ -322,28 +322,28 @@ def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_
     assert load_file(str(first)) and (tmp_path / "samples" / f"{first.stem}-00.png").is_file()  # the continued run's
 
 
-def test_a_branch_from_an_earlier_checkpoint_to_the_same_step_keeps_the_earlier_final_lora(tmp_path, capsys):
+def test_a_branch_from_an_earlier_checkpoint_sets_aside_all_the_left_branch_made_after_it(tmp_path, capsys):
     """Resumed from step 2 with another --lr to the same last step: a LoRA of the same step, but of other weights.
-    The saves and sample grids the branch left made after step 2 go to archive/ with its checkpoints, so that the
-    new branch's replace none of them."""
+    The saves, final LoRA and samples the branch left made after step 2 go to archive/ with its checkpoints, so
+    that the new branch's replace none of them and none is taken for one of the new branch's."""
     saves = {"save_every": "1", "sample_every": "1", "sample_prompts": ("lvshape, a red circle",), "sample_steps": 1}
     first = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, lr=1e-3, **saves)).lora_path
     left = {path.name: path.read_bytes() for path in [*tmp_path.glob(f"{first.stem}-step00000[34].safetensors"),
                                                       *(tmp_path / "samples").glob(f"{first.stem}-step00000[34].png")]}
-    before = first.read_bytes()
+    before, final_sample = first.read_bytes(), (tmp_path / "samples" / f"{first.stem}-00.png").read_bytes()
     capsys.readouterr()
     train(run_config(output=str(tmp_path), max_steps=4, lr=2e-3, resume=str(tmp_path / "checkpoints" / "step-000002"),
                      **saves))
     printed = " ".join(capsys.readouterr().out.split())
     assert sorted(left) == [f"{first.stem}-step000003.{kind}" for kind in ("png", "safetensors")] + [
         f"{first.stem}-step000004.png"]  # (step 4's LoRA is the final one)
-    assert "moved 1 checkpoint(s) after step-000002 and 3 save(s) and sample(s), of the branch this run" in printed
+    left |= {first.name: before, f"{first.stem}-00.png": final_sample}
+    assert "moved 1 checkpoint(s) after step-000002 and 5 save(s) and sample(s), of the branch this run" in printed
     archived = {path.name: path.read_bytes() for path in (tmp_path / "archive").glob("*/*") if path.is_file()}
     assert all(archived[name] == data for name, data in left.items())
     assert all((tmp_path / name).is_file() or (tmp_path / "samples" / name).is_file() for name in left)  # the new ones
-    kept = tmp_path / f"{first.stem}-step000004.safetensors"
-    assert f"kept the run's earlier final LoRA as {kept}" in printed
-    assert kept.read_bytes() == before and first.read_bytes() != before
+    assert "kept the run's earlier final LoRA" not in printed and first.read_bytes() != before
+    assert not (tmp_path / f"{first.stem}-step000004.safetensors").exists()  # no step-4 LoRA of the left branch
 
 
 def test_every_checkpoint_unreadable_names_the_broken_part_and_the_way_out(tmp_path):

@@ -198,8 +198,8 @@ def _samples(folder: Path) -> list[Path]:
 
 def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: Path, name: str) -> str | None:
     """Resuming from an earlier checkpoint of this folder branches off there: what the branch left wrote after it
-    (its checkpoints, LoRA saves and sample grids) moves to archive/, so that --resume auto and the pruning of old
-    checkpoints follow the new branch, and the new branch's saves replace none of the old one's."""
+    (its checkpoints, LoRA saves, final and best LoRA, and samples) moves to archive/, so that --resume auto and the
+    pruning of old checkpoints follow the new branch, and the new branch's saves replace none of the old one's."""
     chosen = Path(resume).resolve() if resume != "auto" else None
     steps = [step for step, path in checkpoints if path.resolve() == chosen]
     later = [path for step, path in checkpoints if steps and step > steps[0]]
@@ -207,15 +207,17 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
         return None
     saves = [path for path in [*folder.glob("*.safetensors"), *_samples(folder)]
              if (_saved_step(path, name) or 0) > steps[0]]
+    if folder / f"{name}.safetensors" in saves:  # its final samples with it
+        saves += [path for path in _samples(folder) if re.fullmatch(rf"{re.escape(name)}-\d+\.png", path.name)]
     target = move_to_archive(folder, later + saves)
     return (f"moved {len(later)} checkpoint(s) after {chosen.name}" + (f" and {len(saves)} save(s) and sample(s)"
             if saves else "") + f", of the branch this run leaves, to {target}")
 
 
 def _saved_step(path: Path, name: str) -> int | None:
-    """The step of a save point of run `name` (a <name>-stepN or -eN LoRA, by its metadata; a sample grid
+    """The step of a save point of run `name` (its final, best, -stepN or -eN LoRA, by its metadata; a sample grid
     <name>-stepN.png or a kept final sample <name>-stepN-NN.png, by its name); None for anything else."""
-    if re.fullmatch(rf"{re.escape(name)}-(step\d+|e\d+)\.safetensors", path.name):
+    if re.fullmatch(rf"{re.escape(name)}(-(step\d+|e\d+|best))?\.safetensors", path.name):
         try:
             steps = read_header(path)[0].get("ss_steps", "")
         except (OSError, ValueError):
