@@ -115,7 +115,7 @@ def test_no_metadata_keeps_only_which_network_the_lora_holds_for_which_model(tmp
     metadata = assert_kohya_hashes(result.lora_path)
     assert not [value for value in metadata.values() if "Alice Smith" in value or "lvshape" in value]
     assert {key for key in metadata if key.startswith("ss_")} == {"ss_network_module", "ss_network_dim",
-                                                                  "ss_network_alpha", "ss_base_model_version"}
+                                                                  "ss_network_alpha", "ss_base_model_version", "ss_v2"}
     assert (metadata["modelspec.architecture"], metadata["modelspec.author"]) == ("stable-diffusion-v1/lora", "alice")
     options = lora_header.network_options(result.lora_path)
     assert (options["network"], options["rank"], options["lora_layers"]) == ("lora", 4, "attn")

@@ -41,7 +41,7 @@ class LoadedModel:
     family: ModelFamily
     pipeline: object  # diffusers StableDiffusionPipeline / StableDiffusionXLPipeline
     source: str
-    name: str  # short name for metadata and file names
+    name: str  # the model's file or folder name, for metadata (kohya's ss_sd_model_name)
     hash: str  # AUTOMATIC1111's short model hash (or a stand-in for random-init models)
     text_reading: object = None  # how captions are read (models.conditioning.TextReading; None: the default)
 

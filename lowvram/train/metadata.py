@@ -2,7 +2,8 @@
 and model sites can show how it was trained. LoRAs get shared: no value holds a folder of this machine (the
 base model and datasets are named by file and folder name, as kohya does); the `.toml` beside the LoRA keeps
 the full config that `--config` replays. `--no-metadata` keeps only what says which network the file holds, for
-which model (kohya's, and ss_base_model_version, without which AUTOMATIC1111 takes an SDXL LoRA for SD1.5's)."""
+which model (kohya's minimum keys: ss_base_model_version and ss_v2 too, without which AUTOMATIC1111 takes an SDXL
+LoRA for SD1.5's)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
                           f"{resolution}x{resolution}", "v" if prediction == "v_prediction" else "epsilon", when=now
                           ) | own_description(config) | lora_files.network_metadata(config.network)
     if config.output.no_metadata:
-        return {"ss_base_model_version": family.base_model_version} | described
+        return {"ss_base_model_version": family.base_model_version, "ss_v2": "False"} | described
     data, training = config.data, config.training
     return {
         "ss_network_module": "networks.lora",
