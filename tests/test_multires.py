@@ -2,6 +2,8 @@
 resolutions, ai-toolkit's resolution list): its latents are cached per resolution, an epoch holds each image once
 at each, batches keep one bucket each, and the planner plans for the largest."""
 
+import json
+
 import pytest
 from conftest import run_config
 from safetensors import safe_open
@@ -26,6 +28,11 @@ def test_each_image_trains_at_each_resolution(tmp_path, sample_data):
         sides.add(next(draws)[2].latents.shape[-1] * factor)  # square images: one bucket per resolution
     assert sides == {64, 80, 96}
     assert multi.lora_path.is_file()
+    # AUTOMATIC1111's LoRA card lists the buckets of every resolution, each with its share of the samples
+    metadata = safe_open(str(multi.lora_path), framework="pt").metadata()
+    buckets = json.loads(metadata["ss_bucket_info"])["buckets"].values()
+    assert {tuple(b["resolution"]) for b in buckets} == {(64, 64), (80, 80), (96, 96), (80, 112)}  # 96x112 at 96
+    assert sum(b["count"] for b in buckets) == int(metadata["ss_num_train_images"]) == multi.data.images_per_epoch
 
 
 def test_the_planner_plans_for_the_largest_resolution():

@@ -17,6 +17,7 @@ import tomli_w
 import lowvram
 from lowvram.adapters import lora_files
 from lowvram.config import TRAIN_TIMESTEPS, RunConfig
+from lowvram.data.check import make_buckets
 from lowvram.lora_metadata import modelspec
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import ResolvedRun
@@ -54,7 +55,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_num_reg_images": str(round(sum(record.repeats for record in regularization))),
         "ss_dataset_dirs": dataset_dirs(records),
         "ss_reg_dataset_dirs": dataset_dirs(regularization),
-        "ss_bucket_info": bucket_info(records),
+        "ss_bucket_info": bucket_info(run, records),
         "ss_enable_bucket": "True",
         "ss_flip_aug": str(data.flip),
         "ss_shuffle_caption": str(data.shuffle_tags),
@@ -135,14 +136,20 @@ def dataset_dirs(records) -> str:
     return json.dumps(dirs, ensure_ascii=False)
 
 
-def bucket_info(records) -> str:
-    """kohya's ss_bucket_info: each bucket's (width, height) and its samples per epoch with repeats (AUTOMATIC1111
-    lists them as the LoRA's resolutions), and the images' mean aspect-ratio error against their buckets."""
+def bucket_info(run: ResolvedRun, records) -> str:
+    """kohya's ss_bucket_info: each bucket's (width, height) and its samples per epoch with repeats, at every
+    resolution an image trains at (AUTOMATIC1111 lists them as the LoRA's resolutions), and the images' mean
+    aspect-ratio error against their buckets."""
+    buckets = {resolution: make_buckets(run, resolution) for resolution in run.resolutions[1:]}
     counts: Counter = Counter()
     errors = []
     for record in records:
-        counts[record.bucket] += record.repeats
-        errors.append(abs(record.bucket[0] / record.bucket[1] - record.width / record.height))
+        placed = [record.bucket] + ([] if record.resolution else
+                                    [buckets[resolution].place(record.width, record.height).bucket
+                                     for resolution in run.resolutions[1:]])
+        for bucket in placed:
+            counts[bucket] += record.repeats
+            errors.append(abs(bucket[0] / bucket[1] - record.width / record.height))
     buckets = {str(i): {"resolution": list(bucket), "count": round(count)}
                for i, (bucket, count) in enumerate(sorted(counts.items()))}
     return json.dumps({"buckets": buckets, "mean_img_ar_error": sum(errors) / max(1, len(errors))})
