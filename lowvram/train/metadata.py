@@ -150,9 +150,9 @@ def bucket_info(run: ResolvedRun, records) -> str:
         for bucket in placed:
             counts[bucket] += record.repeats
             errors.append(abs(bucket[0] / bucket[1] - record.width / record.height))
-    buckets = {str(i): {"resolution": list(bucket), "count": round(count)}
-               for i, (bucket, count) in enumerate(sorted(counts.items()))}
-    return json.dumps({"buckets": buckets, "mean_img_ar_error": sum(errors) / max(1, len(errors))})
+    listed = {str(i): {"resolution": list(bucket), "count": round(count)}
+              for i, (bucket, count) in enumerate(sorted(counts.items()))}
+    return json.dumps({"buckets": listed, "mean_img_ar_error": sum(errors) / max(1, len(errors))})
 
 
 def own_description(config: RunConfig) -> dict[str, str]:
