@@ -322,6 +322,16 @@ def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_
     assert load_file(str(first)) and (tmp_path / "samples" / f"{first.stem}-00.png").is_file()  # the continued run's
 
 
+def test_keep_saves_prunes_a_kept_final_lora_with_its_samples(tmp_path):
+    samples = {"sample_prompts": ("lvshape, a red circle",), "sample_steps": 1, "checkpoint_every": 2}
+    name = train(run_config(output=str(tmp_path), max_steps=2, **samples)).lora_path.stem
+    train(run_config(output=str(tmp_path), max_steps=4, resume="auto", **samples))  # step 2's kept as a save
+    assert (tmp_path / "samples" / f"{name}-step000002-00.png").is_file()
+    train(run_config(output=str(tmp_path), max_steps=6, resume="auto", save_every="1", keep_saves=1, **samples))
+    assert not (tmp_path / f"{name}-step000002.safetensors").exists()
+    assert not (tmp_path / "samples" / f"{name}-step000002-00.png").exists()  # its samples went with it
+
+
 def test_a_branch_from_an_earlier_checkpoint_sets_aside_all_the_left_branch_made_after_it(tmp_path, capsys):
     """Resumed from step 2 with another --lr to the same last step: a LoRA of the same step, but of other weights.
     The saves, final LoRA and samples the branch left made after step 2 go to archive/ with its checkpoints, so

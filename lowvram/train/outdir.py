@@ -182,7 +182,7 @@ def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
     if not trained and steps == str(step):
         return None
     kept = lora.with_name(f"{lora.stem}-step{int(steps):06d}.safetensors") if steps.isdigit() else None
-    samples = [path for path in _samples(lora.parent) if re.fullmatch(rf"{re.escape(lora.stem)}-\d+\.png", path.name)]
+    samples = samples_of(lora)
     if kept is None or kept.exists():
         kept = move_to_archive(lora.parent, [lora, *samples]) / lora.name
     else:
@@ -194,6 +194,11 @@ def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
 
 def _samples(folder: Path) -> list[Path]:
     return sorted((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
+
+
+def samples_of(lora: Path) -> list[Path]:
+    """The final samples of a LoRA (<name>-NN.png), kept beside it under its name when it became a save point."""
+    return [path for path in _samples(lora.parent) if re.fullmatch(rf"{re.escape(lora.stem)}-\d+\.png", path.name)]
 
 
 def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: Path, name: str) -> str | None:
@@ -208,7 +213,7 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
     saves = [path for path in [*folder.glob("*.safetensors"), *_samples(folder)]
              if (_saved_step(path, name) or 0) > steps[0]]
     if folder / f"{name}.safetensors" in saves:  # its final samples with it
-        saves += [path for path in _samples(folder) if re.fullmatch(rf"{re.escape(name)}-\d+\.png", path.name)]
+        saves += samples_of(folder / f"{name}.safetensors")
     target = move_to_archive(folder, later + saves)
     return (f"moved {len(later)} checkpoint(s) after {chosen.name}" + (f" and {len(saves)} save(s) and sample(s)"
             if saves else "") + f", of the branch this run leaves, to {target}")

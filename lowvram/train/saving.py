@@ -117,6 +117,8 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
         if config.output.keep_saves and session.main:
             for old in older_saves(out_dir, name, save_every, config.output.keep_saves):
                 old.unlink(missing_ok=True)
+                for sample in outdir.samples_of(old):  # an earlier final LoRA kept as this save: its samples
+                    sample.unlink(missing_ok=True)
     every = config.training.checkpoint_every
     if every and step % every == 0 and step < schedule.total_steps and not stop:
         save_checkpoint(session, trainee, dataset, position)
