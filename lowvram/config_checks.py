@@ -178,10 +178,6 @@ def config_problems(c: RunConfig) -> list[str]:
         if not 0 <= value < 1:
             p.append(f"--{flag}: must be in [0, 1), got {value}")
     positive("latent-variants", c.data.latent_variants)
-    if c.data.flip and c.data.latent_variants and c.data.latent_variants % 2:
-        p.append(f"--latent-variants {c.data.latent_variants} with --flip: the variants alternate unflipped and "
-                 "flipped, so an odd count flips fewer than half of the time (kohya flips half; 1 never does); "
-                 "give an even count, or leave --latent-variants out")
     positive("caption-variants", c.data.caption_variants)
     positive("caption-dropout-every", c.data.caption_dropout_every)
     positive("keep-tokens", c.data.keep_tokens, allow_zero=True)

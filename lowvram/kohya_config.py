@@ -177,8 +177,12 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     for key, (option, value) in SWITCHES.items():
         if left.pop(key, None):
             values[option] = value
-    for key, kohyas in (("min_bucket_reso", 256), ("max_bucket_reso", 1024)):  # sd-scripts' defaults, whatever
-        left.setdefault(key, kohyas)                                             # the resolution (ours follow it)
+    sides = _sides(left.get("resolution"))
+    if sides and values.get("bucket") is not False:  # sd-scripts' bucket sides, where it trains the resolution
+        if sides[0] >= KOHYA_BUCKET_SIDES[0]:       # with them (it refuses one outside them; lowvram's own follow
+            left.setdefault("min_bucket_reso", KOHYA_BUCKET_SIDES[0])  # the resolution)
+        if sides[1] <= KOHYA_BUCKET_SIDES[1]:
+            left.setdefault("max_bucket_reso", KOHYA_BUCKET_SIDES[1])
     step = left.get("bucket_reso_steps")
     if isinstance(step, int) and step % 8:  # the latent grid is 8 pixels: kohya's buckets land on it too
         left["bucket_reso_steps"] = max(8, -(-step // 8) * 8)
@@ -337,6 +341,17 @@ def _block_args(args: dict[str, Any], conv_alpha: Any, notes: list[str], problem
 
 
 KOHYA_LEARNING_RATE = 2e-6  # sd-scripts' --learning_rate default, the rate of whatever no other rate names
+KOHYA_BUCKET_SIDES = (256, 1024)  # sd-scripts' --min_bucket_reso and --max_bucket_reso defaults
+
+
+def _sides(resolution: Any) -> tuple[int, int] | None:
+    """The smaller and larger side of kohya's resolution ("1024", "832,1216", [w, h]); None where it says none."""
+    try:
+        sides = [int(float(side)) for side in (resolution if isinstance(resolution, list) else
+                                                str(resolution).split(","))]
+    except (TypeError, ValueError):
+        return None
+    return (min(sides), max(sides)) if sides else None
 
 
 def _without_schedule(values: dict[str, Any], optimizer: str, scheduler_type: Any, notes: list[str]) -> None:

@@ -442,10 +442,16 @@ def test_a_schedule_free_optimizer_trains_without_a_schedule_its_warm_up_from_op
     assert (plain["scheduler"], "warmup_steps" in plain) == ("constant", False)  # no warm-up, as in kohya
 
 
-def test_kohyas_bucket_sides_default_to_sd_scripts_own(tmp_path):
-    """sd-scripts' min/max_bucket_reso are 256 and 1024 whatever the resolution: at 1024 lowvram's own (512 and
-    2048) would bucket a 2:1 image at 1408x704 where kohya's is 1024x512."""
+def test_kohyas_bucket_sides_default_to_sd_scripts_own_where_it_trains_with_them(tmp_path):
+    """sd-scripts' min/max_bucket_reso are 256 and 1024: at 1024 lowvram's own (512 and 2048) would bucket a 2:1
+    image at 1408x704 where kohya's is 1024x512. sd-scripts refuses a resolution outside them; lowvram's own
+    follow the resolution there, and buckets off take none."""
     values = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1024"})
     assert (values["min_bucket_side"], values["max_bucket_side"]) == (256, 1024)
     given = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1024", "max_bucket_reso": 2048})
     assert given["max_bucket_side"] == 2048
+    large = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1536,1536"})
+    assert large["min_bucket_side"] == 256 and "max_bucket_side" not in large
+    assert "min_bucket_side" not in values_of(tmp_path, {"train_data_dir": "sample", "resolution": 128})
+    square = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1024", "enable_bucket": False})
+    assert "min_bucket_side" not in square and "max_bucket_side" not in square

@@ -48,13 +48,16 @@ class Buckets:
 
     def place(self, width: int, height: int) -> Placement:
         """The bucket nearest the image's aspect ratio (kohya: smallest |ratio difference|, the first in sorted
-        order on a tie), the image scaled to cover it as kohya rounds it; with no_upscale, the image at its own
-        size (shrunk to resolution² where it is larger) in the bucket inside it, cropped without resampling."""
-        if self.no_upscale:
-            scaled = (width, height) if width * height <= self.resolution**2 else self._shrunk(width, height)
-            return Placement(self._own_size_bucket(*scaled), scaled, scaled[0] / width)
+        order on a tie), the image scaled to cover it as kohya rounds it. With no_upscale, the bucket inside the
+        image (shrunk to resolution² where it is larger), which it is scaled to cover: kohya crops a smaller image
+        at its own size instead, which would leave too little of it where the bucket step is coarse."""
         ratio = width / height
-        bucket = min(self.shapes, key=lambda s: abs(s[0] / s[1] - ratio))
+        if self.no_upscale and width * height <= self.resolution**2:
+            bucket = self._own_size_bucket(width, height)
+        elif self.no_upscale:
+            bucket = self._own_size_bucket(*self._shrunk(width, height))
+        else:
+            bucket = min(self.shapes, key=lambda s: abs(s[0] / s[1] - ratio))
         scale = max(bucket[0] / width, bucket[1] / height)
         scaled = (max(bucket[0], int(width * scale + 0.5)), max(bucket[1], int(height * scale + 0.5)))
         return Placement(bucket, scaled, scale)

@@ -256,8 +256,7 @@ def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, A
         if key == "enable_bucket" and value is not False:
             continue  # lowvram buckets unless told not to, as kohya_ss's configs ask
         values[RUN_SETTINGS[key]] = value
-    # where no dataset says, sd-scripts' own defaults, whatever the resolution (lowvram's follow it)
-    return {"min_bucket_side": 256, "max_bucket_side": 1024} | values
+    return values
 
 
 def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes: list[str]
