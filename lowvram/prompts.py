@@ -155,15 +155,14 @@ def onetrainer_sample(sample: dict) -> str | None:
     if sample.get("enabled") is False or not str(sample.get("prompt") or "").strip():
         return None
     line = " ".join(str(sample["prompt"]).split())
-    for key, flag in ONETRAINER_KEYS.items():
+    given = {**ONETRAINER_KEYS, **({"seed": "d"} if not sample.get("random_seed") else {})}
+    for key, flag in given.items():
         value = sample.get(key)
         if value is None or value == "":
             continue
         if isinstance(value, float) and value.is_integer() and flag != "l":  # JSON's 512.0 is a size of 512
             value = int(value)
         line += f" --{flag} {' '.join(str(value).split())}"
-    if sample.get("seed") is not None and not sample.get("random_seed"):
-        line += f" --d {sample['seed']}"
     return line + f" --ss {sampler_name(str(sample.get('noise_scheduler') or 'DDIM'))}"
 
 

@@ -326,7 +326,7 @@ def test_a_onetrainer_samples_file_is_read_with_onetrainers_keys(tmp_path):
     left to the run's (the keys kohya's prompt files have none of)."""
     (tmp_path / "samples.json").write_text(json.dumps([
         {"enabled": True, "prompt": "lvshape, a red\ncircle", "negative_prompt": "blurry", "width": 64.0, "height": 96,
-         "seed": 7, "random_seed": False, "diffusion_steps": 5, "cfg_scale": 3.5, "noise_scheduler": "EULER_A"},
+         "seed": 7.0, "random_seed": False, "diffusion_steps": 5, "cfg_scale": 3.5, "noise_scheduler": "EULER_A"},
         {"enabled": True, "prompt": "a square", "seed": 3, "random_seed": True, "diffusion_steps": 4},
         {"enabled": False, "prompt": "a triangle"}]))
     config = run_config(sample_prompt_file=str(tmp_path / "samples.json"))
