@@ -99,15 +99,22 @@ def _add_field_flag(group, f: dataclasses.Field, kind) -> None:
         group.add_argument(flag_name(f), action=argparse.BooleanOptionalAction, **kwargs)
     elif typing.get_origin(kind) is tuple:
         group.add_argument(flag_name(f), action="append", metavar=meta["metavar"], **kwargs)
+    elif meta.get("spelling"):  # another tool's name for a choice is read as the choice
+        group.add_argument(flag_name(f), type=_spelled_by(meta["spelling"]), choices=meta["choices"],
+                           metavar=meta["metavar"], **kwargs)
     else:
         group.add_argument(flag_name(f), choices=meta["choices"], metavar=meta["metavar"], **kwargs)
 
 
-def _sampler(text: str) -> str:
-    try:
-        return sampler_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _spelled_by(spelling):
+    def read(text: str) -> str:
+        try:
+            return spelling(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return read
+
+
 
 
 def _port(text: str) -> int:
@@ -205,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "and prints it [default: 0]")
     gen.add_argument("--clip-skip", type=int, choices=(1, 2, 3, 4), help="CLIP layers skipped from the end, as "
                      "train's --clip-skip [default: the LoRA's, else 1]")
-    gen.add_argument("--sampler", type=_sampler, default=None,
+    gen.add_argument("--sampler", type=_spelled_by(sampler_name), default=None,
                      help=f"sampler: {', '.join(SAMPLERS)} (kohya's and A1111's spellings work too) "
                      "[default: the model's own]")
 

@@ -20,7 +20,7 @@ from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, spec_of
 from lowvram.option_values import relocated_source
 from lowvram.prompts import SamplePrompt, parse_prompt, read_prompt_file
-from lowvram.samplers import SAMPLERS
+from lowvram.samplers import SAMPLERS, sampler_name
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
 
 TIMESTEP_BIASES = ("none", "earlier", "later")
@@ -54,10 +54,11 @@ LOCAL_ONLY = ("output", "cache_dir")  # where this machine keeps things: no part
 
 
 def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None, metavar: str | None = None,
-           flag: str | None = None):
-    """A config field: its default, its `--help` text and, where it has them, the accepted values and a flag
-    name other than `--field-name`."""
-    meta = {"help": help, "choices": choices, "metavar": metavar, "flag": flag}
+           flag: str | None = None, spelling=None):
+    """A config field: its default, its `--help` text and, where it has them, the accepted values, a flag
+    name other than `--field-name`, and `spelling`: the choice another tool's name for it means (ValueError
+    when none)."""
+    meta = {"help": help, "choices": choices, "metavar": metavar, "flag": flag, "spelling": spelling}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -497,7 +498,8 @@ class OutputConfig:
     sample_steps: int = option(20, "Denoising steps for sample images.")
     sample_sampler: str | None = option(None, "Sampler for sample images (kohya's names: ddim, euler_a, "
                                         "dpmsolver++, ...; a prompt's --ss overrides it); default: the model's "
-                                        "own scheduler.", choices=tuple(SAMPLERS))
+                                        "own scheduler.", choices=tuple(SAMPLERS),
+                                        spelling=sampler_name)
     sample_every: str | None = option(None, "Also render the sample prompts every N steps ('500') or N epochs "
                                       "('2e'), as one grid image per save point.", metavar="N[e]")
     sample_at_first: bool = option(False, "Also render the sample prompts before the first step, with the base "

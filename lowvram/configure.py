@@ -373,7 +373,13 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
         except (TypeError, ValueError) as exc:
             problems.append(f"{flag}: {value!r} is invalid: {exc}")
             continue
-        choices = f.metadata.get("choices")
+        choices, spelling = f.metadata.get("choices"), f.metadata.get("spelling")
+        if spelling and isinstance(value, str):
+            try:
+                value = spelling(value)
+            except ValueError as exc:
+                problems.append(f"{flag}: {exc}")
+                continue
         if choices and value is not None and value not in choices:
             problems.append(f"{flag}: '{value}' is not one of {', '.join(choices)}")
             continue

@@ -132,3 +132,16 @@ def test_generate_takes_the_prompts_inline_options_over_its_flags(tmp_path):
     assert np.array_equal(inline, flags)
     assert main([*base, "--prompt", "a red circle --w 96 --h 48", "--output", str(tmp_path / "wide.png")]) == 0
     assert Image.open(tmp_path / "wide.png").size == (96, 48)
+
+
+def test_the_sample_sampler_option_takes_other_tools_names_on_the_command_line_and_in_a_file(tmp_path):
+    from lowvram.cli import build_parser, train_values
+    from lowvram.configure import build_config
+
+    args = build_parser().parse_args(["train", "--data", "sample", "--model", "tiny", "--sample-sampler", "k_euler_a"])
+    assert build_config(train_values(args)).output.sample_sampler == "euler_a"
+    (tmp_path / "run.toml").write_text('[output]\nsample_sampler = "DPM++_2M_Karras"\n')
+    args = build_parser().parse_args(["train", "--data", "sample", "--model", "tiny", "--config", str(tmp_path / "run.toml")])
+    assert build_config(train_values(args)).output.sample_sampler == "dpmsolver++_karras"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--sample-sampler", "restart"])
