@@ -133,6 +133,9 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     scheduler_type = left.pop("lr_scheduler_type", None)
     if left.pop("network_train_text_encoder_only", None):
         problem("network_train_text_encoder_only", "lowvram always trains adapters on the U-Net; leave it out")
+    if flat.get("unet_lr") == 0 and not isinstance(flat.get("unet_lr"), bool):  # kohya skips a group of rate 0
+        problem("unet_lr", "0 leaves the U-Net untrained in kohya; lowvram always trains adapters on the U-Net: "
+                "give it a rate, or leave it out for learning_rate")
     dataset_config = left.pop("dataset_config", None)
     if dataset_config:  # the images and their settings come from the dataset file (lowvram.dataset_files)
         values["data"] = str(dataset_config)
@@ -148,10 +151,23 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         _without_schedule(values, optimizer["optimizer"], scheduler_type, notes)
     elif scheduler_type:  # kohya's own schedule class replaces lr_scheduler: training it otherwise changes the LoRA
         values |= _scheduler_class(str(scheduler_type), flat.get("lr_scheduler_args") or [], values, notes, problem)
+    else:
+        _schedule_settings(flat, problem)
     values |= optimizer
     stop = as_number(left.pop("stop_text_encoder_training", 0) or 0, "stop_text_encoder_training", problem, int)
     if stop and values["train_text_encoder"]:  # kohya's 0: the text encoder trains the whole run
-        values["text_encoder_until"] = str(stop)
+        # sd-scripts' LoRA trainer ignores the key (its DreamBooth script reads it, -1 there: no text encoder);
+        # kohya_ss writes it from its LoRA tab's "Stop TE" all the same, so it is done as it says, and said
+        if stop < 0:
+            values["train_text_encoder"] = False
+        else:
+            values["text_encoder_until"] = str(stop)
+        notes.append(f"stop_text_encoder_training {stop}: sd-scripts' LoRA training ignores it and trains the text "
+                     f"encoder throughout; here it trains {'no text encoder' if stop < 0 else f'it for {stop} steps'}, "
+                     "as the setting asks")
+    if flat.get("cache_text_encoder_outputs") and values["train_text_encoder"]:
+        problem("cache_text_encoder_outputs", "cached text embeddings cannot train the text encoder (kohya refuses "
+                "this too): set network_train_unet_only = true, or leave the cache out")
     scale = as_number(left.pop("huber_scale", 1) or 1, "huber_scale", problem)
     if left.get("loss_type") not in ("huber", "smooth_l1"):  # kohya_ss writes the Huber settings beside any loss
         left.pop("huber_c", None), left.pop("huber_schedule", None)
@@ -167,6 +183,9 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         left.pop("multires_noise_discount", None)
     if flat.get("lr_scheduler") != "polynomial":  # kohya_ss writes the power beside any schedule
         left.pop("lr_scheduler_power", None)
+    if flat.get("lr_scheduler") != "cosine_with_restarts":  # and the cycles (_schedule_settings: where they count)
+        left.pop("lr_scheduler_num_cycles", None)
+    left.pop("lr_scheduler_timescale", None)  # only inverse_sqrt reads it (_schedule_settings)
     precision = left.pop("save_precision", None)
     if precision is not None and str(precision) not in SAVE_PRECISIONS:
         problem("save_precision", f"'{precision}' is not one of {', '.join(SAVE_PRECISIONS)}")
@@ -299,14 +318,16 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     else:
         problem("network_module", f"'{module}' is not a network lowvram trains (networks.lora, or lycoris.kohya with "
                 f"algo {', '.join(LYCORIS_ALGOS)})")
-    # kohya's part-specific LoRA+ ratios win over loraplus_lr_ratio
+    # kohya's part-specific LoRA+ ratios win over loraplus_lr_ratio; a part with neither trains without LoRA+
     shared = args.pop("loraplus_lr_ratio", None)
-    unet, text = args.pop("loraplus_unet_lr_ratio", None) or shared, args.pop("loraplus_text_encoder_lr_ratio", None)
+    unet = args.pop("loraplus_unet_lr_ratio", None) or shared
+    text = args.pop("loraplus_text_encoder_lr_ratio", None) or shared or (1 if unet else None)
     if unet and values["network"] in ("lora", "dora"):
         values["loraplus_ratio"] = as_number(unet, "network_args loraplus_lr_ratio", problem)
-    if text and text != unet and values["network"] in ("lora", "dora") and values["train_text_encoder"]:
-        values["loraplus_text_encoder_ratio"] = as_number(text, "network_args loraplus_text_encoder_lr_ratio",
-                                                          problem)
+    if text and values["network"] in ("lora", "dora") and values["train_text_encoder"]:
+        text = as_number(text, "network_args loraplus_text_encoder_lr_ratio", problem)
+        if text != values.get("loraplus_ratio"):
+            values["loraplus_text_encoder_ratio"] = text
     args = {key: value for key, value in args.items() if str(value).lower() not in ("false", "0", "0.0", "")}
     if args:  # (kohya_ss writes LyCORIS's switches off as well: nothing is lost with those)
         notes.append(f"network_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
@@ -366,6 +387,27 @@ def _without_schedule(values: dict[str, Any], optimizer: str, scheduler_type: An
     values["scheduler"] = "constant"
     for key in ("warmup_steps", "min_lr_ratio", "scheduler_cycles", "decay_steps"):
         values.pop(key, None)
+
+
+def _schedule_settings(flat: dict[str, Any], problem) -> None:
+    """What kohya gives lr_scheduler's schedule beyond lowvram's settings: lr_scheduler_args, num_cycles where
+    transformers' schedules take them (their half: other than 1 they rise again), and inverse_sqrt's timescale."""
+    name = flat.get("lr_scheduler") or "constant"
+    extra = flat.get("lr_scheduler_args")
+    if extra:
+        problem("lr_scheduler_args", f"{', '.join(map(str, extra if isinstance(extra, list) else [extra]))}: kohya "
+                f"passes these to the {name} schedule, which lowvram builds from its own settings only (warm-up, "
+                "cycles, power, lr_scheduler_min_lr_ratio, lr_decay_steps); leave them out")
+    cycles = flat.get("lr_scheduler_num_cycles")
+    if name in ("cosine_with_min_lr", "warmup_stable_decay") and cycles not in (None, "", 1, 1.0, "1"):
+        problem("lr_scheduler_num_cycles", f"{cycles} makes kohya's {name} decay {cycles} half-cosines, rising "
+                "again between them; lowvram's decays once: leave it at 1, or use cosine_with_restarts")
+    timescale = flat.get("lr_scheduler_timescale")
+    if name == "inverse_sqrt" and timescale not in (None, "", 0):
+        warmup = flat.get("lr_warmup_steps") or 0
+        if not (isinstance(warmup, (int, float)) and warmup >= 1 and float(timescale) == float(warmup)):
+            problem("lr_scheduler_timescale", f"{timescale}: lowvram's inverse_sqrt decays on the warm-up's time "
+                    "scale (kohya's without one); leave it out, or set lr_warmup_steps to it")
 
 
 def _scheduler_class(name: str, args: list, values: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:

@@ -266,11 +266,27 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
 
 
 def build_schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cycles: int, power: float,
-                   decay_steps: int = 0):
+                   decay_steps: int = 0, min_lr_ratio: float = 0.0):
     """The learning-rate schedule `name` (SCHEDULERS), each with a linear warm-up over `warmup_steps`: diffusers'
     for the usual ones; REX as OneTrainer builds it (the paper's d = 0.9, over the steps after the warm-up);
     inverse_sqrt and warmup_stable_decay as kohya builds them (transformers': the time scale the warm-up; the rate
-    held, then a cosine decay over the last `decay_steps`)."""
+    held, then a cosine decay over the last `decay_steps`). `min_lr_ratio` is the floor of the decay."""
+    schedule = _schedule(name, optimizer, warmup_steps, total_steps, cycles, power, decay_steps, min_lr_ratio)
+    if min_lr_ratio and name != "warmup_stable_decay":  # transformers' floors that one, its warm-up too (kohya's)
+        floor_schedule(schedule, min_lr_ratio, warmup_steps)
+    return schedule
+
+
+def floor_schedule(lr_scheduler, ratio: float, warmup_steps: int) -> None:
+    """Past its warm-up, a schedule's factor f runs from 1 to `ratio` instead of to 0: ratio + (1 - ratio) f, as
+    OneTrainer's learning_rate_min_factor and transformers' min_lr_rate shape it."""
+    lr_scheduler.lr_lambdas = [
+        lambda step, factor=factor: factor(step) if step < warmup_steps else ratio + (1 - ratio) * factor(step)
+        for factor in lr_scheduler.lr_lambdas]
+
+
+def _schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cycles: int, power: float,
+              decay_steps: int, min_lr_ratio: float):
     import torch
 
     if name == "rex":
@@ -292,7 +308,8 @@ def build_schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cy
 
         # by keyword, the stable phase's length given: transformers 4.45 takes (warm-up, stable, decay) in that order
         return get_wsd_schedule(optimizer, num_warmup_steps=warmup_steps, num_decay_steps=decay_steps,
-                                num_stable_steps=max(0, total_steps - warmup_steps - decay_steps))
+                                num_stable_steps=max(0, total_steps - warmup_steps - decay_steps),
+                                min_lr_ratio=min_lr_ratio)
     from diffusers.optimization import get_scheduler
 
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,

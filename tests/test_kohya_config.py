@@ -174,7 +174,7 @@ def test_a_cosine_annealing_schedule_over_the_whole_run_is_lowvrams_cosine_with_
     lowvram's cosine with eta_min / lr as its floor, step for step; without a warm-up, as kohya builds it."""
     from diffusers.optimization import get_scheduler
 
-    from lowvram.train.setup import floor_schedule
+    from lowvram.optim import floor_schedule
 
     settings = {"network_module": "networks.lora", "learning_rate": 1e-3, "max_train_steps": 40,
                 "lr_warmup_steps": 5, "lr_scheduler": "constant", "lr_scheduler_type": "CosineAnnealingLR",
@@ -321,8 +321,11 @@ def test_kohyas_warmup_ratio_carries_over(tmp_path):
 
 
 def test_kohyas_text_encoder_stop_carries_over_where_the_text_encoder_trains(tmp_path):
-    assert values_of(tmp_path, {"train_data_dir": "sample", "stop_text_encoder_training": 100})[
-        "text_encoder_until"] == "100"
+    values, notes = translate({"train_data_dir": "sample", "stop_text_encoder_training": 100}, tmp_path / "k.toml")
+    assert values["text_encoder_until"] == "100"
+    assert any("sd-scripts' LoRA training ignores it" in note for note in notes)  # its DreamBooth script reads it
+    values, notes = translate({"train_data_dir": "sample", "stop_text_encoder_training": -1}, tmp_path / "k.toml")
+    assert values["train_text_encoder"] is False and "text_encoder_until" not in values  # DreamBooth's -1: none
     assert "text_encoder_until" not in values_of(tmp_path, {"train_data_dir": "sample", "network_train_unet_only": True,
                                                              "stop_text_encoder_training": 100})
     assert "text_encoder_until" not in values_of(tmp_path, {"train_data_dir": "sample",
@@ -455,3 +458,37 @@ def test_kohyas_bucket_sides_default_to_sd_scripts_own_where_it_trains_with_them
     assert "min_bucket_side" not in values_of(tmp_path, {"train_data_dir": "sample", "resolution": 128})
     square = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1024", "enable_bucket": False})
     assert "min_bucket_side" not in square and "max_bucket_side" not in square
+
+
+def test_kohyas_loraplus_ratios_go_to_the_part_they_name(tmp_path):
+    """kohya: the U-Net's ratio is loraplus_unet_lr_ratio or loraplus_lr_ratio, the text encoders'
+    loraplus_text_encoder_lr_ratio or loraplus_lr_ratio; a part with neither trains without LoRA+."""
+    def ratios(*args):
+        values, _ = translate({"network_module": "networks.lora", "network_args": list(args)}, tmp_path / "k.toml")
+        return values.get("loraplus_ratio"), values.get("loraplus_text_encoder_ratio")
+
+    assert ratios("loraplus_lr_ratio=16", "loraplus_unet_lr_ratio=4") == (4, 16)
+    assert ratios("loraplus_unet_lr_ratio=4") == (4, 1)
+    assert ratios("loraplus_lr_ratio=16") == (16, None)  # lowvram's text-encoder ratio defaults to the U-Net's
+    assert ratios("loraplus_lr_ratio=16", "loraplus_text_encoder_lr_ratio=2") == (16, 2)
+
+
+def test_kohya_settings_that_would_change_the_schedule_or_the_parts_trained_are_refused(tmp_path):
+    base = {"network_module": "networks.lora", "max_train_steps": 100}
+    refused = {"lr_scheduler_args": {"lr_scheduler": "cosine", "lr_scheduler_args": ["num_cycles=2"]},
+               "lr_scheduler_num_cycles": {"lr_scheduler": "cosine_with_min_lr", "lr_scheduler_min_lr_ratio": 0.1,
+                                           "lr_scheduler_num_cycles": 3},
+               "lr_scheduler_timescale": {"lr_scheduler": "inverse_sqrt", "lr_warmup_steps": 10,
+                                          "lr_scheduler_timescale": 50},
+               "unet_lr": {"unet_lr": 0, "text_encoder_lr": 1e-5},
+               "cache_text_encoder_outputs": {"cache_text_encoder_outputs": True}}
+    for key, settings in refused.items():
+        with pytest.raises(LowvramError, match=f"k.toml: {key}: ") as error:
+            translate(base | settings, tmp_path / "k.toml")
+        assert len(str(error.value).splitlines()) == 1, error.value
+    for settings in ({"lr_scheduler": "cosine_with_restarts", "lr_scheduler_num_cycles": 3},
+                     {"lr_scheduler": "warmup_stable_decay", "lr_decay_steps": 0.2, "lr_scheduler_num_cycles": 1},
+                     {"lr_scheduler": "inverse_sqrt", "lr_warmup_steps": 10, "lr_scheduler_timescale": 10},
+                     {"lr_scheduler": "cosine", "lr_scheduler_num_cycles": 3},  # kohya's cosine takes no cycles
+                     {"cache_text_encoder_outputs": True, "network_train_unet_only": True}):
+        translate(base | settings, tmp_path / "k.toml")

@@ -16,9 +16,10 @@ from lowvram.optim import build_schedule
 from lowvram.train.loop import train
 
 
-def factors(name: str, warmup: int, total: int, decay: int = 0) -> list[float]:
+def factors(name: str, warmup: int, total: int, decay: int = 0, floor: float = 0.0) -> list[float]:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = build_schedule(name, optimizer, warmup, total, cycles=1, power=1.0, decay_steps=decay)
+    schedule = build_schedule(name, optimizer, warmup, total, cycles=1, power=1.0, decay_steps=decay,
+                              min_lr_ratio=floor)
     found = []
     for _ in range(total + 1):
         found.append(optimizer.param_groups[0]["lr"])
@@ -46,6 +47,21 @@ def test_warmup_stable_decay_holds_the_rate_then_decays_over_its_last_steps():
     assert found[:5] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0]) and found[4:17] == pytest.approx([1.0] * 13)
     assert found[20] == pytest.approx(0.5) and found[24] == pytest.approx(0.0)  # a cosine over steps 16-24
     assert all(a > b for a, b in itertools.pairwise(found[16:25]))
+
+
+def test_a_floor_lifts_warmup_stable_decays_warm_up_too_and_no_other_schedules():
+    """kohya's warmup_stable_decay is transformers', whose min_lr_ratio floors the warm-up as well; transformers'
+    cosine_with_min_lr (kohya's) and OneTrainer's floor only what follows the warm-up."""
+    wsd = factors("warmup_stable_decay", 4, 24, decay=8, floor=0.1)
+    assert wsd[:5] == pytest.approx([0.1, 0.325, 0.55, 0.775, 1.0]) and wsd[24] == pytest.approx(0.1)
+    cosine = factors("cosine", 4, 24, floor=0.1)
+    assert cosine[:5] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0]) and cosine[24] == pytest.approx(0.1)
+
+
+def test_a_warmup_share_is_rounded_down_as_kohya_does():
+    from lowvram.train.setup import in_steps
+
+    assert [in_steps(0.29, 100), in_steps(0.15, 10), in_steps(0.05, 1030), in_steps(12, 100)] == [28, 1, 51, 12]
 
 
 def test_kohyas_warmup_stable_decay_takes_its_decay_and_floor_and_other_schedules_drop_the_decay(tmp_path):

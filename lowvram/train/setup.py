@@ -275,14 +275,6 @@ def merge_base_weights(session: Session, model: LoadedModel) -> None:
         session.console.print(f"merged {path.name} x{weight:g} into the base model ({layers} layers)", soft_wrap=True)
 
 
-def floor_schedule(lr_scheduler, ratio: float, warmup_steps: int) -> None:
-    """Past its warm-up, a schedule's factor f runs from 1 to `ratio` instead of to 0: ratio + (1 - ratio) f, as
-    OneTrainer's learning_rate_min_factor and transformers' min_lr_rate shape it."""
-    lr_scheduler.lr_lambdas = [
-        lambda step, factor=factor: factor(step) if step < warmup_steps else ratio + (1 - ratio) * factor(step)
-        for factor in lr_scheduler.lr_lambdas]
-
-
 def noise_schedules(model: LoadedModel, config: RunConfig):
     """The training noise schedule, from the one the model was trained with (a checkpoint's v_pred and ztsnr
     markers included); the sampling scheduler of `model.pipeline` is set to match the options."""
@@ -352,8 +344,8 @@ def plan_schedule(config: RunConfig, data: TrainingData, world: int) -> Schedule
 
 def in_steps(given: float, total_steps: int) -> int:
     """--warmup-steps or --decay-steps in steps: as given, or under 1 that share of the run's steps (kohya's
-    ratio)."""
-    return round(given * total_steps) if 0 < given < 1 else int(given)
+    ratio, rounded down as kohya does)."""
+    return int(given * total_steps) if 0 < given < 1 else int(given)
 
 
 def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, schedule: Schedule) -> Trainee:
@@ -397,9 +389,7 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
     optimizer.defaults["lr"] = config.lr
     lr_scheduler = build_schedule(config.optim.scheduler, optimizer, schedule.warmup_steps, schedule.total_steps,
                                   config.optim.scheduler_cycles, config.optim.scheduler_power,
-                                  in_steps(config.optim.decay_steps, schedule.total_steps))
-    if config.optim.min_lr_ratio:
-        floor_schedule(lr_scheduler, config.optim.min_lr_ratio, schedule.warmup_steps)
+                                  in_steps(config.optim.decay_steps, schedule.total_steps), config.optim.min_lr_ratio)
     # wrapped for multi-GPU (DDP), unchanged in one process; the forward passes go through the wrappers. The
     # schedule is not: accelerate's wrapper steps it once per process each call (split_batches=False), which
     # would end warm-up and decay after total_steps / processes
