@@ -464,3 +464,47 @@ def test_a_run_on_a_gpu_is_warned_of_what_no_gpu_result_shows():
     assert warnings(network="loha", unet_weights="bf16", gradient_checkpointing=True, optimizer="adamw8bit") == ""
     assert "--unet-weights quanto-int4 with checkpointing, adamw8bit, bf16: not yet seen training" in warnings(
         unet_weights="quanto-int4", gradient_checkpointing=True, optimizer="adamw8bit")
+
+
+def test_a_checkpoint_stored_in_another_dtype_is_paged_in_whole_beside_its_converted_weights(tmp_path):
+    """Measured (benchmarks/host-ram-sd15-bf16.json): a file stored in the dtype the run computes in is mapped,
+    its pages are the weights; in another dtype, the whole file is read beside a converted copy. The file's pages
+    are shown as resident but are no part of what the run needs: the page cache gives them back."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lowvram.models.detect import checkpoint_storage
+    from lowvram.models.ldm_layout import sd15_single_file
+    from lowvram.models.loading import load_model
+    from lowvram.plan import plan_options
+    from lowvram.plan.estimate import PAGE_CACHE
+
+    pipeline = load_model("tiny").pipeline
+    tensors = sd15_single_file(pipeline.unet, pipeline.vae, pipeline.text_encoder)
+    chosen, sizes = {}, {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
+        path = tmp_path / f"{name}.safetensors"
+        save_file({key: value.to(dtype) for key, value in tensors.items()}, str(path))
+        sizes[name] = path.stat().st_size
+        assert checkpoint_storage(str(path)) == (sizes[name], {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}[name])
+        _, result = plan_options({"model": str(path), "mixed_precision": "bf16", "unet_weights": "bf16"},
+                                 hardware_for(None, "6GB", "32GB"))
+        chosen[name] = result.candidates[0]
+    same, parked = chosen["bf16"], chosen["bf16"].host["training"]["parked parts"]
+    assert same.host["loading"][PAGE_CACHE] == 0 and same.host["training"][PAGE_CACHE] == sizes["bf16"] - parked
+    for name in ("fp16", "fp32"):
+        other = chosen[name]
+        assert other.host["loading"][PAGE_CACHE] == sizes[name] and other.host["training"][PAGE_CACHE] == 0
+        assert other.peak_host() == same.peak_host()  # what the run needs is the converted weights either way
+        assert other.peak_resident_host() == same.peak_host() + sizes[name]
+    assert checkpoint_storage("sd15") is None and checkpoint_storage(str(tmp_path / "missing.safetensors")) is None
+
+
+def test_a_diffusers_folders_storage_is_the_files_loading_reads(tmp_path):
+    from lowvram.models.detect import checkpoint_storage
+    from lowvram.models.loading import load_model
+
+    load_model("tiny").pipeline.save_pretrained(str(tmp_path / "model"), safe_serialization=True)
+    read = [f for part in ("unet", "text_encoder", "vae") for f in (tmp_path / "model" / part).glob("*.safetensors")]
+    (tmp_path / "model" / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(read[0].read_bytes())
+    assert checkpoint_storage(str(tmp_path / "model")) == (sum(f.stat().st_size for f in read), "F32")

@@ -2,10 +2,13 @@
 
 Builds the family's architecture with random weights in fp16, writes it the two ways users have models (a
 single-file checkpoint in the original LDM/SGM layout, and a diffusers folder), then loads each in a fresh
-process exactly as `lowvram train` does (`load_model(..., dtype=fp16)`) and records that process's peak
-resident memory beside the planner's host-RAM estimate for the loading phase. Colab's free tier has 12.7 GB.
+process exactly as `lowvram train` does (`load_model(..., dtype=fp16)`, or `--dtype bf16`: what an Ampere or
+newer card computes in, so the fp16 file is converted) and records that process's peak resident memory beside
+the planner's host-RAM estimate for the loading phase, for that file. Colab's free tier has 12.7 GB.
 
     python tools/bench_host_ram.py --family sdxl --work /tmp/hostram --out benchmarks/host-ram-sdxl.json
+    python tools/bench_host_ram.py --family sd15 --dtype bf16 --work /tmp/hostram \
+        --out benchmarks/host-ram-sd15-bf16.json
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def status():  # this process's memory (VmHWM: peak resident since exec, so noth
 
 before = status()
 start = time.perf_counter()
-model = loading.load_model(sys.argv[1], dtype=torch.float16)
+model = loading.load_model(sys.argv[1], dtype=getattr(torch, sys.argv[2]))
 seconds = time.perf_counter() - start
 loaded = status()
 modules = [c for c in model.pipeline.components.values() if isinstance(c, torch.nn.Module)]
@@ -64,18 +67,24 @@ def write_model(family_name: str, work: Path, single_file: bool = True) -> dict[
     return written
 
 
-def planner_estimate(family_name: str) -> dict:
+PROFILES = {"fp16": "colab-t4", "bf16": "rtx-3060-12gb"}  # a card that computes in each dtype
+
+
+def planner_estimate(model: Path, dtype: str) -> dict:
     from lowvram.configure import build_config
     from lowvram.hardware import load_profile
     from lowvram.plan import plan, workload_for
+    from lowvram.plan.estimate import PAGE_CACHE
     from lowvram.resolve import resolve_run
 
-    hardware = load_profile("colab-t4")
-    config = build_config({"model": family_name, "data": "sample"})
+    hardware = load_profile(PROFILES[dtype])
+    config = build_config({"model": str(model), "data": "sample", "mixed_precision": dtype})
     result = plan(workload_for(resolve_run(config, hardware)), hardware, {})
     chosen = result.choice or result.candidates[0]
-    return {"profile": "colab-t4", "loading_host_bytes": sum(chosen.host["loading"].values()),
-            "components": chosen.host["loading"]}
+    loading = chosen.host["loading"]
+    return {"profile": PROFILES[dtype], "strategy": chosen.strategy.label,
+            "loading_host_bytes": sum(v for k, v in loading.items() if k != PAGE_CACHE),
+            "loading_resident_bytes": sum(loading.values()), "components": loading}
 
 
 def main() -> None:
@@ -85,6 +94,8 @@ def main() -> None:
     parser.add_argument("--family", choices=("sd15", "sdxl", "tiny", "tiny-sdxl"), required=True)
     parser.add_argument("--work", type=Path, required=True, help="where the random-weight model files are written")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--dtype", choices=tuple(PROFILES), default="fp16", help="the dtype the weights load in "
+                        "(the files are fp16) [default: fp16]")
     parser.add_argument("--write-only", action="store_true", help="only write the random-weight model files")
     parser.add_argument("--folder-only", action="store_true", help="with --write-only: only the diffusers folder "
                         "(what tools/bench_gpu_proof.py reads)")
@@ -99,8 +110,10 @@ def main() -> None:
     sources = write_model(args.family, args.work)  # the files exist now: only their paths
     runs = {}
     for kind, path in sources.items():
-        done = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, check=True)
-        runs[kind] = json.loads(done.stdout.strip().splitlines()[-1]) | {"file_bytes": _size(path)}
+        done = subprocess.run([sys.executable, "-c", MEASURE, str(path), {"fp16": "float16", "bf16": "bfloat16"}[
+            args.dtype]], capture_output=True, text=True, check=True)
+        runs[kind] = json.loads(done.stdout.strip().splitlines()[-1]) | {"file_bytes": _size(path),
+                                                                        "planner": planner_estimate(path, args.dtype)}
         print(kind, runs[kind], flush=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
                             check=True).stdout.strip()
@@ -108,14 +121,14 @@ def main() -> None:
     import transformers
 
     result = {
-        "what": f"peak host RAM of loading a full-size {args.family} model in fp16 (random weights)",
+        "what": f"peak host RAM of loading a full-size {args.family} model stored in fp16, in {args.dtype} "
+                "(random weights)",
         "command": " ".join(["python", *sys.argv]),
         "commit": commit,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "torch": torch.__version__, "diffusers": diffusers.__version__,
                     "transformers": transformers.__version__},
         "runs": runs,
-        "planner": planner_estimate(args.family),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -4,8 +4,10 @@ torch is not imported, so `lowvram plan` and `check-data` answer at once."""
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
@@ -179,6 +181,41 @@ def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
         raise LowvramError(f"--model: {name} is a {index.get('_class_name')} with cross-attention width "
                            f"{unet_config.get('cross_attention_dim')}; lowvram trains SD1.5 and SDXL models")
     return family
+
+
+WEIGHT_DTYPES = ("F32", "F16", "BF16")
+MODEL_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")  # the folders of a diffusers model loading reads
+
+
+def checkpoint_storage(model: str) -> tuple[int, str] | None:
+    """(bytes on disk, the dtype most of its weight bytes are stored in) of a local safetensors model: a single
+    file, or the files of a diffusers folder that loading reads (not its .fp16 variants); None for a hub id, a
+    family name or anything unreadable (the planner then assumes weights stored as it computes)."""
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        files = [path]
+    elif path.is_dir():
+        files = [file for part in MODEL_PARTS for file in sorted((path / part).glob("*.safetensors"))
+                 if file.name.count(".") == 1]
+    else:
+        return None
+    try:
+        return _storage(tuple((str(file), file.stat().st_mtime_ns, file.stat().st_size) for file in files))
+    except (OSError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=8)  # the UI plans on every change; a header costs a read
+def _storage(files: tuple[tuple[str, int, int], ...]) -> tuple[int, str] | None:
+    from lowvram.lora_header import read_header
+
+    stored: Counter[str] = Counter()
+    for name, _, _ in files:
+        for entry in read_header(Path(name))[1].values():
+            if isinstance(entry, dict) and entry.get("dtype") in WEIGHT_DTYPES:
+                start, end = entry["data_offsets"]
+                stored[entry["dtype"]] += end - start
+    return (sum(size for _, _, size in files), stored.most_common(1)[0][0]) if stored else None
 
 
 def detect_single_file_family(path: Path) -> ModelFamily:

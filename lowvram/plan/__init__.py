@@ -8,6 +8,7 @@ from lowvram.config import PLANNING_MODEL, RunConfig
 from lowvram.configure import build_config
 from lowvram.errors import LowvramError
 from lowvram.hardware import Hardware
+from lowvram.models.detect import checkpoint_storage
 from lowvram.plan.estimate import Estimate, MemoryStrategy, Workload, estimate
 from lowvram.plan.planner import Plan, plan
 from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
@@ -37,7 +38,7 @@ def workload_for(run: ResolvedRun) -> Workload:
                     sample_resolution=run.sample_resolution, compute_bytes=run.compute_bytes,
                     mixed_precision=run.mixed_precision, native_format=run.native_format, vae_fp32=run.vae_fp32,
                     ema=config.optim.ema,
-                    own_prediction=config.data.own_prediction)
+                    own_prediction=config.data.own_prediction, checkpoint=checkpoint_storage(config.model.model))
 
 
 def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:

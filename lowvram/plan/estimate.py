@@ -34,6 +34,10 @@ TRAINING_FRAGMENTATION = 0.07
 # median shortfall of the estimated allocated peak below the measured one (the same six runs: 23-158 MiB).
 KERNEL_WORKSPACE = 80 * 2**20
 HOST_BASELINE = int(2.5 * GIB)  # python + torch + CUDA libraries resident in host RAM (uncalibrated)
+# a checkpoint's pages mapped in while loading: resident (top shows them) but given back under memory pressure,
+# so no part of what a run needs
+PAGE_CACHE = "checkpoint file (reclaimable)"
+STORED_DTYPE = {"bf16": "BF16", "fp16": "F16", "no": "F32"}  # safetensors' name of each compute dtype
 VRAM_SAFETY = int(0.25 * GIB)  # kept free below the budget
 TILE_PX = 512  # lowvram.models.conditioning.VAE_TILE_PX (not imported: plan must not import diffusers)
 # Relative step time of checkpointing (and, in lowvram.formats, of each storage format): priors, replaced per
@@ -119,6 +123,7 @@ class Workload:
     sample_resolution: int | None = None  # square side of the largest sample image's pixels (default: resolution)
     ema: bool = False  # a moving average of the adapters (--ema): one more fp32 copy of them
     own_prediction: bool = False  # the model's own prediction per step: a forward pass without gradients first
+    checkpoint: tuple[int, str] | None = None  # a local model's bytes on disk and the dtype its weights are stored in
 
 
 @dataclass
@@ -137,7 +142,12 @@ class Estimate:
         return max(sum(v.values()) for k, v in self.vram.items() if phase in (None, k))
 
     def peak_host(self) -> int:
-        return max(sum(v.values()) for v in self.host.values())
+        """The most host RAM a phase needs (the reclaimable page cache of the checkpoint left out)."""
+        return max(sum(v for k, v in phase.items() if k != PAGE_CACHE) for phase in self.host.values())
+
+    def peak_resident_host(self) -> int:
+        """The most a phase holds resident, as top shows it: what it needs and the checkpoint's mapped pages."""
+        return max(sum(phase.values()) for phase in self.host.values())
 
     @property
     def limiting_phase(self) -> str:
@@ -354,14 +364,20 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
                    "optim. state": training["optim. state"]},
     }
     model_host = (counts["unet"] + sum(counts[p] for p in text_parts)) * work.compute_bytes + vae_bytes
+    parked = vae_bytes + (0 if work.train_text_encoder else text_bytes)
+    file_bytes, stored = work.checkpoint or (0, STORED_DTYPE[work.mixed_precision])
+    converted = stored != STORED_DTYPE[work.mixed_precision]
     result.host = {
         # measured on the CPU (benchmarks/host-ram-*.json): loading maps the file and peaks at about the
-        # weights' size (mostly reclaimable file pages); converting the U-Net to another format adds its copy
+        # weights' size (mostly reclaimable file pages); a file in another dtype is read whole beside the
+        # converted weights; converting the U-Net to another format adds its copy
         "loading": {"process": HOST_BASELINE, "model": model_host,
-                    "conversion": unet_bytes if strategy.unet_weights != work.native_format else 0},
-        "training": {"process": HOST_BASELINE, "offloaded activations": offloaded,
-                     "parked parts": vae_bytes + (0 if work.train_text_encoder else text_bytes),
-                     "compile workers": compile_workers_bytes() if work.compile else 0},
+                    "conversion": unet_bytes if strategy.unet_weights != work.native_format else 0,
+                    PAGE_CACHE: file_bytes if converted else 0},
+        # unconverted, the parts waiting on the host are the file's own pages, and the rest stays mapped
+        "training": {"process": HOST_BASELINE, "offloaded activations": offloaded, "parked parts": parked,
+                     "compile workers": compile_workers_bytes() if work.compile else 0,
+                     PAGE_CACHE: 0 if converted else max(0, file_bytes - parked)},
         "saving": {"process": HOST_BASELINE, "LoRA copy": lora},
     }
     result.speed = relative_step_time(work, strategy, hardware)

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from lowvram.hardware import GIB
 from lowvram.plan.calibration import graphs_measured
-from lowvram.plan.estimate import PHASES, Estimate
+from lowvram.plan.estimate import PAGE_CACHE, PHASES, Estimate
 from lowvram.plan.planner import Plan
 
 SHOWN_PHASES = ("latent caching", "text caching", "training", "sampling")
@@ -102,17 +102,22 @@ def breakdown(est: Estimate) -> Table:
 
 def host_breakdown(est: Estimate) -> Table:
     """Per-component host RAM of every phase for one strategy (loading peaks: the mapped checkpoint and, for a
-    stored format, the converted U-Net beside it)."""
+    stored format, the converted U-Net beside it); under the total, the checkpoint's pages that stay resident
+    but are given back under memory pressure."""
     title = f"{est.strategy.label}: host RAM per phase (GiB)"
     table = Table(title=title, min_width=len(title))
     table.add_column("component", no_wrap=True)
     phases = list(est.host)
     for phase in phases:
         table.add_column(SHORT.get(phase, phase), justify="right", no_wrap=True)
-    components = list(dict.fromkeys(c for phase in phases for c in est.host[phase]))
+    components = list(dict.fromkeys(c for phase in phases for c in est.host[phase] if c != PAGE_CACHE))
     for component in components:
         table.add_row(component, *[gib(est.host[p][component]) if component in est.host[p] else "" for p in phases])
-    table.add_row("[bold]total", *[f"[bold]{gib(sum(est.host[p].values()))}" for p in phases])
+    table.add_row("[bold]total", *[f"[bold]{gib(sum(v for c, v in est.host[p].items() if c != PAGE_CACHE))}"
+                                   for p in phases])
+    if any(est.host[p].get(PAGE_CACHE) for p in phases):  # resident beside the total, as top shows it
+        table.add_row(f"[dim]+ {PAGE_CACHE}", *[f"[dim]{gib(est.host[p][PAGE_CACHE])}" if est.host[p].get(PAGE_CACHE)
+                                                 else "" for p in phases])
     return table
 
 
@@ -126,6 +131,7 @@ def plan_json(result: Plan) -> dict:
                 "fits": est.fits(result.hardware), "verified_on_gpu": est.verified,
                 "relative_step_time": round(est.speed, 3), "compile_seconds_per_shape": est.compile_seconds,
                 "peak_vram_bytes": est.peak_vram(), "peak_host_bytes": est.peak_host(),
+                "peak_resident_host_bytes": est.peak_resident_host(),
                 "limiting_phase": est.limiting_phase, "vram_bytes": est.vram, "host_bytes": est.host}
 
     work, hardware = result.workload, result.hardware
