@@ -187,3 +187,71 @@ def test_regularization_images_are_balanced_and_weighted(tmp_path, sample_data, 
     assert data.images_per_epoch == 60  # 30 training samples + the 3 regularization images cycled to 30
     weights = sorted(data.samples[i].weight for batch in data.epoch_batches(0) for i in batch)
     assert weights == [0.5] * 30 + [1.0] * 30
+
+
+def test_regularization_images_balance_as_kohyas_do():
+    """kohya's DreamBoothDataset: each regularization image with all its repeats until there are as many as the
+    training samples (the last image may pass the count), then, while short, one more of each in turn."""
+    from collections import Counter
+
+    from lowvram.data.augment import CaptionOptions
+    from lowvram.data.dataset import Sample, TrainingData
+
+    def data(training: list[float], regularization: list[float]) -> TrainingData:
+        def samples(repeats, first):
+            return [Sample((f"latent{first + i}",), (), "", (64, 64), r) for i, r in enumerate(repeats)]
+        return TrainingData(samples(training, 0), samples(regularization, 1000), 1, 0, CaptionOptions(), None,
+                            None, None)
+
+    thirty_five = [3] * 5 + [10] * 2
+    whole = data(thirty_five, [20, 20])  # the second image's 20 pass 35: all 40 train, as in kohya
+    assert len(whole.expanded(0)) == 35 + 40 and whole.regularization_unused == 0
+    short = data(thirty_five, [1] * 4)  # 4, then one more of each in turn to 35
+    assert sorted(Counter(short.expanded(0)[35:]).values()) == [8, 9, 9, 9]
+    paired = data([6], [2, 2])  # a, a, b, b, then a, b: 3 of each (cycling the copies gave a 4 and a 2)
+    assert Counter(paired.expanded(0)[6:]) == {1: 3, 2: 3}
+    plenty = data(thirty_five, [1] * 50)  # the first 35 train; kohya warns that some never do
+    assert plenty.expanded(0)[35:] == list(range(7, 42)) and plenty.regularization_unused == 15
+    assert len(data(thirty_five, []).expanded(0)) == 35
+    elsewhere = TrainingData([Sample(("t",), (), "", (64, 64), 2, dataset=1)],
+                             [Sample(("r",), (), "", (64, 64), 1, dataset=2)], 1, 0, CaptionOptions(), None, None, None)
+    assert elsewhere.expanded(0) == [0, 0]  # a dataset of regularization images alone: none train (kohya)
+
+
+def test_a_kohya_file_of_several_datasets_balances_each_ones_regularization_images_with_its_own(tmp_path, tiny):
+    """kohya balances the regularization images within their dataset: dataset 1's 3 of 15 training samples, not
+    all 35 of both datasets' (which made the epoch 70 samples where kohya's is 50)."""
+    from collections import Counter
+
+    from PIL import Image
+
+    def folder(name: str, count: int) -> Path:
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (64, 64), (40 * i, 60, 90)).save(tmp_path / name / f"{i}.png")
+        return tmp_path / name
+
+    first, second, reg = folder("a", 5), folder("b", 2), folder("cls", 3)
+    (tmp_path / "data.toml").write_text(f"""
+[[datasets]]
+batch_size = 1
+  [[datasets.subsets]]
+  image_dir = "{first.as_posix()}"
+  num_repeats = 3
+  [[datasets.subsets]]
+  image_dir = "{reg.as_posix()}"
+  is_reg = true
+[[datasets]]
+batch_size = 2
+  [[datasets.subsets]]
+  image_dir = "{second.as_posix()}"
+  num_repeats = 10
+""")
+    config = run_config(data=str(tmp_path / "data.toml"), cache_dir=str(tmp_path / "cache"))
+    run = resolved(config, tmp_path / "cache")
+    data_file = tmp_path / "data.toml"
+    reports = [scan(run, data_file, None, None), scan(run, data_file, None, None, regularization=True)]
+    data = prepare_training_data(run, tiny, reports, torch.device("cpu"), QUIET).data
+    assert data.images_per_epoch == 15 + 20 + 15
+    regularization = Counter(data.samples[i].dataset for i in data.expanded(0)[35:])
+    assert regularization == {1: 15}

@@ -173,6 +173,11 @@ def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_list
     assert "flip_aug: the subsets differ (False, True); each trains its images with its own" in notes
     assert "imgs/alpha is already a subset of this dataset" in notes
     assert "not carried over (lowvram has no such setting): token_warmup_step" in notes  # cache_info: quietly
+    # alpha's .txt captions: kohya's default caption_extension, .caption, would read none of them
+    assert "datasets.subsets[1]: no caption_extension: kohya would read .caption files only" in notes
+    assert "datasets.subsets[2]: no caption_extension" not in notes  # beta has no captions to read either way
+    doc["datasets"][0]["subsets"][0]["caption_extension"] = ".txt"
+    assert "no caption_extension" not in " | ".join(read_dataset(write(tmp_path / "dataset.toml", doc)).notes)
 
 
 def test_caption_prefixes_and_suffixes_wrap_each_subsets_captions(tmp_path, monkeypatch):

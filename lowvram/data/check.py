@@ -74,7 +74,8 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
         folders.append(ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix, s.captions,
                                    s.loss_weight, s.resolution, make_buckets(run, s.resolution) if s.resolution
                                    else None, s.batch_size, settings,
-                                   scan_options(folder_config(run.config, settings), trigger) if settings else None))
+                                   scan_options(folder_config(run.config, settings), trigger) if settings else None,
+                                   s.dataset))
     kind = "is_reg subsets" if regularization else "image folders"
     others = tuple(s.folder for s in dataset.folders(not regularization))
     return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,

@@ -10,7 +10,9 @@ with the dataset.
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -36,6 +38,7 @@ class Sample:
     text_weights: tuple[float, ...] = ()  # the same per cached text embedding (text_keys)
     batch_size: int | None = None  # its folder's own batch size (None: the run's)
     captions: CaptionOptions | None = None  # its folder's own caption options (None: the run's)
+    dataset: int | None = None  # its [[datasets]] entry in a kohya file of several (None: one dataset)
 
 
 @dataclass
@@ -96,14 +99,40 @@ class TrainingData:
     def expanded(self, epoch: int) -> list[int]:
         """The sample indices one epoch trains, each as often as its repeats say: whole repeats always, and of each
         group with a fractional part, that share of its images (rounded), seeded by the epoch. Regularization
-        images follow, cycled to the training images' count."""
+        images follow, as many as the training images (kohya's balance; per dataset of a kohya file with several)."""
         training = self._repeated(range(self.training_count), epoch)
-        regularization = self._repeated(range(self.training_count, len(self.samples)), epoch)
-        if not regularization:
-            return training
-        return training + [regularization[i % len(regularization)] for i in range(len(training))]
+        return training + [i for chosen, _ in self._regularization(training, epoch) for i in chosen]
 
-    def _repeated(self, indices: range, epoch: int) -> list[int]:
+    @property
+    def regularization_unused(self) -> int:
+        """Regularization samples (with repeats) that no epoch reaches: more of them than training samples."""
+        return sum(unused for _, unused in self._regularization(self._repeated(range(self.training_count), 0), 0))
+
+    def _regularization(self, training: list[int], epoch: int) -> list[tuple[list[int], int]]:
+        """Per dataset: (the regularization samples of the epoch, how many of its samples with repeats it leaves
+        out)."""
+        images = range(self.training_count, len(self.samples))
+        out = []
+        for dataset in dict.fromkeys(self.samples[i].dataset for i in images):
+            mine = [i for i in images if self.samples[i].dataset == dataset]
+            count = sum(1 for i in training if dataset is None or self.samples[i].dataset == dataset)
+            chosen, offered = self._balanced(mine, count, epoch), len(self._repeated(mine, epoch))
+            out.append((chosen, max(0, offered - len(chosen))))
+        return out
+
+    def _balanced(self, images: list[int], count: int, epoch: int) -> list[int]:
+        """kohya's (DreamBoothDataset): each regularization image in turn with all its repeats until there are
+        `count` (the last one may pass it), then, while short, one more of each in turn."""
+        if not images or count <= 0:
+            return []
+        chosen: list[int] = []
+        for _, run in itertools.groupby(self._repeated(images, epoch)):
+            chosen += run
+            if len(chosen) >= count:
+                return chosen
+        return chosen + [images[i % len(images)] for i in range(count - len(chosen))]
+
+    def _repeated(self, indices: Sequence[int], epoch: int) -> list[int]:
         chosen = [i for i in indices for _ in range(int(self.samples[i].repeats))]
         groups: dict[tuple[str, float], list[int]] = {}
         for i in indices:

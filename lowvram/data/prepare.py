@@ -119,7 +119,8 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                                                     weight if validating else weight * record.loss_weight,
                                                     record.kept_tags, () if validating else record.more_captions,
                                                     record.folder, caption_weights, tuple(text_weights),
-                                                    record.batch_size, own_captions if record.settings else None))
+                                                    record.batch_size, own_captions if record.settings else None,
+                                                    record.dataset))
     empty_key = None
     if cache_text and dropping:
         empty_key = text_key("", text_id)

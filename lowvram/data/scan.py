@@ -110,6 +110,7 @@ class ImageRecord:
     more_captions: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # its other caption lines (and their kept)
     caption_weights: tuple[float, ...] = ()  # each caption's chance (the first, then more_captions); () = equal
     settings: tuple[tuple[str, Any], ...] = ()  # its folder's own caption and augmentation options
+    dataset: int | None = None  # its folder's [[datasets]] entry in a kohya file of several
 
     def to_json(self) -> dict:
         return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
@@ -250,6 +251,7 @@ class ImageFolder(NamedTuple):
     # and the scan options they make (None: the run's)
     settings: tuple[tuple[str, Any], ...] = ()
     options: ScanOptions | None = None
+    dataset: int | None = None  # its [[datasets]] entry in a kohya file of several (None: one dataset)
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
@@ -428,7 +430,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
                            non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, resolution=folder.resolution,
                            batch_size=folder.batch_size, kept_tags=kept, more_captions=tuple(more),
-                           caption_weights=weights, settings=folder.settings)
+                           caption_weights=weights, settings=folder.settings, dataset=folder.dataset)
     facts = file_facts(path, options.max_pixels, old_index.get(str(path)))
     if facts["size"] >= 0:
         new_index[str(path)] = facts
@@ -440,7 +442,8 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
                        facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8,
                        loss_weight=folder.loss_weight, resolution=folder.resolution, batch_size=folder.batch_size,
-                       kept_tags=kept, more_captions=tuple(more), caption_weights=weights, settings=folder.settings)
+                       kept_tags=kept, more_captions=tuple(more), caption_weights=weights, settings=folder.settings,
+                       dataset=folder.dataset)
 
 
 def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_index: dict) -> ImageRecord:

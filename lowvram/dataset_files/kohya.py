@@ -113,6 +113,10 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
                              "repeat, so does lowvram")
                 continue
             seen.add(subset.folder)
+            if "caption_extension" not in settled and subset.captions is None and subset.folder.is_dir() and any(
+                    subset.folder.glob("*.txt")) and not any(subset.folder.glob("*.caption")):
+                notes.append(f"{name}: no caption_extension: kohya would read .caption files only (there are none); "
+                             "lowvram reads the .txt captions there (caption_extension = \".txt\" says so)")
             subsets.append(subset)
             per_dataset[-1].append(subset)
             settings.append(settled)
@@ -129,8 +133,10 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
         for key, values in own.items():
             if values is not None:
                 run_values[key] = run_values[key][:1]
-        subsets = [replace(subset, **{key: (own[key] or {}).get(id(subset)) for key in OWN_SETTINGS})
-                   for subset in subsets]
+        # each dataset's regularization images balance with its own training images, as kohya's do
+        dataset_of = {id(subset): number for number, mine in enumerate(per_dataset, 1) for subset in mine}
+        subsets = [replace(subset, **{key: (own[key] or {}).get(id(subset)) for key in OWN_SETTINGS},
+                           dataset=dataset_of[id(subset)] if len(per_dataset) > 1 else None) for subset in subsets]
     values = _run_values(run_values, problem) | ({"extra_resolutions": extra} if extra else {})
     caption_values, subsets = _subset_values(settings, subsets, notes)
     values |= caption_values

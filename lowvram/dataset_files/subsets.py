@@ -25,6 +25,7 @@ class Subset:
     # the caption and augmentation options (lowvram's data options: name -> value) it sets otherwise than the first
     # training subset, whose are the run's; its images train with these
     settings: dict[str, Any] | None = None
+    dataset: int | None = None  # its [[datasets]] entry in a kohya file of several: reg images balance within it
 
 
 @dataclass(frozen=True)

@@ -521,6 +521,9 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{config.training.batch_size}{folder_batches(run)} x {config.training.gradient_accumulation}"
         f"{f' x {world}' if world > 1 else ''}", soft_wrap=True  # one line, for logs and grep
     )
+    if data.regularization_unused:  # kohya warns the same
+        session.console.print(f"[yellow]note:[/] {data.regularization_unused} regularization samples (with repeats) "
+                              "never train: each epoch pairs as many as there are training samples", soft_wrap=True)
     warmup = schedule.warmup_steps
     if warmup and config.optim.scheduler == "constant" and not spec_of(config.optim.optimizer).schedule_free:
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} has no effect with --scheduler constant; "
