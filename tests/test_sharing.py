@@ -105,6 +105,10 @@ def test_the_lora_holds_what_automatic1111_shows_and_kohyas_hashes_of_itself(sha
     assert sum(bucket["count"] for bucket in buckets) == 30
     assert all(len(bucket["resolution"]) == 2 for bucket in buckets)
     assert (metadata["modelspec.sai_model_spec"], metadata["modelspec.implementation"]) == ("1.0.0", "diffusers")
+    # kohya's figures of the run's length, which model sites show as batches per epoch and epochs
+    assert result.data.batches_per_epoch == 30 // run_config().training.batch_size
+    assert (metadata["ss_num_batches_per_epoch"], metadata["ss_num_epochs"], metadata["ss_max_train_steps"]) == (
+        str(result.data.batches_per_epoch), "1", "2")
 
 
 def test_no_metadata_keeps_only_which_network_the_lora_holds_for_which_model(tmp_path):

@@ -22,6 +22,7 @@ from lowvram.memory import PhasePeaks, free_cached_memory
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import cache_in_use
 from lowvram.train import checkpoint, outdir
+from lowvram.train.metadata import TrainingShape
 from lowvram.train.progress import StopOnSignal, TrainingProgress
 from lowvram.train.runlog import RunLog, append_record
 from lowvram.train.sampling import render_samples
@@ -102,7 +103,9 @@ def run_training(session: Session) -> TrainResult:
                       f"validations without a new best (raise --early-stopping to train further); writing the LoRA "
                       f"of step {position.step} from the checkpoint", soft_wrap=True)
 
-    started = datetime.now(timezone.utc)
+    # kohya's figures: its dataloader's batches (one process's share) and the epochs the steps reach into
+    shape = TrainingShape(datetime.now(timezone.utc), -(-prepared.data.batches_per_epoch // session.world),
+                          -(-schedule.total_steps // schedule.steps_per_epoch), schedule.total_steps)
     # written first: it is what `--config ... --resume auto` continues an interrupted run with
     config_path = out_dir / f"{name}.toml"
     if session.main and not outdir.write_options(config_path, tomli_w.dumps(config.to_toml_dict())):
@@ -144,16 +147,16 @@ def run_training(session: Session) -> TrainResult:
                             "grad_norm": outcome.grad_norm, "seconds": seconds,
                             "total_steps": schedule.total_steps})
             if prepared.validation and (schedule.validates_at(step) or step == schedule.total_steps):
-                validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, started)
+                validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, shape)
             position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
-            at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, started)
+            at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape)
             if stopping.stop:
                 console.print(f"[yellow]early stopping at step {step}:[/] no better validation loss in "
                               f"{stopping.since_best} validations; the best ({stopping.best:.5f}, step "
                               f"{stopping.best_step}) is {name}-best.safetensors", soft_wrap=True)
                 break
             if outcome.stop_asked and step < schedule.total_steps:
-                raise save_interrupted(session, trainee, dataset, schedule, position, started)
+                raise save_interrupted(session, trainee, dataset, schedule, position, shape)
 
     for module in trainee.trained_modules:
         module.eval()
@@ -162,7 +165,7 @@ def run_training(session: Session) -> TrainResult:
     # a Ctrl-C as the last step ends (when it is most likely) lets the LoRA and its checkpoint be written
     with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
         save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
-                   position if step > resumed_at else None, started)
+                   position if step > resumed_at else None, shape)
     if (asked or signals.received is not None) and session.main:
         raise stopped_after_the_last_step(lora_path, bool(config.samples))
     samples = finish(session, trainee, prepared, peaks, lora_path, step)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,8 +24,17 @@ from lowvram.models.loading import LoadedModel
 from lowvram.resolve import ResolvedRun
 
 
+@dataclass(frozen=True)
+class TrainingShape:
+    """What every save of a run records alike: when it started and kohya's figures of its length."""
+    started: datetime
+    batches_per_epoch: int  # per process (kohya's len(train_dataloader))
+    epochs: int  # the epochs it trains, the last maybe in part (kohya's num_train_epochs)
+    total_steps: int
+
+
 def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoch: int,
-                  trigger: str | None, started: datetime, regularization=()) -> dict[str, str]:
+                  trigger: str | None, shape: TrainingShape, regularization=()) -> dict[str, str]:
     """What kohya (ss_*), Stability's modelspec and lowvram record, so UIs and model sites can show it; the
     images trained on (`records`) and the regularization images."""
     config, family, resolution = run.config, model.family, run.resolution
@@ -35,7 +45,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
                           ) | own_description(config) | lora_files.network_metadata(config.network)
     if config.output.no_metadata:
         return {"ss_base_model_version": family.base_model_version, "ss_v2": "False"} | described
-    data, training = config.data, config.training
+    data = config.data
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.network.rank),
@@ -45,7 +55,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_sd_model_name": model.name,
         "ss_sd_model_hash": model.hash,
         "ss_vae_name": shareable_name(config.model.vae) if config.model.vae else "None",
-        "ss_session_id": str(int(started.timestamp() * 1e6) % 2**32),  # one for the run's every save, as kohya's
+        "ss_session_id": str(int(shape.started.timestamp() * 1e6) % 2**32),  # one for the run's every save, as kohya's
         "ss_mixed_precision": run.mixed_precision,
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_steps": str(step),
@@ -62,7 +72,10 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_keep_tokens": str(data.keep_tokens),
         "ss_caption_dropout_rate": f"{data.caption_dropout:g}",
         "ss_prior_loss_weight": f"{data.prior_loss_weight:g}",
-        "ss_max_train_steps": str(training.max_steps) if training.max_steps else "None",
+        "ss_max_train_steps": str(shape.total_steps),  # kohya's, worked out from the epochs where they are given
+        "ss_num_batches_per_epoch": str(shape.batches_per_epoch),
+        "ss_num_epochs": str(shape.epochs),
+        "ss_gradient_checkpointing": str(config.memory.gradient_checkpointing),
         "ss_lr_warmup_steps": f"{config.optim.warmup_steps:g}",
         "ss_learning_rate": f"{config.lr:g}",
         "ss_unet_lr": f"{config.lr:g}",
@@ -100,7 +113,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_gradient_accumulation_steps": str(config.training.gradient_accumulation),
         "ss_output_name": config.output_name,
         "ss_training_comment": config.output.training_comment or trigger or "",
-        "ss_training_started_at": str(started.timestamp()),
+        "ss_training_started_at": str(shape.started.timestamp()),
         "ss_training_finished_at": str(now.timestamp()),
         "ss_tag_frequency": lora_files.tag_frequency(_captions_by_folder(records)),
         "ss_v2": "False",

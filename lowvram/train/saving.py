@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import re
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from lowvram.files import DiskFull
 from lowvram.memory import free_cached_memory
 from lowvram.train import checkpoint, outdir
 from lowvram.train.identity import recipe
-from lowvram.train.metadata import lora_metadata
+from lowvram.train.metadata import TrainingShape, lora_metadata
 from lowvram.train.runlog import RunLog
 from lowvram.train.sampling import render_grid
 from lowvram.train.setup import Dataset, Schedule, Session, Trainee
@@ -26,13 +25,13 @@ from lowvram.train.validation import EarlyStopping, validation_loss
 
 
 def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, step: int, epoch: int,
-              started: datetime) -> Path:
+              shape: TrainingShape) -> Path:
     """The LoRA as it stands (schedule-free's or --ema's averaged weights), written by the main process."""
     if session.main:
         with trainee.averaged_weights():
             lora_files.save_kohya(trainee.model, path, session.config.alpha, session.config.output.save_precision,
                                   lora_metadata(session.run, trainee.model, dataset.records, step, epoch,
-                                                dataset.trigger, started, dataset.regularization))
+                                                dataset.trigger, shape, dataset.regularization))
     return path
 
 
@@ -87,7 +86,7 @@ def validate(session: Session, trainee: Trainee, data, samples: list) -> float:
 
 
 def validate_and_keep_best(session: Session, trainee: Trainee, dataset: Dataset, prepared, stopping: EarlyStopping,
-                           log: RunLog, step: int, epoch: int, started: datetime) -> None:
+                           log: RunLog, step: int, epoch: int, shape: TrainingShape) -> None:
     loss = validate(session, trainee, prepared.data, prepared.validation)
     previous_best = stopping.best
     best = stopping.update(step, loss)
@@ -98,11 +97,11 @@ def validate_and_keep_best(session: Session, trainee: Trainee, dataset: Dataset,
                           f", best {stopping.best:.5f} at step {stopping.best_step}"))
     if best:
         save_lora(session, trainee, dataset, session.out_dir / f"{session.config.output_name}-best.safetensors",
-                  step, epoch, started)
+                  step, epoch, shape)
 
 
 def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepared, schedule: Schedule,
-                   position: checkpoint.Position, stop: bool, log: RunLog, started: datetime) -> None:
+                   position: checkpoint.Position, stop: bool, log: RunLog, shape: TrainingShape) -> None:
     """The LoRA every --save-every, a checkpoint every --checkpoint-every (the last one, at the end or where early
     stopping ends the run, follows the LoRA: a disk with room for only one keeps the LoRA), then a sample grid
     every --sample-every: drawing one may run out of memory, which must find the step's work kept."""
@@ -113,7 +112,7 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
         # kohya's ss_epoch: the epoch under way (from 0) in a step's save, the epochs done in an epoch's
         done = schedule.epochs_done_at(step)
         suffix, saved_epoch = (f"step{step:06d}", epoch) if save_every[1] == "steps" else (f"e{done:04d}", done)
-        save_lora(session, trainee, dataset, out_dir / f"{name}-{suffix}.safetensors", step, saved_epoch, started)
+        save_lora(session, trainee, dataset, out_dir / f"{name}-{suffix}.safetensors", step, saved_epoch, shape)
         if config.output.keep_saves and session.main:
             for old in older_saves(out_dir, name, save_every, config.output.keep_saves):
                 old.unlink(missing_ok=True)
@@ -127,7 +126,7 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
 
 
 def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: Path, step: int, epochs: int,
-               position: checkpoint.Position | None, started: datetime) -> None:
+               position: checkpoint.Position | None, shape: TrainingShape) -> None:
     """The LoRA, then the end's checkpoint at `position` to train on from (None: this run took no step). A disk
     with room for one keeps the LoRA; one whose LoRA write fails (a file-size limit, a disk filled meanwhile) still
     gets the checkpoint where it fits, from which --resume writes the LoRA without another step."""
@@ -136,7 +135,7 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
         if kept:
             session.console.print(kept, soft_wrap=True)
     try:
-        save_lora(session, trainee, dataset, lora_path, step, epochs, started)
+        save_lora(session, trainee, dataset, lora_path, step, epochs, shape)
     except DiskFull:
         if position is not None:
             with suppress(DiskFull):
@@ -179,12 +178,12 @@ def older_saves(out_dir: Path, name: str, every: tuple[int, str], keep: int) -> 
 
 
 def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule,
-                     position: checkpoint.Position, started: datetime) -> TrainingInterrupted:
+                     position: checkpoint.Position, shape: TrainingShape) -> TrainingInterrupted:
     """Ctrl-C or SIGTERM: a checkpoint and a usable LoRA of the steps so far; the error says how to continue."""
     step, out_dir, name = position.step, session.out_dir, session.config.output_name
     saved = save_checkpoint(session, trainee, dataset, position)
     usable = save_lora(session, trainee, dataset, out_dir / f"{name}-step{step:06d}.safetensors", step,
-                       position.epoch, started)
+                       position.epoch, shape)
     if not session.main:  # the main process says it, once
         return TrainingInterrupted("")
     # a checkpoint resumes only with as many processes as wrote it
