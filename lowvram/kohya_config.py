@@ -544,10 +544,16 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[s
         values["keep_saves"] = max(1, as_number(last_steps, "save_last_n_steps", problem, int) // every_n)
     for what in ("save", "sample"):
         every_steps, every_epochs = left.pop(f"{what}_every_n_steps", None), left.pop(f"{what}_every_n_epochs", None)
+        by_steps = bool(every_steps) and not (what == "sample" and every_epochs)  # kohya samples by epoch then
+        if every_steps and every_epochs:
+            notes.append("save_every_n_steps and save_every_n_epochs: kohya saves at both; lowvram saves every "
+                         f"{every_steps} steps (give --save-every {every_epochs}e for the other)" if what == "save"
+                         else f"sample_every_n_steps not used: kohya samples every {every_epochs} epochs when "
+                         "sample_every_n_epochs is set")
         if every_steps or every_epochs:
-            count = as_number(every_steps or every_epochs, f"{what}_every_n_{'steps' if every_steps else 'epochs'}",
-                            problem, int)
-            values[f"{what}_every"] = str(count) if every_steps else f"{count}e"
+            count = as_number(every_steps if by_steps else every_epochs,
+                              f"{what}_every_n_{'steps' if by_steps else 'epochs'}", problem, int)
+            values[f"{what}_every"] = str(count) if by_steps else f"{count}e"
     prompts = left.pop("sample_prompts", None)
     sampler = str(left.pop("sample_sampler", None) or "ddim")  # kohya samples with DDIM unless told otherwise
     if prompts:

@@ -492,3 +492,13 @@ def test_kohya_settings_that_would_change_the_schedule_or_the_parts_trained_are_
                      {"lr_scheduler": "cosine", "lr_scheduler_num_cycles": 3},  # kohya's cosine takes no cycles
                      {"cache_text_encoder_outputs": True, "network_train_unet_only": True}):
         translate(base | settings, tmp_path / "k.toml")
+
+
+def test_kohyas_step_and_epoch_intervals_together(tmp_path):
+    """kohya saves at both (lowvram at one, said in a note) and samples by the epochs alone."""
+    values, notes = translate({"network_module": "networks.lora", "save_every_n_steps": 3, "save_every_n_epochs": 1,
+                               "sample_every_n_steps": 3, "sample_every_n_epochs": 2}, tmp_path / "k.toml",
+                              prompts=["a red circle"])
+    assert (values["save_every"], values["sample_every"]) == ("3", "2e")
+    assert any("kohya saves at both" in note for note in notes)
+    assert any("sample_every_n_steps not used" in note for note in notes)
