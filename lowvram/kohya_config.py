@@ -196,6 +196,11 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     for key, (option, value) in SWITCHES.items():
         if left.pop(key, None):
             values[option] = value
+    every = left.pop("validate_every_n_steps", None)
+    if every and (flat.get("validation_split") or dataset_config):  # kohya validates only with a held-out share
+        values["validate_every"] = as_number(every, "validate_every_n_steps", problem, int)
+    if str(left.get("validate_every_n_epochs")) == "1":
+        del left["validate_every_n_epochs"]  # kohya's default, lowvram's too: at each epoch's end
     sides = _sides(left.get("resolution"))
     if sides and values.get("bucket") is not False:  # sd-scripts' bucket sides, where it trains the resolution
         if sides[0] >= KOHYA_BUCKET_SIDES[0]:       # with them (it refuses one outside them; lowvram's own follow

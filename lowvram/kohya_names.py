@@ -70,6 +70,8 @@ KOHYA_FLAGS = {
     "--caption_tag_dropout_rate": "--tag-dropout",
     "--caption_dropout_every_n_epochs": "--caption-dropout-every",
     "--prior_loss_weight": "--prior-loss-weight",
+    "--validation_split": "--validation-split",
+    "--validate_every_n_steps": "--validate-every N",
     "--flip_aug": "--flip",
     "--caption_prefix": "--caption-prefix",
     "--caption_suffix": "--caption-suffix",
@@ -145,6 +147,9 @@ WITHOUT_COUNTERPART = {
     "--initial_step": "a run continues where it stopped with --resume",
     "--huggingface_repo_id": "lowvram uploads nothing (use huggingface-cli upload)",
     "--wandb_api_key": "run `wandb login` once, or set WANDB_API_KEY",
+    "--validate_every_n_epochs": "lowvram validates once per epoch, or every N steps with --validate-every",
+    "--validation_seed": "the held-out images are chosen by --seed",
+    "--max_validation_steps": "lowvram validates every held-out image",
 }
 
 

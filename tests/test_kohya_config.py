@@ -502,3 +502,13 @@ def test_kohyas_step_and_epoch_intervals_together(tmp_path):
     assert (values["save_every"], values["sample_every"]) == ("3", "2e")
     assert any("kohya saves at both" in note for note in notes)
     assert any("sample_every_n_steps not used" in note for note in notes)
+
+
+def test_kohyas_validation_settings_carry_over(tmp_path):
+    values, notes = translate({"network_module": "networks.lora", "validation_split": 0.25,
+                               "validate_every_n_steps": 2, "validate_every_n_epochs": 1, "validation_seed": 3,
+                               "max_validation_steps": 4}, tmp_path / "k.toml")
+    assert (values["validation_split"], values["validate_every"]) == (0.25, 2)
+    assert "not carried over (lowvram has no such setting): max_validation_steps, validation_seed" in notes
+    values, _ = translate({"network_module": "networks.lora", "validate_every_n_steps": 2}, tmp_path / "k.toml")
+    assert "validate_every" not in values  # nothing held out: kohya validates nothing
