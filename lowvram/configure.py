@@ -148,10 +148,13 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
     for note in notes:
         print(f"{path}: {note}", file=sys.stderr)
     values = _unreplaced(values, given)
-    problems = _file_value_problems(values)
+    layered = with_dataset_settings(values, str(path), dataset_wins=dataset_wins)
+    # the file's own values checked beside its dataset file's (a OneTrainer validation concept is the
+    # validation data its validate_after needs)
+    problems = _file_value_problems(layered, about=set(values))
     if problems:
         raise LowvramError("\n".join(f"{path}: {line}" for line in problems))
-    return with_dataset_settings(values, str(path), dataset_wins=dataset_wins)
+    return layered
 
 
 def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool = False, quiet: bool = False
