@@ -331,6 +331,8 @@ class OptimConfig:
     ema_decay: float = option(0.999, "How slowly --ema's average follows the weights; it ramps up to this from 0 "
                               "as (1 + step) / (10 + step), so short runs are averaged over their own length.",
                               metavar="D")
+    ema_every: int = option(1, "Update --ema's average every N steps, so it spans N times as many (OneTrainer's "
+                            "ema_update_step_interval, 5 there).", metavar="N")
 
 
 @dataclass(frozen=True)

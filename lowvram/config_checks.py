@@ -230,6 +230,9 @@ def config_problems(c: RunConfig) -> list[str]:
     positive("loraplus-ratio", c.optim.loraplus_ratio)
     if not 0 < c.optim.ema_decay < 1:
         p.append(f"--ema-decay: must be in (0, 1), got {c.optim.ema_decay} (0.999 is usual)")
+    positive("ema-every", c.optim.ema_every)
+    if c.optim.ema_every != 1 and not c.optim.ema:
+        p.append(f"--ema-every {c.optim.ema_every}: there is no average without --ema; add --ema or drop it")
     positive("scale-weight-norms", c.optim.scale_weight_norms)
     positive("loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio)
     if c.optim.loraplus_text_encoder_ratio and not c.network.train_text_encoder:

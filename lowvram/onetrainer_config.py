@@ -49,7 +49,7 @@ INERT = {
     "lora_decompose_norm_epsilon", "lora_decompose_output_axis", "optimizer_defaults", "sample_image_format",
     "sample_video_format", "sample_audio_format", "samples_to_tensorboard", "non_ema_sampling", "backup_after",
     "backup_after_unit", "rolling_backup", "rolling_backup_count", "backup_before_save", "save_filename_prefix",
-    "secrets", "ema_update_step_interval", "sample_skip_first", "save_skip_first",
+    "secrets", "sample_skip_first", "save_skip_first",
     "layer_filter_regex", "oft_block_size", "oft_block_share", "oft_scaled", "lokr_dim", "lokr_decompose_both",
     "lokr_use_tucker", "lokr_weight_decompose", "lokr_dora_on_output", "lokr_full_matrix", "lokr_vec_trick",
     "constant_snr_floor", "scheduler_params", "custom_learning_rate_scheduler",
@@ -68,7 +68,7 @@ READ = {
     "gradient_checkpointing", "compile",
     "concept_file_name", "concepts", "aspect_ratio_bucketing", "learning_rate_scheduler", "learning_rate",
     "learning_rate_warmup_steps", "learning_rate_cycles", "epochs", "batch_size", "gradient_accumulation_steps",
-    "ema", "ema_decay", "train_dtype", "resolution", "mse_strength", "mae_strength", "log_cosh_strength",
+    "ema", "ema_decay", "ema_update_step_interval", "train_dtype", "resolution", "mse_strength", "mae_strength", "log_cosh_strength",
     "huber_strength", "huber_delta", "loss_weight_fn", "loss_weight_strength", "dropout_probability", "loss_scaler",
     "learning_rate_scaler", "clip_grad_norm", "offset_noise_weight", "generalized_offset_noise",
     "perturbation_noise_weight", "rescale_noise_scheduler_to_zero_terminal_snr", "force_v_prediction",
@@ -327,6 +327,9 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         values["ema"] = True
         if doc.get("ema_decay") is not None:
             values["ema_decay"] = number("ema_decay")
+        every = number("ema_update_step_interval", int) if doc.get("ema_update_step_interval") is not None else 5
+        if every != 1:  # OneTrainer's default is 5
+            values["ema_every"] = every
     for key in ("loss_scaler", "learning_rate_scaler"):
         if (_upper(doc, key) or "NONE") != "NONE":
             problem(key, f"{doc[key]}: lowvram does not scale the {key.split('_scaler')[0].replace('_', ' ')} by "

@@ -55,3 +55,32 @@ def test_what_ema_cannot_do_is_refused_and_the_planner_counts_its_copy():
     work = workload_for(resolve_run(config, hardware))
     training = estimate(work, MemoryStrategy("bf16", False, "adamw"), hardware).vram["training"]
     assert training["EMA"] == training["LoRA"] > 0
+
+
+def test_ema_every_averages_every_nth_steps_weights_as_onetrainers_interval_does(tmp_path):
+    plain = train(run_config(output=str(tmp_path / "plain"), max_steps=STEPS, save_every="1", save_precision="fp32",
+                             lr=1e-2, name="plain"))
+    each_step = [load_file(str(tmp_path / "plain" / f"plain-step{step:06d}.safetensors")) for step in (1, 2, 3)]
+    each_step.append(load_file(str(plain.lora_path)))
+    averaged = train(run_config(output=str(tmp_path / "ema"), max_steps=STEPS, save_precision="fp32", lr=1e-2,
+                                ema=True, ema_decay=0.3, ema_every=2))
+    saved = load_file(str(averaged.lora_path))
+    # updates after steps 2 and 4 only: the first copies step 2's weights, the second mixes in step 4's
+    decay = min((1 + 1) / (10 + 1), 0.3)
+    for key, value in saved.items():
+        torch.testing.assert_close(value, decay * each_step[1][key] + (1 - decay) * each_step[3][key], rtol=1e-5,
+                                   atol=1e-7)
+    with pytest.raises(LowvramError, match="--ema-every 2: there is no average without --ema"):
+        run_config(ema_every=2)
+
+
+def test_a_text_encoder_frozen_by_text_encoder_until_keeps_its_average(tmp_path):
+    """diffusers' EMAModel.step copies a parameter that no longer trains over its average; OneTrainer's keeps the
+    average, and so does lowvram's: the text encoder's part of the LoRA stays the average of its training steps."""
+    settings = {"max_steps": STEPS, "save_precision": "fp32", "lr": 1e-2, "train_text_encoder": True,
+                "text_encoder_until": "2"}
+    raw = load_file(str(train(run_config(output=str(tmp_path / "raw"), **settings)).lora_path))
+    averaged = load_file(str(train(run_config(output=str(tmp_path / "ema"), ema=True, ema_decay=0.5,
+                                              **settings)).lora_path))
+    text = [key for key in raw if key.startswith("lora_te_") and key.endswith("lora_up.weight")]
+    assert text and any(not torch.equal(raw[key], averaged[key]) for key in text)

@@ -389,3 +389,28 @@ def test_a_schedule_free_class_without_a_warm_up_of_its_own_refuses_one(tmp_path
                                            r"own, and a schedule-free optimizer takes no schedule's; drop "):
         build_optimizer("schedulefree.RAdamScheduleFree", groups, 0.0, warmup_steps=10)
     assert build_optimizer("schedulefree.RAdamScheduleFree", groups, 0.0).param_groups[0]["lr"] == 1e-3
+
+
+def test_a_validation_concept_is_the_validation_data_validate_after_needs(tmp_path, monkeypatch):
+    """validate_after in steps needs a validation set, which the config's own validation concept is: the file's
+    values are checked beside its concepts' (they were checked alone, and the run refused to start)."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    path = tmp_path / "validating.json"
+    path.write_text(json.dumps(CONFIG | {"validation": True, "validate_after": 2, "validate_after_unit": "STEP",
+                                         "concepts": [{"path": "imgs/alpha"},
+                                                      {"path": "imgs/beta", "type": "VALIDATION"}]}))
+    values = read_config(path)
+    assert (values["validate_every"], values["validation_data"]) == (2, str(tmp_path / "imgs" / "beta"))
+    path.write_text(json.dumps(CONFIG | {"validation": True, "validate_after": 2, "validate_after_unit": "STEP",
+                                         "concepts": [{"path": "imgs/alpha"}]}))
+    with pytest.raises(LowvramError, match="validating.json: --validate-every: needs a validation set"):
+        read_config(path)
+
+
+def test_onetrainers_ema_averages_every_fifth_step_unless_its_interval_says_otherwise(tmp_path):
+    for settings, every in (({"ema": "GPU"}, 5), ({"ema": "CPU", "ema_update_step_interval": 1}, None),
+                            ({"ema": "GPU", "ema_update_step_interval": 3}, 3), ({"ema": "OFF"}, None)):
+        values, notes = translate_onetrainer(CONFIG | settings, tmp_path / "c.json")
+        assert values.get("ema_every") == every, settings
+        assert not any("ema_update_step_interval" in note for note in notes)

@@ -30,7 +30,8 @@ def test_the_held_out_split_is_fixed_by_the_seed_and_disjoint(sample_data):
 
 
 def test_fixed_timesteps_spread_over_the_schedule():
-    assert fixed_timesteps(4, 1000) == [125, 375, 625, 875]
+    assert fixed_timesteps(4, 0, 1000) == [125, 375, 625, 875]
+    assert fixed_timesteps(4, 500, 700) == [525, 575, 625, 675]  # --min-timestep 500 --max-timestep 700
 
 
 def test_early_stopping_counts_validations_without_a_new_best():
@@ -115,14 +116,36 @@ def test_the_validation_loss_depends_only_on_the_weights(diverging):
     samples = data.samples[:2]
 
     def score():
-        return validation_loss(model.unet, scheduler, model.family, data, samples, 4, 42, torch.device("cpu"),
-                               torch.float32, _no_autocast)
+        return validation_loss(model.unet, scheduler, model.family, data, samples, fixed_timesteps(4, 0, 1000), 42,
+                               torch.device("cpu"), torch.float32, _no_autocast)
 
     first, second = score(), score()
     assert first == second and first[1] == 8  # 2 images x 4 timesteps
     with torch.no_grad():
         next(p for p in model.unet.parameters() if p.requires_grad).add_(0.1)
     assert score()[0] != first[0]
+
+
+def test_a_live_encoded_caption_is_read_as_training_reads_it(diverging):
+    """With the text encoder training, validation encodes each caption itself: its secondary separator read as
+    the tag separator, as training reads it (it encoded the raw text)."""
+    import dataclasses
+
+    from diffusers import DDPMScheduler
+
+    _, result = diverging
+    model, data = result.model, result.data
+    scheduler = DDPMScheduler.from_config(model.pipeline.scheduler.config)
+    joined = dataclasses.replace(data.samples[0], caption="lvshape;;;red circle, plain background")
+    plain = dataclasses.replace(data.samples[0], caption="lvshape,red circle, plain background")
+    own = dataclasses.replace(data.captions, secondary_separator=";;;")
+
+    def score(sample):
+        return validation_loss(model.unet, scheduler, model.family, data, [dataclasses.replace(sample, captions=own)],
+                               fixed_timesteps(2, 0, 1000), 42, torch.device("cpu"), torch.float32, _no_autocast,
+                               model.text_encoders, model.tokenizers)
+
+    assert score(joined) == score(plain)
 
 
 def _no_autocast():
@@ -150,3 +173,10 @@ def test_a_validation_folder_is_used_whole(tmp_path, sample_data):
                               max_steps=2, validate_every=1))
     assert [s for s, _ in result.validation.history] == [1, 2]
     assert isinstance(result.data_reports[0], ScanReport) and len(result.data_reports[0].usable) == 6
+
+
+def test_a_run_resumed_with_another_validation_split_is_refused(tmp_path):
+    """Another split trains other images, and the early-stopping record compares losses of another set."""
+    train(run_config(output=str(tmp_path / "run"), validation_split=0.34, max_steps=2, checkpoint_every=2))
+    with pytest.raises(LowvramError, match=r"holds another run \(--validation-split 0.34 there, 0.5 here\)"):
+        train(run_config(output=str(tmp_path / "run"), validation_split=0.5, max_steps=4, resume="auto"))

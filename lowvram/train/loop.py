@@ -136,7 +136,7 @@ def run_training(session: Session) -> TrainResult:
             lr = trainee.optimizer.param_groups[0]["lr"]  # the rate this step's update uses (the plain one)
             # one collective and one read-back per step: the mean loss, whether any process was asked to stop,
             # and the gradient norm
-            outcome = update(session, trainee, step_loss, signals.received is not None)
+            outcome = update(session, trainee, step_loss, signals.received is not None, step)
             # a schedule-free optimizer warms up inside its step, the rate it used kept there
             lr = trainee.optimizer.param_groups[0].get("scheduled_lr", lr)
             bad_steps = count_bad_steps(session, outcome.verdict, bad_steps, step)

@@ -21,7 +21,7 @@ from lowvram.train.runlog import RunLog
 from lowvram.train.sampling import render_grid
 from lowvram.train.setup import Dataset, Schedule, Session, Trainee
 from lowvram.train.step import sum_over_processes
-from lowvram.train.validation import EarlyStopping, validation_loss
+from lowvram.train.validation import EarlyStopping, fixed_timesteps, validation_loss
 
 
 def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, step: int, epoch: int,
@@ -78,7 +78,9 @@ def validate(session: Session, trainee: Trainee, data, samples: list) -> float:
     with evaluating(trainee):
         total, count = validation_loss(
             model.unet, trainee.noise_scheduler, model.family, data, samples[session.rank::world],
-            config.validation.validation_timesteps, config.training.seed, session.device, session.weight_dtype,
+            fixed_timesteps(config.validation.validation_timesteps, config.training.min_timestep or 0,
+                            config.training.max_timestep or trainee.noise_scheduler.config.num_train_timesteps),
+            config.training.seed, session.device, session.weight_dtype,
             session.accelerator.autocast, model.text_encoders if trainee.train_text else None, model.tokenizers,
             model.text_reading)
     total, count = sum_over_processes(session.accelerator, total, count)

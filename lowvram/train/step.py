@@ -98,7 +98,8 @@ class StepOutcome:
     stop_asked: bool  # some process was asked to stop (Ctrl-C, SIGTERM)
 
 
-def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_asked: bool) -> StepOutcome:
+def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_asked: bool, step: int
+           ) -> StepOutcome:
     """Clip, judge and apply the step's gradients. The loss is averaged over processes with the stop flag in the
     same all-reduce, and read back with the gradient norm: the step's one wait for the GPU."""
     accelerator, optimizer = session.accelerator, trainee.optimizer
@@ -124,10 +125,22 @@ def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_ask
             if session.config.optim.scale_weight_norms:
                 for module in trainee.adapted.values():
                     networks.limit_norms(module, session.config.optim.scale_weight_norms)
-            if trainee.ema is not None:  # the weights as applied, limits included
-                trainee.ema.step(trainee.params)
+            if trainee.ema is not None and step % session.config.optim.ema_every == 0:  # as applied, limits in
+                average(trainee.ema, trainee.params)
     optimizer.zero_grad(set_to_none=not trainee.gradients_kept)
     return StepOutcome(verdict, loss, grad_norm, stop > 0)
+
+
+def average(ema, params: list[torch.nn.Parameter]) -> None:
+    """One step of --ema's average (diffusers' EMAModel: its decay ramp, its state), over the parameters that
+    train: a text encoder frozen by --text-encoder-until keeps its average, as OneTrainer's does (EMAModel.step
+    would copy the frozen weights over it)."""
+    ema.optimization_step += 1
+    ema.cur_decay_value = ema.get_decay(ema.optimization_step)
+    trained = [(shadow, param) for shadow, param in zip(ema.shadow_params, params, strict=True) if param.requires_grad]
+    if trained:
+        shadows, values = zip(*trained)
+        torch._foreach_lerp_(list(shadows), list(values), 1 - ema.cur_decay_value)
 
 
 def optimizer_stepped(optimizer, scaler, gradients_finite: bool) -> bool:

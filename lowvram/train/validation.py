@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lowvram.data.augment import trained_text
 from lowvram.data.dataset import Sample, TrainingData
 from lowvram.errors import LowvramError
 from lowvram.models.conditioning import DEFAULT_READING, TextReading, encode_prompts, unet_conditioning
@@ -35,13 +36,14 @@ def hold_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
     return [r for r in records if id(r) not in held], [r for r in records if id(r) in held]
 
 
-def fixed_timesteps(count: int, train_timesteps: int) -> list[int]:
-    """`count` timesteps spread evenly over the schedule, each in the middle of its share."""
-    return [int((k + 0.5) * train_timesteps / count) for k in range(count)]
+def fixed_timesteps(count: int, lowest: int, end: int) -> list[int]:
+    """`count` timesteps spread evenly over those trained, lowest to end (excluded), each in the middle of its
+    share: a loss at a timestep no step trains says nothing of the training."""
+    return [lowest + int((k + 0.5) * (end - lowest) / count) for k in range(count)]
 
 
 @torch.no_grad()
-def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: list[Sample], timesteps: int,
+def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: list[Sample], timesteps: list[int],
                     seed: int, device: torch.device, dtype: torch.dtype, autocast, text_encoders=None,
                     tokenizers=None, reading: TextReading = DEFAULT_READING) -> tuple[float, int]:
     """Sum and count of the losses of `samples` (each image at every fixed timestep, noise seeded per image
@@ -52,15 +54,15 @@ def validation_loss(unet, noise_scheduler, family, data: TrainingData, samples: 
         latents = entry["latent"][None].to(device, torch.float32)  # noised in fp32, as training noises them
         if text_encoders is not None:
             with autocast():
-                hidden, pooled = encode_prompts(family, text_encoders, tokenizers, [sample.caption], device,
-                                                reading)
+                caption = trained_text(sample.caption, sample.captions or data.captions)  # as training reads it
+                hidden, pooled = encode_prompts(family, text_encoders, tokenizers, [caption], device, reading)
         else:
             text = data.text_store.load(sample.text_keys[0])
             hidden = text["hidden"][None].to(device, dtype)
             pooled = text["pooled"][None].to(device, dtype) if text.get("pooled") is not None else None
         conditioning = unet_conditioning(family, hidden, pooled, entry["time_ids"][None].float())
         mask = entry.get("mask")  # strictly, without --unmasked-weight: one yardstick for runs that differ in it
-        for t in fixed_timesteps(timesteps, noise_scheduler.config.num_train_timesteps):
+        for t in timesteps:
             generator = torch.Generator().manual_seed(_noise_seed(seed, sample.latent_keys[0], t))
             noise = torch.randn(latents.shape, generator=generator).to(device)
             with autocast():
