@@ -16,14 +16,19 @@ from lowvram.train.loop import train
 STEPS = 4
 
 
-def test_the_saved_lora_is_the_moving_average_of_what_each_step_left(tmp_path):
+def weights_and_average(tmp_path, **ema) -> tuple[list[dict], dict]:
+    """The LoRA each of STEPS steps left, and the LoRA of the same run with `ema`'s options."""
     plain = train(run_config(output=str(tmp_path / "plain"), max_steps=STEPS, save_every="1", save_precision="fp32",
                              lr=1e-2, name="plain"))
     each_step = [load_file(str(tmp_path / "plain" / f"plain-step{step:06d}.safetensors")) for step in (1, 2, 3)]
     each_step.append(load_file(str(plain.lora_path)))
     averaged = train(run_config(output=str(tmp_path / "ema"), max_steps=STEPS, save_precision="fp32", lr=1e-2,
-                                ema=True, ema_decay=0.3))
-    saved = load_file(str(averaged.lora_path))
+                                ema=True, **ema))
+    return each_step, load_file(str(averaged.lora_path))
+
+
+def test_the_saved_lora_is_the_moving_average_of_what_each_step_left(tmp_path):
+    each_step, saved = weights_and_average(tmp_path, ema_decay=0.3)
     # diffusers' EMAModel: the first step copies the weights, then decay min((1 + s) / (10 + s), 0.3) for s = 1, 2, ..
     expected = dict(each_step[0])
     for step, weights in enumerate(each_step[1:], start=1):
@@ -58,13 +63,7 @@ def test_what_ema_cannot_do_is_refused_and_the_planner_counts_its_copy():
 
 
 def test_ema_every_averages_every_nth_steps_weights_as_onetrainers_interval_does(tmp_path):
-    plain = train(run_config(output=str(tmp_path / "plain"), max_steps=STEPS, save_every="1", save_precision="fp32",
-                             lr=1e-2, name="plain"))
-    each_step = [load_file(str(tmp_path / "plain" / f"plain-step{step:06d}.safetensors")) for step in (1, 2, 3)]
-    each_step.append(load_file(str(plain.lora_path)))
-    averaged = train(run_config(output=str(tmp_path / "ema"), max_steps=STEPS, save_precision="fp32", lr=1e-2,
-                                ema=True, ema_decay=0.3, ema_every=2))
-    saved = load_file(str(averaged.lora_path))
+    each_step, saved = weights_and_average(tmp_path, ema_decay=0.3, ema_every=2)
     # updates after steps 2 and 4 only: the first copies step 2's weights, the second mixes in step 4's
     decay = min((1 + 1) / (10 + 1), 0.3)
     for key, value in saved.items():
