@@ -160,6 +160,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         # kohya_ss writes it from its LoRA tab's "Stop TE" all the same, so it is done as it says, and said
         if stop < 0:
             values["train_text_encoder"] = False
+            for name in ("text_encoder_lr", "text_encoder_2_lr", "loraplus_text_encoder_ratio"):
+                values.pop(name, None)  # rates of what does not train
         else:
             values["text_encoder_until"] = str(stop)
         notes.append(f"stop_text_encoder_training {stop}: sd-scripts' LoRA training ignores it and trains the text "
@@ -197,9 +199,9 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         if left.pop(key, None):
             values[option] = value
     every = left.pop("validate_every_n_steps", None)
-    if every and (flat.get("validation_split") or dataset_config):  # kohya validates only with a held-out share
+    if every:  # (configure drops it where nothing is held out: kohya validates nothing then)
         values["validate_every"] = as_number(every, "validate_every_n_steps", problem, int)
-    if str(left.get("validate_every_n_epochs")) == "1":
+    if as_number(left.get("validate_every_n_epochs", 0), "validate_every_n_epochs", problem) == 1:
         del left["validate_every_n_epochs"]  # kohya's default, lowvram's too: at each epoch's end
     sides = _sides(left.get("resolution"))
     if sides and values.get("bucket") is not False:  # sd-scripts' bucket sides, where it trains the resolution
@@ -355,6 +357,8 @@ def _block_args(args: dict[str, Any], conv_alpha: Any, notes: list[str], problem
             del given[ours]
             notes.append(f"network_args {ours}={text}: kohya reads a single value as a weight curve's name, finds "
                          f"none, and trains those blocks at 1, as here; for one weight in every block give a list")
+    if re.fullmatch(r"\s*[\d.]+\s*", given.get("mid_lr_weight", "")):  # kohya's list of one: SDXL's M00 alone
+        given["mid_lr_weight"] = given["mid_lr_weight"].strip() + ","
     for ours, text in given.items():
         kohya = BLOCK_OPTIONS[ours]
         try:
@@ -410,7 +414,12 @@ def _schedule_settings(flat: dict[str, Any], problem) -> None:
     timescale = flat.get("lr_scheduler_timescale")
     if name == "inverse_sqrt" and timescale not in (None, "", 0):
         warmup = flat.get("lr_warmup_steps") or 0
-        if not (isinstance(warmup, (int, float)) and warmup >= 1 and float(timescale) == float(warmup)):
+        try:
+            scale = float(timescale)
+        except (TypeError, ValueError):
+            problem("lr_scheduler_timescale", f"{timescale!r} is not a number")
+            return
+        if not (isinstance(warmup, (int, float)) and warmup >= 1 and scale == float(warmup)):
             problem("lr_scheduler_timescale", f"{timescale}: lowvram's inverse_sqrt decays on the warm-up's time "
                     "scale (kohya's without one); leave it out, or set lr_warmup_steps to it")
 

@@ -271,9 +271,9 @@ def build_schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cy
     for the usual ones; REX as OneTrainer builds it (the paper's d = 0.9, over the steps after the warm-up);
     inverse_sqrt and warmup_stable_decay as kohya builds them (transformers': the time scale the warm-up; the rate
     held, then a cosine decay over the last `decay_steps`). `min_lr_ratio` is the floor of the decay."""
-    schedule = _schedule(name, optimizer, warmup_steps, total_steps, cycles, power, decay_steps, min_lr_ratio)
-    if min_lr_ratio and name != "warmup_stable_decay":  # transformers' floors that one, its warm-up too (kohya's)
-        floor_schedule(schedule, min_lr_ratio, warmup_steps)
+    schedule = _schedule(name, optimizer, warmup_steps, total_steps, cycles, power, decay_steps)
+    if min_lr_ratio:  # transformers' warmup_stable_decay (kohya's) floors its warm-up too
+        floor_schedule(schedule, min_lr_ratio, 0 if name == "warmup_stable_decay" else warmup_steps)
     return schedule
 
 
@@ -283,10 +283,16 @@ def floor_schedule(lr_scheduler, ratio: float, warmup_steps: int) -> None:
     lr_scheduler.lr_lambdas = [
         lambda step, factor=factor: factor(step) if step < warmup_steps else ratio + (1 - ratio) * factor(step)
         for factor in lr_scheduler.lr_lambdas]
+    # the rate in force now is the one the schedule set when it was built, from the factors before the floor
+    step = lr_scheduler.last_epoch
+    for group, base, factor in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.base_lrs,
+                                   lr_scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(step)
+    lr_scheduler._last_lr = [group["lr"] for group in lr_scheduler.optimizer.param_groups]
 
 
 def _schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cycles: int, power: float,
-              decay_steps: int, min_lr_ratio: float):
+              decay_steps: int):
     import torch
 
     if name == "rex":
@@ -308,8 +314,7 @@ def _schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cycles:
 
         # by keyword, the stable phase's length given: transformers 4.45 takes (warm-up, stable, decay) in that order
         return get_wsd_schedule(optimizer, num_warmup_steps=warmup_steps, num_decay_steps=decay_steps,
-                                num_stable_steps=max(0, total_steps - warmup_steps - decay_steps),
-                                min_lr_ratio=min_lr_ratio)
+                                num_stable_steps=max(0, total_steps - warmup_steps - decay_steps))
     from diffusers.optimization import get_scheduler
 
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,

@@ -37,13 +37,13 @@ ALIASES = {"k_lms": "lms", "k_euler": "euler", "k_euler_a": "euler_a", "k_dpm_2"
            "dpm++_2m_karras": "dpmsolver++_karras", "dpmpp_2m": "dpmsolver++", "dpmpp_2m_karras": "dpmsolver++_karras",
            "dpm++_2m_sde": "dpmsolver++_sde", "dpm++_2m_sde_karras": "dpmsolver++_sde_karras",
            "dpmpp_2m_sde": "dpmsolver++_sde", "dpmpp_2m_sde_karras": "dpmsolver++_sde_karras",
-           "euler_ancestral": "euler_a", "uni_pc": "unipc"}
+           "euler_ancestral": "euler_a", "uni_pc": "unipc", "dpm2": "dpm_2", "dpm2_a": "dpm_2_a"}
 NEEDS = {"LMSDiscreteScheduler": "scipy"}  # diffusers imports these schedulers only with that package installed
 
 
 def sampler_name(name: str) -> str:
     """The name in SAMPLERS `name` means (another tool's spelling too); ValueError lists the names."""
-    key = name.strip().lower()
+    key = "_".join(name.lower().split())  # AUTOMATIC1111's "DPM++ 2M Karras", "Euler a"
     key = ALIASES.get(key, key)
     if key not in SAMPLERS:
         raise ValueError(f"unknown sampler '{name}'; use one of {', '.join(SAMPLERS)}")

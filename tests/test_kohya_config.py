@@ -14,10 +14,13 @@ from conftest import assert_one_line_each
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from lowvram.adapters.blocks import block_plan
 from lowvram.cli import main
+from lowvram.config import NetworkConfig
 from lowvram.configure import build_config, read_toml
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import is_kohya_config, translate
+from lowvram.models import FAMILIES
 
 # what kohya_ss writes for a LoCon run: every setting, switched-off ones included
 KOHYA_SS = {
@@ -296,7 +299,7 @@ def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
     assert {key: values[key] for key in ("block_ranks", "block_alphas", "conv_block_ranks", "conv_block_alphas",
                                          "down_lr_weight", "mid_lr_weight", "up_lr_weight", "lora_layers")} == {
         "block_ranks": dims, "block_alphas": "2", "conv_block_ranks": conv, "conv_block_alphas": "1",  # kohya's 1
-        "down_lr_weight": "sine+0.5", "mid_lr_weight": "0", "up_lr_weight": "1,1,0.5", "lora_layers": "full"}
+        "down_lr_weight": "sine+0.5", "mid_lr_weight": "0,", "up_lr_weight": "1,1,0.5", "lora_layers": "full"}
     build_config(values | {"model": "tiny"})  # and lowvram takes them
     with pytest.raises(LowvramError) as error:
         translate({"train_data_dir": "sample", "network_args": ["block_dims=4,x", "up_lr_weight=slow"]},
@@ -307,7 +310,10 @@ def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
     # one number is no list to kohya but a curve's name, which it does not find: those blocks train at 1
     values, notes = translate({"train_data_dir": "sample", "network_args": ["down_lr_weight=0.5", "mid_lr_weight=0.5",
                                                                             "up_lr_weight=2"]}, Path("kohya.toml"))
-    assert "down_lr_weight" not in values and "up_lr_weight" not in values and values["mid_lr_weight"] == "0.5"
+    assert "down_lr_weight" not in values and "up_lr_weight" not in values and values["mid_lr_weight"] == "0.5,"
+    # a single mid weight is kohya's list of one: SDXL's first middle block (M00) alone, the others at 1
+    mid = block_plan(NetworkConfig(mid_lr_weight=values["mid_lr_weight"]), FAMILIES["sdxl"].blocks, "SDXL")
+    assert mid.lr_weights[10:13] == (0.5, 1.0, 1.0)
     assert any(note.startswith("network_args up_lr_weight=2: kohya reads a single value as a weight curve's name")
                for note in notes)
     _, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_args":
@@ -326,6 +332,9 @@ def test_kohyas_text_encoder_stop_carries_over_where_the_text_encoder_trains(tmp
     assert any("sd-scripts' LoRA training ignores it" in note for note in notes)  # its DreamBooth script reads it
     values, notes = translate({"train_data_dir": "sample", "stop_text_encoder_training": -1}, tmp_path / "k.toml")
     assert values["train_text_encoder"] is False and "text_encoder_until" not in values  # DreamBooth's -1: none
+    values = values_of(tmp_path, {"train_data_dir": "sample", "stop_text_encoder_training": -1, "unet_lr": 1e-4,
+                                  "text_encoder_lr": 1e-5, "network_args": ["loraplus_unet_lr_ratio=16"]})
+    build_config(values | {"model": "tiny"})  # the text encoder's rates go with it, not refused as set for nothing
     assert "text_encoder_until" not in values_of(tmp_path, {"train_data_dir": "sample", "network_train_unet_only": True,
                                                              "stop_text_encoder_training": 100})
     assert "text_encoder_until" not in values_of(tmp_path, {"train_data_dir": "sample",
@@ -480,10 +489,11 @@ def test_kohya_settings_that_would_change_the_schedule_or_the_parts_trained_are_
                                            "lr_scheduler_num_cycles": 3},
                "lr_scheduler_timescale": {"lr_scheduler": "inverse_sqrt", "lr_warmup_steps": 10,
                                           "lr_scheduler_timescale": 50},
+               "lr_scheduler_timescale ": {"lr_scheduler": "inverse_sqrt", "lr_scheduler_timescale": "auto"},
                "unet_lr": {"unet_lr": 0, "text_encoder_lr": 1e-5},
                "cache_text_encoder_outputs": {"cache_text_encoder_outputs": True}}
     for key, settings in refused.items():
-        with pytest.raises(LowvramError, match=f"k.toml: {key}: ") as error:
+        with pytest.raises(LowvramError, match=f"k.toml: {key.strip()}: ") as error:
             translate(base | settings, tmp_path / "k.toml")
         assert len(str(error.value).splitlines()) == 1, error.value
     for settings in ({"lr_scheduler": "cosine_with_restarts", "lr_scheduler_num_cycles": 3},
@@ -510,5 +520,17 @@ def test_kohyas_validation_settings_carry_over(tmp_path):
                                "max_validation_steps": 4}, tmp_path / "k.toml")
     assert (values["validation_split"], values["validate_every"]) == (0.25, 2)
     assert "not carried over (lowvram has no such setting): max_validation_steps, validation_seed" in notes
-    values, _ = translate({"network_module": "networks.lora", "validate_every_n_steps": 2}, tmp_path / "k.toml")
+    values = values_of(tmp_path, {"network_module": "networks.lora", "validate_every_n_steps": 2,
+                                  "validate_every_n_epochs": 1.0})
     assert "validate_every" not in values  # nothing held out: kohya validates nothing
+
+
+def test_a_validation_interval_without_anything_held_out_is_not_used(tmp_path, capsys):
+    """kohya validates only what validation_split holds out, its own or its dataset file's."""
+    (tmp_path / "data.toml").write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{tmp_path.as_posix()}"\n')
+    settings = {"network_module": "networks.lora", "dataset_config": str(tmp_path / "data.toml"),
+                "validate_every_n_steps": 50}
+    assert "validate_every" not in values_of(tmp_path, settings)
+    assert "its validation interval is not used: nothing is held out" in capsys.readouterr().err
+    (tmp_path / "data.toml").write_text('[general]\nvalidation_split = 0.2\n' + (tmp_path / "data.toml").read_text())
+    assert values_of(tmp_path, settings)["validate_every"] == 50

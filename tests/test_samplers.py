@@ -57,6 +57,9 @@ def type_name(model) -> str:
 def test_other_tools_names_mean_the_same_sampler():
     assert [sampler_name(n) for n in ("k_euler_a", "DPMPP_SDE_KARRAS", "dpm++_2m_karras", "Euler_A", "k_dpm_2")] == [
         "euler_a", "dpmsolver++_sde_karras", "dpmsolver++_karras", "euler_a", "dpm_2"]
+    # AUTOMATIC1111's names, spaces and all
+    assert [sampler_name(n) for n in ("DPM++ 2M Karras", "Euler a", "DPM2 a", " UniPC ")] == [
+        "dpmsolver++_karras", "euler_a", "dpm_2_a", "unipc"]
     with pytest.raises(ValueError, match="unknown sampler 'restart'; use one of ddim, pndm"):
         sampler_name("restart")
 
@@ -140,7 +143,7 @@ def test_the_sample_sampler_option_takes_other_tools_names_on_the_command_line_a
 
     args = build_parser().parse_args(["train", "--data", "sample", "--model", "tiny", "--sample-sampler", "k_euler_a"])
     assert build_config(train_values(args)).output.sample_sampler == "euler_a"
-    (tmp_path / "run.toml").write_text('[output]\nsample_sampler = "DPM++_2M_Karras"\n')
+    (tmp_path / "run.toml").write_text('[output]\nsample_sampler = "DPM++ 2M Karras"\n')
     args = build_parser().parse_args(["train", "--data", "sample", "--model", "tiny", "--config", str(tmp_path / "run.toml")])
     assert build_config(train_values(args)).output.sample_sampler == "dpmsolver++_karras"
     with pytest.raises(SystemExit):

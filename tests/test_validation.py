@@ -175,8 +175,14 @@ def test_a_validation_folder_is_used_whole(tmp_path, sample_data):
     assert isinstance(result.data_reports[0], ScanReport) and len(result.data_reports[0].usable) == 6
 
 
-def test_a_run_resumed_with_another_validation_split_is_refused(tmp_path):
-    """Another split trains other images, and the early-stopping record compares losses of another set."""
+def test_a_run_resumed_with_another_validation_split_says_its_held_out_images_changed(tmp_path, capsys):
+    """Another split trains other images, and the early-stopping record compares losses of another set: said as a
+    changed dataset is (a run from before the checkpoints kept the split resumes as it did)."""
     train(run_config(output=str(tmp_path / "run"), validation_split=0.34, max_steps=2, checkpoint_every=2))
-    with pytest.raises(LowvramError, match=r"holds another run \(--validation-split 0.34 there, 0.5 here\)"):
-        train(run_config(output=str(tmp_path / "run"), validation_split=0.5, max_steps=4, resume="auto"))
+    capsys.readouterr()
+    train(run_config(output=str(tmp_path / "run"), validation_split=0.5, max_steps=4, resume="auto"))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "the dataset changed since this checkpoint (1 image held out for validation or back in training" in printed
+    from lowvram.train.checkpoint import data_changes
+
+    assert data_changes({"0:a.png": "aa/bb"}, {"0:a.png": "aa/bb/held out"}) is None  # kept before the split was

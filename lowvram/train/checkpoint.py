@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,11 +255,12 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
                     state.get("data"))
 
 
-def data_fingerprint(records: list) -> dict[str, str]:
-    """Each image's content and caption, by its path: what a checkpoint keeps of the dataset, so that a resumed run
-    can tell the dataset changed since (its data position would then continue another order)."""
+def data_fingerprint(records: list, held_out: Collection[str] = ()) -> dict[str, str]:
+    """Each image's content and caption, and whether it is held out for validation (`held_out`: their relpaths),
+    by its path: what a checkpoint keeps of the dataset, so that a resumed run can tell the dataset changed since
+    (its data position would then continue another order)."""
     return {record.relpath: f"{record.sha256[:16]}/{hashlib.sha256(record.caption.encode()).hexdigest()[:12]}"
-            for record in records}
+                            f"/{'held out' if record.relpath in held_out else 'trained'}" for record in records}
 
 
 def data_changes(then: dict | None, now: dict[str, str]) -> str | None:
@@ -269,8 +271,16 @@ def data_changes(then: dict | None, now: dict[str, str]) -> str | None:
     kept = now.keys() & then.keys()
     parts = [(len(now.keys() - then.keys()), "image", "added"), (len(then.keys() - now.keys()), "image", "removed"),
              (sum(now[p].split("/")[0] != then[p].split("/")[0] for p in kept), "image", "replaced"),
-             (sum(now[p].split("/")[1] != then[p].split("/")[1] for p in kept), "caption", "changed")]
-    return ", ".join(f"{n} {noun}{'s' * (n > 1)} {verb}" for n, noun, verb in parts if n)
+             (sum(now[p].split("/")[1] != then[p].split("/")[1] for p in kept), "caption", "changed"),
+             (sum(_role(then[p]) is not None and _role(now[p]) != _role(then[p]) for p in kept), "image",
+              "held out for validation or back in training (early stopping's record compares another set)")]
+    return ", ".join(f"{n} {noun}{'s' * (n > 1)} {verb}" for n, noun, verb in parts if n) or None
+
+
+def _role(facts: str) -> str | None:
+    """'trained' or 'held out', where the fingerprint says (one from before it did: None)."""
+    parts = facts.split("/")
+    return parts[2] if len(parts) > 2 else None
 
 
 def cuda_rng_states(saved: dict[str, torch.Tensor], device_count: int) -> list[tuple[int, torch.Tensor]]:

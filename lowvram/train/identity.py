@@ -35,10 +35,6 @@ def recipe(run: ResolvedRun) -> dict[str, object]:
         run_recipe["--loraplus-text-encoder-ratio"] = config.optim.loraplus_text_encoder_ratio
     if config.optim.ema:  # the average a checkpoint holds
         run_recipe["--ema-decay"] = config.optim.ema_decay
-        if config.optim.ema_every != 1:
-            run_recipe["--ema-every"] = config.optim.ema_every
-    if config.validation.validation_split:  # which images train: the rest of those the split holds out
-        run_recipe["--validation-split"] = config.validation.validation_split
     if config.model.base_weights:  # the model the adapters train on (by file name: a moved file is the same)
         run_recipe["--base-weights"] = " ".join(relocated_source(item, lambda path: Path(path.name))
                                                 for item in config.model.base_weights)

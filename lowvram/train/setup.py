@@ -113,9 +113,11 @@ class Dataset:
 
     @cached_property
     def fingerprint(self) -> dict[str, str]:
-        """What a checkpoint keeps of the images and their captions (`checkpoint.data_fingerprint`)."""
+        """What a checkpoint keeps of the images and their captions (`checkpoint.data_fingerprint`), and whether
+        --validation-split holds each out."""
+        held = {record.relpath for record in self.held_out}
         return {f"{i}:{path}": facts for i, report in enumerate(self.reports)  # (a regularization set's paths apart)
-                for path, facts in checkpoint.data_fingerprint(report.usable).items()}
+                for path, facts in checkpoint.data_fingerprint(report.usable, held if i == 0 else ()).items()}
 
 
 @dataclass
