@@ -155,18 +155,9 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         _schedule_settings(flat, problem)
     values |= optimizer
     stop = as_number(left.pop("stop_text_encoder_training", 0) or 0, "stop_text_encoder_training", problem, int)
-    if stop and values["train_text_encoder"]:  # kohya's 0: the text encoder trains the whole run
-        # sd-scripts' LoRA trainer ignores the key (its DreamBooth script reads it, -1 there: no text encoder);
-        # kohya_ss writes it from its LoRA tab's "Stop TE" all the same, so it is done as it says, and said
-        if stop < 0:
-            values["train_text_encoder"] = False
-            for name in ("text_encoder_lr", "text_encoder_2_lr", "loraplus_text_encoder_ratio"):
-                values.pop(name, None)  # rates of what does not train
-        else:
-            values["text_encoder_until"] = str(stop)
-        notes.append(f"stop_text_encoder_training {stop}: sd-scripts' LoRA training ignores it and trains the text "
-                     f"encoder throughout; here it trains {'no text encoder' if stop < 0 else f'it for {stop} steps'}, "
-                     "as the setting asks")
+    if stop and values["train_text_encoder"]:  # only sd-scripts' DreamBooth script reads it (-1 there: none)
+        notes.append(f"stop_text_encoder_training {stop}: sd-scripts' LoRA training ignores it, so the text encoder "
+                     "trains throughout here too" + (f" (--text-encoder-until {stop} stops it)" if stop > 0 else ""))
     if flat.get("cache_text_encoder_outputs") and values["train_text_encoder"]:
         problem("cache_text_encoder_outputs", "cached text embeddings cannot train the text encoder (kohya refuses "
                 "this too): set network_train_unet_only = true, or leave the cache out")
@@ -301,6 +292,9 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         if algo not in LYCORIS_ALGOS:
             problem("network_args", f"LyCORIS algo '{algo}' is not one lowvram trains ({', '.join(LYCORIS_ALGOS)})")
         values["network"] = "dora" if dora and LYCORIS_ALGOS.get(algo) == "lora" else LYCORIS_ALGOS.get(algo, "lora")
+        if dora and values["network"] in ("loha", "lokr"):  # LyCORIS decomposes their weights too; peft's do not
+            problem("network_args dora_wd", f"LyCORIS's {algo} with weight decomposition is not one lowvram trains "
+                    "(its DoRA is LoRA's); set dora_wd=False, or use algo=locon with dora_wd=True")
         preset = args.pop("preset", "full")  # LyCORIS's default preset
         if preset not in LYCORIS_PRESETS:
             problem("network_args", f"LyCORIS preset '{preset}' is not one lowvram trains "

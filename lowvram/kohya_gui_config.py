@@ -58,10 +58,14 @@ def translate_gui(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list
             "max_train_steps" not in settings):
         notes.append(f"epoch {doc['epoch']} not used: with a dataset_config kohya_ss passes no length, and "
                      "sd-scripts trains its default 1600 steps (give max_train_steps, or --epochs)")
+    if doc.get("dataset_config") and _number(doc.get("lr_warmup")) and not _number(doc.get("max_train_steps")):
+        notes.append(f"lr_warmup {doc['lr_warmup']}% not used: with a dataset_config and no max_train_steps, "
+                     "kohya_ss passes no warm-up")
     key = "stop_text_encoder_training_pct" if "stop_text_encoder_training_pct" in doc else "stop_text_encoder_training"
     percent = as_number(doc.get(key) or 0, key, problem)  # percent of the run in the GUI, under either name
-    if percent and values.get("train_text_encoder"):
-        values["text_encoder_until"] = f"{percent:g}%"
+    if percent and values.get("train_text_encoder"):  # kohya_ss: "not yet supported. Ignoring" (lora_gui.py)
+        notes.append(f"{key} {percent:g}: kohya_ss's LoRA training ignores it, so the text encoder trains "
+                     f"throughout here too (--text-encoder-until {percent:g}% stops it)")
     if prompts:
         try:  # kohya_ss's default is euler_a; sd-scripts' (without the GUI) ddim
             values["sample_sampler"] = sampler_name(str(doc.get("sample_sampler") or "euler_a"))
@@ -88,7 +92,8 @@ def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
     if not length and _number(gui.get("epoch")) and not gui.get("dataset_config"):
         settings["max_train_epochs"] = gui["epoch"]  # the GUI's epochs, which it turns into steps (not from a
         # dataset file, whose images it does not count: sd-scripts' 1600 steps then)
-    if not _number(gui.get("lr_warmup_steps")) and _number(gui.get("lr_warmup")):  # percent of the run
+    counted = not gui.get("dataset_config") or _number(gui.get("max_train_steps"))  # steps kohya_ss knows
+    if not _number(gui.get("lr_warmup_steps")) and _number(gui.get("lr_warmup")) and counted:  # percent of them
         settings["lr_warmup_steps"] = float(gui["lr_warmup"]) / 100
     attention = str(gui.get("xformers", "")).lower()
     settings |= {"xformers": attention in ("xformers", "true"), "sdpa": attention == "sdpa"}
@@ -96,6 +101,8 @@ def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
         settings.pop("noise_offset", None), settings.pop("adaptive_noise_scale", None)
     else:
         settings.pop("multires_noise_iterations", None), settings.pop("multires_noise_discount", None)
+    if _number(gui.get("max_grad_norm")) == 0:
+        settings.pop("max_grad_norm", None)  # kohya_ss drops a 0 as it drops False: sd-scripts clips at its 1.0
     text_rate, unet_rate = _number(gui.get("text_encoder_lr")), _number(gui.get("unet_lr"))
     for key, rate in (("text_encoder_lr", text_rate), ("unet_lr", unet_rate)):
         if not rate:
@@ -125,9 +132,13 @@ def _network(gui: dict[str, Any], problem) -> dict[str, Any]:
     return {"network_module": module, "network_args": args}
 
 
+LIST_FLAGS = ("network_args", "optimizer_args", "lr_scheduler_args", "base_weights", "base_weights_multiplier")
+
+
 def _additional(text: str, problem) -> dict[str, Any]:
     """kohya_ss's additional parameters (sd-scripts flags, appended to its command) as settings: `--name value`,
-    `--name=value`, a switch alone, or several values (network_args) as a list."""
+    `--name=value`, a switch alone, or several values (network_args) as a list: always one for sd-scripts'
+    list flags, whose single value is a list of one."""
     try:
         words = shlex.split(text)
     except ValueError as exc:
@@ -144,6 +155,9 @@ def _additional(text: str, problem) -> dict[str, Any]:
         else:
             given = settings[name]
             settings[name] = _typed(word) if given is True else (given if isinstance(given, list) else [given]) + [word]
+    for name in LIST_FLAGS:
+        if name in settings and not isinstance(settings[name], list):
+            settings[name] = [settings[name]] if settings[name] is not True else []
     return settings
 
 

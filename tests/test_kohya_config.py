@@ -326,19 +326,19 @@ def test_kohyas_warmup_ratio_carries_over(tmp_path):
     assert values_of(tmp_path, {"train_data_dir": "sample", "lr_warmup_steps": 100})["warmup_steps"] == 100
 
 
-def test_kohyas_text_encoder_stop_carries_over_where_the_text_encoder_trains(tmp_path):
+def test_kohyas_text_encoder_stop_is_ignored_as_its_lora_training_ignores_it(tmp_path):
+    """Only sd-scripts' DreamBooth script reads stop_text_encoder_training (kohya_ss's LoRA tab ignores its Stop TE
+    field too): the text encoder trains throughout, and a note says how lowvram would stop it."""
     values, notes = translate({"train_data_dir": "sample", "stop_text_encoder_training": 100}, tmp_path / "k.toml")
-    assert values["text_encoder_until"] == "100"
-    assert any("sd-scripts' LoRA training ignores it" in note for note in notes)  # its DreamBooth script reads it
-    values, notes = translate({"train_data_dir": "sample", "stop_text_encoder_training": -1}, tmp_path / "k.toml")
-    assert values["train_text_encoder"] is False and "text_encoder_until" not in values  # DreamBooth's -1: none
+    assert values["train_text_encoder"] is True and "text_encoder_until" not in values
+    assert "stop_text_encoder_training 100: sd-scripts' LoRA training ignores it, so the text encoder trains " \
+           "throughout here too (--text-encoder-until 100 stops it)" in notes
     values = values_of(tmp_path, {"train_data_dir": "sample", "stop_text_encoder_training": -1, "unet_lr": 1e-4,
-                                  "text_encoder_lr": 1e-5, "network_args": ["loraplus_unet_lr_ratio=16"]})
-    build_config(values | {"model": "tiny"})  # the text encoder's rates go with it, not refused as set for nothing
-    assert "text_encoder_until" not in values_of(tmp_path, {"train_data_dir": "sample", "network_train_unet_only": True,
-                                                             "stop_text_encoder_training": 100})
-    assert "text_encoder_until" not in values_of(tmp_path, {"train_data_dir": "sample",
-                                                             "stop_text_encoder_training": 0})
+                                  "text_encoder_lr": 1e-5})
+    assert values["train_text_encoder"] is True and values["text_encoder_lr"] == 1e-5
+    _, notes = translate({"train_data_dir": "sample", "network_train_unet_only": True,
+                          "stop_text_encoder_training": 100}, tmp_path / "k.toml")
+    assert not any("stop_text_encoder_training" in note for note in notes)
 
 
 def test_kohyas_comment_and_modelspec_settings_carry_over(tmp_path):
