@@ -315,7 +315,7 @@ class OptimConfig:
                                  "decay to this share of the learning rate instead of 0 (OneTrainer's "
                                  "learning_rate_min_factor, kohya's lr_scheduler_min_lr_ratio).", metavar="R")
     scale_weight_norms: float | None = option(None, "Max-norm regularization (kohya's --scale_weight_norms; 1 is "
-                                              "usual): after each step, a LoRA or DoRA layer whose update has a "
+                                              "usual): after each step, a layer whose update has a "
                                               "norm above this is scaled back to it, which keeps layers from "
                                               "overfitting.", metavar="N")
     loraplus_ratio: float | None = option(None, "LoRA+: the B (up) matrices learn this many times faster than the A "

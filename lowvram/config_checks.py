@@ -239,8 +239,7 @@ def config_problems(c: RunConfig) -> list[str]:
         p.append("--loraplus-text-encoder-ratio: the text encoders are not trained; add --train-text-encoder or drop "
                  "it")
     for flag, value in (("--loraplus-ratio", c.optim.loraplus_ratio),
-                        ("--loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio),
-                        ("--scale-weight-norms", c.optim.scale_weight_norms)):
+                        ("--loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio)):
         if value is not None and c.network.network in ("loha", "lokr"):
             p.append(f"{flag}: it works on LoRA's B and A matrices, which --network {c.network.network} has none of; "
                      "drop it or use --network lora or dora")

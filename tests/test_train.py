@@ -179,16 +179,16 @@ def test_loraplus_makes_the_b_matrices_learn_ratio_times_faster(tmp_path, networ
         meta = safe_open(str(result.lora_path), framework="pt").metadata()
         assert meta["ss_loraplus_lr_ratio"] == ("4" if ratio else "None")
         assert meta["ss_loraplus_text_encoder_lr_ratio"] == ("2" if text_ratio else "None")
-    for flag in ("loraplus_ratio", "scale_weight_norms"):
-        with pytest.raises(LowvramError, match=f"--{flag.replace('_', '-')}: it works on LoRA's B and A matrices, "
-                                               "which --network loha has none of"):
-            run_config(network="loha", **{flag: 16})
+    with pytest.raises(LowvramError, match="--loraplus-ratio: it works on LoRA's B and A matrices, which --network "
+                                           "loha has none of"):
+        run_config(network="loha", loraplus_ratio=16)
 
 
-@pytest.mark.parametrize("network", ["lora", "dora"])
+@pytest.mark.parametrize("network", ["lora", "dora", "loha", "lokr"])
 def test_scale_weight_norms_brings_each_layers_update_back_to_the_limit(network):
     """On real adapted layers (linear and 3x3 convolutions): a layer whose update is above the limit ends exactly at
-    it, one below stays as it was, and the norm from the rank-sized Gram matrices is the full update's."""
+    it, one below stays as it was, and the norm from the rank-sized Gram matrices is the full update's; LoHa and
+    LoKr too, as LyCORIS limits them (the LoHa preset kohya_ss ships sets scale_weight_norms)."""
     model = load_model("tiny")
     family = model.family
     networks.add_adapter(model.unet, family.lora_targets("unet", "full"), 4, 2.0, 0.0, network)
@@ -196,7 +196,10 @@ def test_scale_weight_norms_brings_each_layers_update_back_to_the_limit(network)
     layers = [layer for _, layer in networks.adapted_layers(model.unet)]
     with torch.no_grad():
         for layer in layers:
-            layer.lora_B["default"].weight.normal_(std=0.05 * (1 + layers.index(layer) % 3))
+            grown = (layer.lora_B if network in ("lora", "dora") else layer.hada_w2_a if network == "loha"
+                     else layer.lokr_w2_a if "default" in layer.lokr_w2_a else layer.lokr_w2)["default"]
+            grown = getattr(grown, "weight", grown)
+            grown.normal_(std=0.05 * (1 + layers.index(layer) % 3))
     before = [layer.get_delta_weight("default").norm().item() for layer in layers]
     limit = sorted(before)[len(before) // 2]
     networks.limit_norms(model.unet, limit)

@@ -207,18 +207,30 @@ def cast_inputs(module: torch.nn.Module, cast: bool) -> None:
 
 
 def limit_norms(module: torch.nn.Module, max_norm: float) -> None:
-    """kohya's --scale_weight_norms: each LoRA layer whose update (scaling x B A) has a Frobenius norm above
-    `max_norm` gets B and A scaled by the same factor, which brings it back to `max_norm`. The norm comes from the
-    rank-sized Gram matrices (|B A|^2 = sum((B^T B) * (A A^T))), not the full-size update, and nothing is read
-    back from the GPU."""
+    """kohya's --scale_weight_norms (LyCORIS's apply_max_norm for LoHa and LoKr): each layer whose update has a
+    Frobenius norm above `max_norm` gets its two factors scaled by the same factor, which brings it back to
+    `max_norm`. For LoRA the norm comes from the rank-sized Gram matrices (|B A|^2 = sum((B^T B) * (A A^T))), for
+    LoKr from its Kronecker factors' (|w1 x w2| = |w1| |w2|), for LoHa from the update itself; nothing is read back
+    from the GPU."""
     with torch.no_grad():
         for _, layer in adapted_layers(module):
-            down, up = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
-            a, b = down.flatten(1), up.flatten(1)  # (rank, in x kernel area), (out, rank)
-            norm = ((b.T @ b) * (a @ a.T)).sum().clamp(min=0).sqrt() * abs(layer.scaling[ADAPTER])
+            factors, norm = _norm_factors(layer)
             factor = (max_norm / norm.clamp(min=max_norm)).sqrt()
-            down.mul_(factor)
-            up.mul_(factor)
+            for weight in factors:
+                weight.mul_(factor)
+
+
+def _norm_factors(layer) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The two weights the update is linear in, one each side of its product, and the update's norm."""
+    if hasattr(layer, "lora_A"):
+        down, up = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+        a, b = down.flatten(1), up.flatten(1)  # (rank, in x kernel area), (out, rank)
+        return [down, up], ((b.T @ b) * (a @ a.T)).sum().clamp(min=0).sqrt() * abs(layer.scaling[ADAPTER])
+    norm = layer.get_delta_weight(ADAPTER).float().norm()  # the update itself (scaling included), a layer at a time
+    if hasattr(layer, "lokr_w1"):  # w1 (x) w2, each whole or a low-rank pair
+        return [(layer.lokr_w1 if ADAPTER in layer.lokr_w1 else layer.lokr_w1_a)[ADAPTER],
+                (layer.lokr_w2 if ADAPTER in layer.lokr_w2 else layer.lokr_w2_a)[ADAPTER]], norm
+    return [layer.hada_w1_a[ADAPTER], layer.hada_w2_a[ADAPTER]], norm  # (w1_a w1_b) * (w2_a w2_b)
 
 
 def adapted_modules(model: LoadedModel) -> list[tuple[str, torch.nn.Module]]:
