@@ -23,6 +23,8 @@ KOHYA_LORA_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_
                    "block_alphas", "conv_block_dims", "conv_block_alphas", "rank_dropout", "module_dropout")
 LYCORIS_ARGS = ("dora_wd", "module_dropout", "rank_dropout", "use_tucker", "use_scalar", "rank_dropout_scale",
                 "bypass_mode", "train_norm", "decompose_both", "use_cp")
+# written beside network_args, where sd-scripts does not read them (its LoRA+ ratios are network_args')
+LORAPLUS_KEYS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
 RENAMED = {"optimizer": "optimizer_type", "max_resolution": "resolution", "lora_network_weights": "network_weights"}
 # the GUI's own state, and what the steps above consume: never an sd-scripts setting of the same name
 GUI_ONLY = {
@@ -32,7 +34,7 @@ GUI_ONLY = {
     "num_processes", "num_machines", "multi_gpu", "gpu_ids", "main_process_port", "extra_accelerate_launch_args",
     "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic", "use_wandb", "save_as_bool", "file_path",
     "flux1_checkbox", "sd3_checkbox", "constrain", "rescaled", "train_on_input",
-    *KOHYA_LORA_ARGS, *LYCORIS_ARGS,
+    *KOHYA_LORA_ARGS, *LYCORIS_ARGS, *LORAPLUS_KEYS,
 }
 
 
@@ -61,6 +63,11 @@ def translate_gui(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list
     if doc.get("dataset_config") and _number(doc.get("lr_warmup")) and not _number(doc.get("max_train_steps")):
         notes.append(f"lr_warmup {doc['lr_warmup']}% not used: with a dataset_config and no max_train_steps, "
                      "kohya_ss passes no warm-up")
+    ignored = [f"{key} {doc[key]}" for key in LORAPLUS_KEYS if _number(doc.get(key))]
+    if ignored:
+        notes.append(f"{', '.join(ignored)}: kohya_ss passes these beside network_args, where sd-scripts does not "
+                     "read them, so they train nothing here either (LoRA+ is network_args' loraplus_lr_ratio=R, or "
+                     "--loraplus-ratio R)")
     key = "stop_text_encoder_training_pct" if "stop_text_encoder_training_pct" in doc else "stop_text_encoder_training"
     percent = as_number(doc.get(key) or 0, key, problem)  # percent of the run in the GUI, under either name
     if percent and values.get("train_text_encoder"):  # kohya_ss: "not yet supported. Ignoring" (lora_gui.py)

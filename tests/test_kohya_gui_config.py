@@ -150,6 +150,11 @@ def test_sample_prompts_text_and_additional_parameters_are_read_as_kohya_ss_pass
     assert annealing["scheduler"] == "cosine"
     # kohya_ss leaves a max_grad_norm of 0 out, as it leaves False out: sd-scripts clips at its default 1
     assert "max_grad_norm" not in settings_of(tmp_path, max_grad_norm=0)
+    # the GUI's LoRA+ fields go beside network_args, where sd-scripts reads none
+    values, notes = translate_gui(STANDARD | {"loraplus_lr_ratio": 16, "loraplus_unet_lr_ratio": 0},
+                                  tmp_path / "gui.json")
+    assert "loraplus_ratio" not in values and not any("no such setting" in note for note in notes)
+    assert any(note.startswith("loraplus_lr_ratio 16: kohya_ss passes these beside network_args") for note in notes)
 
 
 def test_a_bucket_step_off_the_latent_grid_is_rounded_up_to_it(tmp_path):
