@@ -137,7 +137,9 @@ def test_the_options_file_replays_the_recipe_without_this_runs_overwrite(tmp_pat
 def test_an_option_set_only_in_the_earlier_run_is_named_as_a_difference():
     from lowvram.train.identity import differences
 
-    assert differences({"--rank": 4, "--ema-decay": 0.999}, {"--rank": 4}) == "--ema-decay 0.999 there, (not set) here"
+    assert differences({"--rank": 4, "--seed": 3}, {"--rank": 4}) == "--seed 3 there, (not set) here"
+    assert differences({"--rank": 4, "--ema-decay": 0.999}, {"--rank": 4}) == "--ema on there, off here"
+    assert differences({"--ema-decay": 0.999}, {"--ema-decay": 0.9}) == "--ema-decay 0.999 there, 0.9 here"
 
 
 def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside_so_auto_follows_the_new_branch(tmp_path,

@@ -51,10 +51,15 @@ def identity(run_recipe: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(run_recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+SWITCHED_BY = {"--ema-decay": "--ema"}  # a setting a recipe holds only where its switch is on
+
+
 def differences(theirs: dict[str, object], ours: dict[str, object]) -> str:
-    """'--rank 8 there, 16 here; ...' for the options two recipes disagree on."""
+    """'--rank 8 there, 16 here; ...' for the options two recipes disagree on (a switch where one side lacks it)."""
     changed = [flag for flag in {**theirs, **ours} if theirs.get(flag) != ours.get(flag)]  # one set there only too
-    return "; ".join(f"{flag} {_shown(theirs.get(flag))} there, {_shown(ours.get(flag))} here" for flag in changed)
+    return "; ".join(f"{SWITCHED_BY[flag]} {'on there, off here' if flag in theirs else 'off there, on here'}"
+                     if flag in SWITCHED_BY and (flag in theirs) != (flag in ours)
+                     else f"{flag} {_shown(theirs.get(flag))} there, {_shown(ours.get(flag))} here" for flag in changed)
 
 
 def _shown(value: object) -> str:
