@@ -351,8 +351,6 @@ def _block_args(args: dict[str, Any], conv_alpha: Any, notes: list[str], problem
             del given[ours]
             notes.append(f"network_args {ours}={text}: kohya reads a single value as a weight curve's name, finds "
                          f"none, and trains those blocks at 1, as here; for one weight in every block give a list")
-    if re.fullmatch(r"\s*[\d.]+\s*", given.get("mid_lr_weight", "")):  # kohya's list of one: SDXL's M00 alone
-        given["mid_lr_weight"] = given["mid_lr_weight"].strip() + ","
     for ours, text in given.items():
         kohya = BLOCK_OPTIONS[ours]
         try:

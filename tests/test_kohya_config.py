@@ -14,13 +14,10 @@ from conftest import assert_one_line_each
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lowvram.adapters.blocks import block_plan
 from lowvram.cli import main
-from lowvram.config import NetworkConfig
 from lowvram.configure import build_config, read_toml
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import is_kohya_config, translate
-from lowvram.models import FAMILIES
 
 # what kohya_ss writes for a LoCon run: every setting, switched-off ones included
 KOHYA_SS = {
@@ -299,7 +296,7 @@ def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
     assert {key: values[key] for key in ("block_ranks", "block_alphas", "conv_block_ranks", "conv_block_alphas",
                                          "down_lr_weight", "mid_lr_weight", "up_lr_weight", "lora_layers")} == {
         "block_ranks": dims, "block_alphas": "2", "conv_block_ranks": conv, "conv_block_alphas": "1",  # kohya's 1
-        "down_lr_weight": "sine+0.5", "mid_lr_weight": "0,", "up_lr_weight": "1,1,0.5", "lora_layers": "full"}
+        "down_lr_weight": "sine+0.5", "mid_lr_weight": "0", "up_lr_weight": "1,1,0.5", "lora_layers": "full"}
     build_config(values | {"model": "tiny"})  # and lowvram takes them
     with pytest.raises(LowvramError) as error:
         translate({"train_data_dir": "sample", "network_args": ["block_dims=4,x", "up_lr_weight=slow"]},
@@ -310,10 +307,7 @@ def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
     # one number is no list to kohya but a curve's name, which it does not find: those blocks train at 1
     values, notes = translate({"train_data_dir": "sample", "network_args": ["down_lr_weight=0.5", "mid_lr_weight=0.5",
                                                                             "up_lr_weight=2"]}, Path("kohya.toml"))
-    assert "down_lr_weight" not in values and "up_lr_weight" not in values and values["mid_lr_weight"] == "0.5,"
-    # a single mid weight is kohya's list of one: SDXL's first middle block (M00) alone, the others at 1
-    mid = block_plan(NetworkConfig(mid_lr_weight=values["mid_lr_weight"]), FAMILIES["sdxl"].blocks, "SDXL")
-    assert mid.lr_weights[10:13] == (0.5, 1.0, 1.0)
+    assert "down_lr_weight" not in values and "up_lr_weight" not in values and values["mid_lr_weight"] == "0.5"
     assert any(note.startswith("network_args up_lr_weight=2: kohya reads a single value as a weight curve's name")
                for note in notes)
     _, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_args":

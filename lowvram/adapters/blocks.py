@@ -103,7 +103,6 @@ def check_value(flag: str, text: str, integer: bool) -> None:
                 return
         except LowvramError as exc:
             raise LowvramError(f"{flag}: {exc}") from None
-        text = text.rstrip().removesuffix(",")  # "0.5,": a list of one (kohya's reading of a single mid weight)
     parse_values(text, flag, integer)
 
 
@@ -209,8 +208,8 @@ def _per_block(text: str | None, flag: str, layout: BlockLayout, family_title: s
 
 
 def _lr_weights(text: str | None, flag: str, count: int) -> tuple[float, ...]:
-    """kohya's down/mid/up_lr_weight for `count` blocks: a list (missing entries 1, as kohya pads them; "W," a
-    list of one), one value for every block, or a named curve from the first block to the last."""
+    """kohya's down/mid/up_lr_weight for `count` blocks: a list (missing entries 1, as kohya pads them), one
+    value for every block, or a named curve from the first block to the last."""
     if text is None:
         return (1.0,) * count
     try:
@@ -224,9 +223,8 @@ def _lr_weights(text: str | None, flag: str, count: int) -> tuple[float, ...]:
                  "sine": [math.sin(math.pi * s / 2) for s in steps],
                  "linear": steps, "reverse_linear": list(reversed(steps)), "zeros": [0.0] * count}[name]
         return tuple(v + base for v in curve)
-    listed = text.rstrip().endswith(",")  # "0.5,": the first block's, the others 1, as kohya pads a list
-    values = parse_values(text.rstrip().removesuffix(","), flag)
-    if len(values) == 1 and not listed:
+    values = parse_values(text, flag)
+    if len(values) == 1:
         return values * count
     if len(values) > count:
         raise LowvramError(f"{flag}: {len(values)} values given for {count} blocks; give at most {count}")
