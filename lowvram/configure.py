@@ -149,13 +149,15 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
         print(f"{path}: {note}", file=sys.stderr)
     values = _unreplaced(values, given)
     layered = with_dataset_settings(values, str(path), dataset_wins=dataset_wins)
-    held_out = {"validation_split", "validation_data"}
-    if "validate_every" in values and not any(layered.get(name) for name in held_out) and not held_out & set(given):
+    # the command line may hold images out itself (a split, a folder, or a dataset file that has them)
+    elsewhere = {"validation_split", "validation_data", "data"} & set(given)
+    if "validate_every" in values and not elsewhere and not any(layered.get(name) for name in (
+            "validation_split", "validation_data")):
         del layered["validate_every"]  # kohya and OneTrainer validate nothing without images to validate on
         print(f"{path}: its validation interval is not used: nothing is held out for validation", file=sys.stderr)
     # the file's own values checked beside its dataset file's (a OneTrainer validation concept is the
-    # validation data its validate_after needs)
-    problems = _file_value_problems(layered, about=set(values))
+    # validation data its validate_after needs); its interval against the command line's held-out images later
+    problems = _file_value_problems(layered, about=set(values) - ({"validate_every"} if elsewhere else set()))
     if problems:
         raise LowvramError("\n".join(f"{path}: {line}" for line in problems))
     return layered

@@ -528,3 +528,14 @@ def test_a_validation_interval_without_anything_held_out_is_not_used(tmp_path, c
     assert "its validation interval is not used: nothing is held out" in capsys.readouterr().err
     (tmp_path / "data.toml").write_text('[general]\nvalidation_split = 0.2\n' + (tmp_path / "data.toml").read_text())
     assert values_of(tmp_path, settings)["validate_every"] == 50
+
+
+def test_a_validation_interval_beside_a_split_the_command_line_gives_is_kept(tmp_path, capsys):
+    from lowvram.cli import build_parser, train_values
+
+    (tmp_path / "k.toml").write_text(tomli_w.dumps({"network_module": "networks.lora", "train_data_dir": "sample",
+                                                    "validate_every_n_steps": 50}))
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "k.toml"), "--validation-split", "0.2"])
+    values = train_values(args)
+    assert (values["validate_every"], build_config(values | {"model": "tiny"}).validation.validation_split) == (50, 0.2)
+    assert "not used" not in capsys.readouterr().err

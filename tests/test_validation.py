@@ -183,6 +183,18 @@ def test_a_run_resumed_with_another_validation_split_says_its_held_out_images_ch
     train(run_config(output=str(tmp_path / "run"), validation_split=0.5, max_steps=4, resume="auto"))
     printed = " ".join(capsys.readouterr().out.split())
     assert "the dataset changed since this checkpoint (1 image held out for validation or back in training" in printed
+    assert "in another order than the interrupted run's" in printed  # other images train
     from lowvram.train.checkpoint import data_changes
 
     assert data_changes({"0:a.png": "aa/bb"}, {"0:a.png": "aa/bb/held out"}) is None  # kept before the split was
+
+
+def test_a_validation_folder_marks_no_training_image_held_out(tmp_path, sample_data):
+    """Its images are apart from the dataset's, even where their names are the same."""
+    import shutil
+
+    shutil.copytree(sample_data, tmp_path / "held")
+    train(run_config(data=str(sample_data), validation_data=str(tmp_path / "held"), output=str(tmp_path / "run"),
+                     max_steps=2, checkpoint_every=2))
+    state = json.loads(next((tmp_path / "run").rglob("state.json")).read_text())
+    assert state["data"] and all(facts.endswith("/trained") for facts in state["data"].values())

@@ -210,8 +210,7 @@ def limit_norms(module: torch.nn.Module, max_norm: float) -> None:
     """kohya's --scale_weight_norms (LyCORIS's apply_max_norm for LoHa and LoKr): each layer whose update has a
     Frobenius norm above `max_norm` gets its two factors scaled by the same factor, which brings it back to
     `max_norm`. For LoRA the norm comes from the rank-sized Gram matrices (|B A|^2 = sum((B^T B) * (A A^T))), for
-    LoKr from its Kronecker factors' (|w1 x w2| = |w1| |w2|), for LoHa from the update itself; nothing is read back
-    from the GPU."""
+    LoHa and LoKr from the update itself, a layer at a time; nothing is read back from the GPU."""
     with torch.no_grad():
         for _, layer in adapted_layers(module):
             factors, norm = _norm_factors(layer)

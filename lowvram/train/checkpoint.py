@@ -277,6 +277,15 @@ def data_changes(then: dict | None, now: dict[str, str]) -> str | None:
     return ", ".join(f"{n} {noun}{'s' * (n > 1)} {verb}" for n, noun, verb in parts if n) or None
 
 
+def reordered(then: dict | None, now: dict[str, str]) -> bool:
+    """Whether the images that train changed since a checkpoint (added, removed, or held out otherwise), so that
+    its data position continues another order."""
+    if then is None:
+        return False
+    return then.keys() != now.keys() or any(_role(then[p]) is not None and _role(now[p]) != _role(then[p])
+                                            for p in now.keys() & then.keys())
+
+
 def _role(facts: str) -> str | None:
     """'trained' or 'held out', where the fingerprint says (one from before it did: None)."""
     parts = facts.split("/")

@@ -60,7 +60,7 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
     changed = checkpoint.data_changes(position.data, dataset.fingerprint)
     if changed:  # images added or removed change the order the rest come in; a caption or an image edited does not
-        order = ", in another order than the interrupted run's" * (position.data.keys() != dataset.fingerprint.keys())
+        order = ", in another order than the interrupted run's" * checkpoint.reordered(position.data, dataset.fingerprint)
         session.console.print(f"[yellow]the dataset changed since this checkpoint ({changed})[/]: training goes on "
                               f"with it as it is now{order}, so the LoRA will not be the one an uninterrupted run "
                               "gives", soft_wrap=True)

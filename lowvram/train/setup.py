@@ -114,8 +114,9 @@ class Dataset:
     @cached_property
     def fingerprint(self) -> dict[str, str]:
         """What a checkpoint keeps of the images and their captions (`checkpoint.data_fingerprint`), and whether
-        --validation-split holds each out."""
-        held = {record.relpath for record in self.held_out}
+        --validation-split holds each out (the dataset's images that do not train; --validation-data's are apart)."""
+        training = {id(record) for record in self.records}
+        held = {record.relpath for record in self.reports[0].usable if id(record) not in training}
         return {f"{i}:{path}": facts for i, report in enumerate(self.reports)  # (a regularization set's paths apart)
                 for path, facts in checkpoint.data_fingerprint(report.usable, held if i == 0 else ()).items()}
 
