@@ -6,6 +6,7 @@ the GUI) the prompts, and its additional parameters (sd-scripts flags) the setti
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -96,12 +97,16 @@ def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
         settings.setdefault("log_with", "wandb")
     additional = _additional(str(gui.get("additional_parameters") or ""), problem)
     length = [key for key in ("max_train_epochs", "max_train_steps") if _number(gui.get(key)) or key in additional]
+    steps = None
     if not length and _number(gui.get("epoch")) and not gui.get("dataset_config"):
-        settings["max_train_epochs"] = gui["epoch"]  # the GUI's epochs, which it turns into steps (not from a
-        # dataset file, whose images it does not count: sd-scripts' 1600 steps then)
+        # the steps kohya_ss passes for the GUI's epochs, from its own count of the images (not of a dataset file,
+        # whose images it does not count: sd-scripts' 1600 steps then); where its folder is not here, the epochs
+        steps = gui_steps(gui)
+        settings |= {"max_train_steps": steps} if steps else {"max_train_epochs": gui["epoch"]}
     counted = not gui.get("dataset_config") or _number(gui.get("max_train_steps"))  # steps kohya_ss knows
     if not _number(gui.get("lr_warmup_steps")) and _number(gui.get("lr_warmup")) and counted:  # percent of them
-        settings["lr_warmup_steps"] = float(gui["lr_warmup"]) / 100
+        settings["lr_warmup_steps"] = (round(float(gui["lr_warmup"]) * steps / 100) if steps
+                                       else float(gui["lr_warmup"]) / 100)
     attention = str(gui.get("xformers", "")).lower()
     settings |= {"xformers": attention in ("xformers", "true"), "sdpa": attention == "sdpa"}
     if str(gui.get("noise_offset_type", "Original")) == "Multires":
@@ -122,6 +127,31 @@ def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
             gui.get("epoch")):
         settings["lr_scheduler_num_cycles"] = int(_number(gui["epoch"]))  # kohya_ss: a restart per epoch
     return settings | additional
+
+
+GUI_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # what kohya_ss counts
+
+
+def gui_steps(gui: dict[str, Any]) -> int | None:
+    """kohya_ss's max_train_steps for its epochs: ceil(images x repeats / batch / accumulation x epochs x 2 with
+    regularization images) over the N_name folders of train_data_dir; None where that folder is not here."""
+    given = str(gui.get("train_data_dir") or "")
+    root = Path(given).expanduser()
+    if not given or not root.is_dir():
+        return None
+    total = 0
+    for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+        try:
+            repeats = int(folder.name.split("_")[0])
+        except ValueError:  # kohya_ss skips a folder without its repeats
+            continue
+        total += repeats * sum(1 for path in folder.iterdir() if path.name.lower().endswith(GUI_IMAGE_SUFFIXES))
+    if not total:
+        return None
+    batch = max(1, int(_number(gui.get("train_batch_size")) or 1))
+    accumulation = max(1, int(_number(gui.get("gradient_accumulation_steps")) or 1))
+    regularization = 2 if gui.get("reg_data_dir") else 1
+    return math.ceil(total / batch / accumulation * int(_number(gui["epoch"])) * regularization)
 
 
 def _network(gui: dict[str, Any], problem) -> dict[str, Any]:

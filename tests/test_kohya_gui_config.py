@@ -171,3 +171,22 @@ def test_a_prodigy_preset_trains_with_its_own_settings(tmp_path):
     assert values["optimizer_args"] == ["decouple=True", "d_coef=2", "use_bias_correction=True",
                                         "safeguard_warmup=True", "betas=0.9,0.99"]
     build_config(values | {"model": "tiny"})
+
+
+def test_the_gui_s_epochs_are_the_steps_kohya_ss_counts_from_its_images(tmp_path):
+    """kohya_ss passes sd-scripts ceil(images x repeats / batch / accumulation x epochs x 2 with regularization
+    images), counted over train_data_dir's N_name folders, and its warm-up percent of those steps, rounded."""
+    from PIL import Image
+
+    for folder, count in (("10_shape", 5), ("notes", 3)):  # a folder without its repeats is not counted
+        (tmp_path / "img" / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (64, 64)).save(tmp_path / "img" / folder / f"{i}.png")
+    (tmp_path / "img" / "10_shape" / "0.txt").write_text("a caption is no image")
+    gui = {"max_train_steps": "", "epoch": 10, "train_batch_size": 3, "lr_warmup": 10,
+           "train_data_dir": str(tmp_path / "img")}
+    values = settings_of(tmp_path, **gui)
+    assert (values["max_steps"], values.get("epochs"), values["warmup_steps"]) == (167, None, 17)
+    assert settings_of(tmp_path, **gui, reg_data_dir=str(tmp_path / "img"))["max_steps"] == 334
+    elsewhere = settings_of(tmp_path, **gui | {"train_data_dir": str(tmp_path / "gone")})  # not on this machine
+    assert (elsewhere["epochs"], elsewhere["warmup_steps"]) == (10, 0.1)
