@@ -13,7 +13,7 @@ import json
 import sys
 import types
 import typing
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +149,7 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
         print(f"{path}: {note}", file=sys.stderr)
     values = _unreplaced(values, given)
     layered = with_dataset_settings(values, str(path), dataset_wins=dataset_wins)
-    # the command line may hold images out itself (a split, a folder, or a dataset file that has them)
-    elsewhere = {"validation_split", "validation_data", "data"} & set(given)
+    elsewhere = _holds_out(given)
     if "validate_every" in values and not elsewhere and not any(layered.get(name) for name in (
             "validation_split", "validation_data")):
         del layered["validate_every"]  # kohya and OneTrainer validate nothing without images to validate on
@@ -161,6 +160,18 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
     if problems:
         raise LowvramError("\n".join(f"{path}: {line}" for line in problems))
     return layered
+
+
+def _holds_out(given: Collection[str]) -> bool:
+    """Whether the command line holds images out for validation itself: a split, a folder, or a --data dataset
+    file that has either (`given`: the flags with their values, or their names alone)."""
+    if {"validation_split", "validation_data"} & set(given):
+        return True
+    data = given.get("data") if isinstance(given, Mapping) else None
+    if not is_dataset_file(data):
+        return False
+    own = read_dataset(Path(data)).values
+    return bool(own.get("validation_split") or own.get("validation_data"))
 
 
 def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool = False, quiet: bool = False

@@ -105,8 +105,12 @@ def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
         settings |= {"max_train_steps": steps} if steps else {"max_train_epochs": gui["epoch"]}
     counted = not gui.get("dataset_config") or _number(gui.get("max_train_steps"))  # steps kohya_ss knows
     if not _number(gui.get("lr_warmup_steps")) and _number(gui.get("lr_warmup")) and counted:  # percent of them
-        settings["lr_warmup_steps"] = (round(float(gui["lr_warmup"]) * steps / 100) if steps
-                                       else float(gui["lr_warmup"]) / 100)
+        # the GUI's steps, else those it counts for its epochs (even where max_train_epochs then sets the length)
+        known = int(_number(gui.get("max_train_steps"))) or steps or (
+            gui_steps(gui) if _number(gui.get("epoch")) and not gui.get("dataset_config") else None)
+        percent = float(gui["lr_warmup"])
+        settings["lr_warmup_steps"] = (round(percent * known / 100) if known
+                                       else min(percent / 100, 0.999))  # (a share under 1, else a step count)
     attention = str(gui.get("xformers", "")).lower()
     settings |= {"xformers": attention in ("xformers", "true"), "sdpa": attention == "sdpa"}
     if str(gui.get("noise_offset_type", "Original")) == "Multires":

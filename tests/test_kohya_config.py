@@ -539,3 +539,14 @@ def test_a_validation_interval_beside_a_split_the_command_line_gives_is_kept(tmp
     values = train_values(args)
     assert (values["validate_every"], build_config(values | {"model": "tiny"}).validation.validation_split) == (50, 0.2)
     assert "not used" not in capsys.readouterr().err
+    # a plain folder on the command line holds nothing out: the interval is not used, as before
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "k.toml"), "--data", str(tmp_path)])
+    assert "validate_every" not in train_values(args)
+    assert "its validation interval is not used" in capsys.readouterr().err
+    # a dataset file on the command line that holds images out keeps it
+    (tmp_path / "data.toml").write_text(f'[general]\nvalidation_split = 0.2\n[[datasets]]\n[[datasets.subsets]]\n'
+                                        f'image_dir = "{tmp_path.as_posix()}"\n')
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "k.toml"), "--data", str(tmp_path / "data.toml")])
+    assert train_values(args)["validate_every"] == 50
+    (tmp_path / "data.toml").write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{tmp_path.as_posix()}"\n')
+    assert "validate_every" not in train_values(args)  # one that holds nothing out does not

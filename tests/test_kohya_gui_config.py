@@ -190,3 +190,9 @@ def test_the_gui_s_epochs_are_the_steps_kohya_ss_counts_from_its_images(tmp_path
     assert settings_of(tmp_path, **gui, reg_data_dir=str(tmp_path / "img"))["max_steps"] == 334
     elsewhere = settings_of(tmp_path, **gui | {"train_data_dir": str(tmp_path / "gone")})  # not on this machine
     assert (elsewhere["epochs"], elsewhere["warmup_steps"]) == (10, 0.1)
+    # the warm-up is a percent of the GUI's own steps where it gives them, of those it counts where it gives epochs,
+    # and a whole-run warm-up stays one where the folder is not here (a share of 1 would read as one step)
+    assert settings_of(tmp_path, **gui | {"max_train_steps": 90})["warmup_steps"] == 9
+    assert settings_of(tmp_path, **gui | {"max_train_epochs": 2})["warmup_steps"] == 17
+    assert settings_of(tmp_path, **gui | {"train_data_dir": str(tmp_path / "gone"), "lr_warmup": 100})[
+        "warmup_steps"] == 0.999
