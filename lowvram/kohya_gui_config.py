@@ -1,7 +1,7 @@
 """A kohya_ss GUI config (the JSON its LoRA tab saves and loads, its presets among them) read as kohya_ss passes it
 to sd-scripts, then as any kohya config (`lowvram.kohya_config`): its LoRA type becomes the network module and its
-network_args, its epochs the run's length, its warm-up and text-encoder stop (percent of the run) their shares,
-its attention choice kohya's switch, its noise-offset type the settings that apply, its sample prompts (text in
+network_args, its epochs the steps kohya_ss counts from its images, its warm-up (percent) a share of them, its
+text-encoder stop nothing (kohya_ss ignores it for LoRA), its attention choice kohya's switch, its noise-offset type the settings that apply, its sample prompts (text in
 the GUI) the prompts, and its additional parameters (sd-scripts flags) the settings they name. Plain data."""
 
 from __future__ import annotations
