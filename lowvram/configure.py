@@ -194,7 +194,8 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
     values = dict(dataset.values)
     if not dataset_wins:
         notes += [f"{flag_name(fields_by_name()[name][1])} {layer[name]} from {source} replaces its setting ({value})"
-                  for name, value in values.items() if name in layer and layer[name] != value]
+                  if layer[name] is not None else f"{flag_name(fields_by_name()[name][1])} {value} is not used: "
+                  f"{source} turns it off" for name, value in values.items() if name in layer and layer[name] != value]
         for name in layer:  # the run's value: a subset that sets its own keeps it
             keeping = [subset.folder.name for subset in dataset.subsets if name in (subset.settings or {})]
             if keeping:

@@ -264,6 +264,8 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
                          "(--validate-every)")
         if not doc.get("concepts") and not doc.get("concept_file_name"):
             notes.append("validation: lowvram validates on a validation concept or --validation-split")
+    else:  # OneTrainer validates only with validation on: a validation concept then rests
+        values["validation_data"] = None
     return values
 
 

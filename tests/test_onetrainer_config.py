@@ -407,6 +407,19 @@ def test_a_validation_concept_is_the_validation_data_validate_after_needs(tmp_pa
     assert "validate_every" not in read_config(path)  # OneTrainer validates nothing without a validation concept
 
 
+def test_with_validation_off_a_validation_concept_is_not_validated_on(tmp_path, monkeypatch, capsys):
+    """OneTrainer validates only with `validation` on; its validation concepts rest otherwise (lowvram validated on
+    them once per epoch, the cost of a validation pass each time)."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    concepts = [{"path": "imgs/alpha"}, {"path": "imgs/beta", "type": "VALIDATION"}]
+    path = tmp_path / "resting.json"
+    path.write_text(json.dumps(CONFIG | {"validation": False, "concepts": concepts}))
+    assert read_config(path).get("validation_data") is None
+    assert f"{path}: --validation-data {tmp_path / 'imgs' / 'beta'} is not used: {path} turns it off" in " ".join(
+        capsys.readouterr().err.split())
+
+
 def test_onetrainers_ema_averages_every_fifth_step_unless_its_interval_says_otherwise(tmp_path):
     for settings, every in (({"ema": "GPU"}, 5), ({"ema": "CPU", "ema_update_step_interval": 1}, None),
                             ({"ema": "GPU", "ema_update_step_interval": 3}, 3), ({"ema": "OFF"}, None)):
