@@ -436,10 +436,9 @@ class ValidationConfig:
 class MemoryConfig:
     """The memory strategy: how each part of the model is stored and where it lives during training."""
 
-    unet_weights: str = option("auto", "Storage of the frozen U-Net: fp32/fp16/bf16; fp8 (stored in float8, "
-                               "upcast per layer); bnb-int8, bnb-nf4 (bitsandbytes, Linear layers only); "
-                               "quanto-int8, quanto-int4, quanto-fp8 (Linear and Conv2d). auto: the compute "
-                               "precision.", choices=UNET_WEIGHTS)
+    unet_weights: str = option("auto", "Storage of the frozen U-Net: " + "; ".join(
+        f"{name}, {f.description}" for name, f in WEIGHT_FORMATS.items()) + ". auto: the compute precision "
+        "(--auto: the planner's pick).", choices=UNET_WEIGHTS)
     gradient_checkpointing: bool = option(False, "Recompute U-Net activations in backward to save memory "
                                           "(and the text encoders' when they train).")
     checkpoint_blocks: int | None = option(None, "Recompute only N U-Net blocks: those that save the most memory "

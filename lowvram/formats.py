@@ -10,9 +10,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class WeightFormat:
     name: str
-    converts_conv: bool
     backend: str  # "torch", "bitsandbytes", "optimum-quanto"
-    description: str
+    description: str  # for --help
     prior_step_time: float  # step time against native 16-bit weights where no GPU result measured it
     # the planner weighs it (beside the native 16-bit format): no other format is both as small and as fast.
     # bnb-int8 (Linear only) is larger and slower than fp8; quanto's int8 and fp8 are fp8's size, slower by prior.
@@ -35,25 +34,25 @@ class WeightFormat:
 WEIGHT_FORMATS = {
     f.name: f
     for f in (
-        WeightFormat("fp32", True, "torch", "full precision", 2.0),
-        WeightFormat("fp16", True, "torch", "half precision", 1.0),
-        WeightFormat("bf16", True, "torch", "bfloat16", 1.0),
-        WeightFormat("fp8", True, "torch", "float8 storage, upcast per layer (kohya's fp8_base)", 1.12, planned=True),
-        WeightFormat("bnb-int8", False, "bitsandbytes", "LLM.int8 Linear layers", 1.8,
+        WeightFormat("fp32", "torch", "full precision", 2.0),
+        WeightFormat("fp16", "torch", "half precision", 1.0),
+        WeightFormat("bf16", "torch", "bfloat16", 1.0),
+        WeightFormat("fp8", "torch", "float8 storage upcast per layer, as kohya's fp8_base", 1.12, planned=True),
+        WeightFormat("bnb-int8", "bitsandbytes", "bitsandbytes LLM.int8 Linear layers", 1.8,
                      untraced_activation_factor=1.11),
-        WeightFormat("bnb-nf4", False, "bitsandbytes", "NF4 Linear layers with double quantization", 1.3,
+        WeightFormat("bnb-nf4", "bitsandbytes", "bitsandbytes NF4 Linear layers, double-quantized", 1.3,
                      planned=True),
-        WeightFormat("quanto-int8", True, "optimum-quanto", "int8 Linear and Conv2d", 1.35,
+        WeightFormat("quanto-int8", "optimum-quanto", "optimum-quanto int8 Linear and Conv2d", 1.35,
                      untraced_activation_factor=1.09),
-        WeightFormat("quanto-int4", True, "optimum-quanto", "int4 (group-wise) Linear and Conv2d", 1.5, planned=True,
+        WeightFormat("quanto-int4", "optimum-quanto", "optimum-quanto group-wise int4 Linear and Conv2d", 1.5, planned=True,
                      untraced_activation_factor=1.09),
-        WeightFormat("quanto-fp8", True, "optimum-quanto", "float8 Linear and Conv2d", 1.3,
+        WeightFormat("quanto-fp8", "optimum-quanto", "optimum-quanto float8 Linear and Conv2d", 1.3,
                      untraced_activation_factor=1.09),
         # int8/fp8 weights *and* matmuls (inputs quantized per token) on Linear layers; convolutions keep the
         # compute dtype. Faster than 16 bits by prior only: OneTrainer reports about 2x for its W8A8 LoRA training
-        WeightFormat("w8a8-int8", False, "torch", "int8 Linear weights and int8 matmuls (W8A8)", 0.85, planned=True,
+        WeightFormat("w8a8-int8", "torch", "int8 Linear weights and int8 matmuls", 0.85, planned=True,
                      matmul_capability=(7, 5), weight_only_step_time=1.12),
-        WeightFormat("w8a8-fp8", False, "torch", "float8 Linear weights and float8 matmuls (W8A8)", 0.85,
+        WeightFormat("w8a8-fp8", "torch", "float8 Linear weights and float8 matmuls", 0.85,
                      planned=True, matmul_capability=(8, 9), weight_only_step_time=1.12),
     )
 }
