@@ -552,3 +552,20 @@ def test_a_min_lr_ratio_floors_the_decay_not_the_warm_up(tmp_path):
     assert logged == pytest.approx(expected, rel=1e-6)
     with pytest.raises(LowvramError, match="--min-lr-ratio: --scheduler constant does not decay"):
         run_config(min_lr_ratio=0.1)
+
+
+def test_sdxl_sizes_reach_a_bf16_unet_exactly():
+    """SDXL's size conditioning is embedded from the exact sizes, as kohya and Stability's code embed them: cast to
+    bf16 first, 451 became 452 and 1500 became 1504 (bf16 keeps whole numbers exact only up to 256)."""
+    model = load_model("tiny-sdxl", dtype=torch.bfloat16)
+    unet, family = model.unet, model.family
+    hidden = torch.zeros(1, 77, unet.config.cross_attention_dim, dtype=torch.bfloat16)
+    pooled = torch.zeros(1, model.pipeline.text_encoder_2.config.projection_dim, dtype=torch.bfloat16)
+    latents = torch.zeros(1, 4, 8, 8, dtype=torch.bfloat16)
+    outputs = []
+    with torch.no_grad():
+        for height in (1500.0, 1504.0):
+            time_ids = torch.tensor([[height, 1000.0, 0.0, 0.0, 64.0, 64.0]])
+            outputs.append(unet(latents, torch.tensor([500]), **unet_conditioning(family, hidden, pooled, time_ids)
+                                ).sample)
+    assert not torch.equal(*outputs)

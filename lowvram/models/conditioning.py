@@ -242,9 +242,11 @@ def _pad_id(tokenizer) -> int:
 def unet_conditioning(family: ModelFamily, hidden: torch.Tensor, pooled: torch.Tensor | None,
                       time_ids: torch.Tensor) -> dict:
     """Keyword arguments for the U-Net's forward besides the noisy latents and timesteps. `time_ids` are
-    SDXL's size conditioning per sample: original (h, w), crop (top, left), target (h, w)."""
+    SDXL's size conditioning per sample: original (h, w), crop (top, left), target (h, w), kept in fp32 (the U-Net
+    embeds them in fp32, then casts): in bf16 a size over 256 would be rounded first (1500 to 1504), where kohya
+    and Stability's code embed the exact sizes."""
     kwargs: dict = {"encoder_hidden_states": hidden}
     if family.size_conditioning:
         kwargs["added_cond_kwargs"] = {"text_embeds": pooled,
-                                       "time_ids": time_ids.to(device=hidden.device, dtype=hidden.dtype)}
+                                       "time_ids": time_ids.to(device=hidden.device, dtype=torch.float32)}
     return kwargs
