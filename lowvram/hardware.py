@@ -42,6 +42,13 @@ class Hardware:
     index: int = 0  # the CUDA device this process uses (its LOCAL_RANK's under `accelerate launch`)
 
     @property
+    def fp16_fails(self) -> bool:
+        """A GTX 16xx (Turing without tensor cores, compute capability 7.5): fp16 gives NaN losses and black images
+        there (kohya-ss/sd-scripts#293, pytorch/pytorch#58123); AUTOMATIC1111 tells these cards apart the same way.
+        No bf16 either, so they train in fp32."""
+        return self.compute_capability == "7.5" and "GTX 16" in self.name
+
+    @property
     def can_spill_vram(self) -> bool:
         """Slow steps may mean VRAM spilled into system RAM: a CUDA GPU behind the Windows driver's fallback."""
         return self.device == "cuda" and self.shared_memory_fallback
@@ -148,9 +155,10 @@ def hardware_for(profile: str | None, vram: str | None, ram: str | None) -> Hard
 
 
 def resolve_mixed_precision(choice: str, hardware: Hardware) -> str:
-    """'auto' -> bf16 on GPUs that have it, fp16 on older GPUs (T4, Turing, GTX 16xx), no (fp32) on CPU."""
+    """'auto' -> bf16 on GPUs that have it, fp16 on older GPUs (T4, Turing), no (fp32) on a GTX 16xx and on the
+    CPU."""
     if choice == "auto":
-        if hardware.device == "cpu":
+        if hardware.device == "cpu" or hardware.fp16_fails and not hardware.bf16:
             return "no"
         return "bf16" if hardware.bf16 else "fp16"
     if choice == "fp16" and hardware.device == "cpu":
@@ -158,6 +166,18 @@ def resolve_mixed_precision(choice: str, hardware: Hardware) -> str:
     if choice == "bf16" and hardware.device == "cuda" and not hardware.bf16:
         raise LowvramError(f"--mixed-precision bf16: {hardware.name} has no bf16 support; use fp16 (or auto)")
     return choice
+
+
+def precision_trouble(mixed_precision: str, hardware: Hardware) -> str | None:
+    """What the run's precision may do to its losses on this card, and the way out; None where nothing is known."""
+    if mixed_precision != "fp16":
+        return None
+    if hardware.fp16_fails:
+        return (f"fp16 on a {hardware.name}, where GTX 16xx cards give NaN losses (kohya-ss/sd-scripts#293): "
+                "--mixed-precision no (fp32), what auto picks there")
+    if hardware.bf16:
+        return "fp16 overflow (try --mixed-precision bf16)"
+    return "fp16 overflow (try --mixed-precision no: fp32)"
 
 
 # where no GPU is looked at (check-data): plans and data need a family and a resolution, not a card

@@ -3,10 +3,18 @@
 import pytest
 
 from lowvram.errors import LowvramError
-from lowvram.hardware import GIB, hardware_for, list_profiles, load_profile, parse_size
+from lowvram.hardware import (
+    GIB,
+    hardware_for,
+    list_profiles,
+    load_profile,
+    parse_size,
+    precision_trouble,
+    resolve_mixed_precision,
+)
 
-EXPECTED = {"gtx-1650-4gb", "rtx-3050-laptop-4gb", "rtx-3060-laptop-6gb", "rtx-2060-6gb", "rtx-3070-8gb",
-            "rtx-4060-8gb", "rtx-3060-12gb", "colab-t4", "rtx-4090-24gb", "a100-40gb", "h100-80gb"}
+EXPECTED = {"gtx-1650-4gb", "gtx-1660-6gb", "rtx-3050-laptop-4gb", "rtx-3060-laptop-6gb", "rtx-2060-6gb",
+            "rtx-3070-8gb", "rtx-4060-8gb", "rtx-3060-12gb", "colab-t4", "rtx-4090-24gb", "a100-40gb", "h100-80gb"}
 
 
 def test_the_cards_people_train_on_have_profiles():
@@ -23,6 +31,18 @@ def test_every_profile_loads_and_is_plausible(name):
     major = int(hw.compute_capability.split(".")[0])
     assert hw.bf16 == (major >= 8)  # bf16 arrived with Ampere (8.x)
     assert 0 <= hw.cuda_context < GIB and hw.pcie_gbps > 0  # 0: the measured default (calibration.json)
+
+
+def test_a_gtx_16xx_trains_in_fp32_and_is_told_why_fp16_fails():
+    """fp16 gives NaN losses on GTX 16xx cards (kohya-ss/sd-scripts#293): auto picks fp32 there; an RTX 20xx of
+    the same compute capability keeps fp16, and each card's NaN advice names what it can run."""
+    gtx, rtx, t4 = load_profile("gtx-1660-6gb"), load_profile("rtx-2060-6gb"), load_profile("colab-t4")
+    assert [resolve_mixed_precision("auto", hw) for hw in (gtx, rtx, t4)] == ["no", "fp16", "fp16"]
+    assert resolve_mixed_precision("fp16", gtx) == "fp16"  # the user's own choice stands, with the warning
+    assert "GTX 16xx cards give NaN losses" in precision_trouble("fp16", gtx)
+    assert precision_trouble("fp16", rtx) == "fp16 overflow (try --mixed-precision no: fp32)"
+    assert precision_trouble("fp16", load_profile("rtx-3060-12gb")) == "fp16 overflow (try --mixed-precision bf16)"
+    assert precision_trouble("no", gtx) is None
 
 
 def test_colab_t4_is_fp16_with_little_host_ram():

@@ -65,6 +65,18 @@ def test_a_card_without_bf16_gets_the_fastest_strategy_seen_training_in_bf16_unt
     assert " seen " not in out.split("candidate strategies")[1].split("VRAM per phase")[0]
 
 
+def test_a_gtx_16xx_trains_in_fp32_among_the_strategies_seen_in_bf16():
+    """A GTX 1660 trains in fp32 (fp16 gives NaNs there): `--auto` picks among what bf16 results show, as for fp16,
+    rather than refusing the card (and `--mixed-precision no` on it, the usual fix, is planned the same way)."""
+    for extra in ((), ("--mixed-precision", "no")):
+        done, _ = lowvram("plan", "--profile", "gtx-1660-6gb", *extra)
+        out = " ".join(done.stdout.split())
+        assert done.returncode == 0, out
+        chosen = out.split("chose ")[1].split(":")[0]
+        assert f"chose {chosen}: no GPU result shows fp32 training yet" in out
+        assert "(in fp32 it runs unverified, with a warning)" in out
+
+
 @pytest.mark.parametrize("width", [80, 100])
 def test_the_candidates_table_shows_the_choice_and_cuts_no_number(width):
     """SDXL in 6 GB: strategies faster than the choice that fit but were never seen on a GPU pushed the choice

@@ -265,6 +265,7 @@ def test_doctor_speaks_in_words_and_says_what_auto_would_choose(capsys):
     t4 = load_profile("colab-t4")  # the same lines for a card, through the real planner
     assert "fp16 only" in _gpu_line(t4)
     assert _auto_line(t4, "sd15").startswith("fp16 adamw (peak")  # seen in bf16: no fp16 GPU result yet
+    assert "mixed precision fp32 (no bf16, and fp16 gives NaN" in _gpu_line(load_profile("gtx-1660-6gb"))
     sd15 = _auto_line(hardware_for(None, "8GB", "16GB"), "sd15")
     assert re.fullmatch(r"\S+( ckpt)? \S+ \(peak \d+\.\d GiB of 8\.0 GiB free\)", sd15), sd15
 

@@ -51,10 +51,11 @@ def is_verified(family: ModelFamily, unet_weights: str, checkpointing: bool | in
 
 
 def seen_in_bf16(family: ModelFamily, unet_weights: str, checkpointing: bool | int, optimizer: str) -> bool:
-    """For a card without bf16 (a T4, Turing, GTX 16xx), which trains in fp16: whether the same strategy was seen
-    training in bf16 (fp16 storage standing for bf16's). Until an fp16 result exists, `--auto` picks among these,
-    with the unverified warning, rather than refusing the card it was made for."""
-    return is_verified(family, "bf16" if unet_weights == "fp16" else unet_weights, checkpointing, optimizer, "bf16")
+    """For a card without bf16 (a T4, Turing), which trains in fp16, or a GTX 16xx, in fp32: whether the same
+    strategy was seen training in bf16 (16- or 32-bit storage standing for bf16's). Until such a result exists,
+    `--auto` picks among these, with the unverified warning, rather than refusing the card it was made for."""
+    return is_verified(family, "bf16" if unet_weights in ("fp16", "fp32") else unet_weights, checkpointing,
+                       optimizer, "bf16")
 
 
 def unverified_warning(family: ModelFamily, unet_weights: str, checkpointing: bool | int, optimizer: str,

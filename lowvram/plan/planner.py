@@ -13,6 +13,7 @@ from lowvram.models.families import FAMILIES
 from lowvram.optim import PLANNED_OPTIMIZERS
 from lowvram.plan.calibration import full_size, is_verified, seen_in_bf16
 from lowvram.plan.estimate import VRAM_SAFETY, Estimate, MemoryStrategy, Workload, checkpoint_unit_count, estimate
+from lowvram.resolve import NATIVE_FORMAT
 
 
 @dataclass
@@ -103,13 +104,14 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         explanation = f"chose {choice.strategy.label}: {why}"
         return Plan(work, hardware, estimates, choice, explanation, [])
     unverified = [e for e in estimates if e.fits(hardware)]
-    seen_in_bf16_only = [e for e in unverified if work.mixed_precision == "fp16" and seen_in_bf16(
+    seen_in_bf16_only = [e for e in unverified if work.mixed_precision != "bf16" and seen_in_bf16(
         work.family, e.strategy.unet_weights, _checkpointing(e.strategy), e.strategy.optimizer)]
     if seen_in_bf16_only:
         choice = seen_in_bf16_only[0]
-        explanation = (f"chose {choice.strategy.label}: no GPU result shows fp16 training yet, so the fastest "
-                       f"predicted of {len(seen_in_bf16_only)} strategies that fit and were seen training in bf16 "
-                       "(in fp16 it runs unverified, with a warning)")
+        precision = NATIVE_FORMAT[work.mixed_precision]  # fp32 for "no"
+        explanation = (f"chose {choice.strategy.label}: no GPU result shows {precision} training yet, so the "
+                       f"fastest predicted of {len(seen_in_bf16_only)} strategies that fit and were seen training "
+                       f"in bf16 (in {precision} it runs unverified, with a warning)")
         return Plan(work, hardware, estimates, choice, explanation, [])
     if unverified:
         first = unverified[0].strategy

@@ -36,7 +36,7 @@ from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ScanReport
 from lowvram.dataset_files import has_regularization_subsets
 from lowvram.errors import LowvramError
-from lowvram.hardware import detect
+from lowvram.hardware import detect, precision_trouble
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import (
@@ -537,6 +537,9 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} is most of this run's {schedule.total_steps} "
                               f"steps: the learning rate {reached} --lr {config.lr:g}; lower --warmup-steps (say "
                               f"{max(0, schedule.total_steps // 10)})", soft_wrap=True)
+    if run.hardware.fp16_fails and run.mixed_precision == "fp16":
+        session.console.print(f"[yellow]warning:[/] {precision_trouble(run.mixed_precision, run.hardware)}",
+                              soft_wrap=True)
     for warning in unverified_on_gpu(run, model.unet) if run.hardware.device == "cuda" else []:
         session.console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
 

@@ -17,6 +17,7 @@ from lowvram.adapters import networks
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import drop_cuda_graphs, uses_cuda_graphs
 from lowvram.errors import LowvramError, TrainingDiverged
+from lowvram.hardware import precision_trouble
 from lowvram.memory import ActivationsToHost, free_cached_memory
 from lowvram.models.conditioning import encode_prompts, unet_conditioning
 from lowvram.train import checkpoint
@@ -166,11 +167,12 @@ def count_bad_steps(session: Session, verdict: str, bad_steps: int, step: int) -
     bad_steps += 1
     session.console.print(f"[yellow]step {step}: non-finite loss or gradient, step skipped[/]")
     if bad_steps >= MAX_BAD_STEPS:
+        precision = precision_trouble(session.run.mixed_precision, session.run.hardware)
         raise TrainingDiverged(
             f"{bad_steps} steps in a row had a non-finite loss or gradient (at step {step}); likely causes: a "
-            "learning rate too high (--lr), fp16 overflow (try --mixed-precision bf16, or keep SDXL's VAE in fp32), "
-            "or a broken image (lowvram check-data); the last checkpoint in "
-            f"{checkpoint.checkpoint_root(session.out_dir)} holds the last good weights")
+            f"learning rate too high (--lr), {precision + ', ' if precision else ''}or a broken image (lowvram "
+            f"check-data); the last checkpoint in {checkpoint.checkpoint_root(session.out_dir)} holds the last good "
+            "weights")
     return bad_steps
 
 
