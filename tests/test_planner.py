@@ -520,3 +520,23 @@ def test_a_diffusers_folders_storage_is_the_files_loading_reads(tmp_path):
     read = [f for part in ("unet", "text_encoder", "vae") for f in (tmp_path / "model" / part).glob("*.safetensors")]
     (tmp_path / "model" / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(read[0].read_bytes())
     assert checkpoint_storage(str(tmp_path / "model")) == (sum(f.stat().st_size for f in read), "F32")
+
+
+def test_vae_tiling_is_planned_and_turned_on_where_a_samples_decode_does_not_fit_whole(tmp_path):
+    """--vae-tiling tiles the VAE from the start, so its encode and decode are planned in tiles (the plan counted
+    whole images, as if it were off); and where a sample's decode does not fit whole, the plan tiles it (SDXL with
+    a sample prompt was refused on a 6 GB Turing card, --vae-tiling or not)."""
+    def sampling(*extra):
+        done, _ = lowvram("plan", "--profile", "rtx-3060-12gb", "--model", "sdxl", "--sample-prompt", "x",
+                          "--unet-weights", "bf16", "--json", *extra)
+        chosen = json.loads(done.stdout)["candidates"][0]
+        return chosen["strategy"]["vae_tiling"], chosen["vram_bytes"]["sampling"]["activations"], chosen[
+            "vram_bytes"]["latent caching"]["activations"]
+
+    whole, tiled = sampling(), sampling("--vae-tiling")
+    assert whole[0] is False and tiled[0] is True
+    assert tiled[1] < whole[1] and tiled[2] < whole[2]
+    done, _ = lowvram("plan", "--profile", "rtx-2060-6gb", "--model", "sdxl", "--sample-prompt", "x")
+    out = " ".join(done.stdout.split())
+    assert done.returncode == 0, out
+    assert "VAE in 512 px tiles (--vae-tiling)" in out

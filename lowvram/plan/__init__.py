@@ -37,7 +37,7 @@ def workload_for(run: ResolvedRun) -> Workload:
                     cache_batch_size=config.data.cache_batch_size, sampling=bool(config.prompt_lines),
                     sample_resolution=run.sample_resolution, compute_bytes=run.compute_bytes,
                     mixed_precision=run.mixed_precision, native_format=run.native_format, vae_fp32=run.vae_fp32,
-                    ema=config.optim.ema,
+                    vae_tiling=config.memory.vae_tiling, ema=config.optim.ema,
                     own_prediction=config.data.own_prediction, checkpoint=checkpoint_storage(config.model.model))
 
 

@@ -120,6 +120,7 @@ class Workload:
     native_format: str = "bf16"  # the storage format that matches the compute dtype (fp16 on pre-Ampere GPUs)
     mixed_precision: str = "bf16"  # bf16, fp16 or no: what the run computes in (--mixed-precision resolved)
     vae_fp32: bool = False  # SDXL's VAE under fp16: kept in fp32
+    vae_tiling: bool = False  # --vae-tiling: the VAE encodes and decodes in tiles from the start
     sample_resolution: int | None = None  # square side of the largest sample image's pixels (default: resolution)
     ema: bool = False  # a moving average of the adapters (--ema): one more fp32 copy of them
     own_prediction: bool = False  # the model's own prediction per step: a forward pass without gradients first
@@ -130,7 +131,7 @@ class Workload:
 class Estimate:
     strategy: MemoryStrategy
     cache_batch_size: int = 1  # images per VAE call in the caching phase, the largest that fits
-    vae_tiling: bool = False  # VAE in 512 px tiles, when even one whole image doesn't fit
+    vae_tiling: bool = False  # VAE in 512 px tiles: asked for, or where a whole image's encode or decode doesn't fit
     vram: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> component -> bytes
     host: dict[str, dict[str, int]] = field(default_factory=dict)
     speed: float = 1.0  # predicted step time relative to 16-bit weights without checkpointing
@@ -263,7 +264,8 @@ def wider_layers_activations(entries: list[dict], work: Workload, checkpointing:
 def caching_phase(work: Workload, data: dict, context: int, vae_bytes: int, hardware: Hardware
                   ) -> tuple[int, bool, dict[str, int]]:
     """The latent-caching settings for this budget: the largest VAE batch (up to the one asked for) that
-    fits, else one image in 512 px tiles. The VAE runs once per image, so this costs little time."""
+    fits, else one image in 512 px tiles (tiles from the start with --vae-tiling). The VAE runs once per image, so
+    this costs little time."""
 
     def phase(batch: int, tiled: bool) -> dict[str, int]:
         size = min(work.resolution, TILE_PX) if tiled else work.resolution
@@ -274,8 +276,8 @@ def caching_phase(work: Workload, data: dict, context: int, vae_bytes: int, hard
     budget = hardware.free_vram - VRAM_SAFETY
     batch = work.cache_batch_size
     while batch >= 1:
-        if sum(phase(batch, False).values()) <= budget:
-            return batch, False, phase(batch, False)
+        if sum(phase(batch, work.vae_tiling).values()) <= budget:
+            return batch, work.vae_tiling, phase(batch, work.vae_tiling)
         batch //= 2
     return 1, True, phase(1, True)
 
@@ -346,9 +348,13 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     result.cache_batch_size, result.vae_tiling, latent_caching = caching_phase(work, data, context, vae_bytes,
                                                                               hardware)
     sample_side = work.sample_resolution or work.resolution
-    sampling_activations = scaled(data["sampling"], sample_side, 1) * (2 if work.vae_fp32 else 1)
-    if result.vae_tiling:  # the decode at the end of sampling is tiled too
-        sampling_activations = min(sampling_activations, scaled(data["sampling"], TILE_PX, 1))
+    whole = scaled(data["sampling"], sample_side, 1) * (2 if work.vae_fp32 else 1)
+    tiled = min(whole, scaled(data["sampling"], TILE_PX, 1))  # the decode at the end of sampling in tiles
+    sampling_weights = {"context": context, "workspace": workspace, "U-Net": unet_bytes, "LoRA": lora,
+                        "text enc.": text_bytes if work.train_text_encoder else 0, "VAE": vae_bytes}
+    if work.sampling and not result.vae_tiling and sum(sampling_weights.values()) + whole > (
+            hardware.free_vram - VRAM_SAFETY):
+        result.vae_tiling = True  # a sample's decode that does not fit whole is tiled (caching then is too)
     result.vram = {
         "loading": {"context": 0},
         "latent caching": latent_caching,
@@ -357,9 +363,8 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
         "training": training,
         # prompts were encoded in the caching phase (trained text encoders are on the device already);
         # the VAE visits the device for the decode
-        "sampling": {"context": context, "workspace": workspace, "U-Net": unet_bytes, "LoRA": lora,
-                     "text enc.": text_bytes if work.train_text_encoder else 0, "VAE": vae_bytes,
-                     "activations": sampling_activations} if work.sampling else {"context": 0},
+        "sampling": sampling_weights | {"activations": tiled if result.vae_tiling else whole}
+        if work.sampling else {"context": 0},
         "saving": {"context": context, "U-Net": unet_bytes, "LoRA": lora,
                    "optim. state": training["optim. state"]},
     }
