@@ -1,5 +1,6 @@
 """Sampling during training (grids at fixed seeds), metrics.jsonl and TensorBoard, and the presets."""
 
+import io
 import json
 import os
 import subprocess
@@ -333,3 +334,30 @@ def test_a_onetrainer_samples_file_is_read_with_onetrainers_keys(tmp_path):
     read = [(p.text, p.negative, p.width, p.height, p.steps, p.guidance, p.seed, p.sampler) for p in config.samples]
     assert read == [("lvshape, a red circle", "blurry", 64, 96, 5, 3.5, 7, "euler_a"),
                     ("a square", "", None, None, 4, None, None, "ddim")]  # DDIM: OneTrainer's default
+
+
+def test_a_resumed_run_hides_the_steps_the_stopped_run_logged_past_its_checkpoint(tmp_path):
+    """Steps 4 and 5, logged by a run killed after its step-3 checkpoint, are trained again on resume: TensorBoard
+    shows each step once (it drew both, the curve jumping back from 5 to 4), as metrics.jsonl keeps it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = run_config(output=str(tmp_path / "out"), tensorboard=True)
+    config.output_dir.mkdir()
+    for resumed_step, steps in ((0, range(1, 6)), (3, range(4, 7))):
+        with RunLog(config.output_dir, resumed_step, config) as log:
+            for step in steps:
+                log.step(step, {"loss": float(resumed_step + step), "epoch": 1})
+    events = EventAccumulator(str(config.output_dir / "logs")).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (1, 1.0), (2, 2.0), (3, 3.0), (4, 7.0), (5, 8.0), (6, 9.0)]
+
+
+def test_a_skipped_non_finite_step_leaves_the_average_loss_alone():
+    """One NaN step, skipped, made the shown and logged average nan for the rest of the run (and its checkpoint)."""
+    from rich.console import Console
+
+    from lowvram.train.progress import TrainingProgress
+
+    progress = TrainingProgress(Console(file=io.StringIO()), 10)
+    losses = [progress.update(step, loss, 1e-4) for step, loss in enumerate((1.0, float("nan"), 0.5), 1)]
+    assert losses == [1.0, 1.0, pytest.approx(0.95)]

@@ -1,6 +1,7 @@
 """Reliability: an interrupted and resumed run ends with exactly the LoRA of an uninterrupted one; a kill
 mid-save, a NaN or a full disk never costs what was already saved."""
 
+import math
 import os
 import shutil
 import signal
@@ -105,11 +106,18 @@ def test_nan_losses_are_skipped_and_never_saved(tmp_path, monkeypatch, capsys):
     result = train(run_config(output=str(tmp_path), max_steps=6))
     assert "non-finite loss or gradient, step skipped" in " ".join(capsys.readouterr().out.split())
     assert all(torch.isfinite(t).all() for t in load_file(str(result.lora_path)).values())
+    assert math.isfinite(result.final_loss)  # the skipped steps' nan stays out of the average
 
     monkeypatch.setattr(loop, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
-    with pytest.raises(TrainingDiverged, match="non-finite loss or gradient.*--lr"):
+    with pytest.raises(TrainingDiverged, match="non-finite loss or gradient.*--lr.*no checkpoint was saved to go "
+                                               "back to"):
         train(run_config(output=str(tmp_path / "diverged"), max_steps=8))
     assert not (tmp_path / "diverged" / "diverged.safetensors").exists()
+    calls["n"] = 0
+    monkeypatch.setattr(loop, "diffusion_loss", lambda *a, **k: sometimes_nan(*a, **k) * (
+        float("nan") if calls["n"] > 2 else 1.0))
+    with pytest.raises(TrainingDiverged, match=r"the last checkpoint, .*step-000004, holds the last good weights"):
+        train(run_config(output=str(tmp_path / "late"), max_steps=12, checkpoint_every=2))
 
 
 def test_resume_auto_without_a_checkpoint_is_a_clear_error(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -115,9 +116,12 @@ class TrainingProgress:
         """Advance to `step` (which took `seconds`); returns the smoothed loss."""
         if seconds is not None and self.spill is not None:
             self.spill.step(seconds)
-        self.loss = loss if self.loss is None else self.smoothing * self.loss + (1 - self.smoothing) * loss
-        rate = (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
-        stats = f"loss {self.loss:.4f}  lr {lr:.2e}  {rate:.2f} it/s"
+        if math.isfinite(loss):  # a skipped step's NaN would hold the average at nan for the rest of the run
+            self.loss = loss if self.loss is None else self.smoothing * self.loss + (1 - self.smoothing) * loss
+        elapsed = time.perf_counter() - self.started
+        rate = (step - self.start_step) / max(elapsed, 1e-9)
+        shown = "nan" if self.loss is None else f"{self.loss:.4f}"
+        stats = f"loss {shown}  lr {lr:.2e}  " + (f"{rate:.2f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.2f} s/it")
         if torch.cuda.is_available():
             gib = 1024**3
             stats += (f"  VRAM {torch.cuda.memory_allocated() / gib:.2f} GiB"
@@ -126,5 +130,13 @@ class TrainingProgress:
             self.progress.update(self.task, completed=step, stats=stats)
         elif time.perf_counter() - self.last_line >= self.LINE_SECONDS or step == self.total_steps:
             self.last_line = time.perf_counter()
-            self.console.print(f"step {step}/{self.total_steps}  {stats}", highlight=False, soft_wrap=True)
+            left = (self.total_steps - step) / rate if rate else 0.0  # the live bar shows this in its own column
+            self.console.print(f"step {step}/{self.total_steps}  {stats}  {clock(elapsed)} elapsed, {clock(left)} left",
+                               highlight=False, soft_wrap=True)
         return self.loss
+
+
+def clock(seconds: float) -> str:
+    """'0:04:05', as the live bar's time remaining reads."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"

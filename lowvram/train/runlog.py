@@ -46,7 +46,9 @@ class RunLog:
         self.metrics = open(path, "a" if resumed_step else "w", encoding="utf-8")  # noqa: SIM115
         try:
             if config.output.tensorboard:
-                self.writer = SummaryWriter(str(logs))
+                # a resumed run's steps past its checkpoint were logged by the run that was stopped: hidden, as
+                # metrics.jsonl drops them (TensorBoard would draw both, the curve jumping back)
+                self.writer = SummaryWriter(str(logs), purge_step=resumed_step + 1 if resumed_step else None)
             if config.output.wandb_project:
                 self.wandb = _WandbRun(config, output_dir, self._wandb_run_id(resumed_step))
         except BaseException:

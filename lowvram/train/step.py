@@ -168,11 +168,13 @@ def count_bad_steps(session: Session, verdict: str, bad_steps: int, step: int) -
     session.console.print(f"[yellow]step {step}: non-finite loss or gradient, step skipped[/]")
     if bad_steps >= MAX_BAD_STEPS:
         precision = precision_trouble(session.run.mixed_precision, session.run.hardware)
+        last = checkpoint.latest(checkpoint.checkpoint_root(session.out_dir))
+        kept = (f"the last checkpoint, {last}, holds the last good weights (--resume auto goes on from it)" if last
+                else "no checkpoint was saved to go back to (--checkpoint-every N keeps one)")
         raise TrainingDiverged(
             f"{bad_steps} steps in a row had a non-finite loss or gradient (at step {step}); likely causes: a "
             f"learning rate too high (--lr), {precision + ', ' if precision else ''}or a broken image (lowvram "
-            f"check-data); the last checkpoint in {checkpoint.checkpoint_root(session.out_dir)} holds the last good "
-            "weights")
+            f"check-data); {kept}")
     return bad_steps
 
 
