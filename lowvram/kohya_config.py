@@ -241,8 +241,8 @@ def _base_weights(left: dict[str, Any], problem) -> dict[str, Any]:
 
 def _logging(left: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """Where kohya's logs go here: its Weights & Biases project (log_tracker_name, else kohya's network_train) where
-    log_with asks for one and W&B is installed, and TensorBoard only when asked for. Its W&B run name and key are
-    used only with W&B on, as in kohya."""
+    log_with asks for one and W&B is installed, and TensorBoard where log_with or a logging_dir alone asks for it
+    (kohya's default then) and it is installed. Its W&B run name and key are used only with W&B on, as in kohya."""
     tracker = str(left.get("log_with") or "").lower()
     run_name, key = left.pop("wandb_run_name", None), left.pop("wandb_api_key", None)
     values: dict[str, Any] = {}
@@ -255,9 +255,15 @@ def _logging(left: dict[str, Any], notes: list[str]) -> dict[str, Any]:
         if key:
             notes.append("wandb_api_key: not carried over (a key is no setting for a run's saved config); run "
                          "`wandb login` once, or set WANDB_API_KEY")
-    if tracker in ("tensorboard", "all") or (left.get("logging_dir") and not tracker):  # (kohya's default then)
-        notes.append(f"{f'log_with {tracker}' if tracker else 'logging_dir'}: lowvram writes TensorBoard logs (to "
-                     "<output>/logs) with --tensorboard; metrics.jsonl in the output folder is always written")
+    if tracker in ("tensorboard", "all") or (left.get("logging_dir") and not tracker):
+        asked = f"log_with {tracker}" if tracker else "logging_dir"
+        if importlib.util.find_spec("tensorboard") is None:
+            notes.append(f"{asked}: TensorBoard is not installed (pip install 'lowvram[tensorboard]'); "
+                         "metrics.jsonl in the output folder holds each step's loss, learning rate and gradient norm")
+        else:
+            values["tensorboard"] = True
+            if left.get("logging_dir"):
+                notes.append(f"logging_dir {left['logging_dir']}: TensorBoard's logs go to <output>/logs")
     return values
 
 

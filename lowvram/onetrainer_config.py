@@ -3,7 +3,8 @@ user's `--config my-lora.json` trains the LoRA OneTrainer would: its model, conc
 schedule, network, loss, noise and masking settings. Plain data, no torch.
 
 OneTrainer writes every setting, most at their defaults; those that change nothing lowvram does (its workspace,
-tensorboard, backups, the parts other model types have) are left out quietly. Its memory settings at their defaults
+its TensorBoard viewer, backups, the parts other model types have) are left out quietly; its TensorBoard logs,
+which it always writes, are written (where TensorBoard is installed). Its memory settings at their defaults
 (16-bit weights, gradient checkpointing on) are left to lowvram's planner, which picks the fastest that fits; a
 quantized U-Net it names is kept. What lowvram cannot train as OneTrainer would (another model type, a full
 fine-tune, another adapter or loss) is refused, one line per setting. Relative paths are taken from the current
@@ -13,6 +14,7 @@ its configs one below).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path, PureWindowsPath
@@ -236,7 +238,9 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
 
 
 def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
-    values: dict[str, Any] = {}
+    # OneTrainer logs every run to TensorBoard (its `tensorboard` switch starts the viewer): so does lowvram,
+    # where TensorBoard is installed
+    values: dict[str, Any] = {"tensorboard": True} if importlib.util.find_spec("tensorboard") else {}
     destination = doc.get("output_model_destination")
     if destination and os.name != "nt" and PureWindowsPath(str(destination)).drive:  # saved on Windows, read here
         values["name"] = PureWindowsPath(str(destination)).stem

@@ -75,17 +75,20 @@ def test_a_kohya_ss_config_trains_the_lora_kohya_would(tmp_path, capsys):
     assert (out / "mylora-step000002.safetensors").is_file() and (out / "samples" / "mylora-00.png").is_file()
 
 
-def test_where_kohyas_logs_went_is_said_once(tmp_path):
-    """kohya_ss's logging_dir meant TensorBoard logs, and log_with wandb a Weights & Biases project: neither happens
-    here unasked, so the run says where its figures are instead of dropping the setting silently."""
-    def logging_notes(settings):
-        _, notes = translate(settings, tmp_path / "kohya.toml")
-        return [note for note in notes if "log" in note.split(":")[0]]
+def test_kohyas_logging_dir_alone_writes_tensorboard_logs_as_in_kohya(tmp_path, monkeypatch):
+    """A logging_dir without log_with is kohya's TensorBoard (lowvram wrote none, with a note); where TensorBoard is
+    not installed the run says where its figures are instead."""
+    def logging(settings):
+        values, notes = translate(settings, tmp_path / "kohya.toml")
+        return values.get("tensorboard"), [note for note in notes if "log" in note.split(":")[0]]
 
-    assert logging_notes(KOHYA_SS) == [
-        ("logging_dir: lowvram writes TensorBoard logs (to <output>/logs) with --tensorboard; metrics.jsonl in the "
-        "output folder is always written")]
-    assert logging_notes({k: v for k, v in KOHYA_SS.items() if k != "logging_dir"}) == []
+    assert logging(KOHYA_SS) == (True, [("logging_dir /workspace/kohya_ss/logs: TensorBoard's logs go to "
+                                        "<output>/logs")])
+    assert logging({k: v for k, v in KOHYA_SS.items() if k != "logging_dir"}) == (None, [])
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as where it is not installed
+    assert logging(KOHYA_SS) == (None, [
+        ("logging_dir: TensorBoard is not installed (pip install 'lowvram[tensorboard]'); metrics.jsonl in the output "
+        "folder holds each step's loss, learning rate and gradient norm")])
 
 
 def test_kohyas_wandb_project_and_run_carry_over_and_its_key_stays_out_of_the_config(tmp_path, monkeypatch):
@@ -98,14 +101,13 @@ def test_kohyas_wandb_project_and_run_carry_over_and_its_key_stays_out_of_the_co
         "set WANDB_API_KEY")]
     assert "0123abcd" not in json.dumps(values)
     values, notes = translate(KOHYA_SS | {"log_with": "all"}, tmp_path / "kohya.toml")
-    assert values["wandb_project"] == "network_train"  # kohya's own name for it
-    assert "log_with all: lowvram writes TensorBoard logs (to <output>/logs) with --tensorboard" in " ".join(notes)
+    assert values["wandb_project"] == "network_train" and values["tensorboard"]  # kohya's own name for it
     # W&B off: its run name and key are kohya's only with it on (kohya_ss keeps them in every config)
     values, notes = translate(settings | {"log_with": "tensorboard"}, tmp_path / "kohya.toml")
     assert not any(key.startswith("wandb") for key in values) and not any("wandb" in note for note in notes)
-    assert any(note.startswith("log_with tensorboard: lowvram writes TensorBoard logs") for note in notes)
-    _, notes = translate(settings, tmp_path / "kohya.toml")  # logging_dir is W&B's folder then, in kohya
-    assert not any("TensorBoard" in note for note in notes)
+    assert values["tensorboard"]
+    values, notes = translate(settings, tmp_path / "kohya.toml")  # logging_dir is W&B's folder then, in kohya
+    assert not any("TensorBoard" in note for note in notes) and "tensorboard" not in values
     monkeypatch.setitem(sys.modules, "wandb", None)  # as where it is not installed: the run goes on without it
     values, notes = translate(settings, tmp_path / "kohya.toml")
     assert "wandb_project" not in values

@@ -6,6 +6,7 @@ import importlib.util
 import inspect
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -426,3 +427,10 @@ def test_onetrainers_ema_averages_every_fifth_step_unless_its_interval_says_othe
         values, notes = translate_onetrainer(CONFIG | settings, tmp_path / "c.json")
         assert values.get("ema_every") == every, settings
         assert not any("ema_update_step_interval" in note for note in notes)
+
+
+def test_onetrainers_tensorboard_logs_are_written_where_tensorboard_is_installed(tmp_path, monkeypatch):
+    """OneTrainer logs every run to TensorBoard (its switch starts the viewer); lowvram wrote none for its configs."""
+    assert translate_onetrainer(CONFIG | {"tensorboard": False}, tmp_path / "c.json")[0]["tensorboard"] is True
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as where it is not installed: the run goes on without
+    assert "tensorboard" not in translate_onetrainer(CONFIG, tmp_path / "c.json")[0]
