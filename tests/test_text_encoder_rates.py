@@ -2,6 +2,8 @@
 OneTrainer's text_encoder_2): an encoder at rate 0 gets no adapters, the other trains at its own rate, and both
 still read every caption."""
 
+import json
+
 import pytest
 from conftest import run_config
 from safetensors import safe_open
@@ -44,6 +46,18 @@ def test_each_encoder_trains_at_its_own_rate(tmp_path):
     assert rates == [1e-3, 2e-4, 3e-5]
     with safe_open(str(result.lora_path), "pt") as f:
         assert f.metadata()["ss_text_encoder_lr"] == "[0.0002, 3e-05]"
+    # each rate is logged, as kohya logs lr/unet and lr/textencoder (only the U-Net's was)
+    [logged] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                if '"loss"' in line]
+    assert (logged["lr"], logged["lr_text_encoder"], logged["lr_text_encoder_2"]) == (1e-3, 2e-4, 3e-5)
+
+
+def test_prodigys_rate_times_its_d_is_logged(tmp_path):
+    """Prodigy's --lr stays at 1: what moves the weights is d x lr (kohya's lr/d*lr), shown and logged."""
+    train(run_config(output=str(tmp_path), max_steps=2, optimizer="prodigy", lr=1.0))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [row["lr"] for row in rows] == [1.0, 1.0]
+    assert all(0 < row["lr_effective"] < 1e-3 for row in rows)  # d starts at 1e-6 and grows from there
 
 
 @pytest.mark.parametrize(("values", "message"), [

@@ -46,7 +46,7 @@ from lowvram.train.setup import (
     scan_data,
     start_session,
 )
-from lowvram.train.step import count_bad_steps, forward_backward, update
+from lowvram.train.step import count_bad_steps, forward_backward, learning_rates, update
 from lowvram.train.validation import EarlyStopping
 
 
@@ -133,17 +133,16 @@ def run_training(session: Session) -> TrainResult:
             step_loss, splits = forward_backward(session, trainee, mine, splits, step)
             if step < schedule.total_steps:  # read from the cache while the GPU works through the backward pass
                 following = draw(session, batches, schedule.batches_per_step)
-            lr = trainee.optimizer.param_groups[0]["lr"]  # the rate this step's update uses (the plain one)
+            rates = learning_rates(trainee)  # the rates this step's update uses (the plain ones)
             # one collective and one read-back per step: the mean loss, whether any process was asked to stop,
             # and the gradient norm
             outcome = update(session, trainee, step_loss, signals.received is not None, step)
-            # a schedule-free optimizer warms up inside its step, the rate it used kept there
-            lr = trainee.optimizer.param_groups[0].get("scheduled_lr", lr)
+            rates = learning_rates(trainee, rates)  # as the step used them (schedule-free's, Prodigy's d)
             bad_steps = count_bad_steps(session, outcome.verdict, bad_steps, step)
 
             seconds = time.perf_counter() - step_start
-            smoothed = progress.update(step, outcome.loss, lr, seconds)
-            log.step(step, {"epoch": epoch, "loss": outcome.loss, "loss_smoothed": smoothed, "lr": lr,
+            smoothed = progress.update(step, outcome.loss, rates.get("lr_effective", rates["lr"]), seconds)
+            log.step(step, {"epoch": epoch, "loss": outcome.loss, "loss_smoothed": smoothed, **rates,
                             "grad_norm": outcome.grad_norm, "seconds": seconds,
                             "total_steps": schedule.total_steps})
             if prepared.validation and (schedule.validates_at(step) or step == schedule.total_steps):

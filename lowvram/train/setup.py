@@ -9,7 +9,7 @@ import bisect
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -136,6 +136,7 @@ class Trainee:
     noise_scheduler: object
     ema: object | None = None  # diffusers' EMAModel of `params` (--ema)
     text_frozen: bool = False  # past --text-encoder-until: the encoders still read the captions, without gradients
+    text_rate_groups: dict[str, int] = field(default_factory=dict)  # each trained encoder's plain-rate group, logged
     # --cuda-graphs: the gradients are buffers of their own that backward adds into, zeroed after each update. Set
     # to None instead, the first backward would keep a graph's output memory as a gradient, which the next
     # micro-batch's replay overwrites (CUDA Graph Trees reuse a generation's memory in the next)
@@ -385,6 +386,8 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
             compile_blocks(model.unet, schedule.batch_shapes, passes=3 if config.data.own_prediction else 2,
                            cuda_graphs=graphs)
     groups = optimizer_groups(model, trainable, config, session.run.blocks)
+    parts = [group.pop("part") for group in groups]
+    text_rate_groups = {part: parts.index(part) for part in dict.fromkeys(parts) if part != "unet"}
     optimizer = build_optimizer(config.optim.optimizer, groups, config.optim.weight_decay, schedule.warmup_steps,
                                 optimizer_kwargs(config.optim.optimizer, config.optim.optimizer_args))
     # the polynomial schedule decays towards 1e-7 in units of the optimizer's default rate, which kohya sets to its
@@ -411,7 +414,7 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
     for p in params if kept else ():
         p.grad = torch.zeros_like(p)
     return Trainee(model, prepared[0], text_encoders, train_text, dict(adapted), params, prepared[-1], lr_scheduler,
-                   noise_scheduler, ema, gradients_kept=kept)
+                   noise_scheduler, ema, gradients_kept=kept, text_rate_groups=text_rate_groups)
 
 
 def freeze_text_encoders(session: Session, trainee: Trainee, step: int) -> None:
@@ -440,7 +443,9 @@ def optimizer_groups(model: LoadedModel, trainable: dict[str, list[torch.nn.Para
     """One parameter group per part at its learning rate; with LoRA+ (--loraplus-ratio, and for the text encoders
     --loraplus-text-encoder-ratio) each part's B matrices go to a group of their own, at that rate times the ratio;
     with per-block learning-rate weights (`blocks`) the U-Net's parameters are grouped by their block's weight too.
-    The first group is the U-Net's at its plain rate wherever there is one: the log's learning rate is its."""
+    The first group is the U-Net's at its plain rate wherever there is one: the log's learning rate is its. Each
+    group names its `part` (to be taken out before the optimizer sees it); a part's first group is at its plain
+    rate."""
     groups = []
     modules = dict(networks.adapted_modules(model))
     optim = config.optim
@@ -457,7 +462,7 @@ def optimizer_groups(model: LoadedModel, trainable: dict[str, list[torch.nn.Para
         for p in params:
             grouped.setdefault((id(p) in b_matrices, weights.get(id(p), 1.0)), []).append(p)
         for is_b, weight in sorted(grouped, key=lambda key: (key[0], key[1] != 1.0, -key[1])):
-            groups.append({"params": grouped[is_b, weight], "lr": lr * weight * (ratio if is_b else 1)})
+            groups.append({"params": grouped[is_b, weight], "lr": lr * weight * (ratio if is_b else 1), "part": part})
     return groups
 
 

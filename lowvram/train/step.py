@@ -158,6 +158,21 @@ def optimizer_stepped(optimizer, scaler, gradients_finite: bool) -> bool:
     return scaler.get_scale() >= scale and not optimizer.step_was_skipped
 
 
+def learning_rates(trainee: Trainee, before: dict[str, float] | None = None) -> dict[str, float]:
+    """The log's learning rates: the U-Net's plain rate ("lr") and each trained text encoder's ("lr_text_encoder",
+    as kohya logs lr/textencoder). Read `before` the update, as the step uses them; then, after it, a schedule-free
+    optimizer's rate (it warms up inside its step and keeps the rate used) and Prodigy's or D-Adaptation's
+    d x lr ("lr_effective", kohya's lr/d*lr: the rate that moves the weights, where the plain one stays at 1)."""
+    groups = trainee.optimizer.param_groups
+    named = {"lr": 0} | {f"lr_{part}": index for part, index in trainee.text_rate_groups.items()}
+    if before is None:
+        return {name: groups[index]["lr"] for name, index in named.items()}
+    rates = {name: groups[index].get("scheduled_lr", before[name]) for name, index in named.items()}
+    if isinstance(groups[0].get("d"), float):
+        rates["lr_effective"] = groups[0]["d"] * rates["lr"]
+    return rates
+
+
 def count_bad_steps(session: Session, verdict: str, bad_steps: int, step: int) -> int:
     """Non-finite steps in a row; too many stop the run, pointing at the likely causes."""
     if verdict == "ok":
