@@ -1,6 +1,7 @@
 """The command line: every option documented, bad options get one line naming them, pickles are refused."""
 
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,8 +168,11 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU message")
     assert main(["train", "--auto", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output", str(tmp_path)]) == 0
-    assert "no CUDA GPU, so nothing to plan" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no CUDA GPU, so nothing to plan" in out
     assert (tmp_path / f"{tmp_path.name}.safetensors").is_file()
+    # the end says how long the steps took and where their figures are
+    assert re.search(rf"trained to step 1 in 0:00:\d\d; each step's figures are in {re.escape(str(tmp_path / 'metrics.jsonl'))}", out)
 
 
 def test_plan_without_a_gpu_or_budget_asks_for_one(capsys):

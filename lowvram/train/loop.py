@@ -23,7 +23,7 @@ from lowvram.models.loading import LoadedModel
 from lowvram.resolve import cache_in_use
 from lowvram.train import checkpoint, outdir
 from lowvram.train.metadata import TrainingShape
-from lowvram.train.progress import StopOnSignal, TrainingProgress
+from lowvram.train.progress import StopOnSignal, TrainingProgress, clock
 from lowvram.train.runlog import RunLog, append_record
 from lowvram.train.sampling import render_samples
 from lowvram.train.saving import (
@@ -167,7 +167,7 @@ def run_training(session: Session) -> TrainResult:
                    position if step > resumed_at else None, shape)
     if (asked or signals.received is not None) and session.main:
         raise stopped_after_the_last_step(lora_path, bool(config.samples))
-    samples = finish(session, trainee, prepared, peaks, lora_path, step)
+    samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started)
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
         networks.cast_inputs(module, cast=True)
@@ -201,8 +201,9 @@ def stopped_after_the_last_step(lora_path: Path, samples: bool) -> TrainingInter
 
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
-           step: int) -> list[Path]:
-    """After the last step, in the main process: the diffusers-format copy, the sample images, the phase peaks."""
+           step: int, started: datetime) -> list[Path]:
+    """After the last step, in the main process: the diffusers-format copy, the sample images, the phase peaks, and
+    how long the steps took (from `started`) and where their figures are."""
     if not session.main:
         return []
     config, model, name = session.config, trainee.model, session.config.output_name
@@ -223,6 +224,11 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
         samples = []
     session.console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
                           soft_wrap=True)
+    took = clock((datetime.now(timezone.utc) - started).total_seconds())
+    logs = session.out_dir / "logs"
+    viewer = f"; TensorBoard: tensorboard --logdir {logs}" if config.output.tensorboard else ""
+    session.console.print(f"trained to step {step} in {took}; each step's figures are in "
+                          f"{session.out_dir / 'metrics.jsonl'}{viewer}", soft_wrap=True, highlight=False)
     if peaks.bytes:
         session.console.print(f"peak VRAM per phase (reserved, without the CUDA context): {peaks.summary()}")
         append_record(session.out_dir / "metrics.jsonl", {"step": step, "phase_peak_bytes": peaks.bytes})
