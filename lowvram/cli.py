@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--config", type=Path, help="TOML config file, as for train")
     plan.add_argument("--preset", help="starting settings, as for train")
     plan.add_argument("--profile", help="plan for a GPU profile (see lowvram doctor --profiles)")
-    plan.add_argument("--vram", metavar="SIZE", help="plan for a GPU with this much free VRAM (e.g. 6GB)")
+    plan.add_argument("--vram", metavar="SIZE", help="plan for a GPU with this much free VRAM (e.g. 6GB), taken to "
+                      "have bf16 (Ampere or newer; --mixed-precision fp16 plans for an older card)")
     plan.add_argument("--ram", metavar="SIZE", help="host RAM to plan for (e.g. 12GB; default: this machine's)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     _add_config_flags(plan)

@@ -540,3 +540,17 @@ def test_vae_tiling_is_planned_and_turned_on_where_a_samples_decode_does_not_fit
     out = " ".join(done.stdout.split())
     assert done.returncode == 0, out
     assert "VAE in 512 px tiles (--vae-tiling)" in out
+
+
+def test_the_plan_says_what_it_computes_in_and_what_a_bare_budget_assumes():
+    """The precision decides every figure, and a --vram budget names no card: plan says which it took (a T4 owner
+    planning with --vram 6GB was shown bf16 figures, which training then refused)."""
+    done, _ = lowvram("plan", "--vram", "6GB")
+    out = " ".join(done.stdout.split())
+    assert "computing in bf16 (a --vram card is taken to have bf16, as Ampere and newer do: --mixed-precision " \
+           "fp16 plans for an older one" in out
+    done, _ = lowvram("plan", "--profile", "colab-t4", "--model", "sdxl", "--json")
+    planned = json.loads(done.stdout)
+    assert (planned["compute_dtype"], planned["vae_fp32"]) == ("fp16", True)
+    done, _ = lowvram("plan", "--profile", "gtx-1660-6gb")
+    assert "computing in fp32" in " ".join(done.stdout.split())

@@ -9,6 +9,7 @@ from lowvram.hardware import GIB
 from lowvram.plan.calibration import graphs_measured
 from lowvram.plan.estimate import PAGE_CACHE, PHASES, Estimate
 from lowvram.plan.planner import Plan
+from lowvram.resolve import NATIVE_FORMAT
 
 SHOWN_PHASES = ("latent caching", "text caching", "training", "sampling")
 VERIFIED = {True: "seen", False: "unverified", None: ""}
@@ -27,7 +28,11 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     console.print(f"[bold]{work.family.title}[/] at {work.resolution}px, batch {work.batch}, {network} {rank}"
                   f"{' + text encoder' if work.train_text_encoder else ''} on [bold]{hardware.name}[/] "
                   f"({hardware.source}): budget {gib(result.budget)} GiB of {gib(hardware.total_vram)} GiB VRAM, "
-                  f"{gib(hardware.host_ram)} GiB host RAM")
+                  f"{gib(hardware.host_ram)} GiB host RAM; computing in {NATIVE_FORMAT[work.mixed_precision]}"
+                  + (" (the VAE in fp32: it overflows in fp16)" if work.vae_fp32 else "")
+                  + (" (a --vram card is taken to have bf16, as Ampere and newer do: --mixed-precision fp16 plans "
+                     "for an older one, --profile for a known card)" if hardware.source == "--vram"
+                     and work.mixed_precision == "bf16" else ""))
     rows = shown_candidates(result, top)
     phases = [p for p in SHOWN_PHASES if p != "sampling" or any(e.peak_vram(p) for e in rows)]  # no prompts: none
     table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), relative time per step, "
@@ -137,6 +142,7 @@ def plan_json(result: Plan) -> dict:
     work, hardware = result.workload, result.hardware
     return {
         "model_family": work.family.name, "resolution": work.resolution, "batch": work.batch, "rank": work.rank,
+        "compute_dtype": NATIVE_FORMAT[work.mixed_precision], "vae_fp32": work.vae_fp32,
         "hardware": {"name": hardware.name, "source": hardware.source, "total_vram": hardware.total_vram,
                      "free_vram": hardware.free_vram, "budget": result.budget, "host_ram": hardware.host_ram},
         "fits": result.choice is not None, "choice": one(result.choice) if result.choice else None,
