@@ -29,13 +29,13 @@ from lowvram.option_values import (
     parse_until,
 )
 from lowvram.prompts import parse_prompt
+from lowvram.run_files import LONGEST_SUFFIX
 from lowvram.samplers import sampler_problem
 from lowvram.timesteps import timestep_problem
 
 NOT_IN_NAMES = '/\\:*?"<>|'  # what Windows refuses in a file name (and / and \\ are folders)
-# the longest file a run names after its LoRA, "<name>-step0000500.safetensors", written as ".<that>.<8>.tmp" first,
-# within the 255 bytes of a file name
-MAX_NAME_BYTES = 255 - len("-step0000500.safetensors") - len("..12345678.tmp")
+# the longest file a run names after its LoRA, written as ".<that>.<8>.tmp" first, within the 255 bytes of a file name
+MAX_NAME_BYTES = 255 - len(LONGEST_SUFFIX) - len("..12345678.tmp")
 
 
 def windows_path_hint(path: str) -> str:
@@ -437,7 +437,7 @@ def config_problems(c: RunConfig) -> list[str]:
         p.append(f"{flag}: {whose} is not a valid file name{why}; {fix}")
     elif len(name.encode()) > MAX_NAME_BYTES:
         p.append(f"{flag}: {whose} is {len(name.encode())} bytes long; the run's files add up to "
-                 f"{255 - MAX_NAME_BYTES} to it (-step000500.safetensors, a temporary suffix), and a file name holds "
+                 f"{255 - MAX_NAME_BYTES} to it ({LONGEST_SUFFIX}, a temporary suffix), and a file name holds "
                  f"255, so it can be at most {MAX_NAME_BYTES}; {fix}")
     return p
 

@@ -21,6 +21,7 @@ from lowvram.files import DiskFull
 from lowvram.memory import PhasePeaks, free_cached_memory
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import cache_in_use
+from lowvram.run_files import LORA_SUFFIX, best_save, diffusers_copy
 from lowvram.train import checkpoint, outdir
 from lowvram.train.metadata import TrainingShape
 from lowvram.train.progress import StopOnSignal, TrainingProgress, clock
@@ -152,7 +153,7 @@ def run_training(session: Session) -> TrainResult:
             if stopping.stop:
                 console.print(f"[yellow]early stopping at step {step}:[/] no better validation loss in "
                               f"{stopping.since_best} validations; the best ({stopping.best:.5f}, step "
-                              f"{stopping.best_step}) is {name}-best.safetensors", soft_wrap=True)
+                              f"{stopping.best_step}) is {best_save(name)}{LORA_SUFFIX}", soft_wrap=True)
                 break
             if outcome.stop_asked and step < schedule.total_steps:
                 raise save_interrupted(session, trainee, dataset, schedule, position, shape)
@@ -210,7 +211,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     try:
         with trainee.averaged_weights():
             if config.output.format == "diffusers":
-                lora_files.save_diffusers(model, session.out_dir / f"{name}-diffusers", config.output.save_precision)
+                lora_files.save_diffusers(model, session.out_dir / diffusers_copy(name), config.output.save_precision)
             with peaks.phase("sampling"):
                 samples = render_samples(model, config.samples, session.out_dir / "samples", name,
                                          session.run.resolution, config.output.sample_steps, config.training.seed,

@@ -19,6 +19,7 @@ from lowvram.errors import LowvramError
 from lowvram.files import DiskFull, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
 from lowvram.resolve import ResolvedRun
+from lowvram.run_files import LORA_SUFFIX, diffusers_copy, final_samples_of, saved_lora, step_image, step_save
 from lowvram.train import checkpoint
 from lowvram.train.identity import differences, identity, recipe
 
@@ -181,7 +182,7 @@ def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
     steps = read_header(lora)[0].get("ss_steps", "")
     if not trained and steps == str(step):
         return None
-    kept = lora.with_name(f"{lora.stem}-step{int(steps):06d}.safetensors") if steps.isdigit() else None
+    kept = lora.with_name(step_save(lora.stem, int(steps)) + LORA_SUFFIX) if steps.isdigit() else None
     samples = samples_of(lora)
     if kept is None or kept.exists():
         kept = move_to_archive(lora.parent, [lora, *samples]) / lora.name
@@ -198,7 +199,7 @@ def _samples(folder: Path) -> list[Path]:
 
 def samples_of(lora: Path) -> list[Path]:
     """The final samples of a LoRA (<name>-NN.png), kept beside it under its name when it became a save point."""
-    return [path for path in _samples(lora.parent) if re.fullmatch(rf"{re.escape(lora.stem)}-\d+\.png", path.name)]
+    return [path for path in _samples(lora.parent) if final_samples_of(lora.stem).fullmatch(path.name)]
 
 
 def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: Path, name: str) -> str | None:
@@ -222,13 +223,13 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
 def _saved_step(path: Path, name: str) -> int | None:
     """The step of a save point of run `name` (its final, best, -stepN or -eN LoRA, by its metadata; a sample grid
     <name>-stepN.png or a kept final sample <name>-stepN-NN.png, by its name); None for anything else."""
-    if re.fullmatch(rf"{re.escape(name)}(-(step\d+|e\d+|best))?\.safetensors", path.name):
+    if saved_lora(name).fullmatch(path.name):
         try:
             steps = read_header(path)[0].get("ss_steps", "")
         except (OSError, ValueError):
             return None
         return int(steps) if steps.isdigit() else None
-    found = re.fullmatch(rf"{re.escape(name)}-step(\d+)(-\d+)?\.png", path.name)
+    found = step_image(name).fullmatch(path.name)
     return int(found.group(1)) if found else None
 
 
@@ -264,8 +265,7 @@ def archived(folder: Path, record: dict | None, name: str) -> list[Path]:
     ours = [folder / entry for entry in (*SHARED, RECORD) if (folder / entry).exists()]
     for run_name in names:
         ours += [path for path in folder.iterdir() if (path.name == f"{run_name}.toml" and is_options_file(path))
-                 or re.fullmatch(rf"{re.escape(run_name)}(-(step\d+|e\d+|best))?\.safetensors", path.name)
-                 or path.name == f"{run_name}-diffusers"]
+                 or saved_lora(run_name).fullmatch(path.name) or path.name == diffusers_copy(run_name)]
     return list(dict.fromkeys(ours))
 
 

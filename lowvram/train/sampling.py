@@ -20,6 +20,7 @@ from lowvram.models.conditioning import DEFAULT_READING, encode_prompts, unet_co
 from lowvram.models.families import prompt_reading
 from lowvram.models.loading import LoadedModel
 from lowvram.prompts import SamplePrompt, parse_prompt
+from lowvram.run_files import final_sample
 from lowvram.samplers import make_sampler
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(render_images(model, prompts, resolution, steps, seed, accelerator, embeddings)):
-        paths.append(folder / f"{name}-{i:02d}.png")
+        paths.append(folder / final_sample(name, i))
         save_image(image, paths[-1], "a sample image")
     return paths
 

@@ -4,7 +4,6 @@ asks for, and on Ctrl-C. Only the main process writes; a checkpoint gathers ever
 from __future__ import annotations
 
 import math
-import re
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from lowvram.adapters import lora_files
 from lowvram.errors import TrainingInterrupted
 from lowvram.files import DiskFull
 from lowvram.memory import free_cached_memory
+from lowvram.run_files import LORA_SUFFIX, best_save, epoch_save, interval_save, step_save
 from lowvram.train import checkpoint, outdir
 from lowvram.train.identity import recipe
 from lowvram.train.metadata import TrainingShape, lora_metadata
@@ -98,7 +98,7 @@ def validate_and_keep_best(session: Session, trainee: Trainee, dataset: Dataset,
     session.console.print(f"step {step}: validation loss {loss:.5f}" + (f" (best{gain})" if best else
                           f", best {stopping.best:.5f} at step {stopping.best_step}"))
     if best:
-        save_lora(session, trainee, dataset, session.out_dir / f"{session.config.output_name}-best.safetensors",
+        save_lora(session, trainee, dataset, session.out_dir / (best_save(session.config.output_name) + LORA_SUFFIX),
                   step, epoch, shape)
 
 
@@ -113,8 +113,9 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
     if save_every and step < schedule.total_steps and is_save_point(save_every, step, schedule):
         # kohya's ss_epoch: the epoch under way (from 0) in a step's save, the epochs done in an epoch's
         done = schedule.epochs_done_at(step)
-        suffix, saved_epoch = (f"step{step:06d}", epoch) if save_every[1] == "steps" else (f"e{done:04d}", done)
-        save_lora(session, trainee, dataset, out_dir / f"{name}-{suffix}.safetensors", step, saved_epoch, shape)
+        saved, saved_epoch = ((step_save(name, step), epoch) if save_every[1] == "steps"
+                              else (epoch_save(name, done), done))
+        save_lora(session, trainee, dataset, out_dir / (saved + LORA_SUFFIX), step, saved_epoch, shape)
         if config.output.keep_saves and session.main:
             for old in older_saves(out_dir, name, save_every, config.output.keep_saves):
                 old.unlink(missing_ok=True)
@@ -156,7 +157,7 @@ def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step:
     try:
         with evaluating(trainee):
             grid = render_grid(trainee.model, config.samples,
-                               session.out_dir / "samples" / f"{config.output_name}-step{step:06d}.png",
+                               session.out_dir / "samples" / f"{step_save(config.output_name, step)}.png",
                                session.run.resolution, config.output.sample_steps, config.training.seed,
                                session.accelerator, prepared.sample_embeddings)
     except torch.OutOfMemoryError:  # the VAE's decode beside the training state: the run matters more
@@ -173,7 +174,7 @@ def older_saves(out_dir: Path, name: str, every: tuple[int, str], keep: int) -> 
     files, the -best and the final LoRA among them, are never matched, nor a LoRA of a step between save points (an
     interrupted run's, named as a step's save is)."""
     count, unit = every
-    pattern = re.compile(rf"{re.escape(name)}-{'step' if unit == 'steps' else 'e'}(\d+)\.safetensors")
+    pattern = interval_save(name, unit)
     saves = sorted((int(match.group(1)), path) for path in out_dir.iterdir()
                    if (match := pattern.fullmatch(path.name)) and (unit != "steps" or int(match.group(1)) % count == 0))
     return [path for _, path in saves[:-keep]]
@@ -184,7 +185,7 @@ def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, sched
     """Ctrl-C or SIGTERM: a checkpoint and a usable LoRA of the steps so far; the error says how to continue."""
     step, out_dir, name = position.step, session.out_dir, session.config.output_name
     saved = save_checkpoint(session, trainee, dataset, position)
-    usable = save_lora(session, trainee, dataset, out_dir / f"{name}-step{step:06d}.safetensors", step,
+    usable = save_lora(session, trainee, dataset, out_dir / (step_save(name, step) + LORA_SUFFIX), step,
                        position.epoch, shape)
     if not session.main:  # the main process says it, once
         return TrainingInterrupted("")

@@ -1,0 +1,57 @@
+"""The names of the files a run writes after its LoRA's name, declared once: the code that writes them and the code
+that finds, prunes, keeps and archives them read these. Plain text, no torch."""
+
+from __future__ import annotations
+
+import re
+
+LORA_SUFFIX = ".safetensors"
+
+
+def step_save(name: str, step: int) -> str:
+    """A LoRA saved at a step (--save-every N, an interrupted run's), and that step's sample grid: <name>-step000500."""
+    return f"{name}-step{step:06d}"
+
+
+def epoch_save(name: str, epochs: int) -> str:
+    """A LoRA saved after some epochs (--save-every Ne): <name>-e0002."""
+    return f"{name}-e{epochs:04d}"
+
+
+def best_save(name: str) -> str:
+    """The LoRA of the best validation loss: <name>-best."""
+    return f"{name}-best"
+
+
+def diffusers_copy(name: str) -> str:
+    """The folder of the final LoRA in diffusers' format (--format diffusers): <name>-diffusers."""
+    return f"{name}-diffusers"
+
+
+def final_sample(name: str, index: int) -> str:
+    """The final LoRA's sample of the index-th prompt: <name>-00.png."""
+    return f"{name}-{index:02d}.png"
+
+
+def saved_lora(name: str) -> re.Pattern:
+    """Any LoRA the run `name` saves: the final one, a step's, an epoch's, the best."""
+    return re.compile(rf"{re.escape(name)}(-(step\d+|e\d+|best))?{re.escape(LORA_SUFFIX)}")
+
+
+def interval_save(name: str, unit: str) -> re.Pattern:
+    """The --save-every LoRAs of one kind ("steps" or "epochs"), the count in group 1."""
+    return re.compile(rf"{re.escape(name)}-{'step' if unit == 'steps' else 'e'}(\d+){re.escape(LORA_SUFFIX)}")
+
+
+def step_image(name: str) -> re.Pattern:
+    """A step's sample grid, or a final sample kept with the LoRA that became that step's save: the step in group 1."""
+    return re.compile(rf"{re.escape(name)}-step(\d+)(-\d+)?\.png")
+
+
+def final_samples_of(stem: str) -> re.Pattern:
+    """The final samples of the LoRA file named `stem`."""
+    return re.compile(rf"{re.escape(stem)}-\d+\.png")
+
+
+# the longest file name a run adds to its LoRA's name: a step's save past a million steps
+LONGEST_SUFFIX = step_save("", 1_000_000) + LORA_SUFFIX
