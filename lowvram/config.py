@@ -25,13 +25,16 @@ from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
 
 TIMESTEP_BIASES = ("none", "earlier", "later")
 NETWORKS = ("lora", "dora", "loha", "lokr")
-LORA_LAYERS = ("attn", "attn-mlp", "full")  # lowvram.models.families.LORA_LAYERS (not imported: plan starts fast)
+# the names of lowvram.models.families.LORA_LAYERS' sets (which builds on this layer: it cannot be imported here)
+LORA_LAYERS = ("attn", "attn-mlp", "full")
+DEFAULT_LORA_LAYERS = "attn"
 UNET_WEIGHTS = ("auto", *WEIGHT_FORMATS)
 ATTENTION = ("auto", "xformers", "sdpa", "math")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SAVE_PRECISION = ("fp16", "bf16", "fp32")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: one to three of CLIP's 75-token chunks
+CHUNK_TOKENS = 75  # CLIP reads 77 tokens: BOS, 75 of the caption, EOS
+TOKEN_LENGTHS = tuple(CHUNK_TOKENS * n for n in (1, 2, 3))  # kohya's max_token_length: one to three chunks
 LOSSES = ("l2", "l1", "huber", "smooth_l1")  # kohya's --loss_type values
 HUBER_LOSSES = ("huber", "smooth_l1")
 HUBER_SCHEDULES = ("snr", "exponential", "constant")  # the first is the default, as in kohya
@@ -40,7 +43,7 @@ MULTIRES_DISCOUNT = 0.3  # kohya's default --multires_noise_discount
 TRAIN_TIMESTEPS = 1000  # the length of SD1.5's and SDXL's noise schedules
 ZERO_SNR_NEEDS_V = ("the last timestep's input is pure noise, in which an epsilon model has nothing to predict; it "
                     "needs a v-prediction model (--prediction-type v_prediction if the model is one)")
-FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
+FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")  # the names of lowvram.models.families.FAMILIES, as LORA_LAYERS
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
 CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, in this order by default
@@ -207,7 +210,7 @@ class NetworkConfig:
                                  "the rest scaled up to match (kohya's rank_dropout). LoRA and DoRA.")
     module_dropout: float = option(0.0, "Probability that a layer's whole adapter is left out of a forward pass "
                                    "during training (kohya's and LyCORIS's module_dropout).")
-    lora_layers: str = option("attn", "Which layers get adapters: attn (attention projections, as the diffusers "
+    lora_layers: str = option(DEFAULT_LORA_LAYERS, "Which layers get adapters: attn (attention projections, as the diffusers "
                               "examples); attn-mlp (every layer of the transformer blocks and CLIP's MLPs: kohya's "
                               "default LoRA); full (also the ResNet convolutions: kohya's LoCon, often used for "
                               "styles). More layers: more capacity, a larger file, a little more memory.",

@@ -6,9 +6,10 @@ different lengths are repeated to a common one, which attention reads as the pro
 import pytest
 import torch
 
+from lowvram.config import CHUNK_TOKENS
 from lowvram.models import load_model
 from lowvram.models.conditioning import COMMA_BACKTRACK, a1111_chunks, encode_prompts
-from lowvram.models.families import CHUNK_TOKENS, TextReading
+from lowvram.models.families import TextReading
 
 A1111 = TextReading(a1111=True)
 

@@ -114,12 +114,14 @@ def test_vae_option_is_checked_and_resolved(tmp_path):
     assert build_config(read_toml(config_file)).model.vae == str(tmp_path / "vae")
 
 
-def test_lora_layers_choices_are_the_families_layer_sets():
-    """config lists them without importing the models package (plan must start fast); they must agree."""
-    from lowvram.config import LORA_LAYERS
+def test_lora_layers_and_family_choices_are_the_families_own():
+    """config lists them without importing the models package (which builds on it); they must agree."""
+    from lowvram.config import DEFAULT_LORA_LAYERS, FAMILIES, LORA_LAYERS
+    from lowvram.models.families import FAMILIES as BY_NAME
     from lowvram.models.families import LORA_LAYERS as SETS
 
-    assert LORA_LAYERS == tuple(SETS)
+    assert LORA_LAYERS == tuple(SETS) and DEFAULT_LORA_LAYERS in SETS
+    assert FAMILIES == tuple(BY_NAME)
 
 
 @pytest.mark.parametrize(("values", "says"), [

@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 import plan_trace as trace
 
 from lowvram.adapters.networks import add_adapter, spatial_convolutions
+from lowvram.config import DEFAULT_LORA_LAYERS
 from lowvram.formats import CAST_FORMATS, TRACEABLE_FORMATS, WEIGHT_FORMATS
-from lowvram.models.families import DEFAULT_LORA_LAYERS, FAMILIES, LORA_LAYERS
+from lowvram.models.families import FAMILIES, LORA_LAYERS
 
 OUT = ROOT / "lowvram" / "plan" / "plan_data.json"
 # family -> training resolutions; the first is also where batch 2 and fp8 storage are traced for full-size ones

@@ -35,8 +35,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map_only
 
 from lowvram.checkpointing import checkpoint_units, enable_checkpointing, recomputed_parts
+from lowvram.config import DEFAULT_LORA_LAYERS
 from lowvram.formats import TRACEABLE_FORMATS
-from lowvram.models.families import DEFAULT_LORA_LAYERS, FAMILIES, ModelFamily
+from lowvram.models.families import FAMILIES, ModelFamily
 from lowvram.models.loading import _quiet_diffusers
 from lowvram.quant import _convertible, convert_frozen, storage_bytes
 

@@ -7,7 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lowvram.models.families import CHUNK_TOKENS, DEFAULT_READING, ModelFamily, TextReading
+from lowvram.config import CHUNK_TOKENS
+from lowvram.models.families import DEFAULT_READING, ModelFamily, TextReading
 from lowvram.prompts import CHUNK_BREAK, weighted_pieces
 
 VAE_TILE_PX = 512

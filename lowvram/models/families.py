@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowvram.adapters.blocks import BlockLayout
+from lowvram.config import CHUNK_TOKENS, DEFAULT_LORA_LAYERS
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 
@@ -28,7 +29,6 @@ LORA_LAYERS = {
     "attn-mlp": {"unet": UNET_TRANSFORMER, "text": CLIP_ATTENTION + ("fc1", "fc2")},
     "full": {"unet": UNET_TRANSFORMER + UNET_RESNET, "text": CLIP_ATTENTION + ("fc1", "fc2")},
 }
-DEFAULT_LORA_LAYERS = "attn"
 
 
 SD15_BLOCKS = BlockLayout(leading=0, down=12, mid=1, up=12, trailing=0)
@@ -120,7 +120,6 @@ def family_for_pipeline(pipeline_class: str, cross_attention_dim: int) -> ModelF
     return None
 
 
-CHUNK_TOKENS = 75  # CLIP reads 77 tokens: BOS, 75 of the caption, EOS
 
 
 @dataclass(frozen=True)

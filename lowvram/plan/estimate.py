@@ -14,10 +14,11 @@ from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from pathlib import Path
 
+from lowvram.config import DEFAULT_LORA_LAYERS
 from lowvram.errors import LowvramError
 from lowvram.formats import CAST_FORMATS, WEIGHT_FORMATS
 from lowvram.hardware import DEFAULT_CONTEXT, GIB, Hardware
-from lowvram.models.families import DEFAULT_LORA_LAYERS, ModelFamily
+from lowvram.models.families import ModelFamily
 from lowvram.optim import optimizer_state_bytes, spec_of
 from lowvram.plan.calibration import cuda_context_bytes, is_verified, step_time_ratios
 
