@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.formats import WEIGHT_FORMATS
-from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, spec_of
+from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, Optimizer, spec_of
 from lowvram.option_values import relocated_source
 from lowvram.prompts import SamplePrompt, parse_prompt, read_prompt_file
 from lowvram.samplers import SAMPLERS, sampler_name
@@ -43,6 +43,8 @@ MULTIRES_DISCOUNT = 0.3  # kohya's default --multires_noise_discount
 TRAIN_TIMESTEPS = 1000  # the length of SD1.5's and SDXL's noise schedules
 ZERO_SNR_NEEDS_V = ("the last timestep's input is pure noise, in which an epsilon model has nothing to predict; it "
                     "needs a v-prediction model (--prediction-type v_prediction if the model is one)")
+DEFAULT_EPOCHS = 10  # the run's length where neither --max-steps nor --epochs says it
+DEFAULT_SEED = 42
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")  # the names of lowvram.models.families.FAMILIES, as LORA_LAYERS
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
@@ -290,7 +292,10 @@ class OptimConfig:
     optimizer: str = option("adamw", "Optimizer: " + "; ".join(o.help for o in OPTIMIZERS.values()) + "; or any "
                             "other by its class, as kohya's (torch.optim.RAdam, pytorch_optimizer.CAME).",
                             choices=OPTIMIZER_CHOICES)
-    lr: float | None = option(None, "Learning rate of the U-Net adapters (default: 1e-4; 1.0 for prodigy).")
+    lr: float | None = option(None, "Learning rate of the U-Net adapters (default: " + "; ".join(dict.fromkeys(
+        f"{o.default_lr:.0e}".replace("e-0", "e-").replace("e+00", "") + (
+            "" if o.default_lr == Optimizer.default_lr else f" for {o.name}")
+        for o in OPTIMIZERS.values())) + ").")
     text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder adapters (default: --lr); 0 "
                                            "leaves the (first) text encoder without adapters.")
     text_encoder_2_lr: float | None = option(None, "SDXL: learning rate of the second text encoder's adapters "
@@ -342,9 +347,10 @@ class OptimConfig:
 class TrainingConfig:
     batch_size: int = option(1, "Images per micro-batch.")
     gradient_accumulation: int = option(1, "Micro-batches per optimizer step (effective batch = batch size x this).")
-    max_steps: int | None = option(None, "Optimizer steps to train (give this or --epochs; default: 10 epochs).")
+    max_steps: int | None = option(None, "Optimizer steps to train (give this or --epochs; default: "
+                                   f"{DEFAULT_EPOCHS} epochs).")
     epochs: int | None = option(None, "Passes over the dataset, repeats included.")
-    seed: int = option(42, "Seed for noise, timesteps, data order and LoRA initialisation.")
+    seed: int = option(DEFAULT_SEED, "Seed for noise, timesteps, data order and LoRA initialisation.")
     mixed_precision: str = option("auto", "Compute precision: auto picks bf16 on GPUs that support it, fp16 on "
                                   "older GPUs, no (fp32) on CPU.", choices=MIXED_PRECISION)
     checkpoint_every: int | None = option(None, "Save a resumable checkpoint every N steps (always at the end "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lowvram.adapters.blocks import check_syntax as check_block_syntax
 from lowvram.config import (
+    DEFAULT_SEED,
     HUBER_LOSSES,
     SAMPLE_DATA,
     TOKEN_LENGTHS,
@@ -134,7 +135,8 @@ def config_problems(c: RunConfig) -> list[str]:
                  f"--name {Path(c.output.name).stem}")
     if not 0 <= c.training.seed < 2**32:
         p.append(f"--seed: {c.training.seed} is not a seed from 0 to {2**32 - 1}" + (
-            " (-1, random elsewhere: a lowvram run keeps its seed, so it can resume; leave --seed out for 42)"
+            " (-1, random elsewhere: a lowvram run keeps its seed, so it can resume; leave --seed out for "
+            f"{DEFAULT_SEED})"
             if c.training.seed == -1 else ""))
     if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
         p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")

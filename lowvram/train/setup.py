@@ -28,7 +28,7 @@ from lowvram.compiling import (
     replaying_count,
     uses_cuda_graphs,
 )
-from lowvram.config import ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
+from lowvram.config import DEFAULT_EPOCHS, ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
 from lowvram.data.check import scan
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData, prepare_training_data
@@ -58,7 +58,6 @@ from lowvram.train import checkpoint
 from lowvram.train.outdir import existing_lora_problem
 from lowvram.train.validation import hold_out
 
-DEFAULT_EPOCHS = 10
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
