@@ -49,7 +49,10 @@ FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")  # the names of lowvram.models.
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
 CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, in this order by default
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # the image files a dataset trains on
+# the image files a dataset trains on, by suffix, with the Pillow formats each may decode as (a phone's JPEG as MPO)
+IMAGE_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
+                 ".bmp": ("BMP", "DIB")}
+IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
 PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume", "overwrite")  # one run's circumstances, not part of the recipe a saved config replays
 PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights",  # made absolute

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from lowvram.config import IMAGE_FORMATS
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, output_problem
 from lowvram.hardware import detect
@@ -25,7 +26,8 @@ from lowvram.prompts import MAX_SEED, MAX_SIDE, SamplePrompt, parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render
 
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # Pillow's names, by extension
+# Pillow's names, by extension, of the formats images are written in: those training reads, less uncompressed BMP
+WRITTEN_FORMATS = {suffix: formats[0] for suffix, formats in IMAGE_FORMATS.items() if suffix != ".bmp"}
 MIN_RESOLUTION, MAX_RESOLUTION = 64, MAX_SIDE
 
 
@@ -83,7 +85,7 @@ def output_paths(output: Path, count: int) -> list[Path]:
 
 def save_as_named(image, path: Path) -> Path:
     """The image in the format its file's extension names (JPEG without an alpha channel), atomically."""
-    kind = IMAGE_FORMATS[path.suffix.lower()]
+    kind = WRITTEN_FORMATS[path.suffix.lower()]
     image = image.convert("RGB") if kind == "JPEG" and image.mode != "RGB" else image
     options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}.get(kind, {})  # 4:4:4 colour
     return atomic_write(path, lambda tmp: image.save(tmp, format=kind, **options), image.width * image.height * 4,
@@ -131,9 +133,9 @@ def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Pa
     read = [problem for problem in (output_problem(path, inputs, overwrite=True) for path in paths) if problem]
     if read:
         return read[0]
-    if args.output.suffix.lower() not in IMAGE_FORMATS:
+    if args.output.suffix.lower() not in WRITTEN_FORMATS:
         return (f"--output: {args.output} names no image format; end it in "
-                f"{', '.join(list(IMAGE_FORMATS)[:-1])} or {list(IMAGE_FORMATS)[-1]} (the format is the extension's)")
+                f"{', '.join(list(WRITTEN_FORMATS)[:-1])} or {list(WRITTEN_FORMATS)[-1]} (the format is the extension's)")
     existing = [path for path in paths if path.exists()]
     if existing and not args.overwrite:
         more = f" (and {len(existing) - 1} more of the numbered files)" if len(existing) > 1 else ""

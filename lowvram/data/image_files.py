@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lowvram.config import IMAGE_FORMATS as EXPECTED_FORMATS
 from lowvram.config import IMAGE_SUFFIXES
 
-PIL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # Pillow decoders tried; a phone's JPEG may come back as "MPO"
-EXPECTED_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
-                    ".bmp": ("BMP", "DIB")}
+PIL_FORMATS = tuple(dict.fromkeys(formats[0] for formats in EXPECTED_FORMATS.values()))  # Pillow decoders tried
 UNSUPPORTED_SUFFIXES = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".jfif", ".psd", ".svg",
                         ".ico", ".tga", ".exr", ".dng", ".raw", ".cr2", ".nef", ".arw")
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
