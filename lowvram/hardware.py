@@ -22,6 +22,12 @@ else:  # pragma: no cover
 
 PROFILES = Path(__file__).parent / "profiles"
 GIB = 1024**3
+
+
+def gib(size: int) -> str:
+    """Bytes as GiB, as plan and the web UI show them: '5.75'."""
+    return f"{size / GIB:.2f}"
+
 # CUDA context + libraries before our first tensor, where no GPU result measured one (lowvram.plan.calibration)
 DEFAULT_CONTEXT = int(0.5 * GIB)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from lowvram.dataset_files.subsets import local_path
 from lowvram.errors import LowvramError
+from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values
 from lowvram.prompts import onetrainer_sample
@@ -33,7 +34,6 @@ SCHEDULERS = {"CONSTANT": "constant", "LINEAR": "linear", "COSINE": "cosine", "C
 QUANTIZED = {"FLOAT_8": "fp8", "INT_8": "bnb-int8", "NFLOAT_4": "bnb-nf4", "FLOAT_W8A8": "w8a8-fp8",
              "INT_W8A8": "w8a8-int8"}  # a U-Net storage OneTrainer names -> lowvram's
 PRECISIONS = {"FLOAT_16": "fp16", "BFLOAT_16": "bf16", "FLOAT_32": "fp32"}
-LAYER_PRESETS = {"full": "full", "attn-mlp": "attn-mlp", "attn-only": "attn"}
 NETWORKS = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}
 # what OneTrainer keeps beside the training itself, or for model types and methods lowvram does not train
 INERT = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from lowvram.hardware import GIB
+from lowvram.hardware import gib
 from lowvram.plan.calibration import graphs_measured
 from lowvram.plan.estimate import PAGE_CACHE, PHASES, Estimate
 from lowvram.plan.planner import Plan
@@ -15,10 +15,6 @@ SHOWN_PHASES = ("latent caching", "text caching", "training", "sampling")
 VERIFIED = {True: "seen", False: "unverified", None: ""}
 SHORT = {"latent caching": "latents", "text caching": "text", "training": "train", "sampling": "sample",
          "loading": "load", "saving": "save"}
-
-
-def gib(value: int) -> str:
-    return f"{value / GIB:.2f}"
 
 
 def print_plan(result: Plan, console: Console, top: int = 12) -> None:

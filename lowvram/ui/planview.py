@@ -7,7 +7,7 @@ import html
 from typing import Any
 
 from lowvram.errors import LowvramError
-from lowvram.hardware import GIB, Hardware, hardware_for, list_profiles
+from lowvram.hardware import Hardware, gib, hardware_for, list_profiles
 
 THIS_GPU = "this machine's GPU"
 BUDGET = "a VRAM budget"
@@ -52,8 +52,8 @@ def render(plan: dict) -> str:
     top = max([budget, *phases.values()])
     head = (f"<p id='plan-workload'>{html.escape(plan['model_family'])} at {plan['resolution']} px, batch "
             f"{plan['batch']}, rank {plan['rank']}</p>"
-            f"<p id='plan-pick'><b>{_strategy(shown['strategy'])}</b>: peak {_gib(shown['peak_vram_bytes'])} GiB "
-            f"of {_gib(budget)} GiB on {html.escape(plan['hardware']['name'])}"
+            f"<p id='plan-pick'><b>{_strategy(shown['strategy'])}</b>: peak {gib(shown['peak_vram_bytes'])} GiB "
+            f"of {gib(budget)} GiB on {html.escape(plan['hardware']['name'])}"
             f"{verdict}</p>")
     if not plan["fits"]:
         fix = "; ".join(plan["suggestions"]) or "no change found"
@@ -65,7 +65,7 @@ def render(plan: dict) -> str:
         head += "<p id='plan-verdict' class='lv-good'>fits: the planner would train with this</p>"
     bars = "".join(_bar(name, peak, budget, top) for name, peak in phases.items())
     rows = "".join(
-        f"<tr><td>{_strategy(c['strategy'])}</td><td>{_gib(c['peak_vram_bytes'])}</td>"
+        f"<tr><td>{_strategy(c['strategy'])}</td><td>{gib(c['peak_vram_bytes'])}</td>"
         f"<td>{'yes' if c['fits'] else 'no'}</td><td>{c['relative_step_time']:.2f}x</td>"
         f"<td>{'yes' if c['verified_on_gpu'] else 'not yet'}</td></tr>"
         for c in (plan["candidates"] if plan["fits"] else  # nothing fits: the leanest first
@@ -80,17 +80,13 @@ def _bar(phase: str, peak: int, budget: int, top: int) -> str:
     return (f"<div class='lv-row'><span class='lv-phase'>{html.escape(phase)}</span>"
             f"<span class='lv-track'><span class='lv-fill{over}' style='width:{100 * peak / top:.1f}%'></span>"
             f"<span class='lv-mark' title='budget' style='left:{100 * budget / top:.1f}%'></span></span>"
-            f"<span class='lv-value' data-phase='{html.escape(phase)}'>{_gib(peak)} GiB</span></div>")
+            f"<span class='lv-value' data-phase='{html.escape(phase)}'>{gib(peak)} GiB</span></div>")
 
 
 def _strategy(strategy: dict) -> str:
     blocks = strategy.get("checkpoint_blocks")
     ckpt = f"ckpt {blocks} blocks" if blocks else "ckpt" if strategy["gradient_checkpointing"] else "no ckpt"
     return html.escape(f"{strategy['unet_weights']}, {ckpt}, {strategy['optimizer']}")
-
-
-def _gib(value: int) -> str:
-    return f"{value / GIB:.2f}"
 
 
 CSS = """
