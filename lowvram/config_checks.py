@@ -74,12 +74,19 @@ def _alpha_mask_subsets(data: str | None) -> bool:
 
 def config_problems(c: RunConfig) -> list[str]:
     """Cross-field and range checks; each message names the flag and the fix."""
-    p = []
+    return [*_file_problems(c), *_data_problems(c), *_validation_problems(c), *_network_problems(c),
+            *_optimizer_problems(c), *_training_problems(c), *_output_problems(c)]
 
-    def positive(flag: str, value: float | None, *, allow_zero: bool = False) -> None:
-        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-            p.append(f"--{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
+def positive(p: list[str], flag: str, value: float | None, *, allow_zero: bool = False) -> None:
+    """Adds to `p` the problem of a --flag that must be over 0 (or 0 and over)."""
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        p.append(f"--{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _file_problems(c: RunConfig) -> list[str]:
+    """The files and folders the run reads: the dataset, the model and its parts, the weights it starts from."""
+    p: list[str] = []
     if c.data.data is None:
         p.append("--data: no dataset given; pass an image folder, or 'sample' for the built-in sample dataset")
     elif is_dataset_file(c.data.data):
@@ -126,18 +133,14 @@ def config_problems(c: RunConfig) -> list[str]:
                 p.append(f"--base-weights: {path}: {why}; name a LoRA file (a model checkpoint is --model)")
     if c.network.network_weights and not c.training.resume and Path(c.network.network_weights).is_file():
         p += filter(None, [network_weights_problem(c.network)])
-    output = Path(c.output.output)
-    if output.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and not output.is_dir():  # OneTrainer's: a file
-        p.append(f"--output: {output} names a file; --output is the run's folder and --name its LoRA's name: "
-                 f"--output {output.parent} --name {output.stem}")
-    if c.output.name and Path(c.output.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
-        p.append(f"--name: {c.output.name}: give it without the extension (the LoRA is <name>.safetensors): "
-                 f"--name {Path(c.output.name).stem}")
-    if not 0 <= c.training.seed < 2**32:
-        p.append(f"--seed: {c.training.seed} is not a seed from 0 to {2**32 - 1}" + (
-            " (-1, random elsewhere: a lowvram run keeps its seed, so it can resume; leave --seed out for "
-            f"{DEFAULT_SEED})"
-            if c.training.seed == -1 else ""))
+    if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
+        p.append(f"--reg-data: folder not found: {c.data.reg_data}{windows_path_hint(c.data.reg_data)}")
+    return p
+
+
+def _data_problems(c: RunConfig) -> list[str]:
+    """How the images and captions are read, bucketed and varied."""
+    p: list[str] = []
     if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
         p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
     try:
@@ -145,30 +148,10 @@ def config_problems(c: RunConfig) -> list[str]:
             p.append(f"--extra-resolutions: {c.data.resolution} is --resolution already; name the others")
     except ValueError as exc:
         p.append(f"--extra-resolutions: {exc}")
-    if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
-        p.append(f"--reg-data: folder not found: {c.data.reg_data}{windows_path_hint(c.data.reg_data)}")
     if (c.data.prior_prediction and c.data.reg_data is None and c.data.data is not None
             and not _has_regularization_subsets(c.data.data)):
         p.append("--prior-prediction: there are no regularization images to predict for; give --reg-data DIR (any "
                  "images of what the LoRA should leave as the model had it)")
-    v = c.validation
-    if v.validation_data is not None and not Path(v.validation_data).is_dir():
-        p.append(f"--validation-data: folder not found: {v.validation_data}{windows_path_hint(v.validation_data)}")
-    if not 0 <= v.validation_split < 1:
-        p.append(f"--validation-split: must be in [0, 1), got {v.validation_split}")
-    if v.validation_data and v.validation_split:
-        p.append("--validation-split and --validation-data: can't use both; choose one")
-    validating = bool(v.validation_data or v.validation_split)
-    for flag, value in (("validate-every", v.validate_every), ("early-stopping", v.early_stopping)):
-        if value is not None and not validating:
-            p.append(f"--{flag}: needs a validation set; add --validation-split 0.1 or --validation-data DIR")
-    if v.early_stopping_delta < 0:
-        p.append(f"--early-stopping-delta: must be 0 or more, got {v.early_stopping_delta}")
-    elif v.early_stopping_delta and v.early_stopping is None:
-        p.append("--early-stopping-delta: has no effect without --early-stopping N; add it or drop the delta")
-    positive("validate-every", v.validate_every)
-    positive("validation-timesteps", v.validation_timesteps)
-    positive("early-stopping", v.early_stopping)
     for flag, value in (("bucket-step", c.data.bucket_step), ("min-bucket-side", c.data.min_bucket_side),
                         ("max-bucket-side", c.data.max_bucket_side)):
         if value is not None and (value < 8 or value % 8):
@@ -179,10 +162,10 @@ def config_problems(c: RunConfig) -> list[str]:
                         ("tag-dropout", c.data.tag_dropout)):
         if not 0 <= value < 1:
             p.append(f"--{flag}: must be in [0, 1), got {value}")
-    positive("latent-variants", c.data.latent_variants)
-    positive("caption-variants", c.data.caption_variants)
-    positive("caption-dropout-every", c.data.caption_dropout_every)
-    positive("keep-tokens", c.data.keep_tokens, allow_zero=True)
+    positive(p, "latent-variants", c.data.latent_variants)
+    positive(p, "caption-variants", c.data.caption_variants)
+    positive(p, "caption-dropout-every", c.data.caption_dropout_every)
+    positive(p, "keep-tokens", c.data.keep_tokens, allow_zero=True)
     if not c.data.caption_separator.strip():
         p.append(f"--caption-separator: {c.data.caption_separator!r} is no separator; give the text between tags "
                  "(kohya's default: ,)")
@@ -200,11 +183,11 @@ def config_problems(c: RunConfig) -> list[str]:
         p.append("--unmasked-weight: only used with --masked-loss or --alpha-mask; add one or drop it")
     if c.data.normalize_masked_area_loss and not masks:
         p.append("--normalize-masked-area-loss: only used with --masked-loss or --alpha-mask; add one or drop it")
-    positive("masked-prior-weight", c.data.masked_prior_weight, allow_zero=True)
+    positive(p, "masked-prior-weight", c.data.masked_prior_weight, allow_zero=True)
     if c.data.masked_prior_weight and not masks:
         p.append("--masked-prior-weight: only used with --masked-loss or --alpha-mask; add one or drop it")
-    positive("prior-loss-weight", c.data.prior_loss_weight, allow_zero=True)
-    positive("cache-batch-size", c.data.cache_batch_size)
+    positive(p, "prior-loss-weight", c.data.prior_loss_weight, allow_zero=True)
+    positive(p, "cache-batch-size", c.data.cache_batch_size)
     if not 1 <= c.data.clip_skip <= 4:
         p.append(f"--clip-skip: {c.data.clip_skip} is not one of 1 (the last layer, the default), 2, 3, 4")
     if c.data.max_token_length not in TOKEN_LENGTHS:
@@ -222,21 +205,41 @@ def config_problems(c: RunConfig) -> list[str]:
         c.data.caption_template.format(trigger="")
     except (KeyError, IndexError, ValueError):
         p.append(f"--caption-template: {c.data.caption_template!r}: the only placeholder is {{trigger}}")
+    return p
+
+
+def _validation_problems(c: RunConfig) -> list[str]:
+    """The held-out images and what is done with their loss."""
+    p: list[str] = []
+    v = c.validation
+    if v.validation_data is not None and not Path(v.validation_data).is_dir():
+        p.append(f"--validation-data: folder not found: {v.validation_data}{windows_path_hint(v.validation_data)}")
+    if not 0 <= v.validation_split < 1:
+        p.append(f"--validation-split: must be in [0, 1), got {v.validation_split}")
+    if v.validation_data and v.validation_split:
+        p.append("--validation-split and --validation-data: can't use both; choose one")
+    validating = bool(v.validation_data or v.validation_split)
+    for flag, value in (("validate-every", v.validate_every), ("early-stopping", v.early_stopping)):
+        if value is not None and not validating:
+            p.append(f"--{flag}: needs a validation set; add --validation-split 0.1 or --validation-data DIR")
+    if v.early_stopping_delta < 0:
+        p.append(f"--early-stopping-delta: must be 0 or more, got {v.early_stopping_delta}")
+    elif v.early_stopping_delta and v.early_stopping is None:
+        p.append("--early-stopping-delta: has no effect without --early-stopping N; add it or drop the delta")
+    positive(p, "validate-every", v.validate_every)
+    positive(p, "validation-timesteps", v.validation_timesteps)
+    positive(p, "early-stopping", v.early_stopping)
+    return p
+
+
+def _network_problems(c: RunConfig) -> list[str]:
+    """The adapters: their kind, ranks, layers and dropouts, and the text encoders they train."""
+    p: list[str] = []
     p.extend(check_block_syntax(c.network))
-    positive("rank", c.network.rank)
-    positive("alpha", c.network.alpha)
-    positive("v-pred-like-loss", c.training.v_pred_like_loss, allow_zero=True)
-    if c.training.v_pred_like_loss and c.model.zero_terminal_snr:
-        p.append("--v-pred-like-loss: its (SNR+1)/SNR weight is infinite at the last timestep of --zero-terminal-snr's "
-                 "schedule; drop one of them")
-    positive("loraplus-ratio", c.optim.loraplus_ratio)
-    if not 0 < c.optim.ema_decay < 1:
-        p.append(f"--ema-decay: must be in (0, 1), got {c.optim.ema_decay} (0.999 is usual)")
-    positive("ema-every", c.optim.ema_every)
-    if c.optim.ema_every != 1 and not c.optim.ema:
-        p.append(f"--ema-every {c.optim.ema_every}: there is no average without --ema; add --ema or drop it")
-    positive("scale-weight-norms", c.optim.scale_weight_norms)
-    positive("loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio)
+    positive(p, "rank", c.network.rank)
+    positive(p, "alpha", c.network.alpha)
+    positive(p, "loraplus-ratio", c.optim.loraplus_ratio)
+    positive(p, "loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio)
     if c.optim.loraplus_text_encoder_ratio and not c.network.train_text_encoder:
         p.append("--loraplus-text-encoder-ratio: the text encoders are not trained; add --train-text-encoder or drop "
                  "it")
@@ -245,8 +248,8 @@ def config_problems(c: RunConfig) -> list[str]:
         if value is not None and c.network.network in ("loha", "lokr"):
             p.append(f"{flag}: it works on LoRA's B and A matrices, which --network {c.network.network} has none of; "
                      "drop it or use --network lora or dora")
-    positive("conv-rank", c.network.conv_rank)
-    positive("conv-alpha", c.network.conv_alpha)
+    positive(p, "conv-rank", c.network.conv_rank)
+    positive(p, "conv-alpha", c.network.conv_alpha)
     for flag, value in (("--conv-rank", c.network.conv_rank), ("--conv-alpha", c.network.conv_alpha)):
         if value is not None and c.network.lora_layers != "full":
             p.append(f"{flag}: only --lora-layers full adapts the convolutions (kohya's LoCon); add --lora-layers "
@@ -271,27 +274,53 @@ def config_problems(c: RunConfig) -> list[str]:
     if c.network.network == "dora" and dropouts:  # peft runs DoRA's weight norm through the hooked projections
         p.append(f"{', '.join(dropouts)}: not with --network dora, whose weight norm peft computes through the "
                  "same layers the dropouts act on (they would corrupt it); drop them, or use --network lora")
-    positive("lr", c.optim.lr)
+    for flag, rate in (("--text-encoder-lr", c.optim.text_encoder_lr),
+                       ("--text-encoder-2-lr", c.optim.text_encoder_2_lr)):
+        if rate is not None and not c.network.train_text_encoder:
+            p.append(f"{flag}: set, but the text encoder is not trained; add --train-text-encoder")
+    if c.network.text_encoder_until and not c.network.train_text_encoder:
+        p.append("--text-encoder-until: the text encoders are not trained; add --train-text-encoder or drop it")
+    try:
+        parse_until(c.network.text_encoder_until)
+    except ValueError as exc:
+        p.append(f"--text-encoder-until: {exc}")
+    if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:
+        p.append(f"--lokr-factor: must be -1 (automatic) or >= 1, got {c.network.lokr_factor}")
+    if c.network.lokr_factor != -1 and c.network.network != "lokr":
+        p.append("--lokr-factor: only used with --network lokr")
+    return p
+
+
+def _optimizer_problems(c: RunConfig) -> list[str]:
+    """The optimizer, its rates, schedule and averaging."""
+    p: list[str] = []
+    if not 0 < c.optim.ema_decay < 1:
+        p.append(f"--ema-decay: must be in (0, 1), got {c.optim.ema_decay} (0.999 is usual)")
+    positive(p, "ema-every", c.optim.ema_every)
+    if c.optim.ema_every != 1 and not c.optim.ema:
+        p.append(f"--ema-every {c.optim.ema_every}: there is no average without --ema; add --ema or drop it")
+    positive(p, "scale-weight-norms", c.optim.scale_weight_norms)
+    positive(p, "lr", c.optim.lr)
     optimizer = spec_of(c.optim.optimizer) if c.optim.optimizer in OPTIMIZER_CHOICES else None
     if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:
         p.append(f"--lr: {c.optim.lr:g} with {optimizer.name}, which finds the step size itself and scales it by --lr; "
                  "use --lr 1.0 (or leave it out)")
-    positive("text-encoder-lr", c.optim.text_encoder_lr, allow_zero=True)
-    positive("text-encoder-2-lr", c.optim.text_encoder_2_lr, allow_zero=True)
+    positive(p, "text-encoder-lr", c.optim.text_encoder_lr, allow_zero=True)
+    positive(p, "text-encoder-2-lr", c.optim.text_encoder_2_lr, allow_zero=True)
     if c.network.train_text_encoder and c.text_encoder_lr == 0 and c.optim.text_encoder_2_lr in (0, None):
         p.append("--text-encoder-lr: 0 leaves every text encoder untrained; drop --train-text-encoder instead")
-    positive("weight-decay", c.optim.weight_decay, allow_zero=True)
-    positive("max-grad-norm", c.optim.max_grad_norm, allow_zero=True)
-    positive("warmup-steps", c.optim.warmup_steps, allow_zero=True)
+    positive(p, "weight-decay", c.optim.weight_decay, allow_zero=True)
+    positive(p, "max-grad-norm", c.optim.max_grad_norm, allow_zero=True)
+    positive(p, "warmup-steps", c.optim.warmup_steps, allow_zero=True)
     if c.optim.warmup_steps > 1 and not float(c.optim.warmup_steps).is_integer():
         p.append(f"--warmup-steps: {c.optim.warmup_steps:g} is neither a whole number of steps nor a share under 1 "
                  "(0.1: the first tenth of the run)")
-    positive("scheduler-cycles", c.optim.scheduler_cycles)
-    positive("scheduler-power", c.optim.scheduler_power)
+    positive(p, "scheduler-cycles", c.optim.scheduler_cycles)
+    positive(p, "scheduler-power", c.optim.scheduler_power)
     if c.optim.scheduler_power != 1.0 and c.optim.scheduler != "polynomial":
         p.append(f"--scheduler-power: only used with --scheduler polynomial (this run's is {c.optim.scheduler}); add "
                  "it or drop --scheduler-power")
-    positive("decay-steps", c.optim.decay_steps, allow_zero=True)
+    positive(p, "decay-steps", c.optim.decay_steps, allow_zero=True)
     if c.optim.scheduler == "warmup_stable_decay" and not c.optim.decay_steps:
         p.append("--scheduler warmup_stable_decay: give its decay's length, --decay-steps N (0.2: the last fifth "
                  "of the run)")
@@ -300,56 +329,6 @@ def config_problems(c: RunConfig) -> list[str]:
                  "add it or drop --decay-steps")
     if c.optim.decay_steps > 1 and not float(c.optim.decay_steps).is_integer():
         p.append(f"--decay-steps: {c.optim.decay_steps:g} is neither a whole number of steps nor a share under 1")
-    positive("batch-size", c.training.batch_size)
-    positive("gradient-accumulation", c.training.gradient_accumulation)
-    positive("max-steps", c.training.max_steps)
-    positive("epochs", c.training.epochs)
-    positive("noise-offset", c.training.noise_offset, allow_zero=True)
-    positive("ip-noise-gamma", c.training.ip_noise_gamma, allow_zero=True)
-    for flag, random_strength, strength in (
-            ("noise-offset", c.training.noise_offset_random_strength, c.training.noise_offset),
-            ("ip-noise-gamma", c.training.ip_noise_gamma_random_strength, c.training.ip_noise_gamma)):
-        if random_strength and not strength:
-            p.append(f"--{flag}-random-strength: draws a strength up to --{flag}, which is 0; set --{flag} or "
-                     f"drop --{flag}-random-strength")
-    if c.training.adaptive_noise_scale and not c.training.noise_offset:
-        p.append("--adaptive-noise-scale: scales --noise-offset, which is 0; set --noise-offset (e.g. 0.05) or drop "
-                 "--adaptive-noise-scale")
-    positive("multires-noise-iterations", c.training.multires_noise_iterations)
-    if c.training.multires_noise_discount is not None and not 0 < c.training.multires_noise_discount < 1:
-        p.append(f"--multires-noise-discount: must be in (0, 1), got {c.training.multires_noise_discount}")
-    if c.training.multires_noise_discount is not None and not c.training.multires_noise_iterations:
-        p.append("--multires-noise-discount: only used with --multires-noise-iterations; add it or drop the discount")
-    if c.training.multires_noise_iterations and c.training.noise_offset:
-        p.append("--multires-noise-iterations and --noise-offset: both reach dark and bright images; choose one")
-    low, high = c.training.min_timestep, c.training.max_timestep
-    if low is not None and not 0 <= low < TRAIN_TIMESTEPS:
-        p.append(f"--min-timestep: {low} is not in [0, {TRAIN_TIMESTEPS})")
-    if high is not None and not 0 < high <= TRAIN_TIMESTEPS:
-        p.append(f"--max-timestep: {high} is not in (0, {TRAIN_TIMESTEPS}]")
-    positive("timestep-bias-multiplier", c.training.timestep_bias_multiplier)
-    if not 0 < c.training.timestep_bias_portion < 1:
-        p.append(f"--timestep-bias-portion: must be in (0, 1), got {c.training.timestep_bias_portion}")
-    if problem := timestep_problem(c.training.timestep_shape):
-        p.append(problem)
-    if low is not None and high is not None and low >= high:
-        p.append(f"--min-timestep: {low} is not below --max-timestep {high}; the range would be empty")
-    if c.model.zero_terminal_snr and c.model.prediction_type == "epsilon":
-        p.append(f"--zero-terminal-snr: {ZERO_SNR_NEEDS_V}")
-    if c.training.huber_c is not None and not 0 < c.training.huber_c <= 1:
-        p.append(f"--huber-c: must be in (0, 1], got {c.training.huber_c}")
-    for flag, value in (("huber-c", c.training.huber_c), ("huber-schedule", c.training.huber_schedule)):
-        if value is not None and c.training.loss not in HUBER_LOSSES:
-            p.append(f"--{flag}: only used with --loss huber or smooth_l1; add one or drop --{flag}")
-    positive("checkpoint-every", c.training.checkpoint_every)
-    positive("checkpoint-blocks", c.memory.checkpoint_blocks)
-    if c.memory.cuda_graphs and not c.memory.compile:
-        p.append("--cuda-graphs: replays the compiled blocks; add --compile")
-    positive("keep-checkpoints", c.training.keep_checkpoints)
-    positive("min-snr-gamma", c.training.min_snr_gamma)
-    positive("sample-steps", c.output.sample_steps)
-    if c.training.max_steps is not None and c.training.epochs is not None:
-        p.append("--max-steps and --epochs: can't use both; choose one")
     if optimizer and optimizer.name not in OPTIMIZERS:  # a class path: its package must be here (plan says so too)
         package = optimizer.name.split(".")[0]
         if importlib.util.find_spec(package) is None:
@@ -369,17 +348,87 @@ def config_problems(c: RunConfig) -> list[str]:
         p.append(f"--min-lr-ratio: must be in [0, 1), got {c.optim.min_lr_ratio:g}")
     elif c.optim.min_lr_ratio and c.optim.scheduler in ("constant", "constant_with_warmup"):
         p.append(f"--min-lr-ratio: --scheduler {c.optim.scheduler} does not decay; use cosine, linear, ... or drop it")
-    for flag, rate in (("--text-encoder-lr", c.optim.text_encoder_lr),
-                       ("--text-encoder-2-lr", c.optim.text_encoder_2_lr)):
-        if rate is not None and not c.network.train_text_encoder:
-            p.append(f"{flag}: set, but the text encoder is not trained; add --train-text-encoder")
-    if c.network.text_encoder_until and not c.network.train_text_encoder:
-        p.append("--text-encoder-until: the text encoders are not trained; add --train-text-encoder or drop it")
-    for flag, value, parse in (("save-every", c.output.save_every, parse_save_every),
-                               ("sample-every", c.output.sample_every, parse_save_every),
-                               ("text-encoder-until", c.network.text_encoder_until, parse_until)):
+    return p
+
+
+def _training_problems(c: RunConfig) -> list[str]:
+    """The steps: their length, batches, seed, noise, timesteps and loss, and the memory levers."""
+    p: list[str] = []
+    if not 0 <= c.training.seed < 2**32:
+        p.append(f"--seed: {c.training.seed} is not a seed from 0 to {2**32 - 1}" + (
+            " (-1, random elsewhere: a lowvram run keeps its seed, so it can resume; leave --seed out for "
+            f"{DEFAULT_SEED})"
+            if c.training.seed == -1 else ""))
+    positive(p, "v-pred-like-loss", c.training.v_pred_like_loss, allow_zero=True)
+    if c.training.v_pred_like_loss and c.model.zero_terminal_snr:
+        p.append("--v-pred-like-loss: its (SNR+1)/SNR weight is infinite at the last timestep of --zero-terminal-snr's "
+                 "schedule; drop one of them")
+    positive(p, "batch-size", c.training.batch_size)
+    positive(p, "gradient-accumulation", c.training.gradient_accumulation)
+    positive(p, "max-steps", c.training.max_steps)
+    positive(p, "epochs", c.training.epochs)
+    positive(p, "noise-offset", c.training.noise_offset, allow_zero=True)
+    positive(p, "ip-noise-gamma", c.training.ip_noise_gamma, allow_zero=True)
+    for flag, random_strength, strength in (
+            ("noise-offset", c.training.noise_offset_random_strength, c.training.noise_offset),
+            ("ip-noise-gamma", c.training.ip_noise_gamma_random_strength, c.training.ip_noise_gamma)):
+        if random_strength and not strength:
+            p.append(f"--{flag}-random-strength: draws a strength up to --{flag}, which is 0; set --{flag} or "
+                     f"drop --{flag}-random-strength")
+    if c.training.adaptive_noise_scale and not c.training.noise_offset:
+        p.append("--adaptive-noise-scale: scales --noise-offset, which is 0; set --noise-offset (e.g. 0.05) or drop "
+                 "--adaptive-noise-scale")
+    positive(p, "multires-noise-iterations", c.training.multires_noise_iterations)
+    if c.training.multires_noise_discount is not None and not 0 < c.training.multires_noise_discount < 1:
+        p.append(f"--multires-noise-discount: must be in (0, 1), got {c.training.multires_noise_discount}")
+    if c.training.multires_noise_discount is not None and not c.training.multires_noise_iterations:
+        p.append("--multires-noise-discount: only used with --multires-noise-iterations; add it or drop the discount")
+    if c.training.multires_noise_iterations and c.training.noise_offset:
+        p.append("--multires-noise-iterations and --noise-offset: both reach dark and bright images; choose one")
+    low, high = c.training.min_timestep, c.training.max_timestep
+    if low is not None and not 0 <= low < TRAIN_TIMESTEPS:
+        p.append(f"--min-timestep: {low} is not in [0, {TRAIN_TIMESTEPS})")
+    if high is not None and not 0 < high <= TRAIN_TIMESTEPS:
+        p.append(f"--max-timestep: {high} is not in (0, {TRAIN_TIMESTEPS}]")
+    positive(p, "timestep-bias-multiplier", c.training.timestep_bias_multiplier)
+    if not 0 < c.training.timestep_bias_portion < 1:
+        p.append(f"--timestep-bias-portion: must be in (0, 1), got {c.training.timestep_bias_portion}")
+    if problem := timestep_problem(c.training.timestep_shape):
+        p.append(problem)
+    if low is not None and high is not None and low >= high:
+        p.append(f"--min-timestep: {low} is not below --max-timestep {high}; the range would be empty")
+    if c.model.zero_terminal_snr and c.model.prediction_type == "epsilon":
+        p.append(f"--zero-terminal-snr: {ZERO_SNR_NEEDS_V}")
+    if c.training.huber_c is not None and not 0 < c.training.huber_c <= 1:
+        p.append(f"--huber-c: must be in (0, 1], got {c.training.huber_c}")
+    for flag, value in (("huber-c", c.training.huber_c), ("huber-schedule", c.training.huber_schedule)):
+        if value is not None and c.training.loss not in HUBER_LOSSES:
+            p.append(f"--{flag}: only used with --loss huber or smooth_l1; add one or drop --{flag}")
+    positive(p, "checkpoint-every", c.training.checkpoint_every)
+    positive(p, "checkpoint-blocks", c.memory.checkpoint_blocks)
+    if c.memory.cuda_graphs and not c.memory.compile:
+        p.append("--cuda-graphs: replays the compiled blocks; add --compile")
+    positive(p, "keep-checkpoints", c.training.keep_checkpoints)
+    positive(p, "min-snr-gamma", c.training.min_snr_gamma)
+    if c.training.max_steps is not None and c.training.epochs is not None:
+        p.append("--max-steps and --epochs: can't use both; choose one")
+    return p
+
+
+def _output_problems(c: RunConfig) -> list[str]:
+    """What the run writes: its folder and name, its saves, samples and logs."""
+    p: list[str] = []
+    output = Path(c.output.output)
+    if output.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and not output.is_dir():  # OneTrainer's: a file
+        p.append(f"--output: {output} names a file; --output is the run's folder and --name its LoRA's name: "
+                 f"--output {output.parent} --name {output.stem}")
+    if c.output.name and Path(c.output.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
+        p.append(f"--name: {c.output.name}: give it without the extension (the LoRA is <name>.safetensors): "
+                 f"--name {Path(c.output.name).stem}")
+    positive(p, "sample-steps", c.output.sample_steps)
+    for flag, value in (("save-every", c.output.save_every), ("sample-every", c.output.sample_every)):
         try:
-            parse(value)
+            parse_save_every(value)
         except ValueError as exc:
             p.append(f"--{flag}: {exc}")
     samplers = {c.output.sample_sampler} if c.output.sample_sampler else set()
@@ -411,20 +460,16 @@ def config_problems(c: RunConfig) -> list[str]:
         problem = sampler_problem(name, c.model.zero_terminal_snr)
         if problem:
             p.append(f"--sample-sampler: {problem}")
-    positive("keep-saves", c.output.keep_saves)
+    positive(p, "keep-saves", c.output.keep_saves)
     if c.output.keep_saves and not c.output.save_every:
         p.append("--keep-saves: only used with --save-every; add it or drop --keep-saves")
     for flag, value in (("--sample-every", c.output.sample_every), ("--sample-at-first", c.output.sample_at_first)):
         if value and not (c.output.sample_prompts or c.output.sample_prompt_file):
             p.append(f"{flag}: no prompt to render; add --sample-prompt \"...\"")
     p += _wandb_problems(c.output.wandb_project, c.output.wandb_run_name)
-    if c.network.lokr_factor != -1 and c.network.lokr_factor < 1:
-        p.append(f"--lokr-factor: must be -1 (automatic) or >= 1, got {c.network.lokr_factor}")
     if c.output.format == "diffusers" and c.network.network in ("loha", "lokr"):
         p.append(f"--format diffusers: diffusers cannot load {c.network.network} adapters; keep --format kohya "
                  "(ComfyUI and AUTOMATIC1111 load it), or use --network lora or dora")
-    if c.network.lokr_factor != -1 and c.network.network != "lokr":
-        p.append("--lokr-factor: only used with --network lokr")
     name = c.output_name
     refused = "".join(dict.fromkeys(ch for ch in name if ch in NOT_IN_NAMES))
     # given or from the --output folder: say which, since a user who never passed --name cannot see it
