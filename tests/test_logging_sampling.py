@@ -361,3 +361,23 @@ def test_a_skipped_non_finite_step_leaves_the_average_loss_alone():
     progress = TrainingProgress(Console(file=io.StringIO()), 10)
     losses = [progress.update(step, loss, 1e-4) for step, loss in enumerate((1.0, float("nan"), 0.5), 1)]
     assert losses == [1.0, 1.0, pytest.approx(0.95)]
+
+
+def test_a_piped_progress_line_says_the_epoch_the_time_left_and_slow_steps_in_seconds(monkeypatch):
+    """What a Colab or nohup log shows every ten seconds: kohya's epoch k/N, the time gone and left (the live bar's
+    own column), and s/it where a step takes over a second, as tqdm switches."""
+    from rich.console import Console
+
+    from lowvram.train import progress as progress_module
+    from lowvram.train.progress import TrainingProgress
+
+    out, now = io.StringIO(), [0.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
+    progress = TrainingProgress(Console(file=out, width=200), 4, epochs=3)
+    now[0] = 250.0
+    progress.update(2, 1.0, 1e-4, epoch=1)
+    now[0] = 500.0
+    progress.update(4, 1.0, 1e-4, epoch=2)
+    assert out.getvalue().splitlines() == [
+        "step 2/4  epoch 2/3  loss 1.0000  lr 1.00e-04  125.00 s/it  0:04:10 elapsed, 0:04:10 left",
+        "step 4/4  epoch 3/3  loss 1.0000  lr 1.00e-04  125.00 s/it  0:08:20 elapsed, 0:00:00 left"]

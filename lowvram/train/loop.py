@@ -121,7 +121,8 @@ def run_training(session: Session) -> TrainResult:
     spill = session.run.hardware.can_spill_vram  # slow steps then may mean VRAM spilled into system RAM
     # the log first: W&B's login prompt, on a terminal not logged in, comes before the progress bar is drawn
     with (RunLog(out_dir, position.step, config, session.main) as log,
-          TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill) as progress,
+          TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill,
+                           epochs=shape.epochs) as progress,
           StopOnSignal() as signals, peaks.phase("training")):
         progress.loss = position.smoothed_loss
         if config.output.sample_at_first and position.step == 0:
@@ -142,7 +143,7 @@ def run_training(session: Session) -> TrainResult:
             bad_steps = count_bad_steps(session, outcome.verdict, bad_steps, step)
 
             seconds = time.perf_counter() - step_start
-            smoothed = progress.update(step, outcome.loss, rates.get("lr_effective", rates["lr"]), seconds)
+            smoothed = progress.update(step, outcome.loss, rates.get("lr_effective", rates["lr"]), seconds, epoch)
             log.step(step, {"epoch": epoch, "loss": outcome.loss, "loss_smoothed": smoothed, **rates,
                             "grad_norm": outcome.grad_norm, "seconds": seconds,
                             "total_steps": schedule.total_steps})

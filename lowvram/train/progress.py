@@ -89,8 +89,9 @@ class TrainingProgress:
     LINE_SECONDS = 10.0
 
     def __init__(self, console: Console, total_steps: int, start_step: int = 0, smoothing: float = 0.9,
-                 watch_spill: bool = False):
+                 watch_spill: bool = False, epochs: int | None = None):
         self.console, self.total_steps, self.live = console, total_steps, redraws_in_place(console)
+        self.epochs = epochs  # the epochs the steps reach into, shown beside the one under way
         self.last_line = 0.0
         self.spill = SpillWatch(console) if watch_spill else None
         self.start_step = start_step
@@ -112,8 +113,9 @@ class TrainingProgress:
         if self.live:
             self.progress.stop()
 
-    def update(self, step: int, loss: float, lr: float, seconds: float | None = None) -> float:
-        """Advance to `step` (which took `seconds`); returns the smoothed loss."""
+    def update(self, step: int, loss: float, lr: float, seconds: float | None = None, epoch: int | None = None
+               ) -> float:
+        """Advance to `step` (which took `seconds`, in `epoch`, counted from 0); returns the smoothed loss."""
         if seconds is not None and self.spill is not None:
             self.spill.step(seconds)
         if math.isfinite(loss):  # a skipped step's NaN would hold the average at nan for the rest of the run
@@ -121,7 +123,9 @@ class TrainingProgress:
         elapsed = time.perf_counter() - self.started
         rate = (step - self.start_step) / max(elapsed, 1e-9)
         shown = "nan" if self.loss is None else f"{self.loss:.4f}"
-        stats = f"loss {shown}  lr {lr:.2e}  " + (f"{rate:.2f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.2f} s/it")
+        speed = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.2f} s/it"  # as tqdm switches
+        stats = (f"epoch {epoch + 1}/{self.epochs}  " if epoch is not None and self.epochs else "") + (
+            f"loss {shown}  lr {lr:.2e}  {speed}")
         if torch.cuda.is_available():
             gib = 1024**3
             stats += (f"  VRAM {torch.cuda.memory_allocated() / gib:.2f} GiB"
