@@ -27,7 +27,7 @@ from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, read_caption_
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
-from lowvram.hardware import GIB, Hardware
+from lowvram.hardware import Hardware, gib
 from lowvram.models.detect import first_line
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
 from lowvram.resolve import REPLACED_CAPTIONS
@@ -206,7 +206,7 @@ def _choose_device(choice: str, estimate: CaptionerEstimate, hardware: Hardware,
     if estimate.fits(hardware):
         return "cuda"
     console.print(f"the captioner needs about {estimate.describe()}; {hardware.name} has "
-                  f"{(hardware.free_vram or hardware.total_vram) / GIB:.2f} GiB free: captioning on the CPU")
+                  f"{gib(hardware.free_vram or hardware.total_vram)} GiB free: captioning on the CPU")
     return "cpu"
 
 

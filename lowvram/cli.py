@@ -15,7 +15,15 @@ import typing
 from pathlib import Path
 
 from lowvram import __version__
-from lowvram.config import LORA_LAYERS, PLANNING_MODEL, SAVE_PRECISION, SECTIONS, fields_by_name, flag_name
+from lowvram.config import (
+    LORA_LAYERS,
+    PLANNING_MODEL,
+    SAVE_PRECISION,
+    SECTIONS,
+    WRITTEN_IMAGE_SUFFIXES,
+    fields_by_name,
+    flag_name,
+)
 from lowvram.configure import (
     ALTERNATIVES,
     build_config,
@@ -200,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "--h size, --s steps, --l guidance, --d seed, --ss sampler) and win over the flags")
     gen.add_argument("--negative-prompt", default=None, help="negative prompt")
     gen.add_argument("--output", type=Path, default=Path("generated.png"),
-                     help="image path, .png, .jpg, .jpeg or .webp (written in that format); with --count > 1, "
+                     help=f"image path, {', '.join(WRITTEN_IMAGE_SUFFIXES[:-1])} or {WRITTEN_IMAGE_SUFFIXES[-1]} "
+                     "(written in that format); with --count > 1, "
                      "numbered files [default: generated.png]")
     gen.add_argument("--overwrite", action="store_true", help="replace --output (or its numbered files) if it "
                      "exists; a file being read (--model, --lora) is never replaced")

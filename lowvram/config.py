@@ -53,12 +53,18 @@ CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, i
 IMAGE_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
                  ".bmp": ("BMP", "DIB")}
 IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
+WRITTEN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what generate writes: those, less uncompressed BMP
 PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume", "overwrite")  # one run's circumstances, not part of the recipe a saved config replays
 PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights",  # made absolute
                 "sample_prompt_file")
 SOURCE_LISTS = ("base_weights",)  # FILE[:WEIGHT] items, whose files are made absolute as PATH_OPTIONS are
 LOCAL_ONLY = ("output", "cache_dir")  # where this machine keeps things: no part of a shared recipe
+
+
+def written_rate(rate: float) -> str:
+    """A learning rate as people write it: 1e-4, 1.5e-4, 1."""
+    return f"{rate:g}" if rate >= 1e-3 else f"{rate:.1e}".replace(".0e", "e").replace("e-0", "e-")
 
 
 def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None, metavar: str | None = None,
@@ -164,9 +170,10 @@ class DataConfig:
     caption_dropout_every: int | None = option(None, "Every Nth epoch trains on the empty caption throughout "
                                                "(kohya's caption_dropout_every_n_epochs).", metavar="N")
     max_token_length: int = option(TOKEN_LENGTHS[0], "Caption tokens the text encoders read (kohya's "
-                                   "max_token_length): 75, 150 or 225. Longer captions are cut there (with a "
-                                   "warning); 150 and 225 read them in 75-token "
-                                   "chunks, as AUTOMATIC1111 and ComfyUI read long prompts.", metavar="N")
+                                   f"max_token_length): {', '.join(map(str, TOKEN_LENGTHS[:-1]))} or "
+                                   f"{TOKEN_LENGTHS[-1]}. Longer captions are cut there (with a warning); one over "
+                                   f"{CHUNK_TOKENS} tokens is read in {CHUNK_TOKENS}-token chunks, as AUTOMATIC1111 and "
+                                   "ComfyUI read long prompts.", metavar="N")
     weighted_captions: bool = option(False, "Read AUTOMATIC1111's emphasis in captions and sample prompts, "
                                      "(red hair:1.2), ((red hair)), [red hair], as kohya's --weighted_captions "
                                      "does: those tokens' text states are weighed.")
@@ -215,9 +222,9 @@ class NetworkConfig:
                                  "the rest scaled up to match (kohya's rank_dropout). LoRA and DoRA.")
     module_dropout: float = option(0.0, "Probability that a layer's whole adapter is left out of a forward pass "
                                    "during training (kohya's and LyCORIS's module_dropout).")
-    lora_layers: str = option(DEFAULT_LORA_LAYERS, "Which layers get adapters: attn (attention projections, as the diffusers "
-                              "examples); attn-mlp (every layer of the transformer blocks and CLIP's MLPs: kohya's "
-                              "default LoRA); full (also the ResNet convolutions: kohya's LoCon, often used for "
+    lora_layers: str = option(DEFAULT_LORA_LAYERS, "Which layers get adapters: attn (attention projections, as "
+                              "the diffusers examples); attn-mlp (every layer of the transformer blocks and "
+                              "CLIP's MLPs: kohya's default LoRA); full (also the ResNet convolutions: kohya's LoCon, often used for "
                               "styles). More layers: more capacity, a larger file, a little more memory.",
                               choices=LORA_LAYERS)
     conv_rank: int | None = option(None, "Rank of the 3x3 convolutions that --lora-layers full adapts (kohya's "
@@ -296,7 +303,7 @@ class OptimConfig:
                             "other by its class, as kohya's (torch.optim.RAdam, pytorch_optimizer.CAME).",
                             choices=OPTIMIZER_CHOICES)
     lr: float | None = option(None, "Learning rate of the U-Net adapters (default: " + "; ".join(dict.fromkeys(
-        f"{o.default_lr:.0e}".replace("e-0", "e-").replace("e+00", "") + (
+        written_rate(o.default_lr) + (
             "" if o.default_lr == Optimizer.default_lr else f" for {o.name}")
         for o in OPTIMIZERS.values())) + ").")
     text_encoder_lr: float | None = option(None, "Learning rate of the text-encoder adapters (default: --lr); 0 "

@@ -44,8 +44,8 @@ WEIGHT_FORMATS = {
                      planned=True),
         WeightFormat("quanto-int8", "optimum-quanto", "optimum-quanto int8 Linear and Conv2d", 1.35,
                      untraced_activation_factor=1.09),
-        WeightFormat("quanto-int4", "optimum-quanto", "optimum-quanto group-wise int4 Linear and Conv2d", 1.5, planned=True,
-                     untraced_activation_factor=1.09),
+        WeightFormat("quanto-int4", "optimum-quanto", "optimum-quanto group-wise int4 Linear and Conv2d", 1.5,
+                     planned=True, untraced_activation_factor=1.09),
         WeightFormat("quanto-fp8", "optimum-quanto", "optimum-quanto float8 Linear and Conv2d", 1.3,
                      untraced_activation_factor=1.09),
         # int8/fp8 weights *and* matmuls (inputs quantized per token) on Linear layers; convolutions keep the

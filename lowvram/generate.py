@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lowvram.config import IMAGE_FORMATS
+from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, output_problem
 from lowvram.hardware import detect
@@ -26,8 +26,7 @@ from lowvram.prompts import MAX_SEED, MAX_SIDE, SamplePrompt, parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render
 
-# Pillow's names, by extension, of the formats images are written in: those training reads, less uncompressed BMP
-WRITTEN_FORMATS = {suffix: formats[0] for suffix, formats in IMAGE_FORMATS.items() if suffix != ".bmp"}
+WRITTEN_FORMATS = {suffix: IMAGE_FORMATS[suffix][0] for suffix in WRITTEN_IMAGE_SUFFIXES}  # Pillow's names
 MIN_RESOLUTION, MAX_RESOLUTION = 64, MAX_SIDE
 
 
@@ -135,7 +134,8 @@ def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Pa
         return read[0]
     if args.output.suffix.lower() not in WRITTEN_FORMATS:
         return (f"--output: {args.output} names no image format; end it in "
-                f"{', '.join(list(WRITTEN_FORMATS)[:-1])} or {list(WRITTEN_FORMATS)[-1]} (the format is the extension's)")
+                f"{', '.join(WRITTEN_IMAGE_SUFFIXES[:-1])} or {WRITTEN_IMAGE_SUFFIXES[-1]} (the format is the "
+                "extension's)")
     existing = [path for path in paths if path.exists()]
     if existing and not args.overwrite:
         more = f" (and {len(existing) - 1} more of the numbered files)" if len(existing) > 1 else ""

@@ -28,6 +28,7 @@ def gib(size: int) -> str:
     """Bytes as GiB, as plan and the web UI show them: '5.75'."""
     return f"{size / GIB:.2f}"
 
+
 # CUDA context + libraries before our first tensor, where no GPU result measured one (lowvram.plan.calibration)
 DEFAULT_CONTEXT = int(0.5 * GIB)
 

@@ -6,6 +6,17 @@ from __future__ import annotations
 import re
 
 LORA_SUFFIX = ".safetensors"
+# the folders and files every run keeps under these names
+METRICS = "metrics.jsonl"  # each step's figures, one JSON object per line
+CHECKPOINTS = "checkpoints"  # what --resume continues from
+SAMPLES = "samples"  # sample grids and the final samples
+LOGS = "logs"  # TensorBoard's and W&B's files
+
+
+def final_lora(name: str) -> str:
+    """The run's LoRA, written at its end: <name>.safetensors."""
+    return name + LORA_SUFFIX
+
 
 
 def step_save(name: str, step: int) -> str:

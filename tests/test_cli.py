@@ -172,7 +172,8 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):
     assert "no CUDA GPU, so nothing to plan" in out
     assert (tmp_path / f"{tmp_path.name}.safetensors").is_file()
     # the end says how long the steps took and where their figures are
-    assert re.search(rf"trained to step 1 in 0:00:\d\d; each step's figures are in {re.escape(str(tmp_path / 'metrics.jsonl'))}", out)
+    metrics = re.escape(str(tmp_path / "metrics.jsonl"))
+    assert re.search(rf"trained to step 1 in 0:00:\d\d; each step's figures are in {metrics}", out)
 
 
 def test_plan_without_a_gpu_or_budget_asks_for_one(capsys):

@@ -39,6 +39,7 @@ from lowvram.adapters.networks import (
 )
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
+from lowvram.kohya_config import LYCORIS_PRESETS
 from lowvram.lora_header import lokr_factor, same_alpha
 from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
@@ -47,7 +48,7 @@ from lowvram.models.loading import LoadedModel
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 UNET_KOHYA_PREFIX = "lora_unet"
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # the weights file diffusers' save_lora_weights writes
-LYCORIS_PRESETS = {"attn": "attn-only", "attn-mlp": "attn-mlp", "full": "full"}  # --lora-layers in LyCORIS's words
+PRESET_OF_LAYERS = {layers: preset for preset, layers in LYCORIS_PRESETS.items()}  # --lora-layers in LyCORIS's words
 
 
 def network_metadata(network: NetworkConfig) -> dict[str, str]:
@@ -67,7 +68,7 @@ def network_metadata(network: NetworkConfig) -> dict[str, str]:
                                                         ("module_dropout", network.module_dropout)) if value}
         return meta | {"ss_network_module": "networks.lora"} | ({"ss_network_args": json.dumps(shape)} if shape else {})
     args = {"algo": "lora" if network.network == "dora" else network.network,
-            "preset": LYCORIS_PRESETS[network.lora_layers], **shape}
+            "preset": PRESET_OF_LAYERS[network.lora_layers], **shape}
     if network.network == "dora":
         args |= {"dora_wd": "True", "wd_on_output": "True"}
         args |= {key: f"{value:g}" for key, value in (("rank_dropout", network.rank_dropout),

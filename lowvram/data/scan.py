@@ -23,12 +23,11 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from lowvram.config import IMAGE_SUFFIXES
+from lowvram.config import IMAGE_FORMATS, IMAGE_SUFFIXES
 from lowvram.data.buckets import Buckets
 from lowvram.data.captions import captions_of, read_caption_file, split_kept_tags
 from lowvram.data.image_files import (
     ALPHA_MODES,
-    EXPECTED_FORMATS,
     PIL_FORMATS,
     SUPPORTED,
     UNSUPPORTED_SUFFIXES,
@@ -496,7 +495,7 @@ def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> 
             return (f"needs upscaling: {width}x{height} would be enlarged x{placement.upscale:.1f} to fill its bucket "
                     f"{placement.bucket[0]}x{placement.bucket[1]} (small images = skip)"), None, []
         notes.append(f"upscaled x{placement.upscale:.1f} to fill its bucket")
-    if facts["format"] and facts["format"] not in EXPECTED_FORMATS.get(suffix, ()):
+    if facts["format"] and facts["format"] not in IMAGE_FORMATS.get(suffix, ()):
         notes.append(f"is a {facts['format']} file despite its {suffix} name")
     return None, placement.bucket, notes
 

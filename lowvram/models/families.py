@@ -120,8 +120,6 @@ def family_for_pipeline(pipeline_class: str, cross_attention_dim: int) -> ModelF
     return None
 
 
-
-
 @dataclass(frozen=True)
 class TextReading:
     """How captions are read: `max_tokens` 75, 150 or 225 (kohya's max_token_length) and `clip_skip`, the CLIP

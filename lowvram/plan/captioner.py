@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowvram.errors import LowvramError
-from lowvram.hardware import DEFAULT_CONTEXT, GIB, Hardware
+from lowvram.hardware import DEFAULT_CONTEXT, Hardware, gib
 from lowvram.plan.calibration import cuda_context_bytes
 
 MIB = 1024**2
@@ -36,8 +36,8 @@ class CaptionerEstimate:
         return hardware.device == "cuda" and self.total <= free * HEADROOM
 
     def describe(self) -> str:
-        return (f"{self.total / GIB:.2f} GiB (weights {self.weights / GIB:.2f}, {self.activations / GIB:.2f} for "
-                f"the images in flight, CUDA context {self.context / GIB:.2f})")
+        return (f"{gib(self.total)} GiB (weights {gib(self.weights)}, {gib(self.activations)} for "
+                f"the images in flight, CUDA context {gib(self.context)})")
 
 
 def weight_bytes(files: list[Path], runs_in_half: bool) -> int:

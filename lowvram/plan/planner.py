@@ -8,7 +8,7 @@ import itertools
 from dataclasses import dataclass, replace
 
 from lowvram.formats import PLANNED_FORMATS
-from lowvram.hardware import GIB, Hardware
+from lowvram.hardware import GIB, Hardware, gib
 from lowvram.models.families import FAMILIES
 from lowvram.optim import PLANNED_OPTIMIZERS
 from lowvram.plan.calibration import full_size, is_verified, seen_in_bf16
@@ -99,7 +99,7 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         if faster:
             over = faster[0]
             reason = ("has not been seen training on a GPU" if over.fits(hardware)
-                      else f"needs {over.peak_vram() / GIB:.2f} GiB in {over.limiting_phase}")
+                      else f"needs {gib(over.peak_vram())} GiB in {over.limiting_phase}")
             why += f"; {over.strategy.label} would be faster but {reason}"
         explanation = f"chose {choice.strategy.label}: {why}"
         return Plan(work, hardware, estimates, choice, explanation, [])
@@ -116,7 +116,7 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
     if unverified:
         first = unverified[0].strategy
         explanation = (f"nothing seen training {FAMILIES[full_size(work.family)].title} on a GPU fits "
-                       f"{plan_budget(hardware) / GIB:.2f} GiB; {len(unverified)} unverified strategies would (the "
+                       f"{gib(plan_budget(hardware))} GiB; {len(unverified)} unverified strategies would (the "
                        f"fastest: {first.label})")
         return Plan(work, hardware, estimates, None, explanation,
                     [f"{strategy_flags(first)} (runs it unverified, with a warning)"] if suggest else [])
@@ -127,8 +127,8 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
                        f"the GPU ({leanest.strategy.label}) needs {leanest.peak_host() / GIB:.1f} GiB")
     else:
         smallest = min(estimates, key=lambda e: e.peak_vram())
-        explanation = (f"nothing fits {plan_budget(hardware) / GIB:.2f} GiB: the leanest strategy "
-                       f"({smallest.strategy.label}) needs {smallest.peak_vram() / GIB:.2f} GiB in "
+        explanation = (f"nothing fits {gib(plan_budget(hardware))} GiB: the leanest strategy "
+                       f"({smallest.strategy.label}) needs {gib(smallest.peak_vram())} GiB in "
                        f"{smallest.limiting_phase}")
     return Plan(work, hardware, estimates, None, explanation,
                 smallest_changes(work, hardware, fixed) if suggest else [])

@@ -24,6 +24,7 @@ import torch
 
 from lowvram.errors import LowvramError
 from lowvram.files import DiskFull, ensure_room, free_bytes, is_disk_full, is_size_limit, plain_mode
+from lowvram.run_files import CHECKPOINTS
 from lowvram.train.identity import differences, identity
 
 FORMAT = 2  # 2: RNG states per process
@@ -40,7 +41,7 @@ class Position:
 
 
 def checkpoint_root(output_dir: Path) -> Path:
-    return Path(output_dir) / "checkpoints"
+    return Path(output_dir) / CHECKPOINTS
 
 
 def rng_state() -> dict[str, torch.Tensor]:

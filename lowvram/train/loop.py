@@ -21,7 +21,7 @@ from lowvram.files import DiskFull
 from lowvram.memory import PhasePeaks, free_cached_memory
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import cache_in_use
-from lowvram.run_files import LORA_SUFFIX, best_save, diffusers_copy
+from lowvram.run_files import LOGS, LORA_SUFFIX, METRICS, SAMPLES, best_save, diffusers_copy, final_lora
 from lowvram.train import checkpoint, outdir
 from lowvram.train.metadata import TrainingShape
 from lowvram.train.progress import StopOnSignal, TrainingProgress, clock
@@ -161,7 +161,7 @@ def run_training(session: Session) -> TrainResult:
 
     for module in trainee.trained_modules:
         module.eval()
-    lora_path = out_dir / f"{name}.safetensors"
+    lora_path = out_dir / final_lora(name)
     asked = signals.received is not None  # in the last step
     # a Ctrl-C as the last step ends (when it is most likely) lets the LoRA and its checkpoint be written
     with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
@@ -214,7 +214,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
             if config.output.format == "diffusers":
                 lora_files.save_diffusers(model, session.out_dir / diffusers_copy(name), config.output.save_precision)
             with peaks.phase("sampling"):
-                samples = render_samples(model, config.samples, session.out_dir / "samples", name,
+                samples = render_samples(model, config.samples, session.out_dir / SAMPLES, name,
                                          session.run.resolution, config.output.sample_steps, config.training.seed,
                                          session.accelerator, prepared.sample_embeddings)
     except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
@@ -227,11 +227,11 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     session.console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
                           soft_wrap=True)
     took = clock((datetime.now(timezone.utc) - started).total_seconds())
-    logs = session.out_dir / "logs"
+    logs = session.out_dir / LOGS
     viewer = f"; TensorBoard: tensorboard --logdir {logs}" if config.output.tensorboard else ""
     session.console.print(f"trained to step {step} in {took}; each step's figures are in "
-                          f"{session.out_dir / 'metrics.jsonl'}{viewer}", soft_wrap=True, highlight=False)
+                          f"{session.out_dir / METRICS}{viewer}", soft_wrap=True, highlight=False)
     if peaks.bytes:
         session.console.print(f"peak VRAM per phase (reserved, without the CUDA context): {peaks.summary()}")
-        append_record(session.out_dir / "metrics.jsonl", {"step": step, "phase_peak_bytes": peaks.bytes})
+        append_record(session.out_dir / METRICS, {"step": step, "phase_peak_bytes": peaks.bytes})
     return samples

@@ -19,7 +19,19 @@ from lowvram.errors import LowvramError
 from lowvram.files import DiskFull, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
 from lowvram.resolve import ResolvedRun
-from lowvram.run_files import LORA_SUFFIX, diffusers_copy, final_samples_of, saved_lora, step_image, step_save
+from lowvram.run_files import (
+    CHECKPOINTS,
+    LOGS,
+    LORA_SUFFIX,
+    METRICS,
+    SAMPLES,
+    diffusers_copy,
+    final_lora,
+    final_samples_of,
+    saved_lora,
+    step_image,
+    step_save,
+)
 from lowvram.train import checkpoint
 from lowvram.train.identity import differences, identity, recipe
 
@@ -27,7 +39,7 @@ RECORD = "lowvram-run.json"
 HALF_WRITTEN_CHECKPOINT = re.compile(r"^\.step-[a-z0-9_]{8}$")  # tempfile.mkdtemp(prefix=".step-")
 LOCK = ".lowvram.lock"
 ARCHIVE = "archive"
-SHARED = ("metrics.jsonl", "checkpoints", "samples", "logs")  # what every run writes under these names
+SHARED = (METRICS, CHECKPOINTS, SAMPLES, LOGS)  # what every run writes under these names
 OPTIONS_HEADER = "# the options of a lowvram run, as `lowvram train --config` reads them (written by the run)\n"
 
 
@@ -90,7 +102,7 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
 
 def existing_lora_problem(config) -> str | None:
     """The line a new run (neither --resume nor --overwrite) stops at when its LoRA is there already."""
-    lora = config.output_dir / f"{config.output_name}.safetensors"
+    lora = config.output_dir / final_lora(config.output_name)
     if lora.exists() and not config.output.overwrite and not config.training.resume:
         return (f"--output: {lora} exists; continue its run with --resume auto, start over with --overwrite (the "
                 "earlier files move to archive/), or choose another --output")
@@ -116,7 +128,7 @@ def ownership_problem(run: ResolvedRun) -> str | None:
                 checkpoint.resolve("auto", folder, ours)  # its one line, before the data and the model load
             except LowvramError as exc:
                 return str(exc)
-        lora = folder / f"{config.output_name}.safetensors"
+        lora = folder / final_lora(config.output_name)
         if lora.exists() and record is None and not config.output.overwrite:
             return f"--output: {lora} exists; pass --overwrite to replace it, or choose another --name"
         return None
@@ -194,7 +206,7 @@ def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
 
 
 def _samples(folder: Path) -> list[Path]:
-    return sorted((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
+    return sorted((folder / SAMPLES).glob("*.png")) if (folder / SAMPLES).is_dir() else []
 
 
 def samples_of(lora: Path) -> list[Path]:
@@ -213,8 +225,8 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
         return None
     saves = [path for path in [*folder.glob("*.safetensors"), *_samples(folder)]
              if (_saved_step(path, name) or 0) > steps[0]]
-    if folder / f"{name}.safetensors" in saves:  # its final samples with it
-        saves += samples_of(folder / f"{name}.safetensors")
+    if folder / final_lora(name) in saves:  # its final samples with it
+        saves += samples_of(folder / final_lora(name))
     target = move_to_archive(folder, later + saves)
     return (f"moved {len(later)} checkpoint(s) after {chosen.name}" + (f" and {len(saves)} save(s) and sample(s)"
             if saves else "") + f", of the branch this run leaves, to {target}")
@@ -238,7 +250,7 @@ def remove_leftovers(folder: Path) -> list[Path]:
     them) and half-written checkpoint folders. Safe while this run holds the folder's lock: nobody else writes."""
     if not folder.is_dir():
         return []
-    removed = remove_orphans(folder) + remove_orphans(folder / "samples")
+    removed = remove_orphans(folder) + remove_orphans(folder / SAMPLES)
     root = checkpoint.checkpoint_root(folder)
     for partial in root.glob(".step-*") if root.is_dir() else ():
         if HALF_WRITTEN_CHECKPOINT.match(partial.name) and partial.is_dir():

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lowvram.files import redraws_in_place
+from lowvram.hardware import gib
 
 
 class SpillWatch:
@@ -127,9 +128,7 @@ class TrainingProgress:
         stats = (f"epoch {epoch + 1}/{self.epochs}  " if epoch is not None and self.epochs else "") + (
             f"loss {shown}  lr {lr:.2e}  {speed}")
         if torch.cuda.is_available():
-            gib = 1024**3
-            stats += (f"  VRAM {torch.cuda.memory_allocated() / gib:.2f} GiB"
-                      f" (peak {torch.cuda.max_memory_reserved() / gib:.2f})")
+            stats += (f"  VRAM {gib(torch.cuda.memory_allocated())} GiB (peak {gib(torch.cuda.max_memory_reserved())})")
         if self.live:
             self.progress.update(self.task, completed=step, stats=stats)
         elif time.perf_counter() - self.last_line >= self.LINE_SECONDS or step == self.total_steps:

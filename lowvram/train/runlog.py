@@ -16,6 +16,7 @@ import torch
 from lowvram.config import RunConfig
 from lowvram.errors import LowvramError, TrainingInterrupted
 from lowvram.files import DiskFull, free_bytes, is_disk_full, is_size_limit, write_problem, write_text
+from lowvram.run_files import LOGS, METRICS
 
 
 class RunLog:
@@ -26,7 +27,7 @@ class RunLog:
         self.metrics, self.writer, self.wandb = None, None, None
         if not enabled:
             return
-        logs = output_dir / "logs"
+        logs = output_dir / LOGS
         unwritable = write_problem(logs) if (config.output.tensorboard or config.output.wandb_project) else None
         if unwritable:  # (W&B would write elsewhere, TensorBoard stop with a traceback)
             raise LowvramError(f"--output: {unwritable} (the run's logs go there); move it away, or choose another "
@@ -37,7 +38,7 @@ class RunLog:
             except ImportError:
                 raise LowvramError("--tensorboard: TensorBoard is not installed; pip install 'lowvram[tensorboard]' "
                                    "(or tensorboard), or drop --tensorboard") from None
-        path = output_dir / "metrics.jsonl"
+        path = output_dir / METRICS
         if resumed_step:  # rewritten atomically: a kill now must not lose the history
             write_text(path, _lines_up_to(path, resumed_step))
         else:  # a new file, not whatever a link of that name (in a folder from elsewhere) points to
@@ -107,7 +108,7 @@ class RunLog:
             if not is_disk_full(exc):
                 raise
             folder = Path(self.metrics.name).parent
-            raise DiskFull(folder, len(line), free_bytes(folder), "metrics.jsonl", is_size_limit(exc)) from None
+            raise DiskFull(folder, len(line), free_bytes(folder), METRICS, is_size_limit(exc)) from None
 
     def close(self, failed: bool = False) -> None:
         if self.wandb:
@@ -135,7 +136,7 @@ class _WandbRun:
     def __init__(self, config: RunConfig, output_dir: Path, run_id: str):
         import wandb
 
-        folder = output_dir / "logs"
+        folder = output_dir / LOGS
         folder.mkdir(parents=True, exist_ok=True)
         # console "off": W&B would wrap the terminal that rich draws the progress on
         try:  # the recipe as a LoRA's metadata has it, without this machine's folders (W&B's own record of the

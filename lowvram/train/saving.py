@@ -13,7 +13,7 @@ from lowvram.adapters import lora_files
 from lowvram.errors import TrainingInterrupted
 from lowvram.files import DiskFull
 from lowvram.memory import free_cached_memory
-from lowvram.run_files import LORA_SUFFIX, best_save, epoch_save, interval_save, step_save
+from lowvram.run_files import LORA_SUFFIX, SAMPLES, best_save, epoch_save, interval_save, step_save
 from lowvram.train import checkpoint, outdir
 from lowvram.train.identity import recipe
 from lowvram.train.metadata import TrainingShape, lora_metadata
@@ -157,7 +157,7 @@ def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step:
     try:
         with evaluating(trainee):
             grid = render_grid(trainee.model, config.samples,
-                               session.out_dir / "samples" / f"{step_save(config.output_name, step)}.png",
+                               session.out_dir / SAMPLES / f"{step_save(config.output_name, step)}.png",
                                session.run.resolution, config.output.sample_steps, config.training.seed,
                                session.accelerator, prepared.sample_embeddings)
     except torch.OutOfMemoryError:  # the VAE's decode beside the training state: the run matters more

@@ -24,6 +24,7 @@ from lowvram.configure import list_presets, preset_path, read_config, read_toml,
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
 from lowvram.resolve import UI_FILES
+from lowvram.run_files import CHECKPOINTS
 from lowvram.ui import dataset as data_panel
 from lowvram.ui.form import FormField, form_fields, form_values, option_fields, option_values, toml_text
 from lowvram.ui.planview import BUDGET, CSS, THIS_GPU, card_choices, plan_for, render
@@ -235,7 +236,7 @@ def build_app(cache_dir: Path, port: int | None = None):
             try:
                 text = toml_text(values)
                 output = Path(values.get("output", "output")).expanduser().resolve()
-                if resume and not any((output / "checkpoints").glob("step-*")):
+                if resume and not any((output / CHECKPOINTS).glob("step-*")):
                     raise LowvramError(f"nothing to resume: no checkpoint in {output / 'checkpoints'} yet; "
                                        "press Start")
                 vram = (budget_text if card_name == BUDGET else "") if use_auto else None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lowvram.errors import LowvramError
 from lowvram.files import write_text
+from lowvram.run_files import METRICS, SAMPLES
 
 LOG_LINES = 12
 ETA_WINDOW = 20  # steps the time per step is averaged over
@@ -123,7 +124,7 @@ def output_problem(config_path: Path, resume: bool) -> str | None:
 
 def read_metrics(output: Path | None) -> list[dict]:
     """The step records of a run's metrics.jsonl (a line being written is left for the next read)."""
-    path = Path(output or "") / "metrics.jsonl"
+    path = Path(output or "") / METRICS
     if not output or not path.is_file():
         return []
     records = []
@@ -162,7 +163,7 @@ def outputs_of(output: Path | None) -> tuple[list[str], list[str]]:
     def newest(paths):
         return [str(p) for p in sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)]
 
-    samples = newest((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
+    samples = newest((folder / SAMPLES).glob("*.png")) if (folder / SAMPLES).is_dir() else []
     return samples, newest(folder.glob("*.safetensors"))
 
 
