@@ -467,6 +467,9 @@ def _output_problems(c: RunConfig) -> list[str]:
         if value and not (c.output.sample_prompts or c.output.sample_prompt_file):
             p.append(f"{flag}: no prompt to render; add --sample-prompt \"...\"")
     p += _wandb_problems(c.output.wandb_project, c.output.wandb_run_name)
+    if c.output.tensorboard and importlib.util.find_spec("tensorboard") is None:  # known now, not after the caching
+        p.append("--tensorboard: TensorBoard is not installed; pip install 'lowvram[tensorboard]', or train without "
+                 "it (--no-tensorboard)")
     if c.output.format == "diffusers" and c.network.network in ("loha", "lokr"):
         p.append(f"--format diffusers: diffusers cannot load {c.network.network} adapters; keep --format kohya "
                  "(ComfyUI and AUTOMATIC1111 load it), or use --network lora or dora")

@@ -1,6 +1,7 @@
 """Reliability: an interrupted and resumed run ends with exactly the LoRA of an uninterrupted one; a kill
 mid-save, a NaN or a full disk never costs what was already saved."""
 
+import json
 import math
 import os
 import shutil
@@ -118,6 +119,12 @@ def test_nan_losses_are_skipped_and_never_saved(tmp_path, monkeypatch, capsys):
         float("nan") if calls["n"] > 2 else 1.0))
     with pytest.raises(TrainingDiverged, match=r"the last checkpoint, .*step-000004, holds the last good weights"):
         train(run_config(output=str(tmp_path / "late"), max_steps=12, checkpoint_every=2))
+    # a checkpoint an older lowvram saved with the average at nan: resumed, the average starts afresh
+    monkeypatch.setattr(loop, "diffusion_loss", real)
+    state = tmp_path / "late" / "checkpoints" / "step-000004" / "state.json"
+    state.write_text(json.dumps(json.loads(state.read_text()) | {"smoothed_loss": float("nan")}))
+    resumed = train(run_config(output=str(tmp_path / "late"), max_steps=6, checkpoint_every=2, resume="auto"))
+    assert math.isfinite(resumed.final_loss)
 
 
 def test_resume_auto_without_a_checkpoint_is_a_clear_error(tmp_path):

@@ -149,3 +149,15 @@ def test_training_on_from_the_lora_overwrite_would_move_is_refused_and_other_fil
                  "--rank", "4", "--overwrite"]) == 0
     assert resized.is_file() and load_file(str(resized))
     assert list((out / ARCHIVE).rglob("run.safetensors"))
+
+
+def test_tensorboard_missing_is_said_before_anything_loads(monkeypatch):
+    """A replayed OneTrainer or kohya config carries tensorboard = true: on a machine without TensorBoard that was
+    said only after the scan, the model load and the caching."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as where it is not installed
+    with pytest.raises(LowvramError, match=r"--tensorboard: TensorBoard is not installed; pip install "
+                                           r"'lowvram\[tensorboard\]', or train without it \(--no-tensorboard\)"):
+        run_config(tensorboard=True)
+    run_config(tensorboard=False)

@@ -3,6 +3,7 @@ steps with their save points, the LoRA file and samples. Each stage is a functio
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -124,7 +125,8 @@ def run_training(session: Session) -> TrainResult:
           TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill,
                            epochs=shape.epochs) as progress,
           StopOnSignal() as signals, peaks.phase("training")):
-        progress.loss = position.smoothed_loss
+        if position.smoothed_loss is not None and math.isfinite(position.smoothed_loss):  # (an older run saved nan)
+            progress.loss = position.smoothed_loss
         if config.output.sample_at_first and position.step == 0:
             sample_grid(session, trainee, prepared, log, 0)
         for step in range(position.step + 1, last_step + 1):
