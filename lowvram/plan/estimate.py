@@ -40,6 +40,11 @@ HOST_BASELINE = int(2.5 * GIB)  # python + torch + CUDA libraries resident in ho
 PAGE_CACHE = "checkpoint file (reclaimable)"
 STORED_DTYPE = {"bf16": "BF16", "fp16": "F16", "no": "F32"}  # safetensors' name of each compute dtype
 VRAM_SAFETY = int(0.25 * GIB)  # kept free below the budget
+# fp32 compute (as a GTX 16xx trains) against the full-size families' 16-bit traces, measured with tools/plan_trace
+# at SD1.5 512 and SDXL 1024: training activations 1.47 and 1.54 times as large without checkpointing, 1.72 and 1.52
+# with; the sampling U-Net's 1.93 and 1.57; a VAE's exactly 2 (tests/test_planner.py traces SD1.5's again)
+FP32_TRAINING = {False: 1.55, True: 1.75}
+FP32_SAMPLING = 1.95
 TILE_PX = 512  # lowvram.models.conditioning.VAE_TILE_PX (not imported: plan must not import diffusers)
 # Relative step time of checkpointing (and, in lowvram.formats, of each storage format): priors, replaced per
 # family by the measured ratios in calibration.json wherever a GPU result measured them.
@@ -262,6 +267,16 @@ def wider_layers_activations(entries: list[dict], work: Workload, checkpointing:
                - scaled(default, work.resolution, work.batch, checkpointing=checkpointing))
 
 
+def widened(work: Workload, entries: list[dict]) -> bool:
+    """Whether the run computes in fp32 where `entries` were traced in 16 bits (the full-size families' traces)."""
+    return work.compute_bytes == 4 and entries[0].get("dtype") != "fp32"
+
+
+def vae_factor(work: Workload, entries: list[dict]) -> int:
+    """A VAE's activations against its 16-bit trace: twice as large in fp32 (SDXL's under fp16, or an fp32 run)."""
+    return 2 if work.vae_fp32 or widened(work, entries) else 1
+
+
 def caching_phase(work: Workload, data: dict, context: int, vae_bytes: int, hardware: Hardware
                   ) -> tuple[int, bool, dict[str, int]]:
     """The latent-caching settings for this budget: the largest VAE batch (up to the one asked for) that
@@ -270,7 +285,7 @@ def caching_phase(work: Workload, data: dict, context: int, vae_bytes: int, hard
 
     def phase(batch: int, tiled: bool) -> dict[str, int]:
         size = min(work.resolution, TILE_PX) if tiled else work.resolution
-        activations = scaled(data["vae_encode"], size, batch) * (2 if work.vae_fp32 else 1)  # traced in 16 bits
+        activations = scaled(data["vae_encode"], size, batch) * vae_factor(work, data["vae_encode"])
         return {"context": context, "workspace": KERNEL_WORKSPACE if context else 0, "VAE": vae_bytes,
                 "activations": activations, "fragment.": int(FRAGMENTATION * activations)}
 
@@ -320,7 +335,8 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
         # checkpointing keeps; the rest waits in host RAM
         offloaded = activations
         checkpointed = training_entries(data["training"], replace(strategy, gradient_checkpointing=True))
-        activations = min(activations, int(scaled(checkpointed, work.resolution, work.batch, checkpointing=True)))
+        activations = min(activations, int(scaled(checkpointed, work.resolution, work.batch, checkpointing=True) * (
+            FP32_TRAINING[True] if widened(work, checkpointed) else 1)))
     if work.train_text_encoder:  # 77 tokens: small next to the U-Net (uncalibrated)
         activations += int(0.1 * sum(counts[p] for p in trained_text) * work.compute_bytes * work.batch)
     # bitsandbytes/quanto dequantize one layer at a time (they can't be traced on fake tensors); fp8's upcast
@@ -329,7 +345,8 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     dequant = data["largest_layer_params"] * 2 * 2 if untraced else 0
     # what a whole forward pass allocates, kept or not: the native format's activations without checkpointing
     forward_volume = scaled(training_entries(data["training"], MemoryStrategy(work.native_format, False, "adamw")),
-                            work.resolution, work.batch, checkpointing=False)
+                            work.resolution, work.batch, checkpointing=False) * (
+        FP32_TRAINING[False] if widened(work, data["training"]) else 1)
     training = {
         "context": context,
         "workspace": workspace,
@@ -349,8 +366,13 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
     result.cache_batch_size, result.vae_tiling, latent_caching = caching_phase(work, data, context, vae_bytes,
                                                                               hardware)
     sample_side = work.sample_resolution or work.resolution
-    whole = scaled(data["sampling"], sample_side, 1) * (2 if work.vae_fp32 else 1)
-    tiled = min(whole, scaled(data["sampling"], TILE_PX, 1))  # the decode at the end of sampling in tiles
+    # the U-Net's steps, then the VAE's decode: one at a time
+    denoising = scaled(data["sampling"], sample_side, 1, key="unet_activation_bytes") * (
+        FP32_SAMPLING if widened(work, data["sampling"]) else 1)
+    decode_factor = vae_factor(work, data["sampling"])
+    whole = max(denoising, scaled(data["sampling"], sample_side, 1, key="vae_decode_activation_bytes") * decode_factor)
+    tiled = max(denoising, min(whole, scaled(data["sampling"], TILE_PX, 1, key="vae_decode_activation_bytes")
+                               * decode_factor))  # the decode in tiles
     sampling_weights = {"context": context, "workspace": workspace, "U-Net": unet_bytes, "LoRA": lora,
                         "text enc.": text_bytes if work.train_text_encoder else 0, "VAE": vae_bytes}
     if work.sampling and not result.vae_tiling and sum(sampling_weights.values()) + whole > (
@@ -418,7 +440,8 @@ def unet_activations(data: dict, work: Workload, strategy: MemoryStrategy, train
                       * WEIGHT_FORMATS[strategy.unet_weights].untraced_activation_factor
                       * (DORA_ACTIVATION_FACTOR if work.network == "dora" else 1.0))
     activations += wider_layers_activations(data["training"], work, strategy.gradient_checkpointing)
-    return activations + delta_weight_bytes(data, work, trained_parts, strategy.gradient_checkpointing)
+    activations += delta_weight_bytes(data, work, trained_parts, strategy.gradient_checkpointing)
+    return int(activations * (FP32_TRAINING[bool(strategy.gradient_checkpointing)] if widened(work, traced) else 1))
 
 
 def checkpointed_shares(data: dict, count: int | None) -> tuple[float, float]:
