@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from lowvram.adapters.blocks import check_syntax as check_block_syntax
+from lowvram.adapters.blocks import varied_rate_flags
 from lowvram.config import (
     DEFAULT_SEED,
     HUBER_LOSSES,
@@ -302,6 +303,18 @@ def _optimizer_problems(c: RunConfig) -> list[str]:
     positive(p, "scale-weight-norms", c.optim.scale_weight_norms)
     positive(p, "lr", c.optim.lr)
     optimizer = spec_of(c.optim.optimizer) if c.optim.optimizer in OPTIMIZER_CHOICES else None
+    if optimizer and optimizer.learning_rate_free:  # prodigyopt refuses groups at other rates, in the first step
+        lr = c.optim.lr or optimizer.default_lr
+        varied = [flag for flag, rate in (("--text-encoder-lr", c.optim.text_encoder_lr),
+                                          ("--text-encoder-2-lr", c.optim.text_encoder_2_lr))
+                  if c.network.train_text_encoder and rate not in (None, 0, lr)]
+        varied += [flag for flag, ratio in (("--loraplus-ratio", c.optim.loraplus_ratio),
+                                            ("--loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio))
+                   if ratio not in (None, 1)]
+        varied += varied_rate_flags(c.network)
+        if varied:
+            p.append(f"{varied[0]}: {optimizer.name} takes one rate for all the adapters (it finds the step size "
+                     f"itself; --lr scales it) and stops at a different one for some; drop {', '.join(varied)}")
     if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:
         p.append(f"--lr: {c.optim.lr:g} with {optimizer.name}, which finds the step size itself and scales it by --lr; "
                  "use --lr 1.0 (or leave it out)")

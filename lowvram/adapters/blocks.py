@@ -192,6 +192,21 @@ def block_plan(network: NetworkConfig, layout: BlockLayout, family_title: str) -
                      (1.0,) * layout.leading + weights + (1.0,) * layout.trailing)
 
 
+def varied_rate_flags(network: NetworkConfig) -> list[str]:
+    """The per-block learning-rate weights that give a block a rate other than the run's (a weight of 0 leaves the
+    block out, which gives it no rate at all); a list of the wrong form is check_syntax's to name."""
+    varied = []
+    for text, flag in ((network.down_lr_weight, "--down-lr-weight"), (network.mid_lr_weight, "--mid-lr-weight"),
+                       (network.up_lr_weight, "--up-lr-weight")):
+        try:
+            weights = _lr_weights(text, flag, 25) if text is not None else ()
+        except LowvramError:
+            continue
+        if {w if w > network.block_lr_zero_threshold else 0.0 for w in weights} - {0.0, 1.0}:
+            varied.append(flag)
+    return varied
+
+
 def _per_block(text: str | None, flag: str, layout: BlockLayout, family_title: str, default: float,
                integer: bool = False) -> tuple[float, ...]:
     """One value per block: the list given, one value for every block (alphas), or `default` everywhere."""
