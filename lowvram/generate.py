@@ -17,7 +17,7 @@ import torch
 from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, output_problem
-from lowvram.hardware import detect
+from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.models.detect import detect_family
 from lowvram.models.families import DEFAULT_READING, clip_skip_problem, prompt_reading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
@@ -25,6 +25,7 @@ from lowvram.option_values import parse_source
 from lowvram.prompts import MAX_SEED, MAX_SIDE, SamplePrompt, parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render
+from lowvram.train.setup import WEIGHT_DTYPES
 
 WRITTEN_FORMATS = {suffix: IMAGE_FORMATS[suffix][0] for suffix in WRITTEN_IMAGE_SUFFIXES}  # Pillow's names
 MIN_RESOLUTION, MAX_RESOLUTION = 64, MAX_SIDE
@@ -47,7 +48,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
                                           if args.count > 1 else ""))
     hardware = detect()
     device = torch.device(hardware.device)
-    dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if hardware.bf16 else torch.float16)
+    dtype = WEIGHT_DTYPES[resolve_mixed_precision("auto", hardware)]  # as training computes (fp32 on a GTX 16xx)
     if args.clip_skip and (problem := clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip)):
         raise LowvramError(problem)
     model = load_model(args.model, args.model_family, dtype=dtype)

@@ -6,11 +6,12 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_config
 from PIL import Image
 from safetensors.torch import save_file
 
-from lowvram.cli import main
+from lowvram.cli import build_parser, main
 from lowvram.data.sample import write_sample_dataset
 from lowvram.models.ldm_layout import sd15_single_file
 from lowvram.models.loading import load_model
@@ -142,3 +143,24 @@ def test_seed_minus_one_draws_a_seed_says_it_and_the_image_can_be_made_again(tmp
     assert np.array_equal(*images)
     assert main([*BASE, "--prompt", "a red circle --d -1", "--output", str(tmp_path / "inline.png")]) == 0
     assert re.search(r"^seed -1: drew \d+$", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_generate_computes_as_training_would_on_the_card(monkeypatch):
+    """A GTX 16xx draws in fp32 (fp16 gives black images there, as it gives training NaN losses); a card with bf16
+    in bf16, a T4 in fp16."""
+    from lowvram import generate
+    from lowvram.hardware import load_profile
+
+    class Loaded(Exception):
+        pass
+
+    def loading(model, family=None, dtype=None, **kwargs):
+        raise Loaded(dtype)
+
+    monkeypatch.setattr(generate, "load_model", loading)
+    for profile, dtype in (("gtx-1660-6gb", torch.float32), ("rtx-3060-12gb", torch.bfloat16),
+                           ("colab-t4", torch.float16)):
+        monkeypatch.setattr(generate, "detect", lambda profile=profile: load_profile(profile))
+        with pytest.raises(Loaded) as loaded:
+            generate.generate(build_parser().parse_args(["generate", "--model", "tiny", "--prompt", "a cat"]))
+        assert loaded.value.args[0] == dtype, profile

@@ -279,8 +279,11 @@ def test_the_text_encoders_stop_training_where_asked_and_stay_stopped_on_resume(
         assert torch.equal(saved[2][key], value), key  # unchanged after step 2
     assert any(not torch.equal(saved[1][key], saved[2][key]) for key in part(final, "lora_te_"))  # trained to it
     assert any(not torch.equal(saved[3][key], value) for key, value in part(final, "lora_unet_").items())
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [("lr_text_encoder" in row) for row in logged] == [True, True, False, False]  # its rate, while it trains
     resumed = train(run_config(max_steps=5, resume="auto", overwrite=True, **values))  # from step 4's checkpoint
-    assert "frozen from step 5 on" in " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().out.split())
+    assert "frozen from step 5 on" in out and "trained steps 5 to 5 in 0:00:" in out  # this process's steps
     for key, value in part(load_file(str(resumed.lora_path)), "lora_te_").items():
         assert torch.equal(saved[2][key], value), key
 

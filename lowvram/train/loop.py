@@ -171,7 +171,7 @@ def run_training(session: Session) -> TrainResult:
                    position if step > resumed_at else None, shape)
     if (asked or signals.received is not None) and session.main:
         raise stopped_after_the_last_step(lora_path, bool(config.samples))
-    samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started)
+    samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at)
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
         networks.cast_inputs(module, cast=True)
@@ -205,9 +205,9 @@ def stopped_after_the_last_step(lora_path: Path, samples: bool) -> TrainingInter
 
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
-           step: int, started: datetime) -> list[Path]:
+           step: int, started: datetime, resumed_at: int) -> list[Path]:
     """After the last step, in the main process: the diffusers-format copy, the sample images, the phase peaks, and
-    how long the steps took (from `started`) and where their figures are."""
+    how long this process's steps (those after `resumed_at`) took, from `started`, and where their figures are."""
     if not session.main:
         return []
     config, model, name = session.config, trainee.model, session.config.output_name
@@ -231,7 +231,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     took = clock((datetime.now(timezone.utc) - started).total_seconds())
     logs = session.out_dir / LOGS
     viewer = f"; TensorBoard: tensorboard --logdir {logs}" if config.output.tensorboard else ""
-    session.console.print(f"trained to step {step} in {took}; each step's figures are in "
+    steps = f"steps {resumed_at + 1} to {step}" if resumed_at else f"to step {step}"
+    session.console.print(f"trained {steps} in {took}; each step's figures are in "
                           f"{session.out_dir / METRICS}{viewer}", soft_wrap=True, highlight=False)
     if peaks.bytes:
         session.console.print(f"peak VRAM per phase (reserved, without the CUDA context): {peaks.summary()}")

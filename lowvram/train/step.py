@@ -164,7 +164,8 @@ def learning_rates(trainee: Trainee, before: dict[str, float] | None = None) -> 
     optimizer's rate (it warms up inside its step and keeps the rate used) and Prodigy's or D-Adaptation's
     d x lr ("lr_effective", kohya's lr/d*lr: the rate that moves the weights, where the plain one stays at 1)."""
     groups = trainee.optimizer.param_groups
-    named = {"lr": 0} | {f"lr_{part}": index for part, index in trainee.text_rate_groups.items()}
+    named = {"lr": 0} | {f"lr_{part}": index for part, index in trainee.text_rate_groups.items()
+                         if not trainee.text_frozen}  # (past --text-encoder-until they train no more)
     if before is None:
         return {name: groups[index]["lr"] for name, index in named.items()}
     rates = {name: groups[index].get("scheduled_lr", before[name]) for name, index in named.items()}
