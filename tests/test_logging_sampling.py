@@ -381,3 +381,28 @@ def test_a_piped_progress_line_says_the_epoch_the_time_left_and_slow_steps_in_se
     assert out.getvalue().splitlines() == [
         "step 2/4  epoch 2/3  loss 1.0000  lr 1.00e-04  125.00 s/it  0:04:10 elapsed, 0:04:10 left",
         "step 4/4  epoch 3/3  loss 1.0000  lr 1.00e-04  125.00 s/it  0:08:20 elapsed, 0:00:00 left"]
+
+
+def test_a_samples_decode_that_runs_out_of_memory_whole_is_done_in_tiles(monkeypatch):
+    """SDXL's 1024 px decode in fp32 takes 3 GiB: where whole it runs out of memory, the sample is decoded in tiles
+    (the plan counts them there) rather than skipped, and the VAE is left as it was, untiled, for the latents."""
+    import torch
+
+    from lowvram.models import load_model
+    from lowvram.train.sampling import decode
+
+    vae = load_model("tiny").vae
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    whole = vae.decode(latents).sample
+    real = type(vae).decode
+    tiled_calls = []
+
+    def short_of_memory(self, z, *args, **kwargs):  # as a card too small for the whole decode answers
+        if not self.use_tiling:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        tiled_calls.append(z.shape)
+        return real(self, z, *args, **kwargs)
+
+    monkeypatch.setattr(type(vae), "decode", short_of_memory)
+    assert torch.allclose(decode(vae, latents, torch.device("cpu")), whole, atol=1e-5)
+    assert tiled_calls == [latents.shape] and not vae.use_tiling

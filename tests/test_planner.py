@@ -538,10 +538,10 @@ def test_a_diffusers_folders_storage_is_the_files_loading_reads(tmp_path):
     assert checkpoint_storage(str(tmp_path / "model")) == (sum(f.stat().st_size for f in read), "F32")
 
 
-def test_vae_tiling_is_planned_and_turned_on_where_a_samples_decode_does_not_fit_whole(tmp_path):
+def test_vae_tiling_is_planned_and_a_samples_decode_that_does_not_fit_whole_in_tiles(tmp_path):
     """--vae-tiling tiles the VAE from the start, so its encode and decode are planned in tiles (the plan counted
-    whole images, as if it were off); and where a sample's decode does not fit whole, the plan tiles it (SDXL with
-    a sample prompt was refused on a 6 GB Turing card, --vae-tiling or not)."""
+    whole images, as if it were off); and where a sample's decode does not fit whole, it is planned in the tiles
+    the run falls back to (SDXL with a sample prompt was refused on a 6 GB Turing card, --vae-tiling or not)."""
     def sampling(*extra):
         done, _ = lowvram("plan", "--profile", "rtx-3060-12gb", "--model", "sdxl", "--sample-prompt", "x",
                           "--unet-weights", "bf16", "--json", *extra)
@@ -555,10 +555,14 @@ def test_vae_tiling_is_planned_and_turned_on_where_a_samples_decode_does_not_fit
     done, _ = lowvram("plan", "--profile", "rtx-2060-6gb", "--model", "sdxl", "--sample-prompt", "x")
     out = " ".join(done.stdout.split())
     assert done.returncode == 0, out
-    assert "VAE in 512 px tiles (--vae-tiling)" in out
+    assert "samples decoded in 512 px tiles (whole, they would not fit)" in out
+    # the latents stay whole: tiles would change them, and the cache
+    assert "VAE in 512 px tiles (--vae-tiling)" not in out
     # under fp16 SDXL's VAE decodes in fp32, in tiles too: a 512 px tile then takes 0.76 GiB (traced), not 0.38
     done, _ = lowvram("plan", "--profile", "rtx-2060-6gb", "--model", "sdxl", "--sample-prompt", "x", "--json")
-    assert json.loads(done.stdout)["choice"]["vram_bytes"]["sampling"]["activations"] >= 0.74 * 2**30
+    choice = json.loads(done.stdout)["choice"]
+    assert choice["vram_bytes"]["sampling"]["activations"] >= 0.74 * 2**30
+    assert (choice["strategy"]["vae_tiling"], choice["strategy"]["sample_tiles"]) == (False, True)
 
 
 def test_the_plan_says_what_it_computes_in_and_what_a_bare_budget_assumes():

@@ -137,7 +137,8 @@ class Workload:
 class Estimate:
     strategy: MemoryStrategy
     cache_batch_size: int = 1  # images per VAE call in the caching phase, the largest that fits
-    vae_tiling: bool = False  # VAE in 512 px tiles: asked for, or where a whole image's encode or decode doesn't fit
+    vae_tiling: bool = False  # VAE in 512 px tiles: asked for, or where one whole image's encode doesn't fit
+    sample_tiles: bool = False  # a sample's decode in tiles: where whole it doesn't fit (the run falls back to them)
     vram: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> component -> bytes
     host: dict[str, dict[str, int]] = field(default_factory=dict)
     speed: float = 1.0  # predicted step time relative to 16-bit weights without checkpointing
@@ -375,9 +376,8 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
                                * decode_factor))  # the decode in tiles
     sampling_weights = {"context": context, "workspace": workspace, "U-Net": unet_bytes, "LoRA": lora,
                         "text enc.": text_bytes if work.train_text_encoder else 0, "VAE": vae_bytes}
-    if work.sampling and not result.vae_tiling and sum(sampling_weights.values()) + whole > (
-            hardware.free_vram - VRAM_SAFETY):
-        result.vae_tiling = True  # a sample's decode that does not fit whole is tiled (caching then is too)
+    result.sample_tiles = work.sampling and (result.vae_tiling or sum(sampling_weights.values()) + whole > (
+        hardware.free_vram - VRAM_SAFETY))
     result.vram = {
         "loading": {"context": 0},
         "latent caching": latent_caching,
@@ -386,7 +386,7 @@ def estimate(work: Workload, strategy: MemoryStrategy, hardware: Hardware) -> Es
         "training": training,
         # prompts were encoded in the caching phase (trained text encoders are on the device already);
         # the VAE visits the device for the decode
-        "sampling": sampling_weights | {"activations": tiled if result.vae_tiling else whole}
+        "sampling": sampling_weights | {"activations": tiled if result.sample_tiles else whole}
         if work.sampling else {"context": 0},
         "saving": {"context": context, "U-Net": unet_bytes, "LoRA": lora,
                    "optim. state": training["optim. state"]},

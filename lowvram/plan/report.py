@@ -51,7 +51,9 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     console.print(breakdown(shown))
     console.print(host_breakdown(shown))
     console.print(f"latent caching: {shown.cache_batch_size} image(s) per VAE call"
-                  + (", VAE in 512 px tiles (--vae-tiling)" if shown.vae_tiling else ""))
+                  + (", VAE in 512 px tiles (--vae-tiling)" if shown.vae_tiling else "")
+                  + ("; samples decoded in 512 px tiles (whole, they would not fit)" if shown.sample_tiles
+                     and not shown.vae_tiling else ""))
     if shown.compile_seconds is not None:
         console.print(f"--compile: the first step at each input shape (bucket size x batch size) compiles the "
                       f"blocks, about {shown.compile_seconds:.0f} s each ("
@@ -128,7 +130,7 @@ def plan_json(result: Plan) -> dict:
                              "gradient_checkpointing": est.strategy.gradient_checkpointing,
                              "checkpoint_blocks": est.strategy.checkpoint_units,
                              "optimizer": est.strategy.optimizer, "cache_batch_size": est.cache_batch_size,
-                             "vae_tiling": est.vae_tiling},
+                             "vae_tiling": est.vae_tiling, "sample_tiles": est.sample_tiles},
                 "fits": est.fits(result.hardware), "verified_on_gpu": est.verified,
                 "relative_step_time": round(est.speed, 3), "compile_seconds_per_shape": est.compile_seconds,
                 "peak_vram_bytes": est.peak_vram(), "peak_host_bytes": est.peak_host(),

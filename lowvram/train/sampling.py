@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from lowvram.files import save_image
-from lowvram.models.conditioning import DEFAULT_READING, encode_prompts, unet_conditioning
+from lowvram.memory import free_cached_memory
+from lowvram.models.conditioning import DEFAULT_READING, encode_prompts, set_vae_tiling, unet_conditioning
 from lowvram.models.families import prompt_reading
 from lowvram.models.loading import LoadedModel
 from lowvram.prompts import SamplePrompt, parse_prompt
@@ -83,8 +84,25 @@ def render(model: LoadedModel, prompt: SamplePrompt | str, resolution: int, step
 
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     with visiting([vae], device):  # outside autocast: SDXL's VAE overflows in fp16 and is kept in fp32
-        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+        image = decode(vae, latents.to(vae.dtype) / vae.config.scaling_factor + shift, device)
     return pipeline.image_processor.postprocess(image.float(), output_type="pil")[0]
+
+
+def decode(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The VAE's decode, whole, or in tiles where whole it runs out of memory (SDXL's 1024 px decode in fp32 takes
+    3 GiB; the planner counts the tiles there): the training's latents stay encoded as they were."""
+    if getattr(vae, "use_tiling", False):
+        return vae.decode(latents).sample
+    try:
+        return vae.decode(latents).sample
+    except torch.OutOfMemoryError:
+        pass  # (left before retrying: the failed decode's tensors go with the exception)
+    free_cached_memory(device)
+    set_vae_tiling(vae, True)
+    try:
+        return vae.decode(latents).sample
+    finally:
+        set_vae_tiling(vae, False)
 
 
 def render_images(model: LoadedModel, prompts: tuple[SamplePrompt, ...], resolution: int, steps: int, seed: int,
