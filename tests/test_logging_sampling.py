@@ -101,6 +101,9 @@ def test_metrics_and_tensorboard_hold_every_step(sampled):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in events.Scalars("validation/loss")] == [2, 4]
     assert [e.step for e in events.Images("samples")] == [0, 2, 4]
+    # the final LoRA's samples, drawn after the steps' log closed, beside the grids
+    assert [(e.step, e.width, e.height) for tag in ("final_samples/00", "final_samples/01")
+            for e in events.Images(tag)] == [(4, 64, 64), (4, 96, 48)]
 
 
 def test_weights_and_biases_gets_every_step_the_validations_and_the_samples(sampled):

@@ -26,7 +26,7 @@ from lowvram.run_files import LOGS, LORA_SUFFIX, METRICS, SAMPLES, best_save, di
 from lowvram.train import checkpoint, outdir
 from lowvram.train.metadata import TrainingShape
 from lowvram.train.progress import StopOnSignal, TrainingProgress, clock
-from lowvram.train.runlog import RunLog, append_record
+from lowvram.train.runlog import RunLog, append_record, log_final_samples
 from lowvram.train.sampling import render_samples
 from lowvram.train.saving import (
     at_save_points,
@@ -228,6 +228,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
         samples = []
     session.console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
                           soft_wrap=True)
+    log_final_samples(session.out_dir, config, step, samples)
     took = clock((datetime.now(timezone.utc) - started).total_seconds())
     logs = session.out_dir / LOGS
     viewer = f"; TensorBoard: tensorboard --logdir {logs}" if config.output.tensorboard else ""

@@ -167,6 +167,24 @@ class _WandbRun:
         self.run.finish(exit_code=1 if failed else 0)
 
 
+def log_final_samples(output_dir: Path, config: RunConfig, step: int, samples: list[Path]) -> None:
+    """The final LoRA's samples, drawn once the run's log has closed, in TensorBoard beside the grids (a new event
+    file in the same folder, which TensorBoard reads as one run). W&B's run has ended by then: they stay files."""
+    if not config.output.tensorboard or not samples:
+        return
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(output_dir / LOGS))
+    try:
+        for index, path in enumerate(samples):
+            with Image.open(path) as image:
+                writer.add_image(f"final_samples/{index:02d}", np.asarray(image.convert("RGB")), step,
+                                 dataformats="HWC")
+    finally:
+        writer.close()
+
+
 def append_record(path: Path, record: dict) -> None:
     """One more line in a closed metrics.jsonl (what the run measured after its last step)."""
     with open(path, "a", encoding="utf-8") as fh:
