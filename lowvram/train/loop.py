@@ -228,7 +228,10 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
         samples = []
     session.console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
                           soft_wrap=True)
-    log_final_samples(session.out_dir, config, step, samples)
+    try:
+        log_final_samples(session.out_dir, config, step, samples)
+    except OSError as exc:  # (a full disk, say: the LoRA and its samples are written, which is what matters)
+        session.console.print(f"[yellow]the final samples are not in TensorBoard's log[/] ({exc})", soft_wrap=True)
     took = clock((datetime.now(timezone.utc) - started).total_seconds())
     logs = session.out_dir / LOGS
     viewer = f"; TensorBoard: tensorboard --logdir {logs}" if config.output.tensorboard else ""
