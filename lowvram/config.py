@@ -171,9 +171,9 @@ class DataConfig:
                                                "(kohya's caption_dropout_every_n_epochs).", metavar="N")
     max_token_length: int = option(TOKEN_LENGTHS[0], "Caption tokens the text encoders read (kohya's "
                                    f"max_token_length): {', '.join(map(str, TOKEN_LENGTHS[:-1]))} or "
-                                   f"{TOKEN_LENGTHS[-1]}. Longer captions are cut there (with a warning); one over "
-                                   f"{CHUNK_TOKENS} tokens is read in {CHUNK_TOKENS}-token chunks, as AUTOMATIC1111 and "
-                                   "ComfyUI read long prompts.", metavar="N")
+                                   f"{TOKEN_LENGTHS[-1]}. Longer captions are cut there (with a warning); one "
+                                   f"over {CHUNK_TOKENS} tokens is read in {CHUNK_TOKENS}-token chunks, as "
+                                   "AUTOMATIC1111 and ComfyUI read long prompts.", metavar="N")
     weighted_captions: bool = option(False, "Read AUTOMATIC1111's emphasis in captions and sample prompts, "
                                      "(red hair:1.2), ((red hair)), [red hair], as kohya's --weighted_captions "
                                      "does: those tokens' text states are weighed.")
@@ -224,8 +224,8 @@ class NetworkConfig:
                                    "during training (kohya's and LyCORIS's module_dropout).")
     lora_layers: str = option(DEFAULT_LORA_LAYERS, "Which layers get adapters: attn (attention projections, as "
                               "the diffusers examples); attn-mlp (every layer of the transformer blocks and "
-                              "CLIP's MLPs: kohya's default LoRA); full (also the ResNet convolutions: kohya's LoCon, often used for "
-                              "styles). More layers: more capacity, a larger file, a little more memory.",
+                              "CLIP's MLPs: kohya's default LoRA); full (also the ResNet convolutions: kohya's "
+                              "LoCon, often used for styles). More layers: more capacity, a larger file, a little more memory.",
                               choices=LORA_LAYERS)
     conv_rank: int | None = option(None, "Rank of the 3x3 convolutions that --lora-layers full adapts (kohya's "
                                    "conv_dim; default: --rank). Linear layers and 1x1 convolutions keep --rank.",

@@ -160,7 +160,8 @@ def test_prodigy_refuses_a_second_rate_before_anything_loads():
     0 (left out) or at 1, and the text encoders at --lr, are one rate."""
     for values, flag in (({"train_text_encoder": True, "text_encoder_lr": 0.5}, "--text-encoder-lr"),
                          ({"loraplus_ratio": 4.0}, "--loraplus-ratio"), ({"up_lr_weight": "cosine"}, "--up-lr-weight")):
-        with pytest.raises(LowvramError, match=rf"^{flag}: prodigy takes one rate for all the adapters .* drop {flag}$"):
+        with pytest.raises(LowvramError, match=rf"^{flag}: prodigy takes one rate for all the adapters .* drop "
+                                               rf"{flag}$"):
             run_config(optimizer="prodigy", lr=1.0, **values)
     run_config(optimizer="prodigy", lr=1.0, train_text_encoder=True, text_encoder_lr=1.0, down_lr_weight="0,0,1")
     run_config(optimizer="adamw", train_text_encoder=True, text_encoder_lr=5e-5, loraplus_ratio=4.0)
