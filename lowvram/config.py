@@ -225,7 +225,8 @@ class NetworkConfig:
     lora_layers: str = option(DEFAULT_LORA_LAYERS, "Which layers get adapters: attn (attention projections, as "
                               "the diffusers examples); attn-mlp (every layer of the transformer blocks and "
                               "CLIP's MLPs: kohya's default LoRA); full (also the ResNet convolutions: kohya's "
-                              "LoCon, often used for styles). More layers: more capacity, a larger file, a little more memory.",
+                              "LoCon, often used for styles). More layers: more capacity, a larger file, a little "
+                              "more memory.",
                               choices=LORA_LAYERS)
     conv_rank: int | None = option(None, "Rank of the 3x3 convolutions that --lora-layers full adapts (kohya's "
                                    "conv_dim; default: --rank). Linear layers and 1x1 convolutions keep --rank.",
