@@ -16,7 +16,8 @@ each part, so a call cut short still returns what it measured:
 4. At once, in parallel (their speed is not what they measure, their memory is per process): `lowvram train
    --auto --vram B` per family and budget, end to end on the sample dataset (caching, training, a sample, the
    save), each phase's peak VRAM read from its metrics.jsonl; the way a Colab T4 runs it (`--mixed-precision
-   fp16`, SDXL's VAE in fp32, 15 GB; SD1.5 at 6 GB); and two strategies again in fresh processes of their own,
+   fp16`, SDXL's VAE in fp32, 15 GB; SD1.5 at 6 GB); SD1.5 in fp32 at 6 GB, as a GTX 16xx trains (`--mixed-precision
+   no`); and two strategies again in fresh processes of their own,
    converted on the host as a run does, to check the sweep's peaks.
 5. The summary: per family and batch, what fits each budget, the fastest of it, the planner's pick against the
    fastest unconstrained step, the fastest against the usual way.
@@ -43,6 +44,7 @@ import bench_memory
 GIB = 1024**3
 FRESH_PROCESS_CHECKS = ("bf16,ckpt,adamw8bit", "bnb-nf4,ckpt,adamw8bit")  # SD1.5: seconds to convert on the host
 T4_BUDGETS = {"sd15": 6, "sdxl": 15}  # GB, with --mixed-precision fp16
+GTX16_BUDGETS = {"sd15": 6}  # GB, in fp32 (--mixed-precision no), as a GTX 16xx trains
 AUTO_RESERVE = 150  # seconds the --auto runs need after the sweeps (they run side by side)
 WRITER = """
 import sys, torch
@@ -95,7 +97,7 @@ def sweep(family: str, args, left: float) -> list[dict]:
     return [json.loads(line) for line in lines.read_text().splitlines()] if lines.is_file() else []
 
 
-def auto_run(model: Path, family: str, resolution: int, budget: float, fp16: bool, args, timeout: float) -> dict:
+def auto_run(model: Path, family: str, resolution: int, budget: float, precision: str, args, timeout: float) -> dict:
     """`lowvram train --auto` as a user runs it, held to the budget: its choice, out-of-memory events, and the
     peak of every phase (from its metrics.jsonl)."""
     out = Path(tempfile.mkdtemp(prefix=f"auto-{family}-{budget:g}-", dir=args.work))
@@ -104,12 +106,12 @@ def auto_run(model: Path, family: str, resolution: int, budget: float, fp16: boo
            "--sample-steps", "2", "--output", str(out), "--cache-dir", str(out / "cache"), "--overwrite"]
     if budget and args.device == "cuda":
         cmd += ["--vram", f"{budget:g}GB"]
-    if fp16:
-        cmd += ["--mixed-precision", "fp16"]
+    if precision != "bf16":
+        cmd += ["--mixed-precision", precision]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if args.device != "cuda":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    result = {"kind": "auto", "family": family, "budget_gb": budget, "mixed_precision": "fp16" if fp16 else "bf16",
+    result = {"kind": "auto", "family": family, "budget_gb": budget, "mixed_precision": precision,
               "resolution": resolution, "batch": 1, "rank": 16, "command": " ".join(["lowvram", *cmd[3:]])}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=timeout)
@@ -128,7 +130,8 @@ def auto_run(model: Path, family: str, resolution: int, budget: float, fp16: boo
                       gradient_checkpointing=bool(config["memory"].get("gradient_checkpointing")
                                                   or config["memory"].get("checkpoint_blocks")),
                       checkpoint_units=config["memory"].get("checkpoint_blocks"),
-                      optimizer=config["optim"]["optimizer"], vae_fp32=fp16 and family in ("sdxl", "tiny-sdxl"))
+                      optimizer=config["optim"]["optimizer"],
+                      vae_fp32=precision == "fp16" and family in ("sdxl", "tiny-sdxl"))
     metrics = out / "metrics.jsonl"
     if metrics.is_file():
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -150,9 +153,10 @@ def planner_pick(family: str, resolution: int, batch: int, budget: float, mixed_
     from lowvram.models import FAMILIES
     from lowvram.plan.estimate import Workload
     from lowvram.plan.planner import plan
+    from lowvram.resolve import NATIVE_FORMAT
 
     work = Workload(FAMILIES[family], resolution, batch, sampling=False, mixed_precision=mixed_precision,
-                    native_format=mixed_precision)
+                    native_format=NATIVE_FORMAT[mixed_precision], compute_bytes=4 if mixed_precision == "no" else 2)
     choice = plan(work, hardware_for(None, f"{budget or 141:g}GB", "128GB"), {}).choice
     if choice is None:
         return None
@@ -244,14 +248,15 @@ def main() -> None:
     for family in args.families:
         folder, writer = writers[family]
         resolution = FAMILIES[family].resolution
-        wanted = [(folder, family, resolution, budget, False) for budget in args.budgets]
-        if args.device == "cuda" and family in T4_BUDGETS:
-            wanted.append((folder, family, resolution, T4_BUDGETS[family], True))
+        wanted = [(folder, family, resolution, budget, "bf16") for budget in args.budgets]
+        if args.device == "cuda":
+            wanted += [(folder, family, resolution, budgets[family], precision)
+                       for budgets, precision in ((T4_BUDGETS, "fp16"), (GTX16_BUDGETS, "no")) if family in budgets]
         if elapsed_since(started) > args.deadline:
             if writer is not None:
                 writer.kill()
-            record["not_run"] += [f"auto {family} {budget:g} GB{' fp16' if fp16 else ''}"
-                                  for *_, budget, fp16 in wanted]
+            record["not_run"] += [f"auto {family} {budget:g} GB{'' if precision == 'bf16' else ' ' + precision}"
+                                  for *_, budget, precision in wanted]
             continue
         if writer is not None:
             _, error = writer.communicate()

@@ -123,12 +123,14 @@ def planned(run: dict, phase: str = "training") -> int:
     from lowvram.hardware import hardware_for
     from lowvram.models import FAMILIES
     from lowvram.plan.estimate import MemoryStrategy, Workload, estimate
+    from lowvram.resolve import NATIVE_FORMAT
 
     mixed_precision = run.get("mixed_precision", "bf16")
     work = Workload(FAMILIES[run["family"]], run["resolution"], run.get("batch", 1), run.get("rank", 16),
                     lora_layers=run.get("lora_layers", "attn"), offload_activations=run.get("offload_activations", False),
                     compile=run.get("compiled", False), cuda_graphs=run.get("cuda_graphs", False),
-                    sampling=phase == "sampling", mixed_precision=mixed_precision, native_format=mixed_precision,
+                    sampling=phase == "sampling", mixed_precision=mixed_precision,
+                    native_format=NATIVE_FORMAT[mixed_precision], compute_bytes=4 if mixed_precision == "no" else 2,
                     vae_fp32=run.get("vae_fp32", False))
     strategy = MemoryStrategy(run["unet_weights"], run["gradient_checkpointing"], run["optimizer"],
                               run.get("checkpoint_units"))
