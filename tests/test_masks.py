@@ -40,12 +40,19 @@ def test_the_scan_pairs_masks_with_their_images_and_never_takes_them_for_images(
     in_alpha = Image.new("RGBA", (96, 112), (0, 0, 0, 0))  # drawn in transparency: black in every grey level
     in_alpha.paste((0, 0, 0, 255), (0, 0, 48, 112))
     in_alpha.save(folder / "03_orange_circle-masklabel.png")
+    # OneTrainer's other label files and masks saved otherwise: never images (a JPEG mask trained as one), and said
+    left_half_white(96, 112).save(folder / "05_green_triangle-masklabel.jpg")
+    left_half_white(96, 112).save(folder / "01_yellow_square-MaskLabel.PNG")
+    left_half_white(96, 112).save(folder / "01_yellow_square-condlabel.png")
     report = tmp_path / "plain.json"
     assert main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--report", str(report)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert json.loads(report.read_text())["summary"]["usable"] == 6  # masks are no images, with or without the flag
     assert "4 image(s) have a -masklabel.png mask (OneTrainer's), unused: --masked-loss" in out
     assert "ignored 1 mask file(s) in 5_lvshape/ without an image of the same name: lost-masklabel.png" in out
+    assert ("ignored 3 label file(s) in 5_lvshape/, not images and not read as masks: 01_yellow_square-MaskLabel.PNG, "
+            "01_yellow_square-condlabel.png, 05_green_triangle-masklabel.jpg (a mask is read as <image "
+            "name>-masklabel.png, as OneTrainer reads it)") in out
     masked = tmp_path / "masked.json"
     main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--masked-loss", "--report", str(masked)])
     records = {r["relpath"].split("/")[-1]: r for r in json.loads(masked.read_text())["records"]}
@@ -88,3 +95,19 @@ def test_a_black_mask_is_a_skip_not_an_image_that_trains_nothing(tmp_path):
     skipped = {Path(r.relpath).name: r.reason for r in report.skipped}
     assert list(skipped) == ["00_red_circle.png"]
     assert skipped["00_red_circle.png"].startswith("mask all black: nothing of the image would train")
+
+
+def test_a_16_bit_mask_keeps_its_grey_levels(tmp_path):
+    """A mask saved in 16 bits: its grey trained fully (Pillow's convert clips such levels at 255, so 25 % grey
+    read as white), where the README promises grey trains partly."""
+    import numpy as np
+
+    levels = np.full((112, 96), 16384, dtype=np.uint16)  # a quarter of 65535
+    levels[:, :48] = 65535
+    masked_dataset(tmp_path / "deep", {"01_yellow_square": Image.fromarray(levels)})
+    result = train(run_config(data=str(tmp_path / "deep"), output=str(tmp_path / "out"), masked_loss=True,
+                              max_steps=1, resolution=64))
+    index = next(i for i, sample in enumerate(result.data.samples) if "yellow square" in sample.caption)
+    mask = result.data.load([index], random.Random(0)).mask[0, 0]
+    half = mask.shape[1] // 2
+    assert bool((mask[:, :half - 1] > 0.97).all()) and bool(((mask[:, half + 1:] - 0.25).abs() < 0.03).all())

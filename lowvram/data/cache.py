@@ -151,6 +151,8 @@ class TextJob:
 def latent_key(record: ImageRecord, placement: Placement, variant: Variant, options: ScanOptions,
                vae_id: str, vae_dtype: torch.dtype, tiled: bool) -> str:
     masked = {"mask": record.mask_sha256} if options.masked_loss and record.mask else {}  # older keys stay valid
+    if masked and record.mask_mode in HIGH_BIT_MODES:  # its grey levels were clipped at 255 before: white
+        masked["mask_levels"] = "scaled"
     # 16-bit grey with a transparent level: composited now; the latents cached before had black there
     composited = {"grey_alpha": 1} if record.has_alpha and record.mode in HIGH_BIT_MODES else {}
     # another resolution's placement (--extra-resolutions): a large JPEG was decoded for the record's bucket, too

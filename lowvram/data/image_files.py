@@ -75,7 +75,7 @@ def _probe(data: bytes, max_pixels: int, mask: bool = False) -> dict:
                     im.load()
                     facts["decoded"] = True
                     if mask:
-                        facts["lightest"] = im.convert("L").getextrema()[1]
+                        facts["lightest"] = to_grey(im).getextrema()[1]
     except Image.DecompressionBombError as exc:
         size = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow says the image's pixels only in its message
         facts["error"] = (f"too large: {_pixels(int(size.group(1))) + ', ' if size else ''}over Pillow's "
@@ -122,17 +122,29 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int], alpha_mask: bool) 
     if has_alpha(im) and im.mode not in HIGH_BIT_MODES:
         rgba = im.convert("RGBA")
         return _composited(rgba.convert("RGB"), rgba.getchannel("A"), background, alpha_mask)
-    if im.mode in HIGH_BIT_MODES:  # Pillow's own convert clips these at 255 instead of scaling
+    if im.mode in HIGH_BIT_MODES:
         array = np.asarray(im).astype(np.float32)
-        peak = float(array.max()) if array.size else 0.0  # 'I' and 'F' carry no bit depth: guess it from the peak
-        top = 65535.0 if im.mode.startswith("I;16") or peak > 255 else 1.0 if im.mode == "F" and peak <= 1 else 255.0
-        grey = np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
+        grey = _eight_bit(im, array)
         transparent = im.info.get("transparency")
         if isinstance(transparent, (int, float)):  # a 16-bit grey PNG's tRNS: one grey level is see-through
             alpha = Image.fromarray(np.where(array == transparent, 0, 255).astype(np.uint8))
             return _composited(Image.fromarray(grey).convert("RGB"), alpha, background, alpha_mask)
         return Image.fromarray(grey).convert("RGB"), None
     return im.convert("RGB"), None
+
+
+def to_grey(im: Image.Image) -> Image.Image:
+    """A mask's grey levels in 8 bits: a 16-bit or float one scaled as to_rgb scales images (white stays white)."""
+    if im.mode in HIGH_BIT_MODES:
+        return Image.fromarray(_eight_bit(im, np.asarray(im).astype(np.float32)))
+    return im.convert("L")
+
+
+def _eight_bit(im: Image.Image, array: np.ndarray) -> np.ndarray:
+    """A high-bit grey image's levels in 0-255 (Pillow's own convert clips them at 255 instead of scaling)."""
+    peak = float(array.max()) if array.size else 0.0  # 'I' and 'F' carry no bit depth: guess it from the peak
+    top = 65535.0 if im.mode.startswith("I;16") or peak > 255 else 1.0 if im.mode == "F" and peak <= 1 else 255.0
+    return np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
 def _composited(rgb: Image.Image, alpha: Image.Image, background: tuple[int, int, int], alpha_mask: bool

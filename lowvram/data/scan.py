@@ -32,6 +32,7 @@ from lowvram.data.image_files import (
     SUPPORTED,
     UNSUPPORTED_SUFFIXES,
     file_facts,
+    to_grey,
     to_rgb,
 )
 from lowvram.errors import LowvramError
@@ -48,6 +49,8 @@ UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
 PROGRESS_FROM = 50  # files; fewer scan in a blink
 NOTES_LISTED_UP_TO = 20  # usable files with notes printed without --verbose
 MASK_SUFFIX = "-masklabel.png"  # OneTrainer's loss masks: <image stem>-masklabel.png beside the image, never an image
+# OneTrainer's label files beside an image, of any type: never images (it leaves them out of the images so too)
+LABEL_STEMS = ("-masklabel", "-condlabel")
 MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
 
 
@@ -102,6 +105,7 @@ class ImageRecord:
     non_utf8_caption: str | None = None  # the caption file (relative path) when it was read as cp1252, not UTF-8
     mask: Path | None = None  # its loss mask file, with --masked-loss
     mask_sha256: str = ""
+    mask_mode: str = ""  # its Pillow mode: a 16-bit one's grey levels are scaled, as they were not before
     loss_weight: float = 1.0  # its folder's
     resolution: int | None = None  # its folder's own (None: the run's resolutions)
     batch_size: int | None = None  # its folder's own (None: the run's)
@@ -358,7 +362,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
     for image_folder in folders:
         folder = image_folder.path
         where = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
-        unknown, masks, stems, unlisted, keys = [], [], set(), [], set()
+        unknown, masks, stems, unlisted, keys, unread = [], [], set(), [], set(), []
         try:
             entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
         except OSError as exc:
@@ -369,8 +373,10 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
             if path.is_dir():
                 if path not in listed and not (folder == root and root_judged):
                     notes.append(f"ignored folder {where}{path.name}/: images must sit directly in {container}")
-            elif path.name.lower().endswith(MASK_SUFFIX):
+            elif path.name.endswith(MASK_SUFFIX):
                 masks.append(path.name)
+            elif path.stem.lower().endswith(LABEL_STEMS):  # a mask of another type or case, a OneTrainer condlabel
+                unread.append(path.name)
             elif suffix in IMAGE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES:
                 key = _metadata_key(path, image_folder.captions)
                 if image_folder.captions is not None and key is None:
@@ -389,6 +395,10 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
         if image_folder.captions is not None and len(image_folder.captions) > len(keys - {None}):
             notes.append(f"{len(image_folder.captions) - len(keys - {None})} metadata_file entries name no image in "
                          f"{where or './'}")
+        if unread:
+            notes.append(f"ignored {len(unread)} label file(s) in {where or './'}, not images and not read as masks: "
+                         f"{', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''} (a mask is read as "
+                         f"<image name>{MASK_SUFFIX}, as OneTrainer reads it)")
         orphans = [name for name in masks if name[:-len(MASK_SUFFIX)] not in stems]
         if orphans:
             notes.append(f"ignored {len(orphans)} mask file(s) in {where or './'} without an image of the same name: "
@@ -465,7 +475,8 @@ def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_i
                   "(a mask drawn in transparency goes in its grey levels) or delete it")
     else:
         resized = () if shape == (record.width, record.height) else (f"mask resized from {shape[0]}x{shape[1]}",)
-        return replace(record, mask=mask, mask_sha256=facts["sha256"], notes=record.notes + resized)
+        return replace(record, mask=mask, mask_sha256=facts["sha256"], mask_mode=facts["mode"],
+                       notes=record.notes + resized)
     return replace(record, usable=False, reason=reason, bucket=None)
 
 
@@ -572,7 +583,7 @@ def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions(
             if not (options.masked_loss and record.mask):
                 return image, alpha
             with Image.open(record.mask, formats=PIL_FORMATS) as im:
-                mask = ImageOps.exif_transpose(im).convert("L").resize(image.size, Image.Resampling.BILINEAR)
+                mask = to_grey(ImageOps.exif_transpose(im)).resize(image.size, Image.Resampling.BILINEAR)
             return image, mask if alpha is None else ImageChops.multiply(mask, alpha)
     except Exception as exc:  # noqa: BLE001
         raise LowvramError(f"{record.path}: could not be decoded for training ({exc}); did it or its mask change "

@@ -55,7 +55,8 @@ INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed
 REFUSED = {
     "conditioning_data_dir": "ControlNet training is not something lowvram does; for kohya's masked loss (its masks "
                              "in that folder), put each mask beside its image as <image name>-masklabel.png and "
-                             "train with --masked-loss",
+                             "train with --masked-loss (its brightness weighs the loss, as OneTrainer reads it; "
+                             "kohya read the red channel: a mask drawn in grey reads the same)",
     "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
     "skip_image_resolution": "lowvram skips no images by resolution; leave it out (`lowvram check-data` lists small "
                              "images, and --small-images skip leaves them out)",
