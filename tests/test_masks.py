@@ -40,6 +40,9 @@ def test_the_scan_pairs_masks_with_their_images_and_never_takes_them_for_images(
     in_alpha = Image.new("RGBA", (96, 112), (0, 0, 0, 0))  # drawn in transparency: black in every grey level
     in_alpha.paste((0, 0, 0, 255), (0, 0, 48, 112))
     in_alpha.save(folder / "03_orange_circle-masklabel.png")
+    see_through = Image.new("RGBA", (96, 112), (255, 255, 255, 0))  # white where hidden: the whole image trains
+    see_through.paste((255, 255, 255, 255), (0, 0, 48, 112))
+    see_through.save(folder / "05_green_triangle-masklabel.png")
     # OneTrainer's other label files and masks saved otherwise: never images (a JPEG mask trained as one), and said
     left_half_white(96, 112).save(folder / "05_green_triangle-masklabel.jpg")
     left_half_white(96, 112).save(folder / "01_yellow_square-MaskLabel.PNG")
@@ -48,7 +51,7 @@ def test_the_scan_pairs_masks_with_their_images_and_never_takes_them_for_images(
     assert main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--report", str(report)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert json.loads(report.read_text())["summary"]["usable"] == 6  # masks are no images, with or without the flag
-    assert "4 image(s) have a -masklabel.png mask (OneTrainer's), unused: --masked-loss" in out
+    assert "5 image(s) have a -masklabel.png mask (OneTrainer's), unused: --masked-loss" in out
     assert "ignored 1 mask file(s) in 5_lvshape/ without an image of the same name: lost-masklabel.png" in out
     assert ("ignored 3 label file(s) in 5_lvshape/, not images and not read as masks: 01_yellow_square-MaskLabel.PNG, "
             "01_yellow_square-condlabel.png, 05_green_triangle-masklabel.jpg (a mask is read as <image "
@@ -57,7 +60,10 @@ def test_the_scan_pairs_masks_with_their_images_and_never_takes_them_for_images(
     main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--masked-loss", "--report", str(masked)])
     records = {r["relpath"].split("/")[-1]: r for r in json.loads(masked.read_text())["records"]}
     assert records["00_red_circle.png"]["mask"].endswith("00_red_circle-masklabel.png")
+    assert not any("transparency" in note for note in records["00_red_circle.png"]["notes"])
     assert "no mask: trained everywhere" in records["01_yellow_square.png"]["notes"]
+    assert ("05_green_triangle-masklabel.png's transparency is not read: its grey levels weigh the loss"
+            in records["05_green_triangle.png"]["notes"])
     assert records["02_white_triangle.png"]["reason"].startswith(
         "mask of another shape: 02_white_triangle-masklabel.png is 64x96, the image 96x96")
     assert records["04_blue_square.png"]["reason"].startswith("mask unreadable: 04_blue_square-masklabel.png is")

@@ -475,6 +475,8 @@ def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_i
                   "(a mask drawn in transparency goes in its grey levels) or delete it")
     else:
         resized = () if shape == (record.width, record.height) else (f"mask resized from {shape[0]}x{shape[1]}",)
+        if facts["has_alpha"]:  # (as kohya and OneTrainer read a mask: what is see-through weighs by its grey)
+            resized += (f"{mask.name}'s transparency is not read: its grey levels weigh the loss",)
         return replace(record, mask=mask, mask_sha256=facts["sha256"], mask_mode=facts["mode"],
                        notes=record.notes + resized)
     return replace(record, usable=False, reason=reason, bucket=None)
