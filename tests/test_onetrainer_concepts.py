@@ -239,3 +239,5 @@ def test_epochs_of_a_fractional_balancing_end_where_their_images_do(tmp_path, mo
         with safe_open(str(save), "pt") as f:
             with_steps[save.name] = (int(f.metadata()["ss_steps"]), int(f.metadata()["ss_epoch"]))
     assert sorted(with_steps.values()) == [(end, epoch + 1) for epoch, end in enumerate(ends[:-1])]
+    with safe_open(str(result.lora_path), "pt") as f:  # the epochs the run trains, as kohya's ss_num_epochs says
+        assert f.metadata()["ss_num_epochs"] == "6"  # (from epoch 0's length: 5 or 8 with this seed or another)

@@ -164,4 +164,7 @@ def test_prodigy_refuses_a_second_rate_before_anything_loads():
                                                rf"{flag}$"):
             run_config(optimizer="prodigy", lr=1.0, **values)
     run_config(optimizer="prodigy", lr=1.0, train_text_encoder=True, text_encoder_lr=1.0, down_lr_weight="0,0,1")
+    # D-Adaptation's classes (kohya's DAdaptAdam ...) refuse a second rate as prodigyopt does
+    with pytest.raises(LowvramError, match=r"--loraplus-ratio: dadaptation.DAdaptAdam takes one rate for all"):
+        run_config(optimizer="dadaptation.DAdaptAdam", loraplus_ratio=4.0)
     run_config(optimizer="adamw", train_text_encoder=True, text_encoder_lr=5e-5, loraplus_ratio=4.0)

@@ -293,6 +293,18 @@ def test_an_fp32_run_of_a_full_size_model_is_planned_at_fp32_activations():
     real = trace_sampling("sd15", 512, dtype=torch.float32)["activation_bytes"]
     assert real <= est.vram["sampling"]["activations"] <= 1.10 * real
 
+    def network_extra(precision: dict) -> int:  # what LoHa adds: its delta weights, fp32 in either precision
+        hardware = load_profile("gtx-1660-6gb")
+        lora, loha = (estimate(work("sd15", 512, network=network, **precision), MemoryStrategy(
+            precision.get("native_format", "bf16"), False, "adamw"), hardware) for network in ("lora", "loha"))
+        return loha.vram["training"]["activations"] - lora.vram["training"]["activations"]
+
+    assert network_extra({"compute_bytes": 4, "mixed_precision": "no", "native_format": "fp32"}) == network_extra({})
+    # the tiny families were traced in fp32: their VAE's figure is an fp32 VAE's already
+    tiny = [estimate(work("tiny-sdxl", 64, vae_fp32=vae_fp32), MemoryStrategy("fp32", False, "adamw"),
+                     hardware_for(None, "8GB", "16GB")).vram["latent caching"]["activations"] for vae_fp32 in (0, 1)]
+    assert tiny[0] == tiny[1]
+
 
 def test_plan_scans_a_real_dataset_too(tmp_path):
     from messy_dataset import write_messy_dataset

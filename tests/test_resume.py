@@ -389,9 +389,10 @@ def test_resuming_past_a_shorter_end_says_which_step_the_lora_is_of(tmp_path, ca
     train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=4))
     capsys.readouterr()
     result = train(run_config(output=str(tmp_path), max_steps=2, resume="auto", name="short"))
+    out = " ".join(capsys.readouterr().out.split())
     assert ("nothing left to train: the run ends at step 2, before the checkpoint's 4 (raise --max-steps or --epochs "
-            "to train further); writing the LoRA of step 4 from the checkpoint") in " ".join(
-        capsys.readouterr().out.split())
+            "to train further); writing the LoRA of step 4 from the checkpoint") in out
+    assert "trained no further steps (the LoRA is step 4's, from its checkpoint) in 0:00:" in out
     assert result.steps == 4
 
 

@@ -275,7 +275,7 @@ def widened(work: Workload, entries: list[dict]) -> bool:
 
 def vae_factor(work: Workload, entries: list[dict]) -> int:
     """A VAE's activations against its 16-bit trace: twice as large in fp32 (SDXL's under fp16, or an fp32 run)."""
-    return 2 if work.vae_fp32 or widened(work, entries) else 1
+    return 2 if (work.vae_fp32 or work.compute_bytes == 4) and entries[0].get("dtype") != "fp32" else 1
 
 
 def caching_phase(work: Workload, data: dict, context: int, vae_bytes: int, hardware: Hardware
@@ -440,8 +440,9 @@ def unet_activations(data: dict, work: Workload, strategy: MemoryStrategy, train
                       * WEIGHT_FORMATS[strategy.unet_weights].untraced_activation_factor
                       * (DORA_ACTIVATION_FACTOR if work.network == "dora" else 1.0))
     activations += wider_layers_activations(data["training"], work, strategy.gradient_checkpointing)
-    activations += delta_weight_bytes(data, work, trained_parts, strategy.gradient_checkpointing)
-    return int(activations * (FP32_TRAINING[bool(strategy.gradient_checkpointing)] if widened(work, traced) else 1))
+    activations *= FP32_TRAINING[bool(strategy.gradient_checkpointing)] if widened(work, traced) else 1
+    # (LoHa's and LoKr's delta weights are fp32 already)
+    return int(activations) + delta_weight_bytes(data, work, trained_parts, strategy.gradient_checkpointing)
 
 
 def checkpointed_shares(data: dict, count: int | None) -> tuple[float, float]:

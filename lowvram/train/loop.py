@@ -107,7 +107,7 @@ def run_training(session: Session) -> TrainResult:
 
     # kohya's figures: its dataloader's batches (one process's share) and the epochs the steps reach into
     shape = TrainingShape(datetime.now(timezone.utc), -(-prepared.data.batches_per_epoch // session.world),
-                          -(-schedule.total_steps // schedule.steps_per_epoch), schedule.total_steps)
+                          schedule.epochs_at(schedule.total_steps), schedule.total_steps)
     # written first: it is what `--config ... --resume auto` continues an interrupted run with
     config_path = out_dir / f"{name}.toml"
     if session.main and not outdir.write_options(config_path, tomli_w.dumps(config.to_toml_dict())):
@@ -235,7 +235,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     took = clock((datetime.now(timezone.utc) - started).total_seconds())
     logs = session.out_dir / LOGS
     viewer = f"; TensorBoard: tensorboard --logdir {logs}" if config.output.tensorboard else ""
-    steps = f"steps {resumed_at + 1} to {step}" if resumed_at else f"to step {step}"
+    steps = (f"to step {step}" if not resumed_at else f"steps {resumed_at + 1} to {step}" if step > resumed_at
+             else f"no further steps (the LoRA is step {step}'s, from its checkpoint)")
     session.console.print(f"trained {steps} in {took}; each step's figures are in "
                           f"{session.out_dir / METRICS}{viewer}", soft_wrap=True, highlight=False)
     if peaks.bytes:
