@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
+from lowvram.adapters.lora_files import UNET_KOHYA_PREFIX
 from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, output_problem
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.models.detect import detect_family
-from lowvram.models.families import DEFAULT_READING, clip_skip_problem, prompt_reading
+from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.option_values import parse_source
 from lowvram.prompts import MAX_SEED, MAX_SIDE, SamplePrompt, parse_prompt
@@ -29,6 +30,9 @@ from lowvram.train.setup import WEIGHT_DTYPES
 
 WRITTEN_FORMATS = {suffix: IMAGE_FORMATS[suffix][0] for suffix in WRITTEN_IMAGE_SUFFIXES}  # Pillow's names
 MIN_RESOLUTION, MAX_RESOLUTION = 64, MAX_SIDE
+# the key prefixes of kohya's and LyCORIS's files: the U-Net's and every family's text encoders'
+KOHYA_PREFIXES = tuple(sorted({f"{prefix}_" for prefix in (UNET_KOHYA_PREFIX, *(
+    spec.kohya_prefix for family in FAMILIES.values() for spec in family.text_encoders))}))
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
@@ -192,6 +196,9 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
         except (ValueError, KeyError, RuntimeError) as exc:
             raise LowvramError(f"--lora: {path} does not fit {model.family.title}: "
                                f"{str(exc).splitlines()[0]}") from None
+        if not any(name in loaded for loaded in model.pipeline.get_list_adapters().values()):
+            raise LowvramError(f"--lora: {path}: diffusers placed none of its layers in {model.family.title}; is it "
+                               "a LoRA for this model, in kohya's, diffusers' or peft's naming?")
     if theirs:
         model.pipeline.set_adapters(names[: len(theirs)], adapter_weights=[weight for _, weight in theirs])
 
@@ -223,23 +230,17 @@ def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
 
 
 def _read_with_peft(path: Path) -> bool:
-    """Whether lowvram's own reader applies the file: a DoRA, LoHa or LoKr (diffusers drops or refuses them), a
-    LoCon with Tucker cores (lora_mid), a file lowvram wrote (its reader is the exact inverse of the writer), or
-    one whose alphas differ between layers (diffusers' kohya converter misplaces the alphas of attention layers,
-    which shows then), a layer without one (alpha = rank, scale 1, for kohya and ComfyUI) counting as differing:
-    diffusers scales it by another layer's alpha. Other plain LoRAs go through diffusers."""
+    """Whether lowvram's own reader applies the file: any in kohya's or LyCORIS's naming (lora_unet_..., lora_te_...:
+    it reads them exactly, as merge and --base-weights do, and refuses what it cannot place; diffusers' converter
+    drops DoRA, LoHa and LoKr, misplaces alphas, and lost a text encoder's q/k/v where no out_proj came with them),
+    or a file lowvram wrote. Other layouts (diffusers' and peft's own) go through diffusers."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
             ours = "lowvram.network" in (f.metadata() or {})
-            ours |= len({float(f.get_tensor(key)) for key in keys if key.endswith(".alpha")}) > 1
-            pairs = {key.split(".", 1)[0] for key in keys if key.endswith(".lora_down.weight")}
-            alphas = {key.split(".", 1)[0] for key in keys if key.endswith(".alpha")}
-            ours |= bool(alphas) and not pairs <= alphas
     except (OSError, SafetensorError) as exc:  # truncated, or not safetensors at all: one line, as train says it
         raise LowvramError(f"--lora: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]}); "
                            "pass a LoRA .safetensors file") from None
-    markers = (".hada_w1_a", ".lokr_w", ".dora_scale", ".lora_mid.")
-    return ours or any(marker in key for key in keys for marker in markers)
+    return ours or any(key.startswith(KOHYA_PREFIXES) for key in keys)

@@ -225,3 +225,50 @@ def test_merging_sdxl_files_of_both_namings_adds_each_layers_updates(tmp_path):
     networks.add_lora(model, config.network, config.alpha, False)
     with pytest.raises(LowvramError, match="--network-weights: .* holds one layer under two names"):
         lora_files.start_from(model, both, config.network)
+
+
+def _kohya_layers(module: torch.nn.Module, prefix: str, suffixes: tuple[str, ...], rank: int = 4) -> dict:
+    """A kohya LoRA of `module`'s Linear layers whose names end in `suffixes`, at alpha = rank, random both ways."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, torch.nn.Linear) and name.endswith(suffixes):
+            base = f"{prefix}_{name.replace('.', '_')}"
+            tensors[f"{base}.lora_down.weight"] = torch.randn(rank, layer.in_features, generator=generator)
+            tensors[f"{base}.lora_up.weight"] = torch.randn(layer.out_features, rank, generator=generator)
+            tensors[f"{base}.alpha"] = torch.tensor(float(rank))
+    return tensors
+
+
+def test_generate_applies_a_kohya_text_encoder_lora_without_out_proj_whole(tmp_path):
+    """A kohya LoRA of CLIP's q/k/v and MLP without out_proj: diffusers' converter took it for its newer layout and
+    dropped q/k/v unsaid (the image differed from the merged model's); lowvram's reader places every layer."""
+    model = load_model("tiny")
+    encoder = model.text_encoders[0]
+    tensors = _kohya_layers(encoder, "lora_te_text_model", ("q_proj", "k_proj", "v_proj", "fc1", "fc2"))
+    tensors = {key.replace("lora_te_text_model_text_model_", "lora_te_text_model_"): t for key, t in tensors.items()}
+    path = tmp_path / "te.safetensors"
+    save_file(tensors, str(path))
+    apply_loras(model, [(path, 1.0)])
+    adapted = {name.rsplit(".", 1)[-1] for name, _ in networks.adapted_layers(model.text_encoders[0])}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "fc1", "fc2"}
+
+
+def test_files_lowvram_cannot_apply_whole_are_refused_not_applied_in_part(tmp_path):
+    """A LyCORIS LoKr with whole Kronecker factors (full_matrix) was applied as zero, unsaid; a file in OneTrainer's
+    dotted naming made generate end in a traceback."""
+    model = load_model("tiny")
+    name = next(n for n, layer in model.unet.named_modules() if n.endswith("ff.net.0.proj"))  # 256 x 32
+    out_features, in_features = dict(model.unet.named_modules())[name].weight.shape
+    base = "lora_unet_" + name.replace(".", "_")
+    whole = tmp_path / "lokr.safetensors"
+    save_file({f"{base}.lokr_w1": torch.randn(4, 4), f"{base}.lokr_w2": torch.randn(out_features // 4, in_features // 4),
+               f"{base}.alpha": torch.tensor(4.0)}, str(whole))
+    with pytest.raises(LowvramError, match=r"holds whole Kronecker factors \(LyCORIS's full_matrix LoKr\), which "
+                                           r"lowvram cannot apply; use it in ComfyUI or AUTOMATIC1111"):
+        lora_files.load_kohya(model, whole)
+    dotted = tmp_path / "dotted.safetensors"
+    save_file({f"lora_unet.{name}.lora_down.weight": torch.randn(4, in_features),
+               f"lora_unet.{name}.lora_up.weight": torch.randn(out_features, 4)}, str(dotted))
+    with pytest.raises(LowvramError, match=r"diffusers placed none of its layers in tiny SD"):
+        apply_loras(load_model("tiny"), [(dotted, 1.0)])

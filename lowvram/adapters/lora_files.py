@@ -308,11 +308,19 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
         state = {f"{name}.{_peft_suffix(suffix)}": _peft_tensor(suffix, tensor)
                  for name, own in found.items() for suffix, tensor in own.items() if suffix != "alpha"}
         try:
-            set_peft_model_state_dict(module, state)
+            loaded = set_peft_model_state_dict(module, state)
         except RuntimeError as exc:  # its first line says only "Error(s) in loading state_dict": the last names one
             detail = str(exc).strip().splitlines()[-1].strip()
             raise LowvramError(f"{flag}: {path} does not fit {model.family.title}: {detail}; was it trained for "
                                "another model family?") from None
+        # a tensor peft's layers have no place for would leave them at their start (zero), the file unapplied
+        unplaced = sorted(getattr(loaded, "unexpected_keys", ()))
+        if unplaced:
+            whole = any({"lokr_w1", "lokr_w2"} & set(key.split(".")) for key in unplaced)
+            raise LowvramError(f"{flag}: {path} holds " + ("whole Kronecker factors (LyCORIS's full_matrix LoKr), "
+                               "which lowvram cannot apply; use it in ComfyUI or AUTOMATIC1111" if whole else
+                               f"tensors lowvram has no place for ({unplaced[0]}, {len(unplaced)} in all); is it "
+                               "a LoRA of another kind?"))
         for _, layer in adapted_layers(module):
             layer.scaling[ADAPTER] *= strength
     missing = sorted(set(layers) - placed)
