@@ -20,7 +20,7 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
-from lowvram.lora_header import network_options, network_weights_problem
+from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
 from lowvram.option_values import (
     caption_extension_problem,
@@ -127,11 +127,11 @@ def _file_problems(c: RunConfig) -> list[str]:
             p.append(f"--base-weights: file not found: {path}")
         else:
             try:
-                why = None if network_options(path) else "no LoRA, DoRA, LoHa or LoKr layers"
+                why = None if network_options(path) else no_layers_why(path)
             except (OSError, ValueError) as exc:
-                why = f"not a safetensors file ({exc})"
+                why = f"not a safetensors file ({exc}); name a LoRA file (a model checkpoint is --model)"
             if why:
-                p.append(f"--base-weights: {path}: {why}; name a LoRA file (a model checkpoint is --model)")
+                p.append(f"--base-weights: {path}: {why}")
     if c.network.network_weights and not c.training.resume and Path(c.network.network_weights).is_file():
         p += filter(None, [network_weights_problem(c.network)])
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():

@@ -152,6 +152,17 @@ def same_alpha(stored: float, wanted: float) -> bool:
     return abs(stored - wanted) <= 2**-8 * max(1.0, abs(wanted))
 
 
+def no_layers_why(path: Path) -> str:
+    """Why a file holds no layers lowvram's reader takes, in words: another layout of LoRA, or no LoRA at all."""
+    names = list(read_header(path)[1])
+    if any(".lora_A." in name or ".lora.down." in name or ".lora_linear_layer." in name for name in names):
+        return ("its layers are in diffusers' or peft's layout, not kohya's (lora_unet_..., lora_te_...); ComfyUI, "
+                "kohya's scripts and `lowvram train --format kohya` write that")
+    if any(name.startswith("lora_unet.") for name in names):
+        return "its layers are in OneTrainer's dotted naming; save it from OneTrainer in kohya's (lora_unet_...)"
+    return "no LoRA, DoRA, LoHa or LoKr layers: name a LoRA file (a model checkpoint is --model)"
+
+
 def network_weights_problem(network) -> str | None:
     """Where the run's --network, --rank/--alpha or --conv-rank/--conv-alpha (a NetworkConfig) differ from the
     --network-weights file's, the line that names the file's: said before any caching, where the file is read only
@@ -162,6 +173,8 @@ def network_weights_problem(network) -> str | None:
     except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
         return None  # a missing or broken file is named by the config check, or where it is read
     flag = f"--network-weights: {path}"
+    if not held:
+        return f"{flag}: {no_layers_why(Path(path))}"
     if held.get("network", network.network) != network.network:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
     if any(getattr(network, name) is not None for name in BLOCK_OPTIONS):

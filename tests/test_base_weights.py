@@ -2,6 +2,7 @@
 before training, at their weights, so the new LoRA trains on top of them; paths in a config file are found beside
 it, and a file that is not there is one line before anything loads."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,20 @@ def test_a_base_weights_file_missing_misweighted_pickled_or_no_lora_is_one_line_
     assert len(lines) == 5, lines
     assert f"--base-weights: file not found: {tmp_path / 'gone.safetensors'}" in lines
     assert any("weight 'strong'" in line for line in lines) and any("old.ckpt" in line for line in lines)
-    assert f"--base-weights: {tmp_path / 'model.safetensors'}: no LoRA, DoRA, LoHa or LoKr layers; name a LoRA file " \
+    assert f"--base-weights: {tmp_path / 'model.safetensors'}: no LoRA, DoRA, LoHa or LoKr layers: name a LoRA file " \
            "(a model checkpoint is --model)" in lines
     assert any(line.startswith(f"--base-weights: {tmp_path / 'junk.safetensors'}: not a safetensors file")
                for line in lines)
+
+
+def test_a_lora_in_another_layout_is_named_so_before_anything_loads(tmp_path):
+    """A LoRA in diffusers' layout as --base-weights was called no LoRA ("name a LoRA file"), and as
+    --network-weights it failed after the caching, naming no file."""
+    diffusers = tmp_path / "pytorch_lora_weights.safetensors"
+    save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 32),
+               "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.zeros(32, 4)}, str(diffusers))
+    for option in ("base_weights", "network_weights"):
+        with pytest.raises(LowvramError, match=rf"--{option.replace('_', '-')}: {re.escape(str(diffusers))}: its "
+                                               r"layers are in diffusers' or peft's layout, not kohya's"):
+            build_config({"model": "tiny", "data": "sample",
+                          option: [str(diffusers)] if option == "base_weights" else str(diffusers)})
