@@ -272,3 +272,15 @@ def test_files_lowvram_cannot_apply_whole_are_refused_not_applied_in_part(tmp_pa
                f"lora_unet.{name}.lora_up.weight": torch.randn(out_features, 4)}, str(dotted))
     with pytest.raises(LowvramError, match=r"diffusers placed none of its layers in tiny SD"):
         apply_loras(load_model("tiny"), [(dotted, 1.0)])
+
+
+def test_a_dora_at_another_strength_is_refused_not_half_applied(tmp_path):
+    """peft scales a DoRA's low-rank part alone: at strength 0 it still changed the model (ComfyUI's and LyCORIS's
+    strengths scale its whole change, 0 giving the base model)."""
+    path = tmp_path / "dora.safetensors"
+    base = kohya_key("lora_te", TE_Q)
+    save_file({f"{base}.lora_down.weight": random(4, 32), f"{base}.lora_up.weight": random(32, 4),
+               f"{base}.alpha": torch.tensor(2.0), f"{base}.dora_scale": random(32, 1).abs() + 1}, str(path))
+    with pytest.raises(LowvramError, match=r"^--lora: .* is a DoRA, which lowvram applies at strength 1 only"):
+        apply_loras(load_model("tiny"), [(path, 0.5)])
+    apply_loras(load_model("tiny"), [(path, 1.0)])

@@ -266,6 +266,10 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
 
     metadata, tensors = read_lora_file(path)
     network = _network_of(tensors, flag)
+    if network == "dora" and strength != 1:  # peft scales DoRA's low-rank part only: at 0 it still changes the model
+        raise LowvramError(f"{flag}: {path} is a DoRA, which lowvram applies at strength 1 only (a strength scales "
+                           f"its low-rank part alone, not its whole change: {strength:g} would not be ComfyUI's "
+                           "or AUTOMATIC1111's); give it at 1, or use it at another strength in ComfyUI")
     layers = by_layer(tensors)
     problem = layers_problem(layers)
     if problem:
