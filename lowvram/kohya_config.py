@@ -144,8 +144,14 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
             notes.append(f"{' and '.join(ignored)} not used: dataset_config names the images, as in kohya")
     values |= _network(left, notes, problem)
     values |= _base_weights(left, problem)
+    rate_given = any(left.get(key) is not None for key in ("learning_rate", "unet_lr"))
     values |= _learning_rates(left, values["train_text_encoder"], problem)
     optimizer = _optimizer(left, notes, problem)
+    spec = spec_of(optimizer.get("optimizer", "adamw"))
+    if spec.learning_rate_free and not rate_given:  # kohya warns of its default there, and trains almost nothing
+        values["lr"] = spec.default_lr
+        notes.append(f"learning_rate: not given; kohya's default {KOHYA_LEARNING_RATE:g} scales {spec.name}'s own "
+                     f"step size to almost nothing (kohya warns so): --lr {spec.default_lr:g}, its usual scale")
     values |= _length_and_saves(left, notes, problem)
     if spec_of(optimizer.get("optimizer", "adamw")).schedule_free:
         _without_schedule(values, optimizer["optimizer"], scheduler_type, notes)

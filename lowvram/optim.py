@@ -92,9 +92,8 @@ OPTIMIZER_CHOICES = NamesOrClassPath(OPTIMIZERS)
 
 
 # classes that find the step size themselves, --lr a multiplier around 1, and that refuse a second rate among their
-# parameter groups (kohya's DAdaptAdam, DAdaptLion, DAdaptSGD and Prodigy are these)
-LEARNING_RATE_FREE_CLASSES = ("prodigyopt.Prodigy", "dadaptation.DAdaptAdam", "dadaptation.DAdaptLion",
-                              "dadaptation.DAdaptSGD", "dadaptation.DAdaptAdamPreprint")
+# parameter groups: prodigyopt's, and every D-Adaptation class (kohya's DAdaptAdam, DAdaptLion, DAdaptAdaGrad ...)
+LEARNING_RATE_FREE_CLASSES = ("prodigyopt.Prodigy", "dadaptation.")
 
 
 def spec_of(name: str) -> Optimizer:
@@ -102,7 +101,7 @@ def spec_of(name: str) -> Optimizer:
     its settings any, its library's weight decay the usual 0."""
     if name in OPTIMIZERS:
         return OPTIMIZERS[name]
-    free = name in LEARNING_RATE_FREE_CLASSES
+    free = name.startswith(LEARNING_RATE_FREE_CLASSES)
     return Optimizer(name, 8, 1.0, f"{name} (a class)", library_weight_decay=0, schedule_free=_is_schedule_free(name),
                      learning_rate_free=free, default_lr=1.0 if free else Optimizer.default_lr)
 

@@ -47,6 +47,7 @@ def test_the_scan_pairs_masks_with_their_images_and_never_takes_them_for_images(
     left_half_white(96, 112).save(folder / "05_green_triangle-masklabel.jpg")
     left_half_white(96, 112).save(folder / "01_yellow_square-MaskLabel.PNG")
     left_half_white(96, 112).save(folder / "01_yellow_square-condlabel.png")
+    (folder / "01_yellow_square-condlabel.txt").write_text("a caption, not a label")
     report = tmp_path / "plain.json"
     assert main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--report", str(report)]) == 0
     out = " ".join(capsys.readouterr().out.split())

@@ -1,6 +1,7 @@
 """--optimizer-arg KEY=VALUE (kohya's optimizer_args): each optimizer's own settings reach its real constructor,
 wrong ones are one line naming what it takes, and kohya's and OneTrainer's settings carry over."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,20 @@ def test_prodigy_refuses_a_second_rate_before_anything_loads():
             run_config(optimizer="prodigy", lr=1.0, **values)
     run_config(optimizer="prodigy", lr=1.0, train_text_encoder=True, text_encoder_lr=1.0, down_lr_weight="0,0,1")
     # D-Adaptation's classes (kohya's DAdaptAdam ...) refuse a second rate as prodigyopt does
-    with pytest.raises(LowvramError, match=r"--loraplus-ratio: dadaptation.DAdaptAdam takes one rate for all"):
-        run_config(optimizer="dadaptation.DAdaptAdam", loraplus_ratio=4.0)
+    for name in ("dadaptation.DAdaptAdam", "dadaptation.DAdaptAdaGrad", "dadaptation.experimental.DAdaptAdamPreprint"):
+        with pytest.raises(LowvramError, match=rf"--loraplus-ratio: {re.escape(name)} takes one rate for all"):
+            run_config(optimizer=name, loraplus_ratio=4.0)
+        assert run_config(optimizer=name).lr == 1.0  # its scale, not AdamW's rate
+
+
+def test_a_kohya_config_for_a_learning_rate_free_optimizer_without_a_rate_trains_at_its_scale(tmp_path):
+    """kohya's default learning_rate (2e-6) scales D-Adaptation's or Prodigy's own step size to almost nothing, and
+    kohya warns so: --lr 1 with a note (the config was refused, naming an --lr it never gave)."""
+    values, notes = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
+                               "optimizer_type": "DAdaptAdam"}, tmp_path / "k.toml")
+    assert values["lr"] == 1.0 and any(note.startswith("learning_rate: not given; kohya's default 2e-06 scales "
+                                                       "dadaptation.DAdaptAdam's own step size") for note in notes)
+    values, _ = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
+                           "optimizer_type": "DAdaptAdam", "learning_rate": 0.5}, tmp_path / "k.toml")
+    assert values["lr"] == 0.5
     run_config(optimizer="adamw", train_text_encoder=True, text_encoder_lr=5e-5, loraplus_ratio=4.0)

@@ -317,7 +317,8 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
             detail = str(exc).strip().splitlines()[-1].strip()
             raise LowvramError(f"{flag}: {path} does not fit {model.family.title}: {detail}; was it trained for "
                                "another model family?") from None
-        # a tensor peft's layers have no place for would leave them at their start (zero), the file unapplied
+        # a tensor peft's layers have no place for would leave them at their start (zero), the file unapplied; one
+        # they lack, at their start (random, or zero): either applies a part of the file
         unplaced = sorted(getattr(loaded, "unexpected_keys", ()))
         if unplaced:
             whole = any({"lokr_w1", "lokr_w2"} & set(key.split(".")) for key in unplaced)
@@ -325,6 +326,10 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
                                "which lowvram cannot apply; use it in ComfyUI or AUTOMATIC1111" if whole else
                                f"tensors lowvram has no place for ({unplaced[0]}, {len(unplaced)} in all); is it "
                                "a LoRA of another kind?"))
+        unfilled = sorted(key for key in getattr(loaded, "missing_keys", ()) if f".{ADAPTER}" in key)
+        if unfilled:
+            raise LowvramError(f"{flag}: {path} lacks a tensor of a layer ({unfilled[0]}, {len(unfilled)} in all): "
+                               "is the file whole?")
         for _, layer in adapted_layers(module):
             layer.scaling[ADAPTER] *= strength
     missing = sorted(set(layers) - placed)

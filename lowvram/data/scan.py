@@ -375,7 +375,8 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                     notes.append(f"ignored folder {where}{path.name}/: images must sit directly in {container}")
             elif path.name.endswith(MASK_SUFFIX):
                 masks.append(path.name)
-            elif path.stem.lower().endswith(LABEL_STEMS):  # a mask of another type or case, a OneTrainer condlabel
+            elif path.stem.lower().endswith(LABEL_STEMS) and suffix in (*IMAGE_SUFFIXES, *UNSUPPORTED_SUFFIXES):
+                # a mask of another type or case, a OneTrainer condlabel: no image
                 unread.append(path.name)
             elif suffix in IMAGE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES:
                 key = _metadata_key(path, image_folder.captions)
