@@ -262,7 +262,8 @@ def test_files_lowvram_cannot_apply_whole_are_refused_not_applied_in_part(tmp_pa
     out_features, in_features = dict(model.unet.named_modules())[name].weight.shape
     base = "lora_unet_" + name.replace(".", "_")
     whole = tmp_path / "lokr.safetensors"
-    save_file({f"{base}.lokr_w1": torch.randn(4, 4), f"{base}.lokr_w2": torch.randn(out_features // 4, in_features // 4),
+    save_file({f"{base}.lokr_w1": torch.randn(4, 4),
+               f"{base}.lokr_w2": torch.randn(out_features // 4, in_features // 4),
                f"{base}.alpha": torch.tensor(4.0)}, str(whole))
     with pytest.raises(LowvramError, match=r"holds whole Kronecker factors \(LyCORIS's full_matrix LoKr\), which "
                                            r"lowvram cannot apply; use it in ComfyUI or AUTOMATIC1111"):
@@ -270,8 +271,9 @@ def test_files_lowvram_cannot_apply_whole_are_refused_not_applied_in_part(tmp_pa
     torn = tmp_path / "torn.safetensors"  # a layer without its lora_down: peft's random start stood in for it
     whole_layer = base.replace("ff_net_0_proj", "attn1_to_q")  # 32 x 32
     save_file({f"{base}.lora_up.weight": torch.randn(out_features, 4), f"{base}.alpha": torch.tensor(4.0),
-               f"{whole_layer}.lora_down.weight": torch.randn(4, 32), f"{whole_layer}.lora_up.weight": torch.randn(32, 4),
-               f"{whole_layer}.alpha": torch.tensor(4.0)}, str(torn))
+               f"{whole_layer}.lora_down.weight": torch.randn(4, 32),
+               f"{whole_layer}.lora_up.weight": torch.randn(32, 4), f"{whole_layer}.alpha": torch.tensor(4.0)},
+              str(torn))
     with pytest.raises(LowvramError, match=r"lacks a tensor of a layer \(.*ff\.net\.0\.proj\.lora_A\.default\.weight, "
                                            r"1 in all\): is the file whole\?"):
         lora_files.load_kohya(load_model("tiny"), torn)
