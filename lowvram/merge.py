@@ -28,17 +28,13 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
     from lowvram.adapters.lora_files import DTYPES, in_original_layout
 
     read = [(path, weight, *read_pairs(path, "merge")) for path, weight in sources]
+    _one_model(read)
     # an SDXL U-Net named both ways across the files: one naming (kohya's), so each layer's updates add up
     renames = in_original_layout([base for *_, pairs in read for base in pairs])
     if renames:
         read = [(path, weight, meta, _renamed(tensors, renames), {renames.get(base, base): own
                                                                   for base, own in pairs.items()})
                 for path, weight, meta, tensors, pairs in read]
-    for key in ("modelspec.architecture", "ss_base_model_version"):
-        said = {meta[key]: path for path, _, meta, _, _ in read if meta.get(key)}
-        if len(said) > 1:
-            (first, one), (second, other) = list(said.items())[:2]
-            raise LowvramError(f"{one} is for {first}, {other} for {second}; merge LoRAs of one base model")
     for path, _, _, tensors, pairs in read:
         extra = sorted(key for key in tensors if key.split(".", 1)[0] not in pairs)
         if extra:
@@ -71,6 +67,52 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
         kept.append(share)
     save_lora(written, output, _metadata(read, output, rank, dynamic, param, after), "the merged LoRA")
     return Resized(output, len(bases), (max(before), max(after)), after, kept)
+
+
+def _one_model(read: list) -> None:
+    """Refuse files made for different base models, by what their metadata says or, where it says nothing (files
+    stripped of it, or from tools that write none), by their layers: the text encoders' key prefixes and the
+    U-Net's cross-attention width. Their layers hardly overlap, so a merge would write both models' in one file."""
+    for key in ("modelspec.architecture", "ss_base_model_version"):
+        said = {meta[key]: path for path, _, meta, _, _ in read if meta.get(key)}
+        if len(said) > 1:
+            (first, one), (second, other) = list(said.items())[:2]
+            raise LowvramError(f"{one} is for {first}, {other} for {second}; merge LoRAs of one base model")
+    for sign in (_cross_attention_width, _text_encoders):
+        said = {}
+        for path, _, _, _, pairs in read:
+            if (found := sign(pairs)) is not None:
+                said.setdefault(found, path)
+        if len(said) > 1:
+            (first, one), (second, other) = list(said.items())[:2]
+            raise LowvramError(f"{one} is for {first}, {other} for {second} (by their layers); merge LoRAs of one "
+                               "base model")
+
+
+def _cross_attention_width(pairs: dict[str, dict]) -> str | None:
+    """The model a file's U-Net layers are for, by the width of their cross-attention's text input."""
+    import json
+
+    from lowvram.models import FAMILIES
+
+    widths = {own["lora_down.weight"].shape[1] for base, own in pairs.items()
+              if base.endswith(("_attn2_to_k", "_attn2_to_v")) and own["lora_down.weight"].dim() == 2}
+    if len(widths) != 1:
+        return None
+    width = widths.pop()
+    titles = [family.title for family in FAMILIES.values()
+              if json.loads((family.config_dir / "unet" / "config.json").read_text())["cross_attention_dim"] == width]
+    return " or ".join(titles) or f"a U-Net with {width}-wide cross-attention"
+
+
+def _text_encoders(pairs: dict[str, dict]) -> str | None:
+    """The kind of model a file's text-encoder layers are for: one encoder (lora_te_, as SD1.5) or two (lora_te1_
+    and lora_te2_, as SDXL)."""
+    prefixes = {base.split("_", 2)[1] for base in pairs if base.startswith("lora_te")}
+    if not prefixes:
+        return None
+    return "a model with one text encoder (lora_te_ layers)" if prefixes == {"te"} else \
+        "a model with two text encoders (lora_te1_/lora_te2_ layers)"
 
 
 def _renamed(tensors: dict, renames: dict[str, str]) -> dict:

@@ -175,7 +175,29 @@ def test_merged_files_hold_the_weighted_sum_of_their_updates(trained, second, tm
 
 
 def test_lora_files_of_different_models_are_not_merged(trained, tmp_path, capsys):
-    sdxl = train(run_config(model="tiny-sdxl", output=str(tmp_path / "xl"), max_steps=1, rank=4)).lora_path
+    sdxl = train(run_config(model="tiny-sdxl", output=str(tmp_path / "xl"), max_steps=1, rank=4,
+                            train_text_encoder=True)).lora_path
+    with_encoder = train(run_config(output=str(tmp_path / "sd"), max_steps=1, rank=4,
+                                    train_text_encoder=True)).lora_path
     assert main(["merge", str(trained), str(sdxl), "--rank", "4", "--output", str(tmp_path / "m.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "merge LoRAs of one base model" in err and len(err.strip().splitlines()) == 1
+    for name, path in (("sd", trained), ("xl", sdxl)):  # files that say nothing of their model: known by their layers
+        save_file(load_file(str(path)), str(tmp_path / f"{name}.safetensors"))
+    bare = [str(tmp_path / "sd.safetensors"), str(tmp_path / "xl.safetensors")]
+    assert main(["merge", *bare, "--rank", "4", "--output", str(tmp_path / "m.safetensors")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lowvram merge: error: {bare[0]} is for tiny SD (random weights), {bare[1]} for tiny SDXL (random weights) "
+        "(by their layers); merge LoRAs of one base model")
+    unet_only = {key: value for key, value in load_file(bare[0]).items() if key.startswith("lora_unet")}
+    save_file(unet_only, str(tmp_path / "unet.safetensors"))  # no text-encoder layers: the U-Net's width tells
+    assert main(["merge", str(tmp_path / "unet.safetensors"), bare[1], "--rank", "4", "--output",
+                 str(tmp_path / "m.safetensors")]) == 2
+    assert "(by their layers)" in capsys.readouterr().err
+    for name, path in (("sd", str(with_encoder)), ("xl", bare[1])):  # text encoders only: one encoder's prefix, or two
+        save_file({key: value for key, value in load_file(path).items() if key.startswith("lora_te")},
+                  str(tmp_path / f"{name}-te.safetensors"))
+    assert main(["merge", str(tmp_path / "sd-te.safetensors"), str(tmp_path / "xl-te.safetensors"), "--rank", "4",
+                 "--output", str(tmp_path / "m.safetensors")]) == 2
+    assert "is for a model with one text encoder (lora_te_ layers)" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
