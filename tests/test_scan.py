@@ -231,6 +231,32 @@ def test_images_over_max_pixels_are_skipped_and_rescanned_when_allowed(tmp_path)
     assert records["big.png"].usable and records["big.png"].bucket == (64, 64)
 
 
+def test_an_image_transparent_everywhere_is_skipped_with_alpha_mask_and_noted_without(tmp_path, count_opens):
+    clear = drawn(size=(96, 96)).convert("RGBA")
+    clear.putalpha(0)
+    clear.save(tmp_path / "clear.png")
+    faint = drawn(size=(96, 96)).convert("RGBA")
+    faint.putalpha(Image.new("L", (96, 96), 0))
+    faint.putpixel((5, 5), (0, 0, 0, 1))  # one pixel barely there: it trains, if faintly
+    faint.save(tmp_path / "faint.png")
+    palette = Image.new("P", (96, 96), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0])
+    palette.save(tmp_path / "palette.png", transparency=1)  # a GIF-style see-through colour: every pixel is it
+    index = tmp_path.parent / f"{tmp_path.name}-index.json"
+    for rescan in (False, True):  # the index keeps the alpha's reading: a rescan decodes nothing and says the same
+        count_opens.clear()
+        records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(alpha_mask=True), index_path=index))
+        assert (count_opens == []) is rescan
+        for name in ("clear.png", "palette.png"):
+            assert records[name].reason == ("transparent everywhere: with --alpha-mask nothing of it would train; "
+                                            "make what should train opaque, or delete it")
+        assert records["faint.png"].usable
+    records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(), index_path=index))
+    assert records["clear.png"].usable and "transparent everywhere: it trains as a plain white image" in \
+        records["clear.png"].notes
+    assert not any("transparent everywhere" in note for note in records["faint.png"].notes)
+
+
 @pytest.mark.filterwarnings("error")
 def test_pillow_decompression_bomb_warning_and_error_never_escape(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # Pillow warns above 5000 pixels, refuses above 10000

@@ -97,9 +97,9 @@ def test_a_subsets_own_alpha_mask_keeps_its_transparency_as_a_loss_mask(tmp_path
 
     _, varied = two_folders(tmp_path, sample_data)
     for folder in (tmp_path / "plain", varied):
-        for png in folder.glob("*.png"):
+        for png in sorted(folder.glob("*.png")):
             image = Image.open(png).convert("RGBA")
-            image.putalpha(128)
+            image.putalpha(0 if png.name == "00_red_circle.png" else 128)  # the first see-through everywhere
             image.save(png)
     path = dataset_file(tmp_path, {"alpha_mask": True})
     # --unmasked-weight needs masks: the subset's own alpha masks are masks
@@ -108,6 +108,8 @@ def test_a_subsets_own_alpha_mask_keeps_its_transparency_as_a_loss_mask(tmp_path
     data = train(config).data
     masked = {s.group: data.latent_store.load(s.latent_keys[0]).get("mask") is not None for s in data.samples}
     assert masked == {"plain": False, "varied": True}
+    trained = {(s.group, s.caption.split(", ")[-1]) for s in data.samples}
+    assert ("plain", "00_red_circle") in trained and ("varied", "00_red_circle") not in trained  # nothing would train
 
 
 def test_a_onetrainer_concepts_own_augmentation_and_tag_settings(tmp_path, sample_data):

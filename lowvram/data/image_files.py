@@ -51,13 +51,15 @@ def _still_valid(cached, stat, max_pixels: int) -> bool:
 
 def _blank(**values) -> dict:
     facts = {"size": 0, "mtime_ns": 0, "ctime_ns": 0, "sha256": "", "width": 0, "height": 0, "mode": "", "format": "",
-             "has_alpha": False, "transposed": False, "decoded": False, "error": None, "lightest": None}
+             "has_alpha": False, "transposed": False, "decoded": False, "error": None, "lightest": None,
+             "opaquest": None}
     return {**facts, **values}
 
 
 def _probe(data: bytes, max_pixels: int, mask: bool = False) -> dict:
     """Header facts, then a full decode unless over max_pixels: truncated files only fail in load(). A `mask`'s
-    lightest grey level, as training reads the mask."""
+    lightest grey level, as training reads the mask; an image's most opaque alpha level where it has transparency
+    (0: see-through everywhere)."""
     facts = _blank(sha256=hashlib.sha256(data).hexdigest())
     if not data:
         return {**facts, "error": "empty file: 0 bytes; re-export or delete it"}
@@ -76,6 +78,8 @@ def _probe(data: bytes, max_pixels: int, mask: bool = False) -> dict:
                     facts["decoded"] = True
                     if mask:
                         facts["lightest"] = to_grey(im).getextrema()[1]
+                    elif facts["has_alpha"] and (alpha := to_rgb(im, (0, 0, 0), alpha_mask=True)[1]) is not None:
+                        facts["opaquest"] = alpha.getextrema()[1]
     except Image.DecompressionBombError as exc:
         size = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow says the image's pixels only in its message
         facts["error"] = (f"too large: {_pixels(int(size.group(1))) + ', ' if size else ''}over Pillow's "

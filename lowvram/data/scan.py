@@ -448,7 +448,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
     reason, bucket, notes = _judge(facts, suffix, buckets, options)
     if reason is None:
         rotated = ["EXIF rotation applied"] if facts["transposed"] else []
-        notes = _mode_notes(mode, facts["has_alpha"], options) + rotated + notes + caption_notes
+        notes = _mode_notes(mode, facts["has_alpha"], facts["opaquest"], options) + rotated + notes + caption_notes
     return ImageRecord(path, relpath, label, repeats, reason is None, reason, tuple(notes), width, height, mode,
                        facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8,
                        loss_weight=folder.loss_weight, resolution=folder.resolution, batch_size=folder.batch_size,
@@ -488,6 +488,9 @@ def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> 
     width, height = facts["width"], facts["height"]
     if facts["error"]:
         return facts["error"], None, []
+    if facts["opaquest"] == 0 and options.alpha_mask:
+        return ("transparent everywhere: with --alpha-mask nothing of it would train; make what should train "
+                "opaque, or delete it"), None, []
     if width * height > options.max_pixels:
         return (f"too large: {width}x{height} = {width * height} pixels, over the limit of {options.max_pixels} "
                 "(Pillow's decompression-bomb limit); downscale it"), None, []
@@ -514,7 +517,7 @@ def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> 
     return None, placement.bucket, notes
 
 
-def _mode_notes(mode: str, has_alpha: bool, options: ScanOptions) -> list[str]:
+def _mode_notes(mode: str, has_alpha: bool, opaquest: int | None, options: ScanOptions) -> list[str]:
     key = "I;16" if mode.startswith("I;16") else mode
     notes = [MODE_NOTES[key]] if key in MODE_NOTES else [] if mode in ("RGB", "RGBA") else [f"{mode} -> RGB"]
     if has_alpha:
@@ -522,6 +525,8 @@ def _mode_notes(mode: str, has_alpha: bool, options: ScanOptions) -> list[str]:
         colour = {(255, 255, 255): "white", (0, 0, 0): "black"}.get(tuple(options.background),
                                                                      f"rgb{tuple(options.background)}")
         notes.append("alpha kept as loss mask" if options.alpha_mask else f"{what} composited on {colour}")
+        if opaquest == 0 and not options.alpha_mask:
+            notes.append(f"transparent everywhere: it trains as a plain {colour} image")
     return notes
 
 
