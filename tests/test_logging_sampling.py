@@ -119,6 +119,25 @@ def test_weights_and_biases_gets_every_step_the_validations_and_the_samples(samp
     assert [int(path.name.split("_")[1]) for path in samples] == [0, 2, 4]
 
 
+def test_each_epochs_mean_loss_is_logged_at_its_end_and_a_resumed_run_goes_on_with_its_epoch(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = run_config(output=str(tmp_path / "out"), tensorboard=True)
+    config.output_dir.mkdir()
+    with RunLog(config.output_dir, 0, config) as log:
+        for step, loss, epoch, ends in ((1, 0.4, 0, False), (2, float("nan"), 0, False), (3, 0.2, 0, True),
+                                        (4, 0.5, 1, False), (5, float("nan"), 1, False), (6, 0.9, 1, False)):
+            log.step(step, {"loss": loss, "epoch": epoch}, ends_epoch=ends)
+    with RunLog(config.output_dir, 5, config) as log:  # resumed from step 5's checkpoint: step 6 is trained again
+        log.step(6, {"loss": 0.3, "epoch": 1}, ends_epoch=True)
+    records = [json.loads(line) for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
+    # a skipped (nan) step leaves the mean alone; the resumed epoch's mean holds the steps logged before the stop
+    assert [(r["step"], r["epoch"], r["epoch_loss"]) for r in records if "epoch_loss" in r] == [
+        (3, 0, pytest.approx(0.3)), (6, 1, pytest.approx(0.4))]
+    events = EventAccumulator(str(config.output_dir / "logs")).Reload()
+    assert [(e.step, round(e.value, 5)) for e in events.Scalars("epoch/loss")] == [(3, 0.3), (6, 0.4)]
+
+
 def test_a_resumed_run_logs_on_to_the_wandb_run_it_started_and_a_new_run_to_its_own(tmp_path, monkeypatch):
     offline_wandb(monkeypatch, tmp_path)
     config = run_config(output=str(tmp_path / "out"), wandb_project="lowvram-tests")

@@ -300,6 +300,9 @@ def test_an_epoch_ends_its_last_accumulated_step_so_epochs_stay_whole_passes(tmp
     assert result.data.batches_per_epoch == 10 and result.steps == 6
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "loss" in r] == [0, 0, 0, 1, 1, 1]  # the epoch of each step's last batch
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert [(r["step"], r["epoch"], r["epoch_loss"]) for r in records if "epoch_loss" in r] == [
+        (3, 0, pytest.approx(sum(losses[:3]) / 3)), (6, 1, pytest.approx(sum(losses[3:]) / 3))]  # kohya's loss/epoch
     first_epoch = safe_open(str(tmp_path / f"{tmp_path.name}-e0001.safetensors"), framework="pt").metadata()
     assert (first_epoch["ss_epoch"], first_epoch["ss_steps"]) == ("1", "3")
 

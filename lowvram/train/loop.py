@@ -133,7 +133,7 @@ def run_training(session: Session) -> TrainResult:
             step_start = time.perf_counter()
             if not schedule.trains_text_at(step) and not trainee.text_frozen:
                 freeze_text_encoders(session, trainee, step)
-            epoch, number, mine = following
+            epoch, number, ends_epoch, mine = following
             step_loss, splits = forward_backward(session, trainee, mine, splits, step)
             if step < schedule.total_steps:  # read from the cache while the GPU works through the backward pass
                 following = draw(session, batches, schedule.batches_per_step)
@@ -148,7 +148,7 @@ def run_training(session: Session) -> TrainResult:
             smoothed = progress.update(step, outcome.loss, rates.get("lr_effective", rates["lr"]), seconds, epoch)
             log.step(step, {"epoch": epoch, "loss": outcome.loss, "loss_smoothed": smoothed, **rates,
                             "grad_norm": outcome.grad_norm, "seconds": seconds,
-                            "total_steps": schedule.total_steps})
+                            "total_steps": schedule.total_steps}, ends_epoch)
             if prepared.validation and (schedule.validates_at(step) or step == schedule.total_steps):
                 validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, shape)
             position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
@@ -181,11 +181,11 @@ def run_training(session: Session) -> TrainResult:
                        stopping if prepared.validation else None)
 
 
-def draw(session: Session, batches, count: int) -> tuple[int, int, list]:
+def draw(session: Session, batches, count: int) -> tuple[int, int, bool, list]:
     """The next step's batches: every process draws the same `count`, or fewer where an epoch ends (as kohya's
     gradient accumulation ends with the epoch: --epochs N is N passes over the images, and an epoch's save point
     is its end), and keeps its share. Returns the epoch and number of the last one drawn (where a checkpoint
-    continues) and this process's batches, pinned on CUDA so that their copies to the GPU do not wait for it."""
+    continues), whether it ends its epoch, and this process's batches, pinned on CUDA so that their copies to the GPU do not wait for it."""
     drawn = []
     while len(drawn) < count and not (drawn and drawn[-1][3]):
         drawn.append(next(batches))
@@ -195,7 +195,7 @@ def draw(session: Session, batches, count: int) -> tuple[int, int, list]:
     mine = [batch for _, _, batch, _ in dealt[session.rank::session.world]]
     if session.device.type == "cuda":
         mine = [batch.pinned() for batch in mine]
-    return drawn[-1][0], drawn[-1][1], mine
+    return drawn[-1][0], drawn[-1][1], drawn[-1][3], mine
 
 
 def stopped_after_the_last_step(lora_path: Path, samples: bool) -> TrainingInterrupted:

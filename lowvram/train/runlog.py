@@ -1,11 +1,12 @@
 """What a run records as it goes: `metrics.jsonl` always (one JSON object per line, flushed, so it is
 readable while training runs and after a kill), TensorBoard and Weights & Biases too when asked (loss, learning
-rate, gradient norm, VRAM, validation loss and sample grids). A resumed run goes on logging to the W&B run it
-started: its id is a record of metrics.jsonl, which the resume keeps."""
+rate, gradient norm, VRAM, each epoch's mean loss, validation loss and sample grids). A resumed run goes on
+logging to the W&B run it started: its id is a record of metrics.jsonl, which the resume keeps."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -25,6 +26,7 @@ class RunLog:
         logged past it is dropped, since those steps are trained again."""
         self.enabled = enabled  # only the main process writes (multi-GPU)
         self.metrics, self.writer, self.wandb = None, None, None
+        self.epoch_losses: list[float] = []  # the finite losses of the epoch under way, for its mean at its end
         if not enabled:
             return
         logs = output_dir / LOGS
@@ -40,7 +42,9 @@ class RunLog:
                                    "(or tensorboard), or drop --tensorboard") from None
         path = output_dir / METRICS
         if resumed_step:  # rewritten atomically: a kill now must not lose the history
-            write_text(path, _lines_up_to(path, resumed_step))
+            kept = _lines_up_to(path, resumed_step)
+            write_text(path, kept)
+            self.epoch_losses = _open_epoch_losses(kept)
         else:  # a new file, not whatever a link of that name (in a folder from elsewhere) points to
             path.unlink(missing_ok=True)
         # closed by close() / __exit__: this object is the context manager
@@ -56,8 +60,9 @@ class RunLog:
             self.close(failed=True)
             raise
 
-    def step(self, step: int, values: dict) -> None:
-        """One optimizer step's numbers (`values` holds loss, lr, grad_norm, seconds, ...)."""
+    def step(self, step: int, values: dict, ends_epoch: bool = False) -> None:
+        """One optimizer step's numbers (`values` holds loss, lr, grad_norm, seconds, epoch, ...), and where it
+        `ends_epoch`, the epoch's mean loss (kohya's loss/epoch) over its steps' finite losses."""
         if not self.enabled:
             return
         if torch.cuda.is_available():
@@ -65,6 +70,14 @@ class RunLog:
         self._write({"step": step, **values})
         scalars = {f"train/{key}": value for key, value in values.items()
                    if isinstance(value, (int, float)) and key not in ("epoch", "total_steps")}
+        if isinstance(values.get("loss"), float) and math.isfinite(values["loss"]):
+            self.epoch_losses.append(values["loss"])
+        if ends_epoch:
+            mean = sum(self.epoch_losses) / len(self.epoch_losses) if self.epoch_losses else float("nan")
+            self._write({"step": step, "epoch": values.get("epoch", 0), "epoch_loss": mean})
+            # against the step, as every curve: TensorBoard's purge on a resume drops a stopped run's re-run epochs
+            scalars["epoch/loss"] = mean
+            self.epoch_losses = []
         if self.writer:
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, step)
@@ -189,6 +202,21 @@ def append_record(path: Path, record: dict) -> None:
     """One more line in a closed metrics.jsonl (what the run measured after its last step)."""
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
+
+
+def _open_epoch_losses(lines: str) -> list[float]:
+    """The finite losses of the epoch a resumed run continues: that of the last step logged, unless it ended."""
+    records = []
+    for line in lines.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    steps = [r for r in records if isinstance(r, dict) and "loss" in r and "epoch" in r]
+    if not steps or any("epoch_loss" in r and r.get("epoch") == steps[-1]["epoch"] for r in records):
+        return []
+    return [r["loss"] for r in steps if r["epoch"] == steps[-1]["epoch"] and isinstance(r["loss"], float)
+            and math.isfinite(r["loss"])]
 
 
 def _lines_up_to(path: Path, step: int) -> str:
