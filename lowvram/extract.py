@@ -61,10 +61,11 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
     """Write the LoRA of `tuned` minus `base` to `output`; the models are loaded in `load_precision`."""
     import torch
 
-    from lowvram.adapters.lora_files import DTYPES, UNET_KOHYA_PREFIX, kohya_unet_paths, network_metadata
+    from lowvram.adapters.lora_files import UNET_KOHYA_PREFIX, kohya_unet_paths, network_metadata
     from lowvram.adapters.networks import is_spatial, targeted
     from lowvram.config import NetworkConfig
     from lowvram.lora_metadata import modelspec, save_lora
+    from lowvram.precision import DTYPES
 
     torch.manual_seed(0)  # svd_lowrank's random start: the same file from the same models
     original, changed = (_load(name, flag, family, DTYPES[load_precision])

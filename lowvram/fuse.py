@@ -43,9 +43,10 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     """Write `model_name` with `sources`' LoRAs (each at its weight) fused in to `output`: a .safetensors file or
     a diffusers folder. `precision` (fp16, bf16, fp32) casts every floating tensor; by default a single file
     keeps its dtypes and other models are written in fp16."""
-    from lowvram.adapters.lora_files import DTYPES, load_kohya
+    from lowvram.adapters.lora_files import load_kohya
     from lowvram.adapters.networks import fuse_adapters
     from lowvram.models.loading import load_model
+    from lowvram.precision import DTYPES
 
     single = Path(model_name).suffix.lower() == ".safetensors" and Path(model_name).is_file()
     working = precision or (_file_precision(Path(model_name)) if single else "fp16")
@@ -86,7 +87,7 @@ def _rewritten(path: Path, converted: dict[str, torch.Tensor], working: torch.dt
     import torch
     from safetensors import safe_open
 
-    from lowvram.adapters.lora_files import DTYPES
+    from lowvram.precision import DTYPES
 
     with safe_open(str(path), framework="pt") as handle:
         keys = list(handle.keys())

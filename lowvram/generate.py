@@ -23,10 +23,10 @@ from lowvram.models.detect import detect_family
 from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.option_values import parse_source
+from lowvram.precision import compute_dtype
 from lowvram.prompts import MAX_SEED, MAX_SIDE, SamplePrompt, parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render
-from lowvram.train.setup import WEIGHT_DTYPES
 
 WRITTEN_FORMATS = {suffix: IMAGE_FORMATS[suffix][0] for suffix in WRITTEN_IMAGE_SUFFIXES}  # Pillow's names
 MIN_RESOLUTION, MAX_RESOLUTION = 64, MAX_SIDE
@@ -52,7 +52,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
                                           if args.count > 1 else ""))
     hardware = detect()
     device = torch.device(hardware.device)
-    dtype = WEIGHT_DTYPES[resolve_mixed_precision("auto", hardware)]  # as training computes (fp32 on a GTX 16xx)
+    dtype = compute_dtype(resolve_mixed_precision("auto", hardware))  # as training computes (fp32 on a GTX 16xx)
     if args.clip_skip and (problem := clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip)):
         raise LowvramError(problem)
     model = load_model(args.model, args.model_family, dtype=dtype)

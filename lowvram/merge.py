@@ -25,7 +25,8 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
     """Write the weighted sum of `sources`' LoRAs at (at most) `rank` to `output`."""
     import torch
 
-    from lowvram.adapters.lora_files import DTYPES, in_original_layout
+    from lowvram.adapters.lora_files import in_original_layout
+    from lowvram.precision import DTYPES
 
     read = [(path, weight, *read_pairs(path, "merge")) for path, weight in sources]
     _one_model(read)

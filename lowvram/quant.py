@@ -36,12 +36,10 @@ import torch.nn.functional as F
 from lowvram import w8a8
 from lowvram.errors import LowvramError
 from lowvram.formats import WEIGHT_FORMATS
+from lowvram.precision import DTYPES
 
 # The input and output convolutions are tiny and sensitive; every tool keeps them in full precision.
 KEEP_FULL_PRECISION = ("conv_in", "conv_out")
-
-
-CAST_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def convert_frozen(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype) -> torch.nn.Module:
@@ -53,11 +51,11 @@ def convert_frozen(module: torch.nn.Module, fmt: str, compute_dtype: torch.dtype
     if fmt not in WEIGHT_FORMATS:
         raise LowvramError(f"--unet-weights: '{fmt}' is not one of {', '.join(WEIGHT_FORMATS)}")
     module.requires_grad_(False)
-    if CAST_DTYPES.get(fmt) == compute_dtype:
+    if DTYPES.get(fmt) == compute_dtype:
         return module.to(dtype=compute_dtype)
     module.to(dtype=compute_dtype)
-    if fmt in CAST_DTYPES or fmt == "fp8":  # stored in another float type, upcast layer by layer
-        _to_stored_dtype(module, CAST_DTYPES.get(fmt, torch.float8_e4m3fn), compute_dtype)
+    if fmt in DTYPES or fmt == "fp8":  # stored in another float type, upcast layer by layer
+        _to_stored_dtype(module, DTYPES.get(fmt, torch.float8_e4m3fn), compute_dtype)
     elif fmt.startswith("w8a8-"):
         _to_w8a8(module, fmt.removeprefix("w8a8-"), compute_dtype)
     elif fmt.startswith("bnb-"):

@@ -84,7 +84,7 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
     """Write `path`'s LoRA at (at most) `rank` (`conv_rank` for 3x3 convolutions) to `output`."""
     import torch
 
-    from lowvram.adapters.lora_files import DTYPES
+    from lowvram.precision import DTYPES
 
     metadata, tensors, pairs = read_pairs(path, "resize")
     dtype = DTYPES[precision] if precision else next(iter(pairs.values()))["lora_down.weight"].dtype

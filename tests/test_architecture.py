@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parents[1] / "lowvram"
 # lowest first; a module belongs to the longest entry that names it or a package above it
 LAYERS = [
     ("lowvram", "lowvram.errors", "lowvram.files", "lowvram.formats", "lowvram.memory", "lowvram.prompts",
-     "lowvram.option_values", "lowvram.timesteps", "lowvram.run_files",
+     "lowvram.option_values", "lowvram.timesteps", "lowvram.run_files", "lowvram.precision",
      "lowvram.optim", "lowvram.checkpointing"),
     ("lowvram.config", "lowvram.adapters.blocks", "lowvram.lora_header", "lowvram.lora_metadata",
      "lowvram.kohya_config",

@@ -51,14 +51,13 @@ from lowvram.optim import (
 from lowvram.option_values import parse_save_every, parse_source, parse_until
 from lowvram.plan.calibration import graphs_measured, unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
+from lowvram.precision import compute_dtype
 from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.resolve import ResolvedRun, resolve_run
 from lowvram.samplers import sampler_problem
 from lowvram.train import checkpoint
 from lowvram.train.outdir import existing_lora_problem
 from lowvram.train.validation import hold_out
-
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -79,7 +78,7 @@ class Session:
 
     @property
     def weight_dtype(self) -> torch.dtype:
-        return WEIGHT_DTYPES[self.run.mixed_precision]
+        return compute_dtype(self.run.mixed_precision)
 
     @property
     def main(self) -> bool:
