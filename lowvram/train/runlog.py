@@ -95,9 +95,7 @@ class RunLog:
 
     def image(self, step: int, tag: str, path: Path) -> None:
         if self.writer:
-            from PIL import Image
-
-            self.writer.add_image(tag, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+            self.writer.add_image(tag, _pixels(path), step, dataformats="HWC")
         if self.wandb:
             self.wandb.image(step, tag, path)
 
@@ -185,17 +183,22 @@ def log_final_samples(output_dir: Path, config: RunConfig, step: int, samples: l
     file in the same folder, which TensorBoard reads as one run). W&B's run has ended by then: they stay files."""
     if not config.output.tensorboard or not samples:
         return
-    from PIL import Image
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(output_dir / LOGS))
     try:
         for index, path in enumerate(samples):
-            with Image.open(path) as image:
-                writer.add_image(f"final_samples/{index:02d}", np.asarray(image.convert("RGB")), step,
-                                 dataformats="HWC")
+            writer.add_image(f"final_samples/{index:02d}", _pixels(path), step, dataformats="HWC")
     finally:
         writer.close()
+
+
+def _pixels(path: Path) -> np.ndarray:
+    """An image file as TensorBoard takes it: height x width x RGB."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def append_record(path: Path, record: dict) -> None:
