@@ -117,6 +117,8 @@ def test_weights_and_biases_gets_every_step_the_validations_and_the_samples(samp
         assert logged in log, logged
     samples = sorted((run / "files" / "media" / "images").glob("samples_*.png"))
     assert [int(path.name.split("_")[1]) for path in samples] == [0, 2, 4]
+    final = sorted((run / "files" / "media" / "images" / "final_samples").glob("*.png"))  # the LoRA's, at step 4
+    assert [path.name.split("_")[:2] for path in final] == [["00", "4"], ["01", "4"]]
 
 
 def test_each_epochs_mean_loss_is_logged_at_its_end_and_a_resumed_run_goes_on_with_its_epoch(tmp_path):

@@ -26,7 +26,7 @@ from lowvram.run_files import LOGS, LORA_SUFFIX, METRICS, SAMPLES, best_save, di
 from lowvram.train import checkpoint, outdir
 from lowvram.train.metadata import TrainingShape
 from lowvram.train.progress import StopOnSignal, TrainingProgress, clock
-from lowvram.train.runlog import RunLog, append_record, log_final_samples
+from lowvram.train.runlog import RunLog
 from lowvram.train.sampling import render_samples
 from lowvram.train.saving import (
     at_save_points,
@@ -120,58 +120,59 @@ def run_training(session: Session) -> TrainResult:
     for module in trainee.trained_modules:  # adapter dropout and transformers' gradient checkpointing read .training
         module.train()
     spill = session.run.hardware.can_spill_vram  # slow steps then may mean VRAM spilled into system RAM
-    # the log first: W&B's login prompt, on a terminal not logged in, comes before the progress bar is drawn
-    with (RunLog(out_dir, position.step, config, session.main) as log,
-          TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill,
-                           epochs=shape.epochs) as progress,
-          StopOnSignal() as signals, peaks.phase("training")):
-        if position.smoothed_loss is not None and math.isfinite(position.smoothed_loss):  # (an older run saved nan)
-            progress.loss = position.smoothed_loss
-        if config.output.sample_at_first and position.step == 0:
-            sample_grid(session, trainee, prepared, log, 0)
-        for step in range(position.step + 1, last_step + 1):
-            step_start = time.perf_counter()
-            if not schedule.trains_text_at(step) and not trainee.text_frozen:
-                freeze_text_encoders(session, trainee, step)
-            epoch, number, ends_epoch, mine = following
-            step_loss, splits = forward_backward(session, trainee, mine, splits, step)
-            if step < schedule.total_steps:  # read from the cache while the GPU works through the backward pass
-                following = draw(session, batches, schedule.batches_per_step)
-            rates = learning_rates(trainee)  # the rates this step's update uses (the plain ones)
-            # one collective and one read-back per step: the mean loss, whether any process was asked to stop,
-            # and the gradient norm
-            outcome = update(session, trainee, step_loss, signals.received is not None, step)
-            rates = learning_rates(trainee, rates)  # as the step used them (schedule-free's, Prodigy's d)
-            bad_steps = count_bad_steps(session, outcome.verdict, bad_steps, step)
+    # the log first: W&B's login prompt, on a terminal not logged in, comes before the progress bar is drawn;
+    # it stays open for the final samples
+    with RunLog(out_dir, position.step, config, session.main) as log:
+        with (TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill,
+                               epochs=shape.epochs) as progress,
+              StopOnSignal() as signals, peaks.phase("training")):
+            if position.smoothed_loss is not None and math.isfinite(position.smoothed_loss):  # (an older run saved nan)
+                progress.loss = position.smoothed_loss
+            if config.output.sample_at_first and position.step == 0:
+                sample_grid(session, trainee, prepared, log, 0)
+            for step in range(position.step + 1, last_step + 1):
+                step_start = time.perf_counter()
+                if not schedule.trains_text_at(step) and not trainee.text_frozen:
+                    freeze_text_encoders(session, trainee, step)
+                epoch, number, ends_epoch, mine = following
+                step_loss, splits = forward_backward(session, trainee, mine, splits, step)
+                if step < schedule.total_steps:  # read from the cache while the GPU works through the backward pass
+                    following = draw(session, batches, schedule.batches_per_step)
+                rates = learning_rates(trainee)  # the rates this step's update uses (the plain ones)
+                # one collective and one read-back per step: the mean loss, whether any process was asked to stop,
+                # and the gradient norm
+                outcome = update(session, trainee, step_loss, signals.received is not None, step)
+                rates = learning_rates(trainee, rates)  # as the step used them (schedule-free's, Prodigy's d)
+                bad_steps = count_bad_steps(session, outcome.verdict, bad_steps, step)
 
-            seconds = time.perf_counter() - step_start
-            smoothed = progress.update(step, outcome.loss, rates.get("lr_effective", rates["lr"]), seconds, epoch)
-            log.step(step, {"epoch": epoch, "loss": outcome.loss, "loss_smoothed": smoothed, **rates,
-                            "grad_norm": outcome.grad_norm, "seconds": seconds,
-                            "total_steps": schedule.total_steps}, ends_epoch)
-            if prepared.validation and (schedule.validates_at(step) or step == schedule.total_steps):
-                validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, shape)
-            position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
-            at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape)
-            if stopping.stop:
-                console.print(f"[yellow]early stopping at step {step}:[/] no better validation loss in "
-                              f"{stopping.since_best} validations; the best ({stopping.best:.5f}, step "
-                              f"{stopping.best_step}) is {best_save(name)}{LORA_SUFFIX}", soft_wrap=True)
-                break
-            if outcome.stop_asked and step < schedule.total_steps:
-                raise save_interrupted(session, trainee, dataset, schedule, position, shape)
+                seconds = time.perf_counter() - step_start
+                smoothed = progress.update(step, outcome.loss, rates.get("lr_effective", rates["lr"]), seconds, epoch)
+                log.step(step, {"epoch": epoch, "loss": outcome.loss, "loss_smoothed": smoothed, **rates,
+                                "grad_norm": outcome.grad_norm, "seconds": seconds,
+                                "total_steps": schedule.total_steps}, ends_epoch)
+                if prepared.validation and (schedule.validates_at(step) or step == schedule.total_steps):
+                    validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, shape)
+                position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
+                at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape)
+                if stopping.stop:
+                    console.print(f"[yellow]early stopping at step {step}:[/] no better validation loss in "
+                                  f"{stopping.since_best} validations; the best ({stopping.best:.5f}, step "
+                                  f"{stopping.best_step}) is {best_save(name)}{LORA_SUFFIX}", soft_wrap=True)
+                    break
+                if outcome.stop_asked and step < schedule.total_steps:
+                    raise save_interrupted(session, trainee, dataset, schedule, position, shape)
 
-    for module in trainee.trained_modules:
-        module.eval()
-    lora_path = out_dir / final_lora(name)
-    asked = signals.received is not None  # in the last step
-    # a Ctrl-C as the last step ends (when it is most likely) lets the LoRA and its checkpoint be written
-    with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
-        save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
-                   position if step > resumed_at else None, shape)
-    if (asked or signals.received is not None) and session.main:
-        raise stopped_after_the_last_step(lora_path, bool(config.samples))
-    samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at)
+        for module in trainee.trained_modules:
+            module.eval()
+        lora_path = out_dir / final_lora(name)
+        asked = signals.received is not None  # in the last step
+        # a Ctrl-C as the last step ends (when it is most likely) lets the LoRA and its checkpoint be written
+        with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
+            save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
+                       position if step > resumed_at else None, shape)
+        if (asked or signals.received is not None) and session.main:
+            raise stopped_after_the_last_step(lora_path, bool(config.samples))
+        samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log)
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
         networks.cast_inputs(module, cast=True)
@@ -205,9 +206,10 @@ def stopped_after_the_last_step(lora_path: Path, samples: bool) -> TrainingInter
 
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
-           step: int, started: datetime, resumed_at: int) -> list[Path]:
-    """After the last step, in the main process: the diffusers-format copy, the sample images, the phase peaks, and
-    how long this process's steps (those after `resumed_at`) took, from `started`, and where their figures are."""
+           step: int, started: datetime, resumed_at: int, log: RunLog) -> list[Path]:
+    """After the last step, in the main process: the diffusers-format copy, the sample images (in the `log` too),
+    the phase peaks, and how long this process's steps (those after `resumed_at`) took, from `started`, and where
+    their figures are."""
     if not session.main:
         return []
     config, model, name = session.config, trainee.model, session.config.output_name
@@ -229,9 +231,9 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     session.console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
                           soft_wrap=True)
     try:
-        log_final_samples(session.out_dir, config, step, samples)
+        log.final_samples(step, samples)
     except OSError as exc:  # (a full disk, say: the LoRA and its samples are written, which is what matters)
-        session.console.print(f"[yellow]the final samples are not in TensorBoard's log[/] ({exc})", soft_wrap=True)
+        session.console.print(f"[yellow]the final samples are not in the run's log[/] ({exc})", soft_wrap=True)
     took = clock((datetime.now(timezone.utc) - started).total_seconds())
     logs = session.out_dir / LOGS
     viewer = f"; TensorBoard: tensorboard --logdir {logs}" if config.output.tensorboard else ""
@@ -241,5 +243,5 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                           f"{session.out_dir / METRICS}{viewer}", soft_wrap=True, highlight=False)
     if peaks.bytes:
         session.console.print(f"peak VRAM per phase (reserved, without the CUDA context): {peaks.summary()}")
-        append_record(session.out_dir / METRICS, {"step": step, "phase_peak_bytes": peaks.bytes})
+        log.record({"step": step, "phase_peak_bytes": peaks.bytes})
     return samples

@@ -1,7 +1,7 @@
 """What a run records as it goes: `metrics.jsonl` always (one JSON object per line, flushed, so it is
 readable while training runs and after a kill), TensorBoard and Weights & Biases too when asked (loss, learning
-rate, gradient norm, VRAM, each epoch's mean loss, validation loss and sample grids). A resumed run goes on
-logging to the W&B run it started: its id is a record of metrics.jsonl, which the resume keeps."""
+rate, gradient norm, VRAM, each epoch's mean loss, validation loss, sample grids and the final samples). A resumed
+run goes on logging to the W&B run it started: its id is a record of metrics.jsonl, which the resume keeps."""
 
 from __future__ import annotations
 
@@ -99,6 +99,16 @@ class RunLog:
         if self.wandb:
             self.wandb.image(step, tag, path)
 
+    def final_samples(self, step: int, samples: list[Path]) -> None:
+        """The final LoRA's samples, one image each (final_samples/00, ...), beside the grids."""
+        for index, path in enumerate(samples if self.enabled else []):
+            self.image(step, f"final_samples/{index:02d}", path)
+
+    def record(self, record: dict) -> None:
+        """One more line in metrics.jsonl (what the run measured after its last step)."""
+        if self.enabled:
+            self._write(record)
+
     def _wandb_run_id(self, resumed_step: int) -> str:
         """The W&B run this run logs to: the one a resumed run started (its id is a record of metrics.jsonl), else
         a new one, recorded there."""
@@ -178,33 +188,12 @@ class _WandbRun:
         self.run.finish(exit_code=1 if failed else 0)
 
 
-def log_final_samples(output_dir: Path, config: RunConfig, step: int, samples: list[Path]) -> None:
-    """The final LoRA's samples, drawn once the run's log has closed, in TensorBoard beside the grids (a new event
-    file in the same folder, which TensorBoard reads as one run). W&B's run has ended by then: they stay files."""
-    if not config.output.tensorboard or not samples:
-        return
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(output_dir / LOGS))
-    try:
-        for index, path in enumerate(samples):
-            writer.add_image(f"final_samples/{index:02d}", _pixels(path), step, dataformats="HWC")
-    finally:
-        writer.close()
-
-
 def _pixels(path: Path) -> np.ndarray:
     """An image file as TensorBoard takes it: height x width x RGB."""
     from PIL import Image
 
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
-
-
-def append_record(path: Path, record: dict) -> None:
-    """One more line in a closed metrics.jsonl (what the run measured after its last step)."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
 
 
 def _open_epoch_losses(lines: str) -> list[float]:
