@@ -53,8 +53,8 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     model = load_model(model_name, family, dtype=DTYPES[working])
     layers = []
     for path, weight in sources:
-        load_kohya(model, path, weight)
-        layers.append(sum(fuse_adapters(module) for module in [model.unet, *model.text_encoders]))
+        load_kohya(model, path)
+        layers.append(sum(fuse_adapters(module, weight) for module in [model.unet, *model.text_encoders]))
     if output.suffix.lower() != ".safetensors":
         return Fused(_save_folder(model, output, DTYPES[working]), layers, 0)
     converted = _original_layout(model)

@@ -183,11 +183,12 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
 
     by_peft = [_read_with_peft(path) for path, _ in sources]
     for (path, weight), ours in zip(sources, by_peft):
-        if ours:
+        if ours and len(sources) > 1:
+            load_kohya(model, path)
+            for module in (model.unet, *model.text_encoders):
+                fuse_adapters(module, weight)
+        elif ours:
             load_kohya(model, path, weight)
-            if len(sources) > 1:
-                for module in (model.unet, *model.text_encoders):
-                    fuse_adapters(module)
     theirs = [source for source, ours in zip(sources, by_peft) if not ours]
     names = ["lora"] + [f"lora{i}" for i in range(1, len(theirs))]
     for name, (path, _) in zip(names, theirs):

@@ -284,13 +284,27 @@ def test_files_lowvram_cannot_apply_whole_are_refused_not_applied_in_part(tmp_pa
         apply_loras(load_model("tiny"), [(dotted, 1.0)])
 
 
-def test_a_dora_at_another_strength_is_refused_not_half_applied(tmp_path):
-    """peft scales a DoRA's low-rank part alone: at strength 0 it still changed the model (ComfyUI's and LyCORIS's
-    strengths scale its whole change, 0 giving the base model)."""
+def test_a_dora_at_any_strength_is_applied_as_comfyui_weighs_it(tmp_path):
+    """ComfyUI's weight_decompose: W + s (m (W + dW) / |W + dW| - W), the DoRA's whole change scaled (peft's own
+    scaling scales its low-rank part alone: at 0 it still changed the model). Alone, or stacked with another file."""
     path = tmp_path / "dora.safetensors"
     base = kohya_key("lora_te", TE_Q)
-    save_file({f"{base}.lora_down.weight": random(4, 32), f"{base}.lora_up.weight": random(32, 4),
-               f"{base}.alpha": torch.tensor(2.0), f"{base}.dora_scale": random(32, 1).abs() + 1}, str(path))
-    with pytest.raises(LowvramError, match=r"^--lora: .* is a DoRA, which lowvram applies at strength 1 only"):
-        apply_loras(load_model("tiny"), [(path, 0.5)])
-    apply_loras(load_model("tiny"), [(path, 1.0)])
+    down, up, scale = random(4, 32), random(32, 4), random(32, 1).abs() + 1
+    save_file({f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up,
+               f"{base}.alpha": torch.tensor(2.0), f"{base}.dora_scale": scale}, str(path))
+
+    def q_proj(model):
+        return next(layer for name, layer in model.text_encoders[0].named_modules() if name.endswith(TE_Q))
+
+    original = weight_of(q_proj(load_model("tiny")))
+    changed = original + up @ down * (2.0 / 4)
+    whole = scale * changed / changed.norm(dim=1, keepdim=True)
+    for strength in (1.0, 0.5, 0.0, -0.5):
+        model = load_model("tiny")
+        apply_loras(model, [(path, strength)])
+        expected = original + strength * (whole - original)
+        torch.testing.assert_close(weight_of(q_proj(model)), expected, rtol=1e-4, atol=1e-5)
+    stacked = load_model("tiny")  # fused one after another, as several files are
+    apply_loras(stacked, [(path, 0.5), (path, 0.0)])
+    torch.testing.assert_close(weight_of(q_proj(stacked)), original + 0.5 * (whole - original), rtol=1e-4,
+                               atol=1e-5)

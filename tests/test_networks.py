@@ -243,22 +243,27 @@ def test_the_kohya_file_reloads_through_peft_with_the_trained_behaviour(trained)
     reloaded_hidden, reloaded_out = model_outputs(fresh)
     torch.testing.assert_close(reloaded_hidden, hidden, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(reloaded_out, out, rtol=1e-4, atol=1e-5)
-    if config.network.network != "dora":  # (DoRA's learned magnitudes apply even with no delta)
-        muted = load_model(config.model.model)
-        lora_files.load_kohya(muted, result.lora_path, strength=0.0)
-        base_hidden, base_out = model_outputs(load_model(config.model.model))
-        muted_hidden, muted_out = model_outputs(muted)
-        torch.testing.assert_close(muted_out, base_out, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(muted_hidden, base_hidden, rtol=1e-5, atol=1e-6)
+    muted = load_model(config.model.model)  # a DoRA too: its whole change is scaled, as ComfyUI scales it
+    lora_files.load_kohya(muted, result.lora_path, strength=0.0)
+    base_hidden, base_out = model_outputs(load_model(config.model.model))
+    muted_hidden, muted_out = model_outputs(muted)
+    torch.testing.assert_close(muted_out, base_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(muted_hidden, base_hidden, rtol=1e-5, atol=1e-6)
+    if config.network.network != "dora":  # an update scaled, or the weights moved that share of the way: alike
+        scaled, fused = load_model(config.model.model), load_model(config.model.model)
+        lora_files.load_kohya(scaled, result.lora_path, strength=0.7)
+        lora_files.load_kohya(fused, result.lora_path)
+        assert sum(networks.fuse_adapters(module, 0.7) for module in (fused.unet, *fused.text_encoders)) > 0
+        for got, expected in zip(model_outputs(fused), model_outputs(scaled)):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_generate_renders_with_every_network_type(trained, tmp_path):
     from lowvram.cli import main
 
     config, result = trained
-    weight = "1" if config.network.network == "dora" else "0.7"  # a DoRA applies at strength 1 only
     assert main(["generate", "--model", config.model.model, "--lora", str(result.lora_path), "--prompt", "x",
-                 "--steps", "1", "--weight", weight, "--output", str(tmp_path / "x.png")]) == 0
+                 "--steps", "1", "--weight", "0.7", "--output", str(tmp_path / "x.png")]) == 0
     assert (tmp_path / "x.png").is_file()
 
 

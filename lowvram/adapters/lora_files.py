@@ -32,6 +32,7 @@ from lowvram.adapters.networks import (
     adapted_layers,
     adapted_modules,
     adapter_rank_alpha,
+    fuse_adapters,
     is_spatial,
     layer_patterns,
     peft_config,
@@ -259,17 +260,14 @@ def tag_frequency(captions_by_folder: dict[str, list[str]]) -> str:
 def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str = "--lora") -> str:
     """Apply a kohya/LyCORIS file (LoRA, DoRA, LoHa or LoKr; ours or another trainer's) to the model through
     peft: the inverse of `save_kohya`. diffusers' loader reads plain LoRA only (it drops `dora_scale`).
-    Per-layer ranks and alphas are kept (peft's rank/alpha patterns); returns the network type. Errors name the file
-    and `flag`, the option it came from."""
+    Per-layer ranks and alphas are kept (peft's rank/alpha patterns); returns the network type. A DoRA at another
+    `strength` than 1 is fused into the weights (`fuse_adapters`). Errors name the file and `flag`, the option it
+    came from."""
     from peft import LoKrConfig
     from peft.utils import set_peft_model_state_dict
 
     metadata, tensors = read_lora_file(path)
     network = _network_of(tensors, flag)
-    if network == "dora" and strength != 1:  # peft scales DoRA's low-rank part only: at 0 it still changes the model
-        raise LowvramError(f"{flag}: {path} is a DoRA, which lowvram applies at strength 1 only (a strength scales "
-                           f"its low-rank part alone, not its whole change: {strength:g} would not be ComfyUI's "
-                           "or AUTOMATIC1111's); give it at 1, or use it at another strength in ComfyUI")
     layers = by_layer(tensors)
     problem = layers_problem(layers)
     if problem:
@@ -330,6 +328,10 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
         if unfilled:
             raise LowvramError(f"{flag}: {path} lacks a tensor of a layer ({unfilled[0]}, {len(unfilled)} in all): "
                                "is the file whole?")
+        # peft's scaling would scale a DoRA's low-rank part alone, not its whole change (at 0 it would still change
+        # the model): fused at its strength, as ComfyUI and AUTOMATIC1111 weigh it
+        if network == "dora" and strength != 1:
+            fuse_adapters(module, strength)
         for _, layer in adapted_layers(module):
             layer.scaling[ADAPTER] *= strength
     missing = sorted(set(layers) - placed)

@@ -280,13 +280,19 @@ def peft_state_dicts(model: LoadedModel) -> dict[str, dict[str, torch.Tensor]]:
     return {name: get_peft_model_state_dict(module) for name, module in adapted_modules(model)}
 
 
-def fuse_adapters(module: torch.nn.Module) -> int:
+def fuse_adapters(module: torch.nn.Module, strength: float = 1.0) -> int:
     """Merge lowvram's adapter into `module`'s weights (peft's merge: LoRA, DoRA, LoHa, LoKr alike) and take the
-    peft layers out, leaving the plain model, changed, to which another file's adapter can be added. Returns how
-    many layers changed."""
+    peft layers out, leaving the plain model, changed, to which another file's adapter can be added. At another
+    `strength` each weight moves that share of the way to the merged one: a LoRA's, LoHa's or LoKr's update scaled,
+    and a DoRA's whole change scaled, as ComfyUI and AUTOMATIC1111 weigh one. Returns how many layers changed."""
     layers = adapted_layers(module)
     for name, layer in layers:
+        base = layer.get_base_layer()
+        params = [param for param in (base.weight, getattr(base, "bias", None)) if param is not None]
+        before = [param.detach().float().clone() for param in params] if strength != 1 else []
         layer.merge(adapter_names=[ADAPTER])
+        for param, old in zip(params, before):
+            param.data.copy_(old.lerp(param.detach().float(), strength))
         parent, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent), child, layer.get_base_layer())
     # the model's record of the adapter (diffusers' and transformers' add_adapter refuse a name it holds)

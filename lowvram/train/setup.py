@@ -272,8 +272,8 @@ def merge_base_weights(session: Session, model: LoadedModel) -> None:
     the caches fingerprint the text encoders and before the U-Net is stored as --unet-weights."""
     for item in session.config.model.base_weights:
         path, weight = parse_source(item)
-        lora_files.load_kohya(model, path, weight, flag="--base-weights")
-        layers = sum(networks.fuse_adapters(module) for module in (model.unet, *model.text_encoders))
+        lora_files.load_kohya(model, path, flag="--base-weights")
+        layers = sum(networks.fuse_adapters(module, weight) for module in (model.unet, *model.text_encoders))
         session.console.print(f"merged {path.name} x{weight:g} into the base model ({layers} layers)", soft_wrap=True)
 
 
