@@ -269,7 +269,7 @@ def _load_image_to_text(source: str, device: str, config: CaptionConfig):
     except Exception as exc:  # noqa: BLE001 - an unsupported architecture or broken files
         raise LowvramError(f"--caption-model: {config.caption_model} could not be loaded as an image-to-text model "
                            f"({first_line(exc)})") from None
-    model.to(device).eval()
+    model.to(device=device, dtype=dtype).eval()  # (transformers before 4.56 took the dtype as torch_dtype only)
 
     @torch.inference_mode()
     def caption(images: list) -> list[str]:

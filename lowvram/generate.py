@@ -193,7 +193,8 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
     names = ["lora"] + [f"lora{i}" for i in range(1, len(theirs))]
     for name, (path, _) in zip(names, theirs):
         try:
-            model.pipeline.load_lora_weights(str(path), adapter_name=name)
+            # the folder and the file's name: a bare file path, under HF_HUB_OFFLINE, diffusers before 0.40 refused
+            model.pipeline.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise LowvramError(f"--lora: {path} does not fit {model.family.title}: "
                                f"{str(exc).splitlines()[0]}") from None

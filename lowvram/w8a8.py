@@ -40,19 +40,20 @@ class KernelContractError(RuntimeError):
 
 @functools.cache
 def kernel_supported(kind: str, device: torch.device) -> bool:
-    """Whether the device runs this kind's 8-bit matmul (the CPU runs both; CUDA cards from a compute capability
-    on, formats.WEIGHT_FORMATS' matmul_capability). Elsewhere the layers multiply their weights dequantized."""
-    if device.type != "cuda":
-        return True
-    if kind == "fp8" and (sys.platform == "win32" or torch.version.hip):
-        return False  # torch's row-wise scaled-mm (CUTLASS) kernel is built for neither Windows nor ROCm
-    if torch.cuda.get_device_capability(device) < WEIGHT_FORMATS[f"w8a8-{kind}"].matmul_capability:
-        return False
+    """Whether the device runs this kind's 8-bit matmul (the CPU, with a recent torch; CUDA cards from a compute
+    capability on, formats.WEIGHT_FORMATS' matmul_capability). Elsewhere the layers multiply their weights
+    dequantized."""
+    if device.type == "cuda":
+        if kind == "fp8" and (sys.platform == "win32" or torch.version.hip):
+            return False  # torch's row-wise scaled-mm (CUTLASS) kernel is built for neither Windows nor ROCm
+        if torch.cuda.get_device_capability(device) < WEIGHT_FORMATS[f"w8a8-{kind}"].matmul_capability:
+            return False
     # the kernels also depend on the CUDA toolkit and torch build (cuBLAS int8 on Turing before CUDA 12.3, row-wise
-    # fp8 on Ada before torch 2.7): one small call says whether this one has them
+    # fp8 on Ada before torch 2.7, fp8 on the CPU before torch 2.9): one small call says whether this one has them
     problem = kernel_problem(kind, device)
     if problem:
-        print(f"warning: --unet-weights w8a8-{kind}: this GPU and torch build have no {kind} matmul ({problem}); "
+        where = "GPU" if device.type == "cuda" else device.type.upper()
+        print(f"warning: --unet-weights w8a8-{kind}: this {where} and torch build have no {kind} matmul ({problem}); "
               "its layers multiply their weights dequantized instead (slower)", file=sys.stderr)
     return problem is None
 

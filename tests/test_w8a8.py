@@ -186,3 +186,8 @@ def test_the_kernel_probe_makes_a_legal_call_and_says_why_one_fails(kind, monkey
     monkeypatch.setattr(torch, "_int_mm", lambda *a: (_ for _ in ()).throw(RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED")))
     monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no kernel\n...")))
     assert w8a8.kernel_problem(kind, cpu) == ("CUBLAS_STATUS_NOT_SUPPORTED" if kind == "int8" else "no kernel")
+    w8a8.kernel_supported.cache_clear()  # a torch without the CPU kernel (fp8 before 2.9): dequantized, said once
+    try:
+        assert w8a8.kernel_supported(kind, cpu) is False
+    finally:
+        w8a8.kernel_supported.cache_clear()
