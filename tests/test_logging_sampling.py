@@ -403,8 +403,17 @@ def test_a_piped_progress_line_says_the_epoch_the_time_left_and_slow_steps_in_se
     now[0] = 500.0
     progress.update(4, 1.0, 1e-4, epoch=2)
     assert out.getvalue().splitlines() == [
-        "step 2/4  epoch 2/3  loss 1.0000  lr 1.00e-04  125.00 s/it  0:04:10 elapsed, 0:04:10 left",
+        "step 2/4  epoch 2/3  loss 1.0000  lr 1.00e-04  125.00 s/it  0:04:10 elapsed",  # the pace timed from here
         "step 4/4  epoch 3/3  loss 1.0000  lr 1.00e-04  125.00 s/it  0:08:20 elapsed, 0:00:00 left"]
+    out.truncate(0)
+    out.seek(0)
+    now[0] = 0.0
+    resumed = TrainingProgress(Console(file=out, width=200), 10, start_step=5)
+    for step, at in ((6, 100.0), (7, 110.0), (8, 120.0)):  # the first step took 100 s (warm-up), the next 10 s each
+        now[0] = at
+        resumed.update(step, 1.0, 1e-4)
+    assert [line.split("  ")[-1] for line in out.getvalue().splitlines()] == [
+        "0:01:40 elapsed", "0:01:50 elapsed, 0:00:30 left", "0:02:00 elapsed, 0:00:20 left"]
 
 
 def test_a_samples_decode_that_runs_out_of_memory_whole_is_done_in_tiles(monkeypatch):

@@ -99,6 +99,7 @@ class TrainingProgress:
         self.smoothing = smoothing
         self.loss: float | None = None
         self.started = time.perf_counter()
+        self.timed: tuple[int, float] | None = None  # the step the pace is timed from, and when it ended
         self.progress = Progress(
             TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(), console=console, transient=False,
@@ -121,8 +122,16 @@ class TrainingProgress:
             self.spill.step(seconds)
         if math.isfinite(loss):  # a skipped step's NaN would hold the average at nan for the rest of the run
             self.loss = loss if self.loss is None else self.smoothing * self.loss + (1 - self.smoothing) * loss
-        elapsed = time.perf_counter() - self.started
-        rate = (step - self.start_step) / max(elapsed, 1e-9)
+        now = time.perf_counter()
+        elapsed = now - self.started
+        # the first step of a start or a resume holds the warm-up (and a resume's reading back): the pace, and the
+        # time left with it, are timed from its end, so that one step's time does not stand for the run's
+        steady = self.timed is not None
+        if not steady:
+            self.timed = (step, now)
+            rate = (step - self.start_step) / max(elapsed, 1e-9)
+        else:
+            rate = (step - self.timed[0]) / max(now - self.timed[1], 1e-9)
         shown = "nan" if self.loss is None else f"{self.loss:.4f}"
         speed = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.2f} s/it"  # as tqdm switches
         stats = (f"epoch {epoch + 1}/{self.epochs}  " if epoch is not None and self.epochs else "") + (
@@ -134,8 +143,9 @@ class TrainingProgress:
         elif time.perf_counter() - self.last_line >= self.LINE_SECONDS or step == self.total_steps:
             self.last_line = time.perf_counter()
             left = (self.total_steps - step) / rate if rate else 0.0  # the live bar shows this in its own column
-            self.console.print(f"step {step}/{self.total_steps}  {stats}  {clock(elapsed)} elapsed, {clock(left)} left",
-                               highlight=False, soft_wrap=True)
+            timing = f"{clock(elapsed)} elapsed" + (f", {clock(left)} left" if steady or step == self.total_steps
+                                                    else "")
+            self.console.print(f"step {step}/{self.total_steps}  {stats}  {timing}", highlight=False, soft_wrap=True)
         return self.loss
 
 
