@@ -35,7 +35,7 @@ from lowvram.configure import (
     with_preset_alpha,
     without_idle_kept_tags,
 )
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, TrainingInterrupted
 from lowvram.files import unwritable
 from lowvram.hardware import parse_size
 from lowvram.housekeeping import cache_folder, parse_age
@@ -545,8 +545,9 @@ def main(argv: list[str] | None = None) -> int:
             for path in generate(args):
                 print(f"wrote {path}")
     except LowvramError as exc:
+        said = "" if isinstance(exc, TrainingInterrupted) else "error: "  # a stop asked for is no error
         for line in str(exc).splitlines() if not echo else []:
-            print(f"lowvram {args.command}: error: {line}", file=sys.stderr)
+            print(f"lowvram {args.command}: {said}{line}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"lowvram {args.command}: interrupted", file=sys.stderr)

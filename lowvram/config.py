@@ -492,7 +492,8 @@ class OutputConfig:
                          "diffusers: also a diffusers/PEFT folder with adapter metadata.", choices=FORMATS)
     save_every: str | None = option(None, "Also save every N steps ('500') or N epochs ('2e').", metavar="N[e]")
     keep_saves: int | None = option(None, "Keep only the newest K of the --save-every LoRAs, deleting older ones "
-                                    "(kohya's --save_last_n_epochs; default: keep all).", metavar="K")
+                                    "(kohya's --save_last_n_epochs; default: keep all). A stopped run's LoRA is "
+                                    "kept.", metavar="K")
     save_precision: str = option("fp16", "Precision of the saved LoRA.", choices=SAVE_PRECISION)
     overwrite: bool = option(False, "Replace an existing LoRA of the same name in the output folder.")
     training_comment: str | None = option(None, "A note kept in the LoRA's metadata, which ComfyUI and "
