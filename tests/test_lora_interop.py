@@ -254,20 +254,23 @@ def test_generate_applies_a_kohya_text_encoder_lora_without_out_proj_whole(tmp_p
     assert adapted == {"q_proj", "k_proj", "v_proj", "fc1", "fc2"}
 
 
-def test_files_lowvram_cannot_apply_whole_are_refused_not_applied_in_part(tmp_path):
-    """A LyCORIS LoKr with whole Kronecker factors (full_matrix) was applied as zero, unsaid; a file in OneTrainer's
-    dotted naming made generate end in a traceback."""
+def test_a_full_matrix_lokr_applies_and_files_lowvram_cannot_apply_whole_are_refused(tmp_path):
+    """A LyCORIS LoKr with whole Kronecker factors (full_matrix) was applied as zero, unsaid (now it is applied); a
+    file without a layer's tensor, or in OneTrainer's dotted naming, is refused in one line."""
     model = load_model("tiny")
     name = next(n for n, layer in model.unet.named_modules() if n.endswith("ff.net.0.proj"))  # 256 x 32
     out_features, in_features = dict(model.unet.named_modules())[name].weight.shape
     base = "lora_unet_" + name.replace(".", "_")
-    whole = tmp_path / "lokr.safetensors"
-    save_file({f"{base}.lokr_w1": torch.randn(4, 4),
-               f"{base}.lokr_w2": torch.randn(out_features // 4, in_features // 4),
-               f"{base}.alpha": torch.tensor(4.0)}, str(whole))
-    with pytest.raises(LowvramError, match=r"holds whole Kronecker factors \(LyCORIS's full_matrix LoKr\), which "
-                                           r"lowvram cannot apply; use it in ComfyUI or AUTOMATIC1111"):
-        lora_files.load_kohya(model, whole)
+    whole = tmp_path / "lokr.safetensors"  # LyCORIS's full_matrix LoKr: applied unscaled, whatever its alpha
+    first, second = random(4, 4), random(out_features // 4, in_features // 4)
+    original = weight_of(dict(model.unet.named_modules())[name])
+    for alpha in (4.0, 10000.0):  # (LyCORIS stores its dim, 10000 in SimpleTuner's full_matrix recipe)
+        save_file({f"{base}.lokr_w1": first, f"{base}.lokr_w2": second, f"{base}.alpha": torch.tensor(alpha)},
+                  str(whole))
+        applied = load_model("tiny")
+        lora_files.load_kohya(applied, whole)
+        torch.testing.assert_close(weight_of(dict(applied.unet.named_modules())[name]),
+                                   original + torch.kron(first, second), rtol=1e-4, atol=1e-5)
     torn = tmp_path / "torn.safetensors"  # a layer without its lora_down: peft's random start stood in for it
     whole_layer = base.replace("ff_net_0_proj", "attn1_to_q")  # 32 x 32
     save_file({f"{base}.lora_up.weight": torch.randn(out_features, 4), f"{base}.alpha": torch.tensor(4.0),

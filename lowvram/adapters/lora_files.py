@@ -300,7 +300,8 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
             continue
         placed.update(base for base in layers if base in paths)
         ranks = {name: _rank_of(own) for name, own in found.items()}
-        alphas = {name: float(own["alpha"]) if "alpha" in own else float(ranks[name]) for name, own in found.items()}
+        alphas = {name: float(own["alpha"]) if "alpha" in own and not _whole_kronecker(own) else float(ranks[name])
+                  for name, own in found.items()}
         rank, alpha = (Counter(values.values()).most_common(1)[0][0] for values in (ranks, alphas))
         config = peft_config(network, tuple(found), rank, alpha, 0.0, factor)
         if isinstance(config, LoKrConfig):
@@ -320,8 +321,9 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
         unplaced = sorted(getattr(loaded, "unexpected_keys", ()))
         if unplaced:
             whole = any({"lokr_w1", "lokr_w2"} & set(key.split(".")) for key in unplaced)
-            raise LowvramError(f"{flag}: {path} holds " + ("whole Kronecker factors (LyCORIS's full_matrix LoKr), "
-                               "which lowvram cannot apply; use it in ComfyUI or AUTOMATIC1111" if whole else
+            raise LowvramError(f"{flag}: {path} holds " + ("a whole Kronecker factor beside a split one (a LoKr's "
+                               "lokr_w2 with lokr_w1_a/b), which lowvram cannot apply; use it in ComfyUI or "
+                               "AUTOMATIC1111" if whole else
                                f"tensors lowvram has no place for ({unplaced[0]}, {len(unplaced)} in all); is it "
                                "a LoRA of another kind?"))
         unfilled = sorted(key for key in getattr(loaded, "missing_keys", ()) if f".{ADAPTER}" in key)
@@ -492,8 +494,15 @@ def _rank_of(own: dict[str, torch.Tensor]) -> int:
     for key, axis in (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1)):
         if key in own:
             return int(own[key].shape[axis])
-    # LoKr with no decomposed factor has no rank; LyCORIS then applies no alpha/rank scale (alpha = rank)
+    if _whole_kronecker(own):  # a rank at which peft keeps the second factor whole too (it splits it below half)
+        return max(own["lokr_w2"].shape[:2])
     return max(1, int(float(own.get("alpha", torch.tensor(1.0)))))
+
+
+def _whole_kronecker(own: dict[str, torch.Tensor]) -> bool:
+    """A LoKr layer with both Kronecker factors whole (LyCORIS's full_matrix, or a rank too large for the layer):
+    it has no rank, and LyCORIS and ComfyUI apply it unscaled, whatever alpha it stores."""
+    return "lokr_w1" in own and "lokr_w2" in own
 
 
 def _peft_suffix(suffix: str) -> str:
