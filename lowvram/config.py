@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from lowvram.formats import WEIGHT_FORMATS
@@ -636,11 +637,13 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def fields_by_name() -> dict[str, tuple[str, dataclasses.Field, Any]]:
-    """Every option: name -> (section, field, resolved type). Option names are unique across sections."""
+@cache
+def fields_by_name() -> MappingProxyType[str, tuple[str, dataclasses.Field, Any]]:
+    """Every option: name -> (section, field, resolved type). Option names are unique across sections. Built once
+    (resolving the type hints takes milliseconds, and every config and flag reads it), and read-only."""
     table = {}
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             table[f.name] = (section, f, hints[f.name])
-    return table
+    return MappingProxyType(table)
