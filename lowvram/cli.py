@@ -560,16 +560,19 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def remembered_interrupt():
-    """Ctrl-C while the libraries load raises KeyboardInterrupt wherever it lands; one that lands in a finalizer
-    or a callback is printed as 'Exception ignored' and lost, and the run would go on. The signal is remembered
-    here (a list that is non-empty once it came), for the caller to act on after the block. An error the block
-    raises after the signal came is the interrupt's doing (a library that wraps it, or a half-imported module that
-    then recurses: diffusers' lazy modules do both), so it is raised as the KeyboardInterrupt it is."""
+    """Ctrl-C while the libraries load: a KeyboardInterrupt raised wherever it lands may land in a C extension's
+    initialisation (which then aborts the process, SIGABRT, with a C++ message) or in a finalizer or callback (where
+    it is printed as 'Exception ignored' and lost, and the run would go on). So the first one is only remembered
+    here (a list that is non-empty once it came), for the caller to act on after the block, seconds later; a
+    second one raises at once. An error the block raises after a signal came is the interrupt's doing (a library
+    that wraps it, or a half-imported module that then recurses: diffusers' lazy modules do both), so it is raised
+    as the KeyboardInterrupt it is."""
     received: list[int] = []
 
     def handle(signum, frame):
         received.append(signum)
-        raise KeyboardInterrupt
+        if len(received) > 1:  # asked again: at once
+            raise KeyboardInterrupt
 
     try:
         previous = signal.signal(signal.SIGINT, handle)
