@@ -29,9 +29,17 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
     from lowvram.precision import DTYPES
 
     read = [(path, weight, *read_pairs(path, "merge")) for path, weight in sources]
-    _one_model(read)
-    # an SDXL U-Net named both ways across the files: one naming (kohya's), so each layer's updates add up
-    renames = in_original_layout([base for *_, pairs in read for base in pairs])
+    families = _one_model(read)
+    # an SDXL U-Net named both ways across the files, and its CLIP-L's layers too: one naming (kohya's), so each
+    # layer's updates add up
+    bases = [base for *_, pairs in read for base in pairs]
+    renames = in_original_layout(bases) | _clip_l_renames(bases, families)
+    for path, *_, pairs in read if renames else []:
+        named = [renames.get(base, base) for base in pairs]
+        if len(set(named)) < len(named):
+            twice = next(name for name in named if named.count(name) > 1)
+            raise LowvramError(f"{path} holds one layer under two names ({twice}, in kohya's and another naming), "
+                               "which lowvram merge cannot add up within one file; apply it in ComfyUI instead")
     if renames:
         read = [(path, weight, meta, _renamed(tensors, renames), {renames.get(base, base): own
                                                                   for base, own in pairs.items()})
@@ -70,50 +78,59 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
     return Resized(output, len(bases), (max(before), max(after)), after, kept)
 
 
-def _one_model(read: list) -> None:
+def _one_model(read: list) -> set[str] | None:
     """Refuse files made for different base models, by what their metadata says or, where it says nothing (files
-    stripped of it, or from tools that write none), by their layers: the text encoders' key prefixes and the
-    U-Net's cross-attention width. Their layers hardly overlap, so a merge would write both models' in one file."""
+    stripped of it, or from tools that write none), by their layers: the U-Net's cross-attention width and the text
+    encoders' key prefixes (lora_te1_/lora_te2_: two encoders; an SDXL file's lora_te_ layers are its CLIP-L's, as
+    ComfyUI reads them). Their layers hardly overlap, so a merge would write both models' in one file. Returns the
+    families every file's layers may be for (None: no file's layers say)."""
     for key in ("modelspec.architecture", "ss_base_model_version"):
         said = {meta[key]: path for path, _, meta, _, _ in read if meta.get(key)}
         if len(said) > 1:
             (first, one), (second, other) = list(said.items())[:2]
             raise LowvramError(f"{one} is for {first}, {other} for {second}; merge LoRAs of one base model")
-    for sign in (_cross_attention_width, _text_encoders):
-        said = {}
-        for path, _, _, _, pairs in read:
-            if (found := sign(pairs)) is not None:
-                said.setdefault(found, path)
-        if len(said) > 1:
-            (first, one), (second, other) = list(said.items())[:2]
-            raise LowvramError(f"{one} is for {first}, {other} for {second} (by their layers); merge LoRAs of one "
-                               "base model")
+    known = [(path, found) for path, _, _, _, pairs in read if (found := _families_of(pairs)) is not None]
+    common = None
+    for path, (families, title) in known:
+        if common is not None and not common & families:
+            one, (_, first) = next(((other, found) for other, found in known if not found[0] & families), known[0])
+            raise LowvramError(f"{one} is for {first}, {path} for {title} (by their layers); merge LoRAs of one base "
+                               "model")
+        common = families if common is None else common & families
+    return common
 
 
-def _cross_attention_width(pairs: dict[str, dict]) -> str | None:
-    """The model a file's U-Net layers are for, by the width of their cross-attention's text input."""
+def _families_of(pairs: dict[str, dict]) -> tuple[set[str], str] | None:
+    """The families a file's layers may be for, and their title: by the width of the U-Net's cross-attention
+    input (a width no family has stands for itself), and by text-encoder layers of two encoders. None when its
+    layers say neither."""
     import json
 
     from lowvram.models import FAMILIES
 
     widths = {own["lora_down.weight"].shape[1] for base, own in pairs.items()
               if base.endswith(("_attn2_to_k", "_attn2_to_v")) and own["lora_down.weight"].dim() == 2}
-    if len(widths) != 1:
+    two_encoders = any(base.startswith(("lora_te1_", "lora_te2_")) for base in pairs)
+    if len(widths) != 1 and not two_encoders:
         return None
-    width = widths.pop()
-    titles = [family.title for family in FAMILIES.values()
-              if json.loads((family.config_dir / "unet" / "config.json").read_text())["cross_attention_dim"] == width]
-    return " or ".join(titles) or f"a U-Net with {width}-wide cross-attention"
+    families = {name for name, family in FAMILIES.items() if len(family.text_encoders) == 2 or not two_encoders}
+    if len(widths) == 1:
+        width = next(iter(widths))
+        families &= {name for name, family in FAMILIES.items() if width ==
+                     json.loads((family.config_dir / "unet" / "config.json").read_text())["cross_attention_dim"]}
+        if not families:
+            return {f"{width} wide"}, f"a U-Net with {width}-wide cross-attention"
+    return families, " or ".join(FAMILIES[name].title for name in sorted(families))
 
 
-def _text_encoders(pairs: dict[str, dict]) -> str | None:
-    """The kind of model a file's text-encoder layers are for: one encoder (lora_te_, as SD1.5) or two (lora_te1_
-    and lora_te2_, as SDXL)."""
-    prefixes = {base.split("_", 2)[1] for base in pairs if base.startswith("lora_te")}
-    if not prefixes:
-        return None
-    return "a model with one text encoder (lora_te_ layers)" if prefixes == {"te"} else \
-        "a model with two text encoders (lora_te1_/lora_te2_ layers)"
+def _clip_l_renames(bases: list[str], families: set[str] | None) -> dict[str, str]:
+    """Where every file is for a family of two text encoders, its lora_te_ layers (CLIP-L's, as ComfyUI reads
+    them) under kohya's lora_te1_ name, so that they add up with other files' lora_te1_ layers."""
+    from lowvram.models import FAMILIES
+
+    if not families or not all(FAMILIES.get(name) and len(FAMILIES[name].text_encoders) == 2 for name in families):
+        return {}
+    return {base: "lora_te1_" + base.removeprefix("lora_te_") for base in bases if base.startswith("lora_te_")}
 
 
 def _renamed(tensors: dict, renames: dict[str, str]) -> dict:

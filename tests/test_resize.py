@@ -194,10 +194,26 @@ def test_lora_files_of_different_models_are_not_merged(trained, tmp_path, capsys
     assert main(["merge", str(tmp_path / "unet.safetensors"), bare[1], "--rank", "4", "--output",
                  str(tmp_path / "m.safetensors")]) == 2
     assert "(by their layers)" in capsys.readouterr().err
-    for name, path in (("sd", str(with_encoder)), ("xl", bare[1])):  # text encoders only: one encoder's prefix, or two
-        save_file({key: value for key, value in load_file(path).items() if key.startswith("lora_te")},
-                  str(tmp_path / f"{name}-te.safetensors"))
-    assert main(["merge", str(tmp_path / "sd-te.safetensors"), str(tmp_path / "xl-te.safetensors"), "--rank", "4",
+    save_file({key: value for key, value in load_file(bare[1]).items() if key.startswith("lora_te")},
+              str(tmp_path / "xl-te.safetensors"))  # an SDXL file of text-encoder layers alone: two encoders tell
+    save_file(load_file(str(with_encoder)), str(tmp_path / "sd-both.safetensors"))
+    assert main(["merge", str(tmp_path / "sd-both.safetensors"), str(tmp_path / "xl-te.safetensors"), "--rank", "4",
                  "--output", str(tmp_path / "m.safetensors")]) == 2
-    assert "is for a model with one text encoder (lora_te_ layers)" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().endswith(
+        "sd-both.safetensors is for tiny SD (random weights), " + str(tmp_path / "xl-te.safetensors") + " for "
+        "Stable Diffusion XL or tiny SDXL (random weights) (by their layers); merge LoRAs of one base model")
     assert not (tmp_path / "m.safetensors").exists()
+    # an SDXL file whose CLIP-L layers are named lora_te_ (as ComfyUI reads them) is SDXL's: merged, and its layers
+    # added up with another file's lora_te1_ ones
+    clip_l = {key.replace("lora_te1_", "lora_te_"): value for key, value in load_file(bare[1]).items()}
+    save_file(clip_l, str(tmp_path / "xl-te-named.safetensors"))
+    merged = tmp_path / "m.safetensors"
+    assert main(["merge", str(tmp_path / "xl-te-named.safetensors"), bare[1], "--rank", "8", "--output",
+                 str(merged), "--save-precision", "fp32"]) == 0
+    assert {key.split(".")[0] for key in load_file(str(merged))} == {key.split(".")[0] for key in load_file(bare[1])}
+    for base, update in updates(merged).items():  # each layer twice: its two files' updates summed
+        torch.testing.assert_close(update, 2 * updates(bare[1])[base], rtol=1e-3, atol=1e-5)
+    save_file(load_file(bare[1]) | clip_l, str(tmp_path / "both-names.safetensors"))  # one file, both namings
+    assert main(["merge", str(tmp_path / "both-names.safetensors"), "--rank", "8", "--output",
+                 str(tmp_path / "n.safetensors")]) == 2
+    assert "both-names.safetensors holds one layer under two names (lora_te1_" in capsys.readouterr().err
