@@ -20,6 +20,7 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
+from lowvram.files import MAX_FILE_NAME, TEMPORARY_NAME_EXTRA
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
 from lowvram.option_values import (
@@ -36,8 +37,8 @@ from lowvram.samplers import sampler_problem
 from lowvram.timesteps import timestep_problem
 
 NOT_IN_NAMES = '/\\:*?"<>|'  # what Windows refuses in a file name (and / and \\ are folders)
-# the longest file a run names after its LoRA, written as ".<that>.<8>.tmp" first, within the 255 bytes of a file name
-MAX_NAME_BYTES = 255 - len(LONGEST_SUFFIX) - len("..12345678.tmp")
+# the longest file a run names after its LoRA, written through a temporary name first, within a file name's bytes
+MAX_NAME_BYTES = MAX_FILE_NAME - len(LONGEST_SUFFIX) - TEMPORARY_NAME_EXTRA
 
 
 def windows_path_hint(path: str) -> str:
@@ -500,8 +501,8 @@ def _output_problems(c: RunConfig) -> list[str]:
         p.append(f"{flag}: {whose} is not a valid file name{why}; {fix}")
     elif len(name.encode()) > MAX_NAME_BYTES:
         p.append(f"{flag}: {whose} is {len(name.encode())} bytes long; the run's files add up to "
-                 f"{255 - MAX_NAME_BYTES} to it ({LONGEST_SUFFIX}, a temporary suffix), and a file name holds "
-                 f"255, so it can be at most {MAX_NAME_BYTES}; {fix}")
+                 f"{MAX_FILE_NAME - MAX_NAME_BYTES} to it ({LONGEST_SUFFIX}, a temporary suffix), and a file name "
+                 f"holds {MAX_FILE_NAME}, so it can be at most {MAX_NAME_BYTES}; {fix}")
     return p
 
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 # what atomic_write names its temporary files: `.<final name>.<mkstemp's 8 characters>.tmp`
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+MAX_FILE_NAME = 255  # bytes in a file name, on every common file system
+TEMPORARY_NAME_EXTRA = len("..12345678.tmp")  # what atomic_write's temporary name adds to a file's: .<name>.<8>.tmp
 FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 WINDOWS_DISK_FULL = (39, 112)  # ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL: safetensors' writer reports these codes
 
@@ -159,17 +161,25 @@ def unwritable(folder: Path) -> str | None:
 def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str = "--output") -> str | None:
     """Why `output` must not be written, in one line: it is one of the files `inputs` being read (or inside a
     folder being read: a diffusers model's), whatever --overwrite says; or it exists and `overwrite` is off.
-    None when it may be written."""
+    None when it may be written. A name too long to write through a temporary name beside it is refused too."""
     output = Path(output).expanduser()
-    target = output.resolve()
-    for path in (Path(given).expanduser() for given in inputs):
-        if not path.exists():
-            continue
-        same = target == path.resolve() or (output.exists() and output.samefile(path))  # a link to it too
-        if same or (path.is_dir() and output.exists() and target.is_relative_to(path.resolve())):
-            return f"{flag}: {output} is a file being read; name another"
-    if output.exists() and not overwrite:
-        return f"{flag}: {output} exists; add --overwrite to replace it, or name another"
+    size = len(os.fsencode(output.name))
+    if size + TEMPORARY_NAME_EXTRA > MAX_FILE_NAME:
+        return (f"{flag}: {output.name[:24]}... is {size} bytes long; a file name holds {MAX_FILE_NAME} and lowvram "
+                f"writes it through a temporary name {TEMPORARY_NAME_EXTRA} bytes longer, so it can be at most "
+                f"{MAX_FILE_NAME - TEMPORARY_NAME_EXTRA}; shorten it")
+    try:
+        target = output.resolve()
+        for path in (Path(given).expanduser() for given in inputs):
+            if not path.exists():
+                continue
+            same = target == path.resolve() or (output.exists() and output.samefile(path))  # a link to it too
+            if same or (path.is_dir() and output.exists() and target.is_relative_to(path.resolve())):
+                return f"{flag}: {output} is a file being read; name another"
+        if output.exists() and not overwrite:
+            return f"{flag}: {output} exists; add --overwrite to replace it, or name another"
+    except OSError as exc:  # a folder name too long, a loop of links: what the system says
+        return f"{flag}: {output}: {exc.strerror or exc}; name another"
     return None
 
 

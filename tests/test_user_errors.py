@@ -161,3 +161,20 @@ def test_tensorboard_missing_is_said_before_anything_loads(monkeypatch):
                                            r"'lowvram\[tensorboard\]', or train without it \(--no-tensorboard\)"):
         run_config(tensorboard=True)
     run_config(tensorboard=False)
+
+
+def test_an_output_name_too_long_to_write_is_refused_before_any_work(tmp_path, capsys):
+    """A file name holds 255 bytes, and lowvram writes through a temporary name 14 bytes longer: a 252-byte name
+    rendered, then failed to write; a 270-byte one ended resize in a traceback."""
+    long_png, longer = tmp_path / ("長" * 83 + ".png"), tmp_path / ("長" * 90 + ".safetensors")
+    assert main(["generate", "--model", "tiny", "--prompt", "x", "--steps", "1", "--output", str(long_png)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lowvram generate: error: --output: 長長長") and "is 253 bytes long" in err
+    assert "so it can be at most 241; shorten it" in err and len(err.splitlines()) == 1
+    assert main(["resize", str(tmp_path / "missing.safetensors"), "--rank", "2", "--output", str(longer)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert any("is 282 bytes long" in line for line in lines) and not any("Traceback" in line for line in lines)
+    inside = tmp_path / ("長" * 90) / "out.safetensors"  # a folder's name too long: what the system says, one line
+    assert main(["resize", str(tmp_path / "missing.safetensors"), "--rank", "2", "--output", str(inside)]) == 2
+    assert "File name too long; name another" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
