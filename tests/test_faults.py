@@ -333,3 +333,26 @@ def test_a_cache_folder_short_of_room_says_how_much_to_free_and_that_is_enough(t
     assert enough.returncode == 0, enough.stderr
     assert "encoding into memory" not in " ".join(enough.stdout.split()), (printed, enough.stdout)
     assert any((cache / "latents").rglob("*"))
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_disk_that_fills_with_the_final_samples_log_says_so_where_they_are_logged(tmp_path, small_disk):
+    """TensorBoard's writer thread meets a full disk: the error comes out where the final samples are logged, as
+    the run's DiskFull (said in one line, the LoRA written), with no thread traceback, and the log's close after it
+    is quiet; it came out at the close, a traceback after a finished run."""
+    import numpy as np
+    from conftest import run_config
+    from PIL import Image
+
+    from lowvram.files import DiskFull
+    from lowvram.train.runlog import RunLog
+
+    mount, _ = small_disk
+    out = mount("out", 256)
+    config = run_config(output=str(out), tensorboard=True)
+    sample = tmp_path / "sample.png"  # noise: its PNG (and its event) larger than the disk
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(sample)
+    with RunLog(out, 0, config) as log:
+        with pytest.raises(DiskFull) as error:
+            log.final_samples(3, [sample])
+        assert str(error.value).startswith(f"the disk filled up while writing the TensorBoard log in {out / 'logs'}")

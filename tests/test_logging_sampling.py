@@ -130,7 +130,7 @@ def test_each_epochs_mean_loss_is_logged_at_its_end_and_a_resumed_run_goes_on_wi
         for step, loss, epoch, ends in ((1, 0.4, 0, False), (2, float("nan"), 0, False), (3, 0.2, 0, True),
                                         (4, 0.5, 1, False), (5, float("nan"), 1, False), (6, 0.9, 1, False)):
             log.step(step, {"loss": loss, "epoch": epoch}, ends_epoch=ends)
-    with RunLog(config.output_dir, 5, config) as log:  # resumed from step 5's checkpoint: step 6 is trained again
+    with RunLog(config.output_dir, 5, config, open_epoch=1) as log:  # resumed from step 5's checkpoint, in epoch 1
         log.step(6, {"loss": 0.3, "epoch": 1}, ends_epoch=True)
     records = [json.loads(line) for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
     # a skipped (nan) step leaves the mean alone; the resumed epoch's mean holds the steps logged before the stop
@@ -138,6 +138,25 @@ def test_each_epochs_mean_loss_is_logged_at_its_end_and_a_resumed_run_goes_on_wi
         (3, 0, pytest.approx(0.3)), (6, 1, pytest.approx(0.4))]
     events = EventAccumulator(str(config.output_dir / "logs")).Reload()
     assert [(e.step, round(e.value, 5)) for e in events.Scalars("epoch/loss")] == [(3, 0.3), (6, 0.4)]
+    with RunLog(config.output_dir, 6, config) as log:  # resumed at an epoch's start (a log without epoch_loss lines,
+        log.step(7, {"loss": 0.8, "epoch": 2}, ends_epoch=True)  # as an older run's): the new epoch's own steps
+    records = [json.loads(line) for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch_loss"]) for r in records if "epoch_loss" in r][-1] == (7, pytest.approx(0.8))
+
+
+def test_the_final_samples_are_written_out_where_they_are_logged(tmp_path):
+    """TensorBoard's writer thread says a full disk only when its events are written out: the final samples are
+    written at once, where the run says a failure in one line, not at the log's close after it (a traceback)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = run_config(output=str(tmp_path / "out"), tensorboard=True)
+    config.output_dir.mkdir()
+    sample = tmp_path / "sample.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(sample)
+    with RunLog(config.output_dir, 0, config) as log:
+        log.final_samples(3, [sample])
+        events = EventAccumulator(str(config.output_dir / "logs"), size_guidance={"images": 0}).Reload()
+        assert [event.step for event in events.Images("final_samples/00")] == [3]
 
 
 def test_a_resumed_run_logs_on_to_the_wandb_run_it_started_and_a_new_run_to_its_own(tmp_path, monkeypatch):

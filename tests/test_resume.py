@@ -38,10 +38,10 @@ def assert_same_lora(a, b):
 def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
     env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
     whole = tmp_path / "whole"
-    assert run(cli(whole), env).returncode == 0
+    assert run(cli(whole, "--batch-size", "4"), env).returncode == 0
 
     cut = tmp_path / "cut"
-    proc = Run(cli(cut), env)
+    proc = Run(cli(cut, "--batch-size", "4"), env)
     metrics = cut / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
@@ -59,14 +59,17 @@ def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
     resumed = run([sys.executable, "-m", "lowvram", "train", "--config", str(cut / "cut.toml"), "--resume", "auto"], env)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_lora(whole / "whole.safetensors", cut / "cut.safetensors")
-    assert len(metrics.read_text().splitlines()) == STEPS
 
-    def smoothed(folder):
-        import json
+    def logged(folder, key):
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [(record["step"], record[key]) for record in records if key in record]
 
-        return [json.loads(line)["loss_smoothed"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-    assert smoothed(cut) == smoothed(whole)  # the running mean goes on where it was, as the weights do
+    assert [step for step, _ in logged(cut, "loss")] == list(range(1, STEPS + 1))
+    # the running mean goes on where it was, as the weights do; and the epoch it resumed inside ends with the mean
+    # of all its steps, those before the stop too (8 batches of 4 an epoch: steps 8 and 16 end one)
+    assert logged(cut, "loss_smoothed") == logged(whole, "loss_smoothed")
+    assert [step for step, _ in logged(cut, "epoch_loss")] == [8, 16]
+    assert logged(cut, "epoch_loss") == logged(whole, "epoch_loss")
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):

@@ -122,7 +122,8 @@ def run_training(session: Session) -> TrainResult:
     spill = session.run.hardware.can_spill_vram  # slow steps then may mean VRAM spilled into system RAM
     # the log first: W&B's login prompt, on a terminal not logged in, comes before the progress bar is drawn;
     # it stays open for the final samples
-    with RunLog(out_dir, position.step, config, session.main) as log:
+    mid_epoch = 0 < position.batch < prepared.data.batches_per_epoch  # a resume inside an epoch: its mean goes on
+    with RunLog(out_dir, position.step, config, session.main, position.epoch if mid_epoch else None) as log:
         with (TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill,
                                epochs=shape.epochs) as progress,
               StopOnSignal() as signals, peaks.phase("training")):
@@ -232,7 +233,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                           soft_wrap=True)
     try:
         log.final_samples(step, samples)
-    except OSError as exc:  # (a full disk, say: the LoRA and its samples are written, which is what matters)
+    except (OSError, DiskFull) as exc:  # (the LoRA and its samples are written, which is what matters)
         session.console.print(f"[yellow]the final samples are not in the run's log[/] ({exc})", soft_wrap=True)
     took = clock((datetime.now(timezone.utc) - started).total_seconds())
     logs = session.out_dir / LOGS

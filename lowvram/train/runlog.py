@@ -9,6 +9,8 @@ import json
 import math
 import os
 import secrets
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,11 @@ from lowvram.run_files import LOGS, METRICS
 
 
 class RunLog:
-    def __init__(self, output_dir: Path, resumed_step: int, config: RunConfig, enabled: bool = True):
+    def __init__(self, output_dir: Path, resumed_step: int, config: RunConfig, enabled: bool = True,
+                 open_epoch: int | None = None):
         """`resumed_step`: the step a resumed run continues after (0 for a new run); what an interrupted run
-        logged past it is dropped, since those steps are trained again."""
+        logged past it is dropped, since those steps are trained again. `open_epoch`: the epoch it resumes in the
+        middle of (None: it resumes at an epoch's start), whose mean loss takes in the steps logged before."""
         self.enabled = enabled  # only the main process writes (multi-GPU)
         self.metrics, self.writer, self.wandb = None, None, None
         self.epoch_losses: list[float] = []  # the finite losses of the epoch under way, for its mean at its end
@@ -44,7 +48,7 @@ class RunLog:
         if resumed_step:  # rewritten atomically: a kill now must not lose the history
             kept = _lines_up_to(path, resumed_step)
             write_text(path, kept)
-            self.epoch_losses = _open_epoch_losses(kept)
+            self.epoch_losses = [] if open_epoch is None else _epoch_losses(kept, open_epoch)
         else:  # a new file, not whatever a link of that name (in a folder from elsewhere) points to
             path.unlink(missing_ok=True)
         # closed by close() / __exit__: this object is the context manager
@@ -54,6 +58,7 @@ class RunLog:
                 # a resumed run's steps past its checkpoint were logged by the run that was stopped: hidden, as
                 # metrics.jsonl drops them (TensorBoard would draw both, the curve jumping back)
                 self.writer = SummaryWriter(str(logs), purge_step=resumed_step + 1 if resumed_step else None)
+                _quiet_writer_threads()
             if config.output.wandb_project:
                 self.wandb = _WandbRun(config, output_dir, self._wandb_run_id(resumed_step))
         except BaseException:
@@ -79,8 +84,9 @@ class RunLog:
             scalars["epoch/loss"] = mean
             self.epoch_losses = []
         if self.writer:
-            for tag, value in scalars.items():
-                self.writer.add_scalar(tag, value, step)
+            with self._writing():
+                for tag, value in scalars.items():
+                    self.writer.add_scalar(tag, value, step)
         if self.wandb:
             self.wandb.log(step, scalars | {"train/epoch": values.get("epoch", 0)})
 
@@ -89,20 +95,37 @@ class RunLog:
             return
         self._write({"step": step, "validation_loss": loss, "best": best})
         if self.writer:
-            self.writer.add_scalar("validation/loss", loss, step)
+            with self._writing():
+                self.writer.add_scalar("validation/loss", loss, step)
         if self.wandb:
             self.wandb.log(step, {"validation/loss": loss})
 
     def image(self, step: int, tag: str, path: Path) -> None:
         if self.writer:
-            self.writer.add_image(tag, _pixels(path), step, dataformats="HWC")
+            with self._writing():
+                self.writer.add_image(tag, _pixels(path), step, dataformats="HWC")
         if self.wandb:
             self.wandb.image(step, tag, path)
 
     def final_samples(self, step: int, samples: list[Path]) -> None:
-        """The final LoRA's samples, one image each (final_samples/00, ...), beside the grids."""
+        """The final LoRA's samples, one image each (final_samples/00, ...), beside the grids; written out now, so
+        that a full disk says so here (TensorBoard's writer thread would raise it only at the close)."""
         for index, path in enumerate(samples if self.enabled else []):
             self.image(step, f"final_samples/{index:02d}", path)
+        if self.writer and samples:
+            with self._writing():
+                self.writer.flush()
+
+    @contextmanager
+    def _writing(self):
+        """TensorBoard's writes, a full disk said as every write's is (its writer thread raises it on the next)."""
+        try:
+            yield
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            folder = Path(self.metrics.name).parent / LOGS
+            raise DiskFull(folder, 0, free_bytes(folder), "the TensorBoard log", is_size_limit(exc)) from None
 
     def record(self, record: dict) -> None:
         """One more line in metrics.jsonl (what the run measured after its last step)."""
@@ -141,7 +164,11 @@ class RunLog:
                 if not is_disk_full(exc):
                     raise
         if self.writer:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as exc:  # what a full disk refused was said where it was written (final_samples)
+                if not is_disk_full(exc):
+                    raise
 
     def __enter__(self) -> RunLog:  # noqa: PYI034
         return self
@@ -188,6 +215,21 @@ class _WandbRun:
         self.run.finish(exit_code=1 if failed else 0)
 
 
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread meets a full disk: its traceback is not printed (the run's next write to it
+    raises the error again, where the run says it in one line); any other thread's error is, as before."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_tensorboard", False):
+        return
+
+    def hook(args) -> None:
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and is_disk_full(args.exc_value)):
+            previous(args)
+
+    hook.quiets_tensorboard = True
+    threading.excepthook = hook
+
+
 def _pixels(path: Path) -> np.ndarray:
     """An image file as TensorBoard takes it: height x width x RGB."""
     from PIL import Image
@@ -196,19 +238,18 @@ def _pixels(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _open_epoch_losses(lines: str) -> list[float]:
-    """The finite losses of the epoch a resumed run continues: that of the last step logged, unless it ended."""
-    records = []
+def _epoch_losses(lines: str, epoch: int) -> list[float]:
+    """The finite losses the step records in `lines` logged for `epoch`."""
+    losses = []
     for line in lines.splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
-    steps = [r for r in records if isinstance(r, dict) and "loss" in r and "epoch" in r]
-    if not steps or any("epoch_loss" in r and r.get("epoch") == steps[-1]["epoch"] for r in records):
-        return []
-    return [r["loss"] for r in steps if r["epoch"] == steps[-1]["epoch"] and isinstance(r["loss"], float)
-            and math.isfinite(r["loss"])]
+        loss = record.get("loss") if isinstance(record, dict) and record.get("epoch") == epoch else None
+        if isinstance(loss, float) and math.isfinite(loss):
+            losses.append(loss)
+    return losses
 
 
 def _lines_up_to(path: Path, step: int) -> str:
