@@ -303,3 +303,14 @@ def test_a_ctrl_c_that_a_finalizer_swallows_while_the_libraries_load_is_still_ac
         del obj  # the KeyboardInterrupt raised in __del__ is swallowed
     assert interrupted == [signal.SIGINT]
     assert signal.getsignal(signal.SIGINT) is before  # restored
+
+
+def test_names_a_legacy_code_page_cannot_hold_are_written_escaped_not_a_crash(sample_data, tmp_path):
+    """Windows writes redirected output in its ANSI code page (cp1252): a CJK folder name ended every command in a
+    UnicodeEncodeError traceback (train's after the LoRA was saved)."""
+    folder = tmp_path / "data" / "5_ロラ"
+    shutil.copytree(sample_data / "5_lvshape", folder)
+    done = subprocess.run([sys.executable, "-m", "lowvram", "check-data", str(folder.parent)], capture_output=True,
+                          env={**os.environ, "PYTHONIOENCODING": "cp1252"}, timeout=300, check=False)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr[-2000:]
+    assert b"5_\\u30ed\\u30e9" in done.stdout  # the name, escaped
