@@ -114,6 +114,10 @@ def test_a_latin1_caption_keeps_its_accents_and_the_summary_says_it_was_not_utf8
     assert record.caption == "café, naïve"
     assert "\ufffd" not in tag_frequency({record.folder: [record.caption]})  # what the LoRA's metadata carries
     assert "1 caption was not UTF-8; read as cp1252: 5_thing/cafe.txt" in printed_summary(report)
+    assert "caption not UTF-8: read as cp1252, 'café, naïve' (save cafe.txt as UTF-8 to be sure)" in record.notes
+    root = dataset_with_captions(tmp_path / "sjis", {"samurai": "侍, 桜の木".encode("shift_jis")})
+    [record] = scan_dataset(root, default_buckets(64, 16)).records  # another code page: the note shows it garbled
+    assert "caption not UTF-8: read as cp1252, 'Ž˜, ?÷‚Ì–Ø' (save samurai.txt as UTF-8 to be sure)" in record.notes
 
 
 def test_captions_are_decoded_as_utf8_then_cp1252_then_latin1_byte_by_byte(tmp_path):

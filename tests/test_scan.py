@@ -314,6 +314,10 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     assert records["10_sks dog/a.jpg"].caption == "zwx, from the caption"
     assert "both .caption and .txt: used .caption" in records["10_sks dog/a.jpg"].notes
     assert records["10_sks dog/b.png"].caption == "zwx"
+    (tmp_path / "10_sks dog" / "a.caption").write_text("cafe\u0301, girl")  # 'é' as 'e' and its accent (NFD)
+    records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".caption",
+                                                                   trigger_word="caf\u00e9")))
+    assert records["10_sks dog/a.jpg"].caption == "cafe\u0301, girl"  # the trigger word is there: not added again
     # kohya reads only the extension given: kohya_ss presets give '.txt-no' to caption from the folder names
     records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".txt-no")))
     assert records["10_sks dog/a.jpg"].caption == "sks dog" and records["top.png"].caption == tmp_path.name

@@ -47,7 +47,10 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
                      "be sure)")
     elif read_as == "cp1252":
         non_utf8 = found[0]
-        notes.append(f"caption not UTF-8: read as cp1252 (save {found[0].name} as UTF-8 to be sure)")
+        # as read, so that a file in another code page (Shift-JIS, GBK) shows its garbling
+        shown = "".join(char if char.isprintable() else "?" for char in " ".join(decoded.split()))
+        shown = shown if len(shown) <= 40 else shown[:39] + "…"
+        notes.append(f"caption not UTF-8: read as cp1252, '{shown}' (save {found[0].name} as UTF-8 to be sure)")
     text = "\n".join(line.strip() for line in decoded.splitlines() if line.strip()) or None
     if text is None:
         notes.append("empty caption file: template used")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -565,8 +566,10 @@ def _wrapped(prefix: str, line: str, suffix: str) -> str:
 
 
 def _has_word(caption: str, word: str) -> bool:
-    """Whether the caption holds `word` as a word of its own ("sks" in "a sks dog", not in "tasks"), in any case:
-    the tokenizer reads it so."""
+    """Whether the caption holds `word` as a word of its own ("sks" in "a sks dog", not in "tasks"), in any case
+    and either Unicode form ('é' as one character, or as 'e' and its accent, as macOS tools may write it): the
+    tokenizer reads them alike."""
+    caption, word = unicodedata.normalize("NFC", caption), unicodedata.normalize("NFC", word)
     return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", caption, re.IGNORECASE) is not None
 
 
