@@ -129,8 +129,8 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     table = Table(title="metadata")
-    table.add_column("key", no_wrap=True)
-    table.add_column("value")
+    table.add_column("key", overflow="fold")  # folded in a narrow terminal, rather than squeezing the values out
+    table.add_column("value", min_width=12, overflow="fold")
     for key in sorted(info["metadata"]):
         table.add_row(key, Text(_shown(key, info["metadata"][key])))  # as text: TOML's [section] is no markup
     console.print(table)

@@ -168,6 +168,15 @@ def test_info_prints_another_trainers_lora(tmp_path, capsys):
     assert "2 local folder(s) in the metadata" in out and "--strip-paths" in out
 
 
+def test_info_in_a_narrow_terminal_folds_its_keys_rather_than_hide_the_values(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")  # the key column took the width, the values showed as nothing
+    path = kohya_file(tmp_path / "ohwx_dog.safetensors", extra={"ss_caption_dropout_every_n_epochs": "0"})  # long key
+    assert main(["info", str(path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert any("ss_network_dim" in row.split("│")[1] and row.split("│")[2].strip() == "8" for row in rows), rows
+    assert all(len(row) <= 40 for row in rows)
+
+
 def test_info_counts_the_modules_of_each_rank(tmp_path, capsys):
     """A LoCon with its own conv_dim: the ranks come from the tensors' shapes, whatever the metadata says."""
     path = kohya_file(tmp_path / "locon.safetensors")
