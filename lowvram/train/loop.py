@@ -187,7 +187,8 @@ def draw(session: Session, batches, count: int) -> tuple[int, int, bool, list]:
     """The next step's batches: every process draws the same `count`, or fewer where an epoch ends (as kohya's
     gradient accumulation ends with the epoch: --epochs N is N passes over the images, and an epoch's save point
     is its end), and keeps its share. Returns the epoch and number of the last one drawn (where a checkpoint
-    continues), whether it ends its epoch, and this process's batches, pinned on CUDA so that their copies to the GPU do not wait for it."""
+    continues), whether it ends its epoch, and this process's batches, pinned on CUDA so that their copies to the
+    GPU do not wait for it."""
     drawn = []
     while len(drawn) < count and not (drawn and drawn[-1][3]):
         drawn.append(next(batches))
