@@ -158,16 +158,22 @@ def unwritable(folder: Path) -> str | None:
     return None
 
 
+def name_length(name: str) -> int:
+    """A file name's length as its file system counts it against MAX_FILE_NAME: UTF-16 units on Windows (NTFS),
+    bytes elsewhere."""
+    return len(name.encode("utf-16-le")) // 2 if os.name == "nt" else len(os.fsencode(name))
+
+
 def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str = "--output") -> str | None:
     """Why `output` must not be written, in one line: it is one of the files `inputs` being read (or inside a
     folder being read: a diffusers model's), whatever --overwrite says; or it exists and `overwrite` is off.
     None when it may be written. A name too long to write through a temporary name beside it is refused too."""
     output = Path(output).expanduser()
-    size = len(os.fsencode(output.name))
+    size = name_length(output.name)
     if size + TEMPORARY_NAME_EXTRA > MAX_FILE_NAME:
-        return (f"{flag}: {output.name[:24]}... is {size} bytes long; a file name holds {MAX_FILE_NAME} and lowvram "
-                f"writes it through a temporary name {TEMPORARY_NAME_EXTRA} bytes longer, so it can be at most "
-                f"{MAX_FILE_NAME - TEMPORARY_NAME_EXTRA}; shorten it")
+        return (f"{flag}: {output.name[:16]}...{output.name[-12:]} is {size} bytes long; a file name holds "
+                f"{MAX_FILE_NAME} and lowvram writes it through a temporary name {TEMPORARY_NAME_EXTRA} bytes longer, "
+                f"so it can be at most {MAX_FILE_NAME - TEMPORARY_NAME_EXTRA}; shorten it")
     try:
         target = output.resolve()
         for path in (Path(given).expanduser() for given in inputs):

@@ -102,8 +102,9 @@ def _one_model(read: list) -> set[str] | None:
 
 def _families_of(pairs: dict[str, dict]) -> tuple[set[str], str] | None:
     """The families a file's layers may be for, and their title: by the width of the U-Net's cross-attention
-    input (a width no family has stands for itself), and by text-encoder layers of two encoders. None when its
-    layers say neither."""
+    input (a width no family has stands for itself), and by its text-encoder layers: two encoders' (lora_te1_,
+    lora_te2_), or lora_te_ alone, one encoder's unless the width says SDXL (whose CLIP-L ComfyUI reads under
+    lora_te_). None when its layers say neither."""
     import json
 
     from lowvram.models import FAMILIES
@@ -111,16 +112,22 @@ def _families_of(pairs: dict[str, dict]) -> tuple[set[str], str] | None:
     widths = {own["lora_down.weight"].shape[1] for base, own in pairs.items()
               if base.endswith(("_attn2_to_k", "_attn2_to_v")) and own["lora_down.weight"].dim() == 2}
     two_encoders = any(base.startswith(("lora_te1_", "lora_te2_")) for base in pairs)
-    if len(widths) != 1 and not two_encoders:
+    one_encoder = not two_encoders and any(base.startswith("lora_te_") for base in pairs)
+    if len(widths) != 1 and not two_encoders and not one_encoder:
         return None
-    families = {name for name, family in FAMILIES.items() if len(family.text_encoders) == 2 or not two_encoders}
+    families = set(FAMILIES)
     if len(widths) == 1:
         width = next(iter(widths))
-        families &= {name for name, family in FAMILIES.items() if width ==
-                     json.loads((family.config_dir / "unet" / "config.json").read_text())["cross_attention_dim"]}
+        families = {name for name, family in FAMILIES.items() if width ==
+                    json.loads((family.config_dir / "unet" / "config.json").read_text())["cross_attention_dim"]}
         if not families:
             return {f"{width} wide"}, f"a U-Net with {width}-wide cross-attention"
-    return families, " or ".join(FAMILIES[name].title for name in sorted(families))
+    counted = {name for name in families if len(FAMILIES[name].text_encoders) == 2}
+    if two_encoders or (one_encoder and len(widths) == 1 and counted == families):
+        families = counted
+    elif one_encoder:
+        families -= counted
+    return families, " or ".join(FAMILIES[name].title for name in sorted(families)) or "no model lowvram knows"
 
 
 def _clip_l_renames(bases: list[str], families: set[str] | None) -> dict[str, str]:

@@ -203,6 +203,11 @@ def test_lora_files_of_different_models_are_not_merged(trained, tmp_path, capsys
         "sd-both.safetensors is for tiny SD (random weights), " + str(tmp_path / "xl-te.safetensors") + " for "
         "Stable Diffusion XL or tiny SDXL (random weights) (by their layers); merge LoRAs of one base model")
     assert not (tmp_path / "m.safetensors").exists()
+    save_file({key: value for key, value in load_file(str(with_encoder)).items() if key.startswith("lora_te")},
+              str(tmp_path / "sd-te.safetensors"))  # lora_te_ alone, no U-Net width: one encoder's, not SDXL's CLIP-L
+    assert main(["merge", str(tmp_path / "sd-te.safetensors"), bare[1], "--rank", "4", "--output",
+                 str(tmp_path / "m.safetensors")]) == 2
+    assert "sd-te.safetensors is for Stable Diffusion 1.5 or tiny SD (random weights)" in capsys.readouterr().err
     # an SDXL file whose CLIP-L layers are named lora_te_ (as ComfyUI reads them) is SDXL's: merged, and its layers
     # added up with another file's lora_te1_ ones
     clip_l = {key.replace("lora_te1_", "lora_te_"): value for key, value in load_file(bare[1]).items()}

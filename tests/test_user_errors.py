@@ -171,6 +171,10 @@ def test_an_output_name_too_long_to_write_is_refused_before_any_work(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert err.startswith("lowvram generate: error: --output: 長長長") and "is 253 bytes long" in err
     assert "so it can be at most 241; shorten it" in err and len(err.splitlines()) == 1
+    numbered = tmp_path / ("a" * 237 + ".png")  # 241 bytes, but --count numbers it: the numbered name is shown
+    assert main(["generate", "--model", "tiny", "--prompt", "x", "--steps", "1", "--count", "2", "--output",
+                 str(numbered)]) == 2
+    assert "aaaaaaaaaaaaaaaa...aaaaa-00.png is 244 bytes long" in capsys.readouterr().err
     assert main(["resize", str(tmp_path / "missing.safetensors"), "--rank", "2", "--output", str(longer)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert any("is 282 bytes long" in line for line in lines) and not any("Traceback" in line for line in lines)

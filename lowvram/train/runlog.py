@@ -18,7 +18,7 @@ import torch
 
 from lowvram.config import RunConfig
 from lowvram.errors import LowvramError, TrainingInterrupted
-from lowvram.files import DiskFull, free_bytes, is_disk_full, is_size_limit, write_problem, write_text
+from lowvram.files import KEPT_FREE, DiskFull, free_bytes, is_disk_full, is_size_limit, write_problem, write_text
 from lowvram.run_files import LOGS, METRICS
 
 
@@ -125,7 +125,7 @@ class RunLog:
             if not is_disk_full(exc):
                 raise
             folder = Path(self.metrics.name).parent / LOGS
-            raise DiskFull(folder, 0, free_bytes(folder), "the TensorBoard log", is_size_limit(exc)) from None
+            raise DiskFull(folder, KEPT_FREE, free_bytes(folder), "the TensorBoard log", is_size_limit(exc)) from None
 
     def record(self, record: dict) -> None:
         """One more line in metrics.jsonl (what the run measured after its last step)."""
