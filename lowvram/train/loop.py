@@ -120,10 +120,10 @@ def run_training(session: Session) -> TrainResult:
     for module in trainee.trained_modules:  # adapter dropout and transformers' gradient checkpointing read .training
         module.train()
     spill = session.run.hardware.can_spill_vram  # slow steps then may mean VRAM spilled into system RAM
-    # the log first: W&B's login prompt, on a terminal not logged in, comes before the progress bar is drawn;
-    # it stays open for the final samples
     # a resume inside an epoch (whose batch count may differ from another's): that epoch's mean goes on
     mid_epoch = 0 < position.batch < len(prepared.data.epoch_batches(position.epoch))
+    # the log first: W&B's login prompt, on a terminal not logged in, comes before the progress bar is drawn;
+    # it stays open for the final samples
     with RunLog(out_dir, position.step, config, session.main, position.epoch if mid_epoch else None) as log:
         with (TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill,
                                epochs=shape.epochs) as progress,
