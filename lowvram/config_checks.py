@@ -20,7 +20,7 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
-from lowvram.files import MAX_FILE_NAME, TEMPORARY_NAME_EXTRA, name_length
+from lowvram.files import MAX_FILE_NAME, NAME_UNITS, TEMPORARY_NAME_EXTRA, name_length
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
 from lowvram.option_values import (
@@ -500,7 +500,7 @@ def _output_problems(c: RunConfig) -> list[str]:
         why = f" ({refused} cannot be in one on Windows)" if refused else ""
         p.append(f"{flag}: {whose} is not a valid file name{why}; {fix}")
     elif name_length(name) > MAX_NAME_BYTES:
-        p.append(f"{flag}: {whose} is {name_length(name)} bytes long; the run's files add up to "
+        p.append(f"{flag}: {whose} is {name_length(name)} {NAME_UNITS} long; the run's files add up to "
                  f"{MAX_FILE_NAME - MAX_NAME_BYTES} to it ({LONGEST_SUFFIX}, a temporary suffix), and a file name "
                  f"holds {MAX_FILE_NAME}, so it can be at most {MAX_NAME_BYTES}; {fix}")
     return p

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 # what atomic_write names its temporary files: `.<final name>.<mkstemp's 8 characters>.tmp`
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
-MAX_FILE_NAME = 255  # bytes in a file name, on every common file system
+MAX_FILE_NAME = 255  # what a file name holds on every common file system: bytes, or NTFS's UTF-16 units
+NAME_UNITS = "UTF-16 units" if os.name == "nt" else "bytes"  # what name_length counts
 TEMPORARY_NAME_EXTRA = len("..12345678.tmp")  # what atomic_write's temporary name adds to a file's: .<name>.<8>.tmp
 FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 WINDOWS_DISK_FULL = (39, 112)  # ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL: safetensors' writer reports these codes
@@ -171,9 +172,9 @@ def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str 
     output = Path(output).expanduser()
     size = name_length(output.name)
     if size + TEMPORARY_NAME_EXTRA > MAX_FILE_NAME:
-        return (f"{flag}: {output.name[:16]}...{output.name[-12:]} is {size} bytes long; a file name holds "
-                f"{MAX_FILE_NAME} and lowvram writes it through a temporary name {TEMPORARY_NAME_EXTRA} bytes longer, "
-                f"so it can be at most {MAX_FILE_NAME - TEMPORARY_NAME_EXTRA}; shorten it")
+        return (f"{flag}: {output.name[:16]}...{output.name[-12:]} is {size} {NAME_UNITS} long; a file name holds "
+                f"{MAX_FILE_NAME} and lowvram writes it through a temporary name {TEMPORARY_NAME_EXTRA} longer, so it "
+                f"can be at most {MAX_FILE_NAME - TEMPORARY_NAME_EXTRA}; shorten it")
     try:
         target = output.resolve()
         for path in (Path(given).expanduser() for given in inputs):
