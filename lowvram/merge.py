@@ -105,8 +105,6 @@ def _families_of(pairs: dict[str, dict]) -> tuple[set[str], str] | None:
     input (a width no family has stands for itself), and by its text-encoder layers: two encoders' (lora_te1_,
     lora_te2_), or lora_te_ alone, one encoder's unless the width says SDXL (whose CLIP-L ComfyUI reads under
     lora_te_). None when its layers say neither."""
-    import json
-
     from lowvram.models import FAMILIES
 
     widths = {own["lora_down.weight"].shape[1] for base, own in pairs.items()
@@ -118,8 +116,7 @@ def _families_of(pairs: dict[str, dict]) -> tuple[set[str], str] | None:
     families = set(FAMILIES)
     if len(widths) == 1:
         width = next(iter(widths))
-        families = {name for name, family in FAMILIES.items() if width ==
-                    json.loads((family.config_dir / "unet" / "config.json").read_text())["cross_attention_dim"]}
+        families = {name for name, family in FAMILIES.items() if family.unet_config["cross_attention_dim"] == width}
         if not families:
             return {f"{width} wide"}, f"a U-Net with {width}-wide cross-attention"
     counted = {name for name in families if len(FAMILIES[name].text_encoders) == 2}

@@ -390,9 +390,8 @@ def _layout_renames(family_name: str) -> dict[str, str]:
 
     from lowvram.models import FAMILIES
 
-    config = json.loads((FAMILIES[family_name].config_dir / "unet" / "config.json").read_text())
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(config)
+        unet = UNet2DConditionModel.from_config(dict(FAMILIES[family_name].unet_config))
     names = [name for name, _ in unet.named_modules()]
     prefix = UNET_KOHYA_PREFIX + "_"
     return {prefix + path.replace(".", "_"): prefix + original.replace(".", "_")

@@ -6,7 +6,9 @@ The training loop, the LoRA export and the loaders read these fields; none of th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from lowvram.adapters.blocks import BlockLayout
@@ -67,6 +69,11 @@ class ModelFamily:
     # (lora_unet_input_blocks_4_1_...), as do the SDXL LoRAs people share; SD1.5's name diffusers' modules
     kohya_original_layout: bool = False
 
+    @cached_property
+    def unet_config(self) -> dict:
+        """Its U-Net's diffusers config as lowvram ships it (read once; read it, do not change it)."""
+        return json.loads((self.config_dir / "unet" / "config.json").read_text())
+
     @property
     def is_random_init(self) -> bool:
         return self.hub_id is None
@@ -111,11 +118,8 @@ FAMILIES: dict[str, ModelFamily] = {
 
 def family_for_pipeline(pipeline_class: str, cross_attention_dim: int) -> ModelFamily | None:
     """The family whose pipeline class and U-Net cross-attention width match a diffusers model."""
-    import json
-
     for family in FAMILIES.values():
-        unet = json.loads((family.config_dir / "unet" / "config.json").read_text())
-        if family.pipeline_class == pipeline_class and unet["cross_attention_dim"] == cross_attention_dim:
+        if family.pipeline_class == pipeline_class and family.unet_config["cross_attention_dim"] == cross_attention_dim:
             return family
     return None
 

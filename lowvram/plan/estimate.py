@@ -196,7 +196,7 @@ def lokr_side(factor: int, widths: tuple[int, ...]) -> int:
 @cache
 def layer_widths(family: ModelFamily) -> tuple[int, ...]:
     """The widths a family's adapted layers are multiples of: its U-Net's block widths and the text width."""
-    unet = json.loads((family.config_dir / "unet" / "config.json").read_text())
+    unet = family.unet_config
     return (*unet["block_out_channels"], unet["cross_attention_dim"])
 
 
