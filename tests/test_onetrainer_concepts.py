@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -241,3 +242,33 @@ def test_epochs_of_a_fractional_balancing_end_where_their_images_do(tmp_path, mo
     assert sorted(with_steps.values()) == [(end, epoch + 1) for epoch, end in enumerate(ends[:-1])]
     with safe_open(str(result.lora_path), "pt") as f:  # the epochs the run trains, as kohya's ss_num_epochs says
         assert f.metadata()["ss_num_epochs"] == "6"  # (from epoch 0's length: 5 or 8 with this seed or another)
+
+
+def test_a_resume_inside_a_longer_epoch_keeps_that_epochs_earlier_steps_in_its_mean(tmp_path, monkeypatch):
+    """The epoch a run resumes in is judged by its own batch count: with seed 3, epoch 0 has 2 batches and epoch 1
+    has 3, so a resume after step 4 (two of epoch 1's batches) is inside epoch 1, and its mean loss is all three
+    steps', as an uninterrupted run's is."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "imgs" / "mixed"
+    folder.mkdir(parents=True)
+    for n in range(4):
+        Image.new("RGB", (128, 128), (60 * n, 90, 40)).save(folder / f"square{n}.png")
+        Image.new("RGB", (192, 96), (40, 60 * n, 90)).save(folder / f"wide{n}.png")
+    data = write(tmp_path / "concepts.json", [concept("imgs/mixed", balancing=0.5)])
+    whole = tmp_path / "whole"
+    values = {"data": str(data), "resolution": 128, "batch_size": 2, "max_steps": None, "epochs": 2, "seed": 3,
+              "checkpoint_every": 1, "keep_checkpoints": 10}
+    result = main_train(run_config(output=str(whole), **values))
+    assert [len(result.data.epoch_batches(epoch)) for epoch in range(2)] == [2, 3]  # the premise
+
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-000005")  # as if stopped after step 4, at epoch 1's batch 2 of 3
+    main_train(run_config(output=str(cut), resume="auto", overwrite=True, **values))
+
+    def epoch_losses(folder):
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [(record["step"], record["epoch_loss"]) for record in records if "epoch_loss" in record]
+
+    assert [step for step, _ in epoch_losses(cut)] == [step for step, _ in epoch_losses(whole)] == [2, 5]
+    assert [loss for _, loss in epoch_losses(cut)] == pytest.approx([loss for _, loss in epoch_losses(whole)])
