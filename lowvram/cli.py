@@ -57,11 +57,17 @@ class _Parser(argparse.ArgumentParser):
         if "unrecognized arguments:" in message:
             from lowvram.kohya_names import kohya_hint
 
-            bad = [word for word in message.split(":", 1)[1].split() if word.startswith("-")]
+            words = message.split(":", 1)[1].split()
+            bad = [word for word in words if word.startswith("-")]
             flags = [o for a in self._actions for o in a.option_strings]
             hints = [kohya_hint(b) or _closest_flag(b.split("=")[0], flags) for b in bad]
             hint = "; ".join(h for h in hints if h)
             message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
+            if not bad:  # a word without its flag
+                taken = [action.metavar or action.dest for action in self._actions if not action.option_strings]
+                fix = (f"{self.prog} takes one {' '.join(taken)}" if taken else
+                       f"give it with {'--data' if '--data' in flags else 'its option'}")
+                message = f"unexpected argument '{words[0]}': {fix}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -439,7 +445,7 @@ def train_values(args: argparse.Namespace) -> dict:
             print(note, file=sys.stderr)
     values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error
     shape = width_height(values.get("resolution"))
-    if shape and shape[0] != shape[1] and values.get("bucket") is not False:  # else refused, naming the fix
+    if shape and min(shape) > 0 and shape[0] != shape[1] and values.get("bucket") is not False:  # else refused, naming the fix
         print(f"--resolution {shape[0]},{shape[1]} is kohya's width,height: lowvram trains aspect-ratio buckets of "
               f"about its pixel area, those of {area_side(*shape)} px square, as kohya's buckets do", file=sys.stderr)
     idle = [flag_name(fields_by_name()[name][1]) for name in ("bucket_step", "min_bucket_side", "max_bucket_side",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import types
 import typing
@@ -298,6 +299,12 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, the middle of a long one left out."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:30]}…{text[-20:]}"
+
+
 def _coerce(value: Any, kind: Any) -> Any:
     """Convert a TOML or flag value to the field's type; raise ValueError with a readable reason."""
     optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
@@ -325,7 +332,10 @@ def _coerce(value: Any, kind: Any) -> Any:
     if target is float:
         if isinstance(value, bool):
             raise ValueError("expected a number")
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):  # nan passes every range check, and trains to a non-finite LoRA
+            raise ValueError("expected a finite number")
+        return number
     if target is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError("expected a string")
@@ -342,8 +352,8 @@ def options_from(cls: type, values: dict[str, Any]) -> Any:
     for name, value in values.items():
         try:
             parsed[name] = _coerce(value, hints[name])
-        except (TypeError, ValueError) as exc:
-            problems.append(f"{flag_name(fields[name])}: {value!r} is invalid: {exc}")
+        except (TypeError, ValueError, OverflowError) as exc:
+            problems.append(f"{flag_name(fields[name])}: {_shown(value)} is invalid: {exc}")
     if problems:
         raise LowvramError("\n".join(problems))
     return cls(**parsed)
@@ -383,6 +393,9 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
         section, f, kind = known[name]
         flag = flag_name(f)
         shape = width_height(value) if name == "resolution" else None
+        if shape and min(shape) < 1:
+            problems.append(f"{flag}: '{value}' has a side of {min(shape)} px; give sides of at least 64 px")
+            continue
         if shape:  # kohya's "W,H": buckets of its pixel area (train_values says so); square without buckets
             if shape[0] != shape[1] and str(values.get("bucket")).lower() in ("false", "no", "0"):
                 problems.append(f"{flag}: '{value}' is kohya's width,height; with --no-bucket lowvram crops every "
@@ -391,8 +404,8 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
             value = shape[0] if shape[0] == shape[1] else area_side(*shape)
         try:
             value = _coerce(value, kind)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"{flag}: {value!r} is invalid: {exc}")
+        except (TypeError, ValueError, OverflowError) as exc:
+            problems.append(f"{flag}: {_shown(value)} is invalid: {exc}")
             continue
         choices, spelling = f.metadata.get("choices"), f.metadata.get("spelling")
         if spelling and isinstance(value, str):

@@ -106,14 +106,14 @@ def parse_size(text: str, flag: str) -> int:
     if not match:
         raise LowvramError(f"{flag}: '{text}' is not a size; write e.g. 6GB or 512MB")
     value, unit = float(match.group(1)), (match.group(2) or "g")[0].lower()
-    size = int(value * (GIB if unit == "g" else 1024**2))
+    size = value * (GIB if unit == "g" else 1024**2)  # (a float: 400 digits of it are inf, which int() refuses)
     if size < 256 * 1024**2:
         raise LowvramError(f"{flag}: '{text}' is under 256 MB, no machine to train on; write e.g. 6GB")
     most = 1024 if flag == "--vram" else 16384  # GB: no GPU holds a terabyte yet
     if size > most * GIB:
         hint = f"; a number alone is in GB (write {text.strip()}MB for megabytes)" if not match.group(2) else ""
         raise LowvramError(f"{flag}: '{text}' is over {most} GB{hint}")
-    return size
+    return int(size)
 
 
 def list_profiles() -> list[str]:

@@ -104,7 +104,7 @@ def as_number(value: Any, key: str, problem, kind: type = float) -> Any:
         if kind is int and not number.is_integer():
             raise ValueError
         return kind(number)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (int(inf): a number too large for a float)
         problem(key, f"{value!r} is not {'a whole number' if kind is int else 'a number'}")
         return kind(1)
 
@@ -383,7 +383,7 @@ def _sides(resolution: Any) -> tuple[int, int] | None:
     try:
         sides = [int(float(side)) for side in (resolution if isinstance(resolution, list) else
                                                 str(resolution).split(","))]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return (min(sides), max(sides)) if sides else None
 

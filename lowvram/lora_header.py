@@ -18,6 +18,9 @@ from lowvram.config import fields_by_name, flag_name
 # where a layer's rank is: the inner side of its low-rank pair
 RANK_AXES = (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1))
 SCALARS = {"F32": "<f", "F16": "<e", "F64": "<d"}
+# bytes per element of each safetensors dtype (the format's own list)
+ITEM_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
+              "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 
 
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
@@ -30,16 +33,43 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
         size = struct.unpack("<Q", head)[0]
         if size > 100_000_000:
             raise ValueError("not a safetensors file (its header size is nonsense)")
-        header = json.loads(f.read(size))
+        try:
+            header = json.loads(f.read(size))
+        except RecursionError:  # (nested a hundred thousand deep: no header)
+            raise ValueError("its header nests without end") from None
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file")  # noqa: TRY004 (a file's contents, read as ValueError)
     metadata = header.pop("__metadata__", None) or {}
-    end = max((entry["data_offsets"][1] for entry in header.values()
-               if isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2), default=0)
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("its metadata is not text by name")
+    end = 0
+    for name, entry in header.items():  # as the safetensors library checks them, so that readers may trust them
+        problem = _entry_problem(entry)
+        if problem:
+            raise ValueError(f"{name}: {problem}")
+        end = max(end, entry["data_offsets"][1])
     actual = Path(path).stat().st_size
     if 8 + size + end > actual:  # cut off: a download or copy that stopped midway
         raise ValueError(f"truncated: its tensors need {8 + size + end} bytes, the file has {actual}")
     return metadata, header, 8 + size
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with one tensor's header entry, if anything."""
+    if not isinstance(entry, dict) or entry.get("dtype") not in ITEM_SIZES:
+        return "no known dtype"
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(type(side) is int and side >= 0 for side in shape):
+        return "its shape is not a list of sizes"
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        return "its data offsets are not a start and an end"
+    count = 1
+    for side in shape:
+        count *= side
+    if offsets[1] - offsets[0] != count * ITEM_SIZES[entry["dtype"]]:
+        return "its data's length is not its shape's"
+    return None
 
 
 def _scalar(f, entry: dict, start: int) -> float:
@@ -168,11 +198,13 @@ def network_weights_problem(network) -> str | None:
     --network-weights file's, the line that names the file's: said before any caching, where the file is read only
     after it. Per-block ranks are compared layer by layer when the file is read."""
     path = network.network_weights
+    flag = f"--network-weights: {path}"
     try:
         held = network_options(Path(path))
-    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
-        return None  # a missing or broken file is named by the config check, or where it is read
-    flag = f"--network-weights: {path}"
+    except ValueError as exc:  # broken: said before any caching, as `plan` says it
+        return f"{flag} is not a readable .safetensors file ({exc}); pass a LoRA .safetensors file"
+    except (OSError, KeyError, TypeError, IndexError, struct.error):
+        return None  # a missing file is named by the config check
     if not held:
         return f"{flag}: {no_layers_why(Path(path))}"
     if held.get("network", network.network) != network.network:

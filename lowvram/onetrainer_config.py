@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -106,6 +107,17 @@ DEFAULTS = {"lora_rank": 16, "lora_alpha": 1.0, "learning_rate": 3e-6, "learning
             "epochs": 100, "batch_size": 1, "layer_filter_preset": "full", "learning_rate_scheduler": "CONSTANT",
             "concept_file_name": "training_concepts/concepts.json",
             "sample_definition_file_name": "training_samples/samples.json"}
+# what lowvram reads as numbers and as sections: a hand-edited value of another type is named, not crashed into
+NUMBERS = ("learning_rate", "learning_rate_warmup_steps", "learning_rate_cycles", "learning_rate_min_factor", "epochs",
+           "batch_size", "gradient_accumulation_steps", "lora_rank", "lora_alpha", "dropout_probability",
+           "lokr_decompose_factor", "clip_grad_norm", "save_every", "sample_after", "validate_after",
+           "text_encoder_layer_skip", "text_encoder_2_layer_skip", "mse_strength", "mae_strength",
+           "log_cosh_strength", "huber_strength", "loss_weight_strength", "min_snr_gamma", "min_noising_strength",
+           "max_noising_strength", "noising_weight", "noising_bias", "timestep_shift", "unmasked_weight",
+           "masked_prior_preservation_weight", "offset_noise_weight", "perturbation_noise_weight", "ema_decay",
+           "ema_update_step_interval")
+PART_NUMBERS = ("learning_rate", "stop_training_after")
+SECTIONS = ("unet", "text_encoder", "text_encoder_2", "vae", "optimizer")
 PART_DEFAULTS = {part: {"train": True, "stop_training_after": 30, "stop_training_after_unit": "EPOCH"}
                  for part in ("text_encoder", "text_encoder_2")}
 
@@ -156,13 +168,16 @@ def _migrated(doc: dict[str, Any]) -> dict[str, Any]:
 def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes for the user) for a OneTrainer training config. Raises LowvramError, one line
     per setting, for each setting lowvram cannot train as OneTrainer would."""
-    doc = _with_defaults({RENAMED.get(key, key): value for key, value in _migrated(doc).items()})
     values: dict[str, Any] = {}
     notes: list[str] = []
     problems: list[str] = []
 
     def problem(key: str, text: str) -> None:
         problems.append(f"{path}: {key}: {text}")
+
+    # checked before the migrations read values and after they move them (a first version's optimizer is a name)
+    doc = _typed(_migrated(_typed(doc, problem, SECTIONS[:-1])), problem)
+    doc = _with_defaults({RENAMED.get(key, key): value for key, value in doc.items()})
 
     def number(key: str, kind: type = float) -> Any:
         return as_number(doc[key], key, problem, kind)
@@ -199,6 +214,38 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes
+
+
+def _typed(doc: dict[str, Any], problem, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """The config with each number and section (of `sections`) lowvram reads that is not one named as a problem,
+    and left out."""
+    doc = dict(doc)
+
+    def numbers(section: dict[str, Any], keys: tuple[str, ...], prefix: str = "") -> None:
+        for key in keys:
+            value = section.get(key)
+            if value is None:
+                continue
+            try:
+                number = float(value)
+                finite = not isinstance(value, bool) and math.isfinite(number)
+            except (TypeError, ValueError, OverflowError):
+                finite = False
+            if not finite:
+                problem(prefix + key, f"{value!r} is not a number; write one as OneTrainer saves it (e.g. 1.0)")
+                del section[key]
+            elif isinstance(value, str):  # "2" as 2: read on as the number it is
+                section[key] = int(number) if number.is_integer() else number
+
+    for key in sections:
+        if key in doc and doc[key] is not None and not isinstance(doc[key], dict):
+            problem(key, f"{doc.pop(key)!r} is not a section; OneTrainer writes it as {{...}} with its settings")
+    numbers(doc, NUMBERS)
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        if isinstance(doc.get(part), dict):
+            doc[part] = dict(doc[part])
+            numbers(doc[part], PART_NUMBERS, f"{part}.")
+    return doc
 
 
 def _found(given: str, config: Path) -> str:

@@ -205,6 +205,22 @@ def build_class_optimizer(name: str, groups: list[dict], weight_decay: float, se
         raise LowvramError(f"--optimizer-arg: {name} refused its settings ({exc})") from None
 
 
+def try_optimizer(name: str, lr: float, weight_decay: float, items: tuple[str, ...], warmup: bool) -> None:
+    """Build the optimizer over a one-element parameter, so that it refuses its settings (betas=1.5) before the model
+    loads, in one line, rather than after the caches are filled. `warmup`: whether the run warms up at all."""
+    import torch
+
+    trial = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr}]
+    settings = optimizer_kwargs(name, items)
+    if name not in OPTIMIZERS:
+        build_class_optimizer(name, trial, weight_decay, settings, warmup_steps=1 if warmup else 0)
+        return
+    try:
+        build_optimizer(name, trial, weight_decay, 1 if warmup else 0, settings)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise LowvramError(f"--optimizer-arg: {name} refused its settings ({exc})") from None
+
+
 def _typed(key: str, text: str, kind: str):
     try:
         if kind == "bool":

@@ -27,7 +27,8 @@ __all__ = ["DATASET_SUFFIXES", "DatasetFile", "Subset", "has_regularization_subs
 
 def is_dataset_file(data: str | Path | None) -> bool:
     """Whether `--data` names a dataset file rather than an image folder."""
-    return data is not None and Path(data).suffix.lower() in DATASET_SUFFIXES and Path(data).is_file()
+    return (isinstance(data, (str, Path)) and Path(data).suffix.lower() in DATASET_SUFFIXES  # (a TOML's list: no)
+            and Path(data).is_file())
 
 
 def is_dataset_document(doc: Any) -> bool:

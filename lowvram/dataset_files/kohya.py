@@ -123,7 +123,7 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
             settings.append(settled)
     if subsets and not any(not s.regularization for s in subsets):
         problem("datasets", "every subset is is_reg = true; add the images to train on as a subset without is_reg")
-    batch_sizes = {json.dumps(value) for value, _ in run_values.get("batch_size", [])}
+    batch_sizes = {json.dumps(value, default=str) for value, _ in run_values.get("batch_size", [])}
     extra = _several_resolutions(run_values.get("resolution", []), per_dataset) if len(batch_sizes) < 2 else None
     if extra:  # the same images at several resolutions: once each, at each resolution
         run_values["resolution"] = run_values["resolution"][:1]
@@ -251,7 +251,7 @@ def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, A
     """A dataset-wide setting all datasets agree on, as its lowvram option."""
     values: dict[str, Any] = {}
     for key, seen in found.items():
-        distinct = {json.dumps(value, sort_keys=True) for value, _ in seen}
+        distinct = {json.dumps(value, sort_keys=True, default=str) for value, _ in seen}
         if len(distinct) > 1:
             listed = ", ".join(f"{value} ({where})" for value, where in seen)
             problem(key, f"the datasets differ ({listed}); lowvram trains one value per run: give one in [general], "

@@ -41,11 +41,11 @@ from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import (
     OPTIMIZERS,
-    build_class_optimizer,
     build_optimizer,
     build_schedule,
     optimizer_kwargs,
     spec_of,
+    try_optimizer,
     use_averaged_weights,
 )
 from lowvram.option_values import parse_save_every, parse_source, parse_until
@@ -204,13 +204,9 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     problem = existing_lora_problem(config)  # before the slow part (outdir.claimed checks the rest)
     if problem:
         raise LowvramError(problem)
-    if config.optim.optimizer not in OPTIMIZERS:  # a class path: it and its settings are checked before the model loads
-        trial = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": config.lr}]
-        build_class_optimizer(config.optim.optimizer, trial, config.optim.weight_decay,
-                              optimizer_kwargs(config.optim.optimizer, config.optim.optimizer_args),
-                              # whether there is a warm-up at all (its length, maybe a share of the steps, comes
-                              # later): a class without one of its own is refused here, before the model loads
-                              warmup_steps=1 if config.optim.warmup_steps else 0)
+    if config.optim.optimizer not in OPTIMIZERS or config.optim.optimizer_args:  # refused before the model loads
+        try_optimizer(config.optim.optimizer, config.lr, config.optim.weight_decay, config.optim.optimizer_args,
+                      warmup=bool(config.optim.warmup_steps))  # (its length, maybe a share of the steps, comes later)
     run = resolve_run(config, detect())
     checkpoint_unit_names(run.family, config.memory.checkpoint_blocks)  # a count the U-Net lacks stops here
     # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run

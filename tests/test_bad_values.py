@@ -1,0 +1,170 @@
+"""Values no one should give, as fuzzing found them: each is refused in one line that names the option or file,
+never a traceback, and never taken as a value that trains nonsense."""
+
+import json
+import struct
+
+import pytest
+from conftest import run_config
+from PIL import Image
+
+from lowvram.cli import main
+from lowvram.configure import read_config
+from lowvram.errors import LowvramError
+from lowvram.lora_header import read_header
+
+HUGE = "9" * 400  # an integer no float holds
+
+
+def one_line(capsys, argv: list[str]) -> str:
+    """The error a command ends with, asserted to be one line and no traceback."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "ds" / "10_x"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(folder / "a.png")
+    (folder / "a.txt").write_text("a red square")
+    return tmp_path / "ds"
+
+
+@pytest.mark.parametrize("given", ["0,512", "-512,768", "512,0"])
+def test_a_width_height_with_a_side_under_one_pixel_is_refused(given):
+    with pytest.raises(LowvramError, match=rf"^--resolution: '{given}' has a side of -?\d+ px; give sides of at "
+                                           r"least 64 px$"):
+        run_config(resolution=given)
+
+
+def test_a_dataset_files_resolution_with_a_zero_side_is_refused(images, capsys):
+    (images.parent / "dataset.toml").write_text('[general]\nresolution = [0, 512]\n[[datasets]]\n'
+                                                '[[datasets.subsets]]\nimage_dir = "ds/10_x"\n')
+    assert "--resolution: '[0, 512]' has a side of 0 px" in one_line(capsys, ["check-data", "dataset.toml"])
+
+
+def test_numbers_no_float_holds_and_non_finite_ones_are_refused(images, tmp_path, capsys):
+    (tmp_path / "big.toml").write_text(f"[optim]\nlr = {HUGE}\n")
+    line = one_line(capsys, ["plan", "--vram", "6GB", "--data", str(images), "--config", "big.toml"])
+    assert line.endswith("--lr: 999999999999999999999999999999…99999999999999999999 is invalid: int too large to "
+                         "convert to float")  # the number's middle left out
+    assert "is over 1024 GB" in one_line(capsys, ["plan", "--data", str(images), "--vram", HUGE])
+    for option, value in (("lr", float("nan")), ("noise_offset", float("inf")), ("alpha", float("-inf"))):
+        with pytest.raises(LowvramError, match="is invalid: expected a finite number"):
+            run_config(**{option: value})
+    assert "--lr: 'nan' is invalid: expected a finite number" in one_line(
+        capsys, ["train", "--model", "tiny", "--data", str(images), "--lr", "nan"])
+
+
+def test_a_list_where_one_folder_goes_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "list.toml").write_text('[data]\ndata = ["ds", "ds2"]\n')
+    assert "--data: ['ds', 'ds2'] is invalid: expected a string" in one_line(
+        capsys, ["plan", "--vram", "6GB", "--config", "list.toml"])
+
+
+@pytest.mark.parametrize(("setting", "named"), [
+    ('"clip_grad_norm": "1,0"', "clip_grad_norm: '1,0' is not a number"),
+    ('"learning_rate_warmup_steps": "200 steps"', "learning_rate_warmup_steps: '200 steps' is not a number"),
+    ('"sample_after": "ten"', "sample_after: 'ten' is not a number"),
+    ('"mse_strength": "x"', "mse_strength: 'x' is not a number"),
+    ('"text_encoder_2_layer_skip": [false]', "text_encoder_2_layer_skip: [False] is not a number"),
+    ('"timestep_shift": 1e999', "timestep_shift: inf is not a number"),
+    ('"unet": {"learning_rate": "fast"}', "unet.learning_rate: 'fast' is not a number"),
+    ('"vae": "my.vae.safetensors"', "vae: 'my.vae.safetensors' is not a section"),
+])
+def test_a_hand_edited_onetrainer_setting_of_the_wrong_type_is_named(images, tmp_path, capsys, setting, named):
+    (tmp_path / "ot.json").write_text(f'{{"model_type": "STABLE_DIFFUSION_15", "training_method": "LORA", '
+                                      f'{setting}}}')
+    assert f"ot.json: {named}" in one_line(capsys, ["plan", "--vram", "6GB", "--data", str(images),
+                                                    "--config", "ot.json"])
+
+
+def test_a_onetrainer_number_written_as_text_is_read_as_the_number(images, tmp_path, capsys):
+    (tmp_path / "ot.json").write_text('{"model_type": "STABLE_DIFFUSION_15", "training_method": "LORA", '
+                                      '"save_every": "3.0", "save_every_unit": "STEP", '
+                                      '"clip_grad_norm": "0.5"}')
+    values = read_config(tmp_path / "ot.json")
+    assert (values["save_every"], values["max_grad_norm"]) == ("3", 0.5)
+
+
+def write_header(path, header, data: bytes = b"") -> None:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+@pytest.mark.parametrize(("header", "data", "why"), [
+    ({"lora_unet_a.lora_down.weight": {"data_offsets": [0, 0]}}, b"", "lora_unet_a.lora_down.weight: no known dtype"),
+    ({"__metadata__": ["x"], "w": {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 128]}}, b"\0" * 128,
+     "its metadata is not text by name"),
+    ({"w": {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 128]},
+      "lora_unet_a.alpha": {"dtype": "F32", "shape": [], "data_offsets": [128, 128]}}, b"\0" * 128,
+     "lora_unet_a.alpha: its data's length is not its shape's"),
+    ({"w": {"dtype": "F32", "shape": [4, "8"], "data_offsets": [0, 128]}}, b"\0" * 128,
+     "w: its shape is not a list of sizes"),
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}}, b"\0" * 16,
+     "w: its data offsets are not a start and an end"),
+    (b"[" * 100_000 + b"]" * 100_000, b"", "its header nests without end"),
+])
+def test_a_malformed_safetensors_header_is_a_broken_file_everywhere(images, tmp_path, capsys, header, data, why):
+    path = tmp_path / "bad.safetensors"
+    write_header(path, header, data)
+    with pytest.raises(ValueError, match=f"^{why}$"):
+        read_header(path)
+    assert f"is not a readable .safetensors file ({why})" in one_line(capsys, ["info", str(path)])
+    assert f"--network-weights: {path} is not a readable .safetensors file ({why})" in one_line(
+        capsys, ["plan", "--vram", "6GB", "--data", str(images), "--network-weights", str(path)])
+    assert why in one_line(capsys, ["check-data", str(images), "--base-weights", str(path)])
+
+
+def test_a_well_formed_header_reads(tmp_path):
+    path = tmp_path / "good.safetensors"
+    write_header(path, {"__metadata__": {"ss_network_dim": "4"}, "w": {"dtype": "BF16", "shape": [2, 3],
+                                                                         "data_offsets": [0, 12]}}, b"\0" * 12)
+    metadata, tensors, start = read_header(path)
+    assert metadata == {"ss_network_dim": "4"} and list(tensors) == ["w"] and start == path.stat().st_size - 12
+
+
+def test_a_toml_date_in_a_kohya_dataset_file_is_named(images, capsys):
+    (images.parent / "dated.toml").write_text('[[datasets]]\nresolution = 2020-01-01\n[[datasets.subsets]]\n'
+                                              'image_dir = "ds/10_x"\n')
+    assert "--resolution: datetime.date(2020, 1, 1) is invalid" in one_line(capsys, ["check-data", "dated.toml"])
+
+
+@pytest.mark.parametrize(("optimizer", "setting", "why"), [
+    ("adamw", "betas=1.5,0.9", "Invalid beta parameter at index 0: 1.5"),
+    ("adamw", "eps=nan", "Invalid epsilon value: nan"),
+    ("adamw8bit", "betas=1.5,0.9", "Invalid beta parameter at index 0: 1.5"),
+])
+def test_an_optimizer_setting_it_refuses_is_said_before_anything_loads(images, tmp_path, capsys, optimizer, setting,
+                                                                        why):
+    argv = ["train", "--model", "tiny", "--data", str(images), "--max-steps", "1", "--output", str(tmp_path / "out"),
+            "--optimizer", optimizer, "--optimizer-arg", setting]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    assert code == 2 and "caching" not in captured.out + captured.err  # before the caches
+    assert captured.err.strip().splitlines()[-1] == (f"lowvram train: error: --optimizer-arg: {optimizer} refused "
+                                                     f"its settings ({why})")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["plan", "ds", "--vram", "6GB"], "lowvram plan: error: unexpected argument 'ds': give it with --data"),
+    (["check-data", "ds", "extra"], ("lowvram check-data: error: unexpected argument 'extra': lowvram check-data "
+                                     "takes one DIR")),
+    (["info", "a.safetensors", "b.safetensors"], ("lowvram info: error: unexpected argument 'b.safetensors': "
+                                                  "lowvram info takes one FILE")),
+])
+def test_a_word_without_its_flag_is_named(capsys, argv, message):
+    assert one_line(capsys, argv).startswith(message)
