@@ -14,7 +14,7 @@ from lowvram.configure import build_config, read_config
 from lowvram.errors import LowvramError
 from lowvram.hardware import parse_size
 from lowvram.train.loop import train
-from lowvram.train.outdir import ARCHIVE, RECORD
+from lowvram.train.outdir import ARCHIVE, OPTIONS_HEADER, RECORD
 
 
 def one_error(capsys) -> str:
@@ -122,6 +122,24 @@ def test_the_users_config_in_the_output_folder_under_the_runs_name_is_kept(tmp_p
     assert main(["train", "--config", str(mine), "--data", "sample", "--rank", "4", "--overwrite"]) == 0
     assert mine.read_text() == text  # --overwrite moves the earlier run's files, not the user's
     assert not list((folder / ARCHIVE).rglob("dog.toml"))
+
+
+def test_a_runs_options_written_before_their_header_are_still_the_runs(tmp_path, capsys):
+    """Versions before OPTIONS_HEADER wrote `<name>.toml` without it: that file is the run's, so --overwrite
+    archives it and the new run writes its own, the one its 'continue with' line names (not the old run's
+    --max-steps)."""
+    folder = tmp_path / "dog"
+    assert main(["train", "--model", "tiny", "--data", "sample", "--rank", "4", "--max-steps", "1",
+                 "--output", str(folder)]) == 0
+    written = folder / "dog.toml"
+    old = written.read_text().removeprefix(OPTIONS_HEADER)
+    assert old != written.read_text()
+    written.write_text(old)  # as an older lowvram left it
+    assert main(["train", "--model", "tiny", "--data", "sample", "--rank", "4", "--max-steps", "2",
+                 "--output", str(folder), "--overwrite"]) == 0
+    assert "did not write it" not in capsys.readouterr().out
+    assert [path.read_text() for path in (folder / ARCHIVE).rglob("dog.toml")] == [old]
+    assert read_config(written)["max_steps"] == 2 and written.read_text().startswith(OPTIONS_HEADER)
 
 
 def test_a_run_that_failed_before_its_first_save_does_not_hold_the_folder(tmp_path, capsys):

@@ -11,10 +11,17 @@ import os
 import re
 import shutil
 import socket
+import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from lowvram.config import SECTIONS
 from lowvram.errors import LowvramError
 from lowvram.files import DiskFull, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
@@ -41,6 +48,9 @@ LOCK = ".lowvram.lock"
 ARCHIVE = "archive"
 SHARED = (METRICS, CHECKPOINTS, SAMPLES, LOGS)  # what every run writes under these names
 OPTIONS_HEADER = "# the options of a lowvram run, as `lowvram train --config` reads them (written by the run)\n"
+# what every `<name>.toml` a run wrote before OPTIONS_HEADER holds: these sections, and some 70 or more options
+EVERY_RUNS_SECTIONS = {"model", "data", "network", "optim", "training", "memory", "output"}
+OPTIONS_WRITTEN_AT_LEAST = 40
 
 
 def write_options(path: Path, text: str) -> bool:
@@ -53,11 +63,20 @@ def write_options(path: Path, text: str) -> bool:
 
 
 def is_options_file(path: Path) -> bool:
+    """Whether lowvram wrote this `<name>.toml`: its header says so, or (written before the header was) it is a
+    whole run's options, section by section, as no one writes a config by hand."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.readline() == OPTIONS_HEADER
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
+    if text.startswith(OPTIONS_HEADER):
+        return True
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return False
+    return (EVERY_RUNS_SECTIONS <= set(doc) <= set(SECTIONS) and all(isinstance(v, dict) for v in doc.values())
+            and sum(len(v) for v in doc.values()) >= OPTIONS_WRITTEN_AT_LEAST)
 
 
 def read_record(folder: Path) -> dict | None:
