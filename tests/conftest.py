@@ -57,6 +57,15 @@ def run_config(**overrides):
     return build_config(values)
 
 
+def pytest_runtest_logreport(report):
+    """With LOWVRAM_TEST_LOG set (tools/gpu_session.sh), each failure's report is appended to it as it happens:
+    pytest prints them only at its end, which a time limit may cut off."""
+    path = os.environ.get("LOWVRAM_TEST_LOG")
+    if path and report.failed:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext[-3000:]}\n")
+
+
 def pytest_collection_modifyitems(config, items):
     """`@pytest.mark.gpu` tests run where CUDA is, and are skipped (not failed) elsewhere."""
     import torch

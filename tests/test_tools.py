@@ -42,6 +42,37 @@ def test_the_gpu_proof_starts_nothing_past_its_deadline_and_says_what_did_not_ru
     assert record["not_run"] == ["sweep tiny", "auto tiny 0 GB"]
 
 
+def test_the_first_model_swept_leaves_the_second_its_share():
+    """SD1.5's sweep may not use the time SDXL's needs (on 2026-11-29's plan SDXL was left a 1 s deadline)."""
+    sys.path.insert(0, str(TOOLS))
+    from bench_gpu_proof import AUTO_RESERVE, sweep_share
+
+    left = 400
+    first = sweep_share(["sd15", "sdxl"], left)
+    second = sweep_share(["sdxl"], left - first)  # SD1.5 used all of its share
+    assert first + second == pytest.approx(left - AUTO_RESERVE) and second == pytest.approx(2 * first)
+
+
+def test_a_strategy_past_its_limit_is_stopped_and_not_taken_for_its_own_error():
+    """The sweep's per-strategy limit: a measurement catches its errors (Exception) as its result and goes on, so
+    the limit's must pass through that, or the next batch sizes would run unlimited."""
+    import time
+
+    sys.path.insert(0, str(TOOLS))
+    from bench_sweep import StrategyTimeout, time_limit
+
+    started = time.monotonic()
+    with pytest.raises(StrategyTimeout), time_limit(1):
+        try:
+            time.sleep(5)
+        except Exception:  # noqa: BLE001, S110 - what bench_sweep.measure does with a backend's error
+            pass
+        time.sleep(5)
+    assert time.monotonic() - started < 3
+    with time_limit(0):  # no limit
+        time.sleep(0.1)
+
+
 def test_the_captioner_benchmark_rehearses_on_the_cpu(tmp_path):
     """The GPU check of the captioner's VRAM allowance runs its code path with a small model here."""
     out = tmp_path / "captioner.json"

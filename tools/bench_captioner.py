@@ -38,7 +38,8 @@ TINY = {
 NEW_TOKENS = 40  # lowvram caption's default --max-length, every caption generated to full length
 
 
-def measure(sizes: dict, batches: list[int], device: str) -> list[dict]:
+def measure(sizes: dict, batches: list[int], device: str):
+    """Yield one row per batch size, as it is measured."""
     from transformers import BlipConfig, BlipForConditionalGeneration
 
     dtype = torch.float16 if device == "cuda" else torch.float32
@@ -49,7 +50,6 @@ def measure(sizes: dict, batches: list[int], device: str) -> list[dict]:
         model = BlipForConditionalGeneration(config).to(dtype).eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     side = sizes["vision_config"]["image_size"]
-    rows = []
     for batch in batches:
         pixels = torch.randn(batch, 3, side, side, device=device, dtype=dtype)
         if device == "cuda":
@@ -66,8 +66,7 @@ def measure(sizes: dict, batches: list[int], device: str) -> list[dict]:
             row |= {"peak_reserved_bytes": peak, "context_bytes": context,
                     "activations_per_image_bytes": (torch.cuda.max_memory_allocated() - weights) // batch,
                     "estimate_over_measured": round(row["estimate_bytes"] / peak, 3)}
-        rows.append(row)
-    return rows
+        yield row
 
 
 def main() -> None:
@@ -77,11 +76,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = "cpu" if args.tiny else "cuda"
-    rows = measure(TINY if args.tiny else LARGE, [int(b) for b in args.batches.split(",")], device)
     result = {"command": " ".join(["python", *sys.argv]), "commit": commit(), "environment": environment(),
               "model": "tiny BLIP" if args.tiny else "BLIP-large sizes",
-              "allowance_per_image_bytes": ACTIVATIONS_PER_IMAGE, "rows": rows}
-    write_result(result, args.out)
+              "allowance_per_image_bytes": ACTIVATIONS_PER_IMAGE, "rows": []}
+    for row in measure(TINY if args.tiny else LARGE, [int(b) for b in args.batches.split(",")], device):
+        result["rows"].append(row)
+        write_result(result, args.out)  # after each batch size: a run cut off keeps what it measured
 
 
 if __name__ == "__main__":

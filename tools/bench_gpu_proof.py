@@ -46,6 +46,12 @@ FRESH_PROCESS_CHECKS = ("bf16,ckpt,adamw8bit", "bnb-nf4,ckpt,adamw8bit")  # SD1.
 T4_BUDGETS = {"sd15": 6, "sdxl": 15}  # GB, with --mixed-precision fp16
 GTX16_BUDGETS = {"sd15": 6}  # GB, in fp32 (--mixed-precision no), as a GTX 16xx trains
 AUTO_RESERVE = 150  # seconds the --auto runs need after the sweeps (they run side by side)
+# the sweeps' time is shared out by these weights (SDXL's 1024 px steps take some 3x SD1.5's 512 px ones: the
+# 2026-11-29 H200 readings), so the first family cannot leave the second none; and one strategy may take at most
+# STRATEGY_LIMIT seconds (a compile or a kernel build that runs long is cut, the sweep goes on)
+SWEEP_SHARE = {"sdxl": 2.0, "tiny-sdxl": 2.0}
+STRATEGY_LIMIT = {"sdxl": 75, "tiny-sdxl": 75}
+DEFAULT_STRATEGY_LIMIT = 45
 WRITER = """
 import sys, torch
 sys.path.insert(0, sys.argv[3])
@@ -83,15 +89,24 @@ def write_model(family: str, work: Path) -> tuple[Path, subprocess.Popen | None]
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def sweep(family: str, args, left: float) -> list[dict]:
-    """tools/bench_sweep.py for one family, its lines read back whether it finished or was stopped."""
+def sweep_share(families: list[str], left: float) -> float:
+    """Seconds the first of `families` (those still to sweep) may start strategies for, of `left` in all."""
+    weights = [SWEEP_SHARE.get(family, 1.0) for family in families]
+    return max(1.0, (left - AUTO_RESERVE) * weights[0] / sum(weights))
+
+
+def sweep(family: str, args, share: float) -> list[dict]:
+    """tools/bench_sweep.py for one family, starting strategies for `share` seconds, its lines read back whether
+    it finished or was stopped."""
     lines = args.work / f"sweep-{family}.jsonl"
     lines.unlink(missing_ok=True)
+    limit = STRATEGY_LIMIT.get(family, DEFAULT_STRATEGY_LIMIT)
     cmd = [sys.executable, str(TOOLS / "bench_sweep.py"), "--family", family, "--device", args.device,
-           "--deadline", str(max(1, left - AUTO_RESERVE)), "--out", str(lines), "--batches", *map(str, args.batches),
-           "--steps", *map(str, args.steps), "--warmup", str(args.warmup), "--budgets", *map(str, args.budgets)]
+           "--deadline", str(max(1, round(share))), "--strategy-limit", str(limit), "--out", str(lines),
+           "--batches", *map(str, args.batches), "--steps", *map(str, args.steps), "--warmup", str(args.warmup),
+           "--budgets", *map(str, args.budgets)]
     try:
-        subprocess.run(cmd, check=False, timeout=left + 60, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=False, timeout=share + limit + 60, stdout=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         pass
     return [json.loads(line) for line in lines.read_text().splitlines()] if lines.is_file() else []
@@ -223,13 +238,13 @@ def main() -> None:
                 path.write_text(json.dumps(record, indent=2) + "\n")
 
     writers = {f: write_model(f, args.work) for f in args.families}
-    for family in args.families:
+    for index, family in enumerate(args.families):
         left = args.deadline - elapsed_since(started)
         if left < 30:
             record["not_run"].append(f"sweep {family}")
             continue
         section = record["families"][family]
-        for line in sweep(family, args, left):
+        for line in sweep(family, args, sweep_share(args.families[index:], left)):
             kind = line.pop("kind", "strategy")
             if kind == "not run":
                 record["not_run"].append(f"{family} {line['strategy']}")

@@ -18,8 +18,10 @@ import argparse
 import gc
 import itertools
 import json
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -152,6 +154,28 @@ def with_picks(family, resolution: int, args) -> list[tuple]:
     return [*SWEEP[:2], *picks, *SWEEP[2:]]
 
 
+class StrategyTimeout(BaseException):
+    """Past --strategy-limit: not an Exception, which a measurement catches as its own result and goes on from."""
+
+
+@contextmanager
+def time_limit(seconds: int):
+    """StrategyTimeout once `seconds` have passed (0: no limit): one strategy that compiles for minutes, or waits on
+    a CUDA extension's build lock another process left, must not take the rest of the sweep with it. Python runs
+    the handler between bytecodes, so a kernel in flight finishes first."""
+    def expire(signum, frame):
+        raise StrategyTimeout(f"stopped after {seconds} s (--strategy-limit)")
+
+    previous = signal.signal(signal.SIGALRM, expire) if seconds else None
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        if previous is not None:
+            signal.signal(signal.SIGALRM, previous)
+
+
 def free(cuda: bool) -> None:
     import torch
 
@@ -172,6 +196,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--deadline", type=float, default=0, help="seconds after which no strategy starts (0: none)")
+    parser.add_argument("--strategy-limit", type=int, default=0,
+                        help="seconds one strategy (or baseline) may take, all its batch sizes together (0: none)")
     parser.add_argument("--budgets", nargs="*", type=float, default=[],
                         help="GB: also sweep the planner's pick at each (selective checkpointing is chosen per budget)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended as they are measured")
@@ -201,8 +227,14 @@ def main() -> None:
             print(json.dumps(result), flush=True)
 
         for batch in args.batches:
-            emit({**bench_memory.run_baseline_here(family, resolution, steps[batch], args.warmup, batch, args.rank,
-                                                   device), "kind": "baseline"})
+            usual = {"strategy": "baseline (diffusers example defaults)", "family": family.name, "batch": batch}
+            try:
+                with time_limit(args.strategy_limit):
+                    result = bench_memory.run_baseline_here(family, resolution, steps[batch], args.warmup, batch,
+                                                            args.rank, device)
+            except (Exception, StrategyTimeout) as exc:  # noqa: BLE001 - beyond out-of-memory: the strategies go on
+                result = {**usual, "ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            emit({**result, "kind": "baseline"})
             free(cuda)
         for weights, checkpointing, optimizer, mixed_precision, every_batch, *extra in with_picks(family, resolution,
                                                                                                 args):
@@ -217,9 +249,16 @@ def main() -> None:
             if weights == "native":  # the U-Net stored as the run computes (the CPU: fp32)
                 weights = NATIVE_FORMAT[mixed_precision if cuda else "no"]
             batches = args.batches if every_batch else args.batches[:1]
-            for result in measure(family, device, weights, checkpointing, optimizer, mixed_precision, resolution,
-                                  batches, steps, args.warmup, args.rank, compiled, own_prediction, graphs):
-                emit({**result, "kind": "strategy"})
+            name = strategy_name(weights, checkpointing, optimizer, mixed_precision, compiled, own_prediction, graphs)
+            try:
+                with time_limit(args.strategy_limit):
+                    for result in measure(family, device, weights, checkpointing, optimizer, mixed_precision,
+                                          resolution, batches, steps, args.warmup, args.rank, compiled,
+                                          own_prediction, graphs):
+                        emit({**result, "kind": "strategy"})
+            except StrategyTimeout as exc:  # the batch sizes measured before it are written already
+                emit({"strategy": name, "family": family.name, "ok": False, "error": f"StrategyTimeout: {exc}",
+                      "kind": "strategy"})
             free(cuda)
 
 

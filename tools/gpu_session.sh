@@ -50,11 +50,23 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 { nvidia-smi; python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench_memory; \
 print(json.dumps(bench_memory.environment(), indent=2))"; } > "$OUT/environment.txt" 2>&1
 
+# optimum-quanto compiles its CUDA kernels (nvcc, 8 sources) on first use: built in the background from the start,
+# rather than inside a test's 60 s or a sweep strategy's limit; torch's build lock, which a build cut off leaves
+# (and which others wait on without end), is removed when it ends
+( timeout 150 python3 -c "import optimum.quanto; from optimum.quanto.library.extensions import get_extension; \
+get_extension('quanto_cuda').lib"; echo "exit $? after $(( SECONDS - start )) s"
+  rm -f "$(python3 -c "import optimum.quanto, os; print(os.path.dirname(optimum.quanto.__file__))" \
+           2> /dev/null)/library/extensions/cuda/build/lock" ) > /tmp/quanto-build.txt 2>&1 &
+
 per_test=()  # pytest-timeout is in the device's image; without it one hung test still ends at the outer 90 s
 python3 -c "import pytest_timeout" 2> /dev/null && per_test=(--timeout 60)
-timeout 90 python3 -m pytest -q -m "gpu and not slow" -p no:cacheprovider -o addopts="" "${per_test[@]}" \
-  tests/test_gpu.py tests/test_kernel_contracts.py tests/test_memory.py > "$OUT/gpu-tests.txt" 2>&1
+rm -f /tmp/gpu-test-failures.txt
+# -v names each test as it starts, so a cut-off run shows which one it was in; failures are logged as they happen
+LOWVRAM_TEST_LOG=/tmp/gpu-test-failures.txt timeout 90 python3 -m pytest -v -m "gpu and not slow" \
+  -p no:cacheprovider -o addopts="" "${per_test[@]}" tests/test_gpu.py tests/test_kernel_contracts.py \
+  tests/test_memory.py > "$OUT/gpu-tests.txt" 2>&1
 echo "gpu tests: $(tail -1 "$OUT/gpu-tests.txt")"
+{ echo; echo "failures, as they happened:"; cat /tmp/gpu-test-failures.txt 2> /dev/null; } >> "$OUT/gpu-tests.txt"
 
 left=$(( BUDGET - (SECONDS - start) - 60 ))  # room for the runs past the deadline and for rendering
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z ' 'a-z-' | sed 's/nvidia-//')
@@ -70,4 +82,5 @@ if (( left >= 40 )); then
   timeout "$left" python3 tools/bench_captioner.py --out "$OUT/captioner.json" > "$OUT/captioner.log" 2>&1
   echo "captioner: $(grep -c peak_reserved "$OUT/captioner.json" 2>/dev/null || echo 0) batch size(s) measured"
 fi
+{ echo; echo "optimum-quanto's CUDA build:"; tail -20 /tmp/quanto-build.txt; } >> "$OUT/environment.txt"
 echo "done in $(( SECONDS - start )) s; commit $OUT/gpu-proof.json as $target"
