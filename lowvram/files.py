@@ -159,10 +159,10 @@ def unwritable(folder: Path) -> str | None:
     return None
 
 
-def name_length(name: str) -> int:
+def name_length(name: str, windows: bool = os.name == "nt") -> int:
     """A file name's length as its file system counts it against MAX_FILE_NAME: UTF-16 units on Windows (NTFS),
     bytes elsewhere."""
-    return len(name.encode("utf-16-le")) // 2 if os.name == "nt" else len(os.fsencode(name))
+    return len(name.encode("utf-16-le")) // 2 if windows else len(os.fsencode(name))
 
 
 def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str = "--output") -> str | None:

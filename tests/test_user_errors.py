@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from lowvram.cli import main
 from lowvram.configure import build_config, read_config
 from lowvram.errors import LowvramError
+from lowvram.files import name_length
 from lowvram.hardware import parse_size
 from lowvram.train.loop import train
 from lowvram.train.outdir import ARCHIVE, OPTIONS_HEADER, RECORD
@@ -196,6 +197,9 @@ def test_an_output_name_too_long_to_write_is_refused_before_any_work(tmp_path, c
     assert main(["resize", str(tmp_path / "missing.safetensors"), "--rank", "2", "--output", str(longer)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert any("is 282 bytes long" in line for line in lines) and not any("Traceback" in line for line in lines)
+    # Windows (NTFS) counts UTF-16 units: 長 is one there (three bytes here), an emoji two (four bytes here)
+    assert [name_length("長" * 90 + ".png", windows) for windows in (True, False)] == [94, 274]
+    assert [name_length("🐕" * 10, windows) for windows in (True, False)] == [20, 40]
     inside = tmp_path / ("長" * 90) / "out.safetensors"  # a folder's name too long: what the system says, one line
     assert main(["resize", str(tmp_path / "missing.safetensors"), "--rank", "2", "--output", str(inside)]) == 2
     assert "File name too long; name another" in capsys.readouterr().err
