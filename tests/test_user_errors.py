@@ -15,7 +15,7 @@ from lowvram.errors import LowvramError
 from lowvram.files import name_length
 from lowvram.hardware import parse_size
 from lowvram.train.loop import train
-from lowvram.train.outdir import ARCHIVE, OPTIONS_HEADER, RECORD
+from lowvram.train.outdir import ARCHIVE, OPTIONS_HEADER, RECORD, options_path
 
 
 def one_error(capsys) -> str:
@@ -112,6 +112,9 @@ def test_check_data_never_writes_its_report_into_the_dataset(sample_data, capsys
 
 
 def test_the_users_config_in_the_output_folder_under_the_runs_name_is_kept(tmp_path, capsys):
+    """The user's own <name>.toml (written by hand, saved from the web UI, or an older lowvram's, from before the
+    header) is never rewritten or archived: the run's options go beside it, as <name>.run.toml, which the run's
+    'continue with' line names."""
     folder = tmp_path / "dog"
     folder.mkdir()
     mine = folder / "dog.toml"
@@ -119,28 +122,19 @@ def test_the_users_config_in_the_output_folder_under_the_runs_name_is_kept(tmp_p
     mine.write_text(text)
     assert main(["train", "--config", str(mine), "--data", "sample", "--rank", "4"]) == 0
     assert mine.read_text() == text and (folder / "dog.safetensors").is_file()
-    assert f"kept {mine} as it is: lowvram did not write it" in " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"kept {mine} as it is: lowvram's header is not on its first line" in out
+    assert f"this run's options go to {folder / 'dog.run.toml'}" in out
+    assert read_config(folder / "dog.run.toml")["rank"] == 4 and options_path(folder, "dog") == folder / "dog.run.toml"
     assert main(["train", "--config", str(mine), "--data", "sample", "--rank", "4", "--overwrite"]) == 0
     assert mine.read_text() == text  # --overwrite moves the earlier run's files, not the user's
+    assert not list((folder / ARCHIVE).rglob("dog.toml")) and list((folder / ARCHIVE).rglob("dog.run.toml"))
+    whole = folder / "whole.toml"  # every option, as the web UI's Save .toml or an older lowvram writes them
+    whole.write_text((folder / "dog.run.toml").read_text().removeprefix(OPTIONS_HEADER))
+    whole.replace(mine)
+    assert main(["train", "--config", str(mine), "--max-steps", "2", "--overwrite"]) == 0
+    assert read_config(mine)["max_steps"] == 1 and read_config(folder / "dog.run.toml")["max_steps"] == 2
     assert not list((folder / ARCHIVE).rglob("dog.toml"))
-
-
-def test_a_runs_options_written_before_their_header_are_still_the_runs(tmp_path, capsys):
-    """Versions before OPTIONS_HEADER wrote `<name>.toml` without it: that file is the run's, so --overwrite
-    archives it and the new run writes its own, the one its 'continue with' line names (not the old run's
-    --max-steps)."""
-    folder = tmp_path / "dog"
-    assert main(["train", "--model", "tiny", "--data", "sample", "--rank", "4", "--max-steps", "1",
-                 "--output", str(folder)]) == 0
-    written = folder / "dog.toml"
-    old = written.read_text().removeprefix(OPTIONS_HEADER)
-    assert old != written.read_text()
-    written.write_text(old)  # as an older lowvram left it
-    assert main(["train", "--model", "tiny", "--data", "sample", "--rank", "4", "--max-steps", "2",
-                 "--output", str(folder), "--overwrite"]) == 0
-    assert "did not write it" not in capsys.readouterr().out
-    assert [path.read_text() for path in (folder / ARCHIVE).rglob("dog.toml")] == [old]
-    assert read_config(written)["max_steps"] == 2 and written.read_text().startswith(OPTIONS_HEADER)
 
 
 def test_a_run_that_failed_before_its_first_save_does_not_hold_the_folder(tmp_path, capsys):

@@ -109,7 +109,11 @@ def run_training(session: Session) -> TrainResult:
     shape = TrainingShape(datetime.now(timezone.utc), -(-prepared.data.batches_per_epoch // session.world),
                           schedule.epochs_at(schedule.total_steps), schedule.total_steps)
     # written first: it is what `--config ... --resume auto` continues an interrupted run with
-    config_path = out_dir / f"{name}.toml"
+    config_path = outdir.options_path(out_dir, name)
+    if session.main and config_path.name != f"{name}.toml":
+        session.console.print(f"kept {out_dir / name}.toml as it is: lowvram's header is not on its first line (your "
+                              f"own config, or an older lowvram's); this run's options go to {config_path}",
+                              soft_wrap=True)
     if session.main and not outdir.write_options(config_path, tomli_w.dumps(config.to_toml_dict())):
         session.console.print(f"kept {config_path} as it is: lowvram did not write it (the run's options are in "
                               "the LoRA's metadata)", soft_wrap=True)

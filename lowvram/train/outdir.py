@@ -11,17 +11,10 @@ import os
 import re
 import shutil
 import socket
-import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-from lowvram.config import SECTIONS
 from lowvram.errors import LowvramError
 from lowvram.files import DiskFull, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
@@ -48,9 +41,6 @@ LOCK = ".lowvram.lock"
 ARCHIVE = "archive"
 SHARED = (METRICS, CHECKPOINTS, SAMPLES, LOGS)  # what every run writes under these names
 OPTIONS_HEADER = "# the options of a lowvram run, as `lowvram train --config` reads them (written by the run)\n"
-# what every `<name>.toml` a run wrote before OPTIONS_HEADER holds: these sections, and some 70 or more options
-EVERY_RUNS_SECTIONS = {"model", "data", "network", "optim", "training", "memory", "output"}
-OPTIONS_WRITTEN_AT_LEAST = 40
 
 
 def write_options(path: Path, text: str) -> bool:
@@ -62,21 +52,20 @@ def write_options(path: Path, text: str) -> bool:
     return True
 
 
+def options_path(folder: Path, name: str) -> Path:
+    """Where the run's options are written, and what its 'continue with' line names: `<name>.toml`, unless a file
+    there is not one lowvram wrote (the user's own config, kept; or an older lowvram's, from before the header),
+    then `<name>.run.toml` beside it."""
+    path = folder / f"{name}.toml"
+    return path if not path.is_file() or is_options_file(path) else folder / f"{name}.run.toml"
+
+
 def is_options_file(path: Path) -> bool:
-    """Whether lowvram wrote this `<name>.toml`: its header says so, or (written before the header was) it is a
-    whole run's options, section by section, as no one writes a config by hand."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline() == OPTIONS_HEADER
     except OSError:
         return False
-    if text.startswith(OPTIONS_HEADER):
-        return True
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        return False
-    return (EVERY_RUNS_SECTIONS <= set(doc) <= set(SECTIONS) and all(isinstance(v, dict) for v in doc.values())
-            and sum(len(v) for v in doc.values()) >= OPTIONS_WRITTEN_AT_LEAST)
 
 
 def read_record(folder: Path) -> dict | None:
@@ -284,7 +273,7 @@ def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
     newest = checkpoint.latest(checkpoint.checkpoint_root(folder), identity(recipe(run)))
     loras = sorted(folder.glob(f"{name}*.safetensors"), key=lambda p: p.stat().st_mtime)
     kept = [f"checkpoint {newest.name}" if newest else "no checkpoint yet"] + [f"LoRA {p.name}" for p in loras[-1:]]
-    then = (f"continue with: lowvram train --config {folder / name}.toml --resume auto" if newest
+    then = (f"continue with: lowvram train --config {options_path(folder, name)} --resume auto" if newest
             else "run the same command again")
     return LowvramError(f"{exc}; kept: {', '.join(kept)}; {exc.remedy}, then {then}")
 
@@ -295,7 +284,8 @@ def archived(folder: Path, record: dict | None, name: str) -> list[Path]:
     names = {name, *([record["name"]] if record and record.get("name") else [])}
     ours = [folder / entry for entry in (*SHARED, RECORD) if (folder / entry).exists()]
     for run_name in names:
-        ours += [path for path in folder.iterdir() if (path.name == f"{run_name}.toml" and is_options_file(path))
+        ours += [path for path in folder.iterdir() if (path.name in (f"{run_name}.toml", f"{run_name}.run.toml")
+                                                       and is_options_file(path))
                  or saved_lora(run_name).fullmatch(path.name) or path.name == diffusers_copy(run_name)]
     return list(dict.fromkeys(ours))
 

@@ -193,8 +193,8 @@ def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, sched
     launch = (f"accelerate launch --multi_gpu --num_processes {session.world} -m lowvram" if session.world > 1
               else "lowvram")
     return TrainingInterrupted(f"interrupted at step {step} of {schedule.total_steps}: saved {usable} and the "
-                               f"checkpoint {saved}; continue with: {launch} train --config {out_dir / name}.toml "
-                               "--resume auto")
+                               f"checkpoint {saved}; continue with: {launch} train --config "
+                               f"{outdir.options_path(out_dir, name)} --resume auto")
 
 
 @contextmanager
