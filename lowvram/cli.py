@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import errno
 import io
 import os
 import re
@@ -36,11 +37,11 @@ from lowvram.configure import (
     without_idle_kept_tags,
 )
 from lowvram.errors import LowvramError, TrainingInterrupted
-from lowvram.files import unwritable
+from lowvram.files import MAX_FILE_NAME, unwritable
 from lowvram.hardware import parse_size
 from lowvram.housekeeping import cache_folder, parse_age
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
-from lowvram.option_values import area_side, width_height
+from lowvram.option_values import MAX_RESOLUTION, area_side, width_height
 from lowvram.resize import DYNAMIC
 from lowvram.samplers import SAMPLERS, sampler_name
 
@@ -64,9 +65,14 @@ class _Parser(argparse.ArgumentParser):
             hint = "; ".join(h for h in hints if h)
             message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
             if not bad:  # a word without its flag
-                taken = [action.metavar or action.dest for action in self._actions if not action.option_strings]
-                fix = (f"{self.prog} takes one {' '.join(taken)}" if taken else
-                       f"give it with {'--data' if '--data' in flags else 'its option'}")
+                taken = [action for action in self._actions if not action.option_strings]
+                if any(action.nargs in ("+", "*") for action in taken):  # argparse takes them in one run
+                    fix = (f"give {self.prog}'s {taken[0].metavar or taken[0].dest} together, all before or all "
+                           "after the options")
+                elif taken:
+                    fix = f"{self.prog} takes one {taken[0].metavar or taken[0].dest}"
+                else:
+                    fix = "each value goes right after its option's flag (one is missing, or an option got two)"
                 message = f"unexpected argument '{words[0]}': {fix}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -445,7 +451,8 @@ def train_values(args: argparse.Namespace) -> dict:
             print(note, file=sys.stderr)
     values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error
     shape = width_height(values.get("resolution"))
-    if shape and min(shape) > 0 and shape[0] != shape[1] and values.get("bucket") is not False:  # else refused, naming the fix
+    if shape and 0 < min(shape) <= max(shape) <= MAX_RESOLUTION and shape[0] != shape[1] and values.get("bucket") \
+            is not False:  # else refused, naming the fix
         print(f"--resolution {shape[0]},{shape[1]} is kohya's width,height: lowvram trains aspect-ratio buckets of "
               f"about its pixel area, those of {area_side(*shape)} px square, as kohya's buckets do", file=sys.stderr)
     idle = [flag_name(fields_by_name()[name][1]) for name in ("bucket_step", "min_bucket_side", "max_bucket_side",
@@ -561,6 +568,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `lowvram plan --json | head`: the reader took what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
         return 1
+    except OSError as exc:  # a path with a name longer than any file system holds: wherever it is first looked at
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"lowvram {args.command}: error: {exc.filename}: a name in this path is over {MAX_FILE_NAME} bytes, "
+              "which no file or folder can have; check the path", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -24,6 +24,8 @@ from lowvram.files import MAX_FILE_NAME, NAME_UNITS, TEMPORARY_NAME_EXTRA, name_
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
 from lowvram.option_values import (
+    MAX_RESOLUTION,
+    MIN_RESOLUTION,
     caption_extension_problem,
     parse_colour,
     parse_resolutions,
@@ -143,8 +145,10 @@ def _file_problems(c: RunConfig) -> list[str]:
 def _data_problems(c: RunConfig) -> list[str]:
     """How the images and captions are read, bucketed and varied."""
     p: list[str] = []
-    if c.data.resolution is not None and (c.data.resolution < 64 or c.data.resolution % 8):
-        p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 and at least 64")
+    if c.data.resolution is not None and (not MIN_RESOLUTION <= c.data.resolution <= MAX_RESOLUTION
+                                          or c.data.resolution % 8):
+        p.append(f"--resolution: {c.data.resolution} must be a multiple of 8 from {MIN_RESOLUTION} to "
+                 f"{MAX_RESOLUTION}")
     try:
         if c.data.resolution in parse_resolutions(c.data.extra_resolutions):
             p.append(f"--extra-resolutions: {c.data.resolution} is --resolution already; name the others")

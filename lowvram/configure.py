@@ -33,12 +33,12 @@ from lowvram.dataset_files import (
     is_dataset_file,
     read_dataset,
 )
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, quoted
 from lowvram.files import text_of
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
-from lowvram.option_values import area_side, relocated_source, width_height
+from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, area_side, relocated_source, width_height
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -299,12 +299,6 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _shown(value: Any) -> str:
-    """A value as an error message quotes it: its repr, the middle of a long one left out."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:30]}…{text[-20:]}"
-
-
 def _coerce(value: Any, kind: Any) -> Any:
     """Convert a TOML or flag value to the field's type; raise ValueError with a readable reason."""
     optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
@@ -353,7 +347,7 @@ def options_from(cls: type, values: dict[str, Any]) -> Any:
         try:
             parsed[name] = _coerce(value, hints[name])
         except (TypeError, ValueError, OverflowError) as exc:
-            problems.append(f"{flag_name(fields[name])}: {_shown(value)} is invalid: {exc}")
+            problems.append(f"{flag_name(fields[name])}: {quoted(value)} is invalid: {exc}")
     if problems:
         raise LowvramError("\n".join(problems))
     return cls(**parsed)
@@ -393,8 +387,12 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
         section, f, kind = known[name]
         flag = flag_name(f)
         shape = width_height(value) if name == "resolution" else None
-        if shape and min(shape) < 1:
-            problems.append(f"{flag}: '{value}' has a side of {min(shape)} px; give sides of at least 64 px")
+        if name == "resolution" and isinstance(value, (list, tuple)) and not shape:
+            problems.append(f"{flag}: {quoted(value)} is not a width and height in pixels")
+            continue
+        if shape and not (1 <= min(shape) and max(shape) <= MAX_RESOLUTION):
+            problems.append(f"{flag}: {quoted(value)} has a side of {min(shape) if min(shape) < 1 else max(shape)} "
+                            f"px; give sides from {MIN_RESOLUTION} to {MAX_RESOLUTION} px")
             continue
         if shape:  # kohya's "W,H": buckets of its pixel area (train_values says so); square without buckets
             if shape[0] != shape[1] and str(values.get("bucket")).lower() in ("false", "no", "0"):
@@ -405,7 +403,7 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
         try:
             value = _coerce(value, kind)
         except (TypeError, ValueError, OverflowError) as exc:
-            problems.append(f"{flag}: {_shown(value)} is invalid: {exc}")
+            problems.append(f"{flag}: {quoted(value)} is invalid: {exc}")
             continue
         choices, spelling = f.metadata.get("choices"), f.metadata.get("spelling")
         if spelling and isinstance(value, str):

@@ -20,6 +20,12 @@ class TrainingDiverged(LowvramError):
     """Several steps in a row had a non-finite loss or gradient."""
 
 
+def quoted(value: object) -> str:
+    """A value as an error message quotes it: its repr, the middle of a long one (a number of 400 digits) left out."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:30]}…{text[-20:]}"
+
+
 def pickle_refusal(flag: str, path: str) -> str:
     """Why a pickled checkpoint is refused, and the one command that converts it without running its code."""
     out = str(Path(path).with_suffix(".safetensors"))

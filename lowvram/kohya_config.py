@@ -21,7 +21,7 @@ from typing import Any
 
 from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SCHEDULERS, SECTIONS, fields_by_name
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, quoted
 from lowvram.kohya_names import KOHYA_FLAGS
 from lowvram.optim import library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
@@ -105,7 +105,7 @@ def as_number(value: Any, key: str, problem, kind: type = float) -> Any:
             raise ValueError
         return kind(number)
     except (TypeError, ValueError, OverflowError):  # (int(inf): a number too large for a float)
-        problem(key, f"{value!r} is not {'a whole number' if kind is int else 'a number'}")
+        problem(key, f"{quoted(value)} is not {'a whole number' if kind is int else 'a number'}")
         return kind(1)
 
 

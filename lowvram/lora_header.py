@@ -19,8 +19,9 @@ from lowvram.config import fields_by_name, flag_name
 RANK_AXES = (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1))
 SCALARS = {"F32": "<f", "F16": "<e", "F64": "<d"}
 # bytes per element of each safetensors dtype (the format's own list)
-ITEM_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
-              "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+ITEM_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
+              "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8,
+              "F64": 8, "C64": 8}  # (and sub-byte ones, F4 and F6_*, whose lengths go unchecked)
 
 
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
@@ -56,8 +57,8 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
 
 def _entry_problem(entry: Any) -> str | None:
     """What is wrong with one tensor's header entry, if anything."""
-    if not isinstance(entry, dict) or entry.get("dtype") not in ITEM_SIZES:
-        return "no known dtype"
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        return "no dtype"
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
     if not isinstance(shape, list) or not all(type(side) is int and side >= 0 for side in shape):
         return "its shape is not a list of sizes"
@@ -67,7 +68,8 @@ def _entry_problem(entry: Any) -> str | None:
     count = 1
     for side in shape:
         count *= side
-    if offsets[1] - offsets[0] != count * ITEM_SIZES[entry["dtype"]]:
+    size = ITEM_SIZES.get(entry["dtype"])
+    if size and offsets[1] - offsets[0] != count * size:
         return "its data's length is not its shape's"
     return None
 

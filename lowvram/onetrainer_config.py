@@ -22,7 +22,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from lowvram.dataset_files.subsets import local_path
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, quoted
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values
@@ -232,14 +232,14 @@ def _typed(doc: dict[str, Any], problem, sections: tuple[str, ...] = SECTIONS) -
             except (TypeError, ValueError, OverflowError):
                 finite = False
             if not finite:
-                problem(prefix + key, f"{value!r} is not a number; write one as OneTrainer saves it (e.g. 1.0)")
+                problem(prefix + key, f"{quoted(value)} is not a number; write one as OneTrainer saves it (e.g. 1.0)")
                 del section[key]
             elif isinstance(value, str):  # "2" as 2: read on as the number it is
                 section[key] = int(number) if number.is_integer() else number
 
     for key in sections:
         if key in doc and doc[key] is not None and not isinstance(doc[key], dict):
-            problem(key, f"{doc.pop(key)!r} is not a section; OneTrainer writes it as {{...}} with its settings")
+            problem(key, f"{quoted(doc.pop(key))} is not a section; OneTrainer writes it as {{...}} with its settings")
     numbers(doc, NUMBERS)
     for part in ("unet", "text_encoder", "text_encoder_2"):
         if isinstance(doc.get(part), dict):

@@ -41,17 +41,20 @@ def parse_until(value: str | None) -> tuple[float, str] | None:
     return parse_save_every(value)
 
 
+MIN_RESOLUTION, MAX_RESOLUTION = 64, 8192  # px: a latent of 8 x 8, and past anything SD1.5 or SDXL trains at
+
+
 def parse_resolutions(text: str | None) -> tuple[int, ...]:
-    """--extra-resolutions: '512,768' -> (512, 768); each a multiple of 8, at least 64, given once."""
+    """--extra-resolutions: '512,768' -> (512, 768); each a multiple of 8 from 64 to 8192, given once."""
     if not text:
         return ()
     try:
         sides = tuple(int(part) for part in str(text).replace(" ", "").split(","))
     except ValueError:
         raise ValueError(f"'{text}' is not a list of resolutions in pixels ('512,768')") from None
-    wrong = [side for side in sides if side < 64 or side % 8]
+    wrong = [side for side in sides if not MIN_RESOLUTION <= side <= MAX_RESOLUTION or side % 8]
     if wrong:
-        raise ValueError(f"{wrong[0]} must be a multiple of 8 and at least 64")
+        raise ValueError(f"{wrong[0]} must be a multiple of 8 from {MIN_RESOLUTION} to {MAX_RESOLUTION}")
     if len(set(sides)) < len(sides):
         raise ValueError(f"'{text}' names a resolution twice")
     return sides
@@ -64,7 +67,7 @@ def width_height(value: object) -> tuple[int, int] | None:
         return None
     try:
         width, height = (int(part) for part in parts)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (a TOML's inf)
         return None
     return width, height
 

@@ -5,6 +5,7 @@ import json
 import struct
 
 import pytest
+import torch
 from conftest import run_config
 from PIL import Image
 
@@ -39,17 +40,22 @@ def images(tmp_path, monkeypatch):
     return tmp_path / "ds"
 
 
-@pytest.mark.parametrize("given", ["0,512", "-512,768", "512,0"])
-def test_a_width_height_with_a_side_under_one_pixel_is_refused(given):
-    with pytest.raises(LowvramError, match=rf"^--resolution: '{given}' has a side of -?\d+ px; give sides of at "
-                                           r"least 64 px$"):
+@pytest.mark.parametrize(("given", "side"), [("0,512", "0"), ("-512,768", "-512"), ("512,0", "0"),
+                                            ("9999999999999999999999,512", "9999999999999999999999")])
+def test_a_width_height_with_a_side_out_of_range_is_refused(given, side):
+    with pytest.raises(LowvramError, match=rf"^--resolution: '{given}' has a side of {side} px; give sides from 64 "
+                                           r"to 8192 px$"):
         run_config(resolution=given)
+    with pytest.raises(LowvramError, match=r"^--resolution: \[inf, 512\] is not a width and height in pixels$"):
+        run_config(resolution=[float("inf"), 512])  # (a TOML's inf)
+    with pytest.raises(LowvramError, match=r"^--resolution: 1000000000 must be a multiple of 8 from 64 to 8192$"):
+        run_config(resolution=1_000_000_000)  # (the planner took minutes over it)
 
 
 def test_a_dataset_files_resolution_with_a_zero_side_is_refused(images, capsys):
     (images.parent / "dataset.toml").write_text('[general]\nresolution = [0, 512]\n[[datasets]]\n'
                                                 '[[datasets.subsets]]\nimage_dir = "ds/10_x"\n')
-    assert "--resolution: '[0, 512]' has a side of 0 px" in one_line(capsys, ["check-data", "dataset.toml"])
+    assert "--resolution: [0, 512] has a side of 0 px" in one_line(capsys, ["check-data", "dataset.toml"])
 
 
 def test_numbers_no_float_holds_and_non_finite_ones_are_refused(images, tmp_path, capsys):
@@ -58,6 +64,9 @@ def test_numbers_no_float_holds_and_non_finite_ones_are_refused(images, tmp_path
     assert line.endswith("--lr: 999999999999999999999999999999…99999999999999999999 is invalid: int too large to "
                          "convert to float")  # the number's middle left out
     assert "is over 1024 GB" in one_line(capsys, ["plan", "--data", str(images), "--vram", HUGE])
+    (tmp_path / "kohya.toml").write_text(f'network_module = "networks.lora"\nmax_train_steps = {HUGE}\n')
+    assert "max_train_steps: 999999999999999999999999999999…99999999999999999999 is not a whole number" in one_line(
+        capsys, ["plan", "--vram", "6GB", "--data", str(images), "--config", "kohya.toml"])
     for option, value in (("lr", float("nan")), ("noise_offset", float("inf")), ("alpha", float("-inf"))):
         with pytest.raises(LowvramError, match="is invalid: expected a finite number"):
             run_config(**{option: value})
@@ -103,7 +112,7 @@ def write_header(path, header, data: bytes = b"") -> None:
 
 
 @pytest.mark.parametrize(("header", "data", "why"), [
-    ({"lora_unet_a.lora_down.weight": {"data_offsets": [0, 0]}}, b"", "lora_unet_a.lora_down.weight: no known dtype"),
+    ({"lora_unet_a.lora_down.weight": {"data_offsets": [0, 0]}}, b"", "lora_unet_a.lora_down.weight: no dtype"),
     ({"__metadata__": ["x"], "w": {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 128]}}, b"\0" * 128,
      "its metadata is not text by name"),
     ({"w": {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 128]},
@@ -132,6 +141,14 @@ def test_a_well_formed_header_reads(tmp_path):
                                                                          "data_offsets": [0, 12]}}, b"\0" * 12)
     metadata, tensors, start = read_header(path)
     assert metadata == {"ss_network_dim": "4"} and list(tensors) == ["w"] and start == path.stat().st_size - 12
+    # every dtype the safetensors library writes (the fnuz fp8 ones too), and one newer than this list (sub-byte)
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 2).to(torch.float8_e4m3fnuz),
+               "lora_unet_x.lora_up.weight": torch.zeros(2, 4).to(torch.float8_e5m2fnuz)}, str(path))
+    assert set(read_header(path)[1]) == {"lora_unet_x.lora_down.weight", "lora_unet_x.lora_up.weight"}
+    write_header(path, {"w": {"dtype": "F4", "shape": [4, 4], "data_offsets": [0, 8]}}, b"\0" * 8)
+    assert list(read_header(path)[1]) == ["w"]
 
 
 def test_a_toml_date_in_a_kohya_dataset_file_is_named(images, capsys):
@@ -160,11 +177,32 @@ def test_an_optimizer_setting_it_refuses_is_said_before_anything_loads(images, t
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["plan", "ds", "--vram", "6GB"], "lowvram plan: error: unexpected argument 'ds': give it with --data"),
+    (["plan", "ds", "--vram", "6GB"], ("lowvram plan: error: unexpected argument 'ds': each value goes right after "
+                                       "its option's flag (one is missing, or an option got two)")),
     (["check-data", "ds", "extra"], ("lowvram check-data: error: unexpected argument 'extra': lowvram check-data "
                                      "takes one DIR")),
     (["info", "a.safetensors", "b.safetensors"], ("lowvram info: error: unexpected argument 'b.safetensors': "
                                                   "lowvram info takes one FILE")),
+    (["merge", "a.safetensors", "--output", "o.safetensors", "b.safetensors"], (
+        "lowvram merge: error: unexpected argument 'b.safetensors': give lowvram merge's FILE[:WEIGHT] together, all "
+        "before or all after the options")),
+    (["train", "--lr", "1e-4", "5"], ("lowvram train: error: unexpected argument '5': each value goes right after "
+                                      "its option's flag")),
 ])
 def test_a_word_without_its_flag_is_named(capsys, argv, message):
     assert one_line(capsys, argv).startswith(message)
+
+
+def test_a_name_longer_than_any_file_system_holds_is_one_line(tmp_path, capsys):
+    long = tmp_path / ("x" * 300)
+    for argv in (["info", str(long / "a.safetensors")], ["check-data", str(long)]):
+        assert one_line(capsys, argv).endswith(f"{long.name[:20]}" + long.name[20:] + (
+            "/a.safetensors" if argv[0] == "info" else "") + ": a name in this path is over 255 bytes, which no "
+                                                          "file or folder can have; check the path")
+
+
+def test_a_long_number_in_a_onetrainer_config_is_shortened(images, tmp_path, capsys):
+    (tmp_path / "ot.json").write_text(f'{{"model_type": "STABLE_DIFFUSION_15", "training_method": "LORA", '
+                                      f'"clip_grad_norm": "{HUGE}x"}}')
+    line = one_line(capsys, ["plan", "--vram", "6GB", "--data", str(images), "--config", "ot.json"])
+    assert "clip_grad_norm: '99999999999999999999999999999…999999999999999999x' is not a number" in line
