@@ -121,7 +121,7 @@ def test_train_auto_plans_for_a_vram_cap_and_trains_within_it(tmp_path):
 def test_the_vram_cap_holds_each_process_to_its_own_gpu():
     """Under `accelerate launch` each process's --vram cap applies to the GPU of its LOCAL_RANK, not to GPU 0
     (which every rank capped before)."""
-    code = ("import torch\nfrom lowvram.cli import auto_strategy\nfrom lowvram.config import build_config\n"
+    code = ("import torch\nfrom lowvram.cli import auto_strategy\nfrom lowvram.configure import build_config\n"
             "values = {'model': 'tiny', 'data': 'sample', 'max_steps': 1}\n"
             "auto_strategy(build_config(values), values, '2GB')\n"
             "print([torch.cuda.get_per_process_memory_fraction(i) for i in range(2)])\n")
