@@ -5,30 +5,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import difflib
 import errno
 import io
 import os
-import re
 import signal
 import sys
-import typing
 from pathlib import Path
 
-from lowvram import __version__
+from lowvram.cli_parser import build_parser
 from lowvram.config import (
-    LORA_LAYERS,
     PLANNING_MODEL,
-    SAVE_PRECISION,
-    SECTIONS,
-    WRITTEN_IMAGE_SUFFIXES,
     fields_by_name,
     flag_name,
 )
 from lowvram.configure import (
     ALTERNATIVES,
     build_config,
-    list_presets,
     preset_path,
     read_config,
     read_toml,
@@ -39,297 +31,8 @@ from lowvram.configure import (
 from lowvram.errors import LowvramError, TrainingInterrupted
 from lowvram.files import MAX_FILE_NAME, unwritable
 from lowvram.hardware import parse_size
-from lowvram.housekeeping import cache_folder, parse_age
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
 from lowvram.option_values import MAX_RESOLUTION, area_side, width_height
-from lowvram.resize import DYNAMIC
-from lowvram.samplers import SAMPLERS, sampler_name
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option in one line, with the closest valid flag."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # `--lr -1e-4` is a value (checked and refused as such), not a flag: Python 3.11's pattern misses exponents
-        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-    def error(self, message: str):
-        if "unrecognized arguments:" in message:
-            from lowvram.kohya_names import kohya_hint
-
-            words = message.split(":", 1)[1].split()
-            bad = [word for word in words if word.startswith("-")]
-            flags = [o for a in self._actions for o in a.option_strings]
-            hints = [kohya_hint(b) or _closest_flag(b.split("=")[0], flags) for b in bad]
-            hint = "; ".join(h for h in hints if h)
-            message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
-            if not bad:  # a word without its flag
-                taken = [action for action in self._actions if not action.option_strings]
-                if any(action.nargs in ("+", "*") for action in taken):  # argparse takes them in one run
-                    fix = (f"give {self.prog}'s {taken[0].metavar or taken[0].dest} together, all before or all "
-                           "after the options")
-                elif taken:
-                    fix = f"{self.prog} takes one {taken[0].metavar or taken[0].dest}"
-                else:
-                    fix = "each value goes right after its option's flag (one is missing, or an option got two)"
-                message = f"unexpected argument '{words[0]}': {fix}"
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _closest_flag(word: str, flags: list[str]) -> str | None:
-    """'did you mean --lr?' for a typo of a lowvram flag, or of the kohya name of one (--lerning_rate)."""
-    from lowvram.kohya_names import KOHYA_FLAGS
-
-    names = {flag.lstrip("-"): flag for flag in flags if flag.startswith("--")}
-    kohya = {name.lstrip("-").replace("_", "-"): ours for name, ours in KOHYA_FLAGS.items()
-             if ours in flags}
-    match = difflib.get_close_matches(word.lstrip("-").replace("_", "-"), list(names) + list(kohya), n=1)
-    return f"did you mean {names.get(match[0]) or kohya[match[0]]}?" if match else None
-
-
-def _add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] = tuple(SECTIONS),
-                      skip: tuple[str, ...] = ()) -> None:
-    """One flag per config field, grouped by section; the field's metadata is its help."""
-    table = fields_by_name()
-    groups = {section: parser.add_argument_group(section) for section in sections}
-    for name, (section, f, kind) in table.items():
-        if section in sections and name not in skip:
-            _add_field_flag(groups[section], f, kind)
-
-
-def _add_option_flags(parser: argparse.ArgumentParser, title: str) -> None:
-    """`lowvram caption`'s flags, from its options dataclass (DIR is positional)."""
-    from lowvram.caption import CaptionConfig
-
-    group = parser.add_argument_group(title)
-    hints = typing.get_type_hints(CaptionConfig)
-    for f in dataclasses.fields(CaptionConfig):
-        if f.name != "data":
-            _add_field_flag(group, f, hints[f.name])
-
-
-def _add_field_flag(group, f: dataclasses.Field, kind) -> None:
-    """The flag of one option field: its metadata is the help, the choices and the metavar."""
-    meta = f.metadata
-    shown = "" if f.default in (None, dataclasses.MISSING) else f" [default: {f.default}]"
-    kwargs = {"dest": f.name, "default": argparse.SUPPRESS,
-              "help": (meta["help"] + shown).replace("%", "%%")}  # argparse formats help with %
-    if kind is bool:
-        group.add_argument(flag_name(f), action=argparse.BooleanOptionalAction, **kwargs)
-    elif typing.get_origin(kind) is tuple:
-        group.add_argument(flag_name(f), action="append", metavar=meta["metavar"], **kwargs)
-    elif meta.get("spelling"):  # another tool's name for a choice is read as the choice
-        group.add_argument(flag_name(f), type=_spelled_by(meta["spelling"]), choices=meta["choices"],
-                           metavar=meta["metavar"], **kwargs)
-    else:
-        group.add_argument(flag_name(f), choices=meta["choices"], metavar=meta["metavar"], **kwargs)
-
-
-def _spelled_by(spelling):
-    def read(text: str) -> str:
-        try:
-            return spelling(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return read
-
-
-
-
-def _port(text: str) -> int:
-    """A port to serve on: 1 to 65535 (0, any free one, would leave the browser not knowing where)."""
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a port from 1 to 65535")
-    return int(text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lowvram", allow_abbrev=False, description="LoRA training for Stable Diffusion 1.5 and SDXL on small GPUs.")
-    parser.add_argument("--version", action="version", version=f"lowvram {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    train = sub.add_parser("train", allow_abbrev=False, help="train a LoRA", description="Train a LoRA. Options come from --config "
-                           "(TOML, same names in sections [model] [data] [network] [optim] [training] [validation] [memory] [output]) "
-                           "and from flags, which override the file.")
-    train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file), or a "
-                       "kohya sd-scripts config file, a kohya_ss GUI config (.json) or a OneTrainer config (.json), read "
-                       "as they read them")
-    train.add_argument("--preset", help=f"starting settings for a kind of job ({', '.join(list_presets())}); "
-                       "--config and flags override them")
-    train.add_argument("--auto", action="store_true", help="let the memory planner choose --unet-weights, "
-                       "--gradient-checkpointing and --optimizer for this GPU (flags you give are kept)")
-    train.add_argument("--vram", metavar="SIZE", help="with --auto: plan for, and keep the run within, at most this "
-                       "much VRAM (e.g. 6GB)")
-    _add_config_flags(train)
-
-    plan = sub.add_parser("plan", allow_abbrev=False, help="estimate memory and pick a strategy (dry run)",
-                          description="Estimate peak VRAM and host RAM of every phase for each memory strategy, "
-                          "and say what fits: without a GPU and without loading weights. Takes the same options "
-                          "as train.")
-    plan.add_argument("--config", type=Path, help="TOML config file, as for train")
-    plan.add_argument("--preset", help="starting settings, as for train")
-    plan.add_argument("--profile", help="plan for a GPU profile (see lowvram doctor --profiles)")
-    plan.add_argument("--vram", metavar="SIZE", help="plan for a GPU with this much free VRAM (e.g. 6GB), taken to "
-                      "have bf16 (Ampere or newer; --mixed-precision fp16 plans for an older card)")
-    plan.add_argument("--ram", metavar="SIZE", help="host RAM to plan for (e.g. 12GB; default: this machine's)")
-    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
-    _add_config_flags(plan)
-
-    doc = sub.add_parser("doctor", allow_abbrev=False, help="what this machine can do",
-                         description="Report the GPU, its memory and precision support, whether xformers, "
-                         "bitsandbytes and optimum-quanto work here, host RAM and free disk.")
-    doc.add_argument("--profiles", action="store_true", help="list the GPU profiles plan --profile knows")
-
-    cache = sub.add_parser("cache", allow_abbrev=False, help="what the cache holds; remove what no run used lately",
-                           description="Show the cache folder's parts (latents, text embeddings, scan indexes) and "
-                           "their sizes, or remove the entries no run used for a while, which the next run that "
-                           "needs them rebuilds. Captions kept from before an edit are never removed.")
-    cache.add_argument("--cache-dir", type=cache_folder, metavar="DIR", help="the cache (default: "
-                       "$LOWVRAM_CACHE_DIR, else $XDG_CACHE_HOME/lowvram or ~/.cache/lowvram)")
-    removal = cache.add_mutually_exclusive_group()
-    removal.add_argument("--unused-for", type=parse_age, metavar="AGE", help="remove the entries no run used for this "
-                         "long: days (30 or 30d), hours (12h) or weeks (2w)")
-    removal.add_argument("--clear", action="store_true", help="remove every latent, text embedding and scan index")
-    cache.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
-
-    check = sub.add_parser("check-data", allow_abbrev=False, help="scan a dataset and report every file",
-                           description="Read every file of a dataset once and report what was found and what "
-                           "training will do with it (convert, crop, skip and why), per folder and bucket. "
-                           "Nothing in the folder is modified.")
-    _add_data_argument(check, "dataset folder, or a kohya or OneTrainer dataset file")
-    check.add_argument("--report", type=Path, metavar="PATH", help="also write the full report as JSON")
-    check.add_argument("--verbose", action="store_true", help="list every file with a note, not only skipped ones")
-    check.add_argument("--config", type=Path, help="a training config: its [model] and [data] options apply")
-    check.add_argument("--preset", help="a preset: its [data] options apply")
-    _add_config_flags(check, sections=("model", "data"), skip=("data", "prediction_type"))
-
-    gen = sub.add_parser("generate", allow_abbrev=False, help="render images with a LoRA",
-                         description="Render images from a base model with LoRAs applied, as training renders its "
-                         "samples (one model part on the GPU at a time). Prompts are read as AUTOMATIC1111 reads them: "
-                         "(emphasis:1.2), BREAK, and long ones in 75-token chunks.")
-    gen.add_argument("--model", default="tiny", help="base model, as for train --model [default: tiny]")
-    gen.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
-                     help="force the architecture instead of detecting it")
-    gen.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]", help="LoRA .safetensors file (kohya or "
-                     "diffusers format), with its strength if not --weight's (style.safetensors:0.6); give it again "
-                     "to stack several")
-    gen.add_argument("--weight", type=float, default=1.0, help="the strength of each --lora that gives none of "
-                     "its own [default: 1.0]")
-    gen.add_argument("--prompt", required=True, help="text prompt; kohya's inline options work (--n negative, --w "
-                     "--h size, --s steps, --l guidance, --d seed, --ss sampler) and win over the flags")
-    gen.add_argument("--negative-prompt", default=None, help="negative prompt")
-    gen.add_argument("--output", type=Path, default=Path("generated.png"),
-                     help=f"image path, {', '.join(WRITTEN_IMAGE_SUFFIXES[:-1])} or {WRITTEN_IMAGE_SUFFIXES[-1]} "
-                     "(written in that format); with --count > 1, "
-                     "numbered files [default: generated.png]")
-    gen.add_argument("--overwrite", action="store_true", help="replace --output (or its numbered files) if it "
-                     "exists; a file being read (--model, --lora) is never replaced")
-    gen.add_argument("--count", type=int, default=1, help="number of images [default: 1]")
-    gen.add_argument("--steps", type=int, default=25, help="denoising steps, 1 or more [default: 25]")
-    gen.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale [default: 7.0]")
-    gen.add_argument("--resolution", type=int, default=None, help="image size in pixels, a multiple of 8 from 64 "
-                     "to 4096 [default: the model's]")
-    gen.add_argument("--seed", type=int, default=0, help="seed of the first image, 0 to 4294967295; -1 draws one "
-                     "and prints it [default: 0]")
-    gen.add_argument("--clip-skip", type=int, choices=(1, 2, 3, 4), help="CLIP layers skipped from the end, as "
-                     "train's --clip-skip [default: the LoRA's, else 1]")
-    gen.add_argument("--sampler", type=_spelled_by(sampler_name), default=None,
-                     help=f"sampler: {', '.join(SAMPLERS)} (kohya's and A1111's spellings work too) "
-                     "[default: the model's own]")
-
-    cap = sub.add_parser("caption", allow_abbrev=False, help="write captions for images that have none",
-                         description="Write a .txt caption for each image of a dataset that has none, with a WD14-style "
-                         "tagger (tags) or an image-to-text model such as BLIP (a sentence). Nothing in the folder "
-                         "changes but the new caption files.")
-    _add_data_argument(cap, "dataset folder (kohya-style N_name subfolders are captioned too)")
-    cap.add_argument("--dry-run", action="store_true", help="say what would be captioned, and where the model would "
-                     "run, without loading it")
-    cap.add_argument("--vram", metavar="SIZE", help="plan for at most this much VRAM (e.g. 4GB)")
-    _add_option_flags(cap, "captioning")
-
-    ui = sub.add_parser("ui", allow_abbrev=False, help="the local web app", description="Serve the web app: the "
-                        "options form with the live VRAM plan, the dataset check and captions, and training with its "
-                        "charts and samples. Needs the [ui] extra (pip install -e \".[ui]\").")
-    ui.add_argument("--port", type=_port, default=7860, help="port [default: 7860]")
-    ui.add_argument("--listen", action="store_true", help="serve on every network interface, not only this machine "
-                    "(anyone who can reach it can start runs and read your folders)")
-    ui.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs internet and "
-                    "--auth: anyone with the link could start runs, write files and use this GPU)")
-    ui.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this user name and password before showing "
-                    "the app (AUTOMATIC1111's --gradio-auth); needed with --share")
-
-    info = sub.add_parser("info", allow_abbrev=False, help="show a LoRA file's network and metadata",
-                          description="Show what a LoRA .safetensors file (lowvram's, kohya's or another trainer's) "
-                          "holds: its network type, layers and metadata, reading only its header.")
-    info.add_argument("file", type=Path, metavar="FILE")
-    info.add_argument("--json", action="store_true", help="print it as JSON")
-    info.add_argument("--strip-paths", action="store_true", help="first rewrite the file (atomically, same tensors) "
-                      "without the local folders its metadata names, for sharing it")
-
-    resize = sub.add_parser("resize", allow_abbrev=False, help="a LoRA file at a lower rank (kohya's resize_lora)",
-                            description="Write a LoRA (or LoCon) file at a lower rank: each layer's update cut by its "
-                            "singular values to the rank that keeps the most of it, a fixed rank or per layer by a "
-                            "--dynamic rule (kohya's resize_lora.py). Any kohya-format file, whoever trained it.")
-    resize.add_argument("lora", type=Path, metavar="FILE", help="the LoRA .safetensors file")
-    _add_rank_flags(resize, "the new file [default: FILE-rRANK.safetensors beside it]")
-    merge = sub.add_parser("merge", allow_abbrev=False, help="several LoRA files as one, or into a model (kohya's "
-                           "svd_merge_lora, merge_lora)",
-                           description="Write several LoRA (or LoCon) files as one: each layer's updates, weighted, "
-                           "summed and cut by their singular values to the rank that keeps the most of the sum, a "
-                           "fixed rank or per layer by a --dynamic rule (kohya's svd_merge_lora.py). With --model, "
-                           "fuse them into that model's weights instead and write the model (kohya's merge_lora.py): "
-                           "a single file stays a single file, its other tensors as they were. On the CPU; it takes "
-                           "host RAM for the model and the file (about 14 GB for an fp16 SDXL checkpoint).")
-    merge.add_argument("lora", nargs="+", metavar="FILE[:WEIGHT]", help="the LoRA .safetensors files, each with "
-                       "its weight (default 1), e.g. style.safetensors:0.6")
-    merge.add_argument("--model", metavar="MODEL", help="fuse the LoRAs into this model (as train --model: a "
-                       "single-file checkpoint, a diffusers folder or a hub id) and write it to --output")
-    merge.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
-                       help="with --model: force the architecture instead of detecting it")
-    _add_rank_flags(merge, "the merged file [default: merged.safetensors; with --model, a .safetensors name writes "
-                    "a single-file checkpoint, any other a diffusers folder: merged.safetensors for a single-file "
-                    "model, the folder merged otherwise]", rank_required=False)
-
-    ext = sub.add_parser("extract", allow_abbrev=False, help="a LoRA from a fine-tuned model and its base (kohya's "
-                         "extract_lora_from_models)", description="Write a LoRA of the difference between a "
-                         "fine-tuned model and the model it was tuned from: each layer's change cut by its singular "
-                         "values to --rank (kohya's extract_lora_from_models.py). Both models load in fp16 on the CPU.")
-    ext.add_argument("--base", required=True, metavar="MODEL", help="the model it was tuned from (as train --model)")
-    ext.add_argument("--tuned", required=True, metavar="MODEL", help="the fine-tuned model")
-    ext.add_argument("--rank", type=int, required=True, help="the LoRA's rank")
-    ext.add_argument("--conv-rank", type=int, help="the rank of the 3x3 convolutions (--lora-layers full) "
-                     "[default: --rank]")
-    ext.add_argument("--lora-layers", choices=LORA_LAYERS, default="attn-mlp", help="which layers (as train's "
-                     "--lora-layers) [default: attn-mlp, kohya's LoRA]")
-    ext.add_argument("--min-diff", type=float, default=0.01, help="a text encoder is extracted only where it "
-                     "changed by more than this [default: 0.01, kohya's]")
-    ext.add_argument("--clamp-quantile", type=float, default=0.99, help="the factors' values are clamped at this "
-                     "quantile of their size (1: not at all) [default: 0.99, kohya's]")
-    ext.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
-                     help="force the architecture instead of detecting it")
-    ext.add_argument("--output", type=Path, default=Path("extracted.safetensors"),
-                     help="the LoRA file [default: extracted.safetensors]")
-    ext.add_argument("--save-precision", choices=SAVE_PRECISION, default="fp16", help="its dtype [default: fp16]")
-    ext.add_argument("--load-precision", choices=SAVE_PRECISION, default="fp16", help="the models' dtype on the CPU "
-                     "(fp32 takes twice the host RAM) [default: fp16]")
-    ext.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    return parser
-
-
-def _add_rank_flags(parser: argparse.ArgumentParser, output_help: str, rank_required: bool = True) -> None:
-    """resize's and merge's flags: the rank, the dynamic rule, the output file."""
-    parser.add_argument("--rank", type=int, required=rank_required, help="the new rank; with --dynamic, the most a "
-                        "layer keeps" + ("" if rank_required else " (not with --model)"))
-    parser.add_argument("--conv-rank", type=int, help="the new rank of 3x3 convolutions (LoCon) [default: --rank]")
-    parser.add_argument("--dynamic", choices=DYNAMIC, help="each layer's rank by a rule: sv_ratio keeps the "
-                        "singular values above the largest / PARAM; sv_fro, PARAM of the Frobenius norm; "
-                        "sv_cumulative, PARAM of the sum of singular values")
-    parser.add_argument("--dynamic-param", type=float, metavar="PARAM", help="the rule's parameter (e.g. 8 for "
-                        "sv_ratio, 0.9 for sv_fro)")
-    parser.add_argument("--output", type=Path, help=output_help)
-    parser.add_argument("--save-precision", choices=SAVE_PRECISION, help="its dtype [default: the (first) file's]")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -460,12 +163,6 @@ def train_values(args: argparse.Namespace) -> dict:
     if idle and values.get("bucket") is False:
         print(f"{', '.join(idle)}: no effect with --no-bucket, which crops every image square", file=sys.stderr)
     return with_network_weights(values)
-
-
-def _add_data_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    """The dataset as the command's argument, or as --data, which `lowvram train` taught the hand to type."""
-    parser.add_argument("data", metavar="DIR", nargs="?", help=what)
-    parser.add_argument("--data", dest="data_flag", metavar="DIR", help=argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:

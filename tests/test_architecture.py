@@ -29,7 +29,7 @@ LAYERS = [
     ("lowvram.generate", "lowvram.info", "lowvram.resize", "lowvram.merge", "lowvram.fuse", "lowvram.extract",
      "lowvram.doctor",
      "lowvram.caption", "lowvram.ui", "lowvram.housekeeping"),
-    ("lowvram.cli", "lowvram.__main__"),
+    ("lowvram.cli", "lowvram.cli_parser", "lowvram.__main__"),
 ]
 
 
