@@ -265,11 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `lowvram plan --json | head`: the reader took what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
         return 1
-    except OSError as exc:  # a path with a name longer than any file system holds: wherever it is first looked at
-        if exc.errno != errno.ENAMETOOLONG:
+    except OSError as exc:  # a path no file system holds, or a file gone between two looks at it
+        if exc.errno == errno.ENAMETOOLONG:
+            why = f"a name in this path is over {MAX_FILE_NAME} bytes, which no file or folder can have; check the path"
+        elif exc.errno == errno.ENOENT and exc.filename:  # (another run's --keep-saves removed it meanwhile)
+            why = "not found (it was there a moment before: removed while lowvram read it?)"
+        else:
             raise
-        print(f"lowvram {args.command}: error: {exc.filename}: a name in this path is over {MAX_FILE_NAME} bytes, "
-              "which no file or folder can have; check the path", file=sys.stderr)
+        print(f"lowvram {args.command}: error: {exc.filename}: {why}", file=sys.stderr)
         return 2
     return 0
 

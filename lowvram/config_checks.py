@@ -137,6 +137,10 @@ def _file_problems(c: RunConfig) -> list[str]:
                 p.append(f"--base-weights: {path}: {why}")
     if c.network.network_weights and not c.training.resume and Path(c.network.network_weights).is_file():
         p += filter(None, [network_weights_problem(c.network)])
+    if c.training.resume and c.training.resume != "auto" and not (Path(c.training.resume) / "state.json").is_file():
+        found = "not a lowvram checkpoint folder (no state.json)" if Path(c.training.resume).exists() else "not found"
+        p.append(f"--resume: {c.training.resume}: {found}; pass a checkpoint folder (<output>/checkpoints/step-N), "
+                 "or --resume auto for the output folder's newest")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
         p.append(f"--reg-data: folder not found: {c.data.reg_data}{windows_path_hint(c.data.reg_data)}")
     return p
@@ -454,9 +458,13 @@ def _output_problems(c: RunConfig) -> list[str]:
     try:
         lines = c.prompt_lines
     except FileNotFoundError:
-        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} not found")
-    except (OSError, UnicodeDecodeError) as exc:
-        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} is unreadable ({exc}); save it as UTF-8 text")
+        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} not found; check the path")
+    except IsADirectoryError:
+        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} is a folder; give the prompt file in it")
+    except UnicodeDecodeError:
+        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} is not UTF-8 text; save it as UTF-8")
+    except OSError as exc:
+        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} is unreadable ({exc.strerror or exc})")
     except ValueError as exc:
         p.append(f"--sample-prompt-file: {c.output.sample_prompt_file}: {exc}")
     else:

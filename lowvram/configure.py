@@ -299,6 +299,13 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except ValueError:  # ("invalid literal for float()": Python's words)
+        raise ValueError("expected a number") from None
+
+
 def _coerce(value: Any, kind: Any) -> Any:
     """Convert a TOML or flag value to the field's type; raise ValueError with a readable reason."""
     optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
@@ -322,11 +329,21 @@ def _coerce(value: Any, kind: Any) -> Any:
     if target is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError("expected a whole number")
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            whole = float(value)  # 1e3: a whole number, written as a float
+        except ValueError:
+            whole = math.nan
+        if not whole.is_integer():
+            raise ValueError("expected a whole number")
+        return int(whole)
     if target is float:
         if isinstance(value, bool):
             raise ValueError("expected a number")
-        number = float(value)
+        number = _number(value)
         if not math.isfinite(number):  # nan passes every range check, and trains to a non-finite LoRA
             raise ValueError("expected a finite number")
         return number

@@ -20,6 +20,12 @@ class TrainingDiverged(LowvramError):
     """Several steps in a row had a non-finite loss or gradient."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line of ours quotes it: libraries' run to paragraphs."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def quoted(value: object) -> str:
     """A value as an error message quotes it: its repr, the middle of a long one (a number of 400 digits) left out."""
     text = repr(value)

@@ -40,13 +40,14 @@ class DiskFull(LowvramError):
         # what lets the write through: freeing space cannot lift a file-size limit
         self.remedy = "raise the limit (ulimit -f unlimited) or write elsewhere" if size_limit else "free space"
         if size_limit:
-            super().__init__(f"the file-size limit (ulimit -f) stopped writing {what} in {folder}")
+            self.reason = f"the file-size limit (ulimit -f) stopped writing {what} in {folder}"
         elif free >= needed:  # the check before writing passed: something else filled the disk meanwhile
-            super().__init__(f"the disk filled up while writing {what} in {folder} ({human_size(free)} free now; "
-                             "another program may be writing there)")
+            self.reason = (f"the disk filled up while writing {what} in {folder} ({human_size(free)} free now; "
+                           "another program may be writing there)")
         else:
-            super().__init__(f"no room for {what} in {folder}: it needs {human_size(needed)}, "
-                             f"{human_size(free)} is free")
+            self.reason = f"no room for {what} in {folder}: it needs {human_size(needed)}, {human_size(free)} is free"
+        # the fix, in the one line; a run's own message (lowvram.train.outdir.out_of_room) says it after what it kept
+        super().__init__(f"{self.reason}; {self.remedy}" + ("" if size_limit else " there, or write elsewhere"))
 
 
 def redraws_in_place(console) -> bool:

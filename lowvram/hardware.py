@@ -111,7 +111,8 @@ def parse_size(text: str, flag: str) -> int:
         raise LowvramError(f"{flag}: '{text}' is under 256 MB, no machine to train on; write e.g. 6GB")
     most = 1024 if flag == "--vram" else 16384  # GB: no GPU holds a terabyte yet
     if size > most * GIB:
-        hint = f"; a number alone is in GB (write {text.strip()}MB for megabytes)" if not match.group(2) else ""
+        hint = (f"; a number alone is in GB (write {text.strip()}MB for megabytes)" if not match.group(2)
+                else "; give the card's memory, e.g. 24GB")
         raise LowvramError(f"{flag}: '{text}' is over {most} GB{hint}")
     return int(size)
 
@@ -123,7 +124,7 @@ def list_profiles() -> list[str]:
 def load_profile(name: str) -> Hardware:
     """A card people train on, from `lowvram/profiles/<name>.toml`."""
     path = PROFILES / f"{name}.toml"
-    if not path.is_file():
+    if not path.is_file() or name not in list_profiles():  # (a name, not a path: ../x.toml is no profile)
         raise LowvramError(f"--profile: no profile '{name}'; profiles are {', '.join(list_profiles())}")
     data = tomllib.loads(path.read_text())
     known = {"name", "vram_gb", "free_vram_gb", "bf16", "host_ram_gb", "compute_capability", "pcie_gbps",

@@ -581,8 +581,12 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[s
         except FileNotFoundError:  # samples change nothing trained: a file left on another machine is no error
             notes.append(f"sample_prompts: {prompt_file} not found, so no samples; give --sample-prompt, or the "
                          "prompt file's path")
-        except (OSError, UnicodeDecodeError) as exc:
-            problem("sample_prompts", f"{prompt_file} is unreadable ({exc}); save it as UTF-8 text")
+        except IsADirectoryError:
+            problem("sample_prompts", f"{prompt_file} is a folder; give the prompt file in it")
+        except UnicodeDecodeError:
+            problem("sample_prompts", f"{prompt_file} is not UTF-8 text; save it as UTF-8")
+        except OSError as exc:
+            problem("sample_prompts", f"{prompt_file} is unreadable ({exc.strerror or exc})")
         except ValueError as exc:
             problem("sample_prompts", f"{prompt_file}: {exc}")
         else:

@@ -174,7 +174,9 @@ def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]
             sources.append(parse_source(text))
         except LowvramError as exc:
             problems.append(str(exc))
-    return sources, problems + [f"{path}: file not found" for path, _ in sources if not path.is_file()]
+    missing = [f"{path}: {'a folder' if path.is_dir() else 'file not found'}; give a LoRA .safetensors file"
+               for path, _ in sources if not path.is_file()]
+    return sources, problems + missing
 
 
 def run(args: argparse.Namespace) -> Resized:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -202,7 +202,8 @@ def build_class_optimizer(name: str, groups: list[dict], weight_decay: float, se
     try:
         return cls(groups, **given)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise LowvramError(f"--optimizer-arg: {name} refused its settings ({exc})") from None
+        raise LowvramError(f"--optimizer-arg: {name} refused its settings ({exc}); check each value and its type "
+                           "(e.g. momentum=0.9)") from None
 
 
 def try_optimizer(name: str, lr: float, weight_decay: float, items: tuple[str, ...], warmup: bool) -> None:
@@ -218,7 +219,8 @@ def try_optimizer(name: str, lr: float, weight_decay: float, items: tuple[str, .
     try:
         build_optimizer(name, trial, weight_decay, 1 if warmup else 0, settings)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise LowvramError(f"--optimizer-arg: {name} refused its settings ({exc})") from None
+        raise LowvramError(f"--optimizer-arg: {name} refused its settings ({exc}); check each value and its type "
+                           "(e.g. momentum=0.9)") from None
 
 
 def _typed(key: str, text: str, kind: str):
@@ -279,8 +281,8 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
     try:
         import bitsandbytes as bnb
     except ImportError as exc:
-        raise LowvramError(f"--optimizer {name}: needs bitsandbytes ({exc}); pip install bitsandbytes, or use "
-                           "--optimizer adamw") from None
+        raise LowvramError(f"--optimizer {name}: needs bitsandbytes ({first_line(exc)}); pip install bitsandbytes, or "
+                           "use --optimizer adamw") from None
     classes = {"adamw8bit": bnb.optim.AdamW8bit, "paged_adamw8bit": bnb.optim.PagedAdamW8bit,
                "lion": bnb.optim.Lion, "lion8bit": bnb.optim.Lion8bit}
     if name not in classes:

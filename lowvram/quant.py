@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from lowvram import w8a8
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, first_line
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.precision import DTYPES
 
@@ -220,7 +220,7 @@ def _import(name: str, fmt: str):
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise LowvramError(f"--unet-weights {fmt}: needs {name.split('.')[-1]} ({exc}); "
+        raise LowvramError(f"--unet-weights {fmt}: needs {name.split('.')[-1]} ({first_line(exc)}); "
                            f"pip install {name.replace('.', '-')}, or choose fp16/fp8") from None
 
 

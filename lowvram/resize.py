@@ -153,7 +153,8 @@ def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None
 
 def run(args: argparse.Namespace) -> Resized:
     """`lowvram resize`, its options checked first (one line each)."""
-    problems = [] if args.lora.is_file() else [f"{args.lora}: file not found"]
+    missing = f"{args.lora}: {'a folder' if args.lora.is_dir() else 'file not found'}; give a LoRA .safetensors file"
+    problems = [] if args.lora.is_file() else [missing]
     output = args.output or args.lora.with_name(f"{args.lora.stem}-r{args.rank}.safetensors")
     problems += option_problems(args, output, [args.lora])
     if problems:

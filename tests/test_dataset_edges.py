@@ -133,5 +133,6 @@ def test_a_dataset_file_whose_folders_share_the_home_folder_the_cache_is_in_scan
     assert main(["check-data", "--model", "tiny", "--cache-dir", str(home / ".cache" / "lowvram"), str(dataset)]) == 0
     inside = home / "img" / "10_alice" / "cache"
     assert main(["check-data", "--model", "tiny", "--cache-dir", str(inside), str(dataset)]) == 2
-    assert f"is inside the dataset folder {home / 'img' / '10_alice'}; keep it in the cache" in capsys.readouterr().err
+    assert (f"--cache-dir: the cache ({inside}) is inside the dataset folder {home / 'img' / '10_alice'}, which "
+            "lowvram never writes to; choose a cache folder outside it") in capsys.readouterr().err
     shutil.rmtree(inside, ignore_errors=True)

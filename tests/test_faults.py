@@ -355,4 +355,5 @@ def test_a_disk_that_fills_with_the_final_samples_log_says_so_where_they_are_log
     with RunLog(out, 0, config) as log:
         with pytest.raises(DiskFull) as error:
             log.final_samples(3, [sample])
-        assert str(error.value) == f"no room for the TensorBoard log in {out / 'logs'}: it needs 1.00 MiB, 0 B is free"
+        assert str(error.value) == (f"no room for the TensorBoard log in {out / 'logs'}: it needs 1.00 MiB, 0 B is "
+                                    "free; free space there, or write elsewhere")

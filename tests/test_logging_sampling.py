@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -387,6 +388,10 @@ def test_a_resumed_run_hides_the_steps_the_stopped_run_logged_past_its_checkpoin
     config = run_config(output=str(tmp_path / "out"), tensorboard=True)
     config.output_dir.mkdir()
     for resumed_step, steps in ((0, range(1, 6)), (3, range(4, 7))):
+        # a resumed run starts seconds later: TensorBoard orders event files by their names, the start's second
+        # first, then a count within the process (which sorts "10" before "9": a flake when both began in one
+        # second of a test worker that had opened ten logs before)
+        time.sleep(1.02 - time.time() % 1)
         with RunLog(config.output_dir, resumed_step, config) as log:
             for step in steps:
                 log.step(step, {"loss": float(resumed_step + step), "epoch": 1})

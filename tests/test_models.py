@@ -152,8 +152,12 @@ def test_a_users_vae_replaces_the_models(layout, other_vae, tmp_path):
 def test_a_file_that_is_not_a_vae_is_named(tmp_path):
     path = tmp_path / "lora.safetensors"
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 4)}, str(path))
-    with pytest.raises(LowvramError, match="--vae: .*lora.safetensors does not fit"):
+    with pytest.raises(LowvramError, match="--vae: .*lora.safetensors is a LoRA, not a VAE; give a VAE file"):
         load_model("tiny", vae=str(path))
+    other = tmp_path / "other.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, str(other))
+    with pytest.raises(LowvramError, match="--vae: .*other.safetensors does not fit"):
+        load_model("tiny", vae=str(other))
 
 
 def test_training_with_a_users_vae_encodes_with_it(other_vae, tmp_path):

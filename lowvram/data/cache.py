@@ -129,7 +129,7 @@ class TensorStore:
                 save_safetensors(tensors, self.path(key), {"key": key}, what="a cache entry")
                 return
             except DiskFull as exc:
-                self.keep_in_memory(str(exc), max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
+                self.keep_in_memory(exc.reason, max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
         self.memory[key] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
 
 

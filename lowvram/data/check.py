@@ -19,6 +19,8 @@ from lowvram.errors import LowvramError
 from lowvram.option_values import parse_colour
 from lowvram.resolve import SAMPLE_DATASET, SCANS, ResolvedRun, cache_in_use
 
+REPORT_START = b'{\n "root": '  # how ScanReport.write_json begins a report
+
 
 def make_buckets(run: ResolvedRun, resolution: int | None = None) -> Buckets:
     """The buckets of the run's resolution (or of `resolution`, one of --extra-resolutions)."""
@@ -90,6 +92,15 @@ def dataset_to_check(run: ResolvedRun) -> tuple[Path, str | None]:
     return Path(run.config.data.data), run.config.data.trigger_word
 
 
+def _is_report(path: Path) -> bool:
+    """Whether `path` holds a report check-data wrote (which a new one replaces): its JSON starts with the root."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(REPORT_START)) == REPORT_START
+    except OSError:
+        return False
+
+
 def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, console: Console | None = None
                ) -> ScanReport:
     """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON (of the
@@ -101,6 +112,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         if Path(report_path).resolve().is_relative_to(Path(folder).resolve()):
             raise LowvramError(f"--report: {report_path} is inside the dataset folder {folder}, which lowvram never "
                                "writes to; write the report elsewhere")
+    if report_path and Path(report_path).exists() and not _is_report(Path(report_path)):  # a LoRA, a config, ...
+        raise LowvramError(f"--report: {report_path} exists and is not an earlier check-data report; name a new file")
     try:
         report = scan(run, data, trigger, console)
     except NoUsableImages as exc:

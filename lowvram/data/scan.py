@@ -284,7 +284,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     # the image folders, not a dataset file's root: that may be the home folder the cache is in too
     for folder in [root] if judged else [Path(f.path).resolve() for f in folders]:
         if index_path is not None and Path(index_path).resolve().is_relative_to(folder):
-            raise LowvramError(f"scan index {index_path} is inside the dataset folder {folder}; keep it in the cache")
+            raise LowvramError(f"--cache-dir: the cache ({Path(index_path).parents[1]}) is inside the dataset folder "
+                               f"{folder}, which lowvram never writes to; choose a cache folder outside it")
     files, listing_notes = _list_files(root, folders, "an N_name folder" if judged else "its image folder", judged,
                                        elsewhere)
     folder_notes = list(layout_notes or []) + listing_notes

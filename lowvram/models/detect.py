@@ -3,14 +3,16 @@ torch is not imported, so `lowvram plan` and `check-data` answer at once."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import json
+import logging
 import re
 from collections import Counter
 from pathlib import Path
 
-from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, first_line, pickle_refusal
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -107,11 +109,13 @@ def _hub_family(model: str) -> ModelFamily:
     try:
         from huggingface_hub import hf_hub_download
 
-        index = hf_hub_download(model, "model_index.json")
-        unet = hf_hub_download(model, "config.json", subfolder="unet")
+        with quiet_hub():
+            index = hf_hub_download(model, "model_index.json")
+            unet = hf_hub_download(model, "config.json", subfolder="unet")
     except Exception as exc:  # noqa: BLE001 - hub, network and auth errors have no common base class
         raise LowvramError(f"--model: '{model}' is not a local file or folder, and its config could not be fetched "
-                           f"from the hub ({first_line(exc)}); offline, --model-family names its family") from None
+                           f"from the hub ({hub_failure(exc)}); pass a local .safetensors file or diffusers folder, "
+                           "or (a hub id, offline) --model-family") from None
     return folder_family(Path(index), Path(unet), model)
 
 
@@ -227,7 +231,8 @@ def detect_single_file_family(path: Path) -> ModelFamily:
             keys = list(f.keys())
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys if "attn2.to_k.weight" in k or k == UNET_IN}
     except (OSError, SafetensorError) as exc:
-        raise LowvramError(f"--model: {path} is not a readable .safetensors file ({exc}); re-download it") from None
+        raise LowvramError(f"--model: {path} is not a readable .safetensors file ({first_line(exc)}); give a model "
+                           "checkpoint (.safetensors) or a diffusers folder, or re-download a broken one") from None
     stem = shapes.pop(UNET_IN, ())
     if len(stem) == 4:
         refuse_image_conditioned(str(path), stem[1])
@@ -258,6 +263,41 @@ def _describe_unknown_checkpoint(keys: list[str], shapes: dict[str, tuple[int, .
             "if it is one of those, say which with --model-family")
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+# what the hub's libraries say, in their many wordings, when it cannot be reached and nothing is cached
+UNREACHABLE = ("outgoing traffic has been disabled", "offline", "connection", "name or service not known",
+               "not fully cached", "cannot find the requested files in the local cache", "timed out")
+
+
+def hub_failure(exc: BaseException) -> str:
+    """Why the hub gave no model, in a few words: diffusers and huggingface_hub say it in sentences of advice for
+    their own API (local_files_only=False, "the stacktrace above"), the cause often a few exceptions down."""
+    from huggingface_hub import errors
+
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for cause in chain:
+        if isinstance(cause, errors.GatedRepoError):
+            return "the model is gated: accept its terms on huggingface.co, then log in (hf auth login)"
+        if isinstance(cause, errors.RepositoryNotFoundError):
+            return "no such model on the hub: check the id (a private one needs hf auth login)"
+    said = " ".join(str(cause) for cause in chain).lower()
+    if any(words in said for words in UNREACHABLE):
+        return "the hub could not be reached, and the model is not in the local cache"
+    return first_line(chain[0])[:200]
+
+
+@contextlib.contextmanager
+def quiet_hub():
+    """huggingface_hub's retries (a warning each, 'Retrying in 8s [Retry 4/5]') off the terminal: the one line
+    that ends them says it."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+

@@ -26,8 +26,10 @@ from lowvram.models.detect import (
     detect_single_file_family,
     diffusers_folder_family,
     first_line,
+    hub_failure,
     is_plainly_local,
     path_not_found,
+    quiet_hub,
 )
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
@@ -125,6 +127,9 @@ def load_vae(vae: str | Path, family: ModelFamily, dtype: torch.dtype = torch.fl
         from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
         state = convert_ldm_vae_checkpoint(state, vae.config)
+    if any(".lora_down." in k or ".lora_A." in k or ".hada_w1_a" in k or ".lokr_w1" in k for k in state):
+        raise LowvramError(f"--vae: {path} is a LoRA, not a VAE; give a VAE file (e.g. sdxl_vae.safetensors), and a "
+                           "LoRA as --network-weights or to generate --lora")
     missing, unexpected = vae.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise LowvramError(f"--vae: {path} does not fit {family.title}'s VAE ({len(missing)} weights missing, "
@@ -256,11 +261,12 @@ def _load_from_hub(repo_id: str, family: ModelFamily | None, dtype: torch.dtype)
     from diffusers import DiffusionPipeline
 
     try:
-        pipeline = DiffusionPipeline.from_pretrained(repo_id, torch_dtype=dtype, use_safetensors=True,
-                                                     safety_checker=None, requires_safety_checker=False)
+        with quiet_hub():
+            pipeline = DiffusionPipeline.from_pretrained(repo_id, torch_dtype=dtype, use_safetensors=True,
+                                                         safety_checker=None, requires_safety_checker=False)
     except Exception as exc:  # noqa: BLE001 - hub, network and auth errors have no common base class
-        raise LowvramError(f"--model: could not download '{repo_id}' from the Hugging Face hub ({first_line(exc)}); "
-                           "offline, pass a local .safetensors file or diffusers folder") from None
+        raise LowvramError(f"--model: could not download '{repo_id}' from the Hugging Face hub ({hub_failure(exc)}); "
+                           "pass a local .safetensors file or diffusers folder") from None
     family = family or family_for_pipeline(type(pipeline).__name__, pipeline.unet.config.cross_attention_dim)
     if family is None:
         raise LowvramError(f"--model: '{repo_id}' is a {type(pipeline).__name__}; lowvram trains SD1.5 and SDXL")

@@ -212,7 +212,8 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
 
     state = json.loads((path / "state.json").read_text())
     if state.get("format") != FORMAT:
-        raise LowvramError(f"--resume: {path} was written by another lowvram version (format {state.get('format')})")
+        raise LowvramError(f"--resume: {path} was written by another lowvram version (format {state.get('format')}, "
+                           f"this one reads {FORMAT}); resume it with that version, or start over without --resume")
     rng = load_file(str(path / "rng.safetensors"))
     # each process's random state and share of the data: another count would continue another run (every process
     # reads the same file, so every one stops here, before any step)

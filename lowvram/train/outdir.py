@@ -275,7 +275,7 @@ def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
     kept = [f"checkpoint {newest.name}" if newest else "no checkpoint yet"] + [f"LoRA {p.name}" for p in loras[-1:]]
     then = (f"continue with: lowvram train --config {options_path(folder, name)} --resume auto" if newest
             else "run the same command again")
-    return LowvramError(f"{exc}; kept: {', '.join(kept)}; {exc.remedy}, then {then}")
+    return LowvramError(f"{exc.reason}; kept: {', '.join(kept)}; {exc.remedy}, then {then}")
 
 
 def archived(folder: Path, record: dict | None, name: str) -> list[Path]:
