@@ -218,16 +218,21 @@ def test_relative_folders_are_found_from_onetrainers_own_folder(tmp_path, monkey
     assert read_dataset(path).subsets[0].folder == (tmp_path / "OneTrainer" / "imgs" / "alpha").resolve()
 
 
-def test_epochs_of_a_fractional_balancing_end_where_their_images_do(tmp_path, monkeypatch):
-    """With a fractional balancing over two buckets, an epoch's batch count varies with the share it draws:
-    --epochs N still trains exactly N passes, and each epoch's save falls at that epoch's end."""
-    monkeypatch.chdir(tmp_path)
+def half_of_two_buckets(tmp_path: Path) -> Path:
+    """A concepts file of one concept balanced at 0.5: four square and four wide images, two buckets."""
     folder = tmp_path / "imgs" / "mixed"
     folder.mkdir(parents=True)
     for n in range(4):
         Image.new("RGB", (128, 128), (60 * n, 90, 40)).save(folder / f"square{n}.png")
         Image.new("RGB", (192, 96), (40, 60 * n, 90)).save(folder / f"wide{n}.png")
-    data = write(tmp_path / "concepts.json", [concept("imgs/mixed", balancing=0.5)])
+    return write(tmp_path / "concepts.json", [concept("imgs/mixed", balancing=0.5)])
+
+
+def test_epochs_of_a_fractional_balancing_end_where_their_images_do(tmp_path, monkeypatch):
+    """With a fractional balancing over two buckets, an epoch's batch count varies with the share it draws:
+    --epochs N still trains exactly N passes, and each epoch's save falls at that epoch's end."""
+    monkeypatch.chdir(tmp_path)
+    data = half_of_two_buckets(tmp_path)
     result = main_train(run_config(data=str(data), output=str(tmp_path / "out"), resolution=128, batch_size=2,
                                    max_steps=None, epochs=6, save_every="1e", seed=3))
     batches = [len(result.data.epoch_batches(epoch)) for epoch in range(6)]
@@ -249,12 +254,7 @@ def test_a_resume_inside_a_longer_epoch_keeps_that_epochs_earlier_steps_in_its_m
     has 3, so a resume after step 4 (two of epoch 1's batches) is inside epoch 1, and its mean loss is all three
     steps', as an uninterrupted run's is."""
     monkeypatch.chdir(tmp_path)
-    folder = tmp_path / "imgs" / "mixed"
-    folder.mkdir(parents=True)
-    for n in range(4):
-        Image.new("RGB", (128, 128), (60 * n, 90, 40)).save(folder / f"square{n}.png")
-        Image.new("RGB", (192, 96), (40, 60 * n, 90)).save(folder / f"wide{n}.png")
-    data = write(tmp_path / "concepts.json", [concept("imgs/mixed", balancing=0.5)])
+    data = half_of_two_buckets(tmp_path)
     whole = tmp_path / "whole"
     values = {"data": str(data), "resolution": 128, "batch_size": 2, "max_steps": None, "epochs": 2, "seed": 3,
               "checkpoint_every": 1, "keep_checkpoints": 10}
