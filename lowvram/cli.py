@@ -34,6 +34,8 @@ from lowvram.hardware import parse_size
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
 from lowvram.option_values import MAX_RESOLUTION, area_side, width_height
 
+PACKAGE = Path(__file__).resolve().parent  # lowvram's own files: one missing is a broken install
+
 
 def run_plan(args: argparse.Namespace) -> int:
     import json
@@ -268,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a path no file system holds, or a file gone between two looks at it
         if exc.errno == errno.ENAMETOOLONG:
             why = f"a name in this path is over {MAX_FILE_NAME} bytes, which no file or folder can have; check the path"
-        elif exc.errno == errno.ENOENT and exc.filename:  # (another run's --keep-saves removed it meanwhile)
-            why = "not found (it was there a moment before: removed while lowvram read it?)"
+        elif exc.errno == errno.ENOENT and exc.filename and not Path(exc.filename).resolve().is_relative_to(PACKAGE):
+            why = "not found (it was there a moment before: removed while lowvram read it?)"  # (by another run)
         else:
             raise
         print(f"lowvram {args.command}: error: {exc.filename}: {why}", file=sys.stderr)

@@ -4,6 +4,7 @@ never a traceback, and never taken as a value that trains nonsense."""
 import json
 import re
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -258,9 +259,13 @@ def test_a_lora_given_as_the_vae_is_named_as_one(images, tmp_path, capsys):
     lora = tmp_path / "style.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4)}, str(lora))
-    assert f"--vae: {lora} is a LoRA, not a VAE; give a VAE file" in one_line(
-        capsys, ["train", "--model", "tiny", "--data", str(images), "--vae", str(lora), "--max-steps", "1",
-                 "--output", str(tmp_path / "out")])
+    older = tmp_path / "diffusers-0.20.safetensors"  # diffusers' older attention-processor LoRA naming
+    save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight":
+               torch.zeros(4, 32)}, str(older))
+    for path in (lora, older):
+        assert f"--vae: {path} is a LoRA, not a VAE; give a VAE file" in one_line(
+            capsys, ["train", "--model", "tiny", "--data", str(images), "--vae", str(path), "--max-steps", "1",
+                     "--output", str(tmp_path / "out")])
 
 
 def test_check_data_writes_its_report_over_an_earlier_report_only(images, tmp_path, capsys):
@@ -270,9 +275,12 @@ def test_check_data_writes_its_report_over_an_earlier_report_only(images, tmp_pa
         f"--report: {lora} exists and is not an earlier check-data report; name a new file")
     assert lora.read_bytes() == b"a finished LoRA"
     report = tmp_path / "report.json"
+    report.touch()  # an empty file (mktemp's) holds nothing to keep
     for _ in range(2):  # written, then written again over itself
         assert main(["check-data", str(images), "--report", str(report)]) == 0
         assert json.loads(report.read_text())["summary"]["images"] == 1
+    report.write_bytes(report.read_bytes().replace(b"\n", b"\r\n"))  # as Windows writes it
+    assert main(["check-data", str(images), "--report", str(report)]) == 0
 
 
 def test_a_file_removed_while_a_command_reads_it_is_one_line(monkeypatch, tmp_path, capsys):
@@ -288,6 +296,13 @@ def test_a_file_removed_while_a_command_reads_it_is_one_line(monkeypatch, tmp_pa
     monkeypatch.setattr(lowvram.info, "print_info", gone)
     assert one_line(capsys, ["info", str(tmp_path / "run-step000051.safetensors")]).endswith(
         "run-step000051.safetensors: not found (it was there a moment before: removed while lowvram read it?)")
+
+    def broken_install(*args):  # one of lowvram's own files missing: not the user's doing, so not said as theirs
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(Path(lowvram.__file__).parent / "x"))
+
+    monkeypatch.setattr(lowvram.info, "print_info", broken_install)
+    with pytest.raises(FileNotFoundError):
+        main(["info", str(tmp_path / "run-step000051.safetensors")])
 
 
 def test_a_model_the_hub_cannot_give_is_one_line_without_the_hubs_advice(tmp_path):

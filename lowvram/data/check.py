@@ -93,12 +93,14 @@ def dataset_to_check(run: ResolvedRun) -> tuple[Path, str | None]:
 
 
 def _is_report(path: Path) -> bool:
-    """Whether `path` holds a report check-data wrote (which a new one replaces): its JSON starts with the root."""
+    """Whether `path` holds a report check-data wrote, or nothing (a new one replaces it): a report's JSON starts
+    with its root, its lines ended as the system ends them (CRLF on Windows)."""
     try:
         with open(path, "rb") as fh:
-            return fh.read(len(REPORT_START)) == REPORT_START
+            start = fh.read(len(REPORT_START) + 1)
     except OSError:
         return False
+    return not start or start.replace(b"\r\n", b"\n").startswith(REPORT_START)
 
 
 def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, console: Console | None = None

@@ -242,9 +242,16 @@ def detect_single_file_family(path: Path) -> ModelFamily:
     raise UnknownCheckpoint(f"--model: {path} {_describe_unknown_checkpoint(keys, shapes)}")
 
 
+def looks_like_lora(keys) -> bool:
+    """Whether a file's tensor names are a LoRA's (kohya's, LyCORIS', peft's, diffusers' old and new), not a model's
+    or a VAE's."""
+    return any(k.startswith(("lora_", "lycoris_")) or ".lora_" in k or "lora_A" in k or "lora.down." in k
+               or ".alpha" in k for k in keys)
+
+
 def _describe_unknown_checkpoint(keys: list[str], shapes: dict[str, tuple[int, ...]]) -> str:
     """Name what a checkpoint we can't train on probably is, and what to pass instead."""
-    if any(k.startswith(("lora_", "lycoris_")) or ".lora_" in k or "lora_A" in k or ".alpha" in k for k in keys):
+    if looks_like_lora(keys):
         return ("is a LoRA, not a base model; pass a base checkpoint to --model "
                 "(and this file to `lowvram generate --lora`)")
     if any(k.startswith("model.diffusion_model.joint_blocks") for k in keys):

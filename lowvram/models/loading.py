@@ -28,6 +28,7 @@ from lowvram.models.detect import (
     first_line,
     hub_failure,
     is_plainly_local,
+    looks_like_lora,
     path_not_found,
     quiet_hub,
 )
@@ -127,7 +128,7 @@ def load_vae(vae: str | Path, family: ModelFamily, dtype: torch.dtype = torch.fl
         from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
         state = convert_ldm_vae_checkpoint(state, vae.config)
-    if any(".lora_down." in k or ".lora_A." in k or ".hada_w1_a" in k or ".lokr_w1" in k for k in state):
+    if looks_like_lora(state):
         raise LowvramError(f"--vae: {path} is a LoRA, not a VAE; give a VAE file (e.g. sdxl_vae.safetensors), and a "
                            "LoRA as --network-weights or to generate --lora")
     missing, unexpected = vae.load_state_dict(state, strict=False)
