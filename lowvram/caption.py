@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING
 from lowvram.config import CAPTION_SUFFIXES, option
 from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, read_caption_text
 from lowvram.dataset_files import is_dataset_file, read_dataset
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, first_line
 from lowvram.files import redraws_in_place
 from lowvram.hardware import Hardware, gib
-from lowvram.models.detect import first_line
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
 from lowvram.resolve import REPLACED_CAPTIONS
 

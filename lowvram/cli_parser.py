@@ -14,6 +14,7 @@ from lowvram import __version__
 from lowvram.config import LORA_LAYERS, SAVE_PRECISION, SECTIONS, WRITTEN_IMAGE_SUFFIXES, fields_by_name, flag_name
 from lowvram.configure import list_presets
 from lowvram.housekeeping import cache_folder, parse_age
+from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 from lowvram.resize import DYNAMIC
 from lowvram.samplers import SAMPLERS, sampler_name
 
@@ -107,8 +108,6 @@ def _spelled_by(spelling):
     return read
 
 
-
-
 def _port(text: str) -> int:
     """A port to serve on: 1 to 65535 (0, any free one, would leave the browser not knowing where)."""
     if not text.isdigit() or not 1 <= int(text) <= 65535:
@@ -200,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--count", type=int, default=1, help="number of images [default: 1]")
     gen.add_argument("--steps", type=int, default=25, help="denoising steps, 1 or more [default: 25]")
     gen.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale [default: 7.0]")
-    gen.add_argument("--resolution", type=int, default=None, help="image size in pixels, a multiple of 8 from 64 "
-                     "to 4096 [default: the model's]")
+    gen.add_argument("--resolution", type=int, default=None, help="image size in pixels, a multiple of 8 from "
+                     f"{MIN_RESOLUTION} to {MAX_RESOLUTION} [default: the model's]")
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image, 0 to 4294967295; -1 draws one "
                      "and prints it [default: 0]")
     gen.add_argument("--clip-skip", type=int, choices=(1, 2, 3, 4), help="CLIP layers skipped from the end, as "

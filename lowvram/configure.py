@@ -304,6 +304,8 @@ def _number(value: Any) -> float:
         return float(value)
     except ValueError:  # ("invalid literal for float()": Python's words)
         raise ValueError("expected a number") from None
+    except OverflowError:  # (an integer of hundreds of digits)
+        raise ValueError("a number too large") from None
 
 
 def _coerce(value: Any, kind: Any) -> Any:
@@ -407,9 +409,10 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
         if name == "resolution" and isinstance(value, (list, tuple)) and not shape:
             problems.append(f"{flag}: {quoted(value)} is not a width and height in pixels")
             continue
-        if shape and not (1 <= min(shape) and max(shape) <= MAX_RESOLUTION):
-            problems.append(f"{flag}: {quoted(value)} has a side of {min(shape) if min(shape) < 1 else max(shape)} "
-                            f"px; give sides from {MIN_RESOLUTION} to {MAX_RESOLUTION} px")
+        if shape and not (MIN_RESOLUTION <= min(shape) and max(shape) <= MAX_RESOLUTION):
+            side = min(shape) if min(shape) < MIN_RESOLUTION else max(shape)
+            problems.append(f"{flag}: {quoted(value)} has a side of {side} px; give sides from {MIN_RESOLUTION} to "
+                            f"{MAX_RESOLUTION} px")
             continue
         if shape:  # kohya's "W,H": buckets of its pixel area (train_values says so); square without buckets
             if shape[0] != shape[1] and str(values.get("bucket")).lower() in ("false", "no", "0"):

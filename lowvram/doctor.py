@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lowvram.configure import build_config
+from lowvram.errors import first_line
 from lowvram.files import human_size
 from lowvram.hardware import GIB, Hardware, detect, list_profiles, load_profile
 from lowvram.housekeeping import usage
@@ -102,8 +103,7 @@ def _works(check, missing: str) -> str:
     except ImportError:
         return f"not installed: {missing}"
     except Exception as exc:  # noqa: BLE001 - report any failure as text, it's a diagnostic
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"installed but failing here ({first}): {missing.split(';')[0]}"
+        return f"installed but failing here ({first_line(exc)}): {missing.split(';')[0]}"
 
 
 def _bitsandbytes_check() -> None:

@@ -22,14 +22,13 @@ from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.models.detect import detect_family
 from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
-from lowvram.option_values import parse_source
+from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
 from lowvram.precision import compute_dtype
-from lowvram.prompts import MAX_SEED, MAX_SIDE, SamplePrompt, parse_prompt
+from lowvram.prompts import MAX_SEED, SamplePrompt, parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render
 
 WRITTEN_FORMATS = {suffix: IMAGE_FORMATS[suffix][0] for suffix in WRITTEN_IMAGE_SUFFIXES}  # Pillow's names
-MIN_RESOLUTION, MAX_RESOLUTION = 64, MAX_SIDE
 # the key prefixes of kohya's and LyCORIS's files: the U-Net's and every family's text encoders'
 KOHYA_PREFIXES = tuple(sorted({f"{prefix}_" for prefix in (UNET_KOHYA_PREFIX, *(
     spec.kohya_prefix for family in FAMILIES.values() for spec in family.text_encoders))}))

@@ -117,7 +117,7 @@ NUMBERS = ("learning_rate", "learning_rate_warmup_steps", "learning_rate_cycles"
            "masked_prior_preservation_weight", "offset_noise_weight", "perturbation_noise_weight", "ema_decay",
            "ema_update_step_interval")
 PART_NUMBERS = ("learning_rate", "stop_training_after")
-SECTIONS = ("unet", "text_encoder", "text_encoder_2", "vae", "optimizer")
+NESTED_SECTIONS = ("unet", "text_encoder", "text_encoder_2", "vae", "optimizer")
 PART_DEFAULTS = {part: {"train": True, "stop_training_after": 30, "stop_training_after_unit": "EPOCH"}
                  for part in ("text_encoder", "text_encoder_2")}
 
@@ -176,7 +176,7 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
         problems.append(f"{path}: {key}: {text}")
 
     # checked before the migrations read values and after they move them (a first version's optimizer is a name)
-    doc = _typed(_migrated(_typed(doc, problem, SECTIONS[:-1])), problem)
+    doc = _typed(_migrated(_typed(doc, problem, NESTED_SECTIONS[:-1])), problem)
     doc = _with_defaults({RENAMED.get(key, key): value for key, value in doc.items()})
 
     def number(key: str, kind: type = float) -> Any:
@@ -216,7 +216,7 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     return values, notes
 
 
-def _typed(doc: dict[str, Any], problem, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+def _typed(doc: dict[str, Any], problem, sections: tuple[str, ...] = NESTED_SECTIONS) -> dict[str, Any]:
     """The config with each number and section (of `sections`) lowvram reads that is not one named as a problem,
     and left out."""
     doc = dict(doc)

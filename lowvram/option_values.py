@@ -41,7 +41,9 @@ def parse_until(value: str | None) -> tuple[float, str] | None:
     return parse_save_every(value)
 
 
-MIN_RESOLUTION, MAX_RESOLUTION = 64, 8192  # px: a latent of 8 x 8, and past anything SD1.5 or SDXL trains at
+# px: a latent of 8 x 8; and past 4096 a sample (which the training resolution sizes) takes more memory than any card
+# has, far past anything SD1.5 or SDXL trains at
+MIN_RESOLUTION, MAX_RESOLUTION = 64, 4096
 
 
 def parse_resolutions(text: str | None) -> tuple[int, ...]:

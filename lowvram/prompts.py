@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowvram.files import text_of
+from lowvram.option_values import MAX_RESOLUTION
 from lowvram.samplers import sampler_name
 
 if sys.version_info >= (3, 11):
@@ -24,7 +25,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MAX_SIDE = 4096  # pixels: past it a sample takes more memory than any card has (and a shared file can ask for it)
 MAX_STEPS = 1000  # the timesteps SD1.5 and SDXL were trained with: no sampler takes more
 MAX_SEED = 2**32 - 1  # AUTOMATIC1111's and kohya's seeds; -1 draws one (where a random seed has a place)
 OPTIONS = {"n": "negative prompt", "w": "width", "h": "height", "s": "steps", "l": "guidance scale", "d": "seed",
@@ -76,7 +76,7 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
                 values["negative"] = value
             elif key in ("w", "h"):
                 pixels = int(value)
-                if not 32 <= pixels <= MAX_SIDE or pixels % 8:
+                if not 32 <= pixels <= MAX_RESOLUTION or pixels % 8:  # (a shared file may ask any size)
                     raise ValueError
                 values["width" if key == "w" else "height"] = pixels
             elif key == "s":
@@ -92,7 +92,7 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
                 if values["seed"] != -1 and not 0 <= values["seed"] <= MAX_SEED:
                     raise ValueError
         except ValueError:
-            side = f"a multiple of 8 from 32 to {MAX_SIDE}"
+            side = f"a multiple of 8 from 32 to {MAX_RESOLUTION}"
             need = {"w": side, "h": side, "s": f"a whole number from 1 to {MAX_STEPS}", "l": "a finite number",
                     "d": f"a whole number from 0 to {MAX_SEED}, or -1 for a random one"}[key]
             raise ValueError(f"--{key} ({OPTIONS[key]}) must be {need}, got '{value}' in '{line}'") from None

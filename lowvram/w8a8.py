@@ -21,6 +21,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from lowvram.errors import first_line
 from lowvram.formats import WEIGHT_FORMATS
 
 KINDS = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -66,7 +67,7 @@ def kernel_problem(kind: str, device: torch.device) -> str | None:
     try:
         matmul_8bit(kind, a, scale_a, b.t(), scale_b.view(1, -1))
     except (RuntimeError, TypeError, NotImplementedError) as exc:  # a kernel missing, or an older signature
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return first_line(exc)
     return None
 
 

@@ -250,15 +250,18 @@ def main() -> None:
                 weights = NATIVE_FORMAT[mixed_precision if cuda else "no"]
             batches = args.batches if every_batch else args.batches[:1]
             name = strategy_name(weights, checkpointing, optimizer, mixed_precision, compiled, own_prediction, graphs)
+            measured = []
             try:
                 with time_limit(args.strategy_limit):
                     for result in measure(family, device, weights, checkpointing, optimizer, mixed_precision,
                                           resolution, batches, steps, args.warmup, args.rank, compiled,
                                           own_prediction, graphs):
                         emit({**result, "kind": "strategy"})
+                        measured.append(result.get("batch"))
             except StrategyTimeout as exc:  # the batch sizes measured before it are written already
-                emit({"strategy": name, "family": family.name, "ok": False, "error": f"StrategyTimeout: {exc}",
-                      "kind": "strategy"})
+                cut = next(batch for batch in batches if batch not in measured)
+                emit({"strategy": name, "family": family.name, "batch": cut, "ok": False,
+                      "error": f"StrategyTimeout: {exc}", "kind": "strategy"})
             free(cuda)
 
 

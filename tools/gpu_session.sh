@@ -51,12 +51,15 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 print(json.dumps(bench_memory.environment(), indent=2))"; } > "$OUT/environment.txt" 2>&1
 
 # optimum-quanto compiles its CUDA kernels (nvcc, 8 sources) on first use: built in the background from the start,
-# rather than inside a test's 60 s or a sweep strategy's limit; torch's build lock, which a build cut off leaves
-# (and which others wait on without end), is removed when it ends
+# rather than inside a test's 60 s or a sweep strategy's limit. A build cut off (timeout's 124) leaves torch's build
+# lock, which every later process waits on without end: removed then, and only then (a process that holds it
+# removes it itself, and fails if it is gone)
 ( timeout 150 python3 -c "import optimum.quanto; from optimum.quanto.library.extensions import get_extension; \
-get_extension('quanto_cuda').lib"; echo "exit $? after $(( SECONDS - start )) s"
-  rm -f "$(python3 -c "import optimum.quanto, os; print(os.path.dirname(optimum.quanto.__file__))" \
-           2> /dev/null)/library/extensions/cuda/build/lock" ) > /tmp/quanto-build.txt 2>&1 &
+get_extension('quanto_cuda').lib"; status=$?; echo "exit $status after $(( SECONDS - start )) s"
+  quanto=$(python3 -c "import importlib.util as u; print(u.find_spec('optimum.quanto').submodule_search_locations[0])" \
+           2> /dev/null)
+  if (( status == 124 )) && [[ -n "$quanto" ]]; then rm -f "$quanto/library/extensions/cuda/build/lock"; fi
+) > /tmp/quanto-build.txt 2>&1 &
 
 per_test=()  # pytest-timeout is in the device's image; without it one hung test still ends at the outer 90 s
 python3 -c "import pytest_timeout" 2> /dev/null && per_test=(--timeout 60)

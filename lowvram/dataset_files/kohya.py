@@ -24,6 +24,7 @@ from typing import Any
 from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import as_number
+from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 
 # settings of a whole dataset: subsets share them, and lowvram trains one value per run
 RUN_SETTINGS = {"resolution": "resolution", "batch_size": "batch_size", "enable_bucket": "bucket",
@@ -235,8 +236,8 @@ def _own_values(key: str, found: list[tuple[Any, str]], per_dataset: list[list[S
     command line, or where one is not a value lowvram trains (refused later, naming the datasets)."""
     values = [value[0] if key == "resolution" and isinstance(value, list) and len(value) == 2 and value[0] == value[1]
               else value for value, _ in found]
-    valid = all(isinstance(v, int) and not isinstance(v, bool) and (v >= 64 and v % 8 == 0 if key == "resolution"
-                                                                      else v >= 1) for v in values)
+    valid = all(isinstance(v, int) and not isinstance(v, bool) and (
+        MIN_RESOLUTION <= v <= MAX_RESOLUTION and v % 8 == 0 if key == "resolution" else v >= 1) for v in values)
     if len(found) != len(per_dataset) or not valid or len(set(values)) < 2:
         return None
     own = {id(subset): value for value, subsets in zip(values[1:], per_dataset[1:], strict=True) if value != values[0]

@@ -306,5 +306,3 @@ def quiet_hub():
         yield
     finally:
         logger.setLevel(level)
-
-

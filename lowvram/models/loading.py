@@ -19,13 +19,12 @@ from pathlib import Path
 
 import torch
 
-from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, first_line, pickle_refusal
 from lowvram.models.detect import (
     check_model_part,
     detect_family,
     detect_single_file_family,
     diffusers_folder_family,
-    first_line,
     hub_failure,
     is_plainly_local,
     looks_like_lora,
