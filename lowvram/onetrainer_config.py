@@ -175,9 +175,10 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     def problem(key: str, text: str) -> None:
         problems.append(f"{path}: {key}: {text}")
 
-    # checked before the migrations read values and after they move them (a first version's optimizer is a name)
-    doc = _typed(_migrated(_typed(doc, problem, NESTED_SECTIONS[:-1])), problem)
-    doc = _with_defaults({RENAMED.get(key, key): value for key, value in doc.items()})
+    # checked before the migrations read values and after they (and the renames) move them (a first version's
+    # optimizer is a name)
+    doc = _migrated(_typed(doc, problem, NESTED_SECTIONS[:-1]))
+    doc = _with_defaults(_typed({RENAMED.get(key, key): value for key, value in doc.items()}, problem))
 
     def number(key: str, kind: type = float) -> Any:
         return as_number(doc[key], key, problem, kind)

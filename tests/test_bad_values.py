@@ -97,6 +97,7 @@ def test_a_list_where_one_folder_goes_is_refused(tmp_path, capsys, monkeypatch):
     ('"clip_grad_norm": "1,0"', "clip_grad_norm: '1,0' is not a number"),
     ('"learning_rate_warmup_steps": "200 steps"', "learning_rate_warmup_steps: '200 steps' is not a number"),
     ('"sample_after": "ten"', "sample_after: 'ten' is not a number"),
+    ('"save_after": "ten", "save_after_unit": "STEP"', "save_every: 'ten' is not a number"),  # (its older name)
     ('"mse_strength": "x"', "mse_strength: 'x' is not a number"),
     ('"text_encoder_2_layer_skip": [false]', "text_encoder_2_layer_skip: [False] is not a number"),
     ('"timestep_shift": 1e999', "timestep_shift: inf is not a number"),
