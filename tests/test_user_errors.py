@@ -58,7 +58,8 @@ def test_sizes_and_ports_that_name_no_machine_are_refused(capsys):
                         ("8192", "'8192' is over 1024 GB; a number alone is in GB (write 8192MB for megabytes)")):
         with pytest.raises(LowvramError, match=re.escape(f"--vram: {words}")):
             parse_size(text, "--vram")
-    with pytest.raises(LowvramError, match=re.escape("--vram: '2000GB' is over 1024 GB") + "$"):  # a unit: no hint
+    with pytest.raises(LowvramError, match=re.escape("--vram: '2000GB' is over 1024 GB; give the card's memory, e.g. "
+                                                     "24GB") + "$"):  # a unit: not the megabytes hint
         parse_size("2000GB", "--vram")
     assert parse_size("2048", "--ram") == 2048 * 2**30  # a server's RAM may be
     for port in ("0", "-1", "99999"):
