@@ -127,10 +127,15 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -
         value = values.get(key)
         if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
             values[key] = str(base / value)
+    kept = _unreplaced(values, given)
     if problems:  # with them, every value of the file that is wrong: one pass shows all there is to fix
-        problems += [f"{path}: {line}" for line in _file_value_problems(_unreplaced(values, given))]
+        problems += [f"{path}: {line}" for line in _file_value_problems(kept)]
+    else:  # a value of the wrong type or choice is named with its file (the flag alone sends the user to the
+        # command line); checks across options wait for every layer (a flag may settle them)
+        problems = [f"{path}: {line}" for line in _parsed_values(kept)[1]]
+    if problems:
         raise LowvramError("\n".join(problems))
-    return with_dataset_settings(_unreplaced(values, given), str(path))
+    return with_dataset_settings(kept, str(path))
 
 
 def _read_kohya(doc: dict[str, Any], path: Path, given: Collection[str]) -> dict[str, Any]:

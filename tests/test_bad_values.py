@@ -73,8 +73,8 @@ def test_a_dataset_files_resolution_with_a_zero_side_is_refused(images, capsys):
 def test_numbers_no_float_holds_and_non_finite_ones_are_refused(images, tmp_path, capsys):
     (tmp_path / "big.toml").write_text(f"[optim]\nlr = {HUGE}\n")
     line = one_line(capsys, ["plan", "--vram", "6GB", "--data", str(images), "--config", "big.toml"])
-    assert line.endswith("--lr: 999999999999999999999999999999…99999999999999999999 is invalid: a number too "
-                         "large")  # the number's middle left out
+    assert line.endswith("big.toml: --lr: 999999999999999999999999999999…99999999999999999999 is invalid: a number "
+                         "too large")  # the number's middle left out; the file named, as the value is its
     assert "is over 1024 GB" in one_line(capsys, ["plan", "--data", str(images), "--vram", HUGE])
     (tmp_path / "kohya.toml").write_text(f'network_module = "networks.lora"\nmax_train_steps = {HUGE}\n')
     assert "max_train_steps: 999999999999999999999999999999…99999999999999999999 is not a whole number" in one_line(
@@ -89,8 +89,20 @@ def test_numbers_no_float_holds_and_non_finite_ones_are_refused(images, tmp_path
 def test_a_list_where_one_folder_goes_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "list.toml").write_text('[data]\ndata = ["ds", "ds2"]\n')
-    assert "--data: ['ds', 'ds2'] is invalid: expected a string" in one_line(
+    assert "list.toml: --data: ['ds', 'ds2'] is invalid: expected a string" in one_line(
         capsys, ["plan", "--vram", "6GB", "--config", "list.toml"])
+
+
+def test_a_config_files_wrong_value_names_the_file(images, tmp_path, capsys):
+    (tmp_path / "run.toml").write_text('[optim]\nlr = "fast"\n[training]\nmax_steps = 2.5\n')
+    assert main(["plan", "--vram", "6GB", "--data", str(images), "--config", str(tmp_path / "run.toml")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    file = tmp_path / "run.toml"
+    assert lines == [f"lowvram plan: error: {file}: --lr: 'fast' is invalid: expected a number",
+                     f"lowvram plan: error: {file}: --max-steps: 2.5 is invalid: expected a whole number"]
+    (tmp_path / "run.toml").write_text('[optim]\nlr = "fast"\n')  # the flag replaces it: not the file's error
+    assert main(["plan", "--vram", "6GB", "--data", str(images), "--config", str(tmp_path / "run.toml"), "--lr",
+                 "1e-4"]) == 0
 
 
 @pytest.mark.parametrize(("setting", "named"), [
