@@ -288,7 +288,7 @@ def _load_tagger(folder: Path, device: str, config: CaptionConfig):
         import onnxruntime as ort
     except ImportError:
         raise LowvramError("--caption-model: a WD14 tagger runs on onnxruntime, which is not installed; "
-                           "pip install onnxruntime (or onnxruntime-gpu)") from None
+                           "pip install 'lowvram[caption]' (onnxruntime-gpu runs it on CUDA)") from None
     tags = _read_tags(folder / "selected_tags.csv")
     providers = ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser("ui", allow_abbrev=False, help="the local web app", description="Serve the web app: the "
                         "options form with the live VRAM plan, the dataset check and captions, and training with its "
-                        "charts and samples. Needs the [ui] extra (pip install -e \".[ui]\").")
+                        "charts and samples. Needs the [ui] extra (pip install 'lowvram[ui]').")
     ui.add_argument("--port", type=_port, default=7860, help="port [default: 7860]")
     ui.add_argument("--listen", action="store_true", help="serve on every network interface, not only this machine "
                     "(anyone who can reach it can start runs and read your folders)")

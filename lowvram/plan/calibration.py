@@ -17,7 +17,7 @@ from lowvram.models.families import FAMILIES, ModelFamily
 from lowvram.optim import OPTIMIZERS
 
 CALIBRATION_FILE = Path(__file__).parent / "calibration.json"
-PROOF_COMMAND = "python tools/bench_gpu_proof.py"
+PROOF_COMMAND = "python tools/bench_gpu_proof.py"  # in a source checkout: tools/ is not installed
 
 
 @lru_cache(maxsize=1)
@@ -66,8 +66,8 @@ def unverified_warning(family: ModelFamily, unet_weights: str, checkpointing: bo
     how = (" with checkpointing" if checkpointing is True else "" if checkpointing is False
            else f" with {checkpointing} checkpointed blocks")
     return (f"--unet-weights {unet_weights}{how}, {optimizer}, "
-            f"{mixed_precision}: not yet seen training {FAMILIES[full_size(family)].title} on a GPU (no committed "
-            f"result; {PROOF_COMMAND} measures it); it may fail in a CUDA kernel")
+            f"{mixed_precision}: not yet seen training {FAMILIES[full_size(family)].title} on a GPU (no result "
+            f"committed to lowvram; a source checkout's {PROOF_COMMAND} measures it); it may fail in a CUDA kernel")
 
 
 def graphs_measured(family: ModelFamily) -> bool:

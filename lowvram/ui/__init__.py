@@ -1,2 +1,2 @@
 """`lowvram ui`: a local web app over the same options, planner, dataset scan and training as the CLI
-(`pip install -e ".[ui]"`)."""
+(`pip install 'lowvram[ui]'`)."""

@@ -360,7 +360,7 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = Tru
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise LowvramError('Gradio is not installed; pip install -e ".[ui]" (or pip install gradio)') from None
+        raise LowvramError("Gradio is not installed; pip install 'lowvram[ui]' (in a source checkout: pip install -e '.[ui]')") from None
     _check_port(host, port)
     app = build_app(cache_dir, port)
     return app.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False, quiet=False,
