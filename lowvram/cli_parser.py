@@ -34,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
             words = message.split(":", 1)[1].split()
             bad = [word for word in words if word.startswith("-")]
             flags = [o for a in self._actions for o in a.option_strings]
-            hints = [kohya_hint(b) or _closest_flag(b.split("=")[0], flags) for b in bad]
+            command = self.prog.split()[-1]
+            hints = [kohya_hint(b, command, flags) or _closest_flag(b.split("=")[0], flags) for b in bad]
             hint = "; ".join(h for h in hints if h)
             message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
             if not bad:  # a word without its flag
@@ -52,13 +53,19 @@ class _Parser(argparse.ArgumentParser):
 
 def _closest_flag(word: str, flags: list[str]) -> str | None:
     """'did you mean --lr?' for a typo of a lowvram flag, or of the kohya name of one (--lerning_rate)."""
-    from lowvram.kohya_names import KOHYA_FLAGS
+    from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS
 
     names = {flag.lstrip("-"): flag for flag in flags if flag.startswith("--")}
-    kohya = {name.lstrip("-").replace("_", "-"): ours for name, ours in KOHYA_FLAGS.items()
-             if ours in flags}
-    match = difflib.get_close_matches(word.lstrip("-").replace("_", "-"), list(names) + list(kohya), n=1)
-    return f"did you mean {names.get(match[0]) or kohya[match[0]]}?" if match else None
+    leading = {name: re.match(r"--[a-z][a-z0-9-]*", ours) for name, ours in (KOHYA_FLAGS | OTHER_TRAINER_FLAGS).items()}
+    kohya = {name.lstrip("-").replace("_", "-"): flag[0] for name, flag in leading.items() if flag and flag[0] in flags}
+    typed = word.lstrip("-").replace("_", "-")
+    match = difflib.get_close_matches(typed, list(names) + list(kohya), n=1)
+    if not match:
+        return None
+    flag = names.get(match[0]) or kohya[match[0]]
+    if flag.startswith("--no-") and not typed.startswith("no") and "--" + flag[5:] in flags:
+        flag = "--" + flag[5:]  # --random-flip means --flip, never the --no-flip it spells closer to
+    return f"did you mean {flag}?"
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] = tuple(SECTIONS),

@@ -1,9 +1,13 @@
-"""kohya sd-scripts' flag names and the lowvram options that mean the same, so a kohya user who types
-`--network_dim 16` is told `--rank 16` instead of "unknown option". Flags both share (--seed, --vae,
---resolution: kohya's `512,512` is read as 512, `512,768` as buckets of its area) need no entry. Plain data; the README's table is this one
-(tests/test_rough_edges.py checks they agree)."""
+"""kohya sd-scripts' flag names (and the diffusers example scripts' and SimpleTuner's) and the lowvram options
+that mean the same, so a kohya user who types `--network_dim 16` (or `--network-dim 16`) is told `--rank 16` instead
+of "unknown option". Flags both share (--seed, --vae, --resolution: kohya's `512,512` is read as 512, `512,768` as
+buckets of its area) need no entry. Plain data; the README's table is KOHYA_FLAGS (tests/test_rough_edges.py checks
+they agree)."""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Collection
 
 # kohya flag -> what to write in lowvram (a flag, with a value where kohya's flag alone implies one)
 KOHYA_FLAGS = {
@@ -14,10 +18,10 @@ KOHYA_FLAGS = {
     "--reg_data_dir": "--reg-data",
     "--output_dir": "--output",
     "--output_name": "--name",
-    "--network_dim": "--rank",
+    "--network_dim": "--rank (whose alpha defaults to the rank; kohya's to 1: --alpha 1 for its scale)",
     "--network_alpha": "--alpha",
     "--network_dropout": "--dropout",
-    "--network_module": "--network (lora, dora, loha, lokr)",
+    "--network_module": "--network (lora, dora, loha, lokr; kohya's networks.lora adapts --lora-layers attn-mlp)",
     "--network_weights": "--network-weights",
     "--dim_from_weights": "(the default with --network-weights: the file's rank, alpha and layers, unless given)",
     "--network_args": "--conv-rank (conv_dim), --conv-alpha (conv_alpha), --lokr-factor (factor), --network (algo), "
@@ -153,12 +157,117 @@ WITHOUT_COUNTERPART = {
 }
 
 
-def kohya_hint(flag: str) -> str | None:
-    """'--network_dim is kohya's name; lowvram's is --rank' for a kohya flag (with or without its =value)."""
+# the flags of kohya's other scripts, by the lowvram command that does what the script does
+KOHYA_SCRIPT_FLAGS = {
+    "generate": ("kohya's gen_img.py", {
+        "--ckpt": "--model",
+        "--network_weights": "--lora FILE[:WEIGHT] (once per file)",
+        "--network_mul": "--lora FILE:WEIGHT, or --weight for every --lora",
+        "--network_module": "(not needed: each --lora file says its network)",
+        "--scale": "--guidance",
+        "--W": "--resolution (one side), or --w W --h H inside --prompt",
+        "--H": "--resolution (one side), or --w W --h H inside --prompt",
+        "--n_iter": "--count",
+        "--images_per_prompt": "--count",
+        "--outdir": "--output (an image file; numbered with --count over 1)",
+        "--from_file": "(one --prompt per call; its inline --n --w --h --s --l --d --ss options work)",
+        "--xformers": "(not needed: generate uses SDPA, PyTorch's memory-efficient attention)",
+        "--sdpa": "(not needed: generate uses SDPA, PyTorch's memory-efficient attention)",
+        "--fp16": "(not needed: generate computes in the card's half precision, as training does)",
+        "--bf16": "(not needed: generate computes in the card's half precision, as training does)",
+        "--mixed_precision": "(not needed: generate computes in the card's half precision, as training does)",
+        "--max_embeddings_multiples": "(not needed: long prompts are read in 75-token chunks, as A1111 reads them)",
+    }),
+    "resize": ("kohya's resize_lora.py", {
+        "--model": "the LoRA file as resize's FILE argument",
+        "--save_to": "--output",
+        "--new_rank": "--rank",
+        "--new_conv_rank": "--conv-rank",
+        "--dynamic_method": "--dynamic",
+        "--device": "(not needed: resize runs on the CPU)",
+        "--verbose": "(not needed: resize prints what each layer keeps)",
+    }),
+    "merge": ("kohya's merge scripts", {
+        "--models": "the LoRA files as merge's FILE arguments",
+        "--ratios": "FILE:WEIGHT for each file (e.g. style.safetensors:0.6)",
+        "--new_rank": "--rank",
+        "--new_conv_rank": "--conv-rank",
+        "--save_to": "--output",
+        "--sd_model": "--model (fuse the LoRAs into it)",
+        "--precision": "(not needed: merge computes in fp32 on the CPU)",
+        "--device": "(not needed: merge runs on the CPU)",
+    }),
+    "extract": ("kohya's extract_lora_from_models.py", {
+        "--model_org": "--base",
+        "--model_tuned": "--tuned",
+        "--dim": "--rank",
+        "--conv_dim": "--conv-rank",
+        "--save_to": "--output",
+        "--sdxl": "(not needed: the family is detected; --model-family forces it)",
+        "--v2": "(lowvram extracts SD1.5- and SDXL-family models)",
+        "--device": "(not needed: extract runs on the CPU)",
+        "--load_original_model_to": "(not needed: extract runs on the CPU)",
+        "--load_tuned_model_to": "(not needed: extract runs on the CPU)",
+    }),
+}
+
+# the diffusers example training scripts' flags (train_text_to_image_lora*.py, train_dreambooth_lora*.py), and those
+# of SimpleTuner (which grew out of them), that kohya's names above do not already answer
+OTHER_TRAINER_FLAGS = {
+    "--pretrained_vae_model_name_or_path": "--vae",
+    "--dataset_name": "--data DIR (a folder of images with .txt captions beside them; hub datasets are not read)",
+    "--instance_data_dir": "--data",
+    "--instance_prompt": "--caption-template (for images without a caption file)",
+    "--class_data_dir": "--reg-data",
+    "--with_prior_preservation": "--reg-data DIR (prior preservation with its images)",
+    "--caption_column": "(not needed: captions are .txt files beside the images)",
+    "--image_column": "(not needed: captions are .txt files beside the images)",
+    "--center_crop": "--crop center",
+    "--random_flip": "--flip",
+    "--num_train_epochs": "--epochs",
+    "--checkpointing_steps": "--checkpoint-every N",
+    "--checkpoints_total_limit": "--keep-checkpoints",
+    "--resume_from_checkpoint": "--resume (a checkpoint folder, or auto)",
+    "--snr_gamma": "--min-snr-gamma",
+    "--use_8bit_adam": "--optimizer adamw8bit",
+    "--adam_weight_decay": "--weight-decay",
+    "--adam_beta1": "--optimizer-arg betas=B1,B2",
+    "--adam_beta2": "--optimizer-arg betas=B1,B2",
+    "--adam_epsilon": "--optimizer-arg eps=EPS",
+    "--enable_xformers_memory_efficient_attention": "--attention xformers",
+    "--report_to": "--tensorboard, or --wandb-project NAME",
+    "--validation_prompt": "--sample-prompt (once per prompt)",
+    "--validation_epochs": "--sample-every Ne",
+    "--dataloader_num_workers": "(not needed: training reads the cached latents)",
+    "--lora_rank": "--rank",
+    "--lora_alpha": "--alpha",
+    "--lora_type": "--network (lora, dora, loha, lokr)",
+    "--base_model_precision": "--unet-weights (the frozen U-Net's storage: fp8, bnb-nf4, quanto-int8, ...)",
+    "--data_backend_config": "--data (an image folder, a kohya dataset .toml or a OneTrainer concepts file)",
+    "--validation_steps": "--sample-every N",
+    "--tracker_project_name": "--wandb-project",
+}
+
+TRAINING_COMMANDS = ("train", "plan")  # the commands whose flags are kohya's train_network.py's
+
+
+def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None = None) -> str | None:
+    """'--network_dim is kohya's name; lowvram's is --rank' for a kohya flag (with or without its =value, with
+    dashes for underscores) or a diffusers script's or SimpleTuner's; for another command, its kohya script's. None
+    where the flag is no other tool's, or what it names is not among `flags` (the command's: check-data has no --rank)."""
     name = flag.split("=", 1)[0]
-    if name in WITHOUT_COUNTERPART:
-        return f"{name} is kohya's: {WITHOUT_COUNTERPART[name]}"
-    ours = KOHYA_FLAGS.get(name)
-    if ours is None:
+    key = "--" + name[2:].replace("-", "_") if name.startswith("--") else name
+    if command in KOHYA_SCRIPT_FLAGS:
+        script, table = KOHYA_SCRIPT_FLAGS[command]
+        return f"{name} is from {script}; lowvram {command}'s is {table[key]}" if key in table else None
+    if key in WITHOUT_COUNTERPART:
+        return f"{name} is kohya's: {WITHOUT_COUNTERPART[key]}" if command in TRAINING_COMMANDS else None
+    if key in KOHYA_FLAGS:
+        whose, ours = "kohya's", KOHYA_FLAGS[key]
+    elif key in OTHER_TRAINER_FLAGS:
+        whose, ours = "the diffusers scripts' or SimpleTuner's", OTHER_TRAINER_FLAGS[key]
+    else:
         return None
-    return f"{name} is kohya's name; lowvram's is {ours}"
+    if flags is not None and not all(option in flags for option in re.findall(r"--[a-z][a-z0-9-]*", ours)):
+        return None
+    return f"{name} is {whose} name; lowvram's is {ours}"

@@ -30,7 +30,7 @@ from lowvram.doctor import _auto_line, _cache_line, _gpu_line
 from lowvram.errors import LowvramError
 from lowvram.files import human_size
 from lowvram.hardware import NO_GPU, Hardware, behind_windows_driver, detect, hardware_for, load_profile
-from lowvram.kohya_names import KOHYA_FLAGS, WITHOUT_COUNTERPART
+from lowvram.kohya_names import KOHYA_FLAGS, KOHYA_SCRIPT_FLAGS, OTHER_TRAINER_FLAGS, WITHOUT_COUNTERPART
 from lowvram.models import load_model
 from lowvram.models.ldm_layout import sd15_single_file
 from lowvram.resolve import default_cache_dir
@@ -224,6 +224,56 @@ def test_every_kohya_name_points_at_a_real_option_and_the_readme_shows_the_table
         named = re.findall(r"--[a-z0-9-]+", ours)
         assert all(flag in train_flags for flag in named), (kohya, ours)
         assert f"| `{kohya}` |" in readme, kohya
+
+
+def command_flags(command: str) -> set[str]:
+    return {o for a in build_parser()._subparsers._group_actions[0].choices[command]._actions for o in a.option_strings}
+
+
+def test_every_other_tools_name_points_at_a_real_option_of_its_command():
+    train_flags = command_flags("train")
+    for theirs, ours in OTHER_TRAINER_FLAGS.items():
+        assert theirs not in train_flags and theirs not in KOHYA_FLAGS, theirs
+        assert all(flag in train_flags for flag in re.findall(r"--[a-z0-9-]+", ours)), (theirs, ours)
+    for command, (_, table) in KOHYA_SCRIPT_FLAGS.items():
+        flags = command_flags(command)
+        for theirs, ours in table.items():
+            assert theirs not in flags, (command, theirs)
+            named = re.findall(r"--[a-z0-9-]+", re.sub(r"inline .*|--w W --h H inside", "", ours))  # (a prompt's)
+            assert all(flag in flags for flag in named), (command, theirs, ours)
+
+
+def unknown_option_hint(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["train", "--network-dim", "16"], "--network-dim is kohya's name; lowvram's is --rank"),  # dashes for underscores
+    (["train", "--enable-bucket"], "lowvram's is (the default; --no-bucket turns it off)"),  # (was: --no-bucket)
+    (["train", "--sample-every-n-steps", "5"], "lowvram's is --sample-every N"),  # (was: --sample-steps)
+    (["train", "--random_flip"], "--random_flip is the diffusers scripts' or SimpleTuner's name; lowvram's is --flip"),
+    (["train", "--lora_rank", "4"], "lowvram's is --rank"),  # (was: --block-ranks)
+    (["train", "--random-flp"], "did you mean --flip?"),  # a typo closest to --no-flip: never the opposite
+    (["generate", "--prompt", "x", "--network_weights", "a.safetensors"],
+     "--network_weights is from kohya's gen_img.py; lowvram generate's is --lora FILE[:WEIGHT]"),
+    (["generate", "--prompt", "x", "--scale", "7"], "lowvram generate's is --guidance"),  # (was: --sampler)
+    (["merge", "a.safetensors", "--models", "a.safetensors"], "lowvram merge's is the LoRA files as merge's FILE"),
+    (["resize", "a.safetensors", "--rank", "4", "--dynamic_method", "sv_fro"], "lowvram resize's is --dynamic"),
+    (["extract", "--base", "a", "--tuned", "b", "--rank", "4", "--conv_dim", "4"], "lowvram extract's is --conv-rank"),
+])
+def test_other_tools_names_get_the_lowvram_flag_of_the_command_typed(capsys, argv, hint):
+    assert hint in unknown_option_hint(capsys, argv)
+
+
+def test_a_training_flags_name_is_not_pointed_at_on_a_command_without_it(capsys):
+    for argv in (["check-data", "sample", "--network_dim", "8"], ["check-data", "sample", "--token_warmup_step", "3"],
+                 ["generate", "--prompt", "x", "--sample_sampler", "euler"]):
+        err = unknown_option_hint(capsys, argv)
+        assert "--rank" not in err and "--sample-sampler" not in err and "kohya's" not in err, err
 
 
 def test_a_kohya_flag_without_a_counterpart_says_what_to_do_instead(capsys):
