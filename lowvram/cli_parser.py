@@ -11,7 +11,15 @@ import typing
 from pathlib import Path
 
 from lowvram import __version__
-from lowvram.config import LORA_LAYERS, SAVE_PRECISION, SECTIONS, WRITTEN_IMAGE_SUFFIXES, fields_by_name, flag_name
+from lowvram.config import (
+    LORA_LAYERS,
+    SAVE_PRECISION,
+    SECTIONS,
+    WRITTEN_IMAGE_SUFFIXES,
+    fields_by_name,
+    flag_name,
+    save_precision_name,
+)
 from lowvram.configure import list_presets
 from lowvram.housekeeping import cache_folder, parse_age
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
@@ -288,8 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="force the architecture instead of detecting it")
     ext.add_argument("--output", type=Path, default=Path("extracted.safetensors"),
                      help="the LoRA file [default: extracted.safetensors]")
-    ext.add_argument("--save-precision", choices=SAVE_PRECISION, default="fp16", help="its dtype [default: fp16]")
-    ext.add_argument("--load-precision", choices=SAVE_PRECISION, default="fp16", help="the models' dtype on the CPU "
+    precision = _spelled_by(save_precision_name)  # kohya's float is fp32
+    ext.add_argument("--save-precision", type=precision, choices=SAVE_PRECISION, default="fp16",
+                     help="its dtype [default: fp16]")
+    ext.add_argument("--load-precision", type=precision, choices=SAVE_PRECISION, default="fp16",
+                     help="the models' dtype on the CPU "
                      "(fp32 takes twice the host RAM) [default: fp16]")
     ext.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     return parser
@@ -306,7 +317,8 @@ def _add_rank_flags(parser: argparse.ArgumentParser, output_help: str, rank_requ
     parser.add_argument("--dynamic-param", type=float, metavar="PARAM", help="the rule's parameter (e.g. 8 for "
                         "sv_ratio, 0.9 for sv_fro)")
     parser.add_argument("--output", type=Path, help=output_help)
-    parser.add_argument("--save-precision", choices=SAVE_PRECISION, help="its dtype [default: the (first) file's]")
+    parser.add_argument("--save-precision", type=_spelled_by(save_precision_name), choices=SAVE_PRECISION,
+                        help="its dtype [default: the (first) file's]")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
 

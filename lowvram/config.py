@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from lowvram.formats import WEIGHT_FORMATS
-from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, Optimizer, spec_of
+from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, Optimizer, optimizer_name, spec_of
 from lowvram.option_values import relocated_source
 from lowvram.prompts import SamplePrompt, parse_prompt, read_prompt_file
 from lowvram.samplers import SAMPLERS, sampler_name
@@ -33,6 +33,7 @@ UNET_WEIGHTS = ("auto", *WEIGHT_FORMATS)
 ATTENTION = ("auto", "xformers", "sdpa", "math")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SAVE_PRECISION = ("fp16", "bf16", "fp32")
+SAVE_PRECISION_ALIASES = {"float": "fp32", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # kohya's, torch's
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 CHUNK_TOKENS = 75  # CLIP reads 77 tokens: BOS, 75 of the caption, EOS
 TOKEN_LENGTHS = tuple(CHUNK_TOKENS * n for n in (1, 2, 3))  # kohya's max_token_length: one to three chunks
@@ -61,6 +62,23 @@ PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "n
                 "sample_prompt_file")
 SOURCE_LISTS = ("base_weights",)  # FILE[:WEIGHT] items, whose files are made absolute as PATH_OPTIONS are
 LOCAL_ONLY = ("output", "cache_dir")  # where this machine keeps things: no part of a shared recipe
+
+
+def save_precision_name(text: str) -> str:
+    """A saved LoRA's precision as lowvram names it, from its name in any case or kohya's or torch's (float)."""
+    name = SAVE_PRECISION_ALIASES.get(text.lower(), text.lower())
+    if name not in SAVE_PRECISION:
+        raise ValueError(f"'{text}' is not one of {', '.join(SAVE_PRECISION)}")
+    return name
+
+
+def network_name(text: str) -> str:
+    """--network as lowvram names it, in any case; LyCORIS' LoCon is refused with its lowvram spelling."""
+    if text.lower() == "locon":
+        raise ValueError("'locon' is LyCORIS' name for LoRA with convolutions: give --network lora --conv-rank R")
+    if text.lower() not in NETWORKS:
+        raise ValueError(f"'{text}' is not one of {', '.join(NETWORKS)}")
+    return text.lower()
 
 
 def written_rate(rate: float) -> str:
@@ -214,7 +232,7 @@ class NetworkConfig:
     network: str = option("lora", "Adapter type (peft): lora; dora (LoRA plus a learned magnitude per output); "
                           "loha (Hadamard product of two low-rank pairs); lokr (Kronecker product, see "
                           "--lokr-factor). Saved with kohya/LyCORIS key names for ComfyUI and AUTOMATIC1111.",
-                          choices=NETWORKS)
+                          choices=NETWORKS, spelling=network_name)
     rank: int = option(16, "Rank (dimension) of every adapted layer.", metavar="R")
     alpha: float | None = option(None, "Alpha; the update is scaled by alpha/rank (default: alpha = rank).")
     dropout: float = option(0.0, "Dropout on each LoRA layer's rank activations (its down projection's output) "
@@ -302,8 +320,9 @@ class NetworkConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     optimizer: str = option("adamw", "Optimizer: " + "; ".join(o.help for o in OPTIMIZERS.values()) + "; or any "
-                            "other by its class, as kohya's (torch.optim.RAdam, pytorch_optimizer.CAME).",
-                            choices=OPTIMIZER_CHOICES)
+                            "other by its class, as kohya's (torch.optim.RAdam, pytorch_optimizer.CAME); kohya's "
+                            "names (AdamW8bit, DAdaptAdam) work too.", choices=OPTIMIZER_CHOICES,
+                            spelling=optimizer_name)
     lr: float | None = option(None, "Learning rate of the U-Net adapters (default: " + "; ".join(dict.fromkeys(
         written_rate(o.default_lr) + (
             "" if o.default_lr == Optimizer.default_lr else f" for {o.name}")
@@ -495,7 +514,8 @@ class OutputConfig:
     keep_saves: int | None = option(None, "Keep only the newest K of the --save-every LoRAs, deleting older ones "
                                     "(kohya's --save_last_n_epochs; default: keep all). A stopped run's LoRA is "
                                     "kept.", metavar="K")
-    save_precision: str = option("fp16", "Precision of the saved LoRA.", choices=SAVE_PRECISION)
+    save_precision: str = option("fp16", "Precision of the saved LoRA.", choices=SAVE_PRECISION,
+                                 spelling=save_precision_name)
     overwrite: bool = option(False, "Replace an existing LoRA of the same name in the output folder.")
     training_comment: str | None = option(None, "A note kept in the LoRA's metadata, which ComfyUI and "
                                           "AUTOMATIC1111 show (kohya's ss_training_comment; default: the trigger "

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
-from lowvram.config import SCHEDULERS, SECTIONS, fields_by_name
+from lowvram.config import SAVE_PRECISION, SAVE_PRECISION_ALIASES, SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError, quoted
 from lowvram.kohya_names import KOHYA_FLAGS
-from lowvram.optim import library_defaults, optimizer_kwargs, spec_of
+from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
 
@@ -35,28 +35,9 @@ SWITCHES = {"v_parameterization": ("prediction_type", "v_prediction"), "xformers
 SAME = {flag[2:]: ours[2:].replace("-", "_") for flag, ours in KOHYA_FLAGS.items()
         if re.fullmatch(r"--[a-z0-9-]+", ours) and flag[2:] not in SWITCHES} | {"seed": "seed", "vae": "vae",
                                                                               "resolution": "resolution"}
-# lowvram's optimizers by kohya's names (compared without case, dots, dashes and underscores)
-OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "pagedadamw8bit": "paged_adamw8bit", "lion": "lion",
-              "lion8bit": "lion8bit", "adafactor": "adafactor", "prodigy": "prodigy",
-              "adamwschedulefree": "schedulefree_adamw", "schedulefreeadamw": "schedulefree_adamw"}
-# kohya's other optimizers by name: the class it builds, and the settings it adds where optimizer_args has none
-KOHYA_CLASSES = {
-    "dadaptadam": ("dadaptation.DAdaptAdam", ()), "dadaptadagrad": ("dadaptation.DAdaptAdaGrad", ()),
-    "dadaptadan": ("dadaptation.DAdaptAdan", ()), "dadaptsgd": ("dadaptation.DAdaptSGD", ()),
-    "dadaptlion": ("dadaptation.DAdaptLion", ()),
-    "dadaptadampreprint": ("dadaptation.experimental.DAdaptAdamPreprint", ()),
-    "dadaptadanip": ("dadaptation.experimental.DAdaptAdanIP", ()),
-    "sgdnesterov": ("torch.optim.SGD", ("nesterov=True", "momentum=0.9")),
-    "sgdnesterov8bit": ("bitsandbytes.optim.SGD8bit", ("nesterov=True", "momentum=0.9")),
-    "pagedlion8bit": ("bitsandbytes.optim.PagedLion8bit", ()),
-    "ademamix8bit": ("bitsandbytes.optim.AdEMAMix8bit", ()),
-    "pagedademamix8bit": ("bitsandbytes.optim.PagedAdEMAMix8bit", ()),
-    "radamschedulefree": ("schedulefree.RAdamScheduleFree", ()),
-    "sgdschedulefree": ("schedulefree.SGDScheduleFree", ()),
-}
 LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
 LYCORIS_PRESETS = {"full": "full", "attn-mlp": "attn-mlp", "attn-only": "attn"}
-SAVE_PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "float": "fp32", "fp32": "fp32"}
+SAVE_PRECISIONS = {name: name for name in SAVE_PRECISION} | SAVE_PRECISION_ALIASES
 # settings that change nothing lowvram does: it always caches, picks its own loader and kernels, and logs to --output
 INERT = {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
          "max_data_loader_n_workers", "persistent_data_loader_workers", "logging_dir", "log_prefix", "log_with",
@@ -66,7 +47,8 @@ INERT = {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs",
          "wandb_run_name", "wandb_api_key", "output_config", "ddp_timeout", "console_log_simple", "noise_offset_type"}
 KOHYA_KEYS = set(SAME) | set(SWITCHES) | INERT | {
     "base_weights", "base_weights_multiplier",
-    "network_module", "network_args", "network_train_unet_only", "network_train_text_encoder_only", "learning_rate",
+    "network_dim", "network_module", "network_args", "network_train_unet_only", "network_train_text_encoder_only",
+    "learning_rate",
     "unet_lr", "text_encoder_lr", "optimizer_type", "optimizer_args", "save_every_n_steps", "save_every_n_epochs",
     "sample_every_n_steps", "sample_every_n_epochs", "sample_prompts", "sample_sampler", "dataset_config", "v2",
     "save_precision",
@@ -490,14 +472,14 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
     added: tuple[str, ...] = ()
     if kind:
         key = re.sub(r"[^a-z0-9]", "", str(kind).rsplit(".", 1)[-1].lower())
-        if key in OPTIMIZERS:
-            values["optimizer"] = OPTIMIZERS[key]
+        if key in KOHYA_OPTIMIZERS:
+            values["optimizer"] = KOHYA_OPTIMIZERS[key]
         elif key in KOHYA_CLASSES:
             values["optimizer"], added = KOHYA_CLASSES[key]
         elif key:  # another class, as kohya builds it: a bare name is torch.optim's
             values["optimizer"] = str(kind) if "." in str(kind) else f"torch.optim.{kind}"
         else:
-            choices = ", ".join(sorted(set(OPTIMIZERS.values())))
+            choices = ", ".join(sorted(set(KOHYA_OPTIMIZERS.values())))
             problem("optimizer_type", f"'{kind}' names no optimizer; use one of {choices}, or a class")
     args = _pairs(left.pop("optimizer_args", []))
     args |= {k: v for k, v in (item.split("=", 1) for item in added) if k not in args}

@@ -91,6 +91,45 @@ class NamesOrClassPath(tuple):
 OPTIMIZER_CHOICES = NamesOrClassPath(OPTIMIZERS)
 
 
+# kohya's --optimizer_type names (a class path's last part, lower-cased, without _ or -) -> lowvram's
+KOHYA_OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "pagedadamw8bit": "paged_adamw8bit", "lion": "lion",
+                    "lion8bit": "lion8bit", "adafactor": "adafactor", "prodigy": "prodigy",
+                    "adamwschedulefree": "schedulefree_adamw", "schedulefreeadamw": "schedulefree_adamw"}
+# kohya's other optimizers by name: the class it builds, and the settings it adds where optimizer_args has none
+KOHYA_CLASSES = {
+    "dadaptadam": ("dadaptation.DAdaptAdam", ()), "dadaptadagrad": ("dadaptation.DAdaptAdaGrad", ()),
+    "dadaptadan": ("dadaptation.DAdaptAdan", ()), "dadaptsgd": ("dadaptation.DAdaptSGD", ()),
+    "dadaptlion": ("dadaptation.DAdaptLion", ()),
+    "dadaptadampreprint": ("dadaptation.experimental.DAdaptAdamPreprint", ()),
+    "dadaptadanip": ("dadaptation.experimental.DAdaptAdanIP", ()),
+    "sgdnesterov": ("torch.optim.SGD", ("nesterov=True", "momentum=0.9")),
+    "sgdnesterov8bit": ("bitsandbytes.optim.SGD8bit", ("nesterov=True", "momentum=0.9")),
+    "pagedlion8bit": ("bitsandbytes.optim.PagedLion8bit", ()),
+    "ademamix8bit": ("bitsandbytes.optim.AdEMAMix8bit", ()),
+    "pagedademamix8bit": ("bitsandbytes.optim.PagedAdEMAMix8bit", ()),
+    "radamschedulefree": ("schedulefree.RAdamScheduleFree", ()),
+    "sgdschedulefree": ("schedulefree.SGDScheduleFree", ()),
+}
+
+
+def optimizer_name(text: str) -> str:
+    """--optimizer's value as lowvram names it: its own name or a class path as given, or kohya's --optimizer_type
+    name in any case (AdamW8bit, DAdaptAdam); ValueError for anything else, or for a kohya name that adds settings."""
+    if text in OPTIMIZERS or CLASS_PATH.match(text):
+        return text
+    key = re.sub(r"[^a-z0-9]", "", text.lower())
+    if key in KOHYA_OPTIMIZERS:
+        return KOHYA_OPTIMIZERS[key]
+    if key in KOHYA_CLASSES:
+        path, settings = KOHYA_CLASSES[key]
+        if settings:
+            raise ValueError(f"'{text}' is kohya's {path} with {' '.join(settings)}: give --optimizer {path} "
+                             + " ".join(f"--optimizer-arg {setting}" for setting in settings))
+        return path
+    raise ValueError(f"'{text}' names no optimizer: use one of {', '.join(OPTIMIZERS)}, kohya's name of one "
+                     "(AdamW8bit, DAdaptAdam), or a class (torch.optim.RAdam)")
+
+
 # classes that find the step size themselves, --lr a multiplier around 1, and that refuse a second rate among their
 # parameter groups: prodigyopt's, and every D-Adaptation class (kohya's DAdaptAdam, DAdaptLion, DAdaptAdaGrad ...)
 LEARNING_RATE_FREE_CLASSES = ("prodigyopt.Prodigy", "dadaptation.")

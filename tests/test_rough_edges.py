@@ -276,6 +276,22 @@ def test_a_training_flags_name_is_not_pointed_at_on_a_command_without_it(capsys)
         assert "--rank" not in err and "--sample-sampler" not in err and "kohya's" not in err, err
 
 
+def test_kohyas_spellings_of_values_are_read_as_lowvrams(capsys, tmp_path):
+    spelled = {"AdamW8bit": "adamw8bit", "PagedAdamW8bit": "paged_adamw8bit", "DAdaptAdam": "dadaptation.DAdaptAdam",
+               "adamw": "adamw", "torch.optim.RAdam": "torch.optim.RAdam"}
+    for kohya, ours in spelled.items():
+        assert build_config({"model": "tiny", "data": "sample", "optimizer": kohya}).optim.optimizer == ours
+    config = build_config({"model": "tiny", "data": "sample", "save_precision": "float", "network": "LoHa"})
+    assert (config.output.save_precision, config.network.network) == ("fp32", "loha")
+    sgd = "give --optimizer torch.optim.SGD --optimizer-arg nesterov=True --optimizer-arg momentum=0.9"
+    for option, value, said in (("--optimizer", "SGDNesterov", sgd),
+                                ("--network", "locon", "give --network lora --conv-rank R"),
+                                ("--optimizer", "adamw9bit", "names no optimizer: use one of adamw")):
+        assert said in unknown_option_hint(capsys, ["plan", "--vram", "6GB", "--data", "sample", option, value])
+    (tmp_path / "kohya.toml").write_text("network_dim = 8\n")  # kohya's name alone makes the file kohya's
+    assert read_toml(tmp_path / "kohya.toml")["rank"] == 8
+
+
 def test_a_kohya_flag_without_a_counterpart_says_what_to_do_instead(capsys):
     train_flags = {o for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
                    for o in a.option_strings}
