@@ -101,17 +101,26 @@ def _add_field_flag(group, f: dataclasses.Field, kind) -> None:
     """The flag of one option field: its metadata is the help, the choices and the metavar."""
     meta = f.metadata
     shown = "" if f.default in (None, dataclasses.MISSING) else f" [default: {f.default}]"
+    metavar, listed = meta["metavar"], ""
+    if meta["choices"] and not metavar and len(",".join(meta["choices"])) > 40:  # argparse's {a,b,...} runs past 80
+        metavar = "NAME"                                                          # columns, unwrapped
+        if not all(re.search(rf"\b{re.escape(choice)}\b", meta["help"]) for choice in meta["choices"]):
+            listed = f" One of: {', '.join(meta['choices'])}."
     kwargs = {"dest": f.name, "default": argparse.SUPPRESS,
-              "help": (meta["help"] + shown).replace("%", "%%")}  # argparse formats help with %
-    if kind is bool:
+              "help": (meta["help"] + listed + shown).replace("%", "%%")}  # argparse formats help with %
+    if kind is bool and flag_name(f).startswith("--no-"):  # (kohya's --no_metadata): its opposite is --metadata
+        group.add_argument(flag_name(f), action="store_true", **kwargs)
+        group.add_argument("--" + flag_name(f)[5:], action="store_false", dest=f.name, default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)
+    elif kind is bool:
         group.add_argument(flag_name(f), action=argparse.BooleanOptionalAction, **kwargs)
     elif typing.get_origin(kind) is tuple:
         group.add_argument(flag_name(f), action="append", metavar=meta["metavar"], **kwargs)
     elif meta.get("spelling"):  # another tool's name for a choice is read as the choice
         group.add_argument(flag_name(f), type=_spelled_by(meta["spelling"]), choices=meta["choices"],
-                           metavar=meta["metavar"], **kwargs)
+                           metavar=metavar, **kwargs)
     else:
-        group.add_argument(flag_name(f), choices=meta["choices"], metavar=meta["metavar"], **kwargs)
+        group.add_argument(flag_name(f), choices=meta["choices"], metavar=metavar, **kwargs)
 
 
 def _spelled_by(spelling):

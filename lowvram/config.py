@@ -124,8 +124,9 @@ class DataConfig:
                               "'N_name' subfolders repeat their images N times. Or a dataset file: a kohya "
                               "dataset config (.toml/.json) or a OneTrainer concepts file (.json). 'sample' writes "
                               "and uses the built-in sample dataset.", metavar="DIR")
-    resolution: int | None = option(None, "Training resolution in pixels (square; default: the model's native "
-                                    "size: 512 for SD1.5, 1024 for SDXL, 64 for the tiny models).", metavar="PX")
+    resolution: int | None = option(None, "Training resolution in pixels (square; kohya's W,H trains buckets of its "
+                                    "area; default: the model's native size: 512 for SD1.5, 1024 for SDXL, 64 for "
+                                    "the tiny models).", metavar="PX")
     extra_resolutions: str | None = option(None, "Also train each image at these resolutions, e.g. 512,768 "
                                            "(kohya's datasets of the same images at several resolutions, "
                                            "ai-toolkit's resolution list): an epoch shows every image once at "

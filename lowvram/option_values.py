@@ -63,8 +63,9 @@ def parse_resolutions(text: str | None) -> tuple[int, ...]:
 
 
 def width_height(value: object) -> tuple[int, int] | None:
-    """kohya's resolution as width and height ('512,768', or a dataset file's [512, 768]); None for anything else."""
-    parts = value.replace(" ", "").split(",") if isinstance(value, str) else value
+    """kohya's resolution as width and height ('512,768', or a dataset file's [512, 768]; '512x768' too); None for
+    anything else."""
+    parts = value.replace(" ", "").lower().replace("x", ",").split(",") if isinstance(value, str) else value
     if not isinstance(parts, (list, tuple)) or len(parts) != 2:
         return None
     try:

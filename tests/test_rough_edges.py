@@ -292,6 +292,28 @@ def test_kohyas_spellings_of_values_are_read_as_lowvrams(capsys, tmp_path):
     assert read_toml(tmp_path / "kohya.toml")["rank"] == 8
 
 
+def test_help_fits_an_80_column_terminal(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    wide = [line for line in out.splitlines() if len(line) > 80 and " | --no-" not in line]  # (a --x | --no-x
+    assert not wide                                                                         # pair is one word)
+    assert "One of: constant, constant_with_warmup, cosine," in " ".join(out.split())  # (its choices, no longer
+    assert "--no-no-metadata" not in out                                                # in the usage line)
+    parser = build_parser()
+    assert parser.parse_args(["train", "--no-metadata"]).no_metadata is True
+    assert parser.parse_args(["train", "--metadata"]).no_metadata is False  # (over a config file's no_metadata)
+
+
+def test_a_resolution_written_with_an_x_and_cycles_of_a_schedule_without_restarts():
+    assert build_config({"model": "tiny", "data": "sample", "resolution": "1024x1024"}).data.resolution == 1024
+    with pytest.raises(LowvramError, match="^--scheduler-cycles: only used with --scheduler cosine_with_restarts "
+                                           r"\(this run's is cosine\)"):
+        build_config({"model": "tiny", "data": "sample", "scheduler": "cosine", "scheduler_cycles": 3})
+    build_config({"model": "tiny", "data": "sample", "scheduler": "cosine_with_restarts", "scheduler_cycles": 3})
+
+
 def test_a_kohya_flag_without_a_counterpart_says_what_to_do_instead(capsys):
     train_flags = {o for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
                    for o in a.option_strings}
