@@ -92,7 +92,7 @@ def auto_strategy(config, values: dict, vram: str | None):
         # cap holds PyTorch's allocator, the CUDA context comes on top of it (the plan counts it in the budget)
         allocator = max(budget - context_bytes(hardware), 0)
         torch.cuda.set_per_process_memory_fraction(min(1.0, allocator / hardware.total_vram), hardware.index)
-    result = plan(workload_for(resolve_run(config, hardware)), hardware, fixed_choices(values))
+    result = plan(workload_for(resolve_run(config, hardware)), hardware, fixed_choices(values, config))
     print_plan(result, Console(), top=6)
     if result.choice is None:
         raise LowvramError(f"--auto: {result.explanation}; " + "; ".join(result.suggestions))

@@ -37,13 +37,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         if "unrecognized arguments:" in message:
-            from lowvram.kohya_names import kohya_hint
+            from lowvram.kohya_names import is_other_tools_flag, kohya_hint
 
             words = message.split(":", 1)[1].split()
             bad = [word for word in words if word.startswith("-")]
             flags = [o for a in self._actions for o in a.option_strings]
             command = self.prog.split()[-1]
-            hints = [kohya_hint(b, command, flags) or _closest_flag(b.split("=")[0], flags) for b in bad]
+            hints = [kohya_hint(b, command, flags) or (None if is_other_tools_flag(b, command) else
+                                                       _closest_flag(b.split("=")[0], flags, command)) for b in bad]
             hint = "; ".join(h for h in hints if h)
             message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
             if not bad:  # a word without its flag
@@ -59,13 +60,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _closest_flag(word: str, flags: list[str]) -> str | None:
+def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | None:
     """'did you mean --lr?' for a typo of a lowvram flag, or of the kohya name of one (--lerning_rate)."""
-    from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS
+    from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS, TRAINING_COMMANDS, single_flag
 
     names = {flag.lstrip("-"): flag for flag in flags if flag.startswith("--")}
-    leading = {name: re.match(r"--[a-z][a-z0-9-]*", ours) for name, ours in (KOHYA_FLAGS | OTHER_TRAINER_FLAGS).items()}
-    kohya = {name.lstrip("-").replace("_", "-"): flag[0] for name, flag in leading.items() if flag and flag[0] in flags}
+    trainers = KOHYA_FLAGS | OTHER_TRAINER_FLAGS if command in TRAINING_COMMANDS else {}  # (their training flags)
+    theirs = {name: single_flag(ours) for name, ours in trainers.items()}
+    kohya = {name.lstrip("-").replace("_", "-"): flag for name, flag in theirs.items() if flag in flags}
     typed = word.lstrip("-").replace("_", "-")
     match = difflib.get_close_matches(typed, list(names) + list(kohya), n=1)
     if not match:

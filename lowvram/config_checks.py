@@ -342,9 +342,6 @@ def _optimizer_problems(c: RunConfig) -> list[str]:
     if c.optim.scheduler_power != 1.0 and c.optim.scheduler != "polynomial":
         p.append(f"--scheduler-power: only used with --scheduler polynomial (this run's is {c.optim.scheduler}); add "
                  "it or drop --scheduler-power")
-    if c.optim.scheduler_cycles != 1 and c.optim.scheduler != "cosine_with_restarts":
-        p.append(f"--scheduler-cycles: only used with --scheduler cosine_with_restarts (this run's is "
-                 f"{c.optim.scheduler}); add it or drop --scheduler-cycles")
     positive(p, "decay-steps", c.optim.decay_steps, allow_zero=True)
     if c.optim.scheduler == "warmup_stable_decay" and not c.optim.decay_steps:
         p.append("--scheduler warmup_stable_decay: give its decay's length, --decay-steps N (0.2: the last fifth "

@@ -7,6 +7,7 @@ and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -135,7 +136,19 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -
         problems = [f"{path}: {line}" for line in _parsed_values(kept)[1]]
     if problems:
         raise LowvramError("\n".join(problems))
-    return with_dataset_settings(kept, str(path))
+    return with_dataset_settings(_spelled(kept), str(path))
+
+
+def _spelled(values: dict[str, Any]) -> dict[str, Any]:
+    """Values in another tool's spelling as lowvram's (kohya's float: fp32), as the flags' are read: the web UI's
+    form lists lowvram's names only."""
+    spelled = dict(values)
+    for name, value in values.items():
+        spelling = fields_by_name()[name][1].metadata.get("spelling")
+        if spelling and isinstance(value, str):
+            with contextlib.suppress(ValueError):  # (checked: not one)
+                spelled[name] = spelling(value)
+    return spelled
 
 
 def _read_kohya(doc: dict[str, Any], path: Path, given: Collection[str]) -> dict[str, Any]:

@@ -164,8 +164,10 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         left.pop("multires_noise_discount", None)
     if flat.get("lr_scheduler") != "polynomial":  # kohya_ss writes the power beside any schedule
         left.pop("lr_scheduler_power", None)
-    if flat.get("lr_scheduler") != "cosine_with_restarts":  # and the cycles (_schedule_settings: where they count)
-        left.pop("lr_scheduler_num_cycles", None)
+    if flat.get("lr_scheduler") != "cosine_with_restarts" or values.get("scheduler") not in (None,
+                                                                                          "cosine_with_restarts"):
+        left.pop("lr_scheduler_num_cycles", None)  # and the cycles, where they count (_schedule_settings), not
+        # where a schedule-free optimizer or lr_scheduler_type replaced lr_scheduler's schedule
     left.pop("lr_scheduler_timescale", None)  # only inverse_sqrt reads it (_schedule_settings)
     precision = left.pop("save_precision", None)
     if precision is not None and str(precision) not in SAVE_PRECISIONS:

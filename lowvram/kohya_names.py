@@ -268,6 +268,25 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
         whose, ours = "the diffusers scripts' or SimpleTuner's", OTHER_TRAINER_FLAGS[key]
     else:
         return None
-    if flags is not None and not all(option in flags for option in re.findall(r"--[a-z][a-z0-9-]*", ours)):
+    named = re.findall(r"--[a-z][a-z0-9-]*", ours)
+    if (flags is not None and not all(option in flags for option in named)) or (
+            not named and command not in TRAINING_COMMANDS):  # ("not needed: training reads the cached latents")
         return None
     return f"{name} is {whose} name; lowvram's is {ours}"
+
+
+def is_other_tools_flag(flag: str, command: str = "train") -> bool:
+    """Whether `flag` is one of the other tools' flags above (for `command`): one kohya_hint may leave unanswered
+    where the command has no counterpart, and which is then no typo of the command's own flags either."""
+    name = flag.split("=", 1)[0]
+    key = "--" + name[2:].replace("-", "_") if name.startswith("--") else name
+    tables = (KOHYA_SCRIPT_FLAGS[command][1],) if command in KOHYA_SCRIPT_FLAGS else (
+        KOHYA_FLAGS, OTHER_TRAINER_FLAGS, WITHOUT_COUNTERPART)
+    return any(key in table for table in tables)
+
+
+def single_flag(ours: str) -> str | None:
+    """The one lowvram flag an entry above names outside its parentheses ('--rank (whose alpha ...)': --rank), or
+    None for an entry of several (--network_args') or none."""
+    named = re.findall(r"--[a-z][a-z0-9-]*", re.sub(r"\([^()]*\)", "", ours))
+    return named[0] if len(named) == 1 else None

@@ -448,6 +448,9 @@ def test_a_schedule_free_optimizer_trains_without_a_schedule_its_warm_up_from_op
     build_config(values_of(tmp_path, settings | {"pretrained_model_name_or_path": "tiny"}))  # refused before
     plain, _ = translate(settings | {"optimizer_args": []}, Path("kohya.toml"))
     assert (plain["scheduler"], "warmup_steps" in plain) == ("constant", False)  # no warm-up, as in kohya
+    restarts, _ = translate(settings | {"lr_scheduler": "cosine_with_restarts", "lr_scheduler_num_cycles": 3},
+                            Path("kohya.toml"))
+    assert (restarts["scheduler"], "scheduler_cycles" in restarts) == ("constant", False)  # (the cycles leaked)
 
 
 def test_kohyas_bucket_sides_default_to_sd_scripts_own_where_it_trains_with_them(tmp_path):

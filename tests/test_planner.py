@@ -199,14 +199,24 @@ def test_more_vram_never_makes_the_choice_slower():
     assert speeds == sorted(speeds, reverse=True)
 
 
+def test_an_optimizer_in_kohyas_spelling_is_planned_as_lowvrams():
+    from lowvram.plan import plan_options
+
+    hardware = hardware_for(None, "6GB", "24GB")
+    kohya, ours = (plan_options({"optimizer": name}, hardware)[1] for name in ("AdamW8bit", "adamw8bit"))
+    assert [e.strategy for e in kohya.candidates] == [e.strategy for e in ours.candidates]
+    assert kohya.choice.strategy.optimizer == "adamw8bit"  # (was: an unknown class, planned with AdamW's state)
+
+
 def test_explicit_flags_are_kept():
     hardware = hardware_for(None, "24GB", "64GB")
-    fixed = fixed_choices({"unet_weights": "quanto-int8", "optimizer": "adamw8bit"})
+    given = {"unet_weights": "quanto-int8", "optimizer": "AdamW8bit"}  # (kohya's name: the config reads it)
+    fixed = fixed_choices(given, build_config({"model": "tiny", "data": "sample", **given}))
     result = plan(work(), hardware, fixed)
     assert all(e.strategy.unet_weights == "quanto-int8" and e.strategy.optimizer == "adamw8bit"
                for e in result.candidates)
     assert result.choice.strategy.unet_weights == "quanto-int8"
-    assert fixed_choices({"unet_weights": "auto"}) == {}
+    assert fixed_choices({"unet_weights": "auto"}, build_config({"model": "tiny", "data": "sample"})) == {}
 
 
 def test_an_explicit_choice_that_cannot_fit_is_reported_as_such():
@@ -246,10 +256,10 @@ def test_estimated_weight_bytes_equal_the_real_model(fmt):
 
 
 def test_train_auto_applies_the_choice_and_keeps_explicit_flags():
-    config = run_config(max_steps=1)
+    config = run_config(max_steps=1, optimizer="adamw8bit")
     hardware = load_profile("rtx-3060-laptop-6gb")
     values = {"optimizer": "adamw8bit"}
-    result = plan(workload_for(resolve_run(config, hardware)), hardware, fixed_choices(values))
+    result = plan(workload_for(resolve_run(config, hardware)), hardware, fixed_choices(values, config))
     chosen = apply_choice(config, result.choice)
     assert chosen.optim.optimizer == "adamw8bit"
     assert chosen.memory.unet_weights == result.choice.strategy.unet_weights

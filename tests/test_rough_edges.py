@@ -271,9 +271,14 @@ def test_other_tools_names_get_the_lowvram_flag_of_the_command_typed(capsys, arg
 
 def test_a_training_flags_name_is_not_pointed_at_on_a_command_without_it(capsys):
     for argv in (["check-data", "sample", "--network_dim", "8"], ["check-data", "sample", "--token_warmup_step", "3"],
-                 ["generate", "--prompt", "x", "--sample_sampler", "euler"]):
-        err = unknown_option_hint(capsys, argv)
-        assert "--rank" not in err and "--sample-sampler" not in err and "kohya's" not in err, err
+                 ["caption", "d", "--cache_latents"], ["merge", "a.safetensors", "--network_weights", "b.safetensors"],
+                 ["check-data", "d", "--network_args"], ["check-data", "d", "--network_alpha", "4"]):
+        err = unknown_option_hint(capsys, argv)  # (nor a closest spelling of another flag: merge's --rank, check-data's
+        assert "(see" in err and "unknown option --" in err and "did you mean" not in err, err  # --alpha-mask)
+        assert "kohya's" not in err and "not needed" not in err and "always" not in err, err
+    assert "(did you mean --sampler?)" in unknown_option_hint(capsys, ["generate", "--prompt", "x", "--sample_sampler",
+                                                                       "euler"])  # (not train's --sample-sampler)
+    assert "did you mean --network?" in unknown_option_hint(capsys, ["train", "--network_arg"])  # (not --conv-rank)
 
 
 def test_kohyas_spellings_of_values_are_read_as_lowvrams(capsys, tmp_path):
@@ -290,6 +295,9 @@ def test_kohyas_spellings_of_values_are_read_as_lowvrams(capsys, tmp_path):
         assert said in unknown_option_hint(capsys, ["plan", "--vram", "6GB", "--data", "sample", option, value])
     (tmp_path / "kohya.toml").write_text("network_dim = 8\n")  # kohya's name alone makes the file kohya's
     assert read_toml(tmp_path / "kohya.toml")["rank"] == 8
+    (tmp_path / "run.toml").write_text('[optim]\noptimizer = "AdamW8bit"\n[output]\nsave_precision = "float"\n')
+    assert read_toml(tmp_path / "run.toml") == {"optimizer": "adamw8bit", "save_precision": "fp32"}  # (the web UI's
+    # form lists lowvram's names only)
 
 
 def test_help_fits_an_80_column_terminal(monkeypatch, capsys):
@@ -306,12 +314,8 @@ def test_help_fits_an_80_column_terminal(monkeypatch, capsys):
     assert parser.parse_args(["train", "--metadata"]).no_metadata is False  # (over a config file's no_metadata)
 
 
-def test_a_resolution_written_with_an_x_and_cycles_of_a_schedule_without_restarts():
+def test_a_resolution_written_with_an_x():
     assert build_config({"model": "tiny", "data": "sample", "resolution": "1024x1024"}).data.resolution == 1024
-    with pytest.raises(LowvramError, match="^--scheduler-cycles: only used with --scheduler cosine_with_restarts "
-                                           r"\(this run's is cosine\)"):
-        build_config({"model": "tiny", "data": "sample", "scheduler": "cosine", "scheduler_cycles": 3})
-    build_config({"model": "tiny", "data": "sample", "scheduler": "cosine_with_restarts", "scheduler_cycles": 3})
 
 
 def test_a_kohya_flag_without_a_counterpart_says_what_to_do_instead(capsys):
@@ -333,8 +337,10 @@ def test_a_warm_up_longer_than_most_of_the_run_is_warned_about(tmp_path):
           Console(file=printed, width=300))
     assert "--warmup-steps 100 is most of this run's 3 steps: the learning rate never reaches --lr" in printed.getvalue()
     ignored = io.StringIO()  # the constant schedule has no warm-up at all
-    train(run_config(output=str(tmp_path / "c"), warmup_steps=2, max_steps=3), Console(file=ignored, width=300))
+    train(run_config(output=str(tmp_path / "c"), warmup_steps=2, max_steps=3, scheduler_cycles=2),
+          Console(file=ignored, width=300))
     assert "--warmup-steps 2 has no effect with --scheduler constant" in ignored.getvalue()
+    assert "--scheduler-cycles 2 has no effect with --scheduler constant" in ignored.getvalue()
     quiet = io.StringIO()
     train(run_config(output=str(tmp_path / "b"), scheduler="cosine", warmup_steps=1, max_steps=3),
           Console(file=quiet, width=300))

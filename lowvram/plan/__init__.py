@@ -50,18 +50,19 @@ def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:
     if hardware.device != "cuda":
         raise LowvramError("no CUDA GPU here: pass --vram SIZE or --profile NAME to plan for a card")
     run = resolve_run(config, hardware)
-    return run, plan(workload_for(run), hardware, fixed_choices(values))
+    return run, plan(workload_for(run), hardware, fixed_choices(values, config))
 
 
-def fixed_choices(values: dict) -> dict:
-    """The strategy options the user gave explicitly (flags or config file): the planner keeps them."""
-    fixed = {k: values[k] for k in STRATEGY_OPTIONS if k in values}
+def fixed_choices(values: dict, config: RunConfig) -> dict:
+    """The strategy options the user gave explicitly (flags or config file), as the config reads them (kohya's
+    AdamW8bit as adamw8bit): the planner keeps them."""
+    read = {"unet_weights": config.memory.unet_weights, "gradient_checkpointing": config.memory.gradient_checkpointing,
+            "checkpoint_blocks": config.memory.checkpoint_blocks, "optimizer": config.optim.optimizer}
+    fixed = {k: read[k] for k in STRATEGY_OPTIONS if k in values}
     if fixed.get("unet_weights") == "auto":
         del fixed["unet_weights"]
     if fixed.get("checkpoint_blocks") is None:
         fixed.pop("checkpoint_blocks", None)
-    else:  # a flag's text (build_config has checked it)
-        fixed["checkpoint_blocks"] = int(fixed["checkpoint_blocks"])
     return fixed
 
 

@@ -526,6 +526,10 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     if data.regularization_unused:  # kohya warns the same
         session.console.print(f"[yellow]note:[/] {data.regularization_unused} regularization samples (with repeats) "
                               "never train: each epoch pairs as many as there are training samples", soft_wrap=True)
+    if config.optim.scheduler_cycles != 1 and config.optim.scheduler != "cosine_with_restarts":
+        session.console.print(f"[yellow]warning:[/] --scheduler-cycles {config.optim.scheduler_cycles} has no effect "
+                              f"with --scheduler {config.optim.scheduler}; only cosine_with_restarts restarts",
+                              soft_wrap=True)  # (a warning: a run config saved by an older version may hold them)
     warmup = schedule.warmup_steps
     if warmup and config.optim.scheduler == "constant" and not spec_of(config.optim.optimizer).schedule_free:
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} has no effect with --scheduler constant; "
