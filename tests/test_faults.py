@@ -200,8 +200,10 @@ def test_sigkill_at_twenty_random_moments_then_resume_ends_with_the_uninterrupte
     while kills < 20:
         before = logged_steps(metrics)
         proc = Run(argv, env)
-        if kills < 2:
-            time.sleep(moments.uniform(0.5, 4.0))
+        if kills < 2:  # while it starts: its first step ends the wait (on a fast machine a plain sleep of up to 4 s
+            deadline = time.time() + moments.uniform(0.5, 4.0)  # let the first two lives take 64 of the 100 steps)
+            while proc.poll() is None and logged_steps(metrics) <= before and time.time() < deadline:
+                time.sleep(0.01)
         else:
             deadline = time.time() + 120
             while proc.poll() is None and logged_steps(metrics) <= before and time.time() < deadline:

@@ -395,7 +395,8 @@ def test_part_by_part_sampler_matches_the_diffusers_pipeline(family):
                                     ["", "lvshape, a red circle"], "cpu")
     cached = render(model, "lvshape, a red circle", 64, 4, seed=3, device=torch.device("cpu"),
                     autocast=contextlib.nullcontext, embeddings=embeddings)
-    assert np.array_equal(np.asarray(cached), np.asarray(ours))
+    # (the text encoder batched otherwise: CPU kernels round a batch of two a few ulps apart on some processors)
+    assert np.abs(np.asarray(cached, dtype=np.float32) - np.asarray(ours, dtype=np.float32)).max() <= 1.0
     # a negative prompt, another size, steps, guidance and seed from kohya's inline options: the same image
     # as the pipeline given them as arguments
     ours = render(model, "lvshape, a red circle --n a blue square --w 96 --h 48 --s 3 --l 4.5 --d 11", 64, 4,
