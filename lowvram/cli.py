@@ -198,17 +198,15 @@ def main(argv: list[str] | None = None) -> int:
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")
             echo = False  # what follows may differ per process (its GPU, its share of the work)
-            if hasattr(signal, "SIGBREAK"):  # Windows' Ctrl-Break (the UI's Stop) before the steps: Ctrl-C's effect
-                with contextlib.suppress(ValueError):  # (not the main thread: a notebook's worker keeps its own)
-                    signal.signal(signal.SIGBREAK, signal.default_int_handler)
-            with remembered_interrupt() as interrupted:
-                _quiet_libraries()
-                from lowvram.train.loop import train
-            if interrupted:  # a Ctrl-C the imports swallowed
-                raise KeyboardInterrupt
-            if args.auto:
-                config = auto_strategy(config, values, args.vram)
-            train(config)
+            with stop_signals_interrupt():
+                with remembered_interrupt() as interrupted:
+                    _quiet_libraries()
+                    from lowvram.train.loop import train
+                if interrupted:  # a Ctrl-C the imports swallowed
+                    raise KeyboardInterrupt
+                if args.auto:
+                    config = auto_strategy(config, values, args.vram)
+                train(config)
         elif args.command == "plan":
             return run_plan(args)
         elif args.command == "doctor":
@@ -280,6 +278,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
+def stop_signals_interrupt():
+    """SIGTERM (a CI job cancelled, docker stop) and Windows' Ctrl-Break (the UI's Stop) as Ctrl-C until the steps
+    take them over: "interrupted" and 130 while the run caches (SIGTERM's default ended it without a word, 143)."""
+    previous = {}
+    for name in ("SIGTERM", "SIGBREAK"):
+        if hasattr(signal, name):
+            with contextlib.suppress(ValueError):  # (not the main thread: a notebook's worker keeps its own)
+                previous[name] = signal.signal(getattr(signal, name), signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+@contextlib.contextmanager
 def remembered_interrupt():
     """Ctrl-C while the libraries load: a KeyboardInterrupt raised wherever it lands may land in a C extension's
     initialisation (which then aborts the process, SIGABRT, with a C++ message) or in a finalizer or callback (where
@@ -296,7 +310,7 @@ def remembered_interrupt():
             raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGINT, handle)
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread (a notebook's worker): leave signals alone
         yield received
         return
@@ -307,7 +321,8 @@ def remembered_interrupt():
             raise KeyboardInterrupt from None
         raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _quiet_libraries() -> None:

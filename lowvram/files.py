@@ -50,6 +50,9 @@ class DiskFull(LowvramError):
         super().__init__(f"{self.reason}; {self.remedy}" + ("" if size_limit else " there, or write elsewhere"))
 
 
+PLAIN_LINE_SECONDS = 10.0  # where no bar redraws: a progress line this often (CI jobs stop after minutes of silence)
+
+
 def redraws_in_place(console) -> bool:
     """Whether `console` writes to a terminal, where a progress bar redraws in place. FORCE_COLOR (which ipykernel
     sets, and so a notebook's `lowvram` commands inherit it, as CI systems do) makes rich take a pipe for one: its

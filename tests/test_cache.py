@@ -255,3 +255,20 @@ batch_size = 2
     assert data.images_per_epoch == 15 + 20 + 15
     regularization = Counter(data.samples[i].dataset for i in data.expanded(0)[35:])
     assert regularization == {1: 15}
+
+
+def test_caching_prints_a_line_now_and_then_where_no_bar_redraws(tmp_path, sample_data, tiny, monkeypatch):
+    """In a pipe, a notebook or a CI log rich's bar shows only when caching ends: a CI job that stops after minutes
+    without output stopped a long caching. A plain line every PLAIN_LINE_SECONDS instead (here: every batch)."""
+    import io
+
+    import lowvram.data.cache
+
+    monkeypatch.setattr(lowvram.data.cache, "PLAIN_LINE_SECONDS", 0.0)
+    config, cache = setup(tmp_path, sample_data, cache_batch_size=2)
+    piped = io.StringIO()
+    run = resolved(config, cache)
+    prepare_training_data(run, tiny, [scan(run, sample_data, None, None)], torch.device("cpu"), Console(file=piped))
+    lines = [line for line in piped.getvalue().splitlines() if line.startswith("caching latents")]
+    assert [line.split(" (")[0] for line in lines] == ["caching latents 2/6", "caching latents 4/6",
+                                                       "caching latents 6/6"], piped.getvalue()

@@ -173,6 +173,23 @@ def test_an_error_a_library_makes_of_ctrl_c_while_loading_is_the_interrupt():
         raise RuntimeError("Failed to import")
 
 
+def test_sigterm_before_the_steps_is_ctrl_c(capsys):
+    """A CI job cancelled or `docker stop` while a run loads or caches: SIGTERM's default ended it at once, without a
+    word, exit 143; as Ctrl-C it says "interrupted" and exits 130, and outside the run the handler is as it was."""
+    from lowvram.cli import remembered_interrupt, stop_signals_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_signals_interrupt():
+        with remembered_interrupt() as received:  # while the libraries load: remembered, as Ctrl-C is
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+        assert received == [signal.SIGTERM]
+        with pytest.raises(KeyboardInterrupt):  # while caching
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_train_without_model_asks_for_one_instead_of_training_the_toy(capsys):
     assert main(["train", "--data", "sample", "--max-steps", "1"]) == 2
     err = capsys.readouterr().err

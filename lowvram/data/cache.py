@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from lowvram.data.scan import ImageRecord, ScanOptions, open_training_image
 from lowvram.errors import LowvramError
 from lowvram.files import (
     KEPT_FREE,
+    PLAIN_LINE_SECONDS,
     DiskFull,
     human_size,
     redraws_in_place,
@@ -215,9 +217,37 @@ def _rounded_up(size: int) -> int:
     return math.ceil(size * 1.01 / 1024) * 1024
 
 
-def _progress(console: Console, label: str) -> Progress:
+def _progress(console: Console, label: str) -> Progress | _PlainLines:
+    if not redraws_in_place(console):
+        return _PlainLines(console, label)
     return Progress(TextColumn(f"[bold]{label}"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
-                    console=console, transient=False, auto_refresh=redraws_in_place(console))
+                    console=console, transient=False)
+
+
+class _PlainLines:
+    """Caching's progress where no bar redraws (a pipe, a notebook, a CI log, where rich's bar shows only at the end):
+    a line every PLAIN_LINE_SECONDS and at the end, as training's, so a long caching is not taken for a hang."""
+
+    def __init__(self, console: Console, label: str):
+        self.console, self.label, self.done, self.total = console, label, 0, 0
+        self.started = self.last = time.monotonic()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, name: str, total: int) -> int:
+        self.total = total
+        return 0
+
+    def advance(self, task: int, advance: int) -> None:
+        self.done += advance
+        now = time.monotonic()
+        if now - self.last >= PLAIN_LINE_SECONDS or self.done >= self.total:
+            self.last = now
+            self.console.print(f"{self.label} {self.done}/{self.total} ({now - self.started:.0f} s)", highlight=False)
 
 
 def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, batch_size: int,

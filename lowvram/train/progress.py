@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lowvram.files import redraws_in_place
+from lowvram.files import PLAIN_LINE_SECONDS, redraws_in_place
 from lowvram.hardware import gib
 
 
@@ -87,7 +87,7 @@ class TrainingProgress:
     only when it ends), a plain line every `LINE_SECONDS` and at the last step instead. `watch_spill` adds the
     warning for steps that slow down for good, where the driver can spill VRAM (`Hardware.can_spill_vram`)."""
 
-    LINE_SECONDS = 10.0
+    LINE_SECONDS = PLAIN_LINE_SECONDS
 
     def __init__(self, console: Console, total_steps: int, start_step: int = 0, smoothing: float = 0.9,
                  watch_spill: bool = False, epochs: int | None = None):
