@@ -112,6 +112,17 @@ def test_nan_losses_are_skipped_and_never_saved(tmp_path, monkeypatch, capsys):
     assert all(torch.isfinite(t).all() for t in load_file(str(result.lora_path)).values())
     assert math.isfinite(result.final_loss)  # the skipped steps' nan stays out of the average
 
+    def refused(constant):  # as JavaScript's JSON.parse and jq 1.7 do: JSON has no NaN
+        raise ValueError(f"{constant} in metrics.jsonl")
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=refused) for line in lines]
+    assert [record["loss"] for record in records if record.get("step") in (2, 3) and "loss" in record] == [None, None]
+    from lowvram.ui.runs import progress_line
+
+    assert progress_line([record for record in records if record.get("step") == 2], running=False).startswith(
+        "step 2 of 6, loss nan")  # (the web UI's line)
+
     monkeypatch.setattr(loop, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(TrainingDiverged, match="non-finite loss or gradient.*--lr.*no checkpoint was saved to go "
                                                "back to"):

@@ -144,7 +144,11 @@ class RunLog:
         return run_id
 
     def _write(self, record: dict) -> None:
-        line = json.dumps(record) + "\n"
+        # a non-finite figure (a step whose loss went NaN) as null: JSON has no NaN, and strict readers (JavaScript's
+        # JSON.parse, jq 1.7) refuse Python's bare NaN, at the moment a diverging run matters most
+        finite = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                  for key, value in record.items()}
+        line = json.dumps(finite, allow_nan=False) + "\n"
         try:
             self.metrics.write(line)
             self.metrics.flush()

@@ -144,7 +144,8 @@ def progress_line(records: list[dict], running: bool = True) -> str:
         return "waiting for the first step" if running else ""
     last = records[-1]
     total_steps = last.get("total_steps")
-    words = [f"step {last['step']}" + (f" of {total_steps}" if total_steps else ""), f"loss {last['loss']:.4f}"]
+    loss = f"{last['loss']:.4f}" if isinstance(last.get("loss"), (int, float)) else "nan"  # (null: a NaN step's)
+    words = [f"step {last['step']}" + (f" of {total_steps}" if total_steps else ""), f"loss {loss}"]
     if "vram_peak_gib" in last:
         words.append(f"VRAM peak {last['vram_peak_gib']:.2f} GiB")
     recent = [r["seconds"] for r in records[-ETA_WINDOW:] if "seconds" in r]
