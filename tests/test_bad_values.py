@@ -2,6 +2,7 @@
 never a traceback, and never taken as a value that trains nonsense."""
 
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -304,6 +305,14 @@ def test_check_data_writes_its_report_over_an_earlier_report_only(images, tmp_pa
         assert json.loads(report.read_text())["summary"]["images"] == 1
     report.write_bytes(report.read_bytes().replace(b"\n", b"\r\n"))  # as Windows writes it
     assert main(["check-data", str(images), "--report", str(report)]) == 0
+    fifo, link = tmp_path / "fifo", tmp_path / "link.json"  # a pipe was read to see whose it was, and waited for
+    os.mkfifo(fifo)                                              # ever (--report /dev/stdout | jq); a link, replaced
+    link.symlink_to(report)
+    for path in (fifo, link, tmp_path):
+        assert one_line(capsys, ["check-data", str(images), "--report", str(path)]).endswith(
+            f"--report: {path} is not a file lowvram can write the report to (a folder, a pipe, a device or a link); "
+            "name a new file, e.g. report.json")
+    assert link.is_symlink()
 
 
 def test_a_file_removed_while_a_command_reads_it_is_one_line(monkeypatch, tmp_path, capsys):

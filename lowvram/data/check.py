@@ -114,6 +114,11 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         if Path(report_path).resolve().is_relative_to(Path(folder).resolve()):
             raise LowvramError(f"--report: {report_path} is inside the dataset folder {folder}, which lowvram never "
                                "writes to; write the report elsewhere")
+    # a pipe or /dev/stdout would be read to see whose it is (waiting for ever), a link replaced by a file
+    if report_path and (Path(report_path).is_symlink() or str(report_path) == "-" or (
+            Path(report_path).exists() and not Path(report_path).is_file())):
+        raise LowvramError(f"--report: {report_path} is not a file lowvram can write the report to (a folder, a "
+                           "pipe, a device or a link); name a new file, e.g. report.json")
     if report_path and Path(report_path).exists() and not _is_report(Path(report_path)):  # a LoRA, a config, ...
         raise LowvramError(f"--report: {report_path} exists and is not an earlier check-data report; name a new file")
     try:
