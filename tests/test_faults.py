@@ -188,9 +188,10 @@ def test_a_file_size_limit_on_the_metrics_stops_the_run_in_one_line(uninterrupte
 
 def test_sigkill_at_twenty_random_moments_then_resume_ends_with_the_uninterrupted_lora(
         uninterrupted, sample_data_module, tmp_path):
-    """Twenty SIGKILLs: two while the run starts (scan, model, cache), the rest a random fraction of a second
-    after a step was logged, so they land in steps and in the checkpoint and LoRA saves around them. After each,
-    the next run resumes; the last one ends with the LoRA of a run never killed."""
+    """Twenty SIGKILLs: two at a random moment of the start (scan, model, cache; at its first step where the start
+    is over sooner: a plain sleep let them take 64 of the 100 steps on a fast machine), the rest a random fraction
+    of a second after a step was logged, so they land in steps and in the checkpoint and LoRA saves around them.
+    After each, the next run resumes; the last one ends with the LoRA of a run never killed."""
     env, steps = cached_env(uninterrupted), "100"  # more than twenty kills can reach
     whole = run(cli(tmp_path / "whole", sample_data_module, "--max-steps", steps), env)
     assert whole.returncode == 0, whole.stderr
@@ -200,8 +201,8 @@ def test_sigkill_at_twenty_random_moments_then_resume_ends_with_the_uninterrupte
     while kills < 20:
         before = logged_steps(metrics)
         proc = Run(argv, env)
-        if kills < 2:  # while it starts: its first step ends the wait (on a fast machine a plain sleep of up to 4 s
-            deadline = time.time() + moments.uniform(0.5, 4.0)  # let the first two lives take 64 of the 100 steps)
+        if kills < 2:
+            deadline = time.time() + moments.uniform(0.5, 4.0)
             while proc.poll() is None and logged_steps(metrics) <= before and time.time() < deadline:
                 time.sleep(0.01)
         else:

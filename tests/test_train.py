@@ -395,8 +395,10 @@ def test_part_by_part_sampler_matches_the_diffusers_pipeline(family):
                                     ["", "lvshape, a red circle"], "cpu")
     cached = render(model, "lvshape, a red circle", 64, 4, seed=3, device=torch.device("cpu"),
                     autocast=contextlib.nullcontext, embeddings=embeddings)
-    # (the text encoder batched otherwise: CPU kernels round a batch of two a few ulps apart on some processors)
-    assert np.abs(np.asarray(cached, dtype=np.float32) - np.asarray(ours, dtype=np.float32)).max() <= 1.0
+    # (the text encoder batched otherwise: CPU kernels round a batch of two a few ulps apart on some processors, a
+    # pixel or two a step of 8-bit rounding apart; embeddings rounded to bf16 change 0.25 % of them, off by 1 % 3 %)
+    apart = np.abs(np.asarray(cached, dtype=np.float32) - np.asarray(ours, dtype=np.float32))
+    assert apart.max() <= 1.0 and (apart > 0).mean() <= 0.001, ((apart > 0).mean(), apart.max())
     # a negative prompt, another size, steps, guidance and seed from kohya's inline options: the same image
     # as the pipeline given them as arguments
     ours = render(model, "lvshape, a red circle --n a blue square --w 96 --h 48 --s 3 --l 4.5 --d 11", 64, 4,
