@@ -274,7 +274,7 @@ def build_app(cache_dir: Path, port: int | None = None):
             records = read_metrics(folder)
             drawn = records[::max(1, len(records) // CHART_POINTS)]  # a long run's chart stays light to send
             frame = pd.DataFrame([{"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in drawn],
-                                 columns=["step", "loss", "lr"])
+                                 columns=["step", "loss", "lr"]).astype({"loss": float, "lr": float})  # (null: NaN)
             plots = [frame, frame] if seen.get("steps") != len(records) else [gr.skip(), gr.skip()]
             seen["steps"] = len(records)
             sample_files, loras = outputs_of(folder)
