@@ -255,8 +255,7 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
     """'--network_dim is kohya's name; lowvram's is --rank' for a kohya flag (with or without its =value, with
     dashes for underscores) or a diffusers script's or SimpleTuner's; for another command, its kohya script's. None
     where the flag is no other tool's, or what it names is not among `flags` (the command's: check-data has no --rank)."""
-    name = flag.split("=", 1)[0]
-    key = "--" + name[2:].replace("-", "_") if name.startswith("--") else name
+    name, key = _typed_and_key(flag)
     if command in KOHYA_SCRIPT_FLAGS:
         script, table = KOHYA_SCRIPT_FLAGS[command]
         return f"{name} is from {script}; lowvram {command}'s is {table[key]}" if key in table else None
@@ -278,11 +277,16 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
 def is_other_tools_flag(flag: str, command: str = "train") -> bool:
     """Whether `flag` is one of the other tools' flags above (for `command`): one kohya_hint may leave unanswered
     where the command has no counterpart, and which is then no typo of the command's own flags either."""
-    name = flag.split("=", 1)[0]
-    key = "--" + name[2:].replace("-", "_") if name.startswith("--") else name
+    _, key = _typed_and_key(flag)
     tables = (KOHYA_SCRIPT_FLAGS[command][1],) if command in KOHYA_SCRIPT_FLAGS else (
         KOHYA_FLAGS, OTHER_TRAINER_FLAGS, WITHOUT_COUNTERPART)
     return any(key in table for table in tables)
+
+
+def _typed_and_key(flag: str) -> tuple[str, str]:
+    """The flag as typed, without its =value, and as the tables above spell it (kohya's underscores for dashes)."""
+    name = flag.split("=", 1)[0]
+    return name, "--" + name[2:].replace("-", "_") if name.startswith("--") else name
 
 
 def single_flag(ours: str) -> str | None:
