@@ -144,11 +144,21 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
     """The folder the images are named relative to, and (scan record, caption file to write) for each usable image
     that needs a caption."""
     from lowvram.data.buckets import default_buckets
-    from lowvram.data.scan import IMAGE_SUFFIXES, ImageFolder, NoUsableImages, ScanOptions, scan_dataset, scan_folders
+    from lowvram.data.scan import (
+        IMAGE_SUFFIXES,
+        ImageFolder,
+        NoUsableImages,
+        ScanOptions,
+        repeat_folders,
+        scan_dataset,
+        scan_folders,
+    )
 
     buckets, options = default_buckets(SCAN_RESOLUTION), ScanOptions(caption_extension=config.caption_extension)
     dataset = read_dataset(data) if is_dataset_file(data) else None
     root = dataset.root if dataset else data.resolve()
+    by_metadata = set() if dataset or not root.is_dir() else {  # an imagefolder's metadata file captions them
+        folder.path for folder in repeat_folders(root)[0] if folder.captions is not None}
     try:
         if dataset:
             folders = [ImageFolder(s.folder, s.repeats, s.label) for s in dataset.folders()
@@ -168,7 +178,7 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
             continue
         existing = [found for suffix in dict.fromkeys((config.caption_extension, *CAPTION_SUFFIXES))
                     if (found := caption_file(record.path, suffix))]  # in any case: training reads 003.TXT too
-        if existing and not config.overwrite and _has_text(existing[0]):
+        if record.path.parent in by_metadata or existing and not config.overwrite and _has_text(existing[0]):
             report.kept.append(record.relpath)
             continue
         todo.append((record, existing[0] if existing else record.path.with_suffix(config.caption_extension)))

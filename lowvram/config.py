@@ -134,6 +134,10 @@ class DataConfig:
     caption_extension: str = option(".txt", "Caption file extension tried first (.txt and .caption are both read); "
                                     "any other is the only one read (kohya's .txt-no: captions from the folder "
                                     "names).")
+    caption_column: str | None = option(None, "Column of a folder's metadata.jsonl or metadata.csv (Hugging Face's "
+                                        "imagefolder, the diffusers scripts' --train_data_dir) that holds the "
+                                        "captions (default: text, caption or prompt, the first it has).",
+                                        metavar="NAME")
     caption_template: str = option("{trigger}", "Caption for an image without a caption file; {trigger} is the "
                                    "trigger word, or the folder's name without its repeat prefix.")
     trigger_word: str | None = option(None, "Word that activates the LoRA; prepended to captions that lack it.")

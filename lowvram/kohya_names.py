@@ -220,7 +220,7 @@ OTHER_TRAINER_FLAGS = {
     "--instance_prompt": "--caption-template (for images without a caption file)",
     "--class_data_dir": "--reg-data",
     "--with_prior_preservation": "--reg-data DIR (prior preservation with its images)",
-    "--caption_column": "(not needed: captions are .txt files beside the images)",
+    "--caption_column": "--caption-column",
     "--image_column": "(not needed: captions are .txt files beside the images)",
     "--center_crop": "--crop center",
     "--random_flip": "--flip",

@@ -39,7 +39,8 @@ def folder_config(config: RunConfig, settings: tuple[tuple[str, Any], ...]) -> R
 
 
 def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
-    return ScanOptions(caption_extension=config.data.caption_extension, caption_template=config.data.caption_template,
+    return ScanOptions(caption_extension=config.data.caption_extension, caption_column=config.data.caption_column,
+                       caption_template=config.data.caption_template,
                        trigger_word=trigger, background=parse_colour(config.data.background),
                        alpha_mask=config.data.alpha_mask, small_images=config.data.small_images,
                        masked_loss=config.data.masked_loss, caption_prefix=config.data.caption_prefix,

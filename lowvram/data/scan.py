@@ -36,6 +36,7 @@ from lowvram.data.image_files import (
     to_grey,
     to_rgb,
 )
+from lowvram.data.image_metadata import METADATA_FILES, metadata_captions, metadata_file
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place, write_text
 from lowvram.option_values import caption_extension_problem
@@ -58,6 +59,7 @@ MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
 @dataclass(frozen=True)
 class ScanOptions:
     caption_extension: str = ".txt"  # tried first where it is .txt or .caption, the only one read otherwise
+    caption_column: str | None = None  # a metadata.jsonl's caption column (None: the first of CAPTION_COLUMNS)
     caption_template: str = "{trigger}"
     trigger_word: str | None = None
     caption_prefix: str = ""  # written before every caption, as it is (kohya's caption_prefix)
@@ -256,6 +258,7 @@ class ImageFolder(NamedTuple):
     settings: tuple[tuple[str, Any], ...] = ()
     options: ScanOptions | None = None
     dataset: int | None = None  # its [[datasets]] entry in a kohya file of several (None: one dataset)
+    captions_from: str = "metadata_file"  # the file `captions` come from, as notes name it
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
@@ -266,7 +269,7 @@ def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOption
     if not given.is_dir():
         raise LowvramError(f"--data: {'not a folder' if given.exists() else 'folder not found'}: {given}")
     root = given.resolve()
-    folders, layout_notes = _repeat_folders(root)
+    folders, layout_notes = repeat_folders(root, options.caption_column)
     return scan_folders(root, folders, buckets, options, index_path, console, layout_notes,
                         describe=(f"{root} or its N_name subfolders", f"lowvram check-data {given}"))
 
@@ -328,14 +331,21 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     return report
 
 
-def _repeat_folders(root: Path) -> tuple[list[ImageFolder], list[str]]:
-    """The root (once) and its `N_name` subfolders (N times), and notes about the folders passed over."""
+def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[ImageFolder], list[str]]:
+    """The root (once) and its `N_name` subfolders (N times), and notes about the folders passed over; a folder with
+    a metadata file (Hugging Face's imagefolder) as the folders of the images it names, with their captions."""
     notes: list[str] = []
+    root_metadata = _folder_metadata(root, caption_column)
+    by_metadata = {image.relative_to(root).parts[0] for image in root_metadata[1]} if root_metadata else set()
     folders = [ImageFolder(root, 1, root.name)]
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         match = REPEAT_FOLDER.match(sub.name)
+        if sub.name in by_metadata:
+            continue
         if not match:
-            notes.append(f"skipped folder {sub.name}/: not named 'N_name' (N = repeats), as kohya's convention needs")
+            held = next((name for name in METADATA_FILES if (sub / name).is_file()), None)
+            notes.append(f"skipped folder {sub.name}/: not named 'N_name' (N = repeats), as kohya's convention needs"
+                         + (f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else ""))
         elif int(match.group(1)) == 0:
             notes.append(f"skipped folder {sub.name}/: 0 repeats")
         else:
@@ -350,7 +360,35 @@ def _repeat_folders(root: Path) -> tuple[list[ImageFolder], list[str]]:
         folders = [ImageFolder(root, int(itself.group(1)), itself.group(2) or "")]
         notes.append(f"{root.name}/ is itself an N_name folder: read as one ({itself.group(1)} repeats), as kohya "
                      "reads it inside the folder it asks for")
-    return folders, notes
+    expanded = []
+    for folder in folders:
+        metadata = root_metadata if folder.path == root else _folder_metadata(folder.path, caption_column)
+        expanded += _metadata_folders(root, folder, metadata, notes) if metadata else [folder]
+    return expanded, notes
+
+
+def _folder_metadata(folder: Path, caption_column: str | None) -> tuple[Path, dict[Path, str], str] | None:
+    """A folder's metadata file, its captions (image -> caption) and the column they are in; None without one."""
+    found = metadata_file(folder)
+    return (found, *metadata_captions(found, caption_column)) if found else None
+
+
+def _metadata_folders(root: Path, folder: ImageFolder, metadata: tuple[Path, dict[Path, str], str],
+                      notes: list[str]) -> list[ImageFolder]:
+    """`folder` and every folder between it and an image its metadata file names, each with the captions of its own
+    images: only those are read, and the others in them are left out with a note."""
+    found, captions, column = metadata
+    own: dict[Path, dict[str, str]] = {folder.path: {}}
+    for image, caption in captions.items():
+        own.setdefault(image.parent, {})[str(image)] = caption
+        for parent in image.parent.parents:
+            if not parent.is_relative_to(folder.path):
+                break
+            own.setdefault(parent, {})
+    where = found.parent.relative_to(root).as_posix()
+    notes.append(f"{'' if where == '.' else where + '/'}{found.name}: the captions of {len(captions)} image(s), from "
+                 f"its {column!r} column")
+    return [folder._replace(path=path, captions=own[path], captions_from=found.name) for path in sorted(own)]
 
 
 def _list_files(root: Path, folders: list[ImageFolder], container: str, root_judged: bool,
@@ -390,14 +428,14 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                 keys.add(key)
             elif suffix not in SILENT_SUFFIXES and path.name not in SILENT_NAMES:
                 unknown.append(path.name)
-        if not stems and not unlisted and not (folder == root and root_judged):
+        if not stems and not unlisted and not (folder == root and root_judged) and image_folder.captions != {}:
             notes.append(f"no images in {where or './'} ({', '.join(IMAGE_SUFFIXES)}): nothing of it trains")
         if unlisted:
-            notes.append(f"left out {len(unlisted)} image(s) in {where or './'} that its metadata_file has no caption "
-                         f"for: {', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''}")
+            notes.append(f"left out {len(unlisted)} image(s) in {where or './'} that its {image_folder.captions_from} "
+                         f"has no caption for: {', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''}")
         if image_folder.captions is not None and len(image_folder.captions) > len(keys - {None}):
-            notes.append(f"{len(image_folder.captions) - len(keys - {None})} metadata_file entries name no image in "
-                         f"{where or './'}")
+            notes.append(f"{len(image_folder.captions) - len(keys - {None})} {image_folder.captions_from} entries name "
+                         f"no image in {where or './'}")
         if unread:
             notes.append(f"ignored {len(unread)} label file(s) in {where or './'}, not images and not read as masks: "
                          f"{', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''} (a mask is read as "
