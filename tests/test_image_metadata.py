@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from lowvram.cli import main
 from lowvram.data.sample import write_sample_dataset
+from lowvram.errors import LowvramError
 
 
 def imagefolder(root: Path, names: list[str]) -> list[Path]:
@@ -136,3 +137,17 @@ def test_caption_leaves_the_images_a_metadata_file_captions_alone(tmp_path, caps
     assert main(["caption", str(data), "--caption-model", str(build_tagger(tmp_path / "tagger")),
                  "--overwrite", "--character-threshold", "0.4"]) == 0
     assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.txt")) == ["10_more/0002.txt"]
+
+
+def test_the_web_ui_shows_a_metadata_files_caption_and_will_not_write_a_caption_file_beside_it(tmp_path):
+    from lowvram.ui import dataset as data_panel
+
+    data = tmp_path / "data"
+    imagefolder(data, ["images/0000.png", "10_more/0001.png"])
+    jsonl(data / "metadata.jsonl", [{"file_name": "images/0000.png", "text": "a red circle"}])
+    assert data_panel.read_caption(data, "images/0000.png") == "a red circle"
+    with pytest.raises(LowvramError, match=r"^images/0000.png: its caption is in .*metadata.jsonl, which training "):
+        data_panel.save_caption(data, "images/0000.png", "edited", tmp_path / "backup")
+    assert not (data / "images" / "0000.txt").exists()
+    assert data_panel.save_caption(data, "10_more/0001.png", "edited", tmp_path / "backup") == "saved 0001.txt"
+    assert data_panel.read_caption(data, "10_more/0001.png") == "edited"

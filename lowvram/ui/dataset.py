@@ -12,6 +12,7 @@ from typing import Any
 from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
 from lowvram.configure import build_config
 from lowvram.data.captions import read_caption_text
+from lowvram.data.image_metadata import metadata_captions, metadata_file
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
@@ -88,13 +89,38 @@ def caption_file(root: Path, relpath: str) -> Path:
     return found[0] if found else image.with_suffix(CAPTION_SUFFIXES[0])
 
 
+def metadata_caption(root: Path, relpath: str) -> tuple[Path, str] | None:
+    """The metadata file (Hugging Face's imagefolder) that captions the image, and its caption; None where none
+    names it. Its folder's metadata file names it, or one of a folder above it up to the dataset's."""
+    image, root = (Path(root) / relpath).resolve(), Path(root).resolve()
+    for folder in image.parents:
+        if not folder.is_relative_to(root):
+            return None
+        found = metadata_file(folder)
+        caption = metadata_captions(found, None)[0].get(folder / image.relative_to(folder)) if found else None
+        if caption is not None:
+            return found, caption
+    return None
+
+
 def read_caption(root: Path, relpath: str) -> str:
+    try:
+        from_metadata = metadata_caption(root, relpath)
+    except LowvramError:  # the file is refused where the dataset is checked
+        from_metadata = None
+    if from_metadata:
+        return from_metadata[1]
     path = caption_file(root, relpath)
     return read_caption_text(path).strip() if path.is_file() else ""
 
 
 def save_caption(root: Path, relpath: str, text: str, backup_dir: Path) -> str:
-    """Write the caption atomically; the first edit of a caption file keeps its original in `backup_dir`."""
+    """Write the caption atomically; the first edit of a caption file keeps its original in `backup_dir`. An image
+    a metadata file captions is not: a caption file beside it would not be read."""
+    from_metadata = metadata_caption(root, relpath)
+    if from_metadata:
+        raise LowvramError(f"{relpath}: its caption is in {from_metadata[0]}, which training reads instead of caption "
+                           "files; edit it there")
     path = caption_file(root, relpath)
     kept = backup_dir / path.relative_to(Path(root).resolve())
     if path.is_file() and not kept.exists():  # byte for byte: a UTF-16 or cp1252 original stays as it was
