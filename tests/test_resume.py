@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.train import checkpoint
 from lowvram.train.loop import train
+from lowvram.train.step import MAX_BAD_STEPS
 
 STEPS = 16
 
@@ -128,6 +129,8 @@ def test_nan_losses_are_skipped_and_never_saved(tmp_path, monkeypatch, capsys):
                                                "back to"):
         train(run_config(output=str(tmp_path / "diverged"), max_steps=8))
     assert not (tmp_path / "diverged" / "diverged.safetensors").exists()
+    logged = [json.loads(line) for line in (tmp_path / "diverged" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in logged] == [(step, None) for step in range(1, MAX_BAD_STEPS + 1)]
     calls["n"] = 0
     monkeypatch.setattr(loop, "diffusion_loss", lambda *a, **k: sometimes_nan(*a, **k) * (
         float("nan") if calls["n"] > 2 else 1.0))

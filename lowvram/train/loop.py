@@ -149,13 +149,13 @@ def run_training(session: Session) -> TrainResult:
                 # and the gradient norm
                 outcome = update(session, trainee, step_loss, signals.received is not None, step)
                 rates = learning_rates(trainee, rates)  # as the step used them (schedule-free's, Prodigy's d)
-                bad_steps = count_bad_steps(session, outcome.verdict, bad_steps, step)
 
                 seconds = time.perf_counter() - step_start
                 smoothed = progress.update(step, outcome.loss, rates.get("lr_effective", rates["lr"]), seconds, epoch)
                 log.step(step, {"epoch": epoch, "loss": outcome.loss, "loss_smoothed": smoothed, **rates,
                                 "grad_norm": outcome.grad_norm, "seconds": seconds,
                                 "total_steps": schedule.total_steps}, ends_epoch)
+                bad_steps = count_bad_steps(session, outcome.verdict, bad_steps, step)  # (logged: it may stop)
                 if prepared.validation and (schedule.validates_at(step) or step == schedule.total_steps):
                     validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, shape)
                 position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
