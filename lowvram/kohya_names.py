@@ -215,13 +215,14 @@ KOHYA_SCRIPT_FLAGS = {
 # of SimpleTuner (which grew out of them), that kohya's names above do not already answer
 OTHER_TRAINER_FLAGS = {
     "--pretrained_vae_model_name_or_path": "--vae",
-    "--dataset_name": "--data DIR (a folder of images with .txt captions beside them; hub datasets are not read)",
+    "--dataset_name": ("--data DIR (a folder of images with .txt captions, or a downloaded imagefolder with its "
+                       "metadata.jsonl; hub ids are not fetched)"),
     "--instance_data_dir": "--data",
     "--instance_prompt": "--caption-template (for images without a caption file)",
     "--class_data_dir": "--reg-data",
     "--with_prior_preservation": "--reg-data DIR (prior preservation with its images)",
     "--caption_column": "--caption-column",
-    "--image_column": "(not needed: captions are .txt files beside the images)",
+    "--image_column": "(not needed: a folder's metadata.jsonl names each image in its file_name column)",
     "--center_crop": "--crop center",
     "--random_flip": "--flip",
     "--num_train_epochs": "--epochs",
