@@ -55,6 +55,9 @@ class CaptionConfig:
     overwrite: bool = option(False, "Caption every image, replacing existing captions (the old ones are kept in "
                              "lowvram's cache).")
     caption_extension: str = option(".txt", "Extension of the caption files written.", choices=CAPTION_SUFFIXES)
+    caption_column: str | None = option(None, "Column of a folder's metadata.jsonl or metadata.csv that holds its "
+                                        "captions, as train's --caption-column: the images it captions are left "
+                                        "alone.", metavar="NAME")
     threshold: float = option(0.35, "Tagger: lowest confidence of a general tag.", metavar="P")
     character_threshold: float = option(0.85, "Tagger: lowest confidence of a character tag.", metavar="P")
     exclude_tags: tuple[str, ...] = option((), "Tagger: a tag never written (repeatable).", metavar="TAG")
@@ -154,11 +157,12 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         scan_folders,
     )
 
-    buckets, options = default_buckets(SCAN_RESOLUTION), ScanOptions(caption_extension=config.caption_extension)
+    buckets, options = default_buckets(SCAN_RESOLUTION), ScanOptions(caption_extension=config.caption_extension,
+                                                                     caption_column=config.caption_column)
     dataset = read_dataset(data) if is_dataset_file(data) else None
     root = dataset.root if dataset else data.resolve()
     by_metadata = set() if dataset or not root.is_dir() else {  # an imagefolder's metadata file captions them
-        folder.path for folder in repeat_folders(root)[0] if folder.captions is not None}
+        folder.path for folder in repeat_folders(root, config.caption_column)[0] if folder.captions is not None}
     try:
         if dataset:
             folders = [ImageFolder(s.folder, s.repeats, s.label) for s in dataset.folders()

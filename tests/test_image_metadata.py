@@ -20,7 +20,7 @@ def imagefolder(root: Path, names: list[str]) -> list[Path]:
     their caption files."""
     images = sorted((write_sample_dataset(root.parent / "source") / "5_lvshape").glob("*.png"))
     copied = []
-    for image, name in zip(images, names):
+    for image, name in zip(images, names, strict=False):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         copied.append(Path(shutil.copy(image, root / name)))
     return copied
@@ -48,7 +48,8 @@ def test_a_metadata_jsonl_captions_the_images_it_names_and_trains_them(tmp_path,
     assert captions_of(report) == {"0000.png": "a red circle", "0001.png": "a yellow square",
                                    "images/0002.png": "a white triangle"}
     out = " ".join(capsys.readouterr().out.split())
-    assert "metadata.jsonl: the captions of 4 image(s), from its 'text' column" in out
+    assert ("metadata.jsonl: the captions of 4 image(s), from its 'text' column; its captions are read, not the 1 "
+            "caption file(s) beside those images") in out
     assert "left out 1 image(s) in ./ that its metadata.jsonl has no caption for: unnamed.png" in out
     assert "1 metadata.jsonl entries name no image in ./" in out
     assert "images/" in out and "not named 'N_name'" not in out  # the folder the metadata names is not skipped
@@ -89,24 +90,77 @@ def test_a_metadata_csv_in_an_n_name_folder_repeats_and_its_caption_column_can_b
     assert "no images in" not in out and "ignored folder" not in out  # the folders on the way to deep/er/
 
 
-def test_a_dataset_s_split_folder_holding_the_metadata_is_named_in_the_note(tmp_path, capsys):
-    """A dataset downloaded from the Hub keeps its images in train/: --data names its parent."""
+def test_a_downloaded_dataset_trains_its_train_split(tmp_path, capsys):
+    """A dataset downloaded from the Hub keeps its images in train/ (and others in test/): --data names its folder,
+    as the diffusers scripts' --train_data_dir does."""
     data = tmp_path / "download"
-    imagefolder(data, ["train/0000.png"])
-    jsonl(data / "train" / "metadata.jsonl", [{"file_name": "0000.png", "text": "a red circle"}])
-    assert main(["check-data", str(data), "--model", "tiny"]) == 2
-    captured = capsys.readouterr()
-    assert f"it holds a metadata.jsonl: give --data {data / 'train'} to train its images" in " ".join(
-        captured.out.split())
+    imagefolder(data, ["train/0000.png", "train/0001.png", "test/0002.png"])
+    (data / "README.md").write_text("---\nlicense: mit\n---\n")
+    jsonl(data / "train" / "metadata.jsonl", [{"file_name": "0000.png", "text": "a red circle"},
+                                              {"file_name": "0001.png", "text": "a yellow square"}])
+    jsonl(data / "test" / "metadata.jsonl", [{"file_name": "0002.png", "text": "a white triangle"}])
+    report = tmp_path / "report.json"
+    assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
+    assert captions_of(report) == {"train/0000.png": "a red circle", "train/0001.png": "a yellow square"}
+    out = " ".join(capsys.readouterr().out.split())
+    assert "train/ read as the dataset's training images (Hugging Face's train split" in out
+    assert "train/metadata.jsonl: the captions of 2 image(s), from its 'text' column" in out
+    assert f"skipped folder test/: not named 'N_name' (N = repeats), as kohya's convention needs; it holds a " \
+           f"metadata.jsonl: give --data {data / 'test'} to train its images" in out
+
+
+def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeats(tmp_path, capsys):
+    data = tmp_path / "data"
+    imagefolder(data, ["10_x/a.png", "10_x/b.png", "c.png", "photos/d.png", "missing/e.png"])
+    (data / "missing" / "e.png").unlink()
+    (data / "missing").rmdir()
+    jsonl(data / "metadata.jsonl", [{"file_name": "10_x/a.png", "text": "a red circle"},
+                                    {"file_name": "10_x/b.png", "text": ""},
+                                    {"file_name": "c.png", "text": float("nan")},
+                                    {"file_name": "photos/d.png", "text": "a photo"},
+                                    {"file_name": "missing/e.png", "text": "gone"}])
+    report = tmp_path / "report.json"
+    assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
+    records = {r["relpath"]: r for r in json.loads(report.read_text())["records"]}
+    assert {path: (r["caption"], r["repeats"]) for path, r in records.items()} == {
+        "10_x/a.png": ("a red circle", 10), "10_x/b.png": ("x", 10), "c.png": ("data", 1),
+        "photos/d.png": ("a photo", 1)}  # an empty caption, as an empty caption file: the folder's name
+    assert records["10_x/b.png"]["notes"] == ["empty caption in metadata.jsonl: template used"]
+    out = " ".join(capsys.readouterr().out.split())
+    assert "metadata.jsonl names images in folders that are not there: missing/" in out
+    assert "skipped folder" not in out and "can't list" not in out
+
+
+def test_a_metadata_file_of_another_kind_is_passed_over_with_a_note(tmp_path, capsys):
+    """A metadata.csv another tool left (no file_name column): the caption files train, as before."""
+    data = tmp_path / "data"
+    imagefolder(data, ["10_dog/a.png"])
+    (data / "10_dog" / "a.txt").write_text("a dog on grass")
+    (data / "10_dog" / "metadata.csv").write_text("filename,prompt,seed\na.png,a dog,42\n")
+    report = tmp_path / "report.json"
+    assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
+    assert captions_of(report) == {"10_dog/a.png": "a dog on grass"}
+    assert ("10_dog/metadata.csv: not read (Hugging Face's imagefolder names each image in a file_name column; its "
+            "columns: filename, prompt, seed)") in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_dataset_files_folder_with_a_metadata_file_says_it_is_not_read(tmp_path, capsys):
+    """kohya and OneTrainer read a subset's captions from caption files: so does lowvram, and says so."""
+    import tomli_w
+
+    data = tmp_path / "hf"
+    imagefolder(data, ["0000.png"])
+    jsonl(data / "metadata.jsonl", [{"file_name": "0000.png", "text": "a red circle"}])
+    (tmp_path / "dataset.toml").write_text(tomli_w.dumps({"datasets": [{"subsets": [{"image_dir": str(data)}]}]}))
+    assert main(["check-data", str(tmp_path / "dataset.toml"), "--model", "tiny"]) == 0
+    assert (f"{data / 'metadata.jsonl'}: not read for a dataset file's folder, whose captions come from caption "
+            f"files; --data {data} reads it") in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize(("name", "content", "message"), [
     ("metadata.jsonl", '{"file_name": "0000.png", "text": "ok"}\n{"file_name": "0001.png", "text": }\n',
      "metadata.jsonl:2: not JSON ("),
     ("metadata.jsonl", '["0000.png", "a caption"]\n', "metadata.jsonl:1: not a JSON object"),
-    ("metadata.jsonl", '{"image": "0000.png", "text": "a caption"}\n',
-     ("metadata.jsonl: no file_name column naming each row's image (Hugging Face's imagefolder layout); its columns: "
-      "image, text")),
     ("metadata.jsonl", '{"file_name": "../elsewhere.png", "text": "a caption"}\n',
      "metadata.jsonl:1: file_name '../elsewhere.png' is outside"),
     ("metadata.jsonl", '{"file_name": 7, "text": "a caption"}\n', "metadata.jsonl:1: file_name 7 is not a file name"),
@@ -134,8 +188,14 @@ def test_caption_leaves_the_images_a_metadata_file_captions_alone(tmp_path, caps
     imagefolder(data, ["0000.png", "0001.png", "10_more/0002.png"])
     jsonl(data / "metadata.jsonl", [{"file_name": "0000.png", "text": "a red circle"},
                                     {"file_name": "0001.png", "text": "a yellow square"}])
-    assert main(["caption", str(data), "--caption-model", str(build_tagger(tmp_path / "tagger")),
-                 "--overwrite", "--character-threshold", "0.4"]) == 0
+    tagger = str(build_tagger(tmp_path / "tagger"))
+    assert main(["caption", str(data), "--caption-model", tagger, "--overwrite", "--character-threshold", "0.4"]) == 0
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.txt")) == ["10_more/0002.txt"]
+    jsonl(data / "metadata.jsonl", [{"file_name": "0000.png", "description": "a red circle"}])
+    assert main(["caption", str(data), "--caption-model", tagger, "--dry-run"]) == 2
+    assert "name the one that holds them with --caption-column" in capsys.readouterr().err
+    assert main(["caption", str(data), "--caption-model", tagger, "--caption-column", "description",
+                 "--character-threshold", "0.4", "--overwrite"]) == 0
     assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.txt")) == ["10_more/0002.txt"]
 
 
@@ -143,11 +203,20 @@ def test_the_web_ui_shows_a_metadata_files_caption_and_will_not_write_a_caption_
     from lowvram.ui import dataset as data_panel
 
     data = tmp_path / "data"
-    imagefolder(data, ["images/0000.png", "10_more/0001.png"])
-    jsonl(data / "metadata.jsonl", [{"file_name": "images/0000.png", "text": "a red circle"}])
-    assert data_panel.read_caption(data, "images/0000.png") == "a red circle"
+    blob, *_ = imagefolder(tmp_path / "blobs", ["0000.png", "10_more/0001.png", "0002.png"])
+    imagefolder(data, ["images/0000.png", "10_more/0001.png", "images/0002.png"])
+    (data / "images" / "0000.png").unlink()
+    (data / "images" / "0000.png").symlink_to(blob)  # a dataset in the Hub's cache: links into its blobs/
+    jsonl(data / "metadata.jsonl", [{"file_name": "images/0000.png", "description": "a red circle"},
+                                    {"file_name": "images/0002.png", "description": "a white triangle"}])
+    assert data_panel.read_caption(data, "images/0000.png", "description") == "a red circle"
     with pytest.raises(LowvramError, match=r"^images/0000.png: its caption is in .*metadata.jsonl, which training "):
-        data_panel.save_caption(data, "images/0000.png", "edited", tmp_path / "backup")
-    assert not (data / "images" / "0000.txt").exists()
-    assert data_panel.save_caption(data, "10_more/0001.png", "edited", tmp_path / "backup") == "saved 0001.txt"
-    assert data_panel.read_caption(data, "10_more/0001.png") == "edited"
+        data_panel.save_caption(data, "images/0000.png", "edited", tmp_path / "backup", "description")
+    with pytest.raises(LowvramError, match="name the one that holds them with --caption-column"):
+        data_panel.save_caption(data, "images/0002.png", "edited", tmp_path / "backup")
+    assert not (data / "images" / "0000.txt").exists() and not (data / "images" / "0002.txt").exists()
+    with pytest.raises(LowvramError, match="not inside the dataset folder"):
+        data_panel.save_caption(data, "../blobs/0002.png", "edited", tmp_path / "backup")
+    assert data_panel.save_caption(data, "10_more/0001.png", "edited", tmp_path / "backup", "description") == (
+        "saved 0001.txt")
+    assert data_panel.read_caption(data, "10_more/0001.png", "description") == "edited"

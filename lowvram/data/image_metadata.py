@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from lowvram.errors import LowvramError
 
@@ -14,7 +16,15 @@ METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 UNREAD_METADATA_FILES = ("metadata.parquet",)
 CAPTION_COLUMNS = ("text", "caption", "prompt")  # tried in this order without --caption-column; "text" is diffusers'
 FILE_COLUMN = "file_name"
+TRAIN_SPLIT = "train"  # where a dataset downloaded from the Hub keeps its training images, as diffusers reads it
+CAPTION_FILE_SUFFIXES = (".txt", ".caption")
 MAX_METADATA_BYTES = 256 * 2**20
+
+
+class FolderMetadata(NamedTuple):
+    file: Path
+    captions: dict[Path, str]  # image (inside the file's folder) -> caption; "" where its row has none
+    column: str
 
 
 def metadata_file(folder: Path) -> Path | None:
@@ -31,16 +41,75 @@ def metadata_file(folder: Path) -> Path | None:
     return None
 
 
-def metadata_captions(metadata: Path, column: str | None) -> tuple[dict[Path, str], str]:
-    """Image path (absolute, inside the metadata file's folder or its subfolders) -> caption, and the column read.
-    A row without a caption is left out (its image then is, with a note); a list of captions is one per line, as a
-    caption file of several lines. Raises LowvramError naming the file and the fix."""
-    rows = _rows(metadata)
+def folder_metadata(folder: Path, column: str | None, notes: list[str], root: Path) -> FolderMetadata | None:
+    """The folder's imagefolder captions (None where it has no metadata file, or one of another kind: one without
+    a file_name column is passed over with a note, `root` naming where it is)."""
+    found = metadata_file(folder)
+    if found is None:
+        return None
+    rows = _rows(found)
     columns = list(dict.fromkeys(key for _, row in rows for key in row))
-    shown = ", ".join(columns[:12]) or "none"
     if FILE_COLUMN not in columns:
-        raise LowvramError(f"{metadata}: no {FILE_COLUMN} column naming each row's image (Hugging Face's imagefolder "
-                           f"layout); its columns: {shown}")
+        notes.append(f"{_shown(found, root)}: not read (Hugging Face's imagefolder names each image in a "
+                     f"{FILE_COLUMN} column; its columns: {', '.join(columns[:12]) or 'none'})")
+        return None
+    return FolderMetadata(found, *_captions(found, rows, columns, column))
+
+
+def with_metadata(root: Path, folders: list, metadata: dict[Path, FolderMetadata], notes: list[str]) -> list:
+    """`folders` (scan's ImageFolders) where a metadata file captions them: each as the folders of the images its
+    file names, each of those with the captions of its own images (only those are read; the others in them are left
+    out with a note). A folder takes its own file's captions, else those of the root's file (`metadata[root]`) for
+    the images in it; the root those of its file for the images in no other of `folders`."""
+    expanded = []
+    others = [folder.path for folder in folders if folder.path != root]
+    for folder in folders:
+        own = None if folder.path == root else metadata.get(folder.path)
+        if own is None and root in metadata:
+            found = metadata[root]
+            inside = {image: caption for image, caption in found.captions.items() if image.is_relative_to(folder.path)
+                      and (folder.path != root or not any(image.is_relative_to(other) for other in others))}
+            own = found._replace(captions=inside) if inside or folder.path == root else None
+        expanded += [folder] if own is None else _folders_of(folder, own, root, notes)
+    return expanded
+
+
+def described(metadata: FolderMetadata, root: Path) -> str:
+    """The note that says where a metadata file's captions come from, and what it overrides."""
+    beside = sum(any(image.with_suffix(suffix).is_file() for suffix in CAPTION_FILE_SUFFIXES)
+                 for image in metadata.captions)
+    overridden = f"; its captions are read, not the {beside} caption file(s) beside those images" if beside else ""
+    return (f"{_shown(metadata.file, root)}: the captions of {len(metadata.captions)} image(s), from its "
+            f"{metadata.column!r} column{overridden}")
+
+
+def _folders_of(folder, metadata: FolderMetadata, root: Path, notes: list[str]) -> list:
+    own: dict[Path, dict[str, str]] = {folder.path: {}}
+    missing: set[str] = set()
+    for image, caption in metadata.captions.items():
+        if not image.parent.is_dir():
+            missing.add(image.parent.relative_to(root).as_posix() + "/")
+            continue
+        own.setdefault(image.parent, {})[str(image)] = caption
+        for parent in image.parent.parents:
+            if not parent.is_relative_to(folder.path):
+                break
+            own.setdefault(parent, {})
+    if missing:
+        notes.append(f"{_shown(metadata.file, root)} names images in folders that are not there: "
+                     f"{', '.join(sorted(missing)[:5])}{' ...' if len(missing) > 5 else ''}")
+    return [folder._replace(path=path, captions=own[path], captions_from=metadata.file.name) for path in sorted(own)]
+
+
+def _shown(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def _captions(metadata: Path, rows: list[tuple[int, dict]], columns: list[str], column: str | None
+              ) -> tuple[dict[Path, str], str]:
+    """Image path (inside the metadata file's folder or its subfolders) -> caption, and the column read. A list of
+    captions is one per line, as a caption file of several lines. Raises LowvramError naming the file and the fix."""
+    shown = ", ".join(columns[:12])
     if column is not None and column not in columns:
         raise LowvramError(f"--caption-column: {metadata} has no column {column!r}; its columns: {shown}")
     filled = [name for name in columns if any(_caption_text(row.get(name)) for _, row in rows)]
@@ -61,17 +130,15 @@ def metadata_captions(metadata: Path, column: str | None) -> tuple[dict[Path, st
         if relative.is_absolute() or ".." in relative.parts:
             raise LowvramError(f"{metadata}:{line}: {FILE_COLUMN} {name!r} is outside {folder}; name the image "
                                "relative to the metadata file's folder")
-        text = _caption_text(row.get(column))
-        if text:
-            captions[folder.joinpath(*relative.parts)] = text
+        captions[folder.joinpath(*relative.parts)] = _caption_text(row.get(column))
     return captions, column
 
 
 def _caption_text(value) -> str:
     if isinstance(value, list):
         return "\n".join(line for line in (_caption_text(item) for item in value) if line)
-    if value is None or isinstance(value, (dict, bool)):
-        return ""
+    if value is None or isinstance(value, (dict, bool)) or isinstance(value, float) and not math.isfinite(value):
+        return ""  # (a JSON NaN: pandas' missing value)
     return str(value).strip()
 
 
@@ -104,3 +171,14 @@ def _rows(metadata: Path) -> list[tuple[int, dict]]:
                                '{"file_name": ..., "text": ...}')
         rows.append((number, row))
     return rows
+
+
+def train_split_metadata(root: Path, column: str | None, notes: list[str]) -> FolderMetadata | None:
+    """A dataset downloaded from the Hub: its training images and their metadata file in train/ (the split the
+    diffusers scripts train), where the root has no metadata file of its own."""
+    split = root / TRAIN_SPLIT
+    found = folder_metadata(split, column, notes, root) if split.is_dir() else None
+    if found:
+        notes.append(f"{TRAIN_SPLIT}/ read as the dataset's training images (Hugging Face's train split, which the "
+                     "diffusers scripts train)")
+    return found

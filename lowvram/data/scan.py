@@ -36,7 +36,13 @@ from lowvram.data.image_files import (
     to_grey,
     to_rgb,
 )
-from lowvram.data.image_metadata import METADATA_FILES, metadata_captions, metadata_file
+from lowvram.data.image_metadata import (
+    METADATA_FILES,
+    described,
+    folder_metadata,
+    train_split_metadata,
+    with_metadata,
+)
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place, write_text
 from lowvram.option_values import caption_extension_problem
@@ -292,6 +298,11 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     files, listing_notes = _list_files(root, folders, "an N_name folder" if judged else "its image folder", judged,
                                        elsewhere)
     folder_notes = list(layout_notes or []) + listing_notes
+    for folder in [] if judged else folders:  # a kohya or OneTrainer file's folder: captions as those tools read them
+        held = next((name for name in METADATA_FILES if (Path(folder.path) / name).is_file()), None)
+        if held and folder.captions is None:
+            folder_notes.append(f"{Path(folder.path) / held}: not read for a dataset file's folder, whose captions "
+                                f"come from caption files; --data {folder.path} reads it")
     masked = sum(path.with_name(path.stem + MASK_SUFFIX).is_file() for path, _ in files)
     if masked and not options.masked_loss:
         folder_notes.append(f"{masked} image(s) have a {MASK_SUFFIX} mask (OneTrainer's), unused: --masked-loss "
@@ -335,12 +346,13 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     """The root (once) and its `N_name` subfolders (N times), and notes about the folders passed over; a folder with
     a metadata file (Hugging Face's imagefolder) as the folders of the images it names, with their captions."""
     notes: list[str] = []
-    root_metadata = _folder_metadata(root, caption_column)
-    by_metadata = {image.relative_to(root).parts[0] for image in root_metadata[1]} if root_metadata else set()
+    found = folder_metadata(root, caption_column, notes, root) or train_split_metadata(root, caption_column, notes)
+    metadata = {root: found} if found else {}
+    by_metadata = {image.relative_to(root).parts[0] for image in found.captions} if found else set()
     folders = [ImageFolder(root, 1, root.name)]
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         match = REPEAT_FOLDER.match(sub.name)
-        if sub.name in by_metadata:
+        if sub.name in by_metadata and not (match and int(match.group(1))):
             continue
         if not match:
             held = next((name for name in METADATA_FILES if (sub / name).is_file()), None)
@@ -360,35 +372,11 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
         folders = [ImageFolder(root, int(itself.group(1)), itself.group(2) or "")]
         notes.append(f"{root.name}/ is itself an N_name folder: read as one ({itself.group(1)} repeats), as kohya "
                      "reads it inside the folder it asks for")
-    expanded = []
     for folder in folders:
-        metadata = root_metadata if folder.path == root else _folder_metadata(folder.path, caption_column)
-        expanded += _metadata_folders(root, folder, metadata, notes) if metadata else [folder]
-    return expanded, notes
-
-
-def _folder_metadata(folder: Path, caption_column: str | None) -> tuple[Path, dict[Path, str], str] | None:
-    """A folder's metadata file, its captions (image -> caption) and the column they are in; None without one."""
-    found = metadata_file(folder)
-    return (found, *metadata_captions(found, caption_column)) if found else None
-
-
-def _metadata_folders(root: Path, folder: ImageFolder, metadata: tuple[Path, dict[Path, str], str],
-                      notes: list[str]) -> list[ImageFolder]:
-    """`folder` and every folder between it and an image its metadata file names, each with the captions of its own
-    images: only those are read, and the others in them are left out with a note."""
-    found, captions, column = metadata
-    own: dict[Path, dict[str, str]] = {folder.path: {}}
-    for image, caption in captions.items():
-        own.setdefault(image.parent, {})[str(image)] = caption
-        for parent in image.parent.parents:
-            if not parent.is_relative_to(folder.path):
-                break
-            own.setdefault(parent, {})
-    where = found.parent.relative_to(root).as_posix()
-    notes.append(f"{'' if where == '.' else where + '/'}{found.name}: the captions of {len(captions)} image(s), from "
-                 f"its {column!r} column")
-    return [folder._replace(path=path, captions=own[path], captions_from=found.name) for path in sorted(own)]
+        if folder.path != root and (own := folder_metadata(folder.path, caption_column, notes, root)):
+            metadata[folder.path] = own
+    notes += [described(found, root) for found in metadata.values()]
+    return with_metadata(root, folders, metadata, notes), notes
 
 
 def _list_files(root: Path, folders: list[ImageFolder], container: str, root_judged: bool,
@@ -578,7 +566,8 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
     `captions_of`). Also the caption file when it was not UTF-8 (None when it was, or when there is none)."""
     metadata_key = _metadata_key(image, folder.captions)
     if metadata_key:
-        text, notes, non_utf8 = folder.captions[metadata_key], [], None
+        text, non_utf8 = folder.captions[metadata_key] or None, None
+        notes = [] if text else [f"empty caption in {folder.captions_from}: template used"]
     else:
         text, notes, non_utf8 = read_caption_file(image, options.caption_extension)
     weights: tuple[float, ...] = ()

@@ -186,7 +186,8 @@ def build_app(cache_dir: Path, port: int | None = None):
                 root = str(data_panel.images_root(checked_data))
             except LowvramError as exc:
                 return _message(exc), [], gr.update(choices=[], value=None), None
-            return summary, rows, gr.update(choices=images, value=None), {"data": form[data_index], "root": root}
+            return summary, rows, gr.update(choices=images, value=None), {
+                "data": form[data_index], "root": root, "caption_column": values.get("caption_column")}
 
         def forget_check(data, seen):
             if seen is None or seen["data"] == data:
@@ -197,14 +198,16 @@ def build_app(cache_dir: Path, port: int | None = None):
             if not relpath or seen is None:
                 return None, ""
             root = Path(seen["root"])
-            return _picture(root / relpath, PREVIEW_SIDE), data_panel.read_caption(root, relpath)
+            return _picture(root / relpath, PREVIEW_SIDE), data_panel.read_caption(root, relpath,
+                                                                                   seen.get("caption_column"))
 
         def save_caption(relpath, text, seen):
             try:
                 if not relpath or seen is None:
                     raise LowvramError("check the dataset, then choose an image first")
                 root = Path(seen["root"])
-                return data_panel.save_caption(root, relpath, text, data_panel.backup_dir_for(cache_dir, root))
+                return data_panel.save_caption(root, relpath, text, data_panel.backup_dir_for(cache_dir, root),
+                                               seen.get("caption_column"))
             except LowvramError as exc:
                 return _message(exc)
 

@@ -4,6 +4,7 @@ lowvram's cache the first time it is edited, so the dataset folder gains no back
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
 from lowvram.configure import build_config
 from lowvram.data.captions import read_caption_text
-from lowvram.data.image_metadata import metadata_captions, metadata_file
+from lowvram.data.image_metadata import folder_metadata
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
@@ -67,7 +68,7 @@ def _summary(report) -> str:
     lines = [(f"**{summary['usable']} usable, {summary['skipped']} skipped** of {summary['images']} images; "
              f"{summary['samples_per_epoch']} samples per epoch"),
              f"buckets: {buckets}",
-             (f"captions: {from_files} from caption files, {len(usable) - from_files} from the template; "
+             (f"captions: {from_files} from caption or metadata files, {len(usable) - from_files} from the template; "
              f"{sum(words) / max(1, len(words)):.1f} words on average"),
              "most frequent tags: " + (", ".join(f"{t} ({n})" for t, n in tags.most_common(TOP_TAGS)) or "none")]
     lines += [f"- {note}" for note in report.folder_notes]
@@ -80,32 +81,40 @@ def images_root(data: Path | str) -> Path:
     return read_dataset(Path(data)).root if is_dataset_file(data) else Path(data)
 
 
+def _image(root: Path, relpath: str) -> Path:
+    """The image `relpath` names, never outside the dataset folder; links are not followed: a dataset from the Hub's
+    cache is links into its blobs/ folder, and the scan reads them where they are."""
+    image = Path(os.path.abspath(Path(root) / relpath))
+    if not image.is_relative_to(os.path.abspath(root)):
+        raise LowvramError(f"{relpath}: not inside the dataset folder")
+    return image
+
+
 def caption_file(root: Path, relpath: str) -> Path:
     """The caption file an image uses (the .txt where there is none yet)."""
-    image = (Path(root) / relpath).resolve()
-    if not image.is_relative_to(Path(root).resolve()):
-        raise LowvramError(f"{relpath}: not inside the dataset folder")
+    image = _image(root, relpath)
     found = [image.with_suffix(s) for s in CAPTION_SUFFIXES if image.with_suffix(s).is_file()]
     return found[0] if found else image.with_suffix(CAPTION_SUFFIXES[0])
 
 
-def metadata_caption(root: Path, relpath: str) -> tuple[Path, str] | None:
-    """The metadata file (Hugging Face's imagefolder) that captions the image, and its caption; None where none
-    names it. Its folder's metadata file names it, or one of a folder above it up to the dataset's."""
-    image, root = (Path(root) / relpath).resolve(), Path(root).resolve()
+def metadata_caption(root: Path, relpath: str, column: str | None = None) -> tuple[Path, str] | None:
+    """The metadata file (Hugging Face's imagefolder) that captions the image, and its caption (from `column`,
+    --caption-column's); None where none names it. Its folder's metadata file names it, or one of a folder above it
+    up to the dataset's."""
+    image, root = _image(root, relpath), Path(os.path.abspath(root))
     for folder in image.parents:
         if not folder.is_relative_to(root):
             return None
-        found = metadata_file(folder)
-        caption = metadata_captions(found, None)[0].get(folder / image.relative_to(folder)) if found else None
+        found = folder_metadata(folder, column, [], root)
+        caption = found.captions.get(image) if found else None
         if caption is not None:
-            return found, caption
+            return found.file, caption
     return None
 
 
-def read_caption(root: Path, relpath: str) -> str:
+def read_caption(root: Path, relpath: str, column: str | None = None) -> str:
     try:
-        from_metadata = metadata_caption(root, relpath)
+        from_metadata = metadata_caption(root, relpath, column)
     except LowvramError:  # the file is refused where the dataset is checked
         from_metadata = None
     if from_metadata:
@@ -114,10 +123,10 @@ def read_caption(root: Path, relpath: str) -> str:
     return read_caption_text(path).strip() if path.is_file() else ""
 
 
-def save_caption(root: Path, relpath: str, text: str, backup_dir: Path) -> str:
+def save_caption(root: Path, relpath: str, text: str, backup_dir: Path, column: str | None = None) -> str:
     """Write the caption atomically; the first edit of a caption file keeps its original in `backup_dir`. An image
     a metadata file captions is not: a caption file beside it would not be read."""
-    from_metadata = metadata_caption(root, relpath)
+    from_metadata = metadata_caption(root, relpath, column)
     if from_metadata:
         raise LowvramError(f"{relpath}: its caption is in {from_metadata[0]}, which training reads instead of caption "
                            "files; edit it there")
