@@ -9,6 +9,7 @@ import codecs
 import math
 import random
 import re
+import unicodedata
 from pathlib import Path
 
 from lowvram.config import CAPTION_SUFFIXES
@@ -168,3 +169,19 @@ def captions_of(text: str, each_line: bool, wildcards: bool, notes: list[str]
     if len({len(made_here) for made_here, _ in expanded}) == 1:
         return captions, ()
     return captions, tuple(1 / len(lines) / len(made_here) for made_here, _ in expanded for _ in made_here)
+
+
+def wrapped(prefix: str, line: str, suffix: str) -> str:
+    """kohya's caption_prefix + " " + caption + " " + caption_suffix; a prefix that ends (a suffix that starts)
+    with a space already takes none more."""
+    before = prefix + ("" if not prefix or prefix[-1].isspace() else " ")
+    after = ("" if not suffix or suffix[0].isspace() else " ") + suffix
+    return f"{before}{line}{after}"
+
+
+def has_word(caption: str, word: str) -> bool:
+    """Whether the caption holds `word` as a word of its own ("sks" in "a sks dog", not in "tasks"), in any case
+    and either Unicode form ('é' as one character, or as 'e' and its accent, as macOS tools may write it): the
+    tokenizer reads them alike."""
+    caption, word = unicodedata.normalize("NFC", caption), unicodedata.normalize("NFC", word)
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", caption, re.IGNORECASE) is not None

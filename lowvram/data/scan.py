@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -26,7 +25,7 @@ from rich.text import Text
 
 from lowvram.config import IMAGE_FORMATS, IMAGE_SUFFIXES
 from lowvram.data.buckets import Buckets
-from lowvram.data.captions import captions_of, read_caption_file, split_kept_tags
+from lowvram.data.captions import captions_of, has_word, read_caption_file, split_kept_tags, wrapped
 from lowvram.data.image_files import (
     ALPHA_MODES,
     PIL_FORMATS,
@@ -577,28 +576,12 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
         if options.trigger_word:
             joint = ", " if options.caption_separator == "," else f"{options.caption_separator} "  # a tag of its own
-            lines = [line if _has_word(line, options.trigger_word) else f"{options.trigger_word}{joint}{line}"
+            lines = [line if has_word(line, options.trigger_word) else f"{options.trigger_word}{joint}{line}"
                      for line in lines]
     for prefix, suffix in ((folder.caption_prefix, folder.caption_suffix), (options.caption_prefix,
                                                                              options.caption_suffix)):
-        lines = [_wrapped(prefix, line, suffix) for line in lines]
+        lines = [wrapped(prefix, line, suffix) for line in lines]
     return lines, weights, notes, non_utf8
-
-
-def _wrapped(prefix: str, line: str, suffix: str) -> str:
-    """kohya's caption_prefix + " " + caption + " " + caption_suffix; a prefix that ends (a suffix that starts)
-    with a space already takes none more."""
-    before = prefix + ("" if not prefix or prefix[-1].isspace() else " ")
-    after = ("" if not suffix or suffix[0].isspace() else " ") + suffix
-    return f"{before}{line}{after}"
-
-
-def _has_word(caption: str, word: str) -> bool:
-    """Whether the caption holds `word` as a word of its own ("sks" in "a sks dog", not in "tasks"), in any case
-    and either Unicode form ('é' as one character, or as 'e' and its accent, as macOS tools may write it): the
-    tokenizer reads them alike."""
-    caption, word = unicodedata.normalize("NFC", caption), unicodedata.normalize("NFC", word)
-    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", caption, re.IGNORECASE) is not None
 
 
 def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions(),
