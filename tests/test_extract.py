@@ -28,6 +28,9 @@ def test_a_change_within_the_rank_comes_back_exactly(shape):
     assert kept == pytest.approx(1.0, abs=1e-5)
     _, _, part = low_rank(change, 1)
     assert 0 < part < 1
+    down, up, clamped = low_rank(change, 3, clamp=0.5)  # kohya's --clamp_quantile: both factors at their median
+    values = torch.cat([up.flatten(), down.flatten()]).abs()
+    assert values.max() == pytest.approx(float(values.median()), rel=0.05) and clamped < kept
 
 
 @pytest.fixture(scope="module")

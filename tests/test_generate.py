@@ -66,3 +66,11 @@ def test_clip_skip_on_sdxl_is_refused_as_training_refuses_it(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--clip-skip 2: tiny SDXL (random weights) already reads its text encoders' penultimate layer" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "x.png").exists()
+
+
+def test_count_renders_each_image_from_its_own_seed(tmp_path):
+    """--count N: image i is the one --seed S + i renders alone, as AUTOMATIC1111's batch count seeds them."""
+    assert main([*BASE, "--prompt", "lvshape, a red circle", "--count", "2", "--output", str(tmp_path / "n.png")]) == 0
+    first, second = (np.asarray(Image.open(tmp_path / f"n-{i:02d}.png"), dtype=np.int16) for i in range(2))
+    assert not np.array_equal(first, second)
+    assert np.array_equal(second, render(tmp_path, "six", "--prompt", "lvshape, a red circle", "--seed", "6"))

@@ -182,14 +182,20 @@ def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path
 
 
 # each per-timestep weighting (kohya's), from the timestep's SNR capped at 1000 as kohya caps it
-WEIGHTINGS = {
-    "debiased": (Objective(debiased=True), lambda snr, v: 1 / (snr + 1) if v else snr.rsqrt()),
-    "scale_v_pred_loss": (Objective(v_scaled_like_epsilon=True), lambda snr, v: snr / (snr + 1)),
-    "v_pred_like_loss": (Objective(v_like=0.1), lambda snr, v: 1 + 0.1 * (snr + 1) / snr),
+def capped(snr):  # as kohya caps it for the weightings after min-SNR: the first timestep's is near infinite
+    return snr.clamp(max=1000)
+
+
+WEIGHTINGS = {  # (the objective, its weight of a sample from its timestep's SNR, whether the model predicts v)
+    "min_snr": (Objective(min_snr_gamma=5.0), lambda snr, v: snr.clamp(max=5) / (snr + 1 if v else snr)),
+    "debiased": (Objective(debiased=True), lambda snr, v: 1 / (capped(snr) + 1) if v else capped(snr).rsqrt()),
+    "scale_v_pred_loss": (Objective(v_scaled_like_epsilon=True), lambda snr, v: capped(snr) / (capped(snr) + 1)),
+    "v_pred_like_loss": (Objective(v_like=0.1), lambda snr, v: 1 + 0.1 * (capped(snr) + 1) / capped(snr)),
 }
 
 
-@pytest.mark.parametrize("weighting, prediction_type", [("debiased", "epsilon"), ("debiased", "v_prediction"),
+@pytest.mark.parametrize("weighting, prediction_type", [("min_snr", "epsilon"), ("min_snr", "v_prediction"),
+                                                        ("debiased", "epsilon"), ("debiased", "v_prediction"),
                                                         ("scale_v_pred_loss", "v_prediction"),
                                                         ("v_pred_like_loss", "epsilon")])
 def test_each_timestep_weighting_weighs_by_its_snr(weighting, prediction_type):
@@ -201,7 +207,7 @@ def test_each_timestep_weighting_weighs_by_its_snr(weighting, prediction_type):
         per_sample = [diffusion_loss(model.unet, scheduler, latents[i:i + 1], alone[i], noise[i:i + 1],
                                      timesteps[i:i + 1]).item() for i in range(2)]
         got = diffusion_loss(model.unet, scheduler, latents, conditioning, noise, timesteps, objective)
-    snr = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod))[timesteps].clamp(max=1000)
+    snr = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod))[timesteps]
     weight = weight_of(snr, prediction_type == "v_prediction")
     assert got.item() == pytest.approx(sum(w * l for w, l in zip(weight.tolist(), per_sample)) / 2, rel=1e-4)
 

@@ -183,3 +183,13 @@ def test_a_kohya_config_for_a_learning_rate_free_optimizer_without_a_rate_trains
                            "optimizer_type": "DAdaptAdam", "learning_rate": 0.5}, tmp_path / "k.toml")
     assert values["lr"] == 0.5
     run_config(optimizer="adamw", train_text_encoder=True, text_encoder_lr=5e-5, loraplus_ratio=4.0)
+
+
+def test_prodigy_safeguards_its_warm_up_where_the_run_has_one():
+    """Prodigy's authors' advice for diffusion LoRAs: bias correction always, the safeguarded warm-up where the run
+    warms up (without a warm-up it would only slow d's growth)."""
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    warmed = build_optimizer("prodigy", [{"params": params, "lr": 1.0}], 0.0, warmup_steps=5).defaults
+    cold = build_optimizer("prodigy", [{"params": params, "lr": 1.0}], 0.0, warmup_steps=0).defaults
+    assert (warmed["safeguard_warmup"], warmed["use_bias_correction"]) == (True, True)
+    assert (cold["safeguard_warmup"], cold["use_bias_correction"]) == (False, True)

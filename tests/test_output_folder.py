@@ -97,6 +97,11 @@ def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
     assert [step for step, _ in checkpoint.complete(root)] == [1, 999_999, 1_000_000]
 
 
+def test_keep_checkpoints_keeps_that_many_of_the_newest(tmp_path):
+    train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=1, keep_checkpoints=2))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000003", "step-000004"]
+
+
 def cli_run(out, steps: int, *extra) -> list[str]:
     return [sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample", "--output", str(out),
             "--max-steps", str(steps), "--rank", "4", "--checkpoint-every", "1", *extra]

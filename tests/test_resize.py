@@ -19,6 +19,7 @@ def test_each_rule_keeps_the_least_rank_that_meets_it():
     values = torch.tensor([8.0, 4.0, 2.0, 1.0], dtype=torch.float64)
     assert kept_rank(values, 4, "sv_ratio", 3) == 2  # above 8 / 3
     assert kept_rank(values, 4, "sv_fro", 0.9) == 2  # (64 + 16) / 85 >= 0.81
+    assert kept_rank(values, 4, "sv_fro", 0.95) == 2  # the norm's share, not its square's: sqrt(80 / 85) >= 0.95
     assert kept_rank(values, 4, "sv_cumulative", 0.9) == 3  # 14 / 15 >= 0.9
     assert kept_rank(values, 4, "sv_fro", 1.0) == 4 and kept_rank(values, 1, "sv_fro", 1.0) == 1  # --rank caps it
     assert kept_rank(values, 3, None, None) == 3
@@ -115,7 +116,9 @@ def test_resized_and_merged_files_say_what_they_are_as_kohyas_scripts_write_it(t
     """Files past 1 MiB (where kohya's legacy hash reads) of an SDXL LoRA, one written by an earlier lowvram
     (modelspec.implementation "diffusers"): what the resized and merged files say, hashes and modelspec."""
     sources = []
-    for name, spec in (("first", {"modelspec.title": "First"}), ("second", {})):
+    # only the first says it is for a zero-terminal-SNR v-prediction model: the merge cannot say that of the sum
+    first = {"modelspec.title": "First", "ss_zero_terminal_snr": "True", "modelspec.prediction_type": "v"}
+    for name, spec in (("first", first), ("second", {})):
         tensors = {}
         for layer in ("lora_unet_input_blocks_4_1_proj_in", "lora_unet_output_blocks_0_1_proj_out"):
             tensors |= {f"{layer}.lora_down.weight": torch.randn(8, 20480),
@@ -140,7 +143,7 @@ def test_resized_and_merged_files_say_what_they_are_as_kohyas_scripts_write_it(t
         "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models", "modelspec.title": "merged",
         "modelspec.resolution": "1024x1024", "modelspec.merged_from": "First, second"}
-    assert meta["modelspec.date"] and meta["ss_network_dim"] == "4"
+    assert meta["modelspec.date"] and meta["ss_network_dim"] == "4" and "ss_zero_terminal_snr" not in meta
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,7 @@ def test_a_warmup_share_is_rounded_down_as_kohya_does():
     from lowvram.train.setup import in_steps
 
     assert [in_steps(0.29, 100), in_steps(0.15, 10), in_steps(0.05, 1030), in_steps(12, 100)] == [28, 1, 51, 12]
+    assert (in_steps(1, 100), in_steps(0, 100)) == (1, 0)  # 1 is a step, not the whole run (kohya's ratio is < 1)
 
 
 def test_kohyas_warmup_stable_decay_takes_its_decay_and_floor_and_other_schedules_drop_the_decay(tmp_path):

@@ -170,8 +170,8 @@ def test_a_validation_folder_is_used_whole(tmp_path, sample_data):
 
     held = write_sample_dataset(tmp_path / "validation")
     result = train(run_config(output=str(tmp_path / "out"), data=str(sample_data), validation_data=str(held),
-                              max_steps=2, validate_every=1))
-    assert [s for s, _ in result.validation.history] == [1, 2]
+                              max_steps=3, validate_every=2))
+    assert [s for s, _ in result.validation.history] == [2, 3]  # and the final weights, past the last multiple
     assert isinstance(result.data_reports[0], ScanReport) and len(result.data_reports[0].usable) == 6
 
 
