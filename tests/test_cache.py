@@ -187,6 +187,10 @@ def test_regularization_images_are_balanced_and_weighted(tmp_path, sample_data, 
     assert data.images_per_epoch == 60  # 30 training samples + the 3 regularization images cycled to 30
     weights = sorted(data.samples[i].weight for batch in data.epoch_batches(0) for i in batch)
     assert weights == [0.5] * 30 + [1.0] * 30
+    import random
+
+    loaded = sorted(w for batch in data.epoch_batches(0) for w in data.load(batch, random.Random(0), 0).weights.tolist())
+    assert loaded == weights  # what the loss is weighted by
 
 
 def test_regularization_images_balance_as_kohyas_do():

@@ -1,6 +1,7 @@
 """Buckets, augmentation variants and caption handling."""
 
 import random
+from itertools import pairwise
 
 import pytest
 import torch
@@ -70,6 +71,8 @@ def test_every_batch_is_one_bucket_and_the_schedule_is_seeded():
     assert batches == bucket_batches(buckets_of, fours, seed=7, epoch=0)
     assert batches != bucket_batches(buckets_of, fours, seed=8, epoch=0)
     assert batches != bucket_batches(buckets_of, fours, seed=7, epoch=1)
+    order = [buckets_of[batch[0]] for batch in batches]  # the buckets mixed, not trained one after another
+    assert sum(a != b for a, b in pairwise(order)) > len(set(order))
     # a kohya dataset's own batch size: its samples batch apart from the others of their bucket, at their size
     sizes = [2 if i % 5 == 0 else 4 for i in range(50)]
     batches = bucket_batches(buckets_of, sizes, seed=7, epoch=0)

@@ -47,9 +47,12 @@ def test_each_dropout_leaves_out_what_kohyas_does_and_only_in_training():
         assert 0.3 < sum(left_out) / len(outputs) < 0.7  # the whole update left out half the time, else all of it
         assert all(gone or torch.equal(o, full) for gone, o in zip(left_out, outputs))
     model.unet.eval()  # nothing is left out in eval mode (validation, samples)
-    down = layers["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"].lora_A[ADAPTER]
+    layer = layers["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"]
+    down, up = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
     x = torch.randn(3, 10, down.weight.shape[1])
     assert torch.equal(down(x), torch.nn.functional.linear(x, down.weight))
+    h = torch.ones(1, 8)
+    assert all(torch.equal(up(h), torch.nn.functional.linear(h, up.weight)) for _ in range(20))
 
 
 def gradients(model, checkpointing: bool) -> dict[str, torch.Tensor]:

@@ -113,6 +113,9 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
                 "[768, 512] (datasets[2]))"), "subsets[1] metadata_file: file not found: meta.json",
                 "face_crop_aug_range:"]
     assert_one_line_each(str(error.value), f"{tmp_path / 'dataset.toml'}: ", expected)
+    with pytest.raises(LowvramError, match=r"subsets\[1\] num_repeats: 0 repeats would leave its images out"):
+        read_dataset(write(tmp_path / "zero.toml",
+                           {"datasets": [{"subsets": [{"image_dir": "imgs/alpha", "num_repeats": 0}]}]}))
     with pytest.raises(LowvramError, match="every subset is is_reg = true"):
         read_dataset(write(tmp_path / "reg.toml",
                            {"datasets": [{"subsets": [{"image_dir": "imgs/reg", "is_reg": True}]}]}))

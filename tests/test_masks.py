@@ -95,6 +95,17 @@ def test_a_mask_reaches_the_loss_and_the_unmasked_weight_lifts_the_rest(tmp_path
     assert runs[0.0].final_loss != pytest.approx(runs[None].final_loss, rel=1e-3)
 
 
+def test_an_image_without_a_mask_trains_everywhere_beside_a_masked_one_in_its_batch(tmp_path):
+    masked_dataset(tmp_path / "one", {"00_red_circle": left_half_white(96, 96)})
+    result = train(run_config(data=str(tmp_path / "one"), output=str(tmp_path / "out"), masked_loss=True,
+                              max_steps=1, resolution=64))
+    samples = result.data.samples
+    masked = next(i for i, sample in enumerate(samples) if "red circle" in sample.caption)
+    plain = next(i for i, sample in enumerate(samples) if i != masked and sample.bucket == samples[masked].bucket)
+    batch = result.data.load([masked, plain], random.Random(0))
+    assert not bool((batch.mask[0] == 1).all()) and bool((batch.mask[1] == 1).all())
+
+
 def test_a_black_mask_is_a_skip_not_an_image_that_trains_nothing(tmp_path):
     masked_dataset(tmp_path / "black", {"00_red_circle": Image.new("L", (96, 96), 0)})
     config = run_config(data=str(tmp_path / "black"), masked_loss=True)

@@ -281,3 +281,8 @@ def test_a_phase_peak_does_not_count_the_blocks_the_last_phase_left_cached(monke
     with peaks.phase("training"):
         allocator.use(3)
     assert peaks.bytes == {"caching": 6, "training": 3}
+    for size in (5, 2):  # a phase run again (samples at each save): its largest peak, not its last
+        with peaks.phase("sampling"):
+            allocator.use(size)
+            allocator.use(0)  # its pipeline freed
+    assert peaks.bytes["sampling"] == 5

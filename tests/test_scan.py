@@ -279,8 +279,10 @@ def test_pillow_decompression_bomb_warning_and_error_never_escape(tmp_path, monk
 def test_small_images_are_upscaled_with_a_note_or_skipped(tmp_path):
     drawn(size=(100, 100)).save(tmp_path / "small.png")
     drawn(size=(800, 800)).save(tmp_path / "large.png")
+    drawn(size=(48, 90)).save(tmp_path / "thin.png")  # one side under the 64 px every image needs
     records = by_relpath(scan_dataset(tmp_path, default_buckets(512)))
     assert records["small.png"].usable and "upscaled x5.1 to fill its bucket" in records["small.png"].notes
+    assert records["thin.png"].reason.startswith("too small: 48x90, sides must be at least 64 px")
     assert records["large.png"].usable and records["large.png"].notes == ("no caption file: template used",)
     records = by_relpath(scan_dataset(tmp_path, default_buckets(512), ScanOptions(small_images="skip")))
     assert not records["small.png"].usable and "needs upscaling" in records["small.png"].reason
