@@ -10,6 +10,7 @@ import math
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from lowvram.config import CAPTION_SUFFIXES
 from lowvram.errors import LowvramError
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -17,7 +18,6 @@ UNREAD_METADATA_FILES = ("metadata.parquet",)
 CAPTION_COLUMNS = ("text", "caption", "prompt")  # tried in this order without --caption-column; "text" is diffusers'
 FILE_COLUMN = "file_name"
 TRAIN_SPLIT = "train"  # where a dataset downloaded from the Hub keeps its training images, as diffusers reads it
-CAPTION_FILE_SUFFIXES = (".txt", ".caption")
 MAX_METADATA_BYTES = 256 * 2**20
 
 
@@ -76,7 +76,7 @@ def with_metadata(root: Path, folders: list, metadata: dict[Path, FolderMetadata
 
 def described(metadata: FolderMetadata, root: Path) -> str:
     """The note that says where a metadata file's captions come from, and what it overrides."""
-    beside = sum(any(image.with_suffix(suffix).is_file() for suffix in CAPTION_FILE_SUFFIXES)
+    beside = sum(any(image.with_suffix(suffix).is_file() for suffix in CAPTION_SUFFIXES)
                  for image in metadata.captions)
     overridden = f"; its captions are read, not the {beside} caption file(s) beside those images" if beside else ""
     return (f"{_shown(metadata.file, root)}: the captions of {len(metadata.captions)} image(s), from its "
