@@ -220,3 +220,13 @@ def test_the_web_ui_shows_a_metadata_files_caption_and_will_not_write_a_caption_
     assert data_panel.save_caption(data, "10_more/0001.png", "edited", tmp_path / "backup", "description") == (
         "saved 0001.txt")
     assert data_panel.read_caption(data, "10_more/0001.png", "description") == "edited"
+
+
+def test_a_dataset_stored_as_parquet_is_named_with_what_to_do(tmp_path, capsys):
+    """The Hub's own format (images inside the file), as a download of lambdalabs/naruto-blip-captions holds it."""
+    (tmp_path / "naruto" / "data").mkdir(parents=True)
+    (tmp_path / "naruto" / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    assert main(["check-data", str(tmp_path / "naruto"), "--model", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "; data/train-00000-of-00001.parquet is a dataset stored as parquet, " \
+        "which lowvram does not read: save its rows as files first" in err

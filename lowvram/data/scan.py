@@ -335,6 +335,11 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
         where, command = describe or (str(root), "lowvram check-data")
         if not records:
             message = f"--data: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}"
+            parquet = next(root.glob("*.parquet"), None) or next(root.glob("*/*.parquet"), None)
+            if parquet:  # a dataset from the Hub in its own format: images inside the file
+                message += (f"; {parquet.relative_to(root).as_posix()} is a dataset stored as parquet, which lowvram "
+                            "does not read: save its rows as files first (with the datasets library, each row's "
+                            "image as NNNNN.png and its caption in NNNNN.txt)")
         else:
             message = f"--data: no usable images in {where}: {len(records)} skipped (see `{command}`)"
         raise NoUsableImages(message, report)
