@@ -33,8 +33,13 @@ def test_a_full_chunk_ends_at_a_comma_among_its_last_tokens(model):
     assert [len(row) for row in ids] == [CHUNK_TOKENS + 2] * 2 and [len(row) for row in weights] == [77, 77]
     assert ids[0][1:72] == x * 69 + comma + [tokenizer.eos_token_id]
     assert ids[1][1:12] == y * 10 + [tokenizer.eos_token_id]
-    # a comma further back than COMMA_BACKTRACK tokens: the chunk is cut at 75 tokens
-    before = CHUNK_TOKENS - COMMA_BACKTRACK - 2
+    # AUTOMATIC1111's "prompt word wrap length limit" is 20 tokens: a comma 19 from the end ends the chunk, one
+    # further back does not, and the chunk is cut at 75 tokens
+    assert COMMA_BACKTRACK == 20
+    near = CHUNK_TOKENS - 19
+    ids, _ = a1111_chunks(" ".join(["x"] * (near - 1)) + ", " + " ".join(["y"] * 40), tokenizer)
+    assert ids[0][1:near + 2] == x * (near - 1) + comma + [tokenizer.eos_token_id]
+    before = CHUNK_TOKENS - 20 - 2
     ids, _ = a1111_chunks(" ".join(["x"] * before) + ", " + " ".join(["y"] * 40), tokenizer)
     assert ids[0][1:-1] == x * before + comma + y * (CHUNK_TOKENS - before - 1)
 

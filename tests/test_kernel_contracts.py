@@ -86,6 +86,8 @@ def test_every_converted_layer_keeps_its_kernel_contract_in_a_training_step(fami
     unet = place(convert_frozen(copy.deepcopy(built[family_name]), fmt, COMPUTE), "cpu")
     layers = list(converted_layers(unet))
     assert layers, f"{fmt} converted no layer"
+    for kept in (unet.conv_in, unet.conv_out):  # tiny and sensitive: in full precision, as every tool keeps them
+        assert type(kept) is torch.nn.Conv2d and kept.weight.dtype == COMPUTE, (fmt, kept)
     params = add_adapter(unet, FAMILIES[family_name].lora_targets("unet", "full"), 4, 4, 0.0)
     with watch_contracts(unet, COMPUTE) as violations:
         training_step(unet, family_name)

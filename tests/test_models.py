@@ -90,6 +90,16 @@ def test_vae_file_passed_as_model_is_named(tmp_path):
         load_model(str(path))
 
 
+@pytest.mark.parametrize(("key", "named"), [("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight",
+                                             "is a Stable Diffusion 3 checkpoint"),
+                                            ("double_blocks.0.img_attn.qkv.weight", "is a Flux checkpoint")])
+def test_a_checkpoint_of_another_model_is_named(tmp_path, key, named):
+    path = tmp_path / "other.safetensors"
+    save_file({key: torch.zeros(1), "model.diffusion_model.x_embedder.proj.weight": torch.zeros(1)}, str(path))
+    with pytest.raises(LowvramError, match=f"{named}; lowvram trains SD1.5 and SDXL models"):
+        load_model(str(path))
+
+
 def test_sd2_checkpoint_is_refused_with_its_name(tmp_path):
     path = tmp_path / "sd21.safetensors"
     save_file({FAMILIES["sd15"].fingerprint[0][0]: torch.zeros(320, 1024)}, str(path))

@@ -147,3 +147,24 @@ def test_an_alpha_stored_in_fp16_or_bf16_is_the_one_given():
     for dtype in (torch.float16, torch.bfloat16):
         assert same_alpha(float(torch.tensor(7.3, dtype=dtype)), 7.3)
     assert not same_alpha(7.0, 7.3) and not same_alpha(8.0, 4.0)
+
+
+def test_another_trainers_file_says_its_network_by_its_layers_and_its_bf16_alphas(tmp_path):
+    """A kohya LoRA of an SD1.5 model, without lowvram's metadata: its transformers' 1x1 proj_in is no 3x3
+    convolution, its feed-forward layers make it attn-mlp, and its alphas, saved in bf16, are read as stored."""
+    from safetensors.torch import save_file
+
+    from lowvram.lora_header import network_options
+
+    tensors = {}
+    for layer, down, up in (("lora_unet_down_blocks_0_attentions_0_proj_in", (4, 320, 1, 1), (320, 4, 1, 1)),
+                            ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj", (4, 320),
+                             (2560, 4)),
+                            ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", (4, 320),
+                             (320, 4))):
+        tensors |= {f"{layer}.lora_down.weight": torch.zeros(down, dtype=torch.bfloat16),
+                    f"{layer}.lora_up.weight": torch.zeros(up, dtype=torch.bfloat16),
+                    f"{layer}.alpha": torch.tensor(7.3, dtype=torch.bfloat16)}
+    save_file(tensors, str(tmp_path / "kohya.safetensors"), {"ss_network_module": "networks.lora"})
+    assert network_options(tmp_path / "kohya.safetensors") == {
+        "network": "lora", "rank": 4, "alpha": 7.3125, "lora_layers": "attn-mlp", "train_text_encoder": False}

@@ -72,6 +72,10 @@ def test_a_sampler_keeps_the_models_prediction_type_and_schedule(tiny):
         assert made.config.rescale_betas_zero_snr and made.config.timestep_spacing == "trailing"
     karras = make_sampler(base, "euler_karras")
     assert karras.config.use_karras_sigmas and not make_sampler(karras, "euler").config.use_karras_sigmas
+    # A1111's "DPM++ 2M SDE" is the stochastic one; after it, plain DPM++ 2M is not
+    sde = make_sampler(base, "dpm++_2m_sde")
+    assert (sde.config.algorithm_type, make_sampler(sde, "dpmsolver++").config.algorithm_type) == (
+        "sde-dpmsolver++", "dpmsolver++")
 
 
 def test_a_sampler_that_cannot_sample_zero_terminal_snr_is_refused_before_training(tiny):
