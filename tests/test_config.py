@@ -25,6 +25,17 @@ def test_flags_override_the_file_and_file_paths_are_relative_to_it(tmp_path, sam
     assert config.output.output == str(tmp_path / "out")
 
 
+def test_a_flag_replaces_the_files_answer_to_the_same_question(tmp_path, sample_data):
+    """--max-steps on the command line replaces the file's epochs (and --validation-data its split): not both."""
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('[model]\nmodel = "tiny"\n[data]\ndata = "data"\n[validation]\nvalidation_split = 0.2\n'
+                           '[training]\nepochs = 3\n')
+    config = build_config(parse_train(["--config", str(config_file), "--max-steps", "5", "--validation-data",
+                                       str(sample_data)]))
+    assert (config.training.max_steps, config.training.epochs) == (5, None)
+    assert (config.validation.validation_split, config.validation.validation_data) == (0.0, str(sample_data))
+
+
 def test_unknown_toml_key_is_named_with_its_section(tmp_path):
     config_file = tmp_path / "run.toml"
     config_file.write_text("[network]\nrank = 8\nrnak = 4\nlr = 1e-4\n")

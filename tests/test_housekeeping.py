@@ -55,6 +55,8 @@ def test_entries_no_run_used_lately_go_and_the_next_run_rebuilds_only_them(tmp_p
     age([*latents[:3], texts[0]], DAYS_40)
     assert main(["cache", "--cache-dir", str(cache), "--unused-for", "30d", "--dry-run"]) == 0
     assert "would remove 4 files" in capsys.readouterr().out and len(entries(cache, "latents")) == 6
+    assert main(["cache", "--cache-dir", str(cache), "--unused-for", "6w", "--dry-run"]) == 0  # 42 days: none
+    assert "would remove 0 files" in capsys.readouterr().out
     assert main(["cache", "--cache-dir", str(cache), "--unused-for", "4w"]) == 0
     assert "removed 4 files" in capsys.readouterr().out
     assert entries(cache, "latents") == latents[3:] and entries(cache, "text") == texts[1:]

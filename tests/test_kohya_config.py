@@ -137,6 +137,12 @@ def test_kohyas_own_defaults_fill_what_the_file_leaves_out(tmp_path):
     assert (split["lr"], split["text_encoder_lr"], split["train_text_encoder"]) == (5e-4, 1e-4, True)
 
 
+def test_kohyas_locon_without_a_conv_alpha_takes_kohyas_default_of_one(tmp_path):
+    values = values_of(tmp_path, {"train_data_dir": "sample", "network_dim": 8, "network_alpha": 16,
+                                  "network_args": ["conv_dim=8"]})
+    assert (values["lora_layers"], values["conv_rank"], values["conv_alpha"]) == ("full", 8, 1.0)  # not alpha's 16
+
+
 @pytest.mark.parametrize("args, network, layers, extra", [
     (["algo=locon", "conv_dim=4"], "lora", "full", {"conv_rank": 4, "conv_alpha": 2.0}),  # LyCORIS: conv_alpha = alpha
     (["algo=loha", "preset=attn-mlp", "conv_dim=4", "module_dropout=0.1"], "loha", "attn-mlp", {"module_dropout": 0.1}),

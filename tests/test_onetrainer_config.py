@@ -368,6 +368,15 @@ def test_a_schedule_free_optimizer_trains_at_a_constant_rate_with_its_own_warm_u
     assert optimizer.param_groups[0]["train_mode"]
 
 
+def test_a_warm_up_share_and_no_clipping_carry_over(tmp_path):
+    """OneTrainer's learning_rate_warmup_steps under 1 is a share of the run, as lowvram's; clip_grad_norm null
+    clips nothing."""
+    values, _ = translate_onetrainer(CONFIG | {"learning_rate_scheduler": "COSINE",
+                                               "learning_rate_warmup_steps": 0.05, "clip_grad_norm": None},
+                                     onetrainer_folder(tmp_path))
+    assert (values["warmup_steps"], values["max_grad_norm"]) == (0.05, 0.0)
+
+
 def test_a_onetrainer_schedule_free_class_without_a_warm_up_of_its_own_trains_without_its_default_one(tmp_path):
     """OneTrainer's configs warm up 200 steps unless told otherwise: PRODIGY_PLUS_SCHEDULE_FREE, which takes no
     warm-up, then trains without one (a note says so) instead of being refused; SCHEDULE_FREE_SGD keeps its own."""
