@@ -599,3 +599,30 @@ def test_the_plan_says_what_it_computes_in_and_what_a_bare_budget_assumes():
     assert (planned["compute_dtype"], planned["vae_fp32"]) == ("fp16", True)
     done, _ = lowvram("plan", "--profile", "gtx-1660-6gb")
     assert "computing in fp32" in " ".join(done.stdout.split())
+
+
+def test_the_training_phase_counts_a_gradient_per_lora_weight():
+    work = Workload(FAMILIES["sdxl"], 1024)
+    training = estimate(work, MemoryStrategy("bf16", True, "adamw8bit"), hardware_for(None, "12GB", "32GB")).vram[
+        "training"]
+    assert training["gradients"] == training["LoRA"] > 0  # fp32 gradients of the fp32 adapters
+
+
+def test_latent_caching_picks_a_vae_batch_that_leaves_the_safety_margin_free():
+    from lowvram.plan.estimate import VRAM_SAFETY
+
+    work = dataclasses.replace(Workload(FAMILIES["sdxl"], 1024), cache_batch_size=8)
+    for mib in range(3000, 12000, 100):
+        hardware = hardware_for(None, f"{mib}MiB", "32GB")
+        caching = estimate(work, MemoryStrategy("bf16", True, "adamw8bit"), hardware).vram["latent caching"]
+        assert sum(caching.values()) <= hardware.free_vram - VRAM_SAFETY, mib
+
+
+def test_a_captioner_is_planned_per_image_of_its_batch_against_the_free_memory():
+    from lowvram.plan.captioner import estimate_captioner
+
+    one, eight = estimate_captioner([], 1, True), estimate_captioner([], 8, True)
+    assert eight.activations == 8 * one.activations > 0
+    card = hardware_for(None, "12GB", "32GB")
+    busy = dataclasses.replace(card, free_vram=one.total // 2)  # another program holds the rest
+    assert one.fits(card) and not one.fits(busy)
