@@ -314,6 +314,10 @@ def test_an_fp32_run_of_a_full_size_model_is_planned_at_fp32_activations():
     tiny = [estimate(work("tiny-sdxl", 64, vae_fp32=vae_fp32), MemoryStrategy("fp32", False, "adamw"),
                      hardware_for(None, "8GB", "16GB")).vram["latent caching"]["activations"] for vae_fp32 in (0, 1)]
     assert tiny[0] == tiny[1]
+    # a T4's SDXL VAE kept in fp32 under fp16 weighs 4 bytes a weight, twice its fp16 weights
+    vae = [estimate(work("sdxl", 1024, compute_bytes=2, vae_fp32=vae_fp32), MemoryStrategy("fp16", True, "adamw8bit"),
+                    load_profile("colab-t4")).vram["latent caching"]["VAE"] for vae_fp32 in (False, True)]
+    assert vae[1] == 2 * vae[0] > 0
 
 
 def test_plan_scans_a_real_dataset_too(tmp_path):
