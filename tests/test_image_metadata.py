@@ -217,7 +217,9 @@ def test_the_web_ui_shows_a_metadata_files_caption_and_will_not_write_a_caption_
     assert not (data / "images" / "0000.txt").exists() and not (data / "images" / "0002.txt").exists()
     with pytest.raises(LowvramError, match="not inside the dataset folder"):
         data_panel.save_caption(data, "../blobs/0002.png", "edited", tmp_path / "backup")
-    assert data_panel.save_caption(data, "10_more/0001.png", "edited", tmp_path / "backup", "description") == (
+    linked = tmp_path / "linked"
+    linked.symlink_to(data)  # the dataset named through a link (a mounted drive, a Colab shortcut)
+    assert data_panel.save_caption(linked, "10_more/0001.png", "edited", tmp_path / "backup", "description") == (
         "saved 0001.txt")
     assert data_panel.read_caption(data, "10_more/0001.png", "description") == "edited"
 

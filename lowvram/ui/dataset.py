@@ -131,7 +131,7 @@ def save_caption(root: Path, relpath: str, text: str, backup_dir: Path, column: 
         raise LowvramError(f"{relpath}: its caption is in {from_metadata[0]}, which training reads instead of caption "
                            "files; edit it there")
     path = caption_file(root, relpath)
-    kept = backup_dir / path.relative_to(Path(root).resolve())
+    kept = backup_dir / path.relative_to(os.path.abspath(root))
     if path.is_file() and not kept.exists():  # byte for byte: a UTF-16 or cp1252 original stays as it was
         atomic_write(kept, lambda tmp: shutil.copyfile(path, tmp), path.stat().st_size, "the original caption")
     write_text(path, text.strip() + "\n")
