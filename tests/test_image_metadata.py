@@ -77,7 +77,7 @@ def test_a_metadata_csv_in_an_n_name_folder_repeats_and_its_caption_column_can_b
     assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 2
     assert capsys.readouterr().err.strip().endswith(
         "metadata.csv: no captions in a column named text, caption, prompt; name the one that holds them with "
-        "--caption-column; its columns: file_name, text, long_caption")
+        "--caption-column; its columns with values: long_caption")
     assert main(["check-data", str(data), "--model", "tiny", "--caption-column", "long_caption",
                  "--report", str(report)]) == 0
     assert captions_of(report) == {"10_shapes/a.png": "a circle, drawn", "10_shapes/b.png": 'a square, "quoted",',
@@ -111,14 +111,15 @@ def test_a_downloaded_dataset_trains_its_train_split(tmp_path, capsys):
 
 def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeats(tmp_path, capsys):
     data = tmp_path / "data"
-    imagefolder(data, ["10_x/a.png", "10_x/b.png", "c.png", "photos/d.png", "missing/e.png"])
+    imagefolder(data, ["10_x/a.png", "10_x/b.png", "c.png", "photos/d.png", "missing/e.png", "0_off/f.png"])
     (data / "missing" / "e.png").unlink()
     (data / "missing").rmdir()
     jsonl(data / "metadata.jsonl", [{"file_name": "10_x/a.png", "text": "a red circle"},
                                     {"file_name": "10_x/b.png", "text": ""},
                                     {"file_name": "c.png", "text": float("nan")},
                                     {"file_name": "photos/d.png", "text": "a photo"},
-                                    {"file_name": "missing/e.png", "text": "gone"}])
+                                    {"file_name": "missing/e.png", "text": "gone"},
+                                    {"file_name": "0_off/f.png", "text": "a folder of 0 repeats"}])
     report = tmp_path / "report.json"
     assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
     records = {r["relpath"]: r for r in json.loads(report.read_text())["records"]}
@@ -128,7 +129,7 @@ def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeat
     assert records["10_x/b.png"]["notes"] == ["empty caption in metadata.jsonl: template used"]
     out = " ".join(capsys.readouterr().out.split())
     assert "metadata.jsonl names images in folders that are not there: missing/" in out
-    assert "skipped folder" not in out and "can't list" not in out
+    assert "skipped folder 0_off/: 0 repeats" in out and "can't list" not in out
 
 
 def test_a_metadata_file_of_another_kind_is_passed_over_with_a_note(tmp_path, capsys):
@@ -210,7 +211,7 @@ def test_the_web_ui_shows_a_metadata_files_caption_and_will_not_write_a_caption_
     jsonl(data / "metadata.jsonl", [{"file_name": "images/0000.png", "description": "a red circle"},
                                     {"file_name": "images/0002.png", "description": "a white triangle"}])
     assert data_panel.read_caption(data, "images/0000.png", "description") == "a red circle"
-    with pytest.raises(LowvramError, match=r"^images/0000.png: its caption is in .*metadata.jsonl, which training "):
+    with pytest.raises(LowvramError, match=r"^images/0000.png: its caption is in a metadata.jsonl above it, which "):
         data_panel.save_caption(data, "images/0000.png", "edited", tmp_path / "backup", "description")
     with pytest.raises(LowvramError, match="name the one that holds them with --caption-column"):
         data_panel.save_caption(data, "images/0002.png", "edited", tmp_path / "backup")
@@ -232,3 +233,39 @@ def test_a_dataset_stored_as_parquet_is_named_with_what_to_do(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "; data/train-00000-of-00001.parquet is a dataset stored as parquet, " \
         "which lowvram does not read: save its rows as files first" in err
+
+
+def test_a_metadata_file_naming_none_of_the_images_is_the_error(tmp_path, capsys):
+    data = tmp_path / "data"
+    imagefolder(data, ["a.png", "b.png"])
+    jsonl(data / "metadata.jsonl", [{"file_name": "x.png", "text": "a red circle"}])
+    assert main(["check-data", str(data), "--model", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no image in" in err and "has a row in its metadata file: left out 2 " \
+        "image(s) in ./ that its metadata.jsonl has no caption for: a.png, b.png" in err
+
+
+def test_a_metadata_file_without_any_caption_captions_every_image_with_the_template(tmp_path):
+    data = tmp_path / "data"
+    imagefolder(data, ["a.png"])
+    (data / "metadata.csv").write_text("file_name,text\na.png,\n")
+    report = tmp_path / "report.json"
+    assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
+    assert captions_of(report) == {"a.png": "data"}
+
+
+def test_the_web_ui_shows_the_caption_training_reads_where_metadata_files_nest(tmp_path):
+    """Training reads the top folder's file (an N_name folder's own first): the web UI shows and guards that one."""
+    from lowvram.ui import dataset as data_panel
+
+    data = tmp_path / "data"
+    imagefolder(data, ["plain/c.png", "10_x/sub/d.png"])
+    jsonl(data / "metadata.jsonl", [{"file_name": "plain/c.png", "text": "root c"}])
+    jsonl(data / "plain" / "metadata.jsonl", [{"file_name": "c.png", "text": "plain c"}])
+    jsonl(data / "10_x" / "metadata.jsonl", [{"file_name": "sub/d.png", "text": "10x d"}])
+    jsonl(data / "10_x" / "sub" / "metadata.jsonl", [{"file_name": "d.png", "text": "sub d"}])
+    report = tmp_path / "report.json"
+    assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
+    trained = captions_of(report)
+    assert trained == {"plain/c.png": "root c", "10_x/sub/d.png": "10x d"}
+    assert {path: data_panel.read_caption(data, path) for path in trained} == trained

@@ -117,9 +117,12 @@ def _captions(metadata: Path, rows: list[tuple[int, dict]], columns: list[str], 
         raise LowvramError(f"--caption-column: {metadata}'s column {column!r} holds no caption; its columns with "
                            f"values: {', '.join(filled[:12]) or 'none'}")
     column = column or next((name for name in CAPTION_COLUMNS if name in filled), None)
-    if column is None:
+    others = [name for name in filled if name != FILE_COLUMN]
+    if column is None and others:
         raise LowvramError(f"{metadata}: no captions in a column named {', '.join(CAPTION_COLUMNS)}; name the one "
-                           f"that holds them with --caption-column; its columns: {shown}")
+                           f"that holds them with --caption-column; its columns with values: {', '.join(others[:12])}")
+    if column is None:  # no caption in any column: every image takes the template, as with empty caption files
+        column = next((name for name in CAPTION_COLUMNS if name in columns), CAPTION_COLUMNS[0])
     folder = metadata.parent  # as the scan lists it, so that its images' paths are these keys
     captions: dict[Path, str] = {}
     for line, row in rows:

@@ -340,6 +340,9 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                 message += (f"; {parquet.relative_to(root).as_posix()} is a dataset stored as parquet, which lowvram "
                             "does not read: save its rows as files first (with the datasets library, each row's "
                             "image as NNNNN.png and its caption in NNNNN.txt)")
+            left_out = next((note for note in folder_notes if note.startswith("left out ")), None)
+            if left_out:  # every image there, none named by its metadata file
+                message = f"--data: no image in {where} has a row in its metadata file: {left_out}"
         else:
             message = f"--data: no usable images in {where}: {len(records)} skipped (see `{command}`)"
         raise NoUsableImages(message, report)
@@ -356,7 +359,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     folders = [ImageFolder(root, 1, root.name)]
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         match = REPEAT_FOLDER.match(sub.name)
-        if sub.name in by_metadata and not (match and int(match.group(1))):
+        if sub.name in by_metadata and not match:
             continue
         if not match:
             held = next((name for name in METADATA_FILES if (sub / name).is_file()), None)
@@ -364,6 +367,9 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
                          + (f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else ""))
         elif int(match.group(1)) == 0:
             notes.append(f"skipped folder {sub.name}/: 0 repeats")
+            if found:  # nor do the root file's rows bring it back
+                found = metadata[root] = found._replace(captions={
+                    image: caption for image, caption in found.captions.items() if not image.is_relative_to(sub)})
         else:
             folders.append(ImageFolder(sub, int(match.group(1)), match.group(2) or ""))
     loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]

@@ -13,7 +13,6 @@ from typing import Any
 from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
 from lowvram.configure import build_config
 from lowvram.data.captions import read_caption_text
-from lowvram.data.image_metadata import folder_metadata
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
@@ -82,8 +81,8 @@ def images_root(data: Path | str) -> Path:
 
 
 def _image(root: Path, relpath: str) -> Path:
-    """The image `relpath` names, never outside the dataset folder; links are not followed: a dataset from the Hub's
-    cache is links into its blobs/ folder, and the scan reads them where they are."""
+    """The image `relpath` names, never outside the dataset folder by '..' or an absolute path; links the dataset
+    holds are followed as the scan follows them (a dataset from the Hub's cache is links into its blobs/ folder)."""
     image = Path(os.path.abspath(Path(root) / relpath))
     if not image.is_relative_to(os.path.abspath(root)):
         raise LowvramError(f"{relpath}: not inside the dataset folder")
@@ -97,18 +96,17 @@ def caption_file(root: Path, relpath: str) -> Path:
     return found[0] if found else image.with_suffix(CAPTION_SUFFIXES[0])
 
 
-def metadata_caption(root: Path, relpath: str, column: str | None = None) -> tuple[Path, str] | None:
-    """The metadata file (Hugging Face's imagefolder) that captions the image, and its caption (from `column`,
-    --caption-column's); None where none names it. Its folder's metadata file names it, or one of a folder above it
-    up to the dataset's."""
-    image, root = _image(root, relpath), Path(os.path.abspath(root))
-    for folder in image.parents:
-        if not folder.is_relative_to(root):
-            return None
-        found = folder_metadata(folder, column, [], root)
-        caption = found.captions.get(image) if found else None
-        if caption is not None:
-            return found.file, caption
+def metadata_caption(root: Path, relpath: str, column: str | None = None) -> tuple[str, str] | None:
+    """The metadata file (Hugging Face's imagefolder) whose caption training reads for the image, and that caption
+    (from `column`, --caption-column's); None where training reads a caption file."""
+    from lowvram.data.scan import repeat_folders
+
+    _image(root, relpath)
+    resolved = Path(root).resolve()
+    key = os.path.normpath(resolved / relpath)  # as the scan, which lists the resolved folder, names it
+    for folder in repeat_folders(resolved, column)[0] if resolved.is_dir() else []:
+        if folder.captions is not None and key in folder.captions:
+            return folder.captions_from, folder.captions[key]
     return None
 
 
@@ -128,8 +126,8 @@ def save_caption(root: Path, relpath: str, text: str, backup_dir: Path, column: 
     a metadata file captions is not: a caption file beside it would not be read."""
     from_metadata = metadata_caption(root, relpath, column)
     if from_metadata:
-        raise LowvramError(f"{relpath}: its caption is in {from_metadata[0]}, which training reads instead of caption "
-                           "files; edit it there")
+        raise LowvramError(f"{relpath}: its caption is in a {from_metadata[0]} above it, which training reads "
+                           "instead of caption files; edit it there")
     path = caption_file(root, relpath)
     kept = backup_dir / path.relative_to(os.path.abspath(root))
     if path.is_file() and not kept.exists():  # byte for byte: a UTF-16 or cp1252 original stays as it was
