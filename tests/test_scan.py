@@ -257,7 +257,7 @@ def test_an_image_transparent_everywhere_is_skipped_with_alpha_mask_and_noted_wi
     assert not any("transparent everywhere" in note for note in records["faint.png"].notes)
 
 
-@pytest.mark.filterwarnings("error")
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
 def test_pillow_decompression_bomb_warning_and_error_never_escape(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # Pillow warns above 5000 pixels, refuses above 10000
     drawn(size=(64, 64)).save(tmp_path / "ok.png")
