@@ -97,6 +97,7 @@ def test_output_piped_into_a_reader_that_stops_early_ends_without_a_traceback():
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # `| head -1` gone before the plan is written
     assert process.wait(timeout=120) == 1 and process.stderr.read() == b""
+    process.stderr.close()
 
 
 def test_bad_value_is_one_line_naming_the_option(capsys):

@@ -29,7 +29,7 @@ def served_ui(cwd: Path, cache: Path, log: Path, *flags: str):
             deadline = time.time() + 120
             while True:
                 try:
-                    urllib.request.urlopen(url, timeout=2)
+                    urllib.request.urlopen(url, timeout=2).close()
                     break
                 except OSError:
                     if process.poll() is not None or time.time() > deadline:
