@@ -16,6 +16,7 @@ with the same reason.
 from __future__ import annotations
 
 import csv
+import itertools
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.config import CAPTION_SUFFIXES, option
-from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, read_caption_text
+from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, decode_caption
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, first_line
-from lowvram.files import redraws_in_place
+from lowvram.files import human_size, redraws_in_place
 from lowvram.hardware import Hardware, gib
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
 from lowvram.resolve import REPLACED_CAPTIONS
@@ -125,7 +126,7 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
         return report
     captioner = model.load(report.device, config)
     if config.overwrite:
-        report.backup = cache_dir / REPLACED_CAPTIONS / f"{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        report.backup = _new_folder(cache_dir / REPLACED_CAPTIONS / f"{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
     with Progress(console=console, transient=True, disable=not redraws_in_place(console)) as progress:
         task = progress.add_task("captioning", total=len(todo))
         for start in range(0, len(todo), config.batch_size):
@@ -183,19 +184,43 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         existing = [found for suffix in dict.fromkeys((config.caption_extension, *CAPTION_SUFFIXES))
                     if (found := caption_file(record.path, suffix))]  # in any case: training reads 003.TXT too
         if record.path.parent in by_metadata or existing and not config.overwrite and _has_text(existing[0]):
-            report.kept.append(record.relpath)
+            if record.path.parent not in by_metadata and _caption_text(existing[0]) is None:
+                unread = (f"{existing[0].name}: no caption training reads (not text, or over "
+                          f"{human_size(MAX_CAPTION_BYTES)}); left as it is")
+                report.skipped.append((record.relpath, unread))
+            else:
+                report.kept.append(record.relpath)
             continue
         todo.append((record, existing[0] if existing else record.path.with_suffix(config.caption_extension)))
     return root, todo
 
 
 def _has_text(path: Path) -> bool:
-    """Whether a caption file holds something: words as training reads them, or more than a caption's size (a file
-    that is not lowvram's to replace)."""
+    """Whether a caption file holds something: words as training reads them, or bytes it cannot read as text (a
+    file that is not lowvram's to replace)."""
+    text = _caption_text(path)
+    return text is None or bool(text.strip())
+
+
+def _caption_text(path: Path) -> str | None:
+    """A caption file's text as training reads it; None for one over a caption's size or of bytes that are not
+    blank and no text training reads (UTF-16 of CJK without a byte-order mark): a user's file all the same."""
     try:
-        return path.stat().st_size > MAX_CAPTION_BYTES or bool(read_caption_text(path).strip())
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CAPTION_BYTES + 1)
     except OSError:
-        return False
+        return ""
+    if len(raw) > MAX_CAPTION_BYTES:
+        return None
+    text = decode_caption(raw)[0]
+    return "" if text is None and not raw.strip(b"\0 \t\r\n") else text
+
+
+def _new_folder(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`...: the first no earlier run wrote (two runs within a second would share it, and
+    the second would replace the first's copies of the user's captions with the first's output)."""
+    candidates = itertools.chain([path], (path.with_name(f"{path.name}-{n}") for n in itertools.count(2)))
+    return next(folder for folder in candidates if not folder.exists())
 
 
 def _keep_old_caption(target: Path, root: Path, backup: Path | None) -> None:

@@ -97,7 +97,7 @@ def test_rerun_keeps_everything_and_overwrite_keeps_the_old_captions(tmp_path, t
 
 
 def test_a_file_too_big_for_a_caption_is_never_replaced_unkept_and_a_utf16_one_is_kept_byte_for_byte(
-        tmp_path, tagger, monkeypatch):
+        tmp_path, tagger, monkeypatch, capsys):
     """Training reads neither a file over 1 MiB (a log saved as .txt) nor garbled text; caption must not take the
     first for an empty caption to write over, nor keep the second as replacement characters."""
     monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
@@ -106,11 +106,33 @@ def test_a_file_too_big_for_a_caption_is_never_replaced_unkept_and_a_utf16_one_i
     (data / "3_colours" / "red.txt").write_bytes(log)
     wide = "my own words \u2014 in UTF-16\n".encode("utf-16")
     (data / "3_colours" / "dark.txt").write_bytes(wide)
+    cjk = "\u732b\u306e\u7d75\u3001\u8d64\u3044\u80cc\u666f, a".encode("utf-16-le")  # no byte-order mark: no text
+    (data / "3_colours" / "green.txt").write_bytes(cjk)  # training reads, but the user's words all the same
     main(["caption", str(data), "--caption-model", str(tagger)])
     assert (data / "3_colours" / "red.txt").read_bytes() == log  # kept: not lowvram's to write over
+    assert (data / "3_colours" / "green.txt").read_bytes() == cjk
+    out = capsys.readouterr().out
+    assert "skipped 3_colours/green.png: green.txt: no caption training reads (not text, or over 1.00 MiB)" in out
+    assert "skipped 3_colours/red.png: red.txt: no caption training reads" in out
     main(["caption", str(data), "--caption-model", str(tagger), "--overwrite", "--trigger-word", "zkw"])
     kept = {p.name: p.read_bytes() for p in (tmp_path / "cache" / "replaced-captions").rglob("*.txt")}
-    assert kept["red.txt"] == log and kept["dark.txt"] == wide
+    assert kept["red.txt"] == log and kept["dark.txt"] == wide and kept["green.txt"] == cjk
+
+
+def test_two_overwrites_within_a_second_keep_the_users_captions_apart(tmp_path, tagger, monkeypatch, capsys):
+    """The second run's copies (the first run's captions) go to a folder of their own, not over the user's."""
+    import time
+
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(time, "strftime", lambda *args: "20261203-120000")
+    data = colour_dataset(tmp_path / "data")
+    for trigger in ("zkw", "qqv"):
+        main(["caption", str(data), "--caption-model", str(tagger), "--overwrite", "--trigger-word", trigger])
+    replaced = tmp_path / "cache" / "replaced-captions"
+    assert (replaced / "data-20261203-120000" / "3_colours" / "dark.txt").read_text() == \
+        "my own words about the dark one\n"
+    assert (replaced / "data-20261203-120000-2" / "3_colours" / "dark.txt").read_text() == "zkw\n"
+    assert f"the captions replaced are kept in {replaced / 'data-20261203-120000-2'}" in capsys.readouterr().out
 
 
 def test_blip_writes_a_sentence(tmp_path, blip, sample_data):
