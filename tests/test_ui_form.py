@@ -4,6 +4,7 @@ options a user set, as flags would be, and the `.toml` it saves is what `train -
 
 
 import pytest
+from PIL import Image
 
 from lowvram.cli import main
 from lowvram.config import fields_by_name
@@ -127,6 +128,38 @@ def test_a_kohya_dataset_file_in_the_form_brings_its_settings_and_its_captions_a
     data_panel.save_caption(root, usable[0], "lvshape, an edited circle", tmp_path / "backup")
     assert (images / "00_red_circle.txt").read_text() == "lvshape, an edited circle\n"
     assert data_panel.read_caption(root, usable[0]) == "lvshape, an edited circle"
+
+
+def test_caption_edits_keep_each_datasets_first_original_and_write_the_file_training_reads(tmp_path):
+    """The original survives a second edit; two datasets of one name keep theirs apart; the edit goes to the file
+    training reads (.txt before .caption, RED.TXT in its case), stripped of the text box's spaces."""
+    from lowvram.data.captions import read_caption_file
+    from lowvram.ui import dataset as data_panel
+
+    roots = [tmp_path / place / "data" for place in ("home", "drive")]
+    for root in roots:
+        (root / "1_x").mkdir(parents=True)
+        for name in ("red", "blue"):
+            Image.new("RGB", (64, 64), name).save(root / "1_x" / f"{name}.png")
+    first, second = roots
+    (first / "1_x" / "red.txt").write_bytes(b"the user's words\r\n")
+    (first / "1_x" / "red.caption").write_text("an older caption\n")
+    (second / "1_x" / "red.txt").write_text("words of the other dataset\n")
+    (first / "1_x" / "blue.TXT").write_text("blue words\n")
+    backups = [data_panel.backup_dir_for(tmp_path / "cache", root) for root in roots]
+    assert backups[0] != backups[1]
+    for text in ("  edited once \n\n", "edited twice"):
+        data_panel.save_caption(first, "1_x/red.png", text, backups[0])
+    data_panel.save_caption(second, "1_x/red.png", "edited", backups[1])
+    assert (first / "1_x" / "red.txt").read_text() == "edited twice\n"
+    assert (first / "1_x" / "red.caption").read_text() == "an older caption\n"
+    assert read_caption_file(first / "1_x" / "red.png", ".txt")[0] == "edited twice"  # what training reads
+    assert (backups[0] / "1_x" / "red.txt").read_bytes() == b"the user's words\r\n"
+    assert (backups[1] / "1_x" / "red.txt").read_text() == "words of the other dataset\n"
+    data_panel.save_caption(first, "1_x/blue.png", "  blue, edited ", backups[0])
+    assert sorted(p.name for p in (first / "1_x").iterdir() if p.stem == "blue") == ["blue.TXT", "blue.png"]
+    assert (first / "1_x" / "blue.TXT").read_text() == "blue, edited\n"
+    assert data_panel.read_caption(first, "1_x/blue.png") == "blue, edited"
 
 
 def test_the_plan_panel_tells_unverified_from_too_big():

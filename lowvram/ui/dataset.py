@@ -12,6 +12,7 @@ from typing import Any
 
 from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
 from lowvram.configure import build_config
+from lowvram.data.captions import caption_file as find_caption_file
 from lowvram.data.captions import read_caption_text
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
@@ -90,9 +91,10 @@ def _image(root: Path, relpath: str) -> Path:
 
 
 def caption_file(root: Path, relpath: str) -> Path:
-    """The caption file an image uses (the .txt where there is none yet)."""
+    """The caption file an image uses, in whichever case it is written, as training finds it (the .txt where there is
+    none yet)."""
     image = _image(root, relpath)
-    found = [image.with_suffix(s) for s in CAPTION_SUFFIXES if image.with_suffix(s).is_file()]
+    found = [path for path in (find_caption_file(image, suffix) for suffix in CAPTION_SUFFIXES) if path]
     return found[0] if found else image.with_suffix(CAPTION_SUFFIXES[0])
 
 
