@@ -9,6 +9,7 @@ from PIL import Image
 from lowvram.cli import main
 from lowvram.config import fields_by_name
 from lowvram.configure import build_config, read_toml
+from lowvram.errors import LowvramError
 from lowvram.ui.form import form_fields, form_values, option_values, toml_text
 
 
@@ -105,6 +106,86 @@ def test_a_stopped_run_says_stopping_until_it_exits():
         child.wait()
         child.stdout.close()
     assert training.state().startswith("failed")
+
+
+def test_stop_sends_what_ctrl_c_sends_and_an_interrupted_run_reads_as_stopped(tmp_path):
+    """Ctrl-C lets a run finish its step and save; a kill would lose both. Exit code 130 is the saved stop."""
+    import subprocess
+    import sys
+
+    from lowvram.ui.runs import TrainingProcess
+
+    got = tmp_path / "signal"
+    script = ("import signal, sys, time, pathlib\n"
+              "def stop(number, frame):\n"
+              f"    pathlib.Path({str(got)!r}).write_text(signal.Signals(number).name); sys.exit(130)\n"
+              "signal.signal(signal.SIGINT, stop); print('ready', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        training = TrainingProcess(process=child)
+        training.stop()
+        assert child.wait(timeout=30) == 130
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    assert got.read_text() == "SIGINT"
+    assert training.state() == "stopped (a checkpoint was saved: Resume continues it)"
+
+
+def test_start_passes_resume_and_the_typed_budget_and_refuses_a_second_run(tmp_path, sample_data):
+    from conftest import run_config
+
+    from lowvram.train.loop import train
+    from lowvram.ui.runs import TrainingProcess
+
+    train(run_config(output=str(tmp_path / "out"), data=str(sample_data), max_steps=2, checkpoint_every=1))
+    toml = toml_text({"model": "tiny", "data": str(sample_data), "output": str(tmp_path / "out"), "max_steps": 4,
+                      "rank": 4, "alpha": 4})
+    training = TrainingProcess()
+    try:
+        said = training.start(toml, tmp_path / "ui", tmp_path / "out", resume=True, auto_vram="6GB")
+        assert training.process.args[-8:] == ["train", "--config", str(tmp_path / "ui" / "ui-run.toml"), "--resume",
+                                              "auto", "--auto", "--vram", "6GB"]
+        assert said.endswith(" --resume auto --auto --vram 6GB")
+        with pytest.raises(LowvramError, match="^a run is already going: stop it first$"):
+            training.start(toml, tmp_path / "ui", tmp_path / "out")
+    finally:
+        if training.process:
+            training.process.kill()
+            training.process.wait()
+
+
+def test_the_train_tab_reads_loss_records_past_a_bad_line_and_shows_the_newest_outputs_first(tmp_path):
+    import json
+    import os
+
+    from lowvram.ui.runs import outputs_of, progress_line, read_metrics
+
+    records = [{"step": step, "total_steps": 40, "loss": 0.5, "seconds": 1.0 if step <= 20 else 3.0,
+                "vram_peak_gib": 1.25} for step in range(1, 31)]
+    lines = [json.dumps(r) for r in records[:10]] + ["{half a line", json.dumps({"step": 10, "validation_loss": 0.3})]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines + [json.dumps(r) for r in records[10:]]) + "\n")
+    assert read_metrics(tmp_path) == records
+    assert progress_line(records) == "step 30 of 40, loss 0.5000, VRAM peak 1.25 GiB, about 20 s left"
+    assert progress_line([]) == "waiting for the first step" and progress_line([], running=False) == ""
+    (tmp_path / "checkpoints" / "step-000002").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-000002" / "lora.safetensors").write_bytes(b"")
+    for age, name in ((100, "run-e0001.safetensors"), (0, "run.safetensors"), (50, "run-e0002.safetensors")):
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (1e9 - age, 1e9 - age))
+    loras = [os.path.basename(p) for p in outputs_of(tmp_path)[1]]
+    assert loras == ["run.safetensors", "run-e0002.safetensors", "run-e0001.safetensors"]
+
+
+def test_a_render_that_fails_says_the_clis_line(tmp_path):
+    from lowvram.errors import LowvramError
+    from lowvram.ui.runs import render
+
+    missing = tmp_path / "gone.safetensors"
+    with pytest.raises(LowvramError, match=f"^--lora: file not found: {missing}$"):
+        render("tiny", str(missing), "a prompt", tmp_path / "test.png", steps=1)
 
 
 def test_a_kohya_dataset_file_in_the_form_brings_its_settings_and_its_captions_are_edited_in_place(tmp_path):
