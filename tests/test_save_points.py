@@ -1,0 +1,110 @@
+"""What a run does between its steps: the --save-every LoRAs it writes and keeps, the modes sampling and validation
+leave the models in, what validation scores, and the schedule's epoch and --text-encoder-until arithmetic."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+from conftest import run_config
+from safetensors import safe_open
+
+from lowvram.train import saving
+from lowvram.train import step as step_module
+from lowvram.train.loop import train
+from lowvram.train.setup import plan_schedule
+from lowvram.train.validation import EarlyStopping, hold_out
+
+
+def test_sampling_and_validation_see_the_lora_in_eval_mode_and_training_goes_on_in_train_mode(tmp_path, monkeypatch):
+    """Adapter dropout is off while a sample grid is drawn or validation scores, and on again after each: a run
+    that samples must not train its remaining steps without the dropout it asked for. Validation scores only the
+    timesteps the run trains, and with the text encoders it trains, their captions encoded live."""
+    step_modes, render_modes, scored = [], [], []
+    real_encode, real_render, real_validation = step_module.encode_prompts, saving.render_grid, saving.validation_loss
+
+    def encoding(family, encoders, *args, **kwargs):
+        step_modes.append([encoder.training for encoder in encoders])
+        return real_encode(family, encoders, *args, **kwargs)
+
+    def rendering(model, *args, **kwargs):
+        render_modes.append([m.training for m in (model.unet, *model.text_encoders)])
+        return real_render(model, *args, **kwargs)
+
+    def validating(unet, noise_scheduler, family, data, samples, timesteps, *args):
+        scored.append((unet.training, timesteps, args[-3] is not None))
+        return real_validation(unet, noise_scheduler, family, data, samples, timesteps, *args)
+
+    monkeypatch.setattr(step_module, "encode_prompts", encoding)
+    monkeypatch.setattr(saving, "render_grid", rendering)
+    monkeypatch.setattr(saving, "validation_loss", validating)
+    result = train(run_config(output=str(tmp_path), max_steps=6, train_text_encoder=True, dropout=0.1,
+                              sample_every="2", sample_prompts=["a red circle"], validation_split=0.34,
+                              validate_every=2, min_timestep=500, max_timestep=700))
+    assert result.steps == 6 and len(step_modes) == 6 and all(all(modes) for modes in step_modes), step_modes
+    assert len(render_modes) >= 3 and not any(any(modes) for modes in render_modes), render_modes
+    assert len(scored) == 3
+    for unet_training, timesteps, live_text in scored:
+        assert not unet_training and live_text and all(500 <= t < 700 for t in timesteps), timesteps
+
+
+def test_save_every_two_epochs_saves_the_even_ones_and_keep_saves_keeps_the_newest(tmp_path):
+    """5 epochs, --save-every 2e: the LoRAs of epochs 2 and 4 (the 5th is the final LoRA); --keep-saves 1 leaves
+    epoch 4's, which records the epochs it trained."""
+    name = tmp_path.name
+    result = train(run_config(output=str(tmp_path), epochs=5, max_steps=None, batch_size=6, save_every="2e",
+                              keep_saves=1))
+    assert result.epochs == 5
+    saves = sorted(p.name for p in tmp_path.glob(f"{name}-e*.safetensors"))
+    assert saves == [f"{name}-e0004.safetensors"]
+    with safe_open(str(tmp_path / saves[0]), framework="pt") as saved:
+        assert saved.metadata()["ss_epoch"] == "4"
+
+
+def test_loraplus_logs_the_rate_the_a_matrices_learn_at(tmp_path):
+    """The logged learning rate is --lr (the A matrices'), not the B matrices' ratio times it."""
+    train(run_config(output=str(tmp_path), max_steps=2, lr=1e-4, scheduler="constant", loraplus_ratio=16))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records if "lr" in r] == pytest.approx([1e-4, 1e-4])
+
+
+def test_text_encoders_frozen_by_text_encoder_until_run_in_eval_mode(tmp_path, monkeypatch):
+    """Frozen, their adapters' dropout is off: the conditioning the U-Net trains on stops being noised."""
+    modes = []
+    real = step_module.encode_prompts
+
+    def recording(family, encoders, *args, **kwargs):
+        modes.append([encoder.training for encoder in encoders])
+        return real(family, encoders, *args, **kwargs)
+
+    monkeypatch.setattr(step_module, "encode_prompts", recording)
+    train(run_config(output=str(tmp_path), max_steps=4, train_text_encoder=True, dropout=0.1, text_encoder_until="2"))
+    assert [all(m) for m in modes] == [True, True, False, False] and not any(any(m) for m in modes[2:]), modes
+
+
+def test_text_encoder_until_in_epochs_and_percent_and_the_epochs_a_step_past_the_last_begins(tmp_path):
+    result = train(run_config(output=str(tmp_path), max_steps=1, batch_size=6))
+    per_epoch = plan_schedule(run_config(), result.data, 1).steps_per_epoch
+    assert per_epoch == 5  # 6 images, 5 repeats, 6 a batch
+    for until, step in (("1e", 5), ("2e", 10), ("50%", 6), ("25%", 3)):
+        config = run_config(max_steps=12, train_text_encoder=True, text_encoder_until=until)
+        assert plan_schedule(config, result.data, 1).text_encoder_until == step, until
+    schedule = plan_schedule(run_config(max_steps=7), result.data, 1)
+    assert [schedule.epochs_at(s) for s in (0, 1, 5, 6, 7)] == [0, 1, 1, 2, 2]
+    assert schedule.epochs_at(11) == math.ceil(11 / 5)
+
+
+def test_a_validation_split_holds_out_at_least_one_image_and_never_all():
+    records = [SimpleNamespace(sha256=f"{i:064x}", relpath=f"{i}.png") for i in range(6)]
+    assert [len(part) for part in hold_out(records[:3], 0.9, 0)] == [1, 2]
+    assert [len(part) for part in hold_out(records, 0.05, 0)] == [5, 1]
+    held = {r.relpath for r in hold_out(records, 0.5, 7)[1]}
+    assert held == {r.relpath for r in hold_out(list(reversed(records)), 0.5, 7)[1]}  # by content, not order
+
+
+def test_early_stopping_restored_from_a_checkpoint_keeps_its_history():
+    stopping = EarlyStopping(3, 0.0)
+    for step, loss in ((2, 0.5), (4, 0.4), (6, 0.45)):
+        stopping.update(step, loss)
+    restored = EarlyStopping.restore(3, 0.0, json.loads(json.dumps(stopping.state())))
+    assert restored == stopping and restored.history == [(2, 0.5), (4, 0.4), (6, 0.45)]
