@@ -48,6 +48,29 @@ def test_sample_grids_are_written_every_n_steps_at_the_expected_size(sampled):
     for grid in grids:  # side by side: 64 px (the tiny model's resolution) and the second prompt's 96 x 48
         assert Image.open(grid).size == (64 + 96, 64)
     assert [Image.open(path).size for path in result.samples] == [(64, 64), (96, 48)]  # one file per prompt
+    # the last grid is the final LoRA's: each prompt's sample in its place, the rest of the shorter one black
+    last = np.asarray(Image.open(grids[-1]).convert("RGB"))
+    first, second = (np.asarray(Image.open(path).convert("RGB")) for path in result.samples)
+    assert np.array_equal(last[:, :64], first) and np.array_equal(last[:48, 64:], second)
+    assert not last[48:, 64:].any()
+
+
+def test_each_sample_prompt_is_drawn_at_the_seed_plus_its_place(sampled):
+    """As `generate --count` seeds its images: a prompt without its own --d draws at --seed plus its index."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    from lowvram.prompts import parse_prompt
+    from lowvram.train.sampling import render_images
+
+    _, result = sampled
+    cpu = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext)
+    prompts = (parse_prompt("lvshape, a circle"), parse_prompt("lvshape, a square"))
+    second = np.asarray(render_images(result.model, prompts, 64, 2, 11, cpu)[1])
+    assert np.array_equal(second, np.asarray(render_images(result.model, prompts[1:], 64, 2, 12, cpu)[0]))
+    assert not np.array_equal(second, np.asarray(render_images(result.model, prompts[1:], 64, 2, 11, cpu)[0]))
 
 
 @pytest.mark.parametrize("flag", ["sample_every", "sample_at_first"])
