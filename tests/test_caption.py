@@ -162,8 +162,17 @@ def test_a_caption_file_with_an_upper_case_extension_is_the_images_caption(tmp_p
     """Training reads 003.TXT (Windows keeps names' case as typed); captioning must not add a 003.txt beside it."""
     data = colour_dataset(tmp_path / "data")
     (data / "3_colours" / "red.TXT").write_text("my own red\n")
+    (data / "3_colours" / "green.caption").write_text("my own green\n")  # read too, when there is no .txt
     assert main(["caption", str(data), "--caption-model", str(tagger)]) == 0
-    assert not (data / "3_colours" / "red.txt").exists() and "kept 2 existing" in capsys.readouterr().out
+    assert not (data / "3_colours" / "red.txt").exists() and not (data / "3_colours" / "green.txt").exists()
+    assert "kept 3 existing" in capsys.readouterr().out
+    files = set(snapshot(data))
+    # --overwrite replaces the file training reads, in its name; the trigger word a tag repeats is written once
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--overwrite", "--trigger-word",
+                 "red theme"]) == 0
+    assert set(snapshot(data)) == files
+    assert (data / "3_colours" / "red.TXT").read_text() == "red theme\n"
+    assert (data / "3_colours" / "green.caption").read_text() == "red theme, green theme\n"
 
 
 def test_dry_run_plans_the_device_and_writes_nothing(tmp_path, blip, capsys):
@@ -188,6 +197,10 @@ def test_dry_run_plans_the_device_and_writes_nothing(tmp_path, blip, capsys):
     (["{data}", "--caption-model", "{tagger}", "--batch-size", "x"], "--batch-size: 'x' is invalid"),
     (["{data}", "--caption-model", "{tagger}", "--vram", "4GB"], "--vram: there is no CUDA GPU here"),
     (["{empty}", "--caption-model", "{tagger}"], "DIR: no images (.png"),
+    (["{data}", "--caption-model", "{tagger}", "--batch-size", "0"], "--batch-size: must be at least 1, not 0"),
+    (["{data}", "--caption-model", "{tagger}", "--device", "cuda"], "--device cuda: no CUDA GPU here; use --device"),
+    (["{data}", "--caption-model", "someone/not-cached"], "--caption-model: someone/not-cached could not be fetched"),
+    (["{data}", "--caption-model", "{badtags}"], "is not a tag list with name and category columns"),
 ])
 def test_bad_input_is_one_line(tmp_path, tagger, capsys, args, message):
     data = colour_dataset(tmp_path / "data")
@@ -196,7 +209,10 @@ def test_bad_input_is_one_line(tmp_path, tagger, capsys, args, message):
     (pickled / "config.json").write_text("{}")
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x02")
     (tmp_path / "empty").mkdir()
-    paths = {"data": data, "missing": tmp_path / "nope", "tagger": tagger, "pickled": pickled, "empty": tmp_path / "empty"}
+    badtags = build_tagger(tmp_path / "bad-tagger")
+    (badtags / "selected_tags.csv").write_text("tag_id,label\n0,red_theme\n")
+    paths = {"data": data, "missing": tmp_path / "nope", "tagger": tagger, "pickled": pickled, "empty": tmp_path / "empty",
+             "badtags": badtags}
     before = snapshot(data)
     assert main(["caption", *(a.format(**paths) for a in args)]) == 2
     err = capsys.readouterr().err
