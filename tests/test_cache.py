@@ -145,6 +145,31 @@ def test_alpha_mask_is_cached_at_latent_resolution(tmp_path, tiny):
     assert batch.mask[0, 0, :, :16].min() == 1.0 and batch.mask[0, 0, :, 16:].max() == 0.0
 
 
+def test_the_caches_size_is_foreseen_with_long_captions_and_masks(tmp_path, tiny, monkeypatch):
+    """The free-disk check and the in-memory fallback rest on this estimate: a text entry of --max-token-length 225
+    holds 227 tokens' states (counted as 77, it was a third of them), and a masked image's entry its mask."""
+    from PIL import Image
+
+    from lowvram.data import prepare as preparing
+
+    root = tmp_path / "data" / "1_cut"
+    root.mkdir(parents=True)
+    for i in range(4):
+        image = Image.new("RGBA", (64, 64), (255, 60 * i, 0, 0))
+        image.paste((255, 0, 0, 255), (0, 0, 32, 64))
+        image.save(root / f"{i}.png")
+        (root / f"{i}.txt").write_text(f"caption number {i}")
+    estimates = []
+    real = preparing.estimate_bytes
+    monkeypatch.setattr(preparing, "estimate_bytes", lambda *args: estimates.append(real(*args)) or estimates[-1])
+    config = run_config(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), alpha_mask=True, flip=True,
+                        max_token_length=225)
+    prepare(config, tiny, tmp_path / "data", tmp_path / "cache")
+    written = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*.safetensors"))
+    assert estimates[0] == estimates[1]  # all of it to encode
+    assert abs(estimates[0] - written) < 0.05 * written, (estimates, written)
+
+
 def tree_digest(root):
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):

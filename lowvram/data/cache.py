@@ -185,13 +185,20 @@ def vae_downscale(vae: torch.nn.Module) -> int:
 
 
 def estimate_bytes(latent_jobs: list[LatentJob], text_jobs: list[TextJob], vae: torch.nn.Module,
-                   text_width: int, pooled_width: int, dtype_bytes: int, text_dtype_bytes: int) -> int:
-    """Disk bytes the entries will take (tensor data; headers add about 200 bytes each)."""
+                   text_width: int, pooled_width: int, dtype_bytes: int, text_dtype_bytes: int,
+                   text_tokens: int) -> int:
+    """Disk bytes the entries will take (tensor data; headers add about 200 bytes each). `text_tokens`: the hidden
+    states' length (77, 152 or 227 with --max-token-length 75, 150 or 225)."""
     f = vae_downscale(vae)
-    latent = sum(vae.config.latent_channels * (j.placement.bucket[0] // f) * (j.placement.bucket[1] // f)
-                 for j in latent_jobs) * dtype_bytes
-    text = len(text_jobs) * (77 * text_width + pooled_width) * text_dtype_bytes
+    latent = sum((vae.config.latent_channels * dtype_bytes + 4 * _has_mask(j))  # a mask: fp32, one channel
+                 * (j.placement.bucket[0] // f) * (j.placement.bucket[1] // f) for j in latent_jobs)
+    text = len(text_jobs) * (text_tokens * text_width + pooled_width) * text_dtype_bytes
     return latent + text + 256 * (len(latent_jobs) + len(text_jobs))
+
+
+def _has_mask(job: LatentJob) -> bool:
+    """Whether its entry holds a loss mask (as open_training_image gives one)."""
+    return bool(job.options.masked_loss and job.record.mask or job.options.alpha_mask and job.record.has_alpha)
 
 
 def cache_problem(folder: Path, needed: int) -> str | None:

@@ -129,13 +129,13 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     text_width = sum(getattr(enc.config, "hidden_size", 0) for enc in model.text_encoders)
     pooled_width = sum(enc.config.projection_dim for spec, enc in zip(family.text_encoders, model.text_encoders)
                        if spec.pooled)
-    te_bytes = model.text_encoders[0].dtype.itemsize
+    te_bytes, text_tokens = model.text_encoders[0].dtype.itemsize, run.text_reading.max_tokens + 2  # BOS, EOS
     total = estimate_bytes(list(latent_jobs.values()), list(text_jobs.values()), model.vae, text_width, pooled_width,
-                           model.vae.dtype.itemsize, te_bytes)
+                           model.vae.dtype.itemsize, te_bytes, text_tokens)
     missing_latents = [j for j in latent_jobs.values() if not latent_store.valid(j.key)]
     missing_texts = [j for j in text_jobs.values() if not text_store.valid(j.key)]
     needed = estimate_bytes(missing_latents, missing_texts, model.vae, text_width, pooled_width,
-                            model.vae.dtype.itemsize, te_bytes)
+                            model.vae.dtype.itemsize, te_bytes, text_tokens)
     per_image = "-".join(str(count) for count in sorted(variant_counts)[::max(1, len(variant_counts) - 1)])
     console.print(f"cache {cache_dir}: {len(latent_jobs)} latents ({per_image} variant(s) per image) and "
                   f"{len(text_jobs)} text embeddings, {total / 2**20:.1f} MiB; "
