@@ -100,6 +100,41 @@ def test_changing_the_vae_or_the_crop_invalidates_the_latents(tmp_path, sample_d
     assert prepare(config, other, sample_data, cache).encoded_latents == 6
 
 
+def test_what_an_entry_was_encoded_with_is_part_of_its_key(tmp_path, tiny):
+    """Each of these changes what would be trained on, so it re-encodes what it changes, and nothing else: a mask
+    edited, --background (transparent images), --vae-tiling, the VAE's dtype (an SDXL VAE moved to fp32 against
+    NaNs), the text encoders' weights (another checkpoint of the family)."""
+    from PIL import Image
+
+    root = tmp_path / "data" / "1_cut"
+    root.mkdir(parents=True)
+    for i in range(3):
+        image = Image.new("RGBA", (64, 64), (200, 40 * i, 0, 0))
+        image.paste((200, 40 * i, 0, 255), (0, 0, 32, 64))  # left half opaque
+        image.save(root / f"{i}.png")
+        (root / f"{i}.txt").write_text(f"caption {i}")
+    Image.new("L", (64, 64), 255).save(root / "0-masklabel.png")
+    base = {"data": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache"), "masked_loss": True}
+
+    def encoded(model=tiny, **options):
+        prepared = prepare(run_config(**base, **options), model, tmp_path / "data", tmp_path / "cache")
+        return prepared.encoded_latents, prepared.encoded_texts
+
+    assert encoded() == (3, 3)
+    Image.new("L", (64, 64), 128).save(root / "0-masklabel.png")
+    assert encoded() == (1, 0)
+    assert encoded(background="black") == (3, 0)
+    assert encoded(vae_tiling=True) == (3, 0)
+    other = load_model("tiny")
+    other.vae.to(torch.bfloat16)
+    assert encoded(other) == (3, 0)
+    other = load_model("tiny")
+    with torch.no_grad():
+        other.text_encoders[0].final_layer_norm.bias.add_(0.01)
+    assert encoded(other) == (0, 3)
+    assert encoded() == (0, 0)
+
+
 def test_truncated_cache_file_is_rebuilt(tmp_path, sample_data, tiny):
     config, cache = setup(tmp_path, sample_data)
     prepare(config, tiny, sample_data, cache)
