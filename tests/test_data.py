@@ -106,6 +106,41 @@ def test_apply_variant_gives_the_bucket_shape_and_really_flips():
     assert plain.getpixel((1, 10))[0] > 200 and flipped.getpixel((1, 10))[0] < 50
 
 
+def test_crops_stay_inside_the_scaled_image_centred_at_first_and_jitter_leaves_masks_alone():
+    """A wide image in a square bucket: the plain variant is cut from the middle, random crops move along the
+    slack there is (across, not down); colour jitter changes the image, never an "L" loss mask's weights."""
+    from lowvram.data.buckets import Placement
+
+    placement = Placement(bucket=(64, 64), scaled=(128, 64), upscale=1.0)
+    options = AugmentOptions(crop="random", color_jitter=0.3, variants=40)
+    variants = [make_variant("wide", i, placement, options) for i in range(40)]
+    assert variants[0].crop_top_left == (0, 32)
+    assert all(v.crop_top_left[0] == 0 and 0 <= v.crop_top_left[1] <= 64 for v in variants)
+    assert len({v.crop_top_left for v in variants}) > 10
+    image = Image.linear_gradient("L").resize((128, 64))
+    jittered = next(v for v in variants if min(abs(j - 1) for j in v.jitter) > 0.05)
+    mask = apply_variant(image, placement, jittered)
+    left = jittered.crop_top_left[1]
+    assert list(mask.getdata()) == list(image.crop((left, 0, left + 64, 64)).getdata())
+    rgb = apply_variant(image.convert("RGB"), placement, jittered)
+    assert list(rgb.convert("L").getdata()) != list(mask.getdata())
+
+
+def test_sdxl_size_conditioning_of_a_cropped_and_flipped_image():
+    """Original (h, w), crop (top, left) measured from the side the flipped image shows, target (h, w)."""
+    from types import SimpleNamespace
+
+    from lowvram.data.augment import Variant
+    from lowvram.data.buckets import Placement
+    from lowvram.data.cache import sdxl_time_ids
+
+    record = SimpleNamespace(width=1536, height=640)
+    placement = Placement(bucket=(1024, 512), scaled=(1228, 512), upscale=1.0)
+    for flip, left in ((False, 50), (True, 1228 - 1024 - 50)):
+        variant = Variant(flip=flip, crop_top_left=(0, 50), jitter=(1.0, 1.0, 1.0))
+        assert sdxl_time_ids(record, placement, variant) == [640, 1536, 0, left, 512, 1024]
+
+
 def test_auto_variant_count():
     assert auto_variant_count(False, "center", 0.0) == 1
     assert auto_variant_count(True, "center", 0.0) == 2
