@@ -145,6 +145,40 @@ def test_truncated_cache_file_is_rebuilt(tmp_path, sample_data, tiny):
     assert len(TensorStore(cache, "latents").load(victim.stem)["latent"].shape) == 3
 
 
+def test_an_entry_broken_after_its_check_is_removed_and_named(tmp_path, sample_data, tiny):
+    """Broken between the caching phase's check and training's read (a disk error, another process): the run
+    stops in one line naming it, and the next run rebuilds it."""
+    from lowvram.errors import LowvramError
+
+    config, cache = setup(tmp_path, sample_data)
+    prepare(config, tiny, sample_data, cache)
+    victim = next((cache / "latents").rglob("*.safetensors"))
+    victim.write_bytes(b"garbage")
+    with pytest.raises(LowvramError, match=f"^cache entry {victim} is unreadable .*; it was removed, run again"):
+        TensorStore(cache, "latents").load(victim.stem)
+    assert not victim.exists()
+
+
+def test_a_killed_writers_temporary_files_are_removed_once_old_not_while_another_run_may_write(
+        tmp_path, sample_data, tiny):
+    import os
+    import time
+
+    config, cache = setup(tmp_path, sample_data)
+    prepare(config, tiny, sample_data, cache)
+    folder = next((cache / "latents").iterdir())
+    old, fresh = folder / ".entry.safetensors.abcd1234.tmp", folder / ".other.safetensors.efgh5678.tmp"
+    for path in (old, fresh):
+        path.write_bytes(b"half an entry")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    console = Console(record=True, width=400)
+    run = resolved(config, cache)
+    prepare_training_data(run, tiny, [scan(run, sample_data, config.data.trigger_word, None)], torch.device("cpu"),
+                          console)
+    assert not old.exists() and fresh.exists()
+    assert f"removed 1 temporary file(s) a killed run left in {cache / 'latents'}" in console.export_text()
+
+
 def test_interrupted_caching_resumes_without_redoing_work(tmp_path, sample_data, tiny, monkeypatch):
     config, cache = setup(tmp_path, sample_data, flip=True, cache_batch_size=1)
     saved = []

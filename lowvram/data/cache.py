@@ -107,7 +107,8 @@ class TensorStore:
         except Exception:  # noqa: BLE001 - any failure to open means the entry must be rebuilt
             ok = False
         if not ok:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only (shared) cache: its encoding is refused as unwritable
+                path.unlink(missing_ok=True)
             return False
         with contextlib.suppress(OSError):  # a read-only (shared) cache: its owner's runs keep it fresh
             os.utime(path)
@@ -121,9 +122,13 @@ class TensorStore:
         try:
             return load_file(str(self.path(key)))
         except Exception as exc:  # noqa: BLE001 - corrupt or vanished under us
-            self.path(key).unlink(missing_ok=True)
-            raise LowvramError(f"cache entry {self.path(key)} is unreadable ({exc}); it was removed, run again "
-                               "to rebuild it") from None
+            try:
+                self.path(key).unlink(missing_ok=True)
+                fix = "it was removed, run again to rebuild it"
+            except OSError as removing:  # a read-only (shared) cache
+                fix = (f"it cannot be removed ({removing.strerror}): pass another --cache-dir, or ask its owner to "
+                       "remove it")
+            raise LowvramError(f"cache entry {self.path(key)} is unreadable ({exc}); {fix}") from None
 
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         if self.memory is None:
