@@ -212,6 +212,12 @@ def test_alpha_mask_is_cached_at_latent_resolution(tmp_path, tiny):
     batch = prepared.data.load([0], __import__("random").Random(0))
     assert batch.mask.shape == (1, 1, 32, 32)
     assert batch.mask[0, 0, :, :16].min() == 1.0 and batch.mask[0, 0, :, 16:].max() == 0.0
+    # flipped, the mask turns with its image: the opaque half is on the right in the flipped variant
+    flipped = run_config(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), alpha_mask=True, flip=True)
+    sample = prepare(flipped, tiny, tmp_path / "data", tmp_path / "cache").data.samples[0]
+    store = TensorStore(tmp_path / "cache", "latents")
+    masks = [store.load(key)["mask"] for key in sample.latent_keys]
+    assert len(masks) == 2 and torch.equal(masks[1], masks[0].flip(-1)) and not torch.equal(masks[0], masks[1])
 
 
 def test_the_caches_size_is_foreseen_with_long_captions_and_masks(tmp_path, tiny, monkeypatch):
