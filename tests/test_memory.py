@@ -129,9 +129,11 @@ def test_attention_falls_back_to_sdpa_without_xformers():
     unet = load_model("tiny").unet
     assert set_attention(unet, "auto") == ("xformers" if torch.cuda.is_available() else "sdpa")
     assert set_attention(unet, "math") == "math"
+    assert {type(p).__name__ for p in unet.attn_processors.values()} == {"AttnProcessor"}  # math: the memory-hungry one
     with torch.no_grad():
         math_out = unet(*unet_inputs()).sample
     set_attention(unet, "sdpa")
+    assert {type(p).__name__ for p in unet.attn_processors.values()} == {"AttnProcessor2_0"}
     with torch.no_grad():
         torch.testing.assert_close(unet(*unet_inputs()).sample, math_out, rtol=1e-4, atol=1e-5)
 
