@@ -175,6 +175,27 @@ def test_a_validation_folder_is_used_whole(tmp_path, sample_data):
     assert isinstance(result.data_reports[0], ScanReport) and len(result.data_reports[0].usable) == 6
 
 
+def test_a_validation_folders_captions_get_the_trigger_word_as_trainings_do(tmp_path, sample_data, monkeypatch):
+    """Scored on other conditioning than training's (no trigger word), the loss would measure the wrong thing."""
+    from lowvram.data.sample import write_sample_dataset
+    from lowvram.train import saving
+
+    held = write_sample_dataset(tmp_path / "validation")
+    for caption in held.rglob("*.txt"):
+        caption.write_text("a shape")
+    scored = []
+    real = saving.validation_loss
+
+    def validating(unet, noise_scheduler, family, data, samples, *args):
+        scored.extend(sample.caption for sample in samples)
+        return real(unet, noise_scheduler, family, data, samples, *args)
+
+    monkeypatch.setattr(saving, "validation_loss", validating)
+    train(run_config(output=str(tmp_path / "out"), data=str(sample_data), validation_data=str(held), max_steps=2,
+                     validate_every=2, trigger_word="zkw"))
+    assert len(scored) == 6 and all(caption.startswith("zkw") for caption in scored), scored
+
+
 def test_a_run_resumed_with_another_validation_split_says_its_held_out_images_changed(tmp_path, capsys):
     """Another split trains other images, and the early-stopping record compares losses of another set: said as a
     changed dataset is (a run from before the checkpoints kept the split resumes as it did)."""
