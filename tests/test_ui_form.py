@@ -243,6 +243,23 @@ def test_caption_edits_keep_each_datasets_first_original_and_write_the_file_trai
     assert data_panel.read_caption(first, "1_x/blue.png") == "blue, edited"
 
 
+def test_the_forms_values_are_the_options_a_user_typed(tmp_path):
+    """A whole number from a number box is an int (gr.Number gives 4.0); a list's blank lines and padding are not
+    entries; a broken dataset file typed as the dataset leaves the other values (its check says what is wrong); a
+    typed budget left empty is said, not planned for."""
+    from lowvram.ui.planview import BUDGET, plan_for
+
+    fields = {f.name: f for f in form_fields()}
+    assert fields["rank"].from_form(4.0) == 4 and type(fields["rank"].from_form(4.0)) is int
+    assert fields["sample_prompts"].from_form("a cat\n\n   a dog  \n") == ("a cat", "a dog")
+    broken = tmp_path / "dataset.toml"
+    broken.write_text("[[datasets]\n")
+    shown = form_values(list(fields.values()), {"data": str(broken), "rank": 8})
+    assert option_values(list(fields.values()), shown) == {"data": str(broken), "rank": 8}
+    with pytest.raises(LowvramError, match="^--vram: type a budget such as 6GB$"):
+        plan_for({"model": "sd15"}, BUDGET, "")
+
+
 def test_the_plan_panel_tells_unverified_from_too_big():
     """In 1.9 GB only strategies no GPU result shows fit SD1.5: the panel says so and draws the fastest that fits;
     a T4 (no bf16) trains one seen in bf16, and the panel says that; SDXL in 2 GB does not fit and is drawn as its
