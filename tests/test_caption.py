@@ -158,6 +158,26 @@ def test_blip_writes_a_sentence(tmp_path, blip, sample_data):
     assert images[0].with_suffix(".txt").read_text() == f"lvshape, {expected}\n"
 
 
+def test_blip_continues_the_prompt_it_is_given(tmp_path, blip):
+    """--prompt: what the model is asked (BLIP continues it, Florence-2 takes a task token)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    data = colour_dataset(tmp_path / "data")
+    assert main(["caption", str(data), "--caption-model", str(blip), "--prompt", "a picture of",
+                 "--max-length", "6"]) == 0
+    processor, model = AutoProcessor.from_pretrained(blip), AutoModelForImageTextToText.from_pretrained(blip)
+    image = Image.open(data / "3_colours" / "red.png").convert("RGB")
+    said = {}
+    for prompt in ("a picture of", None):
+        with torch.inference_mode():
+            ids = model.generate(**processor(images=[image], text=prompt, return_tensors="pt"), max_new_tokens=6,
+                                 do_sample=False)
+        said[prompt] = processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+    assert said["a picture of"] != said[None]
+    assert captions(data)["red"] == f"{said['a picture of']}\n"
+
+
 def test_a_caption_file_with_an_upper_case_extension_is_the_images_caption(tmp_path, tagger, capsys):
     """Training reads 003.TXT (Windows keeps names' case as typed); captioning must not add a 003.txt beside it."""
     data = colour_dataset(tmp_path / "data")
