@@ -159,6 +159,21 @@ def test_an_entry_broken_after_its_check_is_removed_and_named(tmp_path, sample_d
     assert not victim.exists()
 
 
+def test_a_cache_that_fits_neither_the_disk_nor_twice_the_ram_is_refused_in_one_line(tmp_path):
+    import psutil
+
+    from lowvram.errors import LowvramError
+
+    store = TensorStore(tmp_path, "latents")
+    available = psutil.virtual_memory().available
+    with pytest.raises(LowvramError, match=r"^the disk is full; keeping the cache in memory instead needs .* of RAM "
+                                           r"and .* is available: free disk space or pass another --cache-dir$"):
+        store.keep_in_memory("the disk is full", available)
+    assert store.memory is None
+    store.keep_in_memory("the disk is full", 1024)
+    assert store.memory == {} and store.fell_back == "the disk is full"
+
+
 def test_a_killed_writers_temporary_files_are_removed_once_old_not_while_another_run_may_write(
         tmp_path, sample_data, tiny):
     import os
