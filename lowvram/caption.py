@@ -124,23 +124,29 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
             console.print(f"  {record.relpath} -> {target.name}", soft_wrap=True)
     if dry_run or not todo:
         return report
-    captioner = model.load(report.device, config)
-    if config.overwrite:
-        report.backup = _new_folder(cache_dir / REPLACED_CAPTIONS / f"{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    with Progress(console=console, transient=True, disable=not redraws_in_place(console)) as progress:
-        task = progress.add_task("captioning", total=len(todo))
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start:start + config.batch_size]
-            images = [open_training_image(record)[0] for record, _ in batch]
-            for (record, target), text in zip(batch, captioner(images), strict=True):
-                caption = ", ".join(part for part in (config.trigger_word, text.strip()) if part)
-                if not caption:
-                    report.skipped.append((record.relpath, "the model gave no caption"))
-                    continue
-                _keep_old_caption(target, root.resolve(), report.backup)
-                write_text(target, caption + "\n")
-                report.written.append(target.relative_to(root.resolve()).as_posix())
-            progress.advance(task, len(batch))
+    if config.overwrite:  # before the model loads: a cache that cannot keep the captions replaced stops it first
+        report.backup = _claim_new_folder(cache_dir / REPLACED_CAPTIONS /
+                                          f"{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        captioner = model.load(report.device, config)
+        with Progress(console=console, transient=True, disable=not redraws_in_place(console)) as progress:
+            task = progress.add_task("captioning", total=len(todo))
+            for start in range(0, len(todo), config.batch_size):
+                batch = todo[start:start + config.batch_size]
+                images = [open_training_image(record)[0] for record, _ in batch]
+                for (record, target), text in zip(batch, captioner(images), strict=True):
+                    caption = ", ".join(part for part in (config.trigger_word, text.strip()) if part)
+                    if not caption:
+                        report.skipped.append((record.relpath, "the model gave no caption"))
+                        continue
+                    _keep_old_caption(target, root.resolve(), report.backup)
+                    write_text(target, caption + "\n")
+                    report.written.append(target.relative_to(root.resolve()).as_posix())
+                progress.advance(task, len(batch))
+    finally:
+        if report.backup and not any(report.backup.iterdir()):  # no caption was replaced
+            report.backup.rmdir()
+            report.backup = None
     return report
 
 
@@ -183,51 +189,66 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
             continue
         existing = [found for suffix in dict.fromkeys((config.caption_extension, *CAPTION_SUFFIXES))
                     if (found := caption_file(record.path, suffix))]  # in any case: training reads 003.TXT too
-        if record.path.parent in by_metadata or existing and not config.overwrite and _has_text(existing[0]):
-            if record.path.parent not in by_metadata and _caption_text(existing[0]) is None:
-                unread = (f"{existing[0].name}: no caption training reads (not text, or over "
-                          f"{human_size(MAX_CAPTION_BYTES)}); left as it is")
-                report.skipped.append((record.relpath, unread))
-            else:
-                report.kept.append(record.relpath)
+        if record.path.parent in by_metadata:
+            report.kept.append(record.relpath)
+            continue
+        state, why = _caption_state(existing[0]) if existing else (EMPTY, "")
+        if state == LOCKED or state == UNREAD and not config.overwrite:
+            report.skipped.append((record.relpath, f"{existing[0].name} {why}"))
+            continue
+        if state == TEXT and not config.overwrite:
+            report.kept.append(record.relpath)
             continue
         todo.append((record, existing[0] if existing else record.path.with_suffix(config.caption_extension)))
     return root, todo
 
 
-def _has_text(path: Path) -> bool:
-    """Whether a caption file holds something: words as training reads them, or bytes it cannot read as text (a
-    file that is not lowvram's to replace)."""
-    text = _caption_text(path)
-    return text is None or bool(text.strip())
+TEXT, EMPTY, UNREAD, LOCKED = "text", "empty", "unread", "locked"  # a caption file as _caption_state finds it
 
 
-def _caption_text(path: Path) -> str | None:
-    """A caption file's text as training reads it; None for one over a caption's size or of bytes that are not
-    blank and no text training reads (UTF-16 of CJK without a byte-order mark): a user's file all the same."""
+def _caption_state(path: Path) -> tuple[str, str]:
+    """What an existing caption file holds, and for a file that is the user's though training reads no caption
+    from it (UNREAD: over a caption's size, or bytes that are no text it reads, as UTF-16 CJK without a byte-order
+    mark; LOCKED: it cannot be opened) why, and what to do."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_CAPTION_BYTES + 1)
-    except OSError:
-        return ""
+    except FileNotFoundError:
+        return EMPTY, ""
+    except OSError as exc:
+        return LOCKED, f"cannot be read ({exc.strerror}): left as it is (fix its permissions)"
+    kept = "replaces it and keeps it in the cache"
     if len(raw) > MAX_CAPTION_BYTES:
-        return None
+        return UNREAD, (f"is over {human_size(MAX_CAPTION_BYTES)}, no caption: left as it is (move it away, or "
+                        f"--overwrite {kept})")
     text = decode_caption(raw)[0]
-    return "" if text is None and not raw.strip(b"\0 \t\r\n") else text
+    if text is None:
+        if not raw.strip(b"\0 \t\r\n"):
+            return EMPTY, ""
+        return UNREAD, f"is no text training reads: left as it is (save it as UTF-8, or --overwrite {kept})"
+    return (TEXT if text.strip() else EMPTY), ""
 
 
-def _new_folder(path: Path) -> Path:
-    """`path`, or `path-2`, `path-3`...: the first no earlier run wrote (two runs within a second would share it, and
-    the second would replace the first's copies of the user's captions with the first's output)."""
-    candidates = itertools.chain([path], (path.with_name(f"{path.name}-{n}") for n in itertools.count(2)))
-    return next(folder for folder in candidates if not folder.exists())
+def _claim_new_folder(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`..., created: the first no other run holds (two runs within a second would
+    share one, and the second would replace the first's copies of the user's captions with the first's output)."""
+    for folder in itertools.chain([path], (path.with_name(f"{path.name}-{n}") for n in itertools.count(2))):
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise LowvramError(f"--overwrite: the captions it replaces cannot be kept in {folder} ({exc.strerror}); "
+                               "make room there, or set LOWVRAM_CACHE_DIR to another cache folder") from None
+    raise AssertionError("unreachable")
 
 
 def _keep_old_caption(target: Path, root: Path, backup: Path | None) -> None:
     """Byte for byte: a UTF-16 or cp1252 original stays as it was."""
     from lowvram.files import atomic_write
 
-    if backup is not None and target.is_file() and _has_text(target):
+    if backup is not None and target.is_file() and _caption_state(target)[0] != EMPTY:
         atomic_write(backup / target.relative_to(root), lambda tmp: shutil.copyfile(target, tmp),
                      target.stat().st_size, "the replaced caption")
 

@@ -112,8 +112,9 @@ def test_a_file_too_big_for_a_caption_is_never_replaced_unkept_and_a_utf16_one_i
     assert (data / "3_colours" / "red.txt").read_bytes() == log  # kept: not lowvram's to write over
     assert (data / "3_colours" / "green.txt").read_bytes() == cjk
     out = capsys.readouterr().out
-    assert "skipped 3_colours/green.png: green.txt: no caption training reads (not text, or over 1.00 MiB)" in out
-    assert "skipped 3_colours/red.png: red.txt: no caption training reads" in out
+    assert ("skipped 3_colours/green.png: green.txt is no text training reads: left as it is (save it as UTF-8, or "
+            "--overwrite replaces it and keeps it in the cache)") in out
+    assert "skipped 3_colours/red.png: red.txt is over 1.00 MiB, no caption: left as it is (move it away" in out
     main(["caption", str(data), "--caption-model", str(tagger), "--overwrite", "--trigger-word", "zkw"])
     kept = {p.name: p.read_bytes() for p in (tmp_path / "cache" / "replaced-captions").rglob("*.txt")}
     assert kept["red.txt"] == log and kept["dark.txt"] == wide and kept["green.txt"] == cjk
@@ -133,6 +134,11 @@ def test_two_overwrites_within_a_second_keep_the_users_captions_apart(tmp_path, 
         "my own words about the dark one\n"
     assert (replaced / "data-20261203-120000-2" / "3_colours" / "dark.txt").read_text() == "zkw\n"
     assert f"the captions replaced are kept in {replaced / 'data-20261203-120000-2'}" in capsys.readouterr().out
+    fresh = colour_dataset(tmp_path / "fresh" / "data")  # no caption to replace once dark.txt is gone
+    (fresh / "3_colours" / "dark.txt").unlink()
+    main(["caption", str(fresh), "--caption-model", str(tagger), "--overwrite"])
+    assert sorted(p.name for p in replaced.iterdir()) == ["data-20261203-120000", "data-20261203-120000-2"]
+    assert "the captions replaced are kept" not in capsys.readouterr().out  # nothing was: no folder is left
 
 
 def test_blip_writes_a_sentence(tmp_path, blip, sample_data):

@@ -3,6 +3,8 @@ options a user set, as flags would be, and the `.toml` it saves is what `train -
 `lowvram ui` refuses a port it cannot serve in one line."""
 
 
+import re
+
 import pytest
 from PIL import Image
 
@@ -143,18 +145,19 @@ def test_start_passes_resume_and_the_typed_budget_and_refuses_a_second_run(tmp_p
     train(run_config(output=str(tmp_path / "out"), data=str(sample_data), max_steps=2, checkpoint_every=1))
     toml = toml_text({"model": "tiny", "data": str(sample_data), "output": str(tmp_path / "out"), "max_steps": 4,
                       "rank": 4, "alpha": 4})
-    training = TrainingProcess()
+    training, started = TrainingProcess(), []
     try:
         said = training.start(toml, tmp_path / "ui", tmp_path / "out", resume=True, auto_vram="6GB")
+        started.append(training.process)
         assert training.process.args[-8:] == ["train", "--config", str(tmp_path / "ui" / "ui-run.toml"), "--resume",
                                               "auto", "--auto", "--vram", "6GB"]
         assert said.endswith(" --resume auto --auto --vram 6GB")
         with pytest.raises(LowvramError, match="^a run is already going: stop it first$"):
             training.start(toml, tmp_path / "ui", tmp_path / "out")
     finally:
-        if training.process:
-            training.process.kill()
-            training.process.wait()
+        for process in {*started, training.process} - {None}:  # a second run, had one started, too
+            process.kill()
+            process.wait()
 
 
 def test_the_train_tab_reads_loss_records_past_a_bad_line_and_shows_the_newest_outputs_first(tmp_path):
@@ -184,7 +187,7 @@ def test_a_render_that_fails_says_the_clis_line(tmp_path):
     from lowvram.ui.runs import render
 
     missing = tmp_path / "gone.safetensors"
-    with pytest.raises(LowvramError, match=f"^--lora: file not found: {missing}$"):
+    with pytest.raises(LowvramError, match=f"^--lora: file not found: {re.escape(str(missing))}$"):
         render("tiny", str(missing), "a prompt", tmp_path / "test.png", steps=1)
 
 
@@ -241,6 +244,11 @@ def test_caption_edits_keep_each_datasets_first_original_and_write_the_file_trai
     assert sorted(p.name for p in (first / "1_x").iterdir() if p.stem == "blue") == ["blue.TXT", "blue.png"]
     assert (first / "1_x" / "blue.TXT").read_text() == "blue, edited\n"
     assert data_panel.read_caption(first, "1_x/blue.png") == "blue, edited"
+    # --caption-extension .caption: training reads red.caption first, and so does the editor
+    assert data_panel.read_caption(first, "1_x/red.png", extension=".caption") == "an older caption"
+    data_panel.save_caption(first, "1_x/red.png", "a caption edited", backups[0], extension=".caption")
+    assert read_caption_file(first / "1_x" / "red.png", ".caption")[0] == "a caption edited"
+    assert (first / "1_x" / "red.txt").read_text() == "edited twice\n"
 
 
 def test_the_forms_values_are_the_options_a_user_typed(tmp_path):
@@ -334,7 +342,7 @@ def test_save_toml_writes_only_a_toml(tmp_path):
     assert read_toml(tmp_path / "x.toml")["rank"] == 8
 
 
-def test_a_fractional_whole_number_option_is_refused_not_rounded(leaks_collected):  # gradio's Blocks leak
+def test_a_fractional_whole_number_option_is_refused_not_rounded():
     """2.5 typed into --rank reaches the config, which refuses it in one line, as the CLI does; 16 stays 16."""
     gr = pytest.importorskip("gradio")
     from lowvram.errors import LowvramError

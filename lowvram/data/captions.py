@@ -25,8 +25,7 @@ MAX_CAPTION_BYTES = 2**20  # the text encoders read at most 225 tokens: a captio
 def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str], Path | None]:
     """(the caption: its non-empty lines, stripped, one per line; or None where there is no file, it is empty or
     unreadable; notes; the file when it was not UTF-8)."""
-    order = [extension] + [s for s in CAPTION_SUFFIXES if s != extension and extension in CAPTION_SUFFIXES]
-    found = [path for path in (caption_file(image, suffix) for suffix in order) if path]
+    found = caption_files(image, extension)
     notes: list[str] = []
     if len(found) > 1:
         notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
@@ -80,6 +79,13 @@ def read_caption_text(path: Path) -> str:
     except OSError:
         return ""
     return "" if len(raw) > MAX_CAPTION_BYTES else (decode_caption(raw)[0] or "")
+
+
+def caption_files(image: Path, extension: str) -> list[Path]:
+    """The image's caption files in the order training reads them: `extension` (--caption-extension) first, then
+    the other of .txt and .caption where it is one of them."""
+    order = [extension] + [s for s in CAPTION_SUFFIXES if s != extension and extension in CAPTION_SUFFIXES]
+    return [path for path in (caption_file(image, suffix) for suffix in order) if path]
 
 
 def caption_file(image: Path, suffix: str) -> Path | None:

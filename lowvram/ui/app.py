@@ -187,7 +187,8 @@ def build_app(cache_dir: Path, port: int | None = None):
             except LowvramError as exc:
                 return _message(exc), [], gr.update(choices=[], value=None), None
             return summary, rows, gr.update(choices=images, value=None), {
-                "data": form[data_index], "root": root, "caption_column": values.get("caption_column")}
+                "data": form[data_index], "root": root, "caption_column": values.get("caption_column"),
+                "caption_extension": values.get("caption_extension")}
 
         def forget_check(data, seen):
             if seen is None or seen["data"] == data:
@@ -198,8 +199,8 @@ def build_app(cache_dir: Path, port: int | None = None):
             if not relpath or seen is None:
                 return None, ""
             root = Path(seen["root"])
-            return _picture(root / relpath, PREVIEW_SIDE), data_panel.read_caption(root, relpath,
-                                                                                   seen.get("caption_column"))
+            return _picture(root / relpath, PREVIEW_SIDE), data_panel.read_caption(
+                root, relpath, seen.get("caption_column"), seen.get("caption_extension"))
 
         def save_caption(relpath, text, seen):
             try:
@@ -207,7 +208,7 @@ def build_app(cache_dir: Path, port: int | None = None):
                     raise LowvramError("check the dataset, then choose an image first")
                 root = Path(seen["root"])
                 return data_panel.save_caption(root, relpath, text, data_panel.backup_dir_for(cache_dir, root),
-                                               seen.get("caption_column"))
+                                               seen.get("caption_column"), seen.get("caption_extension"))
             except LowvramError as exc:
                 return _message(exc)
 

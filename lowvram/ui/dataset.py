@@ -12,8 +12,7 @@ from typing import Any
 
 from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
 from lowvram.configure import build_config
-from lowvram.data.captions import caption_file as find_caption_file
-from lowvram.data.captions import read_caption_text
+from lowvram.data.captions import caption_files, read_caption_text
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
@@ -90,12 +89,13 @@ def _image(root: Path, relpath: str) -> Path:
     return image
 
 
-def caption_file(root: Path, relpath: str) -> Path:
-    """The caption file an image uses, in whichever case it is written, as training finds it (the .txt where there is
-    none yet)."""
+def caption_file(root: Path, relpath: str, extension: str | None = None) -> Path:
+    """The caption file training reads for an image (`extension`: --caption-extension's), in whichever case it is
+    written; where there is none yet, the one it would read."""
     image = _image(root, relpath)
-    found = [path for path in (find_caption_file(image, suffix) for suffix in CAPTION_SUFFIXES) if path]
-    return found[0] if found else image.with_suffix(CAPTION_SUFFIXES[0])
+    extension = extension or CAPTION_SUFFIXES[0]
+    found = caption_files(image, extension)
+    return found[0] if found else image.with_suffix(extension)
 
 
 def metadata_caption(root: Path, relpath: str, column: str | None = None) -> tuple[str, str] | None:
@@ -112,25 +112,26 @@ def metadata_caption(root: Path, relpath: str, column: str | None = None) -> tup
     return None
 
 
-def read_caption(root: Path, relpath: str, column: str | None = None) -> str:
+def read_caption(root: Path, relpath: str, column: str | None = None, extension: str | None = None) -> str:
     try:
         from_metadata = metadata_caption(root, relpath, column)
     except LowvramError:  # the file is refused where the dataset is checked
         from_metadata = None
     if from_metadata:
         return from_metadata[1]
-    path = caption_file(root, relpath)
+    path = caption_file(root, relpath, extension)
     return read_caption_text(path).strip() if path.is_file() else ""
 
 
-def save_caption(root: Path, relpath: str, text: str, backup_dir: Path, column: str | None = None) -> str:
+def save_caption(root: Path, relpath: str, text: str, backup_dir: Path, column: str | None = None,
+                 extension: str | None = None) -> str:
     """Write the caption atomically; the first edit of a caption file keeps its original in `backup_dir`. An image
     a metadata file captions is not: a caption file beside it would not be read."""
     from_metadata = metadata_caption(root, relpath, column)
     if from_metadata:
         raise LowvramError(f"{relpath}: its caption is in a {from_metadata[0]} above it, which training reads "
                            "instead of caption files; edit it there")
-    path = caption_file(root, relpath)
+    path = caption_file(root, relpath, extension)
     kept = backup_dir / path.relative_to(os.path.abspath(root))
     if path.is_file() and not kept.exists():  # byte for byte: a UTF-16 or cp1252 original stays as it was
         atomic_write(kept, lambda tmp: shutil.copyfile(path, tmp), path.stat().st_size, "the original caption")
