@@ -1,6 +1,5 @@
 """Shared fixtures. Everything runs offline on the CPU with the tiny models."""
 
-import gc
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach for the Hugging Face hub
@@ -13,7 +12,6 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 import shutil
 import socket
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -117,14 +115,3 @@ def assert_kohya_hashes(path: Path) -> dict[str, str]:
     assert metadata["sshs_model_hash"] == hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()
     assert metadata["sshs_legacy_hash"] == hashlib.sha256(training[0x100000:0x110000]).hexdigest()[:8]
     return metadata
-
-
-@pytest.fixture
-def leaks_collected():
-    """For a test whose libraries leave unclosed event loops and sockets to the garbage collector (gradio's Blocks,
-    nbclient after a dead kernel): collected when it ends, so their ResourceWarnings are not raised inside a later
-    test of this process that makes warnings errors (one failed so in CI)."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()

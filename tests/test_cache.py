@@ -3,6 +3,7 @@ messy dataset completes on the good files without touching the user's folder."""
 
 import dataclasses
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -154,7 +155,7 @@ def test_an_entry_broken_after_its_check_is_removed_and_named(tmp_path, sample_d
     prepare(config, tiny, sample_data, cache)
     victim = next((cache / "latents").rglob("*.safetensors"))
     victim.write_bytes(b"garbage")
-    with pytest.raises(LowvramError, match=f"^cache entry {victim} is unreadable .*; it was removed, run again"):
+    with pytest.raises(LowvramError, match=f"^cache entry {re.escape(str(victim))} is unreadable .*; it was removed"):
         TensorStore(cache, "latents").load(victim.stem)
     assert not victim.exists()
 
@@ -168,7 +169,7 @@ def test_a_cache_that_fits_neither_the_disk_nor_twice_the_ram_is_refused_in_one_
     available = psutil.virtual_memory().available
     with pytest.raises(LowvramError, match=r"^the disk is full; keeping the cache in memory instead needs .* of RAM "
                                            r"and .* is available: free disk space or pass another --cache-dir$"):
-        store.keep_in_memory("the disk is full", available)
+        store.keep_in_memory("the disk is full", int(available * 0.6))  # twice that is more than there is
     assert store.memory is None
     store.keep_in_memory("the disk is full", 1024)
     assert store.memory == {} and store.fell_back == "the disk is full"

@@ -101,7 +101,7 @@ def test_the_notebook_is_valid_and_saved_clean():
 
 
 @pytest.mark.slow
-def test_the_notebook_trains_and_resumes_after_a_disconnect(run_dir, tmp_path, leaks_collected):  # nbclient's
+def test_the_notebook_trains_and_resumes_after_a_disconnect(run_dir, tmp_path):
     checkpoints = run_dir / "checkpoints"
     lora = run_dir / "shapes.safetensors"
 
