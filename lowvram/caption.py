@@ -15,8 +15,10 @@ with the same reason.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -144,9 +146,10 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                     report.written.append(target.relative_to(root.resolve()).as_posix())
                 progress.advance(task, len(batch))
     finally:
-        if report.backup and not any(report.backup.iterdir()):  # no caption was replaced
-            report.backup.rmdir()
-            report.backup = None
+        with contextlib.suppress(OSError):  # a folder removed meanwhile: nothing to tidy
+            if report.backup and not any(report.backup.iterdir()):  # no caption was replaced
+                report.backup.rmdir()
+                report.backup = None
     return report
 
 
@@ -199,7 +202,12 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         if state == TEXT and not config.overwrite:
             report.kept.append(record.relpath)
             continue
-        todo.append((record, existing[0] if existing else record.path.with_suffix(config.caption_extension)))
+        target = existing[0] if existing else record.path.with_suffix(config.caption_extension)
+        if not existing and os.path.lexists(target):  # a folder or a broken link: nothing to write over
+            taken = f"{target.name} is not a file (a folder or a broken link) where its caption goes: left as it is"
+            report.skipped.append((record.relpath, taken + "; rename it"))
+            continue
+        todo.append((record, target))
     return root, todo
 
 

@@ -120,6 +120,18 @@ def test_a_file_too_big_for_a_caption_is_never_replaced_unkept_and_a_utf16_one_i
     assert kept["red.txt"] == log and kept["dark.txt"] == wide and kept["green.txt"] == cjk
 
 
+def test_a_folder_where_a_caption_goes_is_passed_over_not_the_end_of_the_run(tmp_path, tagger, capsys):
+    data = colour_dataset(tmp_path / "data")
+    (data / "3_colours" / "red.txt").mkdir()
+    (data / "3_colours" / "white.txt").symlink_to(tmp_path / "gone.txt")
+    assert main(["caption", str(data), "--caption-model", str(tagger)]) == 0
+    out = capsys.readouterr().out
+    assert ("skipped 3_colours/red.png: red.txt is not a file (a folder or a broken link) where its caption goes: "
+            "left as it is; rename it") in out
+    assert "skipped 3_colours/white.png: white.txt is not a file" in out and "wrote 2 caption(s)" in out
+    assert (data / "3_colours" / "white.txt").is_symlink() and (data / "3_colours" / "blue.txt").is_file()
+
+
 def test_two_overwrites_within_a_second_keep_the_users_captions_apart(tmp_path, tagger, monkeypatch, capsys):
     """The second run's copies (the first run's captions) go to a folder of their own, not over the user's."""
     import time
