@@ -268,6 +268,29 @@ def test_the_forms_values_are_the_options_a_user_typed(tmp_path):
         plan_for({"model": "sd15"}, BUDGET, "")
 
 
+def test_the_check_tab_tells_usable_from_skipped_and_counts_template_captions(tmp_path):
+    """Only usable images are offered for caption editing; each row says why it was skipped or what was noted; the
+    captions line counts the images the template captions; the buckets are the chosen model's (SDXL: 1024)."""
+    from lowvram.ui import dataset as data_panel
+
+    folder = tmp_path / "data" / "1_x"
+    folder.mkdir(parents=True)
+    for name in ("captioned", "uncaptioned", "blank"):
+        Image.new("RGB", (512, 512), "red").save(folder / f"{name}.png")
+    (folder / "captioned.txt").write_text("a red square, flat")
+    (folder / "blank.txt").write_text("  \n")
+    (folder / "broken.png").write_bytes(b"not a png")
+    summary, rows, usable, _ = data_panel.check_dataset({"data": str(tmp_path / "data"), "model": "sdxl"})
+    status = {row[0]: row[1] for row in rows}
+    assert status == {"1_x/blank.png": "usable", "1_x/broken.png": "skipped", "1_x/captioned.png": "usable",
+                      "1_x/uncaptioned.png": "usable"}
+    assert sorted(usable) == ["1_x/blank.png", "1_x/captioned.png", "1_x/uncaptioned.png"]
+    notes = {row[0]: row[2] for row in rows}
+    assert notes["1_x/broken.png"].startswith("not an image") and "template used" in notes["1_x/uncaptioned.png"]
+    assert {row[3] for row in rows if row[1] == "usable"} == {"1024x1024"}
+    assert "captions: 1 from caption or metadata files, 2 from the template" in summary
+
+
 def test_the_plan_panel_tells_unverified_from_too_big():
     """In 1.9 GB only strategies no GPU result shows fit SD1.5: the panel says so and draws the fastest that fits;
     a T4 (no bf16) trains one seen in bf16, and the panel says that; SDXL in 2 GB does not fit and is drawn as its
