@@ -115,3 +115,18 @@ def assert_kohya_hashes(path: Path) -> dict[str, str]:
     assert metadata["sshs_model_hash"] == hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()
     assert metadata["sshs_legacy_hash"] == hashlib.sha256(training[0x100000:0x110000]).hexdigest()[:8]
     return metadata
+
+
+@pytest.fixture
+def text_encoder_modes(monkeypatch):
+    """The text encoders' train/eval modes at each training step's encoding, one list per step."""
+    from lowvram.train import step  # where the step encodes
+
+    modes, real = [], step.encode_prompts
+
+    def recording(family, encoders, *args, **kwargs):
+        modes.append([encoder.training for encoder in encoders])
+        return real(family, encoders, *args, **kwargs)
+
+    monkeypatch.setattr(step, "encode_prompts", recording)
+    return modes

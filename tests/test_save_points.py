@@ -10,22 +10,18 @@ from conftest import run_config
 from safetensors import safe_open
 
 from lowvram.train import saving
-from lowvram.train import step as step_module
 from lowvram.train.loop import train
 from lowvram.train.setup import plan_schedule
 from lowvram.train.validation import EarlyStopping, hold_out
 
 
-def test_sampling_and_validation_see_the_lora_in_eval_mode_and_training_goes_on_in_train_mode(tmp_path, monkeypatch):
+def test_sampling_and_validation_see_the_lora_in_eval_mode_and_training_goes_on_in_train_mode(tmp_path, monkeypatch,
+                                                                                               text_encoder_modes):
     """Adapter dropout is off while a sample grid is drawn or validation scores, and on again after each: a run
     that samples must not train its remaining steps without the dropout it asked for. Validation scores only the
     timesteps the run trains, and with the text encoders it trains, their captions encoded live."""
-    step_modes, render_modes, scored = [], [], []
-    real_encode, real_render, real_validation = step_module.encode_prompts, saving.render_grid, saving.validation_loss
-
-    def encoding(family, encoders, *args, **kwargs):
-        step_modes.append([encoder.training for encoder in encoders])
-        return real_encode(family, encoders, *args, **kwargs)
+    step_modes, render_modes, scored = text_encoder_modes, [], []
+    real_render, real_validation = saving.render_grid, saving.validation_loss
 
     def rendering(model, *args, **kwargs):
         render_modes.append([m.training for m in (model.unet, *model.text_encoders)])
@@ -35,7 +31,6 @@ def test_sampling_and_validation_see_the_lora_in_eval_mode_and_training_goes_on_
         scored.append((unet.training, timesteps, args[-3] is not None))
         return real_validation(unet, noise_scheduler, family, data, samples, timesteps, *args)
 
-    monkeypatch.setattr(step_module, "encode_prompts", encoding)
     monkeypatch.setattr(saving, "render_grid", rendering)
     monkeypatch.setattr(saving, "validation_loss", validating)
     result = train(run_config(output=str(tmp_path), max_steps=6, train_text_encoder=True, dropout=0.1,
@@ -68,16 +63,9 @@ def test_loraplus_logs_the_rate_the_a_matrices_learn_at(tmp_path):
     assert [r["lr"] for r in records if "lr" in r] == pytest.approx([1e-4, 1e-4])
 
 
-def test_text_encoders_frozen_by_text_encoder_until_run_in_eval_mode(tmp_path, monkeypatch):
+def test_text_encoders_frozen_by_text_encoder_until_run_in_eval_mode(tmp_path, text_encoder_modes):
     """Frozen, their adapters' dropout is off: the conditioning the U-Net trains on stops being noised."""
-    modes = []
-    real = step_module.encode_prompts
-
-    def recording(family, encoders, *args, **kwargs):
-        modes.append([encoder.training for encoder in encoders])
-        return real(family, encoders, *args, **kwargs)
-
-    monkeypatch.setattr(step_module, "encode_prompts", recording)
+    modes = text_encoder_modes
     train(run_config(output=str(tmp_path), max_steps=4, train_text_encoder=True, dropout=0.1, text_encoder_until="2"))
     assert [all(m) for m in modes] == [True, True, False, False] and not any(any(m) for m in modes[2:]), modes
 

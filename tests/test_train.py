@@ -514,19 +514,10 @@ def test_a_bf16_run_skips_peft_input_casts_yet_every_forward_works_and_the_model
         assert torch.isfinite(unet(latents, torch.tensor([500]), encoder_hidden_states=hidden).sample).all()
 
 
-def test_trained_text_encoders_train_in_train_mode(tmp_path, monkeypatch):
+def test_trained_text_encoders_train_in_train_mode(tmp_path, text_encoder_modes):
     """--train-text-encoder: the text encoders run in train mode, as the U-Net does (adapter dropout and
     transformers' gradient checkpointing read it), and are back in eval mode afterwards."""
-    from lowvram.train import step as loop  # where the step encodes
-
-    modes = []
-    real = loop.encode_prompts
-
-    def recording(family, encoders, *args, **kwargs):
-        modes.append([encoder.training for encoder in encoders])
-        return real(family, encoders, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "encode_prompts", recording)
+    modes = text_encoder_modes
     folder = tmp_path / "model"  # loaded as users' models are: from_pretrained leaves every part in eval mode
     load_model("tiny").pipeline.save_pretrained(folder, safe_serialization=True)
     result = train(run_config(model=str(folder), output=str(tmp_path / "out"), max_steps=2, train_text_encoder=True,
