@@ -57,7 +57,8 @@ class CaptionConfig:
     trigger_word: str | None = option(None, "Word written first in every new caption.")
     overwrite: bool = option(False, "Caption every image, replacing existing captions (the old ones are kept in "
                              "lowvram's cache).")
-    caption_extension: str = option(".txt", "Extension of the caption files written.", choices=CAPTION_SUFFIXES)
+    caption_extension: str = option(".txt", "Extension of the caption files written (an image's existing caption "
+                                    "file is written in place, whatever its extension).", choices=CAPTION_SUFFIXES)
     caption_column: str | None = option(None, "Column of a folder's metadata.jsonl or metadata.csv that holds its "
                                         "captions, as train's --caption-column: the images it captions are left "
                                         "alone.", metavar="NAME")
@@ -145,6 +146,12 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                     write_text(target, caption + "\n")
                     report.written.append(target.relative_to(root.resolve()).as_posix())
                 progress.advance(task, len(batch))
+    except BaseException:  # Ctrl-C, a full disk, a model error: what was written, and where the originals went
+        if report.written:
+            kept = (f"; the captions it replaced are kept in {report.backup}"
+                    if report.backup and any(report.backup.iterdir()) else "")
+            console.print(f"stopped after writing {len(report.written)} caption(s){kept}", soft_wrap=True)
+        raise
     finally:
         with contextlib.suppress(OSError):  # a folder removed meanwhile: nothing to tidy
             if report.backup and not any(report.backup.iterdir()):  # no caption was replaced

@@ -153,6 +153,31 @@ def test_two_overwrites_within_a_second_keep_the_users_captions_apart(tmp_path, 
     assert "the captions replaced are kept" not in capsys.readouterr().out  # nothing was: no folder is left
 
 
+def test_a_run_stopped_midway_says_what_it_wrote_and_where_the_replaced_captions_are(tmp_path, tagger):
+    """A real fault in a real process: a file-size limit refuses the copy of a large caption the second image's
+    --overwrite replaces; the first image's original is in the backup folder, and the user is told where."""
+    import os
+
+    from preloaded import run
+
+    folder = tmp_path / "data" / "3_colours"
+    folder.mkdir(parents=True)
+    for name, rgb in (("a_first", (220, 40, 40)), ("b_big", (40, 200, 60))):
+        Image.new("RGB", (96, 96), rgb).save(folder / f"{name}.png")
+    (folder / "a_first.txt").write_text("my own words\n")
+    (folder / "b_big.txt").write_text("many words " * 400)
+    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    done = run([sys.executable, "-m", "lowvram", "caption", str(tmp_path / "data"), "--caption-model", str(tagger),
+                "--overwrite", "--batch-size", "1"], env, limit_bytes=2048)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "file-size limit" in done.stderr
+    [backup] = (tmp_path / "cache" / "replaced-captions").iterdir()
+    assert (backup / "3_colours" / "a_first.txt").read_text() == "my own words\n"
+    assert f"stopped after writing 1 caption(s); the captions it replaced are kept in {backup}" in done.stdout
+    assert (folder / "a_first.txt").read_text() != "my own words\n"
+    assert (folder / "b_big.txt").read_text() == "many words " * 400
+
+
 def test_blip_writes_a_sentence(tmp_path, blip, sample_data):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
