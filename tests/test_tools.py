@@ -9,6 +9,37 @@ from pathlib import Path
 import pytest
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
+sys.path.insert(0, str(TOOLS))
+from bench_memory import UNKNOWN_COMMIT, commit
+
+COMMIT = commit()  # what every result made from this tree must name
+
+
+def test_a_result_names_the_commit_that_ran_not_a_repository_it_was_copied_into(tmp_path):
+    """A device machine runs a copy of the tree without its git metadata: the first GPU results named the commit
+    of a repository the copy sat in. LOWVRAM_COMMIT names the commit copied; without it, the commit is unknown."""
+    import os
+    import shutil
+
+    if (TOOLS.parent / ".git").exists():  # a git checkout (CI's clone): its HEAD
+        head = subprocess.run(["git", "-C", str(TOOLS.parent), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        assert COMMIT == head and len(head) == 40
+    else:  # a tarball of the repository
+        assert COMMIT == UNKNOWN_COMMIT
+    outer = tmp_path / "outer"
+    (outer / "copy" / "tools").mkdir(parents=True)
+    shutil.copy(TOOLS / "bench_memory.py", outer / "copy" / "tools")
+    git = ["git", "-C", str(outer), "-c", "user.email=qa@example.com", "-c", "user.name=qa"]
+    subprocess.run(["git", "init", "-q", str(outer)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "another project"], check=True)
+    env = {k: v for k, v in os.environ.items() if k != "LOWVRAM_COMMIT"}
+    ask = [sys.executable, "-c", "import bench_memory; print(bench_memory.commit())"]
+    said = subprocess.run(ask, cwd=outer / "copy" / "tools", env=env, capture_output=True, text=True, check=True)
+    assert said.stdout.strip() == UNKNOWN_COMMIT
+    said = subprocess.run(ask, cwd=outer / "copy" / "tools", env={**env, "LOWVRAM_COMMIT": "a1eed3d"},
+                          capture_output=True, text=True, check=True)
+    assert said.stdout.strip() == "a1eed3d"
 
 
 @pytest.mark.slow
@@ -26,7 +57,7 @@ def test_the_gpu_proof_runs_end_to_end_and_renders(tmp_path):
     assert {"fp32", "fp8", "bnb-nf4", "quanto-int4"} <= trained
     auto = section["auto"][0]
     assert auto["ok"] and auto["out_of_memory_events"] == 0 and auto["unet_weights"]
-    assert record["command"].startswith("python tools/bench_gpu_proof.py") and len(record["commit"]) == 40
+    assert record["command"].startswith("python tools/bench_gpu_proof.py") and record["commit"] == COMMIT
     table = subprocess.run([sys.executable, str(TOOLS / "render_benchmarks.py"), str(out), "--markdown", "-"],
                            check=True, capture_output=True, text=True).stdout
     assert "| tiny 64 | 1 | usual way (diffusers example defaults) |" in table and "| tiny 64 | 1 | fp8,ckpt,adamw8bit |" in table
@@ -79,7 +110,7 @@ def test_the_captioner_benchmark_rehearses_on_the_cpu(tmp_path):
     subprocess.run([sys.executable, str(TOOLS / "bench_captioner.py"), "--tiny", "--batches", "1,2", "--out", str(out)],
                    check=True, capture_output=True)
     result = json.loads(out.read_text())
-    assert len(result["commit"]) == 40 and result["environment"]["device"] == "cpu"  # a result names its source
+    assert result["commit"] == COMMIT and result["environment"]["device"] == "cpu"  # a result names its source
     rows = result["rows"]
     assert [r["batch"] for r in rows] == [1, 2]
     assert rows[1]["estimate_bytes"] - rows[0]["estimate_bytes"] == 256 * 1024**2  # the allowance per image
@@ -93,7 +124,7 @@ def test_the_step_overhead_benchmark_rehearses_on_the_cpu(tmp_path):
     subprocess.run([sys.executable, str(TOOLS / "bench_step_overhead.py"), "--tiny", "--out", str(out)],
                    check=True, capture_output=True)
     result = json.loads(out.read_text())
-    assert len(result["commit"]) == 40 and result["environment"]["device"] == "cpu"
+    assert result["commit"] == COMMIT and result["environment"]["device"] == "cpu"
     assert all(p["activation_bytes_without_casts"] < p["activation_bytes_with_casts"]
                for p in result["peft_input_casts"])
     workers = result["compile_workers"]
@@ -110,7 +141,7 @@ def test_the_host_ram_benchmarks_rehearse_on_the_cpu(tmp_path):
     runs = json.loads(loading.read_text())["runs"]
     assert set(runs) == {"single-file", "diffusers folder"} and all(r["peak_rss_bytes"] > 0 for r in runs.values())
     fused = json.loads(fusing.read_text())
-    assert len(fused["commit"]) == 40 and fused["run"]["peak_anon_bytes"] > 0
+    assert fused["commit"] == COMMIT and fused["run"]["peak_anon_bytes"] > 0
     assert fused["run"]["tensors_changed"] == sum(fused["run"]["layers_fused"]) > 0
 
 
@@ -125,6 +156,7 @@ def test_the_readme_timing_tools_read_what_they_time(tmp_path):
     result = json.loads(out.read_text())
     assert (result["result"], result["tests_seconds"], result["total_seconds"]) == (
         "975 passed, 66 skipped, 4 warnings", 855.03, 991.7)
+    assert result["commit"] == COMMIT
     sys.path.insert(0, str(TOOLS))
     try:
         from bench_quick_start import quick_start_arguments

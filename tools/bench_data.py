@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_memory
 from bench_memory import write_result
 
 
@@ -113,8 +114,7 @@ def main() -> None:
 
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                            cwd=Path(__file__).parent).stdout.strip()
+    commit = bench_memory.commit()
     record = {
         "benchmark": "data pipeline scale",
         "command": " ".join(["python", "tools/bench_data.py", *sys.argv[1:]]),

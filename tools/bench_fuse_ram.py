@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bench_memory  # tools/, the script's folder
+
 ROOT = Path(__file__).resolve().parent.parent
 
 MEASURE = """
@@ -107,8 +109,7 @@ def main() -> None:
     import diffusers
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                            check=True).stdout.strip()
+    commit = bench_memory.commit()
     result = {
         "what": f"peak host RAM of fusing a LoRA into a full-size {args.family} fp16 single-file checkpoint "
                 "(lowvram merge --model; random weights)",

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bench_memory  # tools/, the script's folder
+
 ROOT = Path(__file__).resolve().parent.parent
 
 MEASURE = """
@@ -115,8 +117,7 @@ def main() -> None:
         runs[kind] = json.loads(done.stdout.strip().splitlines()[-1]) | {"file_bytes": _size(path),
                                                                         "planner": planner_estimate(path, args.dtype)}
         print(kind, runs[kind], flush=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                            check=True).stdout.strip()
+    commit = bench_memory.commit()
     import diffusers
     import transformers
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -39,6 +40,7 @@ STRATEGIES = {
     "int4-ckpt": ("quanto-int4", True, "adamw8bit"),
 }
 GIB = 1024**3
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_strategy(name: str) -> tuple[str, bool, str, bool]:
@@ -337,9 +339,23 @@ def measure(family: str, resolution: int, strategy: str, budget: float, steps: i
                 "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
 
 
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                          cwd=Path(__file__).parent).stdout.strip()
+UNKNOWN_COMMIT = "unknown: not a git checkout (set LOWVRAM_COMMIT to the commit copied)"
+
+
+def commit(root: Path = ROOT) -> str:
+    """The commit of the code in `root` (this tree): LOWVRAM_COMMIT where it is set (a device machine runs a copy
+    of the tree without its git metadata), else the checkout's HEAD. A copy inside another repository is not that
+    one's HEAD: the first GPU results recorded a stranger's commit so."""
+    if os.environ.get("LOWVRAM_COMMIT"):
+        return os.environ["LOWVRAM_COMMIT"]
+    root = root.resolve()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    top = git("rev-parse", "--show-toplevel")
+    return git("rev-parse", "HEAD") if top and Path(top).resolve() == root else UNKNOWN_COMMIT
 
 
 def write_result(result: dict, out: Path | None, indent: int = 1) -> None:

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_memory  # tools/, the script's folder
+
 ROOT = Path(__file__).resolve().parent.parent
 MARK = ".venv/bin/lowvram train "
 
@@ -46,8 +48,7 @@ def main() -> None:
         raise SystemExit(f"the quick-start job failed ({done.returncode}):\n{done.stderr[-3000:]}")
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                            check=True).stdout.strip()
+    commit = bench_memory.commit()
     result = {"what": "wall time of the README's quick-start job, fresh process, empty cache",
               "command": " ".join(["python", *sys.argv]), "job": "lowvram " + shlex.join(arguments), "commit": commit,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,

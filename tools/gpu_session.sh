@@ -4,8 +4,9 @@
 # Prepare here, once per session (the device machine reaches no registry; its image has torch, transformers,
 # peft, accelerate, safetensors, rich, pillow and pytest, not the rest):
 #   bash tools/gpu_session.sh --fetch        # wheels for the device's Python 3.12 into .whl/ (git-ignored, ~50 MB)
-# Then one device call, carrying .whl:
-#   OUT=$OUT bash tools/gpu_session.sh       # results under $OUT
+# Then one device call, carrying .whl, with this checkout's commit written out (the device's copy of the tree has no
+# .git, so the results could not name it otherwise):
+#   LOWVRAM_COMMIT=<git rev-parse HEAD, here> OUT=$OUT bash tools/gpu_session.sh       # results under $OUT
 #
 # In order, each bounded so the whole fits the call:
 #   1. nvidia-smi and the library versions                            -> $OUT/environment.txt
@@ -38,6 +39,10 @@ OUT=${OUT:-/tmp/lowvram-gpu}
 BUDGET=${BUDGET:-520}  # seconds for everything below
 mkdir -p "$OUT"
 start=$SECONDS
+if [[ -z "${LOWVRAM_COMMIT:-}" && ! -e .git ]]; then
+  echo "warning: no LOWVRAM_COMMIT and no .git here: the results will name no commit" \
+       "(run it as LOWVRAM_COMMIT=\$(git rev-parse HEAD) from the checkout)" | tee "$OUT/commit-warning.txt" >&2
+fi
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing the carried wheels failed" >&2; exit 1; }

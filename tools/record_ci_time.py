@@ -14,9 +14,10 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+import bench_memory  # tools/, the script's folder
 
 SUMMARY = re.compile(r"=+ (?P<counts>\d+ passed[^=]*?) in (?P<seconds>[\d.]+)s[^=]*=+")
 REAL = re.compile(r"^real\s+(?P<minutes>\d+)m(?P<seconds>[\d.]+)s", re.MULTILINE)
@@ -33,10 +34,8 @@ def main() -> None:
     if not summary or not real:
         raise SystemExit(f"{args.log}: no pytest summary line or no `real` time; run .ci/run under `time`")
     counts, seconds = summary[-1]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=args.clone,
-                            check=True).stdout.strip()
     result = {"what": "fresh-clone .ci/run: the README's install and test command",
-              "command": " ".join(["python", *sys.argv]), "commit": commit,
+              "command": " ".join(["python", *sys.argv]), "commit": bench_memory.commit(args.clone),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
               "result": counts.strip(), "tests_seconds": float(seconds),
               "total_seconds": round(int(real["minutes"]) * 60 + float(real["seconds"]), 1)}
