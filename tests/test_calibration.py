@@ -95,6 +95,18 @@ def test_some_blocks_recomputed_are_seen_once_all_and_none_are_or_a_result_shows
     calibration_module.calibration.cache_clear()  # (the real file again, once monkeypatch restores its path)
 
 
+def test_a_result_with_some_blocks_recomputed_beside_all_or_none_is_calibrated_not_a_crash():
+    """The GPU proof sweeps the planner's picks (some blocks) beside every block or none, for one format: ordering
+    those strategies once compared "some" with True and ended the calibration (the CPU rehearsal never got there,
+    its results are not calibrated on)."""
+    from lowvram.plan.calibration import PARTIAL
+
+    run = {"family": "sd15", "unet_weights": "w8a8-int8", "optimizer": "adamw", "device": "NVIDIA H200"}
+    runs = [{**run, "gradient_checkpointing": False}, {**run, "gradient_checkpointing": True, "checkpoint_units": 20},
+            {**run, "gradient_checkpointing": True}]
+    assert [v["gradient_checkpointing"] for v in calibrate_planner.verified(runs)] == [False, True, PARTIAL]
+
+
 def test_plan_json_says_which_strategies_a_gpu_has_shown_training():
     import json
     import subprocess

@@ -280,6 +280,8 @@ def main() -> None:
                 continue
         jobs += wanted
     timeout = max(60, args.deadline - elapsed_since(started) + 60)
+    processes = len(jobs) + len(FRESH_PROCESS_CHECKS)  # at once: each its share of the cores, not all of them
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, processes)))
     with ThreadPoolExecutor(max_workers=len(jobs) + len(FRESH_PROCESS_CHECKS) or 1) as pool:
         autos = [pool.submit(auto_run, *job, args, timeout) for job in jobs]
         fresh = []
@@ -297,7 +299,7 @@ def main() -> None:
         for name, future in zip(FRESH_PROCESS_CHECKS, fresh):
             run = future.result()
             swept = next((r for r in record["families"]["sd15"]["strategies"]
-                          if r["strategy"] == name and r["batch"] == 1 and r.get("ok")), None)
+                          if r["strategy"] == name and r.get("batch") == 1 and r.get("ok")), None)
             if swept and run.get("ok"):
                 run["sweep_peak_reserved"] = swept["peak_reserved"]
                 run["sweep_vs_fresh"] = round(swept["peak_reserved"] / run["peak_reserved"], 3)

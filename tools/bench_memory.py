@@ -234,8 +234,9 @@ def run_one(family_name: str, resolution: int, strategy: str, budget_gb: float, 
         result["lora_params"] = sum(p.numel() for p in params)
         optimizer = build_optimizer(optimizer_name, [{"params": params, "lr": 1e-4}], weight_decay=0.0)
         step = cached_style_step(unet, family, resolution, batch, compute, device, optimizer, offload=offload)
-        if cuda:
+        if cuda:  # the bf16 weights converted away are no part of training's peak (PhasePeaks frees them too)
             torch.cuda.synchronize()
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         result.update(ok=True, **timed_steps(step, steps, warmup, cuda))
         result["estimated_peak_allocated"] = planner_estimate(family, resolution, batch, rank, weights,
@@ -278,15 +279,16 @@ def run_baseline_here(family, resolution: int, steps: int, warmup: int, batch: i
         captions = ["a photo of a cat sitting on a chair"] * batch
         time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device)
         scaler = torch.amp.GradScaler(enabled=cuda)
-        if cuda:
+        if cuda:  # SDXL's fp16 VAE, cast to fp32, is no part of the peak
             torch.cuda.synchronize()
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
 
         def step() -> float:
+            with torch.no_grad():  # in the frozen parts' own dtypes, outside autocast, as the examples run them
+                latents = encode_images(vae, pixels).to(dtype)
+                hidden, pooled = encode_prompts(family, encoders, tokenizers, captions, device)
             with torch.autocast(device.type, dtype=dtype, enabled=cuda):
-                with torch.no_grad():
-                    latents = encode_images(vae, pixels).to(dtype)
-                    hidden, pooled = encode_prompts(family, encoders, tokenizers, captions, device)
                 conditioning = unet_conditioning(family, hidden, pooled, time_ids)
                 loss = diffusion_loss(unet, scheduler, latents, conditioning, sample_noise(latents, 0.0),
                                       sample_timesteps(scheduler, batch, device))
@@ -371,7 +373,7 @@ def environment() -> dict:
     import torch
 
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    for name in ("diffusers", "peft", "bitsandbytes", "optimum.quanto"):
+    for name in ("diffusers", "transformers", "accelerate", "peft", "bitsandbytes", "optimum.quanto"):
         try:
             info[name] = __import__(name, fromlist=["__version__"]).__version__
         except Exception:  # noqa: BLE001 - report what is there

@@ -108,15 +108,18 @@ def measure(family, device, weights: str, checkpointing: bool | int, optimizer_n
         common.update(unet_bytes=storage_bytes(unet), lora_params=sum(p.numel() for p in params),
                       convert_seconds=round(time.perf_counter() - started, 1))
     except Exception as exc:  # noqa: BLE001 - a backend that cannot convert is a result, not the end
-        yield {**common, "ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        for batch in batches:  # a row per batch size, as every other result (the tables sort rows by it)
+            yield {**common, "batch": batch, "ok": False,
+                   "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         return
     for batch in batches:
         result = {**common, "batch": batch}
         try:
             step = bench_memory.cached_style_step(unet, family, resolution, batch, compute, device, optimizer,
                                                   scaler, own_prediction=own_prediction, gradients_kept=graphs)
-            if cuda:
+            if cuda:  # the bf16 weights converted away are no part of training's peak (PhasePeaks frees them too)
                 torch.cuda.synchronize()
+                torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             result.update(ok=True, **bench_memory.timed_steps(step, steps[batch], warmup, cuda))
             if cuda:
@@ -222,6 +225,10 @@ def main() -> None:
             result = {**result, "context_bytes": context, "seconds_into_sweep": round(time.monotonic() - started)}
             if result.get("peak_reserved"):
                 result["peak_reserved_plus_context"] = result["peak_reserved"] + context
+            if cuda:  # the GPU memory the allocator does not hold, now: the context at the start plus the kernel
+                # images (cuBLAS, bitsandbytes, Marlin, Triton) loaded since, on a GPU this process has to itself
+                free_now, total_now = torch.cuda.mem_get_info()
+                result["outside_allocator_bytes"] = total_now - free_now - torch.cuda.memory_reserved()
             out.write(json.dumps(result) + "\n")
             out.flush()
             print(json.dumps(result), flush=True)
@@ -259,9 +266,10 @@ def main() -> None:
                         emit({**result, "kind": "strategy"})
                         measured.append(result.get("batch"))
             except StrategyTimeout as exc:  # the batch sizes measured before it are written already
-                cut = next(batch for batch in batches if batch not in measured)
-                emit({"strategy": name, "family": family.name, "batch": cut, "ok": False,
-                      "error": f"StrategyTimeout: {exc}", "kind": "strategy"})
+                cut = next((batch for batch in batches if batch not in measured), None)
+                if cut is not None:  # None: it fired after the last batch size was measured and written
+                    emit({"strategy": name, "family": family.name, "batch": cut, "ok": False,
+                          "error": f"StrategyTimeout: {exc}", "kind": "strategy"})
             free(cuda)
 
 

@@ -69,7 +69,8 @@ def strategy_key(run: dict) -> tuple:
 def verified(runs: list[dict]) -> list[dict]:
     return [{"family": f, "unet_weights": w, "gradient_checkpointing": c, "optimizer": o, "mixed_precision": m,
              "seen_on": sorted({r["device"] for r in runs if strategy_key(r) == (f, w, c, o, m)})}
-            for f, w, c, o, m in sorted({strategy_key(r) for r in runs})]
+            for f, w, c, o, m in sorted({strategy_key(r) for r in runs},
+                                                  key=lambda key: [str(part) for part in key])]  # bools, PARTIAL
 
 
 def step_time(runs: list[dict]) -> dict:

@@ -39,9 +39,11 @@ OUT=${OUT:-/tmp/lowvram-gpu}
 BUDGET=${BUDGET:-520}  # seconds for everything below
 mkdir -p "$OUT"
 start=$SECONDS
+warning=""  # in environment.txt: $OUT brings back at most 8 files, and the 8 below are all needed
 if [[ -z "${LOWVRAM_COMMIT:-}" && ! -e .git ]]; then
-  echo "warning: no LOWVRAM_COMMIT and no .git here: the results will name no commit" \
-       "(run it as LOWVRAM_COMMIT=\$(git rev-parse HEAD) from the checkout)" | tee "$OUT/commit-warning.txt" >&2
+  warning="warning: no LOWVRAM_COMMIT and no .git here: the results name no commit (run it as \
+LOWVRAM_COMMIT=\$(git rev-parse HEAD) from the checkout)"
+  echo "$warning" >&2
 fi
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -51,8 +53,12 @@ else
   export PYTHONPATH=$PWD
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+# without them nothing below measures anything: say so at once rather than after the whole call
+python3 -c "import diffusers, peft, bitsandbytes, optimum.quanto" \
+  || { echo "the libraries above do not import: was .whl carried (bash tools/gpu_session.sh --fetch first)?" >&2
+       exit 1; }
 
-{ nvidia-smi; python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench_memory; \
+{ echo "$warning"; nvidia-smi; python3 -c "import json, sys; sys.path.insert(0, 'tools'); import bench_memory; \
 print(json.dumps(bench_memory.environment(), indent=2))"; } > "$OUT/environment.txt" 2>&1
 
 # optimum-quanto compiles its CUDA kernels (nvcc, 8 sources) on first use: built in the background from the start,
@@ -71,7 +77,7 @@ python3 -c "import pytest_timeout" 2> /dev/null && per_test=(--timeout 60)
 rm -f /tmp/gpu-test-failures.txt
 # -v names each test as it starts, so a cut-off run shows which one it was in; failures are logged as they happen
 LOWVRAM_TEST_LOG=/tmp/gpu-test-failures.txt timeout 90 python3 -m pytest -v -m "gpu and not slow" \
-  -p no:cacheprovider -o addopts="" "${per_test[@]}" tests/test_gpu.py tests/test_kernel_contracts.py \
+  -p no:cacheprovider -o addopts="" "${per_test[@]}" tests/test_kernel_contracts.py tests/test_gpu.py \
   tests/test_memory.py > "$OUT/gpu-tests.txt" 2>&1
 echo "gpu tests: $(tail -1 "$OUT/gpu-tests.txt")"
 { echo; echo "failures, as they happened:"; cat /tmp/gpu-test-failures.txt 2> /dev/null; } >> "$OUT/gpu-tests.txt"
