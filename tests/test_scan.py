@@ -231,6 +231,19 @@ def test_images_over_max_pixels_are_skipped_and_rescanned_when_allowed(tmp_path)
     assert records["big.png"].usable and records["big.png"].bucket == (64, 64)
 
 
+def test_a_photo_past_pillows_warning_trains_as_in_kohya(tmp_path):
+    """90 MP (a 108 MP phone's photos are more): Pillow warns but decodes it, and kohya trains it; only past twice
+    that, where Pillow refuses, is an image skipped. Greyscale keeps the test's RAM and time small."""
+    Image.new("L", (10_000, 9_000), 200).save(tmp_path / "phone.png", compress_level=1)
+    assert 10_000 * 9_000 > Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # never the user's to see
+        [record] = scan_dataset(tmp_path, default_buckets(512)).records
+        assert record.usable, record.reason
+        image, _ = open_training_image(record)
+    assert image.mode == "RGB" and (record.width, record.height) == (10_000, 9_000)
+
+
 def test_an_image_transparent_everywhere_is_skipped_with_alpha_mask_and_noted_without(tmp_path, count_opens):
     clear = drawn(size=(96, 96)).convert("RGBA")
     clear.putalpha(0)

@@ -73,7 +73,8 @@ class ScanOptions:
     alpha_mask: bool = False  # keep alpha as a loss mask instead of compositing
     small_images: str = "upscale"  # "upscale" (with a note) or "skip"
     min_side: int = 64  # images with a side below this are skipped
-    max_pixels: int = 89_478_485  # Pillow's decompression-bomb limit: larger images are skipped, never decoded
+    # where Pillow refuses to decode (twice the pixels it warns from): a 108 MP phone photo trains, as in kohya
+    max_pixels: int = 2 * 89_478_485
     min_kept_fraction: float = 0.5  # skip images whose crop to the nearest bucket keeps less than this
     masked_loss: bool = False  # an image's <stem>-masklabel.png is its loss mask
     keep_tokens_separator: str = ""  # kohya's: ends the tags a caption keeps in front
@@ -530,8 +531,8 @@ def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> 
         return ("transparent everywhere: with --alpha-mask nothing of it would train; make what should train "
                 "opaque, or delete it"), None, []
     if width * height > options.max_pixels:
-        return (f"too large: {width}x{height} = {width * height} pixels, over the limit of {options.max_pixels} "
-                "(Pillow's decompression-bomb limit); downscale it"), None, []
+        return (f"too large: {width}x{height} = {width * height} pixels, over the limit of {options.max_pixels}; "
+                "downscale it"), None, []
     if min(width, height) < options.min_side:
         return f"too small: {width}x{height}, sides must be at least {options.min_side} px; use a larger image", None, []
     placement = buckets.place(width, height)
