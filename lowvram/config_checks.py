@@ -139,8 +139,10 @@ def _file_problems(c: RunConfig) -> list[str]:
         p += filter(None, [network_weights_problem(c.network)])
     if c.training.resume and c.training.resume != "auto" and not (Path(c.training.resume) / "state.json").is_file():
         found = "not a lowvram checkpoint folder (no state.json)" if Path(c.training.resume).exists() else "not found"
+        lora = (" (to train a LoRA file further, pass it as --network-weights)"
+                if Path(c.training.resume).suffix.lower() == ".safetensors" else "")
         p.append(f"--resume: {c.training.resume}: {found}; pass a checkpoint folder (<output>/checkpoints/step-N), "
-                 "or --resume auto for the output folder's newest")
+                 f"or --resume auto for the output folder's newest{lora}")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
         p.append(f"--reg-data: folder not found: {c.data.reg_data}{windows_path_hint(c.data.reg_data)}")
     return p

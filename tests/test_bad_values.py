@@ -247,6 +247,10 @@ def test_a_full_disk_says_the_fix_wherever_it_stops_a_command(tmp_path):
 
 def test_a_resume_folder_that_is_not_a_checkpoint_is_said_before_anything_loads(tmp_path):
     folder_without_state = "not a lowvram checkpoint folder (no state.json)"
+    (tmp_path / "mine.safetensors").write_bytes(b"")
+    with pytest.raises(LowvramError, match=r"or --resume auto for the output folder's newest \(to train a LoRA "
+                                           r"file further, pass it as --network-weights\)$"):
+        run_config(resume=str(tmp_path / "mine.safetensors"))
     for given, found in ((tmp_path / "nope", "not found"), (tmp_path, folder_without_state)):
         with pytest.raises(LowvramError, match=rf"^--resume: {given}: {re.escape(found)}; pass a checkpoint folder "
                                                r"\(<output>/checkpoints/step-N\), or --resume auto"):

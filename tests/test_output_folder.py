@@ -84,6 +84,10 @@ def test_resume_refuses_a_checkpoint_of_another_run_naming_the_difference(tmp_pa
     with pytest.raises(LowvramError, match="--resume: .* is a checkpoint of another run \\(--lora-layers attn there, "
                                            "attn-mlp here\\)"):
         train(other)
+    (tmp_path / "no-images").mkdir()  # refused before the data is scanned and cached, and the model loads
+    elsewhere = run_config(output=str(tmp_path / "b"), data=str(tmp_path / "no-images"), resume=str(found))
+    with pytest.raises(LowvramError, match="is a checkpoint of another run \\(--data"):
+        train(elsewhere)
     same = run_config(output=str(tmp_path / "c"), max_steps=4, resume=str(found))  # more steps: the same run
     assert train(same).steps == 4
 

@@ -131,9 +131,9 @@ def ownership_problem(run: ResolvedRun) -> str | None:
         if record and record.get("identity") != identity(ours):
             return (f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}); pass the options "
                     "it was trained with (its .toml there has them), or start a new run in another --output")
-        if config.training.resume == "auto" and not checkpoints:
-            try:
-                checkpoint.resolve("auto", folder, ours)  # its one line, before the data and the model load
+        if config.training.resume != "auto" or not checkpoints:  # a folder of another run: refused before the
+            try:  # data is cached and the model loads, not after
+                checkpoint.resolve(config.training.resume, folder, ours)
             except LowvramError as exc:
                 return str(exc)
         lora = folder / final_lora(config.output_name)
