@@ -144,7 +144,9 @@ def test_a_file_that_is_no_dataset_config_or_a_second_reg_source_is_an_error_nam
     image_folders(tmp_path)
     training_config = write(tmp_path / "train.toml", {"training": {"max_steps": 10}})
     assert main(["train", "--model", "tiny", "--data", str(training_config)]) == 2
-    assert "is neither a kohya dataset config ([[datasets]] of [[datasets.subsets]])" in capsys.readouterr().err
+    assert ("is neither a kohya dataset config ([[datasets]] of [[datasets.subsets]]) nor a OneTrainer concepts file "
+            "(a JSON list of concepts); a training config (kohya's, OneTrainer's or lowvram's) goes to --config; or "
+            "give --data an image folder") in capsys.readouterr().err
     assert main(["train", "--model", "tiny", "--config", str(write(tmp_path / "ds.toml", DATASET))]) == 2
     assert f"--config: {tmp_path / 'ds.toml'} is a kohya dataset config" in capsys.readouterr().err
     (tmp_path / "broken.toml").write_text("[general\n")

@@ -231,6 +231,26 @@ def test_images_over_max_pixels_are_skipped_and_rescanned_when_allowed(tmp_path)
     assert records["big.png"].usable and records["big.png"].bucket == (64, 64)
 
 
+def test_a_kohya_ss_project_folder_given_as_data_names_its_img_and_reg_folders(tmp_path):
+    """kohya_ss's folder preparation makes img/, reg/, model/ and log/; its users give that folder, not img/."""
+    for folder in ("img/10_ohwx dog", "reg/1_dog", "model", "log"):
+        (tmp_path / "proj" / folder).mkdir(parents=True)
+    drawn(size=(96, 96)).save(tmp_path / "proj" / "img" / "10_ohwx dog" / "a.png")
+    drawn(size=(96, 96)).save(tmp_path / "proj" / "reg" / "1_dog" / "b.png")
+    project = tmp_path / "proj"
+    with pytest.raises(NoUsableImages) as raised:
+        scan_dataset(project, TINY)
+    assert str(raised.value).endswith(f"or its N_name subfolders; its N_name folders are a level down: give --data "
+                                      f"{project / 'img'} --reg-data {project / 'reg'}")
+    notes = raised.value.report.folder_notes
+    assert (f"skipped folder img/: not named 'N_name' (N = repeats), as kohya's convention needs; it holds N_name "
+            f"folders: give --data {project / 'img'} to train them") in notes
+    assert any(note.endswith(f"give --reg-data {project / 'reg'} to train them") for note in notes)
+    assert "skipped folder model/: not named 'N_name' (N = repeats), as kohya's convention needs" in notes
+    (project / "img" / "10_ohwx dog" / "a.png").rename(project / "loose.png")  # a dataset of its own: no hint
+    assert "a level down" not in str(pytest.raises(NoUsableImages, scan_dataset, project / "img", TINY).value)
+
+
 def test_a_photo_past_pillows_warning_trains_as_in_kohya(tmp_path):
     """90 MP (a 108 MP phone's photos are more): Pillow warns but decodes it, and kohya trains it; only past twice
     that, where Pillow refuses, is an image skipped. Greyscale keeps the test's RAM and time small."""

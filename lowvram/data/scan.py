@@ -336,6 +336,11 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
         where, command = describe or (str(root), "lowvram check-data")
         if not records:
             message = f"--data: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}"
+            nested = {option: sub for sub in sorted(root.iterdir()) if judged and sub.is_dir()
+                      and (option := nested_option(sub))}
+            if "--data" in nested:  # kohya_ss's project folder given, not its img/ folder
+                message += "; its N_name folders are a level down: give " + " ".join(
+                    f"{option} {folder}" for option, folder in nested.items())
             parquet = next(root.glob("*.parquet"), None) or next(root.glob("*/*.parquet"), None)
             if parquet:  # a dataset from the Hub in its own format: images inside the file
                 message += (f"; {parquet.relative_to(root).as_posix()} is a dataset stored as parquet, which lowvram "
@@ -348,6 +353,19 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             message = f"--data: no usable images in {where}: {len(records)} skipped (see `{command}`)"
         raise NoUsableImages(message, report)
     return report
+
+
+def nested_option(folder: Path) -> str | None:
+    """Where `folder` holds N_name folders itself (as the img/ and reg/ of kohya_ss's project folder), the option that
+    trains them; None otherwise."""
+    try:
+        holds = any(sub.is_dir() and (match := REPEAT_FOLDER.match(sub.name)) and int(match.group(1)) > 0
+                    for sub in folder.iterdir())
+    except OSError:
+        return None
+    if not holds:
+        return None
+    return "--reg-data" if folder.name.lower() in ("reg", "regularization", "class") else "--data"
 
 
 def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[ImageFolder], list[str]]:
@@ -365,7 +383,9 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
         if not match:
             held = next((name for name in METADATA_FILES if (sub / name).is_file()), None)
             notes.append(f"skipped folder {sub.name}/: not named 'N_name' (N = repeats), as kohya's convention needs"
-                         + (f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else ""))
+                         + (f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else
+                            f"; it holds N_name folders: give {nested_option(sub)} {sub} to train them"
+                            if nested_option(sub) else ""))
         elif int(match.group(1)) == 0:
             notes.append(f"skipped folder {sub.name}/: 0 repeats")
             if found:  # nor do the root file's rows bring it back

@@ -55,7 +55,8 @@ def read_dataset(path: Path) -> DatasetFile:
         raise LowvramError(f"--data: {path} is a OneTrainer training config without its concepts; pass its concepts "
                            f"file as --data {doc['concept_file_name']}")
     raise LowvramError(f"--data: {path} is neither a kohya dataset config ([[datasets]] of [[datasets.subsets]]) nor "
-                       "a OneTrainer concepts file (a JSON list of concepts); or give --data an image folder")
+                       "a OneTrainer concepts file (a JSON list of concepts); a training config (kohya's, "
+                       "OneTrainer's or lowvram's) goes to --config; or give --data an image folder")
 
 
 def _load(path: Path) -> Any:
