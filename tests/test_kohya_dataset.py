@@ -183,6 +183,15 @@ def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_list
     assert "datasets.subsets[2]: no caption_extension" not in notes  # beta has no captions to read either way
     doc["datasets"][0]["subsets"][0]["caption_extension"] = ".txt"
     assert "no caption_extension" not in " | ".join(read_dataset(write(tmp_path / "dataset.toml", doc)).notes)
+    # a misspelt setting is refused, as kohya's schema refuses it: it would train without what it meant to set
+    doc["general"] |= {"shuffle_captions": True, "my_own_note": "x"}
+    with pytest.raises(LowvramError) as refused:
+        read_dataset(write(tmp_path / "dataset.toml", doc))
+    assert str(refused.value) == (f"{tmp_path / 'dataset.toml'}: shuffle_captions: no kohya dataset setting is called "
+                                  "that; did you mean shuffle_caption?")
+    del doc["general"]["shuffle_captions"]  # far from every setting: someone's own, passed over with a note
+    notes = read_dataset(write(tmp_path / "dataset.toml", doc)).notes
+    assert "not carried over (lowvram has no such setting): my_own_note, token_warmup_step" in notes
 
 
 def test_caption_prefixes_and_suffixes_wrap_each_subsets_captions(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ it, else from the file's folder.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -63,6 +64,11 @@ REFUSED = {
                              "images, and --small-images skip leaves them out)",
     "network_multiplier": "lowvram trains the LoRA at strength 1; leave it out",
 }
+
+
+# kohya's settings that change nothing lowvram trains (caption token warm-up, other models' prompts), passed over
+UNUSED = {"token_warmup_min", "token_warmup_step", "custom_attributes", "system_prompt"}
+KNOWN = set(RUN_SETTINGS) | set(SUBSET_SETTINGS) | STRUCTURE | INERT | set(REFUSED) | UNUSED
 
 
 def is_kohya_dataset(doc: Any) -> bool:
@@ -142,8 +148,13 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
     values = _run_values(run_values, problem) | ({"extra_resolutions": extra} if extra else {})
     caption_values, subsets = _subset_values(settings, subsets, notes)
     values |= caption_values
-    left = sorted({key for settled in settings for key in settled}
-                  - set(RUN_SETTINGS) - set(SUBSET_SETTINGS) - STRUCTURE - INERT - set(REFUSED))
+    unread = sorted({key for settled in settings for key in settled} - (KNOWN - UNUSED))
+    # kohya refuses a key its schema lacks: a misspelt one would otherwise train without what it meant to set
+    misspelt = {key: meant[0] for key in unread if key not in UNUSED
+                and (meant := difflib.get_close_matches(key, KNOWN, n=1, cutoff=0.8))}
+    for key, meant in misspelt.items():
+        problem(key, f"no kohya dataset setting is called that; did you mean {meant}?")
+    left = [key for key in unread if key not in misspelt]
     if left:
         notes.append(f"not carried over (lowvram has no such setting): {', '.join(left)}")
     for key, why in REFUSED.items():
