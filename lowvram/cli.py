@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.resolve import default_cache_dir
             from lowvram.ui.app import launch, login
 
-            launch("0.0.0.0" if args.listen else "127.0.0.1", args.port, args.share, default_cache_dir(),
-                   auth=login(args.auth, args.share, args.listen))
+            launch(args.listen or "127.0.0.1", args.port, args.share, default_cache_dir(),
+                   auth=login(args.auth, args.share, bool(args.listen)), inbrowser=args.inbrowser)
         elif args.command == "caption":
             return run_caption(args)
         elif args.command == "info":

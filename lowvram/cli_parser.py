@@ -249,8 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "options form with the live VRAM plan, the dataset check and captions, and training with its "
                         "charts and samples. Needs the [ui] extra (pip install 'lowvram[ui]').")
     ui.add_argument("--port", type=_port, default=7860, help="port [default: 7860]")
-    ui.add_argument("--listen", action="store_true", help="serve on every network interface, not only this machine "
-                    "(anyone who can reach it can start runs and read your folders)")
+    ui.add_argument("--listen", nargs="?", const="0.0.0.0", metavar="ADDRESS", help="serve on every network "
+                    "interface (or on ADDRESS, as kohya_ss's --listen 0.0.0.0), not only this machine (anyone who can "
+                    "reach it can start runs and read your folders)")
+    ui.add_argument("--inbrowser", action="store_true", help="open the app in the default browser once it is up")
     ui.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs internet and "
                     "--auth: anyone with the link could start runs, write files and use this GPU)")
     ui.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this user name and password before showing "

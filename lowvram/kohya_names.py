@@ -197,6 +197,15 @@ KOHYA_SCRIPT_FLAGS = {
         "--precision": "(not needed: merge computes in fp32 on the CPU)",
         "--device": "(not needed: merge runs on the CPU)",
     }),
+    "ui": ("kohya_ss's GUI or AUTOMATIC1111", {
+        "--server_port": "--port",
+        "--server_name": "--listen ADDRESS",
+        "--username": "--auth USER:PASSWORD",
+        "--password": "--auth USER:PASSWORD",
+        "--gradio_auth": "--auth USER:PASSWORD",
+        "--autolaunch": "--inbrowser",
+        "--headless": "(not needed: the app opens no browser without --inbrowser)",
+    }),
     "extract": ("kohya's extract_lora_from_models.py", {
         "--model_org": "--base",
         "--model_tuned": "--tuned",

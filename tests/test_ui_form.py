@@ -439,6 +439,21 @@ def test_an_earlier_runs_files_are_not_the_new_runs_until_it_holds_the_folder(tm
     assert training.run_folder() == tmp_path
 
 
+def test_kohya_ss_and_a1111_launch_flags_are_taken_or_named(capsys):
+    """kohya_ss's GUI takes --listen 0.0.0.0 and --inbrowser; A1111 --listen alone; their other flags are named."""
+    from lowvram.cli import build_parser, main
+
+    for given, host in (([], None), (["--listen"], "0.0.0.0"), (["--listen", "192.168.1.5"], "192.168.1.5")):
+        args = build_parser().parse_args(["ui", *given, "--inbrowser"])
+        assert (args.listen, args.inbrowser) == (host, True)
+    for given, named in ((["--server_port", "7861"], "--server_port is from kohya_ss's GUI or AUTOMATIC1111; lowvram "
+                                                      "ui's is --port"),
+                         (["--gradio-auth", "me:pw"], "lowvram ui's is --auth USER:PASSWORD")):
+        with pytest.raises(SystemExit) as refused:
+            main(["ui", *given])
+        assert refused.value.code == 2 and named in capsys.readouterr().err
+
+
 def test_a_public_link_needs_a_login_and_an_open_network_is_warned_about(capsys):
     from lowvram.errors import LowvramError
     from lowvram.ui.app import login
@@ -469,6 +484,8 @@ def test_the_server_hands_out_no_file_of_this_machine(tmp_path):
         assert refused.value.code == 403
         refused.value.close()
         assert (tmp_path / "cache" / "ui" / "gradio").stat().st_mode & 0o777 == 0o700
+    said = (tmp_path / "ui.log").read_text()  # its own words: Gradio's would tell a user to edit launch()
+    assert f"lowvram ui: {url}/; Ctrl-C stops it" in said and "launch()" not in said, said
 
 
 def test_a_test_image_renders_any_lora_file_and_any_prompt(tmp_path):

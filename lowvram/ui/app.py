@@ -351,8 +351,8 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = True,
-           auth: tuple[str, str] | None = None):
+def launch(host: str, port: int, share: bool, cache_dir: Path, auth: tuple[str, str] | None = None,
+           inbrowser: bool = False) -> None:
     """Serve the app; on localhost unless --listen or --share say otherwise, behind a login with `auth`. It serves
     no file of this machine: the pictures it shows go out as pixels, Gradio's copies of them into a folder of
     lowvram's cache that only this user reads."""
@@ -367,8 +367,14 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, block: bool = Tru
         raise LowvramError("Gradio is not installed; pip install 'lowvram[ui]' (in a source checkout: pip install -e '.[ui]')") from None
     _check_port(host, port)
     app = build_app(cache_dir, port)
-    return app.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False, quiet=False,
-                      prevent_thread_lock=not block, auth=auth, footer_links=[], theme=_offline_theme())
+    # quiet: Gradio's own lines tell a user of the app to "set `share=True` in `launch()`"; ours say --share
+    _, local_url, share_url = app.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False,
+                                         quiet=True, prevent_thread_lock=True, auth=auth, footer_links=[],
+                                         theme=_offline_theme(), inbrowser=inbrowser)
+    where = f"{local_url}" + (" (and this machine's other addresses)" if host == "0.0.0.0" else "")
+    print(f"lowvram ui: {where}" + (f"; public link {share_url}" if share_url else "") + "; Ctrl-C stops it",
+          flush=True)
+    app.block_thread()
 
 
 def login(auth: str | None, share: bool, listen: bool) -> tuple[str, str] | None:
