@@ -3,6 +3,7 @@ never one that doesn't, keeps explicit choices, and says what would fit when not
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -38,6 +39,23 @@ def test_plan_answers_in_seconds_with_the_per_phase_table(argv):
     for word in ("candidate strategies", "latents", "train", "activations", "U-Net", "optim. state", "chose",
                  "host RAM per phase", "parked parts"):
         assert word in done.stdout, word
+
+
+def test_the_choice_counts_what_it_chose_among_and_a_phase_off_the_gpu_shows_no_zeros():
+    """'the fastest of 4 strategies that fit' beside a table of 12 that fit read as a miscount: the 4 are those
+    seen training on a GPU. Loading puts nothing on the GPU, and without prompts nothing is sampled: a column of
+    0.00 read as measured zeros."""
+    done, _ = lowvram("plan", "--model", "sd15", "--vram", "6GB")
+    out = " ".join(done.stdout.split())
+    assert re.search(r"the fastest predicted of \d+ strategies that fit and were seen training on a GPU; \S+ .*would "
+                     r"be faster but has not been seen training on a GPU", out), out
+    table = done.stdout.split("VRAM per phase and component")[1].split("host RAM per phase")[0]
+    header = next(line for line in table.splitlines() if "component" in line)
+    assert [cell.strip() for cell in header.split("┃")[1:-1]] == ["component", "load", "latents", "text", "train",
+                                                                  "save"]
+    rows = {cells[0]: cells[1:] for line in table.splitlines() if line.startswith("│")
+            for cells in [[cell.strip() for cell in line.split("│")[1:-1]]]}
+    assert rows["total"][0] == "none" and rows["context"][0] == "" and float(rows["context"][1]) > 0
 
 
 def test_a_budget_only_unverified_strategies_fit_is_refused_with_the_strategy_that_would_run():

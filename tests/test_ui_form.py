@@ -446,8 +446,8 @@ def test_kohya_ss_and_a1111_launch_flags_are_taken_or_named(capsys):
     for given, host in (([], None), (["--listen"], "0.0.0.0"), (["--listen", "192.168.1.5"], "192.168.1.5")):
         args = build_parser().parse_args(["ui", *given, "--inbrowser"])
         assert (args.listen, args.inbrowser) == (host, True)
-    for given, named in ((["--server_port", "7861"], "--server_port is from kohya_ss's GUI or AUTOMATIC1111; lowvram "
-                                                      "ui's is --port"),
+    for given, named in ((["--server_port", "7861"], ("--server_port is from kohya_ss's GUI or AUTOMATIC1111; "
+                                                       "lowvram ui's is --port")),
                          (["--gradio-auth", "me:pw"], "lowvram ui's is --auth USER:PASSWORD")):
         with pytest.raises(SystemExit) as refused:
             main(["ui", *given])

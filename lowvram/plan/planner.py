@@ -95,7 +95,8 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
     if fitting:
         choice = fitting[0]
         faster = [e for e in estimates if e.speed < choice.speed]
-        why = f"the fastest predicted of {len(fitting)} strategies that fit"
+        seen = "" if len(fitting) == sum(e.fits(hardware) for e in estimates) else " and were seen training on a GPU"
+        why = f"the fastest predicted of {len(fitting)} strategies that fit{seen}"
         if faster:
             over = faster[0]
             reason = ("has not been seen training on a GPU" if over.fits(hardware)

@@ -92,14 +92,16 @@ def breakdown(est: Estimate) -> Table:
     title = f"{est.strategy.label}: VRAM per phase and component (GiB)"
     table = Table(title=title, min_width=len(title))  # a title wrapped mid-phrase reads badly
     table.add_column("component", no_wrap=True)
-    phases = [p for p in PHASES if p in est.vram]
+    # sampling only where there are prompts, as in the strategies' table
+    phases = [p for p in PHASES if p in est.vram and (p != "sampling" or est.peak_vram(p))]
     for phase in phases:
         table.add_column(SHORT[phase], justify="right", no_wrap=True)
-    components = list(dict.fromkeys(c for phase in phases for c in est.vram[phase]))
+    used = [p for p in phases if est.peak_vram(p)]  # loading puts nothing on the GPU: no row of zeros says so
+    components = list(dict.fromkeys(c for phase in used for c in est.vram[phase]))
     for component in components:
-        cells = [gib(est.vram[p][component]) if component in est.vram[p] else "" for p in phases]
+        cells = [gib(est.vram[p][component]) if p in used and component in est.vram[p] else "" for p in phases]
         table.add_row(component, *cells)
-    table.add_row("[bold]total", *[f"[bold]{gib(est.peak_vram(p))}" for p in phases])
+    table.add_row("[bold]total", *[f"[bold]{gib(est.peak_vram(p))}" if p in used else "[bold]none" for p in phases])
     return table
 
 
