@@ -108,7 +108,9 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
                          "subsets": [{"image_dir": "imgs/beta", "metadata_file": "meta.json"}]}]}
     with pytest.raises(LowvramError) as error:
         read_dataset(write(tmp_path / "dataset.toml", doc))
-    expected = ["subsets[1] num_repeats: 'ten' is not a whole number", "subsets[2] image_dir: folder not found",
+    expected = ["subsets[1] num_repeats: 'ten' is not a whole number", ("subsets[2] image_dir: folder not found: "
+                f"imgs/missing (a relative path is read from the current folder, as kohya reads it, then from "
+                f"{tmp_path})"),
                 "datasets[1].subsets[3]: no image_dir", ("resolution: the datasets differ (512 (datasets[1]), "
                 "[768, 512] (datasets[2]))"), "subsets[1] metadata_file: file not found: meta.json",
                 "face_crop_aug_range:"]

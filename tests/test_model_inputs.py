@@ -2,6 +2,7 @@
 local path, an inpainting or pix2pix U-Net and a diffusers folder missing a part each get one line naming the file
 and the fix, before any weights load and without asking the hub; a whole model folder as --vae gives its vae/."""
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -146,6 +147,18 @@ def test_a_folder_without_its_vae_names_the_missing_part(folder, tmp_path, capsy
     with pytest.raises(LowvramError) as error:
         load_model(str(folder))
     assert str(error.value) == expected
+
+
+def test_an_index_that_names_no_unet_and_no_unet_folder_says_the_model_is_not_whole(folder, tmp_path, capsys):
+    """It said "a StableDiffusionPipeline with cross-attention width None"."""
+    index = json.loads((folder / "model_index.json").read_text())
+    del index["unet"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    shutil.rmtree(folder / "unet")
+    expected = (f"--model: {folder} has no unet/config.json, so it is no whole diffusers model; copy the whole model, "
+                "or pass a .safetensors checkpoint")
+    for argv in commands(str(folder), tmp_path):
+        assert one_line_error(capsys, argv) == f"lowvram {argv[0]}: error: {expected}"
 
 
 @pytest.mark.parametrize(("part", "weights"), [("unet", "diffusion_pytorch_model.safetensors"),

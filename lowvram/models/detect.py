@@ -178,7 +178,10 @@ def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
         raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model; "
                            "pass a diffusers folder or a .safetensors checkpoint")
     index = read_json(index_file)
-    unet_config = read_json(unet_file) if unet_file.is_file() else {}
+    if not unet_file.is_file():  # an index that names no unet/, and no unet/ beside it
+        raise LowvramError(f"--model: {name} has no unet/config.json, so it is no whole diffusers model; copy the "
+                           "whole model, or pass a .safetensors checkpoint")
+    unet_config = read_json(unet_file)
     refuse_image_conditioned(name, unet_config.get("in_channels", 4))
     family = family_for_pipeline(index.get("_class_name", ""), unet_config.get("cross_attention_dim"))
     if family is None:
