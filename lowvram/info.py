@@ -131,7 +131,8 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
     table = Table(title="metadata")
     table.add_column("key", overflow="fold")  # folded in a narrow terminal, rather than squeezing the values out
     table.add_column("value", min_width=12, overflow="fold")
-    for key in sorted(info["metadata"]):
+    metadata = info["metadata"]  # a multi-line value (lowvram.config's TOML) last: it would push the rest down
+    for key in sorted(metadata, key=lambda key: ("\n" in _shown(key, metadata[key]), key)):
         table.add_row(key, Text(_shown(key, info["metadata"][key])))  # as text: TOML's [section] is no markup
     console.print(table)
     if info["private_paths"]:

@@ -168,6 +168,16 @@ def test_info_prints_another_trainers_lora(tmp_path, capsys):
     assert "2 local folder(s) in the metadata" in out and "--strip-paths" in out
 
 
+def test_info_shows_a_multi_line_value_after_the_others(tmp_path, capsys):
+    """lowvram.config (the run's TOML, a hundred lines) sorts before ss_*: shown there, it pushed them down."""
+    config = "[model]\nmodel = \"sd15\"\n\n[data]\ndata = \"imgs\"\n"
+    path = kohya_file(tmp_path / "mine.safetensors", extra={"lowvram.config": config, "lowvram.family": "sd15"})
+    assert main(["info", str(path)]) == 0
+    keys = [row.split("│")[1].strip() for row in capsys.readouterr().out.splitlines() if row.startswith("│")]
+    keys = [key for key in keys if key]  # (the TOML's lines after its first have no key)
+    assert keys[0] == "lowvram.family" and keys[-1] == "lowvram.config" and "ss_network_dim" in keys[1:-1]
+
+
 def test_info_in_a_narrow_terminal_folds_its_keys_rather_than_hide_the_values(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "40")  # the key column took the width, the values showed as nothing
     path = kohya_file(tmp_path / "ohwx_dog.safetensors", extra={"ss_caption_dropout_every_n_epochs": "0"})  # long key
