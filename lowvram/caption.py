@@ -148,14 +148,13 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                 progress.advance(task, len(batch))
     except BaseException:  # Ctrl-C, a full disk, a model error: what was written, and where the originals went
         if report.written:
-            kept = (f"; the captions it replaced are kept in {report.backup}"
-                    if report.backup and any(report.backup.iterdir()) else "")
+            kept = f"; the captions it replaced are kept in {report.backup}" if _holds_files(report.backup) else ""
             console.print(f"stopped after writing {len(report.written)} caption(s){kept}", soft_wrap=True)
         raise
     finally:
         with contextlib.suppress(OSError):  # a folder removed meanwhile: nothing to tidy
-            if report.backup and not any(report.backup.iterdir()):  # no caption was replaced
-                report.backup.rmdir()
+            if report.backup and not _holds_files(report.backup):  # no caption was replaced (a copy that failed
+                shutil.rmtree(report.backup)  # may have made its subfolder)
                 report.backup = None
     return report
 
@@ -242,6 +241,10 @@ def _caption_state(path: Path) -> tuple[str, str]:
             return EMPTY, ""
         return UNREAD, f"is no text training reads: left as it is (save it as UTF-8, or --overwrite {kept})"
     return (TEXT if text.strip() else EMPTY), ""
+
+
+def _holds_files(folder: Path | None) -> bool:
+    return folder is not None and any(path.is_file() for path in folder.rglob("*"))
 
 
 def _claim_new_folder(path: Path) -> Path:

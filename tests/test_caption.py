@@ -2,6 +2,7 @@
 transformers) write captions for the images that lack them, and nothing else in the dataset folder changes."""
 
 import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -176,6 +177,14 @@ def test_a_run_stopped_midway_says_what_it_wrote_and_where_the_replaced_captions
     assert f"stopped after writing 1 caption(s); the captions it replaced are kept in {backup}" in done.stdout
     assert (folder / "a_first.txt").read_text() != "my own words\n"
     assert (folder / "b_big.txt").read_text() == "many words " * 400
+    # nothing replaced before the stop (the copy that failed made its subfolder): nothing said kept, nothing left
+    fresh = tmp_path / "fresh" / "data" / "3_colours"
+    shutil.copytree(folder, fresh)
+    (fresh / "a_first.txt").unlink()
+    done = run([sys.executable, "-m", "lowvram", "caption", str(fresh.parent), "--caption-model", str(tagger),
+                "--overwrite", "--batch-size", "1"], env, limit_bytes=2048)
+    assert done.returncode == 2 and "stopped after writing 1 caption(s)\n" in done.stdout, done.stdout
+    assert list((tmp_path / "cache" / "replaced-captions").iterdir()) == [backup]
 
 
 def test_blip_writes_a_sentence(tmp_path, blip, sample_data):

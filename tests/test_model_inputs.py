@@ -155,10 +155,19 @@ def test_an_index_that_names_no_unet_and_no_unet_folder_says_the_model_is_not_wh
     del index["unet"]
     (folder / "model_index.json").write_text(json.dumps(index))
     shutil.rmtree(folder / "unet")
-    expected = (f"--model: {folder} has no unet/config.json, so it is no whole diffusers model; copy the whole model, "
-                "or pass a .safetensors checkpoint")
+    expected = (f"--model: {folder}: its model_index.json names no unet, so it is no whole diffusers model; copy the "
+                "whole model, or pass a .safetensors checkpoint")
     for argv in commands(str(folder), tmp_path):
         assert one_line_error(capsys, argv) == f"lowvram {argv[0]}: error: {expected}"
+    # a whole model of another kind: an SD3 pipeline has a transformer, not a U-Net
+    sd3 = tmp_path / "sd3"
+    (sd3 / "transformer").mkdir(parents=True)
+    (sd3 / "transformer" / "config.json").write_text("{}")
+    (sd3 / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline",
+                                                      "transformer": ["diffusers", "SD3Transformer2DModel"]}))
+    assert one_line_error(capsys, ["plan", "--vram", "6GB", "--model", str(sd3)]).endswith(
+        f"--model: {sd3} is a StableDiffusion3Pipeline without a U-Net; lowvram trains SD1.5 and SDXL models")
 
 
 @pytest.mark.parametrize(("part", "weights"), [("unet", "diffusion_pytorch_model.safetensors"),

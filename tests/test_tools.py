@@ -12,7 +12,7 @@ TOOLS = Path(__file__).resolve().parent.parent / "tools"
 sys.path.insert(0, str(TOOLS))
 from bench_memory import UNKNOWN_COMMIT, commit
 
-COMMIT = commit()  # what every result made from this tree must name
+COMMIT = commit()  # what every result made from this tree must name (LOWVRAM_COMMIT where it is set)
 
 
 def test_a_result_names_the_commit_that_ran_not_a_repository_it_was_copied_into(tmp_path):
@@ -21,12 +21,16 @@ def test_a_result_names_the_commit_that_ran_not_a_repository_it_was_copied_into(
     import os
     import shutil
 
+    own = commit(from_environment=False)
     if (TOOLS.parent / ".git").exists():  # a git checkout (CI's clone): its HEAD
         head = subprocess.run(["git", "-C", str(TOOLS.parent), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        assert COMMIT == head and len(head) == 40
+        assert own == head and len(head) == 40
     else:  # a tarball of the repository
-        assert COMMIT == UNKNOWN_COMMIT
+        assert own == UNKNOWN_COMMIT
+    from render_benchmarks import short_commit
+
+    assert short_commit("0123456789" * 4) == "0123456789" and short_commit(UNKNOWN_COMMIT) == UNKNOWN_COMMIT
     outer = tmp_path / "outer"
     (outer / "copy" / "tools").mkdir(parents=True)
     shutil.copy(TOOLS / "bench_memory.py", outer / "copy" / "tools")
@@ -156,7 +160,7 @@ def test_the_readme_timing_tools_read_what_they_time(tmp_path):
     result = json.loads(out.read_text())
     assert (result["result"], result["tests_seconds"], result["total_seconds"]) == (
         "975 passed, 66 skipped, 4 warnings", 855.03, 991.7)
-    assert result["commit"] == COMMIT
+    assert result["commit"] == commit(from_environment=False)  # the clone's, which --clone names explicitly
     sys.path.insert(0, str(TOOLS))
     try:
         from bench_quick_start import quick_start_arguments

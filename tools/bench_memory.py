@@ -344,11 +344,11 @@ def measure(family: str, resolution: int, strategy: str, budget: float, steps: i
 UNKNOWN_COMMIT = "unknown: not a git checkout (set LOWVRAM_COMMIT to the commit copied)"
 
 
-def commit(root: Path = ROOT) -> str:
+def commit(root: Path = ROOT, from_environment: bool = True) -> str:
     """The commit of the code in `root` (this tree): LOWVRAM_COMMIT where it is set (a device machine runs a copy
     of the tree without its git metadata), else the checkout's HEAD. A copy inside another repository is not that
     one's HEAD: the first GPU results recorded a stranger's commit so."""
-    if os.environ.get("LOWVRAM_COMMIT"):
+    if from_environment and os.environ.get("LOWVRAM_COMMIT"):
         return os.environ["LOWVRAM_COMMIT"]
     root = root.resolve()
 

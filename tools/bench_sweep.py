@@ -15,6 +15,7 @@ first. `tools/bench_gpu_proof.py` checks two of them against a fresh process of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import json
@@ -227,8 +228,9 @@ def main() -> None:
                 result["peak_reserved_plus_context"] = result["peak_reserved"] + context
             if cuda:  # the GPU memory the allocator does not hold, now: the context at the start plus the kernel
                 # images (cuBLAS, bitsandbytes, Marlin, Triton) loaded since, on a GPU this process has to itself
-                free_now, total_now = torch.cuda.mem_get_info()
-                result["outside_allocator_bytes"] = total_now - free_now - torch.cuda.memory_reserved()
+                with contextlib.suppress(Exception):  # a CUDA fault that failed this strategy: its row still goes
+                    free_now, total_now = torch.cuda.mem_get_info()
+                    result["outside_allocator_bytes"] = total_now - free_now - torch.cuda.memory_reserved()
             out.write(json.dumps(result) + "\n")
             out.flush()
             print(json.dumps(result), flush=True)

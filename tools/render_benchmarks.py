@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -96,13 +97,18 @@ def auto_table(sources: list[tuple[str, dict]]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def short_commit(commit: str) -> str:
+    """A hash's first ten digits; anything else (no commit known) whole."""
+    return commit[:10] if re.fullmatch(r"[0-9a-f]{40}", commit) else commit
+
+
 def markdown(sources: list[tuple[str, dict]]) -> str:
     lines = []
     for source, record in sources:
         env = record["environment"]
         lines.append(f"- `{source}`: {env.get('device')}, driver {env.get('driver')}, torch {env.get('torch')}, CUDA "
                      f"{env.get('cuda')}, bitsandbytes {env.get('bitsandbytes')}, optimum-quanto "
-                     f"{env.get('optimum.quanto')}; commit `{record['commit'][:10]}`; `{record['command']}`")
+                     f"{env.get('optimum.quanto')}; commit `{short_commit(record['commit'])}`; `{record['command']}`")
     lines += ["", ("Peak VRAM is PyTorch's peak reserved plus the CUDA context; plan is `lowvram plan`'s estimate of "
               "the same phase today."), ""]
     for table in (strategy_table(sources), budget_table(sources), auto_table(sources)):

@@ -178,9 +178,12 @@ def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
         raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model; "
                            "pass a diffusers folder or a .safetensors checkpoint")
     index = read_json(index_file)
-    if not unet_file.is_file():  # an index that names no unet/, and no unet/ beside it
-        raise LowvramError(f"--model: {name} has no unet/config.json, so it is no whole diffusers model; copy the "
-                           "whole model, or pass a .safetensors checkpoint")
+    if not unet_file.is_file():  # an index that names no unet (an SD3 or Flux pipeline has a transformer)
+        kind = index.get("_class_name")
+        if any(family.pipeline_class == kind for family in FAMILIES.values()):
+            raise LowvramError(f"--model: {name}: its model_index.json names no unet, so it is no whole diffusers "
+                               "model; copy the whole model, or pass a .safetensors checkpoint")
+        raise LowvramError(f"--model: {name} is a {kind} without a U-Net; lowvram trains SD1.5 and SDXL models")
     unet_config = read_json(unet_file)
     refuse_image_conditioned(name, unet_config.get("in_channels", 4))
     family = family_for_pipeline(index.get("_class_name", ""), unet_config.get("cross_attention_dim"))
