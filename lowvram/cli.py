@@ -225,10 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             check_data(resolve_run(build_config(check_values(args)), NO_GPU), args.report, args.verbose)
         elif args.command == "ui":
             from lowvram.resolve import default_cache_dir
-            from lowvram.ui.app import launch, login
+            from lowvram.ui.app import exposed, launch, login
 
             launch(args.listen or "127.0.0.1", args.port, args.share, default_cache_dir(),
-                   auth=login(args.auth, args.share, bool(args.listen)), inbrowser=args.inbrowser)
+                   auth=login(args.auth, args.share, exposed(args.listen)), inbrowser=args.inbrowser)
         elif args.command == "caption":
             return run_caption(args)
         elif args.command == "info":

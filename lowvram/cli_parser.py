@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "interface (or on ADDRESS, as kohya_ss's --listen 0.0.0.0), not only this machine (anyone who can "
                     "reach it can start runs and read your folders)")
     ui.add_argument("--inbrowser", action="store_true", help="open the app in the default browser once it is up")
+    ui.add_argument("--headless", action="store_true", help="kohya_ss's; it changes nothing: the app opens no "
+                    "browser without --inbrowser")
     ui.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs internet and "
                     "--auth: anyone with the link could start runs, write files and use this GPU)")
     ui.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this user name and password before showing "

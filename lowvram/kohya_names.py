@@ -204,7 +204,6 @@ KOHYA_SCRIPT_FLAGS = {
         "--password": "--auth USER:PASSWORD",
         "--gradio_auth": "--auth USER:PASSWORD",
         "--autolaunch": "--inbrowser",
-        "--headless": "(not needed: the app opens no browser without --inbrowser)",
     }),
     "extract": ("kohya's extract_lora_from_models.py", {
         "--model_org": "--base",

@@ -452,12 +452,21 @@ def test_kohya_ss_and_a1111_launch_flags_are_taken_or_named(capsys):
         with pytest.raises(SystemExit) as refused:
             main(["ui", *given])
         assert refused.value.code == 2 and named in capsys.readouterr().err
+    assert main(["ui", "--headless", "--port", "1", "--listen", "::1"]) == 2  # kohya_ss's --headless: taken
+    assert capsys.readouterr().err.endswith("error: --listen ::1: the app serves IPv4 addresses only; give one, or "
+                                            "--listen alone for all of them\n")
+    for address, said in (("192.0.2.7", ""), ("0.0.0.0:7860", "; the port goes to --port")):  # (192.0.2/24: no one's)
+        assert main(["ui", "--listen", address, "--auth", "me:pw"]) == 2
+        assert capsys.readouterr().err.endswith(f"error: --listen {address}: not an address of this machine; give one "
+                                                f"of its addresses, or --listen alone for all of them{said}\n")
 
 
 def test_a_public_link_needs_a_login_and_an_open_network_is_warned_about(capsys):
     from lowvram.errors import LowvramError
-    from lowvram.ui.app import login
+    from lowvram.ui.app import exposed, login
 
+    assert [exposed(host) for host in (None, "127.0.0.1", "127.0.1.1", "localhost", "0.0.0.0", "192.168.1.5",
+                                       "myhost")] == [False, False, False, False, True, True, True]
     with pytest.raises(LowvramError, match="--share: a public gradio.live link lets anyone who has it start runs"):
         login(None, share=True, listen=False)
     assert login(None, share=False, listen=True) is None

@@ -372,8 +372,8 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, auth: tuple[str, 
                                          quiet=True, prevent_thread_lock=True, auth=auth, footer_links=[],
                                          theme=_offline_theme(), inbrowser=inbrowser)
     where = f"{local_url}" + (" (and this machine's other addresses)" if host == "0.0.0.0" else "")
-    print(f"lowvram ui: {where}" + (f"; public link {share_url}" if share_url else "") + "; Ctrl-C stops it",
-          flush=True)
+    public = f"; public link {share_url}" if share_url else "; no public link (Gradio could not make one: see above)"
+    print(f"lowvram ui: {where}{public if share else ''}; Ctrl-C stops it", flush=True)
     app.block_thread()
 
 
@@ -394,13 +394,37 @@ def login(auth: str | None, share: bool, listen: bool) -> tuple[str, str] | None
     return user, password
 
 
+def exposed(host: str | None) -> bool:
+    """Whether serving on `host` (--listen's) lets other machines reach the app: not for a loopback address."""
+    import ipaddress
+
+    if not host or host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: as good as a network address
+        return True
+
+
 def _check_port(host: str, port: int) -> None:
+    import errno
     import socket
 
+    elsewhere = (f"--listen {host}: not an address of this machine; give one of its addresses, or --listen alone for "
+                 "all of them" + ("; the port goes to --port" if host.count(":") == 1 else ""))
+    if host.count(":") > 1:  # IPv6: Gradio writes the address into its URLs unbracketed, and fails
+        raise LowvramError(f"--listen {host}: the app serves IPv4 addresses only; give one, or --listen alone for all "
+                           "of them")
+    try:
+        address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+    except (socket.gaierror, UnicodeError):
+        raise LowvramError(elsewhere) from None
     with socket.socket() as probe:
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise LowvramError(elsewhere) from None
             raise LowvramError(f"--port {port}: {host}:{port} cannot be served ({exc.strerror or exc}; another "
                                "lowvram ui?); choose another with --port") from None
 
