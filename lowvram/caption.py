@@ -168,6 +168,7 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         ImageFolder,
         NoUsableImages,
         ScanOptions,
+        nested_option,
         repeat_folders,
         scan_dataset,
         scan_folders,
@@ -190,7 +191,9 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         scanned = exc.report.records
         if not scanned:
             where = f"the image folders of {data}" if dataset else f"{root} or its N_name subfolders"
-            raise LowvramError(f"DIR: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}") from None
+            below = [] if dataset else [sub for sub in sorted(root.iterdir()) if sub.is_dir() and nested_option(sub)]
+            down = f"; its N_name folders are a level down: caption {' and '.join(map(str, below))}" if below else ""
+            raise LowvramError(f"DIR: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}{down}") from None
     todo = []
     for record in scanned:
         if not record.usable:

@@ -292,6 +292,18 @@ def test_bad_input_is_one_line(tmp_path, tagger, capsys, args, message):
     assert snapshot(data) == before
 
 
+def test_a_kohya_ss_project_folder_names_the_folders_to_caption(tmp_path, tagger, capsys):
+    project = tmp_path / "proj"
+    for folder in ("img/10_ohwx dog", "reg/1_dog", "model", "log"):
+        (project / folder).mkdir(parents=True)
+        if "_" in folder:
+            Image.new("RGB", (96, 96), (1, 2, 3)).save(project / folder / "a.png")
+    assert main(["caption", str(project), "--caption-model", str(tagger)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"DIR: no images (.png, .jpg, .jpeg, .webp, .bmp) in {project} or its N_name subfolders; its N_name folders are "
+        f"a level down: caption {project / 'img'} and {project / 'reg'}")
+
+
 def test_tagger_input_is_the_wd14_layout():
     image = Image.new("RGB", (40, 20), (200, 100, 10))
     pixels = _tagger_input(image, TAGGER_SIDE)

@@ -507,3 +507,22 @@ def test_a_test_image_renders_any_lora_file_and_any_prompt(tmp_path):
     lora = train(run_config(output=str(tmp_path / "earlier"), max_steps=1)).lora_path
     image = render("tiny", str(lora), "--lvshape", tmp_path / "test.png", steps=1)  # (one word: no space)
     assert image.is_file()
+
+
+def test_a_photo_past_pillows_warning_is_previewed_quietly(tmp_path):
+    """Images up to Pillow's refusal train (the scan lets them through), so the caption editor shows them: without
+    Pillow's "decompression bomb" warning, and a JPEG decoded reduced."""
+    import warnings
+
+    from PIL import Image
+
+    from lowvram.ui.app import _picture
+
+    pytest.importorskip("gradio")
+    Image.new("L", (10_000, 9_000), 200).save(tmp_path / "phone.png", compress_level=1)
+    Image.new("RGB", (10_000, 9_000), (200, 10, 10)).save(tmp_path / "phone.jpg", quality=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for name in ("phone.png", "phone.jpg"):
+            shown = _picture(tmp_path / name, 256)
+            assert shown.mode == "RGB" and max(shown.size) == 256

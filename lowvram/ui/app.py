@@ -315,13 +315,19 @@ def build_app(cache_dir: Path, port: int | None = None):
 def _picture(path: Path, side: int | None = None):
     """An image the page shows, as pixels rather than a path: the server then serves no file of this machine (a
     path would have to be in Gradio's allowed paths, for anyone who can reach the page to fetch)."""
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()
-        if side:
-            image.thumbnail((side, side))
-        return image.convert("RGB")
+    with warnings.catch_warnings():  # a photo up to Pillow's refusal trains (the scan let it through): shown too
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            if side:
+                image.draft(image.mode, (side, side))  # a JPEG decodes reduced, not whole
+            image.load()
+            if side:
+                image.thumbnail((side, side))
+            return image.convert("RGB")
 
 
 def save_toml(path: str, values: dict[str, Any]) -> str:
