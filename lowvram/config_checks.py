@@ -511,8 +511,10 @@ def _output_problems(c: RunConfig) -> list[str]:
         flag, whose = "--output", f"the LoRA's name, the folder's '{shown}',"
         fix = "pass --name NAME, or name the folder another way"
     if not name or refused:
-        where = "" if set(refused) & {"/", "\0"} else " on Windows"  # (a name holds no folder anywhere)
-        why = f" ({refused} cannot be in one{where})" if refused else ""
+        # / separates folders everywhere; the rest only Windows refuses
+        clauses = [f"{chars} cannot be in one{where}" for chars, where in
+                   (("/" if "/" in refused else "", ""), (refused.replace("/", ""), " on Windows")) if chars]
+        why = f" ({'; '.join(clauses)})" if clauses else ""
         p.append(f"{flag}: {whose} is not a valid file name{why}; {fix}")
     elif name_length(name) > MAX_NAME_BYTES:
         p.append(f"{flag}: {whose} is {name_length(name)} {NAME_UNITS} long; the run's files add up to "

@@ -142,6 +142,8 @@ def test_lora_layers_and_family_choices_are_the_families_own():
                                         "pass another --name")),
     ({"output": "out", "name": "my lora/v2"}, ("--name: 'my lora/v2' is not a valid file name (/ cannot be in one); "
                                                "pass another --name")),
+    ({"output": "out", "name": "a/b*c"}, ("--name: 'a/b*c' is not a valid file name (/ cannot be in one; * cannot be "
+                                          "in one on Windows); pass another --name")),
     ({"output": "out/" + "é" * 110}, "is 220 bytes long; the run's files add up to 38 to it"),  # 110 characters
 ])
 def test_a_lora_name_no_file_system_takes_is_refused_naming_where_it_came_from(values, says):

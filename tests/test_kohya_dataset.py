@@ -3,6 +3,7 @@ subsets with their repeats, class tokens and is_reg flag, its settings settled s
 line per setting lowvram cannot follow."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -109,12 +110,14 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     with pytest.raises(LowvramError) as error:
         read_dataset(write(tmp_path / "dataset.toml", doc))
     expected = ["subsets[1] num_repeats: 'ten' is not a whole number", ("subsets[2] image_dir: folder not found: "
-                f"imgs/missing (a relative path is read from the current folder, as kohya reads it, then from "
-                f"{tmp_path})"),
+                "imgs/missing (a relative path is read from the current folder, as kohya reads it)"),
                 "datasets[1].subsets[3]: no image_dir", ("resolution: the datasets differ (512 (datasets[1]), "
                 "[768, 512] (datasets[2]))"), "subsets[1] metadata_file: file not found: meta.json",
                 "face_crop_aug_range:"]
     assert_one_line_each(str(error.value), f"{tmp_path / 'dataset.toml'}: ", expected)
+    (tmp_path / "elsewhere").mkdir()  # the file elsewhere: read beside it too, and so said
+    with pytest.raises(LowvramError, match=re.escape(f"as kohya reads it, then from {tmp_path / 'elsewhere'})")):
+        read_dataset(write(tmp_path / "elsewhere" / "dataset.toml", doc))
     with pytest.raises(LowvramError, match=r"subsets\[1\] num_repeats: 0 repeats would leave its images out"):
         read_dataset(write(tmp_path / "zero.toml",
                            {"datasets": [{"subsets": [{"image_dir": "imgs/alpha", "num_repeats": 0}]}]}))

@@ -47,8 +47,11 @@ def test_the_choice_counts_what_it_chose_among_and_a_phase_off_the_gpu_shows_no_
     0.00 read as measured zeros."""
     done, _ = lowvram("plan", "--model", "sd15", "--vram", "6GB")
     out = " ".join(done.stdout.split())
-    assert re.search(r"the fastest predicted of \d+ strategies that fit and were seen training on a GPU; \S+ .*would "
-                     r"be faster but has not been seen training on a GPU", out), out
+    counted = re.search(r"the fastest predicted of (\d+) strategies that fit and were seen training on a GPU; \S+ "
+                        r".*would be faster but has not been seen training on a GPU", out)
+    strategies = done.stdout.split("candidate strategies")[1].split("VRAM per phase and component")[0]
+    seen = [line for line in strategies.splitlines() if line.startswith("│") and "yes" in line and "seen" in line]
+    assert counted and int(counted.group(1)) == len(seen) > 1, out  # each one it chose among is in the table
     table = done.stdout.split("VRAM per phase and component")[1].split("host RAM per phase")[0]
     header = next(line for line in table.splitlines() if "component" in line)
     assert [cell.strip() for cell in header.split("┃")[1:-1]] == ["component", "load", "latents", "text", "train",
@@ -80,7 +83,7 @@ def test_a_card_without_bf16_gets_the_fastest_strategy_seen_training_in_bf16_unt
     assert f"chose {chosen}: no GPU result shows fp16 training yet, so the fastest predicted of" in out
     assert "seen training in bf16 (in fp16 it runs unverified, with a warning)" in out
     assert chosen.split()[0] == "fp16"  # fp16 storage, which bf16's results stand for
-    assert " seen " not in out.split("candidate strategies")[1].split("VRAM per phase")[0]
+    assert " seen " not in out.split("candidate strategies")[1].split("VRAM per phase and component")[0]
 
 
 def test_a_gtx_16xx_trains_in_fp32_among_the_strategies_seen_in_bf16():

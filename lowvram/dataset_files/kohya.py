@@ -177,8 +177,10 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
         return None
     folder = local_path(image_dir, path)
     if not folder.is_dir():
+        beside = path.resolve().parent
         read = ("" if Path(image_dir).expanduser().is_absolute() or folder.exists() else
-                f" (a relative path is read from the current folder, as kohya reads it, then from {path.parent})")
+                " (a relative path is read from the current folder, as kohya reads it" +
+                ("" if beside == Path.cwd().resolve() else f", then from {beside}") + ")")
         problem(f"{name} image_dir", f"{'not a folder' if folder.exists() else 'folder not found'}: {image_dir}{read}")
         return None
     repeats = as_number(settled.get("num_repeats", 1), f"{name} num_repeats", problem, int)

@@ -73,9 +73,10 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
 
 
 def shown_candidates(result: Plan, top: int) -> list[Estimate]:
-    """The rows worth reading, fastest first: the choice and the next strategies that fit, plus the fastest one
-    and the two just faster than the choice (what more VRAM, or a GPU result for an unverified one, would buy);
-    when nothing is chosen, those that fit but were never seen on a GPU, else the leanest."""
+    """The rows worth reading, fastest first: the choice and the next strategies that fit (and every one that fits
+    and was seen training on a GPU), plus the fastest one and the two just faster than the choice (what more VRAM,
+    or a GPU result for an unverified one, would buy); when nothing is chosen, those that fit but were never seen on
+    a GPU, else the leanest."""
     if result.choice is None:
         unverified = [e for e in result.candidates if e.fits(result.hardware)]  # fit, but never seen on a GPU
         leanest = unverified[:top] or sorted(result.candidates, key=lambda e: e.peak_vram())[:top]
@@ -83,8 +84,11 @@ def shown_candidates(result: Plan, top: int) -> list[Estimate]:
     chosen_at = result.candidates.index(result.choice)
     faster = result.candidates[:chosen_at]
     over = (faster[:1] + faster[1:][-2:]) if faster else []
-    fitting = [e for e in result.candidates[chosen_at:] if e.fits(result.hardware)][:max(1, top - len(over))]
-    return [e for e in result.candidates if e in over or e in fitting]
+    fitting = [e for e in result.candidates[chosen_at:] if e.fits(result.hardware)]
+    # every strategy the choice was made among (seen training on a GPU), past `top` too: the count it gives is read
+    # against the table
+    shown = fitting[:max(1, top - len(over))] + [e for e in fitting if e.verified]
+    return [e for e in result.candidates if e in over or e in shown]
 
 
 def breakdown(est: Estimate) -> Table:
