@@ -46,10 +46,11 @@ def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_
     assert report["bare_le.png"].caption == "little endian"
     assert any("UTF-16 without a byte-order mark" in note for note in report["bare_be.png"].notes)
     assert report["nul.png"].caption == "subj"  # the folder's label, as for a missing caption
-    assert "caption unreadable: nul.txt holds NUL bytes, not text: template used" in report["nul.png"].notes
+    assert "caption unreadable: nul.txt holds NUL bytes, not text: template used: 'subj'" in report[
+        "nul.png"].notes
     assert report["upper.png"].caption == "written by a camera"
     assert report["title.png"].caption == "from a tagger"
-    assert report["log.png"].caption == "subj" and "caption file over 1 MiB: not a caption, template used" in (
+    assert report["log.png"].caption == "subj" and "caption file over 1 MiB: not a caption, template used: 'subj'" in (
         report["log.png"].notes)
     assert not any(record.non_utf8_caption for record in report.values())  # none of them is read as cp1252
 

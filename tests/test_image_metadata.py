@@ -126,7 +126,7 @@ def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeat
     assert {path: (r["caption"], r["repeats"]) for path, r in records.items()} == {
         "10_x/a.png": ("a red circle", 10), "10_x/b.png": ("x", 10), "c.png": ("data", 1),
         "photos/d.png": ("a photo", 1)}  # an empty caption, as an empty caption file: the folder's name
-    assert records["10_x/b.png"]["notes"] == ["empty caption in metadata.jsonl: template used"]
+    assert records["10_x/b.png"]["notes"] == ["empty caption in metadata.jsonl: template used: 'x'"]
     out = " ".join(capsys.readouterr().out.split())
     assert "metadata.jsonl names images in folders that are not there: missing/" in out
     assert "skipped folder 0_off/: 0 repeats" in out and "can't list" not in out

@@ -613,6 +613,8 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
     for prefix, suffix in ((folder.caption_prefix, folder.caption_suffix), (options.caption_prefix,
                                                                              options.caption_suffix)):
         lines = [wrapped(prefix, line, suffix) for line in lines]
+    if text is None:  # what the template made, as it trains (a folder's label or the trigger word: say which)
+        notes = [f"{note}: '{lines[0]}'" if note.endswith("template used") else note for note in notes]
     return lines, weights, notes, non_utf8
 
 
