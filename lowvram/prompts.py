@@ -75,8 +75,8 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
             if key == "n":
                 values["negative"] = value
             elif key in ("w", "h"):
-                pixels = int(value)
-                if not 32 <= pixels <= MAX_RESOLUTION or pixels % 8:  # (a shared file may ask any size)
+                pixels = int(value) // 8 * 8  # down to a multiple of 8, as kohya's sampling rounds it
+                if not 32 <= pixels <= MAX_RESOLUTION:  # (a shared file may ask any size)
                     raise ValueError
                 values["width" if key == "w" else "height"] = pixels
             elif key == "s":
@@ -92,7 +92,7 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
                 if values["seed"] != -1 and not 0 <= values["seed"] <= MAX_SEED:
                     raise ValueError
         except ValueError:
-            side = f"a multiple of 8 from 32 to {MAX_RESOLUTION}"
+            side = f"a whole number from 32 to {MAX_RESOLUTION} (rounded down to a multiple of 8)"
             need = {"w": side, "h": side, "s": f"a whole number from 1 to {MAX_STEPS}", "l": "a finite number",
                     "d": f"a whole number from 0 to {MAX_SEED}, or -1 for a random one"}[key]
             raise ValueError(f"--{key} ({OPTIONS[key]}) must be {need}, got '{value}' in '{line}'") from None

@@ -109,8 +109,8 @@ def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
                                                 "4294967295; give a smaller seed, or -1 for a random one")),
     (["--prompt", "x --s 0"], "--prompt: --s (steps) must be a whole number from 1 to 1000, got '0' in 'x --s 0'"),
     (["--prompt", "x --l nan"], "--prompt: --l (guidance scale) must be a finite number, got 'nan' in 'x --l nan'"),
-    (["--prompt", "x --w 8192"], ("--prompt: --w (width) must be a multiple of 8 from 32 to 4096, got '8192' in "
-                                 "'x --w 8192'")),
+    (["--prompt", "x --w 8192"], ("--prompt: --w (width) must be a whole number from 32 to 4096 (rounded down to a "
+                                 "multiple of 8), got '8192' in 'x --w 8192'")),
     (["--prompt", "x --d -5"], ("--prompt: --d (seed) must be a whole number from 0 to 4294967295, or -1 for a random "
                                 "one, got '-5' in 'x --d -5'")),
 ])

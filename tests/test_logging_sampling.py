@@ -85,10 +85,12 @@ def test_sample_prompts_take_kohyas_inline_options():
     assert parse_prompt("a cat, sitting --n blurry, lowres --W 512 --h 768 --s 28 --l 6.5 --d 7") == SamplePrompt(
         "a cat, sitting", negative="blurry, lowres", width=512, height=768, steps=28, guidance=6.5, seed=7)
     assert parse_prompt("a photo -- of a dog") == SamplePrompt("a photo -- of a dog")  # '--' alone is text
-    for bad, named in (("a cat --x 3", "unknown option --x"), ("a cat --w 500", "--w (width) must be a multiple of 8"),
+    assert parse_prompt("a cat --w 70 --h 519") == SamplePrompt("a cat", width=64, height=512)  # kohya rounds down
+    for bad, named in (("a cat --x 3", "unknown option --x"), ("a cat --w 31", "--w (width) must be a whole number"),
                        ("a cat --s none", "--s (steps) must be a whole number from 1 to 1000"),
                        # a shared prompt file cannot ask for a sample no card holds, or for ever to draw it
-                       ("a cat --w 16384", "--w (width) must be a multiple of 8 from 32 to 4096"),
+                       ("a cat --w 16384", ("--w (width) must be a whole number from 32 to 4096 (rounded down to a "
+                                            "multiple of 8)")),
                        ("a cat --s 100000000", "--s (steps) must be a whole number from 1 to 1000"),
                        # as generate refuses them, before any step rather than at the first sample
                        ("a cat --d 99999999999999999999999", "--d (seed) must be a whole number from 0 to 4294967295"),
@@ -312,11 +314,11 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
     assert [Image.open(path).size for path in result.samples] == [(64, 64), (96, 64)]
     only_file = run_config(sample_prompt_file=str(tmp_path / "prompts.toml"), sample_every="2")
     assert [(p.text, p.width, p.seed) for p in only_file.samples] == [("a circle", 64, 3)]
-    (tmp_path / "bad.txt").write_text("a cat --w 500\n")
+    (tmp_path / "bad.txt").write_text("a cat --w 16\n")
     (tmp_path / "comments.txt").write_text("# prompts to come\n")
     (tmp_path / "off.json").write_text('[{"prompt": "a cat", "enabled": false}]')  # OneTrainer's samples.json
     for path, says in (("none.txt", "--sample-prompt-file: {} not found"),
-                       ("bad.txt", "--sample-prompt-file: --w (width) must be a multiple of 8"),
+                       ("bad.txt", "--sample-prompt-file: --w (width) must be a whole number from 32"),
                        ("comments.txt", "--sample-prompt-file: {} holds no prompt"),
                        ("off.json", "--sample-prompt-file: {} holds no prompt")):
         with pytest.raises(LowvramError) as error:
