@@ -32,8 +32,9 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # `--lr -1e-4` is a value (checked and refused as such), not a flag: Python 3.11's pattern misses exponents
-        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+        # `--lr -1e-4` and `--vram -4GB` are values (checked and refused as such), not flags: Python 3.11's pattern
+        # misses exponents and sizes
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?([KMGT]i?B?)?$", re.IGNORECASE)
 
     def error(self, message: str):
         if "unrecognized arguments:" in message:
