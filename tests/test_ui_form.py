@@ -204,7 +204,7 @@ def test_a_kohya_dataset_file_in_the_form_brings_its_settings_and_its_captions_a
     fields = form_fields()
     values = option_values(fields, form_values(fields, {"data": str(dataset), "batch_size": 3}))
     assert (values["resolution"], values["flip"], values["batch_size"]) == (64, True, 3)  # the form's own value wins
-    summary, rows, usable, _ = data_panel.check_dataset(values | {"model": "tiny"})
+    summary, rows, usable, _, _ = data_panel.check_dataset(values | {"model": "tiny"})
     assert "6 usable" in summary and usable[0] == "00_red_circle.png"
     assert rows[0][4] == "lvshape, a red circle on a blue background"
     root = data_panel.images_root(str(dataset))
@@ -280,7 +280,7 @@ def test_the_check_tab_tells_usable_from_skipped_and_counts_template_captions(tm
     (folder / "captioned.txt").write_text("a red square, flat")
     (folder / "blank.txt").write_text("  \n")
     (folder / "broken.png").write_bytes(b"not a png")
-    summary, rows, usable, _ = data_panel.check_dataset({"data": str(tmp_path / "data"), "model": "sdxl"})
+    summary, rows, usable, _, _ = data_panel.check_dataset({"data": str(tmp_path / "data"), "model": "sdxl"})
     status = {row[0]: row[1] for row in rows}
     assert status == {"1_x/blank.png": "usable", "1_x/broken.png": "skipped", "1_x/captioned.png": "usable",
                       "1_x/uncaptioned.png": "usable"}
@@ -336,7 +336,7 @@ def test_checking_a_folder_without_images_says_so_in_the_clis_words(tmp_path):
 
     (tmp_path / "5_thing").mkdir()
     (tmp_path / "5_thing" / "1.txt").write_text("a caption without its image")
-    summary, _, usable, _ = data_panel.check_dataset({"data": str(tmp_path), "model": "tiny"})
+    summary, _, usable, _, _ = data_panel.check_dataset({"data": str(tmp_path), "model": "tiny"})
     assert "**error:** --data: no images (.png, .jpg" in summary and f"in {tmp_path} or its N_name" in summary
     assert usable == []
 
@@ -346,7 +346,8 @@ def test_checking_the_sample_dataset_checks_the_built_in_one(tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)  # no folder named sample here
     values = {"data": "sample", "model": "tiny", "cache_dir": str(tmp_path / "cache")}
-    summary, _, usable, checked = data_panel.check_dataset(values)
+    summary, _, usable, checked, extensions = data_panel.check_dataset(values)
+    assert set(extensions) == set(usable) and set(extensions.values()) == {".txt"}
     assert "**6 usable, 0 skipped** of 6 images" in summary and len(usable) == 6
     assert (data_panel.images_root(checked) / usable[0]).is_file()
 
@@ -526,3 +527,32 @@ def test_a_photo_past_pillows_warning_is_previewed_quietly(tmp_path):
         for name in ("phone.png", "phone.jpg"):
             shown = _picture(tmp_path / name, 256)
             assert shown.mode == "RGB" and max(shown.size) == 256
+
+
+def test_the_caption_editor_edits_the_file_each_kohya_subset_reads(tmp_path, monkeypatch):
+    """A kohya dataset file sets caption_extension per subset (kohya's default, .caption, where a subset names
+    none): the editor shows and writes the file training reads for each image, not the form's extension's."""
+    import tomli_w
+
+    from lowvram.ui import dataset as data_panel
+
+    monkeypatch.chdir(tmp_path)
+    for name, extension in (("alpha", ".caption"), ("beta", ".txt")):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        Image.new("RGB", (96, 96), (20, 40, 60)).save(tmp_path / "imgs" / name / "a.png")
+        (tmp_path / "imgs" / name / f"a{extension}").write_text(f"{name} as trained\n")
+        (tmp_path / "imgs" / name / ("a.txt" if extension == ".caption" else "a.caption")).write_text("not read\n")
+    (tmp_path / "ds.toml").write_text(tomli_w.dumps({"datasets": [{"subsets": [
+        {"image_dir": "imgs/alpha"}, {"image_dir": "imgs/beta", "caption_extension": ".txt"}]}]}))
+    given = {"data": str(tmp_path / "ds.toml"), "model": "tiny", "cache_dir": str(tmp_path / "cache")}
+    values = option_values(*zip(*[(field, field.to_form(given.get(field.name, field.default)))
+                                  for field in form_fields()]))  # as the form hands them over: the file's settled
+    summary, rows, _, checked, extensions = data_panel.check_dataset(values)
+    assert extensions == {"alpha/a.png": ".caption", "beta/a.png": ".txt"}, summary
+    assert {row[0]: row[4] for row in rows} == {"alpha/a.png": "alpha as trained", "beta/a.png": "beta as trained"}
+    root = data_panel.images_root(checked)
+    for relpath, extension in extensions.items():
+        assert data_panel.read_caption(root, relpath, None, extension).endswith("as trained")
+        data_panel.save_caption(root, relpath, "edited", tmp_path / "kept", None, extension)
+        assert (root / relpath).with_suffix(extension).read_text() == "edited\n"
+    assert (root / "alpha" / "a.txt").read_text() == (root / "beta" / "a.caption").read_text() == "not read\n"

@@ -182,13 +182,13 @@ def build_app(cache_dir: Path, port: int | None = None):
         def check(*form):
             values = option_values(fields, form)
             try:
-                summary, rows, images, checked_data = data_panel.check_dataset(values)
+                summary, rows, images, checked_data, extensions = data_panel.check_dataset(values)
                 root = str(data_panel.images_root(checked_data))
             except LowvramError as exc:
                 return _message(exc), [], gr.update(choices=[], value=None), None
             return summary, rows, gr.update(choices=images, value=None), {
                 "data": form[data_index], "root": root, "caption_column": values.get("caption_column"),
-                "caption_extension": values.get("caption_extension")}
+                "caption_extensions": extensions}
 
         def forget_check(data, seen):
             if seen is None or seen["data"] == data:
@@ -200,7 +200,7 @@ def build_app(cache_dir: Path, port: int | None = None):
                 return None, ""
             root = Path(seen["root"])
             return _picture(root / relpath, PREVIEW_SIDE), data_panel.read_caption(
-                root, relpath, seen.get("caption_column"), seen.get("caption_extension"))
+                root, relpath, seen.get("caption_column"), seen["caption_extensions"].get(relpath))
 
         def save_caption(relpath, text, seen):
             try:
@@ -208,7 +208,7 @@ def build_app(cache_dir: Path, port: int | None = None):
                     raise LowvramError("check the dataset, then choose an image first")
                 root = Path(seen["root"])
                 return data_panel.save_caption(root, relpath, text, data_panel.backup_dir_for(cache_dir, root),
-                                               seen.get("caption_column"), seen.get("caption_extension"))
+                                               seen.get("caption_column"), seen["caption_extensions"].get(relpath))
             except LowvramError as exc:
                 return _message(exc)
 

@@ -23,8 +23,8 @@ TOP_TAGS = 10
 
 
 def check_dataset(values: dict[str, Any]):
-    """(summary markdown, table rows, usable image paths relative to the dataset, the dataset checked) for the form's
-    dataset."""
+    """(summary markdown, table rows, usable image paths relative to the dataset, the dataset checked, each usable
+    image's caption extension) for the form's dataset."""
     from lowvram.data.check import dataset_to_check, scan
     from lowvram.data.scan import NoUsableImages
     from lowvram.hardware import NO_GPU
@@ -54,7 +54,11 @@ def check_dataset(values: dict[str, Any]):
                 summary += f"\n\nis_reg subsets: {len(reg.usable)} usable, {len(reg.skipped)} skipped"
             except NoUsableImages as exc:
                 summary += f"\n\nis_reg subsets: {exc}"
-    return summary, rows, [r.relpath for r in report.usable], data
+    # the caption file each image's captions are edited in: its subset's --caption-extension (a kohya dataset file
+    # sets one per subset), else the run's, the dataset file's own included
+    extensions = {r.relpath: dict(r.settings).get("caption_extension", run.config.data.caption_extension)
+                  for r in report.usable}
+    return summary, rows, [r.relpath for r in report.usable], data, extensions
 
 
 def _summary(report) -> str:
