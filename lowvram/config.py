@@ -55,6 +55,9 @@ CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, i
 IMAGE_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
                  ".bmp": ("BMP", "DIB")}
 IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
+MASK_SUFFIX = "-masklabel.png"  # OneTrainer's loss masks: <image stem>-masklabel.png beside the image, never an image
+# OneTrainer's label files beside an image, of any type: never images (it leaves them out of the images so too)
+LABEL_STEMS = ("-masklabel", "-condlabel")
 WRITTEN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what generate writes: those, less uncompressed BMP
 PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume", "overwrite")  # one run's circumstances, not part of the recipe a saved config replays

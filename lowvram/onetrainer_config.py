@@ -70,7 +70,8 @@ READ = {
     "training_method", "model_type", "base_model_name", "output_dtype", "output_model_destination",
     "gradient_checkpointing", "compile",
     "concept_file_name", "concepts", "aspect_ratio_bucketing", "learning_rate_scheduler", "learning_rate",
-    "learning_rate_warmup_steps", "learning_rate_cycles", "epochs", "batch_size", "gradient_accumulation_steps",
+    "learning_rate_warmup_steps", "learning_rate_cycles", "learning_rate_min_factor", "epochs", "batch_size",
+    "gradient_accumulation_steps",
     "ema", "ema_decay", "ema_update_step_interval", "train_dtype", "resolution", "mse_strength", "mae_strength", "log_cosh_strength",
     "huber_strength", "huber_delta", "loss_weight_fn", "loss_weight_strength", "dropout_probability", "loss_scaler",
     "learning_rate_scaler", "clip_grad_norm", "offset_noise_weight", "generalized_offset_noise",
@@ -279,6 +280,9 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
         values["unmasked_weight"] = float(doc.get("unmasked_weight") or 0.0)
         values["masked_prior_weight"] = float(doc.get("masked_prior_preservation_weight") or 0.0)
         values["normalize_masked_area_loss"] = bool(doc.get("normalize_masked_area_loss"))
+        if float(doc.get("unmasked_probability") or 0.0):  # (OneTrainer's presets: 0.1)
+            notes.append(f"unmasked_probability {doc['unmasked_probability']}: not carried over; lowvram trains "
+                         "every step with its mask (--unmasked-weight weighs the area outside it instead)")
     skip = doc.get("text_encoder_layer_skip") or doc.get("text_encoder_2_layer_skip") or 0
     if skip:
         values["clip_skip"] = int(skip) + 1  # OneTrainer counts the layers skipped past the last; kohya counts it
@@ -483,13 +487,20 @@ def _memory(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         planners.append(f"unet.weight_dtype {weights}")
     else:
         problem("unet.weight_dtype", f"{weights} is not a storage lowvram has for the U-Net")
-    checkpointing = str(doc.get("gradient_checkpointing", "ON")).upper()
+    unet = doc.get("unet") or {}
+    if "gradient_checkpointing" in unet or "activation_offloading" in unet:  # version 11 on: per model part
+        on = unet.get("gradient_checkpointing", True) is not False
+        checkpointing = "CPU_OFFLOADED" if unet.get("activation_offloading") else "ON" if on else "OFF"
+        named = f"unet.gradient_checkpointing {str(on).lower()}"
+    else:
+        checkpointing = str(doc.get("gradient_checkpointing", "ON")).upper()
+        named = f"gradient_checkpointing {checkpointing}"
     if checkpointing in ("OFF", "FALSE"):
         values["gradient_checkpointing"] = False
-    elif checkpointing == "CPU_OFFLOADED":
+    elif checkpointing == "CPU_OFFLOADED":  # (lowvram's offload keeps the checkpoints' inputs on the host)
         values["gradient_checkpointing"] = values["offload_activations"] = True
     else:
-        planners.append(f"gradient_checkpointing {checkpointing}")
+        planners.append(named)
     if doc.get("compile"):
         values["compile"] = True
     compute = _upper(doc, "train_dtype") or "FLOAT_16"

@@ -114,6 +114,8 @@ def test_prompt_sources_subfolders_and_samples_balancing(tmp_path, monkeypatch):
     (images / "beta" / "more").mkdir()
     for image in sorted((images / "alpha").glob("*.png"))[:2]:
         (images / "beta" / "more" / f"extra_{image.name}").write_bytes(image.read_bytes())
+    for image in sorted((images / "alpha").glob("*.png")):  # masks: no images, as OneTrainer counts them
+        image.with_name(f"{image.stem}-masklabel.png").write_bytes(image.read_bytes())
     dataset = read_dataset(write(tmp_path / "concepts.json", [
         concept("imgs/alpha", text={"prompt_source": "filename"}, balancing=3, balancing_strategy="SAMPLES"),
         concept("imgs/beta", include_subdirectories=True, balancing=10, balancing_strategy="SAMPLES")]))

@@ -124,6 +124,11 @@ def test_inline_concepts_quantized_weights_and_files_that_are_no_config(tmp_path
                                            "normalize_masked_area_loss": True}))
     values = read_config(inline)
     assert values["data"] == str(inline)  # its concepts are read from it
+    for probability, noted in ((0.1, True), (0.0, False)):  # OneTrainer's presets train 10 % of steps unmasked
+        _, notes = translate_onetrainer(json.loads(inline.read_text()) | {"unmasked_probability": probability},
+                                        tmp_path)
+        assert any(note.startswith(f"unmasked_probability {probability}: not carried over; lowvram trains every "
+                                   "step with its mask") for note in notes) is noted, notes
     assert (values["unet_weights"], values["gradient_checkpointing"], values["offload_activations"]) == (
         "bnb-nf4", True, True)
     assert (values["mixed_precision"], values["masked_loss"], values["masked_prior_weight"],
@@ -135,6 +140,23 @@ def test_inline_concepts_quantized_weights_and_files_that_are_no_config(tmp_path
     (tmp_path / "concepts.json").write_text(json.dumps([{"path": "imgs/alpha"}]))
     assert main(["train", "--config", "concepts.json"]) == 2
     assert "is given as --data concepts.json" in capsys.readouterr().err
+
+
+def test_a_current_config_s_per_part_checkpointing_and_offloading_are_read(tmp_path):
+    """OneTrainer's migration 10 moved gradient_checkpointing into each model part (a bool), with
+    activation_offloading beside it: the U-Net's are the user's choice, not OneTrainer's defaults."""
+    folder = onetrainer_folder(tmp_path)
+    for unet, expected, planned in (({"gradient_checkpointing": False}, (False, None), False),
+                                    ({"gradient_checkpointing": True, "activation_offloading": True}, (True, True),
+                                     False),
+                                    ({"gradient_checkpointing": True}, (None, None), True)):
+        doc = CONFIG | {"__version": 12, "unet": (CONFIG.get("unet") or {}) | unet}
+        doc.pop("gradient_checkpointing", None)
+        values, notes = translate_onetrainer(doc, folder)
+        assert (values.get("gradient_checkpointing"), values.get("offload_activations")) == expected, unet
+        assert any("unet.gradient_checkpointing true" in note and "left to lowvram's planner" in note
+                   for note in notes) is planned, notes
+        assert not any(note.startswith("gradient_checkpointing ON") for note in notes), notes
 
 
 def test_an_older_onetrainer_config_is_read_by_its_old_names_without_false_notes(tmp_path):
@@ -357,6 +379,7 @@ def test_a_schedule_free_optimizer_trains_at_a_constant_rate_with_its_own_warm_u
                     "learning_rate_warmup_steps": 10.0, "learning_rate_min_factor": 0.1}
     values, notes = translate_onetrainer(doc, onetrainer_folder(tmp_path))
     assert (values["scheduler"], values["warmup_steps"], "min_lr_ratio" in values) == ("constant", 10, False)
+    assert not any("learning_rate_min_factor" in note for note in notes)  # read, and applied where it decays
     assert any(note.startswith(f"learning_rate_scheduler: {optimizer} replaces the schedule")
                for note in notes) == (scheduler == "COSINE")
     config = build_config(values)  # which refused constant_with_warmup for it

@@ -23,7 +23,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from lowvram.config import IMAGE_FORMATS, IMAGE_SUFFIXES
+from lowvram.config import IMAGE_FORMATS, IMAGE_SUFFIXES, LABEL_STEMS, MASK_SUFFIX
 from lowvram.data.buckets import Buckets
 from lowvram.data.captions import captions_of, has_word, read_caption_file, split_kept_tags, wrapped
 from lowvram.data.image_files import (
@@ -55,9 +55,6 @@ INDEX_VERSION = 1
 UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
 PROGRESS_FROM = 50  # files; fewer scan in a blink
 NOTES_LISTED_UP_TO = 20  # usable files with notes printed without --verbose
-MASK_SUFFIX = "-masklabel.png"  # OneTrainer's loss masks: <image stem>-masklabel.png beside the image, never an image
-# OneTrainer's label files beside an image, of any type: never images (it leaves them out of the images so too)
-LABEL_STEMS = ("-masklabel", "-condlabel")
 MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
 
 

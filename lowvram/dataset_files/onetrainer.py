@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lowvram.config import IMAGE_SUFFIXES
+from lowvram.config import IMAGE_SUFFIXES, LABEL_STEMS
 from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import as_number
@@ -154,8 +154,10 @@ def _folders(concept: dict, path: Path, where: str, problem) -> list[Path] | Non
 
 
 def _images(folders: list[Path]) -> list[Path]:
+    """The concept's images, as the scan lists them: not its masks and other label files."""
     return [p for folder in folders for p in sorted(folder.iterdir())
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            and not p.stem.lower().endswith(LABEL_STEMS)]
 
 
 def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: list[str], problem,
