@@ -57,7 +57,7 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
     """One prompt and its inline options (`sampler`: the run's, where the line names none); a ValueError names a
     bad or unknown option."""
     text, *parts = re.split(r"\s--(?=[A-Za-z]+\s)", " " + line.strip())
-    values: dict = {"text": text.strip(), "sampler": sampler}
+    values: dict = {"text": literal_dashes(text.strip()), "sampler": sampler}
     for part in parts:
         key, _, value = part.partition(" ")
         key = key.lower()
@@ -73,7 +73,7 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
             continue
         try:
             if key == "n":
-                values["negative"] = value
+                values["negative"] = literal_dashes(value)
             elif key in ("w", "h"):
                 pixels = int(value) // 8 * 8  # down to a multiple of 8, as kohya's sampling rounds it
                 if not 32 <= pixels <= MAX_RESOLUTION:  # (a shared file may ask any size)
@@ -148,13 +148,23 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
     return [line for line in lines if line], sorted(left_out)
 
 
+def escaped_dashes(text: str) -> str:
+    """Text a prompt line holds as written: a `--word` in it escaped as `\\--word`, which parse_prompt reads as text,
+    not as one of kohya's inline options (OneTrainer's prompts have none: `--ar 16:9` in one is words)."""
+    return re.sub(r"(?:(?<=\s)|^)--(?=[A-Za-z])", r"\\--", text)
+
+
+def literal_dashes(text: str) -> str:
+    return text.replace("\\--", "--")
+
+
 def onetrainer_sample(sample: dict) -> str | None:
     """A OneTrainer sample definition as a prompt with kohya's inline options (None: disabled, or no prompt); its
     noise scheduler as the sampler, DDIM where it names none, as OneTrainer's default. ValueError for a scheduler
     lowvram has not."""
     if sample.get("enabled") is False or not str(sample.get("prompt") or "").strip():
         return None
-    line = " ".join(str(sample["prompt"]).split())
+    line = escaped_dashes(" ".join(str(sample["prompt"]).split()))
     given = {**ONETRAINER_KEYS, **({"seed": "d"} if not sample.get("random_seed") else {})}
     for key, flag in given.items():
         value = sample.get(key)
@@ -162,7 +172,7 @@ def onetrainer_sample(sample: dict) -> str | None:
             continue
         if isinstance(value, float) and value.is_integer() and flag != "l":  # JSON's 512.0 is a size of 512
             value = int(value)
-        line += f" --{flag} {' '.join(str(value).split())}"
+        line += f" --{flag} {escaped_dashes(' '.join(str(value).split()))}"
     return line + f" --ss {sampler_name(str(sample.get('noise_scheduler') or 'DDIM'))}"
 
 

@@ -79,6 +79,18 @@ def test_sampling_without_a_prompt_is_refused(flag):
         run_config(**{flag: "2" if flag == "sample_every" else True})
 
 
+def test_a_onetrainer_samples_dashes_stay_words_of_its_prompt():
+    """OneTrainer's prompts have no inline options: '--ar 16:9' in one, or '--w 12' in its negative, are words. They
+    are carried over escaped (\\--), and read back as written."""
+    from lowvram.prompts import SamplePrompt, onetrainer_sample, parse_prompt
+
+    line = onetrainer_sample({"prompt": "--x start, a red circle --ar 16:9 photo --d 5 man",
+                              "negative_prompt": "bad --w 12", "width": 512.0, "seed": 3, "random_seed": False})
+    assert parse_prompt(line) == SamplePrompt("--x start, a red circle --ar 16:9 photo --d 5 man",
+                                              negative="bad --w 12", width=512, seed=3, sampler="ddim")
+    assert parse_prompt("a cat \\--ar 3:2 --w 64").text == "a cat --ar 3:2"  # a prompt file's own escape
+
+
 def test_sample_prompts_take_kohyas_inline_options():
     from lowvram.prompts import SamplePrompt, parse_prompt
 
