@@ -268,11 +268,17 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
             notes.append(f"concept_file_name: file not found: {doc['concept_file_name']}; give the concepts file "
                          "as --data, or the image folder")
     resolution = str(doc.get("resolution", "512")).strip()
-    if resolution.isdigit():
-        values["resolution"] = int(resolution)
+    sides = [side.strip() for side in resolution.split(",")]
+    shape = [side.strip() for side in resolution.lower().split("x")]
+    if all(side.isdigit() for side in sides):  # several: OneTrainer trains each image at each
+        values["resolution"] = int(sides[0])
+        if len(sides) > 1:
+            values["extra_resolutions"] = ",".join(sides[1:])
+    elif len(shape) == 2 and all(side.isdigit() for side in shape):  # width x height: buckets of its area
+        values["resolution"] = ",".join(shape)
     else:
-        problem("resolution", f"'{resolution}': lowvram trains one square resolution (its aspect-ratio buckets give "
-                "the other shapes); give one number")
+        problem("resolution", f"'{resolution}': give a number, numbers separated by commas (each image trains at "
+                "each), or WIDTHxHEIGHT")
     if doc.get("aspect_ratio_bucketing") is False:
         values["bucket"] = False
     if doc.get("masked_training"):

@@ -91,7 +91,7 @@ def test_a_onetrainer_config_trains_the_lora_onetrainer_would(tmp_path, monkeypa
 def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(tmp_path):
     path = onetrainer_folder(tmp_path)
     doc = CONFIG | {"training_method": "FINE_TUNE", "model_type": "STABLE_DIFFUSION_3", "peft_type": "OFT_2",
-                    "mse_strength": 1.0, "huber_strength": 0.5, "resolution": "512,768", "loss_scaler": "BATCH",
+                    "mse_strength": 1.0, "huber_strength": 0.5, "resolution": "512;768", "loss_scaler": "BATCH",
                     "learning_rate_scheduler": "ADAFACTOR", "optimizer": {"optimizer": "CAME_8BIT"},
                     "layer_filter_preset": "custom", "unet": {"weight_dtype": "GGUF"},
                     "additional_embeddings": [{"placeholder": "<zkw>", "token_count": 2, "train": True}]}
@@ -99,7 +99,7 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
         translate_onetrainer(doc, path)
     expected = ["training_method: FINE_TUNE: lowvram trains LoRA adapters", "model_type: STABLE_DIFFUSION_3",
                 "peft_type: OFT_2 is not an adapter", "mse_strength: mse_strength 1, huber_strength 0.5",
-                "resolution: '512,768': lowvram trains one square resolution", "loss_scaler: BATCH",
+                "resolution: '512;768': give a number, numbers separated by commas", "loss_scaler: BATCH",
                 "learning_rate_scheduler: ADAFACTOR", "optimizer: CAME_8BIT is not one lowvram has",
                 "layer_filter: attentions",
                 "unet.weight_dtype: GGUF", "additional_embeddings: lowvram trains no embeddings"]
@@ -240,6 +240,10 @@ def test_a_onetrainer_preset_as_its_repository_ships_it_is_read(tmp_path):
     assert {key: values.get(key) for key in ("model", "batch_size", "lora_layers", "lr", "resolution")} == {
         "model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "batch_size": 4, "lora_layers": "attn-mlp",
         "lr": 0.0003, "resolution": 512}
+    for given, resolution, extra in (("512,768", 512, "768"), ("768x1024", "768,1024", None)):  # several; a shape
+        values, _ = translate_onetrainer(preset | {"resolution": given}, path)
+        assert (values["resolution"], values.get("extra_resolutions")) == (resolution, extra), given
+        build_config(values)  # and lowvram trains them: at both sides, as buckets of the shape's area
     # what it leaves out is OneTrainer's default, not lowvram's: alpha 1 (not the rank: a LoRA 16 times weaker),
     # 200 warm-up steps, 100 epochs, the text encoder trained for its first 30 epochs
     assert {key: values.get(key) for key in ("rank", "alpha", "warmup_steps", "epochs", "train_text_encoder",
