@@ -179,7 +179,12 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     # checked before the migrations read values and after they (and the renames) move them (a first version's
     # optimizer is a name)
     doc = _migrated(_typed(doc, problem, NESTED_SECTIONS[:-1]))
+    second_given = "train" in (doc.get("text_encoder_2") or {})
     doc = _with_defaults(_typed({RENAMED.get(key, key): value for key, value in doc.items()}, problem))
+    if (_upper(doc, "model_type") or "").startswith("STABLE_DIFFUSION_XL") and not second_given and \
+            doc["text_encoder_2"]["train"] and not doc["text_encoder"]["train"]:  # (an older config's, often)
+        notes.append("text_encoder_2.train: not in the config, so OneTrainer's default (true): the second text "
+                     "encoder trains though the first does not; set it false to train the U-Net alone")
 
     def number(key: str, kind: type = float) -> Any:
         return as_number(doc[key], key, problem, kind)

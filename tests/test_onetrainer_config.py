@@ -279,9 +279,14 @@ def test_onetrainers_timestep_distribution_is_carried(tmp_path, settings, expect
 def test_sdxls_two_text_encoders_train_as_onetrainer_says(tmp_path, encoders, expected):
     path = onetrainer_folder(tmp_path)
     doc = CONFIG | {"model_type": "STABLE_DIFFUSION_XL_10_BASE", "base_model_name": "tiny-sdxl"} | encoders
-    values, _ = translate_onetrainer(doc, path)
+    values, notes = translate_onetrainer(doc, path)
     assert {key: values[key] for key in ("text_encoder_lr", "text_encoder_2_lr") if key in values} == expected
     assert values["train_text_encoder"] is True
+    assert not [note for note in notes if note.startswith("text_encoder_2.train")]  # (the config says it)
+    older = CONFIG | {"model_type": "STABLE_DIFFUSION_XL_10_BASE", "text_encoder": {"train": False}}
+    values, notes = translate_onetrainer(older, path)  # no word of the second: OneTrainer trains it, and says not
+    assert values["text_encoder_2_lr"] > 0 and any(note.startswith("text_encoder_2.train: not in the config, so "
+                                                                   "OneTrainer's default (true)") for note in notes)
 
 
 def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetrainers_default_ones(tmp_path):
