@@ -45,9 +45,11 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     keeps its dtypes and other models are written in fp16."""
     from lowvram.adapters.lora_files import load_kohya
     from lowvram.adapters.networks import fuse_adapters
+    from lowvram.models.detect import detect_family
     from lowvram.models.loading import load_model
     from lowvram.precision import DTYPES
 
+    detect_family(model_name, family)  # a broken or foreign file: its one line, before its header is read
     single = Path(model_name).suffix.lower() == ".safetensors" and Path(model_name).is_file()
     working = precision or (_file_precision(Path(model_name)) if single else "fp16")
     model = load_model(model_name, family, dtype=DTYPES[working])
@@ -169,6 +171,11 @@ def run(args: argparse.Namespace) -> Fused:
                         f"without extension), never a {output.suffix} pickle; name one of those")
     elif written := output_problem(output, [Path(args.model), *(path for path, _ in sources)], args.overwrite):
         problems.append(written)
+    elif not output.resolve().name or output.name in (".", ".."):
+        problems.append(f"--output {output}: name the model's own folder, e.g. {output / 'merged'}")
+    elif output.is_dir() and not (output / "model_index.json").is_file():  # a folder of the user's, not a model
+        problems.append(f"--output: {output} is a folder but no diffusers model; --overwrite replaces only a model "
+                        "folder, never removes another: name a new folder")
     if problems:
         raise LowvramError("\n".join(problems))
     return fuse_into_model(args.model, sources, output, args.model_family, args.save_precision)

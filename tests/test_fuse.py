@@ -94,6 +94,8 @@ def test_a_diffusers_folder_is_merged_into_a_folder_or_a_single_file(setup, tmp_
         torch.testing.assert_close(hidden, want_hidden, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
     assert not list(tmp_path.glob(".*partial"))
+    assert main(["merge", str(lora), "--model", str(folder), "--output", str(tmp_path / "merged"),
+                 "--overwrite"]) == 0  # a model folder it wrote: replaced
 
 
 def test_save_precision_casts_the_whole_checkpoint(setup, tmp_path):
@@ -114,6 +116,11 @@ def test_save_precision_casts_the_whole_checkpoint(setup, tmp_path):
     (["--output", "{checkpoint}"], "is a file being read; name another"),
     (["--output", "{lora}", "--overwrite"], "is a file being read; name another"),
     (["--output", "{existing}"], "exists; add --overwrite to replace it"),
+    # --overwrite replaced a folder whole: one holding the LoRA read (the run's), or one of the user's own
+    (["--output", "{loradir}", "--overwrite"], "is a folder holding"),
+    (["--output", "{tmp}", "--overwrite"], ("is a folder but no diffusers model; --overwrite replaces only a model "
+                                           "folder, never removes another: name a new folder")),
+    (["--model", "{existing}"], "is not a readable .safetensors file"),  # a traceback once, from its header
     (["--output", "{tmp}/merged.ckpt"], ("merged.ckpt: lowvram writes a .safetensors file or a diffusers folder (a "
                                          "name without extension), never a .ckpt pickle")),
 ])
@@ -121,11 +128,14 @@ def test_wrong_options_are_refused_in_one_line(setup, tmp_path, capsys, argv, me
     _, checkpoint, (lora, _) = setup
     existing = tmp_path / "there.safetensors"
     existing.write_bytes(b"keep")
-    argv = [arg.format(checkpoint=checkpoint, existing=existing, tmp=tmp_path, lora=lora) for arg in argv]
+    argv = [arg.format(checkpoint=checkpoint, existing=existing, tmp=tmp_path, lora=lora, loradir=lora.parent)
+            for arg in argv]
+    held = sorted(lora.parent.iterdir())
     assert main(["merge", str(lora), "--model", str(checkpoint), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert existing.read_bytes() == b"keep" and not (tmp_path / "merged.ckpt").exists()
+    assert sorted(lora.parent.iterdir()) == held
 
 
 def test_a_lora_of_another_family_is_refused(setup, tmp_path, capsys):
