@@ -2,7 +2,8 @@
 svd_merge_lora.py makes it: each layer's updates, each times its file's weight, summed, and cut to the rank that
 keeps the most of the sum (a fixed rank, or per layer by `--dynamic`, as `lowvram resize`). The factors are laid
 side by side (their ranks added), so the sum is split as a resize splits one update, never formed at full size.
-A layer that only some files adapt takes only theirs. The merged file is a plain kohya LoRA at alpha = rank.
+A layer that only some files adapt takes only theirs. The merged file is a plain kohya LoRA at alpha = rank (the
+most common rank, for a file of layers of several ranks: the rest of each scale is in its up weight).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from lowvram.errors import LowvramError
 from lowvram.lora_metadata import modelspec, save_lora, title_of
 from lowvram.option_values import parse_source
-from lowvram.resize import Resized, option_problems, read_pairs, resize_pair
+from lowvram.resize import Resized, option_problems, read_pairs, resize_pair, with_one_alpha
 
 # metadata the merged file keeps when every source agrees on it: what the LoRAs were trained for
 SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.prediction_type",
@@ -74,7 +75,8 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
         before.append(down.shape[0])
         after.append(new)
         kept.append(share)
-    save_lora(written, output, _metadata(read, output, rank, dynamic, param, after), "the merged LoRA")
+    save_lora(with_one_alpha(written), output, _metadata(read, output, rank, dynamic, param, after),
+              "the merged LoRA")
     return Resized(output, len(bases), (max(before), max(after)), after, kept)
 
 

@@ -9,7 +9,8 @@ kohya's rules (`--dynamic`):
 
 never above --rank. The update is never formed: its factors' QR decompositions leave an SVD of a rank x rank
 core, so no GPU and little memory are needed. Each layer keeps its alpha/rank scale (alpha becomes that
-scale x the new rank) and the singular values are split evenly between the two factors, so the file can also
+scale x the new rank; where layers then differ, one alpha for all and the rest of each scale in its up weight,
+which diffusers reads too) and the singular values are split evenly between the two factors, so the file can also
 continue training (--network-weights). Any kohya-format LoRA or LoCon works, whoever trained it; DoRA, LoHa and
 LoKr have no such split of their update and are refused.
 """
@@ -103,8 +104,29 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
         before.append(old)
         after.append(new)
         kept.append(share)
-    save_lora(written, output, _metadata(metadata, max(before), rank, dynamic, param, after), "the resized LoRA")
+    save_lora(with_one_alpha(written), output, _metadata(metadata, max(before), rank, dynamic, param, after),
+              "the resized LoRA")
     return Resized(output, len(pairs), (max(before), max(after)), after, kept)
+
+
+def with_one_alpha(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """kohya-format `tensors` with one alpha for every layer, each layer's own alpha/rank scale kept by folding
+    the difference into its up weight. A --dynamic resize or a merge leaves layers of several ranks, and alphas
+    that differ between layers are what diffusers' reader of kohya files misplaces; ComfyUI, AUTOMATIC1111, kohya
+    and lowvram read the same update either way."""
+    import torch
+
+    alphas = {key.removesuffix(".alpha"): float(tensor) for key, tensor in tensors.items() if key.endswith(".alpha")}
+    if len(set(alphas.values())) < 2:
+        return tensors
+    common = statistics.mode(alphas.values())  # (most layers then keep their weights as they are)
+    out = dict(tensors)
+    for base, alpha in alphas.items():
+        if alpha != common:
+            up = tensors[f"{base}.lora_up.weight"]
+            out[f"{base}.lora_up.weight"] = (up.float() * (alpha / common)).to(up.dtype)
+            out[f"{base}.alpha"] = torch.tensor(common, dtype=tensors[f"{base}.alpha"].dtype)
+    return out
 
 
 def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torch.Tensor], dict[str, dict]]:

@@ -82,8 +82,8 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
         images.append(np.asarray(Image.open(tmp_path / f"{name}.png"), dtype=np.float32))
     assert np.abs(images[0] - images[1]).max() <= 2  # 8-bit pixels; the factors differ, the updates do not
     dynamic = tmp_path / "dynamic.safetensors"
-    assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_fro", "--dynamic-param", "0.5",
-                 "--output", str(dynamic)]) == 0
+    assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_fro", "--dynamic-param", "0.9",
+                 "--output", str(dynamic)]) == 0  # (ranks 1 to 6 here: alphas of six sizes, were they kept)
     meta = safe_open(str(dynamic), framework="pt").metadata()
     ranks = {t.shape[0] for k, t in load_file(str(dynamic)).items() if k.endswith("lora_down.weight")}
     assert len(ranks) > 1 and meta["ss_network_dim"] == "Dynamic"
@@ -91,8 +91,30 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
     assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_ratio", "--dynamic-param", "4",
                  "--output", str(ratio)]) == 0
     assert {t.shape[0] for k, t in load_file(str(ratio)).items() if k.endswith("lora_down.weight")} <= set(range(1, 9))
-    pipeline = load_model("tiny", None, dtype=torch.float32).pipeline
-    pipeline.load_lora_weights(str(dynamic), adapter_name="resized")  # diffusers reads layers of differing rank
+    assert_read_alike_by_diffusers_and_lowvram(dynamic)  # layers of differing rank, and of one alpha
+
+
+def assert_read_alike_by_diffusers_and_lowvram(path):
+    """diffusers' reader of kohya files reads layers of differing alpha at the most common one: a file of
+    differing ranks keeps one alpha, each layer's scale folded into its up weight, so diffusers reads what
+    lowvram's reader (and ComfyUI's, A1111's) reads."""
+    from lowvram.adapters.lora_files import load_kohya
+    from lowvram.adapters.networks import fuse_adapters
+
+    assert len({float(t) for k, t in load_file(str(path)).items() if k.endswith(".alpha")}) == 1
+    plain, ours, theirs = (load_model("tiny", None, dtype=torch.float32) for _ in range(3))
+    load_kohya(ours, path)
+    fuse_adapters(ours.unet, 1.0)
+    theirs.pipeline.load_lora_weights(str(path))
+    theirs.pipeline.fuse_lora()
+    theirs.pipeline.unload_lora_weights()
+    before, changed = plain.unet.state_dict(), 0
+    for name, weight in theirs.unet.state_dict().items():  # each layer's update, as each reader applies it
+        ours_delta, their_delta = ours.unet.state_dict()[name] - before[name], weight - before[name]
+        if ours_delta.abs().max() > 0:
+            changed += 1
+            torch.testing.assert_close(their_delta, ours_delta, rtol=0, atol=1e-4 * float(ours_delta.abs().max()))
+    assert changed > 0
 
 
 def test_what_cannot_be_resized_is_one_line(trained, tmp_path, capsys):
@@ -174,7 +196,8 @@ def test_merged_files_hold_the_weighted_sum_of_their_updates(trained, second, tm
         values = torch.linalg.svdvals(first[base] + other.get(base, 0))
         error = torch.linalg.norm(update - first[base] - other.get(base, 0))
         assert float(error) <= float(values[3:].square().sum().sqrt()) * 1.01 + 1e-3 * float(values[0]), base
-    load_model("tiny", None, dtype=torch.float32).pipeline.load_lora_weights(str(small))  # diffusers reads it
+    assert_read_alike_by_diffusers_and_lowvram(merged)  # (rank 12 where both adapt a layer, 8 elsewhere)
+    assert_read_alike_by_diffusers_and_lowvram(small)
 
 
 def test_lora_files_of_different_models_are_not_merged(trained, tmp_path, capsys):
