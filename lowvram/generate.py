@@ -19,7 +19,7 @@ from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, output_problem
 from lowvram.hardware import detect, resolve_mixed_precision
-from lowvram.models.detect import detect_family
+from lowvram.models.detect import checkpoint_title, detect_family
 from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
@@ -159,6 +159,8 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
             problems.append(f"--lora: file not found: {path}")
         elif path.suffix.lower() != ".safetensors":
             problems.append(f"--lora: {path} is not a .safetensors file")
+        elif title := checkpoint_title(path):
+            problems.append(f"--lora: {path} is a {title} model checkpoint, not a LoRA; give it as --model")
     return problems
 
 

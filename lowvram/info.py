@@ -52,7 +52,9 @@ def describe(path: Path) -> dict:
     ranks: dict[int, int] = {}
     for rank in rank_of.values():
         ranks[rank] = ranks.get(rank, 0) + 1
-    checkpoint = _checkpoint_family(path) if network == "unknown" else None
+    from lowvram.models.detect import checkpoint_title
+
+    checkpoint = checkpoint_title(path) if network == "unknown" else None
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
             "modules": len(modules),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
@@ -67,16 +69,6 @@ def _module(key: str) -> str:
     cut = next((i for i, part in enumerate(parts) if part in _ADAPTER_PARTS or part.startswith(("hada_", "lokr_"))),
                len(parts))
     return ".".join(parts[:cut])
-
-
-def _checkpoint_family(path: Path) -> str | None:
-    """The family of a single-file base model (what --model takes) by its header; None for anything else."""
-    from lowvram.models.detect import detect_single_file_family
-
-    try:
-        return detect_single_file_family(path).title
-    except LowvramError:
-        return None
 
 
 def _count(shape: tuple[int, ...]) -> int:

@@ -164,3 +164,17 @@ def test_generate_computes_as_training_would_on_the_card(monkeypatch):
         with pytest.raises(Loaded) as loaded:
             generate.generate(build_parser().parse_args(["generate", "--model", "tiny", "--prompt", "a cat"]))
         assert loaded.value.args[0] == dtype, profile
+
+
+def test_a_model_checkpoint_given_as_a_lora_is_named_one(tmp_path, capsys):
+    """It got diffusers' "Invalid LoRA checkpoint. Make sure all LoRA param names contain 'lora'"."""
+    from safetensors.torch import save_file
+
+    from lowvram.models.ldm_layout import sd15_single_file
+    from lowvram.models.loading import load_model
+
+    parts = load_model("tiny").pipeline
+    checkpoint = tmp_path / "model.safetensors"
+    save_file(sd15_single_file(parts.unet, parts.vae, parts.text_encoder), str(checkpoint))
+    assert refused(["--lora", str(checkpoint), "--output", str(tmp_path / "x.png")], capsys) == (
+        f"--lora: {checkpoint} is a tiny SD (random weights) model checkpoint, not a LoRA; give it as --model")

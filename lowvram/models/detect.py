@@ -228,6 +228,15 @@ def _storage(files: tuple[tuple[str, int, int], ...]) -> tuple[int, str] | None:
     return (sum(size for _, _, size in files), stored.most_common(1)[0][0]) if stored else None
 
 
+def checkpoint_title(path: Path) -> str | None:
+    """The family's name of a single-file base model (what --model takes), by its header; None for a file of
+    anything else (a LoRA given where a model goes, or a model where a LoRA goes, is named so)."""
+    try:
+        return detect_single_file_family(path).title
+    except LowvramError:
+        return None
+
+
 def detect_single_file_family(path: Path) -> ModelFamily:
     """Identify a single-file checkpoint from its header (key names and shapes; no tensor is read)."""
     from safetensors import SafetensorError, safe_open
