@@ -55,7 +55,7 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     model = load_model(model_name, family, dtype=DTYPES[working])
     layers = []
     for path, weight in sources:
-        load_kohya(model, path)
+        load_kohya(model, path, flag="FILE")  # merge's positional FILEs
         layers.append(sum(fuse_adapters(module, weight) for module in [model.unet, *model.text_encoders]))
     if output.suffix.lower() != ".safetensors":
         return Fused(_save_folder(model, output, DTYPES[working]), layers, 0)

@@ -195,3 +195,12 @@ def test_generate_stacks_several_loras_as_the_merged_checkpoint_holds_them(setup
                                          for name in ("merged", "stacked", "ours", "one"))
     assert np.abs(merged_pixels - stacked).max() <= 2 and np.abs(merged_pixels - ours).max() <= 2  # 8-bit rounding
     assert np.abs(merged_pixels - one).max() > 10  # the second LoRA changed it
+
+
+def test_a_broken_lora_file_is_named_as_merges_file_not_a_flag_it_lacks(setup, tmp_path, capsys):
+    _, checkpoint, _ = setup
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"hello")
+    assert main(["merge", str(broken), "--model", str(checkpoint), "--output", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lowvram merge: error: FILE: {broken} is not a readable .safetensors file"), err

@@ -266,7 +266,7 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
     from peft import LoKrConfig
     from peft.utils import set_peft_model_state_dict
 
-    metadata, tensors = read_lora_file(path)
+    metadata, tensors = read_lora_file(path, flag)
     network = _network_of(tensors, flag)
     layers = by_layer(tensors)
     problem = layers_problem(layers)

@@ -267,8 +267,8 @@ def looks_like_lora(keys) -> bool:
 def _describe_unknown_checkpoint(keys: list[str], shapes: dict[str, tuple[int, ...]]) -> str:
     """Name what a checkpoint we can't train on probably is, and what to pass instead."""
     if looks_like_lora(keys):
-        return ("is a LoRA, not a base model; pass a base checkpoint to --model "
-                "(and this file to `lowvram generate --lora`)")
+        return ("is a LoRA, not a base model; pass a base checkpoint to --model (a LoRA goes to generate's --lora, "
+                "merge's FILEs or train's --network-weights)")
     if any(k.startswith("model.diffusion_model.joint_blocks") for k in keys):
         return "is a Stable Diffusion 3 checkpoint; lowvram trains SD1.5 and SDXL models"
     if any("double_blocks" in k for k in keys):
