@@ -191,7 +191,8 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         scanned = exc.report.records
         if not scanned:
             where = f"the image folders of {data}" if dataset else f"{root} or its N_name subfolders"
-            below = [] if dataset else [sub for sub in sorted(root.iterdir()) if sub.is_dir() and nested_option(sub)]
+            below = [] if dataset else [sub for sub in sorted(root.iterdir())  # (regularization images keep their
+                                        if sub.is_dir() and nested_option(sub) == "--data"]  # class-word captions)
             down = f"; its N_name folders are a level down: caption {' and '.join(map(str, below))}" if below else ""
             raise LowvramError(f"DIR: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}{down}") from None
     todo = []

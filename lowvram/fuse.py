@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> Fused:
                         f"without extension), never a {output.suffix} pickle; name one of those")
     elif written := output_problem(output, [Path(args.model), *(path for path, _ in sources)], args.overwrite):
         problems.append(written)
-    elif not output.resolve().name or output.name in (".", ".."):
+    elif not output.name or output.name == ".." or not output.resolve().name:  # (Path(".").name is "")
         problems.append(f"--output {output}: name the model's own folder, e.g. {output / 'merged'}")
     elif output.is_dir() and not (output / "model_index.json").is_file():  # a folder of the user's, not a model
         problems.append(f"--output: {output} is a folder but no diffusers model; --overwrite replaces only a model "

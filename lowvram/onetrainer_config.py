@@ -110,6 +110,7 @@ DEFAULTS = {"lora_rank": 16, "lora_alpha": 1.0, "learning_rate": 3e-6, "learning
             "sample_definition_file_name": "training_samples/samples.json"}
 # what lowvram reads as numbers and as sections: a hand-edited value of another type is named, not crashed into
 NUMBERS = ("learning_rate", "learning_rate_warmup_steps", "learning_rate_cycles", "learning_rate_min_factor", "epochs",
+           "unmasked_probability",
            "batch_size", "gradient_accumulation_steps", "lora_rank", "lora_alpha", "dropout_probability",
            "lokr_decompose_factor", "clip_grad_norm", "save_every", "sample_after", "validate_after",
            "text_encoder_layer_skip", "text_encoder_2_layer_skip", "mse_strength", "mae_strength",

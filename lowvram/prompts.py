@@ -138,10 +138,10 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
             continue
         if not isinstance(entry, dict) or not str(entry.get("prompt") or "").strip():
             raise ValueError(f"an entry without a prompt: {entry!r}")
-        line = " ".join(str(entry["prompt"]).split())
+        line = escaped_dashes(" ".join(str(entry["prompt"]).split()))  # kohya reads a table's fields as they are
         for key, value in entry.items():
             if key in FILE_KEYS and value not in (None, ""):
-                line += f" --{FILE_KEYS[key]} {' '.join(str(value).split())}"
+                line += f" --{FILE_KEYS[key]} {escaped_dashes(' '.join(str(value).split()))}"
             elif key not in ("prompt", "enum"):
                 left_out.add(key)
         lines.append(line)
@@ -151,7 +151,7 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
 def escaped_dashes(text: str) -> str:
     """Text a prompt line holds as written: a `--word` in it escaped as `\\--word`, which parse_prompt reads as text,
     not as one of kohya's inline options (OneTrainer's prompts have none: `--ar 16:9` in one is words)."""
-    return re.sub(r"(?:(?<=\s)|^)--(?=[A-Za-z])", r"\\--", text)
+    return re.sub(r"(?:(?<=\s)|(?<=\\)|^)--(?=[A-Za-z])", r"\\--", text)  # an escape's own \-- too: read back exact
 
 
 def literal_dashes(text: str) -> str:

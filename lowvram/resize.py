@@ -9,7 +9,7 @@ kohya's rules (`--dynamic`):
 
 never above --rank. The update is never formed: its factors' QR decompositions leave an SVD of a rank x rank
 core, so no GPU and little memory are needed. Each layer keeps its alpha/rank scale (alpha becomes that
-scale x the new rank; where layers then differ, one alpha for all and the rest of each scale in its up weight,
+scale x the new rank; after a --dynamic rule, one alpha for all and the rest of each scale in its up weight,
 which diffusers reads too) and the singular values are split evenly between the two factors, so the file can also
 continue training (--network-weights). Any kohya-format LoRA or LoCon works, whoever trained it; DoRA, LoHa and
 LoKr have no such split of their update and are refused.
@@ -104,8 +104,10 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
         before.append(old)
         after.append(new)
         kept.append(share)
-    save_lora(with_one_alpha(written), output, _metadata(metadata, max(before), rank, dynamic, param, after),
-              "the resized LoRA")
+    # a fixed rank keeps the file's alphas as they were (a LoCon's conv_alpha, per-block alphas), for
+    # --network-weights to continue it; a rule's ranks per layer are no file's rank and alpha to continue
+    save_lora(with_one_alpha(written) if dynamic else written, output,
+              _metadata(metadata, max(before), rank, dynamic, param, after), "the resized LoRA")
     return Resized(output, len(pairs), (max(before), max(after)), after, kept)
 
 
@@ -116,7 +118,8 @@ def with_one_alpha(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     and lowvram read the same update either way."""
     import torch
 
-    alphas = {key.removesuffix(".alpha"): float(tensor) for key, tensor in tensors.items() if key.endswith(".alpha")}
+    alphas = {key.removesuffix(".alpha"): float(tensor) for key, tensor in tensors.items()
+              if key.endswith(".alpha") and f"{key.removesuffix('.alpha')}.lora_up.weight" in tensors}
     if len(set(alphas.values())) < 2:
         return tensors
     common = statistics.mode(alphas.values())  # (most layers then keep their weights as they are)

@@ -301,7 +301,7 @@ def test_a_kohya_ss_project_folder_names_the_folders_to_caption(tmp_path, tagger
     assert main(["caption", str(project), "--caption-model", str(tagger)]) == 2
     assert capsys.readouterr().err.strip().endswith(
         f"DIR: no images (.png, .jpg, .jpeg, .webp, .bmp) in {project} or its N_name subfolders; its N_name folders are "
-        f"a level down: caption {project / 'img'} and {project / 'reg'}")
+        f"a level down: caption {project / 'img'}")
 
 
 def test_tagger_input_is_the_wd14_layout():

@@ -204,3 +204,13 @@ def test_a_broken_lora_file_is_named_as_merges_file_not_a_flag_it_lacks(setup, t
     assert main(["merge", str(broken), "--model", str(checkpoint), "--output", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"lowvram merge: error: FILE: {broken} is not a readable .safetensors file"), err
+
+
+def test_the_current_folder_as_output_is_named_not_replaced(setup, tmp_path, capsys, monkeypatch):
+    """`--output .` in a model folder: Path('.') has no name to write beside (it was a traceback)."""
+    _, checkpoint, (lora, _) = setup
+    (tmp_path / "model_index.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["merge", str(lora), "--model", str(checkpoint), "--output", ".", "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--output .: name the model's own folder, e.g. merged")
+    assert (tmp_path / "model_index.json").read_text() == "{}"

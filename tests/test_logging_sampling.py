@@ -89,6 +89,19 @@ def test_a_onetrainer_samples_dashes_stay_words_of_its_prompt():
     assert parse_prompt(line) == SamplePrompt("--x start, a red circle --ar 16:9 photo --d 5 man",
                                               negative="bad --w 12", width=512, seed=3, sampler="ddim")
     assert parse_prompt("a cat \\--ar 3:2 --w 64").text == "a cat --ar 3:2"  # a prompt file's own escape
+    assert parse_prompt(onetrainer_sample({"prompt": "a \\--b"})).text == "a \\--b"  # an escape in it, read exact
+
+
+def test_a_kohya_prompt_tables_fields_are_read_as_they_are(tmp_path):
+    """kohya reads a .toml or .json prompt file's fields whole: '--ar 16:9' in a prompt is words, as in
+    OneTrainer's; only a text file's lines take inline options."""
+    from lowvram.prompts import parse_prompt, read_prompt_file
+
+    (tmp_path / "prompts.toml").write_text('[[prompt.subset]]\nprompt = "a cat --ar 16:9"\n'
+                                           'negative_prompt = "blurry --w 12"\nwidth = 64\n')
+    [line], _ = read_prompt_file(tmp_path / "prompts.toml")
+    prompt = parse_prompt(line)
+    assert (prompt.text, prompt.negative, prompt.width) == ("a cat --ar 16:9", "blurry --w 12", 64)
 
 
 def test_sample_prompts_take_kohyas_inline_options():

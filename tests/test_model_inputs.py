@@ -168,6 +168,9 @@ def test_an_index_that_names_no_unet_and_no_unet_folder_says_the_model_is_not_wh
                                                       "transformer": ["diffusers", "SD3Transformer2DModel"]}))
     assert one_line_error(capsys, ["plan", "--vram", "6GB", "--model", str(sd3)]).endswith(
         f"--model: {sd3} is a StableDiffusion3Pipeline without a U-Net; lowvram trains SD1.5 and SDXL models")
+    (sd3 / "model_index.json").write_text(json.dumps({"transformer": ["diffusers", "SD3Transformer2DModel"]}))
+    assert one_line_error(capsys, ["plan", "--vram", "6GB", "--model", str(sd3)]).endswith(
+        "names no unet, so it is no whole diffusers model; copy the whole model, or pass a .safetensors checkpoint")
 
 
 @pytest.mark.parametrize(("part", "weights"), [("unet", "diffusion_pytorch_model.safetensors"),

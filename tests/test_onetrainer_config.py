@@ -124,6 +124,8 @@ def test_inline_concepts_quantized_weights_and_files_that_are_no_config(tmp_path
                                            "normalize_masked_area_loss": True}))
     values = read_config(inline)
     assert values["data"] == str(inline)  # its concepts are read from it
+    with pytest.raises(LowvramError, match="unmasked_probability: '0.1x' is not a number"):  # a hand-edited one
+        translate_onetrainer(json.loads(inline.read_text()) | {"unmasked_probability": "0.1x"}, tmp_path)
     for probability, noted in ((0.1, True), (0.0, False)):  # OneTrainer's presets train 10 % of steps unmasked
         _, notes = translate_onetrainer(json.loads(inline.read_text()) | {"unmasked_probability": probability},
                                         tmp_path)

@@ -92,6 +92,9 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
                  "--output", str(ratio)]) == 0
     assert {t.shape[0] for k, t in load_file(str(ratio)).items() if k.endswith("lora_down.weight")} <= set(range(1, 9))
     assert_read_alike_by_diffusers_and_lowvram(dynamic)  # layers of differing rank, and of one alpha
+    fixed = tmp_path / "fixed.safetensors"  # a fixed rank keeps each kind's alpha: it continues training as it was
+    assert main(["resize", str(trained), "--rank", "4", "--conv-rank", "2", "--output", str(fixed)]) == 0
+    assert {float(t) for k, t in load_file(str(fixed)).items() if k.endswith(".alpha")} == {2.0, 1.0}
 
 
 def assert_read_alike_by_diffusers_and_lowvram(path):

@@ -180,7 +180,8 @@ def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
     index = read_json(index_file)
     if not unet_file.is_file():  # an index that names no unet (an SD3 or Flux pipeline has a transformer)
         kind = index.get("_class_name")
-        if any(family.pipeline_class == kind for family in FAMILIES.values()):
+        # an SD or SDXL pipeline (text-to-image, img2img, inpainting: each of a U-Net), or none named
+        if not kind or (kind.startswith("StableDiffusion") and not kind.startswith("StableDiffusion3")):
             raise LowvramError(f"--model: {name}: its model_index.json names no unet, so it is no whole diffusers "
                                "model; copy the whole model, or pass a .safetensors checkpoint")
         raise LowvramError(f"--model: {name} is a {kind} without a U-Net; lowvram trains SD1.5 and SDXL models")
