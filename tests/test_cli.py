@@ -81,7 +81,8 @@ def test_a_negative_number_is_read_as_the_value_it_is(capsys):
     assert main(["train", "--model", "tiny", "--data", "sample", "--lr", "-1e-4"]) == 2
     assert capsys.readouterr().err.strip() == "lowvram train: error: --lr: must be > 0, got -0.0001"
     assert main(["plan", "--vram", "-4GB"]) == 2  # a size too (argparse took it for a flag: "expected one argument")
-    assert capsys.readouterr().err.strip() == "lowvram plan: error: --vram: '-4GB' is not a size; write e.g. 6GB or 512MB"
+    assert capsys.readouterr().err.strip() == ("lowvram plan: error: --vram: '-4GB' is not a size; write e.g. 6GB or "
+                                               "512MB")
 
 
 def test_bucket_options_that_no_bucket_leaves_idle_are_named(capsys):

@@ -318,7 +318,8 @@ def test_small_images_are_upscaled_with_a_note_or_skipped(tmp_path):
     records = by_relpath(scan_dataset(tmp_path, default_buckets(512)))
     assert records["small.png"].usable and "upscaled x5.1 to fill its bucket" in records["small.png"].notes
     assert records["thin.png"].reason.startswith("too small: 48x90, sides must be at least 64 px")
-    assert records["large.png"].usable and records["large.png"].notes == (f"no caption file: template used: '{tmp_path.name}'",)
+    assert records["large.png"].usable and records["large.png"].notes == (
+        f"no caption file: template used: '{tmp_path.name}'",)
     records = by_relpath(scan_dataset(tmp_path, default_buckets(512), ScanOptions(small_images="skip")))
     assert not records["small.png"].usable and "needs upscaling" in records["small.png"].reason
     assert records["large.png"].usable

@@ -35,7 +35,8 @@ def main() -> None:
         raise SystemExit(f"{args.log}: no pytest summary line or no `real` time; run .ci/run under `time`")
     counts, seconds = summary[-1]
     result = {"what": "fresh-clone .ci/run: the README's install and test command",
-              "command": " ".join(["python", *sys.argv]), "commit": bench_memory.commit(args.clone, from_environment=False),
+              "command": " ".join(["python", *sys.argv]),
+              "commit": bench_memory.commit(args.clone, from_environment=False),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
               "result": counts.strip(), "tests_seconds": float(seconds),
               "total_seconds": round(int(real["minutes"]) * 60 + float(real["seconds"]), 1)}
