@@ -381,8 +381,8 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
             held = next((name for name in METADATA_FILES if (sub / name).is_file()), None)
             notes.append(f"skipped folder {sub.name}/: not named 'N_name' (N = repeats), as kohya's convention needs"
                          + (f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else
-                            f"; it holds N_name folders: give {nested_option(sub)} {sub} to train them"
-                            if nested_option(sub) else ""))
+                            f"; it holds N_name folders: give {option} {sub} to train them"
+                            if (option := nested_option(sub)) else ""))
         elif int(match.group(1)) == 0:
             notes.append(f"skipped folder {sub.name}/: 0 repeats")
             if found:  # nor do the root file's rows bring it back
