@@ -73,13 +73,22 @@ def test_a_base_weights_path_moves_with_its_weight_however_it_is_written():
 
 
 def test_a_lora_of_another_family_is_one_line_naming_base_weights(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
     from lowvram.cli import main
 
     sdxl = train(run_config(model="tiny-sdxl", output=str(tmp_path / "sdxl"), max_steps=1)).lora_path
     assert main(["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output",
                  str(tmp_path / "next"), "--base-weights", str(sdxl)]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and f"--base-weights: {sdxl} does not fit" in error, error
+    assert error.count("\n") == 1 and f"--base-weights: {sdxl} is a LoRA for Stable Diffusion XL (its metadata " \
+        "says), not for tiny SD (random weights)" in error, error
+    bare = tmp_path / "bare.safetensors"  # no metadata to say it: the layer that does not fit says it
+    save_file(load_file(str(sdxl)), str(bare))
+    assert main(["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output",
+                 str(tmp_path / "next"), "--base-weights", str(bare), "--overwrite"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--base-weights: {bare} does not fit" in error, error
     assert "another model family?" in error
 
 

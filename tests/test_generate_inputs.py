@@ -168,9 +168,6 @@ def test_generate_computes_as_training_would_on_the_card(monkeypatch):
 
 def test_a_model_checkpoint_given_as_a_lora_is_named_one(tmp_path, capsys):
     """It got diffusers' "Invalid LoRA checkpoint. Make sure all LoRA param names contain 'lora'"."""
-    from safetensors.torch import save_file
-
-    from lowvram.models.ldm_layout import sd15_single_file
     from lowvram.models.loading import load_model
 
     parts = load_model("tiny").pipeline
@@ -178,3 +175,13 @@ def test_a_model_checkpoint_given_as_a_lora_is_named_one(tmp_path, capsys):
     save_file(sd15_single_file(parts.unet, parts.vae, parts.text_encoder), str(checkpoint))
     assert refused(["--lora", str(checkpoint), "--output", str(tmp_path / "x.png")], capsys) == (
         f"--lora: {checkpoint} is a tiny SD (random weights) model checkpoint, not a LoRA; give it as --model")
+
+
+def test_a_lora_of_another_family_is_named_by_its_metadata(tmp_path, capsys):
+    """An SDXL LoRA on an SD1.5 model said peft's size mismatch of one layer; its metadata says what it is for."""
+    from lowvram.train.loop import train
+
+    lora = train(run_config(model="tiny-sdxl", output=str(tmp_path / "xl"), max_steps=1)).lora_path
+    assert refused(["--lora", str(lora), "--output", str(tmp_path / "x.png")], capsys) == (
+        f"--lora: {lora} is a LoRA for Stable Diffusion XL (its metadata says), not for tiny SD (random weights); "
+        "give a Stable Diffusion XL model as --model")

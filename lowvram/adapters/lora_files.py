@@ -313,6 +313,10 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
         try:
             loaded = set_peft_model_state_dict(module, state)
         except RuntimeError as exc:  # its first line says only "Error(s) in loading state_dict": the last names one
+            said = family_said(metadata)
+            if said is not None and said.modelspec_architecture != model.family.modelspec_architecture:
+                raise LowvramError(f"{flag}: {path} is a LoRA for {said.title} (its metadata says), not for "
+                                   f"{model.family.title}; give a {said.title} model as --model") from None
             detail = str(exc).strip().splitlines()[-1].strip()
             raise LowvramError(f"{flag}: {path} does not fit {model.family.title}: {detail}; was it trained for "
                                "another model family?") from None
@@ -411,6 +415,17 @@ def _original_layout_aliases(unet: torch.nn.Module, layers: dict[str, tuple]) ->
         elif theirs in layers:
             aliases[ours] = layers[theirs]
     return aliases
+
+
+def family_said(metadata: dict[str, str]):
+    """The full-size family a LoRA's metadata names (modelspec's architecture, kohya's base model version), if any."""
+    from lowvram.models import FAMILIES
+
+    for family in FAMILIES.values():  # the full-size ones first: a tiny family names itself as its full-size one
+        if metadata.get("modelspec.architecture") == family.modelspec_architecture or \
+                metadata.get("ss_base_model_version") == family.base_model_version:
+            return family
+    return None
 
 
 def read_lora_file(path: Path, flag: str | None = "--lora") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
