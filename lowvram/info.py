@@ -120,6 +120,9 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
             if info["checkpoint"] else f"{info['network']}, {info['modules']} modules, {shown}".rstrip(", "))
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
+    if not info["metadata"]:
+        console.print("no metadata (the file says nothing of how it was trained)")
+        return
     table = Table(title="metadata")
     table.add_column("key", overflow="fold")  # folded in a narrow terminal, rather than squeezing the values out
     table.add_column("value", min_width=12, overflow="fold")

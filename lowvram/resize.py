@@ -213,6 +213,8 @@ def option_problems(args: argparse.Namespace, output: Path, inputs: list[Path]) 
 
 def summary(result: Resized) -> str:
     ranks = sorted(result.after)
+    uncut = result.ranks[1] == result.ranks[0] and min(result.kept) > 0.9999
     return (f"{result.path}: {result.layers} layers, rank {result.ranks[0]} -> {result.ranks[1]} (median "
             f"{statistics.median(ranks):g}, least {ranks[0]}); kept {statistics.mean(result.kept):.1%} of the "
-            f"updates' Frobenius norm on average, {min(result.kept):.1%} at least")
+            f"updates' Frobenius norm on average, {min(result.kept):.1%} at least"
+            + ("; nothing was cut: each layer was at that rank or below already" if uncut else ""))

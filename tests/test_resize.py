@@ -72,9 +72,12 @@ def test_a_resized_file_holds_the_truncated_updates_and_says_so(trained, tmp_pat
     assert load_file(str(out))[next(iter(after)) + ".lora_down.weight"].dtype == torch.float16  # the file's dtype
 
 
-def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffusers(trained, tmp_path):
+def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffusers(trained, tmp_path, capsys):
     same = tmp_path / "same.safetensors"
     assert main(["resize", str(trained), "--rank", "8", "--output", str(same), "--save-precision", "fp32"]) == 0
+    assert "rank 8 -> 8" in capsys.readouterr().out.replace("\n", " ")
+    assert main(["resize", str(trained), "--rank", "16", "--output", str(tmp_path / "x.safetensors")]) == 0
+    assert "nothing was cut: each layer was at that rank or below already" in capsys.readouterr().out
     argv = ["generate", "--model", "tiny", "--prompt", "lvshape, a red circle", "--steps", "3", "--seed", "1"]
     images = []
     for lora, name in ((trained, "original"), (same, "resized")):

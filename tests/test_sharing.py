@@ -168,6 +168,14 @@ def test_info_prints_another_trainers_lora(tmp_path, capsys):
     assert "2 local folder(s) in the metadata" in out and "--strip-paths" in out
 
 
+def test_info_on_a_file_without_metadata_says_so(tmp_path, capsys):
+    path = kohya_file(tmp_path / "bare.safetensors")
+    save_file(load_file(str(path)), str(path))  # the same layers, no metadata
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "no metadata (the file says nothing of how it was trained)" in out and "┃ key" not in out
+
+
 def test_info_shows_a_multi_line_value_after_the_others(tmp_path, capsys):
     """lowvram.config (the run's TOML, a hundred lines) sorts before ss_*: shown there, it pushed them down."""
     config = "[model]\nmodel = \"sd15\"\n\n[data]\ndata = \"imgs\"\n"
