@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lowvram.cli_parser import build_parser
+from lowvram.cli_parser import PLAN_ONLY, build_parser
 from lowvram.config import (
     PLANNING_MODEL,
     fields_by_name,
@@ -37,14 +37,15 @@ from lowvram.option_values import MAX_RESOLUTION, area_side, width_height
 PACKAGE = Path(__file__).resolve().parent  # lowvram's own files: one missing is a broken install
 
 
-def run_plan(args: argparse.Namespace) -> int:
+def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
     import json
+    import shlex
 
     from rich.console import Console
 
     from lowvram.hardware import hardware_for
     from lowvram.plan import plan_options
-    from lowvram.plan.report import plan_json, print_plan
+    from lowvram.plan.report import choice_flags, plan_json, print_plan
 
     values = train_values(args)
     build_config({"data": "sample", "model": PLANNING_MODEL, **values})  # option errors before looking at a GPU
@@ -59,11 +60,30 @@ def run_plan(args: argparse.Namespace) -> int:
         buckets = ", ".join(f"{shape} x{n}" for shape, n in report.summary()["buckets"].items())
         console.print(f"dataset {report.root}: {len(report.usable)} usable images, {len(report.skipped)} skipped "
                       f"(details: lowvram check-data); buckets {buckets}")
+    line = ["lowvram", "train", *train_words(argv, values), *choice_flags(result.choice, values, config)] \
+        if result.choice else None
     if args.json:
-        print(json.dumps(plan_json(result), indent=2))
+        print(json.dumps({**plan_json(result), "train_command": line}, indent=2))
     else:
         print_plan(result, console)
+        if line:  # one physical line, as typed: a wrapped one would paste as several commands
+            console.print(f"to train with {result.choice.strategy.label}: {shlex.join(line)}", soft_wrap=True, markup=False, highlight=False)
     return 0 if result.choice else 1
+
+
+def train_words(argv: list[str], values: dict) -> list[str]:
+    """`lowvram plan`'s words as train's: plan's own flags left out, placeholders for a model and a dataset it
+    assumed (train needs them named)."""
+    words, skip = [], 0
+    for word in argv[argv.index("plan") + 1:]:
+        if skip:
+            skip -= 1
+        elif word in PLAN_ONLY:
+            skip = PLAN_ONLY[word]
+        elif word.split("=", 1)[0] not in PLAN_ONLY:
+            words.append(word)
+    return ([] if "model" in values else ["--model", "MODEL"]) + ([] if "data" in values else ["--data", "DIR"]) \
+        + words
 
 
 def auto_strategy(config, values: dict, vram: str | None):
@@ -208,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                     config = auto_strategy(config, values, args.vram)
                 train(config)
         elif args.command == "plan":
-            return run_plan(args)
+            return run_plan(args, sys.argv[1:] if argv is None else argv)
         elif args.command == "doctor":
             from lowvram.doctor import print_doctor
 

@@ -142,6 +142,9 @@ def _port(text: str) -> int:
     return int(text)
 
 
+PLAN_ONLY = {"--profile": 1, "--vram": 1, "--ram": 1, "--json": 0}  # plan's own flags (values each takes): not train's
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lowvram", allow_abbrev=False, description="LoRA training for Stable Diffusion 1.5 and SDXL on small GPUs.")
     parser.add_argument("--version", action="version", version=f"lowvram {__version__}")

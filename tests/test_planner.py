@@ -4,6 +4,7 @@ never one that doesn't, keeps explicit choices, and says what would fit when not
 import dataclasses
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -651,3 +652,30 @@ def test_a_captioner_is_planned_per_image_of_its_batch_against_the_free_memory()
     card = hardware_for(None, "12GB", "32GB")
     busy = dataclasses.replace(card, free_vram=one.total // 2)  # another program holds the rest
     assert one.fits(card) and not one.fits(busy)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--profile", "colab-t4", "--resolution", "768"],
+    ["--model-family", "sdxl", "--vram=5GB", "--optimizer", "adamw8bit", "--ram", "32GB"],
+])
+def test_plan_prints_the_train_line_that_runs_its_choice(argv, tmp_path):
+    """`plan` ends with a train command to paste: the user's options, plan's own (--profile, --vram, --ram, --json)
+    left out, and the chosen strategy's flags; read by train, it is the run `--auto` would make on that card."""
+    from lowvram.cli import build_parser, train_values
+
+    done, _ = lowvram("plan", *argv, "--json")
+    planned = json.loads(done.stdout)
+    line = planned["train_command"]
+    assert line[:2] == ["lowvram", "train"] and not {"--profile", "--ram", "--json"} & set(line), line
+    assert not any(word.startswith("--vram") for word in line), line
+    given = [word.replace("MODEL", "sd15").replace("DIR", "sample") for word in line[2:]]
+    config = build_config(train_values(build_parser().parse_args(["train", *given])))
+    choice = planned["choice"]["strategy"]
+    assert (config.memory.unet_weights, config.memory.gradient_checkpointing, config.memory.checkpoint_blocks,
+            config.optim.optimizer, config.data.cache_batch_size) == (
+        choice["unet_weights"], choice["gradient_checkpointing"], choice["checkpoint_blocks"], choice["optimizer"],
+        choice["cache_batch_size"])
+    assert line.count("--optimizer") == 1 and config.model.model_family in (None, "sdxl")
+    shown, _ = lowvram("plan", *argv)
+    assert shown.stdout.splitlines()[-1] == f"to train with {shown.stdout.split('chose ')[1].split(':')[0]}: " \
+                                            f"{shlex.join(line)}"

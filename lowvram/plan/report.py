@@ -8,7 +8,7 @@ from rich.table import Table
 from lowvram.hardware import gib
 from lowvram.plan.calibration import graphs_measured
 from lowvram.plan.estimate import PAGE_CACHE, PHASES, Estimate
-from lowvram.plan.planner import Plan
+from lowvram.plan.planner import Plan, checkpointing_flags
 from lowvram.resolve import NATIVE_FORMAT
 
 SHOWN_PHASES = ("latent caching", "text caching", "training", "sampling")
@@ -70,6 +70,23 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
                   "workspace and step-time ratios come from committed GPU results where measured "
                   "(lowvram/plan/calibration.json), priors elsewhere; only strategies seen training on a GPU are "
                   "chosen (in bf16, for a card without it, until an fp16 result exists)[/]")
+
+
+def choice_flags(est: Estimate, given: dict, config) -> list[str]:
+    """The train flags that run the plan's choice, but for the strategy options the user gave (already in the line):
+    what `train --auto` would set on that card, written out."""
+    strategy, flags = est.strategy, []
+    if "unet_weights" not in given:
+        flags += ["--unet-weights", strategy.unet_weights]
+    if not {"gradient_checkpointing", "checkpoint_blocks"} & set(given):
+        flags += checkpointing_flags(strategy).split()
+    if "optimizer" not in given:
+        flags += ["--optimizer", strategy.optimizer]
+    if est.cache_batch_size < config.data.cache_batch_size:
+        flags += ["--cache-batch-size", str(est.cache_batch_size)]
+    if est.vae_tiling and not config.memory.vae_tiling:
+        flags.append("--vae-tiling")
+    return flags
 
 
 def shown_candidates(result: Plan, top: int) -> list[Estimate]:
