@@ -4,7 +4,6 @@ and the fix (`lowvram.configure` builds the config and reports them)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from lowvram.adapters.blocks import check_syntax as check_block_syntax
@@ -20,7 +19,7 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
-from lowvram.files import MAX_FILE_NAME, NAME_UNITS, TEMPORARY_NAME_EXTRA, name_length
+from lowvram.files import MAX_FILE_NAME, NAME_UNITS, TEMPORARY_NAME_EXTRA, name_length, windows_path_hint
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
 from lowvram.option_values import (
@@ -41,12 +40,6 @@ from lowvram.timesteps import timestep_problem
 NOT_IN_NAMES = '/\\:*?"<>|'  # what Windows refuses in a file name (and / and \\ are folders)
 # the longest file a run names after its LoRA, written through a temporary name first, within a file name's bytes
 MAX_NAME_BYTES = MAX_FILE_NAME - len(LONGEST_SUFFIX) - TEMPORARY_NAME_EXTRA
-
-
-def windows_path_hint(path: str) -> str:
-    """Why a path with backslashes is not found here: Windows writes folders so (a config from a Windows machine)."""
-    windows = "\\" in str(path) and os.sep == "/"
-    return "; written as a Windows path: write it with / between folders here" if windows else ""
 
 
 def _dataset_file_problems(c: RunConfig) -> list[str]:
@@ -109,7 +102,7 @@ def _file_problems(c: RunConfig) -> list[str]:
     elif model_path.suffix.lower() in PICKLE_SUFFIXES:
         p.append(pickle_refusal("--model", c.model.model))
     elif model_path.suffix.lower() == ".safetensors" and not model_path.is_file():
-        p.append(f"--model: file not found: {c.model.model}")
+        p.append(f"--model: file not found: {c.model.model}{windows_path_hint(c.model.model)}")
     for flag, value, must_be_file in (("--vae", c.model.vae, False),
                                       ("--network-weights", c.network.network_weights, True)):
         if value is None:
@@ -117,7 +110,7 @@ def _file_problems(c: RunConfig) -> list[str]:
         if Path(value).suffix.lower() in PICKLE_SUFFIXES:
             p.append(pickle_refusal(flag, value))
         elif not (Path(value).is_file() if must_be_file else Path(value).exists()):
-            p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}")
+            p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}{windows_path_hint(value)}")
     for item in c.model.base_weights:
         try:
             path, _ = parse_source(item)
@@ -127,7 +120,7 @@ def _file_problems(c: RunConfig) -> list[str]:
         if path.suffix.lower() in PICKLE_SUFFIXES:
             p.append(pickle_refusal("--base-weights", str(path)))
         elif not path.is_file():
-            p.append(f"--base-weights: file not found: {path}")
+            p.append(f"--base-weights: file not found: {path}{windows_path_hint(item)}")
         else:
             try:
                 why = None if network_options(path) else no_layers_why(path)

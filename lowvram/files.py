@@ -53,6 +53,16 @@ class DiskFull(LowvramError):
 PLAIN_LINE_SECONDS = 10.0  # where no bar redraws: a progress line this often (CI jobs stop after minutes of silence)
 
 
+def windows_path_hint(path: str | os.PathLike) -> str:
+    """Why a path with backslashes is not found here: Windows writes folders so (a config or a command line from a
+    Windows machine)."""
+    if os.sep != "/" or "\\" not in str(path):
+        return ""
+    if re.search(r"(^|/)[A-Za-z]:\\", str(path)):  # another machine's drive (made absolute here by the config)
+        return "; that is a Windows path: give where it is on this machine, with / between folders"
+    return "; written as a Windows path: write it with / between folders here"
+
+
 def redraws_in_place(console) -> bool:
     """Whether `console` writes to a terminal, where a progress bar redraws in place. FORCE_COLOR (which ipykernel
     sets, and so a notebook's `lowvram` commands inherit it, as CI systems do) makes rich take a pipe for one: its

@@ -23,6 +23,7 @@ from typing import Any
 
 from lowvram.dataset_files.subsets import local_path
 from lowvram.errors import LowvramError, quoted
+from lowvram.files import windows_path_hint
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values
@@ -271,8 +272,9 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
         if Path(concepts).is_file():
             values["data"] = concepts
         elif doc["concept_file_name"] != DEFAULTS["concept_file_name"]:  # (OneTrainer's own, missing: no word)
-            notes.append(f"concept_file_name: file not found: {doc['concept_file_name']}; give the concepts file "
-                         "as --data, or the image folder")
+            notes.append(f"concept_file_name: file not found: {doc['concept_file_name']}"
+                         f"{windows_path_hint(doc['concept_file_name'])}; give the concepts file as --data, or the "
+                         "image folder")
     resolution = str(doc.get("resolution", "512")).strip()
     sides = [side.strip() for side in resolution.split(",")]
     shape = [side.strip() for side in resolution.lower().split("x")]

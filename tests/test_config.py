@@ -1,5 +1,8 @@
 """The run configuration: TOML + flags merge, validation that names every problem, the saved config replays."""
 
+import json
+import os
+
 import pytest
 import tomllib
 from conftest import run_config
@@ -8,6 +11,7 @@ from lowvram.cli import build_parser, train_values
 from lowvram.config import RunConfig
 from lowvram.configure import build_config, read_toml
 from lowvram.errors import LowvramError
+from lowvram.models.detect import path_not_found
 from lowvram.option_values import parse_save_every
 
 
@@ -161,10 +165,26 @@ def test_the_longest_name_a_run_can_write_is_taken(tmp_path):
     atomic_write(tmp_path / f"{name}-step9999999.safetensors", lambda tmp: tmp.write_bytes(b"{}"))
 
 
-def test_a_windows_path_not_found_here_says_to_write_it_with_slashes():
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
+def test_a_windows_path_not_found_here_says_to_write_it_with_slashes(tmp_path):
+    """A path from a Windows machine (a config made there, a command copied from a guide) is named as one wherever
+    a path is read: a relative one is written with /, one on a drive is the user's to find here."""
     with pytest.raises(LowvramError) as error:
-        run_config(data="winds\\10_dog", validation_data="C:\\val")
+        run_config(data="winds\\10_dog", validation_data="C:\\val", model="D:\\models\\v1-5.safetensors",
+                   network_weights="C:\\loras\\start.safetensors")
     lines = str(error.value).splitlines()
-    for flag in ("--data", "--validation-data"):
-        assert any(line.startswith(f"{flag}: folder not found:") and line.endswith(
-            "; written as a Windows path: write it with / between folders here") for line in lines), lines
+    relative = "; written as a Windows path: write it with / between folders here"
+    drive = "; that is a Windows path: give where it is on this machine, with / between folders"
+    for start, end in (("--data: folder not found:", relative), ("--validation-data: folder not found:", drive),
+                       ("--model: file not found:", drive), ("--network-weights: file not found:", drive)):
+        assert any(line.startswith(start) and line.endswith(end) for line in lines), (start, lines)
+    kohya = tmp_path / "dataset.toml"
+    kohya.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'C:\\Users\\me\\10_cat'\n")
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps([{"name": "cat", "path": "data\\10_cat"}]))
+    for dataset, end in ((kohya, drive), (concepts, relative)):
+        with pytest.raises(LowvramError) as error:
+            run_config(data=str(dataset))
+        assert any(line.endswith(end) and "10_cat" in line for line in str(error.value).splitlines()), str(error.value)
+    missing = "C:\\models\\v1-5"
+    assert str(path_not_found("--model", missing)) == f"--model: file or folder not found: {missing}{drive}"

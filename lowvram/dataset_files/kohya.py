@@ -24,6 +24,7 @@ from typing import Any
 
 from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
 from lowvram.errors import LowvramError
+from lowvram.files import windows_path_hint
 from lowvram.kohya_config import as_number
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 
@@ -181,7 +182,8 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
         read = ("" if Path(image_dir).expanduser().is_absolute() or folder.exists() else
                 " (a relative path is read from the current folder, as kohya reads it" +
                 ("" if beside == Path.cwd().resolve() else f", then from {beside}") + ")")
-        problem(f"{name} image_dir", f"{'not a folder' if folder.exists() else 'folder not found'}: {image_dir}{read}")
+        problem(f"{name} image_dir", f"{'not a folder' if folder.exists() else 'folder not found'}: {image_dir}"
+                                     f"{windows_path_hint(image_dir) or read}")
         return None
     repeats = as_number(settled.get("num_repeats", 1), f"{name} num_repeats", problem, int)
     if repeats < 1:
@@ -213,7 +215,7 @@ def _metadata_captions(metadata: Path, key: str, problem) -> dict[str, str]:
     try:
         entries = json.loads(metadata.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        problem(key, f"file not found: {metadata}")
+        problem(key, f"file not found: {metadata}{windows_path_hint(metadata)}")
         return {}
     except (OSError, ValueError) as exc:
         problem(key, f"{metadata} is not readable JSON ({exc}); make it with kohya's merge_captions_to_metadata.py")

@@ -22,6 +22,7 @@ from typing import Any
 from lowvram.config import IMAGE_SUFFIXES, LABEL_STEMS
 from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
 from lowvram.errors import LowvramError
+from lowvram.files import windows_path_hint
 from lowvram.kohya_config import as_number
 
 # a concept's own keys lowvram reads; the rest of its image and text settings are below
@@ -144,7 +145,8 @@ def _folders(concept: dict, path: Path, where: str, problem) -> list[Path] | Non
         return None
     folder = local_path(given, path, levels=2)
     if not folder.is_dir():
-        problem(f"{where} path", f"{'not a folder' if folder.exists() else 'folder not found'}: {given}")
+        problem(f"{where} path", f"{'not a folder' if folder.exists() else 'folder not found'}: {given}"
+                                 f"{windows_path_hint(given)}")
         return None
     folder = folder.resolve()
     if not concept.get("include_subdirectories"):

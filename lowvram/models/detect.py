@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, first_line, pickle_refusal
+from lowvram.files import windows_path_hint
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -85,7 +86,7 @@ def path_not_found(flag: str, name: str) -> LowvramError:
                 names[entry.stem] = entry.name
         close = difflib.get_close_matches(path.stem, list(names), n=1)
         hint = f" (did you mean {Path(name).parent / names[close[0]]}?)" if close else ""
-    return LowvramError(f"{flag}: file or folder not found: {name}{hint}")
+    return LowvramError(f"{flag}: file or folder not found: {name}{hint or windows_path_hint(name)}")
 
 
 def read_json(file: Path, flag: str = "--model") -> dict:
