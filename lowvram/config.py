@@ -395,8 +395,9 @@ class TrainingConfig:
     checkpoint_every: int | None = option(None, "Save a resumable checkpoint every N steps (always at the end "
                                           "and on Ctrl-C).", metavar="N")
     keep_checkpoints: int = option(2, "Resumable checkpoints kept (the newest).", metavar="K")
-    resume: str | None = option(None, "Continue from a checkpoint folder, or 'auto' for the newest in the "
-                                "output folder.", metavar="PATH|auto")
+    resume: str | None = option(None, "Continue from a checkpoint folder, or 'auto' (or 'latest') for the newest "
+                                "in the output folder; with none there yet, 'auto' starts the run.",
+                                metavar="PATH|auto")
     noise_offset: float = option(0.0, "Noise offset (e.g. 0.05) so the model learns very dark/bright images.")
     noise_offset_random_strength: bool = option(False, "Each step's noise offset is drawn between 0 and "
                                                 "--noise-offset (kohya's --noise_offset_random_strength).")

@@ -396,6 +396,8 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     Every problem is collected and reported at once, one line each, naming the flag and the fix.
     """
     known = fields_by_name()
+    if values.get("resume") == "latest":  # the diffusers scripts' word for it
+        values = {**values, "resume": "auto"}
     sections, problems = _parsed_values(values)
     for name in ("model", "vae", *PATH_OPTIONS, *SOURCE_LISTS):
         section, f, _ = known[name]

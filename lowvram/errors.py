@@ -1,6 +1,9 @@
 """The one exception type the CLI turns into a clean one-line message (no traceback), and the messages more
 than one layer gives."""
 
+import os
+import shlex
+import subprocess
 from pathlib import Path
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # never opened: loading a pickle can run code
@@ -18,6 +21,12 @@ class TrainingInterrupted(LowvramError):
 
 class TrainingDiverged(LowvramError):
     """Several steps in a row had a non-finite loss or gradient."""
+
+
+def shell_line(*words: object) -> str:
+    """A command as this machine's shell takes it pasted: a word with a space (a Drive folder's "My Drive") quoted."""
+    text = [str(word) for word in words]
+    return subprocess.list2cmdline(text) if os.name == "nt" else shlex.join(text)
 
 
 def first_line(exc: BaseException) -> str:

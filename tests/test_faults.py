@@ -124,18 +124,28 @@ def test_a_disk_with_room_for_the_lora_but_not_the_last_checkpoint_keeps_the_lor
         uninterrupted, sample_data_module, small_disk):
     """The LoRA is written before the end's checkpoint: the file the user trained for is the one a full disk
     keeps."""
-    mount, _ = small_disk
+    mount, grow = small_disk
     lora_kib = uninterrupted["sizes"]["out.safetensors"] // 1024
     checkpoint_kib = uninterrupted["sizes"]["optimizer.safetensors"] // 1024
     assert checkpoint_kib > lora_kib + 40
     out = mount("out", 1024 + lora_kib + 40)  # the 1 MiB kept spare and the LoRA, not its checkpoint
-    failed = run(cli(out, sample_data_module)[:-4], cached_env(uninterrupted))  # no --checkpoint-every: the end's
+    argv = cli(out, sample_data_module)[:-4]  # no --checkpoint-every: the end's
+    failed = run(argv, cached_env(uninterrupted))
     assert failed.returncode == 2, failed.stderr
     line = failed.stderr.strip()
     assert len(line.splitlines()) == 1 and "no room for checkpoint step-" in line, line
     assert "kept: no checkpoint yet, LoRA out.safetensors" in line
+    assert line.endswith(f"then train on from it with --network-weights {out / 'out.safetensors'} and another "
+                         "--output"), line
     assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
     assert_output_sound(out)
+    grow(out, 64 * 1024)
+    again = run(argv, cached_env(uninterrupted))  # the same command again: the way on named, not --resume auto
+    assert again.returncode == 2 and "its run left no checkpoint (a full disk, a kill while saving it): train on " \
+        f"from it with --network-weights {out / 'out.safetensors'} and another --output" in again.stderr, again.stderr
+    onward = run([*cli(out.parent / "onward", sample_data_module)[:-4], "--network-weights",
+                  str(out / "out.safetensors")], cached_env(uninterrupted))
+    assert onward.returncode == 0, onward.stderr
 
 
 def test_a_cache_folder_without_room_falls_back_to_memory_for_the_run(tmp_path, sample_data_module, small_disk):

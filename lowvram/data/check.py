@@ -15,7 +15,7 @@ from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, shell_line
 from lowvram.option_values import parse_colour
 from lowvram.resolve import SAMPLE_DATASET, SCANS, ResolvedRun, cache_in_use
 
@@ -82,7 +82,7 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
     kind = "is_reg subsets" if regularization else "image folders"
     others = tuple(s.folder for s in dataset.folders(not regularization))
     return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,
-                        describe=(f"the {kind} of {data}", f"lowvram check-data {data}"), elsewhere=others)
+                        describe=(f"the {kind} of {data}", shell_line("lowvram", "check-data", data)), elsewhere=others)
 
 
 def dataset_to_check(run: ResolvedRun) -> tuple[Path, str | None]:

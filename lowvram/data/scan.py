@@ -42,7 +42,7 @@ from lowvram.data.image_metadata import (
     train_split_metadata,
     with_metadata,
 )
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, shell_line
 from lowvram.files import redraws_in_place, write_text
 from lowvram.option_values import caption_extension_problem
 
@@ -274,7 +274,7 @@ def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOption
     root = given.resolve()
     folders, layout_notes = repeat_folders(root, options.caption_column)
     return scan_folders(root, folders, buckets, options, index_path, console, layout_notes,
-                        describe=(f"{root} or its N_name subfolders", f"lowvram check-data {given}"))
+                        describe=(f"{root} or its N_name subfolders", shell_line("lowvram", "check-data", given)))
 
 
 def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, options: ScanOptions = ScanOptions(),

@@ -17,7 +17,7 @@ from lowvram.adapters import lora_files, networks
 from lowvram.config import RunConfig
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
-from lowvram.errors import TrainingInterrupted
+from lowvram.errors import TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
 from lowvram.memory import PhasePeaks, free_cached_memory
 from lowvram.models.loading import LoadedModel
@@ -72,7 +72,10 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
 
     Under `accelerate launch` every process runs this: each trains on its share of every step's batches
     (DDP averages the gradients), only the main process writes files."""
+    config, fresh = outdir.nothing_to_resume(config)
     session = start_session(config, console)
+    if fresh:
+        session.console.print(fresh, soft_wrap=True)
     # the cache's entries stay while the run reads them, and are free to remove once it ends (the result handed
     # back, in a notebook, holds no lock)
     with (cache_in_use(session.run.cache_dir, session.console),
@@ -243,7 +246,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
         session.console.print(f"[yellow]the final samples are not in the run's log[/] ({exc})", soft_wrap=True)
     took = clock((datetime.now(timezone.utc) - started).total_seconds())
     logs = session.out_dir / LOGS
-    viewer = f"; TensorBoard: tensorboard --logdir {logs}" if config.output.tensorboard else ""
+    viewer = f"; TensorBoard: {shell_line('tensorboard', '--logdir', logs)}" if config.output.tensorboard else ""
     steps = (f"to step {step}" if not resumed_at else f"steps {resumed_at + 1} to {step}" if step > resumed_at
              else f"no further steps (the LoRA is step {step}'s, from its checkpoint)")
     session.console.print(f"trained {steps} in {took}; each step's figures are in "

@@ -6,6 +6,7 @@ a second run on the same folder at the same time is refused, naming the first.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, shell_line
 from lowvram.files import DiskFull, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
 from lowvram.resolve import ResolvedRun
@@ -108,13 +109,32 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
             lock.release()
 
 
+def nothing_to_resume(config):
+    """`--resume auto` on a folder with no checkpoint and no LoRA of a run yet starts the run, as the diffusers
+    scripts' `--resume_from_checkpoint latest` does: one command serves a notebook cell's first start and its rerun
+    after a disconnect. The config to run, and the line that says so (None: as given)."""
+    folder = config.output_dir
+    if config.training.resume != "auto" or (folder / final_lora(config.output_name)).exists() or \
+            checkpoint.complete(checkpoint.checkpoint_root(folder)):
+        return config, None
+    new = dataclasses.replace(config, training=dataclasses.replace(config.training, resume=None))
+    return new, f"--resume auto: no checkpoint in {folder} yet, so the run starts from the beginning"
+
+
 def existing_lora_problem(config) -> str | None:
     """The line a new run (neither --resume nor --overwrite) stops at when its LoRA is there already."""
     lora = config.output_dir / final_lora(config.output_name)
     if lora.exists() and not config.output.overwrite and not config.training.resume:
-        return (f"--output: {lora} exists; continue its run with --resume auto, start over with --overwrite (the "
-                "earlier files move to archive/), or choose another --output")
+        go_on = ("continue its run with --resume auto" if checkpoint.complete(checkpoint.checkpoint_root(lora.parent))
+                 else f"its run left no checkpoint (a full disk, a kill while saving it): {train_on_from(lora)}")
+        return (f"--output: {lora} exists; {go_on}, start over with --overwrite (the earlier files move to archive/), "
+                "or choose another --output")
     return None
+
+
+def train_on_from(lora: Path) -> str:
+    """How to train further from a LoRA whose run cannot be resumed: as a start, in a new folder."""
+    return f"train on from it with --network-weights {shell_line(lora)} and another --output"
 
 
 def ownership_problem(run: ResolvedRun) -> str | None:
@@ -273,8 +293,15 @@ def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
     newest = checkpoint.latest(checkpoint.checkpoint_root(folder), identity(recipe(run)))
     loras = sorted(folder.glob(f"{name}*.safetensors"), key=lambda p: p.stat().st_mtime)
     kept = [f"checkpoint {newest.name}" if newest else "no checkpoint yet"] + [f"LoRA {p.name}" for p in loras[-1:]]
-    then = (f"continue with: lowvram train --config {options_path(folder, name)} --resume auto" if newest
-            else "run the same command again")
+    if newest:
+        then = "continue with: " + shell_line("lowvram", "train", "--config", options_path(folder, name), "--resume",
+                                              "auto")
+    elif (folder / final_lora(name)).exists():  # the LoRA the user trained for is whole: it is the way on
+        then = train_on_from(folder / final_lora(name))
+    elif _earlier_loras(folder, read_record(folder)):  # a new start refuses these saves without --overwrite
+        then = f"start over with the same command and --overwrite (the saves so far move to {folder / ARCHIVE}/)"
+    else:
+        then = "run the same command again"
     return LowvramError(f"{exc.reason}; kept: {', '.join(kept)}; {exc.remedy}, then {then}")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from lowvram.adapters import lora_files
-from lowvram.errors import TrainingInterrupted
+from lowvram.errors import TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
 from lowvram.memory import free_cached_memory
 from lowvram.run_files import LORA_SUFFIX, SAMPLES, best_save, epoch_save, interval_save, step_save
@@ -190,11 +190,11 @@ def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, sched
     if not session.main:  # the main process says it, once
         return TrainingInterrupted("")
     # a checkpoint resumes only with as many processes as wrote it
-    launch = (f"accelerate launch --multi_gpu --num_processes {session.world} -m lowvram" if session.world > 1
-              else "lowvram")
+    launch = (["accelerate", "launch", "--multi_gpu", "--num_processes", session.world, "-m", "lowvram"]
+              if session.world > 1 else ["lowvram"])
+    then = shell_line(*launch, "train", "--config", outdir.options_path(out_dir, name), "--resume", "auto")
     return TrainingInterrupted(f"interrupted at step {step} of {schedule.total_steps}: saved {usable} and the "
-                               f"checkpoint {saved}; continue with: {launch} train --config "
-                               f"{outdir.options_path(out_dir, name)} --resume auto")
+                               f"checkpoint {saved}; continue with: {then}")
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from typing import Any
 from lowvram.caption import CaptionConfig
 from lowvram.config import SECTIONS
 from lowvram.configure import list_presets, preset_path, read_config, read_toml, without_idle_kept_tags
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, shell_line
 from lowvram.files import write_text
 from lowvram.resolve import UI_FILES
 from lowvram.run_files import CHECKPOINTS
@@ -339,7 +339,7 @@ def save_toml(path: str, values: dict[str, Any]) -> str:
     if target.suffix.lower() != ".toml":
         raise LowvramError(f"--config: {target}: lowvram's options are written as .toml; name it {target.stem}.toml")
     target = write_text(target, toml_text(values))
-    return f"saved {target}: `lowvram train --config {target}` runs it"
+    return f"saved {target}: `{shell_line('lowvram', 'train', '--config', target)}` runs it"
 
 
 def _flag_args(flag: str, value: Any) -> list[str]:
