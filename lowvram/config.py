@@ -151,6 +151,11 @@ class DataConfig:
                                  "\", from side\").", metavar="TEXT")
     reg_data: str | None = option(None, "Regularization (prior-preservation) image folder, same layout as --data; "
                                   "cycled to match the training images per epoch.", metavar="DIR")
+    class_prompt: str | None = option(None, "Caption for a regularization image without a caption file (the "
+                                      "diffusers scripts' --class_prompt, e.g. \"a photo of a dog\"); {trigger} is "
+                                      "its folder's name without the repeat prefix. Default: that folder name "
+                                      "(kohya's class tokens); never --caption-template, the instance's caption.",
+                                      metavar="TEXT")
     prior_loss_weight: float = option(1.0, "Loss weight of regularization images.")
     prior_prediction: bool = option(False, "Train the regularization images toward the model's own prediction "
                                     "with the adapters off, not toward the noise (OneTrainer's prior prediction): "

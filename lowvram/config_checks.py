@@ -206,10 +206,11 @@ def _data_problems(c: RunConfig) -> list[str]:
         p.append(f"--background: {exc}")
     if caption_extension_problem(c.data.caption_extension):
         p.append(f"--caption-extension: {caption_extension_problem(c.data.caption_extension)}")
-    try:
-        c.data.caption_template.format(trigger="")
-    except (KeyError, IndexError, ValueError):
-        p.append(f"--caption-template: {c.data.caption_template!r}: the only placeholder is {{trigger}}")
+    for flag, template in (("--caption-template", c.data.caption_template), ("--class-prompt", c.data.class_prompt)):
+        try:
+            (template or "").format(trigger="")
+        except (KeyError, IndexError, ValueError):
+            p.append(f"{flag}: {template!r}: the only placeholder is {{trigger}}")
     return p
 
 

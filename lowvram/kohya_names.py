@@ -226,9 +226,20 @@ OTHER_TRAINER_FLAGS = {
     "--dataset_name": ("--data DIR (a folder of images with .txt captions, or a downloaded imagefolder with its "
                        "metadata.jsonl; hub ids are not fetched)"),
     "--instance_data_dir": "--data",
-    "--instance_prompt": "--caption-template (for images without a caption file)",
+    "--instance_prompt": "--caption-template (for images without a caption file; a class image's is --class-prompt)",
     "--class_data_dir": "--reg-data",
-    "--with_prior_preservation": "--reg-data DIR (prior preservation with its images)",
+    "--class_prompt": "--class-prompt",
+    "--num_class_images": ("--reg-data DIR with the class images (lowvram does not generate them), or "
+                           "--prior-prediction, which needs none"),
+    "--with_prior_preservation": ("--reg-data DIR (prior preservation with its images, captioned by --class-prompt; "
+                                  "each step draws an instance or a class image, as kohya's, so the same instance "
+                                  "training takes twice the diffusers scripts' steps)"),
+    "--proportion_empty_prompts": "--caption-dropout",
+    "--num_validation_images": "--sample-prompt, once per image",
+    "--scale_lr": "(not needed: give the learning rate to train at as --lr)",
+    "--allow_tf32": "(not needed: the U-Net computes in bf16 or fp16)",
+    "--revision": "(none: download the revision you want and give its folder as --model)",
+    "--variant": "(none: a hub id loads its main weights; give a folder or file holding the variant's)",
     "--caption_column": "--caption-column",
     "--image_column": "(not needed: a folder's metadata.jsonl names each image in its file_name column)",
     "--center_crop": "--crop center",
@@ -236,7 +247,7 @@ OTHER_TRAINER_FLAGS = {
     "--num_train_epochs": "--epochs",
     "--checkpointing_steps": "--checkpoint-every N",
     "--checkpoints_total_limit": "--keep-checkpoints",
-    "--resume_from_checkpoint": "--resume (a checkpoint folder, or auto)",
+    "--resume_from_checkpoint": "--resume (a checkpoint folder, or auto; latest is read as auto)",
     "--snr_gamma": "--min-snr-gamma",
     "--use_8bit_adam": "--optimizer adamw8bit",
     "--adam_weight_decay": "--weight-decay",

@@ -15,6 +15,7 @@ from rich.console import Console
 from lowvram.data.cache import TensorStore
 from lowvram.data.check import scan
 from lowvram.data.prepare import prepare_training_data
+from lowvram.errors import LowvramError
 from lowvram.hardware import NO_GPU
 from lowvram.models import load_model
 from lowvram.resolve import resolve_run
@@ -307,6 +308,38 @@ def test_regularization_images_are_balanced_and_weighted(tmp_path, sample_data, 
 
     loaded = sorted(w for batch in data.epoch_batches(0) for w in data.load(batch, random.Random(0), 0).weights.tolist())
     assert loaded == weights  # what the loss is weighted by
+
+
+def test_class_images_are_never_captioned_with_the_instance_prompt(tmp_path):
+    """A diffusers DreamBooth moved over: --caption-template is its --instance_prompt, which class images without a
+    caption file must not get (that trains prior preservation as more instance images); they get --class-prompt,
+    else their folder's class words, as kohya's."""
+    import io
+
+    from PIL import Image
+
+    for folder, colour in (("inst", (200, 0, 0)), ("reg/1_circle", (0, 0, 200))):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (64, 64), colour).save(tmp_path / folder / f"{folder[-1]}{i}.png")
+
+    def captions(**options) -> dict[str, str]:
+        out = io.StringIO()
+        train(run_config(data=str(tmp_path / "inst"), reg_data=str(tmp_path / "reg"), max_steps=1,
+                         output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), **options),
+              console=Console(file=out, width=250))
+        rows = re.findall(r"(\S+\.png) .*template used: '([^']*)'", out.getvalue())
+        return {Path(name).name: caption for name, caption in rows}
+
+    instance = "a photo of sks circle"
+    assert captions(caption_template=instance) == {"t0.png": instance, "t1.png": instance, "e0.png": "circle",
+                                                   "e1.png": "circle"}
+    assert captions(caption_template="sks {trigger}")["e0.png"] == "circle"
+    assert captions(caption_template=instance, class_prompt="a photo of a {trigger}")["e1.png"] == "a photo of a circle"
+    for image in (tmp_path / "reg" / "1_circle").iterdir():
+        image.unlink()
+    with pytest.raises(LowvramError, match="^--reg-data: no images"):  # the flag that names the empty folder
+        captions()
 
 
 def test_regularization_images_balance_as_kohyas_do():

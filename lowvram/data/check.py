@@ -38,9 +38,13 @@ def folder_config(config: RunConfig, settings: tuple[tuple[str, Any], ...]) -> R
     return replace(config, data=replace(config.data, **dict(settings))) if settings else config
 
 
-def scan_options(config: RunConfig, trigger: str | None) -> ScanOptions:
+def scan_options(config: RunConfig, trigger: str | None, regularization: bool = False) -> ScanOptions:
+    """How a folder's images are read; a regularization image without a caption takes --class-prompt or its folder's
+    class words, never --caption-template: the instance's caption (the diffusers scripts' --instance_prompt, or
+    "sks {trigger}") would train the class images as the instance."""
+    template = (config.data.class_prompt or "{trigger}") if regularization else config.data.caption_template
     return ScanOptions(caption_extension=config.data.caption_extension, caption_column=config.data.caption_column,
-                       caption_template=config.data.caption_template,
+                       caption_template=template,
                        trigger_word=trigger, background=parse_colour(config.data.background),
                        alpha_mask=config.data.alpha_mask, small_images=config.data.small_images,
                        masked_loss=config.data.masked_loss, caption_prefix=config.data.caption_prefix,
@@ -59,17 +63,18 @@ def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:
 def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool = False
          ) -> ScanReport:
     """The scan of an image folder, or of a dataset file's image folders: its training subsets, or its
-    is_reg subsets with `regularization`."""
+    is_reg subsets with `regularization` (which also captions as regularization images: --reg-data's folder)."""
     with cache_in_use(run.cache_dir, console):  # `lowvram cache` removes no index while it is written
         return _scan(run, data, trigger, console, regularization)
 
 
 def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool
           ) -> ScanReport:
-    buckets, options = make_buckets(run), scan_options(run.config, trigger)
+    buckets, options = make_buckets(run), scan_options(run.config, trigger, regularization)
     index = scan_index_path(run.cache_dir, data, " is_reg" if regularization else "")
     if not is_dataset_file(data):
-        return scan_dataset(data, buckets, options, index_path=index, console=console)
+        return scan_dataset(data, buckets, options, index_path=index, console=console,
+                            flag="--reg-data" if regularization else "--data")
     dataset = read_dataset(data)
     folders = []
     for s in dataset.folders(regularization):
@@ -77,7 +82,8 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
         folders.append(ImageFolder(s.folder, s.repeats, s.label, s.caption_prefix, s.caption_suffix, s.captions,
                                    s.loss_weight, s.resolution, make_buckets(run, s.resolution) if s.resolution
                                    else None, s.batch_size, settings,
-                                   scan_options(folder_config(run.config, settings), trigger) if settings else None,
+                                   scan_options(folder_config(run.config, settings), trigger, regularization)
+                                   if settings else None,
                                    s.dataset))
     kind = "is_reg subsets" if regularization else "image folders"
     others = tuple(s.folder for s in dataset.folders(not regularization))

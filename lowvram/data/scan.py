@@ -265,24 +265,27 @@ class ImageFolder(NamedTuple):
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
-                 console: Console | None = None) -> ScanReport:
+                 console: Console | None = None, flag: str = "--data") -> ScanReport:
     """Scan a dataset folder laid out as kohya's: images in the root count once, `N_name/` repeats N times. Raises
     LowvramError when the folder is missing or nothing in it is usable (NoUsableImages, carrying the report)."""
     given = Path(root)
     if not given.is_dir():
-        raise LowvramError(f"--data: {'not a folder' if given.exists() else 'folder not found'}: {given}")
+        raise LowvramError(f"{flag}: {'not a folder' if given.exists() else 'folder not found'}: {given}")
     root = given.resolve()
     folders, layout_notes = repeat_folders(root, options.caption_column)
     return scan_folders(root, folders, buckets, options, index_path, console, layout_notes,
-                        describe=(f"{root} or its N_name subfolders", shell_line("lowvram", "check-data", given)))
+                        describe=(f"{root} or its N_name subfolders", shell_line("lowvram", "check-data", given)),
+                        flag=flag)
 
 
 def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, options: ScanOptions = ScanOptions(),
                  index_path: Path | None = None, console: Console | None = None, layout_notes: list[str] | None = None,
-                 describe: tuple[str, str] | None = None, elsewhere: tuple[Path, ...] = ()) -> ScanReport:
+                 describe: tuple[str, str] | None = None, elsewhere: tuple[Path, ...] = (), flag: str = "--data"
+                 ) -> ScanReport:
     """Read every image of `folders` (all inside `root`, the resolved folder reports name files relative to) once,
     or not at all when the index knows it unchanged, and judge it. `describe`: where the images are, and the command
-    that lists why each was skipped, for the error when none is usable (NoUsableImages, carrying the report).
+    that lists why each was skipped, for the error (naming `flag`) when none is usable (NoUsableImages, carrying the
+    report).
     `layout_notes` (the N_name layout's judgement of the root's subfolders) means the root's subfolders need no
     further word; nor do the folders `elsewhere` (the dataset's other image folders, scanned in another role)."""
     root = Path(root).resolve()
@@ -332,7 +335,7 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     if not report.usable:
         where, command = describe or (str(root), "lowvram check-data")
         if not records:
-            message = f"--data: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}"
+            message = f"{flag}: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}"
             nested = {option: sub for sub in sorted(root.iterdir()) if judged and sub.is_dir()
                       and (option := nested_option(sub))}
             if "--data" in nested:  # kohya_ss's project folder given, not its img/ folder
@@ -345,9 +348,9 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                             "image as NNNNN.png and its caption in NNNNN.txt)")
             left_out = next((note for note in folder_notes if note.startswith("left out ")), None)
             if left_out:  # every image there, none named by its metadata file
-                message = f"--data: no image in {where} has a row in its metadata file: {left_out}"
+                message = f"{flag}: no image in {where} has a row in its metadata file: {left_out}"
         else:
-            message = f"--data: no usable images in {where}: {len(records)} skipped (see `{command}`)"
+            message = f"{flag}: no usable images in {where}: {len(records)} skipped (see `{command}`)"
         raise NoUsableImages(message, report)
     return report
 

@@ -232,7 +232,7 @@ def scan_data(session: Session) -> Dataset:
     with accelerator.main_process_first():  # one process writes the scan index, the others read it
         reports = [scan(run, data_root, trigger, session.console)]
         if config.data.reg_data:
-            reports.append(scan(run, Path(config.data.reg_data), None, session.console))
+            reports.append(scan(run, Path(config.data.reg_data), None, session.console, regularization=True))
         elif has_regularization_subsets(config.data.data):  # a dataset file's is_reg subsets
             reports.append(scan(run, data_root, None, session.console, regularization=True))
         held_out = []
