@@ -43,13 +43,23 @@ def test_sampling_and_validation_see_the_lora_in_eval_mode_and_training_goes_on_
         assert not unet_training and live_text and all(500 <= t < 700 for t in timesteps), timesteps
 
 
-def test_save_every_two_epochs_saves_the_even_ones_and_keep_saves_keeps_the_newest(tmp_path):
+def test_save_every_two_epochs_saves_the_even_ones_and_keep_saves_keeps_the_newest(tmp_path, capsys):
     """5 epochs, --save-every 2e: the LoRAs of epochs 2 and 4 (the 5th is the final LoRA); --keep-saves 1 leaves
-    epoch 4's, which records the epochs it trained."""
+    epoch 4's, which records the epochs it trained. Each save is said as it is written, with the checkpoint of
+    the same step (a notebook's piped log shows what is on the disk)."""
     name = tmp_path.name
     result = train(run_config(output=str(tmp_path), epochs=5, max_steps=None, batch_size=6, save_every="2e",
-                              keep_saves=1))
+                              keep_saves=1, checkpoint_every=10, sample_every="4e", sample_prompts=["a red circle"],
+                              sample_steps=2))
     assert result.epochs == 5
+    printed = capsys.readouterr().out.splitlines()
+    assert "loading tiny" in printed  # no spinner in a log: a line says what takes the time
+    said = [line for line in printed if line.startswith("step ") and ": " in line]
+    assert said == [f"step 10: saved {tmp_path / f'{name}-e0002.safetensors'}; checkpoint "
+                    f"{tmp_path / 'checkpoints' / 'step-000010'}",
+                    f"step 20: saved {tmp_path / f'{name}-e0004.safetensors'}; checkpoint "
+                    f"{tmp_path / 'checkpoints' / 'step-000020'}",
+                    f"step 20: samples {tmp_path / 'samples' / f'{name}-step000020.png'}"], said
     saves = sorted(p.name for p in tmp_path.glob(f"{name}-e*.safetensors"))
     assert saves == [f"{name}-e0004.safetensors"]
     with safe_open(str(tmp_path / saves[0]), framework="pt") as saved:

@@ -110,12 +110,14 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
     config, step, epoch = session.config, position.step, position.epoch
     name, out_dir = config.output_name, session.out_dir
     save_every, sample_every = schedule.save_every, schedule.sample_every
+    written = []  # said in one line, as kohya says each save: a notebook's log shows what is safe on the disk
     if save_every and step < schedule.total_steps and is_save_point(save_every, step, schedule):
         # kohya's ss_epoch: the epoch under way (from 0) in a step's save, the epochs done in an epoch's
         done = schedule.epochs_done_at(step)
         saved, saved_epoch = ((step_save(name, step), epoch) if save_every[1] == "steps"
                               else (epoch_save(name, done), done))
-        save_lora(session, trainee, dataset, out_dir / (saved + LORA_SUFFIX), step, saved_epoch, shape)
+        lora = save_lora(session, trainee, dataset, out_dir / (saved + LORA_SUFFIX), step, saved_epoch, shape)
+        written.append(f"saved {lora}")
         if config.output.keep_saves and session.main:
             for old in older_saves(out_dir, name, save_every, config.output.keep_saves):
                 old.unlink(missing_ok=True)
@@ -123,7 +125,9 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
                     sample.unlink(missing_ok=True)
     every = config.training.checkpoint_every
     if every and step % every == 0 and step < schedule.total_steps and not stop:
-        save_checkpoint(session, trainee, dataset, position)
+        written.append(f"checkpoint {save_checkpoint(session, trainee, dataset, position)}")
+    if written:
+        session.console.print(f"step {step}: {'; '.join(written)}", soft_wrap=True, highlight=False)
     if sample_every and is_save_point(sample_every, step, schedule):
         sample_grid(session, trainee, prepared, log, step)
 
@@ -150,14 +154,14 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
 
 def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step: int) -> None:
     """The sample prompts as the LoRA stands at `step` (0: the base model alone), one grid image, rendered by the
-    main process."""
+    main process, and said."""
     if not session.main:
         return
     config = session.config
+    path = session.out_dir / SAMPLES / f"{step_save(config.output_name, step)}.png"
     try:
         with evaluating(trainee):
-            grid = render_grid(trainee.model, config.samples,
-                               session.out_dir / SAMPLES / f"{step_save(config.output_name, step)}.png",
+            grid = render_grid(trainee.model, config.samples, path,
                                session.run.resolution, config.output.sample_steps, config.training.seed,
                                session.accelerator, prepared.sample_embeddings)
     except torch.OutOfMemoryError:  # the VAE's decode beside the training state: the run matters more
@@ -167,6 +171,7 @@ def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step:
                               soft_wrap=True)
         return
     log.image(step, "samples", grid)
+    session.console.print(f"step {step}: samples {path}", soft_wrap=True, highlight=False)
 
 
 def older_saves(out_dir: Path, name: str, every: tuple[int, str], keep: int) -> list[Path]:

@@ -36,6 +36,7 @@ from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ScanReport
 from lowvram.dataset_files import has_regularization_subsets
 from lowvram.errors import LowvramError
+from lowvram.files import redraws_in_place
 from lowvram.hardware import detect, precision_trouble
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
@@ -250,6 +251,8 @@ def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
     """The base model, all frozen, in the compute dtype (the VAE in fp32 where it overflows in fp16), and the
     noise schedule it was trained with."""
     config = session.config
+    if not redraws_in_place(session.console):  # a notebook's or a log's reader sees no spinner: a line says it
+        session.console.print(f"loading {config.model.model}", soft_wrap=True, highlight=False)
     with session.console.status(f"loading {config.model.model}"):
         # straight into the compute dtype: an SDXL checkpoint never exists in fp32 in host RAM
         model = load_model(config.model.model, config.model.model_family, dtype=session.weight_dtype,
@@ -518,7 +521,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g}{conv_note(config.network)}"
         f"{blocks} | "
         f"{schedule.total_steps} steps "
-        f"= {schedule.total_steps / schedule.steps_per_epoch:.3g} epochs of {'about ' * data.fractional}"
+        f"= {(epochs := f'{schedule.total_steps / schedule.steps_per_epoch:.3g}')} epoch{'s' * (epochs != '1')} of "
+        f"{'about ' * data.fractional}"
         f"{schedule.steps_per_epoch} | batch "
         f"{config.training.batch_size}{folder_batches(run)} x {config.training.gradient_accumulation}"
         f"{f' x {world}' if world > 1 else ''}", soft_wrap=True  # one line, for logs and grep
