@@ -3,6 +3,7 @@ local path, an inpainting or pix2pix U-Net and a diffusers folder missing a part
 and the fix, before any weights load and without asking the hub; a whole model folder as --vae gives its vae/."""
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -42,6 +43,17 @@ def models(tmp_path_factory, tiny_pipeline):
 def folder(models, tmp_path):
     """A copy of the tiny diffusers folder, to break."""
     return shutil.copytree(models / "tinydiff", tmp_path / "tinydiff")
+
+
+@pytest.mark.parametrize(("part", "named"), [("text_encoder", "is a text encoder alone, not a full checkpoint"),
+                                             ("vae", "is a VAE, not a full checkpoint"),
+                                             ("unet", "is a single diffusers component")])
+def test_one_part_of_a_model_given_as_model_is_named(models, part, named):
+    """A diffusers folder's part given as --model, as a user picks the largest file: a text encoder's
+    encoder.layers are not a VAE's encoder."""
+    weights = next((models / "tinydiff" / part).glob("*.safetensors"))
+    with pytest.raises(LowvramError, match=f"--model: {re.escape(str(weights))} {named}"):
+        load_model(str(weights))
 
 
 def one_line_error(capsys, argv: list[str]) -> str:

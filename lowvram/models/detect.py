@@ -276,6 +276,12 @@ def _describe_unknown_checkpoint(keys: list[str], shapes: dict[str, tuple[int, .
     if any("double_blocks" in k for k in keys):
         return "is a Flux checkpoint; lowvram trains SD1.5 and SDXL models"
     if not any(k.startswith("model.diffusion_model.") for k in keys):
+        # a CLIP text encoder's (transformers writes it without its text_model. prefix): its encoder.layers are not
+        # a VAE's encoder
+        if any("token_embedding" in k or k.startswith(("encoder.layers.", "cond_stage_model.", "conditioner."))
+               for k in keys):
+            return ("is a text encoder alone, not a full checkpoint; pass a full SD1.5 or SDXL checkpoint, or the "
+                    "whole diffusers folder it came from")
         if any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys):
             return "is a VAE, not a full checkpoint; pass a full SD1.5 or SDXL checkpoint"
         if any(k.startswith(("down_blocks.", "conv_in.", "text_model.")) for k in keys):
