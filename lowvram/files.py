@@ -467,6 +467,15 @@ def text_of(path: Path) -> str:
     return raw.decode("utf-8-sig")
 
 
+def with_plain_modes(folder: Path) -> Path:
+    """`folder` and everything under it given the permissions open() and mkdir() give under the umask: the
+    libraries writing it (safetensors, save_pretrained) leave files owner-only, which a ComfyUI or AUTOMATIC1111
+    server running as another user cannot read."""
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, plain_mode(0o777 if path.is_dir() else 0o666))
+    return folder
+
+
 def plain_mode(requested: int) -> int:
     """The permissions `open()` (0o666) or `mkdir()` (0o777) gives under the process's umask."""
     umask = os.umask(0)

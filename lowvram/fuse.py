@@ -114,7 +114,7 @@ def _rewritten(path: Path, converted: dict[str, torch.Tensor], working: torch.dt
 def _save_folder(model: LoadedModel, output: Path, dtype: torch.dtype) -> Path:
     """The pipeline as a diffusers folder, written beside `output` and renamed into place when complete; a disk
     that fills up meanwhile leaves nothing behind and says so in one line."""
-    from lowvram.files import DiskFull, ensure_room, free_bytes, is_disk_full, is_size_limit
+    from lowvram.files import DiskFull, ensure_room, free_bytes, is_disk_full, is_size_limit, with_plain_modes
 
     size = sum(p.numel() * dtype.itemsize for name, part in model.pipeline.components.items()
                if hasattr(part, "parameters") for p in part.parameters())
@@ -124,6 +124,7 @@ def _save_folder(model: LoadedModel, output: Path, dtype: torch.dtype) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     try:
         model.pipeline.save_pretrained(str(partial), safe_serialization=True)
+        with_plain_modes(partial)
         if output.exists():
             shutil.rmtree(output)
         partial.rename(output)

@@ -53,13 +53,20 @@ def mode(path: Path) -> int:
 
 
 def test_every_file_a_run_writes_has_the_permissions_the_umask_gives(tmp_path, umask_022):
+    """safetensors writes owner-only: a LoRA, its diffusers copy or a merged model a ComfyUI or AUTOMATIC1111 server
+    running as another user could not read."""
     result = train(run_config(output=str(tmp_path / "out"), max_steps=2, checkpoint_every=1,
-                              sample_prompts=("lvshape, a red circle",)))
-    written = [result.lora_path, result.config_path, *result.samples]
+                              sample_prompts=("lvshape, a red circle",), format="diffusers"))
+    copy = tmp_path / "out" / "out-diffusers"
+    written = [result.lora_path, result.config_path, *result.samples, *copy.iterdir()]
+    assert mode(copy) == 0o755
     assert result.samples and all(mode(path) == 0o644 for path in written), {p.name: oct(mode(p)) for p in written}
     checkpoints = sorted((tmp_path / "out" / "checkpoints").iterdir())
     assert checkpoints and all(mode(folder) == 0o755 for folder in checkpoints)
     assert all(mode(file) == 0o644 for folder in checkpoints for file in folder.iterdir())
+    assert main(["merge", str(result.lora_path), "--model", "tiny", "--output", str(tmp_path / "merged")]) == 0
+    merged = [tmp_path / "merged", *(tmp_path / "merged").rglob("*")]
+    assert all(mode(p) == (0o755 if p.is_dir() else 0o644) for p in merged), {str(p): oct(mode(p)) for p in merged}
 
 
 def test_no_metadata_value_names_a_folder_of_this_machine(shared_run):

@@ -40,6 +40,7 @@ from lowvram.adapters.networks import (
 )
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
+from lowvram.files import with_plain_modes
 from lowvram.kohya_config import LYCORIS_PRESETS
 from lowvram.lora_header import lokr_factor, same_alpha
 from lowvram.lora_metadata import save_lora
@@ -242,7 +243,7 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
         kwargs[f"{component}_lora_adapter_metadata"] = meta
     folder.mkdir(parents=True, exist_ok=True)
     type(model.pipeline).save_lora_weights(str(folder), safe_serialization=True, **kwargs)
-    return folder / DIFFUSERS_WEIGHTS
+    return with_plain_modes(folder) / DIFFUSERS_WEIGHTS
 
 
 def tag_frequency(captions_by_folder: dict[str, list[str]]) -> str:
