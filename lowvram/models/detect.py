@@ -77,16 +77,19 @@ def is_plainly_local(name: str) -> bool:
 
 def path_not_found(flag: str, name: str) -> LowvramError:
     """`flag`'s local file or folder is not there; the closest name beside where it should be, if one is close."""
-    path = Path(name).expanduser()
-    hint = ""
-    if path.parent.is_dir():  # stems compared: every "*.safetensors" name is close to every other
-        names: dict[str, str] = {}
-        for entry in path.parent.iterdir():
-            if entry.stem not in names or entry.suffix == path.suffix:
-                names[entry.stem] = entry.name
-        close = difflib.get_close_matches(path.stem, list(names), n=1)
-        hint = f" (did you mean {Path(name).parent / names[close[0]]}?)" if close else ""
-    return LowvramError(f"{flag}: file or folder not found: {name}{hint or windows_path_hint(name)}")
+    return LowvramError(f"{flag}: file or folder not found: {name}{closest(Path(name)) or windows_path_hint(name)}")
+
+
+def closest(path: Path) -> str:
+    """" (did you mean models/tinydiff?)" for the name beside where `path` should be that is close to it, if any."""
+    if not path.expanduser().parent.is_dir():
+        return ""
+    names: dict[str, str] = {}  # stems compared: every "*.safetensors" name is close to every other
+    for entry in path.expanduser().parent.iterdir():
+        if entry.stem not in names or entry.suffix == path.suffix:
+            names[entry.stem] = entry.name
+    close = difflib.get_close_matches(path.stem, list(names), n=1)
+    return f" (did you mean {path.parent / names[close[0]]}?)" if close else ""
 
 
 def read_json(file: Path, flag: str = "--model") -> dict:
@@ -114,7 +117,9 @@ def _hub_family(model: str) -> ModelFamily:
             index = hf_hub_download(model, "model_index.json")
             unet = hf_hub_download(model, "config.json", subfolder="unet")
     except Exception as exc:  # noqa: BLE001 - hub, network and auth errors have no common base class
-        raise LowvramError(f"--model: '{model}' is not a local file or folder, and its config could not be fetched "
+        here = Path(model.split("/", 1)[0]).expanduser()  # models/typo: in a folder here, as likely as a hub id
+        where = f"not in the folder {here}/ here" if here.is_dir() else "not a local file or folder"
+        raise LowvramError(f"--model: '{model}' is {where}, and its config could not be fetched "
                            f"from the hub ({hub_failure(exc)}); pass a local .safetensors file or diffusers folder, "
                            "or (a hub id, offline) --model-family") from None
     return folder_family(Path(index), Path(unet), model)
