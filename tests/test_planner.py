@@ -10,7 +10,9 @@ import sys
 import time
 
 import pytest
+import torch
 from conftest import run_config
+from safetensors.torch import save_file
 
 from lowvram.configure import build_config
 from lowvram.errors import LowvramError
@@ -679,3 +681,14 @@ def test_plan_prints_the_train_line_that_runs_its_choice(argv, tmp_path):
     shown, _ = lowvram("plan", *argv)
     assert shown.stdout.splitlines()[-1] == f"to train with {shown.stdout.split('chose ')[1].split(':')[0]}: " \
                                             f"{shlex.join(line)}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="plans for the GPU present")
+def test_plan_without_a_gpu_names_a_wrong_model_before_asking_for_a_card(tmp_path):
+    """Naming a card (--vram, --profile) would not mend a LoRA given as --model: that is said first."""
+    lora = tmp_path / "my_lora.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}, str(lora))
+    done, _ = lowvram("plan", "--model", str(lora))
+    assert done.returncode == 2 and f"--model: {lora} is a LoRA, not a base model" in done.stderr, done.stderr
+    done, _ = lowvram("plan")
+    assert done.returncode == 2 and "no CUDA GPU here: pass --vram SIZE or --profile NAME" in done.stderr

@@ -8,7 +8,7 @@ from lowvram.config import PLANNING_MODEL, RunConfig
 from lowvram.configure import build_config
 from lowvram.errors import LowvramError
 from lowvram.hardware import Hardware
-from lowvram.models.detect import checkpoint_storage
+from lowvram.models.detect import checkpoint_storage, detect_family
 from lowvram.plan.estimate import Estimate, MemoryStrategy, Workload, estimate
 from lowvram.plan.planner import Plan, plan
 from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
@@ -47,7 +47,8 @@ def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:
     Raises LowvramError with the CLI's words where the options cannot run or there is no GPU to plan for."""
     values = {"data": "sample", "model": values.get("model_family") or PLANNING_MODEL, **values}
     config = build_config(values)
-    if hardware.device != "cuda":
+    if hardware.device != "cuda":  # a wrong --model first: naming a card to plan for would not mend it
+        detect_family(config.model.model, config.model.model_family)
         raise LowvramError("no CUDA GPU here: pass --vram SIZE or --profile NAME to plan for a card")
     run = resolve_run(config, hardware)
     return run, plan(workload_for(run), hardware, fixed_choices(values, config))
