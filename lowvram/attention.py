@@ -18,12 +18,18 @@ def set_attention(unet: torch.nn.Module, choice: str = "auto") -> str:
             unet.enable_xformers_memory_efficient_attention()
             return "xformers"
         if choice == "xformers":
-            raise LowvramError(f"--attention xformers: {reason}; use --attention sdpa (or auto)")
+            raise LowvramError(attention_problem(choice))
     if choice in ("auto", "sdpa"):
         unet.set_attn_processor(AttnProcessor2_0())
         return "sdpa"
     unet.set_attn_processor(AttnProcessor())
     return "math"
+
+
+def attention_problem(choice: str) -> str | None:
+    """Why the --attention asked for cannot run here (None: it can), before a run caches its data."""
+    reason = _xformers_problem() if choice == "xformers" else None
+    return f"--attention xformers: {reason}; use --attention sdpa (or auto)" if reason else None
 
 
 def _xformers_problem() -> str | None:

@@ -142,11 +142,15 @@ def test_attention_falls_back_to_sdpa_without_xformers():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
-def test_asking_for_xformers_without_cuda_says_why():
+def test_asking_for_xformers_without_cuda_says_why(tmp_path, capsys):
     from lowvram.errors import LowvramError
+    from lowvram.train.loop import train
 
     with pytest.raises(LowvramError, match="--attention xformers: xformers needs a CUDA GPU"):
         set_attention(load_model("tiny").unet, "xformers")
+    with pytest.raises(LowvramError, match="--attention xformers: xformers needs a CUDA GPU"):
+        train(run_config(output=str(tmp_path / "out"), attention="xformers"))
+    assert "cache" not in capsys.readouterr().out  # said before the data is scanned and cached
 
 
 @pytest.mark.gpu

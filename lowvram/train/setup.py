@@ -18,7 +18,7 @@ from rich.console import Console
 
 from lowvram.adapters import lora_files, networks
 from lowvram.adapters.blocks import BlockPlan, block_of
-from lowvram.attention import set_attention
+from lowvram.attention import attention_problem, set_attention
 from lowvram.checkpointing import checkpointed_count, enable_checkpointing
 from lowvram.compiling import (
     compile_blocks,
@@ -209,6 +209,8 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
         try_optimizer(config.optim.optimizer, config.lr, config.optim.weight_decay, config.optim.optimizer_args,
                       warmup=bool(config.optim.warmup_steps))  # (its length, maybe a share of the steps, comes later)
     run = resolve_run(config, detect())
+    if attention_problem(config.memory.attention):  # not after the data is scanned and cached
+        raise LowvramError(attention_problem(config.memory.attention))
     checkpoint_unit_names(run.family, config.memory.checkpoint_blocks)  # a count the U-Net lacks stops here
     # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run
     # in one process (a notebook, the tests) starts from its own (the process group, PartialState, stays)
