@@ -567,3 +567,16 @@ def test_sdxl_sizes_reach_a_bf16_unet_exactly():
             outputs.append(unet(latents, torch.tensor([500]), **unet_conditioning(family, hidden, pooled, time_ids)
                                 ).sample)
     assert not torch.equal(*outputs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's precision is the one named")
+def test_accelerate_launchs_mixed_precision_is_said_not_to_be_used(tmp_path, capsys, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` sets the diffusers scripts' precision; lowvram's own choice wins
+    (an old accelerate config file's "no" must not make a run fp32), and says so."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    train(run_config(output=str(tmp_path / "a"), max_steps=1))
+    assert ("accelerate's mixed precision bf16 is not used: lowvram picks fp32 for CPU (--mixed-precision bf16 "
+            "trains in it)") in capsys.readouterr().out
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # the same as lowvram's: nothing to say
+    train(run_config(output=str(tmp_path / "b"), max_steps=1))
+    assert "accelerate's" not in capsys.readouterr().out

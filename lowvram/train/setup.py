@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from lowvram.plan.calibration import graphs_measured, unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.precision import compute_dtype
 from lowvram.quant import convert_frozen, place, storage_bytes
-from lowvram.resolve import ResolvedRun, resolve_run
+from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
 from lowvram.samplers import sampler_problem
 from lowvram.train import checkpoint
 from lowvram.train.outdir import existing_lora_problem
@@ -217,7 +218,14 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.hardware.device == "cpu")
     set_seed(config.training.seed, device_specific=True)
-    return Session(run, accelerator, console or Console(quiet=not accelerator.is_main_process))
+    session = Session(run, accelerator, console or Console(quiet=not accelerator.is_main_process))
+    # `accelerate launch --mixed_precision` (or its config file) sets this; the diffusers scripts train in it
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched and launched != run.mixed_precision and config.training.mixed_precision == "auto":
+        session.console.print(f"accelerate's mixed precision {launched} is not used: lowvram picks "
+                              f"{NATIVE_FORMAT[run.mixed_precision]} for {run.hardware.name} (--mixed-precision "
+                              f"{launched} trains in it)", soft_wrap=True, highlight=False)
+    return session
 
 
 def scan_data(session: Session) -> Dataset:
