@@ -345,6 +345,13 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     assert records["10_sks dog/a.jpg"].caption == "from the txt"
     assert records["10_sks dog/b.png"].caption == "a photo of sks dog"
     assert any("nested" in note for note in report.folder_notes)
+    assert not any("caption file(s)" in note for note in report.folder_notes)  # each caption has its image
+    (tmp_path / "10_sks dog" / "b.png").rename(tmp_path / "10_sks dog" / "b2.png")  # renamed away from its caption
+    (tmp_path / "10_sks dog" / "b.txt").write_text("b's caption")
+    assert "1 caption file(s) in 10_sks dog/ without an image of the same name, read by none: b.txt (an image " \
+           "renamed?)" in scan_dataset(tmp_path, TINY, options).folder_notes
+    (tmp_path / "10_sks dog" / "b2.png").rename(tmp_path / "10_sks dog" / "b.png")
+    (tmp_path / "10_sks dog" / "b.txt").unlink()
     # kohya reads only the N_name folders: the top-level image trains here, and the scan says so
     assert any("1 image(s) at the top level beside the N_name folders (top.png) train once each per epoch; kohya "
                "leaves them out" in note for note in report.folder_notes)

@@ -23,7 +23,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from lowvram.config import IMAGE_FORMATS, IMAGE_SUFFIXES, LABEL_STEMS, MASK_SUFFIX
+from lowvram.config import CAPTION_SUFFIXES, IMAGE_FORMATS, IMAGE_SUFFIXES, LABEL_STEMS, MASK_SUFFIX
 from lowvram.data.buckets import Buckets
 from lowvram.data.captions import captions_of, has_word, read_caption_file, split_kept_tags, wrapped
 from lowvram.data.image_files import (
@@ -421,7 +421,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
     for image_folder in folders:
         folder = image_folder.path
         where = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
-        unknown, masks, stems, unlisted, keys, unread = [], [], set(), [], set(), []
+        unknown, masks, stems, unlisted, keys, unread, captions = [], [], set(), [], set(), [], []
         try:
             entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
         except OSError as exc:
@@ -445,6 +445,8 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                 files.append((path, image_folder))
                 stems.add(path.stem)
                 keys.add(key)
+            elif suffix in CAPTION_SUFFIXES:
+                captions.append(path)
             elif suffix not in SILENT_SUFFIXES and path.name not in SILENT_NAMES:
                 unknown.append(path.name)
         if not stems and not unlisted and not (folder == root and root_judged) and image_folder.captions != {}:
@@ -463,6 +465,11 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
         if orphans:
             notes.append(f"ignored {len(orphans)} mask file(s) in {where or './'} without an image of the same name: "
                          f"{', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}")
+        # an image renamed away from its caption, a common slip: that caption is read by no image
+        lone = [p.name for p in captions if p.stem not in stems] if stems and image_folder.captions is None else []
+        if lone:
+            notes.append(f"{len(lone)} caption file(s) in {where or './'} without an image of the same name, read by "
+                         f"none: {', '.join(lone[:5])}{' ...' if len(lone) > 5 else ''} (an image renamed?)")
         if unknown:
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             notes.append(f"ignored {len(unknown)} file(s) of unknown type in {where or './'}: "
