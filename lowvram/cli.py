@@ -184,7 +184,25 @@ def train_values(args: argparse.Namespace) -> dict:
                                                              "bucket_no_upscale") if values.get(name) not in (None, False)]
     if idle and values.get("bucket") is False:
         print(f"{', '.join(idle)}: no effect with --no-bucket, which crops every image square", file=sys.stderr)
+    else:
+        bucket_sides_note(values)
     return with_network_weights(values)
+
+
+def bucket_sides_note(values: dict) -> None:
+    """Bucket sides a --resolution given lies outside (kohya refuses them; a kohya_ss GUI config keeps its 256 px
+    minimum at any resolution): the square bucket alone is then left, or the long sides cut short."""
+    # (a malformed value, or none given, is the config's to refuse or fill in)
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        shape = width_height(values["resolution"])
+        resolution = area_side(*shape) if shape else int(values["resolution"])
+        low, high = (int(values.get(name) or 0) for name in ("min_bucket_side", "max_bucket_side"))
+        if low > resolution:
+            print(f"--min-bucket-side {low}: above the resolution, {resolution} px, which leaves the square bucket "
+                  f"alone (every image cropped square; kohya refuses it): give at most {resolution}", file=sys.stderr)
+        if 0 < high < resolution:
+            print(f"--max-bucket-side {high}: below the resolution, {resolution} px (kohya refuses it): give at "
+                  f"least {resolution}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
