@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default="tiny", help="base model, as for train --model [default: tiny]")
     gen.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
                      help="force the architecture instead of detecting it")
+    gen.add_argument("--vae", help="VAE to decode with, as for train --vae (a file or a folder, e.g. the "
+                     "fp16-fixed SDXL VAE); give the one the LoRA trained with to render its samples again")
     gen.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]", help="LoRA .safetensors file (kohya or "
                      "diffusers format), with its strength if not --weight's (style.safetensors:0.6); give it again "
                      "to stack several")

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from lowvram.models.loading import LoadedModel
 
+# what a single file carries to be sampled as its fused LoRAs were trained (keys ComfyUI reads)
+SCHEDULE_MARKERS = {"v-prediction": "v_pred", "zero terminal SNR": "ztsnr"}
 # a single file's dtype as its header names it
 HEADER_DTYPES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32"}
 
@@ -36,6 +38,7 @@ class Fused:
     path: Path
     layers: list[int]  # each file's changed layers, in order
     tensors_changed: int  # the checkpoint's tensors that differ from the model's
+    schedule: tuple[str, ...] | list[str] = ()  # the sampling a fused LoRA was trained with and the model now carries
 
 
 def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: Path, family: str | None = None,
@@ -46,19 +49,23 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     from lowvram.adapters.lora_files import load_kohya
     from lowvram.adapters.networks import fuse_adapters
     from lowvram.models.detect import detect_family
-    from lowvram.models.loading import load_model
+    from lowvram.models.loading import follow_lora_schedule, load_model
     from lowvram.precision import DTYPES
 
     detect_family(model_name, family)  # a broken or foreign file: its one line, before its header is read
     single = Path(model_name).suffix.lower() == ".safetensors" and Path(model_name).is_file()
     working = precision or (_file_precision(Path(model_name)) if single else "fp16")
     model = load_model(model_name, family, dtype=DTYPES[working])
-    layers = []
+    layers, schedule = [], []
     for path, weight in sources:
         load_kohya(model, path, flag="FILE")  # merge's positional FILEs
         layers.append(sum(fuse_adapters(module, weight) for module in [model.unet, *model.text_encoders]))
-    if output.suffix.lower() != ".safetensors":
-        return Fused(_save_folder(model, output, DTYPES[working]), layers, 0)
+        # a v-prediction LoRA fused into an epsilon model makes a v-prediction model: marked so, as the LoRA's own
+        # loading samples it (clip skip is a loader's setting, not the model's)
+        schedule += [change for change in (follow_lora_schedule(model, path) if weight else ())
+                     if change in SCHEDULE_MARKERS and change not in schedule]
+    if output.suffix.lower() != ".safetensors":  # (save_pretrained writes the scheduler's config as changed)
+        return Fused(_save_folder(model, output, DTYPES[working]), layers, 0, schedule)
     converted = _original_layout(model)
     if single:
         tensors, changed = _rewritten(Path(model_name), converted, DTYPES[working], precision)
@@ -69,8 +76,12 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     metadata = _file_metadata(Path(model_name)) if single else {}
     parts = ", ".join(f"{path.name} x{weight:g}" for path, weight in sources)
     metadata["lowvram.fused_loras"] = parts
+    import torch
+
+    for change in schedule:  # the keys ComfyUI and lowvram read (NoobAI-XL V-Pred's)
+        tensors.setdefault(SCHEDULE_MARKERS[change], torch.tensor([]))
     save_safetensors(tensors, output, metadata, "the merged model")
-    return Fused(output, layers, changed)
+    return Fused(output, layers, changed, schedule)
 
 
 def _original_layout(model: LoadedModel) -> dict[str, torch.Tensor]:
@@ -185,4 +196,5 @@ def run(args: argparse.Namespace) -> Fused:
 def summary(result: Fused) -> str:
     changes = ", ".join(str(count) for count in result.layers)
     tail = f", {result.tensors_changed} of its tensors changed" if result.tensors_changed else ""
-    return f"{result.path}: the model with {len(result.layers)} LoRA file(s) fused in ({changes} layers{tail})"
+    marked = f"; marked {' and '.join(result.schedule)}, as its LoRAs trained" if result.schedule else ""
+    return f"{result.path}: the model with {len(result.layers)} LoRA file(s) fused in ({changes} layers{tail}){marked}"

@@ -21,7 +21,7 @@ from lowvram.files import atomic_write, output_problem
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.models.detect import checkpoint_title, detect_family
 from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
-from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
+from lowvram.models.loading import LoadedModel, follow_lora_schedule, load_model
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
 from lowvram.precision import compute_dtype
 from lowvram.prompts import MAX_SEED, SamplePrompt, parse_prompt
@@ -40,7 +40,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     written over a file being read, or over any file without --overwrite."""
     prompt, sources, problems = _read_options(args)
     paths = output_paths(args.output, args.count)
-    problem = _output_problem(args, paths, [Path(args.model), *(path for path, _ in sources)])
+    problem = _output_problem(args, paths, [Path(args.model), *([Path(args.vae)] if args.vae else []),
+                                            *(path for path, _ in sources)])
     problems += [problem] if problem else []
     if problems:
         raise LowvramError("\n".join(problems))
@@ -54,7 +55,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     dtype = compute_dtype(resolve_mixed_precision("auto", hardware))  # as training computes (fp32 on a GTX 16xx)
     if args.clip_skip and (problem := clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip)):
         raise LowvramError(problem)
-    model = load_model(args.model, args.model_family, dtype=dtype)
+    model = load_model(args.model, args.model_family, dtype=dtype, vae=args.vae)
     steps = prompt.steps or args.steps
     most = model.pipeline.scheduler.config.num_train_timesteps
     if steps > most:  # the samplers cannot take more steps than the model was trained with timesteps
@@ -176,8 +177,8 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
     problems = lora_problems(sources)
     if problems:
         raise LowvramError("\n".join(problems))
-    for path, _ in sources:
-        for change in follow_lora_schedule(model, path):
+    for path, weight in sources:
+        for change in follow_lora_schedule(model, path) if weight else ():  # at 0, as in ComfyUI, nothing changes
             print(f"{path.name} was trained with {change}: sampling with it too")
     from lowvram.adapters.lora_files import load_kohya
     from lowvram.adapters.networks import fuse_adapters
@@ -204,32 +205,6 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
                                "a LoRA for this model, in kohya's, diffusers' or peft's naming?")
     if theirs:
         model.pipeline.set_adapters(names[: len(theirs)], adapter_weights=[weight for _, weight in theirs])
-
-
-def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
-    """A LoRA trained with v-prediction, zero terminal SNR or clip skip (its modelspec.prediction_type,
-    ss_zero_terminal_snr and ss_clip_skip) where the base model's own reading says otherwise: the sampler and the
-    text reading are set to what training used. What was changed, in words."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(lora), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (OSError, SafetensorError):
-        return []  # _lycoris_kind names the unreadable file
-    scheduler, changes = model.pipeline.scheduler, []
-    if metadata.get("modelspec.prediction_type") == "v" and scheduler.config.prediction_type != "v_prediction":
-        scheduler.register_to_config(prediction_type="v_prediction")
-        changes.append("v-prediction")
-    if metadata.get("ss_zero_terminal_snr") == "True" and not scheduler.config.get("rescale_betas_zero_snr"):
-        model.pipeline.scheduler = zero_terminal_snr_sampler(scheduler)
-        changes.append("zero terminal SNR")
-    skip = metadata.get("ss_clip_skip", "")
-    reading = model.text_reading or DEFAULT_READING
-    if skip.isdigit() and int(skip) > 1 and model.family.text_encoders[0].hidden_state == -1 and reading.clip_skip == 1:
-        model.text_reading = replace(reading, clip_skip=int(skip))  # SDXL reads its penultimate layer already
-        changes.append(f"clip skip {skip}")
-    return changes
 
 
 def _read_with_peft(path: Path) -> bool:

@@ -51,6 +51,30 @@ def test_a_lora_trained_with_clip_skip_is_rendered_with_it(tmp_path, capsys):
     last_layer = render(tmp_path, "last", "--prompt", "lvshape", "--lora", str(lora), "--clip-skip", "1")
     assert np.array_equal(followed, explicit)
     assert np.abs(followed - last_layer).mean() > 0.5
+    # at weight 0 the LoRA changes nothing, its reading neither (as in ComfyUI): the base model's image
+    capsys.readouterr()
+    off = render(tmp_path, "off", "--prompt", "lvshape", "--lora", f"{lora}:0")
+    assert "trained with" not in capsys.readouterr().out
+    assert np.array_equal(off, render(tmp_path, "base", "--prompt", "lvshape"))
+
+
+def test_the_vae_a_lora_trained_with_renders_its_samples_again(tmp_path):
+    """train --vae: generate --vae decodes with the same VAE, so a sample prompt's image is made again."""
+    import torch
+
+    from lowvram.models import load_model
+
+    vae = load_model("tiny").vae
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(1.5)  # another VAE than tiny's own
+    vae.save_pretrained(tmp_path / "vae")
+    result = train(run_config(output=str(tmp_path / "run"), max_steps=1, vae=str(tmp_path / "vae"),
+                              sample_prompts=("lvshape --d 5 --s 2",)))
+    sample = np.asarray(Image.open(result.samples[0]), dtype=np.int16)
+    again = render(tmp_path, "again", "--prompt", "lvshape --d 5 --s 2", "--lora", str(result.lora_path), "--vae",
+                   str(tmp_path / "vae"))
+    own = render(tmp_path, "own", "--prompt", "lvshape --d 5 --s 2", "--lora", str(result.lora_path))
+    assert np.abs(again - sample).max() <= 1 and np.abs(own - sample).mean() > 0.5
 
 
 def test_a_wrong_clip_skip_is_one_line(capsys):

@@ -13,9 +13,9 @@ from safetensors import safe_open
 
 from lowvram.configure import build_config
 from lowvram.errors import LowvramError
-from lowvram.generate import follow_lora_schedule
 from lowvram.models import load_model
 from lowvram.models.conditioning import unet_conditioning
+from lowvram.models.loading import follow_lora_schedule
 from lowvram.timesteps import TimestepShape
 from lowvram.train.loop import train
 from lowvram.train.loss import (
@@ -169,6 +169,16 @@ def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_mat
     sampler = base.pipeline.scheduler.config
     assert sampler.prediction_type == "v_prediction" and sampler.rescale_betas_zero_snr
     assert follow_lora_schedule(base, result.lora_path) == []  # nothing left to change
+    # fused into the epsilon model: a v-prediction, zero-terminal-SNR model, marked so in the file and the folder
+    from lowvram.cli import main
+
+    for output in (tmp_path / "fused.safetensors", tmp_path / "fused"):
+        assert main(["merge", "--model", "tiny", str(result.lora_path), "--output", str(output)]) == 0
+        sampler = load_model(str(output)).pipeline.scheduler.config
+        assert sampler.prediction_type == "v_prediction" and sampler.rescale_betas_zero_snr, output
+    assert main(["merge", "--model", "tiny", f"{result.lora_path}:0", "--output", str(tmp_path / "none.safetensors")]
+                ) == 0  # at weight 0 the model is the base, as it samples
+    assert load_model(str(tmp_path / "none.safetensors")).pipeline.scheduler.config.prediction_type == "epsilon"
 
 
 def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path):

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from lowvram.models.detect import (
     path_not_found,
     quiet_hub,
 )
-from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
+from lowvram.models.families import DEFAULT_READING, FAMILIES, ModelFamily, family_for_pipeline
 
 RANDOM_INIT_SEED = 0  # `--model tiny` is one fixed model, so a LoRA trained on it loads on it again later
 
@@ -290,3 +290,29 @@ class _quiet_diffusers:
 
     def __exit__(self, *exc):
         self.logger.setLevel(self.level)
+
+
+def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
+    """A LoRA trained with v-prediction, zero terminal SNR or clip skip (its modelspec.prediction_type,
+    ss_zero_terminal_snr and ss_clip_skip) where the base model's own reading says otherwise: the sampler and the
+    text reading are set to what training used. What was changed, in words."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(lora), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (OSError, SafetensorError):
+        return []  # _lycoris_kind names the unreadable file
+    scheduler, changes = model.pipeline.scheduler, []
+    if metadata.get("modelspec.prediction_type") == "v" and scheduler.config.prediction_type != "v_prediction":
+        scheduler.register_to_config(prediction_type="v_prediction")
+        changes.append("v-prediction")
+    if metadata.get("ss_zero_terminal_snr") == "True" and not scheduler.config.get("rescale_betas_zero_snr"):
+        model.pipeline.scheduler = zero_terminal_snr_sampler(scheduler)
+        changes.append("zero terminal SNR")
+    skip = metadata.get("ss_clip_skip", "")
+    reading = model.text_reading or DEFAULT_READING
+    if skip.isdigit() and int(skip) > 1 and model.family.text_encoders[0].hidden_state == -1 and reading.clip_skip == 1:
+        model.text_reading = replace(reading, clip_skip=int(skip))  # SDXL reads its penultimate layer already
+        changes.append(f"clip skip {skip}")
+    return changes
