@@ -151,7 +151,7 @@ def test_loss_options_that_do_not_go_together_are_refused(values, message):
         build_config({"model": "tiny", "data": "sample", **values})
 
 
-def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_match(tmp_path):
+def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_match(tmp_path, capsys):
     config = run_config(output=str(tmp_path), prediction_type="v_prediction", zero_terminal_snr=True)
     model = load_model("tiny")
     plain = noise_schedules(load_model("tiny"), run_config(output=str(tmp_path), prediction_type="v_prediction"))
@@ -179,6 +179,10 @@ def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_mat
     assert main(["merge", "--model", "tiny", f"{result.lora_path}:0", "--output", str(tmp_path / "none.safetensors")]
                 ) == 0  # at weight 0 the model is the base, as it samples
     assert load_model(str(tmp_path / "none.safetensors")).pipeline.scheduler.config.prediction_type == "epsilon"
+    capsys.readouterr()  # trained on, the model's own v_pred and ztsnr keys are followed, and said
+    train(run_config(model=str(tmp_path / "fused.safetensors"), output=str(tmp_path / "on"), max_steps=1))
+    assert "fused.safetensors predicts with v-prediction and zero terminal SNR (its own setting): trained and " \
+           "sampled so" in capsys.readouterr().out
 
 
 def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path):

@@ -270,6 +270,13 @@ def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
     model.text_reading = session.run.text_reading
     merge_base_weights(session, model)
     noise_scheduler = noise_schedules(model, config)
+    own = [what for what, found, given in (
+        ("v-prediction", noise_scheduler.config.prediction_type == "v_prediction", config.model.prediction_type),
+        ("zero terminal SNR", noise_scheduler.config.rescale_betas_zero_snr, config.model.zero_terminal_snr))
+        if found and not given]
+    if own:  # a NoobAI-style v-pred checkpoint's keys: its loss and samples follow them, as ComfyUI's do
+        session.console.print(f"{model.source} predicts with {' and '.join(own)} (its own setting): trained and "
+                              "sampled so", soft_wrap=True, highlight=False)
     for module in (model.unet, *model.text_encoders):
         module.requires_grad_(False).to(dtype=session.weight_dtype)
     model.vae.requires_grad_(False).to(dtype=torch.float32 if session.run.vae_fp32 else session.weight_dtype)
