@@ -19,7 +19,14 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
-from lowvram.files import MAX_FILE_NAME, NAME_UNITS, TEMPORARY_NAME_EXTRA, name_length, windows_path_hint
+from lowvram.files import (
+    MAX_FILE_NAME,
+    NAME_UNITS,
+    TEMPORARY_NAME_EXTRA,
+    file_in_the_way,
+    name_length,
+    windows_path_hint,
+)
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
 from lowvram.option_values import (
@@ -443,6 +450,10 @@ def _output_problems(c: RunConfig) -> list[str]:
     if c.output.name and Path(c.output.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
         p.append(f"--name: {c.output.name}: give it without the extension (the LoRA is <name>.safetensors): "
                  f"--name {Path(c.output.name).stem}")
+    blocking = c.data.cache_dir and file_in_the_way(Path(c.data.cache_dir))
+    if blocking:  # (found before caching: every cache write, its lock first, would fail one by one)
+        p.append(f"--cache-dir: {blocking} is a file, not a folder; give a folder, or leave --cache-dir out for "
+                 "lowvram's own")
     positive(p, "sample-steps", c.output.sample_steps)
     for flag, value in (("save-every", c.output.save_every), ("sample-every", c.output.sample_every)):
         try:

@@ -114,7 +114,7 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # read-only, a file where a folder should be, no permission
-        blocking = _file_in_the_way(path.parent)
+        blocking = file_in_the_way(path.parent)
         reason = f"{blocking} is a file, not a folder" if blocking else exc.strerror or exc
         raise LowvramError(f"could not write {path}: {reason}") from None
     os.close(fd)
@@ -158,7 +158,7 @@ def unwritable(folder: Path) -> str | None:
     """What `write_problem` would find, as far as it shows without writing anything (a file in the way, a read-only
     file system, no permission on the nearest folder there is): for the first second of a command."""
     try:
-        blocking = _file_in_the_way(folder)
+        blocking = file_in_the_way(folder)
         if blocking:
             return f"can't write in {folder}: {blocking} is a file, not a folder"
         existing = Path(folder)
@@ -206,7 +206,7 @@ def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str 
     return None
 
 
-def _file_in_the_way(folder: Path) -> Path | None:
+def file_in_the_way(folder: Path) -> Path | None:
     """The file standing where `folder` or one of the folders above it should be, if one does."""
     existing = Path(folder)
     while not existing.exists() and existing != existing.parent:

@@ -66,6 +66,14 @@ def test_bucket_sides_the_resolution_lies_outside_are_said(images, capsys, argv,
     assert "no effect with --no-bucket" in capsys.readouterr().err  # (that note instead)
 
 
+def test_a_cache_dir_that_is_a_file_is_refused_before_anything_is_cached(images, tmp_path, capsys):
+    (tmp_path / "cache").write_text("")
+    for given in (tmp_path / "cache", tmp_path / "cache" / "inside"):
+        assert one_line(capsys, ["train", "--data", str(images), "--model", "tiny", "--cache-dir", str(given)]) == (
+            f"lowvram train: error: --cache-dir: {tmp_path / 'cache'} is a file, not a folder; give a folder, or "
+            "leave --cache-dir out for lowvram's own")
+
+
 def test_a_resolution_past_any_card_is_refused(images, capsys):
     with pytest.raises(LowvramError, match=r"^--resolution: \[inf, 512\] is not a width and height in pixels$"):
         run_config(resolution=[float("inf"), 512])  # (a TOML's inf)
