@@ -135,7 +135,9 @@ def _file_problems(c: RunConfig) -> list[str]:
                 why = f"not a safetensors file ({exc}); name a LoRA file (a model checkpoint is --model)"
             if why:
                 p.append(f"--base-weights: {path}: {why}")
-    if c.network.network_weights and not c.training.resume and Path(c.network.network_weights).is_file():
+    weights = c.network.network_weights
+    if weights and not c.training.resume and Path(weights).is_file() and Path(weights).suffix.lower() not in \
+            PICKLE_SUFFIXES:  # (a pickle is refused above, unread)
         p += filter(None, [network_weights_problem(c.network)])
     if c.training.resume and c.training.resume != "auto" and not (Path(c.training.resume) / "state.json").is_file():
         found = "not a lowvram checkpoint folder (no state.json)" if Path(c.training.resume).exists() else "not found"

@@ -94,8 +94,9 @@ def test_a_missing_or_pickled_file_is_refused_before_anything_loads(tmp_path):
     with pytest.raises(LowvramError, match="--network-weights: file not found"):
         run_config(network_weights=str(tmp_path / "nope.safetensors"))
     (tmp_path / "old.ckpt").write_bytes(b"not opened")
-    with pytest.raises(LowvramError, match="--network-weights: .*pickle"):
+    with pytest.raises(LowvramError, match="--network-weights: .*pickle") as error:
         run_config(network_weights=str(tmp_path / "old.ckpt"))
+    assert len(str(error.value).splitlines()) == 1  # refused unread: no second line about its header
 
 
 def test_a_file_that_is_not_safetensors_is_named_with_the_option(tmp_path):
