@@ -340,6 +340,8 @@ def test_check_data_writes_its_report_over_an_earlier_report_only(images, tmp_pa
             f"--report: {path} is not a file lowvram can write the report to (a folder, a pipe, a device or a link); "
             "name a new file, e.g. report.json")
     assert link.is_symlink()
+    assert one_line(capsys, ["check-data", str(images), "--report", str(lora / "r.json")]).endswith(
+        f"--report: {lora} is a file, not a folder; name the report in a folder, e.g. report.json")
 
 
 def test_a_file_removed_while_a_command_reads_it_is_one_line(monkeypatch, tmp_path, capsys):

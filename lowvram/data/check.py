@@ -16,6 +16,7 @@ from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, shell_line
+from lowvram.files import file_in_the_way
 from lowvram.option_values import parse_colour
 from lowvram.resolve import SAMPLE_DATASET, SCANS, ResolvedRun, cache_in_use
 
@@ -128,6 +129,9 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
                            "pipe, a device or a link); name a new file, e.g. report.json")
     if report_path and Path(report_path).exists() and not _is_report(Path(report_path)):  # a LoRA, a config, ...
         raise LowvramError(f"--report: {report_path} exists and is not an earlier check-data report; name a new file")
+    if report_path and (blocking := file_in_the_way(Path(report_path).parent)):  # said before the scan, not after
+        raise LowvramError(f"--report: {blocking} is a file, not a folder; name the report in a folder, e.g. "
+                           "report.json")
     try:
         report = scan(run, data, trigger, console)
     except NoUsableImages as exc:
