@@ -76,8 +76,20 @@ def generate(args: argparse.Namespace) -> list[Path]:
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if device.type != "cpu" else nullcontext
     for i, path in enumerate(paths):
         image = render(model, prompt, args.resolution or model.family.resolution, steps, seed + i, device, autocast)
-        save_as_named(image, path)
+        sampler = prompt.sampler or type(model.pipeline.scheduler).__name__  # (none asked: the model's own)
+        save_as_named(image, path, infotext(prompt, sources, steps, sampler, seed + i, image.size,
+                                            Path(args.model).stem))
     return paths
+
+
+def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], steps: int, sampler: str, seed: int,
+             size: tuple[int, int], model: str) -> str:
+    """What the image was made with, as AUTOMATIC1111 writes it into a PNG (its PNG Info and "Send to txt2img" read
+    it back; its LoRA tags name the files)."""
+    tags = "".join(f" <lora:{path.stem}:{weight:g}>" for path, weight in loras)
+    negative = f"\nNegative prompt: {prompt.negative}" if prompt.negative else ""
+    return (f"{prompt.text}{tags}{negative}\nSteps: {steps}, Sampler: {sampler}, CFG scale: "
+            f"{prompt.guidance:g}, Seed: {seed}, Size: {size[0]}x{size[1]}, Model: {model}")
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -87,11 +99,17 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i:02d}{output.suffix}") for i in range(count)]
 
 
-def save_as_named(image, path: Path) -> Path:
-    """The image in the format its file's extension names (JPEG without an alpha channel), atomically."""
+def save_as_named(image, path: Path, parameters: str | None = None) -> Path:
+    """The image in the format its file's extension names (JPEG without an alpha channel), atomically; a PNG with
+    its `parameters` text, as AUTOMATIC1111 stores it."""
+    from PIL.PngImagePlugin import PngInfo
+
     kind = WRITTEN_FORMATS[path.suffix.lower()]
     image = image.convert("RGB") if kind == "JPEG" and image.mode != "RGB" else image
     options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}.get(kind, {})  # 4:4:4 colour
+    if kind == "PNG" and parameters:
+        options = {"pnginfo": PngInfo()}
+        options["pnginfo"].add_text("parameters", parameters)
     return atomic_write(path, lambda tmp: image.save(tmp, format=kind, **options), image.width * image.height * 4,
                         "the image")
 

@@ -98,3 +98,11 @@ def test_count_renders_each_image_from_its_own_seed(tmp_path):
     first, second = (np.asarray(Image.open(tmp_path / f"n-{i:02d}.png"), dtype=np.int16) for i in range(2))
     assert not np.array_equal(first, second)
     assert np.array_equal(second, render(tmp_path, "six", "--prompt", "lvshape, a red circle", "--seed", "6"))
+    # each PNG says what made it, as AUTOMATIC1111 writes it (its PNG Info, "Send to txt2img")
+    assert Image.open(tmp_path / "n-01.png").text["parameters"] == (
+        "lvshape, a red circle\nSteps: 2, Sampler: PNDMScheduler, CFG scale: 7, Seed: 6, Size: 64x64, Model: tiny")
+    lora = train(run_config(output=str(tmp_path / "style"), max_steps=1)).lora_path
+    render(tmp_path, "tagged", "--prompt", "a cat --n blurry --ss euler_a", "--lora", f"{lora}:0.5")
+    assert Image.open(tmp_path / "tagged.png").text["parameters"] == (
+        "a cat <lora:style:0.5>\nNegative prompt: blurry\nSteps: 2, Sampler: euler_a, CFG scale: 7, Seed: 5, "
+        "Size: 64x64, Model: tiny")
