@@ -449,3 +449,19 @@ def test_a_dataset_changed_since_the_checkpoint_is_said_on_resume(tmp_path, samp
     printed = " ".join(capsys.readouterr().out.split())
     assert ("the dataset changed since this checkpoint (1 caption changed): training goes on with it as it is now, "
             "so the LoRA will not be") in printed
+
+
+def test_a_grid_a_kill_left_undrawn_after_its_checkpoint_is_drawn_on_resume(tmp_path, capsys):
+    """The checkpoint of a sample step is written before its grid: a kill between them left that grid missing for
+    good. The resumed run draws it first, and trains on to the LoRA an uninterrupted run gives."""
+    samples = {"sample_every": "2", "sample_prompts": ["lvshape"], "sample_steps": 2, "checkpoint_every": 2}
+    straight = train(run_config(output=str(tmp_path / "straight"), max_steps=4, **samples))
+    out = tmp_path / "cut"
+    train(run_config(output=str(out), max_steps=2, **samples))
+    grid = out / "samples" / "cut-step000002.png"
+    grid.unlink()  # as a kill after the checkpoint of step 2, before its grid
+    capsys.readouterr()
+    resumed = train(run_config(output=str(out), max_steps=4, resume="auto", **samples))
+    assert f"step 2: samples {grid}" in capsys.readouterr().out and grid.is_file()
+    ours, theirs = load_file(str(straight.lora_path)), load_file(str(resumed.lora_path))
+    assert all(torch.equal(ours[key], theirs[key]) for key in ours)

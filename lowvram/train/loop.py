@@ -30,6 +30,7 @@ from lowvram.train.runlog import RunLog
 from lowvram.train.sampling import render_samples
 from lowvram.train.saving import (
     at_save_points,
+    grid_due_at_start,
     resume,
     sample_grid,
     save_final,
@@ -137,8 +138,8 @@ def run_training(session: Session) -> TrainResult:
               StopOnSignal() as signals, peaks.phase("training")):
             if position.smoothed_loss is not None and math.isfinite(position.smoothed_loss):  # (an older run saved nan)
                 progress.loss = position.smoothed_loss
-            if config.output.sample_at_first and position.step == 0:
-                sample_grid(session, trainee, prepared, log, 0)
+            if grid_due_at_start(session, schedule, position.step):
+                sample_grid(session, trainee, prepared, log, position.step)
             for step in range(position.step + 1, last_step + 1):
                 step_start = time.perf_counter()
                 if not schedule.trains_text_at(step) and not trainee.text_frozen:

@@ -152,6 +152,16 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
         save_checkpoint(session, trainee, dataset, position)
 
 
+def grid_due_at_start(session: Session, schedule: Schedule, step: int) -> bool:
+    """Whether the run draws a grid before its first step: the base model's (--sample-at-first), or a resumed
+    step's that a kill between its checkpoint and its grid left undrawn."""
+    if step == 0:
+        return session.config.output.sample_at_first
+    grid = session.out_dir / SAMPLES / f"{step_save(session.config.output_name, step)}.png"
+    every = schedule.sample_every
+    return bool(every) and is_save_point(every, step, schedule) and not grid.exists()
+
+
 def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step: int) -> None:
     """The sample prompts as the LoRA stands at `step` (0: the base model alone), one grid image, rendered by the
     main process, and said."""
