@@ -100,7 +100,11 @@ def auto_strategy(config, values: dict, vram: str | None):
 
     hardware = detect()
     if hardware.device != "cuda":
-        print("lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in fp32")
+        from lowvram.models.detect import detect_family
+
+        slow = "" if detect_family(config.model.model, config.model.model_family).full_size else (
+            " (a full-size model trains many times slower on a CPU than on a GPU: a Colab notebook needs a GPU runtime)")
+        print(f"lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in fp32{slow}")
         return config
     if vram:
         budget = parse_size(vram, "--vram")

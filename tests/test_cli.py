@@ -173,8 +173,15 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):
         pytest.skip("checks the CPU message")
     assert main(["train", "--auto", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output", str(tmp_path)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "no CUDA GPU, so nothing to plan" in out
+    assert "no CUDA GPU, so nothing to plan; training on the CPU in fp32" in out and "slower" not in out
     assert (tmp_path / f"{tmp_path.name}.safetensors").is_file()
+    # a full-size model (sd15, known offline by its name; not trained here): a CPU runtime by mistake
+    from lowvram.cli import auto_strategy
+    from lowvram.configure import build_config
+
+    auto_strategy(build_config({"model": "sd15", "data": "sample"}), {}, None)
+    assert ("training on the CPU in fp32 (a full-size model trains many times slower on a CPU than on a GPU: a Colab "
+            "notebook needs a GPU runtime)") in " ".join(capsys.readouterr().out.split())
     # the end says how long the steps took and where their figures are
     metrics = re.escape(str(tmp_path / "metrics.jsonl"))
     assert re.search(rf"trained to step 1 in 0:00:\d\d; each step's figures are in {metrics}", out)
