@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lowvram.cli_parser import PLAN_ONLY, build_parser
+from lowvram.cli_parser import build_parser
 from lowvram.config import (
     PLANNING_MODEL,
     fields_by_name,
@@ -28,7 +28,7 @@ from lowvram.configure import (
     with_preset_alpha,
     without_idle_kept_tags,
 )
-from lowvram.errors import LowvramError, TrainingInterrupted
+from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
 from lowvram.files import MAX_FILE_NAME, unwritable
 from lowvram.hardware import parse_size
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
@@ -39,12 +39,11 @@ PACKAGE = Path(__file__).resolve().parent  # lowvram's own files: one missing is
 
 def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
     import json
-    import shlex
 
     from rich.console import Console
 
     from lowvram.hardware import hardware_for
-    from lowvram.plan import plan_options
+    from lowvram.plan import fixed_choices, plan_options
     from lowvram.plan.report import choice_flags, plan_json, print_plan
 
     values = train_values(args)
@@ -60,27 +59,28 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
         buckets = ", ".join(f"{shape} x{n}" for shape, n in report.summary()["buckets"].items())
         console.print(f"dataset {report.root}: {len(report.usable)} usable images, {len(report.skipped)} skipped "
                       f"(details: lowvram check-data); buckets {buckets}")
-    line = ["lowvram", "train", *train_words(argv, values), *choice_flags(result.choice, values, config)] \
-        if result.choice else None
+    line = ["lowvram", "train", *train_words(argv, values, args.plan_only),
+            *choice_flags(result.choice, fixed_choices(values, config), config)] if result.choice else None
     if args.json:
         print(json.dumps({**plan_json(result), "train_command": line}, indent=2))
     else:
         print_plan(result, console)
         if line:  # one physical line, as typed: a wrapped one would paste as several commands
-            console.print(f"to train with {result.choice.strategy.label}: {shlex.join(line)}", soft_wrap=True, markup=False, highlight=False)
+            console.print(f"to train with {result.choice.strategy.label}: {shell_line(*line)}", soft_wrap=True,
+                          markup=False, highlight=False)
     return 0 if result.choice else 1
 
 
-def train_words(argv: list[str], values: dict) -> list[str]:
-    """`lowvram plan`'s words as train's: plan's own flags left out, placeholders for a model and a dataset it
-    assumed (train needs them named)."""
+def train_words(argv: list[str], values: dict, plan_only: dict[str, int]) -> list[str]:
+    """`lowvram plan`'s words as train's: plan's own flags (`plan_only`: each with the values it takes) left out,
+    placeholders for a model and a dataset it assumed (train needs them named)."""
     words, skip = [], 0
     for word in argv[argv.index("plan") + 1:]:
         if skip:
             skip -= 1
-        elif word in PLAN_ONLY:
-            skip = PLAN_ONLY[word]
-        elif word.split("=", 1)[0] not in PLAN_ONLY:
+        elif word in plan_only:
+            skip = plan_only[word]
+        elif word.split("=", 1)[0] not in plan_only:
             words.append(word)
     return ([] if "model" in values else ["--model", "MODEL"]) + ([] if "data" in values else ["--data", "DIR"]) \
         + words

@@ -142,9 +142,6 @@ def _port(text: str) -> int:
     return int(text)
 
 
-PLAN_ONLY = {"--profile": 1, "--vram": 1, "--ram": 1, "--json": 0}  # plan's own flags (values each takes): not train's
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lowvram", allow_abbrev=False, description="LoRA training for Stable Diffusion 1.5 and SDXL on small GPUs.")
     parser.add_argument("--version", action="version", version=f"lowvram {__version__}")
@@ -170,11 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "as train.")
     plan.add_argument("--config", type=Path, help="TOML config file, as for train")
     plan.add_argument("--preset", help="starting settings, as for train")
-    plan.add_argument("--profile", help="plan for a GPU profile (see lowvram doctor --profiles)")
-    plan.add_argument("--vram", metavar="SIZE", help="plan for a GPU with this much free VRAM (e.g. 6GB), taken to "
-                      "have bf16 (Ampere or newer; --mixed-precision fp16 plans for an older card)")
-    plan.add_argument("--ram", metavar="SIZE", help="host RAM to plan for (e.g. 12GB; default: this machine's)")
-    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    own = [  # plan's own flags, which its printed train command leaves out (train's --vram needs --auto)
+        plan.add_argument("--profile", help="plan for a GPU profile (see lowvram doctor --profiles)"),
+        plan.add_argument("--vram", metavar="SIZE", help="plan for a GPU with this much free VRAM (e.g. 6GB), taken "
+                          "to have bf16 (Ampere or newer; --mixed-precision fp16 plans for an older card)"),
+        plan.add_argument("--ram", metavar="SIZE", help="host RAM to plan for (e.g. 12GB; default: this machine's)"),
+        plan.add_argument("--json", action="store_true", help="print the plan as JSON")]
+    plan.set_defaults(plan_only={flag: 0 if action.nargs == 0 else 1 for action in own
+                                 for flag in action.option_strings})
     _add_config_flags(plan)
 
     doc = sub.add_parser("doctor", allow_abbrev=False, help="what this machine can do",

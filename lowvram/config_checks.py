@@ -136,8 +136,8 @@ def _file_problems(c: RunConfig) -> list[str]:
             if why:
                 p.append(f"--base-weights: {path}: {why}")
     weights = c.network.network_weights
-    if weights and not c.training.resume and Path(weights).is_file() and Path(weights).suffix.lower() not in \
-            PICKLE_SUFFIXES:  # (a pickle is refused above, unread)
+    readable = weights and Path(weights).is_file() and Path(weights).suffix.lower() not in PICKLE_SUFFIXES
+    if readable and c.training.resume in (None, "auto"):  # (auto: a new run where nothing is there to continue)
         p += filter(None, [network_weights_problem(c.network)])
     if c.training.resume and c.training.resume != "auto" and not (Path(c.training.resume) / "state.json").is_file():
         found = "not a lowvram checkpoint folder (no state.json)" if Path(c.training.resume).exists() else "not found"

@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
     from lowvram.models.loading import LoadedModel
 
-# what a single file carries to be sampled as its fused LoRAs were trained (keys ComfyUI reads)
-SCHEDULE_MARKERS = {"v-prediction": "v_pred", "zero terminal SNR": "ztsnr"}
 # a single file's dtype as its header names it
 HEADER_DTYPES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32"}
 
@@ -49,7 +47,7 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     from lowvram.adapters.lora_files import load_kohya
     from lowvram.adapters.networks import fuse_adapters
     from lowvram.models.detect import detect_family
-    from lowvram.models.loading import follow_lora_schedule, load_model
+    from lowvram.models.loading import SCHEDULE_MARKERS, follow_lora_schedule, load_model
     from lowvram.precision import DTYPES
 
     detect_family(model_name, family)  # a broken or foreign file: its one line, before its header is read

@@ -169,3 +169,11 @@ def test_another_trainers_file_says_its_network_by_its_layers_and_its_bf16_alpha
     save_file(tensors, str(tmp_path / "kohya.safetensors"), {"ss_network_module": "networks.lora"})
     assert network_options(tmp_path / "kohya.safetensors") == {
         "network": "lora", "rank": 4, "alpha": 7.3125, "lora_layers": "attn-mlp", "train_text_encoder": False}
+
+
+def test_resume_auto_in_a_new_folder_checks_the_network_weights_file_as_a_new_run_does(tmp_path):
+    """--resume auto where nothing is there to continue starts a new run from the file: a rank it does not hold is
+    refused by the config check, not after the scan, the model and the caches."""
+    lora = train(run_config(output=str(tmp_path / "first"), max_steps=1)).lora_path
+    with pytest.raises(LowvramError, match="was trained with rank 4 and alpha"):
+        run_config(network_weights=str(lora), rank=8, resume="auto", output=str(tmp_path / "new"))

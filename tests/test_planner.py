@@ -4,7 +4,6 @@ never one that doesn't, keeps explicit choices, and says what would fit when not
 import dataclasses
 import json
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from conftest import run_config
 from safetensors.torch import save_file
 
 from lowvram.configure import build_config
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, shell_line
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.hardware import hardware_for, load_profile
 from lowvram.models import FAMILIES
@@ -659,6 +658,7 @@ def test_a_captioner_is_planned_per_image_of_its_batch_against_the_free_memory()
 @pytest.mark.parametrize("argv", [
     ["--profile", "colab-t4", "--resolution", "768"],
     ["--model-family", "sdxl", "--vram=5GB", "--optimizer", "adamw8bit", "--ram", "32GB"],
+    ["--model-family", "sdxl", "--vram", "6GB", "--unet-weights", "auto"],  # auto: the planner's to choose
 ])
 def test_plan_prints_the_train_line_that_runs_its_choice(argv, tmp_path):
     """`plan` ends with a train command to paste: the user's options, plan's own (--profile, --vram, --ram, --json)
@@ -670,7 +670,7 @@ def test_plan_prints_the_train_line_that_runs_its_choice(argv, tmp_path):
     line = planned["train_command"]
     assert line[:2] == ["lowvram", "train"] and not {"--profile", "--ram", "--json"} & set(line), line
     assert not any(word.startswith("--vram") for word in line), line
-    given = [word.replace("MODEL", "sd15").replace("DIR", "sample") for word in line[2:]]
+    given = [{"MODEL": "sd15", "DIR": "sample"}.get(word, word) for word in line[2:]]
     config = build_config(train_values(build_parser().parse_args(["train", *given])))
     choice = planned["choice"]["strategy"]
     assert (config.memory.unet_weights, config.memory.gradient_checkpointing, config.memory.checkpoint_blocks,
@@ -680,7 +680,7 @@ def test_plan_prints_the_train_line_that_runs_its_choice(argv, tmp_path):
     assert line.count("--optimizer") == 1 and config.model.model_family in (None, "sdxl")
     shown, _ = lowvram("plan", *argv)
     assert shown.stdout.splitlines()[-1] == f"to train with {shown.stdout.split('chose ')[1].split(':')[0]}: " \
-                                            f"{shlex.join(line)}"
+                                            f"{shell_line(*line)}"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="plans for the GPU present")

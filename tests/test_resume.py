@@ -159,7 +159,14 @@ def test_resume_auto_without_a_checkpoint_starts_the_run_and_says_so(tmp_path, c
     train(run_config(output=str(out), max_steps=2, resume="latest"))  # the diffusers scripts' word
     assert "resumed from" in capsys.readouterr().out
     (out / "checkpoints").rename(tmp_path / "gone")  # the LoRA without its checkpoints: nothing to continue from
-    with pytest.raises(LowvramError, match="--resume auto: no checkpoint in"):
+    with pytest.raises(LowvramError) as error:
+        train(run_config(output=str(out), max_steps=2, resume="auto"))
+    assert str(error.value) == (
+        f"--resume auto: {out} holds my run.safetensors but no checkpoint to continue from (a full disk, or a kill "
+        f"before one was written): train on from it with --network-weights '{out / 'my run.safetensors'}' and "
+        f"another --output, or start over with --overwrite (its files move to {out / 'archive'}/)")
+    (out / "my run.safetensors").rename(out / "my run-step000001.safetensors")  # a step's save alone: the same
+    with pytest.raises(LowvramError, match="holds my run-step000001.safetensors but no checkpoint to continue from"):
         train(run_config(output=str(out), max_steps=2, resume="auto"))
 
 

@@ -348,8 +348,11 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     assert not any("caption file(s)" in note for note in report.folder_notes)  # each caption has its image
     (tmp_path / "10_sks dog" / "b.png").rename(tmp_path / "10_sks dog" / "b2.png")  # renamed away from its caption
     (tmp_path / "10_sks dog" / "b.txt").write_text("b's caption")
+    (tmp_path / "README.txt").write_text("where these came from")  # beside captioned images only: no caption
+    notes = scan_dataset(tmp_path, TINY, options).folder_notes
     assert "1 caption file(s) in 10_sks dog/ without an image of the same name, read by none: b.txt (an image " \
-           "renamed?)" in scan_dataset(tmp_path, TINY, options).folder_notes
+           "renamed?)" in notes and not any("README" in note for note in notes)
+    (tmp_path / "README.txt").unlink()
     (tmp_path / "10_sks dog" / "b2.png").rename(tmp_path / "10_sks dog" / "b.png")
     (tmp_path / "10_sks dog" / "b.txt").unlink()
     # kohya reads only the N_name folders: the top-level image trains here, and the scan says so

@@ -577,6 +577,11 @@ def test_accelerate_launchs_mixed_precision_is_said_not_to_be_used(tmp_path, cap
     train(run_config(output=str(tmp_path / "a"), max_steps=1))
     assert ("accelerate's mixed precision bf16 is not used: lowvram picks fp32 for CPU (--mixed-precision bf16 "
             "trains in it)") in capsys.readouterr().out
+    for launched in ("fp16", "fp8"):  # no flag named that would be refused here (fp16 on a CPU; fp8 is no choice)
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
+        train(run_config(output=str(tmp_path / launched), max_steps=1))
+        assert (f"accelerate's mixed precision {launched} is not used: lowvram picks fp32 for CPU\n"
+                in capsys.readouterr().out)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # the same as lowvram's: nothing to say
     train(run_config(output=str(tmp_path / "b"), max_steps=1))
     assert "accelerate's" not in capsys.readouterr().out

@@ -465,8 +465,11 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
         if orphans:
             notes.append(f"ignored {len(orphans)} mask file(s) in {where or './'} without an image of the same name: "
                          f"{', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}")
-        # an image renamed away from its caption, a common slip: that caption is read by no image
-        lone = [p.name for p in captions if p.stem not in stems] if stems and image_folder.captions is None else []
+        # an image renamed away from its caption, a common slip: a caption read by no image beside an image without
+        # one, where the others pair (a README.txt in a captioned folder, or in one of template captions, is none)
+        paired = {p.stem for p in captions} & stems
+        lone = [p.name for p in captions if p.stem not in stems] if paired and stems - paired and \
+            image_folder.captions is None else []
         if lone:
             notes.append(f"{len(lone)} caption file(s) in {where or './'} without an image of the same name, read by "
                          f"none: {', '.join(lone[:5])}{' ...' if len(lone) > 5 else ''} (an image renamed?)")

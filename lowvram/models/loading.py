@@ -33,6 +33,9 @@ from lowvram.models.detect import (
 )
 from lowvram.models.families import DEFAULT_READING, FAMILIES, ModelFamily, family_for_pipeline
 
+# a single file's keys that say how it samples, what ComfyUI reads (NoobAI-XL V-Pred carries both), by the change
+# follow_lora_schedule names
+SCHEDULE_MARKERS = {"v-prediction": "v_pred", "zero terminal SNR": "ztsnr"}
 RANDOM_INIT_SEED = 0  # `--model tiny` is one fixed model, so a LoRA trained on it loads on it again later
 
 
@@ -205,10 +208,10 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        markers = set(handle.keys()) & {"v_pred", "ztsnr"}  # what ComfyUI reads: NoobAI-XL V-Pred carries both
-    if "v_pred" in markers:
+        markers = set(handle.keys()) & set(SCHEDULE_MARKERS.values())
+    if SCHEDULE_MARKERS["v-prediction"] in markers:
         pipeline.scheduler.register_to_config(prediction_type="v_prediction")
-    if "ztsnr" in markers:
+    if SCHEDULE_MARKERS["zero terminal SNR"] in markers:
         pipeline.scheduler = zero_terminal_snr_sampler(pipeline.scheduler)
     return LoadedModel(family, pipeline, str(path), path.name, file_short_hash(path))
 

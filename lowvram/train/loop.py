@@ -212,7 +212,8 @@ def draw(session: Session, batches, count: int) -> tuple[int, int, bool, list]:
 
 def stopped_after_the_last_step(lora_path: Path, samples: bool) -> TrainingInterrupted:
     """Said where a Ctrl-C stops a run whose LoRA is written: `samples`, whether it had samples left to draw."""
-    left = f", its samples are not all drawn (lowvram generate --lora {lora_path} draws some)" if samples else ""
+    left = f", its samples are not all drawn ({shell_line('lowvram', 'generate', '--lora', lora_path)} draws some)" \
+        if samples else ""
     return TrainingInterrupted(f"interrupted after the last step: {lora_path} is saved{left}")
 
 
@@ -237,7 +238,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself
         free_cached_memory(session.device)
         session.console.print(f"[yellow]out of memory drawing the samples after the last step[/]; {lora_path} is "
-                              f"saved, and lowvram generate --lora {lora_path} draws them", soft_wrap=True)
+                              f"saved, and {shell_line('lowvram', 'generate', '--lora', lora_path)} draws them",
+                              soft_wrap=True)
         samples = []
     session.console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
                           soft_wrap=True)

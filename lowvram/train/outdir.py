@@ -114,9 +114,15 @@ def nothing_to_resume(config):
     scripts' `--resume_from_checkpoint latest` does: one command serves a notebook cell's first start and its rerun
     after a disconnect. The config to run, and the line that says so (None: as given)."""
     folder = config.output_dir
-    if config.training.resume != "auto" or (folder / final_lora(config.output_name)).exists() or \
-            checkpoint.complete(checkpoint.checkpoint_root(folder)):
+    if config.training.resume != "auto" or checkpoint.complete(checkpoint.checkpoint_root(folder)):
         return config, None
+    saves = sorted(_earlier_loras(folder, read_record(folder)), key=lambda path: path.stat().st_mtime)
+    lora = folder / final_lora(config.output_name)
+    if lora.exists() or saves:  # an earlier run's LoRA whose checkpoint a full disk or a kill took: not continued
+        newest = lora if lora.exists() else saves[-1]
+        raise LowvramError(f"--resume auto: {folder} holds {newest.name} but no checkpoint to continue from (a full "
+                           f"disk, or a kill before one was written): {train_on_from(newest)}, or start over with "
+                           f"--overwrite (its files move to {folder / ARCHIVE}/)")
     new = dataclasses.replace(config, training=dataclasses.replace(config.training, resume=None))
     return new, f"--resume auto: no checkpoint in {folder} yet, so the run starts from the beginning"
 

@@ -9,7 +9,7 @@ import bisect
 import math
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +29,7 @@ from lowvram.compiling import (
     replaying_count,
     uses_cuda_graphs,
 )
-from lowvram.config import DEFAULT_EPOCHS, ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
+from lowvram.config import DEFAULT_EPOCHS, MIXED_PRECISION, ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
 from lowvram.data.check import scan
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData, prepare_training_data
@@ -38,7 +38,7 @@ from lowvram.data.scan import ScanReport
 from lowvram.dataset_files import has_regularization_subsets
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
-from lowvram.hardware import detect, precision_trouble
+from lowvram.hardware import detect, precision_trouble, resolve_mixed_precision
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import (
@@ -222,9 +222,14 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     # `accelerate launch --mixed_precision` (or its config file) sets this; the diffusers scripts train in it
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if launched and launched != run.mixed_precision and config.training.mixed_precision == "auto":
+        instead = ""
+        if launched in MIXED_PRECISION:  # the flag named only where it runs here (fp16 needs a GPU; fp8 is no choice)
+            with suppress(LowvramError):
+                resolve_mixed_precision(launched, run.hardware)
+                instead = f" (--mixed-precision {launched} trains in it)"
         session.console.print(f"accelerate's mixed precision {launched} is not used: lowvram picks "
-                              f"{NATIVE_FORMAT[run.mixed_precision]} for {run.hardware.name} (--mixed-precision "
-                              f"{launched} trains in it)", soft_wrap=True, highlight=False)
+                              f"{NATIVE_FORMAT[run.mixed_precision]} for {run.hardware.name}{instead}", soft_wrap=True,
+                              highlight=False)
     return session
 
 
