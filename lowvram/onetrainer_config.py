@@ -40,7 +40,7 @@ NETWORKS = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}
 # what OneTrainer keeps beside the training itself, or for model types and methods lowvram does not train
 INERT = {
     "__version", "debug_mode", "debug_dir", "workspace_dir", "cache_dir", "tensorboard", "tensorboard_expose",
-    "tensorboard_always_on", "tensorboard_port", "continue_last_backup", "prevent_overwrites", "include_train_config",
+    "tensorboard_always_on", "tensorboard_port", "prevent_overwrites", "include_train_config",
     "multi_gpu", "device_indexes", "gradient_reduce_precision", "fused_gradient_reduce", "async_gradient_reduce",
     "async_gradient_reduce_buffer", "output_model_format", "enable_async_offloading", "force_circular_padding",
     "latent_caching", "clear_cache_before_training", "dataloader_threads", "train_device", "temp_device",
@@ -69,6 +69,7 @@ RENAMED = {"lora_layers": "layer_filter", "lora_layer_preset": "layer_filter_pre
 # settings read below, each by its own rule
 READ = {
     "training_method", "model_type", "base_model_name", "output_dtype", "output_model_destination",
+    "continue_last_backup",
     "gradient_checkpointing", "compile",
     "concept_file_name", "concepts", "aspect_ratio_bucketing", "learning_rate_scheduler", "learning_rate",
     "learning_rate_warmup_steps", "learning_rate_cycles", "learning_rate_min_factor", "epochs", "batch_size",
@@ -307,6 +308,8 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     # OneTrainer logs every run to TensorBoard (its `tensorboard` switch starts the viewer): so does lowvram,
     # where TensorBoard is installed
     values: dict[str, Any] = {"tensorboard": True} if importlib.util.find_spec("tensorboard") else {}
+    if doc.get("continue_last_backup") is True:  # its newest backup, else a new start: --resume auto's two ways
+        values["resume"] = "auto"
     destination = doc.get("output_model_destination")
     if destination and os.name != "nt" and PureWindowsPath(str(destination)).drive:  # saved on Windows, read here
         values["name"] = PureWindowsPath(str(destination)).stem

@@ -306,6 +306,14 @@ def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetraine
                    for note in translate_onetrainer(preset, path)[1])
 
 
+def test_continue_last_backup_is_resume_auto(tmp_path):
+    """OneTrainer's continue_last_backup goes on from its newest backup, else starts: --resume auto does both."""
+    path = onetrainer_folder(tmp_path / "OneTrainer")
+    values, _ = translate_onetrainer({**CONFIG, "continue_last_backup": True}, path)
+    assert values["resume"] == "auto" and build_config(values | {"model": "tiny"}).training.resume == "auto"
+    assert "resume" not in translate_onetrainer({**CONFIG, "continue_last_backup": False}, path)[0]
+
+
 @pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
 @pytest.mark.parametrize("destination", ["C:\\Users\\me\\OneTrainer\\models\\ohwx.safetensors",
                                          "C:/Users/me/OneTrainer/models/ohwx.safetensors"])
