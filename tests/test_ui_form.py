@@ -305,6 +305,21 @@ def test_the_plan_panel_tells_unverified_from_too_big():
     assert t4["fits"] and "fits: chose fp16 adamw: no GPU result shows fp16 training yet" in render(t4)
     tiny = plan_for({"model": "sdxl"}, "gtx-1650-4gb", "")
     assert not any(c["fits"] for c in tiny["candidates"]) and "&mdash; does not fit" in render(tiny)
+    small_card = plan_for({"model": "sd15"}, "gtx-1650-4gb", "")  # its pick is slower than six that do not fit
+    picked = small_card["choice"]
+    assert small_card["candidates"].index(picked) >= 6
+    assert render(small_card).split("<table")[1].count(f"<td>{_strategy(picked['strategy'])}</td>") == 1
+
+
+def test_auto_runs_within_the_card_the_plan_shows():
+    """--auto with a card profile chosen planned for the GPU present, not the card the Setup tab showed: the run is
+    held to the profile's budget, as to a typed one."""
+    from lowvram.hardware import load_profile, parse_size
+    from lowvram.ui.planview import BUDGET, THIS_GPU, run_budget
+
+    profile = load_profile("gtx-1650-4gb")
+    assert abs(parse_size(run_budget("gtx-1650-4gb", ""), "--vram") - profile.free_vram) < 2**20
+    assert (run_budget(BUDGET, "6GB"), run_budget(THIS_GPU, "")) == ("6GB", "")
 
 
 def test_two_uis_keep_their_own_run_config_and_log(tmp_path):

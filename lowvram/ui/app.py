@@ -27,7 +27,7 @@ from lowvram.resolve import UI_FILES
 from lowvram.run_files import CHECKPOINTS
 from lowvram.ui import dataset as data_panel
 from lowvram.ui.form import FormField, form_fields, form_values, option_fields, option_values, toml_text
-from lowvram.ui.planview import BUDGET, CSS, THIS_GPU, card_choices, plan_for, render
+from lowvram.ui.planview import BUDGET, CSS, THIS_GPU, card_choices, plan_for, render, run_budget
 from lowvram.ui.runs import TrainingProcess, lowvram_command, outputs_of, progress_line, read_metrics
 from lowvram.ui.runs import render as render_image
 
@@ -243,7 +243,7 @@ def build_app(cache_dir: Path, port: int | None = None):
                 if resume and not any((output / CHECKPOINTS).glob("step-*")):
                     raise LowvramError(f"nothing to resume: no checkpoint in {output / 'checkpoints'} yet; "
                                        "press Start")
-                vram = (budget_text if card_name == BUDGET else "") if use_auto else None
+                vram = run_budget(card_name, budget_text) if use_auto else None
                 return training.start(text, ui_dir, output, resume=resume, auto_vram=vram)
             except LowvramError as exc:
                 return _message(exc)

@@ -27,6 +27,14 @@ def card_hardware(card: str, budget: str) -> Hardware:
     return hardware_for(card, None, None)
 
 
+def run_budget(card: str, budget: str) -> str:
+    """`--auto --vram`'s words for the card the plan shows: a profile's or a typed budget (the run then plans for,
+    and keeps within, what the Setup tab planned for); none for this machine's GPU."""
+    if card == THIS_GPU:
+        return ""
+    return budget if card == BUDGET else f"{card_hardware(card, budget).free_vram // 2**20}MB"
+
+
 def _no_budget() -> Hardware:
     raise LowvramError("--vram: type a budget such as 6GB")
 
@@ -64,12 +72,13 @@ def render(plan: dict) -> str:
     else:
         head += "<p id='plan-verdict' class='lv-good'>fits: the planner would train with this</p>"
     bars = "".join(_bar(name, peak, budget, top) for name, peak in phases.items())
+    listed = (plan["candidates"] if plan["fits"] else  # nothing fits: the leanest first
+              sorted(plan["candidates"], key=lambda c: c["peak_vram_bytes"]))[:CANDIDATES_SHOWN]
+    listed += [] if shown in listed else [shown]  # the pick drawn above is in the table too, past the fastest
     rows = "".join(
         f"<tr><td>{_strategy(c['strategy'])}</td><td>{gib(c['peak_vram_bytes'])}</td>"
         f"<td>{'yes' if c['fits'] else 'no'}</td><td>{c['relative_step_time']:.2f}x</td>"
-        f"<td>{'yes' if c['verified_on_gpu'] else 'not yet'}</td></tr>"
-        for c in (plan["candidates"] if plan["fits"] else  # nothing fits: the leanest first
-                  sorted(plan["candidates"], key=lambda c: c["peak_vram_bytes"]))[:CANDIDATES_SHOWN])
+        f"<td>{'yes' if c['verified_on_gpu'] else 'not yet'}</td></tr>" for c in listed)
     table = ("<table class='lv-candidates'><tr><th>strategy</th><th>peak GiB</th><th>fits</th><th>step time</th>"
              f"<th>seen on a GPU</th></tr>{rows}</table>")
     return f"<div id='plan-view'>{head}<div class='lv-bars'>{bars}</div>{table}</div>"
