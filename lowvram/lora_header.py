@@ -14,6 +14,7 @@ from typing import Any
 
 from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import fields_by_name, flag_name
+from lowvram.errors import shell_line
 
 # where a layer's rank is: the inner side of its low-rank pair
 RANK_AXES = (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1))
@@ -89,6 +90,27 @@ FILE_NETWORK_OPTIONS = ("network", "rank", "alpha", "conv_rank", "conv_alpha", "
                         "lokr_factor")
 
 
+def layer_ranks(path: Path, tensors: dict[str, dict], start: int
+                ) -> tuple[dict[str, dict[str, dict]], tuple[list[tuple[int, float]], list[tuple[int, float]]]]:
+    """The file's layers (base name -> suffix -> header entry), and the (rank, alpha) of each: the 3x3
+    convolutions' apart from the rest."""
+    layers: dict[str, dict[str, dict]] = {}
+    for name, entry in tensors.items():
+        base, _, suffix = name.partition(".")
+        layers.setdefault(base, {})[suffix] = entry
+    plain, spatial = [], []
+    with open(path, "rb") as f:
+        for own in layers.values():
+            rank = next((own[key]["shape"][axis] for key, axis in RANK_AXES if key in own), None)
+            if rank is None:
+                continue
+            alpha = _scalar(f, own["alpha"], start) if "alpha" in own and own["alpha"]["dtype"] in (
+                *SCALARS, "BF16") else float(rank)
+            down = own.get("lora_down.weight") or own.get("hada_w1_b") or {"shape": []}
+            (spatial if len(down["shape"]) == 4 and down["shape"][-1] > 1 else plain).append((rank, alpha))
+    return layers, (plain, spatial)
+
+
 def network_options(path: Path) -> dict[str, Any]:
     """The network options the file implies (network, rank, alpha, conv_rank, conv_alpha, lora_layers,
     train_text_encoder, lokr_factor); {} for a file of no kohya/LyCORIS layers. Ranks and alphas are the most
@@ -101,20 +123,7 @@ def network_options(path: Path) -> dict[str, Any]:
                    None)
     if network is None:
         return {}
-    layers: dict[str, dict[str, dict]] = {}
-    for name, entry in tensors.items():
-        base, _, suffix = name.partition(".")
-        layers.setdefault(base, {})[suffix] = entry
-    plain, spatial = [], []  # (rank, alpha) of each layer: the 3x3 convolutions apart
-    with open(path, "rb") as f:
-        for own in layers.values():
-            rank = next((own[key]["shape"][axis] for key, axis in RANK_AXES if key in own), None)
-            if rank is None:
-                continue
-            alpha = _scalar(f, own["alpha"], start) if "alpha" in own and own["alpha"]["dtype"] in (
-                *SCALARS, "BF16") else float(rank)
-            down = own.get("lora_down.weight") or own.get("hada_w1_b") or {"shape": []}
-            (spatial if len(down["shape"]) == 4 and down["shape"][-1] > 1 else plain).append((rank, alpha))
+    layers, (plain, spatial) = layer_ranks(path, tensors, start)
     values: dict[str, Any] = {"network": network}
     if plain or spatial:  # (a LoKr of whole Kronecker factors has no rank)
         rank, alpha = Counter(plain or spatial).most_common(1)[0][0]
@@ -213,6 +222,14 @@ def network_weights_problem(network) -> str | None:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
     if any(getattr(network, name) is not None for name in BLOCK_OPTIONS):
         return None
+    _, tensors, start = read_header(Path(path))
+    kinds = layer_ranks(Path(path), tensors, start)[1]  # the linear layers' and the 3x3 convolutions'
+    if any(len({rank for rank, _ in kind}) > 1 for kind in kinds):
+        ranks = sorted({rank for kind in kinds for rank, _ in kind})
+        return (f"{flag} holds layers of several ranks ({', '.join(map(str, ranks))}), as a --dynamic resize "
+                "or a merge writes them, and lowvram trains on from one rank per block only: train on from the "
+                "file it was made from, or fuse it into the model (lowvram merge --model MODEL "
+                f"{shell_line(path)} --output fused.safetensors) and train a new LoRA on that")
     pairs = [("", "rank", "alpha", (network.rank, network.resolved_alpha))]
     if network.lora_layers == "full":
         pairs.append(("3x3 convolutions of ", "conv_rank", "conv_alpha", network.conv_rank_alpha))

@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lowvram.cli import main
+from lowvram.errors import LowvramError
 from lowvram.models.loading import load_model
 from lowvram.resize import kept_rank, resize_pair
 from lowvram.train.loop import train
@@ -95,6 +96,14 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
                  "--output", str(ratio)]) == 0
     assert {t.shape[0] for k, t in load_file(str(ratio)).items() if k.endswith("lora_down.weight")} <= set(range(1, 9))
     assert_read_alike_by_diffusers_and_lowvram(dynamic)  # layers of differing rank, and of one alpha
+    # trained on from, its ranks were asked for one after another, in a loop: refused naming the resize that fixes it
+    with pytest.raises(LowvramError) as error:
+        run_config(network_weights=str(dynamic))
+    assert str(error.value) == (
+        f"--network-weights: {dynamic} holds layers of several ranks ({', '.join(map(str, sorted(ranks)))}), as a "
+        "--dynamic resize or a merge writes them, and lowvram trains on from one rank per block only: train on from "
+        f"the file it was made from, or fuse it into the model (lowvram merge --model MODEL {dynamic} --output "
+        "fused.safetensors) and train a new LoRA on that")
     fixed = tmp_path / "fixed.safetensors"  # a fixed rank keeps each kind's alpha: it continues training as it was
     assert main(["resize", str(trained), "--rank", "4", "--conv-rank", "2", "--output", str(fixed)]) == 0
     assert {float(t) for k, t in load_file(str(fixed)).items() if k.endswith(".alpha")} == {2.0, 1.0}
