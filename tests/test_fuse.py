@@ -96,6 +96,11 @@ def test_a_diffusers_folder_is_merged_into_a_folder_or_a_single_file(setup, tmp_
     assert not list(tmp_path.glob(".*partial"))
     assert main(["merge", str(lora), "--model", str(folder), "--output", str(tmp_path / "merged"),
                  "--overwrite"]) == 0  # a model folder it wrote: replaced
+    from safetensors import safe_open
+
+    for part in ("unet", "vae"):  # an fp32 folder stays fp32 (it was written in fp16, the VAE too), as kohya's does
+        with safe_open(str(next((tmp_path / "merged" / part).glob("*.safetensors"))), framework="pt") as handle:
+            assert {handle.get_slice(key).get_dtype() for key in handle.keys()} == {"F32"}, part  # noqa: SIM118
 
 
 def test_save_precision_casts_the_whole_checkpoint(setup, tmp_path):
