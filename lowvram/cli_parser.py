@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import difflib
 import re
+import sys
 import typing
 from pathlib import Path
 
@@ -36,8 +37,19 @@ class _Parser(argparse.ArgumentParser):
         # misses exponents and sizes
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?([KMGT]i?B?)?$", re.IGNORECASE)
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)  # for error(): another tool's flags among them
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
-        if "unrecognized arguments:" in message:
+        if message.startswith("the following arguments are required"):  # (a kohya command: its names answered too)
+            from lowvram.kohya_names import kohya_hint
+
+            flags = [o for a in self._actions for o in a.option_strings]
+            hints = [kohya_hint(word, self.prog.split()[-1], flags) for word in getattr(self, "_given", ())
+                     if word.startswith("--")]
+            message += "".join(f"; {hint}" for hint in hints if hint)
+        elif "unrecognized arguments:" in message:
             from lowvram.kohya_names import is_other_tools_flag, kohya_hint
 
             words = message.split(":", 1)[1].split()

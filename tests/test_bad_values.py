@@ -379,3 +379,11 @@ def test_a_model_the_hub_cannot_give_is_one_line_without_the_hubs_advice(tmp_pat
             "(the hub could not be reached, and the model is not in the local cache); pass a local .safetensors file "
             "or diffusers folder")
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [said]
+
+
+def test_a_kohya_command_missing_lowvrams_required_flags_is_answered_in_kohyas_names(capsys):
+    """argparse stops at the required flags first: kohya's names for them were answered only once those were given."""
+    assert one_line(capsys, ["resize", "x.safetensors", "--new_rank", "4", "--save_to", "y.safetensors"]) == (
+        "lowvram resize: error: the following arguments are required: --rank; --new_rank is from kohya's "
+        "resize_lora.py; lowvram resize's is --rank; --save_to is from kohya's resize_lora.py; lowvram resize's is "
+        "--output (see lowvram resize --help)")
