@@ -100,7 +100,9 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
         new_down, new_up, share = resize_pair(down, up, limit, dynamic, param)
         new = new_down.shape[0]
         written |= {f"{base}.lora_down.weight": new_down.to(dtype), f"{base}.lora_up.weight": new_up.to(dtype),
-                    f"{base}.alpha": torch.tensor(alpha / old * new, dtype=own.get("alpha", down).dtype)}
+                    # --save-precision casts every tensor, as kohya's does; else each keeps the file's dtype
+                    f"{base}.alpha": torch.tensor(alpha / old * new, dtype=dtype if precision else own.get(
+                        "alpha", down).dtype)}
         before.append(old)
         after.append(new)
         kept.append(share)

@@ -77,6 +77,7 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
     same = tmp_path / "same.safetensors"
     assert main(["resize", str(trained), "--rank", "8", "--output", str(same), "--save-precision", "fp32"]) == 0
     assert "rank 8 -> 8" in capsys.readouterr().out.replace("\n", " ")
+    assert {tensor.dtype for tensor in load_file(str(same)).values()} == {torch.float32}  # the alphas too
     assert main(["resize", str(trained), "--rank", "16", "--output", str(tmp_path / "x.safetensors")]) == 0
     assert "nothing was cut: each layer was at that rank or below already" in capsys.readouterr().out
     argv = ["generate", "--model", "tiny", "--prompt", "lvshape, a red circle", "--steps", "3", "--seed", "1"]
