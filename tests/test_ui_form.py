@@ -571,3 +571,20 @@ def test_the_caption_editor_edits_the_file_each_kohya_subset_reads(tmp_path, mon
         data_panel.save_caption(root, relpath, "edited", tmp_path / "kept", None, extension)
         assert (root / relpath).with_suffix(extension).read_text() == "edited\n"
     assert (root / "alpha" / "a.txt").read_text() == (root / "beta" / "a.caption").read_text() == "not read\n"
+
+
+def test_a_loaded_configs_notes_reach_the_page(tmp_path, sample_data):
+    """What reading another trainer's config says (read as what, what it leaves to lowvram) was printed in the
+    terminal running `lowvram ui`, which a GUI user does not watch: the page shows it beside "loaded"."""
+    import json
+
+    from lowvram.ui.form import read_for_form
+
+    config = tmp_path / "ot.json"
+    config.write_text(json.dumps({"__version": 9, "training_method": "LORA", "model_type": "STABLE_DIFFUSION_15",
+                                  "base_model_name": "tiny", "resolution": "64",
+                                  "concepts": [{"name": "shapes", "path": str(sample_data)}]}))
+    values, notes = read_for_form(config)
+    assert values["model"] == "tiny"
+    assert notes[0] == f"{config}: read as a OneTrainer config"
+    assert any("left to lowvram's planner" in note for note in notes), notes

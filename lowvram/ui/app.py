@@ -20,13 +20,21 @@ from typing import Any
 
 from lowvram.caption import CaptionConfig
 from lowvram.config import SECTIONS
-from lowvram.configure import list_presets, preset_path, read_config, read_toml, without_idle_kept_tags
+from lowvram.configure import list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import write_text
 from lowvram.resolve import UI_FILES
 from lowvram.run_files import CHECKPOINTS
 from lowvram.ui import dataset as data_panel
-from lowvram.ui.form import FormField, form_fields, form_values, option_fields, option_values, toml_text
+from lowvram.ui.form import (
+    FormField,
+    form_fields,
+    form_values,
+    option_fields,
+    option_values,
+    read_for_form,
+    toml_text,
+)
 from lowvram.ui.planview import BUDGET, CSS, THIS_GPU, card_choices, plan_for, render, run_budget
 from lowvram.ui.runs import TrainingProcess, lowvram_command, outputs_of, progress_line, read_metrics
 from lowvram.ui.runs import render as render_image
@@ -158,7 +166,8 @@ def build_app(cache_dir: Path, port: int | None = None):
 
         def load_config(path):
             try:
-                return fill(without_idle_kept_tags(read_config(Path(path).expanduser())), path)
+                values, notes = read_for_form(Path(path).expanduser())
+                return fill(values, path + "".join(f"\n\n{note}" for note in notes))
             except LowvramError as exc:
                 return [gr.skip()] * len(inputs) + [_message(exc)]
 

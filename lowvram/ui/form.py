@@ -4,13 +4,16 @@ form's values, option values and `.toml` files."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from lowvram.config import fields_by_name, flag_name
-from lowvram.configure import build_config, with_dataset_settings
+from lowvram.configure import build_config, read_config, with_dataset_settings, without_idle_kept_tags
 from lowvram.errors import LowvramError
 from lowvram.lora_header import with_network_weights
 
@@ -113,3 +116,12 @@ def toml_text(values: dict[str, Any]) -> str:
     import tomli_w
 
     return tomli_w.dumps(build_config(values).to_toml_dict())
+
+
+def read_for_form(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """A config's option values for the form, and the notes reading it printed (what another trainer's config
+    leaves out or reads otherwise), which the page shows: a GUI user does not watch the terminal."""
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        values = without_idle_kept_tags(read_config(path))
+    return values, said.getvalue().splitlines()
