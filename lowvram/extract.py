@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class Extracted:
     path: Path
     layers: int
-    text_encoders: list[str]  # the text encoders extracted (the others did not change)
+    text_encoders: list[str]  # the text encoders extracted (the others changed by --min-diff or less)
     kept: list[float]  # each layer's share of its change's Frobenius norm kept
 
 
@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> Extracted:
 
 
 def summary(result: Extracted) -> str:
-    encoders = f" and {', '.join(result.text_encoders)}" if result.text_encoders else " (the text encoders unchanged)"
+    encoders = f" and {', '.join(result.text_encoders)}" if result.text_encoders else (
+        " (the text encoders left out: none changed by more than --min-diff)")
     mean = sum(result.kept) / max(1, len(result.kept))
     return (f"{result.path}: {result.layers} layers of the U-Net{encoders}; kept {mean:.1%} of the changes' "
             f"Frobenius norm on average, {min(result.kept, default=1.0):.1%} at least")
