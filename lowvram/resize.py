@@ -18,6 +18,8 @@ LoKr have no such split of their update and are refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +98,8 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
         down, up = own["lora_down.weight"], own["lora_up.weight"]
         old = down.shape[0]
         alpha = float(own["alpha"]) if "alpha" in own else float(old)
-        limit = conv_rank if conv_rank and down.dim() == 4 and down.shape[-1] > 1 else rank
+        spatial = down.dim() == 4 and down.shape[-1] > 1  # a LoCon's 3x3 convolution: --conv-rank's
+        limit = conv_rank if conv_rank and spatial else rank
         new_down, new_up, share = resize_pair(down, up, limit, dynamic, param)
         new = new_down.shape[0]
         written |= {f"{base}.lora_down.weight": new_down.to(dtype), f"{base}.lora_up.weight": new_up.to(dtype),
@@ -104,13 +107,14 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
                     f"{base}.alpha": torch.tensor(alpha / old * new, dtype=dtype if precision else own.get(
                         "alpha", down).dtype)}
         before.append(old)
-        after.append(new)
+        after.append((new, spatial))
         kept.append(share)
     # a fixed rank keeps the file's alphas as they were (a LoCon's conv_alpha, per-block alphas), for
     # --network-weights to continue it; a rule's ranks per layer are no file's rank and alpha to continue
     save_lora(with_one_alpha(written) if dynamic else written, output,
-              _metadata(metadata, max(before), rank, dynamic, param, after), "the resized LoRA")
-    return Resized(output, len(pairs), (max(before), max(after)), after, kept)
+              _metadata(metadata, max(before), rank, dynamic, param, after, conv_rank), "the resized LoRA")
+    ranks = [new for new, _ in after]
+    return Resized(output, len(pairs), (max(before), max(ranks)), ranks, kept)
 
 
 def with_one_alpha(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -161,21 +165,38 @@ def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torc
 
 
 def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None, param: float | None,
-              after: list[int]) -> dict[str, str]:
+              after: list[tuple[int, bool]], conv_rank: int | None = None) -> dict[str, str]:
     """The file's metadata, its rank and alpha as kohya's resize writes them ("Dynamic" for a --dynamic rule, or
-    where layers differ), and a note of the resize in the training comment."""
+    where layers differ; a LoCon's 3x3 convolutions in its ss_network_args), and a note of the resize in the
+    training comment. `after`: each layer's new rank, and whether it is a 3x3 convolution."""
     meta = dict(metadata)
     how = f"{dynamic} {param:g}, at most rank {rank}" if dynamic else f"rank {rank}"
-    if dynamic or len(set(after)) > 1:
+    linear = {new for new, spatial in after if not spatial}
+    spatial = {new for new, spatial in after if spatial}
+    if dynamic or len(linear) > 1:
         meta["ss_network_dim"] = meta["ss_network_alpha"] = "Dynamic"
-    elif "ss_network_dim" in meta:
-        new = after[0]
-        if meta.get("ss_network_alpha", "").replace(".", "", 1).isdigit() and meta["ss_network_dim"].isdigit():
-            meta["ss_network_alpha"] = f"{float(meta['ss_network_alpha']) / int(meta['ss_network_dim']) * new:g}"
-        meta["ss_network_dim"] = str(new)
+    elif "ss_network_dim" in meta and linear:
+        meta["ss_network_dim"], meta["ss_network_alpha"] = _scaled(meta["ss_network_dim"],
+                                                                   meta.get("ss_network_alpha", ""), min(linear))
+    with contextlib.suppress(KeyError, ValueError, TypeError, AttributeError):  # (none, or not kohya's JSON: kept)
+        args = json.loads(meta["ss_network_args"])
+        if not dynamic and len(spatial) == 1 and "conv_dim" in args:
+            args["conv_dim"], args["conv_alpha"] = _scaled(str(args["conv_dim"]), str(args.get("conv_alpha", "")),
+                                                           min(spatial))
+            meta["ss_network_args"] = json.dumps(args)
+    if conv_rank and not dynamic:
+        how += f" (conv: {conv_rank})"
     note = f"resized from rank {old} by lowvram resize ({how})"
     meta["ss_training_comment"] = f"{meta['ss_training_comment']}; {note}" if meta.get("ss_training_comment") else note
     return meta
+
+
+def _scaled(dim: str, alpha: str, new: int) -> tuple[str, str]:
+    """A rank and alpha as metadata writes them, at the rank `new`: the alpha/rank scale kept where both are
+    numbers."""
+    if not (dim.isdigit() and alpha.replace(".", "", 1).isdigit()):
+        return str(new), alpha
+    return str(new), f"{float(alpha) / int(dim) * new:g}"
 
 
 def run(args: argparse.Namespace) -> Resized:

@@ -1,6 +1,8 @@
 """`lowvram resize`: a LoRA file at a lower rank (kohya's resize_lora.py), each layer's update the best
 approximation at its new rank, loadable by lowvram's reader and diffusers as the original is."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -97,7 +99,7 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
                  "--output", str(ratio)]) == 0
     assert {t.shape[0] for k, t in load_file(str(ratio)).items() if k.endswith("lora_down.weight")} <= set(range(1, 9))
     assert_read_alike_by_diffusers_and_lowvram(dynamic)  # layers of differing rank, and of one alpha
-    # trained on from, its ranks were asked for one after another, in a loop: refused naming the resize that fixes it
+    # trained on from, its ranks were asked for one after another, in a loop: refused, naming the ways on
     with pytest.raises(LowvramError) as error:
         run_config(network_weights=str(dynamic))
     assert str(error.value) == (
@@ -108,6 +110,11 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
     fixed = tmp_path / "fixed.safetensors"  # a fixed rank keeps each kind's alpha: it continues training as it was
     assert main(["resize", str(trained), "--rank", "4", "--conv-rank", "2", "--output", str(fixed)]) == 0
     assert {float(t) for k, t in load_file(str(fixed)).items() if k.endswith(".alpha")} == {2.0, 1.0}
+    meta = safe_open(str(fixed), framework="pt").metadata()  # as kohya's resize writes a LoCon's: no "Dynamic"
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("4", "2")
+    assert {k: json.loads(meta["ss_network_args"])[k] for k in ("conv_dim", "conv_alpha")} == {"conv_dim": "2",
+                                                                                               "conv_alpha": "1"}
+    assert meta["ss_training_comment"].endswith("(rank 4 (conv: 2))")
 
 
 def assert_read_alike_by_diffusers_and_lowvram(path):
