@@ -43,16 +43,17 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
                     precision: str | None = None) -> Fused:
     """Write `model_name` with `sources`' LoRAs (each at its weight) fused in to `output`: a .safetensors file or
     a diffusers folder. `precision` (fp16, bf16, fp32) casts every floating tensor; by default a single file keeps
-    its dtypes, a diffusers folder its U-Net's, and a hub model is written in fp16."""
+    its dtypes, a diffusers folder takes the one most of its weights have, and a hub model is written in fp16."""
     from lowvram.adapters.lora_files import load_kohya
     from lowvram.adapters.networks import fuse_adapters
-    from lowvram.models.detect import detect_family
+    from lowvram.models.detect import checkpoint_storage, detect_family
     from lowvram.models.loading import SCHEDULE_MARKERS, follow_lora_schedule, load_model
     from lowvram.precision import DTYPES
 
     detect_family(model_name, family)  # a broken or foreign file: its one line, before its header is read
     single = Path(model_name).suffix.lower() == ".safetensors" and Path(model_name).is_file()
-    working = precision or _model_precision(Path(model_name).expanduser(), single)
+    stored = checkpoint_storage(model_name)  # the files loading reads: a folder's .fp16 variants are not
+    working = precision or (HEADER_DTYPES.get(stored[1], "fp16") if stored else "fp16")
     model = load_model(model_name, family, dtype=DTYPES[working])
     layers, schedule = [], []
     for path, weight in sources:
@@ -144,23 +145,6 @@ def _save_folder(model: LoadedModel, output: Path, dtype: torch.dtype) -> Path:
                            is_size_limit(exc)) from None
         raise
     return output
-
-
-def _model_precision(path: Path, single: bool) -> str:
-    """The dtype most of the model's U-Net weights have: a single file's, a diffusers folder's unet/ (an fp32 one
-    was written in fp16); fp16 for a hub model, or where the header says none lowvram knows."""
-    from collections import Counter
-
-    from safetensors import safe_open
-
-    weights = path if single else next(iter(sorted((path / "unet").glob("*.safetensors"))), None) \
-        if path.is_dir() else None
-    if weights is None:
-        return "fp16"
-    with safe_open(str(weights), framework="pt") as handle:
-        kinds = Counter(handle.get_slice(key).get_dtype() for key in handle.keys()  # noqa: SIM118
-                        if not single or key.startswith("model.diffusion_model."))
-    return next((HEADER_DTYPES[kind] for kind, _ in kinds.most_common() if kind in HEADER_DTYPES), "fp16")
 
 
 def _file_metadata(path: Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import secrets
 from contextlib import nullcontext
 from dataclasses import replace
@@ -122,6 +123,11 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
     except ValueError as exc:
         problems.append(f"--prompt: {exc}")
         prompt = SamplePrompt("", sampler=args.sampler)  # the flags are still checked
+    tag = re.search(r"<(?:lora|lyco):[^>]*>", prompt.text, re.IGNORECASE)
+    if tag:  # AUTOMATIC1111's: here words to CLIP, and the image drawn without the LoRA (a training sample's, as
+        # kohya's, stays words: the LoRA being trained is applied there)
+        problems.append(f"--prompt: {tag.group(0)} is AUTOMATIC1111's way to load a LoRA, which a prompt here does "
+                        "not read: --lora FILE:WEIGHT loads one")
     sources = []
     for text in args.lora or []:
         try:

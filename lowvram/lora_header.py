@@ -222,9 +222,18 @@ def network_weights_problem(network) -> str | None:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
     if any(getattr(network, name) is not None for name in BLOCK_OPTIONS):
         return None
-    _, tensors, start = read_header(Path(path))
+    metadata, tensors, start = read_header(Path(path))
     kinds = layer_ranks(Path(path), tensors, start)[1]  # the linear layers' and the 3x3 convolutions'
-    if any(len({rank for rank, _ in kind}) > 1 for kind in kinds):
+    # (a LoRA's or DoRA's: a LoHa's or LoKr's convolutions have no 4-D factor to tell them by, nor come of a merge)
+    if held["network"] in ("lora", "dora") and any(len({rank for rank, _ in kind}) > 1 for kind in kinds):
+        try:
+            args = json.loads(metadata.get("ss_network_args") or "{}")
+        except ValueError:
+            args = {}
+        blocks = {option: args[kohya] for option, kohya in BLOCK_OPTIONS.items()
+                  if isinstance(args, dict) and kohya in args and not option.endswith("lr_weight")}
+        if blocks:  # trained with ranks per block: its own flags continue it
+            return f"{flag} was trained with ranks per block; pass {' '.join(_as_flags(blocks))} to train it further"
         ranks = sorted({rank for kind in kinds for rank, _ in kind})
         return (f"{flag} holds layers of several ranks ({', '.join(map(str, ranks))}), as a --dynamic resize "
                 "or a merge writes them, and lowvram trains on from one rank per block only: train on from the "

@@ -98,11 +98,6 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
             raise ValueError(f"--{key} ({OPTIONS[key]}) must be {need}, got '{value}' in '{line}'") from None
     if not values["text"]:
         raise ValueError(f"no prompt before the options in '{line}'")
-    tag = re.search(r"<(?:lora|lyco|hypernet):[^>]*>", values["text"], re.IGNORECASE)
-    if tag:  # AUTOMATIC1111's extra networks: text to CLIP here, which would render without the LoRA
-        raise ValueError(f"{tag.group(0)} in '{line}' is AUTOMATIC1111's way to load a LoRA, which a prompt here "
-                         "does not read: generate's --lora FILE:WEIGHT loads one (training samples use the LoRA "
-                         "being trained)")
     return SamplePrompt(**values)
 
 

@@ -106,3 +106,13 @@ def test_count_renders_each_image_from_its_own_seed(tmp_path):
     assert Image.open(tmp_path / "tagged.png").text["parameters"] == (
         "a cat <lora:style:0.5>\nNegative prompt: blurry\nSteps: 2, Sampler: euler_a, CFG scale: 7, Seed: 5, "
         "Size: 64x64, Model: tiny")
+
+
+def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_training_samples(tmp_path, capsys):
+    """In generate the tag would reach CLIP as words and the image be drawn without the LoRA; a training sample's
+    (a kohya prompt file copied from A1111) stays words, as in kohya, beside the LoRA being trained."""
+    assert main([*BASE, "--prompt", "a cat <lora:style:0.8>", "--output", str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err.strip() == ("lowvram generate: error: --prompt: <lora:style:0.8> is AUTOMATIC1111's "
+                                               "way to load a LoRA, which a prompt here does not read: --lora "
+                                               "FILE:WEIGHT loads one")
+    assert run_config(sample_prompts=["a cat <lora:style:0.8>"]).samples[0].text == "a cat <lora:style:0.8>"

@@ -177,3 +177,19 @@ def test_resume_auto_in_a_new_folder_checks_the_network_weights_file_as_a_new_ru
     lora = train(run_config(output=str(tmp_path / "first"), max_steps=1)).lora_path
     with pytest.raises(LowvramError, match="was trained with rank 4 and alpha"):
         run_config(network_weights=str(lora), rank=8, resume="auto", output=str(tmp_path / "new"))
+
+
+def test_files_of_one_rank_per_kind_or_per_block_continue_and_the_refusal_names_their_flags(tmp_path):
+    """The refusal of several ranks (a --dynamic resize's or a merge's) leaves alone what continues: a LoHa whose
+    convolutions have their own rank, and a file of ranks per block, whose own flags it names."""
+    loha = train(run_config(output=str(tmp_path / "loha"), max_steps=1, network="loha", rank=4, alpha=4,
+                            lora_layers="full", conv_rank=2, conv_alpha=2)).lora_path
+    run_config(network_weights=str(loha), network="loha", rank=4, alpha=4, lora_layers="full", conv_rank=2,
+               conv_alpha=2)  # no problem: it continues
+    ranks = ",".join(["8"] * 12 + ["4"] + ["2"] * 12)
+    blocks = train(run_config(output=str(tmp_path / "blocks"), max_steps=1, block_ranks=ranks)).lora_path
+    with pytest.raises(LowvramError) as error:
+        run_config(network_weights=str(blocks))
+    assert str(error.value).startswith(f"--network-weights: {blocks} was trained with ranks per block; pass "
+                                       f"--block-ranks {ranks}")
+    run_config(network_weights=str(blocks), block_ranks=ranks)  # as it says

@@ -588,3 +588,7 @@ def test_a_loaded_configs_notes_reach_the_page(tmp_path, sample_data):
     assert values["model"] == "tiny"
     assert notes[0] == f"{config}: read as a OneTrainer config"
     assert any("left to lowvram's planner" in note for note in notes), notes
+    config.write_text(json.dumps({**json.loads(config.read_text()), "learning_rate": -1}))
+    with pytest.raises(LowvramError) as error:  # a problem too: the notes with it, not lost
+        read_for_form(config)
+    assert str(error.value).startswith(f"{config}: read as a OneTrainer config\n") and "--lr" in str(error.value)

@@ -122,6 +122,9 @@ def read_for_form(path: Path) -> tuple[dict[str, Any], list[str]]:
     """A config's option values for the form, and the notes reading it printed (what another trainer's config
     leaves out or reads otherwise), which the page shows: a GUI user does not watch the terminal."""
     said = io.StringIO()
-    with contextlib.redirect_stderr(said):
-        values = without_idle_kept_tags(read_config(path))
+    try:
+        with contextlib.redirect_stderr(said):
+            values = without_idle_kept_tags(read_config(path))
+    except LowvramError as exc:  # what it said before the problem, with the problem
+        raise LowvramError("\n".join([*said.getvalue().splitlines(), str(exc)])) from None
     return values, said.getvalue().splitlines()
