@@ -28,8 +28,8 @@ def card_hardware(card: str, budget: str) -> Hardware:
 
 
 def run_budget(card: str, budget: str) -> str:
-    """`--auto --vram`'s words for the card the plan shows: a profile's or a typed budget (the run then plans for,
-    and keeps within, what the Setup tab planned for); none for this machine's GPU."""
+    """`--auto --vram`'s words for the card the plan shows: a profile's or a typed budget, within which the run then
+    plans and stays (its precision is still the GPU present's); none for this machine's GPU."""
     if card == THIS_GPU:
         return ""
     return budget if card == BUDGET else f"{card_hardware(card, budget).free_vram // 2**20}MB"
