@@ -351,8 +351,8 @@ def _add_rank_flags(parser: argparse.ArgumentParser, output_help: str, rank_requ
                         "sv_ratio, 0.9 for sv_fro)")
     parser.add_argument("--output", type=Path, help=output_help)
     parser.add_argument("--save-precision", type=_spelled_by(save_precision_name), choices=SAVE_PRECISION,
-                        help="its dtype [default: the (first) file's; with --model, the model's U-Net's (fp16 for a "
-                        "hub model)]")
+                        help="its dtype [default: the (first) file's; with --model, the model's (fp16 for a hub "
+                        "model)]")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
 
