@@ -27,14 +27,16 @@ def served_ui(cwd: Path, cache: Path, log: Path, *flags: str):
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 120
-            while True:
-                try:
+            while True:  # up: it answers, and has said so (its line comes once Gradio's launch returns, after the
+                try:     # server answers: a test quicker than that stopped it before the line)
                     urllib.request.urlopen(url, timeout=2).close()
-                    break
+                    if "Ctrl-C stops it" in log.read_text():
+                        break
                 except OSError:
-                    if process.poll() is not None or time.time() > deadline:
-                        raise AssertionError("lowvram ui did not come up:\n" + log.read_text()[-3000:]) from None
-                    time.sleep(0.5)
+                    pass
+                if process.poll() is not None or time.time() > deadline:
+                    raise AssertionError("lowvram ui did not come up:\n" + log.read_text()[-3000:])
+                time.sleep(0.5)
             yield url
         finally:
             process.terminate()
