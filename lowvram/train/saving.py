@@ -157,9 +157,13 @@ def grid_due_at_start(session: Session, schedule: Schedule, step: int) -> bool:
     step's that a kill between its checkpoint and its grid left undrawn."""
     if step == 0:
         return session.config.output.sample_at_first
-    grid = session.out_dir / SAMPLES / f"{step_save(session.config.output_name, step)}.png"
     every = schedule.sample_every
-    return bool(every) and is_save_point(every, step, schedule) and not grid.exists()
+    return bool(every) and is_save_point(every, step, schedule) and not grid_path(session, step).exists()
+
+
+def grid_path(session: Session, step: int) -> Path:
+    """The sample grid of `step`: samples/<name>-stepNNNNNN.png."""
+    return session.out_dir / SAMPLES / f"{step_save(session.config.output_name, step)}.png"
 
 
 def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step: int) -> None:
@@ -168,7 +172,7 @@ def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step:
     if not session.main:
         return
     config = session.config
-    path = session.out_dir / SAMPLES / f"{step_save(config.output_name, step)}.png"
+    path = grid_path(session, step)
     try:
         with evaluating(trainee):
             grid = render_grid(trainee.model, config.samples, path,
