@@ -18,6 +18,7 @@ from lowvram.config import (
     fields_by_name,
     flag_name,
 )
+from lowvram.config_checks import sample_prompt_notes
 from lowvram.configure import (
     ALTERNATIVES,
     build_config,
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.redirect_stderr(io.StringIO()) if echo else contextlib.nullcontext():
                 values = train_values(args)
                 config = build_config(values)  # every option error within a second, before the heavy imports
+                for note in sample_prompt_notes(config):
+                    print(note, file=sys.stderr)
                 if args.vram and not args.auto:
                     raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")
                 if args.vram:

@@ -39,7 +39,7 @@ from lowvram.option_values import (
     parse_source,
     parse_until,
 )
-from lowvram.prompts import parse_prompt
+from lowvram.prompts import options_elsewhere, parse_prompt, read_prompt_file
 from lowvram.run_files import LONGEST_SUFFIX
 from lowvram.samplers import sampler_problem
 from lowvram.timesteps import timestep_problem
@@ -528,6 +528,26 @@ def _output_problems(c: RunConfig) -> list[str]:
                  f"{MAX_FILE_NAME - MAX_NAME_BYTES} to it ({LONGEST_SUFFIX}, a temporary suffix), and a file name "
                  f"holds {MAX_FILE_NAME}, so it can be at most {MAX_NAME_BYTES}; {fix}")
     return p
+
+
+def sample_prompt_notes(c: RunConfig) -> list[str]:
+    """What the sample prompts hold that no sample here uses (kohya's options for other models and tools, a prompt
+    file's other keys): left out, the samples drawn without it, said once. (What is wrong is config_problems'.)"""
+    notes, lines = [], list(c.output.sample_prompts)
+    if c.output.sample_prompt_file:
+        path = Path(c.output.sample_prompt_file)
+        try:
+            read, keys = read_prompt_file(path)
+        except (OSError, ValueError):
+            read, keys = [], []
+        lines += read
+        if keys:
+            notes.append(f"--sample-prompt-file: {path.name}'s {', '.join(keys)} left out: no sample here uses them")
+    elsewhere = list(dict.fromkeys(option for line in lines for option in options_elsewhere(line)))
+    if elsewhere:
+        notes.append(f"sample prompts: kohya's {', '.join(elsewhere)} left out (for other models or tools, of no use "
+                     "to an SD1.5 or SDXL sample); the samples are drawn without them")
+    return notes
 
 
 def _wandb_problems(project: str | None, run_name: str | None) -> list[str]:

@@ -25,7 +25,7 @@ from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem
 from lowvram.models.loading import LoadedModel, follow_lora_schedule, load_model
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
 from lowvram.precision import compute_dtype
-from lowvram.prompts import MAX_SEED, SamplePrompt, parse_prompt
+from lowvram.prompts import MAX_SEED, SamplePrompt, options_elsewhere, parse_prompt
 from lowvram.samplers import sampler_problem
 from lowvram.train.sampling import render
 
@@ -46,6 +46,9 @@ def generate(args: argparse.Namespace) -> list[Path]:
     problems += [problem] if problem else []
     if problems:
         raise LowvramError("\n".join(problems))
+    if options_elsewhere(args.prompt):
+        print(f"--prompt: kohya's {', '.join(options_elsewhere(args.prompt))} left out (for other models or tools); "
+              "the image is drawn without it")
     seed = args.seed if prompt.seed is None else prompt.seed
     if seed == -1:  # AUTOMATIC1111's random seed, said so that the image can be made again
         seed = secrets.randbelow(MAX_SEED + 2 - args.count)

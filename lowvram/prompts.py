@@ -35,6 +35,11 @@ FILE_KEYS = {"negative_prompt": "n", "width": "w", "height": "h", "sample_steps"
 # a OneTrainer sample definition's keys -> the inline option that says the same (its seed and noise scheduler apart)
 ONETRAINER_KEYS = {"negative_prompt": "n", "width": "w", "height": "h", "diffusion_steps": "s", "cfg_scale": "l"}
 ONETRAINER_OWN = {"diffusion_steps", "cfg_scale", "noise_scheduler", "random_seed", "enabled"}  # none are kohya's
+# kohya's inline options for other model families or tools, which no SD1.5/SDXL sample here has a use for: a kohya
+# prompt list holding them samples all the same, without them, and says so (kohya skips any option it does not know)
+ELSEWHERE = {"g": "Flux's guidance", "cn": "ControlNet image", "am": "additional networks' weights",
+             "ctr": "Lumina's CFG truncation", "rcfg": "Lumina's CFG renormalisation", "fs": "SD3's flow shift",
+             "i": "init image"}
 
 
 @dataclass(frozen=True)
@@ -56,12 +61,14 @@ class SamplePrompt:
 def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
     """One prompt and its inline options (`sampler`: the run's, where the line names none); a ValueError names a
     bad or unknown option."""
-    text, *parts = re.split(r"\s--(?=[A-Za-z]+\s)", " " + line.strip())
+    text, *parts = _option_parts(line)
     values: dict = {"text": literal_dashes(text.strip()), "sampler": sampler}
     for part in parts:
         key, _, value = part.partition(" ")
         key = key.lower()
         value = value.strip()
+        if key in ELSEWHERE:
+            continue
         if key not in OPTIONS:
             raise ValueError(f"unknown option --{key} in '{line}'; the options are "
                              + ", ".join(f"--{k} ({v})" for k, v in OPTIONS.items()))
@@ -99,6 +106,17 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
     if not values["text"]:
         raise ValueError(f"no prompt before the options in '{line}'")
     return SamplePrompt(**values)
+
+
+def _option_parts(line: str) -> list[str]:
+    """The prompt's text, then each inline option as `key value`."""
+    return re.split(r"\s--(?=[A-Za-z]+\s)", " " + line.strip())
+
+
+def options_elsewhere(line: str) -> list[str]:
+    """The kohya options of a prompt line that samples here leave out, each as `--key (what it is)`."""
+    keys = [part.partition(" ")[0].lower() for part in _option_parts(line)[1:]]
+    return [f"--{key} ({ELSEWHERE[key]})" for key in dict.fromkeys(keys) if key in ELSEWHERE]
 
 
 def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:

@@ -513,3 +513,27 @@ def test_a_samples_decode_that_runs_out_of_memory_whole_is_done_in_tiles(monkeyp
     monkeypatch.setattr(type(vae), "decode", short_of_memory)
     assert torch.allclose(decode(vae, latents, torch.device("cpu")), whole, atol=1e-5)
     assert tiled_calls == [latents.shape] and not vae.use_tiling
+
+
+def test_kohyas_options_for_other_models_leave_the_sample_drawn_and_are_said(tmp_path, capsys):
+    """kohya's prompt lists hold options for Flux, Lumina or a ControlNet (--g --rcfg --cn --am): kohya skips what
+    it does not use, and so do the samples here, saying so, where an option nobody knows still stops the run; a
+    prompt file's keys no sample uses are said, not dropped unsaid."""
+    from lowvram.config_checks import sample_prompt_notes
+    from lowvram.prompts import SamplePrompt, parse_prompt
+
+    assert parse_prompt("a cat --g 3.5 --cn pose.png --l 5 --am 0.5,1") == SamplePrompt("a cat", guidance=5.0)
+    (tmp_path / "prompts.txt").write_text("a dog --rcfg 1 --l 6\n")
+    config = run_config(sample_prompts=["a cat --cn pose.png"], sample_prompt_file=str(tmp_path / "prompts.txt"))
+    assert [(p.text, p.guidance) for p in config.samples] == [("a cat", None), ("a dog", 6.0)]
+    assert sample_prompt_notes(config) == [
+        ("sample prompts: kohya's --cn (ControlNet image), --rcfg (Lumina's CFG renormalisation) left out (for other "
+        "models or tools, of no use to an SD1.5 or SDXL sample); the samples are drawn without them")]
+    (tmp_path / "prompts.json").write_text('[{"prompt": "a dog", "guidance_scale": 3.5, "scale": 6}]')
+    assert sample_prompt_notes(run_config(sample_prompt_file=str(tmp_path / "prompts.json"))) == [
+        "--sample-prompt-file: prompts.json's guidance_scale left out: no sample here uses them"]
+    assert sample_prompt_notes(run_config(sample_prompts=["a cat --l 5"])) == []
+    # said before the first heavy import: here, where a folder no run can write to stops it
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", "/proc/lowvram-out",
+                 "--sample-prompt", "a cat --g 3.5"]) == 2
+    assert "sample prompts: kohya's --g (Flux's guidance) left out" in capsys.readouterr().err
