@@ -81,6 +81,7 @@ def test_no_metadata_value_names_a_folder_of_this_machine(shared_run):
     assert metadata["ss_network_dim"] == "4" and metadata["ss_steps"] == "2" and metadata["ss_resolution"]
     assert metadata["ss_training_comment"] == "lvshape" and metadata["modelspec.architecture"]
     assert metadata["modelspec.title"] == "shapes" and "modelspec.author" not in metadata
+    assert metadata["modelspec.trigger_phrase"] == "lvshape"  # the folder's, the run's trigger
     assert "5_lvshape" in json.loads(metadata["ss_tag_frequency"])
     recipe = metadata["lowvram.config"]
     assert 'data = "shapes"' in recipe and 'model = "my-tiny-model"' in recipe and "\noutput =" not in recipe
@@ -270,3 +271,21 @@ def test_tag_frequency_counts_tags_in_lower_case_as_kohyas():
     """AUTOMATIC1111 lists each tag once: "Blue Sky" and "blue sky" are one tag to kohya's count."""
     assert json.loads(lora_files.tag_frequency({"5_sky": ["Blue Sky, clouds", "blue sky", " BLUE SKY ,"]})) == {
         "5_sky": {"blue sky": 3, "clouds": 1}}
+
+
+def test_strip_paths_takes_home_share_and_file_url_folders_too(tmp_path, capsys):
+    """`~/models/x` lost only its slashes (`~x`), and a network share's or a file URL's folders stayed: info
+    called the file clean with them in it."""
+    path = kohya_file(tmp_path / "ohwx_dog.safetensors", extra={
+        "ss_sd_model_name": "~/models/v1-5.safetensors", "ss_training_comment": r"from \\NAS\share\alice\loras",
+        "modelspec.description": "see file:///home/carol/x.png or https://example.org/a/b/",
+        "ss_dataset_dirs": json.dumps({r"\\NAS\share\dogs\10_dog": 1, "C:\\Users\\bob\\5_cat": 2})})
+    assert main(["info", str(path), "--strip-paths"]) == 0
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    assert (metadata["ss_sd_model_name"], metadata["ss_training_comment"]) == ("v1-5.safetensors", "from loras")
+    assert metadata["modelspec.description"] == "see x.png or https://example.org/a/b/"
+    assert json.loads(metadata["ss_dataset_dirs"]) == {"10_dog": 1, "5_cat": 2}
+    assert "4 metadata value(s) held a local folder" in capsys.readouterr().out
+    assert main(["info", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["private_paths"] == []

@@ -43,8 +43,10 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
     described = modelspec(family.modelspec_architecture, config.output.metadata_title or config.output_name,
                           f"{resolution}x{resolution}", "v" if prediction == "v_prediction" else "epsilon", when=now
                           ) | own_description(config) | lora_files.network_metadata(config.network)
-    if config.output.no_metadata:
+    if config.output.no_metadata:  # (its trigger word, a person's name maybe, too)
         return {"ss_base_model_version": family.base_model_version, "ss_v2": "False"} | described
+    if trigger:  # the words a model site lists to use it with (modelspec's trigger_phrase)
+        described["modelspec.trigger_phrase"] = trigger
     data = config.data
     return {
         "ss_network_module": "networks.lora",
