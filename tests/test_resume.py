@@ -17,6 +17,7 @@ from preloaded import Run, run
 from safetensors.torch import load_file
 
 from lowvram.errors import LowvramError, TrainingDiverged
+from lowvram.lora_header import read_header
 from lowvram.train import checkpoint
 from lowvram.train.loop import train
 from lowvram.train.step import MAX_BAD_STEPS
@@ -472,3 +473,19 @@ def test_a_grid_a_kill_left_undrawn_after_its_checkpoint_is_drawn_on_resume(tmp_
     assert f"step 2: samples {grid}" in capsys.readouterr().out and grid.is_file()
     ours, theirs = load_file(str(straight.lora_path)), load_file(str(resumed.lora_path))
     assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+def test_a_finished_run_resumed_keeps_its_lora_byte_for_byte_unless_what_it_holds_changed(tmp_path, capsys):
+    """A notebook cell run again after its run finished: its LoRA written again changed its file hash (AutoV2, which
+    model sites key on) and its times for nothing. --format diffusers adds its copy; another title rewrites it."""
+    first = train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=2))
+    before = first.lora_path.read_bytes()
+    capsys.readouterr()
+    train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=2, resume="auto", format="diffusers"))
+    assert first.lora_path.read_bytes() == before
+    assert (f"{first.lora_path} holds step 2's LoRA of these options already: not written again"
+            in " ".join(capsys.readouterr().out.split()))
+    assert (tmp_path / f"{first.lora_path.stem}-diffusers" / "pytorch_lora_weights.safetensors").is_file()
+    train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=2, resume="auto", metadata_title="Shapes"))
+    assert "not written again" not in capsys.readouterr().out
+    assert read_header(first.lora_path)[0]["modelspec.title"] == "Shapes"

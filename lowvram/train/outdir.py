@@ -6,12 +6,14 @@ a second run on the same folder at the same time is refused, naming the first.""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
 import socket
+import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +37,11 @@ from lowvram.run_files import (
 )
 from lowvram.train import checkpoint
 from lowvram.train.identity import differences, identity, recipe
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 RECORD = "lowvram-run.json"
 HALF_WRITTEN_CHECKPOINT = re.compile(r"^\.step-[a-z0-9_]{8}$")  # tempfile.mkdtemp(prefix=".step-")
@@ -216,6 +223,31 @@ def take_ownership(run: ResolvedRun) -> str | None:
                                             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")},
                                            indent=1) + "\n")
     return note
+
+
+# what differs between two writes of the same LoRA: when each was written, and so its file's hashes
+WRITTEN_AT = ("ss_training_started_at", "ss_training_finished_at", "ss_session_id", "modelspec.date",
+              "sshs_model_hash", "sshs_legacy_hash")
+
+
+def written_already(lora: Path, metadata: dict[str, str]) -> bool:
+    """Whether `lora` holds what a run that took no step (a finished run resumed) would write again: its step's
+    LoRA, of the options written into it now, written at another time. Written again, its file hash (which model
+    sites key on) and times would change for nothing. (--format, which writes a copy beside it, is no part of it.)"""
+    try:
+        old = read_header(lora)[0]
+    except (OSError, ValueError):  # none there, or not whole: written
+        return False
+
+    def lasting(values: dict[str, str]) -> dict:
+        kept = {key: value for key, value in values.items() if key not in WRITTEN_AT}
+        with contextlib.suppress(tomllib.TOMLDecodeError):
+            recipe_of = tomllib.loads(kept.get("lowvram.config", ""))
+            kept["lowvram.config"] = {name: {key: value for key, value in section.items() if key != "format"}
+                                      for name, section in recipe_of.items() if isinstance(section, dict)}
+        return kept
+
+    return lasting(old) == lasting(metadata)
 
 
 def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:

@@ -25,13 +25,19 @@ from lowvram.train.validation import EarlyStopping, fixed_timesteps, validation_
 
 
 def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, step: int, epoch: int,
-              shape: TrainingShape) -> Path:
-    """The LoRA as it stands (schedule-free's or --ema's averaged weights), written by the main process."""
+              shape: TrainingShape, trained: bool = True) -> Path:
+    """The LoRA as it stands (schedule-free's or --ema's averaged weights), written by the main process; where
+    this run has not `trained`, a file there that holds it already is left as it is."""
     if session.main:
+        metadata = lora_metadata(session.run, trainee.model, dataset.records, step, epoch, dataset.trigger, shape,
+                                 dataset.regularization)
+        if not trained and outdir.written_already(path, metadata):
+            session.console.print(f"{path} holds step {step}'s LoRA of these options already: not written again "
+                                  "(its file hash, which model sites key on, stays)", soft_wrap=True)
+            return path
         with trainee.averaged_weights():
             lora_files.save_kohya(trainee.model, path, session.config.alpha, session.config.output.save_precision,
-                                  lora_metadata(session.run, trainee.model, dataset.records, step, epoch,
-                                                dataset.trigger, shape, dataset.regularization))
+                                  metadata)
     return path
 
 
@@ -142,7 +148,7 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
         if kept:
             session.console.print(kept, soft_wrap=True)
     try:
-        save_lora(session, trainee, dataset, lora_path, step, epochs, shape)
+        save_lora(session, trainee, dataset, lora_path, step, epochs, shape, trained=position is not None)
     except DiskFull:
         if position is not None:
             with suppress(DiskFull):
