@@ -29,7 +29,7 @@ from lowvram.config import CAPTION_SUFFIXES, option
 from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, decode_caption
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, first_line
-from lowvram.files import human_size, redraws_in_place
+from lowvram.files import expand_home, human_size, redraws_in_place
 from lowvram.hardware import Hardware, gib
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
 from lowvram.resolve import REPLACED_CAPTIONS
@@ -75,7 +75,7 @@ class CaptionConfig:
 
     def problems(self) -> list[str]:
         found = []
-        folder = Path(self.data or "").expanduser()
+        folder = expand_home(self.data or "")
         if not self.data:
             found.append("DIR: name the dataset folder to caption")
         elif not folder.is_dir() and not is_dataset_file(folder):
@@ -115,7 +115,7 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
         raise LowvramError("\n".join(problems))
     console = console or Console()
     report = CaptionReport()
-    root, todo = _images_to_caption(Path(config.data).expanduser(), config, report)
+    root, todo = _images_to_caption(expand_home(config.data), config, report)
     model = locate_model(config.caption_model)
     estimate = estimate_captioner(model.weight_files, config.batch_size, runs_in_half=model.kind != "tagger")
     report.device = _choose_device(config.device, estimate, hardware, console)
@@ -308,7 +308,7 @@ class LocatedModel:
 
 def locate_model(name: str) -> LocatedModel:
     """The model's kind and weight files: a local folder, else a hub id (downloaded once, then from the cache)."""
-    path = Path(name).expanduser()
+    path = expand_home(name)
     if path.is_dir():
         return _located(path, name)
     if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):

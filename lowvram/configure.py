@@ -35,7 +35,7 @@ from lowvram.dataset_files import (
     read_dataset,
 )
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import text_of
+from lowvram.files import expand_home, text_of
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
@@ -118,12 +118,12 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -
                 continue
             values[key] = value
     base = path.resolve().parent
-    for key in PATH_OPTIONS:
-        if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA and not Path(values[key]).is_absolute():
-            values[key] = str(base / values[key])
+    for key in PATH_OPTIONS:  # (an absolute one, ~/ expanded, stays as it is: base / it is it)
+        if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA:
+            values[key] = str(base / expand_home(values[key]))
     for key in SOURCE_LISTS:
         if isinstance(values.get(key), list):
-            values[key] = [relocated_source(str(item), lambda path: base / path) for item in values[key]]
+            values[key] = [relocated_source(str(item), lambda path: base / expand_home(path)) for item in values[key]]
     for key in ("model", "vae"):
         value = values.get(key)
         if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
@@ -304,11 +304,11 @@ def preset_path(name: str) -> Path:
 def _absolute_path(name: str, value: Any) -> Any:
     """Paths become absolute, so the resolved config saved beside the LoRA replays from any folder."""
     if name in PATH_OPTIONS and isinstance(value, str) and value != SAMPLE_DATA:
-        return str(Path(value).expanduser().absolute())
-    if name in ("model", "vae") and isinstance(value, str) and Path(value).expanduser().exists():
-        return str(Path(value).expanduser().absolute())
+        return str(expand_home(value).absolute())
+    if name in ("model", "vae") and isinstance(value, str) and expand_home(value).exists():
+        return str(expand_home(value).absolute())
     if name in SOURCE_LISTS and isinstance(value, (list, tuple)):
-        return tuple(relocated_source(str(item), lambda path: path.expanduser().absolute()) for item in value)
+        return tuple(relocated_source(str(item), lambda path: expand_home(path).absolute()) for item in value)
     return value
 
 

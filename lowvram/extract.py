@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.errors import LowvramError
-from lowvram.files import output_problem
+from lowvram.files import expand_home, output_problem
 
 if TYPE_CHECKING:
     import torch
@@ -132,7 +132,7 @@ def _load(model: str, flag: str, family: str | None, dtype: torch.dtype):
 
 def same_model(base: str, tuned: str) -> bool:
     """Whether --base and --tuned name one model: the same file or folder (however written), or the same name."""
-    first, second = Path(base).expanduser(), Path(tuned).expanduser()
+    first, second = expand_home(base), expand_home(tuned)
     if first.exists() and second.exists():
         return first.samefile(second)
     return base == tuned

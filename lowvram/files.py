@@ -53,6 +53,15 @@ class DiskFull(LowvramError):
 PLAIN_LINE_SECONDS = 10.0  # where no bar redraws: a progress line this often (CI jobs stop after minutes of silence)
 
 
+def expand_home(path: str | os.PathLike) -> Path:
+    """`path` with `~` or `~user` at its start expanded, as a shell expands it; one no home expands (Windows'
+    `~\\lora` here, an unknown user's) as it is, for the not-found message that follows to name."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
 def windows_path_hint(path: str | os.PathLike) -> str:
     """Why a path with backslashes is not found here: Windows writes folders so (a config or a command line from a
     Windows machine)."""
@@ -183,7 +192,7 @@ def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str 
     """Why `output` must not be written, in one line: it is one of the files `inputs` being read (or inside a
     folder being read: a diffusers model's), whatever --overwrite says; or it exists and `overwrite` is off.
     None when it may be written. A name too long to write through a temporary name beside it is refused too."""
-    output = Path(output).expanduser()
+    output = expand_home(output)
     size = name_length(output.name)
     if size + TEMPORARY_NAME_EXTRA > MAX_FILE_NAME:
         return (f"{flag}: {output.name[:16]}...{output.name[-12:]} is {size} {NAME_UNITS} long; a file name holds "
@@ -191,7 +200,7 @@ def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str 
                 f"can be at most {MAX_FILE_NAME - TEMPORARY_NAME_EXTRA}; shorten it")
     try:
         target = output.resolve()
-        for path in (Path(given).expanduser() for given in inputs):
+        for path in (expand_home(given) for given in inputs):
             if not path.exists():
                 continue
             same = target == path.resolve() or (output.exists() and output.samefile(path))  # a link to it too

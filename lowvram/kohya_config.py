@@ -22,6 +22,7 @@ from typing import Any
 from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SAVE_PRECISION, SAVE_PRECISION_ALIASES, SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError, quoted
+from lowvram.files import expand_home
 from lowvram.kohya_names import KOHYA_FLAGS
 from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
@@ -559,7 +560,7 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[s
     prompts = left.pop("sample_prompts", None)
     sampler = str(left.pop("sample_sampler", None) or "ddim")  # kohya samples with DDIM unless told otherwise
     if prompts:
-        prompt_file = Path(str(prompts)).expanduser()
+        prompt_file = expand_home(str(prompts))
         try:
             values["sample_prompts"], left_out = read_prompt_file(prompt_file)
         except FileNotFoundError:  # samples change nothing trained: a file left on another machine is no error

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.errors import LowvramError
+from lowvram.files import expand_home
 from lowvram.kohya_config import as_number, translate
 from lowvram.samplers import sampler_name
 
@@ -140,7 +141,7 @@ def gui_steps(gui: dict[str, Any]) -> int | None:
     """kohya_ss's max_train_steps for its epochs: ceil(images x repeats / batch / accumulation x epochs x 2 with
     regularization images) over the N_name folders of train_data_dir; None where that folder is not here."""
     given = str(gui.get("train_data_dir") or "")
-    root = Path(given).expanduser()
+    root = expand_home(given)
     if not given or not root.is_dir():
         return None
     total = 0

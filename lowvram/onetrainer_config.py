@@ -23,7 +23,7 @@ from typing import Any
 
 from lowvram.dataset_files.subsets import local_path
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import windows_path_hint
+from lowvram.files import expand_home, windows_path_hint
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values
@@ -316,7 +316,7 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         notes.append(f"output_model_destination {destination} is a Windows path: the LoRA is written as "
                      f"{values['name']} under --output (give one; default ./output)")
     elif destination:  # a file to write: from the current folder, as kohya's output_dir
-        target = Path(str(destination)).expanduser()
+        target = expand_home(str(destination))
         values["output"], values["name"] = str(target.parent), target.stem
     precision = _upper(doc, "output_dtype")
     if precision in PRECISIONS:

@@ -18,7 +18,7 @@ from lowvram.adapters.blocks import BlockPlan, block_plan
 from lowvram.config import SAMPLE_DATA, RunConfig
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
-from lowvram.files import hold_shared
+from lowvram.files import expand_home, hold_shared
 from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.models.detect import detect_family
 from lowvram.models.families import ModelFamily, TextReading, clip_skip_problem
@@ -160,9 +160,9 @@ def _vae_config(config: RunConfig, family: ModelFamily) -> dict:
     """The config of the VAE the run will load: a --vae folder's (e.g. the fp16-fixed SDXL VAE: force_upcast
     false), a diffusers model folder's own, else the family's (single files, a --vae file, hub ids)."""
     if config.model.vae:  # a VAE folder, or a whole diffusers model's, whose vae/ it loads
-        folder = Path(config.model.vae).expanduser()
+        folder = expand_home(config.model.vae)
         own = next((f for f in (folder / "config.json", folder / "vae" / "config.json") if f.is_file()),
                    folder / "config.json")
     else:
-        own = Path(config.model.model).expanduser() / "vae" / "config.json"
+        own = expand_home(config.model.model) / "vae" / "config.json"
     return json.loads((own if own.is_file() else family.config_dir / "vae" / "config.json").read_text())

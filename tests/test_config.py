@@ -29,6 +29,19 @@ def test_flags_override_the_file_and_file_paths_are_relative_to_it(tmp_path, sam
     assert config.output.output == str(tmp_path / "out")
 
 
+def test_a_config_files_home_folders_are_the_users_not_beside_it(tmp_path, sample_data, monkeypatch):
+    """`~/x` in a config file was taken as relative to the file (<its folder>/~/x), where on the command line it
+    is the home's."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config_file = tmp_path / "configs" / "run.toml"
+    config_file.parent.mkdir()
+    config_file.write_text('[model]\nmodel = "tiny"\n[data]\ndata = "~/data"\n[output]\noutput = "~/out"\n')
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "data").symlink_to(sample_data)
+    config = build_config(parse_train(["--config", str(config_file)]))
+    assert (config.data.data, config.output.output) == (str(tmp_path / "home" / "data"), str(tmp_path / "home" / "out"))
+
+
 def test_a_flag_replaces_the_files_answer_to_the_same_question(tmp_path, sample_data):
     """--max-steps on the command line replaces the file's epochs (and --validation-data its split): not both."""
     config_file = tmp_path / "run.toml"
@@ -188,3 +201,17 @@ def test_a_windows_path_not_found_here_says_to_write_it_with_slashes(tmp_path):
         assert any(line.endswith(end) and "10_cat" in line for line in str(error.value).splitlines()), str(error.value)
     missing = "C:\\models\\v1-5"
     assert str(path_not_found("--model", missing)) == f"--model: file or folder not found: {missing}{drive}"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
+def test_a_home_no_user_has_here_is_a_path_not_found_not_a_traceback(capsys):
+    """`~\\lora\\img` (Windows' home, pasted) and `~nobody/x` raised pathlib's RuntimeError ("Could not determine home
+    directory") from expanduser, wherever a path is read."""
+    from lowvram.cli import main
+
+    for command in (["check-data", "~\\lora\\img"], ["check-data", "~lowvram-no-such-user/img"],
+                    ["plan", "--model", "~\\models\\v1-5.safetensors"],
+                    ["train", "--model", "tiny", "--data", "~\\lora\\img"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "not found" in err and "~" in err and "Traceback" not in err and len(err.splitlines()) == 1, err

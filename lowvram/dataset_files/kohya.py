@@ -24,7 +24,7 @@ from typing import Any
 
 from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
 from lowvram.errors import LowvramError
-from lowvram.files import windows_path_hint
+from lowvram.files import expand_home, windows_path_hint
 from lowvram.kohya_config import as_number
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 
@@ -179,7 +179,7 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
     folder = local_path(image_dir, path)
     if not folder.is_dir():
         beside = path.resolve().parent
-        read = ("" if Path(image_dir).expanduser().is_absolute() or folder.exists() else
+        read = ("" if expand_home(image_dir).is_absolute() or folder.exists() else
                 " (a relative path is read from the current folder, as kohya reads it" +
                 ("" if beside == Path.cwd().resolve() else f", then from {beside}") + ")")
         problem(f"{name} image_dir", f"{'not a folder' if folder.exists() else 'folder not found'}: {image_dir}"

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lowvram.files import expand_home
+
 
 @dataclass(frozen=True)
 class Subset:
@@ -59,7 +61,7 @@ class DatasetFile:
 def local_path(given: str, dataset_file: Path, levels: int = 1) -> Path:
     """A path as kohya and OneTrainer read it, from the current folder; where nothing is there, from the dataset
     file's folder, or up to `levels` - 1 folders above it (OneTrainer's own folder holds its concepts folder)."""
-    path = Path(given).expanduser()
+    path = expand_home(given)
     if path.is_absolute() or path.exists():
         return path
     bases = [dataset_file.parents[level] for level in range(min(levels, len(dataset_file.parents)))]

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, first_line, pickle_refusal
-from lowvram.files import windows_path_hint
+from lowvram.files import expand_home, windows_path_hint
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -32,7 +32,7 @@ def detect_family(model: str, family: str | None = None) -> ModelFamily:
     (--model-family) names it where detection cannot (an unknown checkpoint, a hub id offline); where detection
     finds another family, the two disagree and that is an error, not a guess."""
     forced = FAMILIES[family] if family else None
-    path = Path(model).expanduser()
+    path = expand_home(model)
     if model in FAMILIES and not path.exists():
         found = FAMILIES[model]
     elif path.suffix.lower() in PICKLE_SUFFIXES:
@@ -82,10 +82,10 @@ def path_not_found(flag: str, name: str) -> LowvramError:
 
 def closest(path: Path) -> str:
     """" (did you mean models/tinydiff?)" for the name beside where `path` should be that is close to it, if any."""
-    if not path.expanduser().parent.is_dir():
+    if not expand_home(path).parent.is_dir():
         return ""
     names: dict[str, str] = {}  # stems compared: every "*.safetensors" name is close to every other
-    for entry in path.expanduser().parent.iterdir():
+    for entry in expand_home(path).parent.iterdir():
         if entry.stem not in names or entry.suffix == path.suffix:
             names[entry.stem] = entry.name
     close = difflib.get_close_matches(path.stem, list(names), n=1)
@@ -117,7 +117,7 @@ def _hub_family(model: str) -> ModelFamily:
             index = hf_hub_download(model, "model_index.json")
             unet = hf_hub_download(model, "config.json", subfolder="unet")
     except Exception as exc:  # noqa: BLE001 - hub, network and auth errors have no common base class
-        here = Path(model.split("/", 1)[0]).expanduser()  # models/typo: in a folder here, as likely as a hub id
+        here = expand_home(model.split("/", 1)[0])  # models/typo: in a folder here, as likely as a hub id
         where = f"not in the folder {here}/ here" if here.is_dir() else "not a local file or folder"
         raise LowvramError(f"--model: '{model}' is {where}, and its config could not be fetched "
                            f"from the hub ({hub_failure(exc)}); pass a local .safetensors file or diffusers folder, "
@@ -208,7 +208,7 @@ def checkpoint_storage(model: str) -> tuple[int, str] | None:
     """(bytes on disk, the dtype most of its weight bytes are stored in) of a local safetensors model: a single
     file, or the files of a diffusers folder that loading reads (not its .fp16 variants); None for a hub id, a
     family name or anything unreadable (the planner then assumes weights stored as it computes)."""
-    path = Path(model).expanduser()
+    path = expand_home(model)
     if path.is_file() and path.suffix.lower() == ".safetensors":
         files = [path]
     elif path.is_dir():

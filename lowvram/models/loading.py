@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, first_line, pickle_refusal
+from lowvram.files import expand_home
 from lowvram.models.detect import (
     check_model_part,
     detect_family,
@@ -78,7 +79,7 @@ def load_model(model: str, family: str | None = None, dtype: torch.dtype = torch
 
 def _load_model(model: str, family: str | None, dtype: torch.dtype) -> LoadedModel:
     forced = detect_family(model, family) if family else None  # --model-family must agree with what the file is
-    path = Path(model).expanduser()
+    path = expand_home(model)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise LowvramError(pickle_refusal("--model", model))
     if model in FAMILIES and not path.exists():
@@ -104,7 +105,7 @@ def load_vae(vae: str | Path, family: ModelFamily, dtype: torch.dtype = torch.fl
     or the diffusers layout."""
     from diffusers import AutoencoderKL
 
-    path = Path(vae).expanduser()
+    path = expand_home(vae)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise LowvramError(pickle_refusal("--vae", str(vae)))
     if not path.exists():

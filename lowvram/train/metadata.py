@@ -11,7 +11,6 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import tomli_w
 
@@ -19,6 +18,7 @@ import lowvram
 from lowvram.adapters import lora_files
 from lowvram.config import TRAIN_TIMESTEPS, RunConfig
 from lowvram.data.check import make_buckets
+from lowvram.files import expand_home
 from lowvram.lora_metadata import modelspec
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import ResolvedRun
@@ -182,7 +182,7 @@ def own_description(config: RunConfig) -> dict[str, str]:
 
 def shareable_name(source: str) -> str:
     """A local model by its file or folder name; a hub id or a family name as it is."""
-    path = Path(source).expanduser()
+    path = expand_home(source)
     return path.name if path.is_absolute() or path.exists() else source
 
 

@@ -22,7 +22,7 @@ from lowvram.caption import CaptionConfig
 from lowvram.config import SECTIONS
 from lowvram.configure import list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import write_text
+from lowvram.files import expand_home, write_text
 from lowvram.resolve import UI_FILES
 from lowvram.run_files import CHECKPOINTS
 from lowvram.ui import dataset as data_panel
@@ -166,7 +166,7 @@ def build_app(cache_dir: Path, port: int | None = None):
 
         def load_config(path):
             try:
-                values, notes = read_for_form(Path(path).expanduser())
+                values, notes = read_for_form(expand_home(path))
                 return fill(values, path + "".join(f"\n\n{note}" for note in notes))
             except LowvramError as exc:
                 return [gr.skip()] * len(inputs) + [_message(exc)]
@@ -248,7 +248,7 @@ def build_app(cache_dir: Path, port: int | None = None):
             values = option_values(fields, form)
             try:
                 text = toml_text(values)
-                output = Path(values.get("output", "output")).expanduser().resolve()
+                output = expand_home(values.get("output", "output")).resolve()
                 if resume and not any((output / CHECKPOINTS).glob("step-*")):
                     raise LowvramError(f"nothing to resume: no checkpoint in {output / 'checkpoints'} yet; "
                                        "press Start")
@@ -344,7 +344,7 @@ def save_toml(path: str, values: dict[str, Any]) -> str:
     reads a .json as a OneTrainer or kohya_ss GUI config, and the page, like --config's help, names .toml files."""
     if not path or not path.strip():
         raise LowvramError("--config: type the path of the .toml to write")
-    target = Path(path.strip()).expanduser()
+    target = expand_home(path.strip())
     if target.suffix.lower() != ".toml":
         raise LowvramError(f"--config: {target}: lowvram's options are written as .toml; name it {target.stem}.toml")
     target = write_text(target, toml_text(values))
