@@ -25,6 +25,7 @@ from lowvram.files import (
     TEMPORARY_NAME_EXTRA,
     file_in_the_way,
     name_length,
+    windows_output_problem,
     windows_path_hint,
 )
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
@@ -452,6 +453,9 @@ def _output_problems(c: RunConfig) -> list[str]:
     if c.output.name and Path(c.output.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
         p.append(f"--name: {c.output.name}: give it without the extension (the LoRA is <name>.safetensors): "
                  f"--name {Path(c.output.name).stem}")
+    for flag, folder in (("--output", c.output.output), ("--cache-dir", c.data.cache_dir)):
+        if folder and (windows := windows_output_problem(flag, folder)):
+            p.append(windows)
     blocking = c.data.cache_dir and file_in_the_way(Path(c.data.cache_dir))
     if blocking:  # (found before caching: every cache write, its lock first, would fail one by one)
         p.append(f"--cache-dir: {blocking} is a file, not a folder; give a folder, or leave --cache-dir out for "

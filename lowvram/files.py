@@ -72,6 +72,13 @@ def windows_path_hint(path: str | os.PathLike) -> str:
     return "; written as a Windows path: write it with / between folders here"
 
 
+def windows_output_problem(flag: str, given: str | os.PathLike) -> str | None:
+    """A place to write given as a Windows path (C:\\Users\\me\\out, .\\out) where backslashes are no separators:
+    it would be written as one file or folder of that whole name, in the current folder."""
+    hint = windows_path_hint(given)
+    return f"{flag}: {given} would be one file or folder of that whole name here{hint}" if hint else None
+
+
 def redraws_in_place(console) -> bool:
     """Whether `console` writes to a terminal, where a progress bar redraws in place. FORCE_COLOR (which ipykernel
     sets, and so a notebook's `lowvram` commands inherit it, as CI systems do) makes rich take a pipe for one: its
@@ -192,6 +199,8 @@ def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str 
     """Why `output` must not be written, in one line: it is one of the files `inputs` being read (or inside a
     folder being read: a diffusers model's), whatever --overwrite says; or it exists and `overwrite` is off.
     None when it may be written. A name too long to write through a temporary name beside it is refused too."""
+    if windows := windows_output_problem(flag, output):
+        return windows
     output = expand_home(output)
     size = name_length(output.name)
     if size + TEMPORARY_NAME_EXTRA > MAX_FILE_NAME:

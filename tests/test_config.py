@@ -215,3 +215,25 @@ def test_a_home_no_user_has_here_is_a_path_not_found_not_a_traceback(capsys):
         assert main(command) == 2, command
         err = capsys.readouterr().err
         assert "not found" in err and "~" in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
+def test_a_windows_path_to_write_to_is_refused_not_made_one_folder_of_that_name(tmp_path, monkeypatch, capsys):
+    """`--output C:\\Users\\me\\out` (a kohya_ss config's output_dir) made a folder named so in the current folder,
+    unsaid; `generate --output out\\a.png` a file named so."""
+    from lowvram.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    drive = "that is a Windows path: give where it is on this machine, with / between folders"
+    relative = "written as a Windows path: write it with / between folders here"
+    for command, says in ((["train", "--model", "tiny", "--data", "sample", "--output", "C:\\Users\\me\\out"],
+                           (f"--output: {tmp_path}/C:\\Users\\me\\out would be one file or folder of that whole name "
+                           f"here; {drive}")),
+                          (["train", "--model", "tiny", "--data", "sample", "--cache-dir", "cache\\lv"],
+                           "--cache-dir: "),
+                          (["check-data", "sample", "--report", "reports\\r.json"], "--report: reports\\r.json "),
+                          (["generate", "--model", "tiny", "--prompt", "a cat", "--output", "out\\a.png"],
+                           f"--output: out\\a.png would be one file or folder of that whole name here; {relative}")):
+        assert main(command) == 2, command
+        assert says in capsys.readouterr().err, command
+    assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import file_in_the_way
+from lowvram.files import file_in_the_way, windows_output_problem
 from lowvram.option_values import parse_colour
 from lowvram.resolve import SAMPLE_DATASET, SCANS, ResolvedRun, cache_in_use
 
@@ -118,6 +118,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
     console = console or Console()
     data, trigger = dataset_to_check(run)
     folders = [subset.folder for subset in read_dataset(data).subsets] if is_dataset_file(data) else [data]
+    if report_path and (windows := windows_output_problem("--report", report_path)):
+        raise LowvramError(windows)
     for folder in folders if report_path else ():
         if Path(report_path).resolve().is_relative_to(Path(folder).resolve()):
             raise LowvramError(f"--report: {report_path} is inside the dataset folder {folder}, which lowvram never "
