@@ -41,10 +41,15 @@ def quoted(value: object) -> str:
     return text if len(text) <= 60 else f"{text[:30]}…{text[-20:]}"
 
 
-def pickle_refusal(flag: str, path: str) -> str:
-    """Why a pickled checkpoint is refused, and the one command that converts it without running its code."""
-    out = str(Path(path).with_suffix(".safetensors"))
+# converts a pickled checkpoint without running its code (weights_only); the paths come as its arguments, which no
+# quoting of Python's can break (a Windows path's \\U, an apostrophe in a name)
+CONVERT_PICKLE = ("import sys, torch, safetensors.torch as st; d = torch.load(sys.argv[1], weights_only=True); "
+                  "st.save_file({k: v.contiguous() for k, v in d.get('state_dict', d).items()}, sys.argv[2])")
+
+
+def pickle_refusal(flag: str, path: str, out: str | Path | None = None) -> str:
+    """Why a pickled checkpoint is refused, and the one command that converts it (to `out`, by default beside it
+    as .safetensors) without running its code."""
+    out = out or Path(path).with_suffix(".safetensors")
     return (f"{flag}: {path} is a pickle file, which can run arbitrary code when loaded, so lowvram never opens it; "
-            f"convert it once to safetensors: python -c \"import torch, safetensors.torch as st; "
-            f"d = torch.load('{path}', weights_only=True); "
-            f"st.save_file({{k: v.contiguous() for k, v in d.get('state_dict', d).items()}}, '{out}')\"")
+            f"convert it once to safetensors: python -c \"{CONVERT_PICKLE}\" {shell_line(path, out)}")

@@ -211,7 +211,7 @@ def test_pickle_weights_in_a_folder_get_the_command_that_converts_them(folder, t
     message = str(error.value)
     assert message.startswith(f"--model: {folder / 'text_encoder' / 'pytorch_model.bin'} is a pickle file")
     command = shlex.split(message.split("convert it once to safetensors: ", 1)[1])
-    assert command[0] == "python" and f"'{folder / 'text_encoder' / 'model.safetensors'}'" in command[2]
+    assert command[:2] == ["python", "-c"] and command[4] == str(folder / "text_encoder" / "model.safetensors")
     subprocess.run([sys.executable, *command[1:]], check=True)
     assert_same_weights(load_model(str(folder)).pipeline.text_encoder, tiny_pipeline.text_encoder)
 
@@ -226,3 +226,16 @@ def test_a_whole_model_folder_as_vae_uses_its_vae(folder, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LowvramError, match=r"--vae: .*empty has no config.json, so is not a diffusers VAE folder"):
         load_model("tiny", vae=str(tmp_path / "empty"))
+
+
+def test_the_pickle_conversion_command_takes_any_name(tmp_path):
+    """The paths were written into the Python code in quotes: an apostrophe in a name (José's) broke it, as a
+    Windows path's \\U does there."""
+    from lowvram.errors import pickle_refusal
+
+    weights = {"layer.weight": torch.randn(3, 2)}
+    path = tmp_path / "José's model $HOME.ckpt"
+    torch.save({"state_dict": weights}, path)
+    command = shlex.split(pickle_refusal("--model", str(path)).split("convert it once to safetensors: ", 1)[1])
+    subprocess.run([sys.executable, *command[1:]], check=True)
+    assert torch.equal(load_file(str(path.with_suffix(".safetensors")))["layer.weight"], weights["layer.weight"])

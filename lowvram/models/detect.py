@@ -165,8 +165,7 @@ def check_model_part(part: Path, library: str, class_name: str, flag: str = "--m
     weights = "diffusion_pytorch_model.safetensors" if library == "diffusers" else "model.safetensors"
     pickles = sorted(p for p in part.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:  # converted to the name `library` looks for (transformers': model.safetensors)
-        refusal = pickle_refusal(flag, str(pickles[0]))
-        raise LowvramError(refusal.replace(f"'{pickles[0].with_suffix('.safetensors')}'", f"'{part / weights}'"))
+        raise LowvramError(pickle_refusal(flag, str(pickles[0]), part / weights))
     raise LowvramError(f"{flag}: no weights in {part} ({weights}); copy the whole model")
 
 
