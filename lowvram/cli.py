@@ -128,8 +128,10 @@ def check_values(args: argparse.Namespace) -> dict:
     """Options for check-data: the [model] and [data] options of the preset, config and flags given (the
     model only for its resolution and buckets); the rest of a training config does not matter here."""
     known = fields_by_name()
-    values = {k: v for k, v in train_values(args).items() if known[k][0] in ("model", "data")}
-    values["data"] = args.data
+    given = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "data" or v})  # else the config's
+    values = {k: v for k, v in train_values(given).items() if known[k][0] in ("model", "data")}
+    if not values.get("data"):
+        raise LowvramError(f"the dataset is required: lowvram check-data DIR ({args.config} names none)")
     values.setdefault("model", PLANNING_MODEL)
     return values
 
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data and args.data_flag and args.data != args.data_flag:
             command.error(f"two datasets: {args.data} and --data {args.data_flag}; give one")
         args.data = args.data or args.data_flag
-        if not args.data:
+        if not args.data and not getattr(args, "config", None):  # (a config's [data] may name it)
             command.error(f"the dataset is required: lowvram {args.command} DIR")
     # under accelerate launch every process reads the same options: the main one alone tells their notes and errors
     echo = (args.command == "train" and os.environ.get("RANK", "0") != "0"

@@ -208,6 +208,11 @@ def test_check_data_reads_a_training_config_and_a_preset(tmp_path, sample_data):
     records = json.loads(report.read_text())["records"]
     areas = [r["bucket"][0] * r["bucket"][1] for r in records]
     assert records and all(0.8 * 96 * 96 <= a <= 1.2 * 96 * 96 for a in areas)  # the config's 96 px, not tiny's 64
+    with_data = tmp_path / "with-data.toml"  # its dataset too: "the dataset is required" it said
+    with_data.write_text(config.read_text().replace("[data]\n", f"[data]\ndata = '{sample_data}'\n"))
+    assert main(["check-data", "--config", str(with_data), "--report", str(tmp_path / "again.json")]) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["records"] == json.loads(report.read_text())["records"]
+    assert main(["check-data", "--config", str(config)]) == 2
 
 
 def test_a_value_error_names_the_flag_the_user_types(tmp_path):
