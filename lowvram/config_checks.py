@@ -4,6 +4,7 @@ and the fix (`lowvram.configure` builds the config and reports them)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 from lowvram.adapters.blocks import check_syntax as check_block_syntax
@@ -46,6 +47,8 @@ from lowvram.samplers import sampler_problem
 from lowvram.timesteps import timestep_problem
 
 NOT_IN_NAMES = '/\\:*?"<>|'  # what Windows refuses in a file name (and / and \\ are folders)
+# names Windows keeps for its devices, with any extension: NUL.safetensors written there is gone
+WINDOWS_DEVICES = re.compile(r"(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?", re.IGNORECASE)
 # the longest file a run names after its LoRA, written through a temporary name first, within a file name's bytes
 MAX_NAME_BYTES = MAX_FILE_NAME - len(LONGEST_SUFFIX) - TEMPORARY_NAME_EXTRA
 
@@ -527,6 +530,9 @@ def _output_problems(c: RunConfig) -> list[str]:
                    (("/" if "/" in refused else "", ""), (refused.replace("/", ""), " on Windows")) if chars]
         why = f" ({'; '.join(clauses)})" if clauses else ""
         p.append(f"{flag}: {whose} is not a valid file name{why}; {fix}")
+    elif WINDOWS_DEVICES.fullmatch(name):
+        p.append(f"{flag}: {whose} is a name Windows keeps for a device (CON, PRN, AUX, NUL, COM1-9, LPT1-9): "
+                 f"a LoRA of it cannot be saved or downloaded there; {fix}")
     elif name_length(name) > MAX_NAME_BYTES:
         p.append(f"{flag}: {whose} is {name_length(name)} {NAME_UNITS} long; the run's files add up to "
                  f"{MAX_FILE_NAME - MAX_NAME_BYTES} to it ({LONGEST_SUFFIX}, a temporary suffix), and a file name "

@@ -162,6 +162,10 @@ def test_lora_layers_and_family_choices_are_the_families_own():
     ({"output": "out", "name": "a/b*c"}, ("--name: 'a/b*c' is not a valid file name (/ cannot be in one; * cannot be "
                                           "in one on Windows); pass another --name")),
     ({"output": "out/" + "é" * 110}, "is 220 bytes long; the run's files add up to 38 to it"),  # 110 characters
+    ({"output": "out", "name": "nul"}, ("--name: 'nul' is a name Windows keeps for a device (CON, PRN, AUX, NUL, "
+                                        "COM1-9, LPT1-9): a LoRA of it cannot be saved or downloaded there; pass "
+                                        "another --name")),
+    ({"output": "out/COM3.v2"}, "--output: the LoRA's name, the folder's 'COM3.v2', is a name Windows keeps"),
 ])
 def test_a_lora_name_no_file_system_takes_is_refused_naming_where_it_came_from(values, says):
     with pytest.raises(LowvramError) as error:
