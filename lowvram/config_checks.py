@@ -12,11 +12,15 @@ from lowvram.adapters.blocks import varied_rate_flags
 from lowvram.config import (
     DEFAULT_SEED,
     HUBER_LOSSES,
+    PATH_OPTIONS,
     SAMPLE_DATA,
+    SOURCE_LISTS,
     TOKEN_LENGTHS,
     TRAIN_TIMESTEPS,
     ZERO_SNR_NEEDS_V,
     RunConfig,
+    fields_by_name,
+    flag_name,
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
@@ -82,8 +86,31 @@ def _alpha_mask_subsets(data: str | None) -> bool:
 
 def config_problems(c: RunConfig) -> list[str]:
     """Cross-field and range checks; each message names the flag and the fix."""
+    escaped = _escaped_path_problems(c)
+    if escaped:  # (not found, each, with a line break in the middle of its message)
+        return escaped
     return [*_file_problems(c), *_data_problems(c), *_validation_problems(c), *_network_problems(c),
             *_optimizer_problems(c), *_training_problems(c), *_output_problems(c)]
+
+
+# what a Windows path written in double quotes in a TOML or JSON file ("D:\training\new") is read with: never
+# in a path anyone means
+ESCAPED_IN_PATHS = {"\t": "a tab (\\t)", "\n": "a line break (\\n)", "\r": "a carriage return (\\r)",
+                    "\b": "a backspace (\\b)", "\f": "a form feed (\\f)"}
+
+
+def _escaped_path_problems(c: RunConfig) -> list[str]:
+    p = []
+    for name in (*PATH_OPTIONS, *SOURCE_LISTS, "model", "vae"):
+        section, field, _ = fields_by_name()[name]
+        value = getattr(getattr(c, section), name)
+        for text in value if isinstance(value, (list, tuple)) else [value]:
+            held = [what for char, what in ESCAPED_IN_PATHS.items() if isinstance(text, str) and char in text]
+            if held:
+                p.append(f"{flag_name(field)}: {text!r} holds {' and '.join(held)}, as a Windows path written in "
+                         "double quotes in a config file is read; write it in single quotes ('D:\\training'), or "
+                         "with / between folders")
+    return p
 
 
 def positive(p: list[str], flag: str, value: float | None, *, allow_zero: bool = False) -> None:

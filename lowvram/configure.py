@@ -35,7 +35,7 @@ from lowvram.dataset_files import (
     read_dataset,
 )
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import expand_home, text_of
+from lowvram.files import backslash_hint, expand_home, text_of
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
@@ -57,10 +57,11 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     them are not checked (a kohya config's paths on another machine, replaced by --model and --data)."""
     if Path(path).suffix.lower() != ".json":
         return read_toml(path, given)
+    text = config_text(path)
     try:
-        doc = json.loads(config_text(path))
+        doc = json.loads(text)
     except ValueError as exc:
-        raise LowvramError(f"--config: {path} is not readable JSON: {exc}") from None
+        raise LowvramError(f"--config: {path} is not readable JSON: {exc}{backslash_hint(text)}") from None
     if is_onetrainer_config(doc):
         values, notes = translate_onetrainer(doc, Path(path))
         return _translated(values, notes, Path(path), "a OneTrainer config", False, given)
@@ -91,10 +92,11 @@ def config_text(path: Path, flag: str = "--config") -> str:
 def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -> dict[str, Any]:
     """Option values from a TOML config file (a --config, or a --preset as `flag` says), relative paths resolved
     against the file's folder; `given` as for `read_config`."""
+    text = config_text(path, flag)
     try:
-        doc = tomllib.loads(config_text(path, flag))
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise LowvramError(f"{flag}: {path} is not valid TOML: {exc}") from None
+        raise LowvramError(f"{flag}: {path} is not valid TOML: {exc}{backslash_hint(text)}") from None
     if isinstance(doc.get("datasets"), list):
         raise LowvramError(f"--config: {path} is a kohya dataset config ([[datasets]] of image folders); pass it as "
                            f"--data {path}")

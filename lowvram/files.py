@@ -72,6 +72,15 @@ def windows_path_hint(path: str | os.PathLike) -> str:
     return "; written as a Windows path: write it with / between folders here"
 
 
+def backslash_hint(text: str) -> str:
+    """Why a TOML or JSON config that does not parse may not: a Windows path in double quotes, where a \\U or a \\d
+    starts an escape (said where the file has one)."""
+    if not re.search(r'"[^"\n]*\\[^"\n]*"', text):
+        return ""
+    return ("; a Windows path in double quotes needs each \\ doubled (\"C:\\\\Users\"), or / between folders "
+            "(\"C:/Users\"), or (in TOML) single quotes ('C:\\Users')")
+
+
 def windows_output_problem(flag: str, given: str | os.PathLike) -> str | None:
     """A place to write given as a Windows path (C:\\Users\\me\\out, .\\out) where backslashes are no separators:
     it would be written as one file or folder of that whole name, in the current folder."""

@@ -241,3 +241,30 @@ def test_a_windows_path_to_write_to_is_refused_not_made_one_folder_of_that_name(
         assert main(command) == 2, command
         assert says in capsys.readouterr().err, command
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_windows_path_in_double_quotes_in_a_config_file_says_how_to_write_it(tmp_path):
+    """"D:\\training\\new" reads as D:<tab>raining<line break>ew: its not-found message came in two lines;
+    "C:\\Users" stops TOML (\\U) and JSON, which said only 'Invalid hex value' or 'Invalid \\escape'."""
+    escapes = tmp_path / "escapes.toml"
+    escapes.write_text('[model]\nmodel = "tiny"\n[data]\ndata = "D:\\training\\new"\n')
+    with pytest.raises(LowvramError) as error:
+        build_config(parse_train(["--config", str(escapes)]))
+    assert str(error.value) == (f"--data: '{tmp_path}/D:\\training\\new' holds a tab (\\t) and a line break (\\n), "
+                                "as a Windows path written in double quotes in a config file is read; write it in "
+                                "single quotes ('D:\\training'), or with / between folders")
+    hint = ("; a Windows path in double quotes needs each \\ doubled (\"C:\\\\Users\"), or / between folders "
+            "(\"C:/Users\"), or (in TOML) single quotes ('C:\\Users')")
+    (tmp_path / "users.toml").write_text('[data]\ndata = "C:\\Users\\me"\n')
+    (tmp_path / "gui.json").write_text('{"LoRA_type": "Standard", "train_data_dir": "C:\\Users\\me"}')
+    (tmp_path / "dataset.toml").write_text('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "C:\\Users\\me"\n')
+    (tmp_path / "ansi.toml").write_bytes('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "café"\n'.encode("cp1252"))
+    for args, says in ((["--config", "users.toml"], "is not valid TOML: Invalid hex value"),
+                       (["--config", "gui.json"], "is not readable JSON: Invalid \\escape"),
+                       (["--model", "tiny", "--data", "dataset.toml"], "is not valid TOML: Invalid hex value")):
+        with pytest.raises(LowvramError) as error:
+            build_config(parse_train([*args[:-1], str(tmp_path / args[-1])]))
+        assert says in str(error.value) and str(error.value).endswith(hint), str(error.value)
+    with pytest.raises(LowvramError) as error:
+        build_config(parse_train(["--model", "tiny", "--data", str(tmp_path / "ansi.toml")]))
+    assert str(error.value) == f"--data: {tmp_path / 'ansi.toml'} is not UTF-8 text (byte 50); save it as UTF-8"
