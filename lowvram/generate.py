@@ -15,18 +15,19 @@ from pathlib import Path
 
 import torch
 
-from lowvram.adapters.lora_files import UNET_KOHYA_PREFIX
+from lowvram.adapters.lora_files import DIFFUSERS_WEIGHTS, UNET_KOHYA_PREFIX
 from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, output_problem
 from lowvram.hardware import detect, resolve_mixed_precision
+from lowvram.lora_metadata import addnet_hash
 from lowvram.models.detect import checkpoint_title, detect_family
 from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
 from lowvram.models.loading import LoadedModel, follow_lora_schedule, load_model
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
 from lowvram.precision import compute_dtype
 from lowvram.prompts import MAX_SEED, SamplePrompt, options_elsewhere, parse_prompt
-from lowvram.samplers import sampler_problem
+from lowvram.samplers import a1111_name, sampler_problem
 from lowvram.train.sampling import render
 
 WRITTEN_FORMATS = {suffix: IMAGE_FORMATS[suffix][0] for suffix in WRITTEN_IMAGE_SUFFIXES}  # Pillow's names
@@ -81,7 +82,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     for i, path in enumerate(paths):
         image = render(model, prompt, args.resolution or model.family.resolution, steps, seed + i, device, autocast)
         sampler = prompt.sampler or type(model.pipeline.scheduler).__name__  # (none asked: the model's own)
-        save_as_named(image, path, infotext(prompt, sources, steps, sampler, seed + i, image.size,
+        save_as_named(image, path, infotext(prompt, sources, steps, a1111_name(sampler), seed + i, image.size,
                                             Path(args.model).stem))
     return paths
 
@@ -90,10 +91,14 @@ def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], steps: int, 
              size: tuple[int, int], model: str) -> str:
     """What the image was made with, as AUTOMATIC1111 writes it into a PNG (its PNG Info and "Send to txt2img" read
     it back; its LoRA tags name the files)."""
-    tags = "".join(f" <lora:{path.stem}:{weight:g}>" for path, weight in loras)
+    names = [path.name if path.is_dir() else path.stem for path, _ in loras]  # (a diffusers folder: v1.0-diffusers)
+    tags = "".join(f" <lora:{name}:{weight:g}>" for name, (_, weight) in zip(names, loras))
     negative = f"\nNegative prompt: {prompt.negative}" if prompt.negative else ""
+    files = [path / DIFFUSERS_WEIGHTS if path.is_dir() else path for path, _ in loras]
+    hashes = ", ".join(f"{name}: {addnet_hash(file)[:12]}" for name, file in zip(names, files) if file.is_file())
     return (f"{prompt.text}{tags}{negative}\nSteps: {steps}, Sampler: {sampler}, CFG scale: "
-            f"{prompt.guidance:g}, Seed: {seed}, Size: {size[0]}x{size[1]}, Model: {model}")
+            f"{prompt.guidance:g}, Seed: {seed}, Size: {size[0]}x{size[1]}, Model: {model}"
+            + (f', Lora hashes: "{hashes}"' if hashes else ""))
 
 
 def output_paths(output: Path, count: int) -> list[Path]:

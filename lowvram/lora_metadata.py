@@ -55,6 +55,17 @@ def hashes(tensors: dict, metadata: dict[str, str]) -> dict[str, str]:
             "sshs_legacy_hash": hashlib.sha256(written[offset:offset + size]).hexdigest()[:8]}
 
 
+def addnet_hash(path: Path) -> str:
+    """sha256 of a .safetensors file's tensor data (after its header): AUTOMATIC1111's LoRA hash, which its
+    infotext's "Lora hashes" and model sites key images on; kohya's sshs_model_hash of a file as written."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        file.seek(8 + int.from_bytes(file.read(8), "little"))
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_lora(tensors: dict, path: Path, metadata: dict[str, str], what: str | None = None) -> Path:
     """A LoRA file, atomically, with kohya's hashes of it in its metadata."""
     tensors = {key: tensor.detach().contiguous().cpu() for key, tensor in tensors.items()}

@@ -38,6 +38,12 @@ ALIASES = {"k_lms": "lms", "k_euler": "euler", "k_euler_a": "euler_a", "k_dpm_2"
            "dpm++_2m_sde": "dpmsolver++_sde", "dpm++_2m_sde_karras": "dpmsolver++_sde_karras",
            "dpmpp_2m_sde": "dpmsolver++_sde", "dpmpp_2m_sde_karras": "dpmsolver++_sde_karras",
            "euler_ancestral": "euler_a", "uni_pc": "unipc", "dpm2": "dpm_2", "dpm2_a": "dpm_2_a"}
+# AUTOMATIC1111's names, as its infotext writes them ("Send to txt2img" reads them back): its "Schedule type" apart
+A1111_NAMES = {"ddim": "DDIM", "pndm": "PLMS", "lms": "LMS", "euler": "Euler",
+               "euler_karras": "Euler, Schedule type: Karras", "euler_a": "Euler a", "heun": "Heun", "dpm_2": "DPM2", "dpm_2_a": "DPM2 a", "dpmsolver++": "DPM++ 2M",
+               "dpmsolver++_karras": "DPM++ 2M Karras", "dpmsolver++_sde": "DPM++ 2M SDE",
+               "dpmsolver++_sde_karras": "DPM++ 2M SDE Karras", "dpmsingle": "DPM++ SDE", "unipc": "UniPC",
+               "unipc_karras": "UniPC, Schedule type: Karras"}
 NEEDS = {"LMSDiscreteScheduler": "scipy"}  # diffusers imports these schedulers only with that package installed
 
 
@@ -48,6 +54,14 @@ def sampler_name(name: str) -> str:
     if key not in SAMPLERS:
         raise ValueError(f"unknown sampler '{name}'; use one of {', '.join(SAMPLERS)}")
     return key
+
+
+def a1111_name(sampler: str) -> str:
+    """How AUTOMATIC1111's infotext names a sampler of SAMPLERS, or a model's own scheduler by its class (the first
+    sampler of that class); one it has not, as it is."""
+    key = sampler if sampler in SAMPLERS else next((name for name, (kind, _) in SAMPLERS.items() if kind == sampler),
+                                                   sampler)
+    return A1111_NAMES.get(key, sampler)
 
 
 def sampler_problem(name: str, zero_terminal_snr: bool) -> str | None:

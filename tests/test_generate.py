@@ -7,6 +7,7 @@ from conftest import run_config
 from PIL import Image
 
 from lowvram.cli import main
+from lowvram.lora_header import read_header
 from lowvram.train.loop import train
 
 BASE = ["generate", "--model", "tiny", "--steps", "2", "--seed", "5"]
@@ -100,12 +101,15 @@ def test_count_renders_each_image_from_its_own_seed(tmp_path):
     assert np.array_equal(second, render(tmp_path, "six", "--prompt", "lvshape, a red circle", "--seed", "6"))
     # each PNG says what made it, as AUTOMATIC1111 writes it (its PNG Info, "Send to txt2img")
     assert Image.open(tmp_path / "n-01.png").text["parameters"] == (
-        "lvshape, a red circle\nSteps: 2, Sampler: PNDMScheduler, CFG scale: 7, Seed: 6, Size: 64x64, Model: tiny")
+        "lvshape, a red circle\nSteps: 2, Sampler: PLMS, CFG scale: 7, Seed: 6, Size: 64x64, Model: tiny")
     lora = train(run_config(output=str(tmp_path / "style"), max_steps=1)).lora_path
-    render(tmp_path, "tagged", "--prompt", "a cat --n blurry --ss euler_a", "--lora", f"{lora}:0.5")
+    render(tmp_path, "tagged", "--prompt", "a cat --n blurry --ss dpmsolver++_karras", "--lora", f"{lora}:0.5")
+    # its sampler by AUTOMATIC1111's name, and its LoRA's hash (the addnet hash: kohya's of the file as written),
+    # which model sites link an image to its LoRA by
+    short = read_header(lora)[0]["sshs_model_hash"][:12]
     assert Image.open(tmp_path / "tagged.png").text["parameters"] == (
-        "a cat <lora:style:0.5>\nNegative prompt: blurry\nSteps: 2, Sampler: euler_a, CFG scale: 7, Seed: 5, "
-        "Size: 64x64, Model: tiny")
+        "a cat <lora:style:0.5>\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 5, "
+        f'Size: 64x64, Model: tiny, Lora hashes: "style: {short}"')
 
 
 def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_training_samples(tmp_path, capsys):
