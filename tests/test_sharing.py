@@ -103,7 +103,7 @@ def test_the_lora_says_what_its_author_wrote_about_it(tmp_path):
         "modelspec.tags": "shapes, circle"}
 
 
-def test_the_lora_holds_what_automatic1111_shows_and_kohyas_hashes_of_itself(shared_run):
+def test_the_lora_holds_what_automatic1111_shows_and_kohyas_hashes_of_itself(shared_run, tmp_path):
     """AUTOMATIC1111's LoRA card counts the dataset from ss_dataset_dirs and lists ss_bucket_info's resolutions; it
     takes sshs_model_hash instead of hashing the file."""
     *_, result = shared_run
@@ -117,6 +117,19 @@ def test_the_lora_holds_what_automatic1111_shows_and_kohyas_hashes_of_itself(sha
     assert result.data.batches_per_epoch == 30 // run_config().training.batch_size
     assert (metadata["ss_num_batches_per_epoch"], metadata["ss_num_epochs"], metadata["ss_max_train_steps"]) == (
         str(result.data.batches_per_epoch), "1", "2")
+    # how its images were bucketed and varied, as kohya records it (--no-bucket was said True)
+    assert {key: metadata[key] for key in ("ss_enable_bucket", "ss_min_bucket_reso", "ss_max_bucket_reso",
+                                           "ss_bucket_no_upscale", "ss_color_aug", "ss_random_crop",
+                                           "ss_caption_tag_dropout_rate", "ss_caption_dropout_every_n_epochs")} == {
+        "ss_enable_bucket": "True", "ss_min_bucket_reso": "32", "ss_max_bucket_reso": "128",
+        "ss_bucket_no_upscale": "False", "ss_color_aug": "False", "ss_random_crop": "False",
+        "ss_caption_tag_dropout_rate": "0", "ss_caption_dropout_every_n_epochs": "0"}
+    varied = train(run_config(output=str(tmp_path / "varied"), max_steps=1, bucket=False, crop="random",
+                              color_jitter=0.1, tag_dropout=0.25, caption_dropout_every=3, shuffle_tags=True))
+    metadata = lora_header.read_header(varied.lora_path)[0]
+    assert [metadata[key] for key in ("ss_enable_bucket", "ss_random_crop", "ss_color_aug",
+                                      "ss_caption_tag_dropout_rate", "ss_caption_dropout_every_n_epochs")] == [
+        "False", "True", "True", "0.25", "3"]
 
 
 def test_no_metadata_keeps_only_which_network_the_lora_holds_for_which_model(tmp_path):

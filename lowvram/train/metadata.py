@@ -47,7 +47,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         return {"ss_base_model_version": family.base_model_version, "ss_v2": "False"} | described
     if trigger:  # the words a model site lists to use it with (modelspec's trigger_phrase)
         described["modelspec.trigger_phrase"] = trigger
-    data = config.data
+    data, buckets = config.data, make_buckets(run)
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.network.rank),
@@ -68,11 +68,18 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_dataset_dirs": dataset_dirs(records),
         "ss_reg_dataset_dirs": dataset_dirs(regularization),
         "ss_bucket_info": bucket_info(run, records),
-        "ss_enable_bucket": "True",
+        "ss_enable_bucket": str(data.bucket),
+        "ss_min_bucket_reso": str(buckets.min_side),
+        "ss_max_bucket_reso": str(buckets.max_side),
+        "ss_bucket_no_upscale": str(data.bucket_no_upscale),
+        "ss_color_aug": str(bool(data.color_jitter)),
+        "ss_random_crop": str(data.crop == "random"),
         "ss_flip_aug": str(data.flip),
         "ss_shuffle_caption": str(data.shuffle_tags),
         "ss_keep_tokens": str(data.keep_tokens),
         "ss_caption_dropout_rate": f"{data.caption_dropout:g}",
+        "ss_caption_dropout_every_n_epochs": str(data.caption_dropout_every or 0),
+        "ss_caption_tag_dropout_rate": f"{data.tag_dropout:g}",
         "ss_prior_loss_weight": f"{data.prior_loss_weight:g}",
         "ss_max_train_steps": str(shape.total_steps),  # kohya's, worked out from the epochs where they are given
         "ss_num_batches_per_epoch": str(shape.batches_per_epoch),
