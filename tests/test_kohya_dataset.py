@@ -54,7 +54,7 @@ def test_a_kohya_dataset_file_trains_its_subsets_with_their_repeats_captions_and
     assert (saved["shuffle_tags"], saved["keep_tokens"], saved["flip"]) == (True, 1, True)
     meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
     tags = json.loads(meta["ss_tag_frequency"])
-    assert set(tags) == {"alpha", "beta"}  # the training subsets, by their folders' names as kohya's keys
+    assert set(tags) == {"alpha", "beta", "reg"}  # every subset, by its folder's name as kohya's keys (is_reg too)
     assert tags["beta"] == {"lvshape thing": 3}  # class_tokens caption the uncaptioned images
     assert json.loads(meta["ss_dataset_dirs"]) == {"alpha": {"n_repeats": 3, "img_count": 3},
                                                    "beta": {"n_repeats": 2, "img_count": 3}}

@@ -124,7 +124,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_training_comment": config.output.training_comment or trigger or "",
         "ss_training_started_at": str(shape.started.timestamp()),
         "ss_training_finished_at": str(now.timestamp()),
-        "ss_tag_frequency": lora_files.tag_frequency(_captions_by_folder(records)),
+        "ss_tag_frequency": lora_files.tag_frequency(_captions_by_folder([*records, *regularization])),  # as kohya's
         "ss_v2": "False",
         "lowvram.version": lowvram.__version__,
         "lowvram.family": family.name,
