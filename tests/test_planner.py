@@ -167,7 +167,31 @@ def test_when_only_host_ram_is_short_the_plan_says_so():
     leanest = min((e for e in result.candidates if e.peak_vram() <= result.budget), key=lambda e: e.peak_host())
     assert result.explanation == (f"nothing fits 1.0 GiB of host RAM: the leanest strategy that fits the GPU "
                                   f"({leanest.strategy.label}) needs {leanest.peak_host() / 2**30:.1f} GiB")
-    assert result.suggestions == [f"at least {leanest.peak_host() / 2**30:.1f} GiB of host RAM (--ram)"]
+    assert result.suggestions == [f"at least {-(-leanest.peak_host() * 10 // 2**30) / 10:.1f} GiB of host RAM (--ram)"]
+
+
+def test_a_strategy_the_users_own_flags_name_is_said_unverified_when_chosen():
+    """It read 'chose ...: the fastest predicted of 1 strategies that fit' above a footer saying only seen ones are
+    chosen, whatever its flags asked for."""
+    done, _ = lowvram("plan", "--model", "sd15", "--vram", "4GB", "--unet-weights", "quanto-int4",
+                      "--checkpoint-blocks", "14", "--optimizer", "adamw")
+    assert ("chose quanto-int4 ckpt 14 blocks adamw: the one strategy that fits (unverified: no GPU result shows it "
+            "training; it runs with a warning)") in " ".join(done.stdout.split())
+
+
+def test_a_bigger_gpu_or_more_host_ram_suggested_is_enough_for_what_it_names():
+    """The GPU line rounded to the nearest 0.1 GiB ("4.1" for a 4.13 GiB need, which no 4.1 GiB card fits), and
+    a GPU that every strategy fits short only of host RAM got no line at all: the leanest in RAM fit no GPU."""
+    result = plan(work("sd15", 768, batch=4), hardware_for(None, "3GB", "64GB"))
+    size = next(s for s in result.suggestions if s.startswith("a GPU with at least ")).split()[5]
+    assert plan(work("sd15", 768, batch=4), hardware_for(None, f"{size}GB", "64GB")).choice is not None
+    assert plan(work("sd15", 768, batch=4), hardware_for(None, f"{float(size) - 0.1:.1f}GB", "64GB")).choice is None
+    sdxl = ["plan", "--model", "sdxl", "--resolution", "1024", "--profile", "gtx-1660-6gb", "--json"]
+    short = json.loads(lowvram(*sdxl)[0].stdout)
+    [line] = [s for s in short["suggestions"] if "host RAM (--ram)" in s]
+    ram = line.split()[2]
+    flags = line.split(", with ")[1].split(" (")[0].split() if ", with " in line else []
+    assert not short["fits"] and json.loads(lowvram(*sdxl, "--ram", f"{ram}GB", *flags)[0].stdout)["fits"]
 
 
 def test_the_users_own_checkpoint_blocks_run_where_every_block_recomputed_is_seen():

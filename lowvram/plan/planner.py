@@ -5,6 +5,7 @@ change that would. A storage format the user names explicitly may be unverified:
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 
 from lowvram.formats import PLANNED_FORMATS
@@ -96,7 +97,10 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         choice = fitting[0]
         faster = [e for e in estimates if e.speed < choice.speed]
         seen = "" if len(fitting) == sum(e.fits(hardware) for e in estimates) else " and were seen training on a GPU"
-        why = f"the fastest predicted of {len(fitting)} strategies that fit{seen}"
+        why = (f"the fastest predicted of {len(fitting)} strategies that fit{seen}" if len(fitting) > 1
+               else f"the one strategy that fits{seen}")
+        if choice.verified is False:  # the user's own flags asked for it
+            why += " (unverified: no GPU result shows it training; it runs with a warning)"
         if faster:
             over = faster[0]
             reason = ("has not been seen training on a GPU" if over.fits(hardware)
@@ -186,11 +190,25 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict) -> list[st
             break
     if work.cache_batch_size > 1 and (how := fits(replace(work, cache_batch_size=1))) is not None:
         found.append(f"--cache-batch-size 1{how}")
-    need = min(e.peak_vram() for e in plan(work, hardware, fixed, suggest=False).candidates) + VRAM_SAFETY
-    if need > hardware.free_vram:
-        found.append(f"a GPU with at least {need / GIB:.1f} GiB free")
-    if hardware.host_ram:
-        host = min(e.peak_host() for e in plan(work, hardware, fixed, suggest=False).candidates)
-        if host > hardware.host_ram:
-            found.append(f"at least {host / GIB:.1f} GiB of host RAM (--ram)")
+    # a bigger GPU or more host RAM: the least that makes one strategy fit, with the other as it is where it can be
+    candidates = plan(work, hardware, fixed, suggest=False).candidates
+    on_gpu = [e for e in candidates if e.peak_vram() + VRAM_SAFETY <= hardware.free_vram]
+    in_ram = [e for e in candidates if not hardware.host_ram or e.peak_host() <= hardware.host_ram]
+    if not on_gpu:
+        least = min(in_ram or candidates, key=lambda e: e.peak_vram())
+        gpu, ram = _gib_up(least.peak_vram() + VRAM_SAFETY), _gib_up(least.peak_host())
+        bigger = replace(hardware, free_vram=int(gpu * GIB), host_ram=hardware.host_ram and max(
+            hardware.host_ram, int(ram * GIB)))
+        if (how := fits(work, bigger)) is not None:
+            found.append(f"a GPU with at least {gpu:.1f} GiB free"
+                         + ("" if in_ram else f" and at least {ram:.1f} GiB of host RAM (--ram)") + how)
+    elif not {id(e) for e in on_gpu} & {id(e) for e in in_ram}:
+        ram = _gib_up(min(e.peak_host() for e in on_gpu))
+        if (how := fits(work, replace(hardware, host_ram=int(ram * GIB)))) is not None:
+            found.append(f"at least {ram:.1f} GiB of host RAM (--ram){how}")
     return found
+
+
+def _gib_up(size: float) -> float:
+    """GiB to one decimal, rounded up: a 4.13 GiB need is no 4.1 GiB card's."""
+    return math.ceil(size / GIB * 10 - 1e-9) / 10

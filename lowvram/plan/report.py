@@ -69,7 +69,8 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     console.print("[dim]activations are traced per model and scaled; the CUDA context, allocator slack, kernel "
                   "workspace and step-time ratios come from committed GPU results where measured "
                   "(lowvram/plan/calibration.json), priors elsewhere; only strategies seen training on a GPU are "
-                  "chosen (in bf16, for a card without it, until an fp16 result exists)[/]")
+                  "chosen (in bf16, for a card without it, until an fp16 result exists), but for those your own "
+                  "flags name[/]")
 
 
 def choice_flags(est: Estimate, given: dict, config) -> list[str]:
