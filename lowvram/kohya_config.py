@@ -28,6 +28,9 @@ from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, library_defaults, opt
 from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
 
+# kohya's enable_bucket is off unless set: every image cropped square to the resolution
+NO_BUCKETS = ("enable_bucket: not set in {where}, so every image is cropped square to the resolution, as kohya crops "
+              "it; enable_bucket = true (or --bucket) trains aspect-ratio buckets")
 # kohya's switches that set a lowvram option to a value
 SWITCHES = {"v_parameterization": ("prediction_type", "v_prediction"), "xformers": ("attention", "auto"),
             "sdpa": ("attention", "sdpa"), "fp8_base": ("unet_weights", "fp8"), "random_crop": ("crop", "random"),
@@ -104,8 +107,13 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     # kohya's off values are left out, except where 0 means something: no clipping, an untrained text encoder
     left = {key: value for key, value in flat.items()
             if not _off(value) or key in ("max_grad_norm", "text_encoder_lr", "network_alpha")}
-    values: dict[str, Any] = {"bucket": False} if flat.get("enable_bucket") is False else {}
     notes: list[str] = []
+    values: dict[str, Any] = {}
+    if "enable_bucket" in flat:  # (true too: over a dataset file's own default)
+        values["bucket"] = bool(flat["enable_bucket"])
+    elif not flat.get("dataset_config"):  # kohya's default, which a dataset file sets for itself
+        values["bucket"] = False
+        notes.append(NO_BUCKETS.format(where="the config"))
     problems: list[str] = []
 
     def problem(key: str, text: str) -> None:

@@ -463,15 +463,35 @@ def test_kohyas_bucket_sides_default_to_sd_scripts_own_where_it_trains_with_them
     """sd-scripts' min/max_bucket_reso are 256 and 1024: at 1024 lowvram's own (512 and 2048) would bucket a 2:1
     image at 1408x704 where kohya's is 1024x512. sd-scripts refuses a resolution outside them; lowvram's own
     follow the resolution there, and buckets off take none."""
-    values = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1024"})
+    values = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1024", "enable_bucket": True})
     assert (values["min_bucket_side"], values["max_bucket_side"]) == (256, 1024)
-    given = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1024", "max_bucket_reso": 2048})
+    given = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1024", "max_bucket_reso": 2048,
+                                    "enable_bucket": True})
     assert given["max_bucket_side"] == 2048
-    large = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1536,1536"})
+    large = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1536,1536", "enable_bucket": True})
     assert large["min_bucket_side"] == 256 and "max_bucket_side" not in large
-    assert "min_bucket_side" not in values_of(tmp_path, {"train_data_dir": "sample", "resolution": 128})
+    assert "min_bucket_side" not in values_of(tmp_path, {"train_data_dir": "sample", "resolution": 128,
+                                                                 "enable_bucket": True})
     square = values_of(tmp_path, {"train_data_dir": "sample", "resolution": "1024", "enable_bucket": False})
     assert "min_bucket_side" not in square and "max_bucket_side" not in square
+
+
+def test_a_kohya_config_without_enable_bucket_crops_square_as_sd_scripts_does(tmp_path):
+    """sd-scripts' enable_bucket is off unless set (kohya_ss's configs always set it): its images are cropped square
+    to the resolution; lowvram bucketed them, unsaid. A dataset file sets it for itself."""
+    from lowvram.dataset_files import read_dataset
+
+    values, notes = translate({"train_data_dir": "sample", "resolution": "512"}, tmp_path / "k.toml")
+    assert values["bucket"] is False and any(note.startswith("enable_bucket: not set in the config, so every image is "
+                                                             "cropped square") for note in notes)
+    assert translate({"train_data_dir": "sample", "enable_bucket": True}, tmp_path / "k.toml")[0]["bucket"] is True
+    assert "bucket" not in translate({"dataset_config": "d.toml"}, tmp_path / "k.toml")[0]
+    (tmp_path / "imgs").mkdir()
+    dataset = tmp_path / "dataset.toml"
+    dataset.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'imgs'\n")
+    assert read_dataset(dataset).values["bucket"] is False
+    dataset.write_text("[general]\nenable_bucket = true\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'imgs'\n")
+    assert "bucket" not in read_dataset(dataset).values
 
 
 def test_kohyas_loraplus_ratios_go_to_the_part_they_name(tmp_path):

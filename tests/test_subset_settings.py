@@ -30,7 +30,7 @@ def dataset_file(tmp_path, varied: dict) -> str:
     plain, other = tmp_path / "plain", tmp_path / "varied"
     entries = "".join(f"{key} = {json.dumps(value)}\n" for key, value in varied.items())
     (tmp_path / "dataset.toml").write_text(
-        "[[datasets]]\nresolution = 64\nbatch_size = 2\n"
+        "[[datasets]]\nresolution = 64\nbatch_size = 2\nenable_bucket = true\n"
         f'[[datasets.subsets]]\nimage_dir = "{plain}"\ncaption_extension = ".txt"\n'
         f'[[datasets.subsets]]\nimage_dir = "{other}"\n{entries}')
     return str(tmp_path / "dataset.toml")

@@ -25,7 +25,7 @@ from typing import Any
 from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
 from lowvram.errors import LowvramError
 from lowvram.files import expand_home, windows_path_hint
-from lowvram.kohya_config import as_number
+from lowvram.kohya_config import NO_BUCKETS, as_number
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 
 # settings of a whole dataset: subsets share them, and lowvram trains one value per run
@@ -147,6 +147,9 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
         subsets = [replace(subset, **{key: (own[key] or {}).get(id(subset)) for key in OWN_SETTINGS},
                            dataset=dataset_of[id(subset)] if len(per_dataset) > 1 else None) for subset in subsets]
     values = _run_values(run_values, problem) | ({"extra_resolutions": extra} if extra else {})
+    if "enable_bucket" not in run_values:  # kohya's default (a config naming the file may set it)
+        values["bucket"] = False
+        notes.append(NO_BUCKETS.format(where="[general]"))
     caption_values, subsets = _subset_values(settings, subsets, notes)
     values |= caption_values
     unread = sorted({key for settled in settings for key in settled} - (KNOWN - UNUSED))
@@ -279,7 +282,7 @@ def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, A
         if key == "resolution" and isinstance(value, list) and len(value) == 2 and value[0] == value[1]:
             value = value[0]  # kohya's [width, height]; one that is not square is read as the options read "W,H"
         if key == "enable_bucket" and value is not False:
-            continue  # lowvram buckets unless told not to, as kohya_ss's configs ask
+            continue  # buckets: the default of the options
         values[RUN_SETTINGS[key]] = value
     return values
 
