@@ -127,7 +127,7 @@ def _file_problems(c: RunConfig) -> list[str]:
     elif is_dataset_file(c.data.data):
         p += _dataset_file_problems(c)
     elif Path(c.data.data).suffix.lower() in DATASET_SUFFIXES:
-        p.append(f"--data: file not found: {c.data.data}")
+        p.append(f"--data: file not found: {c.data.data}{windows_path_hint(c.data.data)}")
     elif c.data.data != SAMPLE_DATA and Path(c.data.data).is_file():
         p.append(f"--data: {c.data.data} is a file; give the folder of images (kohya's N_name folders inside), or a "
                  "kohya or OneTrainer dataset file")

@@ -35,7 +35,7 @@ from lowvram.dataset_files import (
     read_dataset,
 )
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import backslash_hint, expand_home, text_of
+from lowvram.files import backslash_hint, expand_home, text_of, windows_path_hint
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
@@ -80,7 +80,7 @@ def config_text(path: Path, flag: str = "--config") -> str:
     try:
         return text_of(path)
     except FileNotFoundError:
-        raise LowvramError(f"{flag}: file not found: {path}") from None
+        raise LowvramError(f"{flag}: file not found: {path}{windows_path_hint(path)}") from None
     except IsADirectoryError:
         raise LowvramError(f"{flag}: {path} is a folder; give the config file in it") from None
     except OSError as exc:

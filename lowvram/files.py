@@ -65,11 +65,11 @@ def expand_home(path: str | os.PathLike) -> Path:
 def windows_path_hint(path: str | os.PathLike) -> str:
     """Why a path with backslashes is not found here: Windows writes folders so (a config or a command line from a
     Windows machine)."""
-    if os.sep != "/" or "\\" not in str(path):
+    if os.sep != "/":
         return ""
-    if re.search(r"(^|/)[A-Za-z]:\\", str(path)):  # another machine's drive (made absolute here by the config)
+    if re.search(r"(^|/)[A-Za-z]:[\\/]", str(path)):  # another machine's drive (made absolute here by the config)
         return "; that is a Windows path: give where it is on this machine, with / between folders"
-    return "; written as a Windows path: write it with / between folders here"
+    return "; written as a Windows path: write it with / between folders here" if "\\" in str(path) else ""
 
 
 def backslash_hint(text: str) -> str:

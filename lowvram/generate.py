@@ -18,7 +18,7 @@ import torch
 from lowvram.adapters.lora_files import DIFFUSERS_WEIGHTS, UNET_KOHYA_PREFIX
 from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import LowvramError
-from lowvram.files import atomic_write, output_problem
+from lowvram.files import atomic_write, output_problem, windows_path_hint
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.lora_metadata import addnet_hash
 from lowvram.models.detect import checkpoint_title, detect_family
@@ -189,7 +189,7 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
     for path, _ in sources:
         path = path / DIFFUSERS_WEIGHTS if (path / DIFFUSERS_WEIGHTS).is_file() else path
         if not path.is_file():
-            problems.append(f"--lora: file not found: {path}")
+            problems.append(f"--lora: file not found: {path}{windows_path_hint(path)}")
         elif path.suffix.lower() != ".safetensors":
             problems.append(f"--lora: {path} is not a .safetensors file")
         elif title := checkpoint_title(path):

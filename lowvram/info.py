@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lowvram import lora_header
 from lowvram.errors import LowvramError
+from lowvram.files import windows_path_hint
 
 # An absolute folder in a text: POSIX (/home/alice/, ~/models/), Windows (C:\Users\bob\), a network share
 # (\\NAS\share\) or a file URL (file:///home/carol/), not part of another URL or a word; in a JSON value its
@@ -34,7 +35,7 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[
     if path.is_dir():
         raise LowvramError(f"{path} is a folder; give a LoRA .safetensors file in it")
     if not path.is_file():
-        raise LowvramError(f"file not found: {path}")
+        raise LowvramError(f"file not found: {path}{windows_path_hint(path)}")
     try:
         metadata, tensors, _ = lora_header.read_header(path)
     except (OSError, ValueError) as exc:

@@ -213,6 +213,12 @@ def test_a_home_no_user_has_here_is_a_path_not_found_not_a_traceback(capsys):
     directory") from expanduser, wherever a path is read."""
     from lowvram.cli import main
 
+    for command, hint in ((["info", "C:/Users/me/x.safetensors"], "that is a Windows path"),  # / after the drive
+                          (["generate", "--lora", "C:\\loras\\a.safetensors", "--prompt", "a cat"], "a Windows path"),
+                          (["train", "--config", "~\\cfg.toml"], "written as a Windows path"),
+                          (["train", "--model", "tiny", "--data", "D:\\sets\\dataset.toml"], "a Windows path")):
+        assert main(command) == 2, command
+        assert hint in capsys.readouterr().err, command
     for command in (["check-data", "~\\lora\\img"], ["check-data", "~lowvram-no-such-user/img"],
                     ["plan", "--model", "~\\models\\v1-5.safetensors"],
                     ["train", "--model", "tiny", "--data", "~\\lora\\img"]):
