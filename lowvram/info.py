@@ -15,6 +15,7 @@ from pathlib import Path
 from lowvram import lora_header
 from lowvram.errors import LowvramError
 from lowvram.files import windows_path_hint
+from lowvram.lora_metadata import file_hashes
 
 # An absolute folder in a text: POSIX (/home/alice/, ~/models/), Windows (C:\Users\bob\), a network share
 # (\\NAS\share\) or a file URL (file:///home/carol/), not part of another URL or a word; in a JSON value its
@@ -57,11 +58,14 @@ def describe(path: Path) -> dict:
     from lowvram.models.detect import checkpoint_title
 
     checkpoint = checkpoint_title(path) if network == "unknown" else None
+    # (a LoRA's few MiB read once; a checkpoint's gigabytes are not)
+    whole, tensor_data = file_hashes(path) if checkpoint is None else (None, None)
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
             "modules": len(modules),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
-            "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)})}
+            "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)}),
+            "sha256": whole, "addnet_hash": tensor_data}
 
 
 def _module(key: str) -> str:
@@ -122,6 +126,13 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
             if info["checkpoint"] else f"{info['network']}, {info['modules']} modules, {shown}".rstrip(", "))
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
+    if info["sha256"]:
+        written = info["metadata"].get("sshs_model_hash")
+        state = "" if not written else ", as its sshs_model_hash says" if written == info["addnet_hash"] else (
+            f"; [yellow]its sshs_model_hash ({written[:12]}) is stale: its tensors changed after it was written, and "
+            "AUTOMATIC1111 takes that hash instead of hashing the file[/]")
+        console.print(f"hashes: AutoV2 {info['sha256'][:10].upper()} (Civitai's, of the whole file), addnet "
+                      f"{info['addnet_hash'][:12]} (AUTOMATIC1111's, of its tensors){state}", soft_wrap=True)
     if not info["metadata"]:
         console.print("no metadata (the file says nothing of how it was trained)")
         return

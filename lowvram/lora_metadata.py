@@ -58,12 +58,21 @@ def hashes(tensors: dict, metadata: dict[str, str]) -> dict[str, str]:
 def addnet_hash(path: Path) -> str:
     """sha256 of a .safetensors file's tensor data (after its header): AUTOMATIC1111's LoRA hash, which its
     infotext's "Lora hashes" and model sites key images on; kohya's sshs_model_hash of a file as written."""
-    digest = hashlib.sha256()
+    return file_hashes(path)[1]
+
+
+def file_hashes(path: Path) -> tuple[str, str]:
+    """(sha256 of the whole file: Civitai's AutoV2, of which it shows the first 10 digits; the addnet hash), in
+    one read."""
+    whole, tensors = hashlib.sha256(), hashlib.sha256()
     with open(path, "rb") as file:
-        file.seek(8 + int.from_bytes(file.read(8), "little"))
+        length = file.read(8)
+        header = file.read(int.from_bytes(length, "little"))
+        whole.update(length + header)
         for block in iter(lambda: file.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            whole.update(block)
+            tensors.update(block)
+    return whole.hexdigest(), tensors.hexdigest()
 
 
 def save_lora(tensors: dict, path: Path, metadata: dict[str, str], what: str | None = None) -> Path:

@@ -13,7 +13,7 @@ from conftest import assert_kohya_hashes, run_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lowvram import lora_header
+from lowvram import lora_header, lora_metadata
 from lowvram.adapters import lora_files
 from lowvram.cli import main
 from lowvram.data.sample import write_sample_dataset
@@ -302,3 +302,24 @@ def test_strip_paths_takes_home_share_and_file_url_folders_too(tmp_path, capsys)
     assert "4 metadata value(s) held a local folder" in capsys.readouterr().out
     assert main(["info", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["private_paths"] == []
+
+
+def test_info_shows_the_hashes_model_sites_key_a_lora_on_and_a_stale_one(tmp_path, capsys):
+    """Civitai's AutoV2 (the whole file's sha256) and the addnet hash (its tensors', which AUTOMATIC1111 takes from
+    sshs_model_hash instead of hashing the file): an uploader checks them, and a hash left from other tensors."""
+    import hashlib
+
+    path = kohya_file(tmp_path / "ohwx_dog.safetensors")
+    lora_metadata.save_lora(load_file(str(path)), path, safe_open(str(path), "pt").metadata())  # kohya's hashes
+    data = path.read_bytes()
+    whole, tensors = hashlib.sha256(data).hexdigest(), hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):])
+    assert main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["sha256"], info["addnet_hash"]) == (whole, tensors.hexdigest())
+    assert main(["info", str(path)]) == 0
+    assert (f"hashes: AutoV2 {whole[:10].upper()} (Civitai's, of the whole file), addnet {tensors.hexdigest()[:12]} "
+            "(AUTOMATIC1111's, of its tensors), as its sshs_model_hash says") in " ".join(capsys.readouterr().out.split())
+    changed = {key: tensor + 1 for key, tensor in load_file(str(path)).items()}
+    save_file(changed, str(path), safe_open(str(path), "pt").metadata())  # the same metadata, other tensors
+    assert main(["info", str(path)]) == 0
+    assert "its sshs_model_hash (" in capsys.readouterr().out
