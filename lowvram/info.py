@@ -1,8 +1,8 @@
 """`lowvram info FILE`: what a LoRA file says about itself (its network, layers and metadata), whoever trained it,
 and `--strip-paths` to take this machine's folders out of its metadata before sharing it.
 
-Only the file's header is read (safetensors keeps names, shapes and metadata there); `--strip-paths` rewrites the
-file atomically with the same tensors.
+The file's header says the rest (safetensors keeps names, shapes and metadata there); a LoRA's tensors are read only
+to hash them, a checkpoint's not at all. `--strip-paths` rewrites the file atomically with the same tensors.
 """
 
 from __future__ import annotations
