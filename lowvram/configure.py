@@ -213,6 +213,8 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
         raise LowvramError("\n".join(f"{data}: {line}" for line in problems))
     notes = [dataset.summary, *dataset.notes]
     values = dict(dataset.values)
+    assumed = {name: value for name, (value, _) in dataset.assumed.items() if name not in layer}
+    notes += [note for name, (_, note) in dataset.assumed.items() if name in assumed]
     if not dataset_wins:
         notes += [f"{flag_name(fields_by_name()[name][1])} {layer[name]} from {source} replaces its setting ({value})"
                   if layer[name] is not None else f"{flag_name(fields_by_name()[name][1])} {value} is not used: "
@@ -233,7 +235,7 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
                 del values["extra_resolutions"]
     for note in notes if not quiet else ():
         print(f"{data}: {note}", file=sys.stderr)
-    return layer | values if dataset_wins else values | layer
+    return assumed | (layer | values if dataset_wins else values | layer)
 
 
 def with_preset_alpha(values: dict[str, Any], preset: dict[str, Any], above: list[dict[str, Any]]

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lowvram.cli import main
-from lowvram.configure import build_config, read_toml
+from lowvram.configure import build_config, read_config, read_toml
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import is_kohya_config, translate
 
@@ -476,7 +476,7 @@ def test_kohyas_bucket_sides_default_to_sd_scripts_own_where_it_trains_with_them
     assert "min_bucket_side" not in square and "max_bucket_side" not in square
 
 
-def test_a_kohya_config_without_enable_bucket_crops_square_as_sd_scripts_does(tmp_path):
+def test_a_kohya_config_without_enable_bucket_crops_square_as_sd_scripts_does(tmp_path, capsys):
     """sd-scripts' enable_bucket is off unless set (kohya_ss's configs always set it): its images are cropped square
     to the resolution; lowvram bucketed them, unsaid. A dataset file sets it for itself."""
     from lowvram.dataset_files import read_dataset
@@ -489,9 +489,16 @@ def test_a_kohya_config_without_enable_bucket_crops_square_as_sd_scripts_does(tm
     (tmp_path / "imgs").mkdir()
     dataset = tmp_path / "dataset.toml"
     dataset.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'imgs'\n")
-    assert read_dataset(dataset).values["bucket"] is False
+    assert read_dataset(dataset).assumed["bucket"][0] is False and "bucket" not in read_dataset(dataset).values
+    (tmp_path / "run.toml").write_text(f"[data]\ndata = '{dataset}'\n")  # lowvram's own config naming it
+    assert read_toml(tmp_path / "run.toml")["bucket"] is False
+    # a kohya config naming it fills its gaps, as kohya's arguments fill a dataset file's
+    config = tmp_path / "k.toml"
+    config.write_text(f"dataset_config = '{dataset}'\nenable_bucket = true\n")
+    capsys.readouterr()
+    assert read_config(config)["bucket"] is True and "enable_bucket: not set" not in capsys.readouterr().err
     dataset.write_text("[general]\nenable_bucket = true\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'imgs'\n")
-    assert "bucket" not in read_dataset(dataset).values
+    assert "bucket" not in read_dataset(dataset).values and not read_dataset(dataset).assumed
 
 
 def test_kohyas_loraplus_ratios_go_to_the_part_they_name(tmp_path):

@@ -175,7 +175,7 @@ def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_list
                                      {"image_dir": "imgs/alpha", "num_repeats": 4}]}]}
     dataset = read_dataset(write(tmp_path / "dataset.toml", doc))
     assert [s.folder.name for s in dataset.subsets] == ["alpha", "beta"]  # kohya ignores a repeated image_dir
-    assert dataset.values == {"flip": True, "crop": "random", "color_jitter": 0.0, "bucket": False}
+    assert dataset.values == {"flip": True, "crop": "random", "color_jitter": 0.0}
     # each subset's captions are wrapped in its own prefix and suffix, as kohya wraps them
     assert [(s.caption_prefix, s.caption_suffix) for s in dataset.subsets] == [("lvshape, ", ""),
                                                                               ("other, ", ", from side")]

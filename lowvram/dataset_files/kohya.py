@@ -147,9 +147,8 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
         subsets = [replace(subset, **{key: (own[key] or {}).get(id(subset)) for key in OWN_SETTINGS},
                            dataset=dataset_of[id(subset)] if len(per_dataset) > 1 else None) for subset in subsets]
     values = _run_values(run_values, problem) | ({"extra_resolutions": extra} if extra else {})
-    if "enable_bucket" not in run_values:  # kohya's default (a config naming the file may set it)
-        values["bucket"] = False
-        notes.append(NO_BUCKETS.format(where="[general]"))
+    # kohya's default, where neither the file nor a config naming it sets it
+    assumed = {} if "enable_bucket" in run_values else {"bucket": (False, NO_BUCKETS.format(where="[general]"))}
     caption_values, subsets = _subset_values(settings, subsets, notes)
     values |= caption_values
     unread = sorted({key for settled in settings for key in settled} - (KNOWN - UNUSED))
@@ -166,7 +165,8 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
             problem(key, why)
     if problems:
         raise LowvramError("\n".join(problems))
-    return DatasetFile(path.resolve(), "kohya dataset config", tuple(subsets), values, tuple(notes), "is_reg")
+    return DatasetFile(path.resolve(), "kohya dataset config", tuple(subsets), values, tuple(notes), "is_reg",
+                       assumed)
 
 
 def _set(value: Any) -> bool:

@@ -4,7 +4,7 @@ and roles, and the lowvram options its settings set."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ class DatasetFile:
     values: dict[str, Any]  # lowvram options its settings set
     notes: tuple[str, ...]
     regularization_kind: str = "regularization"  # what the file calls its regularization subsets
+    # what its format takes where the file is silent (option -> (value, the note that says so)): beneath any value
+    # of the layer naming it (a kohya config's enable_bucket, as kohya's arguments fill a dataset file's gaps)
+    assumed: dict[str, tuple[Any, str]] = field(default_factory=dict)
 
     def folders(self, regularization: bool = False) -> list[Subset]:
         return [s for s in self.subsets if s.regularization == regularization]
