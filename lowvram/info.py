@@ -20,7 +20,8 @@ from lowvram.lora_metadata import file_hashes
 # An absolute folder in a text: POSIX (/home/alice/, ~/models/), Windows (C:\Users\bob\), a network share
 # (\\NAS\share\) or a file URL (file:///home/carol/), not part of another URL or a word; in a JSON value its
 # backslashes are doubled (C:\\Users\\bob\\).
-_FOLDER = re.compile(r"(?<![\w.:/\\~])(?:[A-Za-z]:[\\/]+|/|~[\\/]+|\\{2,}|file:/+)(?:[^\s\"'<>|*?\\/:]+[\\/]+)+")
+_FOLDER = re.compile(r"(?<![\w.:/\\~])(?:[A-Za-z]:[\\/]+|/|~[\\/]+|\\{2,}[\w.$-]+[\\/]+|file:/+(?:[A-Za-z]:/+)?)"
+                     r"(?:[^\s\"'<>|*?\\/:]+[\\/]+)+")
 _NETWORKS = ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"), (".lora_down.", "LoRA"),
              (".lora_A.", "LoRA (diffusers/peft layout)"))
 

@@ -291,13 +291,15 @@ def test_strip_paths_takes_home_share_and_file_url_folders_too(tmp_path, capsys)
     called the file clean with them in it."""
     path = kohya_file(tmp_path / "ohwx_dog.safetensors", extra={
         "ss_sd_model_name": "~/models/v1-5.safetensors", "ss_training_comment": r"from \\NAS\share\alice\loras",
-        "modelspec.description": "see file:///home/carol/x.png or https://example.org/a/b/",
+        "modelspec.description": "see file:///home/carol/x.png, file:///C:/Users/carol/y.png or https://example.org/a/",
+        "ss_tag_frequency": json.dumps({"10_dog": {"hatsune miku \\(cosplay\\)": 2}}),  # A1111's escapes: no share
         "ss_dataset_dirs": json.dumps({r"\\NAS\share\dogs\10_dog": 1, "C:\\Users\\bob\\5_cat": 2})})
     assert main(["info", str(path), "--strip-paths"]) == 0
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata()
     assert (metadata["ss_sd_model_name"], metadata["ss_training_comment"]) == ("v1-5.safetensors", "from loras")
-    assert metadata["modelspec.description"] == "see x.png or https://example.org/a/b/"
+    assert metadata["modelspec.description"] == "see x.png, y.png or https://example.org/a/"
+    assert json.loads(metadata["ss_tag_frequency"]) == {"10_dog": {"hatsune miku \\(cosplay\\)": 2}}
     assert json.loads(metadata["ss_dataset_dirs"]) == {"10_dog": 1, "5_cat": 2}
     assert "4 metadata value(s) held a local folder" in capsys.readouterr().out
     assert main(["info", str(path), "--json"]) == 0
