@@ -7,7 +7,6 @@ the GUI) the prompts, and its additional parameters (sd-scripts flags) the setti
 from __future__ import annotations
 
 import math
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -182,10 +181,10 @@ def _additional(text: str, problem) -> dict[str, Any]:
     """kohya_ss's additional parameters (sd-scripts flags, appended to its command) as settings: `--name value`,
     `--name=value`, a switch alone, or several values (network_args) as a list: always one for sd-scripts'
     list flags, whose single value is a list of one."""
-    windows = re.search(r"(^|[\s=\"'])[A-Za-z]:\\", text)  # a Windows path's \ is no escape (as POSIX reads it)
+    words = shlex.shlex(text, posix=True)
+    words.whitespace_split, words.commenters, words.escape = True, "", ""  # a Windows path's \ is no escape
     try:
-        words = [word[1:-1] if len(word) > 1 and word[0] == word[-1] and word[0] in "\"'" else word
-                 for word in shlex.split(text, posix=not windows)]
+        words = list(words)
     except ValueError as exc:
         problem("additional_parameters", f"{text!r} is not a command line ({exc})")
         return {}

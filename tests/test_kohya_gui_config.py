@@ -146,9 +146,10 @@ def test_sample_prompts_text_and_additional_parameters_are_read_as_kohya_ss_pass
         settings_of(tmp_path, additional_parameters="stray --flip_aug")
     # a Windows path's backslashes, which POSIX quoting took for escapes (C:UsersJosélora...)
     windows = settings_of(tmp_path, additional_parameters='--network_weights C:\\Users\\José\\old.safetensors '
-                                                          '--vae "D:\\my models\\vae.safetensors" --flip_aug')
-    assert (windows["network_weights"], windows["vae"], windows["flip"]) == (
-        "C:\\Users\\José\\old.safetensors", "D:\\my models\\vae.safetensors", True)
+                                                          '--vae "\\\\NAS\\my models\\vae.safetensors" --flip_aug '
+                                                          '--caption_prefix="a photo, of"')
+    assert (windows["network_weights"], windows["vae"], windows["flip"], windows["caption_prefix"]) == (
+        "C:\\Users\\José\\old.safetensors", "\\\\NAS\\my models\\vae.safetensors", True, "a photo, of")
     # one value of a list flag is a list of one (its characters were read as the list)
     annealing = settings_of(tmp_path, optimizer="Prodigy", max_train_steps=30, lr_scheduler="constant",
                             additional_parameters='--lr_scheduler_type "CosineAnnealingLR" --lr_scheduler_args "T_max=30"')
