@@ -177,6 +177,9 @@ def test_a_strategy_the_users_own_flags_name_is_said_unverified_when_chosen():
                       "--checkpoint-blocks", "14", "--optimizer", "adamw")
     assert ("chose quanto-int4 ckpt 14 blocks adamw: the one strategy that fits (unverified: no GPU result shows it "
             "training; it runs with a warning)") in " ".join(done.stdout.split())
+    blocks, _ = lowvram("plan", "--model", "sd15", "--vram", "3GB", "--checkpoint-blocks", "3")
+    assert re.search(r"chose \S+ ckpt 3 blocks \S+: the one strategy that fits \(unverified: GPU results show it only "
+                     r"with every block recomputed; it runs with a warning\)", " ".join(blocks.stdout.split()))
 
 
 def test_a_bigger_gpu_or_more_host_ram_suggested_is_enough_for_what_it_names():

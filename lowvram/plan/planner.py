@@ -96,11 +96,16 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
     if fitting:
         choice = fitting[0]
         faster = [e for e in estimates if e.speed < choice.speed]
-        seen = "" if len(fitting) == sum(e.fits(hardware) for e in estimates) else " and were seen training on a GPU"
+        # (said seen only where each one it chose among is; the user's own flags may let an unseen one in)
+        seen = "" if len(fitting) == sum(e.fits(hardware) for e in estimates) or any(
+            e.verified is False for e in fitting) else f" and {'were' if len(fitting) > 1 else 'was'} seen training"
         why = (f"the fastest predicted of {len(fitting)} strategies that fit{seen}" if len(fitting) > 1
-               else f"the one strategy that fits{seen}")
+               else f"the one strategy that fits{seen}") + (" on a GPU" if seen else "")
         if choice.verified is False:  # the user's own flags asked for it
-            why += " (unverified: no GPU result shows it training; it runs with a warning)"
+            s = choice.strategy
+            whole = is_verified(work.family, s.unet_weights, True, s.optimizer, work.mixed_precision)
+            why += (" (unverified: GPU results show it only with every block recomputed" if whole and fixed.get(
+                "checkpoint_blocks") else " (unverified: no GPU result shows it training") + "; it runs with a warning)"
         if faster:
             over = faster[0]
             reason = ("has not been seen training on a GPU" if over.fits(hardware)
