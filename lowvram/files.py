@@ -68,7 +68,8 @@ def windows_path_hint(path: str | os.PathLike) -> str:
     if os.sep != "/":
         return ""
     if re.search(r"(^|/)[A-Za-z]:[\\/]", str(path)):  # another machine's drive (made absolute here by the config)
-        return "; that is a Windows path: give where it is on this machine, with / between folders"
+        return "; that is a Windows path: give where it is on this machine" + (
+            ", with / between folders" if "\\" in str(path) else "")
     return "; written as a Windows path: write it with / between folders here" if "\\" in str(path) else ""
 
 
@@ -85,7 +86,12 @@ def windows_output_problem(flag: str, given: str | os.PathLike) -> str | None:
     """A place to write given as a Windows path (C:\\Users\\me\\out, .\\out) where backslashes are no separators:
     it would be written as one file or folder of that whole name, in the current folder."""
     hint = windows_path_hint(given)
-    return f"{flag}: {given} would be one file or folder of that whole name here{hint}" if hint else None
+    if not hint:
+        return None
+    drive = re.search(r"(?:^|/)([A-Za-z]:)/", str(given))
+    where = (f"folders inside one named '{drive.group(1)}' in the current folder" if drive and "\\" not in str(given)
+             else "one file or folder of that whole name here")
+    return f"{flag}: {given} would be written as {where}{hint}"
 
 
 def redraws_in_place(console) -> bool:
