@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import run_config
 from preloaded import Run, run
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.lora_header import read_header
@@ -489,3 +489,16 @@ def test_a_finished_run_resumed_keeps_its_lora_byte_for_byte_unless_what_it_hold
     train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=2, resume="auto", metadata_title="Shapes"))
     assert "not written again" not in capsys.readouterr().out
     assert read_header(first.lora_path)[0]["modelspec.title"] == "Shapes"
+    # other tensors under the same metadata (a file edited since): written again
+    metadata, weights = read_header(first.lora_path)[0], load_file(str(first.lora_path))
+    save_file({key: tensor * 2 for key, tensor in weights.items()}, str(first.lora_path), metadata)
+    train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=2, resume="auto", metadata_title="Shapes"))
+    assert "not written again" not in capsys.readouterr().out
+    assert all(torch.equal(tensor, load_file(str(first.lora_path))[key]) for key, tensor in weights.items())
+    # --no-metadata: no step in the file to tell it by, but the same file all the same
+    quiet = tmp_path / "quiet"
+    train(run_config(output=str(quiet), max_steps=2, checkpoint_every=2, no_metadata=True))
+    lora = next(quiet.glob("*.safetensors"))
+    before = lora.read_bytes()
+    train(run_config(output=str(quiet), max_steps=2, checkpoint_every=2, no_metadata=True, resume="auto"))
+    assert lora.read_bytes() == before and not (quiet / "archive").exists()

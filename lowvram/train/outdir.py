@@ -21,6 +21,7 @@ from pathlib import Path
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import DiskFull, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
+from lowvram.lora_metadata import HASHES, addnet_hash, hashes
 from lowvram.resolve import ResolvedRun
 from lowvram.run_files import (
     CHECKPOINTS,
@@ -226,16 +227,18 @@ def take_ownership(run: ResolvedRun) -> str | None:
 
 
 # what differs between two writes of the same LoRA: when each was written, and so its file's hashes
-WRITTEN_AT = ("ss_training_started_at", "ss_training_finished_at", "ss_session_id", "modelspec.date",
-              "sshs_model_hash", "sshs_legacy_hash")
+WRITTEN_AT = ("ss_training_started_at", "ss_training_finished_at", "ss_session_id", "modelspec.date", *HASHES)
 
 
-def written_already(lora: Path, metadata: dict[str, str]) -> bool:
-    """Whether `lora` holds what a run that took no step (a finished run resumed) would write again: its step's
-    LoRA, of the options written into it now, written at another time. Written again, its file hash (which model
-    sites key on) and times would change for nothing. (--format, which writes a copy beside it, is no part of it.)"""
+def written_already(lora: Path, metadata: dict[str, str], tensors: dict) -> bool:
+    """Whether `lora` holds what a run that took no step (a finished run resumed) would write again: `tensors`,
+    and `metadata` but for when it was written. Written again, its file hash (which model sites key on) and times
+    would change for nothing. (--format, which writes a copy beside it, is no part of it.)"""
     try:
         old = read_header(lora)[0]
+        tensors = {key: tensor.detach().contiguous().cpu() for key, tensor in tensors.items()}
+        if addnet_hash(lora) != hashes(tensors, metadata)["sshs_model_hash"]:  # (of the tensor data alone)
+            return False
     except (OSError, ValueError):  # none there, or not whole: written
         return False
 

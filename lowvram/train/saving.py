@@ -13,6 +13,7 @@ from lowvram.adapters import lora_files
 from lowvram.errors import TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
 from lowvram.memory import free_cached_memory
+from lowvram.precision import DTYPES
 from lowvram.run_files import LORA_SUFFIX, SAMPLES, best_save, epoch_save, interval_save, step_save
 from lowvram.train import checkpoint, outdir
 from lowvram.train.identity import recipe
@@ -25,20 +26,24 @@ from lowvram.train.validation import EarlyStopping, fixed_timesteps, validation_
 
 
 def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, step: int, epoch: int,
-              shape: TrainingShape, trained: bool = True) -> Path:
-    """The LoRA as it stands (schedule-free's or --ema's averaged weights), written by the main process; where
-    this run has not `trained`, a file there that holds it already is left as it is."""
+              shape: TrainingShape) -> Path:
+    """The LoRA as it stands (schedule-free's or --ema's averaged weights), written by the main process."""
     if session.main:
-        metadata = lora_metadata(session.run, trainee.model, dataset.records, step, epoch, dataset.trigger, shape,
-                                 dataset.regularization)
-        if not trained and outdir.written_already(path, metadata):
-            session.console.print(f"{path} holds step {step}'s LoRA of these options already: not written again "
-                                  "(its file hash, which model sites key on, stays)", soft_wrap=True)
-            return path
         with trainee.averaged_weights():
             lora_files.save_kohya(trainee.model, path, session.config.alpha, session.config.output.save_precision,
-                                  metadata)
+                                  lora_metadata(session.run, trainee.model, dataset.records, step, epoch,
+                                                dataset.trigger, shape, dataset.regularization))
     return path
+
+
+def written_already(session: Session, trainee: Trainee, dataset: Dataset, path: Path, step: int, epoch: int,
+                    shape: TrainingShape) -> bool:
+    """Whether `path` holds the LoRA save_lora would write now, its tensors and what its metadata says alike."""
+    metadata = lora_metadata(session.run, trainee.model, dataset.records, step, epoch, dataset.trigger, shape,
+                             dataset.regularization)
+    with trainee.averaged_weights():
+        tensors = lora_files.kohya_state_dict(trainee.model, DTYPES[session.config.output.save_precision])
+    return outdir.written_already(path, metadata, tensors)
 
 
 def save_checkpoint(session: Session, trainee: Trainee, dataset: Dataset, position: checkpoint.Position
@@ -144,11 +149,15 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
     with room for one keeps the LoRA; one whose LoRA write fails (a file-size limit, a disk filled meanwhile) still
     gets the checkpoint where it fits, from which --resume writes the LoRA without another step."""
     if session.main and session.config.training.resume:
+        if position is None and written_already(session, trainee, dataset, lora_path, step, epochs, shape):
+            session.console.print(f"{lora_path} holds step {step}'s LoRA of these options already: not written "
+                                  "again (its file hash, which model sites key on, stays)", soft_wrap=True)
+            return  # (and no checkpoint: this run took no step)
         kept = outdir.keep_earlier_final_lora(lora_path, step, trained=position is not None)
         if kept:
             session.console.print(kept, soft_wrap=True)
     try:
-        save_lora(session, trainee, dataset, lora_path, step, epochs, shape, trained=position is not None)
+        save_lora(session, trainee, dataset, lora_path, step, epochs, shape)
     except DiskFull:
         if position is not None:
             with suppress(DiskFull):
