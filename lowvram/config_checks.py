@@ -30,6 +30,7 @@ from lowvram.files import (
     TEMPORARY_NAME_EXTRA,
     file_in_the_way,
     name_length,
+    not_utf8,
     windows_output_problem,
     windows_path_hint,
 )
@@ -504,8 +505,8 @@ def _output_problems(c: RunConfig) -> list[str]:
         p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} not found; check the path")
     except IsADirectoryError:
         p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} is a folder; give the prompt file in it")
-    except UnicodeDecodeError:
-        p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} is not UTF-8 text; save it as UTF-8")
+    except UnicodeDecodeError as exc:
+        p.append(f"--sample-prompt-file: {not_utf8(c.output.sample_prompt_file, exc)}")
     except OSError as exc:
         p.append(f"--sample-prompt-file: {c.output.sample_prompt_file} is unreadable ({exc.strerror or exc})")
     except ValueError as exc:

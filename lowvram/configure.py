@@ -35,7 +35,7 @@ from lowvram.dataset_files import (
     read_dataset,
 )
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import backslash_hint, expand_home, text_of, windows_path_hint
+from lowvram.files import backslash_hint, expand_home, not_utf8, text_of, windows_path_hint
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
@@ -86,7 +86,7 @@ def config_text(path: Path, flag: str = "--config") -> str:
     except OSError as exc:
         raise LowvramError(f"{flag}: can't read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise LowvramError(f"{flag}: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        raise LowvramError(f"{flag}: {not_utf8(path, exc)}") from None
 
 
 def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -> dict[str, Any]:

@@ -491,6 +491,11 @@ def _lock(handle) -> bool | None:
     return True
 
 
+def not_utf8(path: str | os.PathLike, exc: UnicodeDecodeError) -> str:
+    """What a text file lowvram reads is, when it is in another encoding (Notepad's ANSI), and the fix."""
+    return f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+
+
 def text_of(path: Path) -> str:
     """A text file as Windows editors save it too: UTF-8 with or without Notepad's byte-order mark, or UTF-16 with
     one (PowerShell 5's `>`). OSError, or UnicodeDecodeError for other bytes."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lowvram.adapters.lora_files import DIFFUSERS_WEIGHTS, UNET_KOHYA_PREFIX
+from lowvram.adapters.lora_files import UNET_KOHYA_PREFIX
 from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, output_problem, windows_path_hint
@@ -79,26 +79,27 @@ def generate(args: argparse.Namespace) -> list[Path]:
     if dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
         model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16, as its pipeline knows
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if device.type != "cpu" else nullcontext
+    sampler = a1111_name(prompt.sampler or type(model.pipeline.scheduler).__name__)  # (none asked: the model's own)
+    # a kohya file's addnet hash, by which AUTOMATIC1111 and model sites know it (a diffusers folder has none)
+    hashes = {path: addnet_hash(path)[:12] for path, _ in sources if path.is_file()}
     for i, path in enumerate(paths):
         image = render(model, prompt, args.resolution or model.family.resolution, steps, seed + i, device, autocast)
-        sampler = prompt.sampler or type(model.pipeline.scheduler).__name__  # (none asked: the model's own)
-        save_as_named(image, path, infotext(prompt, sources, steps, a1111_name(sampler), seed + i, image.size,
+        save_as_named(image, path, infotext(prompt, sources, hashes, steps, sampler, seed + i, image.size,
                                             Path(args.model).stem))
     return paths
 
 
-def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], steps: int, sampler: str, seed: int,
-             size: tuple[int, int], model: str) -> str:
+def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], hashes: dict[Path, str], steps: int, sampler: str,
+             seed: int, size: tuple[int, int], model: str) -> str:
     """What the image was made with, as AUTOMATIC1111 writes it into a PNG (its PNG Info and "Send to txt2img" read
     it back; its LoRA tags name the files)."""
-    names = [path.name if path.is_dir() else path.stem for path, _ in loras]  # (a diffusers folder: v1.0-diffusers)
-    tags = "".join(f" <lora:{name}:{weight:g}>" for name, (_, weight) in zip(names, loras))
+    names = {path: path.name if path.is_dir() else path.stem for path, _ in loras}  # (a diffusers folder: v1.0-...)
+    tags = "".join(f" <lora:{names[path]}:{weight:g}>" for path, weight in loras)
     negative = f"\nNegative prompt: {prompt.negative}" if prompt.negative else ""
-    files = [path / DIFFUSERS_WEIGHTS if path.is_dir() else path for path, _ in loras]
-    hashes = ", ".join(f"{name}: {addnet_hash(file)[:12]}" for name, file in zip(names, files) if file.is_file())
+    listed = ", ".join(f"{names[path]}: {short}" for path, short in hashes.items())
     return (f"{prompt.text}{tags}{negative}\nSteps: {steps}, Sampler: {sampler}, CFG scale: "
             f"{prompt.guidance:g}, Seed: {seed}, Size: {size[0]}x{size[1]}, Model: {model}"
-            + (f', Lora hashes: "{hashes}"' if hashes else ""))
+            + (f', Lora hashes: "{listed}"' if listed else ""))
 
 
 def output_paths(output: Path, count: int) -> list[Path]:

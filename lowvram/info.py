@@ -2,7 +2,7 @@
 and `--strip-paths` to take this machine's folders out of its metadata before sharing it.
 
 The file's header says the rest (safetensors keeps names, shapes and metadata there); a LoRA's tensors are read only
-to hash them, a checkpoint's not at all. `--strip-paths` rewrites the file atomically with the same tensors.
+to hash them, another file's not at all. `--strip-paths` rewrites the file atomically with the same tensors.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def describe(path: Path) -> dict:
     from lowvram.models.detect import checkpoint_title
 
     checkpoint = checkpoint_title(path) if network == "unknown" else None
-    # (a LoRA's few MiB read once; a checkpoint's gigabytes are not)
-    whole, tensor_data = file_hashes(path) if checkpoint is None else (None, None)
+    # (an adapter's few MiB read once; no other file's, which may be a model of gigabytes)
+    whole, tensor_data = file_hashes(path) if network != "unknown" else (None, None)
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
             "modules": len(modules),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,

@@ -22,7 +22,7 @@ from typing import Any
 from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SAVE_PRECISION, SAVE_PRECISION_ALIASES, SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import expand_home
+from lowvram.files import expand_home, not_utf8
 from lowvram.kohya_names import KOHYA_FLAGS
 from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
@@ -576,8 +576,8 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[s
                          "prompt file's path")
         except IsADirectoryError:
             problem("sample_prompts", f"{prompt_file} is a folder; give the prompt file in it")
-        except UnicodeDecodeError:
-            problem("sample_prompts", f"{prompt_file} is not UTF-8 text; save it as UTF-8")
+        except UnicodeDecodeError as exc:
+            problem("sample_prompts", not_utf8(prompt_file, exc))
         except OSError as exc:
             problem("sample_prompts", f"{prompt_file} is unreadable ({exc.strerror or exc})")
         except ValueError as exc:

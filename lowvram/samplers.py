@@ -33,17 +33,18 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
 # other tools' names: kohya's k_ spellings, OneTrainer's noise_scheduler values (lower-cased), A1111/ComfyUI's DPM++
 ALIASES = {"k_lms": "lms", "k_euler": "euler", "k_euler_a": "euler_a", "k_dpm_2": "dpm_2", "k_dpm_2_a": "dpm_2_a",
            "dpmpp": "dpmsolver++", "dpmpp_karras": "dpmsolver++_karras", "dpmpp_sde": "dpmsolver++_sde",
-           "dpmpp_sde_karras": "dpmsolver++_sde_karras", "dpm++_2m": "dpmsolver++",
-           "dpm++_2m_karras": "dpmsolver++_karras", "dpmpp_2m": "dpmsolver++", "dpmpp_2m_karras": "dpmsolver++_karras",
-           "dpm++_2m_sde": "dpmsolver++_sde", "dpm++_2m_sde_karras": "dpmsolver++_sde_karras",
+           "dpmpp_sde_karras": "dpmsolver++_sde_karras", "dpmpp_2m": "dpmsolver++",
+           "dpmpp_2m_karras": "dpmsolver++_karras",
            "dpmpp_2m_sde": "dpmsolver++_sde", "dpmpp_2m_sde_karras": "dpmsolver++_sde_karras",
-           "euler_ancestral": "euler_a", "uni_pc": "unipc", "dpm2": "dpm_2", "dpm2_a": "dpm_2_a"}
+           "euler_ancestral": "euler_a", "uni_pc": "unipc"}
 # AUTOMATIC1111's names, as its infotext writes them ("Send to txt2img" reads them back): its "Schedule type" apart
 A1111_NAMES = {"ddim": "DDIM", "pndm": "PLMS", "lms": "LMS", "euler": "Euler",
-               "euler_karras": "Euler, Schedule type: Karras", "euler_a": "Euler a", "heun": "Heun", "dpm_2": "DPM2", "dpm_2_a": "DPM2 a", "dpmsolver++": "DPM++ 2M",
-               "dpmsolver++_karras": "DPM++ 2M Karras", "dpmsolver++_sde": "DPM++ 2M SDE",
-               "dpmsolver++_sde_karras": "DPM++ 2M SDE Karras", "dpmsingle": "DPM++ SDE", "unipc": "UniPC",
-               "unipc_karras": "UniPC, Schedule type: Karras"}
+               "euler_karras": "Euler, Schedule type: Karras", "euler_a": "Euler a", "heun": "Heun", "dpm_2": "DPM2",
+               "dpm_2_a": "DPM2 a", "dpmsolver++": "DPM++ 2M", "dpmsolver++_karras": "DPM++ 2M Karras",
+               "dpmsolver++_sde": "DPM++ 2M SDE", "dpmsolver++_sde_karras": "DPM++ 2M SDE Karras",
+               "dpmsingle": "DPM++ SDE", "unipc": "UniPC", "unipc_karras": "UniPC, Schedule type: Karras"}
+# they as typed ("DPM++ 2M Karras", "Euler a", "PLMS"), in sampler_name's spelling
+ALIASES |= {"_".join(name.lower().split()): key for key, name in A1111_NAMES.items() if "," not in name}
 NEEDS = {"LMSDiscreteScheduler": "scipy"}  # diffusers imports these schedulers only with that package installed
 
 

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_train import model_outputs
 
+from lowvram import lora_header
 from lowvram.adapters.lora_files import load_kohya
 from lowvram.cli import main
 from lowvram.models.ldm_layout import sd15_single_file, sdxl_single_file
@@ -201,6 +202,10 @@ def test_generate_stacks_several_loras_as_the_merged_checkpoint_holds_them(setup
                                          for name in ("merged", "stacked", "ours", "one"))
     assert np.abs(merged_pixels - stacked).max() <= 2 and np.abs(merged_pixels - ours).max() <= 2  # 8-bit rounding
     assert np.abs(merged_pixels - one).max() > 10  # the second LoRA changed it
+    # the folder tagged by its whole name; only the kohya file hashed, whose hash AUTOMATIC1111 and sites know
+    text = Image.open(images["stacked"]).text["parameters"]
+    assert f"<lora:{first.stem}:0.5> <lora:{second_folder.name}:-0.8>" in text
+    assert text.endswith(f'Lora hashes: "{first.stem}: {lora_header.read_header(first)[0]["sshs_model_hash"][:12]}"')
 
 
 def test_a_broken_lora_file_is_named_as_merges_file_not_a_flag_it_lacks(setup, tmp_path, capsys):
