@@ -114,6 +114,9 @@ def parse_size(text: str, flag: str) -> int:
         hint = (f"; a number alone is in GB (write {text.strip()}MB for megabytes)" if not match.group(2)
                 else "; give the card's memory, e.g. 24GB")
         raise LowvramError(f"{flag}: '{text}' is over {most} GB{hint}")
+    if flag == "--vram" and not match.group(2) and value > 256:  # 512 alone: megabytes meant, more likely than GB
+        raise LowvramError(f"{flag}: '{text}' alone is read in GB, more than any GPU holds; write {text.strip()}MB "
+                           f"for megabytes (or {text.strip()}GB if you mean it)")
     return int(size)
 
 
