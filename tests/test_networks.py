@@ -486,3 +486,16 @@ def test_a_fresh_loha_starts_as_lycoris_draws_it():
     for name, std in (("hada_w1_a", 0.1), ("hada_w1_b", 1.0), ("hada_w2_b", 1.0)):
         assert weights[name].std().item() == pytest.approx(std, rel=0.1), name
         assert abs(weights[name].mean().item()) < 0.1 * std, name
+
+
+def test_a_full_matrix_lokr_saves_in_fp16_with_lycoris_unread_alpha(tmp_path):
+    """kohya_ss's full-rank LoKr (network_dim 100000): its alpha, LyCORIS's rank, is inf in fp16, and the run ended
+    'refusing to write ... non-finite values' with its weights lost. No reader scales a full matrix by it."""
+    runs = {precision: train(run_config(output=str(tmp_path / precision), max_steps=1, network="lokr", rank=100000,
+                                        alpha=1, lokr_factor=8, save_precision=precision)).lora_path
+            for precision in ("fp16", "fp32")}
+    half, full = (load_file(str(runs[precision])) for precision in ("fp16", "fp32"))
+    alphas = [key for key in half if key.endswith(".alpha")]
+    assert alphas and all(torch.isinf(half[key]) for key in alphas)
+    assert all(torch.isfinite(tensor).all() for key, tensor in half.items() if key not in alphas)
+    assert all(torch.allclose(half[key].float(), full[key], rtol=1e-2, atol=1e-4) for key in half if key not in alphas)
