@@ -14,6 +14,7 @@ not carried over; one that changes nothing here (data loader workers, caching sw
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import re
 from pathlib import Path
@@ -31,6 +32,18 @@ from lowvram.samplers import sampler_name
 # kohya's enable_bucket is off unless set: every image cropped square to the resolution
 NO_BUCKETS = ("enable_bucket: not set in {where}, so every image is cropped square to the resolution, as kohya crops "
               "it; enable_bucket = true (or --bucket) trains aspect-ratio buckets")
+# kohya's settings that would change what the model is shown: refused rather than trained without (a dataset
+# file's, and a config file's where sd-scripts reads them there too)
+REFUSED_SETTINGS = {
+    "conditioning_data_dir": "ControlNet training is not something lowvram does; for kohya's masked loss (its masks "
+                             "in that folder), put each mask beside its image as <image name>-masklabel.png and "
+                             "train with --masked-loss (its brightness weighs the loss, as OneTrainer reads it; "
+                             "kohya read the red channel: a mask drawn in grey reads the same)",
+    "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
+    "skip_image_resolution": "lowvram skips no images by resolution; leave it out (`lowvram check-data` lists small "
+                             "images, and --small-images skip leaves them out)",
+    "network_multiplier": "lowvram trains the LoRA at strength 1; leave it out",
+}
 # kohya's switches that set a lowvram option to a value
 SWITCHES = {"v_parameterization": ("prediction_type", "v_prediction"), "xformers": ("attention", "auto"),
             "sdpa": ("attention", "sdpa"), "fp8_base": ("unet_weights", "fp8"), "random_crop": ("crop", "random"),
@@ -221,6 +234,15 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         notes.append("sample_every_n_* is not carried over: no sample_prompts file to render")
         del values["sample_every"]
     unknown = sorted(set(left) - INERT)
+    for key in [key for key in unknown if key in REFUSED_SETTINGS]:  # would change what the model is shown
+        problem(key, REFUSED_SETTINGS[key])
+        unknown.remove(key)
+    flags = [flag[2:] for flag in KOHYA_FLAGS]
+    for key in [key for key in unknown if f"--{key}" not in KOHYA_FLAGS]:  # no sd-scripts setting: misspelt?
+        meant = difflib.get_close_matches(key, [flag for flag in flags if flag not in flat], n=1, cutoff=0.8)
+        if meant:  # (kohya passes a misspelt key over: netwrok_dim trained at rank 4, unsaid)
+            problem(key, f"no kohya setting is called that; did you mean {meant[0]}?")
+            unknown.remove(key)
     if unknown:
         notes.append(f"not carried over (lowvram has no such setting): {', '.join(unknown)}")
     if problems:

@@ -588,3 +588,15 @@ def test_a_validation_interval_beside_a_split_the_command_line_gives_is_kept(tmp
     assert train_values(args)["validate_every"] == 50
     (tmp_path / "data.toml").write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{tmp_path.as_posix()}"\n')
     assert "validate_every" not in train_values(args)  # one that holds nothing out does not
+
+
+def test_a_misspelt_kohya_setting_or_one_that_changes_the_images_is_refused_not_passed_over(tmp_path):
+    """`netwrok_dim = 8` trained at kohya's rank 4 with a 'not carried over' note; face_crop_aug_range, refused as a
+    flag and in a dataset file, trained without its crops. A real setting lowvram lacks is still only noted."""
+    with pytest.raises(LowvramError) as error:
+        translate({"train_data_dir": "sample", "netwrok_dim": 8, "face_crop_aug_range": "2.0,4.0"}, Path("k.toml"))
+    assert str(error.value).splitlines() == [
+        "k.toml: face_crop_aug_range: lowvram has no face-crop augmentation; leave it out",
+        "k.toml: netwrok_dim: no kohya setting is called that; did you mean network_dim?"]
+    _, notes = translate({"train_data_dir": "sample", "network_dim": 8, "lowvram_unknown_thing": 1}, Path("k.toml"))
+    assert "not carried over (lowvram has no such setting): lowvram_unknown_thing" in notes

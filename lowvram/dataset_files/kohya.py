@@ -25,7 +25,7 @@ from typing import Any
 from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
 from lowvram.errors import LowvramError
 from lowvram.files import expand_home, windows_path_hint
-from lowvram.kohya_config import NO_BUCKETS, as_number
+from lowvram.kohya_config import NO_BUCKETS, REFUSED_SETTINGS, as_number
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 
 # settings of a whole dataset: subsets share them, and lowvram trains one value per run
@@ -54,17 +54,7 @@ STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_pref
              "metadata_file"}  # per subset
 # nothing lowvram does changes with these: it caches its own scan, and resizes as it resizes
 INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed"}
-# they would change what the model is shown: refused rather than trained without
-REFUSED = {
-    "conditioning_data_dir": "ControlNet training is not something lowvram does; for kohya's masked loss (its masks "
-                             "in that folder), put each mask beside its image as <image name>-masklabel.png and "
-                             "train with --masked-loss (its brightness weighs the loss, as OneTrainer reads it; "
-                             "kohya read the red channel: a mask drawn in grey reads the same)",
-    "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
-    "skip_image_resolution": "lowvram skips no images by resolution; leave it out (`lowvram check-data` lists small "
-                             "images, and --small-images skip leaves them out)",
-    "network_multiplier": "lowvram trains the LoRA at strength 1; leave it out",
-}
+REFUSED = REFUSED_SETTINGS  # they would change what the model is shown: refused rather than trained without
 
 
 # kohya's settings that change nothing lowvram trains (caption token warm-up, other models' prompts), passed over
