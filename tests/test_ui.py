@@ -187,6 +187,33 @@ def test_a_preset_fills_the_form_and_a_saved_toml_replays(page, server):
     expect(field(page, "model")).to_have_value("tiny")
 
 
+def test_a_preset_in_the_form_takes_a_rank_and_a_length_as_the_command_line_does(page, server):
+    """`--preset character --rank 8 --max-steps 30` trains alpha 4 (the preset's share of the rank) for 30 steps;
+    the form kept alpha 8 (twice the update) and its epochs beside the steps, which the check refused."""
+    choose(page, "preset", "character")
+    expect(page.locator("#setup-status")).to_contain_text("loaded preset character")
+    for name, value in (("rank", "8"), ("max-steps", "30")):
+        field(page, name).fill(value)
+        field(page, name).press("Tab")
+    expect(field(page, "alpha")).to_have_value("4")
+    expect(field(page, "epochs")).to_have_value("")
+    field(page, "alpha").fill("6")  # one's own alpha stays one's own
+    field(page, "alpha").press("Tab")
+    field(page, "rank").fill("32")
+    field(page, "rank").press("Tab")
+    expect(field(page, "alpha")).to_have_value("6")
+    field(page, "model").fill("tiny")
+    field(page, "data").fill("sample")
+    target = server["root"] / "preset-rank.toml"
+    page.locator("#config-path textarea, #config-path input").first.fill(str(target))
+    page.locator("#save-config").click()
+    expect(page.locator("#setup-status")).to_contain_text(f"saved {target}")
+    from lowvram.configure import read_toml
+
+    saved = read_toml(target)
+    assert (saved["rank"], saved["alpha"], saved["max_steps"], saved.get("epochs")) == (32, 6, 30, None)
+
+
 def test_bad_input_gets_the_cli_line_and_the_ui_stays_up(page, server):
     set_and_wait_for_plan(page, "rank", "0")
     cli_line = cli("plan", "--model", "sd15", "--rank", "0", "--vram", "8GB").stderr.strip()

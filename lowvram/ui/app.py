@@ -20,7 +20,7 @@ from typing import Any
 
 from lowvram.caption import CaptionConfig
 from lowvram.config import SECTIONS
-from lowvram.configure import list_presets, preset_path, read_toml
+from lowvram.configure import ALTERNATIVES, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import expand_home, write_text
 from lowvram.resolve import UI_FILES
@@ -159,17 +159,53 @@ def build_app(cache_dir: Path, port: int | None = None):
         def fill(values: dict[str, Any], where: str):
             return [*form_values(fields, values), f"loaded {where}"]
 
+        # the loaded preset's alpha per unit of rank, while the user has typed no alpha of their own: a rank typed
+        # then takes the alpha that share gives, as `--preset X --rank N` trains (a smaller rank, stronger updates)
+        alpha_share = gr.State(None)
+        component = {f.name: c for f, c in zip(fields, inputs, strict=True)}
+
         def load_preset(name):
             if not name:
-                return [gr.skip()] * (len(inputs) + 1)
-            return fill(read_toml(preset_path(name)), f"preset {name}")
+                return [gr.skip()] * (len(inputs) + 2)
+            values = read_toml(preset_path(name))
+            share = values["alpha"] / values["rank"] if {"rank", "alpha"} <= values.keys() else None
+            return [*fill(values, f"preset {name}"), share]
 
         def load_config(path):
             try:
                 values, notes = read_for_form(expand_home(path))
-                return fill(values, path + "".join(f"\n\n{note}" for note in notes))
+                return [*fill(values, path + "".join(f"\n\n{note}" for note in notes)), None]
             except LowvramError as exc:
-                return [gr.skip()] * len(inputs) + [_message(exc)]
+                return [gr.skip()] * len(inputs) + [_message(exc), gr.skip()]
+
+        def alpha_follows(rank, share):
+            try:
+                value = float(rank) * share
+                shown = next(f for f in fields if f.name == "alpha").to_form(int(value) if value.is_integer() else value)
+                return gr.update(value=shown) if share and float(rank) > 0 else gr.skip()
+            except (TypeError, ValueError):
+                return gr.skip()
+
+        component["rank"].input(alpha_follows, [component["rank"], alpha_share], component["alpha"])
+        component["alpha"].blur(lambda: None, None, alpha_share)  # (a user's own: its Textbox's input event is not)
+        # one answer to each question: a value typed into one of a pair (max steps or epochs, a validation split or
+        # folder) clears the other, as a flag replaces a config's answer on the command line
+        defaults = dict(zip((f.name for f in fields), form_values(fields, {}), strict=True))
+
+        def clearing(name: str, others: list[str]):
+            def typed(value):
+                given = value not in (None, "", defaults[name])
+                updates = [gr.update(value=defaults[other]) if given else gr.skip() for other in others]
+                return updates if len(updates) > 1 else updates[0]
+            return typed
+
+        for group in ALTERNATIVES:
+            for name in group:
+                others = [other for other in group if other != name]
+                outputs = [component[other] for other in others]  # (one alone, not in a list: an update is a dict)
+                # (on change: a Textbox's input event did not reach it; a value set clears nothing already clear)
+                component[name].change(clearing(name, others), component[name], outputs[0] if len(outputs) == 1
+                                       else outputs)
 
         def save_config(path, *form):
             try:
@@ -177,8 +213,8 @@ def build_app(cache_dir: Path, port: int | None = None):
             except LowvramError as exc:
                 return _message(exc)
 
-        preset.change(load_preset, preset, [*inputs, setup_status])
-        load_button.click(load_config, config_path, [*inputs, setup_status])
+        preset.change(load_preset, preset, [*inputs, setup_status, alpha_share])
+        load_button.click(load_config, config_path, [*inputs, setup_status, alpha_share])
         save_button.click(save_config, [config_path, *inputs], setup_status)
 
         # --- Dataset ---
