@@ -237,16 +237,17 @@ def test_a_windows_path_to_write_to_is_refused_not_made_one_folder_of_that_name(
     drive = "that is a Windows path: give where it is on this machine, with / between folders"
     relative = "written as a Windows path: write it with / between folders here"
     for command, says in ((["train", "--model", "tiny", "--data", "sample", "--output", "C:\\Users\\me\\out"],
-                           (f"--output: {tmp_path}/C:\\Users\\me\\out would be written as one file or folder of that whole name "
-                           f"here; {drive}")),
+                           (f"--output: {tmp_path}/C:\\Users\\me\\out would be written as one file or folder of that "
+                            f"whole name here; {drive}")),
                           (["train", "--model", "tiny", "--data", "sample", "--output", "C:/Users/me/out"],
-                           (f"--output: {tmp_path}/C:/Users/me/out would be written as folders inside one named 'C:' in "
-                           "the current folder; that is a Windows path: give where it is on this machine")),
+                           (f"--output: {tmp_path}/C:/Users/me/out would be written as folders inside one named 'C:' "
+                            "in the current folder; that is a Windows path: give where it is on this machine")),
                           (["train", "--model", "tiny", "--data", "sample", "--cache-dir", "cache\\lv"],
                            "--cache-dir: "),
                           (["check-data", "sample", "--report", "reports\\r.json"], "--report: reports\\r.json "),
                           (["generate", "--model", "tiny", "--prompt", "a cat", "--output", "out\\a.png"],
-                           f"--output: out\\a.png would be written as one file or folder of that whole name here; {relative}")):
+                           (f"--output: out\\a.png would be written as one file or folder of that whole name here; "
+                           f"{relative}"))):
         assert main(command) == 2, command
         assert says in capsys.readouterr().err, command
     assert list(tmp_path.iterdir()) == []

