@@ -251,7 +251,8 @@ class NetworkConfig:
     dropout: float = option(0.0, "Dropout on each LoRA layer's rank activations (its down projection's output) "
                             "during training, as kohya's network_dropout and OneTrainer's dropout (LoRA only).")
     rank_dropout: float = option(0.0, "Probability that each rank of a LoRA layer is left out, per sample and step, "
-                                 "the rest scaled up to match (kohya's rank_dropout). LoRA and DoRA.")
+                                 "the rest scaled up to match (kohya's rank_dropout; LoHa's and LoKr's, LyCORIS's: "
+                                 "each row of the update). Not with DoRA.")
     module_dropout: float = option(0.0, "Probability that a layer's whole adapter is left out of a forward pass "
                                    "during training (kohya's and LyCORIS's module_dropout).")
     lora_layers: str = option(DEFAULT_LORA_LAYERS, "Which layers get adapters: attn (attention projections, as "
@@ -313,6 +314,11 @@ class NetworkConfig:
         """LoHa's and LoKr's module dropout (peft's own option); 0 for LoRA and DoRA, whose dropouts are
         lowvram.adapters.dropout's."""
         return self.module_dropout if self.network in ("loha", "lokr") else 0.0
+
+    @property
+    def lycoris_rank_dropout(self) -> float:
+        """LoHa's and LoKr's rank dropout (peft's own option), as lycoris_module_dropout."""
+        return self.rank_dropout if self.network in ("loha", "lokr") else 0.0
 
     @property
     def conv_rank_alpha(self) -> tuple[int, float]:

@@ -310,9 +310,6 @@ def _network_problems(c: RunConfig) -> list[str]:
                         ("module-dropout", c.network.module_dropout)):
         if not 0 <= value < 1:
             p.append(f"--{flag}: must be in [0, 1), got {value}")
-    if c.network.network in ("loha", "lokr") and c.network.rank_dropout:
-        p.append(f"--rank-dropout: peft's {c.network.network} has no rank dropout; use --module-dropout, or --network "
-                 "lora")
     if c.network.network in ("loha", "lokr") and c.network.dropout:
         p.append(f"--dropout: LyCORIS's {c.network.network} has no dropout of its own (it ignores kohya's "
                  "network_dropout); use --module-dropout, or --network lora")

@@ -337,8 +337,7 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         factor = args.pop("factor", None)
         if factor is not None and values["network"] == "lokr":
             values["lokr_factor"] = as_number(factor, "network_args factor", problem, int)
-        values |= _dropouts(args, ("module_dropout",) if values["network"] in ("loha", "lokr") else
-                            ("rank_dropout", "module_dropout"), problem)
+        values |= _dropouts(args, ("rank_dropout", "module_dropout"), problem)
         if values["network"] in ("loha", "lokr") and left.pop("network_dropout", None):
             notes.append(f"network_dropout: LyCORIS's {algo} has no dropout of its own and ignores it; not carried "
                          "over (module_dropout in network_args leaves out whole layers)")

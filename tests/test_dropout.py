@@ -93,9 +93,27 @@ def test_dropouts_train_end_to_end_and_are_recorded_as_kohya_records_them(tmp_pa
     assert json.loads(meta["ss_network_args"]) == {"rank_dropout": "0.2", "module_dropout": "0.1"}
 
 
+@pytest.mark.parametrize("network", ["loha", "lokr"])
+def test_lycoris_networks_take_rank_dropout_in_training_only(tmp_path, network):
+    """LyCORIS's LoHa and LoKr have rank dropout (rows of the update left out, the rest scaled up): it was refused,
+    and a kohya config's rank_dropout for them was not carried over."""
+    from lowvram.adapters.networks import adapted_layers
+
+    result = train(run_config(output=str(tmp_path), max_steps=1, network=network, rank_dropout=0.5))
+    assert json.loads(safe_open(str(result.lora_path), framework="pt").metadata()["ss_network_args"])[
+        "rank_dropout"] == "0.5"
+    _, layer = next(iter(adapted_layers(result.model.unet)))
+    assert layer.rank_dropout["default"] == 0.5
+    layer.train()
+    torch.manual_seed(0)
+    dropped = [layer.get_delta_weight("default", apply_rank_dropout=True) for _ in range(2)]
+    assert not torch.equal(dropped[0], dropped[1])  # rows drawn anew each time
+    layer.eval()
+    assert torch.equal(layer.get_delta_weight("default"), layer.get_delta_weight("default"))
+
+
 def test_dropouts_a_network_lacks_are_refused_one_line_each():
-    for rates, says in (({"network": "loha", "rank_dropout": 0.1}, "--rank-dropout: peft's loha has no rank dropout"),
-                        ({"network": "lokr", "dropout": 0.1},
+    for rates, says in (({"network": "lokr", "dropout": 0.1},
                          "--dropout: LyCORIS's lokr has no dropout of its own (it ignores kohya's network_dropout)"),
                         # peft computes DoRA's weight norm through the hooked projections: the dropouts corrupted it
                         ({"network": "dora", "dropout": 0.1, "module_dropout": 0.1},

@@ -145,7 +145,8 @@ def test_kohyas_locon_without_a_conv_alpha_takes_kohyas_default_of_one(tmp_path)
 
 @pytest.mark.parametrize("args, network, layers, extra", [
     (["algo=locon", "conv_dim=4"], "lora", "full", {"conv_rank": 4, "conv_alpha": 2.0}),  # LyCORIS: conv_alpha = alpha
-    (["algo=loha", "preset=attn-mlp", "conv_dim=4", "module_dropout=0.1"], "loha", "attn-mlp", {"module_dropout": 0.1}),
+    (["algo=loha", "preset=attn-mlp", "conv_dim=4", "module_dropout=0.1", "rank_dropout=0.2"], "loha", "attn-mlp",
+     {"module_dropout": 0.1, "rank_dropout": 0.2}),
     (["algo=lokr", "factor=8", "preset=attn-only"], "lokr", "attn", {"lokr_factor": 8}),
     (["algo=lora", "dora_wd=True", "wd_on_output=True"], "dora", "full", {}),
 ])

@@ -77,6 +77,8 @@ def network_metadata(network: NetworkConfig) -> dict[str, str]:
                                                        ("module_dropout", network.module_dropout)) if value}
     if network.network == "lokr":
         args["factor"] = str(network.lokr_factor)
+    if network.lycoris_rank_dropout:
+        args["rank_dropout"] = f"{network.lycoris_rank_dropout:g}"
     if network.lycoris_module_dropout:
         args["module_dropout"] = f"{network.lycoris_module_dropout:g}"
     return meta | {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)}

@@ -20,31 +20,34 @@ NAMES = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}
 
 
 def peft_config(network: str, targets: tuple[str, ...], rank: int, alpha: float, module_dropout: float,
-                lokr_factor: int = -1):
+                lokr_factor: int = -1, rank_dropout: float = 0.0):
     """The peft config of one network type, with the defaults LyCORIS's kohya network uses: LoHa's and LoKr's
-    `module_dropout` (LoRA's dropouts are kohya's, lowvram.adapters.dropout), LoKr's first matrix never
-    decomposed, LoKr's second matrix zero at first (its `init_weights="lycoris"`)."""
+    `module_dropout` and `rank_dropout` (the rows of the update left out, the rest scaled up; LoRA's dropouts are
+    kohya's, lowvram.adapters.dropout), LoKr's first matrix never decomposed, LoKr's second matrix zero at first
+    (its `init_weights="lycoris"`)."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
     if network in ("lora", "dora"):
         return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True,
                           use_dora=network == "dora")
     if network == "loha":
-        return LoHaConfig(r=rank, alpha=alpha, module_dropout=module_dropout, target_modules=list(targets))
+        return LoHaConfig(r=rank, alpha=alpha, module_dropout=module_dropout, rank_dropout=rank_dropout,
+                          target_modules=list(targets))
     if network == "lokr":
-        return LoKrConfig(r=rank, alpha=alpha, module_dropout=module_dropout, target_modules=list(targets),
-                          decompose_factor=lokr_factor, decompose_both=False, init_weights="lycoris")
+        return LoKrConfig(r=rank, alpha=alpha, module_dropout=module_dropout, rank_dropout=rank_dropout,
+                          rank_dropout_scale=True, target_modules=list(targets), decompose_factor=lokr_factor,
+                          decompose_both=False, init_weights="lycoris")
     raise LowvramError(f"--network: '{network}' is not one of {', '.join(NAMES)}")
 
 
 def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, module_dropout: float,
                 network: str = "lora", lokr_factor: int = -1, conv: tuple[int, float] | None = None,
-                blocks: BlockPlan | None = None) -> list[torch.nn.Parameter]:
+                blocks: BlockPlan | None = None, rank_dropout: float = 0.0) -> list[torch.nn.Parameter]:
     """Add an adapter (peft) of type `network` on `targets` of a frozen module; return its trainable parameters,
     in fp32 whatever the frozen weights' dtype or format. `conv` is the (rank, alpha) of the targeted 3x3
     convolutions (kohya's conv_dim and conv_alpha), by default `rank` and `alpha`; `blocks`, the U-Net's per-block
     ranks and alphas, which set both in its blocks (rank 0: no adapter)."""
-    config = peft_config(network, targets, rank, alpha, module_dropout, lokr_factor)
+    config = peft_config(network, targets, rank, alpha, module_dropout, lokr_factor, rank_dropout)
     spatial = set(spatial_convolutions(module, targets))
     own = {name: planned_rank_alpha(name, name in spatial, (rank, alpha), conv, blocks)
            for name, _ in module.named_modules() if targeted(name, targets)}
@@ -186,7 +189,7 @@ def add_lora(model: LoadedModel, network: NetworkConfig, alpha: float, text_enco
         check_supported(module, targets, network.network)
     params = {name: add_adapter(module, targets, network.rank, alpha, network.lycoris_module_dropout,
                                 network.network, network.lokr_factor, network.conv_rank_alpha,
-                                blocks if name == "unet" else None)
+                                blocks if name == "unet" else None, network.lycoris_rank_dropout)
               for name, module, targets in parts}
     if network.network in ("lora", "dora"):
         for _, module, _ in parts:
