@@ -23,7 +23,7 @@ from lowvram.lora_metadata import file_hashes
 _FOLDER = re.compile(r"(?<![\w.:/\\~])(?:[A-Za-z]:[\\/]+|/|~[\\/]+|\\{2,}[\w.$-]+[\\/]+|file:/+(?:[A-Za-z]:/+)?)"
                      r"(?:[^\s\"'<>|*?\\/:]+[\\/]+)+")
 _NETWORKS = ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"), (".lora_down.", "LoRA"),
-             (".lora_A.", "LoRA (diffusers/peft layout)"))
+             (".lora_magnitude_vector", "DoRA (diffusers/peft layout)"), (".lora_A.", "LoRA (diffusers/peft layout)"))
 
 _ADAPTER_PARTS = {"lora_down", "lora_up", "lora_mid", "alpha", "lora_A", "lora_B", "lora_magnitude_vector",
                   "dora_scale"}

@@ -238,6 +238,10 @@ def test_info_counts_the_modules_of_a_diffusers_layout_lora_as_of_kohyas(tmp_pat
     save_file(tensors, str(tmp_path / "pytorch_lora_weights.safetensors"))
     assert main(["info", str(tmp_path / "pytorch_lora_weights.safetensors")]) == 0
     assert "LoRA (diffusers/peft layout), 3 modules, rank 16" in " ".join(capsys.readouterr().out.split())
+    name = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    save_file(tensors | {f"{name}.lora_magnitude_vector": torch.ones(320)}, str(tmp_path / "dora.safetensors"))
+    assert main(["info", str(tmp_path / "dora.safetensors")]) == 0  # a --format diffusers DoRA: was called LoRA
+    assert "DoRA (diffusers/peft layout), 3 modules, rank 16" in " ".join(capsys.readouterr().out.split())
 
 
 def test_strip_paths_rewrites_the_metadata_without_local_folders_and_keeps_the_tensors(tmp_path, capsys):
