@@ -5,7 +5,8 @@ names the options to pass."""
 import pytest
 import torch
 from conftest import run_config
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from lowvram.adapters import lora_files, networks
 from lowvram.errors import LowvramError
@@ -193,3 +194,16 @@ def test_files_of_one_rank_per_kind_or_per_block_continue_and_the_refusal_names_
     assert str(error.value).startswith(f"--network-weights: {blocks} was trained with ranks per block; pass "
                                        f"--block-ranks {ranks}")
     run_config(network_weights=str(blocks), block_ranks=ranks)  # as it says
+
+
+def test_layers_the_file_lacks_are_said_to_start_fresh(first, tmp_path, capsys):
+    """A file whose run left some blocks out (a rate of 0 there): its layers are filled, the others start fresh, and
+    the line said only how many were filled."""
+    values, result = first
+    tensors = load_file(str(result.lora_path))
+    dropped = next(key for key in tensors if key.startswith("lora_unet_")).split(".")[0]
+    partial = tmp_path / "partial.safetensors"
+    save_file({key: t for key, t in tensors.items() if not key.startswith(dropped + ".")}, str(partial),
+              safe_open(str(result.lora_path), framework="pt").metadata())
+    train(run_config(**values | {"output": str(tmp_path / "out"), "max_steps": 1, "network_weights": str(partial)}))
+    assert "layers; 1 this run adapts are not in it and start fresh)" in " ".join(capsys.readouterr().out.split())

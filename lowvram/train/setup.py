@@ -381,8 +381,10 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
                                   session.run.blocks)
     if config.network.network_weights and not config.training.resume:  # a checkpoint holds them already
         filled = lora_files.start_from(model, Path(config.network.network_weights), config.network)
-        session.console.print(f"adapters start from {config.network.network_weights} ({filled} layers)",
-                              soft_wrap=True)
+        fresh = len(lora_files.kohya_layers(model)) - filled  # (a block the file's run trained at rate 0 has none)
+        session.console.print(f"adapters start from {config.network.network_weights} ({filled} layers"
+                              + (f"; {fresh} this run adapts are not in it and start fresh" if fresh > 0 else "")
+                              + ")", soft_wrap=True)
     torch.manual_seed(config.training.seed + rank)
     for _, module in networks.adapted_modules(model):  # every forward that trains runs under autocast, or in fp32
         networks.cast_inputs(module, cast=session.accelerator.mixed_precision == "no")
