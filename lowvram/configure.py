@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -38,6 +39,7 @@ from lowvram.errors import LowvramError, quoted
 from lowvram.files import backslash_hint, expand_home, not_utf8, text_of, windows_path_hint
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
+from lowvram.kohya_names import kohya_hint
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, area_side, relocated_source, width_height
 
@@ -115,7 +117,8 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -
             continue
         for key, value in table.items():
             if key not in known or known[key][0] != section:
-                where = f" (it belongs in [{known[key][0]}])" if key in known else _did_you_mean(key, list(known))
+                where = (f" (it belongs in [{known[key][0]}])" if key in known else _other_tools_key(key, known)
+                         or _did_you_mean(key, list(known)))
                 problems.append(f"{path}: unknown key '{key}' in [{section}]{where}")
                 continue
             values[key] = value
@@ -314,6 +317,17 @@ def _absolute_path(name: str, value: Any) -> Any:
     if name in SOURCE_LISTS and isinstance(value, (list, tuple)):
         return tuple(relocated_source(str(item), lambda path: expand_home(path).absolute()) for item in value)
     return value
+
+
+def _other_tools_key(key: str, known: dict) -> str:
+    """Another trainer's name for an option, as a key of lowvram's config says it: ' (network_alpha is kohya's name;
+    lowvram's is alpha in [network])', or ''."""
+    said = re.fullmatch(r"--\S+ is (.+) name; lowvram's is (.+)", kohya_hint(f"--{key}") or "")
+    if not said:
+        return ""
+    ours = re.sub(r"--([a-z][a-z0-9-]*)", lambda flag: (f"{name} in [{known[name][0]}]" if (
+        name := flag.group(1).replace("-", "_")) in known else flag.group(0)), said.group(2))
+    return f" ({key} is {said.group(1)} name; lowvram's is {ours})"
 
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:

@@ -55,12 +55,14 @@ def test_a_flag_replaces_the_files_answer_to_the_same_question(tmp_path, sample_
 
 def test_unknown_toml_key_is_named_with_its_section(tmp_path):
     config_file = tmp_path / "run.toml"
-    config_file.write_text("[network]\nrank = 8\nrnak = 4\nlr = 1e-4\n")
+    config_file.write_text("[network]\nrank = 8\nrnak = 4\nlr = 1e-4\nnetwork_alpha = 4\n")
     with pytest.raises(LowvramError) as err:
         read_toml(config_file)
     message = str(err.value)
     assert "unknown key 'rnak' in [network]" in message and "did you mean 'rank'" in message
     assert "'lr' in [network] (it belongs in [optim])" in message
+    # kohya's name for it, as the command line answers --network_alpha ("did you mean 'network'?" it said)
+    assert "'network_alpha' in [network] (network_alpha is kohya's name; lowvram's is alpha in [network])" in message
 
 
 def test_unknown_section_is_an_error(tmp_path):
