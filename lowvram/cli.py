@@ -21,6 +21,7 @@ from lowvram.config import (
 from lowvram.config_checks import sample_prompt_notes
 from lowvram.configure import (
     ALTERNATIVES,
+    ASSUMED,
     build_config,
     preset_path,
     read_config,
@@ -129,7 +130,7 @@ def check_values(args: argparse.Namespace) -> dict:
     model only for its resolution and buckets); the rest of a training config does not matter here."""
     known = fields_by_name()
     given = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "data" or v})  # else the config's
-    values = {k: v for k, v in train_values(given).items() if known[k][0] in ("model", "data")}
+    values = {k: v for k, v in train_values(given).items() if k == ASSUMED or known[k][0] in ("model", "data")}
     if not values.get("data"):
         raise LowvramError(f"the dataset is required: lowvram check-data DIR ({args.config} names none)")
     values.setdefault("model", PLANNING_MODEL)

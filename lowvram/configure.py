@@ -198,6 +198,22 @@ def _holds_out(given: Collection[str]) -> bool:
     return bool(own.get("validation_split") or own.get("validation_data"))
 
 
+ASSUMED = "assumed by the dataset file"  # the key its assumed values travel under, to build_config
+
+
+def with_assumed(values: dict[str, Any]) -> dict[str, Any]:
+    """The merged option values with a dataset file's assumed ones where no layer set the option (kohya's
+    enable_bucket off), each said."""
+    if ASSUMED not in values:
+        return values
+    values = dict(values)
+    for name, (value, note) in values.pop(ASSUMED).items():
+        if name not in values:
+            values[name] = value
+            print(note, file=sys.stderr)
+    return values
+
+
 def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool = False, quiet: bool = False
                           ) -> dict[str, Any]:
     """One layer of options (a config file's, the flags, the web UI's form) with the settings of the dataset file
@@ -216,8 +232,9 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
         raise LowvramError("\n".join(f"{data}: {line}" for line in problems))
     notes = [dataset.summary, *dataset.notes]
     values = dict(dataset.values)
-    assumed = {name: value for name, (value, _) in dataset.assumed.items() if name not in layer}
-    notes += [note for name, (_, note) in dataset.assumed.items() if name in assumed]
+    # what the format takes where the file is silent: beneath every layer, settled once they are all merged
+    assumed = {ASSUMED: {name: (value, f"{data}: {note}") for name, (value, note) in dataset.assumed.items()}
+               } if dataset.assumed else {}
     if not dataset_wins:
         notes += [f"{flag_name(fields_by_name()[name][1])} {layer[name]} from {source} replaces its setting ({value})"
                   if layer[name] is not None else f"{flag_name(fields_by_name()[name][1])} {value} is not used: "
@@ -238,7 +255,7 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
                 del values["extra_resolutions"]
     for note in notes if not quiet else ():
         print(f"{data}: {note}", file=sys.stderr)
-    return assumed | (layer | values if dataset_wins else values | layer)
+    return (layer | values if dataset_wins else values | layer) | assumed
 
 
 def with_preset_alpha(values: dict[str, Any], preset: dict[str, Any], above: list[dict[str, Any]]
@@ -277,6 +294,7 @@ def _file_value_problems(values: dict[str, Any], about: set[str] | None = None) 
     """What is wrong with the values one file sets, alone: their types and choices, and the range and
     cross-field checks about them (not those about options the file leaves to other layers); `about`: only those
     about these options."""
+    values = {name: value for name, value in values.items() if name != ASSUMED}
     moved_elsewhere = {} if {"shuffle_tags", "tag_dropout"} & set(values) else {"shuffle_tags": True}
     sections, problems = _parsed_values(values | moved_elsewhere)  # (kept tags that another layer moves: fine)
     flags = {flag_name(fields_by_name()[name][1]) for name in (values if about is None else about)}
@@ -414,6 +432,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     Every problem is collected and reported at once, one line each, naming the flag and the fix.
     """
     known = fields_by_name()
+    values = with_assumed(values)
     if values.get("resume") == "latest":  # the diffusers scripts' word for it
         values = {**values, "resume": "auto"}
     sections, problems = _parsed_values(values)

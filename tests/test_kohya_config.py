@@ -14,7 +14,8 @@ from conftest import assert_one_line_each
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lowvram.cli import main
+from lowvram.cli import main, train_values
+from lowvram.cli_parser import build_parser
 from lowvram.configure import build_config, read_config, read_toml
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import is_kohya_config, translate
@@ -491,13 +492,21 @@ def test_a_kohya_config_without_enable_bucket_crops_square_as_sd_scripts_does(tm
     dataset = tmp_path / "dataset.toml"
     dataset.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'imgs'\n")
     assert read_dataset(dataset).assumed["bucket"][0] is False and "bucket" not in read_dataset(dataset).values
-    (tmp_path / "run.toml").write_text(f"[data]\ndata = '{dataset}'\n")  # lowvram's own config naming it
-    assert read_toml(tmp_path / "run.toml")["bucket"] is False
-    # a kohya config naming it fills its gaps, as kohya's arguments fill a dataset file's
+    (tmp_path / "run.toml").write_text(f"[model]\nmodel = 'tiny'\n[data]\ndata = '{dataset}'\n")  # lowvram's own
+    assert build_config(read_toml(tmp_path / "run.toml")).data.bucket is False
+    # a kohya config naming it fills its gaps, as kohya's arguments fill a dataset file's; so does any layer, the
+    # command line's --data beside a config's enable_bucket too
     config = tmp_path / "k.toml"
-    config.write_text(f"dataset_config = '{dataset}'\nenable_bucket = true\n")
+    config.write_text(f"pretrained_model_name_or_path = 'tiny'\ndataset_config = '{dataset}'\nenable_bucket = true\n")
     capsys.readouterr()
-    assert read_config(config)["bucket"] is True and "enable_bucket: not set" not in capsys.readouterr().err
+    assert build_config(read_config(config)).data.bucket is True
+    config.write_text("pretrained_model_name_or_path = 'tiny'\nenable_bucket = true\n")
+    assert build_config(train_values(build_parser().parse_args(["train", "--config", str(config), "--data",
+                                                                 str(dataset)]))).data.bucket is True
+    assert "enable_bucket: not set" not in capsys.readouterr().err
+    assert build_config(train_values(build_parser().parse_args(["train", "--model", "tiny", "--data",
+                                                                 str(dataset)]))).data.bucket is False
+    assert "enable_bucket: not set in [general], so every image is cropped square" in capsys.readouterr().err
     dataset.write_text("[general]\nenable_bucket = true\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'imgs'\n")
     assert "bucket" not in read_dataset(dataset).values and not read_dataset(dataset).assumed
 
