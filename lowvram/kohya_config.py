@@ -24,7 +24,7 @@ from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SAVE_PRECISION, SAVE_PRECISION_ALIASES, SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError, quoted
 from lowvram.files import expand_home, not_utf8
-from lowvram.kohya_names import KOHYA_FLAGS
+from lowvram.kohya_names import KOHYA_FLAGS, WITHOUT_COUNTERPART
 from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
@@ -39,7 +39,7 @@ REFUSED_SETTINGS = {
                              "in that folder), put each mask beside its image as <image name>-masklabel.png and "
                              "train with --masked-loss (its brightness weighs the loss, as OneTrainer reads it; "
                              "kohya read the red channel: a mask drawn in grey reads the same)",
-    "face_crop_aug_range": "lowvram has no face-crop augmentation; leave it out",
+    "face_crop_aug_range": WITHOUT_COUNTERPART["--face_crop_aug_range"],
     "skip_image_resolution": "lowvram skips no images by resolution; leave it out (`lowvram check-data` lists small "
                              "images, and --small-images skip leaves them out)",
     "network_multiplier": "lowvram trains the LoRA at strength 1; leave it out",
@@ -219,6 +219,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
                      "latent grid's")
     # before SAME, which would pass wandb_run_name on as it is: _logging takes it, used only with W&B on, as in kohya
     values |= _logging(left, notes)
+    if "caption_extention" in left:  # sd-scripts' old spelling, which it reads over the new one
+        left["caption_extension"] = left.pop("caption_extention")
     values |= {SAME[key]: left.pop(key) for key in list(left) if key in SAME}
     for share, strength in (("noise_offset_random_strength", "noise_offset"), ("adaptive_noise_scale", "noise_offset"),
                             ("ip_noise_gamma_random_strength", "ip_noise_gamma")):
@@ -234,17 +236,19 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         notes.append("sample_every_n_* is not carried over: no sample_prompts file to render")
         del values["sample_every"]
     unknown = sorted(set(left) - INERT)
+    if str(left.get("network_multiplier", 1)) in ("1", "1.0"):  # kohya's default: the strength trained here
+        left.pop("network_multiplier", None)
+        unknown = [key for key in unknown if key != "network_multiplier"]
     for key in [key for key in unknown if key in REFUSED_SETTINGS]:  # would change what the model is shown
         problem(key, REFUSED_SETTINGS[key])
         unknown.remove(key)
-    flags = [flag[2:] for flag in KOHYA_FLAGS]
-    for key in [key for key in unknown if f"--{key}" not in KOHYA_FLAGS]:  # no sd-scripts setting: misspelt?
-        meant = difflib.get_close_matches(key, [flag for flag in flags if flag not in flat], n=1, cutoff=0.8)
-        if meant:  # (kohya passes a misspelt key over: netwrok_dim trained at rank 4, unsaid)
-            problem(key, f"no kohya setting is called that; did you mean {meant[0]}?")
-            unknown.remove(key)
+    # a setting lowvram maps, misspelt (kohya passes it over: netwrok_dim trained at rank 4), is named; a real
+    # sd-scripts setting lowvram lacks may be close to one too (save_last_n_steps_state): said, not refused
+    flags = [flag[2:] for flag in KOHYA_FLAGS if flag[2:] not in flat]
+    meant = {key: close[0] for key in unknown if (close := difflib.get_close_matches(key, flags, n=1, cutoff=0.8))}
     if unknown:
-        notes.append(f"not carried over (lowvram has no such setting): {', '.join(unknown)}")
+        notes.append("not carried over (lowvram has no such setting): " + ", ".join(
+            f"{key} (did you mean {meant[key]}?)" if key in meant else key for key in unknown))
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes

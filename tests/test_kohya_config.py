@@ -600,13 +600,18 @@ def test_a_validation_interval_beside_a_split_the_command_line_gives_is_kept(tmp
     assert "validate_every" not in train_values(args)  # one that holds nothing out does not
 
 
-def test_a_misspelt_kohya_setting_or_one_that_changes_the_images_is_refused_not_passed_over(tmp_path):
-    """`netwrok_dim = 8` trained at kohya's rank 4 with a 'not carried over' note; face_crop_aug_range, refused as a
-    flag and in a dataset file, trained without its crops. A real setting lowvram lacks is still only noted."""
+def test_a_misspelt_kohya_setting_is_named_and_one_that_changes_the_images_refused(tmp_path):
+    """`netwrok_dim = 8` trained at kohya's rank 4 under a bare 'not carried over'; face_crop_aug_range, refused as a
+    flag and in a dataset file, trained without its crops. A real setting lowvram lacks is only noted, close to
+    one it has or not; sd-scripts' old caption_extention is read as it reads it."""
     with pytest.raises(LowvramError) as error:
-        translate({"train_data_dir": "sample", "netwrok_dim": 8, "face_crop_aug_range": "2.0,4.0"}, Path("k.toml"))
-    assert str(error.value).splitlines() == [
-        "k.toml: face_crop_aug_range: lowvram has no face-crop augmentation; leave it out",
-        "k.toml: netwrok_dim: no kohya setting is called that; did you mean network_dim?"]
-    _, notes = translate({"train_data_dir": "sample", "network_dim": 8, "lowvram_unknown_thing": 1}, Path("k.toml"))
-    assert "not carried over (lowvram has no such setting): lowvram_unknown_thing" in notes
+        translate({"train_data_dir": "sample", "face_crop_aug_range": "2.0,4.0"}, Path("k.toml"))
+    assert str(error.value) == ("k.toml: face_crop_aug_range: lowvram has no face-crop augmentation (crop the images "
+                                "beforehand, or use --crop random)")
+    values, notes = translate({"train_data_dir": "sample", "netwrok_dim": 8, "save_last_n_steps_state": 3,
+                               "caption_extention": ".cap", "network_multiplier": 1.0}, Path("k.toml"))
+    assert ("not carried over (lowvram has no such setting): netwrok_dim (did you mean network_dim?), "
+            "save_last_n_steps_state (did you mean save_last_n_steps?)") in notes
+    assert values["caption_extension"] == ".cap"
+    with pytest.raises(LowvramError, match="network_multiplier: lowvram trains the LoRA at strength 1"):
+        translate({"train_data_dir": "sample", "network_multiplier": 0.5}, Path("k.toml"))

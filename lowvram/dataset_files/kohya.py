@@ -54,12 +54,11 @@ STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_pref
              "metadata_file"}  # per subset
 # nothing lowvram does changes with these: it caches its own scan, and resizes as it resizes
 INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed"}
-REFUSED = REFUSED_SETTINGS  # they would change what the model is shown: refused rather than trained without
 
 
 # kohya's settings that change nothing lowvram trains (caption token warm-up, other models' prompts), passed over
 UNUSED = {"token_warmup_min", "token_warmup_step", "custom_attributes", "system_prompt"}
-KNOWN = set(RUN_SETTINGS) | set(SUBSET_SETTINGS) | STRUCTURE | INERT | set(REFUSED) | UNUSED
+KNOWN = set(RUN_SETTINGS) | set(SUBSET_SETTINGS) | STRUCTURE | INERT | set(REFUSED_SETTINGS) | UNUSED
 
 
 def is_kohya_dataset(doc: Any) -> bool:
@@ -150,8 +149,9 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
     left = [key for key in unread if key not in misspelt]
     if left:
         notes.append(f"not carried over (lowvram has no such setting): {', '.join(left)}")
-    for key, why in REFUSED.items():
-        if any(_set(settled.get(key)) for settled in settings):
+    for key, why in REFUSED_SETTINGS.items():  # (network_multiplier 1: kohya's default, the strength trained here)
+        if any(_set(settled.get(key)) and not (key == "network_multiplier" and settled[key] == 1)
+               for settled in settings):
             problem(key, why)
     if problems:
         raise LowvramError("\n".join(problems))
