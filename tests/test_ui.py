@@ -197,6 +197,10 @@ def test_a_preset_in_the_form_takes_a_rank_and_a_length_as_the_command_line_does
         field(page, name).press("Tab")
     expect(field(page, "alpha")).to_have_value("4")
     expect(field(page, "epochs")).to_have_value("")
+    field(page, "alpha").click()  # passing through the field is no alpha of one's own: it still follows
+    field(page, "rank").fill("16")
+    field(page, "rank").press("Tab")
+    expect(field(page, "alpha")).to_have_value("8")
     field(page, "alpha").fill("6")  # one's own alpha stays one's own
     field(page, "alpha").press("Tab")
     field(page, "rank").fill("32")

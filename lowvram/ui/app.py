@@ -159,16 +159,19 @@ def build_app(cache_dir: Path, port: int | None = None):
         def fill(values: dict[str, Any], where: str):
             return [*form_values(fields, values), f"loaded {where}"]
 
-        # the loaded preset's alpha per unit of rank, while the user has typed no alpha of their own: a rank typed
-        # then takes the alpha that share gives, as `--preset X --rank N` trains (a smaller rank, stronger updates)
+        # the loaded preset's alpha per unit of rank and the alpha it shows, while the user has typed no alpha of
+        # their own: a rank typed then takes the alpha that share gives, as `--preset X --rank N` trains (a smaller
+        # rank, stronger updates)
         alpha_share = gr.State(None)
         component = {f.name: c for f, c in zip(fields, inputs, strict=True)}
+        alpha_field = next(f for f in fields if f.name == "alpha")
 
         def load_preset(name):
             if not name:
                 return [gr.skip()] * (len(inputs) + 2)
             values = read_toml(preset_path(name))
-            share = values["alpha"] / values["rank"] if {"rank", "alpha"} <= values.keys() else None
+            share = {"share": values["alpha"] / values["rank"], "shown": alpha_field.to_form(values["alpha"])} if {
+                "rank", "alpha"} <= values.keys() else None
             return [*fill(values, f"preset {name}"), share]
 
         def load_config(path):
@@ -180,15 +183,19 @@ def build_app(cache_dir: Path, port: int | None = None):
 
         def alpha_follows(rank, share):
             try:
-                value = float(rank) * share
-                alpha = next(f for f in fields if f.name == "alpha")
-                shown = alpha.to_form(int(value) if value.is_integer() else value)
-                return gr.update(value=shown) if share and float(rank) > 0 else gr.skip()
-            except (TypeError, ValueError):
-                return gr.skip()
+                value = float(rank) * share["share"]
+                if float(rank) <= 0:
+                    raise ValueError
+            except (TypeError, ValueError):  # (no preset's share, or no rank yet)
+                return gr.skip(), gr.skip()
+            shown = alpha_field.to_form(int(value) if value.is_integer() else value)
+            return gr.update(value=shown), {**share, "shown": shown}
 
-        component["rank"].input(alpha_follows, [component["rank"], alpha_share], component["alpha"])
-        component["alpha"].blur(lambda: None, None, alpha_share)  # (a user's own: its Textbox's input event is not)
+        def own_alpha(alpha, share):  # one typed (not the one a rank set) is the user's own, which stays
+            return None if share and str(alpha) != str(share["shown"]) else gr.skip()
+
+        component["rank"].input(alpha_follows, [component["rank"], alpha_share], [component["alpha"], alpha_share])
+        component["alpha"].blur(own_alpha, [component["alpha"], alpha_share], alpha_share)
         # one answer to each question: a value typed into one of a pair (max steps or epochs, a validation split or
         # folder) clears the other, as a flag replaces a config's answer on the command line
         defaults = dict(zip((f.name for f in fields), form_values(fields, {}), strict=True))
@@ -204,9 +211,10 @@ def build_app(cache_dir: Path, port: int | None = None):
             for name in group:
                 others = [other for other in group if other != name]
                 outputs = [component[other] for other in others]  # (one alone, not in a list: an update is a dict)
-                # (on change: a Textbox's input event did not reach it; a value set clears nothing already clear)
-                component[name].change(clearing(name, others), component[name], outputs[0] if len(outputs) == 1
-                                       else outputs)
+                # (on leaving the field, as a user does: a Textbox's input event did not reach it, and a config
+                # loaded with both, which the check refuses, keeps both)
+                component[name].blur(clearing(name, others), component[name], outputs[0] if len(outputs) == 1
+                                     else outputs)
 
         def save_config(path, *form):
             try:
