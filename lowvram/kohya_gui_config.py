@@ -7,6 +7,7 @@ the GUI) the prompts, and its additional parameters (sd-scripts flags) the setti
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -181,10 +182,8 @@ def _additional(text: str, problem) -> dict[str, Any]:
     """kohya_ss's additional parameters (sd-scripts flags, appended to its command) as settings: `--name value`,
     `--name=value`, a switch alone, or several values (network_args) as a list: always one for sd-scripts'
     list flags, whose single value is a list of one."""
-    words = shlex.shlex(text, posix=True)
-    words.whitespace_split, words.commenters, words.escape = True, "", ""  # a Windows path's \ is no escape
     try:
-        words = list(words)
+        words = _words(text)
     except ValueError as exc:
         problem("additional_parameters", f"{text!r} is not a command line ({exc})")
         return {}
@@ -203,6 +202,20 @@ def _additional(text: str, problem) -> dict[str, Any]:
         if name in settings and not isinstance(settings[name], list):
             settings[name] = [settings[name]] if settings[name] is not True else []
     return settings
+
+
+def _words(text: str) -> list[str]:
+    """A command line as kohya_ss passes it: POSIX quoting, where a \\ escapes only as POSIX reads it in a path
+    (before a quote, a space or another \\); a Windows path's other \\ stays. One whose quotes do not close as a
+    shell's would (C:\\Users\\O'Brien) is split at its spaces."""
+    words = shlex.shlex(text, posix=True)
+    words.whitespace_split, words.commenters = True, ""
+    if re.search(r"\\[^\"'\\\s]", text):  # a Windows path's \U, \m: no escapes
+        words.escape = ""
+    try:
+        return list(words)
+    except ValueError:
+        return text.split()
 
 
 def _typed(value: Any) -> Any:

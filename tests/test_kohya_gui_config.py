@@ -150,6 +150,11 @@ def test_sample_prompts_text_and_additional_parameters_are_read_as_kohya_ss_pass
                                                           '--caption_prefix="a photo, of"')
     assert (windows["network_weights"], windows["vae"], windows["flip"], windows["caption_prefix"]) == (
         "C:\\Users\\José\\old.safetensors", "\\\\NAS\\my models\\vae.safetensors", True, "a photo, of")
+    # an apostrophe in a Windows path; POSIX's own escapes where no path has a backslash
+    assert settings_of(tmp_path, additional_parameters="--vae C:\\Users\\O'Brien\\vae.safetensors")["vae"] == (
+        "C:\\Users\\O'Brien\\vae.safetensors")
+    escaped = settings_of(tmp_path, additional_parameters='--caption_prefix="a \\"b\\" c"')
+    assert escaped["caption_prefix"] == 'a "b" c'
     # one value of a list flag is a list of one (its characters were read as the list)
     annealing = settings_of(tmp_path, optimizer="Prodigy", max_train_steps=30, lr_scheduler="constant",
                             additional_parameters='--lr_scheduler_type "CosineAnnealingLR" --lr_scheduler_args "T_max=30"')
