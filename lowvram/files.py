@@ -88,8 +88,8 @@ def windows_output_problem(flag: str, given: str | os.PathLike) -> str | None:
     hint = windows_path_hint(given)
     if not hint:
         return None
-    drive = re.search(r"(?:^|/)([A-Za-z]:)/", str(given))
-    where = (f"folders inside one named '{drive.group(1)}' in the current folder" if drive and "\\" not in str(given)
+    drive = re.search(r"^(.*?)([A-Za-z]:)/", str(given))
+    where = (f"a file or folder inside {drive.group(1) or './'}{drive.group(2)}" if drive and "\\" not in str(given)
              else "one file or folder of that whole name here")
     return f"{flag}: {given} would be written as {where}{hint}"
 

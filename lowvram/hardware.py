@@ -115,8 +115,8 @@ def parse_size(text: str, flag: str) -> int:
                 else "; give the card's memory, e.g. 24GB")
         raise LowvramError(f"{flag}: '{text}' is over {most} GB{hint}")
     if flag == "--vram" and not match.group(2) and value > 256:  # 512 alone: megabytes meant, more likely than GB
-        raise LowvramError(f"{flag}: '{text}' alone is read in GB, more than any GPU holds; write {text.strip()}MB "
-                           f"for megabytes (or {text.strip()}GB if you mean it)")
+        raise LowvramError(f"{flag}: '{text}' alone would be read in GB; write {text.strip()}MB for megabytes, or "
+                           f"{text.strip()}GB if you mean it")
     return int(size)
 
 

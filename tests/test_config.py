@@ -242,8 +242,8 @@ def test_a_windows_path_to_write_to_is_refused_not_made_one_folder_of_that_name(
                            (f"--output: {tmp_path}/C:\\Users\\me\\out would be written as one file or folder of that "
                             f"whole name here; {drive}")),
                           (["train", "--model", "tiny", "--data", "sample", "--output", "C:/Users/me/out"],
-                           (f"--output: {tmp_path}/C:/Users/me/out would be written as folders inside one named 'C:' "
-                            "in the current folder; that is a Windows path: give where it is on this machine")),
+                           (f"--output: {tmp_path}/C:/Users/me/out would be written as a file or folder inside "
+                            f"{tmp_path}/C:; that is a Windows path: give where it is on this machine")),
                           (["train", "--model", "tiny", "--data", "sample", "--cache-dir", "cache\\lv"],
                            "--cache-dir: "),
                           (["check-data", "sample", "--report", "reports\\r.json"], "--report: reports\\r.json "),

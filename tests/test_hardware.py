@@ -59,7 +59,7 @@ def test_sizes_parse(text, expected):
 def test_bad_size_and_unknown_profile_are_named():
     with pytest.raises(LowvramError, match="--vram: 'six' is not a size"):
         parse_size("six", "--vram")
-    with pytest.raises(LowvramError, match="--vram: '512' alone is read in GB, more than any GPU holds; write 512MB"):
+    with pytest.raises(LowvramError, match="--vram: '512' alone would be read in GB; write 512MB for megabytes, or "):
         parse_size("512", "--vram")  # it was taken as 512 GB, unsaid
     assert parse_size("512GB", "--vram") == 512 * GIB and parse_size("512", "--ram") == 512 * GIB
     with pytest.raises(LowvramError, match="--profile: no profile 'rtx-9090'; profiles are .*colab-t4"):

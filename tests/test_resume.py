@@ -483,8 +483,9 @@ def test_a_finished_run_resumed_keeps_its_lora_byte_for_byte_unless_what_it_hold
     capsys.readouterr()
     train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=2, resume="auto", format="diffusers"))
     assert first.lora_path.read_bytes() == before
-    assert (f"{first.lora_path} holds step 2's LoRA of these options already: not written again"
-            in " ".join(capsys.readouterr().out.split()))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"{first.lora_path} holds step 2's LoRA of these options already: not written again" in printed
+    assert f"saved {first.lora_path}" not in printed  # (it was said saved, after "not written again")
     assert (tmp_path / f"{first.lora_path.stem}-diffusers" / "pytorch_lora_weights.safetensors").is_file()
     train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=2, resume="auto", metadata_title="Shapes"))
     assert "not written again" not in capsys.readouterr().out

@@ -178,11 +178,11 @@ def run_training(session: Session) -> TrainResult:
         asked = signals.received is not None  # in the last step
         # a Ctrl-C as the last step ends (when it is most likely) lets the LoRA and its checkpoint be written
         with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
-            save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
-                       position if step > resumed_at else None, shape)
+            written = save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
+                                 position if step > resumed_at else None, shape)
         if (asked or signals.received is not None) and session.main:
             raise stopped_after_the_last_step(lora_path, bool(config.samples))
-        samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log)
+        samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log, written)
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
         networks.cast_inputs(module, cast=True)
@@ -218,7 +218,7 @@ def stopped_after_the_last_step(lora_path: Path, samples: bool) -> TrainingInter
 
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
-           step: int, started: datetime, resumed_at: int, log: RunLog) -> list[Path]:
+           step: int, started: datetime, resumed_at: int, log: RunLog, written: bool = True) -> list[Path]:
     """After the last step, in the main process: the diffusers-format copy, the sample images (in the `log` too),
     the phase peaks, and how long this process's steps (those after `resumed_at`) took, from `started`, and where
     their figures are."""
@@ -241,8 +241,9 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                               f"saved, and {shell_line('lowvram', 'generate', '--lora', lora_path)} draws them",
                               soft_wrap=True)
         samples = []
-    session.console.print(f"[green]saved[/] {lora_path}" + "".join(f"\n[green]sample[/] {p}" for p in samples),
-                          soft_wrap=True)
+    said = [f"[green]saved[/] {lora_path}"] * written + [f"[green]sample[/] {p}" for p in samples]  # (kept: said)
+    if said:
+        session.console.print("\n".join(said), soft_wrap=True)
     try:
         log.final_samples(step, samples)
     except (OSError, DiskFull) as exc:  # (the LoRA and its samples are written, which is what matters)

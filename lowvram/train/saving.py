@@ -144,15 +144,16 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
 
 
 def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: Path, step: int, epochs: int,
-               position: checkpoint.Position | None, shape: TrainingShape) -> None:
+               position: checkpoint.Position | None, shape: TrainingShape) -> bool:
     """The LoRA, then the end's checkpoint at `position` to train on from (None: this run took no step). A disk
     with room for one keeps the LoRA; one whose LoRA write fails (a file-size limit, a disk filled meanwhile) still
-    gets the checkpoint where it fits, from which --resume writes the LoRA without another step."""
+    gets the checkpoint where it fits, from which --resume writes the LoRA without another step. Whether the LoRA
+    was written (not: the file there holds it already)."""
     if session.main and session.config.training.resume:
         if position is None and written_already(session, trainee, dataset, lora_path, step, epochs, shape):
             session.console.print(f"{lora_path} holds step {step}'s LoRA of these options already: not written "
                                   "again (its file hash, which model sites key on, stays)", soft_wrap=True)
-            return  # (and no checkpoint: this run took no step)
+            return False  # (and no checkpoint: this run took no step)
         kept = outdir.keep_earlier_final_lora(lora_path, step, trained=position is not None)
         if kept:
             session.console.print(kept, soft_wrap=True)
@@ -165,6 +166,7 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
         raise
     if position is not None:
         save_checkpoint(session, trainee, dataset, position)
+    return True
 
 
 def grid_due_at_start(session: Session, schedule: Schedule, step: int) -> bool:
