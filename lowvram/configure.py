@@ -199,6 +199,7 @@ def _holds_out(given: Collection[str]) -> bool:
 
 
 ASSUMED = "assumed by the dataset file"  # the key its assumed values travel under, to build_config
+_SAID: set[str] = set()  # the notes of assumed values said in this process (a command builds its config twice)
 
 
 def with_assumed(values: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +211,9 @@ def with_assumed(values: dict[str, Any]) -> dict[str, Any]:
     for name, (value, note) in values.pop(ASSUMED).items():
         if name not in values:
             values[name] = value
-            print(note, file=sys.stderr)
+            if note not in _SAID:
+                _SAID.add(note)
+                print(note, file=sys.stderr)
     return values
 
 
