@@ -54,23 +54,44 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
     config = run.config
     probe = Console(stderr=args.json)  # a terminal keeps its width; a pipe or file gets room for the tables
     console = Console(width=probe.width if probe.is_terminal else max(probe.width, 100), stderr=args.json)
-    if not run.uses_sample_data:  # a real dataset: scan it too, so problems show up before the evening
-        from lowvram.data.check import scan
-
-        report = scan(run, Path(config.data.data), config.data.trigger_word, console)
-        buckets = ", ".join(f"{shape} x{n}" for shape, n in report.summary()["buckets"].items())
-        console.print(f"dataset {report.root}: {len(report.usable)} usable images, {len(report.skipped)} skipped "
-                      f"(details: lowvram check-data); buckets {buckets}")
+    length = None if run.uses_sample_data else plan_dataset(run, console)
     line = ["lowvram", "train", *train_words(argv, values, args.plan_only),
             *choice_flags(result.choice, fixed_choices(values, config), config)] if result.choice else None
     if args.json:
-        print(json.dumps({**plan_json(result), "train_command": line}, indent=2))
+        print(json.dumps({**plan_json(result), "train_command": line} | ({"run_length": length} if length else {}),
+                         indent=2))
     else:
         print_plan(result, console)
         if line:  # one physical line, as typed: a wrapped one would paste as several commands
             console.print(f"to train with {result.choice.strategy.label}: {shell_line(*line)}", soft_wrap=True,
                           markup=False, highlight=False)
     return 0 if result.choice else 1
+
+
+def plan_dataset(run, console) -> dict:
+    """Scan a real dataset, so its problems show up before the evening, and say how long the run is in steps and
+    epochs, as training will count them (one process)."""
+    from lowvram.data.check import scan_sets
+    from lowvram.data.epochs import counted_epochs
+    from lowvram.train.schedule import plan_schedule
+
+    config = run.config
+    reports, records, held_out = scan_sets(run, Path(config.data.data), config.data.trigger_word, console)
+    buckets = ", ".join(f"{shape} x{n}" for shape, n in reports[0].summary()["buckets"].items())
+    console.print(f"dataset {reports[0].root}: {len(reports[0].usable)} usable images, {len(reports[0].skipped)} "
+                  f"skipped (details: lowvram check-data); buckets {buckets}", soft_wrap=True)
+    epochs = counted_epochs(run, records, reports[1].usable if len(reports) > 1 else [])
+    schedule = plan_schedule(config, epochs, 1)
+    regularization = len(epochs.samples) - epochs.training_count
+    accumulation = config.training.gradient_accumulation
+    console.print(f"run: {schedule.length(epochs.fractional)} steps ({epochs.images_per_epoch} images per epoch with "
+                  f"repeats{' and regularization' * bool(regularization)}"
+                  f"{f', {len(held_out)} held out for validation' if held_out else ''}; batch "
+                  f"{config.training.batch_size}{f' x {accumulation} accumulated' * (accumulation > 1)})",
+                  soft_wrap=True, highlight=False)
+    return {"total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
+            "epochs": round(schedule.total_steps / schedule.steps_per_epoch, 3),
+            "images_per_epoch": epochs.images_per_epoch}
 
 
 def train_words(argv: list[str], values: dict, plan_only: dict[str, int]) -> list[str]:

@@ -102,6 +102,7 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["plan", "--model", "sd15", "--vram", "6GB"],
+    ["plan", "--model", "sd15", "--vram", "6GB", "--data", "SAMPLE"],  # (which counts the run's steps too)
     ["plan", "--model", "sdxl", "--profile", "colab-t4", "--json"],
     ["check-data", "SAMPLE", "--model", "tiny"],
     ["train", "--help"],

@@ -9,10 +9,11 @@ import pytest
 from conftest import run_config
 from safetensors import safe_open
 
+from lowvram.data.check import hold_out
 from lowvram.train import saving
 from lowvram.train.loop import train
-from lowvram.train.setup import plan_schedule
-from lowvram.train.validation import EarlyStopping, hold_out
+from lowvram.train.schedule import plan_schedule
+from lowvram.train.validation import EarlyStopping
 
 
 def test_sampling_and_validation_see_the_lora_in_eval_mode_and_training_goes_on_in_train_mode(tmp_path, monkeypatch,

@@ -59,7 +59,7 @@ def test_a_floor_lifts_warmup_stable_decays_warm_up_too_and_no_other_schedules()
 
 
 def test_a_warmup_share_is_rounded_down_as_kohya_does():
-    from lowvram.train.setup import in_steps
+    from lowvram.train.schedule import in_steps
 
     assert [in_steps(0.29, 100), in_steps(0.15, 10), in_steps(0.05, 1030), in_steps(12, 100)] == [28, 1, 51, 12]
     assert (in_steps(1, 100), in_steps(0, 100)) == (1, 0)  # 1 is a step, not the whole run (kohya's ratio is < 1)

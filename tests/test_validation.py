@@ -8,10 +8,11 @@ import torch
 from conftest import run_config
 from safetensors.torch import load_file
 
+from lowvram.data.check import hold_out
 from lowvram.data.scan import ScanReport
 from lowvram.errors import LowvramError
 from lowvram.train.loop import train
-from lowvram.train.validation import EarlyStopping, fixed_timesteps, hold_out, validation_loss
+from lowvram.train.validation import EarlyStopping, fixed_timesteps, validation_loss
 
 
 def test_the_held_out_split_is_fixed_by_the_seed_and_disjoint(sample_data):

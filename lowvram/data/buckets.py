@@ -94,17 +94,21 @@ def default_buckets(resolution: int, step: int = 64, min_side: int | None = None
                    max_side or resolution * 2, step, no_upscale)
 
 
-def bucket_batches(buckets_of: list[tuple[int, int]], batch_sizes: list[int], seed: int, epoch: int
-                   ) -> list[list[int]]:
+def bucket_batches(buckets_of: list[tuple[int, int]], batch_sizes: list[int], seed: int, epoch: int,
+                   shuffled: bool = True) -> list[list[int]]:
     """One epoch's batches of sample indices: shuffled within each bucket, split into batches of one bucket
     each, then the batches shuffled. Each sample's batch size (kohya's datasets may differ) keeps those of another
-    size in batches of their own. Deterministic for (seed, epoch)."""
-    import torch  # here: scanning and planning use the buckets without torch
-
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    size in batches of their own. Deterministic for (seed, epoch). Unshuffled, the same batches' sizes and buckets
+    in a fixed order, without torch: what counting them needs (scanning and planning import no torch)."""
     by_bucket: dict[tuple[tuple[int, int], int], list[int]] = {}
     for index, (bucket, size) in enumerate(zip(buckets_of, batch_sizes, strict=True)):
         by_bucket.setdefault((bucket, size), []).append(index)
+    if not shuffled:
+        return [members[i : i + size] for (_, size), members in sorted(by_bucket.items())
+                for i in range(0, len(members), size)]
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     batches = []
     for bucket, size in sorted(by_bucket):
         members = by_bucket[bucket, size]

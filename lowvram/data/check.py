@@ -4,6 +4,7 @@ cache, and `lowvram check-data`. Training's caching phase (`lowvram.data.prepare
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,38 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
     others = tuple(s.folder for s in dataset.folders(not regularization))
     return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,
                         describe=(f"the {kind} of {data}", shell_line("lowvram", "check-data", data)), elsewhere=others)
+
+
+def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None
+              ) -> tuple[list[ScanReport], list, list]:
+    """What a run trains from: the scans of its dataset and of its regularization set (--reg-data's, or a dataset
+    file's is_reg subsets), the image records it trains on, and those it validates on (--validation-data's, or
+    --validation-split's share of the dataset)."""
+    config = run.config
+    reports = [scan(run, data, trigger, console)]
+    if config.data.reg_data:
+        reports.append(scan(run, Path(config.data.reg_data), None, console, regularization=True))
+    elif has_regularization_subsets(config.data.data):
+        reports.append(scan(run, data, None, console, regularization=True))
+    held_out = []
+    if config.validation.validation_data:
+        held_out = scan(run, Path(config.validation.validation_data), trigger, console).usable
+    records = reports[0].usable
+    if config.validation.validation_split:
+        records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
+    return reports, records, held_out
+
+
+def hold_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Split usable image records into (training, validation) by `fraction`, chosen by the seed from a
+    content-ordered list, so the same dataset and seed always hold out the same images."""
+    if len(records) < 2:
+        raise LowvramError(f"--validation-split: the dataset has {len(records)} usable image(s); holding some out "
+                           "needs at least 2 (or pass --validation-data DIR)")
+    count = min(len(records) - 1, max(1, round(len(records) * fraction)))
+    ordered = sorted(records, key=lambda r: (r.sha256, r.relpath))
+    held = {id(r) for r in random.Random(f"validation/{seed}").sample(ordered, count)}
+    return [r for r in records if id(r) not in held], [r for r in records if id(r) in held]
 
 
 def dataset_to_check(run: ResolvedRun) -> tuple[Path, str | None]:

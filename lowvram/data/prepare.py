@@ -32,8 +32,9 @@ from lowvram.data.cache import (
     module_fingerprint,
     text_key,
 )
-from lowvram.data.check import folder_config, make_buckets, scan_options
-from lowvram.data.dataset import Sample, TrainingData
+from lowvram.data.check import folder_config, scan_options
+from lowvram.data.dataset import TrainingData
+from lowvram.data.epochs import Sample, placements
 from lowvram.data.scan import ScanOptions, ScanReport
 from lowvram.errors import LowvramError
 from lowvram.memory import PhasePeaks
@@ -102,11 +103,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
                         text_keys.append(key)
                         if caption_weights:  # a caption's chance, shared by its variants
                             text_weights.append(caption_weights[i] / len(variants))
-            resolutions = (record.resolution,) if record.resolution else run.resolutions  # its folder's own
-            for resolution in resolutions[:1] if validating else resolutions:  # each image at each one
-                if resolution not in buckets:
-                    buckets[resolution] = make_buckets(run, resolution)
-                placement = buckets[resolution].place(record.width, record.height)
+            for placement in placements(run, record, buckets, first_only=validating):
                 keys = []
                 for v in range(1 if validating else augment.variants):
                     variant = make_variant(record.sha256, v, placement, plain if validating else augment)

@@ -37,6 +37,7 @@ from lowvram.train.saving import (
     save_interrupted,
     validate_and_keep_best,
 )
+from lowvram.train.schedule import plan_schedule
 from lowvram.train.setup import (
     Session,
     Trainee,
@@ -45,7 +46,6 @@ from lowvram.train.setup import (
     fill_caches_and_place,
     freeze_text_encoders,
     load_frozen_model,
-    plan_schedule,
     scan_data,
     start_session,
 )

@@ -20,7 +20,8 @@ from lowvram.train.identity import recipe
 from lowvram.train.metadata import TrainingShape, lora_metadata
 from lowvram.train.runlog import RunLog
 from lowvram.train.sampling import render_grid
-from lowvram.train.setup import Dataset, Schedule, Session, Trainee
+from lowvram.train.schedule import Schedule
+from lowvram.train.setup import Dataset, Session, Trainee
 from lowvram.train.step import sum_over_processes
 from lowvram.train.validation import EarlyStopping, fixed_timesteps, validation_loss
 

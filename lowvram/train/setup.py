@@ -5,8 +5,6 @@ also the order random numbers are drawn in, which a resumed or repeated run reli
 
 from __future__ import annotations
 
-import bisect
-import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -29,13 +27,11 @@ from lowvram.compiling import (
     replaying_count,
     uses_cuda_graphs,
 )
-from lowvram.config import DEFAULT_EPOCHS, MIXED_PRECISION, ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
-from lowvram.data.check import scan
-from lowvram.data.dataset import TrainingData
+from lowvram.config import MIXED_PRECISION, ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
+from lowvram.data.check import scan_sets
 from lowvram.data.prepare import PreparedData, prepare_training_data
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ScanReport
-from lowvram.dataset_files import has_regularization_subsets
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
 from lowvram.hardware import detect, precision_trouble, resolve_mixed_precision
@@ -50,7 +46,7 @@ from lowvram.optim import (
     try_optimizer,
     use_averaged_weights,
 )
-from lowvram.option_values import parse_save_every, parse_source, parse_until
+from lowvram.option_values import parse_source
 from lowvram.plan.calibration import graphs_measured, unverified_warning
 from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.precision import compute_dtype
@@ -59,7 +55,7 @@ from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
 from lowvram.samplers import sampler_problem
 from lowvram.train import checkpoint
 from lowvram.train.outdir import existing_lora_problem
-from lowvram.train.validation import hold_out
+from lowvram.train.schedule import Schedule, in_steps
 
 
 @dataclass
@@ -161,42 +157,6 @@ class Trainee:
                     self.ema.restore(self.params)
 
 
-@dataclass(frozen=True)
-class Schedule:
-    batches_per_step: int  # over all processes
-    steps_per_epoch: int
-    total_steps: int
-    save_every: tuple[int, str] | None
-    sample_every: tuple[int, str] | None
-    validate_every: int | None  # None: at each epoch's end
-    batch_shapes: int  # input shapes the U-Net meets: training's (pixel count, batch size) pairs, samples' sizes
-    text_encoder_until: int | None = None  # the last step that trains the text encoders (--text-encoder-until)
-    warmup_steps: int = 0  # --warmup-steps in steps (a share under 1 of the run's)
-    # the step each epoch ends at, through the run's last: with fractional repeats an epoch's batch count varies
-    # with the images its share draws (so steps_per_epoch, epoch 0's, is then approximate)
-    epoch_ends: tuple[int, ...] = ()
-
-    def trains_text_at(self, step: int) -> bool:
-        return self.text_encoder_until is None or step <= self.text_encoder_until
-
-    def epochs_at(self, step: int) -> int:
-        """The epochs begun by `step` (a step that ends an epoch counts it, not the next)."""
-        index = bisect.bisect_left(self.epoch_ends, step)
-        if index < len(self.epoch_ends) or not self.epoch_ends:
-            return index + 1 if step else 0
-        return index + math.ceil((step - self.epoch_ends[-1]) / self.steps_per_epoch)
-
-    def validates_at(self, step: int) -> bool:
-        if self.validate_every:
-            return step % self.validate_every == 0
-        return self.epochs_done_at(step) is not None
-
-    def epochs_done_at(self, step: int) -> int | None:
-        """The epochs done when `step` ends one; None at any other step."""
-        index = bisect.bisect_left(self.epoch_ends, step)
-        return index + 1 if index < len(self.epoch_ends) and self.epoch_ends[index] == step else None
-
-
 def start_session(config: RunConfig, console: Console | None) -> Session:
     """Resolve the run for this machine and start accelerate; every process seeds its own noise."""
     from accelerate import Accelerator
@@ -246,17 +206,7 @@ def scan_data(session: Session) -> Dataset:
     else:
         data_root = Path(config.data.data)
     with accelerator.main_process_first():  # one process writes the scan index, the others read it
-        reports = [scan(run, data_root, trigger, session.console)]
-        if config.data.reg_data:
-            reports.append(scan(run, Path(config.data.reg_data), None, session.console, regularization=True))
-        elif has_regularization_subsets(config.data.data):  # a dataset file's is_reg subsets
-            reports.append(scan(run, data_root, None, session.console, regularization=True))
-        held_out = []
-        if config.validation.validation_data:
-            held_out = scan(run, Path(config.validation.validation_data), trigger, session.console).usable
-    records = reports[0].usable
-    if config.validation.validation_split:
-        records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
+        reports, records, held_out = scan_sets(run, data_root, trigger, session.console)
     for report in reports:
         report.print_summary(session.console)
     return Dataset(reports, records, held_out, trigger)
@@ -340,35 +290,6 @@ def fill_caches_and_place(session: Session, model: LoadedModel, dataset: Dataset
         for encoder in model.text_encoders:
             encoder.to(session.device)
     return prepared, attention
-
-
-def plan_schedule(config: RunConfig, data: TrainingData, world: int) -> Schedule:
-    batches_per_step = config.training.gradient_accumulation * world
-    steps_per_epoch = max(1, math.ceil(data.batches_per_epoch / batches_per_step))
-    max_steps, epochs = config.training.max_steps, config.training.epochs or DEFAULT_EPOCHS
-    until = parse_until(config.network.text_encoder_until)
-    until_epochs = int(until[0]) if until and until[1] == "epochs" else 0
-    ends = [steps_per_epoch]  # an epoch ends its last step early (loop.draw), so each epoch's steps round up
-    while (ends[-1] < max_steps) if max_steps else (len(ends) < max(epochs, until_epochs)):
-        batches = len(data.epoch_batches(len(ends))) if data.fractional else data.batches_per_epoch
-        ends.append(ends[-1] + max(1, math.ceil(batches / batches_per_step)))
-    total_steps = max_steps or ends[epochs - 1]
-    if until_epochs:
-        until_step = ends[until_epochs - 1] if until_epochs <= len(ends) else total_steps
-    else:
-        until_step = until and math.ceil(until[0] * {"steps": 1, "percent": total_steps / 100}[until[1]])
-    return Schedule(batches_per_step, steps_per_epoch, total_steps, parse_save_every(config.output.save_every),
-                    parse_save_every(config.output.sample_every),
-                    config.validation.validate_every,
-                    len(data.batch_shapes()) + len(config.prompt_lines) + 1,
-                    until_step, in_steps(config.optim.warmup_steps, total_steps),
-                    tuple(end for end in ends if end <= total_steps))
-
-
-def in_steps(given: float, total_steps: int) -> int:
-    """--warmup-steps or --decay-steps in steps: as given, or under 1 that share of the run's steps (kohya's
-    ratio, rounded down as kohya does)."""
-    return int(given * total_steps) if 0 < given < 1 else int(given)
 
 
 def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, schedule: Schedule) -> Trainee:
@@ -544,10 +465,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
         f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g}{conv_note(config.network)}"
         f"{blocks} | "
-        f"{schedule.total_steps} steps "
-        f"= {(epochs := f'{schedule.total_steps / schedule.steps_per_epoch:.3g}')} epoch{'s' * (epochs != '1')} of "
-        f"{'about ' * data.fractional}"
-        f"{schedule.steps_per_epoch} | batch "
+        f"{schedule.length(data.fractional)} | batch "
         f"{config.training.batch_size}{folder_batches(run)} x {config.training.gradient_accumulation}"
         f"{f' x {world}' if world > 1 else ''}", soft_wrap=True  # one line, for logs and grep
     )

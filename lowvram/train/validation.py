@@ -9,31 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from dataclasses import dataclass, field
 
 import torch
 
 from lowvram.data.augment import trained_text
 from lowvram.data.dataset import Sample, TrainingData
-from lowvram.errors import LowvramError
 from lowvram.models.conditioning import DEFAULT_READING, TextReading, encode_prompts, unet_conditioning
 from lowvram.train.loss import Objective, diffusion_loss
 
 # the plain loss, a masked image's over its mask's area: one yardstick for runs that differ in how they weigh masks
 AREA_MEAN = Objective(normalize_masked_area=True)
-
-
-def hold_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Split usable image records into (training, validation) by `fraction`, chosen by the seed from a
-    content-ordered list, so the same dataset and seed always hold out the same images."""
-    if len(records) < 2:
-        raise LowvramError(f"--validation-split: the dataset has {len(records)} usable image(s); holding some out "
-                           "needs at least 2 (or pass --validation-data DIR)")
-    count = min(len(records) - 1, max(1, round(len(records) * fraction)))
-    ordered = sorted(records, key=lambda r: (r.sha256, r.relpath))
-    held = {id(r) for r in random.Random(f"validation/{seed}").sample(ordered, count)}
-    return [r for r in records if id(r) not in held], [r for r in records if id(r) in held]
 
 
 def fixed_timesteps(count: int, lowest: int, end: int) -> list[int]:

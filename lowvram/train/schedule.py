@@ -1,0 +1,83 @@
+"""How long a run is, in steps and epochs, and which steps save, sample, validate and stop training the text
+encoders: worked out from the epochs' batches alone, so `lowvram plan` says it before anything is cached."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+from lowvram.config import DEFAULT_EPOCHS, RunConfig
+from lowvram.data.epochs import Epochs
+from lowvram.option_values import parse_save_every, parse_until
+
+
+@dataclass(frozen=True)
+class Schedule:
+    batches_per_step: int  # over all processes
+    steps_per_epoch: int
+    total_steps: int
+    save_every: tuple[int, str] | None
+    sample_every: tuple[int, str] | None
+    validate_every: int | None  # None: at each epoch's end
+    batch_shapes: int  # input shapes the U-Net meets: training's (pixel count, batch size) pairs, samples' sizes
+    text_encoder_until: int | None = None  # the last step that trains the text encoders (--text-encoder-until)
+    warmup_steps: int = 0  # --warmup-steps in steps (a share under 1 of the run's)
+    # the step each epoch ends at, through the run's last: with fractional repeats an epoch's batch count varies
+    # with the images its share draws (so steps_per_epoch, epoch 0's, is then approximate)
+    epoch_ends: tuple[int, ...] = ()
+
+    def length(self, fractional: bool) -> str:
+        """"200 steps = 10 epochs of 20" (of about 20 where fractional repeats vary an epoch's batches)."""
+        epochs = f"{self.total_steps / self.steps_per_epoch:.3g}"
+        return (f"{self.total_steps} steps = {epochs} epoch{'s' * (epochs != '1')} of {'about ' * fractional}"
+                f"{self.steps_per_epoch}")
+
+    def trains_text_at(self, step: int) -> bool:
+        return self.text_encoder_until is None or step <= self.text_encoder_until
+
+    def epochs_at(self, step: int) -> int:
+        """The epochs begun by `step` (a step that ends an epoch counts it, not the next)."""
+        index = bisect.bisect_left(self.epoch_ends, step)
+        if index < len(self.epoch_ends) or not self.epoch_ends:
+            return index + 1 if step else 0
+        return index + math.ceil((step - self.epoch_ends[-1]) / self.steps_per_epoch)
+
+    def validates_at(self, step: int) -> bool:
+        if self.validate_every:
+            return step % self.validate_every == 0
+        return self.epochs_done_at(step) is not None
+
+    def epochs_done_at(self, step: int) -> int | None:
+        """The epochs done when `step` ends one; None at any other step."""
+        index = bisect.bisect_left(self.epoch_ends, step)
+        return index + 1 if index < len(self.epoch_ends) and self.epoch_ends[index] == step else None
+
+
+def plan_schedule(config: RunConfig, data: Epochs, world: int) -> Schedule:
+    batches_per_step = config.training.gradient_accumulation * world
+    steps_per_epoch = max(1, math.ceil(data.batches_per_epoch / batches_per_step))
+    max_steps, epochs = config.training.max_steps, config.training.epochs or DEFAULT_EPOCHS
+    until = parse_until(config.network.text_encoder_until)
+    until_epochs = int(until[0]) if until and until[1] == "epochs" else 0
+    ends = [steps_per_epoch]  # an epoch ends its last step early (loop.draw), so each epoch's steps round up
+    while (ends[-1] < max_steps) if max_steps else (len(ends) < max(epochs, until_epochs)):
+        batches = len(data.epoch_batches(len(ends), shuffled=False)) if data.fractional else data.batches_per_epoch
+        ends.append(ends[-1] + max(1, math.ceil(batches / batches_per_step)))
+    total_steps = max_steps or ends[epochs - 1]
+    if until_epochs:
+        until_step = ends[until_epochs - 1] if until_epochs <= len(ends) else total_steps
+    else:
+        until_step = until and math.ceil(until[0] * {"steps": 1, "percent": total_steps / 100}[until[1]])
+    return Schedule(batches_per_step, steps_per_epoch, total_steps, parse_save_every(config.output.save_every),
+                    parse_save_every(config.output.sample_every),
+                    config.validation.validate_every,
+                    len(data.batch_shapes()) + len(config.prompt_lines) + 1,
+                    until_step, in_steps(config.optim.warmup_steps, total_steps),
+                    tuple(end for end in ends if end <= total_steps))
+
+
+def in_steps(given: float, total_steps: int) -> int:
+    """--warmup-steps or --decay-steps in steps: as given, or under 1 that share of the run's steps (kohya's
+    ratio, rounded down as kohya does)."""
+    return int(given * total_steps) if 0 < given < 1 else int(given)
