@@ -103,6 +103,9 @@ def write_messy_dataset(root: Path) -> dict[str, str]:
     (folder / ".DS_Store").write_bytes(b"\0\1\2")
     (folder / "._good_1.png").write_bytes(b"\0\5\26\7AppleDouble")
     (folder / "notes.docx").write_bytes(b"PK\3\4 not really a document")
+    for macos in (Path(root) / "__MACOSX" / folder.name, folder / "__MACOSX"):  # as macOS zips a folder
+        macos.mkdir(parents=True)
+        (macos / "._good_1.png").write_bytes(b"\0\5\26\7AppleDouble")
     (Path(root) / "misc").mkdir(exist_ok=True)
     drawn().save(Path(root) / "misc" / "ignored.png")
     (Path(root) / "0_off").mkdir(exist_ok=True)

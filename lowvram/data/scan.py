@@ -48,6 +48,9 @@ from lowvram.option_values import caption_extension_problem
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
 SILENT_NAMES = ("Thumbs.db", "desktop.ini")
+# what an archiver or a file system adds beside the images (macOS's zip copies of resource forks, Windows' bins),
+# passed over as hidden files are
+SYSTEM_FOLDERS = ("__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaDir")
 REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$")  # kohya's: the repeats, then the label ("10" has none)
 MODE_NOTES = {"I;16": "16-bit -> 8-bit RGB", "CMYK": "CMYK -> RGB", "P": "palette -> RGB", "L": "greyscale -> RGB", "LA": "greyscale -> RGB",
               "1": "1-bit -> RGB", "I": "32-bit -> 8-bit RGB", "F": "32-bit float -> 8-bit RGB"}
@@ -355,6 +358,11 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     return report
 
 
+def passed_over(path: Path) -> bool:
+    """A hidden file or folder, or a system's own (`SYSTEM_FOLDERS`): nothing of the dataset."""
+    return path.name.startswith(".") or path.name in SYSTEM_FOLDERS
+
+
 def nested_option(folder: Path) -> str | None:
     """Where `folder` holds N_name folders itself (as the img/ and reg/ of kohya_ss's project folder), the option that
     trains them; None otherwise."""
@@ -376,7 +384,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     metadata = {root: found} if found else {}
     by_metadata = {image.relative_to(root).parts[0] for image in found.captions} if found else set()
     folders = [ImageFolder(root, 1, root.name)]
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not passed_over(p)):
         match = REPEAT_FOLDER.match(sub.name)
         if sub.name in by_metadata and not match:
             continue
@@ -423,7 +431,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
         where = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
         unknown, masks, stems, unlisted, keys, unread, captions = [], [], set(), [], set(), [], []
         try:
-            entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+            entries = sorted(p for p in folder.iterdir() if not passed_over(p))
         except OSError as exc:
             notes.append(f"skipped folder {where or './'}: can't list it ({exc.strerror or exc})")
             continue
