@@ -187,24 +187,28 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
 
 
 def _warn_of_cut_captions(records: list, tokenizer, reading: TextReading, console: Console) -> None:
-    """One line when captions run past what the text encoders read, which kohya cuts without a word."""
-    lengths = {}
+    """One line when captions run past what the text encoders read, which kohya cuts without a word: how many
+    images have one (each caption is tokenized once, however many images share it), and the longest's image."""
+    lengths: dict[str, int] = {}
+    cut = []  # (tokens, image) of each image's longest cut caption
     for record in records:
         for text, _ in ((record.caption, None), *record.more_captions):
             if text not in lengths:
-                lengths[text] = (caption_tokens(text, tokenizer, reading), record.path.name)
-    cut = [(tokens, name) for tokens, name in lengths.values() if tokens > reading.max_tokens]
+                lengths[text] = caption_tokens(text, tokenizer, reading)
+        own = max(lengths[text] for text, _ in ((record.caption, None), *record.more_captions))
+        if own > reading.max_tokens:
+            cut.append((own, record.relpath))
     if not cut:
         return
-    longest, name = max(cut)
-    breaks = reading.weighted and any(CHUNK_BREAK.search(text) for text, (tokens, _) in lengths.items()
+    longest, name = max(cut, key=lambda c: c[0])
+    breaks = reading.weighted and any(CHUNK_BREAK.search(text) for text, tokens in lengths.items()
                                       if tokens > reading.max_tokens)
     enough = next((length for length in TOKEN_LENGTHS if length >= longest), None)
     more = (f", or add --max-token-length {enough}" if enough else
             f", or add --max-token-length {TOKEN_LENGTHS[-1]} to read more of each"
             if reading.max_tokens < TOKEN_LENGTHS[-1] else "")
-    console.print(f"[yellow]warning:[/] {len(cut)} of {len(lengths)} captions run past {reading.max_tokens} tokens, "
-                  f"and the text encoders read only their first {reading.max_tokens}: shorten them{more} (the "
+    console.print(f"[yellow]warning:[/] {len(cut)} of {len(records)} images have a caption past {reading.max_tokens} "
+                  f"tokens, and the text encoders read only their first {reading.max_tokens}: shorten them{more} (the "
                   f"longest, {name}'s, has {longest}"
                   + ("; a BREAK fills the rest of its 75-token chunk, so what follows it needs the next one" * breaks)
                   + ")", soft_wrap=True)
