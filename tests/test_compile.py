@@ -56,7 +56,7 @@ def test_the_recompile_limit_covers_every_batch_shape_of_the_run():
     from lowvram.data.augment import CaptionOptions
     from lowvram.data.dataset import Sample, TrainingData
     from lowvram.models.loading import load_model
-    from lowvram.train.setup import plan_schedule
+    from lowvram.train.schedule import plan_schedule
 
     # 5 square images, 3 wide and 2 tall at batch 4: (4096 px, 4), (4096, 1), (2048, 3), (2048, 2)
     buckets = [(64, 64)] * 5 + [(64, 32)] * 3 + [(32, 64)] * 2
