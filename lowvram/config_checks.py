@@ -144,8 +144,8 @@ def _file_problems(c: RunConfig) -> list[str]:
         p.append(f"--model: file not found: {c.model.model}{windows_path_hint(c.model.model)}")
     for flag, value, must_be_file in (("--vae", c.model.vae, False),
                                       ("--network-weights", c.network.network_weights, True)):
-        if value is None:
-            continue
+        if value is None or (flag == "--network-weights" and c.training.resume and not Path(value).exists()):
+            continue  # a resumed run's checkpoint holds the adapters (a new start of --resume auto needs the file)
         if Path(value).suffix.lower() in PICKLE_SUFFIXES:
             p.append(pickle_refusal(flag, value))
         elif not (Path(value).is_file() if must_be_file else Path(value).exists()):

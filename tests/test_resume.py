@@ -503,3 +503,54 @@ def test_a_finished_run_resumed_keeps_its_lora_byte_for_byte_unless_what_it_hold
     before = lora.read_bytes()
     train(run_config(output=str(quiet), max_steps=2, checkpoint_every=2, no_metadata=True, resume="auto"))
     assert lora.read_bytes() == before and not (quiet / "archive").exists()
+
+
+def test_a_run_folder_copied_elsewhere_with_its_dataset_moved_resumes_where_it_now_is(tmp_path, sample_data, capsys):
+    """The .toml beside a LoRA names the folder it lies in as the output, and the run's name: a copied run folder
+    resumes into the copy (the original untouched); a dataset moved since (its old path gone) is the same run, as
+    kohya's and OneTrainer's resumes check no paths, where another dataset at the old path would not be."""
+    from lowvram.cli import main
+
+    first = tmp_path / "runs" / "a"
+    assert main(["train", "--model", "tiny", "--data", str(sample_data), "--output", str(first), "--max-steps", "2",
+                 "--checkpoint-every", "2", "--rank", "2"]) == 0
+    original = {path: path.read_bytes() for path in first.rglob("*") if path.is_file()}
+    copy, moved = tmp_path / "runs" / "a-v2", tmp_path / "elsewhere" / sample_data.name
+    shutil.copytree(first, copy)
+    moved.parent.mkdir()
+    sample_data.rename(moved)
+    capsys.readouterr()
+    assert main(["train", "--config", str(copy / "a.toml"), "--data", str(moved), "--resume", "auto", "--max-steps",
+                 "3"]) == 0
+    assert f"resumed from {copy / 'checkpoints' / 'step-000002'} at step 2" in " ".join(capsys.readouterr().out.split())
+    assert (copy / "a.safetensors").is_file() and (copy / "a-step000002.safetensors").is_file()
+    assert not list(copy.glob("a-v2*"))  # the run keeps its name in a folder of another
+    assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == original
+    sample_data.mkdir()  # another dataset where the run's was: another run
+    shutil.copy(next(moved.rglob("*.png")), sample_data)
+    assert main(["train", "--config", str(copy / "a.toml"), "--data", str(sample_data), "--resume", "auto",
+                 "--max-steps", "4"]) == 2
+    assert "holds another run (--data" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_run_started_from_a_lora_resumes_without_it(tmp_path, sample_data, capsys):
+    """The checkpoint holds the adapters: the LoRA a run started from (--network-weights, kept in its .toml) may be
+    gone when it resumes, and is said not to be read; a new start under --resume auto still needs it."""
+    from lowvram.cli import main
+
+    common = ["--model", "tiny", "--data", str(sample_data), "--rank", "2", "--max-steps", "2"]
+    assert main(["train", *common, "--output", str(tmp_path / "parent")]) == 0
+    start = tmp_path / "start.safetensors"
+    shutil.move(tmp_path / "parent" / "parent.safetensors", start)
+    assert main(["train", *common, "--output", str(tmp_path / "child"), "--network-weights", str(start),
+                 "--checkpoint-every", "2"]) == 0
+    start.unlink()
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "child" / "child.toml"), "--resume", "auto", "--max-steps",
+                 "3"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"--network-weights {start} is not read: the run resumes from its checkpoint" in said
+    assert main(["train", *common, "--output", str(tmp_path / "new"), "--network-weights", str(start), "--resume",
+                 "auto"]) == 2
+    assert (f"--network-weights: file not found: {start} (--resume auto finds no checkpoint in {tmp_path / 'new'}"
+            in " ".join(capsys.readouterr().err.split()))

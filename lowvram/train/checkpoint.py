@@ -25,7 +25,7 @@ import torch
 from lowvram.errors import LowvramError
 from lowvram.files import DiskFull, ensure_room, free_bytes, is_disk_full, is_size_limit, plain_mode
 from lowvram.run_files import CHECKPOINTS
-from lowvram.train.identity import differences, identity
+from lowvram.train.identity import differences, identity, same_run
 
 FORMAT = 2  # 2: RNG states per process
 
@@ -115,21 +115,21 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
             raise LowvramError(f"could not write checkpoint {final}: {exc.strerror or exc}; the previous checkpoint "
                                "is intact") from None
         raise
-    mine = [path for _, path in complete(root, identity(run_recipe) if run_recipe is not None else None)]
+    mine = [path for _, path in complete(root, run_recipe)]
     for old in mine[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def complete(root: Path, run_identity: str | None = None) -> list[tuple[int, Path]]:
+def complete(root: Path, run_recipe: dict | None = None) -> list[tuple[int, Path]]:
     """(step, folder) of every complete checkpoint, oldest first by step number (never by name: a name sorts
-    wrongly past step 999999); only run `run_identity`'s, if given (checkpoints from before run identities count
-    as any run's). Temporary folders of interrupted writes are not complete."""
+    wrongly past step 999999); only the run of `run_recipe`'s, if given (`identity.same_run`; checkpoints from
+    before run identities count as any run's). Temporary folders of interrupted writes are not complete."""
     found = []
     for path in root.glob("step-*"):
         if not ((path / "state.json").is_file() and path.name[5:].isdigit()):
             continue
-        if run_identity is None or run_of(path).get("identity", run_identity) == run_identity:
+        if run_recipe is None or not (theirs := run_of(path)) or same_run(theirs, run_recipe):
             found.append((int(path.name[5:]), path))
     return sorted(found)
 
@@ -142,9 +142,9 @@ def run_of(path: Path) -> dict:
         return {}
 
 
-def latest(root: Path, run_identity: str | None = None) -> Path | None:
-    """The newest complete checkpoint (of run `run_identity`, if given)."""
-    done = complete(root, run_identity)
+def latest(root: Path, run_recipe: dict | None = None) -> Path | None:
+    """The newest complete checkpoint (of the run of `run_recipe`, if given)."""
+    done = complete(root, run_recipe)
     return done[-1][1] if done else None
 
 
@@ -170,11 +170,10 @@ def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> tu
     """The checkpoint `--resume` names: `auto`, the newest readable one of this run in the output folder (with
     a line for each newer one that was unreadable); or a folder. A checkpoint of another run is refused,
     naming what differs."""
-    ours = identity(run_recipe) if run_recipe is not None else None
     if resume == "auto":
         root = checkpoint_root(output_dir)
         unreadable = []
-        for _, path in reversed(complete(root, ours)):
+        for _, path in reversed(complete(root, run_recipe)):
             reason = problem(path)
             if reason is None:
                 return path, unreadable
@@ -195,7 +194,7 @@ def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> tu
     if not (path / "state.json").is_file():
         raise LowvramError(f"--resume: {path} is not a lowvram checkpoint folder (no state.json)")
     theirs = run_of(path)
-    if ours is not None and theirs.get("identity", ours) != ours:
+    if run_recipe is not None and theirs and not same_run(theirs, run_recipe):
         raise LowvramError(f"--resume: {path} is a checkpoint of another run ({differences(theirs['recipe'], run_recipe)}"
                            "); pass the options it was trained with, or start without --resume")
     reason = problem(path)

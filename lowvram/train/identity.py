@@ -51,6 +51,26 @@ def identity(run_recipe: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(run_recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+MOVABLE = ("--model", "--vae", "--data", "--reg-data")  # paths a run's files may move from between sessions
+
+
+def same_run(recorded: dict, ours: dict[str, object]) -> bool:
+    """Whether a recorded run ({"identity", "recipe"}: an output folder's, a checkpoint's) is the run of recipe
+    `ours`: the same options, where a model, VAE or dataset that moved (its path gone, the same name at the new
+    one) is the same; whether the images changed is checked apart (`checkpoint.data_fingerprint`)."""
+    if recorded.get("identity") == identity(ours):
+        return True
+    theirs = recorded.get("recipe")
+    return isinstance(theirs, dict) and all(
+        theirs.get(flag) == ours.get(flag) or (flag in MOVABLE and _moved(theirs.get(flag), ours.get(flag)))
+        for flag in {**theirs, **ours})
+
+
+def _moved(then: object, now: object) -> bool:
+    return (isinstance(then, str) and isinstance(now, str) and Path(then).is_absolute() and not Path(then).exists()
+            and Path(then).name == Path(now).name)
+
+
 SWITCHED_BY = {"--ema-decay": "--ema"}  # a setting a recipe holds only where its switch is on
 
 

@@ -118,7 +118,7 @@ def run_training(session: Session) -> TrainResult:
         session.console.print(f"kept {out_dir / name}.toml as it is: lowvram's header is not on its first line (your "
                               f"own config, or an older lowvram's); this run's options go to {config_path}",
                               soft_wrap=True)
-    if session.main and not outdir.write_options(config_path, tomli_w.dumps(config.to_toml_dict())):
+    if session.main and not outdir.write_options(config_path, tomli_w.dumps(outdir.saved_options(config))):
         session.console.print(f"kept {config_path} as it is: lowvram did not write it (the run's options are in "
                               "the LoRA's metadata)", soft_wrap=True)
     batches = prepared.data.batches(position.epoch, position.batch)

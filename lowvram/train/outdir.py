@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lowvram.config import RunConfig
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import DiskFull, remove_orphans, write_problem, write_text
+from lowvram.files import DiskFull, remove_orphans, windows_path_hint, write_problem, write_text
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import HASHES, addnet_hash, hashes
 from lowvram.resolve import ResolvedRun
@@ -37,7 +38,7 @@ from lowvram.run_files import (
     step_save,
 )
 from lowvram.train import checkpoint
-from lowvram.train.identity import differences, identity, recipe
+from lowvram.train.identity import differences, identity, recipe, same_run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,6 +60,15 @@ def write_options(path: Path, text: str) -> bool:
         return False
     write_text(path, OPTIONS_HEADER + text)
     return True
+
+
+def saved_options(config: RunConfig) -> dict[str, dict]:
+    """The run's options as its `.toml` beside its LoRA keeps them: its output folder as the folder the file lies
+    in, and its name as resolved, so that a run folder copied or renamed resumes there, into files of its name
+    (a config file's paths are relative to the file)."""
+    options = config.to_toml_dict()
+    options["output"] |= {"output": ".", "name": config.output_name}
+    return options
 
 
 def options_path(folder: Path, name: str) -> Path:
@@ -131,6 +141,10 @@ def nothing_to_resume(config):
         raise LowvramError(f"--resume auto: {folder} holds {newest.name} but no checkpoint to continue from (a full "
                            f"disk, or a kill before one was written): {train_on_from(newest)}, or start over with "
                            f"--overwrite (its files move to {folder / ARCHIVE}/)")
+    weights = config.network.network_weights
+    if weights and not Path(weights).is_file():  # (the checks let it pass for a checkpoint, which holds them)
+        raise LowvramError(f"--network-weights: file not found: {weights}{windows_path_hint(weights)} (--resume auto "
+                           f"finds no checkpoint in {folder} to continue from, so the run starts from it)")
     new = dataclasses.replace(config, training=dataclasses.replace(config.training, resume=None))
     return new, f"--resume auto: no checkpoint in {folder} yet, so the run starts from the beginning"
 
@@ -162,7 +176,7 @@ def ownership_problem(run: ResolvedRun) -> str | None:
     ours, record = recipe(run), read_record(folder)
     checkpoints = checkpoint.complete(checkpoint.checkpoint_root(folder))
     if config.training.resume:
-        if record and record.get("identity") != identity(ours):
+        if record and not same_run(record, ours):
             return (f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}); pass the options "
                     "it was trained with (its .toml there has them), or start a new run in another --output")
         if config.training.resume != "auto" or not checkpoints:  # a folder of another run: refused before the
@@ -177,7 +191,7 @@ def ownership_problem(run: ResolvedRun) -> str | None:
     if not (record or checkpoints) or not (checkpoints or _earlier_loras(folder, record)):
         return None  # no run there, or an earlier start died before its first checkpoint and LoRA
     if not config.output.overwrite:
-        same = record is not None and record.get("identity") == identity(ours)
+        same = record is not None and same_run(record, ours)
         steps = f" with checkpoints up to step {checkpoints[-1][0]}" if checkpoints else ""
         what = ("an earlier run of these options" if same else "an earlier run" if record is None
                 else f"another run ({differences(record['recipe'], ours)})")
@@ -210,7 +224,7 @@ def take_ownership(run: ResolvedRun) -> str | None:
         note = _set_aside_later(checkpoints, config.training.resume, folder, config.output_name)
     elif record or checkpoints:
         if not (checkpoints or _earlier_loras(folder, record)):
-            same = record is not None and record.get("identity") == identity(recipe(run))
+            same = record is not None and same_run(record, recipe(run))
             note = (f"starting over: the earlier run {'of these options ' if same else ''}in {folder} left no "
                     "checkpoint or LoRA")
         else:  # --overwrite, as ownership_problem let it through
@@ -331,7 +345,7 @@ def remove_leftovers(folder: Path) -> list[Path]:
 def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
     """The one line a full disk ends a run with: what ran out, what was kept, and how to go on."""
     folder, name = run.config.output_dir, run.config.output_name
-    newest = checkpoint.latest(checkpoint.checkpoint_root(folder), identity(recipe(run)))
+    newest = checkpoint.latest(checkpoint.checkpoint_root(folder), recipe(run))
     loras = sorted(folder.glob(f"{name}*.safetensors"), key=lambda p: p.stat().st_mtime)
     kept = [f"checkpoint {newest.name}" if newest else "no checkpoint yet"] + [f"LoRA {p.name}" for p in loras[-1:]]
     if newest:

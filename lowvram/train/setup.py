@@ -306,6 +306,9 @@ def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, sched
         session.console.print(f"adapters start from {config.network.network_weights} ({filled} layers"
                               + (f"; {fresh} this run adapts are not in it and start fresh" if fresh > 0 else "")
                               + ")", soft_wrap=True)
+    elif config.network.network_weights and session.main:
+        session.console.print(f"--network-weights {config.network.network_weights} is not read: the run resumes from "
+                              "its checkpoint, which holds the adapters", soft_wrap=True, highlight=False)
     torch.manual_seed(config.training.seed + rank)
     for _, module in networks.adapted_modules(model):  # every forward that trains runs under autocast, or in fp32
         networks.cast_inputs(module, cast=session.accelerator.mixed_precision == "no")
