@@ -68,6 +68,17 @@ def test_forced_colour_through_a_pipe_still_prints_plain_progress_lines(monkeypa
     assert "step 12/12" in printed and "\r" not in printed and "\x1b[2K" not in printed
 
 
+def test_a_whole_run_through_a_pipe_with_forced_colour_redraws_nothing(tmp_path):
+    """The Colab notebook's `lowvram train` cell (FORCE_COLOR, a pipe): no spinner or bar is drawn there frame by
+    frame (the model's loading spinner was, its frames stored in the cell)."""
+    done = subprocess.run([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample", "--output",
+                           str(tmp_path / "out"), "--max-steps", "2", "--rank", "2"], capture_output=True, text=True,
+                          env={**os.environ, "FORCE_COLOR": "1"}, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loading tiny" in done.stdout and "saved" in done.stdout
+    assert "\r" not in done.stdout + done.stderr and "\x1b[2K" not in done.stdout + done.stderr
+
+
 def test_only_a_cuda_gpu_behind_the_windows_driver_watches_for_spilled_vram():
     assert not detect().can_spill_vram  # this test machine: Linux, no Windows driver
     assert behind_windows_driver(system="Windows", release="10")

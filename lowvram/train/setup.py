@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -216,9 +216,10 @@ def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
     """The base model, all frozen, in the compute dtype (the VAE in fp32 where it overflows in fp16), and the
     noise schedule it was trained with."""
     config = session.config
-    if not redraws_in_place(session.console):  # a notebook's or a log's reader sees no spinner: a line says it
+    spinner = redraws_in_place(session.console)
+    if not spinner:  # a notebook's or a log's reader sees no spinner (its frames would pile up there): a line says it
         session.console.print(f"loading {config.model.model}", soft_wrap=True, highlight=False)
-    with session.console.status(f"loading {config.model.model}"):
+    with session.console.status(f"loading {config.model.model}") if spinner else nullcontext():
         # straight into the compute dtype: an SDXL checkpoint never exists in fp32 in host RAM
         model = load_model(config.model.model, config.model.model_family, dtype=session.weight_dtype,
                            vae=config.model.vae)
