@@ -236,6 +236,8 @@ def bucket_sides_note(values: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv is not None:  # from Python (a notebook): numbers and paths as the shell would give them
+        argv = [os.fspath(word) if isinstance(word, os.PathLike) else str(word) for word in argv]
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     command = parser._subparsers._group_actions[0].choices[args.command]

@@ -1,5 +1,6 @@
 """The command line: every option documented, bad options get one line naming them, pickles are refused."""
 
+import json
 import pickle
 import re
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 
 from lowvram.cli import build_parser, main, train_values
 from lowvram.config import fields_by_name
+from lowvram.data.sample import write_sample_dataset
 
 
 def help_text(*argv):
@@ -253,3 +255,11 @@ def test_a_vram_budget_that_is_no_size_is_refused_on_a_machine_without_a_gpu_too
     assert main(argv) == 2
     assert "--vram: 'lots' is not a size; write e.g. 6GB or 512MB" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_main_called_from_python_takes_numbers_and_paths_as_words(tmp_path, capsys):
+    """A notebook's `main(["plan", ..., "--rank", 8])` or a Path reads as the shell's words would (argparse took
+    only strings: a TypeError deep in it)."""
+    assert main(["plan", "--model", "sd15", "--vram", 6.5, "--rank", 8, "--resolution", 512, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rank"] == 8
+    assert main(["check-data", Path(write_sample_dataset(tmp_path / "data")), "--model", "tiny"]) == 0
