@@ -64,7 +64,8 @@ class CaptionConfig:
                                         "alone.", metavar="NAME")
     threshold: float = option(0.35, "Tagger: lowest confidence of a general tag.", metavar="P")
     character_threshold: float = option(0.85, "Tagger: lowest confidence of a character tag.", metavar="P")
-    exclude_tags: tuple[str, ...] = option((), "Tagger: a tag never written (repeatable).", metavar="TAG")
+    exclude_tags: tuple[str, ...] = option((), "Tagger: a tag never written (repeatable, or several separated by commas, as kohya's "
+                                     "--undesired_tags).", metavar="TAG")
     keep_underscores: bool = option(False, "Tagger: keep the underscores of tags (long_hair) instead of spaces.")
     prompt: str | None = option(None, "Image-to-text: text the caption continues (BLIP: 'a photo of'; Florence-2 "
                                 "needs a task such as '<DETAILED_CAPTION>').")
@@ -386,7 +387,7 @@ def _load_tagger(folder: Path, device: str, config: CaptionConfig):
         raise LowvramError(f"--caption-model: {config.caption_model} takes input {entry.shape}, not the WD14 "
                            "layout (batch, size, size, 3)")
     size = entry.shape[1]
-    excluded = {t.replace("_", " ") for t in config.exclude_tags}
+    excluded = {tag.strip().replace("_", " ") for given in config.exclude_tags for tag in given.split(",")}
 
     def caption(images: list) -> list[str]:
         batch = np.stack([_tagger_input(image, size) for image in images])

@@ -68,7 +68,7 @@ def test_tagger_writes_tags_for_uncaptioned_images_only(tmp_path, tagger, capsys
 
 def test_tagger_thresholds_and_exclusions(tmp_path, tagger):
     data = colour_dataset(tmp_path / "data")
-    assert main(["caption", str(data), "--caption-model", str(tagger), "--exclude-tags", "red_theme",
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--exclude-tags", "red_theme, rating",
                  "--exclude-tags", "bright theme", "--character-threshold", "0.4", "--keep-underscores"]) == 0
     got = captions(data)
     assert got["red"] == "hatsune_miku\n"  # character tags first; the excluded one gone
