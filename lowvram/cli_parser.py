@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lowvram import __version__
 from lowvram.config import (
+    FILES_LISTED_UP_TO,
     LORA_LAYERS,
     SAVE_PRECISION,
     SECTIONS,
@@ -212,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "Nothing in the folder is modified.")
     _add_data_argument(check, "dataset folder, or a kohya or OneTrainer dataset file")
     check.add_argument("--report", type=Path, metavar="PATH", help="also write the full report as JSON")
-    check.add_argument("--verbose", action="store_true", help="list every file with a note, not only skipped ones")
+    check.add_argument("--verbose", action="store_true", help="list every usable file with a note (without it, up to "
+                       f"{FILES_LISTED_UP_TO} are listed, then a count)")
     check.add_argument("--config", type=Path, help="a training config: its [model] and [data] options apply")
     check.add_argument("--preset", help="a preset: its [data] options apply")
     _add_config_flags(check, sections=("model", "data"), skip=("data", "prediction_type"))
@@ -291,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "singular values to the rank that keeps the most of it, a fixed rank or per layer by a "
                             "--dynamic rule (kohya's resize_lora.py). Any kohya-format file, whoever trained it.")
     resize.add_argument("lora", type=Path, metavar="FILE", help="the LoRA .safetensors file")
-    _add_rank_flags(resize, "the new file [default: FILE-rRANK.safetensors beside it]")
+    _add_rank_flags(resize, "the new file [default: FILE-rRANK.safetensors beside it]", precision="the file's")
     merge = sub.add_parser("merge", allow_abbrev=False, help="several LoRA files as one, or into a model (kohya's "
                            "svd_merge_lora, merge_lora)",
                            description="Write several LoRA (or LoCon) files as one: each layer's updates, weighted, "
@@ -308,12 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --model: force the architecture instead of detecting it")
     _add_rank_flags(merge, "the merged file [default: merged.safetensors; with --model, a .safetensors name writes "
                     "a single-file checkpoint, any other a diffusers folder: merged.safetensors for a single-file "
-                    "model, the folder merged otherwise]", rank_required=False)
+                    "model, the folder merged otherwise]", rank_required=False,
+                    precision="the first file's; with --model, the model's (fp16 for a hub model)")
 
     ext = sub.add_parser("extract", allow_abbrev=False, help="a LoRA from a fine-tuned model and its base (kohya's "
                          "extract_lora_from_models)", description="Write a LoRA of the difference between a "
                          "fine-tuned model and the model it was tuned from: each layer's change cut by its singular "
-                         "values to --rank (kohya's extract_lora_from_models.py). Both models load in fp16 on the CPU.")
+                         "values to --rank (kohya's extract_lora_from_models.py). Both models load on the CPU, in "
+                         "--load-precision.")
     ext.add_argument("--base", required=True, metavar="MODEL", help="the model it was tuned from (as train --model)")
     ext.add_argument("--tuned", required=True, metavar="MODEL", help="the fine-tuned model")
     ext.add_argument("--rank", type=int, required=True, help="the LoRA's rank")
@@ -339,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_rank_flags(parser: argparse.ArgumentParser, output_help: str, rank_required: bool = True) -> None:
+def _add_rank_flags(parser: argparse.ArgumentParser, output_help: str, rank_required: bool = True,
+                    precision: str = "") -> None:
     """resize's and merge's flags: the rank, the dynamic rule, the output file."""
     parser.add_argument("--rank", type=int, required=rank_required, help="the new rank; with --dynamic, the most a "
                         "layer keeps" + ("" if rank_required else " (not with --model)"))
@@ -351,8 +356,7 @@ def _add_rank_flags(parser: argparse.ArgumentParser, output_help: str, rank_requ
                         "sv_ratio, 0.9 for sv_fro)")
     parser.add_argument("--output", type=Path, help=output_help)
     parser.add_argument("--save-precision", type=_spelled_by(save_precision_name), choices=SAVE_PRECISION,
-                        help="its dtype [default: the (first) file's; with --model, the model's (fp16 for a hub "
-                        "model)]")
+                        help=f"its dtype [default: {precision}]")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
 

@@ -59,6 +59,7 @@ MASK_SUFFIX = "-masklabel.png"  # OneTrainer's loss masks: <image stem>-masklabe
 # OneTrainer's label files beside an image, of any type: never images (it leaves them out of the images so too)
 LABEL_STEMS = ("-masklabel", "-condlabel")
 WRITTEN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what generate writes: those, less uncompressed BMP
+FILES_LISTED_UP_TO = 20  # skipped files, and usable ones with notes, that a dataset summary lists without --verbose
 PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume", "overwrite")  # one run's circumstances, not part of the recipe a saved config replays
 PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights",  # made absolute

@@ -435,3 +435,26 @@ def test_a_file_replaced_with_its_size_and_mtime_kept_is_read_again(messy, tmp_p
     second = by_relpath(scan_dataset(root, TINY, index_path=index))
     record = second[f"{FOLDER}/good_3.png"]
     assert record.sha256 == hashlib.sha256(replacement.read_bytes()).hexdigest() != first[record.relpath].sha256
+
+
+def test_thousands_of_skipped_files_are_tallied_by_reason_unless_verbose(tmp_path):
+    """A summary of 2,000 rows buries the rest of it: past 20 skipped files the summary tallies them by reason with
+    the first of each; --verbose (and the JSON report) lists each."""
+    folder = tmp_path / "data" / "2_many"
+    folder.mkdir(parents=True)
+    drawn().save(folder / "good.png")
+    for i in range(23):
+        drawn(size=(40, 40)).save(folder / f"small_{i:02d}.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    report = scan_dataset(tmp_path / "data", TINY)
+
+    def printed(verbose):
+        out = io.StringIO()
+        report.print_summary(Console(file=out, width=300), verbose)
+        return out.getvalue()
+
+    short, every = printed(False), printed(True)
+    assert "24 skipped (--verbose or the JSON report lists each)" in short
+    assert "too small" in short and " 23 " in short and "2_many/small_00.png: too small: 40x40" in short
+    assert "empty file" in short and "small_22.png" not in short
+    assert all(f"small_{i:02d}.png" in every for i in range(23))

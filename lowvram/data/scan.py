@@ -23,7 +23,14 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from lowvram.config import CAPTION_SUFFIXES, IMAGE_FORMATS, IMAGE_SUFFIXES, LABEL_STEMS, MASK_SUFFIX
+from lowvram.config import (
+    CAPTION_SUFFIXES,
+    FILES_LISTED_UP_TO,
+    IMAGE_FORMATS,
+    IMAGE_SUFFIXES,
+    LABEL_STEMS,
+    MASK_SUFFIX,
+)
 from lowvram.data.buckets import Buckets
 from lowvram.data.captions import captions_of, has_word, read_caption_file, split_kept_tags, wrapped
 from lowvram.data.image_files import (
@@ -57,7 +64,6 @@ MODE_NOTES = {"I;16": "16-bit -> 8-bit RGB", "CMYK": "CMYK -> RGB", "P": "palett
 INDEX_VERSION = 1
 UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
 PROGRESS_FROM = 50  # files; fewer scan in a blink
-NOTES_LISTED_UP_TO = 20  # usable files with notes printed without --verbose
 MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
 
 
@@ -203,11 +209,19 @@ class ScanReport:
                               for k, f in summary["folders"].items()]))
         for note in self.folder_notes:
             console.print(Text(note, style="yellow"), soft_wrap=True)
-        if self.skipped:
+        if self.skipped and (verbose or len(self.skipped) <= FILES_LISTED_UP_TO):
             console.print(_table(f"{len(self.skipped)} skipped", ("file", "reason"),
                                  [(r.relpath, r.reason) for r in self.skipped]))
+        elif self.skipped:  # a tally: thousands of rows would bury the rest
+            first: dict[str, ImageRecord] = {}
+            for r in self.skipped:
+                first.setdefault(_kind(r.reason or ""), r)
+            console.print(_table(f"{len(self.skipped)} skipped (--verbose or the JSON report lists each)",
+                                 ("reason", "files", "the first"),
+                                 [(kind, count, f"{first[kind].relpath}: {first[kind].reason}")
+                                  for kind, count in summary["skipped_by_reason"].items()]))
         noted = [r for r in self.usable if r.notes]
-        if noted and (verbose or len(noted) <= NOTES_LISTED_UP_TO):
+        if noted and (verbose or len(noted) <= FILES_LISTED_UP_TO):
             console.print(_table("usable, with notes", ("file", "size", "notes"),
                                  [(r.relpath, f"{r.width}x{r.height}", "; ".join(r.notes)) for r in noted]))
         elif noted:
