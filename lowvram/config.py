@@ -76,6 +76,15 @@ def save_precision_name(text: str) -> str:
     return name
 
 
+def mixed_precision_name(text: str) -> str:
+    """--mixed-precision as accelerate names it ("no" for full precision), from fp32 or torch's names too."""
+    name = {"fp32": "no", "float32": "no", "float": "no", "float16": "fp16", "bfloat16": "bf16"}.get(text.lower(),
+                                                                                                   text.lower())
+    if name not in MIXED_PRECISION:
+        raise ValueError(f"'{text}' is not one of {', '.join(MIXED_PRECISION)} (no: full precision, fp32)")
+    return name
+
+
 def network_name(text: str) -> str:
     """--network as lowvram names it, in any case; LyCORIS' LoCon is refused with its lowvram spelling."""
     if text.lower() == "locon":
@@ -403,7 +412,8 @@ class TrainingConfig:
     epochs: int | None = option(None, "Passes over the dataset, repeats included.")
     seed: int = option(DEFAULT_SEED, "Seed for noise, timesteps, data order and LoRA initialisation.")
     mixed_precision: str = option("auto", "Compute precision: auto picks bf16 on GPUs that support it, fp16 on "
-                                  "older GPUs, no (fp32) on CPU.", choices=MIXED_PRECISION)
+                                  "older GPUs, no (fp32) on CPU.", choices=MIXED_PRECISION,
+                                  spelling=mixed_precision_name)
     checkpoint_every: int | None = option(None, "Save a resumable checkpoint every N steps (always at the end "
                                           "and on Ctrl-C).", metavar="N")
     keep_checkpoints: int = option(2, "Resumable checkpoints kept (the newest).", metavar="K")
@@ -537,7 +547,9 @@ class OutputConfig:
                                     "kept.", metavar="K")
     save_precision: str = option("fp16", "Precision of the saved LoRA.", choices=SAVE_PRECISION,
                                  spelling=save_precision_name)
-    overwrite: bool = option(False, "Replace an existing LoRA of the same name in the output folder.")
+    overwrite: bool = option(False, "Start over in an output folder that holds an earlier run (one run per "
+                             "folder, whatever its --name): its LoRAs, checkpoints and samples move to archive/ "
+                             "there.")
     training_comment: str | None = option(None, "A note kept in the LoRA's metadata, which ComfyUI and "
                                           "AUTOMATIC1111 show (kohya's ss_training_comment; default: the trigger "
                                           "word).", metavar="TEXT")

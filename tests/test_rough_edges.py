@@ -316,6 +316,8 @@ def test_kohyas_spellings_of_values_are_read_as_lowvrams(capsys, tmp_path):
         assert build_config({"model": "tiny", "data": "sample", "optimizer": kohya}).optim.optimizer == ours
     config = build_config({"model": "tiny", "data": "sample", "save_precision": "float", "network": "LoHa"})
     assert (config.output.save_precision, config.network.network) == ("fp32", "loha")
+    # fp32, as --save-precision and --unet-weights spell it, is accelerate's "no" (which kohya's configs use)
+    assert build_config({"model": "tiny", "data": "sample", "mixed_precision": "fp32"}).training.mixed_precision == "no"
     sgd = "give --optimizer torch.optim.SGD --optimizer-arg nesterov=True --optimizer-arg momentum=0.9"
     for option, value, said in (("--optimizer", "SGDNesterov", sgd),
                                 ("--network", "locon", "give --network lora --conv-rank R"),
