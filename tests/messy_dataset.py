@@ -106,6 +106,10 @@ def write_messy_dataset(root: Path) -> dict[str, str]:
     for macos in (Path(root) / "__MACOSX" / folder.name, folder / "__MACOSX"):  # as macOS zips a folder
         macos.mkdir(parents=True)
         (macos / "._good_1.png").write_bytes(b"\0\5\26\7AppleDouble")
+    (folder / "nested" / "deeper").mkdir(parents=True)  # a level too deep: not read, its images counted
+    drawn().save(folder / "nested" / "ignored.png")
+    drawn().save(folder / "nested" / "deeper" / "ignored.jpg")
+    (folder / "nested" / "._ignored.png").write_bytes(b"\0\5\26\7AppleDouble")
     (Path(root) / "misc").mkdir(exist_ok=True)
     drawn().save(Path(root) / "misc" / "ignored.png")
     (Path(root) / "0_off").mkdir(exist_ok=True)

@@ -453,7 +453,10 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
             suffix = path.suffix.lower()
             if path.is_dir():
                 if path not in listed and not (folder == root and root_judged):
-                    notes.append(f"ignored folder {where}{path.name}/: images must sit directly in {container}")
+                    inside = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                                 and not any(passed_over(Path(part)) for part in p.relative_to(path).parts))
+                    count = f" ({inside} image{'s' * (inside != 1)} in it and below do not train)" if inside else ""
+                    notes.append(f"ignored folder {where}{path.name}/{count}: images must sit directly in {container}")
             elif path.name.endswith(MASK_SUFFIX):
                 masks.append(path.name)
             elif path.stem.lower().endswith(LABEL_STEMS) and suffix in (*IMAGE_SUFFIXES, *UNSUPPORTED_SUFFIXES):
