@@ -345,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lowvram {args.command}: error: {exc.filename}: {why}", file=sys.stderr)
         return 2
+    finally:
+        while _LOUDNESS:
+            _LOUDNESS.pop()()
     return 0
 
 
@@ -396,6 +399,9 @@ def remembered_interrupt():
             signal.signal(sig, handler)
 
 
+_LOUDNESS: list = []  # how to undo _quiet_libraries when main returns: a notebook's own pipelines keep their output
+
+
 def _quiet_libraries() -> None:
     """diffusers/transformers warn about things users can't act on (safety checker, unused config keys)."""
     import logging
@@ -404,6 +410,22 @@ def _quiet_libraries() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    if _LOUDNESS:
+        return
+    kept = [(library, library.get_verbosity(), library.is_progress_bar_enabled())
+            for library in (diffusers_logging, transformers_logging)]
+    bitsandbytes = logging.getLogger("bitsandbytes")
+    level, caught = bitsandbytes.level, warnings.catch_warnings()
+    caught.__enter__()
+
+    def restore():
+        for library, verbosity, bar in kept:
+            library.set_verbosity(verbosity)
+            library.enable_progress_bar() if bar else library.disable_progress_bar()
+        bitsandbytes.setLevel(level)
+        caught.__exit__(None, None, None)
+
+    _LOUDNESS.append(restore)
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
@@ -411,7 +433,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     # bitsandbytes (imported by peft) tries to fetch a CPU kernel from the hub on AVX512-BF16 CPUs and logs its
     # failure on every run; it falls back to its own kernel, so there is nothing for the user to do
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    bitsandbytes.setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -263,3 +263,31 @@ def test_main_called_from_python_takes_numbers_and_paths_as_words(tmp_path, caps
     assert main(["plan", "--model", "sd15", "--vram", 6.5, "--rank", 8, "--resolution", 512, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rank"] == 8
     assert main(["check-data", Path(write_sample_dataset(tmp_path / "data")), "--model", "tiny"]) == 0
+
+
+def test_a_command_leaves_the_libraries_logging_as_it_found_them(tmp_path):
+    """In a notebook, the user's own diffusers pipelines keep their progress bars and warnings after a lowvram
+    command (which quiets diffusers and transformers while it runs)."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_warning()
+    diffusers_logging.enable_progress_bar()
+    transformers_logging.set_verbosity_info()
+    filters = list(warnings.filters)
+    try:
+        (tmp_path / "images").mkdir()
+        assert main(["caption", str(tmp_path / "images")]) == 2  # (quiet from its start: a model to load)
+        assert diffusers_logging.get_verbosity() == diffusers_logging.WARNING
+        assert diffusers_logging.is_progress_bar_enabled()
+        assert transformers_logging.get_verbosity() == transformers_logging.INFO
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("default")
+            warnings.warn("the user's own", FutureWarning, stacklevel=1)
+        assert [str(w.message) for w in shown] == ["the user's own"]
+        assert warnings.filters == filters
+    finally:
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
