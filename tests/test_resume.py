@@ -554,3 +554,20 @@ def test_a_run_started_from_a_lora_resumes_without_it(tmp_path, sample_data, cap
                  "auto"]) == 2
     assert (f"--network-weights: file not found: {start} (--resume auto finds no checkpoint in {tmp_path / 'new'}"
             in " ".join(capsys.readouterr().err.split()))
+
+
+def test_a_lora_of_another_family_to_start_from_is_refused_before_any_caching(tmp_path, sample_data, capsys):
+    """An SD1.5 LoRA given to an SDXL run was refused only once the caches were filled, and by its layers (as a
+    --lora-layers mismatch), not by the family its metadata names."""
+    from lowvram.cli import main
+
+    common = ["--data", str(sample_data), "--rank", "2", "--max-steps", "1"]
+    assert main(["train", "--model", "tiny", *common, "--output", str(tmp_path / "sd")]) == 0
+    capsys.readouterr()
+    lora = tmp_path / "sd" / "sd.safetensors"
+    assert main(["train", "--model", "tiny-sdxl", *common, "--output", str(tmp_path / "xl"), "--network-weights",
+                 str(lora)]) == 2
+    out, err = capsys.readouterr()
+    assert (f"--network-weights: {lora} is a LoRA for Stable Diffusion 1.5 (its metadata says), not for tiny SDXL"
+            in " ".join(err.split()))
+    assert "caching" not in out and "cache " not in out

@@ -323,10 +323,8 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
         try:
             loaded = set_peft_model_state_dict(module, state)
         except RuntimeError as exc:  # its first line says only "Error(s) in loading state_dict": the last names one
-            said = family_said(metadata)
-            if said is not None and said.modelspec_architecture != model.family.modelspec_architecture:
-                raise LowvramError(f"{flag}: {path} is a LoRA for {said.title} (its metadata says), not for "
-                                   f"{model.family.title}; give a {said.title} model as --model") from None
+            if other := other_family(metadata, model.family, f"{flag}: {path}"):
+                raise LowvramError(other) from None
             detail = str(exc).strip().splitlines()[-1].strip()
             raise LowvramError(f"{flag}: {path} does not fit {model.family.title}: {detail}; was it trained for "
                                "another model family?") from None
@@ -425,6 +423,15 @@ def _original_layout_aliases(unet: torch.nn.Module, layers: dict[str, tuple]) ->
         elif theirs in layers:
             aliases[ours] = layers[theirs]
     return aliases
+
+
+def other_family(metadata: dict[str, str], family, said_of: str) -> str | None:
+    """The line for a LoRA whose metadata names another model family than `family` (None: the same, or none)."""
+    said = family_said(metadata)
+    if said is None or said.modelspec_architecture == family.modelspec_architecture:
+        return None
+    return (f"{said_of} is a LoRA for {said.title} (its metadata says), not for {family.title}; give a {said.title} "
+            "model as --model")
 
 
 def family_said(metadata: dict[str, str]):

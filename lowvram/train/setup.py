@@ -35,6 +35,7 @@ from lowvram.data.scan import ScanReport
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
 from lowvram.hardware import detect, precision_trouble, resolve_mixed_precision
+from lowvram.lora_header import read_header
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import (
@@ -196,6 +197,13 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
 def scan_data(session: Session) -> Dataset:
     """Scan first, so a bad dataset fails before any weight is loaded."""
     config, run, accelerator = session.config, session.run, session.accelerator
+    weights = config.network.network_weights
+    if weights and not config.training.resume:  # another family's LoRA: said now, not once the caches are filled
+        other = None
+        with suppress(OSError, ValueError):  # (an unreadable file is said where it is read)
+            other = lora_files.other_family(read_header(Path(weights))[0], run.family, f"--network-weights: {weights}")
+        if other:
+            raise LowvramError(other)
     trigger = config.data.trigger_word
     if run.uses_sample_data:
         data_root = session.out_dir / "sample_data"
