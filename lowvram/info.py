@@ -35,7 +35,9 @@ _RANK_AXES = ((".lora_down.weight", 0), (".lora_A.weight", 0), (".hada_w1_b", 0)
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
     """(metadata, {tensor name: (dtype, shape)}), reading no tensor data."""
     if path.is_dir():
-        raise LowvramError(f"{path} is a folder; give a LoRA .safetensors file in it")
+        held = sorted(path.glob("*.safetensors"), key=lambda file: -file.stat().st_mtime)  # the newest first
+        names = ", ".join(file.name for file in held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise LowvramError(f"{path} is a folder; give a LoRA .safetensors file in it" + (f" ({names})" if held else ""))
     if not path.is_file():
         raise LowvramError(f"file not found: {path}{windows_path_hint(path)}")
     try:

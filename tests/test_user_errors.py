@@ -87,7 +87,12 @@ def test_info_refuses_a_truncated_lora_and_a_folder(tmp_path, capsys):
     assert f"lowvram info: error: {cut} is not a readable .safetensors file (truncated: its tensors need" in \
         one_error(capsys)
     assert main(["info", str(tmp_path / "run")]) == 2
-    assert one_error(capsys) == f"lowvram info: error: {tmp_path / 'run'} is a folder; give a LoRA .safetensors file in it"
+    assert one_error(capsys) == (f"lowvram info: error: {tmp_path / 'run'} is a folder; give a LoRA .safetensors file "
+                                 "in it (run.safetensors)")
+    (tmp_path / "empty").mkdir()
+    assert main(["info", str(tmp_path / "empty")]) == 2
+    assert one_error(capsys) == (f"lowvram info: error: {tmp_path / 'empty'} is a folder; give a LoRA .safetensors "
+                                 "file in it")
     assert main(["info", str(lora)]) == 0
 
 
