@@ -337,8 +337,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             if options.masked_loss and record.usable:
                 record = _with_mask(record, options, old_index, new_index)
             if record.usable and record.sha256 in first_of:
-                record = replace(record, notes=record.notes + (f"duplicate of {first_of[record.sha256]} (both "
-                                                               "train, their repeats adding up; delete one)",))
+                duplicate = f"duplicate of {first_of[record.sha256]} (both train, their repeats adding up; delete one)"
+                record = replace(record, notes=record.notes + (duplicate,))
             elif record.usable:
                 first_of[record.sha256] = record.relpath
             records.append(record)
