@@ -349,9 +349,12 @@ def test_an_8bit_optimizers_state_survives_a_checkpoint(tmp_path):
         torch.testing.assert_close(theirs[key], value, msg=key)
 
 
-def test_a_new_lr_on_resume_is_the_one_trained_with_from_the_restored_step(tmp_path):
+def test_a_new_lr_on_resume_is_the_one_trained_with_from_the_restored_step(tmp_path, capsys):
     train(run_config(output=str(tmp_path), max_steps=3, lr=1e-4, checkpoint_every=3, scheduler="cosine"))
+    capsys.readouterr()
     train(run_config(output=str(tmp_path), max_steps=6, lr=1e-3, resume="auto", name="longer", scheduler="cosine"))
+    assert ("note: --lr 0.001 (was 0.0001), --text-encoder-lr 0.001 (was 0.0001): the steps from 4 train with them; "
+            "the LoRA's metadata and the run's .toml record the new values" in " ".join(capsys.readouterr().out.split()))
     import json
     import math
 

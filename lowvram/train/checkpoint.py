@@ -38,6 +38,7 @@ class Position:
     validation: dict | None = None  # early stopping's state: best loss, its step, validations since
     smoothed_loss: float | None = None  # the progress line's and metrics' running mean, continued on resume
     data: dict | None = None  # the dataset it was saved with (`data_fingerprint`); None before it was kept
+    settings: dict | None = None  # the options a resume may change, as they were (None before they were kept)
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -64,7 +65,7 @@ def gather_rng_states(accelerator) -> list[dict[str, torch.Tensor]]:
 
 def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler,
          accelerator, keep: int, rng_states: list[dict[str, torch.Tensor]], run_recipe: dict | None = None,
-         ema=None, data: dict | None = None) -> Path:
+         ema=None, data: dict | None = None, settings: dict | None = None) -> Path:
     """Write a checkpoint for `position` (with every process's RNG states, from `gather_rng_states`, the moving
     average of --ema, and the dataset's `data_fingerprint`) and keep only this run's newest `keep` (by step;
     `run_recipe` says which run it is, see `lowvram.train.outdir`)."""
@@ -97,7 +98,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state()),
             "run": {"identity": identity(run_recipe), "recipe": run_recipe} if run_recipe is not None else None,
-            "ema_step": ema.optimization_step if ema is not None else None, "data": data,
+            "ema_step": ema.optimization_step if ema is not None else None, "data": data, "settings": settings,
         }
         (tmp / "state.json").write_text(json.dumps(state))
         for path in tmp.iterdir():
@@ -253,7 +254,7 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     random.setstate(_tuples(state["python_rng"]))
     np.random.set_state(_numpy_state(state["numpy_rng"]))
     return Position(state["step"], state["epoch"], state["batch"], state.get("validation"), state.get("smoothed_loss"),
-                    state.get("data"))
+                    state.get("data"), state.get("settings"))
 
 
 def data_fingerprint(records: list, held_out: Collection[str] = ()) -> dict[str, str]:

@@ -55,7 +55,15 @@ def save_checkpoint(session: Session, trainee: Trainee, dataset: Dataset, positi
         return None
     return checkpoint.save(checkpoint.checkpoint_root(session.out_dir), position, trainee.adapted, trainee.optimizer,
                            trainee.lr_scheduler, session.accelerator, session.config.training.keep_checkpoints,
-                           rng_states, recipe(session.run), trainee.ema, dataset.fingerprint)
+                           rng_states, recipe(session.run), trainee.ema, dataset.fingerprint,
+                           resumable_settings(session.config))
+
+
+def resumable_settings(config) -> dict[str, float]:
+    """The options a resumed run may change that its LoRA's record then holds for the whole run, by flag."""
+    return {"--lr": config.lr, "--text-encoder-lr": config.text_encoder_lr,
+            "--batch-size": config.training.batch_size,
+            "--gradient-accumulation": config.training.gradient_accumulation}
 
 
 def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule) -> checkpoint.Position:
@@ -70,6 +78,13 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator,
                                trainee.ema)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
+    then, now = position.settings or {}, resumable_settings(session.config)
+    changed = [f"{flag} {now[flag]:g} (was {then[flag]:g})" for flag in now if flag in then and then[flag] != now[flag]]
+    if changed:  # allowed (raising the steps or the lr of a finished run is how it is trained on), and said
+        many = len(changed) > 1
+        session.console.print(f"[yellow]note:[/] {', '.join(changed)}: the steps from {position.step + 1} train "
+                              f"with {'them' if many else 'it'}; the LoRA's metadata and the run's .toml record the "
+                              f"new value{'s' * many} for the whole run", soft_wrap=True)
     changed = checkpoint.data_changes(position.data, dataset.fingerprint)
     if changed:  # images added or removed change the order the rest come in; a caption or an image edited does not
         order = ", in another order than the interrupted run's" * checkpoint.reordered(position.data, dataset.fingerprint)
