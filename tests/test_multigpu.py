@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 RANK_SCRIPT = """
@@ -69,6 +70,9 @@ def test_two_processes_train_one_lora_with_identical_weights(tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     saved = load_file(out / "out.safetensors")
     assert len(saved) == 3 * len([k for k in ranks[0] if "lora_A" in k])  # down, up and alpha per module
+    metadata = safe_open(str(out / "out.safetensors"), "pt").metadata()  # a step's images, as kohya counts them:
+    assert int(metadata["ss_total_batch_size"]) == 2 * int(metadata["ss_batch_size_per_device"]) * int(
+        metadata["ss_gradient_accumulation_steps"])  # every process's batches
     # the schedule runs over the run's steps, not steps / processes (accelerate's scheduler wrapper steps it once
     # per process): linear decay from 1e-2 over 4 steps leaves 3/4 of it for the second
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r}

@@ -117,6 +117,7 @@ def test_the_lora_holds_what_automatic1111_shows_and_kohyas_hashes_of_itself(sha
     assert result.data.batches_per_epoch == 30 // run_config().training.batch_size
     assert (metadata["ss_num_batches_per_epoch"], metadata["ss_num_epochs"], metadata["ss_max_train_steps"]) == (
         str(result.data.batches_per_epoch), "1", "2")
+    assert metadata["ss_total_batch_size"] == str(run_config().training.batch_size)  # one process, no accumulation
     # how its images were bucketed and varied, as kohya records it (--no-bucket was said True)
     assert {key: metadata[key] for key in ("ss_enable_bucket", "ss_min_bucket_reso", "ss_max_bucket_reso",
                                            "ss_bucket_no_upscale", "ss_color_aug", "ss_random_crop",

@@ -111,7 +111,7 @@ def run_training(session: Session) -> TrainResult:
 
     # kohya's figures: its dataloader's batches (one process's share) and the epochs the steps reach into
     shape = TrainingShape(datetime.now(timezone.utc), -(-prepared.data.batches_per_epoch // session.world),
-                          schedule.epochs_at(schedule.total_steps), schedule.total_steps)
+                          schedule.epochs_at(schedule.total_steps), schedule.total_steps, session.world)
     # written first: it is what `--config ... --resume auto` continues an interrupted run with
     config_path = outdir.options_path(out_dir, name)
     if session.main and config_path.name != f"{name}.toml":

@@ -31,6 +31,7 @@ class TrainingShape:
     batches_per_epoch: int  # per process (kohya's len(train_dataloader))
     epochs: int  # the epochs it trains, the last maybe in part (kohya's num_train_epochs)
     total_steps: int
+    processes: int = 1  # accelerate's, each drawing its own batch
 
 
 def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoch: int,
@@ -120,6 +121,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_huber_schedule": config.huber[1],
         "ss_batch_size_per_device": str(config.training.batch_size),
         "ss_gradient_accumulation_steps": str(config.training.gradient_accumulation),
+        "ss_total_batch_size": str(config.training.batch_size * config.training.gradient_accumulation
+                                   * shape.processes),  # the images of a step, as kohya counts them
         "ss_output_name": config.output_name,
         "ss_training_comment": config.output.training_comment or trigger or "",
         "ss_training_started_at": str(shape.started.timestamp()),
