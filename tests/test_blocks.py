@@ -209,6 +209,15 @@ def test_blocks_of_their_own_alpha_reload_exactly_in_lowvrams_reader_and_diffuse
     assert alphas == {3.0, 7.0, 0.5}  # every block's own, as given (OUT04, at rank 0, has no adapters)
 
 
+def test_a_run_of_blocks_with_their_own_alphas_says_which_copy_diffusers_reads(tmp_path, capsys):
+    """The caveat above, said where it applies: a kohya file alone, of alphas that differ between blocks."""
+    said = "note: --block-alphas differ between blocks: diffusers' reader of kohya files misplaces"
+    for output, values in (("kohya", {}), ("diffusers", {"format": "diffusers"}), ("same", {"block_alphas": "2"})):
+        train(run_config(output=str(tmp_path / output), max_steps=1, block_ranks=TINY_RANKS,
+                         **{"block_alphas": TINY_ALPHAS} | values))
+        assert (said in " ".join(capsys.readouterr().out.split())) == (output == "kohya"), output
+
+
 def test_a_file_of_per_block_ranks_starts_a_run_with_the_same_blocks_only(varied):
     values, result = varied
     config = run_config(**values)
