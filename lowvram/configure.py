@@ -42,6 +42,7 @@ from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.kohya_names import kohya_hint
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, area_side, relocated_source, width_height
+from lowvram.run_files import OPTIONS_HEADER, RECORD
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -133,6 +134,8 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -
         value = values.get(key)
         if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
             values[key] = str(base / value)
+    if text.startswith(OPTIONS_HEADER):
+        values = _run_options(values, Path(path), given)
     kept = _unreplaced(values, given)
     if problems:  # with them, every value of the file that is wrong: one pass shows all there is to fix
         problems += [f"{path}: {line}" for line in _file_value_problems(kept)]
@@ -284,6 +287,25 @@ def without_idle_kept_tags(values: dict[str, Any], typed: Collection[str] = ()) 
             values.get("shuffle_tags") or values.get("tag_dropout")):
         return {key: value for key, value in values.items() if key != "keep_tokens"}
     return values
+
+
+def _run_options(values: dict[str, Any], path: Path, given: Collection[str]) -> dict[str, Any]:
+    """A run's saved options, whose output folder is the file's: in a run folder renamed (or copied), the run keeps
+    the name its record holds; away from any run folder (a copy as a template), where it trains is said; with
+    another --output, a run of that folder, named after it (unless --name)."""
+    folder = path.resolve().parent
+    if "output" in given:
+        return {key: value for key, value in values.items() if key != "name"}
+    if values.get("output") != str(folder):
+        return values
+    try:
+        named = json.loads((folder / RECORD).read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        if "resume" not in given:
+            print(f"--config {path}: a run's saved options, away from its run folder: this run trains in {folder} "
+                  f"as {values.get('name') or folder.name}; give --output DIR to train elsewhere", file=sys.stderr)
+        return values
+    return {"name": named, **values} if isinstance(named, str) and named != folder.name else values
 
 
 def _unreplaced(values: dict[str, Any], given: Collection[str]) -> dict[str, Any]:

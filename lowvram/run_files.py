@@ -11,6 +11,8 @@ METRICS = "metrics.jsonl"  # each step's figures, one JSON object per line
 CHECKPOINTS = "checkpoints"  # what --resume continues from
 SAMPLES = "samples"  # sample grids and the final samples
 LOGS = "logs"  # TensorBoard's and W&B's files
+RECORD = "lowvram-run.json"  # which run the folder holds: its identity, recipe and name
+OPTIONS_HEADER = "# the options of a lowvram run, as `lowvram train --config` reads them (written by the run)\n"
 
 
 def final_lora(name: str) -> str:

@@ -534,6 +534,15 @@ def test_a_run_folder_copied_elsewhere_with_its_dataset_moved_resumes_where_it_n
     assert main(["train", "--config", str(copy / "a.toml"), "--data", str(sample_data), "--resume", "auto",
                  "--max-steps", "4"]) == 2
     assert "holds another run (--data" in " ".join(capsys.readouterr().err.split())
+    # the saved options as a template: a run of its own, named after its folder, or said where it would train
+    (tmp_path / "templates").mkdir()
+    template = shutil.copy(copy / "a.toml", tmp_path / "templates" / "portrait.toml")
+    assert main(["train", "--config", str(template), "--data", str(moved), "--output", str(tmp_path / "new"),
+                 "--max-steps", "1"]) == 0
+    assert (tmp_path / "new" / "new.safetensors").is_file()
+    assert main(["train", "--config", str(template), "--data", str(moved), "--max-steps", "1", "--rank", "0"]) == 2
+    assert (f"--config {template}: a run's saved options, away from its run folder: this run trains in "
+            f"{tmp_path / 'templates'} as a; give --output DIR" in " ".join(capsys.readouterr().err.split()))
 
 
 def test_a_run_started_from_a_lora_resumes_without_it(tmp_path, sample_data, capsys):

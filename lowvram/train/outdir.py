@@ -29,6 +29,8 @@ from lowvram.run_files import (
     LOGS,
     LORA_SUFFIX,
     METRICS,
+    OPTIONS_HEADER,
+    RECORD,
     SAMPLES,
     diffusers_copy,
     final_lora,
@@ -45,12 +47,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RECORD = "lowvram-run.json"
 HALF_WRITTEN_CHECKPOINT = re.compile(r"^\.step-[a-z0-9_]{8}$")  # tempfile.mkdtemp(prefix=".step-")
 LOCK = ".lowvram.lock"
 ARCHIVE = "archive"
 SHARED = (METRICS, CHECKPOINTS, SAMPLES, LOGS)  # what every run writes under these names
-OPTIONS_HEADER = "# the options of a lowvram run, as `lowvram train --config` reads them (written by the run)\n"
 
 
 def write_options(path: Path, text: str) -> bool:
@@ -64,10 +64,10 @@ def write_options(path: Path, text: str) -> bool:
 
 def saved_options(config: RunConfig) -> dict[str, dict]:
     """The run's options as its `.toml` beside its LoRA keeps them: its output folder as the folder the file lies
-    in, and its name as resolved, so that a run folder copied or renamed resumes there, into files of its name
-    (a config file's paths are relative to the file)."""
+    in (a config file's paths are relative to the file), so that a run folder copied or renamed resumes there,
+    under the name its record keeps (`configure.read_toml`)."""
     options = config.to_toml_dict()
-    options["output"] |= {"output": ".", "name": config.output_name}
+    options["output"]["output"] = "."
     return options
 
 
