@@ -30,7 +30,9 @@ from accelerate import PartialState
 state = PartialState()
 weights = {{k: v.contiguous() for k, v in get_peft_model_state_dict(result.model.unet).items()}}
 save_file(weights, f"{{out}}/rank{{state.process_index}}-of-{{state.num_processes}}.safetensors")
-print(f"rank {{state.process_index}} finished at step {{result.steps}}", flush=True)
+import torch, torch.distributed as dist
+waits = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu")).options._timeout
+print(f"rank {{state.process_index}} finished at step {{result.steps}}, waiting up to {{waits}}", flush=True)
 """
 
 
@@ -60,6 +62,8 @@ def test_two_processes_train_one_lora_with_identical_weights(tmp_path):
     run = launch(tmp_path, out, {"scheduler": "linear"})
     assert "rank 0 finished at step 4" in run.stdout and "rank 1 finished at step 4" in run.stdout
     assert "x 2 processes" in run.stdout  # the run knew it was distributed
+    # the others wait for the main process filling the caches for hours, not torch's 30 minutes
+    assert "waiting up to 3:00:00" in run.stdout
 
     ranks = [load_file(out / f"rank{r}-of-2.safetensors") for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys()

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -57,6 +58,8 @@ from lowvram.samplers import sampler_problem
 from lowvram.train import checkpoint
 from lowvram.train.outdir import existing_lora_problem
 from lowvram.train.schedule import Schedule, in_steps
+
+PROCESS_WAIT = timedelta(hours=3)  # how long a process waits for the others at a barrier (the caches filled)
 
 
 @dataclass
@@ -162,7 +165,7 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     """Resolve the run for this machine and start accelerate; every process seeds its own noise."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed
+    from accelerate.utils import InitProcessGroupKwargs, set_seed
 
     problem = existing_lora_problem(config)  # before the slow part (outdir.claimed checks the rest)
     if problem:
@@ -177,7 +180,10 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     # accelerate keeps the first Accelerator's precision for the whole process and refuses another; a second run
     # in one process (a notebook, the tests) starts from its own (the process group, PartialState, stays)
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.hardware.device == "cpu")
+    # the other processes wait while the main one fills the caches, which on small cards can take an hour: torch's
+    # wait (10 minutes for NCCL, 30 for gloo) ended such runs
+    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.hardware.device == "cpu",
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_WAIT)])
     set_seed(config.training.seed, device_specific=True)
     session = Session(run, accelerator, console or Console(quiet=not accelerator.is_main_process))
     # `accelerate launch --mixed_precision` (or its config file) sets this; the diffusers scripts train in it
