@@ -94,6 +94,16 @@ def windows_output_problem(flag: str, given: str | os.PathLike) -> str | None:
     return f"{flag}: {given} would be written as {where}{hint}"
 
 
+# what an archiver or a file system adds beside the images (macOS's zip copies of resource forks, Windows' bins,
+# a Synology's thumbnails), passed over as hidden files are
+SYSTEM_FOLDERS = ("__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaDir")
+
+
+def passed_over(path: Path) -> bool:
+    """A hidden file or folder, or a system's own (`SYSTEM_FOLDERS`): nothing of a dataset."""
+    return path.name.startswith(".") or path.name in SYSTEM_FOLDERS
+
+
 def redraws_in_place(console) -> bool:
     """Whether `console` writes to a terminal, where a progress bar redraws in place. FORCE_COLOR (which ipykernel
     sets, and so a notebook's `lowvram` commands inherit it, as CI systems do) makes rich take a pipe for one: its

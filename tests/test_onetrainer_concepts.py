@@ -116,6 +116,9 @@ def test_prompt_sources_subfolders_and_samples_balancing(tmp_path, monkeypatch):
         (images / "beta" / "more" / f"extra_{image.name}").write_bytes(image.read_bytes())
     for image in sorted((images / "alpha").glob("*.png")):  # masks: no images, as OneTrainer counts them
         image.with_name(f"{image.stem}-masklabel.png").write_bytes(image.read_bytes())
+    for system in ("__MACOSX", "@eaDir"):  # a zip's and a NAS's own folders: no images of the concept's
+        (images / "beta" / system).mkdir()
+        (images / "beta" / system / "thumb.png").write_bytes(next((images / "alpha").glob("*.png")).read_bytes())
     dataset = read_dataset(write(tmp_path / "concepts.json", [
         concept("imgs/alpha", text={"prompt_source": "filename"}, balancing=3, balancing_strategy="SAMPLES"),
         concept("imgs/beta", include_subdirectories=True, balancing=10, balancing_strategy="SAMPLES")]))

@@ -50,14 +50,11 @@ from lowvram.data.image_metadata import (
     with_metadata,
 )
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import redraws_in_place, write_text
+from lowvram.files import passed_over, redraws_in_place, write_text
 from lowvram.option_values import caption_extension_problem
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
 SILENT_NAMES = ("Thumbs.db", "desktop.ini")
-# what an archiver or a file system adds beside the images (macOS's zip copies of resource forks, Windows' bins),
-# passed over as hidden files are
-SYSTEM_FOLDERS = ("__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaDir")
 REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$")  # kohya's: the repeats, then the label ("10" has none)
 MODE_NOTES = {"I;16": "16-bit -> 8-bit RGB", "CMYK": "CMYK -> RGB", "P": "palette -> RGB", "L": "greyscale -> RGB", "LA": "greyscale -> RGB",
               "1": "1-bit -> RGB", "I": "32-bit -> 8-bit RGB", "F": "32-bit float -> 8-bit RGB"}
@@ -371,11 +368,6 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             message = f"{flag}: no usable images in {where}: {len(records)} skipped (see `{command}`)"
         raise NoUsableImages(message, report)
     return report
-
-
-def passed_over(path: Path) -> bool:
-    """A hidden file or folder, or a system's own (`SYSTEM_FOLDERS`): nothing of the dataset."""
-    return path.name.startswith(".") or path.name in SYSTEM_FOLDERS
 
 
 def nested_option(folder: Path) -> str | None:

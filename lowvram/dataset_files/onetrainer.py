@@ -22,7 +22,7 @@ from typing import Any
 from lowvram.config import IMAGE_SUFFIXES, LABEL_STEMS
 from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
 from lowvram.errors import LowvramError
-from lowvram.files import windows_path_hint
+from lowvram.files import passed_over, windows_path_hint
 from lowvram.kohya_config import as_number
 
 # a concept's own keys lowvram reads; the rest of its image and text settings are below
@@ -152,13 +152,13 @@ def _folders(concept: dict, path: Path, where: str, problem) -> list[Path] | Non
     if not concept.get("include_subdirectories"):
         return [folder]
     return [folder, *sorted(p for p in folder.rglob("*") if p.is_dir()
-                            and not any(part.startswith(".") for part in p.relative_to(folder).parts))]
+                            and not any(passed_over(Path(part)) for part in p.relative_to(folder).parts))]
 
 
 def _images(folders: list[Path]) -> list[Path]:
     """The concept's images, as the scan lists them: not its masks and other label files."""
     return [p for folder in folders for p in sorted(folder.iterdir())
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            if p.suffix.lower() in IMAGE_SUFFIXES and not passed_over(p) and p.is_file()
             and not p.stem.lower().endswith(LABEL_STEMS)]
 
 
