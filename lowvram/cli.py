@@ -73,7 +73,7 @@ def plan_dataset(run, console) -> dict:
     epochs, as training will count them (one process)."""
     from lowvram.data.check import scan_sets
     from lowvram.data.epochs import counted_epochs
-    from lowvram.train.schedule import plan_schedule
+    from lowvram.train.schedule import folder_batches, plan_schedule
 
     config = run.config
     reports, records, held_out = scan_sets(run, Path(config.data.data), config.data.trigger_word, console)
@@ -87,7 +87,9 @@ def plan_dataset(run, console) -> dict:
     console.print(f"run: {schedule.length(epochs.fractional)} steps ({epochs.images_per_epoch} images per epoch with "
                   f"repeats{' and regularization' * bool(regularization)}"
                   f"{f', {len(held_out)} held out for validation' if held_out else ''}; batch "
-                  f"{config.training.batch_size}{f' x {accumulation} accumulated' * (accumulation > 1)})",
+                  f"{config.training.batch_size}{folder_batches(run)}"
+                  f"{f' x {accumulation} accumulated' * (accumulation > 1)}; on one GPU: under accelerate launch "
+                  "each takes its share of the batches)",
                   soft_wrap=True, highlight=False)
     return {"total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
             "epochs": round(schedule.total_steps / schedule.steps_per_epoch, 3),

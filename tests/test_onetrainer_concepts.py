@@ -166,6 +166,9 @@ def test_a_balancing_that_trains_no_image_is_refused(tmp_path, monkeypatch):
     with pytest.raises(LowvramError, match=r"no image would train in an epoch: the balancing of every concept "
                                            r"rounds to none of its images; raise a balancing"):
         main_train(run_config(data="concepts.json", output=str(tmp_path / "out"), resolution=64, max_steps=1))
+    from lowvram.cli import main
+
+    assert main(["plan", "--model", "tiny", "--data", "concepts.json", "--vram", "8GB"]) == 2  # and as a dry run
 
 
 def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(tmp_path, monkeypatch):

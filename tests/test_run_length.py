@@ -46,3 +46,17 @@ def test_counting_batches_unshuffled_finds_the_batches_training_draws():
     for epoch in range(3):
         assert shapes(epochs.epoch_batches(epoch)) == shapes(epochs.epoch_batches(epoch, shuffled=False))
     assert epochs.batches_per_epoch == len(epochs.epoch_batches(0)) > 4
+
+
+def test_plan_counts_a_validation_folder_inside_the_dataset_out_of_training(tmp_path, capsys):
+    """--validation-data inside --data: training holds those images out (prepare drops them by path), so the
+    plan's count does too."""
+    data = write_sample_dataset(tmp_path / "data")
+    (data / "2_held").mkdir()
+    for image in sorted((data / "5_lvshape").glob("*.png"))[:2]:
+        shutil.copy(image, data / "2_held" / f"held_{image.name}")
+    args = ["plan", "--model", "tiny", "--data", str(data), "--vram", "8GB", "--json", "--epochs", "1"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["run_length"]["images_per_epoch"] == 6 * 5 + 2 * 2
+    assert main([*args, "--validation-data", str(data / "2_held")]) == 0
+    assert json.loads(capsys.readouterr().out)["run_length"]["images_per_epoch"] == 6 * 5

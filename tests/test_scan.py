@@ -455,7 +455,7 @@ def test_thousands_of_skipped_files_are_tallied_by_reason_unless_verbose(tmp_pat
         return out.getvalue()
 
     short, every = printed(False), printed(True)
-    assert "24 skipped (--verbose or the JSON report lists each)" in short
+    assert "24 skipped (lowvram check-data --verbose, or its --report, lists each)" in short
     assert "too small" in short and " 23 " in short and "2_many/small_00.png: too small: 40x40" in short
     assert "empty file" in short and "small_22.png" not in short
     assert all(f"small_{i:02d}.png" in every for i in range(23))

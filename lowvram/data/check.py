@@ -100,17 +100,25 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     --validation-split's share of the dataset)."""
     config = run.config
     reports = [scan(run, data, trigger, console)]
+    some_trained_per_epoch(reports[0], config.data.data)
     if config.data.reg_data:
         reports.append(scan(run, Path(config.data.reg_data), None, console, regularization=True))
     elif has_regularization_subsets(config.data.data):
         reports.append(scan(run, data, None, console, regularization=True))
-    held_out = []
-    if config.validation.validation_data:
+    held_out, records = [], reports[0].usable
+    if config.validation.validation_data:  # (its images inside the dataset's are held out of training too)
         held_out = scan(run, Path(config.validation.validation_data), trigger, console).usable
-    records = reports[0].usable
+        records = [record for record in records if record.path not in {held.path for held in held_out}]
     if config.validation.validation_split:
         records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
     return reports, records, held_out
+
+
+def some_trained_per_epoch(report: ScanReport, data: str | None) -> None:
+    """Refuse a dataset of which no image trains in an epoch (every concept's balancing rounds to none)."""
+    if not report.summary()["samples_per_epoch"]:
+        raise LowvramError(f"--data {data}: no image would train in an epoch: the balancing of every concept rounds "
+                           "to none of its images; raise a balancing (or repeats)")
 
 
 def hold_out(records: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -32,11 +32,10 @@ from lowvram.data.cache import (
     module_fingerprint,
     text_key,
 )
-from lowvram.data.check import folder_config, scan_options
+from lowvram.data.check import folder_config, scan_options, some_trained_per_epoch
 from lowvram.data.dataset import TrainingData
 from lowvram.data.epochs import Sample, placements
 from lowvram.data.scan import ScanOptions, ScanReport
-from lowvram.errors import LowvramError
 from lowvram.memory import PhasePeaks
 from lowvram.models.conditioning import caption_tokens, set_vae_tiling
 from lowvram.models.families import TextReading, prompt_reading
@@ -62,9 +61,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     `validation`: image records held out from training, cached once each, unaugmented, with their caption.
     `peaks` records the caching phases' peak VRAM."""
     config, family, cache_dir = run.config, model.family, run.cache_dir
-    if not reports[0].summary()["samples_per_epoch"]:
-        raise LowvramError(f"--data {config.data.data}: no image would train in an epoch: the balancing of every "
-                           "concept rounds to none of its images; raise a balancing (or repeats)")
+    some_trained_per_epoch(reports[0], config.data.data)
     options_of = cache(lambda settings: _folder_options(folder_config(config, settings)))
     captions = options_of(())[2]
     cache_text = not config.network.train_text_encoder

@@ -60,6 +60,7 @@ MODE_NOTES = {"I;16": "16-bit -> 8-bit RGB", "CMYK": "CMYK -> RGB", "P": "palett
               "1": "1-bit -> RGB", "I": "32-bit -> 8-bit RGB", "F": "32-bit float -> 8-bit RGB"}
 INDEX_VERSION = 1
 UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
+LISTS_EACH = "lowvram check-data --verbose, or its --report, lists"  # where a summary's tally is listed in full
 PROGRESS_FROM = 50  # files; fewer scan in a blink
 MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
 
@@ -213,7 +214,7 @@ class ScanReport:
             first: dict[str, ImageRecord] = {}
             for r in self.skipped:
                 first.setdefault(_kind(r.reason or ""), r)
-            console.print(_table(f"{len(self.skipped)} skipped (--verbose or the JSON report lists each)",
+            console.print(_table(f"{len(self.skipped)} skipped ({LISTS_EACH} each)",
                                  ("reason", "files", "the first"),
                                  [(kind, count, f"{first[kind].relpath}: {first[kind].reason}")
                                   for kind, count in summary["skipped_by_reason"].items()]))
@@ -223,7 +224,7 @@ class ScanReport:
                                  [(r.relpath, f"{r.width}x{r.height}", "; ".join(r.notes)) for r in noted]))
         elif noted:
             kinds = ", ".join(f"{k} ({n})" for k, n in summary["notes"].items())
-            console.print(f"{len(noted)} usable files have notes: {kinds}; --verbose or the JSON report lists them")
+            console.print(f"{len(noted)} usable files have notes: {kinds}; {LISTS_EACH} them")
         if summary["buckets"]:
             console.print(_table("buckets", ("bucket", "images"), summary["buckets"].items()))
         legacy = [r.non_utf8_caption for r in self.records if r.non_utf8_caption]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from lowvram.config import DEFAULT_EPOCHS, RunConfig
 from lowvram.data.epochs import Epochs
 from lowvram.option_values import parse_save_every, parse_until
+from lowvram.resolve import ResolvedRun
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,9 @@ def in_steps(given: float, total_steps: int) -> int:
     """--warmup-steps or --decay-steps in steps: as given, or under 1 that share of the run's steps (kohya's
     ratio, rounded down as kohya does)."""
     return int(given * total_steps) if 0 < given < 1 else int(given)
+
+
+def folder_batches(run: ResolvedRun) -> str:
+    """The batch sizes of a dataset file's folders that have their own (kohya's datasets)."""
+    sizes = sorted({size for _, size in run.folder_shapes if size})
+    return f" (some folders {', '.join(map(str, sizes))})" if sizes else ""

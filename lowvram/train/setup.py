@@ -57,7 +57,7 @@ from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
 from lowvram.samplers import sampler_problem
 from lowvram.train import checkpoint
 from lowvram.train.outdir import existing_lora_problem
-from lowvram.train.schedule import Schedule, in_steps
+from lowvram.train.schedule import Schedule, folder_batches, in_steps
 
 PROCESS_WAIT = timedelta(hours=3)  # how long a process waits for the others at a barrier (the caches filled)
 
@@ -449,12 +449,6 @@ def compiled_note(unet: torch.nn.Module, batch_shapes: int) -> str:
     replaying = replaying_count(unet)
     graphs = f"; {replaying} replay CUDA graphs in training" if replaying else ""
     return f", {count} blocks compiled (for up to {batch_shapes} input shapes, each compiled at its first step{graphs})"
-
-
-def folder_batches(run: ResolvedRun) -> str:
-    """The batch sizes of a dataset file's folders that have their own (kohya's datasets)."""
-    sizes = sorted({size for _, size in run.folder_shapes if size})
-    return f" (some folders {', '.join(map(str, sizes))})" if sizes else ""
 
 
 def conv_note(network: NetworkConfig) -> str:
