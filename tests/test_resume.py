@@ -556,12 +556,19 @@ def test_a_run_started_from_a_lora_resumes_without_it(tmp_path, sample_data, cap
     shutil.move(tmp_path / "parent" / "parent.safetensors", start)
     assert main(["train", *common, "--output", str(tmp_path / "child"), "--network-weights", str(start),
                  "--checkpoint-every", "2"]) == 0
+    bare = ["--model", "tiny", "--data", str(sample_data), "--output", str(tmp_path / "bare"), "--network-weights",
+            str(start), "--checkpoint-every", "1"]  # its rank the file's
+    assert main(["train", *bare, "--max-steps", "1"]) == 0
     start.unlink()
     capsys.readouterr()
     assert main(["train", "--config", str(tmp_path / "child" / "child.toml"), "--resume", "auto", "--max-steps",
                  "3"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert f"--network-weights {start} is not read: the run resumes from its checkpoint" in said
+    assert main(["train", *bare, "--max-steps", "2", "--resume", "auto"]) == 2  # the file's rank unread: the default's
+    assert (f"holds another run (--rank 2 there, 16 here; --alpha 2.0 there, 16.0 here) (--network-weights {start} is "
+            f"gone, so the options it gave are not read: --config {tmp_path / 'bare' / 'bare.toml'} gives them)"
+            in " ".join(capsys.readouterr().err.split()))
     assert main(["train", *common, "--output", str(tmp_path / "new"), "--network-weights", str(start), "--resume",
                  "auto"]) == 2
     assert (f"--network-weights: file not found: {start} (--resume auto finds no checkpoint in {tmp_path / 'new'}"

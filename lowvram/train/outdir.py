@@ -177,8 +177,12 @@ def ownership_problem(run: ResolvedRun) -> str | None:
     checkpoints = checkpoint.complete(checkpoint.checkpoint_root(folder))
     if config.training.resume:
         if record and not same_run(record, ours):
-            return (f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}); pass the options "
-                    "it was trained with (its .toml there has them), or start a new run in another --output")
+            weights = config.network.network_weights
+            gone = (f" (--network-weights {weights} is gone, so the options it gave are not read: --config "
+                    f"{options_path(folder, config.output_name)} gives them)" if weights and not Path(weights).exists()
+                    else "")
+            return (f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}){gone}; pass the "
+                    "options it was trained with (its .toml there has them), or start a new run in another --output")
         if config.training.resume != "auto" or not checkpoints:  # a folder of another run: refused before the
             try:  # data is cached and the model loads, not after
                 checkpoint.resolve(config.training.resume, folder, ours)

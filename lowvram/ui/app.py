@@ -292,7 +292,7 @@ def build_app(cache_dir: Path, port: int | None = None):
         def start(resume: bool, use_auto: bool, card_name: str, budget_text: str, *form):
             values = option_values(fields, form)
             try:
-                text = toml_text(values)
+                text = toml_text(values | {"resume": "auto"} if resume else values)  # (checked as a resume is)
                 output = expand_home(values.get("output", "output")).resolve()
                 if resume and not any((output / CHECKPOINTS).glob("step-*")):
                     raise LowvramError(f"nothing to resume: no checkpoint in {output / 'checkpoints'} yet; "
