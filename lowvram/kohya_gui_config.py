@@ -7,6 +7,7 @@ the GUI) the prompts, and its additional parameters (sd-scripts flags) the setti
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 from pathlib import Path
@@ -76,6 +77,10 @@ def translate_gui(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list
     if percent and values.get("train_text_encoder"):  # kohya_ss: "not yet supported. Ignoring" (lora_gui.py)
         notes.append(f"{key} {percent:g}: kohya_ss's LoRA training ignores it, so the text encoder trains "
                      f"throughout here too (--text-encoder-until {percent:g}% stops it)")
+    processes = int(_number(doc.get("num_processes")))
+    if processes > 1 and int(os.environ.get("WORLD_SIZE") or 1) < processes:  # (not launched as it asks)
+        notes.append(f"num_processes {processes}: kohya_ss launches that many processes, one per GPU; here: "
+                     f"accelerate launch --multi_gpu --num_processes {processes} -m lowvram train --config {path}")
     if prompts:
         try:  # kohya_ss's default is euler_a; sd-scripts' (without the GUI) ddim
             values["sample_sampler"] = sampler_name(str(doc.get("sample_sampler") or "euler_a"))

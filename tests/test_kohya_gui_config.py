@@ -79,6 +79,18 @@ def test_the_gui_s_wandb_switch_logs_to_the_project_sd_scripts_names(tmp_path):
     assert not any(key.startswith("wandb") for key in values) and not any("wandb" in note for note in notes)
 
 
+def test_a_config_of_several_gpus_says_how_to_launch_as_many(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _, notes = translate_gui(STANDARD | {"num_processes": 2, "multi_gpu": True}, tmp_path / "gui.json")
+    assert (f"num_processes 2: kohya_ss launches that many processes, one per GPU; here: accelerate launch "
+            f"--multi_gpu --num_processes 2 -m lowvram train --config {tmp_path / 'gui.json'}") in notes
+    monkeypatch.setenv("WORLD_SIZE", "2")  # launched so
+    assert not any("num_processes" in note for note in translate_gui(STANDARD | {"num_processes": 2},
+                                                                      tmp_path / "gui.json")[1])
+    assert not any("num_processes" in note for note in translate_gui(STANDARD | {"num_processes": 1},
+                                                                      tmp_path / "gui.json")[1])
+
+
 def test_the_gui_s_network_types_become_kohya_s_networks(tmp_path):
     # the GUI's xformers: xformers where it runs, else SDPA (the same memory), never a refusal on a card without it
     assert settings_of(tmp_path)["attention"] == "auto"
