@@ -134,7 +134,7 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -
         value = values.get(key)
         if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
             values[key] = str(base / value)
-    if text.startswith(OPTIONS_HEADER):
+    if text.split("\n", 1)[0].rstrip("\r") + "\n" == OPTIONS_HEADER:  # (Windows writes it with CRLF)
         values = _run_options(values, Path(path), given)
     kept = _unreplaced(values, given)
     if problems:  # with them, every value of the file that is wrong: one pass shows all there is to fix
@@ -290,22 +290,22 @@ def without_idle_kept_tags(values: dict[str, Any], typed: Collection[str] = ()) 
 
 
 def _run_options(values: dict[str, Any], path: Path, given: Collection[str]) -> dict[str, Any]:
-    """A run's saved options, whose output folder is the file's: in a run folder renamed (or copied), the run keeps
-    the name its record holds; away from any run folder (a copy as a template), where it trains is said; with
-    another --output, a run of that folder, named after it (unless --name)."""
+    """A run's saved options: in a run folder (its record beside it), that folder is the output, wherever the file
+    says (an older lowvram's saved its absolute path; the folder may have been renamed or copied since); away from
+    any (a copy as a template), where it trains is said."""
     folder = path.resolve().parent
     if "output" in given:
-        return {key: value for key, value in values.items() if key != "name"}
-    if values.get("output") != str(folder):
         return values
-    try:
-        named = json.loads((folder / RECORD).read_text()).get("name")
-    except (OSError, ValueError, AttributeError):
-        if "resume" not in given:
-            print(f"--config {path}: a run's saved options, away from its run folder: this run trains in {folder} "
-                  f"as {values.get('name') or folder.name}; give --output DIR to train elsewhere", file=sys.stderr)
-        return values
-    return {"name": named, **values} if isinstance(named, str) and named != folder.name else values
+    if (folder / RECORD).is_file():
+        if values.get("output") != str(folder):
+            print(f"--config {path}: the run folder it lies in is the output, {folder} (the file names "
+                  f"{values.get('output')})", file=sys.stderr)
+        return values | {"output": str(folder)}
+    if values.get("output") == str(folder) and "resume" not in given:
+        named = "" if "name" in given else f" as {values.get('name') or folder.name}"
+        print(f"--config {path}: a run's saved options, away from its run folder: this run trains in {folder}"
+              f"{named}; give --output DIR to train elsewhere", file=sys.stderr)
+    return values
 
 
 def _unreplaced(values: dict[str, Any], given: Collection[str]) -> dict[str, Any]:
@@ -473,7 +473,21 @@ def build_config(values: dict[str, Any]) -> RunConfig:
                         "--no-gradient-checkpointing rules out; drop one")  # (given, not the default, so a choice)
     if problems:
         raise LowvramError("\n".join(problems))
-    return config
+    return _resumed_name(config)
+
+
+def _resumed_name(config: RunConfig) -> RunConfig:
+    """A resumed run without --name keeps the name its folder's record holds where the folder was renamed since
+    (its default name, the folder's, would start other files beside the run's)."""
+    if not config.training.resume or config.output.name is not None:
+        return config
+    try:
+        named = json.loads((config.output_dir / RECORD).read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return config
+    if not isinstance(named, str) or not named or named == config.output_name:
+        return config
+    return dataclasses.replace(config, output=dataclasses.replace(config.output, name=named))
 
 
 def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:

@@ -353,8 +353,8 @@ def test_a_new_lr_on_resume_is_the_one_trained_with_from_the_restored_step(tmp_p
     train(run_config(output=str(tmp_path), max_steps=3, lr=1e-4, checkpoint_every=3, scheduler="cosine"))
     capsys.readouterr()
     train(run_config(output=str(tmp_path), max_steps=6, lr=1e-3, resume="auto", name="longer", scheduler="cosine"))
-    assert ("note: --lr 0.001 (was 0.0001), --text-encoder-lr 0.001 (was 0.0001): the steps from 4 train with them; "
-            "the LoRA's metadata and the run's .toml record the new values" in " ".join(capsys.readouterr().out.split()))
+    assert ("note: --lr 0.001 (was 0.0001): the steps from 4 train with it; the LoRA's metadata and the run's .toml "
+            "record the new value for the whole run" in " ".join(capsys.readouterr().out.split()))  # (no text encoder)
     import json
     import math
 
@@ -520,12 +520,18 @@ def test_a_run_folder_copied_elsewhere_with_its_dataset_moved_resumes_where_it_n
     original = {path: path.read_bytes() for path in first.rglob("*") if path.is_file()}
     copy, moved = tmp_path / "runs" / "a-v2", tmp_path / "elsewhere" / sample_data.name
     shutil.copytree(first, copy)
+    saved = (copy / "a.toml").read_text()  # as an older lowvram saved it (its folder's path), with Windows' CRLF:
+    assert 'output = "."' in saved
+    older = saved.replace('output = "."', f"output = {json.dumps(str(first))}").replace("\n", "\r\n")
+    (copy / "a.toml").write_bytes(older.encode())
     moved.parent.mkdir()
     sample_data.rename(moved)
     capsys.readouterr()
     assert main(["train", "--config", str(copy / "a.toml"), "--data", str(moved), "--resume", "auto", "--max-steps",
                  "3"]) == 0
-    assert f"resumed from {copy / 'checkpoints' / 'step-000002'} at step 2" in " ".join(capsys.readouterr().out.split())
+    out, err = capsys.readouterr()
+    assert f"resumed from {copy / 'checkpoints' / 'step-000002'} at step 2" in " ".join(out.split())
+    assert f"the run folder it lies in is the output, {copy} (the file names {first})" in " ".join(err.split())
     assert (copy / "a.safetensors").is_file() and (copy / "a-step000002.safetensors").is_file()
     assert not list(copy.glob("a-v2*"))  # the run keeps its name in a folder of another
     assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == original
@@ -539,7 +545,7 @@ def test_a_run_folder_copied_elsewhere_with_its_dataset_moved_resumes_where_it_n
     template = shutil.copy(copy / "a.toml", tmp_path / "templates" / "portrait.toml")
     assert main(["train", "--config", str(template), "--data", str(moved), "--output", str(tmp_path / "new"),
                  "--max-steps", "1"]) == 0
-    assert (tmp_path / "new" / "new.safetensors").is_file()
+    assert (tmp_path / "new" / "a.safetensors").is_file()  # the run's name, which its renamed folder made explicit
     assert main(["train", "--config", str(template), "--data", str(moved), "--max-steps", "1", "--rank", "0"]) == 2
     assert (f"--config {template}: a run's saved options, away from its run folder: this run trains in "
             f"{tmp_path / 'templates'} as a; give --output DIR" in " ".join(capsys.readouterr().err.split()))
