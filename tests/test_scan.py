@@ -371,8 +371,8 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     # kohya reads only the extension given: kohya_ss presets give '.txt-no' to caption from the folder names
     records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".txt-no")))
     assert records["10_sks dog/a.jpg"].caption == "sks dog" and records["top.png"].caption == tmp_path.name
-    assert ("no caption file (a.txt is not read with --caption-extension .txt-no): template used: 'sks dog'"
-            in records["10_sks dog/a.jpg"].notes)  # (the first of .txt and .caption there)
+    assert ("no caption file (its .txt is not read with --caption-extension .txt-no): template used: 'sks dog'"
+            in records["10_sks dog/a.jpg"].notes)  # (the first of .txt and .caption there; no name: one kind)
     with pytest.raises(LowvramError, match="small-images"):
         ScanOptions(small_images="stretch")
     with pytest.raises(LowvramError, match="--caption-extension: 'txt' is no file extension; give it with its dot"):

@@ -30,9 +30,8 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     if len(found) > 1:
         notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
     if not found:
-        others = [path.name for suffix in CAPTION_SUFFIXES
-                  if suffix != extension and (path := caption_file(image, suffix))]
-        unread = f" ({others[0]} is not read with --caption-extension {extension})" if others else ""
+        others = [suffix for suffix in CAPTION_SUFFIXES if suffix != extension and caption_file(image, suffix)]
+        unread = f" (its {others[0]} is not read with --caption-extension {extension})" if others else ""
         return None, notes + [f"no caption file{unread}: template used"], None
     non_utf8 = None
     try:
