@@ -60,3 +60,5 @@ def test_plan_counts_a_validation_folder_inside_the_dataset_out_of_training(tmp_
     assert json.loads(capsys.readouterr().out)["run_length"]["images_per_epoch"] == 6 * 5 + 2 * 2
     assert main([*args, "--validation-data", str(data / "2_held")]) == 0
     assert json.loads(capsys.readouterr().out)["run_length"]["images_per_epoch"] == 6 * 5
+    assert main([*args, "--validation-data", str(data)]) == 2  # none left to train: refused (training waited forever)
+    assert f"--validation-data {data} holds every image of --data {data}, so none is left" in capsys.readouterr().err

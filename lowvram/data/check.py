@@ -109,6 +109,10 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     if config.validation.validation_data:  # (its images inside the dataset's are held out of training too)
         held_out = scan(run, Path(config.validation.validation_data), trigger, console).usable
         records = [record for record in records if record.path not in {held.path for held in held_out}]
+        if not records:  # (training would wait for a batch for ever)
+            raise LowvramError(f"--validation-data {config.validation.validation_data} holds every image of --data "
+                               f"{config.data.data}, so none is left to train: validate on a folder of other images, "
+                               "or hold out a share with --validation-split")
     if config.validation.validation_split:
         records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
     return reports, records, held_out
