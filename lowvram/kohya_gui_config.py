@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, shell_line
 from lowvram.files import expand_home
 from lowvram.kohya_config import as_number, translate
 from lowvram.samplers import sampler_name
@@ -80,7 +80,8 @@ def translate_gui(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list
     processes = int(_number(doc.get("num_processes")))
     if processes > 1 and int(os.environ.get("WORLD_SIZE") or 1) < processes:  # (not launched as it asks)
         notes.append(f"num_processes {processes}: kohya_ss launches that many processes, one per GPU; here: "
-                     f"accelerate launch --multi_gpu --num_processes {processes} -m lowvram train --config {path}")
+                     + shell_line("accelerate", "launch", "--multi_gpu", "--num_processes", processes, "-m",
+                                  "lowvram", "train", "--config", path))
     if prompts:
         try:  # kohya_ss's default is euler_a; sd-scripts' (without the GUI) ddim
             values["sample_sampler"] = sampler_name(str(doc.get("sample_sampler") or "euler_a"))

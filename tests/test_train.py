@@ -306,6 +306,7 @@ def test_an_epoch_ends_its_last_accumulated_step_so_epochs_stay_whole_passes(tmp
         (3, 0, pytest.approx(sum(losses[:3]) / 3)), (6, 1, pytest.approx(sum(losses[3:]) / 3))]  # kohya's loss/epoch
     first_epoch = safe_open(str(tmp_path / f"{tmp_path.name}-e0001.safetensors"), framework="pt").metadata()
     assert (first_epoch["ss_epoch"], first_epoch["ss_steps"]) == ("1", "3")
+    assert first_epoch["ss_total_batch_size"] == "12"  # a step's images: 3 x 4 accumulated
 
 
 def test_the_polynomial_schedule_decays_with_its_power(tmp_path):

@@ -56,14 +56,19 @@ def save_checkpoint(session: Session, trainee: Trainee, dataset: Dataset, positi
     return checkpoint.save(checkpoint.checkpoint_root(session.out_dir), position, trainee.adapted, trainee.optimizer,
                            trainee.lr_scheduler, session.accelerator, session.config.training.keep_checkpoints,
                            rng_states, recipe(session.run), trainee.ema, dataset.fingerprint,
-                           resumable_settings(session.config))
+                           resumable_settings(session))
 
 
-def resumable_settings(config) -> dict[str, float]:
-    """The options a resumed run may change that its LoRA's record then holds for the whole run, by flag."""
-    return {"--lr": config.lr, "--text-encoder-lr": config.text_encoder_lr,
-            "--batch-size": config.training.batch_size,
-            "--gradient-accumulation": config.training.gradient_accumulation}
+def resumable_settings(session: Session) -> dict[str, float]:
+    """The options a resumed run may change that its LoRA's record then holds for the whole run, by flag: the
+    text encoders' rates where they train."""
+    config = session.config
+    rates = {"--lr": config.lr}
+    if config.network.train_text_encoder:
+        rates |= {flag: config.text_encoder_rate(index) for index, flag in
+                  enumerate(("--text-encoder-lr", "--text-encoder-2-lr")[:len(session.run.family.text_encoders)])}
+    return rates | {"--batch-size": config.training.batch_size,
+                    "--gradient-accumulation": config.training.gradient_accumulation}
 
 
 def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule) -> checkpoint.Position:
@@ -78,7 +83,7 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator,
                                trainee.ema)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
-    then, now = position.settings or {}, resumable_settings(session.config)
+    then, now = position.settings or {}, resumable_settings(session)
     changed = [f"{flag} {now[flag]:g} (was {then[flag]:g})" for flag in now if flag in then and then[flag] != now[flag]]
     if changed:  # allowed (raising the steps or the lr of a finished run is how it is trained on), and said
         many = len(changed) > 1
