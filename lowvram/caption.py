@@ -64,8 +64,8 @@ class CaptionConfig:
                                         "alone.", metavar="NAME")
     threshold: float = option(0.35, "Tagger: lowest confidence of a general tag.", metavar="P")
     character_threshold: float = option(0.85, "Tagger: lowest confidence of a character tag.", metavar="P")
-    exclude_tags: tuple[str, ...] = option((), "Tagger: a tag never written (repeatable, or several separated by commas, as kohya's "
-                                     "--undesired_tags).", metavar="TAG")
+    exclude_tags: tuple[str, ...] = option((), "Tagger: a tag never written (repeatable, or several separated by "
+                                           "commas, as kohya's --undesired_tags).", metavar="TAG")
     keep_underscores: bool = option(False, "Tagger: keep the underscores of tags (long_hair) instead of spaces.")
     prompt: str | None = option(None, "Image-to-text: text the caption continues (BLIP: 'a photo of'; Florence-2 "
                                 "needs a task such as '<DETAILED_CAPTION>').")
