@@ -172,8 +172,10 @@ def run_caption(args: argparse.Namespace) -> int:
     if args.vram and not args.dry_run:
         import torch
 
-        if not torch.cuda.is_available():
-            raise LowvramError("--vram: there is no CUDA GPU here to caption on; add --dry-run to see the plan")
+        if not torch.cuda.is_available():  # as train --auto --vram does: the CPU writes them
+            print("--vram: no CUDA GPU here, so the CPU writes the captions (--dry-run shows the plan for --vram)",
+                  file=sys.stderr)
+            hardware = hardware_for(None, None, None)
     report = caption_dataset(config, hardware, default_cache_dir(), dry_run=args.dry_run)
     for image, reason in report.skipped:
         print(f"skipped {image}: {reason}")
@@ -423,7 +425,10 @@ def _quiet_libraries() -> None:
     def restore():
         for library, verbosity, bar in kept:
             library.set_verbosity(verbosity)
-            library.enable_progress_bar() if bar else library.disable_progress_bar()
+            if bar:
+                library.enable_progress_bar()
+            else:
+                library.disable_progress_bar()
         bitsandbytes.setLevel(level)
         caught.__exit__(None, None, None)
 

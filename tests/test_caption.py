@@ -66,6 +66,15 @@ def test_tagger_writes_tags_for_uncaptioned_images_only(tmp_path, tagger, capsys
     assert "skipped 3_colours/broken.jpg: " in out and "wrote 4 caption(s); kept 1 existing" in out
 
 
+def test_a_vram_budget_without_a_gpu_captions_on_the_cpu(tmp_path, tagger, capsys):
+    """As `train --auto --vram` does: the budget plans for a GPU, and where there is none the CPU does the work."""
+    data = colour_dataset(tmp_path / "data")
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--vram", "4GB"]) == 0
+    out, err = capsys.readouterr()
+    assert "--vram: no CUDA GPU here, so the CPU writes the captions" in err and "on the CPU" in out
+    assert captions(data)["red"] == "red theme\n"
+
+
 def test_tagger_thresholds_and_exclusions(tmp_path, tagger):
     data = colour_dataset(tmp_path / "data")
     assert main(["caption", str(data), "--caption-model", str(tagger), "--exclude-tags", "red_theme, rating",
@@ -267,7 +276,6 @@ def test_dry_run_plans_the_device_and_writes_nothing(tmp_path, blip, capsys):
     (["{data}", "--caption-model", "{pickled}"], "has no .safetensors weights"),
     (["{data}", "--caption-model", "{tagger}", "--threshold", "2"], "--threshold: 2.0 is not a confidence"),
     (["{data}", "--caption-model", "{tagger}", "--batch-size", "x"], "--batch-size: 'x' is invalid"),
-    (["{data}", "--caption-model", "{tagger}", "--vram", "4GB"], "--vram: there is no CUDA GPU here"),
     (["{empty}", "--caption-model", "{tagger}"], "DIR: no images (.png"),
     (["{data}", "--caption-model", "{tagger}", "--batch-size", "0"], "--batch-size: must be at least 1, not 0"),
     (["{data}", "--caption-model", "{tagger}", "--device", "cuda"], "--device cuda: no CUDA GPU here; use --device"),

@@ -64,8 +64,8 @@ def write_options(path: Path, text: str) -> bool:
 
 def saved_options(config: RunConfig) -> dict[str, dict]:
     """The run's options as its `.toml` beside its LoRA keeps them: its output folder as the folder the file lies
-    in (a config file's paths are relative to the file), so that a run folder copied or renamed resumes there,
-    under the name its record keeps (`configure.read_toml`)."""
+    in (a config file's paths are relative to the file), so that a run folder copied or renamed resumes there
+    (`configure.read_toml`), under the name its record keeps (`configure.build_config`)."""
     options = config.to_toml_dict()
     options["output"]["output"] = "."
     return options
