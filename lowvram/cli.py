@@ -76,17 +76,18 @@ def plan_dataset(run, console) -> dict:
     from lowvram.train.schedule import folder_batches, plan_schedule
 
     config = run.config
-    reports, records, held_out = scan_sets(run, Path(config.data.data), config.data.trigger_word, console)
+    sets = scan_sets(run, Path(config.data.data), config.data.trigger_word, console)
+    reports = sets.reports
     buckets = ", ".join(f"{shape} x{n}" for shape, n in reports[0].summary()["buckets"].items())
     console.print(f"dataset {reports[0].root}: {len(reports[0].usable)} usable images, {len(reports[0].skipped)} "
                   f"skipped (details: lowvram check-data); buckets {buckets}", soft_wrap=True)
-    epochs = counted_epochs(run, records, reports[1].usable if len(reports) > 1 else [])
+    epochs = counted_epochs(run, sets.training, sets.regularization)
     schedule = plan_schedule(config, epochs, 1)
     regularization = len(epochs.samples) - epochs.training_count
     accumulation = config.training.gradient_accumulation
     console.print(f"run: {schedule.length(epochs.fractional)} steps ({epochs.images_per_epoch} images per epoch with "
                   f"repeats{' and regularization' * bool(regularization)}"
-                  f"{f', {len(held_out)} held out for validation' if held_out else ''}; batch "
+                  f"{f', {len(sets.held_out)} held out for validation' if sets.held_out else ''}; batch "
                   f"{config.training.batch_size}{folder_batches(run)}"
                   f"{f' x {accumulation} accumulated' * (accumulation > 1)}; on one GPU: under accelerate launch "
                   "each takes its share of the batches)",

@@ -13,7 +13,7 @@ from messy_dataset import write_messy_dataset
 from rich.console import Console
 
 from lowvram.data.cache import TensorStore
-from lowvram.data.check import scan
+from lowvram.data.check import ScannedSets, scan
 from lowvram.data.prepare import prepare_training_data
 from lowvram.errors import LowvramError
 from lowvram.hardware import NO_GPU
@@ -37,7 +37,7 @@ def resolved(config, cache_dir):
 def prepare(config, model, data_root, cache_dir):
     run = resolved(config, cache_dir)
     reports = [scan(run, data_root, config.data.trigger_word, None)]
-    return prepare_training_data(run, model, reports, torch.device("cpu"), QUIET)
+    return prepare_training_data(run, model, ScannedSets.whole(reports), torch.device("cpu"), QUIET)
 
 
 def setup(tmp_path, sample_data, **options):
@@ -190,8 +190,8 @@ def test_a_killed_writers_temporary_files_are_removed_once_old_not_while_another
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     console = Console(record=True, width=400)
     run = resolved(config, cache)
-    prepare_training_data(run, tiny, [scan(run, sample_data, config.data.trigger_word, None)], torch.device("cpu"),
-                          console)
+    prepare_training_data(run, tiny, ScannedSets.whole([scan(run, sample_data, config.data.trigger_word, None)]),
+                          torch.device("cpu"), console)
     assert not old.exists() and fresh.exists()
     assert f"removed 1 temporary file(s) a killed run left in {cache / 'latents'}" in console.export_text()
 
@@ -300,7 +300,7 @@ def test_regularization_images_are_balanced_and_weighted(tmp_path, sample_data, 
                         cache_dir=str(tmp_path / "cache"), batch_size=1)
     run = resolved(config, tmp_path / "cache")
     reports = [scan(run, sample_data, None, None), scan(run, tmp_path / "reg", None, None)]
-    data = prepare_training_data(run, tiny, reports, torch.device("cpu"), QUIET).data
+    data = prepare_training_data(run, tiny, ScannedSets.whole(reports), torch.device("cpu"), QUIET).data
     assert data.images_per_epoch == 60  # 30 training samples + the 3 regularization images cycled to 30
     weights = sorted(data.samples[i].weight for batch in data.epoch_batches(0) for i in batch)
     assert weights == [0.5] * 30 + [1.0] * 30
@@ -404,7 +404,7 @@ batch_size = 2
     run = resolved(config, tmp_path / "cache")
     data_file = tmp_path / "data.toml"
     reports = [scan(run, data_file, None, None), scan(run, data_file, None, None, regularization=True)]
-    data = prepare_training_data(run, tiny, reports, torch.device("cpu"), QUIET).data
+    data = prepare_training_data(run, tiny, ScannedSets.whole(reports), torch.device("cpu"), QUIET).data
     assert data.images_per_epoch == 15 + 20 + 15
     regularization = Counter(data.samples[i].dataset for i in data.expanded(0)[35:])
     assert regularization == {1: 15}
@@ -421,7 +421,8 @@ def test_caching_prints_a_line_now_and_then_where_no_bar_redraws(tmp_path, sampl
     config, cache = setup(tmp_path, sample_data, cache_batch_size=2)
     piped = io.StringIO()
     run = resolved(config, cache)
-    prepare_training_data(run, tiny, [scan(run, sample_data, None, None)], torch.device("cpu"), Console(file=piped))
+    prepare_training_data(run, tiny, ScannedSets.whole([scan(run, sample_data, None, None)]), torch.device("cpu"),
+                          Console(file=piped))
     lines = [line for line in piped.getvalue().splitlines() if line.startswith("caching latents")]
     assert [line.split(" (")[0] for line in lines] == ["caching latents 2/6", "caching latents 4/6",
                                                        "caching latents 6/6"], piped.getvalue()

@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from lowvram.cli import main
 from lowvram.configure import read_toml
-from lowvram.data.check import scan
+from lowvram.data.check import ScannedSets, scan
 from lowvram.data.prepare import prepare_training_data
 from lowvram.dataset_files import read_dataset
 from lowvram.errors import LowvramError
@@ -101,7 +101,8 @@ def test_a_concepts_loss_weight_scales_its_images_loss(tmp_path, monkeypatch):
     reports = [scan(run, data, None, None)]
     assert {r.relpath.split("/")[0]: r.loss_weight for r in reports[0].usable} == {"alpha": 2.0, "beta": 1.0}
     assert reports[0].summary()["folders"]["alpha/"]["loss_weight"] == 2.0  # check-data's table shows it
-    prepared = prepare_training_data(run, load_model("tiny"), reports, torch.device("cpu"), Console(quiet=True)).data
+    prepared = prepare_training_data(run, load_model("tiny"), ScannedSets.whole(reports), torch.device("cpu"),
+                                     Console(quiet=True)).data
     weights = sorted(prepared.samples[i].weight for batch in prepared.epoch_batches(0) for i in batch)
     assert weights == [1.0] * 3 + [2.0] * 3
 
@@ -144,7 +145,8 @@ def test_a_fractional_balancing_trains_a_seeded_share_of_the_concept_each_epoch(
     run = dataclasses.replace(resolve_run(config, NO_GPU), cache_dir=tmp_path / "cache")
     report = scan(run, data, None, None)
     assert report.summary()["samples_per_epoch"] == 2 + 3 + 2  # 8 x 0.25, 3 x 1.5 rounded half up
-    prepared = prepare_training_data(run, load_model("tiny"), [report], torch.device("cpu"), Console(quiet=True)).data
+    prepared = prepare_training_data(run, load_model("tiny"), ScannedSets.whole([report]), torch.device("cpu"),
+                                     Console(quiet=True)).data
     assert prepared.images_per_epoch == 7
     drawn = []
     for epoch in range(6):
@@ -155,7 +157,8 @@ def test_a_fractional_balancing_trains_a_seeded_share_of_the_concept_each_epoch(
         assert len(alpha) == 2 and sorted(beta) == [1, 2, 2]  # a quarter of alpha; beta once, and half again
         drawn.append(frozenset(alpha))
     assert len(set(drawn)) > 2  # another share most epochs
-    again = prepare_training_data(run, load_model("tiny"), [report], torch.device("cpu"), Console(quiet=True)).data
+    again = prepare_training_data(run, load_model("tiny"), ScannedSets.whole([report]), torch.device("cpu"),
+                                  Console(quiet=True)).data
     assert [again.epoch_batches(e) for e in range(6)] == [prepared.epoch_batches(e) for e in range(6)]
 
 

@@ -49,7 +49,7 @@ def child(task: str, data: Path, cache: Path) -> dict:
     from rich.console import Console
 
     from lowvram.configure import build_config
-    from lowvram.data.check import scan
+    from lowvram.data.check import ScannedSets, scan
     from lowvram.data.prepare import prepare_training_data
     from lowvram.hardware import NO_GPU
     from lowvram.models import load_model
@@ -68,7 +68,7 @@ def child(task: str, data: Path, cache: Path) -> dict:
         model = load_model("tiny")
         report = scan(run, data, None, None)
         start = time.perf_counter()
-        prepared = prepare_training_data(run, model, [report], torch.device("cpu"), quiet)
+        prepared = prepare_training_data(run, model, ScannedSets.whole([report]), torch.device("cpu"), quiet)
         result = {"images": len(report.usable), "encoded_latents": prepared.encoded_latents,
                   "encoded_texts": prepared.encoded_texts}
     result["seconds"] = round(time.perf_counter() - start, 3)

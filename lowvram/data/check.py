@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +93,27 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
                         describe=(f"the {kind} of {data}", shell_line("lowvram", "check-data", data)), elsewhere=others)
 
 
-def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None
-              ) -> tuple[list[ScanReport], list, list]:
-    """What a run trains from: the scans of its dataset and of its regularization set (--reg-data's, or a dataset
-    file's is_reg subsets), the image records it trains on, and those it validates on (--validation-data's, or
+@dataclass
+class ScannedSets:
+    """What a run trains from (`scan_sets`)."""
+    reports: list[ScanReport]  # the dataset's scan (and the regularization set's)
+    training: list  # the dataset's image records trained on
+    held_out: list  # the image records validated on
+
+    @classmethod
+    def whole(cls, reports: list[ScanReport]) -> ScannedSets:
+        """Every usable image of the dataset trains; none is held out."""
+        return cls(reports, reports[0].usable, [])
+
+    @property
+    def regularization(self) -> list:
+        """The regularization images (--reg-data's, or a dataset file's is_reg subsets')."""
+        return self.reports[1].usable if len(self.reports) > 1 else []
+
+
+def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None) -> ScannedSets:
+    """The scans of a run's dataset and of its regularization set (--reg-data's, or a dataset file's is_reg
+    subsets), the image records it trains on, and those it validates on (--validation-data's, or
     --validation-split's share of the dataset)."""
     config = run.config
     reports = [scan(run, data, trigger, console)]
@@ -115,7 +132,7 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
                                "or hold out a share with --validation-split")
     if config.validation.validation_split:
         records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
-    return reports, records, held_out
+    return ScannedSets(reports, records, held_out)
 
 
 def some_trained_per_epoch(report: ScanReport, data: str | None) -> None:

@@ -32,10 +32,10 @@ from lowvram.data.cache import (
     module_fingerprint,
     text_key,
 )
-from lowvram.data.check import folder_config, scan_options, some_trained_per_epoch
+from lowvram.data.check import ScannedSets, folder_config, scan_options
 from lowvram.data.dataset import TrainingData
 from lowvram.data.epochs import Sample, placements
-from lowvram.data.scan import ScanOptions, ScanReport
+from lowvram.data.scan import ScanOptions
 from lowvram.memory import PhasePeaks
 from lowvram.models.conditioning import caption_tokens, set_vae_tiling
 from lowvram.models.families import TextReading, prompt_reading
@@ -46,7 +46,6 @@ from lowvram.resolve import LATENTS, TEXT, ResolvedRun
 @dataclass
 class PreparedData:
     data: TrainingData
-    reports: list[ScanReport]
     encoded_latents: int  # entries encoded by this run (the rest came from the cache)
     encoded_texts: int
     # each sample prompt's (hidden, pooled) of its negative and itself, encoded while the text encoders were on the
@@ -55,13 +54,12 @@ class PreparedData:
     validation: list[Sample] = field(default_factory=list)  # held-out samples (first variant, plain caption)
 
 
-def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], device: torch.device, console: Console,
-                          validation: list | tuple = (), peaks: PhasePeaks | None = None) -> PreparedData:
-    """Encode what the caches lack, then free the GPU of the VAE (and of the text encoders unless they train).
-    `validation`: image records held out from training, cached once each, unaugmented, with their caption.
+def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: torch.device, console: Console,
+                          peaks: PhasePeaks | None = None) -> PreparedData:
+    """Encode what the caches lack for the images of `sets`, then free the GPU of the VAE (and of the text encoders
+    unless they train). The held-out images are cached once each, unaugmented, with their caption.
     `peaks` records the caching phases' peak VRAM."""
     config, family, cache_dir = run.config, model.family, run.cache_dir
-    some_trained_per_epoch(reports[0], config.data.data)
     options_of = cache(lambda settings: _folder_options(folder_config(config, settings)))
     captions = options_of(())[2]
     cache_text = not config.network.train_text_encoder
@@ -74,11 +72,9 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
     text_jobs: dict[str, TextJob] = {}
     samples: list[list[Sample]] = [[], [], []]  # training, regularization, validation
     buckets: dict[int, Buckets] = {}
-    held_out = {record.path for record in validation}
     plain = AugmentOptions()
     dropping, variant_counts = False, set()  # whether some caption is dropped; the latent variants per image
-    for report_index, records in enumerate([[r for r in reports[0].usable if r.path not in held_out],
-                                            reports[1].usable if len(reports) > 1 else [], list(validation)]):
+    for report_index, records in enumerate([sets.training, sets.regularization, sets.held_out]):
         weight = config.data.prior_loss_weight if report_index == 1 else 1.0
         validating = report_index == 2
         for record in records:
@@ -140,7 +136,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
         latent_store.keep_in_memory(short, needed)
         text_store.keep_in_memory(short, needed)
 
-    _warn_of_cut_captions(reports[0].usable, model.tokenizers[0], run.text_reading, console)
+    _warn_of_cut_captions(sets.reports[0].usable, model.tokenizers[0], run.text_reading, console)
     batch = config.data.cache_batch_size
     set_vae_tiling(model.vae, config.memory.vae_tiling)
     with peaks.phase("latent caching") if peaks else nullcontext():
@@ -180,7 +176,7 @@ def prepare_training_data(run: ResolvedRun, model, reports: list[ScanReport], de
         torch.cuda.empty_cache()
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
                         latent_store, text_store, empty_key)
-    return PreparedData(data, reports, encoded_latents, encoded_texts, sample_embeddings, samples[2])
+    return PreparedData(data, encoded_latents, encoded_texts, sample_embeddings, samples[2])
 
 
 def _warn_of_cut_captions(records: list, tokenizer, reading: TextReading, console: Console) -> None:

@@ -32,7 +32,7 @@ def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, 
     if session.main:
         with trainee.averaged_weights():
             lora_files.save_kohya(trainee.model, path, session.config.alpha, session.config.output.save_precision,
-                                  lora_metadata(session.run, trainee.model, dataset.records, step, epoch,
+                                  lora_metadata(session.run, trainee.model, dataset.training, step, epoch,
                                                 dataset.trigger, shape, dataset.regularization))
     return path
 
@@ -40,7 +40,7 @@ def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, 
 def written_already(session: Session, trainee: Trainee, dataset: Dataset, path: Path, step: int, epoch: int,
                     shape: TrainingShape) -> bool:
     """Whether `path` holds the LoRA save_lora would write now, its tensors and what its metadata says alike."""
-    metadata = lora_metadata(session.run, trainee.model, dataset.records, step, epoch, dataset.trigger, shape,
+    metadata = lora_metadata(session.run, trainee.model, dataset.training, step, epoch, dataset.trigger, shape,
                              dataset.regularization)
     with trainee.averaged_weights():
         tensors = lora_files.kohya_state_dict(trainee.model, DTYPES[session.config.output.save_precision])

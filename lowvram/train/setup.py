@@ -29,10 +29,9 @@ from lowvram.compiling import (
     uses_cuda_graphs,
 )
 from lowvram.config import MIXED_PRECISION, ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
-from lowvram.data.check import scan_sets
+from lowvram.data.check import ScannedSets, scan_sets
 from lowvram.data.prepare import PreparedData, prepare_training_data
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
-from lowvram.data.scan import ScanReport
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
 from lowvram.hardware import detect, precision_trouble, resolve_mixed_precision
@@ -100,22 +99,14 @@ class Session:
 
 
 @dataclass
-class Dataset:
-    reports: list[ScanReport]  # the dataset's (and the regularization set's)
-    records: list  # the images trained on
-    held_out: list  # the images validated on
-    trigger: str | None
-
-    @property
-    def regularization(self) -> list:
-        """The regularization images (--reg-data's, or a dataset file's is_reg subsets')."""
-        return self.reports[1].usable if len(self.reports) > 1 else []
+class Dataset(ScannedSets):
+    trigger: str | None = None
 
     @cached_property
     def fingerprint(self) -> dict[str, str]:
         """What a checkpoint keeps of the images and their captions (`checkpoint.data_fingerprint`), and whether
         --validation-split holds each out (the dataset's images that do not train; --validation-data's are apart)."""
-        training = {id(record) for record in self.records}
+        training = {id(record) for record in self.training}
         held = {record.relpath for record in self.reports[0].usable if id(record) not in training}
         return {f"{i}:{path}": facts for i, report in enumerate(self.reports)  # (a regularization set's paths apart)
                 for path, facts in checkpoint.data_fingerprint(report.usable, held if i == 0 else ()).items()}
@@ -220,10 +211,10 @@ def scan_data(session: Session) -> Dataset:
     else:
         data_root = Path(config.data.data)
     with accelerator.main_process_first():  # one process writes the scan index, the others read it
-        reports, records, held_out = scan_sets(run, data_root, trigger, session.console)
-    for report in reports:
+        sets = scan_sets(run, data_root, trigger, session.console)
+    for report in sets.reports:
         report.print_summary(session.console)
-    return Dataset(reports, records, held_out, trigger)
+    return Dataset(sets.reports, sets.training, sets.held_out, trigger)
 
 
 def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
@@ -296,8 +287,7 @@ def fill_caches_and_place(session: Session, model: LoadedModel, dataset: Dataset
     """Encode what the caches lack; afterwards only the U-Net (stored as --unet-weights) and the text encoders
     that train use the GPU. Returns the prepared data and the attention kernel chosen."""
     with session.accelerator.main_process_first():  # the main process encodes; the others find it all cached
-        prepared = prepare_training_data(session.run, model, dataset.reports, session.device, session.console,
-                                         dataset.held_out, peaks)
+        prepared = prepare_training_data(session.run, model, dataset, session.device, session.console, peaks)
     convert_frozen(model.unet, session.run.unet_weights, session.weight_dtype)
     place(model.unet, session.device)
     attention = set_attention(model.unet, session.config.memory.attention)
@@ -471,7 +461,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"({storage_bytes(model.unet) / 2**20:.0f} MiB){checkpointing_note(model.unet)}, {attention} attention"
         f"{compiled_note(model.unet, schedule.batch_shapes)}, "
         f"{config.optim.optimizer} | "
-        f"{len(dataset.records)} images"
+        f"{len(dataset.training)} images"
         f"{' at ' + ', '.join(f'{r} px' for r in sizes) if len(sizes) > 1 else ''}, "
         f"{data.images_per_epoch} per epoch with repeats"
         f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
