@@ -18,7 +18,7 @@ from lowvram.config import (
     fields_by_name,
     flag_name,
 )
-from lowvram.config_checks import sample_prompt_notes
+from lowvram.config_checks import idle_option_notes, sample_prompt_notes
 from lowvram.configure import (
     ALTERNATIVES,
     ASSUMED,
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.redirect_stderr(io.StringIO()) if echo else contextlib.nullcontext():
                 values = train_values(args)
                 config = build_config(values)  # every option error within a second, before the heavy imports
-                for note in sample_prompt_notes(config):
+                for note in sample_prompt_notes(config) + idle_option_notes(config):
                     print(note, file=sys.stderr)
                 if args.vram and not args.auto:
                     raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")

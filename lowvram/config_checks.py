@@ -585,6 +585,28 @@ def sample_prompt_notes(c: RunConfig) -> list[str]:
     return notes
 
 
+def idle_option_notes(c: RunConfig) -> list[str]:
+    """Options set away from their default whose switch is off, so they change nothing: said, not refused (kohya and
+    OneTrainer configs carry such values, and both tools pass over them)."""
+    validating = bool(c.validation.validation_data or c.validation.validation_split)
+    regularizing = bool(c.data.reg_data) or _has_regularization_subsets(c.data.data)
+    sampling = bool(c.output.sample_prompts or c.output.sample_prompt_file)
+    idle = {"ema_decay": (c.optim.ema, "--ema"),
+            "timestep_bias_multiplier": (c.training.timestep_bias != "none", "--timestep-bias"),
+            "validation_timesteps": (validating, "a validation set (--validation-split or --validation-data)"),
+            "prior_loss_weight": (regularizing, "regularization images (--reg-data)"),
+            "class_prompt": (regularizing, "regularization images (--reg-data)"),
+            "sample_steps": (sampling, "sample prompts (--sample-prompt or --sample-prompt-file)")}
+    notes = []
+    for name, (switched_on, switch) in idle.items():
+        section, field, _ = fields_by_name()[name]
+        value = getattr(getattr(c, section), name)
+        if not switched_on and value != field.default:
+            shown = f'"{value}"' if isinstance(value, str) else f"{value:g}"
+            notes.append(f"{flag_name(field)} {shown} changes nothing without {switch}")
+    return notes
+
+
 def _wandb_problems(project: str | None, run_name: str | None) -> list[str]:
     """What W&B would refuse only once the model has loaded: a project name it does not take, a missing package."""
     if project is None and run_name:
