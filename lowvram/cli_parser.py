@@ -23,6 +23,7 @@ from lowvram.config import (
     save_precision_name,
 )
 from lowvram.configure import list_presets
+from lowvram.hardware import SIZE_UNITS
 from lowvram.housekeeping import cache_folder, parse_age
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 from lowvram.resize import DYNAMIC
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--auto", action="store_true", help="let the memory planner choose --unet-weights, "
                        "--gradient-checkpointing and --optimizer for this GPU (flags you give are kept)")
     train.add_argument("--vram", metavar="SIZE", help="with --auto: plan for, and keep the run within, at most this "
-                       "much VRAM (e.g. 6GB)")
+                       f"much VRAM (e.g. 6GB; {SIZE_UNITS})")
     _add_config_flags(train)
 
     plan = sub.add_parser("plan", allow_abbrev=False, help="estimate memory and pick a strategy (dry run)",
@@ -182,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--preset", help="starting settings, as for train")
     own = [  # plan's own flags, which its printed train command leaves out (train's --vram needs --auto)
         plan.add_argument("--profile", help="plan for a GPU profile (see lowvram doctor --profiles)"),
-        plan.add_argument("--vram", metavar="SIZE", help="plan for a GPU with this much free VRAM (e.g. 6GB), taken "
-                          "to have bf16 (Ampere or newer; --mixed-precision fp16 plans for an older card)"),
-        plan.add_argument("--ram", metavar="SIZE", help="host RAM to plan for (e.g. 12GB; default: this machine's)"),
+        plan.add_argument("--vram", metavar="SIZE", help=f"plan for a GPU with this much free VRAM (e.g. 6GB; {SIZE_UNITS}), "
+                          "taken to have bf16 (Ampere or newer; --mixed-precision fp16 plans for an older card)"),
+        plan.add_argument("--ram", metavar="SIZE", help=f"host RAM to plan for (e.g. 12GB; {SIZE_UNITS}; default: "
+                          "this machine's)"),
         plan.add_argument("--json", action="store_true", help="print the plan as JSON")]
     plan.set_defaults(plan_only={flag: 0 if action.nargs == 0 else 1 for action in own
                                  for flag in action.option_strings})
@@ -262,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_argument(cap, "dataset folder (kohya-style N_name subfolders are captioned too)")
     cap.add_argument("--dry-run", action="store_true", help="say what would be captioned, and where the model would "
                      "run, without loading it")
-    cap.add_argument("--vram", metavar="SIZE", help="plan for at most this much VRAM (e.g. 4GB)")
+    cap.add_argument("--vram", metavar="SIZE", help=f"plan for at most this much VRAM (e.g. 4GB; {SIZE_UNITS})")
     _add_option_flags(cap, "captioning")
 
     ui = sub.add_parser("ui", allow_abbrev=False, help="the local web app", description="Serve the web app: the "

@@ -100,8 +100,11 @@ def _host_ram() -> int:
         return 0
 
 
+SIZE_UNITS = "GB and GiB alike are 1024³ bytes, as cards are sold"
+
+
 def parse_size(text: str, flag: str) -> int:
-    """'6GB', '6 GiB', '6', '5.5G', '512MB' -> bytes (GB and GiB are both read as GiB: cards are sold so)."""
+    """'6GB', '6 GiB', '6', '5.5G', '512MB' -> bytes (SIZE_UNITS)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([gGmM]i?[bB]?)?\s*", str(text))
     if not match:
         raise LowvramError(f"{flag}: '{text}' is not a size; write e.g. 6GB or 512MB")
