@@ -112,8 +112,9 @@ def train_words(argv: list[str], values: dict, plan_only: dict[str, int]) -> lis
         + words
 
 
-def auto_strategy(config, values: dict, vram: str | None):
-    """train --auto: plan for the GPU present (capped by --vram) and apply the choice; explicit flags stay."""
+def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None):
+    """train --auto: plan for the GPU present (capped by --vram, with --ram's host RAM) and apply the choice;
+    explicit flags stay."""
     import dataclasses
 
     from rich.console import Console
@@ -142,6 +143,8 @@ def auto_strategy(config, values: dict, vram: str | None):
         # cap holds PyTorch's allocator, the CUDA context comes on top of it (the plan counts it in the budget)
         allocator = max(budget - context_bytes(hardware), 0)
         torch.cuda.set_per_process_memory_fraction(min(1.0, allocator / hardware.total_vram), hardware.index)
+    if ram:
+        hardware = dataclasses.replace(hardware, host_ram=parse_size(ram, "--ram"))
     result = plan(workload_for(resolve_run(config, hardware)), hardware, fixed_choices(values, config))
     print_plan(result, Console(), top=6)
     if result.choice is None:
@@ -266,10 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                 config = build_config(values)  # every option error within a second, before the heavy imports
                 for note in sample_prompt_notes(config) + idle_option_notes(config):
                     print(note, file=sys.stderr)
-                if args.vram and not args.auto:
-                    raise LowvramError("--vram: only used with --auto; add --auto or drop --vram")
-                if args.vram:
-                    parse_size(args.vram, "--vram")  # wrong on any machine, one without a GPU too
+                for flag, size in (("--vram", args.vram), ("--ram", args.ram)):
+                    if size and not args.auto:
+                        raise LowvramError(f"{flag}: only used with --auto; add --auto or drop {flag}")
+                    if size:
+                        parse_size(size, flag)  # wrong on any machine, one without a GPU too
                 if unwritable(config.output_dir):
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 if interrupted:  # a Ctrl-C the imports swallowed
                     raise KeyboardInterrupt
                 if args.auto:
-                    config = auto_strategy(config, values, args.vram)
+                    config = auto_strategy(config, values, args.vram, args.ram)
                 train(config)
         elif args.command == "plan":
             return run_plan(args, sys.argv[1:] if argv is None else argv)

@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "--gradient-checkpointing and --optimizer for this GPU (flags you give are kept)")
     train.add_argument("--vram", metavar="SIZE", help="with --auto: plan for, and keep the run within, at most this "
                        f"much VRAM (e.g. 6GB; {SIZE_UNITS})")
+    train.add_argument("--ram", metavar="SIZE", help="with --auto: plan for this much host RAM instead of the "
+                       "machine's (e.g. 16GB where swap takes the loading peak, slowly)")
     _add_config_flags(train)
 
     plan = sub.add_parser("plan", allow_abbrev=False, help="estimate memory and pick a strategy (dry run)",

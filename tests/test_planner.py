@@ -164,10 +164,37 @@ def test_a_change_only_an_unverified_strategy_then_fits_is_suggested_with_its_fl
 
 def test_when_only_host_ram_is_short_the_plan_says_so():
     result = plan(work("sd15", 512), hardware_for(None, "6GB", "1GB"))
-    leanest = min((e for e in result.candidates if e.peak_vram() <= result.budget), key=lambda e: e.peak_host())
+    leanest = min((e for e in result.candidates if e.peak_vram() <= result.budget),
+                  key=lambda e: (e.peak_host(), e.peak_vram()))
     assert result.explanation == (f"nothing fits 1.0 GiB of host RAM: the leanest strategy that fits the GPU "
                                   f"({leanest.strategy.label}) needs {leanest.peak_host() / 2**30:.1f} GiB")
     assert result.suggestions == [f"at least {-(-leanest.peak_host() * 10 // 2**30) / 10:.1f} GiB of host RAM (--ram)"]
+
+
+def test_host_ram_is_named_where_it_is_what_rules_a_strategy_out():
+    """A faster strategy that fits the GPU but not host RAM was said to need its VRAM ("needs 3.15 GiB in training"
+    of a 5.75 GiB budget); SDXL's seen strategies, short only of host RAM, "fit no 5.75 GiB"; and the leanest one
+    named when nothing fits is the one whose breakdown is printed (ties in host RAM go to the least VRAM)."""
+    from lowvram.plan.report import shown_candidates
+
+    result = plan(work("sd15", 512), hardware_for(None, "6GB", "5GB"))
+    over = next(e for e in result.candidates if e.speed < result.choice.speed)
+    assert over.peak_vram() <= result.budget < over.peak_host()
+    assert result.explanation.endswith(f"{over.strategy.label} would be faster but needs "
+                                       f"{over.peak_host() / 2**30:.1f} GiB of host RAM")
+    sdxl = plan(work("sdxl", 1024), hardware_for(None, "6GB", "10.3GB"))
+    assert sdxl.choice is None and "fits 5.75 GiB and 10.3 GiB of host RAM; " in sdxl.explanation
+    short = plan(work("sdxl", 1024), hardware_for(None, "6GB", "8GB"))
+    shown = shown_candidates(short, 1)[0]
+    assert f"fits the GPU ({shown.strategy.label}) needs" in short.explanation
+    assert shown.peak_vram() == min(e.peak_vram() for e in short.candidates if e.peak_host() == shown.peak_host())
+
+
+def test_train_takes_ram_with_auto_only():
+    done, _ = lowvram("train", "--model", "tiny", "--data", "sample", "--ram", "8GB")
+    assert done.returncode == 2 and "--ram: only used with --auto; add --auto or drop --ram" in done.stderr
+    done, _ = lowvram("train", "--model", "tiny", "--data", "sample", "--auto", "--ram", "100MB")
+    assert done.returncode == 2 and "--ram: '100MB' is under 256 MB" in done.stderr
 
 
 def test_a_strategy_the_users_own_flags_name_is_said_unverified_when_chosen():

@@ -109,7 +109,9 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         if faster:
             over = faster[0]
             reason = ("has not been seen training on a GPU" if over.fits(hardware)
-                      else f"needs {gib(over.peak_vram())} GiB in {over.limiting_phase}")
+                      else f"needs {gib(over.peak_vram())} GiB in {over.limiting_phase}"
+                      if over.peak_vram() > plan_budget(hardware)
+                      else f"needs {over.peak_host() / GIB:.1f} GiB of host RAM")
             why += f"; {over.strategy.label} would be faster but {reason}"
         explanation = f"chose {choice.strategy.label}: {why}"
         return Plan(work, hardware, estimates, choice, explanation, [])
@@ -125,23 +127,33 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         return Plan(work, hardware, estimates, choice, explanation, [])
     if unverified:
         first = unverified[0].strategy
+        # (where a seen one fits the GPU, host RAM is what rules it out)
+        ram = any(e.verified and e.peak_vram() <= plan_budget(hardware) for e in estimates)
         explanation = (f"nothing seen training {FAMILIES[full_size(work.family)].title} on a GPU fits "
-                       f"{gib(plan_budget(hardware))} GiB; {len(unverified)} unverified strategies would (the "
-                       f"fastest: {first.label})")
+                       f"{gib(plan_budget(hardware))} GiB"
+                       f"{f' and {hardware.host_ram / GIB:.1f} GiB of host RAM' if ram else ''}; {len(unverified)} "
+                       f"unverified strategies would (the fastest: {first.label})")
         return Plan(work, hardware, estimates, None, explanation,
                     [f"{strategy_flags(first)} (runs it unverified, with a warning)"] if suggest else [])
-    in_vram = [e for e in estimates if e.peak_vram() <= plan_budget(hardware)]
-    if in_vram:  # only host RAM is short
-        leanest = min(in_vram, key=lambda e: e.peak_host())
+    leanest = leanest_first(estimates, hardware)[0]
+    if leanest.peak_vram() <= plan_budget(hardware):  # only host RAM is short
         explanation = (f"nothing fits {hardware.host_ram / GIB:.1f} GiB of host RAM: the leanest strategy that fits "
                        f"the GPU ({leanest.strategy.label}) needs {leanest.peak_host() / GIB:.1f} GiB")
     else:
-        smallest = min(estimates, key=lambda e: e.peak_vram())
         explanation = (f"nothing fits {gib(plan_budget(hardware))} GiB: the leanest strategy "
-                       f"({smallest.strategy.label}) needs {gib(smallest.peak_vram())} GiB in "
-                       f"{smallest.limiting_phase}")
+                       f"({leanest.strategy.label}) needs {gib(leanest.peak_vram())} GiB in "
+                       f"{leanest.limiting_phase}")
     return Plan(work, hardware, estimates, None, explanation,
                 smallest_changes(work, hardware, fixed) if suggest else [])
+
+
+def leanest_first(estimates: list[Estimate], hardware: Hardware) -> list[Estimate]:
+    """Where nothing fits: those that fit the GPU, least host RAM first (only host RAM is short), else every one,
+    least VRAM first."""
+    in_vram = [e for e in estimates if e.peak_vram() <= plan_budget(hardware)]
+    if in_vram:
+        return sorted(in_vram, key=lambda e: (e.peak_host(), e.peak_vram()))
+    return sorted(estimates, key=lambda e: e.peak_vram())
 
 
 def _checkpointing(strategy: MemoryStrategy) -> bool | int:

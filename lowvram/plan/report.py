@@ -8,7 +8,7 @@ from rich.table import Table
 from lowvram.hardware import gib
 from lowvram.plan.calibration import graphs_measured
 from lowvram.plan.estimate import PAGE_CACHE, PHASES, Estimate
-from lowvram.plan.planner import Plan, checkpointing_flags
+from lowvram.plan.planner import Plan, checkpointing_flags, leanest_first
 from lowvram.resolve import NATIVE_FORMAT
 
 SHOWN_PHASES = ("latent caching", "text caching", "training", "sampling")
@@ -97,7 +97,7 @@ def shown_candidates(result: Plan, top: int) -> list[Estimate]:
     a GPU, else the leanest."""
     if result.choice is None:
         unverified = [e for e in result.candidates if e.fits(result.hardware)]  # fit, but never seen on a GPU
-        leanest = unverified[:top] or sorted(result.candidates, key=lambda e: e.peak_vram())[:top]
+        leanest = unverified[:top] or leanest_first(result.candidates, result.hardware)[:top]
         return [e for e in result.candidates if e in leanest]
     chosen_at = result.candidates.index(result.choice)
     faster = result.candidates[:chosen_at]
