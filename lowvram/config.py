@@ -690,6 +690,18 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def as_flag_words(values: dict[str, Any]) -> list[str]:
+    """Option values as the command-line words that set them (`--rank`, `8`, `--train-text-encoder`)."""
+    words = []
+    for name, value in values.items():
+        flag = flag_name(fields_by_name()[name][1])
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag.removeprefix("--"))
+        else:
+            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return words
+
+
 @cache
 def fields_by_name() -> MappingProxyType[str, tuple[str, dataclasses.Field, Any]]:
     """Every option: name -> (section, field, resolved type). Option names are unique across sections. Built once

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.adapters.blocks import BLOCK_OPTIONS
-from lowvram.config import fields_by_name, flag_name
+from lowvram.config import as_flag_words
 from lowvram.errors import shell_line
 
 # where a layer's rank is: the inner side of its low-rank pair
@@ -182,7 +182,7 @@ def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[st
         implied = {name: value for name, value in implied.items() if name not in ("rank", "alpha")}
     taken = {name: value for name, value in implied.items() if name not in values}
     if taken and not quiet:
-        print(f"--network-weights: {path} holds {' '.join(_as_flags(taken))}; trained further with those",
+        print(f"--network-weights: {path} holds {' '.join(as_flag_words(taken))}; trained further with those",
               file=sys.stderr)
     return taken | values
 
@@ -233,7 +233,7 @@ def network_weights_problem(network) -> str | None:
         blocks = {option: args[kohya] for option, kohya in BLOCK_OPTIONS.items()
                   if isinstance(args, dict) and kohya in args and not option.endswith("lr_weight")}
         if blocks:  # trained with ranks per block: its own flags continue it
-            return f"{flag} was trained with ranks per block; pass {' '.join(_as_flags(blocks))} to train it further"
+            return f"{flag} was trained with ranks per block; pass {' '.join(as_flag_words(blocks))} to train it further"
         ranks = sorted({rank for kind in kinds for rank, _ in kind})
         return (f"{flag} holds layers of several ranks ({', '.join(map(str, ranks))}), as a --dynamic resize "
                 "or a merge writes them, and lowvram trains on from one rank per block only: train on from the "
@@ -244,19 +244,9 @@ def network_weights_problem(network) -> str | None:
         pairs.append(("3x3 convolutions of ", "conv_rank", "conv_alpha", network.conv_rank_alpha))
     for what, rank_name, alpha_name, (rank, alpha) in pairs:
         if rank_name in held and (held[rank_name] != rank or not same_alpha(held[alpha_name], alpha)):
-            flags = _as_flags({rank_name: held[rank_name], alpha_name: held[alpha_name]})
+            flags = as_flag_words({rank_name: held[rank_name], alpha_name: held[alpha_name]})
             return (f"{flag} was trained with {what}rank {held[rank_name]} and alpha {held[alpha_name]:g} (this "
                     f"run's: {rank} and {alpha:g}); pass {' '.join(flags)}, or leave them out to take the file's")
     return None
 
 
-def _as_flags(values: dict[str, Any]) -> list[str]:
-    """Option values as the flags that set them (`--rank 8`, `--train-text-encoder`)."""
-    flags = []
-    for name, value in values.items():
-        flag = flag_name(fields_by_name()[name][1])
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag.removeprefix("--"))
-        else:
-            flags.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
-    return flags

@@ -166,6 +166,23 @@ def test_check_data_on_a_folder_with_nothing_usable_fails_naming_it(tmp_path, ca
     captured = capsys.readouterr()
     assert f"no usable images in {tmp_path}" in captured.err
     assert "notes.png" in captured.out  # the per-file table still says why
+    assert "1 skipped (listed above)" in captured.err  # not "see `lowvram check-data ...`", the command just run
+
+
+def test_train_with_nothing_usable_names_the_check_data_command_that_scans_as_it_does(tmp_path, capsys):
+    """The hint carries the run's dataset options: without --small-images skip, check-data finds the image usable."""
+    import shlex
+
+    from PIL import Image
+
+    Image.new("RGB", (96, 96), "red").save(tmp_path / "small.png")
+    assert main(["train", "--model", "tiny", "--data", str(tmp_path), "--resolution", "128", "--small-images", "skip",
+                 "--output", str(tmp_path.parent / "out"), "--max-steps", "1"]) == 2
+    command = re.search(r"1 skipped \(see `(.+)`\)", capsys.readouterr().err)[1]
+    assert shlex.split(command)[:2] == ["lowvram", "check-data"]
+    assert main(shlex.split(command)[1:]) == 2
+    assert "small.png" in capsys.readouterr().out
+    assert main(["check-data", str(tmp_path), "--model", "tiny", "--resolution", "128"]) == 0  # the flags matter
 
 
 def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):

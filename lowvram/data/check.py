@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from lowvram.config import RunConfig
+from lowvram.config import RunConfig, as_flag_words, fields_by_name
 from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
@@ -62,21 +62,33 @@ def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:
     return cache_dir / SCANS / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
-def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool = False
-         ) -> ScanReport:
+def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool = False,
+         listed_above: bool = False) -> ScanReport:
     """The scan of an image folder, or of a dataset file's image folders: its training subsets, or its
-    is_reg subsets with `regularization` (which also captions as regularization images: --reg-data's folder)."""
+    is_reg subsets with `regularization` (which also captions as regularization images: --reg-data's folder).
+    Where no image is usable, the error points to the check-data command that lists why, or, `listed_above`, to
+    the list the caller printed."""
+    listing = "listed above" if listed_above else f"see `{check_data_command(run.config, data)}`"
     with cache_in_use(run.cache_dir, console):  # `lowvram cache` removes no index while it is written
-        return _scan(run, data, trigger, console, regularization)
+        return _scan(run, data, trigger, console, regularization, listing)
 
 
-def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool
-          ) -> ScanReport:
+def check_data_command(config: RunConfig, data: Path) -> str:
+    """The `lowvram check-data` command that scans `data` as `config`'s run does: with its model (whose resolution
+    the buckets and small images follow) and the dataset options it gives."""
+    given = {name: getattr(config.data, name) for name, (section, field, _) in fields_by_name().items()
+             if section == "data" and name != "data" and getattr(config.data, name) != field.default}
+    model = ["--model", config.model.model] if config.model.model else []
+    return shell_line("lowvram", "check-data", data, *model, *as_flag_words(given))
+
+
+def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool,
+          listing: str) -> ScanReport:
     buckets, options = make_buckets(run), scan_options(run.config, trigger, regularization)
     index = scan_index_path(run.cache_dir, data, " is_reg" if regularization else "")
     if not is_dataset_file(data):
         return scan_dataset(data, buckets, options, index_path=index, console=console,
-                            flag="--reg-data" if regularization else "--data")
+                            flag="--reg-data" if regularization else "--data", listing=listing)
     dataset = read_dataset(data)
     folders = []
     for s in dataset.folders(regularization):
@@ -90,7 +102,7 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
     kind = "is_reg subsets" if regularization else "image folders"
     others = tuple(s.folder for s in dataset.folders(not regularization))
     return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,
-                        describe=(f"the {kind} of {data}", shell_line("lowvram", "check-data", data)), elsewhere=others)
+                        describe=(f"the {kind} of {data}", listing), elsewhere=others)
 
 
 @dataclass
@@ -197,7 +209,7 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         raise LowvramError(f"--report: {blocking} is a file, not a folder; name the report in a folder, e.g. "
                            "report.json")
     try:
-        report = scan(run, data, trigger, console)
+        report = scan(run, data, trigger, console, listed_above=True)
     except NoUsableImages as exc:
         exc.report.print_summary(console, verbose)
         if report_path:
@@ -213,7 +225,7 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         console.print(f"report written to {report_path}")
     if has_regularization_subsets(run.config.data.data):
         try:
-            scan(run, data, None, console, regularization=True).print_summary(console, verbose)
+            scan(run, data, None, console, regularization=True, listed_above=True).print_summary(console, verbose)
         except NoUsableImages as exc:
             exc.report.print_summary(console, verbose)
             raise

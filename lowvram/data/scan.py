@@ -280,16 +280,18 @@ class ImageFolder(NamedTuple):
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
-                 console: Console | None = None, flag: str = "--data") -> ScanReport:
+                 console: Console | None = None, flag: str = "--data", listing: str | None = None) -> ScanReport:
     """Scan a dataset folder laid out as kohya's: images in the root count once, `N_name/` repeats N times. Raises
-    LowvramError when the folder is missing or nothing in it is usable (NoUsableImages, carrying the report)."""
+    LowvramError when the folder is missing or nothing in it is usable (NoUsableImages, carrying the report; `listing`
+    says where its skipped files are listed, by default `lowvram check-data ROOT`)."""
     given = Path(root)
     if not given.is_dir():
         raise LowvramError(f"{flag}: {'not a folder' if given.exists() else 'folder not found'}: {given}")
     root = given.resolve()
     folders, layout_notes = repeat_folders(root, options.caption_column)
     return scan_folders(root, folders, buckets, options, index_path, console, layout_notes,
-                        describe=(f"{root} or its N_name subfolders", shell_line("lowvram", "check-data", given)),
+                        describe=(f"{root} or its N_name subfolders",
+                                  listing or f"see `{shell_line('lowvram', 'check-data', given)}`"),
                         flag=flag)
 
 
@@ -298,8 +300,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                  describe: tuple[str, str] | None = None, elsewhere: tuple[Path, ...] = (), flag: str = "--data"
                  ) -> ScanReport:
     """Read every image of `folders` (all inside `root`, the resolved folder reports name files relative to) once,
-    or not at all when the index knows it unchanged, and judge it. `describe`: where the images are, and the command
-    that lists why each was skipped, for the error (naming `flag`) when none is usable (NoUsableImages, carrying the
+    or not at all when the index knows it unchanged, and judge it. `describe`: where the images are, and where the
+    reasons each was skipped are listed (`see <the command>`, or `listed above`), for the error (naming `flag`) when none is usable (NoUsableImages, carrying the
     report).
     `layout_notes` (the N_name layout's judgement of the root's subfolders) means the root's subfolders need no
     further word; nor do the folders `elsewhere` (the dataset's other image folders, scanned in another role)."""
@@ -349,7 +351,7 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                 console.print(Text(f"scan index not saved: {exc}", style="yellow"))
     report = ScanReport(root, records, folder_notes)
     if not report.usable:
-        where, command = describe or (str(root), "lowvram check-data")
+        where, listing = describe or (str(root), "see `lowvram check-data`")
         if not records:
             message = f"{flag}: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}"
             nested = {option: sub for sub in sorted(root.iterdir()) if judged and sub.is_dir()
@@ -366,7 +368,7 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             if left_out:  # every image there, none named by its metadata file
                 message = f"{flag}: no image in {where} has a row in its metadata file: {left_out}"
         else:
-            message = f"{flag}: no usable images in {where}: {len(records)} skipped (see `{command}`)"
+            message = f"{flag}: no usable images in {where}: {len(records)} skipped ({listing})"
         raise NoUsableImages(message, report)
     return report
 
