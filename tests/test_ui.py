@@ -187,6 +187,30 @@ def test_a_preset_fills_the_form_and_a_saved_toml_replays(page, server):
     expect(field(page, "model")).to_have_value("tiny")
 
 
+def test_a_preset_chosen_keeps_the_forms_dataset_and_model_and_drops_the_last_presets_settings(page, server):
+    """Choosing a preset filled every other field with its default: the dataset, model and trigger typed were gone;
+    and a preset chosen after another kept the first one's settings where the second sets none."""
+    noise_default = field(page, "noise-offset").input_value()
+    for name, value in (("model", "tiny"), ("data", "sample"), ("trigger-word", "zkw")):
+        field(page, name).fill(value)
+        field(page, name).press("Tab")
+    choose(page, "preset", "style")
+    expect(page.locator("#setup-status")).to_contain_text("loaded preset style")
+    expect(field(page, "noise-offset")).to_have_value("0.05")
+    choose(page, "preset", "character")
+    expect(page.locator("#setup-status")).to_contain_text("loaded preset character")
+    expect(field(page, "noise-offset")).to_have_value(noise_default)
+    expect(field(page, "rank")).to_have_value("16")
+    for name, value in (("model", "tiny"), ("data", "sample"), ("trigger-word", "zkw")):
+        expect(field(page, name)).to_have_value(value)
+    target = server["root"] / "no-preset.toml"
+    target.write_text("[network]\nrank = 64\n")
+    page.locator("#config-path textarea, #config-path input").first.fill(str(target))
+    page.locator("#load-config").click()  # a whole config, as --config alone: the preset no longer under it
+    expect(page.locator("#setup-status")).to_contain_text(f"loaded {target}")
+    expect(page.locator("#preset input")).to_have_value("")
+
+
 def test_a_preset_in_the_form_takes_a_rank_and_a_length_as_the_command_line_does(page, server):
     """`--preset character --rank 8 --max-steps 30` trains alpha 4 (the preset's share of the rank) for 30 steps;
     the form kept alpha 8 (twice the update) and its epochs beside the steps, which the check refused."""

@@ -592,3 +592,18 @@ def test_a_loaded_configs_notes_reach_the_page(tmp_path, sample_data):
     with pytest.raises(LowvramError) as error:  # a problem too: the notes with it, not lost
         read_for_form(config)
     assert str(error.value).startswith(f"{config}: read as a OneTrainer config\n") and "--lr" in str(error.value)
+
+
+def test_a_preset_replaces_only_its_own_settings_and_the_last_presets():
+    from lowvram.configure import preset_path, read_toml
+    from lowvram.ui.form import with_preset
+
+    style, character = read_toml(preset_path("style")), read_toml(preset_path("character"))
+    typed = {"model": "tiny", "data": "sample", "max_steps": 30, "rank": 64}
+    chosen = with_preset(typed, style, None)
+    assert chosen == {"model": "tiny", "data": "sample"} | style  # its epochs answer max steps; its rank wins
+    again = with_preset(chosen, character, style)
+    assert again == {"model": "tiny", "data": "sample"} | character
+    assert "noise_offset" in style and "noise_offset" not in again  # the style's, left as it set it
+    kept = with_preset(chosen | {"caption_dropout": 0.2}, character, style)
+    assert kept["caption_dropout"] == 0.2  # changed by hand since: the user's

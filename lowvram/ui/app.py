@@ -30,10 +30,12 @@ from lowvram.ui.form import (
     FormField,
     form_fields,
     form_values,
+    given_values,
     option_fields,
     option_values,
     read_for_form,
     toml_text,
+    with_preset,
 )
 from lowvram.ui.planview import BUDGET, CSS, THIS_GPU, card_choices, plan_for, render, run_budget
 from lowvram.ui.runs import TrainingProcess, lowvram_command, outputs_of, progress_line, read_metrics
@@ -166,20 +168,23 @@ def build_app(cache_dir: Path, port: int | None = None):
         component = {f.name: c for f, c in zip(fields, inputs, strict=True)}
         alpha_field = next(f for f in fields if f.name == "alpha")
 
-        def load_preset(name):
+        loaded_preset = gr.State(None)  # the settings of the preset last chosen
+
+        def load_preset(name, previous, *form):  # the form's dataset, model and names stay, as beside --preset
             if not name:
-                return [gr.skip()] * (len(inputs) + 2)
+                return [gr.skip()] * (len(inputs) + 3)
             values = read_toml(preset_path(name))
             share = {"share": values["alpha"] / values["rank"], "shown": alpha_field.to_form(values["alpha"])} if {
                 "rank", "alpha"} <= values.keys() else None
-            return [*fill(values, f"preset {name}"), share]
+            return [*fill(with_preset(given_values(fields, form), values, previous), f"preset {name}"), share,
+                    values]
 
-        def load_config(path):
+        def load_config(path):  # a whole config, as --config alone: no preset under it
             try:
                 values, notes = read_for_form(expand_home(path))
-                return [*fill(values, path + "".join(f"\n\n{note}" for note in notes)), None]
+                return [*fill(values, path + "".join(f"\n\n{note}" for note in notes)), None, None, ""]
             except LowvramError as exc:
-                return [gr.skip()] * len(inputs) + [_message(exc), gr.skip()]
+                return [gr.skip()] * len(inputs) + [_message(exc), gr.skip(), gr.skip(), gr.skip()]
 
         def alpha_follows(rank, share):
             try:
@@ -222,8 +227,9 @@ def build_app(cache_dir: Path, port: int | None = None):
             except LowvramError as exc:
                 return _message(exc)
 
-        preset.change(load_preset, preset, [*inputs, setup_status, alpha_share])
-        load_button.click(load_config, config_path, [*inputs, setup_status, alpha_share])
+        preset.change(load_preset, [preset, loaded_preset, *inputs],
+                      [*inputs, setup_status, alpha_share, loaded_preset])
+        load_button.click(load_config, config_path, [*inputs, setup_status, alpha_share, loaded_preset, preset])
         save_button.click(save_config, [config_path, *inputs], setup_status)
 
         # --- Dataset ---

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.config import fields_by_name, flag_name
-from lowvram.configure import build_config, read_config, with_dataset_settings, without_idle_kept_tags
+from lowvram.configure import ALTERNATIVES, build_config, read_config, with_dataset_settings, without_idle_kept_tags
 from lowvram.errors import LowvramError
 from lowvram.lora_header import with_network_weights
 
@@ -88,10 +88,8 @@ def option_fields(cls: type, section: str) -> list[FormField]:
     return [FormField(f.name, section, f, hints[f.name], prefix=section) for f in dataclasses.fields(cls)]
 
 
-def option_values(fields: list[FormField], shown: list[Any]) -> dict[str, Any]:
-    """The options the form sets: those whose value is not the default (as flags given on the command line, so
-    the planner keeps only the strategy options the user chose), over the settings of a dataset file (kohya's or
-    OneTrainer's) given as the dataset (a broken one is reported by the check of the whole config)."""
+def given_values(fields: list[FormField], shown: list[Any]) -> dict[str, Any]:
+    """The options the form sets: those whose value is not the default (as flags given on the command line)."""
     values = {}
     for field, raw in zip(fields, shown, strict=True):
         value = field.from_form(raw)
@@ -99,10 +97,29 @@ def option_values(fields: list[FormField], shown: list[Any]) -> dict[str, Any]:
         if value is None or value == default or (value == () and not default):
             continue
         values[field.name] = value
+    return values
+
+
+def option_values(fields: list[FormField], shown: list[Any]) -> dict[str, Any]:
+    """The options the form sets (`given_values`: so the planner keeps only the strategy options the user chose),
+    over the settings of a dataset file (kohya's or OneTrainer's) given as the dataset (a broken one is reported by
+    the check of the whole config)."""
+    values = given_values(fields, shown)
     try:
         return with_network_weights(with_dataset_settings(values, "the form", quiet=True), quiet=True)
     except LowvramError:
         return values
+
+
+def with_preset(given: dict[str, Any], preset: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The form's options once a preset is chosen: the preset's settings over what the form gave (its model, data,
+    names...), less what the `previous` preset set and the form still shows as it set it (another preset's noise
+    offset is no choice of the user's), and less the other answer to a question the preset answers (its epochs
+    replace a max steps)."""
+    previous = previous or {}
+    replaced = set(preset) | {name for group in ALTERNATIVES if set(group) & set(preset) for name in group}
+    return {name: value for name, value in given.items()
+            if name not in replaced and (name not in previous or previous[name] != value)} | preset
 
 
 def form_values(fields: list[FormField], values: dict[str, Any]) -> list[Any]:
