@@ -164,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", allow_abbrev=False, help="train a LoRA", description="Train a LoRA. Options come from --config "
                            "(TOML, same names in sections [model] [data] [network] [optim] [training] [validation] [memory] [output]) "
                            "and from flags, which override the file.")
-    train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file), or a "
+    train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file), a "
                        "kohya sd-scripts config file, a kohya_ss GUI config (.json) or a OneTrainer config (.json), read "
-                       "as they read them")
+                       "as they read them, or a LoRA lowvram trained (.safetensors: the recipe it keeps)")
     train.add_argument("--preset", help=f"starting settings for a kind of job ({', '.join(list_presets())}); "
                        "--config and flags override them")
     train.add_argument("--auto", action="store_true", help="let the memory planner choose --unet-weights, "

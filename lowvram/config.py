@@ -669,12 +669,15 @@ class RunConfig:
 
     def to_shareable_dict(self) -> dict[str, dict[str, Any]]:
         """The recipe without this machine's folders, for a LoRA's metadata: models and datasets by their file or
-        folder name, the output and cache folders left out (the `.toml` beside the LoRA keeps them all)."""
+        folder name (a model's hub id or built-in name, no path here, as it is), the output and cache folders left
+        out (the `.toml` beside the LoRA keeps them all)."""
         out = self.to_toml_dict()
         for section in out.values():
             for name in list(section):
                 if name in LOCAL_ONLY:
                     del section[name]
+                elif name in ("model", "vae") and not Path(section[name]).exists():
+                    continue
                 elif name in ("model", "vae", *PATH_OPTIONS) and section[name] != SAMPLE_DATA:
                     section[name] = Path(section[name]).name
                 elif name in SOURCE_LISTS:

@@ -35,11 +35,13 @@ from lowvram.dataset_files import (
     is_dataset_file,
     read_dataset,
 )
-from lowvram.errors import LowvramError, quoted
+from lowvram.errors import LowvramError, quoted, shell_line
 from lowvram.files import backslash_hint, expand_home, not_utf8, text_of, windows_path_hint
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.kohya_names import kohya_hint
+from lowvram.lora_header import read_header
+from lowvram.lora_metadata import RECIPE_KEY
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, area_side, relocated_source, width_height
 from lowvram.run_files import OPTIONS_HEADER, RECORD
@@ -58,6 +60,8 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     """Option values from a `--config` file: lowvram's TOML (kohya's TOML configs too), or a OneTrainer or kohya_ss
     GUI config's JSON. `given`: the options the command line gives, which replace the file's: the file's values of
     them are not checked (a kohya config's paths on another machine, replaced by --model and --data)."""
+    if Path(path).suffix.lower() == ".safetensors":
+        return _read_recipe(Path(path), given)
     if Path(path).suffix.lower() != ".json":
         return read_toml(path, given)
     text = config_text(path)
@@ -92,10 +96,39 @@ def config_text(path: Path, flag: str = "--config") -> str:
         raise LowvramError(f"{flag}: {not_utf8(path, exc)}") from None
 
 
-def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -> dict[str, Any]:
+def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:
+    """The options a LoRA lowvram trained was trained with (its `lowvram.config` metadata). The recipe names local
+    files and folders by their names only (`RunConfig.to_shareable_dict`): those the command line does not give and
+    that are not here are said to be needed (a model is named by its loader's error)."""
+    try:
+        metadata, tensors, _ = read_header(path)
+    except FileNotFoundError:
+        raise LowvramError(f"--config: file not found: {path}{windows_path_hint(path)}") from None
+    except (OSError, ValueError) as exc:
+        raise LowvramError(f"--config: {path} is not a readable safetensors file ({exc})") from None
+    if RECIPE_KEY not in metadata:
+        if any(name.startswith(("lora_", "lycoris_")) or ".lora" in name for name in tensors):
+            raise LowvramError(f"--config: {path} is a LoRA without lowvram's recipe (lowvram keeps its options in "
+                               f"each LoRA it trains); `{shell_line('lowvram', 'info', path)}` shows the settings its "
+                               f"metadata names: give them as flags, or train on from it with --network-weights")
+        raise LowvramError(f"--config: {path} is a model or a LoRA without lowvram's recipe, not a config; a base "
+                           "model is given as --model")
+    values = read_toml(path, given, recipe=metadata[RECIPE_KEY])
+    named = [flag_name(fields_by_name()[name][1]) for name in ("vae", *PATH_OPTIONS)
+             if name in values and name not in given and values[name] != SAMPLE_DATA
+             and not Path(values[name]).exists()]
+    if named:
+        print(f"--config {path}: the LoRA's recipe names {', '.join(named)} by name only (from the machine that "
+              f"trained it); give {' and '.join(named)} for this one", file=sys.stderr)
+    return values
+
+
+def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", recipe: str | None = None
+              ) -> dict[str, Any]:
     """Option values from a TOML config file (a --config, or a --preset as `flag` says), relative paths resolved
-    against the file's folder; `given` as for `read_config`."""
-    text = config_text(path, flag)
+    against the file's folder; `given` as for `read_config`. `recipe`: the TOML of a LoRA's recipe, read in place of
+    the file's text, its names of files and folders kept as they are (they were another machine's)."""
+    text = config_text(path, flag) if recipe is None else recipe
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -123,7 +156,7 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -
                 problems.append(f"{path}: unknown key '{key}' in [{section}]{where}")
                 continue
             values[key] = value
-    base = path.resolve().parent
+    base = Path() if recipe is not None else path.resolve().parent
     for key in PATH_OPTIONS:  # (an absolute one, ~/ expanded, stays as it is: base / it is it)
         if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA:
             values[key] = str(base / expand_home(values[key]))
@@ -132,7 +165,7 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config") -
             values[key] = [relocated_source(str(item), lambda path: base / expand_home(path)) for item in values[key]]
     for key in ("model", "vae"):
         value = values.get(key)
-        if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
+        if isinstance(value, str) and not Path(value).is_absolute() and recipe is None and (base / value).exists():
             values[key] = str(base / value)
     if text.split("\n", 1)[0].rstrip("\r") + "\n" == OPTIONS_HEADER:  # (Windows writes it with CRLF)
         values = _run_options(values, Path(path), given)

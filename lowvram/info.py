@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 
 from lowvram import lora_header
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, shell_line
 from lowvram.files import windows_path_hint
-from lowvram.lora_metadata import file_hashes
+from lowvram.lora_metadata import RECIPE_KEY, file_hashes
 
 # An absolute folder in a text: POSIX (/home/alice/, ~/models/), Windows (C:\Users\bob\), a network share
 # (\\NAS\share\) or a file URL (file:///home/carol/), not part of another URL or a word; in a JSON value its
@@ -146,6 +146,9 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
     for key in sorted(metadata, key=lambda key: ("\n" in _shown(key, metadata[key]), key)):
         table.add_row(key, Text(_shown(key, info["metadata"][key])))  # as text: TOML's [section] is no markup
     console.print(table)
+    if RECIPE_KEY in metadata:
+        console.print(f"its recipe trains again with: {shell_line('lowvram', 'train', '--config', path, '--data', 'DIR')}",
+                      soft_wrap=True, highlight=False)
     if info["private_paths"]:
         console.print(f"[yellow]{len(info['private_paths'])} local folder(s) in the metadata (e.g. "
                       f"{info['private_paths'][0]}); lowvram info --strip-paths {path} removes them[/]", soft_wrap=True)

@@ -15,6 +15,7 @@ MODELSPEC_VERSION = "1.0.0"
 # kohya's rule (sai_model_spec.determine_implementation): an SDXL LoRA is Stability's implementation, others diffusers'
 STABILITY_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 HASHES = ("sshs_model_hash", "sshs_legacy_hash")
+RECIPE_KEY = "lowvram.config"  # a trained LoRA's options, as a TOML `train --config` reads (paths by name only)
 LEGACY_HASH_SPAN = (0x100000, 0x10000)  # the legacy hash: 64 KiB from 1 MiB into the file
 
 

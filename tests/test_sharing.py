@@ -89,6 +89,39 @@ def test_no_metadata_value_names_a_folder_of_this_machine(shared_run):
     assert str(data) in result.config_path.read_text()
 
 
+def test_a_lora_lowvram_trained_is_a_config_that_trains_its_recipe_again(shared_run, tmp_path, monkeypatch, capsys):
+    """`train --config shapes.safetensors` reads the recipe the LoRA keeps; the model and dataset it names by name
+    only are said to be needed (the model a hub id or built-in name would be kept as it is, with no note)."""
+    import dataclasses
+
+    from lowvram.configure import build_config, read_config
+
+    _, model, data, result = shared_run
+    monkeypatch.chdir(tmp_path)
+    assert main(["info", str(result.lora_path)]) == 0
+    assert f"its recipe trains again with: lowvram train --config {result.lora_path} --data DIR" in " ".join(
+        capsys.readouterr().out.split())
+    read_config(result.lora_path)
+    assert "the LoRA's recipe names --data by name only" in capsys.readouterr().err
+    values = read_config(result.lora_path, given={"model", "data"})
+    assert "by name only" not in capsys.readouterr().err
+    trained = build_config(read_config(result.config_path))  # the .toml beside it: the run as it was, paths and all
+    again = build_config(values | {"model": str(model), "data": str(data), "output": trained.output.output})
+    assert dataclasses.replace(again, output=trained.output) == dataclasses.replace(trained, output=trained.output)
+    assert again.output.name == trained.output.name
+    hub = dataclasses.replace(trained, model=dataclasses.replace(trained.model, model="someone/their-model"))
+    assert hub.to_shareable_dict()["model"]["model"] == "someone/their-model"
+    kohya, checkpoint, junk = tmp_path / "kohya.safetensors", tmp_path / "model.safetensors", tmp_path / "x.safetensors"
+    save_file({"lora_unet_a.lora_down.weight": torch.zeros(2, 2)}, str(kohya), {"ss_network_dim": "2"})
+    save_file({"model.diffusion_model.a.weight": torch.zeros(2, 2)}, str(checkpoint))
+    junk.write_bytes(b"junk")
+    for path, problem in ((kohya, "is a LoRA without lowvram's recipe"),
+                          (checkpoint, "a base model is given as --model"),
+                          (junk, "is not a readable safetensors file")):
+        assert main(["train", "--config", str(path), "--data", "sample"]) == 2
+        assert problem in capsys.readouterr().err
+
+
 def test_the_lora_says_what_its_author_wrote_about_it(tmp_path):
     """kohya's --training_comment and --metadata_* options: what UIs and model sites show of a LoRA."""
     result = train(run_config(output=str(tmp_path / "out"), max_steps=1, training_comment="v2: fewer steps",

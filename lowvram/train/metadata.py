@@ -19,7 +19,7 @@ from lowvram.adapters import lora_files
 from lowvram.config import TRAIN_TIMESTEPS, RunConfig
 from lowvram.data.check import make_buckets
 from lowvram.files import expand_home
-from lowvram.lora_metadata import modelspec
+from lowvram.lora_metadata import RECIPE_KEY, modelspec
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import ResolvedRun
 
@@ -134,7 +134,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "lowvram.base_model": shareable_name(model.source),
         "lowvram.trigger_word": trigger or "",
         "lowvram.dataset_images": str(len(records)),
-        "lowvram.config": tomli_w.dumps(config.to_shareable_dict()),
+        RECIPE_KEY: tomli_w.dumps(config.to_shareable_dict()),
     } | described
 
 

@@ -22,7 +22,7 @@ from lowvram.config import RunConfig
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import DiskFull, remove_orphans, windows_path_hint, write_problem, write_text
 from lowvram.lora_header import read_header
-from lowvram.lora_metadata import HASHES, addnet_hash, hashes
+from lowvram.lora_metadata import HASHES, RECIPE_KEY, addnet_hash, hashes
 from lowvram.resolve import ResolvedRun
 from lowvram.run_files import (
     CHECKPOINTS,
@@ -263,8 +263,8 @@ def written_already(lora: Path, metadata: dict[str, str], tensors: dict) -> bool
     def lasting(values: dict[str, str]) -> dict:
         kept = {key: value for key, value in values.items() if key not in WRITTEN_AT}
         with contextlib.suppress(tomllib.TOMLDecodeError):
-            recipe_of = tomllib.loads(kept.get("lowvram.config", ""))
-            kept["lowvram.config"] = {name: {key: value for key, value in section.items() if key != "format"}
+            recipe_of = tomllib.loads(kept.get(RECIPE_KEY, ""))
+            kept[RECIPE_KEY] = {name: {key: value for key, value in section.items() if key != "format"}
                                       for name, section in recipe_of.items() if isinstance(section, dict)}
         return kept
 
