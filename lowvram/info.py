@@ -147,8 +147,8 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
         table.add_row(key, Text(_shown(key, info["metadata"][key])))  # as text: TOML's [section] is no markup
     console.print(table)
     if RECIPE_KEY in metadata:
-        console.print(f"its recipe trains again with: {shell_line('lowvram', 'train', '--config', path, '--data', 'DIR')}",
-                      soft_wrap=True, highlight=False)
+        again = shell_line("lowvram", "train", "--config", path, "--data", "DIR")
+        console.print(f"its recipe trains again with: {again}", soft_wrap=True, highlight=False)
     if info["private_paths"]:
         console.print(f"[yellow]{len(info['private_paths'])} local folder(s) in the metadata (e.g. "
                       f"{info['private_paths'][0]}); lowvram info --strip-paths {path} removes them[/]", soft_wrap=True)
