@@ -30,7 +30,7 @@ from lowvram.configure import (
     with_preset_alpha,
     without_idle_kept_tags,
 )
-from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
+from lowvram.errors import LowvramError, TrainingInterrupted, host_memory_ran_out, shell_line
 from lowvram.files import MAX_FILE_NAME, unwritable
 from lowvram.hardware import parse_size
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
@@ -345,19 +345,29 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `lowvram plan --json | head`: the reader took what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
         return 1
-    except OSError as exc:  # a path no file system holds, or a file gone between two looks at it
-        if exc.errno == errno.ENAMETOOLONG:
-            why = f"a name in this path is over {MAX_FILE_NAME} bytes, which no file or folder can have; check the path"
-        elif exc.errno == errno.ENOENT and exc.filename and not Path(exc.filename).resolve().is_relative_to(PACKAGE):
-            why = "not found (it was there a moment before: removed while lowvram read it?)"  # (by another run)
-        else:
-            raise
-        print(f"lowvram {args.command}: error: {exc.filename}: {why}", file=sys.stderr)
+    except (MemoryError, RuntimeError, OSError) as exc:
+        if (why := host_memory_ran_out(exc)) is None:
+            return _path_problem(exc, args.command)
+        print(f"lowvram {args.command}: error: {why}", file=sys.stderr)
         return 2
     finally:
         while _LOUDNESS:
             _LOUDNESS.pop()()
     return 0
+
+
+def _path_problem(exc: BaseException, command: str) -> int:
+    """A path no file system holds, or a file gone between two looks at it: said in a line; anything else raised."""
+    if not isinstance(exc, OSError):
+        raise exc
+    if exc.errno == errno.ENAMETOOLONG:
+        why = f"a name in this path is over {MAX_FILE_NAME} bytes, which no file or folder can have; check the path"
+    elif exc.errno == errno.ENOENT and exc.filename and not Path(exc.filename).resolve().is_relative_to(PACKAGE):
+        why = "not found (it was there a moment before: removed while lowvram read it?)"  # (by another run)
+    else:
+        raise exc
+    print(f"lowvram {command}: error: {exc.filename}: {why}", file=sys.stderr)
+    return 2
 
 
 @contextlib.contextmanager

@@ -308,3 +308,34 @@ def test_a_command_leaves_the_libraries_logging_as_it_found_them(tmp_path):
     finally:
         diffusers_logging.set_verbosity_error()
         transformers_logging.set_verbosity_error()
+
+
+HOST_RAM_RUNS_OUT = """
+import resource, sys
+import torch
+import lowvram.generate, lowvram.models  # loaded before the limit: what runs out is the command's own memory
+from lowvram.cli import main
+
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+limit = size + 800 * 2**20  # a 4096 px decode on the tiny model takes 1 GiB tensors
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.exit(main(["generate", "--model", "tiny", "--prompt", "a cat --w 4096 --h 4096", "--steps", "1",
+               "--output", sys.argv[1]]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the address-space limit and /proc are Linux's")
+def test_host_ram_running_out_is_said_in_a_line_with_what_to_do(tmp_path):
+    """PyTorch's "DefaultCPUAllocator: can't allocate memory" (Windows: "not enough memory") was a traceback."""
+    from lowvram.errors import host_memory_ran_out
+
+    done = subprocess.run([sys.executable, "-c", HOST_RAM_RUNS_OUT, str(tmp_path / "big.png")], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert re.fullmatch(r"lowvram generate: error: host RAM ran out \(can't allocate memory: you tried to allocate "
+                        r"\d+ bytes.*\): close other programs or add swap; .*\n", done.stderr), done.stderr[-2000:]
+    assert not (tmp_path / "big.png").exists()
+    with pytest.raises(MemoryError) as caught:
+        bytearray(2**62)
+    assert host_memory_ran_out(caught.value).startswith("host RAM ran out (MemoryError): ")
+    assert host_memory_ran_out(RuntimeError("shapes do not match")) is None
