@@ -398,12 +398,12 @@ def _absolute_path(name: str, value: Any) -> Any:
 def _other_tools_key(key: str, known: dict) -> str:
     """Another trainer's name for an option, as a key of lowvram's config says it: ' (network_alpha is kohya's name;
     lowvram's is alpha in [network])', or ''."""
-    said = re.fullmatch(r"--\S+ is (.+) name; lowvram's is (.+)", kohya_hint(f"--{key}") or "")
+    said = re.fullmatch(r"--\S+ is (.+) name; (lowvram's is|lowvram has none) (.+)", kohya_hint(f"--{key}") or "")
     if not said:
         return ""
     ours = re.sub(r"--([a-z][a-z0-9-]*)", lambda flag: (f"{name} in [{known[name][0]}]" if (
-        name := flag.group(1).replace("-", "_")) in known else flag.group(0)), said.group(2))
-    return f" ({key} is {said.group(1)} name; lowvram's is {ours})"
+        name := flag.group(1).replace("-", "_")) in known else flag.group(0)), said.group(3))
+    return f" ({key} is {said.group(1)} name; {said.group(2)} {ours})"
 
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:

@@ -118,7 +118,8 @@ KOHYA_FLAGS = {
     "--full_bf16": "(the adapters train in fp32 under --mixed-precision; --unet-weights stores the frozen U-Net)",
     "--max_data_loader_n_workers": "(not needed: training reads the cached latents)",
     "--persistent_data_loader_workers": "(not needed: training reads the cached latents)",
-    "--lowram": "(not needed: lowvram plan shows the host RAM each phase needs)",
+    "--lowram": "(not needed: models load in the precision they train in, and lowvram plan shows the host RAM each "
+                "phase needs)",
     "--highvram": "(not needed: lowvram plan picks what fits the GPU)",
     "--save_state": "--checkpoint-every N (a checkpoint is always saved at the end)",
     "--logging_dir": "--tensorboard (logs go to <output>/logs)",
@@ -238,8 +239,8 @@ OTHER_TRAINER_FLAGS = {
     "--num_validation_images": "--sample-prompt, once per image",
     "--scale_lr": "(not needed: give the learning rate to train at as --lr)",
     "--allow_tf32": "(not needed: the U-Net computes in bf16 or fp16)",
-    "--revision": "(none: download the revision you want and give its folder as --model)",
-    "--variant": "(none: a hub id loads its main weights; give a folder or file holding the variant's)",
+    "--revision": "(download the revision you want and give its folder as --model)",
+    "--variant": "(a hub id loads its main weights; give a folder or file holding the variant's)",
     "--caption_column": "--caption-column",
     "--image_column": "(not needed: a folder's metadata.jsonl names each image in its file_name column)",
     "--center_crop": "--crop center",
@@ -278,7 +279,7 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
     name, key = _typed_and_key(flag)
     if command in KOHYA_SCRIPT_FLAGS:
         script, table = KOHYA_SCRIPT_FLAGS[command]
-        return f"{name} is from {script}; lowvram {command}'s is {table[key]}" if key in table else None
+        return f"{name} is from {script}; {_counterpart(f'lowvram {command}', table[key])}" if key in table else None
     if key in WITHOUT_COUNTERPART:
         return f"{name} is kohya's: {WITHOUT_COUNTERPART[key]}" if command in TRAINING_COMMANDS else None
     if key in KOHYA_FLAGS:
@@ -291,7 +292,12 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
     if (flags is not None and not all(option in flags for option in named)) or (
             not named and command not in TRAINING_COMMANDS):  # ("not needed: training reads the cached latents")
         return None
-    return f"{name} is {whose} name; lowvram's is {ours}"
+    return f"{name} is {whose} name; {_counterpart('lowvram', ours)}"
+
+
+def _counterpart(who: str, ours: str) -> str:
+    """"lowvram's is --rank", or, for what needs no flag here (an entry in brackets), "lowvram has none (...)"."""
+    return f"{who} has none {ours}" if ours.startswith("(") else f"{who}'s is {ours}"
 
 
 def is_other_tools_flag(flag: str, command: str = "train") -> bool:

@@ -281,7 +281,8 @@ def unknown_option_hint(capsys, argv: list[str]) -> str:
 
 @pytest.mark.parametrize(("argv", "hint"), [
     (["train", "--network-dim", "16"], "--network-dim is kohya's name; lowvram's is --rank"),  # dashes for underscores
-    (["train", "--enable-bucket"], "lowvram's is (the default; --no-bucket turns it off)"),  # (was: --no-bucket)
+    (["train", "--enable-bucket"], "lowvram has none (the default; --no-bucket turns it off)"),  # (was: --no-bucket)
+    (["train", "--lowram"], "--lowram is kohya's name; lowvram has none (not needed: models load in the precision"),
     (["train", "--sample-every-n-steps", "5"], "lowvram's is --sample-every N"),  # (was: --sample-steps)
     (["train", "--random_flip"], "--random_flip is the diffusers scripts' or SimpleTuner's name; lowvram's is --flip"),
     (["train", "--lora_rank", "4"], "lowvram's is --rank"),  # (was: --block-ranks)
