@@ -15,6 +15,7 @@ from pathlib import Path
 from lowvram.cli_parser import build_parser
 from lowvram.config import (
     PLANNING_MODEL,
+    as_flag_words,
     fields_by_name,
     flag_name,
 )
@@ -204,6 +205,8 @@ def train_values(args: argparse.Namespace) -> dict:
                 for name in group:
                     values.pop(name, None)
         values.update(layer)
+    if args.preset and args.config:
+        preset_replaced_note(args.preset, args.config, layers[0], layers[1])
     if values.get("network_weights"):  # the file's network, not the preset's, unless the user's own says otherwise
         values = {name: value for name, value in values.items() if name not in FILE_NETWORK_OPTIONS
                   or name not in layers[0] or any(name in layer for layer in layers[1:])}
@@ -224,6 +227,20 @@ def train_values(args: argparse.Namespace) -> dict:
     else:
         bucket_sides_note(values)
     return with_network_weights(values)
+
+
+def preset_replaced_note(preset: str, config: Path, preset_values: dict, config_values: dict) -> None:
+    """What a --config sets over the --preset's own settings (another tool's config sets its defaults too: kohya's
+    network alpha 1), said in a line; and that the preset changes nothing where the config sets all of them."""
+    answered = {name for group in ALTERNATIVES if set(group) & set(config_values) for name in group}
+    replaced = [name for name in preset_values if (name in config_values and config_values[name] != preset_values[
+        name]) or (name in answered and name not in config_values)]
+    if not replaced:
+        return
+    shown = ", ".join(" ".join(as_flag_words({name: preset_values[name]})) for name in replaced)
+    nothing = "; the preset changes nothing" if all(
+        name in config_values or name in answered for name in preset_values) else ""
+    print(f"--preset {preset}: --config {config.name} replaces its {shown}{nothing}", file=sys.stderr)
 
 
 def bucket_sides_note(values: dict) -> None:

@@ -305,3 +305,26 @@ def test_an_option_whose_switch_is_off_is_said_to_change_nothing(tmp_path, capsy
     assert idle_option_notes(run_config()) == []  # the defaults, given or not, say nothing
     assert main(["train", "--model", "tiny", "--data", "sample", "--ema-decay", "0.99", "--vram", "2GB"]) == 2
     assert "--ema-decay 0.99 changes nothing without --ema" in capsys.readouterr().err
+
+
+def test_a_config_over_a_preset_says_which_of_its_settings_it_replaces(tmp_path, capsys):
+    """A kohya config sets kohya's defaults too (network alpha 1 over the character preset's 8), and a saved .toml
+    sets every option the preset does: both trained past the preset without a word."""
+    (tmp_path / "mine.toml").write_text("[network]\nrank = 64\n")
+    values = parse_train(["--preset", "character", "--config", str(tmp_path / "mine.toml")])
+    assert values["rank"] == 64 and values["alpha"] == 32
+    assert "--preset character: --config mine.toml replaces its --rank 16\n" in capsys.readouterr().err
+    (tmp_path / "kohya.toml").write_text("network_dim = 32\nlearning_rate = 1e-4\nmax_train_steps = 100\n")
+    values = parse_train(["--preset", "character", "--config", str(tmp_path / "kohya.toml")])
+    assert values["alpha"] == 1 and values["max_steps"] == 100
+    assert "replaces its --rank 16, --alpha 8, --epochs 10\n" in capsys.readouterr().err
+    every = tmp_path / "every.toml"
+    every.write_text("[network]\nlora_layers = 'attn'\nrank = 4\nalpha = 4\n"
+                     "[optim]\nlr = 1e-3\nscheduler = 'constant'\nwarmup_steps = 0\n"
+                     "[training]\nmax_steps = 50\nmin_snr_gamma = 1.0\n"
+                     "[data]\nflip = true\nshuffle_tags = false\nkeep_tokens = 0\n")
+    parse_train(["--preset", "character", "--config", str(every)])
+    assert capsys.readouterr().err.rstrip().endswith("; the preset changes nothing")
+    (tmp_path / "same.toml").write_text("[network]\nrank = 16\n[training]\nseed = 3\n")
+    parse_train(["--preset", "character", "--config", str(tmp_path / "same.toml")])
+    assert "--preset" not in capsys.readouterr().err
