@@ -62,6 +62,22 @@ def test_a_kohya_dataset_file_trains_its_subsets_with_their_repeats_captions_and
     assert (meta["ss_num_train_images"], meta["ss_num_reg_images"]) == ("15", "2")
 
 
+def test_subsets_in_folders_of_one_name_keep_their_own_repeats_in_the_metadata(tmp_path, monkeypatch):
+    """a/img (repeats 4) and b/img (repeats 2) were one "img" entry of 6 images at repeats 4: 24 samples where 18
+    trained, and the second folder's repeats lost."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    shutil.copytree(tmp_path / "imgs" / "alpha", tmp_path / "a" / "img")
+    shutil.copytree(tmp_path / "imgs" / "beta", tmp_path / "b" / "img")
+    write(tmp_path / "dataset.toml", {"datasets": [{"resolution": 64, "subsets": [
+        {"image_dir": "a/img", "num_repeats": 4}, {"image_dir": "b/img", "num_repeats": 2}]}]})
+    assert main(["train", "--model", "tiny", "--data", "dataset.toml", "--max-steps", "1", "--output", "out"]) == 0
+    meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
+    assert json.loads(meta["ss_dataset_dirs"]) == {"img": {"n_repeats": 4, "img_count": 3},
+                                                   "img (2)": {"n_repeats": 2, "img_count": 3}}
+    assert meta["ss_num_train_images"] == "18"
+
+
 def test_a_kohya_config_naming_a_dataset_file_takes_the_dataset_files_settings(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)

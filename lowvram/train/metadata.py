@@ -151,10 +151,16 @@ def _captions_by_folder(records) -> dict[str, list[str]]:
 
 
 def dataset_dirs(records) -> str:
-    """kohya's ss_dataset_dirs: each folder's repeats and image count (AUTOMATIC1111 shows their sum)."""
+    """kohya's ss_dataset_dirs: each folder's repeats and image count (AUTOMATIC1111 shows their sum); folders of
+    one name (a dataset file's a/img and b/img) apart, the later as "img (2)", so each keeps its repeats."""
     dirs: dict[str, dict] = {}
+    names: dict = {}  # folder -> its key
     for record in records:
-        entry = dirs.setdefault(_folder(record), {"n_repeats": record.repeats, "img_count": 0})
+        folder = record.path.parent
+        if folder not in names:
+            taken = sum(1 for other in names if other.name == folder.name)
+            names[folder] = folder.name if not taken else f"{folder.name} ({taken + 1})"
+        entry = dirs.setdefault(names[folder], {"n_repeats": record.repeats, "img_count": 0})
         entry["img_count"] += 1
     for entry in dirs.values():
         entry["n_repeats"] = int(entry["n_repeats"]) if float(entry["n_repeats"]).is_integer() else entry["n_repeats"]
