@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from lowvram import lora_header
+from lowvram.config import as_flag_words
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import windows_path_hint
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes
@@ -68,7 +69,8 @@ def describe(path: Path) -> dict:
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
             "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)}),
-            "sha256": whole, "addnet_hash": tensor_data}
+            "sha256": whole, "addnet_hash": tensor_data,
+            "network_options": lora_header.network_options(path) if network != "unknown" else {}}
 
 
 def _module(key: str) -> str:
@@ -78,6 +80,19 @@ def _module(key: str) -> str:
     cut = next((i for i, part in enumerate(parts) if part in _ADAPTER_PARTS or part.startswith(("hada_", "lokr_"))),
                len(parts))
     return ".".join(parts[:cut])
+
+
+def _metadata_disagrees(metadata: dict[str, str], options: dict) -> str:
+    """kohya's ss_network_dim and ss_network_alpha where the tensors' rank and alpha differ (a file's metadata
+    copied from another, or edited): '' where they agree, or where the file has none."""
+    said = []
+    for key, name in (("ss_network_dim", "rank"), ("ss_network_alpha", "alpha")):
+        try:
+            if key in metadata and name in options and float(metadata[key]) != float(options[name]):
+                said.append(f"{key} {metadata[key]} (its tensors: {name} {options[name]:g})")
+        except ValueError:  # ("Dynamic", as a resized file's dim is)
+            continue
+    return ", ".join(said)
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -129,6 +144,14 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
             if info["checkpoint"] else f"{info['network']}, {info['modules']} modules, {shown}".rstrip(", "))
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
+    options = info["network_options"]
+    if options:
+        flags = " ".join(as_flag_words(options))
+        console.print(f"--network-weights reads its tensors as: {flags}", soft_wrap=True, highlight=False)
+        said = _metadata_disagrees(info["metadata"], options)
+        if said:
+            console.print(f"[yellow]its metadata disagrees with its tensors, which are what loads: {said}[/]",
+                          soft_wrap=True)
     if info["sha256"]:
         written = info["metadata"].get("sshs_model_hash")
         state = "" if not written else ", as its sshs_model_hash says" if written == info["addnet_hash"] else (

@@ -229,6 +229,17 @@ def test_info_on_a_file_without_metadata_says_so(tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "no metadata (the file says nothing of how it was trained)" in out and "┃ key" not in out
+    # what its tensors hold is said all the same (a Civitai file without metadata had no alpha shown)
+    assert ("--network-weights reads its tensors as: --network lora --rank 8 --alpha 4 --lora-layers attn "
+            "--train-text-encoder") in " ".join(out.split())
+
+
+def test_info_says_where_the_metadata_disagrees_with_the_tensors(tmp_path, capsys):
+    path = kohya_file(tmp_path / "edited.safetensors", extra={"ss_network_dim": "32", "ss_network_alpha": "4.0"})
+    assert main(["info", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "its metadata disagrees with its tensors, which are what loads: ss_network_dim 32 (its tensors: rank 8)" \
+        in out and "ss_network_alpha 4.0 (" not in out
 
 
 def test_info_shows_a_multi_line_value_after_the_others(tmp_path, capsys):
