@@ -196,7 +196,7 @@ def train_values(args: argparse.Namespace) -> dict:
     file given as --data sets its settings just beneath the layer that names it."""
     values: dict = {}
     flags = {k: v for k, v in vars(args).items() if k in fields_by_name()}
-    layers = [read_toml(preset_path(args.preset), flag="--preset") if args.preset else {},
+    layers = [read_toml(preset_path(args.preset), flag="--preset") if args.preset is not None else {},
               read_config(args.config, given=flags) if args.config else {},
               with_dataset_settings(flags, "the command line")]
     for layer in layers:

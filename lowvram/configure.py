@@ -301,7 +301,8 @@ def with_preset_alpha(values: dict[str, Any], preset: dict[str, Any], above: lis
                       ) -> tuple[dict[str, Any], str | None]:
     """A preset's alpha is a share of its rank (character: alpha = rank / 2): where a layer above the preset sets
     the rank alone, the alpha follows it, rather than a smaller rank making the updates several times stronger.
-    Returns the values and a note saying so."""
+    Returns the values and a note saying so (naming the flag, or the config file's key, where the rank came from:
+    `above` is the layers over the preset, the flags' last)."""
     if not {"rank", "alpha"} <= preset.keys() or not any("rank" in layer for layer in above) or any(
             "alpha" in layer for layer in above):
         return values, None
@@ -309,7 +310,8 @@ def with_preset_alpha(values: dict[str, Any], preset: dict[str, Any], above: lis
         alpha = float(values["rank"]) * preset["alpha"] / preset["rank"]  # a flag's value is still its text
     except (TypeError, ValueError):
         return values, None  # not a number: the config check names it
-    return values | {"alpha": alpha}, (f"--rank {values['rank']}: the preset's alpha follows it, alpha {alpha:g} "
+    source = "--rank" if "rank" in above[-1] else "the --config's rank"
+    return values | {"alpha": alpha}, (f"{source} {values['rank']}: the preset's alpha follows it, alpha {alpha:g} "
                                        f"(its {preset['alpha']:g} of rank {preset['rank']}); --alpha sets your own")
 
 

@@ -313,7 +313,9 @@ def test_a_config_over_a_preset_says_which_of_its_settings_it_replaces(tmp_path,
     (tmp_path / "mine.toml").write_text("[network]\nrank = 64\n")
     values = parse_train(["--preset", "character", "--config", str(tmp_path / "mine.toml")])
     assert values["rank"] == 64 and values["alpha"] == 32
-    assert "--preset character: --config mine.toml replaces its --rank 16\n" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--preset character: --config mine.toml replaces its --rank 16\n" in err
+    assert "the --config's rank 64: the preset's alpha follows it, alpha 32" in err  # (no --rank was typed)
     (tmp_path / "kohya.toml").write_text("network_dim = 32\nlearning_rate = 1e-4\nmax_train_steps = 100\n")
     values = parse_train(["--preset", "character", "--config", str(tmp_path / "kohya.toml")])
     assert values["alpha"] == 1 and values["max_steps"] == 100

@@ -326,6 +326,9 @@ def test_max_steps_given_replaces_a_presets_epochs():
 def test_an_unknown_preset_names_the_ones_there_are():
     with pytest.raises(LowvramError, match="presets are character, object, style"):
         preset_path("charcter")
+    # an empty one (an unset shell variable's) trained with no preset, unsaid
+    with pytest.raises(LowvramError, match="--preset: no preset ''; presets are"):
+        train_values(build_parser().parse_args(["train", "--preset", "", "--data", "sample"]))
 
 
 def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
