@@ -14,7 +14,7 @@ from conftest import run_config
 from PIL import Image
 from safetensors.torch import load_file
 
-from lowvram.cli import main, train_values
+from lowvram.cli import build_parser, main, train_values
 from lowvram.configure import build_config, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError, TrainingInterrupted
 from lowvram.train.loop import train
