@@ -43,6 +43,17 @@ def print_doctor(profiles: bool) -> None:
     console.print(table)
 
 
+def _host_ram_line(total: int) -> str:
+    """The machine's RAM (what plan plans for), what is free of it now, and the swap a loading peak past it may
+    spill into (slowly; --ram plans for RAM and swap together)."""
+    import psutil
+
+    swap = psutil.swap_memory().total
+    spill = (f"; swap {swap / GIB:.1f} GiB (a loading peak past RAM spills there, slowly: plan --ram "
+             f"{(total + swap) / GIB:.0f}GB plans with it)" if swap else "; no swap")
+    return f"{total / GIB:.1f} GiB, {psutil.virtual_memory().available / GIB:.1f} GiB of it free now{spill}"
+
+
 def doctor_report() -> list[tuple[str, str]]:
     """(topic, what to know) rows."""
     import torch
@@ -56,7 +67,7 @@ def doctor_report() -> list[tuple[str, str]]:
     quanto_missing = "--unet-weights quanto-* is unavailable; pip install optimum-quanto"
     rows.append(("optimum-quanto", _works(_quanto_check, quanto_missing)))
     rows.append(("xformers", _xformers_line()))
-    rows.append(("host RAM", f"{hardware.host_ram / GIB:.1f} GiB"))
+    rows.append(("host RAM", _host_ram_line(hardware.host_ram)))
     free_disk = shutil.disk_usage(".").free / GIB
     rows.append(("free disk here", f"{free_disk:.1f} GiB (latent caches and checkpoints need a few GiB)"))
     rows.append(("cache", _cache_line(default_cache_dir())))

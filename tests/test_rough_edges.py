@@ -396,6 +396,7 @@ def test_doctor_speaks_in_words_and_says_what_auto_would_choose(capsys):
     assert "None" not in out and "False" not in out
     assert "training runs on the CPU in fp32" in out and "--auto, SDXL at 1024" in out and "bitsandbytes" in out
     assert "│ cache " in out  # where the caches are, and how big: the way to lowvram cache
+    assert re.search(r"host RAM │ \d+\.\d GiB, \d+\.\d GiB of it free now; (no swap|swap \d)", out)  # (swap: --ram)
     assert _cache_line(default_cache_dir()).endswith("the next run rebuilds if removed (lowvram cache shows and "
                                                      "prunes it)")
     t4 = load_profile("colab-t4")  # the same lines for a card, through the real planner
