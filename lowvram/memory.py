@@ -3,6 +3,7 @@ what `lowvram plan` predicts, measured, so every `--auto` run checks the planner
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -35,6 +36,18 @@ class PhasePeaks:
 
     def summary(self) -> str:
         return ", ".join(f"{name} {peak / 2**30:.2f} GiB" for name, peak in self.bytes.items())
+
+
+def host_peak_bytes() -> int | None:
+    """This process's peak resident host RAM so far (the high-water mark the system keeps); None where unknown."""
+    try:
+        import resource
+    except ImportError:  # Windows: the peak working set
+        import psutil
+
+        return getattr(psutil.Process().memory_info(), "peak_wset", None)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # (bytes on macOS, KiB elsewhere)
 
 
 def free_cached_memory(device: torch.device) -> None:

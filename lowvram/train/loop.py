@@ -19,7 +19,7 @@ from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
 from lowvram.errors import TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
-from lowvram.memory import PhasePeaks, free_cached_memory
+from lowvram.memory import PhasePeaks, free_cached_memory, host_peak_bytes
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import cache_in_use
 from lowvram.run_files import LOGS, LORA_SUFFIX, METRICS, SAMPLES, best_save, diffusers_copy, final_lora
@@ -258,4 +258,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     if peaks.bytes:
         session.console.print(f"peak VRAM per phase (reserved, without the CUDA context): {peaks.summary()}")
         log.record({"step": step, "phase_peak_bytes": peaks.bytes})
+    host = host_peak_bytes()
+    if host:  # what a machine of little RAM needs to know (lowvram plan --ram estimates it beforehand)
+        session.console.print(f"peak host RAM {host / 2**30:.2f} GiB (resident, this process)", highlight=False)
+        log.record({"step": step, "host_peak_bytes": host})
     return samples
