@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
 
     plan = sub.add_parser("plan", allow_abbrev=False, help="estimate memory and pick a strategy (dry run)",
-                          description="Estimate peak VRAM and host RAM of every phase for each memory strategy, "
-                          "and say what fits: without a GPU and without loading weights. Takes the same options "
+                          description="Estimate the peak VRAM of every phase (caching, training, sampling, "
+                          "saving) and the host RAM of loading, training and saving, per component, for each memory "
+                          "strategy, and say what fits: without a GPU and without loading weights. Takes the same options "
                           "as train.")
     plan.add_argument("--config", type=Path, help="TOML config file, as for train")
     plan.add_argument("--preset", help="starting settings, as for train")
