@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lowvram.errors import LowvramError, first_line
+from lowvram.errors import LowvramError, first_line, shell_line
 
 if TYPE_CHECKING:
     import torch
@@ -126,8 +126,32 @@ def optimizer_name(text: str) -> str:
             raise ValueError(f"'{text}' is kohya's {path} with {' '.join(settings)}: give --optimizer {path} "
                              + " ".join(f"--optimizer-arg {setting}" for setting in settings))
         return path
+    called = re.fullmatch(r"\s*([\w.]+)\((.*)\)\s*", text)
+    if called:  # a LoRA's ss_optimizer, pasted: kohya writes the class with its settings
+        own = KOHYA_OPTIMIZERS.get(re.sub(r"[^a-z0-9]", "", called[1].rsplit(".", 1)[-1].lower()))  # (AdamW8bit)
+        raise ValueError(f"'{text}' is a class with its settings, as a LoRA's ss_optimizer says them: give "
+                         + shell_line("--optimizer", own or optimizer_name(called[1]), *_settings_flags(called[2])))
     raise ValueError(f"'{text}' names no optimizer: use one of {', '.join(OPTIMIZERS)}, kohya's name of one "
                      "(AdamW8bit, DAdaptAdam), or a class (torch.optim.RAdam)")
+
+
+def _settings_flags(settings: str) -> list[str]:
+    """kohya's `weight_decay=0.1,betas=(0.9, 0.99)` as the flags that give them: --weight-decay 0.1 --optimizer-arg
+    betas=0.9,0.99 (split at the commas outside brackets)."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(settings + ","):
+        depth += (char in "([") - (char in ")]")
+        if char == "," and depth == 0:
+            if settings[start:i].strip():
+                items.append(settings[start:i].strip())
+            start = i + 1
+    flags = []
+    for item in items:
+        key, _, value = item.partition("=")
+        value = re.sub(r"[\s()\[\]]", "", value)
+        flags += ["--weight-decay", value] if key.strip() == "weight_decay" else ["--optimizer-arg",
+                                                                                 f"{key.strip()}={value}"]
+    return flags
 
 
 # classes that find the step size themselves, --lr a multiplier around 1, and that refuse a second rate among their

@@ -193,3 +193,22 @@ def test_prodigy_safeguards_its_warm_up_where_the_run_has_one():
     cold = build_optimizer("prodigy", [{"params": params, "lr": 1.0}], 0.0, warmup_steps=0).defaults
     assert (warmed["safeguard_warmup"], warmed["use_bias_correction"]) == (True, True)
     assert (cold["safeguard_warmup"], cold["use_bias_correction"]) == (False, True)
+
+
+def test_a_loras_ss_optimizer_pasted_as_optimizer_names_the_flags_that_give_it(capsys):
+    """kohya writes `bitsandbytes.optim.adamw.AdamW8bit(weight_decay=0.1,betas=(0.9, 0.99))`: pasted from a LoRA's
+    metadata it was "names no optimizer"; the flags said train as it did."""
+    import shlex
+
+    from lowvram.cli import build_parser, main, train_values
+    from lowvram.configure import build_config
+
+    pasted = "torch.optim.adamw.AdamW(weight_decay=0.05,betas=(0.9, 0.99),eps=1e-08)"
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "tiny", "--data", "sample", "--optimizer", pasted])
+    flags = re.search(r"says them: give (.+) \(see lowvram train --help\)", capsys.readouterr().err)[1]
+    assert flags == "--optimizer adamw --weight-decay 0.05 --optimizer-arg betas=0.9,0.99 --optimizer-arg eps=1e-08"
+    argv = ["train", "--model", "tiny", "--data", "sample", *shlex.split(flags)]
+    given = build_config(train_values(build_parser().parse_args(argv)))
+    assert (given.optim.optimizer, given.optim.weight_decay, given.optim.optimizer_args) == (
+        "adamw", 0.05, ("betas=0.9,0.99", "eps=1e-08"))
