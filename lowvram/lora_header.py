@@ -178,13 +178,27 @@ def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[st
         implied = network_options(Path(path))
     except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
         return values  # a missing or broken file is named by the config check, or where it is read
-    if any(name in values for name in BLOCK_OPTIONS):
+    per_block = any(name in values for name in BLOCK_OPTIONS)
+    if per_block:
         implied = {name: value for name, value in implied.items() if name not in ("rank", "alpha")}
     taken = {name: value for name, value in implied.items() if name not in values}
-    if taken and not quiet:
+    # (a file of several ranks without the block settings is refused by network_weights_problem: no note first)
+    if taken and not quiet and (per_block or not several_ranks(Path(path), implied)):
         print(f"--network-weights: {path} holds {' '.join(as_flag_words(taken))}; trained further with those",
               file=sys.stderr)
     return taken | values
+
+
+def several_ranks(path: Path, held: dict[str, Any]) -> list[int]:
+    """The ranks of a LoRA or DoRA file whose linear layers (or 3x3 convolutions) are of several, as a --dynamic
+    resize, a merge or per-block ranks write them; [] where each kind is of one. `held`: its network_options."""
+    if held.get("network") not in ("lora", "dora"):
+        return []  # (a LoHa's or LoKr's convolutions have no 4-D factor to tell them by, nor come of a merge)
+    _, tensors, start = read_header(path)
+    kinds = layer_ranks(path, tensors, start)[1]  # the linear layers' and the 3x3 convolutions'
+    if not any(len({rank for rank, _ in kind}) > 1 for kind in kinds):
+        return []
+    return sorted({rank for kind in kinds for rank, _ in kind})
 
 
 def same_alpha(stored: float, wanted: float) -> bool:
@@ -222,10 +236,9 @@ def network_weights_problem(network) -> str | None:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
     if any(getattr(network, name) is not None for name in BLOCK_OPTIONS):
         return None
-    metadata, tensors, start = read_header(Path(path))
-    kinds = layer_ranks(Path(path), tensors, start)[1]  # the linear layers' and the 3x3 convolutions'
-    # (a LoRA's or DoRA's: a LoHa's or LoKr's convolutions have no 4-D factor to tell them by, nor come of a merge)
-    if held["network"] in ("lora", "dora") and any(len({rank for rank, _ in kind}) > 1 for kind in kinds):
+    ranks = several_ranks(Path(path), held)
+    if ranks:
+        metadata = read_header(Path(path))[0]
         try:
             args = json.loads(metadata.get("ss_network_args") or "{}")
         except ValueError:
@@ -234,7 +247,6 @@ def network_weights_problem(network) -> str | None:
                   if isinstance(args, dict) and kohya in args and not option.endswith("lr_weight")}
         if blocks:  # trained with ranks per block: its own flags continue it
             return f"{flag} was trained with ranks per block; pass {' '.join(as_flag_words(blocks))} to train it further"
-        ranks = sorted({rank for kind in kinds for rank, _ in kind})
         return (f"{flag} holds layers of several ranks ({', '.join(map(str, ranks))}), as a --dynamic resize "
                 "or a merge writes them, and lowvram trains on from one rank per block only: train on from the "
                 "file it was made from, or fuse it into the model (lowvram merge --model MODEL "

@@ -65,7 +65,7 @@ def test_a_file_of_another_type_rank_or_layer_set_is_refused_in_one_line(first, 
     other = {"lora": "loha", "dora": "lora", "loha": "lokr", "lokr": "lora"}[values["network"]]
     cases = [({"network": other}, [f"pass --network {values['network']}"], "config"),
              ({"lora_layers": "attn", "conv_rank": None, "conv_alpha": None} if values["lora_layers"] != "attn"
-              else None, ["--lora-layers"], "run"),
+              else None, [f"pass the --lora-layers {values['lora_layers']}"], "run"),  # the file's, named
              ({"train_text_encoder": False, "text_encoder_lr": None}, ["--train-text-encoder"], "run")]
     if values["network"] != "lokr" or values["lora_layers"] != "attn":  # tiny LoKr with whole factors has no rank
         cases.append(({"rank": 8}, ["was trained with rank 4 and alpha 2", "pass --rank 4 --alpha 2"], "config"))
@@ -194,6 +194,21 @@ def test_files_of_one_rank_per_kind_or_per_block_continue_and_the_refusal_names_
     assert str(error.value).startswith(f"--network-weights: {blocks} was trained with ranks per block; pass "
                                        f"--block-ranks {ranks}")
     run_config(network_weights=str(blocks), block_ranks=ranks)  # as it says
+
+
+def test_a_file_refused_for_several_ranks_is_not_first_said_to_be_trained_further(tmp_path, capsys):
+    """The note 'holds --rank 8 ...; trained further with those' came before the refusal of the same file."""
+    from lowvram.cli import main
+
+    ranks = ",".join(["8"] * 12 + ["4"] + ["2"] * 12)
+    blocks = train(run_config(output=str(tmp_path / "blocks"), max_steps=1, block_ranks=ranks)).lora_path
+    capsys.readouterr()
+    argv = ["train", "--model", "tiny", "--data", "sample", "--network-weights", str(blocks), "--vram", "4GB"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "was trained with ranks per block" in err and "trained further with those" not in err
+    assert main([*argv, "--block-ranks", ranks]) == 2  # (stopped by --vram without --auto, after the notes)
+    assert "trained further with those" in capsys.readouterr().err  # its other settings, taken
 
 
 def test_layers_the_file_lacks_are_said_to_start_fresh(first, tmp_path, capsys):

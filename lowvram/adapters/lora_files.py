@@ -42,7 +42,7 @@ from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.files import with_plain_modes
 from lowvram.kohya_config import LYCORIS_PRESETS
-from lowvram.lora_header import lokr_factor, same_alpha
+from lowvram.lora_header import lokr_factor, network_options, same_alpha
 from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
@@ -164,10 +164,11 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
     unknown = sorted(set(layers) - set(ours))
     if unknown:
         text = any(not base.startswith(UNET_KOHYA_PREFIX) for base in unknown)
+        trained = ["--lora-layers", network_options(Path(path)).get("lora_layers", "full")] + [
+            "--train-text-encoder"] * text
         raise LowvramError(f"{flag}: {path} has layers this run does not adapt ({unknown[0]} and {len(unknown) - 1} "
-                           f"more); pass the --lora-layers{' and --train-text-encoder' if text else ''}"
-                           f"{' and block settings' if per_block else ''} it was trained with, and a base model of "
-                           "its family")
+                           f"more); pass the {' '.join(trained)}{' and block settings' if per_block else ''} it was "
+                           "trained with, and a base model of its family")
     problem = named_twice(list(layers), lambda base: id(ours[base][2]))
     if problem:
         raise LowvramError(f"{flag}: {path} {problem}")
