@@ -9,7 +9,7 @@ from conftest import run_config
 from safetensors.torch import load_file
 
 from lowvram.data.check import hold_out
-from lowvram.data.scan import ScanReport
+from lowvram.data.scan_report import ScanReport
 from lowvram.errors import LowvramError
 from lowvram.train.loop import train
 from lowvram.train.validation import EarlyStopping, fixed_timesteps, validation_loss

@@ -28,7 +28,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lowvram.data.augment import Variant, apply_variant
 from lowvram.data.buckets import Placement
 from lowvram.data.image_files import HIGH_BIT_MODES
-from lowvram.data.scan import ImageRecord, ScanOptions, open_training_image
+from lowvram.data.scan import ScanOptions, open_training_image
+from lowvram.data.scan_report import ImageRecord
 from lowvram.errors import LowvramError
 from lowvram.files import (
     KEPT_FREE,

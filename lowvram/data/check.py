@@ -14,7 +14,8 @@ from rich.console import Console
 from lowvram.config import RunConfig, as_flag_words, fields_by_name
 from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
-from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, ScanReport, scan_dataset, scan_folders
+from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, scan_dataset, scan_folders
+from lowvram.data.scan_report import ScanReport
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import file_in_the_way, windows_output_problem

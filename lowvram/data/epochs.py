@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from lowvram.data.augment import CaptionOptions
 from lowvram.data.buckets import Buckets, Placement, bucket_batches
 from lowvram.data.check import make_buckets
-from lowvram.data.scan import per_epoch
+from lowvram.data.scan_report import per_epoch
 from lowvram.resolve import ResolvedRun
 
 

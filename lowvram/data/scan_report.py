@@ -1,0 +1,170 @@
+"""What a dataset scan found (`lowvram.data.scan`): each file's record, and the report check-data and training
+print, per folder, then every skipped file with its reason, the files with notes and the buckets."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from lowvram.config import FILES_LISTED_UP_TO
+from lowvram.files import write_text
+
+LISTS_EACH = "lowvram check-data --verbose, or its --report, lists"  # where a summary's tally is listed in full
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path  # absolute
+    relpath: str  # relative to the dataset root, for reports
+    folder: str  # label: "name" of "10_name", or the root folder's name
+    repeats: float  # whole for kohya's folders; a OneTrainer balancing may be fractional
+    usable: bool
+    reason: str | None  # "kind: details; fix" when skipped, None when usable
+    notes: tuple[str, ...]  # what will be done to it (conversions, caption fallbacks, duplicates)
+    width: int  # after EXIF orientation
+    height: int
+    mode: str  # Pillow mode as stored
+    has_alpha: bool
+    sha256: str  # of the file bytes ("" when not read)
+    caption: str  # final: template and trigger word applied
+    bucket: tuple[int, int] | None  # (width, height); None when skipped
+    transposed: bool = False  # EXIF orientation rotates or flips it
+    non_utf8_caption: str | None = None  # the caption file (relative path) when it was read as cp1252, not UTF-8
+    mask: Path | None = None  # its loss mask file, with --masked-loss
+    mask_sha256: str = ""
+    mask_mode: str = ""  # its Pillow mode: a 16-bit one's grey levels are scaled, as they were not before
+    loss_weight: float = 1.0  # its folder's
+    resolution: int | None = None  # its folder's own (None: the run's resolutions)
+    batch_size: int | None = None  # its folder's own (None: the run's)
+    kept_tags: tuple[int, int] | None = None  # its caption's tags kept at the front and end (keep_tokens_separator)
+    more_captions: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # its other caption lines (and their kept)
+    caption_weights: tuple[float, ...] = ()  # each caption's chance (the first, then more_captions); () = equal
+    settings: tuple[tuple[str, Any], ...] = ()  # its folder's own caption and augmentation options
+    dataset: int | None = None  # its folder's [[datasets]] entry in a kohya file of several
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "path": str(self.path), "notes": list(self.notes),
+                "bucket": list(self.bucket) if self.bucket else None, "mask": str(self.mask) if self.mask else None,
+                "kept_tags": list(self.kept_tags) if self.kept_tags else None,
+                "more_captions": [[text, list(kept) if kept else None] for text, kept in self.more_captions],
+                "caption_weights": list(self.caption_weights), "settings": dict(self.settings)}
+
+
+def per_epoch(images: int, repeats: float) -> int:
+    """How many samples `images` images repeated `repeats` times give per epoch: a fractional part is that share
+    of them, rounded half up (so that one image balanced at 0.5 still trains)."""
+    return int(repeats) * images + math.floor(images * (repeats % 1) + 0.5)
+
+
+def _kind(text: str) -> str:
+    """'too small: 1x1 ...' -> 'too small'; 'duplicate of a.png' -> 'duplicate': counts in the summary."""
+    return re.sub(r" of .*| x[\d.]+", "", text.split(":")[0])
+
+
+def _folder_of(record: ImageRecord) -> str:
+    parent = Path(record.relpath).parent.as_posix()
+    return "." if parent == "." else parent + "/"
+
+
+@dataclass
+class ScanReport:
+    root: Path
+    records: list[ImageRecord]
+    folder_notes: list[str]
+
+    @property
+    def usable(self) -> list[ImageRecord]:
+        return [r for r in self.records if r.usable]
+
+    @property
+    def skipped(self) -> list[ImageRecord]:
+        return [r for r in self.records if not r.usable]
+
+    def summary(self) -> dict:
+        usable = self.usable
+        folders: dict[str, dict] = {}
+        for r in self.records:
+            f = folders.setdefault(_folder_of(r), {"label": r.folder, "repeats": r.repeats, "images": 0, "usable": 0,
+                                                   "skipped": 0, "loss_weight": r.loss_weight,
+                                                   "settings": dict(r.settings)})
+            f["images"] += 1
+            f["usable" if r.usable else "skipped"] += 1
+        buckets = Counter(f"{r.bucket[0]}x{r.bucket[1]}" for r in usable)
+        return {"images": len(self.records), "usable": len(usable), "skipped": len(self.records) - len(usable),
+                "samples_per_epoch": sum(per_epoch(count, repeats) for (_, repeats), count in
+                                         Counter((r.folder, r.repeats) for r in usable).items()),
+                "folders": folders,
+                "skipped_by_reason": dict(Counter(_kind(r.reason or "") for r in self.skipped)),
+                "notes": dict(Counter(_kind(n) for r in usable for n in r.notes)), "buckets": dict(sorted(buckets.items()))}
+
+    def to_json(self) -> dict:
+        return {"root": str(self.root), "summary": self.summary(), "folder_notes": list(self.folder_notes),
+                "records": [r.to_json() for r in self.records]}
+
+    def write_json(self, path: Path) -> Path:
+        return write_text(path, json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
+
+    def print_summary(self, console: Console, verbose: bool = False) -> None:
+        """Per folder, then every skipped file with its reason, the files with notes, and the buckets."""
+        summary = self.summary()
+        folders = summary["folders"].values()
+        weighted = any(f["loss_weight"] != 1 for f in folders)  # a column only where it tells
+        own = any(f["settings"] for f in folders)
+        console.print(_table(f"dataset {self.root}", ("folder", "label", "images", "usable", "skipped", "repeats",
+                                                       "samples/epoch", *(("weight",) if weighted else ()),
+                                                       *(("own settings",) if own else ())),
+                             [(k, f["label"], f["images"], f["usable"], f["skipped"], f"{f['repeats']:g}",
+                               per_epoch(f["usable"], f["repeats"]),
+                               *((f"{f['loss_weight']:g}",) if weighted else ()),
+                               *((", ".join(f"{key} {value}" for key, value in f["settings"].items()),) if own
+                                 else ()))
+                              for k, f in summary["folders"].items()]))
+        for note in self.folder_notes:
+            console.print(Text(note, style="yellow"), soft_wrap=True)
+        if self.skipped and (verbose or len(self.skipped) <= FILES_LISTED_UP_TO):
+            console.print(_table(f"{len(self.skipped)} skipped", ("file", "reason"),
+                                 [(r.relpath, r.reason) for r in self.skipped]))
+        elif self.skipped:  # a tally: thousands of rows would bury the rest
+            first: dict[str, ImageRecord] = {}
+            for r in self.skipped:
+                first.setdefault(_kind(r.reason or ""), r)
+            console.print(_table(f"{len(self.skipped)} skipped ({LISTS_EACH} each)",
+                                 ("reason", "files", "the first"),
+                                 [(kind, count, f"{first[kind].relpath}: {first[kind].reason}")
+                                  for kind, count in summary["skipped_by_reason"].items()]))
+        noted = [r for r in self.usable if r.notes]
+        if noted and (verbose or len(noted) <= FILES_LISTED_UP_TO):
+            console.print(_table("usable, with notes", ("file", "size", "notes"),
+                                 [(r.relpath, f"{r.width}x{r.height}", "; ".join(r.notes)) for r in noted]))
+        elif noted:
+            kinds = ", ".join(f"{k} ({n})" for k, n in summary["notes"].items())
+            console.print(f"{len(noted)} usable files have notes: {kinds}; {LISTS_EACH} them")
+        if summary["buckets"]:
+            console.print(_table("buckets", ("bucket", "images"), summary["buckets"].items()))
+        legacy = [r.non_utf8_caption for r in self.records if r.non_utf8_caption]
+        if legacy:
+            were = "caption was" if len(legacy) == 1 else "captions were"
+            console.print(Text(f"{len(legacy)} {were} not UTF-8; read as cp1252: {', '.join(legacy)}",
+                               style="yellow"))
+        console.print(f"{summary['usable']} of {summary['images']} images usable, {summary['skipped']} skipped; "
+                      f"{summary['samples_per_epoch']} samples per epoch with repeats")
+
+
+def _table(title: str, columns: tuple[str, ...], rows) -> Table:
+    """Cells as plain Text: file names like 'a[1].png' are not rich markup."""
+    table = Table(title=Text(title))
+    for name in columns:
+        texts = ("folder", "label", "file", "reason", "notes", "own settings")
+        table.add_column(name, justify="left" if name in texts else "right")
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    return table
