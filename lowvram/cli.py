@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
         return 1
     except (MemoryError, RuntimeError, OSError) as exc:
-        if (why := host_memory_ran_out(exc)) is None:
+        if (why := host_memory_ran_out(exc, args.command)) is None:
             return _path_problem(exc, args.command)
         print(f"lowvram {args.command}: error: {why}", file=sys.stderr)
         return 2

@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(TOML, same names in sections [model] [data] [network] [optim] [training] [validation] [memory] [output]) "
                            "and from flags, which override the file.")
     train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file), a "
-                       "kohya sd-scripts config file, a kohya_ss GUI config (.json) or a OneTrainer config (.json), read "
-                       "as they read them, or a LoRA lowvram trained (.safetensors: the recipe it keeps)")
+                       "kohya sd-scripts config file, a kohya_ss GUI config (.json) or a OneTrainer config (.json), "
+                       "read as they read them, or a LoRA lowvram trained (.safetensors: the recipe it keeps)")
     train.add_argument("--preset", help=f"starting settings for a kind of job ({', '.join(list_presets())}); "
                        "--config and flags override them")
     train.add_argument("--auto", action="store_true", help="let the memory planner choose --unet-weights, "
@@ -174,20 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vram", metavar="SIZE", help="with --auto: plan for, and keep the run within, at most this "
                        f"much VRAM (e.g. 6GB; {SIZE_UNITS})")
     train.add_argument("--ram", metavar="SIZE", help="with --auto: plan for this much host RAM instead of the "
-                       "machine's (e.g. 16GB where swap takes the loading peak, slowly)")
+                       f"machine's (e.g. 16GB where swap takes the loading peak, slowly; {SIZE_UNITS})")
     _add_config_flags(train)
 
     plan = sub.add_parser("plan", allow_abbrev=False, help="estimate memory and pick a strategy (dry run)",
                           description="Estimate the peak VRAM of every phase (caching, training, sampling, "
-                          "saving) and the host RAM of loading, training and saving, per component, for each memory "
-                          "strategy, and say what fits: without a GPU and without loading weights. Takes the same options "
-                          "as train.")
+                          "saving) and the host RAM of loading, training and saving, per component, for each "
+                          "memory strategy, and say what fits: without a GPU and without loading weights. Takes the "
+                          "same options as train.")
     plan.add_argument("--config", type=Path, help="TOML config file, as for train")
     plan.add_argument("--preset", help="starting settings, as for train")
     own = [  # plan's own flags, which its printed train command leaves out (train's --vram needs --auto)
         plan.add_argument("--profile", help="plan for a GPU profile (see lowvram doctor --profiles)"),
-        plan.add_argument("--vram", metavar="SIZE", help=f"plan for a GPU with this much free VRAM (e.g. 6GB; {SIZE_UNITS}), "
-                          "taken to have bf16 (Ampere or newer; --mixed-precision fp16 plans for an older card)"),
+        plan.add_argument("--vram", metavar="SIZE", help=f"plan for a GPU with this much free VRAM (e.g. 6GB; "
+                          f"{SIZE_UNITS}), taken to have bf16 (Ampere or newer; --mixed-precision fp16 plans for an "
+                          "older card)"),
         plan.add_argument("--ram", metavar="SIZE", help=f"host RAM to plan for (e.g. 12GB; {SIZE_UNITS}; default: "
                           "this machine's)"),
         plan.add_argument("--json", action="store_true", help="print the plan as JSON")]

@@ -593,6 +593,7 @@ def idle_option_notes(c: RunConfig) -> list[str]:
     sampling = bool(c.output.sample_prompts or c.output.sample_prompt_file)
     idle = {"ema_decay": (c.optim.ema, "--ema"),
             "timestep_bias_multiplier": (c.training.timestep_bias != "none", "--timestep-bias"),
+            "timestep_bias_portion": (c.training.timestep_bias != "none", "--timestep-bias"),
             "validation_timesteps": (validating, "a validation set (--validation-split or --validation-data)"),
             "prior_loss_weight": (regularizing, "regularization images (--reg-data)"),
             "class_prompt": (regularizing, "regularization images (--reg-data)"),

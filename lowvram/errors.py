@@ -36,16 +36,17 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def host_memory_ran_out(exc: BaseException) -> str | None:
+def host_memory_ran_out(exc: BaseException, command: str = "train") -> str | None:
     """What to say where `exc` is host RAM running out (PyTorch's CPU allocator, Python's MemoryError, a mapping
-    refused), else None. (CUDA's out-of-memory is torch.OutOfMemoryError, whose steps retry it.)"""
+    refused) in `command`, else None. (CUDA's out-of-memory is torch.OutOfMemoryError, whose steps retry it.)"""
     allocator = isinstance(exc, RuntimeError) and "DefaultCPUAllocator: " in str(exc)
     if not (allocator or isinstance(exc, MemoryError) or isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
         return None
     said = first_line(exc).split("DefaultCPUAllocator: ")[-1]  # (past PyTorch's "[enforce fail at alloc_cpu.cpp]")
-    return (f"host RAM ran out ({said}): close other programs or add swap; "
-            "`lowvram plan` shows the host RAM each phase needs (--ram SIZE plans for a machine's), and a model saved "
-            "in the precision it trains in, or a diffusers folder, loads with less")
+    training = "" if command != "train" else (
+        "; `lowvram plan` shows the host RAM each phase needs (--ram SIZE plans for a machine's), and a model saved in "
+        "the precision it trains in, or a diffusers folder, loads with less")
+    return f"host RAM ran out ({said}): close other programs or add swap{training}"
 
 
 def quoted(value: object) -> str:

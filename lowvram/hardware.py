@@ -100,7 +100,7 @@ def _host_ram() -> int:
         return 0
 
 
-SIZE_UNITS = "GB and GiB alike are 1024³ bytes, as cards are sold"
+SIZE_UNITS = "GB and GiB alike are 1024³ bytes"  # (a card's "8 GB" is 8 GiB)
 
 
 def parse_size(text: str, flag: str) -> int:

@@ -246,7 +246,8 @@ def network_weights_problem(network) -> str | None:
         blocks = {option: args[kohya] for option, kohya in BLOCK_OPTIONS.items()
                   if isinstance(args, dict) and kohya in args and not option.endswith("lr_weight")}
         if blocks:  # trained with ranks per block: its own flags continue it
-            return f"{flag} was trained with ranks per block; pass {' '.join(as_flag_words(blocks))} to train it further"
+            flags = " ".join(as_flag_words(blocks))
+            return f"{flag} was trained with ranks per block; pass {flags} to train it further"
         return (f"{flag} holds layers of several ranks ({', '.join(map(str, ranks))}), as a --dynamic resize "
                 "or a merge writes them, and lowvram trains on from one rank per block only: train on from the "
                 "file it was made from, or fuse it into the model (lowvram merge --model MODEL "

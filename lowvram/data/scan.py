@@ -149,8 +149,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                  ) -> ScanReport:
     """Read every image of `folders` (all inside `root`, the resolved folder reports name files relative to) once,
     or not at all when the index knows it unchanged, and judge it. `describe`: where the images are, and where the
-    reasons each was skipped are listed (`see <the command>`, or `listed above`), for the error (naming `flag`) when none is usable (NoUsableImages, carrying the
-    report).
+    reasons each was skipped are listed (`see <the command>`, or `listed above`), for the error (naming `flag`) when
+    none is usable (NoUsableImages, carrying the report).
     `layout_notes` (the N_name layout's judgement of the root's subfolders) means the root's subfolders need no
     further word; nor do the folders `elsewhere` (the dataset's other image folders, scanned in another role)."""
     root = Path(root).resolve()

@@ -104,7 +104,8 @@ class ScanReport:
                                          Counter((r.folder, r.repeats) for r in usable).items()),
                 "folders": folders,
                 "skipped_by_reason": dict(Counter(_kind(r.reason or "") for r in self.skipped)),
-                "notes": dict(Counter(_kind(n) for r in usable for n in r.notes)), "buckets": dict(sorted(buckets.items()))}
+                "notes": dict(Counter(_kind(n) for r in usable for n in r.notes)),
+                "buckets": dict(sorted(buckets.items()))}
 
     def to_json(self) -> dict:
         return {"root": str(self.root), "summary": self.summary(), "folder_notes": list(self.folder_notes),
