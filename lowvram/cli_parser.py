@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lowvram import __version__
 from lowvram.config import (
+    CHECK_DATA_SKIPS,
     FILES_LISTED_UP_TO,
     LORA_LAYERS,
     SAVE_PRECISION,
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{FILES_LISTED_UP_TO} are listed, then a count)")
     check.add_argument("--config", type=Path, help="a training config: its [model] and [data] options apply")
     check.add_argument("--preset", help="a preset: its [data] options apply")
-    _add_config_flags(check, sections=("model", "data"), skip=("data", "prediction_type"))
+    _add_config_flags(check, sections=("model", "data"), skip=CHECK_DATA_SKIPS)
 
     gen = sub.add_parser("generate", allow_abbrev=False, help="render images with a LoRA",
                          description="Render images from a base model with LoRAs applied, as training renders its "

@@ -693,6 +693,9 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+CHECK_DATA_SKIPS = ("data", "prediction_type")  # the model and data options check-data does not take as flags
+
+
 def as_flag_words(values: dict[str, Any]) -> list[str]:
     """Option values as the command-line words that set them (`--rank`, `8`, `--train-text-encoder`)."""
     words = []
@@ -701,7 +704,9 @@ def as_flag_words(values: dict[str, Any]) -> list[str]:
         if isinstance(value, bool):
             words.append(flag if value else "--no-" + flag.removeprefix("--"))
         else:
-            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+            for item in value if isinstance(value, (list, tuple)) else [value]:  # (a list's flag given again)
+                text = f"{item:g}" if isinstance(item, float) else str(item)
+                words += [f"{flag}={text}"] if text.startswith("-") else [flag, text]  # (argparse's: not a flag)
     return words
 
 

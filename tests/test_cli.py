@@ -176,8 +176,9 @@ def test_train_with_nothing_usable_names_the_check_data_command_that_scans_as_it
     from PIL import Image
 
     Image.new("RGB", (96, 96), "red").save(tmp_path / "small.png")
-    assert main(["train", "--model", "tiny", "--data", str(tmp_path), "--resolution", "128", "--small-images", "skip",
-                 "--output", str(tmp_path.parent / "out"), "--max-steps", "1"]) == 2
+    assert main(["train", "--model", "tiny", "--model-family", "tiny", "--data", str(tmp_path), "--resolution", "128",
+                 "--small-images", "skip", "--caption-prefix=-x", "--output", str(tmp_path.parent / "out"),
+                 "--max-steps", "1"]) == 2  # (a value starting with - as argparse takes it: --flag=value)
     command = re.search(r"1 skipped \(see `(.+)`\)", capsys.readouterr().err)[1]
     assert shlex.split(command)[:2] == ["lowvram", "check-data"]
     assert main(shlex.split(command)[1:]) == 2

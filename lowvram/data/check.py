@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from lowvram.config import RunConfig, as_flag_words, fields_by_name
+from lowvram.config import CHECK_DATA_SKIPS, RunConfig, as_flag_words, fields_by_name
 from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, scan_dataset, scan_folders
@@ -75,12 +75,12 @@ def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | N
 
 
 def check_data_command(config: RunConfig, data: Path) -> str:
-    """The `lowvram check-data` command that scans `data` as `config`'s run does: with its model (whose resolution
-    the buckets and small images follow) and the dataset options it gives."""
-    given = {name: getattr(config.data, name) for name, (section, field, _) in fields_by_name().items()
-             if section == "data" and name != "data" and getattr(config.data, name) != field.default}
-    model = ["--model", config.model.model] if config.model.model else []
-    return shell_line("lowvram", "check-data", data, *model, *as_flag_words(given))
+    """The `lowvram check-data` command that scans `data` as `config`'s run does: with its model options (the model's
+    resolution the buckets and small images follow) and the dataset options it gives, each as check-data takes it."""
+    given = {name: getattr(getattr(config, section), name) for name, (section, field, _) in fields_by_name().items()
+             if section in ("model", "data") and name not in CHECK_DATA_SKIPS
+             and getattr(getattr(config, section), name) not in (field.default, None)}
+    return shell_line("lowvram", "check-data", data, *as_flag_words(given))
 
 
 def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool,
