@@ -13,9 +13,10 @@ import re
 from pathlib import Path
 
 from lowvram import lora_header
-from lowvram.config import as_flag_words
+from lowvram.config import NetworkConfig, as_flag_words
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import windows_path_hint
+from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes
 
 # An absolute folder in a text: POSIX (/home/alice/, ~/models/), Windows (C:\Users\bob\), a network share
@@ -145,7 +146,10 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     options = info["network_options"]
-    if options:
+    refused = options and network_weights_problem(NetworkConfig(**options, network_weights=str(path)))
+    if refused:  # (layers of several ranks: a --dynamic resize's, a merge's, or per-block ranks without their flags)
+        console.print(f"[yellow]{refused}[/]", soft_wrap=True, highlight=False)
+    elif options:
         flags = " ".join(as_flag_words(options))
         console.print(f"--network-weights reads its tensors as: {flags}", soft_wrap=True, highlight=False)
         said = _metadata_disagrees(info["metadata"], options)

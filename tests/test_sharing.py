@@ -234,6 +234,18 @@ def test_info_on_a_file_without_metadata_says_so(tmp_path, capsys):
             "--train-text-encoder") in " ".join(out.split())
 
 
+def test_info_of_a_file_of_several_ranks_says_why_it_does_not_train_on(tmp_path, capsys):
+    """It named the most common rank as what --network-weights reads, which then refused the file."""
+    path = kohya_file(tmp_path / "mixed.safetensors")
+    tensors = load_file(str(path))
+    name = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"] = torch.randn(4, 320), torch.zeros(320, 4)
+    save_file(tensors, str(path))
+    assert main(["info", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "holds layers of several ranks (4, 8)" in out and "reads its tensors as" not in out
+
+
 def test_info_says_where_the_metadata_disagrees_with_the_tensors(tmp_path, capsys):
     path = kohya_file(tmp_path / "edited.safetensors", extra={"ss_network_dim": "32", "ss_network_alpha": "4.0"})
     assert main(["info", str(path)]) == 0
