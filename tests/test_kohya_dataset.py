@@ -75,6 +75,7 @@ def test_subsets_in_folders_of_one_name_keep_their_own_repeats_in_the_metadata(t
     meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
     assert json.loads(meta["ss_dataset_dirs"]) == {"img": {"n_repeats": 4, "img_count": 3},
                                                    "img (2)": {"n_repeats": 2, "img_count": 3}}
+    assert set(json.loads(meta["ss_tag_frequency"])) == {"img", "img (2)"}  # the same keys: tools pair the two
     assert meta["ss_num_train_images"] == "18"
 
 

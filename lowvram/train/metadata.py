@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import tomli_w
 
@@ -49,6 +50,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
     if trigger:  # the words a model site lists to use it with (modelspec's trigger_phrase)
         described["modelspec.trigger_phrase"] = trigger
     data, buckets = config.data, make_buckets(run)
+    folders = folder_keys([*records, *regularization])  # one key per folder in every field that names them
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.network.rank),
@@ -66,8 +68,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_num_train_images": str(round(sum(record.repeats * (1 if record.resolution else len(run.resolutions))
                                              for record in records))),
         "ss_num_reg_images": str(round(sum(record.repeats for record in regularization))),
-        "ss_dataset_dirs": dataset_dirs(records),
-        "ss_reg_dataset_dirs": dataset_dirs(regularization),
+        "ss_dataset_dirs": dataset_dirs(records, folders),
+        "ss_reg_dataset_dirs": dataset_dirs(regularization, folders),
         "ss_bucket_info": bucket_info(run, records),
         "ss_enable_bucket": str(data.bucket),
         "ss_min_bucket_reso": str(buckets.min_side),
@@ -127,7 +129,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_training_comment": config.output.training_comment or trigger or "",
         "ss_training_started_at": str(shape.started.timestamp()),
         "ss_training_finished_at": str(now.timestamp()),
-        "ss_tag_frequency": lora_files.tag_frequency(_captions_by_folder([*records, *regularization])),  # as kohya's
+        "ss_tag_frequency": lora_files.tag_frequency(  # as kohya's
+            _captions_by_folder([*records, *regularization], folders)),
         "ss_v2": "False",
         "lowvram.version": lowvram.__version__,
         "lowvram.family": family.name,
@@ -138,29 +141,33 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
     } | described
 
 
-def _folder(record) -> str:
-    """The folder an image is in, by its name (kohya's keys: `10_name`, or a dataset file's image_dir's name)."""
-    return record.path.parent.name
+def folder_keys(records) -> dict[Path, str]:
+    """Each folder images are in, by its name (kohya's keys: `10_name`, or a dataset file's image_dir's name); folders
+    of one name (a dataset file's a/img and b/img) apart, the later as "img (2)" (a name no folder has)."""
+    folders = list(dict.fromkeys(record.path.parent for record in records))
+    keys: dict[Path, str] = {}
+    for folder in folders:
+        key, n = folder.name, 1
+        while key in keys.values() or (n > 1 and key in {other.name for other in folders}):
+            n += 1
+            key = f"{folder.name} ({n})"
+        keys[folder] = key
+    return keys
 
 
-def _captions_by_folder(records) -> dict[str, list[str]]:
+def _captions_by_folder(records, keys: dict[Path, str]) -> dict[str, list[str]]:
     folders: dict[str, list[str]] = {}
     for record in records:
-        folders.setdefault(_folder(record), []).append(record.caption)
+        folders.setdefault(keys[record.path.parent], []).append(record.caption)
     return folders
 
 
-def dataset_dirs(records) -> str:
-    """kohya's ss_dataset_dirs: each folder's repeats and image count (AUTOMATIC1111 shows their sum); folders of
-    one name (a dataset file's a/img and b/img) apart, the later as "img (2)", so each keeps its repeats."""
+def dataset_dirs(records, keys: dict[Path, str]) -> str:
+    """kohya's ss_dataset_dirs: each folder's repeats and image count (AUTOMATIC1111 shows their sum), by its
+    `folder_keys` key, so that folders of one name keep their own repeats."""
     dirs: dict[str, dict] = {}
-    names: dict = {}  # folder -> its key
     for record in records:
-        folder = record.path.parent
-        if folder not in names:
-            taken = sum(1 for other in names if other.name == folder.name)
-            names[folder] = folder.name if not taken else f"{folder.name} ({taken + 1})"
-        entry = dirs.setdefault(names[folder], {"n_repeats": record.repeats, "img_count": 0})
+        entry = dirs.setdefault(keys[record.path.parent], {"n_repeats": record.repeats, "img_count": 0})
         entry["img_count"] += 1
     for entry in dirs.values():
         entry["n_repeats"] = int(entry["n_repeats"]) if float(entry["n_repeats"]).is_integer() else entry["n_repeats"]
