@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from lowvram.files import expand_home
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, Optimizer, optimizer_name, spec_of
 from lowvram.option_values import relocated_source
@@ -676,9 +677,9 @@ class RunConfig:
             for name in list(section):
                 if name in LOCAL_ONLY:
                     del section[name]
-                elif name in ("model", "vae") and not Path(section[name]).exists():
-                    continue
-                elif name in ("model", "vae", *PATH_OPTIONS) and section[name] != SAMPLE_DATA:
+                elif name in ("model", "vae"):
+                    section[name] = shareable_name(section[name])
+                elif name in PATH_OPTIONS and section[name] != SAMPLE_DATA:
                     section[name] = Path(section[name]).name
                 elif name in SOURCE_LISTS:
                     section[name] = [relocated_source(item, lambda path: Path(path.name)) for item in section[name]]
@@ -694,6 +695,12 @@ def flag_name(f: dataclasses.Field) -> str:
 
 
 CHECK_DATA_SKIPS = ("data", "prediction_type")  # the model and data options check-data does not take as flags
+
+
+def shareable_name(source: str) -> str:
+    """A local model by its file or folder name; a hub id or a family name as it is."""
+    path = expand_home(source)
+    return path.name if path.is_absolute() or path.exists() else source
 
 
 def as_flag_words(values: dict[str, Any]) -> list[str]:

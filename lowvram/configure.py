@@ -43,7 +43,14 @@ from lowvram.kohya_names import kohya_hint
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import RECIPE_KEY
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
-from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, area_side, relocated_source, width_height
+from lowvram.option_values import (
+    MAX_RESOLUTION,
+    MIN_RESOLUTION,
+    area_side,
+    parse_source,
+    relocated_source,
+    width_height,
+)
 from lowvram.run_files import OPTIONS_HEADER, RECORD
 
 if sys.version_info >= (3, 11):
@@ -98,8 +105,8 @@ def config_text(path: Path, flag: str = "--config") -> str:
 
 def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:
     """The options a LoRA lowvram trained was trained with (its `lowvram.config` metadata). The recipe names local
-    files and folders by their names only (`RunConfig.to_shareable_dict`): those the command line does not give and
-    that are not here are said to be needed (a model is named by its loader's error)."""
+    files and folders by their names only (`RunConfig.to_shareable_dict`; a hub id, with its /, or a built-in model
+    whole): those the command line does not give and that are not here are said to be needed."""
     try:
         metadata, tensors, _ = read_header(path)
     except FileNotFoundError:
@@ -114,13 +121,24 @@ def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:
         raise LowvramError(f"--config: {path} is a model or a LoRA without lowvram's recipe, not a config; a base "
                            "model is given as --model")
     values = read_toml(path, given, recipe=metadata[RECIPE_KEY])
-    named = [flag_name(fields_by_name()[name][1]) for name in ("vae", *PATH_OPTIONS)
-             if name in values and name not in given and values[name] != SAMPLE_DATA
-             and not Path(values[name]).exists()]
+    named = [flag_name(fields_by_name()[name][1]) for name in ("model", "vae", *PATH_OPTIONS, *SOURCE_LISTS)
+             if values.get(name) and name not in given
+             and not all(Path(local).exists() for local in recipe_paths(name, values[name]))]
     if named:
         print(f"--config {path}: the LoRA's recipe names {', '.join(named)} by name only (from the machine that "
               f"trained it); give {' and '.join(named)} for this one", file=sys.stderr)
     return values
+
+
+def recipe_paths(name: str, value: Any) -> list[str]:
+    """The local files and folders a recipe's option names: none for a hub id (its /), a built-in model (a family's
+    name) or the sample dataset; a FILE[:WEIGHT] list's files."""
+    if name in SOURCE_LISTS:
+        return [str(parse_source(str(item))[0]) for item in value]
+    built_in = fields_by_name()["model_family"][1].metadata["choices"]
+    if value == SAMPLE_DATA or name == "model" and ("/" in value or value in built_in):
+        return []
+    return [value]
 
 
 def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", recipe: str | None = None

@@ -10,14 +10,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from lowvram import lora_header
 from lowvram.config import NetworkConfig, as_flag_words
+from lowvram.configure import recipe_paths
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import windows_path_hint
 from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 # An absolute folder in a text: POSIX (/home/alice/, ~/models/), Windows (C:\Users\bob\), a network share
 # (\\NAS\share\) or a file URL (file:///home/carol/), not part of another URL or a word; in a JSON value its
@@ -174,7 +181,12 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
         table.add_row(key, Text(_shown(key, info["metadata"][key])))  # as text: TOML's [section] is no markup
     console.print(table)
     if RECIPE_KEY in metadata:
-        again = shell_line("lowvram", "train", "--config", path, "--data", "DIR")
+        try:
+            model = tomllib.loads(metadata[RECIPE_KEY]).get("model", {}).get("model")
+        except (tomllib.TOMLDecodeError, AttributeError):  # (an edited recipe: --config names what is wrong)
+            model = None
+        local = isinstance(model, str) and not all(Path(name).exists() for name in recipe_paths("model", model))
+        again = shell_line("lowvram", "train", "--config", path, *["--model", "MODEL"] * bool(local), "--data", "DIR")
         console.print(f"its recipe trains again with: {again}", soft_wrap=True, highlight=False)
     if info["private_paths"]:
         console.print(f"[yellow]{len(info['private_paths'])} local folder(s) in the metadata (e.g. "

@@ -99,10 +99,10 @@ def test_a_lora_lowvram_trained_is_a_config_that_trains_its_recipe_again(shared_
     _, model, data, result = shared_run
     monkeypatch.chdir(tmp_path)
     assert main(["info", str(result.lora_path)]) == 0
-    assert f"its recipe trains again with: lowvram train --config {result.lora_path} --data DIR" in " ".join(
-        capsys.readouterr().out.split())
+    assert (f"its recipe trains again with: lowvram train --config {result.lora_path} --model MODEL --data DIR"
+            in " ".join(capsys.readouterr().out.split()))  # (its model a local folder, named by its name alone)
     read_config(result.lora_path)
-    assert "the LoRA's recipe names --data by name only" in capsys.readouterr().err
+    assert "the LoRA's recipe names --model, --data by name only" in capsys.readouterr().err
     values = read_config(result.lora_path, given={"model", "data"})
     assert "by name only" not in capsys.readouterr().err
     trained = build_config(read_config(result.config_path))  # the .toml beside it: the run as it was, paths and all

@@ -17,9 +17,8 @@ import tomli_w
 
 import lowvram
 from lowvram.adapters import lora_files
-from lowvram.config import TRAIN_TIMESTEPS, RunConfig
+from lowvram.config import TRAIN_TIMESTEPS, RunConfig, shareable_name
 from lowvram.data.check import make_buckets
-from lowvram.files import expand_home
 from lowvram.lora_metadata import RECIPE_KEY, modelspec
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import ResolvedRun
@@ -201,12 +200,6 @@ def own_description(config: RunConfig) -> dict[str, str]:
              "tags": ", ".join(t.strip() for t in output.metadata_tags.split(",") if t.strip())
              if output.metadata_tags else None}
     return {f"modelspec.{key}": value for key, value in given.items() if value}
-
-
-def shareable_name(source: str) -> str:
-    """A local model by its file or folder name; a hub id or a family name as it is."""
-    path = expand_home(source)
-    return path.name if path.is_absolute() or path.exists() else source
 
 
 def _text_encoder_rates(config: RunConfig, encoders: int) -> str:
