@@ -607,3 +607,15 @@ def test_a_preset_replaces_only_its_own_settings_and_the_last_presets():
     assert "noise_offset" in style and "noise_offset" not in again  # the style's, left as it set it
     kept = with_preset(chosen | {"caption_dropout": 0.2}, character, style)
     assert kept["caption_dropout"] == 0.2  # changed by hand since: the user's
+
+
+def test_the_last_presets_settings_are_known_as_the_form_reads_them_back():
+    """The form gives optional numbers back as text ('10'), the preset file as numbers (10): compared as they were,
+    the last preset's epochs and min-SNR looked typed by the user and stayed under the next preset."""
+    from lowvram.ui.form import given_values, with_preset
+
+    fields = form_fields()
+    previous = {"epochs": 10, "min_snr_gamma": 5.0, "lr": 1e-4}
+    shown = given_values(fields, form_values(fields, previous | {"data": "sample"}))
+    read_back = given_values(fields, form_values(fields, previous))
+    assert with_preset(shown, {"rank": 4}, read_back) == {"data": "sample", "rank": 4}

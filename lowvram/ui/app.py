@@ -170,13 +170,14 @@ def build_app(cache_dir: Path, port: int | None = None):
 
         loaded_preset = gr.State(None)  # the settings of the preset last chosen
 
-        def load_preset(name, previous, *form):  # the form's dataset, model and names stay, as beside --preset
-            if not name:
+        def load_preset(name, previous, *form):  # chosen after the form was filled in: its settings replace the
+            if not name:                          # form's, whose dataset, model and names stay
                 return [gr.skip()] * (len(inputs) + 3)
             values = read_toml(preset_path(name))
             share = {"share": values["alpha"] / values["rank"], "shown": alpha_field.to_form(values["alpha"])} if {
                 "rank", "alpha"} <= values.keys() else None
-            return [*fill(with_preset(given_values(fields, form), values, previous), f"preset {name}"), share,
+            shown_before = given_values(fields, form_values(fields, previous or {}))  # as the form reads it back
+            return [*fill(with_preset(given_values(fields, form), values, shown_before), f"preset {name}"), share,
                     values]
 
         def load_config(path):  # a whole config, as --config alone: no preset under it
