@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")
             echo = False  # what follows may differ per process (its GPU, its share of the work)
-            with stop_signals_interrupt():
+            with stop_signals_interrupt(), output_may_close():
                 with remembered_interrupt() as interrupted:
                     _quiet_libraries()
                     from lowvram.train.loop import train
@@ -385,6 +385,47 @@ def _path_problem(exc: BaseException, command: str) -> int:
         raise exc
     print(f"lowvram {command}: error: {exc.filename}: {why}", file=sys.stderr)
     return 2
+
+
+class _GoesOnWithoutReader:
+    """stdout that, once its reader has gone (`train | head`, a log shipper that died), is written to nowhere: the
+    run goes on to its checkpoints and LoRA, its figures in metrics.jsonl, rather than dying mid-step unsaid."""
+
+    def __init__(self, stream):
+        self._stream, self._gone = stream, False
+
+    def write(self, text: str) -> int:
+        return self._guarded(self._stream.write, text) or len(text)
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def _guarded(self, call, *args):
+        if self._gone:
+            return None
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            self._gone = True
+            with contextlib.suppress(OSError, ValueError):  # (the exit's flush would raise it again)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            print("lowvram train: the output's reader has gone; training goes on without printing (each step's "
+                  "figures are in the run's metrics.jsonl)", file=sys.stderr)
+            return None
+
+    def __getattr__(self, name):  # isatty, encoding, fileno ... as the stream's
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def output_may_close():
+    """While a run trains, its stdout may lose its reader (`_GoesOnWithoutReader`)."""
+    previous = sys.stdout
+    sys.stdout = _GoesOnWithoutReader(previous)
+    try:
+        yield
+    finally:
+        sys.stdout = previous
 
 
 @contextlib.contextmanager

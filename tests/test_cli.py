@@ -346,3 +346,19 @@ def test_host_ram_running_out_is_said_in_a_line_with_what_to_do(tmp_path):
     assert host_memory_ran_out(caught.value).startswith("host RAM ran out (MemoryError): ")
     assert "lowvram plan` shows the host RAM each phase needs" in host_memory_ran_out(caught.value, "train")
     assert host_memory_ran_out(RuntimeError("shapes do not match")) is None
+
+
+def test_a_run_whose_output_reader_goes_away_trains_to_its_end(tmp_path):
+    """`lowvram train ... | head -2`: the first print after the reader left raised BrokenPipeError, and the run
+    ended at once with exit 1, no word, no checkpoint and no LoRA."""
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
+                            "--output", str(out), "--max-steps", "6", "--cache-dir", str(tmp_path / "cache")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.stdout.readline()
+    run.stdout.close()  # the reader goes away, as head's does
+    err = run.stderr.read()
+    assert run.wait(timeout=600) == 0, err[-2000:]
+    assert "the output's reader has gone; training goes on without printing" in err
+    assert (out / "out.safetensors").is_file()
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
