@@ -1,5 +1,6 @@
 """`python -m lowvram` and the `lowvram` command."""
 
+import signal
 import sys
 
 
@@ -11,12 +12,18 @@ def entry() -> None:
             reconfigure = getattr(stream, "reconfigure", None)
             if reconfigure:
                 reconfigure(errors="backslashreplace")
+    if hasattr(signal, "SIGTERM"):  # as Ctrl-C throughout, where a command's own handling is not (its last words,
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # its return): a second one was a bare 143
     try:
         from lowvram.cli import main
-    except KeyboardInterrupt:  # Ctrl-C in the first moments, before main() takes it over: still one line
+
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C in the first moments, before main() takes it over, or in its last: one line
         print("lowvram: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(main())
+        code = 130
+    if hasattr(signal, "SIGTERM"):  # ending now (a second of torch's teardown): another changes nothing
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -444,3 +444,25 @@ def test_names_a_legacy_code_page_cannot_hold_are_written_escaped_not_a_crash(sa
                           env={**os.environ, "PYTHONIOENCODING": "cp1252"}, timeout=300, check=False)
     assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr[-2000:]
     assert b"5_\\u30ed\\u30e9" in done.stdout  # the name, escaped
+
+
+def test_a_second_sigterm_as_the_interrupted_run_ends_still_exits_130(tmp_path):
+    """The first SIGTERM saved the checkpoint and said so; one sent again as the process ended (its handlers
+    restored, torch tearing down) killed it the default way, exit 143, which a driver took for a crash."""
+    metrics = tmp_path / "out" / "metrics.jsonl"
+    run = subprocess.Popen([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
+                            "--output", str(tmp_path / "out"), "--max-steps", "100000", "--cache-dir",
+                            str(tmp_path / "cache")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.is_file() and '"loss"' in metrics.read_text()):
+        time.sleep(0.1)
+    run.send_signal(signal.SIGTERM)
+    said = ""
+    for line in run.stderr:
+        said += line
+        if "interrupted at step" in line:  # (its last words: the checkpoint is saved)
+            run.send_signal(signal.SIGTERM)
+            break
+    said += run.stderr.read()
+    assert run.wait(timeout=120) == 130, said
+    assert (tmp_path / "out" / "checkpoints").is_dir()
