@@ -426,3 +426,20 @@ def test_caching_prints_a_line_now_and_then_where_no_bar_redraws(tmp_path, sampl
     lines = [line for line in piped.getvalue().splitlines() if line.startswith("caching latents")]
     assert [line.split(" (")[0] for line in lines] == ["caching latents 2/6", "caching latents 4/6",
                                                        "caching latents 6/6"], piped.getvalue()
+
+
+def test_entries_another_run_wrote_meanwhile_are_not_encoded_again(tmp_path, tiny):
+    """Runs of a grid started together on one cache each found every entry missing and each encoded all of them
+    (twice the VAE's time, on a GPU its memory too): an entry written since it was found missing is left as it is."""
+    from lowvram.data.cache import TextJob, encode_texts
+    from lowvram.models.conditioning import encode_prompts
+
+    def encode(captions):
+        return encode_prompts(tiny.family, tiny.text_encoders, tiny.tokenizers, captions, torch.device("cpu"))
+
+    ours, theirs = TensorStore(tmp_path, "text"), TensorStore(tmp_path, "text")  # two runs' views of one cache
+    jobs = [TextJob("a" * 64, "lvshape, a red circle"), TextJob("b" * 64, "lvshape, a blue square")]
+    theirs.save(jobs[0].key, {"hidden": torch.zeros(2, 2)})  # the other run's, written after ours looked
+    assert encode_texts(jobs, ours, encode, 4, QUIET) == 1
+    assert torch.equal(ours.load(jobs[0].key)["hidden"], torch.zeros(2, 2))  # left as the other run wrote it
+    assert ours.load(jobs[1].key)["hidden"].shape[-1] == tiny.text_encoders[0].config.hidden_size

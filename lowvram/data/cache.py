@@ -115,6 +115,11 @@ class TensorStore:
             os.utime(path)
         return True
 
+    def written(self, key: str) -> bool:
+        """Whether the entry is there: this run's, or one another run sharing the cache wrote meanwhile (whole: an
+        entry is written under a temporary name and renamed)."""
+        return (self.memory is not None and key in self.memory) or self.path(key).is_file()
+
     def load(self, key: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
@@ -265,10 +270,11 @@ class _PlainLines:
 
 def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, batch_size: int,
                    console: Console) -> int:
-    """Encode the given (missing) entries, batched per bucket; returns how many were encoded."""
+    """Encode the given (missing) entries, batched per bucket, less those another run sharing the cache has written
+    since they were found missing (runs of a grid started together); returns how many were encoded."""
     from lowvram.models.conditioning import encode_images
 
-    missing = jobs
+    missing, encoded = jobs, 0
     if not missing:
         return 0
     by_bucket: dict[tuple[int, int], list[LatentJob]] = {}
@@ -279,7 +285,9 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
         task = progress.add_task("latents", total=len(missing))
         for bucket_jobs in by_bucket.values():
             for start in range(0, len(bucket_jobs), batch_size):
-                chunk = bucket_jobs[start : start + batch_size]
+                chunk = _unwritten(bucket_jobs[start : start + batch_size], store, progress, task)
+                if not chunk:
+                    continue
                 pixels, masks = [], []
                 for job in chunk:  # one decoded image at a time: host RAM does not grow with the dataset
                     image, mask = open_training_image(job.record, job.options, job.placement.bucket)
@@ -296,18 +304,22 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
                                                                         mode="area")[0]
                     store.save(job.key, entry)
                 progress.advance(task, len(chunk))
-    return len(missing)
+                encoded += len(chunk)
+    return encoded
 
 
 def encode_texts(jobs: list[TextJob], store: TensorStore, encode, batch_size: int, console: Console) -> int:
-    """Encode the given (missing) captions; `encode(captions)` returns (hidden states, pooled or None)."""
-    missing = jobs
+    """Encode the given (missing) captions, less those another run has written since (`encode_latents`);
+    `encode(captions)` returns (hidden states, pooled or None). Returns how many were encoded."""
+    missing, encoded = jobs, 0
     if not missing:
         return 0
     with _progress(console, "caching text embeddings") as progress, torch.no_grad():
         task = progress.add_task("text", total=len(missing))
         for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
+            chunk = _unwritten(missing[start : start + batch_size], store, progress, task)
+            if not chunk:
+                continue
             hidden, pooled = encode([job.caption for job in chunk])
             for i, job in enumerate(chunk):
                 entry = {"hidden": hidden[i].cpu().contiguous()}
@@ -315,7 +327,16 @@ def encode_texts(jobs: list[TextJob], store: TensorStore, encode, batch_size: in
                     entry["pooled"] = pooled[i].cpu().contiguous()
                 store.save(job.key, entry)
             progress.advance(task, len(chunk))
-    return len(missing)
+            encoded += len(chunk)
+    return encoded
+
+
+def _unwritten(batch: list, store: TensorStore, progress, task) -> list:
+    """The jobs of `batch` whose entries are still not written (another run's may be, since), those counted done."""
+    left = [job for job in batch if not store.written(job.key)]
+    if len(left) < len(batch):
+        progress.advance(task, len(batch) - len(left))
+    return left
 
 
 def _mask_tensor(mask) -> torch.Tensor:
