@@ -452,7 +452,8 @@ def test_a_second_sigterm_as_the_interrupted_run_ends_still_exits_130(tmp_path):
     metrics = tmp_path / "out" / "metrics.jsonl"
     run = subprocess.Popen([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
                             "--output", str(tmp_path / "out"), "--max-steps", "100000", "--cache-dir",
-                            str(tmp_path / "cache")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            str(tmp_path / "cache")], stdout=(tmp_path / "out.log").open("w"), stderr=subprocess.PIPE,
+                           text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.is_file() and '"loss"' in metrics.read_text()):
         time.sleep(0.1)
@@ -466,3 +467,6 @@ def test_a_second_sigterm_as_the_interrupted_run_ends_still_exits_130(tmp_path):
     said += run.stderr.read()
     assert run.wait(timeout=120) == 130, said
     assert (tmp_path / "out" / "checkpoints").is_dir()
+    log = (tmp_path / "out.log").read_text()  # what the first one said, in a log: no empty line, no Ctrl-C to press
+    assert "\nstopping after this step and saving a checkpoint (the same signal again to stop at once)\n" in log
+    assert "\n\n" not in log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import torch
@@ -73,7 +74,9 @@ class StopOnSignal:
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
         self.received = signum
-        print(f"\n{self.notice} (press Ctrl-C again to stop at once)", flush=True)
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "the same signal again"
+        below_the_bar = "\n" if sys.stdout.isatty() else ""  # (a terminal's bar is on the line: a log's is not)
+        print(f"{below_the_bar}{self.notice} ({again} to stop at once)", flush=True)
 
     def __exit__(self, *exc) -> None:
         import signal
