@@ -410,6 +410,23 @@ def test_a_branch_from_an_earlier_checkpoint_sets_aside_all_the_left_branch_made
     assert not (tmp_path / f"{first.stem}-step000004.safetensors").exists()  # no step-4 LoRA of the left branch
 
 
+def test_resume_auto_sets_aside_what_a_killed_run_saved_past_its_last_checkpoint(tmp_path, capsys):
+    """A run killed after its step-3 save and before its step-4 checkpoint, resumed from step 2 with another --lr: its
+    step-3 LoRA (a -best, in the walkthrough) stayed, passing for the new branch's though no step of it made it."""
+    import shutil
+
+    first = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, save_every="1", lr=1e-3))
+    step3 = (tmp_path / f"{first.lora_path.stem}-step000003.safetensors").read_bytes()
+    shutil.rmtree(tmp_path / "checkpoints" / "step-000004")  # as the kill left it: a checkpoint is written whole or not
+    capsys.readouterr()
+    train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, save_every="1", lr=2e-3, resume="auto"))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "moved 2 save(s) and sample(s) after step-000002, of the branch this run leaves" in printed
+    archived = {path.name: path.read_bytes() for path in (tmp_path / "archive").glob("*/*.safetensors")}
+    assert archived[f"{first.lora_path.stem}-step000003.safetensors"] == step3
+    assert (tmp_path / f"{first.lora_path.stem}-step000003.safetensors").read_bytes() != step3  # the new branch's
+
+
 def test_every_checkpoint_unreadable_names_the_broken_part_and_the_way_out(tmp_path):
     train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=1))
     for part in (tmp_path / "checkpoints").glob("step-*/adapters.safetensors"):

@@ -302,21 +302,28 @@ def samples_of(lora: Path) -> list[Path]:
 
 
 def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: Path, name: str) -> str | None:
-    """Resuming from an earlier checkpoint of this folder branches off there: what the branch left wrote after it
-    (its checkpoints, LoRA saves, final and best LoRA, and samples) moves to archive/, so that --resume auto and the
-    pruning of old checkpoints follow the new branch, and the new branch's saves replace none of the old one's."""
-    chosen = Path(resume).resolve() if resume != "auto" else None
-    steps = [step for step, path in checkpoints if path.resolve() == chosen]
-    later = [path for step, path in checkpoints if steps and step > steps[0]]
-    if not later:
+    """Resuming from a checkpoint of this folder branches off there: what the branch left wrote after it (its later
+    checkpoints, where an earlier one is chosen; its LoRA saves, final and best LoRA, and samples, a killed run's
+    past its last checkpoint too) moves to archive/, so that --resume auto and the pruning of old checkpoints follow
+    the new branch, and no save of the branch left passes for the new one's (a -best of a step the new branch never
+    saw, as its best)."""
+    if not checkpoints:
         return None
+    chosen = Path(resume).resolve() if resume != "auto" else checkpoints[-1][1].resolve()
+    steps = [step for step, path in checkpoints if path.resolve() == chosen]
+    if not steps:  # (another folder's checkpoint: this one's saves are not its branch)
+        return None
+    later = [path for step, path in checkpoints if step > steps[0]]
     saves = [path for path in [*folder.glob("*.safetensors"), *_samples(folder)]
              if (_saved_step(path, name) or 0) > steps[0]]
     if folder / final_lora(name) in saves:  # its final samples with it
         saves += samples_of(folder / final_lora(name))
+    if not later and not saves:
+        return None
     target = move_to_archive(folder, later + saves)
-    return (f"moved {len(later)} checkpoint(s) after {chosen.name}" + (f" and {len(saves)} save(s) and sample(s)"
-            if saves else "") + f", of the branch this run leaves, to {target}")
+    moved = (f"{len(later)} checkpoint(s) after {chosen.name}" + (f" and {len(saves)} save(s) and sample(s)"
+             if saves else "")) if later else f"{len(saves)} save(s) and sample(s) after {chosen.name}"
+    return f"moved {moved}, of the branch this run leaves, to {target}"
 
 
 def _saved_step(path: Path, name: str) -> int | None:
