@@ -3,6 +3,7 @@ file-size limit on the training process otherwise), SIGKILL at random moments, a
 temporary files a killed writer left. After each: every file in the output is complete and loadable or absent,
 no temporary file survives the next run, and resuming ends with the LoRA an uninterrupted run writes."""
 
+import contextlib
 import math
 import os
 import random
@@ -326,6 +327,23 @@ def test_a_read_only_output_folder_is_refused_before_any_model_library_loads(tmp
     assert done.stdout.split() == ["2", "False"], done.stderr
     assert done.stderr.strip() == (f"lowvram train: error: --output: can't write in {folder / 'run'}: {folder} is on "
                                    "a read-only file system; choose an --output folder you can write to")
+
+
+def test_a_full_disk_at_the_first_write_of_a_run_is_one_line_and_leaves_no_lock(tmp_path, small_disk):
+    """The command a user runs right after the disk filled: its lock file's write ended in a traceback, exit 1."""
+    mount, _ = small_disk
+    folder = mount("full", 256)
+    with contextlib.suppress(OSError):
+        with open(folder / "filler", "wb") as fh:  # (filled to the last block)
+            while True:
+                fh.write(b"\0" * 4096)
+    done = run([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample", "--output",
+                str(folder / "run"), "--max-steps", "1", "--cache-dir", str(tmp_path / "cache")], os.environ.copy())
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"lowvram train: error: --output: can't write {folder / 'run' / '.lowvram.lock'} (No space left on device); "
+        f"free space in {folder / 'run'}, or choose another --output")
+    assert not (folder / "run" / ".lowvram.lock").exists()
 
 
 def test_a_cache_folder_short_of_room_says_how_much_to_free_and_that_is_enough(tmp_path, sample_data_module,

@@ -425,8 +425,13 @@ class FolderLock:
                         + (f" (if that run is gone, delete {self.path})" if where else "")) from None
                 self.path.unlink(missing_ok=True)  # stale: the process that wrote it is gone
                 continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(mine, fh)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(mine, fh)
+            except OSError as exc:  # a full disk: the first write of a run (its resume, right after the disk filled)
+                self.path.unlink(missing_ok=True)
+                raise LowvramError(f"--output: can't write {self.path} ({exc.strerror or exc}); free space in "
+                                   f"{self.path.parent}, or choose another --output") from None
             self.held = True
             return
         raise LowvramError(f"--output: could not take {self.path}; another run keeps creating it")
