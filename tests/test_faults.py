@@ -333,10 +333,9 @@ def test_a_full_disk_at_the_first_write_of_a_run_is_one_line_and_leaves_no_lock(
     """The command a user runs right after the disk filled: its lock file's write ended in a traceback, exit 1."""
     mount, _ = small_disk
     folder = mount("full", 256)
-    with contextlib.suppress(OSError):
-        with open(folder / "filler", "wb") as fh:  # (filled to the last block)
-            while True:
-                fh.write(b"\0" * 4096)
+    with contextlib.suppress(OSError), open(folder / "filler", "wb") as fh:  # (filled to the last block)
+        while True:
+            fh.write(b"\0" * 4096)
     done = run([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample", "--output",
                 str(folder / "run"), "--max-steps", "1", "--cache-dir", str(tmp_path / "cache")], os.environ.copy())
     assert done.returncode == 2, done.stderr
