@@ -149,6 +149,26 @@ def test_a_disk_with_room_for_the_lora_but_not_the_last_checkpoint_keeps_the_lor
     assert onward.returncode == 0, onward.stderr
 
 
+def test_ctrl_c_on_a_disk_with_room_for_the_lora_but_not_the_checkpoint_keeps_the_lora(
+        uninterrupted, sample_data_module, small_disk):
+    """The interrupted run's save wrote its checkpoint first, which did not fit, and so no LoRA either."""
+    mount, _ = small_disk
+    lora_kib = uninterrupted["sizes"]["out.safetensors"] // 1024
+    out = mount("out", 1024 + lora_kib + 40)
+    argv = [*cli(out, sample_data_module)[:-4], "--max-steps", "100000"]  # no checkpoint before the stop
+    proc = Run(argv, cached_env(uninterrupted))
+    metrics, deadline = out / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "no room for checkpoint step-" in err and "kept: no checkpoint yet, LoRA out-step" in err, err
+    [kept] = out.glob("out-step*.safetensors")
+    load_file(str(kept))  # whole
+    assert_output_sound(out)
+
+
 def test_a_cache_folder_without_room_falls_back_to_memory_for_the_run(tmp_path, sample_data_module, small_disk):
     mount, _ = small_disk
     cache = mount("cache", 1024)  # room for the 1 MiB kept spare, not for the entries

@@ -239,11 +239,12 @@ def older_saves(out_dir: Path, name: str, every: tuple[int, str], keep: int) -> 
 
 def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule,
                      position: checkpoint.Position, shape: TrainingShape) -> TrainingInterrupted:
-    """Ctrl-C or SIGTERM: a checkpoint and a usable LoRA of the steps so far; the error says how to continue."""
+    """Ctrl-C or SIGTERM: a usable LoRA of the steps so far and a checkpoint, the LoRA first (as at the end: a disk
+    with room for one of them keeps the smaller, which is a LoRA to use); the error says how to continue."""
     step, out_dir, name = position.step, session.out_dir, session.config.output_name
-    saved = save_checkpoint(session, trainee, dataset, position)
     usable = save_lora(session, trainee, dataset, out_dir / (step_save(name, step) + LORA_SUFFIX), step,
                        position.epoch, shape)
+    saved = save_checkpoint(session, trainee, dataset, position)
     if not session.main:  # the main process says it, once
         return TrainingInterrupted("")
     # a checkpoint resumes only with as many processes as wrote it
