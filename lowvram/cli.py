@@ -407,20 +407,31 @@ class _GoesOnWithoutReader:
             return call(*args)
         except BrokenPipeError:
             self._gone = True
-            with contextlib.suppress(OSError, ValueError):  # (the exit's flush would raise it again)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
-            print("lowvram train: the output's reader has gone; training goes on without printing (each step's "
-                  "figures are in the run's metrics.jsonl)", file=sys.stderr)
+            _to_nowhere(self._stream)  # (the exit's flush would raise it again)
+            try:  # (on the same pipe, `2>&1 | head`, this one's reader is gone too)
+                print("lowvram train: the output's reader has gone; training goes on without printing (each step's "
+                      "figures are in the run's metrics.jsonl)", file=sys.stderr, flush=True)
+            except OSError:
+                _to_nowhere(sys.stderr)
             return None
 
     def __getattr__(self, name):  # isatty, encoding, fileno ... as the stream's
         return getattr(self._stream, name)
 
 
+def _to_nowhere(stream) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
 @contextlib.contextmanager
 def output_may_close():
-    """While a run trains, its stdout may lose its reader (`_GoesOnWithoutReader`)."""
+    """While a run trains, its stdout may lose its reader (`_GoesOnWithoutReader`). (None where there is no stdout,
+    pythonw's: left so.)"""
     previous = sys.stdout
+    if previous is None:
+        yield
+        return
     sys.stdout = _GoesOnWithoutReader(previous)
     try:
         yield

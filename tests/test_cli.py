@@ -362,3 +362,22 @@ def test_a_run_whose_output_reader_goes_away_trains_to_its_end(tmp_path):
     assert "the output's reader has gone; training goes on without printing" in err
     assert (out / "out.safetensors").is_file()
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
+
+
+def test_a_run_whose_one_pipe_for_both_outputs_loses_its_reader_trains_to_its_end(tmp_path):
+    """`2>&1 | head`: the notice that the reader left went to the same broken pipe, which ended the run all the same;
+    and a process without a stdout at all (pythonw) trains too."""
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
+                            "--output", str(out), "--max-steps", "4", "--cache-dir", str(tmp_path / "cache")],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run.stdout.readline()
+    run.stdout.close()
+    assert run.wait(timeout=600) == 0
+    assert (out / "out.safetensors").is_file()
+    argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "w"), "--max-steps", "1",
+            "--cache-dir", str(tmp_path / "cache")]
+    windowless = f"import sys; sys.stdout = None; from lowvram.cli import main; sys.exit(main({argv!r}))"
+    done = subprocess.run([sys.executable, "-c", windowless], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "w" / "w.safetensors").is_file()

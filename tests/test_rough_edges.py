@@ -468,5 +468,5 @@ def test_a_second_sigterm_as_the_interrupted_run_ends_still_exits_130(tmp_path):
     assert run.wait(timeout=120) == 130, said
     assert (tmp_path / "out" / "checkpoints").is_dir()
     log = (tmp_path / "out.log").read_text()  # what the first one said, in a log: no empty line, no Ctrl-C to press
-    assert "\nstopping after this step and saving a checkpoint (the same signal again to stop at once)\n" in log
+    assert "\nstopping after this step and saving a checkpoint (send the same signal again to stop at once)\n" in log
     assert "\n\n" not in log

@@ -74,8 +74,8 @@ class StopOnSignal:
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
         self.received = signum
-        again = "press Ctrl-C again" if signum == signal.SIGINT else "the same signal again"
-        below_the_bar = "\n" if sys.stdout.isatty() else ""  # (a terminal's bar is on the line: a log's is not)
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "send the same signal again"
+        below_the_bar = "\n" if sys.stdout and sys.stdout.isatty() else ""  # (a terminal's bar is on the line)
         print(f"{below_the_bar}{self.notice} ({again} to stop at once)", flush=True)
 
     def __exit__(self, *exc) -> None:
