@@ -443,3 +443,7 @@ def test_entries_another_run_wrote_meanwhile_are_not_encoded_again(tmp_path, tin
     assert encode_texts(jobs, ours, encode, 4, QUIET) == 1
     assert torch.equal(ours.load(jobs[0].key)["hidden"], torch.zeros(2, 2))  # left as the other run wrote it
     assert ours.load(jobs[1].key)["hidden"].shape[-1] == tiny.text_encoders[0].config.hidden_size
+    broken = TextJob("c" * 64, "lvshape, a green triangle")
+    ours.path(broken.key).parent.mkdir(parents=True, exist_ok=True)
+    ours.path(broken.key).write_bytes(b"not a cache entry")  # there, but no entry: encoded, not taken as written
+    assert encode_texts([broken], ours, encode, 4, QUIET) == 1 and ours.valid(broken.key)

@@ -115,11 +115,6 @@ class TensorStore:
             os.utime(path)
         return True
 
-    def written(self, key: str) -> bool:
-        """Whether the entry is there: this run's, or one another run sharing the cache wrote meanwhile (whole: an
-        entry is written under a temporary name and renamed)."""
-        return (self.memory is not None and key in self.memory) or self.path(key).is_file()
-
     def load(self, key: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
@@ -332,8 +327,9 @@ def encode_texts(jobs: list[TextJob], store: TensorStore, encode, batch_size: in
 
 
 def _unwritten(batch: list, store: TensorStore, progress, task) -> list:
-    """The jobs of `batch` whose entries are still not written (another run's may be, since), those counted done."""
-    left = [job for job in batch if not store.written(job.key)]
+    """The jobs of `batch` whose entries are still not there whole (another run sharing the cache may have written
+    some since: an entry is written under a temporary name and renamed), those counted done."""
+    left = [job for job in batch if not store.valid(job.key)]
     if len(left) < len(batch):
         progress.advance(task, len(batch) - len(left))
     return left
