@@ -39,7 +39,13 @@ class PhasePeaks:
 
 
 def host_peak_bytes() -> int | None:
-    """This process's peak resident host RAM so far (the high-water mark the system keeps); None where unknown."""
+    """This process's peak resident host RAM so far (the high-water mark the system keeps); None where unknown.
+    Linux's is VmHWM: its ru_maxrss keeps a parent's peak across fork and exec (the web UI's, accelerate's)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows: the peak working set

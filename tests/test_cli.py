@@ -381,3 +381,12 @@ def test_a_run_whose_one_pipe_for_both_outputs_loses_its_reader_trains_to_its_en
     done = subprocess.run([sys.executable, "-c", windowless], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "w" / "w.safetensors").is_file()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux keeps a parent's ru_maxrss across exec")
+def test_the_peak_host_ram_a_run_reports_is_its_own_not_its_parents(tmp_path):
+    """A run the web UI or accelerate started reported the parent's peak as its own (ru_maxrss survives exec)."""
+    held = b"\1" * (1536 * 2**20)  # the parent's 1.5 GiB, resident
+    probe = "from lowvram.memory import host_peak_bytes; print(host_peak_bytes())"
+    child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert len(held) and int(child.stdout) < 1024 * 2**20
