@@ -39,5 +39,6 @@ def served_ui(cwd: Path, cache: Path, log: Path, *flags: str):
                 time.sleep(0.5)
             yield url
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            process.terminate()  # SIGTERM, as a service manager stops it: said, and 130 (it ended with 0)
+            stopped = process.wait(timeout=30)
+    assert stopped == 130 and "lowvram ui: interrupted" in log.read_text(), (stopped, log.read_text()[-2000:])

@@ -442,6 +442,7 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, auth: tuple[str, 
     public = f"; public link {share_url}" if share_url else "; no public link (Gradio could not make one: see above)"
     print(f"lowvram ui: {where}{public if share else ''}; Ctrl-C stops it", flush=True)
     app.block_thread()
+    raise KeyboardInterrupt  # (Gradio's wait ends on Ctrl-C or SIGTERM, which it took: "interrupted", 130)
 
 
 def login(auth: str | None, share: bool, listen: bool) -> tuple[str, str] | None:
