@@ -677,8 +677,9 @@ class RunConfig:
             for name in list(section):
                 if name in LOCAL_ONLY:
                     del section[name]
-                elif name in ("model", "vae"):
-                    section[name] = shareable_name(section[name])
+                elif name in ("model", "vae"):  # (a local folder named as a family, ./sdxl, is not the family)
+                    shared = shareable_name(section[name])
+                    section[name] = f"./{shared}" if shared != section[name] and shared in FAMILIES else shared
                 elif name in PATH_OPTIONS and section[name] != SAMPLE_DATA:
                     section[name] = Path(section[name]).name
                 elif name in SOURCE_LISTS:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.config import (
+    FAMILIES,
     PATH_OPTIONS,
     SAMPLE_DATA,
     SECTIONS,
@@ -121,24 +122,24 @@ def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:
         raise LowvramError(f"--config: {path} is a model or a LoRA without lowvram's recipe, not a config; a base "
                            "model is given as --model")
     values = read_toml(path, given, recipe=metadata[RECIPE_KEY])
-    named = [flag_name(fields_by_name()[name][1]) for name in ("model", "vae", *PATH_OPTIONS, *SOURCE_LISTS)
-             if values.get(name) and name not in given
-             and not all(Path(local).exists() for local in recipe_paths(name, values[name]))]
+    named = [flag_name(fields_by_name()[name][1]) for name in recipe_needs(values)]
     if named:
         print(f"--config {path}: the LoRA's recipe names {', '.join(named)} by name only (from the machine that "
               f"trained it); give {' and '.join(named)} for this one", file=sys.stderr)
     return values
 
 
-def recipe_paths(name: str, value: Any) -> list[str]:
-    """The local files and folders a recipe's option names: none for a hub id (its /), a built-in model (a family's
-    name) or the sample dataset; a FILE[:WEIGHT] list's files."""
-    if name in SOURCE_LISTS:
-        return [str(parse_source(str(item))[0]) for item in value]
-    built_in = fields_by_name()["model_family"][1].metadata["choices"]
-    if value == SAMPLE_DATA or name == "model" and ("/" in value or value in built_in):
-        return []
-    return [value]
+def recipe_needs(values: dict[str, Any]) -> list[str]:
+    """The options of a LoRA's recipe (as read) that name local files or folders not here, by their names only: a
+    hub id (its /, no ./ before it), a built-in model (a family's name) or the sample dataset needs none."""
+    def paths(name: str, value: Any) -> list[str]:
+        if name in SOURCE_LISTS:
+            return [str(parse_source(str(item))[0]) for item in value]
+        hub = "/" in value and not value.startswith(("./", "../"))
+        return [] if value == SAMPLE_DATA or name == "model" and (hub or value in FAMILIES) else [value]
+
+    return [name for name in ("model", "vae", *PATH_OPTIONS, *SOURCE_LISTS)
+            if values.get(name) and not all(Path(local).exists() for local in paths(name, values[name]))]
 
 
 def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", recipe: str | None = None

@@ -10,21 +10,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 from lowvram import lora_header
-from lowvram.config import NetworkConfig, as_flag_words
-from lowvram.configure import recipe_paths
+from lowvram.config import NetworkConfig, as_flag_words, fields_by_name, flag_name
+from lowvram.configure import read_toml, recipe_needs
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import windows_path_hint
 from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 # An absolute folder in a text: POSIX (/home/alice/, ~/models/), Windows (C:\Users\bob\), a network share
 # (\\NAS\share\) or a file URL (file:///home/carol/), not part of another URL or a word; in a JSON value its
@@ -182,11 +176,11 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
     console.print(table)
     if RECIPE_KEY in metadata:
         try:
-            model = tomllib.loads(metadata[RECIPE_KEY]).get("model", {}).get("model")
-        except (tomllib.TOMLDecodeError, AttributeError):  # (an edited recipe: --config names what is wrong)
-            model = None
-        local = isinstance(model, str) and not all(Path(name).exists() for name in recipe_paths("model", model))
-        again = shell_line("lowvram", "train", "--config", path, *["--model", "MODEL"] * bool(local), "--data", "DIR")
+            needs = recipe_needs(read_toml(path, recipe=metadata[RECIPE_KEY]))
+        except LowvramError:  # (an edited recipe: --config names what is wrong)
+            needs = []
+        again = shell_line("lowvram", "train", "--config", path, *[word for name in needs for word in (
+            flag_name(fields_by_name()[name][1]), fields_by_name()[name][1].metadata.get("metavar") or "PATH")])
         console.print(f"its recipe trains again with: {again}", soft_wrap=True, highlight=False)
     if info["private_paths"]:
         console.print(f"[yellow]{len(info['private_paths'])} local folder(s) in the metadata (e.g. "

@@ -387,3 +387,19 @@ def test_info_shows_the_hashes_model_sites_key_a_lora_on_and_a_stale_one(tmp_pat
     save_file(changed, str(path), safe_open(str(path), "pt").metadata())  # the same metadata, other tensors
     assert main(["info", str(path)]) == 0
     assert "its sshs_model_hash (" in capsys.readouterr().out
+
+
+def test_a_recipes_local_model_named_as_a_family_stays_a_local_model(tmp_path, monkeypatch):
+    """A folder ~/models/sdxl went into the recipe as `sdxl`, which read back as the hub's SDXL, unsaid."""
+    import dataclasses
+
+    from lowvram.configure import recipe_needs
+
+    (tmp_path / "sdxl").mkdir()
+    config = run_config()
+    local = dataclasses.replace(config, model=dataclasses.replace(config.model, model=str(tmp_path / "sdxl")))
+    shared = local.to_shareable_dict()["model"]["model"]
+    assert shared == "./sdxl"
+    monkeypatch.chdir(tmp_path.parent)  # elsewhere: needed
+    assert recipe_needs({"model": shared}) == ["model"]
+    assert recipe_needs({"model": "sdxl"}) == recipe_needs({"model": "someone/their-model"}) == []
