@@ -4,6 +4,7 @@ their absence costs, RAM and disk, and what `train --auto` would choose here for
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def _host_ram_line(total: int) -> str:
 
     swap = psutil.swap_memory().total
     spill = (f"; swap {swap / GIB:.1f} GiB (a loading peak past RAM spills there, slowly: plan --ram "
-             f"{(total + swap) / GIB:.0f}GB plans with it)" if swap else "; no swap")
+             f"{math.floor((total + swap) / GIB)}GB plans with it)" if swap else "; no swap")
     return f"{total / GIB:.1f} GiB, {psutil.virtual_memory().available / GIB:.1f} GiB of it free now{spill}"
 
 
