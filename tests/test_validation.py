@@ -211,12 +211,15 @@ def test_a_run_resumed_with_another_validation_split_says_its_held_out_images_ch
     assert data_changes({"0:a.png": "aa/bb"}, {"0:a.png": "aa/bb/held out"}) is None  # kept before the split was
 
 
-def test_a_validation_folder_marks_no_training_image_held_out(tmp_path, sample_data):
-    """Its images are apart from the dataset's, even where their names are the same."""
+def test_a_validation_folder_marks_no_training_image_held_out(tmp_path, sample_data, capsys):
+    """Its images are apart from the dataset's, even where their names are the same; copies of training images are
+    said to be (their validation loss does not tell overfitting)."""
     import shutil
 
     shutil.copytree(sample_data, tmp_path / "held")
     train(run_config(data=str(sample_data), validation_data=str(tmp_path / "held"), output=str(tmp_path / "run"),
                      max_steps=2, checkpoint_every=2))
+    assert "note: 6 image(s) of --validation-data are copies of training images" in " ".join(
+        capsys.readouterr().out.split())
     state = json.loads(next((tmp_path / "run").rglob("state.json")).read_text())
     assert state["data"] and all(facts.endswith("/trained") for facts in state["data"].values())

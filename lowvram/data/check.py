@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from lowvram.config import CHECK_DATA_SKIPS, RunConfig, as_flag_words, fields_by_name
 from lowvram.data.buckets import Buckets, default_buckets
@@ -143,6 +144,12 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
             raise LowvramError(f"--validation-data {config.validation.validation_data} holds every image of --data "
                                f"{config.data.data}, so none is left to train: validate on a folder of other images, "
                                "or hold out a share with --validation-split")
+        trained = {record.sha256: record for record in records}
+        copies = [held for held in held_out if held.sha256 in trained]
+        if copies and console is not None:  # (validating on them measures how well they were learnt, not more)
+            console.print(Text(f"note: {len(copies)} image(s) of --validation-data are copies of training images "
+                               f"({copies[0].relpath} is {trained[copies[0].sha256].relpath}): the validation loss "
+                               "does not tell overfitting on them", style="yellow"), soft_wrap=True)
     if config.validation.validation_split:
         records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
     return ScannedSets(reports, records, held_out)
