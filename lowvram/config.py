@@ -500,8 +500,10 @@ class ValidationConfig:
                                        metavar="N")
     early_stopping: int | None = option(None, "Stop after this many validations in a row without a new best "
                                         "loss (the patience); the best LoRA is kept as <name>-best.", metavar="N")
-    early_stopping_delta: float = option(0.0, "A validation loss is a new best only when it is lower than the best "
-                                         "by more than this (e.g. 0.001; Lightning's min_delta).", metavar="LOSS")
+    early_stopping_delta: float = option(0.0, "Early stopping counts a validation loss as an improvement only when "
+                                         "it is lower than the last improvement by more than this (e.g. 0.001; "
+                                         "Lightning's min_delta); <name>-best is still the lowest loss.",
+                                         metavar="LOSS")
 
 
 @dataclass(frozen=True)

@@ -45,14 +45,21 @@ def test_early_stopping_counts_validations_without_a_new_best():
     assert (restored.best, restored.best_step, restored.since_best, restored.stop) == (0.9, 20, 2, True)
 
 
-def test_early_stopping_delta_asks_a_new_best_to_beat_the_old_by_more():
+def test_early_stopping_delta_asks_an_improvement_to_beat_the_last_by_more_and_best_stays_the_lowest():
     stopping = EarlyStopping(patience=2, min_delta=0.01)
     assert stopping.update(10, 1.0)
-    assert not stopping.update(20, 0.995)  # lower, but by less than the delta
-    assert stopping.update(30, 0.98) and stopping.best == 0.98 and stopping.since_best == 0
-    assert not stopping.update(40, 0.975) and not stopping.update(50, 0.979) and stopping.stop
+    assert stopping.update(20, 0.995) and stopping.since_best == 1  # the lowest yet (-best), but no improvement
+    assert stopping.update(30, 0.98) and stopping.since_best == 0  # 0.02 below the last improvement (1.0)
+    assert stopping.update(40, 0.975) and not stopping.update(50, 0.979) and stopping.stop
+    assert (stopping.best, stopping.best_step) == (0.975, 40)
+    assert "lower than 0.98000 by more than 0.01 in 2 validations" in stopping.no_improvement()
     restored = EarlyStopping.restore(2, 0.01, json.loads(json.dumps(stopping.state())))
-    assert restored.min_delta == 0.01 and restored.best == 0.98 and restored.stop
+    assert (restored.min_delta, restored.best, restored.mark, restored.stop) == (0.01, 0.975, 0.98, True)
+    small_steps = EarlyStopping(patience=2, min_delta=0.01)  # steady small gains add up to improvements
+    assert all(small_steps.update(step, loss) for step, loss in enumerate([1.0, 0.994, 0.988, 0.982]))
+    assert not small_steps.stop and small_steps.mark == 0.988
+    older = EarlyStopping.restore(2, 0.01, {"best": 0.9, "best_step": 5, "since_best": 1, "history": []})
+    assert older.mark == 0.9  # a checkpoint written before the mark was kept
 
 
 @pytest.fixture(scope="module")

@@ -105,8 +105,8 @@ def run_training(session: Session) -> TrainResult:
     last_step = schedule.total_steps
     if stopping.stop and position.step < last_step:  # an early-stopped run, resumed: its stop stands
         last_step = position.step
-        console.print(f"nothing left to train: the run stopped early at step {position.step}, {stopping.since_best} "
-                      f"validations without a new best (raise --early-stopping to train further); writing the LoRA "
+        console.print(f"nothing left to train: the run stopped early at step {position.step}, "
+                      f"{stopping.no_improvement()} (raise --early-stopping to train further); writing the LoRA "
                       f"of step {position.step} from the checkpoint", soft_wrap=True)
 
     # kohya's figures: its dataloader's batches (one process's share) and the epochs the steps reach into
@@ -165,8 +165,8 @@ def run_training(session: Session) -> TrainResult:
                 position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
                 at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape)
                 if stopping.stop:
-                    console.print(f"[yellow]early stopping at step {step}:[/] no better validation loss in "
-                                  f"{stopping.since_best} validations; the best ({stopping.best:.5f}, step "
+                    console.print(f"[yellow]early stopping at step {step}:[/] {stopping.no_improvement()}; "
+                                  f"the best ({stopping.best:.5f}, step "
                                   f"{stopping.best_step}) is {best_save(name)}{LORA_SUFFIX}", soft_wrap=True)
                     break
                 if outcome.stop_asked and step < schedule.total_steps:

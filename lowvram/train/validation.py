@@ -67,24 +67,36 @@ def _noise_seed(*parts) -> int:
 
 @dataclass
 class EarlyStopping:
-    """Tracks the best validation loss; `stop` once `patience` validations in a row brought no new best (one
-    lower by more than `min_delta`)."""
+    """Tracks the lowest validation loss (the best, kept as <name>-best); `stop` once `patience` validations in a
+    row brought no improvement: a loss lower by more than `min_delta` than the last improvement's (`mark`), as
+    Lightning's min_delta. A loss lower by less is still the best: -best is the lowest loss, whatever the delta."""
 
     patience: int | None
     min_delta: float = 0.0
     best: float = math.inf
     best_step: int = 0
-    since_best: int = 0
+    since_best: int = 0  # validations since the last improvement (by more than min_delta)
     history: list = field(default_factory=list)
+    mark: float = math.inf  # the loss of the last improvement: the next must beat it by more than min_delta
 
     def update(self, step: int, loss: float) -> bool:
-        """Record a validation; True when it is a new best."""
+        """Record a validation; True when it is a new best (the lowest loss yet)."""
         self.history.append((step, loss))
-        if loss < self.best - self.min_delta:
-            self.best, self.best_step, self.since_best = loss, step, 0
+        if loss < self.mark - self.min_delta:
+            self.mark, self.since_best = loss, 0
+        else:
+            self.since_best += 1
+        if loss < self.best:
+            self.best, self.best_step = loss, step
             return True
-        self.since_best += 1
         return False
+
+    def no_improvement(self) -> str:
+        """What stopped the run, in words."""
+        if not self.min_delta:
+            return f"no better validation loss in {self.since_best} validations"
+        return f"no validation loss lower than {self.mark:.5f} by more than {self.min_delta:g} in {self.since_best} " \
+               "validations"
 
     @property
     def stop(self) -> bool:
@@ -92,12 +104,14 @@ class EarlyStopping:
 
     def state(self) -> dict:
         return {"best": self.best if math.isfinite(self.best) else None, "best_step": self.best_step,
-                "since_best": self.since_best, "history": self.history}
+                "since_best": self.since_best, "history": self.history,
+                "mark": self.mark if math.isfinite(self.mark) else None}
 
     @classmethod
     def restore(cls, patience: int | None, min_delta: float, state: dict | None) -> EarlyStopping:
         if not state:
             return cls(patience, min_delta)
         best = state["best"] if state["best"] is not None else math.inf
+        mark = state.get("mark", state["best"])  # a checkpoint from before the mark: its best was the mark
         return cls(patience, min_delta, best, state["best_step"], state["since_best"],
-                   [tuple(h) for h in state["history"]])
+                   [tuple(h) for h in state["history"]], mark if mark is not None else math.inf)
