@@ -216,6 +216,24 @@ def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_list
     assert "not carried over (lowvram has no such setting): my_own_note, token_warmup_step" in notes
 
 
+def test_a_validation_split_of_one_dataset_holds_out_nothing_of_the_others_so_it_is_refused(tmp_path, monkeypatch):
+    """kohya holds out images of the datasets that set validation_split only: one held over every dataset would
+    validate on images kohya trains. Its validation_seed is said to give way to --seed."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    doc = {"datasets": [{"validation_split": 0.2, "validation_seed": 7, "subsets": [{"image_dir": "imgs/alpha"}]},
+                        {"subsets": [{"image_dir": "imgs/beta"}]}]}
+    with pytest.raises(LowvramError) as error:
+        read_dataset(write(tmp_path / "dataset.toml", doc))
+    assert str(error.value) == (f"{tmp_path / 'dataset.toml'}: validation_split: the datasets differ (0.2 "
+                                "(datasets[1]), 0.0 (datasets[2])); lowvram trains one value per run: give one in "
+                                "[general], or train each dataset as a run of its own")
+    doc["general"] = {"validation_split": 0.2}  # the others' too: one value for the run
+    dataset = read_dataset(write(tmp_path / "dataset.toml", doc))
+    assert dataset.values["validation_split"] == 0.2
+    assert "validation_seed: lowvram holds out the images --seed chooses (the run's seed)" in dataset.notes
+
+
 def test_caption_prefixes_and_suffixes_wrap_each_subsets_captions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)

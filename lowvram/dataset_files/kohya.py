@@ -53,12 +53,14 @@ SWITCH_VALUES = {"color_aug": (0.1, 0.0), "random_crop": ("random", "center")}  
 STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_prefix", "caption_suffix",
              "metadata_file"}  # per subset
 # nothing lowvram does changes with these: it caches its own scan, and resizes as it resizes
-INERT = {"cache_info", "resize_interpolation", "debug_dataset", "validation_seed"}
+INERT = {"cache_info", "resize_interpolation", "debug_dataset"}
+# settings whose work lowvram does otherwise, and the note that says how
+OTHERWISE = {"validation_seed": "validation_seed: lowvram holds out the images --seed chooses (the run's seed)"}
 
 
 # kohya's settings that change nothing lowvram trains (caption token warm-up, other models' prompts), passed over
 UNUSED = {"token_warmup_min", "token_warmup_step", "custom_attributes", "system_prompt"}
-KNOWN = set(RUN_SETTINGS) | set(SUBSET_SETTINGS) | STRUCTURE | INERT | set(REFUSED_SETTINGS) | UNUSED
+KNOWN = set(RUN_SETTINGS) | set(SUBSET_SETTINGS) | STRUCTURE | INERT | set(OTHERWISE) | set(REFUSED_SETTINGS) | UNUSED
 
 
 def is_kohya_dataset(doc: Any) -> bool:
@@ -88,12 +90,14 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
     per_dataset: list[list[Subset]] = []  # the subsets of each dataset
     settings: list[dict[str, Any]] = []  # each subset's settled settings, in order
     run_values: dict[str, list[tuple[Any, str]]] = {}  # per run setting: (value, which dataset)
+    holds_out: list[tuple[Any, str]] = []  # each dataset's validation_split, kohya's 0 where it sets none
     for number, dataset in enumerate(datasets, 1):
         where = f"datasets[{number}]" if len(datasets) > 1 else "datasets"
         layers = {**general, **{k: v for k, v in dataset.items() if k != "subsets"}}
         for key in RUN_SETTINGS:
             if key in layers:
                 run_values.setdefault(key, []).append((layers[key], where))
+        holds_out.append((layers.get("validation_split", 0.0), where))
         seen: set[Path] = set()
         per_dataset.append([])
         entries = dataset.get("subsets")
@@ -118,6 +122,8 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
             subsets.append(subset)
             per_dataset[-1].append(subset)
             settings.append(settled)
+    if "validation_split" in run_values:  # a dataset without one holds nothing out in kohya: so they differ
+        run_values["validation_split"] = holds_out
     if subsets and not any(not s.regularization for s in subsets):
         problem("datasets", "every subset is is_reg = true; add the images to train on as a subset without is_reg")
     batch_sizes = {json.dumps(value, default=str) for value, _ in run_values.get("batch_size", [])}
@@ -147,6 +153,7 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
     for key, meant in misspelt.items():
         problem(key, f"no kohya dataset setting is called that; did you mean {meant}?")
     left = [key for key in unread if key not in misspelt]
+    notes.extend(why for key, why in OTHERWISE.items() if any(key in settled for settled in settings))
     if left:
         notes.append(f"not carried over (lowvram has no such setting): {', '.join(left)}")
     for key, why in REFUSED_SETTINGS.items():  # (network_multiplier 1: kohya's default, the strength trained here)
