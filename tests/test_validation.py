@@ -230,3 +230,23 @@ def test_a_validation_folder_marks_no_training_image_held_out(tmp_path, sample_d
         capsys.readouterr().out.split())
     state = json.loads(next((tmp_path / "run").rglob("state.json")).read_text())
     assert state["data"] and all(facts.endswith("/trained") for facts in state["data"].values())
+
+
+def test_a_ctrl_c_while_validating_stops_after_the_validation_not_a_step_later(tmp_path, monkeypatch):
+    """Validation takes a while, and the step's stop flag was read before it: the run trained one more step."""
+    import os
+    import signal
+
+    from lowvram.errors import TrainingInterrupted
+    from lowvram.train import saving
+
+    real = saving.validate
+
+    def ctrl_c_while_validating(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(saving, "validate", ctrl_c_while_validating)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 2 of 6"):
+        train(run_config(output=str(tmp_path), validation_split=0.34, validate_every=2, max_steps=6, name="v"))
+    assert (tmp_path / "v-step000002.safetensors").is_file()

@@ -49,7 +49,7 @@ from lowvram.train.setup import (
     scan_data,
     start_session,
 )
-from lowvram.train.step import count_bad_steps, forward_backward, learning_rates, update
+from lowvram.train.step import count_bad_steps, forward_backward, learning_rates, sum_over_processes, update
 from lowvram.train.validation import EarlyStopping
 
 
@@ -160,8 +160,12 @@ def run_training(session: Session) -> TrainResult:
                                 "grad_norm": outcome.grad_norm, "seconds": seconds,
                                 "total_steps": schedule.total_steps}, ends_epoch)
                 bad_steps = count_bad_steps(session, outcome.verdict, bad_steps, step)  # (logged: it may stop)
+                stop_asked = outcome.stop_asked
                 if prepared.validation and (schedule.validates_at(step) or step == schedule.total_steps):
                     validate_and_keep_best(session, trainee, dataset, prepared, stopping, log, step, epoch, shape)
+                    # a Ctrl-C while validating (which takes a while) stops here, not a step later; every process
+                    # validated, so all of them agree on it
+                    stop_asked = sum_over_processes(session.accelerator, float(signals.received is not None))[0] > 0
                 position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
                 at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape)
                 if stopping.stop:
@@ -169,7 +173,7 @@ def run_training(session: Session) -> TrainResult:
                                   f"the best ({stopping.best:.5f}, step "
                                   f"{stopping.best_step}) is {best_save(name)}{LORA_SUFFIX}", soft_wrap=True)
                     break
-                if outcome.stop_asked and step < schedule.total_steps:
+                if stop_asked and step < schedule.total_steps:
                     raise save_interrupted(session, trainee, dataset, schedule, position, shape)
 
         for module in trainee.trained_modules:
