@@ -2,6 +2,7 @@
 changes when the weights do, a run that stops when that loss stops improving, and the best LoRA kept."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -209,10 +210,16 @@ def test_a_run_resumed_with_another_validation_split_says_its_held_out_images_ch
     changed dataset is (a run from before the checkpoints kept the split resumes as it did)."""
     train(run_config(output=str(tmp_path / "run"), validation_split=0.34, max_steps=2, checkpoint_every=2))
     capsys.readouterr()
+    first = json.loads(next((tmp_path / "run").rglob("state.json")).read_text())["validation"]
+    assert first["history"] and first["held_out"]
     train(run_config(output=str(tmp_path / "run"), validation_split=0.5, max_steps=4, resume="auto"))
     printed = " ".join(capsys.readouterr().out.split())
     assert "the dataset changed since this checkpoint (1 image held out for validation or back in training" in printed
     assert "in another order than the interrupted run's" in printed  # other images train
+    # its best loss scored other images: the record starts over, and the first validation is the new best
+    assert "the validation images or their captions changed since the checkpoint: early stopping's record starts " \
+           "over" in printed
+    assert re.search(r"step 4: validation loss [\d.]+ \(best\)", printed), printed  # not "(best, 0.01 lower)"
     from lowvram.train.checkpoint import data_changes
 
     assert data_changes({"0:a.png": "aa/bb"}, {"0:a.png": "aa/bb/held out"}) is None  # kept before the split was

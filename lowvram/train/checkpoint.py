@@ -275,7 +275,7 @@ def data_changes(then: dict | None, now: dict[str, str]) -> str | None:
              (sum(now[p].split("/")[0] != then[p].split("/")[0] for p in kept), "image", "replaced"),
              (sum(now[p].split("/")[1] != then[p].split("/")[1] for p in kept), "caption", "changed"),
              (sum(_role(then[p]) is not None and _role(now[p]) != _role(then[p]) for p in kept), "image",
-              "held out for validation or back in training (early stopping's record compares another set)")]
+              "held out for validation or back in training")]
     return ", ".join(f"{n} {noun}{'s' * (n > 1)} {verb}" for n, noun, verb in parts if n) or None
 
 

@@ -50,7 +50,7 @@ from lowvram.train.setup import (
     start_session,
 )
 from lowvram.train.step import count_bad_steps, forward_backward, learning_rates, sum_over_processes, update
-from lowvram.train.validation import EarlyStopping
+from lowvram.train.validation import EarlyStopping, held_out_id
 
 
 @dataclass
@@ -101,7 +101,11 @@ def run_training(session: Session) -> TrainResult:
     describe(session, trainee, dataset, prepared, attention, schedule)
     position = resume(session, trainee, dataset, schedule)
     stopping = EarlyStopping.restore(config.validation.early_stopping, config.validation.early_stopping_delta,
-                                     position.validation)
+                                     position.validation, held_out_id(prepared.validation))
+    if stopping.restarted:
+        console.print(f"[yellow]note:[/] the validation images or their captions changed since the checkpoint: "
+                      f"early stopping's record starts over (its losses scored the others), and the next "
+                      f"validation writes {best_save(name)}{LORA_SUFFIX} anew", soft_wrap=True)
     last_step = schedule.total_steps
     if stopping.stop and position.step < last_step:  # an early-stopped run, resumed: its stop stands
         last_step = position.step

@@ -78,6 +78,8 @@ class EarlyStopping:
     since_best: int = 0  # validations since the last improvement (by more than min_delta)
     history: list = field(default_factory=list)
     mark: float = math.inf  # the loss of the last improvement: the next must beat it by more than min_delta
+    held_out: str | None = None  # which images and captions the losses score (`held_out_id`)
+    restarted: bool = False  # a checkpoint's record was dropped: it scored other images
 
     def update(self, step: int, loss: float) -> bool:
         """Record a validation; True when it is a new best (the lowest loss yet)."""
@@ -105,13 +107,26 @@ class EarlyStopping:
     def state(self) -> dict:
         return {"best": self.best if math.isfinite(self.best) else None, "best_step": self.best_step,
                 "since_best": self.since_best, "history": self.history,
-                "mark": self.mark if math.isfinite(self.mark) else None}
+                "mark": self.mark if math.isfinite(self.mark) else None, "held_out": self.held_out}
 
     @classmethod
-    def restore(cls, patience: int | None, min_delta: float, state: dict | None) -> EarlyStopping:
+    def restore(cls, patience: int | None, min_delta: float, state: dict | None, held_out: str | None = None
+                ) -> EarlyStopping:
+        """The record a checkpoint kept; a fresh one where there is none, or where it scored other images than
+        `held_out` (losses of another set compare with none of this one's)."""
         if not state:
-            return cls(patience, min_delta)
+            return cls(patience, min_delta, held_out=held_out)
+        if state.get("held_out") not in (None, held_out):
+            return cls(patience, min_delta, held_out=held_out, restarted=True)
         best = state["best"] if state["best"] is not None else math.inf
         mark = state.get("mark", state["best"])  # a checkpoint from before the mark: its best was the mark
         return cls(patience, min_delta, best, state["best_step"], state["since_best"],
-                   [tuple(h) for h in state["history"]], mark if mark is not None else math.inf)
+                   [tuple(h) for h in state["history"]], mark if mark is not None else math.inf, held_out)
+
+
+def held_out_id(samples: list) -> str | None:
+    """Which images (their cached latents) with which captions a validation scores, as a short hash."""
+    if not samples:
+        return None
+    scored = sorted((sample.latent_keys[:1], sample.caption) for sample in samples)
+    return hashlib.sha256(repr(scored).encode()).hexdigest()[:16]
