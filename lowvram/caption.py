@@ -21,7 +21,7 @@ import itertools
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,6 +98,7 @@ class CaptionReport:
     written: list[str] = field(default_factory=list)  # relative paths of the caption files written
     kept: list[str] = field(default_factory=list)  # images whose existing caption was left alone
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
+    notes: list[str] = field(default_factory=list)  # folders passed over, options the model does not read
     backup: Path | None = None  # where the captions --overwrite replaced were kept
     device: str = "cpu"
 
@@ -118,6 +119,7 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
     report = CaptionReport()
     root, todo = _images_to_caption(expand_home(config.data), config, report)
     model = locate_model(config.caption_model)
+    report.notes += _unread_options(config, model.kind)
     estimate = estimate_captioner(model.weight_files, config.batch_size, runs_in_half=model.kind != "tagger")
     report.device = _choose_device(config.device, estimate, hardware, console)
     console.print(f"{len(todo)} image(s) to caption, {len(report.kept)} already captioned, {len(report.skipped)} "
@@ -141,7 +143,8 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                 for (record, target), text in zip(batch, captioner(images), strict=True):
                     caption = ", ".join(part for part in (config.trigger_word, text.strip()) if part)
                     if not caption:
-                        report.skipped.append((record.relpath, "the model gave no caption"))
+                        report.skipped.append((record.relpath, "no tag reached --threshold or --character-threshold"
+                                               if model.kind == "tagger" else "the model gave no caption"))
                         continue
                     _keep_old_caption(target, root.resolve(), report.backup)
                     write_text(target, caption + "\n")
@@ -158,6 +161,20 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                 shutil.rmtree(report.backup)  # may have made its subfolder)
                 report.backup = None
     return report
+
+
+def _unread_options(config: CaptionConfig, kind: str) -> list[str]:
+    """A note naming the options given that the kind of model found does not read (a tagger has no prompt)."""
+    theirs = {"tagger": ("prompt", "max_length"),
+              "image-to-text": ("threshold", "character_threshold", "exclude_tags", "keep_underscores")}[kind]
+    defaults = {f.name: f.default for f in fields(CaptionConfig)}
+    given = [f"--{name.replace('_', '-')}" for name in theirs if getattr(config, name) != defaults[name]]
+    if not given:
+        return []
+    readers = "image-to-text models" if kind == "tagger" else "taggers"
+    note = (f"{', '.join(given)}: not read by {'a tagger' if kind == 'tagger' else 'an image-to-text model'} "
+            f"({readers} read {'them' if len(given) > 1 else 'it'})")
+    return [note]
 
 
 def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport) -> tuple[Path, list]:
@@ -185,17 +202,19 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         if dataset:
             folders = [ImageFolder(s.folder, s.repeats, s.label) for s in dataset.folders()
                        if s.captions is None]  # a fine-tuning subset is captioned by its metadata file
-            scanned = scan_folders(root, folders, buckets, options).records
+            scan = scan_folders(root, folders, buckets, options)
         else:
-            scanned = scan_dataset(root, buckets, options).records
+            scan = scan_dataset(root, buckets, options)
     except NoUsableImages as exc:
-        scanned = exc.report.records
-        if not scanned:
-            where = f"the image folders of {data}" if dataset else f"{root} or its N_name subfolders"
-            below = [] if dataset else [sub for sub in sorted(root.iterdir())  # (regularization images keep their
-                                        if sub.is_dir() and nested_option(sub) == "--data"]  # class-word captions)
-            down = f"; its N_name folders are a level down: caption {' and '.join(map(str, below))}" if below else ""
-            raise LowvramError(f"DIR: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}{down}") from None
+        scan = exc.report
+    scanned = scan.records
+    report.notes += [note for note in scan.folder_notes if note.startswith("ignored folder")]
+    if not scanned:
+        where = f"the image folders of {data}" if dataset else f"{root} or its N_name subfolders"
+        below = [] if dataset else [sub for sub in sorted(root.iterdir())  # (regularization images keep their
+                                    if sub.is_dir() and nested_option(sub) == "--data"]  # class-word captions)
+        down = f"; its N_name folders are a level down: caption {' and '.join(map(str, below))}" if below else ""
+        raise LowvramError(f"DIR: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}{down}")
     todo = []
     for record in scanned:
         if not record.usable:
@@ -219,6 +238,16 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
             report.skipped.append((record.relpath, taken + "; rename it"))
             continue
         todo.append((record, target))
+    # pic.png and pic.jpg read one pic.txt: captioning both writes one's tags over the other's (and over a caption
+    # --overwrite kept away first), so neither is captioned
+    sharing: dict[str, list[str]] = {}
+    for record, target in todo:
+        sharing.setdefault(str(target), []).append(record.path.name)
+    for record, target in [(record, target) for record, target in todo if len(sharing[str(target)]) > 1]:
+        names = " and ".join(sharing[str(target)])
+        why = f"{names} share one caption file, {target.name}: rename one so that each has its own"
+        report.skipped.append((record.relpath, why))
+        todo.remove((record, target))
     return root, todo
 
 
@@ -387,7 +416,7 @@ def _load_tagger(folder: Path, device: str, config: CaptionConfig):
         raise LowvramError(f"--caption-model: {config.caption_model} takes input {entry.shape}, not the WD14 "
                            "layout (batch, size, size, 3)")
     size = entry.shape[1]
-    excluded = {tag.strip().replace("_", " ") for given in config.exclude_tags for tag in given.split(",")}
+    excluded = {tag.strip().replace("_", " ").lower() for given in config.exclude_tags for tag in given.split(",")}
 
     def caption(images: list) -> list[str]:
         batch = np.stack([_tagger_input(image, size) for image in images])
@@ -424,8 +453,10 @@ def _tagger_input(image, size: int):
 def _tag_line(scores, tags: list[tuple[str, int]], config: CaptionConfig, excluded: set[str]) -> str:
     chosen = []
     for (name, category), score in zip(tags, scores, strict=True):
-        tag = name if config.keep_underscores else name.replace("_", " ")
-        if category == RATING or tag.replace("_", " ") in excluded or tag == config.trigger_word:
+        # a short tag keeps its underscores, as kohya's --remove_underscore keeps them: ^_^ and o_o are faces
+        tag = name if config.keep_underscores or len(name) <= 3 else name.replace("_", " ")
+        spaced = tag.replace("_", " ")
+        if category == RATING or spaced in excluded or spaced == (config.trigger_word or "").replace("_", " "):
             continue
         if score >= (config.character_threshold if category == CHARACTER else config.threshold):
             chosen.append((category != CHARACTER, -float(score), tag))

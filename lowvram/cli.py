@@ -182,6 +182,8 @@ def run_caption(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             hardware = hardware_for(None, None, None)
     report = caption_dataset(config, hardware, default_cache_dir(), dry_run=args.dry_run)
+    for note in report.notes:
+        print(f"note: {note}")
     for image, reason in report.skipped:
         print(f"skipped {image}: {reason}")
     if not args.dry_run:

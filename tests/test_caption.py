@@ -85,6 +85,28 @@ def test_tagger_thresholds_and_exclusions(tmp_path, tagger):
     assert "general" not in "".join(got.values())  # rating tags are never written
 
 
+def test_tags_are_written_as_kohyas_tagger_writes_them_and_options_it_does_not_read_are_said(tmp_path, tagger,
+                                                                                              capsys):
+    """A short tag keeps its underscores (o_o is a face, not 'o o'); excluded tags and a trigger word match in any
+    case and with underscores or spaces; an image-to-text option given to a tagger is said to do nothing; an image
+    no tag scored high enough for is said to be that, not that 'the model gave no caption'."""
+    faces = tmp_path / "faces"
+    shutil.copytree(tagger, faces)
+    tags = faces / "selected_tags.csv"
+    tags.write_text(tags.read_text().replace("hatsune_miku", "o_o"))
+    data = colour_dataset(tmp_path / "data")
+    assert main(["caption", str(data), "--caption-model", str(faces), "--exclude-tags", "Red_Theme",
+                 "--trigger-word", "blue_theme", "--character-threshold", "0.4", "--prompt", "a photo of"]) == 0
+    got = captions(data)
+    assert got["red"] == "blue_theme, o_o\n" and got["blue"] == "blue_theme, o_o\n"
+    assert got["white"] == "blue_theme, o_o, green theme, bright theme\n"  # no red theme, no blue theme twice
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note: --prompt: not read by a tagger (image-to-text models read it)" in out
+    assert main(["caption", str(tmp_path / "data"), "--caption-model", str(tagger), "--overwrite",
+                 "--character-threshold", "1"]) == 0
+    assert "skipped 3_colours/dark.png: no tag reached --threshold or --character-threshold" in capsys.readouterr().out
+
+
 def test_rerun_keeps_everything_and_overwrite_keeps_the_old_captions(tmp_path, tagger, monkeypatch, capsys):
     monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
     data = colour_dataset(tmp_path / "data")
@@ -140,6 +162,28 @@ def test_a_folder_where_a_caption_goes_is_passed_over_not_the_end_of_the_run(tmp
             "left as it is; rename it") in out
     assert "skipped 3_colours/white.png: white.txt is not a file" in out and "wrote 2 caption(s)" in out
     assert (data / "3_colours" / "white.txt").is_symlink() and (data / "3_colours" / "blue.txt").is_file()
+
+
+def test_images_of_one_name_are_not_captioned_into_one_file_and_check_data_names_them(tmp_path, tagger,
+                                                                                      monkeypatch, capsys):
+    """pic.png and pic.jpg read one pic.txt: captioning both wrote one's tags over the other's, and --overwrite kept
+    the first one's new caption away over the user's own, which was then nowhere."""
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
+    data = colour_dataset(tmp_path / "data")
+    folder = data / "3_colours"
+    Image.new("RGB", (96, 96), (40, 60, 220)).save(folder / "red.jpg")
+    (folder / "red.txt").write_text("my hand-written caption\n")
+    (folder / "more").mkdir()  # a folder in a folder: not captioned, as not trained, and said
+    Image.new("RGB", (96, 96), (40, 60, 220)).save(folder / "more" / "deep.png")
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--overwrite"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note: ignored folder 3_colours/more/ (1 image in it and below do not train)" in out
+    assert "skipped 3_colours/red.jpg: red.jpg and red.png share one caption file, red.txt: rename one so that " \
+           "each has its own" in out and "skipped 3_colours/red.png: red.jpg and red.png share" in out
+    assert (folder / "red.txt").read_text() == "my hand-written caption\n"
+    assert main(["check-data", str(data)]) == 0
+    assert "1 pair(s) of images in 3_colours/ of one name read one caption file: red.jpg and red.png (rename one " \
+           "of each to give it its own caption)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_two_overwrites_within_a_second_keep_the_users_captions_apart(tmp_path, tagger, monkeypatch, capsys):

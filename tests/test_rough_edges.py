@@ -293,6 +293,9 @@ def unknown_option_hint(capsys, argv: list[str]) -> str:
     (["merge", "a.safetensors", "--models", "a.safetensors"], "lowvram merge's is the LoRA files as merge's FILE"),
     (["resize", "a.safetensors", "--rank", "4", "--dynamic_method", "sv_fro"], "lowvram resize's is --dynamic"),
     (["extract", "--base", "a", "--tuned", "b", "--rank", "4", "--conv_dim", "4"], "lowvram extract's is --conv-rank"),
+    (["caption", "d", "--remove_underscore"], "lowvram caption has none (the default: tags are written with spaces"),
+    (["caption", "d", "--append_tags"], "(an existing caption is kept as it is, or replaced with --overwrite)"),
+    (["caption", "d", "--min_length", "5"], "lowvram caption has none (--max-length bounds a caption)"),
 ])
 def test_other_tools_names_get_the_lowvram_flag_of_the_command_typed(capsys, argv, hint):
     assert hint in unknown_option_hint(capsys, argv)

@@ -288,6 +288,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
         folder = image_folder.path
         where = "" if folder == root else f"{folder.relative_to(root).as_posix()}/"
         unknown, masks, stems, unlisted, keys, unread, captions = [], [], set(), [], set(), [], []
+        named: dict[str, list[str]] = {}  # images by their name without the extension
         try:
             entries = sorted(p for p in folder.iterdir() if not passed_over(p))
         except OSError as exc:
@@ -313,6 +314,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                     continue
                 files.append((path, image_folder))
                 stems.add(path.stem)
+                named.setdefault(path.stem, []).append(path.name)
                 keys.add(key)
             elif suffix in CAPTION_SUFFIXES:
                 captions.append(path)
@@ -342,6 +344,11 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
         if lone:
             notes.append(f"{len(lone)} caption file(s) in {where or './'} without an image of the same name, read by "
                          f"none: {', '.join(lone[:5])}{' ...' if len(lone) > 5 else ''} (an image renamed?)")
+        alike = [" and ".join(names) for names in named.values() if len(names) > 1]
+        if alike and image_folder.captions is None:  # (a metadata file keys them by path: each its own)
+            notes.append(f"{len(alike)} pair(s) of images in {where or './'} of one name read one caption file: "
+                         f"{'; '.join(alike[:5])}{' ...' if len(alike) > 5 else ''} (rename one of each to give it "
+                         "its own caption)")
         if unknown:
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             notes.append(f"ignored {len(unknown)} file(s) of unknown type in {where or './'}: "
