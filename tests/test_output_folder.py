@@ -56,6 +56,14 @@ def test_a_new_run_in_a_folder_holding_another_runs_checkpoints_stops_and_loses_
     same_options = run_config(output=str(out), max_steps=3, overwrite=False)
     with pytest.raises(LowvramError, match="holds an earlier run of these options with checkpoints up to step"):
         train(same_options)
+    # another name, as kohya_ss users keep mychar and mychar_v2 in one folder: its checkpoints are not this run's
+    renamed = run_config(output=str(out), max_steps=3, overwrite=False, name="x_v2")
+    with pytest.raises(LowvramError) as refused:
+        train(renamed)
+    assert str(refused.value) == (f"--output: {out} holds the run named x with checkpoints up to step {stopped}; "
+                                  "train x_v2 into another --output (one run per folder), continue x with --name x "
+                                  f"--resume auto, start over with --overwrite (its files move to {out / ARCHIVE}/), "
+                                  "or choose another --output")
     assert snapshot(out) == before  # nothing written, nothing pruned
 
     # --overwrite: the earlier run's files move to archive/, and this run's own final checkpoint survives pruning

@@ -175,6 +175,9 @@ def ownership_problem(run: ResolvedRun) -> str | None:
         return problem
     ours, record = recipe(run), read_record(folder)
     checkpoints = checkpoint.complete(checkpoint.checkpoint_root(folder))
+    # kohya_ss users keep mychar, mychar_v2 ... in one folder; lowvram keeps one run (and its checkpoints) per folder
+    # (--resume with another name is asked for: the run trained further, saved under the new name)
+    named = record.get("name") if record and record.get("name") != config.output_name else None
     if config.training.resume:
         if record and not same_run(record, ours):
             weights = config.network.network_weights
@@ -200,6 +203,10 @@ def ownership_problem(run: ResolvedRun) -> str | None:
         what = ("an earlier run of these options" if same else "an earlier run" if record is None
                 else f"another run ({differences(record['recipe'], ours)})")
         resume = "continue it with --resume auto, " if checkpoints else ""
+        if named:  # its checkpoints would go on as this name's run
+            what = f"the run named {named}" + ("" if same else f" ({differences(record['recipe'], ours)})")
+            resume = (f"train {config.output_name} into another --output (one run per folder), "
+                      + (f"continue {named} with --name {named} --resume auto, " if checkpoints else ""))
         return (f"--output: {folder} holds {what}{steps}; {resume}start over with --overwrite (its files move to "
                 f"{folder / ARCHIVE}/), or choose another --output")
     weights = config.network.network_weights
