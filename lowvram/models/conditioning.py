@@ -99,8 +99,9 @@ def _encode_as_a1111(family: ModelFamily, text_encoders: list, tokenizers: list,
         weighed = hidden.float() * weights.to(hidden.device)[:, :, None]
         before, after = (chunk_states.float().mean(dim=(1, 2), keepdim=True) for chunk_states in (hidden, weighed))
         # (a chunk without emphasis keeps its states as they are: its ratio is 1, or 0/0 where layer norms without
-        # a bias give a mean of exactly 0)
-        weighted = (weights != 1).any(dim=1).to(hidden.device)[:, None, None] & (after != 0)
+        # a bias give a mean of exactly 0; emphasised, such a chunk's mean is rounding noise (1e-8), and scaling by
+        # 0 over it would wipe the prompt out: it keeps its weighed states)
+        weighted = (weights != 1).any(dim=1).to(hidden.device)[:, None, None] & (after.abs() > 1e-6)
         hidden = (weighed * torch.where(weighted, before / after, 1.0)).to(hidden.dtype)
         counts = [len(rows) for rows, _ in chunked]
         states.append(hidden.split(counts))
