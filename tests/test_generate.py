@@ -24,6 +24,11 @@ def test_emphasis_weighs_a_prompt_and_a_weight_of_one_changes_nothing(tmp_path):
     strong = render(tmp_path, "strong", "--prompt", "lvshape, a (red circle:1.8)")
     assert np.array_equal(plain, unit)
     assert np.abs(plain - strong).mean() > 0.5
+    # emphasis weighs, it does not wipe: the tiny CLIP's layer norm has no bias, and a rescale by its mean of
+    # rounding noise zeroed every state, so that every weight drew one image
+    weak, loud = (render(tmp_path, name, "--prompt", f"(red:{weight}) circle") for name, weight in (("weak", 1.2),
+                                                                                                 ("loud", 3)))
+    assert not np.array_equal(weak, loud)
 
 
 def test_a_long_prompt_is_read_past_75_tokens(tmp_path):
@@ -52,6 +57,9 @@ def test_a_lora_trained_with_clip_skip_is_rendered_with_it(tmp_path, capsys):
     last_layer = render(tmp_path, "last", "--prompt", "lvshape", "--lora", str(lora), "--clip-skip", "1")
     assert np.array_equal(followed, explicit)
     assert np.abs(followed - last_layer).mean() > 0.5
+    # said in the PNG, as AUTOMATIC1111 says it (its default, 1, unsaid): "Send to txt2img" draws the same image
+    assert ", Clip skip: 2, " in Image.open(tmp_path / "followed.png").text["parameters"]
+    assert "Clip skip" not in Image.open(tmp_path / "last.png").text["parameters"]
     # at weight 0 the LoRA changes nothing, its reading neither (as in ComfyUI): the base model's image
     capsys.readouterr()
     off = render(tmp_path, "off", "--prompt", "lvshape", "--lora", f"{lora}:0")
@@ -110,6 +118,10 @@ def test_count_renders_each_image_from_its_own_seed(tmp_path):
     assert Image.open(tmp_path / "tagged.png").text["parameters"] == (
         "a cat <lora:style:0.5>\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 5, "
         f'Size: 64x64, Model: tiny, Lora hashes: "style: {short}"')
+    named = tmp_path / "my, style: v2.safetensors"  # a name AUTOMATIC1111's list could not be split at
+    named.write_bytes(lora.read_bytes())
+    render(tmp_path, "named", "--prompt", "a cat", "--lora", str(named))
+    assert Image.open(tmp_path / "named.png").text["parameters"].endswith(f'Lora hashes: "my style v2: {short}"')
 
 
 def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_training_samples(tmp_path, capsys):
