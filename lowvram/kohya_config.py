@@ -140,6 +140,13 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     if flat.get("unet_lr") == 0 and not isinstance(flat.get("unet_lr"), bool):  # kohya skips a group of rate 0
         problem("unet_lr", "0 leaves the U-Net untrained in kohya; lowvram always trains adapters on the U-Net: "
                 "give it a rate, or leave it out for learning_rate")
+    resume = left.pop("resume", None)
+    if resume and (expand_home(str(resume)) / "state.json").is_file():  # a lowvram checkpoint: resumed, as asked
+        values["resume"] = str(resume)
+    elif resume:
+        problem("resume", f"{resume} is not a lowvram checkpoint, and kohya's saved state (its -state folder) is not "
+                "read here; train on from its LoRA with --network-weights FILE (a fresh optimizer), or leave "
+                "resume out")
     dataset_config = left.pop("dataset_config", None)
     if dataset_config:  # the images and their settings come from the dataset file (lowvram.dataset_files)
         values["data"] = str(dataset_config)

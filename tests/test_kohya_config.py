@@ -603,6 +603,23 @@ def test_a_validation_interval_beside_a_split_the_command_line_gives_is_kept(tmp
     assert "validate_every" not in train_values(args)  # one that holds nothing out does not
 
 
+def test_a_resume_setting_resumes_a_lowvram_checkpoint_and_refuses_kohyas_state(tmp_path):
+    """It was 'not carried over' and the run trained from step 0."""
+    from conftest import run_config
+
+    from lowvram.train.loop import train
+
+    train(run_config(output=str(tmp_path / "run"), max_steps=2, checkpoint_every=2))
+    found = tmp_path / "run" / "checkpoints" / "step-000002"
+    values, notes = translate({"train_data_dir": "sample", "resume": str(found)}, Path("k.toml"))
+    assert values["resume"] == str(found) and not any("resume" in note for note in notes)
+    with pytest.raises(LowvramError) as error:
+        translate({"train_data_dir": "sample", "resume": str(tmp_path / "mychar-000002-state")}, Path("k.toml"))
+    assert str(error.value) == (f"k.toml: resume: {tmp_path / 'mychar-000002-state'} is not a lowvram checkpoint, and "
+                                "kohya's saved state (its -state folder) is not read here; train on from its LoRA "
+                                "with --network-weights FILE (a fresh optimizer), or leave resume out")
+
+
 def test_a_misspelt_kohya_setting_is_named_and_one_that_changes_the_images_refused(tmp_path):
     """`netwrok_dim = 8` trained at kohya's rank 4 under a bare 'not carried over'; face_crop_aug_range, refused as a
     flag and in a dataset file, trained without its crops. A real setting lowvram lacks is only noted, close to
