@@ -41,7 +41,7 @@ from lowvram.files import backslash_hint, expand_home, not_utf8, text_of, window
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.kohya_names import kohya_hint
-from lowvram.lora_header import read_header
+from lowvram.lora_header import read_header, with_network_weights
 from lowvram.lora_metadata import RECIPE_KEY
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
 from lowvram.option_values import (
@@ -375,7 +375,9 @@ def _file_value_problems(values: dict[str, Any], about: set[str] | None = None) 
     about these options."""
     values = {name: value for name, value in values.items() if name != ASSUMED}
     moved_elsewhere = {} if {"shuffle_tags", "tag_dropout"} & set(values) else {"shuffle_tags": True}
-    sections, problems = _parsed_values(values | moved_elsewhere)  # (kept tags that another layer moves: fine)
+    # (kept tags that another layer moves: fine; a --network-weights file gives the rank and alpha the file leaves
+    # out, kohya's dim_from_weights, as the run takes them)
+    sections, problems = _parsed_values(with_network_weights(values, quiet=True) | moved_elsewhere)
     flags = {flag_name(fields_by_name()[name][1]) for name in (values if about is None else about)}
     if about is not None:
         problems = [line for line in problems if line.split(":")[0] in flags]

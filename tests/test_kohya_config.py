@@ -396,6 +396,18 @@ def test_dim_from_weights_leaves_the_rank_and_alpha_to_the_file(tmp_path):
                           Path("k.toml"))
     assert "rank" not in values and "alpha" not in values and values["network_weights"] == "old.safetensors"
     assert translate({"train_data_dir": "sample"}, Path("k.toml"))[0]["rank"] == 4  # kohya's own default otherwise
+    # the config file's own values are checked with the file's rank, as the run takes it (it was refused for
+    # differing from lowvram's default rank, which nobody gave)
+    from conftest import run_config
+
+    from lowvram.train.loop import train
+
+    old = train(run_config(output=str(tmp_path / "old"), max_steps=1, rank=8, alpha=4)).lora_path
+    (tmp_path / "k.toml").write_text(tomli_w.dumps({"train_data_dir": "sample", "network_weights": str(old),
+                                                    "dim_from_weights": True, "pretrained_model_name_or_path": "tiny"}))
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "k.toml")])
+    config = build_config(train_values(args))
+    assert (config.network.rank, config.network.alpha) == (8, 4)
 
 
 def test_kohyas_cosine_with_min_lr_and_onetrainers_min_factor_floor_the_schedule():
