@@ -21,7 +21,7 @@ import itertools
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,7 @@ from lowvram.config import CAPTION_SUFFIXES, option
 from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, decode_caption
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, first_line
-from lowvram.files import expand_home, human_size, redraws_in_place
+from lowvram.files import expand_home, human_size, ignores_case, redraws_in_place
 from lowvram.hardware import Hardware, gib
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
 from lowvram.resolve import REPLACED_CAPTIONS
@@ -167,7 +167,7 @@ def _unread_options(config: CaptionConfig, kind: str) -> list[str]:
     """A note naming the options given that the kind of model found does not read (a tagger has no prompt)."""
     theirs = {"tagger": ("prompt", "max_length"),
               "image-to-text": ("threshold", "character_threshold", "exclude_tags", "keep_underscores")}[kind]
-    defaults = {f.name: f.default for f in fields(CaptionConfig)}
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(CaptionConfig)}
     given = [f"--{name.replace('_', '-')}" for name in theirs if getattr(config, name) != defaults[name]]
     if not given:
         return []
@@ -240,11 +240,14 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         todo.append((record, target))
     # pic.png and pic.jpg read one pic.txt: captioning both writes one's tags over the other's (and over a caption
     # --overwrite kept away first), so neither is captioned
+    def key(record, target) -> str:
+        return str(target).lower() if ignores_case(record.path) else str(target)
+
     sharing: dict[str, list[str]] = {}
     for record, target in todo:
-        sharing.setdefault(str(target), []).append(record.path.name)
-    for record, target in [(record, target) for record, target in todo if len(sharing[str(target)]) > 1]:
-        names = " and ".join(sharing[str(target)])
+        sharing.setdefault(key(record, target), []).append(record.path.name)
+    for record, target in [(record, target) for record, target in todo if len(sharing[key(record, target)]) > 1]:
+        names = " and ".join(sharing[key(record, target)])
         why = f"{names} share one caption file, {target.name}: rename one so that each has its own"
         report.skipped.append((record.relpath, why))
         todo.remove((record, target))
@@ -455,8 +458,8 @@ def _tag_line(scores, tags: list[tuple[str, int]], config: CaptionConfig, exclud
     for (name, category), score in zip(tags, scores, strict=True):
         # a short tag keeps its underscores, as kohya's --remove_underscore keeps them: ^_^ and o_o are faces
         tag = name if config.keep_underscores or len(name) <= 3 else name.replace("_", " ")
-        spaced = tag.replace("_", " ")
-        if category == RATING or spaced in excluded or spaced == (config.trigger_word or "").replace("_", " "):
+        spaced = tag.replace("_", " ").lower()
+        if category == RATING or spaced in excluded or spaced == (config.trigger_word or "").replace("_", " ").lower():
             continue
         if score >= (config.character_threshold if category == CHARACTER else config.threshold):
             chosen.append((category != CHARACTER, -float(score), tag))

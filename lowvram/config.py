@@ -498,8 +498,9 @@ class ValidationConfig:
     validate_every: int | None = option(None, "Validate every N steps (default: once per epoch).", metavar="N")
     validation_timesteps: int = option(4, "Fixed timesteps, evenly spread, each image is validated at.",
                                        metavar="N")
-    early_stopping: int | None = option(None, "Stop after this many validations in a row without a new best "
-                                        "loss (the patience); the best LoRA is kept as <name>-best.", metavar="N")
+    early_stopping: int | None = option(None, "Stop after this many validations in a row without an improvement "
+                                        "(the patience; see --early-stopping-delta); the LoRA of the lowest "
+                                        "validation loss is kept as <name>-best.", metavar="N")
     early_stopping_delta: float = option(0.0, "Early stopping counts a validation loss as an improvement only when "
                                          "it is lower than the last improvement by more than this (e.g. 0.001; "
                                          "Lightning's min_delta); <name>-best is still the lowest loss.",

@@ -104,6 +104,16 @@ def passed_over(path: Path) -> bool:
     return path.name.startswith(".") or path.name in SYSTEM_FOLDERS
 
 
+def ignores_case(path: Path) -> bool:
+    """Whether the file system holding the file `path` takes names in any case as one (Windows', macOS's): there
+    pic.png's Pic.txt and pic.jpg's pic.txt are one caption file."""
+    other = path.with_name(path.name.swapcase())
+    try:
+        return other.name != path.name and os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
 def redraws_in_place(console) -> bool:
     """Whether `console` writes to a terminal, where a progress bar redraws in place. FORCE_COLOR (which ipykernel
     sets, and so a notebook's `lowvram` commands inherit it, as CI systems do) makes rich take a pipe for one: its

@@ -96,10 +96,10 @@ def test_tags_are_written_as_kohyas_tagger_writes_them_and_options_it_does_not_r
     tags.write_text(tags.read_text().replace("hatsune_miku", "o_o"))
     data = colour_dataset(tmp_path / "data")
     assert main(["caption", str(data), "--caption-model", str(faces), "--exclude-tags", "Red_Theme",
-                 "--trigger-word", "blue_theme", "--character-threshold", "0.4", "--prompt", "a photo of"]) == 0
+                 "--trigger-word", "Blue_Theme", "--character-threshold", "0.4", "--prompt", "a photo of"]) == 0
     got = captions(data)
-    assert got["red"] == "blue_theme, o_o\n" and got["blue"] == "blue_theme, o_o\n"
-    assert got["white"] == "blue_theme, o_o, green theme, bright theme\n"  # no red theme, no blue theme twice
+    assert got["red"] == "Blue_Theme, o_o\n" and got["blue"] == "Blue_Theme, o_o\n"
+    assert got["white"] == "Blue_Theme, o_o, green theme, bright theme\n"  # no red theme, no blue theme twice
     out = " ".join(capsys.readouterr().out.split())
     assert "note: --prompt: not read by a tagger (image-to-text models read it)" in out
     assert main(["caption", str(tmp_path / "data"), "--caption-model", str(tagger), "--overwrite",
@@ -240,7 +240,7 @@ def test_a_run_stopped_midway_says_what_it_wrote_and_where_the_replaced_captions
     assert list((tmp_path / "cache" / "replaced-captions").iterdir()) == [backup]
 
 
-def test_blip_writes_a_sentence(tmp_path, blip, sample_data):
+def test_blip_writes_a_sentence(tmp_path, blip, sample_data, capsys):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -250,6 +250,7 @@ def test_blip_writes_a_sentence(tmp_path, blip, sample_data):
     before = snapshot(sample_data)
     assert main(["caption", str(sample_data), "--caption-model", str(blip), "--trigger-word", "lvshape",
                  "--batch-size", "2", "--max-length", "6"]) == 0
+    assert "note:" not in capsys.readouterr().out  # no tagger option was given (an empty --exclude-tags is none)
     after = snapshot(sample_data)
     assert set(after) - set(before) == {p.with_suffix(".txt").relative_to(sample_data).as_posix() for p in images[:3]}
     assert {k: after[k] for k in before} == before

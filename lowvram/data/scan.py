@@ -48,7 +48,7 @@ from lowvram.data.image_metadata import (
 )
 from lowvram.data.scan_report import ImageRecord, ScanReport
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import passed_over, redraws_in_place, write_text
+from lowvram.files import ignores_case, passed_over, redraws_in_place, write_text
 from lowvram.option_values import caption_extension_problem
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
@@ -314,7 +314,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                     continue
                 files.append((path, image_folder))
                 stems.add(path.stem)
-                named.setdefault(path.stem, []).append(path.name)
+                named.setdefault(path.stem.lower() if ignores_case(path) else path.stem, []).append(path.name)
                 keys.add(key)
             elif suffix in CAPTION_SUFFIXES:
                 captions.append(path)
