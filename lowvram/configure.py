@@ -81,7 +81,7 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
         values, notes = translate_onetrainer(doc, Path(path))
         return _translated(values, notes, Path(path), "a OneTrainer config", False, given)
     if is_kohya_gui_config(doc):
-        values, notes = translate_gui(doc, Path(path))
+        values, notes = translate_gui(doc, Path(path), given if isinstance(given, Mapping) else None)
         return _translated(values, notes, Path(path), "a kohya_ss GUI config", True, given)
     if is_dataset_document(doc):
         raise LowvramError(f"--config: {path} is JSON, not a TOML config; a dataset file (a kohya dataset config "

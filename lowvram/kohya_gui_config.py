@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,18 @@ def is_kohya_gui_config(doc: Any) -> bool:
     return isinstance(doc, dict) and "LoRA_type" in doc
 
 
-def translate_gui(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
+# the command line's options kohya_ss counts its steps for the GUI's epochs from, as the GUI's fields
+COUNTED_FROM = {"batch_size": "train_batch_size", "gradient_accumulation": "gradient_accumulation_steps",
+                "data": "train_data_dir", "reg_data": "reg_data_dir"}
+
+
+def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | None = None
+                  ) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes) for a kohya_ss GUI config. Raises LowvramError, one line per setting, for
-    what lowvram cannot train as kohya_ss would."""
+    what lowvram cannot train as kohya_ss would. `given`: the command line's values, which replace the GUI's
+    fields kohya_ss counts the steps of its epochs from (its batch size, images), as kohya_ss counts them anew
+    when they change."""
+    doc = doc | {field: given[name] for name, field in COUNTED_FROM.items() if given and given.get(name) is not None}
     problems: list[str] = []
 
     def problem(key: str, text: str) -> None:

@@ -9,7 +9,8 @@ import pytest
 from conftest import assert_one_line_each
 from safetensors import safe_open
 
-from lowvram.cli import main
+from lowvram.cli import main, train_values
+from lowvram.cli_parser import build_parser
 from lowvram.configure import build_config, read_toml
 from lowvram.errors import LowvramError
 from lowvram.kohya_gui_config import translate_gui
@@ -219,3 +220,13 @@ def test_the_gui_s_epochs_are_the_steps_kohya_ss_counts_from_its_images(tmp_path
     assert settings_of(tmp_path, **gui | {"max_train_epochs": 2})["warmup_steps"] == 17
     assert settings_of(tmp_path, **gui | {"train_data_dir": str(tmp_path / "gone"), "lr_warmup": 100})[
         "warmup_steps"] == 0.999
+    # the command line's batch size, accumulation and folders: counted as kohya_ss counts them anew when they
+    # change in the GUI (the GUI's count stood, so --batch-size 1 trained a third of its epochs)
+    (tmp_path / "gui.json").write_text(json.dumps(STANDARD | gui))
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "gui.json"), "--batch-size", "1",
+                                      "--gradient-accumulation", "2"])
+    values = train_values(args)
+    assert (values["max_steps"], values["warmup_steps"]) == (250, 25)  # 50 images x 10 epochs / 2
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "gui.json"), "--reg-data",
+                                      str(tmp_path / "img")])
+    assert train_values(args)["max_steps"] == 334
