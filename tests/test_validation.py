@@ -257,3 +257,18 @@ def test_a_ctrl_c_while_validating_stops_after_the_validation_not_a_step_later(t
     with pytest.raises(TrainingInterrupted, match="interrupted at step 2 of 6"):
         train(run_config(output=str(tmp_path), validation_split=0.34, validate_every=2, max_steps=6, name="v"))
     assert (tmp_path / "v-step000002.safetensors").is_file()
+
+
+def test_early_stopping_goes_on_when_only_the_encoding_changes_or_validation_pauses(tmp_path, capsys):
+    """The same images and captions, cached otherwise (--vae-tiling), score the same set; a run resumed without
+    validation keeps the record for one that brings it back."""
+    out = str(tmp_path / "run")
+    train(run_config(output=out, validation_split=0.34, max_steps=2, checkpoint_every=2))
+    capsys.readouterr()
+    train(run_config(output=out, validation_split=0.34, max_steps=4, checkpoint_every=2, resume="auto",
+                     vae_tiling=True))
+    assert "starts over" not in capsys.readouterr().out
+    train(run_config(output=out, max_steps=6, checkpoint_every=2, resume="auto"))
+    assert "starts over" not in capsys.readouterr().out
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-000006" / "state.json").read_text())["validation"]
+    assert [step for step, _ in state["history"]] == [2, 4] and state["held_out"]

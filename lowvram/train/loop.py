@@ -101,7 +101,7 @@ def run_training(session: Session) -> TrainResult:
     describe(session, trainee, dataset, prepared, attention, schedule)
     position = resume(session, trainee, dataset, schedule)
     stopping = EarlyStopping.restore(config.validation.early_stopping, config.validation.early_stopping_delta,
-                                     position.validation, held_out_id(prepared.validation))
+                                     position.validation, held_out_id(dataset.held_out, prepared.validation))
     if stopping.restarted:
         console.print(f"[yellow]note:[/] the validation images or their captions changed since the checkpoint: "
                       f"early stopping's record starts over (its losses scored the others), and the next "

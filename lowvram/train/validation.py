@@ -116,17 +116,19 @@ class EarlyStopping:
         `held_out` (losses of another set compare with none of this one's)."""
         if not state:
             return cls(patience, min_delta, held_out=held_out)
-        if state.get("held_out") not in (None, held_out):
+        if held_out is not None and state.get("held_out") not in (None, held_out):
             return cls(patience, min_delta, held_out=held_out, restarted=True)
+        held_out = held_out or state.get("held_out")  # (a run resumed without validation keeps what it scored)
         best = state["best"] if state["best"] is not None else math.inf
         mark = state.get("mark", state["best"])  # a checkpoint from before the mark: its best was the mark
         return cls(patience, min_delta, best, state["best_step"], state["since_best"],
                    [tuple(h) for h in state["history"]], mark if mark is not None else math.inf, held_out)
 
 
-def held_out_id(samples: list) -> str | None:
-    """Which images (their cached latents) with which captions a validation scores, as a short hash."""
+def held_out_id(records: list, samples: list) -> str | None:
+    """Which images (their contents: `records`) with which captions (the `samples` scored) a validation scores, as
+    a short hash; not how they are encoded (another VAE precision or tiling scores the same images)."""
     if not samples:
         return None
-    scored = sorted((sample.latent_keys[:1], sample.caption) for sample in samples)
+    scored = (sorted(record.sha256 for record in records), sorted(sample.caption for sample in samples))
     return hashlib.sha256(repr(scored).encode()).hexdigest()[:16]
