@@ -232,6 +232,10 @@ def test_a_validation_split_of_one_dataset_holds_out_nothing_of_the_others_so_it
     dataset = read_dataset(write(tmp_path / "dataset.toml", doc))
     assert dataset.values["validation_split"] == 0.2
     assert "validation_seed: lowvram holds out the images --seed chooses (the run's seed)" in dataset.notes
+    del doc["general"]  # an explicit 0 is kohya's default, which the other dataset has: nothing held out, unsaid
+    doc["datasets"][0]["validation_split"] = 0
+    dataset = read_dataset(write(tmp_path / "dataset.toml", doc))
+    assert not dataset.values.get("validation_split") and not any("validation_seed" in n for n in dataset.notes)
 
 
 def test_caption_prefixes_and_suffixes_wrap_each_subsets_captions(tmp_path, monkeypatch):

@@ -97,7 +97,8 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
         for key in RUN_SETTINGS:
             if key in layers:
                 run_values.setdefault(key, []).append((layers[key], where))
-        holds_out.append((layers.get("validation_split", 0.0), where))
+        split = layers.get("validation_split", 0.0)
+        holds_out.append((float(split) if isinstance(split, int) and not isinstance(split, bool) else split, where))
         seen: set[Path] = set()
         per_dataset.append([])
         entries = dataset.get("subsets")
@@ -153,7 +154,8 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
     for key, meant in misspelt.items():
         problem(key, f"no kohya dataset setting is called that; did you mean {meant}?")
     left = [key for key in unread if key not in misspelt]
-    notes.extend(why for key, why in OTHERWISE.items() if any(key in settled for settled in settings))
+    if values.get("validation_split"):  # (a seed of no split chooses nothing)
+        notes.extend(why for key, why in OTHERWISE.items() if any(key in settled for settled in settings))
     if left:
         notes.append(f"not carried over (lowvram has no such setting): {', '.join(left)}")
     for key, why in REFUSED_SETTINGS.items():  # (network_multiplier 1: kohya's default, the strength trained here)
