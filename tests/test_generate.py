@@ -132,3 +132,22 @@ def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_t
                                                "way to load a LoRA, which a prompt here does not read: --lora "
                                                "FILE:WEIGHT loads one")
     assert run_config(sample_prompts=["a cat <lora:style:0.8>"]).samples[0].text == "a cat <lora:style:0.8>"
+
+
+def test_emphasis_in_half_precision_weighs_by_the_weight_not_by_rounding_noise():
+    """On a GPU the text encoders run in bf16, whose rounding noise (1e-4) in the tiny CLIP's zero-mean states
+    passed for a mean: the ratio of two noises scaled the prompt at random, or by 0."""
+    import torch
+
+    from lowvram.models.conditioning import _encode_as_a1111
+    from lowvram.models.loading import load_model
+
+    model = load_model("tiny")
+    encoders = [encoder.to(torch.bfloat16) for encoder in model.text_encoders]
+    prompts = ["circle dog", "(circle:1.2) dog", "(circle:3) dog", "(red:1.5) sky"]
+    with torch.no_grad():
+        states, _ = _encode_as_a1111(model.family, encoders, model.tokenizers, prompts, torch.device("cpu"), 1)
+    plain, weak, loud, sky = (float(s.float().abs().mean()) for s in states)
+    # one token of 77 weighed moves the mean a little; a rescale by noise moved all of them (by 11 %, or to 0)
+    assert plain < weak < loud < 1.05 * plain and sky > 0.5 * plain
+    assert float(states[2].float().abs().max()) > 2 * float(states[0].float().abs().max())  # the token itself

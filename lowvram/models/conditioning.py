@@ -99,9 +99,11 @@ def _encode_as_a1111(family: ModelFamily, text_encoders: list, tokenizers: list,
         weighed = hidden.float() * weights.to(hidden.device)[:, :, None]
         before, after = (chunk_states.float().mean(dim=(1, 2), keepdim=True) for chunk_states in (hidden, weighed))
         # (a chunk without emphasis keeps its states as they are: its ratio is 1, or 0/0 where layer norms without
-        # a bias give a mean of exactly 0; emphasised, such a chunk's mean is rounding noise (1e-8), and scaling by
-        # 0 over it would wipe the prompt out: it keeps its weighed states)
-        weighted = (weights != 1).any(dim=1).to(hidden.device)[:, None, None] & (after.abs() > 1e-6)
+        # a bias give a mean of exactly 0; such a chunk's means are rounding noise (1e-8 in fp32, 1e-4 in bf16),
+        # whose ratio would scale the prompt by a random factor or wipe it out: it keeps its weighed states)
+        noise = 1e-3 * hidden.float().abs().mean(dim=(1, 2), keepdim=True)
+        weighted = (weights != 1).any(dim=1).to(hidden.device)[:, None, None] & (before.abs() > noise) & (
+            after.abs() > noise)
         hidden = (weighed * torch.where(weighted, before / after, 1.0)).to(hidden.dtype)
         counts = [len(rows) for rows, _ in chunked]
         states.append(hidden.split(counts))
