@@ -139,6 +139,8 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
         # kohya's, stays words: the LoRA being trained is applied there)
         problems.append(f"--prompt: {tag.group(0)} is AUTOMATIC1111's way to load a LoRA, which a prompt here does "
                         "not read: --lora FILE:WEIGHT loads one")
+    if prompt.sampler and (problem := sampler_problem(prompt.sampler, False)):  # (a package missing: before the
+        problems.append(f"--sampler: {problem}")  # model loads; zero terminal SNR is known once it has)
     sources = []
     for text in args.lora or []:
         try:

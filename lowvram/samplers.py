@@ -14,12 +14,15 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     "ddim": ("DDIMScheduler", {}),
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),  # as diffusers' Stable Diffusion pipelines set it
     "lms": ("LMSDiscreteScheduler", {}),
+    "lms_karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
     "heun": ("HeunDiscreteScheduler", {}),
     "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_karras": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}),
     "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "dpm_2_a_karras": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}),
     "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),  # DPM++ 2M
     "dpmsolver++_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
@@ -27,8 +30,10 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     "dpmsolver++_sde_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++",
                                                                "use_karras_sigmas": True}),
     "dpmsingle": ("DPMSolverSinglestepScheduler", {}),
+    "dpmsingle_karras": ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}),
     "unipc": ("UniPCMultistepScheduler", {}),
     "unipc_karras": ("UniPCMultistepScheduler", {"use_karras_sigmas": True}),
+    "ddpm": ("DDPMScheduler", {}),
 }
 # other tools' names: kohya's k_ spellings, OneTrainer's noise_scheduler values (lower-cased), A1111/ComfyUI's DPM++
 ALIASES = {"k_lms": "lms", "k_euler": "euler", "k_euler_a": "euler_a", "k_dpm_2": "dpm_2", "k_dpm_2_a": "dpm_2_a",
@@ -42,7 +47,9 @@ A1111_NAMES = {"ddim": "DDIM", "pndm": "PLMS", "lms": "LMS", "euler": "Euler",
                "euler_karras": "Euler, Schedule type: Karras", "euler_a": "Euler a", "heun": "Heun", "dpm_2": "DPM2",
                "dpm_2_a": "DPM2 a", "dpmsolver++": "DPM++ 2M", "dpmsolver++_karras": "DPM++ 2M Karras",
                "dpmsolver++_sde": "DPM++ 2M SDE", "dpmsolver++_sde_karras": "DPM++ 2M SDE Karras",
-               "dpmsingle": "DPM++ SDE", "unipc": "UniPC", "unipc_karras": "UniPC, Schedule type: Karras"}
+               "dpmsingle": "DPM++ SDE", "unipc": "UniPC", "unipc_karras": "UniPC, Schedule type: Karras",
+               "lms_karras": "LMS Karras", "dpm_2_karras": "DPM2 Karras", "dpm_2_a_karras": "DPM2 a Karras",
+               "dpmsingle_karras": "DPM++ SDE Karras", "ddpm": "DDPM"}
 # they as typed ("DPM++ 2M Karras", "Euler a", "PLMS"), in sampler_name's spelling
 ALIASES |= {"_".join(name.lower().split()): key for key, name in A1111_NAMES.items() if "," not in name}
 NEEDS = {"LMSDiscreteScheduler": "scipy"}  # diffusers imports these schedulers only with that package installed
@@ -53,7 +60,9 @@ def sampler_name(name: str) -> str:
     key = "_".join(name.lower().split())  # AUTOMATIC1111's "DPM++ 2M Karras", "Euler a"
     key = ALIASES.get(key, key)
     if key not in SAMPLERS:
-        raise ValueError(f"unknown sampler '{name}'; use one of {', '.join(SAMPLERS)}")
+        a1111 = ", ".join(f"'{n}'" for n in A1111_NAMES.values() if "," not in n)
+        raise ValueError(f"unknown sampler '{name}'; use one of {', '.join(SAMPLERS)} (or AUTOMATIC1111's names: "
+                         f"{a1111})")
     return key
 
 

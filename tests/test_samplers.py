@@ -60,8 +60,11 @@ def test_other_tools_names_mean_the_same_sampler():
     # AUTOMATIC1111's names, spaces and all
     assert [sampler_name(n) for n in ("DPM++ 2M Karras", "Euler a", "DPM2 a", " UniPC ")] == [
         "dpmsolver++_karras", "euler_a", "dpm_2_a", "unipc"]
-    with pytest.raises(ValueError, match="unknown sampler 'restart'; use one of ddim, pndm"):
+    assert [sampler_name(n) for n in ("DPM++ SDE Karras", "LMS Karras", "DPM2 Karras", "DPM2 a Karras", "DDPM")] == [
+        "dpmsingle_karras", "lms_karras", "dpm_2_karras", "dpm_2_a_karras", "ddpm"]
+    with pytest.raises(ValueError, match="unknown sampler 'restart'; use one of ddim, pndm") as error:
         sampler_name("restart")
+    assert "(or AUTOMATIC1111's names: 'DDIM', 'PLMS'" in str(error.value)  # the names typed in its UI
 
 
 def test_a_sampler_keeps_the_models_prediction_type_and_schedule(tiny):
@@ -125,6 +128,12 @@ def test_a_sampler_whose_package_is_missing_is_refused_naming_it():
         pytest.skip("scipy is installed here: lms samples")
     with pytest.raises(LowvramError, match="--sample-sampler: 'lms' needs scipy: pip install scipy"):
         run_config(sample_prompts=["a cat --ss k_lms"])
+    # generate says it with the other option checks, before the model loads (a real checkpoint takes a while)
+    from lowvram.cli_parser import build_parser
+    from lowvram.generate import _read_options
+
+    args = build_parser().parse_args(["generate", "--model", "tiny", "--prompt", "a cat --ss LMS Karras"])
+    assert "--sampler: 'lms_karras' needs scipy: pip install scipy, or pick another sampler" in _read_options(args)[2]
 
 
 def test_generate_takes_the_prompts_inline_options_over_its_flags(tmp_path):
