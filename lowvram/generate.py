@@ -139,6 +139,16 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
         # kohya's, stays words: the LoRA being trained is applied there)
         problems.append(f"--prompt: {tag.group(0)} is AUTOMATIC1111's way to load a LoRA, which a prompt here does "
                         "not read: --lora FILE:WEIGHT loads one")
+    # AUTOMATIC1111's prompt editing ([from:to:when], [to:when]) and alternation ([a|b]): here they would reach
+    # CLIP as words, and the image be drawn with neither switch
+    editing = re.search(r"\[[^\[\]]*[:|][^\[\]]*\]", prompt.text)
+    if editing:
+        problems.append(f"--prompt: {editing.group(0)} is AUTOMATIC1111's prompt editing or alternation, which "
+                        "generate does not do: write the words to draw (emphasis, (word:1.2) and [word], works)")
+    network = re.search(r"<(?:hypernet|embedding):[^>]*>", prompt.text, re.IGNORECASE)
+    if network:
+        problems.append(f"--prompt: {network.group(0)} loads an AUTOMATIC1111 {network.group(0)[1:].split(':')[0]}, "
+                        "which generate does not: leave it out")
     if prompt.sampler and (problem := sampler_problem(prompt.sampler, False)):  # (a package missing: before the
         problems.append(f"--sampler: {problem}")  # model loads; zero terminal SNR is known once it has)
     sources = []
