@@ -124,11 +124,19 @@ def test_a_latin1_caption_keeps_its_accents_and_the_summary_says_it_was_not_utf8
     [record] = report.records
     assert record.caption == "café, naïve"
     assert "\ufffd" not in tag_frequency({record.folder: [record.caption]})  # what the LoRA's metadata carries
-    assert "1 caption was not UTF-8; read as cp1252: 5_thing/cafe.txt" in printed_summary(report)
+    assert "1 caption was not UTF-8; read in the Windows code page each one's note names: 5_thing/cafe.txt" in \
+        printed_summary(report)
     assert "caption not UTF-8: read as cp1252, 'café, naïve' (save cafe.txt as UTF-8 to be sure)" in record.notes
-    root = dataset_with_captions(tmp_path / "sjis", {"samurai": "侍, 桜の木".encode("shift_jis")})
-    [record] = scan_dataset(root, default_buckets(64, 16)).records  # another code page: the note shows it garbled
-    assert "caption not UTF-8: read as cp1252, 'Ž˜, ?÷‚Ì–Ø' (save samurai.txt as UTF-8 to be sure)" in record.notes
+    # Notepad's "ANSI" on a Japanese or Chinese Windows: read in its code page (as cp1252 they trained as garbling)
+    root = dataset_with_captions(tmp_path / "asian", {"samurai": "侍, 桜の木".encode("shift_jis"),
+                                                      "neko": "猫娘，蓝色眼睛，长发".encode("gbk"),
+                                                      "german": "für Straße, Größe".encode("cp1252")})
+    records = {record.path.stem: record for record in scan_dataset(root, default_buckets(64, 16)).records}
+    assert [records[stem].caption for stem in ("samurai", "neko", "german")] == ["侍, 桜の木", "猫娘，蓝色眼睛，长发",
+                                                                                "für Straße, Größe"]
+    assert "caption not UTF-8: read as Shift_JIS, '侍, 桜の木' (save samurai.txt as UTF-8 to be sure)" in \
+        records["samurai"].notes
+    assert any("read as GBK" in note for note in records["neko"].notes)
 
 
 def test_captions_are_decoded_as_utf8_then_cp1252_then_latin1_byte_by_byte(tmp_path):
@@ -146,7 +154,8 @@ def test_captions_are_decoded_as_utf8_then_cp1252_then_latin1_byte_by_byte(tmp_p
                             "5_thing/plain.png": "naïve, utf-8", "5_thing/quotes.png": "it\u2019s 5\u20ac",
                             "5_thing/undefined.png": "café \x81"}
         summary = printed_summary(report)
-        assert "2 captions were not UTF-8; read as cp1252: 5_thing/quotes.txt, 5_thing/undefined.txt" in summary
+        assert "2 captions were not UTF-8; read in the Windows code page each one's note names: 5_thing/quotes.txt, " \
+               "5_thing/undefined.txt" in summary
 
 
 def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):

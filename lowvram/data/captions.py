@@ -47,12 +47,12 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     if read_as == "utf-16 without a byte-order mark":
         notes.append(f"caption is UTF-16 without a byte-order mark: read as such (save {found[0].name} as UTF-8 to "
                      "be sure)")
-    elif read_as == "cp1252":
+    elif read_as in LEGACY_NAMES:
         non_utf8 = found[0]
-        # as read, so that a file in another code page (Shift-JIS, GBK) shows its garbling
+        # as read, so that a file in another code page shows its garbling
         shown = "".join(char if char.isprintable() else "?" for char in " ".join(decoded.split()))
         shown = shown if len(shown) <= 40 else shown[:39] + "…"
-        notes.append(f"caption not UTF-8: read as cp1252, '{shown}' (save {found[0].name} as UTF-8 to be sure)")
+        notes.append(f"caption not UTF-8: read as {read_as}, '{shown}' (save {found[0].name} as UTF-8 to be sure)")
     text = "\n".join(line.strip() for line in decoded.splitlines() if line.strip()) or None
     if text is None:
         notes.append("empty caption file: template used")
@@ -62,7 +62,7 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
 def decode_caption(raw: bytes) -> tuple[str | None, str]:
     """A caption file's bytes as text, however Windows tools saved it, and how they were read: "utf-8" (a
     byte-order mark or none), "utf-16" (Notepad's "Unicode", PowerShell 5's >), "utf-16 without a byte-order mark",
-    or "cp1252" (Notepad's ANSI, older taggers). None for bytes that are no text."""
+    or a legacy code page (Notepad's ANSI, older taggers: LEGACY_NAMES). None for bytes that are no text."""
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16", errors="replace"), "utf-16"
     if b"\0" in raw:
@@ -70,7 +70,7 @@ def decode_caption(raw: bytes) -> tuple[str | None, str]:
     try:
         return raw.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError:
-        return _decode_legacy(raw), "cp1252"
+        return _decode_legacy(raw)
 
 
 def read_caption_text(path: Path) -> str:
@@ -110,13 +110,43 @@ def _decode_utf16(raw: bytes) -> str | None:
     return None if "\0" in decoded else decoded
 
 
-def _decode_legacy(raw: bytes) -> str:
-    """Windows' ANSI code page, what Notepad and older taggers saved in: cp1252, a superset of latin-1's printable
-    characters. Its five undefined bytes are taken as latin-1, so nothing becomes a replacement character."""
+# Windows' ANSI code pages of East Asia (Notepad's "ANSI" on a Japanese, Chinese or Taiwanese Windows), tried where
+# cp1252 reads a caption as garbling; Japanese ones only where the text has kana (a Chinese text decodes as
+# Japanese kanji too, a Japanese caption without kana is rare)
+EAST_ASIAN = (("cp932", "Shift_JIS", True), ("euc_jp", "EUC-JP", True), ("gb18030", "GBK", False),
+              ("big5", "Big5", False))
+LEGACY_NAMES = ("cp1252", *(name for _, name, _ in EAST_ASIAN))
+
+
+def _decode_legacy(raw: bytes) -> tuple[str, str]:
+    """A caption in a legacy code page and its name: Windows' ANSI code page, cp1252 (a superset of latin-1's
+    printable characters, its five undefined bytes taken as latin-1, so nothing becomes a replacement character),
+    or an East Asian one where cp1252 reads runs of accented letters (a double-byte character is two bytes over
+    0x7f; a Western text has them one by one) and that code page reads East Asian characters only."""
     try:
-        return raw.decode("cp1252")
+        western = raw.decode("cp1252")
     except UnicodeDecodeError:  # single-byte encodings: byte by byte is exact
-        return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in raw)
+        western = "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in raw)
+    wide = [char for char in western if ord(char) > 0x7F]
+    if sum(map(len, re.findall(r"[^\x00-\x7f]{2,}", western))) > len(wide) / 2:
+        for codec, name, kana in EAST_ASIAN:
+            try:
+                text = raw.decode(codec)
+            except UnicodeDecodeError:
+                continue
+            chars = [char for char in text if ord(char) > 0x7F]
+            if chars and all(_east_asian(char) for char in chars) and (
+                    not kana or any("\u3040" <= char <= "\u30ff" for char in chars)):
+                return text, name
+    return western, "cp1252"
+
+
+def _east_asian(char: str) -> bool:
+    """Kana, ideographs, East Asian punctuation and full-width forms (not half-width katakana, which a Chinese
+    text's bytes read as in Shift_JIS)."""
+    code = ord(char)
+    return (0x3000 <= code <= 0x30FF or 0x3400 <= code <= 0x9FFF or 0xF900 <= code <= 0xFAFF
+            or 0xFF00 <= code <= 0xFF60 or 0xFFE0 <= code <= 0xFFEF)
 
 
 def split_kept_tags(caption: str, separator: str, tag_separator: str = ",") -> tuple[str, tuple[int, int] | None]:

@@ -38,7 +38,7 @@ class ImageRecord:
     caption: str  # final: template and trigger word applied
     bucket: tuple[int, int] | None  # (width, height); None when skipped
     transposed: bool = False  # EXIF orientation rotates or flips it
-    non_utf8_caption: str | None = None  # the caption file (relative path) when it was read as cp1252, not UTF-8
+    non_utf8_caption: str | None = None  # the caption file (relative path) when it was read in a legacy code page
     mask: Path | None = None  # its loss mask file, with --masked-loss
     mask_sha256: str = ""
     mask_mode: str = ""  # its Pillow mode: a 16-bit one's grey levels are scaled, as they were not before
@@ -154,8 +154,8 @@ class ScanReport:
         legacy = [r.non_utf8_caption for r in self.records if r.non_utf8_caption]
         if legacy:
             were = "caption was" if len(legacy) == 1 else "captions were"
-            console.print(Text(f"{len(legacy)} {were} not UTF-8; read as cp1252: {', '.join(legacy)}",
-                               style="yellow"))
+            console.print(Text(f"{len(legacy)} {were} not UTF-8; read in the Windows code page each one's note "
+                               f"names: {', '.join(legacy)}", style="yellow"))
         console.print(f"{summary['usable']} of {summary['images']} images usable, {summary['skipped']} skipped; "
                       f"{summary['samples_per_epoch']} samples per epoch with repeats")
 
