@@ -263,6 +263,7 @@ def bucket_sides_note(values: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _print_any_name()
     if argv is not None:  # from Python (a notebook): numbers and paths as the shell would give them
         argv = [os.fspath(word) if isinstance(word, os.PathLike) else str(word) for word in argv]
     parser = build_parser()
@@ -387,6 +388,15 @@ def _path_problem(exc: BaseException, command: str) -> int:
         raise exc
     print(f"lowvram {command}: error: {exc.filename}: {why}", file=sys.stderr)
     return 2
+
+
+def _print_any_name() -> None:
+    """A file name that is no UTF-8 (a zip of a Japanese Windows, unpacked without -O cp932) reaches Python with
+    lone surrogates, which a UTF-8 terminal's stdout refuses: printing it ended a run. They print as '?'."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, io.UnsupportedOperation):  # (a closed or detached stream)
+                stream.reconfigure(errors="replace")
 
 
 class _GoesOnWithoutReader:

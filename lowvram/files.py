@@ -541,11 +541,26 @@ def plain_mode(requested: int) -> int:
     return requested & ~umask
 
 
+def utf8_text(text: str) -> str:
+    """`text` as UTF-8 can hold it: a file name of bytes that are no UTF-8 (a zip from a Japanese Windows, unpacked
+    without -O cp932) reaches Python as lone surrogates, which no UTF-8 file or safetensors header takes; its
+    bytes become replacement characters."""
+    try:
+        return text.encode("utf-8").decode()
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # (a surrogate of no escaped byte)
+            return text.encode("utf-8", "replace").decode()
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None,
                      what: str | None = None) -> Path:
-    """Save tensors as safetensors, atomically, after checking they fit."""
+    """Save tensors as safetensors, atomically, after checking they fit (metadata naming files whose names are
+    no UTF-8 with `utf8_text`: a run's LoRA was lost to one at its save)."""
     from safetensors.torch import save_file
 
+    metadata = {key: utf8_text(value) for key, value in metadata.items()} if metadata else metadata
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     size = sum(t.nbytes for t in tensors.values()) + 256 * len(tensors) + len(str(metadata or ""))
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), size, what)
@@ -557,4 +572,5 @@ def save_image(image, path: Path, what: str | None = None) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
+    text = utf8_text(text)
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), len(text.encode()))

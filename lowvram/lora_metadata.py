@@ -9,7 +9,7 @@ import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lowvram.files import save_safetensors
+from lowvram.files import save_safetensors, utf8_text
 
 MODELSPEC_VERSION = "1.0.0"
 # kohya's rule (sai_model_spec.determine_implementation): an SDXL LoRA is Stability's implementation, others diffusers'
@@ -79,5 +79,5 @@ def file_hashes(path: Path) -> tuple[str, str]:
 def save_lora(tensors: dict, path: Path, metadata: dict[str, str], what: str | None = None) -> Path:
     """A LoRA file, atomically, with kohya's hashes of it in its metadata."""
     tensors = {key: tensor.detach().contiguous().cpu() for key, tensor in tensors.items()}
-    unhashed = {key: value for key, value in metadata.items() if key not in HASHES}
+    unhashed = {key: utf8_text(value) for key, value in metadata.items() if key not in HASHES}  # (hashed as written)
     return save_safetensors(tensors, path, unhashed | hashes(tensors, unhashed), what)

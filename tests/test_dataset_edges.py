@@ -136,3 +136,33 @@ def test_a_dataset_file_whose_folders_share_the_home_folder_the_cache_is_in_scan
     assert (f"--cache-dir: the cache ({inside}) is inside the dataset folder {home / 'img' / '10_alice'}, which "
             "lowvram never writes to; choose a cache folder outside it") in capsys.readouterr().err
     shutil.rmtree(inside, ignore_errors=True)
+
+
+def test_names_that_are_no_utf8_train_and_are_written_garbled_not_crashed_on(tmp_path, capsys):
+    """A zip of a Japanese Windows unpacked without -O cp932 names its files in Shift_JIS bytes: the run trained,
+    then lost its LoRA to a UnicodeEncodeError in the metadata at its save, and check-data's report crashed."""
+    import json
+    import os
+
+    from safetensors import safe_open
+
+    folder = os.fsencode(tmp_path / "data") + b"/5_\x94L\x96\xba"  # 5_猫娘 in Shift_JIS
+    try:
+        os.makedirs(folder)
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 names")
+    for i in range(2):
+        image = os.fsdecode(folder + b"/\x89\xe6\x91\x9c" + str(i).encode() + b".png")
+        Image.new("RGB", (64, 64), (90 * i, 80, 40)).save(image)
+        with open(image[:-4] + ".txt", "w") as caption:
+            caption.write("lvshape, a thing")
+    assert main(["train", "--model", "tiny", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
+                 "--max-steps", "1"]) == 0
+    lora = tmp_path / "out" / "out.safetensors"
+    with safe_open(str(lora), "pt") as f:
+        frequency = json.loads(f.metadata()["ss_tag_frequency"])
+    assert list(frequency) == ["5_\ufffdL\ufffd\ufffd"]
+    assert main(["check-data", "--model", "tiny", "--data", str(tmp_path / "data"), "--report",
+                 str(tmp_path / "report.json")]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())
+    assert "4 name(s) in 5_" in capsys.readouterr().out  # two images, two captions

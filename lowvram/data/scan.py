@@ -48,7 +48,7 @@ from lowvram.data.image_metadata import (
 )
 from lowvram.data.scan_report import ImageRecord, ScanReport
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import ignores_case, passed_over, redraws_in_place, write_text
+from lowvram.files import ignores_case, passed_over, redraws_in_place, utf8_text, write_text
 from lowvram.option_values import caption_extension_problem
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
@@ -344,6 +344,10 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
         if lone:
             notes.append(f"{len(lone)} caption file(s) in {where or './'} without an image of the same name, read by "
                          f"none: {', '.join(lone[:5])}{' ...' if len(lone) > 5 else ''} (an image renamed?)")
+        garbled = [path.name for path in entries if utf8_text(path.name) != path.name]
+        if garbled:  # (a zip of a Japanese or Chinese Windows, unpacked without its code page)
+            notes.append(f"{len(garbled)} name(s) in {where or './'} are not UTF-8: they train, garbled in the LoRA's "
+                         "metadata; `unzip -O cp932` (or `convmv -f cp932 -t utf8 -r --notest`) names them right")
         alike = [" and ".join(names) for names in named.values() if len(names) > 1]
         if alike and image_folder.captions is None:  # (a metadata file keys them by path: each its own)
             notes.append(f"{len(alike)} pair(s) of images in {where or './'} of one name read one caption file: "
