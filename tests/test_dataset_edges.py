@@ -65,6 +65,14 @@ def test_the_trigger_word_is_added_where_the_caption_lacks_it_as_a_word_of_its_o
     assert {name: record.caption for name, record in report.items()} == {
         "tasks.png": "sks, a dog doing tasks", "has.png": "photo of sks dog", "upper.png": "SKS dog",
         "inside.png": "sks, skSks"}
+    # Chinese and Japanese are written without spaces: a word is held wherever it stands (it was added twice)
+    (tmp_path / "cjk" / "3_猫娘").mkdir(parents=True)
+    for n, (stem, caption) in enumerate((("jp", "猫娘の女の子, smile"), ("zh", "一个猫娘"), ("none", "女の子"))):
+        picture(tmp_path / "cjk" / "3_猫娘" / f"{stem}.png", (n * 30, 80, 40))
+        (tmp_path / "cjk" / "3_猫娘" / f"{stem}.txt").write_text(caption)
+    report = captions_by_name(scan_dataset(tmp_path / "cjk", TINY, ScanOptions(trigger_word="猫娘")))
+    assert {name: record.caption for name, record in report.items()} == {
+        "jp.png": "猫娘の女の子, smile", "zh.png": "一个猫娘", "none.png": "猫娘, 女の子"}
 
 
 def test_a_16_bit_grey_png_with_a_transparent_level_is_composited_as_its_note_says(tmp_path):
