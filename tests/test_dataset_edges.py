@@ -174,3 +174,18 @@ def test_names_that_are_no_utf8_train_and_are_written_garbled_not_crashed_on(tmp
                  str(tmp_path / "report.json")]) == 0
     assert json.loads((tmp_path / "report.json").read_text())
     assert "4 name(s) in 5_" in capsys.readouterr().out  # two images, two captions
+
+
+def test_a_cjk_dataset_is_checked_under_an_ascii_locale(tmp_path):
+    """LC_ALL=C without UTF-8 mode: Python reads file names as ASCII with escaped bytes, which the scan index's key
+    refused to encode (a traceback)."""
+    import os
+    import subprocess
+    import sys
+
+    picture(tmp_path / "データ" / "5_猫娘" / "画像.png", (200, 80, 40))
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "lowvram", "check-data", str(tmp_path / "データ")], env=env,
+                          capture_output=True, text=True, errors="replace", timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "1 of 1 images usable" in done.stdout

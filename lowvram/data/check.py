@@ -4,6 +4,7 @@ cache, and `lowvram check-data`. Training's caching phase (`lowvram.data.prepare
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,7 +62,7 @@ def scan_options(config: RunConfig, trigger: str | None, regularization: bool = 
 def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:
     """The scan index lives in the cache, never in the user's dataset folder; one per dataset and `part` of it."""
     key = str(root.resolve()) + part
-    return cache_dir / SCANS / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+    return cache_dir / SCANS / f"{hashlib.sha256(os.fsencode(key)).hexdigest()[:20]}.json"
 
 
 def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | None, regularization: bool = False,

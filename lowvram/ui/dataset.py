@@ -148,4 +148,4 @@ def backup_dir_for(cache_dir: Path, root: Path) -> Path:
     import hashlib
 
     root = Path(root).resolve()
-    return Path(cache_dir) / EDITED_CAPTIONS / f"{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
+    return Path(cache_dir) / EDITED_CAPTIONS / f"{root.name}-{hashlib.sha256(os.fsencode(root)).hexdigest()[:8]}"
