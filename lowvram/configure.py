@@ -227,6 +227,11 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
     for note in notes:
         print(f"{path}: {note}", file=sys.stderr)
     values = _unreplaced(values, given)
+    for key in ("model", "vae", *PATH_OPTIONS):  # relative: from the current folder, as its trainer reads it, else
+        value = values.get(key)                  # beside the file (a project folder's config run from elsewhere)
+        if isinstance(value, str) and value != SAMPLE_DATA and not expand_home(value).is_absolute() and not Path(
+                value).exists() and (Path(path).parent / value).exists():
+            values[key] = str(Path(path).resolve().parent / value)
     layered = with_dataset_settings(values, str(path), dataset_wins=dataset_wins)
     elsewhere = _holds_out(given)
     if "validate_every" in values and not elsewhere and not any(layered.get(name) for name in (

@@ -230,3 +230,18 @@ def test_the_gui_s_epochs_are_the_steps_kohya_ss_counts_from_its_images(tmp_path
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "gui.json"), "--reg-data",
                                       str(tmp_path / "img")])
     assert train_values(args)["max_steps"] == 334
+
+
+def test_a_relative_folder_is_found_beside_the_config_when_not_in_the_current_folder(tmp_path, monkeypatch):
+    """A kohya_ss project's config names ./img; run from elsewhere it was 'folder not found: ./img'."""
+    from lowvram.configure import read_config
+
+    (tmp_path / "proj" / "img" / "10_shape").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    config = write(tmp_path / "proj" / "gui.json", STANDARD | {"train_data_dir": "./img", "output_dir": "./model"})
+    values = read_config(config)
+    assert values["data"] == str(tmp_path / "proj" / "img")
+    assert values["output"] == "./model"  # not there yet: from the current folder, as kohya_ss writes it
+    (tmp_path / "elsewhere" / "img").mkdir()
+    assert read_config(config)["data"] == "./img"  # in the current folder: that one, as kohya_ss reads it
