@@ -252,10 +252,12 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     # a setting lowvram maps, misspelt (kohya passes it over: netwrok_dim trained at rank 4), is named; a real
     # sd-scripts setting lowvram lacks may be close to one too (save_last_n_steps_state): said, not refused
     flags = [flag[2:] for flag in KOHYA_FLAGS if flag[2:] not in flat]
-    meant = {key: close[0] for key in unknown if (close := difflib.get_close_matches(key, flags, n=1, cutoff=0.8))}
-    if unknown:
+    meant = {key: close[0] for key in unknown if f"--{key}" not in KOHYA_FLAGS
+             and (close := difflib.get_close_matches(key, flags, n=1, cutoff=0.8))}
+    if unknown:  # (one of kohya's that lowvram reads otherwise: its counterpart named)
         notes.append("not carried over (lowvram has no such setting): " + ", ".join(
-            f"{key} (did you mean {meant[key]}?)" if key in meant else key for key in unknown))
+            f"{key} (did you mean {meant[key]}?)" if key in meant else f"{key} (lowvram's is "
+            f"{KOHYA_FLAGS[f'--{key}']})" if f"--{key}" in KOHYA_FLAGS else key for key in unknown))
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes

@@ -56,6 +56,9 @@ KOHYA_FLAGS = {
     "--save_every_n_epochs": "--save-every Ne",
     "--save_last_n_epochs": "--keep-saves",
     "--save_last_n_steps": "--keep-saves (a number of saves: the steps divided by --save-every's)",
+    "--save_last_n_epochs_state": "--keep-checkpoints",
+    "--save_last_n_steps_state": "--keep-checkpoints (a number of checkpoints: the steps divided by "
+                                 "--checkpoint-every's)",
     "--sample_every_n_steps": "--sample-every N",
     "--sample_every_n_epochs": "--sample-every Ne",
     "--sample_at_first": "--sample-at-first",

@@ -641,9 +641,13 @@ def test_a_misspelt_kohya_setting_is_named_and_one_that_changes_the_images_refus
     assert str(error.value) == ("k.toml: face_crop_aug_range: lowvram has no face-crop augmentation (crop the images "
                                 "beforehand, or use --crop random)")
     values, notes = translate({"train_data_dir": "sample", "netwrok_dim": 8, "save_last_n_steps_state": 3,
-                               "caption_extention": ".cap", "network_multiplier": 1.0}, Path("k.toml"))
+                               "caption_extention": ".cap", "network_multiplier": 1.0,
+                               "save_last_n_epochs_state": 2}, Path("k.toml"))
+    # a real setting of kohya's is not taken for a typo of another (save_last_n_steps keeps LoRAs, not states)
     assert ("not carried over (lowvram has no such setting): netwrok_dim (did you mean network_dim?), "
-            "save_last_n_steps_state (did you mean save_last_n_steps?)") in notes
+            "save_last_n_steps_state (lowvram's is --keep-checkpoints (a number of checkpoints: the steps divided "
+            "by --checkpoint-every's))") in notes
+    assert values["keep_checkpoints"] == 2  # kohya's states are lowvram's checkpoints
     assert values["caption_extension"] == ".cap"
     with pytest.raises(LowvramError, match="network_multiplier: lowvram trains the LoRA at strength 1"):
         translate({"train_data_dir": "sample", "network_multiplier": 0.5}, Path("k.toml"))
