@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 TAGGER_FILES = ("model.onnx", "selected_tags.csv")
 IMAGE_TO_TEXT_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]  # configs, tokenizers, weights
 RATING, GENERAL, CHARACTER = 9, 0, 4  # selected_tags.csv categories
+CAPTION_EXTENSION_DEFAULT = ".txt"
 SCAN_RESOLUTION = 1024  # the scan only decodes here; buckets at SDXL's size keep every image training could use
 
 
@@ -57,8 +58,10 @@ class CaptionConfig:
     trigger_word: str | None = option(None, "Word written first in every new caption.")
     overwrite: bool = option(False, "Caption every image, replacing existing captions (the old ones are kept in "
                              "lowvram's cache).")
-    caption_extension: str = option(".txt", "Extension of the caption files written (an image's existing caption "
-                                    "file is written in place, whatever its extension).", choices=CAPTION_SUFFIXES)
+    caption_extension: str = option(CAPTION_EXTENSION_DEFAULT, "Extension of the caption files written (an image's "
+                                    "existing caption file is written in place, whatever its extension; a kohya "
+                                    "dataset file's caption_extension where this is not given).",
+                                    choices=CAPTION_SUFFIXES)
     caption_column: str | None = option(None, "Column of a folder's metadata.jsonl or metadata.csv that holds its "
                                         "captions, as train's --caption-column: the images it captions are left "
                                         "alone.", metavar="NAME")
@@ -192,9 +195,13 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         scan_folders,
     )
 
-    buckets, options = default_buckets(SCAN_RESOLUTION), ScanOptions(caption_extension=config.caption_extension,
-                                                                     caption_column=config.caption_column)
     dataset = read_dataset(data) if is_dataset_file(data) else None
+    extension = config.caption_extension
+    own = dataset.values.get("caption_extension") if dataset else None
+    if own in CAPTION_SUFFIXES and extension == CAPTION_EXTENSION_DEFAULT:  # a kohya dataset file's own, which
+        extension = own  # kohya reads (its --caption-extension given: that one)
+    buckets, options = default_buckets(SCAN_RESOLUTION), ScanOptions(caption_extension=extension,
+                                                                     caption_column=config.caption_column)
     root = dataset.root if dataset else data.resolve()
     by_metadata = set() if dataset or not root.is_dir() else {  # an imagefolder's metadata file captions them
         folder.path for folder in repeat_folders(root, config.caption_column)[0] if folder.captions is not None}
@@ -220,7 +227,7 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         if not record.usable:
             report.skipped.append((record.relpath, record.reason or "unusable"))
             continue
-        existing = [found for suffix in dict.fromkeys((config.caption_extension, *CAPTION_SUFFIXES))
+        existing = [found for suffix in dict.fromkeys((extension, *CAPTION_SUFFIXES))
                     if (found := caption_file(record.path, suffix))]  # in any case: training reads 003.TXT too
         if record.path.parent in by_metadata:
             report.kept.append(record.relpath)
@@ -232,7 +239,7 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         if state == TEXT and not config.overwrite:
             report.kept.append(record.relpath)
             continue
-        target = existing[0] if existing else record.path.with_suffix(config.caption_extension)
+        target = existing[0] if existing else record.path.with_suffix(extension)
         if not existing and os.path.lexists(target):  # a folder or a broken link: nothing to write over
             taken = f"{target.name} is not a file (a folder or a broken link) where its caption goes: left as it is"
             report.skipped.append((record.relpath, taken + "; rename it"))

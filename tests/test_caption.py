@@ -416,3 +416,8 @@ def test_a_kohya_dataset_file_captions_its_training_folders_not_its_reg_ones(tmp
     assert captions(data)["red"] == "red theme\n" and not (tmp_path / "reg" / "person.txt").exists()
     out = capsys.readouterr().out
     assert "skipped data/3_colours/broken.jpg: " in out and "wrote 4 caption(s); kept 1 existing" in out
+    # its caption_extension is the one written, as kohya reads it (written .txt, kohya read none of them)
+    (data / "3_colours" / "red.txt").unlink()
+    dataset.write_text('[general]\ncaption_extension = ".caption"\n' + dataset.read_text())
+    assert main(["caption", str(dataset), "--caption-model", str(tagger)]) == 0
+    assert (data / "3_colours" / "red.caption").read_text() == "red theme\n"
