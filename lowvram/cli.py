@@ -216,6 +216,9 @@ def train_values(args: argparse.Namespace) -> dict:
         values, note = with_preset_alpha(values, layers[0], layers[1:])
         if note:
             print(note, file=sys.stderr)
+    for name in ("reg_data", "validation_data", "network_weights"):  # `--reg-data ""`: none, over a config's (as
+        if flags.get(name) == "":                                     # kohya reads an empty reg_data_dir)
+            values.pop(name, None)
     values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error
     shape = width_height(values.get("resolution"))
     if shape and 0 < min(shape) <= max(shape) <= MAX_RESOLUTION and shape[0] != shape[1] and values.get("bucket") \

@@ -230,6 +230,12 @@ def test_the_gui_s_epochs_are_the_steps_kohya_ss_counts_from_its_images(tmp_path
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "gui.json"), "--reg-data",
                                       str(tmp_path / "img")])
     assert train_values(args)["max_steps"] == 334
+    # an empty --reg-data drops the config's, as kohya reads an empty reg_data_dir (it was the current folder)
+    (tmp_path / "gui.json").write_text(json.dumps(STANDARD | gui | {"reg_data_dir": str(tmp_path / "img")}))
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "gui.json"), "--reg-data", ""])
+    values = train_values(args)
+    assert "reg_data" not in values and values["max_steps"] == 167
+    assert build_config(values).data.reg_data is None
 
 
 def test_a_relative_folder_is_found_beside_the_config_when_not_in_the_current_folder(tmp_path, monkeypatch):
