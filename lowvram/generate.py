@@ -111,9 +111,14 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i:02d}{output.suffix}") for i in range(count)]
 
 
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286  # the EXIF tags AUTOMATIC1111 keeps a JPEG's or WebP's parameters in
+
+
 def save_as_named(image, path: Path, parameters: str | None = None) -> Path:
-    """The image in the format its file's extension names (JPEG without an alpha channel), atomically; a PNG with
-    its `parameters` text, as AUTOMATIC1111 stores it."""
+    """The image in the format its file's extension names (JPEG without an alpha channel), atomically, with its
+    `parameters` text where AUTOMATIC1111 stores it: a PNG's text chunk, a JPEG's or WebP's EXIF UserComment (as
+    piexif writes it: "UNICODE" and UTF-16 big-endian)."""
+    from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
     kind = WRITTEN_FORMATS[path.suffix.lower()]
@@ -122,6 +127,10 @@ def save_as_named(image, path: Path, parameters: str | None = None) -> Path:
     if kind == "PNG" and parameters:
         options = {"pnginfo": PngInfo()}
         options["pnginfo"].add_text("parameters", parameters)
+    elif parameters:
+        exif = Image.Exif()
+        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + parameters.encode("utf-16-be")
+        options["exif"] = exif
     return atomic_write(path, lambda tmp: image.save(tmp, format=kind, **options), image.width * image.height * 4,
                         "the image")
 

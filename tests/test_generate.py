@@ -118,6 +118,13 @@ def test_count_renders_each_image_from_its_own_seed(tmp_path):
     assert Image.open(tmp_path / "tagged.png").text["parameters"] == (
         "a cat <lora:style:0.5>\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 5, "
         f'Size: 64x64, Model: tiny, Lora hashes: "style: {short}"')
+    # a JPEG or WebP keeps them where AUTOMATIC1111 does: its EXIF UserComment (they had none)
+    for suffix in (".jpg", ".webp"):
+        assert main([*BASE, "--prompt", "a cat --n blurry --ss dpmsolver++_karras", "--lora", f"{lora}:0.5",
+                     "--output", str(tmp_path / f"tagged{suffix}")]) == 0
+        comment = Image.open(tmp_path / f"tagged{suffix}").getexif().get_ifd(0x8769)[0x9286]
+        assert comment[:8] == b"UNICODE\0"
+        assert comment[8:].decode("utf-16-be") == Image.open(tmp_path / "tagged.png").text["parameters"]
     named = tmp_path / "my, style: v2.safetensors"  # a name AUTOMATIC1111's list could not be split at
     named.write_bytes(lora.read_bytes())
     render(tmp_path, "named", "--prompt", "a cat", "--lora", str(named))
