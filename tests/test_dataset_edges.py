@@ -189,3 +189,43 @@ def test_a_cjk_dataset_is_checked_under_an_ascii_locale(tmp_path):
                           capture_output=True, text=True, errors="replace", timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "1 of 1 images usable" in done.stdout
+
+
+def test_a_folder_that_cannot_be_read_is_skipped_and_a_dataset_that_cannot_be_is_one_line(tmp_path):
+    """On a shared server: another user's private folder in the dataset (or lost+found on a mounted disk) ended
+    check-data and train in a PermissionError traceback."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    as_a_user = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("no setpriv to drop root's permission override")
+        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    data = tmp_path / "data"
+    picture(data / "5_a" / "a.png")
+    picture(data / "3_b" / "b.png")
+    (data / "private").mkdir()
+
+    def check_data():
+        return subprocess.run([*as_a_user, sys.executable, "-m", "lowvram", "check-data", str(data)],
+                              capture_output=True, text=True, check=False, timeout=300,
+                              env={**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")})
+
+    for folder in (data / "3_b", data / "private"):
+        folder.chmod(0)
+    try:
+        done = check_data()
+        assert done.returncode == 0, done.stderr
+        out = " ".join(done.stdout.split())
+        assert "skipped folder 3_b/: can't read it (Permission denied)" in out
+        assert "skipped folder private/: can't read it (Permission denied)" in out and "1 of 1 images usable" in out
+        data.chmod(0)
+        done = check_data()
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert f"--data: {data} cannot be read (Permission denied)" in done.stderr
+    finally:
+        for folder in (data, data / "3_b", data / "private"):
+            folder.chmod(0o755)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass, replace
@@ -136,7 +137,11 @@ def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOption
     if not given.is_dir():
         raise LowvramError(f"{flag}: {'not a folder' if given.exists() else 'folder not found'}: {given}")
     root = given.resolve()
-    folders, layout_notes = repeat_folders(root, options.caption_column)
+    try:
+        folders, layout_notes = repeat_folders(root, options.caption_column)
+    except PermissionError as exc:  # (a shared server's dataset of another user's)
+        raise LowvramError(f"{flag}: {given} cannot be read ({exc.strerror}); give a folder you can read, or ask its "
+                           "owner to let you (chmod)") from None
     return scan_folders(root, folders, buckets, options, index_path, console, layout_notes,
                         describe=(f"{root} or its N_name subfolders",
                                   listing or f"see `{shell_line('lowvram', 'check-data', given)}`"),
@@ -244,6 +249,11 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     folders = [ImageFolder(root, 1, root.name)]
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not passed_over(p)):
         match = REPEAT_FOLDER.match(sub.name)
+        try:  # (another user's private folder, lost+found on a mounted disk)
+            os.listdir(sub)
+        except OSError as exc:
+            notes.append(f"skipped folder {sub.name}/: can't read it ({exc.strerror or exc})")
+            continue
         if sub.name in by_metadata and not match:
             continue
         if not match:
