@@ -128,12 +128,13 @@ def test_a_latin1_caption_keeps_its_accents_and_the_summary_says_it_was_not_utf8
         printed_summary(report)
     assert "caption not UTF-8: read as cp1252, 'café, naïve' (save cafe.txt as UTF-8 to be sure)" in record.notes
     # Notepad's "ANSI" on a Japanese or Chinese Windows: read in its code page (as cp1252 they trained as garbling)
-    root = dataset_with_captions(tmp_path / "asian", {"samurai": "侍, 桜の木".encode("shift_jis"),
-                                                      "neko": "猫娘，蓝色眼睛，长发".encode("gbk"),
-                                                      "german": "für Straße, Größe".encode("cp1252")})
+    captions = {"samurai": ("侍, 桜の木", "shift_jis"), "neko": ("猫娘，蓝色眼睛，长发", "gbk"),
+                "smile": ("猫娘の女の子、笑顔★", "cp932"), "quoted": ("一个女孩，“微笑”……", "gbk"),
+                "german": ("für Straße, Größe", "cp1252"), "portuguese": ("uma menina com coração", "cp1252")}
+    root = dataset_with_captions(tmp_path / "asian", {stem: text.encode(code) for stem, (text, code) in captions.items()})
     records = {record.path.stem: record for record in scan_dataset(root, default_buckets(64, 16)).records}
-    assert [records[stem].caption for stem in ("samurai", "neko", "german")] == ["侍, 桜の木", "猫娘，蓝色眼睛，长发",
-                                                                                "für Straße, Größe"]
+    assert {stem: record.caption for stem, record in records.items()} == {
+        stem: text for stem, (text, _) in captions.items()}  # ("ção" is no GBK character, "★" no reason to doubt)
     assert "caption not UTF-8: read as Shift_JIS, '侍, 桜の木' (save samurai.txt as UTF-8 to be sure)" in \
         records["samurai"].notes
     assert any("read as GBK" in note for note in records["neko"].notes)

@@ -127,18 +127,25 @@ def _decode_legacy(raw: bytes) -> tuple[str, str]:
         western = raw.decode("cp1252")
     except UnicodeDecodeError:  # single-byte encodings: byte by byte is exact
         western = "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in raw)
-    wide = [char for char in western if ord(char) > 0x7F]
-    if sum(map(len, re.findall(r"[^\x00-\x7f]{2,}", western))) > len(wide) / 2:
+    # two East Asian characters in a row are four bytes over 0x7f; no Western word has four accented letters in a
+    # row (Portuguese "ção" has two, which GBK reads as one character)
+    if re.search(r"[^\x00-\x7f]{4}", western):
         for codec, name, kana in EAST_ASIAN:
             try:
                 text = raw.decode(codec)
             except UnicodeDecodeError:
                 continue
             chars = [char for char in text if ord(char) > 0x7F]
-            if chars and all(_east_asian(char) for char in chars) and (
-                    not kana or any("\u3040" <= char <= "\u30ff" for char in chars)):
+            if all(_east_asian(char) or _punctuation(char) for char in chars) and sum(map(_east_asian, chars)) >= 2 \
+                    and (not kana or any("\u3040" <= char <= "\u30ff" for char in chars)):
                 return text, name
     return western, "cp1252"
+
+
+def _punctuation(char: str) -> bool:
+    """Quotes, dashes, ellipses, arrows and symbols (“ ” … — ★ ♪ ※ × °) East Asian code pages carry too."""
+    code = ord(char)
+    return 0x2000 <= code <= 0x2BFF or char in "°±·×÷§¨´¶"
 
 
 def _east_asian(char: str) -> bool:
