@@ -3,6 +3,7 @@ trigger words inside other words, 16-bit transparency, kohya's folder names at t
 that cannot be written. Each is read as meant, or said in one line."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,6 +175,10 @@ def test_names_that_are_no_utf8_train_and_are_written_garbled_not_crashed_on(tmp
                  str(tmp_path / "report.json")]) == 0
     assert json.loads((tmp_path / "report.json").read_text())
     assert "4 name(s) in 5_" in capsys.readouterr().out  # two images, two captions
+    for caption in Path(os.fsdecode(folder)).glob("*.txt"):  # the folder's label is their caption: text too
+        caption.unlink()
+    assert main(["train", "--model", "tiny", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
+                 "--max-steps", "1", "--overwrite"]) == 0
 
 
 def test_a_cjk_dataset_is_checked_under_an_ascii_locale(tmp_path):

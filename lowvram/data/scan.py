@@ -246,7 +246,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     found = folder_metadata(root, caption_column, notes, root) or train_split_metadata(root, caption_column, notes)
     metadata = {root: found} if found else {}
     by_metadata = {image.relative_to(root).parts[0] for image in found.captions} if found else set()
-    folders = [ImageFolder(root, 1, root.name)]
+    folders = [ImageFolder(root, 1, utf8_text(root.name))]
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not passed_over(p)):
         match = REPEAT_FOLDER.match(sub.name)
         try:  # (another user's private folder, lost+found on a mounted disk)
@@ -268,7 +268,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
                 found = metadata[root] = found._replace(captions={
                     image: caption for image, caption in found.captions.items() if not image.is_relative_to(sub)})
         else:
-            folders.append(ImageFolder(sub, int(match.group(1)), match.group(2) or ""))
+            folders.append(ImageFolder(sub, int(match.group(1)), utf8_text(match.group(2) or "")))  # (a label is text)
     loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
     if loose and len(folders) > 1:  # often a cover or preview image left there: say that it trains
         named = ", ".join(sorted(loose)[:3]) + (", ..." if len(loose) > 3 else "")
