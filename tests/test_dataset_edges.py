@@ -179,6 +179,10 @@ def test_names_that_are_no_utf8_train_and_are_written_garbled_not_crashed_on(tmp
         caption.unlink()
     assert main(["train", "--model", "tiny", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
                  "--max-steps", "1", "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--model", "tiny", "--data", os.fsdecode(folder), "--output", str(tmp_path / "there"),
+                 "--max-steps", "1"]) == 0
+    assert "a path of this run is no UTF-8 text, so" in " ".join(capsys.readouterr().out.split())  # its .toml
 
 
 def test_a_cjk_dataset_is_checked_under_an_ascii_locale(tmp_path):

@@ -276,7 +276,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
                      "epoch; kohya leaves them out: move them out of the dataset folder, or into an N_name folder")
     itself = REPEAT_FOLDER.match(root.name)
     if len(folders) == 1 and itself and int(itself.group(1)):  # --data names the N_name folder, not its parent
-        folders = [ImageFolder(root, int(itself.group(1)), itself.group(2) or "")]
+        folders = [ImageFolder(root, int(itself.group(1)), utf8_text(itself.group(2) or ""))]
         notes.append(f"{root.name}/ is itself an N_name folder: read as one ({itself.group(1)} repeats), as kohya "
                      "reads it inside the folder it asks for")
     for folder in folders:

@@ -18,7 +18,7 @@ from lowvram.config import RunConfig
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
 from lowvram.errors import TrainingInterrupted, shell_line
-from lowvram.files import DiskFull
+from lowvram.files import DiskFull, utf8_text
 from lowvram.memory import PhasePeaks, free_cached_memory, host_peak_bytes
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import cache_in_use
@@ -122,9 +122,14 @@ def run_training(session: Session) -> TrainResult:
         session.console.print(f"kept {out_dir / name}.toml as it is: lowvram's header is not on its first line (your "
                               f"own config, or an older lowvram's); this run's options go to {config_path}",
                               soft_wrap=True)
-    if session.main and not outdir.write_options(config_path, tomli_w.dumps(outdir.saved_options(config))):
+    options = tomli_w.dumps(outdir.saved_options(config))
+    if session.main and not outdir.write_options(config_path, options):
         session.console.print(f"kept {config_path} as it is: lowvram did not write it (the run's options are in "
                               "the LoRA's metadata)", soft_wrap=True)
+    elif session.main and utf8_text(options) != options:  # (a TOML file is UTF-8)
+        session.console.print(f"[yellow]note:[/] a path of this run is no UTF-8 text, so {config_path} names it "
+                              "garbled: rename it (unzip -O cp932, convmv) to continue the run with --config",
+                              soft_wrap=True)
     batches = prepared.data.batches(position.epoch, position.batch)
     following = draw(session, batches, schedule.batches_per_step)
     step, splits, bad_steps = position.step, 1, 0  # splits: batches run in this many parts after an out-of-memory
