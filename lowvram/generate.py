@@ -150,11 +150,12 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
                         "not read: --lora FILE:WEIGHT loads one")
     # AUTOMATIC1111's prompt editing ([from:to:when], [to:when]) and alternation ([a|b]): here they would reach
     # CLIP as words, and the image be drawn with neither switch
-    editing = re.search(r"\[[^\[\]]*[:|][^\[\]]*\]", prompt.text)
+    # (a ':' inside parentheses, [(cat:1.2)], is emphasis within de-emphasis)
+    editing = re.search(r"\[[^\[\]()]*[:|][^\[\]()]*\]", f"{prompt.text} {prompt.negative or ''}")
     if editing:
         problems.append(f"--prompt: {editing.group(0)} is AUTOMATIC1111's prompt editing or alternation, which "
                         "generate does not do: write the words to draw (emphasis, (word:1.2) and [word], works)")
-    network = re.search(r"<(?:hypernet|embedding):[^>]*>", prompt.text, re.IGNORECASE)
+    network = re.search(r"<(?:hypernet|embedding):[^>]*>", f"{prompt.text} {prompt.negative or ''}", re.IGNORECASE)
     if network:
         problems.append(f"--prompt: {network.group(0)} loads an AUTOMATIC1111 {network.group(0)[1:].split(':')[0]}, "
                         "which generate does not: leave it out")

@@ -142,10 +142,11 @@ def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_t
     # prompt editing, alternation and a hypernetwork: AUTOMATIC1111's, drawn here without them (as words)
     for prompt, said in (("[red:blue:0.5] circle", "[red:blue:0.5] is AUTOMATIC1111's prompt editing or alternation"),
                          ("a [cat|dog]", "[cat|dog] is AUTOMATIC1111's prompt editing"),
+                         ("a cat --n [ugly:0.5]", "[ugly:0.5] is AUTOMATIC1111's prompt editing"),
                          ("<hypernet:ink:1> a cat", "<hypernet:ink:1> loads an AUTOMATIC1111 hypernet")):
         assert main([*BASE, "--prompt", prompt, "--output", str(tmp_path / "x.png")]) == 2
         assert said in capsys.readouterr().err
-    assert main([*BASE, "--prompt", "a [red] (circle:1.2)", "--output", str(tmp_path / "x.png")]) == 0  # emphasis
+    assert main([*BASE, "--prompt", "a [red] (circle:1.2) [(square:1.2)]", "--output", str(tmp_path / "x.png")]) == 0
 
 
 def test_emphasis_in_half_precision_weighs_by_the_weight_not_by_rounding_noise():
