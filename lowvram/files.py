@@ -137,9 +137,16 @@ def human_size(size: int) -> str:
 
 def free_bytes(folder: Path) -> int:
     folder = Path(folder)
-    while not folder.exists() and folder != folder.parent:  # a write's new folder: its nearest existing parent's disk
+    while not _exists(folder) and folder != folder.parent:  # a write's new folder: its nearest existing parent's disk
         folder = folder.parent  # (a drive that is not there, E:\, is its own parent)
     return shutil.disk_usage(folder).free
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # in a folder that cannot be looked into (another user's): its parent's disk is the one
+        return False
 
 
 KEPT_FREE = 2**20  # what every write leaves free on its disk, for the filesystem's own bookkeeping
@@ -262,7 +269,7 @@ def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str 
 def file_in_the_way(folder: Path) -> Path | None:
     """The file standing where `folder` or one of the folders above it should be, if one does."""
     existing = Path(folder)
-    while not existing.exists() and existing != existing.parent:
+    while not _exists(existing) and existing != existing.parent:
         existing = existing.parent
     return None if existing.is_dir() else existing
 
@@ -389,11 +396,11 @@ def _make_lock_folder(folder: Path) -> bool:
 def _earlier_lock_file(folder: Path):
     """An earlier lowvram's single lock file where the folder goes, opened; None where there is none (a lowvram
     on Windows made none)."""
-    if os.name == "nt" or not folder.is_file():
+    if os.name == "nt":
         return None
     try:
-        return open(folder, "rb")  # (held open for as long as the lock is)
-    except OSError:
+        return open(folder, "rb") if folder.is_file() else None  # (held open for as long as the lock is)
+    except OSError:  # (another user's cache folder, which is_file may not look into either)
         return None
 
 

@@ -33,6 +33,9 @@ EDITED_CAPTIONS, REPLACED_CAPTIONS, UI_FILES = "edited-captions", "replaced-capt
 IN_USE = ".in-use"  # the lock runs share while they read the cache, and `lowvram cache` holds alone to remove
 
 
+_UNLOCKED_SAID: set[str] = set()  # the lock failures said in this process
+
+
 @contextmanager
 def cache_in_use(cache_dir: Path, console=None):
     """Within the block, the cache's shared lock (IN_USE) is held: `lowvram cache` removes nothing from it. A wait
@@ -42,6 +45,9 @@ def cache_in_use(cache_dir: Path, console=None):
                       soft_wrap=True)
 
     def unlocked(reason: str) -> None:
+        if reason in _UNLOCKED_SAID:  # (a run's scan takes the lock again inside the run's own hold)
+            return
+        _UNLOCKED_SAID.add(reason)
         console.print(f"[yellow]warning:[/] the cache's lock cannot be taken ({escape(reason)}), so `lowvram cache` "
                       "could remove what this run reads; run as the user who owns the cache", soft_wrap=True)
 

@@ -324,3 +324,24 @@ def test_an_earlier_lowvrams_lock_file_in_use_holds_off_a_removal_and_runs_share
         assert (cache / ".in-use").is_dir()
     with cache_in_use(cache):
         assert len(list((cache / ".in-use").glob("holder-*.lock"))) == 1
+
+
+def test_a_run_on_a_shared_cache_whose_folders_another_user_keeps_to_themselves_trains_from_memory(tmp_path):
+    """A lab's cache (1777) where another user's run (umask 077) made latents/, text/ and scan/: the next user's
+    run ended in a PermissionError traceback at the scan, then at the first entry; the lock warning came twice."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root (to own the folders as another user) and setpriv (to drop root's override)")
+    cache = tmp_path / "cache"
+    for name in ("latents", "text", "scan", ".in-use"):
+        (cache / name).mkdir(parents=True)
+        os.chown(cache / name, 12345, 12345)
+        (cache / name).chmod(0o700)
+    cache.chmod(0o1777)
+    done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m",
+                           "lowvram", "train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "out"),
+                           "--max-steps", "1", "--cache-dir", str(cache)], capture_output=True, text=True,
+                          check=False, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("the cache's lock cannot be taken") == 1
+    assert "encoding into memory for this run instead" in done.stdout
+    assert (tmp_path / "out" / "out.safetensors").is_file()

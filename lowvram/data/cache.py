@@ -100,7 +100,10 @@ class TensorStore:
         if self.memory is not None and key in self.memory:
             return True
         path = self.path(key)
-        if not path.is_file():
+        try:
+            if not path.is_file():
+                return False
+        except OSError:  # another user's entry they keep to themselves (umask 077 on a shared cache): rebuilt
             return False
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -138,6 +141,8 @@ class TensorStore:
                 return
             except DiskFull as exc:
                 self.keep_in_memory(exc.reason, max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
+            except LowvramError as exc:  # a folder of it another user keeps to themselves (umask 077, shared cache)
+                self.keep_in_memory(str(exc), max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
         self.memory[key] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
 
 

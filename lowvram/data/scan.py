@@ -201,7 +201,7 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             write_text(Path(index_path), json.dumps({"version": INDEX_VERSION, "files": new_index}))
         except LowvramError as exc:  # only a cache: the scan itself is still good
             if console is not None:
-                console.print(Text(f"scan index not saved: {exc}", style="yellow"))
+                console.print(Text(f"scan index not saved: {exc}", style="yellow"), soft_wrap=True)  # (a log: one line)
     report = ScanReport(root, records, folder_notes)
     if not report.usable:
         where, listing = describe or (str(root), "see `lowvram check-data`")
