@@ -163,7 +163,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
         values["lr"] = spec.default_lr
         notes.append(f"learning_rate: not given; kohya's default {KOHYA_LEARNING_RATE:g} scales {spec.name}'s own "
                      f"step size to almost nothing (kohya warns so): --lr {spec.default_lr:g}, its usual scale")
-    values |= _length_and_saves(left, notes, problem)
+    values |= _length_and_saves(left, notes, problem, path)
     if spec_of(optimizer.get("optimizer", "adamw")).schedule_free:
         _without_schedule(values, optimizer["optimizer"], scheduler_type, notes)
     elif scheduler_type:  # kohya's own schedule class replaces lr_scheduler: training it otherwise changes the LoRA
@@ -254,10 +254,13 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     flags = [flag[2:] for flag in KOHYA_FLAGS if flag[2:] not in flat]
     meant = {key: close[0] for key in unknown if f"--{key}" not in KOHYA_FLAGS
              and (close := difflib.get_close_matches(key, flags, n=1, cutoff=0.8))}
-    if unknown:  # (one of kohya's that lowvram reads otherwise: its counterpart named)
+    # one of kohya's whose value lowvram cannot carry over as it is: its counterpart named, to set by hand
+    notes += [f"{key} not carried over: lowvram's counterpart is {KOHYA_FLAGS[f'--{key}']}" for key in unknown
+              if f"--{key}" in KOHYA_FLAGS]
+    unknown = [key for key in unknown if f"--{key}" not in KOHYA_FLAGS]
+    if unknown:
         notes.append("not carried over (lowvram has no such setting): " + ", ".join(
-            f"{key} (did you mean {meant[key]}?)" if key in meant else f"{key} (lowvram's is "
-            f"{KOHYA_FLAGS[f'--{key}']})" if f"--{key}" in KOHYA_FLAGS else key for key in unknown))
+            f"{key} (did you mean {meant[key]}?)" if key in meant else key for key in unknown))
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes
@@ -559,7 +562,7 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
     return values | library_defaults(values)
 
 
-def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
+def _length_and_saves(left: dict[str, Any], notes: list[str], problem, path: Path) -> dict[str, Any]:
     """Epochs over steps where both are set (kohya's max_train_epochs wins), kohya's 1600 steps where neither is;
     saves and samples every N steps or epochs; the prompts of a sample_prompts file, and kohya's sampler."""
     values: dict[str, Any] = {}
@@ -603,6 +606,8 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem) -> dict[s
     sampler = str(left.pop("sample_sampler", None) or "ddim")  # kohya samples with DDIM unless told otherwise
     if prompts:
         prompt_file = expand_home(str(prompts))
+        if not prompt_file.is_absolute() and not prompt_file.exists() and (path.parent / prompt_file).is_file():
+            prompt_file = path.parent / prompt_file  # beside the config, run from elsewhere (as its folders are)
         try:
             values["sample_prompts"], left_out = read_prompt_file(prompt_file)
         except FileNotFoundError:  # samples change nothing trained: a file left on another machine is no error

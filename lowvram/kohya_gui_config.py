@@ -59,6 +59,11 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     fields kohya_ss counts the steps of its epochs from (its batch size, images), as kohya_ss counts them anew
     when they change."""
     doc = doc | {field: given[name] for name, field in COUNTED_FROM.items() if given and given.get(name) is not None}
+    for field in ("train_data_dir", "reg_data_dir"):  # counted where they are found: here, else beside the config
+        value = str(doc.get(field) or "")
+        if value and not expand_home(value).is_absolute() and not Path(value).exists() and (
+                Path(path).parent / value).is_dir():
+            doc = doc | {field: str(Path(path).resolve().parent / value)}
     problems: list[str] = []
 
     def problem(key: str, text: str) -> None:

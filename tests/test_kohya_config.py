@@ -644,9 +644,9 @@ def test_a_misspelt_kohya_setting_is_named_and_one_that_changes_the_images_refus
                                "caption_extention": ".cap", "network_multiplier": 1.0,
                                "save_last_n_epochs_state": 2}, Path("k.toml"))
     # a real setting of kohya's is not taken for a typo of another (save_last_n_steps keeps LoRAs, not states)
-    assert ("not carried over (lowvram has no such setting): netwrok_dim (did you mean network_dim?), "
-            "save_last_n_steps_state (lowvram's is --keep-checkpoints (a number of checkpoints: the steps divided "
-            "by --checkpoint-every's))") in notes
+    assert "not carried over (lowvram has no such setting): netwrok_dim (did you mean network_dim?)" in notes
+    assert ("save_last_n_steps_state not carried over: lowvram's counterpart is --keep-checkpoints (a number of "
+            "checkpoints: the steps divided by --checkpoint-every's)") in notes
     assert values["keep_checkpoints"] == 2  # kohya's states are lowvram's checkpoints
     assert values["caption_extension"] == ".cap"
     with pytest.raises(LowvramError, match="network_multiplier: lowvram trains the LoRA at strength 1"):

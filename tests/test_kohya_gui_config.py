@@ -245,9 +245,18 @@ def test_a_relative_folder_is_found_beside_the_config_when_not_in_the_current_fo
     (tmp_path / "proj" / "img" / "10_shape").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    config = write(tmp_path / "proj" / "gui.json", STANDARD | {"train_data_dir": "./img", "output_dir": "./model"})
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "proj" / "img" / "10_shape" / "a.png")
+    (tmp_path / "proj" / "prompts.txt").write_text("a red circle\n")
+    config = write(tmp_path / "proj" / "gui.json", STANDARD | {"train_data_dir": "./img", "output_dir": "./model",
+                                                               "max_train_steps": "", "epoch": 2,
+                                                               "sample_prompts": "", "additional_parameters":
+                                                               "--sample_prompts prompts.txt"})
     values = read_config(config)
     assert values["data"] == str(tmp_path / "proj" / "img")
+    assert values["max_steps"] == 20  # kohya_ss's count of its images for its 2 epochs, found there too
+    assert list(values["sample_prompts"]) == ["a red circle"]  # its prompt file too
     assert values["output"] == "./model"  # not there yet: from the current folder, as kohya_ss writes it
     (tmp_path / "elsewhere" / "img").mkdir()
     assert read_config(config)["data"] == "./img"  # in the current folder: that one, as kohya_ss reads it
