@@ -241,7 +241,8 @@ class DataConfig:
                                         "leaves the rest as the model had it. Costs a forward pass without gradients "
                                         "per step.", metavar="W")
     cache_dir: str | None = option(None, "Where the latent and text-embedding caches live (content-addressed, "
-                                   "shared between runs; default: $LOWVRAM_CACHE_DIR or ~/.cache/lowvram).",
+                                   "shared between runs; default: $LOWVRAM_CACHE_DIR, else "
+                                   "$XDG_CACHE_HOME/lowvram or ~/.cache/lowvram).",
                                    metavar="DIR")
     cache_batch_size: int = option(4, "Images or captions encoded at once while caching.")
 
