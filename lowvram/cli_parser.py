@@ -263,10 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "[default: the model's own]")
 
     cap = sub.add_parser("caption", allow_abbrev=False, help="write captions for images that have none",
-                         description="Write a .txt caption for each image of a dataset that has none, with a WD14-style "
-                         "tagger (tags) or an image-to-text model such as BLIP (a sentence). Nothing in the folder "
-                         "changes but the new caption files.")
-    _add_data_argument(cap, "dataset folder (kohya-style N_name subfolders are captioned too)")
+                         description="Write a caption file (--caption-extension) for each image of a dataset that has "
+                         "none, with a WD14-style tagger (tags) or an image-to-text model such as BLIP (a sentence). "
+                         "Nothing in the folder changes but the new caption files.")
+    _add_data_argument(cap, "dataset folder (kohya-style N_name subfolders are captioned too), or a kohya dataset "
+                            ".toml (its training folders)")
     cap.add_argument("--dry-run", action="store_true", help="say what would be captioned, and where the model would "
                      "run, without loading it")
     cap.add_argument("--vram", metavar="SIZE", help=f"plan for at most this much VRAM (e.g. 4GB; {SIZE_UNITS})")
