@@ -48,8 +48,10 @@ def cache_in_use(cache_dir: Path, console=None):
         if reason in _UNLOCKED_SAID:  # (a run's scan takes the lock again inside the run's own hold)
             return
         _UNLOCKED_SAID.add(reason)
+        fix = ("run as the user who owns the cache" if Path(cache_dir).is_dir() else  # (a HOME that is not there)
+               "give --cache-dir or LOWVRAM_CACHE_DIR a folder you can write")
         console.print(f"[yellow]warning:[/] the cache's lock cannot be taken ({escape(reason)}), so `lowvram cache` "
-                      "could remove what this run reads; run as the user who owns the cache", soft_wrap=True)
+                      f"could remove what this run reads; {fix}", soft_wrap=True)
 
     with hold_shared(Path(cache_dir) / IN_USE, waiting if console else None, unlocked if console else None):
         yield

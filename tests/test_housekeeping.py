@@ -345,3 +345,15 @@ def test_a_run_on_a_shared_cache_whose_folders_another_user_keeps_to_themselves_
     assert done.stdout.count("the cache's lock cannot be taken") == 1
     assert "encoding into memory for this run instead" in done.stdout
     assert (tmp_path / "out" / "out.safetensors").is_file()
+    # a cache that is not there and cannot be made (HOME missing or not one's own): no owner to run as
+    from PIL import Image
+
+    (tmp_path / "theirs").mkdir()
+    os.chown(tmp_path / "theirs", 12345, 12345)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "images" / "a.png")
+    done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m",
+                           "lowvram", "check-data", str(tmp_path / "images"), "--cache-dir",
+                           str(tmp_path / "theirs" / "cache")],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert "give --cache-dir or LOWVRAM_CACHE_DIR a folder you can write" in " ".join(done.stdout.split())
