@@ -13,7 +13,7 @@ from rich.table import Table
 
 from lowvram.configure import build_config
 from lowvram.errors import first_line
-from lowvram.files import human_size
+from lowvram.files import free_bytes, human_size
 from lowvram.hardware import GIB, Hardware, detect, list_profiles, load_profile
 from lowvram.housekeeping import usage
 from lowvram.plan import plan, workload_for
@@ -84,8 +84,10 @@ def _cache_line(cache_dir: Path) -> str:
     except OSError as exc:
         return f"{cache_dir}: cannot be read ({exc.strerror or exc})"
     removable = sum(f.removable for f in folders)
+    # its own disk's room: on a lab server the home (the default cache) is a small quota, the current folder not
     return (f"{cache_dir}: {human_size(sum(f.size for f in folders))}, of which {human_size(removable)} the next run "
-            "rebuilds if removed (lowvram cache shows and prunes it)")
+            f"rebuilds if removed (lowvram cache shows and prunes it); {human_size(free_bytes(cache_dir))} free on "
+            "its disk")
 
 
 def _gpu_line(hardware: Hardware) -> str:
