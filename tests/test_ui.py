@@ -44,6 +44,9 @@ if _missing():
 from playwright.sync_api import expect, sync_playwright
 
 pytestmark = pytest.mark.slow
+# each field the form changes asks the live plan again: on two busy cores (CI, the full suite) those answers queue
+# for longer than Playwright's default 5 s, and a preset's or a config's status waited behind them (seen failing)
+expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="module")
