@@ -250,7 +250,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not passed_over(p)):
         match = REPEAT_FOLDER.match(sub.name)
         try:  # (another user's private folder, lost+found on a mounted disk)
-            os.listdir(sub)
+            os.scandir(sub).close()  # (opened, not listed: it is listed once, later)
         except OSError as exc:
             notes.append(f"skipped folder {sub.name}/: can't read it ({exc.strerror or exc})")
             continue
