@@ -37,7 +37,7 @@ from lowvram.dataset_files import (
     read_dataset,
 )
 from lowvram.errors import LowvramError, quoted, shell_line
-from lowvram.files import backslash_hint, expand_home, not_utf8, text_of, windows_path_hint
+from lowvram.files import backslash_hint, expand_home, local_path, not_utf8, text_of, windows_path_hint
 from lowvram.kohya_config import is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.kohya_names import kohya_hint
@@ -229,9 +229,9 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
     values = _unreplaced(values, given)
     for key in ("model", "vae", *PATH_OPTIONS):  # relative: from the current folder, as its trainer reads it, else
         value = values.get(key)                  # beside the file (a project folder's config run from elsewhere)
-        if isinstance(value, str) and value != SAMPLE_DATA and not expand_home(value).is_absolute() and not Path(
-                value).exists() and (Path(path).parent / value).exists():
-            values[key] = str(Path(path).resolve().parent / value)
+        if isinstance(value, str) and value != SAMPLE_DATA and (found := local_path(value, Path(path))) != expand_home(
+                value):
+            values[key] = str(found)
     layered = with_dataset_settings(values, str(path), dataset_wins=dataset_wins)
     elsewhere = _holds_out(given)
     if "validate_every" in values and not elsewhere and not any(layered.get(name) for name in (

@@ -99,6 +99,17 @@ def windows_output_problem(flag: str, given: str | os.PathLike) -> str | None:
 SYSTEM_FOLDERS = ("__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaDir")
 
 
+def local_path(given: str, config_file: Path, levels: int = 1) -> Path:
+    """A path as kohya and OneTrainer read it, from the current folder; where nothing is there, from the config or
+    dataset file's folder, or up to `levels` - 1 folders above it (OneTrainer's own folder holds its concepts
+    folder)."""
+    path = expand_home(given)
+    if path.is_absolute() or path.exists():
+        return path
+    bases = [config_file.parents[level] for level in range(min(levels, len(config_file.parents)))]
+    return next((base / path for base in bases if (base / path).exists()), path)
+
+
 def passed_over(path: Path) -> bool:
     """A hidden file or folder, or a system's own (`SYSTEM_FOLDERS`): nothing of a dataset."""
     return path.name.startswith(".") or path.name in SYSTEM_FOLDERS

@@ -23,7 +23,7 @@ from typing import Any
 from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SAVE_PRECISION, SAVE_PRECISION_ALIASES, SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import expand_home, not_utf8
+from lowvram.files import expand_home, local_path, not_utf8
 from lowvram.kohya_names import KOHYA_FLAGS, WITHOUT_COUNTERPART
 from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
@@ -605,9 +605,7 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem, path: Pat
     prompts = left.pop("sample_prompts", None)
     sampler = str(left.pop("sample_sampler", None) or "ddim")  # kohya samples with DDIM unless told otherwise
     if prompts:
-        prompt_file = expand_home(str(prompts))
-        if not prompt_file.is_absolute() and not prompt_file.exists() and (path.parent / prompt_file).is_file():
-            prompt_file = path.parent / prompt_file  # beside the config, run from elsewhere (as its folders are)
+        prompt_file = local_path(str(prompts), path)  # here, else beside the config (as its folders are)
         try:
             values["sample_prompts"], left_out = read_prompt_file(prompt_file)
         except FileNotFoundError:  # samples change nothing trained: a file left on another machine is no error

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import expand_home
+from lowvram.files import expand_home, local_path
 from lowvram.kohya_config import as_number, translate
 from lowvram.samplers import sampler_name
 
@@ -60,10 +60,8 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     when they change."""
     doc = doc | {field: given[name] for name, field in COUNTED_FROM.items() if given and given.get(name) is not None}
     for field in ("train_data_dir", "reg_data_dir"):  # counted where they are found: here, else beside the config
-        value = str(doc.get(field) or "")
-        if value and not expand_home(value).is_absolute() and not Path(value).exists() and (
-                Path(path).parent / value).is_dir():
-            doc = doc | {field: str(Path(path).resolve().parent / value)}
+        if doc.get(field) and (found := local_path(str(doc[field]), Path(path))) != expand_home(str(doc[field])):
+            doc = doc | {field: str(found)}
     problems: list[str] = []
 
     def problem(key: str, text: str) -> None:

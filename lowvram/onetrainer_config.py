@@ -21,9 +21,8 @@ import os
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
-from lowvram.dataset_files.subsets import local_path
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import expand_home, windows_path_hint
+from lowvram.files import expand_home, local_path, windows_path_hint
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values

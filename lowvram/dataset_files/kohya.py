@@ -22,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
+from lowvram.dataset_files.subsets import DatasetFile, Subset, settle
 from lowvram.errors import LowvramError
-from lowvram.files import expand_home, windows_path_hint
+from lowvram.files import expand_home, local_path, windows_path_hint
 from lowvram.kohya_config import NO_BUCKETS, REFUSED_SETTINGS, as_number
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.config import IMAGE_SUFFIXES, LABEL_STEMS
-from lowvram.dataset_files.subsets import DatasetFile, Subset, local_path, settle
+from lowvram.dataset_files.subsets import DatasetFile, Subset, settle
 from lowvram.errors import LowvramError
-from lowvram.files import passed_over, windows_path_hint
+from lowvram.files import local_path, passed_over, windows_path_hint
 from lowvram.kohya_config import as_number
 
 # a concept's own keys lowvram reads; the rest of its image and text settings are below

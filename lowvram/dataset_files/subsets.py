@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowvram.files import expand_home
-
 
 @dataclass(frozen=True)
 class Subset:
@@ -59,16 +57,6 @@ class DatasetFile:
         regularization = len(self.subsets) - training
         return (f"read as a {self.kind}: {training} image folder{'s' * (training != 1)}"
                 + (f", {regularization} {self.regularization_kind}" if regularization else ""))
-
-
-def local_path(given: str, dataset_file: Path, levels: int = 1) -> Path:
-    """A path as kohya and OneTrainer read it, from the current folder; where nothing is there, from the dataset
-    file's folder, or up to `levels` - 1 folders above it (OneTrainer's own folder holds its concepts folder)."""
-    path = expand_home(given)
-    if path.is_absolute() or path.exists():
-        return path
-    bases = [dataset_file.parents[level] for level in range(min(levels, len(dataset_file.parents)))]
-    return next((base / path for base in bases if (base / path).exists()), path)
 
 
 def settle(each: list[dict[str, Any]], notes: list[str], parts: str, written: list[dict[str, Any]] | None = None,
