@@ -257,6 +257,8 @@ def test_a_relative_folder_is_found_beside_the_config_when_not_in_the_current_fo
     assert values["data"] == str(tmp_path / "proj" / "img")
     assert values["max_steps"] == 20  # kohya_ss's count of its images for its 2 epochs, found there too
     assert list(values["sample_prompts"]) == ["a red circle"]  # its prompt file too
+    (tmp_path / "proj" / "k.toml").write_text('train_data_dir = "./img"\nnetwork_module = "networks.lora"\n')
+    assert read_config(tmp_path / "proj" / "k.toml")["data"] == str(tmp_path / "proj" / "img")  # kohya's own too
     assert values["output"] == "./model"  # not there yet: from the current folder, as kohya_ss writes it
     (tmp_path / "elsewhere" / "img").mkdir()
     assert read_config(config)["data"] == "./img"  # in the current folder: that one, as kohya_ss reads it
