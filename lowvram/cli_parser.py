@@ -31,6 +31,15 @@ from lowvram.resize import DYNAMIC
 from lowvram.samplers import SAMPLERS, sampler_name
 
 
+class _Once(argparse.Action):
+    """An option given once: argparse keeps the last of two, and the first would be dropped unsaid."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} given twice; give it once (--count N draws several images of one prompt)")
+        setattr(namespace, self.dest, values)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line, with the closest valid flag."""
 
@@ -238,11 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]", help="LoRA .safetensors file (kohya or "
                      "diffusers format), with its strength if not --weight's (style.safetensors:0.6); give it again "
                      "to stack several")
-    gen.add_argument("--weight", type=float, default=1.0, help="the strength of each --lora that gives none of "
+    gen.add_argument("--weight", type=float, default=None, help="the strength of each --lora that gives none of "
                      "its own [default: 1.0]")
-    gen.add_argument("--prompt", required=True, help="text prompt; kohya's inline options work (--n negative, --w "
-                     "--h size, --s steps, --l guidance, --d seed, --ss sampler) and win over the flags")
-    gen.add_argument("--negative-prompt", default=None, help="negative prompt")
+    gen.add_argument("--prompt", required=True, action=_Once, help="text prompt; kohya's inline options work "
+                     "(--n negative, --w --h size, --s steps, --l guidance, --d seed, --ss sampler) and win over the flags")
+    gen.add_argument("--negative-prompt", default=None, action=_Once, help="negative prompt")
     gen.add_argument("--output", type=Path, default=Path("generated.png"),
                      help=f"image path, {', '.join(WRITTEN_IMAGE_SUFFIXES[:-1])} or {WRITTEN_IMAGE_SUFFIXES[-1]} "
                      "(written in that format); with --count > 1, "
@@ -254,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale [default: 7.0]")
     gen.add_argument("--resolution", type=int, default=None, help="image size in pixels, a multiple of 8 from "
                      f"{MIN_RESOLUTION} to {MAX_RESOLUTION} [default: the model's]")
+    for side in ("width", "height"):
+        gen.add_argument(f"--{side}", type=int, default=None, help=f"image {side} in pixels, as --resolution "
+                         "(AUTOMATIC1111's; the prompt's --" + side[0] + " wins) [default: --resolution]")
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image, 0 to 4294967295; -1 draws one "
                      "and prints it [default: 0]")
     gen.add_argument("--clip-skip", type=int, choices=(1, 2, 3, 4), help="CLIP layers skipped from the end, as "

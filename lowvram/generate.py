@@ -47,6 +47,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     problems += [problem] if problem else []
     if problems:
         raise LowvramError("\n".join(problems))
+    if prompt.negative and args.negative_prompt and args.negative_prompt != prompt.negative:
+        print("--negative-prompt: the prompt's own --n replaces it (kohya's inline options win over the flags)")
     if options_elsewhere(args.prompt):
         print(f"--prompt: kohya's {', '.join(options_elsewhere(args.prompt))} left out (for other models or tools); "
               "the image is drawn without it")
@@ -73,7 +75,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
         if problem:
             raise LowvramError(f"--sampler: {problem}")
     prompt = replace(prompt, negative=prompt.negative or args.negative_prompt or "", seed=None,
-                     guidance=args.guidance if prompt.guidance is None else prompt.guidance)
+                     guidance=args.guidance if prompt.guidance is None else prompt.guidance,
+                     width=prompt.width or args.width, height=prompt.height or args.height)
     model.text_reading = prompt_reading(args.clip_skip or (model.text_reading or DEFAULT_READING).clip_skip)
     model.unet.to(device)
     if dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
@@ -161,28 +164,31 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
                         "which generate does not: leave it out")
     if prompt.sampler and (problem := sampler_problem(prompt.sampler, False)):  # (a package missing: before the
         problems.append(f"--sampler: {problem}")  # model loads; zero terminal SNR is known once it has)
+    if args.weight is not None and math.isfinite(args.weight) and not args.lora:
+        problems.append("--weight: sets the strength of --lora files, and none is given; add --lora FILE")
     sources = []
     for text in args.lora or []:
         try:
-            sources.append(parse_source(text, args.weight))
+            sources.append(parse_source(text, 1.0 if args.weight is None else args.weight))
         except LowvramError as exc:
             problems.append(f"--lora: {exc}")
     problems += lora_problems(sources)
     for flag, value in (("--steps", args.steps), ("--count", args.count)):
         if value < 1:
             problems.append(f"{flag}: must be 1 or more, got {value}")
-    if args.resolution is not None and not (MIN_RESOLUTION <= args.resolution <= MAX_RESOLUTION
-                                            and args.resolution % 8 == 0):
-        problems.append(f"--resolution: must be a multiple of 8 from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got "
-                        f"{args.resolution}")
+    for flag in ("resolution", "width", "height"):
+        value = getattr(args, flag)
+        if value is not None and not (MIN_RESOLUTION <= value <= MAX_RESOLUTION and value % 8 == 0):
+            problems.append(f"--{flag}: must be a multiple of 8 from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got "
+                            f"{value}")
     for flag, value in (("--guidance:", args.guidance), ("--weight:", args.weight)):
         if value is not None and not math.isfinite(value):
             problems.append(f"{flag} must be a finite number, got {value}")
     if args.seed != -1 and not 0 <= args.seed <= MAX_SEED:  # (the prompt's --d is checked where it is read)
         problems.append(f"--seed: must be from 0 to {MAX_SEED}, or -1 for a random one; got {args.seed}")
-    seed = args.seed if prompt.seed is None else prompt.seed
+    seed, flag = (args.seed, "--seed") if prompt.seed is None else (prompt.seed, "--prompt: --d (seed)")
     if args.count > 1 and 0 <= seed <= MAX_SEED < seed + args.count - 1:
-        problems.append(f"--seed: the {args.count} images' seeds {seed} to {seed + args.count - 1} pass {MAX_SEED}; "
+        problems.append(f"{flag}: the {args.count} images' seeds {seed} to {seed + args.count - 1} pass {MAX_SEED}; "
                         "give a smaller seed, or -1 for a random one")
     return prompt, sources, problems
 

@@ -20,6 +20,11 @@ from lowvram.train.loop import train
 BASE = ["generate", "--model", "tiny", "--prompt", "lvshape, a red circle", "--steps", "1"]
 
 
+def base(argv: list[str]) -> list[str]:
+    """BASE with `argv`, whose own --prompt replaces BASE's (generate refuses a prompt given twice)."""
+    return [*(BASE[:3] + BASE[5:] if "--prompt" in argv else BASE), *argv]
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """(a LoRA trained on the tiny model, the tiny model as a single-file checkpoint)"""
@@ -34,7 +39,7 @@ def inputs(tmp_path_factory):
 def refused(argv, capsys) -> str:
     """The one line `generate` refuses `argv` with (exit 2, no traceback)."""
     capsys.readouterr()
-    code = main([*BASE, *argv])
+    code = main(base(argv))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("lowvram generate: error: ")
@@ -102,6 +107,13 @@ def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
     (["--guidance", "nan"], "--guidance: must be a finite number, got nan"),
     (["--weight", "nan"], "--weight: must be a finite number, got nan"),
     (["--weight", "inf"], "--weight: must be a finite number, got inf"),
+    (["--weight", "0.5"], "--weight: sets the strength of --lora files, and none is given; add --lora FILE"),
+    (["--width", "100"], "--width: must be a multiple of 8 from 64 to 4096, got 100"),
+    (["--height", "32"], "--height: must be a multiple of 8 from 64 to 4096, got 32"),
+    (["--prompt", "  "], "--prompt: nothing to draw: the prompt is empty"),
+    (["--prompt", "x --d 4294967295", "--count", "2"], ("--prompt: --d (seed): the 2 images' seeds 4294967295 to "
+                                                       "4294967296 pass 4294967295; give a smaller seed, or -1 for a "
+                                                       "random one")),
     (["--seed", "99999999999999999999"],
      "--seed: must be from 0 to 4294967295, or -1 for a random one; got 99999999999999999999"),
     (["--seed", "-2"], "--seed: must be from 0 to 4294967295, or -1 for a random one; got -2"),
@@ -117,6 +129,19 @@ def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
 def test_a_number_out_of_range_is_one_line_and_writes_nothing(argv, says, tmp_path, capsys):
     assert refused([*argv, "--output", str(tmp_path / "x.png")], capsys) == says
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_prompt_given_twice_is_refused_and_a_negative_prompt_the_prompts_own_replaces_is_said(tmp_path, capsys):
+    for flag in ("--prompt", "--negative-prompt"):  # argparse kept the last, dropping the first unsaid
+        with pytest.raises(SystemExit):
+            main([*base([flag, "a", flag, "b"]), "--output", str(tmp_path / "x.png")])
+        assert (f"{flag} given twice; give it once (--count N draws several images of one prompt)"
+                in capsys.readouterr().err)
+    assert main([*base(["--prompt", "a cat --n blurry", "--negative-prompt", "lowres"]), "--output",
+                 str(tmp_path / "x.png")]) == 0
+    assert ("--negative-prompt: the prompt's own --n replaces it (kohya's inline options win over the flags)"
+            in capsys.readouterr().out.splitlines())
+    assert "Negative prompt: blurry\n" in Image.open(tmp_path / "x.png").text["parameters"]
 
 
 def test_a_lora_weight_that_is_no_number_is_named(inputs, tmp_path, capsys):
@@ -141,7 +166,7 @@ def test_seed_minus_one_draws_a_seed_says_it_and_the_image_can_be_made_again(tmp
     assert main([*BASE, "--seed", drawn[1], "--output", str(tmp_path / "again.png")]) == 0
     images = [np.asarray(Image.open(tmp_path / name)) for name in ("drawn.png", "again.png")]
     assert np.array_equal(*images)
-    assert main([*BASE, "--prompt", "a red circle --d -1", "--output", str(tmp_path / "inline.png")]) == 0
+    assert main([*base(["--prompt", "a red circle --d -1"]), "--output", str(tmp_path / "inline.png")]) == 0
     assert re.search(r"^seed -1: drew \d+$", capsys.readouterr().out, re.MULTILINE)
 
 

@@ -146,8 +146,16 @@ def test_generate_takes_the_prompts_inline_options_over_its_flags(tmp_path):
                  "--output", str(tmp_path / "flags.png")]) == 0
     inline, flags = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("inline", "flags"))
     assert np.array_equal(inline, flags)
-    assert main([*base, "--prompt", "a red circle --w 96 --h 48", "--output", str(tmp_path / "wide.png")]) == 0
-    assert Image.open(tmp_path / "wide.png").size == (96, 48)
+    assert main([*base, "--prompt", "a red circle --w 96 --h 64", "--output", str(tmp_path / "wide.png")]) == 0
+    assert Image.open(tmp_path / "wide.png").size == (96, 64)
+    # AUTOMATIC1111's --width/--height draw the same image; the prompt's own size wins over them
+    assert main([*base, "--prompt", "a red circle", "--width", "96", "--height", "64",
+                 "--output", str(tmp_path / "flags-wide.png")]) == 0
+    wide, flags_wide = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("wide", "flags-wide"))
+    assert np.array_equal(wide, flags_wide)
+    assert main([*base, "--prompt", "a red circle --w 96 --h 64", "--width", "64", "--height", "128",
+                 "--output", str(tmp_path / "inline-wins.png")]) == 0
+    assert Image.open(tmp_path / "inline-wins.png").size == (96, 64)
 
 
 def test_the_sample_sampler_option_takes_other_tools_names_on_the_command_line_and_in_a_file(tmp_path):
