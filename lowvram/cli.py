@@ -10,6 +10,7 @@ import io
 import os
 import signal
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from lowvram.cli_parser import build_parser
@@ -158,7 +159,9 @@ def check_values(args: argparse.Namespace) -> dict:
     model only for its resolution and buckets); the rest of a training config does not matter here."""
     known = fields_by_name()
     given = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "data" or v})  # else the config's
-    values = {k: v for k, v in train_values(given).items() if k == ASSUMED or known[k][0] in ("model", "data")}
+    unread = [name for name, (section, _, _) in known.items() if section not in ("model", "data")]
+    values = {k: v for k, v in train_values(given, unread).items()
+              if k == ASSUMED or known[k][0] in ("model", "data")}
     if not values.get("data"):
         raise LowvramError(f"the dataset is required: lowvram check-data DIR ({args.config} names none)")
     values.setdefault("model", PLANNING_MODEL)
@@ -193,13 +196,15 @@ def run_caption(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_values(args: argparse.Namespace) -> dict:
+def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict:
     """Option values: a preset's, overridden by the config file's, overridden by the flags given; a kohya dataset
-    file given as --data sets its settings just beneath the layer that names it."""
+    file given as --data sets its settings just beneath the layer that names it. `unread`: options the command has
+    no use for, whose values in the config file are left out unchecked (another machine's output folder)."""
     values: dict = {}
     flags = {k: v for k, v in vars(args).items() if k in fields_by_name()}
     layers = [read_toml(preset_path(args.preset), flag="--preset") if args.preset is not None else {},
-              read_config(args.config, given=flags) if args.config else {},
+              read_config(args.config, given=flags | {name: None for name in unread if name not in flags})
+              if args.config else {},
               with_dataset_settings(flags, "the command line")]
     for layer in layers:
         for group in ALTERNATIVES:

@@ -255,6 +255,25 @@ def test_a_windows_path_to_write_to_is_refused_not_made_one_folder_of_that_name(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
+def test_check_data_reads_a_kohya_config_whose_output_is_another_machines(tmp_path, monkeypatch, capsys):
+    """check-data writes nothing: a kohya config's output_dir from Windows was refused, and no flag of check-data
+    could replace it (its options are the dataset's and the model's)."""
+    from lowvram.cli import main
+    from lowvram.data.sample import write_sample_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_sample_dataset(tmp_path / "img")
+    (tmp_path / "kohya.toml").write_text("output_dir = 'C:\\Users\\me\\train\\model'\n"
+                                         "logging_dir = 'C:\\Users\\me\\train\\log'\n"
+                                         "train_data_dir = 'img'\nresolution = '64,64'\n", encoding="utf-8")
+    assert main(["check-data", "--config", "kohya.toml", "--model", "tiny"]) == 0, capsys.readouterr().err
+    assert "images usable" in capsys.readouterr().out
+    # train still refuses it, naming the fix
+    assert main(["train", "--config", "kohya.toml", "--model", "tiny", "--max-steps", "1"]) == 2
+    assert "--output: C:\\Users\\me\\train\\model would be written" in capsys.readouterr().err
+
+
 def test_a_windows_path_in_double_quotes_in_a_config_file_says_how_to_write_it(tmp_path):
     """"D:\\training\\new" reads as D:<tab>raining<line break>ew: its not-found message came in two lines;
     "C:\\Users" stops TOML (\\U) and JSON, which said only 'Invalid hex value' or 'Invalid \\escape'."""
