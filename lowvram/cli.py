@@ -327,10 +327,14 @@ def main(argv: list[str] | None = None) -> int:
             run_cache(args.cache_dir, args.unused_for, args.clear, args.dry_run)
         elif args.command == "check-data":
             from lowvram.data.check import check_data
+            from lowvram.data.epochs import regularization_balance
             from lowvram.hardware import NO_GPU
             from lowvram.resolve import resolve_run
 
-            check_data(resolve_run(build_config(check_values(args)), NO_GPU), args.report, args.verbose)
+            run = resolve_run(build_config(check_values(args)), NO_GPU)
+            reports = check_data(run, args.report, args.verbose)
+            if len(reports) > 1:
+                print(regularization_balance(run, reports[0].usable, reports[1].usable))
         elif args.command == "ui":
             from lowvram.resolve import default_cache_dir
             from lowvram.ui.app import exposed, launch, login

@@ -342,6 +342,30 @@ def test_class_images_are_never_captioned_with_the_instance_prompt(tmp_path):
         captions()
 
 
+def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_it(tmp_path, sample_data, capsys):
+    """check-data --reg-data listed the training images alone, the regularization folder unscanned."""
+    from PIL import Image
+
+    from lowvram.cli import main
+
+    for count in (3, 40):
+        reg = tmp_path / f"reg{count}" / "1_shape"
+        reg.mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (80, 80), (5 * i, 20, 30)).save(reg / f"r{i}.png")
+        (reg / "broken.png").write_bytes(b"not an image")
+    argv = ["check-data", str(sample_data), "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]
+    capsys.readouterr()
+    assert main([*argv, "--reg-data", str(tmp_path / "reg3")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "broken.png" in out and "3 of 4 images usable, 1 skipped" in out  # its own table
+    assert ("regularization: its 3 samples are repeated to 30 each epoch, to match the 30 training samples (kohya's "
+            "balance)") in out
+    assert main([*argv, "--reg-data", str(tmp_path / "reg40")]) == 0
+    assert ("regularization: 30 of its 40 samples train each epoch, to match the 30 training samples (kohya's "
+            "balance); 10 never train") in " ".join(capsys.readouterr().out.split())
+
+
 def test_regularization_images_balance_as_kohyas_do():
     """kohya's DreamBoothDataset: each regularization image with all its repeats until there are as many as the
     training samples (the last image may pass the count), then, while short, one more of each in turn."""

@@ -195,9 +195,10 @@ def _is_report(path: Path) -> bool:
 
 
 def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, console: Console | None = None
-               ) -> ScanReport:
+               ) -> list[ScanReport]:
     """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON (of the
-    training images; a dataset file's is_reg subsets are summed up after them)."""
+    training images; a dataset file's is_reg subsets are summed up after them); then the regularization set's
+    (--reg-data's, or a dataset file's is_reg subsets'). The scans: the dataset's, and the regularization set's."""
     console = console or Console()
     data, trigger = dataset_to_check(run)
     folders = [subset.folder for subset in read_dataset(data).subsets] if is_dataset_file(data) else [data]
@@ -232,10 +233,13 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
     if report_path:
         report.write_json(report_path)
         console.print(f"report written to {report_path}")
-    if has_regularization_subsets(run.config.data.data):
+    reports = [report]
+    if run.config.data.reg_data or has_regularization_subsets(run.config.data.data):
         try:
-            scan(run, data, None, console, regularization=True, listed_above=True).print_summary(console, verbose)
+            reports.append(scan(run, Path(run.config.data.reg_data or data), None, console, regularization=True,
+                                listed_above=True))
         except NoUsableImages as exc:
             exc.report.print_summary(console, verbose)
             raise
-    return report
+        reports[-1].print_summary(console, verbose)
+    return reports

@@ -56,6 +56,11 @@ class Epochs:
         return training + [i for chosen, _ in self._regularization(training, epoch) for i in chosen]
 
     @property
+    def regularization_per_epoch(self) -> int:
+        """The regularization samples each epoch trains: as many as its training samples (kohya's balance)."""
+        return len(self.expanded(0)) - len(self._repeated(range(self.training_count), 0))
+
+    @property
     def regularization_unused(self) -> int:
         """Regularization samples (with repeats) that no epoch reaches: more of them than training samples."""
         return sum(unused for _, unused in self._regularization(self._repeated(range(self.training_count), 0), 0))
@@ -131,6 +136,18 @@ def placements(run: ResolvedRun, record, buckets: dict[int, Buckets], first_only
         if resolution not in buckets:
             buckets[resolution] = make_buckets(run, resolution)
         yield buckets[resolution].place(record.width, record.height)
+
+
+def regularization_balance(run: ResolvedRun, records: list, regularization: list) -> str:
+    """How an epoch pairs the regularization images with the training images, in a line (kohya's balance)."""
+    epochs = counted_epochs(run, records, regularization)
+    trained, unused = epochs.regularization_per_epoch, epochs.regularization_unused
+    training = len(epochs.expanded(0)) - trained
+    offered = len(epochs._repeated(range(epochs.training_count, len(epochs.samples)), 0))
+    how = (f"{trained} of its {offered} samples train" if unused else
+           f"its {offered} samples are repeated to {trained}" if trained > offered else f"its {offered} samples train")
+    return (f"regularization: {how} each epoch, to match the {training} training samples (kohya's balance)"
+            + (f"; {unused} never train" if unused else ""))
 
 
 def counted_epochs(run: ResolvedRun, records: list, regularization: list) -> Epochs:
