@@ -105,6 +105,7 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     ["plan", "--model", "sd15", "--vram", "6GB", "--data", "SAMPLE"],  # (which counts the run's steps too)
     ["plan", "--model", "sdxl", "--profile", "colab-t4", "--json"],
     ["check-data", "SAMPLE", "--model", "tiny"],
+    ["check-data", "SAMPLE", "--model", "tiny", "--reg-data", "SAMPLE"],  # (which counts an epoch's pairs)
     ["train", "--help"],
     ["cache", "--cache-dir", "SAMPLE", "--unused-for", "30", "--dry-run"],
     ["train", "--model", "tiny", "--data", "sample", "--rank", "0"],
