@@ -116,6 +116,27 @@ def test_relative_image_folders_are_found_beside_the_file_when_not_in_the_curren
     assert dataset.root == (tmp_path / "project" / "imgs").resolve()
 
 
+def test_a_subset_without_class_tokens_captions_its_uncaptioned_images_with_its_folders_class_words(tmp_path):
+    """An image_dir named 1_style captioned its images '1_style' (the repeats trained as a word); a folder named
+    "10" alone has no class words, and its images' empty caption is said as such."""
+    from PIL import Image
+
+    for name in ("1_style", "10"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (64, 64), (200, len(name), 30)).save(tmp_path / name / "a.png")
+    path = write(tmp_path / "dataset.toml", {"datasets": [{"resolution": 64, "subsets": [
+        {"image_dir": str(tmp_path / "1_style")}, {"image_dir": str(tmp_path / "10"), "num_repeats": 2}]}]})
+    assert [s.label for s in read_dataset(path).subsets] == ["style", ""]
+    from lowvram.data.check import scan
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+
+    report = scan(resolve_run(run_config(data=str(path), cache_dir=str(tmp_path / "cache")), NO_GPU), path, None, None)
+    notes = {record.relpath: (record.caption, record.notes) for record in report.usable}
+    assert notes == {"1_style/a.png": ("style", ("no caption file: template used: 'style'",)),
+                     "10/a.png": ("", ("no caption file: template used: an empty caption",))}
+
+
 def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,13 +47,13 @@ from lowvram.data.image_metadata import (
     with_metadata,
 )
 from lowvram.data.scan_report import ImageRecord, ScanReport
+from lowvram.dataset_files.subsets import REPEAT_FOLDER
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import ignores_case, passed_over, redraws_in_place, utf8_text, write_text
 from lowvram.option_values import caption_extension_problem
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
 SILENT_NAMES = ("Thumbs.db", "desktop.ini")
-REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$")  # kohya's: the repeats, then the label ("10" has none)
 MODE_NOTES = {"I;16": "16-bit -> 8-bit RGB", "CMYK": "CMYK -> RGB", "P": "palette -> RGB", "L": "greyscale -> RGB", "LA": "greyscale -> RGB",
               "1": "1-bit -> RGB", "I": "32-bit -> 8-bit RGB", "F": "32-bit float -> 8-bit RGB"}
 INDEX_VERSION = 1
@@ -514,7 +513,8 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
                                                                              options.caption_suffix)):
         lines = [wrapped(prefix, line, suffix) for line in lines]
     if text is None:  # what the template made, as it trains (a folder's label or the trigger word: say which)
-        notes = [f"{note}: '{lines[0]}'" if note.endswith("template used") else note for note in notes]
+        notes = [(f"{note}: '{lines[0]}'" if lines[0] else f"{note}: an empty caption") if note.endswith(
+            "template used") else note for note in notes]
     return lines, weights, notes, non_utf8
 
 

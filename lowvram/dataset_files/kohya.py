@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lowvram.dataset_files.subsets import DatasetFile, Subset, settle
+from lowvram.dataset_files.subsets import DatasetFile, Subset, folder_label, settle
 from lowvram.errors import LowvramError
 from lowvram.files import expand_home, local_path, windows_path_hint
 from lowvram.kohya_config import NO_BUCKETS, REFUSED_SETTINGS, as_number
@@ -207,7 +207,9 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
         captions = _metadata_captions(local_path(str(settled["metadata_file"]), path),
                                       f"{name} metadata_file", problem)
     folder = folder.resolve()
-    return Subset(folder, repeats, (tokens or "").strip() or folder.name, settled.get("is_reg") is True, *wrap,
+    # (kohya trains an empty caption there, and its folder mode the class words: lowvram reads the folder as its
+    # folder mode does, the images' concept)
+    return Subset(folder, repeats, (tokens or "").strip() or folder_label(folder), settled.get("is_reg") is True, *wrap,
                   captions)
 
 

@@ -4,16 +4,26 @@ and roles, and the lowvram options its settings set."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$")  # kohya's: the repeats, then the label ("10" has none)
+
+
+def folder_label(folder: Path) -> str:
+    """A folder's class words, as kohya reads an N_name folder's name: "cat" of "10_cat", else the whole name."""
+    match = REPEAT_FOLDER.match(folder.name)
+    return (match.group(2) or "") if match else folder.name
 
 
 @dataclass(frozen=True)
 class Subset:
     folder: Path  # absolute
     repeats: float  # per epoch; a fractional part trains that share of the images each epoch
-    label: str  # the caption of an image without a caption file: class_tokens, else the folder's name
+    # the caption of an image without a caption file: class_tokens, else the folder's class words ("cat" of 10_cat)
+    label: str
     regularization: bool
     caption_prefix: str = ""  # written around each caption of the subset, as it is
     caption_suffix: str = ""
