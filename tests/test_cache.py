@@ -364,6 +364,14 @@ def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_
     assert main([*argv, "--reg-data", str(tmp_path / "reg40")]) == 0
     assert ("regularization: 30 of its 40 samples train each epoch, to match the 30 training samples (kohya's "
             "balance); 10 never train") in " ".join(capsys.readouterr().out.split())
+    # a kohya file's [[datasets]] balance each their own: not against all the training samples
+    first, second, reg = next(sample_data.iterdir()), tmp_path / "reg40" / "1_shape", tmp_path / "reg3" / "1_shape"
+    (tmp_path / "two.toml").write_text(
+        f"[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{first}'\n[[datasets.subsets]]\nimage_dir = '{reg}'\n"
+        f"is_reg = true\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{second}'\n")
+    assert main(["check-data", str(tmp_path / "two.toml"), "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "to match the training samples of its [[datasets]] entry (kohya's balance)" in " ".join(
+        capsys.readouterr().out.split())
 
 
 def test_regularization_images_balance_as_kohyas_do():

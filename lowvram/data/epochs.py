@@ -146,7 +146,9 @@ def regularization_balance(run: ResolvedRun, records: list, regularization: list
     offered = len(epochs._repeated(range(epochs.training_count, len(epochs.samples)), 0))
     how = (f"{trained} of its {offered} samples train" if unused else
            f"its {offered} samples are repeated to {trained}" if trained > offered else f"its {offered} samples train")
-    return (f"regularization: {how} each epoch, to match the {training} training samples (kohya's balance)"
+    several = len({sample.dataset for sample in epochs.samples}) > 1  # each balanced within its [[datasets]] entry
+    matched = "the training samples of its [[datasets]] entry" if several else f"the {training} training samples"
+    return (f"regularization: {how} each epoch, to match {matched} (kohya's balance)"
             + (f"; {unused} never train" if unused else ""))
 
 
