@@ -130,6 +130,8 @@ def redraws_in_place(console) -> bool:
     sets, and so a notebook's `lowvram` commands inherit it, as CI systems do) makes rich take a pipe for one: its
     colours are welcome there, a bar redrawn into a notebook cell's stored output or a CI log is not."""
     isatty = getattr(console.file, "isatty", None)
+    if os.environ.get("JPY_PARENT_PID") or os.environ.get("COLAB_RELEASE_TAG"):  # a notebook's `!lowvram`: a
+        return False  # pseudo-terminal, whose every redraw the cell keeps (and Jupyter draws no cursor-up)
     return console.is_terminal and bool(isatty and isatty())
 
 

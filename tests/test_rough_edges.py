@@ -68,6 +68,30 @@ def test_forced_colour_through_a_pipe_still_prints_plain_progress_lines(monkeypa
     assert "step 12/12" in printed and "\r" not in printed and "\x1b[2K" not in printed
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("notebook", ["JPY_PARENT_PID", "COLAB_RELEASE_TAG"])
+def test_a_notebooks_shell_command_prints_plain_progress_lines_though_it_writes_to_a_terminal(notebook, monkeypatch):
+    """`!lowvram train` in Jupyter or Colab writes to a pseudo-terminal: the bar, redrawn ten times a second, was kept
+    in the cell frame by frame (93 KB for 20 steps), its cursor-ups not followed."""
+    for name in ("JPY_PARENT_PID", "COLAB_RELEASE_TAG"):
+        monkeypatch.delenv(name, raising=False)
+
+    def printed(steps: int) -> str:
+        terminal = Terminal()
+        with TrainingProgress(Console(file=terminal, width=200), steps) as progress:
+            for step in range(1, steps + 1):
+                progress.update(step, loss=0.1, lr=1e-4, seconds=0.5)
+        return terminal.getvalue()
+
+    assert "\x1b[2K" in printed(12)  # a terminal of its own: the bar
+    monkeypatch.setenv(notebook, "1234")
+    assert "step 12/12" in printed(12) and "\x1b[2K" not in printed(12) and "\r" not in printed(12)
+
+
 def test_a_whole_run_through_a_pipe_with_forced_colour_redraws_nothing(tmp_path):
     """The Colab notebook's `lowvram train` cell (FORCE_COLOR, a pipe): no spinner or bar is drawn there frame by
     frame (the model's loading spinner was, its frames stored in the cell)."""
