@@ -418,6 +418,9 @@ class TrainingConfig:
                                   spelling=mixed_precision_name)
     checkpoint_every: int | None = option(None, "Save a resumable checkpoint every N steps (always at the end "
                                           "and on Ctrl-C).", metavar="N")
+    checkpoint_minutes: float = option(30.0, "Also save a resumable checkpoint once this many minutes have passed "
+                                       "since the last (0: never), so that a run killed without warning (a notebook "
+                                       "cell stopped, a lost connection) loses at most that much.", metavar="MINUTES")
     keep_checkpoints: int = option(2, "Resumable checkpoints kept (the newest).", metavar="K")
     resume: str | None = option(None, "Continue from a checkpoint folder, or 'auto' (or 'latest') for the newest "
                                 "in the output folder; with none there yet, 'auto' starts the run.",

@@ -461,6 +461,7 @@ def _training_problems(c: RunConfig) -> list[str]:
         if value is not None and c.training.loss not in HUBER_LOSSES:
             p.append(f"--{flag}: only used with --loss huber or smooth_l1; add one or drop --{flag}")
     positive(p, "checkpoint-every", c.training.checkpoint_every)
+    positive(p, "checkpoint-minutes", c.training.checkpoint_minutes, allow_zero=True)
     positive(p, "checkpoint-blocks", c.memory.checkpoint_blocks)
     if c.memory.cuda_graphs and not c.memory.compile:
         p.append("--cuda-graphs: replays the compiled blocks; add --compile")

@@ -3,7 +3,7 @@ user's `--config my-lora.json` trains the LoRA OneTrainer would: its model, conc
 schedule, network, loss, noise and masking settings. Plain data, no torch.
 
 OneTrainer writes every setting, most at their defaults; those that change nothing lowvram does (its workspace,
-its TensorBoard viewer, backups, the parts other model types have) are left out quietly; its TensorBoard logs,
+its TensorBoard viewer, the parts other model types have) are left out quietly; its backups are checkpoints; its TensorBoard logs,
 which it always writes, are written (where TensorBoard is installed). Its memory settings at their defaults
 (16-bit weights, gradient checkpointing on) are left to lowvram's planner, which picks the fastest that fits; a
 quantized U-Net it names is kept. What lowvram cannot train as OneTrainer would (another model type, a full
@@ -50,8 +50,8 @@ INERT = {
     "custom_conditioning_image", "embedding_learning_rate", "preserve_embedding_norm", "embedding",
     "additional_embeddings", "embedding_weight_dtype", "cloud", "lora_weight_dtype", "bundle_additional_embeddings",
     "lora_decompose_norm_epsilon", "lora_decompose_output_axis", "optimizer_defaults", "sample_image_format",
-    "sample_video_format", "sample_audio_format", "samples_to_tensorboard", "non_ema_sampling", "backup_after",
-    "backup_after_unit", "rolling_backup", "rolling_backup_count", "backup_before_save", "save_filename_prefix",
+    "sample_video_format", "sample_audio_format", "samples_to_tensorboard", "non_ema_sampling",
+    "rolling_backup", "rolling_backup_count", "backup_before_save", "save_filename_prefix",
     "secrets", "sample_skip_first", "save_skip_first",
     "layer_filter_regex", "oft_block_size", "oft_block_share", "oft_scaled", "lokr_dim", "lokr_decompose_both",
     "lokr_use_tucker", "lokr_weight_decompose", "lokr_dora_on_output", "lokr_full_matrix", "lokr_vec_trick",
@@ -68,7 +68,7 @@ RENAMED = {"lora_layers": "layer_filter", "lora_layer_preset": "layer_filter_pre
 # settings read below, each by its own rule
 READ = {
     "training_method", "model_type", "base_model_name", "output_dtype", "output_model_destination",
-    "continue_last_backup",
+    "continue_last_backup", "backup_after", "backup_after_unit",
     "gradient_checkpointing", "compile",
     "concept_file_name", "concepts", "aspect_ratio_bucketing", "learning_rate_scheduler", "learning_rate",
     "learning_rate_warmup_steps", "learning_rate_cycles", "learning_rate_min_factor", "epochs", "batch_size",
@@ -322,6 +322,7 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         values["save_precision"] = PRECISIONS[precision]
     elif precision:
         problem("output_dtype", f"{precision}: a LoRA is saved in {', '.join(PRECISIONS)}")
+    values |= _backups(doc, notes, problem)
     for key, option in (("save_every", "save_every"), ("sample_after", "sample_every")):
         every = _every(doc, key, notes)
         if every:
@@ -339,6 +340,26 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     else:  # OneTrainer validates only with validation on: a validation concept then rests
         values["validation_data"] = None
     return values
+
+
+MINUTES_PER = {"SECOND": 1 / 60, "MINUTE": 1, "HOUR": 60}
+
+
+def _backups(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
+    """OneTrainer's backups (every 30 minutes unless its config says otherwise, as lowvram's timed checkpoints) as
+    lowvram's checkpoints."""
+    if "backup_after" not in doc and "backup_after_unit" not in doc:
+        return {}
+    unit = _upper(doc, "backup_after_unit") or "NEVER"
+    count = as_number(doc.get("backup_after") or 0, "backup_after", problem)
+    if unit == "NEVER" or not count or count <= 0:
+        return {"checkpoint_minutes": 0}
+    if unit in MINUTES_PER:
+        return {"checkpoint_minutes": count * MINUTES_PER[unit]}
+    if unit == "STEP":
+        return {"checkpoint_every": int(count)}
+    notes.append(f"backup_after {count:g} {unit}: lowvram checkpoints every N steps or minutes; not carried over")
+    return {}
 
 
 def _every(doc: dict[str, Any], key: str, notes: list[str]) -> str | None:

@@ -161,6 +161,24 @@ def test_a_current_config_s_per_part_checkpointing_and_offloading_are_read(tmp_p
         assert not any(note.startswith("gradient_checkpointing ON") for note in notes), notes
 
 
+def test_onetrainers_backups_are_lowvrams_timed_checkpoints(tmp_path):
+    """OneTrainer backs a run up every 30 minutes by default: lowvram's checkpoints every --checkpoint-minutes."""
+    folder = onetrainer_folder(tmp_path)
+    bare = {key: value for key, value in CONFIG.items() if not key.startswith("backup_after")}
+    assert {"checkpoint_minutes", "checkpoint_every"}.isdisjoint(translate_onetrainer(bare, folder)[0])  # both 30
+    for backups, expected in (({"backup_after": 30, "backup_after_unit": "MINUTE"}, {"checkpoint_minutes": 30}),
+                              ({"backup_after": 2, "backup_after_unit": "HOUR"}, {"checkpoint_minutes": 120}),
+                              ({"backup_after": 90, "backup_after_unit": "SECOND"}, {"checkpoint_minutes": 1.5}),
+                              ({"backup_after": 500, "backup_after_unit": "STEP"}, {"checkpoint_every": 500}),
+                              ({"backup_after": 30, "backup_after_unit": "NEVER"}, {"checkpoint_minutes": 0})):
+        values, notes = translate_onetrainer(CONFIG | backups, folder)
+        assert {key: values[key] for key in ("checkpoint_minutes", "checkpoint_every") if key in values} == expected
+        assert not any("backup" in note for note in notes), notes
+    values, notes = translate_onetrainer(CONFIG | {"backup_after": 2, "backup_after_unit": "EPOCH"}, folder)
+    assert "checkpoint_minutes" not in values and "checkpoint_every" not in values
+    assert "backup_after 2 EPOCH: lowvram checkpoints every N steps or minutes; not carried over" in notes
+
+
 def test_an_older_onetrainer_config_is_read_by_its_old_names_without_false_notes(tmp_path):
     """OneTrainer renamed settings over its versions (lora_layer_preset became layer_filter_preset, save_after
     save_every) and writes settings that change nothing at their values; none of them makes a note."""

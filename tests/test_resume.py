@@ -77,6 +77,29 @@ def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
     assert logged(cut, "epoch_loss") == logged(whole, "epoch_loss")
 
 
+@pytest.mark.slow
+def test_a_timed_checkpoint_keeps_a_run_killed_without_warning(tmp_path):
+    """`!lowvram train` stopped in a notebook (IPython kills the command half a second after its Ctrl-C), a lost
+    connection: without --checkpoint-every the only checkpoint came at the end, and the whole run was lost. One
+    every --checkpoint-minutes keeps it (here a fraction of a second; 30 minutes by default, so none here)."""
+    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
+    whole = tmp_path / "whole"
+    assert run(cli(whole), env).returncode == 0
+    assert [folder.name for folder in (whole / "checkpoints").iterdir()] == [f"step-{STEPS:06d}"]
+    cut = tmp_path / "cut"
+    proc = Run(cli(cut, "--checkpoint-minutes", "0.001", "--keep-checkpoints", "1"), env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not checkpoint.latest(cut / "checkpoints"):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    kept = checkpoint.latest(cut / "checkpoints")
+    assert kept is not None and int(kept.name.split("-")[1]) < STEPS and not (cut / "cut.safetensors").exists()
+    resumed = run(cli(cut, "--checkpoint-minutes", "0.001", "--resume", "auto"), env)
+    assert resumed.returncode == 0 and f"resumed from {kept}" in " ".join(resumed.stdout.split()), resumed.stderr
+    assert_same_lora(whole / "whole.safetensors", cut / "cut.safetensors")
+
+
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     result = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2))
     root = tmp_path / "checkpoints"

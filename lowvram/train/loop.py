@@ -149,6 +149,7 @@ def run_training(session: Session) -> TrainResult:
                 progress.loss = position.smoothed_loss
             if grid_due_at_start(session, schedule, position.step):
                 sample_grid(session, trainee, prepared, log, position.step)
+            checkpointed_at, minutes = time.monotonic(), config.training.checkpoint_minutes
             for step in range(position.step + 1, last_step + 1):
                 step_start = time.perf_counter()
                 if not schedule.trains_text_at(step) and not trainee.text_frozen:
@@ -160,7 +161,8 @@ def run_training(session: Session) -> TrainResult:
                 rates = learning_rates(trainee)  # the rates this step's update uses (the plain ones)
                 # one collective and one read-back per step: the mean loss, whether any process was asked to stop,
                 # and the gradient norm
-                outcome = update(session, trainee, step_loss, signals.received is not None, step)
+                outcome = update(session, trainee, step_loss, signals.received is not None, step,
+                                 bool(minutes) and time.monotonic() - checkpointed_at >= minutes * 60)
                 rates = learning_rates(trainee, rates)  # as the step used them (schedule-free's, Prodigy's d)
 
                 seconds = time.perf_counter() - step_start
@@ -176,7 +178,9 @@ def run_training(session: Session) -> TrainResult:
                     # validated, so all of them agree on it
                     stop_asked = sum_over_processes(session.accelerator, float(signals.received is not None))[0] > 0
                 position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
-                at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape)
+                at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape,
+                               timed_checkpoint=outcome.checkpoint_due)
+                checkpointed_at = time.monotonic() if outcome.checkpoint_due else checkpointed_at
                 if stopping.stop:
                     console.print(f"[yellow]early stopping at step {step}:[/] {stopping.no_improvement()}; "
                                   f"the best ({stopping.best:.5f}, step "

@@ -135,8 +135,10 @@ def validate_and_keep_best(session: Session, trainee: Trainee, dataset: Dataset,
 
 
 def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepared, schedule: Schedule,
-                   position: checkpoint.Position, stop: bool, log: RunLog, shape: TrainingShape) -> None:
-    """The LoRA every --save-every, a checkpoint every --checkpoint-every (the last one, at the end or where early
+                   position: checkpoint.Position, stop: bool, log: RunLog, shape: TrainingShape,
+                   timed_checkpoint: bool = False) -> None:
+    """The LoRA every --save-every, a checkpoint every --checkpoint-every and where `timed_checkpoint` (the
+    --checkpoint-minutes passed) says (the last one, at the end or where early
     stopping ends the run, follows the LoRA: a disk with room for only one keeps the LoRA), then a sample grid
     every --sample-every: drawing one may run out of memory, which must find the step's work kept."""
     config, step, epoch = session.config, position.step, position.epoch
@@ -156,7 +158,7 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
                 for sample in outdir.samples_of(old):  # an earlier final LoRA kept as this save: its samples
                     sample.unlink(missing_ok=True)
     every = config.training.checkpoint_every
-    if every and step % every == 0 and step < schedule.total_steps and not stop:
+    if (every and step % every == 0 or timed_checkpoint) and step < schedule.total_steps and not stop:
         written.append(f"checkpoint {save_checkpoint(session, trainee, dataset, position)}")
     if written:
         session.console.print(f"step {step}: {'; '.join(written)}", soft_wrap=True, highlight=False)

@@ -97,23 +97,26 @@ class StepOutcome:
     loss: float  # the mean over processes
     grad_norm: float | None
     stop_asked: bool  # some process was asked to stop (Ctrl-C, SIGTERM)
+    checkpoint_due: bool  # some process's clock says --checkpoint-minutes have passed since the last checkpoint
 
 
-def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_asked: bool, step: int
-           ) -> StepOutcome:
-    """Clip, judge and apply the step's gradients. The loss is averaged over processes with the stop flag in the
-    same all-reduce, and read back with the gradient norm: the step's one wait for the GPU."""
+def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_asked: bool, step: int,
+           checkpoint_due: bool = False) -> StepOutcome:
+    """Clip, judge and apply the step's gradients. The loss is averaged over processes with the stop flag and
+    whether a timed checkpoint is due in the same all-reduce (so that every process agrees on both), and read back
+    with the gradient norm: the step's one wait for the GPU."""
     accelerator, optimizer = session.accelerator, trainee.optimizer
     # torch.full fills on the device; torch.tensor(value, device=...) would copy from the host and wait
     shared = torch.stack([step_loss.to(session.device, torch.float32),
-                          torch.full((), float(stop_asked), device=session.device)])
+                          torch.full((), float(stop_asked), device=session.device),
+                          torch.full((), float(checkpoint_due), device=session.device)])
     if accelerator.num_processes > 1:
         shared = accelerator.reduce(shared, "sum")
     # one total norm, unscaled first under fp16; inf max_norm measures without clipping
     grad_norm = accelerator.clip_grad_norm_(trainee.params, session.config.optim.max_grad_norm or math.inf)
     if grad_norm is not None:
         shared = torch.cat([shared, torch.as_tensor(grad_norm).detach().to(shared).reshape(1)])
-    loss, stop, *norm = shared.tolist()
+    loss, stop, due, *norm = shared.tolist()
     loss, grad_norm = loss / accelerator.num_processes, norm[0] if norm else None
     verdict = step_verdict(loss, grad_norm, accelerator.scaler)
     if verdict == "ok" or accelerator.scaler is not None:
@@ -129,7 +132,7 @@ def update(session: Session, trainee: Trainee, step_loss: torch.Tensor, stop_ask
             if trainee.ema is not None and step % session.config.optim.ema_every == 0:  # as applied, limits in
                 average(trainee.ema, trainee.params)
     optimizer.zero_grad(set_to_none=not trainee.gradients_kept)
-    return StepOutcome(verdict, loss, grad_norm, stop > 0)
+    return StepOutcome(verdict, loss, grad_norm, stop > 0, due > 0)
 
 
 def average(ema, params: list[torch.nn.Parameter]) -> None:
