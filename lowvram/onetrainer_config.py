@@ -3,8 +3,8 @@ user's `--config my-lora.json` trains the LoRA OneTrainer would: its model, conc
 schedule, network, loss, noise and masking settings. Plain data, no torch.
 
 OneTrainer writes every setting, most at their defaults; those that change nothing lowvram does (its workspace,
-its TensorBoard viewer, the parts other model types have) are left out quietly; its backups are checkpoints; its TensorBoard logs,
-which it always writes, are written (where TensorBoard is installed). Its memory settings at their defaults
+its TensorBoard viewer, the parts other model types have) are left out quietly; its backups are checkpoints; its
+TensorBoard logs, which it always writes, are written (where TensorBoard is installed). Its memory settings at their defaults
 (16-bit weights, gradient checkpointing on) are left to lowvram's planner, which picks the fastest that fits; a
 quantized U-Net it names is kept. What lowvram cannot train as OneTrainer would (another model type, a full
 fine-tune, another adapter or loss) is refused, one line per setting. Relative paths are taken from the current
