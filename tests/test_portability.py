@@ -61,3 +61,34 @@ def test_an_edited_captions_original_is_kept_byte_for_byte_and_shown_decoded(tmp
         backup = tmp_path / f"backup-{encoding}"
         data_panel.save_caption(root, relpath, "lvshape, edited", backup)
         assert next(backup.rglob("*.txt")).read_bytes() == original
+
+
+def test_a_caption_whose_name_differs_from_its_images_in_case_alone_is_read_as_windows_reads_it(tmp_path):
+    """Cat05.PNG with cat05.txt, IMG_1.jpg with img_1.TXT: paired on Windows, where the dataset was made; on Linux
+    each trained on its folder's name, and the captions were said to be read by none."""
+    import pytest
+    from conftest import run_config
+    from PIL import Image
+
+    from lowvram.data.check import scan
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+
+    folder = tmp_path / "data" / "5_dog"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(("Cat05.PNG", "IMG_1.jpg", "plain.png", "lonely.png")):
+        Image.new("RGB", (64, 64), (60 * i, 20, 20)).save(folder / name, format="JPEG" if "jpg" in name else "PNG")
+    for name, text in (("cat05.txt", "a cat"), ("img_1.TXT", "an img"), ("plain.txt", "plain"), ("renamed.txt", "x")):
+        (folder / name).write_text(text)
+    if (folder / "CAT05.TXT").exists():
+        pytest.skip("this file system ignores case, as Windows does")
+    run = resolve_run(run_config(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")), NO_GPU)
+    report = scan(run, tmp_path / "data", None, None)
+    assert {Path(r.relpath).name: r.caption for r in report.usable} == {
+        "Cat05.PNG": "a cat", "IMG_1.jpg": "an img", "plain.png": "plain", "lonely.png": "dog"}
+    notes = {Path(r.relpath).name: r.notes for r in report.usable}
+    assert ("caption cat05.txt read: its name differs from the image's in letter case alone, which Windows ignores "
+            "and Linux does not") in notes["Cat05.PNG"]
+    assert not any("letter case" in note for note in notes["plain.png"])
+    said = " ".join(report.folder_notes)
+    assert "renamed.txt" in said and "cat05.txt" not in said and "img_1.TXT" not in said  # read: not lone

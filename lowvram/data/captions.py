@@ -33,6 +33,9 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
         others = [suffix for suffix in CAPTION_SUFFIXES if suffix != extension and caption_file(image, suffix)]
         unread = f" (its {others[0]} is not read with --caption-extension {extension})" if others else ""
         return None, notes + [f"no caption file{unread}: template used"], None
+    if found[0].stem != image.stem:
+        notes.append(f"caption {found[0].name} read: its name differs from the image's in letter case alone, which "
+                     "Windows ignores and Linux does not")
     non_utf8 = None
     try:
         with open(found[0], "rb") as fh:
@@ -92,9 +95,16 @@ def caption_files(image: Path, extension: str) -> list[Path]:
 
 def caption_file(image: Path, suffix: str) -> Path | None:
     """The image's caption file of `suffix` in whichever case it is written (.txt, .TXT, .Txt: Windows keeps them
-    apart from nothing, Linux from each other)."""
-    variants = (suffix, suffix.lower(), suffix.upper(), suffix[:2].upper() + suffix[2:].lower())
-    return next((image.with_suffix(v) for v in dict.fromkeys(variants) if image.with_suffix(v).is_file()), None)
+    apart from nothing, Linux from each other), its name too where its case differs as a whole (Cat05.PNG's
+    cat05.txt, IMG_1.jpg's img_1.TXT: a dataset made on Windows)."""
+    suffixes = dict.fromkeys((suffix, suffix.lower(), suffix.upper(), suffix[:2].upper() + suffix[2:].lower()))
+    return next((found for stem in stem_cases(image.stem) for v in suffixes
+                 if (found := image.with_name(stem + v)).is_file()), None)
+
+
+def stem_cases(stem: str) -> tuple[str, ...]:
+    """The names, without the extension, a caption file of an image of `stem` may have."""
+    return tuple(dict.fromkeys((stem, stem.lower(), stem.upper())))
 
 
 def _decode_utf16(raw: bytes) -> str | None:

@@ -29,7 +29,7 @@ from lowvram.config import (
     MASK_SUFFIX,
 )
 from lowvram.data.buckets import Buckets
-from lowvram.data.captions import captions_of, has_word, read_caption_file, split_kept_tags, wrapped
+from lowvram.data.captions import captions_of, has_word, read_caption_file, split_kept_tags, stem_cases, wrapped
 from lowvram.data.image_files import (
     ALPHA_MODES,
     PIL_FORMATS,
@@ -347,8 +347,9 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                          f"{', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}")
         # an image renamed away from its caption, a common slip: a caption read by no image beside an image without
         # one, where the others pair (a README.txt in a captioned folder, or in one of template captions, is none)
-        paired = {p.stem for p in captions} & stems
-        lone = [p.name for p in captions if p.stem not in stems] if paired and stems - paired and \
+        read = {case for stem in stems for case in stem_cases(stem)}  # (Cat05.PNG reads cat05.txt)
+        paired = {p.stem for p in captions} & read
+        lone = [p.name for p in captions if p.stem not in read] if paired and len(paired) < len(stems) and \
             image_folder.captions is None else []
         if lone:
             notes.append(f"{len(lone)} caption file(s) in {where or './'} without an image of the same name, read by "
