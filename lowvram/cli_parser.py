@@ -72,6 +72,13 @@ class _Parser(argparse.ArgumentParser):
                                                        _closest_flag(b.split("=")[0], flags, command)) for b in bad]
             hint = "; ".join(h for h in hints if h)
             message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
+            kohyas = [h for h in hints if h and "is kohya's name" in h]
+            if command == "train" and len(kohyas) >= 3:  # a kohya command line pasted: one way for all of it
+                message = (f"unknown options: {len(kohyas)} of them are kohya's flags ({bad[0]} ...); lowvram reads a "
+                           "kohya command as it is from a launcher script: save it (accelerate launch "
+                           "train_network.py --flags) as train.sh or train.bat and give --config train.sh; or write "
+                           "each as lowvram's (" + "; ".join(kohyas[:2])
+                           + "; ...)")
             if not bad:  # a word without its flag
                 taken = [action for action in self._actions if not action.option_strings]
                 if any(action.nargs in ("+", "*") for action in taken):  # argparse takes them in one run

@@ -38,8 +38,9 @@ from lowvram.dataset_files import (
 )
 from lowvram.errors import LowvramError, quoted, shell_line
 from lowvram.files import backslash_hint, expand_home, local_path, not_utf8, text_of, windows_path_hint
-from lowvram.kohya_config import is_kohya_config, translate
+from lowvram.kohya_config import flat_config, is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
+from lowvram.kohya_launcher import is_launcher, launcher_config
 from lowvram.kohya_names import kohya_hint
 from lowvram.lora_header import read_header, with_network_weights
 from lowvram.lora_metadata import RECIPE_KEY
@@ -70,6 +71,8 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     them are not checked (a kohya config's paths on another machine, replaced by --model and --data)."""
     if Path(path).suffix.lower() == ".safetensors":
         return _read_recipe(Path(path), given)
+    if is_launcher(Path(path)):
+        return _read_launcher(Path(path), given)
     if Path(path).suffix.lower() != ".json":
         return read_toml(path, given)
     text = config_text(path)
@@ -102,6 +105,21 @@ def config_text(path: Path, flag: str = "--config") -> str:
         raise LowvramError(f"{flag}: can't read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise LowvramError(f"{flag}: {not_utf8(path, exc)}") from None
+
+
+def _read_launcher(path: Path, given: Collection[str]) -> dict[str, Any]:
+    """A kohya launcher script's training command as a kohya config: its flags over the values of the TOML its
+    --config_file names, as kohya reads them."""
+    doc = launcher_config(config_text(path), path)
+    if isinstance(doc.get("config_file"), str):
+        inner = local_path(doc.pop("config_file"), path)
+        text = config_text(inner)
+        try:
+            doc = flat_config(tomllib.loads(text)) | doc
+        except tomllib.TOMLDecodeError as exc:
+            raise LowvramError(f"--config: {path}: its --config_file {inner} is not valid TOML: {exc}"
+                               f"{backslash_hint(text)}") from None
+    return _read_kohya(doc, path, given)
 
 
 def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:

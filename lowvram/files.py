@@ -102,12 +102,17 @@ SYSTEM_FOLDERS = ("__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaD
 def local_path(given: str, config_file: Path, levels: int = 1) -> Path:
     """A path as kohya and OneTrainer read it, from the current folder; where nothing is there, from the config or
     dataset file's folder, or up to `levels` - 1 folders above it (OneTrainer's own folder holds its concepts
-    folder)."""
+    folder). A relative path written with Windows' backslashes (img\\10_cat) is read with / where only that is
+    there."""
     path = expand_home(given)
     if path.is_absolute() or path.exists():
         return path
     bases = [config_file.parents[level] for level in range(min(levels, len(config_file.parents)))]
-    return next((base / path for base in bases if (base / path).exists()), path)
+    found = next((base / path for base in bases if (base / path).exists()), None)
+    if found is None and os.sep == "/" and "\\" in given and not re.match(r"[A-Za-z]:|\\\\", given):
+        slashed = local_path(given.replace("\\", "/"), config_file, levels)
+        found = slashed if slashed.exists() else None
+    return found or path
 
 
 def passed_over(path: Path) -> bool:

@@ -79,10 +79,11 @@ def is_kohya_config(doc: dict[str, Any]) -> bool:
     (kohya reads any section as if its settings were at the top), one of which only kohya has."""
     if all(section in SECTIONS and isinstance(table, dict) for section, table in doc.items()):
         return False
-    return bool(set(_flat(doc)) & MARKERS)
+    return bool(set(flat_config(doc)) & MARKERS)
 
 
-def _flat(doc: dict[str, Any]) -> dict[str, Any]:
+def flat_config(doc: dict[str, Any]) -> dict[str, Any]:
+    """A kohya config's settings as one table: kohya reads any section's as if at the top level."""
     flat: dict[str, Any] = {}
     for key, value in doc.items():
         flat.update(value if isinstance(value, dict) else {key: value})
@@ -116,7 +117,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     """(lowvram option values, notes for the user) for a kohya config document; `prompts`: sample prompts it comes
     with as text (kohya_ss's). Raises LowvramError, one line per setting, for each setting lowvram cannot train as
     kohya would."""
-    flat = _flat(doc)
+    flat = flat_config(doc)
     # kohya's off values are left out, except where 0 means something: no clipping, an untrained text encoder
     left = {key: value for key, value in flat.items()
             if not _off(value) or key in ("max_grad_norm", "text_encoder_lr", "network_alpha")}

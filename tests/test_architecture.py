@@ -16,7 +16,7 @@ LAYERS = [
      "lowvram.option_values", "lowvram.timesteps", "lowvram.run_files", "lowvram.precision",
      "lowvram.optim", "lowvram.checkpointing"),
     ("lowvram.config", "lowvram.adapters.blocks", "lowvram.lora_header", "lowvram.lora_metadata",
-     "lowvram.kohya_config",
+     "lowvram.kohya_config", "lowvram.kohya_launcher",
      "lowvram.kohya_gui_config",
      "lowvram.onetrainer_optimizers", "lowvram.onetrainer_config",
      "lowvram.dataset_files", "lowvram.config_checks", "lowvram.configure"),

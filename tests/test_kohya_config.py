@@ -651,3 +651,80 @@ def test_a_misspelt_kohya_setting_is_named_and_one_that_changes_the_images_refus
     assert values["caption_extension"] == ".cap"
     with pytest.raises(LowvramError, match="network_multiplier: lowvram trains the LoRA at strength 1"):
         translate({"train_data_dir": "sample", "network_multiplier": 0.5}, Path("k.toml"))
+
+
+def _config_of(path: Path):
+    return build_config(train_values(build_parser().parse_args(["train", "--config", str(path)])))
+
+
+def _launcher(settings: dict, windows: bool) -> str:
+    """A kohya_ss launcher script running train_network.py with `settings` as flags, one per line."""
+    flags = []
+    for key, value in settings.items():
+        if value is True:
+            flags.append(f"--{key}")
+        elif isinstance(value, list) and value:
+            flags.append(f"--{key} " + " ".join(f'"{item}"' if windows else f"'{item}'" for item in value))
+        elif value is not False and value != []:
+            flags.append(f'--{key}="{value}"' if windows else f"--{key}='{value}'")
+    if windows:
+        return ("@echo off\r\nREM made by kohya_ss\r\ncall venv\\Scripts\\activate\r\naccelerate launch "
+                '--num_cpu_threads_per_process=2 "./train_network.py" ^\r\n  ' + " ^\r\n  ".join(flags) + "\r\npause\r\n")
+    return ("#!/bin/bash\n# train\naccelerate launch --mixed_precision bf16 sd-scripts/train_network.py \\\n  "
+            + " \\\n  ".join(flags) + " 2>&1 | tee train.log\n")
+
+
+@pytest.mark.parametrize("windows", [True, False])
+def test_a_kohya_launcher_script_is_read_as_the_config_its_flags_make(tmp_path, monkeypatch, windows):
+    """`lowvram train --config train.bat`: kohya_ss users keep their runs as .bat/.sh launchers of train_network.py;
+    the script was refused as TOML that does not parse ('Invalid statement'). Its flags are the config's keys."""
+    import dataclasses
+
+    monkeypatch.chdir(tmp_path)
+    settings = KOHYA_SS | {"output_dir": "out", "output_name": "my cat", "logging_dir": "logs"}
+    (tmp_path / "kohya.toml").write_text(tomli_w.dumps(settings))
+    script = tmp_path / ("train.bat" if windows else "train.sh")
+    script.write_text(_launcher(settings, windows))
+    as_toml, as_script = (dataclasses.asdict(_config_of(path)) for path in (tmp_path / "kohya.toml", script))
+    assert as_script == as_toml and as_script["output"]["name"] == "my cat"
+
+
+def test_a_launchers_config_file_its_windows_folders_and_other_scripts(tmp_path, monkeypatch):
+    """A launcher's --config_file gives the values its flags do not (kohya's reading); a relative folder written
+    with backslashes is read where it is (it was 'written as a Windows path'); kohya's other scripts are refused."""
+    from lowvram.data.sample import write_sample_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_sample_dataset(tmp_path / "train" / "img")
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "p.txt").write_text("lvshape --w 64 --h 64 --s 2\n")
+    (tmp_path / "base.toml").write_text(tomli_w.dumps(KOHYA_SS | {"max_train_steps": 9, "output_dir": "out"}))
+    (tmp_path / "train.bat").write_text('accelerate launch train_network.py --config_file="base.toml" '
+                                        '--train_data_dir="train\\img" --sample_prompts="prompts\\p.txt" '
+                                        "--max_train_steps=2\r\n")
+    config = _config_of(tmp_path / "train.bat")
+    assert (config.training.max_steps, config.network.rank) == (2, 8)  # the flag over the file; the file's rank
+    assert Path(config.data.data) == tmp_path / "train" / "img"
+    assert list(config.prompt_lines) == ["lvshape --w 64 --h 64 --s 2"]
+    (tmp_path / "db.bat").write_text('accelerate launch "train_db.py" --train_data_dir=img\r\n')
+    with pytest.raises(LowvramError, match="db.bat runs kohya's train_db.py, a DreamBooth fine-tune; lowvram trains "
+                                           "LoRAs"):
+        read_config(tmp_path / "db.bat")
+    (tmp_path / "nothing.sh").write_text("echo hello\n")
+    with pytest.raises(LowvramError, match="runs no kohya training script"):
+        read_config(tmp_path / "nothing.sh")
+
+
+def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads_it(tmp_path, monkeypatch, capsys):
+    """Thirty kohya flags pasted made one line of thirty hints; the launcher script reads them as they are."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--pretrained_model_name_or_path=tiny", "--train_data_dir=sample", "--network_dim=8", "--enable_bucket",
+             "--max_train_steps=2", "--output_dir=out"]
+    with pytest.raises(SystemExit):
+        main(["train", *flags])
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "6 of them are kohya's flags (--pretrained_model_name_or_path=tiny ...)" in err
+    assert "save it (accelerate launch train_network.py --flags) as train.sh or train.bat and give --config train.sh" in err
+    (tmp_path / "train.sh").write_text("accelerate launch train_network.py " + " ".join(flags) + "\n")
+    config = _config_of(tmp_path / "train.sh")
+    assert (config.network.rank, config.training.max_steps, config.data.bucket) == (8, 2, True)
