@@ -669,7 +669,8 @@ def _launcher(settings: dict, windows: bool) -> str:
             flags.append(f'--{key}="{value}"' if windows else f"--{key}='{value}'")
     if windows:
         return ("@echo off\r\nREM made by kohya_ss\r\ncall venv\\Scripts\\activate\r\naccelerate launch "
-                '--num_cpu_threads_per_process=2 "./train_network.py" ^\r\n  ' + " ^\r\n  ".join(flags) + "\r\npause\r\n")
+                '--num_cpu_threads_per_process=2 "./train_network.py" ^\r\n  ' + " ^\r\n  ".join(flags)
+                + "\r\npause\r\n")
     return ("#!/bin/bash\n# train\naccelerate launch --mixed_precision bf16 sd-scripts/train_network.py \\\n  "
             + " \\\n  ".join(flags) + " 2>&1 | tee train.log\n")
 
@@ -723,8 +724,10 @@ def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads
     with pytest.raises(SystemExit):
         main(["train", *flags])
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and "6 of them are kohya's flags (--pretrained_model_name_or_path=tiny ...)" in err
-    assert "save it (accelerate launch train_network.py --flags) as train.sh or train.bat and give --config train.sh" in err
+    assert len(err.splitlines()) == 1
+    assert "6 of them are kohya's flags (--pretrained_model_name_or_path=tiny ...)" in err
+    assert ("save it (accelerate launch train_network.py --flags) as train.sh or train.bat and give --config "
+            "train.sh") in err
     (tmp_path / "train.sh").write_text("accelerate launch train_network.py " + " ".join(flags) + "\n")
     config = _config_of(tmp_path / "train.sh")
     assert (config.network.rank, config.training.max_steps, config.data.bucket) == (8, 2, True)
