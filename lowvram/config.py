@@ -90,9 +90,26 @@ def network_name(text: str) -> str:
     """--network as lowvram names it, in any case; LyCORIS' LoCon is refused with its lowvram spelling."""
     if text.lower() == "locon":
         raise ValueError("'locon' is LyCORIS' name for LoRA with convolutions: give --network lora --conv-rank R")
+    if text.lower() == "networks.lora":  # kohya's --network_module
+        raise ValueError("'networks.lora' is kohya's network module: give --network lora (--lora-layers attn-mlp "
+                         "for kohya's layers, --conv-rank R for its conv_dim)")
+    if text.lower().startswith("lycoris"):
+        raise ValueError(f"'{text}' is LyCORIS' network module: give its algo as --network (lora for locon, loha, "
+                         "lokr)")
     if text.lower() not in NETWORKS:
         raise ValueError(f"'{text}' is not one of {', '.join(NETWORKS)}")
     return text.lower()
+
+
+def format_name(text: str) -> str:
+    """--format in any case; kohya's --save_model_as safetensors is its layout in that file, lowvram's kohya."""
+    name = {"safetensors": "kohya"}.get(text.lower(), text.lower())
+    if name in ("ckpt", "pt"):
+        raise ValueError(f"'{text}': lowvram writes .safetensors only (kohya's layout, which every tool that loads a "
+                         "LoRA reads): give --format kohya, or leave it out")
+    if name not in FORMATS:
+        raise ValueError(f"'{text}' is not one of {', '.join(FORMATS)}")
+    return name
 
 
 def written_rate(rate: float) -> str:
@@ -548,7 +565,8 @@ class OutputConfig:
     output: str = option("output", "Output folder for the LoRA, its config, checkpoints and samples.", metavar="DIR")
     name: str | None = option(None, "File name of the LoRA without extension (default: the output folder's name).")
     format: str = option("kohya", "kohya: one .safetensors that ComfyUI, AUTOMATIC1111 and diffusers load; "
-                         "diffusers: also a diffusers/PEFT folder with adapter metadata.", choices=FORMATS)
+                         "diffusers: also a diffusers/PEFT folder with adapter metadata.", choices=FORMATS,
+                         spelling=format_name)
     save_every: str | None = option(None, "Also save every N steps ('500') or N epochs ('2e').", metavar="N[e]")
     keep_saves: int | None = option(None, "Keep only the newest K of the --save-every LoRAs, deleting older ones "
                                     "(kohya's --save_last_n_epochs; default: keep all). A stopped run's LoRA is "

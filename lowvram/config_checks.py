@@ -321,7 +321,8 @@ def _network_problems(c: RunConfig) -> list[str]:
     for flag, rate in (("--text-encoder-lr", c.optim.text_encoder_lr),
                        ("--text-encoder-2-lr", c.optim.text_encoder_2_lr)):
         if rate is not None and not c.network.train_text_encoder:
-            p.append(f"{flag}: set, but the text encoder is not trained; add --train-text-encoder")
+            p.append(f"{flag}: set, but the text encoder is not trained (lowvram trains the U-Net alone unless "
+                     "told, kohya both); add --train-text-encoder")
     if c.network.text_encoder_until and not c.network.train_text_encoder:
         p.append("--text-encoder-until: the text encoders are not trained; add --train-text-encoder or drop it")
     try:

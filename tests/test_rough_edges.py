@@ -352,13 +352,17 @@ def test_kohyas_spellings_of_values_are_read_as_lowvrams(capsys, tmp_path):
                "adamw": "adamw", "torch.optim.RAdam": "torch.optim.RAdam"}
     for kohya, ours in spelled.items():
         assert build_config({"model": "tiny", "data": "sample", "optimizer": kohya}).optim.optimizer == ours
-    config = build_config({"model": "tiny", "data": "sample", "save_precision": "float", "network": "LoHa"})
-    assert (config.output.save_precision, config.network.network) == ("fp32", "loha")
+    config = build_config({"model": "tiny", "data": "sample", "save_precision": "float", "network": "LoHa",
+                           "format": "safetensors"})  # (kohya's --save_model_as: its layout in that file)
+    assert (config.output.save_precision, config.network.network, config.output.format) == ("fp32", "loha", "kohya")
     # fp32, as --save-precision and --unet-weights spell it, is accelerate's "no" (which kohya's configs use)
     assert build_config({"model": "tiny", "data": "sample", "mixed_precision": "fp32"}).training.mixed_precision == "no"
     sgd = "give --optimizer torch.optim.SGD --optimizer-arg nesterov=True --optimizer-arg momentum=0.9"
     for option, value, said in (("--optimizer", "SGDNesterov", sgd),
                                 ("--network", "locon", "give --network lora --conv-rank R"),
+                                ("--network", "networks.lora", "kohya's network module: give --network lora"),
+                                ("--network", "lycoris.kohya", "give its algo as --network (lora for locon, loha"),
+                                ("--format", "ckpt", "lowvram writes .safetensors only"),
                                 ("--optimizer", "adamw9bit", "names no optimizer: use one of adamw")):
         assert said in unknown_option_hint(capsys, ["plan", "--vram", "6GB", "--data", "sample", option, value])
     (tmp_path / "kohya.toml").write_text("network_dim = 8\n")  # kohya's name alone makes the file kohya's

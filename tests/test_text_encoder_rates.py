@@ -61,7 +61,8 @@ def test_prodigys_rate_times_its_d_is_logged(tmp_path):
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    ({"text_encoder_2_lr": 1e-5}, "--text-encoder-2-lr: set, but the text encoder is not trained"),
+    ({"text_encoder_2_lr": 1e-5}, ("--text-encoder-2-lr: set, but the text encoder is not trained \\(lowvram trains "
+                                  "the U-Net alone unless told, kohya both\\)")),
     ({"train_text_encoder": True, "text_encoder_lr": 0}, "--text-encoder-lr: 0 leaves every text encoder untrained"),
 ])
 def test_rates_that_train_nothing_are_refused(values, message):
