@@ -92,3 +92,30 @@ def test_a_caption_whose_name_differs_from_its_images_in_case_alone_is_read_as_w
     assert not any("letter case" in note for note in notes["plain.png"])
     said = " ".join(report.folder_notes)
     assert "renamed.txt" in said and "cat05.txt" not in said and "img_1.TXT" not in said  # read: not lone
+
+
+def test_names_holding_a_windows_zips_folders_are_said_with_the_fix(tmp_path):
+    """A zip PowerShell made, unpacked by Python's zipfile: img\\10_cat\\a.png is one file of that name. It trained
+    as an image of the top folder, its repeats and label lost, unsaid."""
+    import os
+    import zipfile
+
+    import pytest
+    from conftest import run_config
+    from PIL import Image
+
+    from lowvram.data.check import scan
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+
+    if os.sep != "/":
+        pytest.skip("a \\ is a folder's there")
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "a.png")
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        info = zipfile.ZipInfo("img\\10_cat\\a.png")  # as Compress-Archive wrote its entries
+        archive.writestr(info, (tmp_path / "a.png").read_bytes())
+    zipfile.ZipFile(tmp_path / "data.zip").extractall(tmp_path / "data")
+    run = resolve_run(run_config(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")), NO_GPU)
+    report = scan(run, tmp_path / "data", None, None)
+    assert ("1 name(s) in ./ hold a \\ (img\\10_cat\\a.png): a zip made on Windows, unpacked with its folders as "
+            "parts of the names; unpack it with `7z x` (or `unzip`), which makes the folders") in report.folder_notes

@@ -354,6 +354,11 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
         if lone:
             notes.append(f"{len(lone)} caption file(s) in {where or './'} without an image of the same name, read by "
                          f"none: {', '.join(lone[:5])}{' ...' if len(lone) > 5 else ''} (an image renamed?)")
+        flattened = [path.name for path in entries if "\\" in path.name and os.sep == "/"]
+        if flattened:  # (PowerShell's Compress-Archive wrote \ in its entries; Python's zipfile keeps them in names)
+            notes.append(f"{len(flattened)} name(s) in {where or './'} hold a \\ ({flattened[0]}): a zip made on "
+                         "Windows, unpacked with its folders as parts of the names; unpack it with `7z x` (or "
+                         "`unzip`), which makes the folders")
         garbled = [path.name for path in entries if utf8_text(path.name) != path.name]
         if garbled:  # (a zip of a Japanese or Chinese Windows, unpacked without its code page)
             notes.append(f"{len(garbled)} name(s) in {where or './'} are not UTF-8: they train, garbled in the LoRA's "
