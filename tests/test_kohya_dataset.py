@@ -339,3 +339,17 @@ def test_kohyas_wildcards_read_choices_and_lines(tmp_path, monkeypatch):
     doc = {"general": {"enable_wildcard": True}, "datasets": [{"subsets": [{"image_dir": "imgs/alpha"}]}]}
     dataset = read_dataset(write(tmp_path / "dataset.toml", doc))
     assert (dataset.values["wildcards"], dataset.values["caption_lines"]) == (True, "each")
+
+
+def test_an_image_dir_one_level_above_its_n_name_folders_is_pointed_at_them(tmp_path, capsys):
+    """A zip unpacked one level deeper than the dataset file's image_dir: 'no images', without the way on."""
+    from PIL import Image
+
+    (tmp_path / "nested" / "img" / "10_cat").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (9, 90, 9)).save(tmp_path / "nested" / "img" / "10_cat" / "a.png")
+    path = write(tmp_path / "dataset.toml", {"datasets": [{"resolution": 64, "subsets": [
+        {"image_dir": str(tmp_path / "nested")}]}]})
+    assert main(["check-data", str(path), "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 2
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("ignored folder img/ (1 image in it and below do not train): images must sit directly in its image "
+            f"folder; it holds N_name folders: give --data {tmp_path / 'nested' / 'img'}") in said

@@ -310,7 +310,11 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                     inside = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
                                  and not any(passed_over(Path(part)) for part in p.relative_to(path).parts))
                     count = f" ({inside} image{'s' * (inside != 1)} in it and below do not train)" if inside else ""
-                    notes.append(f"ignored folder {where}{path.name}/{count}: images must sit directly in {container}")
+                    # (a zip unpacked one level deeper than the dataset file's image_dir says)
+                    fix = f"; it holds N_name folders: give {option} {path}" if inside and (
+                        option := nested_option(path)) else ""
+                    notes.append(f"ignored folder {where}{path.name}/{count}: images must sit directly in {container}"
+                                 + fix)
             elif path.name.endswith(MASK_SUFFIX):
                 masks.append(path.name)
             elif path.stem.lower().endswith(LABEL_STEMS) and suffix in (*IMAGE_SUFFIXES, *UNSUPPORTED_SUFFIXES):
