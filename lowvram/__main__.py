@@ -1,5 +1,6 @@
 """`python -m lowvram` and the `lowvram` command."""
 
+import builtins
 import signal
 import sys
 
@@ -12,8 +13,10 @@ def entry() -> None:
             reconfigure = getattr(stream, "reconfigure", None)
             if reconfigure:
                 reconfigure(errors="backslashreplace")
-    if hasattr(signal, "SIGTERM"):  # as Ctrl-C throughout, where a command's own handling is not (its last words,
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # its return): a second one was a bare 143
+    # (IPython's `%run -m lowvram` runs it in the kernel, which lives on: its signals are left as they are)
+    own_process = hasattr(signal, "SIGTERM") and not getattr(builtins, "__IPYTHON__", False)
+    if own_process:  # as Ctrl-C throughout, where a command's own handling is not (its last words, its return): a
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # second one was a bare 143
     try:
         from lowvram.cli import main
 
@@ -21,7 +24,7 @@ def entry() -> None:
     except KeyboardInterrupt:  # Ctrl-C in the first moments, before main() takes it over, or in its last: one line
         print("lowvram: interrupted", file=sys.stderr)
         code = 130
-    if hasattr(signal, "SIGTERM"):  # ending now (a second of torch's teardown): another changes nothing
+    if own_process:  # ending now (a second of torch's teardown): another changes nothing
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)
 

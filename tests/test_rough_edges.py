@@ -487,6 +487,18 @@ def test_names_a_legacy_code_page_cannot_hold_are_written_escaped_not_a_crash(sa
     assert b"5_\\u30ed\\u30e9" in done.stdout  # the name, escaped
 
 
+def test_run_in_an_ipython_kernel_the_command_leaves_its_signals_as_they_were():
+    """`%run -m lowvram ...` in a notebook: the kernel went on ignoring SIGTERM (the handler a process sets as it
+    ends), so that Jupyter's shutdown could no longer stop it. A command of its own process still sets it."""
+    code = ("import builtins, signal, sys\nbuiltins.__IPYTHON__ = {kernel}\nfrom lowvram.__main__ import entry\n"
+            "sys.argv = ['lowvram', '--version']\ntry:\n    entry()\nexcept SystemExit:\n    pass\n"
+            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)")
+    for kernel, left_default in ((True, "True"), (False, "False")):
+        done = subprocess.run([sys.executable, "-c", code.format(kernel=kernel)], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.stdout.strip().splitlines()[-1] == left_default, done.stderr[-2000:]
+
+
 def test_a_second_sigterm_as_the_interrupted_run_ends_still_exits_130(tmp_path):
     """The first SIGTERM saved the checkpoint and said so; one sent again as the process ended (its handlers
     restored, torch tearing down) killed it the default way, exit 143, which a driver took for a crash."""
