@@ -310,6 +310,30 @@ def test_regularization_images_are_balanced_and_weighted(tmp_path, sample_data, 
     assert loaded == weights  # what the loss is weighted by
 
 
+def test_regularization_images_no_epoch_reaches_are_not_encoded(tmp_path, sample_data, tiny):
+    """40 class images against 30 training samples: every one was encoded (minutes of SDXL's VAE for thousands of
+    class images), though 10 never train; kohya leaves them out of its dataset."""
+    from PIL import Image
+
+    reg = tmp_path / "reg" / "1_shape"
+    reg.mkdir(parents=True)
+    for i in range(40):
+        Image.new("RGB", (64, 64), (6 * i, 20, 30)).save(reg / f"r{i:02d}.png")
+    run = resolved(run_config(data=str(sample_data), reg_data=str(tmp_path / "reg"), batch_size=2,
+                              cache_dir=str(tmp_path / "cache")), tmp_path / "cache")
+    reports = [scan(run, sample_data, None, None), scan(run, tmp_path / "reg", None, None)]
+    prepared = prepare_training_data(run, tiny, ScannedSets.whole(reports), torch.device("cpu"), QUIET)
+    training_images = len(reports[0].usable)
+    assert prepared.encoded_latents == training_images + 30
+    data = prepared.data
+    assert data.images_per_epoch == 60 and data.regularization_unused == 10
+    import random
+
+    for epoch in range(3):  # every batch of every epoch finds its latents
+        for batch in data.epoch_batches(epoch):
+            data.load(batch, random.Random(epoch), epoch)
+
+
 def test_class_images_are_never_captioned_with_the_instance_prompt(tmp_path):
     """A diffusers DreamBooth moved over: --caption-template is its --instance_prompt, which class images without a
     caption file must not get (that trains prior preservation as more instance images); they get --class-prompt,

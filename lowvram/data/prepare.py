@@ -34,7 +34,7 @@ from lowvram.data.cache import (
 )
 from lowvram.data.check import ScannedSets, folder_config, scan_options
 from lowvram.data.dataset import TrainingData
-from lowvram.data.epochs import Sample, placements
+from lowvram.data.epochs import Epochs, Sample, placements
 from lowvram.data.scan import ScanOptions
 from lowvram.memory import PhasePeaks
 from lowvram.models.conditioning import caption_tokens, set_vae_tiling
@@ -111,6 +111,10 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
                                                     record.folder, caption_weights, tuple(text_weights),
                                                     record.batch_size, own_captions if record.settings else None,
                                                     record.dataset))
+    drawn = _drawn_keys(samples, config)
+    if drawn is not None:  # (kohya leaves such images out of its dataset: it neither caches nor reads them)
+        latent_jobs = {key: job for key, job in latent_jobs.items() if key in drawn}
+        text_jobs = {key: job for key, job in text_jobs.items() if key in drawn}
     empty_key = None
     if cache_text and dropping:
         empty_key = text_key("", text_id)
@@ -177,6 +181,17 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
                         latent_store, text_store, empty_key)
     return PreparedData(data, encoded_latents, encoded_texts, sample_embeddings, samples[2])
+
+
+def _drawn_keys(samples: list[list[Sample]], config: RunConfig) -> set[str] | None:
+    """The cache keys of what training can draw, where regularization images no epoch reaches (more of them than
+    training samples: kohya's balance) need none; None where every sample may be drawn (a fractional repeat draws
+    another share each epoch)."""
+    epochs = Epochs(samples[0], samples[1], config.training.batch_size, config.training.seed)
+    if not epochs.regularization_unused or epochs.fractional:
+        return None
+    drawn = [epochs.samples[i] for i in set(epochs.expanded(0))] + samples[2]  # (every epoch's, without fractions)
+    return {key for sample in drawn for key in (*sample.latent_keys, *sample.text_keys)}
 
 
 def _warn_of_cut_captions(records: list, tokenizer, reading: TextReading, console: Console) -> None:
