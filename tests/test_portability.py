@@ -119,3 +119,32 @@ def test_names_holding_a_windows_zips_folders_are_said_with_the_fix(tmp_path):
     report = scan(run, tmp_path / "data", None, None)
     assert ("1 name(s) in ./ hold a \\ (img\\10_cat\\a.png): a zip made on Windows, unpacked with its folders as "
             "parts of the names; unpack it with `7z x` (or `unzip`), which makes the folders") in report.folder_notes
+
+
+def test_captions_with_two_extensions_and_a_pasted_line_continuation_are_said_as_windows_habits(tmp_path, capsys):
+    """cat.txt.txt (named in an Explorer that hides known extensions): 'an image renamed?' where some paired, and
+    nothing at all where none did; a `^` copied from a .bat: 'unexpected argument'."""
+    import pytest
+    from conftest import run_config
+    from PIL import Image
+
+    from lowvram.cli import main
+    from lowvram.data.check import scan
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+
+    folder = tmp_path / "data" / "5_dog"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(("cat.png", "dog.png")):
+        Image.new("RGB", (64, 64), (90 * i, 20, 20)).save(folder / name)
+    (folder / "cat.txt.txt").write_text("a cat")
+    (folder / "dog.png.txt").write_text("a dog")
+    run = resolve_run(run_config(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")), NO_GPU)
+    report = scan(run, tmp_path / "data", None, None)
+    assert ("2 caption file(s) in 5_dog/ have two extensions, read by none: cat.txt.txt, dog.png.txt (named where "
+            "Windows hides the extensions it knows); rename each as its image, cat.txt") in report.folder_notes
+    assert not any("an image renamed" in note for note in report.folder_notes)
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "tiny", "^"])
+    assert ("unexpected argument '^': ^ ends a line of a command in Windows' cmd; here a line goes on after \\ (or "
+            "write the command on one line)") in capsys.readouterr().err

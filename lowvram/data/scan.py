@@ -355,6 +355,15 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
         paired = {p.stem for p in captions} & read
         lone = [p.name for p in captions if p.stem not in read] if paired and len(paired) < len(stems) and \
             image_folder.captions is None else []
+        # cat.txt.txt or cat.png.txt: named where Windows hides the extensions it knows
+        doubled = [p for p in captions if p.stem not in read and Path(p.stem).stem in read
+                   and Path(p.stem).suffix.lower() in (*IMAGE_SUFFIXES, *CAPTION_SUFFIXES)]
+        if doubled and image_folder.captions is None:
+            notes.append(f"{len(doubled)} caption file(s) in {where or './'} have two extensions, read by none: "
+                         f"{', '.join(p.name for p in doubled[:5])}{' ...' if len(doubled) > 5 else ''} (named where "
+                         f"Windows hides the extensions it knows); rename each as its image, "
+                         f"{Path(doubled[0].stem).stem}{doubled[0].suffix}")
+        lone = [name for name in lone if name not in {p.name for p in doubled}]
         if lone:
             notes.append(f"{len(lone)} caption file(s) in {where or './'} without an image of the same name, read by "
                          f"none: {', '.join(lone[:5])}{' ...' if len(lone) > 5 else ''} (an image renamed?)")
