@@ -89,8 +89,9 @@ class _Parser(argparse.ArgumentParser):
                 else:
                     fix = "each value goes right after its option's flag (one is missing, or an option got two)"
                 if words[0] in ("^", "`"):  # a command copied from a .bat or a PowerShell script, line by line
-                    fix = (f"{words[0]} ends a line of a command in Windows' {'cmd' if words[0] == '^' else 'PowerShell'}"
-                           "; here a line goes on after \\ (or write the command on one line)")
+                    shell = "cmd" if words[0] == "^" else "PowerShell"
+                    fix = (f"{words[0]} ends a line of a command in Windows' {shell}; here a line goes on after \\ "
+                           "(or write the command on one line)")
                 message = f"unexpected argument '{words[0]}': {fix}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
