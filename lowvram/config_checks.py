@@ -551,7 +551,9 @@ def _output_problems(c: RunConfig) -> list[str]:
     else:
         flag, whose = "--output", f"the LoRA's name, the folder's '{shown}',"
         fix = "pass --name NAME, or name the folder another way"
-    if not name or refused:
+    if not c.output.name and windows_output_problem("--output", c.output.output):
+        pass  # (said above: the folder is another machine's, and with it goes its name)
+    elif not name or refused:
         # / separates folders everywhere; the rest only Windows refuses
         clauses = [f"{chars} cannot be in one{where}" for chars, where in
                    (("/" if "/" in refused else "", ""), (refused.replace("/", ""), " on Windows")) if chars]

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import sys
 import types
@@ -430,9 +431,14 @@ def preset_path(name: str) -> Path:
     return path
 
 
+WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
+
+
 def _absolute_path(name: str, value: Any) -> Any:
     """Paths become absolute, so the resolved config saved beside the LoRA replays from any folder."""
     if name in PATH_OPTIONS and isinstance(value, str) and value != SAMPLE_DATA:
+        if WINDOWS_DRIVE.match(value) and os.sep == "/":  # another machine's: said as given, not joined to here
+            return value
         return str(expand_home(value).absolute())
     if name in ("model", "vae") and isinstance(value, str) and expand_home(value).exists():
         return str(expand_home(value).absolute())
