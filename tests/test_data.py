@@ -165,7 +165,7 @@ def test_tag_dropout_leaves_out_tags_past_the_kept_ones_at_its_rate():
     rate = 1 - sum(len(tags) - 1 for tags in kept) / (40 * 50)
     assert 0.2 < rate < 0.3, rate
     variants = caption_variants(caption, dropping)
-    assert variants[0] == caption and len(variants) == 4 and all(len(v) < len(caption) for v in variants[1:])
+    assert len(variants) == 4 and all(len(v) < len(caption) for v in variants)  # each drops some: none is whole
 
 
 def test_a_keep_tokens_separator_keeps_a_captions_front_and_end_tags_in_place():
@@ -193,8 +193,10 @@ def test_a_keep_tokens_separator_keeps_a_captions_front_and_end_tags_in_place():
 
 def test_caption_variants_only_when_shuffling():
     assert caption_variants("a, b, c", CaptionOptions()) == ["a, b, c"]
-    variants = caption_variants("a, b, c, d", CaptionOptions(shuffle_tags=True, keep_tokens=1, variants=4))
-    assert variants[0] == "a, b, c, d" and all(v.startswith("a, ") for v in variants) and len(variants) > 1
+    caption = "a, " + ", ".join(f"tag{i}" for i in range(12))
+    variants = caption_variants(caption, CaptionOptions(shuffle_tags=True, keep_tokens=1, variants=4))
+    assert all(v.startswith("a, ") for v in variants) and len(variants) == 4
+    assert caption not in variants  # each a shuffle: the caption as written is no likelier than another
     assert caption_variants("a", CaptionOptions(shuffle_tags=True, variants=4)) == ["a"]
 
 

@@ -114,10 +114,12 @@ def vary_tags(caption: str, options: CaptionOptions, rng: random.Random, kept: t
 
 
 def caption_variants(caption: str, options: CaptionOptions, kept: tuple[int, int] | None = None) -> list[str]:
-    """The fixed set of caption texts to cache for one caption (just itself when tags aren't varied)."""
+    """The fixed set of caption texts to cache for one caption (just itself when tags aren't varied), each varied:
+    kohya shuffles and drops every time, so the caption as written is no more likely than any other draw (as one
+    of the set, it trained a quarter of the steps, dropout's whole caption too)."""
     if not options.varies_tags:
         return [trained_text(caption, options)]
-    variants = [caption] + [vary_tags(caption, options, _rng(caption, i), kept) for i in range(1, options.variants)]
+    variants = [vary_tags(caption, options, _rng(caption, i), kept) for i in range(options.variants)]
     return list(dict.fromkeys(trained_text(text, options) for text in variants))  # a short caption may have fewer
     # distinct shuffles
 
