@@ -36,7 +36,8 @@ class _Once(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         if getattr(namespace, self.dest) is not None:
-            parser.error(f"{option_string} given twice; give it once (--count N draws several images of one prompt)")
+            parser.error(f"{option_string} given twice; give it once"
+                         + (" (--count N draws several images of one prompt)" if option_string == "--prompt" else ""))
         setattr(namespace, self.dest, values)
 
 

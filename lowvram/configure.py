@@ -111,10 +111,13 @@ def config_text(path: Path, flag: str = "--config") -> str:
 def _read_launcher(path: Path, given: Collection[str]) -> dict[str, Any]:
     """A kohya launcher script's training command as a kohya config: its flags over the values of the TOML its
     --config_file names, as kohya reads them."""
-    doc = launcher_config(config_text(path), path)
+    doc, notes = launcher_config(config_text(path), path)
+    for note in notes:
+        print(f"{path}: {note}", file=sys.stderr)
     if isinstance(doc.get("config_file"), str):
-        inner = local_path(doc.pop("config_file"), path)
-        text = config_text(inner)
+        named = doc.pop("config_file")  # (kohya adds the .toml where it is left out)
+        inner = local_path(named if named.lower().endswith(".toml") else f"{named}.toml", path)
+        text = config_text(inner, f"--config: {path}: its --config_file")
         try:
             doc = flat_config(tomllib.loads(text)) | doc
         except tomllib.TOMLDecodeError as exc:

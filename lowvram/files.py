@@ -109,7 +109,8 @@ def local_path(given: str, config_file: Path, levels: int = 1) -> Path:
         return path
     bases = [config_file.parents[level] for level in range(min(levels, len(config_file.parents)))]
     found = next((base / path for base in bases if (base / path).exists()), None)
-    if found is None and os.sep == "/" and "\\" in given and not re.match(r"[A-Za-z]:|\\\\", given):
+    if found is None and os.sep == "/" and "\\" in given and not re.match(r"[A-Za-z]:|\\", given):  # (\x: a
+        # folder at the root of the current Windows drive, which this machine's root would only guess)
         slashed = local_path(given.replace("\\", "/"), config_file, levels)
         found = slashed if slashed.exists() else None
     return found or path

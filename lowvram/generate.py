@@ -142,6 +142,8 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
     """The prompt, the LoRAs with their weights, and what is wrong with the options, one line each."""
     problems = []
     try:
+        if not args.prompt.strip():  # (a training sample's empty prompt draws unconditioned; asked here, a slip)
+            raise ValueError("nothing to draw: the prompt is empty")
         prompt = parse_prompt(args.prompt, args.sampler)
     except ValueError as exc:
         problems.append(f"--prompt: {exc}")

@@ -61,8 +61,6 @@ class SamplePrompt:
 def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
     """One prompt and its inline options (`sampler`: the run's, where the line names none); a ValueError names a
     bad or unknown option."""
-    if not line.strip():
-        raise ValueError("nothing to draw: the prompt is empty")
     text, *parts = _option_parts(line)
     values: dict = {"text": literal_dashes(text.strip()), "sampler": sampler}
     for part in parts:

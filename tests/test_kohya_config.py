@@ -707,6 +707,10 @@ def test_a_launchers_config_file_its_windows_folders_and_other_scripts(tmp_path,
     assert (config.training.max_steps, config.network.rank) == (2, 8)  # the flag over the file; the file's rank
     assert Path(config.data.data) == tmp_path / "train" / "img"
     assert list(config.prompt_lines) == ["lvshape --w 64 --h 64 --s 2"]
+    from lowvram.files import local_path
+
+    # \\tmp is the root of the current Windows drive's: this machine's /tmp would be a guess
+    assert local_path("\\tmp", tmp_path / "train.bat") == Path("\\tmp")
     (tmp_path / "db.bat").write_text('accelerate launch "train_db.py" --train_data_dir=img\r\n')
     with pytest.raises(LowvramError, match="db.bat runs kohya's train_db.py, a DreamBooth fine-tune; lowvram trains "
                                            "LoRAs"):
@@ -731,3 +735,39 @@ def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads
     (tmp_path / "train.sh").write_text("accelerate launch train_network.py " + " ".join(flags) + "\n")
     config = _config_of(tmp_path / "train.sh")
     assert (config.network.rank, config.training.max_steps, config.data.bucket) == (8, 2, True)
+
+
+@pytest.mark.parametrize(("name", "script", "expected", "note"), [
+    # a line that only mentions the script, a commented-out command and flag, the script's variable, a redirection
+    ("a.sh", ("#!/bin/bash\necho Training with train_network.py\nls sd-scripts/train_network.py\n"
+             "MODEL=/models/x.safetensors\n"
+             "# accelerate launch train_network.py --network_dim 4\naccelerate launch sd-scripts/train_network.py \\\n"
+             '  --pretrained_model_name_or_path="$MODEL" \\\n  --network_alpha 16  \\\n  # --network_dim 99 \\\n'
+             "  --xformers >train.log\n"),
+     {"pretrained_model_name_or_path": "/models/x.safetensors", "network_alpha": 16, "xformers": True}, None),
+    ("b.sh", "accelerate launch train_network.py --network_dim 32 --xformers  # don't forget\n",
+     {"network_dim": 32, "xformers": True}, None),
+    ("c.bat", ("@echo off\r\n@REM accelerate launch train_network.py --network_dim 8\r\n"
+               "set MODEL=C:\\m\\x.safetensors\r\n"
+              'accelerate launch "train_network.py" --pretrained_model_name_or_path="%MODEL%" ^\r\n'
+              " --output_name=Bob's_lora --vae=%VAE% --noise_offset -0.05 --xformers 2>&1\r\n"),
+     {"pretrained_model_name_or_path": "C:\\m\\x.safetensors", "output_name": "Bob's_lora", "vae": "%VAE%",
+      "noise_offset": -0.05, "xformers": True}, "VAE: variable(s) the script does not set here"),
+    ("d.ps1", ('$env:MODEL = "C:\\m\\x.safetensors"\r\naccelerate launch train_network.py `\r\n'
+              "  --pretrained_model_name_or_path=$env:MODEL `\r\n  --output_name='my lora' --xformers # fast\r\n"),
+     {"pretrained_model_name_or_path": "C:\\m\\x.safetensors", "output_name": "my lora", "xformers": True}, None),
+])
+def test_a_launchers_comments_variables_quotes_and_redirections_are_read_as_its_shell_reads_them(
+        tmp_path, name, script, expected, note):
+    from lowvram.kohya_launcher import launcher_config
+
+    doc, notes = launcher_config(script, tmp_path / name)
+    assert doc == expected
+    assert (note is None and not notes) or any(note in said for said in notes), notes
+
+
+def test_a_launcher_whose_command_cannot_be_read_is_one_line(tmp_path, capsys):
+    (tmp_path / "x.sh").write_text("accelerate launch train_network.py --output_name 'unclosed\n")
+    assert main(["check-data", "--config", str(tmp_path / "x.sh"), "--model", "tiny", "sample"]) == 2
+    err = capsys.readouterr().err
+    assert "x.sh: its training command cannot be read (No closing quotation)" in err and "Traceback" not in err

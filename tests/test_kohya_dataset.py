@@ -352,4 +352,4 @@ def test_an_image_dir_one_level_above_its_n_name_folders_is_pointed_at_them(tmp_
     assert main(["check-data", str(path), "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 2
     said = " ".join(capsys.readouterr().out.split())
     assert ("ignored folder img/ (1 image in it and below do not train): images must sit directly in its image "
-            f"folder; it holds N_name folders: give --data {tmp_path / 'nested' / 'img'}") in said
+            "folder; it holds N_name folders: point the dataset file's image_dir at each of them") in said

@@ -144,8 +144,10 @@ def regularization_balance(run: ResolvedRun, records: list, regularization: list
     trained, unused = epochs.regularization_per_epoch, epochs.regularization_unused
     training = len(epochs.expanded(0)) - trained
     offered = len(epochs._repeated(range(epochs.training_count, len(epochs.samples)), 0))
-    how = (f"{trained} of its {offered} samples train" if unused else
-           f"its {offered} samples are repeated to {trained}" if trained > offered else f"its {offered} samples train")
+    samples = f"sample{'s' * (offered != 1)}"
+    how = (f"{trained} of its {offered} {samples} train" if unused else
+           f"its {offered} {samples} {'are' if offered != 1 else 'is'} repeated to {trained}" if trained > offered
+           else f"its {offered} {samples} train")
     several = len({sample.dataset for sample in epochs.samples}) > 1  # each balanced within its [[datasets]] entry
     matched = "the training samples of its [[datasets]] entry" if several else f"the {training} training samples"
     return (f"regularization: {how} each epoch, to match {matched} (kohya's balance)"

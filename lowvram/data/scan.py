@@ -311,8 +311,9 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                                  and not any(passed_over(Path(part)) for part in p.relative_to(path).parts))
                     count = f" ({inside} image{'s' * (inside != 1)} in it and below do not train)" if inside else ""
                     # (a zip unpacked one level deeper than the dataset file's image_dir says)
-                    fix = f"; it holds N_name folders: give {option} {path}" if inside and (
-                        option := nested_option(path)) else ""
+                    fix = "" if not inside or not (option := nested_option(path)) else (
+                        f"; it holds N_name folders: give {option} {path}" if root_judged else
+                        "; it holds N_name folders: point the dataset file's image_dir at each of them")
                     notes.append(f"ignored folder {where}{path.name}/{count}: images must sit directly in {container}"
                                  + fix)
             elif path.name.endswith(MASK_SUFFIX):

@@ -180,7 +180,9 @@ def run_training(session: Session) -> TrainResult:
                 position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
                 at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape,
                                timed_checkpoint=outcome.checkpoint_due)
-                checkpointed_at = time.monotonic() if outcome.checkpoint_due else checkpointed_at
+                every = config.training.checkpoint_every  # (either checkpoint starts the minutes anew)
+                if outcome.checkpoint_due or every and step % every == 0:
+                    checkpointed_at = time.monotonic()
                 if stopping.stop:
                     console.print(f"[yellow]early stopping at step {step}:[/] {stopping.no_improvement()}; "
                                   f"the best ({stopping.best:.5f}, step "
