@@ -3,6 +3,7 @@ mid-save, a NaN or a full disk never costs what was already saved."""
 
 import json
 import math
+import re
 import os
 import shlex
 import shutil
@@ -637,3 +638,21 @@ def test_a_lora_of_another_family_to_start_from_is_refused_before_any_caching(tm
     assert (f"--network-weights: {lora} is a LoRA for Stable Diffusion 1.5 (its metadata says), not for tiny SDXL"
             in " ".join(err.split()))
     assert "caching" not in out and "cache " not in out
+
+
+def test_a_resume_that_trains_nothing_leaves_the_lora_and_a_longer_schedule_is_said(tmp_path, capsys):
+    """A finished run resumed with another --lr, or an end before its step, took no step yet rewrote its LoRA and
+    .toml with options none of its steps trained with; a cosine laid over more steps raised the rate unsaid."""
+    out = tmp_path / "out"
+    first = train(run_config(output=str(out), max_steps=4, scheduler="cosine", lr=1e-3))
+    before = {path: path.read_bytes() for path in (first.lora_path, out / "out.toml")}
+    for options in ({"lr": 5e-3, "max_steps": 4}, {"max_steps": 2}):
+        with pytest.raises(LowvramError, match=r"--resume: nothing left to train, and .* would change no step of it: "
+                                               r".*out.safetensors stands as step 4's LoRA"):
+            train(run_config(output=str(out), scheduler="cosine", resume="auto", **({"lr": 1e-3} | options)))
+    assert {path: path.read_bytes() for path in before} == before
+    capsys.readouterr()
+    train(run_config(output=str(out), max_steps=8, scheduler="cosine", lr=1e-3, resume="auto"))
+    said = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"note: --scheduler cosine is laid over the run's 8 steps: the learning rate goes from "
+                     r"\S+ at step 4 to \S+", said), said

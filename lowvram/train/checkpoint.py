@@ -39,6 +39,7 @@ class Position:
     smoothed_loss: float | None = None  # the progress line's and metrics' running mean, continued on resume
     data: dict | None = None  # the dataset it was saved with (`data_fingerprint`); None before it was kept
     settings: dict | None = None  # the options a resume may change, as they were (None before they were kept)
+    last_rate: float | None = None  # the learning rate of its last step, by the schedule it was saved with
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -254,7 +255,7 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     random.setstate(_tuples(state["python_rng"]))
     np.random.set_state(_numpy_state(state["numpy_rng"]))
     return Position(state["step"], state["epoch"], state["batch"], state.get("validation"), state.get("smoothed_loss"),
-                    state.get("data"), state.get("settings"))
+                    state.get("data"), state.get("settings"), (state["lr_scheduler"].get("_last_lr") or [None])[0])
 
 
 def data_fingerprint(records: list, held_out: Collection[str] = ()) -> dict[str, str]:

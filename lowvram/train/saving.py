@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 from lowvram.adapters import lora_files
-from lowvram.errors import TrainingInterrupted, shell_line
+from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
 from lowvram.memory import free_cached_memory
 from lowvram.precision import DTYPES
-from lowvram.run_files import LORA_SUFFIX, SAMPLES, best_save, epoch_save, interval_save, step_save
+from lowvram.run_files import LORA_SUFFIX, SAMPLES, best_save, epoch_save, final_lora, interval_save, step_save
 from lowvram.train import checkpoint, outdir
 from lowvram.train.identity import recipe
 from lowvram.train.metadata import TrainingShape, lora_metadata
@@ -84,10 +84,10 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
                                trainee.ema)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
     then, now = position.settings or {}, resumable_settings(session)
-    changed = [f"{flag} {now[flag]:g} (was {then[flag]:g})" for flag in now if flag in then and then[flag] != now[flag]]
-    if changed:  # allowed (raising the steps or the lr of a finished run is how it is trained on), and said
-        many = len(changed) > 1
-        session.console.print(f"[yellow]note:[/] {', '.join(changed)}: the steps from {position.step + 1} train "
+    changes = [f"{flag} {now[flag]:g} (was {then[flag]:g})" for flag in now if flag in then and then[flag] != now[flag]]
+    if changes:  # allowed (raising the steps or the lr of a finished run is how it is trained on), and said
+        many = len(changes) > 1
+        session.console.print(f"[yellow]note:[/] {', '.join(changes)}: the steps from {position.step + 1} train "
                               f"with {'them' if many else 'it'}; the LoRA's metadata and the run's .toml record the "
                               f"new value{'s' * many} for the whole run", soft_wrap=True)
     changed = checkpoint.data_changes(position.data, dataset.fingerprint)
@@ -96,6 +96,21 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
         session.console.print(f"[yellow]the dataset changed since this checkpoint ({changed})[/]: training goes on "
                               f"with it as it is now{order}, so the LoRA will not be the one an uninterrupted run "
                               "gives", soft_wrap=True)
+    lora = session.out_dir / final_lora(session.config.output_name)
+    if position.step >= schedule.total_steps and (changes or position.step > schedule.total_steps) and lora.is_file():
+        # (written anew, its record and the run's .toml would name options no step of it trained with)
+        what = (", ".join(changes) if changes else
+                f"the run's end at step {schedule.total_steps}, before the checkpoint's {position.step},")
+        raise LowvramError(f"--resume: nothing left to train, and {what} would change no step of it: {lora} stands "
+                           f"as step {position.step}'s LoRA; raise --max-steps (or --epochs) past {position.step} to "
+                           "train further")
+    rate = trainee.optimizer.param_groups[0]["lr"]
+    if (position.last_rate is not None and position.step < schedule.total_steps and "--lr" not in " ".join(changes)
+            and abs(rate - position.last_rate) > 0.05 * max(rate, position.last_rate)):  # a decay over more steps
+        session.console.print(f"[yellow]note:[/] --scheduler {session.config.optim.scheduler} is laid over the run's "
+                              f"{schedule.total_steps} steps: the learning rate goes from {position.last_rate:.2e} "
+                              f"at step {position.step} to {rate:.2e} (the schedule of the steps it was trained for "
+                              "had come further)", soft_wrap=True)
     if position.step >= schedule.total_steps:
         past = f", before the checkpoint's {position.step}" if position.step > schedule.total_steps else ""
         session.console.print(f"nothing left to train: the run ends at step {schedule.total_steps}{past} (raise "
