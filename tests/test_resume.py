@@ -3,8 +3,8 @@ mid-save, a NaN or a full disk never costs what was already saved."""
 
 import json
 import math
-import re
 import os
+import re
 import shlex
 import shutil
 import signal
