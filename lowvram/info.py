@@ -135,8 +135,10 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
         print(f"{path}: {changed} metadata value(s) held a local folder; rewritten without them" if changed
               else f"{path}: no local folder in its metadata; unchanged")
     info = describe(path)
-    if as_json:
-        print(json.dumps(info, indent=2))
+    options = info["network_options"]
+    refused = options and network_weights_problem(NetworkConfig(**options, network_weights=str(path)))
+    if as_json:  # (its network options then no flags to train it on with: said as the text says it)
+        print(json.dumps(info | {"network_weights_refused": refused or None}, indent=2))
         return
     console = Console()
     ranks = info["ranks"]
@@ -146,8 +148,6 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
             if info["checkpoint"] else f"{info['network']}, {info['modules']} modules, {shown}".rstrip(", "))
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
-    options = info["network_options"]
-    refused = options and network_weights_problem(NetworkConfig(**options, network_weights=str(path)))
     if refused:  # (layers of several ranks: a --dynamic resize's, a merge's, or per-block ranks without their flags)
         console.print(f"[yellow]{refused}[/]", soft_wrap=True, highlight=False)
     elif options:

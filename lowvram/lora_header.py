@@ -107,7 +107,9 @@ def layer_ranks(path: Path, tensors: dict[str, dict], start: int
             alpha = _scalar(f, own["alpha"], start) if "alpha" in own and own["alpha"]["dtype"] in (
                 *SCALARS, "BF16") else float(rank)
             down = own.get("lora_down.weight") or own.get("hada_w1_b") or {"shape": []}
-            (spatial if len(down["shape"]) == 4 and down["shape"][-1] > 1 else plain).append((rank, alpha))
+            # (a Tucker LoCon's 3x3 is its lora_mid core, its down a 1x1)
+            spatial_layer = "lora_mid.weight" in own or len(down["shape"]) == 4 and down["shape"][-1] > 1
+            (spatial if spatial_layer else plain).append((rank, alpha))
     return layers, (plain, spatial)
 
 
@@ -201,6 +203,18 @@ def several_ranks(path: Path, held: dict[str, Any]) -> list[int]:
     return sorted({rank for kind in kinds for rank, _ in kind})
 
 
+def several_alphas(path: Path, held: dict[str, Any]) -> list[float]:
+    """The alphas of a LoRA or DoRA file whose linear layers (or 3x3 convolutions) are of one rank but several
+    alphas, as a resize of a file of several ranks writes them; [] where each kind has one."""
+    if held.get("network") not in ("lora", "dora"):
+        return []  # (as for several_ranks: a LoHa's or LoKr's convolutions are not told apart)
+    _, tensors, start = read_header(path)
+    kinds = [sorted({alpha for _, alpha in kind}) for kind in layer_ranks(path, tensors, start)[1]]
+    if not any(kind and not same_alpha(kind[0], kind[-1]) for kind in kinds):
+        return []
+    return sorted({alpha for kind in kinds for alpha in kind})
+
+
 def same_alpha(stored: float, wanted: float) -> bool:
     """Whether a file's alpha is the one wanted, to the precision of the fp16 or bf16 it is often stored in
     (bf16 keeps 8 bits: 7.3 is stored as 7.3125)."""
@@ -236,8 +250,8 @@ def network_weights_problem(network) -> str | None:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
     if any(getattr(network, name) is not None for name in BLOCK_OPTIONS):
         return None
-    ranks = several_ranks(Path(path), held)
-    if ranks:
+    ranks, alphas = several_ranks(Path(path), held), several_alphas(Path(path), held)
+    if ranks or alphas:
         metadata = read_header(Path(path))[0]
         try:
             args = json.loads(metadata.get("ss_network_args") or "{}")
@@ -245,12 +259,18 @@ def network_weights_problem(network) -> str | None:
             args = {}
         blocks = {option: args[kohya] for option, kohya in BLOCK_OPTIONS.items()
                   if isinstance(args, dict) and kohya in args and not option.endswith("lr_weight")}
-        if blocks:  # trained with ranks per block: its own flags continue it
+        if blocks:  # trained with ranks (or alphas) per block: its own flags continue it
             flags = " ".join(as_flag_words(blocks))
             return f"{flag} was trained with ranks per block; pass {flags} to train it further"
+    if ranks:
         return (f"{flag} holds layers of several ranks ({', '.join(map(str, ranks))}), as a --dynamic resize "
                 "or a merge writes them, and lowvram trains on from one rank per block only: train on from the "
                 "file it was made from, or fuse it into the model (lowvram merge --model MODEL "
+                f"{shell_line(path)} --output fused.safetensors) and train a new LoRA on that")
+    if alphas:
+        return (f"{flag} holds layers of one rank but several alphas ({', '.join(f'{a:g}' for a in alphas)}), as a "
+                "resize of a file of several ranks writes them, and lowvram trains on from one alpha for all: train "
+                "on from the file it was made from, or fuse it into the model (lowvram merge --model MODEL "
                 f"{shell_line(path)} --output fused.safetensors) and train a new LoRA on that")
     pairs = [("", "rank", "alpha", (network.rank, network.resolved_alpha))]
     if network.lora_layers == "full":

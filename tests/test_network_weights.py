@@ -222,3 +222,39 @@ def test_layers_the_file_lacks_are_said_to_start_fresh(first, tmp_path, capsys):
               safe_open(str(result.lora_path), framework="pt").metadata())
     train(run_config(**values | {"output": str(tmp_path / "out"), "max_steps": 1, "network_weights": str(partial)}))
     assert "layers; 1 this run adapts are not in it and start fresh)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_layers_of_one_rank_but_several_alphas_are_refused_once_and_a_tucker_locons_convolutions_counted(tmp_path):
+    """Every third layer at alpha 1, the rest at 4: each answer sent the user to the other alpha ('pass --alpha 1',
+    then 'pass --alpha 4'). A LoCon whose 3x3 convolutions are Tucker cores (lora_mid) was read as attn-mlp."""
+    from lowvram.lora_header import network_options
+
+    lora = train(run_config(output=str(tmp_path / "run"), max_steps=1, rank=4, alpha=4)).lora_path
+    tensors = load_file(str(lora))
+    alphas = sorted(key for key in tensors if key.endswith(".alpha"))
+    mixed = {**tensors, **{key: torch.tensor(1.0) for key in alphas[::3]}}
+    save_file(mixed, str(tmp_path / "mixed.safetensors"))
+    for alpha in (None, 1, 4):
+        with pytest.raises(LowvramError, match=r"holds layers of one rank but several alphas \(1, 4\)"):
+            run_config(network_weights=str(tmp_path / "mixed.safetensors"), **({"alpha": alpha} if alpha else {}))
+    import contextlib
+    import io
+    import json
+
+    from lowvram.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:  # info --json says it as its text does
+        assert main(["info", str(tmp_path / "mixed.safetensors"), "--json"]) == 0
+    assert "several alphas (1, 4)" in json.loads(out.getvalue())["network_weights_refused"]
+    locon = train(run_config(output=str(tmp_path / "locon"), max_steps=1, rank=4, alpha=4, lora_layers="full",
+                             conv_rank=2, conv_alpha=2)).lora_path
+    tucker = {}
+    for key, tensor in load_file(str(locon)).items():
+        if key.endswith(".lora_down.weight") and tensor.dim() == 4 and tensor.shape[-1] == 3:
+            tucker[key] = torch.zeros(tensor.shape[0], tensor.shape[1], 1, 1)
+            tucker[key.replace("lora_down", "lora_mid")] = torch.zeros(tensor.shape[0], tensor.shape[0], 3, 3)
+        else:
+            tucker[key] = tensor
+    save_file(tucker, str(tmp_path / "tucker.safetensors"))
+    held = network_options(tmp_path / "tucker.safetensors")
+    assert (held["lora_layers"], held["conv_rank"], held["conv_alpha"]) == ("full", 2, 2)
