@@ -223,10 +223,22 @@ def same_alpha(stored: float, wanted: float) -> bool:
 
 def no_layers_why(path: Path) -> str:
     """Why a file holds no layers lowvram's reader takes, in words: another layout of LoRA, or no LoRA at all."""
-    names = list(read_header(path)[1])
-    if any(".lora_A." in name or ".lora.down." in name or ".lora_linear_layer." in name for name in names):
-        return ("its layers are in diffusers' or peft's layout, not kohya's (lora_unet_..., lora_te_...); ComfyUI, "
-                "kohya's scripts and `lowvram train --format kohya` write that")
+    return no_layers_reason(list(read_header(path)[1]))
+
+
+def no_layers_reason(names: list[str]) -> str:
+    """`no_layers_why` of a file's tensor names."""
+    if names and set(names) <= {"emb_params", "clip_l", "clip_g"}:  # (AUTOMATIC1111's, SDXL's two)
+        return ("it is a textual-inversion embedding, not a LoRA: put it in ComfyUI's or AUTOMATIC1111's "
+                "embeddings folder")
+    if names and all(name.endswith((".diff", ".diff_b", ".alpha")) for name in names):
+        return ("it is a LyCORIS full (diff) file: whole weight differences, no low-rank layers; apply it in "
+                "ComfyUI or AUTOMATIC1111, or fuse it into the model there")
+    if any(".lora_A." in name or ".lora.down." in name or ".lora_linear_layer." in name or "_lora.down." in name
+           for name in names):
+        return ("its layers are in diffusers' or peft's layout, not kohya's (lora_unet_..., lora_te_...), which "
+                "this command reads (lowvram generate applies either); ComfyUI, kohya's scripts and `lowvram train "
+                "--format kohya` write kohya's")
     if any(name.startswith("lora_unet.") for name in names):
         return "its layers are in OneTrainer's dotted naming; save it from OneTrainer in kohya's (lora_unet_...)"
     return "no LoRA, DoRA, LoHa or LoKr layers: name a LoRA file (a model checkpoint is --model)"

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from lowvram.errors import LowvramError
 from lowvram.files import output_problem
+from lowvram.lora_header import no_layers_reason
 from lowvram.lora_metadata import save_lora
 
 if TYPE_CHECKING:
@@ -159,8 +160,7 @@ def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torc
         raise LowvramError(f"{path} holds {extra} besides its LoRA pair, which lowvram {command} cannot keep; "
                            f"lowvram {command}s plain LoRA and LoCon files (Tucker cores too)")
     if not pairs:
-        raise LowvramError(f"{path} holds no kohya-format LoRA layers (lora_down/lora_up); lowvram "
-                           f"{command}s the files ComfyUI and AUTOMATIC1111 load")
+        raise LowvramError(f"{path}: {no_layers_reason(list(tensors))}")
     return metadata, tensors, pairs
 
 

@@ -258,3 +258,26 @@ def test_layers_of_one_rank_but_several_alphas_are_refused_once_and_a_tucker_loc
     save_file(tucker, str(tmp_path / "tucker.safetensors"))
     held = network_options(tmp_path / "tucker.safetensors")
     assert (held["lora_layers"], held["conv_rank"], held["conv_alpha"]) == ("full", 2, 2)
+
+
+def test_files_that_are_no_kohya_lora_are_named_for_what_they_are_by_every_command(tmp_path, capsys):
+    """An embedding was 'unknown' or 'a model checkpoint is --model', a LyCORIS full (diff) file 'no LoRA layers'
+    without its name, a peft-layout LoRA (which generate applies) 'FILE: no LoRA ... layers' in merge."""
+    from lowvram.cli import main
+
+    save_file({"emb_params": torch.zeros(2, 32)}, str(tmp_path / "embedding.safetensors"))
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.diff": torch.zeros(4, 4)},
+              str(tmp_path / "full.safetensors"))
+    save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(2, 4),
+               "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.zeros(4, 2)},
+              str(tmp_path / "peft.safetensors"))
+    says = {"embedding": "it is a textual-inversion embedding, not a LoRA", "full": "it is a LyCORIS full (diff) file",
+            "peft": "its layers are in diffusers' or peft's layout, not kohya's"}
+    for name, said in says.items():
+        path = tmp_path / f"{name}.safetensors"
+        for argv in (["resize", str(path), "--rank", "2", "--output", str(tmp_path / "r.safetensors")],
+                     ["merge", str(path), "--model", "tiny", "--output", str(tmp_path / "m.safetensors")],
+                     ["train", "--model", "tiny", "--data", "sample", "--network-weights", str(path)]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert said in err and str(path) in err and len(err.strip().splitlines()) == 1, (argv, err)

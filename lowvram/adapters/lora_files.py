@@ -42,7 +42,7 @@ from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.files import with_plain_modes
 from lowvram.kohya_config import LYCORIS_PRESETS
-from lowvram.lora_header import lokr_factor, network_options, same_alpha
+from lowvram.lora_header import lokr_factor, network_options, no_layers_reason, same_alpha
 from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
@@ -147,7 +147,7 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
     hold this run's network type, rank and alpha, on layers this run adapts; layers it lacks start fresh."""
     flag = "--network-weights"
     _, tensors = read_lora_file(path, flag)
-    found = _network_of(tensors, flag)
+    found = _network_of(tensors, flag, path)
     if found != network.network:
         raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
     layers = by_layer(tensors)
@@ -278,7 +278,7 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
     from peft.utils import set_peft_model_state_dict
 
     metadata, tensors = read_lora_file(path, flag)
-    network = _network_of(tensors, flag)
+    network = _network_of(tensors, flag, path)
     layers = by_layer(tensors)
     problem = layers_problem(layers)
     if problem:
@@ -511,7 +511,7 @@ def layers_problem(layers: dict[str, dict[str, torch.Tensor]]) -> str | None:
     return None
 
 
-def _network_of(tensors: dict[str, torch.Tensor], flag: str = "--lora") -> str:
+def _network_of(tensors: dict[str, torch.Tensor], flag: str, path: Path) -> str:
     suffixes = {key.split(".", 1)[1] for key in tensors if "." in key}
     if any(s.startswith("hada_") for s in suffixes):
         return "loha"
@@ -519,7 +519,7 @@ def _network_of(tensors: dict[str, torch.Tensor], flag: str = "--lora") -> str:
         return "lokr"
     if "lora_down.weight" in suffixes:
         return "dora" if "dora_scale" in suffixes else "lora"
-    raise LowvramError(f"{flag}: no LoRA, DoRA, LoHa or LoKr layers in the file (kohya/LyCORIS key names expected)")
+    raise LowvramError(f"{flag}: {path}: {no_layers_reason(list(tensors))}")
 
 
 def _rank_of(own: dict[str, torch.Tensor]) -> int:
