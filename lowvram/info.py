@@ -26,13 +26,18 @@ from lowvram.lora_metadata import RECIPE_KEY, file_hashes
 _FOLDER = re.compile(r"(?<![\w.:/\\~])(?:[A-Za-z]:[\\/]+|/|~[\\/]+|\\{2,}[\w.$-]+[\\/]+|file:/+(?:[A-Za-z]:/+)?)"
                      r"(?:[^\s\"'<>|*?\\/:]+[\\/]+)+")
 _NETWORKS = ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"), (".lora_down.", "LoRA"),
-             (".lora_magnitude_vector", "DoRA (diffusers/peft layout)"), (".lora_A.", "LoRA (diffusers/peft layout)"))
+             (".lora_magnitude_vector", "DoRA (diffusers/peft layout)"), (".lora_A.", "LoRA (diffusers/peft layout)"),
+             # diffusers' older layouts: its LoRA layers (.lora.down), attention processors' (to_q_lora.down), and
+             # the text encoders' (lora_linear_layer)
+             (".lora.down.", "LoRA (diffusers layout)"), ("_lora.down.", "LoRA (diffusers layout)"),
+             (".lora_linear_layer.", "LoRA (diffusers layout)"))
 
 _ADAPTER_PARTS = {"lora_down", "lora_up", "lora_mid", "alpha", "lora_A", "lora_B", "lora_magnitude_vector",
-                  "dora_scale"}
+                  "dora_scale", "lora", "lora_linear_layer"}
 # where a module's rank is: the inner side of its low-rank pair (a LoKr with both factors whole has none)
 _RANK_AXES = ((".lora_down.weight", 0), (".lora_A.weight", 0), (".hada_w1_b", 0), (".lokr_w1_b", 0),
-              (".lokr_w2_b", 0))
+              (".lokr_w2_b", 0), (".lora.down.weight", 0), ("_lora.down.weight", 0),
+              (".lora_linear_layer.down.weight", 0))
 
 
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
@@ -79,9 +84,10 @@ def _module(key: str) -> str:
     """The adapted layer a tensor belongs to: its name up to the adapter's own parts (kohya's `name.lora_down.weight`,
     peft's `unet.down_blocks.0....to_q.lora_A.weight`)."""
     parts = key.split(".")
-    cut = next((i for i, part in enumerate(parts) if part in _ADAPTER_PARTS or part.startswith(("hada_", "lokr_"))),
-               len(parts))
-    return ".".join(parts[:cut])
+    cut = next((i for i, part in enumerate(parts) if part in _ADAPTER_PARTS or part.startswith(("hada_", "lokr_"))
+                or part.endswith("_lora")), len(parts))
+    own = [parts[cut].removesuffix("_lora")] if cut < len(parts) and parts[cut].endswith("_lora") else []
+    return ".".join(parts[:cut] + own)  # (an attention processor's to_q_lora: its to_q)
 
 
 def _metadata_disagrees(metadata: dict[str, str], options: dict) -> str:
@@ -146,6 +152,8 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
     shown = f"rank {next(iter(ranks))}, " if len(ranks) == 1 else f"ranks {each}, " if ranks else ""
     what = (f"a {info['checkpoint']} checkpoint, not a LoRA (train --model and generate --model take it)"
             if info["checkpoint"] else f"{info['network']}, {info['modules']} modules, {shown}".rstrip(", "))
+    if info["network"] == "unknown" and not info["checkpoint"]:  # (an embedding, a LyCORIS full file, ...)
+        what += f" ({lora_header.no_layers_why(path)})"
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     if refused:  # (layers of several ranks: a --dynamic resize's, a merge's, or per-block ranks without their flags)

@@ -281,3 +281,14 @@ def test_files_that_are_no_kohya_lora_are_named_for_what_they_are_by_every_comma
             assert main(argv) == 2, argv
             err = capsys.readouterr().err
             assert said in err and str(path) in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert main(["info", str(tmp_path / "embedding.safetensors")]) == 0
+    assert says["embedding"] in " ".join(capsys.readouterr().out.split())
+    # diffusers' older layouts (attention processors' to_q_lora, text encoders' lora_linear_layer): LoRAs, not
+    # 'unknown' of twice their modules
+    save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight":
+               torch.zeros(2, 4), "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora"
+               ".up.weight": torch.zeros(4, 2), "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+               ".lora_linear_layer.down.weight": torch.zeros(2, 4), "text_encoder.text_model.encoder.layers.0"
+               ".self_attn.q_proj.lora_linear_layer.up.weight": torch.zeros(4, 2)}, str(tmp_path / "old.safetensors"))
+    assert main(["info", str(tmp_path / "old.safetensors")]) == 0
+    assert "old.safetensors: LoRA (diffusers layout), 2 modules, rank 2," in capsys.readouterr().out
