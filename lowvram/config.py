@@ -63,6 +63,8 @@ WRITTEN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what generate wri
 FILES_LISTED_UP_TO = 20  # skipped files, and usable ones with notes, that a dataset summary lists without --verbose
 PLANNING_MODEL = "sd15"  # what plan and check-data assume without --model: the tiny demo model answers no one
 NOT_SAVED = ("resume", "overwrite")  # one run's circumstances, not part of the recipe a saved config replays
+# options a 0 switches off, as kohya's 0 does: over a config file's value too (they take no 0 otherwise)
+OFF_AT_ZERO = ("save_every", "sample_every", "checkpoint_every", "keep_saves")
 PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights",  # made absolute
                 "sample_prompt_file")
 SOURCE_LISTS = ("base_weights",)  # FILE[:WEIGHT] items, whose files are made absolute as PATH_OPTIONS are
@@ -434,7 +436,7 @@ class TrainingConfig:
                                   "older GPUs, no (fp32) on CPU.", choices=MIXED_PRECISION,
                                   spelling=mixed_precision_name)
     checkpoint_every: int | None = option(None, "Save a resumable checkpoint every N steps (always at the end "
-                                          "and on Ctrl-C).", metavar="N")
+                                          "and on Ctrl-C; 0: only then).", metavar="N")
     checkpoint_minutes: float = option(30.0, "Also save a resumable checkpoint once this many minutes have passed "
                                        "since the last (0: never), so that a run killed without warning (a notebook "
                                        "cell stopped, a lost connection) loses at most that much.", metavar="MINUTES")
@@ -567,10 +569,11 @@ class OutputConfig:
     format: str = option("kohya", "kohya: one .safetensors that ComfyUI, AUTOMATIC1111 and diffusers load; "
                          "diffusers: also a diffusers/PEFT folder with adapter metadata.", choices=FORMATS,
                          spelling=format_name)
-    save_every: str | None = option(None, "Also save every N steps ('500') or N epochs ('2e').", metavar="N[e]")
+    save_every: str | None = option(None, "Also save every N steps ('500') or N epochs ('2e'); 0: no.",
+                                    metavar="N[e]")
     keep_saves: int | None = option(None, "Keep only the newest K of the --save-every LoRAs, deleting older ones "
-                                    "(kohya's --save_last_n_epochs; default: keep all). A stopped run's LoRA is "
-                                    "kept.", metavar="K")
+                                    "(kohya's --save_last_n_epochs; default and 0: keep all). A stopped run's "
+                                    "LoRA is kept.", metavar="K")
     save_precision: str = option("fp16", "Precision of the saved LoRA.", choices=SAVE_PRECISION,
                                  spelling=save_precision_name)
     overwrite: bool = option(False, "Start over in an output folder that holds an earlier run (one run per "
@@ -603,7 +606,7 @@ class OutputConfig:
                                         "own scheduler.", choices=tuple(SAMPLERS),
                                         spelling=sampler_name)
     sample_every: str | None = option(None, "Also render the sample prompts every N steps ('500') or N epochs "
-                                      "('2e'), as one grid image per save point.", metavar="N[e]")
+                                      "('2e'), as one grid image per save point; 0: no.", metavar="N[e]")
     sample_at_first: bool = option(False, "Also render the sample prompts before the first step, with the base "
                                    "model alone, to compare against (kohya's --sample_at_first).")
     tensorboard: bool = option(False, "Also log loss, learning rate, gradient norm, VRAM and samples to "

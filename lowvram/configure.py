@@ -23,6 +23,7 @@ from typing import Any
 
 from lowvram.config import (
     FAMILIES,
+    OFF_AT_ZERO,
     PATH_OPTIONS,
     SAMPLE_DATA,
     SECTIONS,
@@ -545,7 +546,8 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     Every problem is collected and reported at once, one line each, naming the flag and the fix.
     """
     known = fields_by_name()
-    values = with_assumed(values)
+    values = {name: value for name, value in with_assumed(values).items()
+              if not (name in OFF_AT_ZERO and str(value).strip() == "0")}
     if values.get("resume") == "latest":  # the diffusers scripts' word for it
         values = {**values, "resume": "auto"}
     sections, problems = _parsed_values(values)

@@ -352,3 +352,22 @@ def test_a_config_over_a_preset_says_which_of_its_settings_it_replaces(tmp_path,
     (tmp_path / "same.toml").write_text("[network]\nrank = 16\n[training]\nseed = 3\n")
     parse_train(["--preset", "character", "--config", str(tmp_path / "same.toml")])
     assert "--preset" not in capsys.readouterr().err
+
+
+def test_a_zero_switches_off_what_a_saved_config_switched_on(tmp_path):
+    """A sweep from a run's saved .toml could not turn its saves, samples or checkpoints off: 0 was refused as
+    'not a positive number', and no --no- flag exists for them."""
+    from lowvram.cli import train_values
+    from lowvram.cli_parser import build_parser
+    from lowvram.configure import build_config
+
+    (tmp_path / "run.toml").write_text('[output]\nsave_every = "5"\nsample_every = "2"\nkeep_saves = 2\n'
+                                       'sample_prompts = ["a cat"]\n[training]\ncheckpoint_every = 3\n')
+    argv = ["train", "--model", "tiny", "--data", "sample", "--config", str(tmp_path / "run.toml")]
+    on = build_config(train_values(build_parser().parse_args(argv)))
+    assert (on.output.save_every, on.output.sample_every, on.output.keep_saves, on.training.checkpoint_every) == (
+        "5", "2", 2, 3)
+    off = build_config(train_values(build_parser().parse_args([*argv, "--save-every", "0", "--sample-every", "0",
+                                                               "--keep-saves", "0", "--checkpoint-every", "0"])))
+    assert (off.output.save_every, off.output.sample_every, off.output.keep_saves, off.training.checkpoint_every) == (
+        None, None, None, None)
