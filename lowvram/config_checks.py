@@ -362,6 +362,10 @@ def _optimizer_problems(c: RunConfig) -> list[str]:
     if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:
         p.append(f"--lr: {c.optim.lr:g} with {optimizer.name}, which finds the step size itself and scales it by --lr; "
                  "use --lr 1.0 (or leave it out)")
+    if (optimizer and not optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr >= 0.5
+            and any(kind in optimizer.name.lower() for kind in ("adam", "lion"))):  # (a config of Prodigy's, switched)
+        p.append(f"--lr: {c.optim.lr:g} is the scale a learning-rate-free optimizer (Prodigy, D-Adaptation) takes; "
+                 f"{optimizer.name} diverges at it: give a rate such as --lr 1e-4")
     positive(p, "text-encoder-lr", c.optim.text_encoder_lr, allow_zero=True)
     positive(p, "text-encoder-2-lr", c.optim.text_encoder_2_lr, allow_zero=True)
     if c.network.train_text_encoder and c.text_encoder_lr == 0 and c.optim.text_encoder_2_lr in (0, None):

@@ -212,3 +212,15 @@ def test_a_loras_ss_optimizer_pasted_as_optimizer_names_the_flags_that_give_it(c
     given = build_config(train_values(build_parser().parse_args(argv)))
     assert (given.optim.optimizer, given.optim.weight_decay, given.optim.optimizer_args) == (
         "adamw", 0.05, ("betas=0.9,0.99", "eps=1e-08"))
+
+
+def test_a_learning_rate_free_optimizers_scale_is_refused_for_adam(tmp_path):
+    """A sweep from a Prodigy run's saved config with --optimizer adamw kept its --lr 1.0, and AdamW trained at it,
+    unsaid (the other way round, Prodigy at 1e-4, is refused)."""
+    from lowvram.errors import LowvramError
+
+    with pytest.raises(LowvramError, match=r"--lr: 1 is the scale a learning-rate-free optimizer \(Prodigy, "
+                                           r"D-Adaptation\) takes; adamw diverges at it: give a rate such as --lr 1e-4"):
+        run_config(optimizer="adamw", lr=1.0)
+    run_config(optimizer="prodigy", lr=1.0)
+    run_config(optimizer="adamw", lr=1e-3)
