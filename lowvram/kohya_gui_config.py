@@ -67,7 +67,9 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     def problem(key: str, text: str) -> None:
         problems.append(f"{path}: {key}: {text}")
 
-    settings = _sd_scripts_settings(doc, problem)
+    # (a length the command line gives: the GUI's warm-up percent is of its steps, not the GUI's)
+    settings = _sd_scripts_settings(doc, problem, bool(given) and any(given.get(name) is not None
+                                                                      for name in ("max_steps", "epochs")))
     if problems:
         raise LowvramError("\n".join(problems))
     prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
@@ -105,9 +107,10 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     return values, notes
 
 
-def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
+def _sd_scripts_settings(doc: dict[str, Any], problem, length_given: bool = False) -> dict[str, Any]:
     """The settings kohya_ss writes into sd-scripts' config for this GUI config (lowvram reads the parts it
-    trains; kohya_config leaves out the switched-off ones)."""
+    trains; kohya_config leaves out the switched-off ones). `length_given`: the command line sets the run's
+    length, which the warm-up percent is then a share of."""
     gui = {key: _typed(value) for key, value in doc.items() if value not in ("", None)}
     settings = {RENAMED.get(key, key): value for key, value in gui.items() if key not in GUI_ONLY}
     for key in ("optimizer_args", "lr_scheduler_args"):  # text in the GUI, split as kohya_ss splits it
@@ -130,7 +133,7 @@ def _sd_scripts_settings(doc: dict[str, Any], problem) -> dict[str, Any]:
         known = int(_number(gui.get("max_train_steps"))) or steps or (
             gui_steps(gui) if _number(gui.get("epoch")) and not gui.get("dataset_config") else None)
         percent = float(gui["lr_warmup"])
-        settings["lr_warmup_steps"] = (round(percent * known / 100) if known
+        settings["lr_warmup_steps"] = (round(percent * known / 100) if known and not length_given
                                        else min(percent / 100, 0.999))  # (a share under 1, else a step count)
     attention = str(gui.get("xformers", "")).lower()
     settings |= {"xformers": attention in ("xformers", "true"), "sdpa": attention == "sdpa"}

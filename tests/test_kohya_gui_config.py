@@ -236,6 +236,10 @@ def test_the_gui_s_epochs_are_the_steps_kohya_ss_counts_from_its_images(tmp_path
     values = train_values(args)
     assert "reg_data" not in values and values["max_steps"] == 167
     assert build_config(values).data.reg_data is None
+    # the command line's length: the GUI's 10 % of it (it was 10 % of the GUI's 167 steps: 17 of a 4-step run)
+    for length in (["--max-steps", "4"], ["--epochs", "1"]):
+        args = build_parser().parse_args(["train", "--config", str(tmp_path / "gui.json"), *length])
+        assert train_values(args)["warmup_steps"] == 0.1, length
 
 
 def test_a_relative_folder_is_found_beside_the_config_when_not_in_the_current_folder(tmp_path, monkeypatch):
