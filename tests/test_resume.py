@@ -432,6 +432,10 @@ def test_a_branch_from_an_earlier_checkpoint_sets_aside_all_the_left_branch_made
     assert all((tmp_path / name).is_file() or (tmp_path / "samples" / name).is_file() for name in left)  # the new ones
     assert "kept the run's earlier final LoRA" not in printed and first.read_bytes() != before
     assert not (tmp_path / f"{first.stem}-step000004.safetensors").exists()  # no step-4 LoRA of the left branch
+    # the left branch's loss curve and options, to compare the branches by (its steps 3 and 4 left the run's log)
+    kept = [json.loads(line) for line in next((tmp_path / "archive").glob("*/metrics.jsonl")).read_text().splitlines()]
+    assert [record["step"] for record in kept if "loss" in record] == [1, 2, 3, 4]
+    assert 'lr = 0.001' in next((tmp_path / "archive").glob(f"*/{first.stem}.toml")).read_text()
 
 
 def test_resume_auto_sets_aside_what_a_killed_run_saved_past_its_last_checkpoint(tmp_path, capsys):

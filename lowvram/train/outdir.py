@@ -328,6 +328,9 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
     if not later and not saves:
         return None
     target = move_to_archive(folder, later + saves)
+    for record in (folder / METRICS, folder / f"{name}.toml"):  # its loss curve and options, to compare the branches
+        if record.is_file():  # (copied: the new branch keeps the steps up to where it leaves, and rewrites the rest)
+            shutil.copy2(record, target / record.name)
     moved = (f"{len(later)} checkpoint(s) after {chosen.name}" + (f" and {len(saves)} save(s) and sample(s)"
              if saves else "")) if later else f"{len(saves)} save(s) and sample(s) after {chosen.name}"
     return f"moved {moved}, of the branch this run leaves, to {target}"
