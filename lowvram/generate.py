@@ -17,7 +17,7 @@ import torch
 
 from lowvram.adapters.lora_files import UNET_KOHYA_PREFIX
 from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
-from lowvram.errors import LowvramError
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.files import atomic_write, output_problem, windows_path_hint
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.lora_metadata import addnet_hash
@@ -223,6 +223,8 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
         path = path / DIFFUSERS_WEIGHTS if (path / DIFFUSERS_WEIGHTS).is_file() else path
         if not path.is_file():
             problems.append(f"--lora: file not found: {path}{windows_path_hint(path)}")
+        elif path.suffix.lower() in PICKLE_SUFFIXES:  # (as train's --network-weights says it)
+            problems.append(pickle_refusal("--lora", str(path)))
         elif path.suffix.lower() != ".safetensors":
             problems.append(f"--lora: {path} is not a .safetensors file")
         elif title := checkpoint_title(path):

@@ -15,7 +15,7 @@ from pathlib import Path
 from lowvram import lora_header
 from lowvram.config import NetworkConfig, as_flag_words, fields_by_name, flag_name
 from lowvram.configure import read_toml, recipe_needs
-from lowvram.errors import LowvramError, shell_line
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
 from lowvram.files import windows_path_hint
 from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes
@@ -48,6 +48,8 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[
         raise LowvramError(f"{path} is a folder; give a LoRA .safetensors file in it" + (f" ({names})" if held else ""))
     if not path.is_file():
         raise LowvramError(f"file not found: {path}{windows_path_hint(path)}")
+    if path.suffix.lower() in PICKLE_SUFFIXES:  # (as train and generate say it)
+        raise LowvramError(pickle_refusal("FILE", str(path)).removeprefix("FILE: "))
     try:
         metadata, tensors, _ = lora_header.read_header(path)
     except (OSError, ValueError) as exc:

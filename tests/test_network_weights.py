@@ -292,3 +292,17 @@ def test_files_that_are_no_kohya_lora_are_named_for_what_they_are_by_every_comma
                ".self_attn.q_proj.lora_linear_layer.up.weight": torch.zeros(4, 2)}, str(tmp_path / "old.safetensors"))
     assert main(["info", str(tmp_path / "old.safetensors")]) == 0
     assert "old.safetensors: LoRA (diffusers layout), 2 modules, rank 2," in capsys.readouterr().out
+
+
+def test_a_pickled_lora_gets_the_one_command_that_converts_it_from_every_command(tmp_path, capsys):
+    """train named the conversion; generate said only 'not a .safetensors file', info 'its header size is nonsense'."""
+    from lowvram.cli import main
+
+    path = tmp_path / "style.pt"
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, path)
+    for argv in (["generate", "--model", "tiny", "--prompt", "x", "--lora", str(path)], ["info", str(path)],
+                 ["train", "--model", "tiny", "--data", "sample", "--network-weights", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{path} is a pickle file, which can run arbitrary code when loaded" in err, argv
+        assert "convert it once to safetensors" in err and len(err.strip().splitlines()) == 1, argv
