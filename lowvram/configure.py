@@ -39,7 +39,7 @@ from lowvram.dataset_files import (
     read_dataset,
 )
 from lowvram.errors import LowvramError, quoted, shell_line
-from lowvram.files import backslash_hint, expand_home, local_path, not_utf8, text_of, windows_path_hint
+from lowvram.files import backslash_hint, expand_home, local_path, not_utf8, slashed, text_of, windows_path_hint
 from lowvram.kohya_config import flat_config, is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.kohya_launcher import is_launcher, launcher_config
@@ -200,8 +200,11 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", r
             values[key] = value
     base = Path() if recipe is not None else path.resolve().parent
     for key in PATH_OPTIONS:  # (an absolute one, ~/ expanded, stays as it is: base / it is it)
-        if isinstance(values.get(key), str) and values[key] != SAMPLE_DATA:
-            values[key] = str(base / expand_home(values[key]))
+        value = values.get(key)
+        if isinstance(value, str) and value != SAMPLE_DATA and not (WINDOWS_DRIVE.match(value) and os.sep == "/"):
+            here = base / expand_home(value)  # (img\10_cat written on Windows: where only img/10_cat is, that)
+            other = slashed(value)
+            values[key] = str(base / other if not here.exists() and other and (base / other).exists() else here)
     for key in SOURCE_LISTS:
         if isinstance(values.get(key), list):
             values[key] = [relocated_source(str(item), lambda path: base / expand_home(path)) for item in values[key]]

@@ -109,11 +109,19 @@ def local_path(given: str, config_file: Path, levels: int = 1) -> Path:
         return path
     bases = [config_file.parents[level] for level in range(min(levels, len(config_file.parents)))]
     found = next((base / path for base in bases if (base / path).exists()), None)
-    if found is None and os.sep == "/" and "\\" in given and not re.match(r"[A-Za-z]:|\\", given):  # (\x: a
-        # folder at the root of the current Windows drive, which this machine's root would only guess)
-        slashed = local_path(given.replace("\\", "/"), config_file, levels)
-        found = slashed if slashed.exists() else None
+    if found is None and (other := slashed(given)):
+        found = local_path(other, config_file, levels)
+        found = found if found.exists() else None
     return found or path
+
+
+def slashed(given: str) -> str | None:
+    """A relative path written with Windows' backslashes (img\\10_cat) with / between its folders; None for any
+    other (a drive's C:\\x, or \\x at the root of the current Windows drive, which this machine's root would only
+    guess)."""
+    if os.sep != "/" or "\\" not in given or re.match(r"[A-Za-z]:|\\", given):
+        return None
+    return given.replace("\\", "/")
 
 
 def passed_over(path: Path) -> bool:

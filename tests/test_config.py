@@ -371,3 +371,16 @@ def test_a_zero_switches_off_what_a_saved_config_switched_on(tmp_path):
                                                                "--keep-saves", "0", "--checkpoint-every", "0"])))
     assert (off.output.save_every, off.output.sample_every, off.output.keep_saves, off.training.checkpoint_every) == (
         None, None, None, None)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
+def test_a_lowvram_config_written_on_windows_reads_its_relative_folders_and_says_its_drive_paths_as_given(tmp_path):
+    """data = 'img\\train' beside the config: 'folder not found: /here/img\\train'; output = 'D:\\out': said as
+    '/here/D:\\out' (joined to the config's folder)."""
+    from lowvram.configure import read_toml
+    from lowvram.data.sample import write_sample_dataset
+
+    write_sample_dataset(tmp_path / "img" / "train")
+    (tmp_path / "run.toml").write_text("[data]\ndata = 'img\\train'\n[output]\noutput = 'D:\\lora\\out'\n")
+    values = read_toml(tmp_path / "run.toml")
+    assert values["data"] == str(tmp_path / "img" / "train") and values["output"] == "D:\\lora\\out"
