@@ -76,10 +76,12 @@ def windows_path_hint(path: str | os.PathLike) -> str:
 def backslash_hint(text: str) -> str:
     """Why a TOML or JSON config that does not parse may not: a Windows path in double quotes, where a \\U or a \\d
     starts an escape (said where the file has one)."""
-    if not re.search(r'"[^"\n]*\\[^"\n]*"', text):
+    found = re.search(r'"([^"\n]*\\[^"\n]*)"', text)
+    if not found:
         return ""
-    return ("; a Windows path in double quotes needs each \\ doubled (\"C:\\\\Users\"), or / between folders "
-            "(\"C:/Users\"), or (in TOML) single quotes ('C:\\Users')")
+    path = found.group(1)  # (the file's own, written each way)
+    return (f"; a Windows path in double quotes needs each \\ doubled (\"{path.replace(chr(92), chr(92) * 2)}\"), or "
+            f"/ between folders (\"{path.replace(chr(92), '/')}\"), or (in TOML) single quotes ('{path}')")
 
 
 def windows_output_problem(flag: str, given: str | os.PathLike) -> str | None:

@@ -285,8 +285,8 @@ def test_a_windows_path_in_double_quotes_in_a_config_file_says_how_to_write_it(t
     assert str(error.value) == (f"--data: '{tmp_path}/D:\\training\\new' holds a tab (\\t) and a line break (\\n), "
                                 "as a Windows path written in double quotes in a config file is read; write it in "
                                 "single quotes ('D:\\training'), or with / between folders")
-    hint = ("; a Windows path in double quotes needs each \\ doubled (\"C:\\\\Users\"), or / between folders "
-            "(\"C:/Users\"), or (in TOML) single quotes ('C:\\Users')")
+    hint = ("; a Windows path in double quotes needs each \\ doubled (\"C:\\\\Users\\\\me\"), or / between folders "
+            "(\"C:/Users/me\"), or (in TOML) single quotes ('C:\\Users\\me')")  # (the file's own path)
     (tmp_path / "users.toml").write_text('[data]\ndata = "C:\\Users\\me"\n')
     (tmp_path / "gui.json").write_text('{"LoRA_type": "Standard", "train_data_dir": "C:\\Users\\me"}')
     (tmp_path / "dataset.toml").write_text('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "C:\\Users\\me"\n')
