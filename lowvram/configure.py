@@ -438,6 +438,7 @@ def preset_path(name: str) -> Path:
     return path
 
 
+ZERO = re.compile(r"0+\s*(e|s|epochs?|steps?)?", re.IGNORECASE)  # 0, 0e, 00 steps: off (OFF_AT_ZERO)
 WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 
 
@@ -549,8 +550,9 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     Every problem is collected and reported at once, one line each, naming the flag and the fix.
     """
     known = fields_by_name()
-    values = {name: value for name, value in with_assumed(values).items()
-              if not (name in OFF_AT_ZERO and str(value).strip() == "0")}
+    off = {name for name, value in values.items() if name in OFF_AT_ZERO and ZERO.fullmatch(str(value).strip())}
+    off |= {"keep_saves"} if "save_every" in off else set()  # (a saved config's, kept for the saves now off)
+    values = {name: value for name, value in with_assumed(values).items() if name not in off}
     if values.get("resume") == "latest":  # the diffusers scripts' word for it
         values = {**values, "resume": "auto"}
     sections, problems = _parsed_values(values)

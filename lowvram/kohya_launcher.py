@@ -30,8 +30,10 @@ SHELL_END = re.compile(r"^(\|\|?|&&?|;|\d?>>?)")
 # kohya's flags whose value is text even where it reads as a number (an output named 2024)
 TEXT_KEYS = {"output_name", "training_comment", "metadata_title", "metadata_author", "metadata_description",
              "metadata_tags", "class_tokens", "caption_extension", "resolution", "wandb_run_name", "log_prefix"}
-# a variable of the script: cmd's %NAME%, sh's $NAME and ${NAME}, PowerShell's $NAME and $env:NAME
-VARIABLE = {".bat": r"%(\w+)%", ".cmd": r"%(\w+)%", ".sh": r"\$\{?(\w+)\}?", ".ps1": r"\$(?:env:)?(\w+)"}
+# a variable of the script: cmd's %NAME%, sh's $NAME, ${NAME} and ${NAME:-default}, PowerShell's $NAME and
+# $env:NAME (group 1 its name, group 2 a default)
+VARIABLE = {".bat": r"%(\w+)%()", ".cmd": r"%(\w+)%()", ".sh": r"\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)()",
+            ".ps1": r"\$(?:env:)?(\w+)()"}
 ASSIGNMENT = {".bat": r"\s*@?set\s+\"?(\w+)=(.*?)\"?\s*$", ".cmd": r"\s*@?set\s+\"?(\w+)=(.*?)\"?\s*$",
               ".sh": r"\s*(?:export\s+)?(\w+)=(.*)$", ".ps1": r"\s*\$(?:env:)?(\w+)\s*=\s*(.*)$"}
 
@@ -46,9 +48,7 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
     LowvramError names a script that runs no LoRA training, or whose command cannot be read."""
     kind = Path(path).suffix.lower()
     lines, variables = _command_lines(text, kind)
-    line = _training_line(lines, path)
-    unset = sorted({name for name in re.findall(VARIABLE[kind], line) if name not in variables})
-    line = re.sub(VARIABLE[kind], lambda found: variables.get(found.group(1), found.group(0)), line)
+    line, unset = _filled(_training_line(lines, path), variables, kind)
     try:
         words = shlex.split(line, comments=True) if kind == ".sh" else _windows_words(line, kind)
     except ValueError as exc:  # (an unclosed quote)
@@ -88,11 +88,34 @@ def _command_lines(text: str, kind: str) -> tuple[list[str], dict[str, str]]:
             continue
         command, current = current + raw, ""
         assigned = re.match(ASSIGNMENT[kind], command, re.IGNORECASE)
-        if assigned:
-            variables[assigned.group(1)] = assigned.group(2).strip().strip("\"'")
+        # (CUDA_VISIBLE_DEVICES=0 accelerate launch ..., set X=0 && ...: the command, not an assignment)
+        if assigned and not any(script in command for script in (*LORA_SCRIPTS, *OTHER_SCRIPTS)):
+            value = _filled(assigned.group(2).strip().strip("\"'"), variables, kind)[0]  # (ROOT=/r; MODEL=$ROOT/m)
+            variables[_named(assigned.group(1), kind)] = value
         else:
             commands.append(command)
     return commands + ([current] if current else []), variables
+
+
+def _named(name: str, kind: str) -> str:
+    """A variable's name as the shell tells it from others: in any case for cmd and PowerShell."""
+    return name if kind == ".sh" else name.lower()
+
+
+def _filled(line: str, variables: dict[str, str], kind: str) -> tuple[str, list[str]]:
+    """`line` with the script's variables filled in (an sh default where one is unset), and the names left as
+    written: set by nothing the script says."""
+    unset = []
+
+    def value(found: re.Match) -> str:
+        name = next(group for group in (found.group(1), found.group(3) if kind == ".sh" else None) if group)
+        default = found.group(2) if kind == ".sh" and found.group(1) else None
+        known = variables.get(_named(name, kind), default)
+        if known is None:
+            unset.append(name)
+        return found.group(0) if known is None else known
+
+    return re.sub(VARIABLE[kind], value, line), sorted(set(unset))
 
 
 def _training_line(lines: list[str], path: Path) -> str:

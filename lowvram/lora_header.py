@@ -185,7 +185,8 @@ def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[st
         implied = {name: value for name, value in implied.items() if name not in ("rank", "alpha")}
     taken = {name: value for name, value in implied.items() if name not in values}
     # (a file of several ranks without the block settings is refused by network_weights_problem: no note first)
-    if taken and not quiet and (per_block or not several_ranks(Path(path), implied)):
+    if taken and not quiet and (per_block or not (several_ranks(Path(path), implied)
+                                                  or several_alphas(Path(path), implied))):
         print(f"--network-weights: {path} holds {' '.join(as_flag_words(taken))}; trained further with those",
               file=sys.stderr)
     return taken | values
@@ -273,7 +274,8 @@ def network_weights_problem(network) -> str | None:
                   if isinstance(args, dict) and kohya in args and not option.endswith("lr_weight")}
         if blocks:  # trained with ranks (or alphas) per block: its own flags continue it
             flags = " ".join(as_flag_words(blocks))
-            return f"{flag} was trained with ranks per block; pass {flags} to train it further"
+            return (f"{flag} was trained with {'ranks' if ranks else 'alphas'} per block; pass {flags} to train it "
+                    "further")
     if ranks:
         return (f"{flag} holds layers of several ranks ({', '.join(map(str, ranks))}), as a --dynamic resize "
                 "or a merge writes them, and lowvram trains on from one rank per block only: train on from the "

@@ -371,6 +371,10 @@ def test_a_zero_switches_off_what_a_saved_config_switched_on(tmp_path):
                                                                "--keep-saves", "0", "--checkpoint-every", "0"])))
     assert (off.output.save_every, off.output.sample_every, off.output.keep_saves, off.training.checkpoint_every) == (
         None, None, None, None)
+    # the saves off alone: the file's keep_saves goes with them (it was refused as needing --save-every), 0e too
+    for zero in ("0", "0e"):
+        alone = build_config(train_values(build_parser().parse_args([*argv, "--save-every", zero])))
+        assert (alone.output.save_every, alone.output.keep_saves) == (None, None)
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")

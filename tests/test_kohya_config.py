@@ -747,6 +747,13 @@ def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads
      {"pretrained_model_name_or_path": "/models/x.safetensors", "network_alpha": 16, "xformers": True}, None),
     ("b.sh", "accelerate launch train_network.py --network_dim 32 --xformers  # don't forget\n",
      {"network_dim": 32, "xformers": True}, None),
+    # an assignment before the command on its line; a variable of another; an sh default
+    ("e.sh", ("ROOT=/r\nMODEL=$ROOT/m.safetensors\nCUDA_VISIBLE_DEVICES=0 accelerate launch train_network.py "
+              "--pretrained_model_name_or_path=$MODEL --output_dir=${OUT:-./out}\n"),
+     {"pretrained_model_name_or_path": "/r/m.safetensors", "output_dir": "./out"}, None),
+    ("f.bat", ("set model=C:\\m.safetensors\r\nset CUDA_VISIBLE_DEVICES=0 && accelerate launch train_network.py "
+               "--pretrained_model_name_or_path=%MODEL%\r\n"),  # (cmd's names are of any case)
+     {"pretrained_model_name_or_path": "C:\\m.safetensors"}, None),
     ("c.bat", ("@echo off\r\n@REM accelerate launch train_network.py --network_dim 8\r\n"
                "set MODEL=C:\\m\\x.safetensors\r\n"
               'accelerate launch "train_network.py" --pretrained_model_name_or_path="%MODEL%" ^\r\n'

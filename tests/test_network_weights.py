@@ -246,6 +246,10 @@ def test_layers_of_one_rank_but_several_alphas_are_refused_once_and_a_tucker_loc
     with contextlib.redirect_stdout(io.StringIO()) as out:  # info --json says it as its text does
         assert main(["info", str(tmp_path / "mixed.safetensors"), "--json"]) == 0
     assert "several alphas (1, 4)" in json.loads(out.getvalue())["network_weights_refused"]
+    with contextlib.redirect_stderr(io.StringIO()) as err:  # refused, not first said to be trained further
+        assert main(["train", "--model", "tiny", "--data", "sample", "--network-weights",
+                     str(tmp_path / "mixed.safetensors")]) == 2
+    assert "several alphas (1, 4)" in err.getvalue() and "trained further with those" not in err.getvalue()
     locon = train(run_config(output=str(tmp_path / "locon"), max_steps=1, rank=4, alpha=4, lora_layers="full",
                              conv_rank=2, conv_alpha=2)).lora_path
     tucker = {}

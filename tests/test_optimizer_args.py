@@ -224,3 +224,4 @@ def test_a_learning_rate_free_optimizers_scale_is_refused_for_adam(tmp_path):
         run_config(optimizer="adamw", lr=1.0)
     run_config(optimizer="prodigy", lr=1.0)
     run_config(optimizer="adamw", lr=1e-3)
+    run_config(optimizer="torch.optim.Adam", lr=1.0)  # a class by its path may find its own step size: not refused

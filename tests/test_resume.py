@@ -655,8 +655,14 @@ def test_a_resume_that_trains_nothing_leaves_the_lora_and_a_longer_schedule_is_s
                                                r".*out.safetensors stands as step 4's LoRA"):
             train(run_config(output=str(out), scheduler="cosine", resume="auto", **({"lr": 1e-3} | options)))
     assert {path: path.read_bytes() for path in before} == before
+    # a LoRA of another step than the checkpoint's (a kill between a later checkpoint and its LoRA): written anew
+    # from the checkpoint, whatever the options, as before
+    train(run_config(output=str(out), max_steps=6, scheduler="cosine", lr=1e-3, resume="auto"))
+    shutil.copy(out / "out-step000004.safetensors", first.lora_path)
+    train(run_config(output=str(out), max_steps=6, scheduler="cosine", lr=5e-3, resume="auto"))
+    assert read_header(first.lora_path)[0]["ss_steps"] == "6"
     capsys.readouterr()
-    train(run_config(output=str(out), max_steps=8, scheduler="cosine", lr=1e-3, resume="auto"))
+    train(run_config(output=str(out), max_steps=12, scheduler="cosine", lr=1e-3, resume="auto"))
     said = " ".join(capsys.readouterr().out.split())
-    assert re.search(r"note: --scheduler cosine is laid over the run's 8 steps: the learning rate goes from "
-                     r"\S+ at step 4 to \S+", said), said
+    assert re.search(r"note: --scheduler cosine is laid over the run's 12 steps: the learning rate goes from "
+                     r"\S+ at step 6 to \S+", said), said

@@ -12,6 +12,7 @@ import torch
 from lowvram.adapters import lora_files
 from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
+from lowvram.lora_header import read_header
 from lowvram.memory import free_cached_memory
 from lowvram.precision import DTYPES
 from lowvram.run_files import LORA_SUFFIX, SAMPLES, best_save, epoch_save, final_lora, interval_save, step_save
@@ -97,7 +98,8 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
                               f"with it as it is now{order}, so the LoRA will not be the one an uninterrupted run "
                               "gives", soft_wrap=True)
     lora = session.out_dir / final_lora(session.config.output_name)
-    if position.step >= schedule.total_steps and (changes or position.step > schedule.total_steps) and lora.is_file():
+    if position.step >= schedule.total_steps and (changes or position.step > schedule.total_steps) and \
+            _lora_step(lora) == position.step:
         # (written anew, its record and the run's .toml would name options no step of it trained with)
         what = (", ".join(changes) if changes else
                 f"the run's end at step {schedule.total_steps}, before the checkpoint's {position.step},")
@@ -117,6 +119,14 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
                               f"--max-steps or --epochs to train further); writing the LoRA of step {position.step} "
                               "from the checkpoint", soft_wrap=True)
     return position
+
+
+def _lora_step(lora: Path) -> int | None:
+    """The step a LoRA file was written at, by its metadata (None: no such file, or no step in it)."""
+    try:
+        return int(read_header(lora)[0].get("ss_steps", ""))
+    except (OSError, ValueError):
+        return None
 
 
 def validate(session: Session, trainee: Trainee, data, samples: list) -> float:
