@@ -503,3 +503,24 @@ def test_entries_another_run_wrote_meanwhile_are_not_encoded_again(tmp_path, tin
     ours.path(broken.key).parent.mkdir(parents=True, exist_ok=True)
     ours.path(broken.key).write_bytes(b"not a cache entry")  # there, but no entry: encoded, not taken as written
     assert encode_texts([broken], ours, encode, 4, QUIET) == 1 and ours.valid(broken.key)
+
+
+def test_the_bucket_info_counts_the_regularization_images_as_an_epoch_pairs_them(tmp_path, sample_data):
+    """kohya's ss_bucket_info counts its buckets once the class images are in, as balanced (AUTOMATIC1111's card
+    sorts its resolutions by them): lowvram's left them out."""
+    import json
+
+    from PIL import Image
+
+    from lowvram.train.metadata import bucket_info
+
+    reg = tmp_path / "reg" / "1_shape"
+    reg.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (96, 64), (6 * i, 20, 30)).save(reg / f"r{i}.png")  # another bucket than the 64x64 sample's
+    run = resolved(run_config(data=str(sample_data), reg_data=str(tmp_path / "reg"), cache_dir=str(tmp_path / "c")),
+                   tmp_path / "c")
+    training, regularization = (scan(run, folder, None, None).usable for folder in (sample_data, tmp_path / "reg"))
+    counts = {tuple(bucket["resolution"]): bucket["count"]
+              for bucket in json.loads(bucket_info(run, training, regularization))["buckets"].values()}
+    assert sum(counts.values()) == 60 and counts[(64, 64)] == 30  # 30 training samples, the 3 class images to 30

@@ -19,6 +19,7 @@ import lowvram
 from lowvram.adapters import lora_files
 from lowvram.config import TRAIN_TIMESTEPS, RunConfig, shareable_name
 from lowvram.data.check import make_buckets
+from lowvram.data.epochs import counted_epochs
 from lowvram.lora_metadata import RECIPE_KEY, modelspec
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import ResolvedRun
@@ -69,7 +70,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_num_reg_images": str(round(sum(record.repeats for record in regularization))),
         "ss_dataset_dirs": dataset_dirs(records, folders),
         "ss_reg_dataset_dirs": dataset_dirs(regularization, folders),
-        "ss_bucket_info": bucket_info(run, records),
+        "ss_bucket_info": bucket_info(run, records, regularization),
         "ss_enable_bucket": str(data.bucket),
         "ss_min_bucket_reso": str(buckets.min_side),
         "ss_max_bucket_reso": str(buckets.max_side),
@@ -173,20 +174,19 @@ def dataset_dirs(records, keys: dict[Path, str]) -> str:
     return json.dumps(dirs, ensure_ascii=False)
 
 
-def bucket_info(run: ResolvedRun, records) -> str:
-    """kohya's ss_bucket_info: each bucket's (width, height) and its samples per epoch with repeats, at every
-    resolution an image trains at (AUTOMATIC1111 lists them as the LoRA's resolutions), and the images' mean
-    aspect-ratio error against their buckets."""
+def bucket_info(run: ResolvedRun, records, regularization=()) -> str:
+    """kohya's ss_bucket_info: each bucket's (width, height) and its samples per epoch with repeats, the
+    regularization images' as an epoch pairs them, at every resolution an image trains at (AUTOMATIC1111 lists them
+    as the LoRA's resolutions), and the images' mean aspect-ratio error against their buckets."""
+    epochs = counted_epochs(run, list(records), list(regularization))
+    counts = Counter(epochs.samples[i].bucket for i in epochs.expanded(0))
     buckets = {resolution: make_buckets(run, resolution) for resolution in run.resolutions[1:]}
-    counts: Counter = Counter()
     errors = []
-    for record in records:
+    for record in [*records, *regularization]:
         placed = [record.bucket] + ([] if record.resolution else
                                     [buckets[resolution].place(record.width, record.height).bucket
                                      for resolution in run.resolutions[1:]])
-        for bucket in placed:
-            counts[bucket] += record.repeats
-            errors.append(abs(bucket[0] / bucket[1] - record.width / record.height))
+        errors += [abs(bucket[0] / bucket[1] - record.width / record.height) for bucket in placed]
     listed = {str(i): {"resolution": list(bucket), "count": round(count)}
               for i, (bucket, count) in enumerate(sorted(counts.items()))}
     return json.dumps({"buckets": listed, "mean_img_ar_error": sum(errors) / max(1, len(errors))})
