@@ -96,6 +96,18 @@ def _pairs(value: Any) -> dict[str, str]:
     return {k.strip(): v.strip().strip("\"'") for k, _, v in (str(item).partition("=") for item in items) if k.strip()}
 
 
+def number_or_text(value: Any) -> Any:
+    """A value kept as text where a number is meant ("75", "0": the kohya_ss GUI's fields, a launcher's flags) as
+    that number; anything else as it is."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
 def as_number(value: Any, key: str, problem, kind: type = float) -> Any:
     """A kohya value as a number; where it is none, the problem is recorded and a stand-in returned, so that the
     rest of the file is still checked and every problem reported at once."""

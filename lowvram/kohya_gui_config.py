@@ -16,7 +16,7 @@ from typing import Any
 
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import expand_home, local_path
-from lowvram.kohya_config import as_number, translate
+from lowvram.kohya_config import as_number, number_or_text, translate
 from lowvram.samplers import sampler_name
 
 # the GUI's LoRA types lowvram trains: (network module, LyCORIS algo or None, whether conv_dim/conv_alpha pass)
@@ -111,7 +111,7 @@ def _sd_scripts_settings(doc: dict[str, Any], problem, length_given: bool = Fals
     """The settings kohya_ss writes into sd-scripts' config for this GUI config (lowvram reads the parts it
     trains; kohya_config leaves out the switched-off ones). `length_given`: the command line sets the run's
     length, which the warm-up percent is then a share of."""
-    gui = {key: _typed(value) for key, value in doc.items() if value not in ("", None)}
+    gui = {key: number_or_text(value) for key, value in doc.items() if value not in ("", None)}
     settings = {RENAMED.get(key, key): value for key, value in gui.items() if key not in GUI_ONLY}
     for key in ("optimizer_args", "lr_scheduler_args"):  # text in the GUI, split as kohya_ss splits it
         if isinstance(settings.get(key), str):
@@ -214,12 +214,12 @@ def _additional(text: str, problem) -> dict[str, Any]:
     for word in words:
         if word.startswith("--"):
             name, _, value = word[2:].partition("=")
-            settings[name] = _typed(value) if value else True
+            settings[name] = number_or_text(value) if value else True
         elif name is None:
             problem("additional_parameters", f"{word!r} follows no --flag")
         else:
             given = settings[name]
-            settings[name] = _typed(word) if given is True else (given if isinstance(given, list) else [given]) + [word]
+            settings[name] = number_or_text(word) if given is True else (given if isinstance(given, list) else [given]) + [word]
     for name in LIST_FLAGS:
         if name in settings and not isinstance(settings[name], list):
             settings[name] = [settings[name]] if settings[name] is not True else []
@@ -238,17 +238,6 @@ def _words(text: str) -> list[str]:
         return list(words)
     except ValueError:
         return text.split()
-
-
-def _typed(value: Any) -> Any:
-    """The GUI keeps many numbers as text ("75", "0"): those as numbers, the rest as they are."""
-    if isinstance(value, str):
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-    return value
 
 
 def _number(value: Any) -> float:

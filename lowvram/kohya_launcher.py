@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.errors import LowvramError
+from lowvram.kohya_config import number_or_text
 
 LAUNCHER_SUFFIXES = (".bat", ".cmd", ".ps1", ".sh")
 LORA_SCRIPTS = ("sdxl_train_network.py", "train_network.py")
@@ -141,14 +142,7 @@ def _training_line(lines: list[str], path: Path) -> str:
 def _typed(key: str, value: str) -> Any:
     """A flag's value as kohya's argparse types it, and so as a TOML config holds it: a number where it reads as
     one (0 switches a setting off), else the text (a name stays text, whatever it reads as)."""
-    if key in TEXT_KEYS:
-        return value
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+    return value if key in TEXT_KEYS else number_or_text(value)
 
 
 def _windows_words(line: str, kind: str) -> list[str]:
