@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.errors import LowvramError
-from lowvram.kohya_config import number_or_text
+from lowvram.kohya_config import KOHYA_KEYS, number_or_text
 
 LAUNCHER_SUFFIXES = (".bat", ".cmd", ".ps1", ".sh")
 LORA_SCRIPTS = ("sdxl_train_network.py", "train_network.py")
@@ -31,12 +31,11 @@ SHELL_END = re.compile(r"^(\|\|?|&&?|;|\d?>>?)")
 # kohya's flags whose value is text even where it reads as a number (an output named 2024)
 TEXT_KEYS = {"output_name", "training_comment", "metadata_title", "metadata_author", "metadata_description",
              "metadata_tags", "class_tokens", "caption_extension", "resolution", "wandb_run_name", "log_prefix"}
-# a variable of the script: cmd's %NAME%, sh's $NAME, ${NAME} and ${NAME:-default}, PowerShell's $NAME and
-# $env:NAME (group 1 its name, group 2 a default)
-VARIABLE = {".bat": r"%(\w+)%()", ".cmd": r"%(\w+)%()", ".sh": r"\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)()",
-            ".ps1": r"\$(?:env:)?(\w+)()"}
-ASSIGNMENT = {".bat": r"\s*@?set\s+\"?(\w+)=(.*?)\"?\s*$", ".cmd": r"\s*@?set\s+\"?(\w+)=(.*?)\"?\s*$",
-              ".sh": r"\s*(?:export\s+)?(\w+)=(.*)$", ".ps1": r"\s*\$(?:env:)?(\w+)\s*=\s*(.*)$"}
+# a variable of the script: cmd's %NAME%, sh's $NAME, ${NAME}, ${NAME:-default} and ${NAME[@]}, PowerShell's $NAME,
+# $env:NAME and @NAME (splatted); group 1 (or 3) its name, group 2 an sh default
+VARIABLE = {".bat": r"%(\w+)%()", ".cmd": r"%(\w+)%()",
+            ".sh": r"\$\{(\w+)(?:\[[@*]\])?(?::?-([^}]*))?\}|\$(\w+)()", ".ps1": r"[$@](?:env:)?(\w+)()"}
+ARRAY = object()  # an array variable's value: its flags come of the script's own conditions, which are not run
 
 
 def is_launcher(path: Path) -> bool:
@@ -45,11 +44,12 @@ def is_launcher(path: Path) -> bool:
 
 def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
     """The kohya config a launcher script's training command amounts to (its flags as the keys of kohya's TOML
-    config: a flag alone is true, several values a list), and notes (a variable the script does not set). A
-    LowvramError names a script that runs no LoRA training, or whose command cannot be read."""
+    config: a flag alone is true, several values a list; a unique prefix of a kohya flag is that flag, as its
+    argparse reads it), and notes (what the script leaves to the shell: a variable it does not set, an array of
+    flags). A LowvramError names a script that runs no LoRA training, or whose command cannot be read."""
     kind = Path(path).suffix.lower()
-    lines, variables = _command_lines(text, kind)
-    line, unset = _filled(_training_line(lines, path), variables, kind)
+    text = text.replace("%~dp0", f"{Path(path).resolve().parent}/") if kind in (".bat", ".cmd") else text
+    (line, unset, arrays), notes = _training_line(_command_lines(text, kind), path)
     try:
         words = shlex.split(line, comments=True) if kind == ".sh" else _windows_words(line, kind)
     except ValueError as exc:  # (an unclosed quote)
@@ -63,6 +63,8 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
         word = word.removesuffix(";")
         if word.startswith("--"):
             key, _, value = word[2:].partition("=")
+            known = [name for name in KOHYA_KEYS if name.startswith(key)]
+            key = known[0] if key not in KOHYA_KEYS and len(known) == 1 else key  # (--max_train_epoch)
             doc[key] = _typed(key, value) if "=" in word else True
             key = None if "=" in word else key
         elif key is not None:  # a value of the flag before it
@@ -71,14 +73,23 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
                                                        value]
         if ends:
             break
-    notes = [(f"{', '.join(unset)}: variable(s) the script does not set here, so read as written; give the value "
-             "on the command line (e.g. --model, --data)")] if unset else []
+    if unset:
+        notes.append(f"{', '.join(unset)}: variable(s) the script does not set here, so read as written; give the "
+                     "value on the command line (e.g. --model, --data)")
+    if arrays:
+        notes.append(f"{', '.join(arrays)}: array(s) of flags the script builds by its own conditions, which are not "
+                     "run here, so none of their flags is read; give them on the command line (in lowvram's names)")
+    python = sorted(set(re.findall(r"\{(\w+)\}", line)))
+    if python:  # (a notebook cell's !accelerate launch ... --network_dim={network_dim})
+        notes.append(f"{', '.join(python)}: a notebook's Python value(s) written in braces, which a script file does "
+                     "not fill in; write the values")
     return doc, notes
 
 
-def _command_lines(text: str, kind: str) -> tuple[list[str], dict[str, str]]:
-    """The script's commands, each continued line joined and comment lines left out (a flag commented out in the
-    middle of a command is not read), and its variables' values as it sets them."""
+def _command_lines(text: str, kind: str) -> list[tuple[str, list[str], list[str]]]:
+    """The script's commands in order, each continued line joined and comment lines left out (a flag commented out
+    in the middle of a command is not read), with the variables filled in as the lines before it set them; and the
+    names of each left as written (unset) and of its arrays."""
     commands, variables, current = [], {}, ""
     for raw in text.splitlines():
         if COMMENT.match(raw):
@@ -88,14 +99,42 @@ def _command_lines(text: str, kind: str) -> tuple[list[str], dict[str, str]]:
             current += stripped[:-1] + " "
             continue
         command, current = current + raw, ""
-        assigned = re.match(ASSIGNMENT[kind], command, re.IGNORECASE)
-        # (CUDA_VISIBLE_DEVICES=0 accelerate launch ..., set X=0 && ...: the command, not an assignment)
-        if assigned and not any(script in command for script in (*LORA_SCRIPTS, *OTHER_SCRIPTS)):
-            value = _filled(assigned.group(2).strip().strip("\"'"), variables, kind)[0]  # (ROOT=/r; MODEL=$ROOT/m)
-            variables[_named(assigned.group(1), kind)] = value
+        assigned = _assignment(command, kind)
+        if assigned:
+            name, value = assigned
+            variables[_named(name, kind)] = value if value is ARRAY else _filled(value, variables, kind)[0]
         else:
-            commands.append(command)
-    return commands + ([current] if current else []), variables
+            commands.append(_filled(command, variables, kind))
+    return commands + ([_filled(current, variables, kind)] if current else [])
+
+
+def _assignment(command: str, kind: str) -> tuple[str, Any] | None:
+    """(name, value) where the command sets a variable and does nothing else; its value as the shell reads it (a
+    comment after it left out; ARRAY for an array)."""
+    if kind == ".sh":
+        found = re.match(r"\s*(?:export\s+)?(\w+)=(.*)$", command)
+        if not found:
+            return None
+        if found.group(2).lstrip().startswith("("):
+            return found.group(1), ARRAY
+        try:
+            words = shlex.split(found.group(2), comments=True)
+        except ValueError:
+            return None
+        # (CUDA_VISIBLE_DEVICES=0 accelerate launch ...: the command, with a variable of its own)
+        return (found.group(1), words[0] if words else "") if len(words) <= 1 else None
+    if kind == ".ps1":
+        found = re.match(r"\s*\$(?:env:)?(\w+)\s*=\s*(.*)$", command)
+        if not found or re.search(r";\s*\S", found.group(2)):  # ($env:X="0"; accelerate launch ...)
+            return None
+        if re.match(r"\s*(\[System\.Collections|@\()", found.group(2), re.IGNORECASE):
+            return found.group(1), ARRAY
+        words = _windows_words(found.group(2), kind)
+        return found.group(1), words[0] if words else ""
+    found = re.match(r"\s*@?set\s+\"?(\w+)=(.*?)\"?\s*$", command, re.IGNORECASE)
+    if not found or re.search(r"&|\|", command):  # (set X=0 && accelerate launch ...)
+        return None
+    return found.group(1), found.group(2).strip()
 
 
 def _named(name: str, kind: str) -> str:
@@ -103,30 +142,35 @@ def _named(name: str, kind: str) -> str:
     return name if kind == ".sh" else name.lower()
 
 
-def _filled(line: str, variables: dict[str, str], kind: str) -> tuple[str, list[str]]:
-    """`line` with the script's variables filled in (an sh default where one is unset), and the names left as
-    written: set by nothing the script says."""
-    unset = []
+def _filled(line: str, variables: dict[str, Any], kind: str) -> tuple[str, list[str], list[str]]:
+    """`line` with the script's variables filled in (an sh default where one is unset; an array's flags left
+    out), and the names left as written, set by nothing the script says, and those of the arrays."""
+    unset, arrays = [], []
 
     def value(found: re.Match) -> str:
         name = next(group for group in (found.group(1), found.group(3) if kind == ".sh" else None) if group)
         default = found.group(2) if kind == ".sh" and found.group(1) else None
         known = variables.get(_named(name, kind), default)
+        if known is ARRAY or "[@" in found.group(0) or "[*" in found.group(0) or found.group(0).startswith("@"):
+            arrays.append(name)
+            return ""
         if known is None:
             unset.append(name)
         return found.group(0) if known is None else known
 
-    return re.sub(VARIABLE[kind], value, line), sorted(set(unset))
+    return re.sub(VARIABLE[kind], value, line), sorted(set(unset)), sorted(set(arrays))
 
 
-def _training_line(lines: list[str], path: Path) -> str:
-    """What follows the training script's name on the command that runs it (the first to give it flags)."""
+def _training_line(commands: list[tuple[str, list[str], list[str]]], path: Path
+                   ) -> tuple[tuple[str, list[str], list[str]], list[str]]:
+    """What follows the training script's name on the command that runs it (of several, the one with the most
+    flags: not a --help run), with its unset and array names; and a note where several run it."""
     found = []
-    for line in lines:
+    for line, unset, arrays in commands:
         for script in LORA_SCRIPTS:
             match = re.search(rf"(^|[\s\"'/\\]){re.escape(script)}[\"']?(\s|$)", line)
             if match:
-                found.append(line[match.end():])
+                found.append((line[match.end():], unset, arrays))
                 break
         else:
             for script, what in OTHER_SCRIPTS.items():
@@ -136,7 +180,11 @@ def _training_line(lines: list[str], path: Path) -> str:
     if not found:
         raise LowvramError(f"--config: {path} runs no kohya training script (train_network.py or "
                            "sdxl_train_network.py); give the launcher that does, or a kohya .toml config")
-    return next((rest for rest in found if "--" in rest), found[0])
+    chosen = max(found, key=lambda command: command[0].count("--"))
+    flagged = [command for command in found if command[0].count("--") > 1]
+    notes = [f"it runs the training script {len(flagged)} times: the command of the most flags is read"] if len(
+        flagged) > 1 else []
+    return chosen, notes
 
 
 def _typed(key: str, value: str) -> Any:

@@ -751,6 +751,22 @@ def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads
     ("e.sh", ("ROOT=/r\nMODEL=$ROOT/m.safetensors\nCUDA_VISIBLE_DEVICES=0 accelerate launch train_network.py "
               "--pretrained_model_name_or_path=$MODEL --output_dir=${OUT:-./out}\n"),
      {"pretrained_model_name_or_path": "/r/m.safetensors", "output_dir": "./out"}, None),
+    # Akegarasu's lora-scripts: a comment after each setting, the script in a variable, arrays of conditional flags,
+    # a variable set again after the command, an abbreviated flag, a --help run before the real one
+    ("g.sh", ('network_dim=8 # network dim | 常用 4~128\ntrainer_file="./sd-scripts/train_network.py"\n'
+              'extArgs=()\nif [ 1 == 1 ]; then extArgs+=("--network_train_unet_only"); fi\n'
+              "python $trainer_file --help >/dev/null\n"
+              "accelerate launch $trainer_file --network_dim=$network_dim --max_train_epoch 2 --xformers "
+              "${extArgs[@]}\n"
+              "network_dim=32\n"),
+     {"network_dim": 8, "max_train_epochs": 2, "xformers": True}, "extArgs: array(s) of flags the script builds"),
+    ("h.ps1", ('$network_dim = 8 # network dim\r\n$ext_args = [System.Collections.ArrayList]::new()\r\n'
+               "accelerate launch train_network.py --network_dim=$network_dim --xformers $ext_args\r\n"),
+     {"network_dim": 8, "xformers": True}, "ext_args: array(s) of flags"),
+    ("i.bat", 'set ROOT=%~dp0\r\naccelerate launch train_network.py --sample_prompts="%ROOT%prompts.txt"\r\n',
+     {"sample_prompts": "PLACE/prompts.txt"}, None),
+    ("j.sh", "accelerate launch train_network.py --network_dim={network_dim} --xformers\n",
+     {"network_dim": "{network_dim}", "xformers": True}, "network_dim: a notebook's Python value(s) written in braces"),
     ("f.bat", ("set model=C:\\m.safetensors\r\nset CUDA_VISIBLE_DEVICES=0 && accelerate launch train_network.py "
                "--pretrained_model_name_or_path=%MODEL%\r\n"),  # (cmd's names are of any case)
      {"pretrained_model_name_or_path": "C:\\m.safetensors"}, None),
@@ -769,7 +785,8 @@ def test_a_launchers_comments_variables_quotes_and_redirections_are_read_as_its_
     from lowvram.kohya_launcher import launcher_config
 
     doc, notes = launcher_config(script, tmp_path / name)
-    assert doc == expected
+    assert doc == {key: value.replace("PLACE", str(tmp_path)) if isinstance(value, str) else value
+                   for key, value in expected.items()}  # (cmd's %~dp0: the script's own folder)
     assert (note is None and not notes) or any(note in said for said in notes), notes
 
 
