@@ -118,6 +118,8 @@ def _read_launcher(path: Path, given: Collection[str]) -> dict[str, Any]:
     if isinstance(doc.get("config_file"), str):
         named = doc.pop("config_file")  # (kohya adds the .toml where it is left out)
         inner = local_path(named if named.lower().endswith(".toml") else f"{named}.toml", path)
+        beside = path.resolve().parent / re.split(r"[\\/]", str(inner))[-1]  # (the GUI's printed command names
+        inner = beside if not inner.exists() and beside.is_file() else inner  # its own machine's folder)
         text = config_text(inner, f"--config: {path}: its --config_file")
         try:
             doc = flat_config(tomllib.loads(text)) | doc

@@ -711,6 +711,9 @@ def test_a_launchers_config_file_its_windows_folders_and_other_scripts(tmp_path,
 
     # \\tmp is the root of the current Windows drive's: this machine's /tmp would be a guess
     assert local_path("\\tmp", tmp_path / "train.bat") == Path("\\tmp")
+    # the kohya_ss GUI's printed command names its own machine's config: the one beside the script
+    (tmp_path / "gui.bat").write_text('accelerate launch train_network.py --config_file="C:\\kohya\\base.toml"\r\n')
+    assert _config_of(tmp_path / "gui.bat").training.max_steps == 9
     (tmp_path / "db.bat").write_text('accelerate launch "train_db.py" --train_data_dir=img\r\n')
     with pytest.raises(LowvramError, match="db.bat runs kohya's train_db.py, a DreamBooth fine-tune; lowvram trains "
                                            "LoRAs"):
