@@ -702,10 +702,10 @@ def test_a_launchers_config_file_its_windows_folders_and_other_scripts(tmp_path,
     (tmp_path / "base.toml").write_text(tomli_w.dumps(KOHYA_SS | {"max_train_steps": 9, "output_dir": "out"}))
     (tmp_path / "train.bat").write_text('accelerate launch train_network.py --config_file="base.toml" '
                                         '--train_data_dir="train\\img" --sample_prompts="prompts\\p.txt" '
-                                        "--max_train_steps=2\r\n")
+                                        '--output_dir="runs\\first" --max_train_steps=2\r\n')
     config = _config_of(tmp_path / "train.bat")
     assert (config.training.max_steps, config.network.rank) == (2, 8)  # the flag over the file; the file's rank
-    assert Path(config.data.data) == tmp_path / "train" / "img"
+    assert Path(config.data.data) == tmp_path / "train" / "img" and config.output_dir == tmp_path / "runs" / "first"
     assert list(config.prompt_lines) == ["lvshape --w 64 --h 64 --s 2"]
     from lowvram.files import local_path
 
