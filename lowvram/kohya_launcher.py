@@ -34,7 +34,8 @@ TEXT_KEYS = {"output_name", "training_comment", "metadata_title", "metadata_auth
 # a variable of the script: cmd's %NAME%, sh's $NAME, ${NAME}, ${NAME:-default} and ${NAME[@]}, PowerShell's $NAME,
 # $env:NAME and @NAME (splatted); group 1 (or 3) its name, group 2 an sh default
 VARIABLE = {".bat": r"%(\w+)%()", ".cmd": r"%(\w+)%()",
-            ".sh": r"\$\{(\w+)(?:\[[@*]\])?(?::?-([^}]*))?\}|\$(\w+)()", ".ps1": r"[$@](?:env:)?(\w+)()"}
+            ".sh": r"\$\{(\w+)(?:\[[@*]\])?(?::?-([^}]*))?\}|\$(\w+)()",
+            ".ps1": r"\$(?:env:)?(\w+)()|(?<!\S)@(\w+)()"}  # (a splat starts a word: me@host.com is no variable)
 ARRAY = object()  # an array variable's value: its flags come of the script's own conditions, which are not run
 
 
@@ -148,8 +149,9 @@ def _filled(line: str, variables: dict[str, Any], kind: str) -> tuple[str, list[
     unset, arrays = [], []
 
     def value(found: re.Match) -> str:
-        name = next(group for group in (found.group(1), found.group(3) if kind == ".sh" else None) if group)
-        default = found.group(2) if kind == ".sh" and found.group(1) else None
+        groups = found.groups()
+        name = groups[0] or groups[2]
+        default = groups[1] if kind == ".sh" and groups[0] else None
         known = variables.get(_named(name, kind), default)
         if known is ARRAY or "[@" in found.group(0) or "[*" in found.group(0) or found.group(0).startswith("@"):
             arrays.append(name)

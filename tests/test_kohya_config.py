@@ -764,8 +764,9 @@ def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads
               "network_dim=32\n"),
      {"network_dim": 8, "max_train_epochs": 2, "xformers": True}, "extArgs: array(s) of flags the script builds"),
     ("h.ps1", ('$network_dim = 8 # network dim\r\n$ext_args = [System.Collections.ArrayList]::new()\r\n'
-               "accelerate launch train_network.py --network_dim=$network_dim --xformers $ext_args\r\n"),
-     {"network_dim": 8, "xformers": True}, "ext_args: array(s) of flags"),
+               "accelerate launch train_network.py --network_dim=$network_dim --xformers $ext_args "
+               '--metadata_author="me@host.com"\r\n'),  # (an address, no splat)
+     {"network_dim": 8, "xformers": True, "metadata_author": "me@host.com"}, "ext_args: array(s) of flags"),
     ("i.bat", 'set ROOT=%~dp0\r\naccelerate launch train_network.py --sample_prompts="%ROOT%prompts.txt"\r\n',
      {"sample_prompts": "PLACE/prompts.txt"}, None),
     ("j.sh", "accelerate launch train_network.py --network_dim={network_dim} --xformers\n",
