@@ -362,7 +362,7 @@ def _optimizer_problems(c: RunConfig) -> list[str]:
     if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:
         p.append(f"--lr: {c.optim.lr:g} with {optimizer.name}, which finds the step size itself and scales it by --lr; "
                  "use --lr 1.0 (or leave it out)")
-    if (optimizer and not optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr >= 0.5
+    if (optimizer and not optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr >= 1
             and "." not in optimizer.name  # (lowvram's own names: a class may find its own step size)
             and any(kind in optimizer.name.lower() for kind in ("adam", "lion"))):  # (a config of Prodigy's, switched)
         p.append(f"--lr: {c.optim.lr:g} is the scale a learning-rate-free optimizer (Prodigy, D-Adaptation) takes; "
