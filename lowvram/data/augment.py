@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageEnhance
 
@@ -120,8 +121,16 @@ def caption_variants(caption: str, options: CaptionOptions, kept: tuple[int, int
     if not options.varies_tags:
         return [trained_text(caption, options)]
     variants = [vary_tags(caption, options, _rng(caption, i), kept) for i in range(options.variants)]
+    if options.tag_dropout and not _tags(caption, options) <= set().union(*(_tags(v, options) for v in variants)):
+        # a tag left out of every variant would never train with its image: the first keeps every tag, shuffled
+        variants[0] = vary_tags(caption, replace(options, tag_dropout=0.0), _rng(caption, 0), kept)
     return list(dict.fromkeys(trained_text(text, options) for text in variants))  # a short caption may have fewer
     # distinct shuffles
+
+
+def _tags(text: str, options: CaptionOptions) -> set[str]:
+    """A caption's tags, split where `vary_tags` splits them or where it joins them."""
+    return {tag.strip() for tag in re.split(f"{re.escape(options.separator)}|, ", text) if tag.strip()}
 
 
 def trained_text(caption: str, options: CaptionOptions) -> str:
