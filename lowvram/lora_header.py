@@ -185,35 +185,27 @@ def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[st
         implied = {name: value for name, value in implied.items() if name not in ("rank", "alpha")}
     taken = {name: value for name, value in implied.items() if name not in values}
     # (a file of several ranks without the block settings is refused by network_weights_problem: no note first)
-    if taken and not quiet and (per_block or not (several_ranks(Path(path), implied)
-                                                  or several_alphas(Path(path), implied))):
+    if taken and not quiet and (per_block or not any(mixed_layers(Path(path), implied))):
         print(f"--network-weights: {path} holds {' '.join(as_flag_words(taken))}; trained further with those",
               file=sys.stderr)
     return taken | values
 
 
-def several_ranks(path: Path, held: dict[str, Any]) -> list[int]:
+def mixed_layers(path: Path, held: dict[str, Any]) -> tuple[list[int], list[float]]:
     """The ranks of a LoRA or DoRA file whose linear layers (or 3x3 convolutions) are of several, as a --dynamic
-    resize, a merge or per-block ranks write them; [] where each kind is of one. `held`: its network_options."""
+    resize, a merge or per-block ranks write them; else ([], its alphas) where they are of one rank but several
+    alphas, as a resize of a file of several ranks writes them; ([], []) where each kind has one of each, from one
+    read of the file. `held`: its network_options."""
     if held.get("network") not in ("lora", "dora"):
-        return []  # (a LoHa's or LoKr's convolutions have no 4-D factor to tell them by, nor come of a merge)
+        return [], []  # (a LoHa's or LoKr's convolutions have no 4-D factor to tell them by, nor come of a merge)
     _, tensors, start = read_header(path)
     kinds = layer_ranks(path, tensors, start)[1]  # the linear layers' and the 3x3 convolutions'
-    if not any(len({rank for rank, _ in kind}) > 1 for kind in kinds):
-        return []
-    return sorted({rank for kind in kinds for rank, _ in kind})
-
-
-def several_alphas(path: Path, held: dict[str, Any]) -> list[float]:
-    """The alphas of a LoRA or DoRA file whose linear layers (or 3x3 convolutions) are of one rank but several
-    alphas, as a resize of a file of several ranks writes them; [] where each kind has one."""
-    if held.get("network") not in ("lora", "dora"):
-        return []  # (as for several_ranks: a LoHa's or LoKr's convolutions are not told apart)
-    _, tensors, start = read_header(path)
-    kinds = [sorted({alpha for _, alpha in kind}) for kind in layer_ranks(path, tensors, start)[1]]
-    if not any(kind and not same_alpha(kind[0], kind[-1]) for kind in kinds):
-        return []
-    return sorted({alpha for kind in kinds for alpha in kind})
+    if any(len({rank for rank, _ in kind}) > 1 for kind in kinds):
+        return sorted({rank for kind in kinds for rank, _ in kind}), []
+    alphas = [sorted({alpha for _, alpha in kind}) for kind in kinds]
+    if any(kind and not same_alpha(kind[0], kind[-1]) for kind in alphas):
+        return [], sorted({alpha for kind in alphas for alpha in kind})
+    return [], []
 
 
 def same_alpha(stored: float, wanted: float) -> bool:
@@ -263,7 +255,7 @@ def network_weights_problem(network) -> str | None:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
     if any(getattr(network, name) is not None for name in BLOCK_OPTIONS):
         return None
-    ranks, alphas = several_ranks(Path(path), held), several_alphas(Path(path), held)
+    ranks, alphas = mixed_layers(Path(path), held)
     if ranks or alphas:
         metadata = read_header(Path(path))[0]
         try:
