@@ -15,6 +15,7 @@ from typing import Any
 from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import as_flag_words
 from lowvram.errors import shell_line
+from lowvram.lora_layout import kohya_view
 
 # where a layer's rank is: the inner side of its low-rank pair
 RANK_AXES = (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1))
@@ -54,6 +55,18 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
     if 8 + size + end > actual:  # cut off: a download or copy that stopped midway
         raise ValueError(f"truncated: its tensors need {8 + size + end} bytes, the file has {actual}")
     return metadata, header, 8 + size
+
+
+def kohya_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
+    """`read_header`, a file in diffusers' or peft's layout seen under kohya's names (`lora_layout`): a layer's
+    alpha its metadata gives is an entry {"value": alpha}."""
+    metadata, tensors, start = read_header(path)
+    view = kohya_view({name: tuple(entry["shape"]) for name, entry in tensors.items()}, metadata)
+    if view:
+        renames, alphas = view
+        tensors = {renames.get(name, name): entry for name, entry in tensors.items()} | {
+            f"{base}.alpha": {"value": alpha} for base, alpha in alphas.items()}
+    return metadata, tensors, start
 
 
 def _entry_problem(entry: Any) -> str | None:
@@ -104,7 +117,8 @@ def layer_ranks(path: Path, tensors: dict[str, dict], start: int
             rank = next((own[key]["shape"][axis] for key, axis in RANK_AXES if key in own), None)
             if rank is None:
                 continue
-            alpha = _scalar(f, own["alpha"], start) if "alpha" in own and own["alpha"]["dtype"] in (
+            held = own.get("alpha", {})
+            alpha = held["value"] if "value" in held else _scalar(f, held, start) if held.get("dtype") in (
                 *SCALARS, "BF16") else float(rank)
             down = own.get("lora_down.weight") or own.get("hada_w1_b") or {"shape": []}
             # (a Tucker LoCon's 3x3 is its lora_mid core, its down a 1x1)
@@ -118,7 +132,7 @@ def network_options(path: Path) -> dict[str, Any]:
     train_text_encoder, lokr_factor); {} for a file of no kohya/LyCORIS layers. Ranks and alphas are the most
     common ones (a file of per-block ranks says its most common block's); a LoRA's or DoRA's 3x3 convolutions
     have their own."""
-    metadata, tensors, start = read_header(path)
+    metadata, tensors, start = kohya_header(path)
     suffixes = {name.split(".", 1)[1] for name in tensors if "." in name}
     network = next((kind for marker, kind in (("hada_", "loha"), ("lokr_", "lokr"), ("dora_scale", "dora"),
                                                ("lora_down.", "lora")) if any(s.startswith(marker) for s in suffixes)),
@@ -198,7 +212,7 @@ def mixed_layers(path: Path, held: dict[str, Any]) -> tuple[list[int], list[floa
     read of the file. `held`: its network_options."""
     if held.get("network") not in ("lora", "dora"):
         return [], []  # (a LoHa's or LoKr's convolutions have no 4-D factor to tell them by, nor come of a merge)
-    _, tensors, start = read_header(path)
+    _, tensors, start = kohya_header(path)
     kinds = layer_ranks(path, tensors, start)[1]  # the linear layers' and the 3x3 convolutions'
     if any(len({rank for rank, _ in kind}) > 1 for kind in kinds):
         return sorted({rank for kind in kinds for rank, _ in kind}), []
@@ -229,9 +243,9 @@ def no_layers_reason(names: list[str]) -> str:
                 "ComfyUI or AUTOMATIC1111, or fuse it into the model there")
     if any(".lora_A." in name or ".lora.down." in name or ".lora_linear_layer." in name or "_lora.down." in name
            for name in names):
-        return ("its layers are in diffusers' or peft's layout, not kohya's (lora_unet_..., lora_te_...), which "
-                "this command reads (lowvram generate applies either); ComfyUI, kohya's scripts and `lowvram train "
-                "--format kohya` write kohya's")
+        part = next(name for name in names if ".lora" in name or "_lora." in name).split(".")[0]
+        return (f"it is a LoRA of another kind of model (its layers are a `{part}`'s, as FLUX's and SD3's are), "
+                "not of Stable Diffusion 1.5 or SDXL")
     if any(name.startswith("lora_unet.") for name in names):
         return "its layers are in OneTrainer's dotted naming; save it from OneTrainer in kohya's (lora_unet_...)"
     return "no LoRA, DoRA, LoHa or LoKr layers: name a LoRA file (a model checkpoint is --model)"

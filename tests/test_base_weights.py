@@ -117,14 +117,15 @@ def test_a_base_weights_file_missing_misweighted_pickled_or_no_lora_is_one_line_
                for line in lines)
 
 
-def test_a_lora_in_another_layout_is_named_so_before_anything_loads(tmp_path):
+def test_a_lora_of_another_kind_of_model_is_named_so_before_anything_loads(tmp_path):
     """A LoRA in diffusers' layout as --base-weights was called no LoRA ("name a LoRA file"), and as
-    --network-weights it failed after the caching, naming no file."""
-    diffusers = tmp_path / "pytorch_lora_weights.safetensors"
-    save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 32),
-               "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.zeros(32, 4)}, str(diffusers))
+    --network-weights it failed after the caching, naming no file. SD's are read now (test_blocks); a FLUX one is
+    named for what it is."""
+    flux = tmp_path / "pytorch_lora_weights.safetensors"
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 32),
+               "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(32, 4)}, str(flux))
     for option in ("base_weights", "network_weights"):
-        with pytest.raises(LowvramError, match=rf"--{option.replace('_', '-')}: {re.escape(str(diffusers))}: its "
-                                               r"layers are in diffusers' or peft's layout, not kohya's"):
+        with pytest.raises(LowvramError, match=rf"--{option.replace('_', '-')}: {re.escape(str(flux))}: it is a "
+                                               r"LoRA of another kind of model \(its layers are a `transformer`'s"):
             build_config({"model": "tiny", "data": "sample",
-                          option: [str(diffusers)] if option == "base_weights" else str(diffusers)})
+                          option: [str(flux)] if option == "base_weights" else str(flux)})

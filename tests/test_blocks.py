@@ -209,6 +209,52 @@ def test_blocks_of_their_own_alpha_reload_exactly_in_lowvrams_reader_and_diffuse
     assert alphas == {3.0, 7.0, 0.5}  # every block's own, as given (OUT04, at rank 0, has no adapters)
 
 
+def test_the_diffusers_layout_file_reads_as_its_kohya_twin_in_every_reader(varied, tmp_path):
+    """merge, resize, --network-weights and --base-weights refused diffusers' layout (--format diffusers, the
+    diffusers scripts', SimpleTuner's): each reads it now as the kohya file of the same run, its per-block alphas
+    from diffusers' adapter metadata."""
+    from safetensors.torch import load_file
+
+    from lowvram.cli import main
+    from lowvram.lora_header import mixed_layers, network_options
+
+    values, result = varied
+    diffusers = result.lora_path.parent / f"{result.lora_path.stem}-diffusers" / "pytorch_lora_weights.safetensors"
+    kohya = lora_files.read_lora_file(result.lora_path)[1]
+    metadata, theirs = lora_files.read_lora_file(diffusers)
+    assert theirs.keys() == kohya.keys() and all(torch.equal(theirs[key], kohya[key]) for key in kohya)
+    assert "lora_adapter_metadata" not in metadata  # (diffusers would read a resized kohya file by it)
+    held = network_options(diffusers)
+    assert held == network_options(result.lora_path) and held["lora_layers"] == "attn-mlp"
+    assert mixed_layers(diffusers, held) == mixed_layers(result.lora_path, held)
+    ours = load_model("tiny")
+    lora_files.load_kohya(ours, diffusers)
+    torch.testing.assert_close(model_outputs(ours)[1], model_outputs(result.model)[1], rtol=1e-4, atol=1e-5)
+    config = run_config(**values)
+    model = load_model("tiny")
+    networks.add_lora(model, config.network, config.alpha, False, resolve_run(config, detect()).blocks)
+    assert lora_files.start_from(model, diffusers, config.network) == len(lora_files.kohya_layers(model))
+    for name, path in (("kohya", result.lora_path), ("diffusers", diffusers)):
+        assert main(["resize", str(path), "--rank", "2", "--output", str(tmp_path / f"{name}.safetensors")]) == 0
+    resized = [load_file(str(tmp_path / f"{name}.safetensors")) for name in ("kohya", "diffusers")]
+    assert resized[0].keys() == resized[1].keys()
+    assert all(torch.equal(resized[0][key], resized[1][key]) for key in resized[0])
+
+
+def test_an_sdxl_dora_in_diffusers_layout_reads_exactly_text_encoders_too(tmp_path):
+    """Both text encoders' layers (lora_te1_, lora_te2_) and the DoRA magnitudes, shaped as LyCORIS's."""
+    result = train(run_config(model="tiny-sdxl", output=str(tmp_path), max_steps=2, lr=1e-2, network="dora",
+                              train_text_encoder=True, format="diffusers", save_precision="fp32"))
+    diffusers = result.lora_path.parent / f"{result.lora_path.stem}-diffusers" / "pytorch_lora_weights.safetensors"
+    kohya, theirs = (lora_files.read_lora_file(path)[1] for path in (result.lora_path, diffusers))
+    assert theirs.keys() == kohya.keys() and all(torch.equal(theirs[key], kohya[key]) for key in kohya)
+    assert any(key.startswith("lora_te2_") for key in theirs)
+    ours = load_model("tiny-sdxl")
+    assert lora_files.load_kohya(ours, diffusers) == "dora"
+    for got, trained in zip(model_outputs(ours), model_outputs(result.model)):
+        torch.testing.assert_close(got, trained, rtol=1e-4, atol=1e-5)
+
+
 def test_a_run_of_blocks_with_their_own_alphas_says_which_copy_diffusers_reads(tmp_path, capsys):
     """The caveat above, said where it applies: a kohya file alone, of alphas that differ between blocks."""
     said = "note: --block-alphas differ between blocks: diffusers' reader of kohya files misplaces"

@@ -266,17 +266,17 @@ def test_layers_of_one_rank_but_several_alphas_are_refused_once_and_a_tucker_loc
 
 def test_files_that_are_no_kohya_lora_are_named_for_what_they_are_by_every_command(tmp_path, capsys):
     """An embedding was 'unknown' or 'a model checkpoint is --model', a LyCORIS full (diff) file 'no LoRA layers'
-    without its name, a peft-layout LoRA (which generate applies) 'FILE: no LoRA ... layers' in merge."""
+    without its name; a FLUX LoRA in diffusers' layout is of another kind of model (SD1.5's and SDXL's are read)."""
     from lowvram.cli import main
 
     save_file({"emb_params": torch.zeros(2, 32)}, str(tmp_path / "embedding.safetensors"))
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.diff": torch.zeros(4, 4)},
               str(tmp_path / "full.safetensors"))
-    save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(2, 4),
-               "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.zeros(4, 2)},
-              str(tmp_path / "peft.safetensors"))
+    save_file({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 4),
+               "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(4, 2)},
+              str(tmp_path / "flux.safetensors"))
     says = {"embedding": "it is a textual-inversion embedding, not a LoRA", "full": "it is a LyCORIS full (diff) file",
-            "peft": "its layers are in diffusers' or peft's layout, not kohya's"}
+            "flux": "it is a LoRA of another kind of model (its layers are a `transformer`'s"}
     for name, said in says.items():
         path = tmp_path / f"{name}.safetensors"
         for argv in (["resize", str(path), "--rank", "2", "--output", str(tmp_path / "r.safetensors")],

@@ -43,6 +43,7 @@ from lowvram.errors import LowvramError
 from lowvram.files import with_plain_modes
 from lowvram.kohya_config import LYCORIS_PRESETS
 from lowvram.lora_header import lokr_factor, network_options, no_layers_reason, same_alpha
+from lowvram.lora_layout import ADAPTER_METADATA, kohya_view
 from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
@@ -396,15 +397,38 @@ def in_original_layout(bases: list[str]) -> dict[str, str]:
 
 
 @functools.cache
-def _layout_renames(family_name: str) -> dict[str, str]:
-    """Every U-Net module's kohya key prefix in diffusers' names -> in the original layout, from the family's U-Net
-    config alone (built on the meta device: no weights)."""
+def _meta_unet(family_name: str) -> torch.nn.Module:
+    """The family's U-Net built from its config alone, on the meta device: its layers' names and sides, no weights."""
     from diffusers import UNet2DConditionModel
 
     from lowvram.models import FAMILIES
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(dict(FAMILIES[family_name].unet_config))
+        return UNet2DConditionModel.from_config(dict(FAMILIES[family_name].unet_config))
+
+
+def _original_layout_family(sides: dict[str, int]) -> str | None:
+    """The family whose kohya names are the original layout (SDXL's) and whose U-Net has every layer of `sides`
+    ({kohya key prefix in diffusers' names: its input side}) at that side; None where none has (SD1.5's)."""
+    from lowvram.models import FAMILIES
+
+    for name, family in FAMILIES.items() if sides else ():
+        layers = {f"{UNET_KOHYA_PREFIX}_{path.replace('.', '_')}": layer
+                  for path, layer in _meta_unet(name).named_modules()} if family.kohya_original_layout else {}
+        if all(base in layers and _input_side(layers[base]) == side for base, side in sides.items()):
+            return name
+    return None
+
+
+def _input_side(layer: torch.nn.Module) -> int | None:
+    return getattr(layer, "in_features", None) or getattr(layer, "in_channels", None)
+
+
+@functools.cache
+def _layout_renames(family_name: str) -> dict[str, str]:
+    """Every U-Net module's kohya key prefix in diffusers' names -> in the original layout, from the family's U-Net
+    config alone."""
+    unet = _meta_unet(family_name)
     names = [name for name, _ in unet.named_modules()]
     prefix = UNET_KOHYA_PREFIX + "_"
     return {prefix + path.replace(".", "_"): prefix + original.replace(".", "_")
@@ -447,16 +471,43 @@ def family_said(metadata: dict[str, str]):
 
 
 def read_lora_file(path: Path, flag: str | None = "--lora") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a .safetensors file; a one-line LowvramError (naming `flag`, if any) for a file that
-    is not one."""
+    """(metadata, tensors) of a .safetensors file, one in diffusers' or peft's layout under kohya's names
+    (`in_kohya_names`); a one-line LowvramError (naming `flag`, if any) for a file that is not one."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            metadata, tensors = f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (OSError, SafetensorError) as exc:
         raise LowvramError(f"{flag + ': ' if flag else ''}{path} is not a readable .safetensors file "
                            f"({str(exc).splitlines()[0]}); pass a LoRA .safetensors file") from None
+    named = in_kohya_names(tensors, metadata)
+    if named is not tensors:  # diffusers' peft settings would misread the kohya file a resize or merge writes
+        metadata = {key: value for key, value in metadata.items() if key != ADAPTER_METADATA}
+    return metadata, named
+
+
+def in_kohya_names(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    """A LoRA's tensors in diffusers' or peft's layout under kohya's names (`lora_layout.kohya_view`): each layer's
+    alpha a tensor, a DoRA's magnitudes shaped as LyCORIS's (out, 1[, 1, 1]). Other files' tensors as they are."""
+    view = kohya_view({key: tuple(tensor.shape) for key, tensor in tensors.items()}, metadata)
+    if view is None:
+        return tensors
+    renames, alphas = view
+    out = {renames.get(key, key): tensor for key, tensor in tensors.items()}
+    for key in [key for key in out if key.endswith(".dora_scale")]:
+        down = out.get(key.removesuffix("dora_scale") + "lora_down.weight")
+        out[key] = out[key].reshape(-1, *[1] * ((down.dim() if down is not None else 2) - 1))
+    out |= {f"{base}.alpha": torch.tensor(alpha) for base, alpha in alphas.items()}
+    # an SDXL U-Net's layers under kohya's own names (the original layout), which kohya's scripts read
+    family = _original_layout_family({key.removesuffix(".lora_down.weight"): tensor.shape[1] for key, tensor in
+                                      out.items() if key.startswith(f"{UNET_KOHYA_PREFIX}_") and
+                                      key.endswith(".lora_down.weight")})
+    if family:
+        renames = _layout_renames(family)
+        out = {renames.get(base, base) + dot + suffix: tensor
+               for key, tensor in out.items() for base, dot, suffix in [key.partition(".")]}
+    return out
 
 
 def by_layer(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

@@ -1,0 +1,108 @@
+"""LoRAs in diffusers' and peft's layout (`unet.<module>.lora_A.weight`, a peft adapter's `base_model.model.<module>`,
+and diffusers' older `processor.to_q_lora`, `.lora.down` and `lora_linear_layer` names: what `train --format
+diffusers`, the diffusers example scripts and SimpleTuner write) seen under kohya's names, so that every reader of
+kohya files (merge, resize, --network-weights, --base-weights) takes them too. Names and shapes only: no torch.
+
+The alphas come from the adapter metadata diffusers writes beside the weights (`lora_adapter_metadata`: each part's
+lora_alpha and alpha_pattern); a file without it is read at alpha = rank, as diffusers reads it. An SDXL U-Net's
+layers keep diffusers' block names (lora_unet_down_blocks_1_...), which lowvram, ComfyUI and AUTOMATIC1111 read
+as they read kohya's original-layout names."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from lowvram.models.families import FAMILIES
+
+# (a diffusers/peft tensor name's ending, the kohya/LyCORIS suffix of the same tensor)
+SUFFIXES = ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight"),
+            (".lora_magnitude_vector.weight", "dora_scale"), (".lora_magnitude_vector", "dora_scale"),
+            (".lora.down.weight", "lora_down.weight"), (".lora.up.weight", "lora_up.weight"),
+            (".lora_linear_layer.down.weight", "lora_down.weight"),
+            (".lora_linear_layer.up.weight", "lora_up.weight"), (".alpha", "alpha"))
+# diffusers' older attention processors: `<attention>.processor.to_q_lora.down.weight` adapts `<attention>.to_q`
+PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+ADAPTER_METADATA = "lora_adapter_metadata"  # the metadata key of diffusers' peft settings (its own constant's value)
+PEFT_WRAPPER = "base_model.model."  # what a peft adapter saved on its own (PeftModel.save_pretrained) starts with
+OWN_PARTS = ("unet", "text_encoder", "text_encoder_2")
+# diffusers' names for the parts of models lowvram does not train (FLUX, SD3, PixArt, Wuerstchen, Kandinsky)
+OTHER_PARTS = ("transformer", "text_encoder_3", "prior", "decoder", "transformer_2")
+UNET_ONLY_SDXL = re.compile(r"transformer_blocks\.[1-9]|^add_embedding\.")  # SD1.5's have one transformer block each
+
+
+def in_diffusers_layout(names) -> bool:
+    """Whether tensor names are diffusers' or peft's LoRA names rather than kohya's."""
+    return any(_split(name) for name in names if not name.startswith("lora_"))
+
+
+def kohya_view(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]
+               ) -> tuple[dict[str, str], dict[str, float]] | None:
+    """For a file in diffusers' or peft's layout ({tensor name: shape}, its metadata): ({its tensor name: the
+    kohya name of that tensor}, {kohya layer: alpha} for the layers that hold no alpha tensor). None for a file in
+    any other layout; names that are no LoRA tensor are left out."""
+    if not in_diffusers_layout(shapes):
+        return None
+    split = {name: parts for name in shapes if (parts := _split(name))}
+    sdxl = any(component == "text_encoder_2" or component == "unet" and UNET_ONLY_SDXL.search(path)
+               for component, path, _ in split.values())
+    family = next(f for f in FAMILIES.values() if len(f.text_encoders) == (2 if sdxl else 1))
+    prefixes = {"unet": "lora_unet"} | {spec.component: spec.kohya_prefix for spec in family.text_encoders}
+    configs = _adapter_configs(metadata)
+    renames: dict[str, str] = {}
+    alphas: dict[str, float] = {}
+    for name, (component, path, suffix) in split.items():
+        if component not in prefixes:
+            continue
+        kohya_path = path if component == "unet" or path.startswith("text_model.") else "text_model." + path
+        base = f"{prefixes[component]}_{kohya_path.replace('.', '_')}"
+        renames[name] = f"{base}.{suffix}"
+        if suffix == "lora_down.weight":
+            config = configs.get(component, {})
+            alphas[base] = float(_pattern_value(config.get("alpha_pattern"), path, config.get("lora_alpha"))
+                                 or shapes[name][0])
+    for name, kohya_name in renames.items():  # a layer's own alpha tensor (diffusers' older files) over these
+        if kohya_name.endswith(".alpha"):
+            alphas.pop(kohya_name.removesuffix(".alpha"), None)
+    return renames, alphas
+
+
+def _split(name: str) -> tuple[str, str, str] | None:
+    """(model part, module path in it, kohya suffix) of a diffusers/peft LoRA tensor name; None for another."""
+    match = PROCESSOR.search(name)
+    if match:
+        module = "to_out.0" if match[1] == "to_out" else match[1]
+        path, suffix = f"{name[:match.start()]}.{module}", f"lora_{match[2]}.weight"
+    else:
+        ending = next(((end, suffix) for end, suffix in SUFFIXES if name.endswith(end)), None)
+        if ending is None or ending[1] == "alpha" and not name.startswith((*OWN_PARTS, PEFT_WRAPPER)):
+            return None
+        path, suffix = name[: -len(ending[0])], ending[1]
+    path = path.removeprefix(PEFT_WRAPPER)
+    component, _, rest = path.partition(".")
+    if component in OWN_PARTS:
+        return component, rest, suffix
+    if component in OTHER_PARTS:
+        return None
+    return ("text_encoder" if path.startswith("text_model.") else "unet"), path, suffix
+
+
+def _adapter_configs(metadata: dict[str, str]) -> dict[str, dict]:
+    """Each model part's peft settings from diffusers' `lora_adapter_metadata` ({"unet.lora_alpha": 8, ...})."""
+    try:
+        packed = json.loads(metadata.get(ADAPTER_METADATA) or "{}")
+    except ValueError:
+        return {}
+    configs: dict[str, dict] = {}
+    for key, value in packed.items() if isinstance(packed, dict) else ():
+        component, _, option = key.partition(".")
+        configs.setdefault(component, {})[option] = value
+    return configs
+
+
+def _pattern_value(pattern, path: str, default):
+    """A layer's value in a peft rank/alpha pattern (a key matches the module path's end, as peft matches it)."""
+    for key, value in (pattern or {}).items() if isinstance(pattern, dict) else ():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return value
+    return default
