@@ -6,6 +6,7 @@ import re
 import shutil
 
 import pytest
+import torch
 from conftest import run_config
 from safetensors.torch import load_file
 
@@ -168,6 +169,33 @@ def test_training_on_from_the_lora_overwrite_would_move_is_refused_and_other_fil
                  "--rank", "4", "--overwrite"]) == 0
     assert resized.is_file() and load_file(str(resized))
     assert list((out / ARCHIVE).rglob("run.safetensors"))
+
+
+def test_lora_files_no_run_recorded_are_never_written_over(tmp_path, capsys):
+    """A ComfyUI loras folder holding mychar-e0001.safetensors (a copy, an earlier tool's) was written over by the
+    first epoch's save without a word, and under --overwrite a mychar.safetensors of no recorded run was replaced,
+    though the refusal said the earlier files move to archive/ (and blamed a kill while saving)."""
+    out = tmp_path / "loras"
+    out.mkdir()
+    other = train(run_config(output=str(tmp_path / "other"), max_steps=1)).lora_path
+    shutil.copy(other, out / "mychar-e0001.safetensors")
+    argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--name", "mychar",
+            "--max-steps", "2", "--save-every", "1"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (f"lowvram train: error: --output: {out} holds mychar-e0001.safetensors of no lowvram run there, "
+                     "under a name this run saves to; start over with --overwrite (they move to "
+                     f"{out / ARCHIVE}/), or choose another --output or --name"), error
+    assert not (out / RECORD).exists()
+    shutil.copy(other, out / "mychar.safetensors")
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "mychar.safetensors exists; no lowvram run is recorded there: train on from it" in error, error
+    assert main([*argv, "--overwrite"]) == 0
+    assert "moved the earlier run's files in" in " ".join(capsys.readouterr().out.split())
+    kept = {path.name: load_file(str(path)) for path in (out / ARCHIVE).rglob("*.safetensors")}
+    assert set(kept) == {"mychar.safetensors", "mychar-e0001.safetensors"}
+    assert all(torch.equal(tensor, load_file(str(other))[key]) for key, tensor in kept["mychar.safetensors"].items())
 
 
 def test_tensorboard_missing_is_said_before_anything_loads(monkeypatch):

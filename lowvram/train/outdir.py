@@ -153,8 +153,12 @@ def existing_lora_problem(config) -> str | None:
     """The line a new run (neither --resume nor --overwrite) stops at when its LoRA is there already."""
     lora = config.output_dir / final_lora(config.output_name)
     if lora.exists() and not config.output.overwrite and not config.training.resume:
-        go_on = ("continue its run with --resume auto" if checkpoint.complete(checkpoint.checkpoint_root(lora.parent))
-                 else f"its run left no checkpoint (a full disk, a kill while saving it): {train_on_from(lora)}")
+        if checkpoint.complete(checkpoint.checkpoint_root(lora.parent)):
+            go_on = "continue its run with --resume auto"
+        elif read_record(lora.parent) is None:  # a copy, another tool's file: no run of lowvram's wrote it there
+            go_on = f"no lowvram run is recorded there: {train_on_from(lora)}"
+        else:
+            go_on = f"its run left no checkpoint (a full disk, a kill while saving it): {train_on_from(lora)}"
         return (f"--output: {lora} exists; {go_on}, start over with --overwrite (the earlier files move to archive/), "
                 "or choose another --output")
     return None
@@ -195,7 +199,13 @@ def ownership_problem(run: ResolvedRun) -> str | None:
         if lora.exists() and record is None and not config.output.overwrite:
             return f"--output: {lora} exists; pass --overwrite to replace it, or choose another --name"
         return None
-    if not (record or checkpoints) or not (checkpoints or _earlier_loras(folder, record)):
+    unrecorded = [] if record or checkpoints else _unrecorded_saves(folder, config.output_name)
+    if unrecorded and not config.output.overwrite:
+        more = f" and {len(unrecorded) - 1} more" if len(unrecorded) > 1 else ""
+        return (f"--output: {folder} holds {unrecorded[0].name}{more} of no lowvram run there, under a name this run "
+                f"saves to; start over with --overwrite (they move to {folder / ARCHIVE}/), or choose another "
+                "--output or --name")
+    if not (record or checkpoints or unrecorded) or not (checkpoints or _earlier_loras(folder, record)):
         return None  # no run there, or an earlier start died before its first checkpoint and LoRA
     if not config.output.overwrite:
         same = record is not None and same_run(record, ours)
@@ -220,6 +230,15 @@ def _earlier_loras(folder: Path, record: dict | None) -> list[Path]:
     return list(folder.glob(f"{record.get('name', '') if record else ''}*.safetensors"))
 
 
+def _unrecorded_saves(folder: Path, name: str) -> list[Path]:
+    """The files of a folder no run is recorded in (a copy, another tool's LoRAs) under the names this run saves
+    to (its final, step, epoch and best LoRAs, its diffusers copy): what it would write over."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir()
+                  if saved_lora(name).fullmatch(path.name) or path.name == diffusers_copy(name))
+
+
 def take_ownership(run: ResolvedRun) -> str | None:
     """Check that the folder is this run's to write (`ownership_problem`), archive an earlier run's files under
     --overwrite, and record this run. Returns a line to tell the user, if any."""
@@ -233,7 +252,7 @@ def take_ownership(run: ResolvedRun) -> str | None:
     note = None
     if config.training.resume:
         note = _set_aside_later(checkpoints, config.training.resume, folder, config.output_name)
-    elif record or checkpoints:
+    elif record or checkpoints or _unrecorded_saves(folder, config.output_name):  # (this last under --overwrite)
         if not (checkpoints or _earlier_loras(folder, record)):
             same = record is not None and same_run(record, recipe(run))
             note = (f"starting over: the earlier run {'of these options ' if same else ''}in {folder} left no "
