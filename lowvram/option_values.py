@@ -124,6 +124,15 @@ def parse_source(text: str, weight: float = 1.0) -> tuple[Path, float]:
         raise LowvramError(f"weight '{tail}' of {head} is not a number; write FILE:WEIGHT, e.g. {head}:0.8") from None
     if not math.isfinite(value):
         raise LowvramError(f"weight '{tail}' of {head} is not a finite number; write FILE:WEIGHT, e.g. {head}:0.8")
+    first_head, sep, first = head.rpartition(":")
+    if sep and first_head and not Path(head).exists() and not _is_path_part(first_head, first):
+        try:  # ComfyUI's strength_model and strength_clip, AUTOMATIC1111's <lora:name:te:unet>
+            float(first)
+        except ValueError:
+            pass
+        else:
+            raise LowvramError(f"{first_head} has two weights ({first}:{tail}); one weight applies to the U-Net and "
+                               f"the text encoders alike here: write {first_head}:{first}")
     return Path(head), value
 
 

@@ -34,6 +34,11 @@ def test_a_weight_is_read_after_the_last_colon_and_an_existing_file_wins(lora, t
         shutil.copy(lora, tmp_path / name)
         assert parse_source(name, 0.7) == (Path(name), 0.7)
     assert parse_source("lora:0.5:0.25") == (Path("lora:0.5"), 0.25)  # and takes its own weight
+    # ComfyUI's model and clip strengths: was 'file not found: style.safetensors:0.8'
+    with pytest.raises(LowvramError, match=r"^style.safetensors has two weights \(0.8:0.2\); one weight applies to "
+                                           r"the U-Net and the text encoders alike here: write style.safetensors:0.8$"):
+        parse_source("style.safetensors:0.8:0.2")
+    assert parse_source("v2:style.safetensors:0.5") == (Path("v2:style.safetensors"), 0.5)
 
 
 @pytest.mark.parametrize("weight, says", [("abc", "is not a number"), ("", "is not a number"),
