@@ -20,8 +20,9 @@ from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.files import atomic_write, output_problem, windows_path_hint
 from lowvram.hardware import detect, resolve_mixed_precision
+from lowvram.lora_header import no_layers_why, read_header
 from lowvram.lora_metadata import addnet_hash
-from lowvram.models.detect import checkpoint_title, detect_family
+from lowvram.models.detect import checkpoint_title, detect_family, looks_like_lora
 from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
 from lowvram.models.loading import LoadedModel, follow_lora_schedule, load_model
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
@@ -229,7 +230,16 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
             problems.append(f"--lora: {path} is not a .safetensors file")
         elif title := checkpoint_title(path):
             problems.append(f"--lora: {path} is a {title} model checkpoint, not a LoRA; give it as --model")
+        elif not _any_lora_names(path):  # a VAE, an embedding: diffusers said "Invalid LoRA checkpoint"
+            problems.append(f"--lora: {path}: {no_layers_why(path)}")
     return problems
+
+
+def _any_lora_names(path: Path) -> bool:
+    try:
+        return looks_like_lora(read_header(path)[1])
+    except (OSError, ValueError):  # a broken file: named where it is read
+        return True
 
 
 def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
