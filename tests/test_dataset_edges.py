@@ -76,6 +76,28 @@ def test_the_trigger_word_is_added_where_the_caption_lacks_it_as_a_word_of_its_o
         "jp.png": "猫娘の女の子, smile", "zh.png": "一个猫娘", "none.png": "猫娘, 女の子"}
 
 
+def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path, capsys):
+    """A --caption-prefix before it, or a caption with it later, shuffled it with the rest without a word: a LoRA
+    whose trigger trains anywhere in the caption, and under --tag-dropout without it."""
+    folder = tmp_path / "data" / "10_ohwx"
+    for n, caption in enumerate(("smile, ohwx, red hair", "ohwx, smile", None)):
+        picture(folder / f"img{n}.png", (n * 30, 80, 40))
+        if caption:
+            (folder / f"img{n}.txt").write_text(caption)
+    argv = ["check-data", "--data", str(tmp_path / "data"), "--model", "tiny", "--trigger-word", "ohwx"]
+    assert main([*argv, "--shuffle-tags", "--keep-tokens", "1", "--caption-prefix", "masterpiece,"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("note: the trigger word 'ohwx' moves with the other tags in 3 of 3 captions (in 10_ohwx/img0.png's it "
+            "is tag 3, past the 1 tag(s) kept in front), as in kohya; to keep it in front, start those captions with "
+            "it, or pass --keep-tokens 3") in said, said
+    assert main([*argv, "--tag-dropout", "0.1", "--keep-tokens", "1"]) == 0
+    assert "'ohwx' is left out now and then with the other tags in 1 of 3 captions" in capsys.readouterr().out
+    assert main([*argv, "--shuffle-tags", "--keep-tokens", "2"]) == 0
+    assert "trigger word" not in capsys.readouterr().out
+    assert main(["train", *argv[1:], "--shuffle-tags", "--max-steps", "1", "--output", str(tmp_path / "out")]) == 0
+    assert "'ohwx' moves with the other tags in 3 of 3 captions" in " ".join(capsys.readouterr().out.split())
+
+
 def test_a_16_bit_grey_png_with_a_transparent_level_is_composited_as_its_note_says(tmp_path):
     grey = np.full((96, 96), 40000, np.uint16)
     grey[:, :48] = 0

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from lowvram.config import CHECK_DATA_SKIPS, RunConfig, as_flag_words, fields_by_name
 from lowvram.data.buckets import Buckets, default_buckets
+from lowvram.data.captions import has_word
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, scan_dataset, scan_folders
 from lowvram.data.scan_report import ScanReport
@@ -133,6 +134,8 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     config = run.config
     reports = [scan(run, data, trigger, console)]
     some_trained_per_epoch(reports[0], config.data.data)
+    if (moved := trigger_moved(reports[0].usable, config, trigger)) and console is not None:
+        console.print(Text(moved, style="yellow"), soft_wrap=True)
     if config.data.reg_data:
         reports.append(scan(run, Path(config.data.reg_data), None, console, regularization=True))
     elif has_regularization_subsets(config.data.data):
@@ -154,6 +157,32 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     if config.validation.validation_split:
         records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
     return ScannedSets(reports, records, held_out)
+
+
+def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str | None:
+    """The note where --shuffle-tags or --tag-dropout vary the trigger word with the other tags: in a caption that
+    has it past the tags kept in front (--keep-tokens, or its own --keep-tokens-separator part), as a
+    --caption-prefix or a tag before it puts it. kohya does the same, without a word."""
+    moved = []
+    for record in records if trigger else ():
+        data = folder_config(config, record.settings).data
+        if not (data.shuffle_tags or data.tag_dropout):
+            continue
+        tags = [tag.strip() for tag in record.caption.split(data.caption_separator) if tag.strip()]
+        front, end = record.kept_tags or (data.keep_tokens, 0)
+        at = next((i for i, tag in enumerate(tags) if has_word(tag, trigger)), None)
+        if at is not None and front <= at < len(tags) - end:
+            moved.append((record, at, front, data))
+    if not moved:
+        return None
+    record, at, front, data = moved[0]
+    keep = max(at for _, at, _, _ in moved) + 1
+    how = " and ".join(word for word, on in (("moves", data.shuffle_tags), ("is left out now and then",
+                                                                            data.tag_dropout)) if on)
+    kept = f"the {front} tag(s) kept in front" if front else "the tags kept in front (none: --keep-tokens 0)"
+    return (f"note: the trigger word '{trigger}' {how} with the other tags in {len(moved)} of {len(records)} captions "
+            f"(in {record.relpath}'s it is tag {at + 1}, past {kept}), as in kohya; to keep it in front, start "
+            f"those captions with it, or pass --keep-tokens {keep}")
 
 
 def some_trained_per_epoch(report: ScanReport, data: str | None) -> None:
@@ -226,6 +255,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
             exc.report.write_json(report_path)
         raise
     report.print_summary(console, verbose)
+    if moved := trigger_moved(report.usable, run.config, trigger):
+        console.print(Text(moved, style="yellow"), soft_wrap=True)
     if len(run.resolutions) > 1:  # the buckets above are --resolution's; every image trains at each
         sides = ", ".join(f"{side} px" for side in run.resolutions)
         console.print(f"each image trains at {sides}: {report.summary()['samples_per_epoch'] * len(run.resolutions)} "
