@@ -96,6 +96,21 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     assert "trigger word" not in capsys.readouterr().out
     assert main(["train", *argv[1:], "--shuffle-tags", "--max-steps", "1", "--output", str(tmp_path / "out")]) == 0
     assert "'ohwx' moves with the other tags in 3 of 3 captions" in " ".join(capsys.readouterr().out.split())
+    # kohya's separator and A1111's weights, trained as text where their options are off (a tagger's "(series)" is
+    # no weight)
+    (folder / "img0.txt").write_text("(ohwx:1.2), smile, hatsune miku (vocaloid)")
+    (folder / "img1.txt").write_text("ohwx, 1girl ||| red hair, smile")
+    assert main(argv) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("note: 1 of 3 captions hold ||| (in 10_ohwx/img1.png's), trained as text; pass --keep-tokens-separator "
+            "'|||' to keep the tags before it in front") in said, said
+    assert ("note: 1 of 3 captions hold (ohwx:1.2) (in 10_ohwx/img0.png's), trained as text; pass "
+            "--weighted-captions to weigh it as kohya's --weighted_captions does") in said, said
+    assert main([*argv, "--weighted-captions", "--keep-tokens-separator", "|||"]) == 0
+    assert "trained as text" not in capsys.readouterr().out
+    (folder / "img0.txt").write_text("ohwx, hatsune miku (vocaloid)")
+    assert main(argv) == 0
+    assert "(vocaloid)" not in capsys.readouterr().out
 
 
 def test_a_16_bit_grey_png_with_a_transparent_level_is_composited_as_its_note_says(tmp_path):

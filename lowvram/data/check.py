@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,8 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     config = run.config
     reports = [scan(run, data, trigger, console)]
     some_trained_per_epoch(reports[0], config.data.data)
-    if (moved := trigger_moved(reports[0].usable, config, trigger)) and console is not None:
-        console.print(Text(moved, style="yellow"), soft_wrap=True)
+    for note in caption_notes(reports[0].usable, config, trigger) if console is not None else ():
+        console.print(Text(note, style="yellow"), soft_wrap=True)
     if config.data.reg_data:
         reports.append(scan(run, Path(config.data.reg_data), None, console, regularization=True))
     elif has_regularization_subsets(config.data.data):
@@ -157,6 +158,30 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     if config.validation.validation_split:
         records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
     return ScannedSets(reports, records, held_out)
+
+
+# AUTOMATIC1111's emphasis with a weight, (red hair:1.2): what --weighted-captions reads (a tagger's "name (series)"
+# holds no weight)
+WEIGHTED = re.compile(r"\([^()]*:\s*-?\d+(\.\d+)?\s*\)")
+KOHYA_KEEP_SEPARATOR = "|||"  # the keep_tokens_separator kohya's documentation writes
+
+
+def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list[str]:
+    """What the captions hold that trains otherwise than it was likely meant to (kohya trains them so too, without
+    a word): the trigger word varied with the other tags, kohya's "|||" or weighted emphasis read as text."""
+    notes = [note] if (note := trigger_moved(records, config, trigger)) else []
+    for held, flag, value, does, unset in (
+            (lambda caption: KOHYA_KEEP_SEPARATOR in caption, "--keep-tokens-separator", f"'{KOHYA_KEEP_SEPARATOR}'",
+             "keep the tags before it in front", not config.data.keep_tokens_separator),
+            (WEIGHTED.search, "--weighted-captions", "", "weigh it as kohya's --weighted_captions does",
+             not config.data.weighted_captions)):
+        found = [record for record in records if unset and held(record.caption)] if records else []
+        if found:
+            shown = (KOHYA_KEEP_SEPARATOR if flag == "--keep-tokens-separator"
+                     else WEIGHTED.search(found[0].caption)[0])
+            notes.append(f"note: {len(found)} of {len(records)} captions hold {shown} (in {found[0].relpath}'s), "
+                         f"trained as text; pass {' '.join(filter(None, (flag, value)))} to {does}")
+    return notes
 
 
 def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str | None:
@@ -255,8 +280,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
             exc.report.write_json(report_path)
         raise
     report.print_summary(console, verbose)
-    if moved := trigger_moved(report.usable, run.config, trigger):
-        console.print(Text(moved, style="yellow"), soft_wrap=True)
+    for note in caption_notes(report.usable, run.config, trigger):
+        console.print(Text(note, style="yellow"), soft_wrap=True)
     if len(run.resolutions) > 1:  # the buckets above are --resolution's; every image trains at each
         sides = ", ".join(f"{side} px" for side in run.resolutions)
         console.print(f"each image trains at {sides}: {report.summary()['samples_per_epoch'] * len(run.resolutions)} "
