@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.config import CAPTION_SUFFIXES, option
-from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, decode_caption
+from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, decode_caption, has_word
 from lowvram.dataset_files import is_dataset_file, read_dataset
-from lowvram.errors import LowvramError, first_line
+from lowvram.errors import LowvramError, first_line, shell_line
 from lowvram.files import expand_home, human_size, ignores_case, redraws_in_place
 from lowvram.hardware import Hardware, gib
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
@@ -222,7 +222,7 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
                                     if sub.is_dir() and nested_option(sub) == "--data"]  # class-word captions)
         down = f"; its N_name folders are a level down: caption {' and '.join(map(str, below))}" if below else ""
         raise LowvramError(f"DIR: no images ({', '.join(IMAGE_SUFFIXES)}) in {where}{down}")
-    todo = []
+    todo, untriggered = [], []
     for record in scanned:
         if not record.usable:
             report.skipped.append((record.relpath, record.reason or "unusable"))
@@ -238,6 +238,8 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
             continue
         if state == TEXT and not config.overwrite:
             report.kept.append(record.relpath)
+            if config.trigger_word and not has_word(record.caption, config.trigger_word):
+                untriggered.append(record.relpath)
             continue
         target = existing[0] if existing else record.path.with_suffix(extension)
         if not existing and os.path.lexists(target):  # a folder or a broken link: nothing to write over
@@ -245,6 +247,11 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
             report.skipped.append((record.relpath, taken + "; rename it"))
             continue
         todo.append((record, target))
+    if untriggered:  # (the option writes it into new captions only)
+        word = shell_line(config.trigger_word)
+        report.notes.append(f"{len(untriggered)} of the {len(report.kept)} caption(s) kept lack the trigger word "
+                            f"'{config.trigger_word}' (e.g. {untriggered[0]}'s): `lowvram train --trigger-word {word}` "
+                            "puts it first in each caption that lacks it, or --overwrite captions them anew")
     # pic.png and pic.jpg read one pic.txt: captioning both writes one's tags over the other's (and over a caption
     # --overwrite kept away first), so neither is captioned
     def key(record, target) -> str:

@@ -118,6 +118,13 @@ def test_rerun_keeps_everything_and_overwrite_keeps_the_old_captions(tmp_path, t
     main(["caption", str(data), "--caption-model", str(tagger)])
     assert snapshot(data) == first
     assert "wrote 0 caption(s); kept 5 existing" in capsys.readouterr().out
+    # a trigger word the option writes into new captions only: the kept ones lacking it were not said
+    (data / "3_colours" / "green.txt").write_text("zkw, green theme\n")
+    main(["caption", str(data), "--caption-model", str(tagger), "--trigger-word", "zkw"])
+    assert ("note: 4 of the 5 caption(s) kept lack the trigger word 'zkw' (e.g. 3_colours/" in
+            " ".join(capsys.readouterr().out.split()))
+    (data / "3_colours" / "green.txt").write_text("green theme\n")
+    first = snapshot(data)
 
     main(["caption", str(data), "--caption-model", str(tagger), "--overwrite", "--trigger-word", "zkw"])
     assert captions(data)["dark"] == "zkw\n"
