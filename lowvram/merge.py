@@ -9,6 +9,7 @@ most common rank, for a file of layers of several ranks: the rest of each scale 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from lowvram.errors import LowvramError
@@ -159,13 +160,31 @@ def _metadata(read: list, output: Path, rank: int, dynamic: str | None, param: f
     how = f"{dynamic} {param:g}, at most rank {rank}" if dynamic else f"rank {rank}"
     parts = ", ".join(f"{path.name} x{weight:g}" for path, weight, *_ in read)
     merged = shared | {"ss_network_module": "networks.lora", "ss_network_dim": dim, "ss_network_alpha": dim,
-                       "ss_training_comment": f"merged by lowvram merge from {parts} ({how})"}
+                       "ss_training_comment": f"merged by lowvram merge from {parts} ({how})"} | _prompted_by(read)
     architecture = shared.get("modelspec.architecture")
     if architecture is None:
         return merged
     return merged | modelspec(architecture, output.stem, shared.get("modelspec.resolution"),
                               shared.get("modelspec.prediction_type"),
                               ", ".join(title_of(path, meta) for path, _, meta, _, _ in read))
+
+
+def _prompted_by(read: list) -> dict[str, str]:
+    """What LoRA managers show as the merged file's trigger words and tags: the sources' trigger phrases, and their
+    tag frequencies by file and folder (kohya's svd_merge_lora writes neither, and the merged file showed none)."""
+    triggers, tags = [], {}
+    for path, weight, meta, _, _ in read:
+        if not weight:
+            continue
+        triggers += [meta["modelspec.trigger_phrase"]] if meta.get("modelspec.trigger_phrase") else []
+        try:
+            frequency = json.loads(meta.get("ss_tag_frequency") or "{}")
+        except ValueError:
+            continue
+        if isinstance(frequency, dict):
+            tags |= {f"{path.stem}/{folder}": counts for folder, counts in frequency.items()}
+    return ({"modelspec.trigger_phrase": ", ".join(dict.fromkeys(triggers))} if triggers else {}) | (
+        {"ss_tag_frequency": json.dumps(tags)} if tags else {})
 
 
 def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]]:

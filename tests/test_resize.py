@@ -213,6 +213,13 @@ def test_merged_files_hold_the_weighted_sum_of_their_updates(trained, second, tm
     assert meta["ss_training_comment"] == (f"merged by lowvram merge from {trained.name} x0.7, {second.name} x-0.5 "
                                            "(rank 12)")
     assert meta["ss_base_model_version"] == safe_open(str(trained), framework="pt").metadata()["ss_base_model_version"]
+    # what LoRA managers show: the sources' trigger words and tags (kohya's merge, and lowvram's, wrote neither)
+    sources = [safe_open(str(path), framework="pt").metadata() for path in (trained, second)]
+    assert sources[0]["modelspec.trigger_phrase"] == "lvshape" == meta["modelspec.trigger_phrase"]
+    assert json.loads(meta["ss_tag_frequency"]) == {
+        f"{path.stem}/{folder}": counts for path, source in zip((trained, second), sources)
+        for folder, counts in json.loads(source["ss_tag_frequency"]).items()}
+    assert len(json.loads(meta["ss_tag_frequency"])) == 2
     small = tmp_path / "small.safetensors"
     assert main(["merge", str(trained), str(second), "--rank", "3", "--output", str(small)]) == 0
     for base, update in updates(small).items():  # the best rank-3 approximation of each layer's sum
