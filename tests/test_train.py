@@ -219,10 +219,12 @@ def test_a_run_with_scale_weight_norms_keeps_every_layer_within_it(tmp_path):
     assert safe_open(str(result.lora_path), framework="pt").metadata()["ss_scale_weight_norms"] == "0.01"
 
 
-def test_keep_saves_keeps_the_newest_intermediate_loras(tmp_path):
+def test_keep_saves_keeps_the_newest_intermediate_loras(tmp_path, capsys):
     result = train(run_config(output=str(tmp_path), max_steps=5, save_every="1", keep_saves=2, name="notes"))
     assert sorted(p.name for p in tmp_path.glob("notes*.safetensors")) == [
         "notes-step000003.safetensors", "notes-step000004.safetensors", "notes.safetensors"]
+    said = " ".join(capsys.readouterr().out.split())  # each removal said with its save (it went without a word)
+    assert "removed notes-step000001.safetensors (--keep-saves 2)" in said and said.count("removed notes-") == 2
     assert result.lora_path.name == "notes.safetensors"
     with pytest.raises(LowvramError, match="--keep-saves: only used with --save-every"):
         run_config(keep_saves=2)

@@ -178,10 +178,14 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
         lora = save_lora(session, trainee, dataset, out_dir / (saved + LORA_SUFFIX), step, saved_epoch, shape)
         written.append(f"saved {lora}")
         if config.output.keep_saves and session.main:
+            removed = []
             for old in older_saves(out_dir, name, save_every, config.output.keep_saves):
                 old.unlink(missing_ok=True)
+                removed.append(old.name)
                 for sample in outdir.samples_of(old):  # an earlier final LoRA kept as this save: its samples
                     sample.unlink(missing_ok=True)
+            if removed:  # (a LoRA gone from ComfyUI's list without a word looked lost)
+                written.append(f"removed {', '.join(removed)} (--keep-saves {config.output.keep_saves})")
     every = config.training.checkpoint_every
     if (every and step % every == 0 or timed_checkpoint) and step < schedule.total_steps and not stop:
         written.append(f"checkpoint {save_checkpoint(session, trainee, dataset, position)}")
