@@ -241,10 +241,11 @@ def test_the_diffusers_layout_file_reads_as_its_kohya_twin_in_every_reader(varie
     assert all(torch.equal(resized[0][key], resized[1][key]) for key in resized[0])
 
 
-def test_an_sdxl_dora_in_diffusers_layout_reads_exactly_text_encoders_too(tmp_path):
+def test_an_sdxl_dora_in_diffusers_layout_reads_exactly_text_encoders_too(tmp_path, capsys):
     """Both text encoders' layers (lora_te1_, lora_te2_) and the DoRA magnitudes, shaped as LyCORIS's."""
     result = train(run_config(model="tiny-sdxl", output=str(tmp_path), max_steps=2, lr=1e-2, network="dora",
                               train_text_encoder=True, format="diffusers", save_precision="fp32"))
+    assert "dora rank 4 alpha 4, text encoder(s) too |" in capsys.readouterr().out  # (the run's line said not)
     diffusers = result.lora_path.parent / f"{result.lora_path.stem}-diffusers" / "pytorch_lora_weights.safetensors"
     kohya, theirs = (lora_files.read_lora_file(path)[1] for path in (result.lora_path, diffusers))
     assert theirs.keys() == kohya.keys() and all(torch.equal(theirs[key], kohya[key]) for key in kohya)

@@ -466,7 +466,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{data.images_per_epoch} per epoch with repeats"
         f"{f', {len(prepared.validation)} for validation' if prepared.validation else ''} | "
         f"{config.network.network} rank {config.network.rank} alpha {config.alpha:g}{conv_note(config.network)}"
-        f"{blocks} | "
+        f"{blocks}{', text encoder(s) too' if config.network.train_text_encoder else ''} | "
         f"{schedule.length(data.fractional)} | batch "
         f"{config.training.batch_size}{folder_batches(run)} x {config.training.gradient_accumulation}"
         f"{f' x {world}' if world > 1 else ''}", soft_wrap=True  # one line, for logs and grep
