@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.resolve import resolve_run
 
             run = resolve_run(build_config(check_values(args)), NO_GPU)
-            reports = check_data(run, args.report, args.verbose)
+            reports = check_data(run, args.report, args.verbose, captions=args.captions)
             if len(reports) > 1:
                 print(regularization_balance(run, reports[0].usable, reports[1].usable))
         elif args.command == "ui":

@@ -243,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--report", type=Path, metavar="PATH", help="also write the full report as JSON")
     check.add_argument("--verbose", action="store_true", help="list every usable file with a note (without it, up to "
                        f"{FILES_LISTED_UP_TO} are listed, then a count)")
+    check.add_argument("--captions", action="store_true", help="list each usable image's caption as it trains "
+                       "(trigger word, prefix and suffix added), and its tags by how many captions hold them")
     check.add_argument("--config", type=Path, help="a training config: its [model] and [data] options apply")
     check.add_argument("--preset", help="a preset: its [data] options apply")
     _add_config_flags(check, sections=("model", "data"), skip=CHECK_DATA_SKIPS)

@@ -248,8 +248,8 @@ def _is_report(path: Path) -> bool:
     return not start or start.replace(b"\r\n", b"\n").startswith(REPORT_START)
 
 
-def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, console: Console | None = None
-               ) -> list[ScanReport]:
+def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, console: Console | None = None,
+               captions: bool = False) -> list[ScanReport]:
     """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON (of the
     training images; a dataset file's is_reg subsets are summed up after them); then the regularization set's
     (--reg-data's, or a dataset file's is_reg subsets'). The scans: the dataset's, and the regularization set's."""
@@ -280,6 +280,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
             exc.report.write_json(report_path)
         raise
     report.print_summary(console, verbose)
+    if captions:
+        report.print_captions(console, run.config.data.caption_separator)
     for note in caption_notes(report.usable, run.config, trigger):
         console.print(Text(note, style="yellow"), soft_wrap=True)
     if len(run.resolutions) > 1:  # the buckets above are --resolution's; every image trains at each

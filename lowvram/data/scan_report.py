@@ -18,6 +18,7 @@ from rich.text import Text
 from lowvram.config import FILES_LISTED_UP_TO
 from lowvram.files import write_text
 
+TAGS_SHOWN = 20  # the most common tags check-data --captions names
 LISTS_EACH = "lowvram check-data --verbose, or its --report, lists"  # where a summary's tally is listed in full
 
 
@@ -160,11 +161,30 @@ class ScanReport:
                       f"{summary['samples_per_epoch']} samples per epoch with repeats")
 
 
+    def print_captions(self, console: Console, separator: str = ",") -> None:
+        """Each usable image's caption as it trains, and its tags (split at `separator`) by how many captions hold
+        them: the tag table a tagger's user checks before training (kohya's ss_tag_frequency, ahead of time)."""
+        console.print(_table("captions", ("file", "caption"), [(r.relpath, r.caption) for r in self.usable]))
+        held: Counter = Counter()
+        repeated = []
+        for record in self.usable:
+            tags = [tag.strip().lower() for tag in record.caption.split(separator) if tag.strip()]
+            held.update(list(dict.fromkeys(tags)))  # (in order: ties stay in the order met)
+            twice = next((tag for tag in tags if tags.count(tag) > 1), None)
+            if twice:
+                repeated.append(f"{record.relpath}'s '{twice}'")
+        common = ", ".join(f"{tag} ({count})" for tag, count in held.most_common(TAGS_SHOWN))
+        once = sum(1 for count in held.values() if count == 1)
+        console.print(Text(f"{len(held)} distinct tags; most common: {common or 'none'}; {once} in one caption only"
+                           + (f"; {len(repeated)} caption(s) hold a tag twice ({repeated[0]})" if repeated else ""),
+                           style="yellow" if repeated else ""), soft_wrap=True)
+
+
 def _table(title: str, columns: tuple[str, ...], rows) -> Table:
     """Cells as plain Text: file names like 'a[1].png' are not rich markup."""
     table = Table(title=Text(title))
     for name in columns:
-        texts = ("folder", "label", "file", "reason", "notes", "own settings")
+        texts = ("folder", "label", "file", "reason", "notes", "own settings", "caption")
         table.add_column(name, justify="left" if name in texts else "right")
     for row in rows:
         table.add_row(*(Text(str(cell)) for cell in row))
