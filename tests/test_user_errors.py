@@ -175,8 +175,8 @@ def test_lora_files_no_run_recorded_are_never_written_over(tmp_path, capsys):
     """A ComfyUI loras folder holding mychar-e0001.safetensors (a copy, an earlier tool's) was written over by the
     first epoch's save without a word, and under --overwrite a mychar.safetensors of no recorded run was replaced,
     though the refusal said the earlier files move to archive/ (and blamed a kill while saving)."""
-    out = tmp_path / "loras"
-    out.mkdir()
+    out = tmp_path / "ComfyUI" / "models" / "loras"
+    out.mkdir(parents=True)
     other = train(run_config(output=str(tmp_path / "other"), max_steps=1)).lora_path
     shutil.copy(other, out / "mychar-e0001.safetensors")
     argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--name", "mychar",
@@ -192,7 +192,12 @@ def test_lora_files_no_run_recorded_are_never_written_over(tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "mychar.safetensors exists; no lowvram run is recorded there: train on from it" in error, error
     assert main([*argv, "--overwrite"]) == 0
-    assert "moved the earlier run's files in" in " ".join(capsys.readouterr().out.split())
+    said = " ".join(capsys.readouterr().out.split())
+    assert "moved the earlier run's files in" in said
+    # (ComfyUI lists every .safetensors below models/loras: the run's checkpoints showed there without a word)
+    assert (f"{out} is in {out}, whose every .safetensors ComfyUI and AUTOMATIC1111 list as a LoRA: this run's "
+            "checkpoints/ (and an archive/) show in their lists too; train into a folder elsewhere and copy "
+            "mychar.safetensors in to keep them out") in said, said
     kept = {path.name: load_file(str(path)) for path in (out / ARCHIVE).rglob("*.safetensors")}
     assert set(kept) == {"mychar.safetensors", "mychar-e0001.safetensors"}
     assert all(torch.equal(tensor, load_file(str(other))[key]) for key, tensor in kept["mychar.safetensors"].items())

@@ -50,6 +50,7 @@ else:  # pragma: no cover
 HALF_WRITTEN_CHECKPOINT = re.compile(r"^\.step-[a-z0-9_]{8}$")  # tempfile.mkdtemp(prefix=".step-")
 LOCK = ".lowvram.lock"
 ARCHIVE = "archive"
+LORA_LISTS = ("loras", "lora", "lycoris")  # ComfyUI's models/loras, AUTOMATIC1111's models/Lora and models/LyCORIS
 SHARED = (METRICS, CHECKPOINTS, SAMPLES, LOGS)  # what every run writes under these names
 
 
@@ -226,6 +227,14 @@ def ownership_problem(run: ResolvedRun) -> str | None:
     return None
 
 
+def lora_list_folder(folder: Path) -> Path | None:
+    """The LoRA folder of ComfyUI (models/loras) or AUTOMATIC1111 (models/Lora, models/LyCORIS) that `folder` is
+    in, if any: they list every .safetensors below it."""
+    folder = folder.absolute()
+    return next((parent for parent in (folder, *folder.parents) if parent.name.lower() in LORA_LISTS
+                 and parent.parent.name.lower() == "models"), None)
+
+
 def _earlier_loras(folder: Path, record: dict | None) -> list[Path]:
     return list(folder.glob(f"{record.get('name', '') if record else ''}*.safetensors"))
 
@@ -262,6 +271,11 @@ def take_ownership(run: ResolvedRun) -> str | None:
             note = f"moved the earlier run's files in {folder} to {moved}" if moved else None
     if removed:
         note = "; ".join(filter(None, [note, f"removed {len(removed)} temporary file(s) a killed run left in {folder}"]))
+    if listing := lora_list_folder(folder):
+        note = "; ".join(filter(None, [note, (
+            f"{folder} is in {listing}, whose every .safetensors ComfyUI and AUTOMATIC1111 list as a LoRA: this run's "
+            f"{CHECKPOINTS}/ (and an {ARCHIVE}/) show in their lists too; train into a folder elsewhere and copy "
+            f"{final_lora(config.output_name)} in to keep them out")]))
     folder.mkdir(parents=True, exist_ok=True)
     ours = recipe(run)
     write_text(folder / RECORD, json.dumps({"identity": identity(ours), "recipe": ours, "name": config.output_name,
