@@ -234,6 +234,9 @@ KOHYA_SCRIPT_FLAGS = {
         "--num_beams": "(the model decodes by its own settings, without sampling)",
         "--top_p": "(the model decodes by its own settings, without sampling)",
         "--min_length": "(--max-length bounds a caption)",
+        "--caption_separator": "(tags are written joined by ', ', as kohya's default)",
+        "--tag_replacement": "(not yet: replace a tag in the written captions yourself)",
+        "--frequency_tags": "lowvram check-data --captions (the tags by how many captions hold them)",
     }),
     "extract": ("kohya's extract_lora_from_models.py", {
         "--model_org": "--base",

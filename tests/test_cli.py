@@ -79,6 +79,16 @@ def test_a_typo_of_a_flag_or_of_its_kohya_name_suggests_lowvrams_flag(capsys, ty
     assert f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
 
 
+def test_the_taggers_kohya_flags_name_what_caption_does_instead(capsys):
+    """--caption_separator was answered 'did you mean --caption-extension?'."""
+    for flag, says in (("--caption_separator", "tags are written joined by ', '"),
+                       ("--frequency_tags", "lowvram check-data --captions")):
+        with pytest.raises(SystemExit):
+            main(["caption", "data", flag, "x"])
+        err = capsys.readouterr().err
+        assert f"{flag} is from kohya's tag_images_by_wd14_tagger.py" in err and says in err, err
+
+
 def test_a_negative_number_is_read_as_the_value_it_is(capsys):
     assert main(["train", "--model", "tiny", "--data", "sample", "--lr", "-1e-4"]) == 2
     assert capsys.readouterr().err.strip() == "lowvram train: error: --lr: must be > 0, got -0.0001"
