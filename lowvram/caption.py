@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.config import CAPTION_SUFFIXES, option
-from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, decode_caption, has_word
+from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, decode_caption, has_word, read_caption_text
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, first_line, shell_line
 from lowvram.files import expand_home, human_size, ignores_case, redraws_in_place
@@ -58,6 +58,8 @@ class CaptionConfig:
     trigger_word: str | None = option(None, "Word written first in every new caption.")
     overwrite: bool = option(False, "Caption every image, replacing existing captions (the old ones are kept in "
                              "lowvram's cache).")
+    append: bool = option(False, "Caption the images that have a caption too, adding at its end the tags it lacks "
+                          "(kohya's --append_tags; the old captions are kept in lowvram's cache).")
     caption_extension: str = option(CAPTION_EXTENSION_DEFAULT, "Extension of the caption files written (an image's "
                                     "existing caption file is written in place, whatever its extension; a kohya "
                                     "dataset file's caption_extension where this is not given).",
@@ -93,6 +95,8 @@ class CaptionConfig:
         for flag, value in (("max-length", self.max_length), ("batch-size", self.batch_size)):
             if value < 1:
                 found.append(f"--{flag}: must be at least 1, not {value}")
+        if self.append and self.overwrite:
+            found.append("--append: --overwrite replaces the captions instead of adding to them; give one of the two")
         return found
 
 
@@ -133,7 +137,8 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
             console.print(f"  {record.relpath} -> {target.name}", soft_wrap=True)
     if dry_run or not todo:
         return report
-    if config.overwrite:  # before the model loads: a cache that cannot keep the captions replaced stops it first
+    if config.overwrite or config.append:  # before the model loads: a cache that cannot keep the captions
+        # replaced stops it first
         report.backup = _claim_new_folder(cache_dir / REPLACED_CAPTIONS /
                                           f"{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
@@ -145,6 +150,12 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                 images = [open_training_image(record)[0] for record, _ in batch]
                 for (record, target), text in zip(batch, captioner(images), strict=True):
                     caption = ", ".join(part for part in (config.trigger_word, text.strip()) if part)
+                    if config.append and caption:
+                        caption = _appended(read_caption_text(target) if target.is_file() else "", caption,
+                                            config.trigger_word)
+                        if caption is None:  # it held every tag already
+                            report.kept.append(record.relpath)
+                            continue
                     if not caption:
                         report.skipped.append((record.relpath, "no tag reached --threshold or --character-threshold"
                                                if model.kind == "tagger" else "the model gave no caption"))
@@ -236,7 +247,7 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
         if state == LOCKED or state == UNREAD and not config.overwrite:
             report.skipped.append((record.relpath, f"{existing[0].name} {why}"))
             continue
-        if state == TEXT and not config.overwrite:
+        if state == TEXT and not (config.overwrite or config.append):
             report.kept.append(record.relpath)
             if config.trigger_word and not has_word(record.caption, config.trigger_word):
                 untriggered.append(record.relpath)
@@ -311,6 +322,24 @@ def _claim_new_folder(path: Path) -> Path:
             raise LowvramError(f"--overwrite: the captions it replaces cannot be kept in {folder} ({exc.strerror}); "
                                "make room there, or set LOWVRAM_CACHE_DIR to another cache folder") from None
     raise AssertionError("unreachable")
+
+
+def _appended(old: str, new: str, trigger: str | None) -> str | None:
+    """An existing caption with the tags of `new` it lacks added at its end, and the trigger word first where it
+    lacks it (kohya's --append_tags with --always_first_tags); None where it lacks none. Tags match whatever their
+    case and underscores."""
+    def same(tag: str) -> str:
+        return tag.strip().replace("_", " ").lower()
+
+    first_line, *more = old.strip().splitlines() or [""]  # (more lines: --caption-lines each draws among them)
+    old = first_line.strip().rstrip(",").strip()
+    held = {same(tag) for tag in old.split(",")}
+    added = [tag.strip() for tag in new.split(",") if tag.strip() and same(tag) not in held and same(tag) != same(
+        trigger or "")]
+    first = [trigger] if trigger and not has_word(old, trigger) else []
+    if not added and not first:
+        return None
+    return "\n".join([", ".join(part for part in (*first, old, *added) if part), *more])
 
 
 def _keep_old_caption(target: Path, root: Path, backup: Path | None) -> None:

@@ -221,7 +221,7 @@ KOHYA_SCRIPT_FLAGS = {
         "--remove_underscore": "(the default: tags are written with spaces; --keep-underscores keeps them)",
         "--always_first_tags": "--trigger-word (written first in every new caption)",
         "--character_tags_first": "(the default: character tags come first)",
-        "--append_tags": "(an existing caption is kept as it is, or replaced with --overwrite)",
+        "--append_tags": "--append",
         "--recursive": "(the images of DIR and of its N_name folders are captioned; give another folder as DIR)",
         "--batch_size": "--batch-size",
         "--max_length": "--max-length",
@@ -236,7 +236,6 @@ KOHYA_SCRIPT_FLAGS = {
         "--min_length": "(--max-length bounds a caption)",
         "--caption_separator": "(tags are written joined by ', ', as kohya's default)",
         "--tag_replacement": "(not yet: replace a tag in the written captions yourself)",
-        "--frequency_tags": "lowvram check-data --captions (the tags by how many captions hold them)",
     }),
     "extract": ("kohya's extract_lora_from_models.py", {
         "--model_org": "--base",

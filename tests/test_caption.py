@@ -107,6 +107,31 @@ def test_tags_are_written_as_kohyas_tagger_writes_them_and_options_it_does_not_r
     assert "skipped 3_colours/dark.png: no tag reached --threshold or --character-threshold" in capsys.readouterr().out
 
 
+def test_append_adds_the_tags_a_caption_lacks_at_its_end_and_keeps_the_old_one(tmp_path, tagger, monkeypatch,
+                                                                              capsys):
+    """kohya's --append_tags: lowvram had no way to add a tagger's tags to captions already written."""
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
+    data = colour_dataset(tmp_path / "data")
+    folder = data / "3_colours"
+    (folder / "red.txt").write_text("my red one, Red_Theme,\nanother line\n")  # held already, in another writing
+    (folder / "green.txt").write_text("zkw, a green square\n")
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--append", "--trigger-word", "zkw"]) == 0
+    got = captions(data)
+    assert got["red"] == "zkw, my red one, Red_Theme\nanother line\n"  # the trigger first, no tag twice
+    assert got["green"] == "zkw, a green square, green theme\n"
+    assert got["blue"] == "zkw, blue theme\n"  # none yet: written as without --append
+    assert got["dark"] == "zkw, my own words about the dark one\n"  # (no tag of it reaches the threshold)
+    kept = {p.name: p.read_text() for p in (tmp_path / "cache" / "replaced-captions").rglob("*.txt")}
+    assert kept == {"red.txt": "my red one, Red_Theme,\nanother line\n", "green.txt": "zkw, a green square\n",
+                    "dark.txt": "my own words about the dark one\n"}
+    capsys.readouterr()
+    before = snapshot(data)
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--append", "--trigger-word", "zkw"]) == 0
+    assert snapshot(data) == before and "wrote 0 caption(s); kept 5 existing" in capsys.readouterr().out
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--append", "--overwrite"]) == 2
+    assert "--append: --overwrite replaces the captions instead of adding to them" in capsys.readouterr().err
+
+
 def test_rerun_keeps_everything_and_overwrite_keeps_the_old_captions(tmp_path, tagger, monkeypatch, capsys):
     monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
     data = colour_dataset(tmp_path / "data")

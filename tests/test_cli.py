@@ -82,7 +82,7 @@ def test_a_typo_of_a_flag_or_of_its_kohya_name_suggests_lowvrams_flag(capsys, ty
 def test_the_taggers_kohya_flags_name_what_caption_does_instead(capsys):
     """--caption_separator was answered 'did you mean --caption-extension?'."""
     for flag, says in (("--caption_separator", "tags are written joined by ', '"),
-                       ("--frequency_tags", "lowvram check-data --captions")):
+                       ("--tag_replacement", "replace a tag in the written captions yourself")):
         with pytest.raises(SystemExit):
             main(["caption", "data", flag, "x"])
         err = capsys.readouterr().err

@@ -328,7 +328,7 @@ def unknown_option_hint(capsys, argv: list[str]) -> str:
     (["resize", "a.safetensors", "--rank", "4", "--dynamic_method", "sv_fro"], "lowvram resize's is --dynamic"),
     (["extract", "--base", "a", "--tuned", "b", "--rank", "4", "--conv_dim", "4"], "lowvram extract's is --conv-rank"),
     (["caption", "d", "--remove_underscore"], "lowvram caption has none (the default: tags are written with spaces"),
-    (["caption", "d", "--append_tags"], "(an existing caption is kept as it is, or replaced with --overwrite)"),
+    (["caption", "d", "--append_tags"], "lowvram caption's is --append"),
     (["caption", "d", "--min_length", "5"], "lowvram caption has none (--max-length bounds a caption)"),
 ])
 def test_other_tools_names_get_the_lowvram_flag_of_the_command_typed(capsys, argv, hint):
