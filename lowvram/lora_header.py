@@ -15,7 +15,7 @@ from typing import Any
 from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import as_flag_words
 from lowvram.errors import shell_line
-from lowvram.lora_layout import kohya_view
+from lowvram.lora_layout import foreign_part, kohya_view
 
 # where a layer's rank is: the inner side of its low-rank pair
 RANK_AXES = (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1))
@@ -243,7 +243,10 @@ def no_layers_reason(names: list[str]) -> str:
                 "ComfyUI or AUTOMATIC1111, or fuse it into the model there")
     if any(".lora_A." in name or ".lora.down." in name or ".lora_linear_layer." in name or "_lora.down." in name
            for name in names):
-        part = next(name for name in names if ".lora" in name or "_lora." in name).split(".")[0]
+        part = foreign_part(names) or "?"
+        if "/" in part:  # (adapters.safetensors of a checkpoint: unet/down_blocks...)
+            return ("it is a lowvram checkpoint's adapters, not a LoRA: the run's LoRA files are beside its "
+                    "checkpoints/ folder, and --resume continues the run")
         return (f"it is a LoRA of another kind of model (its layers are a `{part}`'s, as FLUX's and SD3's are), "
                 "not of Stable Diffusion 1.5 or SDXL")
     if any(name.startswith("lora_unet.") for name in names):

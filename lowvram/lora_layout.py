@@ -11,6 +11,7 @@ as they read kohya's original-layout names."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from lowvram.models.families import FAMILIES
@@ -20,20 +21,31 @@ SUFFIXES = ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.
             (".lora_magnitude_vector.weight", "dora_scale"), (".lora_magnitude_vector", "dora_scale"),
             (".lora.down.weight", "lora_down.weight"), (".lora.up.weight", "lora_up.weight"),
             (".lora_linear_layer.down.weight", "lora_down.weight"),
-            (".lora_linear_layer.up.weight", "lora_up.weight"), (".alpha", "alpha"))
+            (".lora_linear_layer.up.weight", "lora_up.weight"), (".lora_B.bias", "lora_up.bias"), (".alpha", "alpha"))
+# peft's names with the adapter's name in them (`lora_A.default.weight`), as a peft model's own state dict holds them
+NAMED_ADAPTER = re.compile(r"\.lora_([AB])\.[A-Za-z0-9_-]+\.weight$")
 # diffusers' older attention processors: `<attention>.processor.to_q_lora.down.weight` adapts `<attention>.to_q`
 PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 ADAPTER_METADATA = "lora_adapter_metadata"  # the metadata key of diffusers' peft settings (its own constant's value)
 PEFT_WRAPPER = "base_model.model."  # what a peft adapter saved on its own (PeftModel.save_pretrained) starts with
 OWN_PARTS = ("unet", "text_encoder", "text_encoder_2")
-# diffusers' names for the parts of models lowvram does not train (FLUX, SD3, PixArt, Wuerstchen, Kandinsky)
-OTHER_PARTS = ("transformer", "text_encoder_3", "prior", "decoder", "transformer_2")
+# the modules an SD1.5 or SDXL U-Net holds at its top: a peft adapter's names without the part's (a U-Net's alone)
+UNET_MODULES = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "conv_norm_out", "time_embedding",
+                "add_embedding")
 UNET_ONLY_SDXL = re.compile(r"transformer_blocks\.[1-9]|^add_embedding\.")  # SD1.5's have one transformer block each
 
 
 def in_diffusers_layout(names) -> bool:
-    """Whether tensor names are diffusers' or peft's LoRA names rather than kohya's."""
-    return any(_split(name) for name in names if not name.startswith("lora_"))
+    """Whether tensor names are diffusers' or peft's LoRA names of an SD1.5 or SDXL model's parts (a U-Net, its
+    text encoders), rather than kohya's or those of another kind of model (FLUX's `transformer.`, Wan's `blocks.`)."""
+    parts = [parts[0] for name in names if not name.startswith("lora_") and (parts := _split(name))]
+    return bool(parts) and all(part in OWN_PARTS for part in parts)
+
+
+def foreign_part(names) -> str | None:
+    """The model part a file's diffusers/peft LoRA names adapt where it is none of SD1.5's or SDXL's (FLUX's
+    `transformer`), for the line that refuses it."""
+    return next((parts[0] for name in names if (parts := _split(name)) and parts[0] not in OWN_PARTS), None)
 
 
 def kohya_view(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]
@@ -58,9 +70,10 @@ def kohya_view(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]
         base = f"{prefixes[component]}_{kohya_path.replace('.', '_')}"
         renames[name] = f"{base}.{suffix}"
         if suffix == "lora_down.weight":
-            config = configs.get(component, {})
-            alphas[base] = float(_pattern_value(config.get("alpha_pattern"), path, config.get("lora_alpha"))
-                                 or shapes[name][0])
+            config, rank = configs.get(component, {}), shapes[name][0]
+            alpha = float(_pattern_value(config.get("alpha_pattern"), path, config.get("lora_alpha")) or rank)
+            # rank-stabilized LoRA scales by alpha / sqrt(rank); kohya's readers by alpha / rank
+            alphas[base] = alpha * math.sqrt(rank) if config.get("use_rslora") else alpha
     for name, kohya_name in renames.items():  # a layer's own alpha tensor (diffusers' older files) over these
         if kohya_name.endswith(".alpha"):
             alphas.pop(kohya_name.removesuffix(".alpha"), None)
@@ -68,11 +81,14 @@ def kohya_view(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]
 
 
 def _split(name: str) -> tuple[str, str, str] | None:
-    """(model part, module path in it, kohya suffix) of a diffusers/peft LoRA tensor name; None for another."""
-    match = PROCESSOR.search(name)
+    """(model part, module path in it, kohya suffix) of a diffusers/peft LoRA tensor name; None for another. The
+    part is the name's first word where it is none of SD's (`transformer`, `diffusion_model`)."""
+    match, named = PROCESSOR.search(name), NAMED_ADAPTER.search(name)
     if match:
         module = "to_out.0" if match[1] == "to_out" else match[1]
         path, suffix = f"{name[:match.start()]}.{module}", f"lora_{match[2]}.weight"
+    elif named:
+        path, suffix = name[:named.start()], "lora_down.weight" if named[1] == "A" else "lora_up.weight"
     else:
         ending = next(((end, suffix) for end, suffix in SUFFIXES if name.endswith(end)), None)
         if ending is None or ending[1] == "alpha" and not name.startswith((*OWN_PARTS, PEFT_WRAPPER)):
@@ -82,9 +98,11 @@ def _split(name: str) -> tuple[str, str, str] | None:
     component, _, rest = path.partition(".")
     if component in OWN_PARTS:
         return component, rest, suffix
-    if component in OTHER_PARTS:
-        return None
-    return ("text_encoder" if path.startswith("text_model.") else "unet"), path, suffix
+    if component == "text_model":
+        return "text_encoder", path, suffix
+    if component in UNET_MODULES:
+        return "unet", path, suffix
+    return component, rest, suffix
 
 
 def _adapter_configs(metadata: dict[str, str]) -> dict[str, dict]:

@@ -264,6 +264,36 @@ def test_layers_of_one_rank_but_several_alphas_are_refused_once_and_a_tucker_loc
     assert (held["lora_layers"], held["conv_rank"], held["conv_alpha"]) == ("full", 2, 2)
 
 
+def test_peft_names_of_every_form_read_at_the_scale_peft_applies(tmp_path):
+    """A peft adapter's own names (base_model.model., the adapter's name in them) and a rank-stabilized LoRA's
+    alphas (alpha / sqrt(rank): read as alpha / rank, it was 2x too weak at rank 4)."""
+    import json
+
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from test_train import model_outputs
+
+    for name, config in (("rslora", LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["to_q", "to_k"],
+                                               init_lora_weights=False)),
+                         ("named", LoraConfig(r=4, lora_alpha=4, target_modules=["to_v"], init_lora_weights=False))):
+        torch.manual_seed(0)
+        adapted = load_model("tiny")
+        adapted.unet.add_adapter(config)
+        state = get_peft_model_state_dict(adapted.unet)
+        if name == "rslora":  # diffusers' layout, its adapter metadata
+            tensors = {f"unet.{key}": tensor.contiguous() for key, tensor in state.items()}
+            metadata = {"lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 8,
+                                                             "unet.use_rslora": True})}
+        else:  # a peft model's own state dict, saved as it is: no part, the adapter's name, no metadata
+            tensors = {"base_model.model." + key.replace(".weight", ".default.weight"): tensor.contiguous()
+                       for key, tensor in state.items()}
+            metadata = {}
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata)
+        ours = load_model("tiny")
+        lora_files.load_kohya(ours, tmp_path / f"{name}.safetensors")
+        torch.testing.assert_close(model_outputs(ours)[1], model_outputs(adapted)[1], rtol=1e-4, atol=1e-5)
+
+
 def test_files_that_are_no_kohya_lora_are_named_for_what_they_are_by_every_command(tmp_path, capsys):
     """An embedding was 'unknown' or 'a model checkpoint is --model', a LyCORIS full (diff) file 'no LoRA layers'
     without its name; a FLUX LoRA in diffusers' layout is of another kind of model (SD1.5's and SDXL's are read)."""
@@ -275,8 +305,19 @@ def test_files_that_are_no_kohya_lora_are_named_for_what_they_are_by_every_comma
     save_file({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 4),
                "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(4, 2)},
               str(tmp_path / "flux.safetensors"))
+    pair = {"lora_A.weight": torch.zeros(2, 4), "lora_B.weight": torch.zeros(4, 2)}
+    for name, layer in (("comfy_flux", "diffusion_model.double_blocks.0.img_attn.qkv"), ("wan", "blocks.0.self_attn.q"),
+                        ("sd3", "transformer.transformer_blocks.0.attn.to_q"),  # (with CLIP's layers too)
+                        ("adapters", "unet/down_blocks.0.attentions.0.proj_in")):  # a lowvram checkpoint's
+        extra = {f"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.{k}": t.clone() for k, t in pair.items()}
+        save_file({f"{layer}.{k}": t for k, t in pair.items()} | (extra if name == "sd3" else {}),
+                  str(tmp_path / f"{name}.safetensors"))
     says = {"embedding": "it is a textual-inversion embedding, not a LoRA", "full": "it is a LyCORIS full (diff) file",
-            "flux": "it is a LoRA of another kind of model (its layers are a `transformer`'s"}
+            "flux": "it is a LoRA of another kind of model (its layers are a `transformer`'s",
+            "comfy_flux": "it is a LoRA of another kind of model (its layers are a `diffusion_model`'s",
+            "wan": "it is a LoRA of another kind of model (its layers are a `blocks`'s",
+            "sd3": "it is a LoRA of another kind of model (its layers are a `transformer`'s",
+            "adapters": "it is a lowvram checkpoint's adapters, not a LoRA"}
     for name, said in says.items():
         path = tmp_path / f"{name}.safetensors"
         for argv in (["resize", str(path), "--rank", "2", "--output", str(tmp_path / "r.safetensors")],
