@@ -191,15 +191,22 @@ def test_lora_files_no_run_recorded_are_never_written_over(tmp_path, capsys):
     assert main(argv) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "mychar.safetensors exists; no lowvram run is recorded there: train on from it" in error, error
+    (out / "mychar-diffusers").mkdir()  # another's diffusers copy: written over under --format diffusers
+    shutil.copy(other, out / "mychar-diffusers" / "pytorch_lora_weights.safetensors")
+    (out / "samples").mkdir()  # another's, which --overwrite leaves alone
+    (out / "samples" / "theirs.png").write_bytes(b"png")
+    assert main([*argv, "--overwrite", "--network-weights", str(out / "mychar.safetensors")]) == 2
+    assert "--network-weights: " in capsys.readouterr().err  # (a file --overwrite moves away)
     assert main([*argv, "--overwrite"]) == 0
     said = " ".join(capsys.readouterr().out.split())
-    assert "moved the earlier run's files in" in said
+    assert f"moved 3 file(s) of no recorded run to {out / ARCHIVE}/" in said, said
+    assert (out / "samples" / "theirs.png").is_file()
     # (ComfyUI lists every .safetensors below models/loras: the run's checkpoints showed there without a word)
-    assert (f"{out} is in {out}, whose every .safetensors ComfyUI and AUTOMATIC1111 list as a LoRA: this run's "
+    assert (f"{out} is a LoRA folder whose every .safetensors ComfyUI and AUTOMATIC1111 list: this run's "
             "checkpoints/ (and an archive/) show in their lists too; train into a folder elsewhere and copy "
             "mychar.safetensors in to keep them out") in said, said
     kept = {path.name: load_file(str(path)) for path in (out / ARCHIVE).rglob("*.safetensors")}
-    assert set(kept) == {"mychar.safetensors", "mychar-e0001.safetensors"}
+    assert set(kept) == {"mychar.safetensors", "mychar-e0001.safetensors", "pytorch_lora_weights.safetensors"}
     assert all(torch.equal(tensor, load_file(str(other))[key]) for key, tensor in kept["mychar.safetensors"].items())
 
 

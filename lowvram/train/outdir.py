@@ -206,7 +206,13 @@ def ownership_problem(run: ResolvedRun) -> str | None:
         return (f"--output: {folder} holds {unrecorded[0].name}{more} of no lowvram run there, under a name this run "
                 f"saves to; start over with --overwrite (they move to {folder / ARCHIVE}/), or choose another "
                 "--output or --name")
-    if not (record or checkpoints or unrecorded) or not (checkpoints or _earlier_loras(folder, record)):
+    weights = config.network.network_weights
+    if unrecorded:  # --overwrite moves them, and nothing else
+        if weights and Path(weights).resolve() in {path.resolve() for path in unrecorded}:
+            return (f"--network-weights: {weights} is among the files --overwrite moves to {folder / ARCHIVE}/; "
+                    "train on from it into another --output, or copy it out of this one first")
+        return None
+    if not (record or checkpoints) or not (checkpoints or _earlier_loras(folder, record)):
         return None  # no run there, or an earlier start died before its first checkpoint and LoRA
     if not config.output.overwrite:
         same = record is not None and same_run(record, ours)
@@ -220,7 +226,6 @@ def ownership_problem(run: ResolvedRun) -> str | None:
                       + (f"continue {named} with --name {named} --resume auto, " if checkpoints else ""))
         return (f"--output: {folder} holds {what}{steps}; {resume}start over with --overwrite (its files move to "
                 f"{folder / ARCHIVE}/), or choose another --output")
-    weights = config.network.network_weights
     if weights and Path(weights).resolve() in {path.resolve() for path in archived(folder, record, config.output_name)}:
         return (f"--network-weights: {weights} is the earlier run's LoRA, which --overwrite moves to "
                 f"{folder / ARCHIVE}/; train on from it into another --output, or copy it out of this one first")
@@ -261,7 +266,10 @@ def take_ownership(run: ResolvedRun) -> str | None:
     note = None
     if config.training.resume:
         note = _set_aside_later(checkpoints, config.training.resume, folder, config.output_name)
-    elif record or checkpoints or _unrecorded_saves(folder, config.output_name):  # (this last under --overwrite)
+    elif not (record or checkpoints) and (unrecorded := _unrecorded_saves(folder, config.output_name)):
+        # under --overwrite: those files alone
+        note = f"moved {len(unrecorded)} file(s) of no recorded run to {move_to_archive(folder, unrecorded)}"
+    elif record or checkpoints:
         if not (checkpoints or _earlier_loras(folder, record)):
             same = record is not None and same_run(record, recipe(run))
             note = (f"starting over: the earlier run {'of these options ' if same else ''}in {folder} left no "
@@ -272,8 +280,9 @@ def take_ownership(run: ResolvedRun) -> str | None:
     if removed:
         note = "; ".join(filter(None, [note, f"removed {len(removed)} temporary file(s) a killed run left in {folder}"]))
     if listing := lora_list_folder(folder):
+        where = "" if listing == folder.absolute() else f"in {listing}, "
         note = "; ".join(filter(None, [note, (
-            f"{folder} is in {listing}, whose every .safetensors ComfyUI and AUTOMATIC1111 list as a LoRA: this run's "
+            f"{folder} is {where}a LoRA folder whose every .safetensors ComfyUI and AUTOMATIC1111 list: this run's "
             f"{CHECKPOINTS}/ (and an {ARCHIVE}/) show in their lists too; train into a folder elsewhere and copy "
             f"{final_lora(config.output_name)} in to keep them out")]))
     folder.mkdir(parents=True, exist_ok=True)
@@ -308,7 +317,14 @@ def written_already(lora: Path, metadata: dict[str, str], tensors: dict) -> bool
                                       for name, section in recipe_of.items() if isinstance(section, dict)}
         return kept
 
-    return lasting(old) == lasting(metadata)
+    was, now = lasting(old), lasting(metadata)
+    if "lowvram.version" in old:  # an earlier lowvram's file holds fewer keys (a run resumed after an upgrade):
+        # those it holds decide, or its file hash changed for keys alone
+        now = {key: value for key, value in now.items() if key in was}
+        if isinstance(was.get(RECIPE_KEY), dict) and isinstance(now.get(RECIPE_KEY), dict):
+            now[RECIPE_KEY] = {name: {key: value for key, value in section.items() if key in was[RECIPE_KEY][name]}
+                               for name, section in now[RECIPE_KEY].items() if name in was[RECIPE_KEY]}
+    return was == now
 
 
 def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
