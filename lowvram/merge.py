@@ -174,7 +174,7 @@ def _prompted_by(read: list) -> dict[str, str]:
     tag frequencies by file and folder (kohya's svd_merge_lora writes neither, and the merged file showed none)."""
     triggers, tags = [], {}
     for path, weight, meta, _, _ in read:
-        if not weight:
+        if weight <= 0:  # (a LoRA subtracted brings none of its words)
             continue
         triggers += [meta["modelspec.trigger_phrase"]] if meta.get("modelspec.trigger_phrase") else []
         try:

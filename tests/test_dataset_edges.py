@@ -87,15 +87,15 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     argv = ["check-data", "--data", str(tmp_path / "data"), "--model", "tiny", "--trigger-word", "ohwx"]
     assert main([*argv, "--shuffle-tags", "--keep-tokens", "1", "--caption-prefix", "masterpiece,"]) == 0
     said = " ".join(capsys.readouterr().out.split())
-    assert ("note: the trigger word 'ohwx' moves with the other tags in 3 of 3 captions (in 10_ohwx/img0.png's it "
-            "is tag 3, past the 1 tag(s) kept in front), as in kohya; to keep it in front, start those captions with "
-            "it, or pass --keep-tokens 3") in said, said
+    assert ("note: the trigger word 'ohwx' moves with the other tags in 2 of 3 captions (in 10_ohwx/img0.png's it "
+            "is tag 3, past the 1 tag(s) kept in front), as in kohya; to keep it in place, pass --keep-tokens 3 (1 "
+            "where every caption starts with it)") in said, said  # (img2's 'masterpiece, ohwx': nothing to move)
     assert main([*argv, "--tag-dropout", "0.1", "--keep-tokens", "1"]) == 0
     assert "'ohwx' is left out now and then with the other tags in 1 of 3 captions" in capsys.readouterr().out
     assert main([*argv, "--shuffle-tags", "--keep-tokens", "2"]) == 0
     assert "trigger word" not in capsys.readouterr().out
     assert main(["train", *argv[1:], "--shuffle-tags", "--max-steps", "1", "--output", str(tmp_path / "out")]) == 0
-    assert "'ohwx' moves with the other tags in 3 of 3 captions" in " ".join(capsys.readouterr().out.split())
+    assert "'ohwx' moves with the other tags in 2 of 3 captions" in " ".join(capsys.readouterr().out.split())
     # kohya's separator and A1111's weights, trained as text where their options are off (a tagger's "(series)" is
     # no weight)
     (folder / "img0.txt").write_text("(ohwx:1.2), smile, hatsune miku (vocaloid)")

@@ -216,10 +216,16 @@ def test_merged_files_hold_the_weighted_sum_of_their_updates(trained, second, tm
     # what LoRA managers show: the sources' trigger words and tags (kohya's merge, and lowvram's, wrote neither)
     sources = [safe_open(str(path), framework="pt").metadata() for path in (trained, second)]
     assert sources[0]["modelspec.trigger_phrase"] == "lvshape" == meta["modelspec.trigger_phrase"]
-    assert json.loads(meta["ss_tag_frequency"]) == {
-        f"{path.stem}/{folder}": counts for path, source in zip((trained, second), sources)
-        for folder, counts in json.loads(source["ss_tag_frequency"]).items()}
-    assert len(json.loads(meta["ss_tag_frequency"])) == 2
+    assert json.loads(meta["ss_tag_frequency"]) == {  # (the second, subtracted, brings none)
+        f"{trained.stem}/{folder}": counts for folder, counts in json.loads(sources[0]["ss_tag_frequency"]).items()}
+    zkw = tmp_path / "zkw.safetensors"  # another trigger joins; a LoRA subtracted brings none of its words
+    save_file(load_file(str(second)), str(zkw), sources[1] | {"modelspec.trigger_phrase": "zkw"})
+    for weights, said in ((("1", "1", "1"), "lvshape, zkw"), (("1", "-1", "1"), "lvshape")):
+        assert main(["merge", *(f"{path}:{w}" for path, w in zip((trained, zkw, second), weights)), "--rank", "4",
+                     "--output", str(tmp_path / "three.safetensors"), "--overwrite"]) == 0
+        meta = safe_open(str(tmp_path / "three.safetensors"), framework="pt").metadata()
+        assert meta["modelspec.trigger_phrase"] == said, weights
+        assert ("zkw/" in meta["ss_tag_frequency"]) == (weights[1] == "1")
     small = tmp_path / "small.safetensors"
     assert main(["merge", str(trained), str(second), "--rank", "3", "--output", str(small)]) == 0
     for base, update in updates(small).items():  # the best rank-3 approximation of each layer's sum

@@ -196,7 +196,8 @@ def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str 
         tags = [tag.strip() for tag in record.caption.split(data.caption_separator) if tag.strip()]
         front, end = record.kept_tags or (data.keep_tokens, 0)
         at = next((i for i, tag in enumerate(tags) if has_word(tag, trigger)), None)
-        if at is not None and front <= at < len(tags) - end:
+        varied = len(tags) - end - front  # the tags a shuffle moves about (one alone stays), a dropout drops
+        if at is not None and front <= at < len(tags) - end and (data.tag_dropout or varied > 1):
             moved.append((record, at, front, data))
     if not moved:
         return None
@@ -206,8 +207,8 @@ def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str 
                                                                             data.tag_dropout)) if on)
     kept = f"the {front} tag(s) kept in front" if front else "the tags kept in front (none: --keep-tokens 0)"
     return (f"note: the trigger word '{trigger}' {how} with the other tags in {len(moved)} of {len(records)} captions "
-            f"(in {record.relpath}'s it is tag {at + 1}, past {kept}), as in kohya; to keep it in front, start "
-            f"those captions with it, or pass --keep-tokens {keep}")
+            f"(in {record.relpath}'s it is tag {at + 1}, past {kept}), as in kohya; to keep it in place, pass "
+            f"--keep-tokens {keep}" + (" (1 where every caption starts with it)" if keep > 1 else ""))
 
 
 def some_trained_per_epoch(report: ScanReport, data: str | None) -> None:
