@@ -58,8 +58,8 @@ def test_save_every_two_epochs_saves_the_even_ones_and_keep_saves_keeps_the_newe
     said = [line for line in printed if line.startswith("step ") and ": " in line]
     assert said == [(f"step 10: saved {tmp_path / f'{name}-e0002.safetensors'}; checkpoint "
                     f"{tmp_path / 'checkpoints' / 'step-000010'}"),
-                    (f"step 20: saved {tmp_path / f'{name}-e0004.safetensors'}; checkpoint "
-                    f"{tmp_path / 'checkpoints' / 'step-000020'}"),
+                    (f"step 20: saved {tmp_path / f'{name}-e0004.safetensors'}; removed {name}-e0002.safetensors "
+                     f"(--keep-saves 1); checkpoint {tmp_path / 'checkpoints' / 'step-000020'}"),
                     f"step 20: samples {tmp_path / 'samples' / f'{name}-step000020.png'}"], said
     saves = sorted(p.name for p in tmp_path.glob(f"{name}-e*.safetensors"))
     assert saves == [f"{name}-e0004.safetensors"]
