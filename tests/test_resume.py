@@ -527,6 +527,24 @@ def test_a_grid_a_kill_left_undrawn_after_its_checkpoint_is_drawn_on_resume(tmp_
     assert all(torch.equal(ours[key], theirs[key]) for key in ours)
 
 
+def test_a_checkpoint_of_caption_variants_drawn_otherwise_resumes_with_a_note(tmp_path, capsys):
+    """An upgrade that draws --shuffle-tags' variants otherwise resumed an old checkpoint without a word into a LoRA
+    neither version gives."""
+    for shuffled in (True, False):
+        out = tmp_path / str(shuffled)
+        train(run_config(output=str(out), max_steps=2, checkpoint_every=2, shuffle_tags=shuffled))
+        state = out / "checkpoints" / "step-000002" / "state.json"
+        saved = json.loads(state.read_text())
+        assert saved["settings"]["caption variants"] == 2
+        del saved["settings"]["caption variants"]  # as an earlier lowvram kept it
+        state.write_text(json.dumps(saved))
+        capsys.readouterr()
+        train(run_config(output=str(out), max_steps=3, checkpoint_every=2, shuffle_tags=shuffled, resume="auto"))
+        said = " ".join(capsys.readouterr().out.split())
+        assert ("this checkpoint's run drew its caption variants (--shuffle-tags, --tag-dropout) as an earlier "
+                "lowvram did: the steps from 3 train on today's" in said) is shuffled, said
+
+
 def test_a_finished_run_resumed_keeps_its_lora_byte_for_byte_unless_what_it_holds_changed(tmp_path, capsys):
     """A notebook cell run again after its run finished: its LoRA written again changed its file hash (AutoV2, which
     model sites key on) and its times for nothing. --format diffusers adds its copy; another title rewrites it."""

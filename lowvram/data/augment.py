@@ -82,6 +82,11 @@ def apply_variant(image: Image.Image, placement: Placement, variant: Variant) ->
     return image
 
 
+# how `caption_variants` draws a caption's variants; raised where it draws otherwise, so that a checkpoint of the
+# earlier drawing resumes with a note (its run's remaining steps train on other variants)
+VARIANTS_DRAWN = 2
+
+
 @dataclass(frozen=True)
 class CaptionOptions:
     shuffle_tags: bool = False

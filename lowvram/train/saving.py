@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from lowvram.adapters import lora_files
+from lowvram.data.augment import VARIANTS_DRAWN
 from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
 from lowvram.lora_header import read_header
@@ -69,7 +70,10 @@ def resumable_settings(session: Session) -> dict[str, float]:
         rates |= {flag: config.text_encoder_rate(index) for index, flag in
                   enumerate(("--text-encoder-lr", "--text-encoder-2-lr")[:len(session.run.family.text_encoders)])}
     return rates | {"--batch-size": config.training.batch_size,
-                    "--gradient-accumulation": config.training.gradient_accumulation}
+                    "--gradient-accumulation": config.training.gradient_accumulation, VARIANTS: VARIANTS_DRAWN}
+
+
+VARIANTS = "caption variants"  # (a checkpoint's settings: how its cached caption variants were drawn)
 
 
 def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule) -> checkpoint.Position:
@@ -84,7 +88,13 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator,
                                trainee.ema)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
-    then, now = position.settings or {}, resumable_settings(session)
+    then, now = dict(position.settings or {}), resumable_settings(session)
+    drawn, now_drawn = then.pop(VARIANTS, None), now.pop(VARIANTS)
+    if drawn != now_drawn and (session.config.data.shuffle_tags or session.config.data.tag_dropout):
+        session.console.print(f"[yellow]note:[/] this checkpoint's run drew its caption variants (--shuffle-tags, "
+                              "--tag-dropout) as an earlier lowvram did: the steps from "
+                              f"{position.step + 1} train on today's, so the LoRA will not be the one an "
+                              "uninterrupted run of either gives", soft_wrap=True)
     changes = [f"{flag} {now[flag]:g} (was {then[flag]:g})" for flag in now if flag in then and then[flag] != now[flag]]
     if changes:  # allowed (raising the steps or the lr of a finished run is how it is trained on), and said
         many = len(changes) > 1
