@@ -111,6 +111,12 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     (folder / "img0.txt").write_text("ohwx, hatsune miku (vocaloid)")
     assert main(argv) == 0
     assert "(vocaloid)" not in capsys.readouterr().out
+    # a caption past what the text encoders read: said by train only, after the model loaded
+    (folder / "img0.txt").write_text(", ".join(f"tag{i} word" for i in range(30)))
+    assert main(argv) == 0
+    assert ("warning: 1 of 3 images have a caption past 75 tokens, and the text encoders read only their first 75: "
+            "shorten them, or add --max-token-length 150 (the longest, 10_ohwx/img0.png's, has 141)") in " ".join(
+        capsys.readouterr().out.split())
     # each caption as it trains, and the tags by how many captions hold them (they were seen only in the LoRA)
     (folder / "img0.txt").write_text("Smile, smile, red hair")
     assert main([*argv, "--captions", "--caption-prefix", "best,"]) == 0

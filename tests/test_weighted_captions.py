@@ -9,7 +9,8 @@ from safetensors import safe_open
 
 from lowvram.kohya_config import translate
 from lowvram.models import load_model
-from lowvram.models.conditioning import TextReading, encode_prompts, weighted_tokens
+from lowvram.models.conditioning import TextReading, encode_prompts
+from lowvram.models.tokens import weighted_tokens
 from lowvram.prompts import weighted_pieces
 from lowvram.train.loop import train
 
@@ -100,3 +101,26 @@ def test_a_break_that_pushes_a_weighted_caption_past_its_chunks_is_named_in_the_
     out = " ".join(capsys.readouterr().out.split())
     assert "1 of 6 images have a caption past 75 tokens" in out
     assert "a BREAK fills the rest of its 75-token chunk" in out
+
+
+@pytest.mark.parametrize("family_name", ["sd15", "sdxl"])
+def test_check_datas_tokenizer_counts_as_the_text_encoders_tokenizer_does(family_name):
+    """check-data counts a caption's tokens without transformers (a second to import): with its own CLIP BPE, which
+    must split every caption as transformers' CLIPTokenizer does, plain and weighted."""
+    from transformers import CLIPTokenizer
+
+    from lowvram.models.families import FAMILIES, TextReading
+    from lowvram.models.tokens import caption_tokens, family_tokenizer
+
+    family = FAMILIES[family_name]
+    theirs = CLIPTokenizer.from_pretrained(str(family.config_dir / family.text_encoders[0].tokenizer))
+    ours = family_tokenizer(family)
+    assert (ours.eos_token_id, ours.pad_token_id) == (theirs.eos_token_id, theirs.pad_token_id)
+    texts = ["ohwx, 1girl, red hair", "Hatsune Miku (Vocaloid), smiling!!  at\tnight\n", "猫娘の女の子, smile",
+             "don't you're it's", "a photo of sks dog, 8k, ultra-detailed, f/1.8", "émilie café naïve", "^_^ :) <3 _",
+             "(red hair:1.2), [blue eyes], ((smile)) BREAK background", ", ".join(f"tag{i} word" for i in range(60)), ""]
+    for text in texts:
+        assert ours(text).input_ids == theirs(text, add_special_tokens=False).input_ids, text
+        for weighted in (False, True):
+            reading = TextReading(75, 1, weighted)
+            assert caption_tokens(text, ours, reading) == caption_tokens(text, theirs, reading), (text, weighted)

@@ -23,6 +23,7 @@ from lowvram.data.scan_report import ScanReport
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import file_in_the_way, windows_output_problem
+from lowvram.models.tokens import cut_captions, family_tokenizer
 from lowvram.option_values import parse_colour
 from lowvram.resolve import SAMPLE_DATASET, SCANS, ResolvedRun, cache_in_use
 
@@ -285,6 +286,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         report.print_captions(console, run.config.data.caption_separator)
     for note in caption_notes(report.usable, run.config, trigger):
         console.print(Text(note, style="yellow"), soft_wrap=True)
+    if cut := cut_captions(report.usable, family_tokenizer(run.family), run.text_reading):  # (training says it too)
+        console.print(Text(cut, style="yellow"), soft_wrap=True)
     if len(run.resolutions) > 1:  # the buckets above are --resolution's; every image trains at each
         sides = ", ".join(f"{side} px" for side in run.resolutions)
         console.print(f"each image trains at {sides}: {report.summary()['samples_per_epoch'] * len(run.resolutions)} "

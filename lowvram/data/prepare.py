@@ -9,8 +9,9 @@ from functools import cache
 
 import torch
 from rich.console import Console
+from rich.text import Text
 
-from lowvram.config import TOKEN_LENGTHS, RunConfig
+from lowvram.config import RunConfig
 from lowvram.data.augment import (
     AugmentOptions,
     CaptionOptions,
@@ -37,9 +38,9 @@ from lowvram.data.dataset import TrainingData
 from lowvram.data.epochs import Epochs, Sample, placements
 from lowvram.data.scan import ScanOptions
 from lowvram.memory import PhasePeaks
-from lowvram.models.conditioning import caption_tokens, set_vae_tiling
-from lowvram.models.families import TextReading, prompt_reading
-from lowvram.prompts import CHUNK_BREAK
+from lowvram.models.conditioning import set_vae_tiling
+from lowvram.models.families import prompt_reading
+from lowvram.models.tokens import cut_captions
 from lowvram.resolve import LATENTS, TEXT, ResolvedRun
 
 
@@ -140,7 +141,8 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
         latent_store.keep_in_memory(short, needed)
         text_store.keep_in_memory(short, needed)
 
-    _warn_of_cut_captions(sets.reports[0].usable, model.tokenizers[0], run.text_reading, console)
+    if warning := cut_captions(sets.reports[0].usable, model.tokenizers[0], run.text_reading):
+        console.print(Text(warning, style="yellow"), soft_wrap=True)
     batch = config.data.cache_batch_size
     set_vae_tiling(model.vae, config.memory.vae_tiling)
     with peaks.phase("latent caching") if peaks else nullcontext():
@@ -192,34 +194,6 @@ def _drawn_keys(samples: list[list[Sample]], config: RunConfig) -> set[str] | No
         return None
     drawn = [epochs.samples[i] for i in set(epochs.expanded(0))] + samples[2]  # (every epoch's, without fractions)
     return {key for sample in drawn for key in (*sample.latent_keys, *sample.text_keys)}
-
-
-def _warn_of_cut_captions(records: list, tokenizer, reading: TextReading, console: Console) -> None:
-    """One line when captions run past what the text encoders read, which kohya cuts without a word: how many
-    images have one (each caption is tokenized once, however many images share it), and the longest's image."""
-    lengths: dict[str, int] = {}
-    cut = []  # (tokens, image) of each image's longest cut caption
-    for record in records:
-        for text, _ in ((record.caption, None), *record.more_captions):
-            if text not in lengths:
-                lengths[text] = caption_tokens(text, tokenizer, reading)
-        own = max(lengths[text] for text, _ in ((record.caption, None), *record.more_captions))
-        if own > reading.max_tokens:
-            cut.append((own, record.relpath))
-    if not cut:
-        return
-    longest, name = max(cut, key=lambda c: c[0])
-    breaks = reading.weighted and any(CHUNK_BREAK.search(text) for text, tokens in lengths.items()
-                                      if tokens > reading.max_tokens)
-    enough = next((length for length in TOKEN_LENGTHS if length >= longest), None)
-    more = (f", or add --max-token-length {enough}" if enough else
-            f", or add --max-token-length {TOKEN_LENGTHS[-1]} to read more of each"
-            if reading.max_tokens < TOKEN_LENGTHS[-1] else "")
-    console.print(f"[yellow]warning:[/] {len(cut)} of {len(records)} images have a caption past {reading.max_tokens} "
-                  f"tokens, and the text encoders read only their first {reading.max_tokens}: shorten them{more} (the "
-                  f"longest, {name}'s, has {longest}"
-                  + ("; a BREAK fills the rest of its 75-token chunk, so what follows it needs the next one" * breaks)
-                  + ")", soft_wrap=True)
 
 
 def _folder_options(config: RunConfig) -> tuple[ScanOptions, AugmentOptions, CaptionOptions]:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from lowvram.config import CHUNK_TOKENS
 from lowvram.models.families import DEFAULT_READING, ModelFamily, TextReading
+from lowvram.models.tokens import pad_id, weighted_tokens
 from lowvram.prompts import CHUNK_BREAK, weighted_pieces
 
 VAE_TILE_PX = 512
@@ -156,7 +157,7 @@ def a1111_chunks(text: str, tokenizer) -> tuple[list[list[int]], list[list[float
                 weights.append(weight)
     if tokens or not chunks:
         close()
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     ids = [[tokenizer.bos_token_id, *body, tokenizer.eos_token_id] + [pad] * (CHUNK_TOKENS - len(body))
            for body, _ in chunks]
     return ids, [[1.0, *weighed] + [1.0] * (CHUNK_TOKENS + 1 - len(weighed)) for _, weighed in chunks]
@@ -172,14 +173,6 @@ def _chosen_states(spec, encoder: torch.nn.Module, out, clip_skip: int) -> torch
     return out.last_hidden_state if spec.hidden_state == -1 else out.hidden_states[spec.hidden_state]
 
 
-def caption_tokens(text: str, tokenizer, reading: TextReading = DEFAULT_READING) -> int:
-    """The tokens `text` takes of the `reading.max_tokens` the encoders read (BOS and EOS aside): more means its end
-    is cut."""
-    if reading.weighted:
-        return len(weighted_tokens(text, tokenizer)[0])
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-
 def _final_norm(norm: torch.nn.LayerNorm, hidden: torch.Tensor) -> torch.Tensor:
     """The encoder's final layer norm of an earlier layer's states, computed in fp32 as CUDA's autocast computes
     layer norms: the states of a trained encoder are fp32 (its adapters' sums) beside 16-bit weights, which the CPU's
@@ -188,29 +181,10 @@ def _final_norm(norm: torch.nn.LayerNorm, hidden: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(hidden.float(), norm.normalized_shape, weight, bias, norm.eps).to(hidden.dtype)
 
 
-def weighted_tokens(text: str, tokenizer) -> tuple[list[int], list[float]]:
-    """A prompt's token ids (without BOS and EOS) and each one's weight, as AUTOMATIC1111 reads it: each piece of
-    emphasis tokenized alone and weighed, and a BREAK ending the 75-token chunk there (an EOS, then padding of
-    weight 1 to the chunk's end; a BREAK at a chunk's start does nothing)."""
-    pad = _pad_id(tokenizer)
-    tokens: list[int] = []
-    weights: list[float] = []
-    for piece, weight in weighted_pieces(text):
-        for i, part in enumerate(CHUNK_BREAK.split(piece)):
-            if i and len(tokens) % CHUNK_TOKENS:
-                fill = CHUNK_TOKENS - len(tokens) % CHUNK_TOKENS
-                tokens += [tokenizer.eos_token_id] + [pad] * (fill - 1)
-                weights += [1.0] * fill
-            ids = tokenizer(part, add_special_tokens=False).input_ids if part.strip() else []
-            tokens += ids
-            weights += [weight] * len(ids)
-    return tokens, weights
-
-
 def _weighted_ids(captions: list[str], tokenizer, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, weights), each (B, `length`): the ids the tokenizer gives the captions' plain text (BOS, tokens cut to
     fit, EOS, padding), read by `weighted_tokens`, and each token's weight (1 for BOS, EOS and padding)."""
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     rows, weights = [], []
     for caption in captions:
         tokens, weighed = weighted_tokens(caption, tokenizer)
@@ -226,7 +200,7 @@ def _chunked(ids: torch.Tensor, chunks: int, tokenizer) -> torch.Tensor:
     that ends inside the caption gets an EOS of its own; a piece past the caption's end is padding, as
     kohya's get_input_ids builds it."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     body = ids[:, 1:-1].reshape(len(ids), chunks, CHUNK_TOKENS)
     out = torch.full((len(ids), chunks, CHUNK_TOKENS + 2), pad, dtype=ids.dtype)
     out[:, :, 0] = bos
@@ -236,11 +210,6 @@ def _chunked(ids: torch.Tensor, chunks: int, tokenizer) -> torch.Tensor:
     empty = body[:, :, 0] == pad  # a chunk wholly past the caption: an EOS right after BOS, as for ""
     out[:, :, 1] = torch.where(empty, eos, out[:, :, 1])
     return out.reshape(-1, CHUNK_TOKENS + 2)
-
-
-def _pad_id(tokenizer) -> int:
-    """The id that pads a caption to its length (EOS for a tokenizer without a pad token)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def unet_conditioning(family: ModelFamily, hidden: torch.Tensor, pooled: torch.Tensor | None,
