@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from lowvram import lora_header
@@ -141,7 +142,8 @@ def print_info(path: Path, as_json: bool, strip: bool) -> None:
     if strip:
         changed = strip_paths(path)
         print(f"{path}: {changed} metadata value(s) held a local folder; rewritten without them" if changed
-              else f"{path}: no local folder in its metadata; unchanged")
+              else f"{path}: no local folder in its metadata; unchanged",
+              file=sys.stderr if as_json else sys.stdout)  # (--json: stdout holds the JSON alone, for a script)
     info = describe(path)
     options = info["network_options"]
     refused = options and network_weights_problem(NetworkConfig(**options, network_weights=str(path)))
