@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "info":
             from lowvram.info import print_info
 
-            print_info(args.file, args.json, args.strip_paths)
+            print_info(args.file, args.json, args.strip_paths, args.strip_captions)
         elif args.command == "extract":
             from lowvram.extract import run, summary
 

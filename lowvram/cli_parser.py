@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print it as JSON")
     info.add_argument("--strip-paths", action="store_true", help="first rewrite the file (atomically, same tensors) "
                       "without the local folders its metadata names, for sharing it")
+    info.add_argument("--strip-captions", action="store_true", help="first rewrite the file without its dataset's "
+                      "captions and folder names (the tag frequency keeps the trigger words alone), for sharing a "
+                      "LoRA of private images")
 
     resize = sub.add_parser("resize", allow_abbrev=False, help="a LoRA file at a lower rank (kohya's resize_lora)",
                             description="Write a LoRA (or LoCon) file at a lower rank: each layer's update cut by its "

@@ -13,6 +13,13 @@ import re
 import sys
 from pathlib import Path
 
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
 from lowvram import lora_header
 from lowvram.config import NetworkConfig, as_flag_words, fields_by_name, flag_name
 from lowvram.configure import read_toml, recipe_needs
@@ -20,6 +27,9 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_
 from lowvram.files import windows_path_hint
 from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes
+
+# the recipe's dataset folders (by name: a private one's name tells of it)
+DATASET_FOLDERS = ("data", "reg_data", "validation_data")
 
 # An absolute folder in a text: POSIX (/home/alice/, ~/models/), Windows (C:\Users\bob\), a network share
 # (\\NAS\share\) or a file URL (file:///home/carol/), not part of another URL or a word; in a JSON value its
@@ -113,10 +123,11 @@ def _count(shape: tuple[int, ...]) -> int:
     return total
 
 
-def strip_paths(path: Path) -> int:
-    """Rewrite `path` with every absolute folder in its metadata removed (a file keeps its name); returns how many
-    values changed. The tensors and the file's permissions stay as they were; kohya's hashes, where it has them,
-    are those of the rewritten file."""
+def strip_paths(path: Path, captions: bool = False) -> int:
+    """Rewrite `path` with every absolute folder in its metadata removed (a file keeps its name), and with
+    `captions` what tells its dataset's captions and folder names (`without_captions`); returns how many values
+    changed. The tensors and the file's permissions stay as they were; kohya's hashes, where it has them, are those
+    of the rewritten file."""
     from safetensors.torch import load
 
     from lowvram.files import save_safetensors
@@ -124,7 +135,8 @@ def strip_paths(path: Path) -> int:
 
     metadata, _ = read_header(path)
     stripped = {key: _FOLDER.sub("", value) for key, value in metadata.items()}
-    changed = sum(stripped[key] != value for key, value in metadata.items())
+    stripped = without_captions(stripped) if captions else stripped
+    changed = sum(stripped.get(key) != value for key, value in metadata.items())
     if changed:
         mode = path.stat().st_mode & 0o777
         # read whole, not mapped: Windows replaces no file that is mapped
@@ -134,15 +146,49 @@ def strip_paths(path: Path) -> int:
     return changed
 
 
-def print_info(path: Path, as_json: bool, strip: bool) -> None:
+def without_captions(metadata: dict[str, str]) -> dict[str, str]:
+    """The metadata without the dataset's captions and folder names, for sharing a LoRA of private images: kohya's
+    tag frequency keeps the trigger phrase's words alone (what Civitai offers as trained words), the folders are
+    numbered (their repeats and counts kept), and the recipe names no dataset folder."""
+    out = dict(metadata)
+    triggers = {word.strip().lower() for word in metadata.get("modelspec.trigger_phrase", "").split(",")}
+    try:
+        frequency = json.loads(metadata.get("ss_tag_frequency") or "{}")
+        kept: dict[str, int] = {}
+        for counts in frequency.values():
+            for tag, count in counts.items():
+                if tag.strip().lower() in triggers - {""}:
+                    kept[tag] = kept.get(tag, 0) + count
+        out["ss_tag_frequency"] = json.dumps({"dataset": kept} if kept else {})
+    except (ValueError, AttributeError, TypeError):
+        out.pop("ss_tag_frequency", None)
+    for key in ("ss_dataset_dirs", "ss_reg_dataset_dirs"):
+        try:
+            folders = json.loads(metadata[key])
+            out[key] = json.dumps({f"dataset {i}": facts for i, facts in enumerate(folders.values(), 1)})
+        except (KeyError, ValueError, AttributeError):
+            continue
+    try:
+        recipe = tomllib.loads(metadata[RECIPE_KEY])
+    except (KeyError, tomllib.TOMLDecodeError):
+        return out
+    data = recipe.get("data", {})
+    for name in DATASET_FOLDERS:
+        data.pop(name, None)
+    out[RECIPE_KEY] = tomli_w.dumps(recipe)
+    return out
+
+
+def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    if strip:
-        changed = strip_paths(path)
-        print(f"{path}: {changed} metadata value(s) held a local folder; rewritten without them" if changed
-              else f"{path}: no local folder in its metadata; unchanged",
+    if strip or captions:
+        changed = strip_paths(path, captions)
+        what = "a local folder" + " or the dataset's captions and folder names" * captions
+        print(f"{path}: {changed} metadata value(s) held {what}; rewritten without them" if changed
+              else f"{path}: no {what.removeprefix('a ')} in its metadata; unchanged",
               file=sys.stderr if as_json else sys.stdout)  # (--json: stdout holds the JSON alone, for a script)
     info = describe(path)
     options = info["network_options"]

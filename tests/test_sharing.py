@@ -301,6 +301,35 @@ def test_info_counts_the_modules_of_a_diffusers_layout_lora_as_of_kohyas(tmp_pat
     assert "DoRA (diffusers/peft layout), 3 modules, rank 16" in " ".join(capsys.readouterr().out.split())
 
 
+def test_strip_captions_leaves_the_trigger_and_no_private_caption_or_folder_name(tmp_path, capsys):
+    """A LoRA of private images told their captions (ss_tag_frequency) and folder names (ss_dataset_dirs, the
+    recipe) to anyone it was shared with; --no-metadata dropped the trigger and base model too."""
+    data = tmp_path / "alice_private_clientX" / "10_ohwx_janedoe"
+    write_sample_dataset(data.parent)
+    (data.parent / "5_lvshape").rename(data)
+    for caption in data.glob("*.txt"):
+        caption.write_text("ohwx, jane doe home address 12 elm street")
+    lora = train(run_config(output=str(tmp_path / "out"), data=str(data.parent), trigger_word="ohwx",
+                            max_steps=1)).lora_path
+    before = load_file(str(lora))
+    capsys.readouterr()
+    assert main(["info", str(lora), "--strip-captions"]) == 0
+    assert "held a local folder or the dataset's captions and folder names; rewritten" in capsys.readouterr().out
+    with safe_open(str(lora), framework="pt") as f:
+        metadata = f.metadata()
+    header = json.dumps(metadata)
+    assert "elm street" not in header and "janedoe" not in header and "clientX" not in header, header
+    assert json.loads(metadata["ss_tag_frequency"]) == {"dataset": {"ohwx": 6}}
+    assert json.loads(metadata["ss_dataset_dirs"]) == {"dataset 1": {"n_repeats": 10, "img_count": 6}}
+    assert metadata["modelspec.trigger_phrase"] == "ohwx" and metadata["ss_base_model_version"] == "sd_v1"
+    after = load_file(str(lora))
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    assert_kohya_hashes(lora)  # (those of the file rewritten)
+    assert main(["info", str(lora), "--strip-captions"]) == 0 and "unchanged" in capsys.readouterr().out
+    assert main(["train", "--config", str(lora), "--data", str(data.parent), "--max-steps", "1", "--output",
+                 str(tmp_path / "again")]) == 0  # its recipe still replays, the data given
+
+
 def test_strip_paths_rewrites_the_metadata_without_local_folders_and_keeps_the_tensors(tmp_path, capsys):
     path = kohya_file(tmp_path / "ohwx_dog.safetensors")
     before = load_file(str(path))
