@@ -131,6 +131,22 @@ def test_count_renders_each_image_from_its_own_seed(tmp_path):
     assert Image.open(tmp_path / "named.png").text["parameters"].endswith(f'Lora hashes: "my style v2: {short}"')
 
 
+def test_an_image_of_a_single_file_model_names_its_hash_as_automatic1111_does(tmp_path):
+    """Civitai links an uploaded image's base model by its Model hash (AutoV1, AUTOMATIC1111's): it was missing."""
+    from safetensors.torch import save_file
+
+    from lowvram.models.ldm_layout import sd15_single_file
+    from lowvram.models.loading import file_short_hash, load_model
+
+    parts = load_model("tiny").pipeline
+    checkpoint = tmp_path / "myMix_v3.safetensors"
+    save_file(sd15_single_file(parts.unet, parts.vae, parts.text_encoder), str(checkpoint))
+    assert main(["generate", "--model", str(checkpoint), "--prompt", "a cat", "--steps", "1", "--output",
+                 str(tmp_path / "x.png")]) == 0
+    said = Image.open(tmp_path / "x.png").text["parameters"]
+    assert said.endswith(f"Size: 64x64, Model hash: {file_short_hash(checkpoint)}, Model: myMix_v3"), said
+
+
 def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_training_samples(tmp_path, capsys):
     """In generate the tag would reach CLIP as words and the image be drawn without the LoRA; a training sample's
     (a kohya prompt file copied from A1111) stays words, as in kohya, beside the LoRA being trained."""
