@@ -110,7 +110,7 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
         before.append(old)
         after.append((new, spatial))
         kept.append(share)
-    # a fixed rank keeps the file's alphas as they were (a LoCon's conv_alpha, per-block alphas), for
+    # a fixed rank keeps each layer's alpha/rank scale (a LoCon's conv_alpha, per-block alphas), for
     # --network-weights to continue it; a rule's ranks per layer are no file's rank and alpha to continue
     save_lora(with_one_alpha(written) if dynamic else written, output,
               _metadata(metadata, max(before), rank, dynamic, param, after, conv_rank), "the resized LoRA")
