@@ -36,6 +36,9 @@ DATASET_FOLDERS = ("data", "reg_data", "validation_data")
 # backslashes are doubled (C:\\Users\\bob\\).
 _FOLDER = re.compile(r"(?<![\w.:/\\~])(?:[A-Za-z]:[\\/]+|/|~[\\/]+|\\{2,}[\w.$-]+[\\/]+|file:/+(?:[A-Za-z]:/+)?)"
                      r"(?:[^\s\"'<>|*?\\/:]+[\\/]+)+")
+# kohya's metadata that names a file: a folder before its name, relative too (models/alice/mix.safetensors), tells of
+# the machine it was trained on
+_NAMED_FILES = ("ss_sd_model_name", "ss_vae_name")
 _NETWORKS = ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"), (".lora_down.", "LoRA"),
              (".lora_magnitude_vector", "DoRA (diffusers/peft layout)"), (".lora_A.", "LoRA (diffusers/peft layout)"),
              # diffusers' older layouts: its LoRA layers (.lora.down), attention processors' (to_q_lora.down), and
@@ -88,7 +91,9 @@ def describe(path: Path) -> dict:
             "modules": len(modules),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
-            "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)}),
+            "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)}
+                                                          | {_folder_of(metadata[key]) for key in _NAMED_FILES
+                                                             if _folder_of(metadata.get(key, ""))}),
             "sha256": whole, "addnet_hash": tensor_data,
             "network_options": lora_header.network_options(path) if network != "unknown" else {}}
 
@@ -123,6 +128,11 @@ def _count(shape: tuple[int, ...]) -> int:
     return total
 
 
+def _folder_of(name: str) -> str:
+    """The folder part of a file's name as written (`models/alice/` of models/alice/mix.safetensors), '' for none."""
+    return name[: max(name.rfind("/"), name.rfind("\\")) + 1]
+
+
 def strip_paths(path: Path, captions: bool = False) -> int:
     """Rewrite `path` with every absolute folder in its metadata removed (a file keeps its name), and with
     `captions` what tells its dataset's captions and folder names (`without_captions`); returns how many values
@@ -134,7 +144,8 @@ def strip_paths(path: Path, captions: bool = False) -> int:
     from lowvram.lora_metadata import HASHES, save_lora
 
     metadata, _ = read_header(path)
-    stripped = {key: _FOLDER.sub("", value) for key, value in metadata.items()}
+    stripped = {key: value.removeprefix(_folder_of(value)) if key in _NAMED_FILES else _FOLDER.sub("", value)
+                for key, value in metadata.items()}
     stripped = without_captions(stripped) if captions else stripped
     changed = sum(stripped.get(key) != value for key, value in metadata.items())
     if changed:

@@ -348,6 +348,16 @@ def test_strip_paths_rewrites_the_metadata_without_local_folders_and_keeps_the_t
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert mode(path) == 0o640
     assert main(["info", str(path), "--strip-paths"]) == 0 and "unchanged" in capsys.readouterr().out
+    # a relative folder before a model's name tells of the machine too (it was kept); a sentence's slash is no folder
+    path = kohya_file(tmp_path / "relative.safetensors", extra={"ss_sd_model_name": r"models\alice/myMix.safetensors",
+                                                               "ss_vae_name": "vae.safetensors"})
+    assert main(["info", str(path), "--json"]) == 0
+    assert "models\\alice/" in json.loads(capsys.readouterr().out)["private_paths"]
+    assert main(["info", str(path), "--strip-paths"]) == 0
+    with safe_open(str(path), framework="pt") as f:
+        assert (f.metadata()["ss_sd_model_name"], f.metadata()["ss_vae_name"]) == ("myMix.safetensors",
+                                                                                    "vae.safetensors")
+        assert f.metadata()["modelspec.title"] == "https://example.org/a/b"
 
 
 def test_info_names_a_base_model_checkpoint_as_one(tmp_path, capsys):
