@@ -190,6 +190,18 @@ def test_a_preset_fills_the_form_and_a_saved_toml_replays(page, server):
     expect(field(page, "model")).to_have_value("tiny")
 
 
+def test_a_loaded_run_config_says_the_run_its_folder_holds(page, server):
+    """Loading an interrupted run's .toml said only 'loaded': its step and checkpoints were seen after Resume."""
+    out = server["root"] / "earlier"
+    done = cli("train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "2",
+               "--checkpoint-every", "2", "--cache-dir", str(server["cache"]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    page.locator("#config-path textarea, #config-path input").first.fill(str(out / "earlier.toml"))
+    page.locator("#load-config").click()
+    expect(page.locator("#setup-status")).to_contain_text(f"{out} holds a run: step 2 of 2, loss")
+    expect(page.locator("#setup-status")).to_contain_text("checkpoints up to step 2: Resume continues it")
+
+
 def test_a_preset_chosen_keeps_the_forms_dataset_and_model_and_drops_the_last_presets_settings(page, server):
     """Choosing a preset filled every other field with its default: the dataset, model and trigger typed were gone;
     and a preset chosen after another kept the first one's settings where the second sets none."""

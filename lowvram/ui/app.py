@@ -38,7 +38,7 @@ from lowvram.ui.form import (
     with_preset,
 )
 from lowvram.ui.planview import BUDGET, CSS, THIS_GPU, card_choices, plan_for, render, run_budget
-from lowvram.ui.runs import TrainingProcess, lowvram_command, outputs_of, progress_line, read_metrics
+from lowvram.ui.runs import TrainingProcess, earlier_run, lowvram_command, outputs_of, progress_line, read_metrics
 from lowvram.ui.runs import render as render_image
 
 OPEN_SECTIONS = ("model", "data", "network", "training", "output")
@@ -183,6 +183,7 @@ def build_app(cache_dir: Path, port: int | None = None):
         def load_config(path):  # a whole config, as --config alone: no preset under it
             try:
                 values, notes = read_for_form(expand_home(path))
+                notes = [*notes, *filter(None, [earlier_run(values.get("output"))])]
                 return [*fill(values, path + "".join(f"\n\n{note}" for note in notes)), None, None, ""]
             except LowvramError as exc:
                 return [gr.skip()] * len(inputs) + [_message(exc), gr.skip(), gr.skip(), gr.skip()]

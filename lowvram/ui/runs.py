@@ -138,6 +138,23 @@ def read_metrics(output: Path | None) -> list[dict]:
     return records
 
 
+def earlier_run(output: str | None) -> str:
+    """A line on the run a loaded config's output folder holds already (its last step and loss, its newest
+    checkpoint), for Resume to be chosen knowing it; "" where there is none (an earlier version's run showed
+    nothing until it was resumed)."""
+    from lowvram.train import checkpoint
+
+    folder = Path(output or "")
+    if not output or not folder.is_dir():
+        return ""
+    found, records = checkpoint.complete(checkpoint.checkpoint_root(folder)), read_metrics(folder)
+    if not (found or records):
+        return ""
+    saved = (f"checkpoints up to step {found[-1][0]}: Resume continues it" if found else
+             "no checkpoint to resume from")
+    return f"{folder} holds a run: {progress_line(records, running=False) or 'no step logged'}; {saved}"
+
+
 def progress_line(records: list[dict], running: bool = True) -> str:
     """Step, loss, VRAM and, while the run goes, the time left, from the metrics."""
     if not records:
