@@ -21,6 +21,7 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.files import atomic_write, output_problem, windows_path_hint
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.lora_header import no_layers_why, read_header
+from lowvram.lora_layout import in_diffusers_layout
 from lowvram.lora_metadata import addnet_hash
 from lowvram.models.detect import checkpoint_title, detect_family, looks_like_lora
 from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
@@ -89,7 +90,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     for i, path in enumerate(paths):
         image = render(model, prompt, args.resolution or model.family.resolution, steps, seed + i, device, autocast)
         save_as_named(image, path, infotext(prompt, sources, hashes, steps, sampler, seed + i, image.size,
-                                            Path(args.model).stem, model.text_reading.clip_skip, model.hash))
+                                            Path(args.model).stem, model.text_reading.clip_skip,
+                                            model.hash if Path(args.model).is_file() else ""))
     return paths
 
 
@@ -290,7 +292,8 @@ def _read_with_peft(path: Path) -> bool:
     """Whether lowvram's own reader applies the file: any in kohya's or LyCORIS's naming (lora_unet_..., lora_te_...:
     it reads them exactly, as merge and --base-weights do, and refuses what it cannot place; diffusers' converter
     drops DoRA, LoHa and LoKr, misplaces alphas, and lost a text encoder's q/k/v where no out_proj came with them),
-    or a file lowvram wrote. Other layouts (diffusers' and peft's own) go through diffusers."""
+    or a file lowvram wrote, or one in diffusers' or peft's layout of SD's parts (`lora_layout`). Others go through
+    diffusers."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -300,4 +303,6 @@ def _read_with_peft(path: Path) -> bool:
     except (OSError, SafetensorError) as exc:  # truncated, or not safetensors at all: one line, as train says it
         raise LowvramError(f"--lora: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]}); "
                            "pass a LoRA .safetensors file") from None
-    return ours or any(key.startswith(KOHYA_PREFIXES) for key in keys)
+    # diffusers' and peft's layouts of SD's parts too: read as kohya's (diffusers' loader left a text encoder's DoRA
+    # magnitudes at their start, and refused peft's adapter-named keys)
+    return ours or any(key.startswith(KOHYA_PREFIXES) for key in keys) or in_diffusers_layout(keys)

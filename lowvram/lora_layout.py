@@ -23,7 +23,8 @@ SUFFIXES = ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.
             (".lora_linear_layer.down.weight", "lora_down.weight"),
             (".lora_linear_layer.up.weight", "lora_up.weight"), (".lora_B.bias", "lora_up.bias"), (".alpha", "alpha"))
 # peft's names with the adapter's name in them (`lora_A.default.weight`), as a peft model's own state dict holds them
-NAMED_ADAPTER = re.compile(r"\.lora_([AB])\.[A-Za-z0-9_-]+\.weight$")
+NAMED_ADAPTER = re.compile(r"\.lora_([AB])\.[A-Za-z0-9_-]+\.weight$|\.lora_magnitude_vector\.(?!weight$)[A-Za-z0-9_-]+"
+                           r"(?:\.weight)?$")
 # diffusers' older attention processors: `<attention>.processor.to_q_lora.down.weight` adapts `<attention>.to_q`
 PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 ADAPTER_METADATA = "lora_adapter_metadata"  # the metadata key of diffusers' peft settings (its own constant's value)
@@ -88,7 +89,8 @@ def _split(name: str) -> tuple[str, str, str] | None:
         module = "to_out.0" if match[1] == "to_out" else match[1]
         path, suffix = f"{name[:match.start()]}.{module}", f"lora_{match[2]}.weight"
     elif named:
-        path, suffix = name[:named.start()], "lora_down.weight" if named[1] == "A" else "lora_up.weight"
+        path = name[:named.start()]
+        suffix = {"A": "lora_down.weight", "B": "lora_up.weight"}.get(named[1], "dora_scale")
     else:
         ending = next(((end, suffix) for end, suffix in SUFFIXES if name.endswith(end)), None)
         if ending is None or ending[1] == "alpha" and not name.startswith((*OWN_PARTS, PEFT_WRAPPER)):

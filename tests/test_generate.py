@@ -131,6 +131,29 @@ def test_count_renders_each_image_from_its_own_seed(tmp_path):
     assert Image.open(tmp_path / "named.png").text["parameters"].endswith(f'Lora hashes: "my style v2: {short}"')
 
 
+def test_a_dora_in_peft_naming_renders_as_its_kohya_file_does(tmp_path):
+    """diffusers' loader left a text encoder's DoRA magnitudes at their start where peft names them bare
+    (`lora_magnitude_vector`), and refused peft's adapter-named keys: both go through lowvram's reader now."""
+    from safetensors.torch import load_file, save_file
+
+    lora = train(run_config(output=str(tmp_path / "dora"), max_steps=2, lr=5e-2, network="dora",
+                            train_text_encoder=True, format="diffusers")).lora_path
+    folder = lora.parent / f"{lora.stem}-diffusers"
+    tensors = load_file(str(folder / "pytorch_lora_weights.safetensors"))
+    bare = {key.removesuffix(".weight") if ".lora_magnitude_vector" in key else key: t for key, t in tensors.items()}
+    named = {key.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default.")
+             .replace(".lora_magnitude_vector.", ".lora_magnitude_vector.default."): t for key, t in tensors.items()}
+    assert any(key.startswith("text_encoder.") and key.endswith("lora_magnitude_vector") for key in bare)
+    metadata = {"lora_adapter_metadata": read_header(folder / "pytorch_lora_weights.safetensors")[0][
+        "lora_adapter_metadata"]}
+    expected = render(tmp_path, "kohya", "--prompt", "lvshape, a red circle", "--lora", str(lora))
+    for name, variant in (("bare", bare), ("named", named)):
+        save_file(variant, str(tmp_path / f"{name}.safetensors"), metadata)
+        got = render(tmp_path, name, "--prompt", "lvshape, a red circle", "--lora",
+                     str(tmp_path / f"{name}.safetensors"))
+        assert np.abs(got - expected).max() <= 1, name
+
+
 def test_an_image_of_a_single_file_model_names_its_hash_as_automatic1111_does(tmp_path):
     """Civitai links an uploaded image's base model by its Model hash (AutoV1, AUTOMATIC1111's): it was missing."""
     from safetensors.torch import save_file
