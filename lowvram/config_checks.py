@@ -47,7 +47,7 @@ from lowvram.option_values import (
     parse_until,
 )
 from lowvram.prompts import options_elsewhere, parse_prompt, read_prompt_file
-from lowvram.run_files import LONGEST_SUFFIX
+from lowvram.run_files import LONGEST_SUFFIX, lora_in_folder
 from lowvram.samplers import sampler_problem
 from lowvram.timesteps import timestep_problem
 
@@ -148,6 +148,8 @@ def _file_problems(c: RunConfig) -> list[str]:
             continue  # a resumed run's checkpoint holds the adapters (a new start of --resume auto needs the file)
         if Path(value).suffix.lower() in PICKLE_SUFFIXES:
             p.append(pickle_refusal(flag, value))
+        elif must_be_file and Path(value).is_dir():  # (a diffusers LoRA folder: was 'file not found')
+            p.append(f"{flag}: {value} is a folder; {lora_in_folder(Path(value))}")
         elif not (Path(value).is_file() if must_be_file else Path(value).exists()):
             p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}{windows_path_hint(value)}")
     for item in c.model.base_weights:
@@ -158,6 +160,8 @@ def _file_problems(c: RunConfig) -> list[str]:
             continue
         if path.suffix.lower() in PICKLE_SUFFIXES:
             p.append(pickle_refusal("--base-weights", str(path)))
+        elif path.is_dir():
+            p.append(f"--base-weights: {path} is a folder; {lora_in_folder(path)}")
         elif not path.is_file():
             p.append(f"--base-weights: file not found: {path}{windows_path_hint(item)}")
         else:

@@ -221,7 +221,7 @@ def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Pa
 def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
     """What is wrong with the --lora files before anything loads: one that is not there, or not .safetensors (a
     diffusers LoRA folder is read by its weights file)."""
-    from lowvram.adapters.lora_files import DIFFUSERS_WEIGHTS
+    from lowvram.run_files import DIFFUSERS_WEIGHTS
 
     problems = []
     for path, _ in sources:
@@ -250,7 +250,7 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
     """Apply each LoRA file at its strength. One file stays a separate adapter. Several stack as ComfyUI and
     AUTOMATIC1111 stack them: those lowvram's reader applies are fused into the weights one after another (its
     adapters share one name), then diffusers' adapters for the rest are set side by side, each at its weight."""
-    from lowvram.adapters.lora_files import DIFFUSERS_WEIGHTS
+    from lowvram.run_files import DIFFUSERS_WEIGHTS
 
     # a diffusers LoRA folder (train --format diffusers writes one) by the weights file in it
     sources = [(path / DIFFUSERS_WEIGHTS if (path / DIFFUSERS_WEIGHTS).is_file() else path, weight)

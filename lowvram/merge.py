@@ -16,6 +16,7 @@ from lowvram.errors import LowvramError
 from lowvram.lora_metadata import modelspec, save_lora, title_of
 from lowvram.option_values import parse_source
 from lowvram.resize import Resized, option_problems, read_pairs, resize_pair, with_one_alpha
+from lowvram.run_files import lora_in_folder
 
 # metadata the merged file keeps when every source agrees on it: what the LoRAs were trained for
 SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.prediction_type",
@@ -195,7 +196,8 @@ def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]
             sources.append(parse_source(text))
         except LowvramError as exc:
             problems.append(str(exc))
-    missing = [f"{path}: {'a folder' if path.is_dir() else 'file not found'}; give a LoRA .safetensors file"
+    missing = [f"{path}: a folder; {lora_in_folder(path)}" if path.is_dir() else
+               f"{path}: file not found; give a LoRA .safetensors file"
                for path, _ in sources if not path.is_file()]
     return sources, problems + missing
 

@@ -29,6 +29,7 @@ from lowvram.errors import LowvramError
 from lowvram.files import output_problem
 from lowvram.lora_header import no_layers_reason
 from lowvram.lora_metadata import save_lora
+from lowvram.run_files import lora_in_folder
 
 if TYPE_CHECKING:
     import torch
@@ -201,7 +202,8 @@ def _scaled(dim: str, alpha: str, new: int) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> Resized:
     """`lowvram resize`, its options checked first (one line each)."""
-    missing = f"{args.lora}: {'a folder' if args.lora.is_dir() else 'file not found'}; give a LoRA .safetensors file"
+    missing = (f"{args.lora}: a folder; {lora_in_folder(args.lora)}" if args.lora.is_dir() else
+               f"{args.lora}: file not found; give a LoRA .safetensors file")
     problems = [] if args.lora.is_file() else [missing]
     output = args.output or args.lora.with_name(f"{args.lora.stem}-r{args.rank}.safetensors")
     problems += option_problems(args, output, [args.lora])

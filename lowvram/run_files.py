@@ -4,6 +4,7 @@ that finds, prunes, keeps and archives them read these. Plain text, no torch."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 LORA_SUFFIX = ".safetensors"
 # the folders and files every run keeps under these names
@@ -12,7 +13,14 @@ CHECKPOINTS = "checkpoints"  # what --resume continues from
 SAMPLES = "samples"  # sample grids and the final samples
 LOGS = "logs"  # TensorBoard's and W&B's files
 RECORD = "lowvram-run.json"  # which run the folder holds: its identity, recipe and name
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # the weights file diffusers' save_lora_weights writes
 OPTIONS_HEADER = "# the options of a lowvram run, as `lowvram train --config` reads them (written by the run)\n"
+
+
+def lora_in_folder(path: Path) -> str:
+    """What to give instead of a folder where a LoRA file goes: a diffusers LoRA folder's weights file, by its path."""
+    inside = path / DIFFUSERS_WEIGHTS
+    return f"give its {inside}" if inside.is_file() else "give a LoRA .safetensors file"
 
 
 def final_lora(name: str) -> str:

@@ -351,3 +351,22 @@ def test_a_pickled_lora_gets_the_one_command_that_converts_it_from_every_command
         err = capsys.readouterr().err
         assert f"{path} is a pickle file, which can run arbitrary code when loaded" in err, argv
         assert "convert it once to safetensors" in err and len(err.strip().splitlines()) == 1, argv
+
+
+def test_a_diffusers_lora_folder_where_a_file_goes_names_its_weights_file(tmp_path, capsys):
+    """`train --network-weights run/x-diffusers` said 'file not found' of a folder that is there; merge and resize
+    said only 'a folder'."""
+    from lowvram.cli import main
+
+    folder = tmp_path / "x-diffusers"
+    folder.mkdir()
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    its = f"{folder} is a folder; give its {folder / 'pytorch_lora_weights.safetensors'}"
+    for argv, said in ((["train", "--model", "tiny", "--data", "sample", "--network-weights", str(folder)],
+                        f"--network-weights: {its}"),
+                       (["train", "--model", "tiny", "--data", "sample", "--base-weights", str(folder)],
+                        f"--base-weights: {its}"),
+                       (["resize", str(folder), "--rank", "2"], its.replace(" is a folder", ": a folder")),
+                       (["merge", str(folder), "--rank", "2"], its.replace(" is a folder", ": a folder"))):
+        assert main(argv) == 2, argv
+        assert said in capsys.readouterr().err, argv

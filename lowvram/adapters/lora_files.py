@@ -48,9 +48,9 @@ from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
 from lowvram.precision import DTYPES
+from lowvram.run_files import DIFFUSERS_WEIGHTS
 
 UNET_KOHYA_PREFIX = "lora_unet"
-DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # the weights file diffusers' save_lora_weights writes
 PRESET_OF_LAYERS = {layers: preset for preset, layers in LYCORIS_PRESETS.items()}  # --lora-layers in LyCORIS's words
 
 
