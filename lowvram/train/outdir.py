@@ -317,14 +317,7 @@ def written_already(lora: Path, metadata: dict[str, str], tensors: dict) -> bool
                                       for name, section in recipe_of.items() if isinstance(section, dict)}
         return kept
 
-    was, now = lasting(old), lasting(metadata)
-    if "lowvram.version" in old:  # an earlier lowvram's file holds fewer keys (a run resumed after an upgrade):
-        # those it holds decide, or its file hash changed for keys alone
-        now = {key: value for key, value in now.items() if key in was}
-        if isinstance(was.get(RECIPE_KEY), dict) and isinstance(now.get(RECIPE_KEY), dict):
-            now[RECIPE_KEY] = {name: {key: value for key, value in section.items() if key in was[RECIPE_KEY][name]}
-                               for name, section in now[RECIPE_KEY].items() if name in was[RECIPE_KEY]}
-    return was == now
+    return lasting(old) == lasting(metadata)
 
 
 def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
