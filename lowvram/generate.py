@@ -305,4 +305,5 @@ def _read_with_peft(path: Path) -> bool:
                            "pass a LoRA .safetensors file") from None
     # diffusers' and peft's layouts of SD's parts too: read as kohya's (diffusers' loader left a text encoder's DoRA
     # magnitudes at their start, and refused peft's adapter-named keys)
-    return ours or any(key.startswith(KOHYA_PREFIXES) for key in keys) or in_diffusers_layout(keys)
+    return ours or any(key.startswith(KOHYA_PREFIXES) for key in keys) or (
+        in_diffusers_layout(keys) and not any(key.endswith(".bias") for key in keys))  # (peft's lora_bias: diffusers')

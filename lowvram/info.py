@@ -28,8 +28,10 @@ from lowvram.files import windows_path_hint
 from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes
 
-# the recipe's dataset folders (by name: a private one's name tells of it)
-DATASET_FOLDERS = ("data", "reg_data", "validation_data")
+# the recipe's dataset folders (by name: a private one's name tells of it) and the caption text it holds
+DATASET_FOLDERS = ("data", "reg_data", "validation_data", "caption_template", "caption_prefix", "caption_suffix",
+                   "class_prompt", "class_tokens")
+SAMPLE_TEXTS = ("sample_prompts", "sample_prompt_file")  # (in the recipe's [samples]: prompts may name the subject)
 
 # An absolute folder in a text: POSIX (/home/alice/, ~/models/), Windows (C:\Users\bob\), a network share
 # (\\NAS\share\) or a file URL (file:///home/carol/), not part of another URL or a word; in a JSON value its
@@ -130,6 +132,8 @@ def _count(shape: tuple[int, ...]) -> int:
 
 def _folder_of(name: str) -> str:
     """The folder part of a file's name as written (`models/alice/` of models/alice/mix.safetensors), '' for none."""
+    if "\\" not in name and not re.search(r"\.(safetensors|ckpt|pt|bin)$", name, re.IGNORECASE):
+        return ""  # a hub id (stabilityai/sdxl-vae) names no folder of anyone's
     return name[: max(name.rfind("/"), name.rfind("\\")) + 1]
 
 
@@ -161,7 +165,8 @@ def without_captions(metadata: dict[str, str]) -> dict[str, str]:
     """The metadata without the dataset's captions and folder names, for sharing a LoRA of private images: kohya's
     tag frequency keeps the trigger phrase's words alone (what Civitai offers as trained words), the folders are
     numbered (their repeats and counts kept), and the recipe names no dataset folder."""
-    out = dict(metadata)
+    out = {key: value for key, value in metadata.items() if key != "ss_datasets"}  # (kohya's: each subset's
+    # image_dir, class_tokens and tag frequency)
     triggers = {word.strip().lower() for word in metadata.get("modelspec.trigger_phrase", "").split(",")}
     try:
         frequency = json.loads(metadata.get("ss_tag_frequency") or "{}")
@@ -183,9 +188,9 @@ def without_captions(metadata: dict[str, str]) -> dict[str, str]:
         recipe = tomllib.loads(metadata[RECIPE_KEY])
     except (KeyError, tomllib.TOMLDecodeError):
         return out
-    data = recipe.get("data", {})
-    for name in DATASET_FOLDERS:
-        data.pop(name, None)
+    for section in recipe.values():
+        for name in (*DATASET_FOLDERS, *SAMPLE_TEXTS) if isinstance(section, dict) else ():
+            section.pop(name, None)
     out[RECIPE_KEY] = tomli_w.dumps(recipe)
     return out
 

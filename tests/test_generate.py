@@ -205,3 +205,18 @@ def test_emphasis_in_half_precision_weighs_by_the_weight_not_by_rounding_noise()
     # one token of 77 weighed moves the mean a little; a rescale by noise moved all of them (by 11 %, or to 0)
     assert plain < weak < loud < 1.05 * plain and sky > 0.5 * plain
     assert float(states[2].float().abs().max()) > 2 * float(states[0].float().abs().max())  # the token itself
+
+
+def test_peft_biases_are_left_to_diffusers_which_applies_them(tmp_path):
+    """lowvram's reader has no place for peft's lora_bias (it refused a file diffusers renders); plain peft and
+    diffusers files are its own."""
+    from safetensors.torch import save_file
+    from torch import zeros
+
+    from lowvram.generate import _read_with_peft
+
+    layer = "unet.down_blocks.0.attentions.0.proj_in"
+    plain = {f"{layer}.lora_A.weight": zeros(2, 32), f"{layer}.lora_B.weight": zeros(32, 2)}
+    save_file(plain, str(tmp_path / "plain.safetensors"))
+    save_file(plain | {f"{layer}.lora_B.bias": zeros(32)}, str(tmp_path / "bias.safetensors"))
+    assert _read_with_peft(tmp_path / "plain.safetensors") and not _read_with_peft(tmp_path / "bias.safetensors")

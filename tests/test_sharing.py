@@ -310,7 +310,7 @@ def test_strip_captions_leaves_the_trigger_and_no_private_caption_or_folder_name
     for caption in data.glob("*.txt"):
         caption.write_text("ohwx, jane doe home address 12 elm street")
     lora = train(run_config(output=str(tmp_path / "out"), data=str(data.parent), trigger_word="ohwx",
-                            max_steps=1)).lora_path
+                            max_steps=1, caption_prefix="janedoe,", class_prompt="photo of janedoe")).lora_path
     before = load_file(str(lora))
     capsys.readouterr()
     assert main(["info", str(lora), "--strip-captions"]) == 0
@@ -326,6 +326,9 @@ def test_strip_captions_leaves_the_trigger_and_no_private_caption_or_folder_name
     assert all(torch.equal(before[key], after[key]) for key in before)
     assert_kohya_hashes(lora)  # (those of the file rewritten)
     assert main(["info", str(lora), "--strip-captions"]) == 0 and "unchanged" in capsys.readouterr().out
+    from lowvram.info import without_captions  # kohya's per-subset record: image_dir, class_tokens, tag frequency
+
+    assert "ss_datasets" not in without_captions({"ss_datasets": json.dumps([{"subsets": [{"image_dir": "janedoe"}]}])})
     assert main(["train", "--config", str(lora), "--data", str(data.parent), "--max-steps", "1", "--output",
                  str(tmp_path / "again")]) == 0  # its recipe still replays, the data given
 
@@ -350,13 +353,13 @@ def test_strip_paths_rewrites_the_metadata_without_local_folders_and_keeps_the_t
     assert main(["info", str(path), "--strip-paths"]) == 0 and "unchanged" in capsys.readouterr().out
     # a relative folder before a model's name tells of the machine too (it was kept); a sentence's slash is no folder
     path = kohya_file(tmp_path / "relative.safetensors", extra={"ss_sd_model_name": r"models\alice/myMix.safetensors",
-                                                               "ss_vae_name": "vae.safetensors"})
+                                                               "ss_vae_name": "madebyollin/sdxl-vae-fp16-fix"})
     assert main(["info", str(path), "--json"]) == 0
     assert "models\\alice/" in json.loads(capsys.readouterr().out)["private_paths"]
     assert main(["info", str(path), "--strip-paths"]) == 0
     with safe_open(str(path), framework="pt") as f:
-        assert (f.metadata()["ss_sd_model_name"], f.metadata()["ss_vae_name"]) == ("myMix.safetensors",
-                                                                                    "vae.safetensors")
+        assert (f.metadata()["ss_sd_model_name"], f.metadata()["ss_vae_name"]) == (  # (a hub id is no folder)
+            "myMix.safetensors", "madebyollin/sdxl-vae-fp16-fix")
         assert f.metadata()["modelspec.title"] == "https://example.org/a/b"
 
 

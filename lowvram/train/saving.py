@@ -91,10 +91,10 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     then, now = dict(position.settings or {}), resumable_settings(session)
     drawn, now_drawn = then.pop(VARIANTS, None), now.pop(VARIANTS)
     if drawn != now_drawn and (session.config.data.shuffle_tags or session.config.data.tag_dropout):
-        session.console.print(f"[yellow]note:[/] this checkpoint's run drew its caption variants (--shuffle-tags, "
-                              "--tag-dropout) as an earlier lowvram did: the steps from "
-                              f"{position.step + 1} train on today's, so the LoRA will not be the one an "
-                              "uninterrupted run of either gives", soft_wrap=True)
+        session.console.print(f"[yellow]note:[/] this checkpoint keeps no record of how its run drew its caption "
+                              "variants (--shuffle-tags, --tag-dropout): where an earlier lowvram drew them otherwise "
+                              f"(before 2026-12-04), the steps from {position.step + 1} train on today's, and the LoRA "
+                              "will not be the one an uninterrupted run of either gives", soft_wrap=True)
     changes = [f"{flag} {now[flag]:g} (was {then[flag]:g})" for flag in now if flag in then and then[flag] != now[flag]]
     if changes:  # allowed (raising the steps or the lr of a finished run is how it is trained on), and said
         many = len(changes) > 1

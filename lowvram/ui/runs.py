@@ -150,7 +150,7 @@ def earlier_run(output: str | None) -> str:
     found, records = checkpoint.complete(checkpoint.checkpoint_root(folder)), read_metrics(folder)
     if not (found or records):
         return ""
-    saved = (f"checkpoints up to step {found[-1][0]}: Resume continues it" if found else
+    saved = (f"checkpoints up to step {found[-1][0]}: Resume continues it (where it is this config's run)" if found else
              "no checkpoint to resume from")
     return f"{folder} holds a run: {progress_line(records, running=False) or 'no step logged'}; {saved}"
 
