@@ -4,9 +4,9 @@ diffusers`, the diffusers example scripts and SimpleTuner write) seen under kohy
 kohya files (merge, resize, --network-weights, --base-weights) takes them too. Names and shapes only: no torch.
 
 The alphas come from the adapter metadata diffusers writes beside the weights (`lora_adapter_metadata`: each part's
-lora_alpha and alpha_pattern); a file without it is read at alpha = rank, as diffusers reads it. An SDXL U-Net's
-layers keep diffusers' block names (lora_unet_down_blocks_1_...), which lowvram, ComfyUI and AUTOMATIC1111 read
-as they read kohya's original-layout names."""
+lora_alpha, alpha_pattern and use_rslora); a file without it is read at alpha = rank, as diffusers reads it. Here an
+SDXL U-Net's layers keep diffusers' block names (lora_unet_down_blocks_1_...), which the header's readers need
+alone; the tensors' reader (`adapters.lora_files.in_kohya_names`) renames them to kohya's original layout."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def kohya_view(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]
                ) -> tuple[dict[str, str], dict[str, float]] | None:
     """For a file in diffusers' or peft's layout ({tensor name: shape}, its metadata): ({its tensor name: the
     kohya name of that tensor}, {kohya layer: alpha} for the layers that hold no alpha tensor). None for a file in
-    any other layout; names that are no LoRA tensor are left out."""
+    any other layout; a name that is no LoRA tensor is not renamed (its reader then refuses it by name)."""
     if not in_diffusers_layout(shapes):
         return None
     split = {name: parts for name in shapes if (parts := _split(name))}
