@@ -241,9 +241,7 @@ def no_layers_reason(names: list[str]) -> str:
     if names and all(name.endswith((".diff", ".diff_b", ".alpha")) for name in names):
         return ("it is a LyCORIS full (diff) file: whole weight differences, no low-rank layers; apply it in "
                 "ComfyUI or AUTOMATIC1111, or fuse it into the model there")
-    if any(".lora_A." in name or ".lora.down." in name or ".lora_linear_layer." in name or "_lora.down." in name
-           for name in names):
-        part = foreign_part(names) or "?"
+    if part := foreign_part(names):  # (diffusers' or peft's names of SD's own parts are read: `lora_layout`)
         if "/" in part:  # (adapters.safetensors of a checkpoint: unet/down_blocks...)
             return ("it is a lowvram checkpoint's adapters, not a LoRA: the run's LoRA files are beside its "
                     "checkpoints/ folder, and --resume continues the run")

@@ -413,15 +413,17 @@ def _original_layout_family(sides: dict[str, int]) -> str | None:
     from lowvram.models import FAMILIES
 
     for name, family in FAMILIES.items() if sides else ():
-        layers = {f"{UNET_KOHYA_PREFIX}_{path.replace('.', '_')}": layer
-                  for path, layer in _meta_unet(name).named_modules()} if family.kohya_original_layout else {}
-        if all(base in layers and _input_side(layers[base]) == side for base, side in sides.items()):
+        if family.kohya_original_layout and all(_input_sides(name).get(base) == side for base, side in sides.items()):
             return name
     return None
 
 
-def _input_side(layer: torch.nn.Module) -> int | None:
-    return getattr(layer, "in_features", None) or getattr(layer, "in_channels", None)
+@functools.cache
+def _input_sides(family_name: str) -> dict[str, int]:
+    """Each U-Net layer's input side by its kohya key prefix in diffusers' names."""
+    layers = _meta_unet(family_name).named_modules()
+    return {f"{UNET_KOHYA_PREFIX}_{path.replace('.', '_')}": side for path, layer in layers
+            if (side := getattr(layer, "in_features", None) or getattr(layer, "in_channels", None))}
 
 
 @functools.cache

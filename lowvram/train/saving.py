@@ -27,6 +27,8 @@ from lowvram.train.setup import Dataset, Session, Trainee
 from lowvram.train.step import sum_over_processes
 from lowvram.train.validation import EarlyStopping, fixed_timesteps, validation_loss
 
+VARIANTS = "caption variants"  # (a checkpoint's settings: how its cached caption variants were drawn)
+
 
 def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, step: int, epoch: int,
               shape: TrainingShape) -> Path:
@@ -72,8 +74,6 @@ def resumable_settings(session: Session) -> dict[str, float]:
     return rates | {"--batch-size": config.training.batch_size,
                     "--gradient-accumulation": config.training.gradient_accumulation, VARIANTS: VARIANTS_DRAWN}
 
-
-VARIANTS = "caption variants"  # (a checkpoint's settings: how its cached caption variants were drawn)
 
 
 def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule) -> checkpoint.Position:
