@@ -41,19 +41,7 @@ _FOLDER = re.compile(r"(?<![\w.:/\\~])(?:[A-Za-z]:[\\/]+|/|~[\\/]+|\\{2,}[\w.$-]
 # kohya's metadata that names a file: a folder before its name, relative too (models/alice/mix.safetensors), tells of
 # the machine it was trained on
 _NAMED_FILES = ("ss_sd_model_name", "ss_vae_name")
-_NETWORKS = ((".hada_w1_a", "LoHa"), (".lokr_w", "LoKr"), (".dora_scale", "DoRA"), (".lora_down.", "LoRA"),
-             (".lora_magnitude_vector", "DoRA (diffusers/peft layout)"), (".lora_A.", "LoRA (diffusers/peft layout)"),
-             # diffusers' older layouts: its LoRA layers (.lora.down), attention processors' (to_q_lora.down), and
-             # the text encoders' (lora_linear_layer)
-             (".lora.down.", "LoRA (diffusers layout)"), ("_lora.down.", "LoRA (diffusers layout)"),
-             (".lora_linear_layer.", "LoRA (diffusers layout)"))
-
-_ADAPTER_PARTS = {"lora_down", "lora_up", "lora_mid", "alpha", "lora_A", "lora_B", "lora_magnitude_vector",
-                  "dora_scale", "lora", "lora_linear_layer"}
-# where a module's rank is: the inner side of its low-rank pair (a LoKr with both factors whole has none)
-_RANK_AXES = ((".lora_down.weight", 0), (".lora_A.weight", 0), (".hada_w1_b", 0), (".lokr_w1_b", 0),
-              (".lokr_w2_b", 0), (".lora.down.weight", 0), ("_lora.down.weight", 0),
-              (".lora_linear_layer.down.weight", 0))
+_NETWORKS = {"loha": "LoHa", "lokr": "LoKr", "dora": "DoRA", "lora": "LoRA"}
 
 
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
@@ -76,13 +64,16 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[
 def describe(path: Path) -> dict:
     """What `lowvram info` prints: the network type, its layers and parameters, and the metadata."""
     metadata, tensors = read_header(path)
-    network = next((name for marker, name in _NETWORKS if any(marker in key for key in tensors)), "unknown")
-    modules = {_module(key) for key in tensors}
     params = sum(_count(shape) for _, shape in tensors.values())
-    rank_of = {_module(key): shape[axis] for key, (_, shape) in tensors.items()
-               for suffix, axis in _RANK_AXES if key.endswith(suffix)}  # one per module
+    # a diffusers/peft file's layers are counted under kohya's names, as every other reader of it sees them
+    _, kohya_tensors, start = lora_header.kohya_header(path)
+    options = lora_header.network_options(path)
+    network = _NETWORKS.get(options.get("network"), "unknown")
+    if network != "unknown" and set(kohya_tensors) != set(tensors):
+        network += " (diffusers/peft layout)"
+    layers, (plain, spatial) = lora_header.layer_ranks(path, kohya_tensors, start) if options else ({}, ([], []))
     ranks: dict[int, int] = {}
-    for rank in rank_of.values():
+    for rank, _ in plain + spatial:  # (a LoKr with both factors whole has none)
         ranks[rank] = ranks.get(rank, 0) + 1
     from lowvram.models.detect import checkpoint_title
 
@@ -90,24 +81,14 @@ def describe(path: Path) -> dict:
     # (an adapter's few MiB read once; no other file's, which may be a model of gigabytes)
     whole, tensor_data = file_hashes(path) if network != "unknown" else (None, None)
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
-            "modules": len(modules),
+            "modules": len(layers),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
             "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)}
                                                           | {_folder_of(metadata[key]) for key in _NAMED_FILES
                                                              if _folder_of(metadata.get(key, ""))}),
             "sha256": whole, "addnet_hash": tensor_data,
-            "network_options": lora_header.network_options(path) if network != "unknown" else {}}
-
-
-def _module(key: str) -> str:
-    """The adapted layer a tensor belongs to: its name up to the adapter's own parts (kohya's `name.lora_down.weight`,
-    peft's `unet.down_blocks.0....to_q.lora_A.weight`)."""
-    parts = key.split(".")
-    cut = next((i for i, part in enumerate(parts) if part in _ADAPTER_PARTS or part.startswith(("hada_", "lokr_"))
-                or part.endswith("_lora")), len(parts))
-    own = [parts[cut].removesuffix("_lora")] if cut < len(parts) and parts[cut].endswith("_lora") else []
-    return ".".join(parts[:cut] + own)  # (an attention processor's to_q_lora: its to_q)
+            "network_options": options}
 
 
 def _metadata_disagrees(metadata: dict[str, str], options: dict) -> str:
@@ -219,7 +200,7 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     what = (f"a {info['checkpoint']} checkpoint, not a LoRA (train --model and generate --model take it)"
             if info["checkpoint"] else f"{info['network']}, {info['modules']} modules, {shown}".rstrip(", "))
     if info["network"] == "unknown" and not info["checkpoint"]:  # (an embedding, a LyCORIS full file, ...)
-        what += f" ({lora_header.no_layers_why(path)})"
+        what = f"no layers lowvram reads: {lora_header.no_layers_why(path)}"
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     if refused:  # (layers of several ranks: a --dynamic resize's, a merge's, or per-block ranks without their flags)

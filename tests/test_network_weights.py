@@ -336,7 +336,7 @@ def test_files_that_are_no_kohya_lora_are_named_for_what_they_are_by_every_comma
                ".lora_linear_layer.down.weight": torch.zeros(2, 4), "text_encoder.text_model.encoder.layers.0"
                ".self_attn.q_proj.lora_linear_layer.up.weight": torch.zeros(4, 2)}, str(tmp_path / "old.safetensors"))
     assert main(["info", str(tmp_path / "old.safetensors")]) == 0
-    assert "old.safetensors: LoRA (diffusers layout), 2 modules, rank 2," in capsys.readouterr().out
+    assert "old.safetensors: LoRA (diffusers/peft layout), 2 modules, rank 2," in capsys.readouterr().out
 
 
 def test_a_pickled_lora_gets_the_one_command_that_converts_it_from_every_command(tmp_path, capsys):

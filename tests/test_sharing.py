@@ -299,6 +299,19 @@ def test_info_counts_the_modules_of_a_diffusers_layout_lora_as_of_kohyas(tmp_pat
     save_file(tensors | {f"{name}.lora_magnitude_vector": torch.ones(320)}, str(tmp_path / "dora.safetensors"))
     assert main(["info", str(tmp_path / "dora.safetensors")]) == 0  # a --format diffusers DoRA: was called LoRA
     assert "DoRA (diffusers/peft layout), 3 modules, rank 16" in " ".join(capsys.readouterr().out.split())
+    # a peft model's own state dict (adapter-named keys): its rank was not found, being no diffusers name
+    named = {key.replace("unet.", "base_model.model.").replace(".weight", ".default.weight"): value
+             for key, value in tensors.items()}
+    save_file(named, str(tmp_path / "peft.safetensors"))
+    assert main(["info", str(tmp_path / "peft.safetensors")]) == 0
+    assert "LoRA (diffusers/peft layout), 3 modules, rank 16" in " ".join(capsys.readouterr().out.split())
+    # FLUX's names in the same layout: called a LoRA, which no reader of lowvram's takes
+    flux = {key.replace("unet.down_blocks.0.attentions.0", "transformer.single_transformer_blocks.0"): value
+            for key, value in tensors.items()}
+    save_file(flux, str(tmp_path / "flux.safetensors"))
+    assert main(["info", str(tmp_path / "flux.safetensors")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "flux.safetensors: no layers lowvram reads: it is a LoRA of another kind of model" in out, out
 
 
 def test_strip_captions_leaves_the_trigger_and_no_private_caption_or_folder_name(tmp_path, capsys):
