@@ -602,9 +602,16 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), size, what)
 
 
-def save_image(image, path: Path, what: str | None = None) -> Path:
-    """A PNG, atomically: a kill mid-save leaves no truncated image."""
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), image.width * image.height * 4, what)
+def save_image(image, path: Path, what: str | None = None, parameters: str | None = None) -> Path:
+    """A PNG, atomically: a kill mid-save leaves no truncated image. `parameters`: what it was made with, in the
+    text chunk where AUTOMATIC1111 keeps it (its PNG Info, Civitai and ComfyUI's loaders read it)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    text = PngInfo()
+    if parameters:
+        text.add_text("parameters", parameters)
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=text), image.width * image.height * 4,
+                        what)
 
 
 def write_text(path: Path, text: str) -> Path:

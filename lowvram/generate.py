@@ -28,7 +28,7 @@ from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem
 from lowvram.models.loading import LoadedModel, follow_lora_schedule, load_model
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
 from lowvram.precision import compute_dtype
-from lowvram.prompts import MAX_SEED, SamplePrompt, options_elsewhere, parse_prompt
+from lowvram.prompts import MAX_SEED, SamplePrompt, infotext, options_elsewhere, parse_prompt
 from lowvram.samplers import a1111_name, sampler_problem
 from lowvram.train.sampling import render
 
@@ -93,23 +93,6 @@ def generate(args: argparse.Namespace) -> list[Path]:
                                             Path(args.model).stem, model.text_reading.clip_skip,
                                             model.hash if Path(args.model).is_file() else ""))
     return paths
-
-
-def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], hashes: dict[Path, str], steps: int, sampler: str,
-             seed: int, size: tuple[int, int], model: str, clip_skip: int = 1, model_hash: str = "") -> str:
-    """What the image was made with, as AUTOMATIC1111 writes it into a PNG (its PNG Info and "Send to txt2img" read
-    it back; its LoRA tags name the files). `model_hash`: a single file's AUTOMATIC1111 hash (Civitai's AutoV1), by
-    which Civitai links the base model an uploaded image was made with."""
-    names = {path: path.name if path.is_dir() else path.stem for path, _ in loras}  # (a diffusers folder: v1.0-...)
-    tags = "".join(f" <lora:{names[path]}:{weight:g}>" for path, weight in loras)
-    negative = f"\nNegative prompt: {prompt.negative}" if prompt.negative else ""
-    # AUTOMATIC1111 leaves , and : out of a name here: its reader splits the list at them
-    listed = ", ".join(f"{re.sub('[,:]', '', names[path])}: {short}" for path, short in hashes.items())
-    return (f"{prompt.text}{tags}{negative}\nSteps: {steps}, Sampler: {sampler}, CFG scale: "
-            f"{prompt.guidance:g}, Seed: {seed}, Size: {size[0]}x{size[1]}"
-            + (f", Model hash: {model_hash}" if model_hash else "") + f", Model: {model}"
-            + (f", Clip skip: {clip_skip}" if clip_skip > 1 else "")  # (AUTOMATIC1111's default, 1, goes unsaid)
-            + (f', Lora hashes: "{listed}"' if listed else ""))
 
 
 def output_paths(output: Path, count: int) -> list[Path]:

@@ -138,6 +138,10 @@ def test_generate_gives_the_final_samples_again_emphasis_and_break_read_alike(sa
         difference = np.abs(np.asarray(Image.open(sample), dtype=np.int16) - np.asarray(Image.open(again),
                                                                                          dtype=np.int16))
         assert difference.max() <= 2, (prompt, difference.max())  # 8-bit rounding of the same image
+        # and each says what made it as generate's image does: AUTOMATIC1111's parameters, which model sites read
+        # (the LoRA's tag and addnet hash among them) and its "Send to txt2img" takes back
+        assert Image.open(sample).text["parameters"] == Image.open(again).text["parameters"]
+        assert f"<lora:{result.lora_path.stem}:1>" in Image.open(sample).text["parameters"]
 
 
 def test_metrics_and_tensorboard_hold_every_step(sampled):

@@ -178,6 +178,9 @@ def test_no_metadata_keeps_only_which_network_the_lora_holds_for_which_model(tmp
     assert (metadata["modelspec.architecture"], metadata["modelspec.author"]) == ("stable-diffusion-v1/lora", "alice")
     options = lora_header.network_options(result.lora_path)
     assert (options["network"], options["rank"], options["lora_layers"]) == ("lora", 4, "attn")
+    from PIL import Image
+
+    assert "parameters" not in Image.open(result.samples[0]).text  # (its prompt, which names a person)
 
 
 def test_strip_paths_leaves_kohyas_hashes_those_of_the_rewritten_file(tmp_path):

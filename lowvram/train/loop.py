@@ -19,6 +19,7 @@ from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
 from lowvram.errors import TrainingInterrupted, shell_line
 from lowvram.files import DiskFull, utf8_text
+from lowvram.lora_metadata import addnet_hash
 from lowvram.memory import PhasePeaks, free_cached_memory, host_peak_bytes
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import cache_in_use
@@ -248,10 +249,13 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
         with trainee.averaged_weights():
             if config.output.format == "diffusers":
                 lora_files.save_diffusers(model, session.out_dir / diffusers_copy(name), config.output.save_precision)
+            # each sample names what made it, as AUTOMATIC1111's images do (not where the LoRA keeps no metadata)
+            shown = (lora_path, addnet_hash(lora_path)[:12]) if lora_path.is_file() and not \
+                config.output.no_metadata else None
             with peaks.phase("sampling"):
                 samples = render_samples(model, config.samples, session.out_dir / SAMPLES, name,
                                          session.run.resolution, config.output.sample_steps, config.training.seed,
-                                         session.accelerator, prepared.sample_embeddings)
+                                         session.accelerator, prepared.sample_embeddings, shown, config.model.model or "")
     except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
         raise stopped_after_the_last_step(lora_path, True) from None
     except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself

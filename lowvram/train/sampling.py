@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,9 +21,9 @@ from lowvram.memory import free_cached_memory
 from lowvram.models.conditioning import DEFAULT_READING, encode_prompts, set_vae_tiling, unet_conditioning
 from lowvram.models.families import prompt_reading
 from lowvram.models.loading import LoadedModel
-from lowvram.prompts import SamplePrompt, parse_prompt
+from lowvram.prompts import SamplePrompt, infotext, parse_prompt
 from lowvram.run_files import final_sample
-from lowvram.samplers import make_sampler
+from lowvram.samplers import a1111_name, make_sampler
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -115,13 +116,23 @@ def render_images(model: LoadedModel, prompts: tuple[SamplePrompt, ...], resolut
 
 
 def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder: Path, name: str, resolution: int,
-                   steps: int, seed: int, accelerator, embeddings: list[tuple] | None = None) -> list[Path]:
-    """The final samples: `<folder>/<name>-NN.png`, one per prompt."""
+                   steps: int, seed: int, accelerator, embeddings: list[tuple] | None = None,
+                   lora: tuple[Path, str] | None = None, model_name: str = "") -> list[Path]:
+    """The final samples: `<folder>/<name>-NN.png`, one per prompt. `lora`: the LoRA file they show and its addnet
+    hash, which each image's parameters name as AUTOMATIC1111 writes them (a model site links an uploaded sample to
+    the LoRA and base model by them), with the base model's `model_name` (and hash, for a single file)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
+    sampler = type(model.pipeline.scheduler).__name__
     for i, image in enumerate(render_images(model, prompts, resolution, steps, seed, accelerator, embeddings)):
         paths.append(folder / final_sample(name, i))
-        save_image(image, paths[-1], "a sample image")
+        prompt = prompts[i]
+        drawn = replace(prompt, guidance=GUIDANCE if prompt.guidance is None else prompt.guidance)
+        made_with = lora and infotext(
+            drawn, [(lora[0], 1.0)], {lora[0]: lora[1]}, prompt.steps or steps, a1111_name(prompt.sampler or sampler),
+            seed + i if prompt.seed is None else prompt.seed, image.size, Path(model_name).stem,
+            (model.text_reading or DEFAULT_READING).clip_skip, model.hash if Path(model_name).is_file() else "")
+        save_image(image, paths[-1], "a sample image", made_with or None)
     return paths
 
 
