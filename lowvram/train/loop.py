@@ -255,7 +255,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
             with peaks.phase("sampling"):
                 samples = render_samples(model, config.samples, session.out_dir / SAMPLES, name,
                                          session.run.resolution, config.output.sample_steps, config.training.seed,
-                                         session.accelerator, prepared.sample_embeddings, shown, config.model.model or "")
+                                         session.accelerator, prepared.sample_embeddings, shown,
+                                         config.model.model or "")
     except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
         raise stopped_after_the_last_step(lora_path, True) from None
     except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself
