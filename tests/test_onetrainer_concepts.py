@@ -283,3 +283,22 @@ def test_a_resume_inside_a_longer_epoch_keeps_that_epochs_earlier_steps_in_its_m
 
     assert [step for step, _ in epoch_losses(cut)] == [step for step, _ in epoch_losses(whole)] == [2, 5]
     assert [loss for _, loss in epoch_losses(cut)] == pytest.approx([loss for _, loss in epoch_losses(whole)])
+
+
+def test_a_concepts_own_text_variations_leave_the_others_theirs_and_tag_dropout_modes_are_onetrainers(tmp_path,
+                                                                                                    monkeypatch):
+    """One concept with text_variations 2 refused the others ("--caption-variants: None is invalid"); OneTrainer's
+    FULL tag dropout (its default) leaves out all the tags past the kept ones at once, RANDOM each on its own."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    dropping = {"enable_tag_shuffling": True, "tag_dropout_enable": True, "tag_dropout_probability": 0.2}
+    data = write(tmp_path / "concepts.json", [concept("imgs/alpha", text_variations=2, text=dropping),
+                                             concept("imgs/beta", text=dropping | {"tag_dropout_mode": "RANDOM"})])
+    assert main(["check-data", str(data), "--model", "tiny"]) == 0  # (read with every layer's checks)
+    dataset = read_dataset(data)
+    assert dataset.values["caption_variants"] == 2
+    assert [dict(subset.settings or {}).get("caption_variants") for subset in dataset.subsets] == [None, 4]
+    notes = " ".join(dataset.notes)
+    assert "caption_variants: the concepts differ (2, lowvram's default 4)" in notes
+    assert "concepts[1]: text.tag_dropout_mode FULL (OneTrainer's leaves out all the tags past the kept ones" in notes
+    assert "concepts[2]: text.tag_dropout_mode" not in notes

@@ -262,8 +262,11 @@ def _options(concept: dict, where: str, notes: list[str], problem) -> dict[str, 
         problem(f"{where} text.tag_delimiter", "lowvram splits tags at commas; use commas in the captions")
     if text.get("tag_dropout_enable"):
         mode = str(text.get("tag_dropout_mode") or "FULL").upper()
-        if mode != "FULL":
-            notes.append(f"{where}: text.tag_dropout_mode {mode}: lowvram drops each tag with the probability given")
+        if mode != "RANDOM":  # (OneTrainer's RANDOM is kohya's caption_tag_dropout_rate, and lowvram's)
+            done = ("leaves out all the tags past the kept ones together" if mode == "FULL"
+                    else "weighs the chance toward the last tags")
+            notes.append(f"{where}: text.tag_dropout_mode {mode} (OneTrainer's {done}): lowvram leaves out each tag on "
+                         "its own with the probability given, as OneTrainer's RANDOM does")
         if str(text.get("tag_dropout_special_tags_mode") or "NONE").upper() != "NONE":
             problem(f"{where} text.tag_dropout_special_tags_mode", "lowvram drops any tag past --keep-tokens; set it "
                     "to NONE, and put the tags to keep first")

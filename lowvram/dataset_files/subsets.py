@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lowvram.config import fields_by_name
+
 REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$")  # kohya's: the repeats, then the label ("10" has none)
 
 
@@ -76,10 +78,19 @@ def settle(each: list[dict[str, Any]], notes: list[str], parts: str, written: li
     differently, as the file writes it: `written` (each part's settings in the file), `names` (option -> the file's
     setting). A value of None is the option's default: left out of the run's values."""
     first = each[0] if each else {}
-    owns = [{key: value for key, value in settings.items() if key not in first or value != first[key]}
-            for settings in each]
+    # (a part's None is the option's default: its own where the first part sets another value)
+    owns = [{key: fields_by_name()[key][1].default if value is None else value for key, value in settings.items()
+             if key not in first or value != first[key]} for settings in each]
     for key in dict.fromkeys((names or {}).get(key, key) for own in owns for key in own):
-        shown = ", ".join(sorted({str(settings.get(key)) if settings.get(key) != "" else "''"
+        shown = ", ".join(sorted({_shown(settings.get(key), key if written is None else None)
                                   for settings in written or each}))
         notes.append(f"{key}: the {parts} differ ({shown}); each trains its images with its own")
     return {key: value for key, value in first.items() if value is not None}, owns
+
+
+def _shown(value: Any, option: str | None) -> str:
+    """A part's value in the note that says the parts differ: `option`'s default where it is None."""
+    if value is None and option:
+        default = fields_by_name()[option][1].default
+        return "lowvram's default" + (f" {default}" if default is not None else "")
+    return "''" if value == "" else str(value)
