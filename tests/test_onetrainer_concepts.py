@@ -130,6 +130,11 @@ def test_prompt_sources_subfolders_and_samples_balancing(tmp_path, monkeypatch):
     assert [s.repeats for s in fewer.subsets] == [0.4, 0.4]  # 2 of its 5 images each epoch
     assert sorted(dataset.subsets[0].captions.values()) == ["00_red_circle", "01_yellow_square", "02_white_triangle"]
     assert dataset.subsets[1].captions is None  # its own caption files (none here: the template)
+    named = read_dataset(write(tmp_path / "named.json", [concept("imgs/beta", include_subdirectories=True,
+                                                                 text={"prompt_source": "filename"})]))
+    # each folder's captions its own images' alone (the others' were "metadata_file entries that name no image")
+    assert [sorted(Path(key).parent for key in s.captions) for s in named.subsets] == [
+        [images / "beta"] * 3, [images / "beta" / "more"] * 2]
 
 
 def test_a_fractional_balancing_trains_a_seeded_share_of_the_concept_each_epoch(tmp_path, monkeypatch):
