@@ -24,6 +24,9 @@ from typing import Any
 from lowvram.errors import LowvramError, quoted
 from lowvram.files import expand_home, local_path, windows_path_hint
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
+
+# the U-Net's layer_filter each of OneTrainer's SD1.5/SDXL presets writes (its LAYER_PRESETS), which is what trains
+FILTER_LAYERS = {"attentions": "attn-mlp", "attn": "attn", "": "full"}
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values
 from lowvram.prompts import onetrainer_sample
@@ -211,6 +214,10 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     values |= _output(doc, notes, problem)
     values |= _schedule(doc, notes, problem, number)
     values |= _network(doc, path, problem, number)
+    if values.get("train_text_encoder") and values.get("lora_layers") == "attn":
+        notes.append("layer_filter attn (attn-only): lowvram adapts the text encoders' attention alone too, where "
+                     "OneTrainer filters the U-Net's layers only (the text encoders' MLPs as well: --lora-layers attn-mlp, "
+                     "which adds the U-Net's)")
     values |= _loss_and_noise(doc, notes, problem, number)
     values |= _memory(doc, notes, problem)
     values |= _samples(doc, path, notes, problem)
@@ -452,8 +459,11 @@ def _network(doc: dict[str, Any], path: Path, problem, number) -> dict[str, Any]
         values["dropout"] = number("dropout_probability")
     if doc.get("lora_model_name"):
         values["network_weights"] = _found(str(doc["lora_model_name"]), path)
-    preset = str(doc.get("layer_filter_preset") or "full")  # a named preset's layer_filter is its own pattern
-    if preset in LAYER_PRESETS:
+    preset = str(doc.get("layer_filter_preset") or "full")  # (the UI's name for what layer_filter holds)
+    written = doc.get("layer_filter")
+    if written is not None and ",".join(part.strip() for part in str(written).split(",")) in FILTER_LAYERS:
+        values["lora_layers"] = FILTER_LAYERS[",".join(part.strip() for part in str(written).split(","))]
+    elif written is None and preset in LAYER_PRESETS:
         values["lora_layers"] = LAYER_PRESETS[preset]
     else:
         problem("layer_filter", f"{doc.get('layer_filter') or preset}: lowvram adapts {', '.join(LAYER_PRESETS)} "

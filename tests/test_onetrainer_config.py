@@ -93,7 +93,7 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
     doc = CONFIG | {"training_method": "FINE_TUNE", "model_type": "STABLE_DIFFUSION_3", "peft_type": "OFT_2",
                     "mse_strength": 1.0, "huber_strength": 0.5, "resolution": "512;768", "loss_scaler": "BATCH",
                     "learning_rate_scheduler": "ADAFACTOR", "optimizer": {"optimizer": "CAME_8BIT"},
-                    "layer_filter_preset": "custom", "unet": {"weight_dtype": "GGUF"},
+                    "layer_filter_preset": "custom", "layer_filter": "down_blocks.0", "unet": {"weight_dtype": "GGUF"},
                     "additional_embeddings": [{"placeholder": "<zkw>", "token_count": 2, "train": True}]}
     with pytest.raises(LowvramError) as error:
         translate_onetrainer(doc, path)
@@ -101,7 +101,7 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
                 "peft_type: OFT_2 is not an adapter", "mse_strength: mse_strength 1, huber_strength 0.5",
                 "resolution: '512;768': give a number, numbers separated by commas", "loss_scaler: BATCH",
                 "learning_rate_scheduler: ADAFACTOR", "optimizer: CAME_8BIT is not one lowvram has",
-                "layer_filter: attentions",
+                "layer_filter: down_blocks.0",
                 "unet.weight_dtype: GGUF", "additional_embeddings: lowvram trains no embeddings"]
     assert_one_line_each(str(error.value), f"{path}: ", expected)
 
@@ -185,12 +185,12 @@ def test_an_older_onetrainer_config_is_read_by_its_old_names_without_false_notes
     path = onetrainer_folder(tmp_path)
     old = {key: value for key, value in CONFIG.items() if key not in ("layer_filter", "layer_filter_preset",
                                                                          "save_every", "save_every_unit")}
-    old |= {"__version": 6, "lora_layers": "attentions", "lora_layer_preset": "attn-only", "weight_dtype": "BFLOAT_16",
+    old |= {"__version": 6, "lora_layers": "attentions", "lora_layer_preset": "attn-mlp", "weight_dtype": "BFLOAT_16",
             "attention_mechanism": "DEFAULT", "align_prop": False, "align_prop_probability": 0.1,
             "noising_weight": 0.0, "noising_bias": 0.5, "save_after": 2, "save_after_unit": "EPOCH",
             "text_encoder": {"train": True, "stop_training_after": 10000, "stop_training_after_unit": "NEVER"}}
     values, notes = translate_onetrainer(old, path)
-    assert (values["lora_layers"], values["save_every"], values["train_text_encoder"]) == ("attn", "2e", True)
+    assert (values["lora_layers"], values["save_every"], values["train_text_encoder"]) == ("attn-mlp", "2e", True)
     assert [note for note in notes if "planner" not in note] == [], notes
     with pytest.raises(LowvramError, match="align_prop: AlignProp's reward training is not something lowvram does"):
         translate_onetrainer(old | {"align_prop": True}, path)
@@ -503,3 +503,16 @@ def test_onetrainers_tensorboard_logs_are_written_where_tensorboard_is_installed
     assert translate_onetrainer(CONFIG | {"tensorboard": False}, tmp_path / "c.json")[0]["tensorboard"] is True
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as where it is not installed: the run goes on without
     assert "tensorboard" not in translate_onetrainer(CONFIG, tmp_path / "c.json")[0]
+
+
+@pytest.mark.parametrize(("preset", "written", "layers"), [("attn-mlp", "attentions", "attn-mlp"),
+                                                           ("attn-only", "attn", "attn"), ("full", "", "full"),
+                                                           # (layer_filter is what OneTrainer trains)
+                                                           ("attn-only", "attentions", "attn-mlp"),
+                                                           ("custom", "attn", "attn")])
+def test_the_layer_filter_is_what_trains_and_the_text_encoders_layers_are_said(tmp_path, preset, written, layers):
+    values, notes = translate_onetrainer(CONFIG | {"layer_filter_preset": preset, "layer_filter": written},
+                                         onetrainer_folder(tmp_path))
+    assert values["lora_layers"] == layers
+    # OneTrainer's filter is the U-Net's: its text encoders' MLPs train all the same
+    assert ("lowvram adapts the text encoders' attention alone too" in " ".join(notes)) == (layers == "attn")
