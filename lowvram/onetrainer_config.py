@@ -216,8 +216,8 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     values |= _network(doc, path, problem, number)
     if values.get("train_text_encoder") and values.get("lora_layers") == "attn":
         notes.append("layer_filter attn (attn-only): lowvram adapts the text encoders' attention alone too, where "
-                     "OneTrainer filters the U-Net's layers only (the text encoders' MLPs as well: --lora-layers attn-mlp, "
-                     "which adds the U-Net's)")
+                     "OneTrainer filters the U-Net's layers only (the text encoders' MLPs as well: --lora-layers "
+                     "attn-mlp, which adds the U-Net's)")
     values |= _loss_and_noise(doc, notes, problem, number)
     values |= _memory(doc, notes, problem)
     values |= _samples(doc, path, notes, problem)
