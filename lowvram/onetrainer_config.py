@@ -144,6 +144,8 @@ def _migrated(doc: dict[str, Any]) -> dict[str, Any]:
     if version < 1 and isinstance(doc.get("optimizer"), str):
         section = {key.removeprefix("optimizer_"): doc.pop(key) for key in list(doc)
                    if key.startswith("optimizer_") and key != "optimizer_defaults"}
+        if "weight_decay" in doc:  # (the first configs' own setting, which the migration leaves where the current
+            section.setdefault("weight_decay", doc.pop("weight_decay"))  # ones read nothing: what it was meant as)
         doc["optimizer"] = {"optimizer": doc["optimizer"], **section}
     if version < 2:
         vae_model = doc.pop("vae_model_name", None)

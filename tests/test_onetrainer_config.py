@@ -243,6 +243,10 @@ def test_an_early_onetrainer_config_is_brought_up_to_date_as_onetrainer_does(tmp
         "text_encoder_lr": 0.0001, "text_encoder_until": "30e", "min_snr_gamma": 5.0, "rank": 8}
     assert not [note for note in notes if "not carried over" in note], notes
     assert any("unet.weight_dtype FLOAT_16" in note for note in notes)  # NONE read as the config's weight dtype
+    # the stock presets of then (#sdxl 1.0 LoRA.json) keep it at the top level: named as no setting of lowvram's
+    early = {key: value for key, value in EARLY.items() if key != "optimizer_weight_decay"} | {"weight_decay": 0.03}
+    values, notes = translate_onetrainer(early, path)
+    assert values["weight_decay"] == 0.03 and not [note for note in notes if "not carried over" in note], notes
     path.write_text(json.dumps(EARLY))
     assert main(["train", "--config", str(path), "--output", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "early.safetensors").is_file()  # named as output_model_destination says
