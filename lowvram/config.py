@@ -66,9 +66,9 @@ NOT_SAVED = ("resume", "overwrite")  # one run's circumstances, not part of the 
 # options a 0 switches off, as kohya's 0 does: over a config file's value too (they take no 0 otherwise)
 OFF_AT_ZERO = ("save_every", "sample_every", "checkpoint_every", "keep_saves")
 PATH_OPTIONS = ("data", "output", "reg_data", "cache_dir", "validation_data", "network_weights",  # made absolute
-                "sample_prompt_file")
+                "sample_prompt_file", "copy_to")
 SOURCE_LISTS = ("base_weights",)  # FILE[:WEIGHT] items, whose files are made absolute as PATH_OPTIONS are
-LOCAL_ONLY = ("output", "cache_dir")  # where this machine keeps things: no part of a shared recipe
+LOCAL_ONLY = ("output", "cache_dir", "copy_to")  # where this machine keeps things: no part of a shared recipe
 
 
 def save_precision_name(text: str) -> str:
@@ -566,6 +566,12 @@ class MemoryConfig:
 class OutputConfig:
     output: str = option("output", "Output folder for the LoRA, its config, checkpoints and samples.", metavar="DIR")
     name: str | None = option(None, "File name of the LoRA without extension (default: the output folder's name).")
+    copy_to: str | None = option(None, "Also write the final LoRA here when the run ends: a .safetensors file, or a "
+                                 "folder (ComfyUI's models/loras, AUTOMATIC1111's models/Lora) where it keeps its "
+                                 "name. The run's checkpoints, samples and archive stay in --output, out of those "
+                                 "LoRA lists; several runs' LoRAs can share the folder (OneTrainer's "
+                                 "output_model_destination). A file of another run there is replaced only with "
+                                 "--overwrite, and then moved to --output's archive/.", metavar="PATH")
     format: str = option("kohya", "kohya: one .safetensors that ComfyUI, AUTOMATIC1111 and diffusers load; "
                          "diffusers: also a diffusers/PEFT folder with adapter metadata.", choices=FORMATS,
                          spelling=format_name)

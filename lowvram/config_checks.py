@@ -31,6 +31,7 @@ from lowvram.files import (
     file_in_the_way,
     name_length,
     not_utf8,
+    unwritable,
     windows_output_problem,
     windows_path_hint,
 )
@@ -47,7 +48,7 @@ from lowvram.option_values import (
     parse_until,
 )
 from lowvram.prompts import options_elsewhere, parse_prompt, read_prompt_file
-from lowvram.run_files import LONGEST_SUFFIX, lora_in_folder
+from lowvram.run_files import LONGEST_SUFFIX, LORA_SUFFIX, copy_destination, final_lora, lora_in_folder
 from lowvram.samplers import sampler_problem
 from lowvram.timesteps import timestep_problem
 
@@ -482,6 +483,17 @@ def _training_problems(c: RunConfig) -> list[str]:
     return p
 
 
+def _copy_problems(c: RunConfig) -> list[str]:
+    """--copy-to names a .safetensors file or a folder to write in, outside the run's own LoRA."""
+    copy = copy_destination(c.output.copy_to, c.output_name)
+    if copy.suffix.lower() != LORA_SUFFIX:
+        return [f"--copy-to: {c.output.copy_to} is no .safetensors file; name one, or a folder to copy the LoRA into"]
+    if copy.absolute() == (c.output_dir / final_lora(c.output_name)).absolute():
+        return [f"--copy-to: {copy} is the run's own LoRA; name a file or folder outside --output"]
+    blocked = unwritable(copy.parent)
+    return [f"--copy-to: {blocked}"] if blocked else []
+
+
 def _output_problems(c: RunConfig) -> list[str]:
     """What the run writes: its folder and name, its saves, samples and logs."""
     p: list[str] = []
@@ -492,9 +504,12 @@ def _output_problems(c: RunConfig) -> list[str]:
     if c.output.name and Path(c.output.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
         p.append(f"--name: {c.output.name}: give it without the extension (the LoRA is <name>.safetensors): "
                  f"--name {Path(c.output.name).stem}")
-    for flag, folder in (("--output", c.output.output), ("--cache-dir", c.data.cache_dir)):
+    for flag, folder in (("--output", c.output.output), ("--cache-dir", c.data.cache_dir),
+                         ("--copy-to", c.output.copy_to)):
         if folder and (windows := windows_output_problem(flag, folder)):
             p.append(windows)
+    if c.output.copy_to and not windows_output_problem("--copy-to", c.output.copy_to):
+        p += _copy_problems(c)
     blocking = c.data.cache_dir and file_in_the_way(Path(c.data.cache_dir))
     if blocking:  # (found before caching: every cache write, its lock first, would fail one by one)
         p.append(f"--cache-dir: {blocking} is a file, not a folder; give a folder, or leave --cache-dir out for "

@@ -255,7 +255,7 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
     for note in notes:
         print(f"{path}: {note}", file=sys.stderr)
     values = _unreplaced(values, given)
-    for key in ("output", "cache_dir"):  # written on Windows (..\out): no name of one folder, but folders
+    for key in ("output", "cache_dir", "copy_to"):  # written on Windows (..\out): no name of one folder, but folders
         if isinstance(values.get(key), str) and (other := slashed(values[key])):
             values[key] = other
     for key in ("model", "vae", *PATH_OPTIONS):  # relative: from the current folder, as its trainer reads it, else

@@ -28,6 +28,14 @@ def final_lora(name: str) -> str:
     return name + LORA_SUFFIX
 
 
+def copy_destination(copy_to: str, name: str) -> Path:
+    """Where --copy-to writes the final LoRA: the file it names, or <name>.safetensors in the folder it names (one
+    there, or a path without an extension)."""
+    path = Path(copy_to).expanduser()
+    folder = path.is_dir() or copy_to.endswith(("/", "\\")) or not path.suffix
+    return path / final_lora(name) if folder else path
+
+
 
 def step_save(name: str, step: int) -> str:
     """A LoRA saved at a step (--save-every N, an interrupted run's), and that step's sample grid: <name>-step000500."""

@@ -61,9 +61,9 @@ def test_a_new_run_in_a_folder_holding_another_runs_checkpoints_stops_and_loses_
     with pytest.raises(LowvramError) as refused:
         train(renamed)
     assert str(refused.value) == (f"--output: {out} holds the run named x with checkpoints up to step {stopped}; "
-                                  "train x_v2 into another --output (one run per folder), continue x with --name x "
-                                  f"--resume auto, start over with --overwrite (its files move to {out / ARCHIVE}/), "
-                                  "or choose another --output")
+                                  "train x_v2 into another --output (one run per folder; --copy-to gathers several "
+                                  "runs' LoRAs in one folder), continue x with --name x --resume auto, start over "
+                                  f"with --overwrite (its files move to {out / ARCHIVE}/)")
     assert snapshot(out) == before  # nothing written, nothing pruned
 
     # --overwrite: the earlier run's files move to archive/, and this run's own final checkpoint survives pruning

@@ -1,6 +1,7 @@
 """What a user coming from kohya or OneTrainer types wrong, or keeps where lowvram writes: each is one line naming
 the option and the fix, or is kept as it is. Nothing of theirs is overwritten or moved."""
 
+import filecmp
 import json
 import re
 import shutil
@@ -195,19 +196,36 @@ def test_lora_files_no_run_recorded_are_never_written_over(tmp_path, capsys):
     shutil.copy(other, out / "mychar-diffusers" / "pytorch_lora_weights.safetensors")
     (out / "samples").mkdir()  # another's, which --overwrite leaves alone
     (out / "samples" / "theirs.png").write_bytes(b"png")
-    assert main([*argv, "--overwrite", "--network-weights", str(out / "mychar.safetensors")]) == 2
-    assert "--network-weights: " in capsys.readouterr().err  # (a file --overwrite moves away)
-    assert main([*argv, "--overwrite"]) == 0
+    # --overwrite would archive them below models/loras, where AUTOMATIC1111 then loaded the archived mychar for
+    # <lora:mychar>: refused, with the way that keeps the run's files out of the LoRA lists
+    assert main([*argv, "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"the earlier mychar-e0001.safetensors would move to {out / ARCHIVE}/ and be listed under the same name as the "
+        f"new one; move the earlier files out first, or train into a folder elsewhere with --copy-to {out}")
+    elsewhere = [*argv[:6], str(tmp_path / "mychar"), *argv[7:], "--copy-to", str(out)]
+    assert main(elsewhere) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"--copy-to: {out / 'mychar.safetensors'} exists, and is not this run's LoRA; name another file (or --name), "
+        f"or pass --overwrite to replace it (it moves to {tmp_path / 'mychar' / ARCHIVE}/)")
+    assert main([*elsewhere, "--overwrite"]) == 0
     said = " ".join(capsys.readouterr().out.split())
-    assert f"moved 3 file(s) of no recorded run to {out / ARCHIVE}/" in said, said
+    assert f"copied to {out / 'mychar.safetensors'}" in said and "LoRA folder" not in said, said
+    assert {path.name for path in out.rglob("*.safetensors")} == {  # (none of the run's checkpoints)
+        "mychar.safetensors", "mychar-e0001.safetensors", "pytorch_lora_weights.safetensors"}
+    assert filecmp.cmp(out / "mychar.safetensors", tmp_path / "mychar" / "mychar.safetensors", shallow=False)
+    [kept] = (tmp_path / "mychar" / ARCHIVE).rglob("*.safetensors")  # the file it replaced
+    assert all(torch.equal(tensor, load_file(str(other))[key]) for key, tensor in load_file(str(kept)).items())
     assert (out / "samples" / "theirs.png").is_file()
-    # (ComfyUI lists every .safetensors below models/loras: the run's checkpoints showed there without a word)
-    assert (f"{out} is a LoRA folder whose every .safetensors ComfyUI and AUTOMATIC1111 list: this run's "
-            "checkpoints/ (and an archive/) show in their lists too; train into a folder elsewhere and copy "
-            "mychar.safetensors in to keep them out") in said, said
-    kept = {path.name: load_file(str(path)) for path in (out / ARCHIVE).rglob("*.safetensors")}
-    assert set(kept) == {"mychar.safetensors", "mychar-e0001.safetensors", "pytorch_lora_weights.safetensors"}
-    assert all(torch.equal(tensor, load_file(str(other))[key]) for key, tensor in kept["mychar.safetensors"].items())
+
+
+def test_a_run_into_a_lora_folder_says_its_checkpoints_show_in_the_lists(tmp_path, capsys):
+    """ComfyUI lists every .safetensors below models/loras: the run's checkpoints showed there without a word."""
+    out = tmp_path / "ComfyUI" / "models" / "loras"
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out / "mychar"), "--max-steps",
+                 "1"]) == 0
+    assert (f"{out / 'mychar'} is in {out}, a LoRA folder whose every .safetensors ComfyUI and AUTOMATIC1111 list: "
+            f"this run's checkpoints/ show in their lists too; train into a folder elsewhere with --copy-to {out} to "
+            "keep them out") in " ".join(capsys.readouterr().out.split())
 
 
 def test_tensorboard_missing_is_said_before_anything_loads(monkeypatch):
@@ -244,3 +262,16 @@ def test_an_output_name_too_long_to_write_is_refused_before_any_work(tmp_path, c
     assert main(["resize", str(tmp_path / "missing.safetensors"), "--rank", "2", "--output", str(inside)]) == 2
     assert "File name too long; name another" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_copy_to_names_a_safetensors_file_or_a_folder_outside_the_runs_own_lora(tmp_path, capsys):
+    argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "run"), "--name", "me"]
+    for copy, said in ((tmp_path / "me.ckpt", f"--copy-to: {tmp_path / 'me.ckpt'} is no .safetensors file; name one,"),
+                       (tmp_path / "run" / "me.safetensors", "is the run's own LoRA; name a file or folder outside"),
+                       (tmp_path / "run", "is the run's own LoRA"),  # (a folder: the LoRA's name in it)
+                       (tmp_path / "file" / "x", "--copy-to: can't write in")):
+        (tmp_path / "file").write_bytes(b"")
+        assert main([*argv, "--copy-to", str(copy)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

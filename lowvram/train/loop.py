@@ -200,9 +200,11 @@ def run_training(session: Session) -> TrainResult:
         with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
             written = save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
                                  position if step > resumed_at else None, shape)
+            copied = outdir.copy_final(config, lora_path) if session.main else None
         if (asked or signals.received is not None) and session.main:
             raise stopped_after_the_last_step(lora_path, bool(config.samples))
-        samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log, written)
+        samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log, written,
+                         copied)
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
         networks.cast_inputs(module, cast=True)
@@ -238,7 +240,8 @@ def stopped_after_the_last_step(lora_path: Path, samples: bool) -> TrainingInter
 
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
-           step: int, started: datetime, resumed_at: int, log: RunLog, written: bool = True) -> list[Path]:
+           step: int, started: datetime, resumed_at: int, log: RunLog, written: bool = True,
+           copied: Path | None = None) -> list[Path]:
     """After the last step, in the main process: the diffusers-format copy, the sample images (in the `log` too),
     the phase peaks, and how long this process's steps (those after `resumed_at`) took, from `started`, and where
     their figures are."""
@@ -265,7 +268,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                               f"saved, and {shell_line('lowvram', 'generate', '--lora', lora_path)} draws them",
                               soft_wrap=True)
         samples = []
-    said = [f"[green]saved[/] {lora_path}"] * written + [f"[green]sample[/] {p}" for p in samples]  # (kept: said)
+    said = ([f"[green]saved[/] {lora_path}"] * written + [f"[green]copied[/] to {copied}"] * bool(copied)
+            + [f"[green]sample[/] {p}" for p in samples])  # (kept: said)
     if said:
         session.console.print("\n".join(said), soft_wrap=True)
     try:

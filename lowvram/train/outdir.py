@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import filecmp
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from lowvram.config import RunConfig
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import DiskFull, remove_orphans, windows_path_hint, write_problem, write_text
+from lowvram.files import DiskFull, atomic_write, remove_orphans, windows_path_hint, write_problem, write_text
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import HASHES, RECIPE_KEY, addnet_hash, hashes
 from lowvram.resolve import ResolvedRun
@@ -32,6 +33,7 @@ from lowvram.run_files import (
     OPTIONS_HEADER,
     RECORD,
     SAMPLES,
+    copy_destination,
     diffusers_copy,
     final_lora,
     final_samples_of,
@@ -165,6 +167,33 @@ def existing_lora_problem(config) -> str | None:
     return None
 
 
+def copy_problem(config) -> str | None:
+    """Where --copy-to names a file that is not this run's LoRA (another run's, another tool's): refused unless
+    --overwrite, under which `copy_final` moves it to the run's archive/ rather than write over it."""
+    if not config.output.copy_to or config.output.overwrite:
+        return None
+    copy = copy_destination(config.output.copy_to, config.output_name)
+    lora = config.output_dir / final_lora(config.output_name)
+    if copy.is_file() and not (lora.is_file() and filecmp.cmp(copy, lora, shallow=False)):
+        return (f"--copy-to: {copy} exists, and is not this run's LoRA; name another file (or --name), or pass "
+                f"--overwrite to replace it (it moves to {config.output_dir / ARCHIVE}/)")
+    return None
+
+
+def copy_final(config, lora: Path) -> Path | None:
+    """The final LoRA written where --copy-to says (atomically): over this run's earlier copy (`copy_problem`
+    found it the run's), or after moving another file there to the run's archive/ (--overwrite); its path, None
+    without --copy-to."""
+    if not config.output.copy_to or not lora.is_file():
+        return None
+    copy = copy_destination(config.output.copy_to, config.output_name)
+    if copy.is_file() and filecmp.cmp(copy, lora, shallow=False):
+        return copy  # (a finished run resumed: copied already)
+    if copy.is_file() and config.output.overwrite:
+        move_to_archive(config.output_dir, [copy])
+    return atomic_write(copy, lambda tmp: shutil.copyfile(lora, tmp), lora.stat().st_size, "the LoRA's copy")
+
+
 def train_on_from(lora: Path) -> str:
     """How to train further from a LoRA whose run cannot be resumed: as a start, in a new folder."""
     return f"train on from it with --network-weights {shell_line(lora)} and another --output"
@@ -175,7 +204,7 @@ def ownership_problem(run: ResolvedRun) -> str | None:
     writing there, so that the UI can ask before it starts a run: another run's files without --overwrite, another
     run's checkpoints on --resume, an --network-weights file that --overwrite would move away."""
     config, folder = run.config, run.config.output_dir
-    problem = existing_lora_problem(config)
+    problem = existing_lora_problem(config) or copy_problem(config)
     if problem:
         return problem
     ours, record = recipe(run), read_record(folder)
@@ -207,6 +236,9 @@ def ownership_problem(run: ResolvedRun) -> str | None:
                 f"saves to; start over with --overwrite (they move to {folder / ARCHIVE}/), or choose another "
                 "--output or --name")
     weights = config.network.network_weights
+    if config.output.overwrite and (listed := _archived_in_a_lora_list(folder, unrecorded or archived(
+            folder, record, config.output_name))):
+        return listed
     if unrecorded:  # --overwrite moves them, and nothing else
         if weights and Path(weights).resolve() in {path.resolve() for path in unrecorded}:
             return (f"--network-weights: {weights} is among the files --overwrite moves to {folder / ARCHIVE}/; "
@@ -222,14 +254,28 @@ def ownership_problem(run: ResolvedRun) -> str | None:
         resume = "continue it with --resume auto, " if checkpoints else ""
         if named:  # its checkpoints would go on as this name's run
             what = f"the run named {named}" + ("" if same else f" ({differences(record['recipe'], ours)})")
-            resume = (f"train {config.output_name} into another --output (one run per folder), "
+            resume = (f"train {config.output_name} into another --output (one run per folder; --copy-to gathers "
+                      "several runs' LoRAs in one folder), "
                       + (f"continue {named} with --name {named} --resume auto, " if checkpoints else ""))
         return (f"--output: {folder} holds {what}{steps}; {resume}start over with --overwrite (its files move to "
-                f"{folder / ARCHIVE}/), or choose another --output")
+                f"{folder / ARCHIVE}/)" + ("" if named else ", or choose another --output"))
     if weights and Path(weights).resolve() in {path.resolve() for path in archived(folder, record, config.output_name)}:
         return (f"--network-weights: {weights} is the earlier run's LoRA, which --overwrite moves to "
                 f"{folder / ARCHIVE}/; train on from it into another --output, or copy it out of this one first")
     return None
+
+
+def _archived_in_a_lora_list(folder: Path, moved: list[Path]) -> str | None:
+    """The line --overwrite stops at where it would move LoRA files into an archive/ that ComfyUI and AUTOMATIC1111
+    list (AUTOMATIC1111 names a LoRA by its file's name alone, and would load the archived one for the new one's)."""
+    listing = lora_list_folder(folder)
+    loras = [path for path in moved if path.suffix == LORA_SUFFIX]
+    if not listing or not loras:
+        return None
+    where = f"{folder} is a LoRA folder" if listing == folder.absolute() else f"{folder} is in {listing}, a LoRA folder"
+    return (f"--overwrite: {where} whose every .safetensors ComfyUI and AUTOMATIC1111 list: the earlier "
+            f"{loras[0].name} would move to {folder / ARCHIVE}/ and be listed under the same name as the new one; move "
+            f"the earlier files out first, or train into a folder elsewhere with --copy-to {listing}")
 
 
 def lora_list_folder(folder: Path) -> Path | None:
@@ -283,8 +329,8 @@ def take_ownership(run: ResolvedRun) -> str | None:
         where = "" if listing == folder.absolute() else f"in {listing}, "
         note = "; ".join(filter(None, [note, (
             f"{folder} is {where}a LoRA folder whose every .safetensors ComfyUI and AUTOMATIC1111 list: this run's "
-            f"{CHECKPOINTS}/ (and an {ARCHIVE}/) show in their lists too; train into a folder elsewhere and copy "
-            f"{final_lora(config.output_name)} in to keep them out")]))
+            f"{CHECKPOINTS}/ show in their lists too; train into a folder elsewhere with --copy-to {listing} to keep "
+            "them out")]))
     folder.mkdir(parents=True, exist_ok=True)
     ours = recipe(run)
     write_text(folder / RECORD, json.dumps({"identity": identity(ours), "recipe": ours, "name": config.output_name,
