@@ -324,8 +324,14 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         notes.append(f"output_model_destination {destination} is a Windows path: the LoRA is written as "
                      f"{values['name']} under --output (give one; default ./output)")
     elif destination:  # a file to write: from the current folder, as kohya's output_dir
+        # the LoRA where OneTrainer writes it, the run's own files in its workspace (a folder for each LoRA's name:
+        # every preset shares one workspace and one models/ folder, and lowvram keeps one run per folder)
         target = expand_home(str(destination))
-        values["output"], values["name"] = str(target.parent), target.stem
+        workspace = str(doc.get("workspace_dir") or "workspace/run")
+        workspace = workspace if not (os.name != "nt" and PureWindowsPath(workspace).drive) else "workspace/run"
+        values |= {"name": target.stem, "copy_to": str(target), "output": str(expand_home(workspace) / target.stem)}
+        notes.append(f"output_model_destination {destination}: the LoRA is copied there at the end (--copy-to); "
+                     f"the run's checkpoints, samples and logs go to {values['output']} (workspace_dir/<name>)")
     precision = _upper(doc, "output_dtype")
     if precision in PRECISIONS:
         values["save_precision"] = PRECISIONS[precision]

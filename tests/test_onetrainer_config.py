@@ -72,7 +72,9 @@ def test_a_onetrainer_config_trains_the_lora_onetrainer_would(tmp_path, monkeypa
     assert "read as a OneTrainer config" in err
     assert ("unet.weight_dtype FLOAT_16, gradient_checkpointing ON, train_dtype FLOAT_16: OneTrainer's defaults, "
             "left to lowvram's planner") in err
-    saved = read_toml(tmp_path / "models" / "ot-lora.toml")
+    # the LoRA where OneTrainer writes it, the run's files in its workspace (a second preset's LoRA in models/ too)
+    assert "the run's checkpoints, samples and logs go to workspace/run/ot-lora (workspace_dir/<name>)" in err
+    saved = read_toml(tmp_path / "workspace" / "run" / "ot-lora" / "ot-lora.toml")
     assert saved["text_encoder_until"] == "30e"  # its text encoder stops after 30 epochs
     assert saved["data"] == str(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json")
     assert (saved["rank"], saved["alpha"], saved["lora_layers"], saved["optimizer"]) == (8, 4.0, "attn-mlp",
@@ -85,7 +87,8 @@ def test_a_onetrainer_config_trains_the_lora_onetrainer_would(tmp_path, monkeypa
     assert saved["sample_every"] == "1e"
     meta = safe_open(str(tmp_path / "models" / "ot-lora.safetensors"), framework="pt").metadata()
     assert set(json.loads(meta["ss_tag_frequency"])) == {"alpha"}  # the concept, by its folder's name
-    assert list((tmp_path / "models").glob("**/*.png"))  # its sample was drawn
+    assert list((tmp_path / "workspace").glob("**/*.png"))  # its sample was drawn
+    assert [path.name for path in (tmp_path / "models").iterdir()] == ["ot-lora.safetensors"]
 
 
 def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(tmp_path):
@@ -191,7 +194,7 @@ def test_an_older_onetrainer_config_is_read_by_its_old_names_without_false_notes
             "text_encoder": {"train": True, "stop_training_after": 10000, "stop_training_after_unit": "NEVER"}}
     values, notes = translate_onetrainer(old, path)
     assert (values["lora_layers"], values["save_every"], values["train_text_encoder"]) == ("attn-mlp", "2e", True)
-    assert [note for note in notes if "planner" not in note] == [], notes
+    assert [note for note in notes if "planner" not in note and "copied there at the end" not in note] == [], notes
     with pytest.raises(LowvramError, match="align_prop: AlignProp's reward training is not something lowvram does"):
         translate_onetrainer(old | {"align_prop": True}, path)
 
@@ -231,10 +234,11 @@ EARLY = {
 }
 
 
-def test_an_early_onetrainer_config_is_brought_up_to_date_as_onetrainer_does(tmp_path):
+def test_an_early_onetrainer_config_is_brought_up_to_date_as_onetrainer_does(tmp_path, monkeypatch):
     """OneTrainer's own migrations: the optimizer and its settings become a section, each part's settings move
     into it (the text encoder's epochs becoming its stop), min-SNR becomes a loss weighting. Nothing is lost in a
     note, and a config that was once a crash (an optimizer given by name) trains."""
+    monkeypatch.chdir(tmp_path)  # (its LoRA is copied to models/ there)
     path = onetrainer_folder(tmp_path)
     values, notes = translate_onetrainer(EARLY, path)
     assert {key: values.get(key) for key in ("optimizer", "weight_decay", "lr", "train_text_encoder",
@@ -250,6 +254,7 @@ def test_an_early_onetrainer_config_is_brought_up_to_date_as_onetrainer_does(tmp
     path.write_text(json.dumps(EARLY))
     assert main(["train", "--config", str(path), "--output", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "early.safetensors").is_file()  # named as output_model_destination says
+    assert (tmp_path / "models" / "early.safetensors").is_file()  # and where it says
 
 
 def test_a_onetrainer_preset_as_its_repository_ships_it_is_read(tmp_path):
