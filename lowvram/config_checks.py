@@ -30,10 +30,10 @@ from lowvram.files import (
     TEMPORARY_NAME_EXTRA,
     file_in_the_way,
     name_length,
+    not_found_hint,
     not_utf8,
     unwritable,
     windows_output_problem,
-    windows_path_hint,
 )
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
@@ -129,12 +129,12 @@ def _file_problems(c: RunConfig) -> list[str]:
     elif is_dataset_file(c.data.data):
         p += _dataset_file_problems(c)
     elif Path(c.data.data).suffix.lower() in DATASET_SUFFIXES:
-        p.append(f"--data: file not found: {c.data.data}{windows_path_hint(c.data.data)}")
+        p.append(f"--data: file not found: {c.data.data}{not_found_hint(c.data.data)}")
     elif c.data.data != SAMPLE_DATA and Path(c.data.data).is_file():
         p.append(f"--data: {c.data.data} is a file; give the folder of images (kohya's N_name folders inside), or a "
                  "kohya or OneTrainer dataset file")
     elif c.data.data != SAMPLE_DATA and not Path(c.data.data).is_dir():
-        p.append(f"--data: folder not found: {c.data.data}{windows_path_hint(c.data.data)}")
+        p.append(f"--data: folder not found: {c.data.data}{not_found_hint(c.data.data)}")
     model_path = Path(c.model.model or "")
     if c.model.model is None:
         p.append("--model: which base model? pass a .safetensors checkpoint, a diffusers folder or a hub id "
@@ -142,7 +142,7 @@ def _file_problems(c: RunConfig) -> list[str]:
     elif model_path.suffix.lower() in PICKLE_SUFFIXES:
         p.append(pickle_refusal("--model", c.model.model))
     elif model_path.suffix.lower() == ".safetensors" and not model_path.is_file():
-        p.append(f"--model: file not found: {c.model.model}{windows_path_hint(c.model.model)}")
+        p.append(f"--model: file not found: {c.model.model}{not_found_hint(c.model.model)}")
     for flag, value, must_be_file in (("--vae", c.model.vae, False),
                                       ("--network-weights", c.network.network_weights, True)):
         if value is None or (flag == "--network-weights" and c.training.resume and not Path(value).exists()):
@@ -152,7 +152,7 @@ def _file_problems(c: RunConfig) -> list[str]:
         elif must_be_file and Path(value).is_dir():  # (a diffusers LoRA folder: was 'file not found')
             p.append(f"{flag}: {value} is a folder; {lora_in_folder(Path(value))}")
         elif not (Path(value).is_file() if must_be_file else Path(value).exists()):
-            p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}{windows_path_hint(value)}")
+            p.append(f"{flag}: {'file ' if must_be_file else ''}not found: {value}{not_found_hint(value)}")
     for item in c.model.base_weights:
         try:
             path, _ = parse_source(item)
@@ -164,7 +164,7 @@ def _file_problems(c: RunConfig) -> list[str]:
         elif path.is_dir():
             p.append(f"--base-weights: {path} is a folder; {lora_in_folder(path)}")
         elif not path.is_file():
-            p.append(f"--base-weights: file not found: {path}{windows_path_hint(item)}")
+            p.append(f"--base-weights: file not found: {path}{not_found_hint(item)}")
         else:
             try:
                 why = None if network_options(path) else no_layers_why(path)
@@ -183,7 +183,7 @@ def _file_problems(c: RunConfig) -> list[str]:
         p.append(f"--resume: {c.training.resume}: {found}; pass a checkpoint folder (<output>/checkpoints/step-N), "
                  f"or --resume auto for the output folder's newest{lora}")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
-        p.append(f"--reg-data: folder not found: {c.data.reg_data}{windows_path_hint(c.data.reg_data)}")
+        p.append(f"--reg-data: folder not found: {c.data.reg_data}{not_found_hint(c.data.reg_data)}")
     return p
 
 
@@ -265,7 +265,7 @@ def _validation_problems(c: RunConfig) -> list[str]:
     p: list[str] = []
     v = c.validation
     if v.validation_data is not None and not Path(v.validation_data).is_dir():
-        p.append(f"--validation-data: folder not found: {v.validation_data}{windows_path_hint(v.validation_data)}")
+        p.append(f"--validation-data: folder not found: {v.validation_data}{not_found_hint(v.validation_data)}")
     if not 0 <= v.validation_split < 1:
         p.append(f"--validation-split: must be in [0, 1), got {v.validation_split}")
     if v.validation_data and v.validation_split:

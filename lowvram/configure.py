@@ -39,7 +39,7 @@ from lowvram.dataset_files import (
     read_dataset,
 )
 from lowvram.errors import LowvramError, quoted, shell_line
-from lowvram.files import backslash_hint, expand_home, local_path, not_utf8, slashed, text_of, windows_path_hint
+from lowvram.files import backslash_hint, expand_home, local_path, not_found_hint, not_utf8, slashed, text_of
 from lowvram.kohya_config import flat_config, is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.kohya_launcher import is_launcher, launcher_config
@@ -100,7 +100,7 @@ def config_text(path: Path, flag: str = "--config") -> str:
     try:
         return text_of(path)
     except FileNotFoundError:
-        raise LowvramError(f"{flag}: file not found: {path}{windows_path_hint(path)}") from None
+        raise LowvramError(f"{flag}: file not found: {path}{not_found_hint(path)}") from None
     except IsADirectoryError:
         raise LowvramError(f"{flag}: {path} is a folder; give the config file in it") from None
     except OSError as exc:
@@ -136,7 +136,7 @@ def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:
     try:
         metadata, tensors, _ = read_header(path)
     except FileNotFoundError:
-        raise LowvramError(f"--config: file not found: {path}{windows_path_hint(path)}") from None
+        raise LowvramError(f"--config: file not found: {path}{not_found_hint(path)}") from None
     except (OSError, ValueError) as exc:
         raise LowvramError(f"--config: {path} is not a readable safetensors file ({exc})") from None
     if RECIPE_KEY not in metadata:

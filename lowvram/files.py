@@ -62,9 +62,22 @@ def expand_home(path: str | os.PathLike) -> Path:
         return Path(path)
 
 
+def broken_link(path: str | os.PathLike) -> str:
+    """Where a path is not found because it, or a folder on the way to it, is a link whose target is gone (a drive
+    not mounted, a shared models folder moved): that, in words; '' otherwise."""
+    link = next((part for part in (Path(path), *Path(path).parents) if part.is_symlink() and not part.exists()), None)
+    return f"; {link} is a link to {os.readlink(link)}, which is gone (a drive not mounted, or a folder moved)" \
+        if link else ""
+
+
+def not_found_hint(path: str | os.PathLike) -> str:
+    """Why a path is not found here: a link to what is gone (`broken_link`), or backslashes, as Windows writes
+    folders (a config or a command line from a Windows machine)."""
+    return broken_link(path) or windows_path_hint(path)
+
+
 def windows_path_hint(path: str | os.PathLike) -> str:
-    """Why a path with backslashes is not found here: Windows writes folders so (a config or a command line from a
-    Windows machine)."""
+    """Why a path with backslashes is not found here: Windows writes folders so."""
     if os.sep != "/":
         return ""
     if re.search(r"(^|/)[A-Za-z]:[\\/]", str(path)):  # another machine's drive (made absolute here by the config)
@@ -245,6 +258,8 @@ def unwritable(folder: Path) -> str | None:
     """What `write_problem` would find, as far as it shows without writing anything (a file in the way, a read-only
     file system, no permission on the nearest folder there is): for the first second of a command."""
     try:
+        if link := broken_link(folder):
+            return f"can't write in {folder}{link}"
         blocking = file_in_the_way(folder)
         if blocking:
             return f"can't write in {folder}: {blocking} is a file, not a folder"

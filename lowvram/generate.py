@@ -18,7 +18,7 @@ import torch
 from lowvram.adapters.lora_files import UNET_KOHYA_PREFIX
 from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
-from lowvram.files import atomic_write, output_problem, windows_path_hint
+from lowvram.files import atomic_write, not_found_hint, output_problem
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.lora_header import no_layers_why, read_header
 from lowvram.lora_layout import in_diffusers_layout
@@ -210,7 +210,7 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
     for path, _ in sources:
         path = path / DIFFUSERS_WEIGHTS if (path / DIFFUSERS_WEIGHTS).is_file() else path
         if not path.is_file():
-            problems.append(f"--lora: file not found: {path}{windows_path_hint(path)}")
+            problems.append(f"--lora: file not found: {path}{not_found_hint(path)}")
         elif path.suffix.lower() in PICKLE_SUFFIXES:  # (as train's --network-weights says it)
             problems.append(pickle_refusal("--lora", str(path)))
         elif path.suffix.lower() != ".safetensors":

@@ -24,7 +24,7 @@ from lowvram import lora_header
 from lowvram.config import NetworkConfig, as_flag_words, fields_by_name, flag_name
 from lowvram.configure import read_toml, recipe_needs
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
-from lowvram.files import windows_path_hint
+from lowvram.files import not_found_hint
 from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes
 
@@ -51,7 +51,7 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[
         names = ", ".join(file.name for file in held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
         raise LowvramError(f"{path} is a folder; give a LoRA .safetensors file in it" + (f" ({names})" if held else ""))
     if not path.is_file():
-        raise LowvramError(f"file not found: {path}{windows_path_hint(path)}")
+        raise LowvramError(f"file not found: {path}{not_found_hint(path)}")
     if path.suffix.lower() in PICKLE_SUFFIXES:  # (as train and generate say it)
         raise LowvramError(pickle_refusal("FILE", str(path)).removeprefix("FILE: "))
     try:

@@ -22,7 +22,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import expand_home, local_path, windows_path_hint
+from lowvram.files import expand_home, local_path, not_found_hint
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 
 # the U-Net's layer_filter each of OneTrainer's SD1.5/SDXL presets writes (its LAYER_PRESETS), which is what trains
@@ -282,7 +282,7 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
             values["data"] = concepts
         elif doc["concept_file_name"] != DEFAULTS["concept_file_name"]:  # (OneTrainer's own, missing: no word)
             notes.append(f"concept_file_name: file not found: {doc['concept_file_name']}"
-                         f"{windows_path_hint(doc['concept_file_name'])}; give the concepts file as --data, or the "
+                         f"{not_found_hint(doc['concept_file_name'])}; give the concepts file as --data, or the "
                          "image folder")
     resolution = str(doc.get("resolution", "512")).strip()
     sides = [side.strip() for side in resolution.split(",")]

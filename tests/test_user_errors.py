@@ -3,6 +3,7 @@ the option and the fix, or is kept as it is. Nothing of theirs is overwritten or
 
 import filecmp
 import json
+import os
 import re
 import shutil
 
@@ -275,3 +276,24 @@ def test_copy_to_names_a_safetensors_file_or_a_folder_outside_the_runs_own_lora(
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="links need privileges on Windows")
+def test_a_link_to_what_is_gone_is_named_as_one(tmp_path, capsys):
+    """Stability Matrix links each UI's models folder to a shared one: with that drive unmounted, a model was 'not
+    found (did you mean <itself>?)' and the output folder 'File exists'."""
+    (tmp_path / "model.safetensors").symlink_to(tmp_path / "gone" / "model.safetensors")
+    (tmp_path / "Lora").symlink_to(tmp_path / "unmounted")
+    model = (f"{tmp_path / 'model.safetensors'} is a link to {tmp_path / 'gone' / 'model.safetensors'}, which is "
+             "gone (a drive not mounted, or a folder moved)")
+    folder = f"{tmp_path / 'Lora'} is a link to {tmp_path / 'unmounted'}, which is gone"
+    for argv, said in ((["train", "--model", str(tmp_path / "model.safetensors"), "--data", "sample", "--output",
+                         str(tmp_path / "out")], model),
+                       (["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "Lora" / "run")],
+                        folder),
+                       (["generate", "--model", "tiny", "--lora", str(tmp_path / "Lora" / "me.safetensors"),
+                         "--prompt", "a cat", "--output", str(tmp_path / "cat.png")], folder),
+                       (["info", str(tmp_path / "model.safetensors")], model)):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and "did you mean" not in err and len(err.strip().splitlines()) == 1, err

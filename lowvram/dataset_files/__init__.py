@@ -13,7 +13,7 @@ from lowvram.dataset_files.kohya import is_kohya_dataset, read_kohya_dataset
 from lowvram.dataset_files.onetrainer import concepts_in, read_concepts
 from lowvram.dataset_files.subsets import DatasetFile, Subset
 from lowvram.errors import LowvramError
-from lowvram.files import backslash_hint, not_utf8, text_of, windows_path_hint
+from lowvram.files import backslash_hint, not_found_hint, not_utf8, text_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,7 +65,7 @@ def _load(path: Path) -> Any:
         text = text_of(path)  # a BOM (Notepad's) or UTF-16 (PowerShell's) too
         return json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except FileNotFoundError:
-        raise LowvramError(f"--data: file not found: {path}{windows_path_hint(path)}") from None
+        raise LowvramError(f"--data: file not found: {path}{not_found_hint(path)}") from None
     except UnicodeDecodeError as exc:  # (a ValueError too: Notepad's ANSI)
         raise LowvramError(f"--data: {not_utf8(path, exc)}") from None
     except (tomllib.TOMLDecodeError, ValueError) as exc:

@@ -24,7 +24,7 @@ from typing import Any
 
 from lowvram.dataset_files.subsets import DatasetFile, Subset, folder_label, settle
 from lowvram.errors import LowvramError
-from lowvram.files import expand_home, local_path, windows_path_hint
+from lowvram.files import expand_home, local_path, not_found_hint
 from lowvram.kohya_config import NO_BUCKETS, REFUSED_SETTINGS, as_number
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 
@@ -185,7 +185,7 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
                 " (a relative path is read from the current folder, as kohya reads it" +
                 ("" if beside == Path.cwd().resolve() else f", then from {beside}") + ")")
         problem(f"{name} image_dir", f"{'not a folder' if folder.exists() else 'folder not found'}: {image_dir}"
-                                     f"{windows_path_hint(image_dir) or read}")
+                                     f"{not_found_hint(image_dir) or read}")
         return None
     repeats = as_number(settled.get("num_repeats", 1), f"{name} num_repeats", problem, int)
     if repeats < 1:
@@ -219,7 +219,7 @@ def _metadata_captions(metadata: Path, key: str, problem) -> dict[str, str]:
     try:
         entries = json.loads(metadata.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        problem(key, f"file not found: {metadata}{windows_path_hint(metadata)}")
+        problem(key, f"file not found: {metadata}{not_found_hint(metadata)}")
         return {}
     except (OSError, ValueError) as exc:
         problem(key, f"{metadata} is not readable JSON ({exc}); make it with kohya's merge_captions_to_metadata.py")

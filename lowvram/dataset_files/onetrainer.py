@@ -22,7 +22,7 @@ from typing import Any
 from lowvram.config import IMAGE_SUFFIXES, LABEL_STEMS
 from lowvram.dataset_files.subsets import DatasetFile, Subset, settle
 from lowvram.errors import LowvramError
-from lowvram.files import local_path, passed_over, windows_path_hint
+from lowvram.files import local_path, not_found_hint, passed_over
 from lowvram.kohya_config import as_number
 
 # a concept's own keys lowvram reads; the rest of its image and text settings are below
@@ -146,7 +146,7 @@ def _folders(concept: dict, path: Path, where: str, problem) -> list[Path] | Non
     folder = local_path(given, path, levels=2)
     if not folder.is_dir():
         problem(f"{where} path", f"{'not a folder' if folder.exists() else 'folder not found'}: {given}"
-                                 f"{windows_path_hint(given)}")
+                                 f"{not_found_hint(given)}")
         return None
     folder = folder.resolve()
     if not concept.get("include_subdirectories"):

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, first_line, pickle_refusal
-from lowvram.files import expand_home, windows_path_hint
+from lowvram.files import broken_link, expand_home, not_found_hint
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -77,7 +77,8 @@ def is_plainly_local(name: str) -> bool:
 
 def path_not_found(flag: str, name: str) -> LowvramError:
     """`flag`'s local file or folder is not there; the closest name beside where it should be, if one is close."""
-    return LowvramError(f"{flag}: file or folder not found: {name}{closest(Path(name)) or windows_path_hint(name)}")
+    hint = broken_link(name) or closest(Path(name)) or not_found_hint(name)
+    return LowvramError(f"{flag}: file or folder not found: {name}{hint}")
 
 
 def closest(path: Path) -> str:

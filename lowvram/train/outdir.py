@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lowvram.config import RunConfig
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import DiskFull, atomic_write, remove_orphans, windows_path_hint, write_problem, write_text
+from lowvram.files import DiskFull, atomic_write, not_found_hint, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import HASHES, RECIPE_KEY, addnet_hash, hashes
 from lowvram.resolve import ResolvedRun
@@ -146,7 +146,7 @@ def nothing_to_resume(config):
                            f"--overwrite (its files move to {folder / ARCHIVE}/)")
     weights = config.network.network_weights
     if weights and not Path(weights).is_file():  # (the checks let it pass for a checkpoint, which holds them)
-        raise LowvramError(f"--network-weights: file not found: {weights}{windows_path_hint(weights)} (--resume auto "
+        raise LowvramError(f"--network-weights: file not found: {weights}{not_found_hint(weights)} (--resume auto "
                            f"finds no checkpoint in {folder} to continue from, so the run starts from it)")
     new = dataclasses.replace(config, training=dataclasses.replace(config.training, resume=None))
     return new, f"--resume auto: no checkpoint in {folder} yet, so the run starts from the beginning"
