@@ -170,6 +170,16 @@ def test_a_file_that_is_not_a_vae_is_named(tmp_path):
         load_model("tiny", vae=str(other))
 
 
+def test_a_whole_checkpoint_as_vae_gives_its_vae_for_its_own_family_only(tmp_path):
+    """A Stability Matrix user picked a checkpoint of the other family as --vae: its VAE fits the architecture, but
+    its latents are scaled otherwise, and the images came out wrong without a word."""
+    sd15, sdxl = (single_file(load_model(name), tmp_path / f"{name}.safetensors") for name in ("tiny", "tiny-sdxl"))
+    with pytest.raises(LowvramError, match=r"--vae: .*tiny-sdxl.safetensors is a whole tiny SDXL .*checkpoint, whose "
+                                           r"VAE is not tiny SD .*'s \(its latents are scaled otherwise\)"):
+        load_model("tiny", vae=str(sdxl))
+    assert_same_weights(load_model("tiny", vae=str(sd15)).vae, load_model("tiny").vae)  # (its own family's: taken)
+
+
 def test_training_with_a_users_vae_encodes_with_it(other_vae, tmp_path):
     from conftest import run_config
 

@@ -23,6 +23,7 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, first_line, pickle_ref
 from lowvram.files import expand_home
 from lowvram.models.detect import (
     check_model_part,
+    checkpoint_title,
     detect_family,
     detect_single_file_family,
     diffusers_folder_family,
@@ -117,6 +118,9 @@ def load_vae(vae: str | Path, family: ModelFamily, dtype: torch.dtype = torch.fl
         path = path / "vae"  # a whole diffusers model: its VAE
     if path.is_dir():
         check_model_part(path, "diffusers", "AutoencoderKL", "--vae")
+    elif (title := checkpoint_title(path)) and title != family.title:  # (the same family's: its VAE, as meant)
+        raise LowvramError(f"--vae: {path} is a whole {title} checkpoint, whose VAE is not {family.title}'s (its "
+                           f"latents are scaled otherwise); give a VAE of {family.title}'s")
     try:
         if path.is_dir():
             return AutoencoderKL.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
