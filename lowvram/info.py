@@ -27,6 +27,7 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_
 from lowvram.files import not_found_hint
 from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes
+from lowvram.run_files import lora_in_folder
 
 # the recipe's dataset folders (by name: a private one's name tells of it) and the caption text it holds
 DATASET_FOLDERS = ("data", "reg_data", "validation_data", "caption_template", "caption_prefix", "caption_suffix",
@@ -47,9 +48,7 @@ _NETWORKS = {"loha": "LoHa", "lokr": "LoKr", "dora": "DoRA", "lora": "LoRA"}
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
     """(metadata, {tensor name: (dtype, shape)}), reading no tensor data."""
     if path.is_dir():
-        held = sorted(path.glob("*.safetensors"), key=lambda file: -file.stat().st_mtime)  # the newest first
-        names = ", ".join(file.name for file in held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
-        raise LowvramError(f"{path} is a folder; give a LoRA .safetensors file in it" + (f" ({names})" if held else ""))
+        raise LowvramError(f"{path} is a folder; {lora_in_folder(path)}")
     if not path.is_file():
         raise LowvramError(f"file not found: {path}{not_found_hint(path)}")
     if path.suffix.lower() in PICKLE_SUFFIXES:  # (as train and generate say it)

@@ -18,9 +18,14 @@ OPTIONS_HEADER = "# the options of a lowvram run, as `lowvram train --config` re
 
 
 def lora_in_folder(path: Path) -> str:
-    """What to give instead of a folder where a LoRA file goes: a diffusers LoRA folder's weights file, by its path."""
+    """What to give instead of a folder where a LoRA file goes: a diffusers LoRA folder's weights file, by its path,
+    else a .safetensors file in it (the newest named first)."""
     inside = path / DIFFUSERS_WEIGHTS
-    return f"give its {inside}" if inside.is_file() else "give a LoRA .safetensors file"
+    if inside.is_file():
+        return f"give its {inside}"
+    held = sorted(path.glob(f"*{LORA_SUFFIX}"), key=lambda file: -file.stat().st_mtime) if path.is_dir() else []
+    names = ", ".join(file.name for file in held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+    return "give a LoRA .safetensors file" + (f" in it ({names})" if held else "")
 
 
 def final_lora(name: str) -> str:

@@ -95,7 +95,11 @@ def test_info_refuses_a_truncated_lora_and_a_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["info", str(tmp_path / "empty")]) == 2
     assert one_error(capsys) == (f"lowvram info: error: {tmp_path / 'empty'} is a folder; give a LoRA .safetensors "
-                                 "file in it")
+                                 "file")
+    # generate --lora too: it said "file not found" of a folder that is there
+    assert main(["generate", "--model", "tiny", "--lora", str(tmp_path / "run"), "--prompt", "a cat"]) == 2
+    assert one_error(capsys) == (f"lowvram generate: error: --lora: {tmp_path / 'run'} is a folder; give a LoRA "
+                                 ".safetensors file in it (run.safetensors)")
     assert main(["info", str(lora)]) == 0
 
 
