@@ -211,7 +211,7 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
     if size is not None:
         ensure_room(path.parent, size, what)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # read-only, a file where a folder should be, no permission
         blocking = file_in_the_way(path.parent)
@@ -433,7 +433,7 @@ def _make_lock_folder(folder: Path) -> bool:
     except OSError:  # another made the folder meanwhile
         if not folder.is_dir():
             raise
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folders(folder)
     return True
 
 
@@ -466,7 +466,7 @@ def _new_holder(folder: Path):
     """A file of this holder's own in `folder`, locked; None where the file system has no locks; False where
     someone holds it already (a clearer looking at it the moment it was made). OSError where the folder cannot be
     written."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folders(folder)
     handle = open(folder / f"holder-{os.getpid()}-{os.urandom(4).hex()}.lock", "x+b")  # noqa: SIM115
     got = _lock(handle)
     if not got:
@@ -479,7 +479,7 @@ def _take(path: Path, create: bool = True):
     the file system has no locks, or (without `create`) the file is gone. OSError where it can be neither opened
     nor made."""
     if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(path.parent)
     try:
         handle = open(path, "a+b" if create else "r+b")  # noqa: SIM115
     except FileNotFoundError:
@@ -583,6 +583,26 @@ def with_plain_modes(folder: Path) -> Path:
     for path in [folder, *folder.rglob("*")]:
         os.chmod(path, plain_mode(0o777 if path.is_dir() else 0o666))
     return folder
+
+
+def make_folders(folder: Path) -> None:
+    """`folder` and the folders above it made where missing. Under a group's shared folder (setgid and writable by
+    the group, as a lab's shared cache is made) the new folders are the group's to write in too, whatever this
+    user's umask: else the next user of the cache could add nothing to a folder the first one made."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        shared = existing.stat().st_mode & (stat.S_ISGID | stat.S_IWGRP) == stat.S_ISGID | stat.S_IWGRP
+    except OSError:
+        return
+    made = folder
+    while shared and made != existing and made != made.parent:
+        with contextlib.suppress(OSError):  # (one another user made meanwhile: theirs to set)
+            os.chmod(made, made.stat().st_mode & 0o7777 | stat.S_ISGID | stat.S_IRWXG)
+        made = made.parent
 
 
 def plain_mode(requested: int) -> int:

@@ -48,7 +48,8 @@ def cache_in_use(cache_dir: Path, console=None):
         if reason in _UNLOCKED_SAID:  # (a run's scan takes the lock again inside the run's own hold)
             return
         _UNLOCKED_SAID.add(reason)
-        fix = ("run as the user who owns the cache" if Path(cache_dir).is_dir() else  # (a HOME that is not there)
+        fix = ("run as the user who owns the cache, or share it as a group's folder (chmod 2775, see the README's "
+               "Caches)" if Path(cache_dir).is_dir() else  # (a HOME that is not there)
                "give --cache-dir or LOWVRAM_CACHE_DIR a folder you can write")
         console.print(f"[yellow]warning:[/] the cache's lock cannot be taken ({escape(reason)}), so `lowvram cache` "
                       f"could remove what this run reads; {fix}", soft_wrap=True)

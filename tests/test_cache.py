@@ -3,7 +3,9 @@ messy dataset completes on the good files without touching the user's folder."""
 
 import dataclasses
 import hashlib
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -524,3 +526,24 @@ def test_the_bucket_info_counts_the_regularization_images_as_an_epoch_pairs_them
     counts = {tuple(bucket["resolution"]): bucket["count"]
               for bucket in json.loads(bucket_info(run, training, regularization))["buckets"].values()}
     assert sum(counts.values()) == 60 and counts[(64, 64)] == 30  # 30 training samples, the 3 class images to 30
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_folders_made_in_a_groups_shared_cache_are_the_groups_to_write_in(tmp_path, monkeypatch):
+    """A lab's cache (setgid, group-writable): the first student's latents/ and text/ folders took her umask (755),
+    and every other student's run warned, re-encoded and wrote nothing."""
+    from lowvram.files import atomic_write
+
+    previous = os.umask(0o022)
+    try:
+        shared, plain = tmp_path / "shared", tmp_path / "plain"
+        shared.mkdir(mode=0o775)
+        os.chmod(shared, 0o2775)
+        plain.mkdir(mode=0o755)
+        for root in (shared, plain):
+            atomic_write(root / "latents" / "ab" / "x.safetensors", lambda tmp: tmp.write_bytes(b"x"))
+        assert [stat.filemode((shared / part).stat().st_mode) for part in ("latents", "latents/ab")] == [
+            "drwxrwsr-x"] * 2
+        assert stat.filemode((plain / "latents" / "ab").stat().st_mode) == "drwxr-xr-x"  # (a user's own: as was)
+    finally:
+        os.umask(previous)
