@@ -337,10 +337,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(regularization_balance(run, reports[0].usable, reports[1].usable))
         elif args.command == "ui":
             from lowvram.resolve import default_cache_dir
-            from lowvram.ui.app import exposed, launch, login
+            from lowvram.ui.app import exposed, launch, login, other_users
 
             launch(args.listen or "127.0.0.1", args.port, args.share, default_cache_dir(),
-                   auth=login(args.auth, args.share, exposed(args.listen)), inbrowser=args.inbrowser)
+                   auth=login(args.auth, args.share, exposed(args.listen), other_users()),
+                   inbrowser=args.inbrowser)
         elif args.command == "caption":
             return run_caption(args)
         elif args.command == "info":

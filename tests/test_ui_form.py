@@ -487,6 +487,10 @@ def test_a_public_link_needs_a_login_and_an_open_network_is_warned_about(capsys)
         login(None, share=True, listen=False)
     assert login(None, share=False, listen=True) is None
     assert "warning: --listen without --auth" in capsys.readouterr().err
+    # a lab machine: every account reaches 127.0.0.1
+    assert login(None, share=False, listen=False, others=("stu2",)) is None
+    assert "other users are logged in to this machine (stu2)" in capsys.readouterr().err
+    assert login(None, share=False, listen=False) is None and not capsys.readouterr().err
     assert login("me:s3cret:x", share=True, listen=True) == ("me", "s3cret:x")
     for bad in ("me", ":pw", "me:"):
         with pytest.raises(LowvramError, match="--auth: give it as USER:PASSWORD"):

@@ -446,9 +446,10 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, auth: tuple[str, 
     raise KeyboardInterrupt  # (Gradio's wait ends on Ctrl-C or SIGTERM, which it took: "interrupted", 130)
 
 
-def login(auth: str | None, share: bool, listen: bool) -> tuple[str, str] | None:
-    """--auth as (user, password). A public link without one is refused, and a network without one warned about:
-    the app starts runs, writes files and reads folders as the user who started it."""
+def login(auth: str | None, share: bool, listen: bool, others: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    """--auth as (user, password). A public link without one is refused, and a network or a machine `others` are
+    logged in to (a lab's: every account reaches 127.0.0.1) without one warned about: the app starts runs, writes
+    files and reads folders as the user who started it."""
     if auth is None:
         if share:
             raise LowvramError("--share: a public gradio.live link lets anyone who has it start runs, write files "
@@ -456,11 +457,26 @@ def login(auth: str | None, share: bool, listen: bool) -> tuple[str, str] | None
         if listen:
             print("warning: --listen without --auth: anyone who can reach this machine can start runs and write "
                   "files as you; add --auth USER:PASSWORD", file=sys.stderr)
+        elif others:
+            print(f"warning: other users are logged in to this machine ({', '.join(others)}), and each can open the "
+                  "app on 127.0.0.1 and start runs and write files as you; add --auth USER:PASSWORD", file=sys.stderr)
         return None
     user, _, password = auth.partition(":")
     if not user or not password:
         raise LowvramError("--auth: give it as USER:PASSWORD, both not empty")
     return user, password
+
+
+def other_users() -> tuple[str, ...]:
+    """The other accounts logged in to this machine (a lab's, a shared server's), by name."""
+    import getpass
+
+    import psutil
+
+    try:
+        return tuple(sorted({user.name for user in psutil.users()} - {getpass.getuser()}))
+    except (OSError, KeyError, RuntimeError):  # (no login records; a user without a name)
+        return ()
 
 
 def exposed(host: str | None) -> bool:
