@@ -23,6 +23,7 @@ from lowvram.config import (
     flag_name,
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
+from lowvram.dataset_files.subsets import REPEAT_FOLDER
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.files import (
     MAX_FILE_NAME,
@@ -494,6 +495,22 @@ def _copy_problems(c: RunConfig) -> list[str]:
     return [f"--copy-to: {blocked}"] if blocked else []
 
 
+def _output_among_images(c: RunConfig) -> list[str]:
+    """An --output that is the dataset's folder or one of its N_name image folders (or inside one), as a cache
+    there is refused: lowvram never writes among the images."""
+    if not c.data.data or not Path(c.data.data).is_dir():
+        return []
+    data, out = Path(c.data.data).resolve(), c.output_dir.resolve()
+    if not out.is_relative_to(data):
+        return []
+    images = data if out == data else data / out.relative_to(data).parts[0]
+    if images != data and not REPEAT_FOLDER.match(images.name):
+        return []  # (a project's output folder beside its image folders)
+    where = "is the dataset's image folder," if images == out else f"is inside the dataset's image folder {images},"
+    return [(f"--output: {c.output_dir} {where} which lowvram never writes to (the run's LoRA, samples and "
+            "checkpoints would lie among the images); choose an --output outside it")]
+
+
 def _output_problems(c: RunConfig) -> list[str]:
     """What the run writes: its folder and name, its saves, samples and logs."""
     p: list[str] = []
@@ -510,6 +527,7 @@ def _output_problems(c: RunConfig) -> list[str]:
             p.append(windows)
     if c.output.copy_to and not windows_output_problem("--copy-to", c.output.copy_to):
         p += _copy_problems(c)
+    p += _output_among_images(c)
     blocking = c.data.cache_dir and file_in_the_way(Path(c.data.cache_dir))
     if blocking:  # (found before caching: every cache write, its lock first, would fail one by one)
         p.append(f"--cache-dir: {blocking} is a file, not a folder; give a folder, or leave --cache-dir out for "

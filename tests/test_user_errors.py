@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 from conftest import run_config
+from PIL import Image
 from safetensors.torch import load_file
 
 from lowvram.cli import main
@@ -301,3 +302,21 @@ def test_a_link_to_what_is_gone_is_named_as_one(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert said in err and "did you mean" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_output_folder_among_the_images_is_refused_as_a_cache_there_is(tmp_path, capsys):
+    """A student's --output "~/mydata/10_ohwx mug" wrote the LoRA, checkpoints and samples among her images."""
+    images = tmp_path / "mydata" / "10_ohwx mug"
+    images.mkdir(parents=True)
+    Image.new("RGB", (64, 64), "red").save(images / "a.png")
+    inside = (f"--output: {images / 'run'} is inside the dataset's image folder {images}, which lowvram never writes "
+              "to (the run's LoRA, samples and checkpoints would lie among the images); choose an --output outside it")
+    for output, said in ((images, f"--output: {images} is the dataset's image folder, which lowvram never"),
+                         (images / "run", inside)):
+        assert main(["train", "--model", "tiny", "--data", str(tmp_path / "mydata"), "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["10_ohwx mug", "a.png", "mydata"]
+    # a folder of the project beside the image folders is no image folder: its runs stay
+    assert main(["plan", "--model", "tiny", "--data", str(tmp_path / "mydata"), "--output",
+                 str(tmp_path / "mydata" / "output"), "--vram", "6GB"]) == 0
