@@ -364,6 +364,9 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     assert records["10_sks dog/a.jpg"].caption == "zwx, from the caption"
     assert "both .caption and .txt: used .caption" in records["10_sks dog/a.jpg"].notes
     assert records["10_sks dog/b.png"].caption == "zwx"
+    # a folder named with the trigger word (kohya's 10_sks dog) keeps its class word, as kohya's caption would
+    records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".caption", trigger_word="sks")))
+    assert records["10_sks dog/b.png"].caption == "sks dog"
     (tmp_path / "10_sks dog" / "a.caption").write_text("cafe\u0301, girl")  # 'é' as 'e' and its accent (NFD)
     records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".caption",
                                                                    trigger_word="caf\u00e9")))

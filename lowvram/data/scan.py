@@ -521,8 +521,10 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
     else:
         text, notes, non_utf8 = read_caption_file(image, options.caption_extension)
     weights: tuple[float, ...] = ()
-    if text is None:
-        lines = [options.caption_template.format(trigger=options.trigger_word or folder.label).strip()]
+    if text is None:  # (a kohya folder named with the trigger, 10_ohwx dog, keeps its class word as kohya's does)
+        named = options.trigger_word and folder.label and has_word(folder.label, options.trigger_word)
+        lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word
+                                                 or folder.label).strip()]
     else:
         lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
         if options.trigger_word:
