@@ -253,6 +253,18 @@ def test_a_kohya_ss_project_folder_given_as_data_names_its_img_and_reg_folders(t
     assert "a level down" not in str(pytest.raises(NoUsableImages, scan_dataset, project / "img", TINY).value)
 
 
+def test_a_folder_of_images_not_named_n_name_is_named_with_the_fix(tmp_path):
+    """A beginner's dataset/ohwx_mug/ said 'skipped folder', then 'no images in dataset'."""
+    (tmp_path / "ds" / "ohwx_mug").mkdir(parents=True)
+    (tmp_path / "ds" / "notes").mkdir()  # (no images: not the one named)
+    drawn().save(tmp_path / "ds" / "ohwx_mug" / "a.png")
+    with pytest.raises(NoUsableImages) as raised:
+        scan_dataset(tmp_path / "ds", TINY)
+    assert str(raised.value).endswith(
+        f"or its N_name subfolders; ohwx_mug/ holds images but is not named N_name: rename it to 10_ohwx_mug (each "
+        f"image 10 times per epoch), or give --data {tmp_path / 'ds' / 'ohwx_mug'}")
+
+
 def test_a_photo_past_pillows_warning_trains_as_in_kohya(tmp_path):
     """90 MP (a 108 MP phone's photos are more): Pillow warns but decodes it, and kohya trains it; only past twice
     that, where Pillow refuses, is an image skipped. Greyscale keeps the test's RAM and time small."""

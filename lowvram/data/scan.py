@@ -211,6 +211,11 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             if "--data" in nested:  # kohya_ss's project folder given, not its img/ folder
                 message += "; its N_name folders are a level down: give " + " ".join(
                     f"{option} {folder}" for option, folder in nested.items())
+            elif judged and (unnamed := [sub for sub in sorted(root.iterdir()) if sub.is_dir() and not passed_over(sub)
+                                         and not REPEAT_FOLDER.match(sub.name) and _holds_images(sub)]):
+                sub = unnamed[0]  # (a beginner's dataset/ohwx_mug/: kohya's layout wants 10_ohwx_mug)
+                message += (f"; {sub.name}/ holds images but is not named N_name: rename it to 10_{sub.name} (each "
+                            f"image 10 times per epoch), or give --data {sub}")
             parquet = next(root.glob("*.parquet"), None) or next(root.glob("*/*.parquet"), None)
             if parquet:  # a dataset from the Hub in its own format: images inside the file
                 message += (f"; {parquet.relative_to(root).as_posix()} is a dataset stored as parquet, which lowvram "
@@ -223,6 +228,13 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             message = f"{flag}: no usable images in {where}: {len(records)} skipped ({listing})"
         raise NoUsableImages(message, report)
     return report
+
+
+def _holds_images(folder: Path) -> bool:
+    try:
+        return any(path.suffix.lower() in IMAGE_SUFFIXES for path in folder.iterdir())
+    except OSError:
+        return False
 
 
 def nested_option(folder: Path) -> str | None:
