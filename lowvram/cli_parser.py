@@ -89,12 +89,30 @@ class _Parser(argparse.ArgumentParser):
                     fix = f"{self.prog} takes one {taken[0].metavar or taken[0].dest}"
                 else:
                     fix = "each value goes right after its option's flag (one is missing, or an option got two)"
+                if spaced := _unquoted_path(getattr(self, "_given", []), words[0]):
+                    fix = f"a path with spaces is one argument only in quotes: \"{spaced}\""
                 if words[0] in ("^", "`"):  # a command copied from a .bat or a PowerShell script, line by line
                     shell = "cmd" if words[0] == "^" else "PowerShell"
                     fix = (f"{words[0]} ends a line of a command in Windows' {shell}; here a line goes on after \\ "
                            "(or write the command on one line)")
                 message = f"unexpected argument '{words[0]}': {fix}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _unquoted_path(given: list[str], word: str) -> str | None:
+    """The path a space split in two where a word without its flag is its end (--data /srv/10_ohwx mug, unquoted:
+    kohya's folder names hold spaces), where joined it names a file or folder that is there."""
+    for at in (i for i, part in enumerate(given) if part == word):
+        first, last = at, at  # the words about it that no flag starts
+        while first > 0 and not given[first - 1].startswith("-"):
+            first -= 1
+        while last + 1 < len(given) and not given[last + 1].startswith("-"):
+            last += 1
+        for start in range(first, at + 1):
+            for end in range(max(at, start + 1), last + 1):
+                if Path(joined := " ".join(given[start:end + 1])).expanduser().exists():
+                    return joined
+    return None
 
 
 def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | None:

@@ -320,3 +320,15 @@ def test_an_output_folder_among_the_images_is_refused_as_a_cache_there_is(tmp_pa
     # a folder of the project beside the image folders is no image folder: its runs stay
     assert main(["plan", "--model", "tiny", "--data", str(tmp_path / "mydata"), "--output",
                  str(tmp_path / "mydata" / "output"), "--vram", "6GB"]) == 0
+
+
+def test_a_path_split_at_its_space_says_to_quote_it(tmp_path, capsys):
+    """kohya's folder names hold spaces (10_ohwx mug): typed unquoted, the error spoke of a missing flag."""
+    folder = tmp_path / "10_ohwx big mug"
+    folder.mkdir()
+    for argv in (["train", "--model", "tiny", "--data", *str(folder).split(" ")],
+                 ["check-data", *str(folder).split(" "), "--model", "tiny"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err
+        assert f"unexpected argument 'big': a path with spaces is one argument only in quotes: \"{folder}\"" in err, err
