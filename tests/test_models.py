@@ -199,3 +199,16 @@ def test_a_familys_own_hub_repository_is_known_offline(family, no_network):
     from lowvram.models.detect import detect_family
 
     assert detect_family(FAMILIES[family].hub_id) is FAMILIES[family]
+
+
+def test_a_mistyped_built_in_model_is_named_with_the_closest(no_network):
+    """`--model tinysdxl` was asked of the hub (offline: 'its config could not be fetched') though no hub id is one
+    word."""
+    from lowvram.models.detect import detect_family
+
+    for typed, said in (("tinysdxl", "did you mean 'tiny-sdxl'?"), ("SD15", "did you mean 'sd15'?"),
+                        ("mymodel", "give a .safetensors file, a diffusers folder or a hub id (owner/name)")):
+        with pytest.raises(LowvramError) as error:
+            detect_family(typed)
+        assert str(error.value) == (f"--model: '{typed}' is no file or folder here, nor a built-in model (sd15, sdxl, "
+                                    f"tiny, tiny-sdxl); {said}")

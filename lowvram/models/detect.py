@@ -50,6 +50,11 @@ def detect_family(model: str, family: str | None = None) -> ModelFamily:
         found = next(f for f in FAMILIES.values() if model == f.hub_id)
     elif is_plainly_local(model):
         raise path_not_found("--model", model)
+    elif "/" not in model:  # no hub id (owner/name), no file or folder here: a built-in model's name mistyped?
+        near = difflib.get_close_matches(model.lower(), list(FAMILIES), n=1, cutoff=0.6)
+        raise LowvramError(f"--model: '{model}' is no file or folder here, nor a built-in model ("
+                           f"{', '.join(FAMILIES)})" + (f"; did you mean '{near[0]}'?" if near else "; give a "
+                           ".safetensors file, a diffusers folder or a hub id (owner/name)"))
     elif forced is not None:
         return forced  # a hub id: no download just to confirm what the user said
     else:
