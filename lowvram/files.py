@@ -32,10 +32,11 @@ WINDOWS_DISK_FULL = (39, 112)  # ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL: safete
 
 
 class DiskFull(LowvramError):
-    """No room for a write: `what` needs `needed` bytes in `folder`, which has `free`; or the process's file-size
-    limit (`ulimit -f`) stopped it."""
+    """No room for a write: `what` needs `needed` bytes in `folder` (`kept_free` of them left free), which has
+    `free`; or the process's file-size limit (`ulimit -f`) stopped it."""
 
-    def __init__(self, folder: Path, needed: int, free: int, what: str, size_limit: bool = False):
+    def __init__(self, folder: Path, needed: int, free: int, what: str, size_limit: bool = False,
+                 kept_free: int = 0):
         self.folder, self.needed, self.free, self.what = Path(folder), needed, free, what
         # what lets the write through: freeing space cannot lift a file-size limit
         self.remedy = "raise the limit (ulimit -f unlimited) or write elsewhere" if size_limit else "free space"
@@ -45,7 +46,9 @@ class DiskFull(LowvramError):
             self.reason = (f"the disk filled up while writing {what} in {folder} ({human_size(free)} free now; "
                            "another program may be writing there)")
         else:
-            self.reason = f"no room for {what} in {folder}: it needs {human_size(needed)}, {human_size(free)} is free"
+            kept = f" with the {human_size(kept_free)} kept free" if needed < 2 * kept_free else ""  # (a small file)
+            self.reason = (f"no room for {what} in {folder}: it needs {human_size(needed)}{kept}, "
+                           f"{human_size(free)} is free")
         # the fix, in the one line; a run's own message (lowvram.train.outdir.out_of_room) says it after what it kept
         super().__init__(f"{self.reason}; {self.remedy}" + ("" if size_limit else " there, or write elsewhere"))
 
@@ -200,7 +203,7 @@ def ensure_room(folder: Path, size: int, what: str) -> None:
     needed = int(size * 1.05) + KEPT_FREE
     free = free_bytes(folder)
     if needed > free:
-        raise DiskFull(folder, needed, free, what)
+        raise DiskFull(folder, needed, free, what, kept_free=KEPT_FREE)
 
 
 def atomic_write(path: Path, write, size: int | None = None, what: str | None = None) -> Path:

@@ -407,3 +407,15 @@ def test_a_disk_that_fills_with_the_final_samples_log_says_so_where_they_are_log
             log.final_samples(3, [sample])
         assert str(error.value) == (f"no room for the TensorBoard log in {out / 'logs'}: it needs 1.00 MiB, 0 B is "
                                     "free; free space there, or write elsewhere")
+
+
+def test_a_small_file_on_a_full_disk_says_the_room_it_needs_is_what_is_kept_free(small_disk):
+    """A teacher's full quota: 'no room for lowvram-run.json: it needs 1.00 MiB' read as wrong for a file of bytes."""
+    from lowvram.files import DiskFull, atomic_write
+
+    mount, _ = small_disk
+    out = mount("out", 512)
+    with pytest.raises(DiskFull) as error:
+        atomic_write(out / "lowvram-run.json", lambda tmp: tmp.write_text("{}"), 2)
+    assert str(error.value).startswith(f"no room for lowvram-run.json in {out}: it needs 1.00 MiB with the 1.00 MiB "
+                                       "kept free, ")
