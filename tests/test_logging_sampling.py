@@ -544,3 +544,26 @@ def test_kohyas_options_for_other_models_leave_the_sample_drawn_and_are_said(tmp
     assert main(["train", "--model", "tiny", "--data", "sample", "--output", "/proc/lowvram-out",
                  "--sample-prompt", "a cat --g 3.5"]) == 2
     assert "sample prompts: kohya's --g (Flux's guidance) left out" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_a_sample_grid_is_drawn_stops_after_that_step(tmp_path, monkeypatch):
+    """A OneTrainer user's Ctrl-C during step 12's samples said 'stopping after this step', then trained step 13."""
+    import os
+    import signal
+
+    from lowvram.errors import TrainingInterrupted
+    from lowvram.train import saving
+
+    real = saving.sample_grid
+
+    def pressed_while_drawing(session, trainee, prepared, log, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(session, trainee, prepared, log, step)
+
+    monkeypatch.setattr(saving, "sample_grid", pressed_while_drawing)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 2"):
+        train(run_config(output=str(tmp_path), name="run", max_steps=4, sample_every="2", sample_prompts=["lvshape"],
+                         sample_steps=1))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 2

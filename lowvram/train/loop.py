@@ -179,8 +179,10 @@ def run_training(session: Session) -> TrainResult:
                     # validated, so all of them agree on it
                     stop_asked = sum_over_processes(session.accelerator, float(signals.received is not None))[0] > 0
                 position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
-                at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape,
-                               timed_checkpoint=outcome.checkpoint_due)
+                if at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape,
+                                  timed_checkpoint=outcome.checkpoint_due) and not stop_asked:
+                    # a Ctrl-C while saving or drawing samples stops here too, not a step later
+                    stop_asked = sum_over_processes(session.accelerator, float(signals.received is not None))[0] > 0
                 every = config.training.checkpoint_every  # (either checkpoint starts the minutes anew)
                 if outcome.checkpoint_due or every and step % every == 0:
                     checkpointed_at = time.monotonic()

@@ -171,11 +171,12 @@ def validate_and_keep_best(session: Session, trainee: Trainee, dataset: Dataset,
 
 def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepared, schedule: Schedule,
                    position: checkpoint.Position, stop: bool, log: RunLog, shape: TrainingShape,
-                   timed_checkpoint: bool = False) -> None:
+                   timed_checkpoint: bool = False) -> bool:
     """The LoRA every --save-every, a checkpoint every --checkpoint-every and where `timed_checkpoint` (the
     --checkpoint-minutes passed) says (the last one, at the end or where early
     stopping ends the run, follows the LoRA: a disk with room for only one keeps the LoRA), then a sample grid
-    every --sample-every: drawing one may run out of memory, which must find the step's work kept."""
+    every --sample-every: drawing one may run out of memory, which must find the step's work kept. Whether the step
+    was one of them (the same in every process), which takes a while a Ctrl-C may come in."""
     config, step, epoch = session.config, position.step, position.epoch
     name, out_dir = config.output_name, session.out_dir
     save_every, sample_every = schedule.save_every, schedule.sample_every
@@ -201,8 +202,10 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
         written.append(f"checkpoint {save_checkpoint(session, trainee, dataset, position)}")
     if written:
         session.console.print(f"step {step}: {'; '.join(written)}", soft_wrap=True, highlight=False)
-    if sample_every and is_save_point(sample_every, step, schedule):
+    sampled = bool(sample_every and is_save_point(sample_every, step, schedule))
+    if sampled:
         sample_grid(session, trainee, prepared, log, step)
+    return bool(written) or sampled
 
 
 def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: Path, step: int, epochs: int,
