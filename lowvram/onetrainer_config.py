@@ -344,11 +344,11 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
             values[option] = every
     if doc.get("validation"):
         unit = _upper(doc, "validate_after_unit") or "EPOCH"
-        after = int(doc.get("validate_after") or 1)
+        after = as_number(doc.get("validate_after") or 1, "validate_after", problem)
         if unit == "STEP":
-            values["validate_every"] = after
+            values["validate_every"] = max(1, round(after))
         elif unit != "EPOCH" or after != 1:
-            notes.append(f"validate_after {after} {unit}: lowvram validates once per epoch, or every N steps "
+            notes.append(f"validate_after {after:g} {unit}: lowvram validates once per epoch, or every N steps "
                          "(--validate-every)")
         if not doc.get("concepts") and not doc.get("concept_file_name"):
             notes.append("validation: lowvram validates on a validation concept or --validation-split")
@@ -613,8 +613,9 @@ def _text_encoder_until(trained: list[dict], notes: list[str], problem) -> dict[
                          "after steps or epochs, not a time; they train for the whole run")
             stops.append(None)
     if len(set(stops)) > 1:
-        notes.append(f"text_encoder.stop_training_after: the text encoders differ ({', '.join(map(str, stops))}); "
-                     f"both stop as the first says")
+        shown = ", ".join(f"after {stop}" if stop else "never" for stop in stops)  # (200: steps, 2e: epochs)
+        notes.append(f"text_encoder.stop_training_after: the text encoders' stops differ ({shown}); both stop as the "
+                     f"first says")
     return {"text_encoder_until": stops[0]} if stops and stops[0] else {}
 
 

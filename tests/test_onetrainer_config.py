@@ -204,7 +204,11 @@ def test_an_older_onetrainer_config_is_read_by_its_old_names_without_false_notes
     ({"model_type": "STABLE_DIFFUSION_XL_10_BASE",  # an SD1.5 config's text_encoder_2 is not read
       "text_encoder": {"train": True, "stop_training_after": 2, "stop_training_after_unit": "EPOCH"},
       "text_encoder_2": {"train": True, "stop_training_after": 5, "stop_training_after_unit": "EPOCH"}}, "2e",
-     "the text encoders differ (2e, 5e); both stop as the first says"),
+     "the text encoders' stops differ (after 2e, after 5e); both stop as the first says"),
+    ({"model_type": "STABLE_DIFFUSION_XL_10_BASE",  # (Python's None was said for the one that never stops)
+      "text_encoder": {"train": True, "stop_training_after": 0, "stop_training_after_unit": "NEVER"},
+      "text_encoder_2": {"train": True, "stop_training_after": 200, "stop_training_after_unit": "STEP"}}, None,
+     "the text encoders' stops differ (never, after 200); both stop as the first says"),
     ({"text_encoder": {"train": True, "stop_training_after": 30, "stop_training_after_unit": "MINUTE"}}, None,
      "stop_training_after 30 minute: lowvram stops the text encoders after steps or epochs, not a time"),
     ({"text_encoder": {"train": False, "stop_training_after": 3, "stop_training_after_unit": "EPOCH"}}, None, None),
@@ -525,3 +529,9 @@ def test_the_layer_filter_is_what_trains_and_the_text_encoders_layers_are_said(t
     assert values["lora_layers"] == layers
     # OneTrainer's filter is the U-Net's: its text encoders' MLPs train all the same
     assert ("lowvram adapts the text encoders' attention alone too" in " ".join(notes)) == (layers == "attn")
+
+
+def test_a_fractional_validate_after_is_said_as_written(tmp_path):
+    _, notes = translate_onetrainer(CONFIG | {"validation": True, "validate_after": 0.5, "validate_after_unit": "EPOCH"},
+                                    onetrainer_folder(tmp_path))
+    assert any(note.startswith("validate_after 0.5 EPOCH: lowvram validates once per epoch") for note in notes), notes
