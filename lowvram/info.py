@@ -80,6 +80,8 @@ def describe(path: Path) -> dict:
     # (an adapter's few MiB read once; no other file's, which may be a model of gigabytes)
     whole, tensor_data = file_hashes(path) if network != "unknown" else (None, None)
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
+            "base_model": _base_model(metadata, kohya_tensors) if network != "unknown" else None,
+            "trigger_words": metadata.get("modelspec.trigger_phrase") or None,
             "modules": len(layers),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
@@ -88,6 +90,22 @@ def describe(path: Path) -> dict:
                                                              if _folder_of(metadata.get(key, ""))}),
             "sha256": whole, "addnet_hash": tensor_data,
             "network_options": options}
+
+
+def _base_model(metadata: dict[str, str], tensors: dict[str, dict]) -> str | None:
+    """The base model a LoRA is for, as AUTOMATIC1111 files it: by what its metadata says, else by its layers (two
+    text encoders', or the U-Net's cross-attention width: 768 SD1.5's, 2048 SDXL's); None where neither says."""
+    said = f"{metadata.get('ss_base_model_version', '')} {metadata.get('modelspec.architecture', '')}"
+    if "sdxl" in said or "stable-diffusion-xl" in said:
+        return "SDXL"
+    if "sd_v1" in said or "stable-diffusion-v1" in said:
+        return "SD1.5"
+    widths = {entry["shape"][1] for name, entry in tensors.items()
+              if name.endswith(("_attn2_to_k.lora_down.weight", "_attn2_to_v.lora_down.weight"))
+              and len(entry.get("shape", ())) == 2}
+    if widths == {2048} or any(name.startswith(("lora_te1_", "lora_te2_")) for name in tensors):
+        return "SDXL"
+    return "SD1.5" if widths == {768} else None
 
 
 def _metadata_disagrees(metadata: dict[str, str], options: dict) -> str:
@@ -196,12 +214,15 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     ranks = info["ranks"]
     each = ", ".join(f"{rank} ({count} module{'s' * (count > 1)})" for rank, count in ranks.items())
     shown = f"rank {next(iter(ranks))}, " if len(ranks) == 1 else f"ranks {each}, " if ranks else ""
+    base = f" for {info['base_model']}" if info["base_model"] else ""
     what = (f"a {info['checkpoint']} checkpoint, not a LoRA (train --model and generate --model take it)"
-            if info["checkpoint"] else f"{info['network']}, {info['modules']} modules, {shown}".rstrip(", "))
+            if info["checkpoint"] else f"{info['network']}{base}, {info['modules']} modules, {shown}".rstrip(", "))
     if info["network"] == "unknown" and not info["checkpoint"]:  # (an embedding, a LyCORIS full file, ...)
         what = f"no layers lowvram reads: {lora_header.no_layers_why(path)}"
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
+    if info["trigger_words"]:  # (what ComfyUI's and AUTOMATIC1111's prompt needs, buried in the table otherwise)
+        console.print(f"trigger words: {info['trigger_words']}", soft_wrap=True, highlight=False)
     if refused:  # (layers of several ranks: a --dynamic resize's, a merge's, or per-block ranks without their flags)
         console.print(f"[yellow]{refused}[/]", soft_wrap=True, highlight=False)
     elif options:

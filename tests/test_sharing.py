@@ -462,3 +462,19 @@ def test_a_recipes_local_model_named_as_a_family_stays_a_local_model(tmp_path, m
     monkeypatch.chdir(tmp_path.parent)  # elsewhere: needed
     assert recipe_needs({"model": shared}) == ["model"]
     assert recipe_needs({"model": "sdxl"}) == recipe_needs({"model": "someone/their-model"}) == []
+
+
+def test_info_says_which_base_model_a_lora_is_for_and_its_trigger_words(tmp_path, capsys):
+    """A Stability Matrix user had to find SD1.5 or SDXL, and the trigger word, in the metadata table."""
+    result = train(run_config(model="tiny-sdxl", output=str(tmp_path / "xl"), max_steps=1, trigger_word="lvshape"))
+    capsys.readouterr()
+    assert main(["info", str(result.lora_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("xl.safetensors: LoRA for SDXL, ") and "\ntrigger words: lvshape\n" in out, out
+    # a file without metadata: its layers say (the cross-attention's 768 or 2048 wide input)
+    for width, base in ((768, "SD1.5"), (2048, "SDXL"), (1024, None)):
+        name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+        save_file({f"{name}.lora_down.weight": torch.zeros(4, width), f"{name}.lora_up.weight": torch.zeros(320, 4)},
+                  str(tmp_path / "bare.safetensors"))
+        assert main(["info", str(tmp_path / "bare.safetensors"), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["base_model"] == base
