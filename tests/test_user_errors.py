@@ -213,8 +213,12 @@ def test_lora_files_no_run_recorded_are_never_written_over(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(
         f"--copy-to: {out / 'mychar.safetensors'} exists, and is not this run's LoRA; name another file (or --name), "
         f"or pass --overwrite to replace it (it moves to {tmp_path / 'mychar' / ARCHIVE}/)")
+    (out / "mychar.json").write_text('{"activation text": "the other one"}')  # its AUTOMATIC1111 card: goes with it
     assert main([*elsewhere, "--overwrite"]) == 0
     said = " ".join(capsys.readouterr().out.split())
+    assert json.loads((out / "mychar.json").read_text())["sd version"] == "SD1"
+    assert [path.read_text() for path in (tmp_path / "mychar" / ARCHIVE).rglob("mychar.json")] == [
+        '{"activation text": "the other one"}']
     assert f"copied to {out / 'mychar.safetensors'}" in said and "LoRA folder" not in said, said
     assert {path.name for path in out.rglob("*.safetensors")} == {  # (none of the run's checkpoints)
         "mychar.safetensors", "mychar-e0001.safetensors", "pytorch_lora_weights.safetensors"}
@@ -332,3 +336,21 @@ def test_a_path_split_at_its_space_says_to_quote_it(tmp_path, capsys):
             main(argv)
         err = capsys.readouterr().err
         assert f"unexpected argument 'big': a path with spaces is one argument only in quotes: \"{folder}\"" in err, err
+
+
+def test_copy_to_a_lora_folder_writes_automatic1111s_card_files_and_keeps_the_users(tmp_path, capsys):
+    """AUTOMATIC1111 files a LoRA by <name>.json (its base model, the activation text its card adds to the prompt)
+    and shows <name>.preview.png; a user's own card files are theirs."""
+    loras = tmp_path / "models" / "Lora"
+    argv = ["train", "--model", "tiny-sdxl", "--data", "sample", "--max-steps", "1", "--trigger-word", "lvshape",
+            "--copy-to", str(loras), "--metadata-description", "a test", "--sample-prompt", "lvshape, a circle"]
+    assert main([*argv, "--output", str(tmp_path / "mychar")]) == 0
+    assert json.loads((loras / "mychar.json").read_text()) == {"sd version": "SDXL", "activation text": "lvshape",
+                                                               "description": "a test"}
+    assert (Image.open(loras / "mychar.preview.png").tobytes()
+            == Image.open(tmp_path / "mychar" / "samples" / "mychar-00.png").tobytes())
+    (loras / "other.json").write_text('{"activation text": "mine"}')  # a card the user wrote for a LoRA to come
+    assert main([*argv, "--output", str(tmp_path / "other")]) == 0
+    assert json.loads((loras / "other.json").read_text()) == {"activation text": "mine"}
+    assert (loras / "other.preview.png").is_file()
+    capsys.readouterr()

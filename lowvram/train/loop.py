@@ -3,6 +3,7 @@ steps with their save points, the LoRA file and samples. Each stage is a functio
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from lowvram.memory import PhasePeaks, free_cached_memory, host_peak_bytes
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import cache_in_use
 from lowvram.run_files import LOGS, LORA_SUFFIX, METRICS, SAMPLES, best_save, diffusers_copy, final_lora
-from lowvram.train import checkpoint, outdir
+from lowvram.train import checkpoint, outdir, publish
 from lowvram.train.metadata import TrainingShape
 from lowvram.train.progress import StopOnSignal, TrainingProgress, clock
 from lowvram.train.runlog import RunLog
@@ -202,7 +203,7 @@ def run_training(session: Session) -> TrainResult:
         with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
             written = save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
                                  position if step > resumed_at else None, shape)
-            copied = outdir.copy_final(config, lora_path) if session.main else None
+            copied = publish.copy_final(config, lora_path) if session.main else None
         if (asked or signals.received is not None) and session.main:
             raise stopped_after_the_last_step(lora_path, bool(config.samples))
         samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log, written,
@@ -270,6 +271,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                               f"saved, and {shell_line('lowvram', 'generate', '--lora', lora_path)} draws them",
                               soft_wrap=True)
         samples = []
+    with contextlib.suppress(OSError, DiskFull):  # (a thumbnail: the LoRA and its samples are what matter)
+        publish.add_preview(copied, samples)
     said = ([f"[green]saved[/] {lora_path}"] * written + [f"[green]copied[/] to {copied}"] * bool(copied)
             + [f"[green]sample[/] {p}" for p in samples])  # (kept: said)
     if said:

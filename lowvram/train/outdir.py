@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lowvram.config import RunConfig
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import DiskFull, atomic_write, not_found_hint, remove_orphans, write_problem, write_text
+from lowvram.files import DiskFull, not_found_hint, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import HASHES, RECIPE_KEY, addnet_hash, hashes
 from lowvram.resolve import ResolvedRun
@@ -178,20 +178,6 @@ def copy_problem(config) -> str | None:
         return (f"--copy-to: {copy} exists, and is not this run's LoRA; name another file (or --name), or pass "
                 f"--overwrite to replace it (it moves to {config.output_dir / ARCHIVE}/)")
     return None
-
-
-def copy_final(config, lora: Path) -> Path | None:
-    """The final LoRA written where --copy-to says (atomically): over this run's earlier copy (`copy_problem`
-    found it the run's), or after moving another file there to the run's archive/ (--overwrite); its path, None
-    without --copy-to."""
-    if not config.output.copy_to or not lora.is_file():
-        return None
-    copy = copy_destination(config.output.copy_to, config.output_name)
-    if copy.is_file() and filecmp.cmp(copy, lora, shallow=False):
-        return copy  # (a finished run resumed: copied already)
-    if copy.is_file() and config.output.overwrite:
-        move_to_archive(config.output_dir, [copy])
-    return atomic_write(copy, lambda tmp: shutil.copyfile(lora, tmp), lora.stat().st_size, "the LoRA's copy")
 
 
 def train_on_from(lora: Path) -> str:

@@ -1,0 +1,65 @@
+"""--copy-to: the final LoRA written into a LoRA folder (ComfyUI's models/loras, AUTOMATIC1111's models/Lora) or
+file when the run ends, with the card files AUTOMATIC1111 shows beside it: `<name>.json` (its base model and
+trigger words, which its LoRA card adds to the prompt) and `<name>.preview.png` (the first final sample). A card
+file already there is the user's: never written over."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import shutil
+from pathlib import Path
+
+from lowvram.files import atomic_write, write_text
+from lowvram.lora_header import read_header
+from lowvram.run_files import copy_destination
+from lowvram.train.outdir import move_to_archive
+
+# kohya's ss_base_model_version -> AUTOMATIC1111's "sd version" (its SdVersion names)
+SD_VERSIONS = {"sd_v1": "SD1", "sd_v2": "SD2", "sdxl_base_v1-0": "SDXL"}
+
+
+def copy_final(config, lora: Path) -> Path | None:
+    """The final LoRA written where --copy-to says (atomically), with its AUTOMATIC1111 card: over this run's
+    earlier copy (`outdir.copy_problem` found it the run's), or after moving another file there to the run's
+    archive/ (--overwrite); its path, None without --copy-to."""
+    if not config.output.copy_to or not lora.is_file():
+        return None
+    copy = copy_destination(config.output.copy_to, config.output_name)
+    if not (copy.is_file() and filecmp.cmp(copy, lora, shallow=False)):  # (a finished run resumed: copied already)
+        if copy.is_file() and config.output.overwrite:  # (its card files with it: they tell of the other LoRA)
+            move_to_archive(config.output_dir, [path for path in (copy, *card_files(copy)) if path.exists()])
+        atomic_write(copy, lambda tmp: shutil.copyfile(lora, tmp), lora.stat().st_size, "the LoRA's copy")
+    card = card_files(copy)[0]
+    if not card.exists():
+        write_text(card, json.dumps(a1111_card(read_header(copy)[0]), indent=4, ensure_ascii=False) + "\n")
+    return copy
+
+
+def a1111_card(metadata: dict[str, str]) -> dict[str, str]:
+    """AUTOMATIC1111's user metadata of a LoRA (what its card's editor saves as <name>.json), from the LoRA's own:
+    its base model (by which the LoRA list filters), its trigger words as activation text and its description (a
+    LoRA without metadata, --no-metadata's, tells neither)."""
+    card = {"sd version": SD_VERSIONS.get(metadata.get("ss_base_model_version", ""), "Unknown")}
+    if metadata.get("modelspec.trigger_phrase"):
+        card["activation text"] = metadata["modelspec.trigger_phrase"]
+    if metadata.get("modelspec.description"):
+        card["description"] = metadata["modelspec.description"]
+    return card
+
+
+def card_files(copy: Path) -> tuple[Path, Path]:
+    """AUTOMATIC1111's card files of a LoRA: its user metadata and its preview."""
+    return copy.with_suffix(".json"), copy.with_suffix(".preview.png")
+
+
+def add_preview(copy: Path | None, samples: list[Path]) -> Path | None:
+    """The first final sample as the copy's `<name>.preview.png` (AUTOMATIC1111's and ComfyUI's LoRA managers'
+    thumbnail), unless one is there."""
+    if copy is None or not samples:
+        return None
+    preview = card_files(copy)[1]
+    if preview.exists():
+        return None
+    return atomic_write(preview, lambda tmp: shutil.copyfile(samples[0], tmp), samples[0].stat().st_size,
+                        "the LoRA's preview")
