@@ -142,8 +142,8 @@ def test_a_disk_with_room_for_the_lora_but_not_the_last_checkpoint_keeps_the_lor
     assert_output_sound(out)
     grow(out, 64 * 1024)
     again = run(argv, cached_env(uninterrupted))  # the same command again: the way on named, not --resume auto
-    assert again.returncode == 2 and "its run left no checkpoint (a full disk, a kill while saving it): train on " \
-        f"from it with --network-weights {out / 'out.safetensors'} and another --output" in again.stderr, again.stderr
+    assert again.returncode == 2 and "its run has no checkpoint there (removed, or lost to a full disk or a kill " \
+        f"while saving it): train on from it with --network-weights {out / 'out.safetensors'} and another --output" in again.stderr, again.stderr
     onward = run([*cli(out.parent / "onward", sample_data_module)[:-4], "--network-weights",
                   str(out / "out.safetensors")], cached_env(uninterrupted))
     assert onward.returncode == 0, onward.stderr

@@ -161,7 +161,8 @@ def existing_lora_problem(config) -> str | None:
         elif read_record(lora.parent) is None:  # a copy, another tool's file: no run of lowvram's wrote it there
             go_on = f"no lowvram run is recorded there: {train_on_from(lora)}"
         else:
-            go_on = f"its run left no checkpoint (a full disk, a kill while saving it): {train_on_from(lora)}"
+            go_on = (f"its run has no checkpoint there (removed, or lost to a full disk or a kill while saving it): "
+                     f"{train_on_from(lora)}")
         return (f"--output: {lora} exists; {go_on}, start over with --overwrite (the earlier files move to archive/), "
                 "or choose another --output")
     return None
