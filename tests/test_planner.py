@@ -83,7 +83,7 @@ def test_a_card_without_bf16_gets_the_fastest_strategy_seen_training_in_bf16_unt
     assert done.returncode == 0, out
     chosen = out.split("chose ")[1].split(":")[0]
     assert f"chose {chosen}: no GPU result shows fp16 training yet, so the fastest predicted of" in out
-    assert "seen training in bf16 (in fp16 it runs unverified, with a warning)" in out
+    assert "seen training on a GPU in bf16; this card trains it in fp16 mixed precision, unverified" in out
     assert chosen.split()[0] == "fp16"  # fp16 storage, which bf16's results stand for
     assert " seen " not in out.split("candidate strategies")[1].split("VRAM per phase and component")[0]
 
@@ -97,7 +97,7 @@ def test_a_gtx_16xx_trains_in_fp32_among_the_strategies_seen_in_bf16():
         assert done.returncode == 0, out
         chosen = out.split("chose ")[1].split(":")[0]
         assert f"chose {chosen}: no GPU result shows fp32 training yet" in out
-        assert "(in fp32 it runs unverified, with a warning)" in out
+        assert "in bf16; this card trains it in fp32, unverified (a warning says so)" in out
 
 
 @pytest.mark.parametrize("width", [80, 100])

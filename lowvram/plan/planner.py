@@ -123,7 +123,8 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         precision = NATIVE_FORMAT[work.mixed_precision]  # fp32 for "no"
         explanation = (f"chose {choice.strategy.label}: no GPU result shows {precision} training yet, so the "
                        f"fastest predicted of {len(seen_in_bf16_only)} strategies that fit and were seen training "
-                       f"in bf16 (in {precision} it runs unverified, with a warning)")
+                       f"on a GPU in bf16; this card trains it in {precision}"
+                       + " mixed precision" * (precision != "fp32") + ", unverified (a warning says so)")
         return Plan(work, hardware, estimates, choice, explanation, [])
     if unverified:
         first = unverified[0].strategy
