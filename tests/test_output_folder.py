@@ -235,3 +235,55 @@ def test_an_output_under_a_folder_that_cannot_be_looked_into_is_one_line(tmp_pat
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"lowvram train: error: --output: can't write in {out}: Permission denied; choose "
                                    "an --output folder you can write to")
+
+
+def test_a_model_moved_between_machines_is_said_and_another_of_its_name_refused(tmp_path, capsys):
+    """A run moved from Colab to a PC resumed silently on whatever file had the model's name: one of other weights
+    trained the rest of the run; a renamed one was refused with advice no one could follow."""
+    from safetensors.torch import save_file
+
+    from lowvram.cli import main
+    from lowvram.models import load_model
+    from lowvram.models.ldm_layout import sd15_single_file
+
+    pipe = load_model("tiny").pipeline
+    state = sd15_single_file(pipe.unet, pipe.vae, pipe.text_encoder)
+    there, here = tmp_path / "colab" / "base.safetensors", tmp_path / "pc" / "base.safetensors"
+    there.parent.mkdir()
+    here.parent.mkdir()
+    save_file(state, str(there))
+    out = tmp_path / "run"
+
+    def resume(model, steps):
+        code = main(["train", "--model", str(model), "--data", "sample", "--output", str(out), "--max-steps",
+                     str(steps), "--resume", "auto"])
+        return code, capsys.readouterr()
+
+    assert resume(there, 1)[0] == 0
+    shutil.move(there, here)
+    code, said = resume(here, 2)
+    assert code == 0 and f"taken as moved: --model {there} there, {here} here" in " ".join(said.out.split())
+    other = tmp_path / "other" / "base.safetensors"  # the same name, other weights
+    other.parent.mkdir()
+    save_file(state | {key: value + 1 for key, value in state.items() if key.startswith("model.diffusion_model.")},
+              str(other))  # (a fine-tune of it: every U-Net weight other)
+    here.rename(here.with_name("kept.safetensors"))  # (its path gone: 'other' would pass as it, moved)
+    code, said = resume(other, 3)
+    assert code == 2 and (f"--model: {other} is not the model the run in {out} trained on: its weights differ from "
+                          f"those of {here}, recorded when the run started; give that model") in said.err, said.err
+    code, said = resume(here.with_name("kept.safetensors"), 3)  # the same weights, renamed
+    assert code == 2 and "a model or dataset moved here keeps its name (--model base.safetensors): name it so" in \
+        " ".join(said.err.split()), said.err
+    assert "--data" not in said.err.split("holds another run (")[1].split(")")[0]  # (only what differs is named)
+
+
+def test_a_run_moved_from_windows_is_its_run_and_only_what_differs_is_named():
+    """WSL resumed a run begun on Windows: its C:\\ paths never counted as moved, and a refusal named the model that
+    had moved as though it differed."""
+    from lowvram.train.identity import differences, same_run
+
+    theirs = {"--model": "C:\\Users\\me\\models\\base.safetensors", "--data": "D:/training/data", "--rank": 8}
+    ours = {"--model": "/mnt/c/Users/me/models/base.safetensors", "--data": "/home/me/data", "--rank": 8}
+    assert same_run({"identity": "another", "recipe": theirs}, ours)
+    assert differences(theirs, ours | {"--data": "/home/me/other"}) == (
+        "--data D:/training/data there, /home/me/other here")

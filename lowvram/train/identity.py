@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PureWindowsPath
 
 from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import NetworkConfig
@@ -52,6 +53,7 @@ def identity(run_recipe: dict[str, object]) -> str:
 
 
 MOVABLE = ("--model", "--vae", "--data", "--reg-data")  # paths a run's files may move from between sessions
+WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]|\\")  # (a run started on Windows, resumed on Linux or WSL)
 
 
 def same_run(recorded: dict, ours: dict[str, object]) -> bool:
@@ -67,8 +69,34 @@ def same_run(recorded: dict, ours: dict[str, object]) -> bool:
 
 
 def _moved(then: object, now: object) -> bool:
-    return (isinstance(then, str) and isinstance(now, str) and Path(then).is_absolute() and not Path(then).exists()
-            and Path(then).name == Path(now).name)
+    """Whether a path recorded `then` (gone, a Windows one on a machine that reads / too) is `now`'s, moved: the
+    same file or folder name."""
+    if not (isinstance(then, str) and isinstance(now, str)) or Path(then).exists():
+        return False
+    recorded = PureWindowsPath(then) if WINDOWS_PATH.search(then) else Path(then)
+    return recorded.is_absolute() and recorded.name == Path(now).name
+
+
+def moved_paths(theirs: dict[str, object], ours: dict[str, object]) -> list[str]:
+    """'--model /content/a.safetensors there, /home/me/a.safetensors here' for each model, VAE or dataset taken as
+    moved (by its name: its contents are not compared, the dataset's images apart)."""
+    return [f"{flag} {theirs[flag]} there, {ours[flag]} here" for flag in MOVABLE
+            if theirs.get(flag) != ours.get(flag) and _moved(theirs.get(flag), ours.get(flag))]
+
+
+def model_fingerprint(model: object) -> str | None:
+    """A single-file model's fingerprint: its size and a hash of 64 KiB at nine places through it (a few reads of a
+    file of gigabytes), by which a run knows its model moved from another of the same name; None for a folder, a
+    hub id or a built-in model."""
+    path = Path(str(model)) if model else None
+    if path is None or not path.is_file():
+        return None
+    size, digest = path.stat().st_size, hashlib.sha256()
+    with open(path, "rb") as f:
+        for part in range(9):
+            f.seek(size * part // 9)
+            digest.update(f.read(2**16))
+    return f"{size}:{digest.hexdigest()[:16]}"
 
 
 SWITCHED_BY = {"--ema-decay": "--ema"}  # a setting a recipe holds only where its switch is on
@@ -76,7 +104,8 @@ SWITCHED_BY = {"--ema-decay": "--ema"}  # a setting a recipe holds only where it
 
 def differences(theirs: dict[str, object], ours: dict[str, object]) -> str:
     """'--rank 8 there, 16 here; ...' for the options two recipes disagree on (a switch where one side lacks it)."""
-    changed = [flag for flag in {**theirs, **ours} if theirs.get(flag) != ours.get(flag)]  # one set there only too
+    changed = [flag for flag in {**theirs, **ours} if theirs.get(flag) != ours.get(flag)  # one set there only too
+               and not (flag in MOVABLE and _moved(theirs.get(flag), ours.get(flag)))]
     return "; ".join(f"{SWITCHED_BY[flag]} {'on there, off here' if flag in theirs else 'off there, on here'}"
                      if flag in SWITCHED_BY and (flag in theirs) != (flag in ours)
                      else f"{flag} {_shown(theirs.get(flag))} there, {_shown(ours.get(flag))} here" for flag in changed)

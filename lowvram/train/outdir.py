@@ -42,7 +42,7 @@ from lowvram.run_files import (
     step_save,
 )
 from lowvram.train import checkpoint
-from lowvram.train.identity import differences, identity, recipe, same_run
+from lowvram.train.identity import MOVABLE, differences, identity, model_fingerprint, moved_paths, recipe, same_run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -200,13 +200,23 @@ def ownership_problem(run: ResolvedRun) -> str | None:
     # (--resume with another name is asked for: the run trained further, saved under the new name)
     named = record.get("name") if record and record.get("name") != config.output_name else None
     if config.training.resume:
+        recorded, model = (record or {}).get("model_fingerprint"), model_fingerprint(config.model.model)
+        if recorded and model and recorded != model:  # (the same name, moved or replaced: other weights)
+            then = record["recipe"].get("--model")
+            return (f"--model: {config.model.model} is not the model the run in {folder} trained on: its weights "
+                    f"differ from those of {then}, recorded when the run started; give that model, or start a new "
+                    "run in another --output")
         if record and not same_run(record, ours):
             weights = config.network.network_weights
             gone = (f" (--network-weights {weights} is gone, so the options it gave are not read: --config "
                     f"{options_path(folder, config.output_name)} gives them)" if weights and not Path(weights).exists()
                     else "")
-            return (f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}){gone}; pass the "
-                    "options it was trained with (its .toml there has them), or start a new run in another --output")
+            renamed = [f"{flag} {Path(str(then)).name}" for flag in MOVABLE if (then := record["recipe"].get(flag))
+                       and then != ours.get(flag) and not Path(str(then)).exists()]
+            moved = (f"; a model or dataset moved here keeps its name ({', '.join(renamed)}): name it so, or"
+                     if renamed else "; pass the options it was trained with (its .toml there has them), or")
+            return (f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}){gone}{moved} "
+                    "start a new run in another --output")
         if config.training.resume != "auto" or not checkpoints:  # a folder of another run: refused before the
             try:  # data is cached and the model loads, not after
                 checkpoint.resolve(config.training.resume, folder, ours)
@@ -299,6 +309,8 @@ def take_ownership(run: ResolvedRun) -> str | None:
     note = None
     if config.training.resume:
         note = _set_aside_later(checkpoints, config.training.resume, folder, config.output_name)
+        if record and (moved := moved_paths(record.get("recipe") or {}, recipe(run))):  # (by name: said, to be seen)
+            note = "; ".join(filter(None, [note, f"taken as moved: {'; '.join(moved)}"]))
     elif not (record or checkpoints) and (unrecorded := _unrecorded_saves(folder, config.output_name)):
         # under --overwrite: those files alone
         note = f"moved {len(unrecorded)} file(s) of no recorded run to {move_to_archive(folder, unrecorded)}"
@@ -320,8 +332,11 @@ def take_ownership(run: ResolvedRun) -> str | None:
             "them out")]))
     folder.mkdir(parents=True, exist_ok=True)
     ours = recipe(run)
+    fingerprint = model_fingerprint(config.model.model)  # (kept from the start: the model a resume must find)
+    fingerprint = (record or {}).get("model_fingerprint", fingerprint) if config.training.resume else fingerprint
     write_text(folder / RECORD, json.dumps({"identity": identity(ours), "recipe": ours, "name": config.output_name,
-                                            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                                            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                                           | ({"model_fingerprint": fingerprint} if fingerprint else {}),
                                            indent=1) + "\n")
     return note
 
