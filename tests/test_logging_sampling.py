@@ -1,5 +1,6 @@
 """Sampling during training (grids at fixed seeds), metrics.jsonl and TensorBoard, and the presets."""
 
+import dataclasses
 import io
 import json
 import os
@@ -567,3 +568,15 @@ def test_ctrl_c_while_a_sample_grid_is_drawn_stops_after_that_step(tmp_path, mon
                          sample_steps=1))
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 2
+
+
+def test_a_finished_run_resumed_keeps_its_samples_rather_than_drawing_them_again(tmp_path):
+    """A script's `--resume auto` rerun of a finished config trained nothing, but drew every sample again (minutes
+    of an SDXL GPU); a new prompt is drawn."""
+    config = run_config(output=str(tmp_path), name="run", max_steps=2, sample_prompts=["lvshape"], resume="auto")
+    first = train(config).samples[0]
+    stamp = first.stat().st_mtime_ns
+    again = train(config)
+    assert again.samples == [first] and first.stat().st_mtime_ns == stamp
+    other = train(dataclasses.replace(config, output=dataclasses.replace(config.output, sample_prompts=("a circle",))))
+    assert other.samples == [first] and first.stat().st_mtime_ns != stamp

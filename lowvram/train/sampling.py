@@ -120,18 +120,27 @@ def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder
                    lora: tuple[Path, str] | None = None, model_name: str = "") -> list[Path]:
     """The final samples: `<folder>/<name>-NN.png`, one per prompt. `lora`: the LoRA file they show and its addnet
     hash, which each image's parameters name as AUTOMATIC1111 writes them (a model site links an uploaded sample to
-    the LoRA and base model by them), with the base model's `model_name` (and hash, for a single file)."""
+    the LoRA and base model by them), with the base model's `model_name` (and hash, for a single file). A sample
+    there already with the same parameters (a finished run resumed: the same LoRA, prompt and seed) is kept, not
+    drawn again."""
+    from PIL import Image as PILImage
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     sampler = type(model.pipeline.scheduler).__name__
-    for i, image in enumerate(render_images(model, prompts, resolution, steps, seed, accelerator, embeddings)):
+    for i, prompt in enumerate(prompts):
         paths.append(folder / final_sample(name, i))
-        prompt = prompts[i]
         drawn = replace(prompt, guidance=GUIDANCE if prompt.guidance is None else prompt.guidance)
         made_with = lora and infotext(
             drawn, [(lora[0], 1.0)], {lora[0]: lora[1]}, prompt.steps or steps, a1111_name(prompt.sampler or sampler),
-            seed + i if prompt.seed is None else prompt.seed, image.size, Path(model_name).stem,
+            seed + i if prompt.seed is None else prompt.seed, prompt.size(resolution), Path(model_name).stem,
             (model.text_reading or DEFAULT_READING).clip_skip, model.hash if Path(model_name).is_file() else "")
+        if made_with and paths[-1].is_file():
+            with PILImage.open(paths[-1]) as held:
+                if held.text.get("parameters") == made_with:
+                    continue
+        image = render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast,
+                       embeddings[i] if embeddings is not None else None)
         save_image(image, paths[-1], "a sample image", made_with or None)
     return paths
 
