@@ -448,7 +448,11 @@ WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 
 
 def _absolute_path(name: str, value: Any) -> Any:
-    """Paths become absolute, so the resolved config saved beside the LoRA replays from any folder."""
+    """Paths become absolute, so the resolved config saved beside the LoRA replays from any folder. An empty one of
+    an option that is off by default turns it off (a config's --copy-to, from the command line), never the current
+    folder."""
+    if name in PATH_OPTIONS and value == "" and fields_by_name()[name][1].default is None:
+        return None
     if name in PATH_OPTIONS and isinstance(value, str) and value != SAMPLE_DATA:
         if WINDOWS_DRIVE.match(value) and os.sep == "/":  # another machine's: said as given, not joined to here
             return value

@@ -354,3 +354,13 @@ def test_copy_to_a_lora_folder_writes_automatic1111s_card_files_and_keeps_the_us
     assert json.loads((loras / "other.json").read_text()) == {"activation text": "mine"}
     assert (loras / "other.preview.png").is_file()
     capsys.readouterr()
+
+
+def test_an_empty_path_on_the_command_line_turns_a_configs_option_off(tmp_path, capsys):
+    """`--copy-to ""` copied into the current folder, and the run's recipe then kept that folder."""
+    config = tmp_path / "run.toml"
+    config.write_text(f'[model]\nmodel = "tiny"\n[data]\ndata = "sample"\n[training]\nmax_steps = 1\n'
+                      f'[output]\noutput = "{tmp_path / "out"}"\ncopy_to = "{tmp_path / "loras"}"\n')
+    assert main(["train", "--config", str(config), "--copy-to", "", "--sample-prompt-file", ""]) == 0
+    assert not (tmp_path / "loras").exists() and "copied" not in capsys.readouterr().out
+    assert "copy_to" not in (tmp_path / "out" / "out.toml").read_text()
