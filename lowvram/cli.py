@@ -44,8 +44,7 @@ PACKAGE = Path(__file__).resolve().parent  # lowvram's own files: one missing is
 def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
     import json
 
-    from rich.console import Console
-
+    from lowvram.console import console as log_console
     from lowvram.hardware import hardware_for
     from lowvram.plan import fixed_choices, plan_options
     from lowvram.plan.report import choice_flags, plan_json, print_plan
@@ -54,8 +53,7 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
     build_config({"data": "sample", "model": PLANNING_MODEL, **values})  # option errors before looking at a GPU
     run, result = plan_options(values, hardware_for(args.profile, args.vram, args.ram))
     config = run.config
-    probe = Console(stderr=args.json)  # a terminal keeps its width; a pipe or file gets room for the tables
-    console = Console(width=probe.width if probe.is_terminal else max(probe.width, 100), stderr=args.json)
+    console = log_console(stderr=args.json)
     length = None if run.uses_sample_data else plan_dataset(run, console)
     line = ["lowvram", "train", *train_words(argv, values, args.plan_only),
             *choice_flags(result.choice, fixed_choices(values, config), config)] if result.choice else None

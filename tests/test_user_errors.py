@@ -364,3 +364,15 @@ def test_an_empty_path_on_the_command_line_turns_a_configs_option_off(tmp_path, 
     assert main(["train", "--config", str(config), "--copy-to", "", "--sample-prompt-file", ""]) == 0
     assert not (tmp_path / "loras").exists() and "copied" not in capsys.readouterr().out
     assert "copy_to" not in (tmp_path / "out" / "out.toml").read_text()
+
+
+def test_a_log_keeps_a_long_file_name_whole(tmp_path, capsys):
+    """check-data's output in a file (a batch job's log) cut a broken image's name at 80 columns: '10_a_really_…'."""
+    folder = tmp_path / "10_a_really_long_character_name_for_a_folder_of_images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), "red").save(folder / "fine.png")
+    (folder / "a_broken_image_with_a_long_name_too.png").write_bytes(b"not an image")
+    assert main(["check-data", str(tmp_path), "--model", "tiny"]) == 0
+    skipped = capsys.readouterr().out.split("1 skipped")[1].split("└")[0]  # (wrapped in its cell, whole)
+    name = "".join(line.split("│")[1].strip() for line in skipped.splitlines() if line.startswith("│"))
+    assert name == f"{folder.name}/a_broken_image_with_a_long_name_too.png", skipped

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from lowvram.config import CHECK_DATA_SKIPS, RunConfig, as_flag_words, fields_by_name
+from lowvram.console import console as log_console
 from lowvram.data.buckets import Buckets, default_buckets
 from lowvram.data.captions import has_word
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
@@ -255,7 +256,7 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
     """`lowvram check-data`: scan, print the summary (also when nothing is usable), optionally write JSON (of the
     training images; a dataset file's is_reg subsets are summed up after them); then the regularization set's
     (--reg-data's, or a dataset file's is_reg subsets'). The scans: the dataset's, and the regularization set's."""
-    console = console or Console()
+    console = console or log_console()
     data, trigger = dataset_to_check(run)
     folders = [subset.folder for subset in read_dataset(data).subsets] if is_dataset_file(data) else [data]
     if report_path and (windows := windows_output_problem("--report", report_path)):

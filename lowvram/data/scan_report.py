@@ -185,7 +185,8 @@ def _table(title: str, columns: tuple[str, ...], rows) -> Table:
     table = Table(title=Text(title))
     for name in columns:
         texts = ("folder", "label", "file", "reason", "notes", "own settings", "caption")
-        table.add_column(name, justify="left" if name in texts else "right")
+        table.add_column(name, justify="left" if name in texts else "right",
+                         overflow="fold" if name in texts else "ellipsis")  # (a file's name whole, if wrapped)
     for row in rows:
         table.add_row(*(Text(str(cell)) for cell in row))
     return table

@@ -29,6 +29,7 @@ from lowvram.compiling import (
     uses_cuda_graphs,
 )
 from lowvram.config import MIXED_PRECISION, ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
+from lowvram.console import console as log_console
 from lowvram.data.check import ScannedSets, scan_sets
 from lowvram.data.prepare import PreparedData, prepare_training_data
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
@@ -176,7 +177,7 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.hardware.device == "cpu",
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_WAIT)])
     set_seed(config.training.seed, device_specific=True)
-    session = Session(run, accelerator, console or Console(quiet=not accelerator.is_main_process))
+    session = Session(run, accelerator, console or log_console(quiet=not accelerator.is_main_process))
     # `accelerate launch --mixed_precision` (or its config file) sets this; the diffusers scripts train in it
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if launched and launched != run.mixed_precision and config.training.mixed_precision == "auto":
