@@ -338,8 +338,12 @@ def test_check_data_writes_its_report_over_an_earlier_report_only(images, tmp_pa
     for path in (fifo, link, tmp_path):
         assert one_line(capsys, ["check-data", str(images), "--report", str(path)]).endswith(
             f"--report: {path} is not a file lowvram can write the report to (a folder, a pipe, a device or a link); "
-            "name a new file, e.g. report.json")
+            "name a file, e.g. report.json, or - for stdout")
     assert link.is_symlink()
+    # - : the JSON alone on stdout (a script's), the tables on stderr
+    assert main(["check-data", str(images), "--report", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["summary"]["images"] == 1 and "samples per epoch" in err
     assert one_line(capsys, ["check-data", str(images), "--report", str(lora / "r.json")]).endswith(
         f"--report: {lora} is a file, not a folder; name the report in a folder, e.g. report.json")
 

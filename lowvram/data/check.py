@@ -265,11 +265,14 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         if Path(report_path).resolve().is_relative_to(Path(folder).resolve()):
             raise LowvramError(f"--report: {report_path} is inside the dataset folder {folder}, which lowvram never "
                                "writes to; write the report elsewhere")
+    to_stdout = str(report_path) == "-"
     # a pipe or /dev/stdout would be read to see whose it is (waiting for ever), a link replaced by a file
-    if report_path and (Path(report_path).is_symlink() or str(report_path) == "-" or (
+    if report_path and not to_stdout and (Path(report_path).is_symlink() or (
             Path(report_path).exists() and not Path(report_path).is_file())):
         raise LowvramError(f"--report: {report_path} is not a file lowvram can write the report to (a folder, a "
-                           "pipe, a device or a link); name a new file, e.g. report.json")
+                           "pipe, a device or a link); name a file, e.g. report.json, or - for stdout")
+    if to_stdout:
+        report_path = None
     if report_path and Path(report_path).exists() and not _is_report(Path(report_path)):  # a LoRA, a config, ...
         raise LowvramError(f"--report: {report_path} exists and is not an earlier check-data report; name a new file")
     if report_path and (blocking := file_in_the_way(Path(report_path).parent)):  # said before the scan, not after
@@ -281,6 +284,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         exc.report.print_summary(console, verbose)
         if report_path:
             exc.report.write_json(report_path)
+        elif to_stdout:
+            print(exc.report.json_text(), end="")
         raise
     report.print_summary(console, verbose)
     if captions:
@@ -296,6 +301,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
     if report_path:
         report.write_json(report_path)
         console.print(f"report written to {report_path}")
+    elif to_stdout:
+        print(report.json_text(), end="")
     reports = [report]
     if run.config.data.reg_data or has_regularization_subsets(run.config.data.data):
         try:

@@ -113,7 +113,10 @@ class ScanReport:
                 "records": [r.to_json() for r in self.records]}
 
     def write_json(self, path: Path) -> Path:
-        return write_text(path, json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
+        return write_text(path, self.json_text())
+
+    def json_text(self) -> str:
+        return json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"
 
     def print_summary(self, console: Console, verbose: bool = False) -> None:
         """Per folder, then every skipped file with its reason, the files with notes, and the buckets."""
