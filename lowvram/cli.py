@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `lowvram plan --json | head`: the reader took what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
-        return 1
+        return 141  # as a shell says a pipe's writer ended by its reader (128 + SIGPIPE): not plan's "nothing fits"
     except (MemoryError, RuntimeError, OSError) as exc:
         if (why := host_memory_ran_out(exc, args.command)) is None:
             return _path_problem(exc, args.command)
