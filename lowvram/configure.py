@@ -147,24 +147,37 @@ def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:
         raise LowvramError(f"--config: {path} is a model or a LoRA without lowvram's recipe, not a config; a base "
                            "model is given as --model")
     values = read_toml(path, given, recipe=metadata[RECIPE_KEY])
-    named = [flag_name(fields_by_name()[name][1]) for name in recipe_needs(values)]
+    needed = recipe_needs(values)
+    named = [flag_name(fields_by_name()[name][1]) for name in needed]
     if named:
         print(f"--config {path}: the LoRA's recipe names {', '.join(named)} by name only (from the machine that "
               f"trained it); give {' and '.join(named)} for this one", file=sys.stderr)
+    # a name found here may be anything of that name (a ./data of another project): said, to be seen
+    found = [f"{flag_name(fields_by_name()[name][1])} {values[name]}" for name in _local_names(values)
+             if name not in needed and name not in given]
+    if found:
+        print(f"--config {path}: the LoRA's recipe names these by name only, taken from here: {'; '.join(found)} "
+              "(give them to train on others)", file=sys.stderr)
     return values
 
 
 def recipe_needs(values: dict[str, Any]) -> list[str]:
     """The options of a LoRA's recipe (as read) that name local files or folders not here, by their names only: a
     hub id (its /, no ./ before it), a built-in model (a family's name) or the sample dataset needs none."""
+    return [name for name, paths in _local_names(values).items() if not all(Path(local).exists() for local in paths)]
+
+
+def _local_names(values: dict[str, Any]) -> dict[str, list[str]]:
+    """The options of a recipe that name local files or folders, and those names: not a hub id (its /, no ./ before
+    it), a built-in model (a family's name) or the sample dataset."""
     def paths(name: str, value: Any) -> list[str]:
         if name in SOURCE_LISTS:
             return [str(parse_source(str(item))[0]) for item in value]
         hub = "/" in value and not value.startswith(("./", "../"))
         return [] if value == SAMPLE_DATA or name == "model" and (hub or value in FAMILIES) else [value]
 
-    return [name for name in ("model", "vae", *PATH_OPTIONS, *SOURCE_LISTS)
-            if values.get(name) and not all(Path(local).exists() for local in paths(name, values[name]))]
+    return {name: local for name in ("model", "vae", *PATH_OPTIONS, *SOURCE_LISTS)
+            if values.get(name) and (local := paths(name, values[name]))}
 
 
 def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", recipe: str | None = None

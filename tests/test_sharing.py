@@ -105,6 +105,10 @@ def test_a_lora_lowvram_trained_is_a_config_that_trains_its_recipe_again(shared_
     assert "the LoRA's recipe names --model, --data by name only" in capsys.readouterr().err
     values = read_config(result.lora_path, given={"model", "data"})
     assert "by name only" not in capsys.readouterr().err
+    (tmp_path / data.name).mkdir()  # a folder of its name here (another project's): taken, and said
+    read_config(result.lora_path, given={"model"})
+    assert (f"the LoRA's recipe names these by name only, taken from here: --data {data.name} (give them to train "
+            "on others)") in " ".join(capsys.readouterr().err.split())
     trained = build_config(read_config(result.config_path))  # the .toml beside it: the run as it was, paths and all
     again = build_config(values | {"model": str(model), "data": str(data), "output": trained.output.output})
     assert dataclasses.replace(again, output=trained.output) == dataclasses.replace(trained, output=trained.output)
