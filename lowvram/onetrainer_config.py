@@ -24,12 +24,10 @@ from typing import Any
 from lowvram.errors import LowvramError, quoted
 from lowvram.files import expand_home, local_path, not_found_hint
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
-
-# the U-Net's layer_filter each of OneTrainer's SD1.5/SDXL presets writes (its LAYER_PRESETS), which is what trains
-FILTER_LAYERS = {"attentions": "attn-mlp", "attn": "attn", "": "full"}
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values
 from lowvram.prompts import onetrainer_sample
+from lowvram.run_files import LORA_SUFFIX, RECORD
 from lowvram.timesteps import SHAPED, TIMESTEP_DISTRIBUTIONS
 
 MODEL_TYPES = ("STABLE_DIFFUSION_15", "STABLE_DIFFUSION_XL_10_BASE")
@@ -39,6 +37,8 @@ QUANTIZED = {"FLOAT_8": "fp8", "INT_8": "bnb-int8", "NFLOAT_4": "bnb-nf4", "FLOA
              "INT_W8A8": "w8a8-int8"}  # a U-Net storage OneTrainer names -> lowvram's
 PRECISIONS = {"FLOAT_16": "fp16", "BFLOAT_16": "bf16", "FLOAT_32": "fp32"}
 NETWORKS = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}
+# the U-Net's layer_filter each of OneTrainer's SD1.5/SDXL presets writes (its LAYER_PRESETS), which is what trains
+FILTER_LAYERS = {"attentions": "attn-mlp", "attn": "attn", "": "full"}
 # what OneTrainer keeps beside the training itself, or for model types and methods lowvram does not train
 INERT = {
     "__version", "debug_mode", "debug_dir", "workspace_dir", "cache_dir", "tensorboard", "tensorboard_expose",
@@ -329,9 +329,14 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         target = expand_home(str(destination))
         workspace = str(doc.get("workspace_dir") or "workspace/run")
         workspace = workspace if not (os.name != "nt" and PureWindowsPath(workspace).drive) else "workspace/run"
-        values |= {"name": target.stem, "copy_to": str(target), "output": str(expand_home(workspace) / target.stem)}
-        notes.append(f"output_model_destination {destination}: the LoRA is copied there at the end (--copy-to); "
-                     f"the run's checkpoints, samples and logs go to {values['output']} (workspace_dir/<name>)")
+        if _runs_name(target.parent) == target.stem:  # a run an earlier lowvram trained there: it goes on there
+            values |= {"name": target.stem, "output": str(target.parent)}
+        else:  # (a .ckpt destination, OneTrainer's CKPT format: the LoRA is written as .safetensors all the same)
+            values |= {"name": target.stem, "copy_to": str(target.with_suffix(LORA_SUFFIX)),
+                       "output": str(expand_home(workspace) / target.stem)}
+            notes.append(f"output_model_destination {destination}: the LoRA is copied there at the end (as "
+                         f"{target.stem}{LORA_SUFFIX}); the run's checkpoints, samples and logs go to "
+                         f"{values['output']} (workspace_dir/<name>)")
     precision = _upper(doc, "output_dtype")
     if precision in PRECISIONS:
         values["save_precision"] = PRECISIONS[precision]
@@ -358,6 +363,14 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
 
 
 MINUTES_PER = {"SECOND": 1 / 60, "MINUTE": 1, "HOUR": 60}
+
+
+def _runs_name(folder: Path) -> str | None:
+    """The name of the run an output folder records, if any."""
+    try:
+        return json.loads((folder / RECORD).read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _backups(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:

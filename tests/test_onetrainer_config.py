@@ -88,7 +88,8 @@ def test_a_onetrainer_config_trains_the_lora_onetrainer_would(tmp_path, monkeypa
     meta = safe_open(str(tmp_path / "models" / "ot-lora.safetensors"), framework="pt").metadata()
     assert set(json.loads(meta["ss_tag_frequency"])) == {"alpha"}  # the concept, by its folder's name
     assert list((tmp_path / "workspace").glob("**/*.png"))  # its sample was drawn
-    assert [path.name for path in (tmp_path / "models").iterdir()] == ["ot-lora.safetensors"]
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == [  # (with AUTOMATIC1111's card files)
+        "ot-lora.json", "ot-lora.preview.png", "ot-lora.safetensors"]
 
 
 def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(tmp_path):
@@ -535,3 +536,16 @@ def test_a_fractional_validate_after_is_said_as_written(tmp_path):
     _, notes = translate_onetrainer(CONFIG | {"validation": True, "validate_after": 0.5, "validate_after_unit": "EPOCH"},
                                     onetrainer_folder(tmp_path))
     assert any(note.startswith("validate_after 0.5 EPOCH: lowvram validates once per epoch") for note in notes), notes
+
+
+def test_a_ckpt_destination_and_a_run_an_earlier_lowvram_trained_in_models_go_on(tmp_path, monkeypatch):
+    """A CKPT destination was refused as '--copy-to: ... is no .safetensors file', a flag never typed; a run an
+    earlier lowvram trained in models/ (the destination's folder) was refused as another run's copy."""
+    monkeypatch.chdir(tmp_path)
+    path = onetrainer_folder(tmp_path)
+    values, _ = translate_onetrainer(CONFIG | {"output_model_destination": "models/ot.ckpt"}, path)
+    assert (values["copy_to"], values["name"]) == ("models/ot.safetensors", "ot")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "lowvram-run.json").write_text(json.dumps({"name": "ot-lora", "recipe": {}}))
+    values, notes = translate_onetrainer(CONFIG, path)
+    assert values["output"] == "models" and "copy_to" not in values and not any("copied there" in n for n in notes)
