@@ -28,7 +28,7 @@ from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem
 from lowvram.models.loading import LoadedModel, follow_lora_schedule, load_model
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
 from lowvram.precision import compute_dtype
-from lowvram.prompts import MAX_SEED, SamplePrompt, infotext, options_elsewhere, parse_prompt
+from lowvram.prompts import MAX_SEED, SamplePrompt, infotext, model_title, options_elsewhere, parse_prompt
 from lowvram.samplers import a1111_name, sampler_problem
 from lowvram.train.sampling import render
 
@@ -90,7 +90,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     for i, path in enumerate(paths):
         image = render(model, prompt, args.resolution or model.family.resolution, steps, seed + i, device, autocast)
         save_as_named(image, path, infotext(prompt, sources, hashes, steps, sampler, seed + i, image.size,
-                                            Path(args.model).stem, model.text_reading.clip_skip,
+                                            model_title(args.model), model.text_reading.clip_skip,
                                             model.hash if Path(args.model).is_file() else ""))
     return paths
 

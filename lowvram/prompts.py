@@ -241,6 +241,13 @@ def weighted_pieces(text: str) -> list[tuple[str, float]]:
     return joined or [("", 1.0)]
 
 
+def model_title(model: str) -> str:
+    """A base model as AUTOMATIC1111's infotext names it: its file's name without the extension, else its folder's or
+    hub id's last part whole (stable-diffusion-xl-base-1.0 keeps its .0)."""
+    name = Path(model).name
+    return Path(name).stem if Path(name).suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin") else name
+
+
 def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], hashes: dict[Path, str], steps: int, sampler: str,
              seed: int, size: tuple[int, int], model: str, clip_skip: int = 1, model_hash: str = "") -> str:
     """What the image was made with, as AUTOMATIC1111 writes it into a PNG (its PNG Info and "Send to txt2img" read

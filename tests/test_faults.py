@@ -419,3 +419,17 @@ def test_a_small_file_on_a_full_disk_says_the_room_it_needs_is_what_is_kept_free
         atomic_write(out / "lowvram-run.json", lambda tmp: tmp.write_text("{}"), 2)
     assert str(error.value).startswith(f"no room for lowvram-run.json in {out}: it needs 1.00 MiB with the 1.00 MiB "
                                        "kept free, ")
+
+
+def test_a_copy_to_a_full_disk_is_said_and_the_run_ends_well(small_disk, tmp_path, capsys):
+    """--copy-to a LoRA folder on a full disk ended a finished run as an error, its samples undrawn."""
+    from lowvram.cli import main
+
+    mount, _ = small_disk
+    loras = mount("loras", 64)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "1",
+                 "--copy-to", str(loras), "--sample-prompt", "lvshape"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"could not copy the LoRA to {loras / 'run.safetensors'}" in said and "sample" in said, said
+    assert (out / "run.safetensors").is_file() and not (loras / "run.safetensors").exists()

@@ -353,6 +353,11 @@ def test_copy_to_a_lora_folder_writes_automatic1111s_card_files_and_keeps_the_us
     assert main([*argv, "--output", str(tmp_path / "other")]) == 0
     assert json.loads((loras / "other.json").read_text()) == {"activation text": "mine"}
     assert (loras / "other.preview.png").is_file()
+    # a copy under another name: the samples name the LoRA as AUTOMATIC1111 lists it, by the copy's name
+    assert main([*argv[:-6], "--copy-to", str(loras / "mine v2.safetensors"), "--sample-prompt", "lvshape",
+                 "--output", str(tmp_path / "v2")]) == 0
+    said = Image.open(loras / "mine v2.preview.png").text["parameters"]
+    assert "<lora:mine v2:1>" in said and 'Lora hashes: "mine v2: ' in said and "Model: tiny-sdxl" in said, said
     capsys.readouterr()
 
 

@@ -203,7 +203,7 @@ def run_training(session: Session) -> TrainResult:
         with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
             written = save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
                                  position if step > resumed_at else None, shape)
-            copied = publish.copy_final(config, lora_path) if session.main else None
+            copied = publish.copy_final(config, lora_path, session.console) if session.main else None
         if (asked or signals.received is not None) and session.main:
             raise stopped_after_the_last_step(lora_path, bool(config.samples))
         samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log, written,
@@ -256,7 +256,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
             if config.output.format == "diffusers":
                 lora_files.save_diffusers(model, session.out_dir / diffusers_copy(name), config.output.save_precision)
             # each sample names what made it, as AUTOMATIC1111's images do (not where the LoRA keeps no metadata)
-            shown = (lora_path, addnet_hash(lora_path)[:12]) if lora_path.is_file() and not \
+            named = copied or lora_path  # (the copy in a LoRA list is the name AUTOMATIC1111 knows it by)
+            shown = (named, addnet_hash(lora_path)[:12]) if lora_path.is_file() and not \
                 config.output.no_metadata else None
             with peaks.phase("sampling"):
                 samples = render_samples(model, config.samples, session.out_dir / SAMPLES, name,

@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
 from lowvram.lora_header import read_header
 from lowvram.run_files import copy_destination
@@ -19,20 +20,30 @@ from lowvram.train.outdir import move_to_archive
 SD_VERSIONS = {"sd_v1": "SD1", "sd_v2": "SD2", "sdxl_base_v1-0": "SDXL"}
 
 
-def copy_final(config, lora: Path) -> Path | None:
+def copy_final(config, lora: Path, console=None) -> Path | None:
     """The final LoRA written where --copy-to says (atomically), with its AUTOMATIC1111 card: over this run's
     earlier copy (`outdir.copy_problem` found it the run's), or after moving another file there to the run's
-    archive/ (--overwrite); its path, None without --copy-to."""
+    archive/ (--overwrite); its path, None without --copy-to, or where the copy failed (a full disk, a file
+    another program holds open): said on `console`, the run's own LoRA being what matters."""
     if not config.output.copy_to or not lora.is_file():
         return None
     copy = copy_destination(config.output.copy_to, config.output_name)
-    if not (copy.is_file() and filecmp.cmp(copy, lora, shallow=False)):  # (a finished run resumed: copied already)
-        if copy.is_file() and config.output.overwrite:  # (its card files with it: they tell of the other LoRA)
-            move_to_archive(config.output_dir, [path for path in (copy, *card_files(copy)) if path.exists()])
-        atomic_write(copy, lambda tmp: shutil.copyfile(lora, tmp), lora.stat().st_size, "the LoRA's copy")
-    card = card_files(copy)[0]
-    if not card.exists():
-        write_text(card, json.dumps(a1111_card(read_header(copy)[0]), indent=4, ensure_ascii=False) + "\n")
+    try:
+        if not (copy.is_file() and filecmp.cmp(copy, lora, shallow=False)):  # (a finished run resumed: copied)
+            if copy.is_file() and config.output.overwrite:  # (its card files with it: they tell of the other LoRA)
+                held = [path for path in (copy, *card_files(copy)) if path.exists()]
+                moved = move_to_archive(config.output_dir, held)
+                if console is not None:
+                    console.print(f"moved the earlier {copy.name} to {moved}", soft_wrap=True)
+            atomic_write(copy, lambda tmp: shutil.copyfile(lora, tmp), lora.stat().st_size, "the LoRA's copy")
+        card = card_files(copy)[0]
+        if not card.exists():
+            write_text(card, json.dumps(a1111_card(read_header(copy)[0]), indent=4, ensure_ascii=False) + "\n")
+    except (LowvramError, OSError) as exc:
+        if console is not None:
+            console.print(f"[yellow]could not copy the LoRA to {copy}[/] ({exc}); {lora} is saved: copy it there "
+                          "yourself", soft_wrap=True)
+        return None
     return copy
 
 

@@ -21,7 +21,7 @@ from lowvram.memory import free_cached_memory
 from lowvram.models.conditioning import DEFAULT_READING, encode_prompts, set_vae_tiling, unet_conditioning
 from lowvram.models.families import prompt_reading
 from lowvram.models.loading import LoadedModel
-from lowvram.prompts import SamplePrompt, infotext, parse_prompt
+from lowvram.prompts import SamplePrompt, infotext, model_title, parse_prompt
 from lowvram.run_files import final_sample
 from lowvram.samplers import a1111_name, make_sampler
 
@@ -133,7 +133,7 @@ def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder
         drawn = replace(prompt, guidance=GUIDANCE if prompt.guidance is None else prompt.guidance)
         made_with = lora and infotext(
             drawn, [(lora[0], 1.0)], {lora[0]: lora[1]}, prompt.steps or steps, a1111_name(prompt.sampler or sampler),
-            seed + i if prompt.seed is None else prompt.seed, prompt.size(resolution), Path(model_name).stem,
+            seed + i if prompt.seed is None else prompt.seed, prompt.size(resolution), model_title(model_name),
             (model.text_reading or DEFAULT_READING).clip_skip, model.hash if Path(model_name).is_file() else "")
         if made_with and paths[-1].is_file():
             with PILImage.open(paths[-1]) as held:
