@@ -469,7 +469,8 @@ def _absolute_path(name: str, value: Any) -> Any:
     if name in PATH_OPTIONS and isinstance(value, str) and value != SAMPLE_DATA:
         if WINDOWS_DRIVE.match(value) and os.sep == "/":  # another machine's: said as given, not joined to here
             return value
-        return str(expand_home(value).absolute())
+        folder = os.sep if value.endswith(("/", "\\")) else ""  # (--copy-to loras.v2/ names a folder)
+        return str(expand_home(value).absolute()) + folder
     if name in ("model", "vae") and isinstance(value, str) and expand_home(value).exists():
         return str(expand_home(value).absolute())
     if name in SOURCE_LISTS and isinstance(value, (list, tuple)):

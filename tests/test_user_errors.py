@@ -381,3 +381,15 @@ def test_a_log_keeps_a_long_file_name_whole(tmp_path, capsys):
     skipped = capsys.readouterr().out.split("1 skipped")[1].split("└")[0]  # (wrapped in its cell, whole)
     name = "".join(line.split("│")[1].strip() for line in skipped.splitlines() if line.startswith("│"))
     assert name == f"{folder.name}/a_broken_image_with_a_long_name_too.png", skipped
+
+
+def test_copy_to_a_dotted_folder_and_over_the_runs_earlier_copy(tmp_path, capsys):
+    """`--copy-to loras.v2/` was refused as no .safetensors file (the slash lost); a run trained further without
+    --copy-to, then with it again, called its own earlier copy another run's."""
+    argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "run"), "--resume", "auto"]
+    assert main([*argv, "--max-steps", "1", "--copy-to", f"{tmp_path / 'loras.v2'}/"]) == 0
+    assert (tmp_path / "loras.v2" / "run.safetensors").is_file()
+    assert main([*argv, "--max-steps", "2"]) == 0  # (its step-1 LoRA kept as run-step000001)
+    assert main([*argv, "--max-steps", "3", "--copy-to", f"{tmp_path / 'loras.v2'}/"]) == 0
+    assert filecmp.cmp(tmp_path / "loras.v2" / "run.safetensors", tmp_path / "run" / "run.safetensors", shallow=False)
+    capsys.readouterr()

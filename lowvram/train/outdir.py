@@ -174,8 +174,9 @@ def copy_problem(config) -> str | None:
     if not config.output.copy_to or config.output.overwrite:
         return None
     copy = copy_destination(config.output.copy_to, config.output_name)
-    lora = config.output_dir / final_lora(config.output_name)
-    if copy.is_file() and not (lora.is_file() and filecmp.cmp(copy, lora, shallow=False)):
+    ours = [path for path in config.output_dir.glob(f"*{LORA_SUFFIX}") if saved_lora(config.output_name).fullmatch(
+        path.name)] if config.output_dir.is_dir() else []  # (its final LoRA, or an earlier one kept as a step's)
+    if copy.is_file() and not any(filecmp.cmp(copy, lora, shallow=False) for lora in ours):
         return (f"--copy-to: {copy} exists, and is not this run's LoRA; name another file (or --name), or pass "
                 f"--overwrite to replace it (it moves to {config.output_dir / ARCHIVE}/)")
     return None
