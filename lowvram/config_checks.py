@@ -498,14 +498,24 @@ def _copy_problems(c: RunConfig) -> list[str]:
 def _output_among_images(c: RunConfig) -> list[str]:
     """An --output that is the dataset's folder or one of its N_name image folders (or inside one), as a cache
     there is refused: lowvram never writes among the images."""
-    if not c.data.data or not Path(c.data.data).is_dir():
+    if not c.data.data or not (Path(c.data.data).is_dir() or is_dataset_file(c.data.data)):
         return []
     data, out = Path(c.data.data).resolve(), c.output_dir.resolve()
-    if not out.is_relative_to(data):
+    if is_dataset_file(c.data.data):  # (a kohya or OneTrainer file's image folders)
+        try:
+            folders = [Path(subset.folder).resolve() for subset in read_dataset(data).subsets]
+        except LowvramError:  # (said where the file is read)
+            return []
+        images = next((folder for folder in folders if out.is_relative_to(folder)), None)
+    elif not out.is_relative_to(data):
         return []
-    images = data if out == data else data / out.relative_to(data).parts[0]
-    if images != data and not REPEAT_FOLDER.match(images.name):
-        return []  # (a project's output folder beside its image folders)
+    elif out == data or REPEAT_FOLDER.match(data.name):  # (--data naming an N_name folder itself: all images)
+        images = data
+    else:
+        images = data / out.relative_to(data).parts[0]
+        images = images if REPEAT_FOLDER.match(images.name) else None  # (a project's output beside its images)
+    if images is None:
+        return []
     where = "is the dataset's image folder," if images == out else f"is inside the dataset's image folder {images},"
     return [(f"--output: {c.output_dir} {where} which lowvram never writes to (the run's LoRA, samples and "
             "checkpoints would lie among the images); choose an --output outside it")]

@@ -321,6 +321,11 @@ def test_an_output_folder_among_the_images_is_refused_as_a_cache_there_is(tmp_pa
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, err
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["10_ohwx mug", "a.png", "mydata"]
+    # --data naming the N_name folder itself, and a kohya dataset file naming it
+    (tmp_path / "ds.toml").write_text(f"[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{images}'\n")
+    for data in (images, tmp_path / "ds.toml"):
+        assert main(["train", "--model", "tiny", "--data", str(data), "--output", str(images / "run")]) == 2
+        assert inside in capsys.readouterr().err
     # a folder of the project beside the image folders is no image folder: its runs stay
     assert main(["plan", "--model", "tiny", "--data", str(tmp_path / "mydata"), "--output",
                  str(tmp_path / "mydata" / "output"), "--vram", "6GB"]) == 0
