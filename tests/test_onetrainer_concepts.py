@@ -307,3 +307,14 @@ def test_a_concepts_own_text_variations_leave_the_others_theirs_and_tag_dropout_
     assert "caption_variants: the concepts differ (2, lowvram's default 4)" in notes
     assert "concepts[1]: text.tag_dropout_mode FULL (OneTrainer's leaves out all the tags past the kept ones" in notes
     assert "concepts[2]: text.tag_dropout_mode" not in notes
+
+
+def test_a_concepts_display_name_is_no_caption_for_its_uncaptioned_images(tmp_path, monkeypatch):
+    """A concept named 'ohwx run 3 (tests)' captioned its uncaptioned images with that name, taken for a kohya
+    folder's 'ohwx dog'."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)  # beta/: 3 uncaptioned images
+    data = write(tmp_path / "concepts.json", [concept("imgs/beta", name="ohwx run 3 (tests)")])
+    config = run_config(data=str(data), cache_dir=str(tmp_path / "cache"), trigger_word="ohwx", resolution=64)
+    run = dataclasses.replace(resolve_run(config, NO_GPU), cache_dir=tmp_path / "cache")
+    assert {record.caption for record in scan(run, data, "ohwx", None).usable} == {"ohwx"}

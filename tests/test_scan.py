@@ -379,6 +379,10 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     # a folder named with the trigger word (kohya's 10_sks dog) keeps its class word, as kohya's caption would
     records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".caption", trigger_word="sks")))
     assert records["10_sks dog/b.png"].caption == "sks dog"
+    (tmp_path / "10_sks dog").rename(tmp_path / "10_sks_dog")  # (the name the check's hint suggests: kept too)
+    records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".caption", trigger_word="sks")))
+    assert records["10_sks_dog/b.png"].caption == "sks_dog"
+    (tmp_path / "10_sks_dog").rename(tmp_path / "10_sks dog")
     (tmp_path / "10_sks dog" / "a.caption").write_text("cafe\u0301, girl")  # 'é' as 'e' and its accent (NFD)
     records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".caption",
                                                                    trigger_word="caf\u00e9")))

@@ -533,8 +533,10 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
     else:
         text, notes, non_utf8 = read_caption_file(image, options.caption_extension)
     weights: tuple[float, ...] = ()
-    if text is None:  # (a kohya folder named with the trigger, 10_ohwx dog, keeps its class word as kohya's does)
-        named = options.trigger_word and folder.label and has_word(folder.label, options.trigger_word)
+    if text is None:  # (a kohya folder named with the trigger, 10_ohwx dog, keeps its class word as kohya's does;
+        # not a OneTrainer concept's display name)
+        named = options.trigger_word and folder.label and REPEAT_FOLDER.match(Path(folder.path).name) and has_word(
+            folder.label.replace("_", " "), options.trigger_word)
         lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word
                                                  or folder.label).strip()]
     else:
