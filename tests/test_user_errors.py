@@ -398,3 +398,16 @@ def test_copy_to_a_dotted_folder_and_over_the_runs_earlier_copy(tmp_path, capsys
     assert main([*argv, "--max-steps", "3", "--copy-to", f"{tmp_path / 'loras.v2'}/"]) == 0
     assert filecmp.cmp(tmp_path / "loras.v2" / "run.safetensors", tmp_path / "run" / "run.safetensors", shallow=False)
     capsys.readouterr()
+
+
+def test_overwrite_moves_files_of_no_recorded_run_to_the_archive(tmp_path, capsys):
+    """(Outside a LoRA folder, where --overwrite may archive: the earlier files of no run, under this run's names.)"""
+    out = tmp_path / "loras"
+    out.mkdir()
+    (out / "mychar-e0001.safetensors").write_bytes(b"an earlier tool's")
+    argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--name", "mychar", "--max-steps",
+            "1"]
+    assert main(argv) == 2 and "of no lowvram run there" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert f"moved 1 file(s) of no recorded run to {out / ARCHIVE}/" in " ".join(capsys.readouterr().out.split())
+    assert [path.read_bytes() for path in (out / ARCHIVE).rglob("*.safetensors")] == [b"an earlier tool's"]
