@@ -580,3 +580,31 @@ def test_a_finished_run_resumed_keeps_its_samples_rather_than_drawing_them_again
     assert again.samples == [first] and first.stat().st_mtime_ns == stamp
     other = train(dataclasses.replace(config, output=dataclasses.replace(config.output, sample_prompts=("a circle",))))
     assert other.samples == [first] and first.stat().st_mtime_ns != stamp
+
+
+def test_ctrl_c_at_a_save_point_does_not_write_its_lora_and_checkpoint_again(tmp_path, monkeypatch):
+    """A Ctrl-C during step 2's save point (its LoRA, checkpoint and grid) wrote the step's LoRA and checkpoint a
+    second time (a minute more of SDXL after the key was pressed)."""
+    import os
+    import signal
+
+    from lowvram.errors import TrainingInterrupted
+    from lowvram.train import saving
+
+    real_grid, real_checkpoint, written = saving.sample_grid, saving.save_checkpoint, []
+
+    def pressed_while_drawing(session, trainee, prepared, log, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_grid(session, trainee, prepared, log, step)
+
+    def counted(session, trainee, dataset, position):
+        written.append(position.step)
+        return real_checkpoint(session, trainee, dataset, position)
+
+    monkeypatch.setattr(saving, "sample_grid", pressed_while_drawing)
+    monkeypatch.setattr(saving, "save_checkpoint", counted)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 2") as stopped:
+        train(run_config(output=str(tmp_path), name="run", max_steps=4, sample_every="2", save_every="2",
+                         checkpoint_every=2, sample_prompts=["lvshape"], sample_steps=1))
+    assert written == [2] and "saved " + str(tmp_path / "run-step000002.safetensors") in str(stopped.value)

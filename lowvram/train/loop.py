@@ -180,8 +180,9 @@ def run_training(session: Session) -> TrainResult:
                     # validated, so all of them agree on it
                     stop_asked = sum_over_processes(session.accelerator, float(signals.received is not None))[0] > 0
                 position = checkpoint.Position(step, epoch, number + 1, stopping.state(), smoothed)
-                if at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop, log, shape,
-                                  timed_checkpoint=outcome.checkpoint_due) and not stop_asked:
+                busy, kept = at_save_points(session, trainee, dataset, prepared, schedule, position, stopping.stop,
+                                            log, shape, timed_checkpoint=outcome.checkpoint_due)
+                if busy and not stop_asked:
                     # a Ctrl-C while saving or drawing samples stops here too, not a step later
                     stop_asked = sum_over_processes(session.accelerator, float(signals.received is not None))[0] > 0
                 every = config.training.checkpoint_every  # (either checkpoint starts the minutes anew)
@@ -193,7 +194,7 @@ def run_training(session: Session) -> TrainResult:
                                   f"{stopping.best_step}) is {best_save(name)}{LORA_SUFFIX}", soft_wrap=True)
                     break
                 if stop_asked and step < schedule.total_steps:
-                    raise save_interrupted(session, trainee, dataset, schedule, position, shape)
+                    raise save_interrupted(session, trainee, dataset, schedule, position, shape, kept)
 
         for module in trainee.trained_modules:
             module.eval()

@@ -171,22 +171,25 @@ def validate_and_keep_best(session: Session, trainee: Trainee, dataset: Dataset,
 
 def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepared, schedule: Schedule,
                    position: checkpoint.Position, stop: bool, log: RunLog, shape: TrainingShape,
-                   timed_checkpoint: bool = False) -> bool:
+                   timed_checkpoint: bool = False) -> tuple[bool, dict[str, Path]]:
     """The LoRA every --save-every, a checkpoint every --checkpoint-every and where `timed_checkpoint` (the
     --checkpoint-minutes passed) says (the last one, at the end or where early
     stopping ends the run, follows the LoRA: a disk with room for only one keeps the LoRA), then a sample grid
     every --sample-every: drawing one may run out of memory, which must find the step's work kept. Whether the step
-    was one of them (the same in every process), which takes a while a Ctrl-C may come in."""
+    was one of them (the same in every process), which takes a while a Ctrl-C may come in, and the LoRA and
+    checkpoint it wrote ({"lora", "checkpoint"}), which a stop there need not write again."""
     config, step, epoch = session.config, position.step, position.epoch
     name, out_dir = config.output_name, session.out_dir
     save_every, sample_every = schedule.save_every, schedule.sample_every
     written = []  # said in one line, as kohya says each save: a notebook's log shows what is safe on the disk
+    kept: dict[str, Path] = {}
     if save_every and step < schedule.total_steps and is_save_point(save_every, step, schedule):
         # kohya's ss_epoch: the epoch under way (from 0) in a step's save, the epochs done in an epoch's
         done = schedule.epochs_done_at(step)
         saved, saved_epoch = ((step_save(name, step), epoch) if save_every[1] == "steps"
                               else (epoch_save(name, done), done))
         lora = save_lora(session, trainee, dataset, out_dir / (saved + LORA_SUFFIX), step, saved_epoch, shape)
+        kept["lora"] = lora
         written.append(f"saved {lora}")
         if config.output.keep_saves and session.main:
             removed = []
@@ -199,13 +202,14 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
                 written.append(f"removed {', '.join(removed)} (--keep-saves {config.output.keep_saves})")
     every = config.training.checkpoint_every
     if (every and step % every == 0 or timed_checkpoint) and step < schedule.total_steps and not stop:
-        written.append(f"checkpoint {save_checkpoint(session, trainee, dataset, position)}")
+        kept["checkpoint"] = save_checkpoint(session, trainee, dataset, position)
+        written.append(f"checkpoint {kept['checkpoint']}")
     if written:
         session.console.print(f"step {step}: {'; '.join(written)}", soft_wrap=True, highlight=False)
     sampled = bool(sample_every and is_save_point(sample_every, step, schedule))
     if sampled:
         sample_grid(session, trainee, prepared, log, step)
-    return bool(written) or sampled
+    return bool(written) or sampled, kept
 
 
 def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: Path, step: int, epochs: int,
@@ -282,13 +286,15 @@ def older_saves(out_dir: Path, name: str, every: tuple[int, str], keep: int) -> 
 
 
 def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule,
-                     position: checkpoint.Position, shape: TrainingShape) -> TrainingInterrupted:
+                     position: checkpoint.Position, shape: TrainingShape,
+                     kept: dict[str, Path] | None = None) -> TrainingInterrupted:
     """Ctrl-C or SIGTERM: a usable LoRA of the steps so far and a checkpoint, the LoRA first (as at the end: a disk
-    with room for one of them keeps the smaller, which is a LoRA to use); the error says how to continue."""
-    step, out_dir, name = position.step, session.out_dir, session.config.output_name
-    usable = save_lora(session, trainee, dataset, out_dir / (step_save(name, step) + LORA_SUFFIX), step,
-                       position.epoch, shape)
-    saved = save_checkpoint(session, trainee, dataset, position)
+    with room for one of them keeps the smaller, which is a LoRA to use), but for those the step's save point `kept`
+    already; the error says how to continue."""
+    step, out_dir, name, kept = position.step, session.out_dir, session.config.output_name, kept or {}
+    usable = kept.get("lora") or save_lora(session, trainee, dataset, out_dir / (step_save(name, step) + LORA_SUFFIX),
+                                           step, position.epoch, shape)
+    saved = kept.get("checkpoint") or save_checkpoint(session, trainee, dataset, position)
     if not session.main:  # the main process says it, once
         return TrainingInterrupted("")
     # a checkpoint resumes only with as many processes as wrote it

@@ -475,7 +475,7 @@ def other_users() -> tuple[str, ...]:
 
     try:
         return tuple(sorted({user.name for user in psutil.users()} - {getpass.getuser()}))
-    except (OSError, KeyError, RuntimeError):  # (no login records; a user without a name)
+    except (OSError, KeyError, RuntimeError, psutil.Error):  # (no login records; a user without a name)
         return ()
 
 
