@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowvram.errors import LowvramError
-from lowvram.files import TEMPORARY, hold_exclusive, human_size
+from lowvram.files import TEMPORARY, human_size
+from lowvram.locks import hold_exclusive
 from lowvram.resolve import (
     EDITED_CAPTIONS,
     IN_USE,

@@ -18,8 +18,9 @@ from lowvram.adapters.blocks import BlockPlan, block_plan
 from lowvram.config import SAMPLE_DATA, RunConfig
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
-from lowvram.files import expand_home, hold_shared
+from lowvram.files import expand_home
 from lowvram.hardware import Hardware, resolve_mixed_precision
+from lowvram.locks import hold_shared
 from lowvram.models.detect import detect_family
 from lowvram.models.families import ModelFamily, TextReading, clip_skip_problem
 from lowvram.option_values import parse_resolutions

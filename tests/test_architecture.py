@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).parents[1] / "lowvram"
 LAYERS = [
     ("lowvram", "lowvram.errors", "lowvram.files", "lowvram.formats", "lowvram.memory", "lowvram.prompts",
      "lowvram.option_values", "lowvram.timesteps", "lowvram.run_files", "lowvram.precision",
-     "lowvram.optim", "lowvram.checkpointing", "lowvram.console"),
+     "lowvram.optim", "lowvram.checkpointing", "lowvram.console", "lowvram.locks"),
     ("lowvram.config", "lowvram.adapters.blocks", "lowvram.models.families", "lowvram.lora_layout",
      "lowvram.lora_header", "lowvram.lora_metadata",
      "lowvram.kohya_config", "lowvram.kohya_launcher",

@@ -15,7 +15,7 @@ from rich.console import Console
 from test_cache import prepare, setup
 
 from lowvram.cli import main
-from lowvram.files import hold_exclusive, hold_shared
+from lowvram.locks import hold_exclusive, hold_shared
 from lowvram.models import load_model
 from lowvram.resolve import cache_in_use
 from lowvram.train.loop import train
@@ -204,7 +204,7 @@ def test_a_scan_waits_for_a_removal_and_says_so(tmp_path, sample_data):
     removes entries, instead of failing on a folder removed under it."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    holder = (f"import time\nfrom lowvram.files import hold_exclusive\nwith hold_exclusive({str(cache / '.in-use')!r}):"
+    holder = (f"import time\nfrom lowvram.locks import hold_exclusive\nwith hold_exclusive({str(cache / '.in-use')!r}):"
               "\n    print('held', flush=True)\n    time.sleep(3)")
     removal = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
     assert removal.stdout.readline().strip() == "held"
