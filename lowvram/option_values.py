@@ -154,3 +154,9 @@ def relocated_source(text: str, place) -> str:
         return text
     weighted = path != Path(text)  # (the weight is what follows the last ':'; the path may be written otherwise)
     return str(place(path)) + (":" + text.rpartition(":")[2] if weighted else "")
+
+
+def positive(p: list[str], flag: str, value: float | None, *, allow_zero: bool = False) -> None:
+    """Adds to `p` the problem of a --flag that must be over 0 (or 0 and over)."""
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        p.append(f"--{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")

@@ -20,7 +20,7 @@ LAYERS = [
      "lowvram.kohya_config", "lowvram.kohya_launcher",
      "lowvram.kohya_gui_config",
      "lowvram.onetrainer_optimizers", "lowvram.onetrainer_config",
-     "lowvram.dataset_files", "lowvram.config_checks", "lowvram.configure"),
+     "lowvram.dataset_files", "lowvram.output_checks", "lowvram.config_checks", "lowvram.configure"),
     ("lowvram.hardware", "lowvram.attention", "lowvram.compiling", "lowvram.models.detect"),
     ("lowvram.resolve", "lowvram.models", "lowvram.quant", "lowvram.w8a8"),
     ("lowvram.adapters",),
