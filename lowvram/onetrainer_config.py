@@ -351,7 +351,7 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         unit = _upper(doc, "validate_after_unit") or "EPOCH"
         after = as_number(doc.get("validate_after") or 1, "validate_after", problem)
         if unit == "STEP":
-            values["validate_every"] = max(1, round(after))
+            values["validate_every"] = max(1, math.ceil(after))  # (2.5 steps: every third, not every second)
         elif unit != "EPOCH" or after != 1:
             notes.append(f"validate_after {after:g} {unit}: lowvram validates once per epoch, or every N steps "
                          "(--validate-every)")

@@ -176,8 +176,8 @@ def test_a_lora_name_no_file_system_takes_is_refused_naming_where_it_came_from(v
 
 
 def test_the_longest_name_a_run_can_write_is_taken(tmp_path):
-    from lowvram.output_checks import MAX_NAME_BYTES
     from lowvram.files import atomic_write
+    from lowvram.output_checks import MAX_NAME_BYTES
 
     name = "n" * MAX_NAME_BYTES
     assert run_config(output=str(tmp_path), name=name).output_name == name

@@ -608,3 +608,9 @@ def test_ctrl_c_at_a_save_point_does_not_write_its_lora_and_checkpoint_again(tmp
         train(run_config(output=str(tmp_path), name="run", max_steps=4, sample_every="2", save_every="2",
                          checkpoint_every=2, sample_prompts=["lvshape"], sample_steps=1))
     assert written == [2] and "saved " + str(tmp_path / "run-step000002.safetensors") in str(stopped.value)
+
+
+def test_a_run_without_sample_prompts_makes_no_samples_folder(tmp_path):
+    """(A script's collected runs each held an empty samples/.)"""
+    train(run_config(output=str(tmp_path), max_steps=1))
+    assert not (tmp_path / "samples").exists()

@@ -536,6 +536,9 @@ def test_a_fractional_validate_after_is_said_as_written(tmp_path):
     _, notes = translate_onetrainer(CONFIG | {"validation": True, "validate_after": 0.5, "validate_after_unit": "EPOCH"},
                                     onetrainer_folder(tmp_path))
     assert any(note.startswith("validate_after 0.5 EPOCH: lowvram validates once per epoch") for note in notes), notes
+    values, _ = translate_onetrainer(CONFIG | {"validation": True, "validate_after": 2.5, "validate_after_unit": "STEP"},
+                                     onetrainer_folder(tmp_path / "steps"))
+    assert values["validate_every"] == 3  # (every 2.5 steps: rounded to 2, it validated more often than asked)
 
 
 def test_a_ckpt_destination_and_a_run_an_earlier_lowvram_trained_in_models_go_on(tmp_path, monkeypatch):

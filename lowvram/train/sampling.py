@@ -125,6 +125,8 @@ def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder
     drawn again."""
     from PIL import Image as PILImage
 
+    if not prompts:  # (no samples/ folder of nothing)
+        return []
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     sampler = type(model.pipeline.scheduler).__name__
