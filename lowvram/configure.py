@@ -469,7 +469,8 @@ def _absolute_path(name: str, value: Any) -> Any:
     if name in PATH_OPTIONS and isinstance(value, str) and value != SAMPLE_DATA:
         if WINDOWS_DRIVE.match(value) and os.sep == "/":  # another machine's: said as given, not joined to here
             return value
-        folder = os.sep if value.endswith(("/", "\\")) else ""  # (--copy-to loras.v2/ names a folder)
+        # (--copy-to loras.v2/ names a folder; elsewhere a slash typed or not is the same path: a run's identity)
+        folder = os.sep if name == "copy_to" and value.endswith(("/", "\\")) else ""
         return str(expand_home(value).absolute()) + folder
     if name in ("model", "vae") and isinstance(value, str) and expand_home(value).exists():
         return str(expand_home(value).absolute())

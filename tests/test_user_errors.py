@@ -398,6 +398,11 @@ def test_copy_to_a_dotted_folder_and_over_the_runs_earlier_copy(tmp_path, capsys
     assert main([*argv, "--max-steps", "3", "--copy-to", f"{tmp_path / 'loras.v2'}/"]) == 0
     assert filecmp.cmp(tmp_path / "loras.v2" / "run.safetensors", tmp_path / "run" / "run.safetensors", shallow=False)
     capsys.readouterr()
+    # another path's slash is no part of it: `--data dataset/` (a shell's completion) resumes `--data dataset`'s run
+    from lowvram.configure import build_config
+
+    assert build_config({"model": "tiny", "data": f"{tmp_path}/", "output": f"{tmp_path / 'run'}/"}).data.data == (
+        str(tmp_path))
 
 
 def test_overwrite_moves_files_of_no_recorded_run_to_the_archive(tmp_path, capsys):
