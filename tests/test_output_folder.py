@@ -287,3 +287,18 @@ def test_a_run_moved_from_windows_is_its_run_and_only_what_differs_is_named():
     assert same_run({"identity": "another", "recipe": theirs}, ours)
     assert differences(theirs, ours | {"--data": "/home/me/other"}) == (
         "--data D:/training/data there, /home/me/other here")
+
+
+def test_a_folder_in_use_is_said_first_not_after_what_resume_auto_finds_there(tmp_path, capsys):
+    from lowvram.train.outdir import FolderLock
+
+    held = FolderLock(tmp_path / "run")  # this process stands for a run still caching (no checkpoint yet)
+    held.acquire()
+    try:
+        with pytest.raises(LowvramError, match=f"in use by another lowvram run \\(pid {os.getpid()}"):
+            train(run_config(output=str(tmp_path / "run"), max_steps=1, resume="auto",
+                             cache_dir=str(tmp_path / "cache")))
+    finally:
+        held.release()
+    assert "--resume auto" not in capsys.readouterr().out  # ("no checkpoint yet, so the run starts": it does not)
+    assert not (tmp_path / "cache").exists()  # refused before caching the data

@@ -18,7 +18,7 @@ from lowvram.adapters import lora_files, networks
 from lowvram.config import RunConfig
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
-from lowvram.errors import TrainingInterrupted, shell_line
+from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull, utf8_text
 from lowvram.lora_metadata import addnet_hash
 from lowvram.memory import PhasePeaks, free_cached_memory, host_peak_bytes
@@ -75,6 +75,8 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
 
     Under `accelerate launch` every process runs this: each trains on its share of every step's batches
     (DDP averages the gradients), only the main process writes files."""
+    if busy := outdir.FolderLock(config.output_dir).held_by_another():  # said before the data is cached or the
+        raise LowvramError(busy)  # model loads, and before what --resume finds there (taken in `claimed`)
     config, fresh = outdir.nothing_to_resume(config)
     session = start_session(config, console)
     if fresh:

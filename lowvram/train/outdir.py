@@ -517,13 +517,8 @@ class FolderLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self._holder()
-                if holder is not None and _alive(holder):
-                    where = "" if holder.get("host") == mine["host"] else f" on {holder.get('host')}"
-                    raise LowvramError(
-                        f"--output: {self.path.parent} is in use by another lowvram run (pid {holder.get('pid')}"
-                        f"{where}, since {holder.get('since')}); wait for it to end, or choose another --output"
-                        + (f" (if that run is gone, delete {self.path})" if where else "")) from None
+                if busy := self.held_by_another():
+                    raise LowvramError(busy) from None
                 self.path.unlink(missing_ok=True)  # stale: the process that wrote it is gone
                 continue
             try:
@@ -536,6 +531,16 @@ class FolderLock:
             self.held = True
             return
         raise LowvramError(f"--output: could not take {self.path}; another run keeps creating it")
+
+    def held_by_another(self) -> str | None:
+        """The line a run stops at while another live process holds the folder (None: free, or a stale lock)."""
+        holder = self._holder() if self.path.is_file() else None
+        if holder is None or not _alive(holder):
+            return None
+        where = "" if holder.get("host") == socket.gethostname() else f" on {holder.get('host')}"
+        return (f"--output: {self.path.parent} is in use by another lowvram run (pid {holder.get('pid')}{where}, "
+                f"since {holder.get('since')}); wait for it to end, or choose another --output"
+                + (f" (if that run is gone, delete {self.path})" if where else ""))
 
     def _holder(self) -> dict | None:
         try:
