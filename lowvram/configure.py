@@ -39,7 +39,16 @@ from lowvram.dataset_files import (
     read_dataset,
 )
 from lowvram.errors import LowvramError, quoted, shell_line
-from lowvram.files import backslash_hint, expand_home, local_path, not_found_hint, not_utf8, slashed, text_of
+from lowvram.files import (
+    WINDOWS_DRIVE,
+    backslash_hint,
+    expand_home,
+    local_path,
+    not_found_hint,
+    not_utf8,
+    slashed,
+    text_of,
+)
 from lowvram.kohya_config import flat_config, is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.kohya_launcher import is_launcher, launcher_config
@@ -457,7 +466,6 @@ def preset_path(name: str) -> Path:
 
 
 ZERO = re.compile(r"0+\s*(e|s|epochs?|steps?)?", re.IGNORECASE)  # 0, 0e, 00 steps: off (OFF_AT_ZERO)
-WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 
 
 def _absolute_path(name: str, value: Any) -> Any:

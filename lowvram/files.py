@@ -78,11 +78,19 @@ def not_found_hint(path: str | os.PathLike) -> str:
     return broken_link(path) or windows_path_hint(path)
 
 
+WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\ or C:/, at a path's start
+
+
+def is_windows_path(text: str) -> bool:
+    """Whether a path was written on Windows: a drive, or \\ between folders."""
+    return bool(WINDOWS_DRIVE.match(text)) or "\\" in text
+
+
 def windows_path_hint(path: str | os.PathLike) -> str:
     """Why a path with backslashes is not found here: Windows writes folders so."""
     if os.sep != "/":
         return ""
-    if re.search(r"(^|/)[A-Za-z]:[\\/]", str(path)):  # another machine's drive (made absolute here by the config)
+    if re.search(r"(^|/)" + WINDOWS_DRIVE.pattern, str(path)):  # another machine's drive (made absolute here)
         return "; that is a Windows path: give where it is on this machine" + (
             ", with / between folders" if "\\" in str(path) else "")
     return "; written as a Windows path: write it with / between folders here" if "\\" in str(path) else ""

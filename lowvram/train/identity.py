@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path, PureWindowsPath
 
 from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import NetworkConfig
+from lowvram.files import is_windows_path
 from lowvram.option_values import relocated_source
 from lowvram.resolve import ResolvedRun
 
@@ -53,7 +53,6 @@ def identity(run_recipe: dict[str, object]) -> str:
 
 
 MOVABLE = ("--model", "--vae", "--data", "--reg-data")  # paths a run's files may move from between sessions
-WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]|\\")  # (a run started on Windows, resumed on Linux or WSL)
 
 
 def same_run(recorded: dict, ours: dict[str, object]) -> bool:
@@ -73,7 +72,7 @@ def _moved(then: object, now: object) -> bool:
     same file or folder name."""
     if not (isinstance(then, str) and isinstance(now, str)) or Path(then).exists():
         return False
-    recorded = PureWindowsPath(then) if WINDOWS_PATH.search(then) else Path(then)
+    recorded = PureWindowsPath(then) if is_windows_path(then) else Path(then)  # (a run started on Windows)
     return recorded.is_absolute() and recorded.name == Path(now).name
 
 
