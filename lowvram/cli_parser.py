@@ -41,6 +41,17 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _usage(command: str, own: str = "") -> str:
+    """A usage line of the options most runs give, wrapped as argparse wraps its own to 80 columns."""
+    head, lines = f"lowvram {command} ", [""]
+    for part in re.findall(r"\[[^]]*\]", f"[-h] [--config FILE] [--preset NAME] {own}[--model MODEL] [--data DIR] "
+                           "[--output DIR] [OPTION ...]"):
+        if lines[-1] and len("usage: " + head + lines[-1] + " " + part) > 80:
+            lines.append("")
+        lines[-1] += (" " if lines[-1] else "") + part
+    return head + ("\n" + " " * len("usage: " + head)).join(lines)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line, with the closest valid flag."""
 
@@ -201,9 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lowvram {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = sub.add_parser("train", allow_abbrev=False, help="train a LoRA", description="Train a LoRA. Options come from --config "
-                           "(TOML, same names in sections [model] [data] [network] [optim] [training] [validation] [memory] [output]) "
-                           "and from flags, which override the file.")
+    # (the usage argparse writes lists every option: 100 lines above the help; the groups below say them all)
+    train = sub.add_parser("train", allow_abbrev=False, help="train a LoRA", usage=_usage("train"),
+                           description="Train a LoRA. Options come from --config (TOML, same names in sections "
+                           "[model] [data] [network] [optim] [training] [validation] [memory] [output]) and from "
+                           "flags, which override the file. Most runs need only --model, --data, --output, --max-steps "
+                           "or --epochs, and --auto; the sections below hold the rest.")
     train.add_argument("--config", type=Path, help="TOML config file (paths in it are relative to the file), a "
                        "kohya sd-scripts config file, a kohya_ss GUI config (.json) or a OneTrainer config (.json), "
                        "read as they read them, or a LoRA lowvram trained (.safetensors: the recipe it keeps)")
@@ -218,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
 
     plan = sub.add_parser("plan", allow_abbrev=False, help="estimate memory and pick a strategy (dry run)",
+                          usage=_usage("plan", "[--profile NAME | --vram SIZE] [--ram SIZE] [--json] "),
                           description="Estimate the peak VRAM of every phase (caching, training, sampling, "
                           "saving) and the host RAM of loading, training and saving, per component, for each "
                           "memory strategy, and say what fits: without a GPU and without loading weights. Takes the "

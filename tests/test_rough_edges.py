@@ -379,6 +379,7 @@ def test_help_fits_an_80_column_terminal(monkeypatch, capsys):
     out = capsys.readouterr().out
     wide = [line for line in out.splitlines() if len(line) > 80 and " | --no-" not in line]  # (a --x | --no-x
     assert not wide                                                                         # pair is one word)
+    assert len(out.split("\n\n")[0].splitlines()) <= 3  # the usage: the common options, not 100 lines of all
     assert "One of: constant, constant_with_warmup, cosine," in " ".join(out.split())  # (its choices, no longer
     assert "--no-no-metadata" not in out                                                # in the usage line)
     parser = build_parser()
