@@ -378,10 +378,10 @@ def test_a_model_the_hub_cannot_give_is_one_line_without_the_hubs_advice(tmp_pat
     done = subprocess.run([sys.executable, "-m", "lowvram", "generate", "--model", "nobody/no-such-model",
                            "--model-family", "sd15", "--prompt", "x", "--output", str(tmp_path / "x.png")],
                           check=False, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     said = ("lowvram generate: error: --model: could not download 'nobody/no-such-model' from the Hugging Face hub "
-            "(the hub could not be reached, and the model is not in the local cache); pass a local .safetensors file "
-            "or diffusers folder")
+            f"(HF_HUB_OFFLINE is set, and the model is not in Hugging Face's cache, {tmp_path / 'hf' / 'hub'} "
+            "(HF_HOME moves it)); pass a local .safetensors file or diffusers folder")
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [said]
 
 

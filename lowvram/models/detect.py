@@ -324,7 +324,10 @@ def hub_failure(exc: BaseException) -> str:
             return "no such model on the hub: check the id (a private one needs hf auth login)"
     said = " ".join(str(cause) for cause in chain).lower()
     if any(words in said for words in UNREACHABLE):
-        return "the hub could not be reached, and the model is not in the local cache"
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub could not be reached"
+        return f"{why}, and the model is not in Hugging Face's cache, {constants.HF_HUB_CACHE} (HF_HOME moves it)"
     return first_line(chain[0])[:200]
 
 
