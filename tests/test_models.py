@@ -212,3 +212,23 @@ def test_a_mistyped_built_in_model_is_named_with_the_closest(no_network):
             detect_family(typed)
         assert str(error.value) == (f"--model: '{typed}' is no file or folder here, nor a built-in model (sd15, sdxl, "
                                     f"tiny, tiny-sdxl); {said}")
+
+
+@pytest.mark.slow
+def test_a_hub_model_in_hugging_faces_cache_trains_offline(tmp_path):
+    """As the README says: HF_HUB_OFFLINE=1 loads a hub id from HF_HOME's cache (a lab's shared one, a flight)."""
+    import os
+    import subprocess
+    import sys
+
+    snapshot = "0" * 40
+    repo = tmp_path / "hf" / "hub" / "models--lab--tiny"
+    load_model("tiny", None, dtype=torch.float32).pipeline.save_pretrained(repo / "snapshots" / snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot)
+    done = subprocess.run([sys.executable, "-m", "lowvram", "train", "--model", "lab/tiny", "--model-family", "tiny",
+                           "--data", "sample", "--max-steps", "1", "--rank", "4", "--output", str(tmp_path / "run")],
+                          check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert done.returncode == 0, done.stderr
+    assert load_file(str(tmp_path / "run" / "run.safetensors"))
