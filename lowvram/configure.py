@@ -41,6 +41,7 @@ from lowvram.dataset_files import (
 from lowvram.errors import LowvramError, quoted, shell_line
 from lowvram.files import (
     WINDOWS_DRIVE,
+    absolute_path,
     backslash_hint,
     expand_home,
     local_path,
@@ -479,11 +480,11 @@ def _absolute_path(name: str, value: Any) -> Any:
             return value
         # (--copy-to loras.v2/ names a folder; elsewhere a slash typed or not is the same path: a run's identity)
         folder = os.sep if name == "copy_to" and value.endswith(("/", "\\")) else ""
-        return str(expand_home(value).absolute()) + folder
+        return str(absolute_path(value)) + folder
     if name in ("model", "vae") and isinstance(value, str) and expand_home(value).exists():
-        return str(expand_home(value).absolute())
+        return str(absolute_path(value))
     if name in SOURCE_LISTS and isinstance(value, (list, tuple)):
-        return tuple(relocated_source(str(item), lambda path: expand_home(path).absolute()) for item in value)
+        return tuple(relocated_source(str(item), absolute_path) for item in value)
     return value
 
 

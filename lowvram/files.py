@@ -78,6 +78,12 @@ def not_found_hint(path: str | os.PathLike) -> str:
     return broken_link(path) or windows_path_hint(path)
 
 
+def absolute_path(path: str | os.PathLike) -> Path:
+    """`path` from the current folder, `~` expanded and `..` taken out as a shell's `cd ..` takes it (not through
+    links): `../data` and the same folder by its full path are one dataset to a run's identity."""
+    return Path(os.path.normpath(expand_home(path).absolute()))
+
+
 WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\ or C:/, at a path's start
 
 

@@ -302,3 +302,20 @@ def test_a_folder_in_use_is_said_first_not_after_what_resume_auto_finds_there(tm
         held.release()
     assert "--resume auto" not in capsys.readouterr().out  # ("no checkpoint yet, so the run starts": it does not)
     assert not (tmp_path / "cache").exists()  # refused before caching the data
+
+
+def test_a_dataset_given_through_dotdot_is_the_same_dataset_by_its_full_path(tmp_path, monkeypatch):
+    """`--data ../d1` from a project folder, then `--data d1` from above it: 'another run (--data /x/proj/../d1
+    there, /x/d1 here)'. Runs that recorded the `..` still count as the same."""
+    from lowvram.train.identity import differences, same_run
+
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "d1").mkdir()
+    monkeypatch.chdir(tmp_path / "proj")
+    via_dotdot = run_config(data="../d1", model="tiny")
+    monkeypatch.chdir(tmp_path)
+    direct = run_config(data="d1", model="tiny")
+    assert via_dotdot.data.data == direct.data.data == str(tmp_path / "d1")
+    recorded = {"--data": str(tmp_path / "proj" / ".." / "d1"), "--rank": 4}
+    assert same_run({"identity": "earlier", "recipe": recorded}, {"--data": direct.data.data, "--rank": 4})
+    assert differences(recorded, {"--data": direct.data.data, "--rank": 8}) == "--rank 4 there, 8 here"

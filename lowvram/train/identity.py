@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path, PureWindowsPath
 
 from lowvram.adapters.blocks import BLOCK_OPTIONS
@@ -62,9 +63,16 @@ def same_run(recorded: dict, ours: dict[str, object]) -> bool:
     if recorded.get("identity") == identity(ours):
         return True
     theirs = recorded.get("recipe")
-    return isinstance(theirs, dict) and all(
-        theirs.get(flag) == ours.get(flag) or (flag in MOVABLE and _moved(theirs.get(flag), ours.get(flag)))
-        for flag in {**theirs, **ours})
+    return isinstance(theirs, dict) and all(theirs.get(flag) == ours.get(flag) or _same_place(flag, theirs, ours)
+                                            for flag in {**theirs, **ours})
+
+
+def _same_place(flag: str, theirs: dict, ours: dict) -> bool:
+    """Whether a model, VAE or dataset path recorded differently is the one given: moved, or recorded with `..` in
+    it (as runs before `files.absolute_path` recorded `--data ../data`)."""
+    then, now = theirs.get(flag), ours.get(flag)
+    return flag in MOVABLE and isinstance(then, str) and isinstance(now, str) and (
+        os.path.normpath(then) == os.path.normpath(now) or _moved(then, now))
 
 
 def _moved(then: object, now: object) -> bool:
@@ -104,7 +112,7 @@ SWITCHED_BY = {"--ema-decay": "--ema"}  # a setting a recipe holds only where it
 def differences(theirs: dict[str, object], ours: dict[str, object]) -> str:
     """'--rank 8 there, 16 here; ...' for the options two recipes disagree on (a switch where one side lacks it)."""
     changed = [flag for flag in {**theirs, **ours} if theirs.get(flag) != ours.get(flag)  # one set there only too
-               and not (flag in MOVABLE and _moved(theirs.get(flag), ours.get(flag)))]
+               and not _same_place(flag, theirs, ours)]
     return "; ".join(f"{SWITCHED_BY[flag]} {'on there, off here' if flag in theirs else 'off there, on here'}"
                      if flag in SWITCHED_BY and (flag in theirs) != (flag in ours)
                      else f"{flag} {_shown(theirs.get(flag))} there, {_shown(ours.get(flag))} here" for flag in changed)
