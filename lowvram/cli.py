@@ -467,13 +467,21 @@ def output_may_close():
 
 @contextlib.contextmanager
 def stop_signals_interrupt():
-    """SIGTERM (a CI job cancelled, docker stop) and Windows' Ctrl-Break (the UI's Stop) as Ctrl-C until the steps
-    take them over: "interrupted" and 130 while the run caches (SIGTERM's default ended it without a word, 143)."""
+    """SIGTERM (a CI job cancelled, docker stop), SIGHUP (the ssh connection gone) and Windows' Ctrl-Break (the UI's
+    Stop) as Ctrl-C until the steps take them over: "interrupted" and 130 while the run caches (SIGTERM's default
+    ended it without a word, 143)."""
+    from lowvram.console import leave_terminal
+
+    def hung_up(signum, frame):
+        leave_terminal()
+        signal.default_int_handler(signum, frame)
+
     previous = {}
-    for name in ("SIGTERM", "SIGBREAK"):
+    for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):
         if hasattr(signal, name):
             with contextlib.suppress(ValueError):  # (not the main thread: a notebook's worker keeps its own)
-                previous[name] = signal.signal(getattr(signal, name), signal.default_int_handler)
+                previous[name] = signal.signal(getattr(signal, name),
+                                               hung_up if name == "SIGHUP" else signal.default_int_handler)
     try:
         yield
     finally:

@@ -3,9 +3,23 @@ job) gets room for the tables, where rich would otherwise cut file names to 80 c
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from rich.console import Console
 
 LOG_WIDTH = 160  # the columns a table is laid out in where no terminal says its own
+
+
+def leave_terminal() -> None:
+    """After SIGHUP (the ssh connection or the terminal window gone): what the run prints next goes nowhere instead
+    of failing on the terminal that is gone (EIO), so that it can still save its checkpoint and end; its steps' figures
+    stay in metrics.jsonl."""
+    with contextlib.suppress(OSError):
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(nowhere, fd)
+        os.close(nowhere)
 
 
 def console(stderr: bool = False, quiet: bool = False) -> Console:

@@ -1,6 +1,7 @@
 """One output folder, one run: a reused folder never mixes two runs or loses a trained LoRA, `--resume` continues
 only its own run, and a second run on a folder in use is refused while the first lives."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -319,3 +320,42 @@ def test_a_dataset_given_through_dotdot_is_the_same_dataset_by_its_full_path(tmp
     recorded = {"--data": str(tmp_path / "proj" / ".." / "d1"), "--rank": 4}
     assert same_run({"identity": "earlier", "recipe": recorded}, {"--data": direct.data.data, "--rank": 4})
     assert differences(recorded, {"--data": direct.data.data, "--rank": 8}) == "--rank 4 there, 8 here"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is POSIX's")
+def test_a_run_whose_terminal_hangs_up_saves_a_checkpoint_and_resumes(tmp_path):
+    """The ssh connection drops mid-run: SIGHUP's default killed it at once, and what it printed next to the
+    terminal that was gone would have failed (EIO). It stops as for Ctrl-C, with its checkpoint."""
+    import pty
+
+    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "x"
+    terminal, its_side = pty.openpty()
+    started = subprocess.Popen(cli_run(out, 4000, "--checkpoint-every", "1000"), env=env, stdin=its_side,
+                               stdout=its_side, stderr=its_side, start_new_session=True)
+    os.close(its_side)
+    reader = threading.Thread(target=lambda: _drain(terminal), daemon=True)  # (a full pty would block its writes)
+    reader.start()
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (out / "metrics.jsonl").is_file():
+            time.sleep(0.05)
+        assert (out / "metrics.jsonl").is_file()
+        time.sleep(1)
+    finally:
+        os.close(terminal)  # the terminal is gone, then the hang-up comes
+        started.send_signal(signal.SIGHUP)
+        returncode = started.wait(timeout=120)
+    assert returncode == 130
+    done = checkpoint.latest(out / "checkpoints")
+    assert done is not None and 1 <= int(done.name[5:]) < 4000
+    resumed = run(cli_run(out, int(done.name[5:]) + 1, "--checkpoint-every", "1000", "--resume", "auto"), env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {done}" in " ".join(resumed.stdout.split())
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        while os.read(fd, 65536):
+            pass

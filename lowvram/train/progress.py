@@ -10,6 +10,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from lowvram.console import leave_terminal
 from lowvram.files import PLAIN_LINE_SECONDS, redraws_in_place
 from lowvram.hardware import gib
 
@@ -47,9 +48,9 @@ class SpillWatch:
 
 
 class StopOnSignal:
-    """The first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step (or, with another
-    `notice`, what is under way to finish); a second one stops at once (files are written atomically, so nothing
-    already saved is damaged)."""
+    """The first Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal gone: `console.leave_terminal`) asks the loop to
+    stop after the current step (or, with another `notice`, what is under way to finish); a second one stops at once
+    (files are written atomically, so nothing already saved is damaged)."""
 
     def __init__(self, notice: str = "stopping after this step and saving a checkpoint"):
         self.notice = notice
@@ -60,7 +61,8 @@ class StopOnSignal:
         self.received = None
         self.previous = {}
         # SIGBREAK: Windows' Ctrl-Break, which is what reaches a run started in its own process group (the UI's)
-        for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])):
+        for sig in (signal.SIGINT, signal.SIGTERM, *(getattr(signal, name) for name in ("SIGHUP", "SIGBREAK")
+                                                     if hasattr(signal, name))):
             try:
                 self.previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
@@ -70,6 +72,8 @@ class StopOnSignal:
     def _handle(self, signum, frame) -> None:
         import signal
 
+        if signum == getattr(signal, "SIGHUP", None):
+            leave_terminal()
         if self.received is not None:
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
