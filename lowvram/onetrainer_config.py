@@ -54,7 +54,7 @@ INERT = {
     "additional_embeddings", "embedding_weight_dtype", "cloud", "lora_weight_dtype", "bundle_additional_embeddings",
     "lora_decompose_norm_epsilon", "lora_decompose_output_axis", "optimizer_defaults", "sample_image_format",
     "sample_video_format", "sample_audio_format", "samples_to_tensorboard", "non_ema_sampling",
-    "rolling_backup", "rolling_backup_count", "backup_before_save", "save_filename_prefix",
+    "rolling_backup", "rolling_backup_count", "backup_before_save",
     "secrets", "sample_skip_first", "save_skip_first",
     "layer_filter_regex", "oft_block_size", "oft_block_share", "oft_scaled", "lokr_dim", "lokr_decompose_both",
     "lokr_use_tucker", "lokr_weight_decompose", "lokr_dora_on_output", "lokr_full_matrix", "lokr_vec_trick",

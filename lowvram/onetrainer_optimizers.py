@@ -81,6 +81,10 @@ def optimizer_values(section: dict[str, Any], scheduler: str, warmup: float | No
                 "one of those, or give lowvram the class itself (--optimizer module.Class)")
         return values
     values |= library_defaults(values)
+    if section.get("fused_back_pass") is True:
+        notes.append("optimizer.fused_back_pass: OneTrainer steps each weight as its gradient comes, so that the "
+                     "gradients of a full fine-tune need not all be held; a LoRA's take a few MiB, and lowvram steps "
+                     "them together after the backward pass (not carried over)")
     if spec_of(values["optimizer"]).schedule_free and scheduler != "constant":
         if scheduler != "constant_with_warmup":
             notes.append(f"learning_rate_scheduler: {name} replaces the schedule, so OneTrainer trains it at a "

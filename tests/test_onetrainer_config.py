@@ -552,3 +552,12 @@ def test_a_ckpt_destination_and_a_run_an_earlier_lowvram_trained_in_models_go_on
     (tmp_path / "models" / "lowvram-run.json").write_text(json.dumps({"name": "ot-lora", "recipe": {}}))
     values, notes = translate_onetrainer(CONFIG, path)
     assert values["output"] == "models" and "copy_to" not in values and not any("copied there" in n for n in notes)
+
+
+def test_a_fused_back_pass_and_a_file_name_prefix_are_said_not_carried_over(tmp_path):
+    folder = onetrainer_folder(tmp_path)
+    doc = CONFIG | {"optimizer": CONFIG["optimizer"] | {"fused_back_pass": True}, "save_filename_prefix": "v2-"}
+    notes = translate_onetrainer(doc, folder)[1]
+    assert any(note.startswith("optimizer.fused_back_pass:") for note in notes)
+    assert "not carried over (lowvram has no such setting): save_filename_prefix" in notes
+    assert not any("fused_back_pass" in note for note in translate_onetrainer(CONFIG, folder)[1])
