@@ -336,6 +336,23 @@ def test_regularization_images_no_epoch_reaches_are_not_encoded(tmp_path, sample
             data.load(batch, random.Random(epoch), epoch)
 
 
+def test_a_run_says_how_its_class_images_balance_and_their_loss_weight(tmp_path, sample_data, capsys):
+    """kohya prints the class images' count and the epoch's: lowvram's train said only the training images', and
+    its class images' table their own 3 samples, where 30 train each epoch."""
+    from PIL import Image
+
+    from lowvram.train.loop import train
+
+    reg = tmp_path / "reg" / "1_shape"
+    reg.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (64, 64), (40 * i, 20, 30)).save(reg / f"r{i}.png")
+    train(run_config(data=str(sample_data), reg_data=str(tmp_path / "reg"), prior_loss_weight=0.5, max_steps=1,
+                     output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))
+    assert ("regularization: its 3 samples are repeated to 30 each epoch, to match the 30 training samples (kohya's "
+            "balance); their loss weighs 0.5 (--prior-loss-weight)") in " ".join(capsys.readouterr().out.split())
+
+
 def test_class_images_are_never_captioned_with_the_instance_prompt(tmp_path):
     """A diffusers DreamBooth moved over: --caption-template is its --instance_prompt, which class images without a
     caption file must not get (that trains prior preservation as more instance images); they get --class-prompt,

@@ -31,6 +31,7 @@ from lowvram.compiling import (
 from lowvram.config import MIXED_PRECISION, ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
 from lowvram.console import console as log_console
 from lowvram.data.check import ScannedSets, scan_sets
+from lowvram.data.epochs import regularization_balance
 from lowvram.data.prepare import PreparedData, prepare_training_data
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.errors import LowvramError
@@ -472,9 +473,11 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{config.training.batch_size}{folder_batches(run)} x {config.training.gradient_accumulation}"
         f"{f' x {world}' if world > 1 else ''}", soft_wrap=True  # one line, for logs and grep
     )
-    if data.regularization_unused:  # kohya warns the same
-        session.console.print(f"[yellow]note:[/] {data.regularization_unused} regularization samples (with repeats) "
-                              "never train: each epoch pairs as many as there are training samples", soft_wrap=True)
+    if dataset.regularization:  # (its table shows its own samples; an epoch balances them: kohya prints its counts)
+        weight = config.data.prior_loss_weight
+        session.console.print(f"{'[yellow]note:[/] ' if data.regularization_unused else ''}"
+                              f"{regularization_balance(run, dataset.training, dataset.regularization)}; their loss "
+                              f"weighs {weight:g}{' (--prior-loss-weight)' if weight != 1 else ''}", soft_wrap=True)
     if config.optim.scheduler_cycles != 1 and config.optim.scheduler != "cosine_with_restarts":
         session.console.print(f"[yellow]warning:[/] --scheduler-cycles {config.optim.scheduler_cycles} has no effect "
                               f"with --scheduler {config.optim.scheduler}; only cosine_with_restarts restarts",
