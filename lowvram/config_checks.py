@@ -163,7 +163,21 @@ def _file_problems(c: RunConfig) -> list[str]:
                  f"or --resume auto for the output folder's newest{lora}")
     if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
         p.append(f"--reg-data: folder not found: {c.data.reg_data}{not_found_hint(c.data.reg_data)}")
+    elif c.data.reg_data is not None and c.data.data and Path(c.data.data).is_dir():
+        p += filter(None, [_overlap(Path(c.data.data).resolve(), Path(c.data.reg_data).resolve())])
     return p
+
+
+def _overlap(data: Path, reg: Path) -> str | None:
+    """--reg-data that is --data's folder, in it or around it: the subject's images would train as class images."""
+    if reg == data or data.is_relative_to(reg):
+        where = "is --data's folder" if reg == data else f"holds --data's folder {data}"
+    elif reg.is_relative_to(data):
+        where = f"is inside --data's folder {data}, whose images all train as the subject"
+    else:
+        return None
+    return (f"--reg-data: {reg} {where}; the class images (other dogs, for a LoRA of one dog) go in a folder of "
+            "their own beside it")
 
 
 def _data_problems(c: RunConfig) -> list[str]:

@@ -388,3 +388,17 @@ def test_a_lowvram_config_written_on_windows_reads_its_relative_folders_and_says
     (tmp_path / "run.toml").write_text("[data]\ndata = 'img\\train'\n[output]\noutput = 'D:\\lora\\out'\n")
     values = read_toml(tmp_path / "run.toml")
     assert values["data"] == str(tmp_path / "img" / "train") and values["output"] == "D:\\lora\\out"
+
+
+@pytest.mark.parametrize("reg", [".", "5_shape", "..", "elsewhere"])
+def test_class_images_in_the_subjects_folder_are_refused(tmp_path, monkeypatch, reg):
+    """--reg-data the same as --data (or inside it, or around it) trained the subject's images as class images too."""
+    data = tmp_path / "project" / "img"
+    (data / "5_shape").mkdir(parents=True)
+    (tmp_path / "project" / "elsewhere").mkdir()
+    monkeypatch.chdir(data)
+    if reg == "elsewhere":
+        assert build_config({"model": "tiny", "data": str(data), "reg_data": "../elsewhere"}).data.reg_data
+        return
+    with pytest.raises(LowvramError, match="^--reg-data: .*(is --data's folder|inside --data's|holds --data's)"):
+        build_config({"model": "tiny", "data": str(data), "reg_data": reg})
