@@ -263,6 +263,11 @@ def test_a_folder_of_images_not_named_n_name_is_named_with_the_fix(tmp_path):
     assert str(raised.value).endswith(
         f"or its N_name subfolders; ohwx_mug/ holds images but is not named N_name: rename it to 10_ohwx_mug (each "
         f"image 10 times per epoch), or give --data {tmp_path / 'ds' / 'ohwx_mug'}")
+    with pytest.raises(NoUsableImages) as raised:  # class images: kohya's 1_dog, and the option they came by
+        scan_dataset(tmp_path / "ds", TINY, flag="--reg-data")
+    assert str(raised.value).endswith(
+        "rename it to 1_ohwx_mug (kohya's balance repeats class images to match the training images), or give "
+        f"--reg-data {tmp_path / 'ds' / 'ohwx_mug'}")
 
 
 def test_a_photo_past_pillows_warning_trains_as_in_kohya(tmp_path):

@@ -214,8 +214,10 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             elif judged and (unnamed := [sub for sub in sorted(root.iterdir()) if sub.is_dir() and not passed_over(sub)
                                          and not REPEAT_FOLDER.match(sub.name) and _holds_images(sub)]):
                 sub = unnamed[0]  # (a beginner's dataset/ohwx_mug/: kohya's layout wants 10_ohwx_mug)
-                message += (f"; {sub.name}/ holds images but is not named N_name: rename it to 10_{sub.name} (each "
-                            f"image 10 times per epoch), or give --data {sub}")
+                named = (f"1_{sub.name} (kohya's balance repeats class images to match the training images)"
+                         if flag == "--reg-data" else f"10_{sub.name} (each image 10 times per epoch)")
+                message += (f"; {sub.name}/ holds images but is not named N_name: rename it to {named}, or give "
+                            f"{flag} {sub}")
             parquet = next(root.glob("*.parquet"), None) or next(root.glob("*/*.parquet"), None)
             if parquet:  # a dataset from the Hub in its own format: images inside the file
                 message += (f"; {parquet.relative_to(root).as_posix()} is a dataset stored as parquet, which lowvram "
