@@ -326,16 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check-data":
             from lowvram.console import console as log_console
             from lowvram.data.check import check_data
-            from lowvram.data.epochs import regularization_balance
             from lowvram.hardware import NO_GPU
             from lowvram.resolve import resolve_run
 
             run = resolve_run(build_config(check_values(args)), NO_GPU)
             to_stdout = str(args.report) == "-"  # (the JSON alone on stdout, for a script; the tables on stderr)
-            reports = check_data(run, args.report, args.verbose, log_console(stderr=to_stdout), args.captions)
-            if len(reports) > 1:
-                print(regularization_balance(run, reports[0].usable, reports[1].usable),
-                      file=sys.stderr if to_stdout else sys.stdout)
+            check_data(run, args.report, args.verbose, log_console(stderr=to_stdout), args.captions)
         elif args.command == "ui":
             from lowvram.resolve import default_cache_dir
             from lowvram.ui.app import exposed, launch, login, other_users

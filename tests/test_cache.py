@@ -3,6 +3,7 @@ messy dataset completes on the good files without touching the user's folder."""
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import stat
@@ -351,6 +352,14 @@ def test_a_run_says_how_its_class_images_balance_and_their_loss_weight(tmp_path,
                      output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))
     assert ("regularization: its 3 samples are repeated to 30 each epoch, to match the 30 training samples (kohya's "
             "balance); their loss weighs 0.5 (--prior-loss-weight)") in " ".join(capsys.readouterr().out.split())
+    first = next(sample_data.iterdir())  # a kohya file's [[datasets]], said as written (not read as rich's markup)
+    (tmp_path / "two.toml").write_text(
+        f"[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{first}'\n[[datasets.subsets]]\nimage_dir = '{reg}'\n"
+        f"is_reg = true\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{first}'\n")
+    train(run_config(data=str(tmp_path / "two.toml"), max_steps=1, output=str(tmp_path / "out2"),
+                     cache_dir=str(tmp_path / "cache")))
+    assert "the training samples of its [[datasets]] entry (kohya's balance); their loss weighs 1" in " ".join(
+        capsys.readouterr().out.split())
 
 
 def test_class_images_are_never_captioned_with_the_instance_prompt(tmp_path):
@@ -404,6 +413,14 @@ def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_
     assert "broken.png" in out and "3 of 4 images usable, 1 skipped" in out  # its own table
     assert ("regularization: its 3 samples are repeated to 30 each epoch, to match the 30 training samples (kohya's "
             "balance)") in out
+    # the JSON report holds the class images too (a script saw none of them, nor the broken one)
+    assert main([*argv, "--reg-data", str(tmp_path / "reg3"), "--report", str(tmp_path / "report.json")]) == 0
+    written = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert written["summary"]["usable"] == 6 and written["regularization"]["summary"]["skipped"] == 1
+    assert written["regularization"]["balance"].startswith("regularization: its 3 samples are repeated to 30")
+    capsys.readouterr()
+    assert main([*argv, "--reg-data", str(tmp_path / "reg3"), "--report", "-"]) == 0
+    assert json.loads(capsys.readouterr().out) == written
     assert main([*argv, "--reg-data", str(tmp_path / "reg40")]) == 0
     assert ("regularization: 30 of its 40 samples train each epoch, to match the 30 training samples (kohya's "
             "balance); 10 never train") in " ".join(capsys.readouterr().out.split())

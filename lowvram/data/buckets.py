@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lowvram.resolve import ResolvedRun
 
 
 @dataclass(frozen=True)
@@ -115,3 +119,13 @@ def bucket_batches(buckets_of: list[tuple[int, int]], batch_sizes: list[int], se
         order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
         batches += [order[i : i + size] for i in range(0, len(order), size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def make_buckets(run: ResolvedRun, resolution: int | None = None) -> Buckets:
+    """The buckets of the run's resolution (or of `resolution`, one of --extra-resolutions)."""
+    config, resolution = run.config, resolution or run.resolution
+    step = config.data.bucket_step or run.family.bucket_step
+    if not config.data.bucket:
+        return Buckets(resolution, resolution, resolution, min(step, resolution))
+    return default_buckets(resolution, step, config.data.min_bucket_side, config.data.max_bucket_side,
+                           config.data.bucket_no_upscale)

@@ -16,8 +16,9 @@ from rich.text import Text
 
 from lowvram.config import CHECK_DATA_SKIPS, RunConfig, as_flag_words, fields_by_name
 from lowvram.console import console as log_console
-from lowvram.data.buckets import Buckets, default_buckets
+from lowvram.data.buckets import make_buckets
 from lowvram.data.captions import has_word
+from lowvram.data.epochs import regularization_balance
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, scan_dataset, scan_folders
 from lowvram.data.scan_report import ScanReport
@@ -29,16 +30,6 @@ from lowvram.option_values import parse_colour
 from lowvram.resolve import SAMPLE_DATASET, SCANS, ResolvedRun, cache_in_use
 
 REPORT_START = b'{\n "root": '  # how ScanReport.write_json begins a report
-
-
-def make_buckets(run: ResolvedRun, resolution: int | None = None) -> Buckets:
-    """The buckets of the run's resolution (or of `resolution`, one of --extra-resolutions)."""
-    config, resolution = run.config, resolution or run.resolution
-    step = config.data.bucket_step or run.family.bucket_step
-    if not config.data.bucket:
-        return Buckets(resolution, resolution, resolution, min(step, resolution))
-    return default_buckets(resolution, step, config.data.min_bucket_side, config.data.max_bucket_side,
-                           config.data.bucket_no_upscale)
 
 
 def folder_config(config: RunConfig, settings: tuple[tuple[str, Any], ...]) -> RunConfig:
@@ -271,6 +262,7 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
             Path(report_path).exists() and not Path(report_path).is_file())):
         raise LowvramError(f"--report: {report_path} is not a file lowvram can write the report to (a folder, a "
                            "pipe, a device or a link); name a file, e.g. report.json, or - for stdout")
+    destination = "-" if to_stdout else report_path  # (to stdout: the JSON alone, the tables on stderr)
     if to_stdout:
         report_path = None
     if report_path and Path(report_path).exists() and not _is_report(Path(report_path)):  # a LoRA, a config, ...
@@ -282,10 +274,7 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         report = scan(run, data, trigger, console, listed_above=True)
     except NoUsableImages as exc:
         exc.report.print_summary(console, verbose)
-        if report_path:
-            exc.report.write_json(report_path)
-        elif to_stdout:
-            print(exc.report.json_text(), end="")
+        _write_report(destination, exc.report)
         raise
     report.print_summary(console, verbose)
     if captions:
@@ -298,11 +287,6 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         sides = ", ".join(f"{side} px" for side in run.resolutions)
         console.print(f"each image trains at {sides}: {report.summary()['samples_per_epoch'] * len(run.resolutions)} "
                       "samples per epoch with repeats (the buckets above are the first resolution's)")
-    if report_path:
-        report.write_json(report_path)
-        console.print(f"report written to {report_path}")
-    elif to_stdout:
-        print(report.json_text(), end="")
     reports = [report]
     if run.config.data.reg_data or has_regularization_subsets(run.config.data.data):
         try:
@@ -310,6 +294,26 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
                                 listed_above=True))
         except NoUsableImages as exc:
             exc.report.print_summary(console, verbose)
+            _write_report(destination, report, exc.report)
             raise
         reports[-1].print_summary(console, verbose)
+        if captions:
+            reports[-1].print_captions(console, run.config.data.caption_separator)
+        balance = regularization_balance(run, report.usable, reports[-1].usable)
+        console.print(Text(balance), soft_wrap=True)  # ([[datasets]] as written, not as markup)
+    if _write_report(destination, *reports, balance=balance if len(reports) > 1 else None):
+        console.print(f"report written to {report_path}")
     return reports
+
+
+def _write_report(path: Path | None, report: ScanReport, regularization: ScanReport | None = None,
+                  balance: str | None = None) -> bool:
+    """The JSON report (to `path`, or stdout for -) of the dataset and, under "regularization", of its class images
+    with how an epoch balances them. Whether a file was written."""
+    more = {"regularization": regularization.to_json() | ({"balance": balance} if balance else {})} if regularization \
+        else None
+    if path and str(path) == "-":
+        print(report.json_text(more), end="")
+    elif path:
+        report.write_json(Path(path), more)
+    return bool(path) and str(path) != "-"

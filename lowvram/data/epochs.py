@@ -16,8 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from lowvram.data.augment import CaptionOptions
-from lowvram.data.buckets import Buckets, Placement, bucket_batches
-from lowvram.data.check import make_buckets
+from lowvram.data.buckets import Buckets, Placement, bucket_batches, make_buckets
 from lowvram.data.scan_report import per_epoch
 from lowvram.resolve import ResolvedRun
 

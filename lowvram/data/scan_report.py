@@ -112,11 +112,12 @@ class ScanReport:
         return {"root": str(self.root), "summary": self.summary(), "folder_notes": list(self.folder_notes),
                 "records": [r.to_json() for r in self.records]}
 
-    def write_json(self, path: Path) -> Path:
-        return write_text(path, self.json_text())
+    def write_json(self, path: Path, more: dict | None = None) -> Path:
+        return write_text(path, self.json_text(more))
 
-    def json_text(self) -> str:
-        return json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"
+    def json_text(self, more: dict | None = None) -> str:
+        """The report as JSON, with `more` (a regularization set's report) after its own keys."""
+        return json.dumps(self.to_json() | (more or {}), indent=1, ensure_ascii=False) + "\n"
 
     def print_summary(self, console: Console, verbose: bool = False) -> None:
         """Per folder, then every skipped file with its reason, the files with notes, and the buckets."""

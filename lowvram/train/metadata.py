@@ -18,7 +18,7 @@ import tomli_w
 import lowvram
 from lowvram.adapters import lora_files
 from lowvram.config import TRAIN_TIMESTEPS, RunConfig, shareable_name
-from lowvram.data.check import make_buckets
+from lowvram.data.buckets import make_buckets
 from lowvram.data.epochs import counted_epochs
 from lowvram.lora_metadata import RECIPE_KEY, modelspec
 from lowvram.models.loading import LoadedModel

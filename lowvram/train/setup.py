@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from lowvram.adapters import lora_files, networks
 from lowvram.adapters.blocks import BlockPlan, block_of
@@ -475,8 +476,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     )
     if dataset.regularization:  # (its table shows its own samples; an epoch balances them: kohya prints its counts)
         weight = config.data.prior_loss_weight
-        session.console.print(f"{'[yellow]note:[/] ' if data.regularization_unused else ''}"
-                              f"{regularization_balance(run, dataset.training, dataset.regularization)}; their loss "
+        balance = escape(regularization_balance(run, dataset.training, dataset.regularization))  # ([[datasets]])
+        session.console.print(f"{'[yellow]note:[/] ' if data.regularization_unused else ''}{balance}; their loss "
                               f"weighs {weight:g}{' (--prior-loss-weight)' if weight != 1 else ''}", soft_wrap=True)
     if config.optim.scheduler_cycles != 1 and config.optim.scheduler != "cosine_with_restarts":
         session.console.print(f"[yellow]warning:[/] --scheduler-cycles {config.optim.scheduler_cycles} has no effect "
