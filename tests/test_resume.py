@@ -388,6 +388,19 @@ def test_a_new_lr_on_resume_is_the_one_trained_with_from_the_restored_step(tmp_p
     assert rates[4] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))  # the new rate, the new length
 
 
+def test_a_new_prior_loss_weight_on_resume_is_said_as_a_new_lr_is(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "reg" / "1_shape").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (90, 20, 30)).save(tmp_path / "reg" / "1_shape" / "r.png")
+    values = {"output": str(tmp_path / "out"), "reg_data": str(tmp_path / "reg"), "checkpoint_every": 2}
+    train(run_config(max_steps=2, **values))
+    capsys.readouterr()
+    train(run_config(max_steps=3, resume="auto", prior_loss_weight=0.5, **values))
+    assert ("note: --prior-loss-weight 0.5 (was 1): the steps from 3 train with it" in
+            " ".join(capsys.readouterr().out.split()))
+
+
 def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_of_its_step(tmp_path, capsys):
     samples = {"sample_prompts": ("lvshape, a red circle",), "sample_steps": 1}
     first = train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=3, **samples)).lora_path

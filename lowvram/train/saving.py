@@ -11,6 +11,7 @@ import torch
 
 from lowvram.adapters import lora_files
 from lowvram.data.augment import VARIANTS_DRAWN
+from lowvram.dataset_files import has_regularization_subsets
 from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
 from lowvram.lora_header import read_header
@@ -65,12 +66,14 @@ def save_checkpoint(session: Session, trainee: Trainee, dataset: Dataset, positi
 
 def resumable_settings(session: Session) -> dict[str, float]:
     """The options a resumed run may change that its LoRA's record then holds for the whole run, by flag: the
-    text encoders' rates where they train."""
+    text encoders' rates where they train, the class images' loss weight where there are class images."""
     config = session.config
     rates = {"--lr": config.lr}
     if config.network.train_text_encoder:
         rates |= {flag: config.text_encoder_rate(index) for index, flag in
                   enumerate(("--text-encoder-lr", "--text-encoder-2-lr")[:len(session.run.family.text_encoders)])}
+    if config.data.reg_data or has_regularization_subsets(config.data.data):
+        rates["--prior-loss-weight"] = config.data.prior_loss_weight
     return rates | {"--batch-size": config.training.batch_size,
                     "--gradient-accumulation": config.training.gradient_accumulation, VARIANTS: VARIANTS_DRAWN}
 
