@@ -261,8 +261,10 @@ OTHER_TRAINER_FLAGS = {
     "--instance_prompt": "--caption-template (for images without a caption file; a class image's is --class-prompt)",
     "--class_data_dir": "--reg-data",
     "--class_prompt": "--class-prompt",
-    "--num_class_images": ("--reg-data DIR with the class images (lowvram does not generate them), or "
-                           "--prior-prediction, which needs none"),
+    # (in words: a hint naming flags train lacks, generate's, is not given)
+    "--num_class_images": ("--reg-data DIR with the class images (lowvram generate makes them, as the diffusers "
+                           "script does: the class prompt, a count of 200 and an output of reg/1_dog/dog.png, then "
+                           "--reg-data reg), or --prior-prediction, which needs none"),
     "--with_prior_preservation": ("--reg-data DIR (prior preservation with its images, captioned by --class-prompt; "
                                   "each step draws an instance or a class image, as kohya's, so the same instance "
                                   "training takes twice the diffusers scripts' steps)"),
