@@ -160,8 +160,10 @@ def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:
     needed = recipe_needs(values)
     named = [flag_name(fields_by_name()[name][1]) for name in needed]
     if named:
+        optional = [flag for name, flag in zip(needed, named) if fields_by_name()[name][1].default is None]
+        without = f" ({' or '.join(f'{flag} {chr(34) * 2}' for flag in optional)} trains without)" if optional else ""
         print(f"--config {path}: the LoRA's recipe names {', '.join(named)} by name only (from the machine that "
-              f"trained it); give {' and '.join(named)} for this one", file=sys.stderr)
+              f"trained it); give {' and '.join(named)} for this one{without}", file=sys.stderr)
     # a name found here may be anything of that name (a ./data of another project): said, to be seen
     found = [f"{flag_name(fields_by_name()[name][1])} {values[name]}" for name in _local_names(values)
              if name not in needed and name not in given]

@@ -482,3 +482,20 @@ def test_info_says_which_base_model_a_lora_is_for_and_its_trigger_words(tmp_path
                   str(tmp_path / "bare.safetensors"))
         assert main(["info", str(tmp_path / "bare.safetensors"), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["base_model"] == base
+
+
+def test_a_recipes_class_images_not_here_may_be_left_out_and_the_message_says_how(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from lowvram.configure import build_config, read_config
+    from lowvram.train.loop import train
+
+    (tmp_path / "reg" / "1_shape").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (90, 20, 30)).save(tmp_path / "reg" / "1_shape" / "r.png")
+    lora = train(run_config(output=str(tmp_path / "run"), max_steps=1, reg_data=str(tmp_path / "reg"))).lora_path
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    values = read_config(lora, given={"data"})
+    assert ('the LoRA\'s recipe names --reg-data by name only (from the machine that trained it); give --reg-data for '
+            'this one (--reg-data "" trains without)') in " ".join(capsys.readouterr().err.split())
+    assert build_config(values | {"data": "sample", "reg_data": ""}).data.reg_data is None
