@@ -434,6 +434,24 @@ def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_
         capsys.readouterr().out.split())
 
 
+def test_uncaptioned_class_images_loose_in_their_folder_say_what_they_are_captioned(tmp_path, sample_data, capsys):
+    """reg_plain/*.png trained as class 'reg_plain' without a word (kohya reads N_name folders alone)."""
+    from PIL import Image
+
+    from lowvram.cli import main
+
+    (tmp_path / "reg_plain").mkdir()
+    Image.new("RGB", (64, 64), (90, 20, 30)).save(tmp_path / "reg_plain" / "r.png")
+    argv = ["check-data", str(sample_data), "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--reg-data",
+            str(tmp_path / "reg_plain")]
+    assert main(argv) == 0
+    assert (f"1 class image(s) at the top level of {tmp_path / 'reg_plain'} without captions are captioned "
+            "'reg_plain', the folder's name, as their class; give --class-prompt") in " ".join(
+        capsys.readouterr().out.split())
+    assert main([*argv, "--class-prompt", "a photo of a shape"]) == 0
+    assert "top level of" not in capsys.readouterr().out
+
+
 def test_regularization_images_balance_as_kohyas_do():
     """kohya's DreamBoothDataset: each regularization image with all its repeats until there are as many as the
     training samples (the last image may pass the count), then, while short, one more of each in turn."""

@@ -85,8 +85,16 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
     buckets, options = make_buckets(run), scan_options(run.config, trigger, regularization)
     index = scan_index_path(run.cache_dir, data, " is_reg" if regularization else "")
     if not is_dataset_file(data):
-        return scan_dataset(data, buckets, options, index_path=index, console=console,
-                            flag="--reg-data" if regularization else "--data", listing=listing)
+        report = scan_dataset(data, buckets, options, index_path=index, console=console,
+                              flag="--reg-data" if regularization else "--data", listing=listing)
+        loose = [record for record in report.usable if "/" not in record.relpath and record.caption == record.folder
+                 and any("template used" in note for note in record.notes)]
+        if regularization and loose and not run.config.data.class_prompt:  # (kohya reads N_name folders alone)
+            report.folder_notes.append(
+                f"{len(loose)} class image(s) at the top level of {data} without captions are captioned "
+                f"'{loose[0].folder}', the folder's name, as their class; give --class-prompt (e.g. 'a photo of a "
+                "dog'), or move them into a folder named for their class (1_dog)")
+        return report
     dataset = read_dataset(data)
     folders = []
     for s in dataset.folders(regularization):
