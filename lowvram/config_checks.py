@@ -26,6 +26,7 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.files import (
     not_found_hint,
 )
+from lowvram.formats import network_refusal
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
 from lowvram.option_values import (
@@ -281,6 +282,7 @@ def _network_problems(c: RunConfig) -> list[str]:
     """The adapters: their kind, ranks, layers and dropouts, and the text encoders they train."""
     p: list[str] = []
     p.extend(check_block_syntax(c.network))
+    p += filter(None, [network_refusal(c.network.network, c.memory.unet_weights)])  # (before the model loads)
     positive(p, "rank", c.network.rank)
     positive(p, "alpha", c.network.alpha)
     positive(p, "loraplus-ratio", c.optim.loraplus_ratio)

@@ -24,6 +24,8 @@ class WeightFormat:
     # weights and multiply them dequantized, at the prior of weight-only storage
     matmul_capability: tuple[int, int] | None = None
     weight_only_step_time: float | None = None
+    # the --network kinds peft cannot train on its layers: (network, why, a format of about its size that can)
+    refused_networks: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def cast(self) -> bool:
@@ -37,11 +39,16 @@ WEIGHT_FORMATS = {
         WeightFormat("fp32", "torch", "full precision", 2.0),
         WeightFormat("fp16", "torch", "half precision", 1.0),
         WeightFormat("bf16", "torch", "bfloat16", 1.0),
-        WeightFormat("fp8", "torch", "float8 storage upcast per layer, as kohya's fp8_base", 1.12, planned=True),
+        # (DoRA's initial magnitude adds the float8 weight to a float32 one, a promotion torch refuses)
+        WeightFormat("fp8", "torch", "float8 storage upcast per layer, as kohya's fp8_base", 1.12, planned=True,
+                     refused_networks=(("dora", "peft's DoRA cannot read float8 weights", "quanto-fp8"),)),
         WeightFormat("bnb-int8", "bitsandbytes", "bitsandbytes LLM.int8 Linear layers", 1.8,
                      untraced_activation_factor=1.11),
+        # (peft's LoHa/LoKr reshape their delta to the base weight's shape, and a 4-bit weight is packed)
         WeightFormat("bnb-nf4", "bitsandbytes", "bitsandbytes NF4 Linear layers, double-quantized", 1.3,
-                     planned=True),
+                     planned=True, refused_networks=tuple(
+                         (network, f"peft has no {name} layer for bitsandbytes 4-bit weights", "quanto-int4")
+                         for network, name in (("loha", "LoHa"), ("lokr", "LoKr")))),
         WeightFormat("quanto-int8", "optimum-quanto", "optimum-quanto int8 Linear and Conv2d", 1.35,
                      untraced_activation_factor=1.09),
         WeightFormat("quanto-int4", "optimum-quanto", "optimum-quanto group-wise int4 Linear and Conv2d", 1.5,
@@ -50,13 +57,28 @@ WEIGHT_FORMATS = {
                      untraced_activation_factor=1.09),
         # int8/fp8 weights *and* matmuls (inputs quantized per token) on Linear layers; convolutions keep the
         # compute dtype. Faster than 16 bits by prior only: OneTrainer reports about 2x for its W8A8 LoRA training
+        # (DoRA's magnitude is the norm of the base weight, which peft reads as stored: 8-bit values without their
+        # per-feature scales)
         WeightFormat("w8a8-int8", "torch", "int8 Linear weights and int8 matmuls", 0.85, planned=True,
-                     matmul_capability=(7, 5), weight_only_step_time=1.12),
+                     matmul_capability=(7, 5), weight_only_step_time=1.12,
+                     refused_networks=(("dora", "peft's DoRA cannot read W8A8's 8-bit weights", "quanto-int8"),)),
         WeightFormat("w8a8-fp8", "torch", "float8 Linear weights and float8 matmuls", 0.85,
-                     planned=True, matmul_capability=(8, 9), weight_only_step_time=1.12),
+                     planned=True, matmul_capability=(8, 9), weight_only_step_time=1.12,
+                     refused_networks=(("dora", "peft's DoRA cannot read W8A8's 8-bit weights", "quanto-fp8"),)),
     )
 }
 PLANNED_FORMATS = tuple(name for name, f in WEIGHT_FORMATS.items() if f.planned)
 CAST_FORMATS = tuple(name for name, f in WEIGHT_FORMATS.items() if f.cast)
 # formats a fake-tensor trace can convert (bitsandbytes and quanto cannot wrap fake tensors)
 TRACEABLE_FORMATS = tuple(name for name, f in WEIGHT_FORMATS.items() if f.backend == "torch")
+
+
+def network_refusal(network: str, format_name: str) -> str | None:
+    """The line `--network network` stops at on `--unet-weights format_name` (None: peft trains it there), said
+    before the model loads; the planner leaves such formats out."""
+    weights = WEIGHT_FORMATS.get(format_name)
+    for refused, why, instead in weights.refused_networks if weights else ():
+        if refused == network:
+            return (f"--network {network}: {why} (--unet-weights {format_name}); use --unet-weights {instead}, or "
+                    "another --network")
+    return None

@@ -499,3 +499,12 @@ def test_a_full_matrix_lokr_saves_in_fp16_with_lycoris_unread_alpha(tmp_path):
     assert alphas and all(torch.isinf(half[key]) for key in alphas)
     assert all(torch.isfinite(tensor).all() for key, tensor in half.items() if key not in alphas)
     assert all(torch.allclose(half[key].float(), full[key], rtol=1e-2, atol=1e-4) for key in half if key not in alphas)
+
+
+def test_the_declared_refusals_are_the_ones_peft_refuses_on_real_layers():
+    """lowvram.formats declares what the planner leaves out and the options refuse; the layer test above sees it
+    (the CPU's own bnb-int8 DoRA apart: on a GPU it trains)."""
+    from lowvram.formats import WEIGHT_FORMATS
+
+    declared = {(network, name) for name, f in WEIGHT_FORMATS.items() for network, _, _ in f.refused_networks}
+    assert declared == REFUSED - {("dora", "bnb-int8")}

@@ -1,6 +1,7 @@
 """The planner: answers fast without a GPU or weights, picks the fastest-predicted strategy that fits and
 never one that doesn't, keeps explicit choices, and says what would fit when nothing does."""
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -590,8 +591,8 @@ def test_a_run_on_a_gpu_is_warned_of_what_no_gpu_result_shows():
 
     seen = {"unet_weights": "bnb-nf4", "gradient_checkpointing": True, "optimizer": "adamw8bit"}
     assert warnings(**seen) == ""  # a strategy a committed result shows training, with LoRA
-    assert "--network loha over --unet-weights bnb-nf4: the GPU results so far train LoRA adapters only" in warnings(
-        network="loha", **seen)
+    assert "--network dora over --unet-weights bnb-nf4: the GPU results so far train LoRA adapters only" in warnings(
+        network="dora", **seen)
     assert warnings(network="loha", unet_weights="bf16", gradient_checkpointing=True, optimizer="adamw8bit") == ""
     assert "--unet-weights quanto-int4 with checkpointing, adamw8bit, bf16: not yet seen training" in warnings(
         unet_weights="quanto-int4", gradient_checkpointing=True, optimizer="adamw8bit")
@@ -746,3 +747,19 @@ def test_plan_without_a_gpu_names_a_wrong_model_before_asking_for_a_card(tmp_pat
     assert done.returncode == 2 and f"--model: {lora} is a LoRA, not a base model" in done.stderr, done.stderr
     done, _ = lowvram("plan")
     assert done.returncode == 2 and "no CUDA GPU here: pass --vram SIZE or --profile NAME" in done.stderr
+
+
+@pytest.mark.parametrize("network", ["lora", "dora", "loha", "lokr"])
+def test_the_planner_offers_no_format_peft_cannot_train_the_network_on(network):
+    """plan --network loha at 6 GB chose bnb-nf4, which train then refused: peft has no LoHa layer for 4-bit weights."""
+    from lowvram.formats import network_refusal
+
+    for budget in (2, 4, 6, 8, 24):
+        result = plan(work("sdxl", 1024, network=network), hardware_for(None, f"{budget}GB", "64GB"))
+        assert result.candidates
+        assert not [e.strategy.unet_weights for e in result.candidates
+                    if network_refusal(network, e.strategy.unet_weights)]
+    with pytest.raises(LowvramError, match=f"^--network {network}: .* use --unet-weights") if network != "lora" else \
+            contextlib.nullcontext():  # said before the model loads, not after
+        build_config({"model": "tiny", "data": "sample", "network": network,
+                      "unet_weights": {"dora": "fp8", "loha": "bnb-nf4", "lokr": "bnb-nf4"}.get(network, "bnb-nf4")})

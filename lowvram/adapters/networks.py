@@ -13,6 +13,7 @@ from lowvram.adapters.blocks import BlockPlan
 from lowvram.adapters.dropout import add_lora_dropouts
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
+from lowvram.formats import network_refusal
 from lowvram.models.loading import LoadedModel
 
 ADAPTER = "default"  # peft's adapter name; lowvram adds one adapter per model part
@@ -155,19 +156,10 @@ def check_supported(module: torch.nn.Module, targets: tuple[str, ...], network: 
 
 def _unsupported(network: str, layer: torch.nn.Module) -> str | None:
     kind, weight = type(layer).__name__, getattr(layer, "weight", None)
-    if network in ("loha", "lokr") and kind == "Linear4bit":
-        # peft's LoHa/LoKr reshape their delta to the base weight's shape, and a 4-bit weight is packed
-        return (f"--network {network}: peft has no {NAMES[network]} layer for bitsandbytes 4-bit weights "
-                "(--unet-weights bnb-nf4); use --network lora or dora, or --unet-weights quanto-int4")
-    if network == "dora" and kind == "W8A8Linear":
-        # DoRA's magnitude is the norm of the base weight, which peft reads as stored: 8-bit values without
-        # their per-feature scales
-        return (f"--network dora: peft's DoRA cannot read W8A8's 8-bit weights (--unet-weights w8a8-{layer.kind}); "
-                "use --network lora, loha or lokr, or --unet-weights quanto-int8")
-    if network == "dora" and weight is not None and weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        # DoRA's initial magnitude adds the float8 weight to a float32 one, a promotion torch refuses
-        return ("--network dora: peft's DoRA cannot read float8 weights (--unet-weights fp8); use --unet-weights "
-                "quanto-fp8 (also 8-bit), or --network lora, loha or lokr")
+    stored = ("bnb-nf4" if kind == "Linear4bit" else f"w8a8-{layer.kind}" if kind == "W8A8Linear"
+              else "fp8" if weight is not None and weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else None)
+    if stored and (refused := network_refusal(network, stored)):  # (the table in lowvram.formats)
+        return refused
     if network == "dora" and kind == "Linear8bitLt" and weight is not None and weight.device.type == "cpu":
         # on the CPU peft re-wraps the 8-bit weight each time DoRA reads it and loses its scales
         return ("--network dora: peft's DoRA breaks bitsandbytes 8-bit weights on the CPU (--unet-weights "

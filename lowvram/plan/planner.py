@@ -8,7 +8,7 @@ import itertools
 import math
 from dataclasses import dataclass, replace
 
-from lowvram.formats import PLANNED_FORMATS
+from lowvram.formats import PLANNED_FORMATS, network_refusal
 from lowvram.hardware import GIB, Hardware, gib
 from lowvram.models.families import FAMILIES
 from lowvram.optim import PLANNED_OPTIMIZERS
@@ -34,7 +34,8 @@ class Plan:
 def strategies(work: Workload, fixed: dict) -> list[MemoryStrategy]:
     """Every strategy the planner may choose, restricted to the user's explicit choices (`fixed`): no
     checkpointing and all of it (selective checkpointing is added per budget by `estimates`)."""
-    formats = [fixed["unet_weights"]] if fixed.get("unet_weights") else [work.native_format, *PLANNED_FORMATS]
+    formats = [fixed["unet_weights"]] if fixed.get("unet_weights") else [
+        name for name in (work.native_format, *PLANNED_FORMATS) if not network_refusal(work.network, name)]
     if fixed.get("checkpoint_blocks"):
         checkpointing = [(True, fixed["checkpoint_blocks"])]
     elif "gradient_checkpointing" in fixed:
