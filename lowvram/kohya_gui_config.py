@@ -39,6 +39,7 @@ GUI_ONLY = {
     "num_processes", "num_machines", "multi_gpu", "gpu_ids", "main_process_port", "extra_accelerate_launch_args",
     "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic", "use_wandb", "save_as_bool", "file_path",
     "flux1_checkbox", "sd3_checkbox", "constrain", "rescaled", "train_on_input",
+    "lowvram",  # (kohya_ss's switch for sd-scripts' --lowvram offloading of FLUX/SD3 parts: lowvram plans its own)
     *KOHYA_LORA_ARGS, *LYCORIS_ARGS, *LORAPLUS_KEYS,
 }
 
@@ -75,8 +76,8 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
     prompts = [line for line in prompts if line and not line.startswith("#")]
     values, notes = translate(settings, path, prompts)
-    if doc.get("dataset_config") and _number(doc.get("epoch")) and "max_train_epochs" not in settings and (
-            "max_train_steps" not in settings):
+    if doc.get("dataset_config") and _number(doc.get("epoch")) and not _number(settings.get("max_train_epochs")) \
+            and not _number(settings.get("max_train_steps")):  # (0 as newer GUIs write it: no length)
         notes.append(f"epoch {doc['epoch']} not used: with a dataset_config kohya_ss passes no length, and "
                      "sd-scripts trains its default 1600 steps (give max_train_steps, or --epochs)")
     if doc.get("dataset_config") and _number(doc.get("lr_warmup")) and not _number(doc.get("max_train_steps")):

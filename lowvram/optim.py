@@ -101,6 +101,8 @@ KOHYA_CLASSES = {
     "dadaptadan": ("dadaptation.DAdaptAdan", ()), "dadaptsgd": ("dadaptation.DAdaptSGD", ()),
     "dadaptlion": ("dadaptation.DAdaptLion", ()),
     "dadaptadampreprint": ("dadaptation.experimental.DAdaptAdamPreprint", ()),
+    "dadaptation": ("dadaptation.experimental.DAdaptAdamPreprint", ()),  # (kohya's first name of it, the GUI's)
+    "pagedadamw": ("bitsandbytes.optim.PagedAdamW", ()), "pagedadamw32bit": ("bitsandbytes.optim.PagedAdamW32bit", ()),
     "dadaptadanip": ("dadaptation.experimental.DAdaptAdanIP", ()),
     "sgdnesterov": ("torch.optim.SGD", ("nesterov=True", "momentum=0.9")),
     "sgdnesterov8bit": ("bitsandbytes.optim.SGD8bit", ("nesterov=True", "momentum=0.9")),

@@ -3,6 +3,7 @@
 answer at once do not import torch or the libraries built on it."""
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,15 +107,16 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     ["plan", "--model", "sd15", "--vram", "6GB", "--data", "SAMPLE"],  # (which counts the run's steps too)
     ["plan", "--model", "sdxl", "--profile", "colab-t4", "--json"],
     ["check-data", "SAMPLE", "--model", "tiny"],
-    ["check-data", "SAMPLE", "--model", "tiny", "--reg-data", "SAMPLE"],  # (which counts an epoch's pairs)
+    ["check-data", "SAMPLE", "--model", "tiny", "--reg-data", "REG"],  # (which counts an epoch's pairs)
     ["train", "--help"],
     ["cache", "--cache-dir", "SAMPLE", "--unused-for", "30", "--dry-run"],
     ["train", "--model", "tiny", "--data", "sample", "--rank", "0"],
 ])
-def test_fast_commands_import_no_heavy_library(argv, sample_data):
+def test_fast_commands_import_no_heavy_library(argv, sample_data, tmp_path):
     """`plan` for a card, `check-data`, help and option errors answer in a fraction of a second because they never
     import torch (1.5 s and more on a 2-core machine), diffusers, transformers, peft or accelerate."""
-    argv = [str(sample_data) if a == "SAMPLE" else a for a in argv]
+    shutil.copytree(sample_data, tmp_path / "reg")
+    argv = [{"SAMPLE": str(sample_data), "REG": str(tmp_path / "reg")}.get(a, a) for a in argv]
     code = ("import sys\nfrom lowvram.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft', 'accelerate') "
             "if m in sys.modules), file=sys.stderr)")

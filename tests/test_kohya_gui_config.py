@@ -136,6 +136,10 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
         tmp_path / "dataset.toml")}, tmp_path / "gui.json")
     assert (from_file["max_steps"], from_file.get("epochs")) == (1600, None)
     assert any(note.startswith("epoch 10 not used: with a dataset_config kohya_ss passes no length") for note in notes)
+    assert not any("lowvram" in note for note in translate_gui(STANDARD | {"lowvram": True}, tmp_path / "g.json")[1])
+    _, notes = translate_gui(STANDARD | {"max_train_steps": 0, "max_train_epochs": 0, "epoch": 10,  # (newer GUIs' 0)
+                                         "dataset_config": str(tmp_path / "dataset.toml")}, tmp_path / "gui.json")
+    assert any(note.startswith("epoch 10 not used: with a dataset_config kohya_ss passes no length") for note in notes)
     from_file, notes = translate_gui(STANDARD | {"max_train_steps": "", "lr_warmup": 10, "dataset_config": str(
         tmp_path / "dataset.toml")}, tmp_path / "gui.json")
     assert "warmup_steps" not in from_file and any(note.startswith("lr_warmup 10% not used") for note in notes)
@@ -211,7 +215,9 @@ def test_the_gui_s_epochs_are_the_steps_kohya_ss_counts_from_its_images(tmp_path
            "train_data_dir": str(tmp_path / "img")}
     values = settings_of(tmp_path, **gui)
     assert (values["max_steps"], values.get("epochs"), values["warmup_steps"]) == (167, None, 17)
-    assert settings_of(tmp_path, **gui, reg_data_dir=str(tmp_path / "img"))["max_steps"] == 334
+    (tmp_path / "reg" / "1_dog").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(tmp_path / "reg" / "1_dog" / "r.png")
+    assert settings_of(tmp_path, **gui, reg_data_dir=str(tmp_path / "reg"))["max_steps"] == 334
     elsewhere = settings_of(tmp_path, **gui | {"train_data_dir": str(tmp_path / "gone")})  # not on this machine
     assert (elsewhere["epochs"], elsewhere["warmup_steps"]) == (10, 0.1)
     # the warm-up is a percent of the GUI's own steps where it gives them, of those it counts where it gives epochs,
@@ -228,10 +234,10 @@ def test_the_gui_s_epochs_are_the_steps_kohya_ss_counts_from_its_images(tmp_path
     values = train_values(args)
     assert (values["max_steps"], values["warmup_steps"]) == (250, 25)  # 50 images x 10 epochs / 2
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "gui.json"), "--reg-data",
-                                      str(tmp_path / "img")])
+                                      str(tmp_path / "reg")])
     assert train_values(args)["max_steps"] == 334
     # an empty --reg-data drops the config's, as kohya reads an empty reg_data_dir (it was the current folder)
-    (tmp_path / "gui.json").write_text(json.dumps(STANDARD | gui | {"reg_data_dir": str(tmp_path / "img")}))
+    (tmp_path / "gui.json").write_text(json.dumps(STANDARD | gui | {"reg_data_dir": str(tmp_path / "reg")}))
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "gui.json"), "--reg-data", ""])
     values = train_values(args)
     assert "reg_data" not in values and values["max_steps"] == 167

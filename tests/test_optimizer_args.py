@@ -144,6 +144,9 @@ def test_what_a_class_takes_is_checked_before_the_model_loads_and_plan_knows_a_m
 
 @pytest.mark.parametrize("kohya, ours, added", [
     ("DAdaptAdam", "dadaptation.DAdaptAdam", []),
+    ("DAdaptation", "dadaptation.experimental.DAdaptAdamPreprint", []),  # (kohya_ss GUI's choices, which were read
+    ("PagedAdamW", "bitsandbytes.optim.PagedAdamW", []),                 # as torch.optim's classes)
+    ("PagedAdamW32bit", "bitsandbytes.optim.PagedAdamW32bit", []),
     ("SGDNesterov", "torch.optim.SGD", ["nesterov=True", "momentum=0.9"]),
     ("RAdam", "torch.optim.RAdam", []),
     ("pytorch_optimizer.CAME", "pytorch_optimizer.CAME", []),
