@@ -485,3 +485,12 @@ def test_thousands_of_skipped_files_are_tallied_by_reason_unless_verbose(tmp_pat
     assert "too small" in short and " 23 " in short and "2_many/small_00.png: too small: 40x40" in short
     assert "empty file" in short and "small_22.png" not in short
     assert all(f"small_{i:02d}.png" in every for i in range(23))
+
+
+def test_a_jfif_file_is_the_jpeg_windows_browsers_save_and_trains(tmp_path):
+    """`.jfif` was refused ('unsupported format: .jfif files can't be read') though Pillow reads it as any JPEG."""
+    (tmp_path / "ds").mkdir()
+    drawn().save(tmp_path / "ds" / "cat.jfif", "JPEG")
+    (tmp_path / "ds" / "cat.txt").write_text("a cat")
+    report = scan_dataset(tmp_path / "ds", TINY)
+    assert [(r.relpath, r.caption) for r in report.usable] == [("cat.jfif", "a cat")]

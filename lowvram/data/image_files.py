@@ -17,7 +17,7 @@ from PIL import Image
 from lowvram.config import IMAGE_FORMATS, IMAGE_SUFFIXES
 
 PIL_FORMATS = tuple(dict.fromkeys(formats[0] for formats in IMAGE_FORMATS.values()))  # Pillow decoders tried
-UNSUPPORTED_SUFFIXES = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".jfif", ".psd", ".svg",
+UNSUPPORTED_SUFFIXES = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".psd", ".svg",
                         ".ico", ".tga", ".exr", ".dng", ".raw", ".cr2", ".nef", ".arw")
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
