@@ -92,14 +92,31 @@ def is_windows_path(text: str) -> bool:
     return bool(WINDOWS_DRIVE.match(text)) or "\\" in text
 
 
+WSL_MOUNTS = Path("/mnt")  # where WSL mounts Windows' drives (C:\ is /mnt/c)
+WSL_SHARE = re.compile(r"(^|/)\\\\wsl(\.localhost|\$)\\[^\\]+(\\.*)?$", re.IGNORECASE)  # \\wsl.localhost\Ubuntu\home\me
+
+
 def windows_path_hint(path: str | os.PathLike) -> str:
-    """Why a path with backslashes is not found here: Windows writes folders so."""
+    r"""Why a path with backslashes is not found here: Windows writes folders so. On WSL, the path that is the
+    Windows one here (C:\Users\me is /mnt/c/Users/me; \\wsl.localhost\Ubuntu\home\me is /home/me)."""
+    text = str(path)
     if os.sep != "/":
         return ""
-    if re.search(r"(^|/)" + WINDOWS_DRIVE.pattern, str(path)):  # another machine's drive (made absolute here)
+    if text.endswith('"') and '"' in text[:-1]:  # (Explorer's "Copy as path" quotes what it copies)
+        return "; the quotes are part of that name (Windows' Copy as path adds them): leave them out"
+    if share := WSL_SHARE.search(text):
+        here = (share.group(3) or "\\").replace("\\", "/")
+        return f"; that is how Windows names this WSL machine's {here}: give {here}"
+    drive = re.search(r"(^|/)([A-Za-z]):[\\/](.*)", text)
+    if drive:  # another machine's drive (made absolute here)
+        mounted = WSL_MOUNTS / drive.group(2).lower()
+        if mounted.is_dir():  # WSL
+            here = mounted / drive.group(3).replace("\\", "/")
+            return (f"; that is a Windows path: here it is {here}" if here.exists() else
+                    f"; that is a Windows path: here it would be {here}, which is not there either")
         return "; that is a Windows path: give where it is on this machine" + (
-            ", with / between folders" if "\\" in str(path) else "")
-    return "; written as a Windows path: write it with / between folders here" if "\\" in str(path) else ""
+            ", with / between folders" if "\\" in text else "")
+    return "; written as a Windows path: write it with / between folders here" if "\\" in text else ""
 
 
 def backslash_hint(text: str) -> str:

@@ -210,6 +210,25 @@ def test_a_windows_path_not_found_here_says_to_write_it_with_slashes(tmp_path):
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
+def test_on_wsl_a_windows_path_not_found_names_the_path_it_is_here(tmp_path, monkeypatch):
+    """A config or command made on Windows, run under WSL: C:\\ is /mnt/c/ there, \\\\wsl.localhost\\Ubuntu\\x is /x, and
+    Explorer's Copy as path quotes the path."""
+    import lowvram.files
+
+    monkeypatch.setattr(lowvram.files, "WSL_MOUNTS", tmp_path / "mnt")
+    (tmp_path / "mnt" / "c" / "Users" / "me" / "My LoRA" / "img").mkdir(parents=True)
+    for given, says in (("C:\\Users\\me\\My LoRA\\img",
+                         f"that is a Windows path: here it is {tmp_path / 'mnt/c/Users/me/My LoRA/img'}"),
+                        ("C:/Users/me/gone", f"here it would be {tmp_path / 'mnt/c/Users/me/gone'}, which is not there"),
+                        ("\\\\wsl.localhost\\Ubuntu\\home\\me\\img",
+                         "that is how Windows names this WSL machine's /home/me/img: give /home/me/img"),
+                        ('"C:\\Users\\me\\My LoRA\\img"', "the quotes are part of that name")):
+        with pytest.raises(LowvramError) as error:
+            run_config(data=given)
+        assert str(error.value).endswith(says) or says in str(error.value), (given, str(error.value))
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
 def test_a_home_no_user_has_here_is_a_path_not_found_not_a_traceback(capsys):
     """`~\\lora\\img` (Windows' home, pasted) and `~nobody/x` raised pathlib's RuntimeError ("Could not determine home
     directory") from expanduser, wherever a path is read."""
