@@ -49,7 +49,9 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
     argparse reads it), and notes (what the script leaves to the shell: a variable it does not set, an array of
     flags). A LowvramError names a script that runs no LoRA training, or whose command cannot be read."""
     kind = Path(path).suffix.lower()
-    text = text.replace("%~dp0", f"{Path(path).resolve().parent}/") if kind in (".bat", ".cmd") else text
+    folder = Path(path).resolve().parent  # (the script's own folder: cmd's %~dp0, PowerShell's $PSScriptRoot)
+    text = (text.replace("%~dp0", f"{folder}/") if kind in (".bat", ".cmd") else
+            re.sub(r"\$PSScriptRoot\b", lambda _: str(folder), text, flags=re.IGNORECASE) if kind == ".ps1" else text)
     (line, unset, arrays), notes = _training_line(_command_lines(text, kind), path)
     try:
         words = shlex.split(line, comments=True) if kind == ".sh" else _windows_words(line, kind)
@@ -132,7 +134,9 @@ def _assignment(command: str, kind: str) -> tuple[str, Any] | None:
             return found.group(1), ARRAY
         words = _windows_words(found.group(2), kind)
         return found.group(1), words[0] if words else ""
-    found = re.match(r"\s*@?set\s+\"?(\w+)=(.*?)\"?\s*$", command, re.IGNORECASE)
+    # set "X=a b" sets a b; set X="a b" sets "a b", quotes and all, which %X% then gives the command as one word
+    found = (re.match(r'\s*@?set\s+"(\w+)=(.*)"\s*$', command, re.IGNORECASE)
+             or re.match(r"\s*@?set\s+(\w+)=(.*?)\s*$", command, re.IGNORECASE))
     if not found or re.search(r"&|\|", command):  # (set X=0 && accelerate launch ...)
         return None
     return found.group(1), found.group(2).strip()
@@ -158,7 +162,10 @@ def _filled(line: str, variables: dict[str, Any], kind: str) -> tuple[str, list[
             return ""
         if known is None:
             unset.append(name)
-        return found.group(0) if known is None else known
+            return found.group(0)
+        if kind == ".ps1" and re.search(r"\s", known) and line[:found.start()].count('"') % 2 == 0:
+            return f'"{known}"'  # (PowerShell passes a variable as one argument, spaces and all)
+        return known
 
     return re.sub(VARIABLE[kind], value, line), sorted(set(unset)), sorted(set(arrays))
 

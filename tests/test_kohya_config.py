@@ -783,6 +783,19 @@ def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads
     ("d.ps1", ('$env:MODEL = "C:\\m\\x.safetensors"\r\naccelerate launch train_network.py `\r\n'
               "  --pretrained_model_name_or_path=$env:MODEL `\r\n  --output_name='my lora' --xformers # fast\r\n"),
      {"pretrained_model_name_or_path": "C:\\m\\x.safetensors", "output_name": "my lora", "xformers": True}, None),
+    # set X="a b" keeps its quotes, which make %X% one word; set "X=a b" does not (the flags after it were read as
+    # part of the model's path)
+    ("k.bat", ('set MODEL="D:\\models\\Stable Diffusion\\model (1).safetensors"\r\nset "DATA=%~dp0img"\r\n'
+               "accelerate launch train_network.py --pretrained_model_name_or_path=%MODEL% ^\r\n"
+               ' --train_data_dir="%DATA%" ^\r\n --enable_bucket\r\n'),
+     {"pretrained_model_name_or_path": "D:\\models\\Stable Diffusion\\model (1).safetensors",
+      "train_data_dir": "PLACE/img", "enable_bucket": True}, None),
+    # a PowerShell variable is one argument, spaces and all; $PSScriptRoot is the script's folder
+    ("l.ps1", ('$MODEL = "D:\\models\\Stable Diffusion\\model (1).safetensors"\r\n$DATA = "$PSScriptRoot/img"\r\n'
+               "accelerate launch train_network.py --pretrained_model_name_or_path=$MODEL --train_data_dir=$DATA "
+               '--output_name="$MODEL"\r\n'),
+     {"pretrained_model_name_or_path": "D:\\models\\Stable Diffusion\\model (1).safetensors",
+      "train_data_dir": "PLACE/img", "output_name": "D:\\models\\Stable Diffusion\\model (1).safetensors"}, None),
 ])
 def test_a_launchers_comments_variables_quotes_and_redirections_are_read_as_its_shell_reads_them(
         tmp_path, name, script, expected, note):
