@@ -130,6 +130,37 @@ def backslash_hint(text: str) -> str:
             f"/ between folders (\"{path.replace(chr(92), '/')}\"), or (in TOML) single quotes ('{path}')")
 
 
+NOT_IN_NAMES = '/\\:*?"<>|'  # what Windows refuses in a file name (and / and \\ are folders)
+# names Windows keeps for its devices, with any extension: NUL.safetensors written there is gone
+WINDOWS_DEVICES = re.compile(r"(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?", re.IGNORECASE)
+
+
+def windows_name_problem(name: str) -> str | None:
+    """Why a file or folder named so here cannot be opened on Windows (a drive mounted under WSL, a copy to a
+    Windows PC, ComfyUI's folders there), in a clause; None where it can."""
+    refused = "".join(dict.fromkeys(ch for ch in name if ch in NOT_IN_NAMES))
+    if refused:
+        return f"{name} holds {refused}, which Windows cannot have in a name"
+    if WINDOWS_DEVICES.fullmatch(name):
+        return f"{name} is a name Windows keeps for a device (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+    if name.endswith((".", " ")) and name not in (".", ".."):
+        return f"'{name}' ends in a {'dot' if name.endswith('.') else 'space'}, which Windows takes off: it cannot open it"
+    return None
+
+
+def new_folder_problem(flag: str, folder: Path) -> str | None:
+    """The line a folder lowvram would make stops at: one of the folders it makes named so Windows cannot open it."""
+    made = folder
+    try:
+        while not made.exists() and made != made.parent:
+            if why := windows_name_problem(made.name):
+                return f"{flag}: {why}; name the folder another way"
+            made = made.parent
+    except OSError:  # (a name too long, a loop of links: what the system says, where the folder is checked)
+        return None
+    return None
+
+
 def windows_output_problem(flag: str, given: str | os.PathLike) -> str | None:
     """A place to write given as a Windows path (C:\\Users\\me\\out, .\\out) where backslashes are no separators:
     it would be written as one file or folder of that whole name, in the current folder."""
@@ -321,6 +352,8 @@ def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str 
     if windows := windows_output_problem(flag, output):
         return windows
     output = expand_home(output)
+    if why := windows_name_problem(output.name) or new_folder_problem(flag, output.parent):
+        return why if why.startswith(flag) else f"{flag}: {why}; name another"
     size = name_length(output.name)
     if size + TEMPORARY_NAME_EXTRA > MAX_FILE_NAME:
         return (f"{flag}: {output.name[:16]}...{output.name[-12:]} is {size} {NAME_UNITS} long; a file name holds "

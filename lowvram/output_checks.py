@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 
 from lowvram.config import RunConfig
@@ -14,9 +13,12 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError
 from lowvram.files import (
     MAX_FILE_NAME,
     NAME_UNITS,
+    NOT_IN_NAMES,
     TEMPORARY_NAME_EXTRA,
+    WINDOWS_DEVICES,
     file_in_the_way,
     name_length,
+    new_folder_problem,
     not_utf8,
     unwritable,
     windows_output_problem,
@@ -26,9 +28,6 @@ from lowvram.prompts import parse_prompt
 from lowvram.run_files import LONGEST_SUFFIX, LORA_SUFFIX, copy_destination, final_lora
 from lowvram.samplers import sampler_problem
 
-NOT_IN_NAMES = '/\\:*?"<>|'  # what Windows refuses in a file name (and / and \\ are folders)
-# names Windows keeps for its devices, with any extension: NUL.safetensors written there is gone
-WINDOWS_DEVICES = re.compile(r"(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?", re.IGNORECASE)
 # the longest file a run names after its LoRA, written through a temporary name first, within a file name's bytes
 MAX_NAME_BYTES = MAX_FILE_NAME - len(LONGEST_SUFFIX) - TEMPORARY_NAME_EXTRA
 
@@ -82,7 +81,7 @@ def output_problems(c: RunConfig) -> list[str]:
                  f"--name {Path(c.output.name).stem}")
     for flag, folder in (("--output", c.output.output), ("--cache-dir", c.data.cache_dir),
                          ("--copy-to", c.output.copy_to)):
-        if folder and (windows := windows_output_problem(flag, folder)):
+        if folder and (windows := windows_output_problem(flag, folder) or new_folder_problem(flag, Path(folder))):
             p.append(windows)
     if c.output.copy_to and not windows_output_problem("--copy-to", c.output.copy_to):
         p += _copy_problems(c)

@@ -421,3 +421,24 @@ def test_class_images_in_the_subjects_folder_are_refused(tmp_path, monkeypatch, 
         return
     with pytest.raises(LowvramError, match="^--reg-data: .*(is --data's folder|inside --data's|holds --data's)"):
         build_config({"model": "tiny", "data": str(data), "reg_data": reg})
+
+
+def test_every_file_and_new_folder_lowvram_writes_is_one_windows_can_open(tmp_path, monkeypatch, capsys):
+    """Only train's --name was checked: generate wrote img:1.png and aux.png, resize pr2:r4.safetensors, and train
+    made outs/run. (Windows takes a trailing dot or space off, and cannot open the folder)."""
+    from lowvram.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for command, says in ((["generate", "--model", "tiny", "--prompt", "x", "--output", "img:1.png"],
+                           "--output: img:1.png holds :, which Windows cannot have in a name; name another"),
+                          (["generate", "--model", "tiny", "--prompt", "x", "--output", "aux.png"],
+                           "--output: aux.png is a name Windows keeps for a device"),
+                          (["resize", "x.safetensors", "--rank", "4", "--output", "a?.safetensors"],
+                           "--output: a?.safetensors holds ?, which Windows cannot"),
+                          (["train", "--model", "tiny", "--data", "sample", "--output", "outs/run."],
+                           "--output: 'run.' ends in a dot, which Windows takes off: it cannot open it"),
+                          (["train", "--model", "tiny", "--data", "sample", "--name", "n", "--output", "run /x"],
+                           "--output: 'run ' ends in a space")):
+        assert main(command) == 2, command
+        assert says in capsys.readouterr().err, command
+    assert not any(tmp_path.iterdir())  # nothing made
