@@ -190,7 +190,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
                      "trains throughout here too" + (f" (--text-encoder-until {stop} stops it)" if stop > 0 else ""))
     if flat.get("cache_text_encoder_outputs") and values["train_text_encoder"]:
         problem("cache_text_encoder_outputs", "cached text embeddings cannot train the text encoder (kohya refuses "
-                "this too): set network_train_unet_only = true, or leave the cache out")
+                "this too; kohya_ss's sdxl_cache_text_encoder_outputs passes it): set network_train_unet_only = true "
+                "(or text_encoder_lr 0), or leave the cache out")
     scale = as_number(left.pop("huber_scale", 1) or 1, "huber_scale", problem)
     if left.get("loss_type") not in ("huber", "smooth_l1"):  # kohya_ss writes the Huber settings beside any loss
         left.pop("huber_c", None), left.pop("huber_schedule", None)

@@ -118,6 +118,8 @@ def _sd_scripts_settings(doc: dict[str, Any], problem, length_given: bool = Fals
         if isinstance(settings.get(key), str):
             settings[key] = settings[key].replace('"', "").split()
     settings |= _network(gui, problem)
+    if gui.get("sdxl") is True and gui.get("sdxl_cache_text_encoder_outputs") is True:  # (kohya_ss passes it so)
+        settings["cache_text_encoder_outputs"] = True
     if gui.get("use_wandb") is True:  # the GUI's switch for sd-scripts' --log_with wandb
         settings.setdefault("log_with", "wandb")
     additional = _additional(str(gui.get("additional_parameters") or ""), problem)

@@ -123,6 +123,11 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
         "multires_noise_iterations": 6}
     original = settings_of(tmp_path, noise_offset=0.1, multires_noise_iterations=6)
     assert (original["noise_offset"], original.get("multires_noise_iterations")) == (0.1, None)
+    # SDXL's cached text encoder outputs cannot train them: kohya refuses, and the text encoders trained here
+    with pytest.raises(LowvramError, match="cache_text_encoder_outputs: cached text embeddings cannot train"):
+        settings_of(tmp_path, sdxl=True, sdxl_cache_text_encoder_outputs=True)
+    assert settings_of(tmp_path, sdxl=True, sdxl_cache_text_encoder_outputs=True, text_encoder_lr=0)[
+        "train_text_encoder"] is False
     unet_only = settings_of(tmp_path, text_encoder_lr=0)  # the GUI's way of training the U-Net alone
     assert unet_only["train_text_encoder"] is False
     both_at_the_rate = settings_of(tmp_path, text_encoder_lr=0, unet_lr=0, learning_rate=5e-4)  # both left out
