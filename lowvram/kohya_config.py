@@ -332,9 +332,10 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     if module == "networks.lora":
         # kohya's LoRA adapts every layer of the transformer blocks; conv_dim adds the ResNet convolutions (LoCon)
         values["lora_layers"] = "full" if conv_dim else "attn-mlp"
-        if conv_dim:  # kohya's conv_alpha defaults to 1
-            values |= {"conv_rank": as_number(conv_dim, "network_args conv_dim", problem, int),
-                       "conv_alpha": as_number(conv_alpha or 1.0, "network_args conv_alpha", problem)}
+        if conv_dim:  # kohya's conv_alpha defaults to 1, and 0 is conv_dim (as network_alpha 0 is the rank)
+            conv_rank = as_number(conv_dim, "network_args conv_dim", problem, int)
+            values |= {"conv_rank": conv_rank,
+                       "conv_alpha": as_number(conv_alpha or 1.0, "network_args conv_alpha", problem) or float(conv_rank)}
         values |= _block_args(args, conv_alpha, notes, problem)
         if "conv_block_ranks" in values:
             values["lora_layers"] = "full"
@@ -357,9 +358,10 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
             problem("network_args", f"LyCORIS preset '{preset}' is not one lowvram trains "
                     f"({', '.join(LYCORIS_PRESETS)})")
         values["lora_layers"] = LYCORIS_PRESETS.get(preset, "full")
-        if conv_dim and values["lora_layers"] == "full":  # LyCORIS's conv_alpha defaults to network_alpha
-            values |= {"conv_rank": as_number(conv_dim, "network_args conv_dim", problem, int),
-                       "conv_alpha": as_number(conv_alpha or alpha, "network_args conv_alpha", problem)}
+        if conv_dim and values["lora_layers"] == "full":  # LyCORIS's conv_alpha defaults to network_alpha (0: dim)
+            conv_rank = as_number(conv_dim, "network_args conv_dim", problem, int)
+            values |= {"conv_rank": conv_rank,
+                       "conv_alpha": as_number(conv_alpha or alpha, "network_args conv_alpha", problem) or float(conv_rank)}
         tucker = [key for key in ("use_cp", "use_tucker") if str(args.pop(key, "")).lower() == "true"]
         if tucker and "conv_rank" in values:  # it factors the 3x3 convolutions' adapters otherwise than peft's
             problem(f"network_args {tucker[0]}", "LyCORIS's CP (Tucker) decomposition of the convolutions is not one "

@@ -83,6 +83,9 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     if doc.get("dataset_config") and _number(doc.get("lr_warmup")) and not _number(doc.get("max_train_steps")):
         notes.append(f"lr_warmup {doc['lr_warmup']}% not used: with a dataset_config and no max_train_steps, "
                      "kohya_ss passes no warm-up")
+    if doc.get("sdxl") is True and values.get("clip_skip", 1) > 1:  # (sd-scripts' SDXL script warns and goes on)
+        notes.append(f"clip_skip {values.pop('clip_skip')}: kohya ignores clip skip for SDXL, whose text encoders "
+                     "are read at their penultimate layer already; not carried over")
     ignored = [f"{key} {doc[key]}" for key in LORAPLUS_KEYS if _number(doc.get(key))]
     if ignored:
         notes.append(f"{', '.join(ignored)}: kohya_ss passes these beside network_args, where sd-scripts does not "

@@ -142,10 +142,14 @@ def test_kohyas_locon_without_a_conv_alpha_takes_kohyas_default_of_one(tmp_path)
     values = values_of(tmp_path, {"train_data_dir": "sample", "network_dim": 8, "network_alpha": 16,
                                   "network_args": ["conv_dim=8"]})
     assert (values["lora_layers"], values["conv_rank"], values["conv_alpha"]) == ("full", 8, 1.0)  # not alpha's 16
+    zero = values_of(tmp_path, {"train_data_dir": "sample", "network_dim": 8, "network_args": ["conv_dim=4",
+                                                                                            "conv_alpha=0"]})
+    assert zero["conv_alpha"] == 4.0  # kohya's 0: the dim (it was refused as "must be > 0")
 
 
 @pytest.mark.parametrize("args, network, layers, extra", [
     (["algo=locon", "conv_dim=4"], "lora", "full", {"conv_rank": 4, "conv_alpha": 2.0}),  # LyCORIS: conv_alpha = alpha
+    (["algo=locon", "conv_dim=4", "conv_alpha=0"], "lora", "full", {"conv_rank": 4, "conv_alpha": 4.0}),  # 0: the dim
     (["algo=loha", "preset=attn-mlp", "conv_dim=4", "module_dropout=0.1", "rank_dropout=0.2"], "loha", "attn-mlp",
      {"module_dropout": 0.1, "rank_dropout": 0.2}),
     (["algo=lokr", "factor=8", "preset=attn-only"], "lokr", "attn", {"lokr_factor": 8}),

@@ -128,6 +128,10 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
         settings_of(tmp_path, sdxl=True, sdxl_cache_text_encoder_outputs=True)
     assert settings_of(tmp_path, sdxl=True, sdxl_cache_text_encoder_outputs=True, text_encoder_lr=0)[
         "train_text_encoder"] is False
+    sdxl, notes = translate_gui(STANDARD | {"sdxl": True, "clip_skip": 2}, tmp_path / "gui.json")  # kohya warns
+    assert "clip_skip" not in sdxl and any(note.startswith("clip_skip 2: kohya ignores clip skip for SDXL")
+                                          for note in notes)
+    assert settings_of(tmp_path, clip_skip=2)["clip_skip"] == 2  # (SD1.5's)
     unet_only = settings_of(tmp_path, text_encoder_lr=0)  # the GUI's way of training the U-Net alone
     assert unet_only["train_text_encoder"] is False
     both_at_the_rate = settings_of(tmp_path, text_encoder_lr=0, unet_lr=0, learning_rate=5e-4)  # both left out
