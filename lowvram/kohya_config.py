@@ -222,6 +222,13 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     for key, (option, value) in SWITCHES.items():
         if left.pop(key, None):
             values[option] = value
+    if str(flat.get("save_model_as") or "safetensors").lower() != "safetensors":  # (a pickle: never written)
+        notes.append(f"save_model_as {flat['save_model_as']}: lowvram writes .safetensors only (a .ckpt or .pt runs "
+                     "code when loaded); ComfyUI, AUTOMATIC1111 and diffusers load it")
+    if values.get("color_jitter"):  # (said: the same switch, not the same augmentation)
+        notes.append("color_aug: trained as --color-jitter 0.1 (brightness, contrast and saturation by up to 10 %, "
+                     "in cached variants), where kohya shifts the hue a little or changes the gamma, a third of the "
+                     "time")
     every = left.pop("validate_every_n_steps", None)
     if every:  # (configure drops it where nothing is held out: kohya validates nothing then)
         values["validate_every"] = as_number(every, "validate_every_n_steps", problem, int)

@@ -816,3 +816,11 @@ def test_a_launcher_whose_command_cannot_be_read_is_one_line(tmp_path, capsys):
     assert main(["check-data", "--config", str(tmp_path / "x.sh"), "--model", "tiny", "sample"]) == 2
     err = capsys.readouterr().err
     assert "x.sh: its training command cannot be read (No closing quotation)" in err and "Traceback" not in err
+
+
+def test_kohyas_color_aug_and_a_pickle_save_format_are_said_not_carried_as_they_are(tmp_path):
+    values, notes = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample", "color_aug": True,
+                               "save_model_as": "ckpt"}, tmp_path / "k.toml")
+    assert values["color_jitter"] == 0.1
+    assert any(note.startswith("color_aug: trained as --color-jitter 0.1") for note in notes)
+    assert any(note.startswith("save_model_as ckpt: lowvram writes .safetensors only") for note in notes)
