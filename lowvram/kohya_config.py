@@ -361,10 +361,16 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
             problem("network_args dora_wd", f"LyCORIS's {algo} with weight decomposition is not one lowvram trains "
                     "(its DoRA is LoRA's); set dora_wd=False, or use algo=locon with dora_wd=True")
         preset = args.pop("preset", "full")  # LyCORIS's default preset
-        if preset not in LYCORIS_PRESETS:
+        if preset == "unet-transformer-only":  # LyCORIS's attn-mlp on the U-Net alone
+            values |= {"lora_layers": "attn-mlp", "train_text_encoder": False}
+        elif preset not in LYCORIS_PRESETS:
             problem("network_args", f"LyCORIS preset '{preset}' is not one lowvram trains "
-                    f"({', '.join(LYCORIS_PRESETS)})")
-        values["lora_layers"] = LYCORIS_PRESETS.get(preset, "full")
+                    f"({', '.join(LYCORIS_PRESETS)}, unet-transformer-only)")
+        else:
+            values["lora_layers"] = LYCORIS_PRESETS[preset]
+        if values.get("lora_layers") == "full":
+            notes.append("LyCORIS preset full: trained as --lora-layers full, kohya's LoCon layers, which leave out "
+                         "the U-Net's conv_in, conv_out and time embedding that LyCORIS's full adapts too")
         if conv_dim and values["lora_layers"] == "full":  # LyCORIS's conv_alpha defaults to network_alpha (0: dim)
             conv_rank = as_number(conv_dim, "network_args conv_dim", problem, int)
             values |= {"conv_rank": conv_rank,

@@ -153,6 +153,7 @@ def test_kohyas_locon_without_a_conv_alpha_takes_kohyas_default_of_one(tmp_path)
     (["algo=loha", "preset=attn-mlp", "conv_dim=4", "module_dropout=0.1", "rank_dropout=0.2"], "loha", "attn-mlp",
      {"module_dropout": 0.1, "rank_dropout": 0.2}),
     (["algo=lokr", "factor=8", "preset=attn-only"], "lokr", "attn", {"lokr_factor": 8}),
+    (["algo=loha", "preset=unet-transformer-only"], "loha", "attn-mlp", {"train_text_encoder": False}),
     (["algo=lora", "dora_wd=True", "wd_on_output=True"], "dora", "full", {}),
 ])
 def test_lycoris_networks_carry_over(tmp_path, args, network, layers, extra):
