@@ -41,6 +41,17 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _Last(argparse._StoreAction):
+    """An option a command line may give again, the last one counting (a script's base flags, then its own), as
+    argparse takes it, but said: a second --sample-prompt-file was dropped unsaid."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        earlier = getattr(namespace, self.dest, None)
+        if hasattr(namespace, self.dest) and earlier != values:
+            print(f"note: {option_string} given twice: {values} counts, not {earlier}", file=sys.stderr)
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _usage(command: str, own: str = "") -> str:
     """A usage line of the options most runs give, wrapped as argparse wraps its own to 80 columns."""
     head, lines = f"lowvram {command} ", [""]
@@ -186,9 +197,9 @@ def _add_field_flag(group, f: dataclasses.Field, kind) -> None:
         group.add_argument(flag_name(f), action="append", metavar=meta["metavar"], **kwargs)
     elif meta.get("spelling"):  # another tool's name for a choice is read as the choice
         group.add_argument(flag_name(f), type=_spelled_by(meta["spelling"]), choices=meta["choices"],
-                           metavar=metavar, **kwargs)
+                           metavar=metavar, action=_Last, **kwargs)
     else:
-        group.add_argument(flag_name(f), choices=meta["choices"], metavar=metavar, **kwargs)
+        group.add_argument(flag_name(f), choices=meta["choices"], metavar=metavar, action=_Last, **kwargs)
 
 
 def _spelled_by(spelling):

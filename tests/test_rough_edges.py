@@ -524,3 +524,12 @@ def test_a_second_sigterm_as_the_interrupted_run_ends_still_exits_130(tmp_path):
     log = (tmp_path / "out.log").read_text()  # what the first one said, in a log: no empty line, no Ctrl-C to press
     assert "\nstopping after this step and saving a checkpoint (send the same signal again to stop at once)\n" in log
     assert "\n\n" not in log
+
+
+def test_an_option_given_twice_is_said_and_the_last_counts(capsys):
+    """A second --sample-prompt-file replaced the first unsaid (a script's base flags, then its own: the last counts,
+    as argparse takes it)."""
+    args = build_parser().parse_args(["train", "--sample-prompt-file", "a.txt", "--sample-prompt-file", "b.txt",
+                                      "--rank", "8", "--rank", "8", "--lr", "1e-4"])
+    assert (args.sample_prompt_file, args.rank) == ("b.txt", "8")
+    assert capsys.readouterr().err == "note: --sample-prompt-file given twice: b.txt counts, not a.txt\n"
