@@ -83,6 +83,11 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     if doc.get("dataset_config") and _number(doc.get("lr_warmup")) and not _number(doc.get("max_train_steps")):
         notes.append(f"lr_warmup {doc['lr_warmup']}% not used: with a dataset_config and no max_train_steps, "
                      "kohya_ss passes no warm-up")
+    constant = values.get("scheduler", "constant") == "constant"
+    if values.get("warmup_steps") and constant and _number(doc.get("lr_warmup")):
+        del values["warmup_steps"]  # (said in the GUI's words, not as a --warmup-steps never typed)
+        notes.append(f"lr_warmup {doc['lr_warmup']}%: the constant scheduler has no warm-up, in sd-scripts too "
+                     "(constant_with_warmup has one); not carried over")
     if doc.get("sdxl") is True and values.get("clip_skip", 1) > 1:  # (sd-scripts' SDXL script warns and goes on)
         notes.append(f"clip_skip {values.pop('clip_skip')}: kohya ignores clip skip for SDXL, whose text encoders "
                      "are read at their penultimate layer already; not carried over")

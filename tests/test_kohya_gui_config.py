@@ -113,7 +113,8 @@ def test_the_gui_s_network_types_become_kohya_s_networks(tmp_path):
 
 
 def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
-    values = settings_of(tmp_path, max_train_steps="", epoch=3, lr_warmup=10, stop_text_encoder_training_pct=25,
+    values = settings_of(tmp_path, max_train_steps="", epoch=3, lr_warmup=10, lr_scheduler="cosine",
+                         stop_text_encoder_training_pct=25,
                          xformers="sdpa", noise_offset_type="Multires", noise_offset=0.1,
                          multires_noise_iterations=6, multires_noise_discount=0.3)
     # (kohya_ss's LoRA tab ignores its "Stop TE" percent: "not yet supported. Ignoring")
@@ -132,6 +133,8 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
     assert "clip_skip" not in sdxl and any(note.startswith("clip_skip 2: kohya ignores clip skip for SDXL")
                                           for note in notes)
     assert settings_of(tmp_path, clip_skip=2)["clip_skip"] == 2  # (SD1.5's)
+    constant, notes = translate_gui(STANDARD | {"lr_warmup": 10, "max_train_steps": 100}, tmp_path / "gui.json")
+    assert "warmup_steps" not in constant and "lr_warmup 10%: the constant scheduler has no warm-up" in " ".join(notes)
     unet_only = settings_of(tmp_path, text_encoder_lr=0)  # the GUI's way of training the U-Net alone
     assert unet_only["train_text_encoder"] is False
     both_at_the_rate = settings_of(tmp_path, text_encoder_lr=0, unet_lr=0, learning_rate=5e-4)  # both left out
@@ -220,7 +223,7 @@ def test_the_gui_s_epochs_are_the_steps_kohya_ss_counts_from_its_images(tmp_path
         for i in range(count):
             Image.new("RGB", (64, 64)).save(tmp_path / "img" / folder / f"{i}.png")
     (tmp_path / "img" / "10_shape" / "0.txt").write_text("a caption is no image")
-    gui = {"max_train_steps": "", "epoch": 10, "train_batch_size": 3, "lr_warmup": 10,
+    gui = {"max_train_steps": "", "epoch": 10, "train_batch_size": 3, "lr_warmup": 10, "lr_scheduler": "cosine",
            "train_data_dir": str(tmp_path / "img")}
     values = settings_of(tmp_path, **gui)
     assert (values["max_steps"], values.get("epochs"), values["warmup_steps"]) == (167, None, 17)
