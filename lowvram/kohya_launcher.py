@@ -50,9 +50,11 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
     flags). A LowvramError names a script that runs no LoRA training, or whose command cannot be read."""
     kind = Path(path).suffix.lower()
     folder = Path(path).resolve().parent  # (the script's own folder: cmd's %~dp0, PowerShell's $PSScriptRoot)
-    text = (text.replace("%~dp0", f"{folder}/") if kind in (".bat", ".cmd") else
-            re.sub(r"\$PSScriptRoot\b", lambda _: str(folder), text, flags=re.IGNORECASE) if kind == ".ps1" else text)
-    (line, unset, arrays), notes = _training_line(_command_lines(text, kind), path)
+    text = text.replace("%~dp0", f"{folder}/") if kind in (".bat", ".cmd") else text
+    if kind == ".ps1":  # a variable PowerShell sets, one argument as the others; "$PSScriptRoot\img" is a path here
+        text = re.sub(r"(\$PSScriptRoot)\\", r"\1/", text, flags=re.IGNORECASE)
+    (line, unset, arrays), notes = _training_line(
+        _command_lines(text, kind, {"psscriptroot": str(folder)} if kind == ".ps1" else {}), path)
     try:
         words = shlex.split(line, comments=True) if kind == ".sh" else _windows_words(line, kind)
     except ValueError as exc:  # (an unclosed quote)
@@ -89,11 +91,11 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
     return doc, notes
 
 
-def _command_lines(text: str, kind: str) -> list[tuple[str, list[str], list[str]]]:
+def _command_lines(text: str, kind: str, given: dict[str, str]) -> list[tuple[str, list[str], list[str]]]:
     """The script's commands in order, each continued line joined and comment lines left out (a flag commented out
-    in the middle of a command is not read), with the variables filled in as the lines before it set them; and the
-    names of each left as written (unset) and of its arrays."""
-    commands, variables, current = [], {}, ""
+    in the middle of a command is not read), with the variables filled in as the lines before it set them (and
+    `given`, the shell's own); and the names of each left as written (unset) and of its arrays."""
+    commands, variables, current = [], dict(given), ""
     for raw in text.splitlines():
         if COMMENT.match(raw):
             continue
@@ -105,7 +107,7 @@ def _command_lines(text: str, kind: str) -> list[tuple[str, list[str], list[str]
         assigned = _assignment(command, kind)
         if assigned:
             name, value = assigned
-            variables[_named(name, kind)] = value if value is ARRAY else _filled(value, variables, kind)[0]
+            variables[_named(name, kind)] = value if value is ARRAY else _filled(value, variables, kind, False)[0]
         else:
             commands.append(_filled(command, variables, kind))
     return commands + ([_filled(current, variables, kind)] if current else [])
@@ -147,9 +149,10 @@ def _named(name: str, kind: str) -> str:
     return name if kind == ".sh" else name.lower()
 
 
-def _filled(line: str, variables: dict[str, Any], kind: str) -> tuple[str, list[str], list[str]]:
+def _filled(line: str, variables: dict[str, Any], kind: str, command: bool = True) -> tuple[str, list[str], list[str]]:
     """`line` with the script's variables filled in (an sh default where one is unset; an array's flags left
-    out), and the names left as written, set by nothing the script says, and those of the arrays."""
+    out), and the names left as written, set by nothing the script says, and those of the arrays. In a `command`
+    (not a variable's value) a PowerShell variable is one argument."""
     unset, arrays = [], []
 
     def value(found: re.Match) -> str:
@@ -163,7 +166,7 @@ def _filled(line: str, variables: dict[str, Any], kind: str) -> tuple[str, list[
         if known is None:
             unset.append(name)
             return found.group(0)
-        if kind == ".ps1" and re.search(r"\s", known) and line[:found.start()].count('"') % 2 == 0:
+        if command and kind == ".ps1" and re.search(r"\s", known) and line[:found.start()].count('"') % 2 == 0:
             return f'"{known}"'  # (PowerShell passes a variable as one argument, spaces and all)
         return known
 

@@ -825,3 +825,18 @@ def test_kohyas_color_aug_and_a_pickle_save_format_are_said_not_carried_as_they_
     assert values["color_jitter"] == 0.1
     assert any(note.startswith("color_aug: trained as --color-jitter 0.1") for note in notes)
     assert any(note.startswith("save_model_as ckpt: lowvram writes .safetensors only") for note in notes)
+
+
+def test_a_powershell_launcher_in_a_folder_with_spaces_reads_its_variables_as_powershell_does(tmp_path):
+    """$PSScriptRoot is a variable (one argument, spaces and all; "$PSScriptRoot\\img" a path here), and a variable
+    built from another keeps its spaces: it was cut at the first one."""
+    from lowvram.kohya_launcher import launcher_config
+
+    folder = tmp_path / "my scripts"
+    script = ('$root = "D:\\AI Training"\r\n$model = "$root\\models\\sd15.safetensors"\r\n'
+              "accelerate launch train_network.py --pretrained_model_name_or_path=$model `\r\n"
+              '  --train_data_dir "$PSScriptRoot\\img" --output_dir $PSScriptRoot\\out --logging_dir=$root\r\n')
+    doc, notes = launcher_config(script, folder / "train.ps1")
+    assert doc == {"pretrained_model_name_or_path": "D:\\AI Training\\models\\sd15.safetensors",
+                   "train_data_dir": f"{folder}/img", "output_dir": f"{folder}/out", "logging_dir": "D:\\AI Training"}
+    assert not notes
