@@ -474,7 +474,7 @@ def stop_signals_interrupt():
 
     previous = {}
     for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):
-        if hasattr(signal, name):
+        if hasattr(signal, name) and not (name == "SIGHUP" and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN):
             with contextlib.suppress(ValueError):  # (not the main thread: a notebook's worker keeps its own)
                 previous[name] = signal.signal(getattr(signal, name),
                                                hung_up if name == "SIGHUP" else signal.default_int_handler)

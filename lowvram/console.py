@@ -18,7 +18,8 @@ def leave_terminal() -> None:
     with contextlib.suppress(OSError):
         nowhere = os.open(os.devnull, os.O_WRONLY)
         for fd in (1, 2):
-            os.dup2(nowhere, fd)
+            if os.isatty(fd):  # (a log file it writes to stays its log)
+                os.dup2(nowhere, fd)
         os.close(nowhere)
 
 

@@ -359,3 +359,21 @@ def _drain(fd: int) -> None:
     with contextlib.suppress(OSError):
         while os.read(fd, 65536):
             pass
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("nohup"), reason="nohup is POSIX's")
+def test_a_run_under_nohup_trains_on_when_its_terminal_hangs_up_and_keeps_its_log(tmp_path):
+    """nohup ignores SIGHUP: a run it starts must go on, its log file still written (the hang-up handler stopped it
+    and sent the rest of its output to /dev/null)."""
+    env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
+    out, log = tmp_path / "x", tmp_path / "run.log"
+    with open(log, "w") as written:
+        started = subprocess.Popen(["nohup", *cli_run(out, 8, "--checkpoint-every", "100")], env=env, stdout=written,
+                                   stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while time.time() < deadline and not (out / "metrics.jsonl").is_file():
+            time.sleep(0.05)
+        started.send_signal(signal.SIGHUP)
+        assert started.wait(timeout=300) == 0
+    assert (out / "x.safetensors").is_file() and f"saved {out / 'x.safetensors'}" in " ".join(log.read_text().split())

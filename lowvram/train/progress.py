@@ -63,6 +63,8 @@ class StopOnSignal:
         # SIGBREAK: Windows' Ctrl-Break, which is what reaches a run started in its own process group (the UI's)
         for sig in (signal.SIGINT, signal.SIGTERM, *(getattr(signal, name) for name in ("SIGHUP", "SIGBREAK")
                                                      if hasattr(signal, name))):
+            if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # (nohup: the run goes on when the terminal goes)
             try:
                 self.previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
