@@ -377,3 +377,11 @@ def test_a_run_under_nohup_trains_on_when_its_terminal_hangs_up_and_keeps_its_lo
         started.send_signal(signal.SIGHUP)
         assert started.wait(timeout=300) == 0
     assert (out / "x.safetensors").is_file() and f"saved {out / 'x.safetensors'}" in " ".join(log.read_text().split())
+    with open(log, "w") as written:  # without nohup (a shell that exits hangs up its jobs): it stops, said in its log
+        started = subprocess.Popen(cli_run(tmp_path / "y", 4000, "--checkpoint-every", "1000"), env=env, stdout=written,
+                                   stderr=subprocess.STDOUT)
+        while time.time() < deadline and not (tmp_path / "y" / "metrics.jsonl").is_file():
+            time.sleep(0.05)
+        started.send_signal(signal.SIGHUP)
+        assert started.wait(timeout=300) == 130
+    assert "interrupted at step" in log.read_text()
