@@ -22,6 +22,7 @@ from lowvram.config import (
     flag_name,
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
+from lowvram.dataset_files.subsets import image_folder_holding
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
 from lowvram.files import (
     not_found_hint,
@@ -170,11 +171,14 @@ def _file_problems(c: RunConfig) -> list[str]:
 
 
 def _overlap(data: Path, reg: Path) -> str | None:
-    """--reg-data that is --data's folder, in it or around it: the subject's images would train as class images."""
-    if reg == data or data.is_relative_to(reg):
-        where = "is --data's folder" if reg == data else f"holds --data's folder {data}"
-    elif reg.is_relative_to(data):
-        where = f"is inside --data's folder {data}, whose images all train as the subject"
+    """--reg-data among the images --data's scan reads, or holding --data's among its own: the subject's images
+    would train as class images too (a project's reg/ beside its N_name folders is passed by, as kohya does)."""
+    if reg == data:
+        where = "is --data's folder"
+    elif images := image_folder_holding(data, reg):
+        where = f"is inside --data's image folder {images}, whose images all train as the subject"
+    elif images := image_folder_holding(reg, data):
+        where = f"holds --data's folder {data} among its class images ({images})"
     else:
         return None
     return (f"--reg-data: {reg} {where}; the class images (other dogs, for a LoRA of one dog) go in a folder of "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 
 from rich.console import Console
 
@@ -18,7 +19,7 @@ def leave_terminal() -> None:
     with contextlib.suppress(OSError):
         nowhere = os.open(os.devnull, os.O_WRONLY)
         for fd in (1, 2):
-            if os.isatty(fd):  # (a log file it writes to stays its log)
+            if stat.S_ISCHR(os.fstat(fd).st_mode):  # a terminal (its hung-up one fails isatty); a log file stays
                 os.dup2(nowhere, fd)
         os.close(nowhere)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lowvram.config import RunConfig
 from lowvram.dataset_files import is_dataset_file, read_dataset
-from lowvram.dataset_files.subsets import REPEAT_FOLDER
+from lowvram.dataset_files.subsets import image_folder_holding
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError
 from lowvram.files import (
     MAX_FILE_NAME,
@@ -55,13 +55,8 @@ def _output_among_images(c: RunConfig) -> list[str]:
         except LowvramError:  # (said where the file is read)
             return []
         images = next((folder for folder in folders if out.is_relative_to(folder)), None)
-    elif not out.is_relative_to(data):
-        return []
-    elif out == data or REPEAT_FOLDER.match(data.name):  # (--data naming an N_name folder itself: all images)
-        images = data
-    else:
-        images = data / out.relative_to(data).parts[0]
-        images = images if REPEAT_FOLDER.match(images.name) else None  # (a project's output beside its images)
+    else:  # (a project's output beside its images is no image folder's)
+        images = image_folder_holding(data, out)
     if images is None:
         return []
     where = "is the dataset's image folder," if images == out else f"is inside the dataset's image folder {images},"

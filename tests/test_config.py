@@ -409,18 +409,24 @@ def test_a_lowvram_config_written_on_windows_reads_its_relative_folders_and_says
     assert values["data"] == str(tmp_path / "img" / "train") and values["output"] == "D:\\lora\\out"
 
 
-@pytest.mark.parametrize("reg", [".", "5_shape", "..", "elsewhere"])
-def test_class_images_in_the_subjects_folder_are_refused(tmp_path, monkeypatch, reg):
-    """--reg-data the same as --data (or inside it, or around it) trained the subject's images as class images too."""
-    data = tmp_path / "project" / "img"
-    (data / "5_shape").mkdir(parents=True)
-    (tmp_path / "project" / "elsewhere").mkdir()
-    monkeypatch.chdir(data)
-    if reg == "elsewhere":
-        assert build_config({"model": "tiny", "data": str(data), "reg_data": "../elsewhere"}).data.reg_data
+@pytest.mark.parametrize("data, reg, refused", [
+    ("img", "img", "is --data's folder"), ("img", "img/5_shape", "is inside --data's image folder"),
+    ("img/5_shape", "img", "holds --data's folder"),  # (its N_name folder: class images too)
+    ("img", ".", None), ("img", "elsewhere", None),  # (a kohya_ss project: img/ is no N_name folder of it)
+    (".", "reg", None),  # (N_name folders and reg/ in one project folder: its scan passes reg/ by, and says so)
+])
+def test_class_images_among_the_subjects_images_are_refused(tmp_path, monkeypatch, data, reg, refused):
+    """--reg-data the same as --data, or among the images its scan reads (or holding --data's among its own), trained
+    the subject's images as class images too; folders each scan passes by are no overlap."""
+    for folder in ("img/5_shape", "elsewhere/1_dog", "reg/1_dog", "5_lvshape"):
+        (tmp_path / folder).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    values = {"model": "tiny", "data": data, "reg_data": reg}
+    if refused is None:
+        assert build_config(values).data.reg_data
         return
-    with pytest.raises(LowvramError, match="^--reg-data: .*(is --data's folder|inside --data's|holds --data's)"):
-        build_config({"model": "tiny", "data": str(data), "reg_data": reg})
+    with pytest.raises(LowvramError, match=f"^--reg-data: .*{refused}"):
+        build_config(values)
 
 
 def test_every_file_and_new_folder_lowvram_writes_is_one_windows_can_open(tmp_path, monkeypatch, capsys):

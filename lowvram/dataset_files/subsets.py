@@ -14,6 +14,18 @@ from lowvram.config import fields_by_name
 REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$")  # kohya's: the repeats, then the label ("10" has none)
 
 
+def image_folder_holding(dataset: Path, path: Path) -> Path | None:
+    """The image folder of a kohya-layout dataset folder whose images a scan of it reads that `path` is or lies in:
+    the dataset itself (its top-level images; all of it where it is an N_name folder), or one of its N_name folders;
+    None where the scan passes `path` by (a project's other folders). Both resolved."""
+    if not path.is_relative_to(dataset):
+        return None
+    if path == dataset or REPEAT_FOLDER.match(dataset.name):
+        return dataset
+    first = dataset / path.relative_to(dataset).parts[0]
+    return first if REPEAT_FOLDER.match(first.name) else None
+
+
 def folder_label(folder: Path) -> str:
     """A folder's class words, as kohya reads an N_name folder's name: "cat" of "10_cat", else the whole name."""
     match = REPEAT_FOLDER.match(folder.name)
