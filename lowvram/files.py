@@ -79,9 +79,12 @@ def not_found_hint(path: str | os.PathLike) -> str:
 
 
 def absolute_path(path: str | os.PathLike) -> Path:
-    """`path` from the current folder, `~` expanded and `..` taken out as a shell's `cd ..` takes it (not through
-    links): `../data` and the same folder by its full path are one dataset to a run's identity."""
-    return Path(os.path.normpath(expand_home(path).absolute()))
+    """`path` from the current folder, `~` expanded and `..` taken out where that names the same place (not after a
+    link, whose `..` is its target's parent): `../data` and the same folder by its full path are one dataset to a
+    run's identity."""
+    given = expand_home(path).absolute()
+    shorter = Path(os.path.normpath(given))
+    return shorter if shorter == given or os.path.realpath(shorter) == os.path.realpath(given) else given
 
 
 WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\ or C:/, at a path's start

@@ -317,6 +317,10 @@ def test_a_dataset_given_through_dotdot_is_the_same_dataset_by_its_full_path(tmp
     monkeypatch.chdir(tmp_path)
     direct = run_config(data="d1", model="tiny")
     assert via_dotdot.data.data == direct.data.data == str(tmp_path / "d1")
+    (tmp_path / "deep" / "sub").mkdir(parents=True)  # past a link, .. is its target's parent: kept as given
+    (tmp_path / "deep" / "d2").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "deep" / "sub")
+    assert run_config(data="link/../d2", model="tiny").data.data == str(tmp_path / "link" / ".." / "d2")
     recorded = {"--data": str(tmp_path / "proj" / ".." / "d1"), "--rank": 4}
     assert same_run({"identity": "earlier", "recipe": recorded}, {"--data": direct.data.data, "--rank": 4})
     assert differences(recorded, {"--data": direct.data.data, "--rank": 8}) == "--rank 4 there, 8 here"
