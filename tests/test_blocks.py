@@ -329,3 +329,13 @@ def test_a_kohya_sdxl_file_in_the_original_layout_with_alphas_of_its_own_reads_e
     networks.add_lora(again, config.network, config.alpha, False)
     assert lora_files.start_from(again, other, config.network) == len(renamed)
     torch.testing.assert_close(model_outputs(again)[1], trained_out, rtol=1e-4, atol=1e-5)
+
+
+def test_a_block_alpha_of_0_is_its_blocks_rank_as_kohya_reads_it():
+    """kohya_config passed conv_alpha=0 on as conv_block_alphas 0: the convolutions' adapters trained at a scale of 0."""
+    layout = FAMILIES["sd15"].blocks
+    plan = block_plan(NetworkConfig(rank=8, lora_layers="full", block_ranks=ranks_for(layout.size), block_alphas="0",
+                                    conv_block_ranks=",".join(["4"] * layout.size), conv_block_alphas="0"), layout,
+                      "SD1.5")
+    assert plan.alphas == tuple(float(rank) for rank in plan.ranks)
+    assert set(plan.conv_alphas) == {4.0}

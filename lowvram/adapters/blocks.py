@@ -180,6 +180,9 @@ def block_plan(network: NetworkConfig, layout: BlockLayout, family_title: str) -
     conv_ranks = _per_block(network.conv_block_ranks, "--conv-block-ranks", layout, family_title, conv_rank,
                             integer=True)
     conv_alphas = _per_block(network.conv_block_alphas, "--conv-block-alphas", layout, family_title, conv_alpha)
+    # an alpha of 0 is its block's rank, as kohya's LoRAModule reads it (a scale of 1, not of 0)
+    alphas = tuple(alpha or float(rank) for alpha, rank in zip(alphas, ranks))
+    conv_alphas = tuple(alpha or float(rank) for alpha, rank in zip(conv_alphas, conv_ranks))
     # kohya's block_lr_zero_threshold: a block weighted at or below it is left out (kohya's default 0 drops 0), in
     # the groups given weights; the others stay at 1 whatever the threshold
     weights: tuple[float, ...] = ()
