@@ -450,6 +450,9 @@ def test_uncaptioned_class_images_loose_in_their_folder_say_what_they_are_captio
         capsys.readouterr().out.split())
     assert main([*argv, "--class-prompt", "a photo of a shape"]) == 0
     assert "top level of" not in capsys.readouterr().out
+    (tmp_path / "reg_plain").rename(tmp_path / "1_shape")  # an N_name folder itself: its name is their class
+    assert main([*argv[:-1], str(tmp_path / "1_shape")]) == 0
+    assert "top level of" not in capsys.readouterr().out
 
 
 def test_regularization_images_balance_as_kohyas_do():

@@ -23,6 +23,7 @@ from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, scan_dataset, scan_folders
 from lowvram.data.scan_report import ScanReport
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
+from lowvram.dataset_files.subsets import REPEAT_FOLDER
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import file_in_the_way, windows_output_problem
 from lowvram.models.tokens import cut_captions, family_tokenizer
@@ -89,7 +90,8 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
                               flag="--reg-data" if regularization else "--data", listing=listing)
         loose = [record for record in report.usable if "/" not in record.relpath and record.caption == record.folder
                  and any("template used" in note for note in record.notes)]
-        if regularization and loose and not run.config.data.class_prompt:  # (kohya reads N_name folders alone)
+        named = REPEAT_FOLDER.match(Path(data).name)  # (--reg-data reg/1_dog: its name is their class, as kohya's)
+        if regularization and loose and not named and not run.config.data.class_prompt:
             report.folder_notes.append(
                 f"{len(loose)} class image(s) at the top level of {data} without captions are captioned "
                 f"'{loose[0].folder}', the folder's name, as their class; give --class-prompt (e.g. 'a photo of a "
