@@ -157,7 +157,7 @@ def new_folder_problem(flag: str, folder: Path) -> str | None:
     try:
         while not made.exists() and made != made.parent:
             if why := windows_name_problem(made.name):
-                return f"{flag}: {why}; name the folder another way"
+                return f"{flag}: {why}; name {'the folder' if made != folder or not made.suffix else 'it'} another way"
             made = made.parent
     except OSError:  # (a name too long, a loop of links: what the system says, where the folder is checked)
         return None

@@ -444,7 +444,10 @@ def test_every_file_and_new_folder_lowvram_writes_is_one_windows_can_open(tmp_pa
                           (["train", "--model", "tiny", "--data", "sample", "--output", "outs/run."],
                            "--output: 'run.' ends in a dot, which Windows takes off: it cannot open it"),
                           (["train", "--model", "tiny", "--data", "sample", "--name", "n", "--output", "run /x"],
-                           "--output: 'run ' ends in a space")):
+                           "--output: 'run ' ends in a space"),
+                          (["train", "--model", "tiny", "--data", "sample", "--copy-to", "loras/v1?.safetensors"],
+                           "--copy-to: v1?.safetensors holds ?, which Windows cannot have in a name; name it another"),
+                          (["check-data", "sample", "--report", "r:1.json"], "--report: r:1.json holds :")):
         assert main(command) == 2, command
         assert says in capsys.readouterr().err, command
     assert not any(tmp_path.iterdir())  # nothing made

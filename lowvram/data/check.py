@@ -25,7 +25,7 @@ from lowvram.data.scan_report import ScanReport
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.dataset_files.subsets import REPEAT_FOLDER
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import file_in_the_way, windows_output_problem
+from lowvram.files import file_in_the_way, windows_name_problem, windows_output_problem
 from lowvram.models.tokens import cut_captions, family_tokenizer
 from lowvram.option_values import parse_colour
 from lowvram.resolve import SAMPLE_DATASET, SCANS, ResolvedRun, cache_in_use
@@ -260,7 +260,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
     console = console or log_console()
     data, trigger = dataset_to_check(run)
     folders = [subset.folder for subset in read_dataset(data).subsets] if is_dataset_file(data) else [data]
-    if report_path and (windows := windows_output_problem("--report", report_path)):
+    if report_path and str(report_path) != "-" and (windows := windows_output_problem("--report", report_path) or (
+            (why := windows_name_problem(Path(report_path).name)) and f"--report: {why}; name another")):
         raise LowvramError(windows)
     for folder in folders if report_path else ():
         if Path(report_path).resolve().is_relative_to(Path(folder).resolve()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -75,8 +76,10 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
 
     Under `accelerate launch` every process runs this: each trains on its share of every step's batches
     (DDP averages the gradients), only the main process writes files."""
-    if busy := outdir.FolderLock(config.output_dir).held_by_another():  # said before the data is cached or the
-        raise LowvramError(busy)  # model loads, and before what --resume finds there (taken in `claimed`)
+    # said before the data is cached or the model loads, and before what --resume finds there (taken in `claimed`);
+    # by the main process alone (another would find the lock the main process took)
+    if os.environ.get("RANK", "0") == "0" and (busy := outdir.FolderLock(config.output_dir).held_by_another()):
+        raise LowvramError(busy)
     config, fresh = outdir.nothing_to_resume(config)
     session = start_session(config, console)
     if fresh:
