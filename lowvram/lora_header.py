@@ -147,17 +147,32 @@ def network_options(path: Path) -> dict[str, Any]:
     if spatial:
         conv_rank, conv_alpha = Counter(spatial).most_common(1)[0][0]
         values |= {"conv_rank": int(conv_rank), "conv_alpha": float(conv_alpha)}
+    elif network in ("loha", "lokr") and (conv := _network_args(metadata)).get("conv_dim"):
+        try:  # (a LoHa's or LoKr's 3x3 factors are flat: its shapes do not tell them, LyCORIS's conv_dim does)
+            values |= {"conv_rank": int(conv["conv_dim"]),
+                       "conv_alpha": float(conv.get("conv_alpha") or conv["conv_dim"])}
+        except (TypeError, ValueError):
+            pass
     names = " ".join(layers)
     values["lora_layers"] = metadata.get("lowvram.lora_layers") or (
         "full" if spatial else "attn-mlp" if any(part in names for part in ("_ff_net_", "_mlp_fc")) else "attn")
     values["train_text_encoder"] = any(base.startswith("lora_te") for base in layers)
     if network == "lokr":
         try:
-            values["lokr_factor"] = int(json.loads(metadata.get("ss_network_args") or "{}")["factor"])
-        except (ValueError, AttributeError, KeyError, TypeError):  # unsaid: the one its shapes imply
+            values["lokr_factor"] = int(_network_args(metadata)["factor"])
+        except (ValueError, KeyError, TypeError):  # unsaid: the one its shapes imply
             values["lokr_factor"] = lokr_factor({base: {key: tuple(entry["shape"]) for key, entry in own.items()}
                                                  for base, own in layers.items()})
     return values
+
+
+def _network_args(metadata: dict[str, str]) -> dict:
+    """kohya's and LyCORIS's ss_network_args ({} where absent or unreadable)."""
+    try:
+        args = json.loads(metadata.get("ss_network_args") or "{}")
+    except ValueError:
+        return {}
+    return args if isinstance(args, dict) else {}
 
 
 def lokr_factor(layers: dict[str, dict[str, tuple[int, ...]]]) -> int:

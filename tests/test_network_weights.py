@@ -187,6 +187,11 @@ def test_files_of_one_rank_per_kind_or_per_block_continue_and_the_refusal_names_
                             lora_layers="full", conv_rank=2, conv_alpha=2)).lora_path
     run_config(network_weights=str(loha), network="loha", rank=4, alpha=4, lora_layers="full", conv_rank=2,
                conv_alpha=2)  # no problem: it continues
+    from lowvram.lora_header import network_options
+
+    # a LoHa's flat 3x3 factors tell no convolution: the file's conv_dim does (it was refused only after caching,
+    # "was trained with 3x3 convolutions of rank 2 and alpha 2", the file's own options read as rank 4)
+    assert {key: network_options(loha)[key] for key in ("conv_rank", "conv_alpha")} == {"conv_rank": 2, "conv_alpha": 2}
     ranks = ",".join(["8"] * 12 + ["4"] + ["2"] * 12)
     blocks = train(run_config(output=str(tmp_path / "blocks"), max_steps=1, block_ranks=ranks)).lora_path
     with pytest.raises(LowvramError) as error:
