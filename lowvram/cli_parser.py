@@ -16,6 +16,7 @@ from lowvram.config import (
     CHECK_DATA_SKIPS,
     FILES_LISTED_UP_TO,
     LORA_LAYERS,
+    PATH_OPTIONS,
     SAVE_PRECISION,
     SECTIONS,
     WRITTEN_IMAGE_SUFFIXES,
@@ -42,8 +43,9 @@ class _Once(argparse.Action):
 
 
 class _Last(argparse._StoreAction):
-    """An option a command line may give again, the last one counting (a script's base flags, then its own), as
-    argparse takes it, but said: a second --sample-prompt-file was dropped unsaid."""
+    """A file or folder option given again: the last counts, as argparse takes it, but said (a second
+    --sample-prompt-file or --data, read as a second one to add, was dropped unsaid). A number given again is a
+    script's override of its base flags, as usual, and unsaid."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         earlier = getattr(namespace, self.dest, None)
@@ -197,9 +199,10 @@ def _add_field_flag(group, f: dataclasses.Field, kind) -> None:
         group.add_argument(flag_name(f), action="append", metavar=meta["metavar"], **kwargs)
     elif meta.get("spelling"):  # another tool's name for a choice is read as the choice
         group.add_argument(flag_name(f), type=_spelled_by(meta["spelling"]), choices=meta["choices"],
-                           metavar=metavar, action=_Last, **kwargs)
+                           metavar=metavar, **kwargs)
     else:
-        group.add_argument(flag_name(f), choices=meta["choices"], metavar=metavar, action=_Last, **kwargs)
+        group.add_argument(flag_name(f), choices=meta["choices"], metavar=metavar,
+                           action=_Last if f.name in PATH_OPTIONS else "store", **kwargs)
 
 
 def _spelled_by(spelling):

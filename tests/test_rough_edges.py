@@ -527,9 +527,11 @@ def test_a_second_sigterm_as_the_interrupted_run_ends_still_exits_130(tmp_path):
 
 
 def test_an_option_given_twice_is_said_and_the_last_counts(capsys):
-    """A second --sample-prompt-file replaced the first unsaid (a script's base flags, then its own: the last counts,
-    as argparse takes it)."""
+    """A second --sample-prompt-file replaced the first unsaid (the last counts, as argparse takes it); a number given
+    again is a script's override of its base flags, unsaid."""
     args = build_parser().parse_args(["train", "--sample-prompt-file", "a.txt", "--sample-prompt-file", "b.txt",
-                                      "--rank", "8", "--rank", "8", "--lr", "1e-4"])
+                                      "--rank", "8", "--lr", "1e-4"])
     assert (args.sample_prompt_file, args.rank) == ("b.txt", "8")
     assert capsys.readouterr().err == "note: --sample-prompt-file given twice: b.txt counts, not a.txt\n"
+    build_parser().parse_args(["train", "--max-steps", "2", "--max-steps", "3"])
+    assert capsys.readouterr().err == ""
