@@ -176,9 +176,11 @@ def _overlap(data: Path, reg: Path) -> str | None:
     if reg == data:
         where = "is --data's folder"
     elif images := image_folder_holding(data, reg):
-        where = f"is inside --data's image folder {images}, whose images all train as the subject"
+        where = ("is --data's image folder, whose images all train as the subject" if images == reg else
+                 f"is inside --data's image folder {images}, whose images all train as the subject")
     elif images := image_folder_holding(reg, data):
-        where = f"holds --data's folder {data} among its class images ({images})"
+        where = (f"holds --data's folder {data} among its class images" if images == data else
+                 f"holds --data's folder {data} in its class-image folder {images}")
     else:
         return None
     return (f"--reg-data: {reg} {where}; the class images (other dogs, for a LoRA of one dog) go in a folder of "

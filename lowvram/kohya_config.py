@@ -371,7 +371,7 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         if values.get("lora_layers") == "full":
             notes.append("LyCORIS preset full: trained as --lora-layers full, kohya's LoCon layers, which leave out "
                          "the U-Net's conv_in, conv_out and time embedding that LyCORIS's full adapts too")
-        if conv_dim and values["lora_layers"] == "full":  # LyCORIS's conv_alpha defaults to network_alpha (0: dim)
+        if conv_dim and values.get("lora_layers") == "full":  # LyCORIS's conv_alpha defaults to network_alpha (0: dim)
             conv_rank = as_number(conv_dim, "network_args conv_dim", problem, int)
             values |= {"conv_rank": conv_rank,
                        "conv_alpha": as_number(conv_alpha or alpha, "network_args conv_alpha", problem) or float(conv_rank)}

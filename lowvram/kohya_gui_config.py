@@ -17,6 +17,7 @@ from typing import Any
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import expand_home, local_path
 from lowvram.kohya_config import as_number, number_or_text, translate
+from lowvram.optim import spec_of
 from lowvram.samplers import sampler_name
 
 # the GUI's LoRA types lowvram trains: (network module, LyCORIS algo or None, whether conv_dim/conv_alpha pass)
@@ -83,8 +84,9 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     if doc.get("dataset_config") and _number(doc.get("lr_warmup")) and not _number(doc.get("max_train_steps")):
         notes.append(f"lr_warmup {doc['lr_warmup']}% not used: with a dataset_config and no max_train_steps, "
                      "kohya_ss passes no warm-up")
-    constant = values.get("scheduler", "constant") == "constant"
-    if values.get("warmup_steps") and constant and _number(doc.get("lr_warmup")):
+    schedule_free = spec_of(values.get("optimizer", "adamw")).schedule_free
+    constant = values.get("scheduler", "constant") == "constant" and not schedule_free
+    if values.get("warmup_steps") and constant and _number(doc.get("lr_warmup")):  # (a schedule-free one's is its own)
         del values["warmup_steps"]  # (said in the GUI's words, not as a --warmup-steps never typed)
         notes.append(f"lr_warmup {doc['lr_warmup']}%: the constant scheduler has no warm-up, in sd-scripts too "
                      "(constant_with_warmup has one); not carried over")

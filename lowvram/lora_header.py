@@ -147,10 +147,15 @@ def network_options(path: Path) -> dict[str, Any]:
     if spatial:
         conv_rank, conv_alpha = Counter(spatial).most_common(1)[0][0]
         values |= {"conv_rank": int(conv_rank), "conv_alpha": float(conv_alpha)}
-    elif network in ("loha", "lokr") and (conv := _network_args(metadata)).get("conv_dim"):
-        try:  # (a LoHa's or LoKr's 3x3 factors are flat: its shapes do not tell them, LyCORIS's conv_dim does)
-            values |= {"conv_rank": int(conv["conv_dim"]),
-                       "conv_alpha": float(conv.get("conv_alpha") or conv["conv_dim"])}
+    # a LoHa's or LoKr's 3x3 factors are flat: its shapes tell no convolution, its LyCORIS preset and conv_dim do
+    # (kohya_ss writes conv_dim whatever the preset; LyCORIS's conv_alpha defaults to network_alpha)
+    args = _network_args(metadata) if network in ("loha", "lokr") and not spatial else {}
+    adapts_convs = metadata.get("lowvram.lora_layers", "full" if args.get("preset", "full") == "full" else "") == "full"
+    if args.get("conv_dim") and adapts_convs:
+        try:
+            values |= {"conv_rank": int(args["conv_dim"]),
+                       "conv_alpha": float(args.get("conv_alpha") or values.get("alpha") or args["conv_dim"])}
+            spatial = [(values["conv_rank"], values["conv_alpha"])]
         except (TypeError, ValueError):
             pass
     names = " ".join(layers)

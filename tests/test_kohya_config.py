@@ -819,6 +819,13 @@ def test_a_launcher_whose_command_cannot_be_read_is_one_line(tmp_path, capsys):
     assert "x.sh: its training command cannot be read (No closing quotation)" in err and "Traceback" not in err
 
 
+def test_an_unknown_lycoris_preset_with_a_conv_dim_is_one_line(tmp_path):
+    """kohya_ss passes conv_dim whatever the preset: an unknown one (its full-lin) raised a KeyError."""
+    with pytest.raises(LowvramError, match="LyCORIS preset 'full-lin' is not one lowvram trains"):
+        translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample", "network_module": "lycoris.kohya",
+                   "network_args": ["algo=locon", "preset=full-lin", "conv_dim=4"]}, tmp_path / "k.toml")
+
+
 def test_kohyas_color_aug_and_a_pickle_save_format_are_said_not_carried_as_they_are(tmp_path):
     values, notes = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample", "color_aug": True,
                                "save_model_as": "ckpt"}, tmp_path / "k.toml")

@@ -135,6 +135,9 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
     assert settings_of(tmp_path, clip_skip=2)["clip_skip"] == 2  # (SD1.5's)
     constant, notes = translate_gui(STANDARD | {"lr_warmup": 10, "max_train_steps": 100}, tmp_path / "gui.json")
     assert "warmup_steps" not in constant and "lr_warmup 10%: the constant scheduler has no warm-up" in " ".join(notes)
+    free, notes = translate_gui(STANDARD | {"lr_warmup": 10, "max_train_steps": 100, "optimizer": "AdamWScheduleFree",
+                                            "optimizer_args": "warmup_steps=50"}, tmp_path / "gui.json")
+    assert free["warmup_steps"] == 50 and "the constant scheduler has no warm-up" not in " ".join(notes)
     unet_only = settings_of(tmp_path, text_encoder_lr=0)  # the GUI's way of training the U-Net alone
     assert unet_only["train_text_encoder"] is False
     both_at_the_rate = settings_of(tmp_path, text_encoder_lr=0, unet_lr=0, learning_rate=5e-4)  # both left out

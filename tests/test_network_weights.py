@@ -2,6 +2,8 @@
 type and layer set, text encoders included; a file that does not match the run is refused in one line that
 names the options to pass."""
 
+import json
+
 import pytest
 import torch
 from conftest import run_config
@@ -192,6 +194,19 @@ def test_files_of_one_rank_per_kind_or_per_block_continue_and_the_refusal_names_
     # a LoHa's flat 3x3 factors tell no convolution: the file's conv_dim does (it was refused only after caching,
     # "was trained with 3x3 convolutions of rank 2 and alpha 2", the file's own options read as rank 4)
     assert {key: network_options(loha)[key] for key in ("conv_rank", "conv_alpha")} == {"conv_rank": 2, "conv_alpha": 2}
+    # another tool's (no lowvram.lora_layers): kohya_ss writes conv_dim whatever the preset, which alone says whether
+    # the convolutions train; LyCORIS's conv_alpha defaults to the network's alpha
+    tensors = load_file(str(loha))
+    with safe_open(str(loha), "pt") as held:
+        metadata = dict(held.metadata())
+    del metadata["lowvram.lora_layers"]
+    for preset, expected in (("full", {"conv_rank": 2, "conv_alpha": 4.0, "lora_layers": "full"}),
+                             ("attn-mlp", {"conv_rank": None, "conv_alpha": None})):
+        other = tmp_path / f"other-{preset}.safetensors"
+        save_file(tensors, str(other), metadata | {"ss_network_args": json.dumps(
+            {"algo": "loha", "preset": preset, "conv_dim": "2"})})
+        read = network_options(other)
+        assert {key: read.get(key) for key in expected} == expected, preset
     ranks = ",".join(["8"] * 12 + ["4"] + ["2"] * 12)
     blocks = train(run_config(output=str(tmp_path / "blocks"), max_steps=1, block_ranks=ranks)).lora_path
     with pytest.raises(LowvramError) as error:

@@ -384,6 +384,7 @@ def test_a_run_under_nohup_trains_on_when_its_terminal_hangs_up_and_keeps_its_lo
     with open(log, "w") as written:  # without nohup (a shell that exits hangs up its jobs): it stops, said in its log
         started = subprocess.Popen(cli_run(tmp_path / "y", 4000, "--checkpoint-every", "1000"), env=env, stdout=written,
                                    stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
         while time.time() < deadline and not (tmp_path / "y" / "metrics.jsonl").is_file():
             time.sleep(0.05)
         started.send_signal(signal.SIGHUP)

@@ -78,7 +78,8 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     (DDP averages the gradients), only the main process writes files."""
     # said before the data is cached or the model loads, and before what --resume finds there (taken in `claimed`);
     # by the main process alone (another would find the lock the main process took)
-    if os.environ.get("RANK", "0") == "0" and (busy := outdir.FolderLock(config.output_dir).held_by_another()):
+    main = os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") in ("", "0", "1")
+    if main and (busy := outdir.FolderLock(config.output_dir).held_by_another()):
         raise LowvramError(busy)
     config, fresh = outdir.nothing_to_resume(config)
     session = start_session(config, console)
