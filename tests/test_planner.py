@@ -249,6 +249,10 @@ def test_plan_json_is_the_same_plan():
     assert result["fits"] and result["choice"]["fits"]
     assert result["choice"]["peak_vram_bytes"] <= result["hardware"]["budget"]
     assert {"training", "latent caching", "sampling"} <= set(result["choice"]["vram_bytes"])
+    # a --cache-batch-size the plan lowers to fit is replaced in its train command, not followed by the plan's own
+    done, _ = lowvram("plan", "--model", "sdxl", "--vram", "8GB", "--cache-batch-size", "64", "--json")
+    command = json.loads(done.stdout)["train_command"]
+    assert command.count("--cache-batch-size") == 1 and command[command.index("--cache-batch-size") + 1] != "64"
 
 
 def work(family="sd15", resolution=512, **kw):
