@@ -57,7 +57,8 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
     length = None if run.uses_sample_data else plan_dataset(run, console)
     chosen = choice_flags(result.choice, fixed_choices(values, config), config) if result.choice else []
     replaced = {"--cache-batch-size": 1} if "--cache-batch-size" in chosen else {}  # (the user's, lowered to fit)
-    line = ["lowvram", "train", *train_words(argv, values, args.plan_only | replaced), *chosen] if result.choice else None
+    words = train_words(argv, values, args.plan_only | replaced)
+    line = ["lowvram", "train", *words, *chosen] if result.choice else None
     if args.json:
         print(json.dumps({**plan_json(result), "train_command": line} | ({"run_length": length} if length else {}),
                          indent=2))
