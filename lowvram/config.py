@@ -304,8 +304,9 @@ class NetworkConfig:
                                      "adapted layers). 0 leaves a block without adapters. For the linear layers and "
                                      "1x1 convolutions; default: --rank in every block.", metavar="R,R,...")
     block_alphas: str | None = option(None, "Alpha per U-Net block, in --block-ranks' order (kohya's block_alphas), "
-                                      "or one value for every block; default: --alpha in every block (as kohya: a "
-                                      "block of lower rank then scales its update up).", metavar="A,A,...")
+                                      "or one value for every block; 0 is the block's rank; default: --alpha in every "
+                                      "block (as kohya: a block of lower rank then scales its update up).",
+                                      metavar="A,A,...")
     conv_block_ranks: str | None = option(None, "Rank per U-Net block of the 3x3 convolutions that --lora-layers "
                                           "full adapts (kohya's conv_block_dims); 0 leaves them unadapted there; "
                                           "default: --conv-rank.", metavar="R,R,...")
