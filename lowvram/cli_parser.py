@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 import re
 import sys
 import typing
@@ -49,7 +50,8 @@ class _Last(argparse._StoreAction):
 
     def __call__(self, parser, namespace, values, option_string=None):
         earlier = getattr(namespace, self.dest, None)
-        if hasattr(namespace, self.dest) and earlier != values:
+        other_process = os.environ.get("RANK", "0") != "0" and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
+        if hasattr(namespace, self.dest) and earlier != values and not other_process:  # (the main one says it)
             print(f"note: {option_string} given twice: {values} counts, not {earlier}", file=sys.stderr)
         super().__call__(parser, namespace, values, option_string)
 

@@ -526,7 +526,7 @@ def test_a_second_sigterm_as_the_interrupted_run_ends_still_exits_130(tmp_path):
     assert "\n\n" not in log
 
 
-def test_an_option_given_twice_is_said_and_the_last_counts(capsys):
+def test_an_option_given_twice_is_said_and_the_last_counts(capsys, monkeypatch):
     """A second --sample-prompt-file replaced the first unsaid (the last counts, as argparse takes it); a number given
     again is a script's override of its base flags, unsaid."""
     args = build_parser().parse_args(["train", "--sample-prompt-file", "a.txt", "--sample-prompt-file", "b.txt",
@@ -534,4 +534,8 @@ def test_an_option_given_twice_is_said_and_the_last_counts(capsys):
     assert (args.sample_prompt_file, args.rank) == ("b.txt", "8")
     assert capsys.readouterr().err == "note: --sample-prompt-file given twice: b.txt counts, not a.txt\n"
     build_parser().parse_args(["train", "--max-steps", "2", "--max-steps", "3"])
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "1")  # under accelerate launch the main process alone says it
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    build_parser().parse_args(["train", "--data", "a", "--data", "b"])
     assert capsys.readouterr().err == ""
