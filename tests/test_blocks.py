@@ -259,7 +259,9 @@ def test_an_sdxl_dora_in_diffusers_layout_reads_exactly_text_encoders_too(tmp_pa
 def test_a_run_of_blocks_with_their_own_alphas_says_which_copy_diffusers_reads(tmp_path, capsys):
     """The caveat above, said where it applies: a kohya file alone, of alphas that differ between blocks."""
     said = "note: --block-alphas differ between blocks: diffusers' reader of kohya files misplaces"
-    for output, values in (("kohya", {}), ("diffusers", {"format": "diffusers"}), ("same", {"block_alphas": "2"})):
+    untrained_apart = ",".join("2" if rank != "0" else "9" for rank in TINY_RANKS.split(","))  # (no adapters at 0)
+    for output, values in (("kohya", {}), ("diffusers", {"format": "diffusers"}), ("same", {"block_alphas": "2"}),
+                           ("rank-0 apart", {"block_alphas": untrained_apart})):
         train(run_config(output=str(tmp_path / output), max_steps=1, block_ranks=TINY_RANKS,
                          **{"block_alphas": TINY_ALPHAS} | values))
         assert (said in " ".join(capsys.readouterr().out.split())) == (output == "kohya"), output

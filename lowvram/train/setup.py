@@ -493,7 +493,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} is most of this run's {schedule.total_steps} "
                               f"steps: the learning rate {reached} --lr {config.lr:g}; lower --warmup-steps (say "
                               f"{max(0, schedule.total_steps // 10)})", soft_wrap=True)
-    if run.blocks and len(set(run.blocks.alphas)) > 1 and config.output.format != "diffusers":
+    trained_alphas = {alpha for alpha, rank in zip(run.blocks.alphas, run.blocks.ranks) if rank} if run.blocks else ()
+    if len(trained_alphas) > 1 and config.output.format != "diffusers":  # (a block of rank 0 has no adapters)
         session.console.print("[yellow]note:[/] --block-alphas differ between blocks: diffusers' reader of kohya files "
                               "misplaces attention layers' alphas (ComfyUI, AUTOMATIC1111 and lowvram generate read "
                               "them right); add --format diffusers for a copy diffusers reads exactly", soft_wrap=True)
