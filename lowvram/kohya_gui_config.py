@@ -86,10 +86,12 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
                      "kohya_ss passes no warm-up")
     schedule_free = spec_of(values.get("optimizer", "adamw")).schedule_free
     constant = values.get("scheduler", "constant") == "constant" and not schedule_free
-    if values.get("warmup_steps") and constant and _number(doc.get("lr_warmup")):  # (a schedule-free one's is its own)
+    given = (f"lr_warmup_steps {doc['lr_warmup_steps']}" if _number(doc.get("lr_warmup_steps")) else
+             f"lr_warmup {doc['lr_warmup']}%" if _number(doc.get("lr_warmup")) else None)
+    if values.get("warmup_steps") and constant and given:  # (a schedule-free one's is its own)
         del values["warmup_steps"]  # (said in the GUI's words, not as a --warmup-steps never typed)
-        notes.append(f"lr_warmup {doc['lr_warmup']}%: the constant scheduler has no warm-up, in sd-scripts too "
-                     "(constant_with_warmup has one); not carried over")
+        notes.append(f"{given}: the constant scheduler has no warm-up, in sd-scripts too (constant_with_warmup has "
+                     "one); not carried over")
     if doc.get("sdxl") is True and values.get("clip_skip", 1) > 1:  # (sd-scripts' SDXL script warns and goes on)
         notes.append(f"clip_skip {values.pop('clip_skip')}: kohya ignores clip skip for SDXL, whose text encoders "
                      "are read at their penultimate layer already; not carried over")

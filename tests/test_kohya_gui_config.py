@@ -135,6 +135,8 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
     assert settings_of(tmp_path, clip_skip=2)["clip_skip"] == 2  # (SD1.5's)
     constant, notes = translate_gui(STANDARD | {"lr_warmup": 10, "max_train_steps": 100}, tmp_path / "gui.json")
     assert "warmup_steps" not in constant and "lr_warmup 10%: the constant scheduler has no warm-up" in " ".join(notes)
+    steps, notes = translate_gui(STANDARD | {"lr_warmup_steps": 20, "max_train_steps": 100}, tmp_path / "gui.json")
+    assert "warmup_steps" not in steps and "lr_warmup_steps 20: the constant scheduler" in " ".join(notes)
     free, notes = translate_gui(STANDARD | {"lr_warmup": 10, "max_train_steps": 100, "optimizer": "AdamWScheduleFree",
                                             "optimizer_args": "warmup_steps=50"}, tmp_path / "gui.json")
     assert free["warmup_steps"] == 50 and "the constant scheduler has no warm-up" not in " ".join(notes)
