@@ -336,7 +336,7 @@ def test_a_run_whose_terminal_hangs_up_saves_a_checkpoint_and_resumes(tmp_path):
     env = {**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "x"
     terminal, its_side = pty.openpty()
-    started = subprocess.Popen(cli_run(out, 4000, "--checkpoint-every", "1000"), env=env, stdin=its_side,
+    started = subprocess.Popen(hangs_up(cli_run(out, 4000, "--checkpoint-every", "1000")), env=env, stdin=its_side,
                                stdout=its_side, stderr=its_side, start_new_session=True)
     os.close(its_side)
     reader = threading.Thread(target=lambda: _drain(terminal), daemon=True)  # (a full pty would block its writes)
@@ -357,6 +357,14 @@ def test_a_run_whose_terminal_hangs_up_saves_a_checkpoint_and_resumes(tmp_path):
     resumed = run(cli_run(out, int(done.name[5:]) + 1, "--checkpoint-every", "1000", "--resume", "auto"), env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {done}" in " ".join(resumed.stdout.split())
+
+
+def hangs_up(argv: list[str]) -> list[str]:
+    """`python -m lowvram ...` with SIGHUP at its default, whatever this process has (a suite run under nohup
+    passes its SIG_IGN down, and a run started so trains on, as it should)."""
+    start = ("import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+             "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+    return [argv[0], "-c", start, *argv[1:]]
 
 
 def _drain(fd: int) -> None:
@@ -382,8 +390,8 @@ def test_a_run_under_nohup_trains_on_when_its_terminal_hangs_up_and_keeps_its_lo
         assert started.wait(timeout=300) == 0
     assert (out / "x.safetensors").is_file() and f"saved {out / 'x.safetensors'}" in " ".join(log.read_text().split())
     with open(log, "w") as written:  # without nohup (a shell that exits hangs up its jobs): it stops, said in its log
-        started = subprocess.Popen(cli_run(tmp_path / "y", 4000, "--checkpoint-every", "1000"), env=env, stdout=written,
-                                   stderr=subprocess.STDOUT)
+        started = subprocess.Popen(hangs_up(cli_run(tmp_path / "y", 4000, "--checkpoint-every", "1000")), env=env,
+                                   stdout=written, stderr=subprocess.STDOUT)
         deadline = time.time() + 180
         while time.time() < deadline and not (tmp_path / "y" / "metrics.jsonl").is_file():
             time.sleep(0.05)
