@@ -115,7 +115,11 @@ def windows_path_hint(path: str | os.PathLike) -> str:
         mounted = WSL_MOUNTS / drive.group(2).lower()
         if mounted.is_dir():  # WSL
             here = mounted / drive.group(3).replace("\\", "/")
-            return (f"; that is a Windows path: here it is {here}" if here.exists() else
+            try:
+                found = here.exists()
+            except OSError:  # (a folder on the way this user cannot look into)
+                found = False
+            return (f"; that is a Windows path: here it is {here}" if found else
                     f"; that is a Windows path: here it would be {here}, which is not there either")
         return "; that is a Windows path: give where it is on this machine" + (
             ", with / between folders" if "\\" in text else "")
