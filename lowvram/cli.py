@@ -32,6 +32,7 @@ from lowvram.configure import (
     with_preset_alpha,
     without_idle_kept_tags,
 )
+from lowvram.console import another_process
 from lowvram.errors import LowvramError, TrainingInterrupted, host_memory_ran_out, shell_line
 from lowvram.files import MAX_FILE_NAME, unwritable
 from lowvram.hardware import parse_size
@@ -286,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data and not getattr(args, "config", None):  # (a config's [data] may name it)
             command.error(f"the dataset is required: lowvram {args.command} DIR")
     # under accelerate launch every process reads the same options: the main one alone tells their notes and errors
-    echo = (args.command == "train" and os.environ.get("RANK", "0") != "0"
-            and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"))
+    echo = args.command == "train" and another_process()
     try:
         if args.command not in ("plan", "doctor", "train", "info", "check-data", "cache"):  # diffusers takes seconds
             _quiet_libraries()

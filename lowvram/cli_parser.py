@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import os
 import re
 import sys
 import typing
@@ -26,6 +25,7 @@ from lowvram.config import (
     save_precision_name,
 )
 from lowvram.configure import list_presets
+from lowvram.console import another_process
 from lowvram.hardware import SIZE_UNITS
 from lowvram.housekeeping import cache_folder, parse_age
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
@@ -50,8 +50,7 @@ class _Last(argparse._StoreAction):
 
     def __call__(self, parser, namespace, values, option_string=None):
         earlier = getattr(namespace, self.dest, None)
-        other_process = os.environ.get("RANK", "0") != "0" and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
-        if hasattr(namespace, self.dest) and earlier != values and not other_process:  # (the main one says it)
+        if hasattr(namespace, self.dest) and earlier != values and not another_process():  # (the main one says it)
             print(f"note: {option_string} given twice: {values} counts, not {earlier}", file=sys.stderr)
         super().__call__(parser, namespace, values, option_string)
 

@@ -12,6 +12,12 @@ from rich.console import Console
 LOG_WIDTH = 160  # the columns a table is laid out in where no terminal says its own
 
 
+def another_process() -> bool:
+    """Under `accelerate launch`, whether this is a process other than the main one, which alone tells the notes
+    and errors every process would (all read the same options)."""
+    return os.environ.get("RANK", "0") != "0" and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
+
+
 def leave_terminal() -> None:
     """After SIGHUP (the ssh connection or the terminal window gone): what the run prints next goes nowhere instead
     of failing on the terminal that is gone (EIO), so that it can still save its checkpoint and end; its steps' figures

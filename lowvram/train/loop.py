@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ from rich.console import Console
 
 from lowvram.adapters import lora_files, networks
 from lowvram.config import RunConfig
+from lowvram.console import another_process
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
 from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
@@ -78,8 +78,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     (DDP averages the gradients), only the main process writes files."""
     # said before the data is cached or the model loads, and before what --resume finds there (taken in `claimed`);
     # by the main process alone (another would find the lock the main process took)
-    main = os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") in ("", "0", "1")
-    if main and (busy := outdir.FolderLock(config.output_dir).held_by_another()):
+    if not another_process() and (busy := outdir.FolderLock(config.output_dir).held_by_another()):
         raise LowvramError(busy)
     config, fresh = outdir.nothing_to_resume(config)
     session = start_session(config, console)
