@@ -11,7 +11,6 @@ import torch
 
 from lowvram.adapters import lora_files
 from lowvram.data.augment import VARIANTS_DRAWN
-from lowvram.dataset_files import has_regularization_subsets
 from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
 from lowvram.lora_header import read_header
@@ -61,10 +60,10 @@ def save_checkpoint(session: Session, trainee: Trainee, dataset: Dataset, positi
     return checkpoint.save(checkpoint.checkpoint_root(session.out_dir), position, trainee.adapted, trainee.optimizer,
                            trainee.lr_scheduler, session.accelerator, session.config.training.keep_checkpoints,
                            rng_states, recipe(session.run), trainee.ema, dataset.fingerprint,
-                           resumable_settings(session))
+                           resumable_settings(session, dataset))
 
 
-def resumable_settings(session: Session) -> dict[str, float]:
+def resumable_settings(session: Session, dataset: Dataset) -> dict[str, float]:
     """The options a resumed run may change that its LoRA's record then holds for the whole run, by flag: the
     text encoders' rates where they train, the class images' loss weight where there are class images."""
     config = session.config
@@ -72,7 +71,7 @@ def resumable_settings(session: Session) -> dict[str, float]:
     if config.network.train_text_encoder:
         rates |= {flag: config.text_encoder_rate(index) for index, flag in
                   enumerate(("--text-encoder-lr", "--text-encoder-2-lr")[:len(session.run.family.text_encoders)])}
-    if config.data.reg_data or has_regularization_subsets(config.data.data):
+    if dataset.regularization:  # (the scan's: no dataset file read again at each checkpoint)
         rates["--prior-loss-weight"] = config.data.prior_loss_weight
     return rates | {"--batch-size": config.training.batch_size,
                     "--gradient-accumulation": config.training.gradient_accumulation, VARIANTS: VARIANTS_DRAWN}
@@ -91,7 +90,7 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator,
                                trainee.ema)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
-    then, now = dict(position.settings or {}), resumable_settings(session)
+    then, now = dict(position.settings or {}), resumable_settings(session, dataset)
     drawn, now_drawn = then.pop(VARIANTS, None), now.pop(VARIANTS)
     if drawn != now_drawn and (session.config.data.shuffle_tags or session.config.data.tag_dropout):
         session.console.print(f"[yellow]note:[/] this checkpoint keeps no record of how its run drew its caption "
