@@ -137,9 +137,9 @@ def placements(run: ResolvedRun, record, buckets: dict[int, Buckets], first_only
         yield buckets[resolution].place(record.width, record.height)
 
 
-def regularization_balance(run: ResolvedRun, records: list, regularization: list) -> str:
-    """How an epoch pairs the regularization images with the training images, in a line (kohya's balance)."""
-    epochs = counted_epochs(run, records, regularization)
+def regularization_balance(epochs: Epochs) -> str:
+    """How an epoch pairs the regularization images with the training images, in a line (kohya's balance): of a
+    run's epochs, or of a dry run's (`counted_epochs`)."""
     trained, unused = epochs.regularization_per_epoch, epochs.regularization_unused
     training = len(epochs.expanded(0)) - trained
     offered = len(epochs._repeated(range(epochs.training_count, len(epochs.samples)), 0))

@@ -476,7 +476,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     )
     if dataset.regularization:  # (its table shows its own samples; an epoch balances them: kohya prints its counts)
         weight = config.data.prior_loss_weight
-        balance = escape(regularization_balance(run, dataset.training, dataset.regularization))  # ([[datasets]])
+        balance = escape(regularization_balance(data))  # (the epochs it trains; [[datasets]] not read as markup)
         session.console.print(f"{'[yellow]note:[/] ' if data.regularization_unused else ''}{balance}; their loss "
                               f"weighs {weight:g}{' (--prior-loss-weight)' if weight != 1 else ''}", soft_wrap=True)
     if config.optim.scheduler_cycles != 1 and config.optim.scheduler != "cosine_with_restarts":
