@@ -180,10 +180,17 @@ def _network_args(metadata: dict[str, str]) -> dict:
     return args if isinstance(args, dict) else {}
 
 
+def smaller_side_first(sides: tuple[int, int]) -> tuple[int, int]:
+    """A LoKr layer's side split into its Kronecker factors' sides as LyCORIS splits it: the smaller first. peft
+    keeps a given factor first even where it is the larger (320 at factor 32: LyCORIS 10 x 32, peft 32 x 10), and
+    every LoKr kohya's and LyCORIS's trainers make, which ComfyUI and A1111 apply, has LyCORIS's shapes."""
+    return (sides[1], sides[0]) if sides[0] > sides[1] else sides
+
+
 def lokr_factor(layers: dict[str, dict[str, tuple[int, ...]]]) -> int:
     """The LoKr factor (LyCORIS's `factor`, peft's decompose_factor) under which each layer's Kronecker factors
-    have the shapes a file holds ({layer: {suffix: shape}}): -1 or a first factor's larger side, whichever makes
-    peft's factorization of every layer's sides give them; -1 where none does (or the file is no LoKr)."""
+    have the shapes a file holds ({layer: {suffix: shape}}): -1 or a factor's side, whichever makes LyCORIS's
+    factorization of every layer's sides give them; -1 where none does (or the file is no LoKr)."""
     splits = set()  # (w1's side, w2's side) of each layer's output and input sides
     for own in layers.values():
         w1 = own.get("lokr_w1") or ((own["lokr_w1_a"][0], own["lokr_w1_b"][1]) if "lokr_w1_a" in own else None)
@@ -197,8 +204,8 @@ def lokr_factor(layers: dict[str, dict[str, tuple[int, ...]]]) -> int:
         return -1
     from peft.tuners.lokr.layer import factorization
 
-    for factor in (-1, *sorted({first for first, _ in splits if first > 1})):
-        if all(factorization(first * second, factor)[0] == first for first, second in splits):
+    for factor in (-1, *sorted({side for split in splits for side in split if side > 1})):
+        if all(smaller_side_first(factorization(first * second, factor))[0] == first for first, second in splits):
             return factor
     return -1
 

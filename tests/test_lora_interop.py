@@ -4,6 +4,8 @@ keys), by `generate`, `resize` and `merge` alike; what peft cannot apply (input-
 refused in one line that names the file and the feature. The files are built here by hand and the expected
 weights computed from the formats' own formulas (LyCORIS's module forward, kohya's alpha/rank)."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ from lowvram.adapters import lora_files, networks
 from lowvram.cli import main
 from lowvram.errors import LowvramError
 from lowvram.generate import apply_loras
-from lowvram.lora_header import network_options
+from lowvram.lora_header import lokr_factor, network_options
 from lowvram.models.loading import load_model
 
 TE_Q = "encoder.layers.0.self_attn.q_proj"  # square (32 x 32) on tiny's and tiny-sdxl's first text encoder
@@ -142,6 +144,35 @@ def test_a_lokr_without_its_factor_in_the_metadata_takes_it_from_its_shapes(tmp_
     apply_loras(model, [(path, 1.0)])
     torch.testing.assert_close(weight_of(model.unet.get_submodule(MID_Q)), expected, atol=1e-5, rtol=1e-5)
     assert network_options(path)["lokr_factor"] == 4  # what --network-weights trains it further with
+
+
+def test_a_lycoris_lokr_whose_factor_exceeds_a_sides_root_applies_and_trains_on(tmp_path):
+    """LyCORIS splits a side the smaller first: at factor 8, 32 is 4 x 8 and 64 is 8 x 8. peft kept the factor
+    first (8 x 4), so no peft factor fit both layers: the file was refused as "another model family"."""
+    down_q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"  # 32 x 32
+    tensors, expected = {}, {}
+    model = load_model("tiny")
+    for name, (first, second) in ((down_q, (4, 8)), (MID_Q, (8, 8))):
+        w1, w2_a, w2_b = random(first, first), random(second, 1), random(1, second)
+        base = kohya_key("lora_unet", name)
+        tensors |= {f"{base}.lokr_w1": w1, f"{base}.lokr_w2_a": w2_a, f"{base}.lokr_w2_b": w2_b,
+                    f"{base}.alpha": torch.tensor(1.0)}
+        expected[name] = model.unet.get_submodule(name).weight.detach() + torch.kron(w1, w2_a @ w2_b)
+    path = tmp_path / "lycoris_lokr_f8.safetensors"
+    save_file(tensors, str(path), metadata={"ss_network_module": "lycoris.kohya",
+                                            "ss_network_args": json.dumps({"algo": "lokr", "factor": "8"})})
+    apply_loras(model, [(path, 1.0)])
+    again = load_model("tiny")
+    config = run_config(model="tiny", network="lokr", lokr_factor=8, rank=1, alpha=1.0)
+    networks.add_lora(again, config.network, config.alpha, False)
+    assert lora_files.start_from(again, path, config.network) == 2
+    for name, weight in expected.items():
+        torch.testing.assert_close(weight_of(model.unet.get_submodule(name)), weight, atol=1e-5, rtol=1e-5, msg=name)
+        torch.testing.assert_close(weight_of(again.unet.get_submodule(name)), weight, atol=1e-5, rtol=1e-5, msg=name)
+    assert network_options(path)["lokr_factor"] == 8
+    # without the metadata: at factor 16 (above both sides' roots) 32 is 2 x 16 and 64 is 4 x 16
+    assert lokr_factor({"down": {"lokr_w1": (2, 2), "lokr_w2_a": (16, 1)},
+                        "mid": {"lokr_w1": (4, 4), "lokr_w2_a": (16, 1)}}) == 16
 
 
 @pytest.mark.parametrize("alphas", [(2.0, 2.0), (1.0, 3.0)], ids=["one-alpha", "alphas-differ"])

@@ -435,9 +435,11 @@ def test_without_peft_input_casts_autocast_computes_the_same_values_with_fewer_c
     assert (copies_fast < copies) == fewer and copies_fast <= copies, (copies, copies_fast)
 
 
-@pytest.mark.parametrize(("family", "layers", "factor"), [("sd15", "full", 6), ("sdxl", "attn-mlp", 8),
-                                                           ("sd15", "attn", -1)])
-def test_a_full_rank_lokr_trains_at_scale_1_and_the_planner_bounds_its_weights(family, layers, factor):
+# at factor 32, above 320's root, LyCORIS splits 320 as 10 x 32 but 1280 as 32 x 40: the bound, from the narrowest
+# width's split, counts the wider layers' whole factors by it too (a few MiB over at most)
+@pytest.mark.parametrize(("family", "layers", "factor", "slack"), [
+    ("sd15", "full", 6, 2.5), ("sdxl", "attn-mlp", 8, 2.5), ("sd15", "attn", -1, 2.5), ("sd15", "attn", 32, 5)])
+def test_a_full_rank_lokr_trains_at_scale_1_and_the_planner_bounds_its_weights(family, layers, factor, slack):
     """kohya_ss's "full-rank" LoKr recipes (rank 100000, alpha 1, a factor): both Kronecker factors whole, which
     LyCORIS applies at scale 1 (peft would scale by alpha/rank, 1e-5), and the planner counts them by the whole
     factors' size (LoRA's count at that rank would be hundreds of GiB)."""
@@ -455,7 +457,7 @@ def test_a_full_rank_lokr_trains_at_scale_1_and_the_planner_bounds_its_weights(f
     actual = sum(p.numel() for p in params)
     work = Workload(FAMILIES[family], 512, rank=100000, network="lokr", lokr_factor=factor, lora_layers=layers)
     counted = adapter_params(family_data(FAMILIES[family]), work, ["unet"])
-    assert actual <= counted <= 2.5 * actual, (actual, counted)
+    assert actual <= counted <= slack * actual, (actual, counted)
 
 
 def test_switching_adapters_off_and_on_keeps_frozen_ones_frozen():

@@ -32,6 +32,7 @@ from lowvram.adapters.networks import (
     adapted_layers,
     adapted_modules,
     adapter_rank_alpha,
+    add_peft_adapter,
     fuse_adapters,
     is_spatial,
     layer_patterns,
@@ -319,7 +320,7 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
         if isinstance(config, LoKrConfig):
             config.decompose_both = any("lokr_w1_a" in own for own in found.values())
         config.rank_pattern, config.alpha_pattern = layer_patterns(ranks, rank), layer_patterns(alphas, alpha)
-        module.add_adapter(config)
+        add_peft_adapter(module, config)
         state = {f"{name}.{_peft_suffix(suffix)}": _peft_tensor(suffix, tensor)
                  for name, own in found.items() for suffix, tensor in own.items() if suffix != "alpha"}
         try:

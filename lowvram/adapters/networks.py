@@ -14,6 +14,7 @@ from lowvram.adapters.dropout import add_lora_dropouts
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.formats import network_refusal
+from lowvram.lora_header import smaller_side_first
 from lowvram.models.loading import LoadedModel
 
 ADAPTER = "default"  # peft's adapter name; lowvram adds one adapter per model part
@@ -41,6 +42,19 @@ def peft_config(network: str, targets: tuple[str, ...], rank: int, alpha: float,
     raise LowvramError(f"--network: '{network}' is not one of {', '.join(NAMES)}")
 
 
+def add_peft_adapter(module: torch.nn.Module, config) -> None:
+    """peft's `add_adapter`, a LoKr's factors shaped as LyCORIS's (`smaller_side_first`), so that a LyCORIS file
+    of any factor trains on and applies, and a LoKr trained here has the shapes LyCORIS gives the same factor."""
+    import peft.tuners.lokr.layer as lokr
+
+    peft_sides = lokr.factorization
+    lokr.factorization = lambda dimension, factor=-1: smaller_side_first(peft_sides(dimension, factor))
+    try:
+        module.add_adapter(config)
+    finally:
+        lokr.factorization = peft_sides
+
+
 def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, module_dropout: float,
                 network: str = "lora", lokr_factor: int = -1, conv: tuple[int, float] | None = None,
                 blocks: BlockPlan | None = None, rank_dropout: float = 0.0) -> list[torch.nn.Parameter]:
@@ -61,7 +75,7 @@ def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, al
     kept = {name: value for name, value in own.items() if value[0]}
     config.rank_pattern = layer_patterns({name: r for name, (r, _) in kept.items()}, rank)
     config.alpha_pattern = layer_patterns({name: a for name, (_, a) in kept.items()}, alpha)
-    module.add_adapter(config)
+    add_peft_adapter(module, config)
     _plain_adapter_convolutions(module)
     _whole_kronecker_unscaled(module)
     _lycoris_hadamard_start(module)

@@ -186,11 +186,13 @@ def adapter_params(data: dict, work: Workload, parts: list[str]) -> int:
 
 def lokr_side(factor: int, widths: tuple[int, ...]) -> int:
     """The least side of LoKr's first Kronecker factor on a model whose layers' widths are multiples of `widths`'
-    (LyCORIS splits a width by its largest divisor up to --lokr-factor, or for -1 as squarely as it can): the
-    largest power of two up to the factor that divides them all, or for -1 up to the narrowest one's root."""
+    (LyCORIS splits a width by its largest divisor up to --lokr-factor, or for -1 as squarely as it can, the
+    smaller side first): the largest power of two up to the factor that divides them all, or the narrowest width
+    divided by it where that is less; for -1, a power of two up to the narrowest one's root."""
     if factor < 1:
         return min(1 << ((int(w ** 0.5)).bit_length() - 1) for w in widths)
-    return min(1 << (factor.bit_length() - 1), *(w & -w for w in widths))  # w & -w: w's largest power-of-2 divisor
+    side = min(1 << (factor.bit_length() - 1), *(w & -w for w in widths))  # w & -w: w's largest power-of-2 divisor
+    return min(side, min(widths) // side)
 
 
 @cache
