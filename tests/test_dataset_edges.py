@@ -74,6 +74,12 @@ def test_the_trigger_word_is_added_where_the_caption_lacks_it_as_a_word_of_its_o
     report = captions_by_name(scan_dataset(tmp_path / "cjk", TINY, ScanOptions(trigger_word="猫娘")))
     assert {name: record.caption for name, record in report.items()} == {
         "jp.png": "猫娘の女の子, smile", "zh.png": "一个猫娘", "none.png": "猫娘, 女の子"}
+    # a Latin name written against kana, as Japanese writes it, is there (it was added a second time)
+    for stem, caption in (("jp", "ohwxの女の子"), ("zh", "一个ohwx"), ("none", "ohwxsan")):
+        (tmp_path / "cjk" / "3_猫娘" / f"{stem}.txt").write_text(caption)
+    report = captions_by_name(scan_dataset(tmp_path / "cjk", TINY, ScanOptions(trigger_word="ohwx")))
+    assert {name: record.caption for name, record in report.items()} == {
+        "jp.png": "ohwxの女の子", "zh.png": "一个ohwx", "none.png": "ohwx, ohwxsan"}
 
 
 def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path, capsys):

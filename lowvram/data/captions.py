@@ -238,16 +238,19 @@ def has_word(caption: str, word: str) -> bool:
     """Whether the caption holds `word` as a word of its own ("sks" in "a sks dog", not in "tasks"), in any case
     and either Unicode form ('é' as one character, or as 'e' and its accent, as macOS tools may write it): the
     tokenizer reads them alike. Chinese and Japanese, written without spaces, hold a word wherever it stands
-    ('猫娘' in '猫娘の女の子')."""
+    ('猫娘' in '猫娘の女の子'), and a Latin name stands against them ('ohwx' in 'ohwxの女の子')."""
     caption, word = unicodedata.normalize("NFC", caption), unicodedata.normalize("NFC", word)
     if not word:
         return False
-    before = "" if _unspaced(word[0]) else r"(?<!\w)"
-    after = "" if _unspaced(word[-1]) else r"(?!\w)"
+    spaced_letter = rf"[^\W{UNSPACED}]"  # a word's letter that a space would part from the next word
+    before = "" if _unspaced(word[0]) else rf"(?<!{spaced_letter})"
+    after = "" if _unspaced(word[-1]) else rf"(?!{spaced_letter})"
     return re.search(rf"{before}{re.escape(word)}{after}", caption, re.IGNORECASE) is not None
 
 
+# scripts written without spaces between words: kana (and half-width katakana) and CJK ideographs
+UNSPACED = "\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f"
+
+
 def _unspaced(char: str) -> bool:
-    """A character of a script written without spaces between words: kana and CJK ideographs."""
-    code = ord(char)
-    return 0x3040 <= code <= 0x30FF or 0x3400 <= code <= 0x9FFF or 0xF900 <= code <= 0xFAFF
+    return re.match(f"[{UNSPACED}]", char) is not None
