@@ -21,7 +21,7 @@ from lowvram.files import expand_home
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, Optimizer, optimizer_name, spec_of
 from lowvram.option_values import relocated_source
-from lowvram.prompts import SamplePrompt, parse_prompt, read_prompt_file
+from lowvram.prompts import TRIGGER_PLACEHOLDER, SamplePrompt, parse_prompt, read_prompt_file
 from lowvram.samplers import SAMPLERS, sampler_name
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
 
@@ -678,9 +678,11 @@ class RunConfig:
     @cached_property
     def prompt_lines(self) -> tuple[str, ...]:
         """The sample prompts as given: --sample-prompt's, then --sample-prompt-file's, read once (the caches hold
-        their embeddings, so they cannot change during the run)."""
+        their embeddings, so they cannot change during the run), the trigger word in ai-toolkit's placeholder."""
         path = self.output.sample_prompt_file
-        return self.output.sample_prompts + (tuple(read_prompt_file(Path(path))[0]) if path else ())
+        lines = self.output.sample_prompts + (tuple(read_prompt_file(Path(path))[0]) if path else ())
+        trigger = self.data.trigger_word
+        return tuple(line.replace(TRIGGER_PLACEHOLDER, trigger) for line in lines) if trigger else lines
 
     @property
     def samples(self) -> tuple[SamplePrompt, ...]:

@@ -25,6 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+TRIGGER_PLACEHOLDER = "[trigger]"  # ai-toolkit's, in captions and sample prompts: its trigger_word goes there
 MAX_STEPS = 1000  # the timesteps SD1.5 and SDXL were trained with: no sampler takes more
 MAX_SEED = 2**32 - 1  # AUTOMATIC1111's and kohya's seeds; -1 draws one (where a random seed has a place)
 OPTIONS = {"n": "negative prompt", "w": "width", "h": "height", "s": "steps", "l": "guidance scale", "d": "seed",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
+from conftest import run_config
 from PIL import Image
 
 from lowvram.cli import main
@@ -80,6 +81,23 @@ def test_the_trigger_word_is_added_where_the_caption_lacks_it_as_a_word_of_its_o
     report = captions_by_name(scan_dataset(tmp_path / "cjk", TINY, ScanOptions(trigger_word="ohwx")))
     assert {name: record.caption for name, record in report.items()} == {
         "jp.png": "ohwxの女の子", "zh.png": "一个ohwx", "none.png": "ohwx, ohwxsan"}
+
+
+def test_ai_toolkits_trigger_placeholder_takes_the_trigger_word(tmp_path):
+    """ai-toolkit's captions and sample prompts say [trigger] where its trigger_word goes; it trained as the
+    literal "[trigger]" beside the prepended word."""
+    folder = tmp_path / "data" / "1_x"
+    for n, (stem, caption) in enumerate((("a", "a photo of [trigger], smiling"), ("b", "[trigger] at the beach"))):
+        picture(folder / f"{stem}.png", (n * 30, 80, 40))
+        (folder / f"{stem}.txt").write_text(caption)
+    report = captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions(trigger_word="ohwx")))
+    assert {name: (record.caption, record.notes) for name, record in report.items()} == {
+        "a.png": ("a photo of ohwx, smiling", ()), "b.png": ("ohwx at the beach", ())}
+    report = captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions()))
+    assert report["a.png"].caption == "a photo of , smiling"  # as ai-toolkit leaves it without a trigger word
+    assert "no --trigger-word says what goes there" in report["a.png"].notes[0]
+    config = run_config(trigger_word="ohwx", sample_prompts=("[trigger], portrait --w 64",))
+    assert config.prompt_lines == ("ohwx, portrait --w 64",) and config.samples[0].text == "ohwx, portrait"
 
 
 def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path, capsys):

@@ -51,6 +51,7 @@ from lowvram.dataset_files.subsets import REPEAT_FOLDER
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import ignores_case, passed_over, redraws_in_place, utf8_text, write_text
 from lowvram.option_values import caption_extension_problem
+from lowvram.prompts import TRIGGER_PLACEHOLDER
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
 SILENT_NAMES = ("Thumbs.db", "desktop.ini")
@@ -543,6 +544,11 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
                                                  or folder.label).strip()]
     else:
         lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
+        if any(TRIGGER_PLACEHOLDER in line for line in lines):
+            if not options.trigger_word:
+                notes.append(f"{TRIGGER_PLACEHOLDER} (ai-toolkit's trigger word placeholder) left out: no "
+                             "--trigger-word says what goes there")
+            lines = [line.replace(TRIGGER_PLACEHOLDER, options.trigger_word or "") for line in lines]
         if options.trigger_word:
             joint = ", " if options.caption_separator == "," else f"{options.caption_separator} "  # a tag of its own
             lines = [line if has_word(line, options.trigger_word) else f"{options.trigger_word}{joint}{line}"
