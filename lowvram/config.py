@@ -173,7 +173,8 @@ class DataConfig:
                                         metavar="NAME")
     caption_template: str = option("{trigger}", "Caption for an image without a caption file; {trigger} is the "
                                    "folder's name without its repeat prefix (ohwx dog of 10_ohwx dog) where that "
-                                   "holds the trigger word or there is none, else the trigger word.")
+                                   "holds the trigger word or there is none, else the trigger word; {filename} the "
+                                   "image's file name without its extension (SimpleTuner's filename captions).")
     trigger_word: str | None = option(None, "Word that activates the LoRA; prepended to captions that lack it.")
     caption_prefix: str = option("", "Text written before every caption and a space, after the trigger word is "
                                  "added (kohya's caption_prefix, e.g. \"masterpiece,\"); tag shuffling includes it.",

@@ -254,9 +254,9 @@ def _data_problems(c: RunConfig) -> list[str]:
         p.append(f"--caption-extension: {caption_extension_problem(c.data.caption_extension)}")
     for flag, template in (("--caption-template", c.data.caption_template), ("--class-prompt", c.data.class_prompt)):
         try:
-            (template or "").format(trigger="")
+            (template or "").format(trigger="", filename="")
         except (KeyError, IndexError, ValueError):
-            p.append(f"{flag}: {template!r}: the only placeholder is {{trigger}}")
+            p.append(f"{flag}: {template!r}: the placeholders are {{trigger}} and {{filename}}")
     return p
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SAVE_PRECISION, SAVE_PRECISION_ALIASES, SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError, quoted
 from lowvram.files import expand_home, local_path, not_utf8
-from lowvram.kohya_names import KOHYA_FLAGS, WITHOUT_COUNTERPART
+from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS, WITHOUT_COUNTERPART
 from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
@@ -270,6 +271,14 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     for key in [key for key in unknown if key in REFUSED_SETTINGS]:  # would change what the model is shown
         problem(key, REFUSED_SETTINGS[key])
         unknown.remove(key)
+    # the diffusers scripts' or SimpleTuner's name in a file read as kohya's (lora_rank = 16 trained at rank 4)
+    for key in [key for key in unknown if f"--{key}" in OTHER_TRAINER_FLAGS and f"--{key}" not in KOHYA_FLAGS]:
+        ours = OTHER_TRAINER_FLAGS[f"--{key}"]
+        kohya = next((flag[2:] for flag, same in KOHYA_FLAGS.items() if same.split()[0] == ours.split()[0]), None)
+        if not ours.startswith("("):  # (one lowvram needs none for is no loss)
+            problem(key, "the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; "
+                    + (f"write {kohya} = {json.dumps(left[key])} (kohya's)" if kohya else f"pass lowvram's {ours}"))
+            unknown.remove(key)
     # a setting lowvram maps, misspelt (kohya passes it over: netwrok_dim trained at rank 4), is named; a real
     # sd-scripts setting lowvram lacks may be close to one too (save_last_n_steps_state): said, not refused
     flags = [flag[2:] for flag in KOHYA_FLAGS if flag[2:] not in flat]

@@ -279,7 +279,7 @@ OTHER_TRAINER_FLAGS = {
     "--center_crop": "--crop center",
     "--random_flip": "--flip",
     "--num_train_epochs": "--epochs",
-    "--checkpointing_steps": "--checkpoint-every N",
+    "--checkpointing_steps": "--checkpoint-every N (a checkpoint to resume from; a LoRA every N steps is --save-every N)",
     "--checkpoints_total_limit": "--keep-checkpoints",
     "--resume_from_checkpoint": "--resume (a checkpoint folder, or auto; latest is read as auto)",
     "--snr_gamma": "--min-snr-gamma",
@@ -299,6 +299,13 @@ OTHER_TRAINER_FLAGS = {
     "--base_model_precision": "--unet-weights (the frozen U-Net's storage: fp8, bnb-nf4, quanto-int8, ...)",
     "--data_backend_config": "--data (an image folder, a kohya dataset .toml or a OneTrainer concepts file)",
     "--validation_steps": "--sample-every N",
+    "--validation_num_inference_steps": "--sample-steps",
+    "--validation_guidance": "--sample-prompt with the guidance inline (\"a cat --l 7\")",
+    "--validation_negative_prompt": "--sample-prompt with the negative prompt inline (\"a cat --n blurry\")",
+    "--validation_resolution": "--sample-prompt with the size inline (\"a cat --w 1024 --h 768\")",
+    "--resolution_type": "(not needed: --resolution is in pixels, SimpleTuner's pixel type)",
+    "--model_type": "--network (lora, dora, loha or lokr: lowvram trains adapters only)",
+    "--caption_strategy": "--caption-template (for images without a caption file; {filename} is the file name)",
     "--tracker_project_name": "--wandb-project",
 }
 
@@ -321,11 +328,16 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
         whose, ours = "the diffusers scripts' or SimpleTuner's", OTHER_TRAINER_FLAGS[key]
     else:
         return None
-    named = re.findall(r"--[a-z][a-z0-9-]*", ours)
+    named = named_flags(ours)
     if (flags is not None and not all(option in flags for option in named)) or (
             not named and command not in TRAINING_COMMANDS):  # ("not needed: training reads the cached latents")
         return None
     return f"{name} is {whose} name; {_counterpart('lowvram', ours)}"
+
+
+def named_flags(counterpart: str) -> list[str]:
+    """The options a counterpart above names, not a quoted sample prompt's inline ones ("a cat --l 7")."""
+    return re.findall(r"--[a-z][a-z0-9-]*", re.sub(r'"[^"]*"', "", counterpart))
 
 
 def _counterpart(who: str, ours: str) -> str:

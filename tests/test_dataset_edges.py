@@ -83,7 +83,7 @@ def test_the_trigger_word_is_added_where_the_caption_lacks_it_as_a_word_of_its_o
         "jp.png": "ohwxの女の子", "zh.png": "一个ohwx", "none.png": "ohwx, ohwxsan"}
 
 
-def test_ai_toolkits_trigger_placeholder_takes_the_trigger_word(tmp_path):
+def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp_path):
     """ai-toolkit's captions and sample prompts say [trigger] where its trigger_word goes; it trained as the
     literal "[trigger]" beside the prepended word."""
     folder = tmp_path / "data" / "1_x"
@@ -96,6 +96,11 @@ def test_ai_toolkits_trigger_placeholder_takes_the_trigger_word(tmp_path):
     report = captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions()))
     assert report["a.png"].caption == "a photo of , smiling"  # as ai-toolkit leaves it without a trigger word
     assert "no --trigger-word says what goes there" in report["a.png"].notes[0]
+    # SimpleTuner's and OneTrainer's captions from file names: the template's {filename}
+    for stem in ("a", "b"):
+        (folder / f"{stem}.txt").unlink()
+    report = captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions(caption_template="{filename} photo")))
+    assert {name: record.caption for name, record in report.items()} == {"a.png": "a photo", "b.png": "b photo"}
     config = run_config(trigger_word="ohwx", sample_prompts=("[trigger], portrait --w 64",))
     assert config.prompt_lines == ("ohwx, portrait --w 64",) and config.samples[0].text == "ohwx, portrait"
 

@@ -90,10 +90,10 @@ class ScanOptions:
         if self.small_images not in ("upscale", "skip"):
             raise LowvramError(f"--small-images: {self.small_images!r} is not 'upscale' or 'skip'")
         try:
-            self.caption_template.format(trigger="")
+            self.caption_template.format(trigger="", filename="")
         except (KeyError, IndexError, ValueError):
-            raise LowvramError(f"--caption-template: {self.caption_template!r}: the only placeholder is {{trigger}}"
-                               ) from None
+            raise LowvramError(f"--caption-template: {self.caption_template!r}: the placeholders are {{trigger}} and "
+                               "{filename}") from None
 
 
 class NoUsableImages(LowvramError):
@@ -541,7 +541,7 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         named = options.trigger_word and folder.label and REPEAT_FOLDER.match(Path(folder.path).name) and has_word(
             folder.label.replace("_", " "), options.trigger_word)
         lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word
-                                                 or folder.label).strip()]
+                                                 or folder.label, filename=image.stem).strip()]
     else:
         lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
         if any(TRIGGER_PLACEHOLDER in line for line in lines):
