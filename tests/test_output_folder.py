@@ -305,6 +305,33 @@ def test_a_folder_in_use_is_said_first_not_after_what_resume_auto_finds_there(tm
     assert not (tmp_path / "cache").exists()  # refused before caching the data
 
 
+def test_a_lock_another_machine_left_is_taken_over_once_its_run_stops_refreshing_it(tmp_path, monkeypatch):
+    """A Colab runtime that disconnected left its lock on Drive; the reconnected one is another machine, whose
+    process lookup cannot tell the run is gone: its resume was refused for good."""
+    import time
+
+    from lowvram.train import outdir
+
+    lock = outdir.FolderLock(tmp_path / "run")
+    lock.path.parent.mkdir()
+    lock.path.write_text(json.dumps({"pid": 1, "host": "8f2c1a9b7d3e", "since": "2026-12-05T08:01:07+00:00"}))
+    assert "in use by another lowvram run (pid 1 on 8f2c1a9b7d3e" in lock.held_by_another()
+    old = time.time() - outdir.LOCK_STALE_S - 5
+    os.utime(lock.path, (old, old))  # its run stopped refreshing it
+    assert lock.held_by_another() is None
+    lock.acquire()  # taken over
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    lock.release()
+    monkeypatch.setattr(outdir, "LOCK_HEARTBEAT_S", 0.05)  # a live run refreshes its own
+    lock.acquire()
+    try:
+        os.utime(lock.path, (old, old))
+        time.sleep(0.5)
+        assert time.time() - lock.path.stat().st_mtime < 5
+    finally:
+        lock.release()
+
+
 def test_a_dataset_given_through_dotdot_is_the_same_dataset_by_its_full_path(tmp_path, monkeypatch):
     """`--data ../d1` from a project folder, then `--data d1` from above it: 'another run (--data /x/proj/../d1
     there, /x/d1 here)'. Runs that recorded the `..` still count as the same."""

@@ -15,6 +15,8 @@ import re
 import shutil
 import socket
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -501,13 +503,19 @@ def move_to_archive(folder: Path, paths: list[Path]) -> Path:
     return target
 
 
+LOCK_HEARTBEAT_S = 30  # a held lock's file is touched this often, and one from another machine (where its process
+LOCK_STALE_S = 180  # cannot be looked up) untouched this long is a gone run's: a reconnected Colab is a new machine
+
+
 class FolderLock:
     """`<folder>/.lowvram.lock`, created exclusively, naming the process that holds it. A lock whose process is
-    gone (killed, crashed, the machine restarted) is stale and taken over."""
+    gone (killed, crashed, the machine restarted) is stale and taken over; one another machine's process holds
+    is refreshed while it runs."""
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK
         self.held = False
+        self._stop = threading.Event()
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -529,18 +537,26 @@ class FolderLock:
                 raise LowvramError(f"--output: can't write {self.path} ({exc.strerror or exc}); free space in "
                                    f"{self.path.parent}, or choose another --output") from None
             self.held = True
+            self._stop = threading.Event()
+            threading.Thread(target=self._refresh, args=(self._stop,), daemon=True, name="lowvram-lock").start()
             return
         raise LowvramError(f"--output: could not take {self.path}; another run keeps creating it")
+
+    def _refresh(self, stop: threading.Event) -> None:
+        while not stop.wait(LOCK_HEARTBEAT_S):
+            with contextlib.suppress(OSError):  # (a full or unmounted disk: the run says so where it writes)
+                os.utime(self.path)
 
     def held_by_another(self) -> str | None:
         """The line a run stops at while another live process holds the folder (None: free, or a stale lock)."""
         holder = self._holder() if self.path.is_file() else None
-        if holder is None or not _alive(holder):
+        if holder is None or not _alive(holder, self.path):
             return None
         where = "" if holder.get("host") == socket.gethostname() else f" on {holder.get('host')}"
         return (f"--output: {self.path.parent} is in use by another lowvram run (pid {holder.get('pid')}{where}, "
                 f"since {holder.get('since')}); wait for it to end, or choose another --output"
-                + (f" (if that run is gone, delete {self.path})" if where else ""))
+                + (f" (if that run is gone, delete {self.path}; a lock another machine leaves is taken over "
+                   f"{LOCK_STALE_S // 60} minutes after it stops)" if where else ""))
 
     def _holder(self) -> dict | None:
         try:
@@ -549,6 +565,7 @@ class FolderLock:
             return None  # half-written by a process killed between creating and writing it
 
     def release(self) -> None:
+        self._stop.set()
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
@@ -563,10 +580,13 @@ def _process_created(pid: int) -> float | None:
         return None
 
 
-def _alive(holder: dict) -> bool:
-    """Whether the process named in a lock still runs (the same pid and start time: pids are reused). A lock
-    from another host cannot be checked and counts as held."""
+def _alive(holder: dict, path: Path) -> bool:
+    """Whether the process named in the lock at `path` still runs (the same pid and start time: pids are
+    reused); on another host, whether it refreshed the lock lately."""
     if holder.get("host") != socket.gethostname():
-        return True
+        try:
+            return time.time() - path.stat().st_mtime < LOCK_STALE_S
+        except OSError:
+            return False
     created = _process_created(int(holder.get("pid", -1)))
     return created is not None and (holder.get("created") is None or abs(created - holder["created"]) < 1.0)
