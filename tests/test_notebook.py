@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import ipykernel.kernelspec
@@ -135,6 +136,13 @@ def test_the_notebook_trains_and_resumes_after_a_disconnect(run_dir, tmp_path):
     assert not lora.exists()
     survived = sorted(p.name for p in checkpoints.glob("step-*"))
     assert survived and survived[-1] < f"step-{STEPS:06d}"
+    # the reconnected runtime is another machine, to which the dead run's lock on Drive is minutes old; Drive
+    # keeps a conflicting copy of a checkpoint folder beside it
+    lock = run_dir / ".lowvram.lock"
+    lock.write_text(json.dumps(json.loads(lock.read_text()) | {"host": "8f2c1a9b7d3e"}))
+    stale = time.time() - 600
+    os.utime(lock, (stale, stale))
+    (checkpoints / f"{survived[-1]} (1)").mkdir()
 
     # Second session: the same notebook, run again unchanged, continues from the newest checkpoint and finishes.
     nb = nbformat.read(NOTEBOOK, as_version=4)
