@@ -37,6 +37,7 @@ class Fused:
     layers: list[int]  # each file's changed layers, in order
     tensors_changed: int  # the checkpoint's tensors that differ from the model's
     schedule: tuple[str, ...] | list[str] = ()  # the sampling a fused LoRA was trained with and the model now carries
+    marks_unread: bool = False  # where ComfyUI does not read the file's marks of it (SD1.5's: its SDXL class alone does)
 
 
 def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: Path, family: str | None = None,
@@ -80,7 +81,7 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     for change in schedule:  # the keys ComfyUI and lowvram read (NoobAI-XL V-Pred's)
         tensors.setdefault(SCHEDULE_MARKERS[change], torch.tensor([]))
     save_safetensors(tensors, output, metadata, "the merged model")
-    return Fused(output, layers, changed, schedule)
+    return Fused(output, layers, changed, schedule, marks_unread=(model.family.full_size or model.family.name) != "sdxl")
 
 
 def _original_layout(model: LoadedModel) -> dict[str, torch.Tensor]:
@@ -184,4 +185,9 @@ def summary(result: Fused) -> str:
     changes = ", ".join(str(count) for count in result.layers)
     tail = f", {result.tensors_changed} of its tensors changed" if result.tensors_changed else ""
     marked = f"; marked {' and '.join(result.schedule)}, as its LoRAs trained" if result.schedule else ""
+    if result.schedule and result.marks_unread:
+        sampling = "v_prediction" if "v-prediction" in result.schedule else "eps"
+        zsnr = "on" if "zero terminal SNR" in result.schedule else "off"
+        marked += (f" (ComfyUI reads these marks on SDXL models only: sample this one through a ModelSamplingDiscrete "
+                   f"node, sampling {sampling}, zsnr {zsnr})")
     return f"{result.path}: the model with {len(result.layers)} LoRA file(s) fused in ({changes} layers{tail}){marked}"
