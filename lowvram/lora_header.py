@@ -15,7 +15,7 @@ from typing import Any
 from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import as_flag_words
 from lowvram.errors import shell_line
-from lowvram.lora_layout import foreign_part, kohya_view
+from lowvram.lora_layout import foreign_part, kohya_view, with_adapter_config
 
 # where a layer's rank is: the inner side of its low-rank pair
 RANK_AXES = (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1))
@@ -61,7 +61,8 @@ def kohya_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
     """`read_header`, a file in diffusers' or peft's layout seen under kohya's names (`lora_layout`): a layer's
     alpha its metadata gives is an entry {"value": alpha}."""
     metadata, tensors, start = read_header(path)
-    view = kohya_view({name: tuple(entry["shape"]) for name, entry in tensors.items()}, metadata)
+    view = kohya_view({name: tuple(entry["shape"]) for name, entry in tensors.items()},
+                      with_adapter_config(path, metadata))
     if view:
         renames, alphas = view
         tensors = {renames.get(name, name): entry for name, entry in tensors.items()} | {

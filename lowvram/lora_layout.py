@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 from lowvram.models.families import FAMILIES
 
@@ -28,6 +29,7 @@ NAMED_ADAPTER = re.compile(r"\.lora_([AB])\.[A-Za-z0-9_-]+\.weight$|\.lora_magni
 # diffusers' older attention processors: `<attention>.processor.to_q_lora.down.weight` adapts `<attention>.to_q`
 PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 ADAPTER_METADATA = "lora_adapter_metadata"  # the metadata key of diffusers' peft settings (its own constant's value)
+ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes beside adapter_model.safetensors
 PEFT_WRAPPER = "base_model.model."  # what a peft adapter saved on its own (PeftModel.save_pretrained) starts with
 OWN_PARTS = ("unet", "text_encoder", "text_encoder_2")
 # the modules an SD1.5 or SDXL U-Net holds at its top: a peft adapter's names without the part's (a U-Net's alone)
@@ -105,6 +107,24 @@ def _split(name: str) -> tuple[str, str, str] | None:
     if component in UNET_MODULES:
         return "unet", path, suffix
     return component, rest, suffix
+
+
+def with_adapter_config(path, metadata: dict[str, str]) -> dict[str, str]:
+    """A file's metadata, with peft's adapter_config.json beside it (save_pretrained's adapter_model.safetensors
+    holds no alpha: read at alpha = rank, a file of lora_alpha 2 at rank 8 applied 4x over) taken as diffusers'
+    adapter metadata of every model part; the file's own adapter metadata wins."""
+    config_path = Path(path).with_name(ADAPTER_CONFIG)
+    if ADAPTER_METADATA in metadata or not config_path.is_file():
+        return metadata
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return metadata
+    if not isinstance(config, dict) or "lora_alpha" not in config:
+        return metadata
+    settings = {key: config[key] for key in ("lora_alpha", "alpha_pattern", "use_rslora") if key in config}
+    return metadata | {ADAPTER_METADATA: json.dumps({f"{part}.{key}": value for part in OWN_PARTS
+                                                     for key, value in settings.items()})}
 
 
 def _adapter_configs(metadata: dict[str, str]) -> dict[str, dict]:

@@ -286,16 +286,21 @@ def test_layers_of_one_rank_but_several_alphas_are_refused_once_and_a_tucker_loc
 
 def test_peft_names_of_every_form_read_at_the_scale_peft_applies(tmp_path):
     """A peft adapter's own names (base_model.model., the adapter's name in them) and a rank-stabilized LoRA's
-    alphas (alpha / sqrt(rank): read as alpha / rank, it was 2x too weak at rank 4)."""
+    alphas (alpha / sqrt(rank): read as alpha / rank, it was 2x too weak at rank 4); a folder peft's save_pretrained
+    wrote, whose alpha is in its adapter_config.json (read at alpha = rank, it applied 4x over)."""
     import json
 
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
     from test_train import model_outputs
 
+    from lowvram.lora_header import network_options
+
     for name, config in (("rslora", LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["to_q", "to_k"],
                                                init_lora_weights=False)),
-                         ("named", LoraConfig(r=4, lora_alpha=4, target_modules=["to_v"], init_lora_weights=False))):
+                         ("named", LoraConfig(r=4, lora_alpha=4, target_modules=["to_v"], init_lora_weights=False)),
+                         ("saved/adapter_model", LoraConfig(r=4, lora_alpha=1, target_modules=["to_q"],
+                                                            init_lora_weights=False))):
         torch.manual_seed(0)
         adapted = load_model("tiny")
         adapted.unet.add_adapter(config)
@@ -304,14 +309,18 @@ def test_peft_names_of_every_form_read_at_the_scale_peft_applies(tmp_path):
             tensors = {f"unet.{key}": tensor.contiguous() for key, tensor in state.items()}
             metadata = {"lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 8,
                                                              "unet.use_rslora": True})}
-        else:  # a peft model's own state dict, saved as it is: no part, the adapter's name, no metadata
+        elif name == "named":  # a peft model's own state dict, saved as it is: no part, the adapter's name, no metadata
             tensors = {"base_model.model." + key.replace(".weight", ".default.weight"): tensor.contiguous()
                        for key, tensor in state.items()}
             metadata = {}
+        else:  # as peft's save_pretrained writes a model's adapter: its settings in adapter_config.json beside it
+            tensors, metadata = {"base_model.model." + key: tensor.contiguous() for key, tensor in state.items()}, {}
+            config.save_pretrained(str(tmp_path / "saved"))
         save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata)
         ours = load_model("tiny")
         lora_files.load_kohya(ours, tmp_path / f"{name}.safetensors")
         torch.testing.assert_close(model_outputs(ours)[1], model_outputs(adapted)[1], rtol=1e-4, atol=1e-5)
+    assert network_options(tmp_path / "saved" / "adapter_model.safetensors")["alpha"] == 1  # info and train's too
 
 
 def test_files_that_are_no_kohya_lora_are_named_for_what_they_are_by_every_command(tmp_path, capsys):

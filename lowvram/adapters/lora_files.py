@@ -44,7 +44,7 @@ from lowvram.errors import LowvramError
 from lowvram.files import with_plain_modes
 from lowvram.kohya_config import LYCORIS_PRESETS
 from lowvram.lora_header import lokr_factor, network_options, no_layers_reason, same_alpha
-from lowvram.lora_layout import ADAPTER_METADATA, kohya_view
+from lowvram.lora_layout import ADAPTER_METADATA, kohya_view, with_adapter_config
 from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
@@ -484,7 +484,7 @@ def read_lora_file(path: Path, flag: str | None = "--lora") -> tuple[dict[str, s
     except (OSError, SafetensorError) as exc:
         raise LowvramError(f"{flag + ': ' if flag else ''}{path} is not a readable .safetensors file "
                            f"({str(exc).splitlines()[0]}); pass a LoRA .safetensors file") from None
-    named = in_kohya_names(tensors, metadata)
+    named = in_kohya_names(tensors, with_adapter_config(path, metadata))
     if named is not tensors:  # diffusers' peft settings would misread the kohya file a resize or merge writes
         metadata = {key: value for key, value in metadata.items() if key != ADAPTER_METADATA}
     return metadata, named
