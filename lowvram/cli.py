@@ -13,7 +13,7 @@ import sys
 from collections.abc import Collection
 from pathlib import Path
 
-from lowvram.cli_parser import build_parser
+from lowvram.cli_parser import build_parser, utf8_text_arguments
 from lowvram.config import (
     PLANNING_MODEL,
     as_flag_words,
@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     command = parser._subparsers._group_actions[0].choices[args.command]
     if unknown:  # reported by the subcommand's parser, so the message names `lowvram train` and its flags
         command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    utf8_text_arguments(args, command)
     if "data_flag" in args:
         if args.data and args.data_flag and args.data != args.data_flag:
             command.error(f"two datasets: {args.data} and --data {args.data_flag}; give one")

@@ -450,3 +450,36 @@ def _add_data_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """The dataset as the command's argument, or as --data, which `lowvram train` taught the hand to type."""
     parser.add_argument("data", metavar="DIR", nargs="?", help=what)
     parser.add_argument("--data", dest="data_flag", metavar="DIR", help=argparse.SUPPRESS)
+
+
+# options of free text (not files): what they hold reaches the tokenizer or the files' metadata
+FREE_TEXT = ("trigger_word", "caption_template", "caption_prefix", "caption_suffix", "class_prompt", "sample_prompts",
+             "prompt", "negative_prompt", "training_comment", "metadata_title", "metadata_author",
+             "metadata_description", "metadata_tags")
+
+
+def utf8_text_arguments(args: argparse.Namespace, command: argparse.ArgumentParser) -> None:
+    """Free text given on the command line, as UTF-8: under a C locale Python hands UTF-8 bytes over as lone
+    surrogates, which are read again as UTF-8; other bytes (a terminal in Shift_JIS) are refused by their flag, as
+    the tokenizer refused them with a TypeError."""
+    for dest in (dest for dest in FREE_TEXT if getattr(args, dest, None)):
+        value = getattr(args, dest)
+        words = list(value) if isinstance(value, (list, tuple)) else [value]
+        for i, word in enumerate(words):
+            if not isinstance(word, str) or word.isascii():
+                continue
+            try:
+                word.encode("utf-8")
+                continue
+            except UnicodeEncodeError:
+                pass
+            try:
+                words[i] = word.encode("utf-8", "surrogateescape").decode("utf-8")
+            except UnicodeError:
+                flag = next((a.option_strings[0] for a in command._actions if a.dest == dest and a.option_strings),
+                            dest)
+                command.error(f"{flag}: {word.encode('utf-8', 'surrogateescape')!r} is not UTF-8 text (the terminal "
+                              "wrote it in another encoding); set the terminal to UTF-8, or give it in a --config "
+                              "file saved as UTF-8")
+        if words != (list(value) if isinstance(value, (list, tuple)) else [value]):
+            setattr(args, dest, type(value)(words) if isinstance(value, (list, tuple)) else words[0])

@@ -267,6 +267,23 @@ def test_names_that_are_no_utf8_train_and_are_written_garbled_not_crashed_on(tmp
     assert "a path of this run is no UTF-8 text, so" in " ".join(capsys.readouterr().out.split())  # its .toml
 
 
+def test_free_text_in_another_encoding_is_refused_by_flag_and_a_c_locales_is_read_again(capsys):
+    """A Shift_JIS terminal's trigger word reached the tokenizer (a TypeError traceback); under a C locale without
+    UTF-8 mode, UTF-8 arguments come as surrogates, which are read again."""
+    from lowvram.cli_parser import build_parser, utf8_text_arguments
+
+    parser = build_parser()
+    c_locale = "ねこ".encode().decode("ascii", "surrogateescape")
+    args, _ = parser.parse_known_args(["train", "--model", "tiny", "--data", "sample", "--trigger-word", c_locale,
+                                       "--sample-prompt", "a", "--sample-prompt", c_locale])
+    utf8_text_arguments(args, parser._subparsers._group_actions[0].choices["train"])
+    assert (args.trigger_word, list(args.sample_prompts)) == ("ねこ", ["a", "ねこ"])
+    shift_jis = "ねこ".encode("cp932").decode("utf-8", "surrogateescape")
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "tiny", "--data", "sample", "--sample-prompt", shift_jis])
+    assert "--sample-prompt: b'\\x82\\xcb\\x82\\xb1' is not UTF-8 text" in capsys.readouterr().err
+
+
 def test_a_cjk_dataset_is_checked_under_an_ascii_locale(tmp_path):
     """LC_ALL=C without UTF-8 mode: Python reads file names as ASCII with escaped bytes, which the scan index's key
     refused to encode (a traceback)."""
