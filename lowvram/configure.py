@@ -65,6 +65,15 @@ from lowvram.option_values import (
     relocated_source,
     width_height,
 )
+from lowvram.other_trainers import (
+    ai_toolkit_problem,
+    is_ai_toolkit,
+    is_simpletuner_backends,
+    is_simpletuner_config,
+    simpletuner_backends_problem,
+    simpletuner_config_problem,
+    simpletuner_env,
+)
 from lowvram.run_files import OPTIONS_HEADER, RECORD
 
 if sys.version_info >= (3, 11):
@@ -85,6 +94,8 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
         return _read_recipe(Path(path), given)
     if is_launcher(Path(path)):
         return _read_launcher(Path(path), given)
+    if Path(path).suffix.lower() in (".yaml", ".yml", ".env"):
+        raise LowvramError(_other_trainers_config(Path(path)))
     if Path(path).suffix.lower() != ".json":
         return read_toml(path, given)
     text = config_text(path)
@@ -92,6 +103,10 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
         doc = json.loads(text)
     except ValueError as exc:
         raise LowvramError(f"--config: {path} is not readable JSON: {exc}{backslash_hint(text)}") from None
+    if is_simpletuner_backends(doc):
+        raise LowvramError(simpletuner_backends_problem(Path(path), doc, "--config"))
+    if is_simpletuner_config(doc):
+        raise LowvramError(simpletuner_config_problem(Path(path), doc))
     if is_onetrainer_config(doc):
         values, notes = translate_onetrainer(doc, Path(path))
         return _translated(values, notes, Path(path), "a OneTrainer config", False, given)
@@ -103,6 +118,27 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
                            f"or a OneTrainer concepts file) is given as --data {path}")
     raise LowvramError(f"--config: {path} is no config lowvram reads: lowvram's and kohya's are TOML, OneTrainer's "
                        "JSON has model_type and training_method, kohya_ss's JSON LoRA_type")
+
+
+def _other_trainers_config(path: Path) -> str:
+    """What a YAML or .env config is answered with: ai-toolkit's or SimpleTuner's, with the command their settings
+    make; another's, the formats lowvram reads."""
+    import yaml
+
+    text = config_text(path)
+    if path.suffix.lower() == ".env":
+        settings = simpletuner_env(text)
+        if settings:
+            return simpletuner_config_problem(path, settings)
+    else:
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError:
+            doc = None
+        if is_ai_toolkit(doc):
+            return ai_toolkit_problem(path, doc)
+    return (f"--config: {path} is no config lowvram reads: lowvram's and kohya's are TOML, OneTrainer's and "
+            "kohya_ss's JSON")
 
 
 def config_text(path: Path, flag: str = "--config") -> str:

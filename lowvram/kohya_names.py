@@ -294,6 +294,7 @@ OTHER_TRAINER_FLAGS = {
     "--validation_epochs": "--sample-every Ne",
     "--dataloader_num_workers": "(not needed: training reads the cached latents)",
     "--lora_rank": "--rank",
+    "--use_ema": "--ema",
     "--lora_alpha": "--alpha",
     "--lora_type": "--network (lora, dora, loha, lokr)",
     "--base_model_precision": "--unet-weights (the frozen U-Net's storage: fp8, bnb-nf4, quanto-int8, ...)",

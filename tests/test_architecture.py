@@ -19,7 +19,7 @@ LAYERS = [
     ("lowvram.config", "lowvram.adapters.blocks", "lowvram.models.families", "lowvram.lora_layout",
      "lowvram.lora_header", "lowvram.lora_metadata",
      "lowvram.kohya_config", "lowvram.kohya_launcher",
-     "lowvram.kohya_gui_config",
+     "lowvram.kohya_gui_config", "lowvram.other_trainers",
      "lowvram.onetrainer_optimizers", "lowvram.onetrainer_config",
      "lowvram.dataset_files", "lowvram.output_checks", "lowvram.config_checks", "lowvram.configure"),
     ("lowvram.hardware", "lowvram.attention", "lowvram.compiling", "lowvram.models.detect"),

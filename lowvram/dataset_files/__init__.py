@@ -14,6 +14,7 @@ from lowvram.dataset_files.onetrainer import concepts_in, read_concepts
 from lowvram.dataset_files.subsets import DatasetFile, Subset
 from lowvram.errors import LowvramError
 from lowvram.files import backslash_hint, not_found_hint, not_utf8, text_of
+from lowvram.other_trainers import is_simpletuner_backends, simpletuner_backends_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,6 +47,8 @@ def read_dataset(path: Path) -> DatasetFile:
     """The dataset a dataset file describes. Raises LowvramError, one line per problem, all at once."""
     path = Path(path)
     doc = _load(path)
+    if is_simpletuner_backends(doc):  # (a JSON list, as OneTrainer's concepts are)
+        raise LowvramError(simpletuner_backends_problem(path, doc, "--data"))
     concepts = concepts_in(doc)
     if concepts is not None:
         return read_concepts(concepts, path)

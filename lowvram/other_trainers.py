@@ -1,0 +1,147 @@
+"""Configs of trainers whose files lowvram does not read: ostris' ai-toolkit (YAML: `config: process: [...]`) and
+SimpleTuner (config.json, config.env, and its data backends' multidatabackend.json). Each is named for what it is,
+with the `lowvram train` command its settings make as far as they map (kohya's and the diffusers scripts' names
+are read through `kohya_names`), so that a user moving over starts from their own settings."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from lowvram.config import fields_by_name
+from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS, named_flags
+from lowvram.optim import KOHYA_OPTIMIZERS
+
+# ai-toolkit's sd_trainer settings (section, key) and the lowvram flag of each; True/False for a switch
+AI_TOOLKIT_FLAGS = {
+    ("model", "name_or_path"): "--model", ("network", "type"): "--network", ("network", "linear"): "--rank",
+    ("network", "linear_alpha"): "--alpha", ("network", "conv"): "--conv-rank", ("network", "conv_alpha"): "--conv-alpha",
+    ("train", "steps"): "--max-steps", ("train", "lr"): "--lr", ("train", "batch_size"): "--batch-size",
+    ("train", "optimizer"): "--optimizer", ("train", "gradient_accumulation_steps"): "--gradient-accumulation",
+    ("train", "gradient_checkpointing"): "--gradient-checkpointing", ("train", "noise_offset"): "--noise-offset",
+    ("train", "train_text_encoder"): "--train-text-encoder", ("train", "min_snr_gamma"): "--min-snr-gamma",
+    ("train", "seed"): "--seed", ("save", "save_every"): "--save-every", ("save", "max_step_saves_to_keep"): "--keep-saves",
+    ("sample", "sample_every"): "--sample-every", ("sample", "sample_steps"): "--sample-steps",
+    ("dataset", "folder_path"): "--data", ("dataset", "caption_dropout_rate"): "--caption-dropout",
+    ("dataset", "shuffle_tokens"): "--shuffle-tags", ("", "trigger_word"): "--trigger-word",
+}
+SWITCHES = ("--gradient-checkpointing", "--train-text-encoder", "--shuffle-tags")
+ISNT_READ = "which lowvram does not read"
+SIMPLETUNER_BACKENDS = ("local", "aws", "csv", "huggingface")
+BACKEND_FILES = ("data_backend_config",)  # SimpleTuner's datasets: not carried over (a folder is --data)
+
+
+def is_ai_toolkit(doc: Any) -> bool:
+    return isinstance(doc, dict) and isinstance(doc.get("config"), dict) and isinstance(
+        doc["config"].get("process"), list)
+
+
+def is_simpletuner_backends(doc: Any) -> bool:
+    """SimpleTuner's multidatabackend.json: a list of data backends, each with an id and a type (local, aws, ...)."""
+    return isinstance(doc, list) and bool(doc) and all(isinstance(entry, dict) for entry in doc) and any(
+        "instance_data_dir" in entry or "id" in entry and str(entry.get("type")).lower() in SIMPLETUNER_BACKENDS
+        for entry in doc)
+
+
+def is_simpletuner_config(doc: Any) -> bool:
+    """SimpleTuner's config.json: its command-line flags as keys ("--lora_rank": 16), or their names."""
+    return isinstance(doc, dict) and bool(doc) and (
+        all(isinstance(key, str) and key.startswith("--") for key in doc)
+        or "data_backend_config" in doc or "--data_backend_config" in doc)
+
+
+def ai_toolkit_problem(path: Path, doc: Any) -> str:
+    """The one line an ai-toolkit config is answered with: the lowvram command its settings make."""
+    process = doc["config"]["process"][0] if doc["config"]["process"] else {}
+    process = process if isinstance(process, dict) else {}
+    sections: dict[str, Any] = {"": process} | {name: process.get(name) or {} for name in
+                                                ("model", "network", "train", "save", "sample")}
+    datasets = process.get("datasets") or [{}]
+    sections["dataset"] = datasets[0] if isinstance(datasets[0], dict) else {}
+    words, left = ["lowvram", "train"], []
+    for (section, key), flag in AI_TOOLKIT_FLAGS.items():
+        value = sections[section].get(key) if isinstance(sections[section], dict) else None
+        if value is None or value is False:
+            continue
+        if flag in SWITCHES:
+            words.append(flag)
+        elif flag == "--optimizer":
+            words += [flag, _optimizer(value)] if _optimizer(value) else []
+            left += [] if _optimizer(value) else [f"optimizer {value}"]
+        else:
+            words += [flag, str(value)]
+    resolution = sections["dataset"].get("resolution")
+    sides = sorted(int(side) for side in (resolution if isinstance(resolution, list) else [resolution] if resolution
+                                          else []) if str(side).isdigit())
+    if sides:
+        words += ["--resolution", str(sides[-1])] + (["--extra-resolutions", ",".join(map(str, sides[:-1]))]
+                                                     if len(sides) > 1 else [])
+    name = doc["config"].get("name")  # ai-toolkit writes to training_folder/name
+    if process.get("training_folder") or name:
+        words += ["--output", str(Path(str(process.get("training_folder") or ".")) / str(name or ""))]
+    prompts = sections["sample"].get("prompts") if isinstance(sections["sample"], dict) else None
+    for prompt in (prompts if isinstance(prompts, list) else [])[:4]:
+        words += ["--sample-prompt", str(prompt)]
+    if len(datasets) > 1:
+        left.append(f"{len(datasets) - 1} more dataset(s) (a kohya dataset .toml as --data holds several)")
+    return (f"--config: {path} is an ai-toolkit config, {ISNT_READ}; its settings as lowvram's: "
+            f"{shlex.join(words)}" + (f" (not carried over: {', '.join(left)})" if left else ""))
+
+
+def simpletuner_config_problem(path: Path, doc: dict) -> str:
+    """The one line a SimpleTuner config.json (or config.env's settings) is answered with."""
+    words, left = ["lowvram", "train"], []
+    for key, value in doc.items():
+        name = str(key).lstrip("-")
+        counterpart = KOHYA_FLAGS.get(f"--{name}") or OTHER_TRAINER_FLAGS.get(f"--{name}") or (
+            "--" + name.replace("_", "-") if name in fields_by_name() else None)  # (one of lowvram's own names)
+        named = named_flags(counterpart or "")
+        if counterpart and counterpart.startswith("("):
+            continue  # (one lowvram needs none for)
+        if not named or name in BACKEND_FILES or named[0] == "--optimizer" and not _optimizer(value):
+            left.append(name)
+            continue
+        if named[0] == "--optimizer":
+            words += [named[0], _optimizer(value)]
+        elif value is True:
+            words.append(named[0])
+        elif value not in (False, None, ""):
+            words += [named[0], str(value)]
+    return (f"--config: {path} is a SimpleTuner config, {ISNT_READ}; its settings as lowvram's: {shlex.join(words)}"
+            + (f" (not carried over: {', '.join(left[:8])}{', ...' if len(left) > 8 else ''})" if left else ""))
+
+
+def _optimizer(name: Any) -> str | None:
+    """lowvram's name of another trainer's optimizer (adamw8bit, AdamW8bit, adamw_8bit), None where it has none."""
+    return KOHYA_OPTIMIZERS.get(str(name).lower().replace("_", "").replace("-", ""))
+
+
+def simpletuner_env(text: str) -> dict[str, str] | None:
+    """SimpleTuner's config.env (`export NAME=value` lines) as a config's settings; None for other text."""
+    pairs = dict(re.findall(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=[\"']?([^\"'\n]*)[\"']?\s*$", text,
+                            re.MULTILINE))
+    if not pairs:
+        return None
+    settings = {{"MODEL_NAME": "pretrained_model_name_or_path", "LEARNING_RATE": "learning_rate",
+                 "MAX_NUM_STEPS": "max_train_steps", "TRAIN_BATCH_SIZE": "train_batch_size",
+                 "RESOLUTION": "resolution", "VALIDATION_PROMPT": "validation_prompt", "OUTPUT_DIR": "output_dir",
+                 }.get(name, name.lower()): value for name, value in pairs.items()}
+    extra = pairs.get("TRAINER_EXTRA_ARGS", "")
+    for flag, value in re.findall(r"(--[a-z_0-9]+)(?:[= ]([^\s-][^\s]*))?", extra):
+        settings[flag] = value or True
+    settings.pop("trainer_extra_args", None)
+    return settings
+
+
+def simpletuner_backends_problem(path: Path, doc: list, flag: str) -> str:
+    """The one line SimpleTuner's data backends are answered with: the folders they name, as lowvram's --data."""
+    folders = [str(entry["instance_data_dir"]) for entry in doc if entry.get("instance_data_dir")
+               and entry.get("dataset_type", "image") == "image"]
+    by_name = any(entry.get("caption_strategy") == "filename" for entry in doc)
+    hint = (f"; give its image folder as --data {shlex.quote(folders[0])}" if folders else
+            "; give the image folder as --data")
+    return (f"{flag}: {path} is a SimpleTuner data backend config, {ISNT_READ}{hint}"
+            + (f" ({len(folders)} folders: a kohya dataset .toml as --data holds several)" if len(folders) > 1 else "")
+            + (" and --caption-template '{filename}' for its file-name captions" if by_name else ""))

@@ -1,0 +1,87 @@
+"""Configs of trainers lowvram does not read (ai-toolkit's YAML, SimpleTuner's config.json, config.env and data
+backends): each is named for what it is in one line, with the lowvram command its settings make, which parses."""
+
+import json
+import shlex
+
+import pytest
+import yaml
+
+from lowvram.cli import main
+from lowvram.cli_parser import build_parser
+
+AI_TOOLKIT = {"job": "extension", "config": {"name": "my_lora", "process": [{
+    "type": "sd_trainer", "training_folder": "output", "trigger_word": "ohwx",
+    "network": {"type": "lora", "linear": 16, "linear_alpha": 8},
+    "save": {"save_every": 250}, "sample": {"sample_every": 250, "prompts": ["[trigger] holding a sign"]},
+    "datasets": [{"folder_path": "/data/my images", "caption_ext": "txt", "resolution": [512, 768, 1024]}],
+    "train": {"steps": 2000, "lr": 1e-4, "optimizer": "adamw8bit", "gradient_checkpointing": True,
+              "noise_scheduler": "ddpm"},
+    "model": {"name_or_path": "stabilityai/stable-diffusion-xl-base-1.0", "is_xl": True}}]}}
+SIMPLETUNER = {"--model_type": "lora", "--lora_rank": 16, "--learning_rate": 1e-4, "--max_train_steps": 2000,
+               "--resolution": 1024, "--resolution_type": "pixel", "--data_backend_config": "multidatabackend.json",
+               "--pretrained_model_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0", "--use_ema": True,
+               "--optimizer": "adamw_bf16"}
+BACKENDS = [{"id": "pseudo", "type": "local", "instance_data_dir": "/data/pseudo", "caption_strategy": "filename"},
+            {"id": "text-embeds", "type": "local", "dataset_type": "text_embeds", "cache_dir": "cache/text"}]
+
+
+def refusal(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def suggested_flags(line: str) -> dict:
+    """The suggested command's options as `lowvram train` parses them (an unknown one fails)."""
+    words = shlex.split(line.split("its settings as lowvram's: ", 1)[1].split(" (not carried over")[0])
+    assert words[:2] == ["lowvram", "train"]
+    args, unknown = build_parser().parse_known_args(["train", *words[2:]])
+    assert not unknown, unknown
+    return vars(args)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml"])
+def test_an_ai_toolkit_config_is_answered_with_its_lowvram_command(tmp_path, capsys, suffix):
+    path = tmp_path / f"train_lora{suffix}"
+    path.write_text(yaml.safe_dump(AI_TOOLKIT))
+    line = refusal(capsys, ["train", "--config", str(path)])
+    assert f"--config: {path} is an ai-toolkit config, which lowvram does not read" in line
+    args = suggested_flags(line)
+    assert (args["rank"], args["alpha"], args["max_steps"], float(args["lr"]), args["optimizer"]) == (
+        "16", "8", "2000", 1e-4, "adamw8bit")
+    assert (args["data"] or args["data_flag"], args["resolution"], args["extra_resolutions"]) == (
+        "/data/my images", "1024", "512,768")
+    assert (args["gradient_checkpointing"], args["trigger_word"], args["output"]) == (True, "ohwx", "output/my_lora")
+    assert list(args["sample_prompts"]) == ["[trigger] holding a sign"]  # (its placeholder: lowvram's too)
+    path.write_text("a: [1, 2")  # other YAML: the formats lowvram reads
+    assert "is no config lowvram reads: lowvram's and kohya's are TOML" in refusal(capsys, ["train", "--config",
+                                                                                             str(path)])
+
+
+def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(SIMPLETUNER))
+    line = refusal(capsys, ["train", "--config", str(path)])
+    assert line.endswith("(not carried over: data_backend_config, optimizer)"), line  # (adamw_bf16: none here)
+    args = suggested_flags(line)
+    assert (args["rank"], float(args["lr"]), args["max_steps"], args["resolution"], args["ema"], args["network"]) == (
+        "16", 1e-4, "2000", "1024", True, "lora")
+    env = tmp_path / "config.env"
+    env.write_text('export MODEL_NAME="stabilityai/stable-diffusion-xl-base-1.0"\nexport LEARNING_RATE=1e-4\n'
+                   'export TRAINER_EXTRA_ARGS="--lora_rank=16 --use_ema"\n')
+    args = suggested_flags(refusal(capsys, ["train", "--config", str(env)]))
+    assert (args["model"], float(args["lr"]), args["rank"], args["ema"]) == (
+        "stabilityai/stable-diffusion-xl-base-1.0", 1e-4, "16", True)
+
+
+def test_simpletuners_data_backends_name_their_image_folder_not_onetrainers_concepts(tmp_path, capsys):
+    """It was read as a OneTrainer concepts file ("type 'LOCAL' is not a concept type", "no path")."""
+    path = tmp_path / "multidatabackend.json"
+    path.write_text(json.dumps(BACKENDS))
+    for argv in (["train", "--config", str(path)], ["check-data", "--model", "tiny", str(path)]):
+        line = refusal(capsys, argv)
+        assert line.endswith(f"{path} is a SimpleTuner data backend config, which lowvram does not read; give its "
+                             "image folder as --data /data/pseudo and --caption-template '{filename}' for its "
+                             "file-name captions"), line
