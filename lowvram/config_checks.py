@@ -4,6 +4,8 @@ and the fix (`lowvram.configure` builds the config and reports them)."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 from pathlib import Path
 
 from lowvram.adapters.blocks import check_syntax as check_block_syntax
@@ -23,7 +25,7 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.dataset_files.subsets import image_folder_holding
-from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
 from lowvram.files import (
     not_found_hint,
 )
@@ -113,7 +115,7 @@ def _file_problems(c: RunConfig) -> list[str]:
         p.append(f"--data: file not found: {c.data.data}{not_found_hint(c.data.data)}")
     elif c.data.data != SAMPLE_DATA and Path(c.data.data).is_file():
         p.append(f"--data: {c.data.data} is a file; give the folder of images (kohya's N_name folders inside), or a "
-                 "kohya or OneTrainer dataset file")
+                 "kohya or OneTrainer dataset file" + _unpack_hint(Path(c.data.data)))
     elif c.data.data != SAMPLE_DATA and not Path(c.data.data).is_dir():
         p.append(f"--data: folder not found: {c.data.data}{not_found_hint(c.data.data)}")
     model_path = Path(c.model.model or "")
@@ -525,3 +527,14 @@ def idle_option_notes(c: RunConfig) -> list[str]:
             shown = f'"{value}"' if isinstance(value, str) else f"{value:g}"
             notes.append(f"{flag_name(field)} {shown} changes nothing without {switch}")
     return notes
+
+
+def _unpack_hint(path: Path) -> str:
+    """How to unpack a dataset uploaded as an archive (Python's own zipfile and tarfile do it on any system)."""
+    name = path.name.lower()
+    module = "zipfile" if name.endswith(".zip") else "tarfile" if name.endswith((".tar", ".tar.gz", ".tgz")) else None
+    if module is None:
+        return "; extract it first (7-Zip), then give its folder" if name.endswith((".7z", ".rar")) else ""
+    folder = path.with_name(re.sub(r"(\.tar)?\.[^.]+$", "", path.name, flags=re.IGNORECASE))
+    python = "python" if os.name == "nt" else "python3"
+    return f"; unpack it first: {python} -m {module} -e {shell_line(path, folder)}, then --data {shell_line(folder)}"

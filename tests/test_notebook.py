@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -77,9 +78,12 @@ def run_dir(tmp_path, monkeypatch):
         Image.new("RGB", (96, 80), colour).save(data / f"{i:02d}.png")
         (data / f"{i:02d}.txt").write_text(f"a {colour} square\n")
     output = tmp_path / "drive" / "runs" / "shapes"
+    # uploaded as one zip, as Colab users often do: the notebook unpacks it beside itself, once
+    archive = shutil.make_archive(str(data.parent), "zip", data.parent)
+    shutil.rmtree(data.parent)
 
     # The kernel, and the lowvram commands it runs, inherit this environment.
-    settings = {"MODEL": "tiny", "DATA": data.parent, "OUTPUT": output, "EPOCHS": EPOCHS, "CHECKPOINT_EVERY": 2,
+    settings = {"MODEL": "tiny", "DATA": archive, "OUTPUT": output, "EPOCHS": EPOCHS, "CHECKPOINT_EVERY": 2,
                 "SAMPLE_PROMPT": "ohwx, a red square"}
     for name, value in settings.items():
         monkeypatch.setenv(f"LOWVRAM_NB_{name}", str(value))
