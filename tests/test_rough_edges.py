@@ -154,7 +154,12 @@ def test_a_latin1_caption_keeps_its_accents_and_the_summary_says_it_was_not_utf8
     # Notepad's "ANSI" on a Japanese or Chinese Windows: read in its code page (as cp1252 they trained as garbling)
     captions = {"samurai": ("侍, 桜の木", "shift_jis"), "neko": ("猫娘，蓝色眼睛，长发", "gbk"),
                 "smile": ("猫娘の女の子、笑顔★", "cp932"), "quoted": ("一个女孩，“微笑”……", "gbk"),
-                "german": ("für Straße, Größe", "cp1252"), "portuguese": ("uma menina com coração", "cp1252")}
+                "german": ("für Straße, Größe", "cp1252"), "portuguese": ("uma menina com coração", "cp1252"),
+                # kanji alone (read as GBK), Big5 and GBK whose trail bytes are ASCII (read as cp1252), half-width
+                # katakana beside kana (GBK), Big5's 中 (EUC-JP's い): each was misread
+                "kanji": ("猫, 少女, 和服", "cp932"), "taiwan": ("貓, 女孩, 可愛", "big5"), "pets": ("猫, 狗, 花", "gbk"),
+                "halfwidth": ("ｶﾜｲｲ, ねこ", "cp932"), "china": ("中國", "big5"), "spanish": ("¿Qué pasa?", "cp1252"),
+                "french": ("crème brûlée, Æther, 50°", "cp1252")}
     root = dataset_with_captions(tmp_path / "asian", {stem: text.encode(code) for stem, (text, code) in captions.items()})
     records = {record.path.stem: record for record in scan_dataset(root, default_buckets(64, 16)).records}
     assert {stem: record.caption for stem, record in records.items()} == {

@@ -121,35 +121,62 @@ def _decode_utf16(raw: bytes) -> str | None:
 
 
 # Windows' ANSI code pages of East Asia (Notepad's "ANSI" on a Japanese, Chinese or Taiwanese Windows), tried where
-# cp1252 reads a caption as garbling; Japanese ones only where the text has kana (a Chinese text decodes as
-# Japanese kanji too, a Japanese caption without kana is rare)
-EAST_ASIAN = (("cp932", "Shift_JIS", True), ("euc_jp", "EUC-JP", True), ("gb18030", "GBK", False),
-              ("big5", "Big5", False))
-LEGACY_NAMES = ("cp1252", *(name for _, name, _ in EAST_ASIAN))
+# cp1252 reads a caption as garbling
+EAST_ASIAN = (("cp932", "Shift_JIS"), ("gb18030", "GBK"), ("big5", "Big5"))
+LEGACY_NAMES = ("cp1252", *(name for _, name in EAST_ASIAN))
+# what a Western caption's non-ASCII characters are besides letters: a sign cp1252 reads elsewhere is a lead or
+# trail byte of an East Asian character (Big5's and GBK's trail bytes are often ASCII, which breaks up the runs)
+WESTERN_MARKS = "“”‘’‚„–—…«»°·¿¡©®™€£¥§¶×÷±"
 
 
 def _decode_legacy(raw: bytes) -> tuple[str, str]:
     """A caption in a legacy code page and its name: Windows' ANSI code page, cp1252 (a superset of latin-1's
     printable characters, its five undefined bytes taken as latin-1, so nothing becomes a replacement character),
-    or an East Asian one where cp1252 reads runs of accented letters (a double-byte character is two bytes over
-    0x7f; a Western text has them one by one) and that code page reads East Asian characters only."""
+    or an East Asian one where cp1252 reads signs amid words or runs of accented letters (a double-byte character
+    is two bytes over 0x7f; a Western text has them one by one, as letters) and that code page reads East Asian
+    characters only. Several may: kana are Japanese (Big5's and GBK's bytes never read as Shift_JIS's kana); a
+    reading in GB2312's common characters is Chinese (Japanese kanji's Shift_JIS bytes read as GBK's rare ones), one
+    in JIS X 0208's Japanese, else Traditional Chinese (Big5's common characters read as half-width katakana)."""
     try:
         western = raw.decode("cp1252")
     except UnicodeDecodeError:  # single-byte encodings: byte by byte is exact
         western = "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in raw)
+    signs = any(ord(char) > 0x7F and not unicodedata.category(char).startswith("L") and char not in WESTERN_MARKS
+                for char in western)
     # two East Asian characters in a row are four bytes over 0x7f; no Western word has four accented letters in a
     # row (Portuguese "ção" has two, which GBK reads as one character)
-    if re.search(r"[^\x00-\x7f]{4}", western):
-        for codec, name, kana in EAST_ASIAN:
-            try:
-                text = raw.decode(codec)
-            except UnicodeDecodeError:
-                continue
-            chars = [char for char in text if ord(char) > 0x7F]
-            if all(_east_asian(char) or _punctuation(char) for char in chars) and sum(map(_east_asian, chars)) >= 2 \
-                    and (not kana or any("\u3040" <= char <= "\u30ff" for char in chars)):
-                return text, name
-    return western, "cp1252"
+    if not signs and not re.search(r"[^\x00-\x7f]{4}", western):
+        return western, "cp1252"
+    readings = {}
+    for codec, name in EAST_ASIAN:
+        try:
+            text = raw.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        chars = [char for char in text if ord(char) > 0x7F]
+        halfwidth = codec == "cp932" and _has_kana(text)  # (ｶﾜｲｲ beside kana; alone, a Big5 text's bytes)
+        if any(map(_east_asian, chars)) and all(
+                _east_asian(char) or _punctuation(char) or halfwidth and "\uff61" <= char <= "\uff9f" for char in chars):
+            readings[name] = text
+    for name, judged_by in (("Shift_JIS", _has_kana),
+                            ("GBK", lambda text: _fits(text, "gb2312") and not _has_kana(text)),
+                            ("Shift_JIS", lambda text: _fits(text, "shift_jis")), ("Big5", bool)):
+        if name in readings and judged_by(readings[name]):
+            return readings[name], name
+    return next(((text, name) for name, text in readings.items()), (western, "cp1252"))
+
+
+def _has_kana(text: str) -> bool:
+    return any("\u3040" <= char <= "\u30ff" for char in text)
+
+
+def _fits(text: str, codec: str) -> bool:
+    """Whether a code page of a smaller character set (GB2312's, JIS X 0208's) holds all of `text`."""
+    try:
+        text.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _punctuation(char: str) -> bool:
