@@ -42,6 +42,7 @@ _FOLDER = re.compile(r"(?<![\w.:/\\~])(?:[A-Za-z]:[\\/]+|/|~[\\/]+|\\{2,}[\w.$-]
 # kohya's metadata that names a file: a folder before its name, relative too (models/alice/mix.safetensors), tells of
 # the machine it was trained on
 _NAMED_FILES = ("ss_sd_model_name", "ss_vae_name")
+BASE_MODELS = {"sdxl": "SDXL", "sd15": "SD1.5"}  # as AUTOMATIC1111's card filter names them
 _NETWORKS = {"loha": "LoHa", "lokr": "LoKr", "dora": "DoRA", "lora": "LoRA"}
 
 
@@ -77,10 +78,11 @@ def describe(path: Path) -> dict:
     from lowvram.models.detect import checkpoint_title
 
     checkpoint = checkpoint_title(path) if network == "unknown" else None
+    shapes = {name: tuple(entry.get("shape", ())) for name, entry in kohya_tensors.items()}
     # (an adapter's few MiB read once; no other file's, which may be a model of gigabytes)
     whole, tensor_data = file_hashes(path) if network != "unknown" else (None, None)
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
-            "base_model": _base_model(metadata, kohya_tensors) if network != "unknown" else None,
+            "base_model": BASE_MODELS.get(lora_header.base_family(metadata, shapes)) if network != "unknown" else None,
             "trigger_words": metadata.get("modelspec.trigger_phrase") or None,
             "modules": len(layers),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
@@ -90,22 +92,6 @@ def describe(path: Path) -> dict:
                                                              if _folder_of(metadata.get(key, ""))}),
             "sha256": whole, "addnet_hash": tensor_data,
             "network_options": options}
-
-
-def _base_model(metadata: dict[str, str], tensors: dict[str, dict]) -> str | None:
-    """The base model a LoRA is for, as AUTOMATIC1111 files it: by what its metadata says, else by its layers (two
-    text encoders', or the U-Net's cross-attention width: 768 SD1.5's, 2048 SDXL's); None where neither says."""
-    said = f"{metadata.get('ss_base_model_version', '')} {metadata.get('modelspec.architecture', '')}"
-    if "sdxl" in said or "stable-diffusion-xl" in said:
-        return "SDXL"
-    if "sd_v1" in said or "stable-diffusion-v1" in said:
-        return "SD1.5"
-    widths = {entry["shape"][1] for name, entry in tensors.items()
-              if name.endswith(("_attn2_to_k.lora_down.weight", "_attn2_to_v.lora_down.weight"))
-              and len(entry.get("shape", ())) == 2}
-    if widths == {2048} or any(name.startswith(("lora_te1_", "lora_te2_")) for name in tensors):
-        return "SDXL"
-    return "SD1.5" if widths == {768} else None
 
 
 def _metadata_disagrees(metadata: dict[str, str], options: dict) -> str:

@@ -16,6 +16,7 @@ from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import as_flag_words
 from lowvram.errors import shell_line
 from lowvram.lora_layout import foreign_part, kohya_view, with_adapter_config
+from lowvram.models.families import FAMILIES
 
 # where a layer's rank is: the inner side of its low-rank pair
 RANK_AXES = (("lora_down.weight", 0), ("hada_w1_b", 0), ("lokr_w2_a", 1), ("lokr_w1_a", 1))
@@ -179,6 +180,31 @@ def _network_args(metadata: dict[str, str]) -> dict:
     except ValueError:
         return {}
     return args if isinstance(args, dict) else {}
+
+
+def base_family(metadata: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The family a kohya-named LoRA is for ("sdxl", "sd15"), as AUTOMATIC1111 files it: by what its metadata says,
+    else by its layers (two text encoders', or the U-Net's cross-attention width: 768 SD1.5's, 2048 SDXL's); None
+    where neither says."""
+    said = f"{metadata.get('ss_base_model_version', '')} {metadata.get('modelspec.architecture', '')}"
+    if "sdxl" in said or "stable-diffusion-xl" in said:
+        return "sdxl"
+    if "sd_v1" in said or "stable-diffusion-v1" in said:
+        return "sd15"
+    widths = {shape[1] for name, shape in shapes.items()
+              if name.endswith(("_attn2_to_k.lora_down.weight", "_attn2_to_v.lora_down.weight")) and len(shape) == 2}
+    if widths == {2048} or any(name.startswith(("lora_te1_", "lora_te2_")) for name in shapes):
+        return "sdxl"
+    return "sd15" if widths == {768} else None
+
+
+def base_model_metadata(metadata: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """kohya's keys naming the base model where `metadata` lacks them and the layers tell it: without them
+    AUTOMATIC1111 files a LoRA with any metadata as SD1's, hiding an SDXL one (a resize or merge of a bare file)."""
+    family = base_family(metadata, shapes)
+    if "ss_base_model_version" in metadata or family is None:
+        return {}
+    return {"ss_base_model_version": FAMILIES[family].base_model_version, "ss_v2": "False"}
 
 
 def smaller_side_first(sides: tuple[int, int]) -> tuple[int, int]:

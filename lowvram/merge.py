@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 
 from lowvram.errors import LowvramError
+from lowvram.lora_header import base_model_metadata
 from lowvram.lora_metadata import modelspec, save_lora, title_of
 from lowvram.option_values import parse_source
-from lowvram.resize import Resized, option_problems, read_pairs, resize_pair, with_one_alpha
+from lowvram.resize import Resized, option_problems, read_pairs, resize_pair, shape_of, with_one_alpha
 from lowvram.run_files import lora_in_folder
 
 # metadata the merged file keeps when every source agrees on it: what the LoRAs were trained for
@@ -77,7 +78,7 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
         before.append(down.shape[0])
         after.append(new)
         kept.append(share)
-    save_lora(with_one_alpha(written), output, _metadata(read, output, rank, dynamic, param, after),
+    save_lora(with_one_alpha(written), output, _metadata(read, output, rank, dynamic, param, after, shape_of(written)),
               "the merged LoRA")
     return Resized(output, len(bases), (max(before), max(after)), after, kept)
 
@@ -150,8 +151,8 @@ def _renamed(tensors: dict, renames: dict[str, str]) -> dict:
     return out
 
 
-def _metadata(read: list, output: Path, rank: int, dynamic: str | None, param: float | None, after: list[int]
-              ) -> dict[str, str]:
+def _metadata(read: list, output: Path, rank: int, dynamic: str | None, param: float | None, after: list[int],
+              shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
     """What the sources agree on, the merged network as kohya's svd_merge_lora writes it, and a modelspec block
     titled by the output's name that names the sources (where they say what model they are for)."""
     metas = [meta for _, _, meta, _, _ in read]
@@ -162,6 +163,7 @@ def _metadata(read: list, output: Path, rank: int, dynamic: str | None, param: f
     parts = ", ".join(f"{path.name} x{weight:g}" for path, weight, *_ in read)
     merged = shared | {"ss_network_module": "networks.lora", "ss_network_dim": dim, "ss_network_alpha": dim,
                        "ss_training_comment": f"merged by lowvram merge from {parts} ({how})"} | _prompted_by(read)
+    merged |= base_model_metadata(merged, shapes)
     architecture = shared.get("modelspec.architecture")
     if architecture is None:
         return merged

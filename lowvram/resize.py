@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from lowvram.errors import LowvramError
 from lowvram.files import output_problem
-from lowvram.lora_header import no_layers_reason
+from lowvram.lora_header import base_model_metadata, no_layers_reason
 from lowvram.lora_metadata import save_lora
 from lowvram.run_files import lora_in_folder
 
@@ -114,7 +114,8 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
     # a fixed rank keeps each layer's alpha/rank scale (a LoCon's conv_alpha, per-block alphas), for
     # --network-weights to continue it; a rule's ranks per layer are no file's rank and alpha to continue
     save_lora(with_one_alpha(written) if dynamic else written, output,
-              _metadata(metadata, max(before), rank, dynamic, param, after, conv_rank), "the resized LoRA")
+              _metadata(metadata, max(before), rank, dynamic, param, after, shape_of(written), conv_rank),
+              "the resized LoRA")
     ranks = [new for new, _ in after]
     return Resized(output, len(pairs), (max(before), max(ranks)), ranks, kept)
 
@@ -166,7 +167,8 @@ def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torc
 
 
 def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None, param: float | None,
-              after: list[tuple[int, bool]], conv_rank: int | None = None) -> dict[str, str]:
+              after: list[tuple[int, bool]], shapes: dict[str, tuple[int, ...]], conv_rank: int | None = None
+              ) -> dict[str, str]:
     """The file's metadata, its rank and alpha as kohya's resize writes them ("Dynamic" for a --dynamic rule, or
     where layers differ; a LoCon's 3x3 convolutions in its ss_network_args), and a note of the resize in the
     training comment. `after`: each layer's new rank, and whether it is a 3x3 convolution."""
@@ -189,7 +191,11 @@ def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None
         how += f" (conv: {conv_rank})"
     note = f"resized from rank {old} by lowvram resize ({how})"
     meta["ss_training_comment"] = f"{meta['ss_training_comment']}; {note}" if meta.get("ss_training_comment") else note
-    return meta
+    return meta | base_model_metadata(meta, shapes)
+
+
+def shape_of(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in tensors.items()}
 
 
 def _scaled(dim: str, alpha: str, new: int) -> tuple[str, str]:

@@ -63,3 +63,25 @@ def test_merge_refuses_weights_that_are_no_numbers_in_one_line_each(lora, tmp_pa
         assert not out.exists()
     assert main(["merge", f"{lora}:0.5", "--rank", "2", "--output", str(out)]) == 0  # a number still merges
     assert load_file(str(out))
+
+
+def test_a_resize_or_merge_of_a_bare_sdxl_lora_is_filed_as_sdxl(tmp_path):
+    """AUTOMATIC1111 files a LoRA with any metadata and no ss_base_model_version as SD1's, hiding it beside an SDXL
+    model: an SDXL file without metadata (as many shared ones are) came out of resize and merge so."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lowvram.models.families import FAMILIES
+
+    lora = train(run_config(model="tiny-sdxl", output=str(tmp_path / "run"), max_steps=1, train_text_encoder=True,
+                            rank=4)).lora_path
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(lora)), str(bare))  # its tensors alone
+    resized, merged = tmp_path / "resized.safetensors", tmp_path / "merged.safetensors"
+    assert main(["resize", str(bare), "--rank", "2", "--output", str(resized)]) == 0
+    assert main(["merge", str(bare), f"{bare}:0.5", "--rank", "2", "--output", str(merged)]) == 0
+    for written in (resized, merged):
+        with safe_open(str(written), "pt") as f:
+            metadata = f.metadata()
+        assert (metadata["ss_base_model_version"], metadata["ss_v2"]) == (FAMILIES["sdxl"].base_model_version,
+                                                                          "False"), written
