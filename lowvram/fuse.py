@@ -188,6 +188,8 @@ def summary(result: Fused) -> str:
     if result.schedule and result.marks_unread:
         sampling = "v_prediction" if "v-prediction" in result.schedule else "eps"
         zsnr = "on" if "zero terminal SNR" in result.schedule else "off"
-        marked += (f" (ComfyUI reads these marks on SDXL models only: sample this one through a ModelSamplingDiscrete "
-                   f"node, sampling {sampling}, zsnr {zsnr})")
+        a1111 = (f"; AUTOMATIC1111, beside it a {result.path.stem}.yaml: a copy of its configs/v1-inference.yaml with "
+                 "parameterization: \"v\" under model.params" if sampling == "v_prediction" else "")
+        marked += (f" (ComfyUI and AUTOMATIC1111 read these marks on SDXL models only: sample this one in ComfyUI "
+                   f"through a ModelSamplingDiscrete node, sampling {sampling}, zsnr {zsnr}{a1111})")
     return f"{result.path}: the model with {len(result.layers)} LoRA file(s) fused in ({changes} layers{tail}){marked}"

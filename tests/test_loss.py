@@ -178,8 +178,10 @@ def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_mat
         assert sampler.prediction_type == "v_prediction" and sampler.rescale_betas_zero_snr, output
     # ComfyUI reads the file's marks on SDXL alone: an SD1.5 file's user is told the node that samples it so
     said = capsys.readouterr().out.replace("\n", "")
-    assert said.count("(ComfyUI reads these marks on SDXL models only: sample this one through a ModelSamplingDiscrete "
-                      "node, sampling v_prediction, zsnr on)") == 1
+    assert said.count("(ComfyUI and AUTOMATIC1111 read these marks on SDXL models only: sample this one in ComfyUI "
+                      "through a ModelSamplingDiscrete node, sampling v_prediction, zsnr on; AUTOMATIC1111, beside it "
+                      "a fused.yaml: a copy of its configs/v1-inference.yaml with parameterization: \"v\" under "
+                      "model.params)") == 1
     assert main(["merge", "--model", "tiny", f"{result.lora_path}:0", "--output", str(tmp_path / "none.safetensors")]
                 ) == 0  # at weight 0 the model is the base, as it samples
     assert load_model(str(tmp_path / "none.safetensors")).pipeline.scheduler.config.prediction_type == "epsilon"
