@@ -9,11 +9,17 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from conftest import assert_one_line_each, image_folders, run_config
 from safetensors import safe_open
 
 from lowvram.cli import main
-from lowvram.configure import build_config, read_toml
+from lowvram.config import fields_by_name
+from lowvram.configure import build_config, read_config, read_toml
 from lowvram.data.buckets import default_buckets
 from lowvram.dataset_files import read_dataset
 from lowvram.errors import LowvramError
@@ -29,6 +35,10 @@ DATASET = {
                     {"image_dir": "imgs/reg", "is_reg": True, "class_tokens": "thing"}],
     }],
 }
+
+
+def option(config, name: str):
+    return getattr(getattr(config, fields_by_name()[name][0]), name)
 
 
 def write(path: Path, doc: dict) -> Path:
@@ -50,8 +60,17 @@ def test_a_kohya_dataset_file_trains_its_subsets_with_their_repeats_captions_and
     assert "6 images, 30 per epoch with repeats" in out and "batch 2 x 1" in out
     saved = read_toml(tmp_path / "out" / "out.toml")
     assert saved["data"] == str(tmp_path / "dataset.toml")
-    assert (saved["resolution"], saved["batch_size"], saved["bucket_step"]) == (64, 2, 16)
-    assert (saved["shuffle_tags"], saved["keep_tokens"], saved["flip"]) == (True, 1, True)
+    # what the dataset file settles stays the file's: the run's .toml replays it from there, a later edit of it too
+    # (the run's copy replaced it, with a note that its own setting was replaced)
+    written = {key for section in tomllib.loads((tmp_path / "out" / "out.toml").read_text()).values() for key in section}
+    assert not {"resolution", "batch_size", "bucket_step", "shuffle_tags", "keep_tokens", "flip"} & written
+    replayed = build_config(read_config(tmp_path / "out" / "out.toml"))
+    assert [option(replayed, name) for name in ("resolution", "batch_size", "bucket_step", "shuffle_tags",
+                                                "keep_tokens", "flip")] == [64, 2, 16, True, 1, True]
+    write(tmp_path / "dataset.toml", DATASET | {"general": DATASET["general"] | {"keep_tokens": 3}})
+    capsys.readouterr()
+    assert build_config(read_config(tmp_path / "out" / "out.toml")).data.keep_tokens == 3
+    assert "replaces its setting" not in capsys.readouterr().err
     meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
     tags = json.loads(meta["ss_tag_frequency"])
     assert set(tags) == {"alpha", "beta", "reg"}  # every subset, by its folder's name as kohya's keys (is_reg too)

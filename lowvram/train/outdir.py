@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lowvram.config import RunConfig
+from lowvram.config import RunConfig, fields_by_name
+from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import DiskFull, not_found_hint, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
@@ -73,6 +74,14 @@ def saved_options(config: RunConfig) -> dict[str, dict]:
     (`configure.read_toml`), under the name its record keeps (`configure.build_config`)."""
     options = config.to_toml_dict()
     options["output"]["output"] = "."
+    if is_dataset_file(config.data.data):  # what the dataset file settles stays the file's: kept here, a later edit
+        # of it (its first subset's keep_tokens) was replaced by the run's copy on --config ... --resume
+        dataset = read_dataset(Path(config.data.data))
+        from_file = dataset.values | {name: value for name, (value, _) in dataset.assumed.items()}
+        for name, value in from_file.items():
+            section = options.get(fields_by_name()[name][0], {}) if name in fields_by_name() else {}
+            if name in section and section[name] == (list(value) if isinstance(value, tuple) else value):
+                del section[name]
     return options
 
 
