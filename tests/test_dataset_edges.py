@@ -96,6 +96,12 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
     report = captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions()))
     assert report["a.png"].caption == "a photo of , smiling"  # as ai-toolkit leaves it without a trigger word
     assert "no --trigger-word says what goes there" in report["a.png"].notes[0]
+    (folder / "a.caption").write_text("a sentence")  # the other extension alone: read, and said (kohya reads none)
+    (folder / "a.txt").unlink()
+    assert captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions()))["a.png"].notes == (
+        "caption read from its .caption file: it has no .txt (kohya reads .txt alone: the folder's class tokens)",)
+    (folder / "a.caption").unlink()
+    (folder / "a.txt").write_text("x")
     # SimpleTuner's and OneTrainer's captions from file names: the template's {filename}
     for stem in ("a", "b"):
         (folder / f"{stem}.txt").unlink()
