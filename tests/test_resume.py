@@ -401,6 +401,27 @@ def test_a_new_prior_loss_weight_on_resume_is_said_as_a_new_lr_is(tmp_path, caps
             " ".join(capsys.readouterr().out.split()))
 
 
+def test_caption_noise_and_repeat_changes_on_resume_are_said_as_a_new_lr_is(tmp_path, capsys, monkeypatch):
+    """A resume with --shuffle-tags or a --noise-offset added, or a dataset file's num_repeats raised, trained on
+    without a word (the LoRA's record then claimed them for the whole run)."""
+    import tomli_w
+    from conftest import image_folders
+
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    dataset = {"datasets": [{"resolution": 64, "subsets": [{"image_dir": "imgs/alpha", "num_repeats": 1}]}]}
+    (tmp_path / "d.toml").write_text(tomli_w.dumps(dataset))
+    values = {"output": str(tmp_path / "out"), "data": str(tmp_path / "d.toml"), "checkpoint_every": 2}
+    train(run_config(max_steps=2, **values))
+    capsys.readouterr()
+    dataset["datasets"][0]["subsets"][0]["num_repeats"] = 2
+    (tmp_path / "d.toml").write_text(tomli_w.dumps(dataset))
+    train(run_config(max_steps=3, resume="auto", shuffle_tags=True, noise_offset=0.05, **values))
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("note: --shuffle-tags True (was False), --noise-offset 0.05 (was 0), samples per epoch 6 (was 3): the "
+            "steps from 3 train with them" in said), said
+
+
 def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_of_its_step(tmp_path, capsys):
     samples = {"sample_prompts": ("lvshape, a red circle",), "sample_steps": 1}
     first = train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=3, **samples)).lora_path

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from lowvram.adapters import lora_files
+from lowvram.config import fields_by_name, flag_name
 from lowvram.data.augment import VARIANTS_DRAWN
 from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
@@ -28,6 +29,13 @@ from lowvram.train.step import sum_over_processes
 from lowvram.train.validation import EarlyStopping, fixed_timesteps, validation_loss
 
 VARIANTS = "caption variants"  # (a checkpoint's settings: how its cached caption variants were drawn)
+EPOCH_SAMPLES = "samples per epoch"  # (and the images' repeats, a dataset file's num_repeats, that make it)
+RESUMABLE_SECTIONS = ("model", "data", "network", "optim", "training")
+# the run's length, its saving and its caches' places, which a resume changes freely; the class images' weight is
+# said only where there are class images
+NOT_RESUMABLE = ("max_steps", "epochs", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "resume",
+                 "cache_dir", "cache_batch_size", "network_weights", "prior_loss_weight", "text_encoder_lr",
+                 "text_encoder_2_lr")
 
 
 def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, step: int, epoch: int,
@@ -63,11 +71,18 @@ def save_checkpoint(session: Session, trainee: Trainee, dataset: Dataset, positi
                            resumable_settings(session, dataset))
 
 
-def resumable_settings(session: Session, dataset: Dataset) -> dict[str, float]:
-    """The options a resumed run may change that its LoRA's record then holds for the whole run, by flag: the
-    text encoders' rates where they train, the class images' loss weight where there are class images."""
+def resumable_settings(session: Session, dataset: Dataset) -> dict[str, object]:
+    """The options a resumed run may change that its LoRA's record then holds for the whole run, by flag: those
+    of what the steps train on and how (the data's, the network's, the optimizer's and the loss's, less what makes
+    the run: `identity.recipe`), the text encoders' rates where they train, the class images' loss weight where
+    there are class images, and the samples an epoch draws (a dataset file's repeats)."""
     config = session.config
-    rates = {"--lr": config.lr}
+    made_by = recipe(session.run)
+    options = {flag_name(f): _stored(getattr(getattr(config, section), name))
+               for name, (section, f, _) in fields_by_name().items()
+               if section in RESUMABLE_SECTIONS and name not in NOT_RESUMABLE and flag_name(f) not in made_by}
+    options[EPOCH_SAMPLES] = sum(record.repeats for record in dataset.training)
+    rates = options | {"--lr": config.lr}
     if config.network.train_text_encoder:
         rates |= {flag: config.text_encoder_rate(index) for index, flag in
                   enumerate(("--text-encoder-lr", "--text-encoder-2-lr")[:len(session.run.family.text_encoders)])}
@@ -76,6 +91,15 @@ def resumable_settings(session: Session, dataset: Dataset) -> dict[str, float]:
     return rates | {"--batch-size": config.training.batch_size,
                     "--gradient-accumulation": config.training.gradient_accumulation, VARIANTS: VARIANTS_DRAWN}
 
+
+
+def _stored(value: object) -> object:
+    """An option's value as a checkpoint's JSON keeps it (a tuple as a list)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule) -> checkpoint.Position:
@@ -97,13 +121,16 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
                               "variants (--shuffle-tags, --tag-dropout): where an earlier lowvram drew them otherwise "
                               f"(before 2026-12-04), the steps from {position.step + 1} train on today's, and the LoRA "
                               "will not be the one an uninterrupted run of either gives", soft_wrap=True)
-    changes = [f"{flag} {now[flag]:g} (was {then[flag]:g})" for flag in now if flag in then and then[flag] != now[flag]]
+    changed = checkpoint.data_changes(position.data, dataset.fingerprint)
+    if changed:  # (images added or removed change the samples an epoch draws: said as that)
+        then.pop(EPOCH_SAMPLES, None)
+    changes = [f"{flag} {_shown(now[flag])} (was {_shown(then[flag])})" for flag in now
+               if flag in then and then[flag] != now[flag]]
     if changes:  # allowed (raising the steps or the lr of a finished run is how it is trained on), and said
         many = len(changes) > 1
         session.console.print(f"[yellow]note:[/] {', '.join(changes)}: the steps from {position.step + 1} train "
                               f"with {'them' if many else 'it'}; the LoRA's metadata and the run's .toml record the "
                               f"new value{'s' * many} for the whole run", soft_wrap=True)
-    changed = checkpoint.data_changes(position.data, dataset.fingerprint)
     if changed:  # images added or removed change the order the rest come in; a caption or an image edited does not
         order = ", in another order than the interrupted run's" * checkpoint.reordered(position.data, dataset.fingerprint)
         session.console.print(f"[yellow]the dataset changed since this checkpoint ({changed})[/]: training goes on "
