@@ -28,7 +28,15 @@ from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem
 from lowvram.models.loading import LoadedModel, follow_lora_schedule, load_model
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
 from lowvram.precision import compute_dtype
-from lowvram.prompts import MAX_SEED, SamplePrompt, infotext, model_title, options_elsewhere, parse_prompt
+from lowvram.prompts import (
+    MAX_SEED,
+    SamplePrompt,
+    from_generation_data,
+    infotext,
+    model_title,
+    options_elsewhere,
+    parse_prompt,
+)
 from lowvram.samplers import a1111_name, sampler_problem
 from lowvram.train.sampling import render
 
@@ -42,6 +50,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     """Render `--count` images; the prompt's kohya-style inline options (--n --w --h --s --l --d --ss) win over
     the flags that say the same. Every option is checked before the model loads (one line each), and nothing is
     written over a file being read, or over any file without --overwrite."""
+    args.prompt = _generation_data(args.prompt)
     prompt, sources, problems = _read_options(args)
     paths = output_paths(args.output, args.count)
     problem = _output_problem(args, paths, [Path(args.model), *([Path(args.vae)] if args.vae else []),
@@ -105,6 +114,23 @@ def output_paths(output: Path, count: int) -> list[Path]:
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286  # the EXIF tags AUTOMATIC1111 keeps a JPEG's or WebP's parameters in
 
 
+def parameters_of(path: Path) -> str | None:
+    """The generation data an image holds where `save_as_named` (and AUTOMATIC1111, Forge) keep it; None for none."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if "parameters" in image.info:
+                return str(image.info["parameters"])
+            comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    except (OSError, UnidentifiedImageError):
+        return None
+    if isinstance(comment, bytes) and comment.startswith(b"UNICODE\0"):
+        return comment[8:].decode("utf-16-be", errors="replace")
+    return comment.decode("utf-8", errors="replace").removeprefix("ASCII\0\0\0") if isinstance(comment, bytes) \
+        else comment
+
+
 def save_as_named(image, path: Path, parameters: str | None = None) -> Path:
     """The image in the format its file's extension names (JPEG without an alpha channel), atomically, with its
     `parameters` text where AUTOMATIC1111 stores it: a PNG's text chunk, a JPEG's or WebP's EXIF UserComment (as
@@ -124,6 +150,26 @@ def save_as_named(image, path: Path, parameters: str | None = None) -> Path:
         options["exif"] = exif
     return atomic_write(path, lambda tmp: image.save(tmp, format=kind, **options), image.width * image.height * 4,
                         "the image")
+
+
+def _generation_data(given: str) -> str:
+    """The prompt: AUTOMATIC1111's generation data (pasted from PNG Info or Civitai, or an image made with it, by
+    path) as one line with its negative prompt, steps, CFG scale, seed, size and sampler inline; other text as it
+    is. Its LoRA tags are left out, said: --lora loads LoRAs."""
+    if Path(given).suffix.lower() in WRITTEN_FORMATS and Path(given).is_file():
+        data = parameters_of(Path(given))
+        if data is None:
+            raise LowvramError(f"--prompt: {given} holds no generation data (AUTOMATIC1111's parameters); give the "
+                               "prompt as text")
+        given = data
+    line = from_generation_data(given)
+    if line is None:
+        return given
+    tags = re.findall(r"<(?:lora|lyco):[^>]*>", line, re.IGNORECASE)
+    line = re.sub(r"\s*<(?:lora|lyco):[^>]*>", "", line, flags=re.IGNORECASE).strip()
+    print(f"--prompt: read as AUTOMATIC1111's generation data: {line}" + (
+        f" (left out: {' '.join(tags)}; --lora FILE:WEIGHT loads a LoRA)" if tags else ""))
+    return line
 
 
 def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Path, float]], list[str]]:

@@ -249,6 +249,29 @@ def model_title(model: str) -> str:
     return Path(name).stem if Path(name).suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin") else name
 
 
+def from_generation_data(text: str) -> str | None:
+    """AUTOMATIC1111's generation data (PNG Info, Civitai's "copy generation data"): the prompt, a "Negative
+    prompt:" line, and a last line "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x768, ...", as
+    one prompt with kohya's inline options; None for text that is none."""
+    lines = text.strip().splitlines()
+    if len(lines) < 2 or not re.match(r"Steps: \d+,", lines[-1]):
+        return None
+    params = {key.strip(): value.strip().strip('"') for key, value in
+              re.findall(r'([^,:]+):\s*("(?:\\.|[^"])*"|[^,]*)', lines[-1])}
+    body = "\n".join(lines[:-1])
+    prompt, _, negative = ("\n" + body).partition("\nNegative prompt:")
+    words = [" ".join(prompt.split())]
+    words += [f"--n {' '.join(negative.split())}"] if negative.strip() else []
+    words += [f"--{option} {params[key]}" for key, option in (("Steps", "s"), ("CFG scale", "l"), ("Seed", "d"))
+              if params.get(key)]
+    size = re.fullmatch(r"(\d+)x(\d+)", params.get("Size", ""))
+    words += [f"--w {size[1]} --h {size[2]}"] if size else []
+    schedule = params.get("Schedule type", "")  # (A1111 1.9 and later: "Sampler: DPM++ 2M, Schedule type: Karras")
+    sampler = f"{params.get('Sampler', '')} {schedule if schedule not in ('', 'Automatic') else ''}".strip()
+    words += [f"--ss {sampler}"] if sampler else []
+    return " ".join(words)
+
+
 def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], hashes: dict[Path, str], steps: int, sampler: str,
              seed: int, size: tuple[int, int], model: str, clip_skip: int = 1, model_hash: str = "") -> str:
     """What the image was made with, as AUTOMATIC1111 writes it into a PNG (its PNG Info and "Send to txt2img" read

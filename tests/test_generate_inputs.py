@@ -218,3 +218,29 @@ def test_a_lora_of_another_family_is_named_by_its_metadata(tmp_path, capsys):
     assert refused(["--lora", str(lora), "--output", str(tmp_path / "x.png")], capsys) == (
         f"--lora: {lora} is a LoRA for Stable Diffusion XL (its metadata says), not for tiny SD (random weights); "
         "give a Stable Diffusion XL model as --model")
+
+
+def test_generation_data_pasted_or_in_an_image_is_read_as_automatic1111_writes_it(tmp_path, capsys):
+    """AUTOMATIC1111's generation data (PNG Info, Civitai's "copy generation data") given as --prompt was drawn as
+    the prompt's words, its negative prompt, steps, seed and size too; an image's path was drawn as the words."""
+    made = ["--prompt", "lvshape, a red circle --n blurry", "--seed", "7", "--steps", "2", "--guidance", "5",
+            "--width", "64", "--height", "72"]
+    for name in ("made.webp", "made.png"):
+        assert main([*base(made), "--output", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert main([*base(["--prompt", str(tmp_path / "made.webp")]), "--output", str(tmp_path / "again.png")]) == 0
+    assert "--prompt: read as AUTOMATIC1111's generation data: lvshape, a red circle --n blurry --s 2 --l 5 --d 7 " \
+           "--w 64 --h 72" in capsys.readouterr().out
+    made, again = (np.asarray(Image.open(tmp_path / name)) for name in ("made.png", "again.png"))
+    assert made.shape == (72, 64, 3) and np.array_equal(made, again)  # the image made again
+    pasted = ("lvshape, a red circle <lora:style:0.8>\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M, "
+              'Schedule type: Karras, CFG scale: 5, Seed: 7, Size: 64x72, Lora hashes: "style: 0123456789ab", '
+              "Version: v1.10.1")
+    assert main([*base(["--prompt", pasted]), "--output", str(tmp_path / "pasted.png")]) == 0
+    assert ("read as AUTOMATIC1111's generation data: lvshape, a red circle --n blurry --s 2 --l 5 --d 7 --w 64 "
+            "--h 72 --ss DPM++ 2M Karras (left out: <lora:style:0.8>; --lora FILE:WEIGHT loads a LoRA)"
+            in capsys.readouterr().out)
+    Image.new("RGB", (64, 64)).save(tmp_path / "plain.png")
+    assert refused(["--prompt", str(tmp_path / "plain.png")], capsys) == (
+        f"--prompt: {tmp_path / 'plain.png'} holds no generation data (AUTOMATIC1111's parameters); give the prompt "
+        "as text")
