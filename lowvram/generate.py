@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import secrets
 from contextlib import nullcontext
@@ -156,7 +157,7 @@ def _generation_data(given: str) -> str:
     """The prompt: AUTOMATIC1111's generation data (pasted from PNG Info or Civitai, or an image made with it, by
     path) as one line with its negative prompt, steps, CFG scale, seed, size and sampler inline; other text as it
     is. Its LoRA tags are left out, said: --lora loads LoRAs."""
-    if Path(given).suffix.lower() in WRITTEN_FORMATS and Path(given).is_file():
+    if Path(given).suffix.lower() in WRITTEN_FORMATS and os.path.isfile(given):  # (never raises: a long prompt)
         data = parameters_of(Path(given))
         if data is None:
             raise LowvramError(f"--prompt: {given} holds no generation data (AUTOMATIC1111's parameters); give the "
