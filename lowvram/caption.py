@@ -19,6 +19,7 @@ import contextlib
 import csv
 import itertools
 import os
+import re
 import shutil
 import time
 from dataclasses import MISSING, dataclass, field, fields
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.config import CAPTION_SUFFIXES, option
-from lowvram.data.captions import MAX_CAPTION_BYTES, caption_file, decode_caption, has_word, read_caption_text
+from lowvram.data.captions import LEGACY_NAMES, MAX_CAPTION_BYTES, caption_file, decode_caption, has_word
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, first_line, shell_line
 from lowvram.files import expand_home, human_size, ignores_case, redraws_in_place
@@ -143,6 +144,7 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                                           f"{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         captioner = model.load(report.device, config)
+        converted: list[tuple[str, str]] = []  # (caption, code page) of the legacy ones --append writes as UTF-8
         with Progress(console=console, transient=True, disable=not redraws_in_place(console)) as progress:
             task = progress.add_task("captioning", total=len(todo))
             for start in range(0, len(todo), config.batch_size):
@@ -151,8 +153,10 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                 for (record, target), text in zip(batch, captioner(images), strict=True):
                     caption = ", ".join(part for part in (config.trigger_word, text.strip()) if part)
                     if config.append and caption:
-                        caption = _appended(read_caption_text(target) if target.is_file() else "", caption,
-                                            config.trigger_word)
+                        old, read_as = _caption_text(target)
+                        caption = _appended(old, caption, config.trigger_word)
+                        if caption is not None and read_as in LEGACY_NAMES:
+                            converted.append((target.relative_to(root.resolve()).as_posix(), read_as))
                         if caption is None:  # it held every tag already
                             report.kept.append(record.relpath)
                             continue
@@ -164,6 +168,10 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                     write_text(target, caption + "\n")
                     report.written.append(target.relative_to(root.resolve()).as_posix())
                 progress.advance(task, len(batch))
+        if converted:
+            report.notes.append(f"{len(converted)} caption(s) not in UTF-8 ({converted[0][0]} read as "
+                                f"{converted[0][1]}) written back as UTF-8, as training reads them; the originals are "
+                                "kept with the replaced captions")
     except BaseException:  # Ctrl-C, a full disk, a model error: what was written, and where the originals went
         if report.written:
             kept = f"; the captions it replaced are kept in {report.backup}" if _holds_files(report.backup) else ""
@@ -324,16 +332,27 @@ def _claim_new_folder(path: Path) -> Path:
     raise AssertionError("unreachable")
 
 
+def _caption_text(path: Path) -> tuple[str, str]:
+    """A caption file's text as training reads it and how it was read (`decode_caption`); ("", "") for none."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CAPTION_BYTES + 1)
+    except OSError:
+        return "", ""
+    text, read_as = decode_caption(raw) if len(raw) <= MAX_CAPTION_BYTES else (None, "")
+    return text or "", read_as
+
+
 def _appended(old: str, new: str, trigger: str | None) -> str | None:
     """An existing caption with the tags of `new` it lacks added at its end, and the trigger word first where it
     lacks it (kohya's --append_tags with --always_first_tags); None where it lacks none. Tags match whatever their
-    case and underscores."""
+    case and underscores, and whether commas or Chinese and Japanese ones (，、) part them."""
     def same(tag: str) -> str:
         return tag.strip().replace("_", " ").lower()
 
     first_line, *more = old.strip().splitlines() or [""]  # (more lines: --caption-lines each draws among them)
     old = first_line.strip().rstrip(",").strip()
-    held = {same(tag) for tag in old.split(",")}
+    held = {same(tag) for tag in re.split(r"[,，、]", old)}
     added = [tag.strip() for tag in new.split(",") if tag.strip() and same(tag) not in held and same(tag) != same(
         trigger or "")]
     first = [trigger] if trigger and not has_word(old, trigger) else []

@@ -132,6 +132,22 @@ def test_append_adds_the_tags_a_caption_lacks_at_its_end_and_keeps_the_old_one(t
     assert "--append: --overwrite replaces the captions instead of adding to them" in capsys.readouterr().err
 
 
+def test_append_reads_chinese_commas_and_says_a_legacy_caption_it_writes_as_utf8(tmp_path, tagger, monkeypatch,
+                                                                                 capsys):
+    """A tag held after a full-width comma was added again; a Shift_JIS caption was rewritten as UTF-8 unsaid."""
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
+    data = colour_dataset(tmp_path / "data")
+    folder = data / "3_colours"
+    (folder / "green.txt").write_text("緑，green theme\n", encoding="utf-8")
+    (folder / "red.txt").write_bytes("赤い四角".encode("cp932"))  # Notepad's ANSI on a Japanese Windows
+    capsys.readouterr()
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--append"]) == 0
+    got = captions(data)
+    assert (got["green"], got["red"]) == ("緑，green theme\n", "赤い四角, red theme\n")
+    assert ("1 caption(s) not in UTF-8 (3_colours/red.txt read as Shift_JIS) written back as UTF-8" in
+            " ".join(capsys.readouterr().out.split()))
+
+
 def test_rerun_keeps_everything_and_overwrite_keeps_the_old_captions(tmp_path, tagger, monkeypatch, capsys):
     monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
     data = colour_dataset(tmp_path / "data")
