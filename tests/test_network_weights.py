@@ -3,6 +3,7 @@ type and layer set, text encoders included; a file that does not match the run i
 names the options to pass."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -399,3 +400,19 @@ def test_a_diffusers_lora_folder_where_a_file_goes_names_its_weights_file(tmp_pa
                        (["merge", str(folder), "--rank", "2"], its.replace(" is a folder", ": a folder"))):
         assert main(argv) == 2, argv
         assert said in capsys.readouterr().err, argv
+
+
+def test_a_bare_lora_of_another_family_is_refused_by_its_layers_before_caching(tmp_path):
+    """An SDXL LoRA without metadata (as many shared ones are) given as --network-weights on SD1.5 was refused only
+    after the data was cached, by the layers it could not place."""
+    from safetensors.torch import load_file, save_file
+
+    lora = train(run_config(model="tiny-sdxl", output=str(tmp_path / "xl"), max_steps=1,
+                            train_text_encoder=True)).lora_path
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(lora)), str(bare))
+    with pytest.raises(LowvramError, match=re.escape(f"--network-weights: {bare} is a LoRA for Stable Diffusion XL "
+                                                     "(its layers say), not for tiny SD (random weights)")):
+        train(run_config(model="tiny", output=str(tmp_path / "sd"), max_steps=1, network_weights=str(bare),
+                         train_text_encoder=True, cache_dir=str(tmp_path / "cache")))
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing encoded

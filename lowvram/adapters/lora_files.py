@@ -43,7 +43,7 @@ from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.files import with_plain_modes
 from lowvram.kohya_config import LYCORIS_PRESETS
-from lowvram.lora_header import lokr_factor, network_options, no_layers_reason, same_alpha
+from lowvram.lora_header import base_family, lokr_factor, network_options, no_layers_reason, same_alpha
 from lowvram.lora_layout import ADAPTER_METADATA, kohya_view, with_adapter_config
 from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
@@ -453,12 +453,18 @@ def _original_layout_aliases(unet: torch.nn.Module, layers: dict[str, tuple]) ->
     return aliases
 
 
-def other_family(metadata: dict[str, str], family, said_of: str) -> str | None:
-    """The line for a LoRA whose metadata names another model family than `family` (None: the same, or none)."""
-    said = family_said(metadata)
+def other_family(metadata: dict[str, str], family, said_of: str, shapes: dict[str, tuple[int, ...]] | None = None
+                 ) -> str | None:
+    """The line for a LoRA whose metadata names another model family than `family`, or, where it names none, whose
+    layers (`shapes`, kohya-named: `lora_header.base_family`) are another's (None: the same, or none said)."""
+    from lowvram.models import FAMILIES
+
+    said, how = family_said(metadata), "its metadata says"
+    if said is None and shapes:
+        said, how = FAMILIES.get(base_family(metadata, shapes) or ""), "its layers say"
     if said is None or said.modelspec_architecture == family.modelspec_architecture:
         return None
-    return (f"{said_of} is a LoRA for {said.title} (its metadata says), not for {family.title}; give a {said.title} "
+    return (f"{said_of} is a LoRA for {said.title} ({how}), not for {family.title}; give a {said.title} "
             "model as --model")
 
 

@@ -38,7 +38,7 @@ from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
 from lowvram.hardware import detect, precision_trouble, resolve_mixed_precision
-from lowvram.lora_header import read_header
+from lowvram.lora_header import kohya_header
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import (
@@ -201,7 +201,9 @@ def scan_data(session: Session) -> Dataset:
     if weights and not config.training.resume:  # another family's LoRA: said now, not once the caches are filled
         other = None
         with suppress(OSError, ValueError):  # (an unreadable file is said where it is read)
-            other = lora_files.other_family(read_header(Path(weights))[0], run.family, f"--network-weights: {weights}")
+            metadata, tensors, _ = kohya_header(Path(weights))
+            other = lora_files.other_family(metadata, run.family, f"--network-weights: {weights}",
+                                            {name: tuple(entry.get("shape", ())) for name, entry in tensors.items()})
         if other:
             raise LowvramError(other)
     trigger = config.data.trigger_word
