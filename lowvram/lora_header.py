@@ -214,25 +214,45 @@ def smaller_side_first(sides: tuple[int, int]) -> tuple[int, int]:
     return (sides[1], sides[0]) if sides[0] > sides[1] else sides
 
 
+def larger_side_first(shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether a LoKr's Kronecker factors ({tensor name: shape}, kohya's or peft's names) put a side's larger part
+    first, as peft splits a side by a factor above its root, and lowvram wrote LoKr files and checkpoints before
+    2026-12-05; LyCORIS's, and lowvram's since, put the smaller first."""
+    layers: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, shape in shapes.items():
+        base, _, suffix = name.rpartition(".")
+        layers.setdefault(base, {})[suffix] = shape
+    return any(first > second for own in layers.values() for first, second in _kronecker_splits(own))
+
+
+def _kronecker_splits(own: dict[str, tuple[int, ...]]) -> set[tuple[int, int]]:
+    """(first factor's side, second factor's side) of a LoKr layer's output and input sides ({suffix: shape})."""
+    w1 = own.get("lokr_w1") or ((own["lokr_w1_a"][0], own["lokr_w1_b"][1]) if "lokr_w1_a" in own else None)
+    if not w1:
+        return set()
+    if "lokr_w2" in own:
+        return {(w1[0], own["lokr_w2"][0]), (w1[1], own["lokr_w2"][1])}
+    if "lokr_w2_a" in own:  # a decomposed w2_b holds a convolution's kernel in its input side: output only
+        return {(w1[0], own["lokr_w2_a"][0])}
+    return set()
+
+
 def lokr_factor(layers: dict[str, dict[str, tuple[int, ...]]]) -> int:
     """The LoKr factor (LyCORIS's `factor`, peft's decompose_factor) under which each layer's Kronecker factors
     have the shapes a file holds ({layer: {suffix: shape}}): -1 or a factor's side, whichever makes LyCORIS's
     factorization of every layer's sides give them; -1 where none does (or the file is no LoKr)."""
-    splits = set()  # (w1's side, w2's side) of each layer's output and input sides
-    for own in layers.values():
-        w1 = own.get("lokr_w1") or ((own["lokr_w1_a"][0], own["lokr_w1_b"][1]) if "lokr_w1_a" in own else None)
-        if not w1:
-            continue
-        if "lokr_w2" in own:
-            splits |= {(w1[0], own["lokr_w2"][0]), (w1[1], own["lokr_w2"][1])}
-        elif "lokr_w2_a" in own:  # a decomposed w2_b holds a convolution's kernel in its input side: output only
-            splits.add((w1[0], own["lokr_w2_a"][0]))
+    splits = {split for own in layers.values() for split in _kronecker_splits(own)}
     if not splits:
         return -1
     from peft.tuners.lokr.layer import factorization
 
-    for factor in (-1, *sorted({side for split in splits for side in split if side > 1})):
-        if all(smaller_side_first(factorization(first * second, factor))[0] == first for first, second in splits):
+    earlier = any(first > second for first, second in splits)  # (peft's split, as lowvram's earlier files)
+
+    def split(side: int, factor: int) -> tuple[int, int]:
+        return factorization(side, factor) if earlier else smaller_side_first(factorization(side, factor))
+
+    for factor in (-1, *sorted({side for pair in splits for side in pair if side > 1})):
+        if all(split(first * second, factor)[0] == first for first, second in splits):
             return factor
     return -1
 

@@ -416,3 +416,28 @@ def test_a_bare_lora_of_another_family_is_refused_by_its_layers_before_caching(t
         train(run_config(model="tiny", output=str(tmp_path / "sd"), max_steps=1, network_weights=str(bare),
                          train_text_encoder=True, cache_dir=str(tmp_path / "cache")))
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing encoded
+
+
+def test_lokr_files_and_checkpoints_of_the_earlier_split_still_apply_train_on_and_resume(tmp_path, monkeypatch):
+    """Before 2026-12-05 lowvram split a side by a LoKr factor above its root as peft does (32 at factor 8: 8 x 4,
+    LyCORIS's 4 x 8); since, as LyCORIS. Its own earlier files and checkpoints must still apply, train on and
+    resume (they were "another model family?", and a resume a size-mismatch traceback)."""
+    from safetensors.torch import load_file
+
+    from lowvram.adapters import lora_files
+    from lowvram.lora_header import larger_side_first
+    from lowvram.models.loading import load_model
+    from lowvram.train import setup
+
+    values = {"model": "tiny", "network": "lokr", "lokr_factor": 8, "rank": 1, "alpha": 1.0, "lr": 1e-3}
+    with monkeypatch.context() as earlier:  # the earlier lowvram, whose adapters took peft's split
+        earlier.setattr(setup, "_earlier_lokr_shapes", lambda session: True)
+        old = train(run_config(output=str(tmp_path / "old"), max_steps=2, checkpoint_every=2, **values)).lora_path
+    shapes = {key: tuple(tensor.shape) for key, tensor in load_file(str(old)).items()}
+    assert larger_side_first(shapes) and not larger_side_first(
+        {key: tuple(t.shape) for key, t in load_file(str(train(run_config(
+            output=str(tmp_path / "new"), max_steps=1, **values)).lora_path)).items()})
+    lora_files.load_kohya(load_model("tiny"), old)  # generate's and merge's reader
+    train(run_config(output=str(tmp_path / "further"), max_steps=1, network_weights=str(old), **values))
+    resumed = train(run_config(output=str(tmp_path / "old"), max_steps=3, resume="auto", **values)).lora_path
+    assert {key: tuple(t.shape) for key, t in load_file(str(resumed)).items()} == shapes

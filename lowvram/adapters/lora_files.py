@@ -33,6 +33,7 @@ from lowvram.adapters.networks import (
     adapted_modules,
     adapter_rank_alpha,
     add_peft_adapter,
+    earlier_lokr_shapes,
     fuse_adapters,
     is_spatial,
     layer_patterns,
@@ -43,7 +44,14 @@ from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError
 from lowvram.files import with_plain_modes
 from lowvram.kohya_config import LYCORIS_PRESETS
-from lowvram.lora_header import base_family, lokr_factor, network_options, no_layers_reason, same_alpha
+from lowvram.lora_header import (
+    base_family,
+    larger_side_first,
+    lokr_factor,
+    network_options,
+    no_layers_reason,
+    same_alpha,
+)
 from lowvram.lora_layout import ADAPTER_METADATA, kohya_view, with_adapter_config
 from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
@@ -285,6 +293,7 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
     problem = layers_problem(layers)
     if problem:
         raise LowvramError(f"{flag}: {path} {problem}")
+    earlier = larger_side_first({name: tuple(tensor.shape) for name, tensor in tensors.items()})
     try:
         factor = int(json.loads(metadata.get("ss_network_args") or "{}")["factor"])
     except (ValueError, AttributeError, KeyError, TypeError):
@@ -320,7 +329,8 @@ def load_kohya(model: LoadedModel, path: Path, strength: float = 1.0, flag: str 
         if isinstance(config, LoKrConfig):
             config.decompose_both = any("lokr_w1_a" in own for own in found.values())
         config.rank_pattern, config.alpha_pattern = layer_patterns(ranks, rank), layer_patterns(alphas, alpha)
-        add_peft_adapter(module, config)
+        with earlier_lokr_shapes(earlier):
+            add_peft_adapter(module, config)
         state = {f"{name}.{_peft_suffix(suffix)}": _peft_tensor(suffix, tensor)
                  for name, own in found.items() for suffix, tensor in own.items() if suffix != "alpha"}
         try:

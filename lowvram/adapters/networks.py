@@ -3,6 +3,7 @@ parameters always in fp32. Their files (kohya/LyCORIS, diffusers) are `lowvram.a
 
 from __future__ import annotations
 
+import contextvars
 import re
 from collections.abc import Collection
 from contextlib import contextmanager
@@ -42,10 +43,30 @@ def peft_config(network: str, targets: tuple[str, ...], rank: int, alpha: float,
     raise LowvramError(f"--network: '{network}' is not one of {', '.join(NAMES)}")
 
 
+_EARLIER_LOKR_SHAPES = contextvars.ContextVar("earlier_lokr_shapes", default=False)
+
+
+@contextmanager
+def earlier_lokr_shapes(earlier: bool):
+    """Within, if `earlier`: LoKr factors split as peft splits a side (a factor above its root first), as lowvram
+    wrote LoKr files and checkpoints before 2026-12-05 (`lora_header.larger_side_first` tells them), which then
+    apply and train on."""
+    token = _EARLIER_LOKR_SHAPES.set(earlier)
+    try:
+        yield
+    finally:
+        _EARLIER_LOKR_SHAPES.reset(token)
+
+
 def add_peft_adapter(module: torch.nn.Module, config) -> None:
     """peft's `add_adapter`, a LoKr's factors shaped as LyCORIS's (`smaller_side_first`), so that a LyCORIS file
-    of any factor trains on and applies, and a LoKr trained here has the shapes LyCORIS gives the same factor."""
+    of any factor trains on and applies, and a LoKr trained here has the shapes LyCORIS gives the same factor
+    (within `earlier_lokr_shapes`, peft's own)."""
     import peft.tuners.lokr.layer as lokr
+
+    if _EARLIER_LOKR_SHAPES.get():
+        module.add_adapter(config)
+        return
 
     peft_sides = lokr.factorization
     lokr.factorization = lambda dimension, factor=-1: smaller_side_first(peft_sides(dimension, factor))

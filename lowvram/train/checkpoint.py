@@ -87,7 +87,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
     os.chmod(tmp, plain_mode(0o777))  # like every file lowvram writes: what the umask gives, not mkdtemp's 0700
     try:
-        save_file(adapters, str(tmp / "adapters.safetensors"))
+        save_file(adapters, str(tmp / ADAPTERS))
         save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
         if ema is not None:
@@ -150,7 +150,8 @@ def latest(root: Path, run_recipe: dict | None = None) -> Path | None:
     return done[-1][1] if done else None
 
 
-PARTS = ("adapters.safetensors", "optimizer.safetensors", "rng.safetensors")
+ADAPTERS = "adapters.safetensors"
+PARTS = (ADAPTERS, "optimizer.safetensors", "rng.safetensors")
 EMA_PART = "ema.safetensors"  # with --ema
 
 
@@ -224,7 +225,7 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
                else "lowvram train, without accelerate launch")
         raise LowvramError(f"--resume: {path} was saved by a run of {saved_by} process(es), this one has "
                            f"{accelerator.num_processes}; resume it with as many ({how}), or start anew")
-    adapters = load_file(str(path / "adapters.safetensors"))
+    adapters = load_file(str(path / ADAPTERS))
     for name, module in modules.items():
         prefix = f"{name}/"
         part = {k[len(prefix):]: v for k, v in adapters.items() if k.startswith(prefix)}

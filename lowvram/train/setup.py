@@ -38,7 +38,7 @@ from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
 from lowvram.hardware import detect, precision_trouble, resolve_mixed_precision
-from lowvram.lora_header import kohya_header
+from lowvram.lora_header import kohya_header, larger_side_first, read_header
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import (
@@ -58,6 +58,7 @@ from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
 from lowvram.samplers import sampler_problem
 from lowvram.train import checkpoint
+from lowvram.train.identity import recipe
 from lowvram.train.outdir import existing_lora_problem
 from lowvram.train.schedule import Schedule, folder_batches, in_steps
 
@@ -302,14 +303,34 @@ def fill_caches_and_place(session: Session, model: LoadedModel, dataset: Dataset
     return prepared, attention
 
 
+def _earlier_lokr_shapes(session: Session) -> bool:
+    """Whether the LoKr the run starts from (its checkpoint's, or --network-weights') has the Kronecker shapes
+    lowvram wrote before 2026-12-05 (`lora_header.larger_side_first`), which its adapters then take."""
+    config = session.config
+    if config.network.network != "lokr":
+        return False
+    with suppress(LowvramError, OSError, ValueError):  # (what cannot be read is said where it is read)
+        if config.training.resume:
+            found, _ = checkpoint.resolve(config.training.resume, session.out_dir, recipe(session.run))
+            source = found / checkpoint.ADAPTERS
+        elif config.network.network_weights:
+            source = Path(config.network.network_weights)
+        else:
+            return False
+        return larger_side_first({name: tuple(entry.get("shape", ())) for name, entry in
+                                  read_header(source)[1].items()})
+    return False
+
+
 def attach_adapters(session: Session, model: LoadedModel, noise_scheduler, schedule: Schedule) -> Trainee:
     """Adapters (seeded, so the same config gives the same LoRA in every process), checkpointing, the optimizer
     and the learning-rate schedule, wrapped by accelerate for multi-GPU."""
     config, rank = session.config, session.rank
     train_text = config.network.train_text_encoder
     torch.manual_seed(config.training.seed)
-    trainable = networks.add_lora(model, config.network, config.alpha, session.run.trained_text_encoders,
-                                  session.run.blocks)
+    with networks.earlier_lokr_shapes(_earlier_lokr_shapes(session)):
+        trainable = networks.add_lora(model, config.network, config.alpha, session.run.trained_text_encoders,
+                                      session.run.blocks)
     if config.network.network_weights and not config.training.resume:  # a checkpoint holds them already
         filled = lora_files.start_from(model, Path(config.network.network_weights), config.network)
         fresh = len(lora_files.kohya_layers(model)) - filled  # (a block the file's run trained at rate 0 has none)
