@@ -25,7 +25,7 @@ from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SAVE_PRECISION, SAVE_PRECISION_ALIASES, SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError, quoted
 from lowvram.files import expand_home, local_path, not_utf8
-from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS, WITHOUT_COUNTERPART
+from lowvram.kohya_names import KOHYA_EQUIVALENTS, KOHYA_FLAGS, OTHER_TRAINER_FLAGS, WITHOUT_COUNTERPART
 from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
@@ -274,7 +274,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
     # the diffusers scripts' or SimpleTuner's name in a file read as kohya's (lora_rank = 16 trained at rank 4)
     for key in [key for key in unknown if f"--{key}" in OTHER_TRAINER_FLAGS and f"--{key}" not in KOHYA_FLAGS]:
         ours = OTHER_TRAINER_FLAGS[f"--{key}"]
-        kohya = next((flag[2:] for flag, same in KOHYA_FLAGS.items() if same.split()[0] == ours.split()[0]), None)
+        kohya = KOHYA_EQUIVALENTS.get(f"--{key}")
         if not ours.startswith("("):  # (one lowvram needs none for is no loss)
             problem(key, "the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; "
                     + (f"write {kohya} = {json.dumps(left[key])} (kohya's)" if kohya else f"pass lowvram's {ours}"))

@@ -310,6 +310,12 @@ OTHER_TRAINER_FLAGS = {
     "--tracker_project_name": "--wandb-project",
 }
 
+# the few of those that a kohya config names otherwise, value for value (a kohya config that holds theirs is told
+# kohya's key)
+KOHYA_EQUIVALENTS = {"--lora_rank": "network_dim", "--lora_alpha": "network_alpha",
+                     "--num_train_epochs": "max_train_epochs", "--snr_gamma": "min_snr_gamma",
+                     "--pretrained_vae_model_name_or_path": "vae"}
+
 TRAINING_COMMANDS = ("train", "plan")  # the commands whose flags are kohya's train_network.py's
 
 

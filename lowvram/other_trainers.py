@@ -10,8 +10,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from lowvram.config import fields_by_name
-from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS, named_flags
+from lowvram.config import fields_by_name, flag_name
+from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS
 from lowvram.optim import KOHYA_OPTIMIZERS
 
 # ai-toolkit's sd_trainer settings (section, key) and the lowvram flag of each; True/False for a switch
@@ -84,33 +84,63 @@ def ai_toolkit_problem(path: Path, doc: Any) -> str:
     prompts = sections["sample"].get("prompts") if isinstance(sections["sample"], dict) else None
     for prompt in (prompts if isinstance(prompts, list) else [])[:4]:
         words += ["--sample-prompt", str(prompt)]
+    if sections["dataset"].get("caption_ext"):
+        words += ["--caption-extension", "." + str(sections["dataset"]["caption_ext"]).lstrip(".")]
+    if sections["model"].get("is_v_pred") if isinstance(sections["model"], dict) else False:
+        words += ["--prediction-type", "v_prediction"]
+    read = {*AI_TOOLKIT_FLAGS, ("dataset", "resolution"), ("dataset", "caption_ext"), ("model", "is_v_pred"),
+            ("model", "is_xl"), ("sample", "prompts")}
+    left += [key for section in ("network", "train", "model", "sample", "dataset") if isinstance(sections[section], dict)
+             for key, value in sections[section].items() if (section, key) not in read and value not in (None, False)]
     if len(datasets) > 1:
         left.append(f"{len(datasets) - 1} more dataset(s) (a kohya dataset .toml as --data holds several)")
     return (f"--config: {path} is an ai-toolkit config, {ISNT_READ}; its settings as lowvram's: "
-            f"{shlex.join(words)}" + (f" (not carried over: {', '.join(left)})" if left else ""))
+            f"{shlex.join(words)}" + (f" (not carried over: {', '.join(left[:8])}{', ...' if len(left) > 8 else ''})"
+                                      if left else ""))
 
 
 def simpletuner_config_problem(path: Path, doc: dict) -> str:
     """The one line a SimpleTuner config.json (or config.env's settings) is answered with."""
     words, left = ["lowvram", "train"], []
+    fields = {flag_name(f): (f, kind) for _, f, kind in fields_by_name().values()}
     for key, value in doc.items():
         name = str(key).lstrip("-")
         counterpart = KOHYA_FLAGS.get(f"--{name}") or OTHER_TRAINER_FLAGS.get(f"--{name}") or (
-            "--" + name.replace("_", "-") if name in fields_by_name() else None)  # (one of lowvram's own names)
-        named = named_flags(counterpart or "")
+            flag_name(fields_by_name()[name][1]) if name in fields_by_name() else None)  # (one of lowvram's own)
         if counterpart and counterpart.startswith("("):
             continue  # (one lowvram needs none for)
-        if not named or name in BACKEND_FILES or named[0] == "--optimizer" and not _optimizer(value):
+        # a counterpart that is one flag taking the value as it is (not "--crop center", "--sample-every Ne")
+        flag = counterpart.split()[0] if counterpart and re.fullmatch(r"--[a-z0-9-]+( \(.*\))?", counterpart) else None
+        given = _value(value, fields[flag]) if flag in fields and name not in BACKEND_FILES else None
+        if given is None:
             left.append(name)
-            continue
-        if named[0] == "--optimizer":
-            words += [named[0], _optimizer(value)]
-        elif value is True:
-            words.append(named[0])
-        elif value not in (False, None, ""):
-            words += [named[0], str(value)]
+        elif given is not True:
+            words += [flag, given] if given else []
+        else:
+            words.append(flag)
     return (f"--config: {path} is a SimpleTuner config, {ISNT_READ}; its settings as lowvram's: {shlex.join(words)}"
             + (f" (not carried over: {', '.join(left[:8])}{', ...' if len(left) > 8 else ''})" if left else ""))
+
+
+def _value(value: Any, field_kind: tuple) -> str | bool | None:
+    """Another trainer's value as the lowvram option `field_kind` (its dataclass field, its type) takes it: a
+    switch's True (False: "", nothing to pass), a choice in lowvram's spelling, the text of another; None where it
+    takes no such value ("true" from a config.env is a switch's)."""
+    f, kind = field_kind
+    value = {"true": True, "false": False}.get(value.lower(), value) if isinstance(value, str) else value
+    if kind is bool or isinstance(value, bool):
+        return (value or "") if kind is bool and isinstance(value, bool) else None
+    if value is None or value == "":
+        return None
+    if flag_name(f) == "--optimizer":
+        return _optimizer(value)
+    choices, spelling = f.metadata.get("choices"), f.metadata.get("spelling")
+    if spelling:
+        try:
+            value = spelling(str(value))
+        except ValueError:
+            return None
+    return str(value) if not choices or str(value) in choices else None
 
 
 def _optimizer(name: Any) -> str | None:

@@ -175,7 +175,8 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     settings = {"train_data_dir": None, "v2": True, "optimizer_type": "--",
                 "lr_scheduler": "adafactor", "network_module": "lycoris.kohya",
                 "network_args": ["algo=ia3"], "save_precision": "fp8", "lr_scheduler_type": "CosineAnnealingLR",
-                "lr_scheduler_args": ["T_max=30"], "max_train_steps": 100, "lora_rank": 16, "allow_tf32": True}
+                "lr_scheduler_args": ["T_max=30"], "max_train_steps": 100, "lora_rank": 16, "allow_tf32": True,
+                "center_crop": True}
     with pytest.raises(LowvramError) as error:
         translate({k: v for k, v in settings.items() if v is not None}, Path("kohya.toml"))
     expected = ["v2: Stable Diffusion 2", "LyCORIS algo 'ia3'",
@@ -183,7 +184,9 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
                 "lr_scheduler_type: CosineAnnealingLR with T_max=30 over a run of 100 steps is not one cosine",
                 # SimpleTuner's name trained at kohya's default rank, with a note (allow_tf32: nothing lost)
                 ("lora_rank: the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; write "
-                 "network_dim = 16 (kohya's)")]
+                 "network_dim = 16 (kohya's)"),
+                ("center_crop: the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; pass "
+                 "lowvram's --crop center")]
     assert_one_line_each(str(error.value), "kohya.toml: ", expected)
 
 

@@ -21,7 +21,8 @@ AI_TOOLKIT = {"job": "extension", "config": {"name": "my_lora", "process": [{
 SIMPLETUNER = {"--model_type": "lora", "--lora_rank": 16, "--learning_rate": 1e-4, "--max_train_steps": 2000,
                "--resolution": 1024, "--resolution_type": "pixel", "--data_backend_config": "multidatabackend.json",
                "--pretrained_model_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0", "--use_ema": True,
-               "--optimizer": "adamw_bf16"}
+               "--optimizer": "adamw_bf16", "--validation_guidance": 7.5, "--report_to": "wandb",
+               "--center_crop": True, "--lora_type": "standard", "--validation_epochs": 2}
 BACKENDS = [{"id": "pseudo", "type": "local", "instance_data_dir": "/data/pseudo", "caption_strategy": "filename"},
             {"id": "text-embeds", "type": "local", "dataset_type": "text_embeds", "cache_dir": "cache/text"}]
 
@@ -64,13 +65,16 @@ def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, 
     path = tmp_path / "config.json"
     path.write_text(json.dumps(SIMPLETUNER))
     line = refusal(capsys, ["train", "--config", str(path)])
-    assert line.endswith("(not carried over: data_backend_config, optimizer)"), line  # (adamw_bf16: none here)
+    # what takes no value as it is (adamw_bf16: no such optimizer here; a guidance is a sample prompt's inline
+    # option, --center_crop a choice, epochs for samples an e): named, not turned into another option's value
+    assert line.endswith("(not carried over: data_backend_config, optimizer, validation_guidance, report_to, "
+                         "center_crop, lora_type, validation_epochs)"), line
     args = suggested_flags(line)
     assert (args["rank"], float(args["lr"]), args["max_steps"], args["resolution"], args["ema"], args["network"]) == (
         "16", 1e-4, "2000", "1024", True, "lora")
     env = tmp_path / "config.env"
     env.write_text('export MODEL_NAME="stabilityai/stable-diffusion-xl-base-1.0"\nexport LEARNING_RATE=1e-4\n'
-                   'export TRAINER_EXTRA_ARGS="--lora_rank=16 --use_ema"\n')
+                   'export TRAINER_EXTRA_ARGS="--lora_rank=16 --use_ema"\nexport USE_GRADIENT_CHECKPOINTING=false\n')
     args = suggested_flags(refusal(capsys, ["train", "--config", str(env)]))
     assert (args["model"], float(args["lr"]), args["rank"], args["ema"]) == (
         "stabilityai/stable-diffusion-xl-base-1.0", 1e-4, "16", True)
