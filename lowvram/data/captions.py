@@ -125,7 +125,7 @@ def _decode_utf16(raw: bytes) -> str | None:
 
 # Windows' ANSI code pages of East Asia (Notepad's "ANSI" on a Japanese, Chinese or Taiwanese Windows), tried where
 # cp1252 reads a caption as garbling
-EAST_ASIAN = (("cp932", "Shift_JIS"), ("gb18030", "GBK"), ("big5", "Big5"))
+EAST_ASIAN = (("cp932", "Shift_JIS"), ("gb18030", "GBK"), ("big5", "Big5"), ("euc_jp", "EUC-JP"))
 LEGACY_NAMES = ("cp1252", *(name for _, name in EAST_ASIAN))
 # what a Western caption's non-ASCII characters are besides letters: a sign cp1252 reads elsewhere is a lead or
 # trail byte of an East Asian character (Big5's and GBK's trail bytes are often ASCII, which breaks up the runs)
@@ -139,7 +139,8 @@ def _decode_legacy(raw: bytes) -> tuple[str, str]:
     is two bytes over 0x7f; a Western text has them one by one, as letters) and that code page reads East Asian
     characters only. Several may: kana are Japanese (Big5's and GBK's bytes never read as Shift_JIS's kana); a
     reading in GB2312's common characters is Chinese (Japanese kanji's Shift_JIS bytes read as GBK's rare ones), one
-    in JIS X 0208's Japanese, else Traditional Chinese (Big5's common characters read as half-width katakana)."""
+    in JIS X 0208's Japanese, one of EUC-JP's with kana Japanese (Big5's bytes read so only here and there), else
+    Traditional Chinese (Big5's characters read as half-width katakana in Shift_JIS)."""
     try:
         western = raw.decode("cp1252")
     except UnicodeDecodeError:  # single-byte encodings: byte by byte is exact
@@ -163,14 +164,20 @@ def _decode_legacy(raw: bytes) -> tuple[str, str]:
             readings[name] = text
     for name, judged_by in (("Shift_JIS", _has_kana),
                             ("GBK", lambda text: _fits(text, "gb2312") and not _has_kana(text)),
-                            ("Shift_JIS", lambda text: _fits(text, "shift_jis")), ("Big5", bool)):
+                            ("Shift_JIS", lambda text: _fits(text, "shift_jis")),
+                            ("EUC-JP", lambda text: sum(map(_is_kana, text)) >= 2),  # (Big5's 中 is EUC-JP's い)
+                            ("Big5", bool), ("EUC-JP", _has_kana)):
         if name in readings and judged_by(readings[name]):
             return readings[name], name
     return next(((text, name) for name, text in readings.items()), (western, "cp1252"))
 
 
 def _has_kana(text: str) -> bool:
-    return any("\u3040" <= char <= "\u30ff" for char in text)
+    return any(map(_is_kana, text))
+
+
+def _is_kana(char: str) -> bool:
+    return "\u3040" <= char <= "\u30ff"
 
 
 def _fits(text: str, codec: str) -> bool:
