@@ -536,5 +536,22 @@ def _unpack_hint(path: Path) -> str:
     if module is None:
         return "; extract it first (7-Zip), then give its folder" if name.endswith((".7z", ".rar")) else ""
     folder = path.with_name(re.sub(r"(\.tar)?\.[^.]+$", "", path.name, flags=re.IGNORECASE))
+    inside = zip_folder(path) if module == "zipfile" else None
+    if inside:  # (Windows' "Compressed folder" and macOS' "Compress" keep the folder itself in the zip)
+        folder = path.parent
     python = "python" if os.name == "nt" else "python3"
-    return f"; unpack it first: {python} -m {module} -e {shell_line(path, folder)}, then --data {shell_line(folder)}"
+    data = folder / inside if inside else folder
+    return f"; unpack it first: {python} -m {module} -e {shell_line(path, folder)}, then --data {shell_line(data)}"
+
+
+def zip_folder(path: Path) -> str | None:
+    """The one folder a zip holds everything in, if it does (a folder compressed as itself); None otherwise."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if name.strip("/")]
+    except (OSError, zipfile.BadZipFile):
+        return None
+    tops = {name.split("/")[0] for name in names}
+    return tops.pop() if len(tops) == 1 and any("/" in name.strip("/") for name in names) else None

@@ -78,8 +78,9 @@ def run_dir(tmp_path, monkeypatch):
         Image.new("RGB", (96, 80), colour).save(data / f"{i:02d}.png")
         (data / f"{i:02d}.txt").write_text(f"a {colour} square\n")
     output = tmp_path / "drive" / "runs" / "shapes"
-    # uploaded as one zip, as Colab users often do: the notebook unpacks it beside itself, once
-    archive = shutil.make_archive(str(data.parent), "zip", data.parent)
+    # uploaded as one zip of the folder itself (Windows' "Compressed folder"), as Colab users often do: the notebook
+    # unpacks it beside itself, once
+    archive = shutil.make_archive(str(data.parent), "zip", data.parent.parent, data.parent.name)
     shutil.rmtree(data.parent)
 
     # The kernel, and the lowvram commands it runs, inherit this environment.

@@ -112,14 +112,16 @@ def test_a_file_where_a_folder_or_a_safetensors_name_belongs_is_named(tmp_path, 
     assert main(["check-data", "--model", "tiny", str(image)]) == 2
     assert f"--data: {image} is a file; give the folder of images" in one_error(capsys)
     # a dataset uploaded as an archive (a Colab user's zip on Drive): how to unpack it, then the --data that follows
-    archive = tmp_path / "my dataset.zip"
-    shutil.make_archive(str(archive.with_suffix("")), "zip", sample_data)
-    assert main(["check-data", "--model", "tiny", str(archive)]) == 2
-    unpack = one_error(capsys).split("unpack it first: ")[1]
-    command, data = unpack.split(", then --data ")
-    subprocess.run([sys.executable, *shlex.split(command)[1:]], check=True)
-    assert main(["check-data", "--model", "tiny", *shlex.split(data)]) == 0
-    capsys.readouterr()
+    # (its contents at the top, or the folder itself inside it, as Windows' "Compressed folder" and macOS make it)
+    for archive, inside in ((tmp_path / "my dataset.zip", None), (tmp_path / "zipped" / "sample.zip", sample_data.name)):
+        archive.parent.mkdir(exist_ok=True)
+        shutil.make_archive(str(archive.with_suffix("")), "zip", sample_data.parent if inside else sample_data, inside)
+        assert main(["check-data", "--model", "tiny", str(archive)]) == 2
+        unpack = one_error(capsys).split("unpack it first: ")[1]
+        command, data = unpack.split(", then --data ")
+        subprocess.run([sys.executable, *shlex.split(command)[1:]], check=True)
+        assert main(["check-data", "--model", "tiny", *shlex.split(data)]) == 0, unpack
+        capsys.readouterr()
     lora = train(run_config(output=str(tmp_path / "run"), max_steps=1)).lora_path
     capsys.readouterr()
     for command in (["resize", str(lora), "--rank", "2"], ["merge", str(lora), "--rank", "2"]):
