@@ -29,9 +29,9 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     notes: list[str] = []
     if len(found) > 1:
         notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
-    elif found and found[0].suffix.lower() != extension.lower():  # (a dataset file's subset: kohya reads its own alone)
-        notes.append(f"caption read from its {found[0].suffix} file: it has no {extension} (kohya reads {extension} "
-                     "alone: the folder's class tokens)")
+    elif found and found[0].suffix.lower() != extension.lower():  # (kohya reads one extension alone)
+        notes.append(f"caption read from its {found[0].suffix} file, as it has no {extension} (kohya reads only the "
+                     "extension its caption_extension names, .caption unless set)")
     if not found:
         others = [suffix for suffix in CAPTION_SUFFIXES if suffix != extension and caption_file(image, suffix)]
         unread = f" (its {others[0]} is not read with --caption-extension {extension})" if others else ""
