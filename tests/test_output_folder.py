@@ -314,14 +314,21 @@ def test_a_lock_another_machine_left_is_taken_over_once_its_run_stops_refreshing
 
     lock = outdir.FolderLock(tmp_path / "run")
     lock.path.parent.mkdir()
-    lock.path.write_text(json.dumps({"pid": 1, "host": "8f2c1a9b7d3e", "since": "2026-12-05T08:01:07+00:00"}))
-    assert "in use by another lowvram run (pid 1 on 8f2c1a9b7d3e" in lock.held_by_another()
+    theirs = {"pid": 1, "host": "8f2c1a9b7d3e", "since": "2026-12-05T08:01:07+00:00"}
     old = time.time() - outdir.LOCK_STALE_S - 5
+    lock.path.write_text(json.dumps(theirs))  # an earlier lowvram's, which never refreshed it: held
+    os.utime(lock.path, (old, old))
+    assert "in use by another lowvram run (pid 1 on 8f2c1a9b7d3e" in lock.held_by_another()
+    lock.path.write_text(json.dumps(theirs | {"refreshed": True}))
+    assert "in use by another lowvram run (pid 1 on 8f2c1a9b7d3e" in lock.held_by_another()
     os.utime(lock.path, (old, old))  # its run stopped refreshing it
     assert lock.held_by_another() is None
     lock.acquire()  # taken over
     assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    lock.path.write_text(json.dumps(theirs | {"refreshed": True}))  # taken over in turn: its release leaves it
     lock.release()
+    assert json.loads(lock.path.read_text())["pid"] == 1
+    lock.path.unlink()
     monkeypatch.setattr(outdir, "LOCK_HEARTBEAT_S", 0.05)  # a live run refreshes its own
     lock.acquire()
     try:

@@ -518,8 +518,8 @@ LOCK_STALE_S = 180  # cannot be looked up) untouched this long is a gone run's: 
 
 class FolderLock:
     """`<folder>/.lowvram.lock`, created exclusively, naming the process that holds it. A lock whose process is
-    gone (killed, crashed, the machine restarted) is stale and taken over; one another machine's process holds
-    is refreshed while it runs."""
+    gone (killed, crashed, the machine restarted) is stale and taken over. Another machine cannot look that
+    process up, so a run refreshes its lock while it runs, where the disk lets it (the lock says whether)."""
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK
@@ -529,7 +529,7 @@ class FolderLock:
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "created": _process_created(os.getpid()),
-                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "refreshed": True}
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -540,6 +540,10 @@ class FolderLock:
                 continue
             try:
                 with os.fdopen(fd, "w") as fh:
+                    try:
+                        os.utime(self.path)  # (a disk that keeps no times: a lock another run must not take over)
+                    except OSError:
+                        mine["refreshed"] = False
                     json.dump(mine, fh)
             except OSError as exc:  # a full disk: the first write of a run (its resume, right after the disk filled)
                 self.path.unlink(missing_ok=True)
@@ -576,7 +580,9 @@ class FolderLock:
     def release(self) -> None:
         self._stop.set()
         if self.held:
-            self.path.unlink(missing_ok=True)
+            holder = self._holder() or {}
+            if (holder.get("pid"), holder.get("host")) == (os.getpid(), socket.gethostname()):  # (not one that
+                self.path.unlink(missing_ok=True)  # another machine took over meanwhile)
             self.held = False
 
 
@@ -591,8 +597,11 @@ def _process_created(pid: int) -> float | None:
 
 def _alive(holder: dict, path: Path) -> bool:
     """Whether the process named in the lock at `path` still runs (the same pid and start time: pids are
-    reused); on another host, whether it refreshed the lock lately."""
+    reused); on another host, whether it refreshed the lock lately (one that does not: held, as earlier
+    lowvram's locks)."""
     if holder.get("host") != socket.gethostname():
+        if not holder.get("refreshed"):
+            return True
         try:
             return time.time() - path.stat().st_mtime < LOCK_STALE_S
         except OSError:
