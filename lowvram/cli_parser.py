@@ -452,10 +452,10 @@ def _add_data_argument(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--data", dest="data_flag", metavar="DIR", help=argparse.SUPPRESS)
 
 
-# options of free text (not files): what they hold reaches the tokenizer or the files' metadata
-FREE_TEXT = ("trigger_word", "caption_template", "caption_prefix", "caption_suffix", "class_prompt", "sample_prompts",
-             "prompt", "negative_prompt", "training_comment", "metadata_title", "metadata_author",
-             "metadata_description", "metadata_tags")
+# options of free text (not files): what they hold reaches the tokenizer or the files' metadata; the run's are
+# marked so where they are declared, generate's and caption's own are these
+FREE_TEXT = (*(name for name, (_, f, _) in fields_by_name().items() if f.metadata.get("text")),
+             "prompt", "negative_prompt", "exclude_tags")
 
 
 def utf8_text_arguments(args: argparse.Namespace, command: argparse.ArgumentParser) -> None:

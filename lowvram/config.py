@@ -120,11 +120,11 @@ def written_rate(rate: float) -> str:
 
 
 def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None, metavar: str | None = None,
-           flag: str | None = None, spelling=None):
+           flag: str | None = None, spelling=None, text: bool = False):
     """A config field: its default, its `--help` text and, where it has them, the accepted values, a flag
-    name other than `--field-name`, and `spelling`: the choice another tool's name for it means (ValueError
-    when none)."""
-    meta = {"help": help, "choices": choices, "metavar": metavar, "flag": flag, "spelling": spelling}
+    name other than `--field-name`, `spelling`: the choice another tool's name for it means (ValueError
+    when none), and whether it is free `text` (a prompt, a caption's part: checked as UTF-8 on the command line)."""
+    meta = {"help": help, "choices": choices, "metavar": metavar, "flag": flag, "spelling": spelling, "text": text}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -174,20 +174,22 @@ class DataConfig:
     caption_template: str = option("{trigger}", "Caption for an image without a caption file; {trigger} is the "
                                    "folder's name without its repeat prefix (ohwx dog of 10_ohwx dog) where that "
                                    "holds the trigger word or there is none, else the trigger word; {filename} the "
-                                   "image's file name without its extension (SimpleTuner's filename captions).")
-    trigger_word: str | None = option(None, "Word that activates the LoRA; prepended to captions that lack it.")
+                                   "image's file name without its extension (SimpleTuner's filename captions).",
+                                   text=True)
+    trigger_word: str | None = option(None, "Word that activates the LoRA; prepended to captions that lack it.",
+                                      text=True)
     caption_prefix: str = option("", "Text written before every caption and a space, after the trigger word is "
                                  "added (kohya's caption_prefix, e.g. \"masterpiece,\"); tag shuffling includes it.",
-                                 metavar="TEXT")
+                                 metavar="TEXT", text=True)
     caption_suffix: str = option("", "Text written after every caption and a space (kohya's caption_suffix, e.g. "
-                                 "\", from side\").", metavar="TEXT")
+                                 "\", from side\").", metavar="TEXT", text=True)
     reg_data: str | None = option(None, "Regularization (prior-preservation) image folder, same layout as --data; "
                                   "cycled to match the training images per epoch.", metavar="DIR")
     class_prompt: str | None = option(None, "Caption for a regularization image without a caption file (the "
                                       "diffusers scripts' --class_prompt, e.g. \"a photo of a dog\"); {trigger} is "
                                       "its folder's name without the repeat prefix. Default: that folder name "
                                       "(kohya's class tokens); never --caption-template, the instance's caption.",
-                                      metavar="TEXT")
+                                      metavar="TEXT", text=True)
     prior_loss_weight: float = option(1.0, "Loss weight of regularization images.")
     prior_prediction: bool = option(False, "Train the regularization images toward the model's own prediction "
                                     "with the adapters off, not toward the noise (OneTrainer's prior prediction): "
@@ -219,14 +221,15 @@ class DataConfig:
                              "reads a caption file's lines as --caption-lines each does, too).")
     caption_separator: str = option(",", "What separates a caption's tags, for --shuffle-tags, --keep-tokens and "
                                     "--tag-dropout (kohya's caption_separator); the tags they vary are joined with "
-                                    "', ', as kohya joins them.", metavar="TEXT")
+                                    "', ', as kohya joins them.", metavar="TEXT", text=True)
     secondary_separator: str = option("", "Text that joins words into one tag, which shuffles and drops whole, and "
                                       "is then trained as --caption-separator (kohya's secondary_separator, e.g. "
-                                      "\";;;\").", metavar="TEXT")
+                                      "\";;;\").", metavar="TEXT", text=True)
     keep_tokens_separator: str = option("", "Text in a caption that ends its tags kept in front (kohya's "
                                         "keep_tokens_separator, e.g. \"|||\"): a caption that has it keeps the tags "
                                         "before it in place, instead of the first --keep-tokens, and those after a "
-                                        "second one at the end; the separator is not trained on.", metavar="TEXT")
+                                        "second one at the end; the separator is not trained on.", metavar="TEXT",
+                                        text=True)
     tag_dropout: float = option(0.0, "Probability that each caption tag past --keep-tokens is left out (kohya's "
                                 "caption_tag_dropout_rate), drawn per step, or per cached variant when text "
                                 "embeddings are cached.", metavar="P")
@@ -590,22 +593,23 @@ class OutputConfig:
                              "there.")
     training_comment: str | None = option(None, "A note kept in the LoRA's metadata, which ComfyUI and "
                                           "AUTOMATIC1111 show (kohya's ss_training_comment; default: the trigger "
-                                          "word).", metavar="TEXT")
+                                          "word).", metavar="TEXT", text=True)
     metadata_title: str | None = option(None, "The LoRA's title in its modelspec metadata, which model sites and "
-                                        "UIs show (default: --name).", metavar="TEXT")
-    metadata_author: str | None = option(None, "Its author, in the modelspec metadata.", metavar="TEXT")
-    metadata_description: str | None = option(None, "Its description, in the modelspec metadata.", metavar="TEXT")
+                                        "UIs show (default: --name).", metavar="TEXT", text=True)
+    metadata_author: str | None = option(None, "Its author, in the modelspec metadata.", metavar="TEXT", text=True)
+    metadata_description: str | None = option(None, "Its description, in the modelspec metadata.", metavar="TEXT",
+                                              text=True)
     metadata_license: str | None = option(None, "Its license, in the modelspec metadata (e.g. "
-                                          "creativeml-openrail-m).", metavar="TEXT")
+                                          "creativeml-openrail-m).", metavar="TEXT", text=True)
     metadata_tags: str | None = option(None, "Its tags, comma-separated, in the modelspec metadata.",
-                                       metavar="A,B")
+                                       metavar="A,B", text=True)
     no_metadata: bool = option(False, "Write only which network the LoRA holds and for which model, not how it was "
                                "trained (no captions, prompts or settings; kohya's --no_metadata).")
     sample_prompts: tuple[str, ...] = option((), "Prompt(s) to render with the trained LoRA at the end "
                                              "(repeat the flag for several). kohya's inline options work: "
                                              "'a cat --n blurry --w 512 --h 768 --s 28 --l 7 --d 42' (negative "
                                              "prompt, width, height, steps, guidance, seed).", metavar="PROMPT",
-                                             flag="--sample-prompt")
+                                             flag="--sample-prompt", text=True)
     sample_prompt_file: str | None = option(None, "A file of sample prompts, added to --sample-prompt's: one per "
                                             "line with the inline options (.txt, kohya's --sample_prompts file), or "
                                             "kohya's .toml or .json prompt file.", metavar="FILE")

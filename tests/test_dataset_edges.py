@@ -286,9 +286,10 @@ def test_free_text_in_another_encoding_is_refused_by_flag_and_a_c_locales_is_rea
     utf8_text_arguments(args, parser._subparsers._group_actions[0].choices["train"])
     assert (args.trigger_word, list(args.sample_prompts)) == ("ねこ", ["a", "ねこ"])
     shift_jis = "ねこ".encode("cp932").decode("utf-8", "surrogateescape")
-    with pytest.raises(SystemExit):
-        main(["train", "--model", "tiny", "--data", "sample", "--sample-prompt", shift_jis])
-    assert "--sample-prompt: b'\\x82\\xcb\\x82\\xb1' is not UTF-8 text" in capsys.readouterr().err
+    for flag in ("--sample-prompt", "--metadata-license", "--caption-separator"):  # (every free-text option's)
+        with pytest.raises(SystemExit):
+            main(["train", "--model", "tiny", "--data", "sample", flag, shift_jis])
+        assert f"{flag}: b'\\x82\\xcb\\x82\\xb1' is not UTF-8 text" in capsys.readouterr().err
 
 
 def test_a_cjk_dataset_is_checked_under_an_ascii_locale(tmp_path):
