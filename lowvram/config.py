@@ -686,8 +686,8 @@ class RunConfig:
         their embeddings, so they cannot change during the run), the trigger word in ai-toolkit's placeholder."""
         path = self.output.sample_prompt_file
         lines = self.output.sample_prompts + (tuple(read_prompt_file(Path(path))[0]) if path else ())
-        trigger = self.data.trigger_word
-        return tuple(line.replace(TRIGGER_PLACEHOLDER, trigger) for line in lines) if trigger else lines
+        return tuple(line.replace(TRIGGER_PLACEHOLDER, self.data.trigger_word or "") for line in lines)  # (none: out,
+        # as ai-toolkit leaves it, and its captions' too)
 
     @property
     def samples(self) -> tuple[SamplePrompt, ...]:

@@ -36,6 +36,7 @@ from lowvram.option_values import (
     MAX_RESOLUTION,
     MIN_RESOLUTION,
     caption_extension_problem,
+    caption_template_problem,
     parse_colour,
     parse_resolutions,
     parse_source,
@@ -255,10 +256,8 @@ def _data_problems(c: RunConfig) -> list[str]:
     if caption_extension_problem(c.data.caption_extension):
         p.append(f"--caption-extension: {caption_extension_problem(c.data.caption_extension)}")
     for flag, template in (("--caption-template", c.data.caption_template), ("--class-prompt", c.data.class_prompt)):
-        try:
-            (template or "").format(trigger="", filename="")
-        except (KeyError, IndexError, ValueError):
-            p.append(f"{flag}: {template!r}: the placeholders are {{trigger}} and {{filename}}")
+        if caption_template_problem(template):
+            p.append(f"{flag}: {caption_template_problem(template)}")
     return p
 
 

@@ -114,7 +114,7 @@ def with_adapter_config(path, metadata: dict[str, str]) -> dict[str, str]:
     holds no alpha: read at alpha = rank, a file of lora_alpha 2 at rank 8 applied 4x over) taken as diffusers'
     adapter metadata of every model part; the file's own adapter metadata wins."""
     config_path = Path(path).with_name(ADAPTER_CONFIG)
-    if ADAPTER_METADATA in metadata or not config_path.is_file():
+    if ADAPTER_METADATA in metadata or not Path(path).name.startswith("adapter_model") or not config_path.is_file():
         return metadata
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))

@@ -110,6 +110,15 @@ def caption_extension_problem(extension: str) -> str | None:
     return f"'{extension}' is no file extension; give it with its dot, e.g. .txt"
 
 
+def caption_template_problem(template: str | None) -> str | None:
+    """What is wrong with a caption template (--caption-template, --class-prompt): a placeholder it has none of."""
+    try:
+        (template or "").format(trigger="", filename="")
+    except (KeyError, IndexError, ValueError):
+        return f"{template!r}: the placeholders are {{trigger}} and {{filename}}"
+    return None
+
+
 def parse_source(text: str, weight: float = 1.0) -> tuple[Path, float]:
     """FILE or FILE:WEIGHT, `weight` where none is given. An existing file is the file, whatever colons its name
     holds; so is text whose last ':' is a Windows drive's (C:\\x) or is followed by a path or a file name

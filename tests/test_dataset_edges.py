@@ -110,6 +110,7 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
     assert {name: record.caption for name, record in report.items()} == {"a.png": "a photo", "b.png": "b photo"}
     config = run_config(trigger_word="ohwx", sample_prompts=("[trigger], portrait --w 64",))
     assert config.prompt_lines == ("ohwx, portrait --w 64",) and config.samples[0].text == "ohwx, portrait"
+    assert run_config(sample_prompts=("[trigger] portrait",)).prompt_lines == (" portrait",)  # (as its captions')
 
 
 def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path, capsys):

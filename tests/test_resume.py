@@ -418,7 +418,7 @@ def test_caption_noise_and_repeat_changes_on_resume_are_said_as_a_new_lr_is(tmp_
     (tmp_path / "d.toml").write_text(tomli_w.dumps(dataset))
     train(run_config(max_steps=3, resume="auto", shuffle_tags=True, noise_offset=0.05, **values))
     said = " ".join(capsys.readouterr().out.split())
-    assert ("note: --shuffle-tags True (was False), --noise-offset 0.05 (was 0), samples per epoch 6 (was 3): the "
+    assert ("note: --shuffle-tags on (was off), --noise-offset 0.05 (was 0), samples per epoch 6 (was 3): the "
             "steps from 3 train with them" in said), said
 
 

@@ -50,7 +50,7 @@ from lowvram.data.scan_report import ImageRecord, ScanReport
 from lowvram.dataset_files.subsets import REPEAT_FOLDER
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import ignores_case, passed_over, redraws_in_place, utf8_text, write_text
-from lowvram.option_values import caption_extension_problem
+from lowvram.option_values import caption_extension_problem, caption_template_problem
 from lowvram.prompts import TRIGGER_PLACEHOLDER
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
@@ -89,11 +89,8 @@ class ScanOptions:
             raise LowvramError(f"--caption-extension: {caption_extension_problem(self.caption_extension)}")
         if self.small_images not in ("upscale", "skip"):
             raise LowvramError(f"--small-images: {self.small_images!r} is not 'upscale' or 'skip'")
-        try:
-            self.caption_template.format(trigger="", filename="")
-        except (KeyError, IndexError, ValueError):
-            raise LowvramError(f"--caption-template: {self.caption_template!r}: the placeholders are {{trigger}} and "
-                               "{filename}") from None
+        if caption_template_problem(self.caption_template):
+            raise LowvramError(f"--caption-template: {caption_template_problem(self.caption_template)}")
 
 
 class NoUsableImages(LowvramError):
