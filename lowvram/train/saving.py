@@ -99,7 +99,9 @@ def _stored(value: object) -> object:
 
 
 def _shown(value: object) -> str:
-    return "on" if value is True else "off" if value is False else f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule) -> checkpoint.Position:
