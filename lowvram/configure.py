@@ -61,6 +61,7 @@ from lowvram.option_values import (
     MAX_RESOLUTION,
     MIN_RESOLUTION,
     area_side,
+    parse_resolutions,
     parse_source,
     relocated_source,
     width_height,
@@ -668,6 +669,15 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
         section, f, kind = known[name]
         flag = flag_name(f)
         shape = width_height(value) if name == "resolution" else None
+        sides: tuple[int, ...] = ()
+        if name == "resolution" and not shape and isinstance(value, (str, list, tuple)):
+            with contextlib.suppress(ValueError):
+                sides = parse_resolutions(value if isinstance(value, str) else ",".join(map(str, value)))
+        if len(sides) > 1:  # ai-toolkit's and SimpleTuner's list of resolutions
+            others = ",".join(map(str, sorted(sides)[:-1]))
+            problems.append(f"{flag}: {quoted(value)} is several resolutions; give the largest as --resolution "
+                            f"{max(sides)} and the others as --extra-resolutions {others}")
+            continue
         if name == "resolution" and isinstance(value, (list, tuple)) and not shape:
             problems.append(f"{flag}: {quoted(value)} is not a width and height in pixels")
             continue

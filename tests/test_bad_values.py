@@ -79,6 +79,10 @@ def test_a_resolution_past_any_card_is_refused(images, capsys):
         run_config(resolution=[float("inf"), 512])  # (a TOML's inf)
     with pytest.raises(LowvramError, match=r"^--resolution: 1000000000 must be a multiple of 8 from 64 to 4096$"):
         run_config(resolution=1_000_000_000)  # (the planner took minutes over it)
+    for several in ("512,768,1024", [1024, 512, 768]):  # ai-toolkit's and SimpleTuner's lists ("a whole number")
+        with pytest.raises(LowvramError, match=r"several resolutions; give the largest as --resolution 1024 and the "
+                                               r"others as --extra-resolutions 512,768$"):
+            run_config(resolution=several)
     other = images.parent / "other" / "1_y"  # a kohya dataset of other images at its own resolution
     other.mkdir(parents=True)
     Image.new("RGB", (64, 64)).save(other / "b.png")
