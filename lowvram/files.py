@@ -180,9 +180,9 @@ def windows_output_problem(flag: str, given: str | os.PathLike) -> str | None:
     return f"{flag}: {given} would be written as {where}{hint}"
 
 
-# what an archiver or a file system adds beside the images (macOS's zip copies of resource forks, Windows' bins,
-# a Synology's thumbnails), passed over as hidden files are
-SYSTEM_FOLDERS = ("__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaDir")
+# what an archiver, a file system or another trainer adds beside the images (macOS's zip copies of resource forks,
+# Windows' bins, a Synology's thumbnails, ai-toolkit's latents), passed over as hidden files are
+SYSTEM_FOLDERS = ("__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaDir", "_latent_cache")
 
 
 def local_path(given: str, config_file: Path, levels: int = 1) -> Path:

@@ -106,6 +106,8 @@ def write_messy_dataset(root: Path) -> dict[str, str]:
     for macos in (Path(root) / "__MACOSX" / folder.name, folder / "__MACOSX"):  # as macOS zips a folder
         macos.mkdir(parents=True)
         (macos / "._good_1.png").write_bytes(b"\0\5\26\7AppleDouble")
+    (Path(root) / "_latent_cache").mkdir()  # ai-toolkit's, in the dataset it trained
+    (Path(root) / "_latent_cache" / "good_1_a1b2.safetensors").write_bytes(b"\0" * 16)
     (folder / "nested" / "deeper").mkdir(parents=True)  # a level too deep: not read, its images counted
     drawn().save(folder / "nested" / "ignored.png")
     drawn().save(folder / "nested" / "deeper" / "ignored.jpg")

@@ -80,6 +80,7 @@ def test_every_messy_file_is_reported_with_its_reason_or_notes(messy):
     assert "misc/" in notes and "0_off/" in notes and "notes.docx" in notes
     assert "metadata.json" not in notes and "DS_Store" not in notes and "._good_1" not in notes
     assert "MACOSX" not in notes  # (it was said to hold N_name folders to train, as --data)
+    assert "_latent_cache" not in notes  # (ai-toolkit's: "not named 'N_name'" said to rename it)
     assert f"ignored folder {FOLDER}/nested/ (2 images in it and below do not train): images must sit" in notes
     # Captions: file first line, template (folder label) when missing or empty, latin-1 read as cp1252.
     assert records[f"{FOLDER}/good_1.png"].caption == "a circle in rgb(220, 40, 40)"
