@@ -148,6 +148,14 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     (folder / "img0.txt").write_text("ohwx, hatsune miku (vocaloid)")
     assert main(argv) == 0
     assert "(vocaloid)" not in capsys.readouterr().out
+    # tags parted by a Chinese comma: one tag to a shuffle (kohya's too), said where tags are shuffled
+    (folder / "img2.txt").write_text("ohwx，少女，笑顔", encoding="utf-8")
+    assert main(argv) == 0
+    assert "caption-separator" not in capsys.readouterr().out  # (nothing shuffles them)
+    assert main([*argv, "--shuffle-tags", "--keep-tokens", "1"]) == 0
+    assert ("note: 1 of 3 captions hold ， (in 10_ohwx/img2.png's), trained as text; pass --caption-separator '，' "
+            "to shuffle and drop the tags it parts") in " ".join(capsys.readouterr().out.split())
+    (folder / "img2.txt").unlink()
     # a caption past what the text encoders read: said by train only, after the model loaded
     (folder / "img0.txt").write_text(", ".join(f"tag{i} word" for i in range(30)))
     assert main(argv) == 0

@@ -172,17 +172,24 @@ KOHYA_KEEP_SEPARATOR = "|||"  # the keep_tokens_separator kohya's documentation 
 
 def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list[str]:
     """What the captions hold that trains otherwise than it was likely meant to (kohya trains them so too, without
-    a word): the trigger word varied with the other tags, kohya's "|||" or weighted emphasis read as text."""
+    a word): the trigger word varied with the other tags, kohya's "|||" or weighted emphasis read as text, tags
+    parted by Chinese or Japanese commas (，、), which a shuffle takes as one tag."""
     notes = [note] if (note := trigger_moved(records, config, trigger)) else []
+    data = config.data
+    varied = data.caption_separator == "," and (data.shuffle_tags or data.tag_dropout)
+    wide = next((char for char in "，、" for record in records if char in record.caption and "," not in
+                 record.caption), "") if varied else ""
     for held, flag, value, does, unset in (
             (lambda caption: KOHYA_KEEP_SEPARATOR in caption, "--keep-tokens-separator", f"'{KOHYA_KEEP_SEPARATOR}'",
-             "keep the tags before it in front", not config.data.keep_tokens_separator),
+             "keep the tags before it in front", not data.keep_tokens_separator),
             (WEIGHTED.search, "--weighted-captions", "", "weigh it as kohya's --weighted_captions does",
-             not config.data.weighted_captions)):
+             not data.weighted_captions),
+            (lambda caption: wide in caption and "," not in caption, "--caption-separator", f"'{wide}'",
+             "shuffle and drop the tags it parts (each caption is one tag now)", bool(wide))):
         found = [record for record in records if unset and held(record.caption)] if records else []
         if found:
-            shown = (KOHYA_KEEP_SEPARATOR if flag == "--keep-tokens-separator"
-                     else WEIGHTED.search(found[0].caption)[0])
+            shown = {"--keep-tokens-separator": KOHYA_KEEP_SEPARATOR, "--caption-separator": wide}.get(flag) or \
+                WEIGHTED.search(found[0].caption)[0]
             notes.append(f"note: {len(found)} of {len(records)} captions hold {shown} (in {found[0].relpath}'s), "
                          f"trained as text; pass {' '.join(filter(None, (flag, value)))} to {does}")
     return notes
