@@ -134,7 +134,10 @@ def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None
 
         slow = "" if detect_family(config.model.model, config.model.model_family).full_size else (
             " (a full-size model trains many times slower on a CPU than on a GPU: a Colab notebook needs a GPU runtime)")
-        print(f"lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in fp32{slow}")
+        if config.training.mixed_precision == "fp16":  # (refused next: it needs a GPU)
+            return config
+        precision = "bf16" if config.training.mixed_precision == "bf16" else "fp32"
+        print(f"lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in {precision}{slow}")
         return config
     if vram:
         budget = parse_size(vram, "--vram")

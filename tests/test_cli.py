@@ -212,6 +212,11 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):
     auto_strategy(build_config({"model": "sd15", "data": "sample"}), {}, None)
     assert ("training on the CPU in fp32 (a full-size model trains many times slower on a CPU than on a GPU: a Colab "
             "notebook needs a GPU runtime)") in " ".join(capsys.readouterr().out.split())
+    # the precision asked for is the one said (a T4's fp16 on a CPU runtime: only its refusal, not "in fp32" first)
+    auto_strategy(build_config({"model": "tiny", "data": "sample", "mixed_precision": "bf16"}), {}, None)
+    assert "training on the CPU in bf16" in capsys.readouterr().out
+    auto_strategy(build_config({"model": "tiny", "data": "sample", "mixed_precision": "fp16"}), {}, None)
+    assert "no CUDA GPU" not in capsys.readouterr().out
     # the end says how long the steps took and where their figures are
     metrics = re.escape(str(tmp_path / "metrics.jsonl"))
     assert re.search(rf"trained to step 1 in 0:00:\d\d; each step's figures are in {metrics}", out)
