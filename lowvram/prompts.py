@@ -25,6 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+# scripts written without spaces between words: kana (and half-width katakana) and CJK ideographs (a regex range)
+UNSPACED = "\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f"
 TRIGGER_PLACEHOLDER = "[trigger]"  # ai-toolkit's, in captions and sample prompts: its trigger_word goes there
 MAX_STEPS = 1000  # the timesteps SD1.5 and SDXL were trained with: no sampler takes more
 MAX_SEED = 2**32 - 1  # AUTOMATIC1111's and kohya's seeds; -1 draws one (where a random seed has a place)

@@ -162,6 +162,10 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     assert ("warning: 1 of 3 images have a caption past 75 tokens, and the text encoders read only their first 75: "
             "shorten them, or add --max-token-length 150 (the longest, 10_ohwx/img0.png's, has 141)") in " ".join(
         capsys.readouterr().out.split())
+    (folder / "img0.txt").write_text("ohwx, " + "黒髪の少女が笑顔で立っている" * 4, encoding="utf-8")  # (few words, many tokens)
+    assert main(argv) == 0
+    assert ("; CLIP reads a Chinese or Japanese character as 1 to 3 tokens, and knows English tags far better" in
+            " ".join(capsys.readouterr().out.split()))
     # each caption as it trains, and the tags by how many captions hold them (they were seen only in the LoRA)
     (folder / "img0.txt").write_text("Smile, smile, red hair")
     assert main([*argv, "--captions", "--caption-prefix", "best,"]) == 0

@@ -13,6 +13,7 @@ import unicodedata
 from pathlib import Path
 
 from lowvram.config import CAPTION_SUFFIXES
+from lowvram.prompts import UNSPACED
 
 WILDCARD = re.compile(r"\{([^{}]+)\}")  # kohya's {a|b|c}: one of a, b, c ({a}: a); {{ and }} are braces
 BRACES = ("{{", "\x00"), ("}}", "\x01")  # kohya's escaped braces, kept out of the choices' way
@@ -283,10 +284,6 @@ def has_word(caption: str, word: str) -> bool:
     before = "" if _unspaced(word[0]) else rf"(?<!{spaced_letter})"
     after = "" if _unspaced(word[-1]) else rf"(?!{spaced_letter})"
     return re.search(rf"{before}{re.escape(word)}{after}", caption, re.IGNORECASE) is not None
-
-
-# scripts written without spaces between words: kana (and half-width katakana) and CJK ideographs
-UNSPACED = "\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f"
 
 
 def _unspaced(char: str) -> bool:

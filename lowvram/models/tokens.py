@@ -4,13 +4,14 @@ training would cut, as training does, with the family's own CLIP tokenizer (SD1.
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
 from lowvram.config import CHUNK_TOKENS, TOKEN_LENGTHS
 from lowvram.models.families import DEFAULT_READING, ModelFamily, TextReading
-from lowvram.prompts import CHUNK_BREAK, weighted_pieces
+from lowvram.prompts import CHUNK_BREAK, UNSPACED, weighted_pieces
 
 
 def caption_tokens(text: str, tokenizer, reading: TextReading = DEFAULT_READING) -> int:
@@ -66,10 +67,12 @@ def cut_captions(records: list, tokenizer, reading: TextReading) -> str | None:
     more = (f", or add --max-token-length {enough}" if enough else
             f", or add --max-token-length {TOKEN_LENGTHS[-1]} to read more of each"
             if reading.max_tokens < TOKEN_LENGTHS[-1] else "")
+    cjk = any(re.search(f"[{UNSPACED}]", text) for text, tokens in lengths.items() if tokens > reading.max_tokens)
     return (f"warning: {len(cut)} of {len(records)} images have a caption past {reading.max_tokens} tokens, and the "
             f"text encoders read only their first {reading.max_tokens}: shorten them{more} (the longest, {name}'s, "
             f"has {longest}" + ("; a BREAK fills the rest of its 75-token chunk, so what follows it needs the next one"
-                                * breaks) + ")")
+                                * breaks) + ")" + ("; CLIP reads a Chinese or Japanese character as 1 to 3 tokens, and "
+                                                   "knows English tags far better" if cjk else ""))
 
 
 
