@@ -51,7 +51,9 @@ def generate(args: argparse.Namespace) -> list[Path]:
     """Render `--count` images; the prompt's kohya-style inline options (--n --w --h --s --l --d --ss) win over
     the flags that say the same. Every option is checked before the model loads (one line each), and nothing is
     written over a file being read, or over any file without --overwrite."""
-    args.prompt = _generation_data(args.prompt)
+    args.prompt, clip_skip = _generation_data(args.prompt)
+    if clip_skip and not args.clip_skip:
+        args.clip_skip = clip_skip
     prompt, sources, problems = _read_options(args)
     paths = output_paths(args.output, args.count)
     problem = _output_problem(args, paths, [Path(args.model), *([Path(args.vae)] if args.vae else []),
@@ -153,24 +155,28 @@ def save_as_named(image, path: Path, parameters: str | None = None) -> Path:
                         "the image")
 
 
-def _generation_data(given: str) -> str:
+def _generation_data(given: str) -> tuple[str, int | None]:
     """The prompt: AUTOMATIC1111's generation data (pasted from PNG Info or Civitai, or an image made with it, by
-    path) as one line with its negative prompt, steps, CFG scale, seed, size and sampler inline; other text as it
-    is. Its LoRA tags are left out, said: --lora loads LoRAs."""
+    path) as one line with its negative prompt, steps, CFG scale, seed, size and sampler inline, and its clip skip;
+    other text as it is. What it holds that is not read here is said (its LoRA tags: --lora loads LoRAs)."""
     if Path(given).suffix.lower() in WRITTEN_FORMATS and os.path.isfile(given):  # (never raises: a long prompt)
         data = parameters_of(Path(given))
         if data is None:
             raise LowvramError(f"--prompt: {given} holds no generation data (AUTOMATIC1111's parameters); give the "
                                "prompt as text")
         given = data
-    line = from_generation_data(given)
-    if line is None:
-        return given
-    tags = re.findall(r"<(?:lora|lyco):[^>]*>", line, re.IGNORECASE)
-    line = re.sub(r"\s*<(?:lora|lyco):[^>]*>", "", line, flags=re.IGNORECASE).strip()
-    print(f"--prompt: read as AUTOMATIC1111's generation data: {line}" + (
-        f" (left out: {' '.join(tags)}; --lora FILE:WEIGHT loads a LoRA)" if tags else ""))
-    return line
+    data = from_generation_data(given)
+    if data is None:
+        return given, None
+    tags = re.findall(r"<(?:lora|lyco):[^>]*>", data.line, re.IGNORECASE)
+    line = re.sub(r"\s*<(?:lora|lyco):[^>]*>", "", data.line, flags=re.IGNORECASE).strip()
+    left = [*data.left_out, *tags]
+    print(f"--prompt: read as AUTOMATIC1111's generation data: {line}"
+          + (f", --clip-skip {data.clip_skip}" if data.clip_skip else "")
+          + " (its settings win over the flags, as a prompt's inline options do"
+          + (f"; left out: {', '.join(left)}" + ("; --lora FILE:WEIGHT loads a LoRA" if tags else "") if left else "")
+          + ")")
+    return line, data.clip_skip
 
 
 def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Path, float]], list[str]]:

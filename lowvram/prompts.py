@@ -251,7 +251,19 @@ def model_title(model: str) -> str:
     return Path(name).stem if Path(name).suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin") else name
 
 
-def from_generation_data(text: str) -> str | None:
+# the generation data's settings a prompt here takes (inline, or as --clip-skip), or that name what made it
+GENERATION_READ = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "Model", "Model hash",
+                   "Lora hashes", "TI hashes", "VAE", "VAE hash", "Version")
+
+
+@dataclass(frozen=True)
+class GenerationData:
+    line: str  # the prompt with kohya's inline options
+    clip_skip: int | None
+    left_out: tuple[str, ...]  # its settings no prompt here takes (a hires fix's, an unknown schedule type)
+
+
+def from_generation_data(text: str) -> GenerationData | None:
     """AUTOMATIC1111's generation data (PNG Info, Civitai's "copy generation data"): the prompt, a "Negative
     prompt:" line, and a last line "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x768, ...", as
     one prompt with kohya's inline options; None for text that is none."""
@@ -269,9 +281,12 @@ def from_generation_data(text: str) -> str | None:
     size = re.fullmatch(r"(\d+)x(\d+)", params.get("Size", ""))
     words += [f"--w {size[1]} --h {size[2]}"] if size else []
     schedule = params.get("Schedule type", "")  # (A1111 1.9 and later: "Sampler: DPM++ 2M, Schedule type: Karras")
-    sampler = f"{params.get('Sampler', '')} {schedule if schedule not in ('', 'Automatic') else ''}".strip()
+    sampler = f"{params.get('Sampler', '')} {schedule if schedule == 'Karras' else ''}".strip()
     words += [f"--ss {sampler}"] if sampler else []
-    return " ".join(words)
+    left_out = [key for key in params if key not in GENERATION_READ]
+    left_out += [f"Schedule type: {schedule}"] if schedule not in ("", "Automatic", "Karras") else []
+    skip = params.get("Clip skip", "")
+    return GenerationData(" ".join(words), int(skip) if skip.isdigit() else None, tuple(left_out))
 
 
 def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], hashes: dict[Path, str], steps: int, sampler: str,

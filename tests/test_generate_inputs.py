@@ -224,22 +224,27 @@ def test_generation_data_pasted_or_in_an_image_is_read_as_automatic1111_writes_i
     """AUTOMATIC1111's generation data (PNG Info, Civitai's "copy generation data") given as --prompt was drawn as
     the prompt's words, its negative prompt, steps, seed and size too; an image's path was drawn as the words."""
     made = ["--prompt", "lvshape, a red circle --n blurry", "--seed", "7", "--steps", "2", "--guidance", "5",
-            "--width", "64", "--height", "72"]
+            "--width", "64", "--height", "72", "--clip-skip", "2"]
     for name in ("made.webp", "made.png"):
         assert main([*base(made), "--output", str(tmp_path / name)]) == 0
     capsys.readouterr()
     assert main([*base(["--prompt", str(tmp_path / "made.webp")]), "--output", str(tmp_path / "again.png")]) == 0
     assert "--prompt: read as AUTOMATIC1111's generation data: lvshape, a red circle --n blurry --s 2 --l 5 --d 7 " \
-           "--w 64 --h 72" in capsys.readouterr().out
+           "--w 64 --h 72 --ss PLMS, --clip-skip 2 (its settings win over the flags, as a prompt's inline options " \
+           "do)" in " ".join(capsys.readouterr().out.split())
     made, again = (np.asarray(Image.open(tmp_path / name)) for name in ("made.png", "again.png"))
     assert made.shape == (72, 64, 3) and np.array_equal(made, again)  # the image made again
     pasted = ("lvshape, a red circle <lora:style:0.8>\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M, "
               'Schedule type: Karras, CFG scale: 5, Seed: 7, Size: 64x72, Lora hashes: "style: 0123456789ab", '
-              "Version: v1.10.1")
+              "Hires upscale: 2, Version: v1.10.1")
     assert main([*base(["--prompt", pasted]), "--output", str(tmp_path / "pasted.png")]) == 0
     assert ("read as AUTOMATIC1111's generation data: lvshape, a red circle --n blurry --s 2 --l 5 --d 7 --w 64 "
-            "--h 72 --ss DPM++ 2M Karras (left out: <lora:style:0.8>; --lora FILE:WEIGHT loads a LoRA)"
-            in capsys.readouterr().out)
+            "--h 72 --ss DPM++ 2M Karras (its settings win over the flags, as a prompt's inline options do; left out: "
+            "Hires upscale, <lora:style:0.8>; --lora FILE:WEIGHT loads a LoRA)"
+            in " ".join(capsys.readouterr().out.split()))
+    newer = pasted.replace("Schedule type: Karras", "Schedule type: SGM Uniform")  # (Forge's: none here)
+    assert main([*base(["--prompt", newer]), "--output", str(tmp_path / "newer.png")]) == 0
+    assert "--ss DPM++ 2M (its settings" in " ".join(capsys.readouterr().out.split())
     Image.new("RGB", (64, 64)).save(tmp_path / "plain.png")
     assert refused(["--prompt", str(tmp_path / "plain.png")], capsys) == (
         f"--prompt: {tmp_path / 'plain.png'} holds no generation data (AUTOMATIC1111's parameters); give the prompt "

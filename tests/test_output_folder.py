@@ -319,6 +319,7 @@ def test_a_lock_another_machine_left_is_taken_over_once_its_run_stops_refreshing
     lock.path.write_text(json.dumps(theirs))  # an earlier lowvram's, which never refreshed it: held
     os.utime(lock.path, (old, old))
     assert "in use by another lowvram run (pid 1 on 8f2c1a9b7d3e" in lock.held_by_another()
+    assert "taken over" not in lock.held_by_another()  # (no promise it would not keep)
     lock.path.write_text(json.dumps(theirs | {"refreshed": True}))
     assert "in use by another lowvram run (pid 1 on 8f2c1a9b7d3e" in lock.held_by_another()
     os.utime(lock.path, (old, old))  # its run stopped refreshing it

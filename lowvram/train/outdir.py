@@ -568,8 +568,9 @@ class FolderLock:
         where = "" if holder.get("host") == socket.gethostname() else f" on {holder.get('host')}"
         return (f"--output: {self.path.parent} is in use by another lowvram run (pid {holder.get('pid')}{where}, "
                 f"since {holder.get('since')}); wait for it to end, or choose another --output"
-                + (f" (if that run is gone, delete {self.path}; a lock another machine leaves is taken over "
-                   f"{LOCK_STALE_S // 60} minutes after it stops)" if where else ""))
+                + (f" (if that run is gone, delete {self.path}" + (
+                    f"; a lock another machine leaves is taken over {LOCK_STALE_S // 60} minutes after it stops"
+                    if holder.get("refreshed") else "") + ")" if where else ""))
 
     def _holder(self) -> dict | None:
         try:
