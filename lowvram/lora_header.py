@@ -246,6 +246,7 @@ def lokr_factor(layers: dict[str, dict[str, tuple[int, ...]]]) -> int:
         return -1
     from peft.tuners.lokr.layer import factorization
 
+    factorization = getattr(factorization, "__wrapped__", factorization)  # (peft's own, not lowvram's split)
     earlier = any(first > second for first, second in splits)  # (peft's split, as lowvram's earlier files)
 
     def split(side: int, factor: int) -> tuple[int, int]:

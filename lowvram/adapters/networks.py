@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import re
+import threading
 from collections.abc import Collection
 from contextlib import contextmanager
 
@@ -62,18 +63,30 @@ def add_peft_adapter(module: torch.nn.Module, config) -> None:
     """peft's `add_adapter`, a LoKr's factors shaped as LyCORIS's (`smaller_side_first`), so that a LyCORIS file
     of any factor trains on and applies, and a LoKr trained here has the shapes LyCORIS gives the same factor
     (within `earlier_lokr_shapes`, peft's own)."""
+    _split_as_lycoris()
+    module.add_adapter(config)
+
+
+_SPLIT_LOCK = threading.Lock()
+
+
+def _split_as_lycoris() -> None:
+    """Put, once, a split in peft's LoKr layers that reads `earlier_lokr_shapes` (a context variable: each thread
+    its own), peft's own kept as its `__wrapped__` (what `lora_header.lokr_factor` reads); patching peft's module
+    around each call raced between threads."""
     import peft.tuners.lokr.layer as lokr
 
-    if _EARLIER_LOKR_SHAPES.get():
-        module.add_adapter(config)
-        return
+    with _SPLIT_LOCK:
+        if hasattr(lokr.factorization, "__wrapped__"):
+            return
+        peft_sides = lokr.factorization
 
-    peft_sides = lokr.factorization
-    lokr.factorization = lambda dimension, factor=-1: smaller_side_first(peft_sides(dimension, factor))
-    try:
-        module.add_adapter(config)
-    finally:
-        lokr.factorization = peft_sides
+        def split(dimension: int, factor: int = -1) -> tuple[int, int]:
+            sides = peft_sides(dimension, factor)
+            return sides if _EARLIER_LOKR_SHAPES.get() else smaller_side_first(sides)
+
+        split.__wrapped__ = peft_sides  # type: ignore[attr-defined]
+        lokr.factorization = split
 
 
 def add_adapter(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, module_dropout: float,
