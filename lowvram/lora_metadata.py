@@ -9,6 +9,7 @@ import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lowvram.errors import LowvramError
 from lowvram.files import save_safetensors, utf8_text
 
 MODELSPEC_VERSION = "1.0.0"
@@ -77,7 +78,15 @@ def file_hashes(path: Path) -> tuple[str, str]:
 
 
 def save_lora(tensors: dict, path: Path, metadata: dict[str, str], what: str | None = None) -> Path:
-    """A LoRA file, atomically, with kohya's hashes of it in its metadata."""
+    """A LoRA file, atomically, with kohya's hashes of it in its metadata; refused where it would hold NaN or
+    infinite values (a merge weight of 1e30, a value past fp16's range), which every tool would draw black."""
+    import torch
+
     tensors = {key: tensor.detach().contiguous().cpu() for key, tensor in tensors.items()}
+    bad = next((key for key, tensor in tensors.items()
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    if bad:
+        raise LowvramError(f"{path}: not written, {what or 'the LoRA'} would hold NaN or infinite values ({bad}); "
+                           "lower the weights, or save at a wider --save-precision")
     unhashed = {key: utf8_text(value) for key, value in metadata.items() if key not in HASHES}  # (hashed as written)
     return save_safetensors(tensors, path, unhashed | hashes(tensors, unhashed), what)

@@ -145,10 +145,12 @@ def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torc
     """(metadata, tensors, the LoRA layers' tensors by key prefix, a LoCon's Tucker cores folded into its down
     matrices: `by_layer`) of a kohya-format LoRA/LoCon file; a one-line LowvramError for an unreadable file, a
     DoRA, LoHa or LoKr, a tensor the pair would lose, or no LoRA layers at all."""
-    from lowvram.adapters.lora_files import by_layer, read_lora_file
+    from lowvram.adapters.lora_files import broken_layer, by_layer, read_lora_file
 
     metadata, tensors = read_lora_file(path, None)
     layers = by_layer(tensors)
+    if broken := broken_layer(layers):
+        raise LowvramError(f"{path} {broken}")
     suffixes = {suffix for own in layers.values() for suffix in own}
     kind = next((name for marker, name in (("dora_scale", "DoRA"), ("hada_", "LoHa"), ("lokr_", "LoKr"))
                  if any(suffix.startswith(marker) for suffix in suffixes)), None)

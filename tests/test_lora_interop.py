@@ -342,3 +342,30 @@ def test_a_dora_at_any_strength_is_applied_as_comfyui_weighs_it(tmp_path):
     apply_loras(stacked, [(path, 0.5), (path, 0.0)])
     torch.testing.assert_close(weight_of(q_proj(stacked)), original + 0.5 * (whole - original), rtol=1e-4,
                                atol=1e-5)
+
+
+def test_a_broken_file_is_one_line_for_every_reader(tmp_path, capsys):
+    """A LoRA of NaN values (a diverged run's), or of down and up weights of different ranks, was a linalg or
+    reshape traceback in resize and merge, and generate drew a black image without a word."""
+    base = kohya_key("lora_unet", MID_Q)
+    down, up = random(4, 64), random(64, 4)
+    files = {"nan": {f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up.clone().fill_(float("nan"))},
+             "ranks": {f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": random(64, 8)}}
+    says = {"nan": f"holds NaN or infinite values at {base} (lora_up.weight): the file is broken",
+            "ranks": f"is broken at {base}: its down and up weights are of ranks 4 and 8"}
+    for name, tensors in files.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors | {f"{base}.alpha": torch.tensor(4.0)}, str(path))
+        for argv in (["resize", str(path), "--rank", "2", "--output", str(tmp_path / "r.safetensors")],
+                     ["merge", str(path), "--rank", "2", "--output", str(tmp_path / "m.safetensors")],
+                     ["generate", "--model", "tiny", "--lora", str(path), "--prompt", "x", "--steps", "1",
+                      "--output", str(tmp_path / "g.png")]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and says[name] in err[0], (argv, err)
+    good = tmp_path / "good.safetensors"
+    save_file({f"{base}.lora_down.weight": down.half(), f"{base}.lora_up.weight": up.half(),  # (kohya's fp16)
+               f"{base}.alpha": torch.tensor(4.0)}, str(good))
+    assert main(["merge", f"{good}:1e30", "--rank", "2", "--output", str(tmp_path / "m.safetensors")]) == 2
+    assert "would hold NaN or infinite values" in capsys.readouterr().err  # (it wrote 64 infinite tensors)
+    assert not (tmp_path / "m.safetensors").exists()

@@ -564,7 +564,10 @@ FEATURES = {"hada_t": "LoHa's Tucker core (LyCORIS use_tucker)", "lokr_t": "LoKr
 
 def layers_problem(layers: dict[str, dict[str, torch.Tensor]]) -> str | None:
     """What in a file's layers (`by_layer`) lowvram cannot apply exactly, in words (the caller names the file):
-    an input-axis DoRA, or a tensor of another LyCORIS feature. None when every layer is read exactly."""
+    an input-axis DoRA, or a tensor of another LyCORIS feature; a broken file (`broken_layer`). None when every
+    layer is read exactly."""
+    if broken := broken_layer(layers):
+        return broken
     for base, own in layers.items():
         scale, up = own.get("dora_scale"), own.get("lora_up.weight")
         # LyCORIS's wd_on_output=False (A1111's reading) keeps one norm per input column, shape (1, in[, 1, 1]);
@@ -578,6 +581,22 @@ def layers_problem(layers: dict[str, dict[str, torch.Tensor]]) -> str | None:
             feature = next((name for start, name in FEATURES.items() if other.startswith(start)), "a tensor")
             return (f"holds {feature} at {base} ({other}), which lowvram does not read; it applies LoRA, LoCon "
                     "(Tucker too), output-axis DoRA, LoHa and LoKr: apply this file in ComfyUI or AUTOMATIC1111")
+    return None
+
+
+def broken_layer(layers: dict[str, dict[str, torch.Tensor]]) -> str | None:
+    """A layer no tool can apply, in words: NaN or infinite values (a diverged run's file, a bad download; applied,
+    they turn every image black), or LoRA down and up weights of different ranks."""
+    for base, own in layers.items():
+        bad = next((suffix for suffix, tensor in own.items() if tensor.is_floating_point()
+                    and not torch.isfinite(tensor).all()), None)
+        if bad:
+            return (f"holds NaN or infinite values at {base} ({bad}): the file is broken (a run that diverged, or a "
+                    "download cut short); download it again, or retrain it")
+        down, up = own.get("lora_down.weight"), own.get("lora_up.weight")
+        if down is not None and up is not None and down.dim() >= 2 and up.dim() >= 2 and down.shape[0] != up.shape[1]:
+            return (f"is broken at {base}: its down and up weights are of ranks {down.shape[0]} and {up.shape[1]}; "
+                    "download it again, or retrain it")
     return None
 
 
