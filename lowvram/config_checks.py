@@ -33,6 +33,7 @@ from lowvram.formats import network_refusal
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
 from lowvram.option_values import (
+    FP16_LARGEST,
     MAX_RESOLUTION,
     MIN_RESOLUTION,
     caption_extension_problem,
@@ -292,6 +293,12 @@ def _network_problems(c: RunConfig) -> list[str]:
     p += filter(None, [network_refusal(c.network.network, c.memory.unet_weights)])  # (before the model loads)
     positive(p, "rank", c.network.rank)
     positive(p, "alpha", c.network.alpha)
+    if c.output.save_precision == "fp16" and c.alpha > FP16_LARGEST and c.network.network != "lokr":  # (a full-rank
+        # LoKr's alpha is no reader's)
+        given = "--alpha" if c.network.alpha is not None else "--alpha (by default the rank)"
+        p.append(f"{given}: {c.alpha:g} is past {FP16_LARGEST:g}, fp16's largest number, in which the LoRA is saved "
+                 "(it trained, then was refused as infinite); lower it, or pass "
+                 "--save-precision bf16")
     positive(p, "loraplus-ratio", c.optim.loraplus_ratio)
     positive(p, "loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio)
     if c.optim.loraplus_text_encoder_ratio and not c.network.train_text_encoder:

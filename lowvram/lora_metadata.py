@@ -77,14 +77,21 @@ def file_hashes(path: Path) -> tuple[str, str]:
     return whole.hexdigest(), tensors.hexdigest()
 
 
+def alpha_unread(key: str, tensors: dict) -> bool:
+    """A full-matrix LoKr's alpha: LyCORIS writes its rank there (beyond fp16's range: inf), and no reader scales
+    by it."""
+    base = key.removesuffix(".alpha")
+    return key.endswith(".alpha") and f"{base}.lokr_w1" in tensors and f"{base}.lokr_w2" in tensors
+
+
 def save_lora(tensors: dict, path: Path, metadata: dict[str, str], what: str | None = None) -> Path:
     """A LoRA file, atomically, with kohya's hashes of it in its metadata; refused where it would hold NaN or
     infinite values (a merge weight of 1e30, a value past fp16's range), which every tool would draw black."""
     import torch
 
     tensors = {key: tensor.detach().contiguous().cpu() for key, tensor in tensors.items()}
-    bad = next((key for key, tensor in tensors.items()
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    bad = next((key for key, tensor in tensors.items() if tensor.is_floating_point()
+                and not torch.isfinite(tensor).all() and not alpha_unread(key, tensors)), None)
     if bad:
         raise LowvramError(f"{path}: not written, {what or 'the LoRA'} would hold NaN or infinite values ({bad}); "
                            "lower the weights, or save at a wider --save-precision")

@@ -110,6 +110,9 @@ def caption_extension_problem(extension: str) -> str | None:
     return f"'{extension}' is no file extension; give it with its dot, e.g. .txt"
 
 
+FP16_LARGEST = 65504.0  # fp16's largest finite number: a LoRA saved in fp16 holds no alpha above it
+
+
 def caption_template_problem(template: str | None) -> str | None:
     """What is wrong with a caption template (--caption-template, --class-prompt): a placeholder it has none of."""
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +230,8 @@ def option_problems(args: argparse.Namespace, output: Path, inputs: list[Path]) 
     if args.dynamic and args.dynamic_param is None:
         example = "8" if args.dynamic == "sv_ratio" else "0.9"
         problems.append(f"--dynamic {args.dynamic}: give --dynamic-param (e.g. {example})")
+    elif args.dynamic and not math.isfinite(args.dynamic_param):  # (nan passed every check: rank 1 everywhere)
+        problems.append(f"--dynamic-param: must be a finite number, got {args.dynamic_param:g}")
     elif args.dynamic == "sv_ratio" and args.dynamic_param <= 1:
         problems.append(f"--dynamic-param: sv_ratio keeps the values above the largest / PARAM; give more than 1, "
                         f"got {args.dynamic_param:g}")

@@ -395,3 +395,13 @@ def test_a_kohya_command_missing_lowvrams_required_flags_is_answered_in_kohyas_n
         "lowvram resize: error: the following arguments are required: --rank; --new_rank is from kohya's "
         "resize_lora.py; lowvram resize's is --rank; --save_to is from kohya's resize_lora.py; lowvram resize's is "
         "--output (see lowvram resize --help)")
+
+
+def test_an_alpha_past_fp16_is_refused_before_training_where_the_lora_is_saved_in_fp16():
+    """It trained the whole run, then was refused as infinite at the save (fp16's largest number is 65504)."""
+    with pytest.raises(LowvramError, match=r"^--alpha: 70000 is past 65504, fp16's largest number"):
+        run_config(alpha=70000)
+    with pytest.raises(LowvramError, match=r"^--alpha \(by default the rank\): 100000 is past 65504"):
+        run_config(rank=100000)
+    run_config(alpha=70000, save_precision="bf16")
+    run_config(rank=100000, network="lokr")  # (a full-rank LoKr's alpha no reader scales by)

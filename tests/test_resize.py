@@ -150,6 +150,8 @@ def test_what_cannot_be_resized_is_one_line(trained, tmp_path, capsys):
                        ([str(trained), "--rank", "2", "--dynamic", "sv_ratio", "--dynamic-param", "0.5"],
                         "--dynamic-param: sv_ratio keeps the values above the largest / PARAM; give more than 1"),
                        ([str(trained), "--rank", "2", "--dynamic", "sv_fro"], "--dynamic sv_fro: give --dynamic-param"),
+                       ([str(trained), "--rank", "2", "--dynamic", "sv_ratio", "--dynamic-param", "nan"],
+                        "--dynamic-param: must be a finite number, got nan"),  # (it cut every layer to rank 1)
                        ([str(trained), "--rank", "2", "--output", str(taken)], "exists; add --overwrite"),
                        ([str(trained), "--rank", "0"], "--rank, --conv-rank: must be 1 or more")):
         assert main(["resize", *argv]) == 2
