@@ -97,6 +97,9 @@ def _escaped_path_problems(c: RunConfig) -> list[str]:
     for name in (*PATH_OPTIONS, *SOURCE_LISTS, "model", "vae"):
         section, field, _ = fields_by_name()[name]
         value = getattr(getattr(c, section), name)
+        if value == "":
+            p.append(f"{flag_name(field)}: empty; give {'a folder' if name in PATH_OPTIONS else 'a model'} (an empty "
+                     "value named the current folder)")
         for text in value if isinstance(value, (list, tuple)) else [value]:
             held = [what for char, what in ESCAPED_IN_PATHS.items() if isinstance(text, str) and char in text]
             if held:

@@ -514,6 +514,8 @@ def _absolute_path(name: str, value: Any) -> Any:
     folder."""
     if name in PATH_OPTIONS and value == "" and fields_by_name()[name][1].default is None:
         return None
+    if value == "":  # (--output= named the current folder, which it trained into; config_problems says it)
+        return value
     if name in PATH_OPTIONS and isinstance(value, str) and value != SAMPLE_DATA:
         if WINDOWS_DRIVE.match(value) and os.sep == "/":  # another machine's: said as given, not joined to here
             return value

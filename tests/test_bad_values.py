@@ -405,3 +405,11 @@ def test_an_alpha_past_fp16_is_refused_before_training_where_the_lora_is_saved_i
         run_config(rank=100000)
     run_config(alpha=70000, save_precision="bf16")
     run_config(rank=100000, network="lokr")  # (a full-rank LoKr's alpha no reader scales by)
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_folder():
+    """--output= trained into the current folder (without --overwrite); --model= read it as a model folder."""
+    for name, flag in (("output", "--output"), ("model", "--model")):
+        with pytest.raises(LowvramError, match=rf"^{flag}: empty; give a "):
+            run_config(**{name: ""})
+    assert run_config(copy_to="").output.copy_to is None  # (an option off by default: off)
