@@ -2,6 +2,7 @@
 trigger words inside other words, 16-bit transparency, kohya's folder names at their edges, and caches or outputs
 that cannot be written. Each is read as meant, or said in one line."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -358,3 +359,13 @@ def test_a_folder_that_cannot_be_read_is_skipped_and_a_dataset_that_cannot_be_is
     finally:
         for folder in (data, data / "3_b", data / "private"):
             folder.chmod(0o755)
+
+
+def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(tmp_path):
+    """check-data, plan and train waited for ever reading it."""
+    folder = tmp_path / "data" / "3_x"
+    picture(folder / "a.png", (90, 80, 40))
+    os.mkfifo(folder / "pipe.png")
+    report = scan_dataset(tmp_path / "data", TINY, ScanOptions())
+    assert [(record.relpath, record.reason) for record in report.skipped] == [
+        ("3_x/pipe.png", "not a regular file (a named pipe or a device): not read")]

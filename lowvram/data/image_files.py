@@ -10,6 +10,7 @@ import io
 import re
 import warnings
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,8 @@ def file_facts(path: Path, max_pixels: int, cached: dict | None, mask: bool = Fa
     source's mtime, and an image of the same pixel count, uncompressed, has the same size.)"""
     try:
         stat = path.stat()
+        if not S_ISREG(stat.st_mode):  # a named pipe or a device: reading it waits for ever
+            return _blank(size=-1, error="not a regular file (a named pipe or a device): not read")
         if _still_valid(cached, stat, max_pixels):
             return cached
         data = path.read_bytes()
