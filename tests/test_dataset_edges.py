@@ -369,3 +369,13 @@ def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(tmp_path):
     report = scan_dataset(tmp_path / "data", TINY, ScanOptions())
     assert [(record.relpath, record.reason) for record in report.skipped] == [
         ("3_x/pipe.png", "not a regular file (a named pipe or a device): not read")]
+
+
+def test_a_folder_named_by_a_date_is_not_read_as_millions_of_repeats(tmp_path):
+    """20240101_vacation trained 20,240,101 repeats: train sat at 15 GB listing its epoch, 100000000_x was killed."""
+    for name in ("20240101_vacation", "2_kept"):
+        picture(tmp_path / "data" / name / "a.png", (90, 80, 40))
+    report = scan_dataset(tmp_path / "data", TINY, ScanOptions())
+    assert [record.relpath for record in report.usable] == ["2_kept/a.png"]
+    assert any("skipped folder 20240101_vacation/: 20240101 repeats is past 10000, a date or a number rather than "
+               "repeats; name it N_name with N the repeats (10_vacation)" in note for note in report.folder_notes)

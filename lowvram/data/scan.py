@@ -61,6 +61,7 @@ INDEX_VERSION = 1
 UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
 PROGRESS_FROM = 50  # files; fewer scan in a blink
 MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
+MAX_REPEATS = 10_000  # an N_name folder's: more is a date or a number in the name, not repeats anyone means
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,10 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
                          + (f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else
                             f"; it holds N_name folders: give {option} {sub} to train them"
                             if (option := nested_option(sub)) else ""))
+        elif int(match.group(1)) > MAX_REPEATS:  # (a date, 20240101_trip: an epoch of millions, hours to list)
+            label = match.group(2) or "name"
+            notes.append(f"skipped folder {sub.name}/: {int(match.group(1))} repeats is past {MAX_REPEATS}, a date or "
+                         f"a number rather than repeats; name it N_name with N the repeats (10_{label})")
         elif int(match.group(1)) == 0:
             notes.append(f"skipped folder {sub.name}/: 0 repeats")
             if found:  # nor do the root file's rows bring it back
