@@ -92,6 +92,9 @@ ESCAPED_IN_PATHS = {"\t": "a tab (\\t)", "\n": "a line break (\\n)", "\r": "a ca
                     "\b": "a backspace (\\b)", "\f": "a form feed (\\f)"}
 
 
+MAX_STEPS_GIVEN, MAX_EPOCHS_GIVEN = 10_000_000, 1_000_000
+
+
 def _escaped_path_problems(c: RunConfig) -> list[str]:
     p = []
     for name in (*PATH_OPTIONS, *SOURCE_LISTS, "model", "vae"):
@@ -446,6 +449,10 @@ def _training_problems(c: RunConfig) -> list[str]:
     positive(p, "gradient-accumulation", c.training.gradient_accumulation)
     positive(p, "max-steps", c.training.max_steps)
     positive(p, "epochs", c.training.epochs)
+    for flag, value, most in (("--max-steps", c.training.max_steps, MAX_STEPS_GIVEN),
+                              ("--epochs", c.training.epochs, MAX_EPOCHS_GIVEN)):
+        if value is not None and value > most:  # (a run of years: listing its schedule took hours before step 1)
+            p.append(f"{flag}: {value} is past {most:,}, more than any LoRA trains; give a smaller number")
     positive(p, "noise-offset", c.training.noise_offset, allow_zero=True)
     positive(p, "ip-noise-gamma", c.training.ip_noise_gamma, allow_zero=True)
     for flag, random_strength, strength in (

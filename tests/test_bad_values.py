@@ -413,3 +413,10 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder():
         with pytest.raises(LowvramError, match=rf"^{flag}: empty; give a "):
             run_config(**{name: ""})
     assert run_config(copy_to="").output.copy_to is None  # (an option off by default: off)
+
+
+def test_a_run_of_years_is_refused_not_listed_for_hours():
+    for name, value, says in (("max_steps", 10**12, "--max-steps: 1000000000000 is past 10,000,000"),
+                              ("epochs", 10**9, "--epochs: 1000000000 is past 1,000,000")):
+        with pytest.raises(LowvramError, match=f"^{says}, more than any LoRA trains"):
+            run_config(**{name: value})
