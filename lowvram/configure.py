@@ -67,13 +67,11 @@ from lowvram.option_values import (
     width_height,
 )
 from lowvram.other_trainers import (
-    ai_toolkit_problem,
-    is_ai_toolkit,
     is_simpletuner_backends,
     is_simpletuner_config,
     simpletuner_backends_problem,
     simpletuner_config_problem,
-    simpletuner_env,
+    yaml_or_env_problem,
 )
 from lowvram.run_files import OPTIONS_HEADER, RECORD
 
@@ -96,7 +94,7 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     if is_launcher(Path(path)):
         return _read_launcher(Path(path), given)
     if Path(path).suffix.lower() in (".yaml", ".yml", ".env"):
-        raise LowvramError(_other_trainers_config(Path(path)))
+        raise LowvramError(yaml_or_env_problem(Path(path), config_text(path)))
     if Path(path).suffix.lower() != ".json":
         return read_toml(path, given)
     text = config_text(path)
@@ -119,27 +117,6 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
                            f"or a OneTrainer concepts file) is given as --data {path}")
     raise LowvramError(f"--config: {path} is no config lowvram reads: lowvram's and kohya's are TOML, OneTrainer's "
                        "JSON has model_type and training_method, kohya_ss's JSON LoRA_type")
-
-
-def _other_trainers_config(path: Path) -> str:
-    """What a YAML or .env config is answered with: ai-toolkit's or SimpleTuner's, with the command their settings
-    make; another's, the formats lowvram reads."""
-    import yaml
-
-    text = config_text(path)
-    if path.suffix.lower() == ".env":
-        settings = simpletuner_env(text)
-        if settings:
-            return simpletuner_config_problem(path, settings)
-    else:
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError:
-            doc = None
-        if is_ai_toolkit(doc):
-            return ai_toolkit_problem(path, doc)
-    return (f"--config: {path} is no config lowvram reads: lowvram's and kohya's are TOML, OneTrainer's and "
-            "kohya_ss's JSON")
 
 
 def config_text(path: Path, flag: str = "--config") -> str:

@@ -175,3 +175,23 @@ def simpletuner_backends_problem(path: Path, doc: list, flag: str) -> str:
     return (f"{flag}: {path} is a SimpleTuner data backend config, {ISNT_READ}{hint}"
             + (f" ({len(folders)} folders: a kohya dataset .toml as --data holds several)" if len(folders) > 1 else "")
             + (" and --caption-template '{filename}' for its file-name captions" if by_name else ""))
+
+
+def yaml_or_env_problem(path: Path, text: str) -> str:
+    """What a YAML or .env config (its `text`) is answered with: ai-toolkit's or SimpleTuner's, with the command
+    their settings make; another's, the formats lowvram reads."""
+    import yaml
+
+    if path.suffix.lower() == ".env":
+        settings = simpletuner_env(text)
+        if settings:
+            return simpletuner_config_problem(path, settings)
+    else:
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError:
+            doc = None
+        if is_ai_toolkit(doc):
+            return ai_toolkit_problem(path, doc)
+    return (f"--config: {path} is no config lowvram reads: lowvram's and kohya's are TOML, OneTrainer's and "
+            "kohya_ss's JSON")
