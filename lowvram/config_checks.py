@@ -27,6 +27,7 @@ from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, 
 from lowvram.dataset_files.subsets import image_folder_holding
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
 from lowvram.files import (
+    SYSTEM_FOLDERS,
     not_found_hint,
 )
 from lowvram.formats import network_refusal
@@ -569,5 +570,5 @@ def zip_folder(path: Path) -> str | None:
             names = [name for name in archive.namelist() if name.strip("/")]
     except (OSError, zipfile.BadZipFile):
         return None
-    tops = {name.split("/")[0] for name in names}
+    tops = {name.split("/")[0] for name in names} - set(SYSTEM_FOLDERS)  # (macOS' __MACOSX beside it)
     return tops.pop() if len(tops) == 1 and any("/" in name.strip("/") for name in names) else None

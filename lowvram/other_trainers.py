@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
         flag = counterpart.split()[0] if counterpart and re.fullmatch(r"--[a-z0-9-]+( \(.*\))?", counterpart) else None
         given = _value(value, fields[flag]) if flag in fields and name not in BACKEND_FILES else None
         if given is None:
-            left.append(name)
+            left += [] if value in (0, "0") else [name]  # (0: off, or SimpleTuner's "by epochs")
         elif given is not True:
             words += [flag, given] if given else []
         else:
@@ -134,6 +135,14 @@ def _value(value: Any, field_kind: tuple) -> str | bool | None:
         return None
     if flag_name(f) == "--optimizer":
         return _optimizer(value)
+    numbers = {int, float} & {kind, *typing.get_args(kind)}
+    if numbers:
+        try:  # (SimpleTuner's max_train_steps 0: train by epochs; lowvram's numbers here are all above 0)
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        whole = int in numbers and number.is_integer()
+        return (str(int(number)) if whole else f"{number:g}") if number > 0 else None
     choices, spelling = f.metadata.get("choices"), f.metadata.get("spelling")
     if spelling:
         try:

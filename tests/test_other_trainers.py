@@ -18,11 +18,12 @@ AI_TOOLKIT = {"job": "extension", "config": {"name": "my_lora", "process": [{
     "train": {"steps": 2000, "lr": 1e-4, "optimizer": "adamw8bit", "gradient_checkpointing": True,
               "noise_scheduler": "ddpm"},
     "model": {"name_or_path": "stabilityai/stable-diffusion-xl-base-1.0", "is_xl": True}}]}}
-SIMPLETUNER = {"--model_type": "lora", "--lora_rank": 16, "--learning_rate": 1e-4, "--max_train_steps": 2000,
+SIMPLETUNER = {"--model_type": "lora", "--lora_rank": 16, "--learning_rate": 1e-4, "--max_train_steps": 0,
                "--resolution": 1024, "--resolution_type": "pixel", "--data_backend_config": "multidatabackend.json",
                "--pretrained_model_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0", "--use_ema": True,
                "--optimizer": "adamw_bf16", "--validation_guidance": 7.5, "--report_to": "wandb",
-               "--center_crop": True, "--lora_type": "standard", "--validation_epochs": 2}
+               "--center_crop": True, "--lora_type": "standard", "--validation_epochs": 2, "--num_train_epochs": 10,
+               "--noise_offset": "abc"}
 BACKENDS = [{"id": "pseudo", "type": "local", "instance_data_dir": "/data/pseudo", "caption_strategy": "filename"},
             {"id": "text-embeds", "type": "local", "dataset_type": "text_embeds", "cache_dir": "cache/text"}]
 
@@ -68,10 +69,11 @@ def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, 
     # what takes no value as it is (adamw_bf16: no such optimizer here; a guidance is a sample prompt's inline
     # option, --center_crop a choice, epochs for samples an e): named, not turned into another option's value
     assert line.endswith("(not carried over: data_backend_config, optimizer, validation_guidance, report_to, "
-                         "center_crop, lora_type, validation_epochs)"), line
+                         "center_crop, lora_type, validation_epochs, noise_offset)"), line  # (not max_train_steps 0)
     args = suggested_flags(line)
-    assert (args["rank"], float(args["lr"]), args["max_steps"], args["resolution"], args["ema"], args["network"]) == (
-        "16", 1e-4, "2000", "1024", True, "lora")
+    given = (args["rank"], float(args["lr"]), args.get("max_steps"), args["resolution"], args["ema"], args["network"])
+    assert given == ("16", 1e-4, None, "1024", True, "lora")  # (max_train_steps 0: SimpleTuner's way by epochs)
+    assert args["epochs"] == "10"
     env = tmp_path / "config.env"
     env.write_text('export MODEL_NAME="stabilityai/stable-diffusion-xl-base-1.0"\nexport LEARNING_RATE=1e-4\n'
                    'export TRAINER_EXTRA_ARGS="--lora_rank=16 --use_ema"\nexport USE_GRADIENT_CHECKPOINTING=false\n')

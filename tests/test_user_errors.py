@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -116,6 +117,9 @@ def test_a_file_where_a_folder_or_a_safetensors_name_belongs_is_named(tmp_path, 
     for archive, inside in ((tmp_path / "my dataset.zip", None), (tmp_path / "zipped" / "sample.zip", sample_data.name)):
         archive.parent.mkdir(exist_ok=True)
         shutil.make_archive(str(archive.with_suffix("")), "zip", sample_data.parent if inside else sample_data, inside)
+        if inside:  # as macOS' Compress makes it: its __MACOSX/ beside the folder
+            with zipfile.ZipFile(archive, "a") as zipped:
+                zipped.writestr(f"__MACOSX/{inside}/._a.png", b"\0\5\26\7")
         assert main(["check-data", "--model", "tiny", str(archive)]) == 2
         unpack = one_error(capsys).split("unpack it first: ")[1]
         command, data = unpack.split(", then --data ")
