@@ -84,9 +84,11 @@ def alpha_unread(key: str, tensors: dict) -> bool:
     return key.endswith(".alpha") and f"{base}.lokr_w1" in tensors and f"{base}.lokr_w2" in tensors
 
 
-def save_lora(tensors: dict, path: Path, metadata: dict[str, str], what: str | None = None) -> Path:
+def save_lora(tensors: dict, path: Path, metadata: dict[str, str], what: str | None = None,
+              fix: str = "lower the weights, or save at a wider --save-precision") -> Path:
     """A LoRA file, atomically, with kohya's hashes of it in its metadata; refused where it would hold NaN or
-    infinite values (a merge weight of 1e30, a value past fp16's range), which every tool would draw black."""
+    infinite values (a merge weight of 1e30, a value past fp16's range, a run that diverged), which every tool would
+    draw black, saying the `fix`."""
     import torch
 
     tensors = {key: tensor.detach().contiguous().cpu() for key, tensor in tensors.items()}
@@ -94,6 +96,6 @@ def save_lora(tensors: dict, path: Path, metadata: dict[str, str], what: str | N
                 and not torch.isfinite(tensor).all() and not alpha_unread(key, tensors)), None)
     if bad:
         raise LowvramError(f"{path}: not written, {what or 'the LoRA'} would hold NaN or infinite values ({bad}); "
-                           "lower the weights, or save at a wider --save-precision")
+                           f"{fix}")
     unhashed = {key: utf8_text(value) for key, value in metadata.items() if key not in HASHES}  # (hashed as written)
     return save_safetensors(tensors, path, unhashed | hashes(tensors, unhashed), what)

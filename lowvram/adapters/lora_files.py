@@ -53,7 +53,7 @@ from lowvram.lora_header import (
     same_alpha,
 )
 from lowvram.lora_layout import ADAPTER_METADATA, kohya_view, with_adapter_config
-from lowvram.lora_metadata import alpha_unread, save_lora
+from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
 from lowvram.precision import DTYPES
@@ -220,11 +220,8 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
 
 def save_kohya(model: LoadedModel, path: Path, alpha: float, precision: str, metadata: dict[str, str]) -> Path:
     """Write the kohya/LyCORIS file. `alpha` is the run's; each layer's own (the same) is what is written."""
-    state = kohya_state_dict(model, DTYPES[precision])
-    if not all(torch.isfinite(t).all() for key, t in state.items() if not alpha_unread(key, state)):
-        raise LowvramError(f"refusing to write {path}: the LoRA holds non-finite values (NaN/inf); a checkpoint, "
-                           "where one was written, holds the last good weights")
-    return save_lora(state, path, metadata)
+    return save_lora(kohya_state_dict(model, DTYPES[precision]), path, metadata,
+                     fix="a checkpoint, where one was written, holds the last good weights")
 
 
 def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
