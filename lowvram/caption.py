@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.config import CAPTION_SUFFIXES, option
-from lowvram.data.captions import LEGACY_NAMES, MAX_CAPTION_BYTES, caption_file, decode_caption, has_word
+from lowvram.data.captions import (
+    LEGACY_NAMES,
+    MAX_CAPTION_BYTES,
+    caption_file,
+    decode_caption,
+    has_word,
+    read_caption_text,
+)
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, first_line, shell_line
 from lowvram.files import expand_home, human_size, ignores_case, redraws_in_place
@@ -153,7 +160,7 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                 for (record, target), text in zip(batch, captioner(images), strict=True):
                     caption = ", ".join(part for part in (config.trigger_word, text.strip()) if part)
                     if config.append and caption:
-                        old, read_as = _caption_text(target)
+                        old, read_as = read_caption_text(target)
                         caption = _appended(old, caption, config.trigger_word)
                         if caption is not None and read_as in LEGACY_NAMES:
                             converted.append((target.relative_to(root.resolve()).as_posix(), read_as))
@@ -330,17 +337,6 @@ def _claim_new_folder(path: Path) -> Path:
             raise LowvramError(f"--overwrite: the captions it replaces cannot be kept in {folder} ({exc.strerror}); "
                                "make room there, or set LOWVRAM_CACHE_DIR to another cache folder") from None
     raise AssertionError("unreachable")
-
-
-def _caption_text(path: Path) -> tuple[str, str]:
-    """A caption file's text as training reads it and how it was read (`decode_caption`); ("", "") for none."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CAPTION_BYTES + 1)
-    except OSError:
-        return "", ""
-    text, read_as = decode_caption(raw) if len(raw) <= MAX_CAPTION_BYTES else (None, "")
-    return text or "", read_as
 
 
 def _appended(old: str, new: str, trigger: str | None) -> str | None:

@@ -80,14 +80,16 @@ def decode_caption(raw: bytes) -> tuple[str | None, str]:
         return _decode_legacy(raw)
 
 
-def read_caption_text(path: Path) -> str:
-    """The text of a caption file as training reads it (any of `decode_caption`'s encodings); "" for none."""
+def read_caption_text(path: Path) -> tuple[str, str]:
+    """The text of a caption file as training reads it (any of `decode_caption`'s encodings), and how it was read;
+    ("", "") for none."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_CAPTION_BYTES + 1)
     except OSError:
-        return ""
-    return "" if len(raw) > MAX_CAPTION_BYTES else (decode_caption(raw)[0] or "")
+        return "", ""
+    text, read_as = decode_caption(raw) if len(raw) <= MAX_CAPTION_BYTES else (None, "")
+    return text or "", read_as
 
 
 def caption_files(image: Path, extension: str) -> list[Path]:

@@ -124,7 +124,7 @@ def read_caption(root: Path, relpath: str, column: str | None = None, extension:
     if from_metadata:
         return from_metadata[1]
     path = caption_file(root, relpath, extension)
-    return read_caption_text(path).strip() if path.is_file() else ""
+    return read_caption_text(path)[0].strip() if path.is_file() else ""
 
 
 def save_caption(root: Path, relpath: str, text: str, backup_dir: Path, column: str | None = None,
