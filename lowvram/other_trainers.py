@@ -15,7 +15,7 @@ from lowvram.config import fields_by_name, flag_name
 from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS
 from lowvram.optim import KOHYA_OPTIMIZERS
 
-# ai-toolkit's sd_trainer settings (section, key) and the lowvram flag of each; True/False for a switch
+# ai-toolkit's sd_trainer settings (section, key) and the lowvram flag of each (its value as `_value` reads it)
 AI_TOOLKIT_FLAGS = {
     ("model", "name_or_path"): "--model", ("network", "type"): "--network", ("network", "linear"): "--rank",
     ("network", "linear_alpha"): "--alpha", ("network", "conv"): "--conv-rank", ("network", "conv_alpha"): "--conv-alpha",
@@ -28,7 +28,6 @@ AI_TOOLKIT_FLAGS = {
     ("dataset", "folder_path"): "--data", ("dataset", "caption_dropout_rate"): "--caption-dropout",
     ("dataset", "shuffle_tokens"): "--shuffle-tags", ("", "trigger_word"): "--trigger-word",
 }
-SWITCHES = ("--gradient-checkpointing", "--train-text-encoder", "--shuffle-tags")
 ISNT_READ = "which lowvram does not read"
 SIMPLETUNER_BACKENDS = ("local", "aws", "csv", "huggingface")
 BACKEND_FILES = ("data_backend_config",)  # SimpleTuner's datasets: not carried over (a folder is --data)
@@ -62,17 +61,18 @@ def ai_toolkit_problem(path: Path, doc: Any) -> str:
     datasets = process.get("datasets") or [{}]
     sections["dataset"] = datasets[0] if isinstance(datasets[0], dict) else {}
     words, left = ["lowvram", "train"], []
+    fields = _fields_by_flag()
     for (section, key), flag in AI_TOOLKIT_FLAGS.items():
         value = sections[section].get(key) if isinstance(sections[section], dict) else None
-        if value is None or value is False:
+        if value is None:
             continue
-        if flag in SWITCHES:
-            words.append(flag)
-        elif flag == "--optimizer":
-            words += [flag, _optimizer(value)] if _optimizer(value) else []
-            left += [] if _optimizer(value) else [f"optimizer {value}"]
+        given = _value(value, fields[flag])  # (as SimpleTuner's: "locon" is no --network here, steps 0 none)
+        if given is None:
+            left += [] if value in (0, "0", False) else [f"{key} {value}"]
+        elif given is not True:
+            words += [flag, given] if given else []
         else:
-            words += [flag, str(value)]
+            words.append(flag)
     resolution = sections["dataset"].get("resolution")
     sides = sorted(int(side) for side in (resolution if isinstance(resolution, list) else [resolution] if resolution
                                           else []) if str(side).isdigit())
@@ -103,7 +103,7 @@ def ai_toolkit_problem(path: Path, doc: Any) -> str:
 def simpletuner_config_problem(path: Path, doc: dict) -> str:
     """The one line a SimpleTuner config.json (or config.env's settings) is answered with."""
     words, left = ["lowvram", "train"], []
-    fields = {flag_name(f): (f, kind) for _, f, kind in fields_by_name().values()}
+    fields = _fields_by_flag()
     for key, value in doc.items():
         name = str(key).lstrip("-")
         counterpart = KOHYA_FLAGS.get(f"--{name}") or OTHER_TRAINER_FLAGS.get(f"--{name}") or (
@@ -121,6 +121,11 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
             words.append(flag)
     return (f"--config: {path} is a SimpleTuner config, {ISNT_READ}; its settings as lowvram's: {shlex.join(words)}"
             + (f" (not carried over: {', '.join(left[:8])}{', ...' if len(left) > 8 else ''})" if left else ""))
+
+
+def _fields_by_flag() -> dict[str, tuple]:
+    """Every lowvram option by its flag: (its dataclass field, its type)."""
+    return {flag_name(f): (f, kind) for _, f, kind in fields_by_name().values()}
 
 
 def _value(value: Any, field_kind: tuple) -> str | bool | None:

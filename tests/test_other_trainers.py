@@ -57,6 +57,11 @@ def test_an_ai_toolkit_config_is_answered_with_its_lowvram_command(tmp_path, cap
         "/data/my images", "1024", "512,768")
     assert (args["gradient_checkpointing"], args["trigger_word"], args["output"]) == (True, "ohwx", "output/my_lora")
     assert list(args["sample_prompts"]) == ["[trigger] holding a sign"]  # (its placeholder: lowvram's too)
+    locon = AI_TOOLKIT | {"config": {"name": "x", "process": [AI_TOOLKIT["config"]["process"][0] | {
+        "network": {"type": "locon", "linear": 16}}]}}
+    path.write_text(yaml.safe_dump(locon))  # (no LoCon network here: --conv-rank; not "--network locon")
+    line = refusal(capsys, ["train", "--config", str(path)])
+    assert "--network" not in line and "not carried over: type locon" in line, line
     path.write_text("a: [1, 2")  # other YAML: the formats lowvram reads
     assert "is no config lowvram reads: lowvram's and kohya's are TOML" in refusal(capsys, ["train", "--config",
                                                                                              str(path)])
