@@ -38,7 +38,7 @@ from lowvram.dataset_files import (
     is_dataset_file,
     read_dataset,
 )
-from lowvram.errors import LowvramError, quoted, shell_line
+from lowvram.errors import LowvramError, not_safetensors, quoted, shell_line
 from lowvram.files import (
     WINDOWS_DRIVE,
     absolute_path,
@@ -162,7 +162,8 @@ def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise LowvramError(f"--config: file not found: {path}{not_found_hint(path)}") from None
     except (OSError, ValueError) as exc:
-        raise LowvramError(f"--config: {path} is not a readable safetensors file ({exc})") from None
+        raise LowvramError("--config: " + not_safetensors(path, exc, "pass a LoRA lowvram trained (its options "
+                                                            "are in its metadata)")) from None
     if RECIPE_KEY not in metadata:
         if any(name.startswith(("lora_", "lycoris_")) or ".lora" in name for name in tensors):
             raise LowvramError(f"--config: {path} is a LoRA without lowvram's recipe (lowvram keeps its options in "

@@ -61,6 +61,43 @@ CONVERT_PICKLE = ("import sys, torch, safetensors.torch as st; d = torch.load(sy
                   "st.save_file({k: v.contiguous() for k, v in d.get('state_dict', d).items()}, sys.argv[2])")
 
 
+# what a file named .safetensors holds instead, by its first bytes: safetensors says "header too large" (or
+# "invalid header") for each, whatever it is; the more specific first
+NOT_SAFETENSORS = (
+    (b"version https://git-lfs", "a Git LFS pointer, not the file itself (the clone skipped its large files)",
+     "fetch them in that clone: git lfs pull"),
+    (b"<", "a web page, not a model (the download saved a sign-in or error page)",
+     "download it again in a browser, or with the site's token (civitai's API key, hf auth login)"),
+    (b"GGUF", "a GGUF file (for ComfyUI-GGUF or stable-diffusion.cpp)", "give the .safetensors the GGUF was made from"),
+    (b"PK\x03\x04", "a zip archive", "unpack it and give the .safetensors inside"),
+)
+
+
+def not_safetensors(path: str | Path, exc: BaseException, fix: str) -> str:
+    """Why `path` is no safetensors file, and `fix`, in one line: what it holds instead where its first bytes say
+    it (a renamed pickle gets the command that converts it)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(128)  # (a PyTorch zip names its data.pkl within it)
+        size = os.path.getsize(path)
+    except OSError:
+        head, size = b"", 0
+    declared = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+    if head[8:9] != b"{" or declared > size:  # (a safetensors header of its size: the file is one, if broken)
+        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or b"data.pkl" in head:
+            renamed = Path(path).with_suffix(".ckpt")  # (torch.load reads a .safetensors name as safetensors)
+            return (f"{path} is a pickle file named {Path(path).suffix}, which can run arbitrary code when loaded, so "
+                    f"lowvram never opens it; rename it {renamed.name}, then convert it once to safetensors: python -c "
+                    f"\"{CONVERT_PICKLE}\" {shell_line(renamed, path)}")
+        if head.strip(b"\x00") == b"" and len(head) >= 8:
+            return (f"{path} holds only zero bytes (a download or copy that never wrote it: a full disk?); "
+                    "download or copy it again")
+        for start, what, advice in NOT_SAFETENSORS:
+            if head.lstrip().startswith(start):
+                return f"{path} is {what}, not a .safetensors file; {advice}"
+    return f"{path} is not a readable .safetensors file ({first_line(exc)}); {fix}"
+
+
 def pickle_refusal(flag: str, path: str, out: str | Path | None = None) -> str:
     """Why a pickled checkpoint is refused, and the one command that converts it (to `out`, by default beside it
     as .safetensors) without running its code."""

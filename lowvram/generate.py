@@ -18,7 +18,7 @@ import torch
 
 from lowvram.adapters.lora_files import UNET_KOHYA_PREFIX
 from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
-from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, not_safetensors, pickle_refusal
 from lowvram.files import atomic_write, not_found_hint, output_problem
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.lora_header import no_layers_why, read_header
@@ -339,8 +339,7 @@ def _read_with_peft(path: Path) -> bool:
             keys = list(f.keys())
             ours = "lowvram.network" in (f.metadata() or {})
     except (OSError, SafetensorError) as exc:  # truncated, or not safetensors at all: one line, as train says it
-        raise LowvramError(f"--lora: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]}); "
-                           "pass a LoRA .safetensors file") from None
+        raise LowvramError("--lora: " + not_safetensors(path, exc, "pass a LoRA .safetensors file")) from None
     # diffusers' and peft's layouts of SD's parts too: read as kohya's (diffusers' loader left a text encoder's DoRA
     # magnitudes at their start, and refused peft's adapter-named keys)
     return ours or any(key.startswith(KOHYA_PREFIXES) for key in keys) or (

@@ -23,7 +23,7 @@ else:
 from lowvram import lora_header
 from lowvram.config import NetworkConfig, as_flag_words, fields_by_name, flag_name
 from lowvram.configure import read_toml, recipe_needs
-from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, not_safetensors, pickle_refusal, shell_line
 from lowvram.files import not_found_hint
 from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes
@@ -57,7 +57,7 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[
     try:
         metadata, tensors, _ = lora_header.read_header(path)
     except (OSError, ValueError) as exc:
-        raise LowvramError(f"{path} is not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
+        raise LowvramError(not_safetensors(path, exc, "pass a .safetensors file")) from None
     return metadata, {key: (entry["dtype"], tuple(entry["shape"])) for key, entry in tensors.items()}
 
 

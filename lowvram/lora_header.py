@@ -14,7 +14,7 @@ from typing import Any
 
 from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import as_flag_words
-from lowvram.errors import shell_line
+from lowvram.errors import not_safetensors, shell_line
 from lowvram.lora_layout import foreign_part, kohya_view, with_adapter_config
 from lowvram.models.families import FAMILIES
 
@@ -336,7 +336,7 @@ def network_weights_problem(network) -> str | None:
     try:
         held = network_options(Path(path))
     except ValueError as exc:  # broken: said before any caching, as `plan` says it
-        return f"{flag} is not a readable .safetensors file ({exc}); pass a LoRA .safetensors file"
+        return "--network-weights: " + not_safetensors(path, exc, "pass a LoRA .safetensors file")
     except (OSError, KeyError, TypeError, IndexError, struct.error):
         return None  # a missing file is named by the config check
     if not held:

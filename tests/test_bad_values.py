@@ -5,6 +5,8 @@ import json
 import os
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,6 +188,56 @@ def test_a_malformed_safetensors_header_is_a_broken_file_everywhere(images, tmp_
     assert f"--network-weights: {path} is not a readable .safetensors file ({why})" in one_line(
         capsys, ["plan", "--vram", "6GB", "--data", str(images), "--network-weights", str(path)])
     assert why in one_line(capsys, ["check-data", str(images), "--base-weights", str(path)])
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:4fa1\nsize 2132856622\n"
+CIVITAI_PAGE = b"\n<!DOCTYPE html><html><head><title>Sign in | Civitai</title></head></html>\n"
+
+
+@pytest.mark.parametrize(("contents", "said"), [
+    (LFS_POINTER, ("is a Git LFS pointer, not the file itself (the clone skipped its large files), not a .safetensors "
+                  "file; fetch them in that clone: git lfs pull")),
+    (CIVITAI_PAGE, "is a web page, not a model (the download saved a sign-in or error page), not a .safetensors file;"),
+    (b"GGUF\x03\x00\x00\x00" + b"\x01" * 40, "is a GGUF file (for ComfyUI-GGUF or stable-diffusion.cpp)"),
+    (b"\0" * 4096, "holds only zero bytes (a download or copy that never wrote it: a full disk?)"),
+])
+def test_a_file_named_safetensors_that_holds_something_else_is_named_for_what_it_holds(images, tmp_path, capsys,
+                                                                                     contents, said):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(contents)
+    assert f"lowvram info: error: {path} {said}" in one_line(capsys, ["info", str(path)])
+    assert f"--model: {path} {said}" in one_line(capsys, ["plan", "--model", str(path), "--vram", "6GB"])
+    assert f"--network-weights: {path} {said}" in one_line(
+        capsys, ["plan", "--vram", "6GB", "--data", str(images), "--network-weights", str(path)])
+    assert f"--lora: {path} {said}" in one_line(capsys, ["generate", "--model", "tiny", "--lora", str(path),
+                                                         "--prompt", "x"])
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_a_renamed_pickle_is_refused_with_the_command_that_converts_it(tmp_path, capsys, zipped):
+    path = tmp_path / "lora.safetensors"
+    weights = {"lora_unet_a.lora_down.weight": torch.ones(2, 3)}
+    torch.save({"state_dict": weights}, path, _use_new_zipfile_serialization=zipped)
+    said = one_line(capsys, ["info", str(path)])
+    assert f"{path} is a pickle file named .safetensors, which can run arbitrary code" in said
+    assert "; rename it lora.ckpt, then convert it once to safetensors: " in said
+    path.rename(tmp_path / "lora.ckpt")
+    command = said.split("convert it once to safetensors: ", 1)[1]
+    venv = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # (its python: lowvram's)
+    assert subprocess.run(command, shell=True, check=False, env=os.environ | venv).returncode == 0
+    from safetensors.torch import load_file
+
+    converted = load_file(path)
+    assert torch.equal(converted["lora_unet_a.lora_down.weight"], weights["lora_unet_a.lora_down.weight"])
+
+
+def test_a_zip_named_safetensors_says_to_unpack_it(tmp_path, capsys):
+    import zipfile
+
+    path = tmp_path / "lora.safetensors"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("my_lora/my_lora.safetensors", b"x" * 100)
+    assert f"{path} is a zip archive, not a .safetensors file; unpack it" in one_line(capsys, ["info", str(path)])
 
 
 def test_a_well_formed_header_reads(tmp_path):

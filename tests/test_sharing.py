@@ -121,7 +121,7 @@ def test_a_lora_lowvram_trained_is_a_config_that_trains_its_recipe_again(shared_
     junk.write_bytes(b"junk")
     for path, problem in ((kohya, "is a LoRA without lowvram's recipe"),
                           (checkpoint, "a base model is given as --model"),
-                          (junk, "is not a readable safetensors file")):
+                          (junk, "is not a readable .safetensors file")):
         assert main(["train", "--config", str(path), "--data", "sample"]) == 2
         assert problem in capsys.readouterr().err
 

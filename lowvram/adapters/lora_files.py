@@ -41,7 +41,7 @@ from lowvram.adapters.networks import (
     peft_state_dicts,
 )
 from lowvram.config import NetworkConfig
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, not_safetensors
 from lowvram.files import with_plain_modes
 from lowvram.kohya_config import LYCORIS_PRESETS
 from lowvram.lora_header import (
@@ -488,8 +488,8 @@ def read_lora_file(path: Path, flag: str | None = "--lora") -> tuple[dict[str, s
         with safe_open(str(path), framework="pt") as f:
             metadata, tensors = f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (OSError, SafetensorError) as exc:
-        raise LowvramError(f"{flag + ': ' if flag else ''}{path} is not a readable .safetensors file "
-                           f"({str(exc).splitlines()[0]}); pass a LoRA .safetensors file") from None
+        raise LowvramError(f"{flag + ': ' if flag else ''}"
+                           + not_safetensors(path, exc, "pass a LoRA .safetensors file")) from None
     named = in_kohya_names(tensors, with_adapter_config(path, metadata))
     if named is not tensors:  # diffusers' peft settings would misread the kohya file a resize or merge writes
         metadata = {key: value for key, value in metadata.items() if key != ADAPTER_METADATA}

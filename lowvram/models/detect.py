@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from lowvram.errors import PICKLE_SUFFIXES, LowvramError, first_line, pickle_refusal
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, first_line, not_safetensors, pickle_refusal
 from lowvram.files import broken_link, expand_home, not_found_hint
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
@@ -258,8 +258,8 @@ def detect_single_file_family(path: Path) -> ModelFamily:
             keys = list(f.keys())
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys if "attn2.to_k.weight" in k or k == UNET_IN}
     except (OSError, SafetensorError) as exc:
-        raise LowvramError(f"--model: {path} is not a readable .safetensors file ({first_line(exc)}); give a model "
-                           "checkpoint (.safetensors) or a diffusers folder, or re-download a broken one") from None
+        raise LowvramError("--model: " + not_safetensors(path, exc, "give a model checkpoint (.safetensors) or a "
+                                                           "diffusers folder, or re-download a broken one")) from None
     stem = shapes.pop(UNET_IN, ())
     if len(stem) == 4:
         refuse_image_conditioned(str(path), stem[1])

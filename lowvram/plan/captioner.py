@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, not_safetensors
 from lowvram.hardware import DEFAULT_CONTEXT, Hardware, gib
 from lowvram.plan.calibration import cuda_context_bytes
 
@@ -62,8 +62,7 @@ def _tensors(path: Path) -> list[tuple[str, int]]:
         with safe_open(str(path), framework="np") as f:
             return [(f.get_slice(k).get_dtype(), math.prod(f.get_slice(k).get_shape())) for k in f.keys()]  # noqa: SIM118
     except (OSError, SafetensorError) as exc:
-        raise LowvramError(f"--caption-model: {path} is not a readable .safetensors file ({str(exc).splitlines()[0]}); "
-                           "download the model again") from None
+        raise LowvramError("--caption-model: " + not_safetensors(path, exc, "download the model again")) from None
 
 
 def estimate_captioner(files: list[Path], batch_size: int, runs_in_half: bool) -> CaptionerEstimate:
