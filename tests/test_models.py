@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from lowvram.errors import LowvramError
 from lowvram.models import FAMILIES, load_model
-from lowvram.models.detect import detect_single_file_family
+from lowvram.models.detect import detect_family, detect_single_file_family
 from lowvram.models.ldm_layout import sd15_single_file, sdxl_single_file
 
 
@@ -107,6 +107,21 @@ def test_sd2_checkpoint_is_refused_with_its_name(tmp_path):
         load_model(str(path))
 
 
+@pytest.mark.parametrize(("state", "named"), [
+    ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}, "is a LoRA, not a base"),
+    ({"encoder.conv_in.weight": torch.zeros(1), "decoder.conv_out.weight": torch.zeros(1)}, "is a VAE, not a full"),
+    ({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(1)}, "is a Stable Diffusion 3"),
+])
+def test_model_family_names_an_unknown_u_net_never_a_file_of_something_else(tmp_path, state, named):
+    sd21 = tmp_path / "sd21.safetensors"
+    save_file({FAMILIES["sd15"].fingerprint[0][0]: torch.zeros(320, 1024)}, str(sd21))
+    assert detect_family(str(sd21), "sd15") is FAMILIES["sd15"]
+    other = tmp_path / "other.safetensors"
+    save_file(state, str(other))
+    with pytest.raises(LowvramError, match=named):  # (plan took a LoRA as an SD1.5 model: planned, then crashed)
+        detect_family(str(other), "sd15")
+
+
 def test_truncated_checkpoint_is_a_clear_error(tmp_path, base):
     path = single_file(base, tmp_path / "model.safetensors")
     path.write_bytes(path.read_bytes()[:1000])
@@ -196,7 +211,6 @@ def test_training_with_a_users_vae_encodes_with_it(other_vae, tmp_path):
 def test_a_familys_own_hub_repository_is_known_offline(family, no_network):
     """`lowvram plan --model stabilityai/stable-diffusion-xl-base-1.0` (what OneTrainer's presets name) needs no
     connection: a family's own repository is that family."""
-    from lowvram.models.detect import detect_family
 
     assert detect_family(FAMILIES[family].hub_id) is FAMILIES[family]
 

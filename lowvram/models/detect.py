@@ -24,7 +24,7 @@ IMAGE_CONDITIONED = {9: "an inpainting model", 8: "an image-editing model like i
 
 
 class UnknownCheckpoint(LowvramError):
-    """A readable checkpoint that is no family lowvram knows (--model-family may still say which it is)."""
+    """A readable checkpoint of a U-Net lowvram does not know (--model-family may still say which it is)."""
 
 
 def detect_family(model: str, family: str | None = None) -> ModelFamily:
@@ -266,7 +266,13 @@ def detect_single_file_family(path: Path) -> ModelFamily:
     for family in FAMILIES.values():
         if all(shapes.get(key) == shape for key, shape in family.fingerprint):
             return family
-    raise UnknownCheckpoint(f"--model: {path} {_describe_unknown_checkpoint(keys, shapes)}")
+    other = _what_else(keys)
+    if other:  # (no --model-family makes these a model)
+        raise LowvramError(f"--model: {path} {other}")
+    widths = sorted({shape[-1] for shape in shapes.values()})
+    guess = {1024: " (Stable Diffusion 2.x)", 1280: " (SDXL refiner)"}.get(widths[0] if widths else 0, "")
+    raise UnknownCheckpoint(f"--model: {path} has an unknown U-Net (cross-attention width {widths}){guess}; lowvram "
+                            "trains SD1.5 and SDXL; if it is one of those, say which with --model-family")
 
 
 def looks_like_lora(keys) -> bool:
@@ -276,8 +282,8 @@ def looks_like_lora(keys) -> bool:
                or ".alpha" in k for k in keys)
 
 
-def _describe_unknown_checkpoint(keys: list[str], shapes: dict[str, tuple[int, ...]]) -> str:
-    """Name what a checkpoint we can't train on probably is, and what to pass instead."""
+def _what_else(keys: list[str]) -> str | None:
+    """What a file with no U-Net of a Stable Diffusion probably is, and what to pass instead; None for one with."""
     if looks_like_lora(keys):
         return ("is a LoRA, not a base model; pass a base checkpoint to --model (a LoRA goes to generate's --lora, "
                 "merge's FILEs or train's --network-weights)")
@@ -297,10 +303,7 @@ def _describe_unknown_checkpoint(keys: list[str], shapes: dict[str, tuple[int, .
         if any(k.startswith(("down_blocks.", "conv_in.", "text_model.")) for k in keys):
             return "is a single diffusers component; pass the whole diffusers folder (with model_index.json)"
         return "has no U-Net (no model.diffusion_model.* keys); pass a full SD1.5 or SDXL checkpoint"
-    widths = sorted({shape[-1] for shape in shapes.values()})
-    guess = {1024: " (Stable Diffusion 2.x)", 1280: " (SDXL refiner)"}.get(widths[0] if widths else 0, "")
-    return (f"has an unknown U-Net (cross-attention width {widths}){guess}; lowvram trains SD1.5 and SDXL; "
-            "if it is one of those, say which with --model-family")
+    return None
 
 
 # what the hub's libraries say, in their many wordings, when it cannot be reached and nothing is cached
