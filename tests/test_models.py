@@ -1,5 +1,7 @@
 """Loading base models: single-file checkpoints offline, diffusers folders, and clear refusals of wrong kinds."""
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -193,6 +195,29 @@ def test_a_whole_checkpoint_as_vae_gives_its_vae_for_its_own_family_only(tmp_pat
                                            r"VAE is not tiny SD .*'s \(its latents are scaled otherwise\)"):
         load_model("tiny", vae=str(sdxl))
     assert_same_weights(load_model("tiny", vae=str(sd15)).vae, load_model("tiny").vae)  # (its own family's: taken)
+
+
+@pytest.mark.parametrize(("model", "name", "named"), [("tiny", "sdxl_vae.safetensors", "sdxl"),
+                                                     ("tiny", "sdxl-vae-fp16-fix", "sdxl"),
+                                                     ("tiny-sdxl", "vae-ft-mse-840000-ema-pruned.safetensors", "sd15")])
+def test_the_other_familys_vae_is_refused_by_its_name_or_config(tmp_path, model, name, named):
+    """SD1.5's and SDXL's VAEs are built alike: sdxl_vae.safetensors with an SD1.5 model loaded, and the LoRA learned
+    from latents scaled for another U-Net."""
+    other = load_model("tiny-sdxl" if model == "tiny" else "tiny").vae
+    path = tmp_path / name
+    if path.suffix:
+        save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    else:  # a diffusers folder: its config's scale says whose it is, whatever its name
+        other.save_pretrained(path)
+        path = path.rename(tmp_path / "my_vae")
+    title, named = FAMILIES[model].title, FAMILIES[named].title
+    with pytest.raises(LowvramError, match=rf"--vae: .*{path.name} is {named}'s VAE by its (name|config), and the "
+                                           rf"model is {re.escape(title)}: .*; give a VAE of {re.escape(title)}'s"):
+        load_model(model, vae=str(path))
+    own = load_model(model).vae
+    mine = tmp_path / ("vae-ft-mse-840000.safetensors" if model == "tiny" else "sdxl_vae.safetensors")
+    save_file({k: v.contiguous() for k, v in own.state_dict().items()}, str(mine))
+    assert_same_weights(load_model(model, vae=str(mine)).vae, own)
 
 
 def test_training_with_a_users_vae_encodes_with_it(other_vae, tmp_path):

@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -121,6 +122,11 @@ def load_vae(vae: str | Path, family: ModelFamily, dtype: torch.dtype = torch.fl
     elif (title := checkpoint_title(path)) and title != family.title:  # (the same family's: its VAE, as meant)
         raise LowvramError(f"--vae: {path} is a whole {title} checkpoint, whose VAE is not {family.title}'s (its "
                            f"latents are scaled otherwise); give a VAE of {family.title}'s")
+    other = _other_familys_vae(path, family)
+    if other:
+        raise LowvramError(f"--vae: {path} is {other}'s VAE by its {'config' if path.is_dir() else 'name'}, and the "
+                           f"model is {family.title}: the two VAEs are built alike but encode otherwise, so the "
+                           f"U-Net would learn from latents it never saw; give a VAE of {family.title}'s, or none")
     try:
         if path.is_dir():
             return AutoencoderKL.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
@@ -143,6 +149,24 @@ def load_vae(vae: str | Path, family: ModelFamily, dtype: torch.dtype = torch.fl
         raise LowvramError(f"--vae: {path} does not fit {family.title}'s VAE ({len(missing)} weights missing, "
                            f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})")
     return vae.to(dtype=dtype)
+
+
+# VAE file names that say whose VAE they are: SD1.5's and SDXL's are built alike, so the other's loads without a word
+VAE_NAMES = {"sdxl": re.compile(r"sdxl|(^|[^a-z])xl([^a-z]|$)"),
+             "sd15": re.compile(r"vae-ft-(mse|ema)|sd-?1[-._]?5|v1-5|kl-f8-anime|orangemix")}
+
+
+def _other_familys_vae(path: Path, family: ModelFamily) -> str | None:
+    """Which other family's VAE `path` is, where a folder's config (its latents' scale) or a file's name says so."""
+    own = json.loads((family.config_dir / "vae" / "config.json").read_text())["scaling_factor"]
+    if path.is_dir():
+        scale = json.loads((path / "config.json").read_text()).get("scaling_factor", own)
+        others = [f.title for f in FAMILIES.values() if not f.is_random_init
+                  and json.loads((f.config_dir / "vae" / "config.json").read_text())["scaling_factor"] == scale]
+        return others[0] if scale != own and others else None
+    mine = "sdxl" if family.size_conditioning else "sd15"
+    named = [name for name, pattern in VAE_NAMES.items() if pattern.search(path.name.lower())]
+    return FAMILIES[named[0]].title if named and mine not in named else None
 
 
 def build_from_config(family: ModelFamily, dtype: torch.dtype = torch.float32, seed: int = RANDOM_INIT_SEED):
