@@ -131,6 +131,26 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, base):
         load_model(str(path))
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny-sdxl"])
+def test_a_u_net_alone_is_refused_by_its_header_before_the_dataset_is_read(tmp_path, name, capsys, monkeypatch):
+    """ComfyUI keeps U-Nets alone in models/unet: diffusers named the part missing only after the dataset's scan."""
+    from lowvram.cli import main
+
+    model = load_model(name)
+    state = (sdxl_single_file(model.unet, model.vae, model.pipeline.text_encoder, model.pipeline.text_encoder_2)
+             if name == "tiny-sdxl" else sd15_single_file(model.unet, model.vae, model.pipeline.text_encoder))
+    path = tmp_path / "unet.safetensors"
+    save_file({k: v for k, v in state.items() if k.startswith("model.diffusion_model.")}, str(path))
+    encoders = "text encoders" if name == "tiny-sdxl" else "text encoder"
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", str(path), "--data", "sample", "--max-steps", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (f"lowvram train: error: --model: {path} is a {model.family.title} U-Net alone (as "
+                                    f"ComfyUI's models/unet files are), without the VAE and {encoders} training "
+                                    "needs; pass a full checkpoint (as in models/checkpoints) or a diffusers folder")
+    assert "images usable" not in captured.out + captured.err
+
+
 def test_checkpoint_missing_a_component_is_refused(tmp_path):
     model = load_model("tiny")
     state = sd15_single_file(model.unet, model.vae, model.pipeline.text_encoder)

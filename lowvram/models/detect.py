@@ -17,6 +17,7 @@ from lowvram.files import broken_link, expand_home, not_found_hint
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+OTHER_PARTS = ("first_stage_model.", "cond_stage_model.", "conditioner.")  # a single file's VAE and text encoders
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"  # a single file's U-Net stem: (320, in_channels, 3, 3)
 # U-Nets that read more than the noisy latent, by their input channels (text-to-image U-Nets read 4)
 IMAGE_CONDITIONED = {9: "an inpainting model", 8: "an image-editing model like instruct-pix2pix",
@@ -264,8 +265,14 @@ def detect_single_file_family(path: Path) -> ModelFamily:
     if len(stem) == 4:
         refuse_image_conditioned(str(path), stem[1])
     for family in FAMILIES.values():
-        if all(shapes.get(key) == shape for key, shape in family.fingerprint):
-            return family
+        if not all(shapes.get(key) == shape for key, shape in family.fingerprint):
+            continue
+        if not any(key.startswith(OTHER_PARTS) for key in keys):  # (diffusers names the part missing after a scan)
+            encoders = "text encoders" if len(family.text_encoders) > 1 else "text encoder"
+            raise LowvramError(f"--model: {path} is a {family.title} U-Net alone (as ComfyUI's models/unet files "
+                               f"are), without the VAE and {encoders} training needs; pass a full checkpoint (as in "
+                               "models/checkpoints) or a diffusers folder")
+        return family
     other = _what_else(keys)
     if other:  # (no --model-family makes these a model)
         raise LowvramError(f"--model: {path} {other}")
