@@ -37,7 +37,7 @@ from lowvram.data.captions import (
 )
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, first_line, shell_line
-from lowvram.files import expand_home, human_size, ignores_case, redraws_in_place
+from lowvram.files import expand_home, human_size, ignores_case, is_disk_full, make_folders, redraws_in_place
 from lowvram.hardware import Hardware, gib
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
 from lowvram.resolve import REPLACED_CAPTIONS
@@ -329,13 +329,16 @@ def _claim_new_folder(path: Path) -> Path:
     share one, and the second would replace the first's copies of the user's captions with the first's output)."""
     for folder in itertools.chain([path], (path.with_name(f"{path.name}-{n}") for n in itertools.count(2))):
         try:
-            folder.mkdir(parents=True)
+            make_folders(folder.parent)  # (in a lab's shared cache, the group's to write in as the cache is)
+            folder.mkdir()
             return folder
         except FileExistsError:
             continue
         except OSError as exc:
+            fix = ("make room there, or set LOWVRAM_CACHE_DIR to another cache folder" if is_disk_full(exc) else
+                   "set LOWVRAM_CACHE_DIR to a cache folder you can write in")
             raise LowvramError(f"--overwrite: the captions it replaces cannot be kept in {folder} ({exc.strerror}); "
-                               "make room there, or set LOWVRAM_CACHE_DIR to another cache folder") from None
+                               f"{fix}") from None
     raise AssertionError("unreachable")
 
 

@@ -295,7 +295,8 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
             os.fsync(fh.fileno())
         # mkstemp (and safetensors' own writer) leave it owner-only; a ComfyUI server of another user must read it.
         # A file replaced keeps its own permissions (one kept private stays so; a read-only one too, hence last)
-        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else plain_mode(0o666))
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if path.exists()
+                 else shared_mode(path.parent, plain_mode(0o666)))
         if os.name == "nt" and path.exists():  # Windows replaces no read-only file (its copy is read-only again)
             os.chmod(path, stat.S_IREAD | stat.S_IWRITE)
         os.replace(tmp, path)
@@ -318,7 +319,7 @@ def write_problem(folder: Path) -> str | None:
     if seen:
         return seen
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
+        make_folders(Path(folder))
         with tempfile.TemporaryFile(dir=folder):
             return None
     except OSError as exc:
@@ -438,7 +439,7 @@ def with_plain_modes(folder: Path) -> Path:
     libraries writing it (safetensors, save_pretrained) leave files owner-only, which a ComfyUI or AUTOMATIC1111
     server running as another user cannot read."""
     for path in [folder, *folder.rglob("*")]:
-        os.chmod(path, plain_mode(0o777 if path.is_dir() else 0o666))
+        os.chmod(path, shared_mode(path.parent, plain_mode(0o777 if path.is_dir() else 0o666), path.is_dir()))
     return folder
 
 
@@ -451,15 +452,30 @@ def make_folders(folder: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        shared = existing.stat().st_mode & (stat.S_ISGID | stat.S_IWGRP) == stat.S_ISGID | stat.S_IWGRP
-    except OSError:
-        return
+    shared = group_shared(existing)
     made = folder
     while shared and made != existing and made != made.parent:
         with contextlib.suppress(OSError):  # (one another user made meanwhile: theirs to set)
             os.chmod(made, made.stat().st_mode & 0o7777 | stat.S_ISGID | stat.S_IRWXG)
         made = made.parent
+
+
+def group_shared(folder: Path) -> bool:
+    """Whether `folder` is a group's shared folder: setgid and writable by the group, as a lab's shared cache or
+    output folder is made."""
+    try:
+        return Path(folder).stat().st_mode & (stat.S_ISGID | stat.S_IWGRP) == stat.S_ISGID | stat.S_IWGRP
+    except OSError:
+        return False
+
+
+def shared_mode(folder: Path, mode: int, of_folder: bool = False) -> int:
+    """`mode` for a new file (or folder) in `folder`: in a group's shared folder, the group's to read and write too
+    (and a folder setgid, as its parent), whatever the umask: else another user of a lab's shared cache could not mark
+    an entry used (`lowvram cache --unused-for` removed entries in use), take its lock or resume a classmate's run."""
+    if not group_shared(folder):
+        return mode
+    return mode | (stat.S_ISGID | stat.S_IRWXG if of_folder else stat.S_IRGRP | stat.S_IWGRP)
 
 
 def plain_mode(requested: int) -> int:

@@ -9,10 +9,11 @@ import contextlib
 import errno
 import itertools
 import os
+import stat
 import time
 from pathlib import Path
 
-from lowvram.files import make_folders
+from lowvram.files import make_folders, shared_mode
 
 CLEARING = "exclusive.lock"  # the exclusive holder's lock file; each shared holder has one of its own
 LOCK_POLL = 0.1  # seconds between tries: a shared holder takes the exclusive lock for a moment to look
@@ -136,10 +137,19 @@ def _new_holder(folder: Path):
     written."""
     make_folders(folder)
     handle = open(folder / f"holder-{os.getpid()}-{os.urandom(4).hex()}.lock", "x+b")  # noqa: SIM115
+    _share_with_group(handle, folder)
     got = _lock(handle)
     if not got:
         _let_go(handle)
     return handle if got else got
+
+
+def _share_with_group(handle, folder: Path) -> None:
+    """A lock file of ours in a group's shared folder made the group's to open too (a umask of 077 made the cache's
+    lock this user's alone: no classmate could clean the cache)."""
+    with contextlib.suppress(OSError, AttributeError):  # another user's file; (Windows has no fchmod)
+        if os.fstat(handle.fileno()).st_uid == os.getuid():
+            os.fchmod(handle.fileno(), shared_mode(folder, stat.S_IMODE(os.fstat(handle.fileno()).st_mode)))
 
 
 def _take(path: Path, create: bool = True):
@@ -150,6 +160,7 @@ def _take(path: Path, create: bool = True):
         make_folders(path.parent)
     try:
         handle = open(path, "a+b" if create else "r+b")  # noqa: SIM115
+        _share_with_group(handle, path.parent)
     except FileNotFoundError:
         if create:
             raise

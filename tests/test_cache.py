@@ -162,6 +162,11 @@ def test_an_entry_broken_after_its_check_is_removed_and_named(tmp_path, sample_d
     with pytest.raises(LowvramError, match=f"^cache entry {re.escape(str(victim))} is unreadable .*; it was removed"):
         TensorStore(cache, "latents").load(victim.stem)
     assert not victim.exists()
+    other = next((cache / "latents").rglob("*.safetensors"))
+    other.unlink()  # another user's `cache --clear` while this run held no lock on the cache (one not its to write)
+    with pytest.raises(LowvramError, match=f"^cache entry {re.escape(str(other))} was removed while this run read the "
+                                           r"cache \(by `lowvram cache --clear`"):
+        TensorStore(cache, "latents").load(other.stem)
 
 
 def test_a_cache_that_fits_neither_the_disk_nor_twice_the_ram_is_refused_in_one_line(tmp_path):
@@ -602,3 +607,32 @@ def test_folders_made_in_a_groups_shared_cache_are_the_groups_to_write_in(tmp_pa
         assert stat.filemode((plain / "latents" / "ab").stat().st_mode) == "drwxr-xr-x"  # (a user's own: as was)
     finally:
         os.umask(previous)
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_what_a_run_writes_in_a_groups_shared_folders_is_the_groups_under_any_umask(tmp_path):
+    """A lab's shared cache and output folder (setgid, group-writable) and a student's umask of 077: her cache
+    entries were hers alone, so a classmate's run could not mark them used (`cache --unused-for 30d` removed entries
+    in use), her lock file kept everyone else's `cache --clear` out, and her checkpoints lost the group (no
+    classmate could resume her run)."""
+    from lowvram.locks import hold_exclusive
+    from lowvram.resolve import IN_USE
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    for folder in (cache, out):
+        folder.mkdir()
+        os.chmod(folder, 0o2775)
+    previous = os.umask(0o077)
+    try:
+        train(run_config(output=str(out / "run"), cache_dir=str(cache), max_steps=2, checkpoint_every=1))
+        with hold_exclusive(cache / IN_USE):
+            pass
+    finally:
+        os.umask(previous)
+    entries = list((cache / "latents").rglob("*.safetensors")) + list((cache / "text").rglob("*.safetensors"))
+    assert entries and {stat.filemode(p.stat().st_mode) for p in entries} == {"-rw-rw----"}
+    assert stat.filemode((cache / IN_USE / "exclusive.lock").stat().st_mode) == "-rw-rw----"
+    step = max((out / "run" / "checkpoints").glob("step-*"))
+    assert stat.filemode(step.stat().st_mode) == "drwxrws---"
+    assert {stat.filemode(p.stat().st_mode) for p in step.iterdir()} == {"-rw-rw----"}
+    assert stat.filemode((out / "run" / "metrics.jsonl").stat().st_mode) == "-rw-rw----"

@@ -3,6 +3,7 @@ options a user set, as flags would be, and the `.toml` it saves is what `train -
 `lowvram ui` refuses a port it cannot serve in one line."""
 
 
+import os
 import re
 
 import pytest
@@ -512,7 +513,7 @@ def test_the_server_hands_out_no_file_of_this_machine(tmp_path):
             urllib.request.urlopen(f"{url}/gradio_api/file={tmp_path / 'secret.txt'}", timeout=10)
         assert refused.value.code == 403
         refused.value.close()
-        assert (tmp_path / "cache" / "ui" / "gradio").stat().st_mode & 0o777 == 0o700
+        assert (tmp_path / "cache" / "ui" / f"gradio-{os.getuid()}").stat().st_mode & 0o777 == 0o700
     said = (tmp_path / "ui.log").read_text()  # its own words: Gradio's would tell a user to edit launch()
     assert f"lowvram ui: {url}/; Ctrl-C stops it" in said and "launch()" not in said, said
 

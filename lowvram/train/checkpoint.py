@@ -23,7 +23,16 @@ import numpy as np
 import torch
 
 from lowvram.errors import LowvramError
-from lowvram.files import DiskFull, ensure_room, free_bytes, is_disk_full, is_size_limit, plain_mode
+from lowvram.files import (
+    DiskFull,
+    ensure_room,
+    free_bytes,
+    is_disk_full,
+    is_size_limit,
+    make_folders,
+    plain_mode,
+    shared_mode,
+)
 from lowvram.run_files import CHECKPOINTS
 from lowvram.train.identity import differences, identity, same_run
 
@@ -83,9 +92,10 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     averaged = {str(i): t.detach().cpu().contiguous() for i, t in enumerate(ema.shadow_params)} if ema else {}
     size = sum(t.nbytes for part in (adapters, optimizer_tensors, rng, averaged) for t in part.values()) + 2**16
     ensure_room(root, size, f"checkpoint {final.name}")  # before writing: a full disk stops it cleanly
-    root.mkdir(parents=True, exist_ok=True)
+    make_folders(root)
     tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
-    os.chmod(tmp, plain_mode(0o777))  # like every file lowvram writes: what the umask gives, not mkdtemp's 0700
+    # like every file lowvram writes: what the umask gives, not mkdtemp's 0700 (setgid kept in a group's folder)
+    os.chmod(tmp, shared_mode(root, plain_mode(0o777), of_folder=True))
     try:
         save_file(adapters, str(tmp / ADAPTERS))
         save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
@@ -105,7 +115,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
         for path in tmp.iterdir():
             with open(path, "rb+") as fh:  # Windows flushes no file opened read-only
                 os.fsync(fh.fileno())
-            os.chmod(path, plain_mode(0o666))  # safetensors writes owner-only
+            os.chmod(path, shared_mode(tmp, plain_mode(0o666)))  # safetensors writes owner-only
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

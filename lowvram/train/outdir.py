@@ -24,7 +24,7 @@ from pathlib import Path
 from lowvram.config import RunConfig, fields_by_name
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import DiskFull, not_found_hint, remove_orphans, write_problem, write_text
+from lowvram.files import DiskFull, make_folders, not_found_hint, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import HASHES, RECIPE_KEY, addnet_hash, hashes
 from lowvram.resolve import ResolvedRun
@@ -342,7 +342,7 @@ def take_ownership(run: ResolvedRun) -> str | None:
             f"{folder} is {where}a LoRA folder whose every .safetensors ComfyUI and AUTOMATIC1111 list: this run's "
             f"{CHECKPOINTS}/ show in their lists too; train into a folder elsewhere with --copy-to {listing} to keep "
             "them out")]))
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folders(folder)  # (in a lab's shared output folder, the group's to resume in)
     ours = recipe(run)
     fingerprint = model_fingerprint(config.model.model)  # (kept from the start: the model a resume must find)
     fingerprint = (record or {}).get("model_fingerprint", fingerprint) if config.training.resume else fingerprint
@@ -506,7 +506,7 @@ def move_to_archive(folder: Path, paths: list[Path]) -> Path:
     target = folder / ARCHIVE / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     while target.exists():
         target = target.with_name(target.name + "-1")
-    target.mkdir(parents=True)
+    make_folders(target)
     for path in paths:
         shutil.move(str(path), str(target / path.name))
     return target
@@ -527,7 +527,7 @@ class FolderLock:
         self._stop = threading.Event()
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(self.path.parent)
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "created": _process_created(os.getpid()),
                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "refreshed": True}
         for _ in range(3):

@@ -5,6 +5,7 @@ run goes on logging to the W&B run it started: its id is a record of metrics.jso
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,7 +19,18 @@ import torch
 
 from lowvram.config import RunConfig
 from lowvram.errors import LowvramError, TrainingInterrupted
-from lowvram.files import KEPT_FREE, DiskFull, free_bytes, is_disk_full, is_size_limit, write_problem, write_text
+from lowvram.files import (
+    KEPT_FREE,
+    DiskFull,
+    free_bytes,
+    is_disk_full,
+    is_size_limit,
+    make_folders,
+    plain_mode,
+    shared_mode,
+    write_problem,
+    write_text,
+)
 from lowvram.run_files import LOGS, METRICS
 
 
@@ -53,6 +65,9 @@ class RunLog:
             path.unlink(missing_ok=True)
         # closed by close() / __exit__: this object is the context manager
         self.metrics = open(path, "a" if resumed_step else "w", encoding="utf-8")  # noqa: SIM115
+        if not resumed_step:  # (a classmate resuming in a lab's shared output folder appends to it)
+            with contextlib.suppress(OSError):
+                os.chmod(path, shared_mode(output_dir, plain_mode(0o666)))
         try:
             if config.output.tensorboard:
                 # a resumed run's steps past its checkpoint were logged by the run that was stopped: hidden, as
@@ -189,7 +204,7 @@ class _WandbRun:
         import wandb
 
         folder = output_dir / LOGS
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folders(folder)
         # console "off": W&B would wrap the terminal that rich draws the progress on
         try:  # the recipe as a LoRA's metadata has it, without this machine's folders (W&B's own record of the
             # run keeps the command line and the Python it ran)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lowvram.files import save_image
+from lowvram.files import make_folders, save_image
 from lowvram.memory import free_cached_memory
 from lowvram.models.conditioning import DEFAULT_READING, encode_prompts, set_vae_tiling, unet_conditioning
 from lowvram.models.families import prompt_reading
@@ -127,7 +127,7 @@ def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder
 
     if not prompts:  # (no samples/ folder of nothing)
         return []
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folders(folder)
     paths = []
     sampler = type(model.pipeline.scheduler).__name__
     for i, prompt in enumerate(prompts):
@@ -159,5 +159,4 @@ def render_grid(model: LoadedModel, prompts: tuple[SamplePrompt, ...], path: Pat
     for image in images:
         grid.paste(image, (x, 0))
         x += image.width
-    path.parent.mkdir(parents=True, exist_ok=True)
     return save_image(grid, path, "a sample grid")

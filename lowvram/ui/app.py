@@ -22,7 +22,7 @@ from lowvram.caption import CaptionConfig
 from lowvram.config import SECTIONS
 from lowvram.configure import ALTERNATIVES, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import expand_home, write_text
+from lowvram.files import expand_home, make_folders, write_text
 from lowvram.resolve import UI_FILES
 from lowvram.run_files import CHECKPOINTS
 from lowvram.ui import dataset as data_panel
@@ -425,8 +425,10 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, auth: tuple[str, 
     no file of this machine: the pictures it shows go out as pixels, Gradio's copies of them into a folder of
     lowvram's cache that only this user reads."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    private = cache_dir / UI_FILES / "gradio"
-    private.mkdir(parents=True, exist_ok=True)
+    # each user's own: in a lab's shared cache, a folder of one user's refused the next user's UI (its chmod)
+    private = cache_dir / UI_FILES / (f"gradio-{os.getuid()}" if hasattr(os, "getuid") else "gradio")
+    make_folders(private.parent)
+    private.mkdir(exist_ok=True)
     private.chmod(0o700)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(private))
     try:
