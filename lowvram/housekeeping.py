@@ -58,6 +58,7 @@ class FolderUsage:
     size: int
     last_used: float  # the newest file's mtime
     removable: int  # bytes of entries (ENTRY_NAMES)
+    unreadable: int = 0  # folders in it another user keeps to themselves (a lab's shared cache), not counted
 
 
 def run_cache(cache_dir: Path | None, unused_for: float | None, clear: bool, dry_run: bool) -> None:
@@ -90,13 +91,14 @@ def usage(cache_dir: Path) -> list[FolderUsage]:
     names += sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and p.name not in (*FOLDERS, IN_USE))
     found = []
     for name in names:
-        files = _files(cache_dir, name)
+        unreadable: list[str] = []
+        files = _files(cache_dir, name, unreadable if name == UI_FILES else None)  # (each user's UI files private)
         stats = {path: path.lstat() for path in files}
-        if stats:
+        if stats or unreadable:
             entries = set(_entries(cache_dir, name, files))
             found.append(FolderUsage(name, len(stats), sum(s.st_size for s in stats.values()),
-                                     max(s.st_mtime for s in stats.values()),
-                                     sum(s.st_size for path, s in stats.items() if path in entries)))
+                                     max((s.st_mtime for s in stats.values()), default=0.0),
+                                     sum(s.st_size for path, s in stats.items() if path in entries), len(unreadable)))
     return found
 
 
@@ -108,12 +110,34 @@ def remove(cache_dir: Path, unused_for: float | None, dry_run: bool = False) -> 
             if not dry_run:
                 held.enter_context(hold_exclusive(cache_dir / IN_USE))
         except BlockingIOError:
-            raise LowvramError(f"{cache_dir}: a lowvram run (or another `lowvram cache`) is using this cache; run "
-                               "this again when it ends") from None
+            raise LowvramError(f"{cache_dir}: a lowvram run (or another `lowvram cache`) is using this cache"
+                               f"{_holders(cache_dir / IN_USE)}; run this again when it ends") from None
         except OSError as exc:
             raise LowvramError(f"{cache_dir / IN_USE}: cannot be locked ({exc.strerror}), so a run could be reading "
                                "what this removes; run as the user who owns the cache") from None
         return _remove(cache_dir, unused_for, dry_run)
+
+
+def _holders(folder: Path) -> str:
+    """Whose processes hold the cache (a lab's teacher asks which student's run): each live holder file's pid and
+    owner, as " (pid 12 of ann, ...)"; "" where none is seen (another machine's, or a file system without locks)."""
+    seen = []
+    for path in sorted(folder.glob("holder-*.lock")):
+        try:
+            pid, owner = int(path.name.split("-")[1]), path.stat().st_uid
+            os.kill(pid, 0)
+        except PermissionError:  # alive, another user's
+            pass
+        except (OSError, ValueError, IndexError, AttributeError):  # gone, or not a holder's name
+            continue
+        try:
+            import pwd
+
+            owner = pwd.getpwuid(owner).pw_name
+        except (ImportError, KeyError):
+            pass
+        seen.append(f"pid {pid} of {owner}")
+    return f" ({', '.join(seen)})" if seen else ""
 
 
 def _remove(cache_dir: Path, unused_for: float | None, dry_run: bool) -> tuple[int, int]:
@@ -147,8 +171,9 @@ def summary(cache_dir: Path, folders: list[FolderUsage]) -> list[str]:
     lines = [f"{cache_dir}:"]
     for f in folders:
         lines.append(f"  {f.name:<{width}}  {f.files:>7} {'files' if f.files != 1 else 'file '}  "
-                     f"{human_size(f.size):>10}  last used {_age(now - f.last_used)} ago  "
-                     f"{FOLDERS.get(f.name, '')}".rstrip())
+                     f"{human_size(f.size):>10}  {'last used ' + _age(now - f.last_used) + ' ago' if f.files else 'none readable'}  "
+                     f"{FOLDERS.get(f.name, '')}".rstrip() + (f" (and {_folders_count(f.unreadable)} other users keep "
+                                                             "to themselves)" if f.unreadable else ""))
     removable = sum(f.removable for f in folders)
     lines.append(f"{human_size(removable)} can be removed (the next run rebuilds what it needs); "
                  f"{human_size(shutil.disk_usage(cache_dir).free)} free on its disk")
@@ -189,18 +214,25 @@ def _files_count(count: int) -> str:
     return f"{count} file" if count == 1 else f"{count} files"
 
 
-def _files(cache_dir: Path, name: str) -> list[Path]:
+def _folders_count(count: int) -> str:
+    return f"{count} folder" if count == 1 else f"{count} folders"
+
+
+def _files(cache_dir: Path, name: str, unreadable: list[str] | None = None) -> list[Path]:
     """The plain files under the cache's folder `name`; links (the folder itself, or files and folders in it) are
-    neither followed nor counted. A folder that cannot be read raises PermissionError."""
+    neither followed nor counted. A folder that cannot be read raises PermissionError (is added to `unreadable`,
+    if given)."""
     folder = cache_dir / name
     if folder.is_symlink() or not folder.is_dir():
         return []
     found = []
 
-    def unreadable(error: OSError) -> None:
-        raise error
+    def cannot_read(error: OSError) -> None:
+        if unreadable is None or not isinstance(error, PermissionError):
+            raise error
+        unreadable.append(error.filename)
 
-    for root, _, names in os.walk(folder, onerror=unreadable):
+    for root, _, names in os.walk(folder, onerror=cannot_read):
         found += [path for path in (Path(root) / n for n in names) if path.is_file() and not path.is_symlink()]
     return found
 

@@ -90,6 +90,9 @@ def test_nothing_is_removed_from_under_a_run_and_a_killed_runs_lock_goes_with_it
         assert main(["cache", "--cache-dir", str(cache), "--clear"]) == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and "a lowvram run (or another `lowvram cache`) is using this cache" in error
+        import pwd  # (a lab's teacher asks which student's run holds it)
+
+        assert f"is using this cache (pid {holder.pid} of {pwd.getpwuid(os.getuid()).pw_name}); run" in error
         assert main(["cache", "--cache-dir", str(cache), "--clear", "--dry-run"]) == 0  # counting removes nothing
         assert "would remove 13 files" in capsys.readouterr().out
         assert entries() == before

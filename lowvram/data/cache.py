@@ -125,7 +125,11 @@ class TensorStore:
             return self.memory[key]
         try:
             return load_file(str(self.path(key)))
-        except Exception as exc:  # noqa: BLE001 - corrupt or vanished under us
+        except FileNotFoundError:
+            raise LowvramError(f"cache entry {self.path(key)} was removed while this run read the cache (by `lowvram "
+                               "cache --clear` or --unused-for of a user whose run held no lock on it, or another "
+                               "program); run again to rebuild it") from None
+        except Exception as exc:  # noqa: BLE001 - corrupt under us
             try:
                 self.path(key).unlink(missing_ok=True)
                 fix = "it was removed, run again to rebuild it"
