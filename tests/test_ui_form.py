@@ -624,3 +624,27 @@ def test_the_last_presets_settings_are_known_as_the_form_reads_them_back():
     shown = given_values(fields, form_values(fields, previous | {"data": "sample"}))
     read_back = given_values(fields, form_values(fields, previous))
     assert with_preset(shown, {"rank": 4}, read_back) == {"data": "sample", "rank": 4}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows binds no port in TIME-WAIT otherwise")
+def test_a_port_a_stopped_ui_left_waiting_serves_again_and_a_served_one_is_refused():
+    """A UI stopped with a page open leaves its connections in TIME-WAIT for a minute: the restart was refused as
+    'another lowvram ui?' though the server would have bound."""
+    import socket
+
+    from lowvram.ui.app import _check_port
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as uvicorn binds)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    with pytest.raises(LowvramError, match=f"--port {port}: .*another lowvram ui"):
+        _check_port("127.0.0.1", port)  # served
+    accepted.close()  # the server's side closes first: its side waits (TIME-WAIT)
+    server.close()
+    client.recv(1)
+    client.close()
+    _check_port("127.0.0.1", port)
