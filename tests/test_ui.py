@@ -365,6 +365,10 @@ def _train_stop_resume_and_render(page, server):
     stopped_at = int(checkpoints[-1].name.removeprefix("step-"))
     assert stopped_at < 120
 
+    page.reload()  # a page reloaded (or another tab): its form is empty, and Resume goes on with the run shown
+    page.wait_for_selector("#plan-view, #plan-error p", timeout=60_000)
+    page.get_by_role("tab", name="Train").click()
+    expect(page.locator("#run-state")).to_contain_text("stopped")
     page.locator("#resume").click()
     expect(page.locator("#run-state")).to_contain_text("finished", timeout=240_000)
     import json
@@ -375,6 +379,9 @@ def _train_stop_resume_and_render(page, server):
     assert "resum" in (server["cache"] / "ui" / f"ui-run-{server['port']}.log").read_text().lower()  # its port's
 
     expect(page.locator("#lora-file input")).to_have_value(str(out / "run.safetensors"), timeout=10_000)
+    page.get_by_role("tab", name="Setup").click()
+    field(page, "model").fill("tiny")
+    page.get_by_role("tab", name="Train").click()
     page.locator("#render-prompt textarea, #render-prompt input").first.fill("lvshape, a red circle")
     page.locator("#render").click()
     expect(page.locator("#render-status")).to_contain_text("rendered", timeout=120_000)

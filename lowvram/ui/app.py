@@ -300,6 +300,12 @@ def build_app(cache_dir: Path, port: int | None = None):
         def start(resume: bool, use_auto: bool, card_name: str, budget_text: str, *form):
             values = option_values(fields, form)
             try:
+                shown_run = training.config_path if resume and training.process and not training.running else None
+                if shown_run and shown_run.is_file() and not (values.get("model") or values.get("data")):
+                    # a page reloaded, or another tab: its form is empty, and the run its Train tab shows goes on
+                    vram = run_budget(card_name, budget_text) if use_auto else None
+                    return training.start(shown_run.read_text(encoding="utf-8"), ui_dir, training.output,
+                                          resume=True, auto_vram=vram)
                 text = toml_text(values | {"resume": "auto"} if resume else values)  # (checked as a resume is)
                 output = expand_home(values.get("output", "output")).resolve()
                 if resume and not any((output / CHECKPOINTS).glob("step-*")):
