@@ -25,7 +25,13 @@ from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SAVE_PRECISION, SAVE_PRECISION_ALIASES, SCHEDULERS, SECTIONS, fields_by_name
 from lowvram.errors import LowvramError, quoted
 from lowvram.files import expand_home, local_path, not_utf8
-from lowvram.kohya_names import KOHYA_EQUIVALENTS, KOHYA_FLAGS, OTHER_TRAINER_FLAGS, WITHOUT_COUNTERPART
+from lowvram.kohya_names import (
+    KOHYA_EQUIVALENTS,
+    KOHYA_FLAGS,
+    OTHER_TRAINER_FLAGS,
+    SD_SCRIPTS_SETTINGS,
+    WITHOUT_COUNTERPART,
+)
 from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
@@ -126,10 +132,12 @@ def _off(value: Any) -> bool:
     return value is None or value is False or value == 0 or value == "" or value == []
 
 
-def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
+              by_hand: bool = True) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes for the user) for a kohya config document; `prompts`: sample prompts it comes
     with as text (kohya_ss's). Raises LowvramError, one line per setting, for each setting lowvram cannot train as
-    kohya would."""
+    kohya would, and (`by_hand`: not a file kohya_ss's GUI wrote, whose own keys are no sd-scripts settings) for a
+    misspelt setting."""
     flat = flat_config(doc)
     # kohya's off values are left out, except where 0 means something: no clipping, an untrained text encoder
     left = {key: value for key, value in flat.items()
@@ -279,11 +287,15 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None)
             problem(key, "the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; "
                     + (f"write {kohya} = {json.dumps(left[key])} (kohya's)" if kohya else f"pass lowvram's {ours}"))
             unknown.remove(key)
-    # a setting lowvram maps, misspelt (kohya passes it over: netwrok_dim trained at rank 4), is named; a real
-    # sd-scripts setting lowvram lacks may be close to one too (save_last_n_steps_state): said, not refused
+    # a setting lowvram maps, misspelt (kohya passes it over: netwrok_dim trained at rank 4), is refused naming it;
+    # a real sd-scripts setting lowvram lacks may be close to one too (save_last_n_steps_state): said, not refused
     flags = [flag[2:] for flag in KOHYA_FLAGS if flag[2:] not in flat]
     meant = {key: close[0] for key in unknown if f"--{key}" not in KOHYA_FLAGS
              and (close := difflib.get_close_matches(key, flags, n=1, cutoff=0.8))}
+    for key in [key for key in unknown if by_hand and key in meant and key not in SD_SCRIPTS_SETTINGS]:
+        problem(key, f"no setting of kohya's; did you mean {meant[key]}? (left as it is, the run would train without "
+                "it)")
+        unknown.remove(key)
     # one of kohya's whose value lowvram cannot carry over as it is: its counterpart named, to set by hand
     notes += [f"{key} not carried over: lowvram's counterpart is {KOHYA_FLAGS[f'--{key}']}" for key in unknown
               if f"--{key}" in KOHYA_FLAGS]

@@ -644,18 +644,27 @@ def test_a_resume_setting_resumes_a_lowvram_checkpoint_and_refuses_kohyas_state(
 
 
 def test_a_misspelt_kohya_setting_is_named_and_one_that_changes_the_images_refused(tmp_path):
-    """`netwrok_dim = 8` trained at kohya's rank 4 under a bare 'not carried over'; face_crop_aug_range, refused as a
-    flag and in a dataset file, trained without its crops. A real setting lowvram lacks is only noted, close to
-    one it has or not; sd-scripts' old caption_extention is read as it reads it."""
+    """`netwrok_dim = 8` trained at kohya's rank 4 under a bare 'not carried over' (then under a note naming
+    network_dim: a full run of nothing); face_crop_aug_range, refused as a flag and in a dataset file, trained without
+    its crops. A real setting lowvram lacks is only noted, close to one it has or not; sd-scripts' old
+    caption_extention is read as it reads it."""
     with pytest.raises(LowvramError) as error:
         translate({"train_data_dir": "sample", "face_crop_aug_range": "2.0,4.0"}, Path("k.toml"))
     assert str(error.value) == ("k.toml: face_crop_aug_range: lowvram has no face-crop augmentation (crop the images "
                                 "beforehand, or use --crop random)")
-    values, notes = translate({"train_data_dir": "sample", "netwrok_dim": 8, "save_last_n_steps_state": 3,
+    with pytest.raises(LowvramError) as error:
+        translate({"train_data_dir": "sample", "netwrok_dim": 8, "learning_rat": 1e-4}, Path("k.toml"))
+    assert str(error.value).splitlines() == [
+        f"k.toml: {key}: no setting of kohya's; did you mean {meant}? (left as it is, the run would train "
+        "without it)" for key, meant in (("learning_rat", "learning_rate"),
+                                                                      ("netwrok_dim", "network_dim"))]
+    values, notes = translate({"train_data_dir": "sample", "save_last_n_steps_state": 3, "my_own_note": "x",
+                               "t5_dropout_rate": 0.5,  # (sd-scripts' own for FLUX: close to caption_dropout_rate)
                                "caption_extention": ".cap", "network_multiplier": 1.0,
                                "save_last_n_epochs_state": 2}, Path("k.toml"))
     # a real setting of kohya's is not taken for a typo of another (save_last_n_steps keeps LoRAs, not states)
-    assert "not carried over (lowvram has no such setting): netwrok_dim (did you mean network_dim?)" in notes
+    assert ("not carried over (lowvram has no such setting): my_own_note, t5_dropout_rate (did you mean "
+            "caption_dropout_rate?)") in notes
     assert ("save_last_n_steps_state not carried over: lowvram's counterpart is --keep-checkpoints (a number of "
             "checkpoints: the steps divided by --checkpoint-every's)") in notes
     assert values["keep_checkpoints"] == 2  # kohya's states are lowvram's checkpoints
