@@ -84,8 +84,10 @@ class _Parser(argparse.ArgumentParser):
             from lowvram.kohya_names import kohya_hint
 
             flags = [o for a in self._actions for o in a.option_strings]
-            hints = [kohya_hint(word, self.prog.split()[-1], flags) for word in getattr(self, "_given", ())
-                     if word.startswith("--")]
+            command = self.prog.split()[-1]  # (a typo beside them answered too: else it came on the next run)
+            hints = [kohya_hint(word, command, flags) or (_closest_flag(word.split("=")[0], flags, command)
+                                                          if word.split("=")[0] not in flags else None)
+                     for word in getattr(self, "_given", ()) if word.startswith("--")]
             message += "".join(f"; {hint}" for hint in hints if hint)
         elif "unrecognized arguments:" in message:
             from lowvram.kohya_names import is_other_tools_flag, kohya_hint
@@ -103,8 +105,7 @@ class _Parser(argparse.ArgumentParser):
                 message = (f"unknown options: {len(kohyas)} of them are kohya's flags ({bad[0]} ...); lowvram reads a "
                            "kohya command as it is from a launcher script: save it (accelerate launch "
                            "train_network.py --flags) as train.sh or train.bat and give --config train.sh; or write "
-                           "each as lowvram's (" + "; ".join(kohyas[:2])
-                           + "; ...)")
+                           "each as lowvram's: " + ", ".join(map(_kohya_pair, kohyas)))
             if not bad:  # a word without its flag
                 taken = [action for action in self._actions if not action.option_strings]
                 if any(action.nargs in ("+", "*") for action in taken):  # argparse takes them in one run
@@ -122,6 +123,15 @@ class _Parser(argparse.ArgumentParser):
                            "(or write the command on one line)")
                 message = f"unexpected argument '{words[0]}': {fix}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _kohya_pair(hint: str) -> str:
+    """A kohya flag's hint as a pasted command's list names it: its name and lowvram's, without the notes (which
+    the flag given alone says)."""
+    kohya, ours = hint.split(" is kohya's name; ", 1)
+    if not ours.startswith("lowvram's is "):  # (lowvram has none: the default, or always so)
+        return f"{kohya} not needed"
+    return f"{kohya} as " + ours.removeprefix("lowvram's is ").split(" (", 1)[0]
 
 
 def _unquoted_path(given: list[str], word: str) -> str | None:

@@ -447,6 +447,12 @@ def test_a_kohya_command_missing_lowvrams_required_flags_is_answered_in_kohyas_n
         "lowvram resize: error: the following arguments are required: --rank; --new_rank is from kohya's "
         "resize_lora.py; lowvram resize's is --rank; --save_to is from kohya's resize_lora.py; lowvram resize's is "
         "--output (see lowvram resize --help)")
+    # a typo beside them too (it came on the next run), and gen_img.py's sizes as generate's own flags
+    assert one_line(capsys, ["resize", "x.safetensors", "--new_rank", "4", "--save_precision", "fp16"]).endswith(
+        "lowvram resize's is --rank; did you mean --save-precision? (see lowvram resize --help)")
+    assert one_line(capsys, ["generate", "--model", "tiny", "--W", "64"]).endswith(
+        "--W is from kohya's gen_img.py; lowvram generate's is --width (or --w W inside --prompt) (see lowvram "
+        "generate --help)")
 
 
 def test_an_alpha_past_fp16_is_refused_before_training_where_the_lora_is_saved_in_fp16():

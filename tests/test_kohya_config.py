@@ -755,6 +755,10 @@ def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads
     assert "6 of them are kohya's flags (--pretrained_model_name_or_path=tiny ...)" in err
     assert ("save it (accelerate launch train_network.py --flags) as train.sh or train.bat and give --config "
             "train.sh") in err
+    # each one's name too (two were named, then '...': a user rewriting them ran it again for each of the rest)
+    assert ("or write each as lowvram's: --pretrained_model_name_or_path as --model, --train_data_dir as --data, "
+            "--network_dim as --rank, --enable_bucket not needed, --max_train_steps as --max-steps, --output_dir as "
+            "--output (see lowvram train --help)") in err
     (tmp_path / "train.sh").write_text("accelerate launch train_network.py " + " ".join(flags) + "\n")
     config = _config_of(tmp_path / "train.sh")
     assert (config.network.rank, config.training.max_steps, config.data.bucket) == (8, 2, True)
