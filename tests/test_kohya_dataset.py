@@ -372,3 +372,15 @@ def test_an_image_dir_one_level_above_its_n_name_folders_is_pointed_at_them(tmp_
     said = " ".join(capsys.readouterr().out.split())
     assert ("ignored folder img/ (1 image in it and below do not train): images must sit directly in its image "
             "folder; it holds N_name folders: point the dataset file's image_dir at each of them") in said
+
+
+def test_subsets_written_with_one_pair_of_brackets_is_named_so(tmp_path, monkeypatch, capsys):
+    """`[datasets.subsets]` (a table) under [[datasets]]: 'no [[datasets.subsets]]', beside a subsets section the
+    user could see."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    config = tmp_path / "ds.toml"
+    config.write_text("[[datasets]]\nresolution = 512\n[datasets.subsets]\nimage_dir = \"data/5_shapes\"\n")
+    assert main(["check-data", str(config)]) == 2
+    assert ("datasets: [datasets.subsets] is written with one pair of brackets; write [[datasets.subsets]] (two "
+            "pairs: a list of subsets, as kohya reads it)") in capsys.readouterr().err

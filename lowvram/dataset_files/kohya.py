@@ -102,6 +102,10 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
         seen: set[Path] = set()
         per_dataset.append([])
         entries = dataset.get("subsets")
+        if isinstance(entries, dict):  # ([datasets.subsets]: one table, where kohya reads a list of them)
+            problem(where, "[datasets.subsets] is written with one pair of brackets; write [[datasets.subsets]] (two "
+                    "pairs: a list of subsets, as kohya reads it)")
+            continue
         if not isinstance(entries, list) or not entries:
             problem(where, "no [[datasets.subsets]]; add one with image_dir = \"FOLDER\"")
             continue
