@@ -32,7 +32,7 @@ from lowvram.kohya_names import (
     SD_SCRIPTS_SETTINGS,
     WITHOUT_COUNTERPART,
 )
-from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
+from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, TORCH_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
 from lowvram.prompts import read_prompt_file
 from lowvram.samplers import sampler_name
 
@@ -574,6 +574,10 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
             values["optimizer"] = KOHYA_OPTIMIZERS[key]
         elif key in KOHYA_CLASSES:
             values["optimizer"], added = KOHYA_CLASSES[key]
+        elif "." not in str(kind) and str(kind) not in TORCH_OPTIMIZERS and (
+                close := difflib.get_close_matches(key, [*KOHYA_OPTIMIZERS, *KOHYA_CLASSES], n=1, cutoff=0.8)):
+            problem("optimizer_type", f"'{kind}' is no optimizer of kohya's; did you mean {close[0]}? (another "
+                    "package's class is given by its path, e.g. torch.optim.RAdam)")
         elif key:  # another class, as kohya builds it: a bare name is torch.optim's
             values["optimizer"] = str(kind) if "." in str(kind) else f"torch.optim.{kind}"
         else:

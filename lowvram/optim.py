@@ -95,6 +95,9 @@ OPTIMIZER_CHOICES = NamesOrClassPath(OPTIMIZERS)
 KOHYA_OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "pagedadamw8bit": "paged_adamw8bit", "lion": "lion",
                     "lion8bit": "lion8bit", "adafactor": "adafactor", "prodigy": "prodigy",
                     "adamwschedulefree": "schedulefree_adamw", "schedulefreeadamw": "schedulefree_adamw"}
+# torch.optim's optimizers (a bare class name in a kohya config is torch.optim's), known without importing torch
+TORCH_OPTIMIZERS = ("ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LBFGS", "Muon", "NAdam",
+                    "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam")
 # kohya's other optimizers by name: the class it builds, and the settings it adds where optimizer_args has none
 KOHYA_CLASSES = {
     "dadaptadam": ("dadaptation.DAdaptAdam", ()), "dadaptadagrad": ("dadaptation.DAdaptAdaGrad", ()),

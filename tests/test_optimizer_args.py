@@ -11,7 +11,7 @@ from conftest import run_config
 from lowvram.errors import LowvramError
 from lowvram.kohya_config import translate
 from lowvram.onetrainer_config import translate_onetrainer
-from lowvram.optim import OPTIMIZERS, build_optimizer, optimizer_kwargs
+from lowvram.optim import OPTIMIZERS, TORCH_OPTIMIZERS, build_optimizer, optimizer_kwargs
 
 # a value each setting may take
 EXAMPLES = {"betas": "0.85,0.98", "eps": "1e-7", "amsgrad": "True", "min_8bit_size": "2048", "clip_threshold": "0.9",
@@ -149,6 +149,7 @@ def test_what_a_class_takes_is_checked_before_the_model_loads_and_plan_knows_a_m
     ("PagedAdamW32bit", "bitsandbytes.optim.PagedAdamW32bit", []),
     ("SGDNesterov", "torch.optim.SGD", ["nesterov=True", "momentum=0.9"]),
     ("RAdam", "torch.optim.RAdam", []),
+    ("Adam", "torch.optim.Adam", []),  # (close to kohya's AdamW, and torch.optim's own)
     ("pytorch_optimizer.CAME", "pytorch_optimizer.CAME", []),
     ("bitsandbytes.optim.AdamW8bit", "adamw8bit", []),
 ])
@@ -156,6 +157,21 @@ def test_kohyas_other_optimizers_are_the_classes_kohya_builds(kohya, ours, added
     values, _ = translate({"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
                            "optimizer_type": kohya}, Path("kohya.toml"))
     assert values["optimizer"] == ours and sorted(values.get("optimizer_args", [])) == sorted(added)
+
+
+def test_a_misspelt_optimizer_in_a_kohya_config_names_kohyas_and_torch_optims_are_all_known():
+    """`optimizer_type = "AdamW9bit"` was read as torch.optim.AdamW9bit: 'torch.optim has no class AdamW9bit', where
+    --optimizer on the command line listed the names."""
+    with pytest.raises(LowvramError, match=r"^kohya.toml: optimizer_type: 'AdamW9bit' is no optimizer of kohya's; did "
+                                           r"you mean adamw8bit\? \(another package's class is given by its path"):
+        translate({"train_data_dir": "sample", "optimizer_type": "AdamW9bit"}, Path("kohya.toml"))
+    import inspect
+
+    import torch
+
+    assert sorted(TORCH_OPTIMIZERS) == sorted(name for name, kind in vars(torch.optim).items() if inspect.isclass(kind)
+                                              and issubclass(kind, torch.optim.Optimizer) and kind is not
+                                              torch.optim.Optimizer)
 
 
 def test_prodigy_refuses_a_second_rate_before_anything_loads():
