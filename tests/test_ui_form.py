@@ -382,6 +382,26 @@ def test_save_toml_writes_only_a_toml(tmp_path):
     assert read_toml(tmp_path / "x.toml")["rank"] == 8
 
 
+def test_save_toml_never_writes_over_a_runs_own_options_and_says_where_it_wrote(tmp_path, monkeypatch):
+    """Save .toml over out6/out6.toml, a run's own file (its resume reads it), replaced it without a word: the run
+    could no longer resume from it. A relative name was said as given, not where the UI wrote it."""
+    from conftest import run_config
+
+    from lowvram.errors import LowvramError
+    from lowvram.train.loop import train
+    from lowvram.ui.app import save_toml
+
+    run = tmp_path / "out6"
+    train(run_config(output=str(run), max_steps=1, cache_dir=str(tmp_path / "cache")))
+    own = run / "out6.toml"
+    before = own.read_text()
+    with pytest.raises(LowvramError, match=f"^--config: {re.escape(str(own))} is the options of the run in "):
+        save_toml(str(own), {"model": "tiny-sdxl", "data": "sample"})
+    assert own.read_text() == before
+    monkeypatch.chdir(tmp_path)
+    assert save_toml("mine.toml", {"model": "tiny", "data": "sample"}).startswith(f"saved {tmp_path / 'mine.toml'}: ")
+
+
 def test_a_fractional_whole_number_option_is_refused_not_rounded():
     """2.5 typed into --rank reaches the config, which refuses it in one line, as the CLI does; 16 stays 16."""
     gr = pytest.importorskip("gradio")

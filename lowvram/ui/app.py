@@ -24,7 +24,7 @@ from lowvram.configure import ALTERNATIVES, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import expand_home, make_folders, write_text
 from lowvram.resolve import UI_FILES
-from lowvram.run_files import CHECKPOINTS
+from lowvram.run_files import CHECKPOINTS, RECORD
 from lowvram.ui import dataset as data_panel
 from lowvram.ui.form import (
     FormField,
@@ -406,7 +406,10 @@ def save_toml(path: str, values: dict[str, Any]) -> str:
     target = expand_home(path.strip())
     if target.suffix.lower() != ".toml":
         raise LowvramError(f"--config: {target}: lowvram's options are written as .toml; name it {target.stem}.toml")
-    target = write_text(target, toml_text(values))
+    if target.is_file() and (target.parent / RECORD).is_file():  # (a run's own: its resume reads it)
+        raise LowvramError(f"--config: {target} is the options of the run in {target.parent}, which its resume reads; "
+                           "save under another name (Load .toml reads a run's options into the form)")
+    target = write_text(target.absolute(), toml_text(values))
     return f"saved {target}: `{shell_line('lowvram', 'train', '--config', target)}` runs it"
 
 
