@@ -668,3 +668,22 @@ def test_a_port_a_stopped_ui_left_waiting_serves_again_and_a_served_one_is_refus
     client.recv(1)
     client.close()
     _check_port("127.0.0.1", port)
+
+
+def test_the_pages_errors_name_its_buttons_where_the_cli_names_their_flags(tmp_path):
+    """'continue its run with --resume auto, start over with --overwrite' on a page whose Resume button and
+    --overwrite box do it."""
+    from conftest import run_config
+
+    from lowvram.errors import LowvramError
+    from lowvram.train.loop import train
+    from lowvram.ui.app import _message
+
+    train(run_config(output=str(tmp_path / "out"), max_steps=1, cache_dir=str(tmp_path / "cache")))
+    with pytest.raises(LowvramError) as refused:
+        train(run_config(output=str(tmp_path / "out"), max_steps=2, overwrite=False,
+                         cache_dir=str(tmp_path / "cache")))
+    assert "--resume auto" in str(refused.value)
+    shown = _message(refused.value)
+    assert "with the Train tab's Resume" in shown and "start over with --overwrite ticked (then Start)" in shown
+    assert "--resume auto" not in shown

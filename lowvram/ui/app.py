@@ -65,9 +65,17 @@ def _component(gr, field: FormField):
     return gr.Textbox(value=value, lines=lines, max_lines=lines * 4, **common)
 
 
+# the CLI's advice in the page's words: its buttons and boxes, where a line names the flags they give
+PAGE_WORDS = {"with --resume auto": "with the Train tab's Resume", "start over with --overwrite": "start over with "
+              "--overwrite ticked (then Start)"}
+
+
 def _message(exc: Exception) -> str:
-    """An error as the page shows it: the CLI's lines."""
-    return "\n\n".join(f"**error:** {line}" for line in str(exc).splitlines())
+    """An error as the page shows it: the CLI's lines, naming the page's buttons where they name flags."""
+    text = str(exc)
+    for flags, page in PAGE_WORDS.items():
+        text = text.replace(flags, page)
+    return "\n\n".join(f"**error:** {line}" for line in text.splitlines())
 
 
 def build_app(cache_dir: Path, port: int | None = None):
