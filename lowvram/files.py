@@ -74,8 +74,20 @@ def broken_link(path: str | os.PathLike) -> str:
 
 def not_found_hint(path: str | os.PathLike) -> str:
     """Why a path is not found here: a link to what is gone (`broken_link`), or backslashes, as Windows writes
-    folders (a config or a command line from a Windows machine)."""
-    return broken_link(path) or windows_path_hint(path)
+    folders (a config or a command line from a Windows machine), or a file:// address (a file manager's copy)."""
+    return broken_link(path) or file_url_hint(path) or windows_path_hint(path)
+
+
+def file_url_hint(path: str | os.PathLike) -> str:
+    """The path a file:// address names (a browser's or file manager's "copy location"), to give instead."""
+    text = str(path)
+    if "file:" not in text:
+        return ""
+    from urllib.parse import unquote, urlparse
+
+    address = text[text.index("file:"):]
+    local = unquote(urlparse(address if "file://" in address else address.replace("file:", "file://", 1)).path)
+    return f" (a file:// address: give the path alone, {local})"
 
 
 def absolute_path(path: str | os.PathLike) -> Path:

@@ -478,3 +478,10 @@ def test_a_run_of_years_is_refused_not_listed_for_hours():
                               ("epochs", 10**9, "--epochs: 1000000000 is past 1,000,000")):
         with pytest.raises(LowvramError, match=f"^{says}, more than any LoRA trains"):
             run_config(**{name: value})
+
+
+def test_a_file_url_given_as_a_path_names_the_path_it_is(images, capsys):
+    """A file manager's 'copy location' pasted (into the UI's form): 'folder not found: /work/file:/srv/my%20data'."""
+    address = f"file://{images.parent.as_posix()}/my%20data"
+    assert one_line(capsys, ["check-data", address]).endswith(
+        f"(a file:// address: give the path alone, {images.parent.as_posix()}/my data)")
