@@ -37,7 +37,15 @@ from lowvram.data.captions import (
 )
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, first_line, shell_line
-from lowvram.files import expand_home, human_size, ignores_case, is_disk_full, make_folders, redraws_in_place
+from lowvram.files import (
+    expand_home,
+    human_size,
+    ignores_case,
+    is_disk_full,
+    make_folders,
+    redraws_in_place,
+    unwritable,
+)
 from lowvram.hardware import Hardware, gib
 from lowvram.plan.captioner import CaptionerEstimate, estimate_captioner
 from lowvram.resolve import REPLACED_CAPTIONS
@@ -139,6 +147,13 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
     report.device = _choose_device(config.device, estimate, hardware, console)
     console.print(f"{len(todo)} image(s) to caption, {len(report.kept)} already captioned, {len(report.skipped)} "
                   f"skipped; {model.kind} {config.caption_model} on the {'GPU' if report.device == 'cuda' else 'CPU'}")
+    # before the model loads (and as a dry run's answer): a dataset folder the captions cannot go into (a lab's
+    # read-only share) stopped the run at its first caption, a backup of the captions made
+    blocked = sorted({problem for _, target in todo if (problem := unwritable(target.parent))})
+    if blocked:
+        raise LowvramError(f"{blocked[0]}{f' (and {len(blocked) - 1} more folders)' if len(blocked) > 1 else ''}: "
+                           "captions are written beside their images; caption a copy of the dataset you can write "
+                           "in, or ask its owner")
     if dry_run:  # what a run would do, the model unloaded
         console.print(f"the captioner needs about {estimate.describe()} on a GPU")
         for record, target in todo:

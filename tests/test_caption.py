@@ -212,6 +212,35 @@ def test_a_folder_where_a_caption_goes_is_passed_over_not_the_end_of_the_run(tmp
     assert (data / "3_colours" / "white.txt").is_symlink() and (data / "3_colours" / "blue.txt").is_file()
 
 
+def test_a_dataset_folder_captions_cannot_go_into_is_said_before_the_model_loads(tmp_path, tagger):
+    """A lab's read-only dataset: the run loaded the model, then stopped at its first caption (after --append had
+    made a backup folder in the cache); a dry run said nothing."""
+    import os
+    import subprocess
+
+    as_a_user = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("no setpriv to drop root's permission override")
+        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    data = colour_dataset(tmp_path / "data")
+    (data / "3_colours").chmod(0o555)
+    try:
+        for extra in (["--dry-run"], ["--append"]):
+            done = subprocess.run([*as_a_user, sys.executable, "-m", "lowvram", "caption", str(data),
+                                   "--caption-model", str(tagger), *extra], capture_output=True, text=True,
+                                  check=False, timeout=300,
+                                  env={**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "c")})
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.strip().splitlines() == [
+                (f"lowvram caption: error: can't write in {data / '3_colours'}: {data / '3_colours'} is not "
+                 "writable (permission denied): captions are written beside their images; caption a copy of the "
+                 "dataset you can write in, or ask its owner")]
+        assert not (tmp_path / "c" / "replaced-captions").exists()
+    finally:
+        (data / "3_colours").chmod(0o755)
+
+
 def test_images_of_one_name_are_not_captioned_into_one_file_and_check_data_names_them(tmp_path, tagger,
                                                                                       monkeypatch, capsys):
     """pic.png and pic.jpg read one pic.txt: captioning both wrote one's tags over the other's, and --overwrite kept
