@@ -33,7 +33,7 @@ from lowvram.kohya_names import (
     WITHOUT_COUNTERPART,
 )
 from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, TORCH_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
-from lowvram.prompts import read_prompt_file
+from lowvram.prompts import parse_prompt, read_prompt_file
 from lowvram.samplers import sampler_name
 
 # kohya's enable_bucket is off unless set: every image cropped square to the resolution
@@ -268,7 +268,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     if values.get("scheduler") != "warmup_stable_decay":
         values.pop("decay_steps", None)  # kohya_ss writes it beside any schedule; only this one reads it
     if prompts:
-        values["sample_prompts"] = prompts
+        values["sample_prompts"] = [_kohya_sample_defaults(line) for line in prompts]
     if values.get("sample_every") and not values.get("sample_prompts"):
         notes.append("sample_every_n_* is not carried over: no sample_prompts file to render")
         del values["sample_every"]
@@ -306,6 +306,17 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes
+
+
+def _kohya_sample_defaults(line: str) -> str:
+    """A prompt line of a kohya config's sample_prompts with sd-scripts' steps and scale where it gives none, so that
+    its samples compare with kohya's (lowvram's own are --sample-steps and 7)."""
+    try:
+        prompt = parse_prompt(line)
+    except ValueError:  # (said where the prompts are read for the run)
+        return line
+    return (line + (f" --s {KOHYA_SAMPLE_STEPS}" if prompt.steps is None else "")
+            + (f" --l {KOHYA_SAMPLE_SCALE}" if prompt.guidance is None else ""))
 
 
 def _base_weights(left: dict[str, Any], problem) -> dict[str, Any]:
@@ -454,6 +465,7 @@ def _block_args(args: dict[str, Any], conv_alpha: Any, notes: list[str], problem
     return given
 
 
+KOHYA_SAMPLE_STEPS, KOHYA_SAMPLE_SCALE = 30, 7.5  # sd-scripts' samples where a prompt gives no --s or --l
 KOHYA_LEARNING_RATE = 2e-6  # sd-scripts' --learning_rate default, the rate of whatever no other rate names
 KOHYA_BUCKET_SIDES = (256, 1024)  # sd-scripts' --min_bucket_reso and --max_bucket_reso defaults
 
@@ -661,7 +673,8 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem, path: Pat
     if prompts:
         prompt_file = local_path(str(prompts), path)  # here, else beside the config (as its folders are)
         try:
-            values["sample_prompts"], left_out = read_prompt_file(prompt_file)
+            lines, left_out = read_prompt_file(prompt_file)
+            values["sample_prompts"] = [_kohya_sample_defaults(line) for line in lines]
         except FileNotFoundError:  # samples change nothing trained: a file left on another machine is no error
             notes.append(f"sample_prompts: {prompt_file} not found, so no samples; give --sample-prompt, or the "
                          "prompt file's path")

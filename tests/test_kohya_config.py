@@ -390,7 +390,9 @@ def test_kohyas_toml_and_json_prompt_files_and_its_sampler_carry_over(tmp_path):
     config = build_config({"model": "tiny", **values})
     assert [(p.width, p.height, p.sampler) for p in config.samples] == [(64, 96, "euler_a"), (128, 96, "dpm_2_a")]
     values, _ = translate(settings | {"sample_prompts": str(tmp_path / "prompts.json")}, Path("k.toml"))
-    assert values["sample_prompts"] == ["lvshape, a circle --w 64", "lvshape, a square --d 3"]
+    # sd-scripts' 30 steps and scale 7.5 where a prompt gives none (lowvram's own 20 and 7: samples unlike kohya's)
+    assert values["sample_prompts"] == ["lvshape, a circle --w 64 --s 30 --l 7.5",
+                                        "lvshape, a square --d 3 --s 30 --l 7.5"]
     assert values["sample_sampler"] == "ddim"  # kohya's default
     (tmp_path / "bad.toml").write_text("[prompt]\nwidth = 64\n")
     for bad, says in (("bad.toml", "no [[prompt.subset]] tables"), ("prompts.json", "unknown sampler 'lcm'")):
@@ -726,7 +728,7 @@ def test_a_launchers_config_file_its_windows_folders_and_other_scripts(tmp_path,
     config = _config_of(tmp_path / "train.bat")
     assert (config.training.max_steps, config.network.rank) == (2, 8)  # the flag over the file; the file's rank
     assert Path(config.data.data) == tmp_path / "train" / "img" and config.output_dir == tmp_path / "runs" / "first"
-    assert list(config.prompt_lines) == ["lvshape --w 64 --h 64 --s 2"]
+    assert list(config.prompt_lines) == ["lvshape --w 64 --h 64 --s 2 --l 7.5"]
     from lowvram.files import local_path
 
     # \\tmp is the root of the current Windows drive's: this machine's /tmp would be a guess
