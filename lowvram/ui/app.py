@@ -142,7 +142,8 @@ def build_app(cache_dir: Path, port: int | None = None):
                 with gr.Row():
                     loss_plot = gr.LinePlot(x="step", y="loss", title="loss", elem_id="loss-chart", height=240)
                     lr_plot = gr.LinePlot(x="step", y="lr", title="learning rate", elem_id="lr-chart", height=240)
-                samples = gr.Gallery(label="samples", columns=4, height=220, elem_id="samples")
+                # whole grids (a 64 px one drawn 292 px wide, cropped to fill, lost its lower half)
+                samples = gr.Gallery(label="samples", columns=4, height=300, object_fit="contain", elem_id="samples")
                 run_log = gr.Textbox(label="log", lines=8, elem_id="run-log")
                 with gr.Row():
                     # this run's LoRAs, or any LoRA file typed in (one of an earlier session's runs)
