@@ -78,13 +78,11 @@ def not_safetensors(path: str | Path, exc: BaseException, fix: str) -> str:
     it (a renamed pickle gets the command that converts it)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(128)  # (a PyTorch zip names its data.pkl within it)
-        size = os.path.getsize(path)
+            head = f.read(64)
     except OSError:
-        head, size = b"", 0
-    declared = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
-    if head[8:9] != b"{" or declared > size:  # (a safetensors header of its size: the file is one, if broken)
-        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or b"data.pkl" in head:
+        head = b""
+    if head[8:9] != b"{":  # (a header's start: the file is a safetensors one, if broken, e.g. cut off)
+        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or _pytorch_zip(path):
             renamed = Path(path).with_suffix(".ckpt")  # (torch.load reads a .safetensors name as safetensors)
             return (f"{path} is a pickle file named {Path(path).suffix}, which can run arbitrary code when loaded, so "
                     f"lowvram never opens it; rename it {renamed.name}, then convert it once to safetensors: python -c "
@@ -93,9 +91,21 @@ def not_safetensors(path: str | Path, exc: BaseException, fix: str) -> str:
             return (f"{path} holds only zero bytes (a download or copy that never wrote it: a full disk?); "
                     "download or copy it again")
         for start, what, advice in NOT_SAFETENSORS:
-            if head.lstrip().startswith(start):
+            if head.lstrip(b" \t\r\n").startswith(start):
                 return f"{path} is {what}, not a .safetensors file; {advice}"
     return f"{path} is not a readable .safetensors file ({first_line(exc)}); {fix}"
+
+
+def _pytorch_zip(path: str | Path) -> bool:
+    """Whether `path` is the zip torch.save writes: its data.pkl among the archive's names (the central directory,
+    at its end: a long name puts data.pkl past any first bytes read)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 def pickle_refusal(flag: str, path: str, out: str | Path | None = None) -> str:

@@ -213,15 +213,15 @@ def test_a_file_named_safetensors_that_holds_something_else_is_named_for_what_it
                                                          "--prompt", "x"])
 
 
-@pytest.mark.parametrize("zipped", [True, False])
-def test_a_renamed_pickle_is_refused_with_the_command_that_converts_it(tmp_path, capsys, zipped):
-    path = tmp_path / "lora.safetensors"
+@pytest.mark.parametrize(("zipped", "stem"), [(True, "lora"), (False, "lora"), (True, "x" * 120)])
+def test_a_renamed_pickle_is_refused_with_the_command_that_converts_it(tmp_path, capsys, zipped, stem):
+    path = tmp_path / f"{stem}.safetensors"  # (a long name: torch.save's zip names its data.pkl past 128 bytes)
     weights = {"lora_unet_a.lora_down.weight": torch.ones(2, 3)}
     torch.save({"state_dict": weights}, path, _use_new_zipfile_serialization=zipped)
     said = one_line(capsys, ["info", str(path)])
     assert f"{path} is a pickle file named .safetensors, which can run arbitrary code" in said
-    assert "; rename it lora.ckpt, then convert it once to safetensors: " in said
-    path.rename(tmp_path / "lora.ckpt")
+    assert f"; rename it {stem}.ckpt, then convert it once to safetensors: " in said
+    path.rename(tmp_path / f"{stem}.ckpt")
     command = said.split("convert it once to safetensors: ", 1)[1]
     venv = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # (its python: lowvram's)
     assert subprocess.run(command, shell=True, check=False, env=os.environ | venv).returncode == 0
@@ -229,6 +229,16 @@ def test_a_renamed_pickle_is_refused_with_the_command_that_converts_it(tmp_path,
 
     converted = load_file(path)
     assert torch.equal(converted["lora_unet_a.lora_down.weight"], weights["lora_unet_a.lora_down.weight"])
+
+
+@pytest.mark.parametrize("header_length", [640, 0x3C20])  # b"\x80\x02" (a pickle's start), b" <" (a web page's)
+def test_a_real_safetensors_cut_off_is_never_taken_for_something_else(tmp_path, capsys, header_length):
+    path = tmp_path / "lora.safetensors"
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    write_header(path, header.ljust(header_length), b"\0" * 16)
+    path.write_bytes(path.read_bytes()[:200])  # a download cut off inside its header
+    said = one_line(capsys, ["info", str(path)])
+    assert f"{path} is not a readable .safetensors file (" in said and "pickle" not in said and "web page" not in said
 
 
 def test_a_zip_named_safetensors_says_to_unpack_it(tmp_path, capsys):
