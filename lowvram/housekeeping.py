@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lowvram.errors import LowvramError
 from lowvram.files import TEMPORARY, human_size
-from lowvram.locks import hold_exclusive
+from lowvram.locks import hold_exclusive, is_held
 from lowvram.resolve import (
     EDITED_CAPTIONS,
     IN_USE,
@@ -119,24 +119,25 @@ def remove(cache_dir: Path, unused_for: float | None, dry_run: bool = False) -> 
 
 
 def _holders(folder: Path) -> str:
-    """Whose processes hold the cache (a lab's teacher asks which student's run): each live holder file's pid and
-    owner, as " (pid 12 of ann, ...)"; "" where none is seen (another machine's, or a file system without locks)."""
+    """Whose processes hold the cache (a lab's teacher asks which student's run): each held holder file's pid (on
+    the machine that holds it) and owner, as " (pid 12 of ann, ...)"; "" where none is seen (a file system without
+    locks)."""
     seen = []
     for path in sorted(folder.glob("holder-*.lock")):
         try:
             pid, owner = int(path.name.split("-")[1]), path.stat().st_uid
-            os.kill(pid, 0)
-        except PermissionError:  # alive, another user's
-            pass
-        except (OSError, ValueError, IndexError, AttributeError):  # gone, or not a holder's name
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not a holder's name
+            continue
+        if not is_held(path):  # (a killed run's: its file is left until a clearer removes it)
             continue
         try:
             import pwd
 
-            owner = pwd.getpwuid(owner).pw_name
-        except (ImportError, KeyError):
-            pass
-        seen.append(f"pid {pid} of {owner}")
+            seen.append(f"pid {pid} of {pwd.getpwuid(owner).pw_name}")
+        except ImportError:  # Windows: files have no owner's id to name
+            seen.append(f"pid {pid}")
+        except KeyError:  # a user of another machine's (an NFS share)
+            seen.append(f"pid {pid} of user {owner}")
     return f" ({', '.join(seen)})" if seen else ""
 
 

@@ -178,6 +178,11 @@ def _take(path: Path, create: bool = True):
     return handle if got else got
 
 
+def is_held(path: Path) -> bool:
+    """Whether a process holds the lock of `path`, a holder's file (on any machine the file system's locks reach)."""
+    return not _free(path, create=False)
+
+
 def _free(path: Path, create: bool = True) -> bool:
     """Whether nobody holds `path`'s lock (taken and let go at once, to look). The exclusive lock's file that
     cannot be made is nobody's: the one who could hold it would have made it. A holder's file that cannot be opened
