@@ -310,7 +310,8 @@ def build_app(cache_dir: Path, port: int | None = None):
             values = option_values(fields, form)
             try:
                 shown_run = training.config_path if resume and training.process and not training.running else None
-                if shown_run and shown_run.is_file() and not (values.get("model") or values.get("data")):
+                if shown_run and shown_run.is_file() and not (values.get("model") or values.get("data")) and any(
+                        (training.output / CHECKPOINTS).glob("step-*")):  # (one that left a checkpoint to go on from)
                     # a page reloaded, or another tab: its form is empty, and the run its Train tab shows goes on
                     vram = run_budget(card_name, budget_text) if use_auto else None
                     return training.start(shown_run.read_text(encoding="utf-8"), ui_dir, training.output,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowvram.errors import LowvramError
-from lowvram.files import write_text
+from lowvram.files import make_folders, write_text
 from lowvram.run_files import METRICS, SAMPLES
 
 LOG_LINES = 12
@@ -52,7 +52,7 @@ class TrainingProcess:
               auto_vram: str | None = None) -> str:
         if self.running:
             raise LowvramError("a run is already going: stop it first")
-        config_dir.mkdir(parents=True, exist_ok=True)
+        make_folders(config_dir)
         config_path = write_text(config_dir / f"{self.name}.toml", toml)
         problem = output_problem(config_path, resume)
         if problem:  # a run refused at its start never becomes the run the Train tab shows
@@ -64,7 +64,13 @@ class TrainingProcess:
         if auto_vram is not None:
             args += ["--auto", *(["--vram", auto_vram] if auto_vram else [])]
         self.log_path = config_dir / f"{self.name}.log"
-        with open(self.log_path, "w", encoding="utf-8") as log:
+        try:  # a new file, this user's (in a lab's shared cache the last one may be a classmate's UI's, on this port)
+            self.log_path.unlink(missing_ok=True)
+            log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise LowvramError(f"{self.log_path}: cannot be written ({exc.strerror or exc}); another user's UI on this "
+                               "port wrote it: start yours with another --port, or --cache-dir of yours") from None
+        with log:
             # a session (process group) of its own: Ctrl-C in the terminal running the UI does not reach the run
             own_group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
                          else {"start_new_session": True})
