@@ -102,10 +102,11 @@ class _Parser(argparse.ArgumentParser):
             message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
             kohyas = [h for h in hints if h and "is kohya's name" in h]
             if command == "train" and len(kohyas) >= 4:  # a kohya command line pasted: one way for all of it
-                message = (f"unknown options: {len(kohyas)} of them are kohya's flags ({bad[0]} ...); lowvram reads a "
+                message = (f"unknown options: {sum('is kohya' in h for h in hints if h)} of them are kohya's flags ({bad[0]} ...); lowvram reads a "
                            "kohya command as it is from a launcher script: save it (accelerate launch "
                            "train_network.py --flags) as train.sh or train.bat and give --config train.sh; or write "
-                           "each as lowvram's: " + ", ".join(map(_kohya_pair, kohyas)))
+                           "each as lowvram's: " + ", ".join(map(_kohya_pair, kohyas))
+                           + "".join(f"; {h}" for h in hints if h and h not in kohyas))  # (those without one)
             if not bad:  # a word without its flag
                 taken = [action for action in self._actions if not action.option_strings]
                 if any(action.nargs in ("+", "*") for action in taken):  # argparse takes them in one run
@@ -128,9 +129,13 @@ class _Parser(argparse.ArgumentParser):
 def _kohya_pair(hint: str) -> str:
     """A kohya flag's hint as a pasted command's list names it: its name and lowvram's, without the notes (which
     the flag given alone says)."""
+    from lowvram.kohya_names import named_flags
+
     kohya, ours = hint.split(" is kohya's name; ", 1)
     if not ours.startswith("lowvram's is "):  # (lowvram has none: the default, or always so)
         return f"{kohya} not needed"
+    if len(set(named_flags(re.sub(r"\([^)]*\)", "", ours)))) > 1:  # (--network_args: several, by what it holds)
+        return f"{kohya} as several (give {kohya.split('=', 1)[0]} alone to see which)"
     return f"{kohya} as " + ours.removeprefix("lowvram's is ").split(" (", 1)[0]
 
 

@@ -749,18 +749,19 @@ def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads
     """Thirty kohya flags pasted made one line of thirty hints; the launcher script reads them as they are."""
     monkeypatch.chdir(tmp_path)
     flags = ["--pretrained_model_name_or_path=tiny", "--train_data_dir=sample", "--network_dim=8", "--enable_bucket",
-             "--max_train_steps=2", "--output_dir=out"]
+             "--max_train_steps=2", "--output_dir=out", "--network_args", "conv_dim=4", "--token_warmup_step=2"]
     with pytest.raises(SystemExit):
         main(["train", *flags])
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
-    assert "6 of them are kohya's flags (--pretrained_model_name_or_path=tiny ...)" in err
+    assert "8 of them are kohya's flags (--pretrained_model_name_or_path=tiny ...)" in err
     assert ("save it (accelerate launch train_network.py --flags) as train.sh or train.bat and give --config "
             "train.sh") in err
     # each one's name too (two were named, then '...': a user rewriting them ran it again for each of the rest)
     assert ("or write each as lowvram's: --pretrained_model_name_or_path as --model, --train_data_dir as --data, "
             "--network_dim as --rank, --enable_bucket not needed, --max_train_steps as --max-steps, --output_dir as "
-            "--output (see lowvram train --help)") in err
+            "--output, --network_args as several (give --network_args alone to see which); --token_warmup_step is "
+            "kohya's: lowvram trains every caption whole from the first step (see lowvram train --help)") in err
     (tmp_path / "train.sh").write_text("accelerate launch train_network.py " + " ".join(flags) + "\n")
     config = _config_of(tmp_path / "train.sh")
     assert (config.network.rank, config.training.max_steps, config.data.bucket) == (8, 2, True)
