@@ -292,7 +292,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     flags = [flag[2:] for flag in KOHYA_FLAGS if flag[2:] not in flat]
     meant = {key: close[0] for key in unknown if f"--{key}" not in KOHYA_FLAGS
              and (close := difflib.get_close_matches(key, flags, n=1, cutoff=0.8))}
-    for key in [key for key in unknown if by_hand and key in meant and key not in SD_SCRIPTS_SETTINGS]:
+    for key in [key for key in unknown if by_hand and key in meant and key not in SD_SCRIPTS_SETTINGS
+                and not _extends(key, meant[key])]:
         problem(key, f"no setting of kohya's; did you mean {meant[key]}? (left as it is, the run would train without "
                 "it)")
         unknown.remove(key)
@@ -306,6 +307,13 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     if problems:
         raise LowvramError("\n".join(problems))
     return values, notes
+
+
+def _extends(key: str, setting: str) -> bool:
+    """Whether `key` is `setting` with a word before or after it, or the other way round: another trainer's setting
+    (sdxl_train.py's learning_rate_te1) or kohya_ss GUI's (noise_offset_type, sdxl_no_half_vae), not a typo of it."""
+    return any(longer.startswith(shorter + "_") or longer.endswith("_" + shorter)
+               for longer, shorter in ((key, setting), (setting, key)))
 
 
 def _kohya_sample_defaults(line: str) -> str:

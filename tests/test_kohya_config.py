@@ -662,10 +662,13 @@ def test_a_misspelt_kohya_setting_is_named_and_one_that_changes_the_images_refus
                                                                       ("netwrok_dim", "network_dim"))]
     values, notes = translate({"train_data_dir": "sample", "save_last_n_steps_state": 3, "my_own_note": "x",
                                "t5_dropout_rate": 0.5,  # (sd-scripts' own for FLUX: close to caption_dropout_rate)
+                               # other trainers' and kohya_ss GUI's, a setting with a word more: noted, not refused
+                               "learning_rate_te1": 1e-5, "noise_offset_type": "Original", "sdxl_no_half_vae": True,
                                "caption_extention": ".cap", "network_multiplier": 1.0,
                                "save_last_n_epochs_state": 2}, Path("k.toml"))
     # a real setting of kohya's is not taken for a typo of another (save_last_n_steps keeps LoRAs, not states)
-    assert ("not carried over (lowvram has no such setting): my_own_note, t5_dropout_rate (did you mean "
+    assert ("not carried over (lowvram has no such setting): learning_rate_te1 (did you mean learning_rate?), "
+            "my_own_note, sdxl_no_half_vae (did you mean no_half_vae?), t5_dropout_rate (did you mean "
             "caption_dropout_rate?)") in notes
     assert ("save_last_n_steps_state not carried over: lowvram's counterpart is --keep-checkpoints (a number of "
             "checkpoints: the steps divided by --checkpoint-every's)") in notes
