@@ -146,9 +146,12 @@ def test_a_u_net_alone_is_refused_by_its_header_before_the_dataset_is_read(tmp_p
     assert main(["train", "--model", str(path), "--data", "sample", "--max-steps", "1"]) == 2
     captured = capsys.readouterr()
     assert captured.err.strip() == (f"lowvram train: error: --model: {path} is a {model.family.title} U-Net alone (as "
-                                    f"ComfyUI's models/unet files are), without the VAE and {encoders} training "
-                                    "needs; pass a full checkpoint (as in models/checkpoints) or a diffusers folder")
+                                    f"ComfyUI's models/unet files are), without its VAE and {encoders}; pass a full "
+                                    "checkpoint (as in models/checkpoints) or a diffusers folder")
     assert "images usable" not in captured.out + captured.err
+    # given where a LoRA goes, it is still named as the model it is
+    assert main(["info", str(path)]) == 0
+    assert f"a {model.family.title} checkpoint, not a LoRA" in capsys.readouterr().out
 
 
 def test_checkpoint_missing_a_component_is_refused(tmp_path):

@@ -17,7 +17,7 @@ from lowvram.files import broken_link, expand_home, not_found_hint
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
-OTHER_PARTS = ("first_stage_model.", "cond_stage_model.", "conditioner.")  # a single file's VAE and text encoders
+VAE_PREFIX, TEXT_ENCODER_PREFIXES = "first_stage_model.", ("cond_stage_model.", "conditioner.")  # in a single file
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"  # a single file's U-Net stem: (320, in_channels, 3, 3)
 # U-Nets that read more than the noisy latent, by their input channels (text-to-image U-Nets read 4)
 IMAGE_CONDITIONED = {9: "an inpainting model", 8: "an image-editing model like instruct-pix2pix",
@@ -245,13 +245,14 @@ def checkpoint_title(path: Path) -> str | None:
     """The family's name of a single-file base model (what --model takes), by its header; None for a file of
     anything else (a LoRA given where a model goes, or a model where a LoRA goes, is named so)."""
     try:
-        return detect_single_file_family(path).title
+        return detect_single_file_family(path, whole=False).title
     except LowvramError:
         return None
 
 
-def detect_single_file_family(path: Path) -> ModelFamily:
-    """Identify a single-file checkpoint from its header (key names and shapes; no tensor is read)."""
+def detect_single_file_family(path: Path, whole: bool = True) -> ModelFamily:
+    """Identify a single-file checkpoint from its header (key names and shapes; no tensor is read); `whole`: one
+    with its VAE and text encoders, as --model needs (a U-Net alone is refused)."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -267,10 +268,11 @@ def detect_single_file_family(path: Path) -> ModelFamily:
     for family in FAMILIES.values():
         if not all(shapes.get(key) == shape for key, shape in family.fingerprint):
             continue
-        if not any(key.startswith(OTHER_PARTS) for key in keys):  # (diffusers names the part missing after a scan)
+        if whole and not any(key.startswith((VAE_PREFIX, *TEXT_ENCODER_PREFIXES)) for key in keys):
+            # (diffusers named the part missing only as it loaded: after a dataset's scan)
             encoders = "text encoders" if len(family.text_encoders) > 1 else "text encoder"
             raise LowvramError(f"--model: {path} is a {family.title} U-Net alone (as ComfyUI's models/unet files "
-                               f"are), without the VAE and {encoders} training needs; pass a full checkpoint (as in "
+                               f"are), without its VAE and {encoders}; pass a full checkpoint (as in "
                                "models/checkpoints) or a diffusers folder")
         return family
     other = _what_else(keys)
@@ -301,11 +303,11 @@ def _what_else(keys: list[str]) -> str | None:
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         # a CLIP text encoder's (transformers writes it without its text_model. prefix): its encoder.layers are not
         # a VAE's encoder
-        if any("token_embedding" in k or k.startswith(("encoder.layers.", "cond_stage_model.", "conditioner."))
+        if any("token_embedding" in k or k.startswith(("encoder.layers.", *TEXT_ENCODER_PREFIXES))
                for k in keys):
             return ("is a text encoder alone, not a full checkpoint; pass a full SD1.5 or SDXL checkpoint, or the "
                     "whole diffusers folder it came from")
-        if any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys):
+        if any(k.startswith(("encoder.", "decoder.", VAE_PREFIX)) for k in keys):
             return "is a VAE, not a full checkpoint; pass a full SD1.5 or SDXL checkpoint"
         if any(k.startswith(("down_blocks.", "conv_in.", "text_model.")) for k in keys):
             return "is a single diffusers component; pass the whole diffusers folder (with model_index.json)"
