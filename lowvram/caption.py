@@ -39,6 +39,7 @@ from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, first_line, shell_line
 from lowvram.files import (
     expand_home,
+    file_in_the_way,
     human_size,
     ignores_case,
     is_disk_full,
@@ -348,7 +349,11 @@ def _claim_new_folder(path: Path) -> Path:
             folder.mkdir()
             return folder
         except FileExistsError:
-            continue
+            if folder.parent.is_dir():  # (a file where the folder goes: each next name would fail alike)
+                continue
+            raise LowvramError(f"--overwrite: the captions it replaces cannot be kept in {folder}: "
+                               f"{file_in_the_way(folder) or folder.parent} is not a folder; move it away, or set "
+                               "LOWVRAM_CACHE_DIR to another cache folder") from None
         except OSError as exc:
             fix = ("make room there, or set LOWVRAM_CACHE_DIR to another cache folder" if is_disk_full(exc) else
                    "set LOWVRAM_CACHE_DIR to a cache folder you can write in")

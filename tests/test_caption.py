@@ -263,6 +263,21 @@ def test_images_of_one_name_are_not_captioned_into_one_file_and_check_data_names
            "of each to give it its own caption)" in " ".join(capsys.readouterr().out.split())
 
 
+def test_a_file_where_the_replaced_captions_go_is_named_not_a_run_without_end(tmp_path, tagger):
+    """cache/replaced-captions a file (or a broken link): each next name, data-..-2, -3, ..., failed alike, forever."""
+    import os
+    import subprocess
+
+    data = colour_dataset(tmp_path / "data")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "replaced-captions").write_text("not a folder")
+    done = subprocess.run([sys.executable, "-m", "lowvram", "caption", str(data), "--caption-model", str(tagger),
+                           "--overwrite"], capture_output=True, text=True, check=False, timeout=300,
+                          env={**os.environ, "LOWVRAM_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 2
+    assert f"{tmp_path / 'cache' / 'replaced-captions'} is not a folder; move it away" in done.stderr
+
+
 def test_two_overwrites_within_a_second_keep_the_users_captions_apart(tmp_path, tagger, monkeypatch, capsys):
     """The second run's copies (the first run's captions) go to a folder of their own, not over the user's."""
     import time

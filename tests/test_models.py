@@ -241,6 +241,9 @@ def test_the_other_familys_vae_is_refused_by_its_name_or_config(tmp_path, model,
     mine = tmp_path / ("vae-ft-mse-840000.safetensors" if model == "tiny" else "sdxl_vae.safetensors")
     save_file({k: v.contiguous() for k, v in own.state_dict().items()}, str(mine))
     assert_same_weights(load_model(model, vae=str(mine)).vae, own)
+    versioned = tmp_path / "MyVAE_v1-5.safetensors"  # (a version number, not SD1.5's name)
+    save_file({k: v.contiguous() for k, v in own.state_dict().items()}, str(versioned))
+    assert_same_weights(load_model(model, vae=str(versioned)).vae, own)
 
 
 def test_training_with_a_users_vae_encodes_with_it(other_vae, tmp_path):

@@ -127,8 +127,8 @@ class TensorStore:
             return load_file(str(self.path(key)))
         except FileNotFoundError:
             raise LowvramError(f"cache entry {self.path(key)} was removed while this run read the cache (by `lowvram "
-                               "cache --clear` or --unused-for of a user whose run held no lock on it, or another "
-                               "program); run again to rebuild it") from None
+                               "cache --clear` or --unused-for, which this run's lock keeps out where it can take it, "
+                               "or by another program); run again to rebuild it") from None
         except Exception as exc:  # noqa: BLE001 - corrupt under us
             try:
                 self.path(key).unlink(missing_ok=True)

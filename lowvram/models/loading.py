@@ -153,7 +153,7 @@ def load_vae(vae: str | Path, family: ModelFamily, dtype: torch.dtype = torch.fl
 
 # VAE file names that say whose VAE they are: SD1.5's and SDXL's are built alike, so the other's loads without a word
 VAE_NAMES = {"sdxl": re.compile(r"sdxl|(^|[^a-z])xl([^a-z]|$)"),
-             "sd15": re.compile(r"vae-ft-(mse|ema)|sd-?1[-._]?5|v1-5|kl-f8-anime|orangemix")}
+             "sd15": re.compile(r"vae-ft-(mse|ema)|sd-?1[-._]?5|(sd|diffusion)-v1-5|kl-f8-anime|orangemix")}
 
 
 def _other_familys_vae(path: Path, family: ModelFamily) -> str | None:
@@ -164,7 +164,9 @@ def _other_familys_vae(path: Path, family: ModelFamily) -> str | None:
         others = [f.title for f in FAMILIES.values() if not f.is_random_init
                   and json.loads((f.config_dir / "vae" / "config.json").read_text())["scaling_factor"] == scale]
         return others[0] if scale != own and others else None
-    mine = "sdxl" if family.size_conditioning else "sd15"
+    if checkpoint_title(path):  # a whole checkpoint of this family (its header says so): its name says no more
+        return None
+    mine = family.full_size or family.name
     named = [name for name, pattern in VAE_NAMES.items() if pattern.search(path.name.lower())]
     return FAMILIES[named[0]].title if named and mine not in named else None
 

@@ -66,8 +66,8 @@ class RunLog:
         # closed by close() / __exit__: this object is the context manager
         self.metrics = open(path, "a" if resumed_step else "w", encoding="utf-8")  # noqa: SIM115
         if not resumed_step:  # (a classmate resuming in a lab's shared output folder appends to it)
-            with contextlib.suppress(OSError):
-                os.chmod(path, shared_mode(output_dir, plain_mode(0o666)))
+            with contextlib.suppress(OSError, AttributeError):  # (the file opened, never a link put there; Windows)
+                os.fchmod(self.metrics.fileno(), shared_mode(output_dir, plain_mode(0o666)))
         try:
             if config.output.tensorboard:
                 # a resumed run's steps past its checkpoint were logged by the run that was stopped: hidden, as
