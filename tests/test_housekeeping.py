@@ -360,3 +360,27 @@ def test_a_run_on_a_shared_cache_whose_folders_another_user_keeps_to_themselves_
                            str(tmp_path / "theirs" / "cache")],
                           capture_output=True, text=True, check=False, timeout=600)
     assert "give --cache-dir or LOWVRAM_CACHE_DIR a folder you can write" in " ".join(done.stdout.split())
+
+
+def test_the_listing_passes_over_another_users_private_ui_folder_and_says_so(tmp_path):
+    """Each user's UI keeps Gradio's copies in a folder of its own (0700) in a lab's shared cache: the next user's
+    `lowvram cache` stopped at it ('cannot be read ... run as the user who owns the cache')."""
+    as_a_user = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("no setpriv to drop root's permission override")
+        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    cache = tmp_path / "cache"
+    private = cache / "ui" / "gradio-12345"
+    private.mkdir(parents=True)
+    (private / "copy.png").write_bytes(b"x" * 10)
+    (cache / "ui" / "ui-run-7860.log").write_text("a run's log\n")
+    private.chmod(0o000)
+    try:
+        done = subprocess.run([*as_a_user, sys.executable, "-m", "lowvram", "cache", "--cache-dir", str(cache)],
+                              capture_output=True, text=True, check=False, timeout=120)
+    finally:
+        private.chmod(0o700)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.strip().startswith("ui "))
+    assert "1 file " in line and line.endswith("(and 1 folder other users keep to themselves)")
