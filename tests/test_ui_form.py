@@ -687,3 +687,28 @@ def test_the_pages_errors_name_its_buttons_where_the_cli_names_their_flags(tmp_p
     shown = _message(refused.value)
     assert "with the Train tab's Resume" in shown and "start over with --overwrite ticked (then Start)" in shown
     assert "--resume auto" not in shown
+
+
+def test_start_and_resume_name_a_run_still_going_in_the_output_folder(tmp_path):
+    """A UI restarted while its run went on: Start called the run's folder 'an earlier run' to --overwrite, and
+    Resume started a run that failed on the folder's lock."""
+    import subprocess
+    import sys
+
+    from lowvram.ui.runs import output_problem
+
+    out = tmp_path / "out"
+    config = tmp_path / "run.toml"
+    config.write_text(toml_text({"model": "tiny", "data": "sample", "output": str(out), "max_steps": 2}))
+    holding = ("import sys, time\nfrom pathlib import Path\nfrom lowvram.train.outdir import FolderLock\n"
+               "FolderLock(Path(sys.argv[1])).acquire()\nprint('ready', flush=True)\ntime.sleep(600)")
+    out.mkdir()
+    run = subprocess.Popen([sys.executable, "-c", holding, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout.readline().strip() == "ready"
+        for resume in (False, True):
+            assert output_problem(config, resume).startswith(f"--output: {out} is in use by another lowvram run "
+                                                             f"(pid {run.pid}, since ")
+    finally:
+        run.kill()
+        run.wait()
