@@ -269,6 +269,9 @@ def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[st
         implied = network_options(Path(path))
     except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
         return values  # a missing or broken file is named by the config check, or where it is read
+    # an alpha of 0 or below is no option's: the file is refused by network_weights_problem, naming it
+    implied = {name: value for name, value in implied.items()
+               if not (name.endswith("alpha") and isinstance(value, (int, float)) and value <= 0)}
     per_block = any(name in values for name in BLOCK_OPTIONS)
     if per_block:
         implied = {name: value for name, value in implied.items() if name not in ("rank", "alpha")}
@@ -343,6 +346,9 @@ def network_weights_problem(network) -> str | None:
         return f"{flag}: {no_layers_why(Path(path))}"
     if held.get("network", network.network) != network.network:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
+    if isinstance(held.get("alpha"), (int, float)) and held["alpha"] <= 0:  # (else '--alpha: must be > 0', ungiven)
+        return (f"{flag}'s layers have alpha {held['alpha']:g}, which scales them to nothing: it applies as no LoRA and "
+                "cannot be trained further; start without it, or from a LoRA with a positive alpha")
     if any(getattr(network, name) is not None for name in BLOCK_OPTIONS):
         return None
     ranks, alphas = mixed_layers(Path(path), held)

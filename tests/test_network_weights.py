@@ -154,6 +154,22 @@ def test_an_alpha_stored_in_fp16_or_bf16_is_the_one_given():
     assert not same_alpha(7.0, 7.3) and not same_alpha(8.0, 4.0)
 
 
+def test_a_file_of_alpha_zero_is_named_not_the_alpha_never_given(tmp_path):
+    """Its alpha 0 was taken as the run's: '--alpha: must be > 0, got 0.0', an option the user never gave."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "dead.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.ones(4, 32),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.ones(32, 4),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(0.0)}, str(path))
+    with pytest.raises(LowvramError) as error:
+        run_config(network_weights=str(path))
+    assert str(error.value) == (f"--network-weights: {path}'s layers have alpha 0, which scales them to nothing: it "
+                                "applies as no LoRA and cannot be trained further; start without it, or from a LoRA "
+                                "with a positive alpha")
+
+
 def test_another_trainers_file_says_its_network_by_its_layers_and_its_bf16_alphas(tmp_path):
     """A kohya LoRA of an SD1.5 model, without lowvram's metadata: its transformers' 1x1 proj_in is no 3x3
     convolution, its feed-forward layers make it attn-mlp, and its alphas, saved in bf16, are read as stored."""
