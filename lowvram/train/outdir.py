@@ -203,8 +203,7 @@ def ownership_problem(run: ResolvedRun) -> str | None:
     writing there, so that the UI can ask before it starts a run: another run's files without --overwrite, another
     run's checkpoints on --resume, an --network-weights file that --overwrite would move away."""
     config, folder = run.config, run.config.output_dir
-    # a run going there first (a UI restarted beside its run called it an earlier run's files, then its Resume failed)
-    problem = FolderLock(folder).held_by_another() or existing_lora_problem(config) or copy_problem(config)
+    problem = existing_lora_problem(config) or copy_problem(config)
     if problem:
         return problem
     ours, record = recipe(run), read_record(folder)

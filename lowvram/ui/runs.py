@@ -119,11 +119,13 @@ def output_problem(config_path: Path, resume: bool) -> str | None:
     from lowvram.configure import build_config, read_config
     from lowvram.hardware import NO_GPU
     from lowvram.resolve import resolve_run
-    from lowvram.train.outdir import ownership_problem
+    from lowvram.train.outdir import FolderLock, ownership_problem
 
     try:
         config = build_config(read_config(config_path) | ({"resume": "auto"} if resume else {}))
-        return ownership_problem(resolve_run(config, NO_GPU))
+        # a run going there first (a UI restarted beside its run called its files an earlier run's, then its Resume
+        # started a run that failed on the folder's lock)
+        return FolderLock(config.output_dir).held_by_another() or ownership_problem(resolve_run(config, NO_GPU))
     except LowvramError:
         return None
 
