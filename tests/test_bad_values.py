@@ -461,7 +461,7 @@ def test_a_kohya_command_missing_lowvrams_required_flags_is_answered_in_kohyas_n
     assert one_line(capsys, ["resize", "x.safetensors", "--new_rank", "4", "--save_precision", "fp16"]).endswith(
         "lowvram resize's is --rank; did you mean --save-precision? (see lowvram resize --help)")
     assert one_line(capsys, ["generate", "--model", "tiny", "--W", "64"]).endswith(
-        "--W is from kohya's gen_img.py; lowvram generate's is --width (or --w W inside --prompt) (see lowvram "
+        "--W is from kohya's gen_img.py; lowvram generate's is --width (or \"--w W\" inside --prompt) (see lowvram "
         "generate --help)")
 
 
