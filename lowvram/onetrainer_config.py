@@ -55,7 +55,8 @@ INERT = {
     "lora_decompose_norm_epsilon", "lora_decompose_output_axis", "optimizer_defaults", "sample_image_format",
     "sample_video_format", "sample_audio_format", "samples_to_tensorboard", "non_ema_sampling",
     "rolling_backup", "rolling_backup_count", "backup_before_save",
-    "secrets", "sample_skip_first", "save_skip_first",
+    "secrets", "async_offloading", "caching_threads", "image_caching", "text_caching", "prefetch_next_batch",
+    "oft_clipped_norm", "unconditional_transformer",
     "layer_filter_regex", "oft_block_size", "oft_block_share", "oft_scaled", "lokr_dim", "lokr_decompose_both",
     "lokr_use_tucker", "lokr_weight_decompose", "lokr_dora_on_output", "lokr_full_matrix", "lokr_vec_trick",
     "constant_snr_floor", "scheduler_params", "custom_learning_rate_scheduler",
@@ -111,7 +112,9 @@ PART_SETTINGS = {"unet": ("train_unet", "unet_learning_rate", "unet_weight_dtype
 DEFAULTS = {"lora_rank": 16, "lora_alpha": 1.0, "learning_rate": 3e-6, "learning_rate_warmup_steps": 200.0,
             "epochs": 100, "batch_size": 1, "layer_filter_preset": "full", "learning_rate_scheduler": "CONSTANT",
             "concept_file_name": "training_concepts/concepts.json",
-            "sample_definition_file_name": "training_samples/samples.json"}
+            "sample_definition_file_name": "training_samples/samples.json",
+            "output_dtype": "FLOAT_32"}  # (its own presets give none: fp16 was saved)
+BACKUP_UNIT = "MINUTE"  # OneTrainer's where a config gives backup_after alone (its presets: 10, read as never)
 # what lowvram reads as numbers and as sections: a hand-edited value of another type is named, not crashed into
 NUMBERS = ("learning_rate", "learning_rate_warmup_steps", "learning_rate_cycles", "learning_rate_min_factor", "epochs",
            "unmasked_probability",
@@ -343,6 +346,12 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     elif precision:
         problem("output_dtype", f"{precision}: a LoRA is saved in {', '.join(PRECISIONS)}")
     values |= _backups(doc, notes, problem)
+    skipped = [f"{key} {doc[key]}" for key in ("save_skip_first", "sample_skip_first")
+               if isinstance(doc.get(key), (int, float)) and doc[key] > 0]
+    if skipped:  # (the early saves and samples were made all the same)
+        notes.append(f"{', '.join(skipped)}: not carried over; lowvram saves and samples from the first interval")
+    if doc.get("cache_dir") and str(doc["cache_dir"]) != ONETRAINER_CACHE:  # (a data drive the user chose for it)
+        values["cache_dir"] = str(expand_home(str(doc["cache_dir"])))
     for key, option in (("save_every", "save_every"), ("sample_after", "sample_every")):
         every = _every(doc, key, notes)
         if every:
@@ -362,6 +371,7 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     return values
 
 
+ONETRAINER_CACHE = "workspace-cache/run"  # its cache_dir where a config names none of its own
 MINUTES_PER = {"SECOND": 1 / 60, "MINUTE": 1, "HOUR": 60}
 
 
@@ -378,7 +388,7 @@ def _backups(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     lowvram's checkpoints."""
     if "backup_after" not in doc and "backup_after_unit" not in doc:
         return {}
-    unit = _upper(doc, "backup_after_unit") or "NEVER"
+    unit = _upper(doc, "backup_after_unit") or BACKUP_UNIT
     count = as_number(doc.get("backup_after") or 0, "backup_after", problem)
     if unit == "NEVER" or not count or count <= 0:
         return {"checkpoint_minutes": 0}
@@ -572,10 +582,13 @@ def _memory(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     if doc.get("compile"):
         values["compile"] = True
     compute = _upper(doc, "train_dtype") or "FLOAT_16"
-    if compute in ("BFLOAT_16", "FLOAT_32"):
+    if compute in ("BFLOAT_16", "FLOAT_32", "TFLOAT_32"):  # (TF32: fp32 whose matmuls a card's tensor cores round)
         values["mixed_precision"] = "bf16" if compute == "BFLOAT_16" else "no"
-    else:  # OneTrainer's default; lowvram computes in bf16 where the card has it, which fp16 can overflow
+    elif compute == "FLOAT_16":  # OneTrainer's default; lowvram computes in bf16 where the card has it (fp16 overflows)
         planners.append(f"train_dtype {compute}")
+    else:
+        problem("train_dtype", f"{compute}: not a precision OneTrainer trains in (FLOAT_16, BFLOAT_16, FLOAT_32, "
+                "TFLOAT_32)")
     if planners:
         notes.append(f"{', '.join(planners)}: OneTrainer's defaults, left to lowvram's planner, which picks the "
                      "fastest that fits the card")

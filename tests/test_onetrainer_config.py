@@ -174,7 +174,8 @@ def test_onetrainers_backups_are_lowvrams_timed_checkpoints(tmp_path):
                               ({"backup_after": 2, "backup_after_unit": "HOUR"}, {"checkpoint_minutes": 120}),
                               ({"backup_after": 90, "backup_after_unit": "SECOND"}, {"checkpoint_minutes": 1.5}),
                               ({"backup_after": 500, "backup_after_unit": "STEP"}, {"checkpoint_every": 500}),
-                              ({"backup_after": 30, "backup_after_unit": "NEVER"}, {"checkpoint_minutes": 0})):
+                              ({"backup_after": 30, "backup_after_unit": "NEVER"}, {"checkpoint_minutes": 0}),
+                              ({"backup_after": 10}, {"checkpoint_minutes": 10})):  # (its presets: minutes)
         values, notes = translate_onetrainer(CONFIG | backups, folder)
         assert {key: values[key] for key in ("checkpoint_minutes", "checkpoint_every") if key in values} == expected
         assert not any("backup" in note for note in notes), notes
@@ -561,3 +562,21 @@ def test_a_fused_back_pass_and_a_file_name_prefix_are_said_not_carried_over(tmp_
     assert any(note.startswith("optimizer.fused_back_pass:") for note in notes)
     assert "not carried over (lowvram has no such setting): save_filename_prefix" in notes
     assert not any("fused_back_pass" in note for note in translate_onetrainer(CONFIG, folder)[1])
+
+
+def test_what_a_preset_leaves_out_and_a_mistyped_precision_are_read_as_onetrainer_reads_them(tmp_path):
+    """A shipped preset names no output_dtype (OneTrainer saves FLOAT_32: fp16 was saved); train_dtype BF_16, a
+    typo, and TFLOAT_32, a choice, were both 'OneTrainer's defaults'; cache_dir and the skipped first saves went
+    unsaid; settings that change no LoRA filled the not-carried-over note."""
+    folder = onetrainer_folder(tmp_path)
+    bare = {key: value for key, value in CONFIG.items() if key != "output_dtype"}
+    values, notes = translate_onetrainer(bare | {"train_dtype": "TFLOAT_32", "cache_dir": str(tmp_path / "drive"),
+                                                 "save_skip_first": 2, "image_caching": True, "caching_threads": 2},
+                                         folder)
+    assert (values["save_precision"], values["mixed_precision"]) == ("fp32", "no")
+    assert values["cache_dir"] == str(tmp_path / "drive")
+    assert "save_skip_first 2: not carried over; lowvram saves and samples from the first interval" in notes
+    assert not any("image_caching" in note or "caching_threads" in note for note in notes), notes
+    assert "cache_dir" not in translate_onetrainer(CONFIG, folder)[0]  # (OneTrainer's own: lowvram's shared cache)
+    with pytest.raises(LowvramError, match=r"train_dtype: BF_16: not a precision OneTrainer trains in \(FLOAT_16, "):
+        translate_onetrainer(CONFIG | {"train_dtype": "BF_16"}, folder)
