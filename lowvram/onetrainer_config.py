@@ -190,6 +190,9 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     # optimizer is a name)
     doc = _migrated(_typed(doc, problem, NESTED_SECTIONS[:-1]))
     second_given = "train" in (doc.get("text_encoder_2") or {})
+    # a LoRA trained further whose rank and alpha the config leaves out: the file's (OneTrainer's 16 and 1 were
+    # taken, and the file refused for them, naming command-line flags a config does not have)
+    files_own = [key for key in ("lora_rank", "lora_alpha") if doc.get("lora_model_name") and key not in doc]
     doc = _with_defaults(_typed({RENAMED.get(key, key): value for key, value in doc.items()}, problem))
     if (_upper(doc, "model_type") or "").startswith("STABLE_DIFFUSION_XL") and not second_given and \
             doc["text_encoder_2"]["train"] and not doc["text_encoder"]["train"]:  # (an older config's, often)
@@ -219,6 +222,8 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     values |= _output(doc, notes, problem)
     values |= _schedule(doc, notes, problem, number)
     values |= _network(doc, path, problem, number)
+    if files_own:
+        values = {key: value for key, value in values.items() if f"lora_{key}" not in files_own}
     if values.get("train_text_encoder") and values.get("lora_layers") == "attn":
         notes.append("layer_filter attn (attn-only): lowvram adapts the text encoders' attention alone too, where "
                      "OneTrainer filters the U-Net's layers only (the text encoders' MLPs as well: --lora-layers "

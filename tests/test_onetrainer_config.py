@@ -580,3 +580,24 @@ def test_what_a_preset_leaves_out_and_a_mistyped_precision_are_read_as_onetraine
     assert "cache_dir" not in translate_onetrainer(CONFIG, folder)[0]  # (OneTrainer's own: lowvram's shared cache)
     with pytest.raises(LowvramError, match=r"train_dtype: BF_16: not a precision OneTrainer trains in \(FLOAT_16, "):
         translate_onetrainer(CONFIG | {"train_dtype": "BF_16"}, folder)
+
+
+def test_a_lora_trained_further_takes_its_rank_and_alpha_where_the_config_names_none(tmp_path):
+    """lora_model_name of a rank-4 LoRA, lora_rank and lora_alpha left out: OneTrainer's 16 and 1 were taken and the
+    file refused for them, naming --rank and --alpha, flags no OneTrainer config has."""
+    from safetensors.torch import save_file
+
+    folder = onetrainer_folder(tmp_path)
+    earlier = tmp_path / "earlier.safetensors"
+    base = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({f"{base}.lora_down.weight": torch.ones(4, 32), f"{base}.lora_up.weight": torch.ones(32, 4),
+               f"{base}.alpha": torch.tensor(2.0)}, str(earlier))
+    doc = {key: value for key, value in CONFIG.items() if key not in ("lora_rank", "lora_alpha")}
+    values, _ = translate_onetrainer(doc | {"lora_model_name": str(earlier)}, folder)
+    assert "rank" not in values and "alpha" not in values
+    from lowvram.lora_header import with_network_weights
+
+    config = build_config(with_network_weights(values, quiet=True))  # (as the command line reads a config)
+    assert (config.network.rank, config.network.alpha) == (4, 2.0)
+    values, _ = translate_onetrainer(doc, folder)  # without a file: OneTrainer's own defaults
+    assert (values["rank"], values["alpha"]) == (16, 1.0)
