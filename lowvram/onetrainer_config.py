@@ -336,7 +336,9 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         # every preset shares one workspace and one models/ folder, and lowvram keeps one run per folder)
         target = expand_home(str(destination))
         workspace = str(doc.get("workspace_dir") or "workspace/run")
-        workspace = workspace if not (os.name != "nt" and PureWindowsPath(workspace).drive) else "workspace/run"
+        if os.name != "nt" and PureWindowsPath(workspace).drive:  # saved on Windows, read here: said, not credited
+            notes.append(f"workspace_dir {workspace} is a Windows path: the run's files go to workspace/run here")
+            workspace = "workspace/run"
         if _runs_name(target.parent) == target.stem:  # a run an earlier lowvram trained there: it goes on there
             values |= {"name": target.stem, "output": str(target.parent)}
         else:  # (a .ckpt destination, OneTrainer's CKPT format: the LoRA is written as .safetensors all the same)
@@ -344,7 +346,8 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
                        "output": str(expand_home(workspace) / target.stem)}
             notes.append(f"output_model_destination {destination}: the LoRA is copied there at the end (as "
                          f"{target.stem}{LORA_SUFFIX}); the run's checkpoints, samples and logs go to "
-                         f"{values['output']} (workspace_dir/<name>)")
+                         f"{values['output']} ({'workspace_dir' if workspace == doc.get('workspace_dir') else 'workspace'}"
+                         "/<name>)")
     precision = _upper(doc, "output_dtype")
     if precision in PRECISIONS:
         values["save_precision"] = PRECISIONS[precision]

@@ -601,3 +601,14 @@ def test_a_lora_trained_further_takes_its_rank_and_alpha_where_the_config_names_
     assert (config.network.rank, config.network.alpha) == (4, 2.0)
     values, _ = translate_onetrainer(doc, folder)  # without a file: OneTrainer's own defaults
     assert (values["rank"], values["alpha"]) == (16, 1.0)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is this machine's own there")
+def test_a_windows_workspace_is_said_to_be_replaced_not_credited(tmp_path):
+    folder = onetrainer_folder(tmp_path)
+    values, notes = translate_onetrainer(CONFIG | {"workspace_dir": "D:/OneTrainer/workspace/run",
+                                                   "output_model_destination": "models/ot-lora.safetensors"}, folder)
+    assert values["output"] == str(Path("workspace/run/ot-lora"))
+    assert "workspace_dir D:/OneTrainer/workspace/run is a Windows path: the run's files go to workspace/run here" \
+        in notes
+    assert not any("(workspace_dir/<name>)" in note for note in notes), notes
