@@ -354,6 +354,8 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     elif precision:
         problem("output_dtype", f"{precision}: a LoRA is saved in {', '.join(PRECISIONS)}")
     values |= _backups(doc, notes, problem)
+    if _upper(doc, "output_model_format") == "DIFFUSERS_LORA":  # (newer OneTrainer's): a diffusers folder as well
+        values["format"] = "diffusers"
     skipped = [f"{key} {doc[key]}" for key in ("save_skip_first", "sample_skip_first")
                if isinstance(doc.get(key), (int, float)) and doc[key] > 0]
     if skipped:  # (the early saves and samples were made all the same)

@@ -578,6 +578,7 @@ def test_what_a_preset_leaves_out_and_a_mistyped_precision_are_read_as_onetraine
     assert "save_skip_first 2: not carried over; lowvram saves and samples from the first interval" in notes
     assert not any("image_caching" in note or "caching_threads" in note for note in notes), notes
     assert "cache_dir" not in translate_onetrainer(CONFIG, folder)[0]  # (OneTrainer's own: lowvram's shared cache)
+    assert translate_onetrainer(CONFIG | {"output_model_format": "DIFFUSERS_LORA"}, folder)[0]["format"] == "diffusers"
     with pytest.raises(LowvramError, match=r"train_dtype: BF_16: not a precision OneTrainer trains in \(FLOAT_16, "):
         translate_onetrainer(CONFIG | {"train_dtype": "BF_16"}, folder)
 
