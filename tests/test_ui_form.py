@@ -153,6 +153,10 @@ def test_start_passes_resume_and_the_typed_budget_and_refuses_a_second_run(tmp_p
         assert training.process.args[-8:] == ["train", "--config", str(tmp_path / "ui" / "ui-run.toml"), "--resume",
                                               "auto", "--auto", "--vram", "6GB"]
         assert said.endswith(" --resume auto --auto --vram 6GB")
+        first = training.process  # a double click: the second Start is the first again, said as started
+        assert training.start(toml, tmp_path / "ui", tmp_path / "out").startswith("started ")
+        assert training.process is first
+        training.started -= 60  # a Start a minute later is a second run: refused while the first goes on
         with pytest.raises(LowvramError, match="^a run is already going: stop it first$"):
             training.start(toml, tmp_path / "ui", tmp_path / "out")
     finally:

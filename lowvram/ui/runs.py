@@ -20,6 +20,7 @@ from lowvram.run_files import METRICS, SAMPLES
 
 LOG_LINES = 12
 ETA_WINDOW = 20  # steps the time per step is averaged over
+DOUBLE_CLICK_S = 10  # a second Start this soon after the first is the same click again
 # what Ctrl-C sends; Windows delivers only Ctrl-Break to another process group (the run takes it as SIGBREAK)
 STOP_SIGNAL = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGINT)
 # a child's output goes to a file or a pipe, which Windows' Python writes in the ANSI code page: a path or a prompt
@@ -51,6 +52,8 @@ class TrainingProcess:
     def start(self, toml: str, config_dir: Path, output: Path, resume: bool = False,
               auto_vram: str | None = None) -> str:
         if self.running:
+            if time.time() - self.started < DOUBLE_CLICK_S:  # (the first click's "started" was replaced by an error)
+                return f"started {time.time() - self.started:.0f} s ago: the run is going (one click starts it)"
             raise LowvramError("a run is already going: stop it first")
         make_folders(config_dir)
         config_path = write_text(config_dir / f"{self.name}.toml", toml)
