@@ -48,6 +48,16 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+def without_root_override(*dropped: str) -> list[str]:
+    """The words that run a command without root's override of file permissions (setpriv: `dropped` capabilities
+    too), as a user's run meets them; none for a user. Skips the test where root has no setpriv."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("no setpriv to drop root's permission override")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search" + "".join(f",-{name}" for name in dropped)]
+
+
 def run_config(**overrides):
     """A validated RunConfig for a short tiny-model run; keyword arguments override the defaults."""
     from lowvram.configure import build_config

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from captioners import TAGGER_SIDE, build_blip, build_tagger
+from conftest import without_root_override
 from PIL import Image
 
 from lowvram.caption import _tagger_input
@@ -218,11 +219,7 @@ def test_a_dataset_folder_captions_cannot_go_into_is_said_before_the_model_loads
     import os
     import subprocess
 
-    as_a_user = []
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("no setpriv to drop root's permission override")
-        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    as_a_user = without_root_override()
     data = colour_dataset(tmp_path / "data")
     (data / "3_colours").chmod(0o555)
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
-from conftest import run_config
+from conftest import run_config, without_root_override
 from PIL import Image
 
 from lowvram.cli import main
@@ -325,15 +325,10 @@ def test_a_folder_that_cannot_be_read_is_skipped_and_a_dataset_that_cannot_be_is
     """On a shared server: another user's private folder in the dataset (or lost+found on a mounted disk) ended
     check-data and train in a PermissionError traceback."""
     import os
-    import shutil
     import subprocess
     import sys
 
-    as_a_user = []
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("no setpriv to drop root's permission override")
-        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    as_a_user = without_root_override()
     data = tmp_path / "data"
     picture(data / "5_a" / "a.png")
     picture(data / "3_b" / "b.png")

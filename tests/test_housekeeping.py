@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_config
+from conftest import run_config, without_root_override
 from rich.console import Console
 from test_cache import prepare, setup
 
@@ -134,11 +134,7 @@ def test_what_cannot_be_read_is_named_in_one_line(tmp_path, sample_data, tiny):
     config, cache = setup(tmp_path, sample_data)
     prepare(config, tiny, sample_data, cache)
     locked = next((cache / "latents").iterdir())  # as one `sudo lowvram train` leaves a folder of it
-    as_a_user = []
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("no setpriv to drop root's permission override")
-        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    as_a_user = without_root_override()
     locked.chmod(0)
     try:
         for args in ([], ["--clear"]):
@@ -256,11 +252,7 @@ def test_a_lock_folder_of_another_users_still_locks_or_says_it_cannot(tmp_path):
     one that cannot hold the lock says so; a removal that cannot lock refuses instead of going on unlocked."""
     cache = tmp_path / "cache"
     folder = cache / ".in-use"
-    as_a_user = []
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("no setpriv to drop root's permission override")
-        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    as_a_user = without_root_override("fowner")
     a_run = ("import time\nfrom rich.console import Console\nfrom lowvram.resolve import cache_in_use\n"
              f"with cache_in_use({str(cache)!r}, Console(stderr=True, width=300)):\n    print('ready', flush=True)")
 
@@ -365,11 +357,7 @@ def test_a_run_on_a_shared_cache_whose_folders_another_user_keeps_to_themselves_
 def test_the_listing_passes_over_another_users_private_ui_folder_and_says_so(tmp_path):
     """Each user's UI keeps Gradio's copies in a folder of its own (0700) in a lab's shared cache: the next user's
     `lowvram cache` stopped at it ('cannot be read ... run as the user who owns the cache')."""
-    as_a_user = []
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("no setpriv to drop root's permission override")
-        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    as_a_user = without_root_override()
     cache = tmp_path / "cache"
     private = cache / "ui" / "gradio-12345"
     private.mkdir(parents=True)

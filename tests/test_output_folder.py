@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import run_config
+from conftest import run_config, without_root_override
 from preloaded import Run, run
 from safetensors.torch import load_file
 
@@ -207,11 +207,7 @@ def test_a_read_only_file_is_replaced_and_stays_read_only(tmp_path):
     target = tmp_path / "caption.txt"
     target.write_text("old")
     target.chmod(0o444)
-    as_a_user = []
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("no setpriv to drop root's permission override")
-        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    as_a_user = without_root_override()
     code = f"from pathlib import Path; from lowvram.files import write_text; write_text(Path({str(target)!r}), 'new')"
     done = subprocess.run([*as_a_user, sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
@@ -222,11 +218,7 @@ def test_an_output_under_a_folder_that_cannot_be_looked_into_is_one_line(tmp_pat
     locked = tmp_path / "locked"
     (locked / "inner").mkdir(parents=True)
     locked.chmod(0)
-    as_a_user = []
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("no setpriv to drop root's permission override")
-        as_a_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    as_a_user = without_root_override()
     out = locked / "inner" / "run"
     try:
         done = subprocess.run([*as_a_user, sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data",
