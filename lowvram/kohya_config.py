@@ -269,6 +269,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
         values.pop("decay_steps", None)  # kohya_ss writes it beside any schedule; only this one reads it
     if prompts:
         values["sample_prompts"] = [_kohya_sample_defaults(line) for line in prompts]
+    if values.get("sample_prompts"):
+        values.setdefault("sample_steps", KOHYA_SAMPLE_STEPS)  # (a prompt's --s, and --sample-steps given, win)
     if values.get("sample_every") and not values.get("sample_prompts"):
         notes.append("sample_every_n_* is not carried over: no sample_prompts file to render")
         del values["sample_every"]
@@ -317,14 +319,15 @@ def _extends(key: str, setting: str) -> bool:
 
 
 def _kohya_sample_defaults(line: str) -> str:
-    """A prompt line of a kohya config's sample_prompts with sd-scripts' steps and scale where it gives none, so that
-    its samples compare with kohya's (lowvram's own are --sample-steps and 7)."""
+    """A prompt line of a kohya config's sample_prompts with sd-scripts' scale where it gives none, so that its
+    samples compare with kohya's (lowvram's own is 7; its steps are --sample-steps, which the config sets)."""
     try:
-        prompt = parse_prompt(line)
+        if parse_prompt(line).guidance is not None:
+            return line
+        parse_prompt(with_scale := f"{line} --l {KOHYA_SAMPLE_SCALE}")  # (a line ending in a bare --s reads on)
     except ValueError:  # (said where the prompts are read for the run)
         return line
-    return (line + (f" --s {KOHYA_SAMPLE_STEPS}" if prompt.steps is None else "")
-            + (f" --l {KOHYA_SAMPLE_SCALE}" if prompt.guidance is None else ""))
+    return with_scale
 
 
 def _base_weights(left: dict[str, Any], problem) -> dict[str, Any]:

@@ -114,7 +114,7 @@ DEFAULTS = {"lora_rank": 16, "lora_alpha": 1.0, "learning_rate": 3e-6, "learning
             "concept_file_name": "training_concepts/concepts.json",
             "sample_definition_file_name": "training_samples/samples.json",
             "output_dtype": "FLOAT_32"}  # (its own presets give none: fp16 was saved)
-BACKUP_UNIT = "MINUTE"  # OneTrainer's where a config gives backup_after alone (its presets: 10, read as never)
+BACKUP_AFTER, BACKUP_UNIT = 30, "MINUTE"  # OneTrainer's where a config gives one alone (its presets: 10, never)
 # what lowvram reads as numbers and as sections: a hand-edited value of another type is named, not crashed into
 NUMBERS = ("learning_rate", "learning_rate_warmup_steps", "learning_rate_cycles", "learning_rate_min_factor", "epochs",
            "unmasked_probability",
@@ -360,8 +360,10 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
                if isinstance(doc.get(key), (int, float)) and doc[key] > 0]
     if skipped:  # (the early saves and samples were made all the same)
         notes.append(f"{', '.join(skipped)}: not carried over; lowvram saves and samples from the first interval")
-    if doc.get("cache_dir") and str(doc["cache_dir"]) != ONETRAINER_CACHE:  # (a data drive the user chose for it)
-        values["cache_dir"] = str(expand_home(str(doc["cache_dir"])))
+    cache = str(doc.get("cache_dir") or "").replace("\\", "/").strip("/").removeprefix("./")
+    if cache and cache != ONETRAINER_CACHE:  # (a data drive chosen for it: said; a lab's LOWVRAM_CACHE_DIR stays)
+        notes.append(f"cache_dir {doc['cache_dir']}: not carried over; lowvram keeps one cache for every run "
+                     "(--cache-dir, or LOWVRAM_CACHE_DIR): give --cache-dir to put it there")
     for key, option in (("save_every", "save_every"), ("sample_after", "sample_every")):
         every = _every(doc, key, notes)
         if every:
@@ -399,7 +401,7 @@ def _backups(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     if "backup_after" not in doc and "backup_after_unit" not in doc:
         return {}
     unit = _upper(doc, "backup_after_unit") or BACKUP_UNIT
-    count = as_number(doc.get("backup_after") or 0, "backup_after", problem)
+    count = as_number(doc.get("backup_after", BACKUP_AFTER) or 0, "backup_after", problem)
     if unit == "NEVER" or not count or count <= 0:
         return {"checkpoint_minutes": 0}
     if unit in MINUTES_PER:

@@ -391,8 +391,8 @@ def test_kohyas_toml_and_json_prompt_files_and_its_sampler_carry_over(tmp_path):
     assert [(p.width, p.height, p.sampler) for p in config.samples] == [(64, 96, "euler_a"), (128, 96, "dpm_2_a")]
     values, _ = translate(settings | {"sample_prompts": str(tmp_path / "prompts.json")}, Path("k.toml"))
     # sd-scripts' 30 steps and scale 7.5 where a prompt gives none (lowvram's own 20 and 7: samples unlike kohya's)
-    assert values["sample_prompts"] == ["lvshape, a circle --w 64 --s 30 --l 7.5",
-                                        "lvshape, a square --d 3 --s 30 --l 7.5"]
+    assert values["sample_prompts"] == ["lvshape, a circle --w 64 --l 7.5",
+                                        "lvshape, a square --d 3 --l 7.5"] and values["sample_steps"] == 30
     assert values["sample_sampler"] == "ddim"  # kohya's default
     (tmp_path / "bad.toml").write_text("[prompt]\nwidth = 64\n")
     for bad, says in (("bad.toml", "no [[prompt.subset]] tables"), ("prompts.json", "unknown sampler 'lcm'")):
@@ -872,3 +872,13 @@ def test_a_powershell_launcher_in_a_folder_with_spaces_reads_its_variables_as_po
     assert doc == {"pretrained_model_name_or_path": "D:\\AI Training\\models\\sd15.safetensors",
                    "train_data_dir": f"{folder}/img", "output_dir": f"{folder}/out", "logging_dir": "D:\\AI Training"}
     assert not notes
+
+
+def test_kohyas_sample_steps_and_scale_leave_a_line_and_a_flag_their_own(tmp_path):
+    """sd-scripts samples at 30 steps and scale 7.5 where a prompt says none: the scale joins each line, the steps
+    are the config's --sample-steps (a flag given wins); a line ending in a bare option is left as written."""
+    (tmp_path / "prompts.txt").write_text("lvshape, a cat --s\nlvshape, a dog --l 4\n")
+    values, _ = translate({"train_data_dir": "sample", "sample_prompts": str(tmp_path / "prompts.txt")}, Path("k.toml"))
+    assert values["sample_prompts"] == ["lvshape, a cat --s", "lvshape, a dog --l 4"]
+    assert values["sample_steps"] == 30
+    assert build_config({"model": "tiny", **values, "sample_steps": 12}).output.sample_steps == 12

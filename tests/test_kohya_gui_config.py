@@ -170,7 +170,7 @@ def test_sample_prompts_text_and_additional_parameters_are_read_as_kohya_ss_pass
                          sample_every_n_steps=25,
                          additional_parameters='--max_grad_norm=0.5 --noise_offset 0.05 --network_args "conv_dim=4" '
                                                '"conv_alpha=1" --flip_aug')
-    assert values["sample_prompts"] == ["lvshape, a red circle --w 64 --h 64 --s 30 --l 7.5"]
+    assert values["sample_prompts"] == ["lvshape, a red circle --w 64 --h 64 --l 7.5"]
     assert values["sample_every"] == "25"  # the GUI's prompts are the ones kohya_ss samples every 25 steps
     assert values["sample_sampler"] == "euler_a"  # the GUI's default sampler, whether or not the file names one
     assert settings_of(tmp_path, sample_prompts="a", sample_sampler="k_dpm_2")["sample_sampler"] == "dpm_2"
@@ -283,7 +283,7 @@ def test_a_relative_folder_is_found_beside_the_config_when_not_in_the_current_fo
     values = read_config(config)
     assert values["data"] == str(tmp_path / "proj" / "img")
     assert values["max_steps"] == 20  # kohya_ss's count of its images for its 2 epochs, found there too
-    assert list(values["sample_prompts"]) == ["a red circle --s 30 --l 7.5"]  # its prompt file too (kohya's steps and scale)
+    assert list(values["sample_prompts"]) == ["a red circle --l 7.5"]  # its prompt file too (kohya's steps and scale)
     (tmp_path / "proj" / "k.toml").write_text('train_data_dir = "./img"\nnetwork_module = "networks.lora"\n')
     assert read_config(tmp_path / "proj" / "k.toml")["data"] == str(tmp_path / "proj" / "img")  # kohya's own too
     assert values["output"] == "./model"  # not there yet: from the current folder, as kohya_ss writes it

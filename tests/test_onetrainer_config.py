@@ -175,7 +175,8 @@ def test_onetrainers_backups_are_lowvrams_timed_checkpoints(tmp_path):
                               ({"backup_after": 90, "backup_after_unit": "SECOND"}, {"checkpoint_minutes": 1.5}),
                               ({"backup_after": 500, "backup_after_unit": "STEP"}, {"checkpoint_every": 500}),
                               ({"backup_after": 30, "backup_after_unit": "NEVER"}, {"checkpoint_minutes": 0}),
-                              ({"backup_after": 10}, {"checkpoint_minutes": 10})):  # (its presets: minutes)
+                              ({"backup_after": 10}, {"checkpoint_minutes": 10}),  # (its presets: minutes)
+                              ({"backup_after_unit": "HOUR"}, {"checkpoint_minutes": 30 * 60})):
         values, notes = translate_onetrainer(CONFIG | backups, folder)
         assert {key: values[key] for key in ("checkpoint_minutes", "checkpoint_every") if key in values} == expected
         assert not any("backup" in note for note in notes), notes
@@ -574,10 +575,12 @@ def test_what_a_preset_leaves_out_and_a_mistyped_precision_are_read_as_onetraine
                                                  "save_skip_first": 2, "image_caching": True, "caching_threads": 2},
                                          folder)
     assert (values["save_precision"], values["mixed_precision"]) == ("fp32", "no")
-    assert values["cache_dir"] == str(tmp_path / "drive")
+    assert "cache_dir" not in values and f"cache_dir {tmp_path / 'drive'}: not carried over; lowvram keeps one cache " \
+        "for every run (--cache-dir, or LOWVRAM_CACHE_DIR): give --cache-dir to put it there" in notes
     assert "save_skip_first 2: not carried over; lowvram saves and samples from the first interval" in notes
     assert not any("image_caching" in note or "caching_threads" in note for note in notes), notes
-    assert "cache_dir" not in translate_onetrainer(CONFIG, folder)[0]  # (OneTrainer's own: lowvram's shared cache)
+    for own in ("workspace-cache/run", "./workspace-cache/run/", "workspace-cache\\run"):  # (OneTrainer's, unsaid)
+        assert not any("cache_dir" in note for note in translate_onetrainer(CONFIG | {"cache_dir": own}, folder)[1])
     assert translate_onetrainer(CONFIG | {"output_model_format": "DIFFUSERS_LORA"}, folder)[0]["format"] == "diffusers"
     with pytest.raises(LowvramError, match=r"train_dtype: BF_16: not a precision OneTrainer trains in \(FLOAT_16, "):
         translate_onetrainer(CONFIG | {"train_dtype": "BF_16"}, folder)
