@@ -78,15 +78,22 @@ def not_found_hint(path: str | os.PathLike) -> str:
     return broken_link(path) or file_url_hint(path) or windows_path_hint(path)
 
 
+FILE_URL = re.compile(r"""(?:^|[/\\])\s*['"]?(file:[^'"]*)""", re.IGNORECASE)  # a path's start, or a folder's
+
+
 def file_url_hint(path: str | os.PathLike) -> str:
     """The path a file:// address names (a browser's or file manager's "copy location"), to give instead."""
-    text = str(path)
-    if "file:" not in text:
+    match = FILE_URL.search(str(path))
+    if not match:
         return ""
-    from urllib.parse import unquote, urlparse
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
 
-    address = text[text.index("file:"):]
-    local = unquote(urlparse(address if "file://" in address else address.replace("file:", "file://", 1)).path)
+    address = match.group(1)  # (as given, or a path made of it: file:/srv/x, its // taken as one)
+    parsed = urlparse(address if address.lower().startswith("file://") else "file://" + address[5:])
+    local = url2pathname(parsed.path)  # (%20 a space; on Windows /C:/Users/me is C:\Users\me)
+    if parsed.netloc and parsed.netloc.lower() != "localhost":  # another machine's share
+        local = f"//{parsed.netloc}{local}"
     return f" (a file:// address: give the path alone, {local})"
 
 

@@ -495,3 +495,7 @@ def test_a_file_url_given_as_a_path_names_the_path_it_is(images, capsys):
     address = f"file://{images.parent.as_posix()}/my%20data"
     assert one_line(capsys, ["check-data", address]).endswith(
         f"(a file:// address: give the path alone, {images.parent.as_posix()}/my data)")
+    from lowvram.files import not_found_hint
+
+    assert not_found_hint("/data/profile:old/model.safetensors") == ""  # (a colon in a folder's name is no address)
+    assert not_found_hint("file://server/share/x").endswith("give the path alone, //server/share/x)")
