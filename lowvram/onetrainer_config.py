@@ -27,7 +27,7 @@ from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer 
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values
 from lowvram.prompts import onetrainer_sample
-from lowvram.run_files import LORA_SUFFIX, RECORD
+from lowvram.run_files import LORA_SUFFIX, runs_name
 from lowvram.timesteps import SHAPED, TIMESTEP_DISTRIBUTIONS
 
 MODEL_TYPES = ("STABLE_DIFFUSION_15", "STABLE_DIFFUSION_XL_10_BASE")
@@ -339,7 +339,7 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         if os.name != "nt" and PureWindowsPath(workspace).drive:  # saved on Windows, read here: said, not credited
             notes.append(f"workspace_dir {workspace} is a Windows path: the run's files go to workspace/run here")
             workspace = "workspace/run"
-        if _runs_name(target.parent) == target.stem:  # a run an earlier lowvram trained there: it goes on there
+        if runs_name(target.parent) == target.stem:  # a run an earlier lowvram trained there: it goes on there
             values |= {"name": target.stem, "output": str(target.parent)}
         else:  # (a .ckpt destination, OneTrainer's CKPT format: the LoRA is written as .safetensors all the same)
             values |= {"name": target.stem, "copy_to": str(target.with_suffix(LORA_SUFFIX)),
@@ -385,14 +385,6 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
 
 ONETRAINER_CACHE = "workspace-cache/run"  # its cache_dir where a config names none of its own
 MINUTES_PER = {"SECOND": 1 / 60, "MINUTE": 1, "HOUR": 60}
-
-
-def _runs_name(folder: Path) -> str | None:
-    """The name of the run an output folder records, if any."""
-    try:
-        return json.loads((folder / RECORD).read_text(encoding="utf-8")).get("name")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _backups(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:

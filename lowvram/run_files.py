@@ -3,6 +3,7 @@ that finds, prunes, keeps and archives them read these. Plain text, no torch."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,6 +16,15 @@ LOGS = "logs"  # TensorBoard's and W&B's files
 RECORD = "lowvram-run.json"  # which run the folder holds: its identity, recipe and name
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # the weights file diffusers' save_lora_weights writes
 OPTIONS_HEADER = "# the options of a lowvram run, as `lowvram train --config` reads them (written by the run)\n"
+
+
+def runs_name(folder: Path) -> str | None:
+    """The name of the run an output folder records (its LoRA is <name>.safetensors there, its options <name>.toml),
+    None for a folder of no run."""
+    try:
+        return json.loads((folder / RECORD).read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def lora_in_folder(path: Path) -> str:

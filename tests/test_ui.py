@@ -376,7 +376,7 @@ def _train_stop_resume_and_render(page, server):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in line]
     assert steps == list(range(1, 121))  # the resumed run continued after the checkpoint, to the end
-    assert "resum" in (server["cache"] / "ui" / f"ui-run-{server['port']}.log").read_text().lower()  # its port's
+    assert "resum" in (server["cache"] / "ui" / f"ui-run-{server['port']}-{os.getuid()}.log").read_text().lower()  # its port's
 
     expect(page.locator("#lora-file input")).to_have_value(str(out / "run.safetensors"), timeout=10_000)
     page.get_by_role("tab", name="Setup").click()

@@ -402,6 +402,8 @@ def test_save_toml_never_writes_over_a_runs_own_options_and_says_where_it_wrote(
     with pytest.raises(LowvramError, match=f"^--config: {re.escape(str(own))} is the options of the run in "):
         save_toml(str(own), {"model": "tiny-sdxl", "data": "sample"})
     assert own.read_text() == before
+    for _ in range(2):  # another name in the run's folder is the user's own, saved again as often as they like
+        assert save_toml(str(run / "variant.toml"), {"model": "tiny", "data": "sample"}).startswith("saved ")
     monkeypatch.chdir(tmp_path)
     assert save_toml("mine.toml", {"model": "tiny", "data": "sample"}).startswith(f"saved {tmp_path / 'mine.toml'}: ")
 

@@ -24,7 +24,7 @@ from lowvram.configure import ALTERNATIVES, list_presets, preset_path, read_toml
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import expand_home, make_folders, write_text
 from lowvram.resolve import UI_FILES
-from lowvram.run_files import CHECKPOINTS, RECORD
+from lowvram.run_files import CHECKPOINTS, runs_name
 from lowvram.ui import dataset as data_panel
 from lowvram.ui.form import (
     FormField,
@@ -85,7 +85,9 @@ def build_app(cache_dir: Path, port: int | None = None):
 
     fields = form_fields()
     caption_fields = [f for f in option_fields(CaptionConfig, "caption") if f.name != "data"]
-    training = TrainingProcess(f"ui-run-{port}" if port else "ui-run")
+    # named by its port and its user: two UIs, and a lab's users on one shared cache, never write into each other's
+    user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
+    training = TrainingProcess(f"ui-run-{port}{user}" if port else f"ui-run{user}")
     ui_dir = Path(cache_dir) / UI_FILES
     has_gpu = _has_cuda()
 
@@ -310,9 +312,11 @@ def build_app(cache_dir: Path, port: int | None = None):
             values = option_values(fields, form)
             try:
                 shown_run = training.config_path if resume and training.process and not training.running else None
-                if shown_run and shown_run.is_file() and not (values.get("model") or values.get("data")) and any(
-                        (training.output / CHECKPOINTS).glob("step-*")):  # (one that left a checkpoint to go on from)
+                if shown_run and shown_run.is_file() and not (values.get("model") or values.get("data")):
                     # a page reloaded, or another tab: its form is empty, and the run its Train tab shows goes on
+                    if not any((training.output / CHECKPOINTS).glob("step-*")):
+                        raise LowvramError(f"nothing to resume: the run this page shows left no checkpoint in "
+                                           f"{training.output / CHECKPOINTS}; Load .toml its options and press Start")
                     vram = run_budget(card_name, budget_text) if use_auto else None
                     return training.start(shown_run.read_text(encoding="utf-8"), ui_dir, training.output,
                                           resume=True, auto_vram=vram)
@@ -416,7 +420,7 @@ def save_toml(path: str, values: dict[str, Any]) -> str:
     target = expand_home(path.strip())
     if target.suffix.lower() != ".toml":
         raise LowvramError(f"--config: {target}: lowvram's options are written as .toml; name it {target.stem}.toml")
-    if target.is_file() and (target.parent / RECORD).is_file():  # (a run's own: its resume reads it)
+    if target.is_file() and target.stem == runs_name(target.parent):  # (a run's own: its resume reads it)
         raise LowvramError(f"--config: {target} is the options of the run in {target.parent}, which its resume reads; "
                            "save under another name (Load .toml reads a run's options into the form)")
     target = write_text(target.absolute(), toml_text(values))
