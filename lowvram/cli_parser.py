@@ -134,7 +134,8 @@ def _kohya_pair(hint: str) -> str:
     kohya, ours = hint.split(" is kohya's name; ", 1)
     if not ours.startswith("lowvram's is "):  # (lowvram has none: the default, or always so)
         return f"{kohya} not needed"
-    if len(set(named_flags(re.sub(r"\([^)]*\)", "", ours)))) > 1:  # (--network_args: several, by what it holds)
+    bare = re.sub(r"\([^)]*\)", "", ours)
+    if len(set(named_flags(bare))) > 1 and ", or " not in bare:  # (--network_args: several, by what it holds)
         return f"{kohya} as several (give {kohya.split('=', 1)[0]} alone to see which)"
     return f"{kohya} as " + ours.removeprefix("lowvram's is ").split(" (", 1)[0]
 

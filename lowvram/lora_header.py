@@ -346,9 +346,11 @@ def network_weights_problem(network) -> str | None:
         return f"{flag}: {no_layers_why(Path(path))}"
     if held.get("network", network.network) != network.network:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
-    if isinstance(held.get("alpha"), (int, float)) and held["alpha"] <= 0:  # (else '--alpha: must be > 0', ungiven)
-        return (f"{flag}'s layers have alpha {held['alpha']:g}, which scales them to nothing: it applies as no LoRA and "
-                "cannot be trained further; start without it, or from a LoRA with a positive alpha")
+    for name in ("alpha", "conv_alpha"):  # (else '--alpha: must be > 0', an option never given)
+        if isinstance(held.get(name), (int, float)) and held[name] <= 0:
+            layers = "layers" if name == "alpha" else "convolutions"
+            return (f"{flag}'s {layers} have alpha {held[name]:g}, which scales them to nothing: it applies as no "
+                    "LoRA there and cannot be trained further; start without it, or from a LoRA with a positive alpha")
     if any(getattr(network, name) is not None for name in BLOCK_OPTIONS):
         return None
     ranks, alphas = mixed_layers(Path(path), held)

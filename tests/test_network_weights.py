@@ -166,7 +166,7 @@ def test_a_file_of_alpha_zero_is_named_not_the_alpha_never_given(tmp_path):
     with pytest.raises(LowvramError) as error:
         run_config(network_weights=str(path))
     assert str(error.value) == (f"--network-weights: {path}'s layers have alpha 0, which scales them to nothing: it "
-                                "applies as no LoRA and cannot be trained further; start without it, or from a LoRA "
+                                "applies as no LoRA there and cannot be trained further; start without it, or from a LoRA "
                                 "with a positive alpha")
 
 
