@@ -177,6 +177,9 @@ def test_the_train_tab_reads_loss_records_past_a_bad_line_and_shows_the_newest_o
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines + [json.dumps(r) for r in records[10:]]) + "\n")
     assert read_metrics(tmp_path) == records
     assert progress_line(records) == "step 30 of 40, loss 0.5000, VRAM peak 1.25 GiB, about 20 s left"
+    # the smoothed loss the run's log prints, where the run records it (two numbers both called loss, otherwise)
+    assert progress_line(records[:-1] + [records[-1] | {"loss_smoothed": 0.4321}]).startswith(
+        "step 30 of 40, loss 0.4321 (smoothed), ")
     assert progress_line([]) == "waiting for the first step" and progress_line([], running=False) == ""
     (tmp_path / "checkpoints" / "step-000002").mkdir(parents=True)
     (tmp_path / "checkpoints" / "step-000002" / "lora.safetensors").write_bytes(b"")
