@@ -87,7 +87,8 @@ class TrainingProcess:
             return "no run is going"
         self.process.send_signal(STOP_SIGNAL)
         self.stopping = True
-        return self.state()
+        # the click's own line, true once the run has stopped too (the state's "stopping" stayed under "stopped")
+        return "Stop pressed: the run finishes its step, saves a checkpoint and its LoRA, then exits"
 
     def state(self) -> str:
         if self.process is None:
