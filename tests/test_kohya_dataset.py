@@ -384,3 +384,17 @@ def test_subsets_written_with_one_pair_of_brackets_is_named_so(tmp_path, monkeyp
     assert main(["check-data", str(config)]) == 2
     assert ("datasets: [datasets.subsets] is written with one pair of brackets; write [[datasets.subsets]] (two "
             "pairs: a list of subsets, as kohya reads it)") in capsys.readouterr().err
+
+
+def test_a_subsets_switch_written_as_text_or_a_number_is_refused_as_kohya_refuses_it(tmp_path, monkeypatch, capsys):
+    """`shuffle_caption = "false"` was read as on (beside keep_tokens: refused), `flip_aug = "yes"` as on, and
+    `flip_aug = 0` refused in other words."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    config = tmp_path / "ds.toml"
+    config.write_text('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "imgs/alpha"\nshuffle_caption = "false"\n'
+                      'keep_tokens = 1\nflip_aug = 0\n')
+    assert main(["check-data", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "datasets.subsets[1] shuffle_caption: 'false' is no switch; write true or false, without quotes" in err
+    assert "datasets.subsets[1] flip_aug: 0 is no switch; write true or false, without quotes" in err
