@@ -178,7 +178,7 @@ def _set(value: Any) -> bool:
 
 def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset | None:
     """One [[datasets.subsets]] entry with its settings settled, or None (its problems recorded)."""
-    for key, default in KOHYA_DEFAULTS.items():  # (a quoted "false" read as on, "yes" as on, 0 refused: kohya refuses all)
+    for key, default in KOHYA_DEFAULTS.items():  # ("false" in quotes was read as on; kohya refuses any but a bool)
         if isinstance(default, bool) and key in settled and not isinstance(settled[key], bool):
             problem(f"{name} {key}", f"{settled[key]!r} is no switch; write true or false, without quotes")
     image_dir = settled.get("image_dir")
