@@ -174,7 +174,7 @@ def progress_line(records: list[dict], running: bool = True) -> str:
     last = records[-1]
     total_steps = last.get("total_steps")
     loss = f"{last['loss']:.4f}" if isinstance(last.get("loss"), (int, float)) else "nan"  # (null: a NaN step's)
-    if isinstance(last.get("loss_smoothed"), (int, float)):  # the log's (a step's own loss beside it read as a jump)
+    if loss != "nan" and isinstance(last.get("loss_smoothed"), (int, float)):  # the log's (a NaN step's said so)
         loss = f"{last['loss_smoothed']:.4f} (smoothed)"
     words = [f"step {last['step']}" + (f" of {total_steps}" if total_steps else ""), f"loss {loss}"]
     if "vram_peak_gib" in last:
