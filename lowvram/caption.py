@@ -150,7 +150,7 @@ def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, 
                   f"skipped; {model.kind} {config.caption_model} on the {'GPU' if report.device == 'cuda' else 'CPU'}")
     # before the model loads (and as a dry run's answer): a dataset folder the captions cannot go into (a lab's
     # read-only share) stopped the run at its first caption, a backup of the captions made
-    blocked = sorted({problem for _, target in todo if (problem := unwritable(target.parent))})
+    blocked = sorted(filter(None, map(unwritable, {target.parent for _, target in todo})))  # (each folder once)
     if blocked:
         raise LowvramError(f"{blocked[0]}{f' (and {len(blocked) - 1} more folders)' if len(blocked) > 1 else ''}: "
                            "captions are written beside their images; caption a copy of the dataset you can write "

@@ -66,14 +66,8 @@ class TrainingProcess:
             args += ["--resume", "auto"]
         if auto_vram is not None:
             args += ["--auto", *(["--vram", auto_vram] if auto_vram else [])]
-        self.log_path = config_dir / f"{self.name}.log"
-        try:  # a new file, this user's (in a lab's shared cache the last one may be a classmate's UI's, on this port)
-            self.log_path.unlink(missing_ok=True)
-            log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise LowvramError(f"{self.log_path}: cannot be written ({exc.strerror or exc}); another user's UI on this "
-                               "port wrote it: start yours with another --port, or --cache-dir of yours") from None
-        with log:
+        self.log_path = config_dir / f"{self.name}.log"  # (its name the user's: a lab's users share one cache)
+        with open(self.log_path, "w", encoding="utf-8") as log:
             # a session (process group) of its own: Ctrl-C in the terminal running the UI does not reach the run
             own_group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
                          else {"start_new_session": True})
