@@ -102,7 +102,8 @@ class _Parser(argparse.ArgumentParser):
             message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
             kohyas = [h for h in hints if h and "is kohya's name" in h]
             if command == "train" and len(kohyas) >= 4:  # a kohya command line pasted: one way for all of it
-                message = (f"unknown options: {sum('is kohya' in h for h in hints if h)} of them are kohya's flags ({bad[0]} ...); lowvram reads a "
+                theirs = sum("is kohya" in h for h in hints if h)
+                message = (f"unknown options: {theirs} of them are kohya's flags ({bad[0]} ...); lowvram reads a "
                            "kohya command as it is from a launcher script: save it (accelerate launch "
                            "train_network.py --flags) as train.sh or train.bat and give --config train.sh; or write "
                            "each as lowvram's: " + ", ".join(map(_kohya_pair, kohyas))

@@ -172,7 +172,8 @@ def summary(cache_dir: Path, folders: list[FolderUsage]) -> list[str]:
     lines = [f"{cache_dir}:"]
     for f in folders:
         lines.append(f"  {f.name:<{width}}  {f.files:>7} {'files' if f.files != 1 else 'file '}  "
-                     f"{human_size(f.size):>10}  {'last used ' + _age(now - f.last_used) + ' ago' if f.files else 'none readable'}  "
+                     f"{human_size(f.size):>10}  "
+                     f"{'last used ' + _age(now - f.last_used) + ' ago' if f.files else 'none readable'}  "
                      f"{FOLDERS.get(f.name, '')}".rstrip() + (f" (and {_folders_count(f.unreadable)} other users keep "
                                                              "to themselves)" if f.unreadable else ""))
     removable = sum(f.removable for f in folders)

@@ -346,8 +346,8 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
                        "output": str(expand_home(workspace) / target.stem)}
             notes.append(f"output_model_destination {destination}: the LoRA is copied there at the end (as "
                          f"{target.stem}{LORA_SUFFIX}); the run's checkpoints, samples and logs go to "
-                         f"{values['output']} ({'workspace_dir' if workspace == doc.get('workspace_dir') else workspace}"
-                         "/<name>)")
+                         f"{values['output']} "
+                         f"({'workspace_dir' if workspace == doc.get('workspace_dir') else workspace}/<name>)")
     precision = _upper(doc, "output_dtype")
     if precision in PRECISIONS:
         values["save_precision"] = PRECISIONS[precision]

@@ -530,7 +530,7 @@ def _check_port(host: str, port: int) -> None:
     except (socket.gaierror, UnicodeError):
         raise LowvramError(elsewhere) from None
     with socket.socket() as probe:
-        if os.name != "nt":  # as the server binds: a UI just stopped leaves its connections waiting a minute (TIME-WAIT)
+        if os.name != "nt":  # as the server binds: a UI just stopped leaves connections waiting a minute (TIME-WAIT)
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
