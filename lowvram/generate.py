@@ -24,7 +24,7 @@ from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.lora_header import no_layers_why, read_header
 from lowvram.lora_layout import in_diffusers_layout
 from lowvram.lora_metadata import addnet_hash
-from lowvram.models.detect import checkpoint_title, detect_family, looks_like_lora
+from lowvram.models.detect import base_model_words, detect_family, looks_like_lora
 from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
 from lowvram.models.loading import LoadedModel, follow_lora_schedule, load_model
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
@@ -270,8 +270,8 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
             problems.append(pickle_refusal("--lora", str(path)))
         elif path.suffix.lower() != ".safetensors":
             problems.append(f"--lora: {path} is not a .safetensors file")
-        elif title := checkpoint_title(path):
-            problems.append(f"--lora: {path} is a {title} model checkpoint, not a LoRA; give it as --model")
+        elif model := base_model_words(path):
+            problems.append(f"--lora: {path} is {model[0]}, not a LoRA; {model[1]}")
         elif not _any_lora_names(path):  # a VAE, an embedding: diffusers said "Invalid LoRA checkpoint"
             problems.append(f"--lora: {path}: {no_layers_why(path)}")
     return problems

@@ -75,13 +75,14 @@ def describe(path: Path) -> dict:
     ranks: dict[int, int] = {}
     for rank, _ in plain + spatial:  # (a LoKr with both factors whole has none)
         ranks[rank] = ranks.get(rank, 0) + 1
-    from lowvram.models.detect import checkpoint_title
+    from lowvram.models.detect import checkpoint_title, unet_alone
 
     checkpoint = checkpoint_title(path) if network == "unknown" else None
     shapes = {name: tuple(entry.get("shape", ())) for name, entry in kohya_tensors.items()}
     # (an adapter's few MiB read once; no other file's, which may be a model of gigabytes)
     whole, tensor_data = file_hashes(path) if network != "unknown" else (None, None)
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
+            "unet_alone": bool(checkpoint) and unet_alone(path),
             "base_model": BASE_MODELS.get(lora_header.base_family(metadata, shapes)) if network != "unknown" else None,
             "trigger_words": metadata.get("modelspec.trigger_phrase") or None,
             "modules": len(layers),
@@ -184,6 +185,8 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     from rich.table import Table
     from rich.text import Text
 
+    from lowvram.models.detect import base_model_words
+
     if strip or captions:
         changed = strip_paths(path, captions)
         what = "a local folder" + " or the dataset's captions and folder names" * captions
@@ -201,8 +204,8 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     each = ", ".join(f"{rank} ({count} module{'s' * (count > 1)})" for rank, count in ranks.items())
     shown = f"rank {next(iter(ranks))}, " if len(ranks) == 1 else f"ranks {each}, " if ranks else ""
     base = f" for {info['base_model']}" if info["base_model"] else ""
-    what = (f"a {info['checkpoint']} checkpoint, not a LoRA (train --model and generate --model take it)"
-            if info["checkpoint"] else f"{info['network']}{base}, {info['modules']} modules, {shown}".rstrip(", "))
+    model = base_model_words(path) if info["checkpoint"] else None
+    what = (f"{model[0]}, not a LoRA (for train and generate, {model[1]})" if model else f"{info['network']}{base}, {info['modules']} modules, {shown}".rstrip(", "))
     if info["network"] == "unknown" and not info["checkpoint"]:  # (an embedding, a LyCORIS full file, ...)
         what = f"no layers lowvram reads: {lora_header.no_layers_why(path)}"
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "

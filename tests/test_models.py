@@ -1,5 +1,6 @@
 """Loading base models: single-file checkpoints offline, diffusers folders, and clear refusals of wrong kinds."""
 
+import json
 import re
 
 import pytest
@@ -151,7 +152,14 @@ def test_a_u_net_alone_is_refused_by_its_header_before_the_dataset_is_read(tmp_p
     assert "images usable" not in captured.out + captured.err
     # given where a LoRA goes, it is still named as the model it is
     assert main(["info", str(path)]) == 0
-    assert f"a {model.family.title} checkpoint, not a LoRA" in capsys.readouterr().out
+    assert (f"unet.safetensors: a {model.family.title} U-Net alone (as ComfyUI's models/unet files are), not a LoRA "
+            "(for train and generate, give the full checkpoint it came from as --model)") in capsys.readouterr().out
+    assert main(["info", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unet_alone"] is True
+    assert main(["generate", "--model", name, "--lora", str(path), "--prompt", "x"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lowvram generate: error: --lora: {path} is a {model.family.title} U-Net alone (as ComfyUI's models/unet "
+        "files are), not a LoRA; give the full checkpoint it came from as --model")
 
 
 def test_checkpoint_missing_a_component_is_refused(tmp_path):

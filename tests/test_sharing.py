@@ -391,9 +391,11 @@ def test_info_names_a_base_model_checkpoint_as_one(tmp_path, capsys):
     save_file(sd15_single_file(model.unet, model.vae, model.pipeline.text_encoder), str(path))
     assert main(["info", str(path)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "model.safetensors: a tiny SD (random weights) checkpoint, not a LoRA (train --model" in out
+    assert ("model.safetensors: a tiny SD (random weights) model checkpoint, not a LoRA (for train and generate, "
+            "give it as --model)") in out
     assert main(["info", str(path), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["checkpoint"] == "tiny SD (random weights)"
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["checkpoint"], shown["unet_alone"]) == ("tiny SD (random weights)", False)
 
 
 def test_info_on_a_file_that_is_no_safetensors_says_so_in_one_line(tmp_path, capsys):

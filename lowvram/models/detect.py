@@ -250,6 +250,28 @@ def checkpoint_title(path: Path) -> str | None:
         return None
 
 
+def unet_alone(path: Path) -> bool:
+    """Whether a file of a family's U-Net (checkpoint_title says one) lacks its VAE and text encoders, as ComfyUI's
+    models/unet files do: --model refuses it."""
+    try:
+        detect_single_file_family(path, whole=True)
+    except LowvramError:
+        return True
+    return False
+
+
+def base_model_words(path: Path) -> tuple[str, str] | None:
+    """(what a single-file base model is, what to do with it instead of using it as a LoRA), by its header; None
+    for a file of anything else."""
+    title = checkpoint_title(path)
+    if title is None:
+        return None
+    if unet_alone(path):
+        return (f"a {title} U-Net alone (as ComfyUI's models/unet files are)",
+                "give the full checkpoint it came from as --model")
+    return f"a {title} model checkpoint", "give it as --model"
+
+
 def detect_single_file_family(path: Path, whole: bool = True) -> ModelFamily:
     """Identify a single-file checkpoint from its header (key names and shapes; no tensor is read); `whole`: one
     with its VAE and text encoders, as --model needs (a U-Net alone is refused)."""
