@@ -331,6 +331,11 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         values["name"] = PureWindowsPath(str(destination)).stem
         notes.append(f"output_model_destination {destination} is a Windows path: the LoRA is written as "
                      f"{values['name']} under --output (give one; default ./output)")
+    elif destination and (str(destination).endswith(("/", "\\")) or expand_home(str(destination)).is_dir()):
+        # (OneTrainer fails at its end writing a folder's name as the file)
+        folder = str(destination).rstrip("/\\")
+        problem("output_model_destination", f"{destination} is a folder; OneTrainer writes the LoRA to a file: give "
+                f"its name, as {folder}/mylora{LORA_SUFFIX}")
     elif destination:  # a file to write: from the current folder, as kohya's output_dir
         # the LoRA where OneTrainer writes it, the run's own files in its workspace (a folder for each LoRA's name:
         # every preset shares one workspace and one models/ folder, and lowvram keeps one run per folder)

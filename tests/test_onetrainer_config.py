@@ -359,6 +359,18 @@ def test_a_windows_output_destination_keeps_its_name_and_leaves_the_folder_to_ou
     build_config(values | {"model": "tiny"})  # a name lowvram takes
 
 
+@pytest.mark.parametrize("destination", ["models/", "models\\", "models"])
+def test_a_folder_as_output_destination_is_refused_naming_a_file_in_it(tmp_path, destination, monkeypatch):
+    """OneTrainer writes the LoRA to that path as a file and fails at the run's end: lowvram wrote ./models.safetensors."""
+    path = onetrainer_folder(tmp_path / "OneTrainer")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(LowvramError) as error:
+        translate_onetrainer({**CONFIG, "output_model_destination": destination}, path)
+    assert str(error.value) == (f"{path}: output_model_destination: {destination} is a folder; OneTrainer writes the "
+                                "LoRA to a file: give its name, as models/mylora.safetensors")
+
+
 @pytest.mark.parametrize("name", sorted(OPTIMIZER_CLASSES))
 def test_each_class_onetrainer_builds_is_one_that_takes_the_settings_given_it(name):
     """Each of OneTrainer's other optimizers names a class that is there (where its package is installed), is an
