@@ -84,6 +84,18 @@ def test_check_data_shows_each_folders_own_settings(tmp_path, sample_data, capsy
     assert "keep_tokens" not in rows["varied/"]  # its own tags stay put: none to keep
 
 
+def test_check_data_shows_a_concepts_own_default_as_the_default(tmp_path, sample_data, capsys, monkeypatch):
+    from lowvram.cli import main
+
+    plain, varied = two_folders(tmp_path, sample_data)
+    concepts = [{"name": "first", "path": str(varied), "image_variations": 3}, {"name": "second", "path": str(plain)}]
+    (tmp_path / "concepts.json").write_text(json.dumps(concepts))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["check-data", str(tmp_path / "concepts.json")]) == 0
+    out = capsys.readouterr().out
+    assert "latent_variants default" in out and "None" not in out
+
+
 def test_a_subsets_own_setting_out_of_range_is_refused_naming_its_folder(tmp_path, sample_data):
     _, varied = two_folders(tmp_path, sample_data)
     path = dataset_file(tmp_path, {"caption_dropout_rate": 1.5})
@@ -135,8 +147,10 @@ def test_a_onetrainer_prior_concept_keeps_its_own_settings_and_is_refused_what_t
     (tmp_path / "concepts.json").write_text(json.dumps(concepts))
     dataset = read_dataset(tmp_path / "concepts.json")
     prior = [s for s in dataset.subsets if s.regularization]
-    assert prior and prior[0].settings == {"flip": False, "shuffle_tags": False, "keep_tokens": 0}
+    assert prior and prior[0].settings == {"flip": False, "shuffle_tags": False}
     assert not any("not carried over" in note for note in dataset.notes)
+    # (the prior concept's tags stay put: the tag OneTrainer keeps by default keeps nothing there, so no note)
+    assert [note.split(":")[0] for note in dataset.notes if "differ" in note] == ["flip", "shuffle_tags"]
     concepts[1]["image"]["enable_random_rotate"] = True
     (tmp_path / "concepts.json").write_text(json.dumps(concepts))
     with pytest.raises(LowvramError, match=r"concepts\[2\] \(class\) image.enable_random_rotate"):

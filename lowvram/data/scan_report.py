@@ -131,7 +131,9 @@ class ScanReport:
                              [(k, f["label"], f["images"], f["usable"], f["skipped"], f"{f['repeats']:g}",
                                per_epoch(f["usable"], f["repeats"]),
                                *((f"{f['loss_weight']:g}",) if weighted else ()),
-                               *((", ".join(f"{key} {value}" for key, value in f["settings"].items()),) if own
+                               # (an option whose default is None: lowvram works it out, as it does unset)
+                               *((", ".join(f"{key} {'default' if value is None else value}"
+                                            for key, value in f["settings"].items()),) if own
                                  else ()))
                               for k, f in summary["folders"].items()]))
         for note in self.folder_notes:

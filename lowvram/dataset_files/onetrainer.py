@@ -259,7 +259,9 @@ def _options(concept: dict, where: str, notes: list[str], problem) -> dict[str, 
     options["latent_variants"] = variants if variants > 1 else None
     options["caption_variants"] = captions if captions > 1 else None
     if not (options["shuffle_tags"] or options["tag_dropout"]):
-        options["keep_tokens"] = 0  # OneTrainer keeps one tag by default, whether or not anything moves the tags
+        # OneTrainer keeps one tag by default, whether or not anything moves the tags: a concept whose tags stay put
+        # keeps none and differs from no other concept in it
+        del options["keep_tokens"]
     if str(text.get("tag_delimiter", ",")).strip() != ",":
         problem(f"{where} text.tag_delimiter", "lowvram splits tags at commas; use commas in the captions")
     if text.get("tag_dropout_enable"):
