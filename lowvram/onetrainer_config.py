@@ -288,7 +288,12 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
         concepts = _found(str(doc["concept_file_name"]), path)
         if Path(concepts).is_file():
             values["data"] = concepts
-        elif doc["concept_file_name"] != DEFAULTS["concept_file_name"]:  # (OneTrainer's own, missing: no word)
+        elif doc["concept_file_name"] == DEFAULTS["concept_file_name"]:  # (a shipped preset's: says no file)
+            # (looked for as OneTrainer looks: from the current folder, the config's, and OneTrainer's own above it)
+            looked = ", ".join(map(str, dict.fromkeys([Path.cwd(), *path.resolve().parents[:2]])))
+            notes.append(f"no concepts: OneTrainer's default {DEFAULTS['concept_file_name']} is in none of {looked}; "
+                         "the images come from --data")
+        else:
             notes.append(f"concept_file_name: file not found: {doc['concept_file_name']}"
                          f"{not_found_hint(doc['concept_file_name'])}; give the concepts file as --data, or the "
                          "image folder")

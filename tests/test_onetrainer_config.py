@@ -325,7 +325,8 @@ def test_sdxls_two_text_encoders_train_as_onetrainer_says(tmp_path, encoders, ex
                                                                    "OneTrainer's default (true)") for note in notes)
 
 
-def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetrainers_default_ones(tmp_path):
+def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetrainers_default_ones(tmp_path,
+                                                                                                monkeypatch):
     """OneTrainer's presets hold only what differs from its defaults: training_concepts/concepts.json and
     training_samples/samples.json are read as OneTrainer reads them."""
     path = onetrainer_folder(tmp_path / "OneTrainer")
@@ -335,9 +336,12 @@ def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetraine
     assert values["data"] == str(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json")
     assert values["sample_prompts"][0].startswith("lvshape, a red circle")
     for default in ("training_samples/samples.json", "training_concepts/concepts.json"):
-        (tmp_path / "OneTrainer" / default).unlink()  # OneTrainer's own defaults, missing: no word (--data gives one)
-    assert not any(note.startswith(("sample_definition_file_name", "concept_file_name"))
-                   for note in translate_onetrainer(preset, path)[1])
+        (tmp_path / "OneTrainer" / default).unlink()  # OneTrainer's own defaults, missing: --data gives the images
+    monkeypatch.chdir(tmp_path)
+    notes = translate_onetrainer(preset, path)[1]
+    assert not any(note.startswith(("sample_definition_file_name", "concept_file_name")) for note in notes)
+    assert (f"no concepts: OneTrainer's default training_concepts/concepts.json is in none of {tmp_path}, "
+            f"{path.parent}, {tmp_path / 'OneTrainer'}; the images come from --data") in notes
 
 
 def test_continue_last_backup_is_resume_auto(tmp_path):
