@@ -22,6 +22,7 @@ from lowvram.configure import build_config, read_config
 from lowvram.errors import LowvramError
 from lowvram.files import name_length
 from lowvram.hardware import parse_size
+from lowvram.lora_metadata import addnet_hash
 from lowvram.train.loop import train
 from lowvram.train.outdir import ARCHIVE, OPTIONS_HEADER, RECORD, options_path
 
@@ -381,6 +382,14 @@ def test_copy_to_a_lora_folder_writes_automatic1111s_card_files_and_keeps_the_us
                  "--output", str(tmp_path / "v2")]) == 0
     said = Image.open(loras / "mine v2.preview.png").text["parameters"]
     assert "<lora:mine v2:1>" in said and 'Lora hashes: "mine v2: ' in said and "Model: tiny-sdxl" in said, said
+    # the finished run continued: its copy is replaced, and the preview of the earlier file with it
+    earlier = addnet_hash(loras / "mine v2.safetensors")[:12]
+    assert main(["train", "--config", str(tmp_path / "v2" / "v2.toml"), "--max-steps", "2", "--resume", "auto"]) == 0
+    said = Image.open(loras / "mine v2.preview.png").text["parameters"]
+    assert f'Lora hashes: "mine v2: {addnet_hash(loras / "mine v2.safetensors")[:12]}"' in said and earlier not in said
+    Image.new("RGB", (8, 8), "red").save(loras / "mine v2.preview.png")  # one the user chose: kept
+    assert main(["train", "--config", str(tmp_path / "v2" / "v2.toml"), "--max-steps", "3", "--resume", "auto"]) == 0
+    assert Image.open(loras / "mine v2.preview.png").size == (8, 8)
     capsys.readouterr()
 
 

@@ -10,9 +10,12 @@ import json
 import shutil
 from pathlib import Path
 
+from PIL import Image
+
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
 from lowvram.lora_header import read_header
+from lowvram.lora_metadata import addnet_hash
 from lowvram.run_files import copy_destination
 from lowvram.train.outdir import move_to_archive
 
@@ -35,6 +38,8 @@ def copy_final(config, lora: Path, console=None) -> Path | None:
                 moved = move_to_archive(config.output_dir, held)
                 if console is not None:
                     console.print(f"moved the earlier {copy.name} to {moved}", soft_wrap=True)
+            elif copy.is_file():  # this run's earlier copy (a finished run continued): a sample of it shows it
+                _drop_preview_of(copy)
             atomic_write(copy, lambda tmp: shutil.copyfile(lora, tmp), lora.stat().st_size, "the LoRA's copy")
         card = card_files(copy)[0]
         if not card.exists():
@@ -45,6 +50,19 @@ def copy_final(config, lora: Path, console=None) -> Path | None:
                           "yourself", soft_wrap=True)
         return None
     return copy
+
+
+def _drop_preview_of(copy: Path) -> None:
+    """Remove the copy's preview where it is a sample of that very file (its infotext names the file's hash): the
+    LoRA about to replace it draws its own. A preview of anything else is the user's and stays."""
+    preview = card_files(copy)[1]
+    try:
+        with Image.open(preview) as image:
+            said = image.info.get("parameters", "")
+    except (OSError, ValueError):  # (none there, or not an image lowvram wrote)
+        return
+    if f": {addnet_hash(copy)[:12]}" in said:
+        preview.unlink()
 
 
 def a1111_card(metadata: dict[str, str]) -> dict[str, str]:
