@@ -130,9 +130,9 @@ class CaptionReport:
 def caption_dataset(config: CaptionConfig, hardware: Hardware, cache_dir: Path, console: Console | None = None,
                     dry_run: bool = False) -> CaptionReport:
     """Caption the images of `config.data` that lack a caption (all of them with --overwrite)."""
-    from rich.console import Console
     from rich.progress import Progress
 
+    from lowvram.console import Console
     from lowvram.data.scan import open_training_image
     from lowvram.files import write_text
 

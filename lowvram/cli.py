@@ -120,8 +120,7 @@ def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None
     explicit flags stay."""
     import dataclasses
 
-    from rich.console import Console
-
+    from lowvram.console import Console
     from lowvram.hardware import detect, parse_size
     from lowvram.plan import apply_choice, fixed_choices, plan, workload_for
     from lowvram.plan.estimate import context_bytes

@@ -7,7 +7,7 @@ import contextlib
 import os
 import stat
 
-from rich.console import Console
+import rich.console
 
 LOG_WIDTH = 160  # the columns a table is laid out in where no terminal says its own
 
@@ -28,6 +28,14 @@ def leave_terminal() -> None:
             if stat.S_ISCHR(os.fstat(fd).st_mode):  # a terminal (its hung-up one fails isatty); a log file stays
                 os.dup2(nowhere, fd)
         os.close(nowhere)
+
+
+class Console(rich.console.Console):
+    """rich's console, but for a reader gone from the pipe (`lowvram plan | head -1`): rich exits 1 there, which is
+    plan's "nothing fits"; the command ends as a shell's pipe writer does (cli says 141)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
 
 
 def console(stderr: bool = False, quiet: bool = False) -> Console:

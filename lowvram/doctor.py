@@ -8,10 +8,10 @@ import math
 import shutil
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from lowvram.configure import build_config
+from lowvram.console import Console
 from lowvram.errors import first_line
 from lowvram.files import free_bytes, human_size
 from lowvram.hardware import GIB, Hardware, detect, list_profiles, load_profile

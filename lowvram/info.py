@@ -181,10 +181,10 @@ def without_captions(metadata: dict[str, str]) -> dict[str, str]:
 
 
 def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from lowvram.console import Console
     from lowvram.models.detect import base_model_words
 
     if strip or captions:
