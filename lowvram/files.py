@@ -247,8 +247,11 @@ def ignores_case(path: Path) -> bool:
 def redraws_in_place(console) -> bool:
     """Whether `console` writes to a terminal, where a progress bar redraws in place. FORCE_COLOR (which ipykernel
     sets, and so a notebook's `lowvram` commands inherit it, as CI systems do) makes rich take a pipe for one: its
-    colours are welcome there, a bar redrawn into a notebook cell's stored output or a CI log is not."""
+    colours are welcome there, a bar redrawn into a notebook cell's stored output or a CI log is not. A dumb
+    terminal (TERM=dumb: Emacs' shell, some screen readers') takes plain lines: rich draws no live bar on it."""
     isatty = getattr(console.file, "isatty", None)
+    if console.is_dumb_terminal:
+        return False
     if os.environ.get("JPY_PARENT_PID") or os.environ.get("COLAB_RELEASE_TAG"):  # a notebook's `!lowvram`: a
         return False  # pseudo-terminal, whose every redraw the cell keeps (and Jupyter draws no cursor-up)
     return console.is_terminal and bool(isatty and isatty())

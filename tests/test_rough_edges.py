@@ -92,6 +92,20 @@ def test_a_notebooks_shell_command_prints_plain_progress_lines_though_it_writes_
     assert "step 12/12" in printed(12) and "\x1b[2K" not in printed(12) and "\r" not in printed(12)
 
 
+def test_a_dumb_terminal_gets_plain_progress_lines(monkeypatch):
+    """TERM=dumb (Emacs' shell, some screen readers'): rich draws no live bar there, and no plain line was printed
+    either, so a run showed nothing until its last step."""
+    for name in ("JPY_PARENT_PID", "COLAB_RELEASE_TAG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", "dumb")
+    terminal = Terminal()
+    with TrainingProgress(Console(file=terminal, width=200), 12) as progress:
+        for step in range(1, 13):
+            progress.update(step, loss=0.1, lr=1e-4, seconds=5)
+    printed = terminal.getvalue()
+    assert "step 1/12" in printed and "step 12/12" in printed and "\x1b[" not in printed, printed
+
+
 def test_a_whole_run_through_a_pipe_with_forced_colour_redraws_nothing(tmp_path):
     """The Colab notebook's `lowvram train` cell (FORCE_COLOR, a pipe): no spinner or bar is drawn there frame by
     frame (the model's loading spinner was, its frames stored in the cell)."""
