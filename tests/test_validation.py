@@ -31,6 +31,27 @@ def test_the_held_out_split_is_fixed_by_the_seed_and_disjoint(sample_data):
         hold_out(records[:1], 0.5, seed=1)
 
 
+def test_the_copies_of_a_held_out_image_are_held_out_with_it(sample_data, tmp_path):
+    """A messy dataset's copies (one image under two names, in two folders): one trained and its copy validated,
+    the validation loss told how well it was learnt."""
+    import shutil
+
+    from lowvram.data.buckets import default_buckets
+    from lowvram.data.scan import ScanOptions, scan_dataset
+
+    data = tmp_path / "copied"
+    shutil.copytree(sample_data / "5_lvshape", data / "5_lvshape")
+    shutil.copytree(sample_data / "5_lvshape", data / "2_copies")
+    records = scan_dataset(data, default_buckets(64, 16), ScanOptions()).usable
+    for seed in range(6):
+        trained, held = hold_out(records, 0.2, seed=seed)
+        assert held and not {r.sha256 for r in held} & {r.sha256 for r in trained}
+        assert len(trained) + len(held) == len(records)
+    copies = [r for r in records if r.sha256 == records[0].sha256]
+    with pytest.raises(LowvramError, match="copies of one image; holding some out leaves none to train"):
+        hold_out(copies, 0.5, seed=1)
+
+
 def test_fixed_timesteps_spread_over_the_schedule():
     assert fixed_timesteps(4, 0, 1000) == [125, 375, 625, 875]
     assert fixed_timesteps(4, 500, 700) == [525, 575, 625, 675]  # --min-timestep 500 --max-timestep 700

@@ -231,13 +231,19 @@ def some_trained_per_epoch(report: ScanReport, data: str | None) -> None:
 
 def hold_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
     """Split usable image records into (training, validation) by `fraction`, chosen by the seed from a
-    content-ordered list, so the same dataset and seed always hold out the same images."""
+    content-ordered list, so the same dataset and seed always hold out the same images. The copies of a held-out
+    image (one content under several names) are held out with it: validating on an image that trains measures how
+    well it was learnt, not overfitting."""
     if len(records) < 2:
         raise LowvramError(f"--validation-split: the dataset has {len(records)} usable image(s); holding some out "
                            "needs at least 2 (or pass --validation-data DIR)")
     count = min(len(records) - 1, max(1, round(len(records) * fraction)))
     ordered = sorted(records, key=lambda r: (r.sha256, r.relpath))
-    held = {id(r) for r in random.Random(f"validation/{seed}").sample(ordered, count)}
+    contents = {r.sha256 for r in random.Random(f"validation/{seed}").sample(ordered, count)}
+    held = {id(r) for r in records if r.sha256 in contents}
+    if len(held) == len(records):
+        raise LowvramError(f"--validation-split: the dataset's {len(records)} usable images are copies of one image; "
+                           "holding some out leaves none to train (pass --validation-data DIR)")
     return [r for r in records if id(r) not in held], [r for r in records if id(r) in held]
 
 
