@@ -6,8 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import time
+from datetime import timedelta
 
 import rich.console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from lowvram.files import PLAIN_LINE_SECONDS, redraws_in_place
 
 LOG_WIDTH = 160  # the columns a table is laid out in where no terminal says its own
 
@@ -36,6 +41,44 @@ class Console(rich.console.Console):
 
     def on_broken_pipe(self) -> None:
         raise BrokenPipeError
+
+
+def counted_progress(console: Console, label: str, transient: bool = False) -> Progress | PlainLines:
+    """A bar of done/total with the time left, or where no bar redraws (a pipe, a notebook, a CI log, where rich's
+    bar shows only at the end) a plain line now and then."""
+    if not redraws_in_place(console):
+        return PlainLines(console, label)
+    return Progress(TextColumn(f"[bold]{label}"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
+                    console=console, transient=transient)
+
+
+class PlainLines:
+    """Progress as a line every PLAIN_LINE_SECONDS and at the end, as training's, with the rate and the time left, so
+    that a long scan or caching in a log is not taken for a hang."""
+
+    def __init__(self, console: Console, label: str):
+        self.console, self.label, self.done, self.total = console, label, 0, 0
+        self.started = self.last = time.monotonic()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, name: str, total: int) -> int:
+        self.total = total
+        return 0
+
+    def advance(self, task: int, advance: int = 1) -> None:
+        self.done += advance
+        now = time.monotonic()
+        if now - self.last >= PLAIN_LINE_SECONDS or self.done >= self.total:
+            self.last = now
+            took = now - self.started
+            left = timedelta(seconds=round((self.total - self.done) * took / max(self.done, 1)))
+            rate = f", {self.done / took:.1f}/s, {left} left" if self.done < self.total and took > 0 else ""
+            self.console.print(f"{self.label} {self.done}/{self.total} ({took:.0f} s{rate})", highlight=False)
 
 
 def console(stderr: bool = False, quiet: bool = False) -> Console:

@@ -533,9 +533,9 @@ def test_caching_prints_a_line_now_and_then_where_no_bar_redraws(tmp_path, sampl
     without output stopped a long caching. A plain line every PLAIN_LINE_SECONDS instead (here: every batch)."""
     import io
 
-    import lowvram.data.cache
+    import lowvram.console
 
-    monkeypatch.setattr(lowvram.data.cache, "PLAIN_LINE_SECONDS", 0.0)
+    monkeypatch.setattr(lowvram.console, "PLAIN_LINE_SECONDS", 0.0)
     config, cache = setup(tmp_path, sample_data, cache_batch_size=2)
     piped = io.StringIO()
     run = resolved(config, cache)
@@ -544,6 +544,7 @@ def test_caching_prints_a_line_now_and_then_where_no_bar_redraws(tmp_path, sampl
     lines = [line for line in piped.getvalue().splitlines() if line.startswith("caching latents")]
     assert [line.split(" (")[0] for line in lines] == ["caching latents 2/6", "caching latents 4/6",
                                                        "caching latents 6/6"], piped.getvalue()
+    assert re.fullmatch(r"caching latents 2/6 \(\d+ s, [\d.]+/s, \d+:\d\d:\d\d left\)", lines[0]), lines
 
 
 def test_entries_another_run_wrote_meanwhile_are_not_encoded_again(tmp_path, tiny):

@@ -495,3 +495,33 @@ def test_a_jfif_file_is_the_jpeg_windows_browsers_save_and_trains(tmp_path):
     (tmp_path / "ds" / "cat.txt").write_text("a cat")
     report = scan_dataset(tmp_path / "ds", TINY)
     assert [(r.relpath, r.caption) for r in report.usable] == [("cat.jfif", "a cat")]
+
+
+def test_a_scan_stopped_part_way_keeps_what_it_read_and_a_log_sees_it_go(tmp_path, count_opens, monkeypatch):
+    """Thousands of camera photos take minutes to scan: a log showed nothing meanwhile, and Ctrl-C lost it all."""
+    import lowvram.console
+
+    root = tmp_path / "data" / "10_photos"
+    root.mkdir(parents=True)
+    for n in range(60):
+        drawn(colour=(n * 4, 0, 0)).save(root / f"{n:02d}.png")
+    index = tmp_path / "cache" / "scan.json"
+    opening = Image.open
+
+    def stopped_at_the_31st(fp, *args, **kwargs):
+        if len(count_opens) == 31:
+            raise KeyboardInterrupt
+        return opening(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", stopped_at_the_31st)
+    with pytest.raises(KeyboardInterrupt):
+        scan_dataset(root.parent, TINY, index_path=index)
+    monkeypatch.setattr(Image, "open", opening)
+    count_opens.clear()
+    monkeypatch.setattr(lowvram.console, "PLAIN_LINE_SECONDS", 0.0)
+    piped = io.StringIO()
+    assert len(scan_dataset(root.parent, TINY, index_path=index, console=Console(file=piped)).usable) == 60
+    assert len(count_opens) == 29  # the rest only
+    lines = piped.getvalue().splitlines()
+    assert lines[0].startswith("scanning data 1/60 (") and lines[-1].startswith("scanning data 60/60 ("), lines
+    assert "/s, " in lines[1] and lines[1].endswith(" left)") and "left" not in lines[-1]

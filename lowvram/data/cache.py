@@ -16,15 +16,14 @@ import json
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from lowvram.console import counted_progress
 from lowvram.data.augment import Variant, apply_variant
 from lowvram.data.buckets import Placement
 from lowvram.data.image_files import HIGH_BIT_MODES
@@ -33,10 +32,8 @@ from lowvram.data.scan_report import ImageRecord
 from lowvram.errors import LowvramError
 from lowvram.files import (
     KEPT_FREE,
-    PLAIN_LINE_SECONDS,
     DiskFull,
     human_size,
-    redraws_in_place,
     remove_orphans,
     save_safetensors,
     write_problem,
@@ -239,39 +236,6 @@ def _rounded_up(size: int) -> int:
     return math.ceil(size * 1.01 / 1024) * 1024
 
 
-def _progress(console: Console, label: str) -> Progress | _PlainLines:
-    if not redraws_in_place(console):
-        return _PlainLines(console, label)
-    return Progress(TextColumn(f"[bold]{label}"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
-
-
-class _PlainLines:
-    """Caching's progress where no bar redraws (a pipe, a notebook, a CI log, where rich's bar shows only at the end):
-    a line every PLAIN_LINE_SECONDS and at the end, as training's, so a long caching is not taken for a hang."""
-
-    def __init__(self, console: Console, label: str):
-        self.console, self.label, self.done, self.total = console, label, 0, 0
-        self.started = self.last = time.monotonic()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def add_task(self, name: str, total: int) -> int:
-        self.total = total
-        return 0
-
-    def advance(self, task: int, advance: int) -> None:
-        self.done += advance
-        now = time.monotonic()
-        if now - self.last >= PLAIN_LINE_SECONDS or self.done >= self.total:
-            self.last = now
-            self.console.print(f"{self.label} {self.done}/{self.total} ({now - self.started:.0f} s)", highlight=False)
-
-
 def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, batch_size: int,
                    console: Console) -> int:
     """Encode the given (missing) entries, batched per bucket, less those another run sharing the cache has written
@@ -285,7 +249,7 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
     for job in missing:
         by_bucket.setdefault(job.placement.bucket, []).append(job)
     f = vae_downscale(vae)
-    with _progress(console, "caching latents") as progress, torch.no_grad():
+    with counted_progress(console, "caching latents") as progress, torch.no_grad():
         task = progress.add_task("latents", total=len(missing))
         for bucket_jobs in by_bucket.values():
             for start in range(0, len(bucket_jobs), batch_size):
@@ -318,7 +282,7 @@ def encode_texts(jobs: list[TextJob], store: TensorStore, encode, batch_size: in
     missing, encoded = jobs, 0
     if not missing:
         return 0
-    with _progress(console, "caching text embeddings") as progress, torch.no_grad():
+    with counted_progress(console, "caching text embeddings") as progress, torch.no_grad():
         task = progress.add_task("text", total=len(missing))
         for start in range(0, len(missing), batch_size):
             chunk = _unwritten(missing[start : start + batch_size], store, progress, task)

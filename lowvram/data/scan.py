@@ -8,6 +8,7 @@ Folder rules are kohya's: images in the root count once, `N_name/` repeats N tim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from lowvram.config import (
     LABEL_STEMS,
     MASK_SUFFIX,
 )
+from lowvram.console import counted_progress
 from lowvram.data.buckets import Buckets
 from lowvram.data.captions import captions_of, has_word, read_caption_file, split_kept_tags, stem_cases, wrapped
 from lowvram.data.image_files import (
@@ -49,7 +51,7 @@ from lowvram.data.image_metadata import (
 from lowvram.data.scan_report import ImageRecord, ScanReport
 from lowvram.dataset_files.subsets import REPEAT_FOLDER
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import ignores_case, passed_over, redraws_in_place, utf8_text, write_text
+from lowvram.files import ignores_case, passed_over, utf8_text, write_text
 from lowvram.option_values import caption_extension_problem, caption_template_problem
 from lowvram.prompts import TRIGGER_PLACEHOLDER
 
@@ -179,8 +181,9 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     new_index = {k: v for k, v in old_index.items() if not Path(k).is_relative_to(root)}  # other datasets' entries
     records: list[ImageRecord] = []
     first_of: dict[str, str] = {}  # sha256 -> relpath of the first usable copy
-    shown = console is not None and redraws_in_place(console) and len(files) >= PROGRESS_FROM
-    with Progress(console=console, transient=True, disable=not shown) as progress:
+    shown = console is not None and len(files) >= PROGRESS_FROM
+    with (counted_progress(console, f"scanning {root.name}", transient=True) if shown
+          else Progress(disable=True)) as progress, _index_kept_if_stopped(index_path, old_index, new_index):
         task = progress.add_task(f"scanning {root.name}", total=len(files))
         for path, folder in files:
             record = _scan_file(root, path, folder, buckets if folder.buckets is None else folder.buckets,
@@ -229,6 +232,19 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             message = f"{flag}: no usable images in {where}: {len(records)} skipped ({listing})"
         raise NoUsableImages(message, report)
     return report
+
+
+@contextlib.contextmanager
+def _index_kept_if_stopped(index_path: Path | None, old_index: dict, new_index: dict):
+    """A scan stopped part way (Ctrl-C in a scan of thousands of camera photos) keeps what it read: the next one
+    reads only the rest (the entries it had not reached yet are kept as they were)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if index_path is not None:
+            with contextlib.suppress(LowvramError):
+                write_text(Path(index_path), json.dumps({"version": INDEX_VERSION, "files": old_index | new_index}))
+        raise
 
 
 def _holds_images(folder: Path) -> bool:
