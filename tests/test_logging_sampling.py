@@ -148,10 +148,11 @@ def test_generate_gives_the_final_samples_again_emphasis_and_break_read_alike(sa
 def test_metrics_and_tensorboard_hold_every_step(sampled):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config, _ = sampled
+    config, result = sampled
     rows = [json.loads(line) for line in (config.output_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert rows[-1] == {"step": 4, "end": "finished", "lora": str(result.lora_path)}  # a script following it: over
     assert all({"lr", "grad_norm", "seconds", "loss_smoothed"} <= r.keys() for r in steps)
     events = EventAccumulator(str(config.output_dir / "logs"), size_guidance={"images": 0}).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]

@@ -57,6 +57,7 @@ def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
     assert len(err.strip().splitlines()) == 1  # one clear line
     stopped_at = sum('"loss"' in line for line in metrics.read_text().splitlines())
     assert stopped_at < STEPS
+    assert json.loads(metrics.read_text().splitlines()[-1]) == {"step": stopped_at, "end": "interrupted"}
     assert checkpoint.latest(cut / "checkpoints").name == f"step-{stopped_at:06d}"
     assert (cut / f"cut-step{stopped_at:06d}.safetensors").is_file()  # a usable LoRA right away
 
@@ -71,6 +72,7 @@ def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
         return [(record["step"], record[key]) for record in records if key in record]
 
     assert [step for step, _ in logged(cut, "loss")] == list(range(1, STEPS + 1))
+    assert [record for _, record in logged(cut, "end")] == ["finished"]  # (the stop's line went with the resume)
     # the running mean goes on where it was, as the weights do; and the epoch it resumed inside ends with the mean
     # of all its steps, those before the stop too (8 batches of 4 an epoch: steps 8 and 16 end one)
     assert logged(cut, "loss_smoothed") == logged(whole, "loss_smoothed")
@@ -158,7 +160,8 @@ def test_nan_losses_are_skipped_and_never_saved(tmp_path, monkeypatch, capsys):
         train(run_config(output=str(tmp_path / "diverged"), max_steps=8))
     assert not (tmp_path / "diverged" / "diverged.safetensors").exists()
     logged = [json.loads(line) for line in (tmp_path / "diverged" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["loss"]) for r in logged] == [(step, None) for step in range(1, MAX_BAD_STEPS + 1)]
+    assert [(r["step"], r["loss"]) for r in logged[:-1]] == [(step, None) for step in range(1, MAX_BAD_STEPS + 1)]
+    assert logged[-1]["end"] == "failed" and "non-finite loss" in logged[-1]["error"], logged[-1]
     calls["n"] = 0
     monkeypatch.setattr(loop, "diffusion_loss", lambda *a, **k: sometimes_nan(*a, **k) * (
         float("nan") if calls["n"] > 2 else 1.0))

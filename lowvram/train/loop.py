@@ -302,4 +302,5 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     if host:  # what a machine of little RAM needs to know (lowvram plan --ram estimates it beforehand)
         session.console.print(f"peak host RAM {host / 2**30:.2f} GiB (resident, this process)", highlight=False)
         log.record({"step": step, "host_peak_bytes": host})
+    log.finished(step, lora_path)
     return samples

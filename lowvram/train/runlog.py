@@ -43,6 +43,7 @@ class RunLog:
         self.enabled = enabled  # only the main process writes (multi-GPU)
         self.metrics, self.writer, self.wandb = None, None, None
         self.epoch_losses: list[float] = []  # the finite losses of the epoch under way, for its mean at its end
+        self.last_step, self.ended = resumed_step, False
         if not enabled:
             return
         logs = output_dir / LOGS
@@ -88,6 +89,7 @@ class RunLog:
         if torch.cuda.is_available():
             values = {**values, "vram_peak_gib": torch.cuda.max_memory_reserved() / 2**30}
         self._write({"step": step, **values})
+        self.last_step = step
         scalars = {f"train/{key}": value for key, value in values.items()
                    if isinstance(value, (int, float)) and key not in ("epoch", "total_steps")}
         if isinstance(values.get("loss"), float) and math.isfinite(values["loss"]):
@@ -142,6 +144,11 @@ class RunLog:
             folder = Path(self.metrics.name).parent / LOGS
             raise DiskFull(folder, KEPT_FREE, free_bytes(folder), "the TensorBoard log", is_size_limit(exc)) from None
 
+    def finished(self, step: int, lora: Path) -> None:
+        """The last line of a run that ended as asked, with its LoRA: a script following the file knows it is over."""
+        self.record({"step": step, "end": "finished", "lora": str(lora)})
+        self.ended = True
+
     def record(self, record: dict) -> None:
         """One more line in metrics.jsonl (what the run measured after its last step)."""
         if self.enabled:
@@ -192,9 +199,14 @@ class RunLog:
     def __enter__(self) -> RunLog:  # noqa: PYI034
         return self
 
-    def __exit__(self, kind, *exc) -> None:
+    def __exit__(self, kind, error, *exc) -> None:
         # a stop asked for (Ctrl-C saves a checkpoint to resume from) is no failure
-        self.close(failed=kind is not None and not issubclass(kind, (KeyboardInterrupt, TrainingInterrupted)))
+        failed = kind is not None and not issubclass(kind, (KeyboardInterrupt, TrainingInterrupted))
+        if kind is not None and self.enabled and self.metrics and not self.ended:  # (the file ends saying how)
+            why = {"error": (str(error).splitlines() or [kind.__name__])[0]} if failed else {}
+            with contextlib.suppress(OSError, DiskFull, ValueError):
+                self._write({"step": self.last_step, "end": "failed" if failed else "interrupted", **why})
+        self.close(failed=failed)
 
 
 class _WandbRun:
@@ -272,12 +284,14 @@ def _epoch_losses(lines: str, epoch: int) -> list[float]:
 
 
 def _lines_up_to(path: Path, step: int) -> str:
+    """The lines of the steps up to `step`, without the line that said how the earlier run ended: it goes on."""
     if not path.is_file():
         return ""
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
+            record = json.loads(line)
+            if record.get("step", 0) <= step and "end" not in record:
                 kept.append(line + "\n")
         except json.JSONDecodeError:  # a line cut short by a kill
             continue
