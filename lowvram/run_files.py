@@ -53,13 +53,15 @@ def copy_destination(copy_to: str, name: str) -> Path:
 
 
 def step_save(name: str, step: int) -> str:
-    """A LoRA saved at a step (--save-every N, an interrupted run's), and that step's sample grid: <name>-step000500."""
-    return f"{name}-step{step:06d}"
+    """A LoRA saved at a step (--save-every N, an interrupted run's), and that step's sample grid, named as kohya
+    names a step's save (its STEP_FILE_NAME): <name>-step00000500."""
+    return f"{name}-step{step:08d}"
 
 
 def epoch_save(name: str, epochs: int) -> str:
-    """A LoRA saved after some epochs (--save-every Ne): <name>-e0002."""
-    return f"{name}-e{epochs:04d}"
+    """A LoRA saved after some epochs (--save-every Ne), named as kohya names an epoch's save (its EPOCH_FILE_NAME),
+    which upload scripts and <lora:name-000002> prompts go by: <name>-000002."""
+    return f"{name}-{epochs:06d}"
 
 
 def best_save(name: str) -> str:
@@ -78,13 +80,16 @@ def final_sample(name: str, index: int) -> str:
 
 
 def saved_lora(name: str) -> re.Pattern:
-    """Any LoRA the run `name` saves: the final one, a step's, an epoch's, the best."""
-    return re.compile(rf"{re.escape(name)}(-(step\d+|e\d+|best))?{re.escape(LORA_SUFFIX)}")
+    """Any LoRA the run `name` saves: the final one, a step's, an epoch's (as -e0002 too, before lowvram took
+    kohya's names), the best."""
+    return re.compile(rf"{re.escape(name)}(-(step\d+|e\d+|\d{{6}}|best))?{re.escape(LORA_SUFFIX)}")
 
 
 def interval_save(name: str, unit: str) -> re.Pattern:
-    """The --save-every LoRAs of one kind ("steps" or "epochs"), the count in group 1."""
-    return re.compile(rf"{re.escape(name)}-{'step' if unit == 'steps' else 'e'}(\d+){re.escape(LORA_SUFFIX)}")
+    """The --save-every LoRAs of one kind ("steps" or "epochs"; an earlier lowvram's -e0002 too), the count in
+    group 1."""
+    kind = "step(\\d+)" if unit == "steps" else "e?(\\d{4,})"
+    return re.compile(rf"{re.escape(name)}-{kind}{re.escape(LORA_SUFFIX)}")
 
 
 def step_image(name: str) -> re.Pattern:

@@ -422,18 +422,19 @@ def test_a_file_removed_while_a_command_reads_it_is_one_line(monkeypatch, tmp_pa
     import lowvram.info
 
     def gone(*args):
-        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "run-step000051.safetensors"))
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory",
+                                str(tmp_path / "run-step00000051.safetensors"))
 
     monkeypatch.setattr(lowvram.info, "print_info", gone)
-    assert one_line(capsys, ["info", str(tmp_path / "run-step000051.safetensors")]).endswith(
-        "run-step000051.safetensors: not found (it was there a moment before: removed while lowvram read it?)")
+    assert one_line(capsys, ["info", str(tmp_path / "run-step00000051.safetensors")]).endswith(
+        "run-step00000051.safetensors: not found (it was there a moment before: removed while lowvram read it?)")
 
     def broken_install(*args):  # one of lowvram's own files missing: not the user's doing, so not said as theirs
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(Path(lowvram.__file__).parent / "x"))
 
     monkeypatch.setattr(lowvram.info, "print_info", broken_install)
     with pytest.raises(FileNotFoundError):
-        main(["info", str(tmp_path / "run-step000051.safetensors")])
+        main(["info", str(tmp_path / "run-step00000051.safetensors")])
 
 
 def test_a_model_the_hub_cannot_give_is_one_line_without_the_hubs_advice(tmp_path):

@@ -20,7 +20,7 @@ def weights_and_average(tmp_path, **ema) -> tuple[list[dict], dict]:
     """The LoRA each of STEPS steps left, and the LoRA of the same run with `ema`'s options."""
     plain = train(run_config(output=str(tmp_path / "plain"), max_steps=STEPS, save_every="1", save_precision="fp32",
                              lr=1e-2, name="plain"))
-    each_step = [load_file(str(tmp_path / "plain" / f"plain-step{step:06d}.safetensors")) for step in (1, 2, 3)]
+    each_step = [load_file(str(tmp_path / "plain" / f"plain-step{step:08d}.safetensors")) for step in (1, 2, 3)]
     each_step.append(load_file(str(plain.lora_path)))
     averaged = train(run_config(output=str(tmp_path / "ema"), max_steps=STEPS, save_precision="fp32", lr=1e-2,
                                 ema=True, **ema))

@@ -301,7 +301,7 @@ def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_run(uninterr
     killed = subprocess.run([sys.executable, "-c", (
         "import os, signal, sys\nfrom pathlib import Path\nfrom lowvram.files import atomic_write\n"
         "def half(tmp):\n    tmp.write_bytes(b'x' * 1000)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "atomic_write(Path(sys.argv[1]) / 'out-step000001.safetensors', half)\n"), str(out)],
+        "atomic_write(Path(sys.argv[1]) / 'out-step00000001.safetensors', half)\n"), str(out)],
         capture_output=True, text=True, check=False)
     assert killed.returncode == -signal.SIGKILL
     [orphan] = [p for p in out.iterdir() if TEMPORARY.match(p.name)]

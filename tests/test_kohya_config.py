@@ -73,7 +73,7 @@ def test_a_kohya_ss_config_trains_the_lora_kohya_would(tmp_path, capsys):
     assert any(key.endswith("_ff_net_2.lora_down.weight") for key in lora)
     assert lora["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"].shape[0] == 2
     assert lora["lora_unet_down_blocks_0_resnets_0_conv1.alpha"].item() == 1.0
-    assert (out / "mylora-step000002.safetensors").is_file() and (out / "samples" / "mylora-00.png").is_file()
+    assert (out / "mylora-step00000002.safetensors").is_file() and (out / "samples" / "mylora-00.png").is_file()
 
 
 def test_kohyas_logging_dir_alone_writes_tensorboard_logs_as_in_kohya(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def test_sample_grids_are_written_every_n_steps_at_the_expected_size(sampled):
     config, result = sampled
     grids = sorted((config.output_dir / "samples").glob(f"{config.output_name}-step*.png"))
     # step 0: --sample-at-first, the base model alone
-    assert [g.name for g in grids] == [f"{config.output_name}-step{step:06d}.png" for step in (0, 2, 4)]
+    assert [g.name for g in grids] == [f"{config.output_name}-step{step:08d}.png" for step in (0, 2, 4)]
     for grid in grids:  # side by side: 64 px (the tiny model's resolution) and the second prompt's 96 x 48
         assert Image.open(grid).size == (64 + 96, 64)
     assert [Image.open(path).size for path in result.samples] == [(64, 64), (96, 48)]  # one file per prompt
@@ -608,7 +608,7 @@ def test_ctrl_c_at_a_save_point_does_not_write_its_lora_and_checkpoint_again(tmp
     with pytest.raises(TrainingInterrupted, match="interrupted at step 2") as stopped:
         train(run_config(output=str(tmp_path), name="run", max_steps=4, sample_every="2", save_every="2",
                          checkpoint_every=2, sample_prompts=["lvshape"], sample_steps=1))
-    assert written == [2] and "saved " + str(tmp_path / "run-step000002.safetensors") in str(stopped.value)
+    assert written == [2] and "saved " + str(tmp_path / "run-step00000002.safetensors") in str(stopped.value)
 
 
 def test_a_run_without_sample_prompts_makes_no_samples_folder(tmp_path):

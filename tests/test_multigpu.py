@@ -114,8 +114,8 @@ def test_two_processes_freeze_the_text_encoders_where_asked_and_stay_in_step(tmp
     assert "frozen from step 3 on" in " ".join(run.stdout.split())
     ranks = [load_file(out / f"rank{r}-of-2.safetensors") for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
-    step2, step3, final = (load_file(out / name) for name in ("out-step000002.safetensors",
-                                                              "out-step000003.safetensors", "out.safetensors"))
+    step2, step3, final = (load_file(out / name) for name in ("out-step00000002.safetensors",
+                                                              "out-step00000003.safetensors", "out.safetensors"))
     text = [k for k in final if k.startswith("lora_te") and "alpha" not in k]
     assert text and all(torch.equal(step2[k], final[k]) for k in text)  # frozen after step 2
     assert any(not torch.equal(step3[k], final[k]) for k in final if k.startswith("lora_unet_"))  # the U-Net trains on

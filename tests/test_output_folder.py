@@ -71,7 +71,7 @@ def test_a_new_run_in_a_folder_holding_another_runs_checkpoints_stops_and_loses_
     result = train(run_config(output=str(out), max_steps=3, rank=8, overwrite=True, keep_checkpoints=1))
     [archived] = (out / ARCHIVE).iterdir()
     assert (archived / "checkpoints" / f"step-{stopped:06d}").is_dir()
-    assert (archived / f"x-step{stopped:06d}.safetensors").read_bytes() == before[f"x-step{stopped:06d}.safetensors"]
+    assert (archived / f"x-step{stopped:08d}.safetensors").read_bytes() == before[f"x-step{stopped:08d}.safetensors"]
     assert (archived / "x.toml").read_bytes() == before["x.toml"]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000003"]
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()][:3] == [1, 2, 3]

@@ -59,7 +59,7 @@ def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
     assert stopped_at < STEPS
     assert json.loads(metrics.read_text().splitlines()[-1]) == {"step": stopped_at, "end": "interrupted"}
     assert checkpoint.latest(cut / "checkpoints").name == f"step-{stopped_at:06d}"
-    assert (cut / f"cut-step{stopped_at:06d}.safetensors").is_file()  # a usable LoRA right away
+    assert (cut / f"cut-step{stopped_at:08d}.safetensors").is_file()  # a usable LoRA right away
 
     command = shlex.split(err.split("continue with: ", 1)[1])  # pasted as printed
     assert command == ["lowvram", "train", "--config", str(cut / "cut.toml"), "--resume", "auto"], err
@@ -193,8 +193,8 @@ def test_resume_auto_without_a_checkpoint_starts_the_run_and_says_so(tmp_path, c
         f"--resume auto: {out} holds my run.safetensors but no checkpoint to continue from (a full disk, or a kill "
         f"before one was written): train on from it with --network-weights '{out / 'my run.safetensors'}' and "
         f"another --output, or start over with --overwrite (its files move to {out / 'archive'}/)")
-    (out / "my run.safetensors").rename(out / "my run-step000001.safetensors")  # a step's save alone: the same
-    with pytest.raises(LowvramError, match="holds my run-step000001.safetensors but no checkpoint to continue from"):
+    (out / "my run.safetensors").rename(out / "my run-step00000001.safetensors")  # a step's save alone: the same
+    with pytest.raises(LowvramError, match="holds my run-step00000001.safetensors but no checkpoint to continue from"):
         train(run_config(output=str(out), max_steps=2, resume="auto"))
 
 
@@ -336,7 +336,7 @@ def test_the_text_encoders_stop_training_where_asked_and_stay_stopped_on_resume(
               "save_every": "1", "checkpoint_every": 1}
     result = train(run_config(max_steps=4, **values))
     assert "frozen from step 3 on (--text-encoder-until 2)" in " ".join(capsys.readouterr().out.split())
-    saved = {step: load_file(str(tmp_path / f"{tmp_path.name}-step{step:06d}.safetensors")) for step in (1, 2, 3)}
+    saved = {step: load_file(str(tmp_path / f"{tmp_path.name}-step{step:08d}.safetensors")) for step in (1, 2, 3)}
     final = load_file(str(result.lora_path))
 
     def part(state, prefix):
@@ -430,9 +430,9 @@ def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_
     first = train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=3, **samples)).lora_path
     before, sampled = first.read_bytes(), (tmp_path / "samples" / f"{first.stem}-00.png").read_bytes()
     train(run_config(output=str(tmp_path), max_steps=5, resume="auto", **samples))  # no --overwrite: nothing is lost
-    assert (tmp_path / f"{first.stem}-step000003.safetensors").read_bytes() == before
-    assert (tmp_path / "samples" / f"{first.stem}-step000003-00.png").read_bytes() == sampled  # its sample with it
-    assert (f"kept the run's earlier final LoRA as {tmp_path / first.stem}-step000003.safetensors with its samples"
+    assert (tmp_path / f"{first.stem}-step00000003.safetensors").read_bytes() == before
+    assert (tmp_path / "samples" / f"{first.stem}-step00000003-00.png").read_bytes() == sampled  # its sample with it
+    assert (f"kept the run's earlier final LoRA as {tmp_path / first.stem}-step00000003.safetensors with its samples"
             in " ".join(capsys.readouterr().out.split()))
     assert load_file(str(first)) and (tmp_path / "samples" / f"{first.stem}-00.png").is_file()  # the continued run's
 
@@ -441,10 +441,10 @@ def test_keep_saves_prunes_a_kept_final_lora_with_its_samples(tmp_path):
     samples = {"sample_prompts": ("lvshape, a red circle",), "sample_steps": 1, "checkpoint_every": 2}
     name = train(run_config(output=str(tmp_path), max_steps=2, **samples)).lora_path.stem
     train(run_config(output=str(tmp_path), max_steps=4, resume="auto", **samples))  # step 2's kept as a save
-    assert (tmp_path / "samples" / f"{name}-step000002-00.png").is_file()
+    assert (tmp_path / "samples" / f"{name}-step00000002-00.png").is_file()
     train(run_config(output=str(tmp_path), max_steps=6, resume="auto", save_every="1", keep_saves=1, **samples))
-    assert not (tmp_path / f"{name}-step000002.safetensors").exists()
-    assert not (tmp_path / "samples" / f"{name}-step000002-00.png").exists()  # its samples went with it
+    assert not (tmp_path / f"{name}-step00000002.safetensors").exists()
+    assert not (tmp_path / "samples" / f"{name}-step00000002-00.png").exists()  # its samples went with it
 
 
 def test_a_branch_from_an_earlier_checkpoint_sets_aside_all_the_left_branch_made_after_it(tmp_path, capsys):
@@ -453,22 +453,23 @@ def test_a_branch_from_an_earlier_checkpoint_sets_aside_all_the_left_branch_made
     that the new branch's replace none of them and none is taken for one of the new branch's."""
     saves = {"save_every": "1", "sample_every": "1", "sample_prompts": ("lvshape, a red circle",), "sample_steps": 1}
     first = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, lr=1e-3, **saves)).lora_path
-    left = {path.name: path.read_bytes() for path in [*tmp_path.glob(f"{first.stem}-step00000[34].safetensors"),
-                                                      *(tmp_path / "samples").glob(f"{first.stem}-step00000[34].png")]}
+    left = {path.name: path.read_bytes()
+            for path in [*tmp_path.glob(f"{first.stem}-step0000000[34].safetensors"),
+                         *(tmp_path / "samples").glob(f"{first.stem}-step0000000[34].png")]}
     before, final_sample = first.read_bytes(), (tmp_path / "samples" / f"{first.stem}-00.png").read_bytes()
     capsys.readouterr()
     train(run_config(output=str(tmp_path), max_steps=4, lr=2e-3, resume=str(tmp_path / "checkpoints" / "step-000002"),
                      **saves))
     printed = " ".join(capsys.readouterr().out.split())
-    assert sorted(left) == [f"{first.stem}-step000003.{kind}" for kind in ("png", "safetensors")] + [
-        f"{first.stem}-step000004.png"]  # (step 4's LoRA is the final one)
+    assert sorted(left) == [f"{first.stem}-step00000003.{kind}" for kind in ("png", "safetensors")] + [
+        f"{first.stem}-step00000004.png"]  # (step 4's LoRA is the final one)
     left |= {first.name: before, f"{first.stem}-00.png": final_sample}
     assert "moved 1 checkpoint(s) after step-000002 and 5 save(s) and sample(s), of the branch this run" in printed
     archived = {path.name: path.read_bytes() for path in (tmp_path / "archive").glob("*/*") if path.is_file()}
     assert all(archived[name] == data for name, data in left.items())
     assert all((tmp_path / name).is_file() or (tmp_path / "samples" / name).is_file() for name in left)  # the new ones
     assert "kept the run's earlier final LoRA" not in printed and first.read_bytes() != before
-    assert not (tmp_path / f"{first.stem}-step000004.safetensors").exists()  # no step-4 LoRA of the left branch
+    assert not (tmp_path / f"{first.stem}-step00000004.safetensors").exists()  # no step-4 LoRA of the left branch
     # the left branch's loss curve and options, to compare the branches by (its steps 3 and 4 left the run's log)
     kept = [json.loads(line) for line in next((tmp_path / "archive").glob("*/metrics.jsonl")).read_text().splitlines()]
     assert [record["step"] for record in kept if "loss" in record] == [1, 2, 3, 4]
@@ -481,15 +482,15 @@ def test_resume_auto_sets_aside_what_a_killed_run_saved_past_its_last_checkpoint
     import shutil
 
     first = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, save_every="1", lr=1e-3))
-    step3 = (tmp_path / f"{first.lora_path.stem}-step000003.safetensors").read_bytes()
+    step3 = (tmp_path / f"{first.lora_path.stem}-step00000003.safetensors").read_bytes()
     shutil.rmtree(tmp_path / "checkpoints" / "step-000004")  # as the kill left it: a checkpoint is written whole or not
     capsys.readouterr()
     train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, save_every="1", lr=2e-3, resume="auto"))
     printed = " ".join(capsys.readouterr().out.split())
     assert "moved 2 save(s) and sample(s) after step-000002, of the branch this run leaves" in printed
     archived = {path.name: path.read_bytes() for path in (tmp_path / "archive").glob("*/*.safetensors")}
-    assert archived[f"{first.lora_path.stem}-step000003.safetensors"] == step3
-    assert (tmp_path / f"{first.lora_path.stem}-step000003.safetensors").read_bytes() != step3  # the new branch's
+    assert archived[f"{first.lora_path.stem}-step00000003.safetensors"] == step3
+    assert (tmp_path / f"{first.lora_path.stem}-step00000003.safetensors").read_bytes() != step3  # the new branch's
 
 
 def test_every_checkpoint_unreadable_names_the_broken_part_and_the_way_out(tmp_path):
@@ -552,7 +553,7 @@ def test_a_grid_a_kill_left_undrawn_after_its_checkpoint_is_drawn_on_resume(tmp_
     straight = train(run_config(output=str(tmp_path / "straight"), max_steps=4, **samples))
     out = tmp_path / "cut"
     train(run_config(output=str(out), max_steps=2, **samples))
-    grid = out / "samples" / "cut-step000002.png"
+    grid = out / "samples" / "cut-step00000002.png"
     grid.unlink()  # as a kill after the checkpoint of step 2, before its grid
     capsys.readouterr()
     resumed = train(run_config(output=str(out), max_steps=4, resume="auto", **samples))
@@ -634,7 +635,7 @@ def test_a_run_folder_copied_elsewhere_with_its_dataset_moved_resumes_where_it_n
     out, err = capsys.readouterr()
     assert f"resumed from {copy / 'checkpoints' / 'step-000002'} at step 2" in " ".join(out.split())
     assert f"the run folder it lies in is the output, {copy} (the file names {first})" in " ".join(err.split())
-    assert (copy / "a.safetensors").is_file() and (copy / "a-step000002.safetensors").is_file()
+    assert (copy / "a.safetensors").is_file() and (copy / "a-step00000002.safetensors").is_file()
     assert not list(copy.glob("a-v2*"))  # the run keeps its name in a folder of another
     assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == original
     sample_data.mkdir()  # another dataset where the run's was: another run
@@ -714,7 +715,7 @@ def test_a_resume_that_trains_nothing_leaves_the_lora_and_a_longer_schedule_is_s
     # a LoRA of another step than the checkpoint's (a kill between a later checkpoint and its LoRA): written anew
     # from the checkpoint, whatever the options, as before
     train(run_config(output=str(out), max_steps=6, scheduler="cosine", lr=1e-3, resume="auto"))
-    shutil.copy(out / "out-step000004.safetensors", first.lora_path)
+    shutil.copy(out / "out-step00000004.safetensors", first.lora_path)
     train(run_config(output=str(out), max_steps=6, scheduler="cosine", lr=5e-3, resume="auto"))
     assert read_header(first.lora_path)[0]["ss_steps"] == "6"
     capsys.readouterr()

@@ -56,13 +56,13 @@ def test_save_every_two_epochs_saves_the_even_ones_and_keep_saves_keeps_the_newe
     printed = capsys.readouterr().out.splitlines()
     assert "loading tiny" in printed  # no spinner in a log: a line says what takes the time
     said = [line for line in printed if line.startswith("step ") and ": " in line]
-    assert said == [(f"step 10: saved {tmp_path / f'{name}-e0002.safetensors'}; checkpoint "
+    assert said == [(f"step 10: saved {tmp_path / f'{name}-000002.safetensors'}; checkpoint "
                     f"{tmp_path / 'checkpoints' / 'step-000010'}"),
-                    (f"step 20: saved {tmp_path / f'{name}-e0004.safetensors'}; removed {name}-e0002.safetensors "
+                    (f"step 20: saved {tmp_path / f'{name}-000004.safetensors'}; removed {name}-000002.safetensors "
                      f"(--keep-saves 1); checkpoint {tmp_path / 'checkpoints' / 'step-000020'}"),
-                    f"step 20: samples {tmp_path / 'samples' / f'{name}-step000020.png'}"], said
-    saves = sorted(p.name for p in tmp_path.glob(f"{name}-e*.safetensors"))
-    assert saves == [f"{name}-e0004.safetensors"]
+                    f"step 20: samples {tmp_path / 'samples' / f'{name}-step00000020.png'}"], said
+    saves = sorted(p.name for p in tmp_path.glob(f"{name}-0*.safetensors"))
+    assert saves == [f"{name}-000004.safetensors"]
     with safe_open(str(tmp_path / saves[0]), framework="pt") as saved:
         assert saved.metadata()["ss_epoch"] == "4"
 
@@ -107,3 +107,19 @@ def test_early_stopping_restored_from_a_checkpoint_keeps_its_history():
         stopping.update(step, loss)
     restored = EarlyStopping.restore(3, 0.0, json.loads(json.dumps(stopping.state())))
     assert restored == stopping and restored.history == [(2, 0.5), (4, 0.4), (6, 0.45)]
+
+
+def test_saves_are_named_as_kohya_names_them_and_an_earlier_lowvrams_count_with_them(tmp_path):
+    """Upload scripts and <lora:name-000004> prompts go by kohya's names (its EPOCH_FILE_NAME and STEP_FILE_NAME);
+    a run continued from an earlier lowvram's folder prunes its -e0002 saves with the new ones."""
+    from lowvram.run_files import epoch_save, saved_lora, step_save
+    from lowvram.train.saving import older_saves
+
+    assert (epoch_save("x", 4), step_save("x", 500)) == ("x-000004", "x-step00000500")
+    for name in ("x-e0002", "x-000004", "x-000006", "x-step00000006", "x-best", "x", "x-2", "xy-000002"):
+        (tmp_path / f"{name}.safetensors").touch()
+    assert [p.name for p in older_saves(tmp_path, "x", (2, "epochs"), 1)] == ["x-e0002.safetensors",
+                                                                             "x-000004.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir() if saved_lora("x").fullmatch(p.name)) == [
+        "x-000004.safetensors", "x-000006.safetensors", "x-best.safetensors", "x-e0002.safetensors",
+        "x-step00000006.safetensors", "x.safetensors"]

@@ -154,7 +154,7 @@ def test_outputs_beside_the_lora(trained):
 
     assert Image.open(result.samples[0]).size == (64, 64)
     checkpoints = sorted(p.name for p in result.lora_path.parent.glob(f"{config.output_name}-step*.safetensors"))
-    assert checkpoints == [f"{config.output_name}-step000002.safetensors", f"{config.output_name}-step000004.safetensors"]
+    assert checkpoints == [f"{config.output_name}-step{step:08d}.safetensors" for step in (2, 4)]
 
 
 def test_save_precision_fp16_halves_the_file(tmp_path):
@@ -222,9 +222,9 @@ def test_a_run_with_scale_weight_norms_keeps_every_layer_within_it(tmp_path):
 def test_keep_saves_keeps_the_newest_intermediate_loras(tmp_path, capsys):
     result = train(run_config(output=str(tmp_path), max_steps=5, save_every="1", keep_saves=2, name="notes"))
     assert sorted(p.name for p in tmp_path.glob("notes*.safetensors")) == [
-        "notes-step000003.safetensors", "notes-step000004.safetensors", "notes.safetensors"]
+        "notes-step00000003.safetensors", "notes-step00000004.safetensors", "notes.safetensors"]
     said = " ".join(capsys.readouterr().out.split())  # each removal said with its save (it went without a word)
-    assert "removed notes-step000001.safetensors (--keep-saves 2)" in said and said.count("removed notes-") == 2
+    assert "removed notes-step00000001.safetensors (--keep-saves 2)" in said and said.count("removed notes-") == 2
     assert result.lora_path.name == "notes.safetensors"
     with pytest.raises(LowvramError, match="--keep-saves: only used with --save-every"):
         run_config(keep_saves=2)
@@ -248,10 +248,10 @@ def test_keep_saves_counts_no_lora_an_interrupt_left_between_save_points(tmp_pat
     with pytest.raises(TrainingInterrupted):
         train(run_config(**values))
     monkeypatch.undo()
-    assert (tmp_path / "k-step000006.safetensors").is_file()
+    assert (tmp_path / "k-step00000006.safetensors").is_file()
     train(run_config(**values, resume="auto"))
     assert sorted(p.name for p in tmp_path.glob("k*.safetensors")) == [
-        "k-step000004.safetensors", "k-step000006.safetensors", "k-step000008.safetensors", "k.safetensors"]
+        "k-step00000004.safetensors", "k-step00000006.safetensors", "k-step00000008.safetensors", "k.safetensors"]
 
 
 def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):
@@ -306,7 +306,7 @@ def test_an_epoch_ends_its_last_accumulated_step_so_epochs_stay_whole_passes(tmp
     losses = [r["loss"] for r in records if "loss" in r]
     assert [(r["step"], r["epoch"], r["epoch_loss"]) for r in records if "epoch_loss" in r] == [
         (3, 0, pytest.approx(sum(losses[:3]) / 3)), (6, 1, pytest.approx(sum(losses[3:]) / 3))]  # kohya's loss/epoch
-    first_epoch = safe_open(str(tmp_path / f"{tmp_path.name}-e0001.safetensors"), framework="pt").metadata()
+    first_epoch = safe_open(str(tmp_path / f"{tmp_path.name}-000001.safetensors"), framework="pt").metadata()
     assert (first_epoch["ss_epoch"], first_epoch["ss_steps"]) == ("1", "3")
     assert first_epoch["ss_total_batch_size"] == "12"  # a step's images: 3 x 4 accumulated
 

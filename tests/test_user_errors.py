@@ -421,7 +421,7 @@ def test_copy_to_a_dotted_folder_and_over_the_runs_earlier_copy(tmp_path, capsys
     argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "run"), "--resume", "auto"]
     assert main([*argv, "--max-steps", "1", "--copy-to", f"{tmp_path / 'loras.v2'}/"]) == 0
     assert (tmp_path / "loras.v2" / "run.safetensors").is_file()
-    assert main([*argv, "--max-steps", "2"]) == 0  # (its step-1 LoRA kept as run-step000001)
+    assert main([*argv, "--max-steps", "2"]) == 0  # (its step-1 LoRA kept as run-step00000001)
     assert main([*argv, "--max-steps", "3", "--copy-to", f"{tmp_path / 'loras.v2'}/"]) == 0
     assert filecmp.cmp(tmp_path / "loras.v2" / "run.safetensors", tmp_path / "run" / "run.safetensors", shallow=False)
     capsys.readouterr()

@@ -105,7 +105,7 @@ def test_a_run_stops_when_validation_stops_improving_and_keeps_the_best(divergin
 
     out = config.output_dir
     best_file = load_file(out / f"{config.output_name}-best.safetensors")
-    at_best = load_file(out / f"{config.output_name}-step{history[best][0]:06d}.safetensors")
+    at_best = load_file(out / f"{config.output_name}-step{history[best][0]:08d}.safetensors")
     assert best_file.keys() == at_best.keys()
     assert all(torch.equal(best_file[k], at_best[k]) for k in best_file)
     final = load_file(result.lora_path)
@@ -277,7 +277,7 @@ def test_a_ctrl_c_while_validating_stops_after_the_validation_not_a_step_later(t
     monkeypatch.setattr(saving, "validate", ctrl_c_while_validating)
     with pytest.raises(TrainingInterrupted, match="interrupted at step 2 of 6"):
         train(run_config(output=str(tmp_path), validation_split=0.34, validate_every=2, max_steps=6, name="v"))
-    assert (tmp_path / "v-step000002.safetensors").is_file()
+    assert (tmp_path / "v-step00000002.safetensors").is_file()
 
 
 def test_early_stopping_goes_on_when_only_the_encoding_changes_or_validation_pauses(tmp_path, capsys):

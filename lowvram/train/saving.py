@@ -306,7 +306,7 @@ def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step:
 
 
 def older_saves(out_dir: Path, name: str, every: tuple[int, str], keep: int) -> list[Path]:
-    """This run's --save-every LoRAs of one kind (<name>-step000500 or <name>-e0002) beyond the newest `keep`; other
+    """This run's --save-every LoRAs of one kind (<name>-step00000500 or <name>-000002) beyond the newest `keep`; other
     files, the -best and the final LoRA among them, are never matched, nor a LoRA of a step between save points (an
     interrupted run's, named as a step's save is)."""
     count, unit = every
