@@ -73,7 +73,8 @@ from lowvram.other_trainers import (
     simpletuner_config_problem,
     yaml_or_env_problem,
 )
-from lowvram.run_files import OPTIONS_HEADER, RECORD
+from lowvram.run_files import RECORD
+from lowvram.run_folder_options import saved_run_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -254,8 +255,7 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", r
         value = values.get(key)
         if isinstance(value, str) and not Path(value).is_absolute() and recipe is None and (base / value).exists():
             values[key] = str(base / value)
-    if text.split("\n", 1)[0].rstrip("\r") + "\n" == OPTIONS_HEADER:  # (Windows writes it with CRLF)
-        values = _run_options(values, Path(path), given)
+    values = saved_run_options(values, Path(path), text, given)
     kept = _unreplaced(values, given)
     if problems:  # with them, every value of the file that is wrong: one pass shows all there is to fix
         problems += [f"{path}: {line}" for line in _file_value_problems(kept)]
@@ -416,25 +416,6 @@ def without_idle_kept_tags(values: dict[str, Any], typed: Collection[str] = ()) 
     if values.get("keep_tokens") and "keep_tokens" not in typed and not (
             values.get("shuffle_tags") or values.get("tag_dropout")):
         return {key: value for key, value in values.items() if key != "keep_tokens"}
-    return values
-
-
-def _run_options(values: dict[str, Any], path: Path, given: Collection[str]) -> dict[str, Any]:
-    """A run's saved options: in a run folder (its record beside it), that folder is the output, wherever the file
-    says (an older lowvram's saved its absolute path; the folder may have been renamed or copied since); away from
-    any (a copy as a template), where it trains is said."""
-    folder = path.resolve().parent
-    if "output" in given:
-        return values
-    if (folder / RECORD).is_file():
-        if values.get("output") != str(folder):
-            print(f"--config {path}: the run folder it lies in is the output, {folder} (the file names "
-                  f"{values.get('output')})", file=sys.stderr)
-        return values | {"output": str(folder)}
-    if values.get("output") == str(folder) and "resume" not in given:
-        named = "" if "name" in given else f" as {values.get('name') or folder.name}"
-        print(f"--config {path}: a run's saved options, away from its run folder: this run trains in {folder}"
-              f"{named}; give --output DIR to train elsewhere", file=sys.stderr)
     return values
 
 

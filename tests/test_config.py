@@ -163,7 +163,7 @@ def test_lora_layers_and_family_choices_are_the_families_own():
                                                "pass another --name")),
     ({"output": "out", "name": "a/b*c"}, ("--name: 'a/b*c' is not a valid file name (/ cannot be in one; * cannot be "
                                           "in one on Windows); pass another --name")),
-    ({"output": "out/" + "é" * 110}, "is 220 bytes long; the run's files add up to 38 to it"),  # 110 characters
+    ({"output": "out/" + "é" * 110}, "is 220 bytes long; the run's files add up to 39 to it"),  # 110 characters
     ({"output": "out", "name": "nul"}, ("--name: 'nul' is a name Windows keeps for a device (CON, PRN, AUX, NUL, "
                                         "COM1-9, LPT1-9): a LoRA of it cannot be saved or downloaded there; pass "
                                         "another --name")),

@@ -654,6 +654,28 @@ def test_a_run_folder_copied_elsewhere_with_its_dataset_moved_resumes_where_it_n
             f"{tmp_path / 'templates'} as a; give --output DIR" in " ".join(capsys.readouterr().err.split()))
 
 
+def test_a_run_folder_an_older_lowvram_wrote_and_moved_since_resumes_where_it_now_is(tmp_path, sample_data, capsys):
+    """An older lowvram's .toml (no header) names the run folder's absolute path: a folder moved since (a Drive
+    mounted elsewhere) started the run over at the old path with --resume auto."""
+    from lowvram.cli import main
+
+    first = tmp_path / "runs" / "a"
+    assert main(["train", "--model", "tiny", "--data", str(sample_data), "--output", str(first), "--max-steps", "2",
+                 "--checkpoint-every", "2", "--rank", "2"]) == 0
+    saved = (first / "a.toml").read_text()
+    (first / "a.toml").write_text(saved.split("\n", 1)[1].replace('output = "."', f"output = {json.dumps(str(first))}"))
+    moved = tmp_path / "drive" / "a"
+    moved.parent.mkdir()
+    first.rename(moved)
+    capsys.readouterr()
+    assert main(["train", "--config", str(moved / "a.toml"), "--resume", "auto", "--max-steps", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert f"resumed from {moved / 'checkpoints' / 'step-000002'} at step 2" in " ".join(out.split())
+    assert (f"the folder the file names ({first}) none: the folder was moved since; the run resumes in {moved}"
+            in " ".join(err.split())), err
+    assert not first.exists() and (moved / "a-step00000002.safetensors").is_file()
+
+
 def test_a_run_started_from_a_lora_resumes_without_it(tmp_path, sample_data, capsys):
     """The checkpoint holds the adapters: the LoRA a run started from (--network-weights, kept in its .toml) may be
     gone when it resumes, and is said not to be read; a new start under --resume auto still needs it."""
