@@ -168,6 +168,11 @@ def test_the_users_config_in_the_output_folder_under_the_runs_name_is_kept(tmp_p
     assert main(["train", "--config", str(mine), "--max-steps", "2", "--overwrite"]) == 0
     assert read_config(mine)["max_steps"] == 1 and read_config(folder / "dog.run.toml")["max_steps"] == 2
     assert not list((folder / ARCHIVE).rglob("dog.toml"))
+    # the user's file, of other options, resumed: the refusal names the file of the run's own
+    mine.write_text(re.sub(r"(?m)^seed = \d+$", "seed = 7", mine.read_text()))
+    assert main(["train", "--config", str(mine), "--max-steps", "3", "--resume", "auto"]) == 2
+    assert (f"pass the options it was trained with (--config {folder / 'dog.run.toml'} gives them)"
+            in " ".join(capsys.readouterr().err.split()))
 
 
 def test_a_run_that_failed_before_its_first_save_does_not_hold_the_folder(tmp_path, capsys):

@@ -226,7 +226,8 @@ def ownership_problem(run: ResolvedRun) -> str | None:
             renamed = [f"{flag} {Path(str(then)).name}" for flag in MOVABLE if (then := record["recipe"].get(flag))
                        and then != ours.get(flag) and not Path(str(then)).exists()]
             moved = (f"; a model or dataset moved here keeps its name ({', '.join(renamed)}): name it so, or"
-                     if renamed else "; pass the options it was trained with (its .toml there has them), or")
+                     if renamed else f"; pass the options it was trained with (--config "
+                     f"{shell_line(options_path(folder, record.get('name') or config.output_name))} gives them), or")
             return (f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}){gone}{moved} "
                     "start a new run in another --output")
         if config.training.resume != "auto" or not checkpoints:  # a folder of another run: refused before the
