@@ -581,6 +581,25 @@ def test_a_checkpoint_of_caption_variants_drawn_otherwise_resumes_with_a_note(tm
                 "train on today's" in said) is shuffled, said
 
 
+def test_a_checkpoint_of_no_options_recorded_resumes_saying_so(tmp_path, capsys):
+    """An earlier lowvram's checkpoint kept no options: a --preset whose defaults changed since (warm-up 100 steps,
+    now a share) resumed into a learning rate that jumped, without a word."""
+    out = tmp_path / "run"
+    train(run_config(output=str(out), max_steps=2, checkpoint_every=2))
+    state = out / "checkpoints" / "step-000002" / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["settings"]  # as an earlier lowvram kept it
+    state.write_text(json.dumps(saved))
+    capsys.readouterr()
+    train(run_config(output=str(out), max_steps=3, checkpoint_every=2, resume="auto"))
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("this checkpoint (an earlier lowvram's, before 2026-12-04) keeps no record of the options it trained "
+            "with: the steps from 3 train with these, a --preset's as they are today; where one differs from the "
+            "run's (its run.toml holds them), give it") in said, said
+    train(run_config(output=str(out), max_steps=4, checkpoint_every=2, resume="auto"))
+    assert "keeps no record" not in capsys.readouterr().out  # (the next checkpoint keeps them)
+
+
 def test_a_finished_run_resumed_keeps_its_lora_byte_for_byte_unless_what_it_holds_changed(tmp_path, capsys):
     """A notebook cell run again after its run finished: its LoRA written again changed its file hash (AutoV2, which
     model sites key on) and its times for nothing. --format diffusers adds its copy; another title rewrites it."""
