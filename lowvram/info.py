@@ -26,7 +26,7 @@ from lowvram.configure import read_toml, recipe_needs
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, not_safetensors, pickle_refusal, shell_line
 from lowvram.files import not_found_hint
 from lowvram.lora_header import network_weights_problem
-from lowvram.lora_metadata import RECIPE_KEY, file_hashes
+from lowvram.lora_metadata import RECIPE_KEY, file_hashes, trigger_words
 from lowvram.run_files import lora_in_folder
 
 # the recipe's dataset folders (by name: a private one's name tells of it) and the caption text it holds
@@ -84,7 +84,7 @@ def describe(path: Path) -> dict:
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
             "unet_alone": bool(checkpoint) and unet_alone(path),
             "base_model": BASE_MODELS.get(lora_header.base_family(metadata, shapes)) if network != "unknown" else None,
-            "trigger_words": metadata.get("modelspec.trigger_phrase") or None,
+            "trigger_words": trigger_words(metadata) or None,
             "modules": len(layers),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
@@ -152,7 +152,7 @@ def without_captions(metadata: dict[str, str]) -> dict[str, str]:
     numbered (their repeats and counts kept), and the recipe names no dataset folder."""
     out = {key: value for key, value in metadata.items() if key != "ss_datasets"}  # (kohya's: each subset's
     # image_dir, class_tokens and tag frequency)
-    triggers = {word.strip().lower() for word in metadata.get("modelspec.trigger_phrase", "").split(",")}
+    triggers = {word.strip().lower() for word in trigger_words(metadata).split(",")}
     try:
         frequency = json.loads(metadata.get("ss_tag_frequency") or "{}")
         kept: dict[str, int] = {}

@@ -44,6 +44,12 @@ def title_of(path: Path, metadata: dict[str, str]) -> str:
     return metadata.get("modelspec.title") or path.stem
 
 
+def trigger_words(metadata: dict[str, str]) -> str:
+    """A LoRA's trigger words: modelspec's trigger_phrase, or where a lowvram before 2026-12-04 kept them alone, its
+    lowvram.trigger_word ("" for none)."""
+    return metadata.get("modelspec.trigger_phrase") or metadata.get("lowvram.trigger_word") or ""
+
+
 def hashes(tensors: dict, metadata: dict[str, str]) -> dict[str, str]:
     """kohya's sshs_model_hash (sha256 of the tensor data, which AUTOMATIC1111 calls the addnet hash) and
     sshs_legacy_hash (of 64 KiB at 1 MiB) of the file `tensors` and the training metadata (ss_* only, so that

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lowvram.errors import LowvramError
 from lowvram.lora_header import base_model_metadata
-from lowvram.lora_metadata import modelspec, save_lora, title_of
+from lowvram.lora_metadata import modelspec, save_lora, title_of, trigger_words
 from lowvram.option_values import parse_source
 from lowvram.resize import Resized, option_problems, read_pairs, resize_pair, shape_of, with_one_alpha
 from lowvram.run_files import lora_in_folder
@@ -179,7 +179,7 @@ def _prompted_by(read: list) -> dict[str, str]:
     for path, weight, meta, _, _ in read:
         if weight <= 0:  # (a LoRA subtracted brings none of its words)
             continue
-        triggers += [meta["modelspec.trigger_phrase"]] if meta.get("modelspec.trigger_phrase") else []
+        triggers += [trigger_words(meta)] if trigger_words(meta) else []
         try:
             frequency = json.loads(meta.get("ss_tag_frequency") or "{}")
         except ValueError:

@@ -332,6 +332,8 @@ def test_strip_captions_leaves_the_trigger_and_no_private_caption_or_folder_name
     lora = train(run_config(output=str(tmp_path / "out"), data=str(data.parent), trigger_word="ohwx",
                             max_steps=1, caption_prefix="janedoe,", class_prompt="photo of janedoe")).lora_path
     before = load_file(str(lora))
+    with safe_open(str(lora), framework="pt") as f:
+        before_metadata = f.metadata()
     capsys.readouterr()
     assert main(["info", str(lora), "--strip-captions"]) == 0
     assert "held a local folder or the dataset's captions and folder names; rewritten" in capsys.readouterr().out
@@ -351,6 +353,15 @@ def test_strip_captions_leaves_the_trigger_and_no_private_caption_or_folder_name
     assert "ss_datasets" not in without_captions({"ss_datasets": json.dumps([{"subsets": [{"image_dir": "janedoe"}]}])})
     assert main(["train", "--config", str(lora), "--data", str(data.parent), "--max-steps", "1", "--output",
                  str(tmp_path / "again")]) == 0  # its recipe still replays, the data given
+    # a lowvram before 2026-12-04 kept the trigger as lowvram.trigger_word alone: stripping left no tag at all
+    older = tmp_path / "older.safetensors"
+    kept = {key: value for key, value in before_metadata.items() if key != "modelspec.trigger_phrase"}
+    save_file(before, str(older), kept)
+    capsys.readouterr()
+    assert main(["info", str(older), "--json"]) == 0 and json.loads(capsys.readouterr().out)["trigger_words"] == "ohwx"
+    assert main(["info", str(older), "--strip-captions"]) == 0
+    with safe_open(str(older), framework="pt") as f:
+        assert json.loads(f.metadata()["ss_tag_frequency"]) == {"dataset": {"ohwx": 6}}
 
 
 def test_strip_paths_rewrites_the_metadata_without_local_folders_and_keeps_the_tensors(tmp_path, capsys):

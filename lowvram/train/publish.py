@@ -15,7 +15,7 @@ from PIL import Image
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
 from lowvram.lora_header import read_header
-from lowvram.lora_metadata import addnet_hash
+from lowvram.lora_metadata import addnet_hash, trigger_words
 from lowvram.run_files import copy_destination
 from lowvram.train.outdir import move_to_archive
 
@@ -70,8 +70,8 @@ def a1111_card(metadata: dict[str, str]) -> dict[str, str]:
     its base model (by which the LoRA list filters), its trigger words as activation text and its description (a
     LoRA without metadata, --no-metadata's, tells neither)."""
     card = {"sd version": SD_VERSIONS.get(metadata.get("ss_base_model_version", ""), "Unknown")}
-    if metadata.get("modelspec.trigger_phrase"):
-        card["activation text"] = metadata["modelspec.trigger_phrase"]
+    if trigger_words(metadata):
+        card["activation text"] = trigger_words(metadata)
     if metadata.get("modelspec.description"):
         card["description"] = metadata["modelspec.description"]
     return card
