@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import tomli_w
 import torch
 from conftest import run_config
 from preloaded import Run, run
@@ -19,9 +20,15 @@ from safetensors.torch import load_file, save_file
 
 from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.lora_header import read_header
+from lowvram.lora_metadata import RECIPE_KEY
 from lowvram.train import checkpoint
 from lowvram.train.loop import train
 from lowvram.train.step import MAX_BAD_STEPS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 STEPS = 16
 
@@ -621,6 +628,16 @@ def test_a_finished_run_resumed_keeps_its_lora_byte_for_byte_unless_what_it_hold
     train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=2, resume="auto", metadata_title="Shapes"))
     assert "not written again" not in capsys.readouterr().out
     assert all(torch.equal(tensor, load_file(str(first.lora_path))[key]) for key, tensor in weights.items())
+    # an earlier lowvram's file, whose recipe lacks the options added since: its file stays as it is
+    older = tmp_path / "older"
+    lora = train(run_config(output=str(older), max_steps=2, checkpoint_every=2)).lora_path
+    metadata, weights = read_header(lora)[0], load_file(str(lora))
+    recipe = tomllib.loads(metadata[RECIPE_KEY])
+    recipe["optim"] = {key: value for key, value in recipe["optim"].items() if not key.startswith("ema")}
+    save_file(weights, str(lora), metadata | {RECIPE_KEY: tomli_w.dumps(recipe)})
+    before = lora.read_bytes()
+    train(run_config(output=str(older), max_steps=2, checkpoint_every=2, resume="auto"))
+    assert lora.read_bytes() == before and "not written again" in capsys.readouterr().out
     # --no-metadata: no step in the file to tell it by, but the same file all the same
     quiet = tmp_path / "quiet"
     train(run_config(output=str(quiet), max_steps=2, checkpoint_every=2, no_metadata=True))

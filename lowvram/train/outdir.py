@@ -360,8 +360,9 @@ WRITTEN_AT = ("ss_training_started_at", "ss_training_finished_at", "ss_session_i
 
 def written_already(lora: Path, metadata: dict[str, str], tensors: dict) -> bool:
     """Whether `lora` holds what a run that took no step (a finished run resumed) would write again: `tensors`,
-    and `metadata` but for when it was written. Written again, its file hash (which model sites key on) and times
-    would change for nothing. (--format, which writes a copy beside it, is no part of it.)"""
+    and `metadata` but for when it was written (an earlier lowvram's recipe, of fewer options, holds those it has
+    as they are). Written again, its file hash (which model sites key on) and times would change for nothing.
+    (--format, which writes a copy beside it, is no part of it.)"""
     try:
         old = read_header(lora)[0]
         tensors = {key: tensor.detach().contiguous().cpu() for key, tensor in tensors.items()}
@@ -378,7 +379,18 @@ def written_already(lora: Path, metadata: dict[str, str], tensors: dict) -> bool
                                       for name, section in recipe_of.items() if isinstance(section, dict)}
         return kept
 
-    return lasting(old) == lasting(metadata)
+    then, now = lasting(old), lasting(metadata)
+    recipes = then.pop(RECIPE_KEY, None), now.pop(RECIPE_KEY, None)
+    return then == now and _within(*recipes)
+
+
+def _within(old: object, new: object) -> bool:
+    """Whether a recipe's sections `old` hold only options `new` holds, of the same values: what a lowvram of fewer
+    options wrote, as this one would write it."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old == new
+    return all(name in new and all(key in new[name] and new[name][key] == value for key, value in section.items())
+               for name, section in old.items())
 
 
 def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
