@@ -158,6 +158,10 @@ WITHOUT_COUNTERPART = {
     "--validate_every_n_epochs": "lowvram validates once per epoch, or every N steps with --validate-every",
     "--validation_seed": "the held-out images are chosen by --seed",
     "--max_validation_steps": "lowvram validates every held-out image",
+    "--metadata_trigger_phrase": "--trigger-word writes it (and puts it first in each caption that lacks it)",
+    "--metadata_thumbnail": "the final LoRA's first sample is its preview (samples/<name>-00.png; --copy-to writes "
+                            "it beside the copy as <name>.preview.png, which AUTOMATIC1111 and ComfyUI show)",
+    "--metadata_usage_hint": "write it in --metadata-description",
 }
 
 
