@@ -367,8 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "generate":
             from lowvram.generate import generate
 
-            for path in generate(args):
-                print(f"wrote {path}")
+            generate(args)  # (it says each image as it is written)
     except LowvramError as exc:
         said = "" if isinstance(exc, TrainingInterrupted) else "error: "  # a stop asked for is no error
         for line in str(exc).splitlines() if not echo else []:

@@ -10,6 +10,7 @@ import math
 import os
 import re
 import secrets
+import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -76,6 +77,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     dtype = compute_dtype(resolve_mixed_precision("auto", hardware))  # as training computes (fp32 on a GTX 16xx)
     if args.clip_skip and (problem := clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip)):
         raise LowvramError(problem)
+    print(f"loading {model_title(args.model)}", flush=True)  # (a minute of silence otherwise, in a log too)
     model = load_model(args.model, args.model_family, dtype=dtype, vae=args.vae)
     steps = prompt.steps or args.steps
     most = model.pipeline.scheduler.config.num_train_timesteps
@@ -100,10 +102,13 @@ def generate(args: argparse.Namespace) -> list[Path]:
     # a kohya file's addnet hash, by which AUTOMATIC1111 and model sites know it (a diffusers folder has none)
     hashes = {path: addnet_hash(path)[:12] for path, _ in sources if path.is_file()}
     for i, path in enumerate(paths):
+        started = time.monotonic()
         image = render(model, prompt, args.resolution or model.family.resolution, steps, seed + i, device, autocast)
         save_as_named(image, path, infotext(prompt, sources, hashes, steps, sampler, seed + i, image.size,
                                             model_title(args.model), model.text_reading.clip_skip,
                                             model.hash if Path(args.model).is_file() else ""))
+        counted = f"{i + 1}/{len(paths)}, " if len(paths) > 1 else ""
+        print(f"wrote {path} ({counted}{time.monotonic() - started:.0f} s)", flush=True)  # each as it is written
     return paths
 
 

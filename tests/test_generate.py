@@ -1,6 +1,8 @@
 """`lowvram generate` reads prompts as AUTOMATIC1111 does (emphasis, long prompts in 75-token chunks, BREAK) and as the
 LoRA was trained (its clip skip), through the renderer training samples with."""
 
+import re
+
 import numpy as np
 import pytest
 from conftest import run_config
@@ -101,9 +103,13 @@ def test_clip_skip_on_sdxl_is_refused_as_training_refuses_it(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and not (tmp_path / "x.png").exists()
 
 
-def test_count_renders_each_image_from_its_own_seed(tmp_path):
-    """--count N: image i is the one --seed S + i renders alone, as AUTOMATIC1111's batch count seeds them."""
+def test_count_renders_each_image_from_its_own_seed(tmp_path, capsys):
+    """--count N: image i is the one --seed S + i renders alone, as AUTOMATIC1111's batch count seeds them; each is
+    said as it is written (nothing was said before the last, minutes later on a slow card)."""
     assert main([*BASE, "--prompt", "lvshape, a red circle", "--count", "2", "--output", str(tmp_path / "n.png")]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert [re.sub(r"\d+ s\)$", "N s)", line) for line in said] == [
+        "loading tiny", f"wrote {tmp_path / 'n-00.png'} (1/2, N s)", f"wrote {tmp_path / 'n-01.png'} (2/2, N s)"], said
     first, second = (np.asarray(Image.open(tmp_path / f"n-{i:02d}.png"), dtype=np.int16) for i in range(2))
     assert not np.array_equal(first, second)
     assert np.array_equal(second, render(tmp_path, "six", "--prompt", "lvshape, a red circle", "--seed", "6"))
