@@ -525,3 +525,19 @@ def test_a_scan_stopped_part_way_keeps_what_it_read_and_a_log_sees_it_go(tmp_pat
     lines = piped.getvalue().splitlines()
     assert lines[0].startswith("scanning data 1/60 (") and lines[-1].startswith("scanning data 60/60 ("), lines
     assert "/s, " in lines[1] and lines[1].endswith(" left)") and "left" not in lines[-1]
+
+
+def test_check_data_lists_folders_buckets_and_files_in_number_order(tmp_path, capsys, monkeypatch):
+    """Text order listed 10_alice before 1_land and 2_dogs, and bucket 240x64 before 64x208."""
+    from lowvram.cli import main
+
+    for folder, size in (("10_alice", (64, 64)), ("1_land", (64, 208)), ("2_dogs", (240, 64))):
+        (tmp_path / "d" / folder).mkdir(parents=True)
+        for shade in (0, 9):
+            Image.new("RGB", size, (shade, 0, 0)).save(tmp_path / "d" / folder / f"{shade}.png")
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["check-data", str(tmp_path / "d"), "--model", "tiny"]) == 0
+    rows = [line.split("│")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("│ ")]
+    assert [row for row in rows if row.endswith("/")] == ["1_land/", "2_dogs/", "10_alice/"]
+    assert [row for row in rows if "x" in row and "/" not in row] == ["32x112", "64x64", "112x32"]
+    assert [row for row in rows if row.endswith(".png")][::2] == ["1_land/0.png", "2_dogs/0.png", "10_alice/0.png"]

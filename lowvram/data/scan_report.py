@@ -71,6 +71,12 @@ def _kind(text: str) -> str:
     return re.sub(r" of .*| x[\d.]+", "", text.split(":")[0])
 
 
+def _in_number_order(text: str) -> list:
+    """A sort key that puts 2_dogs before 10_alice and 64x208 before 240x64 (as a file manager lists them), where
+    text order put 10_ before 1_ and 2_."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
 def _folder_of(record: ImageRecord) -> str:
     parent = Path(record.relpath).parent.as_posix()
     return "." if parent == "." else parent + "/"
@@ -106,7 +112,7 @@ class ScanReport:
                 "folders": folders,
                 "skipped_by_reason": dict(Counter(_kind(r.reason or "") for r in self.skipped)),
                 "notes": dict(Counter(_kind(n) for r in usable for n in r.notes)),
-                "buckets": dict(sorted(buckets.items()))}
+                "buckets": dict(sorted(buckets.items(), key=lambda item: _in_number_order(item[0])))}
 
     def to_json(self) -> dict:
         return {"root": str(self.root), "summary": self.summary(), "folder_notes": list(self.folder_notes),
@@ -135,12 +141,14 @@ class ScanReport:
                                *((", ".join(f"{key} {'default' if value is None else value}"
                                             for key, value in f["settings"].items()),) if own
                                  else ()))
-                              for k, f in summary["folders"].items()]))
+                              for k, f in sorted(summary["folders"].items(),
+                                                 key=lambda item: _in_number_order(item[0]))]))
         for note in self.folder_notes:
             console.print(Text(note, style="yellow"), soft_wrap=True)
         if self.skipped and (verbose or len(self.skipped) <= FILES_LISTED_UP_TO):
             console.print(_table(f"{len(self.skipped)} skipped", ("file", "reason"),
-                                 [(r.relpath, r.reason) for r in self.skipped]))
+                                 [(r.relpath, r.reason) for r in sorted(self.skipped,
+                                                                        key=lambda r: _in_number_order(r.relpath))]))
         elif self.skipped:  # a tally: thousands of rows would bury the rest
             first: dict[str, ImageRecord] = {}
             for r in self.skipped:
@@ -149,7 +157,7 @@ class ScanReport:
                                  ("reason", "files", "the first"),
                                  [(kind, count, f"{first[kind].relpath}: {first[kind].reason}")
                                   for kind, count in summary["skipped_by_reason"].items()]))
-        noted = [r for r in self.usable if r.notes]
+        noted = sorted((r for r in self.usable if r.notes), key=lambda r: _in_number_order(r.relpath))
         if noted and (verbose or len(noted) <= FILES_LISTED_UP_TO):
             console.print(_table("usable, with notes", ("file", "size", "notes"),
                                  [(r.relpath, f"{r.width}x{r.height}", "; ".join(r.notes)) for r in noted]))
