@@ -541,3 +541,20 @@ def test_check_data_lists_folders_buckets_and_files_in_number_order(tmp_path, ca
     assert [row for row in rows if row.endswith("/")] == ["1_land/", "2_dogs/", "10_alice/"]
     assert [row for row in rows if "x" in row and "/" not in row] == ["32x112", "64x64", "112x32"]
     assert [row for row in rows if row.endswith(".png")][::2] == ["1_land/0.png", "2_dogs/0.png", "10_alice/0.png"]
+
+
+def test_a_linked_copy_is_named_as_one_and_not_to_be_deleted_as_a_duplicate(tmp_path):
+    """'delete one' of a symlinked folder's image deleted the one real file (or left a dangling link)."""
+    root = tmp_path / "d"
+    (root / "10_cat").mkdir(parents=True)
+    drawn(colour=(200, 0, 0)).save(root / "10_cat" / "a.png")
+    drawn(colour=(0, 200, 0)).save(root / "10_cat" / "b.png")
+    (root / "2_cat_link").symlink_to(root / "10_cat")
+    shutil.copy(root / "10_cat" / "b.png", root / "10_cat" / "c.png")
+    report = scan_dataset(root, TINY)
+    notes = {r.relpath: r.notes for r in report.usable}
+    assert notes["2_cat_link/a.png"][-1] == ("linked copy of 10_cat/a.png: the same file through a link (both train, "
+                                             "their repeats adding up; remove the link, not the file)")
+    assert notes["10_cat/c.png"][-1] == "duplicate of 10_cat/b.png (both train, their repeats adding up; delete one)"
+    counted = report.summary()["notes"]
+    assert (counted["linked copy"], counted["duplicate"]) == (2, 2)

@@ -191,7 +191,10 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             if options.masked_loss and record.usable:
                 record = _with_mask(record, options, old_index, new_index)
             if record.usable and record.sha256 in first_of:
-                duplicate = f"duplicate of {first_of[record.sha256]} (both train, their repeats adding up; delete one)"
+                first = first_of[record.sha256]
+                duplicate = (f"linked copy of {first}: the same file through a link (both train, their repeats adding "
+                             "up; remove the link, not the file)" if _same_file(root / first, path) else
+                             f"duplicate of {first} (both train, their repeats adding up; delete one)")
                 record = replace(record, notes=record.notes + (duplicate,))
             elif record.usable:
                 first_of[record.sha256] = record.relpath
@@ -232,6 +235,15 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             message = f"{flag}: no usable images in {where}: {len(records)} skipped ({listing})"
         raise NoUsableImages(message, report)
     return report
+
+
+def _same_file(first: Path, other: Path) -> bool:
+    """Whether two names are one file, a link's (a symlinked folder or image): deleting either as a copy would delete
+    the one image, or leave a dangling link."""
+    try:
+        return os.path.samefile(first, other)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
