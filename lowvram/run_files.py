@@ -86,9 +86,9 @@ def saved_lora(name: str) -> re.Pattern:
 
 
 def interval_save(name: str, unit: str) -> re.Pattern:
-    """The --save-every LoRAs of one kind ("steps" or "epochs"; an earlier lowvram's -e0002 too), the count in
-    group 1."""
-    kind = "step(\\d+)" if unit == "steps" else "e?(\\d{4,})"
+    """The --save-every LoRAs of one kind ("steps" or "epochs": kohya's -000002, an earlier lowvram's -e0002), the
+    count in the group that matched."""
+    kind = "step(\\d+)" if unit == "steps" else "(?:e(\\d+)|(\\d{6}))"
     return re.compile(rf"{re.escape(name)}-{kind}{re.escape(LORA_SUFFIX)}")
 
 

@@ -111,15 +111,24 @@ def test_early_stopping_restored_from_a_checkpoint_keeps_its_history():
 
 def test_saves_are_named_as_kohya_names_them_and_an_earlier_lowvrams_count_with_them(tmp_path):
     """Upload scripts and <lora:name-000004> prompts go by kohya's names (its EPOCH_FILE_NAME and STEP_FILE_NAME);
-    a run continued from an earlier lowvram's folder prunes its -e0002 saves with the new ones."""
-    from lowvram.run_files import epoch_save, saved_lora, step_save
+    a run continued from an earlier lowvram's folder prunes its -e0002 saves with the new ones. Another run's file
+    named by a date (x-240101, x-2024) is none of them: --keep-saves deleted it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lowvram.run_files import epoch_save, step_save
+    from lowvram.train.outdir import is_save_of
     from lowvram.train.saving import older_saves
 
     assert (epoch_save("x", 4), step_save("x", 500)) == ("x-000004", "x-step00000500")
-    for name in ("x-e0002", "x-000004", "x-000006", "x-step00000006", "x-best", "x", "x-2", "xy-000002"):
-        (tmp_path / f"{name}.safetensors").touch()
-    assert [p.name for p in older_saves(tmp_path, "x", (2, "epochs"), 1)] == ["x-e0002.safetensors",
+    for name, epoch, run in (("x-e0002", "2", "x"), ("x-000004", "4", "x"), ("x-000006", "6", "x"),
+                             ("x-step00000006", "3", "x"), ("x-best", "1", "x"), ("x", "6", "x"), ("x-2", "9", "x-2"),
+                             ("xy-000002", "2", "xy"), ("x-240101", "10", "x-240101"), ("x-2024", "1", "x-2024")):
+        save_file({"w": torch.zeros(1)}, str(tmp_path / f"{name}.safetensors"), {"ss_epoch": epoch,
+                                                                                  "ss_output_name": run})
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "x-000008.safetensors"))  # --no-metadata's: nothing says not
+    assert [p.name for p in older_saves(tmp_path, "x", (2, "epochs"), 2)] == ["x-e0002.safetensors",
                                                                              "x-000004.safetensors"]
-    assert sorted(p.name for p in tmp_path.iterdir() if saved_lora("x").fullmatch(p.name)) == [
-        "x-000004.safetensors", "x-000006.safetensors", "x-best.safetensors", "x-e0002.safetensors",
-        "x-step00000006.safetensors", "x.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir() if is_save_of("x", p)) == [
+        "x-000004.safetensors", "x-000006.safetensors", "x-000008.safetensors", "x-best.safetensors",
+        "x-e0002.safetensors", "x-step00000006.safetensors", "x.safetensors"]

@@ -179,14 +179,29 @@ def existing_lora_problem(config) -> str | None:
     return None
 
 
+def is_save_of(name: str, path: Path) -> bool:
+    """Whether `path` is named as a LoRA the run `name` saves (its final, step, epoch and best LoRAs); one of a bare
+    number (kohya's epoch save, <name>-000002) only where its header does not say another run's (a run named by a
+    date, mychar-240101, kept beside mychar)."""
+    found = saved_lora(name).fullmatch(path.name)
+    if not found or not (found.group(2) or "").isdigit():
+        return found is not None
+    try:
+        metadata = read_header(path)[0]
+    except (OSError, ValueError):
+        return False
+    return metadata.get("ss_epoch", found.group(2).lstrip("0")) == found.group(2).lstrip("0") and \
+        metadata.get("ss_output_name", name) == name
+
+
 def copy_problem(config) -> str | None:
     """Where --copy-to names a file that is not this run's LoRA (another run's, another tool's): refused unless
     --overwrite, under which `copy_final` moves it to the run's archive/ rather than write over it."""
     if not config.output.copy_to or config.output.overwrite:
         return None
     copy = copy_destination(config.output.copy_to, config.output_name)
-    ours = [path for path in config.output_dir.glob(f"*{LORA_SUFFIX}") if saved_lora(config.output_name).fullmatch(
-        path.name)] if config.output_dir.is_dir() else []  # (its final LoRA, or an earlier one kept as a step's)
+    ours = [path for path in config.output_dir.glob(f"*{LORA_SUFFIX}") if is_save_of(config.output_name, path)
+            ] if config.output_dir.is_dir() else []  # (its final LoRA, or an earlier one kept as a step's)
     if copy.is_file() and not any(filecmp.cmp(copy, lora, shallow=False) for lora in ours):
         return (f"--copy-to: {copy} exists, and is not this run's LoRA; name another file (or --name), or pass "
                 f"--overwrite to replace it (it moves to {config.output_dir / ARCHIVE}/)")
@@ -306,7 +321,7 @@ def _unrecorded_saves(folder: Path, name: str) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(path for path in folder.iterdir()
-                  if saved_lora(name).fullmatch(path.name) or path.name == diffusers_copy(name))
+                  if is_save_of(name, path) or path.name == diffusers_copy(name))
 
 
 def take_ownership(run: ResolvedRun) -> str | None:
@@ -454,7 +469,7 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
 def _saved_step(path: Path, name: str) -> int | None:
     """The step of a save point of run `name` (its final, best, -stepN or -eN LoRA, by its metadata; a sample grid
     <name>-stepN.png or a kept final sample <name>-stepN-NN.png, by its name); None for anything else."""
-    if saved_lora(name).fullmatch(path.name):
+    if is_save_of(name, path):
         try:
             steps = read_header(path)[0].get("ss_steps", "")
         except (OSError, ValueError):
@@ -504,7 +519,7 @@ def archived(folder: Path, record: dict | None, name: str) -> list[Path]:
     for run_name in names:
         ours += [path for path in folder.iterdir() if (path.name in (f"{run_name}.toml", f"{run_name}.run.toml")
                                                        and is_options_file(path))
-                 or saved_lora(run_name).fullmatch(path.name) or path.name == diffusers_copy(run_name)]
+                 or is_save_of(run_name, path) or path.name == diffusers_copy(run_name)]
     return list(dict.fromkeys(ours))
 
 

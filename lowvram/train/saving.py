@@ -317,8 +317,9 @@ def older_saves(out_dir: Path, name: str, every: tuple[int, str], keep: int) -> 
     interrupted run's, named as a step's save is)."""
     count, unit = every
     pattern = interval_save(name, unit)
-    saves = sorted((int(match.group(1)), path) for path in out_dir.iterdir()
-                   if (match := pattern.fullmatch(path.name)) and (unit != "steps" or int(match.group(1)) % count == 0))
+    saves = sorted((int(number), path) for path in out_dir.iterdir()
+                   if (match := pattern.fullmatch(path.name)) and (number := next(filter(None, match.groups())))
+                   and (unit != "steps" or int(number) % count == 0) and outdir.is_save_of(name, path))
     return [path for _, path in saves[:-keep]]
 
 
