@@ -4,6 +4,7 @@ there."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Collection
 from pathlib import Path
@@ -48,11 +49,17 @@ def _run_options(values: dict[str, Any], path: Path, given: Collection[str]) -> 
 def _moved_run_folder(values: dict[str, Any], path: Path) -> bool:
     """Whether `path` holds an older lowvram's options of the run beside it (written before the header, with the
     absolute output folder it had then), in a run folder moved or renamed since (Drive remounted elsewhere): the
-    folder it lies in holds the run's checkpoints, the folder it names none. Resuming there started the run over."""
+    folder it lies in holds the run's checkpoints (the file is its <name>.toml), the folder of that name it names
+    none. Resuming there started the run over. (A user's own config there, for a run into a new folder, names a
+    folder of another name.)"""
     folder, named = path.resolve().parent, values.get("output")
-    if not isinstance(named, str) or Path(named).resolve() == folder or not (folder / RECORD).is_file():
+    if not isinstance(named, str) or Path(named).name != folder.name or Path(named).resolve() == folder \
+            or _holds_checkpoints(Path(named)) or not _holds_checkpoints(folder):
         return False
-    return _holds_checkpoints(folder) and not _holds_checkpoints(Path(named))
+    try:
+        return json.loads((folder / RECORD).read_text()).get("name") == path.stem
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _holds_checkpoints(folder: Path) -> bool:

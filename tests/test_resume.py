@@ -602,7 +602,7 @@ def test_a_checkpoint_of_no_options_recorded_resumes_saying_so(tmp_path, capsys)
     said = " ".join(capsys.readouterr().out.split())
     assert ("this checkpoint (an earlier lowvram's, before 2026-12-04) keeps no record of the options it trained "
             "with: the steps from 3 train with these, a --preset's as they are today; where one differs from the "
-            "run's (its run.toml holds them), give it") in said, said
+            "run's, give it") in said, said
     train(run_config(output=str(out), max_steps=4, checkpoint_every=2, resume="auto"))
     assert "keeps no record" not in capsys.readouterr().out  # (the next checkpoint keeps them)
 
@@ -710,6 +710,11 @@ def test_a_run_folder_an_older_lowvram_wrote_and_moved_since_resumes_where_it_no
     assert (f"the folder the file names ({first}) none: the folder was moved since; the run resumes in {moved}"
             in " ".join(err.split())), err
     assert not first.exists() and (moved / "a-step00000002.safetensors").is_file()
+    # the user's own config there, for a run into a new folder: trained there, as it says
+    text = (moved / "a.toml").read_text()
+    (moved / "a.toml").write_text(re.sub(r'(?m)^output = .*$', f"output = {json.dumps(str(tmp_path / 'a_v2'))}", text))
+    assert main(["train", "--config", str(moved / "a.toml"), "--resume", "auto", "--max-steps", "1"]) == 0
+    assert "was moved since" not in capsys.readouterr().err and list((tmp_path / "a_v2").glob("*.safetensors"))
 
 
 def test_a_run_started_from_a_lora_resumes_without_it(tmp_path, sample_data, capsys):

@@ -240,9 +240,12 @@ def ownership_problem(run: ResolvedRun) -> str | None:
                     else "")
             renamed = [f"{flag} {Path(str(then)).name}" for flag in MOVABLE if (then := record["recipe"].get(flag))
                        and then != ours.get(flag) and not Path(str(then)).exists()]
+            options = options_path(folder, record.get("name") or config.output_name)
+            if not options.is_file():  # (an older lowvram's folder: its own <name>.toml, without the header)
+                options = options.with_name(f"{record.get('name') or config.output_name}.toml")
+            given = f" (--config {shell_line(options)} gives them)" if options.is_file() else ""
             moved = (f"; a model or dataset moved here keeps its name ({', '.join(renamed)}): name it so, or"
-                     if renamed else f"; pass the options it was trained with (--config "
-                     f"{shell_line(options_path(folder, record.get('name') or config.output_name))} gives them), or")
+                     if renamed else f"; pass the options it was trained with{given}, or")
             return (f"--resume: {folder} holds another run ({differences(record['recipe'], ours)}){gone}{moved} "
                     "start a new run in another --output")
         if config.training.resume != "auto" or not checkpoints:  # a folder of another run: refused before the

@@ -120,9 +120,8 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     if position.settings is None and position.step:  # (a preset's defaults changed since applied mid-run, unsaid)
         session.console.print(f"[yellow]note:[/] this checkpoint (an earlier lowvram's, before 2026-12-04) keeps no "
                               f"record of the options it trained with: the steps from {position.step + 1} train with "
-                              "these, a --preset's as they are today; where one differs from the run's (its "
-                              f"{outdir.options_path(session.out_dir, session.config.output_name).name} holds them), give "
-                              "it", soft_wrap=True)
+                              "these, a --preset's as they are today; where one differs from the run's, give it",
+                              soft_wrap=True)
     drawn, now_drawn = then.pop(VARIANTS, None), now.pop(VARIANTS)
     if drawn != now_drawn and (session.config.data.shuffle_tags or session.config.data.tag_dropout):
         session.console.print(f"[yellow]note:[/] this checkpoint keeps no record of how its run drew its caption "
