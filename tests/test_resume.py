@@ -588,6 +588,20 @@ def test_a_checkpoint_of_caption_variants_drawn_otherwise_resumes_with_a_note(tm
                 "train on today's" in said) is shuffled, said
 
 
+def test_a_run_stopped_before_its_first_step_ends_its_metrics_saying_so(tmp_path, sample_data):
+    """A resume that failed while scanning left metrics.jsonl ending with the earlier session's "finished"."""
+    data, out = tmp_path / "copied", tmp_path / "run"
+    shutil.copytree(sample_data, data)
+    train(run_config(output=str(out), data=str(data), max_steps=2, checkpoint_every=2))
+    config = run_config(output=str(out), data=str(data), max_steps=3, checkpoint_every=2, resume="auto")
+    for image in data.rglob("*.png"):
+        image.unlink()
+    with pytest.raises(LowvramError) as error:
+        train(config)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last == {"step": 2, "end": "failed", "error": str(error.value).splitlines()[0]}, last
+
+
 def test_a_checkpoint_of_no_options_recorded_resumes_saying_so(tmp_path, capsys):
     """An earlier lowvram's checkpoint kept no options: a --preset whose defaults changed since (warm-up 100 steps,
     now a share) resumed into a learning rate that jumped, without a word."""

@@ -29,7 +29,7 @@ from lowvram.run_files import LOGS, LORA_SUFFIX, METRICS, SAMPLES, best_save, di
 from lowvram.train import checkpoint, outdir, publish
 from lowvram.train.metadata import TrainingShape
 from lowvram.train.progress import StopOnSignal, TrainingProgress, clock
-from lowvram.train.runlog import RunLog
+from lowvram.train.runlog import RunLog, log_early_end
 from lowvram.train.sampling import render_samples
 from lowvram.train.saving import (
     at_save_points,
@@ -93,7 +93,14 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         try:
             return run_training(session)
         except DiskFull as exc:  # the newest checkpoint and LoRA are whole: say so, and how to go on
-            raise outdir.out_of_room(session.run, exc) from None
+            failure = outdir.out_of_room(session.run, exc)
+            if session.main:
+                log_early_end(session.out_dir, exc)
+            raise failure from None
+        except BaseException as exc:
+            if session.main:
+                log_early_end(session.out_dir, exc)
+            raise
 
 
 def run_training(session: Session) -> TrainResult:

@@ -203,10 +203,32 @@ class RunLog:
         # a stop asked for (Ctrl-C saves a checkpoint to resume from) is no failure
         failed = kind is not None and not issubclass(kind, (KeyboardInterrupt, TrainingInterrupted))
         if kind is not None and self.enabled and self.metrics and not self.ended:  # (the file ends saying how)
-            why = {"error": (str(error).splitlines() or [kind.__name__])[0]} if failed else {}
             with contextlib.suppress(OSError, DiskFull, ValueError):
-                self._write({"step": self.last_step, "end": "failed" if failed else "interrupted", **why})
+                self._write(_end_record(self.last_step, error))
+                self.ended = True
+        if error is not None and self.ended:  # (train's own end line is for a run that stopped before this log)
+            error.end_logged = True
         self.close(failed=failed)
+
+
+def _end_record(step: int, error: BaseException) -> dict:
+    """The line that ends metrics.jsonl for a run stopped by `error`: interrupted (to resume), or failed and why."""
+    if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)):
+        return {"step": step, "end": "interrupted"}
+    return {"step": step, "end": "failed", "error": (str(error).splitlines() or [type(error).__name__])[0]}
+
+
+def log_early_end(output_dir: Path, error: BaseException) -> None:
+    """A run stopped before its log opened (while loading, caching, resuming): its end said in metrics.jsonl all the
+    same, at the last step there, so that the line a run resumed earlier ended it with is not taken for this one's."""
+    path = output_dir / METRICS
+    if getattr(error, "end_logged", False) or not path.is_file():
+        return
+    with contextlib.suppress(OSError, ValueError):
+        steps = [json.loads(line).get("step", 0) for line in path.read_text(encoding="utf-8").splitlines()
+                 if line.startswith("{") and line.endswith("}")]
+        with open(path, "a", encoding="utf-8") as metrics:
+            metrics.write(json.dumps(_end_record(steps[-1] if steps else 0, error)) + "\n")
 
 
 class _WandbRun:
