@@ -203,16 +203,20 @@ def test_a_scan_waits_for_a_removal_and_says_so(tmp_path, sample_data):
     removes entries, instead of failing on a folder removed under it."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    holder = (f"import time\nfrom lowvram.locks import hold_exclusive\nwith hold_exclusive({str(cache / '.in-use')!r}):"
-              "\n    print('held', flush=True)\n    time.sleep(3)")
-    removal = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    # (held until the scan says it waits: a held time of its own ran out first on a loaded machine)
+    holder = (f"import select, sys\nfrom lowvram.locks import hold_exclusive\n"
+              f"with hold_exclusive({str(cache / '.in-use')!r}):\n    print('held', flush=True)\n"
+              "    select.select([sys.stdin], [], [], 60)")  # (at most a minute: a scan that never waits fails)
+    removal = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert removal.stdout.readline().strip() == "held"
-    done = subprocess.run([sys.executable, "-m", "lowvram", "check-data", str(sample_data), "--model", "tiny"],
-                          capture_output=True, text=True, check=False,
-                          env={**os.environ, "LOWVRAM_CACHE_DIR": str(cache)})
-    removal.wait()
-    assert done.returncode == 0, done.stderr
-    assert f"waiting for `lowvram cache` to finish removing entries from {cache}" in " ".join(done.stdout.split())
+    scan = subprocess.Popen([sys.executable, "-m", "lowvram", "check-data", str(sample_data), "--model", "tiny"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "LOWVRAM_CACHE_DIR": str(cache), "COLUMNS": "300"})
+    said = scan.stdout.readline()
+    removal.communicate("done\n", timeout=60)
+    out, err = scan.communicate(timeout=120)
+    assert scan.returncode == 0, err
+    assert f"waiting for `lowvram cache` to finish removing entries from {cache}" in said, said + out
     assert len(list((cache / "scan").glob("*.json"))) == 1
 
 
