@@ -50,6 +50,10 @@ def test_the_copies_of_a_held_out_image_are_held_out_with_it(sample_data, tmp_pa
     copies = [r for r in records if r.sha256 == records[0].sha256]
     with pytest.raises(LowvramError, match="copies of one image; holding some out leaves none to train"):
         hold_out(copies, 0.5, seed=1)
+    other = next(r for r in records if r.sha256 != records[0].sha256)
+    for seed in range(10):  # two images, one of them twice: one of the two held out, never both
+        trained, held = hold_out([*copies, other], 0.5, seed=seed)
+        assert trained and held and len({r.sha256 for r in held}) == 1
 
 
 def test_fixed_timesteps_spread_over_the_schedule():

@@ -237,13 +237,13 @@ def hold_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
     if len(records) < 2:
         raise LowvramError(f"--validation-split: the dataset has {len(records)} usable image(s); holding some out "
                            "needs at least 2 (or pass --validation-data DIR)")
-    count = min(len(records) - 1, max(1, round(len(records) * fraction)))
-    ordered = sorted(records, key=lambda r: (r.sha256, r.relpath))
-    contents = {r.sha256 for r in random.Random(f"validation/{seed}").sample(ordered, count)}
-    held = {id(r) for r in records if r.sha256 in contents}
-    if len(held) == len(records):
+    ordered = sorted({r.sha256 for r in records})  # each content once: (without copies, as each image)
+    if len(ordered) < 2:
         raise LowvramError(f"--validation-split: the dataset's {len(records)} usable images are copies of one image; "
                            "holding some out leaves none to train (pass --validation-data DIR)")
+    count = min(len(ordered) - 1, max(1, round(len(records) * fraction)))
+    contents = set(random.Random(f"validation/{seed}").sample(ordered, count))
+    held = {id(r) for r in records if r.sha256 in contents}
     return [r for r in records if id(r) not in held], [r for r in records if id(r) in held]
 
 
