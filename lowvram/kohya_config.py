@@ -303,6 +303,10 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     notes += [f"{key} not carried over: lowvram's counterpart is {KOHYA_FLAGS[f'--{key}']}" for key in unknown
               if f"--{key}" in KOHYA_FLAGS]
     unknown = [key for key in unknown if f"--{key}" not in KOHYA_FLAGS]
+    # one lowvram does otherwise: what to do instead (kohya's metadata_thumbnail: the first sample is the preview)
+    notes += [f"{key} not carried over: {WITHOUT_COUNTERPART[f'--{key}']}" for key in unknown
+              if f"--{key}" in WITHOUT_COUNTERPART]
+    unknown = [key for key in unknown if f"--{key}" not in WITHOUT_COUNTERPART]
     if unknown:
         notes.append("not carried over (lowvram has no such setting): " + ", ".join(
             f"{key} (did you mean {meant[key]}?)" if key in meant else key for key in unknown))
