@@ -228,6 +228,9 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
         if flags.get(name) == "":                                     # kohya reads an empty reg_data_dir)
             values.pop(name, None)
     values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error
+    if "clip_skip" not in flags and isinstance(values.get("clip_skip"), int) and values["clip_skip"] > 1 \
+            and args.config and values.get("model"):
+        values = _without_idle_clip_skip(values, args.config)
     shape = width_height(values.get("resolution"))
     if shape and 0 < min(shape) <= max(shape) <= MAX_RESOLUTION and shape[0] != shape[1] and values.get("bucket") \
             is not False:  # else refused, naming the fix
@@ -240,6 +243,24 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
     else:
         bucket_sides_note(values)
     return with_network_weights(values)
+
+
+def _without_idle_clip_skip(values: dict, config: Path) -> dict:
+    """A config file's clip skip for an SDXL model, which reads its penultimate layer already: kohya's SDXL script
+    warns and trains on (Pony guides give clip_skip 2, and their configs carry it), so it is left out with a note;
+    typed on the command line, it is refused."""
+    from lowvram.models.detect import detect_family
+    from lowvram.models.families import clip_skip_problem
+
+    try:
+        family = detect_family(str(values["model"]), values.get("model_family"))
+    except LowvramError:  # (said where the run checks its model)
+        return values
+    if clip_skip_problem(family, values["clip_skip"]) is None:
+        return values
+    print(f"{config}: clip_skip {values['clip_skip']}: {family.title} reads its text encoders' penultimate layer "
+          "already, and kohya ignores clip skip for it; not carried over", file=sys.stderr)
+    return {name: value for name, value in values.items() if name != "clip_skip"}
 
 
 def preset_replaced_note(preset: str, config: Path, preset_values: dict, config_values: dict) -> None:

@@ -92,9 +92,6 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
         del values["warmup_steps"]  # (said in the GUI's words, not as a --warmup-steps never typed)
         notes.append(f"{given}: the constant scheduler has no warm-up, in sd-scripts too (constant_with_warmup has "
                      "one); not carried over")
-    if doc.get("sdxl") is True and values.get("clip_skip", 1) > 1:  # (sd-scripts' SDXL script warns and goes on)
-        notes.append(f"clip_skip {values.pop('clip_skip')}: kohya ignores clip skip for SDXL, whose text encoders "
-                     "are read at their penultimate layer already; not carried over")
     ignored = [f"{key} {doc[key]}" for key in LORAPLUS_KEYS if _number(doc.get(key))]
     if ignored:
         notes.append(f"{', '.join(ignored)}: kohya_ss passes these beside network_args, where sd-scripts does not "

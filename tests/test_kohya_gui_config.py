@@ -72,6 +72,30 @@ def settings_of(tmp_path, **changes) -> dict:
     return values
 
 
+@pytest.mark.parametrize("kind", ["gui.json", "config.toml", "train.bat"])
+def test_a_configs_clip_skip_for_an_sdxl_model_is_left_out_with_a_note_as_kohya_ignores_it(tmp_path, kind, capsys):
+    """Pony guides give clip_skip 2, and their configs carry it: kohya's SDXL script warns and trains on, where a
+    kohya .toml or launcher was refused (the GUI's file, by its sdxl switch, even for an SD1.5 model)."""
+    config = tmp_path / kind
+    if kind == "gui.json":
+        config.write_text(json.dumps(STANDARD | {"sdxl": True, "clip_skip": "2",
+                                                 "pretrained_model_name_or_path": "tiny-sdxl"}))
+    elif kind == "config.toml":
+        config.write_text('pretrained_model_name_or_path = "tiny-sdxl"\ntrain_data_dir = "sample"\n'
+                          'network_module = "networks.lora"\nclip_skip = 2\n')
+    else:
+        config.write_text("accelerate launch sdxl_train_network.py --pretrained_model_name_or_path=tiny-sdxl "
+                          "--train_data_dir=sample --network_module=networks.lora --clip_skip=2\n")
+    values = train_values(build_parser().parse_args(["train", "--config", str(config)]))
+    assert "clip_skip" not in values
+    assert (f"{config}: clip_skip 2: tiny SDXL (random weights) reads its text encoders' penultimate layer already, "
+            "and kohya ignores clip skip for it; not carried over") in capsys.readouterr().err
+    sd15 = train_values(build_parser().parse_args(["train", "--config", str(config), "--model", "tiny"]))
+    assert sd15["clip_skip"] == 2  # (an SD1.5 model reads it)
+    assert main(["plan", "--config", str(config), "--vram", "8GB", "--clip-skip", "2"]) == 2  # typed: refused
+    assert "--clip-skip 2: tiny SDXL (random weights) already reads" in capsys.readouterr().err
+
+
 def test_the_gui_s_wandb_switch_logs_to_the_project_sd_scripts_names(tmp_path):
     values, _ = translate_gui(STANDARD | {"use_wandb": True, "wandb_run_name": "first"}, tmp_path / "gui.json")
     assert (values["wandb_project"], values["wandb_run_name"]) == ("network_train", "first")
@@ -129,10 +153,7 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
         settings_of(tmp_path, sdxl=True, sdxl_cache_text_encoder_outputs=True)
     assert settings_of(tmp_path, sdxl=True, sdxl_cache_text_encoder_outputs=True, text_encoder_lr=0)[
         "train_text_encoder"] is False
-    sdxl, notes = translate_gui(STANDARD | {"sdxl": True, "clip_skip": 2}, tmp_path / "gui.json")  # kohya warns
-    assert "clip_skip" not in sdxl and any(note.startswith("clip_skip 2: kohya ignores clip skip for SDXL")
-                                          for note in notes)
-    assert settings_of(tmp_path, clip_skip=2)["clip_skip"] == 2  # (SD1.5's)
+    assert settings_of(tmp_path, clip_skip=2)["clip_skip"] == 2  # (an SDXL model's: left out, see below)
     constant, notes = translate_gui(STANDARD | {"lr_warmup": 10, "max_train_steps": 100}, tmp_path / "gui.json")
     assert "warmup_steps" not in constant and "lr_warmup 10%: the constant scheduler has no warm-up" in " ".join(notes)
     steps, notes = translate_gui(STANDARD | {"lr_warmup_steps": 20, "max_train_steps": 100}, tmp_path / "gui.json")
