@@ -14,7 +14,7 @@ from lowvram.hardware import (
 )
 
 EXPECTED = {"gtx-1650-4gb", "gtx-1660-6gb", "rtx-3050-laptop-4gb", "rtx-3060-laptop-6gb", "rtx-2060-6gb",
-            "rtx-3070-8gb", "rtx-4060-8gb", "rtx-3060-12gb", "colab-t4", "rtx-4090-24gb", "a100-40gb", "h100-80gb"}
+            "rtx-3070-8gb", "rtx-4060-8gb", "rtx-4060-laptop-8gb", "rtx-3060-12gb", "colab-t4", "rtx-4090-24gb", "a100-40gb", "h100-80gb"}
 
 
 def test_the_cards_people_train_on_have_profiles():
@@ -114,3 +114,15 @@ def test_a_t4_trains_in_fp16_though_torch_says_it_can_emulate_bf16(monkeypatch):
     assert resolve_mixed_precision("auto", hardware) == "fp16"
     with pytest.raises(LowvramError, match="--mixed-precision bf16: Tesla T4 has no bf16 support; use fp16"):
         resolve_mixed_precision("bf16", hardware)
+
+
+def test_plan_for_a_windows_laptop_card_says_how_to_keep_the_driver_from_spilling(capsys):
+    """A spill into system RAM is a silent 10x slow-down where other cards run out of memory: the plan for such a
+    card (a laptop profile) says how to turn it off; a desktop card's says nothing of it."""
+    from lowvram.cli import main
+
+    for profile, said in (("rtx-4060-laptop-8gb", True), ("rtx-4060-8gb", False)):
+        main(["plan", "--model", "sdxl", "--profile", profile, "--resolution", "1024"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert ("set 'CUDA - Sysmem Fallback Policy' to 'Prefer No Sysmem Fallback' in the NVIDIA Control Panel"
+                in out) is said, out[-600:]

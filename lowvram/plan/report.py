@@ -31,8 +31,8 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
                      and work.mixed_precision == "bf16" else ""))
     rows = shown_candidates(result, top)
     phases = [p for p in SHOWN_PHASES if p != "sampling" or any(e.peak_vram(p) for e in rows)]  # no prompts: none
-    table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), relative time per step, "
-                        "whether a GPU result shows it training")
+    table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), time per step (1.00: 16-bit "
+                        "weights without checkpointing), whether a GPU result shows it training")
     # on a narrow console the strategy's name wraps: a number cut to "10.…" would mislead
     table.add_column("strategy", overflow="fold", min_width=12)
     for column in ("fits", *[SHORT[p] for p in phases], "host", "time", "on GPU"):
@@ -66,6 +66,11 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     console.print(("[green]" if result.choice else "[red]") + result.explanation)
     for suggestion in result.suggestions:
         console.print(f"  would fit with: {suggestion}")
+    if hardware.can_spill_vram:  # (a silent slow-down, where other cards run out: the plan is what avoids it)
+        console.print("[yellow]note:[/] behind the Windows driver this card may spill into system RAM instead of "
+                      "running out, every step then several times slower: set 'CUDA - Sysmem Fallback Policy' to "
+                      "'Prefer No Sysmem Fallback' in the NVIDIA Control Panel, and close what else uses the GPU",
+                      soft_wrap=True)
     console.print("[dim]activations are traced per model and scaled; the CUDA context, allocator slack, kernel "
                   "workspace and step-time ratios come from committed GPU results where measured "
                   "(lowvram/plan/calibration.json), priors elsewhere; only strategies seen training on a GPU are "
