@@ -121,8 +121,8 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
                        default=None)
             if near is not None and near is not over:
                 why += (f"; {near.strategy.label}, {choice.speed / near.speed:.2f}x as fast, needs only "
-                        f"{gib(near.peak_vram() - budget)} GiB more VRAM than the budget ({gib(near.peak_vram())} GiB): "
-                        "a lower --rank, or VRAM freed, may fit it")
+                        f"{gib(near.peak_vram() - budget)} GiB more VRAM than the budget ({gib(near.peak_vram())} "
+                        "GiB): a lower --rank, or VRAM freed, may fit it")
         explanation = f"chose {choice.strategy.label}: {why}"
         return Plan(work, hardware, estimates, choice, explanation, [])
     unverified = [e for e in estimates if e.fits(hardware)]
