@@ -281,8 +281,9 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
         raise stopped_after_the_last_step(lora_path, True) from None
     except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself
         free_cached_memory(session.device)
-        session.console.print(f"[yellow]out of memory drawing the samples after the last step[/]; {lora_path} is "
-                              f"saved, and {shell_line('lowvram', 'generate', '--lora', lora_path)} draws them",
+        session.console.print(f"[yellow]warning: out of memory drawing the samples after the last step[/]; "
+                              f"{lora_path} is saved, and {shell_line('lowvram', 'generate', '--lora', lora_path)} "
+                              "draws them",
                               soft_wrap=True)
         samples = []
     with contextlib.suppress(OSError, DiskFull):  # (a thumbnail: the LoRA and its samples are what matter)
@@ -294,7 +295,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     try:
         log.final_samples(step, samples)
     except (OSError, DiskFull) as exc:  # (the LoRA and its samples are written, which is what matters)
-        session.console.print(f"[yellow]the final samples are not in the run's log[/] ({exc})", soft_wrap=True)
+        session.console.print(f"[yellow]warning: the final samples are not in the run's log[/] ({exc})", soft_wrap=True)
     took = clock((datetime.now(timezone.utc) - started).total_seconds())
     logs = session.out_dir / LOGS
     viewer = f"; TensorBoard: {shell_line('tensorboard', '--logdir', logs)}" if config.output.tensorboard else ""

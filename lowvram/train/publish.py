@@ -46,8 +46,8 @@ def copy_final(config, lora: Path, console=None) -> Path | None:
             write_text(card, json.dumps(a1111_card(read_header(copy)[0]), indent=4, ensure_ascii=False) + "\n")
     except (LowvramError, OSError) as exc:
         if console is not None:
-            console.print(f"[yellow]could not copy the LoRA to {copy}[/] ({exc}); {lora} is saved: copy it there "
-                          "yourself", soft_wrap=True)
+            console.print(f"[yellow]warning: could not copy the LoRA to {copy}[/] ({exc}); {lora} is saved: copy it "
+                          "there yourself", soft_wrap=True)
         return None
     return copy
 

@@ -112,7 +112,7 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
         return checkpoint.Position(0, 0, 0)
     found, unreadable = checkpoint.resolve(session.config.training.resume, session.out_dir, recipe(session.run))
     for line in unreadable:
-        session.console.print(f"[yellow]{line}: resuming from an earlier one[/]", soft_wrap=True)
+        session.console.print(f"[yellow]warning: {line}: resuming from an earlier one[/]", soft_wrap=True)
     position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator,
                                trainee.ema)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
@@ -140,9 +140,9 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
                               f"new value{'s' * many} for the whole run", soft_wrap=True)
     if changed:  # images added or removed change the order the rest come in; a caption or an image edited does not
         order = ", in another order than the interrupted run's" * checkpoint.reordered(position.data, dataset.fingerprint)
-        session.console.print(f"[yellow]the dataset changed since this checkpoint ({changed})[/]: training goes on "
-                              f"with it as it is now{order}, so the LoRA will not be the one an uninterrupted run "
-                              "gives", soft_wrap=True)
+        session.console.print(f"[yellow]warning: the dataset changed since this checkpoint ({changed})[/]: training "
+                              f"goes on with it as it is now{order}, so the LoRA will not be the one an uninterrupted "
+                              "run gives", soft_wrap=True)
     lora = session.out_dir / final_lora(session.config.output_name)
     if position.step >= schedule.total_steps and (changes or position.step > schedule.total_steps) and \
             _lora_step(lora) == position.step:
@@ -302,8 +302,9 @@ def sample_grid(session: Session, trainee: Trainee, prepared, log: RunLog, step:
                                session.accelerator, prepared.sample_embeddings)
     except torch.OutOfMemoryError:  # the VAE's decode beside the training state: the run matters more
         free_cached_memory(session.device)
-        session.console.print(f"[yellow]step {step}: out of memory drawing the sample grid; skipped, training goes "
-                              "on[/] (a smaller sample size, e.g. --w 512 --h 512 in the prompt, may fit)",
+        session.console.print(f"[yellow]warning: step {step}: out of memory drawing the sample grid; skipped, "
+                              "training goes on[/] (a smaller sample size, e.g. --w 512 --h 512 in the prompt, may "
+                              "fit)",
                               soft_wrap=True)
         return
     log.image(step, "samples", grid)

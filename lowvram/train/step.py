@@ -41,7 +41,7 @@ def forward_backward(session: Session, trainee: Trainee, batches: list, splits: 
             trainee.optimizer.zero_grad(set_to_none=True)
             free_cached_memory(session.device)
             change, splits = leaner_after_oom(trainee.model.unet, splits, max(len(b) for b in batches))
-            session.console.print(f"[yellow]out of memory at step {step}: {change}; repeating the step[/]")
+            session.console.print(f"[yellow]warning: out of memory at step {step}: {change}; repeating the step[/]")
 
 
 def batch_loss(session: Session, trainee: Trainee, batch, share: float) -> torch.Tensor:
@@ -184,7 +184,7 @@ def count_bad_steps(session: Session, verdict: str, bad_steps: int, step: int) -
     if verdict != "bad":
         return bad_steps
     bad_steps += 1
-    session.console.print(f"[yellow]step {step}: non-finite loss or gradient, step skipped[/]")
+    session.console.print(f"[yellow]warning: step {step}: non-finite loss or gradient, step skipped[/]")
     if bad_steps >= MAX_BAD_STEPS:
         precision = precision_trouble(session.run.mixed_precision, session.run.hardware)
         last = checkpoint.latest(checkpoint.checkpoint_root(session.out_dir))
