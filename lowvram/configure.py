@@ -120,6 +120,23 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
                        "JSON has model_type and training_method, kohya_ss's JSON LoRA_type")
 
 
+def recipe_architecture(path: Path) -> tuple[bool, str] | None:
+    """Whether a kohya recipe is one for SDXL (True) or SD1.5 (False), and what says so: kohya_ss's SDXL switch, or
+    the training script a launcher runs; None for a file that does not say (sd-scripts' own TOML, lowvram's)."""
+    path = Path(path)
+    try:
+        if is_launcher(path):
+            script = re.search(r"(?:sdxl_)?train_network\.py", config_text(path))
+            return (script.group().startswith("sdxl"), f"it runs {script.group()}") if script else None
+        if path.suffix.lower() == ".json":
+            doc = json.loads(config_text(path))
+            if is_kohya_gui_config(doc) and isinstance(doc.get("sdxl"), bool) and not doc.get("v2"):
+                return doc["sdxl"], f"kohya_ss's SDXL switch is {'on' if doc['sdxl'] else 'off'} in it"
+    except (LowvramError, ValueError):  # (said where the file is read)
+        return None
+    return None
+
+
 def config_text(path: Path, flag: str = "--config") -> str:
     """A config file's text: UTF-8 (with or without Notepad's byte-order mark) or UTF-16 (PowerShell 5's `>`)."""
     try:

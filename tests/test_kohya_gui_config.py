@@ -90,8 +90,13 @@ def test_a_configs_clip_skip_for_an_sdxl_model_is_left_out_with_a_note_as_kohya_
     assert "clip_skip" not in values
     assert (f"{config}: clip_skip 2: tiny SDXL (random weights) reads its text encoders' penultimate layer already, "
             "and kohya ignores clip skip for it; not carried over") in capsys.readouterr().err
-    sd15 = train_values(build_parser().parse_args(["train", "--config", str(config), "--model", "tiny"]))
-    assert sd15["clip_skip"] == 2  # (an SD1.5 model reads it)
+    if kind == "config.toml":  # (an SD1.5 model reads it; the others are SDXL recipes, which it is refused)
+        sd15 = train_values(build_parser().parse_args(["train", "--config", str(config), "--model", "tiny"]))
+        assert sd15["clip_skip"] == 2
+    else:
+        with pytest.raises(LowvramError, match=f"--model: tiny is tiny SD \\(random weights\\), but {config} is a "
+                                               "recipe for SDXL"):
+            train_values(build_parser().parse_args(["train", "--config", str(config), "--model", "tiny"]))
     assert main(["plan", "--config", str(config), "--vram", "8GB", "--clip-skip", "2"]) == 2  # typed: refused
     assert "--clip-skip 2: tiny SDXL (random weights) already reads" in capsys.readouterr().err
 
@@ -310,3 +315,24 @@ def test_a_relative_folder_is_found_beside_the_config_when_not_in_the_current_fo
     assert values["output"] == "./model"  # not there yet: from the current folder, as kohya_ss writes it
     (tmp_path / "elsewhere" / "img").mkdir()
     assert read_config(config)["data"] == "./img"  # in the current folder: that one, as kohya_ss reads it
+
+
+@pytest.mark.parametrize(("kind", "sdxl", "why"), [
+    ("gui.json", True, "kohya_ss's SDXL switch is on in it"), ("gui.json", False, "kohya_ss's SDXL switch is off in it"),
+    ("train.bat", True, "it runs sdxl_train_network.py"), ("train.bat", False, "it runs train_network.py")])
+def test_a_kohya_recipe_for_one_kind_of_model_refuses_a_model_of_the_other(tmp_path, kind, sdxl, why):
+    """An SD1.5 checkpoint picked for an SDXL recipe trained SD1.5 at the recipe's 1024 px without a word (sd-scripts
+    stops)."""
+    config = tmp_path / kind
+    right, wrong = ("tiny-sdxl", "tiny") if sdxl else ("tiny", "tiny-sdxl")
+    if kind == "gui.json":
+        config.write_text(json.dumps(STANDARD | {"sdxl": sdxl, "pretrained_model_name_or_path": wrong}))
+    else:
+        config.write_text(f"accelerate launch {'sdxl_' * sdxl}train_network.py --pretrained_model_name_or_path={wrong} "
+                          "--train_data_dir=sample --network_module=networks.lora\n")
+    family = {"tiny": "tiny SD (random weights)", "tiny-sdxl": "tiny SDXL (random weights)"}[wrong]
+    with pytest.raises(LowvramError) as error:
+        train_values(build_parser().parse_args(["train", "--config", str(config)]))
+    assert str(error.value) == (f"--model: {wrong} is {family}, but {config} is a recipe for {'SDXL' if sdxl else 'SD1.5'}"
+                                f" ({why}); pass an {'SDXL' if sdxl else 'SD1.5'} model, or a recipe made for {family}")
+    assert train_values(build_parser().parse_args(["train", "--config", str(config), "--model", right]))["model"] == right
