@@ -28,7 +28,6 @@ from lowvram.configure import (
     preset_path,
     read_config,
     read_toml,
-    recipe_architecture,
     with_dataset_settings,
     with_preset_alpha,
     without_idle_kept_tags,
@@ -229,11 +228,10 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
         if flags.get(name) == "":                                     # kohya reads an empty reg_data_dir)
             values.pop(name, None)
     values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error
-    if args.config and values.get("model"):
-        _refuse_a_model_of_another_kind(values, args.config)
-    if "clip_skip" not in flags and isinstance(values.get("clip_skip"), int) and values["clip_skip"] > 1 \
-            and args.config and values.get("model"):
-        values = _without_idle_clip_skip(values, args.config)
+    if args.config:
+        from lowvram.resolve import kohya_model_checked
+
+        values = kohya_model_checked(values, args.config, typed=flags)
     shape = width_height(values.get("resolution"))
     if shape and 0 < min(shape) <= max(shape) <= MAX_RESOLUTION and shape[0] != shape[1] and values.get("bucket") \
             is not False:  # else refused, naming the fix
@@ -246,42 +244,6 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
     else:
         bucket_sides_note(values)
     return with_network_weights(values)
-
-
-def _refuse_a_model_of_another_kind(values: dict, config: Path) -> None:
-    """A kohya_ss recipe for SDXL given an SD1.5 model (or the other way round), picked in a dropdown by mistake:
-    sd-scripts stops, where lowvram trained the recipe's 1024 px on SD1.5 without a word."""
-    from lowvram.models.detect import detect_family
-
-    recipe = recipe_architecture(config)
-    if recipe is None:
-        return
-    try:
-        family = detect_family(str(values["model"]), values.get("model_family"))
-    except LowvramError:  # (said where the run checks its model)
-        return
-    if (len(family.text_encoders) > 1) != recipe[0]:
-        kind = "SDXL" if recipe[0] else "SD1.5"
-        raise LowvramError(f"--model: {values['model']} is {family.title}, but {config} is a recipe for {kind} "
-                           f"({recipe[1]}); pass an {kind} model, or a recipe made for {family.title}")
-
-
-def _without_idle_clip_skip(values: dict, config: Path) -> dict:
-    """A config file's clip skip for an SDXL model, which reads its penultimate layer already: kohya's SDXL script
-    warns and trains on (Pony guides give clip_skip 2, and their configs carry it), so it is left out with a note;
-    typed on the command line, it is refused."""
-    from lowvram.models.detect import detect_family
-    from lowvram.models.families import clip_skip_problem
-
-    try:
-        family = detect_family(str(values["model"]), values.get("model_family"))
-    except LowvramError:  # (said where the run checks its model)
-        return values
-    if clip_skip_problem(family, values["clip_skip"]) is None:
-        return values
-    print(f"{config}: clip_skip {values['clip_skip']}: {family.title} reads its text encoders' penultimate layer "
-          "already, and kohya ignores clip skip for it; not carried over", file=sys.stderr)
-    return {name: value for name, value in values.items() if name != "clip_skip"}
 
 
 def preset_replaced_note(preset: str, config: Path, preset_values: dict, config_values: dict) -> None:

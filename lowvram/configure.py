@@ -120,18 +120,24 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
                        "JSON has model_type and training_method, kohya_ss's JSON LoRA_type")
 
 
-def recipe_architecture(path: Path) -> tuple[bool, str] | None:
-    """Whether a kohya recipe is one for SDXL (True) or SD1.5 (False), and what says so: kohya_ss's SDXL switch, or
-    the training script a launcher runs; None for a file that does not say (sd-scripts' own TOML, lowvram's)."""
+def kohya_recipe(path: Path) -> tuple[bool | None, str] | None:
+    """Whether a config file is kohya's (sd-scripts' TOML, a launcher script, kohya_ss's GUI JSON): None for another's;
+    else whether it is for SDXL (True), SD1.5 (False) or does not say (None, sd-scripts' TOML), and what says so
+    (kohya_ss's SDXL switch, the training script a launcher runs)."""
     path = Path(path)
     try:
         if is_launcher(path):
             script = re.search(r"(?:sdxl_)?train_network\.py", config_text(path))
-            return (script.group().startswith("sdxl"), f"it runs {script.group()}") if script else None
+            return (script.group().startswith("sdxl"), f"it runs {script.group()}") if script else (None, "")
         if path.suffix.lower() == ".json":
             doc = json.loads(config_text(path))
-            if is_kohya_gui_config(doc) and isinstance(doc.get("sdxl"), bool) and not doc.get("v2"):
+            if not is_kohya_gui_config(doc):
+                return None
+            if isinstance(doc.get("sdxl"), bool) and not doc.get("v2"):
                 return doc["sdxl"], f"kohya_ss's SDXL switch is {'on' if doc['sdxl'] else 'off'} in it"
+            return None, ""
+        if path.suffix.lower() == ".toml" and is_kohya_config(tomllib.loads(config_text(path))):
+            return None, ""
     except (LowvramError, ValueError):  # (said where the file is read)
         return None
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import difflib
 import errno
 import os
 import re
@@ -74,8 +75,23 @@ def broken_link(path: str | os.PathLike) -> str:
 
 def not_found_hint(path: str | os.PathLike) -> str:
     """Why a path is not found here: a link to what is gone (`broken_link`), or backslashes, as Windows writes
-    folders (a config or a command line from a Windows machine), or a file:// address (a file manager's copy)."""
-    return broken_link(path) or file_url_hint(path) or windows_path_hint(path)
+    folders (a config or a command line from a Windows machine), or a file:// address (a file manager's copy), or
+    a name close to it beside where it should be (a typo, 10_ohwx_woman for 10_ohwx woman)."""
+    return broken_link(path) or file_url_hint(path) or windows_path_hint(path) or closest(Path(path))
+
+
+def closest(path: Path) -> str:
+    """" (did you mean models/tinydiff?)" for the name beside where `path` should be that is close to it, if any."""
+    try:
+        entries = list(expand_home(path).parent.iterdir()) if path.name else []
+    except OSError:
+        return ""
+    names: dict[str, str] = {}  # stems compared: every "*.safetensors" name is close to every other
+    for entry in entries:
+        if entry.stem not in names or entry.suffix == path.suffix:
+            names[entry.stem] = entry.name
+    close = difflib.get_close_matches(path.stem, list(names), n=1)
+    return f" (did you mean {path.parent / names[close[0]]}?)" if close else ""
 
 
 FILE_URL = re.compile(r"""(?:^|[/\\])\s*['"]?(file:[^'"]*)""", re.IGNORECASE)  # a path's start, or a folder's

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Collection
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,13 +18,14 @@ from rich.markup import escape
 
 from lowvram.adapters.blocks import BlockPlan, block_plan
 from lowvram.config import SAMPLE_DATA, RunConfig
+from lowvram.configure import kohya_recipe
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import expand_home
 from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.locks import hold_shared
 from lowvram.models.detect import detect_family
-from lowvram.models.families import ModelFamily, TextReading, clip_skip_problem
+from lowvram.models.families import FAMILIES, ModelFamily, TextReading, clip_skip_problem
 from lowvram.option_values import parse_resolutions
 
 NATIVE_FORMAT = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}  # the U-Net stored as the run computes
@@ -148,6 +151,32 @@ class ResolvedRun:
         """The square side with as many pixels as the largest sample image (prompts may set --w/--h)."""
         sizes = [p.size(self.resolution) for p in self.config.samples]
         return int(max(w * h for w, h in sizes) ** 0.5) if sizes else None
+
+
+def kohya_model_checked(values: dict, config: Path, typed: Collection[str] = ()) -> dict:
+    """A kohya config's values against its model (a local one: a hub id is looked up where the run checks it):
+    a recipe for SDXL given an SD1.5 model, or the other way round, picked in a dropdown by mistake, is refused
+    (sd-scripts stops; lowvram trained the recipe's 1024 px on SD1.5 without a word); its clip skip for SDXL, which
+    reads its penultimate layer already, is left out with a note, as kohya's SDXL script warns and trains on (Pony
+    guides give clip_skip 2, and their recipes carry it). Typed on the command line, --clip-skip is refused."""
+    recipe, model = kohya_recipe(config), str(values.get("model") or "")
+    if recipe is None or not (model in FAMILIES or expand_home(model).exists()):
+        return values
+    try:
+        family = detect_family(model, values.get("model_family"))
+    except LowvramError:  # (said where the run checks its model)
+        return values
+    sdxl, why = recipe
+    if sdxl is not None and (len(family.text_encoders) > 1) != sdxl:
+        kind = "SDXL" if sdxl else "SD1.5"
+        raise LowvramError(f"--model: {model} is {family.title}, but {config} is a recipe for {kind} ({why}); pass "
+                           f"an {kind} model, or a recipe made for {family.title}")
+    skip = values.get("clip_skip")
+    if "clip_skip" in typed or not isinstance(skip, int) or clip_skip_problem(family, skip) is None:
+        return values
+    print(f"{config}: clip_skip {skip}: {family.title} reads its text encoders' penultimate layer already, and kohya "
+          "ignores clip skip for it; not carried over", file=sys.stderr)
+    return {name: value for name, value in values.items() if name != "clip_skip"}
 
 
 def resolve_run(config: RunConfig, hardware: Hardware) -> ResolvedRun:

@@ -88,8 +88,13 @@ def test_a_configs_clip_skip_for_an_sdxl_model_is_left_out_with_a_note_as_kohya_
                           "--train_data_dir=sample --network_module=networks.lora --clip_skip=2\n")
     values = train_values(build_parser().parse_args(["train", "--config", str(config)]))
     assert "clip_skip" not in values
-    assert (f"{config}: clip_skip 2: tiny SDXL (random weights) reads its text encoders' penultimate layer already, "
-            "and kohya ignores clip skip for it; not carried over") in capsys.readouterr().err
+    note = (f"{config}: clip_skip 2: tiny SDXL (random weights) reads its text encoders' penultimate layer already, "
+            "and kohya ignores clip skip for it; not carried over")
+    assert note in capsys.readouterr().err
+    from lowvram.ui.form import read_for_form  # (the web UI's Load: its plan refused the form's clip skip)
+
+    values, notes = read_for_form(config)
+    assert "clip_skip" not in values and note in notes
     if kind == "config.toml":  # (an SD1.5 model reads it; the others are SDXL recipes, which it is refused)
         sd15 = train_values(build_parser().parse_args(["train", "--config", str(config), "--model", "tiny"]))
         assert sd15["clip_skip"] == 2

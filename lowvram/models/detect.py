@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, first_line, not_safetensors, pickle_refusal
-from lowvram.files import broken_link, expand_home, not_found_hint
+from lowvram.files import expand_home, not_found_hint
 from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -83,20 +83,7 @@ def is_plainly_local(name: str) -> bool:
 
 def path_not_found(flag: str, name: str) -> LowvramError:
     """`flag`'s local file or folder is not there; the closest name beside where it should be, if one is close."""
-    hint = broken_link(name) or closest(Path(name)) or not_found_hint(name)
-    return LowvramError(f"{flag}: file or folder not found: {name}{hint}")
-
-
-def closest(path: Path) -> str:
-    """" (did you mean models/tinydiff?)" for the name beside where `path` should be that is close to it, if any."""
-    if not expand_home(path).parent.is_dir():
-        return ""
-    names: dict[str, str] = {}  # stems compared: every "*.safetensors" name is close to every other
-    for entry in expand_home(path).parent.iterdir():
-        if entry.stem not in names or entry.suffix == path.suffix:
-            names[entry.stem] = entry.name
-    close = difflib.get_close_matches(path.stem, list(names), n=1)
-    return f" (did you mean {path.parent / names[close[0]]}?)" if close else ""
+    return LowvramError(f"{flag}: file or folder not found: {name}{not_found_hint(name)}")
 
 
 def read_json(file: Path, flag: str = "--model") -> dict:

@@ -16,6 +16,7 @@ from lowvram.config import fields_by_name, flag_name
 from lowvram.configure import ALTERNATIVES, build_config, read_config, with_dataset_settings, without_idle_kept_tags
 from lowvram.errors import LowvramError
 from lowvram.lora_header import with_network_weights
+from lowvram.resolve import kohya_model_checked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +142,7 @@ def read_for_form(path: Path) -> tuple[dict[str, Any], list[str]]:
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):
-            values = without_idle_kept_tags(read_config(path))
+            values = kohya_model_checked(without_idle_kept_tags(read_config(path)), path)
     except LowvramError as exc:  # what it said before the problem, with the problem
         raise LowvramError("\n".join([*said.getvalue().splitlines(), str(exc)])) from None
     return values, said.getvalue().splitlines()
