@@ -500,3 +500,12 @@ def test_a_file_url_given_as_a_path_names_the_path_it_is(images, capsys):
 
     assert not_found_hint("/data/profile:old/model.safetensors") == ""  # (a colon in a folder's name is no address)
     assert not_found_hint("file://server/share/x").endswith("give the path alone, //server/share/x)")
+
+
+def test_a_folder_not_found_names_a_close_one_beside_it(tmp_path, capsys, monkeypatch):
+    """kohya folders have spaces (10_ohwx woman): one typed with an underscore was said only not to be found."""
+    (tmp_path / "img" / "10_ohwx woman").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert main(["check-data", "img/10_ohwx_woman", "--model", "tiny"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"folder not found: {tmp_path / 'img' / '10_ohwx_woman'} (did you "
+                                                    f"mean {tmp_path / 'img' / '10_ohwx woman'}?)")
