@@ -603,6 +603,28 @@ def test_a_run_stopped_before_its_first_step_ends_its_metrics_saying_so(tmp_path
     assert last == {"step": 2, "end": "failed", "error": str(error.value).splitlines()[0]}, last
 
 
+def test_a_stop_after_the_log_closed_adds_no_second_end_line(tmp_path, monkeypatch):
+    """A Ctrl-C after the log said the run finished (the processes waiting for each other at the end) added an
+    "interrupted" line after it."""
+    from lowvram.train import loop
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "TrainResult", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(run_config(output=str(tmp_path), max_steps=1))
+    ends = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"end"' in line]
+    assert [end["end"] for end in ends] == ["finished"]
+    # a line cut short (a kill mid-write) before a run that stops early: the end line on a line of its own
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 2, "lo')
+    from lowvram.train.runlog import log_early_end
+
+    log_early_end(tmp_path, KeyboardInterrupt())
+    assert json.loads(metrics.read_text().splitlines()[-1]) == {"step": 1, "end": "interrupted"}
+
+
 def test_a_checkpoint_of_no_options_recorded_resumes_saying_so(tmp_path, capsys):
     """An earlier lowvram's checkpoint kept no options: a --preset whose defaults changed since (warm-up 100 steps,
     now a share) resumed into a learning rate that jumped, without a word."""

@@ -94,11 +94,11 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
             return run_training(session)
         except DiskFull as exc:  # the newest checkpoint and LoRA are whole: say so, and how to go on
             failure = outdir.out_of_room(session.run, exc)
-            if session.main:
+            if session.main and not session.logging:
                 log_early_end(session.out_dir, exc)
             raise failure from None
         except BaseException as exc:
-            if session.main:
+            if session.main and not session.logging:
                 log_early_end(session.out_dir, exc)
             raise
 
@@ -156,6 +156,7 @@ def run_training(session: Session) -> TrainResult:
     # the log first: W&B's login prompt, on a terminal not logged in, comes before the progress bar is drawn;
     # it stays open for the final samples
     with RunLog(out_dir, position.step, config, session.main, position.epoch if mid_epoch else None) as log:
+        session.logging = True
         with (TrainingProgress(console, schedule.total_steps, position.step, watch_spill=spill,
                                epochs=shape.epochs) as progress,
               StopOnSignal() as signals, peaks.phase("training")):

@@ -206,8 +206,6 @@ class RunLog:
             with contextlib.suppress(OSError, DiskFull, ValueError):
                 self._write(_end_record(self.last_step, error))
                 self.ended = True
-        if error is not None and self.ended:  # (train's own end line is for a run that stopped before this log)
-            error.end_logged = True
         self.close(failed=failed)
 
 
@@ -222,13 +220,17 @@ def log_early_end(output_dir: Path, error: BaseException) -> None:
     """A run stopped before its log opened (while loading, caching, resuming): its end said in metrics.jsonl all the
     same, at the last step there, so that the line a run resumed earlier ended it with is not taken for this one's."""
     path = output_dir / METRICS
-    if getattr(error, "end_logged", False) or not path.is_file():
+    if not path.is_file() or path.is_symlink():
         return
     with contextlib.suppress(OSError, ValueError):
-        steps = [json.loads(line).get("step", 0) for line in path.read_text(encoding="utf-8").splitlines()
-                 if line.startswith("{") and line.endswith("}")]
-        with open(path, "a", encoding="utf-8") as metrics:
-            metrics.write(json.dumps(_end_record(steps[-1] if steps else 0, error)) + "\n")
+        text = path.read_text(encoding="utf-8", errors="replace")
+        steps = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError, AttributeError):  # (a line cut short by a kill or a full disk)
+                steps.append(json.loads(line).get("step", 0))
+        with open(path, "a", encoding="utf-8") as metrics:  # (after such a line, on a line of its own)
+            metrics.write(("\n" if text and not text.endswith("\n") else "")
+                          + json.dumps(_end_record(steps[-1] if steps else 0, error)) + "\n")
 
 
 class _WandbRun:

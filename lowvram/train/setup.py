@@ -72,6 +72,7 @@ class Session:
     run: ResolvedRun
     accelerator: object  # accelerate.Accelerator
     console: Console
+    logging: bool = False  # whether the run's log (metrics.jsonl) opened: it then says how the run ended itself
 
     @property
     def config(self) -> RunConfig:
