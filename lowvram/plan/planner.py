@@ -115,14 +115,15 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
                       else f"needs {over.peak_host() / GIB:.1f} GiB of host RAM")
             why += f"; {over.strategy.label} would be faster but {reason}"
             budget = plan_budget(hardware)
-            # a faster one only just over the budget: a little VRAM freed (a browser, a lower rank) takes it
-            near = min((e for e in faster if allowed(e) and budget < e.peak_vram() <= 1.1 * budget
-                        and (not hardware.host_ram or e.peak_host() <= hardware.host_ram)), key=lambda e: e.peak_vram(),
-                       default=None)
+            # the fastest of those markedly faster and only just over the budget: a little VRAM freed (a browser, a
+            # lower rank) takes it
+            near = next((e for e in faster if allowed(e) and budget < e.peak_vram() <= 1.1 * budget
+                         and choice.speed >= 1.1 * e.speed
+                         and (not hardware.host_ram or e.peak_host() <= hardware.host_ram)), None)
             if near is not None and near is not over:
-                why += (f"; {near.strategy.label}, {choice.speed / near.speed:.2f}x as fast, needs only "
-                        f"{gib(near.peak_vram() - budget)} GiB more VRAM than the budget ({gib(near.peak_vram())} "
-                        "GiB): a lower --rank, or VRAM freed, may fit it")
+                why += (f"; {near.strategy.label} would be {choice.speed / near.speed:.2f}x as fast and needs "
+                        f"{gib(near.peak_vram())} GiB, {max(1, round((near.peak_vram() - budget) / 2**20))} MiB over "
+                        f"the {gib(budget)} GiB budget: a lower --rank, or VRAM freed, may fit it")
         explanation = f"chose {choice.strategy.label}: {why}"
         return Plan(work, hardware, estimates, choice, explanation, [])
     unverified = [e for e in estimates if e.fits(hardware)]

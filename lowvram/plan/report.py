@@ -31,8 +31,8 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
                      and work.mixed_precision == "bf16" else ""))
     rows = shown_candidates(result, top)
     phases = [p for p in SHOWN_PHASES if p != "sampling" or any(e.peak_vram(p) for e in rows)]  # no prompts: none
-    table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), time per step (1.00: 16-bit "
-                        "weights without checkpointing), whether a GPU result shows it training")
+    table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), relative time per step (lower is "
+                        "faster), whether a GPU result shows it training")
     # on a narrow console the strategy's name wraps: a number cut to "10.…" would mislead
     table.add_column("strategy", overflow="fold", min_width=12)
     for column in ("fits", *[SHORT[p] for p in phases], "host", "time", "on GPU"):
