@@ -554,7 +554,14 @@ def test_a_linked_copy_is_named_as_one_and_not_to_be_deleted_as_a_duplicate(tmp_
     report = scan_dataset(root, TINY)
     notes = {r.relpath: r.notes for r in report.usable}
     assert notes["2_cat_link/a.png"][-1] == ("linked copy of 10_cat/a.png: the same file through a link (both train, "
-                                             "their repeats adding up; remove the link, not the file)")
+                                             "their repeats adding up; remove the link, 2_cat_link/a.png, not the "
+                                             "file)")
     assert notes["10_cat/c.png"][-1] == "duplicate of 10_cat/b.png (both train, their repeats adding up; delete one)"
     counted = report.summary()["notes"]
     assert (counted["linked copy"], counted["duplicate"]) == (2, 2)
+    # the link scanned first: the note on the real file names the link to remove
+    (root / "05_alias").mkdir()
+    (root / "05_alias" / "a.png").symlink_to(root / "10_cat" / "a.png")
+    notes = {r.relpath: r.notes for r in scan_dataset(root, TINY).usable}
+    assert notes["10_cat/a.png"][-1] == ("linked copy of 05_alias/a.png: the same file through a link (both train, "
+                                         "their repeats adding up; remove the link, 05_alias/a.png, not the file)")

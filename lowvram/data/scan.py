@@ -192,8 +192,11 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                 record = _with_mask(record, options, old_index, new_index)
             if record.usable and record.sha256 in first_of:
                 first = first_of[record.sha256]
+                # (the note goes on the second name scanned, the link or the file it reaches: the link is named)
+                link = path if _through_a_link(path) or not _through_a_link(root / first) else root / first
                 duplicate = (f"linked copy of {first}: the same file through a link (both train, their repeats adding "
-                             "up; remove the link, not the file)" if _same_file(root / first, path) else
+                             f"up; remove the link, {_shown(link, root)}, not the file)"
+                             if _same_file(root / first, path) else
                              f"duplicate of {first} (both train, their repeats adding up; delete one)")
                 record = replace(record, notes=record.notes + (duplicate,))
             elif record.usable:
@@ -244,6 +247,15 @@ def _same_file(first: Path, other: Path) -> bool:
         return os.path.samefile(first, other)
     except OSError:
         return False
+
+
+def _through_a_link(path: Path) -> bool:
+    """Whether `path` is reached through a symlink (its own, or a linked folder's above it)."""
+    return path.absolute() != path.resolve()
+
+
+def _shown(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
 @contextlib.contextmanager
