@@ -48,7 +48,7 @@ def _run_options(values: dict[str, Any], path: Path, given: Collection[str]) -> 
 
 def _moved_run_folder(values: dict[str, Any], path: Path) -> bool:
     """Whether `path` holds an older lowvram's options of the run beside it (written before the header, with the
-    absolute output folder it had then), in a run folder moved or renamed since (Drive remounted elsewhere): the
+    absolute output folder it had then), in a run folder moved since (Drive remounted elsewhere; not renamed): the
     folder it lies in holds the run's checkpoints (the file is its <name>.toml), the folder of that name it names
     none. Resuming there started the run over. (A user's own config there, for a run into a new folder, names a
     folder of another name.)"""
