@@ -205,7 +205,8 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     shown = f"rank {next(iter(ranks))}, " if len(ranks) == 1 else f"ranks {each}, " if ranks else ""
     base = f" for {info['base_model']}" if info["base_model"] else ""
     model = base_model_words(path) if info["checkpoint"] else None
-    what = (f"{model[0]}, not a LoRA (for train and generate, {model[1]})" if model else f"{info['network']}{base}, {info['modules']} modules, {shown}".rstrip(", "))
+    what = (f"{model[0]}, not a LoRA (for train and generate, {model[1]})" if model
+            else f"{info['network']}{base}, {info['modules']} modules, {shown}".rstrip(", "))
     if info["network"] == "unknown" and not info["checkpoint"]:  # (an embedding, a LyCORIS full file, ...)
         what = f"no layers lowvram reads: {lora_header.no_layers_why(path)}"
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
