@@ -323,7 +323,8 @@ def test_a_relative_folder_is_found_beside_the_config_when_not_in_the_current_fo
 
 
 @pytest.mark.parametrize(("kind", "sdxl", "why"), [
-    ("gui.json", True, "kohya_ss's SDXL switch is on in it"), ("gui.json", False, "kohya_ss's SDXL switch is off in it"),
+    ("gui.json", True, "kohya_ss's SDXL switch is on in it"),
+    ("gui.json", False, "kohya_ss's SDXL switch is off in it"),
     ("train.bat", True, "it runs sdxl_train_network.py"), ("train.bat", False, "it runs train_network.py")])
 def test_a_kohya_recipe_for_one_kind_of_model_refuses_a_model_of_the_other(tmp_path, kind, sdxl, why):
     """An SD1.5 checkpoint picked for an SDXL recipe trained SD1.5 at the recipe's 1024 px without a word (sd-scripts
@@ -338,6 +339,8 @@ def test_a_kohya_recipe_for_one_kind_of_model_refuses_a_model_of_the_other(tmp_p
     family = {"tiny": "tiny SD (random weights)", "tiny-sdxl": "tiny SDXL (random weights)"}[wrong]
     with pytest.raises(LowvramError) as error:
         train_values(build_parser().parse_args(["train", "--config", str(config)]))
-    assert str(error.value) == (f"--model: {wrong} is {family}, but {config} is a recipe for {'SDXL' if sdxl else 'SD1.5'}"
-                                f" ({why}); pass an {'SDXL' if sdxl else 'SD1.5'} model, or a recipe made for {family}")
-    assert train_values(build_parser().parse_args(["train", "--config", str(config), "--model", right]))["model"] == right
+    kind = "SDXL" if sdxl else "SD1.5"
+    assert str(error.value) == (f"--model: {wrong} is {family}, but {config} is a recipe for {kind} ({why}); pass an "
+                                f"{kind} model, or a recipe made for {family}")
+    given = build_parser().parse_args(["train", "--config", str(config), "--model", right])
+    assert train_values(given)["model"] == right

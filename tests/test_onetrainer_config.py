@@ -365,7 +365,8 @@ def test_a_windows_output_destination_keeps_its_name_and_leaves_the_folder_to_ou
 
 @pytest.mark.parametrize("destination", ["models/", "models\\", "models"])
 def test_a_folder_as_output_destination_is_refused_naming_a_file_in_it(tmp_path, destination, monkeypatch):
-    """OneTrainer writes the LoRA to that path as a file and fails at the run's end: lowvram wrote ./models.safetensors."""
+    """OneTrainer writes the LoRA to that path as a file and fails at the run's end: lowvram wrote
+    ./models.safetensors."""
     path = onetrainer_folder(tmp_path / "OneTrainer")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()

@@ -269,8 +269,8 @@ def test_a_faster_strategy_only_just_over_the_budget_is_named_with_what_it_lacks
     near = next(e for e in tight.candidates if e.strategy == near.strategy)
     assert tight.budget < near.peak_vram() <= tight.budget + 2**21 and lean.verified
     assert (f"; {near.strategy.label} would be {tight.choice.speed / near.speed:.2f}x as fast and needs "
-            f"{near.peak_vram() / 2**30:.2f} GiB, 1 MiB over the {tight.budget / 2**30:.2f} GiB budget: a lower --rank, "
-            "or VRAM freed, may fit it") in tight.explanation, tight.explanation
+            f"{near.peak_vram() / 2**30:.2f} GiB, 1 MiB over the {tight.budget / 2**30:.2f} GiB budget: a lower "
+            "--rank, or VRAM freed, may fit it") in tight.explanation, tight.explanation
     assert tight.choice.speed >= 1.1 * near.speed
 
 
