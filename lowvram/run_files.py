@@ -85,11 +85,14 @@ def saved_lora(name: str) -> re.Pattern:
     return re.compile(rf"{re.escape(name)}(-(step\d+|e\d+|\d{{6}}|best))?{re.escape(LORA_SUFFIX)}")
 
 
-def interval_save(name: str, unit: str) -> re.Pattern:
-    """The --save-every LoRAs of one kind ("steps" or "epochs": kohya's -000002, an earlier lowvram's -e0002), the
-    count in the group that matched."""
-    kind = "step(\\d+)" if unit == "steps" else "(?:e(\\d+)|(\\d{6}))"
-    return re.compile(rf"{re.escape(name)}-{kind}{re.escape(LORA_SUFFIX)}")
+def interval_count(name: str, filename: str, unit: str) -> int | None:
+    """The step or epoch count of a --save-every LoRA of one kind ("steps" or "epochs": kohya's -000002, an earlier
+    lowvram's -e0002), by `saved_lora`'s names; None for any other file."""
+    found = saved_lora(name).fullmatch(filename)
+    suffix = (found.group(2) or "") if found else ""
+    number = (suffix.removeprefix("step") if suffix.startswith("step") else "") if unit == "steps" \
+        else suffix.removeprefix("e")
+    return int(number) if number.isdigit() else None
 
 
 def step_image(name: str) -> re.Pattern:

@@ -17,7 +17,7 @@ from lowvram.files import DiskFull
 from lowvram.lora_header import read_header
 from lowvram.memory import free_cached_memory
 from lowvram.precision import DTYPES
-from lowvram.run_files import LORA_SUFFIX, SAMPLES, best_save, epoch_save, final_lora, interval_save, step_save
+from lowvram.run_files import LORA_SUFFIX, SAMPLES, best_save, epoch_save, final_lora, interval_count, step_save
 from lowvram.train import checkpoint, outdir
 from lowvram.train.identity import recipe
 from lowvram.train.metadata import TrainingShape, lora_metadata
@@ -316,10 +316,9 @@ def older_saves(out_dir: Path, name: str, every: tuple[int, str], keep: int) -> 
     files, the -best and the final LoRA among them, are never matched, nor a LoRA of a step between save points (an
     interrupted run's, named as a step's save is)."""
     count, unit = every
-    pattern = interval_save(name, unit)
-    saves = sorted((int(number), path) for path in out_dir.iterdir()
-                   if (match := pattern.fullmatch(path.name)) and (number := next(filter(None, match.groups())))
-                   and (unit != "steps" or int(number) % count == 0) and outdir.is_save_of(name, path))
+    saves = sorted((number, path) for path in out_dir.iterdir()
+                   if (number := interval_count(name, path.name, unit)) is not None
+                   and (unit != "steps" or number % count == 0) and outdir.is_save_of(name, path))
     return [path for _, path in saves[:-keep]]
 
 
