@@ -536,6 +536,16 @@ def utf8_text(text: str) -> str:
             return text.encode("utf-8", "replace").decode()
 
 
+def is_utf8(text: str) -> bool:
+    """Whether the bytes of `text`, a name as the file system gave it, are UTF-8: under a C locale (LC_ALL=C,
+    PYTHONUTF8=0) Python hands UTF-8 names over as lone surrogates too, which `utf8_text` reads again."""
+    try:
+        text.encode("utf-8", "surrogateescape").decode("utf-8")
+        return True
+    except UnicodeError:
+        return False
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None,
                      what: str | None = None) -> Path:
     """Save tensors as safetensors, atomically, after checking they fit (metadata naming files whose names are
@@ -554,8 +564,8 @@ def save_image(image, path: Path, what: str | None = None, parameters: str | Non
     from PIL.PngImagePlugin import PngInfo
 
     text = PngInfo()
-    if parameters:
-        text.add_text("parameters", parameters)
+    if parameters:  # (as UTF-8: a C locale's output name crashed a finished run's sample)
+        text.add_text("parameters", utf8_text(parameters))
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=text), image.width * image.height * 4,
                         what)
 

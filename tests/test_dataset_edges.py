@@ -306,9 +306,11 @@ def test_free_text_in_another_encoding_is_refused_by_flag_and_a_c_locales_is_rea
         assert f"{flag}: b'\\x82\\xcb\\x82\\xb1' is not UTF-8 text" in capsys.readouterr().err
 
 
-def test_a_cjk_dataset_is_checked_under_an_ascii_locale(tmp_path):
+def test_a_cjk_dataset_is_checked_and_trained_under_an_ascii_locale(tmp_path):
     """LC_ALL=C without UTF-8 mode: Python reads file names as ASCII with escaped bytes, which the scan index's key
-    refused to encode (a traceback)."""
+    refused to encode (a traceback); check-data called those UTF-8 names "not UTF-8", and a finished run crashed
+    writing its sample's infotext, which named the output."""
+
     import os
     import subprocess
     import sys
@@ -319,6 +321,14 @@ def test_a_cjk_dataset_is_checked_under_an_ascii_locale(tmp_path):
                           capture_output=True, text=True, errors="replace", timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "1 of 1 images usable" in done.stdout
+    assert "not UTF-8" not in done.stdout
+    done = subprocess.run([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data",
+                           str(tmp_path / "データ"), "--output", str(tmp_path / "猫娘"), "--max-steps", "1",
+                           "--sample-prompt", "a cat"], env=env, capture_output=True, text=True, errors="replace",
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "not UTF-8" not in done.stdout and "no UTF-8" not in done.stdout
+    assert "猫娘" in Image.open(next((tmp_path / "猫娘" / "samples").glob("*.png"))).text["parameters"]
 
 
 def test_a_folder_that_cannot_be_read_is_skipped_and_a_dataset_that_cannot_be_is_one_line(tmp_path):

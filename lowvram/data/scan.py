@@ -51,7 +51,7 @@ from lowvram.data.image_metadata import (
 from lowvram.data.scan_report import ImageRecord, ScanReport
 from lowvram.dataset_files.subsets import REPEAT_FOLDER
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import ignores_case, passed_over, utf8_text, write_text
+from lowvram.files import ignores_case, is_utf8, passed_over, utf8_text, write_text
 from lowvram.option_values import caption_extension_problem, caption_template_problem
 from lowvram.prompts import TRIGGER_PLACEHOLDER
 
@@ -430,7 +430,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
             notes.append(f"{len(flattened)} name(s) in {where or './'} hold a \\ ({flattened[0]}): a zip made on "
                          "Windows, unpacked with its folders as parts of the names; unpack it with `7z x` (or "
                          "`unzip`), which makes the folders")
-        garbled = [path.name for path in entries if utf8_text(path.name) != path.name]
+        garbled = [path.name for path in entries if not is_utf8(path.name)]
         if garbled:  # (a zip of a Japanese or Chinese Windows, unpacked without its code page)
             notes.append(f"{len(garbled)} name(s) in {where or './'} are not UTF-8: they train, garbled in the LoRA's "
                          "metadata; `unzip -O cp932` (or `convmv -f cp932 -t utf8 -r --notest`) names them right")

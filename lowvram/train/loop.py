@@ -20,7 +20,7 @@ from lowvram.console import another_process
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
 from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
-from lowvram.files import DiskFull, utf8_text
+from lowvram.files import DiskFull, is_utf8
 from lowvram.lora_metadata import addnet_hash
 from lowvram.memory import PhasePeaks, free_cached_memory, host_peak_bytes
 from lowvram.models.loading import LoadedModel
@@ -140,7 +140,7 @@ def run_training(session: Session) -> TrainResult:
     if session.main and not outdir.write_options(config_path, options):
         session.console.print(f"kept {config_path} as it is: lowvram did not write it (the run's options are in "
                               "the LoRA's metadata)", soft_wrap=True)
-    elif session.main and utf8_text(options) != options:  # (a TOML file is UTF-8)
+    elif session.main and not is_utf8(options):  # (a TOML file is UTF-8)
         session.console.print(f"[yellow]note:[/] a path of this run is no UTF-8 text, so {config_path} names it "
                               "garbled: rename it (unzip -O cp932, convmv) to continue the run with --config",
                               soft_wrap=True)
