@@ -499,6 +499,37 @@ def test_a_piped_progress_line_says_the_epoch_the_time_left_and_slow_steps_in_se
         "0:01:40 elapsed", "0:01:50 elapsed, 0:00:30 left", "0:02:00 elapsed, 0:00:20 left"]
 
 
+def test_the_live_bar_keeps_the_step_count_and_time_left_at_any_width(monkeypatch):
+    """At 80 columns on a GPU (the VRAM figures added), rich cut the step count and the time left to '…': the
+    figures least needed are left out instead, and the bar takes what is left."""
+    from rich.console import Console
+
+    from lowvram.train import progress as progress_module
+    from lowvram.train.progress import TrainingProgress
+
+    monkeypatch.setattr(progress_module.torch.cuda, "is_available", lambda: True)  # (the VRAM figures, as on a GPU)
+    monkeypatch.setattr(progress_module.torch.cuda, "memory_allocated", lambda: 3 * 2**30)
+    monkeypatch.setattr(progress_module.torch.cuda, "max_memory_reserved", lambda: 4 * 2**30)
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
+    shown = {}
+    for width in (40, 50, 80, 100, 120):
+        now[0] = 0.0
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        progress = TrainingProgress(console, 4000, epochs=2)
+        progress.live = True  # (as in a terminal: a StringIO is none)
+        now[0] = 1234.0
+        progress.update(1234, 1.1545, 1e-4, epoch=1)
+        with console.capture() as drawn:  # the bar's line as its live display draws it
+            console.print(progress.progress.make_tasks_table(progress.progress.tasks))
+        line = drawn.get().rstrip("\n")
+        assert line.startswith("step 1234/4000 ") and line.endswith(":--") and len(line) <= width, (width, line)
+        shown[width] = line
+    assert "loss 1.1545" in shown[50] and "VRAM" not in shown[50]
+    assert "VRAM 3.00 GiB (peak 4.00)" in shown[100] and "lr 1.00e-04" not in shown[100]
+    assert "epoch 2/2  loss 1.1545  lr 1.00e-04  1.00 it/s  VRAM 3.00 GiB (peak 4.00)" in shown[120]
+
+
 def test_a_samples_decode_that_runs_out_of_memory_whole_is_done_in_tiles(monkeypatch):
     """SDXL's 1024 px decode in fp32 takes 3 GiB: where whole it runs out of memory, the sample is decoded in tiles
     (the plan counts them there) rather than skipped, and the VAE is left as it was, untiled, for the latents."""

@@ -97,6 +97,7 @@ class TrainingProgress:
     warning for steps that slow down for good, where the driver can spill VRAM (`Hardware.can_spill_vram`)."""
 
     LINE_SECONDS = PLAIN_LINE_SECONDS
+    MIN_BAR = 10
 
     def __init__(self, console: Console, total_steps: int, start_step: int = 0, smoothing: float = 0.9,
                  watch_spill: bool = False, epochs: int | None = None):
@@ -109,8 +110,9 @@ class TrainingProgress:
         self.loss: float | None = None
         self.started = time.perf_counter()
         self.timed: tuple[int, float] | None = None  # the step the pace is timed from, and when it ended
+        self.bar = BarColumn()
         self.progress = Progress(
-            TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
+            TextColumn("[bold]step"), MofNCompleteColumn(), self.bar, TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(), console=console, transient=False,
         )
         self.task = self.progress.add_task("train", total=total_steps, completed=start_step, stats="")
@@ -143,12 +145,13 @@ class TrainingProgress:
             rate = (step - self.timed[0]) / max(now - self.timed[1], 1e-9)
         shown = "nan" if self.loss is None else f"{self.loss:.4f}"
         speed = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.2f} s/it"  # as tqdm switches
-        stats = (f"epoch {epoch + 1}/{self.epochs}  " if epoch is not None and self.epochs else "") + (
-            f"loss {shown}  lr {lr:.2e}  {speed}")
-        if torch.cuda.is_available():
-            stats += (f"  VRAM {gib(torch.cuda.memory_allocated())} GiB (peak {gib(torch.cuda.max_memory_reserved())})")
+        parts = {"epoch": f"epoch {epoch + 1}/{self.epochs}" if epoch is not None and self.epochs else "",
+                 "loss": f"loss {shown}", "lr": f"lr {lr:.2e}", "speed": speed,
+                 "vram": (f"VRAM {gib(torch.cuda.memory_allocated())} GiB (peak {gib(torch.cuda.max_memory_reserved())})"
+                          if torch.cuda.is_available() else "")}
+        stats = "  ".join(part for part in parts.values() if part)
         if self.live:
-            self.progress.update(self.task, completed=step, stats=stats)
+            self.progress.update(self.task, completed=step, stats=self._fitted(parts))
         elif time.perf_counter() - self.last_line >= self.LINE_SECONDS or step == self.total_steps:
             self.last_line = time.perf_counter()
             left = (self.total_steps - step) / rate if rate else 0.0  # the live bar shows this in its own column
@@ -156,6 +159,22 @@ class TrainingProgress:
                                                     else "")
             self.console.print(f"step {step}/{self.total_steps}  {stats}  {timing}", highlight=False, soft_wrap=True)
         return self.loss
+
+    def _fitted(self, parts: dict[str, str]) -> str:
+        """The figures that fit the terminal's width beside the step count, a bar and the time left, the least
+        needed left out first; the bar takes what is left, up to rich's 40 (at 80 columns on a GPU, rich cut the
+        step count and the time left to '…' to show the VRAM)."""
+        digits = len(str(self.total_steps))
+        room = self.console.width - (len("step") + 2 * digits + 1 + len("0:00:00") + 4 + self.MIN_BAR + 1)
+        parts = dict(parts)
+        for least_needed in ("lr", "epoch", "vram", "speed"):
+            if len("  ".join(part for part in parts.values() if part)) <= room:
+                break
+            parts[least_needed] = ""
+        stats = "  ".join(part for part in parts.values() if part)
+        stats = stats if len(stats) <= room else ""
+        self.bar.bar_width = max(self.MIN_BAR, min(40, self.MIN_BAR + room - len(stats)))
+        return stats
 
 
 def clock(seconds: float) -> str:
