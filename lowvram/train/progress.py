@@ -147,8 +147,8 @@ class TrainingProgress:
         speed = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.2f} s/it"  # as tqdm switches
         parts = {"epoch": f"epoch {epoch + 1}/{self.epochs}" if epoch is not None and self.epochs else "",
                  "loss": f"loss {shown}", "lr": f"lr {lr:.2e}", "speed": speed,
-                 "vram": (f"VRAM {gib(torch.cuda.memory_allocated())} GiB (peak {gib(torch.cuda.max_memory_reserved())})"
-                          if torch.cuda.is_available() else "")}
+                 "vram": (f"VRAM {gib(torch.cuda.memory_allocated())} GiB "
+                          f"(peak {gib(torch.cuda.max_memory_reserved())})" if torch.cuda.is_available() else "")}
         stats = "  ".join(part for part in parts.values() if part)
         if self.live:
             self.progress.update(self.task, completed=step, stats=self._fitted(parts))
