@@ -38,6 +38,7 @@ def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_
                "bare_le.txt": "little endian".encode("utf-16-le"),
                "nul.txt": b"\x00\x01\x02binary\x00\xff",
                "upper.TXT": b"written by a camera",
+               "twice.txt": b"\xef\xbb\xbf\xef\xbb\xbfsaved twice, tag",  # a BOM added by each of two tools
                "title.Caption": b"from a tagger",
                "log.txt": b"a log saved as a caption\n" * 50_000}  # 1.2 MB: read whole, one would fill the RAM
     for n, (name, raw) in enumerate(written.items()):
@@ -52,6 +53,7 @@ def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_
     assert "caption unreadable: nul.txt holds NUL bytes, not text: template used: 'subj'" in report[
         "nul.png"].notes
     assert report["upper.png"].caption == "written by a camera"
+    assert report["twice.png"].caption == "saved twice, tag"  # (a U+FEFF trained as the first token's part)
     assert report["title.png"].caption == "from a tagger"
     assert report["log.png"].caption == "subj" and "caption file over 1 MiB: not a caption, template used: 'subj'" in (
         report["log.png"].notes)

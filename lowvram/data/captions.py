@@ -75,7 +75,7 @@ def decode_caption(raw: bytes) -> tuple[str | None, str]:
     if b"\0" in raw:
         return _decode_utf16(raw), "utf-16 without a byte-order mark"
     try:
-        return raw.decode("utf-8-sig"), "utf-8"
+        return raw.decode("utf-8-sig").lstrip("\ufeff"), "utf-8"  # (two tools' marks: each added one)
     except UnicodeDecodeError:
         return _decode_legacy(raw)
 
