@@ -222,7 +222,8 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):
     assert "no CUDA GPU" not in capsys.readouterr().out
     # the end says how long the steps took and where their figures are
     metrics = re.escape(str(tmp_path / "metrics.jsonl"))
-    assert re.search(rf"trained to step 1 in 0:00:\d\d; each step's figures are in {metrics}", out)
+    assert re.search(rf"trained to step 1 in 0:00:\d\d \(0:00:\d\d in all, with loading and caching\); each step's "
+                     rf"figures are in {metrics}", out)
     # and the host RAM it took, measured (a machine of little RAM has no other word of it)
     peak = float(re.search(r"peak host RAM (\d+\.\d\d) GiB \(resident, this process\)", out)[1])
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

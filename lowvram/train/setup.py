@@ -6,6 +6,7 @@ also the order random numbers are drawn in, which a resumed or repeated run reli
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class Session:
     accelerator: object  # accelerate.Accelerator
     console: Console
     logging: bool = False  # whether the run's log (metrics.jsonl) opened: it then says how the run ended itself
+    opened: float = field(default_factory=time.monotonic)  # before the scan, the loading and the caching
 
     @property
     def config(self) -> RunConfig:
