@@ -86,7 +86,7 @@ def plan_dataset(run, console) -> dict:
                   f"skipped (details: lowvram check-data); buckets {buckets}", soft_wrap=True)
     epochs = counted_epochs(run, sets.training, sets.regularization)
     schedule = plan_schedule(config, epochs, 1)
-    regularization = len(epochs.samples) - epochs.training_count
+    regularization = epochs.regularization_per_epoch  # (class images none of which trains add no steps)
     accumulation = config.training.gradient_accumulation
     console.print(f"run: {schedule.length(epochs.fractional)} steps ({epochs.images_per_epoch} images per epoch with "
                   f"repeats{' and regularization' * bool(regularization)}"

@@ -365,6 +365,20 @@ def test_a_run_says_how_its_class_images_balance_and_their_loss_weight(tmp_path,
                      cache_dir=str(tmp_path / "cache")))
     assert "the training samples of its [[datasets]] entry (kohya's balance); their loss weighs 1" in " ".join(
         capsys.readouterr().out.split())
+    # class images that train nothing: in a [[datasets]] entry of their own, or weighing 0
+    (tmp_path / "apart.toml").write_text(
+        f"[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{reg}'\nis_reg = true\n[[datasets]]\n"
+        f"[[datasets.subsets]]\nimage_dir = '{first}'\n")
+    train(run_config(data=str(tmp_path / "apart.toml"), max_steps=1, output=str(tmp_path / "out3"),
+                     cache_dir=str(tmp_path / "cache")))
+    said = " ".join(capsys.readouterr().out.split())
+    assert "warning: regularization: 0 of its 3 samples train each epoch" in said
+    assert "none of them trains: an is_reg subset balances the training images of its own [[datasets]] entry" in said
+    train(run_config(data=str(sample_data), reg_data=str(tmp_path / "reg"), prior_loss_weight=0, max_steps=1,
+                     output=str(tmp_path / "out4"), cache_dir=str(tmp_path / "cache")))
+    said = " ".join(capsys.readouterr().out.split())
+    assert "warning: regularization: its 3 samples are repeated to 30" in said
+    assert "their loss weighs 0 (--prior-loss-weight); so they train nothing" in said
 
 
 def test_class_images_are_never_captioned_with_the_instance_prompt(tmp_path):
@@ -437,6 +451,15 @@ def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_
     assert main(["check-data", str(tmp_path / "two.toml"), "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "to match the training samples of its [[datasets]] entry (kohya's balance)" in " ".join(
         capsys.readouterr().out.split())
+    # class images that train nothing are a warning, and add nothing to the plan's epoch
+    assert main([*argv, "--reg-data", str(tmp_path / "reg3"), "--prior-loss-weight", "0"]) == 0
+    assert ("warning: regularization: its 3 samples are repeated to 30 each epoch, to match the 30 training samples "
+            "(kohya's balance); so they train nothing") in " ".join(capsys.readouterr().out.split())
+    (tmp_path / "apart.toml").write_text(
+        f"[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{reg}'\nis_reg = true\n[[datasets]]\n"
+        f"[[datasets.subsets]]\nimage_dir = '{first}'\n")
+    main(["plan", "--model", "tiny", "--data", str(tmp_path / "apart.toml"), "--vram", "8GB"])
+    assert "images per epoch with repeats;" in " ".join(capsys.readouterr().out.split())
 
 
 def test_uncaptioned_class_images_loose_in_their_folder_say_what_they_are_captioned(tmp_path, sample_data, capsys):

@@ -18,7 +18,7 @@ from lowvram.config import CHECK_DATA_SKIPS, RunConfig, as_flag_words, fields_by
 from lowvram.console import console as log_console
 from lowvram.data.buckets import make_buckets
 from lowvram.data.captions import has_word
-from lowvram.data.epochs import counted_epochs, regularization_balance
+from lowvram.data.epochs import counted_epochs, idle_regularization, regularization_balance
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, scan_dataset, scan_folders
 from lowvram.data.scan_report import ScanReport
@@ -324,8 +324,11 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         reports[-1].print_summary(console, verbose)
         if captions:
             reports[-1].print_captions(console, run.config.data.caption_separator)
-        balance = regularization_balance(counted_epochs(run, report.usable, reports[-1].usable))
-        console.print(Text(balance), soft_wrap=True)  # ([[datasets]] as written, not as markup)
+        epochs = counted_epochs(run, report.usable, reports[-1].usable)
+        balance = regularization_balance(epochs)
+        idle = idle_regularization(epochs, run.config.data.prior_loss_weight)
+        console.print(Text(f"warning: {balance}; {idle}" if idle else balance, style="yellow" if idle else ""),
+                      soft_wrap=True)  # ([[datasets]] as written, not as markup)
     if _write_report(destination, *reports, balance=balance if len(reports) > 1 else None):
         console.print(f"report written to {report_path}")
     return reports

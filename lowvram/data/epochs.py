@@ -153,6 +153,17 @@ def regularization_balance(epochs: Epochs) -> str:
             + (f"; {unused} never train" if unused else ""))
 
 
+def idle_regularization(epochs: Epochs, weight: float) -> str:
+    """Why the class images train nothing, where they do not; "" where they do."""
+    if not epochs.regularization_per_epoch:
+        return ("none of them trains: an is_reg subset balances the training images of its own [[datasets]] entry "
+                "alone, so put it in theirs")
+    if not weight:
+        return ("so they train nothing, and a step that draws only them is idle (AdamW's momentum still moves the "
+                "weights): leave --reg-data out, or weigh them (kohya's 1)")
+    return ""
+
+
 def counted_epochs(run: ResolvedRun, records: list, regularization: list) -> Epochs:
     """The run's epochs as training will draw them, from the image records it trains on and its regularization
     images alone (no cache, no model): a dry run's count of its steps."""

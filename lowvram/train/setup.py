@@ -33,7 +33,7 @@ from lowvram.compiling import (
 from lowvram.config import MIXED_PRECISION, ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
 from lowvram.console import console as log_console
 from lowvram.data.check import ScannedSets, scan_sets
-from lowvram.data.epochs import regularization_balance
+from lowvram.data.epochs import idle_regularization, regularization_balance
 from lowvram.data.prepare import PreparedData, prepare_training_data
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.errors import LowvramError
@@ -503,8 +503,11 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     if dataset.regularization:  # (its table shows its own samples; an epoch balances them: kohya prints its counts)
         weight = config.data.prior_loss_weight
         balance = escape(regularization_balance(data))  # (the epochs it trains; [[datasets]] not read as markup)
-        session.console.print(f"{'[yellow]note:[/] ' if data.regularization_unused else ''}{balance}; their loss "
-                              f"weighs {weight:g}{' (--prior-loss-weight)' if weight != 1 else ''}", soft_wrap=True)
+        idle = idle_regularization(data, weight)
+        said = "[yellow]warning:[/] " if idle else "[yellow]note:[/] " if data.regularization_unused else ""
+        session.console.print(f"{said}{balance}; their loss weighs {weight:g}"
+                              f"{' (--prior-loss-weight)' if weight != 1 else ''}{f'; {escape(idle)}' if idle else ''}",
+                              soft_wrap=True)
     if config.optim.scheduler_cycles != 1 and config.optim.scheduler != "cosine_with_restarts":
         session.console.print(f"[yellow]warning:[/] --scheduler-cycles {config.optim.scheduler_cycles} has no effect "
                               f"with --scheduler {config.optim.scheduler}; only cosine_with_restarts restarts",
