@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 from pathlib import Path
 
@@ -451,6 +452,13 @@ def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_
     assert main(["check-data", str(tmp_path / "two.toml"), "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "to match the training samples of its [[datasets]] entry (kohya's balance)" in " ".join(
         capsys.readouterr().out.split())
+    # a class image that is a training image trains under both captions
+    copy = tmp_path / "reg3" / "1_shape" / "copy.png"
+    shutil.copy(next(first.glob("*.png")), copy)
+    assert main([*argv, "--reg-data", str(tmp_path / "reg3")]) == 0
+    assert (f"warning: 1 class image(s) are copies of training images ({copy} is {next(first.glob('*.png'))}): each "
+            "trains as the subject and as its class") in " ".join(capsys.readouterr().out.split())
+    copy.unlink()
     # class images that train nothing are a warning, and add nothing to the plan's epoch
     assert main([*argv, "--reg-data", str(tmp_path / "reg3"), "--prior-loss-weight", "0"]) == 0
     assert ("warning: regularization: its 3 samples are repeated to 30 each epoch, to match the 30 training samples "

@@ -145,6 +145,8 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
         reports.append(scan(run, Path(config.data.reg_data), None, console, regularization=True))
     elif has_regularization_subsets(config.data.data):
         reports.append(scan(run, data, None, console, regularization=True))
+    if len(reports) > 1 and console is not None and (note := class_copies_note(reports[0], reports[1])):
+        console.print(Text(note, style="yellow"), soft_wrap=True)
     held_out, records = [], reports[0].usable
     if config.validation.validation_data:  # (its images inside the dataset's are held out of training too)
         held_out = scan(run, Path(config.validation.validation_data), trigger, console).usable
@@ -162,6 +164,18 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     if config.validation.validation_split:
         records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
     return ScannedSets(reports, records, held_out)
+
+
+def class_copies_note(training: ScanReport, regularization: ScanReport) -> str | None:
+    """Class images that are copies of training images, which train as the subject and as its class at once
+    (a copy within the dataset is its scan's own note); None where there is none."""
+    trained = {record.sha256: record for record in training.usable}
+    copies = [record for record in regularization.usable if record.sha256 in trained]
+    if not copies:
+        return None
+    return (f"warning: {len(copies)} class image(s) are copies of training images ({copies[0].path} is "
+            f"{trained[copies[0].sha256].path}): each trains as the subject and as its class, under both captions; "
+            "remove it from one of them")
 
 
 # AUTOMATIC1111's emphasis with a weight, (red hair:1.2): what --weighted-captions reads (a tagger's "name (series)"
@@ -324,6 +338,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         reports[-1].print_summary(console, verbose)
         if captions:
             reports[-1].print_captions(console, run.config.data.caption_separator)
+        if note := class_copies_note(report, reports[-1]):
+            console.print(Text(note, style="yellow"), soft_wrap=True)
         epochs = counted_epochs(run, report.usable, reports[-1].usable)
         balance = regularization_balance(epochs)
         idle = idle_regularization(epochs, run.config.data.prior_loss_weight)
