@@ -194,8 +194,8 @@ def _overlap(data: Path, reg: Path) -> str | None:
                  f"holds --data's folder {data} in its class-image folder {images}")
     else:
         return None
-    return (f"--reg-data: {reg} {where}; the class images (other dogs, for a LoRA of one dog) go in a folder of "
-            "their own beside it")
+    return (f"--reg-data: {reg} {where}; the class images (other dogs for a LoRA of one dog, other paintings for a "
+            "style) go in a folder of their own beside it")
 
 
 def _data_problems(c: RunConfig) -> list[str]:

@@ -254,6 +254,23 @@ def test_a_kohya_ss_project_folder_given_as_data_names_its_img_and_reg_folders(t
     assert "a level down" not in str(pytest.raises(NoUsableImages, scan_dataset, project / "img", TINY).value)
 
 
+def test_a_reg_folder_beside_the_n_name_folders_given_as_reg_data_is_not_said_to_need_it(tmp_path, capsys):
+    """kohya_ss's project layout, reg/ beside the N_name folders: check-data said "skipped folder reg/: ... give
+    --reg-data .../reg to train them" to the user who gave just that."""
+    from lowvram.cli import main
+
+    project = tmp_path / "proj"
+    for folder in ("2_mystyle", "reg/1_painting"):
+        (project / folder).mkdir(parents=True)
+        drawn(size=(96, 96)).save(project / folder / "a.png")
+    assert main(["check-data", str(project), "--model", "tiny", "--reg-data", str(project / "reg"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "regularization: its 1 sample is repeated to 2 each epoch" in said and "give --reg-data" not in said
+    assert main(["check-data", str(project), "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert f"give --reg-data {project / 'reg'} to train them" in " ".join(capsys.readouterr().out.split())
+
+
 def test_a_folder_of_images_not_named_n_name_is_named_with_the_fix(tmp_path):
     """A beginner's dataset/ohwx_mug/ said 'skipped folder', then 'no images in dataset'."""
     (tmp_path / "ds" / "ohwx_mug").mkdir(parents=True)

@@ -88,6 +88,9 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
     if not is_dataset_file(data):
         report = scan_dataset(data, buckets, options, index_path=index, console=console,
                               flag="--reg-data" if regularization else "--data", listing=listing)
+        if not regularization and run.config.data.reg_data:  # (kohya_ss's project: reg/ beside the N_name folders)
+            given = f"give --reg-data {Path(run.config.data.reg_data).resolve()} to train them"
+            report.folder_notes[:] = [note for note in report.folder_notes if not note.endswith(given)]
         loose = [record for record in report.usable if "/" not in record.relpath and record.caption == record.folder
                  and any("template used" in note for note in record.notes)]
         own = REPEAT_FOLDER.match(Path(data).name)  # (--reg-data reg/1_dog: its name is their class, as kohya's)
