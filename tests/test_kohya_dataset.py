@@ -245,6 +245,13 @@ def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_list
     assert "datasets.subsets[2]: no caption_extension" not in notes  # beta has no captions to read either way
     doc["datasets"][0]["subsets"][0]["caption_extension"] = ".txt"
     assert "no caption_extension" not in " | ".join(read_dataset(write(tmp_path / "dataset.toml", doc)).notes)
+    # a folder of kohya's N_name layout moved into a dataset file trains once an epoch there, as in kohya
+    kohya_folder = {"datasets": [{"subsets": [{"image_dir": "source/5_lvshape", "caption_extension": ".txt"}]}]}
+    assert ("datasets.subsets[1]: image_dir 5_lvshape trains once an epoch, as in kohya: a dataset file reads "
+            "num_repeats, not the folder's 5_ (num_repeats = 5 repeats it so)") in read_dataset(
+        write(tmp_path / "folder.toml", kohya_folder)).notes
+    kohya_folder["datasets"][0]["subsets"][0]["num_repeats"] = 2
+    assert not read_dataset(write(tmp_path / "folder.toml", kohya_folder)).notes
     # a misspelt setting is refused, as kohya's schema refuses it: it would train without what it meant to set
     doc["general"] |= {"shuffle_captions": True, "my_own_note": "x"}
     with pytest.raises(LowvramError) as refused:
