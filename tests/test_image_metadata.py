@@ -124,9 +124,13 @@ def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeat
     assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
     records = {r["relpath"]: r for r in json.loads(report.read_text())["records"]}
     assert {path: (r["caption"], r["repeats"]) for path, r in records.items()} == {
-        "10_x/a.png": ("a red circle", 10), "10_x/b.png": ("x", 10), "c.png": ("data", 1),
-        "photos/d.png": ("a photo", 1)}  # an empty caption, as an empty caption file: the folder's name
-    assert records["10_x/b.png"]["notes"] == ["empty caption in metadata.jsonl: template used: 'x'"]
+        "10_x/a.png": ("a red circle", 10), "10_x/b.png": ("x", 10), "c.png": ("", 1),
+        "photos/d.png": ("a photo", 1)}  # an empty caption: an N_name folder's name, else none (a Hub snapshot's
+    assert records["10_x/b.png"]["notes"] == ["empty caption in metadata.jsonl: template used: 'x'"]  # is a hash)
+    assert records["c.png"]["notes"] == [
+        "empty caption in metadata.jsonl: trains without a caption, as the diffusers scripts do"]
+    assert main(["check-data", str(data), "--model", "tiny", "--report", str(report), "--trigger-word", "ohwx"]) == 0
+    assert {r["relpath"]: r["caption"] for r in json.loads(report.read_text())["records"]}["c.png"] == "ohwx"
     out = " ".join(capsys.readouterr().out.split())
     assert "metadata.jsonl names images in folders that are not there: missing/" in out
     assert "skipped folder 0_off/: 0 repeats" in out and "can't list" not in out
@@ -245,13 +249,16 @@ def test_a_metadata_file_naming_none_of_the_images_is_the_error(tmp_path, capsys
         "image(s) in ./ that its metadata.jsonl has no caption for: a.png, b.png" in err
 
 
-def test_a_metadata_file_without_any_caption_captions_every_image_with_the_template(tmp_path):
+def test_a_metadata_file_without_any_caption_trains_as_the_diffusers_scripts_or_as_the_template_given(tmp_path):
     data = tmp_path / "data"
     imagefolder(data, ["a.png"])
     (data / "metadata.csv").write_text("file_name,text\na.png,\n")
     report = tmp_path / "report.json"
     assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
-    assert captions_of(report) == {"a.png": "data"}
+    assert captions_of(report) == {"a.png": ""}  # not "data", the folder's name (a Hub snapshot's: a hash)
+    assert main(["check-data", str(data), "--model", "tiny", "--report", str(report), "--caption-template",
+                 "a photo of {filename}"]) == 0
+    assert captions_of(report) == {"a.png": "a photo of a"}
 
 
 def test_the_web_ui_shows_the_caption_training_reads_where_metadata_files_nest(tmp_path):

@@ -574,7 +574,16 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
     metadata_key = _metadata_key(image, folder.captions)
     if metadata_key:
         text, non_utf8 = folder.captions[metadata_key] or None, None
-        notes = [] if text else [f"empty caption in {folder.captions_from}: template used"]
+        # the diffusers scripts train an empty caption so; the template would be the folder's name here (a Hub
+        # snapshot's is a commit hash), but for an N_name folder's, a trigger word's or a template of the user's
+        unnamed = not (options.trigger_word or REPEAT_FOLDER.match(Path(folder.path).name)
+                       or options.caption_template != ScanOptions.caption_template)
+        if not text:
+            notes = [f"empty caption in {folder.captions_from}: "
+                     + ("trains without a caption, as the diffusers scripts do" if unnamed else "template used")]
+            text = "" if unnamed else None
+        else:
+            notes = []
     else:
         text, notes, non_utf8 = read_caption_file(image, options.caption_extension)
     weights: tuple[float, ...] = ()
