@@ -14,6 +14,11 @@ class LowvramError(Exception):
     """A problem the user can fix: the message names the file or option and says how."""
 
 
+class Refused(LowvramError):
+    """A run refused before it changed anything (a --resume that finds nothing to do): the record of the run there,
+    metrics.jsonl's end line, stays as the run left it."""
+
+
 class TrainingInterrupted(LowvramError):
     """Ctrl-C or SIGTERM: the current step finished, a checkpoint and a usable LoRA were saved."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, Refused
 from lowvram.files import (
     DiskFull,
     ensure_room,
@@ -192,27 +192,27 @@ def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> tu
                 return path, unreadable
             unreadable.append(f"checkpoint {path.name} is unreadable ({reason})")
         if unreadable:
-            raise LowvramError(f"--resume auto: no readable checkpoint in {root} ({'; '.join(unreadable)}); start "
+            raise Refused(f"--resume auto: no readable checkpoint in {root} ({'; '.join(unreadable)}); start "
                                "over with --overwrite (the earlier files move to archive/), or pass a checkpoint "
                                "folder")
         others = complete(root)
         if others:
             theirs = run_of(others[-1][1]).get("recipe", {})
-            raise LowvramError(f"--resume auto: the checkpoints in {root} belong to another run "
+            raise Refused(f"--resume auto: the checkpoints in {root} belong to another run "
                                f"({differences(theirs, run_recipe or {})}); pass the options it was trained "
                                "with, or start without --resume")
-        raise LowvramError(f"--resume auto: no checkpoint in {root}; start without --resume, or pass a "
+        raise Refused(f"--resume auto: no checkpoint in {root}; start without --resume, or pass a "
                            "checkpoint folder")
     path = Path(resume)
     if not (path / "state.json").is_file():
-        raise LowvramError(f"--resume: {path} is not a lowvram checkpoint folder (no state.json)")
+        raise Refused(f"--resume: {path} is not a lowvram checkpoint folder (no state.json)")
     theirs = run_of(path)
     if run_recipe is not None and theirs and not same_run(theirs, run_recipe):
-        raise LowvramError(f"--resume: {path} is a checkpoint of another run ({differences(theirs['recipe'], run_recipe)}"
+        raise Refused(f"--resume: {path} is a checkpoint of another run ({differences(theirs['recipe'], run_recipe)}"
                            "); pass the options it was trained with, or start without --resume")
     reason = problem(path)
     if reason:
-        raise LowvramError(f"--resume: {path} is unreadable ({reason}); pass an earlier checkpoint")
+        raise Refused(f"--resume: {path} is unreadable ({reason}); pass an earlier checkpoint")
     return path, []
 
 
@@ -224,7 +224,7 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
 
     state = json.loads((path / "state.json").read_text())
     if state.get("format") != FORMAT:
-        raise LowvramError(f"--resume: {path} was written by another lowvram version (format {state.get('format')}, "
+        raise Refused(f"--resume: {path} was written by another lowvram version (format {state.get('format')}, "
                            f"this one reads {FORMAT}); resume it with that version, or start over without --resume")
     rng = load_file(str(path / "rng.safetensors"))
     # each process's random state and share of the data: another count would continue another run (every process
@@ -233,14 +233,14 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     if saved_by != accelerator.num_processes:
         how = (f"accelerate launch --multi_gpu --num_processes {saved_by} -m lowvram train" if saved_by > 1
                else "lowvram train, without accelerate launch")
-        raise LowvramError(f"--resume: {path} was saved by a run of {saved_by} process(es), this one has "
+        raise Refused(f"--resume: {path} was saved by a run of {saved_by} process(es), this one has "
                            f"{accelerator.num_processes}; resume it with as many ({how}), or start anew")
     adapters = load_file(str(path / ADAPTERS))
     for name, module in modules.items():
         prefix = f"{name}/"
         part = {k[len(prefix):]: v for k, v in adapters.items() if k.startswith(prefix)}
         if not part:
-            raise LowvramError(f"--resume: {path} has no adapter for {name}; was it saved by a run with other "
+            raise Refused(f"--resume: {path} has no adapter for {name}; was it saved by a run with other "
                                "--train-text-encoder / network options?")
         device = next(p for p in module.parameters() if p.requires_grad).device
         set_peft_model_state_dict(module, {k: v.to(device) for k, v in part.items()})
@@ -250,7 +250,7 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     _with_rates(optimizer, lr_scheduler, rates)
     if ema is not None:
         if not (path / EMA_PART).is_file():
-            raise LowvramError(f"--resume: {path} holds no --ema average; resume it without --ema, or start anew")
+            raise Refused(f"--resume: {path} holds no --ema average; resume it without --ema, or start anew")
         averaged = load_file(str(path / EMA_PART))
         for i, shadow in enumerate(ema.shadow_params):
             shadow.copy_(averaged[str(i)])

@@ -19,7 +19,7 @@ from lowvram.config import RunConfig
 from lowvram.console import another_process
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
-from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
+from lowvram.errors import LowvramError, Refused, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull, is_utf8
 from lowvram.lora_metadata import addnet_hash
 from lowvram.memory import PhasePeaks, free_cached_memory, host_peak_bytes
@@ -98,7 +98,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
                 log_early_end(session.out_dir, exc)
             raise failure from None
         except BaseException as exc:
-            if session.main and not session.logging:
+            if session.main and not session.logging and not isinstance(exc, Refused):
                 log_early_end(session.out_dir, exc)
             raise
 

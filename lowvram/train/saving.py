@@ -12,7 +12,7 @@ import torch
 from lowvram.adapters import lora_files
 from lowvram.config import fields_by_name, flag_name
 from lowvram.data.augment import VARIANTS_DRAWN
-from lowvram.errors import LowvramError, TrainingInterrupted, shell_line
+from lowvram.errors import Refused, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
 from lowvram.lora_header import read_header
 from lowvram.memory import free_cached_memory
@@ -149,7 +149,7 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
         # (written anew, its record and the run's .toml would name options no step of it trained with)
         what = (", ".join(changes) if changes else
                 f"the run's end at step {schedule.total_steps}, before the checkpoint's {position.step},")
-        raise LowvramError(f"--resume: nothing left to train, and {what} would change no step of it: {lora} stands "
+        raise Refused(f"--resume: nothing left to train, and {what} would change no step of it: {lora} stands "
                            f"as step {position.step}'s LoRA; raise --max-steps (or --epochs) past {position.step} to "
                            "train further")
     rate = trainee.optimizer.param_groups[0]["lr"]
