@@ -12,7 +12,7 @@ from rich.table import Table
 
 from lowvram.configure import build_config
 from lowvram.console import Console
-from lowvram.errors import first_line
+from lowvram.errors import LowvramError, first_line
 from lowvram.files import free_bytes, human_size
 from lowvram.hardware import GIB, Hardware, detect, list_profiles, load_profile
 from lowvram.housekeeping import usage
@@ -71,7 +71,10 @@ def doctor_report() -> list[tuple[str, str]]:
     rows.append(("host RAM", _host_ram_line(hardware.host_ram)))
     free_disk = shutil.disk_usage(".").free / GIB
     rows.append(("free disk here", f"{free_disk:.1f} GiB (latent caches and checkpoints need a few GiB)"))
-    rows.append(("cache", _cache_line(default_cache_dir())))
+    try:
+        rows.append(("cache", _cache_line(default_cache_dir())))
+    except LowvramError as exc:
+        rows.append(("cache", str(exc)))
     for label, model in AUTO_EXAMPLES:
         rows.append((f"--auto, {label}", _auto_line(hardware, model)))
     return rows

@@ -66,7 +66,13 @@ def default_cache_dir() -> Path:
     """$LOWVRAM_CACHE_DIR, else $XDG_CACHE_HOME/lowvram, else ~/.cache/lowvram."""
     if os.environ.get("LOWVRAM_CACHE_DIR"):
         return Path(os.environ["LOWVRAM_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lowvram"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "lowvram"
+    try:
+        return Path.home() / ".cache" / "lowvram"
+    except RuntimeError:  # (no HOME and a user of no passwd entry: `docker run --user 1234`, cron's `env -i`)
+        raise LowvramError("no home folder to keep the caches in (this user has none); give --cache-dir, "
+                           "LOWVRAM_CACHE_DIR or XDG_CACHE_HOME a folder you can write") from None
 
 
 @dataclass(frozen=True)

@@ -452,6 +452,28 @@ def test_a_toml_with_an_unknown_key_still_reports_its_wrong_values(tmp_path):
     assert not any("--model" in line or "--data" in line for line in lines)  # left to other layers: not wrong here
 
 
+def test_a_user_without_a_home_is_told_where_to_keep_the_caches(tmp_path, monkeypatch, capsys):
+    """`docker run --user 1234`, or cron's `env -i` for a user of no passwd entry: Path.home() raises, which was a
+    traceback in train and doctor, and XDG_CACHE_HOME given did not help."""
+    import pathlib
+
+    def no_home(cls):  # (what Python raises there: no HOME, no passwd entry)
+        raise RuntimeError("Could not determine home directory.")
+
+    for name in ("HOME", "XDG_CACHE_HOME", "LOWVRAM_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(pathlib.Path, "home", classmethod(no_home))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--max-steps", "1"]) == 2
+    assert ("error: no home folder to keep the caches in (this user has none); give --cache-dir, LOWVRAM_CACHE_DIR or "
+            "XDG_CACHE_HOME a folder you can write") in " ".join(capsys.readouterr().err.split())
+    assert main(["doctor"]) == 0
+    assert "no home folder to keep the caches in" in " ".join(capsys.readouterr().out.split())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert main(["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output", "out"]) == 0
+    assert (tmp_path / "xdg" / "lowvram").is_dir()
+
+
 def test_doctor_speaks_in_words_and_says_what_auto_would_choose(capsys):
     assert main(["doctor"]) == 0
     out = " ".join(capsys.readouterr().out.split())
