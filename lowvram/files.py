@@ -47,8 +47,10 @@ class DiskFull(LowvramError):
                            "another program may be writing there)")
         else:
             kept = f" with the {human_size(kept_free)} kept free" if needed < 2 * kept_free else ""  # (a small file)
+            # (where both read alike, 1.55 MiB needed and free, how much is short says that it does not fit)
+            short = f" ({human_size(needed - free)} short)" if human_size(needed) == human_size(free) else ""
             self.reason = (f"no room for {what} in {folder}: it needs {human_size(needed)}{kept}, "
-                           f"{human_size(free)} is free")
+                           f"{human_size(free)} is free{short}")
         # the fix, in the one line; a run's own message (lowvram.train.outdir.out_of_room) says it after what it kept
         super().__init__(f"{self.reason}; {self.remedy}" + ("" if size_limit else " there, or write elsewhere"))
 

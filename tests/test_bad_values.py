@@ -330,6 +330,9 @@ def test_a_full_disk_says_the_fix_wherever_it_stops_a_command(tmp_path):
     assert str(DiskFull(tmp_path, 2048, 1024, "the resized LoRA")) == (
         f"no room for the resized LoRA in {tmp_path}: it needs 2.00 KiB, 1.00 KiB is free; free space there, or "
         "write elsewhere")
+    # shown alike, the two said what would fit: how much is short says it does not
+    assert "it needs 1.55 MiB with the 1.00 MiB kept free, 1.55 MiB is free (1.00 KiB short)" in str(
+        DiskFull(tmp_path, int(1.55 * 2**20), int(1.55 * 2**20) - 1024, "checkpoint step-000002", kept_free=2**20))
     assert str(DiskFull(tmp_path, 2048, 1024, "the resized LoRA", size_limit=True)).endswith(
         "; raise the limit (ulimit -f unlimited) or write elsewhere")
 
