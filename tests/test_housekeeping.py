@@ -343,6 +343,8 @@ def test_a_run_on_a_shared_cache_whose_folders_another_user_keeps_to_themselves_
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("the cache's lock cannot be taken") == 1
     assert "encoding into memory for this run instead" in done.stdout
+    assert "(nor will the next run: give --cache-dir a folder you can write, or share the cache as a group's " \
+           "folder" in " ".join(done.stdout.split())  # ("the next run encodes again" read as if it would not)
     assert (tmp_path / "out" / "out.safetensors").is_file()
     # a cache that is not there and cannot be made (HOME missing or not one's own): no owner to run as
     from PIL import Image

@@ -143,7 +143,9 @@ class TensorStore:
             except DiskFull as exc:
                 self.keep_in_memory(exc.reason, max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
             except LowvramError as exc:  # a folder of it another user keeps to themselves (umask 077, shared cache)
-                self.keep_in_memory(str(exc), max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
+                self.keep_in_memory(f"{exc} (nor will the next run: give --cache-dir a folder you can write, or "
+                                    "share the cache as a group's folder, chmod 2775, see the README's Caches)",
+                                    max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
         self.memory[key] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
 
 
