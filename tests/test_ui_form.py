@@ -5,6 +5,7 @@ options a user set, as flags would be, and the `.toml` it saves is what `train -
 
 import os
 import re
+import time
 
 import pytest
 from PIL import Image
@@ -508,10 +509,11 @@ def test_kohya_ss_and_a1111_launch_flags_are_taken_or_named(capsys):
                                                 f"of its addresses, or --listen alone for all of them{said}\n")
 
 
-def test_a_public_link_needs_a_login_and_an_open_network_is_warned_about(capsys):
+def test_a_public_link_needs_a_login_and_an_open_network_is_warned_about(capsys, monkeypatch):
     from lowvram.errors import LowvramError
     from lowvram.ui.app import exposed, login
 
+    monkeypatch.delenv("LOWVRAM_UI_AUTH", raising=False)
     assert [exposed(host) for host in (None, "127.0.0.1", "127.0.1.1", "localhost", "0.0.0.0", "192.168.1.5",
                                        "myhost")] == [False, False, False, False, True, True, True]
     with pytest.raises(LowvramError, match="--share: a public gradio.live link lets anyone who has it start runs"):
@@ -520,12 +522,42 @@ def test_a_public_link_needs_a_login_and_an_open_network_is_warned_about(capsys)
     assert "warning: --listen without --auth" in capsys.readouterr().err
     # a lab machine: every account reaches 127.0.0.1
     assert login(None, share=False, listen=False, others=("stu2",)) is None
-    assert "other users are logged in to this machine (stu2)" in capsys.readouterr().err
+    assert ("other users use this machine (stu2), and each can open the app on 127.0.0.1 and start runs and write "
+            "files as you; set LOWVRAM_UI_AUTH=USER:PASSWORD") in capsys.readouterr().err
     assert login(None, share=False, listen=False) is None and not capsys.readouterr().err
     assert login("me:s3cret:x", share=True, listen=True) == ("me", "s3cret:x")
     for bad in ("me", ":pw", "me:"):
         with pytest.raises(LowvramError, match="--auth: give it as USER:PASSWORD"):
             login(bad, share=False, listen=False)
+    # the login kept out of the command line, which every account's `ps` shows
+    monkeypatch.setenv("LOWVRAM_UI_AUTH", "me:pw")
+    assert login(None, share=True, listen=True, others=("stu2",)) == ("me", "pw") and not capsys.readouterr().err
+    assert login("you:pw2", share=False, listen=False) == ("you", "pw2")  # (the flag given wins)
+    monkeypatch.setenv("LOWVRAM_UI_AUTH", "me")
+    with pytest.raises(LowvramError, match="LOWVRAM_UI_AUTH: give it as USER:PASSWORD"):
+        login(None, share=False, listen=False)
+
+
+def test_another_account_running_programs_here_counts_as_a_user_of_the_machine():
+    """A batch node or a container keeps no login records: psutil.users() was empty, so a classmate's jobs on the
+    same machine went unseen and the app served them unwarned."""
+    import shutil
+    import subprocess
+
+    from lowvram.ui.app import other_users
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv, to run a program as another account")
+    classmate = subprocess.Popen(["setpriv", "--reuid", "54321", "--regid", "54321", "--clear-groups", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while "54321" not in other_users() and time.monotonic() < deadline:  # (setpriv's exec: a moment)
+            time.sleep(0.1)
+        assert "54321" in other_users()
+    finally:
+        classmate.kill()
+        classmate.wait()
+    assert "54321" not in other_users()
 
 
 def test_the_server_hands_out_no_file_of_this_machine(tmp_path):

@@ -471,10 +471,16 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, auth: tuple[str, 
     raise KeyboardInterrupt  # (Gradio's wait ends on Ctrl-C or SIGTERM, which it took: "interrupted", 130)
 
 
+AUTH_VARIABLE = "LOWVRAM_UI_AUTH"  # --auth's value kept out of the command line, which every account's `ps` shows
+
+
 def login(auth: str | None, share: bool, listen: bool, others: tuple[str, ...] = ()) -> tuple[str, str] | None:
-    """--auth as (user, password). A public link without one is refused, and a network or a machine `others` are
-    logged in to (a lab's: every account reaches 127.0.0.1) without one warned about: the app starts runs, writes
-    files and reads folders as the user who started it."""
+    """--auth (else $LOWVRAM_UI_AUTH) as (user, password). A public link without one is refused, and a network or a
+    machine `others` use (a lab's: every account reaches 127.0.0.1) without one warned about: the app starts runs,
+    writes files and reads folders as the user who started it."""
+    given_as = "--auth"
+    if auth is None and os.environ.get(AUTH_VARIABLE):
+        auth, given_as = os.environ[AUTH_VARIABLE], AUTH_VARIABLE
     if auth is None:
         if share:
             raise LowvramError("--share: a public gradio.live link lets anyone who has it start runs, write files "
@@ -483,25 +489,39 @@ def login(auth: str | None, share: bool, listen: bool, others: tuple[str, ...] =
             print("warning: --listen without --auth: anyone who can reach this machine can start runs and write "
                   "files as you; add --auth USER:PASSWORD", file=sys.stderr)
         elif others:
-            print(f"warning: other users are logged in to this machine ({', '.join(others)}), and each can open the "
-                  "app on 127.0.0.1 and start runs and write files as you; add --auth USER:PASSWORD", file=sys.stderr)
+            print(f"warning: other users use this machine ({', '.join(others)}), and each can open the app on "
+                  f"127.0.0.1 and start runs and write files as you; set {AUTH_VARIABLE}=USER:PASSWORD (or add --auth "
+                  "USER:PASSWORD, which `ps` shows them)", file=sys.stderr)
         return None
     user, _, password = auth.partition(":")
     if not user or not password:
-        raise LowvramError("--auth: give it as USER:PASSWORD, both not empty")
+        raise LowvramError(f"{given_as}: give it as USER:PASSWORD, both not empty")
     return user, password
 
 
 def other_users() -> tuple[str, ...]:
-    """The other accounts logged in to this machine (a lab's, a shared server's), by name."""
+    """The other accounts that use this machine (a lab's, a shared server's), by name: those logged in, and people's
+    accounts (uid 1000 and up) that run programs on it, for a node of a batch system or a container keeps no login
+    records."""
     import getpass
 
     import psutil
 
     try:
-        return tuple(sorted({user.name for user in psutil.users()} - {getpass.getuser()}))
-    except (OSError, KeyError, RuntimeError, psutil.Error):  # (no login records; a user without a name)
-        return ()
+        me = getpass.getuser()
+    except (OSError, KeyError):  # (a user of no passwd entry)
+        me = str(os.getuid()) if hasattr(os, "getuid") else ""
+    names = set()
+    try:
+        names |= {user.name for user in psutil.users()}
+    except (OSError, RuntimeError, psutil.Error):  # (no login records)
+        pass
+    if hasattr(os, "getuid"):  # (Windows has no uids: its other users are the logged in ones)
+        for process in psutil.process_iter(["uids", "username"]):
+            uids, name = process.info.get("uids"), process.info.get("username")
+            if uids and uids.real >= 1000 and uids.real != os.getuid() and uids.real != 65534 and name:  # (nobody)
+                names.add(name)
+    return tuple(sorted(names - {me}))
 
 
 def exposed(host: str | None) -> bool:
