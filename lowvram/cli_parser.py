@@ -101,7 +101,13 @@ class _Parser(argparse.ArgumentParser):
             hint = "; ".join(h for h in hints if h)
             message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
             kohyas = [h for h in hints if h and "is kohya's name" in h]
-            if command == "train" and len(kohyas) >= 4:  # a kohya command line pasted: one way for all of it
+            diffusers = [h for h in hints if h and "is the diffusers scripts' or SimpleTuner's name" in h]
+            if command == "train" and len(kohyas) >= 4 and diffusers:  # a diffusers script's command: no launcher
+                named = kohyas + diffusers  # script of kohya's reads it, and most of its flags are kohya's too
+                message = (f"unknown options: {len(named)} of them are the diffusers scripts' flags ({bad[0]} ...); "
+                           "write each as lowvram's: " + ", ".join(map(_kohya_pair, named))
+                           + "".join(f"; {h}" for h in hints if h and h not in named))
+            elif command == "train" and len(kohyas) >= 4:  # a kohya command line pasted: one way for all of it
                 theirs = sum("is kohya" in h for h in hints if h)
                 message = (f"unknown options: {theirs} of them are kohya's flags ({bad[0]} ...); lowvram reads a "
                            "kohya command as it is from a launcher script: save it (accelerate launch "
@@ -132,7 +138,7 @@ def _kohya_pair(hint: str) -> str:
     the flag given alone says)."""
     from lowvram.kohya_names import named_flags
 
-    kohya, ours = hint.split(" is kohya's name; ", 1)
+    kohya, ours = re.split(r" is (?:kohya's|the diffusers scripts' or SimpleTuner's) name; ", hint, maxsplit=1)
     if not ours.startswith("lowvram's is "):  # (lowvram has none: the default, or always so)
         return f"{kohya} not needed"
     bare = re.sub(r"\([^)]*\)", "", ours)

@@ -189,6 +189,12 @@ def _training_line(commands: list[tuple[str, list[str], list[str]]], path: Path
                 if re.search(rf"(^|[\s\"'/\\]){re.escape(script)}", line):
                     raise LowvramError(f"--config: {path} runs kohya's {script}, {what}; lowvram trains LoRAs of "
                                        "SD1.5 and SDXL (kohya's train_network.py and sdxl_train_network.py)")
+    diffusers = next((match[0] for line, _, _ in commands
+                      if (match := re.search(r"train_(?:text_to_image|dreambooth)\w*\.py", line))), None)
+    if not found and diffusers:  # (the diffusers examples share most flag names with kohya's, not the launcher)
+        raise LowvramError(f"--config: {path} runs the diffusers example script {diffusers}, whose command lowvram "
+                           "does not read from a file: give its flags to lowvram train as lowvram's (its error for "
+                           "them names each)")
     if not found:
         raise LowvramError(f"--config: {path} runs no kohya training script (train_network.py or "
                            "sdxl_train_network.py); give the launcher that does, or a kohya .toml config")

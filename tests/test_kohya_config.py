@@ -748,6 +748,12 @@ def test_a_launchers_config_file_its_windows_folders_and_other_scripts(tmp_path,
     (tmp_path / "nothing.sh").write_text("echo hello\n")
     with pytest.raises(LowvramError, match="runs no kohya training script"):
         read_config(tmp_path / "nothing.sh")
+    (tmp_path / "diffusers.sh").write_text("accelerate launch examples/text_to_image/train_text_to_image_lora.py \\\n"
+                                           "  --pretrained_model_name_or_path=x --rank=4\n")
+    with pytest.raises(LowvramError, match="runs the diffusers example script train_text_to_image_lora.py, whose "
+                                           "command lowvram does not read from a file: give its flags to lowvram "
+                                           "train as lowvram's"):
+        read_config(tmp_path / "diffusers.sh")
 
 
 def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads_it(tmp_path, monkeypatch, capsys):
@@ -767,6 +773,15 @@ def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads
             "--network_dim as --rank, --enable_bucket not needed, --max_train_steps as --max-steps, --output_dir as "
             "--output, --network_args as several (give --network_args alone to see which); --token_warmup_step is "
             "kohya's: lowvram trains every caption whole from the first step (see lowvram train --help)") in err
+    # a diffusers script's command (flags kohya's share, and its own): no launcher script of kohya's reads it
+    with pytest.raises(SystemExit):
+        main(["train", *flags[:2], "--max_train_steps=2", "--output_dir=out", "--caption_column=text",
+              "--train_batch_size=1"])
+    err = capsys.readouterr().err
+    assert ("unknown options: 6 of them are the diffusers scripts' flags (--pretrained_model_name_or_path=tiny ...); "
+            "write each as lowvram's: --pretrained_model_name_or_path as --model, --train_data_dir as --data, "
+            "--max_train_steps as --max-steps, --output_dir as --output, --train_batch_size as --batch-size, "
+            "--caption_column as --caption-column") in err and "launcher" not in err
     (tmp_path / "train.sh").write_text("accelerate launch train_network.py " + " ".join(flags) + "\n")
     config = _config_of(tmp_path / "train.sh")
     assert (config.network.rank, config.training.max_steps, config.data.bucket) == (8, 2, True)
