@@ -24,7 +24,7 @@ from lowvram.config import (
     flag_name,
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
-from lowvram.dataset_files.subsets import image_folder_holding
+from lowvram.dataset_files.subsets import REPEAT_FOLDER, image_folder_holding
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
 from lowvram.files import (
     SYSTEM_FOLDERS,
@@ -126,7 +126,8 @@ def _file_problems(c: RunConfig) -> list[str]:
         p.append(f"--data: {c.data.data} is a file; give the folder of images (kohya's N_name folders inside), or a "
                  "kohya or OneTrainer dataset file" + _unpack_hint(Path(c.data.data)))
     elif c.data.data != SAMPLE_DATA and not Path(c.data.data).is_dir():
-        p.append(f"--data: folder not found: {c.data.data}{not_found_hint(c.data.data)}")
+        hint = not_found_hint(c.data.data) or _hub_dataset_hint(c.data.data)
+        p.append(f"--data: folder not found: {c.data.data}{hint}")
     model_path = Path(c.model.model or "")
     if c.model.model is None:
         p.append("--model: which base model? pass a .safetensors checkpoint, a diffusers folder or a hub id "
@@ -179,6 +180,18 @@ def _file_problems(c: RunConfig) -> list[str]:
     elif c.data.reg_data is not None and c.data.data and Path(c.data.data).is_dir():
         p += filter(None, [_overlap(Path(c.data.data).resolve(), Path(c.data.reg_data).resolve())])
     return p
+
+
+def _hub_dataset_hint(data: str) -> str:
+    """Where --data reads as a Hugging Face dataset's id (the diffusers scripts' --dataset_name): how to fetch it,
+    for lowvram reads datasets from folders only."""
+    path = Path(data)  # (made absolute from the current folder, where owner/name was typed)
+    if path.parent.parent != Path.cwd() or path.parent.exists() or REPEAT_FOLDER.match(path.name):
+        return ""
+    hub_id = f"{path.parent.name}/{path.name}"
+    return (f"; a Hugging Face dataset's id? lowvram downloads none: huggingface-cli download {hub_id} --repo-type "
+            f"dataset --local-dir {path.name}, then --data {path.name} (an image folder with its metadata.jsonl; "
+            "one of parquet files is not read)")
 
 
 def _overlap(data: Path, reg: Path) -> str | None:

@@ -136,6 +136,19 @@ def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeat
     assert "skipped folder 0_off/: 0 repeats" in out and "can't list" not in out
 
 
+def test_a_hugging_face_dataset_id_as_data_says_how_to_fetch_it(tmp_path, monkeypatch, capsys):
+    """The diffusers scripts' --dataset_name habit: "folder not found: ./lambdalabs/naruto-blip-captions" alone."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "tiny", "--data", "lambdalabs/naruto-blip-captions"]) == 2
+    assert (f"--data: folder not found: {tmp_path / 'lambdalabs/naruto-blip-captions'}; a Hugging Face dataset's id? "
+            "lowvram downloads "
+            "none: huggingface-cli download lambdalabs/naruto-blip-captions --repo-type dataset --local-dir "
+            "naruto-blip-captions, then --data naruto-blip-captions") in " ".join(capsys.readouterr().err.split())
+    (tmp_path / "photos").mkdir()  # a folder of one's own mistyped: no word of the hub
+    assert main(["train", "--model", "tiny", "--data", "photos/10_mug"]) == 2
+    assert "Hugging Face" not in capsys.readouterr().err
+
+
 def test_a_metadata_file_of_another_kind_is_passed_over_with_a_note(tmp_path, capsys):
     """A metadata.csv another tool left (no file_name column): the caption files train, as before."""
     data = tmp_path / "data"
