@@ -323,7 +323,7 @@ OTHER_TRAINER_FLAGS = {
     "--proportion_empty_prompts": "--caption-dropout",
     "--num_validation_images": "--sample-prompt, once per image",
     "--scale_lr": "(not needed: give the learning rate to train at as --lr)",
-    "--allow_tf32": "(not needed: the U-Net computes in bf16 or fp16)",
+    "--allow_tf32": "(not needed: the U-Net computes in bf16 or fp16; --mixed-precision no computes in full fp32)",
     "--revision": "(download the revision you want and give its folder as --model)",
     "--variant": "(a hub id loads its main weights; give a folder or file holding the variant's)",
     "--caption_column": "--caption-column",

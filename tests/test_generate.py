@@ -137,7 +137,7 @@ def test_count_renders_each_image_from_its_own_seed(tmp_path, capsys):
     assert Image.open(tmp_path / "named.png").text["parameters"].endswith(f'Lora hashes: "my style v2: {short}"')
 
 
-def test_a_dora_in_peft_naming_renders_as_its_kohya_file_does(tmp_path):
+def test_a_dora_in_peft_naming_renders_as_its_kohya_file_does(tmp_path, capsys):
     """diffusers' loader left a text encoder's DoRA magnitudes at their start where peft names them bare
     (`lora_magnitude_vector`), and refused peft's adapter-named keys: both go through lowvram's reader now."""
     from safetensors.torch import load_file, save_file
@@ -145,6 +145,8 @@ def test_a_dora_in_peft_naming_renders_as_its_kohya_file_does(tmp_path):
     lora = train(run_config(output=str(tmp_path / "dora"), max_steps=2, lr=5e-2, network="dora",
                             train_text_encoder=True, format="diffusers")).lora_path
     folder = lora.parent / f"{lora.stem}-diffusers"
+    # the folder named, which load_lora_weights takes (on the run's folder it picked one of the step saves there)
+    assert f"saved {folder} (diffusers' format: pipe.load_lora_weights on that folder)" in capsys.readouterr().out
     tensors = load_file(str(folder / "pytorch_lora_weights.safetensors"))
     bare = {key.removesuffix(".weight") if ".lora_magnitude_vector" in key else key: t for key, t in tensors.items()}
     named = {key.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default.")

@@ -289,7 +289,11 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
         samples = []
     with contextlib.suppress(OSError, DiskFull):  # (a thumbnail: the LoRA and its samples are what matter)
         publish.add_preview(copied, samples)
+    diffusers_folder = session.out_dir / diffusers_copy(name)  # (the folder diffusers' load_lora_weights takes: the
+    # run's folder holds its step saves too, of which diffusers picks one)
     said = ([f"[green]saved[/] {lora_path}"] * written + [f"[green]copied[/] to {copied}"] * bool(copied)
+            + [f"[green]saved[/] {diffusers_folder} (diffusers' format: pipe.load_lora_weights on that folder)"]
+            * (written and config.output.format == "diffusers")
             + [f"[green]sample[/] {p}" for p in samples])  # (kept: said)
     if said:
         session.console.print("\n".join(said), soft_wrap=True)
