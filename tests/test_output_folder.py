@@ -4,6 +4,7 @@ only its own run, and a second run on a folder in use is refused while the first
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -330,6 +331,42 @@ def test_a_lock_another_machine_left_is_taken_over_once_its_run_stops_refreshing
         assert time.time() - lock.path.stat().st_mtime < 5
     finally:
         lock.release()
+
+
+def test_a_run_waits_while_another_machines_unrefreshed_lock_goes_stale(tmp_path, monkeypatch, capsys):
+    """A Colab notebook run again right after a reconnect: the gone runtime's lock was minutes from stale, and
+    the training cell was refused ("choose another --output", which starts over). It waits, and goes on; a lock
+    refreshed meanwhile (its run goes on) is refused as before."""
+    import threading
+    import time
+
+    from lowvram.train import outdir
+
+    monkeypatch.setattr(outdir, "LOCK_POLL_S", 0.2)
+    lock = outdir.FolderLock(tmp_path / "run")
+    lock.path.parent.mkdir()
+    lock.path.write_text(json.dumps({"pid": 1, "host": "colab-old-vm", "since": "2026-12-05T08:01:07+00:00",
+                                     "refreshed": True}))
+    touched = time.time() - outdir.LOCK_STALE_S + 2  # stale in 2 s
+    os.utime(lock.path, (touched, touched))
+    started = time.monotonic()
+    train(run_config(output=str(tmp_path / "run"), max_steps=1, cache_dir=str(tmp_path / "cache")))
+    assert time.monotonic() - started >= 1.5
+    said = " ".join(capsys.readouterr().out.split())
+    assert re.search(rf"{re.escape(str(tmp_path / 'run'))} is locked by a run on colab-old-vm, which last refreshed "
+                     r"the lock 17\d s ago \(a run going on does so every 30 s\): waiting up to [12] s for it to go "
+                     "stale", said), said
+    lock.path.write_text(json.dumps({"pid": 1, "host": "colab-old-vm", "since": "2026-12-05T08:01:07+00:00",
+                                     "refreshed": True}))
+    os.utime(lock.path, (touched + 10, touched + 10))  # (a run on it goes on: it refreshes the lock in a moment)
+    refresher = threading.Timer(0.5, os.utime, (lock.path,))
+    refresher.start()
+    started = time.monotonic()
+    with pytest.raises(LowvramError, match="is in use by another lowvram run \\(pid 1 on colab-old-vm"):
+        train(run_config(output=str(tmp_path / "run"), max_steps=2, cache_dir=str(tmp_path / "cache"),
+                         resume="auto"))
+    assert time.monotonic() - started < 8  # as soon as it is refreshed: not after the 12 s it had to go stale
+    refresher.join()
 
 
 def test_a_dataset_given_through_dotdot_is_the_same_dataset_by_its_full_path(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from rich.console import Console
 from lowvram.adapters import lora_files, networks
 from lowvram.config import RunConfig
 from lowvram.console import another_process
+from lowvram.console import console as log_console
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
 from lowvram.errors import LowvramError, Refused, TrainingInterrupted, shell_line
@@ -78,8 +79,12 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     (DDP averages the gradients), only the main process writes files."""
     # said before the data is cached or the model loads, and before what --resume finds there (taken in `claimed`);
     # by the main process alone (another would find the lock the main process took)
-    if not another_process() and (busy := outdir.FolderLock(config.output_dir).held_by_another()):
-        raise LowvramError(busy)
+    if not another_process():
+        lock = outdir.FolderLock(config.output_dir)
+        lock.wait_while_going_stale(lambda line: (console or log_console()).print(line, soft_wrap=True,
+                                                                                  highlight=False))
+        if busy := lock.held_by_another():
+            raise LowvramError(busy)
     config, fresh = outdir.nothing_to_resume(config)
     session = start_session(config, console)
     if fresh:

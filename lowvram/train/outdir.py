@@ -545,6 +545,7 @@ def move_to_archive(folder: Path, paths: list[Path]) -> Path:
 
 LOCK_HEARTBEAT_S = 30  # a held lock's file is touched this often, and one from another machine (where its process
 LOCK_STALE_S = 180  # cannot be looked up) untouched this long is a gone run's: a reconnected Colab is a new machine
+LOCK_POLL_S = 2.0  # how often a run waiting for such a lock to go stale looks at it
 
 
 class FolderLock:
@@ -590,6 +591,30 @@ class FolderLock:
         while not stop.wait(LOCK_HEARTBEAT_S):
             with contextlib.suppress(OSError):  # (a full or unmounted disk: the run says so where it writes)
                 os.utime(self.path)
+
+    def wait_while_going_stale(self, say) -> None:
+        """Where the lock is another machine's and goes unrefreshed (a Colab runtime that disconnected: the
+        reconnected one is a new machine, often back within the minutes it takes to go stale), wait until it is
+        stale, saying so through `say`; return early where it is refreshed meanwhile (its run goes on)."""
+        holder = self._holder() if self.path.is_file() else None
+        if not holder or holder.get("host") == socket.gethostname() or not holder.get("refreshed"):
+            return
+        try:
+            touched = self.path.stat().st_mtime
+        except OSError:
+            return
+        if not 0 < LOCK_STALE_S - (time.time() - touched) <= LOCK_STALE_S:
+            return
+        say(f"{self.path.parent} is locked by a run on {holder.get('host')}, which last refreshed the lock "
+            f"{time.time() - touched:.0f} s ago (a run going on does so every {LOCK_HEARTBEAT_S} s): waiting up to "
+            f"{LOCK_STALE_S - (time.time() - touched):.0f} s for it to go stale, as a gone machine's does")
+        while time.time() - touched < LOCK_STALE_S:
+            time.sleep(min(LOCK_POLL_S, max(LOCK_STALE_S - (time.time() - touched), 0.0)))
+            try:
+                if self.path.stat().st_mtime != touched:
+                    return  # refreshed: its run goes on (held_by_another says so)
+            except OSError:
+                return  # released
 
     def held_by_another(self) -> str | None:
         """The line a run stops at while another live process holds the folder (None: free, or a stale lock)."""
