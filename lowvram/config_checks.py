@@ -25,9 +25,9 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.dataset_files.subsets import REPEAT_FOLDER, image_folder_holding
+from lowvram.dataset_zip import zip_folder
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
 from lowvram.files import (
-    SYSTEM_FOLDERS,
     not_found_hint,
 )
 from lowvram.formats import network_refusal
@@ -574,14 +574,3 @@ def _unpack_hint(path: Path) -> str:
     return f"; unpack it first: {python} -m {module} -e {shell_line(path, folder)}, then --data {shell_line(data)}"
 
 
-def zip_folder(path: Path) -> str | None:
-    """The one folder a zip holds everything in, if it does (a folder compressed as itself); None otherwise."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [name for name in archive.namelist() if name.strip("/")]
-    except (OSError, zipfile.BadZipFile):
-        return None
-    tops = {name.split("/")[0] for name in names} - set(SYSTEM_FOLDERS)  # (macOS' __MACOSX beside it)
-    return tops.pop() if len(tops) == 1 and any("/" in name.strip("/") for name in names) else None

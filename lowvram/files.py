@@ -89,7 +89,9 @@ def closest(path: Path) -> str:
     except OSError:
         return ""
     names: dict[str, str] = {}  # stems compared: every "*.safetensors" name is close to every other
-    for entry in entries:
+    for entry in entries:  # (a file of another kind is none meant: a run's early.toml for its missing LoRA)
+        if path.suffix[1:].isalpha() and entry.suffix.lower() != path.suffix.lower():  # (not v1.5_model's ".5_model")
+            continue
         if entry.stem not in names or entry.suffix == path.suffix:
             names[entry.stem] = entry.name
     close = difflib.get_close_matches(path.stem, list(names), n=1)

@@ -262,7 +262,7 @@ def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Pa
 def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
     """What is wrong with the --lora files before anything loads: one that is not there, or not .safetensors (a
     diffusers LoRA folder is read by its weights file)."""
-    from lowvram.run_files import DIFFUSERS_WEIGHTS, lora_in_folder
+    from lowvram.run_files import DIFFUSERS_WEIGHTS, lora_in_folder, not_written_yet
 
     problems = []
     for path, _ in sources:
@@ -270,7 +270,7 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
         if path.is_dir():
             problems.append(f"--lora: {path} is a folder; {lora_in_folder(path)}")
         elif not path.is_file():
-            problems.append(f"--lora: file not found: {path}{not_found_hint(path)}")
+            problems.append(f"--lora: file not found: {path}{not_written_yet(path) or not_found_hint(path)}")
         elif path.suffix.lower() in PICKLE_SUFFIXES:  # (as train's --network-weights says it)
             problems.append(pickle_refusal("--lora", str(path)))
         elif path.suffix.lower() != ".safetensors":

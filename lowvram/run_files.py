@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+from lowvram.errors import shell_line
+
 LORA_SUFFIX = ".safetensors"
 # the folders and files every run keeps under these names
 METRICS = "metrics.jsonl"  # each step's figures, one JSON object per line
@@ -36,6 +38,20 @@ def lora_in_folder(path: Path) -> str:
     held = sorted(path.glob(f"*{LORA_SUFFIX}"), key=lambda file: -file.stat().st_mtime) if path.is_dir() else []
     names = ", ".join(file.name for file in held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
     return "give a LoRA .safetensors file" + (f" in it ({names})" if held else "")
+
+
+def not_written_yet(lora: Path) -> str:
+    """Where `lora`, not there, is the final LoRA of a run in its folder that has not ended (a Colab runtime that
+    disconnected): that, and how to continue it; "" otherwise."""
+    name = runs_name(lora.parent)
+    if name is None or lora.name != final_lora(name):
+        return ""
+    steps = [int(path.name.removeprefix("step-")) for path in (lora.parent / CHECKPOINTS).glob("step-*")
+             if path.name.removeprefix("step-").isdigit()]
+    newest = f" (its newest checkpoint is step {max(steps)})" if steps else ""
+    return (f"; the run in {lora.parent} has not written it yet{newest}: "
+            f"{shell_line('lowvram', 'train', '--config', lora.parent / f'{name}.toml', '--resume', 'auto')} "
+            "continues it")
 
 
 def final_lora(name: str) -> str:

@@ -21,7 +21,7 @@ LAYERS = [
      "lowvram.kohya_config", "lowvram.kohya_launcher",
      "lowvram.kohya_gui_config", "lowvram.other_trainers",
      "lowvram.onetrainer_optimizers", "lowvram.onetrainer_config",
-     "lowvram.dataset_files", "lowvram.output_checks", "lowvram.config_checks", "lowvram.run_folder_options",
+     "lowvram.dataset_files", "lowvram.dataset_zip", "lowvram.output_checks", "lowvram.config_checks", "lowvram.run_folder_options",
      "lowvram.configure"),
     ("lowvram.hardware", "lowvram.attention", "lowvram.compiling", "lowvram.models.detect"),
     ("lowvram.resolve", "lowvram.models", "lowvram.quant", "lowvram.w8a8"),

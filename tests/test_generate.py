@@ -33,6 +33,23 @@ def test_emphasis_weighs_a_prompt_and_a_weight_of_one_changes_nothing(tmp_path):
     assert not np.array_equal(weak, loud)
 
 
+def test_the_lora_of_a_run_not_ended_yet_says_how_to_continue_it(tmp_path, capsys):
+    """A Colab runtime that disconnected mid-run: generate's "file not found: early.safetensors (did you mean
+    early.toml?)" offered the run's options as the LoRA."""
+    lora = train(run_config(output=str(tmp_path / "early"), max_steps=2, checkpoint_every=1)).lora_path
+    lora.unlink()  # (killed after its last checkpoint, before its LoRA)
+    capsys.readouterr()
+    assert main(["generate", "--model", "tiny", "--lora", str(lora), "--prompt", "x",
+                 "--output", str(tmp_path / "x.png")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"--lora: file not found: {lora}; the run in {lora.parent} has not written it yet (its newest checkpoint "
+            f"is step 2): lowvram train --config {lora.parent / 'early.toml'} --resume auto continues it") in err
+    assert "did you mean" not in err
+    (tmp_path / "early" / "lowvram-run.json").unlink()  # no run's folder: a file of another kind is no near name
+    main(["generate", "--model", "tiny", "--lora", str(lora), "--prompt", "x", "--output", str(tmp_path / "x.png")])
+    assert "early.toml" not in capsys.readouterr().err
+
+
 def test_a_long_prompt_is_read_past_75_tokens(tmp_path):
     head = ", ".join(f"tag{i}" for i in range(45))  # past 75 tokens
     red = render(tmp_path, "red", "--prompt", f"{head}, a red circle")

@@ -1,0 +1,78 @@
+"""A dataset uploaded as one zip (the Colab notebook's DATA, a Drive upload): the folder it holds, and unpacking it
+beside itself once, again where the zip changes."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+from lowvram.errors import LowvramError
+from lowvram.files import SYSTEM_FOLDERS
+
+
+def _names(archive: zipfile.ZipFile) -> list[str]:
+    """Its entries' names with / between folders: Windows PowerShell 5's Compress-Archive wrote \\ there, which
+    Python's zipfile keeps in the names (one flat file named `mypics\\5_cat\\a.png`: its repeats lost)."""
+    return [name.replace("\\", "/") for name in archive.namelist() if name.replace("\\", "/").strip("/")]
+
+
+def zip_folder(path: Path) -> str | None:
+    """The one folder a zip holds everything in, if it does (a folder compressed as itself); None otherwise."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = _names(archive)
+    except (OSError, zipfile.BadZipFile):
+        return None
+    tops = {name.split("/")[0] for name in names} - set(SYSTEM_FOLDERS)  # (macOS' __MACOSX beside it)
+    return tops.pop() if len(tops) == 1 and any("/" in name.strip("/") for name in names) else None
+
+
+def _stamp(archive: Path) -> str:
+    """What tells one upload of the zip from the next: its size and modification time."""
+    status = archive.stat()
+    return f"{status.st_size} {status.st_mtime_ns}\n"
+
+
+def unpack_dataset_zip(archive: Path) -> tuple[Path, str]:
+    """Unpack `archive` into the folder of its name beside it (where a reconnected session finds it), unless that
+    holds this very upload already; returns the folder that trains (the one folder inside, where the zip holds
+    its folder itself) and what was done, in words. The unpacking goes to another name first, so a disconnect
+    midway leaves no half dataset; a folder there that was not unpacked from it is kept, moved aside."""
+    archive = Path(archive)
+    target = archive.with_suffix("")
+    stamp = target.with_name(f".{target.name}.unpacked")  # (beside it: inside, it would be one more file to scan)
+    try:
+        current = _stamp(archive)
+        done = stamp.read_text() if stamp.is_file() else None
+    except OSError as exc:
+        raise LowvramError(f"DATA: {archive} cannot be read ({exc.strerror or exc})") from None
+    inside = zip_folder(archive)
+    trains = target / inside if inside else target
+    if target.is_dir() and (done == current or done is None and target.stat().st_mtime >= archive.stat().st_mtime):
+        if done is None:  # (an earlier notebook's unpacking, after the zip was uploaded: this upload's)
+            stamp.write_text(current)
+        return trains, f"{archive} was unpacked into {target} already"
+    partial = target.with_name(target.name + ".unpacking")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            for member in opened.infolist():
+                member.filename = member.filename.replace("\\", "/")
+                opened.extract(member, partial)  # (zipfile drops a name's .. and drive: nothing lands outside)
+    except zipfile.BadZipFile as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise LowvramError(f"DATA: {archive} is not a readable zip ({exc}); upload it again") from None
+    said = f"{archive} unpacked into {target}"
+    if target.is_dir():
+        if done is None:  # (not one this unpacked: the user's own, or an older notebook's; kept)
+            kept = target.with_name(f"{target.name}.before-{datetime.now():%Y%m%d-%H%M%S}")
+            target.rename(kept)
+            said = f"{archive} unpacked anew into {target} (the folder there before is kept as {kept})"
+        else:
+            shutil.rmtree(target)
+            said = f"{archive} changed since it was unpacked: unpacked anew into {target}"
+    partial.rename(target)
+    stamp.write_text(current)
+    return trains, said

@@ -1,0 +1,68 @@
+"""A dataset uploaded as one zip, as the Colab notebook unpacks it: once, again where it is uploaded anew, with its
+folders where Windows PowerShell wrote \\ between them, and never over a folder it did not unpack."""
+
+import os
+import zipfile
+
+from PIL import Image
+
+from lowvram.cli import main
+from lowvram.dataset_zip import unpack_dataset_zip, zip_folder
+
+
+def zipped(path, files: dict[str, str]):
+    """A zip of PNG images (by entry name, each of a colour) and captions (.txt entries: their text)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            if name.endswith(".txt"):
+                archive.writestr(name, content)
+            else:
+                image = path.parent / "image.png"
+                Image.new("RGB", (64, 64), content).save(image)
+                archive.write(image, name)
+    return path
+
+
+def test_a_zip_is_unpacked_once_and_again_where_it_is_uploaded_anew(tmp_path):
+    archive = zipped(tmp_path / "pets.zip", {"pets/5_cat/a.png": "red", "pets/5_cat/a.txt": "a cat"})
+    folder, said = unpack_dataset_zip(archive)
+    assert folder == tmp_path / "pets" / "pets" and said == f"{archive} unpacked into {tmp_path / 'pets'}"
+    assert (folder / "5_cat" / "a.txt").read_text() == "a cat"
+    assert unpack_dataset_zip(archive) == (folder, f"{archive} was unpacked into {tmp_path / 'pets'} already")
+    # uploaded again with one more image: it trained the old images, saying "unpacked into"
+    zipped(archive, {"pets/5_cat/a.png": "red", "pets/5_cat/a.txt": "a cat", "pets/5_cat/b.png": "blue"})
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
+    assert unpack_dataset_zip(archive)[1] == f"{archive} changed since it was unpacked: unpacked anew into " \
+                                             f"{tmp_path / 'pets'}"
+    assert sorted(p.name for p in (folder / "5_cat").iterdir()) == ["a.png", "a.txt", "b.png"]
+    assert [p.name for p in tmp_path.iterdir() if "unpacking" in p.name or "before" in p.name] == []
+
+
+def test_a_zip_of_windows_powershell_keeps_its_folders_and_their_repeats(tmp_path, capsys):
+    """PowerShell 5's Compress-Archive writes \\ between folders: zipfile unpacked flat files named
+    `mypics\\5_cat\\a.png`, which trained once each under the zip's name, not 5 times as cat."""
+    archive = zipped(tmp_path / "mypics.zip", {"mypics\\5_cat\\a.png": "red", "mypics\\5_cat\\a.txt": "a cat"})
+    assert zip_folder(archive) == "mypics"
+    folder, _ = unpack_dataset_zip(archive)
+    assert (folder / "5_cat" / "a.png").is_file()
+    assert main(["check-data", str(folder), "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "5 samples per epoch" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_folder_the_zip_did_not_unpack_is_kept_aside_or_taken_as_the_earlier_unpacking(tmp_path):
+    archive = zipped(tmp_path / "data.zip", {"5_cat/a.png": "red"})
+    own = tmp_path / "data"
+    own.mkdir()
+    (own / "mine.png").write_bytes(b"the user's own")
+    old = own.stat().st_mtime - 60  # unpacked before the zip was uploaded: not its unpacking
+    os.utime(own, (old, old))
+    folder, said = unpack_dataset_zip(archive)
+    kept = next(tmp_path.glob("data.before-*"))
+    assert said == f"{archive} unpacked anew into {own} (the folder there before is kept as {kept})"
+    assert (kept / "mine.png").read_bytes() == b"the user's own" and (folder / "a.png").is_file()  # (data/5_cat)
+    # an earlier notebook's unpacking (no record of it, made after the upload): taken as this upload's
+    (tmp_path / ".data.unpacked").unlink()
+    later = archive.stat().st_mtime + 60
+    os.utime(own, (later, later))
+    assert unpack_dataset_zip(archive)[1] == f"{archive} was unpacked into {own} already"
+    assert len(list(tmp_path.glob("data.before-*"))) == 1
