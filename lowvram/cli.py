@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "doctor":
             from lowvram.doctor import print_doctor
 
-            print_doctor(args.profiles)
+            print_doctor(args.profiles, args.json)
         elif args.command == "cache":
             from lowvram.housekeeping import run_cache
 

@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Report the GPU, its memory and precision support, whether xformers, "
                          "bitsandbytes and optimum-quanto work here, host RAM and free disk.")
     doc.add_argument("--profiles", action="store_true", help="list the GPU profiles plan --profile knows")
+    doc.add_argument("--json", action="store_true", help="print the report as JSON, for a script or a lab's "
+                     "dashboard: the machine's figures in bytes, and each line of the table")
 
     cache = sub.add_parser("cache", allow_abbrev=False, help="what the cache holds; remove what no run used lately",
                            description="Show the cache folder's parts (latents, text embeddings, scan indexes) and "

@@ -23,9 +23,16 @@ from lowvram.resolve import default_cache_dir, resolve_run
 AUTO_EXAMPLES = (("SD1.5 at 512", "sd15"), ("SDXL at 1024", "sdxl"))
 
 
-def print_doctor(profiles: bool) -> None:
-    """The report as a table; with `profiles`, the GPU profiles `plan --profile` knows instead."""
+def print_doctor(profiles: bool, as_json: bool = False) -> None:
+    """The report as a table (as JSON, `as_json`); with `profiles`, the GPU profiles `plan --profile` knows
+    instead."""
     console = Console()
+    if as_json:
+        import json
+
+        print(json.dumps({"profiles": [profile_facts(name) for name in list_profiles()]} if profiles else
+                         {"machine": machine_facts(), "report": dict(doctor_report())}, indent=2))
+        return
     if profiles:
         table = Table(title="GPU profiles (lowvram plan --profile NAME)")
         for column in ("name", "card", "VRAM GiB", "bf16", "host RAM GiB"):
@@ -42,6 +49,34 @@ def print_doctor(profiles: bool) -> None:
     for topic, words in doctor_report():
         table.add_row(topic, words)
     console.print(table)
+
+
+def profile_facts(name: str) -> dict:
+    """A GPU profile's figures, as `doctor --profiles --json` lists them."""
+    hw = load_profile(name)
+    return {"name": name, "card": hw.name, "vram_bytes": hw.total_vram, "bf16": hw.bf16, "host_ram_bytes": hw.host_ram}
+
+
+def machine_facts() -> dict:
+    """What the report's lines say in words, as figures (bytes), for a script: the GPU, host RAM, disk and cache."""
+    import psutil
+    import torch
+
+    hardware = detect()
+    facts = {"device": hardware.device, "gpu": hardware.name if hardware.device == "cuda" else None,
+             "vram_bytes": hardware.total_vram, "vram_free_bytes": hardware.free_vram,
+             "compute_capability": hardware.compute_capability or None, "bf16": hardware.bf16,
+             "torch": torch.__version__, "cuda": torch.version.cuda,
+             "host_ram_bytes": hardware.host_ram, "host_ram_available_bytes": psutil.virtual_memory().available,
+             "swap_bytes": psutil.swap_memory().total, "free_disk_here_bytes": shutil.disk_usage(".").free}
+    try:
+        cache_dir = default_cache_dir()
+    except LowvramError:
+        return facts | {"cache_dir": None}
+    folders = usage(cache_dir) if cache_dir.is_dir() else []
+    return facts | {"cache_dir": str(cache_dir), "cache_bytes": sum(f.size for f in folders),
+                    "cache_removable_bytes": sum(f.removable for f in folders),
+                    "cache_disk_free_bytes": free_bytes(cache_dir) if cache_dir.is_dir() else None}
 
 
 def _host_ram_line(total: int) -> str:

@@ -3,6 +3,7 @@ twice, latin-1 captions turned into replacement characters, Ctrl-C tracebacks, t
 check-data's help naming another model than it used, and a --model-family that disagrees with the model."""
 
 import io
+import json
 import os
 import re
 import shutil
@@ -483,6 +484,14 @@ def test_doctor_speaks_in_words_and_says_what_auto_would_choose(capsys):
     assert re.search(r"host RAM │ \d+\.\d GiB, \d+\.\d GiB of it free now; (no swap|swap \d)", out)  # (swap: --ram)
     assert re.search(r"the next run rebuilds if removed \(lowvram cache shows and prunes it\); \S+ \S+ free on its "
                      r"disk$", _cache_line(default_cache_dir()))  # (the cache's disk: a lab's home is a small quota)
+    # as JSON, for a lab's dashboard: the figures in bytes, and each line of the table (it had none)
+    assert main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["machine"]["device"] == "cpu" and report["machine"]["host_ram_bytes"] > 2**30
+    assert report["machine"]["cache_dir"] == str(default_cache_dir()) and report["report"]["GPU"].startswith("none: ")
+    assert main(["doctor", "--profiles", "--json"]) == 0
+    t4 = next(p for p in json.loads(capsys.readouterr().out)["profiles"] if p["name"] == "colab-t4")
+    assert t4["bf16"] is False and t4["vram_bytes"] >= 15 * 2**30
     t4 = load_profile("colab-t4")  # the same lines for a card, through the real planner
     assert "fp16 only" in _gpu_line(t4)
     assert _auto_line(t4, "sd15").startswith("fp16 adamw (peak")  # seen in bf16: no fp16 GPU result yet
