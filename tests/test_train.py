@@ -589,12 +589,3 @@ def test_accelerate_launchs_mixed_precision_is_said_not_to_be_used(tmp_path, cap
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # the same as lowvram's: nothing to say
     train(run_config(output=str(tmp_path / "b"), max_steps=1))
     assert "accelerate's" not in capsys.readouterr().out
-    # `accelerate launch --gradient_accumulation_steps 4` divided every loss by 4 (accelerator.backward), unsaid
-    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
-    train(run_config(output=str(tmp_path / "c"), max_steps=1, optimizer="torch.optim.SGD", lr=1.0))
-    assert ("accelerate's gradient accumulation 4 is not used: give --gradient-accumulation 4 to accumulate so"
-            in capsys.readouterr().out)
-    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
-    train(run_config(output=str(tmp_path / "d"), max_steps=1, optimizer="torch.optim.SGD", lr=1.0))
-    launched, own = (load_file(tmp_path / name / f"{name}.safetensors") for name in "cd")  # (SGD: a step's size
-    assert all(torch.equal(launched[key], own[key]) for key in own)  # is the loss's)

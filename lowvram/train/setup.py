@@ -163,7 +163,7 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     """Resolve the run for this machine and start accelerate; every process seeds its own noise."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, set_seed
+    from accelerate.utils import InitProcessGroupKwargs, set_seed
 
     problem = existing_lora_problem(config)  # before the slow part (outdir.claimed checks the rest)
     if problem:
@@ -180,10 +180,8 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     AcceleratorState._reset_state()
     # the other processes wait while the main one fills the caches, which on small cards can take an hour: torch's
     # wait (10 minutes for NCCL, 30 for gloo) ended such runs
-    # lowvram accumulates itself: `accelerate launch --gradient_accumulation_steps N` divided each loss by N more
     accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.hardware.device == "cpu",
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_WAIT)],
-                              gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1))
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_WAIT)])
     set_seed(config.training.seed, device_specific=True)
     session = Session(run, accelerator, console or log_console(quiet=not accelerator.is_main_process))
     # `accelerate launch --mixed_precision` (or its config file) sets this; the diffusers scripts train in it
@@ -197,10 +195,6 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
         session.console.print(f"accelerate's mixed precision {launched} is not used: lowvram picks "
                               f"{NATIVE_FORMAT[run.mixed_precision]} for {run.hardware.name}{instead}", soft_wrap=True,
                               highlight=False)
-    launched = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "")
-    if launched.strip() not in ("", str(config.training.gradient_accumulation)):
-        session.console.print(f"accelerate's gradient accumulation {launched} is not used: give "
-                              f"--gradient-accumulation {launched} to accumulate so", soft_wrap=True, highlight=False)
     return session
 
 
