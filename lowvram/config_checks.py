@@ -25,11 +25,9 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.dataset_files.subsets import REPEAT_FOLDER, image_folder_holding
-from lowvram.dataset_zip import zip_folder
+from lowvram.dataset_zip import windows_powershell_zip, zip_folder
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
-from lowvram.files import (
-    not_found_hint,
-)
+from lowvram.files import closest, not_found_hint
 from lowvram.formats import network_refusal
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
@@ -188,6 +186,8 @@ def _hub_dataset_hint(data: str) -> str:
     path = Path(data)  # (made absolute from the current folder, where owner/name was typed)
     if path.parent.parent != Path.cwd() or path.parent.exists() or REPEAT_FOLDER.match(path.name):
         return ""
+    if near := closest(path.parent):  # (dataset/ohwx typed for datasets/ohwx: a folder here, no hub's)
+        return near
     hub_id = f"{path.parent.name}/{path.name}"
     return (f"; a Hugging Face dataset's id? lowvram downloads none: huggingface-cli download {hub_id} --repo-type "
             f"dataset --local-dir {path.name}, then --data {path.name} (an image folder with its metadata.jsonl; "
@@ -566,6 +566,10 @@ def _unpack_hint(path: Path) -> str:
     if module is None:
         return "; extract it first (7-Zip), then give its folder" if name.endswith((".7z", ".rar")) else ""
     folder = path.with_name(re.sub(r"(\.tar)?\.[^.]+$", "", path.name, flags=re.IGNORECASE))
+    if module == "zipfile" and windows_powershell_zip(path):  # (python's zipfile would unpack flat files)
+        return (f"; unpack it first with unzip (or 7-Zip), which makes the folders Windows PowerShell wrote as \\ "
+                f"in its names: unzip {shell_line(path)} -d {shell_line(folder)}, then give the folder of its "
+                "N_name folders")
     inside = zip_folder(path) if module == "zipfile" else None
     if inside:  # (Windows' "Compressed folder" and macOS' "Compress" keep the folder itself in the zip)
         folder = path.parent

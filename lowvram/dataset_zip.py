@@ -18,6 +18,16 @@ def _names(archive: zipfile.ZipFile) -> list[str]:
     return [name.replace("\\", "/") for name in archive.namelist() if name.replace("\\", "/").strip("/")]
 
 
+def windows_powershell_zip(path: Path) -> bool:
+    r"""Whether the zip names its folders with \ (Windows PowerShell 5's Compress-Archive), which `python -m
+    zipfile -e` keeps in flat files' names."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("\\" in name for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def zip_folder(path: Path) -> str | None:
     """The one folder a zip holds everything in, if it does (a folder compressed as itself); None otherwise."""
     try:
@@ -65,14 +75,12 @@ def unpack_dataset_zip(archive: Path) -> tuple[Path, str]:
         shutil.rmtree(partial, ignore_errors=True)
         raise LowvramError(f"DATA: {archive} is not a readable zip ({exc}); upload it again") from None
     said = f"{archive} unpacked into {target}"
-    if target.is_dir():
-        if done is None:  # (not one this unpacked: the user's own, or an older notebook's; kept)
-            kept = target.with_name(f"{target.name}.before-{datetime.now():%Y%m%d-%H%M%S}")
-            target.rename(kept)
-            said = f"{archive} unpacked anew into {target} (the folder there before is kept as {kept})"
-        else:
-            shutil.rmtree(target)
-            said = f"{archive} changed since it was unpacked: unpacked anew into {target}"
+    if target.is_dir():  # kept, moved aside: captions written or edited in it since would be lost with it
+        kept = target.with_name(f"{target.name}.before-{datetime.now():%Y%m%d-%H%M%S}")
+        target.rename(kept)
+        said = (f"{archive} changed since it was unpacked: unpacked anew into {target} (the folder of the earlier "
+                f"one is kept as {kept}; delete it once nothing in it is needed)" if done is not None else
+                f"{archive} unpacked anew into {target} (the folder there before is kept as {kept})")
     partial.rename(target)
     stamp.write_text(current)
     return trains, said

@@ -82,6 +82,9 @@ def not_found_hint(path: str | os.PathLike) -> str:
     return broken_link(path) or file_url_hint(path) or windows_path_hint(path) or closest(Path(path))
 
 
+SIDE_FILES = (".toml", ".json", ".jsonl", ".txt", ".caption", ".yaml", ".yml", ".log", ".md")  # text beside
+
+
 def closest(path: Path) -> str:
     """" (did you mean models/tinydiff?)" for the name beside where `path` should be that is close to it, if any."""
     try:
@@ -89,8 +92,8 @@ def closest(path: Path) -> str:
     except OSError:
         return ""
     names: dict[str, str] = {}  # stems compared: every "*.safetensors" name is close to every other
-    for entry in entries:  # (a file of another kind is none meant: a run's early.toml for its missing LoRA)
-        if path.suffix[1:].isalpha() and entry.suffix.lower() != path.suffix.lower():  # (not v1.5_model's ".5_model")
+    for entry in entries:  # (a run's early.toml is no near name of its missing early.safetensors: a text file is
+        if entry.suffix.lower() in SIDE_FILES and path.suffix.lower() not in SIDE_FILES:  # named where one is)
             continue
         if entry.stem not in names or entry.suffix == path.suffix:
             names[entry.stem] = entry.name

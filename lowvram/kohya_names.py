@@ -383,8 +383,9 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
         return f"{name} is kohya's: {WITHOUT_COUNTERPART[key]}" if command in TRAINING_COMMANDS else None
     if key in KOHYA_FLAGS:
         whose, ours = "kohya's", KOHYA_FLAGS[key]
-    elif key in OTHER_TRAINER_FLAGS:
-        whose, ours = "the diffusers scripts' or SimpleTuner's", OTHER_TRAINER_FLAGS[key]
+    elif key in OTHER_TRAINER_FLAGS:  # (--use_8bit_adam: sd-scripts' too, its command pasted is kohya's)
+        whose = "kohya's" if key.lstrip("-") in SD_SCRIPTS_SETTINGS else "the diffusers scripts' or SimpleTuner's"
+        ours = OTHER_TRAINER_FLAGS[key]
     else:
         return None
     named = named_flags(ours)

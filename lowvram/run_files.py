@@ -49,9 +49,12 @@ def not_written_yet(lora: Path) -> str:
     steps = [int(path.name.removeprefix("step-")) for path in (lora.parent / CHECKPOINTS).glob("step-*")
              if path.name.removeprefix("step-").isdigit()]
     newest = f" (its newest checkpoint is step {max(steps)})" if steps else ""
+    options = next((path for path in (lora.parent / f"{name}.run.toml", lora.parent / f"{name}.toml")
+                    if path.is_file()), None)  # (written once the data is cached: a run stopped before has none)
+    if options is None:
+        return f"; the run in {lora.parent} stopped before it trained: start it again as it was started"
     return (f"; the run in {lora.parent} has not written it yet{newest}: "
-            f"{shell_line('lowvram', 'train', '--config', lora.parent / f'{name}.toml', '--resume', 'auto')} "
-            "continues it")
+            f"{shell_line('lowvram', 'train', '--config', options, '--resume', 'auto')} continues it")
 
 
 def final_lora(name: str) -> str:

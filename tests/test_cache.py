@@ -379,7 +379,7 @@ def test_a_run_says_how_its_class_images_balance_and_their_loss_weight(tmp_path,
                      output=str(tmp_path / "out4"), cache_dir=str(tmp_path / "cache")))
     said = " ".join(capsys.readouterr().out.split())
     assert "warning: regularization: its 3 samples are repeated to 30" in said
-    assert "their loss weighs 0 (--prior-loss-weight); so they train nothing" in said
+    assert "(kohya's balance); their loss weighs 0 (--prior-loss-weight), so they train nothing" in said
 
 
 def test_class_images_are_never_captioned_with_the_instance_prompt(tmp_path):
@@ -462,7 +462,8 @@ def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_
     # class images that train nothing are a warning, and add nothing to the plan's epoch
     assert main([*argv, "--reg-data", str(tmp_path / "reg3"), "--prior-loss-weight", "0"]) == 0
     assert ("warning: regularization: its 3 samples are repeated to 30 each epoch, to match the 30 training samples "
-            "(kohya's balance); so they train nothing") in " ".join(capsys.readouterr().out.split())
+            "(kohya's balance); their loss weighs 0 (--prior-loss-weight), so they train nothing") in " ".join(
+        capsys.readouterr().out.split())
     (tmp_path / "apart.toml").write_text(
         f"[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{reg}'\nis_reg = true\n[[datasets]]\n"
         f"[[datasets.subsets]]\nimage_dir = '{first}'\n")

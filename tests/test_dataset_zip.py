@@ -32,10 +32,14 @@ def test_a_zip_is_unpacked_once_and_again_where_it_is_uploaded_anew(tmp_path):
     # uploaded again with one more image: it trained the old images, saying "unpacked into"
     zipped(archive, {"pets/5_cat/a.png": "red", "pets/5_cat/a.txt": "a cat", "pets/5_cat/b.png": "blue"})
     os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
-    assert unpack_dataset_zip(archive)[1] == f"{archive} changed since it was unpacked: unpacked anew into " \
-                                             f"{tmp_path / 'pets'}"
+    (folder / "5_cat" / "a.txt").write_text("a cat, edited")  # (or written by lowvram caption)
+    said = unpack_dataset_zip(archive)[1]
+    kept = next(tmp_path.glob("pets.before-*"))  # the earlier one, with what was written in it: kept
+    assert said == (f"{archive} changed since it was unpacked: unpacked anew into {tmp_path / 'pets'} (the folder "
+                    f"of the earlier one is kept as {kept}; delete it once nothing in it is needed)")
     assert sorted(p.name for p in (folder / "5_cat").iterdir()) == ["a.png", "a.txt", "b.png"]
-    assert [p.name for p in tmp_path.iterdir() if "unpacking" in p.name or "before" in p.name] == []
+    assert (kept / "pets" / "5_cat" / "a.txt").read_text() == "a cat, edited"
+    assert [p.name for p in tmp_path.iterdir() if "unpacking" in p.name] == []
 
 
 def test_a_zip_of_windows_powershell_keeps_its_folders_and_their_repeats(tmp_path, capsys):
@@ -47,6 +51,10 @@ def test_a_zip_of_windows_powershell_keeps_its_folders_and_their_repeats(tmp_pat
     assert (folder / "5_cat" / "a.png").is_file()
     assert main(["check-data", str(folder), "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "5 samples per epoch" in " ".join(capsys.readouterr().out.split())
+    # given as --data, the way it says to unpack it makes the folders (python -m zipfile unpacked flat files)
+    assert main(["check-data", str(archive), "--model", "tiny"]) == 2
+    assert (f"unpack it first with unzip (or 7-Zip), which makes the folders Windows PowerShell wrote as \\ in its "
+            f"names: unzip {archive} -d {tmp_path / 'mypics'}") in " ".join(capsys.readouterr().err.split())
 
 
 def test_a_folder_the_zip_did_not_unpack_is_kept_aside_or_taken_as_the_earlier_unpacking(tmp_path):

@@ -45,9 +45,18 @@ def test_the_lora_of_a_run_not_ended_yet_says_how_to_continue_it(tmp_path, capsy
     assert (f"--lora: file not found: {lora}; the run in {lora.parent} has not written it yet (its newest checkpoint "
             f"is step 2): lowvram train --config {lora.parent / 'early.toml'} --resume auto continues it") in err
     assert "did you mean" not in err
-    (tmp_path / "early" / "lowvram-run.json").unlink()  # no run's folder: a file of another kind is no near name
+    (tmp_path / "early" / "early.toml").rename(tmp_path / "early.toml")  # (stopped while caching: no options yet)
+    main(["generate", "--model", "tiny", "--lora", str(lora), "--prompt", "x", "--output", str(tmp_path / "x.png")])
+    assert (f"the run in {lora.parent} stopped before it trained: start it again as it was started" in
+            " ".join(capsys.readouterr().err.split()))
+    (tmp_path / "early" / "lowvram-run.json").unlink()  # no run's folder: its options are no near name
     main(["generate", "--model", "tiny", "--lora", str(lora), "--prompt", "x", "--output", str(tmp_path / "x.png")])
     assert "early.toml" not in capsys.readouterr().err
+    saved = next(lora.parent.glob("early-step*.safetensors"), None) or lora.with_name("early-1.safetensors")
+    saved.write_bytes(b"")  # a near name of its own kind still is one (a typo of the extension too)
+    for typed in (lora.with_name(saved.name.replace("-", "_")), lora.with_name(saved.name[:-1])):
+        main(["generate", "--model", "tiny", "--lora", str(typed), "--prompt", "x", "--output", str(tmp_path / "x.png")])
+        assert f"(did you mean {saved}?)" in capsys.readouterr().err
 
 
 def test_a_long_prompt_is_read_past_75_tokens(tmp_path):

@@ -131,6 +131,13 @@ def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeat
         "empty caption in metadata.jsonl: trains without a caption, as the diffusers scripts do"]
     assert main(["check-data", str(data), "--model", "tiny", "--report", str(report), "--trigger-word", "ohwx"]) == 0
     assert {r["relpath"]: r["caption"] for r in json.loads(report.read_text())["records"]}["c.png"] == "ohwx"
+    # a class image's empty caption is its class words still, as kohya's and the diffusers scripts' never train
+    # one uncaptioned
+    reg = tmp_path / "dog"
+    imagefolder(reg, ["d1.png"])
+    jsonl(reg / "metadata.jsonl", [{"file_name": "d1.png", "text": ""}])
+    assert main(["check-data", str(data), "--model", "tiny", "--report", str(report), "--reg-data", str(reg)]) == 0
+    assert [r["caption"] for r in json.loads(report.read_text())["regularization"]["records"]] == ["dog"]
     out = " ".join(capsys.readouterr().out.split())
     assert "metadata.jsonl names images in folders that are not there: missing/" in out
     assert "skipped folder 0_off/: 0 repeats" in out and "can't list" not in out
@@ -147,6 +154,9 @@ def test_a_hugging_face_dataset_id_as_data_says_how_to_fetch_it(tmp_path, monkey
     (tmp_path / "photos").mkdir()  # a folder of one's own mistyped: no word of the hub
     assert main(["train", "--model", "tiny", "--data", "photos/10_mug"]) == 2
     assert "Hugging Face" not in capsys.readouterr().err
+    (tmp_path / "datasets" / "ohwx").mkdir(parents=True)
+    assert main(["train", "--model", "tiny", "--data", "dataset/ohwx"]) == 2
+    assert "Hugging Face" not in (err := capsys.readouterr().err) and f"did you mean {tmp_path / 'datasets'}?" in err
 
 
 def test_a_metadata_file_of_another_kind_is_passed_over_with_a_note(tmp_path, capsys):

@@ -782,6 +782,9 @@ def test_a_pasted_kohya_command_line_is_pointed_at_a_launcher_script_which_reads
             "write each as lowvram's: --pretrained_model_name_or_path as --model, --train_data_dir as --data, "
             "--max_train_steps as --max-steps, --output_dir as --output, --train_batch_size as --batch-size, "
             "--caption_column as --caption-column") in err and "launcher" not in err
+    with pytest.raises(SystemExit):  # sd-scripts has --use_8bit_adam too: a kohya command with it is kohya's
+        main(["train", *flags[:4], "--use_8bit_adam"])
+    assert "5 of them are kohya's flags" in capsys.readouterr().err
     (tmp_path / "train.sh").write_text("accelerate launch train_network.py " + " ".join(flags) + "\n")
     config = _config_of(tmp_path / "train.sh")
     assert (config.network.rank, config.training.max_steps, config.data.bucket) == (8, 2, True)

@@ -52,7 +52,8 @@ def scan_options(config: RunConfig, trigger: str | None, regularization: bool = 
                        caption_suffix=config.data.caption_suffix,
                        keep_tokens_separator=config.data.keep_tokens_separator,
                        caption_separator=config.data.caption_separator,
-                       caption_lines=config.data.caption_lines, wildcards=config.data.wildcards)
+                       caption_lines=config.data.caption_lines, wildcards=config.data.wildcards,
+                       class_images=regularization)
 
 
 def scan_index_path(cache_dir: Path, root: Path, part: str = "") -> Path:

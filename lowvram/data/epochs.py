@@ -159,8 +159,8 @@ def idle_regularization(epochs: Epochs, weight: float) -> str:
         return ("none of them trains: an is_reg subset balances the training images of its own [[datasets]] entry "
                 "alone, so put it in theirs")
     if not weight:
-        return ("so they train nothing, and a step that draws only them is idle (AdamW's momentum still moves the "
-                "weights): leave --reg-data out, or weigh them (kohya's 1)")
+        return ("their loss weighs 0 (--prior-loss-weight), so they train nothing, and a step that draws only them "
+                "is idle (AdamW's momentum still moves the weights): weigh them (kohya's 1), or leave them out")
     return ""
 
 

@@ -86,6 +86,7 @@ class ScanOptions:
     caption_separator: str = ","  # kohya's: what separates a caption's tags
     caption_lines: str = "first"  # a caption file's lines: the first one, or "each" as a caption drawn in turn
     wildcards: bool = False  # kohya's {a|b|c}: each combination one of the image's captions
+    class_images: bool = False  # regularization images: one without a caption takes its class words, always
 
     def __post_init__(self):
         if caption_extension_problem(self.caption_extension):
@@ -576,7 +577,7 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         text, non_utf8 = folder.captions[metadata_key] or None, None
         # the diffusers scripts train an empty caption so; the template would be the folder's name here (a Hub
         # snapshot's is a commit hash), but for an N_name folder's, a trigger word's or a template of the user's
-        unnamed = not (options.trigger_word or REPEAT_FOLDER.match(Path(folder.path).name)
+        unnamed = not (options.trigger_word or REPEAT_FOLDER.match(Path(folder.path).name) or options.class_images
                        or options.caption_template != ScanOptions.caption_template)
         if not text:
             notes = [f"empty caption in {folder.captions_from}: "

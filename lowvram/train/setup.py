@@ -505,9 +505,9 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         balance = escape(regularization_balance(data))  # (the epochs it trains; [[datasets]] not read as markup)
         idle = idle_regularization(data, weight)
         said = "[yellow]warning:[/] " if idle else "[yellow]note:[/] " if data.regularization_unused else ""
-        session.console.print(f"{said}{balance}; their loss weighs {weight:g}"
-                              f"{' (--prior-loss-weight)' if weight != 1 else ''}{f'; {escape(idle)}' if idle else ''}",
-                              soft_wrap=True)
+        weighs = f"their loss weighs {weight:g}{' (--prior-loss-weight)' if weight != 1 else ''}"
+        tail = idle if idle and not weight else weighs + (f"; {idle}" if idle else "")  # (idle names a weight of 0)
+        session.console.print(f"{said}{balance}; {escape(tail)}", soft_wrap=True)
     if config.optim.scheduler_cycles != 1 and config.optim.scheduler != "cosine_with_restarts":
         session.console.print(f"[yellow]warning:[/] --scheduler-cycles {config.optim.scheduler_cycles} has no effect "
                               f"with --scheduler {config.optim.scheduler}; only cosine_with_restarts restarts",
