@@ -55,7 +55,8 @@ def test_the_lora_of_a_run_not_ended_yet_says_how_to_continue_it(tmp_path, capsy
     saved = next(lora.parent.glob("early-step*.safetensors"), None) or lora.with_name("early-1.safetensors")
     saved.write_bytes(b"")  # a near name of its own kind still is one (a typo of the extension too)
     for typed in (lora.with_name(saved.name.replace("-", "_")), lora.with_name(saved.name[:-1])):
-        main(["generate", "--model", "tiny", "--lora", str(typed), "--prompt", "x", "--output", str(tmp_path / "x.png")])
+        main(["generate", "--model", "tiny", "--lora", str(typed), "--prompt", "x", "--output",
+              str(tmp_path / "x.png")])
         assert f"(did you mean {saved}?)" in capsys.readouterr().err
 
 
