@@ -332,7 +332,9 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
     except OSError as exc:  # read-only, a file where a folder should be, no permission
         blocking = file_in_the_way(path.parent)
         reason = f"{blocking} is a file, not a folder" if blocking else exc.strerror or exc
-        raise LowvramError(f"could not write {path}: {reason}") from None
+        refused = LowvramError(f"could not write {path}: {reason}")
+        refused.errno = exc.errno  # (what a caller tells a lasting refusal, EACCES, from a passing one by)
+        raise refused from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -352,7 +354,9 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
         if is_disk_full(exc):
             raise DiskFull(path.parent, size or 0, free_bytes(path.parent), what, is_size_limit(exc)) from None
         if isinstance(exc, OSError):
-            raise LowvramError(f"could not write {path}: {exc.strerror or exc}") from None
+            refused = LowvramError(f"could not write {path}: {exc.strerror or exc}")
+            refused.errno = exc.errno
+            raise refused from None
         raise
     return path
 

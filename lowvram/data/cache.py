@@ -11,6 +11,7 @@ file that fails to open (truncated, corrupt) is deleted and encoded again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -143,8 +144,10 @@ class TensorStore:
             except DiskFull as exc:
                 self.keep_in_memory(exc.reason, max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
             except LowvramError as exc:  # a folder of it another user keeps to themselves (umask 077, shared cache)
-                self.keep_in_memory(f"{exc} (nor will the next run: give --cache-dir a folder you can write, or "
-                                    "share the cache as a group's folder, chmod 2775, see the README's Caches)",
+                lasting = getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS)  # (not NFS' EIO)
+                self.keep_in_memory(f"{exc}" + (" (nor will the next run: give --cache-dir a folder you can write, "
+                                                "or share the cache as a group's folder, chmod 2775, see the "
+                                                "README's Caches)" if lasting else ""),
                                     max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
         self.memory[key] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
 

@@ -519,7 +519,8 @@ def other_users() -> tuple[str, ...]:
     if hasattr(os, "getuid"):  # (Windows has no uids: its other users are the logged in ones)
         for process in psutil.process_iter(["uids", "username"]):
             uids, name = process.info.get("uids"), process.info.get("username")
-            if uids and uids.real >= 1000 and uids.real != os.getuid() and uids.real != 65534 and name:  # (nobody)
+            # (below 65534, nobody: a rootless container's processes run as subordinate uids from 100000)
+            if uids and 1000 <= uids.real < 65534 and uids.real != os.getuid() and name:
                 names.add(name)
     return tuple(sorted(names - {me}))
 
