@@ -84,6 +84,13 @@ def test_the_trigger_word_is_added_where_the_caption_lacks_it_as_a_word_of_its_o
     report = captions_by_name(scan_dataset(tmp_path / "cjk", TINY, ScanOptions(trigger_word="ohwx")))
     assert {name: record.caption for name, record in report.items()} == {
         "jp.png": "ohwxの女の子", "zh.png": "一个ohwx", "none.png": "ohwx, ohwxsan"}
+    # a booru tag's _ and space are one (WD14 taggers write either): the trigger was added in its other spelling
+    for stem, caption in (("jp", "1girl, ohwx char, smile"), ("zh", "ohwx_char, 1girl"), ("none", "ohwx_charm")):
+        (tmp_path / "cjk" / "3_猫娘" / f"{stem}.txt").write_text(caption)
+    for trigger in ("ohwx_char", "ohwx char"):
+        report = captions_by_name(scan_dataset(tmp_path / "cjk", TINY, ScanOptions(trigger_word=trigger)))
+        assert {name: record.caption for name, record in report.items()} == {
+            "jp.png": "1girl, ohwx char, smile", "zh.png": "ohwx_char, 1girl", "none.png": f"{trigger}, ohwx_charm"}
 
 
 def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp_path):

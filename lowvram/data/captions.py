@@ -285,7 +285,10 @@ def has_word(caption: str, word: str) -> bool:
     spaced_letter = rf"[^\W{UNSPACED}]"  # a word's letter that a space would part from the next word
     before = "" if _unspaced(word[0]) else rf"(?<!{spaced_letter})"
     after = "" if _unspaced(word[-1]) else rf"(?!{spaced_letter})"
-    return re.search(rf"{before}{re.escape(word)}{after}", caption, re.IGNORECASE) is not None
+    # booru tags are written with _ or a space alike (WD14 taggers, kohya_ss' options): ohwx_char is ohwx char
+    written = "[_ ]+".join(re.escape(part) for part in re.split(r"[_ ]+", word)) if re.search(
+        r"[^_ ][_ ]+[^_ ]", word) else re.escape(word)
+    return re.search(rf"{before}{written}{after}", caption, re.IGNORECASE) is not None
 
 
 def _unspaced(char: str) -> bool:
