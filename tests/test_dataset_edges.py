@@ -158,6 +158,14 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     (folder / "img0.txt").write_text("ohwx, hatsune miku (vocaloid)")
     assert main(argv) == 0
     assert "(vocaloid)" not in capsys.readouterr().out
+    # weighted, a tagger's "(series)" is emphasis 1.1, as in kohya: said, with how to keep it text
+    assert main([*argv, "--weighted-captions"]) == 0
+    assert ("note: 1 of 3 captions hold (vocaloid) (in 10_ohwx/img0.png's), which --weighted-captions weighs 1.1 "
+            "as emphasis, as kohya does; write it \\( \\) to train it as text") in " ".join(
+        capsys.readouterr().out.split())
+    (folder / "img0.txt").write_text("ohwx, hatsune miku \\(vocaloid\\)")
+    assert main([*argv, "--weighted-captions"]) == 0
+    assert "(vocaloid)" not in capsys.readouterr().out
     # tags parted by a Chinese comma: one tag to a shuffle (kohya's too), said where tags are shuffled
     (folder / "img2.txt").write_text("ohwx，少女，笑顔", encoding="utf-8")
     assert main(argv) == 0
