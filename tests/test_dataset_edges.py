@@ -39,6 +39,7 @@ def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_
                "nul.txt": b"\x00\x01\x02binary\x00\xff",
                "upper.TXT": b"written by a camera",
                "twice.txt": b"\xef\xbb\xbf\xef\xbb\xbfsaved twice, tag",  # a BOM added by each of two tools
+               "tagged.txt": b" \r\n", "tagged.caption": b"1girl, smile",  # a tagger's tags beside an empty .txt
                "title.Caption": b"from a tagger",
                "log.txt": b"a log saved as a caption\n" * 50_000}  # 1.2 MB: read whole, one would fill the RAM
     for n, (name, raw) in enumerate(written.items()):
@@ -54,6 +55,8 @@ def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_
         "nul.png"].notes
     assert report["upper.png"].caption == "written by a camera"
     assert report["twice.png"].caption == "saved twice, tag"  # (a U+FEFF trained as the first token's part)
+    assert report["tagged.png"].caption == "1girl, smile"  # (the template, the folder's name, trained instead)
+    assert "both .txt and .caption: used .caption, as the .txt is empty" in report["tagged.png"].notes
     assert report["title.png"].caption == "from a tagger"
     assert report["log.png"].caption == "subj" and "caption file over 1 MiB: not a caption, template used: 'subj'" in (
         report["log.png"].notes)

@@ -28,7 +28,11 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     unreadable; notes; the file when it was not UTF-8)."""
     found = caption_files(image, extension)
     notes: list[str] = []
-    if len(found) > 1:
+    if len(found) > 1 and _blank(found[0]) and not _blank(found[1]):  # (a tagger's tags beside an empty .txt)
+        notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[1].suffix}, as the "
+                     f"{found[0].suffix} is empty")
+        found = found[1:]
+    elif len(found) > 1:
         notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
     elif found and found[0].suffix.lower() != extension.lower():  # (kohya reads one extension alone)
         notes.append(f"caption read from its {found[0].suffix} file, as it has no {extension} (kohya reads only the "
@@ -64,6 +68,18 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     if text is None:
         notes.append("empty caption file: template used")
     return text, notes, non_utf8
+
+
+def _blank(path: Path) -> bool:
+    """Whether a caption file holds no text (nothing but spaces, or a byte-order mark); one that cannot be read is
+    not said to be blank."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(4096)
+    except OSError:
+        return False
+    text = decode_caption(raw)[0] if len(raw) < 4096 else None
+    return text is not None and not text.strip()
 
 
 def decode_caption(raw: bytes) -> tuple[str | None, str]:
