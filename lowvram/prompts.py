@@ -112,8 +112,10 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
 
 
 def _option_parts(line: str) -> list[str]:
-    """The prompt's text, then each inline option as `key value`."""
-    return re.split(r"\s--(?=[A-Za-z]+\s)", " " + line.strip())
+    """The prompt's text, then each inline option as `key value`; one of ours with nothing after it ends the line
+    (a hand-edited `... --n`: kohya drops it, it was trained as the prompt's text)."""
+    bare = "|".join(OPTIONS)
+    return re.split(rf"\s--(?=[A-Za-z]+\s|(?:{bare})$)", " " + line.strip())
 
 
 def options_elsewhere(line: str) -> list[str]:

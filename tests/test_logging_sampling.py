@@ -111,6 +111,10 @@ def test_sample_prompts_take_kohyas_inline_options():
     assert parse_prompt("a cat, sitting --n blurry, lowres --W 512 --h 768 --s 28 --l 6.5 --d 7") == SamplePrompt(
         "a cat, sitting", negative="blurry, lowres", width=512, height=768, steps=28, guidance=6.5, seed=7)
     assert parse_prompt("a photo -- of a dog") == SamplePrompt("a photo -- of a dog")  # '--' alone is text
+    # an option of ours left without its value at the end (a hand-edited file) is none, as kohya drops it: it was
+    # the prompt's text; a word of another's stays text
+    assert parse_prompt("ohwx_char, 1girl --n") == SamplePrompt("ohwx_char, 1girl")
+    assert parse_prompt("a photo --hdr") == SamplePrompt("a photo --hdr")
     assert parse_prompt("a cat --w 70 --h 519") == SamplePrompt("a cat", width=64, height=512)  # kohya rounds down
     for bad, named in (("a cat --x 3", "unknown option --x"), ("a cat --w 31", "--w (width) must be a whole number"),
                        ("a cat --s none", "--s (steps) must be a whole number from 1 to 1000"),
