@@ -60,6 +60,12 @@ def test_a_metadata_jsonl_captions_the_images_it_names_and_trains_them(tmp_path,
     meta = safe_open(str(out_dir / "out.safetensors"), framework="pt").metadata()
     tags = json.loads(meta["ss_tag_frequency"])
     assert tags == {"pokemon": {"a red circle": 1, "a yellow square": 1}, "images": {"a white triangle": 1}}
+    # a --caption-prefix (Pony's score tags) or suffix is no tag of the captions, as kohya counts them
+    assert main(["train", "--model", "tiny", "--data", str(data), "--max-steps", "1", "--output", str(out_dir),
+                 "--caption-lines", "each", "--caption-prefix", "score_9, score_8_up,", "--caption-suffix", ", end",
+                 "--overwrite"]) == 0
+    meta = safe_open(str(out_dir / "out.safetensors"), framework="pt").metadata()
+    assert json.loads(meta["ss_tag_frequency"]) == tags
     assert json.loads(meta["ss_dataset_dirs"]) == {"pokemon": {"n_repeats": 1, "img_count": 2},
                                                    "images": {"n_repeats": 1, "img_count": 1}}
 
