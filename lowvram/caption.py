@@ -365,9 +365,10 @@ def _claim_new_folder(path: Path) -> Path:
 def _appended(old: str, new: str, trigger: str | None) -> str | None:
     """An existing caption with the tags of `new` it lacks added at its end, and the trigger word first where it
     lacks it (kohya's --append_tags with --always_first_tags); None where it lacks none. Tags match whatever their
-    case and underscores, and whether commas or Chinese and Japanese ones (，、) part them."""
+    case, underscores and A1111's escaped brackets (`hatsune_miku \\(vocaloid\\)`), and whether commas or Chinese
+    and Japanese ones (，、) part them."""
     def same(tag: str) -> str:
-        return tag.strip().replace("_", " ").lower()
+        return re.sub(r"\\([()\[\]])", r"\1", tag.strip().replace("_", " ").lower())
 
     first_line, *more = old.strip().splitlines() or [""]  # (more lines: --caption-lines each draws among them)
     old = first_line.strip().rstrip(",").strip()

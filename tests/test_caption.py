@@ -131,6 +131,11 @@ def test_append_adds_the_tags_a_caption_lacks_at_its_end_and_keeps_the_old_one(t
     assert snapshot(data) == before and "wrote 0 caption(s); kept 5 existing" in capsys.readouterr().out
     assert main(["caption", str(data), "--caption-model", str(tagger), "--append", "--overwrite"]) == 2
     assert "--append: --overwrite replaces the captions instead of adding to them" in capsys.readouterr().err
+    # a booru tag as A1111's WD14 writes it, brackets escaped, is the tagger's (it was added a second time)
+    from lowvram.caption import _appended
+
+    assert _appended("hatsune_miku \\(vocaloid\\), 1girl", "hatsune miku (vocaloid), smile", None) == (
+        "hatsune_miku \\(vocaloid\\), 1girl, smile")
 
 
 def test_append_reads_chinese_commas_and_says_a_legacy_caption_it_writes_as_utf8(tmp_path, tagger, monkeypatch,
