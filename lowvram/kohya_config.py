@@ -328,7 +328,7 @@ def _kohya_sample_defaults(line: str) -> str:
     try:
         if parse_prompt(line).guidance is not None:
             return line
-        parse_prompt(with_scale := f"{line} --l {KOHYA_SAMPLE_SCALE}")  # (a line ending in a bare --s reads on)
+        parse_prompt(with_scale := f"{line} --l {KOHYA_SAMPLE_SCALE}")
     except ValueError:  # (said where the prompts are read for the run)
         return line
     return with_scale
@@ -370,6 +370,11 @@ def _logging(left: dict[str, Any], notes: list[str]) -> dict[str, Any]:
             if left.get("logging_dir"):
                 notes.append(f"logging_dir {left['logging_dir']}: TensorBoard's logs go to <output>/logs")
     return values
+
+
+WHOLE_LOKR_RANK = 100_000  # a LoKr of this rank has whole Kronecker factors (LyCORIS's full_matrix; its presets')
+LYCORIS_UNTRAINED = {"decompose_both": "its first Kronecker factor decomposed too",
+                     "use_scalar": "a trained scale on each update", "train_norm": "trained normalization layers"}
 
 
 def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
@@ -426,6 +431,15 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         if tucker and "conv_rank" in values:  # it factors the 3x3 convolutions' adapters otherwise than peft's
             problem(f"network_args {tucker[0]}", "LyCORIS's CP (Tucker) decomposition of the convolutions is not one "
                     f"lowvram trains; set {tucker[0]}=False, or drop conv_dim")
+        switched = {key for key in ("full_matrix", "decompose_both", "use_scalar", "train_norm")
+                    if str(args.pop(key, "")).lower() == "true"}
+        if "full_matrix" in switched and values["network"] == "lokr" and "rank" in values:
+            values["rank"] = WHOLE_LOKR_RANK  # (LyCORIS ignores it for the other algos)
+            notes.append(f"full_matrix=True: trained as rank {WHOLE_LOKR_RANK}, whose Kronecker factors are whole, "
+                         "at scale 1, as LyCORIS trains them")
+        for key, what in LYCORIS_UNTRAINED.items():  # (each trains another network than lowvram's)
+            if key in switched:
+                problem(f"network_args {key}", f"LyCORIS's {key} ({what}) is not one lowvram trains; set {key}=False")
         factor = args.pop("factor", None)
         if factor is not None and values["network"] == "lokr":
             values["lokr_factor"] = as_number(factor, "network_args factor", problem, int)

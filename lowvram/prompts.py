@@ -70,7 +70,7 @@ def parse_prompt(line: str, sampler: str | None = None) -> SamplePrompt:
         key, _, value = part.partition(" ")
         key = key.lower()
         value = value.strip()
-        if key in ELSEWHERE:
+        if key in ELSEWHERE or (key in OPTIONS and not value):  # (a bare option at the line's end: kohya drops it)
             continue
         if key not in OPTIONS:
             raise ValueError(f"unknown option --{key} in '{line}'; the options are "

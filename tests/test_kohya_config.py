@@ -445,8 +445,19 @@ def test_lycoris_switches_kohya_ss_writes_off_are_no_loss_and_no_note():
         "use_scalar=False", "rank_dropout_scale=False", "train_norm=False", "bypass_mode=False"]}, Path("k.toml"))
     assert values["conv_rank"] == 8 and not any("network_args" in note for note in notes)
     _, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya",
-                          "network_args": ["algo=locon", "train_norm=True"]}, Path("k.toml"))
-    assert "network_args not carried over: train_norm=True" in notes  # one that is on is named
+                          "network_args": ["algo=locon", "bypass_mode=True"]}, Path("k.toml"))
+    assert "network_args not carried over: bypass_mode=True" in notes  # one that is on is named
+    # those that train another network than lowvram's are refused (a note only, they trained without them)
+    for switch, what in (("train_norm", "trained normalization layers"), ("use_scalar", "a trained scale"),
+                         ("decompose_both", "its first Kronecker factor decomposed too")):
+        with pytest.raises(LowvramError, match=f"network_args {switch}: LyCORIS's {switch} \\({what}"):
+            translate({"train_data_dir": "sample", "network_module": "lycoris.kohya",
+                       "network_args": ["algo=lokr", f"{switch}=True"]}, Path("k.toml"))
+    # a LoKr's full_matrix is its whole factors: lowvram's rank past them, trained at scale 1
+    values, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_dim": 8,
+                               "network_args": ["algo=lokr", "factor=4", "full_matrix=True"]}, Path("k.toml"))
+    assert values["rank"] == 100_000 and values["lokr_factor"] == 4
+    assert any(note.startswith("full_matrix=True: trained as rank 100000") for note in notes)
 
 
 @pytest.mark.parametrize("config, dataset", [
@@ -896,9 +907,9 @@ def test_a_powershell_launcher_in_a_folder_with_spaces_reads_its_variables_as_po
 
 def test_kohyas_sample_steps_and_scale_leave_a_line_and_a_flag_their_own(tmp_path):
     """sd-scripts samples at 30 steps and scale 7.5 where a prompt says none: the scale joins each line, the steps
-    are the config's --sample-steps (a flag given wins); a line ending in a bare option is left as written."""
+    are the config's --sample-steps (a flag given wins); a bare option at a line's end is none, as kohya drops it."""
     (tmp_path / "prompts.txt").write_text("lvshape, a cat --s\nlvshape, a dog --l 4\n")
     values, _ = translate({"train_data_dir": "sample", "sample_prompts": str(tmp_path / "prompts.txt")}, Path("k.toml"))
-    assert values["sample_prompts"] == ["lvshape, a cat --s", "lvshape, a dog --l 4"]
+    assert values["sample_prompts"] == ["lvshape, a cat --s --l 7.5", "lvshape, a dog --l 4"]
     assert values["sample_steps"] == 30
     assert build_config({"model": "tiny", **values, "sample_steps": 12}).output.sample_steps == 12
