@@ -91,7 +91,8 @@ def mixed_precision_name(text: str) -> str:
 def network_name(text: str) -> str:
     """--network as lowvram names it, in any case; LyCORIS' LoCon is refused with its lowvram spelling."""
     if text.lower() == "locon":
-        raise ValueError("'locon' is LyCORIS' name for LoRA with convolutions: give --network lora --conv-rank R")
+        raise ValueError("'locon' is LyCORIS' name for LoRA with convolutions: give --network lora --lora-layers full "
+                         "--conv-rank R")
     if text.lower() == "networks.lora":  # kohya's --network_module
         raise ValueError("'networks.lora' is kohya's network module: give --network lora (--lora-layers attn-mlp "
                          "for kohya's layers, --conv-rank R for its conv_dim)")

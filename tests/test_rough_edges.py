@@ -380,7 +380,7 @@ def test_kohyas_spellings_of_values_are_read_as_lowvrams(capsys, tmp_path):
     assert build_config({"model": "tiny", "data": "sample", "mixed_precision": "fp32"}).training.mixed_precision == "no"
     sgd = "give --optimizer torch.optim.SGD --optimizer-arg nesterov=True --optimizer-arg momentum=0.9"
     for option, value, said in (("--optimizer", "SGDNesterov", sgd),
-                                ("--network", "locon", "give --network lora --conv-rank R"),
+                                ("--network", "locon", "give --network lora --lora-layers full --conv-rank R"),
                                 ("--network", "networks.lora", "kohya's network module: give --network lora"),
                                 ("--network", "lycoris.kohya", "give its algo as --network (lora for locon, loha"),
                                 ("--format", "ckpt", "lowvram writes .safetensors only"),
