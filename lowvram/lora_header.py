@@ -272,6 +272,10 @@ def with_network_weights(values: dict[str, Any], quiet: bool = False) -> dict[st
     # an alpha of 0 or below is no option's: the file is refused by network_weights_problem, naming it
     implied = {name: value for name, value in implied.items()
                if not (name.endswith("alpha") and isinstance(value, (int, float)) and value <= 0)}
+    if values.get("lora_layers", implied.get("lora_layers")) != "full":  # (a LoCon's convolutions under a --lora-layers
+        # given: "--conv-rank: only --lora-layers full adapts them" named a flag not given; its layers' check names
+        # the --lora-layers the file was trained with)
+        implied = {name: value for name, value in implied.items() if name not in ("conv_rank", "conv_alpha")}
     per_block = any(name in values for name in BLOCK_OPTIONS)
     if per_block:
         implied = {name: value for name, value in implied.items() if name not in ("rank", "alpha")}
@@ -346,6 +350,9 @@ def network_weights_problem(network) -> str | None:
         return f"{flag}: {no_layers_why(Path(path))}"
     if held.get("network", network.network) != network.network:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
+    if held.get("conv_rank") and network.lora_layers != "full":  # (said before any caching, not after)
+        return (f"{flag} adapts the 3x3 convolutions too (kohya's LoCon), which --lora-layers {network.lora_layers} "
+                "leaves out; pass the --lora-layers full it was trained with, or leave --lora-layers out")
     for name in ("alpha", "conv_alpha"):  # (else '--alpha: must be > 0', an option never given)
         if isinstance(held.get(name), (int, float)) and held[name] <= 0:
             layers = "layers" if name == "alpha" else "convolutions"

@@ -63,12 +63,15 @@ def test_a_run_from_the_file_continues_it(first, tmp_path, capsys):
 def test_a_file_of_another_type_rank_or_layer_set_is_refused_in_one_line(first, tmp_path):
     """The type, rank and alpha are refused by the config check (before any caching); the layers once the model's
     are known."""
+    from lowvram.lora_header import network_options
+
     values, result = first
     path = str(result.lora_path)
     other = {"lora": "loha", "dora": "lora", "loha": "lokr", "lokr": "lora"}[values["network"]]
+    convolutions = bool(network_options(result.lora_path).get("conv_rank"))  # (those are said before any caching)
     cases = [({"network": other}, [f"pass --network {values['network']}"], "config"),
              ({"lora_layers": "attn", "conv_rank": None, "conv_alpha": None} if values["lora_layers"] != "attn"
-              else None, [f"pass the --lora-layers {values['lora_layers']}"], "run"),  # the file's, named
+              else None, [f"pass the --lora-layers {values['lora_layers']}"], "config" if convolutions else "run"),
              ({"train_text_encoder": False, "text_encoder_lr": None}, ["--train-text-encoder"], "run")]
     if values["network"] != "lokr" or values["lora_layers"] != "attn":  # tiny LoKr with whole factors has no rank
         cases.append(({"rank": 8}, ["was trained with rank 4 and alpha 2", "pass --rank 4 --alpha 2"], "config"))
@@ -457,3 +460,14 @@ def test_lokr_files_and_checkpoints_of_the_earlier_split_still_apply_train_on_an
     train(run_config(output=str(tmp_path / "further"), max_steps=1, network_weights=str(old), **values))
     resumed = train(run_config(output=str(tmp_path / "old"), max_steps=3, resume="auto", **values)).lora_path
     assert {key: tuple(t.shape) for key, t in load_file(str(resumed)).items()} == shapes
+
+
+def test_a_locon_file_continued_with_fewer_layers_names_the_layers_it_was_trained_with(tmp_path):
+    """A LoCon's --network-weights with --lora-layers attn: "--conv-rank: only --lora-layers full adapts the
+    convolutions", a flag never given (the file's), and then the layers' refusal after the caching."""
+    locon = train(run_config(output=str(tmp_path / "locon"), max_steps=1, lora_layers="full", conv_rank=2)).lora_path
+    with pytest.raises(LowvramError) as refused:
+        run_config(network_weights=str(locon), lora_layers="attn")
+    assert str(refused.value) == (
+        f"--network-weights: {locon} adapts the 3x3 convolutions too (kohya's LoCon), which --lora-layers attn "
+        "leaves out; pass the --lora-layers full it was trained with, or leave --lora-layers out")
