@@ -471,3 +471,26 @@ def test_a_locon_file_continued_with_fewer_layers_names_the_layers_it_was_traine
     assert str(refused.value) == (
         f"--network-weights: {locon} adapts the 3x3 convolutions too (kohya's LoCon), which --lora-layers attn "
         "leaves out; pass the --lora-layers full it was trained with, or leave --lora-layers out")
+
+
+def test_a_lycoris_full_preset_file_is_said_not_to_be_continued_and_why(tmp_path):
+    """LyCORIS's full preset adapts conv_in, conv_out and the time embedding, which no --lora-layers of lowvram's
+    does: "pass the --lora-layers full it was trained with" was given to a run of --lora-layers full."""
+    from lowvram.lora_header import read_header
+
+    locon = train(run_config(output=str(tmp_path / "locon"), max_steps=1, lora_layers="full", conv_rank=2,
+                             conv_alpha=2)).lora_path
+    tensors = load_file(str(locon))
+    unet = load_model("tiny").pipeline.unet
+    for name, conv in (("conv_in", unet.conv_in), ("conv_out", unet.conv_out)):
+        tensors[f"lora_unet_{name}.lora_down.weight"] = torch.zeros(2, conv.in_channels, 3, 3, dtype=torch.float16)
+        tensors[f"lora_unet_{name}.lora_up.weight"] = torch.zeros(conv.out_channels, 2, 1, 1, dtype=torch.float16)
+        tensors[f"lora_unet_{name}.alpha"] = torch.tensor(2.0, dtype=torch.float16)
+    full = tmp_path / "full.safetensors"
+    save_file(tensors, str(full), read_header(locon)[0])
+    with pytest.raises(LowvramError) as refused:
+        train(run_config(output=str(tmp_path / "more"), max_steps=1, lora_layers="full", conv_rank=2, conv_alpha=2,
+                         network_weights=str(full)))
+    assert str(refused.value) == (
+        f"--network-weights: {full} adapts the U-Net's conv_in, conv_out (LyCORIS's full preset), which lowvram does "
+        "not train: it cannot continue this file; generate, resize and merge take it, or train a new LoRA")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -172,6 +173,13 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
                  if key.startswith(first + "_")}
     per_block = sets_blocks(network)
     unknown = sorted(set(layers) - set(ours))
+    never = [base for base in unknown if re.fullmatch(rf"{UNET_KOHYA_PREFIX}_(conv_in|conv_out|time_embedding_\w+)",
+                                                      base)]
+    if never:  # (LyCORIS's full preset adapts them: no --lora-layers of lowvram's does, so naming one was circular)
+        names = ", ".join(base.removeprefix(UNET_KOHYA_PREFIX + "_") for base in never)
+        raise LowvramError(f"{flag}: {path} adapts the U-Net's {names} (LyCORIS's full preset), which lowvram does "
+                           "not train: it cannot continue this file; generate, resize and merge take it, or train a "
+                           "new LoRA")
     if unknown:
         text = any(not base.startswith(UNET_KOHYA_PREFIX) for base in unknown)
         trained = ["--lora-layers", network_options(Path(path)).get("lora_layers", "full")] + [
