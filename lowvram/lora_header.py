@@ -350,6 +350,9 @@ def network_weights_problem(network) -> str | None:
         return f"{flag}: {no_layers_why(Path(path))}"
     if held.get("network", network.network) != network.network:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
+    if "lokr_factor" in held and network.lokr_factor not in (-1, held["lokr_factor"]):  # (torch's size mismatch)
+        return (f"{flag} was trained with --lokr-factor {held['lokr_factor']} (this run's: {network.lokr_factor}); "
+                f"pass --lokr-factor {held['lokr_factor']}, or leave it out to take the file's")
     if held.get("conv_rank") and network.lora_layers != "full":  # (said before any caching, not after)
         return (f"{flag} adapts the 3x3 convolutions too (kohya's LoCon), which --lora-layers {network.lora_layers} "
                 "leaves out; pass the --lora-layers full it was trained with, or leave --lora-layers out")

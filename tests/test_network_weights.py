@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lowvram.adapters import lora_files, networks
+from lowvram.cli import main
 from lowvram.errors import LowvramError
 from lowvram.models import load_model
 from lowvram.train.loop import train
@@ -494,3 +495,15 @@ def test_a_lycoris_full_preset_file_is_said_not_to_be_continued_and_why(tmp_path
     assert str(refused.value) == (
         f"--network-weights: {full} adapts the U-Net's conv_in, conv_out (LyCORIS's full preset), which lowvram does "
         "not train: it cannot continue this file; generate, resize and merge take it, or train a new LoRA")
+
+
+def test_a_lokr_file_continued_with_another_factor_names_its_own(tmp_path):
+    """--lokr-factor 8 over a file of factor 4: torch's "size mismatch for ...lokr_w1.default: copying a param with
+    shape torch.Size([4, 4])", after the caching."""
+    lokr = train(run_config(output=str(tmp_path / "lokr"), max_steps=1, network="lokr", lokr_factor=4)).lora_path
+    with pytest.raises(LowvramError) as refused:
+        run_config(network_weights=str(lokr), network="lokr", lokr_factor=8)
+    assert str(refused.value) == (f"--network-weights: {lokr} was trained with --lokr-factor 4 (this run's: 8); pass "
+                                  "--lokr-factor 4, or leave it out to take the file's")
+    assert main(["train", "--model", "tiny", "--data", "sample", "--network-weights", str(lokr), "--network", "lokr",
+                 "--output", str(tmp_path / "on"), "--max-steps", "1"]) == 0  # (left out: the file's, taken)
