@@ -73,7 +73,10 @@ def machine_facts() -> dict:
         cache_dir = default_cache_dir()
     except LowvramError:
         return facts | {"cache_dir": None}
-    folders = usage(cache_dir) if cache_dir.is_dir() else []
+    try:
+        folders = usage(cache_dir) if cache_dir.is_dir() else []
+    except OSError:  # (another user's folder in a shared cache: the table says "cannot be read")
+        return facts | {"cache_dir": str(cache_dir), "cache_bytes": None}
     return facts | {"cache_dir": str(cache_dir), "cache_bytes": sum(f.size for f in folders),
                     "cache_removable_bytes": sum(f.removable for f in folders),
                     "cache_disk_free_bytes": free_bytes(cache_dir) if cache_dir.is_dir() else None}

@@ -435,6 +435,8 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
                     if str(args.pop(key, "")).lower() == "true"}
         if "full_matrix" in switched and values["network"] == "lokr" and "rank" in values:
             values["rank"] = WHOLE_LOKR_RANK  # (LyCORIS ignores it for the other algos)
+            if "conv_rank" in values:  # (its convolutions' factors are whole too)
+                values["conv_rank"] = WHOLE_LOKR_RANK
             notes.append(f"full_matrix=True: trained as rank {WHOLE_LOKR_RANK}, whose Kronecker factors are whole, "
                          "at scale 1, as LyCORIS trains them")
         for key, what in LYCORIS_UNTRAINED.items():  # (each trains another network than lowvram's)

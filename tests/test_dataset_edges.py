@@ -90,6 +90,9 @@ def test_the_trigger_word_is_added_where_the_caption_lacks_it_as_a_word_of_its_o
     # a booru tag's _ and space are one (WD14 taggers write either): the trigger was added in its other spelling
     for stem, caption in (("jp", "1girl, ohwx char, smile"), ("zh", "ohwx_char, 1girl"), ("none", "ohwx_charm")):
         (tmp_path / "cjk" / "3_猫娘" / f"{stem}.txt").write_text(caption)
+    from lowvram.data.captions import has_word
+
+    assert not has_word("1girl, ohwx char", "_ohwx_char") and not has_word("1girl, ohwx char ,", "ohwx_char_")
     for trigger in ("ohwx_char", "ohwx char"):
         report = captions_by_name(scan_dataset(tmp_path / "cjk", TINY, ScanOptions(trigger_word=trigger)))
         assert {name: record.caption for name, record in report.items()} == {

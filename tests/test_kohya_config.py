@@ -457,6 +457,9 @@ def test_lycoris_switches_kohya_ss_writes_off_are_no_loss_and_no_note():
     values, notes = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_dim": 8,
                                "network_args": ["algo=lokr", "factor=4", "full_matrix=True"]}, Path("k.toml"))
     assert values["rank"] == 100_000 and values["lokr_factor"] == 4
+    values, _ = translate({"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_dim": 8,
+                           "network_args": ["algo=lokr", "conv_dim=4", "full_matrix=True"]}, Path("k.toml"))
+    assert values["conv_rank"] == 100_000  # (the convolutions' factors whole too, as LyCORIS makes them)
     assert any(note.startswith("full_matrix=True: trained as rank 100000") for note in notes)
 
 

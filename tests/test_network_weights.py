@@ -495,6 +495,13 @@ def test_a_lycoris_full_preset_file_is_said_not_to_be_continued_and_why(tmp_path
     assert str(refused.value) == (
         f"--network-weights: {full} adapts the U-Net's conv_in, conv_out (LyCORIS's full preset), which lowvram does "
         "not train: it cannot continue this file; generate, resize and merge take it, or train a new LoRA")
+    # an SDXL file names them in the original layout, as kohya's SDXL files do (a review found them passed by)
+    from lowvram.adapters.lora_files import NEVER_TRAINED
+
+    assert all(NEVER_TRAINED.fullmatch(f"lora_unet_{name}") for name in (
+        "input_blocks_0_0", "out_2", "time_embed_0", "label_emb_0_2", "add_embedding_linear_1"))
+    assert not any(NEVER_TRAINED.fullmatch(f"lora_unet_{name}") for name in (
+        "input_blocks_1_0_in_layers_2", "output_blocks_2_1_conv", "out_2_proj"))
 
 
 def test_a_lokr_file_continued_with_another_factor_names_its_own(tmp_path):

@@ -61,6 +61,10 @@ from lowvram.precision import DTYPES
 from lowvram.run_files import DIFFUSERS_WEIGHTS
 
 UNET_KOHYA_PREFIX = "lora_unet"
+# the U-Net's layers LyCORIS's full preset adapts and no --lora-layers of lowvram's does: conv_in, conv_out, the
+# time (and SDXL's size) embedding, by diffusers' names and by the original layout's of kohya's SDXL files
+NEVER_TRAINED = re.compile(rf"{UNET_KOHYA_PREFIX}_(conv_in|conv_out|time_embedding_\w+|add_embedding_\w+|"
+                           r"input_blocks_0_0|out_2|time_embed_\w+|label_emb_\w+)")
 PRESET_OF_LAYERS = {layers: preset for preset, layers in LYCORIS_PRESETS.items()}  # --lora-layers in LyCORIS's words
 
 
@@ -173,8 +177,7 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
                  if key.startswith(first + "_")}
     per_block = sets_blocks(network)
     unknown = sorted(set(layers) - set(ours))
-    never = [base for base in unknown if re.fullmatch(rf"{UNET_KOHYA_PREFIX}_(conv_in|conv_out|time_embedding_\w+)",
-                                                      base)]
+    never = [base for base in unknown if NEVER_TRAINED.fullmatch(base)]
     if never:  # (LyCORIS's full preset adapts them: no --lora-layers of lowvram's does, so naming one was circular)
         names = ", ".join(base.removeprefix(UNET_KOHYA_PREFIX + "_") for base in never)
         raise LowvramError(f"{flag}: {path} adapts the U-Net's {names} (LyCORIS's full preset), which lowvram does "

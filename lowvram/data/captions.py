@@ -302,8 +302,8 @@ def has_word(caption: str, word: str) -> bool:
     before = "" if _unspaced(word[0]) else rf"(?<!{spaced_letter})"
     after = "" if _unspaced(word[-1]) else rf"(?!{spaced_letter})"
     # booru tags are written with _ or a space alike (WD14 taggers, kohya_ss' options): ohwx_char is ohwx char
-    written = "[_ ]+".join(re.escape(part) for part in re.split(r"[_ ]+", word)) if re.search(
-        r"[^_ ][_ ]+[^_ ]", word) else re.escape(word)
+    written = "[_ ]+".join(re.escape(part) for part in re.split(r"[_ ]+", word)) if re.fullmatch(
+        r"[^_ ]+(?:[_ ]+[^_ ]+)+", word) else re.escape(word)  # (not one with _ at an end: _ohwx is no ohwx)
     return re.search(rf"{before}{written}{after}", caption, re.IGNORECASE) is not None
 
 

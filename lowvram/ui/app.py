@@ -519,8 +519,10 @@ def other_users() -> tuple[str, ...]:
     if hasattr(os, "getuid"):  # (Windows has no uids: its other users are the logged in ones)
         for process in psutil.process_iter(["uids", "username"]):
             uids, name = process.info.get("uids"), process.info.get("username")
-            # (below 65534, nobody: a rootless container's processes run as subordinate uids from 100000)
-            if uids and 1000 <= uids.real < 65534 and uids.real != os.getuid() and name:
+            # (not nobody, 65534, nor a rootless container's subordinate uids, from 100000 and of no name; a
+            # directory service's people, uids of 200000 and up, have theirs)
+            if uids and uids.real >= 1000 and uids.real not in (os.getuid(), 65534) and name and not (
+                    name.isdigit() and uids.real >= 100_000):
                 names.add(name)
     return tuple(sorted(names - {me}))
 
