@@ -76,7 +76,7 @@ def unpack_dataset_zip(archive: Path) -> tuple[Path, str]:
         raise LowvramError(f"DATA: {archive} is not a readable zip ({exc}); upload it again") from None
     said = f"{archive} unpacked into {target}"
     if target.is_dir():  # kept, moved aside: captions written or edited in it since would be lost with it
-        kept = target.with_name(f"{target.name}.before-{datetime.now():%Y%m%d-%H%M%S}")
+        kept = target.with_name(f"{target.name}.before-{datetime.now():%Y%m%d-%H%M%S-%f}")  # (two in a second)
         target.rename(kept)
         said = (f"{archive} changed since it was unpacked: unpacked anew into {target} (the folder of the earlier "
                 f"one is kept as {kept}; delete it once nothing in it is needed)" if done is not None else

@@ -115,7 +115,7 @@ def _option_parts(line: str) -> list[str]:
     """The prompt's text, then each inline option as `key value`; one of ours with nothing after it ends the line
     (a hand-edited `... --n`: kohya drops it, it was trained as the prompt's text)."""
     bare = "|".join(OPTIONS)
-    return re.split(rf"\s--(?=[A-Za-z]+\s|(?:{bare})$)", " " + line.strip())
+    return re.split(rf"\s--(?=[A-Za-z]+\s|(?:{bare})$)", " " + line.strip(), flags=re.IGNORECASE)  # (--N too)
 
 
 def options_elsewhere(line: str) -> list[str]:

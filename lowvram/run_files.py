@@ -50,11 +50,20 @@ def not_written_yet(lora: Path) -> str:
              if path.name.removeprefix("step-").isdigit()]
     newest = f" (its newest checkpoint is step {max(steps)})" if steps else ""
     options = next((path for path in (lora.parent / f"{name}.run.toml", lora.parent / f"{name}.toml")
-                    if path.is_file()), None)  # (written once the data is cached: a run stopped before has none)
+                    if _written_by_a_run(path)), None)  # (written once the data is cached: a run stopped before has
+    # none; a <name>.toml of the user's own is no run's options)
     if options is None:
         return f"; the run in {lora.parent} stopped before it trained: start it again as it was started"
     return (f"; the run in {lora.parent} has not written it yet{newest}: "
             f"{shell_line('lowvram', 'train', '--config', options, '--resume', 'auto')} continues it")
+
+
+def _written_by_a_run(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(len(OPTIONS_HEADER)) == OPTIONS_HEADER
+    except OSError:
+        return False
 
 
 def final_lora(name: str) -> str:

@@ -45,7 +45,8 @@ def test_the_lora_of_a_run_not_ended_yet_says_how_to_continue_it(tmp_path, capsy
     assert (f"--lora: file not found: {lora}; the run in {lora.parent} has not written it yet (its newest checkpoint "
             f"is step 2): lowvram train --config {lora.parent / 'early.toml'} --resume auto continues it") in err
     assert "did you mean" not in err
-    (tmp_path / "early" / "early.toml").rename(tmp_path / "early.toml")  # (stopped while caching: no options yet)
+    (tmp_path / "early" / "early.toml").rename(tmp_path / "early.toml")  # (stopped while caching: no options yet,
+    (tmp_path / "early" / "early.toml").write_text("[data]\nrank = 4\n")  # and a config of the user's own there)
     main(["generate", "--model", "tiny", "--lora", str(lora), "--prompt", "x", "--output", str(tmp_path / "x.png")])
     assert (f"the run in {lora.parent} stopped before it trained: start it again as it was started" in
             " ".join(capsys.readouterr().err.split()))

@@ -115,6 +115,7 @@ def test_sample_prompts_take_kohyas_inline_options():
     # the prompt's text; a word of another's stays text
     assert parse_prompt("ohwx_char, 1girl --n") == SamplePrompt("ohwx_char, 1girl")
     assert parse_prompt("a cat --w 512 --s") == SamplePrompt("a cat", width=512)
+    assert parse_prompt("a cat --N") == SamplePrompt("a cat")  # (kohya reads its options in any case)
     assert parse_prompt("a photo --hdr") == SamplePrompt("a photo --hdr")
     assert parse_prompt("a cat --w 70 --h 519") == SamplePrompt("a cat", width=64, height=512)  # kohya rounds down
     for bad, named in (("a cat --x 3", "unknown option --x"), ("a cat --w 31", "--w (width) must be a whole number"),
