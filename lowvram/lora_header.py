@@ -353,9 +353,6 @@ def network_weights_problem(network) -> str | None:
     if "lokr_factor" in held and network.lokr_factor not in (-1, held["lokr_factor"]):  # (torch's size mismatch)
         return (f"{flag} was trained with --lokr-factor {held['lokr_factor']} (this run's: {network.lokr_factor}); "
                 f"pass --lokr-factor {held['lokr_factor']}, or leave it out to take the file's")
-    if held.get("conv_rank") and network.lora_layers != "full":  # (said before any caching, not after)
-        return (f"{flag} adapts the 3x3 convolutions too (kohya's LoCon), which --lora-layers {network.lora_layers} "
-                "leaves out; pass the --lora-layers full it was trained with, or leave --lora-layers out")
     for name in ("alpha", "conv_alpha"):  # (else '--alpha: must be > 0', an option never given)
         if isinstance(held.get(name), (int, float)) and held[name] <= 0:
             layers = "layers" if name == "alpha" else "convolutions"
@@ -386,6 +383,9 @@ def network_weights_problem(network) -> str | None:
                 "resize of a file of several ranks writes them, and lowvram trains on from one alpha for all: train "
                 "on from the file it was made from, or fuse it into the model (lowvram merge --model MODEL "
                 f"{shell_line(path)} --output fused.safetensors) and train a new LoRA on that")
+    if held.get("conv_rank") and network.lora_layers != "full":  # (said before any caching, not after)
+        return (f"{flag} adapts the 3x3 convolutions too (kohya's LoCon), which --lora-layers {network.lora_layers} "
+                "leaves out; pass the --lora-layers full it was trained with, or leave --lora-layers out")
     pairs = [("", "rank", "alpha", (network.rank, network.resolved_alpha))]
     if network.lora_layers == "full":
         pairs.append(("3x3 convolutions of ", "conv_rank", "conv_alpha", network.conv_rank_alpha))
