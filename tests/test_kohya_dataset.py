@@ -405,3 +405,17 @@ def test_a_subsets_switch_written_as_text_or_a_number_is_refused_as_kohya_refuse
     err = capsys.readouterr().err
     assert "datasets.subsets[1] shuffle_caption: 'false' is no switch; write true or false, without quotes" in err
     assert "datasets.subsets[1] flip_aug: 0 is no switch; write true or false, without quotes" in err
+
+
+def test_a_subsets_caption_prefix_is_no_tag_of_its_captions(tmp_path, monkeypatch):
+    """Pony's score tags as a subset's caption_prefix were every tag's most frequent in ss_tag_frequency: kohya
+    counts the caption files' tags, before it adds the prefix (a review found the run's own prefix alone left out)."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    doc = {"datasets": [{"resolution": 64, "subsets": [
+        {"image_dir": "imgs/alpha", "caption_extension": ".txt", "caption_prefix": "score_9, score_8_up,"}]}]}
+    write(tmp_path / "dataset.toml", doc)
+    train(run_config(data=str(tmp_path / "dataset.toml"), output=str(tmp_path / "out"), max_steps=1))
+    tags = json.loads(safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()[
+        "ss_tag_frequency"])["alpha"]
+    assert tags and not {"score_9", "score_8_up"} & set(tags), tags

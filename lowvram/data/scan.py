@@ -466,9 +466,10 @@ def _read_index(index_path: Path | None) -> dict[str, dict]:
 def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, options: ScanOptions,
                old_index: dict, new_index: dict) -> ImageRecord:
     relpath, label, repeats = path.relative_to(root).as_posix(), folder.label, folder.repeats
-    captions, weights, caption_notes, caption_file = _caption(path, folder, options)
+    captions, weights, caption_notes, caption_file, own = _caption(path, folder, options)
     (caption, kept), *more = [split_kept_tags(text, options.keep_tokens_separator, options.caption_separator)
                               for text in captions]
+    own_caption = split_kept_tags(own, options.keep_tokens_separator, options.caption_separator)[0]
     non_utf8 = (Path(relpath).parent / caption_file.name).as_posix() if caption_file else None
     suffix = path.suffix.lower()
     if suffix in UNSUPPORTED_SUFFIXES:
@@ -476,7 +477,8 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
                            non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, resolution=folder.resolution,
                            batch_size=folder.batch_size, kept_tags=kept, more_captions=tuple(more),
-                           caption_weights=weights, settings=folder.settings, dataset=folder.dataset)
+                           caption_weights=weights, settings=folder.settings, dataset=folder.dataset,
+                           own_caption=own_caption)
     facts = file_facts(path, options.max_pixels, old_index.get(str(path)))
     if facts["size"] >= 0:
         new_index[str(path)] = facts
@@ -489,7 +491,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
                        facts["has_alpha"], facts["sha256"], caption, bucket, facts["transposed"], non_utf8,
                        loss_weight=folder.loss_weight, resolution=folder.resolution, batch_size=folder.batch_size,
                        kept_tags=kept, more_captions=tuple(more), caption_weights=weights, settings=folder.settings,
-                       dataset=folder.dataset)
+                       dataset=folder.dataset, own_caption=own_caption)
 
 
 def _with_mask(record: ImageRecord, options: ScanOptions, old_index: dict, new_index: dict) -> ImageRecord:
@@ -567,7 +569,7 @@ def _mode_notes(mode: str, has_alpha: bool, opaquest: int | None, options: ScanO
 
 
 def _caption(image: Path, folder: ImageFolder, options: ScanOptions
-             ) -> tuple[list[str], tuple[float, ...], list[str], Path | None]:
+             ) -> tuple[list[str], tuple[float, ...], list[str], Path | None, str]:
     """The folder's caption for it (a metadata file's, a concept's), else the caption file's, else the template:
     its first line, or each line with --caption-lines each, each {a|b} combination with --wildcards; the trigger
     word prepended where missing, and the prefixes and suffixes around each; their chances of being drawn (see
@@ -605,13 +607,14 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
             joint = ", " if options.caption_separator == "," else f"{options.caption_separator} "  # a tag of its own
             lines = [line if has_word(line, options.trigger_word) else f"{options.trigger_word}{joint}{line}"
                      for line in lines]
+    own = lines[0]  # (before every prefix and suffix: what ss_tag_frequency counts, as kohya counts its files')
     for prefix, suffix in ((folder.caption_prefix, folder.caption_suffix), (options.caption_prefix,
                                                                              options.caption_suffix)):
         lines = [wrapped(prefix, line, suffix) for line in lines]
     if text is None:  # what the template made, as it trains (a folder's label or the trigger word: say which)
         notes = [(f"{note}: '{lines[0]}'" if lines[0] else f"{note}: an empty caption") if note.endswith(
             "template used") else note for note in notes]
-    return lines, weights, notes, non_utf8
+    return lines, weights, notes, non_utf8, own
 
 
 def open_training_image(record: ImageRecord, options: ScanOptions = ScanOptions(),

@@ -51,6 +51,7 @@ class ImageRecord:
     caption_weights: tuple[float, ...] = ()  # each caption's chance (the first, then more_captions); () = equal
     settings: tuple[tuple[str, Any], ...] = ()  # its folder's own caption and augmentation options
     dataset: int | None = None  # its folder's [[datasets]] entry in a kohya file of several
+    own_caption: str | None = None  # `caption` before every --caption-prefix/suffix (a dataset file subset's too)
 
     def to_json(self) -> dict:
         return {**asdict(self), "path": str(self.path), "notes": list(self.notes),

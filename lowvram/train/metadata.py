@@ -19,8 +19,6 @@ import lowvram
 from lowvram.adapters import lora_files
 from lowvram.config import TRAIN_TIMESTEPS, RunConfig, shareable_name
 from lowvram.data.buckets import make_buckets
-from lowvram.data.captions import wrapped
-from lowvram.data.check import folder_config
 from lowvram.data.epochs import counted_epochs
 from lowvram.lora_metadata import RECIPE_KEY, modelspec
 from lowvram.models.loading import LoadedModel
@@ -132,7 +130,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_training_started_at": str(shape.started.timestamp()),
         "ss_training_finished_at": str(now.timestamp()),
         "ss_tag_frequency": lora_files.tag_frequency(  # as kohya's
-            _captions_by_folder([*records, *regularization], folders, config)),
+            _captions_by_folder([*records, *regularization], folders)),
         "ss_v2": "False",
         "lowvram.version": lowvram.__version__,
         "lowvram.family": family.name,
@@ -157,19 +155,13 @@ def folder_keys(records) -> dict[Path, str]:
     return keys
 
 
-def _captions_by_folder(records, keys: dict[Path, str], config: RunConfig) -> dict[str, list[str]]:
-    """Each folder's captions as their files hold them, without --caption-prefix/--caption-suffix, as kohya counts
-    its tags before it adds them (Pony's "score_9" prefix was every LoRA's most frequent tag)."""
+def _captions_by_folder(records, keys: dict[Path, str]) -> dict[str, list[str]]:
+    """Each folder's captions without the prefixes and suffixes added to them, as kohya counts its tags before it
+    adds them (Pony's "score_9" prefix was every LoRA's most frequent tag)."""
     folders: dict[str, list[str]] = {}
     for record in records:
-        data = folder_config(config, record.settings).data if record.settings else config.data
-        caption = record.caption
-        before, after = wrapped(data.caption_prefix, "\0", data.caption_suffix).split("\0", 1)  # (as it joins them)
-        if data.caption_prefix and caption.startswith(before):
-            caption = caption[len(before):]
-        if data.caption_suffix and caption.endswith(after):
-            caption = caption[:-len(after)]
-        folders.setdefault(keys[record.path.parent], []).append(caption)
+        own = record.caption if record.own_caption is None else record.own_caption
+        folders.setdefault(keys[record.path.parent], []).append(own)
     return folders
 
 
