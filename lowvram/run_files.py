@@ -50,7 +50,7 @@ def not_written_yet(lora: Path) -> str:
              if path.name.removeprefix("step-").isdigit()]
     newest = f" (its newest checkpoint is step {max(steps)})" if steps else ""
     options = next((path for path in (lora.parent / f"{name}.run.toml", lora.parent / f"{name}.toml")
-                    if _written_by_a_run(path)), None)  # (written once the data is cached: a run stopped before has
+                    if is_options_file(path)), None)  # (written once the data is cached: a run stopped before has
     # none; a <name>.toml of the user's own is no run's options)
     if options is None:
         return f"; the run in {lora.parent} stopped before it trained: start it again as it was started"
@@ -58,10 +58,11 @@ def not_written_yet(lora: Path) -> str:
             f"{shell_line('lowvram', 'train', '--config', options, '--resume', 'auto')} continues it")
 
 
-def _written_by_a_run(path: Path) -> bool:
+def is_options_file(path: Path) -> bool:
+    """Whether `path` is a run's options file lowvram wrote (its header on its first line), not a user's config."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read(len(OPTIONS_HEADER)) == OPTIONS_HEADER
+            return fh.readline() == OPTIONS_HEADER
     except OSError:
         return False
 

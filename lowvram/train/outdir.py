@@ -40,6 +40,7 @@ from lowvram.run_files import (
     diffusers_copy,
     final_lora,
     final_samples_of,
+    is_options_file,
     saved_lora,
     step_image,
     step_save,
@@ -91,14 +92,6 @@ def options_path(folder: Path, name: str) -> Path:
     then `<name>.run.toml` beside it."""
     path = folder / f"{name}.toml"
     return path if not path.is_file() or is_options_file(path) else folder / f"{name}.run.toml"
-
-
-def is_options_file(path: Path) -> bool:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.readline() == OPTIONS_HEADER
-    except OSError:
-        return False
 
 
 def read_record(folder: Path) -> dict | None:
