@@ -30,8 +30,9 @@ def print_doctor(profiles: bool, as_json: bool = False) -> None:
     if as_json:
         import json
 
+        hardware = None if profiles else detect()  # (once: it reads the GPU)
         print(json.dumps({"profiles": [profile_facts(name) for name in list_profiles()]} if profiles else
-                         {"machine": machine_facts(), "report": dict(doctor_report())}, indent=2))
+                         {"machine": machine_facts(hardware), "report": dict(doctor_report(hardware))}, indent=2))
         return
     if profiles:
         table = Table(title="GPU profiles (lowvram plan --profile NAME)")
@@ -57,12 +58,11 @@ def profile_facts(name: str) -> dict:
     return {"name": name, "card": hw.name, "vram_bytes": hw.total_vram, "bf16": hw.bf16, "host_ram_bytes": hw.host_ram}
 
 
-def machine_facts() -> dict:
+def machine_facts(hardware: Hardware) -> dict:
     """What the report's lines say in words, as figures (bytes), for a script: the GPU, host RAM, disk and cache."""
     import psutil
     import torch
 
-    hardware = detect()
     facts = {"device": hardware.device, "gpu": hardware.name if hardware.device == "cuda" else None,
              "vram_bytes": hardware.total_vram, "vram_free_bytes": hardware.free_vram,
              "compute_capability": hardware.compute_capability or None, "bf16": hardware.bf16,
@@ -93,11 +93,11 @@ def _host_ram_line(total: int) -> str:
     return f"{total / GIB:.1f} GiB, {psutil.virtual_memory().available / GIB:.1f} GiB of it free now{spill}"
 
 
-def doctor_report() -> list[tuple[str, str]]:
-    """(topic, what to know) rows."""
+def doctor_report(hardware: Hardware | None = None) -> list[tuple[str, str]]:
+    """(topic, what to know) rows, of `hardware` (this machine's by default)."""
     import torch
 
-    hardware = detect()
+    hardware = hardware or detect()
     rows = [("GPU", _gpu_line(hardware)),
             ("PyTorch", f"{torch.__version__}, " + (f"CUDA {torch.version.cuda}" if torch.version.cuda else
                                                      "a CPU-only build (no CUDA)"))]
