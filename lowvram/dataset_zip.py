@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import zipfile
+import zlib
 from datetime import datetime
 from pathlib import Path
 
@@ -71,9 +72,13 @@ def unpack_dataset_zip(archive: Path) -> tuple[Path, str]:
             for member in opened.infolist():
                 member.filename = member.filename.replace("\\", "/")
                 opened.extract(member, partial)  # (zipfile drops a name's .. and drive: nothing lands outside)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise LowvramError(f"DATA: {archive} is not a readable zip ({exc}); upload it again") from None
+    except OSError as exc:  # (a full Drive: nothing half-unpacked is left to train)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise LowvramError(f"DATA: {archive} could not be unpacked beside it ({exc.strerror or exc}); free space "
+                           "there, then run this again") from None
     said = f"{archive} unpacked into {target}"
     if target.is_dir():  # kept, moved aside: captions written or edited in it since would be lost with it
         kept = target.with_name(f"{target.name}.before-{datetime.now():%Y%m%d-%H%M%S-%f}")  # (two in a second)

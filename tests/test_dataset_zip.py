@@ -57,6 +57,18 @@ def test_a_zip_of_windows_powershell_keeps_its_folders_and_their_repeats(tmp_pat
             f"names: unzip {archive} -d {tmp_path / 'mypics'}") in " ".join(capsys.readouterr().err.split())
 
 
+def test_a_broken_zip_is_one_line_and_leaves_nothing_half_unpacked(tmp_path):
+    import pytest
+
+    from lowvram.errors import LowvramError
+
+    archive = tmp_path / "data.zip"
+    archive.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(LowvramError, match=f"DATA: {archive} is not a readable zip .*; upload it again"):
+        unpack_dataset_zip(archive)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zip"]
+
+
 def test_a_folder_the_zip_did_not_unpack_is_kept_aside_or_taken_as_the_earlier_unpacking(tmp_path):
     archive = zipped(tmp_path / "data.zip", {"5_cat/a.png": "red"})
     own = tmp_path / "data"

@@ -433,3 +433,21 @@ def test_a_copy_to_a_full_disk_is_said_and_the_run_ends_well(small_disk, tmp_pat
     said = " ".join(capsys.readouterr().out.split())
     assert f"could not copy the LoRA to {loras / 'run.safetensors'}" in said and "sample" in said, said
     assert (out / "run.safetensors").is_file() and not (loras / "run.safetensors").exists()
+
+
+def test_a_dataset_zip_unpacked_onto_a_full_drive_is_one_line_and_leaves_nothing_half_unpacked(small_disk):
+    """The Colab notebook unpacks a zip beside itself on Drive: a full one ended in an OSError traceback and left a
+    half-unpacked folder."""
+    import zipfile
+
+    from lowvram.dataset_zip import unpack_dataset_zip
+    from lowvram.errors import LowvramError
+
+    mount, _ = small_disk
+    drive = mount("drive", 256)
+    archive = drive / "pets.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:  # (tiny zipped, 2 MiB unpacked)
+        zipped.writestr("pets/5_cat/a.txt", "0" * 2**21)
+    with pytest.raises(LowvramError, match=f"DATA: {archive} could not be unpacked beside it .*; free space there"):
+        unpack_dataset_zip(archive)
+    assert sorted(p.name for p in drive.iterdir()) == ["pets.zip"]
