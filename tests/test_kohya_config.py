@@ -916,3 +916,11 @@ def test_kohyas_sample_steps_and_scale_leave_a_line_and_a_flag_their_own(tmp_pat
     assert values["sample_prompts"] == ["lvshape, a cat --s --l 7.5", "lvshape, a dog --l 4"]
     assert values["sample_steps"] == 30
     assert build_config({"model": "tiny", **values, "sample_steps": 12}).output.sample_steps == 12
+
+
+def test_kohyas_loraplus_ratios_over_a_lycoris_loha_are_said_to_be_dropped(tmp_path):
+    """LoRA+ scales LoRA's B matrices; LoHa and LoKr have none, so the ratios are not carried over, and said so."""
+    values, notes = translate({"network_module": "lycoris.kohya", "network_dim": 4,
+                               "network_args": ["algo=loha", "loraplus_lr_ratio=16"]}, tmp_path / "k.toml")
+    assert "loraplus_ratio" not in values
+    assert any(note.startswith("loraplus ratios: LoRA+ speeds up LoRA's B matrices, which loha") for note in notes)
