@@ -155,9 +155,10 @@ def read_pairs(path: Path, command: str) -> tuple[dict[str, str], dict[str, torc
     suffixes = {suffix for own in layers.values() for suffix in own}
     kind = next((name for marker, name in (("dora_scale", "DoRA"), ("hada_", "LoHa"), ("lokr_", "LoKr"))
                  if any(suffix.startswith(marker) for suffix in suffixes)), None)
-    if kind:
+    if kind:  # (fuse reads them all: merge --model takes any)
+        fuse = "; lowvram merge --model MODEL fuses it into a model instead" if command == "merge" else ""
         raise LowvramError(f"{path} is a {kind} file; only a LoRA's (or LoCon's) update splits into a "
-                           "lower-rank pair")
+                           f"lower-rank pair{fuse}")
     pairs = {base: own for base, own in layers.items() if {"lora_down.weight", "lora_up.weight"} <= own.keys()}
     extra = next((f"{suffix} at {base}" for base, own in pairs.items() for suffix in own
                   if suffix not in ("lora_down.weight", "lora_up.weight", "alpha")), None)

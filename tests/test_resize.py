@@ -157,6 +157,9 @@ def test_what_cannot_be_resized_is_one_line(trained, tmp_path, capsys):
         assert main(["resize", *argv]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
+    assert main(["merge", str(lokr), str(trained), "--rank", "2"]) == 2  # (fusing into a model takes any LoRA)
+    assert capsys.readouterr().err.strip().endswith(
+        "lower-rank pair; lowvram merge --model MODEL fuses it into a model instead")
 
 
 def test_resized_and_merged_files_say_what_they_are_as_kohyas_scripts_write_it(tmp_path):
