@@ -168,9 +168,14 @@ def network_options(path: Path) -> dict[str, Any]:
         try:
             values["lokr_factor"] = int(_network_args(metadata)["factor"])
         except (ValueError, KeyError, TypeError):  # unsaid: the one its shapes imply
-            values["lokr_factor"] = lokr_factor({base: {key: tuple(entry["shape"]) for key, entry in own.items()}
-                                                 for base, own in layers.items()})
+            values["lokr_factor"] = _shapes_factor(layers)
     return values
+
+
+def _shapes_factor(layers: dict[str, dict[str, dict]]) -> int:
+    """The LoKr factor the layers' (`layer_ranks`) Kronecker factors' shapes imply: `lokr_factor`."""
+    return lokr_factor({base: {key: tuple(entry["shape"]) for key, entry in own.items()}
+                        for base, own in layers.items()})
 
 
 def _network_args(metadata: dict[str, str]) -> dict:
@@ -350,7 +355,10 @@ def network_weights_problem(network) -> str | None:
         return f"{flag}: {no_layers_why(Path(path))}"
     if held.get("network", network.network) != network.network:
         return f"{flag} holds a {held['network']} network; pass --network {held['network']} to train it further"
-    if "lokr_factor" in held and network.lokr_factor not in (-1, held["lokr_factor"]):  # (torch's size mismatch)
+    if "lokr_factor" in held and network.lokr_factor != held["lokr_factor"] and (  # (torch's size mismatch; -1,
+            # given or not merged in, may split the sides as the file's factor did)
+            network.lokr_factor != -1 or _shapes_factor(layer_ranks(Path(path), *kohya_header(Path(path))[1:])[0])
+            != -1):
         return (f"{flag} was trained with --lokr-factor {held['lokr_factor']} (this run's: {network.lokr_factor}); "
                 f"pass --lokr-factor {held['lokr_factor']}, or leave it out to take the file's")
     for name in ("alpha", "conv_alpha"):  # (else '--alpha: must be > 0', an option never given)

@@ -512,5 +512,7 @@ def test_a_lokr_file_continued_with_another_factor_names_its_own(tmp_path):
         run_config(network_weights=str(lokr), network="lokr", lokr_factor=8)
     assert str(refused.value) == (f"--network-weights: {lokr} was trained with --lokr-factor 4 (this run's: 8); pass "
                                   "--lokr-factor 4, or leave it out to take the file's")
+    with pytest.raises(LowvramError, match=r"trained with --lokr-factor 4 \(this run's: -1\)"):  # (-1 given: the same
+        run_config(network_weights=str(lokr), network="lokr", lokr_factor=-1)  # mismatch)
     assert main(["train", "--model", "tiny", "--data", "sample", "--network-weights", str(lokr), "--network", "lokr",
                  "--output", str(tmp_path / "on"), "--max-steps", "1"]) == 0  # (left out: the file's, taken)
