@@ -166,9 +166,15 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     assert "(vocaloid)" not in capsys.readouterr().out
     # weighted, a tagger's "(series)" is emphasis 1.1, as in kohya: said, with how to keep it text
     assert main([*argv, "--weighted-captions"]) == 0
-    assert ("note: 1 of 3 captions hold (vocaloid) (in 10_ohwx/img0.png's), which --weighted-captions weighs 1.1 "
-            "as emphasis, as kohya does; write it \\( \\) to train it as text") in " ".join(
+    assert ("note: 1 of 3 captions hold (vocaloid) (in 10_ohwx/img0.png's), which --weighted-captions weighs as "
+            "emphasis (1.1 a pair of brackets), as kohya does; write it \\( \\) to train it as text") in " ".join(
         capsys.readouterr().out.split())
+    (folder / "img0.txt").write_text("ohwx, (artist:wlop), (red:1.2)")  # (A1111's parser: 'artist:wlop' at 1.1)
+    assert main([*argv, "--weighted-captions"]) == 0
+    assert "captions hold (artist:wlop) (in 10_ohwx/img0.png's)" in " ".join(capsys.readouterr().out.split())
+    (folder / "img0.txt").write_text("ohwx, (red:1.2), (blue: 0.8 )")
+    assert main([*argv, "--weighted-captions"]) == 0
+    assert "as emphasis" not in capsys.readouterr().out
     (folder / "img0.txt").write_text("ohwx, hatsune miku \\(vocaloid\\)")
     assert main([*argv, "--weighted-captions"]) == 0
     assert "(vocaloid)" not in capsys.readouterr().out

@@ -185,7 +185,8 @@ def class_copies_note(training: ScanReport, regularization: ScanReport) -> str |
 # AUTOMATIC1111's emphasis with a weight, (red hair:1.2): what --weighted-captions reads (a tagger's "name (series)"
 # holds no weight)
 WEIGHTED = re.compile(r"\([^()]*:\s*-?\d+(\.\d+)?\s*\)")
-BARE_EMPHASIS = re.compile(r"(?<!\\)\([^():]*(?<!\\)\)")  # (text) without a weight, unescaped: emphasis 1.1
+# (text) without a weight, unescaped: emphasis 1.1 ("artist:name" in it too: A1111's parser takes a colon as text)
+BARE_EMPHASIS = re.compile(r"(?<!\\)\((?![^()]*:\s*[+-]?[.\d]+\s*\))[^()]*(?<!\\)\)")
 KOHYA_KEEP_SEPARATOR = "|||"  # the keep_tokens_separator kohya's documentation writes
 
 
@@ -214,8 +215,8 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
     bare = [record for record in records if BARE_EMPHASIS.search(record.caption)] if data.weighted_captions else []
     if bare:  # (a tagger's "hatsune miku (vocaloid)": its series weighed 1.1, and the name parted from it)
         notes.append(f"note: {len(bare)} of {len(records)} captions hold {BARE_EMPHASIS.search(bare[0].caption)[0]} "
-                     f"(in {bare[0].relpath}'s), which --weighted-captions weighs 1.1 as emphasis, as kohya does; "
-                     "write it \\( \\) to train it as text (a tagger's 'name (series)')")
+                     f"(in {bare[0].relpath}'s), which --weighted-captions weighs as emphasis (1.1 a pair of brackets), "
+                     "as kohya does; write it \\( \\) to train it as text (a tagger's 'name (series)')")
     return notes
 
 
