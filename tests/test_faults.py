@@ -435,6 +435,23 @@ def test_a_copy_to_a_full_disk_is_said_and_the_run_ends_well(small_disk, tmp_pat
     assert (out / "run.safetensors").is_file() and not (loras / "run.safetensors").exists()
 
 
+def test_a_disk_that_fills_with_the_final_samples_ends_the_run_well_saying_how_to_draw_them(small_disk, capsys):
+    """The LoRA fits, its 384 px sample does not (it needs 0.56 MiB besides the 1 MiB every write leaves free): the
+    finished run ended as a failure, exit 2, saying to continue it with --resume (nothing left to train)."""
+    from lowvram.cli import main
+
+    mount, _ = small_disk
+    out = mount("out", 1800)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "2",
+                 "--sample-prompt", "lvshape --w 384 --h 384 --s 1"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert (f"warning: no room for a sample image in {out / 'samples'}: it needs 1.59 MiB with the 1.00 MiB kept free"
+            in said and f"{out / 'out.safetensors'} is saved: free space, then lowvram generate --lora "
+            f"{out / 'out.safetensors'} draws the samples" in said), said
+    assert (out / "out.safetensors").is_file() and not any((out / "samples").iterdir())
+    assert '"end": "finished"' in (out / "metrics.jsonl").read_text().splitlines()[-1]
+
+
 def test_a_dataset_zip_unpacked_onto_a_full_drive_is_one_line_and_leaves_nothing_half_unpacked(small_disk):
     """The Colab notebook unpacks a zip beside itself on Drive: a full one ended in an OSError traceback and left a
     half-unpacked folder."""

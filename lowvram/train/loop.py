@@ -292,6 +292,11 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                               "draws them",
                               soft_wrap=True)
         samples = []
+    except DiskFull as exc:  # (the LoRA the run trained for is whole: not a run to continue)
+        session.console.print(f"[yellow]warning: {exc.reason}[/]; {lora_path} is saved: {exc.remedy}, then "
+                              f"{shell_line('lowvram', 'generate', '--lora', lora_path)} draws the samples",
+                              soft_wrap=True)
+        samples = []
     with contextlib.suppress(OSError, DiskFull):  # (a thumbnail: the LoRA and its samples are what matter)
         publish.add_preview(copied, samples)
     diffusers_folder = session.out_dir / diffusers_copy(name)  # (the folder diffusers' load_lora_weights takes: the
