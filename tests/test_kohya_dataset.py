@@ -405,6 +405,27 @@ def test_a_subsets_switch_written_as_text_or_a_number_is_refused_as_kohya_refuse
     err = capsys.readouterr().err
     assert "datasets.subsets[1] shuffle_caption: 'false' is no switch; write true or false, without quotes" in err
     assert "datasets.subsets[1] flip_aug: 0 is no switch; write true or false, without quotes" in err
+    # is_reg = "true" trained the class images as training images; enable_bucket = "false" turned buckets on
+    config.write_text('[[datasets]]\nenable_bucket = "false"\n[[datasets.subsets]]\nimage_dir = "imgs/alpha"\n'
+                      '[[datasets.subsets]]\nimage_dir = "imgs/beta"\nis_reg = "true"\n')
+    assert main(["check-data", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "datasets.subsets[2] is_reg: 'true' is no switch; write true or false, without quotes" in err
+    assert "datasets enable_bucket: 'false' is no switch; write true or false, without quotes" in err
+
+
+def test_a_datasets_setting_written_in_a_subset_is_refused_as_kohya_refuses_it(tmp_path, monkeypatch, capsys):
+    """A subset's resolution (a concept at its own size) was passed over, unsaid: it trained at the dataset's."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    config = tmp_path / "ds.toml"
+    config.write_text('[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = "imgs/alpha"\n'
+                      '[[datasets.subsets]]\nimage_dir = "imgs/beta"\nresolution = 128\nbatch_size = 2\n')
+    assert main(["check-data", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert ("datasets.subsets[2] resolution: a dataset's setting, not a subset's: its subsets share it; move it to the "
+            "[[datasets]] entry (or [general]), or make the subset a dataset of its own") in err
+    assert "datasets.subsets[2] batch_size: a dataset's setting" in err and "subsets[1]" not in err
 
 
 def test_a_subsets_caption_prefix_is_no_tag_of_its_captions(tmp_path, monkeypatch):

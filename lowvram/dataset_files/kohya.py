@@ -33,6 +33,7 @@ RUN_SETTINGS = {"resolution": "resolution", "batch_size": "batch_size", "enable_
                 "min_bucket_reso": "min_bucket_side", "max_bucket_reso": "max_bucket_side",
                 "bucket_reso_steps": "bucket_step", "bucket_no_upscale": "bucket_no_upscale",
                 "validation_split": "validation_split"}
+RUN_SWITCHES = {"enable_bucket", "bucket_no_upscale"}
 # settings of a dataset that its subsets keep where datasets differ (Subset's fields), and how a note says them
 OWN_SETTINGS = {"resolution": "at {} px", "batch_size": "in batches of {}"}
 # settings kohya keeps per subset, as lowvram's options: the first training subset's are the run's, others its own
@@ -112,6 +113,10 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
         for index, entry in enumerate(entries, 1):
             name = f"{where}.subsets[{index}]"
             settled = {**layers, **entry} if isinstance(entry, dict) else {}
+            for key in sorted(set(RUN_SETTINGS) & set(entry) if isinstance(entry, dict) else ()):
+                # (kohya's schema refuses them there; they were passed over, unsaid)
+                problem(f"{name} {key}", "a dataset's setting, not a subset's: its subsets share it; move it to "
+                        "the [[datasets]] entry (or [general]), or make the subset a dataset of its own")
             subset = _subset(settled, path, name, problem)
             if subset is None:
                 continue
@@ -183,8 +188,9 @@ def _set(value: Any) -> bool:
 
 def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset | None:
     """One [[datasets.subsets]] entry with its settings settled, or None (its problems recorded)."""
-    for key, default in KOHYA_DEFAULTS.items():  # ("false" in quotes was read as on; kohya refuses any but a bool)
-        if isinstance(default, bool) and key in settled and not isinstance(settled[key], bool):
+    switches = [key for key, default in KOHYA_DEFAULTS.items() if isinstance(default, bool)] + ["is_reg"]
+    for key in switches:  # ("false" in quotes was read as on, "true" for is_reg as off; kohya refuses any but a bool)
+        if key in settled and not isinstance(settled[key], bool):
             problem(f"{name} {key}", f"{settled[key]!r} is no switch; write true or false, without quotes")
     image_dir = settled.get("image_dir")
     if not isinstance(image_dir, str) or not image_dir:
@@ -285,6 +291,10 @@ def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, A
     """A dataset-wide setting all datasets agree on, as its lowvram option."""
     values: dict[str, Any] = {}
     for key, seen in found.items():
+        if key in RUN_SWITCHES and (wrong := next(((v, where) for v, where in seen if not isinstance(v, bool)), None)):
+            # ("false" in quotes turned buckets on; kohya refuses any but a bool)
+            problem(f"{wrong[1]} {key}", f"{wrong[0]!r} is no switch; write true or false, without quotes")
+            continue
         distinct = {json.dumps(value, sort_keys=True, default=str) for value, _ in seen}
         if len(distinct) > 1:
             listed = ", ".join(f"{value} ({where})" for value, where in seen)
