@@ -440,3 +440,16 @@ def test_a_subsets_caption_prefix_is_no_tag_of_its_captions(tmp_path, monkeypatc
     tags = json.loads(safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()[
         "ss_tag_frequency"])["alpha"]
     assert tags and not {"score_9", "score_8_up"} & set(tags), tags
+
+
+def test_a_folder_in_two_datasets_is_no_link_to_remove(tmp_path, monkeypatch, capsys):
+    """The same image_dir at two resolutions, in two [[datasets]]: both train, as in kohya; check-data called each
+    image a link to remove."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    config = tmp_path / "ds.toml"
+    config.write_text('[[datasets]]\nresolution = 64\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = "imgs/alpha"\n'
+                      '[[datasets]]\nresolution = 128\nbatch_size = 1\n[[datasets.subsets]]\nimage_dir = "imgs/alpha"\n')
+    assert main(["check-data", str(config), "--model", "tiny"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "link" not in said and "in another subset of the dataset file too: both train" in said, said

@@ -195,7 +195,9 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                 first = first_of[record.sha256]
                 # (the note goes on the second name scanned, the link or the file it reaches: the link is named)
                 link = path if _through_a_link(path) or not _through_a_link(root / first) else root / first
-                duplicate = (f"linked copy of {first}: the same file through a link (both train, their repeats adding "
+                duplicate = ("in another subset of the dataset file too: both train, their repeats adding up, as "
+                             "in kohya" if os.path.abspath(root / first) == os.path.abspath(path) else
+                             f"linked copy of {first}: the same file through a link (both train, their repeats adding "
                              f"up; remove the link, {_shown(link, root)}, not the file)"
                              if _same_file(root / first, path) else
                              f"duplicate of {first} (both train, their repeats adding up; delete one)")
