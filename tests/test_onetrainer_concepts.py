@@ -318,3 +318,9 @@ def test_a_concepts_display_name_is_no_caption_for_its_uncaptioned_images(tmp_pa
     config = run_config(data=str(data), cache_dir=str(tmp_path / "cache"), trigger_word="ohwx", resolution=64)
     run = dataclasses.replace(resolve_run(config, NO_GPU), cache_dir=tmp_path / "cache")
     assert {record.caption for record in scan(run, data, "ohwx", None).usable} == {"ohwx"}
+    # without a trigger word, as in OneTrainer: no caption (its display name trained as every image's caption)
+    config = run_config(data=str(data), cache_dir=str(tmp_path / "cache"), resolution=64)
+    run = dataclasses.replace(resolve_run(config, NO_GPU), cache_dir=tmp_path / "cache")
+    records = scan(run, data, None, None).usable
+    assert {record.caption for record in records} == {""}
+    assert all("no caption file: template used: an empty caption" in record.notes for record in records)

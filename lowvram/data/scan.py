@@ -127,6 +127,9 @@ class ImageFolder(NamedTuple):
     options: ScanOptions | None = None
     dataset: int | None = None  # its [[datasets]] entry in a kohya file of several (None: one dataset)
     captions_from: str = "metadata_file"  # the file `captions` come from, as notes name it
+    # whether an image without a caption file takes `label` as its caption through the template (a OneTrainer
+    # concept's display name does not: OneTrainer trains such an image without a caption)
+    label_captions: bool = True
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
@@ -596,8 +599,9 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         # not a OneTrainer concept's display name)
         named = options.trigger_word and folder.label and REPEAT_FOLDER.match(Path(folder.path).name) and has_word(
             folder.label.replace("_", " "), options.trigger_word)
-        lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word
-                                                 or folder.label, filename=image.stem).strip()]
+        label = folder.label if folder.label_captions else ""
+        lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word or label,
+                                                 filename=image.stem).strip()]
     else:
         lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
         if any(TRIGGER_PLACEHOLDER in line for line in lines):

@@ -187,7 +187,9 @@ def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: li
         label = str(concept.get("name") or "").strip() or folders[0].name
         resolution = _resolution_override(concept.get("image") or {}, where, problem)
         own = owns[number] if owns else None
+        # (its name is a label, no caption: an image without a caption file trains without one, as in OneTrainer)
         subsets += [Subset(folder, balancing, label, regularization, loss_weight=weight, resolution=resolution,
+                           label_captions=False,
                            settings=own or None, captions=None if captions is None else {  # (each folder its own)
                                key: caption for key, caption in captions.items() if Path(key).parent == folder})
                      for folder in folders]

@@ -50,6 +50,7 @@ class Subset:
     # training subset, whose are the run's; its images train with these
     settings: dict[str, Any] | None = None
     dataset: int | None = None  # its [[datasets]] entry in a kohya file of several: reg images balance within it
+    label_captions: bool = True  # whether `label` captions an image without a caption file (see ImageFolder's)
 
 
 @dataclass(frozen=True)
