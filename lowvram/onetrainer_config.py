@@ -438,6 +438,12 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         problem("unet.train", "lowvram always trains the U-Net's adapters; train it")
     if unet.get("learning_rate") is not None:
         values["lr"] = as_number(unet["learning_rate"], "unet.learning_rate", problem)
+    unit = str(unet.get("stop_training_after_unit") or "NEVER").upper()
+    if unit != "NEVER" and unet.get("stop_training_after"):  # (OneTrainer freezes it there: passed over, unsaid)
+        after = unet["stop_training_after"]
+        until = {"EPOCH": f"; epochs {after} ends the run there", "STEP": f"; --max-steps {after} ends the run there"}
+        notes.append(f"unet.stop_training_after {after} {unit.lower()}: lowvram trains the U-Net's adapters to the "
+                     f"end of the run{until.get(unit, '')}")
     sdxl = (_upper(doc, "model_type") or "").startswith("STABLE_DIFFUSION_XL")
     encoders = [doc.get(part) or {} for part in ("text_encoder", "text_encoder_2")[: 2 if sdxl else 1]]
     if any(part.get("train") for part in encoders):
@@ -452,6 +458,10 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         values |= _text_encoder_until([part for part in encoders if part.get("train")], notes, problem)
     scheduler = _upper(doc, "learning_rate_scheduler") or "CONSTANT"
     warmup = float(doc.get("learning_rate_warmup_steps") or 0)
+    if scheduler == "COSINE_WITH_RESTARTS":  # (a smooth wave: its rate climbs back up after each low)
+        notes.append("learning_rate_scheduler COSINE_WITH_RESTARTS: trained as cosine_with_restarts, which restarts "
+                     "at the full rate after each decay, as OneTrainer's COSINE_WITH_HARD_RESTARTS does (OneTrainer's "
+                     "own climbs back smoothly)")
     if scheduler not in SCHEDULERS:
         problem("learning_rate_scheduler", f"{scheduler} is not one lowvram has ({', '.join(SCHEDULERS)})")
     else:

@@ -224,6 +224,23 @@ def test_the_text_encoders_stop_training_as_onetrainer_says(tmp_path, encoders, 
     assert any(note in line for line in notes) if note else not any("stop_training_after" in n for n in notes)
 
 
+def test_what_onetrainer_schedules_otherwise_is_said(tmp_path):
+    """The U-Net's stop_training_after was passed over, and COSINE_WITH_RESTARTS (a smooth wave in OneTrainer)
+    trained as hard restarts, unsaid."""
+    path = onetrainer_folder(tmp_path)
+    _, notes = translate_onetrainer(CONFIG | {"unet": {"train": True, "stop_training_after": 2,
+                                                       "stop_training_after_unit": "EPOCH"},
+                                              "learning_rate_scheduler": "COSINE_WITH_RESTARTS"}, path)
+    assert ("unet.stop_training_after 2 epoch: lowvram trains the U-Net's adapters to the end of the run; epochs 2 "
+            "ends the run there") in notes
+    assert any(note.startswith("learning_rate_scheduler COSINE_WITH_RESTARTS: trained as cosine_with_restarts, "
+                               "which restarts at the full rate") for note in notes)
+    _, notes = translate_onetrainer(CONFIG | {"unet": {"train": True, "stop_training_after": 0,
+                                                       "stop_training_after_unit": "NEVER"},
+                                              "learning_rate_scheduler": "COSINE_WITH_HARD_RESTARTS"}, path)
+    assert not any(note.startswith(("unet.stop", "learning_rate_scheduler")) for note in notes), notes
+
+
 # an early OneTrainer config (no __version): each model part's settings at the top level, the optimizer a name,
 # min-SNR its own setting, gradient checkpointing a switch; as OneTrainer's LoRA presets were first written
 EARLY = {
