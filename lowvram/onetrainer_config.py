@@ -354,6 +354,10 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         else:  # (a .ckpt destination, OneTrainer's CKPT format: the LoRA is written as .safetensors all the same)
             values |= {"name": target.stem, "copy_to": str(target.with_suffix(LORA_SUFFIX)),
                        "output": str(expand_home(workspace) / target.stem)}
+            backups = expand_home(workspace) / "backup"
+            if values.get("resume") and backups.is_dir() and any(backups.iterdir()):  # (a new start, unsaid)
+                notes.append(f"continue_last_backup: lowvram continues its own checkpoints (in {values['output']}), "
+                             f"not OneTrainer's backups in {backups}")
             notes.append(f"output_model_destination {destination}: the LoRA is copied there at the end (as "
                          f"{target.stem}{LORA_SUFFIX}); the run's checkpoints, samples and logs go to "
                          f"{values['output']} "

@@ -361,12 +361,20 @@ def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetraine
             f"{path.parent}, {tmp_path / 'OneTrainer'}; the images come from --data") in notes
 
 
-def test_continue_last_backup_is_resume_auto(tmp_path):
+def test_continue_last_backup_is_resume_auto(tmp_path, monkeypatch):
     """OneTrainer's continue_last_backup goes on from its newest backup, else starts: --resume auto does both."""
     path = onetrainer_folder(tmp_path / "OneTrainer")
-    values, _ = translate_onetrainer({**CONFIG, "continue_last_backup": True}, path)
+    monkeypatch.chdir(tmp_path / "OneTrainer")
+    values, notes = translate_onetrainer({**CONFIG, "continue_last_backup": True}, path)
     assert values["resume"] == "auto" and build_config(values | {"model": "tiny"}).training.resume == "auto"
     assert "resume" not in translate_onetrainer({**CONFIG, "continue_last_backup": False}, path)[0]
+    assert not any("continue_last_backup" in note for note in notes)
+    # OneTrainer's own backups there are not lowvram's to continue: said (the run started over, unsaid)
+    (tmp_path / "OneTrainer" / "workspace" / "run" / "backup" / "2026-12-01_10-00-00-backup-120-3-0").mkdir(
+        parents=True)
+    _, notes = translate_onetrainer({**CONFIG, "continue_last_backup": True}, path)
+    assert ("continue_last_backup: lowvram continues its own checkpoints (in workspace/run/ot-lora), not "
+            "OneTrainer's backups in workspace/run/backup") in notes, notes
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
