@@ -23,7 +23,7 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, not_safetensors, pickl
 from lowvram.files import atomic_write, not_found_hint, output_problem
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.lora_header import no_layers_why, read_header
-from lowvram.lora_layout import in_diffusers_layout
+from lowvram.lora_layout import in_diffusers_layout, in_omi_layout
 from lowvram.lora_metadata import addnet_hash
 from lowvram.models.detect import base_model_words, detect_family, looks_like_lora
 from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
@@ -347,5 +347,5 @@ def _read_with_peft(path: Path) -> bool:
         raise LowvramError("--lora: " + not_safetensors(path, exc, "pass a LoRA .safetensors file")) from None
     # diffusers' and peft's layouts of SD's parts too: read as kohya's (diffusers' loader left a text encoder's DoRA
     # magnitudes at their start, and refused peft's adapter-named keys)
-    return ours or any(key.startswith(KOHYA_PREFIXES) for key in keys) or (
+    return ours or any(key.startswith(KOHYA_PREFIXES) for key in keys) or in_omi_layout(keys) or (
         in_diffusers_layout(keys) and not any(key.endswith(".bias") for key in keys))  # (peft's lora_bias: diffusers')

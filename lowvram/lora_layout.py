@@ -38,6 +38,35 @@ UNET_MODULES = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", 
 UNET_ONLY_SDXL = re.compile(r"transformer_blocks\.[1-9]|^add_embedding\.")  # SD1.5's have one transformer block each
 
 
+# OneTrainer's omi layout (the Open Model Initiative's, of every OneTrainer backup): each part's module paths, the
+# U-Net's in the original layout, under the part's word, with kohya's suffixes (`unet.input_blocks.4.1.proj_in
+# .lora_down.weight`, `clip_l.text_model.encoder.layers.0.mlp.fc1.alpha`)
+OMI_PARTS = {"unet": "lora_unet", "clip_l": "lora_te", "clip_g": "lora_te2"}
+KOHYA_SUFFIX = re.compile(r"\.(lora_(?:down|up|mid)\.weight|alpha|dora_scale|hada_\w+|lokr_\w+)$")
+OMI_ONLY_SDXL = re.compile(r"^unet\.(?:label_emb\.|.*\.transformer_blocks\.[1-9]\.)")
+
+
+def in_omi_layout(names) -> bool:
+    """Whether tensor names are OneTrainer's omi layout of an SD1.5 or SDXL LoRA."""
+    names = list(names)
+    return bool(names) and all(name.partition(".")[0] in OMI_PARTS and KOHYA_SUFFIX.search(name) for name in names)
+
+
+def omi_view(names) -> dict[str, str] | None:
+    """{tensor name: kohya name} of a file in OneTrainer's omi layout (the U-Net's in the original layout, which
+    every reader of lowvram's places, SD1.5's too); None for a file in any other."""
+    if not in_omi_layout(names):
+        return None
+    sdxl = any(name.startswith("clip_g.") or OMI_ONLY_SDXL.match(name) for name in names)
+    prefixes = OMI_PARTS | ({"clip_l": "lora_te1"} if sdxl else {})
+    renames = {}
+    for name in names:
+        part, _, rest = name.partition(".")
+        suffix = KOHYA_SUFFIX.search(rest)
+        renames[name] = f"{prefixes[part]}_{rest[:suffix.start()].replace('.', '_')}.{suffix[1]}"
+    return renames
+
+
 def in_diffusers_layout(names) -> bool:
     """Whether tensor names are diffusers' or peft's LoRA names of an SD1.5 or SDXL model's parts (a U-Net, its
     text encoders), rather than kohya's or those of another kind of model (FLUX's `transformer.`, Wan's `blocks.`)."""
@@ -56,6 +85,8 @@ def kohya_view(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]
     """For a file in diffusers' or peft's layout ({tensor name: shape}, its metadata): ({its tensor name: the
     kohya name of that tensor}, {kohya layer: alpha} for the layers that hold no alpha tensor). None for a file in
     any other layout; a name that is no LoRA tensor is not renamed (its reader then refuses it by name)."""
+    if (omi := omi_view(shapes)) is not None:  # (its alphas are tensors of their own)
+        return omi, {}
     if not in_diffusers_layout(shapes):
         return None
     split = {name: parts for name in shapes if (parts := _split(name))}

@@ -369,3 +369,37 @@ def test_a_broken_file_is_one_line_for_every_reader(tmp_path, capsys):
     assert main(["merge", f"{good}:1e30", "--rank", "2", "--output", str(tmp_path / "m.safetensors")]) == 2
     assert "would hold NaN or infinite values" in capsys.readouterr().err  # (it wrote 64 infinite tensors)
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("family", ["tiny", "tiny-sdxl"])
+def test_a_onetrainer_omi_file_is_applied_and_trained_on_as_its_kohya_twin(family, tmp_path, capsys):
+    """OneTrainer's omi layout (every OneTrainer backup's LoRA): `unet.` + the original layout's dotted path,
+    `clip_l.`/`clip_g.` + the text model's; it was "no LoRA, DoRA, LoHa or LoKr layers" for every reader."""
+    model = load_model(family)
+    names = [name for name, _ in model.unet.named_modules()]
+    original = {name: path for path, name in lora_files._original_layout_paths(model.unet, names).items()}
+    layers = [(f"unet.{original[MID_Q]}", model.unet, MID_Q), (f"clip_l.text_model.{TE_Q}", model.text_encoders[0],
+                                                               TE_Q)]
+    if family == "tiny-sdxl":
+        layers.append((f"clip_g.text_model.{TE_Q}", model.text_encoders[1], f"text_model.{TE_Q}"))
+    tensors, expected = {}, {}
+    for base, part, name in layers:
+        weight = part.get_submodule(name).weight
+        down, up = random(4, weight.shape[1]), random(weight.shape[0], 4)
+        tensors |= {f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up, f"{base}.alpha": torch.tensor(2.0)}
+        expected[part, name] = weight.detach() + 2.0 / 4 * up @ down
+    path = tmp_path / "lora.safetensors"
+    save_file(tensors, str(path))
+    assert network_options(path) | {"rank": 4, "alpha": 2.0, "network": "lora", "train_text_encoder": True} == \
+        network_options(path)
+    apply_loras(model, [(path, 1.0)])
+    for (part, name), weight in expected.items():
+        torch.testing.assert_close(weight_of(part.get_submodule(name)), weight, atol=1e-5, rtol=1e-5, msg=name)
+    config = run_config(model=family, rank=4, alpha=2.0, train_text_encoder=True)
+    again = load_model(family)
+    networks.add_lora(again, config.network, config.alpha, True)
+    assert lora_files.start_from(again, path, config.network) == len(layers)
+    own = {model.unet: again.unet, **dict(zip(model.text_encoders, again.text_encoders, strict=True))}
+    for (part, name), weight in expected.items():
+        torch.testing.assert_close(weight_of(own[part].get_submodule(name)), weight, atol=1e-5, rtol=1e-5, msg=name)
+    assert main(["info", str(path)]) == 0 and "no LoRA" not in capsys.readouterr().out
