@@ -38,6 +38,7 @@ from lowvram.prompts import (
     model_title,
     options_elsewhere,
     parse_prompt,
+    unread_syntax,
 )
 from lowvram.samplers import a1111_name, sampler_problem
 from lowvram.train.sampling import render
@@ -194,22 +195,9 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
     except ValueError as exc:
         problems.append(f"--prompt: {exc}")
         prompt = SamplePrompt("", sampler=args.sampler)  # the flags are still checked
-    tag = re.search(r"<(?:lora|lyco):[^>]*>", prompt.text, re.IGNORECASE)
-    if tag:  # AUTOMATIC1111's: here words to CLIP, and the image drawn without the LoRA (a training sample's, as
-        # kohya's, stays words: the LoRA being trained is applied there)
-        problems.append(f"--prompt: {tag.group(0)} is AUTOMATIC1111's way to load a LoRA, which a prompt here does "
-                        "not read: --lora FILE:WEIGHT loads one")
-    # AUTOMATIC1111's prompt editing ([from:to:when], [to:when]) and alternation ([a|b]): here they would reach
-    # CLIP as words, and the image be drawn with neither switch
-    # (a ':' inside parentheses, [(cat:1.2)], is emphasis within de-emphasis)
-    editing = re.search(r"\[[^\[\]()]*[:|][^\[\]()]*\]", f"{prompt.text} {prompt.negative or ''}")
-    if editing:
-        problems.append(f"--prompt: {editing.group(0)} is AUTOMATIC1111's prompt editing or alternation, which "
-                        "generate does not do: write the words to draw (emphasis, (word:1.2) and [word], works)")
-    network = re.search(r"<(?:hypernet|embedding):[^>]*>", f"{prompt.text} {prompt.negative or ''}", re.IGNORECASE)
-    if network:
-        problems.append(f"--prompt: {network.group(0)} loads an AUTOMATIC1111 {network.group(0)[1:].split(':')[0]}, "
-                        "which generate does not: leave it out")
+    # (the image would be drawn without the LoRA, the switch, the network)
+    problems += [f"--prompt: {problem}" for problem in unread_syntax(
+        prompt, "which a prompt here does not read: --lora FILE:WEIGHT loads one")]
     if prompt.sampler and (problem := sampler_problem(prompt.sampler, False)):  # (a package missing: before the
         problems.append(f"--sampler: {problem}")  # model loads; zero terminal SNR is known once it has)
     if args.weight is not None and math.isfinite(args.weight) and not args.lora:

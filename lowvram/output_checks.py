@@ -24,7 +24,7 @@ from lowvram.files import (
     windows_output_problem,
 )
 from lowvram.option_values import parse_save_every, positive
-from lowvram.prompts import parse_prompt
+from lowvram.prompts import parse_prompt, unread_syntax
 from lowvram.run_files import LONGEST_SUFFIX, LORA_SUFFIX, copy_destination, final_lora
 from lowvram.samplers import sampler_problem
 
@@ -117,6 +117,9 @@ def output_problems(c: RunConfig) -> list[str]:
             p.append(f"{where}: {exc}")
             continue
         samplers.add(prompt.sampler)
+        # (drawn as words, then refused by generate reading the sample's own infotext; a LoRA tag stays words,
+        # as in kohya, the LoRA being trained applied beside it)
+        p += [f"{where}: {problem}" for problem in unread_syntax(prompt)]
         if prompt.seed == -1:
             p.append(f"{where}: --d -1 in '{line}': a training sample keeps its seed, so that the grids of successive "
                      "steps compare; give a seed, or leave --d out for the run's")

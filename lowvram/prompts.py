@@ -204,6 +204,33 @@ EMPHASIS = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()
 ROUND, SQUARE = 1.1, 1 / 1.1  # what ( ) and [ ] multiply by
 
 
+# AUTOMATIC1111's syntax that lowvram's prompts do not read: a LoRA tag, prompt editing ([from:to:when], [to:when])
+# and alternation ([a|b]; a ':' inside parentheses, [(cat:1.2)], is emphasis within de-emphasis), other networks,
+# and composable diffusion's AND: each would reach CLIP as words
+LORA_TAG = re.compile(r"<(?:lora|lyco):[^>]*>", re.IGNORECASE)
+PROMPT_EDITING = re.compile(r"\[[^\[\]()]*[:|][^\[\]()]*\]")
+OTHER_NETWORK = re.compile(r"<(hypernet|embedding):[^>]*>", re.IGNORECASE)
+COMPOSABLE = re.compile(r"\bAND\b")
+
+
+def unread_syntax(prompt: SamplePrompt, lora_tag: str | None = None) -> list[str]:
+    """What `prompt` holds of AUTOMATIC1111's syntax that lowvram would draw as words, each said with what to do
+    (`lora_tag`: what to do with a LoRA tag; None: it stays words, as a training sample's does in kohya)."""
+    both, found = f"{prompt.text} {prompt.negative or ''}", []
+    if lora_tag and (tag := LORA_TAG.search(prompt.text)):
+        found.append(f"{tag.group(0)} is AUTOMATIC1111's way to load a LoRA, {lora_tag}")
+    if editing := PROMPT_EDITING.search(both):
+        found.append(f"{editing.group(0)} is AUTOMATIC1111's prompt editing or alternation, which lowvram does not "
+                     "do: write the words to draw (emphasis, (word:1.2) and [word], works)")
+    if network := OTHER_NETWORK.search(both):
+        found.append(f"{network.group(0)} loads an AUTOMATIC1111 {network.group(1).lower()}, which lowvram does not: "
+                     "leave it out")
+    if word := COMPOSABLE.search(both):
+        found.append(f"{word.group(0)} is AUTOMATIC1111's composable diffusion, which lowvram does not do: write one "
+                     "prompt")
+    return found
+
+
 # AUTOMATIC1111's BREAK: the word alone, in capitals, ends the prompt's 75-token chunk
 CHUNK_BREAK = re.compile(r"\s*\bBREAK\b\s*")
 

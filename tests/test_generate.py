@@ -9,6 +9,7 @@ from conftest import run_config
 from PIL import Image
 
 from lowvram.cli import main
+from lowvram.errors import LowvramError
 from lowvram.lora_header import read_header
 from lowvram.train.loop import train
 
@@ -222,6 +223,13 @@ def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_t
         assert main([*BASE, "--prompt", prompt, "--output", str(tmp_path / "x.png")]) == 2
         assert said in capsys.readouterr().err
     assert main([*BASE, "--prompt", "a [red] (circle:1.2) [(square:1.2)]", "--output", str(tmp_path / "x.png")]) == 0
+    # a training sample's too: drawn as words, then refused by generate reading the sample's own infotext
+    for prompt, said in (("lvshape, [red:blue:0.5] circle", ("--sample-prompt: [red:blue:0.5] is AUTOMATIC1111's "
+                          "prompt editing or alternation, which lowvram does not do")),
+                         ("a red circle AND a blue square", ("--sample-prompt: AND is AUTOMATIC1111's composable "
+                          "diffusion, which lowvram does not do: write one prompt"))):
+        with pytest.raises(LowvramError, match=re.escape(said)):
+            run_config(sample_prompts=[prompt])
 
 
 def test_emphasis_in_half_precision_weighs_by_the_weight_not_by_rounding_noise():
