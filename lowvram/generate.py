@@ -53,7 +53,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     """Render `--count` images; the prompt's kohya-style inline options (--n --w --h --s --l --d --ss) win over
     the flags that say the same. Every option is checked before the model loads (one line each), and nothing is
     written over a file being read, or over any file without --overwrite."""
-    args.prompt, clip_skip = _generation_data(args.prompt)
+    args.prompt, clip_skip = _generation_data(args.prompt, args.model)
     if clip_skip and not args.clip_skip:
         args.clip_skip = clip_skip
     prompt, sources, problems = _read_options(args)
@@ -161,7 +161,7 @@ def save_as_named(image, path: Path, parameters: str | None = None) -> Path:
                         "the image")
 
 
-def _generation_data(given: str) -> tuple[str, int | None]:
+def _generation_data(given: str, model: str) -> tuple[str, int | None]:
     """The prompt: AUTOMATIC1111's generation data (pasted from PNG Info or Civitai, or an image made with it, by
     path) as one line with its negative prompt, steps, CFG scale, seed, size and sampler inline, and its clip skip;
     other text as it is. What it holds that is not read here is said (its LoRA tags: --lora loads LoRAs)."""
@@ -177,6 +177,8 @@ def _generation_data(given: str) -> tuple[str, int | None]:
     tags = re.findall(r"<(?:lora|lyco):[^>]*>", data.line, re.IGNORECASE)
     line = re.sub(r"\s*<(?:lora|lyco):[^>]*>", "", data.line, flags=re.IGNORECASE).strip()
     left = [*data.left_out, *tags]
+    if data.model and data.model != model_title(model):  # (the random tiny model drew it, unsaid)
+        left.append(f"Model: {data.model} (drawn with {model_title(model)}: --model loads the base model)")
     print(f"--prompt: read as AUTOMATIC1111's generation data: {line}"
           + (f", --clip-skip {data.clip_skip}" if data.clip_skip else "")
           + " (its settings win over the flags, as a prompt's inline options do"

@@ -290,6 +290,7 @@ class GenerationData:
     line: str  # the prompt with kohya's inline options
     clip_skip: int | None
     left_out: tuple[str, ...]  # its settings no prompt here takes (a hires fix's, an unknown schedule type)
+    model: str = ""  # the base model it names (its Model: field), which --model loads, not the prompt
 
 
 def from_generation_data(text: str) -> GenerationData | None:
@@ -315,7 +316,8 @@ def from_generation_data(text: str) -> GenerationData | None:
     left_out = [key for key in params if key not in GENERATION_READ]
     left_out += [f"Schedule type: {schedule}"] if schedule not in ("", "Automatic", "Karras") else []
     skip = params.get("Clip skip", "")
-    return GenerationData(" ".join(words), int(skip) if skip.isdigit() else None, tuple(left_out))
+    return GenerationData(" ".join(words), int(skip) if skip.isdigit() else None, tuple(left_out),
+                          params.get("Model", ""))
 
 
 def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], hashes: dict[Path, str], steps: int, sampler: str,

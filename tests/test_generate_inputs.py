@@ -236,11 +236,12 @@ def test_generation_data_pasted_or_in_an_image_is_read_as_automatic1111_writes_i
     assert made.shape == (72, 64, 3) and np.array_equal(made, again)  # the image made again
     pasted = ("lvshape, a red circle <lora:style:0.8>\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M, "
               'Schedule type: Karras, CFG scale: 5, Seed: 7, Size: 64x72, Lora hashes: "style: 0123456789ab", '
-              "Hires upscale: 2, Version: v1.10.1")
+              "Hires upscale: 2, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.10.1")
     assert main([*base(["--prompt", pasted]), "--output", str(tmp_path / "pasted.png")]) == 0
     assert ("read as AUTOMATIC1111's generation data: lvshape, a red circle --n blurry --s 2 --l 5 --d 7 --w 64 "
             "--h 72 --ss DPM++ 2M Karras (its settings win over the flags, as a prompt's inline options do; left out: "
-            "Hires upscale, <lora:style:0.8>; --lora FILE:WEIGHT loads a LoRA)"
+            "Hires upscale, <lora:style:0.8>, Model: v1-5-pruned-emaonly (drawn with tiny: --model loads the base "
+            "model); --lora FILE:WEIGHT loads a LoRA)"
             in " ".join(capsys.readouterr().out.split()))
     newer = pasted.replace("Schedule type: Karras", "Schedule type: SGM Uniform")  # (Forge's: none here)
     assert main([*base(["--prompt", newer]), "--output", str(tmp_path / "newer.png")]) == 0
