@@ -40,7 +40,7 @@ from lowvram.prompts import (
     parse_prompt,
     unread_syntax,
 )
-from lowvram.samplers import a1111_name, sampler_problem
+from lowvram.samplers import a1111_name, own_sampler, sampler_problem
 from lowvram.train.sampling import render
 
 WRITTEN_FORMATS = {suffix: IMAGE_FORMATS[suffix][0] for suffix in WRITTEN_IMAGE_SUFFIXES}  # Pillow's names
@@ -99,7 +99,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     if dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
         model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16, as its pipeline knows
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if device.type != "cpu" else nullcontext
-    sampler = a1111_name(prompt.sampler or type(model.pipeline.scheduler).__name__)  # (none asked: the model's own)
+    sampler = a1111_name(prompt.sampler or own_sampler(model.pipeline.scheduler))  # (none asked: the model's own)
     # a kohya file's addnet hash, by which AUTOMATIC1111 and model sites know it (a diffusers folder has none)
     hashes = {path: addnet_hash(path)[:12] for path, _ in sources if path.is_file()}
     for i, path in enumerate(paths):

@@ -67,11 +67,20 @@ def sampler_name(name: str) -> str:
 
 
 def a1111_name(sampler: str) -> str:
-    """How AUTOMATIC1111's infotext names a sampler of SAMPLERS, or a model's own scheduler by its class (the first
-    sampler of that class); one it has not, as it is."""
-    key = sampler if sampler in SAMPLERS else next((name for name, (kind, _) in SAMPLERS.items() if kind == sampler),
-                                                   sampler)
-    return A1111_NAMES.get(key, sampler)
+    """How AUTOMATIC1111's infotext names a sampler of SAMPLERS (`own_sampler` names a model's own); one it has
+    not, as it is."""
+    return A1111_NAMES.get(sampler, sampler)
+
+
+def own_sampler(scheduler) -> str:
+    """The sampler of SAMPLERS a model's own scheduler is: of its class, with the most of its settings (a diffusers
+    folder's DPM++ 2M with Karras sigmas is dpmsolver++_karras; its class's name was written, which no reader took
+    back); a scheduler of no sampler's class by that class's name."""
+    kind, config = type(scheduler).__name__, scheduler.config
+    ofits = [(name, settings) for name, (other, settings) in SAMPLERS.items() if other == kind]
+    same = [(len(settings), name) for name, settings in ofits if all(config.get(key) == value
+                                                                     for key, value in settings.items())]
+    return max(same, key=lambda pair: pair[0])[1] if same else ofits[0][0] if ofits else kind
 
 
 def sampler_problem(name: str, zero_terminal_snr: bool) -> str | None:

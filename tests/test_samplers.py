@@ -169,3 +169,24 @@ def test_the_sample_sampler_option_takes_other_tools_names_on_the_command_line_a
     assert build_config(train_values(args)).output.sample_sampler == "dpmsolver++_karras"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--sample-sampler", "restart"])
+
+
+def test_a_models_own_scheduler_is_named_as_automatic1111_names_it_and_read_back():
+    """A diffusers folder's DPM++ 2M with Karras sigmas was written "Sampler: DPMSolverMultistepScheduler", which
+    generate refused reading its own image back (and AUTOMATIC1111 did not know)."""
+    import diffusers
+
+    from lowvram.samplers import a1111_name, own_sampler
+
+    karras = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True)
+    assert a1111_name(own_sampler(karras)) == "DPM++ 2M Karras"
+    assert a1111_name(own_sampler(diffusers.DPMSolverMultistepScheduler())) == "DPM++ 2M"
+    assert a1111_name(own_sampler(diffusers.PNDMScheduler(skip_prk_steps=True))) == "PLMS"
+    assert own_sampler(diffusers.LCMScheduler()) == "LCMScheduler"  # (no sampler here: its class, as it is)
+    for name, (kind, settings) in SAMPLERS.items():  # each sampler's scheduler is named so that it reads back as it
+        if sampler_problem(name, False):  # (a package missing: LMS needs scipy)
+            continue
+        scheduler = getattr(diffusers, kind)(**settings)
+        assert own_sampler(scheduler) == name
+        if "," not in a1111_name(name):  # (Euler, Schedule type: Karras is two settings of the infotext)
+            assert sampler_name(a1111_name(name)) == name

@@ -23,7 +23,7 @@ from lowvram.models.families import prompt_reading
 from lowvram.models.loading import LoadedModel
 from lowvram.prompts import SamplePrompt, infotext, model_title, parse_prompt
 from lowvram.run_files import final_sample
-from lowvram.samplers import a1111_name, make_sampler
+from lowvram.samplers import a1111_name, make_sampler, own_sampler
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -129,7 +129,7 @@ def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder
         return []
     make_folders(folder)
     paths = []
-    sampler = type(model.pipeline.scheduler).__name__
+    sampler = own_sampler(model.pipeline.scheduler)
     for i, prompt in enumerate(prompts):
         paths.append(folder / final_sample(name, i))
         drawn = replace(prompt, guidance=GUIDANCE if prompt.guidance is None else prompt.guidance)
