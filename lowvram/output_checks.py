@@ -16,6 +16,7 @@ from lowvram.files import (
     NOT_IN_NAMES,
     TEMPORARY_NAME_EXTRA,
     WINDOWS_DEVICES,
+    closest,
     file_in_the_way,
     name_length,
     new_folder_problem,
@@ -39,6 +40,9 @@ def _copy_problems(c: RunConfig) -> list[str]:
         return [f"--copy-to: {c.output.copy_to} is no .safetensors file; name one, or a folder to copy the LoRA into"]
     if copy.absolute() == (c.output_dir / final_lora(c.output_name)).absolute():
         return [f"--copy-to: {copy} is the run's own LoRA; name a file or folder outside --output"]
+    if not copy.parent.exists() and (hint := closest(copy.parent)):  # (models/lora beside models/Lora: made, and
+        # the LoRA never in AUTOMATIC1111's list)
+        return [f"--copy-to: {copy.parent} does not exist{hint}; give that folder, or make {copy.parent} first"]
     blocked = unwritable(copy.parent)
     return [f"--copy-to: {blocked}"] if blocked else []
 

@@ -303,8 +303,12 @@ def test_copy_to_names_a_safetensors_file_or_a_folder_outside_the_runs_own_lora(
     for copy, said in ((tmp_path / "me.ckpt", f"--copy-to: {tmp_path / 'me.ckpt'} is no .safetensors file; name one,"),
                        (tmp_path / "run" / "me.safetensors", "is the run's own LoRA; name a file or folder outside"),
                        (tmp_path / "run", "is the run's own LoRA"),  # (a folder: the LoRA's name in it)
-                       (tmp_path / "file" / "x", "--copy-to: can't write in")):
+                       (tmp_path / "file" / "x", "--copy-to: can't write in"),
+                       # a typo beside AUTOMATIC1111's LoRA folder: it was made, the LoRA never in its list
+                       (tmp_path / "models" / "lora", (f"--copy-to: {tmp_path / 'models' / 'lora'} does not exist (did "
+                        f"you mean {tmp_path / 'models' / 'Lora'}?); give that folder, or make"))):
         (tmp_path / "file").write_bytes(b"")
+        (tmp_path / "models" / "Lora").mkdir(parents=True, exist_ok=True)
         assert main([*argv, "--copy-to", str(copy)]) == 2
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, err
