@@ -143,6 +143,18 @@ def kohya_recipe(path: Path) -> tuple[bool | None, str] | None:
     return None
 
 
+def onetrainer_recipe(path: Path) -> tuple[bool, str] | None:
+    """Whether a OneTrainer config is for SDXL (its model_type, by which OneTrainer loads the model), and what says
+    so; None for another file."""
+    try:
+        doc = json.loads(config_text(Path(path))) if Path(path).suffix.lower() == ".json" else None
+    except (LowvramError, ValueError):  # (said where the file is read)
+        return None
+    if not is_onetrainer_config(doc):
+        return None
+    return str(doc["model_type"]).upper().startswith("STABLE_DIFFUSION_XL"), f"its model_type is {doc['model_type']}"
+
+
 def config_text(path: Path, flag: str = "--config") -> str:
     """A config file's text: UTF-8 (with or without Notepad's byte-order mark) or UTF-16 (PowerShell 5's `>`)."""
     try:

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from lowvram.adapters.blocks import BlockPlan, block_plan
 from lowvram.config import SAMPLE_DATA, RunConfig
-from lowvram.configure import kohya_recipe
+from lowvram.configure import kohya_recipe, onetrainer_recipe
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import expand_home
@@ -160,12 +160,13 @@ class ResolvedRun:
 
 
 def kohya_model_checked(values: dict, config: Path, typed: Collection[str] = ()) -> dict:
-    """A kohya config's values against its model (a local one: a hub id is looked up where the run checks it):
-    a recipe for SDXL given an SD1.5 model, or the other way round, picked in a dropdown by mistake, is refused
-    (sd-scripts stops; lowvram trained the recipe's 1024 px on SD1.5 without a word); its clip skip for SDXL, which
-    reads its penultimate layer already, is left out with a note, as kohya's SDXL script warns and trains on (Pony
+    """A kohya (or OneTrainer) config's values against its model (a local one: a hub id is looked up where the run
+    checks it): a recipe for SDXL given an SD1.5 model, or the other way round, picked in a dropdown by mistake, is
+    refused (sd-scripts stops; lowvram trained the recipe's 1024 px on SD1.5 without a word); a kohya clip skip for
+    SDXL, which reads its penultimate layer already, is left out with a note, as kohya's SDXL script warns and trains on (Pony
     guides give clip_skip 2, and their recipes carry it). Typed on the command line, --clip-skip is refused."""
-    recipe, model = kohya_recipe(config), str(values.get("model") or "")
+    kohya, model = kohya_recipe(config), str(values.get("model") or "")
+    recipe = kohya or onetrainer_recipe(config)  # (OneTrainer fails to load the model of another model_type)
     if recipe is None or not (model in FAMILIES or expand_home(model).exists()):
         return values
     try:
@@ -178,7 +179,7 @@ def kohya_model_checked(values: dict, config: Path, typed: Collection[str] = ())
         raise LowvramError(f"--model: {model} is {family.title}, but {config} is a recipe for {kind} ({why}); pass "
                            f"an {kind} model, or a recipe made for {family.title}")
     skip = values.get("clip_skip")
-    if "clip_skip" in typed or not isinstance(skip, int) or clip_skip_problem(family, skip) is None:
+    if kohya is None or "clip_skip" in typed or not isinstance(skip, int) or clip_skip_problem(family, skip) is None:
         return values
     print(f"{config}: clip_skip {skip}: {family.title} reads its text encoders' penultimate layer already, and kohya "
           "ignores clip skip for it; not carried over", file=sys.stderr)

@@ -658,3 +658,14 @@ def test_a_windows_workspace_is_said_to_be_replaced_not_credited(tmp_path):
     assert "workspace_dir D:/OneTrainer/workspace/run is a Windows path: the run's files go to workspace/run here" \
         in notes
     assert not any("(workspace_dir/<name>)" in note for note in notes), notes
+
+
+def test_a_config_of_another_model_type_than_its_model_is_refused(tmp_path, monkeypatch, capsys):
+    """An SD1.5 preset given an SDXL model (a dropdown's slip): OneTrainer fails to load it; lowvram trained."""
+    path = onetrainer_folder(tmp_path / "OneTrainer")
+    monkeypatch.chdir(tmp_path)
+    path.write_text(json.dumps(CONFIG | {"base_model_name": "tiny-sdxl"}))
+    assert main(["plan", "--config", str(path), "--vram", "8GB"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"--model: tiny-sdxl is tiny SDXL (random weights), but {path} is a recipe for SD1.5 (its model_type is "
+        "STABLE_DIFFUSION_15); pass an SD1.5 model, or a recipe made for tiny SDXL (random weights)")
