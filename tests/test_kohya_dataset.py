@@ -412,6 +412,13 @@ def test_a_subsets_switch_written_as_text_or_a_number_is_refused_as_kohya_refuse
     err = capsys.readouterr().err
     assert "datasets.subsets[2] is_reg: 'true' is no switch; write true or false, without quotes" in err
     assert "datasets enable_bucket: 'false' is no switch; write true or false, without quotes" in err
+    # a number out of range is said by its subset (it named --keep-tokens, a flag no one gave, of no subset)
+    config.write_text('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "imgs/alpha"\n[[datasets.subsets]]\n'
+                      'image_dir = "imgs/beta"\nkeep_tokens = 1.5\ncaption_dropout_rate = 5\n')
+    assert main(["check-data", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "datasets.subsets[2] keep_tokens: 1.5 is no whole number of 0 or more" in err
+    assert "datasets.subsets[2] caption_dropout_rate: 5 is no rate from 0 up to 1" in err and "--" not in err
 
 
 def test_a_datasets_setting_written_in_a_subset_is_refused_as_kohya_refuses_it(tmp_path, monkeypatch, capsys):

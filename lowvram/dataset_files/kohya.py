@@ -192,6 +192,14 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
     for key in switches:  # ("false" in quotes was read as on, "true" for is_reg as off; kohya refuses any but a bool)
         if key in settled and not isinstance(settled[key], bool):
             problem(f"{name} {key}", f"{settled[key]!r} is no switch; write true or false, without quotes")
+    # (said by the subset, not as the lowvram option it becomes, which no user of the file gave)
+    for key in ("keep_tokens", "caption_dropout_every_n_epochs"):
+        if key in settled and (type(settled[key]) is not int or settled[key] < 0):
+            problem(f"{name} {key}", f"{settled[key]!r} is no whole number of 0 or more")
+    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+        value = settled.get(key)
+        if key in settled and (type(value) not in (int, float) or not 0 <= value < 1):
+            problem(f"{name} {key}", f"{value!r} is no rate from 0 up to 1 (1 itself leaves out every caption)")
     image_dir = settled.get("image_dir")
     if not isinstance(image_dir, str) or not image_dir:
         problem(name, "no image_dir; name the folder its images are in")
