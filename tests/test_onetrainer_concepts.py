@@ -324,3 +324,10 @@ def test_a_concepts_display_name_is_no_caption_for_its_uncaptioned_images(tmp_pa
     records = scan(run, data, None, None).usable
     assert {record.caption for record in records} == {""}
     assert all("no caption file: template used: an empty caption" in record.notes for record in records)
+    # a concept over a kohya folder named with the trigger: still no concept name (nor folder name) as the caption
+    shutil.copytree(tmp_path / "imgs" / "beta", tmp_path / "imgs" / "5_ohwx dog")
+    for name, caption in (("ohwx dog", "ohwx"), ("", "ohwx")):
+        data = write(tmp_path / "concepts.json", [concept("imgs/5_ohwx dog", name=name)])
+        config = run_config(data=str(data), cache_dir=str(tmp_path / "cache"), trigger_word="ohwx", resolution=64)
+        run = dataclasses.replace(resolve_run(config, NO_GPU), cache_dir=tmp_path / "cache")
+        assert {record.caption for record in scan(run, data, "ohwx", None).usable} == {caption}, name

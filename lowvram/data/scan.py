@@ -597,9 +597,9 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
     weights: tuple[float, ...] = ()
     if text is None:  # (a kohya folder named with the trigger, 10_ohwx dog, keeps its class word as kohya's does;
         # not a OneTrainer concept's display name)
-        named = options.trigger_word and folder.label and REPEAT_FOLDER.match(Path(folder.path).name) and has_word(
-            folder.label.replace("_", " "), options.trigger_word)
         label = folder.label if folder.label_captions else ""
+        named = options.trigger_word and label and REPEAT_FOLDER.match(Path(folder.path).name) and has_word(
+            label.replace("_", " "), options.trigger_word)
         lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word or label,
                                                  filename=image.stem).strip()]
     else:
