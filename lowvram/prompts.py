@@ -208,7 +208,9 @@ ROUND, SQUARE = 1.1, 1 / 1.1  # what ( ) and [ ] multiply by
 # and alternation ([a|b]; a ':' inside parentheses, [(cat:1.2)], is emphasis within de-emphasis), other networks,
 # and composable diffusion's AND: each would reach CLIP as words
 LORA_TAG = re.compile(r"<(?:lora|lyco):[^>]*>", re.IGNORECASE)
-PROMPT_EDITING = re.compile(r"\[[^\[\]()]*[:|][^\[\]()]*\]")
+# (as its grammar reads them: editing ends in a number, [ohwx:person] and [artist:name] are words; \[ is text)
+PROMPT_EDITING = re.compile(r"(?<!\\)\[(?:[^\[\]():|]*:)?[^\[\]():|]*:\s*[+-]?\d*\.?\d+\s*\]"
+                            r"|(?<!\\)\[[^\[\]():|]*(?:\|[^\[\]():|]*)+\]")
 OTHER_NETWORK = re.compile(r"<(hypernet|embedding):[^>]*>", re.IGNORECASE)
 COMPOSABLE = re.compile(r"\bAND\b")
 
@@ -225,7 +227,7 @@ def unread_syntax(prompt: SamplePrompt, lora_tag: str | None = None) -> list[str
     if network := OTHER_NETWORK.search(both):
         found.append(f"{network.group(0)} loads an AUTOMATIC1111 {network.group(1).lower()}, which lowvram does not: "
                      "leave it out")
-    if word := COMPOSABLE.search(both):
+    if word := COMPOSABLE.search(prompt.text):  # (a negative prompt's AND is words in AUTOMATIC1111 too)
         found.append(f"{word.group(0)} is AUTOMATIC1111's composable diffusion, which lowvram does not do: write one "
                      "prompt")
     return found

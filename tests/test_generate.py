@@ -230,6 +230,8 @@ def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_t
                           "diffusion, which lowvram does not do: write one prompt"))):
         with pytest.raises(LowvramError, match=re.escape(said)):
             run_config(sample_prompts=[prompt])
+    # as AUTOMATIC1111's grammar reads them: no number, no editing; escaped, text; a negative prompt's AND, words
+    assert run_config(sample_prompts=["photo of [ohwx:person] man, [artist:name], \\[12:30\\] --n ugly AND blurry"])
 
 
 def test_emphasis_in_half_precision_weighs_by_the_weight_not_by_rounding_noise():
