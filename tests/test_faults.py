@@ -8,6 +8,7 @@ import math
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -435,7 +436,8 @@ def test_a_copy_to_a_full_disk_is_said_and_the_run_ends_well(small_disk, tmp_pat
     assert (out / "run.safetensors").is_file() and not (loras / "run.safetensors").exists()
 
 
-def test_a_disk_that_fills_with_the_final_samples_ends_the_run_well_saying_how_to_draw_them(small_disk, capsys):
+def test_a_disk_that_fills_with_the_final_samples_ends_the_run_well_saying_how_to_draw_them(small_disk, capsys,
+                                                                                             tmp_path):
     """The LoRA fits, its 384 px sample does not (it needs 0.56 MiB besides the 1 MiB every write leaves free): the
     finished run ended as a failure, exit 2, saying to continue it with --resume (nothing left to train)."""
     from lowvram.cli import main
@@ -446,8 +448,11 @@ def test_a_disk_that_fills_with_the_final_samples_ends_the_run_well_saying_how_t
                  "--sample-prompt", "lvshape --w 384 --h 384 --s 1"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert (f"warning: no room for a sample image in {out / 'samples'}: it needs 1.59 MiB with the 1.00 MiB kept free"
-            in said and f"{out / 'out.safetensors'} is saved: free space, then lowvram generate --lora "
-            f"{out / 'out.safetensors'} draws the samples" in said), said
+            in said and f"{out / 'out.safetensors'} is saved: free space, then lowvram generate --model tiny --lora "
+            f"{out / 'out.safetensors'} --prompt" in said), said
+    # the command it gives draws the sample (a bare --lora lacked the required --prompt)
+    again = shlex.split(said.split("free space, then ", 1)[1].split(" draws it", 1)[0])
+    assert main([*again[1:], "--output", str(tmp_path / "again.png")]) == 0
     assert (out / "out.safetensors").is_file() and not any((out / "samples").iterdir())
     assert '"end": "finished"' in (out / "metrics.jsonl").read_text().splitlines()[-1]
 

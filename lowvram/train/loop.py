@@ -224,7 +224,7 @@ def run_training(session: Session) -> TrainResult:
                                  position if step > resumed_at else None, shape)
             copied = publish.copy_final(config, lora_path, session.console) if session.main else None
         if (asked or signals.received is not None) and session.main:
-            raise stopped_after_the_last_step(lora_path, bool(config.samples))
+            raise stopped_after_the_last_step(lora_path, draw_again(session, lora_path))
         samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log, written,
                          copied)
     session.accelerator.wait_for_everyone()
@@ -254,11 +254,27 @@ def draw(session: Session, batches, count: int) -> tuple[int, int, bool, list]:
     return drawn[-1][0], drawn[-1][1], drawn[-1][3], mine
 
 
-def stopped_after_the_last_step(lora_path: Path, samples: bool) -> TrainingInterrupted:
-    """Said where a Ctrl-C stops a run whose LoRA is written: `samples`, whether it had samples left to draw."""
-    left = f", its samples are not all drawn ({shell_line('lowvram', 'generate', '--lora', lora_path)} draws some)" \
-        if samples else ""
+def stopped_after_the_last_step(lora_path: Path, again: str | None) -> TrainingInterrupted:
+    """Said where a Ctrl-C stops a run whose LoRA is written: `again`, the command that draws its samples, where it
+    had samples left to draw."""
+    left = f", its samples are not all drawn ({again})" if again else ""
     return TrainingInterrupted(f"interrupted after the last step: {lora_path} is saved{left}")
+
+
+def draw_again(session: Session, lora_path: Path) -> str | None:
+    """The generate command that draws the run's first sample as the run draws it (its model, VAE, size, steps,
+    seed and sampler: a bare --lora lacked the required --prompt, and drew on the random tiny model); None for a
+    run of no samples."""
+    config, lines = session.config, session.config.prompt_lines
+    if not lines:
+        return None
+    side, sampler = str(session.run.resolution), config.output.sample_sampler
+    line = shell_line("lowvram", "generate", "--model", config.model.model, *(["--vae", config.model.vae]
+                      if config.model.vae else []), "--lora", lora_path, "--prompt", lines[0], "--width", side,
+                      "--height", side, "--steps", str(config.output.sample_steps), "--seed",
+                      str(config.training.seed), *(["--sampler", sampler] if sampler else []),
+                      *(["--clip-skip", str(config.data.clip_skip)] if (config.data.clip_skip or 1) > 1 else []))
+    return line + (f" draws the first of its {len(lines)} sample prompts" if len(lines) > 1 else " draws it")
 
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
@@ -284,18 +300,15 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                                          session.accelerator, prepared.sample_embeddings, shown,
                                          config.model.model or "")
     except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
-        raise stopped_after_the_last_step(lora_path, True) from None
+        raise stopped_after_the_last_step(lora_path, draw_again(session, lora_path)) from None
     except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself
         free_cached_memory(session.device)
         session.console.print(f"[yellow]warning: out of memory drawing the samples after the last step[/]; "
-                              f"{lora_path} is saved, and {shell_line('lowvram', 'generate', '--lora', lora_path)} "
-                              "draws them",
-                              soft_wrap=True)
+                              f"{lora_path} is saved, and {draw_again(session, lora_path)}", soft_wrap=True)
         samples = []
     except DiskFull as exc:  # (the LoRA the run trained for is whole: not a run to continue)
         session.console.print(f"[yellow]warning: {exc.reason}[/]; {lora_path} is saved: {exc.remedy}, then "
-                              f"{shell_line('lowvram', 'generate', '--lora', lora_path)} draws the samples",
-                              soft_wrap=True)
+                              f"{draw_again(session, lora_path)}", soft_wrap=True)
         samples = []
     with contextlib.suppress(OSError, DiskFull):  # (a thumbnail: the LoRA and its samples are what matter)
         publish.add_preview(copied, samples)
