@@ -75,12 +75,12 @@ def a1111_name(sampler: str) -> str:
 def own_sampler(scheduler) -> str:
     """The sampler of SAMPLERS a model's own scheduler is: of its class, with the most of its settings (a diffusers
     folder's DPM++ 2M with Karras sigmas is dpmsolver++_karras; its class's name was written, which no reader took
-    back); a scheduler of no sampler's class by that class's name."""
+    back); a scheduler no sampler is (another class, PNDM with PRK steps, SDE-DPM-Solver) by its class's name."""
     kind, config = type(scheduler).__name__, scheduler.config
-    ofits = [(name, settings) for name, (other, settings) in SAMPLERS.items() if other == kind]
-    same = [(len(settings), name) for name, settings in ofits if all(config.get(key) == value
-                                                                     for key, value in settings.items())]
-    return max(same, key=lambda pair: pair[0])[1] if same else ofits[0][0] if ofits else kind
+    same = [(len(settings), name) for name, (other, settings) in SAMPLERS.items() if other == kind
+            and all(config.get(key) == value for key, value in settings.items())]
+    # (none: its class's name, which no reader takes for another sampler's)
+    return max(same, key=lambda pair: pair[0])[1] if same else kind
 
 
 def sampler_problem(name: str, zero_terminal_snr: bool) -> str | None:

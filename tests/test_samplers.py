@@ -183,6 +183,10 @@ def test_a_models_own_scheduler_is_named_as_automatic1111_names_it_and_read_back
     assert a1111_name(own_sampler(diffusers.DPMSolverMultistepScheduler())) == "DPM++ 2M"
     assert a1111_name(own_sampler(diffusers.PNDMScheduler(skip_prk_steps=True))) == "PLMS"
     assert own_sampler(diffusers.LCMScheduler()) == "LCMScheduler"  # (no sampler here: its class, as it is)
+    # of a sampler's class, but none of them: not named as one (PLMS without PRK steps read back with them)
+    assert own_sampler(diffusers.PNDMScheduler()) == "PNDMScheduler"
+    sde = diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver", final_sigmas_type="sigma_min")
+    assert own_sampler(sde) == "DPMSolverMultistepScheduler"
     for name, (kind, settings) in SAMPLERS.items():  # each sampler's scheduler is named so that it reads back as it
         if sampler_problem(name, False):  # (a package missing: LMS needs scipy)
             continue
