@@ -15,7 +15,7 @@ from typing import Any
 from lowvram.adapters.blocks import BLOCK_OPTIONS
 from lowvram.config import as_flag_words
 from lowvram.errors import not_safetensors, shell_line
-from lowvram.lora_layout import foreign_part, kohya_view, with_adapter_config
+from lowvram.lora_layout import LEFT_OUT, foreign_part, kohya_view, with_adapter_config
 from lowvram.models.families import FAMILIES
 
 # where a layer's rank is: the inner side of its low-rank pair
@@ -66,7 +66,8 @@ def kohya_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
                       with_adapter_config(path, metadata))
     if view:
         renames, alphas = view
-        tensors = {renames.get(name, name): entry for name, entry in tensors.items()} | {
+        tensors = {renames.get(name, name): entry for name, entry in tensors.items()
+                   if renames.get(name) != LEFT_OUT} | {
             f"{base}.alpha": {"value": alpha} for base, alpha in alphas.items()}
     return metadata, tensors, start
 

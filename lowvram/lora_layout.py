@@ -46,9 +46,13 @@ KOHYA_SUFFIX = re.compile(r"\.(lora_(?:down|up|mid)\.weight|alpha|dora_scale|had
 OMI_ONLY_SDXL = re.compile(r"^unet\.(?:label_emb\.|.*\.transformer_blocks\.[1-9]\.)")
 
 
+OMI_EMBEDDINGS = "bundle_emb."  # the textual-inversion embeddings OneTrainer bundles with a LoRA: not a LoRA's layers
+LEFT_OUT = ""  # a view's name for a tensor no reader takes (a bundled embedding, which lowvram does not apply)
+
+
 def in_omi_layout(names) -> bool:
-    """Whether tensor names are OneTrainer's omi layout of an SD1.5 or SDXL LoRA."""
-    names = list(names)
+    """Whether tensor names are OneTrainer's omi layout of an SD1.5 or SDXL LoRA (bundled embeddings beside)."""
+    names = [name for name in names if not name.startswith(OMI_EMBEDDINGS)]
     return bool(names) and all(name.partition(".")[0] in OMI_PARTS and KOHYA_SUFFIX.search(name) for name in names)
 
 
@@ -59,8 +63,10 @@ def omi_view(names) -> dict[str, str] | None:
         return None
     sdxl = any(name.startswith("clip_g.") or OMI_ONLY_SDXL.match(name) for name in names)
     prefixes = OMI_PARTS | ({"clip_l": "lora_te1"} if sdxl else {})
-    renames = {}
+    renames = {name: LEFT_OUT for name in names if name.startswith(OMI_EMBEDDINGS)}
     for name in names:
+        if name in renames:
+            continue
         part, _, rest = name.partition(".")
         suffix = KOHYA_SUFFIX.search(rest)
         renames[name] = f"{prefixes[part]}_{rest[:suffix.start()].replace('.', '_')}.{suffix[1]}"

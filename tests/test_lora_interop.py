@@ -389,7 +389,8 @@ def test_a_onetrainer_omi_file_is_applied_and_trained_on_as_its_kohya_twin(famil
         tensors |= {f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up, f"{base}.alpha": torch.tensor(2.0)}
         expected[part, name] = weight.detach() + 2.0 / 4 * up @ down
     path = tmp_path / "lora.safetensors"
-    save_file(tensors, str(path))
+    # with the embedding OneTrainer bundles beside (by default): left out, not "no LoRA layers"
+    save_file(tensors | {"bundle_emb.ohwx.clip_l": random(1, 32)}, str(path))
     assert network_options(path) | {"rank": 4, "alpha": 2.0, "network": "lora", "train_text_encoder": True} == \
         network_options(path)
     apply_loras(model, [(path, 1.0)])

@@ -53,7 +53,7 @@ from lowvram.lora_header import (
     no_layers_reason,
     same_alpha,
 )
-from lowvram.lora_layout import ADAPTER_METADATA, kohya_view, with_adapter_config
+from lowvram.lora_layout import ADAPTER_METADATA, LEFT_OUT, kohya_view, with_adapter_config
 from lowvram.lora_metadata import save_lora
 from lowvram.models.ldm_names import ldm_path, unet_table
 from lowvram.models.loading import LoadedModel
@@ -514,7 +514,7 @@ def in_kohya_names(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -
     if view is None:
         return tensors
     renames, alphas = view
-    out = {renames.get(key, key): tensor for key, tensor in tensors.items()}
+    out = {renames.get(key, key): tensor for key, tensor in tensors.items() if renames.get(key) != LEFT_OUT}
     for key in [key for key in out if key.endswith(".dora_scale")]:
         down = out.get(key.removesuffix("dora_scale") + "lora_down.weight")
         out[key] = out[key].reshape(-1, *[1] * ((down.dim() if down is not None else 2) - 1))
