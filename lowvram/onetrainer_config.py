@@ -356,8 +356,12 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
                        "output": str(expand_home(workspace) / target.stem)}
             backups = expand_home(workspace) / "backup"
             if values.get("resume") and backups.is_dir() and any(backups.iterdir()):  # (a new start, unsaid)
+                newest = max(backups.glob(f"*/lora/lora{LORA_SUFFIX}"), key=lambda p: p.parent.parent.name,
+                             default=None)
+                start = (f"; --network-weights {newest} starts from the newest one's LoRA (its optimizer state and "
+                         "step start over)" if newest else "")
                 notes.append(f"continue_last_backup: lowvram continues its own checkpoints (in {values['output']}), "
-                             f"not OneTrainer's backups in {backups}")
+                             f"not OneTrainer's backups in {backups}{start}")
             notes.append(f"output_model_destination {destination}: the LoRA is copied there at the end (as "
                          f"{target.stem}{LORA_SUFFIX}); the run's checkpoints, samples and logs go to "
                          f"{values['output']} "
@@ -445,7 +449,7 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
     unit = str(unet.get("stop_training_after_unit") or "NEVER").upper()
     if unit != "NEVER" and unet.get("stop_training_after"):  # (OneTrainer freezes it there: passed over, unsaid)
         after = unet["stop_training_after"]
-        until = {"EPOCH": f"; epochs {after} ends the run there", "STEP": f"; --max-steps {after} ends the run there"}
+        until = {"EPOCH": f"; --epochs {after} ends the run there", "STEP": f"; --max-steps {after} ends the run there"}
         notes.append(f"unet.stop_training_after {after} {unit.lower()}: lowvram trains the U-Net's adapters to the "
                      f"end of the run{until.get(unit, '')}")
     sdxl = (_upper(doc, "model_type") or "").startswith("STABLE_DIFFUSION_XL")
@@ -462,10 +466,6 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         values |= _text_encoder_until([part for part in encoders if part.get("train")], notes, problem)
     scheduler = _upper(doc, "learning_rate_scheduler") or "CONSTANT"
     warmup = float(doc.get("learning_rate_warmup_steps") or 0)
-    if scheduler == "COSINE_WITH_RESTARTS":  # (a smooth wave: its rate climbs back up after each low)
-        notes.append("learning_rate_scheduler COSINE_WITH_RESTARTS: trained as cosine_with_restarts, which restarts "
-                     "at the full rate after each decay, as OneTrainer's COSINE_WITH_HARD_RESTARTS does (OneTrainer's "
-                     "own climbs back smoothly)")
     if scheduler not in SCHEDULERS:
         problem("learning_rate_scheduler", f"{scheduler} is not one lowvram has ({', '.join(SCHEDULERS)})")
     else:
@@ -484,6 +484,10 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
     if values.get("scheduler") == "constant":  # a schedule-free optimizer's: nothing decays or restarts
         values.pop("min_lr_ratio", None)
         values.pop("scheduler_cycles", None)
+    elif scheduler == "COSINE_WITH_RESTARTS":  # (OneTrainer's is a smooth wave, cos(2 pi cycles t))
+        notes.append("learning_rate_scheduler COSINE_WITH_RESTARTS: trained as cosine_with_restarts, a decay from the "
+                     "full rate in each cycle, which then restarts at it (OneTrainer's COSINE_WITH_HARD_RESTARTS); "
+                     "OneTrainer's own climbs back smoothly to the full rate by each cycle's end")
     if doc.get("ema") and _upper(doc, "ema") != "OFF":
         values["ema"] = True
         if doc.get("ema_decay") is not None:

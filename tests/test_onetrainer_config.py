@@ -231,10 +231,10 @@ def test_what_onetrainer_schedules_otherwise_is_said(tmp_path):
     _, notes = translate_onetrainer(CONFIG | {"unet": {"train": True, "stop_training_after": 2,
                                                        "stop_training_after_unit": "EPOCH"},
                                               "learning_rate_scheduler": "COSINE_WITH_RESTARTS"}, path)
-    assert ("unet.stop_training_after 2 epoch: lowvram trains the U-Net's adapters to the end of the run; epochs 2 "
+    assert ("unet.stop_training_after 2 epoch: lowvram trains the U-Net's adapters to the end of the run; --epochs 2 "
             "ends the run there") in notes
-    assert any(note.startswith("learning_rate_scheduler COSINE_WITH_RESTARTS: trained as cosine_with_restarts, "
-                               "which restarts at the full rate") for note in notes)
+    assert any(note.startswith("learning_rate_scheduler COSINE_WITH_RESTARTS: trained as cosine_with_restarts, a "
+                               "decay from the full rate in each cycle") for note in notes)
     _, notes = translate_onetrainer(CONFIG | {"unet": {"train": True, "stop_training_after": 0,
                                                        "stop_training_after_unit": "NEVER"},
                                               "learning_rate_scheduler": "COSINE_WITH_HARD_RESTARTS"}, path)
@@ -370,11 +370,17 @@ def test_continue_last_backup_is_resume_auto(tmp_path, monkeypatch):
     assert "resume" not in translate_onetrainer({**CONFIG, "continue_last_backup": False}, path)[0]
     assert not any("continue_last_backup" in note for note in notes)
     # OneTrainer's own backups there are not lowvram's to continue: said (the run started over, unsaid)
-    (tmp_path / "OneTrainer" / "workspace" / "run" / "backup" / "2026-12-01_10-00-00-backup-120-3-0").mkdir(
-        parents=True)
+    backups = tmp_path / "OneTrainer" / "workspace" / "run" / "backup"
+    (backups / "2026-12-01_10-00-00-backup-120-3-0").mkdir(parents=True)
     _, notes = translate_onetrainer({**CONFIG, "continue_last_backup": True}, path)
     assert ("continue_last_backup: lowvram continues its own checkpoints (in workspace/run/ot-lora), not "
             "OneTrainer's backups in workspace/run/backup") in notes, notes
+    for name in ("2026-12-01_10-00-00-backup-120-3-0", "2026-12-02_09-00-00-backup-240-6-0"):  # (omi LoRAs: read)
+        (backups / name / "lora").mkdir(parents=True, exist_ok=True)
+        (backups / name / "lora" / "lora.safetensors").write_bytes(b"")
+    _, notes = translate_onetrainer({**CONFIG, "continue_last_backup": True}, path)
+    assert any(note.endswith("backup/2026-12-02_09-00-00-backup-240-6-0/lora/lora.safetensors starts from the newest "
+                             "one's LoRA (its optimizer state and step start over)") for note in notes), notes
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
