@@ -458,8 +458,8 @@ def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     unet = args.pop("loraplus_unet_lr_ratio", None) or shared
     text = args.pop("loraplus_text_encoder_lr_ratio", None) or shared or (1 if unet else None)
     if (unet or text) and values["network"] not in ("lora", "dora"):
-        notes.append(f"loraplus ratios: LoRA+ speeds up LoRA's B matrices, which {values['network']} has none of; not "
-                     "carried over")
+        notes.append(f"loraplus ratios: LoRA+ speeds up LoRA's up (B) matrices alone, which {values['network']} has "
+                     "none of; not carried over")
     if unet and values["network"] in ("lora", "dora"):
         values["loraplus_ratio"] = as_number(unet, "network_args loraplus_lr_ratio", problem)
     if text and values["network"] in ("lora", "dora") and values["train_text_encoder"]:
