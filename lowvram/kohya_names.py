@@ -360,6 +360,7 @@ OTHER_TRAINER_FLAGS = {
     "--model_type": "--network (lora, dora, loha or lokr: lowvram trains adapters only)",
     "--caption_strategy": "--caption-template (for images without a caption file; {filename} is the file name)",
     "--tracker_project_name": "--wandb-project",
+    "--caption_dropout_probability": "--caption-dropout",
 }
 
 # the few of those that a kohya config names otherwise, value for value (a kohya config that holds theirs is told

@@ -104,14 +104,21 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
     """The one line a SimpleTuner config.json (or config.env's settings) is answered with."""
     words, left = ["lowvram", "train"], []
     fields = _fields_by_flag()
+    reports = str(doc.get("--report_to", doc.get("report_to", "wandb"))).lower()  # (SimpleTuner's default: wandb)
     for key, value in doc.items():
         name = str(key).lstrip("-")
+        if name == "noise_offset" or name.startswith("tracker_") and "wandb" not in reports:
+            # (SimpleTuner offsets a quarter of the steps' noise, and only with --offset_noise: lowvram every step's;
+            # a project name of no W&B run would start one)
+            left.append(name)
+            continue
         counterpart = KOHYA_FLAGS.get(f"--{name}") or OTHER_TRAINER_FLAGS.get(f"--{name}") or (
             flag_name(fields_by_name()[name][1]) if name in fields_by_name() else None)  # (one of lowvram's own)
         if counterpart and counterpart.startswith("("):
             continue  # (one lowvram needs none for)
         # a counterpart that is one flag taking the value as it is (not "--crop center", "--sample-every Ne")
-        flag = counterpart.split()[0] if counterpart and re.fullmatch(r"--[a-z0-9-]+( \(.*\))?", counterpart) else None
+        flag = counterpart.split()[0] if counterpart and re.fullmatch(r"--[a-z0-9-]+( N)?( \(.*\))?", counterpart) \
+            else None
         given = _value(value, fields[flag]) if flag in fields and name not in BACKEND_FILES else None
         if given is None:
             left += [] if value in (0, "0") else [name]  # (0: off, or SimpleTuner's "by epochs")
@@ -120,7 +127,7 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
         else:
             words.append(flag)
     return (f"--config: {path} is a SimpleTuner config, {ISNT_READ}; its settings as lowvram's: {shlex.join(words)}"
-            + (f" (not carried over: {', '.join(left[:8])}{', ...' if len(left) > 8 else ''})" if left else ""))
+            + (f" (not carried over: {', '.join(left)})" if left else ""))
 
 
 def _fields_by_flag() -> dict[str, tuple]:
@@ -164,8 +171,13 @@ def _optimizer(name: Any) -> str | None:
 
 def simpletuner_env(text: str) -> dict[str, str] | None:
     """SimpleTuner's config.env (`export NAME=value` lines) as a config's settings; None for other text."""
-    pairs = dict(re.findall(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=[\"']?([^\"'\n]*)[\"']?\s*$", text,
-                            re.MULTILINE))
+    pairs: dict[str, str] = {}
+    for name, rest in re.findall(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", text, re.MULTILINE):
+        try:  # as the shell reads it: quotes, a trailing comment (SimpleTuner's example's #@param), $NAME of earlier
+            words = shlex.split(rest, comments=True)
+        except ValueError:  # (an unclosed quote)
+            continue
+        pairs[name] = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: pairs.get(m[1] or m[2], m[0]), words[0] if words else "")
     if not pairs:
         return None
     settings = {{"MODEL_NAME": "pretrained_model_name_or_path", "LEARNING_RATE": "learning_rate",
@@ -173,8 +185,15 @@ def simpletuner_env(text: str) -> dict[str, str] | None:
                  "RESOLUTION": "resolution", "VALIDATION_PROMPT": "validation_prompt", "OUTPUT_DIR": "output_dir",
                  }.get(name, name.lower()): value for name, value in pairs.items()}
     extra = pairs.get("TRAINER_EXTRA_ARGS", "")
-    for flag, value in re.findall(r"(--[a-z_0-9]+)(?:[= ]([^\s-][^\s]*))?", extra):
-        settings[flag] = value or True
+    try:
+        words = shlex.split(extra)
+    except ValueError:
+        words = extra.split()
+    for i, word in enumerate(words):  # --flag=value, --flag value, or a switch
+        flag, equals, value = word.partition("=")
+        if flag.startswith("--"):
+            following = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
+            settings[flag] = value if equals else following if following is not None else True
     settings.pop("trainer_extra_args", None)
     return settings
 

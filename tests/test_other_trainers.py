@@ -79,12 +79,29 @@ def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, 
     given = (args["rank"], float(args["lr"]), args.get("max_steps"), args["resolution"], args["ema"], args["network"])
     assert given == ("16", 1e-4, None, "1024", True, "lora")  # (max_train_steps 0: SimpleTuner's way by epochs)
     assert args["epochs"] == "10"
+    # step cadences and the caption dropout have lowvram's (they were left out); a W&B project of a run that reports
+    # to none would start a W&B run
+    path.write_text(json.dumps(SIMPLETUNER | {
+        "--checkpointing_steps": 500, "--validation_steps": 100, "--caption_dropout_probability": 0.1,
+        "--report_to": "none", "--tracker_project_name": "lora-training"}))
+    line = refusal(capsys, ["train", "--config", str(path)])
+    args = suggested_flags(line)
+    assert (args["checkpoint_every"], args["sample_every"], args["caption_dropout"]) == ("500", "100", "0.1"), args
+    assert args.get("wandb_project") is None and "tracker_project_name" in line
     env = tmp_path / "config.env"
     env.write_text('export MODEL_NAME="stabilityai/stable-diffusion-xl-base-1.0"\nexport LEARNING_RATE=1e-4\n'
                    'export TRAINER_EXTRA_ARGS="--lora_rank=16 --use_ema"\nexport USE_GRADIENT_CHECKPOINTING=false\n')
     args = suggested_flags(refusal(capsys, ["train", "--config", str(env)]))
     assert (args["model"], float(args["lr"]), args["rank"], args["ema"]) == (
         "stabilityai/stable-diffusion-xl-base-1.0", 1e-4, "16", True)
+    # as SimpleTuner's config.env.example writes them: trailing comments, quotes inside, $NAME (the rate was lost)
+    env.write_text('export MODEL_TYPE="lora"\nexport LEARNING_RATE=8e-7 #@param {type:"number"}\n'
+                   'export MIXED_PRECISION="bf16"   # Might not be supported on all GPUs\n'
+                   'export TRACKER_PROJECT_NAME="${MODEL_TYPE}-training"\n'
+                   "export TRAINER_EXTRA_ARGS=\"--lora_rank=16 --validation_prompt='a teddy bear' --use_ema\"\n")
+    args = suggested_flags(refusal(capsys, ["train", "--config", str(env)]))
+    assert (float(args["lr"]), args["mixed_precision"], args["rank"], args["sample_prompts"], args["ema"]) == (
+        8e-7, "bf16", "16", ["a teddy bear"], True), args
 
 
 def test_simpletuners_data_backends_name_their_image_folder_not_onetrainers_concepts(tmp_path, capsys):
