@@ -175,7 +175,8 @@ class DataConfig:
     caption_template: str = option("{trigger}", "Caption for an image without a caption file; {trigger} is the "
                                    "folder's name without its repeat prefix (ohwx dog of 10_ohwx dog) where that "
                                    "holds the trigger word or there is none, else the trigger word; {filename} the "
-                                   "image's file name without its extension (SimpleTuner's filename captions).",
+                                   "image's file name without its extension, underscores as spaces (SimpleTuner's "
+                                   "filename captions).",
                                    text=True)
     trigger_word: str | None = option(None, "Word that activates the LoRA; prepended to captions that lack it.",
                                       text=True)

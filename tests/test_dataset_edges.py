@@ -122,8 +122,10 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
     # SimpleTuner's and OneTrainer's captions from file names: the template's {filename}
     for stem in ("a", "b"):
         (folder / f"{stem}.txt").unlink()
+    (folder / "b.png").rename(folder / "red_circle.png")  # (SimpleTuner's underscores are spaces)
     report = captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions(caption_template="{filename} photo")))
-    assert {name: record.caption for name, record in report.items()} == {"a.png": "a photo", "b.png": "b photo"}
+    assert {name: record.caption for name, record in report.items()} == {"a.png": "a photo",
+                                                                       "red_circle.png": "red circle photo"}
     config = run_config(trigger_word="ohwx", sample_prompts=("[trigger], portrait --w 64",))
     assert config.prompt_lines == ("ohwx, portrait --w 64",) and config.samples[0].text == "ohwx, portrait"
     assert run_config(sample_prompts=("[trigger] portrait",)).prompt_lines == (" portrait",)  # (as its captions')

@@ -601,7 +601,7 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         named = options.trigger_word and label and REPEAT_FOLDER.match(Path(folder.path).name) and has_word(
             label.replace("_", " "), options.trigger_word)
         lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word or label,
-                                                 filename=image.stem).strip()]
+                                                 filename=image.stem.replace("_", " ")).strip()]  # (as SimpleTuner)
     else:
         lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
         if any(TRIGGER_PLACEHOLDER in line for line in lines):
