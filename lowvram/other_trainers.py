@@ -200,14 +200,29 @@ def simpletuner_env(text: str) -> dict[str, str] | None:
 
 def simpletuner_backends_problem(path: Path, doc: list, flag: str) -> str:
     """The one line SimpleTuner's data backends are answered with: the folders they name, as lowvram's --data."""
-    folders = [str(entry["instance_data_dir"]) for entry in doc if entry.get("instance_data_dir")
-               and entry.get("dataset_type", "image") == "image"]
-    by_name = any(entry.get("caption_strategy") == "filename" for entry in doc)
-    hint = (f"; give its image folder as --data {shlex.quote(folders[0])}" if folders else
-            "; give the image folder as --data")
+    images = [entry for entry in doc if entry.get("instance_data_dir") and entry.get("dataset_type", "image") == "image"
+              and not entry.get("disabled")]
+    regularization = [entry for entry in images if entry.get("is_regularisation_data")
+                      or entry.get("is_regularization_data")]
+    training = [entry for entry in images if entry not in regularization]  # (the class images were named first)
+    if not training:
+        return f"{flag}: {path} is a SimpleTuner data backend config, {ISNT_READ}; give the image folder as --data"
+    first = training[0]
+    hint = f"; give its image folder as --data {shlex.quote(str(first['instance_data_dir']))}"
+    strategy = first.get("caption_strategy") or "filename"  # (SimpleTuner's default)
+    if strategy == "filename":
+        hint += " and --caption-template '{filename}' for its file-name captions"
+    elif strategy == "instanceprompt" and first.get("instance_prompt"):
+        hint += f" and --caption-template {shlex.quote(str(first['instance_prompt']))}, its instance prompt"
+    repeats = first.get("repeats") or 0
+    if isinstance(repeats, int) and repeats > 0:  # (0 is one pass there, as kohya's 1)
+        hint += (f"; its repeats {repeats} are {repeats + 1} passes an epoch (a kohya {repeats + 1}_name folder, or "
+                 f"num_repeats = {repeats + 1})")
+    hint += (f"; its regularisation images (the base model's prediction their target, as there): --reg-data "
+             f"{shlex.quote(str(regularization[0]['instance_data_dir']))} --prior-prediction" if regularization else "")
     return (f"{flag}: {path} is a SimpleTuner data backend config, {ISNT_READ}{hint}"
-            + (f" ({len(folders)} folders: a kohya dataset .toml as --data holds several)" if len(folders) > 1 else "")
-            + (" and --caption-template '{filename}' for its file-name captions" if by_name else ""))
+            + (f" ({len(training)} folders: a kohya dataset .toml as --data holds several)" if len(training) > 1
+               else ""))
 
 
 def yaml_or_env_problem(path: Path, text: str) -> str:

@@ -113,3 +113,14 @@ def test_simpletuners_data_backends_name_their_image_folder_not_onetrainers_conc
         assert line.endswith(f"{path} is a SimpleTuner data backend config, which lowvram does not read; give its "
                              "image folder as --data /data/pseudo and --caption-template '{filename}' for its "
                              "file-name captions"), line
+    # the class images listed first, a disabled backend, repeats (SimpleTuner's 0 is one pass), an instance prompt
+    path.write_text(json.dumps([
+        {"id": "reg", "type": "local", "instance_data_dir": "/data/reg", "is_regularisation_data": True},
+        {"id": "old", "type": "local", "instance_data_dir": "/data/old", "disabled": True},
+        {"id": "me", "type": "local", "instance_data_dir": "/data/me", "repeats": 2,
+         "caption_strategy": "instanceprompt", "instance_prompt": "ohwx person"}, BACKENDS[1]]))
+    line = refusal(capsys, ["train", "--config", str(path)])
+    assert line.endswith("give its image folder as --data /data/me and --caption-template 'ohwx person', its instance "
+                         "prompt; its repeats 2 are 3 passes an epoch (a kohya 3_name folder, or num_repeats = 3); its "
+                         "regularisation images (the base model's prediction their target, as there): --reg-data "
+                         "/data/reg --prior-prediction"), line
