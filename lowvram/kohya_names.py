@@ -356,7 +356,8 @@ OTHER_TRAINER_FLAGS = {
     "--validation_guidance": "--sample-prompt with the guidance inline (\"a cat --l 7\")",
     "--validation_negative_prompt": "--sample-prompt with the negative prompt inline (\"a cat --n blurry\")",
     "--validation_resolution": "--sample-prompt with the size inline (\"a cat --w 1024 --h 768\")",
-    "--resolution_type": "(not needed: --resolution is in pixels, SimpleTuner's pixel type)",
+    "--resolution_type": "(not needed: --resolution is the side of a square of the buckets' area in pixels, "
+                         "SimpleTuner's pixel_area type; its pixel type sizes the shorter edge instead)",
     "--model_type": "--network (lora, dora, loha or lokr: lowvram trains adapters only)",
     "--caption_strategy": "--caption-template (for images without a caption file; {filename} is the file name)",
     "--tracker_project_name": "--wandb-project",

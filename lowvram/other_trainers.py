@@ -5,6 +5,7 @@ are read through `kohya_names`), so that a user moving over starts from their ow
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import typing
@@ -105,8 +106,16 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
     words, left = ["lowvram", "train"], []
     fields = _fields_by_flag()
     reports = str(doc.get("--report_to", doc.get("report_to", "wandb"))).lower()  # (SimpleTuner's default: wandb)
+    kind = str(doc.get("--resolution_type", doc.get("resolution_type", "pixel"))).lower()
+    key = "--resolution" if "--resolution" in doc else "resolution"
+    with contextlib.suppress(TypeError, ValueError):  # (a resolution that is no number: left out, named)
+        if kind == "area" and float(doc.get(key)) > 0:  # megapixels: lowvram's --resolution is pixel_area's, the side
+            # of a square of the buckets' area
+            doc = doc | {key: str(max(64, round(float(doc[key]) ** 0.5 * 1000 / 64) * 64))}
     for key, value in doc.items():
         name = str(key).lstrip("-")
+        if name == "resolution_type" and kind in ("area", "pixel_area"):
+            continue  # (read with --resolution: lowvram's is pixel_area's)
         if name == "noise_offset" or name.startswith("tracker_") and "wandb" not in reports:
             # (SimpleTuner offsets a quarter of the steps' noise, and only with --offset_noise: lowvram every step's;
             # a project name of no W&B run would start one)

@@ -88,6 +88,10 @@ def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, 
     args = suggested_flags(line)
     assert (args["checkpoint_every"], args["sample_every"], args["caption_dropout"]) == ("500", "100", "0.1"), args
     assert args.get("wandb_project") is None and "tracker_project_name" in line
+    # an area in megapixels: the side of a square of that area (--resolution 1, refused as no multiple of 8)
+    path.write_text(json.dumps(SIMPLETUNER | {"--resolution_type": "area", "--resolution": 1.0}))
+    line = refusal(capsys, ["train", "--config", str(path)])
+    assert suggested_flags(line)["resolution"] == "1024" and "resolution_type" not in line, line
     env = tmp_path / "config.env"
     env.write_text('export MODEL_NAME="stabilityai/stable-diffusion-xl-base-1.0"\nexport LEARNING_RATE=1e-4\n'
                    'export TRAINER_EXTRA_ARGS="--lora_rank=16 --use_ema"\nexport USE_GRADIENT_CHECKPOINTING=false\n')
