@@ -127,7 +127,8 @@ def options_elsewhere(line: str) -> list[str]:
 def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
     """The prompts of a kohya sample-prompt file, as lines with inline options: a .txt file's lines (# comments
     skipped), each [[prompt.subset]] of a .toml file over its [prompt] defaults, or a .json list of prompts or
-    of objects with kohya's keys (or OneTrainer's, as its samples.json holds them). Also the keys left out (ones no
+    of objects with kohya's keys (or OneTrainer's, as its samples.json holds them), or SimpleTuner's prompt library
+    (a JSON object of names and prompts). Also the keys left out (ones no
     sample here uses, such as a ControlNet image). OSError or ValueError says what is wrong with the file."""
     text = text_of(path)  # a BOM (Notepad's) or UTF-16 (PowerShell's) too: '\ufeff# comment' is no comment
     suffix = path.suffix.lower()
@@ -145,8 +146,11 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
         entries = [defaults | subset for subset in table["subset"] if isinstance(subset, dict)]
     elif suffix == ".json":
         entries = json.loads(text)
+        if isinstance(entries, dict) and entries and all(isinstance(value, str) for value in entries.values()):
+            entries = [escaped_dashes(value) for value in entries.values()]  # (SimpleTuner's user prompt library:
+            # name -> prompt)
         if not isinstance(entries, list):
-            raise ValueError("not a JSON list of prompts")
+            raise ValueError("not a JSON list of prompts (nor SimpleTuner's prompt library of names and prompts)")
     else:
         raise ValueError("not a prompt file (.txt, .toml or .json)")
     lines, left_out = [], set()

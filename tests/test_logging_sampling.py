@@ -354,6 +354,10 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
     assert [Image.open(path).size for path in result.samples] == [(64, 64), (96, 64)]
     only_file = run_config(sample_prompt_file=str(tmp_path / "prompts.toml"), sample_every="2")
     assert [(p.text, p.width, p.seed) for p in only_file.samples] == [("a circle", 64, 3)]
+    # SimpleTuner's user prompt library: names and prompts ("not a JSON list of prompts")
+    (tmp_path / "library.json").write_text('{"portrait": "ohwx, a portrait", "beach": "ohwx --at the beach"}')
+    library = run_config(sample_prompt_file=str(tmp_path / "library.json"), sample_every="2")
+    assert [p.text for p in library.samples] == ["ohwx, a portrait", "ohwx --at the beach"]
     (tmp_path / "bad.txt").write_text("a cat --w 16\n")
     (tmp_path / "comments.txt").write_text("# prompts to come\n")
     (tmp_path / "off.json").write_text('[{"prompt": "a cat", "enabled": false}]')  # OneTrainer's samples.json
