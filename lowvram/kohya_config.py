@@ -129,7 +129,13 @@ def as_number(value: Any, key: str, problem, kind: type = float) -> Any:
 
 
 def _off(value: Any) -> bool:
-    return value is None or value is False or value == 0 or value == "" or value == []
+    """kohya's value of a setting left off (an older kohya_ss's "False", as text, too: it was read as on)."""
+    return value is None or value is False or value == 0 or value == "" or value == [] or (
+        isinstance(value, str) and value.strip().lower() == "false")
+
+
+def _switched_on(value: Any) -> bool:
+    return not _off(value)
 
 
 def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
@@ -145,7 +151,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     notes: list[str] = []
     values: dict[str, Any] = {}
     if "enable_bucket" in flat:  # (true too: over a dataset file's own default)
-        values["bucket"] = bool(flat["enable_bucket"])
+        values["bucket"] = _switched_on(flat["enable_bucket"])
     elif not flat.get("dataset_config"):  # kohya's default, which a dataset file sets for itself
         values["bucket"] = False
         notes.append(NO_BUCKETS.format(where="the config"))
@@ -179,6 +185,12 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     values |= _base_weights(left, problem)
     rate_given = any(left.get(key) is not None for key in ("learning_rate", "unet_lr"))
     values |= _learning_rates(left, values["train_text_encoder"], problem)
+    for switch, kind in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):  # sd-scripts' older
+        # switches (kohya_ss's older configs): refused as another trainer's, a switch sd-scripts still reads
+        if _switched_on(left.pop(switch, None)):
+            if left.get("optimizer_type") not in (None, "", kind):  # (sd-scripts refuses both at once)
+                problem(switch, f"optimizer_type is {left['optimizer_type']} too; keep one (sd-scripts refuses both)")
+            left["optimizer_type"] = kind
     optimizer = _optimizer(left, notes, problem)
     spec = spec_of(optimizer.get("optimizer", "adamw"))
     if spec.learning_rate_free and not rate_given:  # kohya warns of its default there, and trains almost nothing

@@ -46,7 +46,10 @@ GUI_ONLY = {
 
 
 def is_kohya_gui_config(doc: Any) -> bool:
-    return isinstance(doc, dict) and "LoRA_type" in doc
+    """A kohya_ss GUI's saved config: its LoRA_type, or (an older kohya_ss's, which had none, and loads as Standard)
+    its max_resolution beside the model."""
+    return isinstance(doc, dict) and ("LoRA_type" in doc or "max_resolution" in doc and
+                                      "pretrained_model_name_or_path" in doc)
 
 
 # the command line's options kohya_ss counts its steps for the GUI's epochs from, as the GUI's fields

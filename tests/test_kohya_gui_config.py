@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from lowvram.cli import main, train_values
 from lowvram.cli_parser import build_parser
-from lowvram.configure import build_config, read_toml
+from lowvram.configure import build_config, read_config, read_toml
 from lowvram.errors import LowvramError
 from lowvram.kohya_gui_config import translate_gui
 
@@ -344,3 +344,17 @@ def test_a_kohya_recipe_for_one_kind_of_model_refuses_a_model_of_the_other(tmp_p
                                 f"{kind} model, or a recipe made for {family}")
     given = build_parser().parse_args(["train", "--config", str(config), "--model", right])
     assert train_values(given)["model"] == right
+
+
+def test_an_older_kohya_ss_config_s_switches_and_8bit_adam_are_read_as_kohya_ss_reads_them(tmp_path):
+    """An older kohya_ss saved "False" as text (read as on: v-prediction, fp8, random crop), use_8bit_adam (refused as
+    another trainer's, a switch sd-scripts reads, whatever flag was given), and no LoRA_type (not read at all)."""
+    values = settings_of(tmp_path, v_parameterization="False", fp8_base="false", random_crop="False",
+                         enable_bucket="False", optimizer="", use_8bit_adam=True)
+    assert (values.get("prediction_type"), values.get("unet_weights"), values.get("crop"), values["bucket"],
+            values["optimizer"]) == (None, None, None, False, "adamw8bit")
+    assert settings_of(tmp_path, v_parameterization="True")["prediction_type"] == "v_prediction"
+    with pytest.raises(LowvramError, match="use_8bit_adam: optimizer_type is Lion too; keep one"):
+        settings_of(tmp_path, optimizer="Lion", use_8bit_adam=True)
+    old = write(tmp_path / "old.json", {key: value for key, value in STANDARD.items() if key != "LoRA_type"})
+    assert read_config(old)["rank"] == 8  # (Standard, as kohya_ss loads it; "is no config lowvram reads")
