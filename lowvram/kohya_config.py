@@ -18,6 +18,7 @@ import difflib
 import importlib.util
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +140,11 @@ def _switched_on(value: Any) -> bool:
 
 
 def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
-              by_hand: bool = True) -> tuple[dict[str, Any], list[str]]:
+              by_hand: bool | Collection[str] = True) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes for the user) for a kohya config document; `prompts`: sample prompts it comes
     with as text (kohya_ss's). Raises LowvramError, one line per setting, for each setting lowvram cannot train as
-    kohya would, and (`by_hand`: not a file kohya_ss's GUI wrote, whose own keys are no sd-scripts settings) for a
-    misspelt setting."""
+    kohya would, and (`by_hand`: not a file kohya_ss's GUI wrote, whose own keys are no sd-scripts settings; or the
+    keys typed by hand in one, its additional parameters) for a misspelt setting."""
     flat = flat_config(doc)
     # kohya's off values are left out, except where 0 means something: no clipping, an untrained text encoder
     left = {key: value for key, value in flat.items()
@@ -303,10 +304,11 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
             unknown.remove(key)
     # a setting lowvram maps, misspelt (kohya passes it over: netwrok_dim trained at rank 4), is refused naming it;
     # a real sd-scripts setting lowvram lacks may be close to one too (save_last_n_steps_state): said, not refused
+    typed = set(flat) if by_hand is True else set(by_hand or ())
     flags = [flag[2:] for flag in KOHYA_FLAGS if flag[2:] not in flat]
-    meant = {key: close[0] for key in unknown if f"--{key}" not in KOHYA_FLAGS
-             and (close := difflib.get_close_matches(key, flags, n=1, cutoff=0.8))}
-    for key in [key for key in unknown if by_hand and key in meant and key not in SD_SCRIPTS_SETTINGS
+    meant = {key: close[0] for key in unknown if f"--{key}" not in KOHYA_FLAGS and (close := difflib.get_close_matches(
+        key, [flag[2:] for flag in KOHYA_FLAGS] if by_hand is not True and key in typed else flags, n=1, cutoff=0.8))}
+    for key in [key for key in unknown if key in typed and key in meant and key not in SD_SCRIPTS_SETTINGS
                 and not _extends(key, meant[key])]:
         problem(key, f"no setting of kohya's; did you mean {meant[key]}? (left as it is, the run would train without "
                 "it)")

@@ -79,7 +79,8 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
         raise LowvramError("\n".join(problems))
     prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
     prompts = [line for line in prompts if line and not line.startswith("#")]
-    values, notes = translate(settings, path, prompts, by_hand=False)
+    typed = set(_additional(str(doc.get("additional_parameters") or ""), lambda *_: None))  # (refused if misspelt)
+    values, notes = translate(settings, path, prompts, by_hand=typed)
     if doc.get("dataset_config") and _number(doc.get("epoch")) and not _number(settings.get("max_train_epochs")) \
             and not _number(settings.get("max_train_steps")):  # (0 as newer GUIs write it: no length)
         notes.append(f"epoch {doc['epoch']} not used: with a dataset_config kohya_ss passes no length, and "

@@ -209,6 +209,10 @@ def test_sample_prompts_text_and_additional_parameters_are_read_as_kohya_ss_pass
     assert (values["lora_layers"], values["conv_rank"]) == ("full", 4)  # network_args on the command line win
     with pytest.raises(LowvramError, match=r"additional_parameters: 'stray' follows no --flag"):
         settings_of(tmp_path, additional_parameters="stray --flip_aug")
+    # a typo typed there is refused as sd-scripts refuses it (it trained min_snr_gamma 5, after a note), whether or
+    # not the GUI's file has the setting it meant
+    with pytest.raises(LowvramError, match=r"min_snr_gama: no setting of kohya's; did you mean min_snr_gamma\?"):
+        settings_of(tmp_path, additional_parameters="--min_snr_gama 1")
     # a Windows path's backslashes, which POSIX quoting took for escapes (C:UsersJosélora...)
     windows = settings_of(tmp_path, additional_parameters='--network_weights C:\\Users\\José\\old.safetensors '
                                                           '--vae "\\\\NAS\\my models\\vae.safetensors" --flip_aug '
