@@ -88,6 +88,9 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     if doc.get("dataset_config") and _number(doc.get("lr_warmup")) and not _number(doc.get("max_train_steps")):
         notes.append(f"lr_warmup {doc['lr_warmup']}% not used: with a dataset_config and no max_train_steps, "
                      "kohya_ss passes no warm-up")
+    if doc.get("caption_extension") == "" and not doc.get("dataset_config"):  # (one of the GUI's dropdown's choices)
+        notes.append("caption_extension \"\": kohya_ss passes none, and sd-scripts reads .caption files only then "
+                     "(the folders' names where there are none); lowvram reads .txt and .caption files")
     schedule_free = spec_of(values.get("optimizer", "adamw")).schedule_free
     constant = values.get("scheduler", "constant") == "constant" and not schedule_free
     given = (f"lr_warmup_steps {doc['lr_warmup_steps']}" if _number(doc.get("lr_warmup_steps")) else

@@ -360,5 +360,8 @@ def test_an_older_kohya_ss_config_s_switches_and_8bit_adam_are_read_as_kohya_ss_
     assert settings_of(tmp_path, v_parameterization="True")["prediction_type"] == "v_prediction"
     with pytest.raises(LowvramError, match="use_8bit_adam: optimizer_type is Lion too; keep one"):
         settings_of(tmp_path, optimizer="Lion", use_8bit_adam=True)
+    _, notes = translate_gui(STANDARD | {"caption_extension": ""}, tmp_path / "gui.json")  # (the dropdown's blank)
+    assert any(note.startswith('caption_extension "": kohya_ss passes none, and sd-scripts reads .caption files only')
+               for note in notes), notes
     old = write(tmp_path / "old.json", {key: value for key, value in STANDARD.items() if key != "LoRA_type"})
     assert read_config(old)["rank"] == 8  # (Standard, as kohya_ss loads it; "is no config lowvram reads")
