@@ -35,6 +35,10 @@ def lora_in_folder(path: Path) -> str:
     inside = path / DIFFUSERS_WEIGHTS
     if inside.is_file():
         return f"give its {inside}"
+    if (path / "state.json").is_file() and path.parent.name == CHECKPOINTS:  # (its files are the run's state, no LoRA:
+        # they were offered as LoRA files)
+        return (f"it is a checkpoint of the run in {path.parent.parent} (train --resume continues it); give a LoRA "
+                ".safetensors file of the run")
     held = sorted(path.glob(f"*{LORA_SUFFIX}"), key=lambda file: -file.stat().st_mtime) if path.is_dir() else []
     names = ", ".join(file.name for file in held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
     return "give a LoRA .safetensors file" + (f" in it ({names})" if held else "")

@@ -452,3 +452,15 @@ def test_overwrite_moves_files_of_no_recorded_run_to_the_archive(tmp_path, capsy
     assert main([*argv, "--overwrite"]) == 0
     assert f"moved 1 file(s) of no recorded run to {out / ARCHIVE}/" in " ".join(capsys.readouterr().out.split())
     assert [path.read_bytes() for path in (out / ARCHIVE).rglob("*.safetensors")] == [b"an earlier tool's"]
+
+
+def test_a_checkpoint_folder_given_for_a_lora_is_named_as_one(tmp_path, capsys):
+    """info, generate and --network-weights offered the checkpoint's own files (ema.safetensors,
+    optimizer.safetensors, ...) as the LoRA files to give."""
+    train(run_config(output=str(tmp_path / "run"), max_steps=1))
+    step = tmp_path / "run" / "checkpoints" / "step-000001"
+    assert main(["info", str(step)]) == 2
+    said = capsys.readouterr().err.strip()
+    assert said.endswith(f"{step} is a folder; it is a checkpoint of the run in {tmp_path / 'run'} (train --resume "
+                         "continues it); give a LoRA .safetensors file of the run"), said
+    assert "optimizer.safetensors" not in said
