@@ -79,6 +79,17 @@ def test_a_kohya_dataset_file_trains_its_subsets_with_their_repeats_captions_and
                                                    "beta": {"n_repeats": 2, "img_count": 3}}
     assert json.loads(meta["ss_reg_dataset_dirs"]) == {"reg": {"n_repeats": 1, "img_count": 2}}
     assert (meta["ss_num_train_images"], meta["ss_num_reg_images"]) == ("15", "2")
+    # kohya's ss_datasets, with a dataset file: each dataset's and subset's own settings (the run's keys are the
+    # first subset's: beta's keep_tokens 2 was nowhere)
+    [dataset] = json.loads(meta["ss_datasets"])
+    assert {key: dataset[key] for key in ("batch_size_per_device", "num_train_images", "num_reg_images", "resolution",
+                                          "enable_bucket")} == {"batch_size_per_device": 2, "num_train_images": 15,
+                                                                "num_reg_images": 2, "resolution": [64, 64],
+                                                                "enable_bucket": True}
+    assert [(subset["image_dir"], subset["num_repeats"], subset["keep_tokens"], subset["is_reg"], subset["flip_aug"])
+            for subset in dataset["subsets"]] == [("alpha", 3, 1, False, True), ("beta", 2, 2, False, True),
+                                                  ("reg", 1, 1, True, True)]
+    assert dataset["tag_frequency"] == tags
 
 
 def test_subsets_in_folders_of_one_name_keep_their_own_repeats_in_the_metadata(tmp_path, monkeypatch):

@@ -138,7 +138,50 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "lowvram.trigger_word": trigger or "",
         "lowvram.dataset_images": str(len(records)),
         RECIPE_KEY: tomli_w.dumps(config.to_shareable_dict()),
-    } | described
+    } | datasets_entry(run, records, regularization, folders) | described
+
+
+def datasets_entry(run: ResolvedRun, records, regularization, keys: dict[Path, str]) -> dict[str, str]:
+    """kohya's ss_datasets, where a dataset file gave the data (kohya's dataset_config, whose readers find each
+    [[datasets]] entry's batch size, resolution and images there, and each subset's own settings; the run's keys
+    above are its first subset's): {} for a folder."""
+    from lowvram.data.check import folder_config
+    from lowvram.dataset_files import is_dataset_file
+
+    config = run.config
+    if not config.data.data or not is_dataset_file(config.data.data):
+        return {}
+    reg = {id(record) for record in regularization}
+    by_dataset: dict[int, list] = {}
+    for record in [*records, *regularization]:
+        by_dataset.setdefault(record.dataset or 1, []).append(record)
+    datasets = []
+    for number in sorted(by_dataset):
+        mine = by_dataset[number]
+        first, by_folder = mine[0], {}
+        for record in mine:
+            by_folder.setdefault(record.path.parent, []).append(record)
+        buckets = make_buckets(run, first.resolution)
+        subsets = []
+        for folder, own in by_folder.items():
+            data = folder_config(config, own[0].settings).data
+            repeats = own[0].repeats
+            subsets.append({"img_count": len(own), "num_repeats": int(repeats) if float(repeats).is_integer() else
+                            repeats, "color_aug": bool(data.color_jitter), "flip_aug": data.flip,
+                            "random_crop": data.crop == "random", "shuffle_caption": data.shuffle_tags,
+                            "keep_tokens": data.keep_tokens, "keep_tokens_separator": data.keep_tokens_separator,
+                            "enable_wildcard": data.wildcards, "image_dir": folder.name, "class_tokens": own[0].folder,
+                            "is_reg": id(own[0]) in reg})
+        side = first.resolution or run.resolution
+        datasets.append({
+            "is_dreambooth": True, "batch_size_per_device": first.batch_size or config.training.batch_size,
+            "num_train_images": round(sum(record.repeats for record in mine if id(record) not in reg)),
+            "num_reg_images": round(sum(record.repeats for record in mine if id(record) in reg)),
+            "resolution": [side, side], "enable_bucket": config.data.bucket, "min_bucket_reso": buckets.min_side,
+            "max_bucket_reso": buckets.max_side,
+            "tag_frequency": json.loads(lora_files.tag_frequency(_captions_by_folder(mine, keys))),
+            "subsets": subsets})
+    return {"ss_datasets": json.dumps(datasets, ensure_ascii=False)}
 
 
 def folder_keys(records) -> dict[Path, str]:
