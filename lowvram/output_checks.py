@@ -26,7 +26,7 @@ from lowvram.files import (
 )
 from lowvram.option_values import parse_save_every, positive
 from lowvram.prompts import parse_prompt, unread_syntax
-from lowvram.run_files import LONGEST_SUFFIX, LORA_SUFFIX, copy_destination, final_lora
+from lowvram.run_files import LONGEST_SUFFIX, LORA_SUFFIX, copy_destination, final_lora, lora_list_folder
 from lowvram.samplers import sampler_problem
 
 # the longest file a run names after its LoRA, written through a temporary name first, within a file name's bytes
@@ -73,8 +73,11 @@ def output_problems(c: RunConfig) -> list[str]:
     p: list[str] = []
     output = Path(c.output.output)
     if output.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and not output.is_dir():  # OneTrainer's: a file
+        listing = lora_list_folder(output.parent)  # (there, the run's checkpoints would show in the UI's list too)
         p.append(f"--output: {output} names a file; --output is the run's folder and --name its LoRA's name: "
-                 f"--output {output.parent} --name {output.stem}")
+                 + (f"train into a folder elsewhere with --copy-to {output.with_suffix(LORA_SUFFIX)}, which writes "
+                    f"the LoRA there (the run's checkpoints would show in {listing}'s list)" if listing else
+                    f"--output {output.parent} --name {output.stem}"))
     if c.output.name and Path(c.output.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
         p.append(f"--name: {c.output.name}: give it without the extension (the LoRA is <name>.safetensors): "
                  f"--name {Path(c.output.name).stem}")

@@ -71,6 +71,17 @@ def is_options_file(path: Path) -> bool:
         return False
 
 
+LORA_LISTS = ("loras", "lora", "lycoris")  # ComfyUI's models/loras, AUTOMATIC1111's models/Lora and models/LyCORIS
+
+
+def lora_list_folder(folder: Path) -> Path | None:
+    """The LoRA folder of ComfyUI (models/loras) or AUTOMATIC1111 (models/Lora, models/LyCORIS) that `folder` is
+    in, if any: they list every .safetensors below it."""
+    folder = folder.absolute()
+    return next((parent for parent in (folder, *folder.parents) if parent.name.lower() in LORA_LISTS
+                 and parent.parent.name.lower() == "models"), None)
+
+
 def final_lora(name: str) -> str:
     """The run's LoRA, written at its end: <name>.safetensors."""
     return name + LORA_SUFFIX

@@ -85,6 +85,14 @@ def test_an_output_or_name_written_as_a_file_says_how_lowvram_names_them(tmp_pat
         (f"--output: {tmp_path / 'out' / 'my.safetensors'} names a file; --output is the run's folder and --name its "
          f"LoRA's name: --output {tmp_path / 'out'} --name my"),
         "--name: mylora.safetensors: give it without the extension (the LoRA is <name>.safetensors): --name mylora"]
+    # in AUTOMATIC1111's LoRA folder: --copy-to, not a run there whose checkpoints the UI lists (the README's advice)
+    loras = tmp_path / "webui" / "models" / "Lora"
+    with pytest.raises(LowvramError) as error:
+        build_config({"model": "tiny", "data": "sample", "output": str(loras / "mychar.safetensors")})
+    assert str(error.value) == (f"--output: {loras / 'mychar.safetensors'} names a file; --output is the run's folder "
+                                "and --name its LoRA's name: train into a folder elsewhere with --copy-to "
+                                f"{loras / 'mychar.safetensors'}, which writes the LoRA there (the run's checkpoints "
+                                f"would show in {loras}'s list)")
 
 
 def test_info_refuses_a_truncated_lora_and_a_folder(tmp_path, capsys):

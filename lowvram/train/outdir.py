@@ -41,6 +41,7 @@ from lowvram.run_files import (
     final_lora,
     final_samples_of,
     is_options_file,
+    lora_list_folder,
     saved_lora,
     step_image,
     step_save,
@@ -56,7 +57,6 @@ else:  # pragma: no cover
 HALF_WRITTEN_CHECKPOINT = re.compile(r"^\.step-[a-z0-9_]{8}$")  # tempfile.mkdtemp(prefix=".step-")
 LOCK = ".lowvram.lock"
 ARCHIVE = "archive"
-LORA_LISTS = ("loras", "lora", "lycoris")  # ComfyUI's models/loras, AUTOMATIC1111's models/Lora and models/LyCORIS
 SHARED = (METRICS, CHECKPOINTS, SAMPLES, LOGS)  # what every run writes under these names
 
 
@@ -297,14 +297,6 @@ def _archived_in_a_lora_list(folder: Path, moved: list[Path]) -> str | None:
     return (f"--overwrite: {where} whose every .safetensors ComfyUI and AUTOMATIC1111 list: the earlier "
             f"{loras[0].name} would move to {folder / ARCHIVE}/ and be listed under the same name as the new one; move "
             f"the earlier files out first, or train into a folder elsewhere with --copy-to {listing}")
-
-
-def lora_list_folder(folder: Path) -> Path | None:
-    """The LoRA folder of ComfyUI (models/loras) or AUTOMATIC1111 (models/Lora, models/LyCORIS) that `folder` is
-    in, if any: they list every .safetensors below it."""
-    folder = folder.absolute()
-    return next((parent for parent in (folder, *folder.parents) if parent.name.lower() in LORA_LISTS
-                 and parent.parent.name.lower() == "models"), None)
 
 
 def _earlier_loras(folder: Path, record: dict | None) -> list[Path]:
