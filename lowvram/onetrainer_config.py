@@ -423,10 +423,13 @@ def _backups(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
 
 
 def _every(doc: dict[str, Any], key: str, notes: list[str]) -> str | None:
-    """OneTrainer's `key` with its unit as lowvram's 'N' steps or 'Ne' epochs; None where it is off (or timed)."""
+    """OneTrainer's `key` with its unit as lowvram's 'N' steps or 'Ne' epochs (ALWAYS: every step, whatever the
+    count); None where it is off (or timed)."""
     unit = _upper(doc, f"{key}_unit") or "NEVER"
     count = int(doc.get(key) or 0)
-    if unit in ("NEVER", "ALWAYS") or count <= 0:
+    if unit == "ALWAYS":  # (it was left out, unsaid)
+        return "1"
+    if unit == "NEVER" or count <= 0:
         return None
     if unit in ("STEP", "EPOCH"):
         return f"{count}{'e' if unit == 'EPOCH' else ''}"

@@ -239,6 +239,9 @@ def test_what_onetrainer_schedules_otherwise_is_said(tmp_path):
                                                        "stop_training_after_unit": "NEVER"},
                                               "learning_rate_scheduler": "COSINE_WITH_HARD_RESTARTS"}, path)
     assert not any(note.startswith(("unet.stop", "learning_rate_scheduler")) for note in notes), notes
+    # ALWAYS: every step, whatever the count (it was left out, unsaid)
+    values, _ = translate_onetrainer(CONFIG | {"save_every": 0, "save_every_unit": "ALWAYS"}, path)
+    assert values["save_every"] == "1"
 
 
 # an early OneTrainer config (no __version): each model part's settings at the top level, the optimizer a name,
