@@ -51,7 +51,7 @@ def test_a_metadata_jsonl_captions_the_images_it_names_and_trains_them(tmp_path,
     assert ("metadata.jsonl: the captions of 4 image(s), from its 'text' column; its captions are read, not the 1 "
             "caption file(s) beside those images") in out
     assert "left out 1 image(s) in ./ that its metadata.jsonl has no caption for: unnamed.png" in out
-    assert "1 metadata.jsonl entries name no image in ./" in out
+    assert "1 metadata.jsonl entries name no image in ./: gone.png" in out
     assert "images/" in out and "not named 'N_name'" not in out  # the folder the metadata names is not skipped
 
     out_dir = tmp_path / "out"

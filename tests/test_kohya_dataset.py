@@ -343,7 +343,7 @@ def test_a_fine_tuning_subset_takes_its_captions_from_its_metadata_file(tmp_path
                         "01_yellow_square.png": "zkw, yellow, square"}
     out = " ".join(capsys.readouterr().out.split())
     assert "left out 1 image(s) in ./ that its metadata_file has no caption for: 02_white_triangle.png" in out
-    assert "1 metadata_file entries name no image in ./" in out
+    assert "1 metadata_file entries name no image in ./: gone" in out
     (tmp_path / "meta.json").write_text("{not json")
     assert main(["check-data", "dataset.toml", "--model", "tiny"]) == 2
     assert "metadata_file: meta.json is not readable JSON" in capsys.readouterr().err

@@ -403,8 +403,9 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
             notes.append(f"left out {len(unlisted)} image(s) in {where or './'} that its {image_folder.captions_from} "
                          f"has no caption for: {', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''}")
         if image_folder.captions is not None and len(image_folder.captions) > len(keys - {None}):
+            nameless = [Path(key).name for key in image_folder.captions if key not in keys]  # (a typo, a moved one)
             notes.append(f"{len(image_folder.captions) - len(keys - {None})} {image_folder.captions_from} entries name "
-                         f"no image in {where or './'}")
+                         f"no image in {where or './'}: {', '.join(nameless[:5])}{' ...' if len(nameless) > 5 else ''}")
         if unread:
             notes.append(f"ignored {len(unread)} label file(s) in {where or './'}, not images and not read as masks: "
                          f"{', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''} (a mask is read as "
