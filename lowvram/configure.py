@@ -684,8 +684,10 @@ def _parsed_values(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], l
             continue
         if shape:  # kohya's "W,H": buckets of its pixel area (train_values says so); square without buckets
             if shape[0] != shape[1] and str(values.get("bucket")).lower() in ("false", "no", "0"):
-                problems.append(f"{flag}: '{value}' is kohya's width,height; with --no-bucket lowvram crops every "
-                                "image square: give one side, or drop --no-bucket to train buckets of its area")
+                problems.append(f"{flag}: '{value}' is kohya's width,height; with buckets off (--no-bucket, a kohya "
+                                "file's enable_bucket false or none) lowvram crops every image square, where kohya "
+                                "crops to that size: give one side, or turn buckets on (--bucket, enable_bucket = "
+                                "true) to train buckets of its area")
                 continue
             value = shape[0] if shape[0] == shape[1] else area_side(*shape)
         try:

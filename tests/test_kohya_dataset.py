@@ -195,7 +195,8 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     cropped = {"general": {"resolution": [768, 512], "enable_bucket": False},
                "datasets": [{"subsets": [{"image_dir": "imgs/alpha"}]}]}
     assert main(["plan", "--model", "tiny", "--data", str(write(tmp_path / "crop.toml", cropped)), "--vram", "6GB"]) == 2
-    assert "'[768, 512]' is kohya's width,height; with --no-bucket lowvram crops every image square" in capsys.readouterr().err
+    assert ("'[768, 512]' is kohya's width,height; with buckets off (--no-bucket, a kohya file's enable_bucket false "
+            "or none) lowvram crops every image square") in capsys.readouterr().err
 
 
 def test_a_width_and_height_trains_buckets_of_about_its_area(tmp_path, monkeypatch, capsys):
