@@ -433,6 +433,20 @@ def test_a_subsets_switch_written_as_text_or_a_number_is_refused_as_kohya_refuse
     assert "datasets.subsets[2] caption_dropout_rate: 5 is no rate from 0 up to 1" in err and "--" not in err
 
 
+def test_a_training_setting_in_a_dataset_file_is_refused_as_kohya_refuses_it(tmp_path, monkeypatch, capsys):
+    """max_train_epochs in a dataset file was "not carried over (lowvram has no such setting)", a setting it has."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    config = tmp_path / "ds.toml"
+    config.write_text('[general]\nmax_train_epochs = 10\ncache_latents = true\n[[datasets]]\n[[datasets.subsets]]\n'
+                      'image_dir = "imgs/alpha"\n')
+    assert main(["check-data", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert ("max_train_epochs: a training setting, not a dataset file's (kohya refuses it here); give it in the "
+            "training config, or as lowvram's --epochs") in err
+    assert "cache_latents: a training setting, not a dataset file's (kohya refuses it here); leave it out (" in err
+
+
 def test_a_datasets_setting_written_in_a_subset_is_refused_as_kohya_refuses_it(tmp_path, monkeypatch, capsys):
     """A subset's resolution (a concept at its own size) was passed over, unsaid: it trained at the dataset's."""
     monkeypatch.chdir(tmp_path)

@@ -26,6 +26,7 @@ from lowvram.dataset_files.subsets import REPEAT_FOLDER, DatasetFile, Subset, fo
 from lowvram.errors import LowvramError
 from lowvram.files import expand_home, local_path, not_found_hint
 from lowvram.kohya_config import NO_BUCKETS, REFUSED_SETTINGS, as_number
+from lowvram.kohya_names import KOHYA_FLAGS
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 
 # settings of a whole dataset: subsets share them, and lowvram trains one value per run
@@ -170,6 +171,13 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
     left = [key for key in unread if key not in misspelt]
     if values.get("validation_split"):  # (a seed of no split chooses nothing)
         notes.extend(why for key, why in OTHERWISE.items() if any(key in settled for settled in settings))
+    for key in [key for key in left if f"--{key}" in KOHYA_FLAGS and key not in REFUSED_SETTINGS]:
+        # (a training config's, which kohya refuses here: it was "not carried over (lowvram has no such setting)")
+        ours = KOHYA_FLAGS[f"--{key}"]
+        problem(key, "a training setting, not a dataset file's (kohya refuses it here); " + (
+            f"leave it out {ours}" if ours.startswith("(") else
+            f"give it in the training config, or as lowvram's {ours.split(' (')[0]}"))
+        left.remove(key)
     if left:
         notes.append(f"not carried over (lowvram has no such setting): {', '.join(left)}")
     for key, why in REFUSED_SETTINGS.items():  # (network_multiplier 1: kohya's default, the strength trained here)
