@@ -130,13 +130,12 @@ def as_number(value: Any, key: str, problem, kind: type = float) -> Any:
 
 
 def _off(value: Any) -> bool:
-    """kohya's value of a setting left off (an older kohya_ss's "False", as text, too: it was read as on)."""
-    return value is None or value is False or value == 0 or value == "" or value == [] or (
-        isinstance(value, str) and value.strip().lower() == "false")
+    return value is None or value is False or value == 0 or value == "" or value == []
 
 
 def _switched_on(value: Any) -> bool:
-    return not _off(value)
+    """A switch's value on (an older kohya_ss's "False", as text, is off: it was read as on)."""
+    return not _off(value) and not (isinstance(value, str) and value.strip().lower() == "false")
 
 
 def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
@@ -161,7 +160,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     def problem(key: str, text: str) -> None:
         problems.append(f"{path}: {key}: {text}")
 
-    if left.pop("v2", None):
+    if _switched_on(left.pop("v2", None)):
         problem("v2", "Stable Diffusion 2 is not a family lowvram trains (SD1.5 and SDXL are)")
     scheduler_type = left.pop("lr_scheduler_type", None)
     if left.pop("network_train_text_encoder_only", None):
@@ -186,12 +185,14 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     values |= _base_weights(left, problem)
     rate_given = any(left.get(key) is not None for key in ("learning_rate", "unet_lr"))
     values |= _learning_rates(left, values["train_text_encoder"], problem)
-    for switch, kind in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):  # sd-scripts' older
-        # switches (kohya_ss's older configs): refused as another trainer's, a switch sd-scripts still reads
-        if _switched_on(left.pop(switch, None)):
-            if left.get("optimizer_type") not in (None, "", kind):  # (sd-scripts refuses both at once)
-                problem(switch, f"optimizer_type is {left['optimizer_type']} too; keep one (sd-scripts refuses both)")
-            left["optimizer_type"] = kind
+    set_by = None  # sd-scripts' older switches for their optimizers (a kohya_ss GUI file's are read as it reads them)
+    for switch, kind in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):
+        if _switched_on(left.pop(switch, None)):  # (refused as another trainer's: a switch sd-scripts still reads)
+            other = left.get("optimizer_type")
+            if other and str(other).lower() != kind.lower():  # (sd-scripts refuses both at once)
+                problem(switch, f"{set_by + ' sets' if set_by else 'optimizer_type is'} {other} too; keep one "
+                        "(sd-scripts refuses both)")
+            left["optimizer_type"], set_by = kind, switch
     optimizer = _optimizer(left, notes, problem)
     spec = spec_of(optimizer.get("optimizer", "adamw"))
     if spec.learning_rate_free and not rate_given:  # kohya warns of its default there, and trains almost nothing
@@ -242,7 +243,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     if left.pop("enable_wildcard", None):  # kohya's wildcards read a caption file's lines as choices too
         values |= {"wildcards": True, "caption_lines": "each"}
     for key, (option, value) in SWITCHES.items():
-        if left.pop(key, None):
+        if _switched_on(left.pop(key, None)):
             values[option] = value
     if str(flat.get("save_model_as") or "safetensors").lower() != "safetensors":  # (a pickle: never written)
         notes.append(f"save_model_as {flat['save_model_as']}: lowvram writes .safetensors only (a .ckpt or .pt runs "

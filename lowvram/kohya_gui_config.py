@@ -46,10 +46,11 @@ GUI_ONLY = {
 
 
 def is_kohya_gui_config(doc: Any) -> bool:
-    """A kohya_ss GUI's saved config: its LoRA_type, or (an older kohya_ss's, which had none, and loads as Standard)
-    its max_resolution beside the model."""
-    return isinstance(doc, dict) and ("LoRA_type" in doc or "max_resolution" in doc and
-                                      "pretrained_model_name_or_path" in doc)
+    """A kohya_ss GUI's saved LoRA config: its LoRA_type, or (an older kohya_ss's, which had none, and loads as
+    Standard) its max_resolution and network_dim beside the model (its DreamBooth, textual-inversion and
+    fine-tuning tabs' configs have no network_dim: no LoRA's)."""
+    return isinstance(doc, dict) and ("LoRA_type" in doc or {"max_resolution", "network_dim",
+                                                             "pretrained_model_name_or_path"} <= doc.keys())
 
 
 # the command line's options kohya_ss counts its steps for the GUI's epochs from, as the GUI's fields
@@ -64,6 +65,11 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     fields kohya_ss counts the steps of its epochs from (its batch size, images), as kohya_ss counts them anew
     when they change."""
     doc = doc | {field: given[name] for name, field in COUNTED_FROM.items() if given and given.get(name) is not None}
+    for switch, kind in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):  # an older kohya_ss's:
+        # its optimizer where the file names none, as kohya_ss's update_my_data reads it (never passed on)
+        on = doc.get(switch) is True or str(doc.get(switch)).lower() == "true"
+        doc = {key: value for key, value in doc.items() if key != switch} | (
+            {"optimizer": kind} if on and not doc.get("optimizer") else {})
     for field in ("train_data_dir", "reg_data_dir"):  # counted where they are found: here, else beside the config
         if doc.get(field) and (found := local_path(str(doc[field]), Path(path))) != expand_home(str(doc[field])):
             doc = doc | {field: str(found)}

@@ -13,6 +13,7 @@ from lowvram.cli import main, train_values
 from lowvram.cli_parser import build_parser
 from lowvram.configure import build_config, read_config, read_toml
 from lowvram.errors import LowvramError
+from lowvram.kohya_config import translate
 from lowvram.kohya_gui_config import translate_gui
 
 # what the GUI saves for a standard LoRA (modelled on kohya_ss's "SDXL - LoRA AI_characters standard" preset):
@@ -358,10 +359,20 @@ def test_an_older_kohya_ss_config_s_switches_and_8bit_adam_are_read_as_kohya_ss_
     assert (values.get("prediction_type"), values.get("unet_weights"), values.get("crop"), values["bucket"],
             values["optimizer"]) == (None, None, None, False, "adamw8bit")
     assert settings_of(tmp_path, v_parameterization="True")["prediction_type"] == "v_prediction"
+    assert settings_of(tmp_path, caption_prefix="False")["caption_prefix"] == "False"  # (text: no switch's)
+    # kohya_ss's own reading: use_8bit_adam where the file names no optimizer (it names AdamW: AdamW, as kohya_ss
+    # trains it); an sd-scripts config naming both is refused, as sd-scripts refuses it
+    assert settings_of(tmp_path, optimizer="AdamW", use_8bit_adam=True)["optimizer"] == "adamw"
     with pytest.raises(LowvramError, match="use_8bit_adam: optimizer_type is Lion too; keep one"):
-        settings_of(tmp_path, optimizer="Lion", use_8bit_adam=True)
+        translate({"optimizer_type": "Lion", "use_8bit_adam": True, "network_module": "networks.lora"},
+                  tmp_path / "k.toml")
     _, notes = translate_gui(STANDARD | {"caption_extension": ""}, tmp_path / "gui.json")  # (the dropdown's blank)
     assert any(note.startswith('caption_extension "": kohya_ss passes none, and sd-scripts reads .caption files only')
                for note in notes), notes
     old = write(tmp_path / "old.json", {key: value for key, value in STANDARD.items() if key != "LoRA_type"})
     assert read_config(old)["rank"] == 8  # (Standard, as kohya_ss loads it; "is no config lowvram reads")
+    # its textual-inversion tab's config (no network_dim) is no LoRA's: not read as one
+    inversion = write(tmp_path / "ti.json", {key: value for key, value in STANDARD.items()
+                                             if key not in ("LoRA_type", "network_dim")} | {"token_string": "ohwx"})
+    with pytest.raises(LowvramError, match="is no config lowvram reads"):
+        read_config(inversion)
