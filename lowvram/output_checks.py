@@ -16,7 +16,6 @@ from lowvram.files import (
     NOT_IN_NAMES,
     TEMPORARY_NAME_EXTRA,
     WINDOWS_DEVICES,
-    closest,
     file_in_the_way,
     name_length,
     new_folder_problem,
@@ -40,11 +39,23 @@ def _copy_problems(c: RunConfig) -> list[str]:
         return [f"--copy-to: {c.output.copy_to} is no .safetensors file; name one, or a folder to copy the LoRA into"]
     if copy.absolute() == (c.output_dir / final_lora(c.output_name)).absolute():
         return [f"--copy-to: {copy} is the run's own LoRA; name a file or folder outside --output"]
-    if not copy.parent.exists() and (hint := closest(copy.parent)):  # (models/lora beside models/Lora: made, and
-        # the LoRA never in AUTOMATIC1111's list)
-        return [f"--copy-to: {copy.parent} does not exist{hint}; give that folder, or make {copy.parent} first"]
+    if not copy.parent.exists() and (same := _same_but_case(copy.parent)):  # (models/lora beside models/Lora: made,
+        # and the LoRA never in AUTOMATIC1111's list; project2 beside project1 is a new folder)
+        return [f"--copy-to: {copy.parent} does not exist, but {same} does; give that folder, or make it first"]
     blocked = unwritable(copy.parent)
     return [f"--copy-to: {blocked}"] if blocked else []
+
+
+def _same_but_case(folder: Path) -> Path | None:
+    """The folder beside `folder` whose name is its own but for case, - and _ (Lora for lora), if any."""
+    def plain(name: str) -> str:
+        return name.lower().replace("-", "").replace("_", "")
+
+    try:
+        return next((entry for entry in folder.parent.iterdir() if entry.is_dir() and plain(entry.name) ==
+                     plain(folder.name)), None)
+    except OSError:
+        return None
 
 
 def _output_among_images(c: RunConfig) -> list[str]:

@@ -313,14 +313,16 @@ def test_copy_to_names_a_safetensors_file_or_a_folder_outside_the_runs_own_lora(
                        (tmp_path / "run", "is the run's own LoRA"),  # (a folder: the LoRA's name in it)
                        (tmp_path / "file" / "x", "--copy-to: can't write in"),
                        # a typo beside AUTOMATIC1111's LoRA folder: it was made, the LoRA never in its list
-                       (tmp_path / "models" / "lora", (f"--copy-to: {tmp_path / 'models' / 'lora'} does not exist (did "
-                        f"you mean {tmp_path / 'models' / 'Lora'}?); give that folder, or make"))):
+                       (tmp_path / "models" / "lora", (f"--copy-to: {tmp_path / 'models' / 'lora'} does not exist, "
+                        f"but {tmp_path / 'models' / 'Lora'} does; give that folder, or make"))):
         (tmp_path / "file").write_bytes(b"")
         (tmp_path / "models" / "Lora").mkdir(parents=True, exist_ok=True)
         assert main([*argv, "--copy-to", str(copy)]) == 2
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+    (tmp_path / "loras" / "project1").mkdir(parents=True)  # a new folder beside one of a close name: made
+    assert run_config(copy_to=str(tmp_path / "loras" / "project2") + "/").output.copy_to
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="links need privileges on Windows")
