@@ -262,15 +262,18 @@ def stopped_after_the_last_step(lora_path: Path, again: str | None) -> TrainingI
 
 
 def draw_again(session: Session, lora_path: Path) -> str | None:
-    """The generate command that draws the run's first sample as the run draws it (its model, VAE, size, steps,
-    seed and sampler: a bare --lora lacked the required --prompt, and drew on the random tiny model); None for a
-    run of no samples."""
+    """The generate command that draws the run's first sample as the run draws it (its model, VAE, base weights,
+    size, steps, seed and sampler: a bare --lora lacked the required --prompt, and drew on the random tiny model);
+    None for a run of no samples."""
     config, lines = session.config, session.config.prompt_lines
     if not lines:
         return None
     side, sampler = str(session.run.resolution), config.output.sample_sampler
-    line = shell_line("lowvram", "generate", "--model", config.model.model, *(["--vae", config.model.vae]
-                      if config.model.vae else []), "--lora", lora_path, "--prompt", lines[0], "--width", side,
+    model = config.model  # (its own family, VAE and base weights: the LoRA's prediction type generate reads from it)
+    line = shell_line("lowvram", "generate", "--model", model.model, *(["--model-family", model.model_family]
+                      if model.model_family else []), *(["--vae", model.vae] if model.vae else []),
+                      *[word for base in model.base_weights for word in ("--lora", base)],
+                      "--lora", lora_path, "--prompt", lines[0], "--width", side,
                       "--height", side, "--steps", str(config.output.sample_steps), "--seed",
                       str(config.training.seed), *(["--sampler", sampler] if sampler else []),
                       *(["--clip-skip", str(config.data.clip_skip)] if (config.data.clip_skip or 1) > 1 else []))
