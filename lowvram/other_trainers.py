@@ -184,8 +184,8 @@ def simpletuner_env(text: str) -> dict[str, str] | None:
     for name, rest in re.findall(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", text, re.MULTILINE):
         try:  # as the shell reads it: quotes, a trailing comment (SimpleTuner's example's #@param), $NAME of earlier
             words = shlex.split(rest, comments=True)
-        except ValueError:  # (an unclosed quote)
-            continue
+        except ValueError:  # (a quote closed on a later line: its first line's words, as before)
+            words = [rest.split(" #")[0].strip().strip("\"'")]
         pairs[name] = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: pairs.get(m[1] or m[2], m[0]), words[0] if words else "")
     if not pairs:
         return None

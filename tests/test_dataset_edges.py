@@ -119,7 +119,7 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
          "caption_extension names, .caption unless set)"),)
     (folder / "a.caption").unlink()
     (folder / "a.txt").write_text("x")
-    # SimpleTuner's and OneTrainer's captions from file names: the template's {filename}
+    # SimpleTuner's captions from file names: the template's {filename}
     for stem in ("a", "b"):
         (folder / f"{stem}.txt").unlink()
     (folder / "b.png").rename(folder / "red_circle.png")  # (SimpleTuner's underscores are spaces)

@@ -207,7 +207,7 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
     for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
         value = settled.get(key)
         if key in settled and (type(value) not in (int, float) or not 0 <= value < 1):
-            problem(f"{name} {key}", f"{value!r} is no rate from 0 up to 1 (1 itself leaves out every caption)")
+            problem(f"{name} {key}", f"{value!r} is no rate from 0 up to 1 (1 itself would leave out all)")
     image_dir = settled.get("image_dir")
     if not isinstance(image_dir, str) or not image_dir:
         problem(name, "no image_dir; name the folder its images are in")
