@@ -96,12 +96,13 @@ def test_check_data_shows_a_concepts_own_default_as_the_default(tmp_path, sample
     assert "latent_variants default" in out and "None" not in out
 
 
-def test_a_subsets_own_setting_out_of_range_is_refused_naming_its_folder(tmp_path, sample_data):
-    _, varied = two_folders(tmp_path, sample_data)
+def test_a_subsets_own_setting_out_of_range_is_refused_naming_the_subset(tmp_path, sample_data):
+    two_folders(tmp_path, sample_data)
     path = dataset_file(tmp_path, {"caption_dropout_rate": 1.5})
     with pytest.raises(LowvramError) as error:
         with_dataset_settings({"data": path}, "the test", quiet=True)
-    assert str(error.value) == f"{path}: {varied}: --caption-dropout: must be in [0, 1), got 1.5"
+    assert str(error.value) == (f"{path}: datasets.subsets[2] caption_dropout_rate: 1.5 is no rate from 0 up to 1 (1 "
+                                "itself would leave out all)")  # (by the file's own words, as its switches)
 
 
 def test_a_subsets_own_alpha_mask_keeps_its_transparency_as_a_loss_mask(tmp_path, sample_data):
