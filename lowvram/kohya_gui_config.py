@@ -91,6 +91,9 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
             and not _number(settings.get("max_train_steps")):  # (0 as newer GUIs write it: no length)
         notes.append(f"epoch {doc['epoch']} not used: with a dataset_config kohya_ss passes no length, and "
                      "sd-scripts trains its default 1600 steps (give max_train_steps, or --epochs)")
+    if _number(doc.get("lr_warmup")) and not doc.get("dataset_config") and "lr_warmup_steps" not in settings:
+        notes.append(f"lr_warmup {doc['lr_warmup']}% not used: with no epoch nor max_train_steps, kohya_ss counts no "
+                     "steps and passes no warm-up (sd-scripts trains its default 1600 steps)")
     if doc.get("dataset_config") and _number(doc.get("lr_warmup")) and not _number(doc.get("max_train_steps")):
         notes.append(f"lr_warmup {doc['lr_warmup']}% not used: with a dataset_config and no max_train_steps, "
                      "kohya_ss passes no warm-up")
@@ -152,7 +155,9 @@ def _sd_scripts_settings(doc: dict[str, Any], problem, length_given: bool = Fals
         # whose images it does not count: sd-scripts' 1600 steps then); where its folder is not here, the epochs
         steps = gui_steps(gui)
         settings |= {"max_train_steps": steps} if steps else {"max_train_epochs": gui["epoch"]}
-    counted = not gui.get("dataset_config") or _number(gui.get("max_train_steps"))  # steps kohya_ss knows
+    # steps kohya_ss knows (epoch and max_train_steps 0: none, and it passes no warm-up; sd-scripts trains 1600)
+    counted = (not gui.get("dataset_config") or _number(gui.get("max_train_steps"))) and (
+        length or _number(gui.get("epoch")) or length_given)
     if not _number(gui.get("lr_warmup_steps")) and _number(gui.get("lr_warmup")) and counted:  # percent of them
         # the GUI's steps, else those it counts for its epochs (even where max_train_epochs then sets the length)
         known = int(_number(gui.get("max_train_steps"))) or steps or (

@@ -157,6 +157,11 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
                                              "noise_offset", "multires_noise_iterations")} == {
         "epochs": 3, "warmup_steps": 0.1, "text_encoder_until": None, "attention": "sdpa", "noise_offset": None,
         "multires_noise_iterations": 6}
+    # no epochs nor steps: kohya_ss counts no steps, so no warm-up (sd-scripts trains 1600 steps without one)
+    values, notes = translate_gui(STANDARD | {"max_train_steps": "", "epoch": 0, "lr_warmup": 10,
+                                              "lr_scheduler": "cosine"}, tmp_path / "gui.json")
+    assert "warmup_steps" not in values and any(note.startswith("lr_warmup 10% not used: with no epoch nor "
+                                                                "max_train_steps") for note in notes), values
     original = settings_of(tmp_path, noise_offset=0.1, multires_noise_iterations=6)
     assert (original["noise_offset"], original.get("multires_noise_iterations")) == (0.1, None)
     # SDXL's cached text encoder outputs cannot train them: kohya refuses, and the text encoders trained here
