@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -86,7 +87,11 @@ def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_s
     assert set(tags) == {"alpha", "beta"}  # by the concepts' folders, as kohya names its subsets'
     assert tags["beta"] == {"lvshape thing": 3}  # the concept's prompt file captions every image of it
     assert json.loads(meta["ss_dataset_dirs"])["beta"] == {"n_repeats": 0.5, "img_count": 3}
+    capsys.readouterr()
     assert main(["check-data", "concepts.json", "--model", "tiny", "--report", "report.json"]) == 0
+    # the concept balanced at 0.5: on average 1.5 of its 3 images an epoch (a row of 2 beside a total of its own)
+    out = capsys.readouterr().out
+    assert re.search(r"beta/?\s+│ thing\s+│\s+3 │\s+3 │\s+0 │\s+0\.5 │\s+~1\.5 ", out), out
     records = json.loads((tmp_path / "report.json").read_text())["records"]
     beta = [r for r in records if r["relpath"].startswith("beta/")]
     assert all(r["more_captions"] == [["lvshape, a shape", None]] for r in beta)  # its second line, drawn in turn

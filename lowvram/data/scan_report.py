@@ -136,7 +136,9 @@ class ScanReport:
                                                        "samples/epoch", *(("weight",) if weighted else ()),
                                                        *(("own settings",) if own else ())),
                              [(k, f["label"], f["images"], f["usable"], f["skipped"], f"{f['repeats']:g}",
-                               per_epoch(f["usable"], f["repeats"]),
+                               # (a fractional balancing draws its share of the whole concept: on average, here)
+                               per_epoch(f["usable"], f["repeats"]) if float(f["repeats"]).is_integer() else
+                               f"~{f['usable'] * f['repeats']:.3g}",
                                *((f"{f['loss_weight']:g}",) if weighted else ()),
                                # (an option whose default is None: lowvram works it out, as it does unset)
                                *((", ".join(f"{key} {'default' if value is None else value}"
