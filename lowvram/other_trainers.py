@@ -114,8 +114,11 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
             doc = doc | {key: str(max(64, round(float(doc[key]) ** 0.5 * 1000 / 64) * 64))}
     for key, value in doc.items():
         name = str(key).lstrip("-")
-        if name == "resolution_type" and kind in ("area", "pixel_area"):
-            continue  # (read with --resolution: lowvram's is pixel_area's)
+        if name == "resolution_type":  # (read with --resolution: lowvram's is pixel_area's)
+            if kind not in ("area", "pixel_area"):
+                left.append(f"resolution_type {kind} (its shorter edge; lowvram's --resolution is the side of the "
+                            "buckets' area)")
+            continue
         if name == "noise_offset" or name.startswith("tracker_") and "wandb" not in reports:
             # (SimpleTuner offsets a quarter of the steps' noise, and only with --offset_noise: lowvram every step's;
             # a project name of no W&B run would start one)
@@ -210,7 +213,7 @@ def simpletuner_env(text: str) -> dict[str, str] | None:
 def simpletuner_backends_problem(path: Path, doc: list, flag: str) -> str:
     """The one line SimpleTuner's data backends are answered with: the folders they name, as lowvram's --data."""
     images = [entry for entry in doc if entry.get("instance_data_dir") and entry.get("dataset_type", "image") == "image"
-              and not entry.get("disabled")]
+              and not entry.get("disabled") and not entry.get("disable")]  # (SimpleTuner reads both spellings)
     regularization = [entry for entry in images if entry.get("is_regularisation_data")
                       or entry.get("is_regularization_data")]
     training = [entry for entry in images if entry not in regularization]  # (the class images were named first)

@@ -73,7 +73,8 @@ def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, 
     line = refusal(capsys, ["train", "--config", str(path)])
     # what takes no value as it is (adamw_bf16: no such optimizer here; a guidance is a sample prompt's inline
     # option, --center_crop a choice, epochs for samples an e): named, not turned into another option's value
-    assert line.endswith("(not carried over: data_backend_config, optimizer, validation_guidance, report_to, "
+    assert line.endswith("(not carried over: resolution_type pixel (its shorter edge; lowvram's --resolution is the "
+                         "side of the buckets' area), data_backend_config, optimizer, validation_guidance, report_to, "
                          "center_crop, lora_type, validation_epochs, noise_offset)"), line  # (not max_train_steps 0)
     args = suggested_flags(line)
     given = (args["rank"], float(args["lr"]), args.get("max_steps"), args["resolution"], args["ema"], args["network"])
