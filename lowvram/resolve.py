@@ -163,8 +163,8 @@ def kohya_model_checked(values: dict, config: Path, typed: Collection[str] = ())
     """A kohya (or OneTrainer) config's values against its model (a local one: a hub id is looked up where the run
     checks it): a recipe for SDXL given an SD1.5 model, or the other way round, picked in a dropdown by mistake, is
     refused (sd-scripts stops; lowvram trained the recipe's 1024 px on SD1.5 without a word); a kohya clip skip for
-    SDXL, which reads its penultimate layer already, is left out with a note, as kohya's SDXL script warns and trains on (Pony
-    guides give clip_skip 2, and their recipes carry it). Typed on the command line, --clip-skip is refused."""
+    SDXL, which reads its penultimate layer already, is left out with a note, as kohya's SDXL script warns and trains
+    on (Pony guides give clip_skip 2, and their recipes carry it). Typed on the command line, --clip-skip is refused."""
     kohya, model = kohya_recipe(config), str(values.get("model") or "")
     recipe = kohya or onetrainer_recipe(config)  # (OneTrainer fails to load the model of another model_type)
     if recipe is None or not (model in FAMILIES or expand_home(model).exists()):

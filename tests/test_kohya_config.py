@@ -923,4 +923,5 @@ def test_kohyas_loraplus_ratios_over_a_lycoris_loha_are_said_to_be_dropped(tmp_p
     values, notes = translate({"network_module": "lycoris.kohya", "network_dim": 4,
                                "network_args": ["algo=loha", "loraplus_lr_ratio=16"]}, tmp_path / "k.toml")
     assert "loraplus_ratio" not in values
-    assert any(note.startswith("loraplus ratios: LoRA+ speeds up LoRA's up (B) matrices alone, which loha") for note in notes)
+    assert any(note.startswith("loraplus ratios: LoRA+ speeds up LoRA's up (B) matrices alone, which loha")
+               for note in notes)

@@ -482,7 +482,8 @@ def test_a_folder_in_two_datasets_is_no_link_to_remove(tmp_path, monkeypatch, ca
     image_folders(tmp_path)
     config = tmp_path / "ds.toml"
     config.write_text('[[datasets]]\nresolution = 64\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = "imgs/alpha"\n'
-                      '[[datasets]]\nresolution = 128\nbatch_size = 1\n[[datasets.subsets]]\nimage_dir = "imgs/alpha"\n')
+                      '[[datasets]]\nresolution = 128\nbatch_size = 1\n[[datasets.subsets]]\n'
+                      'image_dir = "imgs/alpha"\n')
     assert main(["check-data", str(config), "--model", "tiny"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "link" not in said and "in another subset of the dataset file too: both train" in said, said

@@ -215,8 +215,8 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
     bare = [record for record in records if BARE_EMPHASIS.search(record.caption)] if data.weighted_captions else []
     if bare:  # (a tagger's "hatsune miku (vocaloid)": its series weighed 1.1, and the name parted from it)
         notes.append(f"note: {len(bare)} of {len(records)} captions hold {BARE_EMPHASIS.search(bare[0].caption)[0]} "
-                     f"(in {bare[0].relpath}'s), which --weighted-captions weighs as emphasis (1.1 a pair of brackets), "
-                     "as kohya does; write it \\( \\) to train it as text (a tagger's 'name (series)')")
+                     f"(in {bare[0].relpath}'s), which --weighted-captions weighs as emphasis (1.1 a pair of "
+                     "brackets), as kohya does; write it \\( \\) to train it as text (a tagger's 'name (series)')")
     return notes
 
 
