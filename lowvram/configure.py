@@ -256,6 +256,8 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", r
     if isinstance(doc.get("datasets"), list):
         raise LowvramError(f"--config: {path} is a kohya dataset config ([[datasets]] of image folders); pass it as "
                            f"--data {path}")
+    if is_simpletuner_config(doc):  # (its config.toml: read as kohya's, refused key by key)
+        raise LowvramError(simpletuner_config_problem(Path(path), doc))
     if is_kohya_config(doc):
         return _read_kohya(doc, path, given)
     known = fields_by_name()

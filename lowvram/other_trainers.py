@@ -47,10 +47,11 @@ def is_simpletuner_backends(doc: Any) -> bool:
 
 
 def is_simpletuner_config(doc: Any) -> bool:
-    """SimpleTuner's config.json: its command-line flags as keys ("--lora_rank": 16), or their names."""
+    """SimpleTuner's config.json (or config.toml): its command-line flags as keys ("--lora_rank": 16), or their
+    names (its data_backend_config, its model_family at the top level: no other trainer's)."""
     return isinstance(doc, dict) and bool(doc) and (
         all(isinstance(key, str) and key.startswith("--") for key in doc)
-        or "data_backend_config" in doc or "--data_backend_config" in doc)
+        or bool({"data_backend_config", "--data_backend_config", "model_family", "--model_family"} & doc.keys()))
 
 
 def ai_toolkit_problem(path: Path, doc: Any) -> str:
