@@ -133,7 +133,7 @@ def _off(value: Any) -> bool:
     return value is None or value is False or value == 0 or value == "" or value == []
 
 
-def _switched_on(value: Any) -> bool:
+def switched_on(value: Any) -> bool:
     """A switch's value on (an older kohya_ss's "False", as text, is off: it was read as on)."""
     return not _off(value) and not (isinstance(value, str) and value.strip().lower() == "false")
 
@@ -151,7 +151,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     notes: list[str] = []
     values: dict[str, Any] = {}
     if "enable_bucket" in flat:  # (true too: over a dataset file's own default)
-        values["bucket"] = _switched_on(flat["enable_bucket"])
+        values["bucket"] = switched_on(flat["enable_bucket"])
     elif not flat.get("dataset_config"):  # kohya's default, which a dataset file sets for itself
         values["bucket"] = False
         notes.append(NO_BUCKETS.format(where="the config"))
@@ -160,7 +160,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     def problem(key: str, text: str) -> None:
         problems.append(f"{path}: {key}: {text}")
 
-    if _switched_on(left.pop("v2", None)):
+    if switched_on(left.pop("v2", None)):
         problem("v2", "Stable Diffusion 2 is not a family lowvram trains (SD1.5 and SDXL are)")
     scheduler_type = left.pop("lr_scheduler_type", None)
     if left.pop("network_train_text_encoder_only", None):
@@ -187,7 +187,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     values |= _learning_rates(left, values["train_text_encoder"], problem)
     set_by = None  # sd-scripts' older switches for their optimizers (a kohya_ss GUI file's are read as it reads them)
     for switch, kind in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):
-        if _switched_on(left.pop(switch, None)):  # (refused as another trainer's: a switch sd-scripts still reads)
+        if switched_on(left.pop(switch, None)):  # (refused as another trainer's: a switch sd-scripts still reads)
             other = left.get("optimizer_type")
             if other and str(other).lower() != kind.lower():  # (sd-scripts refuses both at once)
                 problem(switch, f"{set_by + ' sets' if set_by else 'optimizer_type is'} {other} too; keep one "
@@ -243,7 +243,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     if left.pop("enable_wildcard", None):  # kohya's wildcards read a caption file's lines as choices too
         values |= {"wildcards": True, "caption_lines": "each"}
     for key, (option, value) in SWITCHES.items():
-        if _switched_on(left.pop(key, None)):
+        if switched_on(left.pop(key, None)):
             values[option] = value
     if str(flat.get("save_model_as") or "safetensors").lower() != "safetensors":  # (a pickle: never written)
         notes.append(f"save_model_as {flat['save_model_as']}: lowvram writes .safetensors only (a .ckpt or .pt runs "

@@ -16,7 +16,7 @@ from typing import Any
 
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import expand_home, local_path
-from lowvram.kohya_config import as_number, number_or_text, translate
+from lowvram.kohya_config import as_number, number_or_text, switched_on, translate
 from lowvram.optim import spec_of
 from lowvram.samplers import sampler_name
 
@@ -67,7 +67,7 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     doc = doc | {field: given[name] for name, field in COUNTED_FROM.items() if given and given.get(name) is not None}
     for switch, kind in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):  # an older kohya_ss's:
         # its optimizer where the file names none, as kohya_ss's update_my_data reads it (never passed on)
-        on = doc.get(switch) is True or str(doc.get(switch)).lower() == "true"
+        on = switched_on(doc.get(switch))
         doc = {key: value for key, value in doc.items() if key != switch} | (
             {"optimizer": kind} if on and not doc.get("optimizer") else {})
     for field in ("train_data_dir", "reg_data_dir"):  # counted where they are found: here, else beside the config

@@ -123,7 +123,7 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
         if name == "noise_offset" or name.startswith("tracker_") and "wandb" not in reports:
             # (SimpleTuner offsets a quarter of the steps' noise, and only with --offset_noise: lowvram every step's;
             # a project name of no W&B run would start one)
-            left.append(name)
+            left += [] if value in (0, "0", "") else [name]
             continue
         counterpart = KOHYA_FLAGS.get(f"--{name}") or OTHER_TRAINER_FLAGS.get(f"--{name}") or (
             flag_name(fields_by_name()[name][1]) if name in fields_by_name() else None)  # (one of lowvram's own)

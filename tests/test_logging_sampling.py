@@ -377,10 +377,16 @@ def test_ctrl_c_while_the_ends_samples_render_says_the_lora_is_saved(tmp_path, m
     def pressed(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C lands in the sampler's loop
 
+    base = train(run_config(output=str(tmp_path / "base"), max_steps=1)).lora_path
     monkeypatch.setattr(loop, "render_samples", pressed)
-    with pytest.raises(TrainingInterrupted, match="interrupted after the last step: .*run.safetensors is saved"):
-        train(run_config(output=str(tmp_path), name="run", max_steps=2, sample_prompts=["lvshape"]))
+    with pytest.raises(TrainingInterrupted, match="interrupted after the last step: .*run.safetensors is saved") as stop:
+        train(run_config(output=str(tmp_path), name="run", max_steps=2, sample_prompts=["lvshape"],
+                         model_family="tiny", base_weights=(f"{base}:0.5",)))
     assert load_file(str(tmp_path / "run.safetensors"))
+    # the command that draws them as the run would: its model, family and base weights beside the LoRA, the prompt
+    # (a bare --lora lacked the required --prompt, and drew on the tiny model without the base weights)
+    assert (f"lowvram generate --model tiny --model-family tiny --lora {base}:0.5 --lora "
+            f"{tmp_path / 'run.safetensors'} --prompt lvshape") in str(stop.value), stop.value
 
 
 @pytest.mark.parametrize("when", ["in the last step", "while the LoRA is written"])

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from lowvram.adapters import lora_files, networks
 from lowvram.cli import main
 from lowvram.errors import LowvramError
-from lowvram.generate import apply_loras
+from lowvram.generate import _read_with_peft, apply_loras
 from lowvram.lora_header import lokr_factor, network_options
 from lowvram.models.loading import load_model
 
@@ -393,6 +393,10 @@ def test_a_onetrainer_omi_file_is_applied_and_trained_on_as_its_kohya_twin(famil
     save_file(tensors | {"bundle_emb.ohwx.clip_l": random(1, 32)}, str(path))
     assert network_options(path) | {"rank": 4, "alpha": 2.0, "network": "lora", "train_text_encoder": True} == \
         network_options(path)
+    # lowvram's exact reader, which applies a DoRA's or LoHa's too, not diffusers' (a text encoders' file as well)
+    text_only = tmp_path / "text_only.safetensors"
+    save_file({key: value for key, value in tensors.items() if key.startswith("clip_")}, str(text_only))
+    assert _read_with_peft(path) and _read_with_peft(text_only)
     apply_loras(model, [(path, 1.0)])
     for (part, name), weight in expected.items():
         torch.testing.assert_close(weight_of(part.get_submodule(name)), weight, atol=1e-5, rtol=1e-5, msg=name)

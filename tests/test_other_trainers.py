@@ -89,6 +89,8 @@ def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, 
     args = suggested_flags(line)
     assert (args["checkpoint_every"], args["sample_every"], args["caption_dropout"]) == ("500", "100", "0.1"), args
     assert args.get("wandb_project") is None and "tracker_project_name" in line
+    path.write_text(json.dumps(SIMPLETUNER | {"--noise_offset": 0}))  # (off: nothing left out)
+    assert "noise_offset" not in refusal(capsys, ["train", "--config", str(path)])
     # its config.toml (CONFIG_BACKEND=toml): refused key by key as a kohya config's ("lora_rank: ... write network_dim")
     toml = tmp_path / "config.toml"
     toml.write_text('model_type = "lora"\nmodel_family = "sdxl"\nlora_rank = 16\nlearning_rate = 1e-4\n')
