@@ -379,7 +379,8 @@ def test_ctrl_c_while_the_ends_samples_render_says_the_lora_is_saved(tmp_path, m
 
     base = train(run_config(output=str(tmp_path / "base"), max_steps=1)).lora_path
     monkeypatch.setattr(loop, "render_samples", pressed)
-    with pytest.raises(TrainingInterrupted, match="interrupted after the last step: .*run.safetensors is saved") as stop:
+    said = "interrupted after the last step: .*run.safetensors is saved"
+    with pytest.raises(TrainingInterrupted, match=said) as stop:
         train(run_config(output=str(tmp_path), name="run", max_steps=2, sample_prompts=["lvshape"],
                          model_family="tiny", base_weights=(f"{base}:0.5",)))
     assert load_file(str(tmp_path / "run.safetensors"))
