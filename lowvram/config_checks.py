@@ -30,7 +30,7 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_
 from lowvram.files import closest, not_found_hint
 from lowvram.formats import network_refusal
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
-from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, spec_of
+from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, sets_own_step_sizes, spec_of
 from lowvram.option_values import (
     FP16_LARGEST,
     MAX_RESOLUTION,
@@ -381,7 +381,8 @@ def _optimizer_problems(c: RunConfig) -> list[str]:
     positive(p, "scale-weight-norms", c.optim.scale_weight_norms)
     positive(p, "lr", c.optim.lr)
     optimizer = spec_of(c.optim.optimizer) if c.optim.optimizer in OPTIMIZER_CHOICES else None
-    if optimizer and optimizer.learning_rate_free:  # prodigyopt refuses groups at other rates, in the first step
+    own_steps = optimizer is not None and sets_own_step_sizes(optimizer.name, c.optim.optimizer_args)
+    if optimizer and (optimizer.learning_rate_free or own_steps):
         lr = c.optim.lr or optimizer.default_lr
         varied = [flag for flag, rate in (("--text-encoder-lr", c.optim.text_encoder_lr),
                                           ("--text-encoder-2-lr", c.optim.text_encoder_2_lr))
@@ -390,7 +391,15 @@ def _optimizer_problems(c: RunConfig) -> list[str]:
                                             ("--loraplus-text-encoder-ratio", c.optim.loraplus_text_encoder_ratio))
                    if ratio not in (None, 1)]
         varied += varied_rate_flags(c.network)
-        if varied:
+        if own_steps:  # transformers' Adafactor reads no group's rate then: every one, and its schedule, unused
+            unused = [flag for flag, given in (("--lr", c.optim.lr is not None),
+                                               (f"--scheduler {c.optim.scheduler}", c.optim.scheduler != "constant"),
+                                               ("--warmup-steps", c.optim.warmup_steps > 0)) if given] + varied
+            if unused:
+                p.append(f"{unused[0]}: adafactor with relative_step=True sets its own step sizes (from its step "
+                         f"count), so learning rates and their schedule go unused; drop {', '.join(unused)}, or give "
+                         "--optimizer-arg relative_step=False to train at --lr")
+        elif varied:  # prodigyopt refuses groups at other rates, in the first step
             p.append(f"{varied[0]}: {optimizer.name} takes one rate for all the adapters (it finds the step size "
                      f"itself; --lr scales it) and stops at a different one for some; drop {', '.join(varied)}")
     if optimizer and optimizer.learning_rate_free and c.optim.lr is not None and c.optim.lr < 0.1:
@@ -432,9 +441,13 @@ def _optimizer_problems(c: RunConfig) -> list[str]:
                      f"choose one of {', '.join(OPTIMIZERS)}")
     if optimizer:
         try:
-            optimizer_kwargs(optimizer.name, c.optim.optimizer_args)
+            settings = optimizer_kwargs(optimizer.name, c.optim.optimizer_args)
         except ValueError as exc:
             p.append(f"--optimizer-arg: {exc}")
+        else:
+            if settings.get("warmup_init") and not settings.get("relative_step"):  # transformers refuses it
+                p.append("--optimizer-arg warmup_init=True: Adafactor warms up only its own step sizes; add "
+                         "relative_step=True, or drop warmup_init (--warmup-steps warms up --lr)")
     if c.optim.ema and optimizer and optimizer.schedule_free:
         p.append(f"--ema: {optimizer.name} averages its weights already, and saves the average; drop --ema")
     if optimizer and optimizer.schedule_free and c.optim.scheduler != "constant":

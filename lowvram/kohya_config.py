@@ -33,7 +33,15 @@ from lowvram.kohya_names import (
     SD_SCRIPTS_SETTINGS,
     WITHOUT_COUNTERPART,
 )
-from lowvram.optim import KOHYA_CLASSES, KOHYA_OPTIMIZERS, TORCH_OPTIMIZERS, library_defaults, optimizer_kwargs, spec_of
+from lowvram.optim import (
+    KOHYA_CLASSES,
+    KOHYA_OPTIMIZERS,
+    TORCH_OPTIMIZERS,
+    library_defaults,
+    optimizer_kwargs,
+    sets_own_step_sizes,
+    spec_of,
+)
 from lowvram.prompts import parse_prompt, read_prompt_file
 from lowvram.samplers import sampler_name
 
@@ -195,6 +203,12 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
             left["optimizer_type"], set_by = kind, switch
     optimizer = _optimizer(left, notes, problem)
     spec = spec_of(optimizer.get("optimizer", "adamw"))
+    own_steps = sets_own_step_sizes(spec.name, optimizer.get("optimizer_args", []))
+    if left.get("lr_scheduler") == "adafactor" and not own_steps:  # kohya's, which only logs such steps
+        problem("lr_scheduler", "adafactor is the schedule of Adafactor with relative_step=True (kohya fails on it "
+                "otherwise); use constant, or optimizer_type Adafactor without relative_step=False")
+    if left.get("lr_scheduler") == "adafactor":
+        left.pop("lr_scheduler")
     if spec.learning_rate_free and not rate_given:  # kohya warns of its default there, and trains almost nothing
         values["lr"] = spec.default_lr
         notes.append(f"learning_rate: not given; kohya's default {KOHYA_LEARNING_RATE:g} scales {spec.name}'s own "
@@ -202,6 +216,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     values |= _length_and_saves(left, notes, problem, path)
     if spec_of(optimizer.get("optimizer", "adamw")).schedule_free:
         _without_schedule(values, optimizer["optimizer"], scheduler_type, notes)
+    elif own_steps:
+        _without_rates(values, flat, notes)
     elif scheduler_type:  # kohya's own schedule class replaces lr_scheduler: training it otherwise changes the LoRA
         values |= _scheduler_class(str(scheduler_type), flat.get("lr_scheduler_args") or [], values, notes, problem)
     else:
@@ -543,6 +559,20 @@ def _without_schedule(values: dict[str, Any], optimizer: str, scheduler_type: An
         values.pop(key, None)
 
 
+def _without_rates(values: dict[str, Any], flat: dict[str, Any], notes: list[str]) -> None:
+    """kohya's Adafactor with relative_step=True sets its own step sizes, as transformers builds it: the learning
+    rates, their schedule and warm-up go unused (kohya logs learning_rate as its first rate, no more)."""
+    unused = [key for key in ("learning_rate", "unet_lr", "text_encoder_lr", "lr_scheduler", "lr_scheduler_type",
+                              "lr_warmup_steps") if not _off(flat.get(key)) and flat.get(key) != "adafactor"]
+    if unused:
+        notes.append(f"{', '.join(unused)} not used: Adafactor with relative_step=True sets its own step sizes, as "
+                     "in kohya")
+    for key in ("lr", "text_encoder_lr", "text_encoder_2_lr", "warmup_steps", "min_lr_ratio", "scheduler_cycles",
+                "decay_steps", "scheduler_power"):
+        values.pop(key, None)
+    values["scheduler"] = "constant"
+
+
 def _schedule_settings(flat: dict[str, Any], problem) -> None:
     """What kohya gives lr_scheduler's schedule beyond lowvram's settings: lr_scheduler_args, num_cycles where
     transformers' schedules take them (their half: other than 1 they rise again), and inverse_sqrt's timescale."""
@@ -649,16 +679,14 @@ def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any
     if "weight_decay" in args:
         values["weight_decay"] = as_number(args.pop("weight_decay"), "optimizer_args weight_decay", problem)
     name = values.get("optimizer", "adamw")
-    if name == "adafactor":  # lowvram's is kohya's with fixed steps: a schedule on --lr
-        # kohya's defaults where optimizer_args leaves them out (relative_step its own, the others transformers')
+    if name == "adafactor":  # kohya's defaults where optimizer_args leaves them out (relative_step its own, the
+        # others transformers'), and warmup_init turns relative_step on as kohya does; lowvram's own are all False
         given = {key: str(args.pop(key, default)) for key, default in (("relative_step", True),
                                                                         ("scale_parameter", True),
                                                                         ("warmup_init", False))}
-        relative = {key: value for key, value in given.items() if value.lower() != "false"}
-        if relative:
-            problem("optimizer_args", f"Adafactor with {', '.join(f'{k}={v}' for k, v in relative.items())} (kohya's "
-                    "default where not given) takes its own step sizes; lowvram's follows --lr and --scheduler: give "
-                    "relative_step=False scale_parameter=False warmup_init=False")
+        if given["warmup_init"].lower() != "false":
+            given["relative_step"] = "True"
+        args |= {key: value for key, value in given.items() if value.lower() != "false"}
     if spec_of(name).schedule_free and "warmup_steps" in args:  # its warm-up: lowvram's --warmup-steps gives it
         values["warmup_steps"] = as_number(args.pop("warmup_steps"), "optimizer_args warmup_steps", problem, int)
     carried = []

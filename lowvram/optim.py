@@ -60,7 +60,8 @@ OPTIMIZERS = {
         Optimizer("lion", 4, 1.0, "lion (one moment)", args=(("betas", "pair"), *BNB_ARGS), library_weight_decay=0),
         Optimizer("lion8bit", 1, 1.01, "lion8bit", args=(("betas", "pair"), *BNB_ARGS), library_weight_decay=0),
         Optimizer("adafactor", 4, 1.02, "adafactor (factored second moments)",
-                  args=(("eps", "pair"), ("clip_threshold", "float"), ("decay_rate", "float"), ("beta1", "float")),
+                  args=(("eps", "pair"), ("clip_threshold", "float"), ("decay_rate", "float"), ("beta1", "float"),
+                        ("relative_step", "bool"), ("scale_parameter", "bool"), ("warmup_init", "bool")),
                   library_weight_decay=0),
         Optimizer("prodigy", 16, 1.03, "prodigy (learning-rate-free: --lr is a multiplier, 1.0)", default_lr=1.0,
                   learning_rate_free=True,
@@ -208,6 +209,15 @@ def optimizer_kwargs(name: str, items: tuple[str, ...] | list[str]) -> dict:
     return kwargs
 
 
+def sets_own_step_sizes(name: str, items: tuple[str, ...] | list[str]) -> bool:
+    """Adafactor with relative_step=True (kohya's default for it): a step size from its step count and the
+    weights' scale, so the groups' rates, and any schedule or warm-up of them, go unused."""
+    try:
+        return name == "adafactor" and optimizer_kwargs(name, items).get("relative_step", False)
+    except ValueError:  # (said where the settings are checked)
+        return False
+
+
 def _literal(text: str):
     import ast
 
@@ -324,9 +334,9 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
-        # fixed learning rates (ours, with our schedule), not Adafactor's relative-step heuristics
-        return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False,
-                         weight_decay=weight_decay, **settings)
+        # fixed learning rates (ours, with our schedule) unless relative_step=True asks for Adafactor's own
+        own = {"scale_parameter": False, "relative_step": False, "warmup_init": False}
+        return Adafactor(groups, weight_decay=weight_decay, **(own | settings))
     if name == "prodigy":
         from prodigyopt import Prodigy
 

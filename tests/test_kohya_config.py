@@ -181,7 +181,8 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
     with pytest.raises(LowvramError) as error:
         translate({k: v for k, v in settings.items() if v is not None}, Path("kohya.toml"))
     expected = ["v2: Stable Diffusion 2", "LyCORIS algo 'ia3'",
-                "optimizer_type: '--' names no optimizer", "lr_scheduler: 'adafactor'", "save_precision: 'fp8'",
+                "optimizer_type: '--' names no optimizer", "lr_scheduler: adafactor is the schedule",
+                "save_precision: 'fp8'",
                 "lr_scheduler_type: CosineAnnealingLR with T_max=30 over a run of 100 steps is not one cosine",
                 # SimpleTuner's name trained at kohya's default rank, with a note (allow_tf32: nothing lost)
                 ("lora_rank: the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; write "
@@ -244,23 +245,26 @@ def test_flags_replace_a_kohya_configs_paths_from_another_machine(tmp_path, caps
 
 
 def test_kohyas_adafactor_and_lycoris_cp_train_as_kohya_would_or_are_refused():
-    """kohya's Adafactor without optimizer_args is relative-step (its own step sizes, scale_parameter on): not
-    lowvram's, which follows --lr; with the arguments kohya's docs give for a fixed rate, it carries over. LyCORIS's
-    use_cp factors adapted convolutions otherwise than peft: refused where convolutions are adapted."""
+    """kohya's Adafactor without optimizer_args is relative-step (its own step sizes, scale_parameter on), and so
+    is it with warmup_init=True, which turns relative_step on in kohya; with the arguments kohya's docs give for a
+    fixed rate it is lowvram's own. LyCORIS's use_cp factors adapted convolutions otherwise than peft: refused
+    where convolutions are adapted."""
     loha = {"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_args": ["algo=loha", "use_cp=True"]}
     assert translate(loha, Path("k.toml"))[0]["network"] == "loha"  # no convolutions adapted: CP changes nothing
     with pytest.raises(LowvramError, match="network_args use_cp: LyCORIS's CP .Tucker. decomposition"):
         translate(loha | {"network_args": ["algo=loha", "use_cp=True", "conv_dim=8"]}, Path("k.toml"))
-    with pytest.raises(LowvramError) as error:
-        translate({"train_data_dir": "sample", "optimizer_type": "Adafactor", "optimizer_args": []}, Path("k.toml"))
-    assert str(error.value) == (
-        "k.toml: optimizer_args: Adafactor with relative_step=True, scale_parameter=True (kohya's default where not "
-        "given) takes its own step sizes; lowvram's follows --lr and --scheduler: give relative_step=False "
-        "scale_parameter=False warmup_init=False")
+    adafactor = {"train_data_dir": "sample", "optimizer_type": "Adafactor"}
+    values, notes = translate(adafactor | {"optimizer_args": []}, Path("k.toml"))
+    assert values["optimizer_args"] == ["relative_step=True", "scale_parameter=True"] and "lr" not in values
+    assert not any("not used" in note for note in notes)  # (no rate given: nothing unused)
+    values, _ = translate(adafactor | {"optimizer_args": ["relative_step=False", "warmup_init=True"]}, Path("k.toml"))
+    assert values["optimizer_args"] == ["relative_step=True", "scale_parameter=True", "warmup_init=True"]
     fixed = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
-    values, _ = translate({"train_data_dir": "sample", "optimizer_type": "Adafactor", "optimizer_args": fixed},
-                          Path("k.toml"))
-    assert values["optimizer"] == "adafactor"
+    values, _ = translate(adafactor | {"optimizer_args": fixed, "learning_rate": 2e-4}, Path("k.toml"))
+    assert values["optimizer"] == "adafactor" and "optimizer_args" not in values and values["lr"] == 2e-4
+    with pytest.raises(LowvramError, match=r"^k.toml: lr_scheduler: adafactor is the schedule of Adafactor with "
+                       r"relative_step=True \(kohya fails on it otherwise\)"):
+        translate(adafactor | {"optimizer_args": fixed, "lr_scheduler": "adafactor"}, Path("k.toml"))
 
 
 def test_the_huber_settings_and_the_multires_discount_carry_over_where_they_are_used(tmp_path):

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import tomli_w
 import torch
 from conftest import run_config
 
@@ -17,7 +18,7 @@ from lowvram.optim import OPTIMIZERS, TORCH_OPTIMIZERS, build_optimizer, optimiz
 EXAMPLES = {"betas": "0.85,0.98", "eps": "1e-7", "amsgrad": "True", "min_8bit_size": "2048", "clip_threshold": "0.9",
             "decay_rate": "-0.7", "beta1": "0.8", "beta3": "0.97", "d0": "2e-6", "d_coef": "2", "growth_rate": "1e6",
             "decouple": "False", "use_bias_correction": "False", "safeguard_warmup": "True", "slice_p": "3", "r": "0.5",
-            "weight_lr_power": "1.5"}
+            "weight_lr_power": "1.5", "relative_step": "True", "scale_parameter": "True", "warmup_init": "True"}
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -58,9 +59,6 @@ def test_kohyas_and_onetrainers_optimizer_settings_carry_over():
     values, _ = translate({"train_data_dir": "sample", "optimizer_type": "Adafactor", "optimizer_args": [
         "scale_parameter=False", "relative_step=False", "warmup_init=False"]}, Path("k.toml"))
     assert values["optimizer"] == "adafactor" and "optimizer_args" not in values  # lowvram's own way already
-    with pytest.raises(LowvramError, match="optimizer_args: Adafactor with relative_step=True, .* lowvram.s follows --lr"):
-        translate({"train_data_dir": "sample", "optimizer_type": "Adafactor",
-                   "optimizer_args": ["relative_step=True"]}, Path("k.toml"))
     with pytest.raises(LowvramError, match="optimizer_args d_coef: 'lots' must be a number"):
         translate({"train_data_dir": "sample", "optimizer_type": "Prodigy",
                    "optimizer_args": ["d_coef=lots"]}, Path("k.toml"))
@@ -85,6 +83,34 @@ def test_an_optimizer_with_no_settings_trains_as_its_librarys_defaults_as_kohya_
                                                "optimizer": {"optimizer": onetrainer}}, Path("ot.json"))
     for values in (from_kohya, from_onetrainer):
         assert values["weight_decay"] == weight_decay and values.get("optimizer_args") == args
+
+
+def test_kohyas_adafactor_with_its_own_step_sizes_trains_as_transformers_builds_it(tmp_path, capsys):
+    """kohya's Adafactor without optimizer_args, with the lr_scheduler kohya_ss's presets give it: relative-step
+    (a step size from the step count and the weights' scale). The rates and their schedule go unused, said so;
+    the log shows the step size that moved the weights; flags that would go unused are refused."""
+    import json
+
+    from lowvram.cli import main
+
+    kohya = {"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample", "optimizer_type": "Adafactor",
+             "lr_scheduler": "adafactor", "learning_rate": 1e-4, "lr_warmup_steps": 1, "max_train_steps": 2,
+             "output_dir": str(tmp_path), "enable_bucket": True}
+    (tmp_path / "k.toml").write_text(tomli_w.dumps(kohya))
+    assert main(["train", "--config", str(tmp_path / "k.toml")]) == 0
+    assert ("learning_rate, lr_warmup_steps not used: Adafactor with relative_step=True sets its own step sizes, as "
+            "in kohya") in " ".join(capsys.readouterr().err.split())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    # min(1e-2, 1/sqrt(step)) times the weight's root mean square (at least 1e-3): never the 1e-4 of the config
+    assert len(rows) == 2 and all(1e-5 <= row["lr_effective"] <= 1e-2 for row in rows)
+    assert all(row["lr_effective"] != row["lr"] for row in rows)
+    for flags, says in (({"lr": 1e-4}, "--lr: adafactor with relative_step=True sets its own step sizes"),
+                        ({"scheduler": "cosine", "text_encoder_lr": 5e-5, "train_text_encoder": True},
+                         "drop --scheduler cosine, --text-encoder-lr, or give --optimizer-arg relative_step=False")):
+        with pytest.raises(LowvramError, match=re.escape(says)):
+            run_config(optimizer="adafactor", optimizer_args=["relative_step=True"], **flags)
+    with pytest.raises(LowvramError, match="^--optimizer-arg warmup_init=True: Adafactor warms up only its own"):
+        run_config(optimizer="adafactor", optimizer_args=["warmup_init=True"])
 
 
 def test_an_optimizer_named_by_its_class_trains_resumes_and_plans(tmp_path, capsys):

@@ -165,7 +165,8 @@ def learning_rates(trainee: Trainee, before: dict[str, float] | None = None) -> 
     """The log's learning rates: the U-Net's plain rate ("lr") and each trained text encoder's ("lr_text_encoder",
     as kohya logs lr/textencoder). Read `before` the update, as the step uses them; then, after it, a schedule-free
     optimizer's rate (it warms up inside its step and keeps the rate used) and Prodigy's or D-Adaptation's
-    d x lr ("lr_effective", kohya's lr/d*lr: the rate that moves the weights, where the plain one stays at 1)."""
+    d x lr ("lr_effective", kohya's lr/d*lr: the rate that moves the weights, where the plain one stays at 1), or
+    relative-step Adafactor's own step size, which reads no group's rate."""
     groups = trainee.optimizer.param_groups
     named = {"lr": 0} | {f"lr_{part}": index for part, index in trainee.text_rate_groups.items()
                          if not trainee.text_frozen}  # (past --text-encoder-until they train no more)
@@ -174,6 +175,10 @@ def learning_rates(trainee: Trainee, before: dict[str, float] | None = None) -> 
     rates = {name: groups[index].get("scheduled_lr", before[name]) for name, index in named.items()}
     if isinstance(groups[0].get("d"), float):
         rates["lr_effective"] = groups[0]["d"] * rates["lr"]
+    inner = getattr(trainee.optimizer, "optimizer", trainee.optimizer)
+    state = inner.state.get(groups[0]["params"][0]) if groups[0].get("relative_step") else None
+    if state:  # (as transformers' AdafactorSchedule reads it, from the first weight's state: none before a step)
+        rates["lr_effective"] = float(type(inner)._get_lr(groups[0], state))
     return rates
 
 
