@@ -26,6 +26,7 @@ from lowvram.files import expand_home, local_path, not_found_hint
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values
+from lowvram.optim import sets_own_step_sizes
 from lowvram.prompts import onetrainer_sample
 from lowvram.run_files import LORA_SUFFIX, runs_name
 from lowvram.timesteps import SHAPED, TIMESTEP_DISTRIBUTIONS
@@ -469,9 +470,9 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         values |= _text_encoder_until([part for part in encoders if part.get("train")], notes, problem)
     scheduler = _upper(doc, "learning_rate_scheduler") or "CONSTANT"
     warmup = float(doc.get("learning_rate_warmup_steps") or 0)
-    if scheduler not in SCHEDULERS:
+    if scheduler not in SCHEDULERS and scheduler != "ADAFACTOR":  # (that one: below)
         problem("learning_rate_scheduler", f"{scheduler} is not one lowvram has ({', '.join(SCHEDULERS)})")
-    else:
+    elif scheduler in SCHEDULERS:
         values["scheduler"] = SCHEDULERS[scheduler]
         if warmup > 0:  # under 1, a share of the run's steps in both
             values["warmup_steps"] = int(warmup) if warmup >= 1 else warmup
@@ -484,6 +485,16 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         values["scheduler_cycles"] = max(1, round(float(doc["learning_rate_cycles"])))
     values |= optimizer_values(doc.get("optimizer") or {}, values.get("scheduler", "constant"),
                                values.get("warmup_steps"), notes, problem)
+    if sets_own_step_sizes(values.get("optimizer", ""), values.get("optimizer_args", [])):
+        # OneTrainer pops every group's rate then, as transformers' Adafactor reads none; ADAFACTOR only logs them
+        notes.append("learning rates and learning_rate_scheduler not used: ADAFACTOR with relative_step sets its own "
+                     "step sizes, as in OneTrainer")
+        for key in ("lr", "text_encoder_lr", "text_encoder_2_lr", "warmup_steps", "min_lr_ratio", "scheduler_cycles"):
+            values.pop(key, None)
+        values["scheduler"] = "constant"
+    elif scheduler == "ADAFACTOR":
+        problem("learning_rate_scheduler", "ADAFACTOR is the schedule of the ADAFACTOR optimizer with relative_step "
+                "(its own step sizes); use CONSTANT, or that optimizer")
     if values.get("scheduler") == "constant":  # a schedule-free optimizer's: nothing decays or restarts
         values.pop("min_lr_ratio", None)
         values.pop("scheduler_cycles", None)

@@ -111,6 +111,14 @@ def test_kohyas_adafactor_with_its_own_step_sizes_trains_as_transformers_builds_
             run_config(optimizer="adafactor", optimizer_args=["relative_step=True"], **flags)
     with pytest.raises(LowvramError, match="^--optimizer-arg warmup_init=True: Adafactor warms up only its own"):
         run_config(optimizer="adafactor", optimizer_args=["warmup_init=True"])
+    section = {"optimizer": "ADAFACTOR", "relative_step": True, "scale_parameter": True, "warmup_init": False}
+    onetrainer = {"model_type": "STABLE_DIFFUSION_15", "training_method": "LORA", "learning_rate": 3e-4,
+                  "learning_rate_scheduler": "ADAFACTOR", "optimizer": section}
+    values, notes = translate_onetrainer(onetrainer, Path("ot.json"))  # (OneTrainer pops the groups' rates)
+    assert values["optimizer_args"] == ["relative_step=True", "scale_parameter=True", "warmup_init=False"]
+    assert "lr" not in values and values["scheduler"] == "constant" and any("relative_step" in n for n in notes)
+    with pytest.raises(LowvramError, match="learning_rate_scheduler: ADAFACTOR is the schedule of the ADAFACTOR"):
+        translate_onetrainer(onetrainer | {"optimizer": section | {"relative_step": False}}, Path("ot.json"))
 
 
 def test_an_optimizer_named_by_its_class_trains_resumes_and_plans(tmp_path, capsys):
