@@ -159,8 +159,8 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     said = " ".join(capsys.readouterr().out.split())
     assert ("note: 1 of 3 captions hold ||| (in 10_ohwx/img1.png's), trained as text; pass --keep-tokens-separator "
             "'|||' to keep the tags before it in front") in said, said
-    assert ("note: 1 of 3 captions hold (ohwx:1.2) (in 10_ohwx/img0.png's), trained as text; pass "
-            "--weighted-captions to weigh it as kohya's --weighted_captions does") in said, said
+    assert ("note: 1 of 3 captions hold weights such as (ohwx:1.2) (in 10_ohwx/img0.png's), trained as text; pass "
+            "--weighted-captions to weigh them as kohya's --weighted_captions does") in said, said
     assert main([*argv, "--weighted-captions", "--keep-tokens-separator", "|||"]) == 0
     assert "trained as text" not in capsys.readouterr().out
     (folder / "img0.txt").write_text("ohwx, hatsune miku (vocaloid)")
@@ -173,7 +173,7 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
         capsys.readouterr().out.split())
     (folder / "img0.txt").write_text("ohwx, (artist:wlop), (red:1.2)")  # (A1111's parser: 'artist:wlop' at 1.1)
     assert main([*argv, "--weighted-captions"]) == 0
-    assert "captions hold (artist:wlop) (in 10_ohwx/img0.png's)" in " ".join(capsys.readouterr().out.split())
+    assert "captions hold weights such as (artist:wlop) (in 10_ohwx/img0.png's)" in " ".join(capsys.readouterr().out.split())
     (folder / "img0.txt").write_text("ohwx, (red:1.2), (blue: 0.8 )")
     assert main([*argv, "--weighted-captions"]) == 0
     assert "as emphasis" not in capsys.readouterr().out

@@ -202,7 +202,7 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
     for held, flag, value, does, unset in (
             (lambda caption: KOHYA_KEEP_SEPARATOR in caption, "--keep-tokens-separator", f"'{KOHYA_KEEP_SEPARATOR}'",
              "keep the tags before it in front", not data.keep_tokens_separator),
-            (WEIGHTED.search, "--weighted-captions", "", "weigh it as kohya's --weighted_captions does",
+            (WEIGHTED.search, "--weighted-captions", "", "weigh them as kohya's --weighted_captions does",
              not data.weighted_captions),
             (lambda caption: wide in caption and "," not in caption, "--caption-separator", f"'{wide}'",
              "shuffle and drop the tags it parts (each caption is one tag now)", bool(wide))):
@@ -210,7 +210,8 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
         if found:
             shown = {"--keep-tokens-separator": KOHYA_KEEP_SEPARATOR, "--caption-separator": wide}.get(flag) or \
                 WEIGHTED.search(found[0].caption)[0]
-            notes.append(f"note: {len(found)} of {len(records)} captions hold {shown} (in {found[0].relpath}'s), "
+            example = f"weights such as {shown}" if flag == "--weighted-captions" else shown  # (each weight its own)
+            notes.append(f"note: {len(found)} of {len(records)} captions hold {example} (in {found[0].relpath}'s), "
                          f"trained as text; pass {' '.join(filter(None, (flag, value)))} to {does}")
     bare = [record for record in records if BARE_EMPHASIS.search(record.caption)] if data.weighted_captions else []
     if bare:  # (a tagger's "hatsune miku (vocaloid)": its series weighed 1.1, and the name parted from it)
