@@ -208,6 +208,11 @@ def test_caption_variants_only_when_shuffling():
     assert all(v.startswith("a, ") for v in variants) and len(variants) == 4
     assert caption not in variants  # each a shuffle: the caption as written is no likelier than another
     assert caption_variants("a", CaptionOptions(shuffle_tags=True, variants=4)) == ["a"]
+    # a caption of two tags to move has two orders: both train, though its seeded draws may repeat one (an eighth
+    # of such captions trained one order alone for the whole run)
+    shuffling = CaptionOptions(shuffle_tags=True, keep_tokens=1, variants=4)
+    assert all(len(caption_variants(f"ohwx{i}, smile, outdoors", shuffling)) == 2 for i in range(64))
+    assert all(len(caption_variants(f"ohwx{i}, a, b, c", shuffling)) == 4 for i in range(64))
 
 
 @pytest.mark.parametrize("train_text_encoder", [False, True])

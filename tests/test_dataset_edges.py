@@ -173,7 +173,7 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
         capsys.readouterr().out.split())
     (folder / "img0.txt").write_text("ohwx, (artist:wlop), (red:1.2)")  # (A1111's parser: 'artist:wlop' at 1.1)
     assert main([*argv, "--weighted-captions"]) == 0
-    assert "captions hold weights such as (artist:wlop) (in 10_ohwx/img0.png's)" in " ".join(capsys.readouterr().out.split())
+    assert "captions hold (artist:wlop) (in 10_ohwx/img0.png's)" in " ".join(capsys.readouterr().out.split())
     (folder / "img0.txt").write_text("ohwx, (red:1.2), (blue: 0.8 )")
     assert main([*argv, "--weighted-captions"]) == 0
     assert "as emphasis" not in capsys.readouterr().out

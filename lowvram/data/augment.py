@@ -125,12 +125,16 @@ def caption_variants(caption: str, options: CaptionOptions, kept: tuple[int, int
     of the set, it trained a quarter of the steps, dropout's whole caption too)."""
     if not options.varies_tags:
         return [trained_text(caption, options)]
-    variants = [vary_tags(caption, options, _rng(caption, i), kept) for i in range(options.variants)]
+    variants: list[str] = []
+    for draw in range(8 * options.variants):  # a short caption's draws repeat: on to as many distinct ones as it has
+        if (text := vary_tags(caption, options, _rng(caption, draw), kept)) not in variants:
+            variants.append(text)
+        if len(variants) == options.variants:
+            break
     if options.tag_dropout and not _tags(caption, options) <= set().union(*(_tags(v, options) for v in variants)):
         # a tag left out of every variant would never train with its image: the first keeps every tag, shuffled
         variants[0] = vary_tags(caption, replace(options, tag_dropout=0.0), _rng(caption, 0), kept)
-    return list(dict.fromkeys(trained_text(text, options) for text in variants))  # a short caption may have fewer
-    # distinct shuffles
+    return list(dict.fromkeys(trained_text(text, options) for text in variants))
 
 
 def _tags(text: str, options: CaptionOptions) -> set[str]:
