@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.hardware import NO_GPU
             from lowvram.resolve import resolve_run
 
-            run = resolve_run(build_config(check_values(args)), NO_GPU)
+            run = resolve_run(build_config(check_values(args), writes=False), NO_GPU)  # (from inside a folder too)
             to_stdout = str(args.report) == "-"  # (the JSON alone on stdout, for a script; the tables on stderr)
             check_data(run, args.report, args.verbose, log_console(stderr=to_stdout), args.captions)
         elif args.command == "ui":

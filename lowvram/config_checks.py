@@ -76,13 +76,14 @@ def _alpha_mask_subsets(data: str | None) -> bool:
         return False
 
 
-def config_problems(c: RunConfig) -> list[str]:
-    """Cross-field and range checks; each message names the flag and the fix."""
+def config_problems(c: RunConfig, writes: bool = True) -> list[str]:
+    """Cross-field and range checks; each message names the flag and the fix. `writes`: False for a command that
+    writes no run (check-data), whose --output goes unused."""
     escaped = _escaped_path_problems(c)
     if escaped:  # (not found, each, with a line break in the middle of its message)
         return escaped
     return [*_file_problems(c), *_data_problems(c), *_validation_problems(c), *_network_problems(c),
-            *_optimizer_problems(c), *_training_problems(c), *output_problems(c)]
+            *_optimizer_problems(c), *_training_problems(c), *(output_problems(c) if writes else [])]
 
 
 # what a Windows path written in double quotes in a TOML or JSON file ("D:\training\new") is read with: never

@@ -614,8 +614,9 @@ def options_from(cls: type, values: dict[str, Any]) -> Any:
     return cls(**parsed)
 
 
-def build_config(values: dict[str, Any]) -> RunConfig:
-    """Validate option values (from TOML and flags, flags already merged on top) into a RunConfig.
+def build_config(values: dict[str, Any], writes: bool = True) -> RunConfig:
+    """Validate option values (from TOML and flags, flags already merged on top) into a RunConfig; `writes`: False
+    where no run is written (check-data), so --output is not checked.
 
     Every problem is collected and reported at once, one line each, naming the flag and the fix.
     """
@@ -632,7 +633,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
             sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
     config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
     rejected = {line.split(":")[0] for line in problems}
-    problems += [line for line in config_problems(config) if line.split(":")[0] not in rejected]
+    problems += [line for line in config_problems(config, writes) if line.split(":")[0] not in rejected]
     if sections["memory"].get("gradient_checkpointing") is False and config.memory.checkpoint_blocks is not None:
         problems.append(f"--checkpoint-blocks: recomputes {config.memory.checkpoint_blocks} blocks, which "
                         "--no-gradient-checkpointing rules out; drop one")  # (given, not the default, so a choice)

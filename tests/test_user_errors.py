@@ -152,6 +152,16 @@ def test_check_data_never_writes_its_report_into_the_dataset(sample_data, capsys
     assert caption.read_bytes() == before
 
 
+def test_check_data_runs_from_inside_the_image_folder(sample_data, monkeypatch, capsys):
+    """check-data writes no run: its (unused) default output, ./output, inside the dataset is no refusal there (it
+    named --output, which check-data does not take); train still refuses it."""
+    folder = next(path for path in sample_data.iterdir() if path.is_dir())
+    monkeypatch.chdir(folder)
+    assert main(["check-data", "--model", "tiny", "."]) == 0
+    assert main(["train", "--model", "tiny", "--data", ".", "--max-steps", "1"]) == 2
+    assert "--output: " in one_error(capsys) and not (folder / "output").exists()
+
+
 def test_the_users_config_in_the_output_folder_under_the_runs_name_is_kept(tmp_path, capsys):
     """The user's own <name>.toml (written by hand, saved from the web UI, or an older lowvram's, from before the
     header) is never rewritten or archived: the run's options go beside it, as <name>.run.toml, which the run's
