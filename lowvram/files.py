@@ -230,9 +230,11 @@ SYSTEM_FOLDERS = ("__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaD
 def local_path(given: str, config_file: Path, levels: int = 1) -> Path:
     """A path as kohya and OneTrainer read it, from the current folder; where nothing is there, from the config or
     dataset file's folder, or up to `levels` - 1 folders above it (OneTrainer's own folder holds its concepts
-    folder). A relative path written with Windows' backslashes (img\\10_cat) is read with / where only that is
-    there."""
+    folder). A path written with Windows' backslashes (img\\10_cat; a launcher's %~dp0img\\10_cat, made absolute
+    from the script's folder) is read with / where only that is there."""
     path = expand_home(given)
+    if path.is_absolute() and not path.exists() and (other := slashed(given)) and expand_home(other).exists():
+        return expand_home(other)
     if path.is_absolute() or path.exists():
         return path
     bases = [config_file.parents[level] for level in range(min(levels, len(config_file.parents)))]
@@ -244,9 +246,9 @@ def local_path(given: str, config_file: Path, levels: int = 1) -> Path:
 
 
 def slashed(given: str) -> str | None:
-    """A relative path written with Windows' backslashes (img\\10_cat) with / between its folders; None for any
-    other (a drive's C:\\x, or \\x at the root of the current Windows drive, which this machine's root would only
-    guess)."""
+    """A path written with Windows' backslashes (img\\10_cat, /here/img\\10_cat) with / between its folders; None
+    for any other (a drive's C:\\x, or \\x at the root of the current Windows drive, which this machine's root would
+    only guess)."""
     if os.sep != "/" or "\\" not in given or re.match(r"[A-Za-z]:|\\", given):
         return None
     return given.replace("\\", "/")

@@ -912,6 +912,17 @@ def test_a_powershell_launcher_in_a_folder_with_spaces_reads_its_variables_as_po
     assert not notes
 
 
+def test_a_launchers_script_folder_with_backslashes_after_it_is_found(tmp_path, sample_data, capsys):
+    """%~dp0dataset\\img (and $PSScriptRoot\\dataset\\img): the script's folder, then a Windows path, was one
+    absolute path with backslashes in it, never found (dataset\\img alone was)."""
+    import shutil
+
+    shutil.copytree(sample_data, tmp_path / "dataset" / "img")
+    for name, given in (("t.bat", '="%~dp0dataset\\img"'), ("t.ps1", ' "$PSScriptRoot\\dataset\\img"')):
+        (tmp_path / name).write_text(f"accelerate launch train_network.py --train_data_dir{given}\r\n")
+        assert main(["check-data", "--config", str(tmp_path / name), "--model", "tiny"]) == 0, capsys.readouterr().err
+
+
 def test_kohyas_sample_steps_and_scale_leave_a_line_and_a_flag_their_own(tmp_path):
     """sd-scripts samples at 30 steps and scale 7.5 where a prompt says none: the scale joins each line, the steps
     are the config's --sample-steps (a flag given wins); a bare option at a line's end is none, as kohya drops it."""
