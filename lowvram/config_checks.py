@@ -43,7 +43,7 @@ from lowvram.option_values import (
     parse_until,
     positive,
 )
-from lowvram.output_checks import output_problems
+from lowvram.output_checks import cache_problems, output_problems
 from lowvram.prompts import options_elsewhere, read_prompt_file
 from lowvram.run_files import lora_in_folder
 from lowvram.timesteps import timestep_problem
@@ -83,7 +83,8 @@ def config_problems(c: RunConfig, writes: bool = True) -> list[str]:
     if escaped:  # (not found, each, with a line break in the middle of its message)
         return escaped
     return [*_file_problems(c), *_data_problems(c), *_validation_problems(c), *_network_problems(c),
-            *_optimizer_problems(c), *_training_problems(c), *(output_problems(c) if writes else [])]
+            *_optimizer_problems(c), *_training_problems(c), *cache_problems(c),
+            *(output_problems(c) if writes else [])]
 
 
 # what a Windows path written in double quotes in a TOML or JSON file ("D:\training\new") is read with: never

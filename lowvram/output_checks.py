@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from lowvram.config import RunConfig
@@ -79,6 +80,20 @@ def _output_among_images(c: RunConfig) -> list[str]:
             "checkpoints would lie among the images); choose an --output outside it")]
 
 
+def cache_problems(c: RunConfig) -> list[str]:
+    """The cache's folder, --cache-dir's or the environment's (which check-data writes its image facts in too): one
+    Windows could not open would be made as a folder of that whole name here."""
+    env = next((name for name in ("LOWVRAM_CACHE_DIR", "XDG_CACHE_HOME") if os.environ.get(name)), None)
+    flag, folder = ("--cache-dir", c.data.cache_dir) if c.data.cache_dir else (env, env and os.environ[env])
+    if folder and (windows := windows_output_problem(flag, folder) or new_folder_problem(flag, Path(folder))):
+        return [windows]
+    blocking = c.data.cache_dir and file_in_the_way(Path(c.data.cache_dir))
+    if blocking:  # (found before caching: every cache write, its lock first, would fail one by one)
+        return [(f"--cache-dir: {blocking} is a file, not a folder; give a folder, or leave --cache-dir out for "
+                "lowvram's own")]
+    return []
+
+
 def output_problems(c: RunConfig) -> list[str]:
     """What the run writes: its folder and name, its saves, samples and logs."""
     p: list[str] = []
@@ -92,17 +107,12 @@ def output_problems(c: RunConfig) -> list[str]:
     if c.output.name and Path(c.output.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
         p.append(f"--name: {c.output.name}: give it without the extension (the LoRA is <name>.safetensors): "
                  f"--name {Path(c.output.name).stem}")
-    for flag, folder in (("--output", c.output.output), ("--cache-dir", c.data.cache_dir),
-                         ("--copy-to", c.output.copy_to)):
+    for flag, folder in (("--output", c.output.output), ("--copy-to", c.output.copy_to)):
         if folder and (windows := windows_output_problem(flag, folder) or new_folder_problem(flag, Path(folder))):
             p.append(windows)
     if c.output.copy_to and not windows_output_problem("--copy-to", c.output.copy_to):
         p += _copy_problems(c)
     p += _output_among_images(c)
-    blocking = c.data.cache_dir and file_in_the_way(Path(c.data.cache_dir))
-    if blocking:  # (found before caching: every cache write, its lock first, would fail one by one)
-        p.append(f"--cache-dir: {blocking} is a file, not a folder; give a folder, or leave --cache-dir out for "
-                 "lowvram's own")
     positive(p, "sample-steps", c.output.sample_steps)
     for flag, value in (("save-every", c.output.save_every), ("sample-every", c.output.sample_every)):
         try:

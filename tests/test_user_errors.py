@@ -162,6 +162,21 @@ def test_check_data_runs_from_inside_the_image_folder(sample_data, monkeypatch, 
     assert "--output: " in one_error(capsys) and not (folder / "output").exists()
 
 
+def test_a_windows_cache_folder_in_the_environment_is_refused_as_the_flags_is(tmp_path, monkeypatch, capsys):
+    """LOWVRAM_CACHE_DIR=D:\\lowvram\\cache made a folder of that whole name here, unsaid (--cache-dir's is refused),
+    for train and check-data alike."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", "D:\\lowvram\\cache")
+    for command in (["check-data", "sample"], ["train", "--data", "sample", "--max-steps", "1"]):
+        assert main([*command, "--model", "tiny"]) == 2
+        assert one_error(capsys).split(": error: ")[1].startswith("LOWVRAM_CACHE_DIR: D:\\lowvram\\cache would be "
+                                                                  "written as one file or folder of that whole name")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["check-data", "sample", "--model", "tiny", "--cache-dir", "C:\\x"]) == 2
+    assert ": error: --cache-dir: C:\\x would be written" in one_error(capsys)
+
+
 def test_the_users_config_in_the_output_folder_under_the_runs_name_is_kept(tmp_path, capsys):
     """The user's own <name>.toml (written by hand, saved from the web UI, or an older lowvram's, from before the
     header) is never rewritten or archived: the run's options go beside it, as <name>.run.toml, which the run's
