@@ -64,8 +64,9 @@ def test_an_edited_captions_original_is_kept_byte_for_byte_and_shown_decoded(tmp
 
 
 def test_a_caption_whose_name_differs_from_its_images_in_case_alone_is_read_as_windows_reads_it(tmp_path):
-    """Cat05.PNG with cat05.txt, IMG_1.jpg with img_1.TXT: paired on Windows, where the dataset was made; on Linux
-    each trained on its folder's name, and the captions were said to be read by none."""
+    """Cat05.PNG with cat05.txt, IMG_1.jpg with img_1.TXT, photo_01.jpg with Photo_01.txt, pic06.png with
+    pic06.tXt: paired on Windows, where the dataset was made; on Linux each trained on its folder's name (the last
+    two unsaid, or said to be without an image)."""
     import pytest
     from conftest import run_config
     from PIL import Image
@@ -76,22 +77,24 @@ def test_a_caption_whose_name_differs_from_its_images_in_case_alone_is_read_as_w
 
     folder = tmp_path / "data" / "5_dog"
     folder.mkdir(parents=True)
-    for i, name in enumerate(("Cat05.PNG", "IMG_1.jpg", "plain.png", "lonely.png")):
+    for i, name in enumerate(("Cat05.PNG", "IMG_1.jpg", "plain.png", "lonely.png", "photo_01.jpg", "pic06.png")):
         Image.new("RGB", (64, 64), (60 * i, 20, 20)).save(folder / name, format="JPEG" if "jpg" in name else "PNG")
-    for name, text in (("cat05.txt", "a cat"), ("img_1.TXT", "an img"), ("plain.txt", "plain"), ("renamed.txt", "x")):
+    for name, text in (("cat05.txt", "a cat"), ("img_1.TXT", "an img"), ("plain.txt", "plain"), ("renamed.txt", "x"),
+                       ("Photo_01.txt", "a photo"), ("pic06.tXt", "a pic")):
         (folder / name).write_text(text)
     if (folder / "CAT05.TXT").exists():
         pytest.skip("this file system ignores case, as Windows does")
     run = resolve_run(run_config(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")), NO_GPU)
     report = scan(run, tmp_path / "data", None, None)
     assert {Path(r.relpath).name: r.caption for r in report.usable} == {
-        "Cat05.PNG": "a cat", "IMG_1.jpg": "an img", "plain.png": "plain", "lonely.png": "dog"}
+        "Cat05.PNG": "a cat", "IMG_1.jpg": "an img", "plain.png": "plain", "lonely.png": "dog",
+        "photo_01.jpg": "a photo", "pic06.png": "a pic"}
     notes = {Path(r.relpath).name: r.notes for r in report.usable}
     assert ("caption cat05.txt read: its name differs from the image's in letter case alone, which Windows ignores "
             "and Linux does not") in notes["Cat05.PNG"]
     assert not any("letter case" in note for note in notes["plain.png"])
     said = " ".join(report.folder_notes)
-    assert "renamed.txt" in said and "cat05.txt" not in said and "img_1.TXT" not in said  # read: not lone
+    assert "renamed.txt" in said and not any(name in said for name in ("cat05.txt", "img_1.TXT", "Photo_01.txt"))
 
 
 def test_names_holding_a_windows_zips_folders_are_said_with_the_fix(tmp_path):

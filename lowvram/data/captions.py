@@ -6,7 +6,9 @@ What was found is said in notes, never raised: a caption problem never stops a s
 from __future__ import annotations
 
 import codecs
+import functools
 import math
+import os
 import random
 import re
 import unicodedata
@@ -116,17 +118,28 @@ def caption_files(image: Path, extension: str) -> list[Path]:
 
 
 def caption_file(image: Path, suffix: str) -> Path | None:
-    """The image's caption file of `suffix` in whichever case it is written (.txt, .TXT, .Txt: Windows keeps them
-    apart from nothing, Linux from each other), its name too where its case differs as a whole (Cat05.PNG's
-    cat05.txt, IMG_1.jpg's img_1.TXT: a dataset made on Windows)."""
-    suffixes = dict.fromkeys((suffix, suffix.lower(), suffix.upper(), suffix[:2].upper() + suffix[2:].lower()))
-    return next((found for stem in stem_cases(image.stem) for v in suffixes
-                 if (found := image.with_name(stem + v)).is_file()), None)
+    """The image's caption file of `suffix`, its name in whichever case it is written (.txt, .TXT, .tXt; Cat05.PNG's
+    cat05.txt, photo_01.jpg's Photo_01.txt): Windows keeps them apart from nothing, Linux from each other. The name
+    as the image's first, where a Linux folder holds two."""
+    exact = image.with_name(image.stem + suffix)
+    if exact.is_file():
+        return exact
+    try:
+        listing = _names_by_case(str(image.parent), image.parent.stat().st_mtime_ns)
+    except OSError:
+        return None
+    return next((found for name in listing.get((image.stem + suffix).lower(), ())
+                 if (found := image.with_name(name)).is_file()), None)
 
 
-def stem_cases(stem: str) -> tuple[str, ...]:
-    """The names, without the extension, a caption file of an image of `stem` may have."""
-    return tuple(dict.fromkeys((stem, stem.lower(), stem.upper())))
+@functools.lru_cache(maxsize=32)
+def _names_by_case(folder: str, _changed: int) -> dict[str, tuple[str, ...]]:
+    """A folder's names by their lower case, read once while it is unchanged (a caption per image would read a
+    folder of thousands thousands of times)."""
+    names: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(folder)):
+        names.setdefault(name.lower(), []).append(name)
+    return {key: tuple(value) for key, value in names.items()}
 
 
 def _decode_utf16(raw: bytes) -> str | None:
