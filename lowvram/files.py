@@ -179,7 +179,18 @@ def backslash_hint(text: str) -> str:
             f"/ between folders (\"{path.replace(chr(92), '/')}\"), or (in TOML) single quotes ('{path}')")
 
 
-NOT_IN_NAMES = '/\\:*?"<>|'  # what Windows refuses in a file name (and / and \\ are folders)
+# what Windows refuses in a file name (and / and \\ are folders), control characters (a tab) too
+NOT_IN_NAMES = '/\\:*?"<>|' + "".join(map(chr, range(32)))
+
+
+def refused_in_name(name: str) -> str:
+    """The characters of `name` that NOT_IN_NAMES holds, once each, shown as `escaped` shows them."""
+    return escaped("".join(dict.fromkeys(ch for ch in name if ch in NOT_IN_NAMES)))
+
+
+def escaped(text: str) -> str:
+    """`text` with its control characters as Python escapes them (a tab as \\t), to be seen in a message."""
+    return "".join(repr(ch)[1:-1] if ord(ch) < 32 else ch for ch in text)
 # names Windows keeps for its devices, with any extension: NUL.safetensors written there is gone
 WINDOWS_DEVICES = re.compile(r"(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?", re.IGNORECASE)
 
@@ -187,9 +198,9 @@ WINDOWS_DEVICES = re.compile(r"(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?", re.I
 def windows_name_problem(name: str) -> str | None:
     """Why a file or folder named so here cannot be opened on Windows (a drive mounted under WSL, a copy to a
     Windows PC, ComfyUI's folders there), in a clause; None where it can."""
-    refused = "".join(dict.fromkeys(ch for ch in name if ch in NOT_IN_NAMES))
+    refused = refused_in_name(name)
     if refused:
-        return f"{name} holds {refused}, which Windows cannot have in a name"
+        return f"{escaped(name)} holds {refused}, which Windows cannot have in a name"
     if WINDOWS_DEVICES.fullmatch(name):
         return f"{name} is a name Windows keeps for a device (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
     if name.endswith((".", " ")) and name not in (".", ".."):

@@ -14,13 +14,14 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError
 from lowvram.files import (
     MAX_FILE_NAME,
     NAME_UNITS,
-    NOT_IN_NAMES,
     TEMPORARY_NAME_EXTRA,
     WINDOWS_DEVICES,
+    escaped,
     file_in_the_way,
     name_length,
     new_folder_problem,
     not_utf8,
+    refused_in_name,
     unwritable,
     windows_output_problem,
 )
@@ -169,9 +170,9 @@ def output_problems(c: RunConfig) -> list[str]:
         p.append(f"--format diffusers: diffusers cannot load {c.network.network} adapters; keep --format kohya "
                  "(ComfyUI and AUTOMATIC1111 load it), or use --network lora or dora")
     name = c.output_name
-    refused = "".join(dict.fromkeys(ch for ch in name if ch in NOT_IN_NAMES))
+    refused = refused_in_name(name)
     # given or from the --output folder: say which, since a user who never passed --name cannot see it
-    shown = name if len(name) <= 60 else f"{name[:40]}…"
+    shown = escaped(name if len(name) <= 60 else f"{name[:40]}…")
     if c.output.name:
         flag, whose, fix = "--name", f"'{shown}'", "pass another --name"
     else:

@@ -448,7 +448,12 @@ def test_every_file_and_new_folder_lowvram_writes_is_one_windows_can_open(tmp_pa
                            "--output: 'run ' ends in a space"),
                           (["train", "--model", "tiny", "--data", "sample", "--copy-to", "loras/v1?.safetensors"],
                            "--copy-to: v1?.safetensors holds ?, which Windows cannot have in a name; name it another"),
-                          (["check-data", "sample", "--report", "r:1.json"], "--report: r:1.json holds :")):
+                          (["check-data", "sample", "--report", "r:1.json"], "--report: r:1.json holds :"),
+                          # a tab: written, and a name Windows cannot have (1 to 31 are refused there)
+                          (["train", "--model", "tiny", "--data", "sample", "--name", "my\tv1"],
+                           "--name: 'my\\tv1' is not a valid file name (\\t cannot be in one on Windows)"),
+                          (["train", "--model", "tiny", "--data", "sample", "--output", "tab\x01dir/run"],
+                           "--output: tab\\x01dir holds \\x01, which Windows cannot have in a name")):
         assert main(command) == 2, command
         assert says in capsys.readouterr().err, command
     assert not any(tmp_path.iterdir())  # nothing made
