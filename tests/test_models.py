@@ -50,6 +50,24 @@ def test_single_file_checkpoint_loads_offline(base, tmp_path, no_network):
     assert len(loaded.hash) == 8
 
 
+def test_an_sd1_file_of_2022s_text_encoder_layout_loads_as_automatic1111_and_comfyui_load_it(tmp_path, no_network):
+    """cond_stage_model.transformer.encoder.* (transformers' CLIP before its text_model level, as NovelAI-era merges
+    are): diffusers found no text encoder, and the file was refused as one without it."""
+    base = load_model("tiny")
+    state = load_file(str(single_file(base, tmp_path / "model.safetensors")))
+    older = {key.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): value
+             for key, value in state.items()}
+    save_file(older, str(tmp_path / "older.safetensors"))
+    loaded = load_model(str(tmp_path / "older.safetensors"))
+    assert_same_weights(base.pipeline.text_encoder, loaded.pipeline.text_encoder)
+    assert_same_weights(base.unet, loaded.unet)
+    del older["cond_stage_model.transformer.final_layer_norm.weight"]
+    save_file(older, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(LowvramError, match=r"partial.safetensors has an incomplete text encoder \(no "
+                                           r"cond_stage_model.transformer.final_layer_norm.weight, 1 missing\)"):
+        load_model(str(tmp_path / "partial.safetensors"))
+
+
 def test_a_checkpoints_v_pred_and_ztsnr_keys_set_its_prediction_and_schedule(base, tmp_path):
     """NoobAI-XL V-Pred style checkpoints say what they predict with empty `v_pred` and `ztsnr` tensors (ComfyUI
     reads them); training and sampling then use v-prediction on a zero-terminal-SNR schedule unasked."""

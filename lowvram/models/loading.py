@@ -223,7 +223,8 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
     with _quiet_diffusers(), _lower_case_suffix(path) as readable:
         try:
             pipeline = pipeline_cls.from_single_file(
-                readable, config=str(family.config_dir), local_files_only=True, torch_dtype=dtype
+                readable, config=str(family.config_dir), local_files_only=True, torch_dtype=dtype,
+                **_text_encoder_of_older_layout(path, family, dtype)
             )
         except SingleFileComponentError as exc:
             component = str(exc).split("Failed to load ", 1)[-1].split(".", 1)[0]
@@ -245,6 +246,42 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
     if SCHEDULE_MARKERS["zero terminal SNR"] in markers:
         pipeline.scheduler = zero_terminal_snr_sampler(pipeline.scheduler)
     return LoadedModel(family, pipeline, str(path), path.name, file_short_hash(path))
+
+
+OLDER_CLIP = "cond_stage_model.transformer."  # an SD1 file's text encoder; text_model. after it in all but 2022's
+
+
+def _text_encoder_of_older_layout(path: Path, family: ModelFamily, dtype: torch.dtype) -> dict:
+    """{"text_encoder": it} for an SD1 file from before transformers' CLIP had its text_model level
+    (cond_stage_model.transformer.encoder.*, as NovelAI-era merges are; AUTOMATIC1111 and ComfyUI rename them),
+    whose text encoder diffusers does not find; {} for any other file."""
+    from safetensors import safe_open
+
+    if len(family.text_encoders) != 1:
+        return {}
+    with safe_open(str(path), framework="pt") as handle:
+        names = handle.keys()
+    keys = [key for key in names if key.startswith(OLDER_CLIP)]
+    if not any(key.startswith(f"{OLDER_CLIP}encoder.") for key in keys):
+        return {}
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(family.config_dir / "text_encoder"))
+    wanted = set(encoder.state_dict())  # (with text_model. where this transformers has it)
+    state = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for key in keys:
+            name = key.removeprefix(OLDER_CLIP)
+            name = name if name in wanted else f"text_model.{name}"
+            if name in wanted:
+                state[name] = handle.get_tensor(key)
+    missing = sorted(name.removeprefix("text_model.") for name in wanted - set(state)
+                     if not name.endswith("position_ids"))
+    if missing:
+        raise LowvramError(f"--model: {path} has an incomplete text encoder (no {OLDER_CLIP}{missing[0]}, "
+                           f"{len(missing)} missing); pass a complete {family.title} checkpoint")
+    encoder.load_state_dict(state, strict=False)
+    return {"text_encoder": encoder.to(dtype).eval()}
 
 
 @contextlib.contextmanager
