@@ -10,7 +10,7 @@ from pathlib import Path
 from lowvram.config import RunConfig
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.dataset_files.subsets import image_folder_holding
-from lowvram.errors import PICKLE_SUFFIXES, LowvramError
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError, shell_line
 from lowvram.files import (
     MAX_FILE_NAME,
     NAME_UNITS,
@@ -102,12 +102,13 @@ def output_problems(c: RunConfig) -> list[str]:
     if output.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and not output.is_dir():  # OneTrainer's: a file
         listing = lora_list_folder(output.parent)  # (there, the run's checkpoints would show in the UI's list too)
         p.append(f"--output: {output} names a file; --output is the run's folder and --name its LoRA's name: "
-                 + (f"train into a folder elsewhere with --copy-to {output.with_suffix(LORA_SUFFIX)}, which writes "
+                 + (f"train into a folder elsewhere with {shell_line('--copy-to', output.with_suffix(LORA_SUFFIX))}, "
+                    "which writes "
                     f"the LoRA there (the run's checkpoints would show in {listing}'s list)" if listing else
-                    f"--output {output.parent} --name {output.stem}"))
+                    shell_line("--output", output.parent, "--name", output.stem)))
     if c.output.name and Path(c.output.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
         p.append(f"--name: {c.output.name}: give it without the extension (the LoRA is <name>.safetensors): "
-                 f"--name {Path(c.output.name).stem}")
+                 + shell_line("--name", Path(c.output.name).stem))
     for flag, folder in (("--output", c.output.output), ("--copy-to", c.output.copy_to)):
         if folder and (windows := windows_output_problem(flag, folder) or new_folder_problem(flag, Path(folder))):
             p.append(windows)

@@ -93,6 +93,14 @@ def test_an_output_or_name_written_as_a_file_says_how_lowvram_names_them(tmp_pat
                                 "and --name its LoRA's name: train into a folder elsewhere with --copy-to "
                                 f"{loras / 'mychar.safetensors'}, which writes the LoRA there (the run's checkpoints "
                                 f"would show in {loras}'s list)")
+    # each fix as it is pasted: a name with a space quoted (--name my lora was two words)
+    with pytest.raises(LowvramError) as error:
+        build_config({"model": "tiny", "data": "sample", "output": str(tmp_path / "My LoRAs" / "my lora.safetensors"),
+                      "name": "my lora.safetensors"})
+    assert str(error.value).splitlines() == [
+        (f"--output: {tmp_path / 'My LoRAs' / 'my lora.safetensors'} names a file; --output is the run's folder and "
+         f"--name its LoRA's name: --output '{tmp_path / 'My LoRAs'}' --name 'my lora'"),
+        "--name: my lora.safetensors: give it without the extension (the LoRA is <name>.safetensors): --name 'my lora'"]
 
 
 def test_info_refuses_a_truncated_lora_and_a_folder(tmp_path, capsys):
