@@ -125,12 +125,21 @@ class _Parser(argparse.ArgumentParser):
                     fix = "each value goes right after its option's flag (one is missing, or an option got two)"
                 if spaced := _unquoted_path(getattr(self, "_given", []), words[0]):
                     fix = f"a path with spaces is one argument only in quotes: \"{spaced}\""
+                if words[0][:1] in ("\u2014", "\u2013"):  # pasted from a page or a document that joined the dashes
+                    fix = f"{words[0][0]} is a typographic dash, not two hyphens: write --{words[0].lstrip(DASHES)}"
+                elif marks := "".join(mark for mark in CURLY_QUOTES if mark in words[0]):
+                    what = "is a typographic quote" if len(marks) == 1 else "are typographic quotes"
+                    fix = f"{marks} {what}, which the shell keeps as letters: type them again as \" (or ')"
                 if words[0] in ("^", "`"):  # a command copied from a .bat or a PowerShell script, line by line
                     shell = "cmd" if words[0] == "^" else "PowerShell"
                     fix = (f"{words[0]} ends a line of a command in Windows' {shell}; here a line goes on after \\ "
                            "(or write the command on one line)")
                 message = f"unexpected argument '{words[0]}': {fix}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+DASHES = "\u2014\u2013"  # em and en dashes: what a blog's or a word processor's text makes of --
+CURLY_QUOTES = "\u201c\u201d\u2018\u2019"
 
 
 def _kohya_pair(hint: str) -> str:

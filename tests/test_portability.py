@@ -151,3 +151,12 @@ def test_captions_with_two_extensions_and_a_pasted_line_continuation_are_said_as
         main(["train", "--model", "tiny", "^"])
     assert ("unexpected argument '^': ^ ends a line of a command in Windows' cmd; here a line goes on after \\ (or "
             "write the command on one line)") in capsys.readouterr().err
+    # a command copied from a page or a document, its -- joined into a dash and its quotes curled
+    dash, quote = "\u2014", "\u201d"
+    for argv, says in (([f"{dash}model", "tiny"], (f"'{dash}model': {dash} is a typographic dash, not two hyphens: "
+                                                  "write --model")),
+                       (["--data", "\u201cmy", f"data{quote}"], (f"'data{quote}': {quote} is a typographic quote, "
+                                                              "which the shell keeps as letters: type them again"))):
+        with pytest.raises(SystemExit):
+            main(["train", *argv])
+        assert f"unexpected argument {says}" in capsys.readouterr().err
