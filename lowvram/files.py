@@ -165,6 +165,9 @@ def windows_path_hint(path: str | os.PathLike) -> str:
                     f"; that is a Windows path: here it would be {here}, which is not there either")
         return "; that is a Windows path: give where it is on this machine" + (
             ", with / between folders" if "\\" in text else "")
+    if re.search(r"(^|/)[A-Za-z]:[^\\/]", text):  # C:\models\x unquoted: the shell's escapes took the \ out
+        return ("; that looks like a Windows path whose backslashes the shell took out (an unquoted \\ escapes the "
+                "letter after it): give where it is on this machine, in quotes")
     return "; written as a Windows path: write it with / between folders here" if "\\" in text else ""
 
 

@@ -160,3 +160,7 @@ def test_captions_with_two_extensions_and_a_pasted_line_continuation_are_said_as
         with pytest.raises(SystemExit):
             main(["train", *argv])
         assert f"unexpected argument {says}" in capsys.readouterr().err
+    # C:\\models\\sd15.safetensors unquoted in bash: C:modelssd15.safetensors
+    assert main(["train", "--model", "C:modelssd15.safetensors", "--data", "sample"]) == 2
+    assert ("file not found: C:modelssd15.safetensors; that looks like a Windows path whose backslashes the shell took "
+            "out") in capsys.readouterr().err
