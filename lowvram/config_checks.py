@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 
 from lowvram.adapters.blocks import check_syntax as check_block_syntax
@@ -25,7 +26,7 @@ from lowvram.config import (
 )
 from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.dataset_files.subsets import REPEAT_FOLDER, image_folder_holding
-from lowvram.dataset_zip import windows_powershell_zip, zip_folder
+from lowvram.dataset_zip import name_encoding, windows_powershell_zip, zip_folder
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
 from lowvram.files import closest, not_found_hint
 from lowvram.formats import network_refusal
@@ -590,6 +591,10 @@ def _unpack_hint(path: Path) -> str:
         folder = path.parent
     python = "python" if os.name == "nt" else "python3"
     data = folder / inside if inside else folder
-    return f"; unpack it first: {python} -m {module} -e {shell_line(path, folder)}, then --data {shell_line(data)}"
+    encoding = name_encoding(path) if module == "zipfile" else None  # (zipfile would unpack its names garbled)
+    unpack = (f"{python} -m {module} -e {shell_line(path, folder)}" if not encoding else
+              f"{python} -m zipfile --metadata-encoding {encoding} -e {shell_line(path, folder)}"
+              if sys.version_info >= (3, 11) else f"unzip -O {encoding} {shell_line(path)} -d {shell_line(folder)}")
+    return f"; unpack it first: {unpack}, then --data {shell_line(data)}"
 
 

@@ -3,6 +3,7 @@ beside itself once, again where the zip changes."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 import zlib
@@ -12,11 +13,55 @@ from pathlib import Path
 from lowvram.errors import LowvramError
 from lowvram.files import SYSTEM_FOLDERS
 
+UTF8_NAME = 0x800  # the zip entry's flag that its name is UTF-8; without it, zipfile reads the name as cp437
+JAPANESE = re.compile("[\u3000-\u30ff\u4e00-\u9fff]+")  # kana, CJK punctuation and kanji: what cp932 names hold
+
+
+def names_encoding(archive: zipfile.ZipFile) -> str | None:
+    """The code page a zip's unflagged names were written in where it is not the cp437 zipfile reads them in.
+    Windows' "Compressed folder" writes the system's code page without saying which: a Japanese Windows' cp932
+    (キャラ学習 read as âLâââëèwÅK: a folder's label, and so the captions of its images), or UTF-8 unflagged. Each
+    unflagged name must read so (a Western Windows' naïve in cp850 reads as na久e in cp932, alone), and for cp932
+    be Japanese letters with a word of two at least somewhere."""
+    raw = [member.filename.encode("cp437") for member in archive.infolist()
+           if not member.flag_bits & UTF8_NAME and not member.filename.isascii()]
+    if not raw:
+        return None
+    for encoding in ("utf-8", "cp932"):
+        try:
+            names = [name.decode(encoding) for name in raw]
+        except UnicodeDecodeError:
+            continue
+        if encoding == "utf-8" or all(JAPANESE.fullmatch(run) for name in names
+                                      for run in re.findall(r"[^\x00-\x7f]+", name)) and any(
+                len(run) > 1 for name in names for run in JAPANESE.findall(name)):
+            return encoding
+    return None
+
+
+def member_name(member: zipfile.ZipInfo, encoding: str | None) -> str:
+    """An entry's name as the machine that zipped it wrote it (`encoding`: `names_encoding`'s), with / between
+    folders: Windows PowerShell 5's Compress-Archive wrote \\ there, which zipfile keeps in a name (one flat file
+    `a\\5_cat\\x.png`)."""
+    name = member.filename
+    if encoding and not member.flag_bits & UTF8_NAME and not name.isascii():
+        name = name.encode("cp437").decode(encoding)
+    return name.replace("\\", "/")
+
+
+def name_encoding(path: Path) -> str | None:
+    """`names_encoding` of the zip at `path` (None where it cannot be read)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return names_encoding(archive)
+    except (OSError, zipfile.BadZipFile):
+        return None
+
 
 def _names(archive: zipfile.ZipFile) -> list[str]:
-    """Its entries' names with / between folders: Windows PowerShell 5's Compress-Archive wrote \\ there, which
-    Python's zipfile keeps in the names (one flat file named `mypics\\5_cat\\a.png`: its repeats lost)."""
-    return [name.replace("\\", "/") for name in archive.namelist() if name.replace("\\", "/").strip("/")]
+    """Its entries' names as `member_name` reads them."""
+    encoding = names_encoding(archive)
+    return [name for name in (member_name(member, encoding) for member in archive.infolist()) if name.strip("/")]
 
 
 def windows_powershell_zip(path: Path) -> bool:
@@ -69,8 +114,9 @@ def unpack_dataset_zip(archive: Path) -> tuple[Path, str]:
     shutil.rmtree(partial, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as opened:
+            encoding = names_encoding(opened)
             for member in opened.infolist():
-                member.filename = member.filename.replace("\\", "/")
+                member.filename = member_name(member, encoding)
                 opened.extract(member, partial)  # (zipfile drops a name's .. and drive: nothing lands outside)
     except (zipfile.BadZipFile, zlib.error) as exc:
         shutil.rmtree(partial, ignore_errors=True)

@@ -57,6 +57,32 @@ def test_a_zip_of_windows_powershell_keeps_its_folders_and_their_repeats(tmp_pat
             f"names: unzip {archive} -d {tmp_path / 'mypics'}") in " ".join(capsys.readouterr().err.split())
 
 
+def test_a_zip_of_a_japanese_windows_keeps_its_names(tmp_path, capsys):
+    """Explorer's "Compressed folder" on a Japanese Windows writes names in cp932, unflagged: zipfile read them as
+    cp437, and the folder's label (so its images' captions) trained as âLâââë. Made here as Explorer writes them:
+    ASCII stand-ins of the same length, replaced by the cp932 bytes."""
+    import sys
+
+    names = {"\u30ad\u30e3\u30e9": b"A" * 6, "\u5b66\u7fd2": b"B" * 4}  # キャラ, 学習
+    archive = zipped(tmp_path / "data.zip", {"AAAAAA/10_ohwx BBBB/a.png": "red"})
+    raw = archive.read_bytes()
+    for name, stand_in in names.items():
+        raw = raw.replace(stand_in, name.encode("cp932"))
+    archive.write_bytes(raw)
+    folder, _ = unpack_dataset_zip(archive)
+    assert folder == tmp_path / "data" / "\u30ad\u30e3\u30e9"
+    assert (folder / "10_ohwx \u5b66\u7fd2" / "a.png").is_file()
+    assert main(["check-data", str(archive), "--model", "tiny"]) == 2
+    unpack = ("python3 -m zipfile --metadata-encoding cp932 -e" if sys.version_info >= (3, 11) else "unzip -O cp932")
+    said = " ".join(capsys.readouterr().err.split())
+    western = zipped(tmp_path / "w.zip", {"AAAAA.png": "red"})  # (cp850's naive: read as cp932, na\u4e45e)
+    western.write_bytes(western.read_bytes().replace(b"AAAAA", b"na\x8bve"))
+    assert zip_folder(western) is None and unpack_dataset_zip(western)[0] == tmp_path / "w"
+    assert [p.name for p in (tmp_path / "w").iterdir()] == ["na\u00efve.png"]
+    top = tmp_path / "\u30ad\u30e3\u30e9"  # (one folder in the zip: unpacked beside it)
+    assert f"unpack it first: {unpack}" in said and f"--data '{top}'" in said, said
+
+
 def test_a_broken_zip_is_one_line_and_leaves_nothing_half_unpacked(tmp_path):
     import pytest
 
