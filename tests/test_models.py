@@ -178,6 +178,12 @@ def test_a_u_net_alone_is_refused_by_its_header_before_the_dataset_is_read(tmp_p
     assert capsys.readouterr().err.strip() == (
         f"lowvram generate: error: --lora: {path} is a {model.family.title} U-Net alone (as ComfyUI's models/unet "
         "files are), not a LoRA; give the full checkpoint it came from as --model")
+    # saved without its model.diffusion_model. prefix (ComfyUI loads that too): "has no U-Net" and "no layers"
+    save_file({k.removeprefix("model.diffusion_model."): v for k, v in load_file(str(path)).items()}, str(path))
+    assert main(["train", "--model", str(path), "--data", "sample", "--max-steps", "1"]) == 2
+    assert "U-Net alone (as ComfyUI's models/unet files are), without its VAE" in capsys.readouterr().err
+    assert main(["info", str(path)]) == 0
+    assert f"a {model.family.title} U-Net alone (as ComfyUI's models/unet files are)" in capsys.readouterr().out
 
 
 def test_checkpoint_missing_a_component_is_refused(tmp_path):

@@ -18,7 +18,9 @@ from lowvram.models.families import FAMILIES, ModelFamily, family_for_pipeline
 
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 VAE_PREFIX, TEXT_ENCODER_PREFIXES = "first_stage_model.", ("cond_stage_model.", "conditioner.")  # in a single file
-UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"  # a single file's U-Net stem: (320, in_channels, 3, 3)
+UNET_PREFIX = "model.diffusion_model."
+BARE_UNET_BLOCKS = ("input_blocks.", "middle_block.", "output_blocks.")  # the original layout's, without it
+UNET_IN = UNET_PREFIX + "input_blocks.0.0.weight"  # a single file's U-Net stem: (320, in_channels, 3, 3)
 # U-Nets that read more than the noisy latent, by their input channels (text-to-image U-Nets read 4)
 IMAGE_CONDITIONED = {9: "an inpainting model", 8: "an image-editing model like instruct-pix2pix",
                      7: "an upscaler", 5: "a depth-to-image model"}
@@ -267,7 +269,11 @@ def detect_single_file_family(path: Path, whole: bool = True) -> ModelFamily:
     try:
         with safe_open(str(path), framework="numpy") as f:  # the header only, without torch
             keys = list(f.keys())
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys if "attn2.to_k.weight" in k or k == UNET_IN}
+            # a U-Net alone saved without its prefix (ComfyUI's models/unet files may be) is read as with it
+            bare = UNET_PREFIX if any(k.startswith(BARE_UNET_BLOCKS) for k in keys) and not any(
+                k.startswith(UNET_PREFIX) for k in keys) else ""
+            shapes = {bare + k: tuple(f.get_slice(k).get_shape()) for k in keys
+                      if "attn2.to_k.weight" in k or bare + k == UNET_IN}
     except (OSError, SafetensorError) as exc:
         raise LowvramError("--model: " + not_safetensors(path, exc, "give a model checkpoint (.safetensors) or a "
                                                            "diffusers folder, or re-download a broken one")) from None

@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
+from lowvram.models.detect import UNET_PREFIX, VAE_PREFIX
 from lowvram.models.ldm_names import Table, ldm_path, unet_table
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
 SD15_CLIP_PREFIX = "cond_stage_model.transformer."
 SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."

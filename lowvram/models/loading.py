@@ -35,6 +35,7 @@ from lowvram.models.detect import (
     quiet_hub,
 )
 from lowvram.models.families import DEFAULT_READING, FAMILIES, ModelFamily, family_for_pipeline
+from lowvram.models.ldm_layout import SD15_CLIP_PREFIX
 
 # a single file's keys that say how it samples, what ComfyUI reads (NoobAI-XL V-Pred carries both), by the change
 # follow_lora_schedule names
@@ -248,9 +249,6 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
     return LoadedModel(family, pipeline, str(path), path.name, file_short_hash(path))
 
 
-OLDER_CLIP = "cond_stage_model.transformer."  # an SD1 file's text encoder; text_model. after it in all but 2022's
-
-
 def _text_encoder_of_older_layout(path: Path, family: ModelFamily, dtype: torch.dtype) -> dict:
     """{"text_encoder": it} for an SD1 file from before transformers' CLIP had its text_model level
     (cond_stage_model.transformer.encoder.*, as NovelAI-era merges are; AUTOMATIC1111 and ComfyUI rename them),
@@ -261,8 +259,8 @@ def _text_encoder_of_older_layout(path: Path, family: ModelFamily, dtype: torch.
         return {}
     with safe_open(str(path), framework="pt") as handle:
         names = handle.keys()
-    keys = [key for key in names if key.startswith(OLDER_CLIP)]
-    if not any(key.startswith(f"{OLDER_CLIP}encoder.") for key in keys):
+    keys = [key for key in names if key.startswith(SD15_CLIP_PREFIX)]
+    if not any(key.startswith(f"{SD15_CLIP_PREFIX}encoder.") for key in keys):
         return {}
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -271,14 +269,14 @@ def _text_encoder_of_older_layout(path: Path, family: ModelFamily, dtype: torch.
     state = {}
     with safe_open(str(path), framework="pt") as handle:
         for key in keys:
-            name = key.removeprefix(OLDER_CLIP)
+            name = key.removeprefix(SD15_CLIP_PREFIX)
             name = name if name in wanted else f"text_model.{name}"
             if name in wanted:
                 state[name] = handle.get_tensor(key)
     missing = sorted(name.removeprefix("text_model.") for name in wanted - set(state)
                      if not name.endswith("position_ids"))
     if missing:
-        raise LowvramError(f"--model: {path} has an incomplete text encoder (no {OLDER_CLIP}{missing[0]}, "
+        raise LowvramError(f"--model: {path} has an incomplete text encoder (no {SD15_CLIP_PREFIX}{missing[0]}, "
                            f"{len(missing)} missing); pass a complete {family.title} checkpoint")
     encoder.load_state_dict(state, strict=False)
     return {"text_encoder": encoder.to(dtype).eval()}
