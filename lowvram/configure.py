@@ -67,6 +67,8 @@ from lowvram.option_values import (
     width_height,
 )
 from lowvram.other_trainers import (
+    ai_toolkit_problem,
+    is_ai_toolkit,
     is_simpletuner_backends,
     is_simpletuner_config,
     simpletuner_backends_problem,
@@ -107,6 +109,8 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
         raise LowvramError(simpletuner_backends_problem(Path(path), doc, "--config"))
     if is_simpletuner_config(doc):
         raise LowvramError(simpletuner_config_problem(Path(path), doc))
+    if is_ai_toolkit(doc):  # (it reads a .json config as its .yaml)
+        raise LowvramError(ai_toolkit_problem(Path(path), doc))
     if is_onetrainer_config(doc):
         values, notes = translate_onetrainer(doc, Path(path))
         return _translated(values, notes, Path(path), "a OneTrainer config", False, given)

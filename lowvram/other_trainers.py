@@ -18,17 +18,30 @@ from lowvram.optim import KOHYA_OPTIMIZERS
 
 # ai-toolkit's sd_trainer settings (section, key) and the lowvram flag of each (its value as `_value` reads it)
 AI_TOOLKIT_FLAGS = {
-    ("model", "name_or_path"): "--model", ("network", "type"): "--network", ("network", "linear"): "--rank",
-    ("network", "linear_alpha"): "--alpha", ("network", "conv"): "--conv-rank", ("network", "conv_alpha"): "--conv-alpha",
-    ("train", "steps"): "--max-steps", ("train", "lr"): "--lr", ("train", "batch_size"): "--batch-size",
+    ("model", "name_or_path"): "--model", ("network", "type"): "--network", ("network", "rank"): "--rank",
+    ("network", "linear"): "--rank", ("network", "conv"): "--conv-rank", ("network", "conv_alpha"): "--conv-alpha",
+    ("train", "steps"): "--max-steps", ("train", "lr"): "--lr", ("train", "unet_lr"): "--lr",
+    ("train", "text_encoder_lr"): "--text-encoder-lr", ("train", "batch_size"): "--batch-size",
     ("train", "optimizer"): "--optimizer", ("train", "gradient_accumulation_steps"): "--gradient-accumulation",
+    ("train", "gradient_accumulation"): "--gradient-accumulation", ("train", "lr_scheduler"): "--scheduler",
     ("train", "gradient_checkpointing"): "--gradient-checkpointing", ("train", "noise_offset"): "--noise-offset",
     ("train", "train_text_encoder"): "--train-text-encoder", ("train", "min_snr_gamma"): "--min-snr-gamma",
+    ("train", "max_grad_norm"): "--max-grad-norm", ("train", "dtype"): "--mixed-precision",
     ("train", "seed"): "--seed", ("save", "save_every"): "--save-every", ("save", "max_step_saves_to_keep"): "--keep-saves",
-    ("sample", "sample_every"): "--sample-every", ("sample", "sample_steps"): "--sample-steps",
+    ("save", "dtype"): "--save-precision", ("sample", "sample_every"): "--sample-every",
+    ("sample", "sample_steps"): "--sample-steps", ("sample", "sampler"): "--sample-sampler",
     ("dataset", "folder_path"): "--data", ("dataset", "caption_dropout_rate"): "--caption-dropout",
-    ("dataset", "shuffle_tokens"): "--shuffle-tags", ("", "trigger_word"): "--trigger-word",
+    ("dataset", "shuffle_tokens"): "--shuffle-tags", ("dataset", "token_dropout_rate"): "--tag-dropout",
+    ("dataset", "flip_x"): "--flip", ("dataset", "default_caption"): "--caption-template",
+    ("", "trigger_word"): "--trigger-word",
 }
+# what changes nothing lowvram does (it always caches latents), or is read with another setting
+AI_TOOLKIT_READ = {("dataset", "resolution"), ("dataset", "caption_ext"), ("model", "is_v_pred"), ("model", "is_xl"),
+                   ("sample", "prompts"), ("sample", "samples"), ("sample", "neg"), ("sample", "width"),
+                   ("sample", "height"), ("sample", "guidance_scale"), ("sample", "seed"), ("sample", "walk_seed"),
+                   ("network", "linear_alpha"), ("network", "alpha"), ("train", "ema_config"),
+                   ("train", "skip_first_sample"), ("train", "train_unet"), ("dataset", "cache_latents"),
+                   ("dataset", "cache_latents_to_disk"), ("train", "noise_scheduler")}
 ISNT_READ = "which lowvram does not read"
 SIMPLETUNER_BACKENDS = ("local", "aws", "csv", "huggingface")
 BACKEND_FILES = ("data_backend_config",)  # SimpleTuner's datasets: not carried over (a folder is --data)
@@ -55,18 +68,25 @@ def is_simpletuner_config(doc: Any) -> bool:
 
 
 def ai_toolkit_problem(path: Path, doc: Any) -> str:
-    """The one line an ai-toolkit config is answered with: the lowvram command its settings make."""
+    """The one line an ai-toolkit config is answered with: the lowvram command its settings make, with ai-toolkit's
+    defaults where they are not lowvram's (an alpha of 1, every linear layer of the U-Net adapted, images never
+    upscaled, a sample before the first step)."""
     process = doc["config"]["process"][0] if doc["config"]["process"] else {}
     process = process if isinstance(process, dict) else {}
     sections: dict[str, Any] = {"": process} | {name: process.get(name) or {} for name in
                                                 ("model", "network", "train", "save", "sample")}
+    sections = {name: section if isinstance(section, dict) else {} for name, section in sections.items()}
     datasets = process.get("datasets") or [{}]
     sections["dataset"] = datasets[0] if isinstance(datasets[0], dict) else {}
     words, left = ["lowvram", "train"], []
     fields = _fields_by_flag()
+    network, train, sample = sections["network"], sections["train"], sections["sample"]
+    given_flags: set[str] = set()
     for (section, key), flag in AI_TOOLKIT_FLAGS.items():
-        value = sections[section].get(key) if isinstance(sections[section], dict) else None
-        if value is None:
+        value = sections[section].get(key)
+        if value is None or flag in given_flags:  # (rank over linear, as ai-toolkit reads them; unet_lr over lr)
+            continue
+        if (section, key) == ("train", "lr") and train.get("unet_lr") is not None:
             continue
         given = _value(value, fields[flag])  # (as SimpleTuner's: "locon" is no --network here, steps 0 none)
         if given is None:
@@ -75,31 +95,69 @@ def ai_toolkit_problem(path: Path, doc: Any) -> str:
             words += [flag, given] if given else []
         else:
             words.append(flag)
+        given_flags.add(flag)
+    alpha = network.get("linear_alpha", network.get("alpha", 1.0))  # (ai-toolkit's default: 1, not the rank)
+    if _value(alpha, fields["--alpha"]):
+        words += ["--alpha", _value(alpha, fields["--alpha"])]
+    # ai-toolkit adapts every linear layer of the U-Net (its ResNets' too), and with conv (or locon) its 3x3
+    # convolutions: lowvram's nearest are attn-mlp and full
+    words += ["--lora-layers", "full" if network.get("conv") or network.get("type") == "locon" else "attn-mlp"]
+    if network.get("type") == "locon":
+        left = [item for item in left if item != "type locon"]
+    ema = train.get("ema_config") or {}
+    if isinstance(ema, dict) and ema.get("use_ema"):
+        words += ["--ema"] + (["--ema-decay", str(ema["ema_decay"])] if ema.get("ema_decay") is not None else [])
     resolution = sections["dataset"].get("resolution")
     sides = sorted(int(side) for side in (resolution if isinstance(resolution, list) else [resolution] if resolution
                                           else []) if str(side).isdigit())
     if sides:
         words += ["--resolution", str(sides[-1])] + (["--extra-resolutions", ",".join(map(str, sides[:-1]))]
                                                      if len(sides) > 1 else [])
+    words.append("--bucket-no-upscale")  # (ai-toolkit never upscales an image to its bucket)
     name = doc["config"].get("name")  # ai-toolkit writes to training_folder/name
     if process.get("training_folder") or name:
         words += ["--output", str(Path(str(process.get("training_folder") or ".")) / str(name or ""))]
-    prompts = sections["sample"].get("prompts") if isinstance(sections["sample"], dict) else None
-    for prompt in (prompts if isinstance(prompts, list) else [])[:4]:
-        words += ["--sample-prompt", str(prompt)]
+    prompts = _ai_toolkit_prompts(sample)
+    for prompt in prompts:
+        words += ["--sample-prompt", prompt]
+    if prompts and not train.get("skip_first_sample"):  # (ai-toolkit's baseline sample, before training)
+        words.append("--sample-at-first")
     if sections["dataset"].get("caption_ext"):
         words += ["--caption-extension", "." + str(sections["dataset"]["caption_ext"]).lstrip(".")]
-    if sections["model"].get("is_v_pred") if isinstance(sections["model"], dict) else False:
+    if sections["model"].get("is_v_pred"):
         words += ["--prediction-type", "v_prediction"]
-    read = {*AI_TOOLKIT_FLAGS, ("dataset", "resolution"), ("dataset", "caption_ext"), ("model", "is_v_pred"),
-            ("model", "is_xl"), ("sample", "prompts")}
-    left += [key for section in ("network", "train", "model", "sample", "dataset") if isinstance(sections[section], dict)
-             for key, value in sections[section].items() if (section, key) not in read and value not in (None, False)]
+    if train.get("train_unet") is False:
+        left.append("train_unet false (lowvram always trains the U-Net's adapters)")
+    left += [key for section in ("network", "train", "model", "sample", "save", "dataset")
+             for key, value in sections[section].items()
+             if (section, key) not in {*AI_TOOLKIT_FLAGS, *AI_TOOLKIT_READ} and value not in (None, False)]
     if len(datasets) > 1:
         left.append(f"{len(datasets) - 1} more dataset(s) (a kohya dataset .toml as --data holds several)")
     return (f"--config: {path} is an ai-toolkit config, {ISNT_READ}; its settings as lowvram's: "
-            f"{shlex.join(words)}" + (f" (not carried over: {', '.join(left[:8])}{', ...' if len(left) > 8 else ''})"
-                                      if left else ""))
+            f"{shlex.join(words)}" + (f" (not carried over: {', '.join(left)})" if left else ""))
+
+
+def _ai_toolkit_prompts(sample: dict) -> list[str]:
+    """The sample prompts of ai-toolkit's sample section (`prompts`, or `samples`' entries of its newer UI), each
+    with the section's negative prompt, size, guidance and seed (walk_seed: one more per prompt) as lowvram's
+    inline options."""
+    entries = [{"prompt": entry} if isinstance(entry, str) else entry
+               for entry in [*(sample.get("prompts") or []), *(sample.get("samples") or [])]
+               if isinstance(entry, str) or isinstance(entry, dict) and entry.get("prompt")]
+    prompts = []
+    for i, entry in enumerate(entries):
+        line = str(entry["prompt"])
+        seed = entry.get("seed", sample.get("seed"))
+        seed = int(seed) if isinstance(seed, int) or str(seed).isdigit() else None
+        for option, value in (("n", entry.get("neg", sample.get("neg"))),
+                              ("w", entry.get("width", sample.get("width"))),
+                              ("h", entry.get("height", sample.get("height"))),
+                              ("l", entry.get("guidance_scale", sample.get("guidance_scale"))),
+                              ("d", None if seed is None else seed + (i if sample.get("walk_seed") else 0))):
+            if value not in (None, False, ""):
+                line += f" --{option} {value}"
+        prompts.append(line)
+    return prompts
 
 
 def simpletuner_config_problem(path: Path, doc: dict) -> str:

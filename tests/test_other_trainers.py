@@ -44,10 +44,11 @@ def suggested_flags(line: str) -> dict:
     return vars(args)
 
 
-@pytest.mark.parametrize("suffix", [".yaml", ".yml"])
+@pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
 def test_an_ai_toolkit_config_is_answered_with_its_lowvram_command(tmp_path, capsys, suffix):
     path = tmp_path / f"train_lora{suffix}"
-    path.write_text(yaml.safe_dump(AI_TOOLKIT))
+    dump = json.dumps if suffix == ".json" else yaml.safe_dump  # (ai-toolkit reads either)
+    path.write_text(dump(AI_TOOLKIT))
     line = refusal(capsys, ["train", "--config", str(path)])
     assert f"--config: {path} is an ai-toolkit config, which lowvram does not read" in line
     args = suggested_flags(line)
@@ -57,14 +58,58 @@ def test_an_ai_toolkit_config_is_answered_with_its_lowvram_command(tmp_path, cap
         "/data/my images", "1024", "512,768")
     assert (args["gradient_checkpointing"], args["trigger_word"], args["output"]) == (True, "ohwx", "output/my_lora")
     assert list(args["sample_prompts"]) == ["[trigger] holding a sign"]  # (its placeholder: lowvram's too)
+    # ai-toolkit's defaults where they are not lowvram's: every linear layer of the U-Net adapted (attn-mlp the
+    # nearest), images never upscaled, a baseline sample before the first step
+    assert (args["lora_layers"], args["bucket_no_upscale"], args["sample_at_first"]) == ("attn-mlp", True, True)
     locon = AI_TOOLKIT | {"config": {"name": "x", "process": [AI_TOOLKIT["config"]["process"][0] | {
         "network": {"type": "locon", "linear": 16}}]}}
-    path.write_text(yaml.safe_dump(locon))  # (no LoCon network here: --conv-rank; not "--network locon")
+    path.write_text(dump(locon))  # (no LoCon network here: its layers; not "--network locon")
     line = refusal(capsys, ["train", "--config", str(path)])
-    assert "--network" not in line and "not carried over: type locon" in line, line
-    path.write_text("a: [1, 2")  # other YAML: the formats lowvram reads
+    args = suggested_flags(line)
+    assert "--network" not in line and "locon" not in line and args["lora_layers"] == "full", line
+    assert args["alpha"] == "1"  # (ai-toolkit's alpha where none is given: 1, not lowvram's the rank)
+    path.write_text("a: [1, 2" if suffix != ".json" else "{}")  # another's: the formats lowvram reads
     assert "is no config lowvram reads: lowvram's and kohya's are TOML" in refusal(capsys, ["train", "--config",
                                                                                              str(path)])
+
+
+def test_an_ai_toolkit_ui_config_makes_a_command_that_trains_as_it_did(tmp_path, capsys, monkeypatch):
+    """Its newer UI's config: samples as entries, the section's size, negative prompt, guidance and walking seed,
+    a conv rank, EMA, bf16 and ai-toolkit's own names of lowvram's settings. The command it made was refused
+    (--conv-rank without its layers, no prompt for --sample-every), with settings dropped unsaid past the 4th
+    prompt and the 8th setting left out."""
+    from lowvram.cli import train_values
+    from lowvram.configure import build_config
+
+    process = {"type": "sd_trainer", "training_folder": "output", "trigger_word": "ohwx",
+               "network": {"type": "lora", "linear": 8, "conv": 4},
+               "save": {"dtype": "bf16", "save_every": 10, "max_step_saves_to_keep": 2, "push_to_hub": True},
+               "sample": {"sample_every": 10, "width": 128, "height": 96, "neg": "blurry", "seed": 42,
+                          "walk_seed": True, "guidance_scale": 4, "sample_steps": 8,
+                          "samples": [{"prompt": f"[trigger] pose {i}"} for i in range(6)]},
+               "datasets": [{"folder_path": "sample", "caption_ext": "txt", "resolution": [64],
+                             "flip_x": True, "default_caption": "a picture", "cache_latents_to_disk": True}],
+               "train": {"steps": 2, "unet_lr": 2e-4, "lr": 1e-4, "text_encoder_lr": 5e-5, "train_text_encoder": True,
+                         "lr_scheduler": "cosine", "dtype": "bf16", "gradient_accumulation": 2, "train_unet": True,
+                         "ema_config": {"use_ema": True, "ema_decay": 0.99}, "skip_first_sample": True,
+                         "optimizer": "adamw8bit", "timestep_type": "sigmoid"},
+               "model": {"name_or_path": "tiny", "is_xl": False, "quantize": True}}
+    path = tmp_path / "ui.yaml"
+    path.write_text(yaml.safe_dump({"job": "extension", "config": {"name": "ui", "process": [process]}}))
+    line = refusal(capsys, ["train", "--config", str(path)])
+    args = suggested_flags(line)
+    assert [str(p) for p in args["sample_prompts"]] == [
+        f"[trigger] pose {i} --n blurry --w 128 --h 96 --l 4 --d {42 + i}" for i in range(6)]
+    assert (args["lora_layers"], args["rank"], args["conv_rank"], args["alpha"]) == ("full", "8", "4", "1")
+    assert (float(args["lr"]), float(args["text_encoder_lr"]), args["scheduler"], args["ema"], args["ema_decay"]) == (
+        2e-4, 5e-5, "cosine", True, "0.99")
+    assert (args["flip"], args["caption_template"], args["save_precision"], args.get("sample_at_first")) == (
+        True, "a picture", "bf16", None)
+    assert line.endswith("(not carried over: timestep_type, quantize, push_to_hub)"), line
+    monkeypatch.chdir(tmp_path)  # the command as printed trains (bf16 aside: this CPU's precision)
+    command = shlex.split(line.split("its settings as lowvram's: ", 1)[1].split(" (not carried over")[0])[2:]
+    argv = ["train", *command, "--mixed-precision", "fp32"]
+    assert build_config(train_values(build_parser().parse_args(argv))).network.lora_layers == "full"
 
 
 def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, capsys):
