@@ -126,6 +126,12 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
     report = captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions(caption_template="{filename} photo")))
     assert {name: record.caption for name, record in report.items()} == {"a.png": "a photo",
                                                                        "red_circle.png": "red circle photo"}
+    # a template without {trigger} lacks the trigger word, prepended as to every caption (the README's claim); an
+    # ai-toolkit default_caption's [trigger] takes it
+    for template, caption in (("{filename} photo", "ohwx, red circle photo"), ("photo of [trigger]", "photo of ohwx"),
+                              ("{trigger} {filename}", "ohwx red circle")):
+        options = ScanOptions(caption_template=template, trigger_word="ohwx")
+        assert captions_by_name(scan_dataset(tmp_path / "data", TINY, options))["red_circle.png"].caption == caption
     config = run_config(trigger_word="ohwx", sample_prompts=("[trigger], portrait --w 64",))
     assert config.prompt_lines == ("ohwx, portrait --w 64",) and config.samples[0].text == "ohwx, portrait"
     assert run_config(sample_prompts=("[trigger] portrait",)).prompt_lines == (" portrait",)  # (as its captions')

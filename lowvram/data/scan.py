@@ -605,15 +605,16 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
                                                  filename=image.stem.replace("_", " ")).strip()]  # (as SimpleTuner)
     else:
         lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
-        if any(TRIGGER_PLACEHOLDER in line for line in lines):
-            if not options.trigger_word:
-                notes.append(f"{TRIGGER_PLACEHOLDER} (ai-toolkit's trigger word placeholder) left out: no "
-                             "--trigger-word says what goes there")
-            lines = [line.replace(TRIGGER_PLACEHOLDER, options.trigger_word or "") for line in lines]
-        if options.trigger_word:
-            joint = ", " if options.caption_separator == "," else f"{options.caption_separator} "  # a tag of its own
-            lines = [line if has_word(line, options.trigger_word) else f"{options.trigger_word}{joint}{line}"
-                     for line in lines]
+    if any(TRIGGER_PLACEHOLDER in line for line in lines):  # (a template's too: ai-toolkit's default_caption)
+        if not options.trigger_word:
+            notes.append(f"{TRIGGER_PLACEHOLDER} (ai-toolkit's trigger word placeholder) left out: no "
+                         "--trigger-word says what goes there")
+        lines = [line.replace(TRIGGER_PLACEHOLDER, options.trigger_word or "") for line in lines]
+    if options.trigger_word and (text is not None or "{trigger}" not in options.caption_template and lines[0]):
+        # (a template's caption lacks it where written without {trigger}; an empty one's trains without a caption)
+        joint = ", " if options.caption_separator == "," else f"{options.caption_separator} "  # a tag of its own
+        lines = [line if has_word(line, options.trigger_word) else f"{options.trigger_word}{joint}{line}"
+                 for line in lines]
     own = lines[0]  # (before every prefix and suffix: what ss_tag_frequency counts, as kohya counts its files')
     for prefix, suffix in ((folder.caption_prefix, folder.caption_suffix), (options.caption_prefix,
                                                                              options.caption_suffix)):
