@@ -14,7 +14,8 @@ from lowvram.errors import LowvramError
 from lowvram.files import SYSTEM_FOLDERS
 
 UTF8_NAME = 0x800  # the zip entry's flag that its name is UTF-8; without it, zipfile reads the name as cp437
-JAPANESE = re.compile("[\u3000-\u30ff\u4e00-\u9fff]+")  # kana, CJK punctuation and kanji: what cp932 names hold
+# kana, CJK punctuation, kanji, full- and half-width forms (１０_ｷｬﾗ): what cp932 names hold
+JAPANESE = re.compile("[\u3000-\u30ff\u4e00-\u9fff\uff00-\uffef]+")
 
 
 def names_encoding(archive: zipfile.ZipFile) -> str | None:
@@ -23,8 +24,7 @@ def names_encoding(archive: zipfile.ZipFile) -> str | None:
     (キャラ学習 read as âLâââëèwÅK: a folder's label, and so the captions of its images), or UTF-8 unflagged. Each
     unflagged name must read so (a Western Windows' naïve in cp850 reads as na久e in cp932, alone), and for cp932
     be Japanese letters with a word of two at least somewhere."""
-    raw = [member.filename.encode("cp437") for member in archive.infolist()
-           if not member.flag_bits & UTF8_NAME and not member.filename.isascii()]
+    raw = [name for name in map(_unread_bytes, archive.infolist()) if name]
     if not raw:
         return None
     for encoding in ("utf-8", "cp932"):
@@ -43,10 +43,22 @@ def member_name(member: zipfile.ZipInfo, encoding: str | None) -> str:
     """An entry's name as the machine that zipped it wrote it (`encoding`: `names_encoding`'s), with / between
     folders: Windows PowerShell 5's Compress-Archive wrote \\ there, which zipfile keeps in a name (one flat file
     `a\\5_cat\\x.png`)."""
-    name = member.filename
-    if encoding and not member.flag_bits & UTF8_NAME and not name.isascii():
-        name = name.encode("cp437").decode(encoding)
-    return name.replace("\\", "/")
+    raw = _unread_bytes(member) if encoding else None
+    return (raw.decode(encoding, errors="replace") if raw else member.filename).replace("\\", "/")
+
+
+def _unread_bytes(member: zipfile.ZipInfo) -> bytes | None:
+    """The bytes of a name zipfile read as cp437 (unflagged, not ASCII), as written; None for any other: a flagged
+    one, or one zipfile took from Info-ZIP's Unicode path field (Python 3.12+: its name is no longer the cp437 one,
+    which keeps the bytes \\ in a cp932 letter that zipfile turns into / on Windows)."""
+    original = member.orig_filename
+    if member.flag_bits & UTF8_NAME or original.isascii() or member.filename not in (original, original.replace(
+            "\\", "/")):
+        return None
+    try:
+        return original.encode("cp437")
+    except UnicodeEncodeError:
+        return None
 
 
 def name_encoding(path: Path) -> str | None:

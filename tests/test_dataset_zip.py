@@ -75,6 +75,18 @@ def test_a_zip_of_a_japanese_windows_keeps_its_names(tmp_path, capsys):
     assert main(["check-data", str(archive), "--model", "tiny"]) == 2
     unpack = ("python3 -m zipfile --metadata-encoding cp932 -e" if sys.version_info >= (3, 11) else "unzip -O cp932")
     said = " ".join(capsys.readouterr().err.split())
+    from lowvram.dataset_zip import member_name, names_encoding
+
+    # a name zipfile took from Info-ZIP's Unicode path field (Python 3.12+) is kept, whatever the legacy name's
+    # bytes are (Info-ZIP writes ? for a letter its code page lacks); its cp437 bytes were asked for, and raised
+    taken = zipfile.ZipInfo("\u5b66\u7fd2.png")
+    taken.orig_filename = "\u5b66?".encode("cp932").decode("cp437") + ".png"
+    assert member_name(taken, "cp932") == "\u5b66\u7fd2.png"
+    archive = zipped(tmp_path / "h.zip", {"AAAAAAAA.png": "red"})  # (its stand-in: as many bytes as the name)
+    raw = "\uff11\uff10_\uff77\uff6c\uff97".encode("cp932")
+    archive.write_bytes(archive.read_bytes().replace(b"A" * len(raw), raw))
+    with zipfile.ZipFile(archive) as opened:
+        assert names_encoding(opened) == "cp932"
     western = zipped(tmp_path / "w.zip", {"AAAAA.png": "red"})  # (cp850's naive: read as cp932, na\u4e45e)
     western.write_bytes(western.read_bytes().replace(b"AAAAA", b"na\x8bve"))
     assert zip_folder(western) is None and unpack_dataset_zip(western)[0] == tmp_path / "w"
