@@ -334,8 +334,9 @@ def build_optimizer(name: str, groups: list[dict], weight_decay: float, warmup_s
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
-        # fixed learning rates (ours, with our schedule) unless relative_step=True asks for Adafactor's own
-        own = {"scale_parameter": False, "relative_step": False, "warmup_init": False}
+        # fixed learning rates (ours, with our schedule) unless relative_step=True asks for Adafactor's own, which
+        # scale with each weight's size unless told otherwise (as transformers' and kohya's: a flat 1e-2 without)
+        own = {"scale_parameter": bool(settings.get("relative_step")), "relative_step": False, "warmup_init": False}
         return Adafactor(groups, weight_decay=weight_decay, **(own | settings))
     if name == "prodigy":
         from prodigyopt import Prodigy

@@ -109,6 +109,9 @@ def test_kohyas_adafactor_with_its_own_step_sizes_trains_as_transformers_builds_
                          "drop --scheduler cosine, --text-encoder-lr, or give --optimizer-arg relative_step=False")):
         with pytest.raises(LowvramError, match=re.escape(says)):
             run_config(optimizer="adafactor", optimizer_args=["relative_step=True"], **flags)
+    relative = build_optimizer("adafactor", [{"params": [torch.nn.Parameter(torch.ones(4))], "lr": 1e-3}], 0.0,
+                               settings={"relative_step": True})  # (its steps scaled by each weight's size, as kohya's)
+    assert relative.defaults["scale_parameter"] is True
     with pytest.raises(LowvramError, match="^--optimizer-arg warmup_init=True: Adafactor warms up only its own"):
         run_config(optimizer="adafactor", optimizer_args=["warmup_init=True"])
     section = {"optimizer": "ADAFACTOR", "relative_step": True, "scale_parameter": True, "warmup_init": False}

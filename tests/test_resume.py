@@ -399,6 +399,22 @@ def test_a_new_lr_on_resume_is_the_one_trained_with_from_the_restored_step(tmp_p
     assert rates[4] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))  # the new rate, the new length
 
 
+def test_new_optimizer_settings_on_resume_are_the_ones_trained_with(tmp_path, capsys):
+    """The restored optimizer state held the earlier run's settings: Adafactor's own step sizes went on after
+    relative_step was dropped for --lr, and new betas or weight decay were said to train, and did not."""
+    import json
+
+    train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=2, optimizer="adafactor",
+                     optimizer_args=("relative_step=True",)))
+    train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, resume="auto", name="on",
+                     optimizer="adafactor", lr=1e-3, weight_decay=0.05, optimizer_args=("clip_threshold=0.5",)))
+    group = json.loads((tmp_path / "checkpoints" / "step-000004" / "state.json").read_text())["optimizer"][
+        "param_groups"][0]
+    assert (group["relative_step"], group["weight_decay"], group["clip_threshold"]) == (False, 0.05, 0.5)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [("lr_effective" in row, row["lr"]) for row in rows[-2:]] == [(False, 1e-3), (False, 1e-3)]
+
+
 def test_a_new_prior_loss_weight_on_resume_is_said_as_a_new_lr_is(tmp_path, capsys):
     from PIL import Image
 
@@ -578,15 +594,15 @@ def test_a_checkpoint_of_caption_variants_drawn_otherwise_resumes_with_a_note(tm
         train(run_config(output=str(out), max_steps=2, checkpoint_every=2, shuffle_tags=shuffled))
         state = out / "checkpoints" / "step-000002" / "state.json"
         saved = json.loads(state.read_text())
-        assert saved["settings"]["caption variants"] == 2
+        assert saved["settings"]["caption variants"] == 3
         del saved["settings"]["caption variants"]  # as an earlier lowvram kept it
         state.write_text(json.dumps(saved))
         capsys.readouterr()
         train(run_config(output=str(out), max_steps=3, checkpoint_every=2, shuffle_tags=shuffled, resume="auto"))
         said = " ".join(capsys.readouterr().out.split())
-        assert ("this checkpoint keeps no record of how its run drew its caption variants (--shuffle-tags, "
-                "--tag-dropout): where an earlier lowvram drew them otherwise (before 2026-12-04), the steps from 3 "
-                "train on today's" in said) is shuffled, said
+        assert ("this checkpoint's run drew its caption variants (--shuffle-tags, --tag-dropout) as an earlier "
+                "lowvram did (before 2026-12-05), or keeps no record of how: where they were drawn otherwise, the "
+                "steps from 3 train on today's" in said) is shuffled, said
 
 
 def test_a_run_stopped_before_its_first_step_ends_its_metrics_saying_so(tmp_path, sample_data):

@@ -84,7 +84,7 @@ def apply_variant(image: Image.Image, placement: Placement, variant: Variant) ->
 
 # how `caption_variants` draws a caption's variants; raised where it draws otherwise, so that a checkpoint of the
 # earlier drawing resumes with a note (its run's remaining steps train on other variants)
-VARIANTS_DRAWN = 2
+VARIANTS_DRAWN = 3  # (3: as many distinct orders as a caption has, 2026-12-05)
 
 
 @dataclass(frozen=True)

@@ -216,9 +216,11 @@ def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> tu
     return path, []
 
 
-def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, accelerator, ema=None
-         ) -> Position:
-    """Restore everything `save` wrote; returns where training continues."""
+def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, accelerator, ema=None,
+         settings: Collection[str] = ()) -> Position:
+    """Restore everything `save` wrote; returns where training continues. `settings`: the optimizer's own
+    settings (betas, weight decay, Adafactor's relative_step), kept as this run gives them: the restored state holds
+    the earlier run's, and a changed one is said to train the steps from here."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -245,7 +247,10 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
         device = next(p for p in module.parameters() if p.requires_grad).device
         set_peft_model_state_dict(module, {k: v.to(device) for k, v in part.items()})
     rates = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]  # this run's --lr
+    own = [{key: group[key] for key in settings if key in group} for group in optimizer.param_groups]
     optimizer.load_state_dict(_join(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
+    for group, given in zip(optimizer.param_groups, own):
+        group.update(given)
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     _with_rates(optimizer, lr_scheduler, rates)
     if ema is not None:

@@ -16,6 +16,7 @@ from lowvram.errors import Refused, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
 from lowvram.lora_header import read_header
 from lowvram.memory import free_cached_memory
+from lowvram.optim import optimizer_kwargs, spec_of
 from lowvram.precision import DTYPES
 from lowvram.run_files import LORA_SUFFIX, SAMPLES, best_save, epoch_save, final_lora, interval_count, step_save
 from lowvram.train import checkpoint, outdir
@@ -113,8 +114,11 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     found, unreadable = checkpoint.resolve(session.config.training.resume, session.out_dir, recipe(session.run))
     for line in unreadable:
         session.console.print(f"[yellow]warning: {line}: resuming from an earlier one[/]", soft_wrap=True)
+    optim = session.config.optim
+    settings = {*dict(spec_of(optim.optimizer).args), *optimizer_kwargs(optim.optimizer, optim.optimizer_args),
+                "weight_decay"}  # (not what an optimizer keeps in its groups as it goes: Prodigy's d)
     position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator,
-                               trainee.ema)
+                               trainee.ema, settings)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
     then, now = dict(position.settings or {}), resumable_settings(session, dataset)
     if position.settings is None and position.step:  # (a preset's defaults changed since applied mid-run, unsaid)
@@ -124,10 +128,11 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
                               soft_wrap=True)
     drawn, now_drawn = then.pop(VARIANTS, None), now.pop(VARIANTS)
     if drawn != now_drawn and (session.config.data.shuffle_tags or session.config.data.tag_dropout):
-        session.console.print(f"[yellow]note:[/] this checkpoint keeps no record of how its run drew its caption "
-                              "variants (--shuffle-tags, --tag-dropout): where an earlier lowvram drew them otherwise "
-                              f"(before 2026-12-04), the steps from {position.step + 1} train on today's, and the LoRA "
-                              "will not be the one an uninterrupted run of either gives", soft_wrap=True)
+        session.console.print(f"[yellow]note:[/] this checkpoint's run drew its caption variants (--shuffle-tags, "
+                              "--tag-dropout) as an earlier lowvram did (before 2026-12-05), or keeps no record of "
+                              f"how: where they were drawn otherwise, the steps from {position.step + 1} train on "
+                              "today's, and the LoRA will not be the one an uninterrupted run of either gives",
+                              soft_wrap=True)
     changed = checkpoint.data_changes(position.data, dataset.fingerprint)
     if changed:  # (images added or removed change the samples an epoch draws: said as that)
         then.pop(EPOCH_SAMPLES, None)
