@@ -36,6 +36,7 @@ from lowvram.kohya_names import (
 from lowvram.optim import (
     KOHYA_CLASSES,
     KOHYA_OPTIMIZERS,
+    RATE_OPTIONS,
     TORCH_OPTIMIZERS,
     library_defaults,
     optimizer_kwargs,
@@ -564,11 +565,12 @@ def _without_rates(values: dict[str, Any], flat: dict[str, Any], notes: list[str
     rates, their schedule and warm-up go unused (kohya logs learning_rate as its first rate, no more)."""
     unused = [key for key in ("learning_rate", "unet_lr", "text_encoder_lr", "lr_scheduler", "lr_scheduler_type",
                               "lr_warmup_steps") if not _off(flat.get(key)) and flat.get(key) != "adafactor"]
+    unused += ["network_args' loraplus ratios"] if values.get("loraplus_ratio") or values.get(
+        "loraplus_text_encoder_ratio") else []
     if unused:
         notes.append(f"{', '.join(unused)} not used: Adafactor with relative_step=True sets its own step sizes, as "
                      "in kohya")
-    for key in ("lr", "text_encoder_lr", "text_encoder_2_lr", "warmup_steps", "min_lr_ratio", "scheduler_cycles",
-                "decay_steps", "scheduler_power"):
+    for key in RATE_OPTIONS:
         values.pop(key, None)
     values["scheduler"] = "constant"
 

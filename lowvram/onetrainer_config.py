@@ -26,7 +26,7 @@ from lowvram.files import expand_home, local_path, not_found_hint
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import optimizer_values
-from lowvram.optim import sets_own_step_sizes
+from lowvram.optim import RATE_OPTIONS, sets_own_step_sizes
 from lowvram.prompts import onetrainer_sample
 from lowvram.run_files import LORA_SUFFIX, runs_name
 from lowvram.timesteps import SHAPED, TIMESTEP_DISTRIBUTIONS
@@ -489,7 +489,7 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
         # OneTrainer pops every group's rate then, as transformers' Adafactor reads none; ADAFACTOR only logs them
         notes.append("learning rates and learning_rate_scheduler not used: ADAFACTOR with relative_step sets its own "
                      "step sizes, as in OneTrainer")
-        for key in ("lr", "text_encoder_lr", "text_encoder_2_lr", "warmup_steps", "min_lr_ratio", "scheduler_cycles"):
+        for key in RATE_OPTIONS:
             values.pop(key, None)
         values["scheduler"] = "constant"
     elif scheduler == "ADAFACTOR":

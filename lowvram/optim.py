@@ -209,6 +209,11 @@ def optimizer_kwargs(name: str, items: tuple[str, ...] | list[str]) -> dict:
     return kwargs
 
 
+# the options a learning rate's size or its schedule takes: unused where the optimizer sets its own step sizes
+RATE_OPTIONS = ("lr", "text_encoder_lr", "text_encoder_2_lr", "loraplus_ratio", "loraplus_text_encoder_ratio",
+                "warmup_steps", "min_lr_ratio", "scheduler_cycles", "decay_steps", "scheduler_power")
+
+
 def sets_own_step_sizes(name: str, items: tuple[str, ...] | list[str]) -> bool:
     """Adafactor with relative_step=True (kohya's default for it): a step size from its step count and the
     weights' scale, so the groups' rates, and any schedule or warm-up of them, go unused."""

@@ -257,6 +257,11 @@ def test_kohyas_adafactor_and_lycoris_cp_train_as_kohya_would_or_are_refused():
     values, notes = translate(adafactor | {"optimizer_args": []}, Path("k.toml"))
     assert values["optimizer_args"] == ["relative_step=True", "scale_parameter=True"] and "lr" not in values
     assert not any("not used" in note for note in notes)  # (no rate given: nothing unused)
+    values, notes = translate(adafactor | {"network_args": ["loraplus_lr_ratio=16"], "learning_rate": 1e-4},
+                              Path("k.toml"))  # (refused as --loraplus-ratio, never typed: kohya reads no rate)
+    assert "loraplus_ratio" not in values and build_config({"model": "tiny", **values})
+    assert ("learning_rate, network_args' loraplus ratios not used: Adafactor with relative_step=True sets its own "
+            "step sizes, as in kohya") in notes
     values, _ = translate(adafactor | {"optimizer_args": ["relative_step=False", "warmup_init=True"]}, Path("k.toml"))
     assert values["optimizer_args"] == ["relative_step=True", "scale_parameter=True", "warmup_init=True"]
     fixed = ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
