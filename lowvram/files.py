@@ -224,6 +224,13 @@ def new_folder_problem(flag: str, folder: Path) -> str | None:
     return None
 
 
+def cache_variable() -> tuple[str, str] | None:
+    """(the environment variable naming the caches' folder, its value): $LOWVRAM_CACHE_DIR, else $XDG_CACHE_HOME
+    (whose lowvram folder holds them); None where neither is set."""
+    return next(((name, os.environ[name]) for name in ("LOWVRAM_CACHE_DIR", "XDG_CACHE_HOME") if os.environ.get(name)),
+                None)
+
+
 def windows_output_problem(flag: str, given: str | os.PathLike) -> str | None:
     """A place to write given as a Windows path (C:\\Users\\me\\out, .\\out) where backslashes are no separators:
     it would be written as one file or folder of that whole name, in the current folder."""

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from lowvram.config import RunConfig
@@ -16,6 +15,7 @@ from lowvram.files import (
     NAME_UNITS,
     TEMPORARY_NAME_EXTRA,
     WINDOWS_DEVICES,
+    cache_variable,
     escaped,
     file_in_the_way,
     name_length,
@@ -84,8 +84,7 @@ def _output_among_images(c: RunConfig) -> list[str]:
 def cache_problems(c: RunConfig) -> list[str]:
     """The cache's folder, --cache-dir's or the environment's (which check-data writes its image facts in too): one
     Windows could not open would be made as a folder of that whole name here."""
-    env = next((name for name in ("LOWVRAM_CACHE_DIR", "XDG_CACHE_HOME") if os.environ.get(name)), None)
-    flag, folder = ("--cache-dir", c.data.cache_dir) if c.data.cache_dir else (env, env and os.environ[env])
+    flag, folder = ("--cache-dir", c.data.cache_dir) if c.data.cache_dir else (cache_variable() or (None, None))
     if folder and (windows := windows_output_problem(flag, folder) or new_folder_problem(flag, Path(folder))):
         return [windows]
     blocking = c.data.cache_dir and file_in_the_way(Path(c.data.cache_dir))

@@ -6,7 +6,6 @@ planned is what trains. Plain data: no torch, no weights (the family comes from 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Collection
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from lowvram.config import SAMPLE_DATA, RunConfig
 from lowvram.configure import kohya_recipe, onetrainer_recipe
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
-from lowvram.files import expand_home
+from lowvram.files import cache_variable, expand_home, windows_output_problem
 from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.locks import hold_shared
 from lowvram.models.detect import detect_family
@@ -63,11 +62,13 @@ def cache_in_use(cache_dir: Path, console=None):
 
 
 def default_cache_dir() -> Path:
-    """$LOWVRAM_CACHE_DIR, else $XDG_CACHE_HOME/lowvram, else ~/.cache/lowvram."""
-    if os.environ.get("LOWVRAM_CACHE_DIR"):
-        return Path(os.environ["LOWVRAM_CACHE_DIR"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "lowvram"
+    """$LOWVRAM_CACHE_DIR, else $XDG_CACHE_HOME/lowvram, else ~/.cache/lowvram; a Windows path in either is refused
+    (it would be made as a folder of that whole name here)."""
+    if variable := cache_variable():
+        name, value = variable
+        if windows := windows_output_problem(name, value):
+            raise LowvramError(windows)
+        return Path(value) if name == "LOWVRAM_CACHE_DIR" else Path(value) / "lowvram"
     try:
         return Path.home() / ".cache" / "lowvram"
     except RuntimeError:  # (no HOME and a user of no passwd entry: `docker run --user 1234`, cron's `env -i`)

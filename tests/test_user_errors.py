@@ -175,8 +175,9 @@ def test_a_windows_cache_folder_in_the_environment_is_refused_as_the_flags_is(tm
     for train and check-data alike."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LOWVRAM_CACHE_DIR", "D:\\lowvram\\cache")
-    for command in (["check-data", "sample"], ["train", "--data", "sample", "--max-steps", "1"]):
-        assert main([*command, "--model", "tiny"]) == 2
+    for command in (["check-data", "sample", "--model", "tiny"], ["cache"],
+                    ["train", "--data", "sample", "--max-steps", "1", "--model", "tiny"]):
+        assert main(command) == 2
         assert one_error(capsys).split(": error: ")[1].startswith("LOWVRAM_CACHE_DIR: D:\\lowvram\\cache would be "
                                                                   "written as one file or folder of that whole name")
     assert list(tmp_path.iterdir()) == []
