@@ -262,9 +262,11 @@ def _text_encoder_of_older_layout(path: Path, family: ModelFamily, dtype: torch.
     keys = [key for key in names if key.startswith(SD15_CLIP_PREFIX)]
     if not any(key.startswith(f"{SD15_CLIP_PREFIX}encoder.") for key in keys):
         return {}
+    from accelerate import init_empty_weights
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(family.config_dir / "text_encoder"))
+    with init_empty_weights():  # (its weights come from the file: none made to be replaced)
+        encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(family.config_dir / "text_encoder"))
     wanted = set(encoder.state_dict())  # (with text_model. where this transformers has it)
     state = {}
     with safe_open(str(path), framework="pt") as handle:
@@ -278,7 +280,7 @@ def _text_encoder_of_older_layout(path: Path, family: ModelFamily, dtype: torch.
     if missing:
         raise LowvramError(f"--model: {path} has an incomplete text encoder (no {SD15_CLIP_PREFIX}{missing[0]}, "
                            f"{len(missing)} missing); pass a complete {family.title} checkpoint")
-    encoder.load_state_dict(state, strict=False)
+    encoder.load_state_dict(state, strict=False, assign=True)
     return {"text_encoder": encoder.to(dtype).eval()}
 
 

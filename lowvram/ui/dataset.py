@@ -32,7 +32,7 @@ def check_dataset(values: dict[str, Any]):
 
     if not values.get("data"):
         raise LowvramError("--data: choose the dataset folder first")
-    config = build_config({"model": PLANNING_MODEL, **values})
+    config = build_config({"model": PLANNING_MODEL, **values}, writes=False)  # (as check-data: no run written)
     run = resolve_run(config, NO_GPU)
     data, trigger = dataset_to_check(run)
     unusable = None
