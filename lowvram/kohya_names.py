@@ -364,6 +364,19 @@ OTHER_TRAINER_FLAGS = {
     "--caption_dropout_probability": "--caption-dropout",
 }
 
+# ai-toolkit's settings (and Civitai's trainer's words) typed as flags
+AI_TOOLKIT_NAMES = {
+    "--caption_ext": "--caption-extension",
+    "--dtype": "--mixed-precision (the saved LoRA's precision is --save-precision)",
+    "--num_repeats": "(a folder named N_name trains its images N times, as kohya's; or num_repeats in a kohya "
+                     "dataset .toml as --data)",
+    "--linear": "--rank",
+    "--linear_alpha": "--alpha (ai-toolkit's default is 1)",
+    "--max_step_saves_to_keep": "--keep-saves",
+    "--flip_x": "--flip",
+    "--default_caption": "--caption-template",
+}
+
 # the few of those that a kohya config names otherwise, value for value (a kohya config that holds theirs is told
 # kohya's key)
 KOHYA_EQUIVALENTS = {"--lora_rank": "network_dim", "--lora_alpha": "network_alpha",
@@ -388,6 +401,8 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
     elif key in OTHER_TRAINER_FLAGS:  # (--use_8bit_adam: sd-scripts' too, its command pasted is kohya's)
         whose = "kohya's" if key.lstrip("-") in SD_SCRIPTS_SETTINGS else "the diffusers scripts' or SimpleTuner's"
         ours = OTHER_TRAINER_FLAGS[key]
+    elif key in AI_TOOLKIT_NAMES:
+        whose, ours = "ai-toolkit's", AI_TOOLKIT_NAMES[key]
     else:
         return None
     named = named_flags(ours)
@@ -412,7 +427,7 @@ def is_other_tools_flag(flag: str, command: str = "train") -> bool:
     where the command has no counterpart, and which is then no typo of the command's own flags either."""
     _, key = _typed_and_key(flag)
     tables = (KOHYA_SCRIPT_FLAGS[command][1],) if command in KOHYA_SCRIPT_FLAGS else (
-        KOHYA_FLAGS, OTHER_TRAINER_FLAGS, WITHOUT_COUNTERPART)
+        KOHYA_FLAGS, OTHER_TRAINER_FLAGS, AI_TOOLKIT_NAMES, WITHOUT_COUNTERPART)
     return any(key in table for table in tables)
 
 
