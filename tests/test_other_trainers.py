@@ -76,7 +76,8 @@ def test_an_ai_toolkit_config_is_answered_with_its_lowvram_command(tmp_path, cap
 def test_ai_toolkits_names_typed_as_flags_name_lowvrams(capsys):
     """--caption_ext was "did you mean --caption-prefix?", --dtype "--network?", --num_repeats nothing."""
     for flag, says in (("--caption_ext", "lowvram's is --caption-extension"),
-                       ("--dtype", "lowvram's is --mixed-precision"), ("--num_repeats", "lowvram has none (a folder named N_name trains its images N times")):
+                       ("--dtype", "lowvram's is --mixed-precision"),
+                       ("--num_repeats", "lowvram has none (a folder named N_name trains its images N times")):
         with pytest.raises(SystemExit):
             main(["train", "--model", "tiny", flag, "1"])
         assert f"unknown option {flag} ({flag} is ai-toolkit's name; {says}" in capsys.readouterr().err
