@@ -282,7 +282,9 @@ class DataConfig:
 class NetworkConfig:
     network: str = option("lora", "Adapter type (peft): lora; dora (LoRA plus a learned magnitude per output); "
                           "loha (Hadamard product of two low-rank pairs); lokr (Kronecker product, see "
-                          "--lokr-factor). Saved with kohya/LyCORIS key names for ComfyUI and AUTOMATIC1111.",
+                          "--lokr-factor). Saved with kohya/LyCORIS key names for ComfyUI and AUTOMATIC1111 (a "
+                          "DoRA comes out about a tenth off in ComfyUI, wrong in AUTOMATIC1111; Forge renders it "
+                          "as trained).",
                           choices=NETWORKS, spelling=network_name)
     rank: int = option(16, "Rank (dimension) of every adapted layer.", metavar="R")
     alpha: float | None = option(None, "Alpha; the update is scaled by alpha/rank (default: alpha = rank).")
