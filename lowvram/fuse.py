@@ -76,12 +76,31 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     metadata = _file_metadata(Path(model_name)) if single else {}
     parts = ", ".join(f"{path.name} x{weight:g}" for path, weight in sources)
     metadata["lowvram.fused_loras"] = parts
+    metadata |= _merged_modelspec(model, Path(model_name), metadata, sources, output)
     import torch
 
     for change in schedule:  # the keys ComfyUI and lowvram read (NoobAI-XL V-Pred's)
         tensors.setdefault(SCHEDULE_MARKERS[change], torch.tensor([]))
     save_safetensors(tensors, output, metadata, "the merged model")
     return Fused(output, layers, changed, schedule, marks_unread=(model.family.full_size or model.family.name) != "sdxl")
+
+
+def _merged_modelspec(model: LoadedModel, base: Path, metadata: dict[str, str], sources: list[tuple[Path, float]],
+                      output: Path) -> dict[str, str]:
+    """modelspec of the merged checkpoint as kohya's merge_lora writes it: titled by its own file (the base's title
+    named it: a model manager listed the merge as the base), merged from the base and the LoRAs by their titles."""
+    from safetensors import safe_open
+
+    from lowvram.lora_metadata import modelspec, title_of
+
+    titles = [title_of(base, metadata)]
+    for path, _ in sources:
+        with safe_open(str(path), framework="pt") as handle:
+            titles.append(title_of(path, handle.metadata() or {}))
+    family = model.family
+    prediction = "v" if model.pipeline.scheduler.config.get("prediction_type") == "v_prediction" else "epsilon"
+    return modelspec(family.modelspec_architecture.removesuffix("/lora"), output.stem,
+                     f"{family.resolution}x{family.resolution}", prediction, ", ".join(titles))
 
 
 def _original_layout(model: LoadedModel) -> dict[str, torch.Tensor]:

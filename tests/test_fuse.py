@@ -65,7 +65,11 @@ def test_the_merged_checkpoint_gives_what_the_lora_gives(setup, tmp_path, capsys
     assert not any(key.startswith("first_stage_model.") or key == EXTRA for key in changed)  # the VAE, the extra
     assert all(after[key].dtype == before[key].dtype for key in before)
     metadata = safe_open(str(merged), framework="pt").metadata()
-    assert metadata["modelspec.title"] == "base" and metadata["lowvram.fused_loras"] == f"{lora.name} x0.7"
+    assert metadata["lowvram.fused_loras"] == f"{lora.name} x0.7"
+    # titled by its own file, as kohya's merge_lora titles it (the base's title named it: listed as the base)
+    assert (metadata["modelspec.title"], metadata["modelspec.merged_from"]) == ("merged", f"base, {lora.parent.name}")
+    assert not metadata["modelspec.architecture"].endswith("/lora")
+    assert metadata["modelspec.prediction_type"] == "epsilon"
     assert "modelspec.hash_sha256" not in metadata  # the old tensors' hash would be wrong
 
 
