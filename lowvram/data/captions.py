@@ -158,7 +158,12 @@ def _decode_utf16(raw: bytes) -> str | None:
 # Windows' ANSI code pages of East Asia (Notepad's "ANSI" on a Japanese, Chinese or Taiwanese Windows), tried where
 # cp1252 reads a caption as garbling
 EAST_ASIAN = (("cp932", "Shift_JIS"), ("gb18030", "GBK"), ("big5", "Big5"), ("euc_jp", "EUC-JP"))
-LEGACY_NAMES = ("cp1252", *(name for _, name in EAST_ASIAN))
+LEGACY_NAMES = ("cp1252", "cp1251", *(name for _, name in EAST_ASIAN))
+# Russian's, Ukrainian's and Belarusian's letters and the signs their texts hold (where Shift_JIS's kana read as
+# cp1251's other signs): a cp1251 reading of these alone, with a word of three, is one
+CYRILLIC = re.compile("[\u0401\u0404\u0406\u0407\u040e\u0410-\u044f\u0451\u0454\u0456\u0457\u045e"
+                      "\u0490\u0491\u00ab\u00bb\u2013\u2014\u2116\u00a0]")
+CYRILLIC_WORD = re.compile("[\u0410-\u044f\u0451]{3}")
 # what a Western caption's non-ASCII characters are besides letters: a sign cp1252 reads elsewhere is a lead or
 # trail byte of an East Asian character (Big5's and GBK's trail bytes are often ASCII, which breaks up the runs)
 WESTERN_MARKS = "“”‘’‚„–—…«»°·¿¡©®™€£¥§¶×÷±"
@@ -183,6 +188,9 @@ def _decode_legacy(raw: bytes) -> tuple[str, str]:
     # row (Portuguese "ção" has two, which GBK reads as one character)
     if not signs and not re.search(r"[^\x00-\x7f]{4}", western):
         return western, "cp1252"
+    cyrillic = raw.decode("cp1251", errors="replace")  # (a Russian or Ukrainian Windows' ANSI: every byte a letter)
+    if CYRILLIC_WORD.search(cyrillic) and all(char.isascii() or CYRILLIC.fullmatch(char) for char in cyrillic):
+        return cyrillic, "cp1251"
     readings = {}
     for codec, name in EAST_ASIAN:
         try:
