@@ -6,6 +6,7 @@ Prompts are read as AUTOMATIC1111 reads them: `(emphasis:1.2)`, BREAK, and long 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -24,7 +25,7 @@ from lowvram.files import atomic_write, not_found_hint, output_problem
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.lora_header import no_layers_why, read_header
 from lowvram.lora_layout import in_diffusers_layout, in_omi_layout
-from lowvram.lora_metadata import addnet_hash
+from lowvram.lora_metadata import addnet_hash, trigger_words
 from lowvram.models.detect import base_model_words, detect_family, looks_like_lora
 from lowvram.models.families import DEFAULT_READING, FAMILIES, clip_skip_problem, prompt_reading
 from lowvram.models.loading import LoadedModel, follow_lora_schedule, load_model
@@ -32,6 +33,7 @@ from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
 from lowvram.precision import compute_dtype
 from lowvram.prompts import (
     MAX_SEED,
+    TRIGGER_PLACEHOLDER,
     SamplePrompt,
     from_generation_data,
     infotext,
@@ -63,6 +65,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     problems += [problem] if problem else []
     if problems:
         raise LowvramError("\n".join(problems))
+    prompt = _with_trigger(prompt, sources)
     if prompt.negative and args.negative_prompt and args.negative_prompt != prompt.negative:
         print("--negative-prompt: the prompt's own --n replaces it (kohya's inline options win over the flags)")
     if options_elsewhere(args.prompt):
@@ -185,6 +188,18 @@ def _generation_data(given: str, model: str) -> tuple[str, int | None]:
           + (f"; left out: {', '.join(left)}" + ("; --lora FILE:WEIGHT loads a LoRA" if tags else "") if left else "")
           + ")")
     return line, data.clip_skip
+
+
+def _with_trigger(prompt: SamplePrompt, sources: list[tuple[Path, float]]) -> SamplePrompt:
+    """ai-toolkit's [trigger] in the prompt as its training samples drew it: the --lora files' trigger words (what
+    their metadata records), said; without any, left out, said."""
+    if TRIGGER_PLACEHOLDER not in prompt.text:
+        return prompt
+    words = [trigger_words(read_header(path)[0]) for path, weight in sources if weight]
+    trigger = ", ".join(dict.fromkeys(word for word in words if word))
+    print(f"--prompt: {TRIGGER_PLACEHOLDER} is " + (f"'{trigger}', the LoRA's trigger word" if trigger else
+                                                      "left out: no --lora file records a trigger word"))
+    return dataclasses.replace(prompt, text=prompt.text.replace(TRIGGER_PLACEHOLDER, trigger))
 
 
 def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Path, float]], list[str]]:

@@ -98,6 +98,19 @@ def test_a_lora_trained_with_clip_skip_is_rendered_with_it(tmp_path, capsys):
     assert np.array_equal(off, render(tmp_path, "base", "--prompt", "lvshape"))
 
 
+def test_ai_toolkits_trigger_placeholder_takes_the_loras_trigger_word(tmp_path, capsys):
+    """A training sample's "[trigger] holding a cup" drew the trigger word; generate drew "[trigger]" as text."""
+    lora = train(run_config(output=str(tmp_path / "t"), max_steps=1, trigger_word="lvshape")).lora_path
+    capsys.readouterr()
+    placeholder = render(tmp_path, "placeholder", "--prompt", "[trigger] holding a cup", "--lora", str(lora))
+    assert "--prompt: [trigger] is 'lvshape', the LoRA's trigger word" in capsys.readouterr().out
+    word = render(tmp_path, "word", "--prompt", "lvshape holding a cup", "--lora", str(lora))
+    assert np.array_equal(placeholder, word)
+    assert Image.open(tmp_path / "placeholder.png").text["parameters"].startswith("lvshape holding a cup")
+    render(tmp_path, "none", "--prompt", "[trigger] holding a cup")
+    assert "--prompt: [trigger] is left out: no --lora file records a trigger word" in capsys.readouterr().out
+
+
 def test_the_vae_a_lora_trained_with_renders_its_samples_again(tmp_path):
     """train --vae: generate --vae decodes with the same VAE, so a sample prompt's image is made again."""
     import torch
