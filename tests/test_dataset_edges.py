@@ -115,8 +115,8 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
     (folder / "a.caption").write_text("a sentence")  # the other extension alone: read, and said (kohya reads none)
     (folder / "a.txt").unlink()
     assert captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions()))["a.png"].notes == (
-        ("caption read from its .caption file, as it has no .txt (kohya reads only the extension its "
-         "caption_extension names, .caption unless set)"),)
+        ("caption read from its .caption file, as it has no .txt (kohya and OneTrainer read one extension alone: "
+         "kohya's caption_extension, .caption unless set; OneTrainer's .txt)"),)
     (folder / "a.caption").unlink()
     (folder / "a.txt").write_text("x")
     # SimpleTuner's captions from file names: the template's {filename}

@@ -37,8 +37,8 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     elif len(found) > 1:
         notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[0].suffix}")
     elif found and found[0].suffix.lower() != extension.lower():  # (kohya reads one extension alone)
-        notes.append(f"caption read from its {found[0].suffix} file, as it has no {extension} (kohya reads only the "
-                     "extension its caption_extension names, .caption unless set)")
+        notes.append(f"caption read from its {found[0].suffix} file, as it has no {extension} (kohya and OneTrainer "
+                     "read one extension alone: kohya's caption_extension, .caption unless set; OneTrainer's .txt)")
     if not found:
         others = [suffix for suffix in CAPTION_SUFFIXES if suffix != extension and caption_file(image, suffix)]
         unread = f" (its {others[0]} is not read with --caption-extension {extension})" if others else ""
