@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -37,6 +38,9 @@ def file_facts(path: Path, max_pixels: int, cached: dict | None, mask: bool = Fa
             return cached
         data = path.read_bytes()
     except OSError as exc:  # kept out of the index (size -1): a chmod does not change the mtime
+        if path.is_symlink() and not path.exists():  # (a copy's link to where the image was)
+            return _blank(size=-1, error=f"a link to {os.readlink(path)}, which is not there: link it again, or "
+                                         "delete the link")
         return _blank(size=-1, error=f"unreadable: {exc.strerror or exc}; check the file and its permissions")
     return {**_probe(data, max_pixels, mask), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
             "ctime_ns": stat.st_ctime_ns}
