@@ -133,6 +133,30 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, monk
     assert result.lora_path.exists()
 
 
+def test_an_output_folder_gone_read_only_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
+    """A Drive unmounted or a share remounted read-only under the run: the checkpoint's temporary folder could not
+    be made, outside the writes that are caught, and the run ended in a traceback."""
+    import errno
+    import tempfile
+
+    from lowvram.cli import main
+
+    made = tempfile.mkdtemp
+
+    def read_only(*args, **kwargs):
+        if kwargs.get("prefix") == ".step-" and os.path.isdir(os.path.join(kwargs["dir"], "step-000001")):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr("lowvram.train.checkpoint.tempfile.mkdtemp", read_only)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", "run", "--max-steps", "3",
+                 "--checkpoint-every", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "could not write checkpoint" in err and "Read-only file system" in err and "Traceback" not in err, err
+    assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-000001"
+
+
 def test_nan_losses_are_skipped_and_never_saved(tmp_path, monkeypatch, capsys):
     from lowvram.train import step as loop
 

@@ -92,8 +92,14 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     averaged = {str(i): t.detach().cpu().contiguous() for i, t in enumerate(ema.shadow_params)} if ema else {}
     size = sum(t.nbytes for part in (adapters, optimizer_tensors, rng, averaged) for t in part.values()) + 2**16
     ensure_room(root, size, f"checkpoint {final.name}")  # before writing: a full disk stops it cleanly
-    make_folders(root)
-    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    try:
+        make_folders(root)
+        tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    except OSError as exc:  # (the folder gone read-only mid-run: a Drive unmounted, a share remounted)
+        if is_disk_full(exc):
+            raise DiskFull(root, size, free_bytes(root), f"checkpoint {final.name}", is_size_limit(exc)) from None
+        raise LowvramError(f"could not write checkpoint {final}: {exc.strerror or exc} in {root}; make it writable "
+                           "again, then resume (the previous checkpoint is intact)") from None
     # like every file lowvram writes: what the umask gives, not mkdtemp's 0700 (setgid kept in a group's folder)
     os.chmod(tmp, shared_mode(root, plain_mode(0o777), of_folder=True))
     try:

@@ -624,7 +624,8 @@ class FolderLock:
         if self.held:
             holder = self._holder() or {}
             if (holder.get("pid"), holder.get("host")) == (os.getpid(), socket.gethostname()):  # (not one that
-                self.path.unlink(missing_ok=True)  # another machine took over meanwhile)
+                with contextlib.suppress(OSError):  # another machine took over meanwhile; a folder gone read-only
+                    self.path.unlink(missing_ok=True)  # keeps it: a lock of this pid, which is gone, is taken over)
             self.held = False
 
 
