@@ -457,6 +457,32 @@ def test_a_disk_that_fills_with_the_final_samples_ends_the_run_well_saying_how_t
     assert '"end": "finished"' in (out / "metrics.jsonl").read_text().splitlines()[-1]
 
 
+def test_a_diffusers_copy_without_room_ends_the_run_well_and_leaves_no_part_of_it(small_disk, capsys):
+    """--format diffusers wrote its copy straight with diffusers' saver: on a disk without room for it, after the
+    LoRA and its checkpoint fitted, a safetensors traceback, the run ended as failed."""
+    from lowvram.adapters import lora_files
+    from lowvram.cli import main
+    from lowvram.files import DiskFull
+
+    mount, _ = small_disk
+    out = mount("out", 3600)  # (the LoRA, 0.33 MiB, and its checkpoint, 1.9 MiB, fit; the copy, 0.33 MiB, not)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "1",
+                 "--format", "diffusers", "--rank", "64"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"warning: no room for the diffusers copy out-diffusers in {out}" in said, said
+    assert (out / "out.safetensors").is_file() and not any(p.name.endswith("diffusers.tmp") for p in out.iterdir())
+    with pytest.raises(DiskFull):  # (the check before writing; a disk filled meanwhile fails the write alike)
+        lora_files.save_diffusers(train_tiny(), out / "again-diffusers", "fp16")
+
+
+def train_tiny():
+    from conftest import run_config
+
+    from lowvram.train.loop import train
+
+    return train(run_config(max_steps=1, rank=64)).model
+
+
 def test_a_dataset_zip_unpacked_onto_a_full_drive_is_one_line_and_leaves_nothing_half_unpacked(small_disk):
     """The Colab notebook unpacks a zip beside itself on Drive: a full one ended in an OSError traceback and left a
     half-unpacked folder."""

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -43,7 +45,7 @@ from lowvram.adapters.networks import (
 )
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError, not_safetensors
-from lowvram.files import with_plain_modes
+from lowvram.files import DiskFull, ensure_room, free_bytes, is_disk_full, is_size_limit, with_plain_modes
 from lowvram.kohya_config import LYCORIS_PRESETS
 from lowvram.lora_header import (
     base_family,
@@ -262,8 +264,24 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
             meta |= {"target_modules": sorted(path for path, _ in adapted_layers(modules[component])),
                      "exclude_modules": None}
         kwargs[f"{component}_lora_adapter_metadata"] = meta
-    folder.mkdir(parents=True, exist_ok=True)
-    type(model.pipeline).save_lora_weights(str(folder), safe_serialization=True, **kwargs)
+    size = sum(t.nbytes for layers in kwargs.values() if isinstance(layers, dict) for t in layers.values()
+               if hasattr(t, "nbytes")) + 2**16
+    what = f"the diffusers copy {folder.name}"
+    ensure_room(folder.parent, size, what)  # (as every file lowvram writes: whole, or the one before it)
+    written = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(written, ignore_errors=True)
+    try:
+        written.mkdir(parents=True)
+        type(model.pipeline).save_lora_weights(str(written), safe_serialization=True, **kwargs)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(written, folder)
+    except Exception as exc:  # (safetensors words a full disk as its own error)
+        shutil.rmtree(written, ignore_errors=True)
+        if is_disk_full(exc):
+            raise DiskFull(folder.parent, size, free_bytes(folder.parent), what, is_size_limit(exc)) from None
+        if isinstance(exc, OSError):
+            raise LowvramError(f"could not write {what} in {folder.parent}: {exc.strerror or exc}") from None
+        raise
     return with_plain_modes(folder) / DIFFUSERS_WEIGHTS
 
 
