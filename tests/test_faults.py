@@ -150,6 +150,24 @@ def test_a_disk_with_room_for_the_lora_but_not_the_last_checkpoint_keeps_the_lor
     assert onward.returncode == 0, onward.stderr
 
 
+def test_a_disk_without_room_for_the_last_checkpoint_after_an_earlier_one_says_the_lora_is_whole(
+        uninterrupted, sample_data_module, small_disk):
+    """It said to continue with --resume auto, which trained the last steps again from the earlier checkpoint and
+    set the finished LoRA aside as a branch left."""
+    mount, _ = small_disk
+    lora_kib = uninterrupted["sizes"]["out.safetensors"] // 1024
+    checkpoint_kib = sum(uninterrupted["sizes"][name] for name in ("adapters.safetensors", "optimizer.safetensors",
+                                                                    "rng.safetensors", "state.json")) // 1024
+    out = mount("out", 1024 + int(1.5 * checkpoint_kib) + lora_kib)  # one checkpoint, the LoRA; not a second
+    failed = run([*cli(out, sample_data_module)[:-4], "--checkpoint-every", str(STEPS // 2)], cached_env(uninterrupted))
+    assert failed.returncode == 2, failed.stderr
+    line = failed.stderr.strip()
+    assert (f"no room for checkpoint step-{STEPS:06d}" in line and f"kept: checkpoint step-{STEPS // 2:06d}, LoRA "
+            "out.safetensors, the run's last step, whole; to train it on, free space, then train on from it") in line
+    assert "--resume" not in line, line
+    assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
+
+
 def test_ctrl_c_on_a_disk_with_room_for_the_lora_but_not_the_checkpoint_keeps_the_lora(
         uninterrupted, sample_data_module, small_disk):
     """The interrupted run's save wrote its checkpoint first, which did not fit, and so no LoRA either."""

@@ -487,6 +487,9 @@ def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
     newest = checkpoint.latest(checkpoint.checkpoint_root(folder), recipe(run))
     loras = sorted(folder.glob(f"{name}*.safetensors"), key=lambda p: p.stat().st_mtime)
     kept = [f"checkpoint {newest.name}" if newest else "no checkpoint yet"] + [f"LoRA {p.name}" for p in loras[-1:]]
+    if exc.finished is not None:  # the run's end, whole: nothing to continue
+        return LowvramError(f"{exc.reason}; kept: {', '.join(kept)}, the run's last step, whole; to train it on, "
+                            f"{exc.remedy}, then {train_on_from(exc.finished)}")
     if newest:
         then = "continue with: " + shell_line("lowvram", "train", "--config", options_path(folder, name), "--resume",
                                               "auto")

@@ -275,7 +275,11 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
                 save_checkpoint(session, trainee, dataset, position)
         raise
     if position is not None:
-        save_checkpoint(session, trainee, dataset, position)
+        try:
+            save_checkpoint(session, trainee, dataset, position)
+        except DiskFull as exc:  # (the LoRA trained for is whole: --resume from an earlier checkpoint retrains it)
+            exc.finished = lora_path
+            raise
     return True
 
 
