@@ -3,6 +3,7 @@ beside itself once, again where the zip changes."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import zipfile
@@ -97,10 +98,31 @@ def zip_folder(path: Path) -> str | None:
     return tops.pop() if len(tops) == 1 and any("/" in name.strip("/") for name in names) else None
 
 
-def _stamp(archive: Path) -> str:
-    """What tells one upload of the zip from the next: its size and modification time."""
+def _stamp(archive: Path, digest: str = "") -> str:
+    """What tells one upload of the zip from the next: its size and modification time, and (written when it is
+    unpacked) its content's hash, which tells the same bytes touched or uploaded again from a new upload."""
     status = archive.stat()
-    return f"{status.st_size} {status.st_mtime_ns}\n"
+    return f"{status.st_size} {status.st_mtime_ns} {digest}".strip() + "\n"
+
+
+def _same_upload(done: str | None, archive: Path) -> bool:
+    """Whether the stamp `done` is of this zip: the same size and time, or the same bytes (a re-upload of the same
+    file, a network share's time drift: unpacked anew, each kept a copy of the dataset beside it)."""
+    if done is None:
+        return False
+    size, time_ns, *digest = done.split()
+    status = archive.stat()
+    if (size, time_ns) == (str(status.st_size), str(status.st_mtime_ns)):
+        return True
+    return size == str(status.st_size) and digest == [_digest(archive)]
+
+
+def _digest(archive: Path) -> str:
+    digest = hashlib.sha256()
+    with open(archive, "rb") as fh:
+        while chunk := fh.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def unpack_dataset_zip(archive: Path) -> tuple[Path, str]:
@@ -118,9 +140,10 @@ def unpack_dataset_zip(archive: Path) -> tuple[Path, str]:
         raise LowvramError(f"DATA: {archive} cannot be read ({exc.strerror or exc})") from None
     inside = zip_folder(archive)
     trains = target / inside if inside else target
-    if target.is_dir() and (done == current or done is None and target.stat().st_mtime >= archive.stat().st_mtime):
-        if done is None:  # (an earlier notebook's unpacking, after the zip was uploaded: this upload's)
-            stamp.write_text(current)
+    if target.is_dir() and (_same_upload(done, archive) or done is None and
+                            target.stat().st_mtime >= archive.stat().st_mtime):
+        if done is None or done.split()[:2] != current.split():  # (an earlier notebook's unpacking, after the zip
+            stamp.write_text(_stamp(archive, _digest(archive)))  # was uploaded: this upload's; the same bytes again)
         return trains, f"{archive} was unpacked into {target} already"
     partial = target.with_name(target.name + ".unpacking")
     shutil.rmtree(partial, ignore_errors=True)
@@ -145,5 +168,5 @@ def unpack_dataset_zip(archive: Path) -> tuple[Path, str]:
                 f"one is kept as {kept}; delete it once nothing in it is needed)" if done is not None else
                 f"{archive} unpacked anew into {target} (the folder there before is kept as {kept})")
     partial.rename(target)
-    stamp.write_text(current)
+    stamp.write_text(_stamp(archive, _digest(archive)))
     return trains, said

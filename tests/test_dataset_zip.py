@@ -29,6 +29,11 @@ def test_a_zip_is_unpacked_once_and_again_where_it_is_uploaded_anew(tmp_path):
     assert folder == tmp_path / "pets" / "pets" and said == f"{archive} unpacked into {tmp_path / 'pets'}"
     assert (folder / "5_cat" / "a.txt").read_text() == "a cat"
     assert unpack_dataset_zip(archive) == (folder, f"{archive} was unpacked into {tmp_path / 'pets'} already")
+    # the same bytes at another time (uploaded again, a share's clock): unpacked already (each time a new copy was
+    # unpacked, the earlier kept beside it)
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
+    assert unpack_dataset_zip(archive) == (folder, f"{archive} was unpacked into {tmp_path / 'pets'} already")
+    assert not list(tmp_path.glob("pets.before-*"))
     # uploaded again with one more image: it trained the old images, saying "unpacked into"
     zipped(archive, {"pets/5_cat/a.png": "red", "pets/5_cat/a.txt": "a cat", "pets/5_cat/b.png": "blue"})
     os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
