@@ -157,6 +157,24 @@ def test_an_output_folder_gone_read_only_mid_run_is_one_line(tmp_path, monkeypat
     assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-000001"
 
 
+def test_a_run_stopped_while_it_caches_continues_with_its_own_config(tmp_path, monkeypatch):
+    """Its <name>.toml was written after the caching: the README's `--config <name>.toml --resume auto` after a
+    disconnect there found no file."""
+    import lowvram.train.loop as loop
+    from lowvram.cli import main
+
+    def disconnected(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loop, "fill_caches_and_place", disconnected)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", "run", "--max-steps", "2"]) == 130
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "run/run.toml", "--resume", "auto"]) == 0
+    assert (tmp_path / "run" / "run.safetensors").is_file()
+
+
 def test_nan_losses_are_skipped_and_never_saved(tmp_path, monkeypatch, capsys):
     from lowvram.train import step as loop
 

@@ -108,9 +108,30 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
             raise
 
 
+def write_options(session: Session) -> Path:
+    """The run's options as <name>.toml in its folder: what `--config ... --resume auto` continues an interrupted
+    run with (written after the caching, a disconnect during it left none to continue with)."""
+    config, out_dir, name = session.config, session.out_dir, session.config.output_name
+    config_path = outdir.options_path(out_dir, name)
+    if session.main and config_path.name != f"{name}.toml":
+        session.console.print(f"kept {out_dir / name}.toml as it is: lowvram's header is not on its first line (your "
+                              f"own config, or an older lowvram's); this run's options go to {config_path}",
+                              soft_wrap=True)
+    options = tomli_w.dumps(outdir.saved_options(config))
+    if session.main and not outdir.write_options(config_path, options):
+        session.console.print(f"kept {config_path} as it is: lowvram did not write it (the run's options are in "
+                              "the LoRA's metadata)", soft_wrap=True)
+    elif session.main and not is_utf8(options):  # (a TOML file is UTF-8)
+        session.console.print(f"[yellow]note:[/] a path of this run is no UTF-8 text, so {config_path} names it "
+                              "garbled: rename it (unzip -O cp932, convmv) to continue the run with --config",
+                              soft_wrap=True)
+    return config_path
+
+
 def run_training(session: Session) -> TrainResult:
     """Data, model, adapters, the steps with their save points, the LoRA and samples: the run, top to bottom."""
     config, console, out_dir, name = session.config, session.console, session.out_dir, session.config.output_name
+    config_path = write_options(session)  # first, before the caching a disconnect may stop
     dataset = scan_data(session)
     model, noise_scheduler = load_frozen_model(session)
     peaks = PhasePeaks(session.device)  # each phase's peak VRAM, to print and to log beside the metrics
@@ -135,20 +156,6 @@ def run_training(session: Session) -> TrainResult:
     # kohya's figures: its dataloader's batches (one process's share) and the epochs the steps reach into
     shape = TrainingShape(datetime.now(timezone.utc), -(-prepared.data.batches_per_epoch // session.world),
                           schedule.epochs_at(schedule.total_steps), schedule.total_steps, session.world)
-    # written first: it is what `--config ... --resume auto` continues an interrupted run with
-    config_path = outdir.options_path(out_dir, name)
-    if session.main and config_path.name != f"{name}.toml":
-        session.console.print(f"kept {out_dir / name}.toml as it is: lowvram's header is not on its first line (your "
-                              f"own config, or an older lowvram's); this run's options go to {config_path}",
-                              soft_wrap=True)
-    options = tomli_w.dumps(outdir.saved_options(config))
-    if session.main and not outdir.write_options(config_path, options):
-        session.console.print(f"kept {config_path} as it is: lowvram did not write it (the run's options are in "
-                              "the LoRA's metadata)", soft_wrap=True)
-    elif session.main and not is_utf8(options):  # (a TOML file is UTF-8)
-        session.console.print(f"[yellow]note:[/] a path of this run is no UTF-8 text, so {config_path} names it "
-                              "garbled: rename it (unzip -O cp932, convmv) to continue the run with --config",
-                              soft_wrap=True)
     batches = prepared.data.batches(position.epoch, position.batch)
     following = draw(session, batches, schedule.batches_per_step)
     step, splits, bad_steps = position.step, 1, 0  # splits: batches run in this many parts after an out-of-memory
