@@ -166,7 +166,8 @@ def test_an_entry_broken_after_its_check_is_removed_and_named(tmp_path, sample_d
     other = next((cache / "latents").rglob("*.safetensors"))
     other.unlink()  # another user's `cache --clear` while this run held no lock on the cache (one not its to write)
     with pytest.raises(LowvramError, match=f"^cache entry {re.escape(str(other))} was removed while this run read the "
-                                           r"cache \(by `lowvram cache --clear`"):
+                                           r"cache \(by `lowvram cache --clear`.*; run the same command with "
+                                           "--resume auto to rebuild it and go on"):  # (run again: refused)
         TensorStore(cache, "latents").load(other.stem)
 
 

@@ -126,7 +126,8 @@ class TensorStore:
         except FileNotFoundError:
             raise LowvramError(f"cache entry {self.path(key)} was removed while this run read the cache (by `lowvram "
                                "cache --clear` or --unused-for, which this run's lock keeps out where it can take it, "
-                               "or by another program); run again to rebuild it") from None
+                               "or by another program); run the same command with --resume auto to rebuild it and "
+                               "go on (without it, the run's folder refuses a new start)") from None
         except Exception as exc:  # noqa: BLE001 - corrupt under us
             try:
                 self.path(key).unlink(missing_ok=True)
