@@ -80,7 +80,18 @@ def not_found_hint(path: str | os.PathLike) -> str:
     """Why a path is not found here: a link to what is gone (`broken_link`), or backslashes, as Windows writes
     folders (a config or a command line from a Windows machine), or a file:// address (a file manager's copy), or
     a name close to it beside where it should be (a typo, 10_ohwx_woman for 10_ohwx woman)."""
-    return broken_link(path) or file_url_hint(path) or windows_path_hint(path) or closest(Path(path))
+    return (broken_link(path) or file_url_hint(path) or windows_path_hint(path) or eaten_backslashes(path)
+            or closest(Path(path)))
+
+
+def eaten_backslashes(path: str | os.PathLike) -> str:
+    """Why C:modelssd15.safetensors is not found: C:\\models\\sd15.safetensors unquoted, whose backslashes the
+    shell took as escapes of the letters after them (a name to read, not one to write: a:b is a name refused as
+    such)."""
+    if os.sep == "/" and re.search(r"(^|/)[A-Za-z]:[^\\/]+$", str(path)):
+        return ("; that looks like a Windows path whose backslashes the shell took out (an unquoted \\ escapes the "
+                "letter after it): give where it is on this machine, in quotes")
+    return ""
 
 
 SIDE_FILES = (".toml", ".json", ".jsonl", ".txt", ".caption", ".yaml", ".yml", ".log", ".md")  # text beside
@@ -166,9 +177,6 @@ def windows_path_hint(path: str | os.PathLike) -> str:
                     f"; that is a Windows path: here it would be {here}, which is not there either")
         return "; that is a Windows path: give where it is on this machine" + (
             ", with / between folders" if "\\" in text else "")
-    if re.search(r"(^|/)[A-Za-z]:[^\\/]", text):  # C:\models\x unquoted: the shell's escapes took the \ out
-        return ("; that looks like a Windows path whose backslashes the shell took out (an unquoted \\ escapes the "
-                "letter after it): give where it is on this machine, in quotes")
     return "; written as a Windows path: write it with / between folders here" if "\\" in text else ""
 
 

@@ -160,8 +160,8 @@ def test_an_output_folder_gone_read_only_mid_run_is_one_line(tmp_path, monkeypat
 def test_a_run_stopped_while_it_caches_continues_with_its_own_config(tmp_path, monkeypatch):
     """Its <name>.toml was written after the caching: the README's `--config <name>.toml --resume auto` after a
     disconnect there found no file."""
-    import lowvram.train.loop as loop
     from lowvram.cli import main
+    from lowvram.train import loop
 
     def disconnected(*args, **kwargs):
         raise KeyboardInterrupt
