@@ -54,7 +54,7 @@ def not_written_yet(lora: Path) -> str:
              if path.name.removeprefix("step-").isdigit()]
     newest = f" (its newest checkpoint is step {max(steps)})" if steps else ""
     options = next((path for path in (lora.parent / f"{name}.run.toml", lora.parent / f"{name}.toml")
-                    if is_options_file(path)), None)  # (written once the data is cached: a run stopped before has
+                    if is_options_file(path)), None)  # (written once the dataset is read: a run stopped before has
     # none; a <name>.toml of the user's own is no run's options)
     if options is None:
         return f"; the run in {lora.parent} stopped before it trained: start it again as it was started"

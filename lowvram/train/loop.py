@@ -110,7 +110,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
 
 def write_options(session: Session) -> Path:
     """The run's options as <name>.toml in its folder: what `--config ... --resume auto` continues an interrupted
-    run with (written after the caching, a disconnect during it left none to continue with)."""
+    run with (a fresh run's before its caching: a disconnect during it left none to continue with)."""
     config, out_dir, name = session.config, session.out_dir, session.config.output_name
     config_path = outdir.options_path(out_dir, name)
     if session.main and config_path.name != f"{name}.toml":
@@ -131,8 +131,10 @@ def write_options(session: Session) -> Path:
 def run_training(session: Session) -> TrainResult:
     """Data, model, adapters, the steps with their save points, the LoRA and samples: the run, top to bottom."""
     config, console, out_dir, name = session.config, session.console, session.out_dir, session.config.output_name
-    config_path = write_options(session)  # first, before the caching a disconnect may stop
     dataset = scan_data(session)
+    fresh = not config.training.resume  # (a resumed run's stays until its resume is not refused: "nothing left")
+    config_path = write_options(session) if fresh else outdir.options_path(out_dir, name)  # before the caching a
+    # disconnect may stop, after a dataset refused
     model, noise_scheduler = load_frozen_model(session)
     peaks = PhasePeaks(session.device)  # each phase's peak VRAM, to print and to log beside the metrics
     prepared, attention = fill_caches_and_place(session, model, dataset, peaks)
@@ -140,6 +142,8 @@ def run_training(session: Session) -> TrainResult:
     trainee = attach_adapters(session, model, noise_scheduler, schedule)
     describe(session, trainee, dataset, prepared, attention, schedule)
     position = resume(session, trainee, dataset, schedule)
+    if not fresh:
+        write_options(session)
     stopping = EarlyStopping.restore(config.validation.early_stopping, config.validation.early_stopping_delta,
                                      position.validation, held_out_id(dataset.held_out, prepared.validation))
     if stopping.restarted:
