@@ -177,7 +177,8 @@ def test_a_latin1_caption_keeps_its_accents_and_the_summary_says_it_was_not_utf8
                 "french": ("crème brûlée, Æther, 50°", "cp1252"), "eucjp": ("猫娘の女の子、笑顔", "euc_jp"),
                 "eucjp_short": ("ねこ, 笑顔", "euc_jp"),
                 # a Russian or Ukrainian Windows' ANSI (read as cp1252: äåâóøêà)
-                "russian": ("девушка, красные волосы", "cp1251"), "ukrainian": ("дівчина, ґанок, «сад»", "cp1251")}
+                "russian": ("девушка, красные волосы", "cp1251"), "ukrainian": ("дівчина, ґанок, «сад»", "cp1251"),
+                "short_gbk": ("中文", "gbk"), "robot": ("机器人", "gbk")}  # (read as cp1251: ЦРОД, »ъЖчИЛ)
     root = dataset_with_captions(tmp_path / "asian", {stem: text.encode(code) for stem, (text, code) in captions.items()})
     records = {record.path.stem: record for record in scan_dataset(root, default_buckets(64, 16)).records}
     assert {stem: record.caption for stem, record in records.items()} == {

@@ -189,7 +189,7 @@ def _decode_legacy(raw: bytes) -> tuple[str, str]:
     if not signs and not re.search(r"[^\x00-\x7f]{4}", western):
         return western, "cp1252"
     cyrillic = raw.decode("cp1251", errors="replace")  # (a Russian or Ukrainian Windows' ANSI: every byte a letter)
-    if CYRILLIC_WORD.search(cyrillic) and all(char.isascii() or CYRILLIC.fullmatch(char) for char in cyrillic):
+    if _reads_as_cyrillic(cyrillic):
         return cyrillic, "cp1251"
     readings = {}
     for codec, name in EAST_ASIAN:
@@ -210,6 +210,15 @@ def _decode_legacy(raw: bytes) -> tuple[str, str]:
         if name in readings and judged_by(readings[name]):
             return readings[name], name
     return next(((text, name) for name, text in readings.items()), (western, "cp1252"))
+
+
+def _reads_as_cyrillic(text: str) -> bool:
+    """Whether a cp1251 reading is Russian or Ukrainian text: its letters and signs alone, a word of three, mostly
+    lower case and never a capital after a small letter in a word (GBK's 中文 reads as ЦРОД, 机器人 as »ъЖчИЛ)."""
+    letters = [char for char in text if "\u0400" <= char <= "\u04ff"]
+    return (bool(CYRILLIC_WORD.search(text)) and all(char.isascii() or CYRILLIC.fullmatch(char) for char in text)
+            and sum(char.islower() for char in letters) >= 0.7 * len(letters)
+            and not re.search("[\u0430-\u044f\u0451\u0454\u0456\u0457\u045e\u0491][\u0400-\u042f\u0490]", text))
 
 
 def _has_kana(text: str) -> bool:
