@@ -455,6 +455,11 @@ def test_new_optimizer_settings_on_resume_are_the_ones_trained_with(tmp_path, ca
     assert (group["relative_step"], group["weight_decay"], group["clip_threshold"]) == (False, 0.05, 0.5)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert [("lr_effective" in row, row["lr"]) for row in rows[-2:]] == [(False, 1e-3), (False, 1e-3)]
+    # but not those its state was made with: Prodigy's slice of each weight (a shape error in the next step)
+    train(run_config(output=str(tmp_path / "p"), max_steps=2, checkpoint_every=2, optimizer="prodigy",
+                     optimizer_args=("slice_p=1",)))
+    assert train(run_config(output=str(tmp_path / "p"), max_steps=3, resume="auto", optimizer="prodigy",
+                            optimizer_args=("slice_p=11",))).steps == 3
 
 
 def test_a_new_prior_loss_weight_on_resume_is_said_as_a_new_lr_is(tmp_path, capsys):

@@ -105,6 +105,11 @@ def _shown(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# settings its restored state was made with: Prodigy's slice of each weight (its s and p0 tensors) and the d0 its
+# estimate divides by; a change of them on resume keeps the checkpoint's
+STATE_SHAPING = {"slice_p", "d0"}
+
+
 def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule) -> checkpoint.Position:
     """Where the run continues: the start, or the checkpoint --resume names (adapters, optimizer, schedule, RNG,
     the data position and early stopping's record); a dataset changed since is said, not refused (a caption fixed
@@ -116,7 +121,7 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
         session.console.print(f"[yellow]warning: {line}: resuming from an earlier one[/]", soft_wrap=True)
     optim = session.config.optim
     settings = {*dict(spec_of(optim.optimizer).args), *optimizer_kwargs(optim.optimizer, optim.optimizer_args),
-                "weight_decay"}  # (not what an optimizer keeps in its groups as it goes: Prodigy's d)
+                "weight_decay"} - STATE_SHAPING  # (not what an optimizer keeps in its groups as it goes: Prodigy's d)
     position = checkpoint.load(found, trainee.adapted, trainee.optimizer, trainee.lr_scheduler, session.accelerator,
                                trainee.ema, settings)
     session.console.print(f"resumed from {found} at step {position.step}", soft_wrap=True)
