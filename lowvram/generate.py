@@ -193,13 +193,22 @@ def _generation_data(given: str, model: str) -> tuple[str, int | None]:
 def _with_trigger(prompt: SamplePrompt, sources: list[tuple[Path, float]]) -> SamplePrompt:
     """ai-toolkit's [trigger] in the prompt as its training samples drew it: the --lora files' trigger words (what
     their metadata records), said; without any, left out, said."""
-    if TRIGGER_PLACEHOLDER not in prompt.text:
+    from lowvram.run_files import DIFFUSERS_WEIGHTS
+
+    if TRIGGER_PLACEHOLDER not in prompt.text + prompt.negative:
         return prompt
-    words = [trigger_words(read_header(path)[0]) for path, weight in sources if weight]
+    words = []
+    for path, weight in sources:
+        file = path / DIFFUSERS_WEIGHTS if path.is_dir() else path  # (a diffusers LoRA's folder)
+        try:
+            words.append(trigger_words(read_header(file)[0]) if weight else "")
+        except (OSError, ValueError):  # (read as diffusers reads it, where lowvram's reader cannot)
+            continue
     trigger = ", ".join(dict.fromkeys(word for word in words if word))
     print(f"--prompt: {TRIGGER_PLACEHOLDER} is " + (f"'{trigger}', the LoRA's trigger word" if trigger else
                                                       "left out: no --lora file records a trigger word"))
-    return dataclasses.replace(prompt, text=prompt.text.replace(TRIGGER_PLACEHOLDER, trigger))
+    return dataclasses.replace(prompt, text=prompt.text.replace(TRIGGER_PLACEHOLDER, trigger),
+                               negative=prompt.negative.replace(TRIGGER_PLACEHOLDER, trigger))
 
 
 def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Path, float]], list[str]]:
