@@ -193,17 +193,14 @@ def _generation_data(given: str, model: str) -> tuple[str, int | None]:
 def _with_trigger(prompt: SamplePrompt, sources: list[tuple[Path, float]]) -> SamplePrompt:
     """ai-toolkit's [trigger] in the prompt as its training samples drew it: the --lora files' trigger words (what
     their metadata records), said; without any, left out, said."""
-    from lowvram.run_files import DIFFUSERS_WEIGHTS
-
     if TRIGGER_PLACEHOLDER not in prompt.text + prompt.negative:
         return prompt
     words = []
     for path, weight in sources:
-        file = path / DIFFUSERS_WEIGHTS if path.is_dir() else path  # (a diffusers LoRA's folder)
         try:
-            words.append(trigger_words(read_header(file)[0]) if weight else "")
-        except (OSError, ValueError):  # (read as diffusers reads it, where lowvram's reader cannot)
-            continue
+            words.append(trigger_words(read_header(path)[0]) if weight else "")
+        except (OSError, ValueError):  # (a diffusers LoRA's folder, whose saver keeps no trigger word; a file
+            continue  # diffusers reads where lowvram's reader cannot)
     trigger = ", ".join(dict.fromkeys(word for word in words if word))
     print(f"--prompt: {TRIGGER_PLACEHOLDER} is " + (f"'{trigger}', the LoRA's trigger word" if trigger else
                                                       "left out: no --lora file records a trigger word"))

@@ -109,8 +109,8 @@ def test_ai_toolkits_trigger_placeholder_takes_the_loras_trigger_word(tmp_path, 
     assert Image.open(tmp_path / "placeholder.png").text["parameters"].startswith("lvshape holding a cup")
     render(tmp_path, "none", "--prompt", "[trigger] holding a cup")
     assert "--prompt: [trigger] is left out: no --lora file records a trigger word" in capsys.readouterr().out
-    # a negative prompt's too; a diffusers-format copy's folder is read for it (a traceback: a folder read as a
-    # file), though diffusers' saver keeps no trigger word
+    # a negative prompt's too; a diffusers-format copy's folder holds no trigger word (a traceback: a folder read as
+    # a file)
     render(tmp_path, "negative", "--prompt", "a cup --n [trigger]", "--lora", str(lora))
     assert "Negative prompt: lvshape" in Image.open(tmp_path / "negative.png").text["parameters"]
     folder = train(run_config(output=str(tmp_path / "d"), max_steps=1, trigger_word="lvshape",
