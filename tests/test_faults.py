@@ -488,6 +488,7 @@ def test_a_diffusers_copy_without_room_ends_the_run_well_and_leaves_no_part_of_i
                  "--format", "diffusers", "--rank", "64"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert f"warning: no room for the diffusers copy out-diffusers in {out}" in said, said
+    assert "which diffusers' load_lora_weights reads as well" in said and "out-diffusers (diffusers'" not in said
     assert (out / "out.safetensors").is_file() and not any(p.name.endswith("diffusers.tmp") for p in out.iterdir())
     with pytest.raises(DiskFull):  # (the check before writing; a disk filled meanwhile fails the write alike)
         lora_files.save_diffusers(train_tiny(), out / "again-diffusers", "fp16")

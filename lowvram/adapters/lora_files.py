@@ -268,15 +268,20 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
                if hasattr(t, "nbytes")) + 2**16
     what = f"the diffusers copy {folder.name}"
     ensure_room(folder.parent, size, what)  # (as every file lowvram writes: whole, or the one before it)
-    written = folder.with_name(f".{folder.name}.tmp")
+    written, earlier = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
     shutil.rmtree(written, ignore_errors=True)
     try:
         written.mkdir(parents=True)
         type(model.pipeline).save_lora_weights(str(written), safe_serialization=True, **kwargs)
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():  # (aside, then away: Windows replaces no folder that exists)
+            shutil.rmtree(earlier, ignore_errors=True)
+            os.replace(folder, earlier)
         os.replace(written, folder)
+        shutil.rmtree(earlier, ignore_errors=True)
     except Exception as exc:  # (safetensors words a full disk as its own error)
         shutil.rmtree(written, ignore_errors=True)
+        if earlier.exists() and not folder.exists():  # (the copy before, back where it was)
+            os.replace(earlier, folder)
         if is_disk_full(exc):
             raise DiskFull(folder.parent, size, free_bytes(folder.parent), what, is_size_limit(exc)) from None
         if isinstance(exc, OSError):

@@ -291,6 +291,23 @@ def draw_again(session: Session, lora_path: Path) -> str | None:
     return line + (f" draws the first of its {len(lines)} sample prompts" if len(lines) > 1 else " draws it")
 
 
+def write_diffusers_copy(session: Session, trainee: Trainee, lora_path: Path) -> bool:
+    """The diffusers-format copy (--format diffusers), if asked for; whether it was written. A disk without room
+    for it is a warning: the LoRA is whole, and diffusers reads it too."""
+    config = session.config
+    if config.output.format != "diffusers":
+        return False
+    try:
+        with trainee.averaged_weights():
+            lora_files.save_diffusers(trainee.model, session.out_dir / diffusers_copy(config.output_name),
+                                      config.output.save_precision)
+    except DiskFull as exc:
+        session.console.print(f"[yellow]warning: {exc.reason}[/]; {lora_path} is saved, which diffusers' "
+                              f"load_lora_weights reads as well ({exc.remedy} for the copy)", soft_wrap=True)
+        return False
+    return True
+
+
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
            step: int, started: datetime, resumed_at: int, log: RunLog, written: bool = True,
            copied: Path | None = None) -> list[Path]:
@@ -300,10 +317,10 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     if not session.main:
         return []
     config, model, name = session.config, trainee.model, session.config.output_name
+    copy_written = False
     try:
+        copy_written = write_diffusers_copy(session, trainee, lora_path)
         with trainee.averaged_weights():
-            if config.output.format == "diffusers":
-                lora_files.save_diffusers(model, session.out_dir / diffusers_copy(name), config.output.save_precision)
             # each sample names what made it, as AUTOMATIC1111's images do (not where the LoRA keeps no metadata)
             named = copied or lora_path  # (the copy in a LoRA list is the name AUTOMATIC1111 knows it by)
             shown = (named, addnet_hash(lora_path)[:12]) if lora_path.is_file() and not \
@@ -330,7 +347,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     # run's folder holds its step saves too, of which diffusers picks one)
     said = ([f"[green]saved[/] {lora_path}"] * written + [f"[green]copied[/] to {copied}"] * bool(copied)
             + [f"[green]saved[/] {diffusers_folder} (diffusers' format: pipe.load_lora_weights on that folder)"]
-            * (written and config.output.format == "diffusers")
+            * (written and copy_written)
             + [f"[green]sample[/] {p}" for p in samples])  # (kept: said)
     if said:
         session.console.print("\n".join(said), soft_wrap=True)
