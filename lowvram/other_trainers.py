@@ -41,6 +41,7 @@ AI_TOOLKIT_READ = {("dataset", "resolution"), ("dataset", "caption_ext"), ("mode
                    ("sample", "height"), ("sample", "guidance_scale"), ("sample", "seed"), ("sample", "walk_seed"),
                    ("network", "linear_alpha"), ("network", "alpha"), ("train", "ema_config"),
                    ("train", "skip_first_sample"), ("train", "train_unet"), ("dataset", "cache_latents"),
+                   ("train", "disable_sampling"),
                    ("dataset", "cache_latents_to_disk"), ("train", "noise_scheduler")}
 ISNT_READ = "which lowvram does not read"
 SIMPLETUNER_BACKENDS = ("local", "aws", "csv", "huggingface")
@@ -77,15 +78,17 @@ def ai_toolkit_problem(path: Path, doc: Any) -> str:
                                                 ("model", "network", "train", "save", "sample")}
     sections = {name: section if isinstance(section, dict) else {} for name, section in sections.items()}
     datasets = process.get("datasets") or [{}]
+    datasets = datasets if isinstance(datasets, list) else [datasets]
     sections["dataset"] = datasets[0] if isinstance(datasets[0], dict) else {}
     words, left = ["lowvram", "train"], []
     fields = _fields_by_flag()
     network, train, sample = sections["network"], sections["train"], sections["sample"]
+    prompts = [] if train.get("disable_sampling") else _ai_toolkit_prompts(sample)
     given_flags: set[str] = set()
     for (section, key), flag in AI_TOOLKIT_FLAGS.items():
         value = sections[section].get(key)
-        if value is None or flag in given_flags:  # (rank over linear, as ai-toolkit reads them; unet_lr over lr)
-            continue
+        if value is None or flag in given_flags or section == "sample" and not prompts:  # (rank over linear, as
+            continue  # ai-toolkit reads them; unet_lr over lr; no prompts, no sampling: refused without them)
         if (section, key) == ("train", "lr") and train.get("unet_lr") is not None:
             continue
         given = _value(value, fields[flag])  # (as SimpleTuner's: "locon" is no --network here, steps 0 none)
@@ -96,9 +99,15 @@ def ai_toolkit_problem(path: Path, doc: Any) -> str:
         else:
             words.append(flag)
         given_flags.add(flag)
-    alpha = network.get("linear_alpha", network.get("alpha", 1.0))  # (ai-toolkit's default: 1, not the rank)
-    if _value(alpha, fields["--alpha"]):
-        words += ["--alpha", _value(alpha, fields["--alpha"])]
+    # ai-toolkit's defaults where they are not lowvram's: rank 4, alpha 1 (not the rank), a convolutions' alpha of
+    # their rank, the text encoder at lr (not unet_lr), lr 1e-6
+    defaults = {"--rank": 4, "--alpha": network.get("linear_alpha", network.get("alpha", 1.0)),
+                "--conv-alpha": network.get("conv"), "--lr": 1e-6,
+                "--text-encoder-lr": train.get("lr") if train.get("unet_lr") is not None and train.get(
+                    "train_text_encoder") else None}
+    for flag, value in defaults.items():
+        if flag not in given_flags and value is not None and (given := _value(value, fields[flag])):
+            words += [flag, given]
     # ai-toolkit adapts every linear layer of the U-Net (its ResNets' too), and with conv (or locon) its 3x3
     # convolutions: lowvram's nearest are attn-mlp and full
     words += ["--lora-layers", "full" if network.get("conv") or network.get("type") == "locon" else "attn-mlp"]
@@ -117,7 +126,6 @@ def ai_toolkit_problem(path: Path, doc: Any) -> str:
     name = doc["config"].get("name")  # ai-toolkit writes to training_folder/name
     if process.get("training_folder") or name:
         words += ["--output", str(Path(str(process.get("training_folder") or ".")) / str(name or ""))]
-    prompts = _ai_toolkit_prompts(sample)
     for prompt in prompts:
         words += ["--sample-prompt", prompt]
     if prompts and not train.get("skip_first_sample"):  # (ai-toolkit's baseline sample, before training)
@@ -141,8 +149,9 @@ def _ai_toolkit_prompts(sample: dict) -> list[str]:
     """The sample prompts of ai-toolkit's sample section (`prompts`, or `samples`' entries of its newer UI), each
     with the section's negative prompt, size, guidance and seed (walk_seed: one more per prompt) as lowvram's
     inline options."""
-    entries = [{"prompt": entry} if isinstance(entry, str) else entry
-               for entry in [*(sample.get("prompts") or []), *(sample.get("samples") or [])]
+    listed = [value if isinstance(value, list) else [value] for value in (sample.get("prompts") or [],
+                                                                          sample.get("samples") or [])]
+    entries = [{"prompt": entry} if isinstance(entry, str) else entry for entry in [*listed[0], *listed[1]]
                if isinstance(entry, str) or isinstance(entry, dict) and entry.get("prompt")]
     prompts = []
     for i, entry in enumerate(entries):

@@ -111,11 +111,22 @@ def test_an_ai_toolkit_ui_config_makes_a_command_that_trains_as_it_did(tmp_path,
     assert [str(p) for p in args["sample_prompts"]] == [
         f"[trigger] pose {i} --n blurry --w 128 --h 96 --l 4 --d {42 + i}" for i in range(6)]
     assert (args["lora_layers"], args["rank"], args["conv_rank"], args["alpha"]) == ("full", "8", "4", "1")
+    assert args["conv_alpha"] == "4"  # (ai-toolkit's conv_alpha: conv's own, where lowvram's scales as --alpha)
     assert (float(args["lr"]), float(args["text_encoder_lr"]), args["scheduler"], args["ema"], args["ema_decay"]) == (
         2e-4, 5e-5, "cosine", True, "0.99")
     assert (args["flip"], args["caption_template"], args["save_precision"], args.get("sample_at_first")) == (
         True, "a picture", "bf16", None)
     assert line.endswith("(not carried over: timestep_type, quantize, push_to_hub)"), line
+    # without prompts, no sampling (its --sample-every was refused: nothing to render); ai-toolkit's rank 4 and its
+    # text encoder at lr where only unet_lr and lr are given
+    bare = process | {"network": {"type": "lora"}, "sample": {"sample_every": 10},
+                      "train": {"steps": 2, "lr": 1e-4, "unet_lr": 2e-4, "train_text_encoder": True}}
+    path.write_text(yaml.safe_dump({"job": "extension", "config": {"name": "ui", "process": [bare]}}))
+    args = suggested_flags(refusal(capsys, ["train", "--config", str(path)]))
+    assert args.get("sample_every") is None and args.get("sample_at_first") is None and args["rank"] == "4"
+    assert (float(args["lr"]), float(args["text_encoder_lr"])) == (2e-4, 1e-4)
+    path.write_text(yaml.safe_dump({"job": "extension", "config": {"name": "ui", "process": [process]}}))
+    line = refusal(capsys, ["train", "--config", str(path)])
     monkeypatch.chdir(tmp_path)  # the command as printed trains (bf16 aside: this CPU's precision)
     command = shlex.split(line.split("its settings as lowvram's: ", 1)[1].split(" (not carried over")[0])[2:]
     argv = ["train", *command, "--mixed-precision", "fp32"]
