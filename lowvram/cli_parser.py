@@ -125,7 +125,7 @@ class _Parser(argparse.ArgumentParser):
                     fix = "each value goes right after its option's flag (one is missing, or an option got two)"
                 if spaced := _unquoted_path(getattr(self, "_given", []), words[0]):
                     fix = f"a path with spaces is one argument only in quotes: \"{spaced}\""
-                dashed = next((word for word in getattr(self, "_given", ()) if word[:1] in DASHES), None)
+                dashed = next((word for word in getattr(self, "_given", ()) if word.startswith(tuple(DASHES))), None)
                 if dashed:  # pasted from a page or a document that joined the dashes (--model then a value)
                     fix = f"{dashed[0]} is a typographic dash, not two hyphens: write --{dashed.lstrip(DASHES)}"
                 elif marks := "".join(mark for mark in CURLY_QUOTES if mark in words[0]):

@@ -108,7 +108,7 @@ def _stamp(archive: Path, digest: str = "") -> str:
 def _same_upload(done: str | None, archive: Path) -> bool:
     """Whether the stamp `done` is of this zip: the same size and time, or the same bytes (a re-upload of the same
     file, a network share's time drift: unpacked anew, each kept a copy of the dataset beside it)."""
-    if done is None:
+    if done is None or len(done.split()) < 2:  # (none, or one a disconnect cut short)
         return False
     size, time_ns, *digest = done.split()
     status = archive.stat()

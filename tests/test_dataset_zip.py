@@ -2,6 +2,7 @@
 folders where Windows PowerShell wrote \\ between them, and never over a folder it did not unpack."""
 
 import os
+import shutil
 import zipfile
 
 from PIL import Image
@@ -34,6 +35,13 @@ def test_a_zip_is_unpacked_once_and_again_where_it_is_uploaded_anew(tmp_path):
     os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
     assert unpack_dataset_zip(archive) == (folder, f"{archive} was unpacked into {tmp_path / 'pets'} already")
     assert not list(tmp_path.glob("pets.before-*"))
+    stamp = tmp_path / ".pets.unpacked"
+    stamp.write_text("")  # (cut short by a disconnect: a ValueError)
+    assert unpack_dataset_zip(archive)[1] == f"{archive} changed since it was unpacked: unpacked anew into " \
+        f"{tmp_path / 'pets'} (the folder of the earlier one is kept as {next(tmp_path.glob('pets.before-*'))}; " \
+        "delete it once nothing in it is needed)"
+    for kept in tmp_path.glob("pets.before-*"):
+        shutil.rmtree(kept)
     # uploaded again with one more image: it trained the old images, saying "unpacked into"
     zipped(archive, {"pets/5_cat/a.png": "red", "pets/5_cat/a.txt": "a cat", "pets/5_cat/b.png": "blue"})
     os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
