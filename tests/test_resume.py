@@ -154,6 +154,7 @@ def test_an_output_folder_gone_read_only_mid_run_is_one_line(tmp_path, monkeypat
                  "--checkpoint-every", "1"]) == 2
     err = capsys.readouterr().err
     assert "could not write checkpoint" in err and "Read-only file system" in err and "Traceback" not in err, err
+    assert "(the previous checkpoint is intact)" in err
     assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-000001"
 
 

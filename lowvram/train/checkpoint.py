@@ -98,8 +98,9 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     except OSError as exc:  # (the folder gone read-only mid-run: a Drive unmounted, a share remounted)
         if is_disk_full(exc):
             raise DiskFull(root, size, free_bytes(root), f"checkpoint {final.name}", is_size_limit(exc)) from None
+        kept = "the previous checkpoint is intact" if complete(root, run_recipe) else "no checkpoint was written yet"
         raise LowvramError(f"could not write checkpoint {final}: {exc.strerror or exc} in {root}; make it writable "
-                           "again, then resume (the previous checkpoint is intact)") from None
+                           f"again, then resume ({kept})") from None
     # like every file lowvram writes: what the umask gives, not mkdtemp's 0700 (setgid kept in a group's folder)
     os.chmod(tmp, shared_mode(root, plain_mode(0o777), of_folder=True))
     try:
