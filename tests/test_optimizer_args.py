@@ -104,6 +104,12 @@ def test_kohyas_adafactor_with_its_own_step_sizes_trains_as_transformers_builds_
     # min(1e-2, 1/sqrt(step)) times the weight's root mean square (at least 1e-3): never the 1e-4 of the config
     assert len(rows) == 2 and all(1e-5 <= row["lr_effective"] <= 1e-2 for row in rows)
     assert all(row["lr_effective"] != row["lr"] for row in rows)
+    from safetensors import safe_open  # (kohya writes no rate it never used: None)
+
+    with safe_open(str(tmp_path / f"{tmp_path.name}.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    assert (metadata["ss_learning_rate"], metadata["ss_text_encoder_lr"], metadata["ss_lr_scheduler"]) == (
+        "None", "None", "adafactor")
     for flags, says in (({"lr": 1e-4}, "--lr: adafactor with relative_step=True sets its own step sizes"),
                         ({"scheduler": "cosine", "text_encoder_lr": 5e-5, "train_text_encoder": True},
                          "drop --scheduler cosine, --text-encoder-lr, or give --optimizer-arg relative_step=False")):

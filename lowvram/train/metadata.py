@@ -22,6 +22,7 @@ from lowvram.data.buckets import make_buckets
 from lowvram.data.epochs import counted_epochs
 from lowvram.lora_metadata import RECIPE_KEY, modelspec
 from lowvram.models.loading import LoadedModel
+from lowvram.optim import sets_own_step_sizes
 from lowvram.resolve import ResolvedRun
 
 
@@ -41,6 +42,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
     images trained on (`records`) and the regularization images."""
     config, family, resolution = run.config, model.family, run.resolution
     prediction = model.pipeline.scheduler.config.prediction_type
+    own_steps = sets_own_step_sizes(config.optim.optimizer, config.optim.optimizer_args)
     now = datetime.now(timezone.utc)
     described = modelspec(family.modelspec_architecture, config.output.metadata_title or config.output_name,
                           f"{resolution}x{resolution}", "v" if prediction == "v_prediction" else "epsilon", when=now
@@ -89,10 +91,11 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_num_epochs": str(shape.epochs),
         "ss_gradient_checkpointing": str(config.memory.gradient_checkpointing),
         "ss_lr_warmup_steps": f"{config.optim.warmup_steps:g}",
-        "ss_learning_rate": f"{config.lr:g}",
-        "ss_unet_lr": f"{config.lr:g}",
-        "ss_text_encoder_lr": _text_encoder_rates(config, len(family.text_encoders)),
-        "ss_lr_scheduler": config.optim.scheduler,
+        # (Adafactor's own step sizes read no rate: None, as kohya writes it, not one the run never used)
+        "ss_learning_rate": "None" if own_steps else f"{config.lr:g}",
+        "ss_unet_lr": "None" if own_steps else f"{config.lr:g}",
+        "ss_text_encoder_lr": "None" if own_steps else _text_encoder_rates(config, len(family.text_encoders)),
+        "ss_lr_scheduler": "adafactor" if own_steps else config.optim.scheduler,
         "ss_optimizer": config.optim.optimizer + (f"({','.join(config.optim.optimizer_args)})"
                                                   if config.optim.optimizer_args else ""),
         "ss_scale_weight_norms": f"{config.optim.scale_weight_norms:g}" if config.optim.scale_weight_norms else "None",
