@@ -3,6 +3,7 @@ beside itself once, again where the zip changes."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import shutil
@@ -118,8 +119,15 @@ def _same_upload(done: str | None, archive: Path) -> bool:
 
 
 def _digest(archive: Path) -> str:
+    """The zip's sha256, read once while it stays as it is (a matched upload's stamp is rewritten with it)."""
+    status = archive.stat()
+    return _file_digest(str(archive), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, _size: int, _changed: int) -> str:
     digest = hashlib.sha256()
-    with open(archive, "rb") as fh:
+    with open(path, "rb") as fh:
         while chunk := fh.read(2**20):
             digest.update(chunk)
     return digest.hexdigest()
