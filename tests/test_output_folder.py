@@ -462,3 +462,24 @@ def test_a_run_under_nohup_trains_on_when_its_terminal_hangs_up_and_keeps_its_lo
         started.send_signal(signal.SIGHUP)
         assert started.wait(timeout=300) == 130
     assert "interrupted at step" in log.read_text()
+
+
+def test_a_lock_left_in_a_folder_gone_read_only_is_no_second_error(tmp_path, monkeypatch):
+    """A run's folder made read-only under it (a Drive unmounted): its one-line error was followed by a traceback
+    from removing its lock, which the next run takes over as its dead pid's."""
+    from pathlib import Path
+
+    from lowvram.train import outdir
+
+    lock = outdir.FolderLock(tmp_path / "run")
+    lock.acquire()
+    unlink = Path.unlink
+
+    def read_only(path, *args, **kwargs):
+        if path == lock.path:
+            raise PermissionError(30, "Read-only file system")
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    lock.release()
+    assert not lock.held and lock.path.exists()
