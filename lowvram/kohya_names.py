@@ -364,17 +364,32 @@ OTHER_TRAINER_FLAGS = {
     "--caption_dropout_probability": "--caption-dropout",
 }
 
-# ai-toolkit's settings (and Civitai's trainer's words) typed as flags
-AI_TOOLKIT_NAMES = {
+# ai-toolkit's sd_trainer settings (section, key) and the lowvram flag of each (its value as `_value` reads it)
+AI_TOOLKIT_FLAGS = {
+    ("model", "name_or_path"): "--model", ("network", "type"): "--network", ("network", "rank"): "--rank",
+    ("network", "linear"): "--rank", ("network", "conv"): "--conv-rank", ("network", "conv_alpha"): "--conv-alpha",
+    ("train", "steps"): "--max-steps", ("train", "lr"): "--lr", ("train", "unet_lr"): "--lr",
+    ("train", "text_encoder_lr"): "--text-encoder-lr", ("train", "batch_size"): "--batch-size",
+    ("train", "optimizer"): "--optimizer", ("train", "gradient_accumulation_steps"): "--gradient-accumulation",
+    ("train", "gradient_accumulation"): "--gradient-accumulation", ("train", "lr_scheduler"): "--scheduler",
+    ("train", "gradient_checkpointing"): "--gradient-checkpointing", ("train", "noise_offset"): "--noise-offset",
+    ("train", "train_text_encoder"): "--train-text-encoder", ("train", "min_snr_gamma"): "--min-snr-gamma",
+    ("train", "max_grad_norm"): "--max-grad-norm", ("train", "dtype"): "--mixed-precision",
+    ("train", "seed"): "--seed", ("save", "save_every"): "--save-every", ("save", "max_step_saves_to_keep"): "--keep-saves",
+    ("save", "dtype"): "--save-precision", ("sample", "sample_every"): "--sample-every",
+    ("sample", "sample_steps"): "--sample-steps", ("sample", "sampler"): "--sample-sampler",
+    ("dataset", "folder_path"): "--data", ("dataset", "caption_dropout_rate"): "--caption-dropout",
+    ("dataset", "shuffle_tokens"): "--shuffle-tags", ("dataset", "token_dropout_rate"): "--tag-dropout",
+    ("dataset", "flip_x"): "--flip", ("dataset", "default_caption"): "--caption-template",
+    ("", "trigger_word"): "--trigger-word",
+}
+# ai-toolkit's settings typed as flags (and Civitai's trainer's words): its config's names, where lowvram's differ
+AI_TOOLKIT_NAMES = {f"--{key}": flag for (_, key), flag in AI_TOOLKIT_FLAGS.items() if f"--{key}" != flag} | {
     "--caption_ext": "--caption-extension",
     "--dtype": "--mixed-precision (the saved LoRA's precision is --save-precision)",
     "--num_repeats": "(a folder named N_name trains its images N times, as kohya's; or num_repeats in a kohya "
                      "dataset .toml as --data)",
-    "--linear": "--rank",
     "--linear_alpha": "--alpha (ai-toolkit's default is 1)",
-    "--max_step_saves_to_keep": "--keep-saves",
-    "--flip_x": "--flip",
-    "--default_caption": "--caption-template",
 }
 
 # the few of those that a kohya config names otherwise, value for value (a kohya config that holds theirs is told

@@ -13,28 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.config import fields_by_name, flag_name
-from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS
+from lowvram.kohya_names import AI_TOOLKIT_FLAGS, KOHYA_FLAGS, OTHER_TRAINER_FLAGS
 from lowvram.optim import KOHYA_OPTIMIZERS
 
-# ai-toolkit's sd_trainer settings (section, key) and the lowvram flag of each (its value as `_value` reads it)
-AI_TOOLKIT_FLAGS = {
-    ("model", "name_or_path"): "--model", ("network", "type"): "--network", ("network", "rank"): "--rank",
-    ("network", "linear"): "--rank", ("network", "conv"): "--conv-rank", ("network", "conv_alpha"): "--conv-alpha",
-    ("train", "steps"): "--max-steps", ("train", "lr"): "--lr", ("train", "unet_lr"): "--lr",
-    ("train", "text_encoder_lr"): "--text-encoder-lr", ("train", "batch_size"): "--batch-size",
-    ("train", "optimizer"): "--optimizer", ("train", "gradient_accumulation_steps"): "--gradient-accumulation",
-    ("train", "gradient_accumulation"): "--gradient-accumulation", ("train", "lr_scheduler"): "--scheduler",
-    ("train", "gradient_checkpointing"): "--gradient-checkpointing", ("train", "noise_offset"): "--noise-offset",
-    ("train", "train_text_encoder"): "--train-text-encoder", ("train", "min_snr_gamma"): "--min-snr-gamma",
-    ("train", "max_grad_norm"): "--max-grad-norm", ("train", "dtype"): "--mixed-precision",
-    ("train", "seed"): "--seed", ("save", "save_every"): "--save-every", ("save", "max_step_saves_to_keep"): "--keep-saves",
-    ("save", "dtype"): "--save-precision", ("sample", "sample_every"): "--sample-every",
-    ("sample", "sample_steps"): "--sample-steps", ("sample", "sampler"): "--sample-sampler",
-    ("dataset", "folder_path"): "--data", ("dataset", "caption_dropout_rate"): "--caption-dropout",
-    ("dataset", "shuffle_tokens"): "--shuffle-tags", ("dataset", "token_dropout_rate"): "--tag-dropout",
-    ("dataset", "flip_x"): "--flip", ("dataset", "default_caption"): "--caption-template",
-    ("", "trigger_word"): "--trigger-word",
-}
 # what changes nothing lowvram does (it always caches latents), or is read with another setting
 AI_TOOLKIT_READ = {("dataset", "resolution"), ("dataset", "caption_ext"), ("model", "is_v_pred"), ("model", "is_xl"),
                    ("sample", "prompts"), ("sample", "samples"), ("sample", "neg"), ("sample", "width"),
