@@ -341,3 +341,19 @@ def test_a_block_alpha_of_0_is_its_blocks_rank_as_kohya_reads_it():
                       "SD1.5")
     assert plan.alphas == tuple(float(rank) for rank in plan.ranks)
     assert set(plan.conv_alphas) == {4.0}
+
+
+def test_the_diffusers_copy_names_the_text_encoder_as_comfyui_and_older_diffusers_read_it(tmp_path):
+    """transformers 5 has no `text_model` level in CLIPTextModel; the file keeps the names every reader knows."""
+    from safetensors.torch import load_file
+    result = train(run_config(output=str(tmp_path), max_steps=2, lr=1e-2, train_text_encoder=True,
+                              format="diffusers", save_precision="fp32"))
+    folder = result.lora_path.parent / f"{result.lora_path.stem}-diffusers"
+    names = [key for key in load_file(str(folder / "pytorch_lora_weights.safetensors")) if key.startswith("text_")]
+    assert names and all(key.startswith("text_encoder.text_model.encoder.layers.") for key in names)
+    theirs = load_model("tiny", None, dtype=torch.float32)
+    theirs.pipeline.load_lora_weights(str(folder))
+    ids = torch.arange(8)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.text_encoders[0](ids)[0], result.model.text_encoders[0](ids)[0],
+                                   rtol=1e-4, atol=1e-5)

@@ -254,6 +254,10 @@ def save_diffusers(model: LoadedModel, folder: Path, precision: str) -> Path:
         # peft's own key names (lora_A/lora_B), which diffusers' loader reads natively; its converter to the older
         # names rewrites only attention projections, and a file mixing both loses them on reload
         state = states[component]
+        if component != "unet" and not hasattr(modules[component], "text_model"):
+            # transformers 5 took CLIPTextModel's `text_model` level away; ComfyUI and diffusers with transformers 4
+            # read only the names with it (`text_encoder.text_model.encoder.…`), and this diffusers reads both
+            state = {"text_model." + key: value for key, value in state.items()}
         # DoRA magnitudes as the parameter is named (`….lora_magnitude_vector.weight`): peft's loader reads both
         # spellings, transformers' `load_adapter` (the text encoders) only this one and drops the bare one
         kwargs[f"{component}_lora_layers"] = {k + ".weight" if k.endswith(".lora_magnitude_vector") else k: v.to(dtype)
