@@ -101,10 +101,17 @@ def parse_colour(text: str) -> tuple[int, int, int]:
     return tuple(parts)  # type: ignore[return-value]
 
 
+# files of structured data, never one caption's text: gallery-dl's and taggers' per-image .json would train as raw JSON
+DATA_SUFFIXES = (".json", ".jsonl", ".toml", ".yaml", ".yml", ".csv", ".parquet", ".npz", ".npy", ".safetensors")
+
+
 def caption_extension_problem(extension: str) -> str | None:
     """Why `extension` names no caption file beside an image, or None. kohya reads any suffix (kohya_ss presets
     give '.txt-no' on purpose, to caption from folder names); lowvram reads only that one where it is not one of
     its own (.txt, .caption), which it reads both of."""
+    if extension.lower() in DATA_SUFFIXES:
+        return (f"'{extension}' files hold data, not a caption's text; captions are plain text files (.txt), or a "
+                "metadata.jsonl's text column (file_name, text) for a whole folder")
     if extension.startswith(".") and len(extension) > 1 and not any(c in extension for c in "/\\ \t"):
         return None
     return f"'{extension}' is no file extension; give it with its dot, e.g. .txt"

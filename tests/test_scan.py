@@ -419,6 +419,9 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
         ScanOptions(small_images="stretch")
     with pytest.raises(LowvramError, match="--caption-extension: 'txt' is no file extension; give it with its dot"):
         ScanOptions(caption_extension="txt")
+    with pytest.raises(LowvramError, match=r"--caption-extension: '\.JSON' files hold data, not a caption's text; "
+                                           "captions are plain text files"):
+        ScanOptions(caption_extension=".JSON")  # (a tagger's or gallery-dl's per-image JSON: it trained as raw JSON)
 
 
 def test_large_jpeg_is_decoded_in_draft_mode_but_still_covers_its_bucket(tmp_path):
