@@ -357,6 +357,10 @@ def test_small_images_are_upscaled_with_a_note_or_skipped(tmp_path):
     assert records["thin.png"].reason.startswith("too small: 48x90, sides must be at least 64 px")
     assert records["large.png"].usable and records["large.png"].notes == (
         f"no caption file: template used: '{tmp_path.name}'",)
+    (tmp_path / "large.png.json").write_text('{"tags": ["red", "circle"]}')  # gallery-dl's metadata beside it
+    records = by_relpath(scan_dataset(tmp_path, default_buckets(512)))
+    said = "no caption file (large.png.json is not read: captions are plain text, as large.txt): template used: "
+    assert records["large.png"].notes == (said + f"'{tmp_path.name}'",)
     records = by_relpath(scan_dataset(tmp_path, default_buckets(512), ScanOptions(small_images="skip")))
     assert not records["small.png"].usable and "needs upscaling" in records["small.png"].reason
     assert records["large.png"].usable

@@ -42,6 +42,8 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     if not found:
         others = [suffix for suffix in CAPTION_SUFFIXES if suffix != extension and caption_file(image, suffix)]
         unread = f" (its {others[0]} is not read with --caption-extension {extension})" if others else ""
+        if not others and (tags := _json_beside(image)):
+            unread = f" ({tags} is not read: captions are plain text, as {image.stem}{extension})"
         return None, notes + [f"no caption file{unread}: template used"], None
     if found[0].stem != image.stem:
         notes.append(f"caption {found[0].name} read: its name differs from the image's in letter case alone, which "
@@ -130,6 +132,17 @@ def caption_file(image: Path, suffix: str) -> Path | None:
         return None
     return next((found for name in listing.get((image.stem + suffix).lower(), ())
                  if (found := image.with_name(name)).is_file()), None)
+
+
+def _json_beside(image: Path) -> str | None:
+    """The name of a JSON file kept beside an image as its tags or metadata (a tagger's `pic.json`, gallery-dl's
+    `pic.jpg.json`), or None."""
+    try:
+        listing = _names_by_case(str(image.parent), image.parent.stat().st_mtime_ns)
+    except OSError:
+        return None
+    keys = (f"{image.stem}.json".lower(), f"{image.name}.json".lower())
+    return next((listing[key][0] for key in keys if key in listing), None)
 
 
 @functools.lru_cache(maxsize=32)
