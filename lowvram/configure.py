@@ -271,7 +271,11 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", r
         if not isinstance(table, dict) and section in known:  # an option outside its table
             problems.append(f"{path}: {section} belongs in a table: write it under [{known[section][0]}]")
             continue
-        if section not in SECTIONS or not isinstance(table, dict):
+        if not isinstance(table, dict):  # (a key of no option: what it may have meant, as for one in a table)
+            hint = _other_tools_key(section, known) or _did_you_mean(section, list(known))
+            problems.append(f"{path}: unknown key '{section}' outside any [section]{hint}")
+            continue
+        if section not in SECTIONS:
             hint = _did_you_mean(section, list(SECTIONS))
             problems.append(f"{path}: unknown section [{section}]{hint}; sections are {', '.join(SECTIONS)}")
             continue

@@ -70,6 +70,11 @@ def test_unknown_section_is_an_error(tmp_path):
     config_file.write_text("[netwrk]\nrank = 8\n")
     with pytest.raises(LowvramError, match=r"unknown section \[netwrk\] \(did you mean 'network'\?\)"):
         read_toml(config_file)
+    config_file.write_text("linear_alpha = 8\nrnak = 4\n[model]\nmodel = 'tiny'\n")  # (keys above every table)
+    with pytest.raises(LowvramError) as err:
+        read_toml(config_file)
+    assert "unknown key 'linear_alpha' outside any [section] (linear_alpha is ai-toolkit's name" in str(err.value)
+    assert "unknown key 'rnak' outside any [section] (did you mean 'rank'?)" in str(err.value)  # (a "section" before)
 
 
 def test_every_problem_is_reported_at_once():
