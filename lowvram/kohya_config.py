@@ -320,6 +320,16 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
             problem(key, "the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; "
                     + (f"write {kohya} = {json.dumps(left[key])} (kohya's)" if kohya else f"pass lowvram's {ours}"))
             unknown.remove(key)
+    # lowvram's own name in a file read as kohya's (`model = "…"` beside network_dim: the run then had no model)
+    kohya_names = {}
+    for kohya_flag, ours in KOHYA_FLAGS.items():
+        kohya_names.setdefault(ours.split()[0], kohya_flag[2:])
+    for key in [key for key in unknown if key in fields_by_name() and key not in SD_SCRIPTS_SETTINGS]:
+        kohya = kohya_names.get("--" + key.replace("_", "-"))
+        problem(key, "lowvram's name, which a kohya config does not read; " + (
+            f"write {kohya} = {json.dumps(left[key])} (kohya's)" if kohya else
+            f"lowvram's own config has it under [{fields_by_name()[key][0]}]"))
+        unknown.remove(key)
     # a setting lowvram maps, misspelt (kohya passes it over: netwrok_dim trained at rank 4), is refused naming it;
     # a real sd-scripts setting lowvram lacks may be close to one too (save_last_n_steps_state): said, not refused
     typed = set(flat) if by_hand is True else set(by_hand or ())

@@ -177,7 +177,7 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
                 "lr_scheduler": "adafactor", "network_module": "lycoris.kohya",
                 "network_args": ["algo=ia3"], "save_precision": "fp8", "lr_scheduler_type": "CosineAnnealingLR",
                 "lr_scheduler_args": ["T_max=30"], "max_train_steps": 100, "lora_rank": 16, "allow_tf32": True,
-                "center_crop": True}
+                "center_crop": True, "model": "tiny", "rank": 8, "train_text_encoder": True}
     with pytest.raises(LowvramError) as error:
         translate({k: v for k, v in settings.items() if v is not None}, Path("kohya.toml"))
     expected = ["v2: Stable Diffusion 2", "LyCORIS algo 'ia3'",
@@ -188,7 +188,12 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
                 ("lora_rank: the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; write "
                  "network_dim = 16 (kohya's)"),
                 ("center_crop: the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; pass "
-                 "lowvram's --crop center")]
+                 "lowvram's --crop center"),
+                # lowvram's own names beside kohya's (the run had no model and the rank of kohya's default)
+                ("model: lowvram's name, which a kohya config does not read; write pretrained_model_name_or_path = "
+                 "\"tiny\" (kohya's)"), "rank: lowvram's name, which a kohya config does not read; write network_dim = 8",
+                ("train_text_encoder: lowvram's name, which a kohya config does not read; lowvram's own config has it "
+                 "under [network]")]
     assert_one_line_each(str(error.value), "kohya.toml: ", expected)
 
 
