@@ -137,6 +137,21 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
     assert run_config(sample_prompts=("[trigger] portrait",)).prompt_lines == (" portrait",)  # (as its captions')
 
 
+def test_a_trigger_word_of_one_of_several_concepts_is_said(tmp_path, capsys):
+    """kohya's two concepts with the README's --trigger-word: the cat's uncaptioned images trained as 'sks', the
+    dog's word, without a word said."""
+    for folder, colour in (("20_sks dog", (200, 40, 40)), ("10_ohwx cat", (40, 200, 40)), ("5_sks_toy", (9, 9, 9))):
+        picture(tmp_path / "data" / folder / "a.png", colour)
+    argv = ["check-data", "--data", str(tmp_path / "data"), "--model", "tiny", "--captions"]
+    assert main([*argv, "--trigger-word", "sks"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("note: --trigger-word 'sks' is in the name of 20_sks dog/, 5_sks_toy/ only: the images of 10_ohwx cat/ "
+            "train with it too (those without a caption on it alone, in place of their folder's name); for several concepts leave "
+            "--trigger-word out: each N_name folder's name is its images' caption, as in kohya") in said, said
+    assert main(argv) == 0  # (each folder's name its images' caption: nothing to say)
+    assert "--trigger-word" not in capsys.readouterr().out
+
+
 def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path, capsys):
     """A --caption-prefix before it, or a caption with it later, shuffled it with the rest without a word: a LoRA
     whose trigger trains anywhere in the caption, and under --tag-dropout without it."""

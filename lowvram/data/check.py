@@ -194,7 +194,7 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
     """What the captions hold that trains otherwise than it was likely meant to (kohya trains them so too, without
     a word): the trigger word varied with the other tags, kohya's "|||" or weighted emphasis read as text, tags
     parted by Chinese or Japanese commas (，、), which a shuffle takes as one tag."""
-    notes = [note] if (note := trigger_moved(records, config, trigger)) else []
+    notes = [note for note in (trigger_of_one_concept(records, trigger), trigger_moved(records, config, trigger)) if note]
     data = config.data
     varied = data.caption_separator == "," and (data.shuffle_tags or data.tag_dropout)
     wide = next((char for char in "，、" for record in records if char in record.caption and "," not in
@@ -219,6 +219,27 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
                      f"(in {bare[0].relpath}'s), which --weighted-captions weighs as emphasis (1.1 a pair of "
                      "brackets), as kohya does; write it \\( \\) to train it as text (a tagger's 'name (series)')")
     return notes
+
+
+def trigger_of_one_concept(records: list, trigger: str | None) -> str | None:
+    """The note where the trigger word is one of several kohya concepts' (20_sks dog, 10_ohwx cat): the others'
+    images train with it too, those without a caption on it alone, in place of their folder's name."""
+    concepts: dict[str, str] = {}  # each N_name folder's label, by the folder
+    for record in records if trigger else ():
+        folder = Path(record.relpath).parent
+        if record.folder and REPEAT_FOLDER.match(folder.name):
+            concepts.setdefault(record.folder, folder.as_posix())
+    named = [folder for label, folder in concepts.items() if has_word(label.replace("_", " "), trigger)]
+    others = [folder for label, folder in concepts.items() if not has_word(label.replace("_", " "), trigger)]
+    if not named or not others:
+        return None
+    def shown(folders: list[str]) -> str:
+        return ", ".join(f"{folder}/" for folder in folders[:3]) + (f" and {len(folders) - 3} more" * (len(folders) > 3))
+
+    return (f"note: --trigger-word '{trigger}' is in the name of {shown(named)} only: the images of {shown(others)} "
+            "train with it too (those without a caption on it alone, in place of "
+            "their folder's name); for several concepts leave --trigger-word out: each N_name folder's name is its "
+            "images' caption, as in kohya")
 
 
 def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str | None:
