@@ -445,6 +445,13 @@ def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_
     assert main([*argv, "--reg-data", str(tmp_path / "reg40")]) == 0
     assert ("regularization: 30 of its 40 samples train each epoch, to match the 30 training samples (kohya's "
             "balance); 10 never train") in " ".join(capsys.readouterr().out.split())
+    (tmp_path / "reg40" / "1_tree").mkdir()  # a second class after it: none of its images reached, unsaid
+    for i in range(3):
+        Image.new("RGB", (80, 80), (5 * i, 90, 30)).save(tmp_path / "reg40" / "1_tree" / f"t{i}.png")
+    assert main([*argv, "--reg-data", str(tmp_path / "reg40")]) == 0
+    assert ("balance); 13 never train, none of 'tree': the balance takes them in order, so fewer class images or more "
+            "training repeats give each class its turn") in " ".join(capsys.readouterr().out.split())
+    shutil.rmtree(tmp_path / "reg40" / "1_tree")
     # a kohya file's [[datasets]] balance each their own: not against all the training samples
     first, second, reg = next(sample_data.iterdir()), tmp_path / "reg40" / "1_shape", tmp_path / "reg3" / "1_shape"
     (tmp_path / "two.toml").write_text(

@@ -149,8 +149,15 @@ def regularization_balance(epochs: Epochs) -> str:
            else f"its {offered} {samples} train")
     several = len({sample.dataset for sample in epochs.samples}) > 1  # each balanced within its [[datasets]] entry
     matched = "the training samples of its [[datasets]] entry" if several else f"the {training} training samples"
+    # a class left out whole (kohya takes them in order: 1_cat's fill the epoch before 1_dog's come)
+    drawn = {epochs.samples[i].group for i in epochs.expanded(0)[training:]}
+    left = [f"'{group}'" for group in dict.fromkeys(epochs.samples[i].group for i in
+                                                    range(epochs.training_count, len(epochs.samples)))
+            if group not in drawn]
+    whole = (f", none of {', '.join(left)}: the balance takes them in order, so fewer class images or more training "
+             "repeats give each class its turn") if left else ""
     return (f"regularization: {how} each epoch, to match {matched} (kohya's balance)"
-            + (f"; {unused} never train" if unused else ""))
+            + (f"; {unused} never train{whole}" if unused else ""))
 
 
 def idle_regularization(epochs: Epochs, weight: float) -> str:
