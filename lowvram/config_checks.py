@@ -176,7 +176,14 @@ def _file_problems(c: RunConfig) -> list[str]:
                 if Path(c.training.resume).suffix.lower() == ".safetensors" else "")
         p.append(f"--resume: {c.training.resume}: {found}; pass a checkpoint folder (<output>/checkpoints/step-N), "
                  f"or --resume auto for the output folder's newest{lora}")
-    if c.data.reg_data is not None and not Path(c.data.reg_data).is_dir():
+    reg = Path(c.data.reg_data) if c.data.reg_data is not None else None
+    if reg is not None and is_dataset_file(str(reg)):  # (was "folder not found: ds.toml (did you mean ds.toml?)")
+        p.append(f"--reg-data: {reg} is a dataset file; its is_reg subsets are the class images: pass it as --data "
+                 f"{shell_line(reg)}")
+    elif reg is not None and reg.is_file():
+        p.append(f"--reg-data: {reg} is a file; give the folder of class images (kohya's N_name folders inside)"
+                 + _unpack_hint(reg, "--reg-data"))
+    elif reg is not None and not reg.is_dir():
         p.append(f"--reg-data: folder not found: {c.data.reg_data}{not_found_hint(c.data.reg_data)}")
     elif c.data.reg_data is not None and c.data.data and Path(c.data.data).is_dir():
         p += filter(None, [_overlap(Path(c.data.data).resolve(), Path(c.data.reg_data).resolve())])
@@ -575,7 +582,7 @@ def idle_option_notes(c: RunConfig) -> list[str]:
     return notes
 
 
-def _unpack_hint(path: Path) -> str:
+def _unpack_hint(path: Path, flag: str = "--data") -> str:
     """How to unpack a dataset uploaded as an archive (Python's own zipfile and tarfile do it on any system)."""
     name = path.name.lower()
     module = "zipfile" if name.endswith(".zip") else "tarfile" if name.endswith((".tar", ".tar.gz", ".tgz")) else None
@@ -595,6 +602,6 @@ def _unpack_hint(path: Path) -> str:
     unpack = (f"{python} -m {module} -e {shell_line(path, folder)}" if not encoding else
               f"{python} -m zipfile --metadata-encoding {encoding} -e {shell_line(path, folder)}"
               if sys.version_info >= (3, 11) else f"unzip -O {encoding} {shell_line(path)} -d {shell_line(folder)}")
-    return f"; unpack it first: {unpack}, then --data {shell_line(data)}"
+    return f"; unpack it first: {unpack}, then {flag} {shell_line(data)}"
 
 

@@ -435,6 +435,29 @@ def test_class_images_among_the_subjects_images_are_refused(tmp_path, monkeypatc
         build_config(values)
 
 
+def test_class_images_given_as_a_file_say_what_to_give(tmp_path, monkeypatch):
+    """--reg-data naming a file said "folder not found: ds.toml (did you mean ds.toml?)"."""
+    import zipfile
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "img" / "5_shape").mkdir(parents=True)
+    (tmp_path / "ds.toml").write_text('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img/5_shape"\n')
+    (tmp_path / "photo.png").write_bytes(b"")
+    with zipfile.ZipFile(tmp_path / "reg.zip", "w") as archive:
+        archive.writestr("1_dog/a.png", b"")
+        archive.writestr("1_cat/a.png", b"")
+    for reg, said in (("ds.toml", ("--reg-data: ds.toml is a dataset file; its is_reg subsets are the class images: "
+                                  "pass it as --data ds.toml")),
+                      ("photo.png", ("--reg-data: photo.png is a file; give the folder of class images (kohya's N_name "
+                                    "folders inside)")),
+                      ("reg.zip", ("--reg-data: reg.zip is a file; give the folder of class images (kohya's N_name "
+                                  "folders inside); unpack it first: python3 -m zipfile -e reg.zip reg, then "
+                                  "--reg-data reg"))):
+        with pytest.raises(LowvramError) as error:
+            build_config({"model": "tiny", "data": "img", "reg_data": reg})
+        assert str(error.value).replace(f"{tmp_path}{os.sep}", "") == said
+
+
 def test_every_file_and_new_folder_lowvram_writes_is_one_windows_can_open(tmp_path, monkeypatch, capsys):
     """Only train's --name was checked: generate wrote img:1.png and aux.png, resize pr2:r4.safetensors, and train
     made outs/run. (Windows takes a trailing dot or space off, and cannot open the folder)."""
