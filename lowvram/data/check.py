@@ -365,10 +365,10 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
             reports.append(scan(run, Path(run.config.data.reg_data or data), None, console, regularization=True,
                                 listed_above=True))
         except NoUsableImages as exc:
-            exc.report.print_summary(console, verbose)
+            exc.report.print_summary(console, verbose, regularization=True)
             _write_report(destination, report, exc.report)
             raise
-        reports[-1].print_summary(console, verbose)
+        reports[-1].print_summary(console, verbose, regularization=True)
         if captions:
             reports[-1].print_captions(console, run.config.data.caption_separator)
         if note := class_copies_note(report, reports[-1]):

@@ -126,13 +126,14 @@ class ScanReport:
         """The report as JSON, with `more` (a regularization set's report) after its own keys."""
         return json.dumps(self.to_json() | (more or {}), indent=1, ensure_ascii=False) + "\n"
 
-    def print_summary(self, console: Console, verbose: bool = False) -> None:
-        """Per folder, then every skipped file with its reason, the files with notes, and the buckets."""
+    def print_summary(self, console: Console, verbose: bool = False, regularization: bool = False) -> None:
+        """Per folder, then every skipped file with its reason, the files with notes, and the buckets; the class
+        images' (`regularization`) titled so, their samples counted before kohya's balance sets them per epoch."""
         summary = self.summary()
         folders = summary["folders"].values()
         weighted = any(f["loss_weight"] != 1 for f in folders)  # a column only where it tells
         own = any(f["settings"] for f in folders)
-        console.print(_table(f"dataset {self.root}", ("folder", "label", "images", "usable", "skipped", "repeats",
+        console.print(_table(f"{'class images' if regularization else 'dataset'} {self.root}", ("folder", "label", "images", "usable", "skipped", "repeats",
                                                        "samples/epoch", *(("weight",) if weighted else ()),
                                                        *(("own settings",) if own else ())),
                              [(k, f["label"], f["images"], f["usable"], f["skipped"], f"{f['repeats']:g}",
@@ -174,8 +175,10 @@ class ScanReport:
             were = "caption was" if len(legacy) == 1 else "captions were"
             console.print(Text(f"{len(legacy)} {were} not UTF-8; read in the Windows code page each one's note "
                                f"names: {', '.join(legacy)}", style="yellow"))
+        counted = ("with repeats, before kohya's balance matches them to the training samples" if regularization
+                   else "per epoch with repeats")
         console.print(f"{summary['usable']} of {summary['images']} images usable, {summary['skipped']} skipped; "
-                      f"{summary['samples_per_epoch']} samples per epoch with repeats")
+                      f"{summary['samples_per_epoch']} samples {counted}")
 
 
     def print_captions(self, console: Console, separator: str = ",") -> None:

@@ -221,8 +221,8 @@ def scan_data(session: Session) -> Dataset:
         data_root = Path(config.data.data)
     with accelerator.main_process_first():  # one process writes the scan index, the others read it
         sets = scan_sets(run, data_root, trigger, session.console)
-    for report in sets.reports:
-        report.print_summary(session.console)
+    for i, report in enumerate(sets.reports):
+        report.print_summary(session.console, regularization=i > 0)
     return Dataset(sets.reports, sets.training, sets.held_out, trigger)
 
 
