@@ -186,7 +186,8 @@ class DataConfig:
     caption_suffix: str = option("", "Text written after every caption and a space (kohya's caption_suffix, e.g. "
                                  "\", from side\").", metavar="TEXT", text=True)
     reg_data: str | None = option(None, "Regularization (prior-preservation) image folder, same layout as --data; "
-                                  "cycled to match the training images per epoch.", metavar="DIR")
+                                  "taken in order, cycled or cut, to as many as the training images per epoch (kohya's balance).",
+                                  metavar="DIR")
     class_prompt: str | None = option(None, "Caption for a regularization image without a caption file (the "
                                       "diffusers scripts' --class_prompt, e.g. \"a photo of a dog\"); {trigger} is "
                                       "its folder's name without the repeat prefix. Default: that folder name "
