@@ -146,7 +146,8 @@ def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeat
     assert [r["caption"] for r in json.loads(report.read_text())["regularization"]["records"]] == ["dog"]
     out = " ".join(capsys.readouterr().out.split())
     assert "metadata.jsonl names images in folders that are not there: missing/" in out
-    assert "skipped folder 0_off/: 0 repeats" in out and "can't list" not in out
+    assert ("skipped folder 0_off/: 0 repeats, so none of its images trains; name it 1_off to train them once per "
+            "epoch") in out and "can't list" not in out
 
 
 def test_a_hugging_face_dataset_id_as_data_says_how_to_fetch_it(tmp_path, monkeypatch, capsys):

@@ -325,7 +325,9 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
             notes.append(f"skipped folder {sub.name}/: {int(match.group(1))} repeats is past {MAX_REPEATS}, a date or "
                          f"a number rather than repeats; name it N_name with N the repeats (10_{label})")
         elif int(match.group(1)) == 0:
-            notes.append(f"skipped folder {sub.name}/: 0 repeats")
+            label = match.group(2) or "name"  # (then "no images in reg or its N_name subfolders" alone, beside it)
+            notes.append(f"skipped folder {sub.name}/: 0 repeats, so none of its images trains; name it 1_{label} to "
+                         "train them once per epoch")
             if found:  # nor do the root file's rows bring it back
                 found = metadata[root] = found._replace(captions={
                     image: caption for image, caption in found.captions.items() if not image.is_relative_to(sub)})
