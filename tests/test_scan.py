@@ -286,6 +286,13 @@ def test_a_folder_of_images_not_named_n_name_is_named_with_the_fix(tmp_path):
     assert str(raised.value).endswith(
         "rename it to 1_ohwx_mug (kohya's balance repeats class images to match the training images), or give "
         f"--reg-data {tmp_path / 'ds' / 'ohwx_mug'}")
+    (tmp_path / "ds" / "dog").mkdir()  # two classes: giving one folder of them would leave the other out
+    drawn().save(tmp_path / "ds" / "dog" / "a.png")
+    with pytest.raises(NoUsableImages) as raised:
+        scan_dataset(tmp_path / "ds", TINY, flag="--reg-data")
+    assert str(raised.value).endswith(
+        "; dog/, ohwx_mug/ hold images but are not named N_name: rename each as 1_dog (kohya's balance repeats class "
+        "images to match the training images), 1_ohwx_mug")
 
 
 def test_a_photo_past_pillows_warning_trains_as_in_kohya(tmp_path):

@@ -230,8 +230,14 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                 sub = unnamed[0]  # (a beginner's dataset/ohwx_mug/: kohya's layout wants 10_ohwx_mug)
                 named = (f"1_{sub.name} (kohya's balance repeats class images to match the training images)"
                          if flag == "--reg-data" else f"10_{sub.name} (each image 10 times per epoch)")
-                message += (f"; {sub.name}/ holds images but is not named N_name: rename it to {named}, or give "
-                            f"{flag} {sub}")
+                if len(unnamed) == 1:
+                    message += (f"; {sub.name}/ holds images but is not named N_name: rename it to {named}, or give "
+                                f"{flag} {sub}")
+                else:  # (giving one of them would leave the others out: a class, or a concept)
+                    count = "1" if flag == "--reg-data" else "10"
+                    names = ", ".join(f"{s.name}/" for s in unnamed[:3]) + (" …" if len(unnamed) > 3 else "")
+                    message += (f"; {names} hold images but are not named N_name: rename each as {named}, "
+                                f"{count}_{unnamed[1].name}")
             parquet = next(root.glob("*.parquet"), None) or next(root.glob("*/*.parquet"), None)
             if parquet:  # a dataset from the Hub in its own format: images inside the file
                 message += (f"; {parquet.relative_to(root).as_posix()} is a dataset stored as parquet, which lowvram "
