@@ -428,11 +428,20 @@ def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(tmp_path):
         ("3_x/pipe.png", "not a regular file (a named pipe or a device): not read")]
 
 
-def test_a_folder_named_by_a_date_is_not_read_as_millions_of_repeats(tmp_path):
+def test_a_folder_named_by_a_date_is_not_read_as_millions_of_repeats(tmp_path, capsys):
     """20240101_vacation trained 20,240,101 repeats: train sat at 15 GB listing its epoch, 100000000_x was killed."""
-    for name in ("20240101_vacation", "2_kept"):
+    for name in ("20240101_vacation", "2_kept", "2019", "2020_summer/sea"):  # (an archive's years trained 2019 times)
         picture(tmp_path / "data" / name / "a.png", (90, 80, 40))
     report = scan_dataset(tmp_path / "data", TINY, ScanOptions())
     assert [record.relpath for record in report.usable] == ["2_kept/a.png"]
-    assert any("skipped folder 20240101_vacation/: 20240101 repeats is past 10000, a date or a number rather than "
-               "repeats; name it N_name with N the repeats (10_vacation)" in note for note in report.folder_notes)
+    assert ("skipped folder 20240101_vacation/ (1 image in it and below do not train): 20240101 repeats is past 10000, "
+            "a date or a number rather than repeats; name it N_name with N the repeats (10_vacation)"
+            in report.folder_notes)
+    assert ("skipped folder 2019/ (1 image in it and below do not train): 2019 is a year rather than repeats; name it "
+            "N_name with N the repeats (10_name)") in report.folder_notes
+    assert any(note.startswith("skipped folder 2020_summer/ (1 image in") for note in report.folder_notes)
+    assert report.passed_over == 3  # ("1 of 1 images usable, 0 skipped" said nothing of them)
+    assert main(["plan", "--data", str(tmp_path / "data"), "--model", "tiny", "--vram", "6GB"]) == 0
+    assert "1 usable images, 0 skipped, 3 in folders it passes over" in capsys.readouterr().out
+    # --data naming the year's folder itself: its images, once each (it read as 2019 repeats)
+    assert [(r.relpath, r.repeats) for r in scan_dataset(tmp_path / "data" / "2019", TINY).usable] == [("a.png", 1)]

@@ -111,8 +111,9 @@ def test_a_downloaded_dataset_trains_its_train_split(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "train/ read as the dataset's training images (Hugging Face's train split" in out
     assert "train/metadata.jsonl: the captions of 2 image(s), from its 'text' column" in out
-    assert f"skipped folder test/: not named 'N_name' (N = repeats), as kohya's convention needs; it holds a " \
-           f"metadata.jsonl: give --data {data / 'test'} to train its images" in out
+    assert (f"skipped folder test/ (1 image in it and below do not train): not named 'N_name' (N = repeats), as "
+            f"kohya's convention needs; it holds a metadata.jsonl: give --data {data / 'test'} to train its "
+            "images") in out
 
 
 def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeats(tmp_path, capsys):
@@ -146,8 +147,8 @@ def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeat
     assert [r["caption"] for r in json.loads(report.read_text())["regularization"]["records"]] == ["dog"]
     out = " ".join(capsys.readouterr().out.split())
     assert "metadata.jsonl names images in folders that are not there: missing/" in out
-    assert ("skipped folder 0_off/: 0 repeats, so none of its images trains; name it 1_off to train them once per "
-            "epoch") in out and "can't list" not in out
+    assert ("skipped folder 0_off/ (1 image in it and below do not train): 0 repeats, so none of its images trains; "
+            "name it 1_off to train them once per epoch") in out and "can't list" not in out
 
 
 def test_a_hugging_face_dataset_id_as_data_says_how_to_fetch_it(tmp_path, monkeypatch, capsys):

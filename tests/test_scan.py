@@ -246,8 +246,8 @@ def test_a_kohya_ss_project_folder_given_as_data_names_its_img_and_reg_folders(t
     assert str(raised.value).endswith(f"or its N_name subfolders; its N_name folders are a level down: give --data "
                                       f"{project / 'img'} --reg-data {project / 'reg'}")
     notes = raised.value.report.folder_notes
-    assert (f"skipped folder img/: not named 'N_name' (N = repeats), as kohya's convention needs; it holds N_name "
-            f"folders: give --data {project / 'img'} to train them") in notes
+    assert (f"skipped folder img/ (1 image in it and below do not train): not named 'N_name' (N = repeats), as "
+            f"kohya's convention needs; it holds N_name folders: give --data {project / 'img'} to train them") in notes
     assert any(note.endswith(f"give --reg-data {project / 'reg'} to train them") for note in notes)
     assert "skipped folder model/: not named 'N_name' (N = repeats), as kohya's convention needs" in notes
     (project / "img" / "10_ohwx dog" / "a.png").rename(project / "loose.png")  # a dataset of its own: no hint
@@ -267,8 +267,11 @@ def test_a_reg_folder_beside_the_n_name_folders_given_as_reg_data_is_not_said_to
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "regularization: its 1 sample is repeated to 2 each epoch" in said and "give --reg-data" not in said
+    assert "1 of 1 images usable, 0 skipped; 2 samples" in said  # (its class images train: none passed over)
     assert main(["check-data", str(project), "--model", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0
-    assert f"give --reg-data {project / 'reg'} to train them" in " ".join(capsys.readouterr().out.split())
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"give --reg-data {project / 'reg'} to train them" in said
+    assert "1 of 1 images usable, 0 skipped, 1 more in folders passed over (named above); 2 samples" in said
 
 
 def test_a_folder_of_images_not_named_n_name_is_named_with_the_fix(tmp_path):

@@ -20,7 +20,7 @@ from lowvram.data.buckets import make_buckets
 from lowvram.data.captions import has_word
 from lowvram.data.epochs import counted_epochs, idle_regularization, regularization_balance
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
-from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, scan_dataset, scan_folders
+from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, images_below, scan_dataset, scan_folders
 from lowvram.data.scan_report import ScanReport
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.dataset_files.subsets import REPEAT_FOLDER
@@ -92,6 +92,8 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
         if not regularization and run.config.data.reg_data:  # (kohya_ss's project: reg/ beside the N_name folders)
             given = f"give --reg-data {Path(run.config.data.reg_data).resolve()} to train them"
             report.folder_notes[:] = [note for note in report.folder_notes if not note.endswith(given)]
+            if Path(run.config.data.reg_data).resolve().is_relative_to(report.root):  # (its images train, as those)
+                report.passed_over = max(0, report.passed_over - images_below(Path(run.config.data.reg_data)))
         loose = [record for record in report.usable if "/" not in record.relpath and record.caption == record.folder
                  and any("template used" in note for note in record.notes)]
         own = REPEAT_FOLDER.match(Path(data).name)  # (--reg-data reg/1_dog: its name is their class, as kohya's)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,6 +64,7 @@ INDEX_VERSION = 1
 UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
 PROGRESS_FROM = 50  # files; fewer scan in a blink
 MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
+YEARS = (1900, 2099)  # a folder named 2019 or 2019_summer is a year's, not 2019 repeats anyone means
 MAX_REPEATS = 10_000  # an N_name folder's: more is a date or a number in the name, not repeats anyone means
 
 
@@ -215,7 +217,11 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
         except LowvramError as exc:  # only a cache: the scan itself is still good
             if console is not None:
                 console.print(Text(f"scan index not saved: {exc}", style="yellow"), soft_wrap=True)  # (a log: one line)
-    report = ScanReport(root, records, folder_notes)
+    # (the N_name layout's root: the images in folders it passes over, which "0 skipped" said nothing of)
+    read = sum(1 for path, _ in files if path.suffix.lower() in IMAGE_SUFFIXES)
+    passed = max(0, images_below(root) - read - sum(images_below(Path(p)) for p in elsewhere
+                                                    if Path(p).resolve().is_relative_to(root))) if judged else 0
+    report = ScanReport(root, records, folder_notes, passed)
     if not report.usable:
         where, listing = describe or (str(root), "see `lowvram check-data`")
         if not records:
@@ -283,6 +289,25 @@ def _index_kept_if_stopped(index_path: Path | None, old_index: dict, new_index: 
         raise
 
 
+def _is_year(match: re.Match[str] | None) -> bool:
+    """Whether an N_name folder's N is a year (2019, 2019_summer) rather than repeats."""
+    return bool(match) and len(match.group(1)) == 4 and YEARS[0] <= int(match.group(1)) <= YEARS[1]
+
+
+def images_below(folder: Path) -> int:
+    """The images in `folder` and every folder below it (hidden and system folders passed over, masks no images)."""
+    try:
+        return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(
+            MASK_SUFFIX) and not any(passed_over(Path(part)) for part in p.relative_to(folder).parts))
+    except OSError:
+        return 0
+
+
+def _untrained(count: int) -> str:
+    """A passed-over folder's images, as its note counts them."""
+    return f" ({count} image{'s' * (count != 1)} in it and below do not train)" if count else ""
+
+
 def _holds_images(folder: Path) -> bool:
     try:
         return any(path.suffix.lower() in IMAGE_SUFFIXES for path in folder.iterdir())
@@ -294,8 +319,8 @@ def nested_option(folder: Path) -> str | None:
     """Where `folder` holds N_name folders itself (as the img/ and reg/ of kohya_ss's project folder), the option that
     trains them; None otherwise."""
     try:
-        holds = any(sub.is_dir() and (match := REPEAT_FOLDER.match(sub.name)) and int(match.group(1)) > 0
-                    for sub in folder.iterdir())
+        holds = any(sub.is_dir() and (match := REPEAT_FOLDER.match(sub.name)) and 0 < int(match.group(1)) <= MAX_REPEATS
+                    and not _is_year(match) for sub in folder.iterdir())
     except OSError:
         return None
     if not holds:
@@ -320,19 +345,25 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
             continue
         if sub.name in by_metadata and not match:
             continue
+        repeats, year = int(match.group(1)) if match else 0, _is_year(match)
+        # (counted only where passed over: an N_name folder's images are listed once, later)
+        skipped = "" if match and 0 < repeats <= MAX_REPEATS and not year else \
+            f"skipped folder {sub.name}/{_untrained(images_below(sub))}"
         if not match:
             held = next((name for name in METADATA_FILES if (sub / name).is_file()), None)
-            notes.append(f"skipped folder {sub.name}/: not named 'N_name' (N = repeats), as kohya's convention needs"
+            notes.append(f"{skipped}: not named 'N_name' (N = repeats), as kohya's convention needs"
                          + (f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else
                             f"; it holds N_name folders: give {option} {sub} to train them"
                             if (option := nested_option(sub)) else ""))
-        elif int(match.group(1)) > MAX_REPEATS:  # (a date, 20240101_trip: an epoch of millions, hours to list)
+        elif repeats > MAX_REPEATS or year:  # (a date, 20240101_trip: an epoch of millions, hours to list; an
+            # illustrator's archive of 2019/, 2020/ trained each image 2019 times, as kohya would)
             label = match.group(2) or "name"
-            notes.append(f"skipped folder {sub.name}/: {int(match.group(1))} repeats is past {MAX_REPEATS}, a date or "
-                         f"a number rather than repeats; name it N_name with N the repeats (10_{label})")
-        elif int(match.group(1)) == 0:
+            why = "is a year" if year else f"repeats is past {MAX_REPEATS}, a date or a number"
+            notes.append(f"{skipped}: {repeats} {why} rather than repeats; name it N_name with N the repeats "
+                         f"(10_{label})")
+        elif repeats == 0:
             label = match.group(2) or "name"  # (then "no images in reg or its N_name subfolders" alone, beside it)
-            notes.append(f"skipped folder {sub.name}/: 0 repeats, so none of its images trains; name it 1_{label} to "
+            notes.append(f"{skipped}: 0 repeats, so none of its images trains; name it 1_{label} to "
                          "train them once per epoch")
             if found:  # nor do the root file's rows bring it back
                 found = metadata[root] = found._replace(captions={
@@ -345,7 +376,8 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
         notes.append(f"{len(loose)} image(s) at the top level beside the N_name folders ({named}) train once each per "
                      "epoch; kohya leaves them out: move them out of the dataset folder, or into an N_name folder")
     itself = REPEAT_FOLDER.match(root.name)
-    if len(folders) == 1 and itself and int(itself.group(1)):  # --data names the N_name folder, not its parent
+    # --data names the N_name folder, not its parent (a year's or a date's, 2019/, is a folder of images as any)
+    if len(folders) == 1 and itself and 0 < int(itself.group(1)) <= MAX_REPEATS and not _is_year(itself):
         folders = [ImageFolder(root, int(itself.group(1)), utf8_text(itself.group(2) or ""))]
         notes.append(f"{root.name}/ is itself an N_name folder: read as one ({itself.group(1)} repeats), as kohya "
                      "reads it inside the folder it asks for")
@@ -378,9 +410,8 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
             suffix = path.suffix.lower()
             if path.is_dir():
                 if path not in listed and not (folder == root and root_judged):
-                    inside = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                                 and not any(passed_over(Path(part)) for part in p.relative_to(path).parts))
-                    count = f" ({inside} image{'s' * (inside != 1)} in it and below do not train)" if inside else ""
+                    inside = images_below(path)
+                    count = _untrained(inside)
                     # (a zip unpacked one level deeper than the dataset file's image_dir says)
                     fix = "" if not inside or not (option := nested_option(path)) else (
                         f"; it holds N_name folders: give {option} {path}" if root_judged else

@@ -88,6 +88,7 @@ class ScanReport:
     root: Path
     records: list[ImageRecord]
     folder_notes: list[str]
+    passed_over: int = 0  # images in folders the layout does not read (not N_name, 0_name, nested): none trains
 
     @property
     def usable(self) -> list[ImageRecord]:
@@ -115,8 +116,14 @@ class ScanReport:
                 "notes": dict(Counter(_kind(n) for r in usable for n in r.notes)),
                 "buckets": dict(sorted(buckets.items(), key=lambda item: _in_number_order(item[0])))}
 
+    @property
+    def passed_over_words(self) -> str:
+        """The images in folders passed over, for a summary's line; "" where there are none."""
+        return f", {self.passed_over} more in folders passed over (named above)" if self.passed_over else ""
+
     def to_json(self) -> dict:
-        return {"root": str(self.root), "summary": self.summary(), "folder_notes": list(self.folder_notes),
+        return {"root": str(self.root), "summary": self.summary() | {"passed_over": self.passed_over},
+                "folder_notes": list(self.folder_notes),
                 "records": [r.to_json() for r in self.records]}
 
     def write_json(self, path: Path, more: dict | None = None) -> Path:
@@ -177,8 +184,8 @@ class ScanReport:
                                f"names: {', '.join(legacy)}", style="yellow"))
         counted = ("with repeats, before kohya's balance matches them to the training samples" if regularization
                    else "per epoch with repeats")
-        console.print(f"{summary['usable']} of {summary['images']} images usable, {summary['skipped']} skipped; "
-                      f"{summary['samples_per_epoch']} samples {counted}")
+        console.print(f"{summary['usable']} of {summary['images']} images usable, {summary['skipped']} skipped"
+                      f"{self.passed_over_words}; {summary['samples_per_epoch']} samples {counted}")
 
 
     def print_captions(self, console: Console, separator: str = ",") -> None:
