@@ -259,6 +259,14 @@ def _options(concept: dict, where: str, notes: list[str], problem) -> dict[str, 
     captions = as_number(concept.get("text_variations", 1), f"{where} text_variations", problem, int)
     # OneTrainer caches one of each by default; lowvram's defaults (None) then cover the augmentations asked for
     options["latent_variants"] = variants if variants > 1 else None
+    varied = options["flip"] or options["crop"] == "random" or options["color_jitter"]
+    said = "image_variations 1 with "
+    if variants <= 1 and varied and not any(note.startswith(said) for note in notes):  # (once for the file)
+        # (lowvram's first variant is the image as it is: one cached variant would never flip nor move the crop)
+        notes.append(f"{said}random flip or crop jitter: lowvram caches 2 variants per image (4 with crop or colour "
+                     "jitter), its first as it is, so that epochs differ (OneTrainer draws one flip and crop per image "
+                     "and caches that); --latent-variants 1 caches one, unflipped and centred, in a quarter of the "
+                     "time")
     options["caption_variants"] = captions if captions > 1 else None
     if not (options["shuffle_tags"] or options["tag_dropout"]):
         # OneTrainer keeps one tag by default, whether or not anything moves the tags: a concept whose tags stay put
