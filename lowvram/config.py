@@ -54,7 +54,8 @@ SAMPLE_DATA = "sample"
 CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, in this order by default
 # the image files a dataset trains on, by suffix, with the Pillow formats each may decode as (a phone's JPEG as MPO)
 IMAGE_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
-                 ".bmp": ("BMP", "DIB"), ".jfif": ("JPEG",)}  # (.jfif: the JPEGs Windows' browsers save)
+                 ".bmp": ("BMP", "DIB"), ".jfif": ("JPEG",),  # (.jfif: the JPEGs Windows' browsers save)
+                 ".tif": ("TIFF",), ".tiff": ("TIFF",)}  # (a scanner's, a painting program's: OneTrainer's too)
 IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
 MASK_SUFFIX = "-masklabel.png"  # OneTrainer's loss masks: <image stem>-masklabel.png beside the image, never an image
 # OneTrainer's label files beside an image, of any type: never images (it leaves them out of the images so too)

@@ -253,7 +253,8 @@ def test_kohya_folder_names_at_their_edges(tmp_path, capsys):
     report = scan_dataset(root, TINY)
     assert [(r.relpath, r.caption) for r in report.records] == [("10/a.png", "")]
     assert report.summary()["samples_per_epoch"] == 10
-    assert "no images in 5_empty/ (.png, .jpg, .jpeg, .webp, .bmp, .jfif): nothing of it trains" in report.folder_notes
+    assert ("no images in 5_empty/ (.png, .jpg, .jpeg, .webp, .bmp, .jfif, .tif, .tiff): nothing of it trains"
+            in report.folder_notes)
     assert not any("10/" in note for note in report.folder_notes)
 
     subject = tmp_path / "only" / "10_my subject"  # --data names the N_name folder itself, not its parent

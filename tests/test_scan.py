@@ -532,6 +532,30 @@ def test_a_jfif_file_is_the_jpeg_windows_browsers_save_and_trains(tmp_path):
     assert [(r.relpath, r.caption) for r in report.usable] == [("cat.jfif", "a cat")]
 
 
+def test_a_tiff_of_any_kind_trains_as_onetrainer_trains_it(tmp_path):
+    """A scanner's or a painting program's TIFF was refused ("unsupported format: .tif files can't be read"), though
+    Pillow reads it and OneTrainer trains it; a second page, or an animated WebP's frames, are said to go unused."""
+
+    (tmp_path / "ds").mkdir()
+    base = drawn(size=(120, 90))
+    base.convert("CMYK").save(tmp_path / "ds" / "scan.tif", compression="tiff_lzw")
+    Image.fromarray((np.arange(90 * 120).reshape(90, 120) * 7 % 65535).astype(np.uint16)).save(
+        tmp_path / "ds" / "deep.TIFF")
+    other = base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # (a WebP makes one frame of two the same)
+    base.save(tmp_path / "ds" / "pages.tif", save_all=True, append_images=[other])
+    base.save(tmp_path / "ds" / "moving.webp", save_all=True, append_images=[other], duration=50)
+    report = scan_dataset(tmp_path / "ds", TINY)
+    assert not report.skipped and {r.relpath for r in report.usable} == {"scan.tif", "deep.TIFF", "pages.tif",
+                                                                         "moving.webp"}
+    notes = {r.relpath: r.notes for r in report.usable}
+    assert "CMYK -> RGB" in notes["scan.tif"] and "16-bit -> 8-bit RGB" in notes["deep.TIFF"]
+    assert "2 frames (animated, or pages): the first trains" in notes["pages.tif"]
+    assert "2 frames (animated, or pages): the first trains" in notes["moving.webp"]
+    for record in report.usable:
+        image, _ = open_training_image(record, ScanOptions())
+        assert image.mode == "RGB" and image.size == (120, 90)
+
+
 def test_a_scan_stopped_part_way_keeps_what_it_read_and_a_log_sees_it_go(tmp_path, count_opens, monkeypatch):
     """Thousands of camera photos take minutes to scan: a log showed nothing meanwhile, and Ctrl-C lost it all."""
     import lowvram.console

@@ -19,7 +19,7 @@ from PIL import Image
 from lowvram.config import IMAGE_FORMATS, IMAGE_SUFFIXES
 
 PIL_FORMATS = tuple(dict.fromkeys(formats[0] for formats in IMAGE_FORMATS.values()))  # Pillow decoders tried
-UNSUPPORTED_SUFFIXES = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".psd", ".svg",
+UNSUPPORTED_SUFFIXES = (".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".psd", ".svg",
                         ".ico", ".tga", ".exr", ".dng", ".raw", ".cr2", ".nef", ".arw")
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -59,7 +59,7 @@ def _still_valid(cached, stat, max_pixels: int) -> bool:
 def _blank(**values) -> dict:
     facts = {"size": 0, "mtime_ns": 0, "ctime_ns": 0, "sha256": "", "width": 0, "height": 0, "mode": "", "format": "",
              "has_alpha": False, "transposed": False, "decoded": False, "error": None, "lightest": None,
-             "opaquest": None}
+             "opaquest": None, "frames": 1}
     return {**facts, **values}
 
 
@@ -77,7 +77,8 @@ def _probe(data: bytes, max_pixels: int, mask: bool = False) -> dict:
                 orientation = _orientation(im)
                 width, height = im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
                 facts.update(width=width, height=height, mode=im.mode, format=im.format or "",
-                             has_alpha=has_alpha(im), transposed=orientation in (2, 3, 4, 5, 6, 7, 8))
+                             has_alpha=has_alpha(im), transposed=orientation in (2, 3, 4, 5, 6, 7, 8),
+                             frames=getattr(im, "n_frames", 1))
                 if width * height <= max_pixels:
                     if im.format in ("JPEG", "MPO"):  # 1/8 scale still reads every byte: truncation shows, in 1/64 RAM
                         im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))

@@ -597,6 +597,8 @@ def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> 
         notes.append(f"upscaled x{placement.upscale:.1f} to fill its bucket")
     if facts["format"] and facts["format"] not in IMAGE_FORMATS.get(suffix, ()):
         notes.append(f"is a {facts['format']} file despite its {suffix} name")
+    if facts.get("frames", 1) > 1:  # (an animated WebP, a TIFF of several pages: decoded, its first frame alone)
+        notes.append(f"{facts['frames']} frames (animated, or pages): the first trains")
     return None, placement.bucket, notes
 
 
