@@ -351,9 +351,10 @@ def ensure_room(folder: Path, size: int, what: str) -> None:
         raise DiskFull(folder, needed, free, what, kept_free=KEPT_FREE)
 
 
-def atomic_write(path: Path, write, size: int | None = None, what: str | None = None) -> Path:
+def atomic_write(path: Path, write, size: int | None = None, what: str | None = None, durable: bool = True) -> Path:
     """Call `write(tmp_path)`, fsync, then rename over `path`; on failure the old `path` is untouched. With
-    `size` (bytes, known beforehand) the free space is checked first."""
+    `size` (bytes, known beforehand) the free space is checked first. Not `durable`: no fsync, for files a power cut
+    may cost but that are checked on reading and made again (the cache's entries), as kohya writes its .npz."""
     path = Path(path)
     what = what or path.name
     if size is not None:
@@ -370,8 +371,9 @@ def atomic_write(path: Path, write, size: int | None = None, what: str | None = 
     os.close(fd)
     try:
         write(Path(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         # mkstemp (and safetensors' own writer) leave it owner-only; a ComfyUI server of another user must read it.
         # A file replaced keeps its own permissions (one kept private stays so; a read-only one too, hence last)
         os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if path.exists()
@@ -590,15 +592,15 @@ def is_utf8(text: str) -> bool:
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None,
-                     what: str | None = None) -> Path:
+                     what: str | None = None, durable: bool = True) -> Path:
     """Save tensors as safetensors, atomically, after checking they fit (metadata naming files whose names are
-    no UTF-8 with `utf8_text`: a run's LoRA was lost to one at its save)."""
+    no UTF-8 with `utf8_text`: a run's LoRA was lost to one at its save); `durable` as for `atomic_write`."""
     from safetensors.torch import save_file
 
     metadata = {key: utf8_text(value) for key, value in metadata.items()} if metadata else metadata
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     size = sum(t.nbytes for t in tensors.values()) + 256 * len(tensors) + len(str(metadata or ""))
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), size, what)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), size, what, durable)
 
 
 def save_image(image, path: Path, what: str | None = None, parameters: str | None = None) -> Path:
