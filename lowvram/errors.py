@@ -87,7 +87,10 @@ def not_safetensors(path: str | Path, exc: BaseException, fix: str) -> str:
     except OSError:
         head = b""
     if head[8:9] != b"{":  # (a header's start: the file is a safetensors one, if broken, e.g. cut off)
-        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or _pytorch_zip(path):
+        pickled = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or _pytorch_zip(path)
+        if pickled and Path(path).suffix.lower() in PICKLE_SUFFIXES:  # (named as one: nothing to rename)
+            return pickle_refusal(None, str(path))
+        if pickled:
             renamed = Path(path).with_suffix(".ckpt")  # (torch.load reads a .safetensors name as safetensors)
             return (f"{path} is a pickle file named {Path(path).suffix}, which can run arbitrary code when loaded, so "
                     f"lowvram never opens it; rename it {renamed.name}, then convert it once to safetensors: python -c "
@@ -113,9 +116,9 @@ def _pytorch_zip(path: str | Path) -> bool:
         return False
 
 
-def pickle_refusal(flag: str, path: str, out: str | Path | None = None) -> str:
-    """Why a pickled checkpoint is refused, and the one command that converts it (to `out`, by default beside it
-    as .safetensors) without running its code."""
+def pickle_refusal(flag: str | None, path: str, out: str | Path | None = None) -> str:
+    """Why a pickled checkpoint is refused (given by `flag`, where one names it), and the one command that converts it
+    (to `out`, by default beside it as .safetensors) without running its code."""
     out = out or Path(path).with_suffix(".safetensors")
-    return (f"{flag}: {path} is a pickle file, which can run arbitrary code when loaded, so lowvram never opens it; "
+    return (f"{flag + ': ' if flag else ''}{path} is a pickle file, which can run arbitrary code when loaded, so lowvram never opens it; "
             f"convert it once to safetensors: python -c \"{CONVERT_PICKLE}\" {shell_line(path, out)}")

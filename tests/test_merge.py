@@ -87,3 +87,18 @@ def test_a_resize_or_merge_of_a_bare_sdxl_lora_is_filed_as_sdxl(tmp_path):
             metadata = f.metadata()
         assert (metadata["ss_base_model_version"], metadata["ss_v2"]) == (FAMILIES["sdxl"].base_model_version,
                                                                           "False"), written
+
+
+def test_a_pickled_lora_named_as_one_gets_the_command_that_converts_it(tmp_path, capsys):
+    """resize and merge said to rename old.pt "old.ckpt" and convert it to old.pt (a .ckpt: to itself), which every
+    command then refused as a pickle again."""
+    import torch
+
+    for name in ("old.pt", "old.ckpt"):
+        torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, tmp_path / name)
+        for argv in (["resize", str(tmp_path / name), "--rank", "1"],
+                     ["merge", str(tmp_path / name), "--rank", "1", "--output", str(tmp_path / "m.safetensors")]):
+            assert main(argv) == 2
+            said = capsys.readouterr().err
+            assert f"{tmp_path / name} is a pickle file, which can run arbitrary code" in said, said
+            assert said.rstrip().endswith(f"{tmp_path / name} {tmp_path / 'old.safetensors'}"), said
