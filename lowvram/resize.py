@@ -22,14 +22,22 @@ import contextlib
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
 from lowvram.errors import LowvramError
 from lowvram.files import output_problem
 from lowvram.lora_header import base_model_metadata, no_layers_reason
-from lowvram.lora_metadata import save_lora
+from lowvram.lora_metadata import RECIPE_KEY, save_lora
 from lowvram.run_files import lora_in_folder
 
 if TYPE_CHECKING:
@@ -195,7 +203,33 @@ def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None
         how += f" (conv: {conv_rank})"
     note = f"resized from rank {old} by lowvram resize ({how})"
     meta["ss_training_comment"] = f"{meta['ss_training_comment']}; {note}" if meta.get("ss_training_comment") else note
+    if RECIPE_KEY in meta:  # (its rank and alpha were the trained file's: `train --config` on it trained those)
+        recipe = resized_recipe(meta[RECIPE_KEY], linear, spatial, dynamic)
+        meta.pop(RECIPE_KEY) if recipe is None else meta.update({RECIPE_KEY: recipe})
     return meta | base_model_metadata(meta, shapes)
+
+
+def resized_recipe(text: str, linear: set[int], spatial: set[int], dynamic: str | None) -> str | None:
+    """A LoRA's recipe (`train --config` on the file) at its new ranks, each alpha/rank scale kept; None where no
+    one rank trains the resized file (a --dynamic rule, layers of several ranks, per-block ranks)."""
+    try:
+        recipe = tomllib.loads(text)
+        network = recipe["network"]
+        old, alpha = int(network["rank"]), float(network.get("alpha") or network["rank"])
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
+        return None
+    per_block = any(network.get(key) for key in ("block_ranks", "conv_block_ranks", "block_alphas", "conv_block_alphas"))
+    if dynamic or len(linear) != 1 or len(spatial) > 1 or per_block:
+        return None
+    new = min(linear)
+    conv_old = int(network.get("conv_rank") or old)
+    conv_alpha = float(network["conv_alpha"]) if network.get("conv_alpha") is not None else alpha * conv_old / old
+    network["rank"] = new
+    if network.get("alpha") is not None:
+        network["alpha"] = alpha / old * new
+    if spatial:
+        network["conv_rank"], network["conv_alpha"] = min(spatial), conv_alpha / conv_old * min(spatial)
+    return tomli_w.dumps(recipe)
 
 
 def shape_of(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:

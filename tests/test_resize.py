@@ -2,6 +2,7 @@
 approximation at its new rank, loadable by lowvram's reader and diffusers as the original is."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +17,11 @@ from lowvram.errors import LowvramError
 from lowvram.models.loading import load_model
 from lowvram.resize import kept_rank, resize_pair
 from lowvram.train.loop import train
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 
 def test_each_rule_keeps_the_least_rank_that_meets_it():
@@ -73,6 +79,13 @@ def test_a_resized_file_holds_the_truncated_updates_and_says_so(trained, tmp_pat
     assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("2", "1")  # alpha/rank 4/8 kept
     assert "resized from rank 8 by lowvram resize (rank 2)" in meta["ss_training_comment"]
     assert load_file(str(out))[next(iter(after)) + ".lora_down.weight"].dtype == torch.float16  # the file's dtype
+    # its recipe at its new rank: `train --config` on it trained rank 8, and refused it as --network-weights
+    network = tomllib.loads(meta["lowvram.config"])["network"]
+    assert (network["rank"], network["alpha"], network["conv_rank"], network["conv_alpha"]) == (2, 1.0, 2, 1.0)
+    assert main(["plan", "--config", str(out), "--network-weights", str(out), "--vram", "6GB"]) == 0
+    assert main(["resize", str(trained), "--rank", "4", "--dynamic", "sv_fro", "--dynamic-param", "0.9", "--output",
+                 str(tmp_path / "dynamic.safetensors")]) == 0  # (no one rank trains it: no recipe)
+    assert "lowvram.config" not in safe_open(str(tmp_path / "dynamic.safetensors"), framework="pt").metadata()
 
 
 def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffusers(trained, tmp_path, capsys):
