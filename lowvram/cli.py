@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.resize import run as resize
             from lowvram.resize import summary
 
-            print(summary((resize if args.command == "resize" else merge)(args)))
+            print(summary((resize if args.command == "resize" else merge)(args), args.verbose))
         elif args.command == "generate":
             from lowvram.generate import generate
 

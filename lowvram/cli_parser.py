@@ -480,6 +480,8 @@ def _add_rank_flags(parser: argparse.ArgumentParser, output_help: str, rank_requ
     parser.add_argument("--save-precision", type=_spelled_by(save_precision_name), choices=SAVE_PRECISION,
                         help=f"its dtype [default: {precision}]")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.add_argument("--verbose", action="store_true", help="each layer's new rank and what it kept, as kohya's "
+                        "--verbose")
 
 
 def _add_data_argument(parser: argparse.ArgumentParser, what: str) -> None:

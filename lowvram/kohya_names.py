@@ -241,7 +241,6 @@ KOHYA_SCRIPT_FLAGS = {
         "--new_conv_rank": "--conv-rank",
         "--dynamic_method": "--dynamic",
         "--device": "(not needed: resize runs on the CPU)",
-        "--verbose": "(not needed: resize prints what each layer keeps)",
     }),
     "merge": ("kohya's merge scripts", {
         "--models": "the LoRA files as merge's FILE arguments",

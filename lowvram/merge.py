@@ -80,7 +80,7 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
         kept.append(share)
     save_lora(with_one_alpha(written), output, _metadata(read, output, rank, dynamic, param, after, shape_of(written)),
               "the merged LoRA")
-    return Resized(output, len(bases), (max(before), max(after)), after, kept)
+    return Resized(output, len(bases), (max(before), max(after)), after, kept, bases)
 
 
 def _one_model(read: list) -> set[str] | None:

@@ -53,6 +53,7 @@ class Resized:
     ranks: tuple[int, int]  # (before, after): the largest
     after: list[int]  # each layer's new rank
     kept: list[float]  # each layer's share of its update's Frobenius norm kept
+    names: list[str]  # each layer's, as the file names it (lora_unet_…)
 
 
 def kept_rank(values: torch.Tensor, limit: int, dynamic: str | None, param: float | None) -> int:
@@ -126,7 +127,7 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
               _metadata(metadata, max(before), rank, dynamic, param, after, shape_of(written), conv_rank),
               "the resized LoRA")
     ranks = [new for new, _ in after]
-    return Resized(output, len(pairs), (max(before), max(ranks)), ranks, kept)
+    return Resized(output, len(pairs), (max(before), max(ranks)), ranks, kept, list(pairs))
 
 
 def with_one_alpha(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -282,10 +283,14 @@ def option_problems(args: argparse.Namespace, output: Path, inputs: list[Path]) 
     return problems
 
 
-def summary(result: Resized) -> str:
+def summary(result: Resized, verbose: bool = False) -> str:
+    """The written file's line; `verbose` (kohya's --verbose): each layer's new rank and what it kept, first."""
+    layers = [f"{name}: rank {rank}, kept {kept:.1%} of its update's Frobenius norm"
+              for name, rank, kept in zip(result.names, result.after, result.kept)] if verbose else []
     ranks = sorted(result.after)
     uncut = result.ranks[1] == result.ranks[0] and min(result.kept) > 0.9999
-    return (f"{result.path}: {result.layers} layers, rank {result.ranks[0]} -> {result.ranks[1]} (median "
+    line = (f"{result.path}: {result.layers} layers, rank {result.ranks[0]} -> {result.ranks[1]} (median "
             f"{statistics.median(ranks):g}, least {ranks[0]}); kept {statistics.mean(result.kept):.1%} of the "
             f"updates' Frobenius norm on average, {min(result.kept):.1%} at least"
             + ("; nothing was cut: each layer was at that rank or below already" if uncut else ""))
+    return "\n".join([*layers, line])

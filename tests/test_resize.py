@@ -2,6 +2,7 @@
 approximation at its new rank, loadable by lowvram's reader and diffusers as the original is."""
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -86,6 +87,12 @@ def test_a_resized_file_holds_the_truncated_updates_and_says_so(trained, tmp_pat
     assert main(["resize", str(trained), "--rank", "4", "--dynamic", "sv_fro", "--dynamic-param", "0.9", "--output",
                  str(tmp_path / "dynamic.safetensors")]) == 0  # (no one rank trains it: no recipe)
     assert "lowvram.config" not in safe_open(str(tmp_path / "dynamic.safetensors"), framework="pt").metadata()
+    capsys.readouterr()  # kohya's --verbose: each layer's rank and share (its hint said resize printed them: it did not)
+    assert main(["resize", str(trained), "--rank", "2", "--output", str(tmp_path / "v.safetensors"), "--verbose"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(before) + 1 and lines[-1].startswith(f"{tmp_path / 'v.safetensors'}: ")
+    assert all(re.fullmatch(r"lora_(unet|te)_\w+: rank 2, kept \d+\.\d% of its update's Frobenius norm", line)
+               for line in lines[:-1]), lines[:3]
 
 
 def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffusers(trained, tmp_path, capsys):
