@@ -292,7 +292,7 @@ KOHYA_SCRIPT_FLAGS = {
         "--model_org": "--base",
         "--model_tuned": "--tuned",
         "--dim": "--rank",
-        "--conv_dim": "--conv-rank",
+        "--conv_dim": "--lora-layers full --conv-rank (kohya's alone turns the convolutions on)",
         "--save_to": "--output",
         "--sdxl": "(not needed: the family is detected; --model-family forces it)",
         "--v2": "(lowvram extracts SD1.5- and SDXL-family models)",
