@@ -79,7 +79,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
         for text, a, b in zip(spec.text_encoders, original.text_encoders, changed.text_encoders)]
     tensors: dict[str, torch.Tensor] = {}
     unet_paths = kohya_unet_paths(original.unet, spec)  # the names kohya's own files give the U-Net's layers
-    kept, encoders = [], []
+    kept, encoders, moved = [], [], False
     dtype = DTYPES[precision]
     with torch.no_grad():  # the weights require grad: each difference would keep an fp32 graph alive
         for prefix, part, a, b in parts:
@@ -97,6 +97,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
                 encoders.append(part)
             for name, layer, other in pairs:
                 delta = other.weight.float() - layer.weight.float()
+                moved = moved or bool(delta.any())
                 layer_rank = conv_rank if conv_rank and is_spatial(layer) else rank
                 down, up, share = low_rank(delta, layer_rank, clamp)
                 if part == "unet":
@@ -107,6 +108,9 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
                 tensors |= {f"{key}.lora_down.weight": down.to(dtype), f"{key}.lora_up.weight": up.to(dtype),
                             f"{key}.alpha": torch.tensor(float(down.shape[0]), dtype=dtype)}
                 kept.append(share)
+    if not moved:  # (it wrote a LoRA of zeros, "kept 100.0%")
+        raise LowvramError(f"--tuned {tuned} has --base's weights in every layer extract reads: there is no change "
+                           "to extract; give the fine-tuned model")
     network = NetworkConfig(rank=rank, alpha=float(rank), lora_layers=lora_layers, conv_rank=conv_rank,
                             conv_alpha=float(conv_rank) if conv_rank else None)
     metadata = network_metadata(network) | {

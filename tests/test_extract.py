@@ -160,6 +160,11 @@ def test_the_same_model_as_base_and_tuned_is_refused(tuned, base_file, tmp_path,
         assert refused(["--base", base, "--tuned", again, "--output", out], capsys) == (
             "--tuned: the same file as --base; nothing to extract (give the fine-tuned model)")
     assert not (tmp_path / "x.safetensors").exists()  # not an all-zero LoRA
+    # the same weights under another name (the built-in model written as a file): a LoRA of zeros, "kept 100.0%"
+    assert refused(["--base", "tiny", "--tuned", str(base_file), "--output", out], capsys) == (
+        f"--tuned {base_file} has --base's weights in every layer extract reads: there is no change to extract; give "
+        "the fine-tuned model")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_the_output_is_never_a_model_being_read(tuned, base_file, capsys):
