@@ -37,8 +37,11 @@ def read_header(path: Path) -> tuple[dict[str, str], dict[str, dict], int]:
         size = struct.unpack("<Q", head)[0]
         if size > 100_000_000:
             raise ValueError("not a safetensors file (its header size is nonsense)")
+        text = f.read(size)
+        if len(text) < size:  # (a LoRA's metadata may be longer than the part of it a stopped download kept)
+            raise ValueError(f"truncated: its header alone needs {8 + size} bytes, the file has {8 + len(text)}")
         try:
-            header = json.loads(f.read(size))
+            header = json.loads(text)
         except RecursionError:  # (nested a hundred thousand deep: no header)
             raise ValueError("its header nests without end") from None
     if not isinstance(header, dict):

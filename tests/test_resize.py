@@ -165,7 +165,15 @@ def test_what_cannot_be_resized_is_one_line(trained, tmp_path, capsys):
     save_file({"lora_unet_x.lokr_w1": torch.ones(2, 2), "lora_unet_x.lokr_w2": torch.ones(2, 2)}, str(lokr))
     taken = tmp_path / "taken.safetensors"
     taken.write_bytes(b"")
+    cut = tmp_path / "cut.safetensors"  # a download that stopped: safetensors' "incomplete metadata", as info says it
+    cut.write_bytes(trained.read_bytes()[:30000])
+    header_end = 8 + int.from_bytes(trained.read_bytes()[:8], "little")
+    tensors_cut = tmp_path / "tensors-cut.safetensors"
+    tensors_cut.write_bytes(trained.read_bytes()[:header_end + 100])
     for argv, says in (([str(lokr), "--rank", "2"], "is a LoKr file"),
+                       ([str(cut), "--rank", "2"], "(truncated: its header alone needs "),
+                       ([str(tensors_cut), "--rank", "2"], (f"(truncated: its tensors need {trained.stat().st_size} "
+                                                           f"bytes, the file has {header_end + 100})")),
                        ([str(tmp_path / "none.safetensors"), "--rank", "2"], "file not found"),
                        ([str(trained), "--rank", "2", "--dynamic", "sv_ratio", "--dynamic-param", "0.5"],
                         "--dynamic-param: sv_ratio keeps the values above the largest / PARAM; give more than 1"),

@@ -53,6 +53,7 @@ from lowvram.lora_header import (
     lokr_factor,
     network_options,
     no_layers_reason,
+    read_header,
     same_alpha,
 )
 from lowvram.lora_layout import ADAPTER_METADATA, LEFT_OUT, kohya_view, with_adapter_config
@@ -526,8 +527,13 @@ def read_lora_file(path: Path, flag: str | None = "--lora") -> tuple[dict[str, s
         with safe_open(str(path), framework="pt") as f:
             metadata, tensors = f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (OSError, SafetensorError) as exc:
+        why: Exception = exc
+        try:  # its own reading names the bytes a cut-off file lacks (safetensors: "incomplete metadata")
+            read_header(path)
+        except (OSError, ValueError) as named:
+            why = named
         raise LowvramError(f"{flag + ': ' if flag else ''}"
-                           + not_safetensors(path, exc, "pass a LoRA .safetensors file")) from None
+                           + not_safetensors(path, why, "pass a LoRA .safetensors file")) from None
     named = in_kohya_names(tensors, with_adapter_config(path, metadata))
     if named is not tensors:  # diffusers' peft settings would misread the kohya file a resize or merge writes
         metadata = {key: value for key, value in metadata.items() if key != ADAPTER_METADATA}
