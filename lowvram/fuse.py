@@ -59,7 +59,8 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     layers, schedule = [], []
     for path, weight in sources:
         load_kohya(model, path, flag="FILE")  # merge's positional FILEs
-        layers.append(sum(fuse_adapters(module, weight) for module in [model.unet, *model.text_encoders]))
+        fused = sum(fuse_adapters(module, weight) for module in [model.unet, *model.text_encoders])
+        layers.append(fused if weight else 0)  # (at weight 0, fused in as nothing: "40 layers" said otherwise)
         # a v-prediction LoRA fused into an epsilon model makes a v-prediction model: marked so, as the LoRA's own
         # loading samples it (clip skip is a loader's setting, not the model's)
         schedule += [change for change in (follow_lora_schedule(model, path) if weight else ())

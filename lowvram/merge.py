@@ -201,10 +201,7 @@ def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]
     missing = [f"{path}: a folder; {lora_in_folder(path)}" if path.is_dir() else
                f"{path}: file not found; give a LoRA .safetensors file"
                for path, _ in sources if not path.is_file()]
-    # (kohya writes it in, unchanged, and names it among the merged files: said to be fused, it was not)
-    unweighted = [f"{path}:0 adds nothing; leave it out, or give it its weight (e.g. {path}:0.8)"
-                  for path, weight in sources if weight == 0]
-    return sources, problems + missing + unweighted
+    return sources, problems + missing
 
 
 def run(args: argparse.Namespace) -> Resized:

@@ -184,6 +184,7 @@ def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_mat
                       "model.params)") == 1
     assert main(["merge", "--model", "tiny", f"{result.lora_path}:0", "--output", str(tmp_path / "none.safetensors")]
                 ) == 0  # at weight 0 the model is the base, as it samples
+    assert "the model with 1 LoRA file(s) fused in (0 layers)" in capsys.readouterr().out  # (it said 40)
     assert load_model(str(tmp_path / "none.safetensors")).pipeline.scheduler.config.prediction_type == "epsilon"
     capsys.readouterr()  # trained on, the model's own v_pred and ztsnr keys are followed, and said
     train(run_config(model=str(tmp_path / "fused.safetensors"), output=str(tmp_path / "on"), max_steps=1))
