@@ -228,8 +228,14 @@ def test_interrupted_caching_resumes_without_redoing_work(tmp_path, sample_data,
         saved.append(key)
 
     monkeypatch.setattr(TensorStore, "save", save_then_die)
+    console = Console(record=True, width=200)
+    run = resolved(config, cache)
     with pytest.raises(KeyboardInterrupt):
-        prepare(config, tiny, sample_data, cache)
+        prepare_training_data(run, tiny, ScannedSets.whole([scan(run, sample_data, config.data.trigger_word, None)]),
+                              torch.device("cpu"), console)
+    # (it said "interrupted" alone, as if the caching were lost)
+    assert ("caching stopped: the 5 latents encoded so far are kept in the cache, and the same command goes on from "
+            "there") in console.export_text()
     monkeypatch.setattr(TensorStore, "save", original)
     resumed = prepare(config, tiny, sample_data, cache)
     assert resumed.encoded_latents == 12 - 5 and resumed.encoded_texts == 6

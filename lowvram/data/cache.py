@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,7 +258,8 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
     for job in missing:
         by_bucket.setdefault(job.placement.bucket, []).append(job)
     f = vae_downscale(vae)
-    with counted_progress(console, "caching latents") as progress, torch.no_grad():
+    with counted_progress(console, "caching latents") as progress, torch.no_grad(), _kept_when_stopped(
+            console, store, "latents", lambda: encoded):
         task = progress.add_task("latents", total=len(missing))
         for bucket_jobs in by_bucket.values():
             for start in range(0, len(bucket_jobs), batch_size):
@@ -290,7 +292,8 @@ def encode_texts(jobs: list[TextJob], store: TensorStore, encode, batch_size: in
     missing, encoded = jobs, 0
     if not missing:
         return 0
-    with counted_progress(console, "caching text embeddings") as progress, torch.no_grad():
+    with counted_progress(console, "caching text embeddings") as progress, torch.no_grad(), _kept_when_stopped(
+            console, store, "text embeddings", lambda: encoded):
         task = progress.add_task("text", total=len(missing))
         for start in range(0, len(missing), batch_size):
             chunk = _unwritten(missing[start : start + batch_size], store, progress, task)
@@ -305,6 +308,19 @@ def encode_texts(jobs: list[TextJob], store: TensorStore, encode, batch_size: in
             progress.advance(task, len(chunk))
             encoded += len(chunk)
     return encoded
+
+
+@contextlib.contextmanager
+def _kept_when_stopped(console: Console, store: TensorStore, what: str, done) -> Iterator[None]:
+    """On Ctrl-C while caching, the entries written so far said to be kept (`done()`: how many), for the same command
+    to go on from (it said "interrupted" alone)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if store.memory is None and done():
+            console.print(f"caching stopped: the {done()} {what} encoded so far are kept in the cache, and the same "
+                          "command goes on from there")
+        raise
 
 
 def _unwritten(batch: list, store: TensorStore, progress, task) -> list:
