@@ -229,6 +229,9 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
         notes.append("layer_filter attn (attn-only): lowvram adapts the text encoders' attention alone too, where "
                      "OneTrainer filters the U-Net's layers only (the text encoders' MLPs as well: --lora-layers "
                      "attn-mlp, which adds the U-Net's)")
+    if doc.get("latent_caching") is False:  # (OneTrainer then encodes each step, its augmentations drawn anew)
+        notes.append("latent_caching false: lowvram always caches the latents, its cached variants standing for the "
+                     "augmentations drawn anew each step (--latent-variants sets how many)")
     values |= _loss_and_noise(doc, notes, problem, number)
     values |= _memory(doc, notes, problem)
     values |= _samples(doc, path, notes, problem)

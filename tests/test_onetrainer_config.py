@@ -165,6 +165,14 @@ def test_a_current_config_s_per_part_checkpointing_and_offloading_are_read(tmp_p
         assert not any(note.startswith("gradient_checkpointing ON") for note in notes), notes
 
 
+def test_a_config_without_latent_caching_says_lowvram_caches(tmp_path):
+    """latent_caching false (OneTrainer encodes each step, its augmentations new each time) was passed by unsaid."""
+    folder = onetrainer_folder(tmp_path)
+    for caching, said in ((False, True), (True, False)):
+        notes = translate_onetrainer(CONFIG | {"latent_caching": caching}, folder)[1]
+        assert any(note.startswith("latent_caching false: lowvram always caches the latents") for note in notes) is said
+
+
 def test_onetrainers_backups_are_lowvrams_timed_checkpoints(tmp_path):
     """OneTrainer backs a run up every 30 minutes by default: lowvram's checkpoints every --checkpoint-minutes."""
     folder = onetrainer_folder(tmp_path)
