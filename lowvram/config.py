@@ -201,7 +201,8 @@ class DataConfig:
                                     "needed. Costs a forward pass without gradients per batch that holds them.")
     bucket: bool = option(True, "Aspect-ratio buckets (kohya's); --no-bucket centre-crops every image square.")
     bucket_step: int | None = option(None, "Bucket side step in pixels (default: 64; 16 for the tiny models).")
-    min_bucket_side: int | None = option(None, "Smallest bucket side (default: half the resolution).", metavar="PX")
+    min_bucket_side: int | None = option(None, "Smallest bucket side (default: half the resolution; rounded down to "
+                                         "the bucket step, as kohya's).", metavar="PX")
     max_bucket_side: int | None = option(None, "Largest bucket side (default: twice the resolution).", metavar="PX")
     bucket_no_upscale: bool = option(False, "Give images smaller than the resolution a bucket of their own size "
                                      "instead of enlarging them, and larger ones one of their own aspect ratio "

@@ -27,6 +27,10 @@ def test_buckets_match_kohyas_for_sd15():
     assert all(256 <= w <= 1024 and 256 <= h <= 1024 for w, h in shapes)
     assert all(w * h <= 512 * 512 for w, h in shapes)
     assert all((h, w) in shapes for w, h in shapes)
+    # sides given off the step are rounded down to it, as kohya's min_bucket_reso (200 made 392x640, 456x512)
+    shapes = default_buckets(512, 64, 200, 1000).shapes
+    assert all(w % 64 == 0 and h % 64 == 0 for w, h in shapes)
+    assert min(min(shape) for shape in shapes) == 192 and max(max(shape) for shape in shapes) == 960
 
 
 @pytest.mark.parametrize("size", [(800, 600), (600, 800), (1000, 1000), (1920, 1080), (300, 1200), (513, 257)])
