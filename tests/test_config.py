@@ -420,11 +420,12 @@ def test_a_lowvram_config_written_on_windows_reads_its_relative_folders_and_says
     ("img/5_shape", "img", "holds --data's folder"),  # (its N_name folder: class images too)
     ("img", ".", None), ("img", "elsewhere", None),  # (a kohya_ss project: img/ is no N_name folder of it)
     (".", "reg", None),  # (N_name folders and reg/ in one project folder: its scan passes reg/ by, and says so)
+    ("img", "img/2019", None),  # (a year's folder, which the scan passes by: it was refused as --data's own)
 ])
 def test_class_images_among_the_subjects_images_are_refused(tmp_path, monkeypatch, data, reg, refused):
     """--reg-data the same as --data, or among the images its scan reads (or holding --data's among its own), trained
     the subject's images as class images too; folders each scan passes by are no overlap."""
-    for folder in ("img/5_shape/sub", "elsewhere/1_dog", "reg/1_dog", "5_lvshape"):
+    for folder in ("img/5_shape/sub", "elsewhere/1_dog", "reg/1_dog", "5_lvshape", "img/2019"):
         (tmp_path / folder).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     values = {"model": "tiny", "data": data, "reg_data": reg}

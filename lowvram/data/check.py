@@ -23,7 +23,7 @@ from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, images_below, scan_dataset, scan_folders
 from lowvram.data.scan_report import ScanReport
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
-from lowvram.dataset_files.subsets import REPEAT_FOLDER
+from lowvram.dataset_files.subsets import REPEAT_FOLDER, repeats_of
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import file_in_the_way, windows_name_problem, windows_output_problem
 from lowvram.models.tokens import cut_captions, family_tokenizer
@@ -229,7 +229,7 @@ def trigger_of_one_concept(records: list, trigger: str | None) -> str | None:
     concepts: dict[str, str] = {}  # each N_name folder's label, by the folder
     for record in records if trigger else ():
         folder = Path(record.relpath).parent
-        if record.folder and REPEAT_FOLDER.match(folder.name):
+        if record.folder and repeats_of(folder.name):
             concepts.setdefault(record.folder, folder.as_posix())
     named = [folder for label, folder in concepts.items() if has_word(label.replace("_", " "), trigger)]
     others = [folder for label, folder in concepts.items() if not has_word(label.replace("_", " "), trigger)]

@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,7 +49,7 @@ from lowvram.data.image_metadata import (
     with_metadata,
 )
 from lowvram.data.scan_report import ImageRecord, ScanReport
-from lowvram.dataset_files.subsets import REPEAT_FOLDER
+from lowvram.dataset_files.subsets import MAX_REPEATS, REPEAT_FOLDER, is_year, repeats_of
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import ignores_case, is_utf8, passed_over, utf8_text, write_text
 from lowvram.option_values import caption_extension_problem, caption_template_problem
@@ -64,8 +63,6 @@ INDEX_VERSION = 1
 UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
 PROGRESS_FROM = 50  # files; fewer scan in a blink
 MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
-YEARS = (1900, 2099)  # a folder named 2019 or 2019_summer is a year's, not 2019 repeats anyone means
-MAX_REPEATS = 10_000  # an N_name folder's: more is a date or a number in the name, not repeats anyone means
 
 
 @dataclass(frozen=True)
@@ -289,11 +286,6 @@ def _index_kept_if_stopped(index_path: Path | None, old_index: dict, new_index: 
         raise
 
 
-def _is_year(match: re.Match[str] | None) -> bool:
-    """Whether an N_name folder's N is a year (2019, 2019_summer) rather than repeats."""
-    return bool(match) and len(match.group(1)) == 4 and YEARS[0] <= int(match.group(1)) <= YEARS[1]
-
-
 def images_below(folder: Path) -> int:
     """The images in `folder` and every folder below it (hidden and system folders passed over, masks no images)."""
     try:
@@ -319,8 +311,7 @@ def nested_option(folder: Path) -> str | None:
     """Where `folder` holds N_name folders itself (as the img/ and reg/ of kohya_ss's project folder), the option that
     trains them; None otherwise."""
     try:
-        holds = any(sub.is_dir() and (match := REPEAT_FOLDER.match(sub.name)) and 0 < int(match.group(1)) <= MAX_REPEATS
-                    and not _is_year(match) for sub in folder.iterdir())
+        holds = any(sub.is_dir() and repeats_of(sub.name) for sub in folder.iterdir())
     except OSError:
         return None
     if not holds:
@@ -345,7 +336,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
             continue
         if sub.name in by_metadata and not match:
             continue
-        repeats, year = int(match.group(1)) if match else 0, _is_year(match)
+        repeats, year = int(match.group(1)) if match else 0, is_year(match)
         # (counted only where passed over: an N_name folder's images are listed once, later)
         skipped = "" if match and 0 < repeats <= MAX_REPEATS and not year else \
             f"skipped folder {sub.name}/{_untrained(images_below(sub))}"
@@ -377,7 +368,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
                      "epoch; kohya leaves them out: move them out of the dataset folder, or into an N_name folder")
     itself = REPEAT_FOLDER.match(root.name)
     # --data names the N_name folder, not its parent (a year's or a date's, 2019/, is a folder of images as any)
-    if len(folders) == 1 and itself and 0 < int(itself.group(1)) <= MAX_REPEATS and not _is_year(itself):
+    if len(folders) == 1 and itself and repeats_of(root.name):
         folders = [ImageFolder(root, int(itself.group(1)), utf8_text(itself.group(2) or ""))]
         notes.append(f"{root.name}/ is itself an N_name folder: read as one ({itself.group(1)} repeats), as kohya "
                      "reads it inside the folder it asks for")

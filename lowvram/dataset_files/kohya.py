@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lowvram.dataset_files.subsets import REPEAT_FOLDER, DatasetFile, Subset, folder_label, settle
+from lowvram.dataset_files.subsets import DatasetFile, Subset, folder_label, repeats_of, settle
 from lowvram.errors import LowvramError
 from lowvram.files import expand_home, local_path, not_found_hint
 from lowvram.kohya_config import NO_BUCKETS, REFUSED_SETTINGS, as_number
@@ -130,11 +130,11 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
                     subset.folder.glob("*.txt")) and not any(subset.folder.glob("*.caption")):
                 notes.append(f"{name}: no caption_extension: kohya would read .caption files only (there are none); "
                              "lowvram reads the .txt captions there (caption_extension = \".txt\" says so)")
-            named = REPEAT_FOLDER.match(subset.folder.name)
-            if "num_repeats" not in settled and named and int(named.group(1)) > 1:  # (a folder of kohya's layout)
+            named = repeats_of(subset.folder.name)
+            if "num_repeats" not in settled and named and named > 1:  # (a folder of kohya's layout; not 2019/)
                 notes.append(f"{name}: image_dir {subset.folder.name} trains once an epoch, as in kohya: a dataset "
-                             f"file reads num_repeats, not the folder's {named.group(1)}_ (num_repeats = "
-                             f"{int(named.group(1))} repeats it so)")
+                             f"file reads num_repeats, not the folder's {named}_ (num_repeats = {named} repeats it "
+                             "so)")
             subsets.append(subset)
             per_dataset[-1].append(subset)
             settings.append(settled)

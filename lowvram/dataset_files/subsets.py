@@ -12,6 +12,22 @@ from typing import Any
 from lowvram.config import fields_by_name
 
 REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$")  # kohya's: the repeats, then the label ("10" has none)
+YEARS = (1900, 2099)  # a folder named 2019 or 2019_summer is a year's, not 2019 repeats anyone means
+MAX_REPEATS = 10_000  # an N_name folder's: more is a date or a number in the name, not repeats anyone means
+
+
+def is_year(match: re.Match[str] | None) -> bool:
+    """Whether an N_name folder's N (a REPEAT_FOLDER match) is a year (2019, 2019_summer) rather than repeats."""
+    return bool(match) and len(match.group(1)) == 4 and YEARS[0] <= int(match.group(1)) <= YEARS[1]
+
+
+def repeats_of(name: str) -> int | None:
+    """The repeats of a folder of that name where it is an N_name folder that trains (N from 1 to MAX_REPEATS, no
+    year); None for another (not so named, 0_name, 2019/, a date)."""
+    match = REPEAT_FOLDER.match(name)
+    if not match or is_year(match) or not 0 < int(match.group(1)) <= MAX_REPEATS:
+        return None
+    return int(match.group(1))
 
 
 def image_folder_holding(dataset: Path, path: Path) -> Path | None:
@@ -20,10 +36,10 @@ def image_folder_holding(dataset: Path, path: Path) -> Path | None:
     None where the scan passes `path` by (a project's other folders). Both resolved."""
     if not path.is_relative_to(dataset):
         return None
-    if path == dataset or REPEAT_FOLDER.match(dataset.name):
+    if path == dataset or repeats_of(dataset.name):
         return dataset
     first = dataset / path.relative_to(dataset).parts[0]
-    return first if REPEAT_FOLDER.match(first.name) else None
+    return first if repeats_of(first.name) else None
 
 
 def folder_label(folder: Path) -> str:
