@@ -429,6 +429,29 @@ def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(tmp_path):
         ("3_x/pipe.png", "not a regular file (a named pipe or a device): not read")]
 
 
+def test_the_images_in_folders_passed_over_are_counted_once_and_no_others(tmp_path):
+    """Label files, a metadata file's unnamed images (its own note), a linked N_name folder, a year's folder the
+    metadata file names: none of them is an image in a folder passed over."""
+    import json
+
+    data = tmp_path / "data"
+    picture(data / "10_dog" / "a.png")
+    picture(data / "10_dog" / "a-condlabel.png")  # (OneTrainer's label files beside an image: no images)
+    picture(data / "10_dog" / "b-MaskLabel.png")
+    picture(data / "elsewhere" / "5_cat" / "c.png")
+    (data / "8_cat").symlink_to(data / "elsewhere" / "5_cat")  # a linked N_name folder trains
+    for name in ("x.png", "y.png"):
+        picture(data / "2019" / name)
+    picture(data / "misc" / "deep" / ".hidden" / "z.png")  # (a hidden folder's: nothing of the dataset)
+    picture(data / "misc" / "deep" / "w.png")
+    report = scan_dataset(data, TINY, ScanOptions())
+    assert report.passed_over == 2 + 1  # 2019/ and misc/ (elsewhere/ holds 8_cat's images: they train)
+    (data / "metadata.jsonl").write_text(json.dumps({"file_name": "2019/x.png", "text": "a year"}) + "\n")
+    report = scan_dataset(data, TINY, ScanOptions())
+    assert "2019/x.png" in {record.relpath for record in report.usable}
+    assert not any(note.startswith("skipped folder 2019/") for note in report.folder_notes), report.folder_notes
+
+
 def test_a_folder_named_by_a_date_is_not_read_as_millions_of_repeats(tmp_path, capsys):
     """20240101_vacation trained 20,240,101 repeats: train sat at 15 GB listing its epoch, 100000000_x was killed."""
     for name in ("20240101_vacation", "2_kept", "2019", "2020_summer/sea"):  # (an archive's years trained 2019 times)

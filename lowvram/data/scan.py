@@ -215,10 +215,7 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             if console is not None:
                 console.print(Text(f"scan index not saved: {exc}", style="yellow"), soft_wrap=True)  # (a log: one line)
     # (the N_name layout's root: the images in folders it passes over, which "0 skipped" said nothing of)
-    read = sum(1 for path, _ in files if path.suffix.lower() in IMAGE_SUFFIXES)
-    passed = max(0, images_below(root) - read - sum(images_below(Path(p)) for p in elsewhere
-                                                    if Path(p).resolve().is_relative_to(root))) if judged else 0
-    report = ScanReport(root, records, folder_notes, passed)
+    report = ScanReport(root, records, folder_notes, _passed_over_images(root, folders, elsewhere) if judged else 0)
     if not report.usable:
         where, listing = describe or (str(root), "see `lowvram check-data`")
         if not records:
@@ -286,13 +283,37 @@ def _index_kept_if_stopped(index_path: Path | None, old_index: dict, new_index: 
         raise
 
 
+COUNTED_UP_TO = 20_000  # files a passed-over folder's count looks at (a Drive given whole: not all of it)
+
+
 def images_below(folder: Path) -> int:
-    """The images in `folder` and every folder below it (hidden and system folders passed over, masks no images)."""
-    try:
-        return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(
-            MASK_SUFFIX) and not any(passed_over(Path(part)) for part in p.relative_to(folder).parts))
-    except OSError:
-        return 0
+    """The images in `folder` and every folder below it (hidden and system folders passed over; masks and
+    OneTrainer's label files are no images), counted among its first COUNTED_UP_TO files."""
+    count = seen = 0
+    for _, subfolders, names in os.walk(folder):
+        subfolders[:] = [name for name in subfolders if not passed_over(Path(name))]
+        count += sum(1 for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+                     and not Path(name).stem.lower().endswith(LABEL_STEMS))
+        seen += len(names)
+        if seen >= COUNTED_UP_TO:
+            break
+    return count
+
+
+def _passed_over_images(root: Path, folders: list[ImageFolder], elsewhere: tuple[Path, ...]) -> int:
+    """The images in the subfolders of the root and of its image folders that no image folder is or holds (not
+    N_name, 0_name, a year's, nested in one): none trains."""
+    image_folders = {Path(folder.path).resolve() for folder in folders}
+    read = image_folders | {Path(path).resolve() for path in elsewhere}
+    count = 0
+    for folder in {root} | image_folders:
+        try:
+            subfolders = [sub for sub in folder.iterdir() if sub.is_dir() and not passed_over(sub)]
+        except OSError:
+            continue
+        count += sum(images_below(sub) for sub in subfolders
+                     if not any(path == sub.resolve() or path.is_relative_to(sub.resolve()) for path in read))
+    return count
 
 
 def _untrained(count: int) -> str:
@@ -334,8 +355,8 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
         except OSError as exc:
             notes.append(f"skipped folder {sub.name}/: can't read it ({exc.strerror or exc})")
             continue
-        if sub.name in by_metadata and not match:
-            continue
+        if sub.name in by_metadata and repeats_of(sub.name) is None and not (match and int(match.group(1)) == 0):
+            continue  # (its images the metadata file names train, once each: 2019/ too)
         repeats, year = int(match.group(1)) if match else 0, is_year(match)
         # (counted only where passed over: an N_name folder's images are listed once, later)
         skipped = "" if match and 0 < repeats <= MAX_REPEATS and not year else \
