@@ -544,13 +544,15 @@ def test_a_tiff_of_any_kind_trains_as_onetrainer_trains_it(tmp_path):
     other = base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # (a WebP makes one frame of two the same)
     base.save(tmp_path / "ds" / "pages.tif", save_all=True, append_images=[other])
     base.save(tmp_path / "ds" / "moving.webp", save_all=True, append_images=[other], duration=50)
+    base.save(tmp_path / "ds" / "phone.jpg", "MPO", save_all=True, append_images=[other])  # (a depth map: no frame)
     report = scan_dataset(tmp_path / "ds", TINY)
     assert not report.skipped and {r.relpath for r in report.usable} == {"scan.tif", "deep.TIFF", "pages.tif",
-                                                                         "moving.webp"}
+                                                                         "moving.webp", "phone.jpg"}
     notes = {r.relpath: r.notes for r in report.usable}
     assert "CMYK -> RGB" in notes["scan.tif"] and "16-bit -> 8-bit RGB" in notes["deep.TIFF"]
     assert "2 frames (animated, or pages): the first trains" in notes["pages.tif"]
     assert "2 frames (animated, or pages): the first trains" in notes["moving.webp"]
+    assert not any("frames" in note for note in notes["phone.jpg"])
     for record in report.usable:
         image, _ = open_training_image(record, ScanOptions())
         assert image.mode == "RGB" and image.size == (120, 90)

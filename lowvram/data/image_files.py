@@ -59,7 +59,7 @@ def _still_valid(cached, stat, max_pixels: int) -> bool:
 def _blank(**values) -> dict:
     facts = {"size": 0, "mtime_ns": 0, "ctime_ns": 0, "sha256": "", "width": 0, "height": 0, "mode": "", "format": "",
              "has_alpha": False, "transposed": False, "decoded": False, "error": None, "lightest": None,
-             "opaquest": None, "frames": 1}
+             "opaquest": None}
     return {**facts, **values}
 
 
@@ -78,7 +78,8 @@ def _probe(data: bytes, max_pixels: int, mask: bool = False) -> dict:
                 width, height = im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
                 facts.update(width=width, height=height, mode=im.mode, format=im.format or "",
                              has_alpha=has_alpha(im), transposed=orientation in (2, 3, 4, 5, 6, 7, 8),
-                             frames=getattr(im, "n_frames", 1))
+                             # (a phone's MPO JPEG holds a depth map or preview beside its photo: no frames)
+                             frames=1 if im.format == "MPO" else getattr(im, "n_frames", 1))
                 if width * height <= max_pixels:
                     if im.format in ("JPEG", "MPO"):  # 1/8 scale still reads every byte: truncation shows, in 1/64 RAM
                         im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
