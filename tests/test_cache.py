@@ -173,6 +173,13 @@ def test_an_entry_broken_after_its_check_is_removed_and_named(tmp_path, sample_d
     with pytest.raises(LowvramError, match=f"^cache entry {re.escape(str(victim))} is unreadable .*; it was removed"):
         TensorStore(cache, "latents").load(victim.stem)
     assert not victim.exists()
+    zeroed = next((cache / "latents").rglob("*.safetensors"))  # its end never reached the disk (no fsync): zeros
+    data = zeroed.read_bytes()
+    zeroed.write_bytes(data[: len(data) - 64] + bytes(64))
+    assert TensorStore(cache, "latents").valid(zeroed.stem)  # (its header whole: only its data can tell)
+    with pytest.raises(LowvramError, match=r"\(its tensors do not match the checksum written with them\); it was "
+                                           "removed"):
+        TensorStore(cache, "latents").load(zeroed.stem)
     other = next((cache / "latents").rglob("*.safetensors"))
     other.unlink()  # another user's `cache --clear` while this run held no lock on the cache (one not its to write)
     with pytest.raises(LowvramError, match=f"^cache entry {re.escape(str(other))} was removed while this run read the "

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,14 @@ def module_fingerprint(*modules: torch.nn.Module) -> str:
 
 def content_key(**parts: object) -> str:
     return hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True).encode()).hexdigest()
+
+
+def checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """A CRC-32 of the tensors' bytes, in name order: what a cache entry's reader checks it against."""
+    crc = 0
+    for name in sorted(tensors):
+        crc = zlib.crc32(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
 
 
 ORPHAN_AGE = 15 * 60  # seconds: a temporary entry file untouched this long was left by a killed writer
@@ -118,12 +127,17 @@ class TensorStore:
         return True
 
     def load(self, key: str) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         if self.memory is not None and key in self.memory:
             return self.memory[key]
         try:
-            return load_file(str(self.path(key)))
+            with safe_open(str(self.path(key)), framework="pt") as f:
+                written = (f.metadata() or {}).get("crc32")
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+            if written is not None and written != checksum(tensors):  # (written unsynced: a power cut can zero its end)
+                raise ValueError("its tensors do not match the checksum written with them")
+            return tensors
         except FileNotFoundError:
             raise LowvramError(f"cache entry {self.path(key)} was removed while this run read the cache (by `lowvram "
                                "cache --clear` or --unused-for, which this run's lock keeps out where it can take it, "
@@ -142,8 +156,9 @@ class TensorStore:
         if self.memory is None:
             try:
                 # (an fsync each took 85 % of an entry's write, thousands of them; `valid` rebuilds one a power cut
-                # left short)
-                save_safetensors(tensors, self.path(key), {"key": key}, what="a cache entry", durable=False)
+                # left short, `load` names one whose end it zeroed, by its checksum)
+                save_safetensors(tensors, self.path(key), {"key": key, "crc32": checksum(tensors)},
+                                 what="a cache entry", durable=False)
                 return
             except DiskFull as exc:
                 self.keep_in_memory(exc.reason, max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
