@@ -296,6 +296,12 @@ def test_a_folder_of_images_not_named_n_name_is_named_with_the_fix(tmp_path):
     assert str(raised.value).endswith(
         "; dog/, ohwx_mug/ hold images but are not named N_name: rename each as 1_dog (kohya's balance repeats class "
         "images to match the training images), 1_ohwx_mug")
+    (tmp_path / "ds" / "tree").mkdir()  # three: each renamed (the third was left out)
+    drawn().save(tmp_path / "ds" / "tree" / "a.png")
+    with pytest.raises(NoUsableImages) as raised:
+        scan_dataset(tmp_path / "ds", TINY)
+    assert str(raised.value).endswith("; dog/, ohwx_mug/, tree/ hold images but are not named N_name: rename each as "
+                                      "10_dog (each image 10 times per epoch), 10_ohwx_mug, 10_tree")
 
 
 def test_a_photo_past_pillows_warning_trains_as_in_kohya(tmp_path):

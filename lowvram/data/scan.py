@@ -236,8 +236,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                 else:  # (giving one of them would leave the others out: a class, or a concept)
                     count = "1" if flag == "--reg-data" else "10"
                     names = ", ".join(f"{s.name}/" for s in unnamed[:3]) + (" …" if len(unnamed) > 3 else "")
-                    message += (f"; {names} hold images but are not named N_name: rename each as {named}, "
-                                f"{count}_{unnamed[1].name}")
+                    others = ", ".join(f"{count}_{s.name}" for s in unnamed[1:3]) + (", …" if len(unnamed) > 3 else "")
+                    message += f"; {names} hold images but are not named N_name: rename each as {named}, {others}"
             parquet = next(root.glob("*.parquet"), None) or next(root.glob("*/*.parquet"), None)
             if parquet:  # a dataset from the Hub in its own format: images inside the file
                 message += (f"; {parquet.relative_to(root).as_posix()} is a dataset stored as parquet, which lowvram "
