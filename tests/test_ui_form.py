@@ -377,6 +377,21 @@ def test_checking_the_sample_dataset_checks_the_built_in_one(tmp_path, monkeypat
     assert (data_panel.images_root(checked) / usable[0]).is_file()
 
 
+def test_the_check_counts_the_images_in_folders_passed_over(tmp_path):
+    """The UI said "125 usable, 0 skipped" of an archive whose other 1441 images sat in folders passed over."""
+    from PIL import Image
+
+    from lowvram.ui import dataset as data_panel
+
+    for folder in ("5_thing", "misc"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        Image.new("RGB", (64, 64), (9, 90, 200)).save(tmp_path / "data" / folder / "a.png")
+    values = {"data": str(tmp_path / "data"), "model": "tiny", "cache_dir": str(tmp_path / "cache")}
+    summary = data_panel.check_dataset(values)[0]
+    assert "**1 usable, 0 skipped** of 1 images, 1 more in folders passed over (below)" in summary, summary
+    assert "skipped folder misc/ (1 image in it and below do not train)" in summary
+
+
 def test_save_toml_writes_only_a_toml(tmp_path):
     """--config reads a .json as a OneTrainer or kohya_ss GUI config: lowvram's options are never saved as one."""
     from lowvram.errors import LowvramError

@@ -68,7 +68,8 @@ def _summary(report) -> str:
     words = [len(r.caption.split()) for r in usable]
     tags = Counter(t.strip() for r in usable for t in r.caption.split(",") if t.strip())
     buckets = ", ".join(f"{shape} ×{n}" for shape, n in summary["buckets"].items()) or "none"
-    lines = [(f"**{summary['usable']} usable, {summary['skipped']} skipped** of {summary['images']} images; "
+    passed = f", {report.passed_over} more in folders passed over (below)" if report.passed_over else ""
+    lines = [(f"**{summary['usable']} usable, {summary['skipped']} skipped** of {summary['images']} images{passed}; "
              f"{summary['samples_per_epoch']} samples per epoch"),
              f"buckets: {buckets}",
              (f"captions: {from_files} from caption or metadata files, {len(usable) - from_files} from the template; "
