@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> Fused:
     """`lowvram merge --model`, its options checked first (one line each)."""
     sources, problems = parse_sources(args.lora)
     for flag, given in (("--rank", args.rank), ("--conv-rank", args.conv_rank), ("--dynamic", args.dynamic),
-                        ("--dynamic-param", args.dynamic_param)):
+                        ("--dynamic-param", args.dynamic_param), ("--verbose", args.verbose or None)):
         if given is not None:
             problems.append(f"{flag}: with --model the LoRAs are added to the model's weights whole; drop {flag}")
     single = Path(args.model).suffix.lower() == ".safetensors"

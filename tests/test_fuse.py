@@ -124,6 +124,7 @@ def test_save_precision_casts_the_whole_checkpoint(setup, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--rank", "4"], "--rank: with --model the LoRAs are added to the model's weights whole; drop --rank"),
+    (["--verbose"], "--verbose: with --model the LoRAs are added to the model's weights whole; drop --verbose"),
     (["--output", "{checkpoint}"], "is a file being read; name another"),
     (["--output", "{lora}", "--overwrite"], "is a file being read; name another"),
     (["--output", "{existing}"], "exists; add --overwrite to replace it"),
