@@ -257,7 +257,8 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
     except NoUsableImages as exc:
         scan = exc.report
     scanned = scan.records
-    report.notes += [note for note in scan.folder_notes if note.startswith("ignored folder")]
+    # (folders the scan passes by: a year's, 2019/, was left uncaptioned without a word)
+    report.notes += [note for note in scan.folder_notes if note.startswith(("ignored folder", "skipped folder"))]
     if not scanned:
         where = f"the image folders of {data}" if dataset else f"{root} or its N_name subfolders"
         below = [] if dataset else [sub for sub in sorted(root.iterdir())  # (regularization images keep their

@@ -254,9 +254,12 @@ def test_images_of_one_name_are_not_captioned_into_one_file_and_check_data_names
     (folder / "red.txt").write_text("my hand-written caption\n")
     (folder / "more").mkdir()  # a folder in a folder: not captioned, as not trained, and said
     Image.new("RGB", (96, 96), (40, 60, 220)).save(folder / "more" / "deep.png")
+    (data / "2019").mkdir()  # a year's folder: passed over, and said (it was not captioned, unsaid)
+    Image.new("RGB", (96, 96), (40, 60, 220)).save(data / "2019" / "old.png")
     assert main(["caption", str(data), "--caption-model", str(tagger), "--overwrite"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "note: ignored folder 3_colours/more/ (1 image in it and below do not train)" in out
+    assert "note: skipped folder 2019/ (1 image in it and below do not train): 2019 is a year rather than" in out
     assert "skipped 3_colours/red.jpg: red.jpg and red.png share one caption file, red.txt: rename one so that " \
            "each has its own" in out and "skipped 3_colours/red.png: red.jpg and red.png share" in out
     assert (folder / "red.txt").read_text() == "my hand-written caption\n"
