@@ -147,15 +147,9 @@ def network_options(path: Path) -> dict[str, Any]:
         return {}
     layers, (plain, spatial) = layer_ranks(path, tensors, start)
     values: dict[str, Any] = {"network": network}
-    if plain or spatial:  # (a LoKr of whole Kronecker factors has no rank in its shapes: its metadata's, below)
+    if plain or spatial:  # (a LoKr of whole Kronecker factors has no rank)
         rank, alpha = Counter(plain or spatial).most_common(1)[0][0]
         values |= {"rank": int(rank), "alpha": float(alpha)}
-    elif network == "lokr" and str(metadata.get("ss_network_dim", "")).isdigit():  # (trained on, it was recorded
-        try:                                                            # at the run's default rank 16, alpha 16)
-            values |= {"rank": int(metadata["ss_network_dim"]),
-                       "alpha": float(metadata.get("ss_network_alpha") or metadata["ss_network_dim"])}
-        except ValueError:
-            pass
     if spatial:
         conv_rank, conv_alpha = Counter(spatial).most_common(1)[0][0]
         values |= {"conv_rank": int(conv_rank), "conv_alpha": float(conv_alpha)}
