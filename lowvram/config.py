@@ -203,7 +203,8 @@ class DataConfig:
     bucket_step: int | None = option(None, "Bucket side step in pixels (default: 64; 16 for the tiny models).")
     min_bucket_side: int | None = option(None, "Smallest bucket side (default: half the resolution; rounded down to "
                                          "the bucket step, as kohya's).", metavar="PX")
-    max_bucket_side: int | None = option(None, "Largest bucket side (default: twice the resolution).", metavar="PX")
+    max_bucket_side: int | None = option(None, "Largest bucket side (default: twice the resolution; rounded up to "
+                                         "the bucket step, as kohya's).", metavar="PX")
     bucket_no_upscale: bool = option(False, "Give images smaller than the resolution a bucket of their own size "
                                      "instead of enlarging them, and larger ones one of their own aspect ratio "
                                      "(kohya's bucket_no_upscale).")

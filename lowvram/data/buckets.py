@@ -92,11 +92,12 @@ class Buckets:
 
 def default_buckets(resolution: int, step: int = 64, min_side: int | None = None, max_side: int | None = None,
                     no_upscale: bool = False) -> Buckets:
-    """Sides from half to twice the resolution (kohya's 256..1024 at 512), never below one step; a side given off
-    the step rounded down to it, as kohya rounds min_bucket_reso (200 at step 64 made 392x640 buckets)."""
+    """Sides from half to twice the resolution (kohya's 256..1024 at 512), never below one step; sides given off
+    the step put on it as kohya's adjust_min_max_bucket_reso_by_steps does, the smallest down and the largest up
+    (200 at step 64 made 392x640 buckets)."""
     step = min(step, resolution)
     low = (min_side or resolution // 2) // step * step
-    high = (max_side or resolution * 2) // step * step
+    high = -(-(max_side or resolution * 2) // step) * step
     return Buckets(resolution, max(step, low), max(step, high), step, no_upscale)
 
 
