@@ -14,7 +14,7 @@ from PIL import Image
 
 from lowvram.cli import main
 from lowvram.data.buckets import default_buckets
-from lowvram.data.scan import ScanOptions, open_training_image, scan_dataset
+from lowvram.data.scan import NoUsableImages, ScanOptions, open_training_image, scan_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write
 
@@ -469,3 +469,11 @@ def test_a_folder_named_by_a_date_is_not_read_as_millions_of_repeats(tmp_path, c
     assert "1 usable images, 0 skipped, 3 in folders it passes over" in capsys.readouterr().out
     # --data naming the year's folder itself: its images, once each (it read as 2019 repeats)
     assert [(r.relpath, r.repeats) for r in scan_dataset(tmp_path / "data" / "2019", TINY).usable] == [("a.png", 1)]
+    from lowvram.dataset_files.subsets import folder_label
+
+    assert [folder_label(Path(name)) for name in ("2019", "2019_summer", "10_cat")] == ["2019", "2019_summer", "cat"]
+    shutil.rmtree(tmp_path / "data" / "2_kept")  # (years alone: each named, to rename, as any folder not N_name)
+    shutil.rmtree(tmp_path / "data" / "20240101_vacation")
+    with pytest.raises(NoUsableImages, match=r"; 2019/ holds images but is not named N_name: rename it to 10_2019 "
+                                             r"\(each image 10 times per epoch\), or give --data "):
+        scan_dataset(tmp_path / "data", TINY, ScanOptions())

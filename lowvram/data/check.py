@@ -97,7 +97,7 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
         loose = [record for record in report.usable if "/" not in record.relpath and record.caption == record.folder
                  and any("template used" in note for note in record.notes)]
         own = REPEAT_FOLDER.match(Path(data).name)  # (--reg-data reg/1_dog: its name is their class, as kohya's)
-        named = own and own.group(2)
+        named = own and repeats_of(Path(data).name) and own.group(2)
         if regularization and loose and not named and not run.config.data.class_prompt:
             report.folder_notes.append(
                 f"{len(loose)} class image(s) at the top level of {data} without captions are captioned "

@@ -226,7 +226,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                 message += "; its N_name folders are a level down: give " + " ".join(
                     f"{option} {folder}" for option, folder in nested.items())
             elif judged and (unnamed := [sub for sub in sorted(root.iterdir()) if sub.is_dir() and not passed_over(sub)
-                                         and not REPEAT_FOLDER.match(sub.name) and _holds_images(sub)]):
+                                         and (not (m := REPEAT_FOLDER.match(sub.name)) or is_year(m))
+                                         and _holds_images(sub)]):
                 sub = unnamed[0]  # (a beginner's dataset/ohwx_mug/: kohya's layout wants 10_ohwx_mug)
                 named = (f"1_{sub.name} (kohya's balance repeats class images to match the training images)"
                          if flag == "--reg-data" else f"10_{sub.name} (each image 10 times per epoch)")
@@ -638,7 +639,7 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         text, non_utf8 = folder.captions[metadata_key] or None, None
         # the diffusers scripts train an empty caption so; the template would be the folder's name here (a Hub
         # snapshot's is a commit hash), but for an N_name folder's, a trigger word's or a template of the user's
-        unnamed = not (options.trigger_word or REPEAT_FOLDER.match(Path(folder.path).name) or options.class_images
+        unnamed = not (options.trigger_word or repeats_of(Path(folder.path).name) or options.class_images
                        or options.caption_template != ScanOptions.caption_template)
         if not text:
             notes = [f"empty caption in {folder.captions_from}: "
@@ -652,7 +653,7 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
     if text is None:  # (a kohya folder named with the trigger, 10_ohwx dog, keeps its class word as kohya's does;
         # not a OneTrainer concept's display name)
         label = folder.label if folder.label_captions else ""
-        named = options.trigger_word and label and REPEAT_FOLDER.match(Path(folder.path).name) and has_word(
+        named = options.trigger_word and label and repeats_of(Path(folder.path).name) and has_word(
             label.replace("_", " "), options.trigger_word)
         lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word or label,
                                                  filename=image.stem.replace("_", " ")).strip()]  # (as SimpleTuner)

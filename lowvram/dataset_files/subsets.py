@@ -45,7 +45,7 @@ def image_folder_holding(dataset: Path, path: Path) -> Path | None:
 def folder_label(folder: Path) -> str:
     """A folder's class words, as kohya reads an N_name folder's name: "cat" of "10_cat", else the whole name."""
     match = REPEAT_FOLDER.match(folder.name)
-    return (match.group(2) or "") if match else folder.name
+    return (match.group(2) or "") if match and not is_year(match) else folder.name  # (2019/: its name)
 
 
 @dataclass(frozen=True)
