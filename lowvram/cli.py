@@ -82,7 +82,7 @@ def plan_dataset(run, console) -> dict:
     sets = scan_sets(run, Path(config.data.data), config.data.trigger_word, console)
     reports = sets.reports
     buckets = ", ".join(f"{shape} x{n}" for shape, n in reports[0].summary()["buckets"].items())
-    passed = f", {reports[0].passed_over} in folders it passes over" if reports[0].passed_over else ""
+    passed = f", {reports[0].passed_over_count} in folders it passes over" if reports[0].passed_over_count else ""
     console.print(f"dataset {reports[0].root}: {len(reports[0].usable)} usable images, {len(reports[0].skipped)} "
                   f"skipped{passed} (details: lowvram check-data); buckets {buckets}", soft_wrap=True)
     epochs = counted_epochs(run, sets.training, sets.regularization)

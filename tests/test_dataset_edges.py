@@ -429,7 +429,7 @@ def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(tmp_path):
         ("3_x/pipe.png", "not a regular file (a named pipe or a device): not read")]
 
 
-def test_the_images_in_folders_passed_over_are_counted_once_and_no_others(tmp_path):
+def test_the_images_in_folders_passed_over_are_counted_once_and_no_others(tmp_path, monkeypatch):
     """Label files, a metadata file's unnamed images (its own note), a linked N_name folder, a year's folder the
     metadata file names: none of them is an image in a folder passed over."""
     import json
@@ -446,6 +446,13 @@ def test_the_images_in_folders_passed_over_are_counted_once_and_no_others(tmp_pa
     picture(data / "misc" / "deep" / "w.png")
     report = scan_dataset(data, TINY, ScanOptions())
     assert report.passed_over == 2 + 1  # 2019/ and misc/ (elsewhere/ holds 8_cat's images: they train)
+    assert report.passed_over_count == "3"
+    from lowvram.data import scan as scanning
+
+    monkeypatch.setattr(scanning, "COUNTED_UP_TO", 2)  # (a Drive given whole: its first files, all told, looked at)
+    report = scan_dataset(data, TINY, ScanOptions())
+    assert report.passed_over_more and report.passed_over_count == f"at least {report.passed_over}"
+    monkeypatch.undo()
     (data / "metadata.jsonl").write_text(json.dumps({"file_name": "2019/x.png", "text": "a year"}) + "\n")
     report = scan_dataset(data, TINY, ScanOptions())
     assert "2019/x.png" in {record.relpath for record in report.usable}

@@ -215,7 +215,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             if console is not None:
                 console.print(Text(f"scan index not saved: {exc}", style="yellow"), soft_wrap=True)  # (a log: one line)
     # (the N_name layout's root: the images in folders it passes over, which "0 skipped" said nothing of)
-    report = ScanReport(root, records, folder_notes, _passed_over_images(root, folders, elsewhere) if judged else 0)
+    passed, more = _passed_over_images(root, folders, elsewhere) if judged else (0, False)
+    report = ScanReport(root, records, folder_notes, passed, more)
     if not report.usable:
         where, listing = describe or (str(root), "see `lowvram check-data`")
         if not records:
@@ -284,37 +285,48 @@ def _index_kept_if_stopped(index_path: Path | None, old_index: dict, new_index: 
         raise
 
 
-COUNTED_UP_TO = 20_000  # files a passed-over folder's count looks at (a Drive given whole: not all of it)
+COUNTED_UP_TO = 20_000  # files the counts of passed-over folders look at (a Drive given whole: not all of it)
 
 
-def images_below(folder: Path) -> int:
+def images_below(folder: Path, up_to: int = COUNTED_UP_TO) -> int:
     """The images in `folder` and every folder below it (hidden and system folders passed over; masks and
-    OneTrainer's label files are no images), counted among its first COUNTED_UP_TO files."""
+    OneTrainer's label files are no images), counted among its first `up_to` files."""
+    return _walk_images(folder, up_to)[0]
+
+
+def _walk_images(folder: Path, up_to: int) -> tuple[int, int]:
+    """(images, files looked at) of `images_below`."""
     count = seen = 0
     for _, subfolders, names in os.walk(folder):
         subfolders[:] = [name for name in subfolders if not passed_over(Path(name))]
         count += sum(1 for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
                      and not Path(name).stem.lower().endswith(LABEL_STEMS))
         seen += len(names)
-        if seen >= COUNTED_UP_TO:
+        if seen >= up_to:
             break
-    return count
+    return count, seen
 
 
-def _passed_over_images(root: Path, folders: list[ImageFolder], elsewhere: tuple[Path, ...]) -> int:
-    """The images in the subfolders of the root and of its image folders that no image folder is or holds (not
-    N_name, 0_name, a year's, nested in one): none trains."""
+def _passed_over_images(root: Path, folders: list[ImageFolder], elsewhere: tuple[Path, ...]) -> tuple[int, bool]:
+    """(the images in the subfolders of the root and of its image folders that no image folder is or holds (not
+    N_name, 0_name, a year's, nested in one), none of which trains; whether there are more than counted: the
+    folders' first COUNTED_UP_TO files, all told, are looked at)."""
     image_folders = {Path(folder.path).resolve() for folder in folders}
     read = image_folders | {Path(path).resolve() for path in elsewhere}
-    count = 0
-    for folder in {root} | image_folders:
+    count, left = 0, COUNTED_UP_TO
+    for folder in sorted({root} | image_folders):
         try:
-            subfolders = [sub for sub in folder.iterdir() if sub.is_dir() and not passed_over(sub)]
+            subfolders = sorted(sub for sub in folder.iterdir() if sub.is_dir() and not passed_over(sub))
         except OSError:
             continue
-        count += sum(images_below(sub) for sub in subfolders
-                     if not any(path == sub.resolve() or path.is_relative_to(sub.resolve()) for path in read))
-    return count
+        for sub in subfolders:
+            if any(path == sub.resolve() or path.is_relative_to(sub.resolve()) for path in read):
+                continue
+            if left <= 0:
+                return count, True
+            images, seen = _walk_images(sub, left)
+            count, left = count + images, left - seen
+    return count, left <= 0
 
 
 def _untrained(count: int) -> str:

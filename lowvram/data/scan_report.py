@@ -89,6 +89,7 @@ class ScanReport:
     records: list[ImageRecord]
     folder_notes: list[str]
     passed_over: int = 0  # images in folders the layout does not read (not N_name, 0_name, nested): none trains
+    passed_over_more: bool = False  # more of them than counted (a whole Drive given: its first files looked at)
 
     @property
     def usable(self) -> list[ImageRecord]:
@@ -117,12 +118,15 @@ class ScanReport:
                 "buckets": dict(sorted(buckets.items(), key=lambda item: _in_number_order(item[0])))}
 
     @property
-    def passed_over_words(self) -> str:
-        """The images in folders passed over, for a summary's line; "" where there are none."""
-        return f", {self.passed_over} more in folders passed over (named above)" if self.passed_over else ""
+    def passed_over_count(self) -> str:
+        """How many images are in folders passed over, as a summary says it ("" where none are)."""
+        if not (self.passed_over or self.passed_over_more):
+            return ""
+        return f"at least {self.passed_over}" if self.passed_over_more else str(self.passed_over)
 
     def to_json(self) -> dict:
-        return {"root": str(self.root), "summary": self.summary() | {"passed_over": self.passed_over},
+        return {"root": str(self.root), "summary": self.summary() | {"passed_over": self.passed_over,
+                                                                     "passed_over_more": self.passed_over_more},
                 "folder_notes": list(self.folder_notes),
                 "records": [r.to_json() for r in self.records]}
 
@@ -184,8 +188,9 @@ class ScanReport:
                                f"names: {', '.join(legacy)}", style="yellow"))
         counted = ("with repeats, before kohya's balance matches them to the training samples" if regularization
                    else "per epoch with repeats")
+        passed = f", {self.passed_over_count} more in folders passed over (named above)" if self.passed_over_count else ""
         console.print(f"{summary['usable']} of {summary['images']} images usable, {summary['skipped']} skipped"
-                      f"{self.passed_over_words}; {summary['samples_per_epoch']} samples {counted}")
+                      f"{passed}; {summary['samples_per_epoch']} samples {counted}")
 
 
     def print_captions(self, console: Console, separator: str = ",") -> None:

@@ -68,7 +68,7 @@ def _summary(report) -> str:
     words = [len(r.caption.split()) for r in usable]
     tags = Counter(t.strip() for r in usable for t in r.caption.split(",") if t.strip())
     buckets = ", ".join(f"{shape} ×{n}" for shape, n in summary["buckets"].items()) or "none"
-    passed = f", {report.passed_over} more in folders passed over (below)" if report.passed_over else ""
+    passed = f", {report.passed_over_count} more in folders passed over (below)" if report.passed_over_count else ""
     lines = [(f"**{summary['usable']} usable, {summary['skipped']} skipped** of {summary['images']} images{passed}; "
              f"{summary['samples_per_epoch']} samples per epoch"),
              f"buckets: {buckets}",
