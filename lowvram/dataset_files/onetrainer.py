@@ -264,7 +264,7 @@ def _options(concept: dict, where: str, notes: list[str], problem) -> dict[str, 
     if variants <= 1 and varied and not any(note.startswith(said) for note in notes):  # (once for the file)
         # (lowvram's first variant is the image as it is: one cached variant would never flip nor move the crop)
         notes.append(f"{said}random flip, crop or colour jitter: lowvram caches 2 variants per image (4 with crop or "
-                     "colour jitter), its first as it is, so that epochs differ (OneTrainer draws one of each per image "
+                     "colour jitter), its first as it is, so that epochs vary (OneTrainer draws one of each per image "
                      "and caches that); --latent-variants 1 caches one, as it is, in a half or a quarter of the time")
     options["caption_variants"] = captions if captions > 1 else None
     if not (options["shuffle_tags"] or options["tag_dropout"]):
