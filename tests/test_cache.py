@@ -224,7 +224,7 @@ def test_a_killed_writers_temporary_files_are_removed_once_old_not_while_another
 
 
 def test_interrupted_caching_resumes_without_redoing_work(tmp_path, sample_data, tiny, monkeypatch):
-    config, cache = setup(tmp_path, sample_data, flip=True, cache_batch_size=1)
+    config, cache = setup(tmp_path, sample_data, flip=True, cache_batch_size=4)  # (a Ctrl-C mid-batch: its saved ones counted)
     saved = []
     original = TensorStore.save
 

@@ -296,8 +296,8 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
                         entry["mask"] = torch.nn.functional.interpolate(masks[i][None], scale_factor=1 / f,
                                                                         mode="area")[0]
                     store.save(job.key, entry)
+                    encoded += 1  # (each as it is written: what a Ctrl-C says is kept)
                 progress.advance(task, len(chunk))
-                encoded += len(chunk)
     return encoded
 
 
@@ -320,8 +320,8 @@ def encode_texts(jobs: list[TextJob], store: TensorStore, encode, batch_size: in
                 if pooled is not None:
                     entry["pooled"] = pooled[i].cpu().contiguous()
                 store.save(job.key, entry)
+                encoded += 1
             progress.advance(task, len(chunk))
-            encoded += len(chunk)
     return encoded
 
 
