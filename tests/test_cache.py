@@ -224,7 +224,8 @@ def test_a_killed_writers_temporary_files_are_removed_once_old_not_while_another
 
 
 def test_interrupted_caching_resumes_without_redoing_work(tmp_path, sample_data, tiny, monkeypatch):
-    config, cache = setup(tmp_path, sample_data, flip=True, cache_batch_size=4)  # (a Ctrl-C mid-batch: its saved ones counted)
+    # (batches of 4: a Ctrl-C mid-batch counts those it saved)
+    config, cache = setup(tmp_path, sample_data, flip=True, cache_batch_size=4)
     saved = []
     original = TensorStore.save
 
