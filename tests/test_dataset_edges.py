@@ -452,6 +452,7 @@ def test_the_images_in_folders_passed_over_are_counted_once_and_no_others(tmp_pa
     monkeypatch.setattr(scanning, "COUNTED_UP_TO", 2)  # (a Drive given whole: its first files, all told, looked at)
     report = scan_dataset(data, TINY, ScanOptions())
     assert report.passed_over_more and report.passed_over_count == f"at least {report.passed_over}"
+    assert any(note.startswith("skipped folder misc/: not named") for note in report.folder_notes)  # (not counted)
     monkeypatch.undo()
     (data / "metadata.jsonl").write_text(json.dumps({"file_name": "2019/x.png", "text": "a year"}) + "\n")
     report = scan_dataset(data, TINY, ScanOptions())

@@ -361,6 +361,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     metadata = {root: found} if found else {}
     by_metadata = {image.relative_to(root).parts[0] for image in found.captions} if found else set()
     folders = [ImageFolder(root, 1, utf8_text(root.name))]
+    left = COUNTED_UP_TO
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not passed_over(p)):
         match = REPEAT_FOLDER.match(sub.name)
         try:  # (another user's private folder, lost+found on a mounted disk)
@@ -371,9 +372,10 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
         if sub.name in by_metadata and repeats_of(sub.name) is None and not (match and int(match.group(1)) == 0):
             continue  # (its images the metadata file names train, once each: 2019/ too)
         repeats, year = int(match.group(1)) if match else 0, is_year(match)
-        # (counted only where passed over: an N_name folder's images are listed once, later)
-        skipped = "" if match and 0 < repeats <= MAX_REPEATS and not year else \
-            f"skipped folder {sub.name}/{_untrained(images_below(sub))}"
+        skipped = ""  # (counted only where passed over, COUNTED_UP_TO files all told: a Drive given whole)
+        if not (match and 0 < repeats <= MAX_REPEATS and not year):
+            images, seen = _walk_images(sub, left) if left > 0 else (0, 0)
+            skipped, left = f"skipped folder {sub.name}/{_untrained(images)}", left - seen
         if not match:
             held = next((name for name in METADATA_FILES if (sub / name).is_file()), None)
             notes.append(f"{skipped}: not named 'N_name' (N = repeats), as kohya's convention needs"
