@@ -63,11 +63,17 @@ def content_key(**parts: object) -> str:
 
 
 def checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """A CRC-32 of the tensors' bytes, in name order: what a cache entry's reader checks it against."""
-    crc = 0
-    for name in sorted(tensors):
-        crc = zlib.crc32(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
-    return f"{crc:08x}"
+    """A CRC-32 of the tensors' bytes as a safetensors file lays them out (its data, after the header, which the
+    metadata does not change): what a cache entry's reader checks the file's own bytes against, without a read of
+    any tensor back from where it is (a training step's readbacks are counted)."""
+    from safetensors.torch import save
+
+    return _data_checksum(save({name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}))
+
+
+def _data_checksum(file_bytes: bytes) -> str:
+    """The CRC-32 of a safetensors file's data section."""
+    return f"{zlib.crc32(memoryview(file_bytes)[8 + int.from_bytes(file_bytes[:8], 'little'):]):08x}"
 
 
 ORPHAN_AGE = 15 * 60  # seconds: a temporary entry file untouched this long was left by a killed writer
@@ -127,16 +133,17 @@ class TensorStore:
         return True
 
     def load(self, key: str) -> dict[str, torch.Tensor]:
-        from safetensors import safe_open
+        from safetensors.torch import load
 
         if self.memory is not None and key in self.memory:
             return self.memory[key]
         try:
-            with safe_open(str(self.path(key)), framework="pt") as f:
-                written = (f.metadata() or {}).get("crc32")
-                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-            if written is not None and written != checksum(tensors):  # (written unsynced: a power cut can zero its end)
-                raise ValueError("its tensors do not match the checksum written with them")
+            data = self.path(key).read_bytes()
+            tensors = load(data)
+            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+            written = (header.get("__metadata__") or {}).get("crc32")
+            if written is not None and written != _data_checksum(data):  # (written unsynced: a power cut can zero
+                raise ValueError("its tensors do not match the checksum written with them")  # its end)
             return tensors
         except FileNotFoundError:
             raise LowvramError(f"cache entry {self.path(key)} was removed while this run read the cache (by `lowvram "
