@@ -213,23 +213,23 @@ def _metadata(metadata: dict[str, str], old: int, rank: int, dynamic: str | None
 def resized_recipe(text: str, linear: set[int], spatial: set[int], dynamic: str | None) -> str | None:
     """A LoRA's recipe (`train --config` on the file) at its new ranks, each alpha/rank scale kept; None where no
     one rank trains the resized file (a --dynamic rule, layers of several ranks, per-block ranks)."""
+    from lowvram.config import NetworkConfig
+
     try:
         recipe = tomllib.loads(text)
         network = recipe["network"]
-        old, alpha = int(network["rank"]), float(network.get("alpha") or network["rank"])
-    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
+        trained = NetworkConfig(**network)  # (its defaults, as the run resolved them: alpha, the convolutions')
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, LowvramError):
         return None
-    per_block = any(network.get(key) for key in ("block_ranks", "conv_block_ranks", "block_alphas", "conv_block_alphas"))
+    per_block = trained.block_ranks or trained.conv_block_ranks or trained.block_alphas or trained.conv_block_alphas
     if dynamic or len(linear) != 1 or len(spatial) > 1 or per_block:
         return None
-    new = min(linear)
-    conv_old = int(network.get("conv_rank") or old)
-    conv_alpha = float(network["conv_alpha"]) if network.get("conv_alpha") is not None else alpha * conv_old / old
+    new, (conv_rank, conv_alpha) = min(linear), trained.conv_rank_alpha
     network["rank"] = new
     if network.get("alpha") is not None:
-        network["alpha"] = alpha / old * new
+        network["alpha"] = trained.resolved_alpha / trained.rank * new
     if spatial:
-        network["conv_rank"], network["conv_alpha"] = min(spatial), conv_alpha / conv_old * min(spatial)
+        network["conv_rank"], network["conv_alpha"] = min(spatial), conv_alpha / conv_rank * min(spatial)
     return tomli_w.dumps(recipe)
 
 
