@@ -320,7 +320,8 @@ def _passed_over_images(root: Path, folders: list[ImageFolder], elsewhere: tuple
         except OSError:
             continue
         for sub in subfolders:
-            if any(path == sub.resolve() or path.is_relative_to(sub.resolve()) for path in read):
+            resolved = sub.resolve()
+            if any(path.is_relative_to(resolved) for path in read):  # (it is, or holds, a folder read)
                 continue
             if left <= 0:
                 return count, True
