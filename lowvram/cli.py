@@ -313,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
                 if unwritable(config.output_dir):
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")
+                from lowvram.train.outdir import copy_problem, existing_lora_problem
+
+                taken = existing_lora_problem(config) or copy_problem(config)  # (the run checks the whole folder again)
+                if taken:
+                    raise LowvramError(taken)
             echo = False  # what follows may differ per process (its GPU, its share of the work)
             with stop_signals_interrupt(), output_may_close():
                 with remembered_interrupt() as interrupted:

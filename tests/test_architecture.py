@@ -113,12 +113,17 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     ["train", "--help"],
     ["cache", "--cache-dir", "SAMPLE", "--unused-for", "30", "--dry-run"],
     ["train", "--model", "tiny", "--data", "sample", "--rank", "0"],
+    ["train", "--model", "tiny", "--data", "sample", "--output", "TAKEN"],  # another run's LoRA is there
 ])
 def test_fast_commands_import_no_heavy_library(argv, sample_data, tmp_path):
-    """`plan` for a card, `check-data`, help and option errors answer in a fraction of a second because they never
-    import torch (1.5 s and more on a 2-core machine), diffusers, transformers, peft or accelerate."""
+    """`plan` for a card, `check-data`, help, option errors and an --output that holds another run's LoRA answer in
+    a fraction of a second because they never import torch (1.5 s and more on a 2-core machine), diffusers,
+    transformers, peft or accelerate."""
     shutil.copytree(sample_data, tmp_path / "reg")
-    argv = [{"SAMPLE": str(sample_data), "REG": str(tmp_path / "reg")}.get(a, a) for a in argv]
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "taken.safetensors").write_bytes(b"")
+    argv = [{"SAMPLE": str(sample_data), "REG": str(tmp_path / "reg"), "TAKEN": str(tmp_path / "taken")}.get(a, a)
+            for a in argv]
     code = ("import sys\nfrom lowvram.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft', 'accelerate') "
             "if m in sys.modules), file=sys.stderr)")

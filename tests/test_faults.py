@@ -21,7 +21,7 @@ from preloaded import Run, run
 from safetensors.torch import load_file
 
 from lowvram.files import TEMPORARY
-from lowvram.train import checkpoint
+from lowvram.train import checkpoint_folders
 
 pytestmark = pytest.mark.slow  # real processes killed and resumed, real filesystems filled: minutes
 STEPS = 12
@@ -66,8 +66,8 @@ def assert_output_sound(out: Path) -> None:
     assert not leftovers, leftovers
     for path in out.rglob("*.safetensors"):
         load_file(str(path))
-    for _, folder in checkpoint.complete(out / "checkpoints"):
-        assert checkpoint.problem(folder) is None, folder
+    for _, folder in checkpoint_folders.complete(out / "checkpoints"):
+        assert checkpoint_folders.problem(folder) is None, folder
 
 
 def assert_same_lora(path: Path, expected: dict) -> None:
@@ -111,7 +111,7 @@ def test_a_disk_that_fills_up_at_a_checkpoint_stops_the_run_in_one_line_and_resu
     assert failed.returncode == 2, failed.stderr
     line = failed.stderr.strip()
     assert len(line.splitlines()) == 1 and "no room for checkpoint step-" in line and f"in {out / 'checkpoints'}" in line
-    kept = checkpoint.latest(out / "checkpoints")
+    kept = checkpoint_folders.latest(out / "checkpoints")
     assert kept is not None and f"kept: checkpoint {kept.name}" in line and "--resume auto" in line
     assert_output_sound(out)
 
@@ -267,7 +267,7 @@ def test_sigkill_at_twenty_random_moments_then_resume_ends_with_the_uninterrupte
         proc.communicate(timeout=60)
         kills, landed = kills + 1, [*landed, logged_steps(metrics)]
         assert_loadable_or_absent(out)
-        if checkpoint.latest(out / "checkpoints") is not None:
+        if checkpoint_folders.latest(out / "checkpoints") is not None:
             argv = cli(out, sample_data_module, "--max-steps", steps, "--save-every", "3", "--resume", "auto")
     assert kills == 20 and len(set(landed)) >= 10, landed  # at many different points of the run
     if not (out / "out.safetensors").exists():
@@ -286,8 +286,8 @@ def assert_loadable_or_absent(out: Path) -> None:
     for path in out.rglob("*.safetensors"):
         if not TEMPORARY.match(path.name):
             load_file(str(path))
-    for _, folder in checkpoint.complete(out / "checkpoints"):
-        assert checkpoint.problem(folder) is None, folder
+    for _, folder in checkpoint_folders.complete(out / "checkpoints"):
+        assert checkpoint_folders.problem(folder) is None, folder
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before_and_says_so(uninterrupted, sample_data_module,
@@ -304,7 +304,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before_and_says_so(un
     printed = " ".join(resumed.stdout.split())
     assert "step-000004 is unreadable" in printed and "step-000003 is unreadable" in printed
     assert f"resumed from {root / 'step-000002'} at step 2" in printed
-    for _, folder in checkpoint.complete(root):
+    for _, folder in checkpoint_folders.complete(root):
         load_file(str(folder / "adapters.safetensors"))
     with pytest.raises(AssertionError):
         assert_same_lora(out / "out.safetensors", {})  # it trained on (steps 3 to 6), it did not start over

@@ -398,7 +398,7 @@ def test_ctrl_c_as_the_run_ends_lets_the_lora_and_checkpoint_be_written(tmp_path
     import signal
 
     from lowvram.errors import TrainingInterrupted
-    from lowvram.train import checkpoint, saving, step
+    from lowvram.train import checkpoint_folders, saving, step
 
     def ctrl_c_then(real):
         def call(*args, **kwargs):
@@ -418,7 +418,7 @@ def test_ctrl_c_as_the_run_ends_lets_the_lora_and_checkpoint_be_written(tmp_path
     with pytest.raises(TrainingInterrupted, match="interrupted after the last step: .*run.safetensors is saved"):
         train(run_config(output=str(tmp_path), name="run", max_steps=2, sample_prompts=["lvshape"]))
     assert load_file(str(tmp_path / "run.safetensors"))
-    assert checkpoint.latest(tmp_path / "checkpoints").name == "step-000002"
+    assert checkpoint_folders.latest(tmp_path / "checkpoints").name == "step-000002"
     assert not (tmp_path / "samples").exists()
 
 

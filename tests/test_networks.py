@@ -26,7 +26,7 @@ from lowvram.hardware import detect
 from lowvram.models import load_model
 from lowvram.quant import convert_frozen
 from lowvram.resolve import resolve_run
-from lowvram.train import checkpoint
+from lowvram.train import checkpoint, checkpoint_folders
 from lowvram.train.loop import train
 from lowvram.train.setup import optimizer_groups
 
@@ -341,7 +341,7 @@ def test_checkpoint_restores_every_network_type(trained):
     params = networks.add_lora(fresh, config.network, config.alpha, True, blocks)
     optimizer = torch.optim.AdamW(optimizer_groups(fresh, params, config, blocks))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    found = checkpoint.latest(checkpoint.checkpoint_root(result.lora_path.parent))
+    found = checkpoint_folders.latest(checkpoint_folders.checkpoint_root(result.lora_path.parent))
     position = checkpoint.load(found, dict(networks.adapted_modules(fresh)), optimizer, scheduler,
                                types.SimpleNamespace(scaler=None, process_index=0, num_processes=1))
     assert position.step == 3

@@ -18,7 +18,7 @@ from preloaded import Run, run
 from safetensors.torch import load_file
 
 from lowvram.errors import LowvramError, TrainingInterrupted
-from lowvram.train import checkpoint
+from lowvram.train import checkpoint_folders
 from lowvram.train.loop import train
 from lowvram.train.outdir import ARCHIVE, LOCK, RECORD
 
@@ -89,7 +89,7 @@ def test_a_new_run_in_a_folder_holding_another_runs_checkpoints_stops_and_loses_
 def test_resume_refuses_a_checkpoint_of_another_run_naming_the_difference(tmp_path):
     first = run_config(output=str(tmp_path / "a"), max_steps=2, checkpoint_every=1)
     train(first)
-    found = checkpoint.latest(tmp_path / "a" / "checkpoints")
+    found = checkpoint_folders.latest(tmp_path / "a" / "checkpoints")
     other = run_config(output=str(tmp_path / "b"), max_steps=4, lora_layers="attn-mlp", resume=str(found))
     with pytest.raises(LowvramError, match="--resume: .* is a checkpoint of another run \\(--lora-layers attn there, "
                                            "attn-mlp here\\)"):
@@ -107,8 +107,8 @@ def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
     root = tmp_path / "a" / "checkpoints"
     for step in (999_999, 1_000_000):  # "step-1000000" sorts before "step-999999" by name
         shutil.copytree(root / "step-000001", root / f"step-{step:06d}")
-    assert checkpoint.latest(root).name == "step-1000000"
-    assert [step for step, _ in checkpoint.complete(root)] == [1, 999_999, 1_000_000]
+    assert checkpoint_folders.latest(root).name == "step-1000000"
+    assert [step for step, _ in checkpoint_folders.complete(root)] == [1, 999_999, 1_000_000]
 
 
 def test_keep_checkpoints_keeps_that_many_of_the_newest(tmp_path):
@@ -128,7 +128,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_take
     first = Run(cli_run(out, 4000), env)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and checkpoint.latest(out / "checkpoints") is None:
+        while time.time() < deadline and checkpoint_folders.latest(out / "checkpoints") is None:
             time.sleep(0.05)
         second = run(cli_run(out, 3, "--resume", "auto"), env)
         assert second.returncode != 0
@@ -138,7 +138,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_take
         first.kill()  # SIGKILL: no chance to release the lock
         first.communicate(timeout=60)
     assert (out / LOCK).is_file() and (out / RECORD).is_file()
-    done = checkpoint.latest(out / "checkpoints").name
+    done = checkpoint_folders.latest(out / "checkpoints").name
     resumed = run(cli_run(out, int(done[5:]) + 2, "--resume", "auto"), env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {out / 'checkpoints' / done}" in " ".join(resumed.stdout.split())
@@ -166,7 +166,7 @@ def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside_so_auto_f
     train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2))
     earlier = tmp_path / "checkpoints" / "step-000002"
     train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=1, resume=str(earlier), lr=2e-4))
-    assert [path.name for _, path in checkpoint.complete(tmp_path / "checkpoints")][-1] == "step-000003"
+    assert [path.name for _, path in checkpoint_folders.complete(tmp_path / "checkpoints")][-1] == "step-000003"
     assert list((tmp_path / ARCHIVE).glob("*/step-000004"))  # the branch left, kept
     capsys.readouterr()
     train(run_config(output=str(tmp_path), max_steps=5, resume="auto", lr=2e-4))
@@ -416,7 +416,7 @@ def test_a_run_whose_terminal_hangs_up_saves_a_checkpoint_and_resumes(tmp_path):
         started.send_signal(signal.SIGHUP)
         returncode = started.wait(timeout=120)
     assert returncode == 130
-    done = checkpoint.latest(out / "checkpoints")
+    done = checkpoint_folders.latest(out / "checkpoints")
     assert done is not None and 1 <= int(done.name[5:]) < 4000
     resumed = run(cli_run(out, int(done.name[5:]) + 1, "--checkpoint-every", "1000", "--resume", "auto"), env)
     assert resumed.returncode == 0, resumed.stderr

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import RECIPE_KEY
-from lowvram.train import checkpoint
+from lowvram.train import checkpoint, checkpoint_folders
 from lowvram.train.loop import train
 from lowvram.train.step import MAX_BAD_STEPS
 
@@ -65,7 +65,7 @@ def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
     stopped_at = sum('"loss"' in line for line in metrics.read_text().splitlines())
     assert stopped_at < STEPS
     assert json.loads(metrics.read_text().splitlines()[-1]) == {"step": stopped_at, "end": "interrupted"}
-    assert checkpoint.latest(cut / "checkpoints").name == f"step-{stopped_at:06d}"
+    assert checkpoint_folders.latest(cut / "checkpoints").name == f"step-{stopped_at:06d}"
     assert (cut / f"cut-step{stopped_at:08d}.safetensors").is_file()  # a usable LoRA right away
 
     command = shlex.split(err.split("continue with: ", 1)[1])  # pasted as printed
@@ -99,11 +99,11 @@ def test_a_timed_checkpoint_keeps_a_run_killed_without_warning(tmp_path):
     cut = tmp_path / "cut"
     proc = Run(cli(cut, "--checkpoint-minutes", "0.001", "--keep-checkpoints", "1"), env)
     deadline = time.time() + 120
-    while time.time() < deadline and not checkpoint.latest(cut / "checkpoints"):
+    while time.time() < deadline and not checkpoint_folders.latest(cut / "checkpoints"):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    kept = checkpoint.latest(cut / "checkpoints")
+    kept = checkpoint_folders.latest(cut / "checkpoints")
     assert kept is not None and int(kept.name.split("-")[1]) < STEPS and not (cut / "cut.safetensors").exists()
     resumed = run(cli(cut, "--checkpoint-minutes", "0.001", "--resume", "auto"), env)
     assert resumed.returncode == 0 and f"resumed from {kept}" in " ".join(resumed.stdout.split()), resumed.stderr
@@ -113,12 +113,10 @@ def test_a_timed_checkpoint_keeps_a_run_killed_without_warning(tmp_path):
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     result = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2))
     root = tmp_path / "checkpoints"
-    assert checkpoint.latest(root).name == "step-000004"
+    assert checkpoint_folders.latest(root).name == "step-000004"
     (root / ".step-zzz").mkdir()  # what a kill -9 mid-write leaves: a temporary folder, half written
     (root / ".step-zzz" / "adapters.safetensors").write_bytes(b"\x00" * 10)
-    assert checkpoint.latest(root).name == "step-000004"
-
-    import lowvram.train.checkpoint as ckpt
+    assert checkpoint_folders.latest(root).name == "step-000004"
 
     def die(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies in the middle of writing the next checkpoint
@@ -127,9 +125,9 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         train(run_config(output=str(tmp_path), max_steps=6, checkpoint_every=2, resume="auto"))
     monkeypatch.undo()
-    assert checkpoint.latest(root).name == "step-000004"
+    assert checkpoint_folders.latest(root).name == "step-000004"
     resumed = train(run_config(output=str(tmp_path), max_steps=6, resume="auto"))
-    assert resumed.lora_path.is_file() and ckpt.latest(root).name == "step-000006"
+    assert resumed.lora_path.is_file() and checkpoint_folders.latest(root).name == "step-000006"
     assert result.lora_path.exists()
 
 
@@ -155,7 +153,7 @@ def test_an_output_folder_gone_read_only_mid_run_is_one_line(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "could not write checkpoint" in err and "Read-only file system" in err and "Traceback" not in err, err
     assert "(the previous checkpoint is intact)" in err
-    assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-000001"
+    assert checkpoint_folders.latest(tmp_path / "run" / "checkpoints").name == "step-000001"
 
 
 def test_a_run_stopped_while_it_caches_continues_with_its_own_config(tmp_path, monkeypatch):
@@ -234,7 +232,7 @@ def test_resume_auto_without_a_checkpoint_starts_the_run_and_says_so(tmp_path, c
     first = train(run_config(output=str(out), max_steps=2, resume="auto"))
     assert capsys.readouterr().out.startswith(f"--resume auto: no checkpoint in {out} yet, so the run starts from "
                                               "the beginning")
-    assert first.lora_path.is_file() and checkpoint.latest(out / "checkpoints").name == "step-000002"
+    assert first.lora_path.is_file() and checkpoint_folders.latest(out / "checkpoints").name == "step-000002"
     train(run_config(output=str(out), max_steps=2, resume="latest"))  # the diffusers scripts' word
     assert "resumed from" in capsys.readouterr().out
     (out / "checkpoints").rename(tmp_path / "gone")  # the LoRA without its checkpoints: nothing to continue from
@@ -296,7 +294,7 @@ def test_out_of_memory_drawing_samples_skips_them_and_the_run_keeps_its_work(tmp
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == [1, 2, 3, 4] and result.lora_path.is_file()
-    assert [step for step, _ in checkpoint.complete(checkpoint.checkpoint_root(tmp_path))][-1] == 4
+    assert [step for step, _ in checkpoint_folders.complete(checkpoint_folders.checkpoint_root(tmp_path))][-1] == 4
 
 
 def test_batch_split_keeps_every_sample(tmp_path):
@@ -420,7 +418,7 @@ def test_an_8bit_optimizers_state_survives_a_checkpoint(tmp_path):
     values = {"optimizer": "adamw8bit", "lora_layers": "attn-mlp", "lr": 1e-3, "model": "tiny-sdxl", "rank": 16}
     straight = train(run_config(output=str(tmp_path / "straight"), max_steps=4, **values))
     train(run_config(output=str(tmp_path / "resumed"), max_steps=2, checkpoint_every=2, **values))
-    state = load_file(str(checkpoint.latest(tmp_path / "resumed" / "checkpoints") / "optimizer.safetensors"))
+    state = load_file(str(checkpoint_folders.latest(tmp_path / "resumed" / "checkpoints") / "optimizer.safetensors"))
     assert any("qmap" in key for key in state)  # 8-bit states were written
     resumed = train(run_config(output=str(tmp_path / "resumed"), max_steps=4, resume="auto", **values))
     ours, theirs = load_file(str(straight.lora_path)), load_file(str(resumed.lora_path))

@@ -46,7 +46,7 @@ from lowvram.run_files import (
     step_image,
     step_save,
 )
-from lowvram.train import checkpoint
+from lowvram.train import checkpoint_folders
 from lowvram.train.identity import MOVABLE, differences, identity, model_fingerprint, moved_paths, recipe, same_run
 
 if sys.version_info >= (3, 11):
@@ -139,7 +139,7 @@ def nothing_to_resume(config):
     scripts' `--resume_from_checkpoint latest` does: one command serves a notebook cell's first start and its rerun
     after a disconnect. The config to run, and the line that says so (None: as given)."""
     folder = config.output_dir
-    if config.training.resume != "auto" or checkpoint.complete(checkpoint.checkpoint_root(folder)):
+    if config.training.resume != "auto" or checkpoint_folders.complete(checkpoint_folders.checkpoint_root(folder)):
         return config, None
     saves = sorted(_earlier_loras(folder, read_record(folder)), key=lambda path: path.stat().st_mtime)
     lora = folder / final_lora(config.output_name)
@@ -160,7 +160,7 @@ def existing_lora_problem(config) -> str | None:
     """The line a new run (neither --resume nor --overwrite) stops at when its LoRA is there already."""
     lora = config.output_dir / final_lora(config.output_name)
     if lora.exists() and not config.output.overwrite and not config.training.resume:
-        if checkpoint.complete(checkpoint.checkpoint_root(lora.parent)):
+        if checkpoint_folders.complete(checkpoint_folders.checkpoint_root(lora.parent)):
             go_on = "continue its run with --resume auto"
         elif read_record(lora.parent) is None:  # a copy, another tool's file: no run of lowvram's wrote it there
             go_on = f"no lowvram run is recorded there: {train_on_from(lora)}"
@@ -215,7 +215,7 @@ def ownership_problem(run: ResolvedRun) -> str | None:
     if problem:
         return problem
     ours, record = recipe(run), read_record(folder)
-    checkpoints = checkpoint.complete(checkpoint.checkpoint_root(folder))
+    checkpoints = checkpoint_folders.complete(checkpoint_folders.checkpoint_root(folder))
     # kohya_ss users keep mychar, mychar_v2 ... in one folder; lowvram keeps one run (and its checkpoints) per folder
     # (--resume with another name is asked for: the run trained further, saved under the new name)
     named = record.get("name") if record and record.get("name") != config.output_name else None
@@ -243,7 +243,7 @@ def ownership_problem(run: ResolvedRun) -> str | None:
                     "start a new run in another --output")
         if config.training.resume != "auto" or not checkpoints:  # a folder of another run: refused before the
             try:  # data is cached and the model loads, not after
-                checkpoint.resolve(config.training.resume, folder, ours)
+                checkpoint_folders.resolve(config.training.resume, folder, ours)
             except LowvramError as exc:
                 return str(exc)
         lora = folder / final_lora(config.output_name)
@@ -321,7 +321,7 @@ def take_ownership(run: ResolvedRun) -> str | None:
     if problem:
         raise LowvramError(problem)
     record = read_record(folder)
-    checkpoints = checkpoint.complete(checkpoint.checkpoint_root(folder))
+    checkpoints = checkpoint_folders.complete(checkpoint_folders.checkpoint_root(folder))
     note = None
     if config.training.resume:
         note = _set_aside_later(checkpoints, config.training.resume, folder, config.output_name)
@@ -473,7 +473,7 @@ def remove_leftovers(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     removed = remove_orphans(folder) + remove_orphans(folder / SAMPLES)
-    root = checkpoint.checkpoint_root(folder)
+    root = checkpoint_folders.checkpoint_root(folder)
     for partial in root.glob(".step-*") if root.is_dir() else ():
         if HALF_WRITTEN_CHECKPOINT.match(partial.name) and partial.is_dir():
             shutil.rmtree(partial, ignore_errors=True)
@@ -484,7 +484,7 @@ def remove_leftovers(folder: Path) -> list[Path]:
 def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
     """The one line a full disk ends a run with: what ran out, what was kept, and how to go on."""
     folder, name = run.config.output_dir, run.config.output_name
-    newest = checkpoint.latest(checkpoint.checkpoint_root(folder), recipe(run))
+    newest = checkpoint_folders.latest(checkpoint_folders.checkpoint_root(folder), recipe(run))
     loras = sorted(folder.glob(f"{name}*.safetensors"), key=lambda p: p.stat().st_mtime)
     kept = [f"checkpoint {newest.name}" if newest else "no checkpoint yet"] + [f"LoRA {p.name}" for p in loras[-1:]]
     if exc.finished is not None:  # the run's end, whole: nothing to continue

@@ -19,7 +19,7 @@ from lowvram.memory import free_cached_memory
 from lowvram.optim import optimizer_kwargs, spec_of
 from lowvram.precision import DTYPES
 from lowvram.run_files import LORA_SUFFIX, SAMPLES, best_save, epoch_save, final_lora, interval_count, step_save
-from lowvram.train import checkpoint, outdir
+from lowvram.train import checkpoint, checkpoint_folders, outdir
 from lowvram.train.identity import recipe
 from lowvram.train.metadata import TrainingShape, lora_metadata
 from lowvram.train.runlog import RunLog
@@ -66,7 +66,7 @@ def save_checkpoint(session: Session, trainee: Trainee, dataset: Dataset, positi
     rng_states = checkpoint.gather_rng_states(session.accelerator)
     if not session.main:
         return None
-    return checkpoint.save(checkpoint.checkpoint_root(session.out_dir), position, trainee.adapted, trainee.optimizer,
+    return checkpoint.save(checkpoint_folders.checkpoint_root(session.out_dir), position, trainee.adapted, trainee.optimizer,
                            trainee.lr_scheduler, session.accelerator, session.config.training.keep_checkpoints,
                            rng_states, recipe(session.run), trainee.ema, dataset.fingerprint,
                            resumable_settings(session, dataset))
@@ -116,7 +116,7 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     mid-run is worth training on)."""
     if not session.config.training.resume:
         return checkpoint.Position(0, 0, 0)
-    found, unreadable = checkpoint.resolve(session.config.training.resume, session.out_dir, recipe(session.run))
+    found, unreadable = checkpoint_folders.resolve(session.config.training.resume, session.out_dir, recipe(session.run))
     for line in unreadable:
         session.console.print(f"[yellow]warning: {line}: resuming from an earlier one[/]", soft_wrap=True)
     optim = session.config.optim

@@ -58,7 +58,7 @@ from lowvram.precision import compute_dtype
 from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
 from lowvram.samplers import sampler_problem
-from lowvram.train import checkpoint
+from lowvram.train import checkpoint, checkpoint_folders
 from lowvram.train.identity import recipe
 from lowvram.train.outdir import existing_lora_problem
 from lowvram.train.schedule import Schedule, folder_batches, in_steps
@@ -314,8 +314,8 @@ def _earlier_lokr_shapes(session: Session) -> bool:
         return False
     with suppress(LowvramError, OSError, ValueError):  # (what cannot be read is said where it is read)
         if config.training.resume:
-            found, _ = checkpoint.resolve(config.training.resume, session.out_dir, recipe(session.run))
-            source = found / checkpoint.ADAPTERS
+            found, _ = checkpoint_folders.resolve(config.training.resume, session.out_dir, recipe(session.run))
+            source = found / checkpoint_folders.ADAPTERS
         elif config.network.network_weights:
             source = Path(config.network.network_weights)
         else:

@@ -20,7 +20,7 @@ from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.hardware import precision_trouble
 from lowvram.memory import ActivationsToHost, free_cached_memory
 from lowvram.models.conditioning import encode_prompts, unet_conditioning
-from lowvram.train import checkpoint
+from lowvram.train import checkpoint_folders
 from lowvram.train.loss import Objective, diffusion_loss, sample_noise, sample_timesteps
 from lowvram.train.setup import Session, Trainee
 
@@ -192,7 +192,7 @@ def count_bad_steps(session: Session, verdict: str, bad_steps: int, step: int) -
     session.console.print(f"[yellow]warning: step {step}: non-finite loss or gradient, step skipped[/]")
     if bad_steps >= MAX_BAD_STEPS:
         precision = precision_trouble(session.run.mixed_precision, session.run.hardware)
-        last = checkpoint.latest(checkpoint.checkpoint_root(session.out_dir))
+        last = checkpoint_folders.latest(checkpoint_folders.checkpoint_root(session.out_dir))
         kept = (f"the last checkpoint, {last}, holds the last good weights (--resume auto goes on from it)" if last
                 else "no checkpoint was saved to go back to (--checkpoint-every N keeps one)")
         raise TrainingDiverged(

@@ -148,12 +148,12 @@ def earlier_run(output: str | None) -> str:
     """A line on the run a loaded config's output folder holds already (its last step and loss, its newest
     checkpoint), for Resume to be chosen knowing it; "" where there is none (an earlier version's run showed
     nothing until it was resumed)."""
-    from lowvram.train import checkpoint
+    from lowvram.train import checkpoint_folders
 
     folder = Path(output or "")
     if not output or not folder.is_dir():
         return ""
-    found, records = checkpoint.complete(checkpoint.checkpoint_root(folder)), read_metrics(folder)
+    found, records = checkpoint_folders.complete(checkpoint_folders.checkpoint_root(folder)), read_metrics(folder)
     if not (found or records):
         return ""
     saved = (f"checkpoints up to step {found[-1][0]}: Resume continues it (where it is this config's run)" if found else

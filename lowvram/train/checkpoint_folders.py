@@ -1,0 +1,99 @@
+"""Checkpoint folders found, told apart by run and checked readable, without torch: the commands that stop at
+an output folder's files (a new run where a LoRA is already, `--resume` of another run's) say so at once, before
+the training's imports. Writing and loading checkpoints is `lowvram.train.checkpoint`'s."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lowvram.errors import Refused
+from lowvram.run_files import CHECKPOINTS
+from lowvram.train.identity import differences, same_run
+
+
+def checkpoint_root(output_dir: Path) -> Path:
+    return Path(output_dir) / CHECKPOINTS
+
+
+def complete(root: Path, run_recipe: dict | None = None) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first by step number (never by name: a name sorts
+    wrongly past step 999999); only the run of `run_recipe`'s, if given (`identity.same_run`; checkpoints from
+    before run identities count as any run's). Temporary folders of interrupted writes are not complete."""
+    found = []
+    for path in root.glob("step-*"):
+        if not ((path / "state.json").is_file() and path.name[5:].isdigit()):
+            continue
+        if run_recipe is None or not (theirs := run_of(path)) or same_run(theirs, run_recipe):
+            found.append((int(path.name[5:]), path))
+    return sorted(found)
+
+
+def run_of(path: Path) -> dict:
+    """The run a checkpoint belongs to: {"identity", "recipe"}, or {} where it predates run identities."""
+    try:
+        return json.loads((path / "state.json").read_text()).get("run") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def latest(root: Path, run_recipe: dict | None = None) -> Path | None:
+    """The newest complete checkpoint (of the run of `run_recipe`, if given)."""
+    done = complete(root, run_recipe)
+    return done[-1][1] if done else None
+
+
+ADAPTERS = "adapters.safetensors"
+PARTS = (ADAPTERS, "optimizer.safetensors", "rng.safetensors")
+EMA_PART = "ema.safetensors"  # with --ema
+
+
+def problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (a part truncated, missing or unreadable), or None."""
+    from safetensors.torch import load_file
+
+    part = "state.json"
+    try:
+        json.loads((path / part).read_text())
+        for part in PARTS + ((EMA_PART,) if (path / EMA_PART).exists() else ()):
+            load_file(str(path / part))
+    except Exception as exc:  # noqa: BLE001 - whatever broke it, the checkpoint is unusable
+        return f"{part}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+    return None
+
+
+def resolve(resume: str, output_dir: Path, run_recipe: dict | None = None) -> tuple[Path, list[str]]:
+    """The checkpoint `--resume` names: `auto`, the newest readable one of this run in the output folder (with
+    a line for each newer one that was unreadable); or a folder. A checkpoint of another run is refused,
+    naming what differs."""
+    if resume == "auto":
+        root = checkpoint_root(output_dir)
+        unreadable = []
+        for _, path in reversed(complete(root, run_recipe)):
+            reason = problem(path)
+            if reason is None:
+                return path, unreadable
+            unreadable.append(f"checkpoint {path.name} is unreadable ({reason})")
+        if unreadable:
+            raise Refused(f"--resume auto: no readable checkpoint in {root} ({'; '.join(unreadable)}); start "
+                               "over with --overwrite (the earlier files move to archive/), or pass a checkpoint "
+                               "folder")
+        others = complete(root)
+        if others:
+            theirs = run_of(others[-1][1]).get("recipe", {})
+            raise Refused(f"--resume auto: the checkpoints in {root} belong to another run "
+                               f"({differences(theirs, run_recipe or {})}); pass the options it was trained "
+                               "with, or start without --resume")
+        raise Refused(f"--resume auto: no checkpoint in {root}; start without --resume, or pass a "
+                           "checkpoint folder")
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise Refused(f"--resume: {path} is not a lowvram checkpoint folder (no state.json)")
+    theirs = run_of(path)
+    if run_recipe is not None and theirs and not same_run(theirs, run_recipe):
+        raise Refused(f"--resume: {path} is a checkpoint of another run ({differences(theirs['recipe'], run_recipe)}"
+                           "); pass the options it was trained with, or start without --resume")
+    reason = problem(path)
+    if reason:
+        raise Refused(f"--resume: {path} is unreadable ({reason}); pass an earlier checkpoint")
+    return path, []
