@@ -516,3 +516,26 @@ def test_a_lokr_file_continued_with_another_factor_names_its_own(tmp_path):
         run_config(network_weights=str(lokr), network="lokr", lokr_factor=-1)  # mismatch)
     assert main(["train", "--model", "tiny", "--data", "sample", "--network-weights", str(lokr), "--network", "lokr",
                  "--output", str(tmp_path / "on"), "--max-steps", "1"]) == 0  # (left out: the file's, taken)
+
+
+def test_a_bare_lora_of_another_rank_or_with_text_layers_is_refused_before_caching(tmp_path):
+    """Without metadata the config check cannot see a file's text-encoder layers: the run said them only once
+    every image was encoded, from the layers it could not fill. (The rank and type are said by the config check.)"""
+    from safetensors.torch import load_file, save_file
+
+    lora = train(run_config(model="tiny", output=str(tmp_path / "first"), max_steps=1, rank=4, alpha=2,
+                            train_text_encoder=True)).lora_path
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(lora)), str(bare))
+    cases = [({"rank": 8, "train_text_encoder": True}, "was trained with rank 4 and alpha 2"),
+             ({"rank": 4, "alpha": 2}, "has layers this run does not adapt (lora_te_"),
+             ({"network": "loha", "rank": 4, "alpha": 2, "train_text_encoder": True}, "pass --network lora")]
+    for change, expected in cases:
+        cache = tmp_path / f"cache{len(expected)}"
+        with pytest.raises(LowvramError) as refused:
+            train(run_config(model="tiny", output=str(tmp_path / "next"), max_steps=1, network_weights=str(bare),
+                             cache_dir=str(cache), **change))
+        assert expected in str(refused.value) and len(str(refused.value).splitlines()) == 1, (change, refused.value)
+        assert not list(cache.rglob("*.safetensors")), change  # nothing encoded
+    train(run_config(model="tiny", output=str(tmp_path / "next"), max_steps=1, network_weights=str(bare), rank=4,
+                     alpha=2, train_text_encoder=True))  # as it was trained: it continues

@@ -164,14 +164,7 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
     --network_weights), so training continues that LoRA; returns how many layers were filled. The file must
     hold this run's network type, rank and alpha, on layers this run adapts; layers it lacks start fresh."""
     flag = "--network-weights"
-    _, tensors = read_lora_file(path, flag)
-    found = _network_of(tensors, flag, path)
-    if found != network.network:
-        raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
-    layers = by_layer(tensors)
-    problem = layers_problem(layers)
-    if problem:
-        raise LowvramError(f"{flag}: {path} {problem}")
+    layers = _layers_to_start_from(path, network)
     ours = kohya_layers(model)
     ours |= _original_layout_aliases(model.unet, ours)
     first = model.family.text_encoders[0].kohya_prefix  # SDXL's lora_te_ keys are its first encoder's (ComfyUI)
@@ -187,12 +180,7 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
                            "not train: it cannot continue this file; generate, resize and merge take it, or train a "
                            "new LoRA")
     if unknown:
-        text = any(not base.startswith(UNET_KOHYA_PREFIX) for base in unknown)
-        trained = ["--lora-layers", network_options(Path(path)).get("lora_layers", "full")] + [
-            "--train-text-encoder"] * text
-        raise LowvramError(f"{flag}: {path} has layers this run does not adapt ({unknown[0]} and {len(unknown) - 1} "
-                           f"more); pass the {' '.join(trained)}{' and block settings' if per_block else ''} it was "
-                           "trained with, and a base model of its family")
+        raise LowvramError(_not_adapted(path, unknown, per_block))
     problem = named_twice(list(layers), lambda base: id(ours[base][2]))
     if problem:
         raise LowvramError(f"{flag}: {path} {problem}")
@@ -230,6 +218,38 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
         if unexpected:
             raise LowvramError(f"{flag}: {path} holds tensors this run's adapters have no place for ({unexpected[0]})")
     return len(layers)
+
+
+def check_start_file(path: Path, network: NetworkConfig) -> None:
+    """start_from's checks that need no model (the config check said the type, rank and alpha): the file reads as
+    a LoRA, and has no text-encoder layers where the run trains none (a bare file's layers are unknown to the
+    config check). Run before the caches are filled, so it is said in seconds, not once every image is encoded."""
+    layers = _layers_to_start_from(path, network)
+    text = sorted(base for base in layers if not base.startswith(UNET_KOHYA_PREFIX))
+    if text and not network.train_text_encoder:
+        raise LowvramError(_not_adapted(path, text, sets_blocks(network)))
+
+
+def _layers_to_start_from(path: Path, network: NetworkConfig) -> dict[str, dict[str, torch.Tensor]]:
+    flag = "--network-weights"
+    _, tensors = read_lora_file(path, flag)
+    found = _network_of(tensors, flag, path)
+    if found != network.network:
+        raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
+    layers = by_layer(tensors)
+    problem = layers_problem(layers)
+    if problem:
+        raise LowvramError(f"{flag}: {path} {problem}")
+    return layers
+
+
+def _not_adapted(path: Path, unknown: list[str], per_block: bool) -> str:
+    text = any(not base.startswith(UNET_KOHYA_PREFIX) for base in unknown)
+    trained = ["--lora-layers", network_options(Path(path)).get("lora_layers", "full")] + [
+        "--train-text-encoder"] * text
+    return (f"--network-weights: {path} has layers this run does not adapt ({unknown[0]} and {len(unknown) - 1} "
+            f"more); pass the {' '.join(trained)}{' and block settings' if per_block else ''} it was trained with, "
+            "and a base model of its family")
 
 
 def save_kohya(model: LoadedModel, path: Path, alpha: float, precision: str, metadata: dict[str, str]) -> Path:

@@ -202,7 +202,7 @@ def scan_data(session: Session) -> Dataset:
     """Scan first, so a bad dataset fails before any weight is loaded."""
     config, run, accelerator = session.config, session.run, session.accelerator
     weights = config.network.network_weights
-    if weights and not config.training.resume:  # another family's LoRA: said now, not once the caches are filled
+    if weights and not config.training.resume:  # another family's LoRA, or rank: said now, not once caches are filled
         other = None
         with suppress(OSError, ValueError):  # (an unreadable file is said where it is read)
             metadata, tensors, _ = kohya_header(Path(weights))
@@ -210,6 +210,8 @@ def scan_data(session: Session) -> Dataset:
                                             {name: tuple(entry.get("shape", ())) for name, entry in tensors.items()})
         if other:
             raise LowvramError(other)
+        if Path(weights).is_file():  # (a missing one is said where it is read)
+            lora_files.check_start_file(Path(weights), config.network)
     trigger = config.data.trigger_word
     if run.uses_sample_data:
         data_root = session.out_dir / "sample_data"
