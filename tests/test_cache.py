@@ -176,7 +176,11 @@ def test_an_entry_broken_after_its_check_is_removed_and_named(tmp_path, sample_d
     zeroed = next((cache / "latents").rglob("*.safetensors"))  # its end never reached the disk (no fsync): zeros
     data = zeroed.read_bytes()
     zeroed.write_bytes(data[: len(data) - 64] + bytes(64))
-    assert TensorStore(cache, "latents").valid(zeroed.stem)  # (its header whole: only its data can tell)
+    assert not TensorStore(cache, "latents").valid(zeroed.stem) and not zeroed.exists()  # (its header whole)
+    zeroed = next((cache / "latents").rglob("*.safetensors"))
+    assert TensorStore(cache, "latents").valid(zeroed.stem)
+    data = zeroed.read_bytes()
+    zeroed.write_bytes(data[: len(data) - 64] + bytes(64))  # after the caching phase's check
     with pytest.raises(LowvramError, match=r"\(its tensors do not match the checksum written with them\); it was "
                                            "removed"):
         TensorStore(cache, "latents").load(zeroed.stem)

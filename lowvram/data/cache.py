@@ -108,7 +108,8 @@ class TensorStore:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def valid(self, key: str) -> bool:
-        """True when the entry exists and opens with the right key; a broken file is removed."""
+        """True when the entry exists, opens with the right key and its data matches its checksum; a broken file is
+        removed (so the caching phase rebuilds an entry a power cut zeroed the end of, not the training's read)."""
         from safetensors import safe_open
 
         if self.memory is not None and key in self.memory:
@@ -121,7 +122,8 @@ class TensorStore:
             return False
         try:
             with safe_open(str(path), framework="pt") as f:
-                ok = (f.metadata() or {}).get("key") == key
+                metadata = f.metadata() or {}
+            ok = metadata.get("key") == key and metadata.get("crc32") in (None, _data_checksum(path.read_bytes()))
         except Exception:  # noqa: BLE001 - any failure to open means the entry must be rebuilt
             ok = False
         if not ok:
@@ -163,7 +165,7 @@ class TensorStore:
         if self.memory is None:
             try:
                 # (an fsync each took 85 % of an entry's write, thousands of them; `valid` rebuilds one a power cut
-                # left short, `load` names one whose end it zeroed, by its checksum)
+                # left short or zeroed the end of, by its checksum)
                 save_safetensors(tensors, self.path(key), {"key": key, "crc32": checksum(tensors)},
                                  what="a cache entry", durable=False)
                 return
