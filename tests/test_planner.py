@@ -53,8 +53,10 @@ def test_the_choice_counts_what_it_chose_among_and_a_phase_off_the_gpu_shows_no_
     counted = re.search(r"the fastest predicted of (\d+) strategies that fit and were seen training on a GPU; \S+ "
                         r".*would be faster but has not been seen training on a GPU", out)
     strategies = done.stdout.split("candidate strategies")[1].split("VRAM per phase and component")[0]
-    seen = [line for line in strategies.splitlines() if line.startswith("│") and "yes" in line and "seen" in line]
+    seen = [line for line in strategies.splitlines() if line.startswith("│") and "seen" in line
+            and ("yes" in line or "chosen" in line)]
     assert counted and int(counted.group(1)) == len(seen) > 1, out  # each one it chose among is in the table
+    assert [line.split("│")[1].strip() for line in seen if "chosen" in line] == ["bf16 adamw"]  # (in a log too)
     table = done.stdout.split("VRAM per phase and component")[1].split("host RAM per phase")[0]
     header = next(line for line in table.splitlines() if "component" in line)
     assert [cell.strip() for cell in header.split("┃")[1:-1]] == ["component", "load", "latents", "text", "train",
@@ -223,6 +225,54 @@ def test_a_bigger_gpu_or_more_host_ram_suggested_is_enough_for_what_it_names():
     ram = line.split()[2]
     flags = line.split(", with ")[1].split(" (")[0].split() if ", with " in line else []
     assert not short["fits"] and json.loads(lowvram(*sdxl, "--ram", f"{ram}GB", *flags)[0].stdout)["fits"]
+    # a 4 GB card whose leaner strategies host RAM rules out: "a GPU with at least 12.6 GiB free" was all it said
+    from lowvram.plan import plan_options
+
+    _, result = plan_options({"model": "sdxl"}, load_profile("gtx-1650-4gb"))  # (in fp32: no bf16, fp16 NaNs)
+    [both] = [s for s in result.suggestions if " free and at least " in s]
+    gpu, ram = both.split()[5], both.split()[11]
+    bigger = dataclasses.replace(load_profile("gtx-1650-4gb"), free_vram=int(float(gpu) * 2**30),
+                                 total_vram=int(float(gpu) * 2**30), host_ram=int(float(ram) * 2**30))
+    assert float(gpu) < 6 and any(e.fits(bigger) for e in plan_options({"model": "sdxl"}, bigger)[1].candidates)
+
+
+def test_a_named_format_fixes_that_setting_alone_the_rest_seen_where_it_fits():
+    """Naming --unet-weights (even the default) let every unverified checkpointing and optimizer in: SDXL on 12 GB
+    went from the seen bf16 ckpt adamw8bit to an unverified bf16 ckpt 5 blocks adamw, for the flag alone."""
+    from lowvram.plan import plan_options
+
+    for model, vram, named in (("sdxl", "12GB", "bf16"), ("sd15", "6GB", "bnb-nf4")):
+        _, result = plan_options({"model": model, "unet_weights": named}, hardware_for(None, vram, "64GB"))
+        assert result.choice.strategy.unet_weights == named and result.choice.verified, result.explanation
+    _, alone = plan_options({"model": "sdxl"}, hardware_for(None, "12GB", "64GB"))
+    _, named = plan_options({"model": "sdxl", "unet_weights": "bf16"}, hardware_for(None, "12GB", "64GB"))
+    assert named.choice.strategy == alone.choice.strategy
+    # a format no result shows training still runs as named, with the fastest fitting rest (warned)
+    _, unseen = plan_options({"model": "sd15", "unet_weights": "quanto-int8"}, hardware_for(None, "6GB", "64GB"))
+    assert unseen.choice.strategy.unet_weights == "quanto-int8" and unseen.choice.verified is False
+
+
+def test_where_only_unverified_strategies_fit_a_change_a_seen_one_fits_is_offered_first():
+    """SDXL on a 4 GB laptop card: only the unverified quanto-int4 was offered, not the lower rank at which the
+    seen bnb-nf4 ckpt adamw8bit fits (20 MiB over at rank 16)."""
+    from lowvram.plan import plan_options
+
+    _, result = plan_options({"model": "sdxl"}, load_profile("rtx-3050-laptop-4gb"))
+    assert result.choice is None and result.suggestions[-1].endswith("(runs it unverified, with a warning)")
+    seen = [s for s in result.suggestions[:-1] if "unverified" not in s]
+    assert "--rank 4" in seen, result.suggestions
+    _, fixed = plan_options({"model": "sdxl", "rank": 4}, load_profile("rtx-3050-laptop-4gb"))
+    assert fixed.choice is not None and fixed.choice.verified
+
+
+def test_the_table_marks_the_choice_in_words_and_shows_the_fastest_strategy_that_fits():
+    from lowvram.plan.report import shown_candidates
+
+    result = plan(work("sdxl", 1024), load_profile("rtx-3060-laptop-6gb"))
+    fastest_fitting = next(e for e in result.candidates if e.fits(result.hardware))
+    assert fastest_fitting is not result.choice and fastest_fitting in shown_candidates(result, 6)
+    done, _ = lowvram("plan", "--model", "sdxl", "--profile", "rtx-3060-laptop-6gb")
+    assert f"│ {result.choice.strategy.label} " in next(line for line in done.stdout.splitlines() if "chosen" in line)
 
 
 def test_the_users_own_checkpoint_blocks_run_where_every_block_recomputed_is_seen():
@@ -698,12 +748,18 @@ def test_the_plan_says_what_it_computes_in_and_what_a_bare_budget_assumes():
     done, _ = lowvram("plan", "--vram", "6GB")
     out = " ".join(done.stdout.split())
     assert "computing in bf16 (a --vram card is taken to have bf16, as Ampere and newer do: --mixed-precision " \
-           "fp16 plans for an older one" in out
+           "fp16 plans for a T4 or RTX 20xx, no for a GTX 16xx" in out
     done, _ = lowvram("plan", "--profile", "colab-t4", "--model", "sdxl", "--json")
     planned = json.loads(done.stdout)
     assert (planned["compute_dtype"], planned["vae_fp32"]) == ("fp16", True)
     done, _ = lowvram("plan", "--profile", "gtx-1660-6gb")
-    assert "computing in fp32" in " ".join(done.stdout.split())
+    assert "computing in fp32" in " ".join(done.stdout.split()) and "NaN" not in done.stdout
+    # fp16 asked for on a GTX 16xx: planned, as asked, and warned as the run is (it planned it silently)
+    done, _ = lowvram("plan", "--profile", "gtx-1660-6gb", "--mixed-precision", "fp16")
+    assert "warning: fp16 on a GeForce GTX 1660 6 GB, where GTX 16xx cards give NaN losses" in " ".join(
+        done.stdout.split())
+    done, _ = lowvram("plan", "--profile", "colab-t4", "--mixed-precision", "fp16")  # (a T4's fp16 is sound)
+    assert "NaN" not in done.stdout
 
 
 def test_the_training_phase_counts_a_gradient_per_lora_weight():

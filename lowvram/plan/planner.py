@@ -93,7 +93,9 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         return e.verified is not False or explicit or bool(fixed.get("checkpoint_blocks")) and is_verified(
             work.family, s.unet_weights, True, s.optimizer, work.mixed_precision)
 
-    fitting = [e for e in estimates if e.fits(hardware) and allowed(e)]
+    # seen ones first: a format the user names fixes that setting alone, not the checkpointing and optimizer
+    fitting = [e for e in estimates if e.fits(hardware) and e.verified is not False] or [
+        e for e in estimates if e.fits(hardware) and allowed(e)]
     if fitting:
         choice = fitting[0]
         faster = [e for e in estimates if e.speed < choice.speed]
@@ -145,8 +147,10 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
                        f"{gib(plan_budget(hardware))} GiB"
                        f"{f' and {hardware.host_ram / GIB:.1f} GiB of host RAM' if ram else ''}; {len(unverified)} "
                        f"unverified strategies would (the fastest: {first.label})")
-        return Plan(work, hardware, estimates, None, explanation,
-                    [f"{strategy_flags(first)} (runs it unverified, with a warning)"] if suggest else [])
+        # a change that a seen strategy then fits (a lower rank) comes before running an unseen one
+        seen_with = smallest_changes(work, hardware, fixed, seen_only=True) if suggest else []
+        return Plan(work, hardware, estimates, None, explanation, seen_with + (
+            [f"{strategy_flags(first)} (runs it unverified, with a warning)"] if suggest else []))
     leanest = leanest_first(estimates, hardware)[0]
     if leanest.peak_vram() <= plan_budget(hardware):  # only host RAM is short
         explanation = (f"nothing fits {hardware.host_ram / GIB:.1f} GiB of host RAM: the leanest strategy that fits "
@@ -187,16 +191,17 @@ def plan_budget(hardware: Hardware) -> int:
     return max(hardware.free_vram - VRAM_SAFETY, 0)
 
 
-def smallest_changes(work: Workload, hardware: Hardware, fixed: dict) -> list[str]:
+def smallest_changes(work: Workload, hardware: Hardware, fixed: dict, seen_only: bool = False) -> list[str]:
     """Single changes that would make some strategy fit, least disruptive first; one that only an unverified
-    strategy then fits names its flags."""
+    strategy then fits names its flags (left out under `seen_only`)."""
     def fits(w: Workload, h: Hardware = hardware, f: dict = fixed) -> str | None:
         """None when the change fits nothing; else what to add to its line ("" when a seen strategy fits)."""
         changed = plan(w, h, f, suggest=False)
         if changed.choice is not None:
             return ""
         first = next((e.strategy for e in changed.candidates if e.fits(h)), None)
-        return None if first is None else f", with {strategy_flags(first)} (unverified, runs with a warning)"
+        return None if first is None or seen_only else f", with {strategy_flags(first)} (unverified, runs with a " \
+            "warning)"
 
     found = []
     if fixed and (how := fits(work, f={})) is not None:
@@ -224,13 +229,17 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict) -> list[st
     on_gpu = [e for e in candidates if e.peak_vram() + VRAM_SAFETY <= hardware.free_vram]
     in_ram = [e for e in candidates if not hardware.host_ram or e.peak_host() <= hardware.host_ram]
     if not on_gpu:
-        least = min(in_ram or candidates, key=lambda e: e.peak_vram())
-        gpu, ram = _gib_up(least.peak_vram() + VRAM_SAFETY), _gib_up(least.peak_host())
-        bigger = replace(hardware, free_vram=int(gpu * GIB), host_ram=hardware.host_ram and max(
-            hardware.host_ram, int(ram * GIB)))
-        if (how := fits(work, bigger)) is not None:
-            found.append(f"a GPU with at least {gpu:.1f} GiB free"
-                         + ("" if in_ram else f" and at least {ram:.1f} GiB of host RAM (--ram)") + how)
+        leanest = min(candidates, key=lambda e: e.peak_vram())
+        least_in_ram = min(in_ram, key=lambda e: e.peak_vram()) if in_ram else leanest
+        # the least GPU with this host RAM, then (where host RAM rules the leaner ones out) the least with more RAM
+        for least in [least_in_ram] + [leanest] * (leanest is not least_in_ram):
+            gpu, ram = _gib_up(least.peak_vram() + VRAM_SAFETY), _gib_up(least.peak_host())
+            more_ram = bool(hardware.host_ram) and least.peak_host() > hardware.host_ram
+            bigger = replace(hardware, free_vram=int(gpu * GIB), host_ram=hardware.host_ram and max(
+                hardware.host_ram, int(ram * GIB)))
+            if (how := fits(work, bigger)) is not None:
+                found.append(f"a GPU with at least {gpu:.1f} GiB free"
+                             + (f" and at least {ram:.1f} GiB of host RAM (--ram)" if more_ram else "") + how)
     elif not {id(e) for e in on_gpu} & {id(e) for e in in_ram}:
         ram = _gib_up(min(e.peak_host() for e in on_gpu))
         if (how := fits(work, replace(hardware, host_ram=int(ram * GIB)))) is not None:

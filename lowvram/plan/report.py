@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from lowvram.hardware import gib
+from lowvram.hardware import gib, precision_trouble
 from lowvram.plan.calibration import graphs_measured
 from lowvram.plan.estimate import PAGE_CACHE, PHASES, Estimate
 from lowvram.plan.planner import Plan, checkpointing_flags, leanest_first
@@ -27,20 +27,23 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
                   f"{gib(hardware.host_ram)} GiB host RAM; computing in {NATIVE_FORMAT[work.mixed_precision]}"
                   + (" (the VAE in fp32: it overflows in fp16)" if work.vae_fp32 else "")
                   + (" (a --vram card is taken to have bf16, as Ampere and newer do: --mixed-precision fp16 plans "
-                     "for an older one, --profile for a known card)" if hardware.source == "--vram"
-                     and work.mixed_precision == "bf16" else ""))
+                     "for a T4 or RTX 20xx, no for a GTX 16xx, --profile for a known card)"
+                     if hardware.source == "--vram" and work.mixed_precision == "bf16" else ""))
+    trouble = precision_trouble(work.mixed_precision, hardware) if hardware.fp16_fails else None
+    if trouble:  # (the run says it too: said here before anyone plans a run that cannot train)
+        console.print(f"[yellow]warning:[/] {trouble}", soft_wrap=True)
     rows = shown_candidates(result, top)
     phases = [p for p in SHOWN_PHASES if p != "sampling" or any(e.peak_vram(p) for e in rows)]  # no prompts: none
     table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), relative time per step (lower is "
                         "faster), whether a GPU result shows it training")
     # on a narrow console the strategy's name wraps: a number cut to "10.…" would mislead
     table.add_column("strategy", overflow="fold", min_width=12)
-    for column in ("fits", *[SHORT[p] for p in phases], "host", "time", "on GPU"):
+    for column in ("fits", *[SHORT[p] for p in phases], "host", "time", "on GPU"):  # ("chosen": in a log, no colour)
         table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     for est in rows:
         fits = est.fits(hardware)
         style = "bold green" if est is result.choice else ("" if fits and est.verified is not False else "dim")
-        table.add_row(est.strategy.label, "yes" if fits else "no",
+        table.add_row(est.strategy.label, "chosen" if est is result.choice else "yes" if fits else "no",
                       *[gib(est.peak_vram(phase)) for phase in phases], gib(est.peak_host()),
                       f"{est.speed:.2f}", VERIFIED[est.verified], style=style)
     console.print(table)
@@ -97,16 +100,16 @@ def choice_flags(est: Estimate, given: dict, config) -> list[str]:
 
 def shown_candidates(result: Plan, top: int) -> list[Estimate]:
     """The rows worth reading, fastest first: the choice and the next strategies that fit (and every one that fits
-    and was seen training on a GPU), plus the fastest one and the two just faster than the choice (what more VRAM,
-    or a GPU result for an unverified one, would buy); when nothing is chosen, those that fit but were never seen on
-    a GPU, else the leanest."""
+    and was seen training on a GPU), plus the fastest one, the fastest that fits (unverified) and the two just
+    faster than the choice (what more VRAM, or a GPU result for an unverified one, would buy); when nothing is
+    chosen, those that fit but were never seen on a GPU, else the leanest."""
     if result.choice is None:
         unverified = [e for e in result.candidates if e.fits(result.hardware)]  # fit, but never seen on a GPU
         leanest = unverified[:top] or leanest_first(result.candidates, result.hardware)[:top]
         return [e for e in result.candidates if e in leanest]
     chosen_at = result.candidates.index(result.choice)
     faster = result.candidates[:chosen_at]
-    over = (faster[:1] + faster[1:][-2:]) if faster else []
+    over = faster[:1] + [e for e in faster if e.fits(result.hardware)][:1] + faster[1:][-2:]
     fitting = [e for e in result.candidates[chosen_at:] if e.fits(result.hardware)]
     # every strategy the choice was made among (seen training on a GPU), past `top` too: the count it gives is read
     # against the table
