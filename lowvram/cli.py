@@ -137,11 +137,13 @@ def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None
         if config.training.mixed_precision == "fp16":  # (refused next: it needs a GPU)
             return config
         precision = "bf16" if config.training.mixed_precision == "bf16" else "fp32"
-        print(f"lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in {precision}{slow}")
+        cap = f" (`lowvram plan --vram {vram}` shows what it picks on such a card)" if vram else ""
+        print(f"lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in {precision}{slow}{cap}")
         return config
     if vram:
         budget = parse_size(vram, "--vram")
-        hardware = dataclasses.replace(hardware, free_vram=min(hardware.free_vram, budget), source="--vram")
+        hardware = dataclasses.replace(hardware, free_vram=min(hardware.free_vram, budget),
+                                       source=f"{hardware.source}, held to --vram")
         # held to it, not only planned for: the rest of the card stays free for other programs (or a display)
         import torch
 

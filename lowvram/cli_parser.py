@@ -182,6 +182,9 @@ def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | 
     theirs = {name: single_flag(ours) for name, ours in trainers.items()}
     kohya = {name.lstrip("-").replace("_", "-"): flag for name, flag in theirs.items() if flag in flags}
     typed = word.lstrip("-").replace("_", "-")
+    if command == "train" and typed == "profile":  # (a card to plan for: train runs on the one present)
+        return ("--profile is plan's: train --auto plans for the GPU present, --vram SIZE caps it; lowvram plan "
+                "--profile NAME shows what it picks on that card")
     match = difflib.get_close_matches(typed, list(names) + list(kohya), n=1)
     if not match:
         return None

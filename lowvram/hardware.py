@@ -159,7 +159,7 @@ def hardware_for(profile: str | None, vram: str | None, ram: str | None) -> Hard
         hardware = load_profile(profile)
     elif vram:
         budget = parse_size(vram, "--vram")
-        hardware = Hardware("cuda", f"{budget / GIB:g} GiB GPU", budget, True, free_vram=budget,
+        hardware = Hardware("cuda", f"{budget / GIB:.3g} GiB GPU", budget, True, free_vram=budget,
                             host_ram=_host_ram(), source="--vram")
     else:
         hardware = detect()

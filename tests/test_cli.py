@@ -220,6 +220,13 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):
     assert "training on the CPU in bf16" in capsys.readouterr().out
     auto_strategy(build_config({"model": "tiny", "data": "sample", "mixed_precision": "fp16"}), {}, None)
     assert "no CUDA GPU" not in capsys.readouterr().out
+    auto_strategy(build_config({"model": "tiny", "data": "sample"}), {}, "6GB")  # a card's budget, on a CPU
+    assert "(`lowvram plan --vram 6GB` shows what it picks on such a card)" in capsys.readouterr().out
+    # plan's --profile given to train: said whose it is and what answers it
+    with pytest.raises(SystemExit):
+        main(["train", "--auto", "--profile", "colab-t4", "--model", "tiny", "--data", "sample"])
+    assert ("unknown option --profile (--profile is plan's: train --auto plans for the GPU present, --vram SIZE caps "
+            "it; lowvram plan --profile NAME shows what it picks on that card)") in capsys.readouterr().err
     # the end says how long the steps took and where their figures are
     metrics = re.escape(str(tmp_path / "metrics.jsonl"))
     assert re.search(rf"trained to step 1 in 0:00:\d\d \(0:00:\d\d in all, with loading and caching\); each step's "

@@ -113,7 +113,7 @@ def test_train_auto_plans_for_a_vram_cap_and_trains_within_it(tmp_path):
                           check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     out = " ".join(done.stdout.split())
-    assert "(--vram): budget 1.75 GiB" in out and "chose " in out  # 2 GiB less the safety margin
+    assert "(detected, held to --vram): budget 1.75 GiB" in out and "chose " in out  # 2 GiB less the safety margin
     finite_lora(tmp_path / "auto" / "auto.safetensors")
 
 
