@@ -506,8 +506,6 @@ def _training_problems(c: RunConfig) -> list[str]:
         p.append(f"--multires-noise-discount: must be in (0, 1), got {c.training.multires_noise_discount}")
     if c.training.multires_noise_discount is not None and not c.training.multires_noise_iterations:
         p.append("--multires-noise-discount: only used with --multires-noise-iterations; add it or drop the discount")
-    if c.training.multires_noise_iterations and c.training.noise_offset:
-        p.append("--multires-noise-iterations and --noise-offset: both reach dark and bright images; choose one")
     low, high = c.training.min_timestep, c.training.max_timestep
     if low is not None and not 0 <= low < TRAIN_TIMESTEPS:
         p.append(f"--min-timestep: {low} is not in [0, {TRAIN_TIMESTEPS})")

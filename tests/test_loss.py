@@ -285,8 +285,22 @@ def test_multires_noise_has_unit_variance_and_far_more_coarse_structure_than_pla
     assert torch.equal(sample_noise(latents, 0.0, multires=(6, 0.3)), pyramid)  # the seed decides it all: resumable
 
 
+def test_noise_offset_and_multires_noise_together_apply_in_kohyas_order():
+    """kohya (its check commented out since 2023) adds the offset, then the pyramid over it: the recipe was
+    refused here ("choose one")."""
+    from lowvram.train.loss import pyramid_noise
+
+    config = build_config({"model": "tiny", "data": "sample", "noise_offset": 0.05, "multires_noise_iterations": 6})
+    assert (config.training.noise_offset, config.training.multires_noise_iterations) == (0.05, 6)
+    latents = torch.zeros(2, 4, 32, 32)
+    torch.manual_seed(0)  # (the pyramid's scale factors: torch's CPU generator)
+    both = sample_noise(latents, 0.05, torch.Generator().manual_seed(3), multires=(6, 0.3))
+    generator = torch.Generator().manual_seed(3)
+    torch.manual_seed(0)
+    assert torch.equal(both, pyramid_noise(sample_noise(latents, 0.05, generator), 6, 0.3, generator))
+
+
 @pytest.mark.parametrize(("values", "message"), [
-    ({"multires_noise_iterations": 6, "noise_offset": 0.05}, "--multires-noise-iterations and --noise-offset"),
     ({"multires_noise_discount": 0.3}, "--multires-noise-discount: only used with --multires-noise-iterations"),
     ({"multires_noise_iterations": 6, "multires_noise_discount": 1.5}, "--multires-noise-discount: must be in"),
 ])
