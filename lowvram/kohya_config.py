@@ -64,6 +64,7 @@ REFUSED_SETTINGS = {
 # kohya's switches that set a lowvram option to a value
 SWITCHES = {"v_parameterization": ("prediction_type", "v_prediction"), "xformers": ("attention", "auto"),
             "sdpa": ("attention", "sdpa"), "fp8_base": ("unet_weights", "fp8"), "random_crop": ("crop", "random"),
+            "fp8_base_unet": ("unet_weights", "fp8"),  # (train_network.py takes it as fp8_base: the U-Net in fp8)
             "color_aug": ("color_jitter", 0.1)}
 # kohya setting -> lowvram option where the value carries over as it is: each single-flag entry of the kohya table
 SAME = {flag[2:]: ours[2:].replace("-", "_") for flag, ours in KOHYA_FLAGS.items()

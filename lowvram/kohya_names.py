@@ -133,6 +133,7 @@ KOHYA_FLAGS = {
     "--xformers": "--attention auto (xformers where it runs, else SDPA: the same memory)",
     "--sdpa": "--attention sdpa",
     "--fp8_base": "--unet-weights fp8",
+    "--fp8_base_unet": "--unet-weights fp8",
     "--base_weights": "--base-weights",
     "--base_weights_multiplier": "--base-weights FILE:WEIGHT",
     "--training_comment": "--training-comment",

@@ -950,3 +950,11 @@ def test_kohyas_loraplus_ratios_over_a_lycoris_loha_are_said_to_be_dropped(tmp_p
     assert "loraplus_ratio" not in values
     assert any(note.startswith("loraplus ratios: LoRA+ speeds up LoRA's up (B) matrices alone, which loha")
                for note in notes)
+
+
+def test_fp8_base_unet_puts_the_u_net_in_fp8_as_fp8_base_does():
+    """train_network.py takes `fp8_base_unet` as `fp8_base` (the U-Net stored in fp8): it was said to have no
+    counterpart, and an SDXL recipe for 12 GB trained its U-Net at full width."""
+    for switch in ("fp8_base", "fp8_base_unet"):
+        values, notes = translate({"train_data_dir": "sample", switch: True}, Path("k.toml"))
+        assert values["unet_weights"] == "fp8" and not any(switch in note for note in notes), (switch, notes)
