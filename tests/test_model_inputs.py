@@ -239,3 +239,16 @@ def test_the_pickle_conversion_command_takes_any_name(tmp_path):
     command = shlex.split(pickle_refusal("--model", str(path)).split("convert it once to safetensors: ", 1)[1])
     subprocess.run([sys.executable, *command[1:]], check=True)
     assert torch.equal(load_file(str(path.with_suffix(".safetensors")))["layer.weight"], weights["layer.weight"])
+
+
+def test_a_refiner_folder_is_named_for_what_it_is(folder, capsys):
+    """It said "is a StableDiffusionXLImg2ImgPipeline with cross-attention width 1280; lowvram trains SD1.5 and SDXL
+    models", never that it is the refiner, nor what to give instead."""
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps(unet | {"cross_attention_dim": 1280}))
+    assert one_line_error(capsys, ["plan", "--vram", "6GB", "--model", str(folder)]).endswith(
+        "is the SDXL refiner (cross-attention width 1280), which lowvram does not train: LoRAs are trained on the SDXL "
+        "base, as kohya and OneTrainer train them (the refiner, if used, runs after it as it is); pass an SDXL base "
+        "checkpoint")

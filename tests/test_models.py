@@ -121,11 +121,21 @@ def test_a_checkpoint_of_another_model_is_named(tmp_path, key, named):
         load_model(str(path))
 
 
-def test_sd2_checkpoint_is_refused_with_its_name(tmp_path):
-    path = tmp_path / "sd21.safetensors"
-    save_file({FAMILIES["sd15"].fingerprint[0][0]: torch.zeros(320, 1024)}, str(path))
-    with pytest.raises(LowvramError, match=r"Stable Diffusion 2\.x.*--model-family"):
-        load_model(str(path))
+def test_sd2_and_the_sdxl_refiner_are_refused_with_their_names_whatever_family_is_named(tmp_path):
+    """Both were "an unknown U-Net ...; if it is one of those, say which with --model-family": a refiner given
+    --model-family sdxl was planned as SDXL, and its run failed at loading, after the dataset's scan."""
+    from lowvram.models.detect import detect_family
+
+    for width, named in ((1024, (r"a Stable Diffusion 2\.x model \(cross-attention width 1024\), which lowvram does not "
+                                r"train; pass an SD1\.5 or SDXL checkpoint$")),
+                         (1280, (r"the SDXL refiner \(cross-attention width 1280\), which lowvram does not train: .*; "
+                                r"pass an SDXL base checkpoint$"))):
+        path = tmp_path / f"other{width}.safetensors"
+        save_file({FAMILIES["sd15"].fingerprint[0][0]: torch.zeros(320, width)}, str(path))
+        with pytest.raises(LowvramError, match=named):
+            load_model(str(path))
+        with pytest.raises(LowvramError, match=named):
+            detect_family(str(path), "sdxl")
 
 
 @pytest.mark.parametrize(("state", "named"), [

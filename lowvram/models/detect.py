@@ -190,8 +190,10 @@ def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
     refuse_image_conditioned(name, unet_config.get("in_channels", 4))
     family = family_for_pipeline(index.get("_class_name", ""), unet_config.get("cross_attention_dim"))
     if family is None:
-        raise LowvramError(f"--model: {name} is a {index.get('_class_name')} with cross-attention width "
-                           f"{unet_config.get('cross_attention_dim')}; lowvram trains SD1.5 and SDXL models")
+        width = unet_config.get("cross_attention_dim")
+        known = OTHER_MODELS.get(width) if isinstance(width, int) else None
+        raise LowvramError(f"--model: {name} is " + (known or f"a {index.get('_class_name')} with cross-attention "
+                           f"width {width}; lowvram trains SD1.5 and SDXL models"))
     return family
 
 
@@ -294,9 +296,20 @@ def detect_single_file_family(path: Path, whole: bool = True) -> ModelFamily:
     if other:  # (no --model-family makes these a model)
         raise LowvramError(f"--model: {path} {other}")
     widths = sorted({shape[-1] for shape in shapes.values()})
-    guess = {1024: " (Stable Diffusion 2.x)", 1280: " (SDXL refiner)"}.get(widths[0] if widths else 0, "")
-    raise UnknownCheckpoint(f"--model: {path} has an unknown U-Net (cross-attention width {widths}){guess}; lowvram "
+    known = OTHER_MODELS.get(widths[0]) if widths else None
+    if known:  # (no --model-family makes it one: the run would fail at loading, after the dataset's scan)
+        raise LowvramError(f"--model: {path} is {known}")
+    raise UnknownCheckpoint(f"--model: {path} has an unknown U-Net (cross-attention width {widths}); lowvram "
                             "trains SD1.5 and SDXL; if it is one of those, say which with --model-family")
+
+
+# cross-attention widths of the U-Nets people mistake for a trainable base
+OTHER_MODELS = {
+    1024: "a Stable Diffusion 2.x model (cross-attention width 1024), which lowvram does not train; pass an SD1.5 or "
+          "SDXL checkpoint",
+    1280: "the SDXL refiner (cross-attention width 1280), which lowvram does not train: LoRAs are trained on the SDXL "
+          "base, as kohya and OneTrainer train them (the refiner, if used, runs after it as it is); pass an SDXL "
+          "base checkpoint"}
 
 
 def looks_like_lora(keys) -> bool:
