@@ -232,7 +232,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     if flat.get("cache_text_encoder_outputs") and values["train_text_encoder"]:
         problem("cache_text_encoder_outputs", "cached text embeddings cannot train the text encoder (kohya refuses "
                 "this too; kohya_ss's sdxl_cache_text_encoder_outputs passes it): set network_train_unet_only = true "
-                "(or text_encoder_lr 0), or leave the cache out")
+                "(or text_encoder_lr 0; in kohya_ss's GUI, beside a unet_lr), or leave the cache out")
     scale = as_number(left.pop("huber_scale", 1) or 1, "huber_scale", problem)
     if left.get("loss_type") not in ("huber", "smooth_l1"):  # kohya_ss writes the Huber settings beside any loss
         left.pop("huber_c", None), left.pop("huber_schedule", None)

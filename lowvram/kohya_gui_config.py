@@ -106,8 +106,9 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
              f"lr_warmup {doc['lr_warmup']}%" if _number(doc.get("lr_warmup")) else None)
     if values.get("warmup_steps") and constant and given:  # (a schedule-free one's is its own)
         del values["warmup_steps"]  # (said in the GUI's words, not as a --warmup-steps never typed)
-        notes.append(f"{given}: the constant scheduler has no warm-up, in sd-scripts too (constant_with_warmup has "
-                     "one); not carried over")
+        notes.append(f"{given}: the constant scheduler has no warm-up (sd-scripts stops at one: \"constant does not "
+                     "require num_warmup_steps\"; constant_with_warmup has one); not carried over, the rate is "
+                     "constant from the first step")
     ignored = [f"{key} {doc[key]}" for key in LORAPLUS_KEYS if _number(doc.get(key))]
     if ignored:
         notes.append(f"{', '.join(ignored)}: kohya_ss passes these beside network_args, where sd-scripts does not "

@@ -169,9 +169,13 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
         settings_of(tmp_path, sdxl=True, sdxl_cache_text_encoder_outputs=True)
     assert settings_of(tmp_path, sdxl=True, sdxl_cache_text_encoder_outputs=True, text_encoder_lr=0)[
         "train_text_encoder"] is False
+    # without a unet_lr the GUI's text_encoder_lr 0 trains them all the same (learning_rate stands in): the fix says so
+    with pytest.raises(LowvramError, match=r"\(or text_encoder_lr 0; in kohya_ss's GUI, beside a unet_lr\)"):
+        settings_of(tmp_path, sdxl=True, sdxl_cache_text_encoder_outputs=True, text_encoder_lr=0, unet_lr="")
     assert settings_of(tmp_path, clip_skip=2)["clip_skip"] == 2  # (an SDXL model's: left out, see below)
     constant, notes = translate_gui(STANDARD | {"lr_warmup": 10, "max_train_steps": 100}, tmp_path / "gui.json")
-    assert "warmup_steps" not in constant and "lr_warmup 10%: the constant scheduler has no warm-up" in " ".join(notes)
+    assert "warmup_steps" not in constant and "lr_warmup 10%: the constant scheduler has no warm-up (sd-scripts " \
+        "stops at one" in " ".join(notes)
     steps, notes = translate_gui(STANDARD | {"lr_warmup_steps": 20, "max_train_steps": 100}, tmp_path / "gui.json")
     assert "warmup_steps" not in steps and "lr_warmup_steps 20: the constant scheduler" in " ".join(notes)
     free, notes = translate_gui(STANDARD | {"lr_warmup": 10, "max_train_steps": 100, "optimizer": "AdamWScheduleFree",
