@@ -38,6 +38,7 @@ from lowvram.dataset_files import (
     is_dataset_file,
     read_dataset,
 )
+from lowvram.dataset_files.subsets import images_without_repeats
 from lowvram.errors import LowvramError, not_safetensors, quoted, shell_line
 from lowvram.files import (
     WINDOWS_DRIVE,
@@ -348,6 +349,13 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
         if isinstance(value, str) and value != SAMPLE_DATA and (found := local_path(value, Path(path))) != expand_home(
                 value):
             values[key] = str(found)
+    data = values.get("data")
+    if dataset_wins and isinstance(data, str) and not is_dataset_file(data) and (
+            count := images_without_repeats(expand_home(data))):  # (kohya's: the command line's --data is lowvram's)
+        print(f"{path}: train_data_dir {data} holds {count} images itself, in no N_name folder: sd-scripts finds no "
+              "data there (kohya_ss counts no steps), lowvram trains each once per epoch; for kohya's repeats, move "
+              f"them into a folder named N_name in it ({Path(data).name}/10_name: 10 times per epoch)",
+              file=sys.stderr)
     layered = with_dataset_settings(values, str(path), dataset_wins=dataset_wins)
     elsewhere = _holds_out(given)
     if "validate_every" in values and not elsewhere and not any(layered.get(name) for name in (

@@ -958,3 +958,22 @@ def test_fp8_base_unet_puts_the_u_net_in_fp8_as_fp8_base_does():
     for switch in ("fp8_base", "fp8_base_unet"):
         values, notes = translate({"train_data_dir": "sample", switch: True}, Path("k.toml"))
         assert values["unet_weights"] == "fp8" and not any(switch in note for note in notes), (switch, notes)
+
+
+def test_a_train_data_dir_of_images_in_no_n_name_folder_is_said(tmp_path, capsys):
+    """A Civitai download unpacked as train_data_dir: sd-scripts finds no data there, lowvram trained its images
+    once per epoch, unsaid."""
+    from PIL import Image
+
+    (tmp_path / "civ").mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64)).save(tmp_path / "civ" / f"{i}.png")
+    (tmp_path / "k.toml").write_text(tomli_w.dumps({"train_data_dir": str(tmp_path / "civ"), "network_dim": 4,
+                                                    "pretrained_model_name_or_path": "tiny", "max_train_steps": 1}))
+    assert main(["plan", "--config", str(tmp_path / "k.toml"), "--vram", "6GB"]) == 0
+    assert (f"train_data_dir {tmp_path / 'civ'} holds 3 images itself, in no N_name folder: sd-scripts finds no data "
+            "there") in " ".join(capsys.readouterr().err.split())
+    (tmp_path / "civ" / "10_civ").mkdir()  # kohya's layout (the loose ones beside it: the scan's own note)
+    Image.new("RGB", (64, 64)).save(tmp_path / "civ" / "10_civ" / "a.png")
+    assert main(["plan", "--config", str(tmp_path / "k.toml"), "--vram", "6GB"]) == 0
+    assert "in no N_name folder" not in capsys.readouterr().err

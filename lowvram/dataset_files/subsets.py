@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowvram.config import fields_by_name
+from lowvram.config import IMAGE_SUFFIXES, fields_by_name
 
 REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$")  # kohya's: the repeats, then the label ("10" has none)
 YEARS = (1900, 2099)  # a folder named 2019 or 2019_summer is a year's, not 2019 repeats anyone means
@@ -28,6 +28,18 @@ def repeats_of(name: str) -> int | None:
     if not match or is_year(match) or not 0 < int(match.group(1)) <= MAX_REPEATS:
         return None
     return int(match.group(1))
+
+
+def images_without_repeats(folder: Path) -> int:
+    """How many images a kohya train_data_dir holds itself where it holds no N_name folder (a Civitai or booru
+    download unpacked as it is): images kohya never reads, and lowvram trains once per epoch."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return 0
+    if any(entry.is_dir() and repeats_of(entry.name) for entry in entries):
+        return 0
+    return sum(entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file() for entry in entries)
 
 
 def image_folder_holding(dataset: Path, path: Path) -> Path | None:
