@@ -247,6 +247,11 @@ def test_a_named_format_fixes_that_setting_alone_the_rest_seen_where_it_fits():
     _, alone = plan_options({"model": "sdxl"}, hardware_for(None, "12GB", "64GB"))
     _, named = plan_options({"model": "sdxl", "unet_weights": "bf16"}, hardware_for(None, "12GB", "64GB"))
     assert named.choice.strategy == alone.choice.strategy
+    # a T4 (fp16, which no result shows yet): the named format's strategy seen in bf16 first, said so (a kohya
+    # config's fp8_base was said "unverified: no GPU result shows it training", beside an unseen fp8 adamw)
+    _, t4 = plan_options({"model": "sd15", "unet_weights": "fp8"}, load_profile("colab-t4"))
+    assert t4.choice.strategy == MemoryStrategy("fp8", True, "adamw8bit")
+    assert "was seen training on a GPU in bf16 (unverified in fp16; it runs with a warning)" in t4.explanation
     # a format no result shows training still runs as named, with the fastest fitting rest (warned)
     _, unseen = plan_options({"model": "sd15", "unet_weights": "quanto-int8"}, hardware_for(None, "6GB", "64GB"))
     assert unseen.choice.strategy.unet_weights == "quanto-int8" and unseen.choice.verified is False

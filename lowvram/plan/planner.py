@@ -93,22 +93,33 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         return e.verified is not False or explicit or bool(fixed.get("checkpoint_blocks")) and is_verified(
             work.family, s.unet_weights, True, s.optimizer, work.mixed_precision)
 
+    def bf16_seen(e: Estimate) -> bool:  # (a card without bf16: seen in bf16 is the nearest there is)
+        s = e.strategy
+        return work.mixed_precision != "bf16" and seen_in_bf16(work.family, s.unet_weights, _checkpointing(s),
+                                                                s.optimizer)
+
     # seen ones first: a format the user names fixes that setting alone, not the checkpointing and optimizer
-    fitting = [e for e in estimates if e.fits(hardware) and e.verified is not False] or [
-        e for e in estimates if e.fits(hardware) and allowed(e)]
+    fits = [e for e in estimates if e.fits(hardware)]
+    fitting = ([e for e in fits if e.verified is not False] or [e for e in fits if allowed(e) and bf16_seen(e)]
+               or [e for e in fits if allowed(e)])
     if fitting:
         choice = fitting[0]
         faster = [e for e in estimates if e.speed < choice.speed]
         # (said seen only where each one it chose among is; the user's own flags may let an unseen one in)
-        seen = "" if len(fitting) == sum(e.fits(hardware) for e in estimates) or any(
-            e.verified is False for e in fitting) else f" and {'were' if len(fitting) > 1 else 'was'} seen training"
+        narrowed = len(fitting) < len(fits)
+        in_bf16 = narrowed and all(e.verified is False and bf16_seen(e) for e in fitting)
+        seen = (f" and {'were' if len(fitting) > 1 else 'was'} seen training on a GPU" + " in bf16" * in_bf16
+                if in_bf16 or narrowed and all(e.verified is not False for e in fitting) else "")
         why = (f"the fastest predicted of {len(fitting)} strategies that fit{seen}" if len(fitting) > 1
-               else f"the one strategy that fits{seen}") + (" on a GPU" if seen else "")
+               else f"the one strategy that fits{seen}")
         if choice.verified is False:  # the user's own flags asked for it
             s = choice.strategy
             whole = is_verified(work.family, s.unet_weights, True, s.optimizer, work.mixed_precision)
             why += (" (unverified: GPU results show it only with every block recomputed" if whole and fixed.get(
-                "checkpoint_blocks") else " (unverified: no GPU result shows it training") + "; it runs with a warning)"
+                "checkpoint_blocks") else f" (unverified in {NATIVE_FORMAT[work.mixed_precision]}"
+                + ("" if in_bf16 else ": GPU results show it in bf16") if bf16_seen(choice)
+                else " (unverified: no GPU result shows it training"
+            ) + "; it runs with a warning)"
         if faster:
             over = faster[0]
             reason = ("has not been seen training on a GPU" if over.fits(hardware)
