@@ -92,6 +92,14 @@ KOHYA_KEYS = set(SAME) | set(SWITCHES) | INERT | {
 MARKERS = KOHYA_KEYS - set(fields_by_name())
 
 
+def _holds_txt(folder: Path) -> bool:
+    """Whether a kohya image folder (or one of its N_name folders) holds .txt files, its captions or not."""
+    try:
+        return any(True for _ in folder.glob("*.txt")) or any(True for _ in folder.glob("*/*.txt"))
+    except OSError:
+        return False
+
+
 def is_kohya_config(doc: dict[str, Any]) -> bool:
     """Whether a TOML document is a kohya config: settings at the top level, or in sections other than lowvram's
     (kohya reads any section as if its settings were at the top), one of which only kohya has."""
@@ -291,6 +299,11 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     if "caption_extention" in left:  # sd-scripts' old spelling, which it reads over the new one
         left["caption_extension"] = left.pop("caption_extention")
     values |= {SAME[key]: left.pop(key) for key in list(left) if key in SAME}
+    if by_hand is True and not dataset_config and values.get("data") and not flat.get("caption_extension") \
+            and not flat.get("caption_extention") and _holds_txt(local_path(str(values["data"]), path)):
+        notes.append("caption_extension not set: sd-scripts then reads .caption files only (its default), not the "
+                     ".txt captions in train_data_dir (it captions those images with their folder's name); lowvram "
+                     "reads .txt and .caption files (caption_extension = \".txt\" has kohya read them too)")
     for share, strength in (("noise_offset_random_strength", "noise_offset"), ("adaptive_noise_scale", "noise_offset"),
                             ("ip_noise_gamma_random_strength", "ip_noise_gamma")):
         if values.get(share) and not values.get(strength):

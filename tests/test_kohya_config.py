@@ -977,3 +977,19 @@ def test_a_train_data_dir_of_images_in_no_n_name_folder_is_said(tmp_path, capsys
     Image.new("RGB", (64, 64)).save(tmp_path / "civ" / "10_civ" / "a.png")
     assert main(["plan", "--config", str(tmp_path / "k.toml"), "--vram", "6GB"]) == 0
     assert "in no N_name folder" not in capsys.readouterr().err
+
+
+def test_a_kohya_config_without_caption_extension_says_sd_scripts_reads_no_txt_captions(tmp_path):
+    """sd-scripts' default is .caption: the same config there captions each image by its folder's name, which
+    lowvram's .txt reading hid."""
+    from PIL import Image
+
+    (tmp_path / "img" / "10_ohwx").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(tmp_path / "img" / "10_ohwx" / "a.png")
+    (tmp_path / "img" / "10_ohwx" / "a.txt").write_text("ohwx, 1girl")
+    settings = {"train_data_dir": str(tmp_path / "img"), "network_dim": 4}
+    _, notes = translate(settings, tmp_path / "k.toml")
+    assert any(note.startswith("caption_extension not set: sd-scripts then reads .caption files only") for note in notes)
+    for given in (".txt", ".caption"):
+        _, notes = translate(settings | {"caption_extension": given}, tmp_path / "k.toml")
+        assert not any("caption_extension" in note for note in notes), given
