@@ -63,8 +63,10 @@ def test_a_new_run_in_a_folder_holding_another_runs_checkpoints_stops_and_loses_
     with pytest.raises(LowvramError) as refused:
         train(renamed)
     assert str(refused.value) == (f"--output: {out} holds the run named x with checkpoints up to step {stopped}; "
-                                  "train x_v2 into another --output (one run per folder; --copy-to gathers several "
-                                  "runs' LoRAs in one folder), continue x with --name x --resume auto, start over "
+                                  "train x_v2 into a folder of its own, one run per folder (--output "
+                                  f"{out.parent / 'x_v2'} --copy-to {out} puts its LoRA here too), continue x with "
+                                  "--name x "
+                                  "--resume auto, start over "
                                   f"with --overwrite (its files move to {out / ARCHIVE}/)")
     assert snapshot(out) == before  # nothing written, nothing pruned
 

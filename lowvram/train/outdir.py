@@ -275,8 +275,12 @@ def ownership_problem(run: ResolvedRun) -> str | None:
         resume = "continue it with --resume auto, " if checkpoints else ""
         if named:  # its checkpoints would go on as this name's run
             what = f"the run named {named}" + ("" if same else f" ({differences(record['recipe'], ours)})")
-            resume = (f"train {config.output_name} into another --output (one run per folder; --copy-to gathers "
-                      "several runs' LoRAs in one folder), "
+            # (kohya_ss keeps every output_name in one output_dir: the run goes beside it, its LoRA copied there;
+            # not below a folder a LoRA list reads, which would list the run's checkpoints too)
+            listing = lora_list_folder(folder)
+            own = (listing.parent if listing else folder.absolute().parent) / config.output_name
+            resume = (f"train {config.output_name} into a folder of its own, one run per folder (--output "
+                      f"{shell_line(own)} --copy-to {shell_line(folder)} puts its LoRA here too), "
                       + (f"continue {named} with --name {named} --resume auto, " if checkpoints else ""))
         return (f"--output: {folder} holds {what}{steps}; {resume}start over with --overwrite (its files move to "
                 f"{folder / ARCHIVE}/)" + ("" if named else ", or choose another --output"))
