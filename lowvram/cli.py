@@ -25,6 +25,8 @@ from lowvram.configure import (
     ALTERNATIVES,
     ASSUMED,
     build_config,
+    kohya_recipe,
+    onetrainer_recipe,
     preset_path,
     read_config,
     read_toml,
@@ -34,9 +36,10 @@ from lowvram.configure import (
 )
 from lowvram.console import another_process
 from lowvram.errors import LowvramError, TrainingInterrupted, host_memory_ran_out, shell_line
-from lowvram.files import MAX_FILE_NAME, unwritable
+from lowvram.files import MAX_FILE_NAME, expand_home, unwritable
 from lowvram.hardware import parse_size
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
+from lowvram.models.families import FAMILIES
 from lowvram.option_values import MAX_RESOLUTION, area_side, width_height
 
 PACKAGE = Path(__file__).resolve().parent  # lowvram's own files: one missing is a broken install
@@ -171,6 +174,12 @@ def check_values(args: argparse.Namespace) -> dict:
     if not values.get("data"):
         raise LowvramError(f"the dataset is required: lowvram check-data DIR ({args.config} names none)")
     values.setdefault("model", PLANNING_MODEL)
+    model = str(values["model"])
+    recipe = (kohya_recipe(args.config) or onetrainer_recipe(args.config)) if getattr(args, "config", None) else None
+    if recipe and recipe[0] is not None and model not in FAMILIES and not expand_home(model).exists():
+        # a hub id the config names (runwayml/stable-diffusion-v1-5), offline: its recipe says the family, which is
+        # all check-data needs of the model
+        values.setdefault("model_family", "sdxl" if recipe[0] else "sd15")
     return values
 
 

@@ -385,3 +385,16 @@ def test_an_older_kohya_ss_config_s_switches_and_8bit_adam_are_read_as_kohya_ss_
                                              if key not in ("LoRA_type", "network_dim")} | {"token_string": "ohwx"})
     with pytest.raises(LowvramError, match="is no config lowvram reads"):
         read_config(inversion)
+
+
+def test_check_data_takes_a_gui_configs_hub_model_offline_by_its_sdxl_switch(tmp_path, sample_data, monkeypatch,
+                                                                             capsys):
+    """check-data needs the model for its resolution alone: a GUI config's hub id (kohya_ss's default model) stopped
+    it offline; the GUI's SDXL switch says the family."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for sdxl, hub_id in ((False, "runwayml/stable-diffusion-v1-5"), (True, "stabilityai/stable-diffusion-xl-base-1.0")):
+        config = tmp_path / f"gui{sdxl}.json"
+        config.write_text(json.dumps(STANDARD | {"pretrained_model_name_or_path": hub_id, "sdxl": sdxl,
+                                                 "train_data_dir": str(sample_data), "max_resolution": ""}))
+        assert main(["check-data", "--config", str(config)]) == 0, capsys.readouterr().err
+        assert "images usable" in "".join(capsys.readouterr())
