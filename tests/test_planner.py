@@ -252,6 +252,12 @@ def test_a_named_format_fixes_that_setting_alone_the_rest_seen_where_it_fits():
     _, t4 = plan_options({"model": "sd15", "unet_weights": "fp8"}, load_profile("colab-t4"))
     assert t4.choice.strategy == MemoryStrategy("fp8", True, "adamw8bit")
     assert "was seen training on a GPU in bf16 (unverified in fp16; it runs with a warning)" in t4.explanation
+    # the GPU proof's plan (not seen only) takes the fastest that fits, seen or not
+    sweep = plan(work("sdxl", 1024), hardware_for(None, "12GB", "128GB"), {}, seen_only=False)
+    assert sweep.choice is next(e for e in sweep.candidates if e.fits(sweep.hardware))
+    # no "would be 1.30x as fast ... may fit it" for a strategy the named format's plan would not choose if it fit
+    _, near = plan_options({"model": "sdxl", "unet_weights": "bf16"}, hardware_for(None, "12GB", "64GB"))
+    assert "may fit it" not in near.explanation, near.explanation
     # a format no result shows training still runs as named, with the fastest fitting rest (warned)
     _, unseen = plan_options({"model": "sd15", "unet_weights": "quanto-int8"}, hardware_for(None, "6GB", "64GB"))
     assert unseen.choice.strategy.unet_weights == "quanto-int8" and unseen.choice.verified is False
@@ -268,6 +274,9 @@ def test_where_only_unverified_strategies_fit_a_change_a_seen_one_fits_is_offere
     assert "--rank 4" in seen, result.suggestions
     _, fixed = plan_options({"model": "sdxl", "rank": 4}, load_profile("rtx-3050-laptop-4gb"))
     assert fixed.choice is not None and fixed.choice.verified
+    # the user's own flag ruling the seen ones out: said so, beside the unverified ones that fit
+    _, own = plan_options({"model": "sdxl", "optimizer": "adamw"}, hardware_for(None, "6GB", "64GB"))
+    assert "let the planner choose (--optimizer rule out every strategy seen training that fits)" in own.suggestions
 
 
 def test_the_table_marks_the_choice_in_words_and_shows_the_fastest_strategy_that_fits():
@@ -276,6 +285,12 @@ def test_the_table_marks_the_choice_in_words_and_shows_the_fastest_strategy_that
     result = plan(work("sdxl", 1024), load_profile("rtx-3060-laptop-6gb"))
     fastest_fitting = next(e for e in result.candidates if e.fits(result.hardware))
     assert fastest_fitting is not result.choice and fastest_fitting in shown_candidates(result, 6)
+    # top rows: the faster ones, the choice and the next that fit (besides every seen one); the fastest, counted twice
+    # as the fastest that fits too, cut one of those
+    small = plan(work("sd15", 512), load_profile("rtx-3060-laptop-6gb"))
+    shown = shown_candidates(small, 6)
+    chosen_at = shown.index(small.choice)
+    assert chosen_at + 1 + sum(e.verified is False for e in shown[chosen_at + 1:]) == 6
     done, _ = lowvram("plan", "--model", "sdxl", "--profile", "rtx-3060-laptop-6gb")
     assert f"│ {result.choice.strategy.label} " in next(line for line in done.stdout.splitlines() if "chosen" in line)
 

@@ -98,10 +98,12 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         return work.mixed_precision != "bf16" and seen_in_bf16(work.family, s.unet_weights, _checkpointing(s),
                                                                 s.optimizer)
 
-    # seen ones first: a format the user names fixes that setting alone, not the checkpointing and optimizer
+    # seen ones first: a format the user names fixes that setting alone, not the checkpointing and optimizer (the
+    # GPU proof's plan, not seen only, takes the fastest of all)
     fits = [e for e in estimates if e.fits(hardware)]
-    fitting = ([e for e in fits if e.verified is not False] or [e for e in fits if allowed(e) and bf16_seen(e)]
-               or [e for e in fits if allowed(e)])
+    tiers = [lambda e: e.verified is not False, lambda e: allowed(e) and bf16_seen(e)] if seen_only else []
+    admitted = next((tier for tier in tiers if any(tier(e) for e in fits)), allowed)
+    fitting = [e for e in fits if admitted(e)]
     if fitting:
         choice = fitting[0]
         faster = [e for e in estimates if e.speed < choice.speed]
@@ -130,7 +132,7 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
             budget = plan_budget(hardware)
             # the fastest of those markedly faster and only just over the budget: a little VRAM freed (a browser, a
             # lower rank) takes it
-            near = next((e for e in faster if allowed(e) and budget < e.peak_vram() <= 1.1 * budget
+            near = next((e for e in faster if admitted(e) and budget < e.peak_vram() <= 1.1 * budget
                          and choice.speed >= 1.1 * e.speed
                          and (not hardware.host_ram or e.peak_host() <= hardware.host_ram)), None)
             if near is not None and near is not over:
@@ -217,7 +219,7 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict, seen_only:
     found = []
     if fixed and (how := fits(work, f={})) is not None:
         found.append(f"let the planner choose ({', '.join(f'--{k.replace(chr(95), chr(45))}' for k in fixed)} "
-                     f"rule out every strategy that fits){how}")
+                     f"rule out every strategy {'seen training ' * seen_only}that fits){how}")
     if work.batch > 1 and (how := fits(replace(work, batch=1))) is not None:
         found.append(f"--batch-size 1 (use --gradient-accumulation to keep the effective batch){how}")
     if work.train_text_encoder and (how := fits(replace(work, train_text_encoder=False))) is not None:

@@ -109,7 +109,8 @@ def shown_candidates(result: Plan, top: int) -> list[Estimate]:
         return [e for e in result.candidates if e in leanest]
     chosen_at = result.candidates.index(result.choice)
     faster = result.candidates[:chosen_at]
-    over = faster[:1] + [e for e in faster if e.fits(result.hardware)][:1] + faster[1:][-2:]
+    picked = faster[:1] + [e for e in faster if e.fits(result.hardware)][:1] + faster[1:][-2:]
+    over = [e for i, e in enumerate(picked) if all(e is not other for other in picked[:i])]  # (one row each)
     fitting = [e for e in result.candidates[chosen_at:] if e.fits(result.hardware)]
     # every strategy the choice was made among (seen training on a GPU), past `top` too: the count it gives is read
     # against the table
