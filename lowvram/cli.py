@@ -324,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
                 if unwritable(config.output_dir):
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")
-                from lowvram.train.outdir import copy_problem, existing_lora_problem
+                from lowvram.train.outdir import FolderLock, copy_problem, existing_lora_problem
 
-                taken = existing_lora_problem(config) or copy_problem(config)  # (the run checks the whole folder again)
+                # (the run checks the whole folder again; under accelerate launch the main process's own lock may be
+                # there already as another process gets here)
+                taken = (None if another_process() else FolderLock(config.output_dir).held_by_another()) or \
+                    existing_lora_problem(config) or copy_problem(config)
                 if taken:
                     raise LowvramError(taken)
             echo = False  # what follows may differ per process (its GPU, its share of the work)

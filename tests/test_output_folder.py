@@ -298,6 +298,16 @@ def test_a_folder_in_use_is_said_first_not_after_what_resume_auto_finds_there(tm
         held.release()
     assert "--resume auto" not in capsys.readouterr().out  # ("no checkpoint yet, so the run starts": it does not)
     assert not (tmp_path / "cache").exists()  # refused before caching the data
+    # its LoRA there too: the command line's early check says the lock first, not "exists; ... --overwrite"
+    from lowvram.cli import main
+
+    (tmp_path / "run" / "run.safetensors").write_bytes(b"")
+    held.acquire()
+    try:
+        assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "run")]) == 2
+    finally:
+        held.release()
+    assert f"in use by another lowvram run (pid {os.getpid()}" in capsys.readouterr().err
 
 
 def test_a_lock_another_machine_left_is_taken_over_once_its_run_stops_refreshing_it(tmp_path, monkeypatch):
