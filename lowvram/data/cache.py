@@ -76,6 +76,19 @@ def _data_checksum(file_bytes: bytes) -> str:
     return f"{zlib.crc32(memoryview(file_bytes)[8 + int.from_bytes(file_bytes[:8], 'little'):]):08x}"
 
 
+def _metadata(file_bytes: bytes) -> dict[str, str]:
+    return json.loads(file_bytes[8 : 8 + int.from_bytes(file_bytes[:8], "little")]).get("__metadata__") or {}
+
+
+def _checksum_problem(file_bytes: bytes, metadata: dict[str, str]) -> str | None:
+    """Why an entry's data is not what was written (written unsynced: a power cut can zero its end); None where it
+    is, or where it has no checksum (written before they were)."""
+    written = metadata.get("crc32")
+    if written is not None and written != _data_checksum(file_bytes):
+        return "its tensors do not match the checksum written with them"
+    return None
+
+
 ORPHAN_AGE = 15 * 60  # seconds: a temporary entry file untouched this long was left by a killed writer
 
 
@@ -110,7 +123,7 @@ class TensorStore:
     def valid(self, key: str) -> bool:
         """True when the entry exists, opens with the right key and its data matches its checksum; a broken file is
         removed (so the caching phase rebuilds an entry a power cut zeroed the end of, not the training's read)."""
-        from safetensors import safe_open
+        from safetensors.torch import load
 
         if self.memory is not None and key in self.memory:
             return True
@@ -121,9 +134,11 @@ class TensorStore:
         except OSError:  # another user's entry they keep to themselves (umask 077 on a shared cache): rebuilt
             return False
         try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-            ok = metadata.get("key") == key and metadata.get("crc32") in (None, _data_checksum(path.read_bytes()))
+            data = path.read_bytes()  # (once: the checksum needs every byte, as training's read does)
+            metadata = _metadata(data)
+            if "crc32" not in metadata:  # (an entry from before checksums: whole where it loads)
+                load(data)
+            ok = metadata.get("key") == key and _checksum_problem(data, metadata) is None
         except Exception:  # noqa: BLE001 - any failure to open means the entry must be rebuilt
             ok = False
         if not ok:
@@ -142,10 +157,9 @@ class TensorStore:
         try:
             data = self.path(key).read_bytes()
             tensors = load(data)
-            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-            written = (header.get("__metadata__") or {}).get("crc32")
-            if written is not None and written != _data_checksum(data):  # (written unsynced: a power cut can zero
-                raise ValueError("its tensors do not match the checksum written with them")  # its end)
+            problem = _checksum_problem(data, _metadata(data))
+            if problem:
+                raise ValueError(problem)
             return tensors
         except FileNotFoundError:
             raise LowvramError(f"cache entry {self.path(key)} was removed while this run read the cache (by `lowvram "
