@@ -45,7 +45,7 @@ class Hardware:
     pcie_gbps: float = 12.0  # effective host<->device bandwidth, GB/s
     cuda_context: int = 0  # bytes the driver and libraries take before our first tensor (0: the measured default)
     shared_memory_fallback: bool = False  # Windows drivers can spill into system RAM (10x slower) instead of OOM
-    source: str = "detected"  # detected / profile <name> / --vram
+    source: str = "detected"  # detected / profile <name> / --vram / "detected, held to --vram" (train --auto)
     index: int = 0  # the CUDA device this process uses (its LOCAL_RANK's under `accelerate launch`)
 
     @property
@@ -159,7 +159,7 @@ def hardware_for(profile: str | None, vram: str | None, ram: str | None) -> Hard
         hardware = load_profile(profile)
     elif vram:
         budget = parse_size(vram, "--vram")
-        hardware = Hardware("cuda", f"{budget / GIB:.3g} GiB GPU", budget, True, free_vram=budget,
+        hardware = Hardware("cuda", f"{round(budget / GIB, 2):g} GiB GPU", budget, True, free_vram=budget,
                             host_ram=_host_ram(), source="--vram")
     else:
         hardware = detect()

@@ -295,6 +295,12 @@ def test_the_table_marks_the_choice_in_words_and_shows_the_fastest_strategy_that
     assert f"│ {result.choice.strategy.label} " in next(line for line in done.stdout.splitlines() if "chosen" in line)
 
 
+def test_a_vram_budgets_card_is_named_in_plain_gib():
+    """It read "5.85938 GiB GPU" for 6000MB (and "1e+03 GiB GPU" for 1000GB on a first mend)."""
+    names = [hardware_for(None, size, "16GB").name for size in ("6000MB", "6GB", "1000GB", "0.5GiB")]
+    assert names == ["5.86 GiB GPU", "6 GiB GPU", "1000 GiB GPU", "0.5 GiB GPU"]
+
+
 def test_the_users_own_checkpoint_blocks_run_where_every_block_recomputed_is_seen():
     from lowvram.plan import plan_options
 
