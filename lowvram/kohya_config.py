@@ -57,6 +57,8 @@ REFUSED_SETTINGS = {
                              "train with --masked-loss (its brightness weighs the loss, as OneTrainer reads it; "
                              "kohya read the red channel: a mask drawn in grey reads the same)",
     "face_crop_aug_range": WITHOUT_COUNTERPART["--face_crop_aug_range"],
+    "debug_dataset": "kohya shows the dataset then and trains nothing (lowvram check-data --config FILE --captions "
+                     "shows its captions and buckets); leave it out to train",
     "skip_image_resolution": "lowvram skips no images by resolution; leave it out (`lowvram check-data` lists small "
                              "images, and --small-images skip leaves them out)",
     "network_multiplier": "lowvram trains the LoRA at strength 1; leave it out",

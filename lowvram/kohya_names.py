@@ -148,6 +148,8 @@ KOHYA_FLAGS = {
 
 # kohya flags lowvram has no counterpart for, and what to do instead
 WITHOUT_COUNTERPART = {
+    "--debug_dataset": "kohya shows the dataset then and trains nothing: lowvram check-data DIR --captions shows its "
+                       "captions and buckets",
     "--token_warmup_step": "lowvram trains every caption whole from the first step",
     "--token_warmup_min": "lowvram trains every caption whole from the first step",
     "--face_crop_aug_range": "lowvram has no face-crop augmentation (crop the images beforehand, or use --crop random)",

@@ -993,3 +993,14 @@ def test_a_kohya_config_without_caption_extension_says_sd_scripts_reads_no_txt_c
     for given in (".txt", ".caption"):
         _, notes = translate(settings | {"caption_extension": given}, tmp_path / "k.toml")
         assert not any("caption_extension" in note for note in notes), given
+
+
+def test_debug_dataset_is_refused_with_what_shows_the_dataset(tmp_path, capsys):
+    """kohya's debug_dataset shows the dataset and trains nothing: a config with it started a 1600-step run here
+    (and the flag was answered "did you mean --reg-data?")."""
+    with pytest.raises(LowvramError, match=r"debug_dataset: kohya shows the dataset then and trains nothing \(lowvram "
+                                           r"check-data --config FILE --captions shows its captions and buckets\)"):
+        translate({"train_data_dir": "sample", "debug_dataset": True}, tmp_path / "k.toml")
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "tiny", "--data", "sample", "--debug_dataset"])
+    assert "lowvram check-data DIR --captions shows its captions and buckets" in capsys.readouterr().err
