@@ -565,7 +565,7 @@ def test_a_kohya_config_without_enable_bucket_crops_square_as_sd_scripts_does(tm
     assert build_config(train_values(build_parser().parse_args(["train", "--model", "tiny", "--data",
                                                                  str(dataset)]))).data.bucket is False
     dataset.write_text("[general]\nenable_bucket = true\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'imgs'\n")
-    assert "bucket" not in read_dataset(dataset).values and not read_dataset(dataset).assumed
+    assert read_dataset(dataset).values == {"bucket": True} and not read_dataset(dataset).assumed  # (over a config's)
 
 
 def test_kohyas_loraplus_ratios_go_to_the_part_they_name(tmp_path):

@@ -487,3 +487,28 @@ def test_a_folder_in_two_datasets_is_no_link_to_remove(tmp_path, monkeypatch, ca
     assert main(["check-data", str(config), "--model", "tiny"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "link" not in said and "in another subset of the dataset file too: both train" in said, said
+
+
+def test_a_dataset_file_given_beside_a_kohya_config_buckets_as_its_general_says(tmp_path, capsys):
+    """Hollowstrawberry's notebook writes training_config.toml (no enable_bucket, no dataset_config) and
+    dataset_config.toml ([general] enable_bucket = true), run as --config one --data other (kohya's
+    --dataset_config): the config's square crop won over the file's buckets, with a note saying the opposite."""
+    from PIL import Image
+
+    folder = tmp_path / "img" / "10_x"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(folder / "a.png")
+    Image.new("RGB", (64, 128)).save(folder / "b.png")
+    subsets = {"datasets": [{"subsets": [{"image_dir": str(folder), "num_repeats": 10}]}]}
+    (tmp_path / "buckets.toml").write_text(tomli_w.dumps({"general": {"enable_bucket": True, "resolution": 64}}
+                                                         | subsets))
+    (tmp_path / "square.toml").write_text(tomli_w.dumps({"general": {"resolution": 64}} | subsets))
+    (tmp_path / "training.toml").write_text(tomli_w.dumps({"pretrained_model_name_or_path": "tiny",
+                                                           "network_dim": 4, "max_train_steps": 1}))
+    argv = ["plan", "--config", str(tmp_path / "training.toml"), "--vram", "6GB", "--data"]
+    assert main([*argv, str(tmp_path / "buckets.toml")]) == 0
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "buckets 48x80 x1, 64x64 x1" in said and "cropped square" not in said
+    assert main([*argv, str(tmp_path / "square.toml")]) == 0  # silent there too: kohya's square crop, said
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "buckets 64x64 x2" in said and "enable_bucket: not set in the config, so every image is cropped" in said

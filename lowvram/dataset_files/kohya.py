@@ -320,9 +320,7 @@ def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, A
         value = seen[0][0]
         if key == "resolution" and isinstance(value, list) and len(value) == 2 and value[0] == value[1]:
             value = value[0]  # kohya's [width, height]; one that is not square is read as the options read "W,H"
-        if key == "enable_bucket" and value is not False:
-            continue  # buckets: the default of the options
-        values[RUN_SETTINGS[key]] = value
+        values[RUN_SETTINGS[key]] = value  # (enable_bucket = true too: over a kohya config's square crop, as kohya)
     return values
 
 
