@@ -80,8 +80,18 @@ def not_found_hint(path: str | os.PathLike) -> str:
     """Why a path is not found here: a link to what is gone (`broken_link`), or backslashes, as Windows writes
     folders (a config or a command line from a Windows machine), or a file:// address (a file manager's copy), or
     a name close to it beside where it should be (a typo, 10_ohwx_woman for 10_ohwx woman)."""
-    return (broken_link(path) or file_url_hint(path) or windows_path_hint(path) or eaten_backslashes(path)
-            or closest(Path(path)))
+    return (broken_link(path) or file_url_hint(path) or web_url_hint(path) or windows_path_hint(path)
+            or eaten_backslashes(path) or closest(Path(path)))
+
+
+def web_url_hint(path: str | os.PathLike) -> str:
+    """What to give for a web address (a model page's download link, as notebooks paste them): lowvram downloads
+    none."""
+    hub = re.match(r"https?://(?:www\.)?huggingface\.co/(?!datasets/|spaces/)([\w.-]+/[\w.-]+)", str(path), re.IGNORECASE)
+    if not hub and not re.match(r"https?://", str(path), re.IGNORECASE):
+        return ""
+    return ("; lowvram downloads no web address: download the file first (wget -O model.safetensors 'URL', or "
+            "huggingface-cli download) and give its path" + (f", or give its hub id {hub.group(1)}" if hub else ""))
 
 
 def eaten_backslashes(path: str | os.PathLike) -> str:

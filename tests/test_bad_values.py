@@ -505,6 +505,16 @@ def test_a_file_url_given_as_a_path_names_the_path_it_is(images, capsys):
     assert not_found_hint("file://server/share/x").endswith("give the path alone, //server/share/x)")
 
 
+def test_a_web_address_given_as_a_model_says_it_is_not_downloaded(capsys, tmp_path):
+    """Notebook users paste a model's download link: it was "file not found: https://...", as if mistyped."""
+    hub = "https://huggingface.co/someone/model/resolve/main/v1-5-pruned-emaonly.safetensors"
+    assert one_line(capsys, ["train", "--model", hub, "--data", "sample", "--output", str(tmp_path)]).endswith(
+        "; lowvram downloads no web address: download the file first (wget -O model.safetensors 'URL', or "
+        "huggingface-cli download) and give its path, or give its hub id someone/model")
+    assert one_line(capsys, ["train", "--model", "https://civitai.com/api/download/models/12345", "--data", "sample",
+                             "--output", str(tmp_path)]).endswith("huggingface-cli download) and give its path")
+
+
 def test_a_folder_not_found_names_a_close_one_beside_it(tmp_path, capsys, monkeypatch):
     """kohya folders have spaces (10_ohwx woman): one typed with an underscore was said only not to be found."""
     (tmp_path / "img" / "10_ohwx woman").mkdir(parents=True)
