@@ -132,16 +132,12 @@ def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None
     from lowvram.resolve import resolve_run
 
     hardware = detect()
-    if hardware.device != "cuda":
-        from lowvram.models.detect import detect_family
-
-        slow = "" if detect_family(config.model.model, config.model.model_family).full_size else (
-            " (a full-size model trains many times slower on a CPU than on a GPU: a Colab notebook needs a GPU runtime)")
+    if hardware.device != "cuda":  # (a full-size model's slowness there: the run warns of it, with --auto or not)
         if config.training.mixed_precision == "fp16":  # (refused next: it needs a GPU)
             return config
         precision = "bf16" if config.training.mixed_precision == "bf16" else "fp32"
         cap = f" (`lowvram plan --vram {vram}` shows what it picks on such a card)" if vram else ""
-        print(f"lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in {precision}{slow}{cap}")
+        print(f"lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in {precision}{cap}")
         return config
     if vram:
         budget = parse_size(vram, "--vram")

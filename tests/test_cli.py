@@ -199,7 +199,7 @@ def test_train_with_nothing_usable_names_the_check_data_command_that_scans_as_it
     assert main(["check-data", str(tmp_path), "--model", "tiny", "--resolution", "128"]) == 0  # the flags matter
 
 
-def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):
+def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys, monkeypatch):
     import torch
 
     if torch.cuda.is_available():
@@ -208,13 +208,18 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "no CUDA GPU, so nothing to plan; training on the CPU in fp32" in out and "slower" not in out
     assert (tmp_path / f"{tmp_path.name}.safetensors").is_file()
-    # a full-size model (sd15, known offline by its name; not trained here): a CPU runtime by mistake
+    # a full-size model (sd15, known offline by its name; its download refused here): a CPU runtime by mistake is
+    # warned of first, with --auto or without (only --auto said it)
     from lowvram.cli import auto_strategy
     from lowvram.configure import build_config
 
-    auto_strategy(build_config({"model": "sd15", "data": "sample"}), {}, None)
-    assert ("training on the CPU in fp32 (a full-size model trains many times slower on a CPU than on a GPU: a Colab "
-            "notebook needs a GPU runtime)") in " ".join(capsys.readouterr().out.split())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for auto in ([], ["--auto"]):
+        assert main(["train", *auto, "--model", "sd15", "--data", "sample", "--output", str(tmp_path / "sd")]) == 2
+        said = " ".join("".join(capsys.readouterr()).split())
+        assert said.count("warning: no CUDA GPU: a full-size model trains many times slower on the CPU than on a GPU "
+                          "(a Colab notebook needs a GPU runtime") == 1, said
+        assert said.index("no CUDA GPU: a full-size") < said.index("could not download")
     # the precision asked for is the one said (a T4's fp16 on a CPU runtime: only its refusal, not "in fp32" first)
     auto_strategy(build_config({"model": "tiny", "data": "sample", "mixed_precision": "bf16"}), {}, None)
     assert "training on the CPU in bf16" in capsys.readouterr().out
