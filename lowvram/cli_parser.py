@@ -185,6 +185,9 @@ def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | 
     if command == "train" and typed == "profile":  # (a card to plan for: train runs on the one present)
         return ("--profile is plan's: train --auto plans for the GPU present, --vram SIZE caps it; lowvram plan "
                 "--profile NAME shows what it picks on that card")
+    if command == "caption" and typed in ("caption-prefix", "caption-suffix"):  # (kohya_ss's captioning tab has them)
+        return (f"--{typed} is train's and check-data's: it joins each caption as it trains, the files left as they "
+                "are")
     match = difflib.get_close_matches(typed, list(names) + list(kohya), n=1)
     if not match:
         return None

@@ -518,3 +518,15 @@ def test_a_kohya_dataset_file_captions_its_training_folders_not_its_reg_ones(tmp
     dataset.write_text('[general]\ncaption_extension = ".caption"\n' + dataset.read_text())
     assert main(["caption", str(dataset), "--caption-model", str(tagger)]) == 0
     assert (data / "3_colours" / "red.caption").read_text() == "red theme\n"
+
+
+def test_a_caption_prefix_given_to_caption_says_where_it_belongs(tmp_path, capsys):
+    """kohya_ss's captioning tab writes a prefix into the files; here it joins the captions as they train: it was
+    answered "did you mean --caption-model?"."""
+    from lowvram.cli import main
+
+    for flag in ("--caption-prefix", "--caption-suffix"):
+        with pytest.raises(SystemExit):
+            main(["caption", str(tmp_path), flag, "masterpiece,"])
+        assert (f"unknown option {flag} ({flag} is train's and check-data's: it joins each caption as it trains, the "
+                "files left as they are)") in capsys.readouterr().err
