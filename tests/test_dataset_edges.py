@@ -220,15 +220,16 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     assert ("; CLIP reads a Chinese or Japanese character as 1 to 3 tokens, and knows English tags far better" in
             " ".join(capsys.readouterr().out.split()))
     # each caption as it trains, and the tags by how many captions hold them (they were seen only in the LoRA)
-    (folder / "img0.txt").write_text("Smile, smile, red hair")
+    (folder / "img0.txt").write_text("Smile, smile, red hair, red hair")
     assert main([*argv, "--captions", "--caption-prefix", "best,"]) == 0
     said = capsys.readouterr().out
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in said.splitlines()
             if line.startswith("│ 10_ohwx/img")}
-    assert rows == {"10_ohwx/img0.png": "best, ohwx, Smile, smile, red hair",
+    assert rows == {"10_ohwx/img0.png": "best, ohwx, Smile, smile, red hair, red hair",
                     "10_ohwx/img1.png": "best, ohwx, 1girl ||| red hair, smile", "10_ohwx/img2.png": "best, ohwx"}
     assert ("5 distinct tags; most common: best (3), ohwx (3), smile (2), red hair (1), 1girl ||| red hair (1); 2 in "
-            "one caption only; 1 caption(s) hold a tag twice (10_ohwx/img0.png's 'smile')") in " ".join(said.split())
+            "one caption only; 1 caption(s) hold a tag twice (10_ohwx/img0.png's 'smile', 'red hair')") in " ".join(
+        said.split())  # (each tag it repeats: one named alone left the others to find by hand)
 
 
 def test_a_16_bit_grey_png_with_a_transparent_level_is_composited_as_its_note_says(tmp_path):

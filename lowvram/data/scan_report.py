@@ -195,20 +195,22 @@ class ScanReport:
 
     def print_captions(self, console: Console, separator: str = ",") -> None:
         """Each usable image's caption as it trains, and its tags (split at `separator`) by how many captions hold
-        them: the tag table a tagger's user checks before training (kohya's ss_tag_frequency, ahead of time)."""
+        them: the tag table a tagger's user checks before training (as trained, so with --caption-prefix and
+        --caption-suffix; the LoRA's ss_tag_frequency counts the caption files' own tags, as kohya's does)."""
         console.print(_table("captions", ("file", "caption"), [(r.relpath, r.caption) for r in self.usable]))
         held: Counter = Counter()
         repeated = []
         for record in self.usable:
             tags = [tag.strip().lower() for tag in record.caption.split(separator) if tag.strip()]
             held.update(list(dict.fromkeys(tags)))  # (in order: ties stay in the order met)
-            twice = next((tag for tag in tags if tags.count(tag) > 1), None)
+            twice = list(dict.fromkeys(tag for tag in tags if tags.count(tag) > 1))
             if twice:
-                repeated.append(f"{record.relpath}'s '{twice}'")
+                repeated.append(f"{record.relpath}'s " + ", ".join(f"'{tag}'" for tag in twice))
         common = ", ".join(f"{tag} ({count})" for tag, count in held.most_common(TAGS_SHOWN))
         once = sum(1 for count in held.values() if count == 1)
         console.print(Text(f"{len(held)} distinct tags; most common: {common or 'none'}; {once} in one caption only"
-                           + (f"; {len(repeated)} caption(s) hold a tag twice ({repeated[0]})" if repeated else ""),
+                           + (f"; {len(repeated)} caption(s) hold a tag twice ({'; '.join(repeated[:3])}"
+                              + ("; ..." if len(repeated) > 3 else "") + ")" if repeated else ""),
                            style="yellow" if repeated else ""), soft_wrap=True)
 
 
