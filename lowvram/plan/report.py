@@ -38,11 +38,12 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
                         "faster), whether a GPU result shows it training")
     # on a narrow console the strategy's name wraps: a number cut to "10.…" would mislead
     table.add_column("strategy", overflow="fold", min_width=12)
-    for column in ("fits", *[SHORT[p] for p in phases], "host", "time", "on GPU"):  # ("chosen": in a log, no colour)
+    for column in ("fits", *[SHORT[p] for p in phases], "host", "time", "on GPU"):
         table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     for est in rows:
         fits = est.fits(hardware)
         style = "bold green" if est is result.choice else ("" if fits and est.verified is not False else "dim")
+        # "chosen" in words: a log or a notebook cell shows no colour to tell the choice by
         table.add_row(est.strategy.label, "chosen" if est is result.choice else "yes" if fits else "no",
                       *[gib(est.peak_vram(phase)) for phase in phases], gib(est.peak_host()),
                       f"{est.speed:.2f}", VERIFIED[est.verified], style=style)
