@@ -87,7 +87,8 @@ def not_found_hint(path: str | os.PathLike) -> str:
 def web_url_hint(path: str | os.PathLike) -> str:
     """What to give for a web address (a model page's download link, as notebooks paste them): lowvram downloads
     none."""
-    hub = re.match(r"https?://(?:www\.)?huggingface\.co/(?!datasets/|spaces/)([\w.-]+/[\w.-]+)", str(path), re.IGNORECASE)
+    hub = re.match(r"https?://(?:www\.)?huggingface\.co/(?!datasets/|spaces/)([\w.-]+/[\w.-]+)", str(path),
+                   re.IGNORECASE)
     if not hub and not re.match(r"https?://", str(path), re.IGNORECASE):
         return ""
     return ("; lowvram downloads no web address: download the file first (wget -O model.safetensors 'URL', or "

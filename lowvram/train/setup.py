@@ -207,7 +207,9 @@ def scan_data(session: Session) -> Dataset:
     """Scan first, so a bad dataset fails before any weight is loaded."""
     config, run, accelerator = session.config, session.run, session.accelerator
     weights = config.network.network_weights
-    if weights and not config.training.resume:  # another family's LoRA, or rank: said now, not once caches are filled
+    # another family's LoRA, or text-encoder layers a run training none has no place for: said now, not once the
+    # caches are filled
+    if weights and not config.training.resume:
         other = None
         with suppress(OSError, ValueError):  # (an unreadable file is said where it is read)
             metadata, tensors, _ = kohya_header(Path(weights))
