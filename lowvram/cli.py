@@ -322,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                                        "write to")
                 from lowvram.train.outdir import FolderLock, copy_problem, existing_lora_problem
 
-                # (the run checks the whole folder again; under accelerate launch the main process's own lock may be
-                # there already as another process gets here)
-                taken = (None if another_process() else FolderLock(config.output_dir).held_by_another()) or \
-                    existing_lora_problem(config) or copy_problem(config)
-                if taken:
-                    raise LowvramError(taken)
+                # a lock there (a run going on, another machine's going stale, or under accelerate launch the main
+                # process's own): the run waits for it or names it first; the run checks the whole folder again
+                if not FolderLock(config.output_dir).path.exists():
+                    taken = existing_lora_problem(config) or copy_problem(config)
+                    if taken:
+                        raise LowvramError(taken)
             echo = False  # what follows may differ per process (its GPU, its share of the work)
             with stop_signals_interrupt(), output_may_close():
                 with remembered_interrupt() as interrupted:

@@ -379,6 +379,20 @@ def test_a_run_waits_while_another_machines_unrefreshed_lock_goes_stale(tmp_path
                          resume="auto"))
     assert time.monotonic() - started < 8  # as soon as it is refreshed: not after the 12 s it had to go stale
     refresher.join()
+    # the command line too (the notebook's cell): its early look at the folder left the lock to the run, which waits
+    from lowvram.cli import main
+
+    fresh = outdir.FolderLock(tmp_path / "again")
+    fresh.path.parent.mkdir()
+    fresh.path.write_text(json.dumps({"pid": 1, "host": "colab-old-vm", "since": "2026-12-05T08:01:07+00:00",
+                                      "refreshed": True}))
+    os.utime(fresh.path, (time.time() - outdir.LOCK_STALE_S + 2,) * 2)
+    (tmp_path / "again" / "again.safetensors").write_bytes(b"")  # (its LoRA, unrecorded: said after the wait)
+    capsys.readouterr()
+    assert main(["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output",
+                 str(tmp_path / "again"), "--cache-dir", str(tmp_path / "cache")]) == 2
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "waiting up to" in said and "again.safetensors exists" in said, said
 
 
 def test_a_dataset_given_through_dotdot_is_the_same_dataset_by_its_full_path(tmp_path, monkeypatch):
