@@ -172,10 +172,14 @@ def check_values(args: argparse.Namespace) -> dict:
     values.setdefault("model", PLANNING_MODEL)
     model = str(values["model"])
     recipe = (kohya_recipe(args.config) or onetrainer_recipe(args.config)) if getattr(args, "config", None) else None
-    if recipe and recipe[0] is not None and model not in FAMILIES and not expand_home(model).exists():
-        # a hub id the config names (runwayml/stable-diffusion-v1-5), offline: its recipe says the family, which is
-        # all check-data needs of the model
-        values.setdefault("model_family", "sdxl" if recipe[0] else "sd15")
+    if recipe and recipe[0] is not None and model not in FAMILIES and not expand_home(model).exists() \
+            and "model_family" not in values:
+        from lowvram.models.detect import detect_family
+
+        try:
+            detect_family(model)  # (a hub id known offline, or found: its own family, as training reads it)
+        except LowvramError:  # a hub id the config names (runwayml/stable-diffusion-v1-5), offline: its recipe
+            values["model_family"] = "sdxl" if recipe[0] else "sd15"  # says the family, all check-data needs of it
     return values
 
 
