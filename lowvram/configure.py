@@ -51,7 +51,7 @@ from lowvram.files import (
     slashed,
     text_of,
 )
-from lowvram.kohya_config import NO_BUCKETS, flat_config, is_kohya_config, translate
+from lowvram.kohya_config import NO_BUCKETS, NO_CAPTION_EXTENSION, flat_config, is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.kohya_launcher import is_launcher, launcher_config
 from lowvram.kohya_names import kohya_hint
@@ -341,6 +341,8 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
     data = given.get("data") if isinstance(given, Mapping) else None
     if is_dataset_file(data) and "bucket" in read_dataset(Path(data)).values:  # (kohya's --dataset_config: its own
         notes = [note for note in notes if note != NO_BUCKETS.format(where="the config")]  # enable_bucket wins)
+    if "data" in given:  # the command line's images replace train_data_dir's, whose .txt files that note was of
+        notes = [note for note in notes if note != NO_CAPTION_EXTENSION]
     for note in notes:
         print(f"{path}: {note}", file=sys.stderr)
     values = _unreplaced(values, given)

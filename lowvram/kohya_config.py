@@ -46,6 +46,9 @@ from lowvram.optim import (
 from lowvram.prompts import parse_prompt, read_prompt_file
 from lowvram.samplers import sampler_name
 
+NO_CAPTION_EXTENSION = ("caption_extension not set: sd-scripts then reads .caption files only (its default), not the "
+                        ".txt captions in train_data_dir (it captions those images with their folder's name); "
+                        "lowvram reads .txt and .caption files (caption_extension = \".txt\" has kohya read them too)")
 # kohya's enable_bucket is off unless set: every image cropped square to the resolution
 NO_BUCKETS = ("enable_bucket: not set in {where}, so every image is cropped square to the resolution, as kohya crops "
               "it; enable_bucket = true (or --bucket) trains aspect-ratio buckets")
@@ -303,9 +306,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     values |= {SAME[key]: left.pop(key) for key in list(left) if key in SAME}
     if by_hand is True and not dataset_config and values.get("data") and not flat.get("caption_extension") \
             and not flat.get("caption_extention") and _holds_txt(local_path(str(values["data"]), path)):
-        notes.append("caption_extension not set: sd-scripts then reads .caption files only (its default), not the "
-                     ".txt captions in train_data_dir (it captions those images with their folder's name); lowvram "
-                     "reads .txt and .caption files (caption_extension = \".txt\" has kohya read them too)")
+        notes.append(NO_CAPTION_EXTENSION)
     for share, strength in (("noise_offset_random_strength", "noise_offset"), ("adaptive_noise_scale", "noise_offset"),
                             ("ip_noise_gamma_random_strength", "ip_noise_gamma")):
         if values.get(share) and not values.get(strength):

@@ -1004,3 +1004,19 @@ def test_debug_dataset_is_refused_with_what_shows_the_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "tiny", "--data", "sample", "--debug_dataset"])
     assert "lowvram check-data DIR --captions shows its captions and buckets" in capsys.readouterr().err
+
+
+def test_the_caption_extension_note_is_left_out_where_the_command_line_gives_the_images(tmp_path, capsys):
+    """Of train_data_dir's .txt files: with --data the command line's images train, and the note was false."""
+    from PIL import Image
+
+    (tmp_path / "img" / "10_ohwx").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(tmp_path / "img" / "10_ohwx" / "a.png")
+    (tmp_path / "img" / "10_ohwx" / "a.txt").write_text("ohwx, 1girl")
+    (tmp_path / "k.toml").write_text(tomli_w.dumps({"train_data_dir": str(tmp_path / "img"), "network_dim": 4,
+                                                    "pretrained_model_name_or_path": "tiny"}))
+    argv = ["plan", "--config", str(tmp_path / "k.toml"), "--vram", "6GB"]
+    assert main(argv) == 0
+    assert "caption_extension not set" in capsys.readouterr().err
+    assert main([*argv, "--data", "sample"]) == 0
+    assert "caption_extension not set" not in capsys.readouterr().err
