@@ -87,12 +87,15 @@ def not_found_hint(path: str | os.PathLike) -> str:
 def web_url_hint(path: str | os.PathLike) -> str:
     """What to give for a web address (a model page's download link, as notebooks paste them): lowvram downloads
     none."""
-    hub = re.match(r"https?://(?:www\.)?huggingface\.co/(?!datasets/|spaces/)([\w.-]+/[\w.-]+)", str(path),
-                   re.IGNORECASE)
-    if not hub and not re.match(r"https?://", str(path), re.IGNORECASE):
+    found = re.search(r"(https?):/+(.*)", str(path), re.IGNORECASE)  # (a path made of it keeps one slash)
+    if not found:
         return ""
-    return ("; lowvram downloads no web address: download the file first (wget -O model.safetensors 'URL', or "
-            "huggingface-cli download) and give its path" + (f", or give its hub id {hub.group(1)}" if hub else ""))
+    address = f"{found.group(1)}://{found.group(2)}"
+    hub = re.match(r"https?://(?:www\.)?huggingface\.co/(?!(?:datasets|spaces|docs|blog|models|papers)/)"
+                   r"([\w.-]+/[\w.-]+)", address, re.IGNORECASE)
+    page = "; a /blob/ link is the file's web page, /resolve/ in its place the file" if "/blob/" in address else ""
+    return (f"; lowvram downloads no web address: download it first (wget, or huggingface-cli download{page}) and "
+            "give its path" + (f", or give its hub id {hub.group(1)}" if hub else ""))
 
 
 def eaten_backslashes(path: str | os.PathLike) -> str:

@@ -509,10 +509,17 @@ def test_a_web_address_given_as_a_model_says_it_is_not_downloaded(capsys, tmp_pa
     """Notebook users paste a model's download link: it was "file not found: https://...", as if mistyped."""
     hub = "https://huggingface.co/someone/model/resolve/main/v1-5-pruned-emaonly.safetensors"
     assert one_line(capsys, ["train", "--model", hub, "--data", "sample", "--output", str(tmp_path)]).endswith(
-        "; lowvram downloads no web address: download the file first (wget -O model.safetensors 'URL', or "
-        "huggingface-cli download) and give its path, or give its hub id someone/model")
+        "; lowvram downloads no web address: download it first (wget, or huggingface-cli download) and give its path, "
+        "or give its hub id someone/model")
     assert one_line(capsys, ["train", "--model", "https://civitai.com/api/download/models/12345", "--data", "sample",
                              "--output", str(tmp_path)]).endswith("huggingface-cli download) and give its path")
+    # a folder option's (made a path of first), a page's link, a docs page (no hub id)
+    assert "lowvram downloads no web address" in one_line(capsys, ["check-data", "https://huggingface.co/datasets/x/y"])
+    assert one_line(capsys, ["train", "--model", hub.replace("/resolve/", "/blob/"), "--data", "sample", "--output",
+                             str(tmp_path)]).endswith("a /blob/ link is the file's web page, /resolve/ in its place "
+                                                      "the file) and give its path, or give its hub id someone/model")
+    assert one_line(capsys, ["train", "--model", "https://huggingface.co/docs/diffusers/index", "--data", "sample",
+                             "--output", str(tmp_path)]).endswith("and give its path")
 
 
 def test_a_folder_not_found_names_a_close_one_beside_it(tmp_path, capsys, monkeypatch):
