@@ -509,3 +509,21 @@ def test_a_lock_left_in_a_folder_gone_read_only_is_no_second_error(tmp_path, mon
     monkeypatch.setattr(Path, "unlink", read_only)
     lock.release()
     assert not lock.held and lock.path.exists()
+
+
+def test_the_folder_suggested_for_another_name_is_neither_this_folder_nor_inside_models(tmp_path):
+    """kohya_ss's one output_dir for every output_name: the suggestion was the folder itself for a run named as the
+    folder, and models/<name> (models/vae, say) for a folder in ComfyUI's LoRA list."""
+    loras = tmp_path / "ComfyUI" / "models" / "loras"
+    train(run_config(output=str(loras), max_steps=1, name="first"))
+    with pytest.raises(LowvramError) as refused:
+        train(run_config(output=str(loras), max_steps=1, name="vae", overwrite=False))
+    assert f"--output {tmp_path / 'ComfyUI' / 'lowvram-runs' / 'vae'} --copy-to {loras}" in str(refused.value)
+    with pytest.raises(LowvramError) as refused:
+        train(run_config(output=str(loras), max_steps=1, name="loras", overwrite=False))
+    assert f"--output {tmp_path / 'ComfyUI' / 'lowvram-runs' / 'loras'} --copy-to" in str(refused.value)
+    plain = tmp_path / "out"
+    train(run_config(output=str(plain), max_steps=1, name="a"))
+    with pytest.raises(LowvramError) as refused:
+        train(run_config(output=str(plain), max_steps=1, name="out", overwrite=False))
+    assert f"--output {tmp_path / 'out_run'} --copy-to {plain}" in str(refused.value)

@@ -277,8 +277,10 @@ def ownership_problem(run: ResolvedRun) -> str | None:
             what = f"the run named {named}" + ("" if same else f" ({differences(record['recipe'], ours)})")
             # (kohya_ss keeps every output_name in one output_dir: the run goes beside it, its LoRA copied there;
             # not below a folder a LoRA list reads, which would list the run's checkpoints too)
-            listing = lora_list_folder(folder)
-            own = (listing.parent if listing else folder.absolute().parent) / config.output_name
+            listing = lora_list_folder(folder)  # (beside models/, not in it: models/vae is a name too)
+            own = (listing.parent.parent / "lowvram-runs" if listing else folder.absolute().parent) / config.output_name
+            if own == folder.absolute():  # (the folder is named as this run, another run's files in it)
+                own = own.with_name(f"{config.output_name}_run")
             resume = (f"train {config.output_name} into a folder of its own, one run per folder (--output "
                       f"{shell_line(own)} --copy-to {shell_line(folder)} puts its LoRA here too), "
                       + (f"continue {named} with --name {named} --resume auto, " if checkpoints else ""))
