@@ -130,6 +130,11 @@ def test_a_flag_replaces_the_dataset_files_setting_and_says_so(tmp_path, monkeyp
     assert main(["check-data", "dataset.json", "--model", "tiny", "--resolution", "128", "--report", str(report)]) == 0
     captured = capsys.readouterr()
     assert "--resolution 128 from the command line replaces its setting (64)" in " ".join(captured.err.split())
+    from lowvram.configure import with_dataset_settings  # a switch as its flag gives it ("--bucket False" was said)
+
+    assert with_dataset_settings({"data": str(tmp_path / "dataset.json"), "bucket": False}, "the command line")[
+        "bucket"] is False
+    assert "--no-bucket from the command line replaces its setting (on)" in capsys.readouterr().err
     summary = json.loads(report.read_text())["summary"]
     assert (summary["usable"], summary["samples_per_epoch"]) == (6, 15)
     assert "128x128" in summary["buckets"] and "64x64" not in summary["buckets"]
