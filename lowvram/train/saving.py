@@ -67,8 +67,8 @@ def save_checkpoint(session: Session, trainee: Trainee, dataset: Dataset, positi
     if not session.main:
         return None
     return checkpoint.save(checkpoint_folders.checkpoint_root(session.out_dir), position, trainee.adapted,
-                           trainee.optimizer, trainee.lr_scheduler, session.accelerator, session.config.training.keep_checkpoints,
-                           rng_states, recipe(session.run), trainee.ema, dataset.fingerprint,
+                           trainee.optimizer, trainee.lr_scheduler, session.accelerator,
+                           session.config.training.keep_checkpoints, rng_states, recipe(session.run), trainee.ema, dataset.fingerprint,
                            resumable_settings(session, dataset))
 
 
