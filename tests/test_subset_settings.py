@@ -43,8 +43,8 @@ def test_each_subset_reads_caches_and_captions_its_images_with_its_own_settings(
     two_folders(tmp_path, sample_data)
     path = dataset_file(tmp_path, VARIED)  # the second subset leaves caption_extension at kohya's ".caption"
     dataset = read_dataset(tmp_path / "dataset.toml")
-    assert dataset.values == {"resolution": 64, "batch_size": 2, "caption_extension": ".txt", "flip": False,
-                              "shuffle_tags": False, "caption_dropout": 0.0}
+    assert dataset.values == {"resolution": 64, "batch_size": 2, "bucket": True, "caption_extension": ".txt",
+                              "flip": False, "shuffle_tags": False, "caption_dropout": 0.0}
     assert [s.settings for s in dataset.subsets] == [None, {
         "caption_extension": ".caption", "flip": True, "shuffle_tags": True, "keep_tokens": 1, "caption_dropout": 0.5}]
     assert {"flip_aug: the subsets differ (False, True); each trains its images with its own",
