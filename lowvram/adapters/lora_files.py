@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -164,7 +165,14 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
     --network_weights), so training continues that LoRA; returns how many layers were filled. The file must
     hold this run's network type, rank and alpha, on layers this run adapts; layers it lacks start fresh."""
     flag = "--network-weights"
-    layers = _layers_to_start_from(path, network)
+    _, tensors = read_lora_file(path, flag)
+    found = _network_of(tensors, flag, path)
+    if found != network.network:
+        raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
+    layers = by_layer(tensors)
+    problem = layers_problem(layers)
+    if problem:
+        raise LowvramError(f"{flag}: {path} {problem}")
     ours = kohya_layers(model)
     ours |= _original_layout_aliases(model.unet, ours)
     first = model.family.text_encoders[0].kohya_prefix  # SDXL's lora_te_ keys are its first encoder's (ComfyUI)
@@ -220,27 +228,14 @@ def start_from(model: LoadedModel, path: Path, network: NetworkConfig) -> int:
     return len(layers)
 
 
-def check_start_file(path: Path, network: NetworkConfig) -> None:
-    """start_from's checks that need no model (the config check said the type, rank and alpha): the file reads as
-    a LoRA, and has no text-encoder layers where the run trains none (a bare file's layers are unknown to the
-    config check). Run before the caches are filled, so it is said in seconds, not once every image is encoded."""
-    layers = _layers_to_start_from(path, network)
-    text = sorted(base for base in layers if not base.startswith(UNET_KOHYA_PREFIX))
+def text_layers_problem(path: Path, names: Iterable[str], network: NetworkConfig) -> str | None:
+    """start_from's refusal of text-encoder layers where the run trains none, from the names of the file's header
+    under kohya's (`lora_header.kohya_header`): said before the caches are filled, not once every image is encoded
+    (the config check sees a bare file's type, rank and alpha by its shapes, not these)."""
+    text = sorted({name.split(".", 1)[0] for name in names if name.startswith("lora_te")})
     if text and not network.train_text_encoder:
-        raise LowvramError(_not_adapted(path, text, sets_blocks(network)))
-
-
-def _layers_to_start_from(path: Path, network: NetworkConfig) -> dict[str, dict[str, torch.Tensor]]:
-    flag = "--network-weights"
-    _, tensors = read_lora_file(path, flag)
-    found = _network_of(tensors, flag, path)
-    if found != network.network:
-        raise LowvramError(f"{flag}: {path} holds a {NAMES[found]}; pass --network {found} to train it further")
-    layers = by_layer(tensors)
-    problem = layers_problem(layers)
-    if problem:
-        raise LowvramError(f"{flag}: {path} {problem}")
-    return layers
+        return _not_adapted(path, text, sets_blocks(network))
+    return None
 
 
 def _not_adapted(path: Path, unknown: list[str], per_block: bool) -> str:

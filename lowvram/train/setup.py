@@ -214,11 +214,10 @@ def scan_data(session: Session) -> Dataset:
         with suppress(OSError, ValueError):  # (an unreadable file is said where it is read)
             metadata, tensors, _ = kohya_header(Path(weights))
             other = lora_files.other_family(metadata, run.family, f"--network-weights: {weights}",
-                                            {name: tuple(entry.get("shape", ())) for name, entry in tensors.items()})
+                                            {name: tuple(entry.get("shape", ())) for name, entry in tensors.items()}
+                                            ) or lora_files.text_layers_problem(Path(weights), tensors, config.network)
         if other:
             raise LowvramError(other)
-        if Path(weights).is_file():  # (a missing one is said where it is read)
-            lora_files.check_start_file(Path(weights), config.network)
     trigger = config.data.trigger_word
     if run.uses_sample_data:
         data_root = session.out_dir / "sample_data"
