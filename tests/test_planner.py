@@ -208,8 +208,8 @@ def test_a_strategy_the_users_own_flags_name_is_said_unverified_when_chosen():
     assert ("chose quanto-int4 ckpt 14 blocks adamw: the one strategy that fits (unverified: no GPU result shows it "
             "training; it runs with a warning)") in " ".join(done.stdout.split())
     blocks, _ = lowvram("plan", "--model", "sd15", "--vram", "3GB", "--checkpoint-blocks", "3")
-    assert re.search(r"chose \S+ ckpt 3 blocks \S+: the one strategy that fits \(unverified: GPU results show it only "
-                     r"with every block recomputed; it runs with a warning\)", " ".join(blocks.stdout.split()))
+    assert re.search(r"chose \S+ ckpt 3 blocks \S+: the one strategy that fits and was seen training on a GPU with "
+                     r"every block recomputed \(unverified with 3; it runs with a warning\)", " ".join(blocks.stdout.split()))
 
 
 def test_a_bigger_gpu_or_more_host_ram_suggested_is_enough_for_what_it_names():
@@ -310,6 +310,22 @@ def test_the_users_own_checkpoint_blocks_run_where_every_block_recomputed_is_see
     with pytest.raises(LowvramError, match=r"^--checkpoint-blocks: recomputes 3 blocks, which "
                                            r"--no-gradient-checkpointing rules out; drop one$"):
         build_config({"model": "tiny", "data": "sample", "checkpoint_blocks": 3, "gradient_checkpointing": False})
+
+
+def test_with_the_users_own_checkpoint_blocks_the_rest_of_the_strategy_is_still_a_seen_one():
+    """Naming the blocks let every unseen optimizer in (SDXL on 12 GB took adamw, seen nowhere, over adamw8bit, seen
+    with every block recomputed), and on a T4, where only bf16 results exist, it chose nothing at all."""
+    from lowvram.plan import plan_options
+
+    _, on_12gb = plan_options({"model": "sdxl", "resolution": 1024, "unet_weights": "bf16", "checkpoint_blocks": "5"},
+                              hardware_for(None, "12GB", "32GB"))
+    assert on_12gb.choice.strategy == MemoryStrategy("bf16", True, "adamw8bit", checkpoint_units=5)
+    assert "seen training on a GPU with every block recomputed (unverified with 5;" in on_12gb.explanation
+    _, on_t4 = plan_options({"model": "sdxl", "resolution": 1024, "checkpoint_blocks": "5"},
+                            hardware_for("colab-t4", None, None))
+    assert on_t4.choice is not None and on_t4.choice.strategy.optimizer == "adamw8bit"
+    assert on_t4.choice.strategy.unet_weights in ("fp16", "bnb-nf4")  # those seen in bf16 (fp16 standing for bf16)
+    assert "seen training on a GPU in bf16 with every block recomputed" in on_t4.explanation
 
 
 def test_a_model_family_alone_plans_that_family():

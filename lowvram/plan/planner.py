@@ -87,21 +87,25 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
     estimates = estimates_for(work, hardware, fixed)
     estimates.sort(key=lambda e: (e.speed, e.peak_vram("training"), e.peak_vram()))
     explicit = bool(fixed.get("unet_weights")) or not seen_only  # the user's own format runs unverified (warned)
+    # the user's own --checkpoint-blocks is seen where the rest of the strategy is, with every block recomputed
+    named_blocks = bool(fixed.get("checkpoint_blocks"))
 
-    def allowed(e: Estimate) -> bool:  # the user's own --checkpoint-blocks too, where every block is seen (warned)
+    def seen_whole(e: Estimate) -> bool:
         s = e.strategy
-        return e.verified is not False or explicit or bool(fixed.get("checkpoint_blocks")) and is_verified(
-            work.family, s.unet_weights, True, s.optimizer, work.mixed_precision)
+        return named_blocks and is_verified(work.family, s.unet_weights, True, s.optimizer, work.mixed_precision)
 
     def bf16_seen(e: Estimate) -> bool:  # (a card without bf16: seen in bf16 is the nearest there is)
         s = e.strategy
-        return work.mixed_precision != "bf16" and seen_in_bf16(work.family, s.unet_weights, _checkpointing(s),
-                                                                s.optimizer)
+        return work.mixed_precision != "bf16" and seen_in_bf16(
+            work.family, s.unet_weights, True if named_blocks else _checkpointing(s), s.optimizer)
 
-    # seen ones first: a format the user names fixes that setting alone, not the checkpointing and optimizer (the
-    # GPU proof's plan, not seen only, takes the fastest of all)
+    def allowed(e: Estimate) -> bool:  # (warned, where unverified)
+        return e.verified is not False or explicit or seen_whole(e) or named_blocks and bf16_seen(e)
+
+    # seen ones first: a setting the user names fixes that setting alone, not the others (the GPU proof's plan,
+    # not seen only, takes the fastest of all)
     fits = [e for e in estimates if e.fits(hardware)]
-    tiers = [lambda e: e.verified is not False, lambda e: allowed(e) and bf16_seen(e)] if seen_only else []
+    tiers = [lambda e: e.verified is not False, seen_whole, lambda e: allowed(e) and bf16_seen(e)] if seen_only else []
     admitted = next((tier for tier in tiers if any(tier(e) for e in fits)), allowed)
     fitting = [e for e in fits if admitted(e)]
     if fitting:
@@ -110,15 +114,16 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         # (said seen only where each one it chose among is; the user's own flags may let an unseen one in)
         narrowed = len(fitting) < len(fits)
         in_bf16 = narrowed and all(e.verified is False and bf16_seen(e) for e in fitting)
+        all_whole = narrowed and all(e.verified is False and seen_whole(e) for e in fitting)
         seen = (f" and {'were' if len(fitting) > 1 else 'was'} seen training on a GPU" + " in bf16" * in_bf16
-                if in_bf16 or narrowed and all(e.verified is not False for e in fitting) else "")
+                + " with every block recomputed" * (all_whole or in_bf16 and named_blocks)
+                if in_bf16 or all_whole or narrowed and all(e.verified is not False for e in fitting) else "")
         why = (f"the fastest predicted of {len(fitting)} strategies that fit{seen}" if len(fitting) > 1
                else f"the one strategy that fits{seen}")
         if choice.verified is False:  # the user's own flags asked for it
-            s = choice.strategy
-            whole = is_verified(work.family, s.unet_weights, True, s.optimizer, work.mixed_precision)
-            why += (" (unverified: GPU results show it only with every block recomputed" if whole and fixed.get(
-                "checkpoint_blocks") else f" (unverified in {NATIVE_FORMAT[work.mixed_precision]}"
+            why += (f" (unverified with {choice.strategy.checkpoint_units}" if all_whole
+                    else " (unverified: GPU results show it only with every block recomputed" if seen_whole(choice)
+                    else f" (unverified in {NATIVE_FORMAT[work.mixed_precision]}"
                 + ("" if in_bf16 else ": GPU results show it in bf16") if bf16_seen(choice)
                 else " (unverified: no GPU result shows it training"
             ) + "; it runs with a warning)"
@@ -142,8 +147,7 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         explanation = f"chose {choice.strategy.label}: {why}"
         return Plan(work, hardware, estimates, choice, explanation, [])
     unverified = [e for e in estimates if e.fits(hardware)]
-    seen_in_bf16_only = [e for e in unverified if work.mixed_precision != "bf16" and seen_in_bf16(
-        work.family, e.strategy.unet_weights, _checkpointing(e.strategy), e.strategy.optimizer)]
+    seen_in_bf16_only = [e for e in unverified if bf16_seen(e)]
     if seen_in_bf16_only:
         choice = seen_in_bf16_only[0]
         precision = NATIVE_FORMAT[work.mixed_precision]  # fp32 for "no"
