@@ -229,6 +229,9 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
         values.update(layer)
     if args.preset and args.config:
         preset_replaced_note(args.preset, args.config, layers[0], layers[1])
+    if args.config:
+        dataset_replaced_note(flags.get("data"), args.config, layers[1], {
+            name: value for name, value in layers[2].items() if name not in flags and name != ASSUMED})
     if values.get("network_weights"):  # the file's network, not the preset's, unless the user's own says otherwise
         values = {name: value for name, value in values.items() if name not in FILE_NETWORK_OPTIONS
                   or name not in layers[0] or any(name in layer for layer in layers[1:])}
@@ -270,6 +273,19 @@ def preset_replaced_note(preset: str, config: Path, preset_values: dict, config_
     nothing = "; the preset changes nothing" if all(
         name in config_values or name in answered for name in preset_values) else ""
     print(f"--preset {preset}: --config {config.name} replaces its {shown}{nothing}", file=sys.stderr)
+
+
+def dataset_replaced_note(data: str | None, config: Path, config_values: dict, from_dataset: dict) -> None:
+    """What a --data dataset file's own settings replace of the --config's: they come with the command line that
+    names the file (a config's --no-bucket under a kohya dataset file's enable_bucket = true trained buckets)."""
+    replaced = {name: config_values[name] for name, value in from_dataset.items()
+                if name in config_values and config_values[name] != value}
+    if replaced:
+        theirs = " ".join(as_flag_words({name: from_dataset[name] for name in replaced}))
+        print(f"{data}: its settings ({theirs}) replace --config {config.name}'s "
+              f"{' '.join(as_flag_words(replaced))}, as --data on the command line brings them; give "
+              f"{' '.join(as_flag_words(replaced))} on the command line to keep {'it' if len(replaced) == 1 else 'them'}",
+              file=sys.stderr)
 
 
 def bucket_sides_note(values: dict) -> None:

@@ -141,6 +141,24 @@ def test_a_flag_replaces_the_dataset_files_setting_and_says_so(tmp_path, monkeyp
     assert "reg/" in captured.out  # the is_reg subset is checked too
 
 
+def test_a_dataset_file_given_as_data_says_which_of_the_configs_settings_it_replaces(tmp_path, monkeypatch, capsys):
+    """A lowvram config's `bucket = false` under `--data dataset.toml` with enable_bucket = true trained buckets,
+    unsaid: the file's settings come with the command line that names it."""
+    from lowvram.cli import build_parser, train_values
+
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    write(tmp_path / "dataset.toml", DATASET)
+    (tmp_path / "mine.toml").write_text('[model]\nmodel = "tiny"\n[data]\nbucket = false\n[network]\nrank = 4\n')
+    args = build_parser().parse_args(["train", "--config", "mine.toml", "--data", "dataset.toml"])
+    assert train_values(args)["bucket"] is True
+    assert ("dataset.toml: its settings (--bucket) replace --config mine.toml's --no-bucket, as --data on the command "
+            "line brings them; give --no-bucket on the command line to keep it") in " ".join(
+        capsys.readouterr().err.split())
+    kept = build_parser().parse_args(["train", "--config", "mine.toml", "--data", "dataset.toml", "--no-bucket"])
+    assert train_values(kept)["bucket"] is False and "replace --config" not in capsys.readouterr().err
+
+
 def test_relative_image_folders_are_found_beside_the_file_when_not_in_the_current_folder(tmp_path, monkeypatch):
     image_folders(tmp_path / "project")
     path = write(tmp_path / "project" / "dataset.toml", DATASET)
