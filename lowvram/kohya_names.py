@@ -159,7 +159,8 @@ WITHOUT_COUNTERPART = {
     "--huggingface_repo_id": "lowvram uploads nothing (use huggingface-cli upload)",
     "--wandb_api_key": "run `wandb login` once, or set WANDB_API_KEY",
     "--validate_every_n_epochs": "lowvram validates once per epoch, or every N steps with --validate-every",
-    "--validation_seed": "the held-out images are chosen by --seed",
+    "--validation_seed": ("the held-out images are chosen by --seed; the diffusers scripts' (the sample images' "
+                          "seed) is inline in --sample-prompt (\"a cat --d 42\")"),
     "--max_validation_steps": "lowvram validates every held-out image",
     "--metadata_trigger_phrase": "--trigger-word writes it (and puts it first in each caption that lacks it)",
     "--metadata_thumbnail": "the final LoRA's first sample is its preview (samples/<name>-00.png; --copy-to writes "
@@ -330,7 +331,8 @@ OTHER_TRAINER_FLAGS = {
     "--variant": "(a hub id loads its main weights; give a folder or file holding the variant's)",
     "--caption_column": "--caption-column",
     "--image_column": "(not needed: a folder's metadata.jsonl names each image in its file_name column)",
-    "--center_crop": "--crop center",
+    "--center_crop": ("--no-bucket --crop center (every image cropped square, as the diffusers scripts crop it; "
+                      "their default, a random square, is --no-bucket --crop random; lowvram's, aspect-ratio buckets)"),
     "--random_flip": "--flip",
     "--num_train_epochs": "--epochs",
     "--checkpointing_steps": "--checkpoint-every N (a checkpoint to resume from; a LoRA every N steps is --save-every N)",
@@ -364,6 +366,21 @@ OTHER_TRAINER_FLAGS = {
     "--caption_strategy": "--caption-template (for images without a caption file; {filename} is the file name)",
     "--tracker_project_name": "--wandb-project",
     "--caption_dropout_probability": "--caption-dropout",
+    "--train_text_encoder": "--train-text-encoder",
+    "--use_dora": "--network dora",
+    "--lora_dropout": "--dropout",
+    "--input_perturbation": "--ip-noise-gamma",
+    "--timestep_bias_strategy": "--timestep-bias (earlier or later; with --timestep-bias-portion and -multiplier)",
+    "--init_lora": "--network-weights",
+    "--local_rank": "(not needed: accelerate launch gives each process its GPU; see README's Several GPUs)",
+    "--max_train_samples": "(none: every usable image trains; give --data a folder of those to train)",
+    "--output_kohya_format": ("(not needed: the LoRA is written in kohya's format, which ComfyUI, AUTOMATIC1111 and "
+                              "diffusers load; --format diffusers adds diffusers' own)"),
+    "--sample_batch_size": "(class images are made beforehand with lowvram generate, one at a time)",
+    "--tokenizer_name": "(not needed: the model's own tokenizer is used)",
+    "--push_to_hub": "(lowvram uploads nothing: huggingface-cli upload YOUR_ID OUTPUT_FOLDER)",
+    "--hub_model_id": "(lowvram uploads nothing: huggingface-cli upload YOUR_ID OUTPUT_FOLDER)",
+    "--hub_token": "(lowvram uploads nothing: huggingface-cli upload YOUR_ID OUTPUT_FOLDER)",
 }
 
 # ai-toolkit's sd_trainer settings (section, key) and the lowvram flag of each (its value as `_value` reads it)

@@ -345,6 +345,10 @@ def unknown_option_hint(capsys, argv: list[str]) -> str:
     (["train", "--random_flip"], "--random_flip is the diffusers scripts' or SimpleTuner's name; lowvram's is --flip"),
     (["train", "--lora_rank", "4"], "lowvram's is --rank"),  # (was: --block-ranks)
     (["train", "--random-flp"], "did you mean --flip?"),  # a typo closest to --no-flip: never the opposite
+    (["train", "--center_crop"], "lowvram's is --no-bucket --crop center"),  # (was: --crop center, still buckets)
+    (["train", "--use_dora"], "lowvram's is --network dora"),  # (was: did you mean --ema?)
+    (["train", "--local_rank", "0"], "lowvram has none (not needed: accelerate launch"),  # (was: --rank, the LoRA's)
+    (["train", "--train_text_encoder"], "--train_text_encoder is the diffusers scripts' or SimpleTuner's name"),
     (["generate", "--prompt", "x", "--network_weights", "a.safetensors"],
      "--network_weights is from kohya's gen_img.py; lowvram generate's is --lora FILE[:WEIGHT]"),
     (["generate", "--prompt", "x", "--scale", "7"], "lowvram generate's is --guidance"),  # (was: --sampler)
@@ -423,7 +427,7 @@ def test_a_kohya_flag_without_a_counterpart_says_what_to_do_instead(capsys):
         commands = build_parser()._subparsers._group_actions[0].choices
         other = re.search(r"lowvram ([a-z-]+)", instead)  # (another command's flags, where the line names it)
         flags = command_flags(other.group(1)) if other and other.group(1) in commands else train_flags
-        assert all(flag in flags for flag in re.findall(r"--[a-z0-9-]+", instead)), (kohya, instead)
+        assert all(flag in flags for flag in named_flags(instead)), (kohya, instead)  # (not a quoted prompt's)
     with pytest.raises(SystemExit):
         main(["train", "--model", "tiny", "--data", "sample", "--token_warmup_step", "10"])
     error = capsys.readouterr().err
