@@ -180,6 +180,41 @@ def test_a_metadata_file_of_another_kind_is_passed_over_with_a_note(tmp_path, ca
             "columns: filename, prompt, seed)") in " ".join(capsys.readouterr().out.split())
 
 
+def test_a_metadata_file_without_file_names_that_would_caption_the_images_is_refused(tmp_path, capsys):
+    """Rows of `image` and `text` (no file_name): passed over, every image trained captioned with the folder's name."""
+    data = tmp_path / "data"
+    imagefolder(data, ["a.png", "b.png"])
+    jsonl(data / "metadata.jsonl", [{"image": "a.png", "text": "a red circle"}, {"image": "b.png", "text": "a cat"}])
+    assert main(["check-data", str(data), "--model", "tiny"]) == 2
+    assert (f"{data / 'metadata.jsonl'}: no file_name column, so its captions cannot be matched to images (its "
+            "columns: image, text); rename the one naming the images file_name") in capsys.readouterr().err
+
+
+def test_an_image_in_two_rows_keeps_both_captions_as_lines_and_says_so(tmp_path, capsys):
+    """The last row's caption replaced the first's, unsaid (Hugging Face's imagefolder trains both)."""
+    data = tmp_path / "data"
+    imagefolder(data, ["a.png", "b.png"])
+    jsonl(data / "metadata.jsonl", [{"file_name": "a.png", "text": "first caption"}, {"file_name": "b.png",
+                                    "text": "a cat"}, {"file_name": "a.png", "text": "second caption"}])
+    report = tmp_path / "report.json"
+    assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
+    assert captions_of(report)["a.png"] == "first caption"  # (the first line, as --caption-lines first reads it)
+    from lowvram.data.image_metadata import folder_metadata
+
+    assert folder_metadata(data, None, [], data).captions[data / "a.png"] == "first caption\nsecond caption"
+    assert ("metadata.jsonl: a.png in more than one row: their captions are read as the lines of one, as a list is "
+            "(the first trains; --caption-lines each draws one each time)") in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_caption_column_without_a_metadata_file_is_said_unread(tmp_path, capsys):
+    data = tmp_path / "data"
+    imagefolder(data, ["a.png"])
+    (data / "a.txt").write_text("a red circle")
+    assert main(["check-data", str(data), "--model", "tiny", "--caption-column", "text"]) == 0
+    assert (f"--caption-column text: no metadata.jsonl or metadata.csv in {data} or its N_name folders to read it "
+            "from; the captions are the caption files'") in " ".join(capsys.readouterr().out.split())
+
+
 def test_a_dataset_files_folder_with_a_metadata_file_says_it_is_not_read(tmp_path, capsys):
     """kohya and OneTrainer read a subset's captions from caption files: so does lowvram, and says so."""
     import tomli_w

@@ -43,17 +43,28 @@ def metadata_file(folder: Path) -> Path | None:
 
 def folder_metadata(folder: Path, column: str | None, notes: list[str], root: Path) -> FolderMetadata | None:
     """The folder's imagefolder captions (None where it has no metadata file, or one of another kind: one without
-    a file_name column is passed over with a note, `root` naming where it is)."""
+    a file_name column is passed over with a note, `root` naming where it is, where caption files caption the
+    images; refused where it would be their captions)."""
     found = metadata_file(folder)
     if found is None:
         return None
     rows = _rows(found)
     columns = list(dict.fromkeys(key for _, row in rows for key in row))
+    if FILE_COLUMN not in columns and {column, *CAPTION_COLUMNS} & set(columns) and not any(
+            path.suffix in CAPTION_SUFFIXES for path in folder.iterdir()):  # (trained on the folder's name instead)
+        raise LowvramError(f"{found}: no {FILE_COLUMN} column, so its captions cannot be matched to images (its "
+                           f"columns: {', '.join(columns[:12])}); rename the one naming the images {FILE_COLUMN}, as "
+                           "Hugging Face's imagefolder reads it")
     if FILE_COLUMN not in columns:
         notes.append(f"{_shown(found, root)}: not read (Hugging Face's imagefolder names each image in a "
                      f"{FILE_COLUMN} column; its columns: {', '.join(columns[:12]) or 'none'})")
         return None
-    return FolderMetadata(found, *_captions(found, rows, columns, column))
+    captions, column, repeated = _captions(found, rows, columns, column)
+    if repeated:  # (Hugging Face's imagefolder trains each row as a sample of its own)
+        notes.append(f"{_shown(found, root)}: {', '.join(repeated[:3])}{' ...' * (len(repeated) > 3)} in more than "
+                     "one row: their captions are read as the lines of one, as a list is (the first trains; "
+                     "--caption-lines each draws one each time)")
+    return FolderMetadata(found, captions, column)
 
 
 def with_metadata(root: Path, folders: list, metadata: dict[Path, FolderMetadata], notes: list[str]) -> list:
@@ -106,9 +117,10 @@ def _shown(path: Path, root: Path) -> str:
 
 
 def _captions(metadata: Path, rows: list[tuple[int, dict]], columns: list[str], column: str | None
-              ) -> tuple[dict[Path, str], str]:
-    """Image path (inside the metadata file's folder or its subfolders) -> caption, and the column read. A list of
-    captions is one per line, as a caption file of several lines. Raises LowvramError naming the file and the fix."""
+              ) -> tuple[dict[Path, str], str, list[str]]:
+    """Image path (inside the metadata file's folder or its subfolders) -> caption, the column read, and the
+    images named in more than one row. A list of captions is one per line, as a caption file of several lines, and
+    so are the rows of one image. Raises LowvramError naming the file and the fix."""
     shown = ", ".join(columns[:12])
     if column is not None and column not in columns:
         raise LowvramError(f"--caption-column: {metadata} has no column {column!r}; its columns: {shown}")
@@ -125,6 +137,7 @@ def _captions(metadata: Path, rows: list[tuple[int, dict]], columns: list[str], 
         column = next((name for name in CAPTION_COLUMNS if name in columns), CAPTION_COLUMNS[0])
     folder = metadata.parent  # as the scan lists it, so that its images' paths are these keys
     captions: dict[Path, str] = {}
+    repeated: list[str] = []
     for line, row in rows:
         name = row.get(FILE_COLUMN)
         if not isinstance(name, str) or not name.strip():
@@ -133,8 +146,12 @@ def _captions(metadata: Path, rows: list[tuple[int, dict]], columns: list[str], 
         if relative.is_absolute() or ".." in relative.parts:
             raise LowvramError(f"{metadata}:{line}: {FILE_COLUMN} {name!r} is outside {folder}; name the image "
                                "relative to the metadata file's folder")
-        captions[folder.joinpath(*relative.parts)] = _caption_text(row.get(column))
-    return captions, column
+        image, caption = folder.joinpath(*relative.parts), _caption_text(row.get(column))
+        if image in captions:
+            repeated += [relative.as_posix()] * (relative.as_posix() not in repeated)
+            caption = "\n".join(line for line in (captions[image], caption) if line)
+        captions[image] = caption
+    return captions, column, repeated
 
 
 def _caption_text(value) -> str:

@@ -413,6 +413,9 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
         if folder.path != root and (own := folder_metadata(folder.path, caption_column, notes, root)):
             metadata[folder.path] = own
     notes += [described(found, root) for found in metadata.values()]
+    if caption_column and not metadata:  # (the diffusers scripts stop at a column their dataset lacks)
+        notes.append(f"--caption-column {caption_column}: no {' or '.join(METADATA_FILES)} in {root} or its N_name "
+                     "folders to read it from; the captions are the caption files'")
     return with_metadata(root, folders, metadata, notes), notes
 
 
