@@ -154,7 +154,7 @@ def test_a_disk_without_room_for_the_last_checkpoint_after_an_earlier_one_says_t
         uninterrupted, sample_data_module, small_disk):
     """It said to continue with --resume auto, which trained the last steps again from the earlier checkpoint and
     set the finished LoRA aside as a branch left."""
-    mount, _ = small_disk
+    mount, grow = small_disk
     lora_kib = uninterrupted["sizes"]["out.safetensors"] // 1024
     checkpoint_kib = sum(uninterrupted["sizes"][name] for name in ("adapters.safetensors", "optimizer.safetensors",
                                                                     "rng.safetensors", "state.json")) // 1024
@@ -165,6 +165,15 @@ def test_a_disk_without_room_for_the_last_checkpoint_after_an_earlier_one_says_t
     assert (f"no room for checkpoint step-{STEPS:06d}" in line and f"kept: checkpoint step-{STEPS // 2:06d}, LoRA "
             "out.safetensors, the run's last step, whole; to train it on, free space, then train on from it") in line
     assert "--resume" not in line, line
+    assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
+    grow(out, 64 * 1024)  # --resume auto anyway: it trained the last steps again and kept the LoRA twice
+    again = run([*cli(out, sample_data_module)[:-4], "--checkpoint-every", str(STEPS // 2), "--resume", "auto"],
+                cached_env(uninterrupted))
+    assert again.returncode == 2 and (
+        f"--resume auto: {out / 'out.safetensors'} holds the run's last step, {STEPS}, written after its newest "
+        f"checkpoint, step {STEPS // 2}") in again.stderr, again.stderr
+    assert f"--resume {out / 'checkpoints' / f'step-{STEPS // 2:06d}'}" in again.stderr
+    assert sorted(path.name for path in out.glob("*.safetensors")) == ["out.safetensors"]
     assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
 
 

@@ -507,6 +507,18 @@ def test_training_a_finished_run_further_keeps_its_final_lora_as_the_save_point_
     assert load_file(str(first)) and (tmp_path / "samples" / f"{first.stem}-00.png").is_file()  # the continued run's
 
 
+def test_training_further_past_a_final_lora_cut_short_sets_it_aside_and_keeps_the_steps(tmp_path, capsys):
+    """A power cut's half-written final LoRA: the resumed run trained its steps, then stopped at a traceback before
+    writing its LoRA or checkpoint, losing them."""
+    first = train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=3)).lora_path
+    first.write_bytes(first.read_bytes()[:5000])
+    result = train(run_config(output=str(tmp_path), max_steps=5, resume="auto"))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "moved the run's earlier final LoRA, unreadable (" in printed
+    assert result.steps == 5 and load_file(str(first))
+    assert [path.stat().st_size for path in (tmp_path / "archive").glob(f"*/{first.name}")] == [5000]
+
+
 def test_keep_saves_prunes_a_kept_final_lora_with_its_samples(tmp_path):
     samples = {"sample_prompts": ("lvshape, a red circle",), "sample_steps": 1, "checkpoint_every": 2}
     name = train(run_config(output=str(tmp_path), max_steps=2, **samples)).lora_path.stem
@@ -557,7 +569,8 @@ def test_resume_auto_sets_aside_what_a_killed_run_saved_past_its_last_checkpoint
     capsys.readouterr()
     train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, save_every="1", lr=2e-3, resume="auto"))
     printed = " ".join(capsys.readouterr().out.split())
-    assert "moved 2 save(s) and sample(s) after step-000002, of the branch this run leaves" in printed
+    assert "moved 1 save(s) and sample(s) after step-000002, of the branch this run leaves" in printed
+    assert f"moved {first.lora_path.name}, the end of the branch this run leaves" in printed  # (the lr changed)
     archived = {path.name: path.read_bytes() for path in (tmp_path / "archive").glob("*/*.safetensors")}
     assert archived[f"{first.lora_path.stem}-step00000003.safetensors"] == step3
     assert (tmp_path / f"{first.lora_path.stem}-step00000003.safetensors").read_bytes() != step3  # the new branch's

@@ -409,7 +409,11 @@ def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
     it is of the same step, it is the same file, written again."""
     if not lora.exists():
         return None
-    steps = read_header(lora)[0].get("ss_steps", "")
+    try:
+        steps = read_header(lora)[0].get("ss_steps", "")
+    except (OSError, ValueError) as exc:  # (cut short: a power cut, a copy stopped) not lost, nor the steps just taken
+        kept = move_to_archive(lora.parent, [lora, *samples_of(lora)]) / lora.name
+        return f"moved the run's earlier final LoRA, unreadable ({exc}), to {kept}"
     if not trained and steps == str(step):
         return None
     kept = lora.with_name(step_save(lora.stem, int(steps)) + LORA_SUFFIX) if steps.isdigit() else None
@@ -447,7 +451,9 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
     later = [path for step, path in checkpoints if step > steps[0]]
     saves = [path for path in [*folder.glob("*.safetensors"), *_samples(folder)]
              if (_saved_step(path, name) or 0) > steps[0]]
-    if folder / final_lora(name) in saves:  # its final samples with it
+    if resume == "auto":  # a finished run's LoRA past its newest checkpoint (the end's lost) is no branch left: the
+        saves = [path for path in saves if path != folder / final_lora(name)]  # run, knowing its end, says so
+    elif folder / final_lora(name) in saves:  # its final samples with it
         saves += samples_of(folder / final_lora(name))
     if not later and not saves:
         return None

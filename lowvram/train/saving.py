@@ -162,6 +162,21 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
         raise Refused(f"--resume: nothing left to train, and {what} would change no step of it: {lora} stands "
                            f"as step {position.step}'s LoRA; raise --max-steps (or --epochs) past {position.step} to "
                            "train further")
+    # the run's end, its checkpoint lost (trained again, its LoRA was kept twice, on the disk that had filled)
+    if session.config.training.resume == "auto" and position.step < schedule.total_steps and not (
+            changes or changed) and _lora_step(lora) == schedule.total_steps:
+        raise Refused(
+            f"--resume auto: {lora} holds the run's last step, {schedule.total_steps}, written after its newest "
+            f"checkpoint, step {position.step} (the end's was lost: a full disk, or a kill while saving it); "
+            f"resuming would train steps {position.step + 1} to {schedule.total_steps} again: to train it on, "
+            f"{outdir.train_on_from(lora)}, or raise --max-steps (or --epochs) past {schedule.total_steps}; to "
+            f"train those steps again, --resume {shell_line(found)}")
+    if session.main and session.config.training.resume == "auto" and (_lora_step(lora) or 0) > position.step:
+        # (left by the claim for the check above) the end of a branch left after all: set aside before a step
+        # is taken, so that a kill now leaves no LoRA passing for this run's
+        target = outdir.move_to_archive(session.out_dir, [lora, *outdir.samples_of(lora)])
+        session.console.print(f"moved {lora.name}, the end of the branch this run leaves, to {target}",
+                              soft_wrap=True)
     rate = trainee.optimizer.param_groups[0]["lr"]
     if (position.last_rate is not None and position.step < schedule.total_steps and "--lr" not in " ".join(changes)
             and abs(rate - position.last_rate) > 0.05 * max(rate, position.last_rate)):  # a decay over more steps
