@@ -519,6 +519,18 @@ def test_training_further_past_a_final_lora_cut_short_sets_it_aside_and_keeps_th
     assert [path.stat().st_size for path in (tmp_path / "archive").glob(f"*/{first.name}")] == [5000]
 
 
+def test_a_run_record_cut_short_names_itself_and_overwrite_resumes_keeping_the_lora(tmp_path):
+    """It said 'pass --overwrite to replace it', which reads as starting over, beside whole checkpoints."""
+    first = train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=3)).lora_path
+    (tmp_path / "lowvram-run.json").write_text("{")
+    with pytest.raises(LowvramError, match=r"the run record lowvram-run\.json is unreadable, so it is of no run known "
+                                           r"there; pass --overwrite to resume from .*checkpoints anyway"):
+        train(run_config(output=str(tmp_path), max_steps=5, resume="auto", overwrite=False))
+    before = first.read_bytes()
+    assert train(run_config(output=str(tmp_path), max_steps=5, resume="auto", overwrite=True)).steps == 5
+    assert (tmp_path / f"{first.stem}-step00000003.safetensors").read_bytes() == before
+
+
 def test_keep_saves_prunes_a_kept_final_lora_with_its_samples(tmp_path):
     samples = {"sample_prompts": ("lvshape, a red circle",), "sample_steps": 1, "checkpoint_every": 2}
     name = train(run_config(output=str(tmp_path), max_steps=2, **samples)).lora_path.stem

@@ -248,6 +248,11 @@ def ownership_problem(run: ResolvedRun) -> str | None:
                 return str(exc)
         lora = folder / final_lora(config.output_name)
         if lora.exists() and record is None and not config.output.overwrite:
+            if checkpoints:  # (its record lost or cut short: the checkpoints are whole, and --overwrite keeps them)
+                unread = "is unreadable" if (folder / RECORD).exists() else "is missing"
+                return (f"--output: {lora} exists and the run record {RECORD} {unread}, so it is of no run known "
+                        f"there; pass --overwrite to resume from {folder / CHECKPOINTS} anyway (that LoRA is kept as "
+                        "its step's save), or choose another --name")
             return f"--output: {lora} exists; pass --overwrite to replace it, or choose another --name"
         return None
     unrecorded = [] if record or checkpoints else _unrecorded_saves(folder, config.output_name)
@@ -444,7 +449,17 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
     saw, as its best)."""
     if not checkpoints:
         return None
-    chosen = Path(resume).resolve() if resume != "auto" else checkpoints[-1][1].resolve()
+    # (auto: the newest readable, which the run resumes from; newer ones, unreadable, are of the branch left too:
+    # kept, they took the place of readable ones as checkpoints were pruned)
+    chosen, unreadable = Path(resume) if resume != "auto" else None, []
+    for _, path in reversed(checkpoints) if chosen is None else ():
+        if (reason := checkpoint_folders.problem(path)) is None:
+            chosen = path
+            break
+        unreadable.append(f"checkpoint {path.name} is unreadable ({reason})")
+    if chosen is None:
+        return None  # (none readable: the run says so)
+    chosen = chosen.resolve()
     steps = [step for step, path in checkpoints if path.resolve() == chosen]
     if not steps:  # (another folder's checkpoint: this one's saves are not its branch)
         return None
@@ -463,7 +478,8 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
             shutil.copy2(record, target / record.name)
     moved = (f"{len(later)} checkpoint(s) after {chosen.name}" + (f" and {len(saves)} save(s) and sample(s)"
              if saves else "")) if later else f"{len(saves)} save(s) and sample(s) after {chosen.name}"
-    return f"moved {moved}, of the branch this run leaves, to {target}"
+    broken = f"[yellow]warning: {'; '.join(unreadable)}: resuming from an earlier one[/]; " if unreadable else ""
+    return f"{broken}moved {moved}, of the branch this run leaves, to {target}"
 
 
 def _saved_step(path: Path, name: str) -> int | None:
