@@ -112,8 +112,8 @@ def test_a_downloaded_dataset_trains_its_train_split(tmp_path, capsys):
     assert "train/ read as the dataset's training images (Hugging Face's train split" in out
     assert "train/metadata.jsonl: the captions of 2 image(s), from its 'text' column" in out
     assert (f"skipped folder test/ (1 image in it and below do not train): not named 'N_name' (N = repeats), as "
-            f"kohya's convention needs; it holds a metadata.jsonl: give --data {data / 'test'} to train its "
-            "images") in out
+            f"kohya's convention needs; it holds a metadata.jsonl, a split held out beside train/: give "
+            f"--validation-data {data / 'test'} to score the run on its images") in out  # (was: --data, to train it)
 
 
 def test_a_root_metadata_file_naming_images_in_n_name_folders_keeps_their_repeats(tmp_path, capsys):

@@ -18,6 +18,7 @@ UNREAD_METADATA_FILES = ("metadata.parquet",)
 CAPTION_COLUMNS = ("text", "caption", "prompt")  # tried in this order without --caption-column; "text" is diffusers'
 FILE_COLUMN = "file_name"
 TRAIN_SPLIT = "train"  # where a dataset downloaded from the Hub keeps its training images, as diffusers reads it
+HELD_OUT_SPLITS = ("validation", "valid", "val", "test")  # and its held-out ones, beside it
 MAX_METADATA_BYTES = 256 * 2**20
 
 

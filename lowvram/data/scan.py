@@ -42,7 +42,9 @@ from lowvram.data.image_files import (
     to_rgb,
 )
 from lowvram.data.image_metadata import (
+    HELD_OUT_SPLITS,
     METADATA_FILES,
+    TRAIN_SPLIT,
     described,
     folder_metadata,
     train_split_metadata,
@@ -379,8 +381,11 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
             skipped, left = f"skipped folder {sub.name}/{_untrained(images)}", left - seen
         if not match:
             held = next((name for name in METADATA_FILES if (sub / name).is_file()), None)
+            split = held and sub.name.lower() in HELD_OUT_SPLITS and (root / TRAIN_SPLIT).is_dir()
             notes.append(f"{skipped}: not named 'N_name' (N = repeats), as kohya's convention needs"
-                         + (f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else
+                         + (f"; it holds a {held}, a split held out beside {TRAIN_SPLIT}/: give --validation-data "
+                            f"{root / sub.name} to score the run on its images" if split else
+                            f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else
                             f"; it holds N_name folders: give {option} {sub} to train them"
                             if (option := nested_option(sub)) else ""))
         elif repeats > MAX_REPEATS or year:  # (a date, 20240101_trip: an epoch of millions, hours to list; an
