@@ -150,7 +150,7 @@ def test_start_passes_resume_and_the_typed_budget_and_refuses_a_second_run(tmp_p
                       "rank": 4, "alpha": 4})
     training, started = TrainingProcess(), []
     try:
-        said = training.start(toml, tmp_path / "ui", tmp_path / "out", resume=True, auto_vram="6GB")
+        said = training.start(toml, tmp_path / "ui", tmp_path / "out", resume="auto", auto_vram="6GB")
         started.append(training.process)
         assert training.process.args[-8:] == ["train", "--config", str(tmp_path / "ui" / "ui-run.toml"), "--resume",
                                               "auto", "--auto", "--vram", "6GB"]
@@ -165,6 +165,44 @@ def test_start_passes_resume_and_the_typed_budget_and_refuses_a_second_run(tmp_p
         for process in {*started, training.process} - {None}:  # a second run, had one started, too
             process.kill()
             process.wait()
+
+
+def test_the_config_start_writes_lets_auto_take_the_plan_the_setup_tab_shows(tmp_path):
+    """It wrote every option, gradient_checkpointing = false and optimizer = "adamw" too, which --auto then kept as
+    the user's own: SDXL on a small card planned to fit in the Setup tab and fitted nothing at Start."""
+    from lowvram.configure import read_config
+    from lowvram.hardware import hardware_for
+    from lowvram.plan import plan_options
+
+    form = {"model": "sdxl", "data": "sample", "resolution": 1024}
+    path = tmp_path / "run.toml"
+    path.write_text(toml_text(form))
+    hardware = hardware_for(None, "8GB", "32GB")
+    shown, started = plan_options(form, hardware)[1], plan_options(read_config(path), hardware)[1]
+    assert shown.choice is not None and started.choice is not None
+    assert started.choice.strategy == shown.choice.strategy
+    assert 'optimizer = "adamw8bit"' in toml_text({**form, "optimizer": "adamw8bit"})  # the user's own stays
+
+
+def test_start_passes_the_overwrite_ticked_and_a_checkpoint_typed_in_the_form(tmp_path):
+    """The page said 'start over with --overwrite ticked (then Start)', and Start dropped the tick: refused again."""
+    from lowvram.ui.runs import TrainingProcess
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "out.safetensors").write_bytes(b"an earlier LoRA")
+    toml = toml_text({"model": "tiny", "data": "sample", "output": str(out), "max_steps": 2})
+    training = TrainingProcess()
+    with pytest.raises(LowvramError, match="out.safetensors exists"):
+        training.start(toml, tmp_path / "ui", out)
+    try:
+        training.start(toml, tmp_path / "ui", out, overwrite=True)
+        assert training.process.args[-1] == "--overwrite"
+        training.process.wait(timeout=300)
+        assert training.process.returncode == 0 and list(out.glob("archive/*/out.safetensors"))
+    finally:
+        if training.process is not None and training.process.poll() is None:
+            training.process.kill()
 
 
 def test_the_train_tab_reads_loss_records_past_a_bad_line_and_shows_the_newest_outputs_first(tmp_path):
@@ -475,7 +513,7 @@ def test_start_refuses_a_folder_holding_another_run_in_the_clis_words(tmp_path):
     (changed / RECORD).write_text(json.dumps({"identity": "0" * 16, "recipe": {"--rank": 8}, "name": "changed"}))
     (changed / "checkpoints" / "step-5").mkdir(parents=True)
     (changed / "checkpoints" / "step-5" / "state.json").write_text("{}")
-    for folder, resume in ((finished, False), (changed, True)):
+    for folder, resume in ((finished, None), (changed, "auto")):
         text = toml_text({"model": "tiny", "data": "sample", "output": str(folder), "max_steps": 2})
         config = tmp_path / f"{folder.name}.toml"
         config.write_text(text)
@@ -763,7 +801,7 @@ def test_start_and_resume_name_a_run_still_going_in_the_output_folder(tmp_path):
     run = subprocess.Popen([sys.executable, "-c", holding, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert run.stdout.readline().strip() == "ready"
-        for resume in (False, True):
+        for resume in (None, "auto"):
             assert output_problem(config, resume).startswith(f"--output: {out} is in use by another lowvram run "
                                                              f"(pid {run.pid}, since ")
     finally:

@@ -319,14 +319,17 @@ def build_app(cache_dir: Path, port: int | None = None):
                                            f"{training.output / CHECKPOINTS}; Load .toml its options and press Start")
                     vram = run_budget(card_name, budget_text) if use_auto else None
                     return training.start(shown_run.read_text(encoding="utf-8"), ui_dir, training.output,
-                                          resume=True, auto_vram=vram)
-                text = toml_text(values | {"resume": "auto"} if resume else values)  # (checked as a resume is)
+                                          resume="auto", auto_vram=vram)
+                # the form's own --resume (a checkpoint folder typed there) and --overwrite: the run's, not the file's
+                resuming = "auto" if resume else values.get("resume") or None
+                text = toml_text(values | {"resume": resuming} if resuming else values)  # (checked as a resume is)
                 output = expand_home(values.get("output", "output")).resolve()
-                if resume and not any((output / CHECKPOINTS).glob("step-*")):
+                if resuming == "auto" and not any((output / CHECKPOINTS).glob("step-*")):
                     raise LowvramError(f"nothing to resume: no checkpoint in {output / 'checkpoints'} yet; "
                                        "press Start")
                 vram = run_budget(card_name, budget_text) if use_auto else None
-                return training.start(text, ui_dir, output, resume=resume, auto_vram=vram)
+                return training.start(text, ui_dir, output, resume=resuming, auto_vram=vram,
+                                      overwrite=bool(values.get("overwrite")))
             except LowvramError as exc:
                 return _message(exc)
 

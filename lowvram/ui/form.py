@@ -130,10 +130,19 @@ def form_values(fields: list[FormField], values: dict[str, Any]) -> list[Any]:
 
 def toml_text(values: dict[str, Any]) -> str:
     """The `.toml` that `lowvram train --config` replays: the validated config (its folders absolute, so the file
-    works from anywhere). Raises LowvramError with the CLI's words when the options cannot run."""
+    works from anywhere), less the memory strategy's options the form leaves at their defaults: every strategy
+    option a config holds is the user's choice to `--auto`, which then could not take the plan the Setup tab
+    shows. Raises LowvramError with the CLI's words when the options cannot run."""
     import tomli_w
 
-    return tomli_w.dumps(build_config(values).to_toml_dict())
+    from lowvram.plan import STRATEGY_OPTIONS
+
+    sections = build_config(values).to_toml_dict()
+    for section in sections.values():
+        for name in STRATEGY_OPTIONS:
+            if name not in values:
+                section.pop(name, None)
+    return tomli_w.dumps(sections)
 
 
 def read_for_form(path: Path) -> tuple[dict[str, Any], list[str]]:

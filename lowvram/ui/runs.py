@@ -49,21 +49,25 @@ class TrainingProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, toml: str, config_dir: Path, output: Path, resume: bool = False,
-              auto_vram: str | None = None) -> str:
+    def start(self, toml: str, config_dir: Path, output: Path, resume: str | None = None,
+              auto_vram: str | None = None, overwrite: bool = False) -> str:
+        """`lowvram train --config` of `toml` in a process of its own; `resume` (auto or a checkpoint folder) and
+        `overwrite` are the run's circumstances, never written into a config."""
         if self.running:
             if time.time() - self.started < DOUBLE_CLICK_S:  # (the first click's "started" was replaced by an error)
                 return f"started {time.time() - self.started:.0f} s ago: the run is going (one click starts it)"
             raise LowvramError("a run is already going: stop it first")
         make_folders(config_dir)
         config_path = write_text(config_dir / f"{self.name}.toml", toml)
-        problem = output_problem(config_path, resume)
+        problem = output_problem(config_path, resume, overwrite)
         if problem:  # a run refused at its start never becomes the run the Train tab shows
             raise LowvramError(problem)
         self.config_path, self.output, self.stopping, self.started = config_path, output, False, time.time()
         args = ["train", "--config", str(self.config_path)]
         if resume:
-            args += ["--resume", "auto"]
+            args += ["--resume", resume]
+        if overwrite:
+            args += ["--overwrite"]
         if auto_vram is not None:
             args += ["--auto", *(["--vram", auto_vram] if auto_vram else [])]
         self.log_path = config_dir / f"{self.name}.log"  # (its name the user's: a lab's users share one cache)
@@ -111,7 +115,7 @@ class TrainingProcess:
         return "\n".join(line for line in lines[-LOG_LINES:])
 
 
-def output_problem(config_path: Path, resume: bool) -> str | None:
+def output_problem(config_path: Path, resume: str | None, overwrite: bool = False) -> str | None:
     """The line `lowvram train --config config_path` would stop at over its --output folder (None: it would take
     it), found without writing there; an option's error is left to the run, which says it in its log."""
     from lowvram.configure import build_config, read_config
@@ -120,7 +124,8 @@ def output_problem(config_path: Path, resume: bool) -> str | None:
     from lowvram.train.outdir import FolderLock, ownership_problem
 
     try:
-        config = build_config(read_config(config_path) | ({"resume": "auto"} if resume else {}))
+        config = build_config(read_config(config_path) | ({"resume": resume} if resume else {})
+                              | ({"overwrite": True} if overwrite else {}))
         # a run going there first (a UI restarted beside its run called its files an earlier run's, then its Resume
         # started a run that failed on the folder's lock)
         return FolderLock(config.output_dir).held_by_another() or ownership_problem(resolve_run(config, NO_GPU))
