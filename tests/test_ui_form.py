@@ -205,6 +205,33 @@ def test_start_passes_the_overwrite_ticked_and_a_checkpoint_typed_in_the_form(tm
             training.process.kill()
 
 
+def test_a_run_an_earlier_ui_left_going_keeps_its_own_log_and_is_said_as_the_ui_ends(tmp_path):
+    """A UI restarted on its port cut the log short that the earlier one's run still wrote to: the new run's log
+    showed NUL bytes and the other run's lines."""
+    from lowvram.ui.runs import TrainingProcess
+
+    first, second = TrainingProcess("ui-run-7911"), TrainingProcess("ui-run-7911")
+    try:
+        first.start(toml_text({"model": "tiny", "data": "sample", "output": str(tmp_path / "long"), "max_steps": 100000,
+                               "resolution": 64}), tmp_path / "ui", tmp_path / "long")
+        deadline = time.time() + 120
+        while time.time() < deadline and first.log_path.stat().st_size == 0:
+            time.sleep(0.2)
+        assert first.left_going().startswith(f"lowvram ui: its run goes on (pid {first.process.pid}, --output ")
+        second.start(toml_text({"model": "tiny", "data": "sample", "output": str(tmp_path / "short"), "max_steps": 1,
+                                "resolution": 64}), tmp_path / "ui", tmp_path / "short")
+        assert second.process.wait(timeout=300) == 0
+        time.sleep(1)  # (the first run writes on meanwhile)
+        log = second.log_path.read_text(encoding="utf-8")
+        assert "\x00" not in log and str(tmp_path / "long") not in log and str(tmp_path / "short") in log
+    finally:
+        for process in (first.process, second.process):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert first.left_going() is None
+
+
 def test_the_train_tab_reads_loss_records_past_a_bad_line_and_shows_the_newest_outputs_first(tmp_path):
     import json
     import os

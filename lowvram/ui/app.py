@@ -92,6 +92,7 @@ def build_app(cache_dir: Path, port: int | None = None):
     has_gpu = _has_cuda()
 
     with gr.Blocks(title="lowvram") as app:
+        app.training = training  # (the run it started, said where the UI ends before it)
         gr.Markdown("## lowvram: LoRA training for small GPUs")
         with gr.Tabs():
             with gr.Tab("Setup", id="setup"):
@@ -471,6 +472,8 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, auth: tuple[str, 
     public = f"; public link {share_url}" if share_url else "; no public link (Gradio could not make one: see above)"
     print(f"lowvram ui: {where}{public if share else ''}; Ctrl-C stops it", flush=True)
     app.block_thread()
+    if note := app.training.left_going():
+        print(note, file=sys.stderr, flush=True)
     raise KeyboardInterrupt  # (Gradio's wait ends on Ctrl-C or SIGTERM, which it took: "interrupted", 130)
 
 

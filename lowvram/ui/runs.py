@@ -71,6 +71,10 @@ class TrainingProcess:
         if auto_vram is not None:
             args += ["--auto", *(["--vram", auto_vram] if auto_vram else [])]
         self.log_path = config_dir / f"{self.name}.log"  # (its name the user's: a lab's users share one cache)
+        try:  # a new file, not the old one cut short: a run an earlier UI left going writes on into its own
+            self.log_path.unlink(missing_ok=True)
+        except OSError:  # (Windows: a file another process has open) a name of its own
+            self.log_path = config_dir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         with open(self.log_path, "w", encoding="utf-8") as log:
             # a session (process group) of its own: Ctrl-C in the terminal running the UI does not reach the run
             own_group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
@@ -78,6 +82,16 @@ class TrainingProcess:
             self.process = subprocess.Popen(lowvram_command(*args), stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, **CHILD_ENV, "COLUMNS": "100"}, **own_group)
         return f"started: lowvram {' '.join(args)}"
+
+    def left_going(self) -> str | None:
+        """The line the UI ends with while its run goes on (the run is a process of its own; a UI started anew does
+        not show it)."""
+        if not self.running:
+            return None
+        how = (f"`kill -INT {self.process.pid}` stops it as Stop does, saving a checkpoint" if os.name != "nt" else
+               "ending it in the Task Manager saves no checkpoint: --resume auto goes on from the last one")
+        return (f"lowvram ui: its run goes on (pid {self.process.pid}, --output {self.output}, its log {self.log_path});"
+                f" {how}")
 
     def stop(self) -> str:
         """What Ctrl-C does: the run finishes its step, saves a checkpoint and a LoRA, and exits."""
