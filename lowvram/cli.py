@@ -25,6 +25,7 @@ from lowvram.configure import (
     ALTERNATIVES,
     ASSUMED,
     build_config,
+    is_own_toml,
     kohya_recipe,
     onetrainer_recipe,
     preset_path,
@@ -229,7 +230,7 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
         values.update(layer)
     if args.preset and args.config:
         preset_replaced_note(args.preset, args.config, layers[0], layers[1])
-    if args.config:
+    if args.config and is_own_toml(args.config):  # (kohya's dataset file wins over its config, as in kohya)
         dataset_replaced_note(flags.get("data"), args.config, layers[1], {
             name: value for name, value in layers[2].items() if name not in flags and name != ASSUMED})
     if values.get("network_weights"):  # the file's network, not the preset's, unless the user's own says otherwise
@@ -281,10 +282,10 @@ def dataset_replaced_note(data: str | None, config: Path, config_values: dict, f
     replaced = {name: config_values[name] for name, value in from_dataset.items()
                 if name in config_values and config_values[name] != value}
     if replaced:
-        theirs = " ".join(as_flag_words({name: from_dataset[name] for name in replaced}))
-        print(f"{data}: its settings ({theirs}) replace --config {config.name}'s "
-              f"{' '.join(as_flag_words(replaced))}, as --data on the command line brings them; give "
-              f"{' '.join(as_flag_words(replaced))} on the command line to keep {'it' if len(replaced) == 1 else 'them'}",
+        theirs, kept = (shell_line(*as_flag_words(values)) for values in (
+            {name: from_dataset[name] for name in replaced}, replaced))
+        print(f"{data}: its settings ({theirs}) replace --config {config.name}'s {kept}, as --data on the command "
+              f"line brings them; give {kept} on the command line to keep {'it' if len(replaced) == 1 else 'them'}",
               file=sys.stderr)
 
 

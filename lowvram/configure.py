@@ -160,6 +160,15 @@ def onetrainer_recipe(path: Path) -> tuple[bool, str] | None:
     return str(doc["model_type"]).upper().startswith("STABLE_DIFFUSION_XL"), f"its model_type is {doc['model_type']}"
 
 
+def is_own_toml(path: Path) -> bool:
+    """Whether a --config is lowvram's own TOML (not kohya's, whose translation sets kohya's defaults too, nor
+    another trainer's JSON)."""
+    try:
+        return Path(path).suffix.lower() == ".toml" and not is_kohya_config(tomllib.loads(config_text(path)))
+    except (LowvramError, ValueError):  # (said where the file is read)
+        return False
+
+
 def config_text(path: Path, flag: str = "--config") -> str:
     """A config file's text: UTF-8 (with or without Notepad's byte-order mark) or UTF-16 (PowerShell 5's `>`)."""
     try:

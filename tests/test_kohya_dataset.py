@@ -157,6 +157,10 @@ def test_a_dataset_file_given_as_data_says_which_of_the_configs_settings_it_repl
         capsys.readouterr().err.split())
     kept = build_parser().parse_args(["train", "--config", "mine.toml", "--data", "dataset.toml", "--no-bucket"])
     assert train_values(kept)["bucket"] is False and "replace --config" not in capsys.readouterr().err
+    (tmp_path / "kohya.toml").write_text('pretrained_model_name_or_path = "tiny"\nnetwork_module = "networks.lora"\n'
+                                         'resolution = "64,64"\n')  # kohya's: its dataset file wins, as in kohya
+    train_values(build_parser().parse_args(["train", "--config", "kohya.toml", "--data", "dataset.toml"]))
+    assert "replace --config" not in capsys.readouterr().err  # (it named kohya's defaults as the file's own)
 
 
 def test_relative_image_folders_are_found_beside_the_file_when_not_in_the_current_folder(tmp_path, monkeypatch):
