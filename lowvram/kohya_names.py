@@ -368,9 +368,11 @@ OTHER_TRAINER_FLAGS = {
     "--caption_dropout_probability": "--caption-dropout",
     "--train_text_encoder": "--train-text-encoder",
     "--use_dora": "--network dora",
-    "--lora_dropout": "--dropout",
+    "--lora_dropout": ("--dropout (the nearest: it drops the rank's activations, as kohya's network_dropout; "
+                       "PEFT's drops each layer's input)"),
     "--input_perturbation": "--ip-noise-gamma",
-    "--timestep_bias_strategy": "--timestep-bias (earlier or later; with --timestep-bias-portion and -multiplier)",
+    "--timestep_bias_strategy": ("--timestep-bias (earlier or later; their bias multiplier's default, 1, biases "
+                                 "nothing, lowvram's --timestep-bias-multiplier's is 2)"),
     "--init_lora": "--network-weights",
     "--local_rank": "(not needed: accelerate launch gives each process its GPU; see README's Several GPUs)",
     "--max_train_samples": "(none: every usable image trains; give --data a folder of those to train)",

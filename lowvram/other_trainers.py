@@ -176,7 +176,8 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
         counterpart = KOHYA_FLAGS.get(f"--{name}") or OTHER_TRAINER_FLAGS.get(f"--{name}") or (
             flag_name(fields_by_name()[name][1]) if name in fields_by_name() else None)  # (one of lowvram's own)
         if counterpart and counterpart.startswith("("):
-            continue  # (one lowvram needs none for)
+            left += [name] if counterpart.startswith("(none") else []  # (else one lowvram needs none for)
+            continue
         # a counterpart that is one flag taking the value as it is (not "--crop center", "--sample-every Ne")
         flag = counterpart.split()[0] if counterpart and re.fullmatch(r"--[a-z0-9-]+( N)?( \(.*\))?", counterpart) \
             else None
@@ -187,6 +188,8 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
             words += [flag, given] if given else []
         else:
             words.append(flag)
+    if "--timestep-bias" in words and "--timestep-bias-multiplier" not in words:  # (theirs is 1 unless given: no
+        words += ["--timestep-bias-multiplier", "1"]                             # bias; lowvram's 2)
     return (f"--config: {path} is a SimpleTuner config, {ISNT_READ}; its settings as lowvram's: {shlex.join(words)}"
             + (f" (not carried over: {', '.join(left)})" if left else ""))
 

@@ -155,6 +155,11 @@ def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, 
     args = suggested_flags(line)
     assert (args["checkpoint_every"], args["sample_every"], args["caption_dropout"]) == ("500", "100", "0.1"), args
     assert args.get("wandb_project") is None and "tracker_project_name" in line
+    # a strategy without a multiplier biases nothing there (theirs is 1, lowvram's 2); a sample cap is named
+    path.write_text(json.dumps(SIMPLETUNER | {"--timestep_bias_strategy": "later", "--max_train_samples": 100}))
+    line = refusal(capsys, ["train", "--config", str(path)])
+    args = suggested_flags(line)
+    assert (args["timestep_bias"], args["timestep_bias_multiplier"]) == ("later", "1") and "max_train_samples" in line
     path.write_text(json.dumps(SIMPLETUNER | {"--noise_offset": 0}))  # (off: nothing left out)
     assert "noise_offset" not in refusal(capsys, ["train", "--config", str(path)])
     # its config.toml (CONFIG_BACKEND=toml): refused key by key as a kohya config's ("lora_rank: ... write network_dim")
