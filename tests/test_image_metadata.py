@@ -186,8 +186,12 @@ def test_a_metadata_file_without_file_names_that_would_caption_the_images_is_ref
     imagefolder(data, ["a.png", "b.png"])
     jsonl(data / "metadata.jsonl", [{"image": "a.png", "text": "a red circle"}, {"image": "b.png", "text": "a cat"}])
     assert main(["check-data", str(data), "--model", "tiny"]) == 2
-    assert (f"{data / 'metadata.jsonl'}: no file_name column, so its captions cannot be matched to images (its "
-            "columns: image, text); rename the one naming the images file_name") in capsys.readouterr().err
+    assert (f"{data / 'metadata.jsonl'}: its 'image' column names the images, and Hugging Face's imagefolder reads "
+            "them from a file_name column, which it lacks (its columns: image, text); rename it file_name") in " ".join(
+        capsys.readouterr().err.split())
+    for image in ("a", "b"):  # caption files of another extension (--caption-extension .tags): theirs train
+        (data / f"{image}.tags").write_text("a shape")
+    assert main(["check-data", str(data), "--model", "tiny", "--caption-extension", ".tags"]) == 0
 
 
 def test_an_image_in_two_rows_keeps_both_captions_as_lines_and_says_so(tmp_path, capsys):

@@ -4,13 +4,14 @@ the folder) and its caption in a column (diffusers' --caption_column, "text" by 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from lowvram.config import CAPTION_SUFFIXES
+from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES
 from lowvram.errors import LowvramError
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -51,11 +52,11 @@ def folder_metadata(folder: Path, column: str | None, notes: list[str], root: Pa
         return None
     rows = _rows(found)
     columns = list(dict.fromkeys(key for _, row in rows for key in row))
-    if FILE_COLUMN not in columns and {column, *CAPTION_COLUMNS} & set(columns) and not any(
-            path.suffix in CAPTION_SUFFIXES for path in folder.iterdir()):  # (trained on the folder's name instead)
-        raise LowvramError(f"{found}: no {FILE_COLUMN} column, so its captions cannot be matched to images (its "
-                           f"columns: {', '.join(columns[:12])}); rename the one naming the images {FILE_COLUMN}, as "
-                           "Hugging Face's imagefolder reads it")
+    if FILE_COLUMN not in columns and {column, *CAPTION_COLUMNS} & set(columns) and (
+            naming := _naming_column(folder, rows)):  # (its images, with no caption file, trained on the folder's name)
+        raise LowvramError(f"{found}: its {naming!r} column names the images, and Hugging Face's imagefolder reads "
+                           f"them from a {FILE_COLUMN} column, which it lacks (its columns: {', '.join(columns[:12])}); "
+                           f"rename it {FILE_COLUMN}, or move the file out of the folder")
     if FILE_COLUMN not in columns:
         notes.append(f"{_shown(found, root)}: not read (Hugging Face's imagefolder names each image in a "
                      f"{FILE_COLUMN} column; its columns: {', '.join(columns[:12]) or 'none'})")
@@ -66,6 +67,18 @@ def folder_metadata(folder: Path, column: str | None, notes: list[str], root: Pa
                      "one row: their captions are read as the lines of one, as a list is (the first trains; "
                      "--caption-lines each draws one each time)")
     return FolderMetadata(found, captions, column)
+
+
+def _naming_column(folder: Path, rows: list[tuple[int, dict]]) -> str | None:
+    """The column of a metadata file without file_name whose values name images in `folder` that have no caption
+    file of any extension beside them (whose captions the file would be); None where there is none."""
+    for _, row in rows[:20]:
+        for name, value in row.items():
+            image = folder / value if isinstance(value, str) and value.strip() and ".." not in value else None
+            if image is not None and image.suffix.lower() in IMAGE_SUFFIXES and image.is_file():
+                beside = [path for path in image.parent.glob(f"{glob.escape(image.stem)}.*") if path != image]
+                return None if any(path.suffix.lower() not in IMAGE_SUFFIXES for path in beside) else name
+    return None
 
 
 def with_metadata(root: Path, folders: list, metadata: dict[Path, FolderMetadata], notes: list[str]) -> list:

@@ -418,7 +418,9 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
         if folder.path != root and (own := folder_metadata(folder.path, caption_column, notes, root)):
             metadata[folder.path] = own
     notes += [described(found, root) for found in metadata.values()]
-    if caption_column and not metadata:  # (the diffusers scripts stop at a column their dataset lacks)
+    if caption_column and not metadata and not any((folder.path / name).is_file() for folder in folders
+                                                   for name in METADATA_FILES):
+        # (the diffusers scripts stop at a column their dataset lacks; a file passed over is said so already)
         notes.append(f"--caption-column {caption_column}: no {' or '.join(METADATA_FILES)} in {root} or its N_name "
                      "folders to read it from; the captions are the caption files'")
     return with_metadata(root, folders, metadata, notes), notes
