@@ -209,7 +209,8 @@ def test_a_strategy_the_users_own_flags_name_is_said_unverified_when_chosen():
             "training; it runs with a warning)") in " ".join(done.stdout.split())
     blocks, _ = lowvram("plan", "--model", "sd15", "--vram", "3GB", "--checkpoint-blocks", "3")
     assert re.search(r"chose \S+ ckpt 3 blocks \S+: the one strategy that fits and was seen training on a GPU with "
-                     r"every block recomputed \(unverified with 3; it runs with a warning\)", " ".join(blocks.stdout.split()))
+                     r"every block recomputed \(unverified with 3 blocks recomputed; it runs with a warning\)",
+                     " ".join(blocks.stdout.split()))
 
 
 def test_a_bigger_gpu_or_more_host_ram_suggested_is_enough_for_what_it_names():
@@ -320,7 +321,7 @@ def test_with_the_users_own_checkpoint_blocks_the_rest_of_the_strategy_is_still_
     _, on_12gb = plan_options({"model": "sdxl", "resolution": 1024, "unet_weights": "bf16", "checkpoint_blocks": "5"},
                               hardware_for(None, "12GB", "32GB"))
     assert on_12gb.choice.strategy == MemoryStrategy("bf16", True, "adamw8bit", checkpoint_units=5)
-    assert "seen training on a GPU with every block recomputed (unverified with 5;" in on_12gb.explanation
+    assert "seen training on a GPU with every block recomputed (unverified with 5 blocks recomputed;" in on_12gb.explanation
     _, on_t4 = plan_options({"model": "sdxl", "resolution": 1024, "checkpoint_blocks": "5"},
                             hardware_for("colab-t4", None, None))
     assert on_t4.choice is not None and on_t4.choice.strategy.optimizer == "adamw8bit"

@@ -121,7 +121,7 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
         why = (f"the fastest predicted of {len(fitting)} strategies that fit{seen}" if len(fitting) > 1
                else f"the one strategy that fits{seen}")
         if choice.verified is False:  # the user's own flags asked for it
-            why += (f" (unverified with {choice.strategy.checkpoint_units}" if all_whole
+            why += (f" (unverified with {choice.strategy.checkpoint_units} blocks recomputed" if all_whole
                     else " (unverified: GPU results show it only with every block recomputed" if seen_whole(choice)
                     else f" (unverified in {NATIVE_FORMAT[work.mixed_precision]}"
                 + ("" if in_bf16 else ": GPU results show it in bf16") if bf16_seen(choice)
