@@ -170,7 +170,7 @@ def test_a_disk_without_room_for_the_last_checkpoint_after_an_earlier_one_says_t
     again = run([*cli(out, sample_data_module)[:-4], "--checkpoint-every", str(STEPS // 2), "--resume", "auto"],
                 cached_env(uninterrupted))
     assert again.returncode == 2 and (
-        f"--resume auto: {out / 'out.safetensors'} holds the run's last step, {STEPS}, written after its newest "
+        f"--resume auto: {out / 'out.safetensors'} is the run's end, step {STEPS}, written after its newest "
         f"checkpoint, step {STEPS // 2}") in again.stderr, again.stderr
     assert f"--resume {out / 'checkpoints' / f'step-{STEPS // 2:06d}'}" in again.stderr
     assert sorted(path.name for path in out.glob("*.safetensors")) == ["out.safetensors"]

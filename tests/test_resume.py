@@ -581,11 +581,28 @@ def test_resume_auto_sets_aside_what_a_killed_run_saved_past_its_last_checkpoint
     capsys.readouterr()
     train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, save_every="1", lr=2e-3, resume="auto"))
     printed = " ".join(capsys.readouterr().out.split())
-    assert "moved 1 save(s) and sample(s) after step-000002, of the branch this run leaves" in printed
-    assert f"moved {first.lora_path.name}, the end of the branch this run leaves" in printed  # (the lr changed)
+    assert "moved 2 save(s) and sample(s) after step-000002, of the branch this run leaves" in printed
     archived = {path.name: path.read_bytes() for path in (tmp_path / "archive").glob("*/*.safetensors")}
     assert archived[f"{first.lora_path.stem}-step00000003.safetensors"] == step3
     assert (tmp_path / f"{first.lora_path.stem}-step00000003.safetensors").read_bytes() != step3  # the new branch's
+
+
+def test_resume_auto_past_a_lost_end_checkpoint_refuses_before_moving_anything_and_trains_on_when_raised(tmp_path):
+    """The refusal came after the run's step-3 save had been moved as of a branch left; raising --max-steps then
+    trained steps 3 and 4 again and moved the end's LoRA apart from the branch's other files."""
+    import shutil
+
+    first = train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, save_every="1")).lora_path
+    shutil.rmtree(tmp_path / "checkpoints" / "step-000004")  # lost to a full disk
+    before = sorted(path.name for path in tmp_path.iterdir())
+    with pytest.raises(LowvramError, match=r"is the run's end, step 4, written after its newest checkpoint, step 2 .*"
+                                           r"nothing is left to train"):
+        train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=2, save_every="1", resume="auto"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == before  # nothing moved
+    assert train(run_config(output=str(tmp_path), max_steps=6, checkpoint_every=2, save_every="1",
+                            resume="auto")).steps == 6
+    [branch] = (tmp_path / "archive").iterdir()  # the branch left, in one place
+    assert {first.name, f"{first.stem}-step00000003.safetensors"} <= {path.name for path in branch.iterdir()}
 
 
 def test_every_checkpoint_unreadable_names_the_broken_part_and_the_way_out(tmp_path):

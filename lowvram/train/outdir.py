@@ -251,8 +251,8 @@ def ownership_problem(run: ResolvedRun) -> str | None:
             if checkpoints:  # (its record lost or cut short: the checkpoints are whole, and --overwrite keeps them)
                 unread = "is unreadable" if (folder / RECORD).exists() else "is missing"
                 return (f"--output: {lora} exists and the run record {RECORD} {unread}, so it is of no run known "
-                        f"there; pass --overwrite to resume from {folder / CHECKPOINTS} anyway (that LoRA is kept as "
-                        "its step's save), or choose another --name")
+                        f"there; pass --overwrite to resume from {folder / CHECKPOINTS} anyway (that LoRA is kept, as "
+                        "its step's save or in archive/), or choose another --name")
             return f"--output: {lora} exists; pass --overwrite to replace it, or choose another --name"
         return None
     unrecorded = [] if record or checkpoints else _unrecorded_saves(folder, config.output_name)
@@ -335,7 +335,7 @@ def take_ownership(run: ResolvedRun) -> str | None:
     checkpoints = checkpoint_folders.complete(checkpoint_folders.checkpoint_root(folder))
     note = None
     if config.training.resume:
-        note = _set_aside_later(checkpoints, config.training.resume, folder, config.output_name)
+        note = set_aside_later(checkpoints, config.training.resume, folder, config.output_name, recipe(run))
         if record and (moved := moved_paths(record.get("recipe") or {}, recipe(run))):  # (by name: said, to be seen)
             note = "; ".join(filter(None, [note, f"taken as moved: {'; '.join(moved)}"]))
     elif not (record or checkpoints) and (unrecorded := _unrecorded_saves(folder, config.output_name)):
@@ -441,24 +441,26 @@ def samples_of(lora: Path) -> list[Path]:
     return [path for path in _samples(lora.parent) if final_samples_of(lora.stem).fullmatch(path.name)]
 
 
-def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: Path, name: str) -> str | None:
+def set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: Path, name: str, run_recipe: dict,
+                    end_decided: bool = False) -> str | None:
     """Resuming from a checkpoint of this folder branches off there: what the branch left wrote after it (its later
     checkpoints, where an earlier one is chosen; its LoRA saves, final and best LoRA, and samples, a killed run's
     past its last checkpoint too) moves to archive/, so that --resume auto and the pruning of old checkpoints follow
     the new branch, and no save of the branch left passes for the new one's (a -best of a step the new branch never
-    saw, as its best)."""
+    saw, as its best). Where --resume auto finds the run's final LoRA past the checkpoint (its end's lost), the run
+    decides first (`end_decided`): whether anything is left to train."""
     if not checkpoints:
         return None
     # (auto: the newest readable, which the run resumes from; newer ones, unreadable, are of the branch left too:
     # kept, they took the place of readable ones as checkpoints were pruned)
-    chosen, unreadable = Path(resume) if resume != "auto" else None, []
-    for _, path in reversed(checkpoints) if chosen is None else ():
-        if (reason := checkpoint_folders.problem(path)) is None:
-            chosen = path
-            break
-        unreadable.append(f"checkpoint {path.name} is unreadable ({reason})")
-    if chosen is None:
-        return None  # (none readable: the run says so)
+    chosen, unreadable = Path(resume), []
+    if resume == "auto":
+        try:
+            chosen, unreadable = checkpoint_folders.resolve(resume, folder, run_recipe)
+        except LowvramError:
+            return None  # (the run says why)
+        if not end_decided and (_saved_step(folder / final_lora(name), name) or 0) > int(chosen.name[5:]):
+            return None
     chosen = chosen.resolve()
     steps = [step for step, path in checkpoints if path.resolve() == chosen]
     if not steps:  # (another folder's checkpoint: this one's saves are not its branch)
@@ -466,9 +468,7 @@ def _set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: P
     later = [path for step, path in checkpoints if step > steps[0]]
     saves = [path for path in [*folder.glob("*.safetensors"), *_samples(folder)]
              if (_saved_step(path, name) or 0) > steps[0]]
-    if resume == "auto":  # a finished run's LoRA past its newest checkpoint (the end's lost) is no branch left: the
-        saves = [path for path in saves if path != folder / final_lora(name)]  # run, knowing its end, says so
-    elif folder / final_lora(name) in saves:  # its final samples with it
+    if folder / final_lora(name) in saves:  # its final samples with it
         saves += samples_of(folder / final_lora(name))
     if not later and not saves:
         return None

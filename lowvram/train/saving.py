@@ -162,21 +162,22 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
         raise Refused(f"--resume: nothing left to train, and {what} would change no step of it: {lora} stands "
                            f"as step {position.step}'s LoRA; raise --max-steps (or --epochs) past {position.step} to "
                            "train further")
-    # the run's end, its checkpoint lost (trained again, its LoRA was kept twice, on the disk that had filled)
-    if session.config.training.resume == "auto" and position.step < schedule.total_steps and not (
-            changes or changed) and _lora_step(lora) == schedule.total_steps:
-        raise Refused(
-            f"--resume auto: {lora} holds the run's last step, {schedule.total_steps}, written after its newest "
-            f"checkpoint, step {position.step} (the end's was lost: a full disk, or a kill while saving it); "
-            f"resuming would train steps {position.step + 1} to {schedule.total_steps} again: to train it on, "
-            f"{outdir.train_on_from(lora)}, or raise --max-steps (or --epochs) past {schedule.total_steps}; to "
-            f"train those steps again, --resume {shell_line(found)}")
-    if session.main and session.config.training.resume == "auto" and (_lora_step(lora) or 0) > position.step:
-        # (left by the claim for the check above) the end of a branch left after all: set aside before a step
-        # is taken, so that a kill now leaves no LoRA passing for this run's
-        target = outdir.move_to_archive(session.out_dir, [lora, *outdir.samples_of(lora)])
-        session.console.print(f"moved {lora.name}, the end of the branch this run leaves, to {target}",
-                              soft_wrap=True)
+    ended = _lora_step(lora) or 0
+    if session.config.training.resume == "auto" and ended > position.step:  # the run's end, its checkpoint lost
+        # the same end (an early stop's too): trained again, its LoRA was kept twice, on the disk that had filled
+        if not (changes or changed) and schedule.total_steps == _lora_step(lora, "ss_max_train_steps"):
+            raise Refused(
+                f"--resume auto: {lora} is the run's end, step {ended}, written after its newest checkpoint, step "
+                f"{position.step} (the end's was lost: a full disk, or a kill while saving it); nothing is left "
+                f"to train: to train it on, {outdir.train_on_from(lora)}, or raise --max-steps (or --epochs) past "
+                f"its end (steps {position.step + 1} to {ended} train again; this LoRA moves to archive/); to train "
+                f"those steps again as they are, --resume {shell_line(found)}")
+        if session.main:  # a branch left after all: set aside before a step, so that a kill leaves no LoRA
+            note = outdir.set_aside_later(  # passing for this run's
+                checkpoint_folders.complete(checkpoint_folders.checkpoint_root(session.out_dir)), "auto",
+                session.out_dir, session.config.output_name, recipe(session.run), end_decided=True)
+            if note:
+                session.console.print(note, soft_wrap=True)
     rate = trainee.optimizer.param_groups[0]["lr"]
     if (position.last_rate is not None and position.step < schedule.total_steps and "--lr" not in " ".join(changes)
             and abs(rate - position.last_rate) > 0.05 * max(rate, position.last_rate)):  # a decay over more steps
@@ -192,10 +193,11 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     return position
 
 
-def _lora_step(lora: Path) -> int | None:
-    """The step a LoRA file was written at, by its metadata (None: no such file, or no step in it)."""
+def _lora_step(lora: Path, key: str = "ss_steps") -> int | None:
+    """The step a LoRA file was written at, by its metadata (None: no such file, or no step in it); or the run's
+    end then (`ss_max_train_steps`)."""
     try:
-        return int(read_header(lora)[0].get("ss_steps", ""))
+        return int(read_header(lora)[0].get(key, ""))
     except (OSError, ValueError):
         return None
 
