@@ -232,6 +232,19 @@ def test_a_run_an_earlier_ui_left_going_keeps_its_own_log_and_is_said_as_the_ui_
     assert first.left_going() is None
 
 
+def test_an_error_shown_in_a_markdown_box_keeps_every_character_of_the_clis_line():
+    """`<name>.safetensors` was taken for HTML and left out, `/tmp/a*b*c` shown as /tmp/abc."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    from lowvram.ui.app import _message  # (the page's: its buttons named)
+
+    line = "--data: folder not found: /tmp/a*b*c_d [1] #2 (the LoRA is <name>.safetensors; `x` | ~y~)"
+    shown = html.unescape(re.sub(r"<[^>]+>", "", MarkdownIt("commonmark").render(_message(LowvramError(line)))))
+    assert shown.strip() == f"error: {line}"
+
+
 def test_the_train_tab_reads_loss_records_past_a_bad_line_and_shows_the_newest_outputs_first(tmp_path):
     import json
     import os
@@ -427,7 +440,8 @@ def test_checking_a_folder_without_images_says_so_in_the_clis_words(tmp_path):
     (tmp_path / "5_thing").mkdir()
     (tmp_path / "5_thing" / "1.txt").write_text("a caption without its image")
     summary, _, usable, _, _ = data_panel.check_dataset({"data": str(tmp_path), "model": "tiny"})
-    assert "**error:** --data: no images (.png, .jpg" in summary and f"in {tmp_path} or its N_name" in summary
+    shown = summary.replace("\\", "")  # (as Markdown shows it: its characters escaped)
+    assert "**error:** --data: no images (.png, .jpg" in shown and f"in {tmp_path} or its N_name" in shown
     assert usable == []
 
 
@@ -799,7 +813,7 @@ def test_the_pages_errors_name_its_buttons_where_the_cli_names_their_flags(tmp_p
 
     from lowvram.errors import LowvramError
     from lowvram.train.loop import train
-    from lowvram.ui.app import _message
+    from lowvram.ui.app import _message  # (the page's: its buttons named)
 
     train(run_config(output=str(tmp_path / "out"), max_steps=1, cache_dir=str(tmp_path / "cache")))
     with pytest.raises(LowvramError) as refused:

@@ -28,6 +28,8 @@ from lowvram.run_files import CHECKPOINTS, runs_name
 from lowvram.ui import dataset as data_panel
 from lowvram.ui.form import (
     FormField,
+    as_text,
+    error_lines,
     form_fields,
     form_values,
     given_values,
@@ -75,7 +77,7 @@ def _message(exc: Exception) -> str:
     text = str(exc)
     for flags, page in PAGE_WORDS.items():
         text = text.replace(flags, page)
-    return "\n\n".join(f"**error:** {line}" for line in text.splitlines())
+    return error_lines(text)
 
 
 def build_app(cache_dir: Path, port: int | None = None):
@@ -196,7 +198,8 @@ def build_app(cache_dir: Path, port: int | None = None):
             try:
                 values, notes = read_for_form(expand_home(path))
                 notes = [*notes, *filter(None, [earlier_run(values.get("output"))])]
-                return [*fill(values, path + "".join(f"\n\n{note}" for note in notes)), None, None, ""]
+                return [*fill(values, as_text(path) + "".join(f"\n\n{as_text(note)}" for note in notes)), None, None,
+                        ""]
             except LowvramError as exc:
                 return [gr.skip()] * len(inputs) + [_message(exc), gr.skip(), gr.skip(), gr.skip()]
 

@@ -17,6 +17,7 @@ from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
 from lowvram.resolve import EDITED_CAPTIONS
+from lowvram.ui.form import error_lines
 
 COLUMNS = ["file", "status", "reason or notes", "bucket", "caption"]
 TOP_TAGS = 10
@@ -44,7 +45,7 @@ def check_dataset(values: dict[str, Any]):
              f"{r.bucket[0]}x{r.bucket[1]}" if r.bucket else "", r.caption] for r in report.records]
     summary = _summary(report)
     if unusable is not None:
-        summary = "\n\n".join(f"**error:** {line}" for line in str(unusable).splitlines()) + "\n\n" + summary
+        summary = error_lines(str(unusable)) + "\n\n" + summary
     if is_dataset_file(data):  # a dataset file: what was made of its settings, and its is_reg subsets
         dataset = read_dataset(data)
         summary += "".join(f"\n\n- {data.name}: {note}" for note in dataset.notes)

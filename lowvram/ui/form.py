@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import re
 import types
 import typing
 from pathlib import Path
@@ -126,6 +127,17 @@ def with_preset(given: dict[str, Any], preset: dict[str, Any], previous: dict[st
 def form_values(fields: list[FormField], values: dict[str, Any]) -> list[Any]:
     """The form showing `values` over the defaults."""
     return [field.to_form(values.get(field.name, field.default)) for field in fields]
+
+
+def as_text(line: str) -> str:
+    """A line of the CLI's for a Markdown box, as it is: `<output>/logs` was taken for HTML and left out, the
+    `*` of a path for emphasis."""
+    return re.sub(r"([\\`*_{}\[\]<>#|~])", r"\\\1", line)
+
+
+def error_lines(text: str) -> str:
+    """An error's lines as a Markdown box shows them."""
+    return "\n\n".join(f"**error:** {as_text(line)}" for line in text.splitlines())
 
 
 def toml_text(values: dict[str, Any]) -> str:
