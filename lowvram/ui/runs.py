@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lowvram.errors import LowvramError
 from lowvram.files import make_folders, write_text
-from lowvram.run_files import METRICS, SAMPLES
+from lowvram.run_files import CHECKPOINTS, METRICS, SAMPLES
 
 LOG_LINES = 12
 ETA_WINDOW = 20  # steps the time per step is averaged over
@@ -108,8 +108,14 @@ class TrainingProcess:
         code = self.process.poll()
         if code is None:
             return "stopping: the run saves a checkpoint, then exits" if self.stopping else "running"
-        return {0: "finished", 130: "stopped (a checkpoint was saved: Resume continues it)"}.get(
-            code, f"failed (exit code {code}): see the log")
+        if code == 130:  # (stopped while it cached or loaded, it saved nothing)
+            saved = self.output is not None and any(path.stat().st_mtime >= self.started for path in (
+                self.output / CHECKPOINTS).glob("step-*"))
+            earlier = self.output is not None and any((self.output / CHECKPOINTS).glob("step-*"))
+            return ("stopped (a checkpoint was saved: Resume continues it)" if saved else
+                    "stopped before its first step, saving nothing ("
+                    + ("Resume continues from the last checkpoint)" if earlier else "Start begins it again)"))
+        return "finished" if code == 0 else f"failed (exit code {code}): see the log"
 
     def run_folder(self) -> Path | None:
         """The output folder once this run holds it: until then its files are an earlier run's (a run refused there,
