@@ -128,7 +128,7 @@ def test_stop_sends_what_ctrl_c_sends_and_an_interrupted_run_reads_as_stopped(tm
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ready"
-        training = TrainingProcess(process=child)
+        training = TrainingProcess(process=child, output=tmp_path, started=time.time() - 1)
         training.stop()
         assert child.wait(timeout=30) == 130
     finally:
@@ -136,6 +136,9 @@ def test_stop_sends_what_ctrl_c_sends_and_an_interrupted_run_reads_as_stopped(tm
         child.wait()
         child.stdout.close()
     assert got.read_text() == "SIGINT"
+    # stopped while it cached: nothing saved (it said a checkpoint was saved, and Resume found none)
+    assert training.state() == "stopped before its first step, saving nothing (Start begins it again)"
+    (tmp_path / "checkpoints" / "step-000003").mkdir(parents=True)  # the stop's checkpoint
     assert training.state() == "stopped (a checkpoint was saved: Resume continues it)"
 
 
