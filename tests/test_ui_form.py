@@ -282,6 +282,17 @@ def test_a_render_that_fails_says_the_clis_line(tmp_path):
         render("tiny", str(missing), "a prompt", tmp_path / "test.png", steps=1)
 
 
+def test_a_caption_of_the_built_in_sample_is_not_edited_to_be_lost(tmp_path):
+    """'saved', and the next check wrote the sample anew: the edit was gone."""
+    from lowvram.data.sample import write_sample_dataset
+    from lowvram.resolve import SAMPLE_DATASET
+    from lowvram.ui import dataset as data_panel
+
+    root = write_sample_dataset(tmp_path / SAMPLE_DATASET)
+    with pytest.raises(LowvramError, match="^the built-in sample dataset is written anew at each check and run"):
+        data_panel.save_caption(root, "5_lvshape/00_red_circle.png", "edited", tmp_path / "backup")
+
+
 def test_a_kohya_dataset_file_in_the_form_brings_its_settings_and_its_captions_are_edited_in_place(tmp_path):
     """Typed as the dataset, a kohya dataset file's settings fill what the form leaves at its defaults; the
     dataset panel lists its images relative to the folder holding its image folders, and edits their captions."""
