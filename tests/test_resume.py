@@ -605,6 +605,16 @@ def test_resume_auto_past_a_lost_end_checkpoint_refuses_before_moving_anything_a
     assert {first.name, f"{first.stem}-step00000003.safetensors"} <= {path.name for path in branch.iterdir()}
 
 
+def test_a_batch_size_changed_mid_epoch_says_what_the_epoch_passes_over(tmp_path, capsys):
+    """The epoch's place is a count of batches: at twice the batch size, as many images as had trained were passed
+    over, with only the batch size's own note."""
+    train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=3))
+    capsys.readouterr()
+    train(run_config(output=str(tmp_path), max_steps=5, batch_size=2, resume="auto"))
+    assert ("epoch 1 goes on from its batch 4, counted in batches of 2: 3 of its images had trained, so about 3 of "
+            "them are passed over this epoch") in " ".join(capsys.readouterr().out.split())
+
+
 def test_every_checkpoint_unreadable_names_the_broken_part_and_the_way_out(tmp_path):
     train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=1))
     for part in (tmp_path / "checkpoints").glob("step-*/adapters.safetensors"):

@@ -148,6 +148,14 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
         session.console.print(f"[yellow]note:[/] {', '.join(changes)}: the steps from {position.step + 1} train "
                               f"with {'them' if many else 'it'}; the LoRA's metadata and the run's .toml record the "
                               f"new value{'s' * many} for the whole run", soft_wrap=True)
+    old_batch, batch = then.get("--batch-size"), now["--batch-size"]
+    if position.batch and isinstance(old_batch, int) and old_batch != batch:  # (the epoch's place is a batch count)
+        done, counted = position.batch * old_batch, position.batch * batch
+        session.console.print(
+            f"[yellow]note:[/] epoch {position.epoch + 1} goes on from its batch {position.batch + 1}, counted in "
+            f"batches of {batch}: {done} of its images had trained, so about {abs(counted - done)} of them "
+            f"{'are passed over' if counted > done else 'train twice'} this epoch (the next ones are whole)",
+            soft_wrap=True)
     if changed:  # images added or removed change the order the rest come in; a caption or an image edited does not
         order = ", in another order than the interrupted run's" * checkpoint.reordered(position.data, dataset.fingerprint)
         session.console.print(f"[yellow]warning: the dataset changed since this checkpoint ({changed})[/]: training "
