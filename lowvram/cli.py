@@ -10,6 +10,7 @@ import io
 import os
 import signal
 import sys
+import time
 from collections.abc import Collection
 from pathlib import Path
 
@@ -305,7 +306,24 @@ def bucket_sides_note(values: dict) -> None:
                   f"least {resolution}", file=sys.stderr)
 
 
+def _kept_on_interrupt(config, started: float) -> str:
+    """What a run stopped at once (a second Ctrl-C, during its save) left to continue from: its newest whole
+    checkpoint, of this run (written since it started, or the one it resumed)."""
+    from lowvram.train import checkpoint_folders
+    from lowvram.train.outdir import options_path
+
+    if config is None:
+        return ""
+    newest = checkpoint_folders.latest(checkpoint_folders.checkpoint_root(config.output_dir))
+    options = options_path(config.output_dir, config.output_name)
+    if newest is None or not options.is_file() or not (config.training.resume or newest.stat().st_mtime >= started):
+        return ""
+    return (f"; kept: checkpoint {newest.name}; continue with: "
+            f"{shell_line('lowvram', 'train', '--config', options, '--resume', 'auto')}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    started, config = time.time(), None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _print_any_name()
     if argv is not None:  # from Python (a notebook): numbers and paths as the shell would give them
@@ -415,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lowvram {args.command}: {said}{line}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
-        print(f"lowvram {args.command}: interrupted", file=sys.stderr)
+        print(f"lowvram {args.command}: interrupted{_kept_on_interrupt(config, started)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `lowvram plan --json | head`: the reader took what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again

@@ -23,6 +23,27 @@ from lowvram.train.loop import train
 from lowvram.train.outdir import ARCHIVE, LOCK, RECORD
 
 
+def test_a_run_stopped_at_once_names_the_checkpoint_it_left_and_the_command_that_continues(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """A second Ctrl-C during a save said only 'interrupted'."""
+    from lowvram.cli import main
+    from lowvram.train import saving
+
+    written = saving.save_checkpoint
+
+    def second_ctrl_c_in_the_second_save(*args, **kwargs):
+        path = written(*args, **kwargs)
+        if len(list((tmp_path / "checkpoints").glob("step-*"))) == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(saving, "save_checkpoint", second_ctrl_c_in_the_second_save)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--resolution", "64", "--max-steps", "5",
+                 "--checkpoint-every", "1", "--output", str(tmp_path)]) == 130
+    assert (f"lowvram train: interrupted; kept: checkpoint step-000002; continue with: lowvram train --config "
+            f"{tmp_path / tmp_path.name}.toml --resume auto") in capsys.readouterr().err
+
+
 def interrupted(config, after_steps: int = 3) -> int:
     """Train until `after_steps` steps are logged, then Ctrl-C (a real SIGINT); returns the step it stopped at."""
     metrics = config.output_dir / "metrics.jsonl"
