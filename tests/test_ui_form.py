@@ -187,6 +187,25 @@ def test_the_config_start_writes_lets_auto_take_the_plan_the_setup_tab_shows(tmp
     assert 'optimizer = "adamw8bit"' in toml_text({**form, "optimizer": "adamw8bit"})  # the user's own stays
 
 
+def test_resume_takes_the_strategy_the_run_trained_with(tmp_path, sample_data):
+    """The form's config leaves the strategy to --auto: a resume at the default optimizer was refused as another
+    run than the one --auto's pick trained."""
+    from conftest import run_config
+
+    from lowvram.train.loop import train
+    from lowvram.ui.runs import output_problem, with_recorded_strategy
+
+    out = tmp_path / "out"
+    train(run_config(output=str(out), data=str(sample_data), max_steps=2, checkpoint_every=1, optimizer="adafactor"))
+    form = {"model": "tiny", "data": str(sample_data), "output": str(out), "max_steps": 4, "rank": 4, "alpha": 4,
+            "resume": "auto"}
+    config = tmp_path / "run.toml"
+    config.write_text(toml_text(form))
+    assert "--optimizer adafactor there, adamw here" in output_problem(config, "auto")
+    config.write_text(toml_text(with_recorded_strategy(form, out)))
+    assert output_problem(config, "auto") is None
+
+
 def test_start_passes_the_overwrite_ticked_and_a_checkpoint_typed_in_the_form(tmp_path):
     """The page said 'start over with --overwrite ticked (then Start)', and Start dropped the tick: refused again."""
     from lowvram.ui.runs import TrainingProcess
@@ -290,7 +309,10 @@ def test_a_caption_of_the_built_in_sample_is_not_edited_to_be_lost(tmp_path):
 
     root = write_sample_dataset(tmp_path / SAMPLE_DATASET)
     with pytest.raises(LowvramError, match="^the built-in sample dataset is written anew at each check and run"):
-        data_panel.save_caption(root, "5_lvshape/00_red_circle.png", "edited", tmp_path / "backup")
+        data_panel.save_caption(root, "5_lvshape/00_red_circle.png", "edited", tmp_path / "backup", sample=True)
+    # a copy of it (of the same folder name, as cp -r keeps it) is the user's own to edit
+    data_panel.save_caption(root, "5_lvshape/00_red_circle.png", "edited", tmp_path / "backup")
+    assert (root / "5_lvshape" / "00_red_circle.txt").read_text() == "edited\n"
 
 
 def test_a_kohya_dataset_file_in_the_form_brings_its_settings_and_its_captions_are_edited_in_place(tmp_path):

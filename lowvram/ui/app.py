@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.caption import CaptionConfig
-from lowvram.config import SECTIONS
-from lowvram.configure import ALTERNATIVES, list_presets, preset_path, read_toml
+from lowvram.config import SAMPLE_DATA, SECTIONS
+from lowvram.configure import ALTERNATIVES, list_presets, preset_path, read_config, read_toml
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import expand_home, make_folders, write_text
 from lowvram.resolve import UI_FILES
@@ -40,7 +40,15 @@ from lowvram.ui.form import (
     with_preset,
 )
 from lowvram.ui.planview import BUDGET, CSS, THIS_GPU, card_choices, plan_for, render, run_budget
-from lowvram.ui.runs import TrainingProcess, earlier_run, lowvram_command, outputs_of, progress_line, read_metrics
+from lowvram.ui.runs import (
+    TrainingProcess,
+    earlier_run,
+    lowvram_command,
+    outputs_of,
+    progress_line,
+    read_metrics,
+    with_recorded_strategy,
+)
 from lowvram.ui.runs import render as render_image
 
 OPEN_SECTIONS = ("model", "data", "network", "training", "output")
@@ -285,7 +293,8 @@ def build_app(cache_dir: Path, port: int | None = None):
                     raise LowvramError("check the dataset, then choose an image first")
                 root = Path(seen["root"])
                 return data_panel.save_caption(root, relpath, text, data_panel.backup_dir_for(cache_dir, root),
-                                               seen.get("caption_column"), seen["caption_extensions"].get(relpath))
+                                               seen.get("caption_column"), seen["caption_extensions"].get(relpath),
+                                               sample=seen["data"] == SAMPLE_DATA)
             except LowvramError as exc:
                 return _message(exc)
 
@@ -322,12 +331,14 @@ def build_app(cache_dir: Path, port: int | None = None):
                         raise LowvramError(f"nothing to resume: the run this page shows left no checkpoint in "
                                            f"{training.output / CHECKPOINTS}; Load .toml its options and press Start")
                     vram = run_budget(card_name, budget_text) if use_auto else None
-                    return training.start(shown_run.read_text(encoding="utf-8"), ui_dir, training.output,
-                                          resume="auto", auto_vram=vram)
+                    text = toml_text(with_recorded_strategy(read_config(shown_run), training.output))
+                    return training.start(text, ui_dir, training.output, resume="auto", auto_vram=vram)
                 # the form's own --resume (a checkpoint folder typed there) and --overwrite: the run's, not the file's
                 resuming = "auto" if resume else values.get("resume") or None
-                text = toml_text(values | {"resume": resuming} if resuming else values)  # (checked as a resume is)
                 output = expand_home(values.get("output", "output")).resolve()
+                if resuming:  # checked as a resume is, with the strategy the run trained with
+                    values = with_recorded_strategy(values | {"resume": resuming}, output)
+                text = toml_text(values)
                 if resuming == "auto" and not any((output / CHECKPOINTS).glob("step-*")):
                     raise LowvramError(f"nothing to resume: no checkpoint in {output / 'checkpoints'} yet; "
                                        "press Start")

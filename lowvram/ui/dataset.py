@@ -16,7 +16,7 @@ from lowvram.data.captions import caption_files, read_caption_text
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
-from lowvram.resolve import EDITED_CAPTIONS, SAMPLE_DATASET
+from lowvram.resolve import EDITED_CAPTIONS
 from lowvram.ui.form import error_lines
 
 COLUMNS = ["file", "status", "reason or notes", "bucket", "caption"]
@@ -130,10 +130,10 @@ def read_caption(root: Path, relpath: str, column: str | None = None, extension:
 
 
 def save_caption(root: Path, relpath: str, text: str, backup_dir: Path, column: str | None = None,
-                 extension: str | None = None) -> str:
+                 extension: str | None = None, sample: bool = False) -> str:
     """Write the caption atomically; the first edit of a caption file keeps its original in `backup_dir`. An image
     a metadata file captions is not: a caption file beside it would not be read."""
-    if Path(root).name == SAMPLE_DATASET:  # (the cache's copy of the built-in sample)
+    if sample:  # (--data sample: the cache's copy of the built-in one)
         raise LowvramError("the built-in sample dataset is written anew at each check and run, so an edit would be "
                            f"lost; copy its folder ({Path(root)}) and give the copy as --data to edit its captions")
     from_metadata = metadata_caption(root, relpath, column)

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lowvram.errors import LowvramError
 from lowvram.files import make_folders, write_text
@@ -133,6 +134,22 @@ class TrainingProcess:
             return ""
         lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         return "\n".join(line for line in lines[-LOG_LINES:])
+
+
+def with_recorded_strategy(values: dict[str, Any], output: Path) -> dict[str, Any]:
+    """For a resume: the memory strategy the run trained with (its `<name>.toml` in its folder holds --auto's
+    pick), beneath the form's own choices. The form's config leaves the strategy to --auto, and a resume at the
+    default optimizer was refused as another run."""
+    from lowvram.configure import read_config
+    from lowvram.plan import STRATEGY_OPTIONS
+    from lowvram.train.outdir import options_path
+
+    name = values.get("name") or output.name
+    try:
+        recorded = read_config(options_path(output, name))
+    except (LowvramError, OSError):  # (none yet, or unreadable: the run's own check says what is wrong)
+        return values
+    return {**{key: recorded[key] for key in STRATEGY_OPTIONS if key in recorded}, **values}
 
 
 def output_problem(config_path: Path, resume: str | None, overwrite: bool = False) -> str | None:
