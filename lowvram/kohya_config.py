@@ -330,7 +330,8 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
         problem(key, REFUSED_SETTINGS[key])
         unknown.remove(key)
     # the diffusers scripts' or SimpleTuner's name in a file read as kohya's (lora_rank = 16 trained at rank 4)
-    for key in [key for key in unknown if f"--{key}" in OTHER_TRAINER_FLAGS and f"--{key}" not in KOHYA_FLAGS]:
+    for key in [key for key in unknown if f"--{key}" in OTHER_TRAINER_FLAGS and f"--{key}" not in KOHYA_FLAGS
+                and key not in fields_by_name()]:  # (train_text_encoder: lowvram's own too, said so below)
         ours = OTHER_TRAINER_FLAGS[f"--{key}"]
         kohya = KOHYA_EQUIVALENTS.get(f"--{key}")
         if not ours.startswith("("):  # (one lowvram needs none for is no loss)

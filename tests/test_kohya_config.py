@@ -188,7 +188,7 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
                 ("lora_rank: the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; write "
                  "network_dim = 16 (kohya's)"),
                 ("center_crop: the diffusers scripts' or SimpleTuner's name, which a kohya config does not read; pass "
-                 "lowvram's --crop center"),
+                 "lowvram's --no-bucket --crop center"),
                 # lowvram's own names beside kohya's (the run had no model and the rank of kohya's default)
                 ("model: lowvram's name, which a kohya config does not read; write pretrained_model_name_or_path = "
                  "\"tiny\" (kohya's)"), "rank: lowvram's name, which a kohya config does not read; write network_dim = 8",
@@ -619,7 +619,8 @@ def test_kohyas_validation_settings_carry_over(tmp_path):
                                "max_validation_steps": 4}, tmp_path / "k.toml")
     assert (values["validation_split"], values["validate_every"]) == (0.25, 2)
     assert {"max_validation_steps not carried over: lowvram validates every held-out image",
-            "validation_seed not carried over: the held-out images are chosen by --seed"} <= set(notes)
+            ("validation_seed not carried over: the held-out images are chosen by --seed; the diffusers scripts' (the "
+            "sample images' seed) is inline in --sample-prompt (\"a cat --d 42\")")} <= set(notes)
     values = values_of(tmp_path, {"network_module": "networks.lora", "validate_every_n_steps": 2,
                                   "validate_every_n_epochs": 1.0})
     assert "validate_every" not in values  # nothing held out: kohya validates nothing
