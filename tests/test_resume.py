@@ -611,8 +611,9 @@ def test_a_batch_size_changed_mid_epoch_says_what_the_epoch_passes_over(tmp_path
     train(run_config(output=str(tmp_path), max_steps=3, checkpoint_every=3))
     capsys.readouterr()
     train(run_config(output=str(tmp_path), max_steps=5, batch_size=2, resume="auto"))
-    assert ("epoch 1 goes on from its batch 4, counted in batches of 2: 3 of its images had trained, so about 3 of "
-            "them are passed over this epoch") in " ".join(capsys.readouterr().out.split())
+    assert ("epoch 1 goes on after its first 3 batches, drawn anew at 2 images each: 6 of its images are passed "
+            "over, not the 3 that trained, some of which train again this epoch") in " ".join(
+        capsys.readouterr().out.split())
 
 
 def test_every_checkpoint_unreadable_names_the_broken_part_and_the_way_out(tmp_path):

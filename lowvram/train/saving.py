@@ -150,12 +150,11 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
                               f"new value{'s' * many} for the whole run", soft_wrap=True)
     old_batch, batch = then.get("--batch-size"), now["--batch-size"]
     if position.batch and isinstance(old_batch, int) and old_batch != batch:  # (the epoch's place is a batch count)
-        done, counted = position.batch * old_batch, position.batch * batch
         session.console.print(
-            f"[yellow]note:[/] epoch {position.epoch + 1} goes on from its batch {position.batch + 1}, counted in "
-            f"batches of {batch}: {done} of its images had trained, so about {abs(counted - done)} of them "
-            f"{'are passed over' if counted > done else 'train twice'} this epoch (the next ones are whole)",
-            soft_wrap=True)
+            f"[yellow]note:[/] epoch {position.epoch + 1} goes on after its first {position.batch} batches, drawn "
+            f"anew at {batch} images each: {position.batch * batch} of its images are passed over, not the "
+            f"{position.batch * old_batch} that trained, some of which train again this epoch (the next epochs "
+            "are whole)", soft_wrap=True)
     if changed:  # images added or removed change the order the rest come in; a caption or an image edited does not
         order = ", in another order than the interrupted run's" * checkpoint.reordered(position.data, dataset.fingerprint)
         session.console.print(f"[yellow]warning: the dataset changed since this checkpoint ({changed})[/]: training "
@@ -174,12 +173,15 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     if session.config.training.resume == "auto" and ended > position.step:  # the run's end, its checkpoint lost
         # the same end (an early stop's too): trained again, its LoRA was kept twice, on the disk that had filled
         if not (changes or changed) and schedule.total_steps == _lora_step(lora, "ss_max_train_steps"):
+            early = ended < schedule.total_steps  # (an early stop's: --early-stopping is no resumable setting)
             raise Refused(
-                f"--resume auto: {lora} is the run's end, step {ended}, written after its newest checkpoint, step "
-                f"{position.step} (the end's was lost: a full disk, or a kill while saving it); nothing is left "
-                f"to train: to train it on, {outdir.train_on_from(lora)}, or raise --max-steps (or --epochs) past "
-                f"its end (steps {position.step + 1} to {ended} train again; this LoRA moves to archive/); to train "
-                f"those steps again as they are, --resume {shell_line(found)}")
+                f"--resume auto: {lora} is the run's end{' (stopped early)' * early}, step {ended}, written after its "
+                f"newest checkpoint, step {position.step} (the end's was lost: a full disk, or a kill while saving "
+                f"it); nothing is left to train: to train it on, {outdir.train_on_from(lora)}"
+                + ("" if early else f", or raise --max-steps (or --epochs) past its end (steps {position.step + 1} to "
+                   f"{ended} train again; this LoRA moves to archive/)")
+                + f"; to train those steps again{' (past the stop: a higher --early-stopping)' * early}, --resume "
+                f"{shell_line(found)}")
         if session.main:  # a branch left after all: set aside before a step, so that a kill leaves no LoRA
             note = outdir.set_aside_later(  # passing for this run's
                 checkpoint_folders.complete(checkpoint_folders.checkpoint_root(session.out_dir)), "auto",
