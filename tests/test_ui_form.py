@@ -246,6 +246,8 @@ def test_a_run_an_earlier_ui_left_going_keeps_its_own_log_and_is_said_as_the_ui_
         time.sleep(1)  # (the first run writes on meanwhile)
         log = second.log_path.read_text(encoding="utf-8")
         assert "\x00" not in log and str(tmp_path / "long") not in log and str(tmp_path / "short") in log
+        [kept] = (tmp_path / "ui").glob("ui-run-7911-*.log")  # the first run's, written on
+        assert str(tmp_path / "long") in kept.read_text(encoding="utf-8")
     finally:
         for process in (first.process, second.process):
             if process is not None and process.poll() is None:

@@ -72,10 +72,12 @@ class TrainingProcess:
         if auto_vram is not None:
             args += ["--auto", *(["--vram", auto_vram] if auto_vram else [])]
         self.log_path = config_dir / f"{self.name}.log"  # (its name the user's: a lab's users share one cache)
-        try:  # a new file, not the old one cut short: a run an earlier UI left going writes on into its own
-            self.log_path.unlink(missing_ok=True)
-        except OSError:  # (Windows: a file another process has open) a name of its own
-            self.log_path = config_dir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        kept = config_dir / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        try:  # the earlier run's log kept under its time (a run an earlier UI left going writes on into it), not cut
+            if self.log_path.exists():  # short or lost
+                os.replace(self.log_path, kept)
+        except OSError:  # (Windows: a file another process has open) this run's under a name of its own
+            self.log_path = kept
         with open(self.log_path, "w", encoding="utf-8") as log:
             # a session (process group) of its own: Ctrl-C in the terminal running the UI does not reach the run
             own_group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
@@ -91,8 +93,8 @@ class TrainingProcess:
             return None
         how = (f"`kill -INT {self.process.pid}` stops it as Stop does, saving a checkpoint" if os.name != "nt" else
                "ending it in the Task Manager saves no checkpoint: --resume auto goes on from the last one")
-        return (f"lowvram ui: its run goes on (pid {self.process.pid}, --output {self.output}, its log {self.log_path});"
-                f" {how}")
+        return (f"lowvram ui: its run goes on (pid {self.process.pid}, --output {self.output}, its log {self.log_path}, "
+                f"kept with the time it moved as another run starts); {how}")
 
     def stop(self) -> str:
         """What Ctrl-C does: the run finishes its step, saves a checkpoint and a LoRA, and exits."""
