@@ -189,6 +189,9 @@ def test_a_metadata_file_without_file_names_that_would_caption_the_images_is_ref
     assert (f"{data / 'metadata.jsonl'}: its 'image' column names the images, and Hugging Face's imagefolder reads "
             "them from a file_name column, which it lacks (its columns: image, text); rename it file_name") in " ".join(
         capsys.readouterr().err.split())
+    (data / "a.npz").write_bytes(b"kohya's cached latents")  # no caption
+    (data / "a.png.json").write_text("{}")  # a downloader's record
+    assert main(["check-data", str(data), "--model", "tiny"]) == 2
     for image in ("a", "b"):  # caption files of another extension (--caption-extension .tags): theirs train
         (data / f"{image}.tags").write_text("a shape")
     assert main(["check-data", str(data), "--model", "tiny", "--caption-extension", ".tags"]) == 0

@@ -69,6 +69,10 @@ def folder_metadata(folder: Path, column: str | None, notes: list[str], root: Pa
     return FolderMetadata(found, captions, column)
 
 
+# beside an image, no caption: kohya's latent cache, a downloader's record
+NOT_CAPTIONS = (".npz", ".npy", ".json", ".safetensors", ".pt")
+
+
 def _naming_column(folder: Path, rows: list[tuple[int, dict]]) -> str | None:
     """The column of a metadata file without file_name whose values name images in `folder` that have no caption
     file of any extension beside them (whose captions the file would be); None where there is none."""
@@ -76,8 +80,9 @@ def _naming_column(folder: Path, rows: list[tuple[int, dict]]) -> str | None:
         for name, value in row.items():
             image = folder / value if isinstance(value, str) and value.strip() and ".." not in value else None
             if image is not None and image.suffix.lower() in IMAGE_SUFFIXES and image.is_file():
-                beside = [path for path in image.parent.glob(f"{glob.escape(image.stem)}.*") if path != image]
-                return None if any(path.suffix.lower() not in IMAGE_SUFFIXES for path in beside) else name
+                beside = [path for path in image.parent.glob(f"{glob.escape(image.stem)}.*") if path.stem == image.stem]
+                return None if any(path.suffix.lower() not in (*IMAGE_SUFFIXES, *NOT_CAPTIONS) for path in beside
+                                   ) else name
     return None
 
 
