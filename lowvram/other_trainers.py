@@ -188,8 +188,11 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
             words += [flag, given] if given else []
         else:
             words.append(flag)
-    if "--timestep-bias" in words and "--timestep-bias-multiplier" not in words:  # (theirs is 1 unless given: no
-        words += ["--timestep-bias-multiplier", "1"]                             # bias; lowvram's 2)
+    if "--timestep-bias" in words and "--timestep-bias-multiplier" not in words:  # (theirs is 1 unless given: a
+        at = words.index("--timestep-bias")                                      # bias of nothing; lowvram's 2)
+        if words[at + 1] != "none":
+            left.append("timestep_bias_strategy (without timestep_bias_multiplier it biases nothing)")
+        del words[at:at + 2]
     return (f"--config: {path} is a SimpleTuner config, {ISNT_READ}; its settings as lowvram's: {shlex.join(words)}"
             + (f" (not carried over: {', '.join(left)})" if left else ""))
 

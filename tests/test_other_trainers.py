@@ -159,7 +159,11 @@ def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, 
     path.write_text(json.dumps(SIMPLETUNER | {"--timestep_bias_strategy": "later", "--max_train_samples": 100}))
     line = refusal(capsys, ["train", "--config", str(path)])
     args = suggested_flags(line)
-    assert (args["timestep_bias"], args["timestep_bias_multiplier"]) == ("later", "1") and "max_train_samples" in line
+    assert "timestep_bias" not in args and "max_train_samples" in line
+    assert "timestep_bias_strategy (without timestep_bias_multiplier it biases nothing)" in line
+    path.write_text(json.dumps(SIMPLETUNER | {"--timestep_bias_strategy": "later", "--timestep_bias_multiplier": 2}))
+    args = suggested_flags(refusal(capsys, ["train", "--config", str(path)]))
+    assert (args["timestep_bias"], args["timestep_bias_multiplier"]) == ("later", "2")
     path.write_text(json.dumps(SIMPLETUNER | {"--noise_offset": 0}))  # (off: nothing left out)
     assert "noise_offset" not in refusal(capsys, ["train", "--config", str(path)])
     # its config.toml (CONFIG_BACKEND=toml): refused key by key as a kohya config's ("lora_rank: ... write network_dim")
