@@ -520,6 +520,9 @@ def test_save_toml_writes_only_a_toml(tmp_path):
         save_toml(str(tmp_path / "x.json"), values)
     assert list(tmp_path.iterdir()) == []
     assert save_toml(str(tmp_path / "x.toml"), values).startswith(f"saved {tmp_path / 'x.toml'}: ")
+    # Auto ticked: the file leaves the strategy to --auto, which the command it names gives (with the card's budget)
+    assert save_toml(str(tmp_path / "x.toml"), values, "6GB").endswith(
+        f"`lowvram train --config {tmp_path / 'x.toml'} --auto --vram 6GB` runs it")
     assert read_toml(tmp_path / "x.toml")["rank"] == 8
 
 

@@ -246,16 +246,17 @@ def build_app(cache_dir: Path, port: int | None = None):
                 component[name].blur(clearing(name, others), component[name], outputs[0] if len(outputs) == 1
                                      else outputs)
 
-        def save_config(path, *form):
+        def save_config(path, use_auto: bool, card_name: str, budget_text: str, *form):
             try:
-                return save_toml(path, option_values(fields, form))
+                vram = run_budget(card_name, budget_text) if use_auto else None
+                return save_toml(path, option_values(fields, form), vram)
             except LowvramError as exc:
                 return _message(exc)
 
         preset.change(load_preset, [preset, loaded_preset, *inputs],
                       [*inputs, setup_status, alpha_share, loaded_preset])
         load_button.click(load_config, config_path, [*inputs, setup_status, alpha_share, loaded_preset, preset])
-        save_button.click(save_config, [config_path, *inputs], setup_status)
+        save_button.click(save_config, [config_path, auto, card, budget, *inputs], setup_status)
 
         # --- Dataset ---
         # per page: the dataset its image list came from, so a caption is written beside the image that was
@@ -430,9 +431,11 @@ def _picture(path: Path, side: int | None = None):
             return image.convert("RGB")
 
 
-def save_toml(path: str, values: dict[str, Any]) -> str:
-    """*Save .toml*: the options as the `.toml` that `lowvram train --config` replays. Only a .toml name: --config
-    reads a .json as a OneTrainer or kohya_ss GUI config, and the page, like --config's help, names .toml files."""
+def save_toml(path: str, values: dict[str, Any], auto_vram: str | None = None) -> str:
+    """*Save .toml*: the options as the `.toml` that `lowvram train --config` replays (with `--auto`, and the
+    card's `--vram`, where the page's Auto is ticked: the file leaves the strategy to it). Only a .toml name:
+    --config reads a .json as a OneTrainer or kohya_ss GUI config, and the page, like --config's help, names .toml
+    files."""
     if not path or not path.strip():
         raise LowvramError("--config: type the path of the .toml to write")
     target = expand_home(path.strip())
@@ -442,7 +445,8 @@ def save_toml(path: str, values: dict[str, Any]) -> str:
         raise LowvramError(f"--config: {target} is the options of the run in {target.parent}, which its resume reads; "
                            "save under another name (Load .toml reads a run's options into the form)")
     target = write_text(target.absolute(), toml_text(values))
-    return f"saved {target}: `{shell_line('lowvram', 'train', '--config', target)}` runs it"
+    auto = ["--auto", *(["--vram", auto_vram] if auto_vram else [])] if auto_vram is not None else []
+    return f"saved {target}: `{shell_line('lowvram', 'train', '--config', target, *auto)}` runs it"
 
 
 def _flag_args(flag: str, value: Any) -> list[str]:
