@@ -139,6 +139,7 @@ def test_stop_sends_what_ctrl_c_sends_and_an_interrupted_run_reads_as_stopped(tm
     # stopped while it cached: nothing saved (it said a checkpoint was saved, and Resume found none)
     assert training.state() == "stopped before its first step, saving nothing (Start begins it again)"
     (tmp_path / "checkpoints" / "step-000003").mkdir(parents=True)  # the stop's checkpoint
+    (tmp_path / "checkpoints" / "step-000003" / "state.json").write_text("{}")
     assert training.state() == "stopped (a checkpoint was saved: Resume continues it)"
 
 

@@ -45,6 +45,7 @@ class TrainingProcess:
     log_path: Path | None = None
     stopping: bool = False  # Stop was pressed and the run has not exited yet
     started: float = 0.0  # time.time() as the run started
+    checkpoints_before: frozenset = frozenset()  # the whole checkpoints its folder held then (a stop's is new)
 
     @property
     def running(self) -> bool:
@@ -64,6 +65,7 @@ class TrainingProcess:
         if problem:  # a run refused at its start never becomes the run the Train tab shows
             raise LowvramError(problem)
         self.config_path, self.output, self.stopping, self.started = config_path, output, False, time.time()
+        self.checkpoints_before = frozenset(self._checkpoints())
         args = ["train", "--config", str(self.config_path)]
         if resume:
             args += ["--resume", resume]
@@ -96,6 +98,13 @@ class TrainingProcess:
         return (f"lowvram ui: its run goes on (pid {self.process.pid}, --output {self.output}, its log {self.log_path}, "
                 f"kept with the time it moved as another run starts); {how}")
 
+    def _checkpoints(self) -> set[str]:
+        from lowvram.train import checkpoint_folders
+
+        if self.output is None:
+            return set()
+        return {path.name for _, path in checkpoint_folders.complete(self.output / CHECKPOINTS)}
+
     def stop(self) -> str:
         """What Ctrl-C does: the run finishes its step, saves a checkpoint and a LoRA, and exits."""
         if not self.running:
@@ -112,9 +121,8 @@ class TrainingProcess:
         if code is None:
             return "stopping: the run saves a checkpoint, then exits" if self.stopping else "running"
         if code == 130:  # (stopped while it cached or loaded, it saved nothing)
-            saved = self.output is not None and any(path.stat().st_mtime >= self.started for path in (
-                self.output / CHECKPOINTS).glob("step-*"))
-            earlier = self.output is not None and any((self.output / CHECKPOINTS).glob("step-*"))
+            checkpoints = self._checkpoints()  # (by name, not by time: a network disk's clock is the server's)
+            saved, earlier = bool(checkpoints - self.checkpoints_before), bool(checkpoints)
             return ("stopped (a checkpoint was saved: Resume continues it)" if saved else
                     "stopped before its first step, saving nothing ("
                     + ("Resume continues from the last checkpoint)" if earlier else "Start begins it again)"))
