@@ -163,8 +163,10 @@ def onetrainer_recipe(path: Path) -> tuple[bool, str] | None:
 def is_own_toml(path: Path) -> bool:
     """Whether a --config is lowvram's own TOML (not kohya's, whose translation sets kohya's defaults too, nor
     another trainer's JSON)."""
+    if Path(path).suffix.lower() in (".json", ".yaml", ".yml", ".env", ".safetensors") or is_launcher(Path(path)):
+        return False  # (as read_config tells them apart: any other file is read as TOML)
     try:
-        return Path(path).suffix.lower() == ".toml" and not is_kohya_config(tomllib.loads(config_text(path)))
+        return not is_kohya_config(tomllib.loads(config_text(path)))
     except (LowvramError, ValueError):  # (said where the file is read)
         return False
 
