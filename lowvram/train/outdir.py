@@ -478,7 +478,8 @@ def set_aside_later(checkpoints: list[tuple[int, Path]], resume: str, folder: Pa
             shutil.copy2(record, target / record.name)
     moved = (f"{len(later)} checkpoint(s) after {chosen.name}" + (f" and {len(saves)} save(s) and sample(s)"
              if saves else "")) if later else f"{len(saves)} save(s) and sample(s) after {chosen.name}"
-    broken = f"[yellow]warning: {'; '.join(unreadable)}: resuming from an earlier one[/]; " if unreadable else ""
+    broken = (f"[yellow]warning: {'; '.join(unreadable)}: resuming from an earlier one[/]; "
+              if unreadable and not end_decided else "")  # (decided in the run, whose resume said them)
     return f"{broken}moved {moved}, of the branch this run leaves, to {target}"
 
 
