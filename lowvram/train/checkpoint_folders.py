@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from lowvram.errors import Refused
+from lowvram.lora_header import read_header
 from lowvram.run_files import CHECKPOINTS
 from lowvram.train.identity import differences, same_run
 
@@ -49,14 +50,14 @@ EMA_PART = "ema.safetensors"  # with --ema
 
 
 def problem(path: Path) -> str | None:
-    """Why a checkpoint folder cannot be resumed from (a part truncated, missing or unreadable), or None."""
-    from safetensors.torch import load_file
-
+    """Why a checkpoint folder cannot be resumed from (a part truncated, missing or unreadable), or None. Each
+    part's header is checked as the safetensors library checks it, its size against the tensors it lists: what
+    loading it would find wrong, without reading the tensors (the resume, and the claim before it, ask)."""
     part = "state.json"
     try:
         json.loads((path / part).read_text())
         for part in PARTS + ((EMA_PART,) if (path / EMA_PART).exists() else ()):
-            load_file(str(path / part))
+            read_header(path / part)
     except Exception as exc:  # noqa: BLE001 - whatever broke it, the checkpoint is unusable
         return f"{part}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
     return None
