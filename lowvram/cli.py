@@ -310,7 +310,7 @@ def _kept_on_interrupt(config, started: float) -> str:
     """What a run stopped at once (a second Ctrl-C, during its save) left to continue from: its newest whole
     checkpoint, of this run (written since it started, or the one it resumed)."""
     from lowvram.train import checkpoint_folders
-    from lowvram.train.outdir import options_path
+    from lowvram.train.outdir import continue_line, options_path
 
     if config is None:
         return ""
@@ -318,8 +318,7 @@ def _kept_on_interrupt(config, started: float) -> str:
     options = options_path(config.output_dir, config.output_name)
     if newest is None or not options.is_file() or not (config.training.resume or newest.stat().st_mtime >= started):
         return ""
-    return (f"; kept: checkpoint {newest.name}; continue with: "
-            f"{shell_line('lowvram', 'train', '--config', options, '--resume', 'auto')}")
+    return f"; kept: checkpoint {newest.name}; continue with: {continue_line(config.output_dir, config.output_name)}"
 
 
 def main(argv: list[str] | None = None) -> int:

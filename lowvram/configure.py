@@ -29,6 +29,7 @@ from lowvram.config import (
     SECTIONS,
     SOURCE_LISTS,
     RunConfig,
+    as_flag_words,
     fields_by_name,
     flag_name,
 )
@@ -386,14 +387,6 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
     return layered
 
 
-def _as_given(name: str, value: Any) -> str:
-    """An option as its flag gives it: `--no-bucket` for bucket off, `--rank 8` for a value."""
-    flag = flag_name(fields_by_name()[name][1])
-    if isinstance(value, bool):
-        return flag if value else "--no-" + flag.removeprefix("--")
-    return f"{flag} {value}"
-
-
 def _holds_out(given: Collection[str]) -> bool:
     """Whether the command line holds images out for validation itself: a split, a folder, or a --data dataset
     file that has either (`given`: the flags with their values, or their names alone)."""
@@ -447,7 +440,7 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
     assumed = {ASSUMED: {name: (value, f"{data}: {note}") for name, (value, note) in dataset.assumed.items()}
                } if dataset.assumed else {}
     if not dataset_wins:
-        notes += [f"{_as_given(name, layer[name])} from {source} replaces its setting "
+        notes += [f"{' '.join(as_flag_words({name: layer[name]}))} from {source} replaces its setting "
                   f"({'on' if value is True else 'off' if value is False else value})"
                   if layer[name] is not None else f"{flag_name(fields_by_name()[name][1])} {value} is not used: "
                   f"{source} turns it off" for name, value in values.items() if name in layer and layer[name] != value]

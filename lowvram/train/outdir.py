@@ -86,6 +86,11 @@ def saved_options(config: RunConfig) -> dict[str, dict]:
     return options
 
 
+def continue_line(folder: Path, name: str, launch: tuple = ("lowvram",)) -> str:
+    """The command that continues the run in `folder` from its newest checkpoint."""
+    return shell_line(*launch, "train", "--config", options_path(folder, name), "--resume", "auto")
+
+
 def options_path(folder: Path, name: str) -> Path:
     """Where the run's options are written, and what its 'continue with' line names: `<name>.toml`, unless a file
     there is not one lowvram wrote (the user's own config, kept; or an older lowvram's, from before the header),
@@ -520,8 +525,7 @@ def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
         return LowvramError(f"{exc.reason}; kept: {', '.join(kept)}, the run's last step, whole; to train it on, "
                             f"{exc.remedy}, then {train_on_from(exc.finished)}")
     if newest:
-        then = "continue with: " + shell_line("lowvram", "train", "--config", options_path(folder, name), "--resume",
-                                              "auto")
+        then = "continue with: " + continue_line(folder, name)
     elif (folder / final_lora(name)).exists():  # the LoRA the user trained for is whole: it is the way on
         then = train_on_from(folder / final_lora(name))
     elif _earlier_loras(folder, read_record(folder)):  # a new start refuses these saves without --overwrite

@@ -378,7 +378,7 @@ def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, sched
     # a checkpoint resumes only with as many processes as wrote it
     launch = (["accelerate", "launch", "--multi_gpu", "--num_processes", session.world, "-m", "lowvram"]
               if session.world > 1 else ["lowvram"])
-    then = shell_line(*launch, "train", "--config", outdir.options_path(out_dir, name), "--resume", "auto")
+    then = outdir.continue_line(out_dir, name, launch)
     return TrainingInterrupted(f"interrupted at step {step} of {schedule.total_steps}: saved {usable} and the "
                                f"checkpoint {saved}; continue with: {then}")
 
