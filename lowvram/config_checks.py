@@ -46,7 +46,7 @@ from lowvram.option_values import (
 )
 from lowvram.output_checks import cache_problems, output_problems
 from lowvram.prompts import options_elsewhere, read_prompt_file
-from lowvram.run_files import lora_in_folder
+from lowvram.run_files import CHECKPOINTS, lora_in_folder, written_checkpoints
 from lowvram.timesteps import timestep_problem
 
 
@@ -174,8 +174,10 @@ def _file_problems(c: RunConfig) -> list[str]:
         found = "not a lowvram checkpoint folder (no state.json)" if Path(c.training.resume).exists() else "not found"
         lora = (" (to train a LoRA file further, pass it as --network-weights)"
                 if Path(c.training.resume).suffix.lower() == ".safetensors" else "")
-        p.append(f"--resume: {c.training.resume}: {found}; pass a checkpoint folder (<output>/checkpoints/step-N), "
-                 f"or --resume auto for the output folder's newest{lora}")
+        theirs = [path.name for _, path in written_checkpoints(c.output_dir / CHECKPOINTS)]
+        there = f"; {c.output_dir / CHECKPOINTS} holds {', '.join(theirs[-3:])}" if theirs else ""
+        p.append(f"--resume: {c.training.resume}: {found}; pass a checkpoint folder (<output>/checkpoints/step-N"
+                 f"{there}), or --resume auto for the output folder's newest{lora}")
     reg = Path(c.data.reg_data) if c.data.reg_data is not None else None
     if reg is not None and is_dataset_file(str(reg)):  # (was "folder not found: ds.toml (did you mean ds.toml?)")
         p.append(f"--reg-data: {reg} is a dataset file; its is_reg subsets are the class images: pass it as --data "

@@ -77,7 +77,7 @@ from lowvram.other_trainers import (
     simpletuner_config_problem,
     yaml_or_env_problem,
 )
-from lowvram.run_files import RECORD
+from lowvram.run_files import RECORD, checkpoint_named
 from lowvram.run_folder_options import saved_run_options
 
 if sys.version_info >= (3, 11):
@@ -665,7 +665,7 @@ def build_config(values: dict[str, Any], writes: bool = True) -> RunConfig:
         section, f, _ = known[name]
         if name in sections[section] or name not in SOURCE_LISTS:  # (a list's default is made by its factory)
             sections[section][name] = _absolute_path(name, sections[section].get(name, f.default))
-    config = RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()})
+    config = _resume_in_output(RunConfig(**{s: SECTIONS[s](**v) for s, v in sections.items()}))
     rejected = {line.split(":")[0] for line in problems}
     problems += [line for line in config_problems(config, writes) if line.split(":")[0] not in rejected]
     if sections["memory"].get("gradient_checkpointing") is False and config.memory.checkpoint_blocks is not None:
@@ -674,6 +674,17 @@ def build_config(values: dict[str, Any], writes: bool = True) -> RunConfig:
     if problems:
         raise LowvramError("\n".join(problems))
     return _resumed_name(config)
+
+
+def _resume_in_output(config: RunConfig) -> RunConfig:
+    """`--resume step-000020` (or `20`) names that checkpoint of the output folder, as a folder of that name
+    here would: the names `lowvram` prints are the output folder's, not paths from where the command runs."""
+    given = config.training.resume
+    if given in (None, "auto") or (Path(given) / "state.json").is_file() or re.search(r"[\\/]", given.strip("/\\")):
+        return config
+    found = checkpoint_named(config.output_dir, given)
+    return dataclasses.replace(config, training=dataclasses.replace(config.training, resume=str(found))) if found \
+        else config
 
 
 def _resumed_name(config: RunConfig) -> RunConfig:

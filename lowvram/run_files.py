@@ -50,8 +50,7 @@ def not_written_yet(lora: Path) -> str:
     name = runs_name(lora.parent)
     if name is None or lora.name != final_lora(name):
         return ""
-    steps = [int(path.name.removeprefix("step-")) for path in (lora.parent / CHECKPOINTS).glob("step-*")
-             if path.name.removeprefix("step-").isdigit()]
+    steps = [step for step, _ in written_checkpoints(lora.parent / CHECKPOINTS)]
     newest = f" (its newest checkpoint is step {max(steps)})" if steps else ""
     options = next((path for path in (lora.parent / f"{name}.run.toml", lora.parent / f"{name}.toml")
                     if is_options_file(path)), None)  # (written once the dataset is read: a run stopped before has
@@ -94,6 +93,27 @@ def copy_destination(copy_to: str, name: str) -> Path:
     folder = path.is_dir() or copy_to.endswith(("/", "\\")) or not path.suffix
     return path / final_lora(name) if folder else path
 
+
+
+def checkpoint_name(step: int) -> str:
+    """A checkpoint's folder in <output>/checkpoints."""
+    return f"step-{step:06d}"
+
+
+def written_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint in `root` whose state was written (its last part: a folder without it is
+    a write cut short), oldest first by step number (never by name: a name sorts wrongly past step 999999)."""
+    return sorted((int(path.name[5:]), path) for path in root.glob("step-*")
+                  if path.name[5:].isdigit() and (path / "state.json").is_file())
+
+
+def checkpoint_named(output_dir: Path, name: str) -> Path | None:
+    """The output folder's checkpoint that `--resume step-000020` (or `20`, or `step-20`) names, as lowvram prints
+    them; None where it has none of that step."""
+    wanted = name.strip("/\\").removeprefix("step-")
+    found = [path for step, path in written_checkpoints(output_dir / CHECKPOINTS) if wanted.isdigit()
+             and step == int(wanted)]
+    return found[0] if found else None
 
 
 def step_save(name: str, step: int) -> str:

@@ -349,6 +349,24 @@ def test_a_resume_folder_that_is_not_a_checkpoint_is_said_before_anything_loads(
             run_config(resume=str(given))
 
 
+def test_a_checkpoint_named_as_lowvram_prints_it_is_the_output_folders(tmp_path, monkeypatch):
+    """`--resume step-000002` (as the run printed it) from any folder is that checkpoint of --output, not a folder
+    of that name here; one it lacks names the ones it has."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    for step in (2, 4):
+        (out / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+        (out / "checkpoints" / f"step-{step:06d}" / "state.json").write_text("{}")
+    (out / "checkpoints" / "step-000006").mkdir()  # a write cut short: no state
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for given in ("step-000002", "2", "step-2/"):
+        assert run_config(output=str(out), resume=given).training.resume == str(out / "checkpoints" / "step-000002")
+    with pytest.raises(LowvramError, match=rf"^--resume: step-000006: not found; pass a checkpoint folder "
+                                           rf"\(<output>/checkpoints/step-N; {re.escape(str(out / 'checkpoints'))} "
+                                           r"holds step-000002, step-000004\), or --resume auto"):
+        run_config(output=str(out), resume="step-000006")
+
+
 def test_plain_mistakes_get_plain_words(images, tmp_path, capsys):
     with pytest.raises(LowvramError, match=r"^--max-steps: 'abc' is invalid: expected a whole number$"):
         run_config(max_steps="abc")

@@ -33,6 +33,7 @@ from lowvram.files import (
     plain_mode,
     shared_mode,
 )
+from lowvram.run_files import checkpoint_name
 from lowvram.train.checkpoint_folders import ADAPTERS, EMA_PART, complete
 from lowvram.train.identity import identity
 
@@ -78,7 +79,7 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    final = root / f"step-{position.step:06d}"
+    final = root / checkpoint_name(position.step)
     adapters = {f"{name}/{key}": value.detach().cpu().contiguous()
                 for name, module in modules.items() for key, value in get_peft_model_state_dict(module).items()}
     if not all(torch.isfinite(t).all() for t in adapters.values()):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lowvram.errors import Refused
 from lowvram.lora_header import read_header
-from lowvram.run_files import CHECKPOINTS
+from lowvram.run_files import CHECKPOINTS, written_checkpoints
 from lowvram.train.identity import differences, same_run
 
 
@@ -18,16 +18,10 @@ def checkpoint_root(output_dir: Path) -> Path:
 
 
 def complete(root: Path, run_recipe: dict | None = None) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint, oldest first by step number (never by name: a name sorts
-    wrongly past step 999999); only the run of `run_recipe`'s, if given (`identity.same_run`; checkpoints from
-    before run identities count as any run's). Temporary folders of interrupted writes are not complete."""
-    found = []
-    for path in root.glob("step-*"):
-        if not ((path / "state.json").is_file() and path.name[5:].isdigit()):
-            continue
-        if run_recipe is None or not (theirs := run_of(path)) or same_run(theirs, run_recipe):
-            found.append((int(path.name[5:]), path))
-    return sorted(found)
+    """`run_files.written_checkpoints`, only the run of `run_recipe`'s, if given (`identity.same_run`; checkpoints
+    from before run identities count as any run's)."""
+    return [(step, path) for step, path in written_checkpoints(root)
+            if run_recipe is None or not (theirs := run_of(path)) or same_run(theirs, run_recipe)]
 
 
 def run_of(path: Path) -> dict:
