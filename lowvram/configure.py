@@ -55,7 +55,7 @@ from lowvram.files import (
 from lowvram.kohya_config import NO_BUCKETS, NO_CAPTION_EXTENSION, flat_config, is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.kohya_launcher import is_launcher, launcher_config
-from lowvram.kohya_names import kohya_hint
+from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS, kohya_hint, single_flag
 from lowvram.lora_header import read_header, with_network_weights
 from lowvram.lora_metadata import RECIPE_KEY
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
@@ -285,7 +285,7 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", r
             problems.append(f"{path}: {section} belongs in a table: write it under [{known[section][0]}]")
             continue
         if not isinstance(table, dict):  # (a key of no option: what it may have meant, as for one in a table)
-            hint = _other_tools_key(section, known) or _did_you_mean(section, list(known))
+            hint = _other_tools_key(section, known) or _closest_key(section, known)
             problems.append(f"{path}: unknown key '{section}' outside any [section]{hint}")
             continue
         if section not in SECTIONS:
@@ -295,7 +295,7 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", r
         for key, value in table.items():
             if key not in known or known[key][0] != section:
                 where = (f" (it belongs in [{known[key][0]}])" if key in known else _other_tools_key(key, known)
-                         or _did_you_mean(key, list(known)))
+                         or _closest_key(key, known, section))
                 problems.append(f"{path}: unknown key '{key}' in [{section}]{where}")
                 continue
             values[key] = value
@@ -315,11 +315,11 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", r
             values[key] = str(base / value)
     values = saved_run_options(values, Path(path), text, given)
     kept = _unreplaced(values, given)
-    if problems:  # with them, every value of the file that is wrong: one pass shows all there is to fix
-        problems += [f"{path}: {line}" for line in _file_value_problems(kept)]
-    else:  # a value of the wrong type or choice is named with its file (the flag alone sends the user to the
-        # command line); checks across options wait for every layer (a flag may settle them)
-        problems = [f"{path}: {line}" for line in _parsed_values(kept)[1]]
+    if problems or _parsed_values(kept)[1]:  # with them, every value of the file that is wrong: one pass shows all
+        # there is to fix (but for checks a flag given may settle: those wait for every layer)
+        flags = [flag_name(field) for name, (_, field, _) in fields_by_name().items() if name in given]
+        problems += [f"{path}: {line}" for line in _file_value_problems(kept)
+                     if not any(re.search(rf"{re.escape(flag)}\b", line) for flag in flags)]
     if problems:
         raise LowvramError("\n".join(problems))
     return with_dataset_settings(_spelled(kept), str(path))
@@ -568,6 +568,18 @@ def _other_tools_key(key: str, known: dict) -> str:
     ours = re.sub(r"--([a-z][a-z0-9-]*)", lambda flag: (f"{name} in [{known[name][0]}]" if (
         name := flag.group(1).replace("-", "_")) in known else flag.group(0)), said.group(3))
     return f" ({key} is {said.group(1)} name; {said.group(2)} {ours})"
+
+
+def _closest_key(key: str, known: dict, section: str | None = None) -> str:
+    """' (did you mean 'rank'?)' for a typo of a key, or of another trainer's name for one (learnign_rate: lr), as
+    the command line answers --learnign_rate; with its table where that is not `section`."""
+    theirs = {name.lstrip("-"): flag[2:].replace("-", "_") for name, ours in (KOHYA_FLAGS | OTHER_TRAINER_FLAGS).items()
+              if (flag := single_flag(ours)) and flag[2:].replace("-", "_") in known}
+    close = difflib.get_close_matches(key, list(known) + list(theirs), n=1)
+    if not close:
+        return ""
+    ours = close[0] if close[0] in known else theirs[close[0]]
+    return f" (did you mean '{ours}'{'' if known[ours][0] == section else f' in [{known[ours][0]}]'}?)"
 
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:

@@ -55,11 +55,15 @@ def test_a_flag_replaces_the_files_answer_to_the_same_question(tmp_path, sample_
 
 def test_unknown_toml_key_is_named_with_its_section(tmp_path):
     config_file = tmp_path / "run.toml"
-    config_file.write_text("[network]\nrank = 8\nrnak = 4\nlr = 1e-4\nnetwork_alpha = 4\n")
+    config_file.write_text("[network]\nrank = 8\nrnak = 4\nlr = 1e-4\nnetwork_alpha = 4\n[optim]\nlearnign_rate = 1\n"
+                           "rnak = 4\n")
     with pytest.raises(LowvramError) as err:
         read_toml(config_file)
     message = str(err.value)
-    assert "unknown key 'rnak' in [network]" in message and "did you mean 'rank'" in message
+    assert "unknown key 'rnak' in [network] (did you mean 'rank'?)" in message
+    assert "unknown key 'rnak' in [optim] (did you mean 'rank' in [network]?)" in message
+    # a typo of kohya's name, as --learnign_rate on the command line (it had no hint)
+    assert "unknown key 'learnign_rate' in [optim] (did you mean 'lr'?)" in message
     assert "'lr' in [network] (it belongs in [optim])" in message
     # kohya's name for it, as the command line answers --network_alpha ("did you mean 'network'?" it said)
     assert "'network_alpha' in [network] (network_alpha is kohya's name; lowvram's is alpha in [network])" in message
@@ -74,7 +78,8 @@ def test_unknown_section_is_an_error(tmp_path):
     with pytest.raises(LowvramError) as err:
         read_toml(config_file)
     assert "unknown key 'linear_alpha' outside any [section] (linear_alpha is ai-toolkit's name" in str(err.value)
-    assert "unknown key 'rnak' outside any [section] (did you mean 'rank'?)" in str(err.value)  # (a "section" before)
+    # (a "section" before; and its table, where it goes)
+    assert "unknown key 'rnak' outside any [section] (did you mean 'rank' in [network]?)" in str(err.value)
 
 
 def test_every_problem_is_reported_at_once():
@@ -87,6 +92,22 @@ def test_every_problem_is_reported_at_once():
     assert "--data: folder not found: /no/such/folder" in lines
     assert "--lr: must be > 0, got -1.0" in lines
     assert "--max-steps and --epochs: can't use both; choose one" in lines
+
+
+def test_a_files_wrong_type_and_wrong_range_are_said_together_but_not_what_a_flag_settles(tmp_path):
+    """One pass shows every value of a file to mend (the range waited for the type to be mended); a check about a
+    flag given on the command line waits for it."""
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('[network]\nrank = "abc"\n[training]\nmax_steps = -3\n[optim]\ntext_encoder_lr = 1e-5\n')
+    with pytest.raises(LowvramError) as err:
+        read_toml(config_file)
+    lines = str(err.value).splitlines()
+    assert f"{config_file}: --rank: 'abc' is invalid: expected a whole number" in lines
+    assert f"{config_file}: --max-steps: must be > 0, got -3" in lines
+    assert any("--text-encoder-lr: " in line and "--train-text-encoder" in line for line in lines)
+    with pytest.raises(LowvramError) as err:
+        read_toml(config_file, given=("train_text_encoder",))
+    assert len(str(err.value).splitlines()) == 2 and "--text-encoder-lr" not in str(err.value)
 
 
 def test_text_encoder_lr_without_training_the_text_encoder_is_refused():
