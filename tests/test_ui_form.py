@@ -387,6 +387,9 @@ def test_the_forms_values_are_the_options_a_user_typed(tmp_path):
     fields = {f.name: f for f in form_fields()}
     assert fields["rank"].from_form(4.0) == 4 and type(fields["rank"].from_form(4.0)) is int
     assert fields["sample_prompts"].from_form("a cat\n\n   a dog  \n") == ("a cat", "a dog")
+    typed_letters = form_values(list(fields.values()), {"model": "tiny", "data": "sample", "rank": None})  # (letters)
+    with pytest.raises(LowvramError, match="^--rank: .. is invalid: expected a whole number$"):
+        build_config(option_values(list(fields.values()), typed_letters))  # (it trained at the default rank)
     broken = tmp_path / "dataset.toml"
     broken.write_text("[[datasets]\n")
     shown = form_values(list(fields.values()), {"data": str(broken), "rank": 8})

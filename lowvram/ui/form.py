@@ -72,8 +72,8 @@ class FormField:
         if self.base in (int, float):
             if isinstance(shown, str):  # an optional number's text box: the config reads (and checks) the text
                 return shown.strip() or None
-            if shown is None:
-                return None
+            if shown is None:  # (a number box holding letters sends None: not the default, said as the CLI's --lr=)
+                return None if not self.required else ""
             return int(shown) if self.base is int and float(shown).is_integer() else shown
         text = "" if shown is None else str(shown).strip()
         return text or None
