@@ -287,9 +287,9 @@ def simpletuner_backends_problem(path: Path, doc: list, flag: str) -> str:
                  f"num_repeats = {repeats + 1})")
     hint += (f"; its regularisation images (the base model's prediction their target, as there): --reg-data "
              f"{shlex.quote(str(regularization[0]['instance_data_dir']))} --prior-prediction" if regularization else "")
+    others = ", ".join(shlex.quote(str(entry["instance_data_dir"])) for entry in training[1:])
     return (f"{flag}: {path} is a SimpleTuner data backend config, {ISNT_READ}{hint}"
-            + (f" ({len(training)} folders: a kohya dataset .toml as --data holds several)" if len(training) > 1
-               else ""))
+            + (f" (and {others}: a kohya dataset .toml as --data holds several folders)" if others else ""))
 
 
 def yaml_or_env_problem(path: Path, text: str) -> str:

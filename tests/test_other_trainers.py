@@ -205,9 +205,11 @@ def test_simpletuners_data_backends_name_their_image_folder_not_onetrainers_conc
         {"id": "reg", "type": "local", "instance_data_dir": "/data/reg", "is_regularisation_data": True},
         {"id": "old", "type": "local", "instance_data_dir": "/data/old", "disabled": True},
         {"id": "me", "type": "local", "instance_data_dir": "/data/me", "repeats": 2,
-         "caption_strategy": "instanceprompt", "instance_prompt": "ohwx person"}, BACKENDS[1]]))
+         "caption_strategy": "instanceprompt", "instance_prompt": "ohwx person"}, BACKENDS[1],
+        {"id": "style", "type": "local", "instance_data_dir": "/data/my style"}]))
     line = refusal(capsys, ["train", "--config", str(path)])
     assert line.endswith("give its image folder as --data /data/me and --caption-template 'ohwx person', its instance "
                          "prompt; its repeats 2 are 3 passes an epoch (a kohya 3_name folder, or num_repeats = 3); its "
                          "regularisation images (the base model's prediction their target, as there): --reg-data "
-                         "/data/reg --prior-prediction"), line
+                         "/data/reg --prior-prediction (and '/data/my style': a kohya dataset .toml as --data holds "
+                         "several folders)"), line  # (the second training folder went unnamed: "2 folders")
