@@ -281,7 +281,8 @@ def local_path(given: str, config_file: Path, levels: int = 1) -> Path:
         return expand_home(other)
     if path.is_absolute() or path.exists():
         return path
-    bases = [config_file.parents[level] for level in range(min(levels, len(config_file.parents)))]
+    parents = absolute_path(config_file).parents  # (a config given as its name alone has only "." above it)
+    bases = [parents[level] for level in range(min(levels, len(parents)))]
     found = next((base / path for base in bases if (base / path).exists()), None)
     if found is None and (other := slashed(given)):
         found = local_path(other, config_file, levels)

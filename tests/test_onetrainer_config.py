@@ -363,6 +363,10 @@ def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetraine
     values, _ = translate_onetrainer(preset, path)
     assert values["data"] == str(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json")
     assert values["sample_prompts"][0].startswith("lvshape, a red circle")
+    monkeypatch.chdir(path.parent)  # the preset given by its name alone, from its own folder (a note said the
+    values, _ = translate_onetrainer(preset, Path(path.name))  # concepts were in none of the folders they were in)
+    assert values["data"] == str(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json")
+    assert values["sample_prompts"][0].startswith("lvshape, a red circle")
     for default in ("training_samples/samples.json", "training_concepts/concepts.json"):
         (tmp_path / "OneTrainer" / default).unlink()  # OneTrainer's own defaults, missing: --data gives the images
     monkeypatch.chdir(tmp_path)
