@@ -318,7 +318,9 @@ def _kept_on_interrupt(config, started: float) -> str:
     options = options_path(config.output_dir, config.output_name)
     if newest is None or not options.is_file() or not (config.training.resume or newest.stat().st_mtime >= started):
         return ""
-    return f"; kept: checkpoint {newest.name}; continue with: {continue_line(config.output_dir, config.output_name)}"
+    processes = int(os.environ.get("WORLD_SIZE") or 1)  # (accelerate launch's)
+    return (f"; kept: checkpoint {newest.name}; continue with: "
+            f"{continue_line(config.output_dir, config.output_name, processes)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 if unwritable(config.output_dir):
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")
-                from lowvram.train.outdir import FolderLock, copy_problem, existing_lora_problem
+                from lowvram.train.outdir import FolderLock, copy_problem, existing_lora_problem, processes_problem
 
                 # a lock there (a run going on, another machine's going stale, or under accelerate launch the main
                 # process's own): the run waits for it or names it first; the run checks the whole folder again
@@ -366,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                     taken = existing_lora_problem(config) or copy_problem(config)
                     if taken:
                         raise LowvramError(taken)
+                if other := processes_problem(config, int(os.environ.get("WORLD_SIZE") or 1)):
+                    raise LowvramError(other)
             echo = False  # what follows may differ per process (its GPU, its share of the work)
             with stop_signals_interrupt(), output_may_close():
                 with remembered_interrupt() as interrupted:
@@ -432,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lowvram {args.command}: {said}{line}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
-        print(f"lowvram {args.command}: interrupted{_kept_on_interrupt(config, started)}", file=sys.stderr)
+        if not another_process():  # (every process gets the launcher's signal: the main one says it)
+            print(f"lowvram {args.command}: interrupted{_kept_on_interrupt(config, started)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `lowvram plan --json | head`: the reader took what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again

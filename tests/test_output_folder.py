@@ -42,6 +42,13 @@ def test_a_run_stopped_at_once_names_the_checkpoint_it_left_and_the_command_that
                  "--checkpoint-every", "1", "--output", str(tmp_path)]) == 130
     assert (f"lowvram train: interrupted; kept: checkpoint step-000002; continue with: lowvram train --config "
             f"{tmp_path / tmp_path.name}.toml --resume auto") in capsys.readouterr().err
+    # under accelerate launch: the launch that resumes it, with as many processes (it said plain lowvram train)
+    from lowvram.cli import _kept_on_interrupt
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _kept_on_interrupt(run_config(output=str(tmp_path), resume="auto"), 0).endswith(
+        f"continue with: accelerate launch --multi_gpu --num_processes 2 -m lowvram train --config "
+        f"{tmp_path / tmp_path.name}.toml --resume auto")
 
 
 def interrupted(config, after_steps: int = 3) -> int:

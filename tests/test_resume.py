@@ -18,6 +18,7 @@ from conftest import run_config
 from preloaded import Run, run
 from safetensors.torch import load_file, save_file
 
+from lowvram.cli import main
 from lowvram.errors import LowvramError, TrainingDiverged
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import RECIPE_KEY
@@ -222,6 +223,30 @@ def test_nan_losses_are_skipped_and_never_saved(tmp_path, monkeypatch, capsys):
     state.write_text(json.dumps(json.loads(state.read_text()) | {"smoothed_loss": float("nan")}))
     resumed = train(run_config(output=str(tmp_path / "late"), max_steps=6, checkpoint_every=2, resume="auto"))
     assert math.isfinite(resumed.final_loss)
+
+
+def test_a_checkpoint_of_another_process_count_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """A checkpoint two processes wrote, resumed by one (and one process's under accelerate launch of two): said
+    at once, with the launch that resumes it and the way to start anew from its LoRA (it was said after the model
+    loaded and the caches filled)."""
+    folder = tmp_path / "checkpoints" / "step-000002"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text("{}")
+    for part in ("adapters", "optimizer"):
+        save_file({"unet/x": torch.zeros(1)}, folder / f"{part}.safetensors")
+    save_file({f"{rank}/torch": torch.zeros(1, dtype=torch.uint8) for rank in ("0", "1")}, folder / "rng.safetensors")
+    argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path), "--resume", "auto"]
+    assert main(argv) == 2
+    said = capsys.readouterr().err
+    assert said.startswith(f"lowvram train: error: --resume: {folder} was saved by a run of 2 process(es), this one "
+                           "has 1; resume it with as many (accelerate launch --multi_gpu --num_processes 2 -m lowvram "
+                           "train), or start anew from a LoRA the run saved (--network-weights FILE and another "
+                           "--output; its optimizer state starts over)"), said
+    assert "loading" not in said and "cach" not in said
+    save_file({"0/torch": torch.zeros(1, dtype=torch.uint8)}, folder / "rng.safetensors")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([*argv[:-2], "--resume", str(folder)]) == 2
+    assert "this one has 2; resume it with as many (lowvram train, without accelerate launch)" in capsys.readouterr().err
 
 
 def test_resume_auto_without_a_checkpoint_starts_the_run_and_says_so(tmp_path, capsys):

@@ -34,7 +34,7 @@ from lowvram.files import (
     shared_mode,
 )
 from lowvram.run_files import checkpoint_name
-from lowvram.train.checkpoint_folders import ADAPTERS, EMA_PART, complete
+from lowvram.train.checkpoint_folders import ADAPTERS, EMA_PART, complete, processes_refusal
 from lowvram.train.identity import identity
 
 FORMAT = 2  # 2: RNG states per process
@@ -154,10 +154,7 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     # reads the same file, so every one stops here, before any step)
     saved_by = len({name.split("/")[0] for name in rng})
     if saved_by != accelerator.num_processes:
-        how = (f"accelerate launch --multi_gpu --num_processes {saved_by} -m lowvram train" if saved_by > 1
-               else "lowvram train, without accelerate launch")
-        raise Refused(f"--resume: {path} was saved by a run of {saved_by} process(es), this one has "
-                           f"{accelerator.num_processes}; resume it with as many ({how}), or start anew")
+        raise Refused(processes_refusal(path, saved_by, accelerator.num_processes))
     adapters = load_file(str(path / ADAPTERS))
     for name, module in modules.items():
         prefix = f"{name}/"

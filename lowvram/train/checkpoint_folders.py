@@ -43,6 +43,24 @@ PARTS = (ADAPTERS, "optimizer.safetensors", "rng.safetensors")
 EMA_PART = "ema.safetensors"  # with --ema
 
 
+def processes_of(path: Path) -> int | None:
+    """How many processes wrote a checkpoint (each keeps its random states and share of the data in it), None
+    where that is unreadable."""
+    try:
+        return len({name.split("/")[0] for name in read_header(path / "rng.safetensors")[1]}) or None
+    except (OSError, ValueError):
+        return None
+
+
+def processes_refusal(path: Path, saved_by: int, processes: int) -> str:
+    """Why a checkpoint of `saved_by` processes does not resume in a run of `processes`, and the ways on."""
+    how = (f"accelerate launch --multi_gpu --num_processes {saved_by} -m lowvram train" if saved_by > 1
+           else "lowvram train, without accelerate launch")
+    return (f"--resume: {path} was saved by a run of {saved_by} process(es), this one has {processes}; resume it with "
+            f"as many ({how}), or start anew from a LoRA the run saved (--network-weights FILE and another --output; "
+            "its optimizer state starts over)")
+
+
 def problem(path: Path) -> str | None:
     """Why a checkpoint folder cannot be resumed from (a part truncated, missing or unreadable), or None. Each
     part's header is checked as the safetensors library checks it, its size against the tensors it lists: what

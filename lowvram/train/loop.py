@@ -98,7 +98,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         try:
             return run_training(session)
         except DiskFull as exc:  # the newest checkpoint and LoRA are whole: say so, and how to go on
-            failure = outdir.out_of_room(session.run, exc)
+            failure = outdir.out_of_room(session.run, exc, session.world)
             if session.main and not session.logging:
                 log_early_end(session.out_dir, exc)
             raise failure from None

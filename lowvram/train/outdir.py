@@ -86,8 +86,11 @@ def saved_options(config: RunConfig) -> dict[str, dict]:
     return options
 
 
-def continue_line(folder: Path, name: str, launch: tuple = ("lowvram",)) -> str:
-    """The command that continues the run in `folder` from its newest checkpoint."""
+def continue_line(folder: Path, name: str, processes: int = 1) -> str:
+    """The command that continues the run in `folder` from its newest checkpoint: under accelerate's launcher with
+    as many `processes` as wrote it, which a checkpoint resumes only with."""
+    launch = ("accelerate", "launch", "--multi_gpu", "--num_processes", processes, "-m", "lowvram") if processes > 1 \
+        else ("lowvram",)
     return shell_line(*launch, "train", "--config", options_path(folder, name), "--resume", "auto")
 
 
@@ -204,6 +207,20 @@ def copy_problem(config) -> str | None:
         return (f"--copy-to: {copy} exists, and is not this run's LoRA; name another file (or --name), or pass "
                 f"--overwrite to replace it (it moves to {config.output_dir / ARCHIVE}/)")
     return None
+
+
+def processes_problem(config, processes: int) -> str | None:
+    """The line a resume stops at before the model loads where another number of processes wrote its checkpoint
+    (the run would refuse it after loading; for `auto`, the folder's newest readable one)."""
+    resume = config.training.resume
+    if not resume:
+        return None
+    root = checkpoint_folders.checkpoint_root(config.output_dir)
+    found = [path for _, path in checkpoint_folders.complete(root)] if resume == "auto" else [Path(resume)]
+    path = next((path for path in reversed(found) if checkpoint_folders.problem(path) is None), None)
+    saved_by = checkpoint_folders.processes_of(path) if path else None
+    return checkpoint_folders.processes_refusal(path, saved_by, processes) if saved_by not in (None, processes) \
+        else None
 
 
 def train_on_from(lora: Path) -> str:
@@ -515,7 +532,7 @@ def remove_leftovers(folder: Path) -> list[Path]:
     return removed
 
 
-def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
+def out_of_room(run: ResolvedRun, exc: DiskFull, processes: int = 1) -> LowvramError:
     """The one line a full disk ends a run with: what ran out, what was kept, and how to go on."""
     folder, name = run.config.output_dir, run.config.output_name
     newest = checkpoint_folders.latest(checkpoint_folders.checkpoint_root(folder), recipe(run))
@@ -525,7 +542,7 @@ def out_of_room(run: ResolvedRun, exc: DiskFull) -> LowvramError:
         return LowvramError(f"{exc.reason}; kept: {', '.join(kept)}, the run's last step, whole; to train it on, "
                             f"{exc.remedy}, then {train_on_from(exc.finished)}")
     if newest:
-        then = "continue with: " + continue_line(folder, name)
+        then = "continue with: " + continue_line(folder, name, processes)
     elif (folder / final_lora(name)).exists():  # the LoRA the user trained for is whole: it is the way on
         then = train_on_from(folder / final_lora(name))
     elif _earlier_loras(folder, read_record(folder)):  # a new start refuses these saves without --overwrite

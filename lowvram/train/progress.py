@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lowvram.console import leave_terminal
+from lowvram.console import another_process, leave_terminal
 from lowvram.files import PLAIN_LINE_SECONDS, redraws_in_place
 from lowvram.hardware import gib
 
@@ -82,7 +82,8 @@ class StopOnSignal:
         self.received = signum
         again = "press Ctrl-C again" if signum == signal.SIGINT else "send the same signal again"
         below_the_bar = "\n" if sys.stdout and sys.stdout.isatty() else ""  # (a terminal's bar is on the line)
-        print(f"{below_the_bar}{self.notice} ({again} to stop at once)", flush=True)
+        if not another_process():  # (each of accelerate launch's processes gets the signal: the main one says it)
+            print(f"{below_the_bar}{self.notice} ({again} to stop at once)", flush=True)
 
     def __exit__(self, *exc) -> None:
         import signal

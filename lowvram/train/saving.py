@@ -375,10 +375,7 @@ def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, sched
     saved = kept.get("checkpoint") or save_checkpoint(session, trainee, dataset, position)
     if not session.main:  # the main process says it, once
         return TrainingInterrupted("")
-    # a checkpoint resumes only with as many processes as wrote it
-    launch = (["accelerate", "launch", "--multi_gpu", "--num_processes", session.world, "-m", "lowvram"]
-              if session.world > 1 else ["lowvram"])
-    then = outdir.continue_line(out_dir, name, launch)
+    then = outdir.continue_line(out_dir, name, session.world)
     return TrainingInterrupted(f"interrupted at step {step} of {schedule.total_steps}: saved {usable} and the "
                                f"checkpoint {saved}; continue with: {then}")
 
