@@ -22,6 +22,9 @@ from lowvram.run_files import lora_in_folder
 # metadata the merged file keeps when every source agrees on it: what the LoRAs were trained for
 SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.prediction_type",
                    "modelspec.resolution", "ss_zero_terminal_snr")
+# what a file without them leaves unsaid (a kohya or Civitai file with no modelspec), not says otherwise (a file
+# without a prediction type or zero-SNR is of the usual kind): the files that say them agree on the merged file's
+SAID_BY_SOME = ("ss_base_model_version", "modelspec.architecture", "modelspec.resolution")
 
 
 def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dynamic: str | None = None,
@@ -155,9 +158,10 @@ def _metadata(read: list, output: Path, rank: int, dynamic: str | None, param: f
               shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
     """What the sources agree on, the merged network as kohya's svd_merge_lora writes it, and a modelspec block
     titled by the output's name that names the sources (where they say what model they are for)."""
-    metas = [meta for _, _, meta, _, _ in read]
-    shared = {key: metas[0][key] for key in SHARED_METADATA
-              if key in metas[0] and all(meta.get(key) == metas[0][key] for meta in metas)}
+    said = {key: [meta.get(key) for _, _, meta, _, _ in read if key in meta or key not in SAID_BY_SOME]
+            for key in SHARED_METADATA}
+    shared = {key: values[0] for key, values in said.items() if values and values[0] is not None
+              and values.count(values[0]) == len(values)}
     dim = str(after[0]) if len(set(after)) == 1 and not dynamic else "Dynamic"
     how = f"{dynamic} {param:g}, at most rank {rank}" if dynamic else f"rank {rank}"
     parts = ", ".join(f"{path.name} x{weight:g}" for path, weight, *_ in read)

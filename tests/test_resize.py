@@ -100,8 +100,12 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
     assert main(["resize", str(trained), "--rank", "8", "--output", str(same), "--save-precision", "fp32"]) == 0
     assert "rank 8 -> 8" in capsys.readouterr().out.replace("\n", " ")
     assert {tensor.dtype for tensor in load_file(str(same)).values()} == {torch.float32}  # the alphas too
-    assert main(["resize", str(trained), "--rank", "16", "--output", str(tmp_path / "x.safetensors")]) == 0
+    assert main(["resize", str(trained), "--rank", "8", "--output", str(tmp_path / "x.safetensors")]) == 0
     assert "nothing was cut: each layer was at that rank or below already" in capsys.readouterr().out
+    # a higher rank: refused (it wrote <name>-r16.safetensors, of rank 8)
+    assert main(["resize", str(trained), "--rank", "16"]) == 2 and not trained.with_name(f"{trained.stem}-r16.safetensors").exists()
+    assert (f"{trained}: every layer is at rank 8 or below already, so --rank 16 cuts nothing (resize lowers ranks, "
+            "never raises them); give a rank under 8") in capsys.readouterr().err
     argv = ["generate", "--model", "tiny", "--prompt", "lvshape, a red circle", "--steps", "3", "--seed", "1"]
     images = []
     for lora, name in ((trained, "original"), (same, "resized")):
@@ -114,6 +118,8 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
     meta = safe_open(str(dynamic), framework="pt").metadata()
     ranks = {t.shape[0] for k, t in load_file(str(dynamic)).items() if k.endswith("lora_down.weight")}
     assert len(ranks) > 1 and meta["ss_network_dim"] == "Dynamic"
+    assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_fro", "--dynamic-param", "0.9"]) == 0
+    assert trained.with_name(f"{trained.stem}-sv_fro0.9.safetensors").is_file()  # (named -r8, a fixed rank's name)
     ratio = tmp_path / "ratio.safetensors"  # a ratio above 1, unlike the shares the other rules keep
     assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_ratio", "--dynamic-param", "4",
                  "--output", str(ratio)]) == 0
@@ -222,6 +228,12 @@ def test_resized_and_merged_files_say_what_they_are_as_kohyas_scripts_write_it(t
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models", "modelspec.title": "merged",
         "modelspec.resolution": "1024x1024", "modelspec.merged_from": "First, second"}
     assert meta["modelspec.date"] and meta["ss_network_dim"] == "4" and "ss_zero_terminal_snr" not in meta
+    # a file of no modelspec (kohya's, Civitai's) leaves the other's model unsaid, not unknown (no modelspec at all)
+    save_file(load_file(sources[1]), sources[1], {"ss_network_module": "networks.lora", "ss_network_dim": "8"})
+    assert main(["merge", str(sources[0]), str(sources[1]), "--rank", "4", "--output", str(merged), "--overwrite"]) == 0
+    meta = assert_kohya_hashes(merged)
+    assert (meta["modelspec.architecture"], meta["ss_base_model_version"], meta["modelspec.merged_from"]) == (
+        "stable-diffusion-xl-v1-base/lora", "sdxl_base_v1-0", "First, second")
 
 
 @pytest.fixture(scope="module")
