@@ -14,6 +14,7 @@ its configs one below).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import math
@@ -177,6 +178,17 @@ def _migrated(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _misspelt(doc: dict[str, Any], problem) -> None:
+    """A key of no OneTrainer setting that is a typo of one the config leaves out (learning_rte): refused, naming
+    it (OneTrainer passes over a key it does not know, and its default, 100 times lower, trained)."""
+    known = READ | INERT | set(RENAMED) | {name for names in PART_SETTINGS.values() for name in names if name}
+    for key in sorted(set(doc) - known):
+        close = difflib.get_close_matches(key, sorted(known - set(doc) - set(RENAMED)), n=1, cutoff=0.85)
+        if close:
+            problem(key, f"no OneTrainer setting; did you mean {close[0]}? (as written, {close[0]} is left at "
+                         "OneTrainer's default)")
+
+
 def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes for the user) for a OneTrainer training config. Raises LowvramError, one line
     per setting, for each setting lowvram cannot train as OneTrainer would."""
@@ -194,6 +206,7 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
     # a LoRA trained further whose rank and alpha the config leaves out: the file's (OneTrainer's 16 and 1 were
     # taken, and the file refused for them, naming command-line flags a config does not have)
     files_own = [key for key in ("lora_rank", "lora_alpha") if doc.get("lora_model_name") and key not in doc]
+    _misspelt(doc, problem)
     doc = _with_defaults(_typed({RENAMED.get(key, key): value for key, value in doc.items()}, problem))
     if (_upper(doc, "model_type") or "").startswith("STABLE_DIFFUSION_XL") and not second_given and \
             doc["text_encoder_2"]["train"] and not doc["text_encoder"]["train"]:  # (an older config's, often)

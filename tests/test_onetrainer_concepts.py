@@ -100,6 +100,20 @@ def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_s
     assert all(r["more_captions"] == [["lvshape, a shape", None]] for r in beta)  # its second line, drawn in turn
 
 
+def test_a_random_hue_is_said_and_switches_no_other_colour_change_on(tmp_path, monkeypatch):
+    """Its strength turned on brightness, contrast and saturation jitter of that strength, never asked for."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    hue = {"enable_random_hue": True, "random_hue_max_strength": 0.1}
+    dataset = read_dataset(write(tmp_path / "concepts.json", [concept("imgs/alpha", image=hue)]))
+    assert dataset.values.get("color_jitter", 0.0) == 0.0
+    assert any("image.enable_random_hue: lowvram varies brightness, contrast and saturation, not hue" in note
+               for note in dataset.notes)
+    jitter = {"enable_random_contrast": True, "random_contrast_max_strength": 0.2}
+    assert read_dataset(write(tmp_path / "both.json", [concept("imgs/alpha", image=hue | jitter)])).values[
+        "color_jitter"] == 0.2
+
+
 def test_a_concepts_loss_weight_scales_its_images_loss(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)

@@ -376,6 +376,16 @@ def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetraine
             f"{path.parent}, {tmp_path / 'OneTrainer'}; the images come from --data") in notes
 
 
+def test_a_misspelt_setting_is_refused_naming_the_one_it_misspells(tmp_path):
+    """learning_rte trained at OneTrainer's default rate, 100 times lower, said only among settings not carried."""
+    doc = {key: value for key, value in CONFIG.items() if key not in ("learning_rate", "lora_rank")}
+    with pytest.raises(LowvramError) as error:
+        translate_onetrainer(doc | {"learning_rte": 3e-4, "lora_rnak": 32}, tmp_path / "ot.json")
+    assert str(error.value).splitlines() == [
+        f"{tmp_path / 'ot.json'}: {key}: no OneTrainer setting; did you mean {meant}? (as written, {meant} is left "
+        "at OneTrainer's default)" for key, meant in (("learning_rte", "learning_rate"), ("lora_rnak", "lora_rank"))]
+
+
 def test_continue_last_backup_is_resume_auto(tmp_path, monkeypatch):
     """OneTrainer's continue_last_backup goes on from its newest backup, else starts: --resume auto does both."""
     path = onetrainer_folder(tmp_path / "OneTrainer")

@@ -43,7 +43,7 @@ REFUSED = {
     "image.enable_random_mask_rotate_crop": "lowvram uses masks as drawn; turn it off",
     "text.caps_randomize_enable": "lowvram trains captions as written; turn it off",
 }
-JITTER_KINDS = ("brightness", "contrast", "saturation", "hue")
+JITTER_KINDS = ("brightness", "contrast", "saturation")  # lowvram's colour jitter (hue: not varied, said)
 
 
 def concepts_in(doc: Any) -> list | None:
