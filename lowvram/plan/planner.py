@@ -222,8 +222,10 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict, seen_only:
 
     found = []
     if fixed and (how := fits(work, f={})) is not None:
-        found.append(f"let the planner choose ({', '.join(f'--{k.replace(chr(95), chr(45))}' for k in fixed)} "
-                     f"rule out every strategy {'seen training ' * seen_only}that fits){how}")
+        given = ", ".join(f"--{'no-' * (value is False)}{name.replace('_', '-')}{'' if isinstance(value, bool) else f' {value}'}"
+                          for name, value in fixed.items())
+        found.append(f"leave {given} to the planner ({'it rules' if len(fixed) == 1 else 'they rule'} out every "
+                     f"strategy {'seen training ' * seen_only}that fits){how}")
     if work.batch > 1 and (how := fits(replace(work, batch=1))) is not None:
         found.append(f"--batch-size 1 (use --gradient-accumulation to keep the effective batch){how}")
     if work.train_text_encoder and (how := fits(replace(work, train_text_encoder=False))) is not None:
