@@ -77,6 +77,7 @@ from lowvram.other_trainers import (
     simpletuner_config_problem,
     yaml_or_env_problem,
 )
+from lowvram.prompts import is_prompt_list, prompt_list_problem
 from lowvram.run_files import RECORD, checkpoint_named
 from lowvram.run_folder_options import saved_run_options
 
@@ -119,6 +120,8 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     if is_kohya_gui_config(doc):
         values, notes = translate_gui(doc, Path(path), given if isinstance(given, Mapping) else None)
         return _translated(values, notes, Path(path), "a kohya_ss GUI config", True, given)
+    if is_prompt_list(doc):
+        raise LowvramError(prompt_list_problem(Path(path), "--config"))
     if is_dataset_document(doc):
         raise LowvramError(f"--config: {path} is JSON, not a TOML config; a dataset file (a kohya dataset config "
                            f"or a OneTrainer concepts file) is given as --data {path}")

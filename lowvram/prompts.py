@@ -15,6 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lowvram.files import text_of
 from lowvram.option_values import MAX_RESOLUTION
@@ -122,6 +123,19 @@ def options_elsewhere(line: str) -> list[str]:
     """The kohya options of a prompt line that samples here leave out, each as `--key (what it is)`."""
     keys = [part.partition(" ")[0].lower() for part in _option_parts(line)[1:]]
     return [f"--{key} ({ELSEWHERE[key]})" for key in dict.fromkeys(keys) if key in ELSEWHERE]
+
+
+def is_prompt_list(doc: Any) -> bool:
+    """Whether a JSON document is a list of sample prompts (OneTrainer's samples.json, kohya's prompt JSON): its
+    entries prompts or objects with a prompt, none with a concept's folder."""
+    return isinstance(doc, list) and bool(doc) and all(
+        isinstance(entry, str) or (isinstance(entry, dict) and "prompt" in entry and "path" not in entry)
+        for entry in doc)
+
+
+def prompt_list_problem(path: Path, flag: str) -> str:
+    return (f"{flag}: {path} is a list of sample prompts (OneTrainer's samples.json, kohya's prompt file), no "
+            f"{'dataset' if flag == '--data' else 'training config'}; give it as --sample-prompt-file {path}")
 
 
 def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:

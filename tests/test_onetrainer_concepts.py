@@ -245,6 +245,14 @@ def test_files_that_are_no_concepts_file_get_errors_naming_the_fix(tmp_path, mon
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
     assert main(["check-data", "other.json", "--model", "tiny"]) == 2
     assert "is neither a kohya dataset config" in capsys.readouterr().err
+    # OneTrainer's samples.json: a list of objects too (read as concepts, "no path"; sent to --data from --config)
+    (tmp_path / "samples.json").write_text(json.dumps([{"enabled": True, "prompt": "a cat", "cfg_scale": 7.0}]))
+    for argv, flag, kind in ((["check-data", "samples.json", "--model", "tiny"], "--data", "dataset"),
+                             (["train", "--model", "tiny", "--config", "samples.json"], "--config", "training config")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().endswith(
+            f"{flag}: samples.json is a list of sample prompts (OneTrainer's samples.json, kohya's prompt file), no "
+            f"{kind}; give it as --sample-prompt-file samples.json")
 
 
 def test_relative_folders_are_found_from_onetrainers_own_folder(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from lowvram.dataset_files.subsets import DatasetFile, Subset
 from lowvram.errors import LowvramError
 from lowvram.files import backslash_hint, not_found_hint, not_utf8, text_of
 from lowvram.other_trainers import is_simpletuner_backends, simpletuner_backends_problem
+from lowvram.prompts import is_prompt_list, prompt_list_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,6 +50,8 @@ def read_dataset(path: Path) -> DatasetFile:
     doc = _load(path)
     if is_simpletuner_backends(doc):  # (a JSON list, as OneTrainer's concepts are)
         raise LowvramError(simpletuner_backends_problem(path, doc, "--data"))
+    if is_prompt_list(doc):
+        raise LowvramError(prompt_list_problem(path, "--data"))
     concepts = concepts_in(doc)
     if concepts is not None:
         return read_concepts(concepts, path)

@@ -24,6 +24,7 @@ from lowvram.dataset_files.subsets import DatasetFile, Subset, settle
 from lowvram.errors import LowvramError
 from lowvram.files import local_path, not_found_hint, passed_over
 from lowvram.kohya_config import as_number
+from lowvram.prompts import is_prompt_list
 
 # a concept's own keys lowvram reads; the rest of its image and text settings are below
 CONCEPT_KEYS = {"name", "path", "enabled", "type", "validation_concept", "include_subdirectories", "balancing",
@@ -48,7 +49,7 @@ JITTER_KINDS = ("brightness", "contrast", "saturation")  # lowvram's colour jitt
 
 def concepts_in(doc: Any) -> list | None:
     """The concepts of a OneTrainer concepts file, or of a training config that holds them; None for other files."""
-    if isinstance(doc, list):
+    if isinstance(doc, list) and not is_prompt_list(doc):  # (a samples.json is a list of objects too)
         return doc
     if isinstance(doc, dict) and isinstance(doc.get("concepts"), list):
         return doc["concepts"]
