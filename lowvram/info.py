@@ -208,7 +208,7 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     what = (f"{model[0]}, not a LoRA (for train and generate, {model[1]})" if model
             else f"{info['network']}{base}, {info['modules']} modules, {shown}".rstrip(", "))
     if info["network"] == "unknown" and not info["checkpoint"]:  # (an embedding, a LyCORIS full file, ...)
-        what = f"no layers lowvram reads: {lora_header.no_layers_why(path)}"
+        what = f"no layers lowvram reads: {lora_header.no_layers_why(path, fix=False)}"
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     if info["trigger_words"]:  # (what ComfyUI's and AUTOMATIC1111's prompt needs, buried in the table otherwise)

@@ -319,12 +319,13 @@ def same_alpha(stored: float, wanted: float) -> bool:
     return abs(stored - wanted) <= 2**-8 * max(1.0, abs(wanted))
 
 
-def no_layers_why(path: Path) -> str:
-    """Why a file holds no layers lowvram's reader takes, in words: another layout of LoRA, or no LoRA at all."""
-    return no_layers_reason(list(read_header(path)[1]))
+def no_layers_why(path: Path, fix: bool = True) -> str:
+    """Why a file holds no layers lowvram's reader takes, in words: another layout of LoRA, or no LoRA at all (with
+    `fix`, for a file given where a LoRA goes: what to give instead)."""
+    return no_layers_reason(list(read_header(path)[1]), fix)
 
 
-def no_layers_reason(names: list[str]) -> str:
+def no_layers_reason(names: list[str], fix: bool = True) -> str:
     """`no_layers_why` of a file's tensor names."""
     if names and set(names) <= {"emb_params", "clip_l", "clip_g"}:  # (AUTOMATIC1111's, SDXL's two)
         return ("it is a textual-inversion embedding, not a LoRA: put it in ComfyUI's or AUTOMATIC1111's "
@@ -340,7 +341,7 @@ def no_layers_reason(names: list[str]) -> str:
                 "not of Stable Diffusion 1.5 or SDXL")
     if any(name.startswith("lora_unet.") for name in names):
         return "its layers are in OneTrainer's dotted naming; save it from OneTrainer in kohya's (lora_unet_...)"
-    return "no LoRA, DoRA, LoHa or LoKr layers: name a LoRA file (a model checkpoint is --model)"
+    return "no LoRA, DoRA, LoHa or LoKr layers" + ": name a LoRA file (a model checkpoint is --model)" * fix
 
 
 def network_weights_problem(network) -> str | None:

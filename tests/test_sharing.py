@@ -319,6 +319,10 @@ def test_info_counts_the_modules_of_a_diffusers_layout_lora_as_of_kohyas(tmp_pat
     assert main(["info", str(tmp_path / "flux.safetensors")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "flux.safetensors: no layers lowvram reads: it is a LoRA of another kind of model" in out, out
+    save_file({"a.weight": torch.zeros(4, 4)}, str(tmp_path / "other.safetensors"))  # (no advice for training: a
+    assert main(["info", str(tmp_path / "other.safetensors")]) == 0  # LoRA file given where a model goes)
+    assert "other.safetensors: no layers lowvram reads: no LoRA, DoRA, LoHa or LoKr layers, 16 parameters (F32)" in \
+        " ".join(capsys.readouterr().out.split())
 
 
 def test_strip_captions_leaves_the_trigger_and_no_private_caption_or_folder_name(tmp_path, capsys):
