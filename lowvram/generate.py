@@ -238,8 +238,10 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
     for flag in ("resolution", "width", "height"):
         value = getattr(args, flag)
         if value is not None and not (MIN_RESOLUTION <= value <= MAX_RESOLUTION and value % 8 == 0):
+            near = [side for side in (value // 8 * 8, value // 8 * 8 + 8) if MIN_RESOLUTION <= side <= MAX_RESOLUTION]
             problems.append(f"--{flag}: must be a multiple of 8 from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got "
-                            f"{value}")
+                            f"{value}" + (f" (give {' or '.join(map(str, near))}; a prompt's --w and --h are rounded "
+                                          "down, as kohya's)" if value % 8 and near else ""))
     for flag, value in (("--guidance:", args.guidance), ("--weight:", args.weight)):
         if value is not None and not math.isfinite(value):
             problems.append(f"{flag} must be a finite number, got {value}")

@@ -101,14 +101,18 @@ def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
     (["--resolution", "-64"], "--resolution: must be a multiple of 8 from 64 to 4096, got -64"),
     (["--resolution", "100000"], "--resolution: must be a multiple of 8 from 64 to 4096, got 100000"),
     (["--resolution", "0"], "--resolution: must be a multiple of 8 from 64 to 4096, got 0"),
-    (["--resolution", "65"], "--resolution: must be a multiple of 8 from 64 to 4096, got 65"),
+    (["--resolution", "65"], ("--resolution: must be a multiple of 8 from 64 to 4096, got 65 (give 64 or 72; a "
+                              "prompt's --w and --h are rounded down, as kohya's)")),
     (["--count", "0"], "--count: must be 1 or more, got 0"),
     (["--count", "-1"], "--count: must be 1 or more, got -1"),
     (["--guidance", "nan"], "--guidance: must be a finite number, got nan"),
     (["--weight", "nan"], "--weight: must be a finite number, got nan"),
     (["--weight", "inf"], "--weight: must be a finite number, got inf"),
     (["--weight", "0.5"], "--weight: sets the strength of --lora files, and none is given; add --lora FILE"),
-    (["--width", "100"], "--width: must be a multiple of 8 from 64 to 4096, got 100"),
+    (["--width", "100"], ("--width: must be a multiple of 8 from 64 to 4096, got 100 (give 96 or 104; a prompt's "
+                          "--w and --h are rounded down, as kohya's)")),  # (the prompt's --w 100 drew 96, unsaid)
+    (["--width", "4100"], ("--width: must be a multiple of 8 from 64 to 4096, got 4100 (give 4096; a prompt's --w "
+                          "and --h are rounded down, as kohya's)")),
     (["--height", "32"], "--height: must be a multiple of 8 from 64 to 4096, got 32"),
     (["--prompt", "  "], "--prompt: nothing to draw: the prompt is empty"),
     (["--prompt", "x --d 4294967295", "--count", "2"], ("--prompt: --d (seed): the 2 images' seeds 4294967295 to "
