@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,16 @@ PROMPT_EDITING = re.compile(r"(?<!\\)\[(?:[^\[\]():|]*:)?[^\[\]():|]*:\s*[+-]?\d
                             r"|(?<!\\)\[[^\[\]():|]*(?:\|[^\[\]():|]*)+\]")
 OTHER_NETWORK = re.compile(r"<(hypernet|embedding):[^>]*>", re.IGNORECASE)
 COMPOSABLE = re.compile(r"\bAND\b")
+
+
+def lora_tag_flag(tag: str) -> str:
+    """The --lora that loads what an AUTOMATIC1111 tag names (<lora:name:0.8>): its file here where it is, else by
+    the name, to be found in the LoRA folder."""
+    name, _, weight = tag.strip("<>").partition(":")[2].partition(":")
+    weight = weight.split(":")[0].strip() or "1"
+    file = Path(f"{name.strip()}.safetensors")
+    where = "" if file.is_file() else f" (the path of {file.name}: AUTOMATIC1111's models/Lora, ComfyUI's models/loras)"
+    return f"--lora {shlex.quote(str(file))}:{weight}{where}"
 
 
 def unread_syntax(prompt: SamplePrompt, lora_tag: str | None = None) -> list[str]:

@@ -229,13 +229,20 @@ def test_an_image_of_a_single_file_model_names_its_hash_as_automatic1111_does(tm
     assert said.endswith(f"Size: 64x64, Model hash: {file_short_hash(checkpoint)}, Model: myMix_v3"), said
 
 
-def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_training_samples(tmp_path, capsys):
+def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_training_samples(tmp_path, capsys,
+                                                                                               monkeypatch):
     """In generate the tag would reach CLIP as words and the image be drawn without the LoRA; a training sample's
-    (a kohya prompt file copied from A1111) stays words, as in kohya, beside the LoRA being trained."""
+    (a kohya prompt file copied from A1111) stays words, as in kohya, beside the LoRA being trained. The --lora
+    said names the tag's file and weight (its file where it is here)."""
+    monkeypatch.chdir(tmp_path)
     assert main([*BASE, "--prompt", "a cat <lora:style:0.8>", "--output", str(tmp_path / "x.png")]) == 2
-    assert capsys.readouterr().err.strip() == ("lowvram generate: error: --prompt: <lora:style:0.8> is AUTOMATIC1111's "
-                                               "way to load a LoRA, which a prompt here does not read: --lora "
-                                               "FILE:WEIGHT loads one")
+    assert capsys.readouterr().err.strip() == (
+        "lowvram generate: error: --prompt: <lora:style:0.8> is AUTOMATIC1111's way to load a LoRA, which a prompt "
+        "here does not read: --lora style.safetensors:0.8 (the path of style.safetensors: AUTOMATIC1111's "
+        "models/Lora, ComfyUI's models/loras) loads it")  # (it said "--lora FILE:WEIGHT loads one")
+    (tmp_path / "my style.safetensors").write_bytes(b"")
+    assert main([*BASE, "--prompt", "a cat <lora:my style>", "--output", str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err.strip().endswith("--lora 'my style.safetensors':1 loads it")
     assert run_config(sample_prompts=["a cat <lora:style:0.8>"]).samples[0].text == "a cat <lora:style:0.8>"
     # prompt editing, alternation and a hypernetwork: AUTOMATIC1111's, drawn here without them (as words)
     for prompt, said in (("[red:blue:0.5] circle", "[red:blue:0.5] is AUTOMATIC1111's prompt editing or alternation"),
