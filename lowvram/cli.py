@@ -36,7 +36,7 @@ from lowvram.configure import (
     with_preset_alpha,
     without_idle_kept_tags,
 )
-from lowvram.console import another_process
+from lowvram.console import another_process, launched_processes
 from lowvram.errors import LowvramError, TrainingInterrupted, host_memory_ran_out, shell_line
 from lowvram.files import MAX_FILE_NAME, expand_home, unwritable
 from lowvram.hardware import parse_size
@@ -318,9 +318,8 @@ def _kept_on_interrupt(config, started: float) -> str:
     options = options_path(config.output_dir, config.output_name)
     if newest is None or not options.is_file() or not (config.training.resume or newest.stat().st_mtime >= started):
         return ""
-    processes = int(os.environ.get("WORLD_SIZE") or 1)  # (accelerate launch's)
     return (f"; kept: checkpoint {newest.name}; continue with: "
-            f"{continue_line(config.output_dir, config.output_name, processes)}")
+            f"{continue_line(config.output_dir, config.output_name, launched_processes())}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 if unwritable(config.output_dir):
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")
-                from lowvram.train.outdir import FolderLock, copy_problem, existing_lora_problem, processes_problem
+                from lowvram.train.outdir import FolderLock, copy_problem, existing_lora_problem
 
                 # a lock there (a run going on, another machine's going stale, or under accelerate launch the main
                 # process's own): the run waits for it or names it first; the run checks the whole folder again
@@ -368,8 +367,6 @@ def main(argv: list[str] | None = None) -> int:
                     taken = existing_lora_problem(config) or copy_problem(config)
                     if taken:
                         raise LowvramError(taken)
-                if other := processes_problem(config, int(os.environ.get("WORLD_SIZE") or 1)):
-                    raise LowvramError(other)
             echo = False  # what follows may differ per process (its GPU, its share of the work)
             with stop_signals_interrupt(), output_may_close():
                 with remembered_interrupt() as interrupted:
@@ -443,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
         return 141  # as a shell says a pipe's writer ended by its reader (128 + SIGPIPE): not plan's "nothing fits"
     except (MemoryError, RuntimeError, OSError) as exc:
+        if args.command == "train" and _peer_lost(exc):
+            print(f"lowvram train: error: another process of the run ended (out of memory or killed: its own lines "
+                  f"above say why), and this one with it{_kept_on_interrupt(config, started)}", file=sys.stderr)
+            return 2
         if (why := host_memory_ran_out(exc, args.command)) is None:
             return _path_problem(exc, args.command)
         print(f"lowvram {args.command}: error: {why}", file=sys.stderr)
@@ -451,6 +452,14 @@ def main(argv: list[str] | None = None) -> int:
         while _LOUDNESS:
             _LOUDNESS.pop()()
     return 0
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """Whether `exc` is torch.distributed's word that another process of accelerate launch's is gone (gloo's closed
+    connection, NCCL's failed collective): what the user reads is that, not this process's traceback."""
+    return launched_processes() > 1 and (
+        type(exc).__name__ in ("DistBackendError", "DistNetworkError")
+        or any(words in str(exc) for words in ("Connection closed by peer", "Connection reset by peer")))
 
 
 def _path_problem(exc: BaseException, command: str) -> int:

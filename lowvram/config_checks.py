@@ -46,7 +46,7 @@ from lowvram.option_values import (
 )
 from lowvram.output_checks import cache_problems, output_problems
 from lowvram.prompts import options_elsewhere, read_prompt_file
-from lowvram.run_files import CHECKPOINTS, lora_in_folder, written_checkpoints
+from lowvram.run_files import CHECKPOINTS, checkpoint_named, lora_in_folder, written_checkpoints
 from lowvram.timesteps import timestep_problem
 
 
@@ -170,12 +170,14 @@ def _file_problems(c: RunConfig) -> list[str]:
     readable = weights and Path(weights).is_file() and Path(weights).suffix.lower() not in PICKLE_SUFFIXES
     if readable and c.training.resume in (None, "auto"):  # (auto: a new run where nothing is there to continue)
         p += filter(None, [network_weights_problem(c.network)])
-    if c.training.resume and c.training.resume != "auto" and not (Path(c.training.resume) / "state.json").is_file():
+    if c.training.resume and c.training.resume != "auto" and not (Path(c.training.resume) / "state.json").is_file() \
+            and not checkpoint_named(c.output_dir, c.training.resume):  # (a file's values checked alone: unresolved)
         found = "not a lowvram checkpoint folder (no state.json)" if Path(c.training.resume).exists() else "not found"
         lora = (" (to train a LoRA file further, pass it as --network-weights)"
                 if Path(c.training.resume).suffix.lower() == ".safetensors" else "")
         theirs = [path.name for _, path in written_checkpoints(c.output_dir / CHECKPOINTS)]
-        there = f"; {c.output_dir / CHECKPOINTS} holds {', '.join(theirs[-3:])}" if theirs else ""
+        there = (f"; {c.output_dir / CHECKPOINTS} holds {len(theirs)}, the newest {', '.join(reversed(theirs[-3:]))}"
+                 if theirs else "")
         p.append(f"--resume: {c.training.resume}: {found}; pass a checkpoint folder (<output>/checkpoints/step-N"
                  f"{there}), or --resume auto for the output folder's newest{lora}")
     reg = Path(c.data.reg_data) if c.data.reg_data is not None else None

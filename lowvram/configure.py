@@ -318,11 +318,12 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", r
             values[key] = str(base / value)
     values = saved_run_options(values, Path(path), text, given)
     kept = _unreplaced(values, given)
-    if problems or _parsed_values(kept)[1]:  # with them, every value of the file that is wrong: one pass shows all
-        # there is to fix (but for checks a flag given may settle: those wait for every layer)
+    wrong_type = _parsed_values(kept)[1]
+    if problems or wrong_type:  # with them, every value of the file that is wrong: one pass shows all there is to
+        # fix (but for checks across options that a flag given may settle: those wait for every layer)
         flags = [flag_name(field) for name, (_, field, _) in fields_by_name().items() if name in given]
-        problems += [f"{path}: {line}" for line in _file_value_problems(kept)
-                     if not any(re.search(rf"{re.escape(flag)}\b", line) for flag in flags)]
+        problems += [f"{path}: {line}" for line in _file_value_problems(kept) if line in wrong_type
+                     or not any(re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", line) for flag in flags)]
     if problems:
         raise LowvramError("\n".join(problems))
     return with_dataset_settings(_spelled(kept), str(path))

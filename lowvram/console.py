@@ -23,6 +23,12 @@ def another_process() -> bool:
     return os.environ.get("RANK", "0") != "0" and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
 
 
+def launched_processes() -> int:
+    """How many processes accelerate launch (torchrun) started for the run: 1 outside it."""
+    size = os.environ.get("WORLD_SIZE", "")
+    return int(size) if size.isascii() and size.isdigit() and int(size) > 0 else 1
+
+
 def leave_terminal() -> None:
     """After SIGHUP (the ssh connection or the terminal window gone): what the run prints next goes nowhere instead
     of failing on the terminal that is gone (EIO), so that it can still save its checkpoint and end; its steps' figures

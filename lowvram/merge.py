@@ -24,7 +24,8 @@ SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "
                    "modelspec.resolution", "ss_zero_terminal_snr")
 # what a file without them leaves unsaid (a kohya or Civitai file with no modelspec), not says otherwise (a file
 # without a prediction type or zero-SNR is of the usual kind): the files that say them agree on the merged file's
-SAID_BY_SOME = ("ss_base_model_version", "modelspec.architecture", "modelspec.resolution")
+SAID_BY_SOME = ("ss_base_model_version", "modelspec.architecture")  # (the layers' shapes agree; a resolution is
+# each file's own)
 
 
 def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dynamic: str | None = None,

@@ -182,8 +182,9 @@ def _misspelt(doc: dict[str, Any], problem) -> None:
     """A key of no OneTrainer setting that is a typo of one the config leaves out (learning_rte): refused, naming
     it (OneTrainer passes over a key it does not know, and its default, 100 times lower, trained)."""
     known = READ | INERT | set(RENAMED) | {name for names in PART_SETTINGS.values() for name in names if name}
-    for key in sorted(set(doc) - known):
-        close = difflib.get_close_matches(key, sorted(known - set(doc) - set(RENAMED)), n=1, cutoff=0.85)
+    for key in sorted(set(doc) - known):  # (only the settings read are offered: an older OneTrainer's own keys,
+        # effnet_encoder_weight_dtype, embeddings, are no typos of the ones lowvram passes over)
+        close = difflib.get_close_matches(key, sorted(READ - set(doc)), n=1, cutoff=0.85)
         if close:
             problem(key, f"no OneTrainer setting; did you mean {close[0]}? (as written, {close[0]} is left at "
                          "OneTrainer's default)")

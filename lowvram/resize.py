@@ -122,11 +122,12 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
         after.append((new, spatial))
         kept.append(share)
     uncut = all(new == old for old, (new, _) in zip(before, after, strict=True))
-    if not dynamic and precision is None and uncut and rank > max(before):  # (a copy named for a rank it is not;
-        # at its own rank it is a conversion: kohya's layout, Tucker cores folded)
-        raise LowvramError(f"{path}: every layer is at rank {max(before)} or below already, so --rank {rank} cuts "
-                           f"nothing (resize lowers ranks, never raises them); give a rank under {max(before)}, or "
-                           "--save-precision to write it in another precision")
+    linear = max((old for old, (_, spatial) in zip(before, after, strict=True) if not spatial), default=rank)
+    if not dynamic and precision is None and uncut and rank > linear:  # (a copy named for a rank it is not; at
+        # its own rank it is a conversion: kohya's layout, Tucker cores folded)
+        raise LowvramError(f"{path}: every layer is at rank {linear} or below already, so --rank {rank} cuts "
+                           f"nothing (resize lowers ranks, never raises them); give a rank under {linear} ({linear} "
+                           "writes it in kohya's layout, --save-precision in another precision)")
     # a fixed rank keeps each layer's alpha/rank scale (a LoCon's conv_alpha, per-block alphas), for
     # --network-weights to continue it; a rule's ranks per layer are no file's rank and alpha to continue
     save_lora(with_one_alpha(written) if dynamic else written, output,
@@ -257,7 +258,7 @@ def run(args: argparse.Namespace) -> Resized:
                f"{args.lora}: file not found; give a LoRA .safetensors file")
     problems = [] if args.lora.is_file() else [missing]
     rule = f"{args.dynamic}{args.dynamic_param:g}" if args.dynamic and args.dynamic_param is not None else None
-    output = args.output or args.lora.with_name(f"{args.lora.stem}-{rule or f'r{args.rank}'}.safetensors")
+    output = args.output or args.lora.with_name(f"{args.lora.stem}-r{args.rank}{f'-{rule}' if rule else ''}.safetensors")
     problems += option_problems(args, output, [args.lora])
     if problems:
         raise LowvramError("\n".join(problems))

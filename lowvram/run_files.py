@@ -104,14 +104,14 @@ def written_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every checkpoint in `root` whose state was written (its last part: a folder without it is
     a write cut short), oldest first by step number (never by name: a name sorts wrongly past step 999999)."""
     return sorted((int(path.name[5:]), path) for path in root.glob("step-*")
-                  if path.name[5:].isdigit() and (path / "state.json").is_file())
+                  if re.fullmatch(r"[0-9]+", path.name[5:]) and (path / "state.json").is_file())
 
 
 def checkpoint_named(output_dir: Path, name: str) -> Path | None:
     """The output folder's checkpoint that `--resume step-000020` (or `20`, or `step-20`) names, as lowvram prints
     them; None where it has none of that step."""
     wanted = name.strip("/\\").removeprefix("step-")
-    found = [path for step, path in written_checkpoints(output_dir / CHECKPOINTS) if wanted.isdigit()
+    found = [path for step, path in written_checkpoints(output_dir / CHECKPOINTS) if re.fullmatch(r"[0-9]+", wanted)
              and step == int(wanted)]
     return found[0] if found else None
 

@@ -361,9 +361,18 @@ def test_a_checkpoint_named_as_lowvram_prints_it_is_the_output_folders(tmp_path,
     monkeypatch.chdir(elsewhere)
     for given in ("step-000002", "2", "step-2/"):
         assert run_config(output=str(out), resume=given).training.resume == str(out / "checkpoints" / "step-000002")
+    with pytest.raises(LowvramError, match=r"^--resume: ²: not found"):  # (a digit to str.isdigit, none to int)
+        run_config(output=str(out), resume="²")
+    from lowvram.configure import read_toml
+
+    config = elsewhere / "run.toml"  # its values checked alone (beside a wrong one) find the checkpoint too
+    config.write_text(f'[network]\nrank = "x"\n[training]\nresume = "2"\n[output]\noutput = "{out}"\n')
+    with pytest.raises(LowvramError) as error:
+        read_toml(config)
+    assert "--rank" in str(error.value) and "--resume" not in str(error.value)  # (it was "not found" and found)
     with pytest.raises(LowvramError, match=rf"^--resume: step-000006: not found; pass a checkpoint folder "
                                            rf"\(<output>/checkpoints/step-N; {re.escape(str(out / 'checkpoints'))} "
-                                           r"holds step-000002, step-000004\), or --resume auto"):
+                                           r"holds 2, the newest step-000004, step-000002\), or --resume auto"):
         run_config(output=str(out), resume="step-000006")
 
 

@@ -108,6 +108,11 @@ def test_a_files_wrong_type_and_wrong_range_are_said_together_but_not_what_a_fla
     with pytest.raises(LowvramError) as err:
         read_toml(config_file, given=("train_text_encoder",))
     assert len(str(err.value).splitlines()) == 2 and "--text-encoder-lr" not in str(err.value)
+    # a flag given whose name begins another's (--rank, --rank-dropout) hides no line of the other's
+    config_file.write_text('[network]\nrank_dropout = "abc"\n[training]\nmax_steps = -3\n')
+    with pytest.raises(LowvramError) as err:
+        read_toml(config_file, given=("rank", "max_steps"))
+    assert str(err.value) == f"{config_file}: --rank-dropout: 'abc' is invalid: expected a number"
 
 
 def test_text_encoder_lr_without_training_the_text_encoder_is_refused():

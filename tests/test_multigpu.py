@@ -3,10 +3,12 @@ both ranks finish, the main process alone writes the LoRA, and every rank ends w
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -119,3 +121,36 @@ def test_two_processes_freeze_the_text_encoders_where_asked_and_stay_in_step(tmp
     text = [k for k in final if k.startswith("lora_te") and "alpha" not in k]
     assert text and all(torch.equal(step2[k], final[k]) for k in text)  # frozen after step 2
     assert any(not torch.equal(step3[k], final[k]) for k in final if k.startswith("lora_unet_"))  # the U-Net trains on
+
+
+@pytest.mark.slow
+def test_a_process_killed_mid_run_ends_the_other_with_the_checkpoint_and_the_launch_that_continues(tmp_path):
+    """One rank SIGKILLed (the kernel's out-of-memory kill on its GPU) after the first checkpoint: the main process
+    says so in a line, naming the checkpoint and the accelerate launch that resumes it (it ended in gloo's traceback,
+    "Connection closed by peer", with no way on)."""
+    import psutil
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m",
+         "lowvram", "train", "--model", "tiny", "--data", "sample", "--resolution", "64", "--max-steps", "400",
+         "--checkpoint-every", "1", "--output", str(out), "--cache-dir", str(tmp_path / "cache")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "step-000001" / "state.json").is_file():
+            assert launcher.poll() is None and time.time() < deadline, launcher.communicate()
+            time.sleep(0.5)
+        ranks = {child.environ().get("RANK"): child for child in psutil.Process(launcher.pid).children(recursive=True)
+                 if "RANK" in child.environ()}
+        ranks["1"].kill()
+        _, err = launcher.communicate(timeout=300)
+    finally:
+        launcher.kill()
+    said = [line for line in err.splitlines() if line.startswith("lowvram train: error: another process")]
+    assert len(said) == 1, err[-3000:]
+    assert re.search(r"and this one with it; kept: checkpoint step-\d{6}; continue with: accelerate launch "
+                     r"--multi_gpu --num_processes 2 -m lowvram train --config \S+out\.toml --resume auto$",
+                     said[0]), said

@@ -379,6 +379,9 @@ def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetraine
 def test_a_misspelt_setting_is_refused_naming_the_one_it_misspells(tmp_path):
     """learning_rte trained at OneTrainer's default rate, 100 times lower, said only among settings not carried."""
     doc = {key: value for key, value in CONFIG.items() if key not in ("learning_rate", "lora_rank")}
+    older = {"effnet_encoder_weight_dtype": "FLOAT_32", "prior_weight_dtype": "FLOAT_32", "embeddings": [{}],
+             "decoder_text_encoder_weight_dtype": "FLOAT_32"}  # (an older OneTrainer's own keys: no typos)
+    assert translate_onetrainer(doc | older, tmp_path / "ot.json")
     with pytest.raises(LowvramError) as error:
         translate_onetrainer(doc | {"learning_rte": 3e-4, "lora_rnak": 32}, tmp_path / "ot.json")
     assert str(error.value).splitlines() == [

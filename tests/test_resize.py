@@ -119,7 +119,7 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
     ranks = {t.shape[0] for k, t in load_file(str(dynamic)).items() if k.endswith("lora_down.weight")}
     assert len(ranks) > 1 and meta["ss_network_dim"] == "Dynamic"
     assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_fro", "--dynamic-param", "0.9"]) == 0
-    assert trained.with_name(f"{trained.stem}-sv_fro0.9.safetensors").is_file()  # (named -r8, a fixed rank's name)
+    assert trained.with_name(f"{trained.stem}-r8-sv_fro0.9.safetensors").is_file()  # (named -r8, a fixed rank's name)
     ratio = tmp_path / "ratio.safetensors"  # a ratio above 1, unlike the shares the other rules keep
     assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_ratio", "--dynamic-param", "4",
                  "--output", str(ratio)]) == 0

@@ -34,10 +34,8 @@ from lowvram.files import (
     shared_mode,
 )
 from lowvram.run_files import checkpoint_name
-from lowvram.train.checkpoint_folders import ADAPTERS, EMA_PART, complete, processes_refusal
+from lowvram.train.checkpoint_folders import ADAPTERS, EMA_PART, FORMAT, complete, processes_of, processes_refusal
 from lowvram.train.identity import identity
-
-FORMAT = 2  # 2: RNG states per process
 
 
 @dataclass
@@ -152,8 +150,8 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     rng = load_file(str(path / "rng.safetensors"))
     # each process's random state and share of the data: another count would continue another run (every process
     # reads the same file, so every one stops here, before any step)
-    saved_by = len({name.split("/")[0] for name in rng})
-    if saved_by != accelerator.num_processes:
+    saved_by = processes_of(path)
+    if saved_by is not None and saved_by != accelerator.num_processes:
         raise Refused(processes_refusal(path, saved_by, accelerator.num_processes))
     adapters = load_file(str(path / ADAPTERS))
     for name, module in modules.items():

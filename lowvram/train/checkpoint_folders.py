@@ -5,6 +5,7 @@ the training's imports. Writing and loading checkpoints is `lowvram.train.checkp
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from lowvram.errors import Refused
@@ -43,13 +44,19 @@ PARTS = (ADAPTERS, "optimizer.safetensors", "rng.safetensors")
 EMA_PART = "ema.safetensors"  # with --ema
 
 
+FORMAT = 2  # of the checkpoints written; 2: RNG states per process (rank<N>/...)
+
+
 def processes_of(path: Path) -> int | None:
     """How many processes wrote a checkpoint (each keeps its random states and share of the data in it), None
-    where that is unreadable."""
+    where that is unreadable or the checkpoint another format's (which the resume refuses for that)."""
     try:
-        return len({name.split("/")[0] for name in read_header(path / "rng.safetensors")[1]}) or None
-    except (OSError, ValueError):
+        if json.loads((path / "state.json").read_text()).get("format") != FORMAT:
+            return None
+        names = read_header(path / "rng.safetensors")[1]
+    except (OSError, ValueError, AttributeError):
         return None
+    return len({name.split("/")[0] for name in names if re.match(r"rank\d+/", name)}) or None
 
 
 def processes_refusal(path: Path, saved_by: int, processes: int) -> str:

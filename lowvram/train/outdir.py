@@ -123,6 +123,7 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
             if unwritable:
                 raise LowvramError(f"--output: {unwritable}; choose an --output folder you can write to")
             lock.acquire()
+            processes_problem(run, accelerator.num_processes)  # (before anything of the folder is set aside)
             note = take_ownership(run)
         except LowvramError as exc:
             lock.release()
@@ -140,6 +141,20 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
     finally:
         if lock is not None:
             lock.release()
+
+
+def processes_problem(run: ResolvedRun, processes: int) -> None:
+    """Refuse, before the model loads, a resume of the checkpoint a run of another number of processes wrote
+    (the one `--resume` names, as the resume finds it; refusals of its own are the resume's to say)."""
+    if not run.config.training.resume:
+        return
+    try:
+        found, _ = checkpoint_folders.resolve(run.config.training.resume, run.config.output_dir, recipe(run))
+    except LowvramError:
+        return
+    saved_by = checkpoint_folders.processes_of(found)
+    if saved_by not in (None, processes):
+        raise LowvramError(checkpoint_folders.processes_refusal(found, saved_by, processes))
 
 
 def nothing_to_resume(config):
@@ -207,20 +222,6 @@ def copy_problem(config) -> str | None:
         return (f"--copy-to: {copy} exists, and is not this run's LoRA; name another file (or --name), or pass "
                 f"--overwrite to replace it (it moves to {config.output_dir / ARCHIVE}/)")
     return None
-
-
-def processes_problem(config, processes: int) -> str | None:
-    """The line a resume stops at before the model loads where another number of processes wrote its checkpoint
-    (the run would refuse it after loading; for `auto`, the folder's newest readable one)."""
-    resume = config.training.resume
-    if not resume:
-        return None
-    root = checkpoint_folders.checkpoint_root(config.output_dir)
-    found = [path for _, path in checkpoint_folders.complete(root)] if resume == "auto" else [Path(resume)]
-    path = next((path for path in reversed(found) if checkpoint_folders.problem(path) is None), None)
-    saved_by = checkpoint_folders.processes_of(path) if path else None
-    return checkpoint_folders.processes_refusal(path, saved_by, processes) if saved_by not in (None, processes) \
-        else None
 
 
 def train_on_from(lora: Path) -> str:
