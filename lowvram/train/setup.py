@@ -195,6 +195,9 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
         session.console.print(f"accelerate's mixed precision {launched} is not used: lowvram picks "
                               f"{NATIVE_FORMAT[run.mixed_precision]} for {run.hardware.name}{instead}", soft_wrap=True,
                               highlight=False)
+    elif launched and launched != run.mixed_precision:  # (the user's own flag: said, as the launcher's is dropped)
+        session.console.print(f"accelerate's mixed precision {launched} is not used: --mixed-precision "
+                              f"{config.training.mixed_precision} is", soft_wrap=True, highlight=False)
     # said before the model's download and the caching, with --auto or without (a tiny family is the toy one)
     if run.hardware.device == "cpu" and not run.family.full_size and session.main:
         session.console.print("[yellow]warning:[/] no CUDA GPU: a full-size model trains many times slower on the "
