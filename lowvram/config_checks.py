@@ -173,8 +173,11 @@ def _file_problems(c: RunConfig) -> list[str]:
     if c.training.resume and c.training.resume != "auto" and not (Path(c.training.resume) / "state.json").is_file() \
             and not checkpoint_named(c.output_dir, c.training.resume):  # (a file's values checked alone: unresolved)
         found = "not a lowvram checkpoint folder (no state.json)" if Path(c.training.resume).exists() else "not found"
+        backup = Path(c.training.resume) / "lora" / "lora.safetensors"  # (OneTrainer's backup folder's LoRA)
         lora = (" (to train a LoRA file further, pass it as --network-weights)"
-                if Path(c.training.resume).suffix.lower() == ".safetensors" else "")
+                if Path(c.training.resume).suffix.lower() == ".safetensors" else
+                f" (a OneTrainer backup: train on from its LoRA with --network-weights {shell_line(backup)}, its "
+                "optimizer state and step starting over)" if backup.is_file() else "")
         theirs = [path.name for _, path in written_checkpoints(c.output_dir / CHECKPOINTS)]
         there = (f"; {c.output_dir / CHECKPOINTS} holds {len(theirs)}, the newest {', '.join(reversed(theirs[-3:]))}"
                  if theirs else "")

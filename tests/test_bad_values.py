@@ -343,6 +343,12 @@ def test_a_resume_folder_that_is_not_a_checkpoint_is_said_before_anything_loads(
     with pytest.raises(LowvramError, match=r"or --resume auto for the output folder's newest \(to train a LoRA "
                                            r"file further, pass it as --network-weights\)$"):
         run_config(resume=str(tmp_path / "mine.safetensors"))
+    backup = tmp_path / "backup" / "2026-12-01_10-00-00-backup-200-2-0"  # OneTrainer's: its LoRA named
+    (backup / "lora").mkdir(parents=True)
+    (backup / "lora" / "lora.safetensors").write_bytes(b"")
+    with pytest.raises(LowvramError, match=rf"auto for the output folder's newest \(a OneTrainer backup: train on from "
+                                           rf"its LoRA with --network-weights {re.escape(str(backup))}/lora/lora"):
+        run_config(resume=str(backup))
     for given, found in ((tmp_path / "nope", "not found"), (tmp_path, folder_without_state)):
         with pytest.raises(LowvramError, match=rf"^--resume: {given}: {re.escape(found)}; pass a checkpoint folder "
                                                r"\(<output>/checkpoints/step-N\), or --resume auto"):
