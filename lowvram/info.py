@@ -95,6 +95,25 @@ def describe(path: Path) -> dict:
             "network_options": options}
 
 
+def _trained_line(metadata: dict[str, str], options: dict) -> str:
+    """'trained: 1200 steps, 10 epochs, at 1024x1024, on sd_xl_base_1.0.safetensors; alpha 8 (scale 0.5)', of what
+    the metadata says (kohya's ss_ keys); '' where it says none of it."""
+    said = []
+    if metadata.get("ss_steps", "").isdigit():
+        said.append(f"{metadata['ss_steps']} step{'s' * (metadata['ss_steps'] != '1')}")
+    epochs = metadata.get("ss_num_epochs") or metadata.get("ss_epoch") or ""
+    if epochs.isdigit() and int(epochs):
+        said.append(f"{epochs} epoch{'s' * (epochs != '1')}")
+    if sides := re.findall(r"\d+", metadata.get("ss_resolution", "")):
+        said.append(f"at {'x'.join(sides[:2])}")
+    if model := metadata.get("ss_sd_model_name"):
+        said.append(f"on {model}")
+    scale = ""
+    if "alpha" in options and options.get("rank"):
+        scale = f"alpha {options['alpha']:g} (scale {options['alpha'] / options['rank']:g})"
+    return f"trained: {', '.join(said)}" + (f"; {scale}" if said and scale else scale) if said or scale else ""
+
+
 def _metadata_disagrees(metadata: dict[str, str], options: dict) -> str:
     """kohya's ss_network_dim and ss_network_alpha where the tensors' rank and alpha differ (a file's metadata
     copied from another, or edited): '' where they agree, or where the file has none."""
@@ -213,6 +232,8 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     if info["trigger_words"]:  # (what ComfyUI's and AUTOMATIC1111's prompt needs, buried in the table otherwise)
         console.print(f"trigger words: {info['trigger_words']}", soft_wrap=True, highlight=False)
+    if trained := _trained_line(info["metadata"], options):  # (what a LoRA manager's card shows, at a glance)
+        console.print(trained, soft_wrap=True, highlight=False)
     if refused:  # (layers of several ranks: a --dynamic resize's, a merge's, or per-block ranks without their flags)
         console.print(f"[yellow]{refused}[/]", soft_wrap=True, highlight=False)
     elif options:

@@ -492,6 +492,8 @@ def test_info_says_which_base_model_a_lora_is_for_and_its_trigger_words(tmp_path
     assert main(["info", str(result.lora_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("xl.safetensors: LoRA for SDXL, ") and "\ntrigger words: lvshape\n" in out, out
+    # how it was trained, and its scale: a LoRA manager's card (it was in the table alone, alpha in the flags)
+    assert "\ntrained: 1 step, 1 epoch, at 64x64, on tiny-sdxl; alpha 4 (scale 1)\n" in out, out
     # a file without metadata: its layers say (the cross-attention's 768 or 2048 wide input)
     for width, base in ((768, "SD1.5"), (2048, "SDXL"), (1024, None)):
         name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
