@@ -149,8 +149,10 @@ def test_a_process_killed_mid_run_ends_the_other_with_the_checkpoint_and_the_lau
         _, err = launcher.communicate(timeout=300)
     finally:
         launcher.kill()
-    said = [line for line in err.splitlines() if line.startswith("lowvram train: error: another process")]
+    # (which comes first is a race: gloo's closed connection, or the launcher's SIGTERM to the process left)
+    said = [line for line in err.splitlines() if line.startswith(("lowvram train: error: another process",
+                                                                  "lowvram train: interrupted"))]
     assert len(said) == 1, err[-3000:]
-    assert re.search(r"and this one with it; kept: checkpoint step-\d{6}; continue with: accelerate launch "
-                     r"--multi_gpu --num_processes 2 -m lowvram train --config \S+out\.toml --resume auto$",
+    assert re.search(r"(and this one with it|interrupted); kept: checkpoint step-\d{6}; continue with: accelerate "
+                     r"launch --multi_gpu --num_processes 2 -m lowvram train --config \S+out\.toml --resume auto$",
                      said[0]), said
