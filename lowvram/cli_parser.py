@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rank_flags(merge, "the merged file [default: merged.safetensors; with --model, a .safetensors name writes "
                     "a single-file checkpoint, any other a diffusers folder: merged.safetensors for a single-file "
                     "model, the folder merged otherwise]", rank_required=False,
-                    precision="the first file's; with --model, the model's (fp16 for a hub model)")
+                    precision="the first file's; with --model, the model's (fp16 for a hub or built-in model)")
 
     ext = sub.add_parser("extract", allow_abbrev=False, help="a LoRA from a fine-tuned model and its base (kohya's "
                          "extract_lora_from_models)", description="Write a LoRA of the difference between a "

@@ -244,6 +244,8 @@ KOHYA_SCRIPT_FLAGS = {
         "--new_rank": "--rank",
         "--new_conv_rank": "--conv-rank",
         "--dynamic_method": "--dynamic",
+        "--dynamic_param": "--dynamic-param",
+        "--save_precision": "--save-precision",
         "--device": "(not needed: resize runs on the CPU)",
     }),
     "merge": ("kohya's merge scripts", {

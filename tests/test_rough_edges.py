@@ -354,6 +354,7 @@ def unknown_option_hint(capsys, argv: list[str]) -> str:
     (["generate", "--prompt", "x", "--scale", "7"], "lowvram generate's is --guidance"),  # (was: --sampler)
     (["merge", "a.safetensors", "--models", "a.safetensors"], "lowvram merge's is the LoRA files as merge's FILE"),
     (["resize", "a.safetensors", "--rank", "4", "--dynamic_method", "sv_fro"], "lowvram resize's is --dynamic"),
+    (["resize", "a.safetensors", "--rank", "4", "--dynamic_param", "0.9"], "lowvram resize's is --dynamic-param"),
     (["extract", "--base", "a", "--tuned", "b", "--rank", "4", "--conv_dim", "4"], "lowvram extract's is --lora-layers full --conv-rank"),
     (["caption", "d", "--remove_underscore"], "lowvram caption has none (the default: tags are written with spaces"),
     (["caption", "d", "--append_tags"], "lowvram caption's is --append"),
