@@ -28,6 +28,7 @@ class Extracted:
     layers: int
     text_encoders: list[str]  # the text encoders extracted (the others changed by --min-diff or less)
     kept: list[float]  # each layer's share of its change's Frobenius norm kept
+    unchanged: int = 0  # layers the tuned model left as they were: none written (kohya's were pairs of zeros)
 
 
 def low_rank(delta: torch.Tensor, rank: int, clamp: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -79,7 +80,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
         for text, a, b in zip(spec.text_encoders, original.text_encoders, changed.text_encoders)]
     tensors: dict[str, torch.Tensor] = {}
     unet_paths = kohya_unet_paths(original.unet, spec)  # the names kohya's own files give the U-Net's layers
-    kept, encoders, moved = [], [], False
+    kept, encoders, unchanged = [], [], 0
     dtype = DTYPES[precision]
     with torch.no_grad():  # the weights require grad: each difference would keep an fp32 graph alive
         for prefix, part, a, b in parts:
@@ -97,7 +98,9 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
                 encoders.append(part)
             for name, layer, other in pairs:
                 delta = other.weight.float() - layer.weight.float()
-                moved = moved or bool(delta.any())
+                if not delta.any():
+                    unchanged += 1
+                    continue
                 layer_rank = conv_rank if conv_rank and is_spatial(layer) else rank
                 down, up, share = low_rank(delta, layer_rank, clamp)
                 if part == "unet":
@@ -108,7 +111,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
                 tensors |= {f"{key}.lora_down.weight": down.to(dtype), f"{key}.lora_up.weight": up.to(dtype),
                             f"{key}.alpha": torch.tensor(float(down.shape[0]), dtype=dtype)}
                 kept.append(share)
-    if not moved:  # (it wrote a LoRA of zeros, "kept 100.0%")
+    if not kept:  # (it wrote a LoRA of zeros, "kept 100.0%")
         raise LowvramError(f"--tuned {tuned} has --base's weights in every layer extract reads: there is no change "
                            "to extract; give the fine-tuned model")
     network = NetworkConfig(rank=rank, alpha=float(rank), lora_layers=lora_layers, conv_rank=conv_rank,
@@ -118,7 +121,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
         "ss_training_comment": f"extracted by lowvram extract: {Path(tuned).name} minus {Path(base).name}"
     } | modelspec(spec.modelspec_architecture, output.stem, f"{spec.resolution}x{spec.resolution}")
     save_lora(tensors, output, metadata, "the extracted LoRA")
-    return Extracted(output, len(kept), encoders, kept)
+    return Extracted(output, len(kept), encoders, kept, unchanged)
 
 
 def _load(model: str, flag: str, family: str | None, dtype: torch.dtype):
@@ -168,5 +171,6 @@ def summary(result: Extracted) -> str:
     encoders = f" and {', '.join(result.text_encoders)}" if result.text_encoders else (
         " (the text encoders left out: none changed by more than --min-diff)")
     mean = sum(result.kept) / max(1, len(result.kept))
-    return (f"{result.path}: {result.layers} layers of the U-Net{encoders}; kept {mean:.1%} of the changes' "
+    left = f" ({result.unchanged} the tuned model left unchanged are left out)" if result.unchanged else ""
+    return (f"{result.path}: {result.layers} layer{'s' * (result.layers != 1)} of the U-Net{encoders}{left}; kept {mean:.1%} of the changes' "
             f"Frobenius norm on average, {min(result.kept, default=1.0):.1%} at least")

@@ -1,6 +1,8 @@
 """`lowvram extract`: a LoRA from a fine-tuned model minus its base (kohya's extract_lora_from_models.py), which
 gives the tuned model back where the change is within the rank, and loads wherever a trained LoRA does."""
 
+import re
+
 import pytest
 import torch
 from conftest import assert_kohya_hashes, run_config
@@ -175,3 +177,21 @@ def test_the_output_is_never_a_model_being_read(tuned, base_file, capsys):
         assert refused(["--base", str(base_file), "--tuned", str(folder), "--output", str(output), "--overwrite"],
                        capsys) == f"--output: {output} is a file being read; name another"
     assert {path: path.read_bytes() for path in before} == before
+
+
+def test_layers_the_tuned_model_left_unchanged_are_left_out_and_said(tmp_path, capsys):
+    """A model tuned in its attention alone, extracted with --lora-layers full: its other layers were written as
+    pairs of zeros and counted as extracted."""
+    model = load_model("tiny", None, dtype=torch.float32)
+    attention = model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    with torch.no_grad():
+        attention.weight += 0.01 * torch.randn_like(attention.weight)
+    model.pipeline.save_pretrained(tmp_path / "tuned", safe_serialization=True)
+    out = tmp_path / "x.safetensors"
+    assert main(["extract", "--base", "tiny", "--tuned", str(tmp_path / "tuned"), "--rank", "4", "--lora-layers",
+                 "full", "--load-precision", "fp32", "--output", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert {key.split(".")[0] for key in load_file(str(out))} == {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"}, said
+    assert f"{out}: 1 layer of the U-Net (the text encoders left out" in said
+    assert re.search(r"\(\d+ the tuned model left unchanged are left out\)", said), said
