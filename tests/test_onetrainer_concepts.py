@@ -80,6 +80,7 @@ def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_s
     # OneTrainer's one cached variant: lowvram's 4 took 3.4 times its caching, unsaid (once for the file)
     assert err.count("image_variations 1 with random flip, crop or colour jitter: lowvram caches 2 variants per image "
                      "(4 with crop or colour jitter), its first as it is, so that epochs vary") == 1, err
+    assert "concepts[1] (alpha), concepts[2] (thing): image_variations 1 with" in err  # (it named no concept)
     assert "6 images, 8 per epoch with repeats" in out  # 3 x 2 + half of 3, rounded up
     saved = read_toml(tmp_path / "out" / "out.toml")
     assert (saved["flip"], saved["crop"], saved["shuffle_tags"], saved["keep_tokens"]) == (True, "random", True, 1)

@@ -261,12 +261,16 @@ def _options(concept: dict, where: str, notes: list[str], problem) -> dict[str, 
     # OneTrainer caches one of each by default; lowvram's defaults (None) then cover the augmentations asked for
     options["latent_variants"] = variants if variants > 1 else None
     varied = options["flip"] or options["crop"] == "random" or options["color_jitter"]
-    said = "image_variations 1 with "
-    if variants <= 1 and varied and not any(note.startswith(said) for note in notes):  # (once for the file)
+    said = ": image_variations 1 with "
+    earlier = next((i for i, note in enumerate(notes) if said in note), None)  # (one note for the file, naming each)
+    if variants <= 1 and varied and earlier is not None:
+        notes[earlier] = notes[earlier].replace(said, f", {where}{said}", 1)
+    elif variants <= 1 and varied:
         # (lowvram's first variant is the image as it is: one cached variant would never flip nor move the crop)
-        notes.append(f"{said}random flip, crop or colour jitter: lowvram caches 2 variants per image (4 with crop or "
-                     "colour jitter), its first as it is, so that epochs vary (OneTrainer draws one of each per image "
-                     "and caches that); --latent-variants 1 caches one, as it is, in a half or a quarter of the time")
+        notes.append(f"{where}{said}random flip, crop or colour jitter: lowvram caches 2 variants per image (4 with "
+                     "crop or colour jitter), its first as it is, so that epochs vary (OneTrainer draws one of each per "
+                     "image and caches that); --latent-variants 1 caches one, as it is, in a half or a quarter of the "
+                     "time")
     options["caption_variants"] = captions if captions > 1 else None
     if not (options["shuffle_tags"] or options["tag_dropout"]):
         # OneTrainer keeps one tag by default, whether or not anything moves the tags: a concept whose tags stay put
