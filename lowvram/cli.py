@@ -37,7 +37,7 @@ from lowvram.configure import (
     without_idle_kept_tags,
 )
 from lowvram.console import another_process, launched_processes
-from lowvram.errors import LowvramError, TrainingInterrupted, host_memory_ran_out, shell_line
+from lowvram.errors import LowvramError, Refused, TrainingInterrupted, first_line, host_memory_ran_out, shell_line
 from lowvram.files import MAX_FILE_NAME, expand_home, unwritable
 from lowvram.hardware import parse_size
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
@@ -139,7 +139,8 @@ def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None
             return config
         precision = "bf16" if config.training.mixed_precision == "bf16" else "fp32"
         cap = f" (`lowvram plan --vram {vram}` shows what it picks on such a card)" if vram else ""
-        print(f"lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in {precision}{cap}")
+        if not another_process():  # (each of accelerate launch's processes comes here alike)
+            print(f"lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in {precision}{cap}")
         return config
     if vram:
         budget = parse_size(vram, "--vram")
@@ -429,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             generate(args)  # (it says each image as it is written)
     except LowvramError as exc:
         said = "" if isinstance(exc, TrainingInterrupted) else "error: "  # a stop asked for is no error
+        echo = echo or (another_process() and isinstance(exc, Refused))  # (every process refuses alike)
         for line in str(exc).splitlines() if not echo else []:
             print(f"lowvram {args.command}: {said}{line}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
@@ -441,8 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # as a shell says a pipe's writer ended by its reader (128 + SIGPIPE): not plan's "nothing fits"
     except (MemoryError, RuntimeError, OSError) as exc:
         if args.command == "train" and _peer_lost(exc):
-            print(f"lowvram train: error: another process of the run ended (out of memory or killed: its own lines "
-                  f"above say why), and this one with it{_kept_on_interrupt(config, started)}", file=sys.stderr)
+            print(f"lowvram train: error: lost contact with the run's other processes (one ended, out of memory or "
+                  f"killed, its own lines above saying why; or their link failed: {first_line(exc)}), and this one "
+                  f"ended with it{_kept_on_interrupt(config, started)}", file=sys.stderr)
             return 2
         if (why := host_memory_ran_out(exc, args.command)) is None:
             return _path_problem(exc, args.command)

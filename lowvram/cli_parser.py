@@ -420,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "singular values to the rank that keeps the most of it, a fixed rank or per layer by a "
                             "--dynamic rule (kohya's resize_lora.py). Any kohya-format file, whoever trained it.")
     resize.add_argument("lora", type=Path, metavar="FILE", help="the LoRA .safetensors file")
-    _add_rank_flags(resize, "the new file [default: FILE-rRANK.safetensors beside it]", precision="the file's")
+    _add_rank_flags(resize, "the new file [default: FILE-rRANK.safetensors beside it, FILE-rRANK-RULEPARAM with "
+                    "--dynamic]", precision="the file's")
     merge = sub.add_parser("merge", allow_abbrev=False, help="several LoRA files as one, or into a model (kohya's "
                            "svd_merge_lora, merge_lora)",
                            description="Write several LoRA (or LoCon) files as one: each layer's updates, weighted, "

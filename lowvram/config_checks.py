@@ -179,8 +179,8 @@ def _file_problems(c: RunConfig) -> list[str]:
                 f" (a OneTrainer backup: train on from its LoRA with --network-weights {shell_line(backup)}, its "
                 "optimizer state and step starting over)" if backup.is_file() else "")
         theirs = [path.name for _, path in written_checkpoints(c.output_dir / CHECKPOINTS)]
-        there = (f"; {c.output_dir / CHECKPOINTS} holds {len(theirs)}, the newest {', '.join(reversed(theirs[-3:]))}"
-                 if theirs else "")
+        there = (f"; {c.output_dir / CHECKPOINTS} holds {len(theirs)}, newest first: "
+                 f"{', '.join(reversed(theirs[-3:]))}" if theirs else "")
         p.append(f"--resume: {c.training.resume}: {found}; pass a checkpoint folder (<output>/checkpoints/step-N"
                  f"{there}), or --resume auto for the output folder's newest{lora}")
     reg = Path(c.data.reg_data) if c.data.reg_data is not None else None

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Extracted:
     path: Path
-    layers: int
+    layers: int  # of the U-Net; the text encoders' are the rest of `kept`
     text_encoders: list[str]  # the text encoders extracted (the others changed by --min-diff or less)
     kept: list[float]  # each layer's share of its change's Frobenius norm kept
     unchanged: int = 0  # layers the tuned model left as they were: none written (kohya's were pairs of zeros)
@@ -80,7 +80,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
         for text, a, b in zip(spec.text_encoders, original.text_encoders, changed.text_encoders)]
     tensors: dict[str, torch.Tensor] = {}
     unet_paths = kohya_unet_paths(original.unet, spec)  # the names kohya's own files give the U-Net's layers
-    kept, encoders, unchanged = [], [], 0
+    kept, encoders, unchanged, unet_layers = [], [], 0, 0
     dtype = DTYPES[precision]
     with torch.no_grad():  # the weights require grad: each difference would keep an fp32 graph alive
         for prefix, part, a, b in parts:
@@ -111,6 +111,8 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
                 tensors |= {f"{key}.lora_down.weight": down.to(dtype), f"{key}.lora_up.weight": up.to(dtype),
                             f"{key}.alpha": torch.tensor(float(down.shape[0]), dtype=dtype)}
                 kept.append(share)
+            if part == "unet":
+                unet_layers = len(kept)
     if not kept:  # (it wrote a LoRA of zeros, "kept 100.0%")
         raise LowvramError(f"--tuned {tuned} has --base's weights in every layer extract reads: there is no change "
                            "to extract; give the fine-tuned model")
@@ -121,7 +123,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
         "ss_training_comment": f"extracted by lowvram extract: {Path(tuned).name} minus {Path(base).name}"
     } | modelspec(spec.modelspec_architecture, output.stem, f"{spec.resolution}x{spec.resolution}")
     save_lora(tensors, output, metadata, "the extracted LoRA")
-    return Extracted(output, len(kept), encoders, kept, unchanged)
+    return Extracted(output, unet_layers, encoders, kept, unchanged)
 
 
 def _load(model: str, flag: str, family: str | None, dtype: torch.dtype):
@@ -168,9 +170,10 @@ def run(args: argparse.Namespace) -> Extracted:
 
 
 def summary(result: Extracted) -> str:
-    encoders = f" and {', '.join(result.text_encoders)}" if result.text_encoders else (
+    text = len(result.kept) - result.layers
+    encoders = f" and {text} of {', '.join(result.text_encoders)}" if result.text_encoders else (
         " (the text encoders left out: none changed by more than --min-diff)")
+    left = f"; {result.unchanged} unchanged layers left out" if result.unchanged else ""
     mean = sum(result.kept) / max(1, len(result.kept))
-    left = f" ({result.unchanged} the tuned model left unchanged are left out)" if result.unchanged else ""
-    return (f"{result.path}: {result.layers} layer{'s' * (result.layers != 1)} of the U-Net{encoders}{left}; kept {mean:.1%} of the changes' "
-            f"Frobenius norm on average, {min(result.kept, default=1.0):.1%} at least")
+    return (f"{result.path}: {result.layers} layer{'s' * (result.layers != 1)} of the U-Net{encoders}{left}; kept "
+            f"{mean:.1%} of the changes' Frobenius norm on average, {min(result.kept, default=1.0):.1%} at least")

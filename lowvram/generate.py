@@ -83,9 +83,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     dtype = compute_dtype(resolve_mixed_precision("auto", hardware))  # as training computes (fp32 on a GTX 16xx)
     if args.clip_skip and (problem := clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip)):
         raise LowvramError(problem)
-    for path, _ in sources:  # a LoRA of another family: said from the headers, before the model's minute of loading
-        if other := _other_family(args, path):
-            raise LowvramError(other)
+    if other := _other_family(args, sources):  # said from the headers, before the model's minute of loading
+        raise LowvramError(other)
     print(f"loading {model_title(args.model)}", flush=True)  # (a minute of silence otherwise, in a log too)
     model = load_model(args.model, args.model_family, dtype=dtype, vae=args.vae)
     steps = prompt.steps or args.steps
@@ -278,19 +277,29 @@ def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Pa
     return None
 
 
-def _other_family(args, path: Path) -> str | None:
+def _other_family(args, sources: list[tuple[Path, float]]) -> str | None:
     """The line for a --lora file made for another model family than --model's, from the headers alone (None: the
     same, or not known without loading: the load says it then)."""
     from lowvram.adapters.lora_files import other_family
     from lowvram.lora_header import kohya_header
+    from lowvram.run_files import DIFFUSERS_WEIGHTS
 
+    if not sources:
+        return None
     try:
         family = detect_family(args.model, args.model_family)
-        metadata, tensors, _ = kohya_header(path)
-    except (LowvramError, OSError, ValueError):
+    except LowvramError:
         return None
-    shapes = {name: tuple(entry.get("shape", ())) for name, entry in tensors.items()}
-    return other_family(metadata, family, f"--lora: {path}", shapes)
+    for path, _ in sources:
+        path = path / DIFFUSERS_WEIGHTS if path.is_dir() else path  # (a diffusers LoRA folder, by its weights)
+        try:
+            metadata, tensors, _ = kohya_header(path)
+        except (OSError, ValueError):
+            continue
+        shapes = {name: tuple(entry.get("shape", ())) for name, entry in tensors.items()}
+        if other := other_family(metadata, family, f"--lora: {path}", shapes):
+            return other
+    return None
 
 
 def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:

@@ -99,19 +99,21 @@ def _trained_line(metadata: dict[str, str], options: dict) -> str:
     """'trained: 1200 steps, 10 epochs, at 1024x1024, on sd_xl_base_1.0.safetensors; alpha 8 (scale 0.5)', of what
     the metadata says (kohya's ss_ keys); '' where it says none of it."""
     said = []
-    if metadata.get("ss_steps", "").isdigit():
-        said.append(f"{metadata['ss_steps']} step{'s' * (metadata['ss_steps'] != '1')}")
-    epochs = metadata.get("ss_num_epochs") or metadata.get("ss_epoch") or ""
-    if epochs.isdigit() and int(epochs):
-        said.append(f"{epochs} epoch{'s' * (epochs != '1')}")
-    if sides := re.findall(r"\d+", metadata.get("ss_resolution", "")):
-        said.append(f"at {'x'.join(sides[:2])}")
+    whole = {key: int(value) for key in ("ss_steps", "ss_epoch", "ss_num_epochs")
+             if re.fullmatch(r"[0-9]+", value := str(metadata.get(key, "")))}
+    if "ss_steps" in whole:
+        said.append(f"{whole['ss_steps']} step{'s' * (whole['ss_steps'] != 1)}")
+    epochs = whole.get("ss_epoch") or whole.get("ss_num_epochs")  # (a save's own epoch, not the run's planned ones)
+    if epochs:
+        said.append(f"{epochs} epoch{'s' * (epochs != 1)}")
+    sides = [round(float(side)) for side in re.findall(r"[0-9]+(?:\.[0-9]+)?", metadata.get("ss_resolution", ""))]
+    if len(sides) in (1, 2):
+        said.append(f"at {sides[0]}x{sides[-1]}")
     if model := metadata.get("ss_sd_model_name"):
         said.append(f"on {model}")
-    scale = ""
-    if "alpha" in options and options.get("rank"):
-        scale = f"alpha {options['alpha']:g} (scale {options['alpha'] / options['rank']:g})"
-    return f"trained: {', '.join(said)}" + (f"; {scale}" if said and scale else scale) if said or scale else ""
+    scale = (f"alpha {options['alpha']:g} (scale {options['alpha'] / options['rank']:g})"
+             if "alpha" in options and options.get("rank") else "")
+    return "; ".join(filter(None, [f"trained: {', '.join(said)}" if said else "", scale]))
 
 
 def _metadata_disagrees(metadata: dict[str, str], options: dict) -> str:
@@ -231,9 +233,10 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     if info["trigger_words"]:  # (what ComfyUI's and AUTOMATIC1111's prompt needs, buried in the table otherwise)
-        console.print(f"trigger words: {info['trigger_words']}", soft_wrap=True, highlight=False)
-    if trained := _trained_line(info["metadata"], options):  # (what a LoRA manager's card shows, at a glance)
-        console.print(trained, soft_wrap=True, highlight=False)
+        console.print(f"trigger words: {info['trigger_words']}", soft_wrap=True, highlight=False, markup=False)
+    # (what a LoRA manager's card shows, at a glance; a scale only where every layer has the one rank)
+    if trained := _trained_line(info["metadata"], options if len(ranks) == 1 else {}):
+        console.print(trained, soft_wrap=True, highlight=False, markup=False)  # (a file's "[v2]" is no markup)
     if refused:  # (layers of several ranks: a --dynamic resize's, a merge's, or per-block ranks without their flags)
         console.print(f"[yellow]{refused}[/]", soft_wrap=True, highlight=False)
     elif options:

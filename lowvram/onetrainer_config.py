@@ -178,13 +178,15 @@ def _migrated(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _misspelt(doc: dict[str, Any], problem) -> None:
+def _misspelt(doc: dict[str, Any], problem, older: set[str] | None = None) -> None:
     """A key of no OneTrainer setting that is a typo of one the config leaves out (learning_rte): refused, naming
     it (OneTrainer passes over a key it does not know, and its default, 100 times lower, trained)."""
     known = READ | INERT | set(RENAMED) | {name for names in PART_SETTINGS.values() for name in names if name}
     for key in sorted(set(doc) - known):  # (only the settings read are offered: an older OneTrainer's own keys,
         # effnet_encoder_weight_dtype, embeddings, are no typos of the ones lowvram passes over)
-        close = difflib.get_close_matches(key, sorted(READ - set(doc)), n=1, cutoff=0.85)
+        # (an older config's: its model parts' keys too, but for those it holds, moved into their sections)
+        parts = {name for names in PART_SETTINGS.values() for name in names if name} - older if older else set()
+        close = difflib.get_close_matches(key, sorted((READ | parts) - set(doc)), n=1, cutoff=0.85)
         if close:
             problem(key, f"no OneTrainer setting; did you mean {close[0]}? (as written, {close[0]} is left at "
                          "OneTrainer's default)")
@@ -202,12 +204,15 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
 
     # checked before the migrations read values and after they (and the renames) move them (a first version's
     # optimizer is a name)
+    older = not str(doc.get("__version") or 0).isdigit() or int(doc.get("__version") or 0) < 2  # (its parts' keys
+    # at the top level: a typo of one stays there after the migration, which moves the ones it has)
+    written = set(doc)
     doc = _migrated(_typed(doc, problem, NESTED_SECTIONS[:-1]))
     second_given = "train" in (doc.get("text_encoder_2") or {})
     # a LoRA trained further whose rank and alpha the config leaves out: the file's (OneTrainer's 16 and 1 were
     # taken, and the file refused for them, naming command-line flags a config does not have)
     files_own = [key for key in ("lora_rank", "lora_alpha") if doc.get("lora_model_name") and key not in doc]
-    _misspelt(doc, problem)
+    _misspelt(doc, problem, written if older else None)
     doc = _with_defaults(_typed({RENAMED.get(key, key): value for key, value in doc.items()}, problem))
     if (_upper(doc, "model_type") or "").startswith("STABLE_DIFFUSION_XL") and not second_given and \
             doc["text_encoder_2"]["train"] and not doc["text_encoder"]["train"]:  # (an older config's, often)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lowvram.errors import shell_line
 from lowvram.files import text_of
 from lowvram.option_values import MAX_RESOLUTION
 from lowvram.samplers import sampler_name
@@ -237,11 +237,13 @@ COMPOSABLE = re.compile(r"\bAND\b")
 def lora_tag_flag(tag: str) -> str:
     """The --lora that loads what an AUTOMATIC1111 tag names (<lora:name:0.8>): its file here where it is, else by
     the name, to be found in the LoRA folder."""
-    name, _, weight = tag.strip("<>").partition(":")[2].partition(":")
-    weight = weight.split(":")[0].strip() or "1"
-    file = Path(f"{name.strip()}.safetensors")
+    _, name, *values = tag.strip("<>").split(":")
+    strengths = [value.strip().partition("=")[2] or value.strip() for value in values]  # (te=0.8 too)
+    weight = strengths[0] if strengths and re.fullmatch(r"[-+]?[0-9]*\.?[0-9]+", strengths[0]) else "1"
+    file = Path(re.sub(r"\.safetensors$", "", name.strip(), flags=re.IGNORECASE) + ".safetensors")
     where = "" if file.is_file() else f" (the path of {file.name}: AUTOMATIC1111's models/Lora, ComfyUI's models/loras)"
-    return f"--lora {shlex.quote(str(file))}:{weight}{where}"
+    one = "; one strength here, for the U-Net and text encoders alike" if len(set(strengths)) > 1 else ""
+    return f"--lora {shell_line(f'{file}:{weight}')}{where}{one}"
 
 
 def unread_syntax(prompt: SamplePrompt, lora_tag: str | None = None) -> list[str]:

@@ -125,7 +125,7 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
     linear = max((old for old, (_, spatial) in zip(before, after, strict=True) if not spatial), default=rank)
     if not dynamic and precision is None and uncut and rank > linear:  # (a copy named for a rank it is not; at
         # its own rank it is a conversion: kohya's layout, Tucker cores folded)
-        raise LowvramError(f"{path}: every layer is at rank {linear} or below already, so --rank {rank} cuts "
+        raise LowvramError(f"{path}: every linear layer is at rank {linear} or below already, so --rank {rank} cuts "
                            f"nothing (resize lowers ranks, never raises them); give a rank under {linear} ({linear} "
                            "writes it in kohya's layout, --save-precision in another precision)")
     # a fixed rank keeps each layer's alpha/rank scale (a LoCon's conv_alpha, per-block alphas), for

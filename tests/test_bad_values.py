@@ -378,7 +378,7 @@ def test_a_checkpoint_named_as_lowvram_prints_it_is_the_output_folders(tmp_path,
     assert "--rank" in str(error.value) and "--resume" not in str(error.value)  # (it was "not found" and found)
     with pytest.raises(LowvramError, match=rf"^--resume: step-000006: not found; pass a checkpoint folder "
                                            rf"\(<output>/checkpoints/step-N; {re.escape(str(out / 'checkpoints'))} "
-                                           r"holds 2, the newest step-000004, step-000002\), or --resume auto"):
+                                           r"holds 2, newest first: step-000004, step-000002\), or --resume auto"):
         run_config(output=str(out), resume="step-000006")
 
 
@@ -496,7 +496,8 @@ def test_a_kohya_command_missing_lowvrams_required_flags_is_answered_in_kohyas_n
         "--output (see lowvram resize --help)")
     # a typo beside them too (it came on the next run), and gen_img.py's sizes as generate's own flags
     assert one_line(capsys, ["resize", "x.safetensors", "--new_rank", "4", "--save_precision", "fp16"]).endswith(
-        "lowvram resize's is --rank; did you mean --save-precision? (see lowvram resize --help)")
+        "lowvram resize's is --rank; --save_precision is from kohya's resize_lora.py; lowvram resize's is "
+        "--save-precision (see lowvram resize --help)")  # (it was "did you mean": kohya's own name now)
     assert one_line(capsys, ["generate", "--model", "tiny", "--W", "64"]).endswith(
         "--W is from kohya's gen_img.py; lowvram generate's is --width (or \"--w W\" inside --prompt) (see lowvram "
         "generate --help)")

@@ -242,7 +242,12 @@ def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_t
         "models/Lora, ComfyUI's models/loras) loads it")  # (it said "--lora FILE:WEIGHT loads one")
     (tmp_path / "my style.safetensors").write_bytes(b"")
     assert main([*BASE, "--prompt", "a cat <lora:my style>", "--output", str(tmp_path / "x.png")]) == 2
-    assert capsys.readouterr().err.strip().endswith("--lora 'my style.safetensors':1 loads it")
+    assert capsys.readouterr().err.strip().endswith("--lora 'my style.safetensors:1' loads it")
+    from lowvram.prompts import lora_tag_flag
+
+    assert lora_tag_flag("<lora:my style.safetensors:te=0.5>") == "--lora 'my style.safetensors:0.5'"
+    assert lora_tag_flag("<lora:my style:0.8:0.5>") == ("--lora 'my style.safetensors:0.8'; one strength here, for the "
+                                                       "U-Net and text encoders alike")
     assert run_config(sample_prompts=["a cat <lora:style:0.8>"]).samples[0].text == "a cat <lora:style:0.8>"
     # prompt editing, alternation and a hypernetwork: AUTOMATIC1111's, drawn here without them (as words)
     for prompt, said in (("[red:blue:0.5] circle", "[red:blue:0.5] is AUTOMATIC1111's prompt editing or alternation"),

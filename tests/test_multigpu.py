@@ -150,9 +150,31 @@ def test_a_process_killed_mid_run_ends_the_other_with_the_checkpoint_and_the_lau
     finally:
         launcher.kill()
     # (which comes first is a race: gloo's closed connection, or the launcher's SIGTERM to the process left)
-    said = [line for line in err.splitlines() if line.startswith(("lowvram train: error: another process",
+    said = [line for line in err.splitlines() if line.startswith(("lowvram train: error: lost contact",
                                                                   "lowvram train: interrupted"))]
     assert len(said) == 1, err[-3000:]
-    assert re.search(r"(and this one with it|interrupted); kept: checkpoint step-\d{6}; continue with: accelerate "
+    assert re.search(r"(and this one ended with it|interrupted); kept: checkpoint step-\d{6}; continue with: accelerate "
                      r"launch --multi_gpu --num_processes 2 -m lowvram train --config \S+out\.toml --resume auto$",
                      said[0]), said
+
+
+@pytest.mark.slow
+def test_a_refusal_every_process_reaches_is_said_once(tmp_path):
+    """An output folder of another run, refused by the claim every process makes alike: one line, not one for each
+    process (and the CPU's --auto note once too)."""
+    from conftest import run_config
+
+    from lowvram.train.loop import train
+
+    out = tmp_path / "out"
+    train(run_config(output=str(out), max_steps=1, resolution=64))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m",
+         "lowvram", "train", "--model", "tiny", "--data", "sample", "--resolution", "64", "--max-steps", "2",
+         "--lr", "3e-4", "--auto", "--resume", "auto", "--output", str(out)],
+        check=False, capture_output=True, text=True, env=env, timeout=600)
+    said = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("lowvram train:")]
+    assert run.returncode != 0 and len([line for line in said if "error:" in line]) == 1, said
+    assert len([line for line in said if "--auto: no CUDA GPU" in line]) == 1, said

@@ -387,6 +387,11 @@ def test_a_misspelt_setting_is_refused_naming_the_one_it_misspells(tmp_path):
     assert str(error.value).splitlines() == [
         f"{tmp_path / 'ot.json'}: {key}: no OneTrainer setting; did you mean {meant}? (as written, {meant} is left "
         "at OneTrainer's default)" for key, meant in (("learning_rte", "learning_rate"), ("lora_rnak", "lora_rank"))]
+    with pytest.raises(LowvramError, match="text_encoder_learnig_rate: no OneTrainer setting; did you mean "
+                                           "text_encoder_learning_rate"):  # (an older config keeps it at the top)
+        translate_onetrainer(CONFIG | {"__version": 1, "text_encoder_learnig_rate": 1e-4}, tmp_path / "ot.json")
+    assert translate_onetrainer(CONFIG | {"__version": 1, "text_encoder_weight_dtype": "FLOAT_32",
+                                          "decoder_text_encoder_weight_dtype": "FLOAT_32"}, tmp_path / "ot.json")
 
 
 def test_continue_last_backup_is_resume_auto(tmp_path, monkeypatch):

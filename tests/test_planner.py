@@ -417,7 +417,7 @@ def test_explicit_flags_are_kept():
 def test_an_explicit_choice_that_cannot_fit_is_reported_as_such():
     result = plan(work("sdxl", 1024), hardware_for(None, "6GB", "64GB"), {"unet_weights": "bf16"})
     assert result.choice is None
-    assert any("let the planner choose" in s for s in result.suggestions)
+    assert any("leave --unet-weights bf16 to the planner" in s for s in result.suggestions)
 
 
 def test_smaller_budgets_choose_leaner_strategies():

@@ -104,7 +104,7 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
     assert "nothing was cut: each layer was at that rank or below already" in capsys.readouterr().out
     # a higher rank: refused (it wrote <name>-r16.safetensors, of rank 8)
     assert main(["resize", str(trained), "--rank", "16"]) == 2 and not trained.with_name(f"{trained.stem}-r16.safetensors").exists()
-    assert (f"{trained}: every layer is at rank 8 or below already, so --rank 16 cuts nothing (resize lowers ranks, "
+    assert (f"{trained}: every linear layer is at rank 8 or below already, so --rank 16 cuts nothing (resize lowers ranks, "
             "never raises them); give a rank under 8") in capsys.readouterr().err
     argv = ["generate", "--model", "tiny", "--prompt", "lvshape, a red circle", "--steps", "3", "--seed", "1"]
     images = []
@@ -119,7 +119,7 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
     ranks = {t.shape[0] for k, t in load_file(str(dynamic)).items() if k.endswith("lora_down.weight")}
     assert len(ranks) > 1 and meta["ss_network_dim"] == "Dynamic"
     assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_fro", "--dynamic-param", "0.9"]) == 0
-    assert trained.with_name(f"{trained.stem}-r8-sv_fro0.9.safetensors").is_file()  # (named -r8, a fixed rank's name)
+    assert trained.with_name(f"{trained.stem}-r8-sv_fro0.9.safetensors").is_file()  # (it was -r8, a fixed rank's name)
     ratio = tmp_path / "ratio.safetensors"  # a ratio above 1, unlike the shares the other rules keep
     assert main(["resize", str(trained), "--rank", "8", "--dynamic", "sv_ratio", "--dynamic-param", "4",
                  "--output", str(ratio)]) == 0

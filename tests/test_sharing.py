@@ -494,6 +494,15 @@ def test_info_says_which_base_model_a_lora_is_for_and_its_trigger_words(tmp_path
     assert out.startswith("xl.safetensors: LoRA for SDXL, ") and "\ntrigger words: lvshape\n" in out, out
     # how it was trained, and its scale: a LoRA manager's card (it was in the table alone, alpha in the flags)
     assert "\ntrained: 1 step, 1 epoch, at 64x64, on tiny-sdxl; alpha 4 (scale 1)\n" in out, out
+    # a downloaded file's own words: no markup, a save's own epoch, odd numbers passed over (a traceback, "at 1024x0")
+    name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    save_file({f"{name}.lora_down.weight": torch.zeros(4, 768), f"{name}.lora_up.weight": torch.zeros(320, 4)},
+              str(tmp_path / "odd.safetensors"), {"ss_sd_model_name": "animeMix [v2] [/i].safetensors", "ss_steps": "²",
+                                                  "ss_epoch": "1", "ss_num_epochs": "3",
+                                                  "ss_resolution": "[1024.0, 1024.0]", "ss_tag_frequency": "{}"})
+    assert main(["info", str(tmp_path / "odd.safetensors")]) == 0
+    assert "\ntrained: 1 epoch, at 1024x1024, on animeMix [v2] [/i].safetensors; alpha 4 (scale 1)\n" in \
+        capsys.readouterr().out
     # a file without metadata: its layers say (the cross-attention's 768 or 2048 wide input)
     for width, base in ((768, "SD1.5"), (2048, "SDXL"), (1024, None)):
         name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"

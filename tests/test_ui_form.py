@@ -205,6 +205,13 @@ def test_resume_takes_the_strategy_the_run_trained_with(tmp_path, sample_data):
     assert "--optimizer adafactor there, adamw here" in output_problem(config, "auto")
     config.write_text(toml_text(with_recorded_strategy(form, out)))
     assert output_problem(config, "auto") is None
+    # a checkpoint accelerate launch's two processes wrote: said before the UI starts a run that refuses it
+    from safetensors.torch import load_file, save_file
+
+    rng = out / "checkpoints" / "step-000002" / "rng.safetensors"
+    states = load_file(rng)
+    save_file(states | {key.replace("rank0/", "rank1/"): value.clone() for key, value in states.items()}, rng)
+    assert "was saved by a run of 2 process(es), this one has 1" in output_problem(config, "auto")
 
 
 def test_start_passes_the_overwrite_ticked_and_a_checkpoint_typed_in_the_form(tmp_path):

@@ -34,7 +34,15 @@ from lowvram.files import (
     shared_mode,
 )
 from lowvram.run_files import checkpoint_name
-from lowvram.train.checkpoint_folders import ADAPTERS, EMA_PART, FORMAT, complete, processes_of, processes_refusal
+from lowvram.train.checkpoint_folders import (
+    ADAPTERS,
+    EMA_PART,
+    FORMAT,
+    complete,
+    format_refusal,
+    processes_of,
+    processes_refusal,
+)
 from lowvram.train.identity import identity
 
 
@@ -144,9 +152,8 @@ def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_schedule
     from safetensors.torch import load_file
 
     state = json.loads((path / "state.json").read_text())
-    if state.get("format") != FORMAT:
-        raise Refused(f"--resume: {path} was written by another lowvram version (format {state.get('format')}, "
-                           f"this one reads {FORMAT}); resume it with that version, or start over without --resume")
+    if other := format_refusal(path):
+        raise Refused(other)
     rng = load_file(str(path / "rng.safetensors"))
     # each process's random state and share of the data: another count would continue another run (every process
     # reads the same file, so every one stops here, before any step)

@@ -59,6 +59,17 @@ def processes_of(path: Path) -> int | None:
     return len({name.split("/")[0] for name in names if re.match(r"rank\d+/", name)}) or None
 
 
+def format_refusal(path: Path) -> str | None:
+    """The line a checkpoint another lowvram version wrote is refused with (None: this version's)."""
+    try:
+        written = json.loads((path / "state.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if written == FORMAT else (
+        f"--resume: {path} was written by another lowvram version (format {written}, this one reads {FORMAT}); "
+        "resume it with that version, or start over without --resume")
+
+
 def processes_refusal(path: Path, saved_by: int, processes: int) -> str:
     """Why a checkpoint of `saved_by` processes does not resume in a run of `processes`, and the ways on."""
     how = (f"accelerate launch --multi_gpu --num_processes {saved_by} -m lowvram train" if saved_by > 1

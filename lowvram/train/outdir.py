@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lowvram.config import RunConfig, fields_by_name
 from lowvram.dataset_files import is_dataset_file, read_dataset
-from lowvram.errors import LowvramError, shell_line
+from lowvram.errors import LowvramError, Refused, shell_line
 from lowvram.files import DiskFull, make_folders, not_found_hint, remove_orphans, write_problem, write_text
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import HASHES, RECIPE_KEY, addnet_hash, hashes
@@ -135,7 +135,7 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
 
         problem = broadcast_object_list([problem])[0]
     if problem:
-        raise LowvramError(problem)
+        raise Refused(problem)  # (every process raises it: the main one says it)
     try:
         yield note
     finally:
@@ -144,17 +144,20 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
 
 
 def processes_problem(run: ResolvedRun, processes: int) -> None:
-    """Refuse, before the model loads, a resume of the checkpoint a run of another number of processes wrote
-    (the one `--resume` names, as the resume finds it; refusals of its own are the resume's to say)."""
+    """Refuse, before the model loads, a resume of the checkpoint another lowvram version or a run of another
+    number of processes wrote (the one `--resume` names, as the resume finds it; refusals of its own are the
+    resume's to say)."""
     if not run.config.training.resume:
         return
     try:
         found, _ = checkpoint_folders.resolve(run.config.training.resume, run.config.output_dir, recipe(run))
     except LowvramError:
         return
+    if other := checkpoint_folders.format_refusal(found):
+        raise Refused(other)
     saved_by = checkpoint_folders.processes_of(found)
     if saved_by not in (None, processes):
-        raise LowvramError(checkpoint_folders.processes_refusal(found, saved_by, processes))
+        raise Refused(checkpoint_folders.processes_refusal(found, saved_by, processes))
 
 
 def nothing_to_resume(config):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, Refused
 from lowvram.files import make_folders, write_text
 from lowvram.run_files import CHECKPOINTS, METRICS, SAMPLES
 
@@ -168,15 +168,19 @@ def output_problem(config_path: Path, resume: str | None, overwrite: bool = Fals
     from lowvram.configure import build_config, read_config
     from lowvram.hardware import NO_GPU
     from lowvram.resolve import resolve_run
-    from lowvram.train.outdir import FolderLock, ownership_problem
+    from lowvram.train.outdir import FolderLock, ownership_problem, processes_problem
 
     try:
         config = build_config(read_config(config_path) | ({"resume": resume} if resume else {})
                               | ({"overwrite": True} if overwrite else {}))
+        run = resolve_run(config, NO_GPU)
+        processes_problem(run, 1)  # (the UI's runs are one process: a checkpoint of accelerate launch's is refused)
         # a run going there first (a UI restarted beside its run called its files an earlier run's, then its Resume
         # started a run that failed on the folder's lock)
-        return FolderLock(config.output_dir).held_by_another() or ownership_problem(resolve_run(config, NO_GPU))
-    except LowvramError:
+        return FolderLock(config.output_dir).held_by_another() or ownership_problem(run)
+    except Refused as exc:  # (a checkpoint of another lowvram or process count)
+        return str(exc)
+    except LowvramError:  # (an option's own error: the run's to say)
         return None
 
 
