@@ -258,7 +258,8 @@ def run(args: argparse.Namespace) -> Resized:
                f"{args.lora}: file not found; give a LoRA .safetensors file")
     problems = [] if args.lora.is_file() else [missing]
     rule = f"{args.dynamic}{args.dynamic_param:g}" if args.dynamic and args.dynamic_param is not None else None
-    output = args.output or args.lora.with_name(f"{args.lora.stem}-r{args.rank}{f'-{rule}' if rule else ''}.safetensors")
+    suffix = f"-r{args.rank}" + (f"-{rule}" if rule else "")
+    output = args.output or args.lora.with_name(f"{args.lora.stem}{suffix}.safetensors")
     problems += option_problems(args, output, [args.lora])
     if problems:
         raise LowvramError("\n".join(problems))

@@ -267,10 +267,10 @@ def _options(concept: dict, where: str, notes: list[str], problem) -> dict[str, 
         notes[earlier] = notes[earlier].replace(said, f", {where}{said}", 1)
     elif variants <= 1 and varied:
         # (lowvram's first variant is the image as it is: one cached variant would never flip nor move the crop)
-        notes.append(f"{where}{said}random flip, crop or colour jitter: lowvram caches 2 variants per image (4 with "
-                     "crop or colour jitter), its first as it is, so that epochs vary (OneTrainer draws one of each per "
-                     "image and caches that); --latent-variants 1 caches one, as it is, in a half or a quarter of the "
-                     "time")
+        notes.append(f"{where}{said}random flip, crop or colour jitter: lowvram caches 2 variants per image (4 "
+                     "with crop or colour jitter), its first as it is, so that epochs vary (OneTrainer draws one of "
+                     "each per image and caches that); --latent-variants 1 caches one, as it is, in a half or a "
+                     "quarter of the time")
     options["caption_variants"] = captions if captions > 1 else None
     if not (options["shuffle_tags"] or options["tag_dropout"]):
         # OneTrainer keeps one tag by default, whether or not anything moves the tags: a concept whose tags stay put

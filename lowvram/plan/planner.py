@@ -222,8 +222,8 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict, seen_only:
 
     found = []
     if fixed and (how := fits(work, f={})) is not None:
-        given = ", ".join(f"--{'no-' * (value is False)}{name.replace('_', '-')}{'' if isinstance(value, bool) else f' {value}'}"
-                          for name, value in fixed.items())
+        given = ", ".join(f"--{'no-' * (value is False)}{name.replace('_', '-')}"
+                          + ("" if isinstance(value, bool) else f" {value}") for name, value in fixed.items())
         found.append(f"leave {given} to the planner ({'it rules' if len(fixed) == 1 else 'they rule'} out every "
                      f"strategy {'seen training ' * seen_only}that fits){how}")
     if work.batch > 1 and (how := fits(replace(work, batch=1))) is not None:
