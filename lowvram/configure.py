@@ -322,6 +322,7 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", r
     if problems or wrong_type:  # with them, every value of the file that is wrong: one pass shows all there is to
         # fix (but for checks across options that a flag given may settle: those wait for every layer)
         flags = [flag_name(field) for name, (_, field, _) in fields_by_name().items() if name in given]
+        flags += ["--resume"] * ("output" in given)  # (a checkpoint's name is looked for in the --output given)
         problems += [f"{path}: {line}" for line in _file_value_problems(kept) if line in wrong_type
                      or not any(re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", line) for flag in flags)]
     if problems:

@@ -376,6 +376,10 @@ def test_a_checkpoint_named_as_lowvram_prints_it_is_the_output_folders(tmp_path,
     with pytest.raises(LowvramError) as error:
         read_toml(config)
     assert "--rank" in str(error.value) and "--resume" not in str(error.value)  # (it was "not found" and found)
+    config.write_text('[network]\nrank = "x"\n[training]\nresume = "2"\n')  # (the folder given on the command line)
+    with pytest.raises(LowvramError) as error:
+        read_toml(config, given=("output",))
+    assert "--rank" in str(error.value) and "--resume" not in str(error.value)
     with pytest.raises(LowvramError, match=rf"^--resume: step-000006: not found; pass a checkpoint folder "
                                            rf"\(<output>/checkpoints/step-N; {re.escape(str(out / 'checkpoints'))} "
                                            r"holds 2, newest first: step-000004, step-000002\), or --resume auto"):
