@@ -175,11 +175,10 @@ def _unquoted_path(given: list[str], word: str) -> str | None:
 
 def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | None:
     """'did you mean --lr?' for a typo of a lowvram flag, or of the kohya name of one (--lerning_rate)."""
-    from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS, TRAINING_COMMANDS, single_flag
+    from lowvram.kohya_names import TRAINING_COMMANDS, others_single_flags
 
     names = {flag.lstrip("-"): flag for flag in flags if flag.startswith("--")}
-    trainers = KOHYA_FLAGS | OTHER_TRAINER_FLAGS if command in TRAINING_COMMANDS else {}  # (their training flags)
-    theirs = {name: single_flag(ours) for name, ours in trainers.items()}
+    theirs = others_single_flags() if command in TRAINING_COMMANDS else {}  # (their training flags)
     kohya = {name.lstrip("-").replace("_", "-"): flag for name, flag in theirs.items() if flag in flags}
     typed = word.lstrip("-").replace("_", "-")
     if command == "train" and typed == "profile":  # (a card to plan for: train runs on the one present)

@@ -55,7 +55,7 @@ from lowvram.files import (
 from lowvram.kohya_config import NO_BUCKETS, NO_CAPTION_EXTENSION, flat_config, is_kohya_config, translate
 from lowvram.kohya_gui_config import is_kohya_gui_config, translate_gui
 from lowvram.kohya_launcher import is_launcher, launcher_config
-from lowvram.kohya_names import KOHYA_FLAGS, OTHER_TRAINER_FLAGS, kohya_hint, single_flag
+from lowvram.kohya_names import kohya_hint, others_single_flags
 from lowvram.lora_header import read_header, with_network_weights
 from lowvram.lora_metadata import RECIPE_KEY
 from lowvram.onetrainer_config import is_onetrainer_config, translate_onetrainer
@@ -578,8 +578,8 @@ def _other_tools_key(key: str, known: dict) -> str:
 def _closest_key(key: str, known: dict, section: str | None = None) -> str:
     """' (did you mean 'rank'?)' for a typo of a key, or of another trainer's name for one (learnign_rate: lr), as
     the command line answers --learnign_rate; with its table where that is not `section`."""
-    theirs = {name.lstrip("-"): flag[2:].replace("-", "_") for name, ours in (KOHYA_FLAGS | OTHER_TRAINER_FLAGS).items()
-              if (flag := single_flag(ours)) and flag[2:].replace("-", "_") in known}
+    by_flag = {flag_name(field): name for name, (_, field, _) in known.items()}
+    theirs = {name.lstrip("-"): by_flag[flag] for name, flag in others_single_flags().items() if flag in by_flag}
     close = difflib.get_close_matches(key, list(known) + list(theirs), n=1)
     if not close:
         return ""

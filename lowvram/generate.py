@@ -32,13 +32,11 @@ from lowvram.models.loading import LoadedModel, follow_lora_schedule, load_model
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION, parse_source
 from lowvram.precision import compute_dtype
 from lowvram.prompts import (
-    LORA_TAG,
     MAX_SEED,
     TRIGGER_PLACEHOLDER,
     SamplePrompt,
     from_generation_data,
     infotext,
-    lora_tag_flag,
     model_title,
     options_elsewhere,
     parse_prompt,
@@ -223,9 +221,8 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
         problems.append(f"--prompt: {exc}")
         prompt = SamplePrompt("", sampler=args.sampler)  # the flags are still checked
     # (the image would be drawn without the LoRA, the switch, the network)
-    tag = LORA_TAG.search(prompt.text)
     problems += [f"--prompt: {problem}" for problem in unread_syntax(
-        prompt, f"which a prompt here does not read: {lora_tag_flag(tag.group(0)) if tag else ''} loads it")]
+        prompt, "which a prompt here does not read: {} loads it")]
     if prompt.sampler and (problem := sampler_problem(prompt.sampler, False)):  # (a package missing: before the
         problems.append(f"--sampler: {problem}")  # model loads; zero terminal SNR is known once it has)
     if args.weight is not None and math.isfinite(args.weight) and not args.lora:

@@ -475,6 +475,12 @@ def _typed_and_key(flag: str) -> tuple[str, str]:
     return name, "--" + name[2:].replace("-", "_") if name.startswith("--") else name
 
 
+def others_single_flags() -> dict[str, str]:
+    """Each kohya, diffusers-script or SimpleTuner training flag that is one lowvram flag: {"--network_dim":
+    "--rank", ...}, for the did-you-means of typos of their names (the command line's and a TOML key's)."""
+    return {name: flag for name, ours in (KOHYA_FLAGS | OTHER_TRAINER_FLAGS).items() if (flag := single_flag(ours))}
+
+
 def single_flag(ours: str) -> str | None:
     """The one lowvram flag an entry above names outside its parentheses ('--rank (whose alpha ...)': --rank), or
     None for an entry of several (--network_args') or none."""

@@ -248,10 +248,12 @@ def lora_tag_flag(tag: str) -> str:
 
 def unread_syntax(prompt: SamplePrompt, lora_tag: str | None = None) -> list[str]:
     """What `prompt` holds of AUTOMATIC1111's syntax that lowvram would draw as words, each said with what to do
-    (`lora_tag`: what to do with a LoRA tag; None: it stays words, as a training sample's does in kohya)."""
+    (`lora_tag`: what to do with a LoRA tag, its `{}` the --lora that loads it; None: it stays words, as a
+    training sample's does in kohya)."""
     both, found = f"{prompt.text} {prompt.negative or ''}", []
     if lora_tag and (tag := LORA_TAG.search(prompt.text)):
-        found.append(f"{tag.group(0)} is AUTOMATIC1111's way to load a LoRA, {lora_tag}")
+        loads = lora_tag.format(lora_tag_flag(tag.group(0)))
+        found.append(f"{tag.group(0)} is AUTOMATIC1111's way to load a LoRA, {loads}")
     if editing := PROMPT_EDITING.search(both):
         found.append(f"{editing.group(0)} is AUTOMATIC1111's prompt editing or alternation, which lowvram does not "
                      "do: write the words to draw (emphasis, (word:1.2) and [word], works)")

@@ -592,3 +592,6 @@ def test_accelerate_launchs_mixed_precision_is_said_not_to_be_used(tmp_path, cap
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # lowvram's own flag wins: said too (it was not)
     train(run_config(output=str(tmp_path / "c"), max_steps=1, mixed_precision="bf16"))
     assert "accelerate's mixed precision fp16 is not used: --mixed-precision bf16 is\n" in capsys.readouterr().out
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # (what accelerate launch sets where nothing names one)
+    train(run_config(output=str(tmp_path / "d"), max_steps=1, mixed_precision="bf16"))
+    assert "accelerate's" not in capsys.readouterr().out

@@ -186,8 +186,8 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     session = Session(run, accelerator, console or log_console(quiet=not accelerator.is_main_process))
     # `accelerate launch --mixed_precision` (or its config file) sets this; the diffusers scripts train in it
     # ("no" is what accelerate launch sets where neither its flag nor a config file names one: no choice made)
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION") if os.environ.get("ACCELERATE_MIXED_PRECISION") != "no" \
-        else None
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    launched = None if launched == "no" else launched
     if launched and launched != run.mixed_precision and config.training.mixed_precision == "auto":
         instead = ""
         if launched in MIXED_PRECISION:  # the flag named only where it runs here (fp16 needs a GPU; fp8 is no choice)
