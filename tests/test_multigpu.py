@@ -140,7 +140,7 @@ def test_a_process_killed_mid_run_ends_the_other_with_the_checkpoint_and_the_lau
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 300
-        while not (out / "checkpoints" / "step-000001" / "state.json").is_file():
+        while not any((out / "checkpoints").glob("step-*/state.json")):  # (step 1's is pruned as others come)
             assert launcher.poll() is None and time.time() < deadline, launcher.communicate()
             time.sleep(0.5)
         ranks = {child.environ().get("RANK"): child for child in psutil.Process(launcher.pid).children(recursive=True)
