@@ -102,7 +102,7 @@ def plan_dataset(run, console) -> dict:
                   "each takes its share of the batches)",
                   soft_wrap=True, highlight=False)
     return {"total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
-            "epochs": round(schedule.total_steps / schedule.steps_per_epoch, 3),
+            "epochs": round(schedule.epochs, 3),
             "images_per_epoch": epochs.images_per_epoch}
 
 

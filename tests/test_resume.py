@@ -647,6 +647,19 @@ def test_a_batch_size_changed_mid_epoch_says_what_the_epoch_passes_over(tmp_path
         capsys.readouterr().out.split())
 
 
+def test_a_new_gradient_accumulation_on_resume_counts_the_epochs_from_the_checkpoints_place(tmp_path, capsys):
+    """The epochs a resumed run reaches are its checkpoint's batches and its own: 4 steps of 1 batch, 16 of 2 and 4 of
+    3 are 48 batches, 1.6 epochs of 30 (counted from step 0 at each new count, they were said as 2.4 epochs of 10,
+    and the progress line's and the LoRA's epoch count as 3)."""
+    train(run_config(output=str(tmp_path), max_steps=4, checkpoint_every=4))
+    result = train(run_config(output=str(tmp_path), max_steps=20, gradient_accumulation=2, resume="auto"))
+    assert "20 steps = 1.2 epochs of 15" in capsys.readouterr().out and result.epochs == 2
+    result = train(run_config(output=str(tmp_path), max_steps=24, gradient_accumulation=3, resume="auto"))
+    said = capsys.readouterr().out
+    assert "24 steps = 1.6 epochs of 10" in said and "epoch 2/2" in said and result.epochs == 2, said
+    assert read_header(result.lora_path)[0]["ss_num_epochs"] == "2"
+
+
 def test_every_checkpoint_unreadable_names_the_broken_part_and_the_way_out(tmp_path):
     train(run_config(output=str(tmp_path), max_steps=2, checkpoint_every=1))
     for part in (tmp_path / "checkpoints").glob("step-*/adapters.safetensors"):

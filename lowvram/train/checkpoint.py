@@ -143,6 +143,12 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     return final
 
 
+def data_position(path: Path) -> tuple[int, int, int]:
+    """Where checkpoint `path` stands: its step and its data's, the epoch and the batch in it."""
+    state = json.loads((path / "state.json").read_text())
+    return state["step"], state["epoch"], state["batch"]
+
+
 def load(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, accelerator, ema=None,
          settings: Collection[str] = ()) -> Position:
     """Restore everything `save` wrote; returns where training continues. `settings`: the optimizer's own

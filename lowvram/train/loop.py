@@ -34,6 +34,7 @@ from lowvram.train.runlog import RunLog, log_early_end
 from lowvram.train.sampling import render_samples
 from lowvram.train.saving import (
     at_save_points,
+    checkpoint_to_resume,
     grid_due_at_start,
     resume,
     sample_grid,
@@ -138,10 +139,11 @@ def run_training(session: Session) -> TrainResult:
     model, noise_scheduler = load_frozen_model(session)
     peaks = PhasePeaks(session.device)  # each phase's peak VRAM, to print and to log beside the metrics
     prepared, attention = fill_caches_and_place(session, model, dataset, peaks)
-    schedule = plan_schedule(config, prepared.data, session.world)
+    found = checkpoint_to_resume(session)
+    schedule = plan_schedule(config, prepared.data, session.world, found and checkpoint.data_position(found))
     trainee = attach_adapters(session, model, noise_scheduler, schedule)
     describe(session, trainee, dataset, prepared, attention, schedule)
-    position = resume(session, trainee, dataset, schedule)
+    position = resume(session, trainee, dataset, schedule, found)
     if not fresh:
         write_options(session)
     stopping = EarlyStopping.restore(config.validation.early_stopping, config.validation.early_stopping_delta,

@@ -110,15 +110,23 @@ def _shown(value: object) -> str:
 STATE_SHAPING = {"slice_p", "d0"}
 
 
-def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule) -> checkpoint.Position:
-    """Where the run continues: the start, or the checkpoint --resume names (adapters, optimizer, schedule, RNG,
-    the data position and early stopping's record); a dataset changed since is said, not refused (a caption fixed
-    mid-run is worth training on)."""
+def checkpoint_to_resume(session: Session) -> Path | None:
+    """The checkpoint --resume names, as it is found (a newer one unreadable is said); None for a fresh run."""
     if not session.config.training.resume:
-        return checkpoint.Position(0, 0, 0)
+        return None
     found, unreadable = checkpoint_folders.resolve(session.config.training.resume, session.out_dir, recipe(session.run))
     for line in unreadable:
         session.console.print(f"[yellow]warning: {line}: resuming from an earlier one[/]", soft_wrap=True)
+    return found
+
+
+def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Schedule,
+           found: Path | None) -> checkpoint.Position:
+    """Where the run continues: the start, or the checkpoint `found` (adapters, optimizer, schedule, RNG, the data
+    position and early stopping's record); a dataset changed since is said, not refused (a caption fixed mid-run is
+    worth training on)."""
+    if found is None:
+        return checkpoint.Position(0, 0, 0)
     optim = session.config.optim
     settings = {*dict(spec_of(optim.optimizer).args), *optimizer_kwargs(optim.optimizer, optim.optimizer_args),
                 "weight_decay"} - STATE_SHAPING  # (not what an optimizer keeps in its groups as it goes: Prodigy's d)

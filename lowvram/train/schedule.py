@@ -27,10 +27,11 @@ class Schedule:
     # the step each epoch ends at, through the run's last: with fractional repeats an epoch's batch count varies
     # with the images its share draws (so steps_per_epoch, epoch 0's, is then approximate)
     epoch_ends: tuple[int, ...] = ()
+    epochs: float = 0.0  # the run's length in epochs: the last one's share its steps reach into
 
     def length(self, fractional: bool) -> str:
         """"200 steps = 10 epochs of 20" (of about 20 where fractional repeats vary an epoch's batches)."""
-        epochs = f"{self.total_steps / self.steps_per_epoch:.3g}"
+        epochs = f"{self.epochs:.3g}"
         return (f"{self.total_steps} steps = {epochs} epoch{'s' * (epochs != '1')} of {'about ' * fractional}"
                 f"{self.steps_per_epoch}")
 
@@ -55,17 +56,34 @@ class Schedule:
         return index + 1 if index < len(self.epoch_ends) and self.epoch_ends[index] == step else None
 
 
-def plan_schedule(config: RunConfig, data: Epochs, world: int) -> Schedule:
+def plan_schedule(config: RunConfig, data: Epochs, world: int, start: tuple[int, int, int] | None = None
+                  ) -> Schedule:
+    """`start`: a resumed run's checkpoint's step, epoch and batch, from where the epochs are counted at this run's
+    batches per step (the checkpoint's steps may have drawn another count: --gradient-accumulation changed)."""
     batches_per_step = config.training.gradient_accumulation * world
     steps_per_epoch = max(1, math.ceil(data.batches_per_epoch / batches_per_step))
     max_steps, epochs = config.training.max_steps, config.training.epochs or DEFAULT_EPOCHS
     until = parse_until(config.network.text_encoder_until)
     until_epochs = int(until[0]) if until and until[1] == "epochs" else 0
-    ends = [steps_per_epoch]  # an epoch ends its last step early (loop.draw), so each epoch's steps round up
+
+    def batches_of(epoch: int) -> int:
+        return len(data.epoch_batches(epoch, shuffled=False)) if data.fractional else data.batches_per_epoch
+
+    def steps_of(epoch: int) -> int:  # an epoch ends its last step early (loop.draw), so its steps round up
+        return max(1, math.ceil(batches_of(epoch) / batches_per_step))
+
+    step, epoch, batch = start or (0, 0, 0)
+    ends = [step + math.ceil(max(0, batches_of(epoch) - batch) / batches_per_step) if start else steps_per_epoch]
+    lengths = [steps_of(epoch) if start else steps_per_epoch]
+    # the epochs the checkpoint's steps ended: each as long as this run's steps make it, none after the checkpoint
+    ends[:0] = [max(0, min(step, ends[0] - lengths[0] - i * steps_per_epoch)) for i in reversed(range(epoch))]
+    lengths[:0] = [steps_per_epoch] * epoch
     while (ends[-1] < max_steps) if max_steps else (len(ends) < max(epochs, until_epochs)):
-        batches = len(data.epoch_batches(len(ends), shuffled=False)) if data.fractional else data.batches_per_epoch
-        ends.append(ends[-1] + max(1, math.ceil(batches / batches_per_step)))
+        lengths.append(steps_of(len(ends)))
+        ends.append(ends[-1] + lengths[-1])
     total_steps = max_steps or ends[epochs - 1]
+    last = bisect.bisect_left(ends, total_steps)  # the epoch the last step is in
+    run_epochs = last + 1 - (ends[last] - total_steps) / lengths[last]
     if until_epochs:
         until_step = ends[until_epochs - 1] if until_epochs <= len(ends) else total_steps
     else:
@@ -75,7 +93,7 @@ def plan_schedule(config: RunConfig, data: Epochs, world: int) -> Schedule:
                     config.validation.validate_every,
                     len(data.batch_shapes()) + len(config.prompt_lines) + 1,
                     until_step, in_steps(config.optim.warmup_steps, total_steps),
-                    tuple(end for end in ends if end <= total_steps))
+                    tuple(end for end in ends if end <= total_steps), run_epochs)
 
 
 def in_steps(given: float, total_steps: int) -> int:
