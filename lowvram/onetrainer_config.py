@@ -26,7 +26,7 @@ from lowvram.errors import LowvramError, quoted
 from lowvram.files import expand_home, local_path, not_found_hint
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 from lowvram.kohya_config import as_number
-from lowvram.onetrainer_optimizers import optimizer_values
+from lowvram.onetrainer_optimizers import misspelt, optimizer_values
 from lowvram.optim import RATE_OPTIONS, sets_own_step_sizes
 from lowvram.prompts import onetrainer_sample
 from lowvram.run_files import LORA_SUFFIX, runs_name
@@ -128,6 +128,12 @@ NUMBERS = ("learning_rate", "learning_rate_warmup_steps", "learning_rate_cycles"
            "masked_prior_preservation_weight", "offset_noise_weight", "perturbation_noise_weight", "ema_decay",
            "ema_update_step_interval")
 PART_NUMBERS = ("learning_rate", "stop_training_after")
+# a model part's section: OneTrainer's settings (its TrainModelPartConfig), and those lowvram reads
+PART_KEYS = {"model_name", "include", "train", "stop_training_after", "stop_training_after_unit", "learning_rate",
+             "weight_dtype", "dropout_probability", "train_embedding", "attention_mask", "guidance_scale",
+             "gradient_checkpointing", "offload_fraction", "activation_offloading"}
+PART_READ = ("train", "learning_rate", "stop_training_after", "stop_training_after_unit", "weight_dtype",
+             "model_name")
 NESTED_SECTIONS = ("unet", "text_encoder", "text_encoder_2", "vae", "optimizer")
 PART_DEFAULTS = {part: {"train": True, "stop_training_after": 30, "stop_training_after_unit": "EPOCH"}
                  for part in ("text_encoder", "text_encoder_2")}
@@ -188,8 +194,13 @@ def _misspelt(doc: dict[str, Any], problem, older: set[str] | None = None) -> No
         parts = {name for names in PART_SETTINGS.values() for name in names if name} - older if older else set()
         close = difflib.get_close_matches(key, sorted((READ | parts) - set(doc)), n=1, cutoff=0.85)
         if close:
-            problem(key, f"no OneTrainer setting; did you mean {close[0]}? (as written, {close[0]} is left at "
-                         "OneTrainer's default)")
+            problem(key, misspelt(close[0]))
+    for part in PART_SETTINGS:  # (the sections' own: unet.learnig_rate trained at the run's rate)
+        section = doc.get(part) if isinstance(doc.get(part), dict) else {}
+        for key in sorted(set(section) - PART_KEYS):
+            close = difflib.get_close_matches(key, sorted(set(PART_READ) - set(section)), n=1, cutoff=0.85)
+            if close:
+                problem(f"{part}.{key}", misspelt(f"{part}.{close[0]}"))
 
 
 def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:

@@ -3,6 +3,7 @@ the class OneTrainer builds, named by its path) and the settings OneTrainer give
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from lowvram.kohya_config import as_number
@@ -21,6 +22,9 @@ OPTIMIZERS = {"ADAMW": "adamw", "ADAMW_8BIT": "adamw8bit", "PAGED_ADAMW_8BIT": "
 WARMUP = "+warmup"
 JOINED = {"betas": ("betas", ("beta1", "beta2")), "betas3": ("betas", ("beta1", "beta2", "beta3")),
           "eps_pair": ("eps", ("eps", "eps2"))}
+# OneTrainer's optimizer settings that differ from another of them by a letter or two: neither is a typo of the other
+TWINS = {"eps", "eps2", "bias_correction", "use_bias_correction", "initial_accumulator", "initial_accumulator_value",
+         "muon_adam_lr", "muon_te1_adam_lr", "muon_te2_adam_lr"}
 OPTIMIZER_CLASSES = {
     "ADAM": ("torch.optim.Adam", "betas eps amsgrad foreach maximize capturable differentiable fused"),
     "SGD": ("torch.optim.SGD", "momentum dampening nesterov foreach maximize differentiable"),
@@ -80,6 +84,7 @@ def optimizer_values(section: dict[str, Any], scheduler: str, warmup: float | No
         problem("optimizer", f"{name} is not one lowvram has ({', '.join([*OPTIMIZERS, *OPTIMIZER_CLASSES])}); pick "
                 "one of those, or give lowvram the class itself (--optimizer module.Class)")
         return values
+    _misspelt(section, name, problem)
     values |= library_defaults(values)
     if section.get("fused_back_pass") is True:
         notes.append("optimizer.fused_back_pass: OneTrainer steps each weight as its gradient comes, so that the "
@@ -95,6 +100,26 @@ def optimizer_values(section: dict[str, Any], scheduler: str, warmup: float | No
             notes.append(f"learning_rate_warmup_steps: {name} takes no warm-up of its own, and a schedule-free "
                          "optimizer no schedule's: it trains without one")
     return values
+
+
+def _misspelt(section: dict[str, Any], name: str, problem) -> None:
+    """A key of the section that is a typo of a setting optimizer `name` takes, which the section leaves out
+    (weight_decy): refused, naming it (OneTrainer passes over a key it does not know, and the library's default
+    trained)."""
+    if name in OPTIMIZERS:
+        taken = [key for key, _ in OPTIMIZER_SPECS[OPTIMIZERS[name]].args] + ["eps2"] * (name == "ADAFACTOR")
+    else:
+        taken = [setting.partition(":")[0] for setting in OPTIMIZER_CLASSES[name][1].split() if setting != WARMUP]
+    read = {part for key in taken for part in (JOINED[key][1] if key in JOINED else (key,))} | {"weight_decay"}
+    for key in sorted(set(section) - read - TWINS):
+        close = difflib.get_close_matches(key, sorted(read - set(section)), n=1, cutoff=0.85)
+        if close:
+            problem(f"optimizer.{key}", misspelt(f"optimizer.{close[0]}"))
+
+
+def misspelt(meant: str) -> str:
+    """Said of a key that is no OneTrainer setting, for the one it misspells (`meant`), which the config leaves out."""
+    return f"no OneTrainer setting; did you mean {meant}? (as written, {meant} is left at OneTrainer's default)"
 
 
 def _class_settings(section: dict[str, Any], taken: str) -> dict[str, list[str]]:

@@ -394,6 +394,25 @@ def test_a_misspelt_setting_is_refused_naming_the_one_it_misspells(tmp_path):
                                           "decoder_text_encoder_weight_dtype": "FLOAT_32"}, tmp_path / "ot.json")
 
 
+def test_a_misspelt_setting_of_a_section_is_refused_naming_the_one_it_misspells(tmp_path):
+    """optimizer.weight_decy trained at the library's weight decay, unet.learnig_rate at the run's rate: unsaid."""
+    path = tmp_path / "ot.json"
+    for section, key, meant in (("optimizer", "weight_decy", "weight_decay"), ("unet", "learnig_rate", "learning_rate"),
+                                ("text_encoder", "learning_rte", "learning_rate")):
+        with pytest.raises(LowvramError) as error:
+            given = {name: value for name, value in CONFIG.get(section, {}).items() if name != meant}
+            translate_onetrainer(CONFIG | {section: given | {key: 0.1}}, path)
+        assert str(error.value) == (f"{path}: {section}.{key}: no OneTrainer setting; did you mean {section}.{meant}? "
+                                    f"(as written, {section}.{meant} is left at OneTrainer's default)")
+    with pytest.raises(LowvramError, match=r"optimizer.d_cof: .* did you mean optimizer.d_coef\?"):
+        translate_onetrainer(CONFIG | {"optimizer": {"optimizer": "PRODIGY", "d_cof": 2.0}}, path)
+    # OneTrainer's own settings a letter apart, each without its twin (a section as a preset holds it): no typos
+    for optimizer, twin in (("ADAM", "eps2"), ("ADAGRAD", "initial_accumulator"), ("LAMB", "use_bias_correction"),
+                            ("PRODIGY", "bias_correction"), ("ADAFACTOR", "eps2")):
+        assert translate_onetrainer(CONFIG | {"optimizer": {"optimizer": optimizer, twin: 1e-3}}, path)
+    assert translate_onetrainer(CONFIG | {"unet": {"train": True, "include": True, "offload_fraction": 0.0}}, path)
+
+
 def test_continue_last_backup_is_resume_auto(tmp_path, monkeypatch):
     """OneTrainer's continue_last_backup goes on from its newest backup, else starts: --resume auto does both."""
     path = onetrainer_folder(tmp_path / "OneTrainer")
