@@ -43,6 +43,9 @@ _FOLDER = re.compile(r"(?<![\w.:/\\~])(?:[A-Za-z]:[\\/]+|/|~[\\/]+|\\{2,}[\w.$-]
 # the machine it was trained on
 _NAMED_FILES = ("ss_sd_model_name", "ss_vae_name")
 BASE_MODELS = {"sdxl": "SDXL", "sd15": "SD1.5"}  # as AUTOMATIC1111's card filter names them
+# lowvram's demo models, which a LoRA's metadata names: shaped as the family whose keys it writes, loaded by no
+# checkpoint of it
+DEMO_MODELS = {"tiny": "SD1.5", "tiny-sdxl": "SDXL"}
 _NETWORKS = {"loha": "LoHa", "lokr": "LoKr", "dora": "DoRA", "lora": "LoRA"}
 
 
@@ -83,7 +86,9 @@ def describe(path: Path) -> dict:
     whole, tensor_data = file_hashes(path) if network != "unknown" else (None, None)
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
             "unet_alone": bool(checkpoint) and unet_alone(path),
-            "base_model": BASE_MODELS.get(lora_header.base_family(metadata, shapes)) if network != "unknown" else None,
+            "base_model": (None if network == "unknown" else metadata.get("lowvram.family")
+                           if metadata.get("lowvram.family") in DEMO_MODELS
+                           else BASE_MODELS.get(lora_header.base_family(metadata, shapes))),
             "trigger_words": trigger_words(metadata) or None,
             "modules": len(layers),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
@@ -225,6 +230,9 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     each = ", ".join(f"{rank} ({count} module{'s' * (count > 1)})" for rank, count in ranks.items())
     shown = f"rank {next(iter(ranks))}, " if len(ranks) == 1 else f"ranks {each}, " if ranks else ""
     base = f" for {info['base_model']}" if info["base_model"] else ""
+    if info["base_model"] in DEMO_MODELS:  # (said as "for SD1.5", it would be tried on a real one)
+        base = (f" for lowvram's built-in {info['base_model']} demo model (random weights; no "
+                f"{DEMO_MODELS[info['base_model']]} checkpoint loads it)")
     model = base_model_words(path) if info["checkpoint"] else None
     what = (f"{model[0]}, not a LoRA (for train and generate, {model[1]})" if model
             else f"{info['network']}{base}, {info['modules']} modules, {shown}".rstrip(", "))
