@@ -174,6 +174,26 @@ def test_when_only_host_ram_is_short_the_plan_says_so():
     assert result.suggestions == [f"at least {-(-leanest.peak_host() * 10 // 2**30) / 10:.1f} GiB of host RAM (--ram)"]
 
 
+def test_where_only_loading_is_short_of_host_ram_the_plan_says_swap_takes_it():
+    """SDXL on an 8 GB laptop: its model loads in 10 GiB and trains in 4; "nothing fits" alone sent the user to a
+    bigger machine, where swap takes the loading peak and the README says --ram then plans with it: the least that
+    plans a strategy seen training, which is named."""
+    result = plan(work("sdxl", 1024), hardware_for(None, "6GB", "8GB"))
+    leanest = min((e for e in result.candidates if e.peak_vram() <= result.budget),
+                  key=lambda e: (e.peak_host(), e.peak_vram()))
+    loading, training = leanest.peak_host(), leanest.peak_host(["training", "saving"])
+    assert training < 8 * 2**30 < loading
+    said = re.fullmatch(
+        rf"nothing fits 8.0 GiB of host RAM: the leanest strategy that fits the GPU \({re.escape(leanest.strategy.label)}"
+        rf"\) needs {loading / 2**30:.1f} GiB to load the model, {training / 2**30:.1f} GiB to train; swap takes a "
+        r"loading peak \(slowly\): with ([\d.]+) GiB of swap free, --ram ([\d.]+)GB \(RAM and swap\) plans (.+) and "
+        r"trains with it \(lowvram doctor shows the swap\)", result.explanation)
+    assert said and float(said[1]) == pytest.approx(float(said[2]) - 8), result.explanation
+    enough = plan(work("sdxl", 1024), hardware_for(None, "6GB", f"{said[2]}GB"))
+    assert enough.choice.strategy.label == said[3] and enough.choice.verified
+    assert plan(work("sdxl", 1024), hardware_for(None, "6GB", f"{float(said[2]) - 0.1:g}GB")).choice is None
+
+
 def test_host_ram_is_named_where_it_is_what_rules_a_strategy_out():
     """A faster strategy that fits the GPU but not host RAM was said to need its VRAM ("needs 3.15 GiB in training"
     of a 5.75 GiB budget); SDXL's seen strategies, short only of host RAM, "fit no 5.75 GiB"; and the leanest one

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from pathlib import Path
@@ -149,9 +150,10 @@ class Estimate:
     def peak_vram(self, phase: str | None = None) -> int:
         return max(sum(v.values()) for k, v in self.vram.items() if phase in (None, k))
 
-    def peak_host(self) -> int:
-        """The most host RAM a phase needs (the reclaimable page cache of the checkpoint left out)."""
-        return max(sum(v for k, v in phase.items() if k != PAGE_CACHE) for phase in self.host.values())
+    def peak_host(self, phases: Collection[str] = PHASES) -> int:
+        """The most host RAM a phase of `phases` needs (the reclaimable page cache of the checkpoint left out)."""
+        return max(sum(v for k, v in self.host[name].items() if k != PAGE_CACHE) for name in self.host
+                   if name in phases)
 
     def peak_resident_host(self) -> int:
         """The most a phase holds resident, as top shows it: what it needs and the checkpoint's mapped pages."""

@@ -172,12 +172,30 @@ def plan(work: Workload, hardware: Hardware, fixed: dict | None = None, suggest:
     if leanest.peak_vram() <= plan_budget(hardware):  # only host RAM is short
         explanation = (f"nothing fits {hardware.host_ram / GIB:.1f} GiB of host RAM: the leanest strategy that fits "
                        f"the GPU ({leanest.strategy.label}) needs {leanest.peak_host() / GIB:.1f} GiB")
+        explanation += _swap_takes_loading(leanest, work, hardware, fixed)
     else:
         explanation = (f"nothing fits {gib(plan_budget(hardware))} GiB: the leanest strategy "
                        f"({leanest.strategy.label}) needs {gib(leanest.peak_vram())} GiB in "
                        f"{leanest.limiting_phase}")
     return Plan(work, hardware, estimates, None, explanation,
                 smallest_changes(work, hardware, fixed) if suggest else [])
+
+
+def _swap_takes_loading(leanest: Estimate, work: Workload, hardware: Hardware, fixed: dict) -> str:
+    """Where only loading the model is short of host RAM (a passing peak, which swap takes): how much swap, and the
+    --ram that then plans a strategy seen training; "" where training is short of it too."""
+    steps = leanest.peak_host([phase for phase in leanest.host if phase != "loading"])
+    if steps > hardware.host_ram:
+        return ""
+    for candidate in leanest_first(plan(work, replace(hardware, host_ram=0), fixed, suggest=False).candidates,
+                                   hardware):
+        ram = _gib_up(candidate.peak_host())
+        chosen = plan(work, replace(hardware, host_ram=int(ram * GIB)), fixed, suggest=False).choice
+        if chosen is not None:
+            return (f" to load the model, {steps / GIB:.1f} GiB to train; swap takes a loading peak (slowly): with "
+                    f"{ram - hardware.host_ram / GIB:.1f} GiB of swap free, --ram {ram:g}GB (RAM and swap) plans "
+                    f"{chosen.strategy.label} and trains with it (lowvram doctor shows the swap)")
+    return f" to load the model, {steps / GIB:.1f} GiB to train"
 
 
 def leanest_first(estimates: list[Estimate], hardware: Hardware) -> list[Estimate]:
