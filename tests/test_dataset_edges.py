@@ -172,6 +172,14 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     assert "trigger word" not in capsys.readouterr().out
     assert main(["train", *argv[1:], "--shuffle-tags", "--max-steps", "1", "--output", str(tmp_path / "out")]) == 0
     assert "'ohwx' moves with the other tags in 2 of 3 captions" in " ".join(capsys.readouterr().out.split())
+    # a trigger word of two tags, the first kept: its second moved, unsaid (a style's "my style, watercolor")
+    two = ["check-data", "--data", str(tmp_path / "data"), "--model", "tiny", "--trigger-word", "ohwx, smile"]
+    assert main([*two, "--shuffle-tags", "--keep-tokens", "1"]) == 0
+    assert ("note: the trigger word 'ohwx, smile' moves with the other tags in 1 of 3 captions (its 2 tags reach tag "
+            "2 in 10_ohwx/img0.png's, past the 1 tag(s) kept in front), as in kohya; to keep it in place, pass "
+            "--keep-tokens 2") in " ".join(capsys.readouterr().out.split())
+    assert main([*two, "--shuffle-tags", "--keep-tokens", "2"]) == 0
+    assert "trigger word" not in capsys.readouterr().out
     # kohya's separator and A1111's weights, trained as text where their options are off (a tagger's "(series)" is
     # no weight)
     (folder / "img0.txt").write_text("(ohwx:1.2), smile, hatsune miku (vocaloid)")

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from lowvram.config import CHECK_DATA_SKIPS, RunConfig, as_flag_words, fields_by_name
+from lowvram.config import CHECK_DATA_SKIPS, DataConfig, RunConfig, as_flag_words, fields_by_name
 from lowvram.console import console as log_console
 from lowvram.data.buckets import make_buckets
 from lowvram.data.captions import has_word
@@ -255,7 +255,10 @@ def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str 
             continue
         tags = [tag.strip() for tag in record.caption.split(data.caption_separator) if tag.strip()]
         front, end = record.kept_tags or (data.keep_tokens, 0)
-        at = next((i for i, tag in enumerate(tags) if has_word(tag, trigger)), None)
+        # (a trigger word of several tags, "my style, watercolor": each of them is a tag the shuffle moves)
+        at = max((next((i for i, tag in enumerate(tags) if has_word(tag, part)), -1)
+                  for part in trigger_tags(trigger, data)), default=-1)
+        at = None if at < 0 else at
         varied = len(tags) - end - front  # the tags a shuffle moves about (one alone stays), a dropout drops
         if at is not None and front <= at < len(tags) - end and (data.tag_dropout or varied > 1):
             moved.append((record, at, front, data))
@@ -266,9 +269,17 @@ def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str 
     how = " and ".join(word for word, on in (("moves", data.shuffle_tags), ("is left out now and then",
                                                                             data.tag_dropout)) if on)
     kept = f"the {front} tag(s) kept in front" if front else "the tags kept in front (none: --keep-tokens 0)"
+    count = len(trigger_tags(trigger, data))
+    where = (f"its {count} tags reach tag {at + 1} in {record.relpath}'s" if count > 1 else
+             f"in {record.relpath}'s it is tag {at + 1}")
     return (f"note: the trigger word '{trigger}' {how} with the other tags in {len(moved)} of {len(records)} captions "
-            f"(in {record.relpath}'s it is tag {at + 1}, past {kept}), as in kohya; to keep it in place, pass "
-            f"--keep-tokens {keep}" + (" (1 where every caption starts with it)" if keep > 1 else ""))
+            f"({where}, past {kept}), as in kohya; to keep it in place, pass --keep-tokens {keep}"
+            + (f" ({count} where every caption starts with it)" if keep > count else ""))
+
+
+def trigger_tags(trigger: str, data: DataConfig) -> list[str]:
+    """The tags a trigger word is, split as the captions are."""
+    return [part.strip() for part in trigger.split(data.caption_separator) if part.strip()] or [trigger]
 
 
 def some_trained_per_epoch(report: ScanReport, data: str | None) -> None:
