@@ -15,6 +15,7 @@ from lowvram.data.augment import (
     caption_variants,
     make_variant,
     vary_tags,
+    weighted_caption_variants,
 )
 from lowvram.data.buckets import Buckets, bucket_batches, default_buckets
 from lowvram.data.captions import expand_wildcards, split_kept_tags
@@ -193,6 +194,39 @@ def test_a_keep_tokens_separator_keeps_a_captions_front_and_end_tags_in_place():
     shuffling = CaptionOptions(shuffle_tags=True, separator=";")
     assert {vary_tags(caption, shuffling, random.Random(seed), kept) for seed in range(30)} == {
         "ohwx, man, red hair, blue eyes", "ohwx, man, blue eyes, red hair"}
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_tag_dropouts_variants_leave_each_tag_out_at_about_its_rate(shuffled):
+    """kohya leaves each tag out of a step's caption at --tag-dropout's rate; the cached variants, distinct draws each
+    a quarter of the steps, left "alice, 1girl" at 0.1 without 1girl in half of them. Shuffled alone, every order
+    cached is as likely."""
+    options = CaptionOptions(keep_tokens=1, tag_dropout=0.1, shuffle_tags=shuffled)
+    for tags in (["smile"], ["smile", "red hair", "hat", "solo"]):
+        left_out = []
+        for n in range(400):
+            shares = weighted_caption_variants(", ".join([f"ohwx{n}", *tags]), options)
+            assert sum(shares.values()) == pytest.approx(1) and all(v.startswith(f"ohwx{n}") for v in shares)
+            left_out += [sum(share for text, share in shares.items() if tag not in text.split(", ")) for tag in tags]
+        assert 0.08 < sum(left_out) / len(left_out) < 0.12, sum(left_out) / len(left_out)
+    shares = weighted_caption_variants("ohwx, a, b, c, d", CaptionOptions(keep_tokens=1, shuffle_tags=True))
+    assert list(shares.values()) == [0.25] * 4
+
+
+def test_a_runs_cached_variants_are_drawn_by_their_shares(tmp_path, sample_data):
+    """The shares reach the draws: each cached text embedding of a caption is drawn by its own."""
+    from conftest import run_config
+
+    from lowvram.train.loop import train
+
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("red, circle, blue background, flat")
+    result = train(run_config(data=str(sample_data), keep_tokens=1, tag_dropout=0.3, max_steps=1,
+                              output=str(tmp_path / "out")))
+    sample = next(s for s in result.data.samples if s.caption == "red, circle, blue background, flat")
+    shares = weighted_caption_variants(sample.caption, CaptionOptions(keep_tokens=1, tag_dropout=0.3))
+    assert len(set(shares.values())) > 1  # (unlike shares: a uniform draw is wrong)
+    assert dict(zip(sample.text_keys, sample.text_weights)) == {
+        key: shares[text] for key, text in zip(sample.text_keys, shares)}
 
 
 def test_every_tag_of_a_caption_trains_in_some_cached_variant():

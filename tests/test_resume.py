@@ -744,8 +744,18 @@ def test_a_checkpoint_of_caption_variants_drawn_otherwise_resumes_with_a_note(tm
         train(run_config(output=str(out), max_steps=3, checkpoint_every=2, shuffle_tags=shuffled, resume="auto"))
         said = " ".join(capsys.readouterr().out.split())
         assert ("this checkpoint's run drew its caption variants (--shuffle-tags, --tag-dropout) as an earlier "
-                "lowvram did (before 2026-12-05), or keeps no record of how: where they were drawn otherwise, the "
-                "steps from 3 train on today's" in said) is shuffled, said
+                "lowvram did (before 2026-12-05; under --tag-dropout, 2026-12-06), or keeps no record of how: where "
+                "they were drawn otherwise, the steps from 3 train on today's" in said) is shuffled, said
+    # a run of --tag-dropout's variants, as lowvram drew them before 2026-12-06 (each distinct draw alike)
+    out = tmp_path / "dropped"
+    train(run_config(output=str(out), max_steps=2, checkpoint_every=2, tag_dropout=0.2))
+    state = out / "checkpoints" / "step-000002" / "state.json"
+    saved = json.loads(state.read_text())
+    assert saved["settings"]["caption variants"] == 4
+    state.write_text(json.dumps(saved | {"settings": saved["settings"] | {"caption variants": 3}}))
+    capsys.readouterr()
+    train(run_config(output=str(out), max_steps=3, checkpoint_every=2, tag_dropout=0.2, resume="auto"))
+    assert "this checkpoint's run drew its caption variants" in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_run_stopped_before_its_first_step_ends_its_metrics_saying_so(tmp_path, sample_data):

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from PIL import Image, ImageEnhance
 
@@ -85,6 +84,7 @@ def apply_variant(image: Image.Image, placement: Placement, variant: Variant) ->
 # how `caption_variants` draws a caption's variants; raised where it draws otherwise, so that a checkpoint of the
 # earlier drawing resumes with a note (its run's remaining steps train on other variants)
 VARIANTS_DRAWN = 3  # (3: as many distinct orders as a caption has, 2026-12-05)
+DROPPED_VARIANTS_DRAWN = 4  # under --tag-dropout (4: the tags each leaves are kohya's draws, each a share, 2026-12-06)
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,7 @@ def vary_tags(caption: str, options: CaptionOptions, rng: random.Random, kept: t
     each left out with probability `tag_dropout` (its caption_tag_dropout_rate); the first ones stay in front;
     joined with ", " as kohya joins them. `kept`: the caption's own (front, end) tags that stay in place instead
     (written with --keep-tokens-separator, and already joined by the separator: `split_kept_tags`)."""
-    tags = [t.strip() for t in caption.split(options.separator) if t.strip()]
-    front, end = kept if kept is not None else (options.keep_tokens, 0)
-    head, tail, last = tags[:front], tags[front:len(tags) - end], tags[len(tags) - end:]
+    head, tail, last = _parts(caption, options, kept)
     if options.shuffle_tags:
         rng.shuffle(tail)
     if options.tag_dropout:
@@ -119,27 +117,74 @@ def vary_tags(caption: str, options: CaptionOptions, rng: random.Random, kept: t
     return ", ".join(head + tail + last)
 
 
+def _parts(caption: str, options: CaptionOptions, kept: tuple[int, int] | None) -> tuple[list, list, list]:
+    """A caption's tags that stay in front, those varied, and those that stay at the end."""
+    tags = [t.strip() for t in caption.split(options.separator) if t.strip()]
+    front, end = kept if kept is not None else (options.keep_tokens, 0)
+    return tags[:front], tags[front:len(tags) - end], tags[len(tags) - end:]
+
+
 def caption_variants(caption: str, options: CaptionOptions, kept: tuple[int, int] | None = None) -> list[str]:
     """The fixed set of caption texts to cache for one caption (just itself when tags aren't varied), each varied:
     kohya shuffles and drops every time, so the caption as written is no more likely than any other draw (as one
     of the set, it trained a quarter of the steps, dropout's whole caption too)."""
+    return list(weighted_caption_variants(caption, options, kept))
+
+
+def weighted_caption_variants(caption: str, options: CaptionOptions, kept: tuple[int, int] | None = None
+                              ) -> dict[str, float]:
+    """`caption_variants`, each with the share of the steps it trains. Shuffled alone, every order is as likely: as
+    many distinct ones as the caption has, alike. Under --tag-dropout, the tags each variant leaves are kohya's
+    draws, each a share (distinct draws, a quarter of the steps each, left "alice, 1girl" at --tag-dropout 0.1
+    without 1girl in half of them), a draw repeated shuffled anew where it can be."""
     if not options.varies_tags:
-        return [trained_text(caption, options)]
-    variants: list[str] = []
-    for draw in range(8 * options.variants):  # a short caption's draws repeat: on to as many distinct ones as it has
-        if (text := vary_tags(caption, options, _rng(caption, draw), kept)) not in variants:
-            variants.append(text)
-        if len(variants) == options.variants:
+        return {trained_text(caption, options): 1.0}
+    if not options.tag_dropout:
+        variants: list[str] = []
+        for draw in range(8 * options.variants):  # a short caption's draws repeat: on to its distinct orders
+            if (text := vary_tags(caption, options, _rng(caption, draw), kept)) not in variants:
+                variants.append(text)
+            if len(variants) == options.variants:
+                break
+        return _shares({text: 1.0 for text in variants}, options)
+    head, tail, last = _parts(caption, options, kept)
+    draws: dict[tuple[str, ...], int] = {}  # the tags each draw leaves, by how many draws leave them
+    for draw in range(options.variants):
+        rng = _rng(caption, draw)
+        left = tuple(tag for tag in tail if rng.random() >= options.tag_dropout)
+        draws[left] = draws.get(left, 0) + 1
+    if set(tail) - set().union(*draws):  # a tag left out of every draw would never train with its image: the first
+        first = next(iter(draws))  # draw keeps every tag
+        draws = {tuple(tail): 1, **draws, first: draws[first] - 1}
+    variants = {}
+    for left, count in draws.items():
+        orders = _orders(list(left), count, _rng(caption, f"{left}")) if options.shuffle_tags else [list(left)]
+        for order in orders:
+            text = ", ".join(head + order + last)
+            variants[text] = variants.get(text, 0.0) + count / len(orders)
+    return _shares(variants, options)
+
+
+def _orders(tags: list[str], count: int, rng: random.Random) -> list[list[str]]:
+    """Up to `count` distinct shuffled orders of `tags`."""
+    orders: list[list[str]] = []
+    for _ in range(8 * count):
+        rng.shuffle(tags)
+        if tags not in orders:
+            orders.append(list(tags))
+        if len(orders) == count:
             break
-    if options.tag_dropout and not _tags(caption, options) <= set().union(*(_tags(v, options) for v in variants)):
-        # a tag left out of every variant would never train with its image: the first keeps every tag, shuffled
-        variants[0] = vary_tags(caption, replace(options, tag_dropout=0.0), _rng(caption, 0), kept)
-    return list(dict.fromkeys(trained_text(text, options) for text in variants))
+    return orders
 
 
-def _tags(text: str, options: CaptionOptions) -> set[str]:
-    """A caption's tags, split where `vary_tags` splits them or where it joins them."""
-    return {tag.strip() for tag in re.split(f"{re.escape(options.separator)}|, ", text) if tag.strip()}
+def _shares(variants: dict[str, float], options: CaptionOptions) -> dict[str, float]:
+    """Each variant's text as the text encoder reads it, with its share of the steps."""
+    shares: dict[str, float] = {}
+    for text, weight in variants.items():
+        trained = trained_text(text, options)
+        shares[trained] = shares.get(trained, 0.0) + weight
+    total = sum(shares.values())
+    return {text: weight / total for text, weight in shares.items() if weight}
 
 
 def trained_text(caption: str, options: CaptionOptions) -> str:

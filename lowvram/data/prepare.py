@@ -16,9 +16,9 @@ from lowvram.data.augment import (
     AugmentOptions,
     CaptionOptions,
     auto_variant_count,
-    caption_variants,
     make_variant,
     trained_text,
+    weighted_caption_variants,
 )
 from lowvram.data.buckets import Buckets
 from lowvram.data.cache import (
@@ -89,14 +89,16 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
                 drawn = ([(record.caption, None)] if validating
                          else [(record.caption, record.kept_tags), *record.more_captions])
                 for i, (text, kept) in enumerate(drawn):  # each caption line's variants
-                    variants = ([trained_text(text, own_captions)] if validating
-                                else caption_variants(text, own_captions, kept))
-                    for caption in variants:
+                    variants = ({trained_text(text, own_captions): 1.0} if validating
+                                else weighted_caption_variants(text, own_captions, kept))
+                    for caption, share in variants.items():
                         key = text_key(caption, text_id)
                         text_jobs.setdefault(key, TextJob(key, caption))
                         text_keys.append(key)
-                        if caption_weights:  # a caption's chance, shared by its variants
-                            text_weights.append(caption_weights[i] / len(variants))
+                        # a caption's chance, shared by its variants as kohya's draw would (a tag dropout's are
+                        # unlike); drawn uniformly where they are alike
+                        if caption_weights or own_captions.tag_dropout and not validating:
+                            text_weights.append((caption_weights[i] if caption_weights else 1.0) * share)
             for placement in placements(run, record, buckets, first_only=validating):
                 keys = []
                 for v in range(1 if validating else augment.variants):

@@ -11,7 +11,7 @@ import torch
 
 from lowvram.adapters import lora_files
 from lowvram.config import fields_by_name, flag_name
-from lowvram.data.augment import VARIANTS_DRAWN
+from lowvram.data.augment import DROPPED_VARIANTS_DRAWN, VARIANTS_DRAWN
 from lowvram.errors import Refused, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull
 from lowvram.lora_header import read_header
@@ -90,7 +90,8 @@ def resumable_settings(session: Session, dataset: Dataset) -> dict[str, object]:
     if dataset.regularization:  # (the scan's: no dataset file read again at each checkpoint)
         rates["--prior-loss-weight"] = config.data.prior_loss_weight
     return rates | {"--batch-size": config.training.batch_size,
-                    "--gradient-accumulation": config.training.gradient_accumulation, VARIANTS: VARIANTS_DRAWN}
+                    "--gradient-accumulation": config.training.gradient_accumulation,
+                    VARIANTS: DROPPED_VARIANTS_DRAWN if config.data.tag_dropout else VARIANTS_DRAWN}
 
 
 
@@ -142,8 +143,9 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
     drawn, now_drawn = then.pop(VARIANTS, None), now.pop(VARIANTS)
     if drawn != now_drawn and (session.config.data.shuffle_tags or session.config.data.tag_dropout):
         session.console.print(f"[yellow]note:[/] this checkpoint's run drew its caption variants (--shuffle-tags, "
-                              "--tag-dropout) as an earlier lowvram did (before 2026-12-05), or keeps no record of "
-                              f"how: where they were drawn otherwise, the steps from {position.step + 1} train on "
+                              "--tag-dropout) as an earlier lowvram did (before 2026-12-05; under --tag-dropout, "
+                              "2026-12-06), or keeps no record of how: where they were drawn otherwise, the steps "
+                              f"from {position.step + 1} train on "
                               "today's, and the LoRA will not be the one an uninterrupted run of either gives",
                               soft_wrap=True)
     changed = checkpoint.data_changes(position.data, dataset.fingerprint)
