@@ -27,6 +27,7 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, not_safetensors, pickl
 from lowvram.files import not_found_hint
 from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes, trigger_words
+from lowvram.models.families import FAMILIES
 from lowvram.run_files import lora_in_folder
 
 # the recipe's dataset folders (by name: a private one's name tells of it) and the caption text it holds
@@ -43,9 +44,6 @@ _FOLDER = re.compile(r"(?<![\w.:/\\~])(?:[A-Za-z]:[\\/]+|/|~[\\/]+|\\{2,}[\w.$-]
 # the machine it was trained on
 _NAMED_FILES = ("ss_sd_model_name", "ss_vae_name")
 BASE_MODELS = {"sdxl": "SDXL", "sd15": "SD1.5"}  # as AUTOMATIC1111's card filter names them
-# lowvram's demo models, which a LoRA's metadata names: shaped as the family whose keys it writes, loaded by no
-# checkpoint of it
-DEMO_MODELS = {"tiny": "SD1.5", "tiny-sdxl": "SDXL"}
 _NETWORKS = {"loha": "LoHa", "lokr": "LoKr", "dora": "DoRA", "lora": "LoRA"}
 
 
@@ -81,13 +79,13 @@ def describe(path: Path) -> dict:
     from lowvram.models.detect import checkpoint_title, unet_alone
 
     checkpoint = checkpoint_title(path) if network == "unknown" else None
+    demo = lora_header.demo_family(metadata)
     shapes = {name: tuple(entry.get("shape", ())) for name, entry in kohya_tensors.items()}
     # (an adapter's few MiB read once; no other file's, which may be a model of gigabytes)
     whole, tensor_data = file_hashes(path) if network != "unknown" else (None, None)
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
             "unet_alone": bool(checkpoint) and unet_alone(path),
-            "base_model": (None if network == "unknown" else metadata.get("lowvram.family")
-                           if metadata.get("lowvram.family") in DEMO_MODELS
+            "base_model": (None if network == "unknown" else demo.name if demo
                            else BASE_MODELS.get(lora_header.base_family(metadata, shapes))),
             "trigger_words": trigger_words(metadata) or None,
             "modules": len(layers),
@@ -230,9 +228,10 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     each = ", ".join(f"{rank} ({count} module{'s' * (count > 1)})" for rank, count in ranks.items())
     shown = f"rank {next(iter(ranks))}, " if len(ranks) == 1 else f"ranks {each}, " if ranks else ""
     base = f" for {info['base_model']}" if info["base_model"] else ""
-    if info["base_model"] in DEMO_MODELS:  # (said as "for SD1.5", it would be tried on a real one)
-        base = (f" for lowvram's built-in {info['base_model']} demo model (random weights; no "
-                f"{DEMO_MODELS[info['base_model']]} checkpoint loads it)")
+    demo = FAMILIES.get(info["base_model"] or "")
+    if demo and demo.full_size:  # (said as "for SD1.5", it would be tried on a real one's)
+        base = (f" for lowvram's built-in {demo.name} demo model (random weights; no "
+                f"{BASE_MODELS[demo.full_size]} checkpoint loads it)")
     model = base_model_words(path) if info["checkpoint"] else None
     what = (f"{model[0]}, not a LoRA (for train and generate, {model[1]})" if model
             else f"{info['network']}{base}, {info['modules']} modules, {shown}".rstrip(", "))

@@ -207,6 +207,13 @@ def base_family(metadata: dict[str, str], shapes: dict[str, tuple[int, ...]]) ->
     return "sd15" if widths == {768} else None
 
 
+def demo_family(metadata: dict[str, str]):
+    """The built-in demo family (tiny, tiny-sdxl) a LoRA's metadata says it was trained on: shaped as its full-size
+    family, whose keys it has, and loaded by none of that family's checkpoints; None for any other LoRA."""
+    family = FAMILIES.get(metadata.get("lowvram.family", ""))
+    return family if family and family.full_size else None
+
+
 def base_model_metadata(metadata: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
     """kohya's keys naming the base model where `metadata` lacks them and the layers tell it: without them
     AUTOMATIC1111 files a LoRA with any metadata as SD1's, hiding an SDXL one (a resize or merge of a bare file)."""

@@ -21,7 +21,7 @@ from lowvram.adapters import networks
 from lowvram.cli import main
 from lowvram.configure import build_config, read_toml
 from lowvram.errors import LowvramError, TrainingInterrupted
-from lowvram.models import load_model
+from lowvram.models import FAMILIES, load_model
 from lowvram.models.conditioning import TextReading, encode_prompts, unet_conditioning
 from lowvram.train.loop import train
 from lowvram.train.loss import diffusion_loss
@@ -372,6 +372,11 @@ def test_generate_refuses_a_lora_of_the_other_family(trained, tmp_path, capsys):
                  "--output", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert code == 2 and "--lora:" in err and len(err.strip().splitlines()) == 1
+    # the demo model's LoRA: its own model named, not the full-size family it is shaped as, whose checkpoints do not
+    # load it
+    assert err.rstrip().endswith(f"is a LoRA for lowvram's built-in {config.model.model} demo model (its metadata "
+                                 f"says), not for {FAMILIES[other].title}; give --model {config.model.model}, or train "
+                                 "one on this model"), err
 
 
 @pytest.mark.parametrize("family", ["tiny", "tiny-sdxl"])

@@ -50,6 +50,7 @@ from lowvram.files import DiskFull, ensure_room, free_bytes, is_disk_full, is_si
 from lowvram.kohya_config import LYCORIS_PRESETS
 from lowvram.lora_header import (
     base_family,
+    demo_family,
     larger_side_first,
     lokr_factor,
     network_options,
@@ -516,6 +517,10 @@ def other_family(metadata: dict[str, str], family, said_of: str, shapes: dict[st
     said, how = family_said(metadata), "its metadata says"
     if said is None and shapes:
         said, how = FAMILIES.get(base_family(metadata, shapes) or ""), "its layers say"
+    demo = demo_family(metadata)
+    if demo and demo.name != family.name:  # (shaped as SD1.5's, it loads into no SD1.5 checkpoint)
+        return (f"{said_of} is a LoRA for lowvram's built-in {demo.name} demo model (its metadata says), not for "
+                f"{family.title}; give --model {demo.name}, or train one on this model")
     if said is None or said.modelspec_architecture == family.modelspec_architecture:
         return None
     return (f"{said_of} is a LoRA for {said.title} ({how}), not for {family.title}; give a {said.title} "
