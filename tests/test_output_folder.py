@@ -547,6 +547,10 @@ def test_the_folder_suggested_for_another_name_is_neither_this_folder_nor_inside
     with pytest.raises(LowvramError) as refused:
         train(run_config(output=str(loras), max_steps=1, name="vae", overwrite=False))
     assert f"--output {tmp_path / 'ComfyUI' / 'lowvram-runs' / 'vae'} --copy-to {loras}" in str(refused.value)
+    # --overwrite, refused in a LoRA list, is not offered (it was, and then refused)
+    assert str(refused.value).endswith("start over by moving its files out of this LoRA folder first")
+    with pytest.raises(LowvramError, match="--overwrite: .* is a LoRA folder"):
+        train(run_config(output=str(loras), max_steps=1, name="vae", overwrite=True))
     with pytest.raises(LowvramError) as refused:
         train(run_config(output=str(loras), max_steps=1, name="loras", overwrite=False))
     assert f"--output {tmp_path / 'ComfyUI' / 'lowvram-runs' / 'loras'} --copy-to" in str(refused.value)
@@ -555,3 +559,4 @@ def test_the_folder_suggested_for_another_name_is_neither_this_folder_nor_inside
     with pytest.raises(LowvramError) as refused:
         train(run_config(output=str(plain), max_steps=1, name="out", overwrite=False))
     assert f"--output {tmp_path / 'out_run'} --copy-to {plain}" in str(refused.value)
+    assert f"start over with --overwrite (its files move to {plain / 'archive'}/)" in str(refused.value)

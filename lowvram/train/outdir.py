@@ -285,8 +285,7 @@ def ownership_problem(run: ResolvedRun) -> str | None:
     if unrecorded and not config.output.overwrite:
         more = f" and {len(unrecorded) - 1} more" if len(unrecorded) > 1 else ""
         return (f"--output: {folder} holds {unrecorded[0].name}{more} of no lowvram run there, under a name this run "
-                f"saves to; start over with --overwrite (they move to {folder / ARCHIVE}/), or choose another "
-                "--output or --name")
+                f"saves to; {_start_over(folder, unrecorded, 'they')}, or choose another --output or --name")
     weights = config.network.network_weights
     if config.output.overwrite and (listed := _archived_in_a_lora_list(folder, unrecorded or archived(
             folder, record, config.output_name))):
@@ -315,12 +314,21 @@ def ownership_problem(run: ResolvedRun) -> str | None:
             resume = (f"train {config.output_name} into a folder of its own, one run per folder (--output "
                       f"{shell_line(own)} --copy-to {shell_line(folder)} puts its LoRA here too), "
                       + (f"continue {named} with --name {named} --resume auto, " if checkpoints else ""))
-        return (f"--output: {folder} holds {what}{steps}; {resume}start over with --overwrite (its files move to "
-                f"{folder / ARCHIVE}/)" + ("" if named else ", or choose another --output"))
+        return (f"--output: {folder} holds {what}{steps}; {resume}"
+                f"{_start_over(folder, archived(folder, record, config.output_name), 'its files')}"
+                + ("" if named else ", or choose another --output"))
     if weights and Path(weights).resolve() in {path.resolve() for path in archived(folder, record, config.output_name)}:
         return (f"--network-weights: {weights} is the earlier run's LoRA, which --overwrite moves to "
                 f"{folder / ARCHIVE}/; train on from it into another --output, or copy it out of this one first")
     return None
+
+
+def _start_over(folder: Path, moved: list[Path], they: str) -> str:
+    """How to start over in `folder`: --overwrite, which moves the earlier files to its archive/, but not where that
+    is in a LoRA list (`_archived_in_a_lora_list`: --overwrite is refused there)."""
+    if _archived_in_a_lora_list(folder, moved):
+        return f"start over by moving {they} out of this LoRA folder first"
+    return f"start over with --overwrite ({they} move to {folder / ARCHIVE}/)"
 
 
 def _archived_in_a_lora_list(folder: Path, moved: list[Path]) -> str | None:
