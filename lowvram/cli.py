@@ -309,7 +309,8 @@ def bucket_sides_note(values: dict) -> None:
 
 def _kept_on_interrupt(config, started: float) -> str:
     """What a run stopped at once (a second Ctrl-C, during its save) left to continue from: its newest whole
-    checkpoint, of this run (written since it started, or the one it resumed)."""
+    checkpoint, of this run (written since it started, or the one it resumed); none, before its first (its steps
+    were lost unsaid)."""
     from lowvram.train import checkpoint_folders
     from lowvram.train.outdir import continue_line, options_path
 
@@ -318,7 +319,8 @@ def _kept_on_interrupt(config, started: float) -> str:
     newest = checkpoint_folders.latest(checkpoint_folders.checkpoint_root(config.output_dir))
     options = options_path(config.output_dir, config.output_name)
     if newest is None or not options.is_file() or not (config.training.resume or newest.stat().st_mtime >= started):
-        return ""
+        return ("; no checkpoint of this run yet, so its steps are not kept (what it cached is): the same command "
+                "starts it again")
     return (f"; kept: checkpoint {newest.name}; continue with: "
             f"{continue_line(config.output_dir, config.output_name, launched_processes())}")
 

@@ -42,6 +42,21 @@ def test_a_run_stopped_at_once_names_the_checkpoint_it_left_and_the_command_that
                  "--checkpoint-every", "1", "--output", str(tmp_path)]) == 130
     assert (f"lowvram train: interrupted; kept: checkpoint step-000002; continue with: lowvram train --config "
             f"{tmp_path / tmp_path.name}.toml --resume auto") in capsys.readouterr().err
+    # stopped at once before its first checkpoint: said (it was "interrupted" alone, its steps lost unsaid)
+    from lowvram.train import loop
+
+    stepped = loop.forward_backward
+
+    def second_ctrl_c_in_step_2(session, trainee, batches, splits, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return stepped(session, trainee, batches, splits, step)
+
+    monkeypatch.setattr(loop, "forward_backward", second_ctrl_c_in_step_2)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--resolution", "64", "--max-steps", "5",
+                 "--checkpoint-every", "3", "--output", str(tmp_path / "early")]) == 130
+    assert ("lowvram train: interrupted; no checkpoint of this run yet, so its steps are not kept (what it cached is): "
+            "the same command starts it again") in capsys.readouterr().err
     # under accelerate launch: the launch that resumes it, with as many processes (it said plain lowvram train)
     from lowvram.cli import _kept_on_interrupt
 
