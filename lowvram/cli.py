@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from lowvram.cli_parser import build_parser, utf8_text_arguments
@@ -121,9 +121,9 @@ def train_words(argv: list[str], values: dict, plan_only: dict[str, int]) -> lis
         + words
 
 
-def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None):
+def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None, words: Sequence[str] = ()):
     """train --auto: plan for the GPU present (capped by --vram, with --ram's host RAM) and apply the choice;
-    explicit flags stay."""
+    explicit flags stay. `words`: the train command's, which plan takes as they are but --auto."""
     import dataclasses
 
     from lowvram.console import Console
@@ -138,7 +138,9 @@ def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None
         if config.training.mixed_precision == "fp16":  # (refused next: it needs a GPU)
             return config
         precision = "bf16" if config.training.mixed_precision == "bf16" else "fp32"
-        cap = f" (`lowvram plan --vram {vram}` shows what it picks on such a card)" if vram else ""
+        line = shell_line("lowvram", "plan", *[word for word in words if word != "--auto"]) if words else \
+            f"lowvram plan --vram {vram}"  # (its model, dataset and --ram: what it plans for)
+        cap = f" (`{line}` shows what it picks on such a card)" if vram else ""
         if not another_process():  # (each of accelerate launch's processes comes here alike)
             print(f"lowvram train: --auto: no CUDA GPU, so nothing to plan; training on the CPU in {precision}{cap}")
         return config
@@ -378,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                 if interrupted:  # a Ctrl-C the imports swallowed
                     raise KeyboardInterrupt
                 if args.auto:
-                    config = auto_strategy(config, values, args.vram, args.ram)
+                    words = list(argv if argv is not None else sys.argv[1:])
+                    config = auto_strategy(config, values, args.vram, args.ram, words[words.index("train") + 1:])
                 train(config)
         elif args.command == "plan":
             return run_plan(args, sys.argv[1:] if argv is None else argv)

@@ -225,8 +225,11 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys, monkeypat
     assert "training on the CPU in bf16" in capsys.readouterr().out
     auto_strategy(build_config({"model": "tiny", "data": "sample", "mixed_precision": "fp16"}), {}, None)
     assert "no CUDA GPU" not in capsys.readouterr().out
-    auto_strategy(build_config({"model": "tiny", "data": "sample"}), {}, "6GB")  # a card's budget, on a CPU
-    assert "(`lowvram plan --vram 6GB` shows what it picks on such a card)" in capsys.readouterr().out
+    # a card's budget, on a CPU: the plan of this command's model, data and host RAM (it said plan --vram alone)
+    assert main(["train", "--auto", "--model", "tiny-sdxl", "--data", "sample", "--max-steps", "1", "--vram", "6GB",
+                 "--ram", "8GB", "--output", str(tmp_path / "capped")]) == 0
+    assert (f"(`lowvram plan --model tiny-sdxl --data sample --max-steps 1 --vram 6GB --ram 8GB --output "
+            f"{tmp_path / 'capped'}` shows what it picks on such a card)") in capsys.readouterr().out
     # plan's --profile given to train: said whose it is and what answers it
     with pytest.raises(SystemExit):
         main(["train", "--auto", "--profile", "colab-t4", "--model", "tiny", "--data", "sample"])
