@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{SIZE_UNITS}), taken to have bf16 (Ampere or newer; --mixed-precision fp16 plans for an "
                           "older card)"),
         plan.add_argument("--ram", metavar="SIZE", help=f"host RAM to plan for (e.g. 12GB; {SIZE_UNITS}; default: "
-                          "this machine's)"),
+                          "this machine's, or --profile's)"),
         plan.add_argument("--json", action="store_true", help="print the plan as JSON")]
     plan.set_defaults(plan_only={flag: 0 if action.nargs == 0 else 1 for action in own
                                  for flag in action.option_strings})

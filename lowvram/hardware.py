@@ -47,6 +47,7 @@ class Hardware:
     shared_memory_fallback: bool = False  # Windows drivers can spill into system RAM (10x slower) instead of OOM
     source: str = "detected"  # detected / profile <name> / --vram / "detected, held to --vram" (train --auto)
     index: int = 0  # the CUDA device this process uses (its LOCAL_RANK's under `accelerate launch`)
+    host_ram_source: str = "this machine's"  # whose host_ram is: this machine's, a profile's, or --ram's
 
     @property
     def fp16_fails(self) -> bool:
@@ -146,7 +147,8 @@ def load_profile(name: str) -> Hardware:
             host_ram=int(data["host_ram_gb"] * GIB), compute_capability=str(data["compute_capability"]),
             pcie_gbps=float(data.get("pcie_gbps", 12.0)),
             cuda_context=int(data.get("cuda_context_gb", 0) * GIB),
-            shared_memory_fallback=bool(data.get("shared_memory_fallback", False)), source=f"profile {name}")
+            shared_memory_fallback=bool(data.get("shared_memory_fallback", False)), source=f"profile {name}",
+            host_ram_source="the profile's: --ram gives yours")
     except KeyError as exc:
         raise LowvramError(f"profile {path}: missing key {exc}") from None
 
@@ -164,7 +166,7 @@ def hardware_for(profile: str | None, vram: str | None, ram: str | None) -> Hard
     else:
         hardware = detect()
     if ram:
-        hardware = replace(hardware, host_ram=parse_size(ram, "--ram"))
+        hardware = replace(hardware, host_ram=parse_size(ram, "--ram"), host_ram_source="--ram")
     return hardware
 
 

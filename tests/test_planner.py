@@ -89,6 +89,12 @@ def test_a_card_without_bf16_gets_the_fastest_strategy_seen_training_in_bf16_unt
     assert "seen training on a GPU in bf16; this card trains it in fp16 mixed precision, unverified" in out
     assert chosen.split()[0] == "fp16"  # fp16 storage, which bf16's results stand for
     assert " seen " not in out.split("candidate strategies")[1].split("VRAM per phase and component")[0]
+    # whose host RAM it plans with, and where the budget's rest went (a profile's 16 GiB read as this machine's)
+    assert ("budget 14.45 GiB of 15.00 GiB VRAM (14.70 free, less 0.25 kept spare), 12.70 GiB host RAM (the "
+            "profile's: --ram gives yours)") in out, out
+    assert "time per step relative to fp16 weights, no checkpointing, adamw (1.00; lower is faster)" in out
+    done, _ = lowvram("plan", "--profile", "colab-t4", "--ram", "8GB")
+    assert "8.00 GiB host RAM (--ram);" in " ".join(done.stdout.split())
 
 
 def test_a_gtx_16xx_trains_in_fp32_among_the_strategies_seen_in_bf16():

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from lowvram.hardware import gib, precision_trouble
 from lowvram.plan.calibration import graphs_measured
-from lowvram.plan.estimate import PAGE_CACHE, PHASES, Estimate
+from lowvram.plan.estimate import PAGE_CACHE, PHASES, VRAM_SAFETY, Estimate
 from lowvram.plan.planner import Plan, checkpointing_flags, leanest_first
 from lowvram.resolve import NATIVE_FORMAT
 
@@ -23,8 +23,9 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
     network = "LoRA" if work.network == "lora" else work.network  # the run's own line names it so too
     console.print(f"[bold]{work.family.title}[/] at {work.resolution}px, batch {work.batch}, {network} {rank}"
                   f"{' + text encoder' if work.train_text_encoder else ''} on [bold]{hardware.name}[/] "
-                  f"({hardware.source}): budget {gib(result.budget)} GiB of {gib(hardware.total_vram)} GiB VRAM, "
-                  f"{gib(hardware.host_ram)} GiB host RAM; computing in {NATIVE_FORMAT[work.mixed_precision]}"
+                  f"({hardware.source}): budget {gib(result.budget)} GiB of {gib(hardware.total_vram)} GiB VRAM "
+                  f"({gib(hardware.free_vram)} free, less {gib(VRAM_SAFETY)} kept spare), {gib(hardware.host_ram)} GiB "
+                  f"host RAM ({hardware.host_ram_source}); computing in {NATIVE_FORMAT[work.mixed_precision]}"
                   + (" (the VAE in fp32: it overflows in fp16)" if work.vae_fp32 else "")
                   + (" (a --vram card is taken to have bf16, as Ampere and newer do: --mixed-precision fp16 plans "
                      "for a T4 or RTX 20xx, no for a GTX 16xx, --profile for a known card)"
@@ -34,8 +35,9 @@ def print_plan(result: Plan, console: Console, top: int = 12) -> None:
         console.print(f"[yellow]warning:[/] {trouble}", soft_wrap=True)
     rows = shown_candidates(result, top)
     phases = [p for p in SHOWN_PHASES if p != "sampling" or any(e.peak_vram(p) for e in rows)]  # no prompts: none
-    table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), relative time per step (lower is "
-                        "faster), whether a GPU result shows it training")
+    table = Table(title="candidate strategies: peak VRAM per phase, host RAM (GiB), time per step relative to "
+                        f"{work.native_format} weights, no checkpointing, adamw (1.00; lower is faster), whether a GPU "
+                        "result shows it training")
     # on a narrow console the strategy's name wraps: a number cut to "10.…" would mislead
     table.add_column("strategy", overflow="fold", min_width=12)
     for column in ("fits", *[SHORT[p] for p in phases], "host", "time", "on GPU"):
