@@ -196,19 +196,20 @@ def test_a_keep_tokens_separator_keeps_a_captions_front_and_end_tags_in_place():
         "ohwx, man, red hair, blue eyes", "ohwx, man, blue eyes, red hair"}
 
 
-@pytest.mark.parametrize("shuffled", [False, True])
-def test_tag_dropouts_variants_leave_each_tag_out_at_about_its_rate(shuffled):
+@pytest.mark.parametrize(("shuffled", "rate"), [(False, 0.1), (True, 0.1), (False, 0.5)])
+def test_tag_dropouts_variants_leave_each_tag_out_at_about_its_rate(shuffled, rate):
     """kohya leaves each tag out of a step's caption at --tag-dropout's rate; the cached variants, distinct draws each
-    a quarter of the steps, left "alice, 1girl" at 0.1 without 1girl in half of them. Shuffled alone, every order
-    cached is as likely."""
-    options = CaptionOptions(keep_tokens=1, tag_dropout=0.1, shuffle_tags=shuffled)
-    for tags in (["smile"], ["smile", "red hair", "hat", "solo"]):
+    a quarter of the steps, left "alice, 1girl" at 0.1 without 1girl in half of them. A tag every draw leaves out is
+    put back into one (it would never train with its image), its others not (they were too: 0.44 at 0.5). Shuffled
+    alone, every order cached is as likely."""
+    options = CaptionOptions(keep_tokens=1, tag_dropout=rate, shuffle_tags=shuffled)
+    for tags in (["smile"], ["smile", "red hair", "hat", "solo"], [f"tag{i}" for i in range(10)]):
         left_out = []
         for n in range(400):
             shares = weighted_caption_variants(", ".join([f"ohwx{n}", *tags]), options)
             assert sum(shares.values()) == pytest.approx(1) and all(v.startswith(f"ohwx{n}") for v in shares)
             left_out += [sum(share for text, share in shares.items() if tag not in text.split(", ")) for tag in tags]
-        assert 0.08 < sum(left_out) / len(left_out) < 0.12, sum(left_out) / len(left_out)
+        assert rate - 0.035 < sum(left_out) / len(left_out) < rate + 0.02, (tags, sum(left_out) / len(left_out))
     shares = weighted_caption_variants("ohwx, a, b, c, d", CaptionOptions(keep_tokens=1, shuffle_tags=True))
     assert list(shares.values()) == [0.25] * 4
 
@@ -227,6 +228,12 @@ def test_a_runs_cached_variants_are_drawn_by_their_shares(tmp_path, sample_data)
     assert len(set(shares.values())) > 1  # (unlike shares: a uniform draw is wrong)
     assert dict(zip(sample.text_keys, sample.text_weights)) == {
         key: shares[text] for key, text in zip(sample.text_keys, shares)}
+    # caption lines, shuffled alone: each line as likely, whatever its count of orders (one of 4 trained 4/5)
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("solo\na, b, c, d")
+    result = train(run_config(data=str(sample_data), caption_lines="each", shuffle_tags=True, max_steps=1,
+                              output=str(tmp_path / "lines")))
+    sample = next(s for s in result.data.samples if s.caption == "solo")
+    assert len(sample.text_keys) == 5 and list(sample.text_weights) == [1.0] + [0.25] * 4
 
 
 def test_every_tag_of_a_caption_trains_in_some_cached_variant():

@@ -756,6 +756,13 @@ def test_a_checkpoint_of_caption_variants_drawn_otherwise_resumes_with_a_note(tm
     capsys.readouterr()
     train(run_config(output=str(out), max_steps=3, checkpoint_every=2, tag_dropout=0.2, resume="auto"))
     assert "this checkpoint's run drew its caption variants" in " ".join(capsys.readouterr().out.split())
+    # --tag-dropout turned on at a resume: said as that alone (today's drawing of the checkpoint's own options)
+    out = tmp_path / "turned on"
+    train(run_config(output=str(out), max_steps=2, checkpoint_every=2, shuffle_tags=True))
+    capsys.readouterr()
+    train(run_config(output=str(out), max_steps=3, shuffle_tags=True, tag_dropout=0.1, resume="auto"))
+    said = " ".join(capsys.readouterr().out.split())
+    assert "--tag-dropout 0.1 (was 0)" in said and "drew its caption variants" not in said, said
 
 
 def test_a_run_stopped_before_its_first_step_ends_its_metrics_saying_so(tmp_path, sample_data):

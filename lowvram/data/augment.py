@@ -153,9 +153,9 @@ def weighted_caption_variants(caption: str, options: CaptionOptions, kept: tuple
         rng = _rng(caption, draw)
         left = tuple(tag for tag in tail if rng.random() >= options.tag_dropout)
         draws[left] = draws.get(left, 0) + 1
-    if set(tail) - set().union(*draws):  # a tag left out of every draw would never train with its image: the first
-        first = next(iter(draws))  # draw keeps every tag
-        draws = {tuple(tail): 1, **draws, first: draws[first] - 1}
+    if missing := set(tail) - set().union(*draws):  # a tag left out of every draw would never train with its image:
+        first = next(iter(draws))  # the first draw keeps it too (only it: a whole caption put back its others too)
+        draws = {tuple(tag for tag in tail if tag in first or tag in missing): 1, **draws, first: draws[first] - 1}
     variants = {}
     for left, count in draws.items():
         orders = _orders(list(left), count, _rng(caption, f"{left}")) if options.shuffle_tags else [list(left)]

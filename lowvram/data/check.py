@@ -256,9 +256,9 @@ def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str 
         tags = [tag.strip() for tag in record.caption.split(data.caption_separator) if tag.strip()]
         front, end = record.kept_tags or (data.keep_tokens, 0)
         # (a trigger word of several tags, "my style, watercolor": each of them is a tag the shuffle moves)
-        at = max((next((i for i, tag in enumerate(tags) if has_word(tag, part)), -1)
-                  for part in trigger_tags(trigger, data)), default=-1)
-        at = None if at < 0 else at
+        found = [next((i for i, tag in enumerate(tags) if has_word(tag, part)), -1)
+                 for part in trigger_tags(trigger, data)]
+        at = None if min(found) < 0 else max(found)  # (a caption of some of its tags alone has no trigger word)
         varied = len(tags) - end - front  # the tags a shuffle moves about (one alone stays), a dropout drops
         if at is not None and front <= at < len(tags) - end and (data.tag_dropout or varied > 1):
             moved.append((record, at, front, data))

@@ -95,9 +95,9 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
                         key = text_key(caption, text_id)
                         text_jobs.setdefault(key, TextJob(key, caption))
                         text_keys.append(key)
-                        # a caption's chance, shared by its variants as kohya's draw would (a tag dropout's are
-                        # unlike); drawn uniformly where they are alike
-                        if caption_weights or own_captions.tag_dropout and not validating:
+                        # a caption line's chance, shared by its variants as kohya's draw would (a tag dropout's
+                        # are unlike; a line's count of them is no weight of it); uniform where all are alike
+                        if not validating and (caption_weights or record.more_captions or own_captions.tag_dropout):
                             text_weights.append((caption_weights[i] if caption_weights else 1.0) * share)
             for placement in placements(run, record, buckets, first_only=validating):
                 keys = []

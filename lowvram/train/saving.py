@@ -91,7 +91,12 @@ def resumable_settings(session: Session, dataset: Dataset) -> dict[str, object]:
         rates["--prior-loss-weight"] = config.data.prior_loss_weight
     return rates | {"--batch-size": config.training.batch_size,
                     "--gradient-accumulation": config.training.gradient_accumulation,
-                    VARIANTS: DROPPED_VARIANTS_DRAWN if config.data.tag_dropout else VARIANTS_DRAWN}
+                    VARIANTS: variants_drawn(config.data.tag_dropout)}
+
+
+def variants_drawn(tag_dropout: float) -> int:
+    """How this lowvram draws the caption variants of a run of this --tag-dropout (`augment.VARIANTS_DRAWN`)."""
+    return DROPPED_VARIANTS_DRAWN if tag_dropout else VARIANTS_DRAWN
 
 
 
@@ -140,8 +145,11 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
                               f"record of the options it trained with: the steps from {position.step + 1} train with "
                               "these, a --preset's as they are today; where one differs from the run's, give it",
                               soft_wrap=True)
-    drawn, now_drawn = then.pop(VARIANTS, None), now.pop(VARIANTS)
-    if drawn != now_drawn and (session.config.data.shuffle_tags or session.config.data.tag_dropout):
+    drawn = then.pop(VARIANTS, None)
+    now.pop(VARIANTS)
+    # (drawn otherwise than today for the checkpoint's own options: a --tag-dropout changed since is said as that)
+    if drawn != variants_drawn(then.get("--tag-dropout", 0.0) or 0.0) and (session.config.data.shuffle_tags
+                                                                          or session.config.data.tag_dropout):
         session.console.print(f"[yellow]note:[/] this checkpoint's run drew its caption variants (--shuffle-tags, "
                               "--tag-dropout) as an earlier lowvram did (before 2026-12-05; under --tag-dropout, "
                               "2026-12-06), or keeps no record of how: where they were drawn otherwise, the steps "
