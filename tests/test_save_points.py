@@ -1,6 +1,8 @@
 """What a run does between its steps: the --save-every LoRAs it writes and keeps, the modes sampling and validation
 leave the models in, what validation scores, and the schedule's epoch and --text-encoder-until arithmetic."""
 
+import bisect
+import itertools
 import json
 import math
 from types import SimpleNamespace
@@ -91,6 +93,36 @@ def test_text_encoder_until_in_epochs_and_percent_and_the_epochs_a_step_past_the
     schedule = plan_schedule(run_config(max_steps=7), result.data, 1)
     assert [schedule.epochs_at(s) for s in (0, 1, 5, 6, 7)] == [0, 1, 1, 2, 2]
     assert schedule.epochs_at(11) == math.ceil(11 / 5)
+
+
+def test_the_epochs_a_run_reaches_count_its_last_one_by_its_own_length():
+    """A fractional share of a folder over five buckets: an epoch draws 8 of its 40 images, in 1 to 5 batches of 8
+    as they fall. A --max-steps run's last epoch, longer than the first, was counted by the first's length: the
+    progress line's and ss_num_epochs' count came out higher."""
+    from lowvram.data.epochs import Epochs, Sample
+
+    samples = [Sample((f"{i}",), (), "x", (64 * (1 + i % 5), 64), 0.2, group="g") for i in range(40)]
+    data = Epochs(samples, [], 8, 21)
+    lengths = [len(data.epoch_batches(epoch, shuffled=False)) for epoch in range(12)]
+    assert max(lengths) >= lengths[0] + 2  # the premise: a later epoch well longer than the first (seed 21: 3, 5)
+    ends = list(itertools.accumulate(lengths))
+    for total in range(1, ends[-1] + 1):
+        schedule = plan_schedule(run_config(max_steps=total, batch_size=8), data, 1)
+        assert schedule.epochs_at(total) == bisect.bisect_left(ends, total) + 1, total
+
+
+def test_a_resumed_schedule_counts_the_epochs_the_checkpoint_ended_before_it():
+    """A checkpoint a batch into epoch 2 (of 30 batches), resumed at 4 batches a step: epoch 1 ended before its step
+    (it was put at it, which drew a sample grid there and counted one epoch less); a run asked to end before its
+    checkpoint is where the checkpoint stands, not -2.25 epochs."""
+    from lowvram.data.epochs import Epochs, Sample
+
+    data = Epochs([Sample((f"{i}",), (), "x", (64, 64), 1.0) for i in range(30)], [], 1, 0)
+    schedule = plan_schedule(run_config(max_steps=40, gradient_accumulation=4), data, 1, (31, 1, 1))
+    assert schedule.epochs_done_at(31) is None and schedule.epochs_at(31) == 2 and schedule.epochs_done_at(39) == 2
+    assert plan_schedule(run_config(max_steps=40, gradient_accumulation=4), data, 1, (30, 0, 30)).epochs_done_at(30) == 1
+    assert plan_schedule(run_config(max_steps=20, gradient_accumulation=4), data, 1, (31, 1, 1)).epochs == \
+        pytest.approx(1 + 1 / 30)
 
 
 def test_a_validation_split_holds_out_at_least_one_image_and_never_all():

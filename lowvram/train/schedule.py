@@ -24,8 +24,8 @@ class Schedule:
     batch_shapes: int  # input shapes the U-Net meets: training's (pixel count, batch size) pairs, samples' sizes
     text_encoder_until: int | None = None  # the last step that trains the text encoders (--text-encoder-until)
     warmup_steps: int = 0  # --warmup-steps in steps (a share under 1 of the run's)
-    # the step each epoch ends at, through the run's last: with fractional repeats an epoch's batch count varies
-    # with the images its share draws (so steps_per_epoch, epoch 0's, is then approximate)
+    # the step each epoch ends at, through the one the run's last step is in: with fractional repeats an epoch's
+    # batch count varies with the images its share draws (so steps_per_epoch, epoch 0's, is then approximate)
     epoch_ends: tuple[int, ...] = ()
     epochs: float = 0.0  # the run's length in epochs: the last one's share its steps reach into
 
@@ -75,8 +75,9 @@ def plan_schedule(config: RunConfig, data: Epochs, world: int, start: tuple[int,
     step, epoch, batch = start or (0, 0, 0)
     ends = [step + math.ceil(max(0, batches_of(epoch) - batch) / batches_per_step) if start else steps_per_epoch]
     lengths = [steps_of(epoch) if start else steps_per_epoch]
-    # the epochs the checkpoint's steps ended: each as long as this run's steps make it, none after the checkpoint
-    ends[:0] = [max(0, min(step, ends[0] - lengths[0] - i * steps_per_epoch)) for i in reversed(range(epoch))]
+    # the epochs the checkpoint's steps ended: each as long as this run's steps make it, all before the checkpoint
+    # (whose step drew a batch of its own epoch)
+    ends[:0] = [max(0, min(step - 1, ends[0] - lengths[0] - i * steps_per_epoch)) for i in reversed(range(epoch))]
     lengths[:0] = [steps_per_epoch] * epoch
     while (ends[-1] < max_steps) if max_steps else (len(ends) < max(epochs, until_epochs)):
         lengths.append(steps_of(len(ends)))
@@ -84,6 +85,8 @@ def plan_schedule(config: RunConfig, data: Epochs, world: int, start: tuple[int,
     total_steps = max_steps or ends[epochs - 1]
     last = bisect.bisect_left(ends, total_steps)  # the epoch the last step is in
     run_epochs = last + 1 - (ends[last] - total_steps) / lengths[last]
+    if start and total_steps <= step:  # (a run asked to end before its checkpoint: where that stands)
+        run_epochs = epoch + min(batch, batches_of(epoch)) / batches_of(epoch)
     if until_epochs:
         until_step = ends[until_epochs - 1] if until_epochs <= len(ends) else total_steps
     else:
@@ -93,7 +96,7 @@ def plan_schedule(config: RunConfig, data: Epochs, world: int, start: tuple[int,
                     config.validation.validate_every,
                     len(data.batch_shapes()) + len(config.prompt_lines) + 1,
                     until_step, in_steps(config.optim.warmup_steps, total_steps),
-                    tuple(end for end in ends if end <= total_steps), run_epochs)
+                    tuple(ends[:last + 1]), run_epochs)
 
 
 def in_steps(given: float, total_steps: int) -> int:
