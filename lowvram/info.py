@@ -27,7 +27,6 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, not_safetensors, pickl
 from lowvram.files import not_found_hint
 from lowvram.lora_header import network_weights_problem
 from lowvram.lora_metadata import RECIPE_KEY, file_hashes, trigger_words
-from lowvram.models.families import FAMILIES
 from lowvram.run_files import lora_in_folder
 
 # the recipe's dataset folders (by name: a private one's name tells of it) and the caption text it holds
@@ -85,8 +84,8 @@ def describe(path: Path) -> dict:
     whole, tensor_data = file_hashes(path) if network != "unknown" else (None, None)
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,
             "unet_alone": bool(checkpoint) and unet_alone(path),
-            "base_model": (None if network == "unknown" else demo.name if demo
-                           else BASE_MODELS.get(lora_header.base_family(metadata, shapes))),
+            "base_model": BASE_MODELS.get(lora_header.base_family(metadata, shapes)) if network != "unknown" else None,
+            "demo_model": demo.name if demo and network != "unknown" else None,  # (trained on --model tiny)
             "trigger_words": trigger_words(metadata) or None,
             "modules": len(layers),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
@@ -228,10 +227,9 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     each = ", ".join(f"{rank} ({count} module{'s' * (count > 1)})" for rank, count in ranks.items())
     shown = f"rank {next(iter(ranks))}, " if len(ranks) == 1 else f"ranks {each}, " if ranks else ""
     base = f" for {info['base_model']}" if info["base_model"] else ""
-    demo = FAMILIES.get(info["base_model"] or "")
-    if demo and demo.full_size:  # (said as "for SD1.5", it would be tried on a real one's)
-        base = (f" for lowvram's built-in {demo.name} demo model (random weights; no "
-                f"{BASE_MODELS[demo.full_size]} checkpoint loads it)")
+    if info["demo_model"]:  # (said as "for SD1.5", it would be tried on a real one's)
+        base = (f" for lowvram's built-in {info['demo_model']} demo model (random weights; no "
+                f"{info['base_model'] or 'real'} checkpoint loads it)")
     model = base_model_words(path) if info["checkpoint"] else None
     what = (f"{model[0]}, not a LoRA (for train and generate, {model[1]})" if model
             else f"{info['network']}{base}, {info['modules']} modules, {shown}".rstrip(", "))

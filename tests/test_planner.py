@@ -193,8 +193,12 @@ def test_where_only_loading_is_short_of_host_ram_the_plan_says_swap_takes_it():
         rf"nothing fits 8.0 GiB of host RAM: the leanest strategy that fits the GPU \({re.escape(leanest.strategy.label)}"
         rf"\) needs {loading / 2**30:.1f} GiB to load the model, {training / 2**30:.1f} GiB to train; swap takes a "
         r"loading peak \(slowly\): with ([\d.]+) GiB of swap free, --ram ([\d.]+)GB \(RAM and swap\) plans (.+) and "
-        r"trains with it \(lowvram doctor shows the swap\)", result.explanation)
+        r"trains with it \(lowvram doctor shows this machine's swap\)", result.explanation)
     assert said and float(said[1]) == pytest.approx(float(said[2]) - 8), result.explanation
+    # the line below it names the same (it named an unverified strategy at less)
+    assert result.suggestions[-1] == f"at least {said[2]} GiB of host RAM (--ram)", result.suggestions
+    other = plan(work("sdxl", 1024), hardware_for("rtx-3060-laptop-6gb", None, "8GB")).explanation
+    assert "trains with it" in other and "doctor" not in other  # (another machine's plan: not this one's swap)
     enough = plan(work("sdxl", 1024), hardware_for(None, "6GB", f"{said[2]}GB"))
     assert enough.choice.strategy.label == said[3] and enough.choice.verified
     assert plan(work("sdxl", 1024), hardware_for(None, "6GB", f"{float(said[2]) - 0.1:g}GB")).choice is None

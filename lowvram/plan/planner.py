@@ -192,9 +192,10 @@ def _swap_takes_loading(leanest: Estimate, work: Workload, hardware: Hardware, f
         ram = _gib_up(candidate.peak_host())
         chosen = plan(work, replace(hardware, host_ram=int(ram * GIB)), fixed, suggest=False).choice
         if chosen is not None:
+            doctor = "" if hardware.source.startswith("profile") else " (lowvram doctor shows this machine's swap)"
             return (f" to load the model, {steps / GIB:.1f} GiB to train; swap takes a loading peak (slowly): with "
-                    f"{ram - hardware.host_ram / GIB:.1f} GiB of swap free, --ram {ram:g}GB (RAM and swap) plans "
-                    f"{chosen.strategy.label} and trains with it (lowvram doctor shows the swap)")
+                    f"{_gib_up(ram * GIB - hardware.host_ram):.1f} GiB of swap free, --ram {ram:g}GB (RAM and swap) "
+                    f"plans {chosen.strategy.label} and trains with it{doctor}")
     return f" to load the model, {steps / GIB:.1f} GiB to train"
 
 
@@ -278,8 +279,11 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict, seen_only:
                 found.append(f"a GPU with at least {gpu:.1f} GiB free"
                              + (f" and at least {ram:.1f} GiB of host RAM (--ram)" if more_ram else "") + how)
     elif not {id(e) for e in on_gpu} & {id(e) for e in in_ram}:
-        ram = _gib_up(min(e.peak_host() for e in on_gpu))
-        if (how := fits(work, replace(hardware, host_ram=int(ram * GIB)))) is not None:
+        # the least host RAM a strategy seen training then fits, else the least any fits
+        ways = [(ram, how) for ram in sorted({_gib_up(e.peak_host()) for e in on_gpu})
+                if (how := fits(work, replace(hardware, host_ram=int(ram * GIB)))) is not None]
+        if ways:
+            ram, how = next(((ram, how) for ram, how in ways if how == ""), ways[0])
             found.append(f"at least {ram:.1f} GiB of host RAM (--ram){how}")
     return found
 
