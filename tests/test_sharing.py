@@ -495,8 +495,8 @@ def test_info_says_which_base_model_a_lora_is_for_and_its_trigger_words(tmp_path
     assert out.startswith("xl.safetensors: LoRA for lowvram's built-in tiny-sdxl demo model (random weights; no SDXL "
                           "checkpoint loads it), ") and "\ntrigger words: lvshape\n" in out, out
     assert main(["info", str(result.lora_path), "--json"]) == 0  # (base_model in AUTOMATIC1111's words, as for any)
-    assert {key: json.loads(capsys.readouterr().out)[key] for key in ("base_model", "demo_model")} == {
-        "base_model": "SDXL", "demo_model": "tiny-sdxl"}
+    said = json.loads(capsys.readouterr().out)
+    assert (said["base_model"], said["demo_model"]) == ("SDXL", "tiny-sdxl")
     # how it was trained, and its scale: a LoRA manager's card (it was in the table alone, alpha in the flags)
     assert "\ntrained: 1 step, 1 epoch, at 64x64, on tiny-sdxl; alpha 4 (scale 1)\n" in out, out
     # a downloaded file's own words: no markup, a save's own epoch, odd numbers passed over (a traceback, "at 1024x0")
