@@ -188,6 +188,10 @@ def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | 
         return (f"--{typed} is train's and check-data's: it joins each caption as it trains, the files left as they "
                 "are")
     match = difflib.get_close_matches(typed, list(names) + list(kohya), n=1)
+    # a flag named with a word of its own (--host-ram, --vram-limit): that flag, unless the spelling is closer
+    words = {names[part] for part in typed.split("-") if part in names}
+    if len(words) == 1 and (not match or difflib.SequenceMatcher(None, typed, match[0]).ratio() < 0.8):
+        return f"did you mean {words.pop()}?"
     if not match:
         return None
     flag = names.get(match[0]) or kohya[match[0]]

@@ -79,6 +79,15 @@ def test_a_typo_of_a_flag_or_of_its_kohya_name_suggests_lowvrams_flag(capsys, ty
     assert f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("typed, meant", [("--host-ram", "--ram"), ("--ram-limit", "--ram"), ("--vram-limit", "--vram"),
+                                          ("--max-vram", "--vram")])
+def test_a_flag_named_with_a_word_of_its_own_suggests_that_flag(capsys, typed, meant):
+    """plan calls it host RAM: --host-ram got no suggestion, and --ram-limit got --flip."""
+    with pytest.raises(SystemExit):
+        main(["plan", "--model", "sd15", typed, "8GB"])
+    assert f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
+
+
 def test_the_taggers_kohya_flags_name_what_caption_does_instead(capsys):
     """--caption_separator was answered 'did you mean --caption-extension?'."""
     for flag, says in (("--caption_separator", "tags are written joined by ', '"),
