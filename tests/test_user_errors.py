@@ -257,8 +257,8 @@ def test_lora_files_no_run_recorded_are_never_written_over(tmp_path, capsys):
     assert main(argv) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error == (f"lowvram train: error: --output: {out} holds mychar-e0001.safetensors of no lowvram run there, "
-                     "under a name this run saves to; start over with --overwrite (they move to "
-                     f"{out / ARCHIVE}/), or choose another --output or --name"), error
+                     "under a name this run saves to; start over by moving them out of this LoRA folder first, or "
+                     "choose another --output or --name"), error  # (--overwrite is refused in a LoRA list)
     assert not (out / RECORD).exists()
     shutil.copy(other, out / "mychar.safetensors")
     assert main(argv) == 2

@@ -327,7 +327,7 @@ def _start_over(folder: Path, moved: list[Path], they: str) -> str:
     """How to start over in `folder`: --overwrite, which moves the earlier files to its archive/, but not where that
     is in a LoRA list (`_archived_in_a_lora_list`: --overwrite is refused there)."""
     if _archived_in_a_lora_list(folder, moved):
-        return f"start over by moving {they} out of this LoRA folder first"
+        return f"start over by moving {'them' if they == 'they' else they} out of this LoRA folder first"
     return f"start over with --overwrite ({they} move to {folder / ARCHIVE}/)"
 
 
