@@ -208,6 +208,12 @@ def test_checkpoint_missing_a_component_is_refused(tmp_path):
 def test_folder_without_model_index_is_refused(tmp_path):
     with pytest.raises(LowvramError, match="without model_index.json"):
         load_model(str(tmp_path))
+    # ComfyUI's models/checkpoints/ given: the file in it is named (the way out was "pass a .safetensors checkpoint")
+    (tmp_path / "mymodel.safetensors").write_bytes(b"")
+    with pytest.raises(LowvramError) as refused:
+        load_model(str(tmp_path))
+    assert str(refused.value).endswith(f"it holds one weights file {tmp_path / 'mymodel.safetensors'}: give the file "
+                                       "itself")
 
 
 def test_unknown_name_lists_the_families():

@@ -176,8 +176,13 @@ def refuse_image_conditioned(name: str, in_channels: object) -> None:
 
 def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
     if not index_file.is_file():
-        raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model; "
-                           "pass a diffusers folder or a .safetensors checkpoint")
+        # (a checkpoints folder, ComfyUI's or AUTOMATIC1111's: the file in it is what was meant)
+        held = sorted(path.name for path in index_file.parent.glob("*")
+                      if path.suffix.lower() in WEIGHT_SUFFIXES) if index_file.parent.is_dir() else []
+        inside = (f"; it holds {'one weights file' if len(held) == 1 else f'{len(held)} weights files, such as'} "
+                  f"{index_file.parent / held[0]}: give the file itself" if held else "")
+        raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model"
+                           f"{inside or '; pass a diffusers folder or a .safetensors checkpoint'}")
     index = read_json(index_file)
     if not unet_file.is_file():  # an index that names no unet (an SD3 or Flux pipeline has a transformer)
         kind = index.get("_class_name")
