@@ -365,7 +365,10 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     by_metadata = {image.relative_to(root).parts[0] for image in found.captions} if found else set()
     folders = [ImageFolder(root, 1, utf8_text(root.name))]
     left = COUNTED_UP_TO
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not passed_over(p)):
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not passed_over(p))
+    # the repeats a folder left unnamed would take: its siblings' (kohya's folders of one set share theirs)
+    usual = next((repeats_of(sub.name) for sub in subfolders if repeats_of(sub.name)), 10)
+    for sub in subfolders:
         match = REPEAT_FOLDER.match(sub.name)
         try:  # (another user's private folder, lost+found on a mounted disk)
             os.scandir(sub).close()  # (opened, not listed: it is listed once, later)
@@ -387,7 +390,8 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
                             f"{root / sub.name} to score the run on its images" if split else
                             f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else
                             f"; it holds N_name folders: give {option} {sub} to train them"
-                            if (option := nested_option(sub)) else ""))
+                            if (option := nested_option(sub)) else
+                            f"; rename it {usual}_{sub.name} to train it" if images else ""))
         elif repeats > MAX_REPEATS or year:  # (a date, 20240101_trip: an epoch of millions, hours to list; an
             # illustrator's archive of 2019/, 2020/ trained each image 2019 times, as kohya would)
             label = match.group(2) or "name"
