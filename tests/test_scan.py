@@ -422,6 +422,12 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     # kohya reads only the N_name folders: the top-level image trains here, and the scan says so
     assert any("1 image(s) at the top level beside the N_name folders (top.png) train once each per epoch; kohya "
                "leaves them out" in note for note in report.folder_notes)
+    # in kohya_ss's img/, a loose image's caption is none, not the word "img"
+    (tmp_path / "img" / "10_dog").mkdir(parents=True)
+    for name in ("img/loose.png", "img/10_dog/a.png"):
+        drawn(size=(64, 64)).save(tmp_path / name)
+    records = by_relpath(scan_dataset(tmp_path / "img", TINY))
+    assert (records["loose.png"].caption, records["10_dog/a.png"].caption) == ("", "dog")
     records = by_relpath(scan_dataset(tmp_path, TINY, ScanOptions(caption_extension=".caption", trigger_word="zwx")))
     assert records["10_sks dog/a.jpg"].caption == "zwx, from the caption"
     assert "both .caption and .txt: used .caption" in records["10_sks dog/a.jpg"].notes

@@ -133,6 +133,11 @@ class ImageFolder(NamedTuple):
     label_captions: bool = True
 
 
+# the names of folders that hold a dataset rather than name what it shows
+CONTAINER_NAMES = {"img", "imgs", "image", "images", "pics", "pictures", "photos", "data", "dataset", "datasets",
+                   "train", "training", "input", "inputs", "raw"}
+
+
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
                  console: Console | None = None, flag: str = "--data", listing: str | None = None) -> ScanReport:
     """Scan a dataset folder laid out as kohya's: images in the root count once, `N_name/` repeats N times. Raises
@@ -363,7 +368,8 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     found = folder_metadata(root, caption_column, notes, root) or train_split_metadata(root, caption_column, notes)
     metadata = {root: found} if found else {}
     by_metadata = {image.relative_to(root).parts[0] for image in found.captions} if found else set()
-    folders = [ImageFolder(root, 1, utf8_text(root.name))]
+    # (a container's name, kohya_ss's img/, is no caption: its loose images train without one, or with the trigger)
+    folders = [ImageFolder(root, 1, utf8_text(root.name), label_captions=root.name.lower() not in CONTAINER_NAMES)]
     left = COUNTED_UP_TO
     subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not passed_over(p))
     # the repeats a folder left unnamed would take: its siblings' (kohya's folders of one set share theirs)
