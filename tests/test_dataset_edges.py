@@ -152,6 +152,23 @@ def test_a_trigger_word_of_one_of_several_concepts_is_said(tmp_path, capsys):
     assert "--trigger-word" not in capsys.readouterr().out
 
 
+def test_concept_words_a_caption_prefix_pushes_into_the_shuffle_are_said(tmp_path, capsys):
+    """Several concepts, no --trigger-word (as the README has them): a --caption-prefix took the kept front tag, and
+    each folder's concept word shuffled with the rest unsaid. A caption's own tags shuffled as asked are not."""
+    for folder, caption in (("5_alice", "alice, 1girl, red hair, smile"), ("20_bob", "bob, 1boy, glasses, hat")):
+        for n in range(2):
+            picture(tmp_path / "data" / folder / f"img{n}.png", (n * 30, 80, 40))
+            (tmp_path / "data" / folder / f"img{n}.txt").write_text(caption)
+    argv = ["check-data", "--data", str(tmp_path / "data"), "--model", "tiny", "--shuffle-tags", "--keep-tokens", "1"]
+    assert main([*argv, "--caption-prefix", "masterpiece,"]) == 0
+    assert ("note: the concept word of each N_name folder (its name: 'bob', 'alice') moves with the other tags in 4 "
+            "of 4 captions (in 20_bob/img0.png's it is tag 2, past the 1 tag(s) kept in front), as in kohya; to keep "
+            "it in place, pass --keep-tokens 2") in " ".join(capsys.readouterr().out.split())
+    for extra in ([], ["--keep-tokens", "0"]):  # kept in front; or every tag shuffled, as asked
+        assert main([*argv, *extra]) == 0
+        assert "concept word" not in capsys.readouterr().out
+
+
 def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path, capsys):
     """A --caption-prefix before it, or a caption with it later, shuffled it with the rest without a word: a LoRA
     whose trigger trains anywhere in the caption, and under --tag-dropout without it."""

@@ -247,9 +247,14 @@ def trigger_of_one_concept(records: list, trigger: str | None) -> str | None:
 def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str | None:
     """The note where --shuffle-tags or --tag-dropout vary the trigger word with the other tags: in a caption that
     has it past the tags kept in front (--keep-tokens, or its own --keep-tokens-separator part), as a
-    --caption-prefix or a tag before it puts it. kohya does the same, without a word."""
+    --caption-prefix or a tag before it puts it. kohya does the same, without a word. Without --trigger-word, each
+    N_name folder's name is its images' concept word (several concepts' folders, as the README has them), said
+    where a tag before it (a --caption-prefix) pushed it past the tags kept."""
     moved = []
-    for record in records if trigger else ():
+    for record in records:
+        word = trigger or (record.folder if record.folder and repeats_of(Path(record.relpath).parent.name) else None)
+        if not word:
+            continue
         data = folder_config(config, record.settings).data
         if not (data.shuffle_tags or data.tag_dropout):
             continue
@@ -257,22 +262,27 @@ def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str 
         front, end = record.kept_tags or (data.keep_tokens, 0)
         # (a trigger word of several tags, "my style, watercolor": each of them is a tag the shuffle moves)
         found = [next((i for i, tag in enumerate(tags) if has_word(tag, part)), -1)
-                 for part in trigger_tags(trigger, data)]
+                 for part in trigger_tags(word, data)]
         at = None if min(found) < 0 else max(found)  # (a caption of some of its tags alone has no trigger word)
         varied = len(tags) - end - front  # the tags a shuffle moves about (one alone stays), a dropout drops
-        if at is not None and front <= at < len(tags) - end and (data.tag_dropout or varied > 1):
-            moved.append((record, at, front, data))
+        # (a folder's word is said where it would be kept but for a tag put before it, a --caption-prefix: a tag
+        # of a caption's own shuffled as the user asked is no concept word left out)
+        pushed = trigger or (at == front > 0)
+        if at is not None and pushed and front <= at < len(tags) - end and (data.tag_dropout or varied > 1):
+            moved.append((record, at, front, data, word))
     if not moved:
         return None
-    record, at, front, data = moved[0]
-    keep = max(at for _, at, _, _ in moved) + 1
+    record, at, front, data, word = moved[0]
+    keep = max(at for _, at, _, _, _ in moved) + 1
     how = " and ".join(word for word, on in (("moves", data.shuffle_tags), ("is left out now and then",
                                                                             data.tag_dropout)) if on)
     kept = f"the {front} tag(s) kept in front" if front else "the tags kept in front (none: --keep-tokens 0)"
-    count = len(trigger_tags(trigger, data))
+    count = len(trigger_tags(word, data))
     where = (f"its {count} tags reach tag {at + 1} in {record.relpath}'s" if count > 1 else
              f"in {record.relpath}'s it is tag {at + 1}")
-    return (f"note: the trigger word '{trigger}' {how} with the other tags in {len(moved)} of {len(records)} captions "
+    words = ", ".join(f"'{w}'" for w in dict.fromkeys(m[4] for m in moved))
+    named = f"the trigger word '{trigger}'" if trigger else f"the concept word of each N_name folder (its name: {words})"
+    return (f"note: {named} {how} with the other tags in {len(moved)} of {len(records)} captions "
             f"({where}, past {kept}), as in kohya; to keep it in place, pass --keep-tokens {keep}"
             + (f" ({count} where every caption starts with it)" if keep > count else ""))
 
