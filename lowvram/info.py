@@ -88,6 +88,7 @@ def describe(path: Path) -> dict:
             "demo_model": demo.name if demo and network != "unknown" else None,  # (trained on --model tiny)
             "trigger_words": trigger_words(metadata) or None,
             "modules": len(layers),
+            "text_encoder_modules": sum(name.startswith("lora_te") for name in layers),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
             "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)}
@@ -242,6 +243,12 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     # (what a LoRA manager's card shows, at a glance; a scale only where every layer has the one rank)
     if trained := _trained_line(info["metadata"], options if len(ranks) == 1 else {}):
         console.print(trained, soft_wrap=True, highlight=False, markup=False)  # (a file's "[v2]" is no markup)
+    if info["modules"]:  # (what ComfyUI's two strengths act on: a user set strength_clip on a U-Net-only LoRA)
+        encoders = info["text_encoder_modules"]
+        console.print(f"layers: the U-Net's and the text encoders' ({encoders}): ComfyUI's strength_model and "
+                      "strength_clip weigh each, AUTOMATIC1111's <lora:name:weight> both" if encoders else
+                      "layers: the U-Net's alone: ComfyUI's strength_clip changes nothing (strength_model weighs it, "
+                      "as AUTOMATIC1111's <lora:name:weight> does)", soft_wrap=True)
     if refused:  # (layers of several ranks: a --dynamic resize's, a merge's, or per-block ranks without their flags)
         console.print(f"[yellow]{refused}[/]", soft_wrap=True, highlight=False)
     elif options:

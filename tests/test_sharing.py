@@ -4,6 +4,7 @@ permissions a plain open() gives under the umask), no folder of this machine in 
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -494,6 +495,14 @@ def test_info_says_which_base_model_a_lora_is_for_and_its_trigger_words(tmp_path
     # the demo model's LoRA, SDXL-shaped, is not one for SDXL (said so, it was tried on a real one's)
     assert out.startswith("xl.safetensors: LoRA for lowvram's built-in tiny-sdxl demo model (random weights; no SDXL "
                           "checkpoint loads it), ") and "\ntrigger words: lvshape\n" in out, out
+    # what ComfyUI's two strengths act on (strength_clip was set on a LoRA of the U-Net alone)
+    assert "\nlayers: the U-Net's alone: ComfyUI's strength_clip changes nothing (strength_model weighs it, as " \
+           "AUTOMATIC1111's <lora:name:weight> does)\n" in out, out
+    both = train(run_config(output=str(tmp_path / "te"), max_steps=1, train_text_encoder=True)).lora_path
+    capsys.readouterr()
+    assert main(["info", str(both)]) == 0
+    assert re.search(r"\nlayers: the U-Net's and the text encoders' \(\d+\): ComfyUI's strength_model and "
+                     "strength_clip weigh each", capsys.readouterr().out)
     assert main(["info", str(result.lora_path), "--json"]) == 0  # (base_model in AUTOMATIC1111's words, as for any)
     said = json.loads(capsys.readouterr().out)
     assert (said["base_model"], said["demo_model"]) == ("SDXL", "tiny-sdxl")
