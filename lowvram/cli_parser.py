@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Render images from a base model with LoRAs applied, as training renders its "
                          "samples (one model part on the GPU at a time). Prompts are read as AUTOMATIC1111 reads them: "
                          "(emphasis:1.2), BREAK, and long ones in 75-token chunks.")
-    gen.add_argument("--model", default="tiny", help="base model, as for train --model [default: tiny]")
+    gen.add_argument("--model", help="base model, as for train --model [default: the built-in tiny model, or the "
+                     "demo model a --lora was trained on]")
     gen.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
                      help="force the architecture instead of detecting it")
     gen.add_argument("--vae", help="VAE to decode with, as for train --vae (a file or a folder, e.g. the "

@@ -55,6 +55,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     """Render `--count` images; the prompt's kohya-style inline options (--n --w --h --s --l --d --ss) win over
     the flags that say the same. Every option is checked before the model loads (one line each), and nothing is
     written over a file being read, or over any file without --overwrite."""
+    args.model = args.model or _model_unsaid(args.lora or [])
     args.prompt, clip_skip = _generation_data(args.prompt, args.model)
     if clip_skip and not args.clip_skip:
         args.clip_skip = clip_skip
@@ -272,6 +273,27 @@ def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Pa
         more = f" (and {len(existing) - 1} more of the numbered files)" if len(existing) > 1 else ""
         return f"--output: {existing[0]} exists{more}; add --overwrite to replace it, or name another"
     return None
+
+
+def _model_unsaid(loras: list[str]) -> str:
+    """The model of a generate without --model: the built-in demo model (the one a --lora was trained on), but not
+    for a LoRA of another model, which it drew nothing of (with random weights) without a word."""
+    from lowvram.lora_header import demo_family
+    from lowvram.run_files import DIFFUSERS_WEIGHTS
+
+    for text in loras:
+        try:
+            path = parse_source(text, 1.0)[0]
+            metadata = read_header(path / DIFFUSERS_WEIGHTS if path.is_dir() else path)[0]
+        except (LowvramError, OSError, ValueError):
+            continue  # (said where the LoRAs are read)
+        trained_on = metadata.get("lowvram.base_model") or metadata.get("ss_sd_model_name")
+        if (demo := demo_family(metadata)) and trained_on in (None, demo.name):
+            return demo.name
+        raise LowvramError(f"--model: which base model? {path} was trained on "
+                           f"{trained_on or 'a model its metadata does not name'}; give that model (a .safetensors "
+                           "checkpoint, a diffusers folder or a hub id), or another of its family, as --model")
+    return "tiny"
 
 
 def _other_family(args, sources: list[tuple[Path, float]]) -> str | None:

@@ -223,9 +223,21 @@ def test_a_lora_of_another_family_is_named_by_its_metadata(tmp_path, capsys):
     assert main(base(["--lora", str(lora), "--output", str(tmp_path / "x.png")])) == 2
     said = capsys.readouterr()
     assert said.err.strip() == (
-        f"lowvram generate: error: --lora: {lora} is a LoRA for Stable Diffusion XL (its metadata says), not for tiny "
-        "SD (random weights); give a Stable Diffusion XL model as --model")
+        f"lowvram generate: error: --lora: {lora} is a LoRA for lowvram's built-in tiny-sdxl demo model (its metadata "
+        "says), not for tiny SD (random weights); give --model tiny-sdxl, or train one on this model")
     assert "loading" not in said.out  # said from the headers, before the model loads (a minute, at full size)
+    # a full-size one's metadata (no demo model named): its family
+    from safetensors.torch import load_file, save_file
+
+    from lowvram.lora_header import read_header
+
+    full = tmp_path / "full.safetensors"
+    save_file(load_file(str(lora)), str(full),
+              {key: value for key, value in read_header(lora)[0].items() if key != "lowvram.family"})
+    assert main(base(["--lora", str(full), "--output", str(tmp_path / "x.png")])) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lowvram generate: error: --lora: {full} is a LoRA for Stable Diffusion XL (its metadata says), not for tiny "
+        "SD (random weights); give a Stable Diffusion XL model as --model")
 
 
 def test_generation_data_pasted_or_in_an_image_is_read_as_automatic1111_writes_it(tmp_path, capsys):

@@ -365,6 +365,27 @@ def test_generate_renders_the_image_training_sampled(trained, tmp_path):
     assert np.abs(sampled - again).max() <= 2  # 8-bit rounding of the same image
 
 
+def test_generate_without_model_takes_the_demo_model_a_lora_was_trained_on_and_asks_for_any_other(trained, tmp_path,
+                                                                                                  capsys):
+    """A LoRA trained on a model of the user's drew on the built-in tiny model, its random weights, without a word;
+    a tiny-sdxl LoRA was refused as tiny's."""
+    config, result = trained
+    argv = ["generate", "--prompt", "x", "--steps", "1", "--output", str(tmp_path / "x.png")]
+    assert main([*argv, "--lora", str(result.lora_path)]) == 0
+    assert f"loading {config.model.model}" in capsys.readouterr().out
+    from safetensors.torch import load_file, save_file
+
+    from lowvram.lora_header import read_header
+
+    theirs = tmp_path / "theirs.safetensors"
+    save_file(load_file(str(result.lora_path)), str(theirs),
+              read_header(result.lora_path)[0] | {"lowvram.base_model": "mymodel.safetensors"})
+    assert main([*argv, "--lora", str(theirs)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lowvram generate: error: --model: which base model? {theirs} was trained on mymodel.safetensors; give that "
+        "model (a .safetensors checkpoint, a diffusers folder or a hub id), or another of its family, as --model")
+
+
 def test_generate_refuses_a_lora_of_the_other_family(trained, tmp_path, capsys):
     config, result = trained
     other = "tiny-sdxl" if config.model.model == "tiny" else "tiny"
