@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default=None, action=_Once, help="negative prompt")
     gen.add_argument("--output", type=Path, default=Path("generated.png"),
                      help=f"image path, {', '.join(WRITTEN_IMAGE_SUFFIXES[:-1])} or {WRITTEN_IMAGE_SUFFIXES[-1]} "
-                     "(written in that format); with --count > 1, "
+                     "(written in that format), or a folder to write generated.png in; with --count > 1, "
                      "numbered files [default: generated.png]")
     gen.add_argument("--overwrite", action="store_true", help="replace --output (or its numbered files) if it "
                      "exists; a file being read (--model, --lora) is never replaced")

@@ -56,6 +56,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     the flags that say the same. Every option is checked before the model loads (one line each), and nothing is
     written over a file being read, or over any file without --overwrite."""
     args.model = args.model or _model_unsaid(args.lora or [])
+    if args.output.is_dir():  # (an output folder, as ComfyUI and AUTOMATIC1111 have: the image goes in it)
+        args.output = args.output / "generated.png"
     args.prompt, clip_skip = _generation_data(args.prompt, args.model)
     if clip_skip and not args.clip_skip:
         args.clip_skip = clip_skip

@@ -93,6 +93,10 @@ def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
             f"--output: {tmp_path / name} names no image format; end it in .png, .jpg, .jpeg or .webp (the format "
             "is the extension's)")
         assert not (tmp_path / name).exists()
+    # an output folder, as ComfyUI's and AUTOMATIC1111's: the image goes in it (it was refused as a name)
+    (tmp_path / "previews").mkdir()
+    assert main([*BASE, "--output", str(tmp_path / "previews")]) == 0
+    assert [path.name for path in (tmp_path / "previews").iterdir()] == ["generated.png"]
 
 
 @pytest.mark.parametrize("argv, says", [
