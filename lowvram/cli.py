@@ -321,8 +321,8 @@ def _kept_on_interrupt(config, started: float) -> str:
     newest = checkpoint_folders.latest(checkpoint_folders.checkpoint_root(config.output_dir))
     options = options_path(config.output_dir, config.output_name)
     if newest is None or not options.is_file() or not (config.training.resume or newest.stat().st_mtime >= started):
-        return ("; no checkpoint of this run yet, so its steps are not kept (what it cached is): the same command "
-                "starts it again")
+        return ("; no checkpoint of this run yet, so no step of it is kept: the same command starts it again (with "
+                "what it cached)")
     return (f"; kept: checkpoint {newest.name}; continue with: "
             f"{continue_line(config.output_dir, config.output_name, launched_processes())}")
 

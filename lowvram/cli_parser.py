@@ -188,9 +188,14 @@ def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | 
         return (f"--{typed} is train's and check-data's: it joins each caption as it trains, the files left as they "
                 "are")
     match = difflib.get_close_matches(typed, list(names) + list(kohya), n=1)
-    # a flag named with a word of its own (--host-ram, --vram-limit): that flag, unless the spelling is closer
-    words = {names[part] for part in typed.split("-") if part in names}
-    if len(words) == 1 and (not match or difflib.SequenceMatcher(None, typed, match[0]).ratio() < 0.8):
+    # its words reordered (--prompt-negative); a flag named with a word of its own (--host-ram, --vram-limit) where
+    # the closest spelling shares none of its words (--ram-limit got --flip)
+    typed_words = set(typed.split("-"))
+    reordered = [flag for name, flag in names.items() if set(name.split("-")) == typed_words]
+    if reordered:
+        return f"did you mean {reordered[0]}?"
+    words = {names[part] for part in typed_words if part in names}
+    if len(words) == 1 and (not match or not typed_words & set(match[0].split("-"))):
         return f"did you mean {words.pop()}?"
     if not match:
         return None

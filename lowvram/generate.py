@@ -280,22 +280,35 @@ def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Pa
 def _model_unsaid(loras: list[str]) -> str:
     """The model of a generate without --model: the built-in demo model (the one a --lora was trained on), but not
     for a LoRA of another model, which it drew nothing of (with random weights) without a word."""
-    from lowvram.lora_header import demo_family
+    from lowvram.lora_header import base_family, demo_family
     from lowvram.run_files import DIFFUSERS_WEIGHTS
 
     for text in loras:
         try:
             path = parse_source(text, 1.0)[0]
-            metadata = read_header(path / DIFFUSERS_WEIGHTS if path.is_dir() else path)[0]
+            path = path / DIFFUSERS_WEIGHTS if path.is_dir() else path
+            metadata = read_header(path)[0]
         except (LowvramError, OSError, ValueError):
             continue  # (said where the LoRAs are read)
         trained_on = metadata.get("lowvram.base_model") or metadata.get("ss_sd_model_name")
         if (demo := demo_family(metadata)) and trained_on in (None, demo.name):
             return demo.name
-        raise LowvramError(f"--model: which base model? {path} was trained on "
-                           f"{trained_on or 'a model its metadata does not name'}; give that model (a .safetensors "
-                           "checkpoint, a diffusers folder or a hub id), or another of its family, as --model")
+        if trained_on is None:  # (a merge's, a checkpoint's adapters: a full-size family's layers still say so)
+            full = FAMILIES.get(base_family(metadata, _shapes(path)) or "")
+            if full is None:
+                continue
+            trained_on = f"a {full.title} model"
+        raise LowvramError(f"--model: which base model? {path} was trained on {trained_on}; give that model (a "
+                           ".safetensors checkpoint, a diffusers folder or a hub id), or another of its family, as "
+                           "--model")
     return "tiny"
+
+
+def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """A LoRA's tensors' shapes under kohya's names (a diffusers or peft file's too)."""
+    from lowvram.lora_header import kohya_header
+
+    return {name: tuple(entry.get("shape", ())) for name, entry in kohya_header(path)[1].items()}
 
 
 def _other_family(args, sources: list[tuple[Path, float]]) -> str | None:

@@ -89,6 +89,7 @@ def describe(path: Path) -> dict:
             "trigger_words": trigger_words(metadata) or None,
             "modules": len(layers),
             "text_encoder_modules": sum(name.startswith("lora_te") for name in layers),
+            "unet_modules": sum(name.startswith("lora_unet") for name in layers),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
             "metadata": metadata, "private_paths": sorted({m for v in metadata.values() for m in _FOLDER.findall(v)}
@@ -244,9 +245,11 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     if trained := _trained_line(info["metadata"], options if len(ranks) == 1 else {}):
         console.print(trained, soft_wrap=True, highlight=False, markup=False)  # (a file's "[v2]" is no markup)
     if info["modules"]:  # (what ComfyUI's two strengths act on: a user set strength_clip on a U-Net-only LoRA)
-        encoders = info["text_encoder_modules"]
+        encoders, unet = info["text_encoder_modules"], info["unet_modules"]
         console.print(f"layers: the U-Net's and the text encoders' ({encoders}): ComfyUI's strength_model and "
-                      "strength_clip weigh each, AUTOMATIC1111's <lora:name:weight> both" if encoders else
+                      "strength_clip weigh each, AUTOMATIC1111's <lora:name:weight> both" if encoders and unet else
+                      "layers: the text encoders' alone: ComfyUI's strength_model changes nothing (strength_clip "
+                      "weighs them, as AUTOMATIC1111's <lora:name:weight> does)" if encoders else
                       "layers: the U-Net's alone: ComfyUI's strength_clip changes nothing (strength_model weighs it, "
                       "as AUTOMATIC1111's <lora:name:weight> does)", soft_wrap=True)
     if refused:  # (layers of several ranks: a --dynamic resize's, a merge's, or per-block ranks without their flags)

@@ -21,7 +21,7 @@ from lowvram.run_files import lora_in_folder
 
 # metadata the merged file keeps when every source agrees on it: what the LoRAs were trained for
 SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.prediction_type",
-                   "modelspec.resolution", "ss_zero_terminal_snr")
+                   "modelspec.resolution", "ss_zero_terminal_snr", "lowvram.family")
 # what a file without them leaves unsaid (a kohya or Civitai file with no modelspec), not says otherwise (a file
 # without a prediction type or zero-SNR is of the usual kind): the files that say them agree on the merged file's
 SAID_BY_SOME = ("ss_base_model_version", "modelspec.architecture")  # (the layers' shapes agree; a resolution is

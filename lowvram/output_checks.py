@@ -101,8 +101,9 @@ def output_problems(c: RunConfig) -> list[str]:
     if output.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and not output.is_dir():  # OneTrainer's: a file
         listing = lora_list_folder(output.parent)  # (there, the run's checkpoints would show in the UI's list too)
         p.append(f"--output: {output} names a file; --output is the run's folder and --name its LoRA's name: "
-                 + (f"train into a folder elsewhere with {shell_line('--copy-to', output.with_suffix(LORA_SUFFIX))}, "
-                    "which writes "
+                 + ("train into a folder elsewhere with " + shell_line(
+                     "--output", listing.parent.parent / "lowvram-runs" / output.stem, "--copy-to",
+                     output.with_suffix(LORA_SUFFIX)) + ", which writes "
                     f"the LoRA there (the run's checkpoints would show in {listing}'s list)" if listing else
                     shell_line("--output", output.parent, "--name", output.stem)))
     if c.output.name and Path(c.output.name).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):

@@ -79,12 +79,16 @@ def test_a_typo_of_a_flag_or_of_its_kohya_name_suggests_lowvrams_flag(capsys, ty
     assert f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("typed, meant", [("--host-ram", "--ram"), ("--ram-limit", "--ram"), ("--vram-limit", "--vram"),
-                                          ("--max-vram", "--vram")])
-def test_a_flag_named_with_a_word_of_its_own_suggests_that_flag(capsys, typed, meant):
-    """plan calls it host RAM: --host-ram got no suggestion, and --ram-limit got --flip."""
+@pytest.mark.parametrize("command, typed, meant", [
+    ("plan", "--host-ram", "--ram"), ("plan", "--ram-limit", "--ram"), ("plan", "--vram-limit", "--vram"),
+    ("plan", "--max-vram", "--vram"), ("plan", "--lr-warmup", "--warmup-steps"), ("plan", "--min-lr", "--min-lr-ratio"),
+    ("plan", "--data-validation", "--validation-data"), ("generate", "--prompt-negative", "--negative-prompt")])
+def test_a_flag_named_with_a_word_of_its_own_suggests_that_flag(capsys, command, typed, meant):
+    """plan calls it host RAM: --host-ram got no suggestion, and --ram-limit got --flip; a flag whose words name
+    another (--lr-warmup) keeps the closer spelling; words reordered are the flag."""
     with pytest.raises(SystemExit):
-        main(["plan", "--model", "sd15", typed, "8GB"])
+        main([command, "--model", "sd15", "--prompt", "x", typed, "8GB"] if command == "generate" else
+             [command, "--model", "sd15", typed, "8GB"])
     assert f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
 
 

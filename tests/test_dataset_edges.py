@@ -161,12 +161,21 @@ def test_concept_words_a_caption_prefix_pushes_into_the_shuffle_are_said(tmp_pat
             (tmp_path / "data" / folder / f"img{n}.txt").write_text(caption)
     argv = ["check-data", "--data", str(tmp_path / "data"), "--model", "tiny", "--shuffle-tags", "--keep-tokens", "1"]
     assert main([*argv, "--caption-prefix", "masterpiece,"]) == 0
-    assert ("note: the concept word of each N_name folder (its name: 'bob', 'alice') moves with the other tags in 4 "
-            "of 4 captions (in 20_bob/img0.png's it is tag 2, past the 1 tag(s) kept in front), as in kohya; to keep "
-            "it in place, pass --keep-tokens 2") in " ".join(capsys.readouterr().out.split())
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("note: the concept word of each N_name folder (their names: 'bob', 'alice'), which a --caption-prefix put "
+            "past the tags kept, moves with the other tags in 4 of 4 captions (in 20_bob/img0.png's it is tag 2, past "
+            "the 1 tag(s) kept in front), as in kohya; to keep it in place, pass --keep-tokens 2") in said, said
+    assert "where every caption starts with it" not in said  # (a prefix's caption never does)
+    assert main([*argv, "--caption-prefix", "photo, masterpiece,"]) == 0  # (two tags before it)
+    assert "pass --keep-tokens 3" in " ".join(capsys.readouterr().out.split())
     for extra in ([], ["--keep-tokens", "0"]):  # kept in front; or every tag shuffled, as asked
         assert main([*argv, *extra]) == 0
         assert "concept word" not in capsys.readouterr().out
+    # a caption of the user's own with the folder's word past its first tag, no prefix: shuffled as asked, unsaid
+    for n in range(2):
+        (tmp_path / "data" / "5_alice" / f"img{n}.txt").write_text("photo, alice, smile, hat")
+    assert main(argv) == 0
+    assert "concept word" not in capsys.readouterr().out
 
 
 def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path, capsys):

@@ -55,8 +55,8 @@ def test_a_run_stopped_at_once_names_the_checkpoint_it_left_and_the_command_that
     monkeypatch.setattr(loop, "forward_backward", second_ctrl_c_in_step_2)
     assert main(["train", "--model", "tiny", "--data", "sample", "--resolution", "64", "--max-steps", "5",
                  "--checkpoint-every", "3", "--output", str(tmp_path / "early")]) == 130
-    assert ("lowvram train: interrupted; no checkpoint of this run yet, so its steps are not kept (what it cached is): "
-            "the same command starts it again") in capsys.readouterr().err
+    assert ("lowvram train: interrupted; no checkpoint of this run yet, so no step of it is kept: the same command "
+            "starts it again (with what it cached)") in capsys.readouterr().err
     # under accelerate launch: the launch that resumes it, with as many processes (it said plain lowvram train)
     from lowvram.cli import _kept_on_interrupt
 

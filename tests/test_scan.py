@@ -250,13 +250,20 @@ def test_a_kohya_ss_project_folder_given_as_data_names_its_img_and_reg_folders(t
             f"kohya's convention needs; it holds N_name folders: give --data {project / 'img'} to train them") in notes
     assert any(note.endswith(f"give --reg-data {project / 'reg'} to train them") for note in notes)
     assert "skipped folder model/: not named 'N_name' (N = repeats), as kohya's convention needs" in notes
-    # a folder of images beside N_name ones: its name to train it, with its siblings' repeats
-    (project / "img" / "extras").mkdir()
-    drawn(size=(96, 96)).save(project / "img" / "extras" / "c.png")
+    # a folder of images beside N_name ones: its name to train it, with its siblings' repeats (not a class images'
+    # or held-out folder's: they are no concept)
+    (project / "img" / "10_ohwx dog").rename(project / "img" / "5_ohwx dog")
+    for folder in ("extras 2", "reg"):
+        (project / "img" / folder).mkdir()
+        drawn(size=(96, 96)).save(project / "img" / folder / "c.png")
     notes = scan_dataset(project / "img", TINY).folder_notes
-    assert ("skipped folder extras/ (1 image in it and below do not train): not named 'N_name' (N = repeats), as "
-            "kohya's convention needs; rename it 10_extras to train it") in notes, notes
-    shutil.rmtree(project / "img" / "extras")
+    assert ("skipped folder extras 2/ (1 image in it and below do not train): not named 'N_name' (N = repeats), as "
+            "kohya's convention needs; rename it '5_extras 2' to train it") in notes, notes
+    assert ("skipped folder reg/ (1 image in it and below do not train): not named 'N_name' (N = repeats), as "
+            "kohya's convention needs") in notes, notes
+    for folder in ("extras 2", "reg"):
+        shutil.rmtree(project / "img" / folder)
+    (project / "img" / "5_ohwx dog").rename(project / "img" / "10_ohwx dog")
     (project / "img" / "10_ohwx dog" / "a.png").rename(project / "loose.png")  # a dataset of its own: no hint
     assert "a level down" not in str(pytest.raises(NoUsableImages, scan_dataset, project / "img", TINY).value)
 

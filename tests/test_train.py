@@ -384,6 +384,13 @@ def test_generate_without_model_takes_the_demo_model_a_lora_was_trained_on_and_a
     assert capsys.readouterr().err.strip() == (
         f"lowvram generate: error: --model: which base model? {theirs} was trained on mymodel.safetensors; give that "
         "model (a .safetensors checkpoint, a diffusers folder or a hub id), or another of its family, as --model")
+    # a merge of the demo model's LoRAs (whose metadata names no base model): the demo model, as before
+    merged = tmp_path / "merged.safetensors"
+    assert main(["merge", f"{result.lora_path}:0.5", f"{result.lora_path}:0.5", "--rank", "4", "--output",
+                 str(merged)]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--lora", str(merged), "--overwrite"]) == 0
+    assert f"loading {config.model.model}" in capsys.readouterr().out
 
 
 def test_generate_refuses_a_lora_of_the_other_family(trained, tmp_path, capsys):

@@ -90,9 +90,10 @@ def test_an_output_or_name_written_as_a_file_says_how_lowvram_names_them(tmp_pat
     with pytest.raises(LowvramError) as error:
         build_config({"model": "tiny", "data": "sample", "output": str(loras / "mychar.safetensors")})
     assert str(error.value) == (f"--output: {loras / 'mychar.safetensors'} names a file; --output is the run's folder "
-                                "and --name its LoRA's name: train into a folder elsewhere with --copy-to "
+                                "and --name its LoRA's name: train into a folder elsewhere with --output "
+                                f"{tmp_path / 'webui' / 'lowvram-runs' / 'mychar'} --copy-to "
                                 f"{loras / 'mychar.safetensors'}, which writes the LoRA there (the run's checkpoints "
-                                f"would show in {loras}'s list)")
+                                f"would show in {loras}'s list)")  # (its folder named as the LoRA: the run's name)
     # each fix as it is pasted: a name with a space quoted (--name my lora was two words)
     with pytest.raises(LowvramError) as error:
         build_config({"model": "tiny", "data": "sample", "output": str(tmp_path / "My LoRAs" / "my lora.safetensors"),

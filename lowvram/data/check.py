@@ -265,9 +265,11 @@ def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str 
                  for part in trigger_tags(word, data)]
         at = None if min(found) < 0 else max(found)  # (a caption of some of its tags alone has no trigger word)
         varied = len(tags) - end - front  # the tags a shuffle moves about (one alone stays), a dropout drops
-        # (a folder's word is said where it would be kept but for a tag put before it, a --caption-prefix: a tag
-        # of a caption's own shuffled as the user asked is no concept word left out)
-        pushed = trigger or (at == front > 0)
+        # (a folder's word is said where its own caption keeps it in front, and a --caption-prefix put it past:
+        # a tag of a caption's own shuffled as the user asked is no concept word left out)
+        own = [tag.strip() for tag in (record.own_caption or "").split(data.caption_separator) if tag.strip()]
+        pushed = trigger or (record.own_caption is not None and next(
+            (i for i, tag in enumerate(own) if has_word(tag, word)), front) < front)
         if at is not None and pushed and front <= at < len(tags) - end and (data.tag_dropout or varied > 1):
             moved.append((record, at, front, data, word))
     if not moved:
@@ -280,11 +282,13 @@ def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str 
     count = len(trigger_tags(word, data))
     where = (f"its {count} tags reach tag {at + 1} in {record.relpath}'s" if count > 1 else
              f"in {record.relpath}'s it is tag {at + 1}")
-    words = ", ".join(f"'{w}'" for w in dict.fromkeys(m[4] for m in moved))
-    named = f"the trigger word '{trigger}'" if trigger else f"the concept word of each N_name folder (its name: {words})"
+    words = list(dict.fromkeys(m[4] for m in moved))
+    named = f"the trigger word '{trigger}'" if trigger else (
+        f"the concept word of each N_name folder ({'their names' if len(words) > 1 else 'its name'}: "
+        f"{', '.join(repr(w) for w in words)}), which a --caption-prefix put past the tags kept,")
     return (f"note: {named} {how} with the other tags in {len(moved)} of {len(records)} captions "
             f"({where}, past {kept}), as in kohya; to keep it in place, pass --keep-tokens {keep}"
-            + (f" ({count} where every caption starts with it)" if keep > count else ""))
+            + (f" ({count} where every caption starts with it)" if keep > count and trigger else ""))
 
 
 def trigger_tags(trigger: str, data: DataConfig) -> list[str]:

@@ -133,6 +133,8 @@ class ImageFolder(NamedTuple):
     label_captions: bool = True
 
 
+# folders beside the N_name ones that are no concept to train: class images, held-out ones
+SPECIAL_FOLDERS = {"reg", "regularization", "class", "val", "valid", "validation", "test", "eval"}
 # the names of folders that hold a dataset rather than name what it shows
 CONTAINER_NAMES = {"img", "imgs", "image", "images", "pics", "pictures", "photos", "data", "dataset", "datasets",
                    "train", "training", "input", "inputs", "raw"}
@@ -397,7 +399,8 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
                             f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else
                             f"; it holds N_name folders: give {option} {sub} to train them"
                             if (option := nested_option(sub)) else
-                            f"; rename it {usual}_{sub.name} to train it" if images else ""))
+                            f"; rename it {shell_line(f'{usual}_{sub.name}')} to train it"
+                            if images and sub.name.lower() not in SPECIAL_FOLDERS else ""))
         elif repeats > MAX_REPEATS or year:  # (a date, 20240101_trip: an epoch of millions, hours to list; an
             # illustrator's archive of 2019/, 2020/ trained each image 2019 times, as kohya would)
             label = match.group(2) or "name"

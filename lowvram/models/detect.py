@@ -177,10 +177,13 @@ def refuse_image_conditioned(name: str, in_channels: object) -> None:
 def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
     if not index_file.is_file():
         # (a checkpoints folder, ComfyUI's or AUTOMATIC1111's: the file in it is what was meant)
-        held = sorted(path.name for path in index_file.parent.glob("*")
-                      if path.suffix.lower() in WEIGHT_SUFFIXES) if index_file.parent.is_dir() else []
+        folder = index_file.parent
+        held = sorted(path.name for path in folder.glob("*") if path.suffix.lower() in WEIGHT_SUFFIXES
+                      and not _a_lora(path)) if folder.is_dir() else []
         inside = (f"; it holds {'one weights file' if len(held) == 1 else f'{len(held)} weights files, such as'} "
-                  f"{index_file.parent / held[0]}: give the file itself" if held else "")
+                  f"{folder / held[0]}: give the file itself" if held else "")
+        if (folder / "config.json").is_file() and (folder.parent / "model_index.json").is_file():
+            inside = f"; it is one part of one: give the model's folder, {folder.parent}"
         raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model"
                            f"{inside or '; pass a diffusers folder or a .safetensors checkpoint'}")
     index = read_json(index_file)
@@ -322,6 +325,16 @@ def looks_like_lora(keys) -> bool:
     or a VAE's."""
     return any(k.startswith(("lora_", "lycoris_")) or ".lora_" in k or "lora_A" in k or "lora.down." in k
                or ".alpha" in k for k in keys)
+
+
+def _a_lora(path: Path) -> bool:
+    """Whether a .safetensors file's header is a LoRA's (a pickle's is not read)."""
+    from lowvram.lora_header import read_header
+
+    try:
+        return path.suffix.lower() == ".safetensors" and looks_like_lora(read_header(path)[1])
+    except (OSError, ValueError, LowvramError):
+        return False
 
 
 def _what_else(keys: list[str]) -> str | None:

@@ -193,6 +193,7 @@ def _swap_takes_loading(leanest: Estimate, work: Workload, hardware: Hardware, f
         chosen = plan(work, replace(hardware, host_ram=int(ram * GIB)), fixed, suggest=False).choice
         if chosen is not None:
             doctor = "" if hardware.source.startswith("profile") else " (lowvram doctor shows this machine's swap)"
+            # (--ram's too: it stands for this machine's RAM and swap, as the clause says to give it)
             return (f" to load the model, {steps / GIB:.1f} GiB to train; swap takes a loading peak (slowly): with "
                     f"{_gib_up(ram * GIB - hardware.host_ram):.1f} GiB of swap free, --ram {ram:g}GB (RAM and swap) "
                     f"plans {chosen.strategy.label} and trains with it{doctor}")
