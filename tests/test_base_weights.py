@@ -81,8 +81,8 @@ def test_a_lora_of_another_family_is_one_line_naming_base_weights(tmp_path, caps
     assert main(["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output",
                  str(tmp_path / "next"), "--base-weights", str(sdxl)]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and f"--base-weights: {sdxl} is a LoRA for Stable Diffusion XL (its metadata " \
-        "says), not for tiny SD (random weights)" in error, error
+    assert error.count("\n") == 1 and f"--base-weights: {sdxl} is a LoRA for lowvram's built-in tiny-sdxl demo " \
+        "model (its metadata says), not for tiny SD (random weights)" in error, error
     bare = tmp_path / "bare.safetensors"  # no metadata to say it: the layer that does not fit says it
     save_file(load_file(str(sdxl)), str(bare))
     assert main(["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output",

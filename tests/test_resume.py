@@ -972,8 +972,8 @@ def test_a_lora_of_another_family_to_start_from_is_refused_before_any_caching(tm
     assert main(["train", "--model", "tiny-sdxl", *common, "--output", str(tmp_path / "xl"), "--network-weights",
                  str(lora)]) == 2
     out, err = capsys.readouterr()
-    assert (f"--network-weights: {lora} is a LoRA for Stable Diffusion 1.5 (its metadata says), not for tiny SDXL"
-            in " ".join(err.split()))
+    assert (f"--network-weights: {lora} is a LoRA for lowvram's built-in tiny demo model (its metadata says), not "
+            "for tiny SDXL" in " ".join(err.split()))
     assert "caching" not in out and "cache " not in out
 
 
