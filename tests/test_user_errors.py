@@ -303,6 +303,10 @@ def test_a_run_into_a_lora_folder_says_its_checkpoints_show_in_the_lists(tmp_pat
     assert (f"{out / 'mychar'} is in {out}, a LoRA folder whose every .safetensors ComfyUI and AUTOMATIC1111 list: "
             f"this run's checkpoints/ show in their lists too; train into a folder elsewhere with --copy-to {out} to "
             "keep them out") in " ".join(capsys.readouterr().out.split())
+    # into the LoRA folder itself, unnamed: the LoRA is named after it (loras.safetensors in ComfyUI's list)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "1"]) == 0
+    assert ("keep them out; its LoRA takes the folder's name, loras.safetensors (--name gives it another)" in
+            " ".join(capsys.readouterr().out.split()))
 
 
 def test_tensorboard_missing_is_said_before_anything_loads(monkeypatch):

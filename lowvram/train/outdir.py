@@ -390,7 +390,8 @@ def take_ownership(run: ResolvedRun) -> str | None:
         note = "; ".join(filter(None, [note, (
             f"{folder} is {where}a LoRA folder whose every .safetensors ComfyUI and AUTOMATIC1111 list: this run's "
             f"{CHECKPOINTS}/ show in their lists too; train into a folder elsewhere with --copy-to {listing} to keep "
-            "them out")]))
+            "them out" + (f"; its LoRA takes the folder's name, {config.output_name}{LORA_SUFFIX} (--name gives it "
+                          "another)" if listing == folder.absolute() and not config.output.name else ""))]))
     make_folders(folder)  # (in a lab's shared output folder, the group's to resume in)
     ours = recipe(run)
     fingerprint = model_fingerprint(config.model.model)  # (kept from the start: the model a resume must find)
