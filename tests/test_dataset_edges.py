@@ -264,6 +264,12 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     assert ("5 distinct tags; most common: best (3), ohwx (3), smile (2), red hair (1), 1girl ||| red hair (1); 2 in "
             "one caption only; 1 caption(s) hold a tag twice (10_ohwx/img0.png's 'smile', 'red hair')") in " ".join(
         said.split())  # (each tag it repeats: one named alone left the others to find by hand)
+    assert "empty tag" not in said
+    # a tagger's leftovers, "a, , b" and a trailing comma: trained as written where nothing varies the tags
+    (folder / "img0.txt").write_text("smile, , red hair,")
+    assert main([*argv, "--captions"]) == 0
+    assert ("1 caption(s) hold an empty tag or a trailing separator (10_ohwx/img0.png), trained as written where the "
+            "tags are not shuffled or dropped") in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_16_bit_grey_png_with_a_transparent_level_is_composited_as_its_note_says(tmp_path):

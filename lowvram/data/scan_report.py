@@ -199,9 +199,12 @@ class ScanReport:
         --caption-suffix; the LoRA's ss_tag_frequency counts the caption files' own tags, as kohya's does)."""
         console.print(_table("captions", ("file", "caption"), [(r.relpath, r.caption) for r in self.usable]))
         held: Counter = Counter()
-        repeated = []
+        repeated, empty = [], []
         for record in self.usable:
-            tags = [tag.strip().lower() for tag in record.caption.split(separator) if tag.strip()]
+            parts = [tag.strip() for tag in record.caption.split(separator)]
+            if len(parts) > 1 and not all(parts):  # ("a, , b", a trailing comma: a tagger's or an edit's leftover)
+                empty.append(record.relpath)
+            tags = [tag.lower() for tag in parts if tag]
             held.update(list(dict.fromkeys(tags)))  # (in order: ties stay in the order met)
             twice = list(dict.fromkeys(tag for tag in tags if tags.count(tag) > 1))
             if twice:
@@ -210,8 +213,11 @@ class ScanReport:
         once = sum(1 for count in held.values() if count == 1)
         console.print(Text(f"{len(held)} distinct tags; most common: {common or 'none'}; {once} in one caption only"
                            + (f"; {len(repeated)} caption(s) hold a tag twice ({'; '.join(repeated[:3])}"
-                              + ("; ..." if len(repeated) > 3 else "") + ")" if repeated else ""),
-                           style="yellow" if repeated else ""), soft_wrap=True)
+                              + ("; ..." if len(repeated) > 3 else "") + ")" if repeated else "")
+                           + (f"; {len(empty)} caption(s) hold an empty tag or a trailing separator "
+                              f"({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''}), trained as written "
+                              "where the tags are not shuffled or dropped" if empty else ""),
+                           style="yellow" if repeated or empty else ""), soft_wrap=True)
 
 
 def _table(title: str, columns: tuple[str, ...], rows) -> Table:
