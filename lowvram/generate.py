@@ -23,7 +23,7 @@ from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, not_safetensors, pickle_refusal
 from lowvram.files import atomic_write, not_found_hint, output_problem
 from lowvram.hardware import detect, resolve_mixed_precision
-from lowvram.lora_header import no_layers_why, read_header
+from lowvram.lora_header import base_family, demo_family, kohya_header, no_layers_why, read_header, shapes_of
 from lowvram.lora_layout import in_diffusers_layout, in_omi_layout
 from lowvram.lora_metadata import addnet_hash, trigger_words
 from lowvram.models.detect import base_model_words, detect_family, looks_like_lora
@@ -280,21 +280,20 @@ def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Pa
 def _model_unsaid(loras: list[str]) -> str:
     """The model of a generate without --model: the built-in demo model (the one a --lora was trained on), but not
     for a LoRA of another model, which it drew nothing of (with random weights) without a word."""
-    from lowvram.lora_header import base_family, demo_family
     from lowvram.run_files import DIFFUSERS_WEIGHTS
 
     for text in loras:
         try:
             path = parse_source(text, 1.0)[0]
             path = path / DIFFUSERS_WEIGHTS if path.is_dir() else path
-            metadata = read_header(path)[0]
+            metadata, tensors, _ = kohya_header(path)  # (kohya's names: a diffusers or peft file's layers too)
         except (LowvramError, OSError, ValueError):
             continue  # (said where the LoRAs are read)
         trained_on = metadata.get("lowvram.base_model") or metadata.get("ss_sd_model_name")
         if (demo := demo_family(metadata)) and trained_on in (None, demo.name):
             return demo.name
         if trained_on is None:  # (a merge's, a checkpoint's adapters: a full-size family's layers still say so)
-            full = FAMILIES.get(base_family(metadata, _shapes(path)) or "")
+            full = FAMILIES.get(base_family(metadata, shapes_of(tensors)) or "")
             if full is None:
                 continue
             trained_on = f"a {full.title} model"
@@ -304,18 +303,10 @@ def _model_unsaid(loras: list[str]) -> str:
     return "tiny"
 
 
-def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """A LoRA's tensors' shapes under kohya's names (a diffusers or peft file's too)."""
-    from lowvram.lora_header import kohya_header
-
-    return {name: tuple(entry.get("shape", ())) for name, entry in kohya_header(path)[1].items()}
-
-
 def _other_family(args, sources: list[tuple[Path, float]]) -> str | None:
     """The line for a --lora file made for another model family than --model's, from the headers alone (None: the
     same, or not known without loading: the load says it then)."""
     from lowvram.adapters.lora_files import other_family
-    from lowvram.lora_header import kohya_header
     from lowvram.run_files import DIFFUSERS_WEIGHTS
 
     if not sources:
@@ -330,8 +321,7 @@ def _other_family(args, sources: list[tuple[Path, float]]) -> str | None:
             metadata, tensors, _ = kohya_header(path)
         except (OSError, ValueError):
             continue
-        shapes = {name: tuple(entry.get("shape", ())) for name, entry in tensors.items()}
-        if other := other_family(metadata, family, f"--lora: {path}", shapes):
+        if other := other_family(metadata, family, f"--lora: {path}", shapes_of(tensors)):
             return other
     return None
 

@@ -79,7 +79,7 @@ def describe(path: Path) -> dict:
 
     checkpoint = checkpoint_title(path) if network == "unknown" else None
     demo = lora_header.demo_family(metadata)
-    shapes = {name: tuple(entry.get("shape", ())) for name, entry in kohya_tensors.items()}
+    shapes = lora_header.shapes_of(kohya_tensors)
     # (an adapter's few MiB read once; no other file's, which may be a model of gigabytes)
     whole, tensor_data = file_hashes(path) if network != "unknown" else (None, None)
     return {"file": str(path), "bytes": path.stat().st_size, "network": network, "checkpoint": checkpoint,

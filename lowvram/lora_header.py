@@ -191,6 +191,11 @@ def _network_args(metadata: dict[str, str]) -> dict:
     return args if isinstance(args, dict) else {}
 
 
+def shapes_of(tensors: dict[str, dict]) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape, from a header's entries (`read_header`'s or `kohya_header`'s)."""
+    return {name: tuple(entry.get("shape", ())) for name, entry in tensors.items()}
+
+
 def base_family(metadata: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> str | None:
     """The family a kohya-named LoRA is for ("sdxl", "sd15"), as AUTOMATIC1111 files it: by what its metadata says,
     else by its layers (two text encoders', or the U-Net's cross-attention width: 768 SD1.5's, 2048 SDXL's); None

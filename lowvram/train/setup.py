@@ -39,7 +39,7 @@ from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
 from lowvram.hardware import detect, precision_trouble, resolve_mixed_precision
-from lowvram.lora_header import kohya_header, larger_side_first, read_header
+from lowvram.lora_header import kohya_header, larger_side_first, read_header, shapes_of
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
 from lowvram.optim import (
@@ -219,8 +219,9 @@ def scan_data(session: Session) -> Dataset:
         with suppress(OSError, ValueError):  # (an unreadable file is said where it is read)
             metadata, tensors, _ = kohya_header(Path(weights))
             other = lora_files.other_family(metadata, run.family, f"--network-weights: {weights}",
-                                            {name: tuple(entry.get("shape", ())) for name, entry in tensors.items()}
-                                            ) or lora_files.text_layers_problem(Path(weights), tensors, config.network)
+                                            shapes_of(tensors)) or lora_files.text_layers_problem(Path(weights),
+                                                                                                  tensors,
+                                                                                                  config.network)
         if other:
             raise LowvramError(other)
     trigger = config.data.trigger_word
@@ -333,8 +334,7 @@ def _earlier_lokr_shapes(session: Session) -> bool:
             source = Path(config.network.network_weights)
         else:
             return False
-        return larger_side_first({name: tuple(entry.get("shape", ())) for name, entry in
-                                  read_header(source)[1].items()})
+        return larger_side_first(shapes_of(read_header(source)[1]))
     return False
 
 
