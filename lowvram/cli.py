@@ -79,8 +79,10 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
 def plan_dataset(run, console) -> dict:
     """Scan a real dataset, so its problems show up before the evening, and say how long the run is in steps and
     epochs, as training will count them (one process)."""
+    from lowvram.data.cache_size import planned_cache_size
     from lowvram.data.check import scan_sets
     from lowvram.data.epochs import counted_epochs
+    from lowvram.files import human_size
     from lowvram.train.schedule import folder_batches, plan_schedule
 
     config = run.config
@@ -101,9 +103,15 @@ def plan_dataset(run, console) -> dict:
                   f"{f' x {accumulation} accumulated' * (accumulation > 1)}; on one GPU: under accelerate launch "
                   "each takes its share of the batches)",
                   soft_wrap=True, highlight=False)
+    size = planned_cache_size(run, sets)
+    bound = "at most" if epochs.regularization_unused else "about"  # (class images no epoch draws are not cached)
+    texts = f", {size.texts} caption embedding{'s' * (size.texts != 1)}" if size.texts else ""
+    console.print(f"cache: {bound} {human_size(size.bytes)} on disk in {run.cache_dir} ({size.latents} latents{texts}), "
+                  "written once and read by later runs of these images; --cache-dir puts it elsewhere",
+                  soft_wrap=True, highlight=False)
     return {"total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
             "epochs": round(schedule.epochs, 3),
-            "images_per_epoch": epochs.images_per_epoch}
+            "images_per_epoch": epochs.images_per_epoch, "cache_bytes": size.bytes}
 
 
 def train_words(argv: list[str], values: dict, plan_only: dict[str, int]) -> list[str]:

@@ -4,11 +4,12 @@ import json
 import re
 import shutil
 
+import lowvram.data.prepare as preparing
 from lowvram.cli import main
 from lowvram.data.sample import write_sample_dataset
 
 
-def test_plan_counts_the_steps_training_runs(tmp_path, capsys):
+def test_plan_counts_the_steps_training_runs(tmp_path, capsys, monkeypatch):
     images = sorted((write_sample_dataset(tmp_path / "source") / "5_lvshape").glob("*.png"))  # two shapes
     # two folders with their own repeats, a regularization set balanced against them, and a held-out share
     for folder, chosen in (("data/3_dog", images[:4]), ("data/1_cat", images[4:]), ("reg/2_person", images[:3])):
@@ -18,10 +19,15 @@ def test_plan_counts_the_steps_training_runs(tmp_path, capsys):
             if folder.startswith("data"):
                 shutil.copy(image.with_suffix(".txt"), tmp_path / folder)
     argv = ["--model", "tiny", "--data", str(tmp_path / "data"), "--reg-data", str(tmp_path / "reg"), "--batch-size",
-            "2", "--epochs", "2", "--validation-split", "0.2", "--rank", "2", "--cache-dir", str(tmp_path / "cache")]
+            "2", "--epochs", "2", "--validation-split", "0.2", "--rank", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--flip", "--shuffle-tags", "--mixed-precision", "no"]  # (fp32: the precision the CPU caches in)
     assert main(["plan", *argv, "--vram", "8GB", "--json"]) == 0
     planned = json.loads(capsys.readouterr().out)["run_length"]
+    estimates = []  # the caching phase's own count of its entries' bytes: every one, then those it lacks
+    real = preparing.estimate_bytes
+    monkeypatch.setattr(preparing, "estimate_bytes", lambda *args: estimates.append(real(*args)) or estimates[-1])
     assert main(["train", *argv, "--output", str(tmp_path / "out")]) == 0
+    assert planned["cache_bytes"] == estimates[0] > 0  # flipped variants, shuffled captions, validation and class
     said = re.search(r"(\d+) steps = ([\d.]+) epochs? of (\d+)", capsys.readouterr().out)
     assert (int(said[1]), float(said[2]), int(said[3])) == (
         planned["total_steps"], planned["epochs"], planned["steps_per_epoch"]) == (26, 2, 13)

@@ -29,6 +29,7 @@ from rich.console import Console
 from lowvram.console import counted_progress
 from lowvram.data.augment import Variant, apply_variant
 from lowvram.data.buckets import Placement
+from lowvram.data.cache_size import ENTRY_HEADER, holds_mask, latent_entry_bytes, text_entry_bytes
 from lowvram.data.image_files import HIGH_BIT_MODES
 from lowvram.data.scan import ScanOptions, open_training_image
 from lowvram.data.scan_report import ImageRecord
@@ -248,16 +249,11 @@ def estimate_bytes(latent_jobs: list[LatentJob], text_jobs: list[TextJob], vae: 
                    text_tokens: int) -> int:
     """Disk bytes the entries will take (tensor data; headers add about 200 bytes each). `text_tokens`: the hidden
     states' length (77, 152 or 227 with --max-token-length 75, 150 or 225)."""
-    f = vae_downscale(vae)
-    latent = sum((vae.config.latent_channels * dtype_bytes + 4 * _has_mask(j))  # a mask: fp32, one channel
-                 * (j.placement.bucket[0] // f) * (j.placement.bucket[1] // f) for j in latent_jobs)
-    text = len(text_jobs) * (text_tokens * text_width + pooled_width) * text_dtype_bytes
-    return latent + text + 256 * (len(latent_jobs) + len(text_jobs))
+    latent = sum(latent_entry_bytes(vae.config.latent_channels, dtype_bytes, j.placement.bucket, vae_downscale(vae),
+                                    holds_mask(j.options, j.record)) for j in latent_jobs)
+    text = len(text_jobs) * text_entry_bytes(text_tokens, text_width, pooled_width, text_dtype_bytes)
+    return latent + text + ENTRY_HEADER * (len(latent_jobs) + len(text_jobs))
 
-
-def _has_mask(job: LatentJob) -> bool:
-    """Whether its entry holds a loss mask (as open_training_image gives one)."""
-    return bool(job.options.masked_loss and job.record.mask or job.options.alpha_mask and job.record.has_alpha)
 
 
 def cache_problem(folder: Path, needed: int) -> str | None:

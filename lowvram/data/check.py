@@ -16,6 +16,7 @@ from rich.text import Text
 
 from lowvram.config import CHECK_DATA_SKIPS, DataConfig, RunConfig, as_flag_words, fields_by_name
 from lowvram.console import console as log_console
+from lowvram.data.augment import AugmentOptions, CaptionOptions, auto_variant_count
 from lowvram.data.buckets import make_buckets
 from lowvram.data.captions import has_word
 from lowvram.data.epochs import counted_epochs, idle_regularization, regularization_balance
@@ -37,6 +38,18 @@ def folder_config(config: RunConfig, settings: tuple[tuple[str, Any], ...]) -> R
     """The run's config as an image folder with its own caption and augmentation options (`settings`, a dataset file
     subset's) trains it."""
     return replace(config, data=replace(config.data, **dict(settings))) if settings else config
+
+
+def folder_options(config: RunConfig) -> tuple[ScanOptions, AugmentOptions, CaptionOptions]:
+    """How the images of a folder trained with `config` (the run's, or one with its folder's own options) are read,
+    augmented and captioned."""
+    data = config.data
+    augment = AugmentOptions(data.flip, data.crop, data.color_jitter,
+                             data.latent_variants or auto_variant_count(data.flip, data.crop, data.color_jitter))
+    captions = CaptionOptions(data.shuffle_tags, data.keep_tokens, data.caption_dropout, data.caption_variants,
+                              data.tag_dropout, data.caption_dropout_every, data.caption_separator,
+                              data.secondary_separator)
+    return scan_options(config, None), augment, captions
 
 
 def scan_options(config: RunConfig, trigger: str | None, regularization: bool = False) -> ScanOptions:

@@ -14,8 +14,6 @@ from rich.text import Text
 from lowvram.config import RunConfig
 from lowvram.data.augment import (
     AugmentOptions,
-    CaptionOptions,
-    auto_variant_count,
     make_variant,
     trained_text,
     weighted_caption_variants,
@@ -33,10 +31,9 @@ from lowvram.data.cache import (
     module_fingerprint,
     text_key,
 )
-from lowvram.data.check import ScannedSets, folder_config, scan_options
+from lowvram.data.check import ScannedSets, folder_config, folder_options
 from lowvram.data.dataset import TrainingData
 from lowvram.data.epochs import Epochs, Sample, placements
-from lowvram.data.scan import ScanOptions
 from lowvram.memory import PhasePeaks
 from lowvram.models.conditioning import set_vae_tiling
 from lowvram.models.families import prompt_reading
@@ -61,7 +58,7 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
     unless they train). The held-out images are cached once each, unaugmented, with their caption.
     `peaks` records the caching phases' peak VRAM."""
     config, family, cache_dir = run.config, model.family, run.cache_dir
-    options_of = cache(lambda settings: _folder_options(folder_config(config, settings)))
+    options_of = cache(lambda settings: folder_options(folder_config(config, settings)))
     captions = options_of(())[2]
     cache_text = not config.network.train_text_encoder
     vae_id = module_fingerprint(model.vae)
@@ -196,15 +193,3 @@ def _drawn_keys(samples: list[list[Sample]], config: RunConfig) -> set[str] | No
         return None
     drawn = [epochs.samples[i] for i in set(epochs.expanded(0))] + samples[2]  # (every epoch's, without fractions)
     return {key for sample in drawn for key in (*sample.latent_keys, *sample.text_keys)}
-
-
-def _folder_options(config: RunConfig) -> tuple[ScanOptions, AugmentOptions, CaptionOptions]:
-    """How the images of a folder trained with `config` (the run's, or one with its folder's own options) are read,
-    augmented and captioned."""
-    data = config.data
-    augment = AugmentOptions(data.flip, data.crop, data.color_jitter,
-                             data.latent_variants or auto_variant_count(data.flip, data.crop, data.color_jitter))
-    captions = CaptionOptions(data.shuffle_tags, data.keep_tokens, data.caption_dropout, data.caption_variants,
-                              data.tag_dropout, data.caption_dropout_every, data.caption_separator,
-                              data.secondary_separator)
-    return scan_options(config, None), augment, captions

@@ -1,0 +1,79 @@
+"""What a run's caches take on disk: each entry's bytes (as the cache writes them), and a dry run's count of the
+entries from the scan alone (`lowvram plan`), before any model is loaded: a small disk (a laptop's, Colab's) is
+known short before the evening, not at the caching."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+
+from lowvram.data.augment import trained_text, weighted_caption_variants
+from lowvram.data.buckets import Buckets
+from lowvram.data.check import ScannedSets, folder_config, folder_options
+from lowvram.data.epochs import placements
+from lowvram.resolve import ResolvedRun
+
+ENTRY_HEADER = 256  # a safetensors entry's header and metadata, about
+
+
+def latent_entry_bytes(channels: int, dtype_bytes: int, bucket: tuple[int, int], downscale: int, mask: bool) -> int:
+    """A latent entry's tensor bytes: the VAE's latent at its bucket's size, and its loss mask (fp32, one channel)."""
+    return (channels * dtype_bytes + 4 * mask) * (bucket[0] // downscale) * (bucket[1] // downscale)
+
+
+def text_entry_bytes(tokens: int, width: int, pooled_width: int, dtype_bytes: int) -> int:
+    """A caption's entry: every text encoder's hidden states over `tokens`, and the pooled embedding."""
+    return (tokens * width + pooled_width) * dtype_bytes
+
+
+def holds_mask(options, record) -> bool:
+    """Whether an image's latent entry holds a loss mask (as open_training_image gives one)."""
+    return bool(options.masked_loss and record.mask or options.alpha_mask and record.has_alpha)
+
+
+@dataclass(frozen=True)
+class CacheSize:
+    latents: int
+    texts: int  # 0 where the text encoders train (captions are read each step)
+    bytes: int
+
+
+def planned_cache_size(run: ResolvedRun, sets: ScannedSets) -> CacheSize:
+    """The entries a run of `sets` caches, counted as its caching phase will (every latent variant at each of its
+    resolutions, every caption variant once), with the family's shipped VAE and text encoder shapes."""
+    config, family = run.config, run.family
+    options_of = cache(lambda settings: folder_options(folder_config(config, settings)))
+    vae = _config(family, "vae")
+    downscale, channels = 2 ** (len(vae["block_out_channels"]) - 1), vae["latent_channels"]
+    vae_bytes = 4 if run.vae_fp32 else run.compute_bytes
+    latents: dict[tuple, int] = {}
+    texts: set[str] = set()
+    buckets: dict[int, Buckets] = {}
+    for index, records in enumerate([sets.training, sets.regularization, sets.held_out]):
+        validating = index == 2
+        for record in records:
+            options, augment, captions = options_of(record.settings)
+            for placement in placements(run, record, buckets, first_only=validating):
+                for variant in range(1 if validating else augment.variants):
+                    latents[(record.sha256 or record.path, placement, variant)] = latent_entry_bytes(
+                        channels, vae_bytes, placement.bucket, downscale, holds_mask(options, record))
+            if validating:
+                texts.add(trained_text(record.caption, captions))
+                continue
+            for text, kept in [(record.caption, record.kept_tags), *record.more_captions]:
+                texts.update(weighted_caption_variants(text, captions, kept))
+            if captions.dropout or captions.dropout_every:
+                texts.add("")
+    if config.network.train_text_encoder:
+        texts = set()
+    encoders = [_config(family, spec.component) for spec in family.text_encoders]
+    width = sum(encoder["hidden_size"] for encoder in encoders)
+    pooled = sum(encoder["projection_dim"] for spec, encoder in zip(family.text_encoders, encoders) if spec.pooled)
+    text = text_entry_bytes(run.text_reading.max_tokens + 2, width, pooled, run.compute_bytes)  # BOS, EOS
+    total = sum(latents.values()) + len(texts) * text + ENTRY_HEADER * (len(latents) + len(texts))
+    return CacheSize(len(latents), len(texts), total)
+
+
+def _config(family, component: str) -> dict:
+    return json.loads((family.config_dir / component / "config.json").read_text())
