@@ -173,6 +173,9 @@ def _unquoted_path(given: list[str], word: str) -> str | None:
     return None
 
 
+PATH_WORDS = ("dir", "directory", "folder", "path", "file")  # what a flag naming a place is often spelt with
+
+
 def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | None:
     """'did you mean --lr?' for a typo of a lowvram flag, or of the kohya name of one (--lerning_rate)."""
     from lowvram.kohya_names import TRAINING_COMMANDS, others_single_flags
@@ -187,6 +190,17 @@ def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | 
     if command == "caption" and typed in ("caption-prefix", "caption-suffix"):  # (kohya_ss's captioning tab has them)
         return (f"--{typed} is train's and check-data's: it joins each caption as it trains, the files left as they "
                 "are")
+    if typed in ("no-sample", "no-samples", "no-sampling"):  # (a preset's or config's prompts drawn at the end)
+        return ("samples are drawn only of --sample-prompt or --sample-prompt-file's prompts: leave them out (or "
+                "--sample-every 0 for none before the end)")
+    # a flag with a word of its kind added (--data-dir, --output-folder, --model-path), a common abbreviation
+    # (--te-lr), or its beginning (generate --out): difflib's closest spelling is another flag (--reg-data, --count)
+    spelt = [("text-encoder" if part == "te" else part) for part in typed.split("-") if part not in PATH_WORDS]
+    if "-".join(spelt) in names and "-".join(spelt) != typed:
+        return f"did you mean {names['-'.join(spelt)]}?"
+    begun = [name for name in names if len(typed) >= 3 and name.startswith(typed)]
+    if len(begun) == 1:
+        return f"did you mean {names[begun[0]]}?"
     match = difflib.get_close_matches(typed, list(names) + list(kohya), n=1)
     # its words reordered (--prompt-negative); a flag named with a word of its own (--host-ram, --vram-limit) where
     # the closest spelling shares none of its words (--ram-limit got --flip)

@@ -82,14 +82,24 @@ def test_a_typo_of_a_flag_or_of_its_kohya_name_suggests_lowvrams_flag(capsys, ty
 @pytest.mark.parametrize("command, typed, meant", [
     ("plan", "--host-ram", "--ram"), ("plan", "--ram-limit", "--ram"), ("plan", "--vram-limit", "--vram"),
     ("plan", "--max-vram", "--vram"), ("plan", "--lr-warmup", "--warmup-steps"), ("plan", "--min-lr", "--min-lr-ratio"),
-    ("plan", "--data-validation", "--validation-data"), ("generate", "--prompt-negative", "--negative-prompt")])
+    ("plan", "--data-validation", "--validation-data"), ("generate", "--prompt-negative", "--negative-prompt"),
+    ("plan", "--data-dir", "--data"), ("plan", "--model-path", "--model"), ("plan", "--output-folder", "--output"),
+    ("plan", "--te-lr", "--text-encoder-lr"), ("generate", "--out", "--output")])
 def test_a_flag_named_with_a_word_of_its_own_suggests_that_flag(capsys, command, typed, meant):
     """plan calls it host RAM: --host-ram got no suggestion, and --ram-limit got --flip; a flag whose words name
-    another (--lr-warmup) keeps the closer spelling; words reordered are the flag."""
+    another (--lr-warmup) keeps the closer spelling; words reordered are the flag. A flag with a word of a place
+    added (--data-dir got --reg-data), abbreviated (--te-lr got --lr) or begun (generate's --out got --count)."""
     with pytest.raises(SystemExit):
         main([command, "--model", "sd15", "--prompt", "x", typed, "8GB"] if command == "generate" else
              [command, "--model", "sd15", typed, "8GB"])
     assert f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
+
+
+def test_no_sample_says_how_samples_are_left_out(capsys):
+    """--no-sample got 'did you mean --no-compile?'."""
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "tiny", "--data", "sample", "--no-sample"])
+    assert "--no-sample (samples are drawn only of --sample-prompt or --sample-prompt-file's" in capsys.readouterr().err
 
 
 def test_the_taggers_kohya_flags_name_what_caption_does_instead(capsys):
