@@ -45,6 +45,7 @@ from lowvram.files import (
     WINDOWS_DRIVE,
     absolute_path,
     backslash_hint,
+    decode_hint,
     expand_home,
     local_path,
     not_found_hint,
@@ -107,7 +108,7 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     try:
         doc = json.loads(text)
     except ValueError as exc:
-        raise LowvramError(f"--config: {path} is not readable JSON: {exc}{backslash_hint(text)}") from None
+        raise LowvramError(f"--config: {path} is not readable JSON: {exc}{decode_hint(text, exc)}") from None
     if is_simpletuner_backends(doc):
         raise LowvramError(simpletuner_backends_problem(Path(path), doc, "--config"))
     if is_simpletuner_config(doc):

@@ -194,6 +194,18 @@ def windows_path_hint(path: str | os.PathLike) -> str:
     return "; written as a Windows path: write it with / between folders here" if "\\" in text else ""
 
 
+def decode_hint(text: str, exc: Exception) -> str:
+    """Why a JSON or TOML config does not parse, where the error's own words do not say it: a comma before a JSON
+    object's or list's end (a hand edit of an export; the error names the line after it), or `backslash_hint`'s."""
+    at = getattr(exc, "pos", None)
+    if isinstance(at, int) and text[at:at + 1] in ("}", "]") and text[:at].rstrip().endswith(","):
+        comma = len(text[:at].rstrip()) - 1
+        line = text.count("\n", 0, comma) + 1
+        return (f"; the comma at line {line} column {comma - text.rfind(chr(10), 0, comma)} stands before a closing "
+                f"{text[at]}, where JSON allows none: delete it")
+    return backslash_hint(text)
+
+
 def backslash_hint(text: str) -> str:
     """Why a TOML or JSON config that does not parse may not: a Windows path in double quotes, where a \\U or a \\d
     starts an escape (said where the file has one)."""

@@ -23,7 +23,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import expand_home, local_path, not_found_hint
+from lowvram.files import decode_hint, expand_home, local_path, not_found_hint
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import misspelt, optimizer_values
@@ -686,8 +686,12 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
             if doc["sample_definition_file_name"] != DEFAULTS["sample_definition_file_name"]:  # (its own: no word)
                 notes.append(f"sample_definition_file_name: {file} not found; no samples")
             samples = []
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             problem("sample_definition_file_name", f"{file} is not readable JSON ({exc})")
+            samples = []
+        except ValueError as exc:
+            problem("sample_definition_file_name", f"{file} is not readable JSON ({exc}"
+                    f"{decode_hint(file.read_text(encoding='utf-8', errors='replace'), exc)})")
             samples = []
     prompts = []
     for sample in samples if isinstance(samples, list) else []:

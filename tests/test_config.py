@@ -352,6 +352,22 @@ def test_a_windows_path_in_double_quotes_in_a_config_file_says_how_to_write_it(t
     assert str(error.value) == f"--data: {tmp_path / 'ansi.toml'} is not UTF-8 text (byte 50); save it as UTF-8"
 
 
+def test_a_trailing_comma_in_a_json_config_is_named_where_it_stands(tmp_path, capsys):
+    """A OneTrainer export edited by hand: json named the line after the comma ('Expecting property name')."""
+    from lowvram.cli import main
+
+    (tmp_path / "concepts.json").write_text('[\n  {\n    "path": "data",\n    "name": "a",\n  }\n]\n')
+    (tmp_path / "config.json").write_text('{\n  "learning_rate": 0.0001,\n  "epochs": [1, 2,]\n}\n')
+    (tmp_path / "sampled.json").write_text('{"model_type": "STABLE_DIFFUSION_15", "training_method": "LORA", '
+                                           '"sample_definition_file_name": "s.json"}')
+    (tmp_path / "s.json").write_text('[{"prompt": "a cat"},\n]')
+    for args, comma in ((["check-data", "concepts.json"], "line 4 column 16 stands before a closing }"),
+                        (["train", "--config", "config.json"], "line 3 column 18 stands before a closing ]"),
+                        (["train", "--config", "sampled.json"], "line 1 column 21 stands before a closing ]")):
+        assert main([args[0], *args[1:-1], str(tmp_path / args[-1])]) == 2
+        assert f"; the comma at {comma}, where JSON allows none: delete it" in capsys.readouterr().err
+
+
 def test_an_option_whose_switch_is_off_is_said_to_change_nothing(tmp_path, capsys):
     """--ema-decay without --ema (and the like) trains as if it were not given: said once before training, not
     refused, as kohya's and OneTrainer's configs carry such values and both tools pass over them."""

@@ -13,7 +13,7 @@ from lowvram.dataset_files.kohya import is_kohya_dataset, read_kohya_dataset
 from lowvram.dataset_files.onetrainer import concepts_in, read_concepts
 from lowvram.dataset_files.subsets import DatasetFile, Subset
 from lowvram.errors import LowvramError
-from lowvram.files import backslash_hint, not_found_hint, not_utf8, text_of
+from lowvram.files import decode_hint, not_found_hint, not_utf8, text_of
 from lowvram.other_trainers import is_simpletuner_backends, simpletuner_backends_problem
 from lowvram.prompts import is_prompt_list, prompt_list_problem
 
@@ -75,7 +75,7 @@ def _load(path: Path) -> Any:
     except UnicodeDecodeError as exc:  # (a ValueError too: Notepad's ANSI)
         raise LowvramError(f"--data: {not_utf8(path, exc)}") from None
     except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise LowvramError(f"--data: {path} is not valid {path.suffix[1:].upper()}: {exc}{backslash_hint(text)}"
+        raise LowvramError(f"--data: {path} is not valid {path.suffix[1:].upper()}: {exc}{decode_hint(text, exc)}"
                            ) from None
     except OSError as exc:
         raise LowvramError(f"--data: can't read {path}: {exc.strerror or exc}") from None
