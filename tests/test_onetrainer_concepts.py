@@ -213,7 +213,10 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
         concept("imgs/missing"), {"name": "no path"}, "a string",
         concept("imgs/alpha", text={"prompt_source": "concept", "prompt_path": ""}),
         concept("imgs/reg", type="VALIDATION"), concept("imgs/alpha", validation_concept=True, type=None),
-    ])
+        # misspelt: OneTrainer passes over them, and a validation concept trained
+        {k: v for k, v in concept("imgs/reg", concept_type="VALIDATION").items() if k != "type"},
+        {**concept("imgs/alpha"), "text": {"enable_tag_shufling": True}, "image": {"enable_randm_flip": False}},
+    ])  # (the last two written by hand: an export has every key, the misspelt one beside it)
     with pytest.raises(LowvramError) as error:
         read_dataset(path)
     expected = ["concepts[1] type: 'COUNTEREXAMPLE' is not a concept type lowvram reads",
@@ -223,6 +226,10 @@ def test_what_lowvram_cannot_train_as_onetrainer_would_is_refused_one_line_each(
                 "concepts[2] loss_weight: 0 would train nothing", "concepts[3] path: folder not found: imgs/missing",
                 "concepts[4] (no path): no path", "concepts[5]: 'a string' is not a concept",
                 "concepts[6] text.prompt_path: none given for prompt_source concept",
+                ("concepts[9] concept_type: no OneTrainer setting; did you mean type? (as written, type is left at "
+                 "OneTrainer's default)"),
+                "concepts[10] image.enable_randm_flip: no OneTrainer setting; did you mean image.enable_random_flip?",
+                "concepts[10] text.enable_tag_shufling: no OneTrainer setting; did you mean text.enable_tag_shuffling?",
                 "validation concepts: 2 of them"]
     assert_one_line_each(str(error.value), f"{path}: ", expected)
 

@@ -16,6 +16,7 @@ and the fix, rather than trained differently.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,28 @@ from lowvram.dataset_files.subsets import DatasetFile, Subset, settle
 from lowvram.errors import LowvramError
 from lowvram.files import local_path, not_found_hint, passed_over
 from lowvram.kohya_config import as_number
+from lowvram.onetrainer_optimizers import misspelt
 from lowvram.prompts import is_prompt_list
 
 # a concept's own keys lowvram reads; the rest of its image and text settings are below
 CONCEPT_KEYS = {"name", "path", "enabled", "type", "validation_concept", "include_subdirectories", "balancing",
                 "balancing_strategy", "repeats", "loss_weight", "image_variations", "text_variations", "image",
                 "text", "seed", "__version", "concept_stats"}  # concept_stats: OneTrainer's own cached counts
+# OneTrainer's keys of a concept's image and text settings (ConceptImageConfig, ConceptTextConfig): what a typo
+# among them is said against
+BLOCK_KEYS = {
+    "image": {"enable_crop_jitter", "enable_random_flip", "enable_fixed_flip", "enable_random_rotate",
+              "enable_fixed_rotate", "random_rotate_max_angle", *(f"{enable}_{kind}" for kind in
+                                                                  ("brightness", "contrast", "saturation", "hue")
+                                                                  for enable in ("enable_random", "enable_fixed")),
+              *(f"random_{kind}_max_strength" for kind in ("brightness", "contrast", "saturation", "hue")),
+              "enable_resolution_override", "resolution_override", "enable_random_circular_mask_shrink",
+              "enable_random_mask_rotate_crop"},
+    "text": {"prompt_source", "prompt_path", "enable_tag_shuffling", "tag_delimiter", "keep_tags_count",
+             "tag_dropout_enable", "tag_dropout_mode", "tag_dropout_probability", "tag_dropout_special_tags_mode",
+             "tag_dropout_special_tags", "tag_dropout_special_tags_regex", "caps_randomize_enable",
+             "caps_randomize_mode", "caps_randomize_probability", "caps_randomize_lowercase"},
+}
 PROMPT_SOURCES = ("sample", "concept", "filename")
 # on, they would change what the model is shown in a way lowvram does not do: refused, not trained without
 REFUSED = {
@@ -75,6 +92,8 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
             problem(where, f"{concept!r} is not a concept (a JSON object with a path)")
             continue
         where += f" ({concept['name']})" if concept.get("name") else ""
+        if _misspelt(concept, where, problem):  # (a misspelt type trained a validation concept)
+            continue
         if concept.get("enabled", True) is False:
             notes.append(f"{where}: disabled in OneTrainer, left out")
             continue
@@ -122,6 +141,26 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
         raise LowvramError("\n".join(problems))
     return DatasetFile(path.resolve(), "OneTrainer concepts file", tuple(subsets), values, tuple(notes),
                        "prior prediction")
+
+
+def _misspelt(concept: dict, where: str, problem) -> bool:
+    """Whether a key of the concept, or of its image or text settings, misspells one the concept leaves out (`typ`,
+    `concept_type`: its word added, `enable_tag_shufling`): refused, naming it, as OneTrainer passes over it unsaid and trains the
+    setting's default (a validation concept trained)."""
+    found = False
+    for block, known in (("", CONCEPT_KEYS), *BLOCK_KEYS.items()):
+        keys = concept.get(block) if block else concept
+        if not isinstance(keys, dict):
+            continue
+        missing = sorted(known - set(keys))
+        for key in sorted(set(keys) - known):
+            close = difflib.get_close_matches(key.removeprefix("concept_") if not block else key, missing, n=1,
+                                              cutoff=0.85)
+            if close:
+                problem(f"{where} {block + '.' if block else ''}{key}",
+                        misspelt(f"{block + '.' if block else ''}{close[0]}"))
+                found = True
+    return found
 
 
 def _role(concept: dict, where: str, problem) -> str | None:
