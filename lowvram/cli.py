@@ -302,8 +302,10 @@ def dataset_replaced_note(data: str | None, config: Path, config_values: dict, f
 
 
 def bucket_sides_note(values: dict) -> None:
-    """Bucket sides a --resolution given lies outside (kohya refuses them; a kohya_ss GUI config keeps its 256 px
-    minimum at any resolution): the square bucket alone is then left, or the long sides cut short."""
+    """Bucket sides a --resolution given lies outside, as kohya refuses them: a smallest side above it is said (a
+    kohya_ss GUI config keeps its 256 px minimum at any resolution: the square bucket alone is left); a largest side
+    below it is refused (a dataset file's max_bucket_reso kept under a --resolution given over its own trained every
+    image smaller than the resolution its metadata names)."""
     # (a malformed value, or none given, is the config's to refuse or fill in)
     with contextlib.suppress(KeyError, TypeError, ValueError):
         shape = width_height(values["resolution"])
@@ -312,9 +314,10 @@ def bucket_sides_note(values: dict) -> None:
         if low > resolution:
             print(f"--min-bucket-side {low}: above the resolution, {resolution} px, which leaves the square bucket "
                   f"alone (every image cropped square; kohya refuses it): give at most {resolution}", file=sys.stderr)
-        if 0 < high < resolution:
-            print(f"--max-bucket-side {high}: below the resolution, {resolution} px (kohya refuses it): give at "
-                  f"least {resolution}", file=sys.stderr)
+        if 0 < high < resolution:  # refused: the run trained at 256 px while its metadata said 1024
+            raise LowvramError(f"--max-bucket-side {high}: below the resolution, {resolution} px, so every image "
+                               f"would train smaller than it (kohya refuses it too): give at least {resolution}, or "
+                               f"leave it out for twice the resolution")
 
 
 def _kept_on_interrupt(config, started: float) -> str:

@@ -53,16 +53,17 @@ def test_a_width_height_with_a_side_out_of_range_is_refused(given, side):
         run_config(resolution=given)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
+@pytest.mark.parametrize(("argv", "message", "code"), [
     (["--min-bucket-side", "512"], ("--min-bucket-side 512: above the resolution, 64 px, which leaves the square "
-                                   "bucket alone (every image cropped square; kohya refuses it): give at most 64")),
-    (["--max-bucket-side", "48"], ("--max-bucket-side 48: below the resolution, 64 px (kohya refuses it): give at "
-                                   "least 64")),
+                                   "bucket alone (every image cropped square; kohya refuses it): give at most 64"), 0),
+    (["--max-bucket-side", "48"], ("--max-bucket-side 48: below the resolution, 64 px, so every image would train "
+                                   "smaller than it (kohya refuses it too): give at least 64"), 2),
 ])
-def test_bucket_sides_the_resolution_lies_outside_are_said(images, capsys, argv, message):
+def test_bucket_sides_the_resolution_lies_outside_are_said(images, capsys, argv, message, code):
     """kohya refuses min_bucket_reso above the resolution; a kohya_ss GUI config keeps its 256 px at any resolution:
-    said, not refused."""
-    assert main(["check-data", str(images), "--model", "tiny", "--resolution", "64", *argv]) == 0
+    said, not refused. A largest side below it trained every image smaller than the metadata's resolution:
+    refused."""
+    assert main(["check-data", str(images), "--model", "tiny", "--resolution", "64", *argv]) == code
     assert message in capsys.readouterr().err
     assert main(["check-data", str(images), "--model", "tiny", "--resolution", "64", "--no-bucket", *argv]) == 0
     assert "no effect with --no-bucket" in capsys.readouterr().err  # (that note instead)
