@@ -94,7 +94,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
         flag = "--steps:" if prompt.steps is None else "--prompt: --s (steps)"
         raise LowvramError(f"{flag} {model.family.title} has {most} timesteps, so at most {most} steps; got {steps}")
     if sources:
-        apply_loras(model, sources)
+        apply_loras(model, sources, args.clip_skip)
     if prompt.sampler:
         problem = sampler_problem(prompt.sampler, bool(model.pipeline.scheduler.config.get("rescale_betas_zero_snr")))
         if problem:
@@ -356,10 +356,11 @@ def _any_lora_names(path: Path) -> bool:
         return True
 
 
-def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
+def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]], clip_skip: int | None = None) -> None:
     """Apply each LoRA file at its strength. One file stays a separate adapter. Several stack as ComfyUI and
     AUTOMATIC1111 stack them: those lowvram's reader applies are fused into the weights one after another (its
-    adapters share one name), then diffusers' adapters for the rest are set side by side, each at its weight."""
+    adapters share one name), then diffusers' adapters for the rest are set side by side, each at its weight.
+    `clip_skip`: the one asked for (--clip-skip), which a LoRA's own does not replace."""
     from lowvram.run_files import DIFFUSERS_WEIGHTS
 
     # a diffusers LoRA folder (train --format diffusers writes one) by the weights file in it
@@ -369,8 +370,11 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]]) -> None:
     if problems:
         raise LowvramError("\n".join(problems))
     for path, weight in sources:
-        for change in follow_lora_schedule(model, path) if weight else ():  # at 0, as in ComfyUI, nothing changes
-            print(f"{path.name} was trained with {change}: sampling with it too")
+        for change in follow_lora_schedule(model, path, clip_skip is not None) if weight else ():  # at 0, as in
+            print(f"{path.name} was trained with {change}: sampling with it too")                 # ComfyUI, no change
+        trained = read_header(path)[0].get("ss_clip_skip", "") if clip_skip is not None and weight else ""
+        if trained.isdigit() and max(int(trained), 1) != clip_skip:  # (it said "sampling with it too", and did not)
+            print(f"{path.name} was trained with clip skip {trained}: sampling with --clip-skip {clip_skip}, as given")
     from lowvram.adapters.lora_files import load_kohya
     from lowvram.adapters.networks import fuse_adapters
 

@@ -85,7 +85,11 @@ def test_a_lora_trained_with_clip_skip_is_rendered_with_it(tmp_path, capsys):
     followed = render(tmp_path, "followed", "--prompt", "lvshape", "--lora", str(lora))
     assert "skip.safetensors was trained with clip skip 2: sampling with it too" in capsys.readouterr().out
     explicit = render(tmp_path, "explicit", "--prompt", "lvshape", "--lora", str(lora), "--clip-skip", "2")
+    assert "trained with" not in capsys.readouterr().out  # (as asked: nothing to say)
     last_layer = render(tmp_path, "last", "--prompt", "lvshape", "--lora", str(lora), "--clip-skip", "1")
+    said = capsys.readouterr().out  # (it said "sampling with it too" and sampled with 1)
+    assert "skip.safetensors was trained with clip skip 2: sampling with --clip-skip 1, as given" in said
+    assert "sampling with it too" not in said
     assert np.array_equal(followed, explicit)
     assert np.abs(followed - last_layer).mean() > 0.5
     # said in the PNG, as AUTOMATIC1111 says it (its default, 1, unsaid): "Send to txt2img" draws the same image

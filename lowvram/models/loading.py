@@ -363,10 +363,11 @@ class _quiet_diffusers:
         self.logger.setLevel(self.level)
 
 
-def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
+def follow_lora_schedule(model: LoadedModel, lora: Path, keep_clip_skip: bool = False) -> list[str]:
     """A LoRA trained with v-prediction, zero terminal SNR or clip skip (its modelspec.prediction_type,
     ss_zero_terminal_snr and ss_clip_skip) where the base model's own reading says otherwise: the sampler and the
-    text reading are set to what training used. What was changed, in words."""
+    text reading are set to what training used (the clip skip kept with `keep_clip_skip`: one asked for). What was
+    changed, in words."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -383,7 +384,7 @@ def follow_lora_schedule(model: LoadedModel, lora: Path) -> list[str]:
         changes.append("zero terminal SNR")
     skip = metadata.get("ss_clip_skip", "")
     reading = model.text_reading or DEFAULT_READING
-    if skip.isdigit() and int(skip) > 1 and model.family.text_encoders[0].hidden_state == -1 and reading.clip_skip == 1:
+    if not keep_clip_skip and skip.isdigit() and int(skip) > 1 and model.family.text_encoders[0].hidden_state == -1 and reading.clip_skip == 1:
         model.text_reading = replace(reading, clip_skip=int(skip))  # SDXL reads its penultimate layer already
         changes.append(f"clip skip {skip}")
     return changes
