@@ -63,7 +63,8 @@ def quoted(value: object) -> str:
 # converts a pickled checkpoint without running its code (weights_only); the paths come as its arguments, which no
 # quoting of Python's can break (a Windows path's \\U, an apostrophe in a name)
 CONVERT_PICKLE = ("import sys, torch, safetensors.torch as st; d = torch.load(sys.argv[1], weights_only=True); "
-                  "st.save_file({k: v.contiguous() for k, v in d.get('state_dict', d).items()}, sys.argv[2])")
+                  "st.save_file({k: v.contiguous() for k, v in d.get('state_dict', d).items() if "
+                  "isinstance(v, torch.Tensor)}, sys.argv[2])")  # (a .ckpt's global_step beside them)
 
 
 # what a file named .safetensors holds instead, by its first bytes: safetensors says "header too large" (or

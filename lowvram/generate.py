@@ -21,7 +21,7 @@ import torch
 from lowvram.adapters.lora_files import UNET_KOHYA_PREFIX
 from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, not_safetensors, pickle_refusal
-from lowvram.files import atomic_write, not_found_hint, output_problem
+from lowvram.files import atomic_write, human_size, not_found_hint, output_problem
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.lora_header import base_family, demo_family, kohya_header, no_layers_why, read_header, shapes_of
 from lowvram.lora_layout import in_diffusers_layout, in_omi_layout
@@ -339,7 +339,7 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
         elif not path.is_file():
             problems.append(f"--lora: file not found: {path}{not_written_yet(path) or not_found_hint(path)}")
         elif path.suffix.lower() in PICKLE_SUFFIXES:  # (as train's --network-weights says it)
-            problems.append(pickle_refusal("--lora", str(path)))
+            problems.append(_embedding_pickle(path) or pickle_refusal("--lora", str(path)))
         elif path.suffix.lower() != ".safetensors":
             problems.append(f"--lora: {path} is not a .safetensors file")
         elif model := base_model_words(path):
@@ -347,6 +347,18 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
         elif not _any_lora_names(path):  # a VAE, an embedding: diffusers said "Invalid LoRA checkpoint"
             problems.append(f"--lora: {path}: {no_layers_why(path)}")
     return problems
+
+
+def _embedding_pickle(path: Path) -> str:
+    """Why a pickle given as --lora is an AUTOMATIC1111 textual-inversion embedding (its embeddings/ folder's .pt,
+    kilobytes where a LoRA is megabytes), which converting would not make a LoRA; "" otherwise."""
+    size = path.stat().st_size
+    where = "embeddings" in (part.lower() for part in path.resolve().parent.parts[-2:])
+    if not where and size >= 2**20:
+        return ""
+    return (f"--lora: {path} is a textual-inversion embedding ({'in an embeddings folder, ' * where}"
+            f"{human_size(size)}: a LoRA is megabytes), not a LoRA; AUTOMATIC1111 reads it from its embeddings "
+            "folder as it is, by its name in the prompt; lowvram applies LoRAs only")
 
 
 def _any_lora_names(path: Path) -> bool:

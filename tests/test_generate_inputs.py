@@ -218,6 +218,31 @@ def test_a_model_checkpoint_given_as_a_lora_is_named_one(tmp_path, capsys):
         "AUTOMATIC1111's embeddings folder")
 
 
+def test_an_automatic1111_embedding_pickle_given_as_a_lora_is_named_one(tmp_path, capsys):
+    """Its pickle refusal's conversion command failed on it ('dict' object has no attribute 'contiguous'), and a
+    converted embedding is no LoRA either. The command converts a checkpoint with a step count beside its tensors."""
+    import subprocess
+    import sys
+
+    from lowvram.errors import CONVERT_PICKLE
+
+    embedding = tmp_path / "embeddings" / "badhands.pt"
+    embedding.parent.mkdir()
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": torch.zeros(2, 768)}, "name": "badhands",
+                "step": 100}, embedding)
+    said = refused(["--lora", str(embedding), "--output", str(tmp_path / "x.png")], capsys)
+    assert re.fullmatch(rf"--lora: {re.escape(str(embedding))} is a textual-inversion embedding \(in an embeddings "
+                        r"folder, [\d.]+ KiB: a LoRA is megabytes\), not a LoRA; AUTOMATIC1111 reads it from its "
+                        r"embeddings folder as it is, by its name in the prompt; lowvram applies LoRAs only", said)
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save({"lora_unet_x.alpha": torch.tensor(4.0), "global_step": 5}, checkpoint)
+    subprocess.run([sys.executable, "-c", CONVERT_PICKLE, str(checkpoint), str(tmp_path / "model.safetensors")],
+                   check=True)
+    from safetensors.torch import load_file
+
+    assert load_file(tmp_path / "model.safetensors") == {"lora_unet_x.alpha": torch.tensor(4.0)}
+
+
 def test_a_lora_of_another_family_is_named_by_its_metadata(tmp_path, capsys):
     """An SDXL LoRA on an SD1.5 model said peft's size mismatch of one layer; its metadata says what it is for."""
     from lowvram.train.loop import train
