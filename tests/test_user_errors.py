@@ -451,6 +451,30 @@ def test_copy_to_a_lora_folder_writes_automatic1111s_card_files_and_keeps_the_us
     capsys.readouterr()
 
 
+def test_overwrite_of_another_runs_copy_keeps_the_card_the_user_edited(tmp_path, capsys):
+    """--overwrite moved the earlier copy's card to the archive with it: the activation text and preferred weight
+    AUTOMATIC1111's card editor saved were gone from its list. A card as lowvram wrote it tells of that LoRA: moved."""
+    loras = tmp_path / "models" / "Lora"
+    argv = ["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--copy-to", str(loras), "--name",
+            "mystyle", "--sample-prompt", "lvshape", "--overwrite"]
+    assert main([*argv, "--trigger-word", "lvshape", "--output", str(tmp_path / "v1")]) == 0
+    assert main([*argv, "--trigger-word", "lvshape2", "--output", str(tmp_path / "v2")]) == 0
+    assert json.loads((loras / "mystyle.json").read_text())["activation text"] == "lvshape2"  # (lowvram's: moved)
+    edited = {"sd version": "SD1", "activation text": "lvshape style", "preferred weight": 0.8}
+    (loras / "mystyle.json").write_text(json.dumps(edited))
+    capsys.readouterr()
+    assert main([*argv, "--trigger-word", "lvshape3", "--output", str(tmp_path / "v3")]) == 0
+    said = capsys.readouterr().out
+    assert json.loads((loras / "mystyle.json").read_text()) == edited
+    archived = next((tmp_path / "v3" / "archive").iterdir())
+    assert sorted(path.name for path in archived.iterdir()) == ["mystyle.json", "mystyle.preview.png",
+                                                                "mystyle.safetensors"]
+    assert f"moved the earlier mystyle.safetensors to {archived}; kept your mystyle.json for this one" in said
+    # the new LoRA's sample is its preview (the earlier one's went with it)
+    assert Image.open(loras / "mystyle.preview.png").text["parameters"] != Image.open(
+        archived / "mystyle.preview.png").text["parameters"]
+
+
 def test_an_empty_path_on_the_command_line_turns_a_configs_option_off(tmp_path, capsys):
     """`--copy-to ""` copied into the current folder, and the run's recipe then kept that folder."""
     config = tmp_path / "run.toml"

@@ -33,11 +33,17 @@ def copy_final(config, lora: Path, console=None) -> Path | None:
     copy = copy_destination(config.output.copy_to, config.output_name)
     try:
         if not (copy.is_file() and filecmp.cmp(copy, lora, shallow=False)):  # (a finished run resumed: copied)
-            if copy.is_file() and config.output.overwrite:  # (its card files with it: they tell of the other LoRA)
-                held = [path for path in (copy, *card_files(copy)) if path.exists()]
+            if copy.is_file() and config.output.overwrite:  # (its card files with it, as they tell of that LoRA;
+                # the user's own stay for this one: a card edited in AUTOMATIC1111, a preview chosen there)
+                kept = [path for path in card_files(copy) if path.exists() and _users(copy, path)]
+                held = [path for path in (copy, *card_files(copy)) if path.exists() and path not in kept]
                 moved = move_to_archive(config.output_dir, held)
+                for path in kept:
+                    shutil.copy2(path, moved / path.name)
                 if console is not None:
-                    console.print(f"moved the earlier {copy.name} to {moved}", soft_wrap=True)
+                    console.print(f"moved the earlier {copy.name} to {moved}" + (
+                        f"; kept your {' and '.join(path.name for path in kept)} for this one (a copy is there too)"
+                        if kept else ""), soft_wrap=True)
             elif copy.is_file():  # this run's earlier copy (a finished run continued): a sample of it shows it
                 _drop_preview_of(copy)
             atomic_write(copy, lambda tmp: shutil.copyfile(lora, tmp), lora.stat().st_size, "the LoRA's copy")
@@ -53,16 +59,24 @@ def copy_final(config, lora: Path, console=None) -> Path | None:
 
 
 def _drop_preview_of(copy: Path) -> None:
-    """Remove the copy's preview where it is a sample of that very file (its infotext names the file's hash): the
-    LoRA about to replace it draws its own. A preview of anything else is the user's and stays."""
+    """Remove the copy's preview where it is a sample of that very file: the LoRA about to replace it draws its
+    own. A preview of anything else is the user's and stays."""
     preview = card_files(copy)[1]
-    try:
-        with Image.open(preview) as image:
-            said = image.info.get("parameters", "")
-    except (OSError, ValueError):  # (none there, or not an image lowvram wrote)
-        return
-    if f": {addnet_hash(copy)[:12]}" in said:
+    if preview.exists() and not _users(copy, preview):
         preview.unlink()
+
+
+def _users(copy: Path, card_file: Path) -> bool:
+    """Whether a card file of `copy` is the user's, not as lowvram wrote it for that file: a card whose settings
+    differ from the LoRA's own (AUTOMATIC1111's editor saved the user's activation text, preferred weight, notes),
+    a preview that is no sample of it (its infotext names the file's hash)."""
+    try:
+        if card_file.suffix == ".json":
+            return json.loads(card_file.read_text(encoding="utf-8")) != a1111_card(read_header(copy)[0])
+        with Image.open(card_file) as image:
+            return f": {addnet_hash(copy)[:12]}" not in image.info.get("parameters", "")
+    except (OSError, ValueError, LowvramError):  # (not a file lowvram wrote)
+        return True
 
 
 def a1111_card(metadata: dict[str, str]) -> dict[str, str]:
