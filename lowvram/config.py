@@ -195,6 +195,10 @@ class DataConfig:
                                       "(kohya's class tokens); never --caption-template, the instance's caption.",
                                       metavar="TEXT", text=True)
     prior_loss_weight: float = option(1.0, "Loss weight of regularization images.")
+    reg_balance: str = option("kohya", "How an epoch draws the regularization images: as many as the training "
+                              "images, each in turn with its repeats (kohya's balance), or each as often as its own "
+                              "repeats say (OneTrainer's balancing of a prior-prediction concept).",
+                              choices=("kohya", "repeats"))
     prior_prediction: bool = option(False, "Train the regularization images toward the model's own prediction "
                                     "with the adapters off, not toward the noise (OneTrainer's prior prediction): "
                                     "any images then keep what the model did before, no class images it generated "

@@ -83,6 +83,31 @@ def test_a_onetrainer_prior_prediction_concept_is_regularization_with_prior_pred
     assert build_config(values).data.prior_prediction  # the file's setting, and its images, suffice
 
 
+def test_a_prior_prediction_concept_is_drawn_by_its_own_balancing(tmp_path, monkeypatch, capsys):
+    """As OneTrainer draws every concept: kohya's balance repeated 2 prior images to match the training samples, so
+    half of the steps were prior steps where balancing said 1 each (or 0.5)."""
+    from lowvram.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    for balancing, prior in ((1.0, 2), (0.5, 1), (3.0, 6)):
+        path = tmp_path / "concepts.json"
+        path.write_text(json.dumps([{"path": "imgs/alpha", "balancing": 5},
+                                    {"path": "imgs/reg", "type": "PRIOR_PREDICTION", "balancing": balancing}]))
+        assert main(["plan", "--model", "tiny", "--data", str(path), "--vram", "8GB", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["run_length"]["images_per_epoch"] == 3 * 5 + prior
+    assert main(["check-data", str(path), "--model", "tiny"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "regularization: 6 samples each epoch, each as often as its own repeats say (--reg-balance repeats" in said
+    assert main(["train", "--model", "tiny", "--data", str(path), "--max-steps", "1", "--output", "out"]) == 0
+    said = " ".join(capsys.readouterr().out.split())  # (the epochs training draws)
+    assert "regularization: 6 samples each epoch, each as often as its own repeats say" in said, said
+    # kohya's balance, asked for: the class images match the 15 training samples
+    assert main(["plan", "--model", "tiny", "--data", str(path), "--reg-balance", "kohya", "--vram", "8GB",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_length"]["images_per_epoch"] == 15 + 15
+
+
 def test_a_masked_prior_weight_holds_the_area_outside_the_mask_to_the_model():
     model, scheduler, latents, noise, _, conditioning = tiny_step_inputs()
     params = networks.add_adapter(model.unet, model.family.lora_targets("unet"), 4, 4.0, 0.0)

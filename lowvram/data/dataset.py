@@ -66,8 +66,9 @@ class TrainingData(Epochs):
     """The epochs' batches read from the caches, with each sample's caption and variants drawn per batch."""
 
     def __init__(self, samples: list[Sample], reg_samples: list[Sample], batch_size: int, seed: int,
-                 captions: CaptionOptions, latents: TensorStore, texts: TensorStore, empty_text_key: str | None):
-        super().__init__(samples, reg_samples, batch_size, seed)
+                 captions: CaptionOptions, latents: TensorStore, texts: TensorStore, empty_text_key: str | None,
+                 reg_balance: str = "kohya"):
+        super().__init__(samples, reg_samples, batch_size, seed, reg_balance)
         self.captions = captions
         self.latent_store, self.text_store, self.empty_text_key = latents, texts, empty_text_key
 

@@ -41,16 +41,19 @@ class Sample:
 
 
 class Epochs:
-    def __init__(self, samples: list[Sample], reg_samples: list[Sample], batch_size: int, seed: int):
+    def __init__(self, samples: list[Sample], reg_samples: list[Sample], batch_size: int, seed: int,
+                 reg_balance: str = "kohya"):
         self.samples = samples + reg_samples
         self.training_count = len(samples)  # the samples past it are regularization images
         self.batch_size, self.seed = batch_size, seed
+        self.balanced = reg_balance == "kohya"  # (else each by its own repeats: --reg-balance repeats)
         self.fractional = any(s.repeats % 1 for s in self.samples)
 
     def expanded(self, epoch: int) -> list[int]:
         """The sample indices one epoch trains, each as often as its repeats say: whole repeats always, and of each
         group with a fractional part, that share of its images (rounded), seeded by the epoch. Regularization
-        images follow, as many as the training images (kohya's balance; per dataset of a kohya file with several)."""
+        images follow, as many as the training images (kohya's balance; per dataset of a kohya file with several),
+        or each as its own repeats say (--reg-balance repeats)."""
         training = self._repeated(range(self.training_count), epoch)
         return training + [i for chosen, _ in self._regularization(training, epoch) for i in chosen]
 
@@ -68,6 +71,8 @@ class Epochs:
         """Per dataset: (the regularization samples of the epoch, how many of its samples with repeats it leaves
         out)."""
         images = range(self.training_count, len(self.samples))
+        if not self.balanced:
+            return [(self._repeated(images, epoch), 0)]
         out = []
         for dataset in dict.fromkeys(self.samples[i].dataset for i in images):
             mine = [i for i in images if self.samples[i].dataset == dataset]
@@ -141,6 +146,9 @@ def regularization_balance(epochs: Epochs) -> str:
     """How an epoch pairs the regularization images with the training images, in a line (kohya's balance): of a
     run's epochs, or of a dry run's (`counted_epochs`)."""
     trained, unused = epochs.regularization_per_epoch, epochs.regularization_unused
+    if not epochs.balanced:
+        return (f"regularization: {trained} sample{'s' * (trained != 1)} each epoch, each as often as its own repeats "
+                "say (--reg-balance repeats, OneTrainer's balancing)")
     training = len(epochs.expanded(0)) - trained
     offered = len(epochs._repeated(range(epochs.training_count, len(epochs.samples)), 0))
     samples = f"sample{'s' * (offered != 1)}"
@@ -181,4 +189,5 @@ def counted_epochs(run: ResolvedRun, records: list, regularization: list) -> Epo
             samples[part] += [Sample((), (), record.caption, placement.bucket, record.repeats, group=record.folder,
                                      batch_size=record.batch_size, dataset=record.dataset)
                               for placement in placements(run, record, buckets)]
-    return Epochs(samples[0], samples[1], run.config.training.batch_size, run.config.training.seed)
+    return Epochs(samples[0], samples[1], run.config.training.batch_size, run.config.training.seed,
+                  run.config.data.reg_balance)

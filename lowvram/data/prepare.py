@@ -180,7 +180,7 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
     if device.type == "cuda":
         torch.cuda.empty_cache()
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
-                        latent_store, text_store, empty_key)
+                        latent_store, text_store, empty_key, config.data.reg_balance)
     return PreparedData(data, encoded_latents, encoded_texts, sample_embeddings, samples[2])
 
 
@@ -188,7 +188,7 @@ def _drawn_keys(samples: list[list[Sample]], config: RunConfig) -> set[str] | No
     """The cache keys of what training can draw, where regularization images no epoch reaches (more of them than
     training samples: kohya's balance) need none; None where every sample may be drawn (a fractional repeat draws
     another share each epoch)."""
-    epochs = Epochs(samples[0], samples[1], config.training.batch_size, config.training.seed)
+    epochs = Epochs(samples[0], samples[1], config.training.batch_size, config.training.seed, config.data.reg_balance)
     if not epochs.regularization_unused or epochs.fractional:
         return None
     drawn = [epochs.samples[i] for i in set(epochs.expanded(0))] + samples[2]  # (every epoch's, without fractions)

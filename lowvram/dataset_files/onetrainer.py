@@ -105,8 +105,9 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
             validation.append((folders, where))
         elif role == "prior":
             priors.append((concept, folders, where))
-            notes.append(f"{where}: prior prediction: its images are regularization images, cycled to match the "
-                         "training images per epoch, their target the model's own prediction (--prior-prediction)")
+            notes.append(f"{where}: prior prediction: its images are regularization images, drawn by its balancing "
+                         "as OneTrainer draws every concept (--reg-balance repeats), their target the model's own "
+                         "prediction (--prior-prediction)")
         else:
             training.append((concept, folders, where))
         if role in ("training", "prior"):  # their images train: with their own image and text settings
@@ -137,6 +138,7 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
         values["validation_data"] = str(folders[0])
     if priors:
         values["prior_prediction"] = True
+        values["reg_balance"] = "repeats"  # (kohya's balance repeated 2 of them to 15 where balancing said 1 each)
     if problems:
         raise LowvramError("\n".join(problems))
     return DatasetFile(path.resolve(), "OneTrainer concepts file", tuple(subsets), values, tuple(notes),
