@@ -197,7 +197,7 @@ class ScanReport:
         """Each usable image's caption as it trains, and its tags (split at `separator`) by how many captions hold
         them: the tag table a tagger's user checks before training (as trained, so with --caption-prefix and
         --caption-suffix; the LoRA's ss_tag_frequency counts the caption files' own tags, as kohya's does)."""
-        console.print(_table("captions", ("file", "caption"), [(r.relpath, r.caption) for r in self.usable]))
+        console.print(_table("captions", ("file", "caption"), [(r.relpath, _captions_shown(r)) for r in self.usable]))
         held: Counter = Counter()
         repeated, empty = [], []
         for record in self.usable:
@@ -205,7 +205,9 @@ class ScanReport:
             if len(parts) > 1 and not all(parts):  # ("a, , b", a trailing comma: a tagger's or an edit's leftover)
                 empty.append(record.relpath)
             tags = [tag.lower() for tag in parts if tag]
-            held.update(list(dict.fromkeys(tags)))  # (in order: ties stay in the order met)
+            others = [tag.strip().lower() for text, _ in record.more_captions for tag in text.split(separator)]
+            held.update(list(dict.fromkeys(tags + [tag for tag in others if tag])))  # (in order: ties stay in the
+            # order met; each of its captions' tags once: every {a|b} choice, every line)
             twice = list(dict.fromkeys(tag for tag in tags if tags.count(tag) > 1))
             if twice:
                 repeated.append(f"{record.relpath}'s " + ", ".join(f"'{tag}'" for tag in twice))
@@ -218,6 +220,13 @@ class ScanReport:
                               f"({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''}), trained as written "
                               "where the tags are not shuffled or dropped" if empty else ""),
                            style="yellow" if repeated or empty else ""), soft_wrap=True)
+
+
+def _captions_shown(record: ImageRecord, most: int = 3) -> str:
+    """An image's captions, one a line: its other lines or {a|b} choices train too (the first alone was listed)."""
+    texts = [record.caption, *(text for text, _ in record.more_captions)]
+    more = f"\n... and {len(texts) - most} more" if len(texts) > most else ""
+    return "\n".join(texts[:most]) + more
 
 
 def _table(title: str, columns: tuple[str, ...], rows) -> Table:

@@ -203,12 +203,20 @@ def folder_keys(records) -> dict[Path, str]:
 
 def _captions_by_folder(records, keys: dict[Path, str]) -> dict[str, list[str]]:
     """Each folder's captions without the prefixes and suffixes added to them, as kohya counts its tags before it
-    adds them (Pony's "score_9" prefix was every LoRA's most frequent tag)."""
+    adds them (Pony's "score_9" prefix was every LoRA's most frequent tag); an image's other captions (its other
+    lines, each {a|b} choice) add the tags the first lacks, once each (only "red dress" of "{red|blue} dress" was
+    counted)."""
     folders: dict[str, list[str]] = {}
     for record in records:
         own = record.caption if record.own_caption is None else record.own_caption
-        folders.setdefault(keys[record.path.parent], []).append(own)
+        added = _tags(record.caption) - _tags(own)  # (the prefixes' and suffixes')
+        others = dict.fromkeys(tag for text, _ in record.more_captions for tag in _tags(text) - added - _tags(own))
+        folders.setdefault(keys[record.path.parent], []).append(", ".join([own, *others]) if others else own)
     return folders
+
+
+def _tags(caption: str) -> set[str]:
+    return {tag.strip() for tag in caption.split(",") if tag.strip()}
 
 
 def dataset_dirs(records, keys: dict[Path, str]) -> str:
