@@ -178,6 +178,22 @@ def test_concept_words_a_caption_prefix_pushes_into_the_shuffle_are_said(tmp_pat
     assert "concept word" not in capsys.readouterr().out
 
 
+def test_kohya_wildcards_without_their_option_are_said(tmp_path, capsys):
+    """A kohya dataset's enable_wildcard not carried over: "{red|blue} dress" trained as text, unsaid ("|||" was
+    said)."""
+    folder = tmp_path / "data" / "10_ohwx"
+    for n, caption in enumerate(("ohwx, {red|blue} dress", "ohwx, smile", "ohwx, {a}")):
+        picture(folder / f"img{n}.png", (n * 30, 80, 40))
+        (folder / f"img{n}.txt").write_text(caption)
+    argv = ["check-data", "--data", str(tmp_path / "data"), "--model", "tiny"]
+    assert main(argv) == 0
+    assert ("note: 1 of 3 captions hold choices such as {red|blue} (in 10_ohwx/img0.png's), trained as text; pass "
+            "--wildcards to draw one of them each time, as kohya's enable_wildcard does") in " ".join(
+        capsys.readouterr().out.split())
+    assert main([*argv, "--wildcards"]) == 0
+    assert "trained as text" not in capsys.readouterr().out
+
+
 def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path, capsys):
     """A --caption-prefix before it, or a caption with it later, shuffled it with the rest without a word: a LoRA
     whose trigger trains anywhere in the caption, and under --tag-dropout without it."""

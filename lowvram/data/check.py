@@ -18,7 +18,7 @@ from lowvram.config import CHECK_DATA_SKIPS, DataConfig, RunConfig, as_flag_word
 from lowvram.console import console as log_console
 from lowvram.data.augment import AugmentOptions, CaptionOptions, auto_variant_count
 from lowvram.data.buckets import make_buckets
-from lowvram.data.captions import has_word
+from lowvram.data.captions import WILDCARD, has_word
 from lowvram.data.epochs import counted_epochs, idle_regularization, regularization_balance
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, images_below, scan_dataset, scan_folders
@@ -220,10 +220,13 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
             (WEIGHTED.search, "--weighted-captions", "", "weigh them as kohya's --weighted_captions does",
              not data.weighted_captions),
             (lambda caption: wide in caption and "," not in caption, "--caption-separator", f"'{wide}'",
-             "shuffle and drop the tags it parts (each caption is one tag now)", bool(wide))):
+             "shuffle and drop the tags it parts (each caption is one tag now)", bool(wide)),
+            (_choices, "--wildcards", "", "draw one of them each time, as kohya's enable_wildcard does",
+             not data.wildcards)):
         found = [record for record in records if unset and held(record.caption)] if records else []
         if found:
-            shown = {"--keep-tokens-separator": KOHYA_KEEP_SEPARATOR, "--caption-separator": wide}.get(flag) or \
+            shown = {"--keep-tokens-separator": KOHYA_KEEP_SEPARATOR, "--caption-separator": wide,
+                     "--wildcards": f"choices such as {_choices(found[0].caption)}"}.get(flag) or \
                 WEIGHTED.search(found[0].caption)[0]
             example = f"weights such as {shown}" if flag == "--weighted-captions" else shown  # (each weight its own)
             notes.append(f"note: {len(found)} of {len(records)} captions hold {example} (in {found[0].relpath}'s), "
@@ -234,6 +237,11 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
                      f"(in {bare[0].relpath}'s), which --weighted-captions weighs as emphasis (1.1 a pair of "
                      "brackets), as kohya does; write it \\( \\) to train it as text (a tagger's 'name (series)')")
     return notes
+
+
+def _choices(caption: str) -> str:
+    """kohya's {a|b} wildcard in a caption (its first), or ""."""
+    return next((f"{{{found}}}" for found in WILDCARD.findall(caption) if "|" in found), "")
 
 
 def trigger_of_one_concept(records: list, trigger: str | None) -> str | None:
