@@ -135,9 +135,9 @@ def test_prompt_sources_subfolders_and_samples_balancing(tmp_path, monkeypatch):
     number of images per epoch, whatever the concept holds."""
     monkeypatch.chdir(tmp_path)
     images = image_folders(tmp_path)
-    (images / "beta" / "more").mkdir()
+    (images / "beta" / "more" / "deep").mkdir(parents=True)  # (a folder of folders: no images of its own)
     for image in sorted((images / "alpha").glob("*.png"))[:2]:
-        (images / "beta" / "more" / f"extra_{image.name}").write_bytes(image.read_bytes())
+        (images / "beta" / "more" / "deep" / f"extra_{image.name}").write_bytes(image.read_bytes())
     for image in sorted((images / "alpha").glob("*.png")):  # masks: no images, as OneTrainer counts them
         image.with_name(f"{image.stem}-masklabel.png").write_bytes(image.read_bytes())
     for system in ("__MACOSX", "@eaDir"):  # a zip's and a NAS's own folders: no images of the concept's
@@ -147,7 +147,8 @@ def test_prompt_sources_subfolders_and_samples_balancing(tmp_path, monkeypatch):
         concept("imgs/alpha", text={"prompt_source": "filename"}, balancing=3, balancing_strategy="SAMPLES"),
         concept("imgs/beta", include_subdirectories=True, balancing=10, balancing_strategy="SAMPLES")]))
     assert [(s.folder.relative_to(images).as_posix(), s.repeats) for s in dataset.subsets] == [
-        ("alpha", 1), ("beta", 2), ("beta/more", 2)]  # 3 of 3 images, then 10 of 5: twice each
+        ("alpha", 1), ("beta", 2), ("beta/more/deep", 2)]  # 3 of 3 images, then 10 of 5: twice each (more/: said
+    # to hold no images, nothing of it training)
     fewer = read_dataset(write(tmp_path / "fewer.json", [concept("imgs/beta", include_subdirectories=True,
                                                                  balancing=2, balancing_strategy="SAMPLES")]))
     assert [s.repeats for s in fewer.subsets] == [0.4, 0.4]  # 2 of its 5 images each epoch
@@ -157,7 +158,7 @@ def test_prompt_sources_subfolders_and_samples_balancing(tmp_path, monkeypatch):
                                                                  text={"prompt_source": "filename"})]))
     # each folder's captions its own images' alone (the others' were "metadata_file entries that name no image")
     assert [sorted(Path(key).parent for key in s.captions) for s in named.subsets] == [
-        [images / "beta"] * 3, [images / "beta" / "more"] * 2]
+        [images / "beta"] * 3, [images / "beta" / "more" / "deep"] * 2]
 
 
 def test_a_fractional_balancing_trains_a_seeded_share_of_the_concept_each_epoch(tmp_path, monkeypatch):

@@ -179,8 +179,9 @@ def _role(concept: dict, where: str, problem) -> str | None:
 
 
 def _folders(concept: dict, path: Path, where: str, problem) -> list[Path] | None:
-    """The concept's image folder, and its subfolders with include_subdirectories; None (a problem recorded) when it
-    names none."""
+    """The concept's image folder, and its subfolders with include_subdirectories, those that hold images (a folder
+    of folders was said to hold no images, nothing of it training, of subfolders that trained); None (a problem
+    recorded) when it names none."""
     given = concept.get("path")
     if not isinstance(given, str) or not given:
         problem(where, "no path; name the folder its images are in")
@@ -193,8 +194,9 @@ def _folders(concept: dict, path: Path, where: str, problem) -> list[Path] | Non
     folder = folder.resolve()
     if not concept.get("include_subdirectories"):
         return [folder]
-    return [folder, *sorted(p for p in folder.rglob("*") if p.is_dir()
-                            and not any(passed_over(Path(part)) for part in p.relative_to(folder).parts))]
+    below = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir()
+                             and not any(passed_over(Path(part)) for part in p.relative_to(folder).parts))]
+    return [p for p in below if _images([p])] or [folder]
 
 
 def _images(folders: list[Path]) -> list[Path]:
