@@ -241,11 +241,20 @@ def test_files_that_are_no_concepts_file_get_errors_naming_the_fix(tmp_path, mon
     write(tmp_path / "off.json", [concept("imgs/alpha", enabled=False)])
     assert main(["check-data", "off.json", "--model", "tiny"]) == 2
     assert "concepts: no enabled training concept; enable one" in capsys.readouterr().err
-    (tmp_path / "onetrainer.json").write_text(json.dumps({"concept_file_name": "training_concepts/concepts.json",
-                                                           "epochs": 10}))
-    assert main(["check-data", "onetrainer.json", "--model", "tiny"]) == 2
-    assert ("is a OneTrainer training config without its concepts; pass its concepts file as --data "
-            "training_concepts/concepts.json") in " ".join(capsys.readouterr().err.split())
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "onetrainer.json").write_text(json.dumps({
+        "concept_file_name": "training_concepts/concepts.json", "epochs": 10}))
+    assert main(["check-data", "presets/onetrainer.json", "--model", "tiny"]) == 2
+    assert ("is a OneTrainer training config; its concepts file training_concepts/concepts.json is not found beside "
+            "it nor in OneTrainer's folder above it") in " ".join(capsys.readouterr().err.split())
+    # found as --config finds it, from OneTrainer's folder (the path the refusal gave was no path from the user's)
+    write((tmp_path / "training_concepts").mkdir() or tmp_path / "training_concepts" / "concepts.json",
+          [concept("imgs/alpha")])
+    monkeypatch.chdir(tmp_path / "presets")
+    assert main(["check-data", "onetrainer.json", "--model", "tiny"]) == 0
+    assert (f"its concepts file {tmp_path / 'training_concepts' / 'concepts.json'} trains; its training settings are "
+            "read with --config onetrainer.json") in " ".join(capsys.readouterr().err.split())
+    monkeypatch.chdir(tmp_path)
     # a training config that holds its concepts inline is read as its concepts
     (tmp_path / "inline.json").write_text(json.dumps({"epochs": 10, "concepts": [concept("imgs/alpha")]}))
     assert main(["check-data", "inline.json", "--model", "tiny"]) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from lowvram.dataset_files.kohya import is_kohya_dataset, read_kohya_dataset
 from lowvram.dataset_files.onetrainer import concepts_in, read_concepts
 from lowvram.dataset_files.subsets import DatasetFile, Subset
 from lowvram.errors import LowvramError
-from lowvram.files import decode_hint, not_found_hint, not_utf8, text_of
+from lowvram.files import decode_hint, local_path, not_found_hint, not_utf8, text_of
 from lowvram.other_trainers import is_simpletuner_backends, simpletuner_backends_problem
 from lowvram.prompts import is_prompt_list, prompt_list_problem
 
@@ -57,9 +58,18 @@ def read_dataset(path: Path) -> DatasetFile:
         return read_concepts(concepts, path)
     if is_kohya_dataset(doc):
         return read_kohya_dataset(doc, path)
-    if isinstance(doc, dict) and doc.get("concept_file_name"):
-        raise LowvramError(f"--data: {path} is a OneTrainer training config without its concepts; pass its concepts "
-                           f"file as --data {doc['concept_file_name']}")
+    if isinstance(doc, dict) and isinstance(doc.get("concept_file_name"), str) and doc["concept_file_name"]:
+        # its concepts file, found as --config finds it (OneTrainer names it from its own folder): the path the
+        # refusal gave, training_concepts/concepts.json, was not there from the user's folder
+        concepts = local_path(doc["concept_file_name"], path, levels=2)
+        if not concepts.is_file():
+            raise LowvramError(f"--data: {path} is a OneTrainer training config; its concepts file "
+                               f"{doc['concept_file_name']} is not found beside it nor in OneTrainer's folder above "
+                               "it: pass the concepts file as --data")
+        dataset = read_dataset(concepts)
+        note = (f"{path.name} is a OneTrainer training config: its concepts file {concepts} trains; its training "
+                f"settings are read with --config {path}")
+        return replace(dataset, notes=(*dataset.notes, note))
     raise LowvramError(f"--data: {path} is neither a kohya dataset config ([[datasets]] of [[datasets.subsets]]) nor "
                        "a OneTrainer concepts file (a JSON list of concepts); a training config (kohya's, "
                        "OneTrainer's or lowvram's) goes to --config; or give --data an image folder")
