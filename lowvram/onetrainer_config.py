@@ -693,7 +693,7 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
             problem("sample_definition_file_name", f"{file} is not readable JSON ({exc}"
                     f"{decode_hint(file.read_text(encoding='utf-8', errors='replace'), exc)})")
             samples = []
-    prompts = []
+    prompts, drawn = [], 0
     for sample in samples if isinstance(samples, list) else []:
         try:
             line = onetrainer_sample(sample) if isinstance(sample, dict) else None
@@ -702,6 +702,11 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
             continue
         if line:
             prompts.append(line)
+            drawn += bool(sample.get("random_seed"))
+    if drawn:  # (their recipe's prompts held no seed, unsaid: the run's own seed drew each)
+        notes.append(f"samples: random_seed on in {drawn} of them: not carried over; lowvram draws a prompt with one "
+                     "seed at every save point (the run's --seed, or its --d), so its grids of successive steps "
+                     "compare")
     return {"sample_prompts": prompts} if prompts else {}
 
 

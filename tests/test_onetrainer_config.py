@@ -376,6 +376,19 @@ def test_a_preset_that_leaves_out_the_concepts_and_samples_files_reads_onetraine
             f"{path.parent}, {tmp_path / 'OneTrainer'}; the images come from --data") in notes
 
 
+def test_a_sample_with_a_random_seed_is_said_to_draw_with_one(tmp_path):
+    """Its recipe's prompt held no seed, unsaid: the run's seed drew it at every save point."""
+    path = onetrainer_folder(tmp_path / "OneTrainer")
+    samples = [{"enabled": True, "prompt": "lvshape", "seed": 7, "random_seed": True},
+               {"enabled": True, "prompt": "a cat", "seed": 8, "random_seed": False},
+               {"enabled": False, "prompt": "left out", "random_seed": True}]
+    values, notes = translate_onetrainer(CONFIG | {"sample_definition_file_name": "", "samples": samples}, path)
+    assert values["sample_prompts"] == ["lvshape --ss ddim", "a cat --d 8 --ss ddim"]
+    assert ("samples: random_seed on in 1 of them: not carried over; lowvram draws a prompt with one seed at every "
+            "save point (the run's --seed, or its --d), so its grids of successive steps compare") in notes
+    assert not any("random_seed" in note for note in translate_onetrainer(CONFIG, path)[1])
+
+
 def test_a_misspelt_setting_is_refused_naming_the_one_it_misspells(tmp_path):
     """learning_rte trained at OneTrainer's default rate, 100 times lower, said only among settings not carried."""
     doc = {key: value for key, value in CONFIG.items() if key not in ("learning_rate", "lora_rank")}
