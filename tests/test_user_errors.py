@@ -451,6 +451,28 @@ def test_copy_to_a_lora_folder_writes_automatic1111s_card_files_and_keeps_the_us
     capsys.readouterr()
 
 
+def test_a_kohya_concepts_folder_name_is_its_cards_activation_text(tmp_path, capsys):
+    """kohya_ss's GUI has no trigger word field: a 20_mystyle style folder's LoRA had an empty card and no trigger
+    words. Captions of their own without the words, or several concepts, offer none."""
+    from lowvram.data.sample import write_sample_dataset
+
+    images = sorted((write_sample_dataset(tmp_path / "source") / "5_lvshape").glob("*.png"))[:3]
+    folder = tmp_path / "img" / "20_mystyle style"
+    folder.mkdir(parents=True)
+    for image, caption in zip(images, ("mystyle style, a tree", None, "a house")):
+        shutil.copy(image, folder)
+        if caption:
+            (folder / image.name).with_suffix(".txt").write_text(caption)
+    loras = tmp_path / "models" / "Lora"
+    argv = ["train", "--model", "tiny", "--data", str(tmp_path / "img"), "--max-steps", "1", "--copy-to", str(loras)]
+    assert main([*argv, "--output", str(tmp_path / "v1")]) == 0
+    assert json.loads((loras / "v1.json").read_text()) == {"sd version": "SD1", "activation text": "mystyle style"}
+    (folder / images[1].name).with_suffix(".txt").write_text("a cloud")  # most captions without the words: none
+    assert main([*argv, "--output", str(tmp_path / "v2")]) == 0
+    assert json.loads((loras / "v2.json").read_text()) == {"sd version": "SD1"}
+    capsys.readouterr()
+
+
 def test_overwrite_of_another_runs_copy_keeps_the_card_the_user_edited(tmp_path, capsys):
     """--overwrite moved the earlier copy's card to the archive with it: the activation text and preferred weight
     AUTOMATIC1111's card editor saved were gone from its list. A card as lowvram wrote it tells of that LoRA: moved."""

@@ -244,6 +244,17 @@ def _choices(caption: str) -> str:
     return next((f"{{{found}}}" for found in WILDCARD.findall(caption) if "|" in found), "")
 
 
+def concept_words(records: list) -> str | None:
+    """The words of a dataset of one kohya concept, its N_name folders' name (`10_mystyle style`: "mystyle style"),
+    where most of its captions hold them (those without a caption file are captioned so): its LoRA's card offers
+    them as its activation text where no --trigger-word names them (kohya_ss's GUI has no such field: the card was
+    empty). None for several concepts, images of no N_name folder, or captions of their own without the words."""
+    labels = {record.folder if repeats_of(Path(record.relpath).parent.name) else None for record in records}
+    label = (labels.pop() or "").replace("_", " ").strip() if len(labels) == 1 else ""
+    holding = sum(1 for record in records if has_word(record.caption, label)) if label else 0
+    return label if label and holding * 2 > len(records) else None
+
+
 def trigger_of_one_concept(records: list, trigger: str | None) -> str | None:
     """The note where the trigger word is one of several kohya concepts' (20_sks dog, 10_ohwx cat): the others'
     images train with it too, those without a caption on it alone, in place of their folder's name."""

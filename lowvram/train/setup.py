@@ -32,7 +32,7 @@ from lowvram.compiling import (
 )
 from lowvram.config import MIXED_PRECISION, ZERO_SNR_NEEDS_V, NetworkConfig, RunConfig
 from lowvram.console import console as log_console
-from lowvram.data.check import ScannedSets, scan_sets
+from lowvram.data.check import ScannedSets, concept_words, scan_sets
 from lowvram.data.epochs import idle_regularization, regularization_balance
 from lowvram.data.prepare import PreparedData, prepare_training_data
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
@@ -237,7 +237,7 @@ def scan_data(session: Session) -> Dataset:
         sets = scan_sets(run, data_root, trigger, session.console)
     for i, report in enumerate(sets.reports):
         report.print_summary(session.console, regularization=i > 0)
-    return Dataset(sets.reports, sets.training, sets.held_out, trigger)
+    return Dataset(sets.reports, sets.training, sets.held_out, trigger or concept_words(sets.training))
 
 
 def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
