@@ -217,6 +217,18 @@ SD_SCRIPTS_SETTINGS = frozenset("""
 """.split()) | {flag[2:] for flag in (*KOHYA_FLAGS, *WITHOUT_COUNTERPART)}  # noqa: SIM905 (a list of 220 words)
 
 
+# AUTOMATIC1111's txt2img settings as its API and its users name them, by lowvram generate's flags
+NO_HIRES = "(no hires fix: it draws at --width and --height; upscale the image in AUTOMATIC1111 or ComfyUI)"
+A1111_GENERATE_FLAGS = {
+    "--cfg_scale": "--guidance", "--cfg": "--guidance", "--batch_size": "--count (drawn one after another)",
+    "--batch_count": "--count", "--n_iter": "--count", "--sampler_name": '--sampler ("DPM++ 2M Karras" as it names it)',
+    "--scheduler": '(the schedule is in --sampler\'s name, as AUTOMATIC1111 names it: "DPM++ 2M Karras")',
+    "--negative": "--negative-prompt", "--enable_hr": NO_HIRES, "--hr_scale": NO_HIRES, "--hr_upscaler": NO_HIRES,
+    "--hr_second_pass_steps": NO_HIRES, "--denoising_strength": NO_HIRES, "--hires_fix": NO_HIRES,
+    "--restore_faces": "(no face restoration: restore the faces in AUTOMATIC1111 or ComfyUI)",
+}
+
+
 # the flags of kohya's other scripts, by the lowvram command that does what the script does
 KOHYA_SCRIPT_FLAGS = {
     "generate": ("kohya's gen_img.py", {
@@ -429,6 +441,8 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
     dashes for underscores) or a diffusers script's or SimpleTuner's; for another command, its kohya script's. None
     where the flag is no other tool's, or what it names is not among `flags` (the command's: check-data has no --rank)."""
     name, key = _typed_and_key(flag)
+    if command == "generate" and key in A1111_GENERATE_FLAGS and key not in KOHYA_SCRIPT_FLAGS[command][1]:
+        return f"{name} is AUTOMATIC1111's; {_counterpart('lowvram generate', A1111_GENERATE_FLAGS[key])}"
     if command in KOHYA_SCRIPT_FLAGS:
         script, table = KOHYA_SCRIPT_FLAGS[command]
         return f"{name} is from {script}; {_counterpart(f'lowvram {command}', table[key])}" if key in table else None
@@ -464,7 +478,8 @@ def is_other_tools_flag(flag: str, command: str = "train") -> bool:
     """Whether `flag` is one of the other tools' flags above (for `command`): one kohya_hint may leave unanswered
     where the command has no counterpart, and which is then no typo of the command's own flags either."""
     _, key = _typed_and_key(flag)
-    tables = (KOHYA_SCRIPT_FLAGS[command][1],) if command in KOHYA_SCRIPT_FLAGS else (
+    tables = (KOHYA_SCRIPT_FLAGS[command][1], A1111_GENERATE_FLAGS if command == "generate" else {}) \
+        if command in KOHYA_SCRIPT_FLAGS else (
         KOHYA_FLAGS, OTHER_TRAINER_FLAGS, AI_TOOLKIT_NAMES, WITHOUT_COUNTERPART)
     return any(key in table for table in tables)
 

@@ -352,6 +352,11 @@ def unknown_option_hint(capsys, argv: list[str]) -> str:
     (["generate", "--prompt", "x", "--network_weights", "a.safetensors"],
      "--network_weights is from kohya's gen_img.py; lowvram generate's is --lora FILE[:WEIGHT]"),
     (["generate", "--prompt", "x", "--scale", "7"], "lowvram generate's is --guidance"),  # (was: --sampler)
+    # AUTOMATIC1111's (each was "unknown option" alone)
+    (["generate", "--prompt", "x", "--cfg-scale", "7"], "--cfg-scale is AUTOMATIC1111's; lowvram generate's is --guid"),
+    (["generate", "--prompt", "x", "--batch-size", "2"], "lowvram generate's is --count (drawn one after another)"),
+    (["generate", "--prompt", "x", "--hr-scale", "2"], "lowvram generate has none (no hires fix: it draws at --width"),
+    (["generate", "--prompt", "x", "--scheduler", "karras"], "the schedule is in --sampler's name"),
     (["merge", "a.safetensors", "--models", "a.safetensors"], "lowvram merge's is the LoRA files as merge's FILE"),
     (["resize", "a.safetensors", "--rank", "4", "--dynamic_method", "sv_fro"], "lowvram resize's is --dynamic"),
     (["resize", "a.safetensors", "--rank", "4", "--dynamic_param", "0.9"], "lowvram resize's is --dynamic-param"),
