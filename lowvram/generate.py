@@ -329,7 +329,7 @@ def _other_family(args, sources: list[tuple[Path, float]]) -> str | None:
 def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
     """What is wrong with the --lora files before anything loads: one that is not there, or not .safetensors (a
     diffusers LoRA folder is read by its weights file)."""
-    from lowvram.run_files import DIFFUSERS_WEIGHTS, lora_in_folder, not_written_yet
+    from lowvram.run_files import DIFFUSERS_WEIGHTS, listed_lora, lora_in_folder, not_written_yet
 
     problems = []
     for path, _ in sources:
@@ -337,7 +337,8 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
         if path.is_dir():
             problems.append(f"--lora: {path} is a folder; {lora_in_folder(path)}")
         elif not path.is_file():
-            problems.append(f"--lora: file not found: {path}{not_written_yet(path) or not_found_hint(path)}")
+            hint = not_written_yet(path) or listed_lora(path) or not_found_hint(path)
+            problems.append(f"--lora: file not found: {path}{hint}")
         elif path.suffix.lower() in PICKLE_SUFFIXES:  # (as train's --network-weights says it)
             problems.append(_embedding_pickle(path) or pickle_refusal("--lora", str(path)))
         elif path.suffix.lower() != ".safetensors":

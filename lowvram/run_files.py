@@ -73,6 +73,18 @@ def is_options_file(path: Path) -> bool:
 LORA_LISTS = ("loras", "lora", "lycoris")  # ComfyUI's models/loras, AUTOMATIC1111's models/Lora and models/LyCORIS
 
 
+def listed_lora(name: Path) -> str:
+    """" (did you mean models/Lora/mystyle.safetensors?)" for a LoRA named alone, as AUTOMATIC1111's <lora:mystyle>
+    names it, that a LoRA list folder under the current one holds (its models/Lora, ComfyUI's models/loras); ""
+    otherwise."""
+    if len(name.parts) != 1 or not Path("models").is_dir():
+        return ""
+    file = name.name if name.suffix.lower() == ".safetensors" else f"{name.name}.safetensors"
+    found = [folder / file for folder in sorted(Path("models").iterdir())
+             if folder.name.lower() in LORA_LISTS and (folder / file).is_file()]
+    return f" (did you mean {found[0]}?)" if found else ""
+
+
 def lora_list_folder(folder: Path) -> Path | None:
     """The LoRA folder of ComfyUI (models/loras) or AUTOMATIC1111 (models/Lora, models/LyCORIS) that `folder` is
     in, if any: they list every .safetensors below it."""

@@ -34,7 +34,7 @@ def test_emphasis_weighs_a_prompt_and_a_weight_of_one_changes_nothing(tmp_path):
     assert not np.array_equal(weak, loud)
 
 
-def test_the_lora_of_a_run_not_ended_yet_says_how_to_continue_it(tmp_path, capsys):
+def test_the_lora_of_a_run_not_ended_yet_says_how_to_continue_it(tmp_path, capsys, monkeypatch):
     """A Colab runtime that disconnected mid-run: generate's "file not found: early.safetensors (did you mean
     early.toml?)" offered the run's options as the LoRA."""
     lora = train(run_config(output=str(tmp_path / "early"), max_steps=2, checkpoint_every=1)).lora_path
@@ -60,6 +60,13 @@ def test_the_lora_of_a_run_not_ended_yet_says_how_to_continue_it(tmp_path, capsy
         main(["generate", "--model", "tiny", "--lora", str(typed), "--prompt", "x", "--output",
               str(tmp_path / "x.png")])
         assert f"(did you mean {saved}?)" in capsys.readouterr().err
+    # named alone, as AUTOMATIC1111's <lora:mystyle:0.8> names it, from its folder: found in its models/Lora
+    (tmp_path / "webui" / "models" / "Lora").mkdir(parents=True)
+    (tmp_path / "webui" / "models" / "Lora" / "mystyle.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "webui")
+    main(["generate", "--model", "tiny", "--lora", "mystyle:0.8", "--prompt", "x"])
+    assert ("--lora: file not found: mystyle (did you mean models/Lora/mystyle.safetensors?)"
+            in capsys.readouterr().err)
 
 
 def test_a_long_prompt_is_read_past_75_tokens(tmp_path):
