@@ -74,23 +74,26 @@ def test_a_metadata_jsonl_captions_the_images_it_names_and_trains_them(tmp_path,
 
 def test_tag_frequency_counts_every_wildcard_choice_once_per_image(tmp_path, capsys):
     """Only the first choice of "{red|blue} dress" was counted: AUTOMATIC1111's tag list showed no "blue dress"."""
-    images = sorted((write_sample_dataset(tmp_path / "source") / "5_lvshape").glob("*.png"))[:2]
+    images = sorted((write_sample_dataset(tmp_path / "source") / "5_lvshape").glob("*.png"))[:3]
     folder = tmp_path / "data" / "5_alice"
     folder.mkdir(parents=True)
-    for image, caption in zip(images, ("alice, {red|blue} dress, {red|blue} dress", "alice, hat")):
+    for image, caption in zip(images, ("alice, {red|blue} dress, {red|blue} dress", "alice, hat",
+                                       "Blue Dress, cloud\nblue dress, sun")):  # (a line's case: one tag)
         shutil.copy(image, folder)
         (folder / image.name).with_suffix(".txt").write_text(caption)
     out = tmp_path / "out"
     assert main(["train", "--model", "tiny", "--data", str(tmp_path / "data"), "--max-steps", "1", "--output",
-                 str(out), "--wildcards", "--caption-prefix", "score_9,"]) == 0
+                 str(out), "--wildcards", "--caption-lines", "each", "--caption-prefix", "photo of"]) == 0
     meta = safe_open(str(out / "out.safetensors"), framework="pt").metadata()
-    assert json.loads(meta["ss_tag_frequency"]) == {"5_alice": {"alice": 2, "red dress": 2, "blue dress": 1, "hat": 1}}
+    assert json.loads(meta["ss_tag_frequency"]) == {"5_alice": {  # (no "photo of blue dress": the prefix is none)
+        "alice": 2, "red dress": 2, "blue dress": 2, "hat": 1, "cloud": 1, "sun": 1}}
     # check-data --captions lists each as it trains (the first choice alone was listed, and counted)
     capsys.readouterr()
-    assert main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--wildcards", "--captions"]) == 0
+    assert main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--wildcards", "--captions",
+                 "--caption-lines", "each"]) == 0
     out = capsys.readouterr().out
     assert "red dress, red dress" in out and "red dress, blue dress" in out and "... and 1 more" in out
-    assert "4 distinct tags; most common: alice (2), red dress (1), blue dress (1), hat (1)" in " ".join(out.split())
+    assert "6 distinct tags; most common: alice (2), blue dress (2), red dress (1), hat (1)" in " ".join(out.split())
 
 
 def test_a_metadata_csv_in_an_n_name_folder_repeats_and_its_caption_column_can_be_named(tmp_path, capsys):

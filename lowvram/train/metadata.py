@@ -209,14 +209,20 @@ def _captions_by_folder(records, keys: dict[Path, str]) -> dict[str, list[str]]:
     folders: dict[str, list[str]] = {}
     for record in records:
         own = record.caption if record.own_caption is None else record.own_caption
-        added = _tags(record.caption) - _tags(own)  # (the prefixes' and suffixes')
-        others = dict.fromkeys(tag for text, _ in record.more_captions for tag in _tags(text) - added - _tags(own))
-        folders.setdefault(keys[record.path.parent], []).append(", ".join([own, *others]) if others else own)
+        at = record.caption.find(own) if own else -1  # (each caption is wrapped alike: the prefix, it, the suffix)
+        before, after = (record.caption[:at], record.caption[at + len(own):]) if at >= 0 else ("", "")
+        seen = {tag.lower() for tag in _tags(own)}
+        others: dict[str, str] = {}  # (counted in lower case, as tag_frequency counts)
+        for text, _ in record.more_captions:
+            text = text[len(before):] if before and text.startswith(before) else text
+            text = text[:len(text) - len(after)] if after and text.endswith(after) else text
+            others |= {tag.lower(): tag for tag in _tags(text) if tag.lower() not in seen and tag.lower() not in others}
+        folders.setdefault(keys[record.path.parent], []).append(", ".join([own, *others.values()]) if others else own)
     return folders
 
 
-def _tags(caption: str) -> set[str]:
-    return {tag.strip() for tag in caption.split(",") if tag.strip()}
+def _tags(caption: str) -> list[str]:
+    return [tag.strip() for tag in caption.split(",") if tag.strip()]
 
 
 def dataset_dirs(records, keys: dict[Path, str]) -> str:
