@@ -78,7 +78,7 @@ def test_tag_frequency_counts_every_wildcard_choice_once_per_image(tmp_path, cap
     folder = tmp_path / "data" / "5_alice"
     folder.mkdir(parents=True)
     for image, caption in zip(images, ("alice, {red|blue} dress, {red|blue} dress", "alice, hat",
-                                       "Blue Dress, cloud\nblue dress, sun")):  # (a line's case: one tag)
+                                       "blue dress, cloud\nBlue Dress, sun")):  # (a line's case: one tag)
         shutil.copy(image, folder)
         (folder / image.name).with_suffix(".txt").write_text(caption)
     out = tmp_path / "out"
