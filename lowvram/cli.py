@@ -316,8 +316,9 @@ def bucket_sides_note(values: dict) -> None:
                   f"alone (every image cropped square; kohya refuses it): give at most {resolution}", file=sys.stderr)
         if 0 < high < resolution:  # refused: the run trained at 256 px while its metadata said 1024
             raise LowvramError(f"--max-bucket-side {high}: below the resolution, {resolution} px, so every image "
-                               f"would train smaller than it (kohya refuses it too): give at least {resolution}, or "
-                               f"leave it out for twice the resolution")
+                               f"would train smaller than it (kohya refuses it too): give --max-bucket-side "
+                               f"{resolution} or more (a config's or dataset file's max_bucket_reso is read as it; "
+                               f"kohya's default is 1024)")
 
 
 def _kept_on_interrupt(config, started: float) -> str:

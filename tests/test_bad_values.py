@@ -57,7 +57,7 @@ def test_a_width_height_with_a_side_out_of_range_is_refused(given, side):
     (["--min-bucket-side", "512"], ("--min-bucket-side 512: above the resolution, 64 px, which leaves the square "
                                    "bucket alone (every image cropped square; kohya refuses it): give at most 64"), 0),
     (["--max-bucket-side", "48"], ("--max-bucket-side 48: below the resolution, 64 px, so every image would train "
-                                   "smaller than it (kohya refuses it too): give at least 64"), 2),
+                                   "smaller than it (kohya refuses it too): give --max-bucket-side 64 or more"), 2),
 ])
 def test_bucket_sides_the_resolution_lies_outside_are_said(images, capsys, argv, message, code):
     """kohya refuses min_bucket_reso above the resolution; a kohya_ss GUI config keeps its 256 px at any resolution:
