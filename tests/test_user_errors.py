@@ -482,6 +482,10 @@ def test_overwrite_of_another_runs_copy_keeps_the_card_the_user_edited(tmp_path,
     assert main([*argv, "--trigger-word", "lvshape", "--output", str(tmp_path / "v1")]) == 0
     assert main([*argv, "--trigger-word", "lvshape2", "--output", str(tmp_path / "v2")]) == 0
     assert json.loads((loras / "mystyle.json").read_text())["activation text"] == "lvshape2"  # (lowvram's: moved)
+    # an older lowvram's card (fewer settings), saved again by AUTOMATIC1111 unedited (its empty ones): lowvram's
+    (loras / "mystyle.json").write_text(json.dumps({"sd version": "SD1", "notes": "", "preferred weight": 0}))
+    assert main([*argv, "--trigger-word", "lvshape2b", "--output", str(tmp_path / "v2b")]) == 0
+    assert json.loads((loras / "mystyle.json").read_text())["activation text"] == "lvshape2b"
     edited = {"sd version": "SD1", "activation text": "lvshape style", "preferred weight": 0.8}
     (loras / "mystyle.json").write_text(json.dumps(edited))
     capsys.readouterr()
@@ -495,6 +499,10 @@ def test_overwrite_of_another_runs_copy_keeps_the_card_the_user_edited(tmp_path,
     # the new LoRA's sample is its preview (the earlier one's went with it)
     assert Image.open(loras / "mystyle.preview.png").text["parameters"] != Image.open(
         archived / "mystyle.preview.png").text["parameters"]
+    # kept for an SDXL LoRA of that name: its base model follows (AUTOMATIC1111's list filtered it out as SD1)
+    sdxl = [word if word != "tiny" else "tiny-sdxl" for word in argv]
+    assert main([*sdxl, "--trigger-word", "lvshape4", "--output", str(tmp_path / "v4")]) == 0
+    assert json.loads((loras / "mystyle.json").read_text()) == edited | {"sd version": "SDXL"}
 
 
 def test_an_empty_path_on_the_command_line_turns_a_configs_option_off(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """--copy-to: the final LoRA written into a LoRA folder (ComfyUI's models/loras, AUTOMATIC1111's models/Lora) or
 file when the run ends, with the card files AUTOMATIC1111 shows beside it: `<name>.json` (its base model and
 trigger words, which its LoRA card adds to the prompt) and `<name>.preview.png` (the first final sample). A card
-file already there is the user's: never written over."""
+file already there is the user's: never written over, but for its base model, which follows the LoRA."""
 
 from __future__ import annotations
 
@@ -47,15 +47,27 @@ def copy_final(config, lora: Path, console=None) -> Path | None:
             elif copy.is_file():  # this run's earlier copy (a finished run continued): a sample of it shows it
                 _drop_preview_of(copy)
             atomic_write(copy, lambda tmp: shutil.copyfile(lora, tmp), lora.stat().st_size, "the LoRA's copy")
-        card = card_files(copy)[0]
+        card, ours = card_files(copy)[0], a1111_card(read_header(copy)[0])
         if not card.exists():
-            write_text(card, json.dumps(a1111_card(read_header(copy)[0]), indent=4, ensure_ascii=False) + "\n")
+            write_text(card, json.dumps(ours, indent=4, ensure_ascii=False) + "\n")
+        else:  # the user's, kept: AUTOMATIC1111's filter by base model follows the new LoRA (an SD1.5 card hid
+            _follow_base(card, ours)  # an SDXL LoRA)
     except (LowvramError, OSError) as exc:
         if console is not None:
             console.print(f"[yellow]warning: could not copy the LoRA to {copy}[/] ({exc}); {lora} is saved: copy it "
                           "there yourself", soft_wrap=True)
         return None
     return copy
+
+
+def _follow_base(card: Path, ours: dict[str, str]) -> None:
+    """The user's card file with the LoRA's base model ("sd version"), where it names another."""
+    try:
+        kept = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(kept, dict) and kept.get("sd version") not in (None, ours["sd version"]):
+        write_text(card, json.dumps(kept | {"sd version": ours["sd version"]}, indent=4, ensure_ascii=False) + "\n")
 
 
 def _drop_preview_of(copy: Path) -> None:
@@ -67,12 +79,15 @@ def _drop_preview_of(copy: Path) -> None:
 
 
 def _users(copy: Path, card_file: Path) -> bool:
-    """Whether a card file of `copy` is the user's, not as lowvram wrote it for that file: a card whose settings
-    differ from the LoRA's own (AUTOMATIC1111's editor saved the user's activation text, preferred weight, notes),
-    a preview that is no sample of it (its infotext names the file's hash)."""
+    """Whether a card file of `copy` is the user's, not as lowvram wrote it for that file: a card holding a setting
+    the LoRA's own card has not, or another value of it (AUTOMATIC1111's editor saved the user's activation text,
+    preferred weight, notes; the empty ones it saves, and a card of an older lowvram with fewer, are not), a preview
+    that is no sample of it (its infotext names the file's hash)."""
     try:
         if card_file.suffix == ".json":
-            return json.loads(card_file.read_text(encoding="utf-8")) != a1111_card(read_header(copy)[0])
+            card, ours = json.loads(card_file.read_text(encoding="utf-8")), a1111_card(read_header(copy)[0])
+            return not isinstance(card, dict) or any(value not in ("", 0, None) and ours.get(key) != value
+                                                     for key, value in card.items())
         with Image.open(card_file) as image:
             return f": {addnet_hash(copy)[:12]}" not in image.info.get("parameters", "")
     except (OSError, ValueError, LowvramError):  # (not a file lowvram wrote)
