@@ -20,7 +20,7 @@ def test_plan_counts_the_steps_training_runs(tmp_path, capsys, monkeypatch):
                 shutil.copy(image.with_suffix(".txt"), tmp_path / folder)
     argv = ["--model", "tiny", "--data", str(tmp_path / "data"), "--reg-data", str(tmp_path / "reg"), "--batch-size",
             "2", "--epochs", "2", "--validation-split", "0.2", "--rank", "2", "--cache-dir", str(tmp_path / "cache"),
-            "--flip", "--shuffle-tags", "--mixed-precision", "no"]  # (fp32: the precision the CPU caches in)
+            "--flip", "--crop", "random", "--shuffle-tags", "--mixed-precision", "no"]  # (fp32: as the CPU caches)
     assert main(["plan", *argv, "--vram", "8GB", "--json"]) == 0
     planned = json.loads(capsys.readouterr().out)["run_length"]
     estimates = []  # the caching phase's own count of its entries' bytes: every one, then those it lacks

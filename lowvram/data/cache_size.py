@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 
-from lowvram.data.augment import trained_text, weighted_caption_variants
+from lowvram.data.augment import AugmentOptions, make_variant, trained_text, weighted_caption_variants
 from lowvram.data.buckets import Buckets
 from lowvram.data.check import ScannedSets, folder_config, folder_options
 from lowvram.data.epochs import placements
@@ -55,9 +55,15 @@ def planned_cache_size(run: ResolvedRun, sets: ScannedSets) -> CacheSize:
         for record in records:
             options, augment, captions = options_of(record.settings)
             for placement in placements(run, record, buckets, first_only=validating):
-                for variant in range(1 if validating else augment.variants):
-                    latents[(record.sha256 or record.path, placement, variant)] = latent_entry_bytes(
-                        channels, vae_bytes, placement.bucket, downscale, holds_mask(options, record))
+                for index in range(1 if validating else augment.variants):
+                    # keyed as the cache keys it (`latent_key`): variants alike are one entry (random crops of an
+                    # image that fills its bucket), an image's masked and unmasked copies two
+                    variant = make_variant(record.sha256, index, placement, AugmentOptions() if validating else augment)
+                    mask = record.mask_sha256 if options.masked_loss and record.mask else ""
+                    key = (record.sha256 or record.path, placement, repr(variant.as_key()), mask, options.background,
+                           options.alpha_mask)
+                    latents[key] = latent_entry_bytes(channels, vae_bytes, placement.bucket, downscale,
+                                                      holds_mask(options, record))
             if validating:
                 texts.add(trained_text(record.caption, captions))
                 continue
