@@ -576,6 +576,7 @@ def idle_option_notes(c: RunConfig) -> list[str]:
             "validation_timesteps": (validating, "a validation set (--validation-split or --validation-data)"),
             "prior_loss_weight": (regularizing, "regularization images (--reg-data)"),
             "class_prompt": (regularizing, "regularization images (--reg-data)"),
+            "reg_balance": (regularizing, "regularization images (--reg-data)"),
             "sample_steps": (sampling, "sample prompts (--sample-prompt or --sample-prompt-file)")}
     notes = []
     for name, (switched_on, switch) in idle.items():

@@ -375,7 +375,7 @@ def test_an_option_whose_switch_is_off_is_said_to_change_nothing(tmp_path, capsy
     from lowvram.config_checks import idle_option_notes
 
     config = run_config(ema_decay=0.99, timestep_bias_multiplier=3, timestep_bias_portion=0.5, validation_timesteps=2,
-                        prior_loss_weight=0.5, class_prompt="a dog", sample_steps=30)
+                        prior_loss_weight=0.5, class_prompt="a dog", sample_steps=30, reg_balance="repeats")
     assert idle_option_notes(config) == [
         "--ema-decay 0.99 changes nothing without --ema",
         "--timestep-bias-multiplier 3 changes nothing without --timestep-bias",
@@ -383,12 +383,14 @@ def test_an_option_whose_switch_is_off_is_said_to_change_nothing(tmp_path, capsy
         "--validation-timesteps 2 changes nothing without a validation set (--validation-split or --validation-data)",
         "--prior-loss-weight 0.5 changes nothing without regularization images (--reg-data)",
         '--class-prompt "a dog" changes nothing without regularization images (--reg-data)',
+        '--reg-balance "repeats" changes nothing without regularization images (--reg-data)',
         "--sample-steps 30 changes nothing without sample prompts (--sample-prompt or --sample-prompt-file)"]
     (tmp_path / "reg").mkdir()
     switched_on = run_config(ema=True, ema_decay=0.99, timestep_bias="later", timestep_bias_multiplier=3,
                              timestep_bias_portion=0.5,
                              validation_split=0.2, validation_timesteps=2, reg_data=str(tmp_path / "reg"),
-                             prior_loss_weight=0.5, class_prompt="a dog", sample_prompts=["a cat"], sample_steps=30)
+                             prior_loss_weight=0.5, class_prompt="a dog", sample_prompts=["a cat"], sample_steps=30,
+                             reg_balance="repeats")
     assert idle_option_notes(switched_on) == []
     assert idle_option_notes(run_config()) == []  # the defaults, given or not, say nothing
     assert main(["train", "--model", "tiny", "--data", "sample", "--ema-decay", "0.99", "--vram", "2GB"]) == 2

@@ -139,7 +139,7 @@ class ScanReport:
 
     def print_summary(self, console: Console, verbose: bool = False, regularization: bool = False) -> None:
         """Per folder, then every skipped file with its reason, the files with notes, and the buckets; the class
-        images' (`regularization`) titled so, their samples counted before kohya's balance sets them per epoch."""
+        images' (`regularization`) titled so, their samples counted before an epoch draws them (--reg-balance)."""
         summary = self.summary()
         folders = summary["folders"].values()
         weighted = any(f["loss_weight"] != 1 for f in folders)  # a column only where it tells
@@ -186,8 +186,8 @@ class ScanReport:
             were = "caption was" if len(legacy) == 1 else "captions were"
             console.print(Text(f"{len(legacy)} {were} not UTF-8; read in the Windows code page each one's note "
                                f"names: {', '.join(legacy)}", style="yellow"))
-        counted = ("with repeats, before kohya's balance matches them to the training samples" if regularization
-                   else "per epoch with repeats")
+        counted = ("with repeats, before an epoch draws them (kohya's balance matches them to the training samples; "
+                   "--reg-balance repeats draws each by its repeats)" if regularization else "per epoch with repeats")
         passed = f", {self.passed_over_count} more in folders passed over (named above)" if self.passed_over_count else ""
         console.print(f"{summary['usable']} of {summary['images']} images usable, {summary['skipped']} skipped"
                       f"{passed}; {summary['samples_per_epoch']} samples {counted}")
