@@ -468,7 +468,7 @@ def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_
     out = " ".join(capsys.readouterr().out.split())
     assert "broken.png" in out and "3 of 4 images usable, 1 skipped" in out  # its own table
     # titled as what it is, counted before the balance (it said "3 samples per epoch", then "repeated to 30")
-    assert "class images /" in out and "3 samples with repeats, before kohya's balance" in out  # (a long title wraps)
+    assert "class images /" in out and "3 samples with repeats, before an epoch draws them" in out  # (a long title wraps)
     assert ("regularization: its 3 samples are repeated to 30 each epoch, to match the 30 training samples (kohya's "
             "balance)") in out
     # the JSON report holds the class images too (a script saw none of them, nor the broken one)
