@@ -195,13 +195,15 @@ def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | 
                 "--sample-every 0 for none before the end)")
     # a flag with a word of its kind added (--data-dir, --output-folder, --model-path), a common abbreviation
     # (--te-lr), or its beginning (generate --out): difflib's closest spelling is another flag (--reg-data, --count)
-    spelt = [("text-encoder" if part == "te" else part) for part in typed.split("-") if part not in PATH_WORDS]
+    spelt = [("text-encoder" if part == "te" else part) for part in typed.split("-")]
+    while spelt[1:] and spelt[-1] in PATH_WORDS and "-".join(spelt) not in names:  # (its last words alone:
+        spelt.pop()                                                                 # --sample-prompt-file-dir)
     if "-".join(spelt) in names and "-".join(spelt) != typed:
         return f"did you mean {names['-'.join(spelt)]}?"
-    begun = [name for name in names if len(typed) >= 3 and name.startswith(typed)]
-    if len(begun) == 1:
-        return f"did you mean {names[begun[0]]}?"
     match = difflib.get_close_matches(typed, list(names) + list(kohya), n=1)
+    begun = [name for name in names if len(typed) >= 3 and name.startswith(typed)]
+    if len(begun) == 1 and not difflib.get_close_matches(typed, list(names), n=1, cutoff=0.85):  # (--cop: --crop)
+        return f"did you mean {names[begun[0]]}?"
     # its words reordered (--prompt-negative); a flag named with a word of its own (--host-ram, --vram-limit) where
     # the closest spelling shares none of its words (--ram-limit got --flip)
     typed_words = set(typed.split("-"))

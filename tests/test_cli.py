@@ -84,7 +84,8 @@ def test_a_typo_of_a_flag_or_of_its_kohya_name_suggests_lowvrams_flag(capsys, ty
     ("plan", "--max-vram", "--vram"), ("plan", "--lr-warmup", "--warmup-steps"), ("plan", "--min-lr", "--min-lr-ratio"),
     ("plan", "--data-validation", "--validation-data"), ("generate", "--prompt-negative", "--negative-prompt"),
     ("plan", "--data-dir", "--data"), ("plan", "--model-path", "--model"), ("plan", "--output-folder", "--output"),
-    ("plan", "--te-lr", "--text-encoder-lr"), ("generate", "--out", "--output")])
+    ("plan", "--te-lr", "--text-encoder-lr"), ("generate", "--out", "--output"), ("plan", "--cop", "--crop"),
+    ("plan", "--sample-prompt-file-dir", "--sample-prompt-file"), ("plan", "--no-ma", "--no-ema")])
 def test_a_flag_named_with_a_word_of_its_own_suggests_that_flag(capsys, command, typed, meant):
     """plan calls it host RAM: --host-ram got no suggestion, and --ram-limit got --flip; a flag whose words name
     another (--lr-warmup) keeps the closer spelling; words reordered are the flag. A flag with a word of a place
