@@ -381,9 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True, action=_Once, help="text prompt; kohya's inline options work "
                      "(--n negative, --w --h size, --s steps, --l guidance, --d seed, --ss sampler) and win over the flags")
     gen.add_argument("--negative-prompt", default=None, action=_Once, help="negative prompt")
-    gen.add_argument("--output", type=Path, default=Path("generated.png"),
+    gen.add_argument("--output", default="generated.png",  # (text: a folder's trailing / is kept)
                      help=f"image path, {', '.join(WRITTEN_IMAGE_SUFFIXES[:-1])} or {WRITTEN_IMAGE_SUFFIXES[-1]} "
-                     "(written in that format), or a folder to write generated.png in; with --count > 1, "
+                     "(written in that format), or a folder (one there, or a path ending in /) to write the next "
+                     "free 00000.png, 00001.png ... in, as AUTOMATIC1111 numbers its outputs; with --count > 1, "
                      "numbered files [default: generated.png]")
     gen.add_argument("--overwrite", action="store_true", help="replace --output (or its numbered files) if it "
                      "exists; a file being read (--model, --lora) is never replaced")

@@ -56,13 +56,15 @@ def generate(args: argparse.Namespace) -> list[Path]:
     the flags that say the same. Every option is checked before the model loads (one line each), and nothing is
     written over a file being read, or over any file without --overwrite."""
     args.model = args.model or _model_unsaid(args.lora or [])
-    if args.output.is_dir():  # (an output folder, as ComfyUI and AUTOMATIC1111 have: the image goes in it)
-        args.output = args.output / "generated.png"
+    given = str(args.output)  # (an output folder, as ComfyUI and AUTOMATIC1111 have: the images go in it, made if
+    folder = Path(given) if given.endswith(("/", os.sep)) or Path(given).is_dir() else None  # it ends in /)
+    args.output = (folder / "generated.png") if folder else Path(given)
     args.prompt, clip_skip = _generation_data(args.prompt, args.model)
     if clip_skip and not args.clip_skip:
         args.clip_skip = clip_skip
     prompt, sources, problems = _read_options(args)
-    paths = output_paths(args.output, args.count)
+    paths = numbered_in(folder, args.count) if folder else output_paths(args.output, args.count)
+    args.output = paths[0] if folder else args.output
     problem = _output_problem(args, paths, [Path(args.model), *([Path(args.vae)] if args.vae else []),
                                             *(path for path, _ in sources)])
     problems += [problem] if problem else []
@@ -126,6 +128,15 @@ def output_paths(output: Path, count: int) -> list[Path]:
     if count == 1:
         return [output]
     return [output.with_name(f"{output.stem}-{i:02d}{output.suffix}") for i in range(count)]
+
+
+def numbered_in(folder: Path, count: int) -> list[Path]:
+    """`count` files for an output folder, numbered on from its highest (00000.png, 00001.png ...), as AUTOMATIC1111
+    numbers its outputs: a second call writes beside the first ("generated.png exists" refused it)."""
+    taken = [int(match[1]) for path in (folder.iterdir() if folder.is_dir() else ())
+             if (match := re.match(r"(\d{5,})", path.name))]
+    start = max(taken, default=-1) + 1
+    return [folder / f"{start + i:05d}.png" for i in range(count)]
 
 
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286  # the EXIF tags AUTOMATIC1111 keeps a JPEG's or WebP's parameters in
@@ -269,7 +280,7 @@ def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Pa
     if args.output.suffix.lower() not in WRITTEN_FORMATS:
         return (f"--output: {args.output} names no image format; end it in "
                 f"{', '.join(WRITTEN_IMAGE_SUFFIXES[:-1])} or {WRITTEN_IMAGE_SUFFIXES[-1]} (the format is the "
-                "extension's)")
+                "extension's), or in / for a folder to write in")
     existing = [path for path in paths if path.exists()]
     if existing and not args.overwrite:
         more = f" (and {len(existing) - 1} more of the numbered files)" if len(existing) > 1 else ""

@@ -91,12 +91,16 @@ def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
     for name in ("x.txt", "x.safetensors", "x"):
         assert refused(["--output", str(tmp_path / name)], capsys) == (
             f"--output: {tmp_path / name} names no image format; end it in .png, .jpg, .jpeg or .webp (the format "
-            "is the extension's)")
+            "is the extension's), or in / for a folder to write in")
         assert not (tmp_path / name).exists()
-    # an output folder, as ComfyUI's and AUTOMATIC1111's: the image goes in it (it was refused as a name)
+    # an output folder, as ComfyUI's and AUTOMATIC1111's: the image goes in it (it was refused as a name), numbered
+    # on as AUTOMATIC1111 numbers (a second call was refused: generated.png exists); made where it ends in /
     (tmp_path / "previews").mkdir()
     assert main([*BASE, "--output", str(tmp_path / "previews")]) == 0
-    assert [path.name for path in (tmp_path / "previews").iterdir()] == ["generated.png"]
+    assert main([*BASE, "--output", str(tmp_path / "previews"), "--count", "2"]) == 0
+    assert sorted(path.name for path in (tmp_path / "previews").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert main([*BASE, "--output", f"{tmp_path / 'outputs' / 'txt2img-images'}/"]) == 0
+    assert [path.name for path in (tmp_path / "outputs" / "txt2img-images").iterdir()] == ["00000.png"]
 
 
 @pytest.mark.parametrize("argv, says", [
