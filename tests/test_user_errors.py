@@ -307,6 +307,13 @@ def test_a_run_into_a_lora_folder_says_its_checkpoints_show_in_the_lists(tmp_pat
     assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "1"]) == 0
     assert ("keep them out; its LoRA takes the folder's name, loras.safetensors (--name gives it another)" in
             " ".join(capsys.readouterr().out.split()))
+    # its card beside it, as --copy-to writes one (AUTOMATIC1111 showed it without its trigger words nor a preview)
+    assert json.loads((out / "loras.json").read_text()) == {"sd version": "SD1", "activation text": "lvshape"}
+    webui = tmp_path / "webui" / "models" / "Lora"
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(webui), "--max-steps", "1",
+                 "--name", "drawn", "--sample-prompt", "lvshape"]) == 0
+    assert (webui / "drawn.preview.png").is_file() and (webui / "drawn.json").is_file()
+    assert (out / "mychar" / "mychar.json").is_file()  # (a folder inside the list: listed too)
 
 
 def test_tensorboard_missing_is_said_before_anything_loads(monkeypatch):

@@ -344,7 +344,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                               f"{draw_again(session, lora_path)}", soft_wrap=True)
         samples = []
     with contextlib.suppress(OSError, DiskFull):  # (a thumbnail: the LoRA and its samples are what matter)
-        publish.add_preview(copied, samples)
+        publish.add_preview(copied or (publish.card_in_place(config, lora_path) if session.main else None), samples)
     diffusers_folder = session.out_dir / diffusers_copy(name)  # (the folder diffusers' load_lora_weights takes: the
     # run's folder holds its step saves too, of which diffusers picks one)
     said = ([f"[green]saved[/] {lora_path}"] * written + [f"[green]copied[/] to {copied}"] * bool(copied)

@@ -5,6 +5,7 @@ file already there is the user's: never written over, but for its base model, wh
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
 import shutil
@@ -16,7 +17,7 @@ from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import addnet_hash, trigger_words
-from lowvram.run_files import copy_destination
+from lowvram.run_files import copy_destination, lora_list_folder
 from lowvram.train.outdir import move_to_archive
 
 # kohya's ss_base_model_version -> AUTOMATIC1111's "sd version" (its SdVersion names)
@@ -58,6 +59,18 @@ def copy_final(config, lora: Path, console=None) -> Path | None:
                           "there yourself", soft_wrap=True)
         return None
     return copy
+
+
+def card_in_place(config, lora: Path) -> Path | None:
+    """A run trained into a LoRA list folder itself (AUTOMATIC1111's models/Lora): its LoRA's card beside it, as
+    --copy-to writes one (the list showed it without a card or a preview); the LoRA, for its preview, or None."""
+    if config.output.copy_to or not lora.is_file() or lora_list_folder(lora.parent) is None:
+        return None
+    card = card_files(lora)[0]
+    with contextlib.suppress(OSError, LowvramError):
+        if not card.exists():
+            write_text(card, json.dumps(a1111_card(read_header(lora)[0]), indent=4, ensure_ascii=False) + "\n")
+    return lora
 
 
 def _follow_base(card: Path, ours: dict[str, str]) -> None:
