@@ -175,15 +175,18 @@ def test_relative_image_folders_are_found_beside_the_file_when_not_in_the_curren
 
 def test_a_subset_without_class_tokens_captions_its_uncaptioned_images_with_its_folders_class_words(tmp_path):
     """An image_dir named 1_style captioned its images '1_style' (the repeats trained as a word); a folder named
-    "10" alone has no class words, and its images' empty caption is said as such."""
+    "10" alone has no class words, and its images' empty caption is said as such; a folder of no N_name ("regflat")
+    names no concept: its images train without a caption, as kohya's dataset file trains them (they trained on the
+    word "regflat")."""
     from PIL import Image
 
-    for name in ("1_style", "10"):
+    for number, name in enumerate(("1_style", "10", "regflat")):
         (tmp_path / name).mkdir()
-        Image.new("RGB", (64, 64), (200, len(name), 30)).save(tmp_path / name / "a.png")
+        Image.new("RGB", (64, 64), (200, number, 30)).save(tmp_path / name / "a.png")
     path = write(tmp_path / "dataset.toml", {"datasets": [{"resolution": 64, "subsets": [
-        {"image_dir": str(tmp_path / "1_style")}, {"image_dir": str(tmp_path / "10"), "num_repeats": 2}]}]})
-    assert [s.label for s in read_dataset(path).subsets] == ["style", ""]
+        {"image_dir": str(tmp_path / "1_style")}, {"image_dir": str(tmp_path / "10"), "num_repeats": 2},
+        {"image_dir": str(tmp_path / "regflat"), "num_repeats": 3}]}]})
+    assert [s.label for s in read_dataset(path).subsets] == ["style", "", "regflat"]
     from lowvram.data.check import scan
     from lowvram.hardware import NO_GPU
     from lowvram.resolve import resolve_run
@@ -191,7 +194,8 @@ def test_a_subset_without_class_tokens_captions_its_uncaptioned_images_with_its_
     report = scan(resolve_run(run_config(data=str(path), cache_dir=str(tmp_path / "cache")), NO_GPU), path, None, None)
     notes = {record.relpath: (record.caption, record.notes) for record in report.usable}
     assert notes == {"1_style/a.png": ("style", ("no caption file: template used: 'style'",)),
-                     "10/a.png": ("", ("no caption file: template used: an empty caption",))}
+                     "10/a.png": ("", ("no caption file: template used: an empty caption",)),
+                     "regflat/a.png": ("", ("no caption file: template used: an empty caption",))}
 
 
 def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_path, monkeypatch, capsys):

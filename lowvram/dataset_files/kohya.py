@@ -241,10 +241,11 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
         captions = _metadata_captions(local_path(str(settled["metadata_file"]), path),
                                       f"{name} metadata_file", problem)
     folder = folder.resolve()
-    # (kohya trains an empty caption there, and its folder mode the class words: lowvram reads the folder as its
-    # folder mode does, the images' concept)
+    # (kohya trains an empty caption there, and its folder mode the class words: lowvram reads an N_name folder as
+    # its folder mode does, the images' concept; a folder of another name ("regflat") is no concept's words)
+    named = bool((tokens or "").strip()) or repeats_of(folder.name) is not None
     return Subset(folder, repeats, (tokens or "").strip() or folder_label(folder), settled.get("is_reg") is True, *wrap,
-                  captions)
+                  captions, label_captions=named)
 
 
 def _metadata_captions(metadata: Path, key: str, problem) -> dict[str, str]:
