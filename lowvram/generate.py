@@ -362,15 +362,13 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
 
 
 def _embedding_pickle(path: Path) -> str:
-    """Why a pickle given as --lora is an AUTOMATIC1111 textual-inversion embedding (its embeddings/ folder's .pt,
-    a few kilobytes where a LoRA is megabytes), which converting would not make a LoRA; "" otherwise."""
-    size = path.stat().st_size
-    where = "embeddings" in (part.lower() for part in path.resolve().parent.parts[-2:])
-    if not where and size >= 256 * 2**10:  # (an SDXL embedding of 16 vectors is 130 KiB; a LoRA of rank 1 more)
+    """Why a pickle given as --lora is an AUTOMATIC1111 textual-inversion embedding (a .pt of its embeddings/
+    folder), which converting would not make a LoRA; "" otherwise (its size tells nothing: a demo LoRA's is small)."""
+    if "embeddings" not in (part.lower() for part in path.resolve().parent.parts[-2:]):
         return ""
-    return (f"--lora: {path} is a textual-inversion embedding ({'in an embeddings folder, ' * where}"
-            f"{human_size(size)}: a LoRA is megabytes), not a LoRA; AUTOMATIC1111 reads it from its embeddings "
-            "folder as it is, by its name in the prompt; lowvram applies LoRAs only")
+    return (f"--lora: {path} is a textual-inversion embedding (in an embeddings folder, {human_size(path.stat().st_size)}"
+            "), not a LoRA; AUTOMATIC1111 reads it from its embeddings folder as it is, by its name in the prompt; "
+            "lowvram applies LoRAs only")
 
 
 def _any_lora_names(path: Path) -> bool:

@@ -236,7 +236,7 @@ def test_an_automatic1111_embedding_pickle_given_as_a_lora_is_named_one(tmp_path
                 "step": 100}, embedding)
     said = refused(["--lora", str(embedding), "--output", str(tmp_path / "x.png")], capsys)
     assert re.fullmatch(rf"--lora: {re.escape(str(embedding))} is a textual-inversion embedding \(in an embeddings "
-                        r"folder, [\d.]+ KiB: a LoRA is megabytes\), not a LoRA; AUTOMATIC1111 reads it from its "
+                        r"folder, [\d.]+ KiB\), not a LoRA; AUTOMATIC1111 reads it from its "
                         r"embeddings folder as it is, by its name in the prompt; lowvram applies LoRAs only", said)
     checkpoint = tmp_path / "model.ckpt"
     torch.save({"lora_unet_x.alpha": torch.tensor(4.0), "global_step": 5}, checkpoint)

@@ -89,7 +89,8 @@ def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_s
     meta = safe_open(str(tmp_path / "out" / "out.safetensors"), framework="pt").metadata()
     tags = json.loads(meta["ss_tag_frequency"])
     assert set(tags) == {"alpha", "beta"}  # by the concepts' folders, as kohya names its subsets'
-    assert tags["beta"] == {"lvshape thing": 3}  # the concept's prompt file captions every image of it
+    # the concept's prompt file captions every image of it, each line drawn in turn (each counted)
+    assert tags["beta"] == {"lvshape thing": 3, "lvshape": 3, "a shape": 3}
     assert json.loads(meta["ss_dataset_dirs"])["beta"] == {"n_repeats": 0.5, "img_count": 3}
     capsys.readouterr()
     assert main(["check-data", "concepts.json", "--model", "tiny", "--report", "report.json"]) == 0

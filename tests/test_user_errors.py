@@ -280,10 +280,11 @@ def test_lora_files_no_run_recorded_are_never_written_over(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(
         f"--copy-to: {out / 'mychar.safetensors'} exists, and is not this run's LoRA; name another file (or --name), "
         f"or pass --overwrite to replace it (it moves to {tmp_path / 'mychar' / ARCHIVE}/)")
-    (out / "mychar.json").write_text('{"activation text": "the other one"}')  # its AUTOMATIC1111 card: goes with it
+    # its AUTOMATIC1111 card, the user's own words: kept for the new LoRA of that name, a copy with the earlier
+    (out / "mychar.json").write_text('{"activation text": "the other one"}')
     assert main([*elsewhere, "--overwrite"]) == 0
     said = " ".join(capsys.readouterr().out.split())
-    assert json.loads((out / "mychar.json").read_text())["sd version"] == "SD1"
+    assert json.loads((out / "mychar.json").read_text()) == {"activation text": "the other one"}
     assert [path.read_text() for path in (tmp_path / "mychar" / ARCHIVE).rglob("mychar.json")] == [
         '{"activation text": "the other one"}']
     assert f"copied to {out / 'mychar.safetensors'}" in said and "LoRA folder" not in said, said
