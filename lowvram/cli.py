@@ -453,16 +453,18 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         if not another_process():  # (every process gets the launcher's signal: the main one says it)
-            print(f"lowvram {args.command}: interrupted{_kept_on_interrupt(config, started)}", file=sys.stderr)
+            with _last_words():
+                print(f"lowvram {args.command}: interrupted{_kept_on_interrupt(config, started)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `lowvram plan --json | head`: the reader took what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
         return 141  # as a shell says a pipe's writer ended by its reader (128 + SIGPIPE): not plan's "nothing fits"
     except (MemoryError, RuntimeError, OSError) as exc:
         if args.command == "train" and _peer_lost(exc):
-            print(f"lowvram train: error: lost contact with the run's other processes (one ended, out of memory or "
-                  f"killed, its own lines above saying why; or their link failed: {first_line(exc)}), and this one "
-                  f"ended with it{_kept_on_interrupt(config, started)}", file=sys.stderr)
+            with _last_words():
+                print(f"lowvram train: error: lost contact with the run's other processes (one ended, out of memory or "
+                      f"killed, its own lines above saying why; or their link failed: {first_line(exc)}), and this "
+                      f"one ended with it{_kept_on_interrupt(config, started)}", file=sys.stderr)
             return 2
         if (why := host_memory_ran_out(exc, args.command)) is None:
             return _path_problem(exc, args.command)
@@ -472,6 +474,21 @@ def main(argv: list[str] | None = None) -> int:
         while _LOUDNESS:
             _LOUDNESS.pop()()
     return 0
+
+
+@contextlib.contextmanager
+def _last_words():
+    """Ctrl-C and SIGTERM held while a run's last line is written: accelerate launch's SIGTERM to a process already
+    ending (another process lost) broke that line off, and "lowvram: interrupted" alone was said."""
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()  # (signals are the main thread's)
+    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        yield
+    finally:
+        for sig, before in held.items():
+            signal.signal(sig, before)
 
 
 def _peer_lost(exc: BaseException) -> bool:
