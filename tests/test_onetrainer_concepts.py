@@ -97,6 +97,9 @@ def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_s
     # the concept balanced at 0.5: on average 1.5 of its 3 images an epoch (a row of 2 beside a total of its own)
     out = capsys.readouterr().out
     assert re.search(r"beta/?\s+│ thing\s+│\s+3 │\s+3 │\s+0 │\s+0\.5 │\s+~1\.5 ", out), out
+    reg = (tmp_path / "imgs" / "reg").resolve()  # its validation concept, which check-data never named
+    assert (f"validation: {reg}, 2 image(s) held out, validated on as training does; lowvram check-data {reg} checks "
+            "them") in " ".join(out.split())
     records = json.loads((tmp_path / "report.json").read_text())["records"]
     beta = [r for r in records if r["relpath"].startswith("beta/")]
     assert all(r["more_captions"] == [["lvshape, a shape", None]] for r in beta)  # its second line, drawn in turn

@@ -437,6 +437,10 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         idle = idle_regularization(epochs, run.config.data.prior_loss_weight)
         console.print(Text(f"warning: {balance}; {idle}" if idle else balance, style="yellow" if idle else ""),
                       soft_wrap=True)  # ([[datasets]] as written, not as markup)
+    held = read_dataset(data).values.get("validation_data") if is_dataset_file(data) else None
+    if held:  # (a OneTrainer validation concept: found, and its images counted, where check-data scans no more)
+        console.print(f"validation: {held}, {images_below(Path(held))} image(s) held out, validated on as training "
+                      f"does; {shell_line('lowvram', 'check-data', held)} checks them", soft_wrap=True)
     if _write_report(destination, *reports, balance=balance if len(reports) > 1 else None):
         console.print(f"report written to {report_path}")
     return reports
