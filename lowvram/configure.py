@@ -229,7 +229,9 @@ def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:
         raise LowvramError(f"--config: {path} is a model or a LoRA without lowvram's recipe, not a config; a base "
                            "model is given as --model")
     values = read_toml(path, given, recipe=metadata[RECIPE_KEY])
-    needed = recipe_needs(values)
+    data = given.get("data") if isinstance(given, Mapping) else None  # a dataset file given names its own (a
+    taken = set(read_dataset(Path(data)).values) if is_dataset_file(data) else set()  # validation concept's folder)
+    needed = [name for name in recipe_needs(values) if name not in taken]
     named = [flag_name(fields_by_name()[name][1]) for name in needed]
     if named:
         optional = [flag for name, flag in zip(needed, named) if fields_by_name()[name][1].default is None]
@@ -238,7 +240,7 @@ def _read_recipe(path: Path, given: Collection[str]) -> dict[str, Any]:
               f"trained it); give {' and '.join(named)} for this one{without}", file=sys.stderr)
     # a name found here may be anything of that name (a ./data of another project): said, to be seen
     found = [f"{flag_name(fields_by_name()[name][1])} {values[name]}" for name in _local_names(values)
-             if name not in needed and name not in given]
+             if name not in needed and name not in given and name not in taken]
     if found:
         print(f"--config {path}: the LoRA's recipe names these by name only, taken from here: {'; '.join(found)} "
               "(give them to train on others)", file=sys.stderr)

@@ -541,3 +541,14 @@ def test_a_recipes_class_images_not_here_may_be_left_out_and_the_message_says_ho
     assert ('the LoRA\'s recipe names --reg-data by name only (from the machine that trained it); give --reg-data for '
             'this one (--reg-data "" trains without)') in " ".join(capsys.readouterr().err.split())
     assert build_config(values | {"data": "sample", "reg_data": ""}).data.reg_data is None
+    # a dataset file given names its own: a OneTrainer concepts file's validation concept (the recipe's was said
+    # missing, to be given)
+    validated = train(run_config(output=str(tmp_path / "validated"), max_steps=1,
+                                 validation_data=str(tmp_path / "reg" / "1_shape"))).lora_path
+    (tmp_path / "concepts.json").write_text(json.dumps([
+        {"path": str(tmp_path / "reg" / "1_shape")}, {"path": str(tmp_path / "reg" / "1_shape"), "type": "VALIDATION"}]))
+    capsys.readouterr()
+    read_config(validated, given={"data": "sample"})
+    assert "the LoRA's recipe names --validation-data by name only" in capsys.readouterr().err
+    read_config(validated, given={"data": str(tmp_path / "concepts.json")})
+    assert "by name only" not in capsys.readouterr().err
