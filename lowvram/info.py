@@ -177,7 +177,9 @@ def without_captions(metadata: dict[str, str]) -> dict[str, str]:
     numbered (their repeats and counts kept), and the recipe names no dataset folder."""
     out = {key: value for key, value in metadata.items() if key != "ss_datasets"}  # (kohya's: each subset's
     # image_dir, class_tokens and tag frequency)
-    triggers = {word.strip().lower() for word in trigger_words(metadata).split(",")}
+    if "lowvram.version" in metadata and not metadata.get("lowvram.trigger_word"):  # (its trigger phrase is a
+        out.pop("modelspec.trigger_phrase", None)  # concept folder's name, not one given: stripped as folder names)
+    triggers = {word.strip().lower() for word in trigger_words(out).split(",")}
     try:
         frequency = json.loads(metadata.get("ss_tag_frequency") or "{}")
         kept: dict[str, int] = {}

@@ -475,6 +475,15 @@ def test_a_kohya_concepts_folder_name_is_its_cards_activation_text(tmp_path, cap
     argv = ["train", "--model", "tiny", "--data", str(tmp_path / "img"), "--max-steps", "1", "--copy-to", str(loras)]
     assert main([*argv, "--output", str(tmp_path / "v1")]) == 0
     assert json.loads((loras / "v1.json").read_text()) == {"sd version": "SD1", "activation text": "mystyle style"}
+    from safetensors import safe_open
+
+    meta = safe_open(str(loras / "v1.safetensors"), framework="pt").metadata()
+    assert (meta["modelspec.trigger_phrase"], meta["lowvram.trigger_word"], meta["ss_training_comment"]) == (
+        "mystyle style", "", "")  # (no trigger given: the folder's name is no comment)
+    # shared without its captions and folder names: the folder's name goes with them (a given trigger stays)
+    assert main(["info", str(loras / "v1.safetensors"), "--strip-captions"]) == 0
+    meta = safe_open(str(loras / "v1.safetensors"), framework="pt").metadata()
+    assert "modelspec.trigger_phrase" not in meta and "mystyle" not in meta["ss_tag_frequency"]
     (folder / images[1].name).with_suffix(".txt").write_text("a cloud")  # most captions without the words: none
     assert main([*argv, "--output", str(tmp_path / "v2")]) == 0
     assert json.loads((loras / "v2.json").read_text()) == {"sd version": "SD1"}

@@ -250,7 +250,7 @@ def concept_words(records: list) -> str | None:
     them as its activation text where no --trigger-word names them (kohya_ss's GUI has no such field: the card was
     empty). None for several concepts, images of no N_name folder, or captions of their own without the words."""
     labels = {record.folder if repeats_of(Path(record.relpath).parent.name) else None for record in records}
-    label = (labels.pop() or "").replace("_", " ").strip() if len(labels) == 1 else ""
+    label = (labels.pop() or "").strip() if len(labels) == 1 else ""  # (as its images train: ohwx_char, not split)
     holding = sum(1 for record in records if has_word(record.caption, label)) if label else 0
     return label if label and holding * 2 > len(records) else None
 

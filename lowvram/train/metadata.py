@@ -37,9 +37,12 @@ class TrainingShape:
 
 
 def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoch: int,
-                  trigger: str | None, shape: TrainingShape, regularization=()) -> dict[str, str]:
+                  trigger: str | None, shape: TrainingShape, regularization=(), from_folder: bool = False
+                  ) -> dict[str, str]:
     """What kohya (ss_*), Stability's modelspec and lowvram record, so UIs and model sites can show it; the
-    images trained on (`records`) and the regularization images."""
+    images trained on (`records`) and the regularization images. A trigger `from_folder` (a concept folder's name,
+    no --trigger-word) is the trigger phrase alone: no training comment nor lowvram.trigger_word, which tell
+    `info --strip-captions` a trigger given to share (a folder's name is stripped with the others)."""
     config, family, resolution = run.config, model.family, run.resolution
     prediction = model.pipeline.scheduler.config.prediction_type
     own_steps = sets_own_step_sizes(config.optim.optimizer, config.optim.optimizer_args)
@@ -129,7 +132,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_total_batch_size": str(config.training.batch_size * config.training.gradient_accumulation
                                    * shape.processes),  # the images of a step, as kohya counts them
         "ss_output_name": config.output_name,
-        "ss_training_comment": config.output.training_comment or trigger or "",
+        "ss_training_comment": config.output.training_comment or (trigger if not from_folder else "") or "",
         "ss_training_started_at": str(shape.started.timestamp()),
         "ss_training_finished_at": str(now.timestamp()),
         "ss_tag_frequency": lora_files.tag_frequency(  # as kohya's
@@ -138,7 +141,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "lowvram.version": lowvram.__version__,
         "lowvram.family": family.name,
         "lowvram.base_model": shareable_name(model.source),
-        "lowvram.trigger_word": trigger or "",
+        "lowvram.trigger_word": (trigger if not from_folder else "") or "",
         "lowvram.dataset_images": str(len(records)),
         RECIPE_KEY: tomli_w.dumps(config.to_shareable_dict()),
     } | datasets_entry(run, records, regularization, folders) | described

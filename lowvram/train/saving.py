@@ -46,7 +46,8 @@ def save_lora(session: Session, trainee: Trainee, dataset: Dataset, path: Path, 
         with trainee.averaged_weights():
             lora_files.save_kohya(trainee.model, path, session.config.alpha, session.config.output.save_precision,
                                   lora_metadata(session.run, trainee.model, dataset.training, step, epoch,
-                                                dataset.trigger, shape, dataset.regularization))
+                                                dataset.trigger, shape, dataset.regularization,
+                                                dataset.trigger_from_folder))
     return path
 
 
@@ -54,7 +55,7 @@ def written_already(session: Session, trainee: Trainee, dataset: Dataset, path: 
                     shape: TrainingShape) -> bool:
     """Whether `path` holds the LoRA save_lora would write now, its tensors and what its metadata says alike."""
     metadata = lora_metadata(session.run, trainee.model, dataset.training, step, epoch, dataset.trigger, shape,
-                             dataset.regularization)
+                             dataset.regularization, dataset.trigger_from_folder)
     with trainee.averaged_weights():
         tensors = lora_files.kohya_state_dict(trainee.model, DTYPES[session.config.output.save_precision])
     return outdir.written_already(path, metadata, tensors)

@@ -108,6 +108,7 @@ class Session:
 @dataclass
 class Dataset(ScannedSets):
     trigger: str | None = None
+    trigger_from_folder: bool = False  # the trigger is a kohya concept folder's name (`concept_words`), not given
 
     @cached_property
     def fingerprint(self) -> dict[str, str]:
@@ -237,7 +238,8 @@ def scan_data(session: Session) -> Dataset:
         sets = scan_sets(run, data_root, trigger, session.console)
     for i, report in enumerate(sets.reports):
         report.print_summary(session.console, regularization=i > 0)
-    return Dataset(sets.reports, sets.training, sets.held_out, trigger or concept_words(sets.training))
+    concept = None if trigger else concept_words(sets.training)
+    return Dataset(sets.reports, sets.training, sets.held_out, trigger or concept, trigger_from_folder=bool(concept))
 
 
 def load_frozen_model(session: Session) -> tuple[LoadedModel, object]:
