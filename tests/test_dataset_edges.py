@@ -182,7 +182,8 @@ def test_kohya_wildcards_without_their_option_are_said(tmp_path, capsys):
     """A kohya dataset's enable_wildcard not carried over: "{red|blue} dress" trained as text, unsaid ("|||" was
     said)."""
     folder = tmp_path / "data" / "10_ohwx"
-    for n, caption in enumerate(("ohwx, {red|blue} dress", "ohwx, smile", "ohwx, {a}")):
+    for n, caption in enumerate(("ohwx, {red|blue} dress", "ohwx, smile, {{a|b}} logo", "ohwx, {a}")):  # (kohya's
+        # escaped braces, and a choice of one: no choices)
         picture(folder / f"img{n}.png", (n * 30, 80, 40))
         (folder / f"img{n}.txt").write_text(caption)
     argv = ["check-data", "--data", str(tmp_path / "data"), "--model", "tiny"]

@@ -259,6 +259,9 @@ def test_files_that_are_no_concepts_file_get_errors_naming_the_fix(tmp_path, mon
     assert (f"its concepts file {tmp_path / 'training_concepts' / 'concepts.json'} trains; its training settings are "
             "read with --config onetrainer.json") in " ".join(capsys.readouterr().err.split())
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "self.json").write_text(json.dumps({"concept_file_name": "self.json"}))  # (it recursed without end)
+    assert main(["check-data", "self.json", "--model", "tiny"]) == 2
+    assert "self.json names self.json as its concepts file, a training config too" in capsys.readouterr().err
     # a training config that holds its concepts inline is read as its concepts
     (tmp_path / "inline.json").write_text(json.dumps({"epochs": 10, "concepts": [concept("imgs/alpha")]}))
     assert main(["check-data", "inline.json", "--model", "tiny"]) == 0

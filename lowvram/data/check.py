@@ -240,8 +240,9 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
 
 
 def _choices(caption: str) -> str:
-    """kohya's {a|b} wildcard in a caption (its first), or ""."""
-    return next((f"{{{found}}}" for found in WILDCARD.findall(caption) if "|" in found), "")
+    """kohya's {a|b} wildcard in a caption (its first), or "" ({{ and }} are its escaped braces, text)."""
+    plain = caption.replace("{{", "").replace("}}", "")
+    return next((f"{{{found}}}" for found in WILDCARD.findall(plain) if "|" in found), "")
 
 
 def concept_words(records: list) -> str | None:

@@ -45,8 +45,9 @@ def has_regularization_subsets(data: str | Path | None) -> bool:
     return is_dataset_file(data) and bool(read_dataset(Path(data)).folders(regularization=True))
 
 
-def read_dataset(path: Path) -> DatasetFile:
-    """The dataset a dataset file describes. Raises LowvramError, one line per problem, all at once."""
+def read_dataset(path: Path, named_by: Path | None = None) -> DatasetFile:
+    """The dataset a dataset file describes (`named_by`: the OneTrainer training config whose concepts file it is).
+    Raises LowvramError, one line per problem, all at once."""
     path = Path(path)
     doc = _load(path)
     if is_simpletuner_backends(doc):  # (a JSON list, as OneTrainer's concepts are)
@@ -62,11 +63,14 @@ def read_dataset(path: Path) -> DatasetFile:
         # its concepts file, found as --config finds it (OneTrainer names it from its own folder): the path the
         # refusal gave, training_concepts/concepts.json, was not there from the user's folder
         concepts = local_path(doc["concept_file_name"], path, levels=2)
+        if named_by is not None:  # (one naming itself, or two each other, recursed without end)
+            raise LowvramError(f"--data: {named_by} names {path} as its concepts file, a training config too; name "
+                               "the concepts file (a JSON list of concepts)")
         if not concepts.is_file():
             raise LowvramError(f"--data: {path} is a OneTrainer training config; its concepts file "
                                f"{doc['concept_file_name']} is not found beside it nor in OneTrainer's folder above "
                                "it: pass the concepts file as --data")
-        dataset = read_dataset(concepts)
+        dataset = read_dataset(concepts, named_by=path)
         note = (f"{path.name} is a OneTrainer training config: its concepts file {concepts} trains; its training "
                 f"settings are read with --config {path}")
         return replace(dataset, notes=(*dataset.notes, note))
