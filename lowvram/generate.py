@@ -63,6 +63,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     if clip_skip and not args.clip_skip:
         args.clip_skip = clip_skip
     prompt, sources, problems = _read_options(args)
+    if folder and folder.exists() and not folder.is_dir():  # (refused after the model loaded: "could not write")
+        problems.append(f"--output: {folder} is a file, not a folder to write the images in; name another")
     paths = numbered_in(folder, args.count) if folder else output_paths(args.output, args.count)
     args.output = paths[0] if folder else args.output
     problem = _output_problem(args, paths, [Path(args.model), *([Path(args.vae)] if args.vae else []),

@@ -223,7 +223,7 @@ A1111_GENERATE_FLAGS = {
     "--cfg_scale": "--guidance", "--cfg": "--guidance", "--batch_size": "--count (drawn one after another)",
     "--batch_count": "--count", "--n_iter": "--count", "--sampler_name": '--sampler ("DPM++ 2M Karras" as it names it)',
     "--scheduler": '(the schedule is in --sampler\'s name, as AUTOMATIC1111 names it: "DPM++ 2M Karras")',
-    "--negative": "--negative-prompt", "--enable_hr": NO_HIRES, "--hr_scale": NO_HIRES, "--hr_upscaler": NO_HIRES,
+    "--enable_hr": NO_HIRES, "--hr_scale": NO_HIRES, "--hr_upscaler": NO_HIRES,
     "--hr_second_pass_steps": NO_HIRES, "--denoising_strength": NO_HIRES, "--hires_fix": NO_HIRES,
     "--restore_faces": "(no face restoration: restore the faces in AUTOMATIC1111 or ComfyUI)",
 }

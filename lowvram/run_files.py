@@ -80,9 +80,9 @@ def listed_lora(name: Path) -> str:
     if len(name.parts) != 1 or not Path("models").is_dir():
         return ""
     file = name.name if name.suffix.lower() == ".safetensors" else f"{name.name}.safetensors"
-    found = [folder / file for folder in sorted(Path("models").iterdir())
-             if folder.name.lower() in LORA_LISTS and (folder / file).is_file()]
-    return f" (did you mean {found[0]}?)" if found else ""
+    found = [match for folder in sorted(Path("models").iterdir()) if folder.name.lower() in LORA_LISTS
+             for match in sorted(folder.rglob(file)) if match.is_file()]  # (its subfolders too: AUTOMATIC1111 lists
+    return f" (did you mean {found[0]}?)" if found else ""  # models/Lora/chars/alice.safetensors as alice)
 
 
 def lora_list_folder(folder: Path) -> Path | None:

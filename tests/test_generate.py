@@ -61,11 +61,11 @@ def test_the_lora_of_a_run_not_ended_yet_says_how_to_continue_it(tmp_path, capsy
               str(tmp_path / "x.png")])
         assert f"(did you mean {saved}?)" in capsys.readouterr().err
     # named alone, as AUTOMATIC1111's <lora:mystyle:0.8> names it, from its folder: found in its models/Lora
-    (tmp_path / "webui" / "models" / "Lora").mkdir(parents=True)
-    (tmp_path / "webui" / "models" / "Lora" / "mystyle.safetensors").write_bytes(b"")
+    (tmp_path / "webui" / "models" / "Lora" / "styles").mkdir(parents=True)  # (its subfolders listed too)
+    (tmp_path / "webui" / "models" / "Lora" / "styles" / "mystyle.safetensors").write_bytes(b"")
     monkeypatch.chdir(tmp_path / "webui")
     main(["generate", "--model", "tiny", "--lora", "mystyle:0.8", "--prompt", "x"])
-    assert ("--lora: file not found: mystyle (did you mean models/Lora/mystyle.safetensors?)"
+    assert ("--lora: file not found: mystyle (did you mean models/Lora/styles/mystyle.safetensors?)"
             in capsys.readouterr().err)
 
 

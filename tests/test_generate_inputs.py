@@ -101,6 +101,9 @@ def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
     assert sorted(path.name for path in (tmp_path / "previews").iterdir()) == ["00000.png", "00001.png", "00002.png"]
     assert main([*BASE, "--output", f"{tmp_path / 'outputs' / 'txt2img-images'}/"]) == 0
     assert [path.name for path in (tmp_path / "outputs" / "txt2img-images").iterdir()] == ["00000.png"]
+    (tmp_path / "taken.png").write_bytes(b"")
+    assert refused(["--output", f"{tmp_path / 'taken.png'}/"], capsys) == (  # (said once the model had loaded)
+        f"--output: {tmp_path / 'taken.png'} is a file, not a folder to write the images in; name another")
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -256,8 +256,8 @@ def test_files_that_are_no_concepts_file_get_errors_naming_the_fix(tmp_path, mon
           [concept("imgs/alpha")])
     monkeypatch.chdir(tmp_path / "presets")
     assert main(["check-data", "onetrainer.json", "--model", "tiny"]) == 0
-    assert (f"its concepts file {tmp_path / 'training_concepts' / 'concepts.json'} trains; its training settings are "
-            "read with --config onetrainer.json") in " ".join(capsys.readouterr().err.split())
+    assert (f"its concepts file {tmp_path / 'training_concepts' / 'concepts.json'} is read; --config onetrainer.json "
+            "reads its training settings too") in " ".join(capsys.readouterr().err.split())
     monkeypatch.chdir(tmp_path)
     (tmp_path / "self.json").write_text(json.dumps({"concept_file_name": "self.json"}))  # (it recursed without end)
     assert main(["check-data", "self.json", "--model", "tiny"]) == 2

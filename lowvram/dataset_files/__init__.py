@@ -71,8 +71,8 @@ def read_dataset(path: Path, named_by: Path | None = None) -> DatasetFile:
                                f"{doc['concept_file_name']} is not found beside it nor in OneTrainer's folder above "
                                "it: pass the concepts file as --data")
         dataset = read_dataset(concepts, named_by=path)
-        note = (f"{path.name} is a OneTrainer training config: its concepts file {concepts} trains; its training "
-                f"settings are read with --config {path}")
+        note = (f"{path.name} is a OneTrainer training config: its concepts file {concepts} is read; --config "
+                f"{path} reads its training settings too")
         return replace(dataset, notes=(*dataset.notes, note))
     raise LowvramError(f"--data: {path} is neither a kohya dataset config ([[datasets]] of [[datasets.subsets]]) nor "
                        "a OneTrainer concepts file (a JSON list of concepts); a training config (kohya's, "
