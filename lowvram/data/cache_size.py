@@ -50,15 +50,15 @@ def planned_cache_size(run: ResolvedRun, sets: ScannedSets) -> CacheSize:
     latents: dict[tuple, int] = {}
     texts: set[str] = set()
     buckets: dict[int, Buckets] = {}
-    for index, records in enumerate([sets.training, sets.regularization, sets.held_out]):
-        validating = index == 2
+    for part, records in enumerate([sets.training, sets.regularization, sets.held_out]):
+        validating = part == 2
         for record in records:
             options, augment, captions = options_of(record.settings)
             for placement in placements(run, record, buckets, first_only=validating):
-                for index in range(1 if validating else augment.variants):
+                for number in range(1 if validating else augment.variants):
                     # keyed as the cache keys it (`latent_key`): variants alike are one entry (random crops of an
                     # image that fills its bucket), an image's masked and unmasked copies two
-                    variant = make_variant(record.sha256, index, placement, AugmentOptions() if validating else augment)
+                    variant = make_variant(record.sha256, number, placement, AugmentOptions() if validating else augment)
                     mask = record.mask_sha256 if options.masked_loss and record.mask else ""
                     key = (record.sha256 or record.path, placement, repr(variant.as_key()), mask, options.background,
                            options.alpha_mask)

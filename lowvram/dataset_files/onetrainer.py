@@ -147,8 +147,8 @@ def read_concepts(concepts: list, path: Path) -> DatasetFile:
 
 def _misspelt(concept: dict, where: str, problem) -> bool:
     """Whether a key of the concept, or of its image or text settings, misspells one the concept leaves out (`typ`,
-    `concept_type`: its word added, `enable_tag_shufling`): refused, naming it, as OneTrainer passes over it unsaid and trains the
-    setting's default (a validation concept trained)."""
+    `concept_type`: its word added, `enable_tag_shufling`): refused, naming it, as OneTrainer passes over it unsaid
+    and trains the setting's default (a validation concept trained)."""
     found = False
     for block, known in (("", CONCEPT_KEYS), *BLOCK_KEYS.items()):
         keys = concept.get(block) if block else concept
