@@ -680,8 +680,10 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
     samples = doc.get("samples")
     if not isinstance(samples, list) and doc.get("sample_definition_file_name"):
         file = Path(_found(str(doc["sample_definition_file_name"]), path))
+        text = ""
         try:
-            samples = json.loads(file.read_text(encoding="utf-8"))
+            text = file.read_text(encoding="utf-8")
+            samples = json.loads(text)
         except FileNotFoundError:
             if doc["sample_definition_file_name"] != DEFAULTS["sample_definition_file_name"]:  # (its own: no word)
                 notes.append(f"sample_definition_file_name: {file} not found; no samples")
@@ -689,9 +691,8 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
         except OSError as exc:
             problem("sample_definition_file_name", f"{file} is not readable JSON ({exc})")
             samples = []
-        except ValueError as exc:
-            problem("sample_definition_file_name", f"{file} is not readable JSON ({exc}"
-                    f"{decode_hint(file.read_text(encoding='utf-8', errors='replace'), exc)})")
+        except ValueError as exc:  # (not UTF-8 too: no text to hint from)
+            problem("sample_definition_file_name", f"{file} is not readable JSON ({exc}{decode_hint(text, exc)})")
             samples = []
     prompts, drawn = [], 0
     for sample in samples if isinstance(samples, list) else []:

@@ -1,6 +1,7 @@
 """The command line: every option documented, bad options get one line naming them, pickles are refused."""
 
 import json
+import os
 import pickle
 import re
 import subprocess
@@ -448,3 +449,29 @@ def test_the_peak_host_ram_a_run_reports_is_its_own_not_its_parents(tmp_path):
     probe = "from lowvram.memory import host_peak_bytes; print(host_peak_bytes())"
     child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert len(held) and int(child.stdout) < 1024 * 2**20
+
+
+def test_a_runs_last_line_is_written_whole_through_a_sigterm_and_the_signals_come_back(monkeypatch, capsys):
+    """accelerate launch's SIGTERM to a process already ending (another process lost) broke its last line off:
+    "lowvram: interrupted" alone. A signal while it is written is held; the handlers are the caller's again after."""
+    import signal
+
+    from lowvram import cli
+
+    def kept(config, started):  # the line's slow part (a checkpoint folder read under load), a SIGTERM meanwhile
+        os.kill(os.getpid(), signal.SIGTERM)
+        return "; kept: checkpoint step-000001"
+
+    monkeypatch.setattr(cli, "_kept_on_interrupt", kept)
+    monkeypatch.setattr(cli, "build_config", lambda values: (_ for _ in ()).throw(KeyboardInterrupt))
+    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        try:
+            code = main(["train", "--model", "tiny", "--data", "sample"])
+        except KeyboardInterrupt:  # (a failure of this test, not an end of the test run)
+            pytest.fail("the SIGTERM broke the last line off")
+        assert code == 130
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert "lowvram train: interrupted; kept: checkpoint step-000001" in capsys.readouterr().err

@@ -255,7 +255,6 @@ def estimate_bytes(latent_jobs: list[LatentJob], text_jobs: list[TextJob], vae: 
     return latent + text + ENTRY_HEADER * (len(latent_jobs) + len(text_jobs))
 
 
-
 def cache_problem(folder: Path, needed: int) -> str | None:
     """Why a cache of `needed` more bytes cannot be written to `folder`: no file can be written there, or it will
     not fit the disk (with 10% to spare for headers and other writers); None when it can."""

@@ -245,12 +245,17 @@ def _choices(caption: str) -> str:
     return next((f"{{{found}}}" for found in WILDCARD.findall(plain) if "|" in found), "")
 
 
+def concept_of(record) -> str | None:
+    """The concept an image record trains by its folder: an N_name folder's name (kohya's), else None."""
+    return record.folder if record.folder and repeats_of(Path(record.relpath).parent.name) else None
+
+
 def concept_words(records: list) -> str | None:
     """The words of a dataset of one kohya concept, its N_name folders' name (`10_mystyle style`: "mystyle style"),
     where most of its captions hold them (those without a caption file are captioned so): its LoRA's card offers
     them as its activation text where no --trigger-word names them (kohya_ss's GUI has no such field: the card was
     empty). None for several concepts, images of no N_name folder, or captions of their own without the words."""
-    labels = {record.folder if repeats_of(Path(record.relpath).parent.name) else None for record in records}
+    labels = {concept_of(record) for record in records}
     label = (labels.pop() or "").strip() if len(labels) == 1 else ""  # (as its images train: ohwx_char, not split)
     holding = sum(1 for record in records if has_word(record.caption, label)) if label else 0
     return label if label and holding * 2 > len(records) else None
@@ -261,9 +266,8 @@ def trigger_of_one_concept(records: list, trigger: str | None) -> str | None:
     images train with it too, those without a caption on it alone, in place of their folder's name."""
     concepts: dict[str, str] = {}  # each N_name folder's label, by the folder
     for record in records if trigger else ():
-        folder = Path(record.relpath).parent
-        if record.folder and repeats_of(folder.name):
-            concepts.setdefault(record.folder, folder.as_posix())
+        if concept_of(record):
+            concepts.setdefault(record.folder, Path(record.relpath).parent.as_posix())
     named = [folder for label, folder in concepts.items() if has_word(label.replace("_", " "), trigger)]
     others = [folder for label, folder in concepts.items() if not has_word(label.replace("_", " "), trigger)]
     if not named or not others:
@@ -285,7 +289,7 @@ def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str 
     where a tag before it (a --caption-prefix) pushed it past the tags kept."""
     moved = []
     for record in records:
-        word = trigger or (record.folder if record.folder and repeats_of(Path(record.relpath).parent.name) else None)
+        word = trigger or concept_of(record)
         if not word:
             continue
         data = folder_config(config, record.settings).data
@@ -380,7 +384,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
     (--reg-data's, or a dataset file's is_reg subsets'). The scans: the dataset's, and the regularization set's."""
     console = console or log_console()
     data, trigger = dataset_to_check(run)
-    folders = [subset.folder for subset in read_dataset(data).subsets] if is_dataset_file(data) else [data]
+    dataset = read_dataset(data) if is_dataset_file(data) else None
+    folders = [subset.folder for subset in dataset.subsets] if dataset else [data]
     if report_path and str(report_path) != "-" and (windows := windows_output_problem("--report", report_path) or (
             (why := windows_name_problem(Path(report_path).name)) and f"--report: {why}; name another")):
         raise LowvramError(windows)
@@ -438,7 +443,7 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         idle = idle_regularization(epochs, run.config.data.prior_loss_weight)
         console.print(Text(f"warning: {balance}; {idle}" if idle else balance, style="yellow" if idle else ""),
                       soft_wrap=True)  # ([[datasets]] as written, not as markup)
-    held = read_dataset(data).values.get("validation_data") if is_dataset_file(data) else None
+    held = dataset.values.get("validation_data") if dataset else None
     if held:  # (a OneTrainer validation concept: found, and its images counted, where check-data scans no more)
         console.print(f"validation: {held}, {images_below(Path(held))} image(s) held out, validated on as training "
                       f"does; {shell_line('lowvram', 'check-data', held)} checks them", soft_wrap=True)

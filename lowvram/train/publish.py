@@ -50,7 +50,7 @@ def copy_final(config, lora: Path, console=None) -> Path | None:
             atomic_write(copy, lambda tmp: shutil.copyfile(lora, tmp), lora.stat().st_size, "the LoRA's copy")
         card, ours = card_files(copy)[0], a1111_card(read_header(copy)[0])
         if not card.exists():
-            write_text(card, json.dumps(ours, indent=4, ensure_ascii=False) + "\n")
+            _write_card(card, ours)
         else:  # the user's, kept: AUTOMATIC1111's filter by base model follows the new LoRA (an SD1.5 card hid
             _follow_base(card, ours)  # an SDXL LoRA)
     except (LowvramError, OSError) as exc:
@@ -69,7 +69,7 @@ def card_in_place(config, lora: Path) -> Path | None:
     card = card_files(lora)[0]
     with contextlib.suppress(OSError, LowvramError):
         if not card.exists():
-            write_text(card, json.dumps(a1111_card(read_header(lora)[0]), indent=4, ensure_ascii=False) + "\n")
+            _write_card(card, a1111_card(read_header(lora)[0]))
     return lora
 
 
@@ -80,7 +80,12 @@ def _follow_base(card: Path, ours: dict[str, str]) -> None:
     except (OSError, ValueError):
         return
     if isinstance(kept, dict) and kept.get("sd version") not in (None, ours["sd version"]):
-        write_text(card, json.dumps(kept | {"sd version": ours["sd version"]}, indent=4, ensure_ascii=False) + "\n")
+        _write_card(card, kept | {"sd version": ours["sd version"]})
+
+
+def _write_card(path: Path, card: dict) -> None:
+    """A card file as AUTOMATIC1111's editor writes it: indented JSON, its text as typed."""
+    write_text(path, json.dumps(card, indent=4, ensure_ascii=False) + "\n")
 
 
 def _drop_preview_of(copy: Path) -> None:
