@@ -454,10 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "summed and cut by their singular values to the rank that keeps the most of the sum, a "
                            "fixed rank or per layer by a --dynamic rule (kohya's svd_merge_lora.py). With --model, "
                            "fuse them into that model's weights instead and write the model (kohya's merge_lora.py): "
-                           "a single file stays a single file, its other tensors as they were. On the CPU; it takes "
+                           "a single file stays a single file, its other tensors as they were. With --model and no "
+                           "FILE, the model is written as it is, in another form (kohya's "
+                           "convert_diffusers20_original_sd.py: a diffusers folder as a single file for ComfyUI and "
+                           "AUTOMATIC1111, or back) or cast by --save-precision. On the CPU; it takes "
                            "host RAM for the model and the file (about 14 GB for an fp16 SDXL checkpoint).")
-    merge.add_argument("lora", nargs="+", metavar="FILE[:WEIGHT]", help="the LoRA .safetensors files, each with "
-                       "its weight (default 1), e.g. style.safetensors:0.6")
+    merge.add_argument("lora", nargs="*", metavar="FILE[:WEIGHT]", help="the LoRA .safetensors files, each with "
+                       "its weight (default 1), e.g. style.safetensors:0.6 (none with --model: the model converted)")
     merge.add_argument("--model", metavar="MODEL", help="fuse the LoRAs into this model (as train --model: a "
                        "single-file checkpoint, a diffusers folder or a hub id) and write it to --output")
     merge.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),

@@ -76,7 +76,8 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
 
     metadata = _file_metadata(Path(model_name)) if single else {}
     parts = ", ".join(f"{path.name} x{weight:g}" for path, weight in sources)
-    metadata["lowvram.fused_loras"] = parts
+    if parts:
+        metadata["lowvram.fused_loras"] = parts
     metadata |= _merged_modelspec(model, Path(model_name), metadata, sources, output)
     import torch
 
@@ -100,8 +101,9 @@ def _merged_modelspec(model: LoadedModel, base: Path, metadata: dict[str, str], 
             titles.append(title_of(path, handle.metadata() or {}))
     family = model.family
     prediction = "v" if model.pipeline.scheduler.config.get("prediction_type") == "v_prediction" else "epsilon"
-    return modelspec(family.modelspec_architecture.removesuffix("/lora"), output.stem,
-                     f"{family.resolution}x{family.resolution}", prediction, ", ".join(titles))
+    # a model converted alone is the same model: its own title kept, merged from nothing
+    return modelspec(family.modelspec_architecture.removesuffix("/lora"), output.stem if sources else titles[0],
+                     f"{family.resolution}x{family.resolution}", prediction, ", ".join(titles) if sources else None)
 
 
 def _original_layout(model: LoadedModel) -> dict[str, torch.Tensor]:
@@ -212,4 +214,6 @@ def summary(result: Fused) -> str:
                  "parameterization: \"v\" under model.params" if sampling == "v_prediction" else "")
         marked += (f" (ComfyUI and AUTOMATIC1111 read these marks on SDXL models only: sample this one in ComfyUI "
                    f"through a ModelSamplingDiscrete node, sampling {sampling}, zsnr {zsnr}{a1111})")
+    if not result.layers:
+        return f"{result.path}: the model, converted (no LoRA fused in)"
     return f"{result.path}: the model with {len(result.layers)} LoRA file(s) fused in ({changes} layers{tail}){marked}"

@@ -212,6 +212,9 @@ def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]
 def run(args: argparse.Namespace) -> Resized:
     """`lowvram merge`, its options checked first (one line each)."""
     sources, problems = parse_sources(args.lora)
+    if not args.lora:
+        raise LowvramError("give the LoRA files to merge (FILE[:WEIGHT] ... --rank N), or --model MODEL --output FILE "
+                           "to convert a model alone")
     if args.rank is None:
         problems.append("--rank: give the merged file's rank (or --model to fuse the LoRAs into a model instead)")
         args.rank = 1  # the other options are still checked

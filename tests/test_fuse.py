@@ -231,3 +231,20 @@ def test_the_current_folder_as_output_is_named_not_replaced(setup, tmp_path, cap
     assert main(["merge", str(lora), "--model", str(checkpoint), "--output", ".", "--overwrite"]) == 2
     assert capsys.readouterr().err.strip().endswith("--output .: name the model's own folder, e.g. merged")
     assert (tmp_path / "model_index.json").read_text() == "{}"
+
+
+def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tmp_path, capsys):
+    """kohya's convert_diffusers20_original_sd.py: no LoRA, the model written in the other form, the same model."""
+    family, checkpoint, _ = setup
+    folder, single = tmp_path / "folder", tmp_path / "single.safetensors"
+    assert main(["merge", "--model", str(checkpoint), "--output", str(folder), "--save-precision", "fp32"]) == 0
+    assert main(["merge", "--model", str(folder), "--output", str(single), "--save-precision", "fp32"]) == 0
+    assert f"{single}: the model, converted (no LoRA fused in)" in capsys.readouterr().out
+    want_hidden, want_out = model_outputs(load_model(str(checkpoint), family))
+    hidden, out = model_outputs(load_model(str(single), family))  # diffusers' from_single_file reads it
+    torch.testing.assert_close(hidden, want_hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+    metadata = safe_open(str(single), framework="pt").metadata()
+    assert "lowvram.fused_loras" not in metadata and "modelspec.merged_from" not in metadata
+    assert main(["merge"]) == 2
+    assert "give the LoRA files to merge" in capsys.readouterr().err
