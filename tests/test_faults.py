@@ -205,6 +205,9 @@ def test_a_cache_folder_without_room_falls_back_to_memory_for_the_run(tmp_path, 
     assert done.returncode == 0, done.stderr
     printed = " ".join(done.stdout.split())
     assert "encoding into memory for this run" in printed
+    # said before the caching it changes (after it, minutes of "caching latents" read as written to disk)
+    assert printed.index("encoding into memory for this run") < printed.index("caching latents"), printed
+    assert printed.count("encoding into memory for this run") == 1
     assert load_file(str(tmp_path / "out" / "out.safetensors"))
 
 

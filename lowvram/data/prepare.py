@@ -136,9 +136,10 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
                   f"{len(missing_latents)} + {len(missing_texts)} to encode ({needed / 2**20:.1f} MiB)", soft_wrap=True)
     latent_store.expected_bytes = text_store.expected_bytes = needed
     short = cache_problem(cache_dir, needed)
-    if short:
+    if short:  # said before the caching it changes, not after minutes of it
         latent_store.keep_in_memory(short, needed)
         text_store.keep_in_memory(short, needed)
+        _say_in_memory(console, short)
 
     if warning := cut_captions(sets.reports[0].usable, model.tokenizers[0], run.text_reading):
         console.print(Text(warning, style="yellow"), soft_wrap=True)
@@ -152,9 +153,8 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
         if store.orphans_removed:
             console.print(f"removed {store.orphans_removed} temporary file(s) a killed run left in {store.root}")
     for store in (latent_store, text_store):
-        if store.fell_back:
-            console.print(f"[yellow]warning:[/] {store.fell_back}; encoding into memory for this run instead "
-                          "(the next run encodes again)", soft_wrap=True)
+        if store.fell_back and store.fell_back != short:  # (a disk that filled during the caching)
+            _say_in_memory(console, store.fell_back)
             break
     encoded_texts, sample_embeddings = 0, None
     if cache_text:
@@ -182,6 +182,11 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
                         latent_store, text_store, empty_key, config.data.reg_balance)
     return PreparedData(data, encoded_latents, encoded_texts, sample_embeddings, samples[2])
+
+
+def _say_in_memory(console: Console, reason: str) -> None:
+    console.print(f"[yellow]warning:[/] {reason}; encoding into memory for this run instead (the next run encodes "
+                  "again)", soft_wrap=True)
 
 
 def _drawn_keys(samples: list[list[Sample]], config: RunConfig) -> set[str] | None:
