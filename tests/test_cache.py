@@ -161,6 +161,28 @@ def test_truncated_cache_file_is_rebuilt(tmp_path, sample_data, tiny, monkeypatc
     assert len(TensorStore(cache, "latents").load(victim.stem)["latent"].shape) == 3
 
 
+def test_images_gone_or_broken_during_caching_are_left_out_of_the_run_not_stopping_it(tmp_path, sample_data, tiny):
+    """Deleted, or cut short, after the scan and before their latents are encoded (a user tidying the dataset
+    during an hour of caching): the run goes on without them, as the scan leaves a bad file out, and says so."""
+    config, cache = setup(tmp_path, sample_data)
+    run = resolved(config, cache)
+    sets = ScannedSets.whole([scan(run, sample_data, config.data.trigger_word, None)])
+    images = sorted(record.path for record in sets.training)
+    images[0].unlink()
+    images[1].write_bytes(images[1].read_bytes()[:60])
+    console = Console(record=True, width=400)
+    prepared = prepare_training_data(run, tiny, sets, torch.device("cpu"), console)
+    assert len(prepared.data.samples) == len(images) - 2
+    assert prepared.encoded_latents == len(images) - 2
+    printed = console.export_text()
+    assert "warning: 2 image(s) left out of this run, unreadable since the scan: " in printed, printed
+    assert str(images[0]) in printed
+    for image in images[2:]:
+        image.unlink()
+    with pytest.raises(LowvramError, match="^no image of the dataset could be read when caching: "):  # (none cached)
+        prepare_training_data(resolved(config, tmp_path / "new"), tiny, sets, torch.device("cpu"), QUIET)
+
+
 def test_an_entry_broken_after_its_check_is_removed_and_named(tmp_path, sample_data, tiny):
     """Broken between the caching phase's check and training's read (a disk error, another process): the run
     stops in one line naming it, and the next run rebuilds it."""

@@ -279,14 +279,15 @@ def _rounded_up(size: int) -> int:
 
 
 def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, batch_size: int,
-                   console: Console) -> int:
+                   console: Console) -> tuple[int, dict[str, str]]:
     """Encode the given (missing) entries, batched per bucket, less those another run sharing the cache has written
-    since they were found missing (runs of a grid started together); returns how many were encoded."""
+    since they were found missing (runs of a grid started together); returns how many were encoded, and the keys
+    of those whose image could no longer be read (deleted or changed since the scan) with why."""
     from lowvram.models.conditioning import encode_images
 
-    missing, encoded = jobs, 0
+    missing, encoded, unreadable = jobs, 0, {}
     if not missing:
-        return 0
+        return 0, unreadable
     by_bucket: dict[tuple[int, int], list[LatentJob]] = {}
     for job in missing:
         by_bucket.setdefault(job.placement.bucket, []).append(job)
@@ -299,12 +300,21 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
                 chunk = _unwritten(bucket_jobs[start : start + batch_size], store, progress, task)
                 if not chunk:
                     continue
-                pixels, masks = [], []
+                pixels, masks, read = [], [], []
                 for job in chunk:  # one decoded image at a time: host RAM does not grow with the dataset
-                    image, mask = open_training_image(job.record, job.options, job.placement.bucket)
+                    try:
+                        image, mask = open_training_image(job.record, job.options, job.placement.bucket)
+                    except LowvramError as exc:  # gone or changed during a long caching: left out, as the scan
+                        unreadable[job.key] = str(exc)  # leaves a bad file out, not the run stopped
+                        continue
+                    read.append(job)
                     pixels.append(_to_tensor(apply_variant(image, job.placement, job.variant)))
                     masks.append(None if mask is None else _mask_tensor(apply_variant(mask, job.placement,
                                                                                        job.variant)))
+                progress.advance(task, len(chunk) - len(read))
+                if not read:
+                    continue
+                chunk = read
                 seeds = [int(job.key[:16], 16) for job in chunk]  # the key is a sha256: its own seed
                 latents = encode_images(vae, torch.stack(pixels), seeds).cpu()
                 for i, job in enumerate(chunk):
@@ -316,7 +326,7 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
                     store.save(job.key, entry)
                     encoded += 1  # (each as it is written: what a Ctrl-C says is kept)
                 progress.advance(task, len(chunk))
-    return encoded
+    return encoded, unreadable
 
 
 def encode_texts(jobs: list[TextJob], store: TensorStore, encode, batch_size: int, console: Console) -> int:

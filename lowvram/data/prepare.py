@@ -34,6 +34,7 @@ from lowvram.data.cache import (
 from lowvram.data.check import ScannedSets, folder_config, folder_options
 from lowvram.data.dataset import TrainingData
 from lowvram.data.epochs import Epochs, Sample, placements
+from lowvram.errors import LowvramError
 from lowvram.memory import PhasePeaks
 from lowvram.models.conditioning import set_vae_tiling
 from lowvram.models.families import prompt_reading
@@ -147,8 +148,10 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
     set_vae_tiling(model.vae, config.memory.vae_tiling)
     with peaks.phase("latent caching") if peaks else nullcontext():
         model.vae.to(device)
-        encoded_latents = encode_latents(missing_latents, latent_store, model.vae, batch, console)
+        encoded_latents, unreadable = encode_latents(missing_latents, latent_store, model.vae, batch, console)
         model.vae.to("cpu")
+    if unreadable:
+        samples = _readable(samples, unreadable, console)
     for store in (latent_store, text_store):
         if store.orphans_removed:
             console.print(f"removed {store.orphans_removed} temporary file(s) a killed run left in {store.root}")
@@ -182,6 +185,17 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
     data = TrainingData(samples[0], samples[1], config.training.batch_size, config.training.seed, captions,
                         latent_store, text_store, empty_key, config.data.reg_balance)
     return PreparedData(data, encoded_latents, encoded_texts, sample_embeddings, samples[2])
+
+
+def _readable(samples: list[list[Sample]], unreadable: dict[str, str], console: Console) -> list[list[Sample]]:
+    """`samples` less the images that could not be read when their latents were encoded, said in one line."""
+    kept = [[sample for sample in group if not unreadable.keys() & set(sample.latent_keys)] for group in samples]
+    if not kept[0]:
+        raise LowvramError(f"no image of the dataset could be read when caching: {next(iter(unreadable.values()))}")
+    gone = sum(map(len, samples)) - sum(map(len, kept))
+    console.print(f"[yellow]warning:[/] {gone} image(s) left out of this run, unreadable since the scan: "
+                  f"{next(iter(unreadable.values()))}", soft_wrap=True)
+    return kept
 
 
 def _say_in_memory(console: Console, reason: str) -> None:
