@@ -652,3 +652,14 @@ def test_a_linked_copy_is_named_as_one_and_not_to_be_deleted_as_a_duplicate(tmp_
     notes = {r.relpath: r.notes for r in scan_dataset(root, TINY).usable}
     assert notes["10_cat/a.png"][-1] == ("linked copy of 05_alias/a.png: the same file through a link (both train, "
                                          "their repeats adding up; remove the link, 05_alias/a.png, not the file)")
+
+
+def test_a_notes_kind_is_its_text_before_its_aside_not_cut_at_a_colon_inside_it(tmp_path):
+    """The note on a caption read from its .caption file holds a colon in its bracketed aside: the summary (and
+    check-data's report.json) keyed it "... as it has no .txt (kohya and OneTrainer read one extension alone"."""
+    root = tmp_path / "d"
+    (root / "10_cat").mkdir(parents=True)
+    drawn(colour=(200, 0, 0)).save(root / "10_cat" / "a.png")
+    (root / "10_cat" / "a.caption").write_text("a cat")
+    counted = scan_dataset(root, TINY).summary()["notes"]
+    assert counted == {"caption read from its .caption file, as it has no .txt": 1}, counted

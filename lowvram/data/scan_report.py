@@ -68,8 +68,9 @@ def per_epoch(images: int, repeats: float) -> int:
 
 
 def _kind(text: str) -> str:
-    """'too small: 1x1 ...' -> 'too small'; 'duplicate of a.png' -> 'duplicate': counts in the summary."""
-    return re.sub(r" of .*| x[\d.]+", "", text.split(":")[0])
+    """'too small: 1x1 ...' -> 'too small'; 'duplicate of a.png' -> 'duplicate': counts in the summary. A note's
+    aside in brackets is no part of its kind (one holding a colon was cut in its middle)."""
+    return re.sub(r" of .*| x[\d.]+", "", re.split(r":| \(", text)[0])
 
 
 def _in_number_order(text: str) -> list:
