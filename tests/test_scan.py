@@ -663,3 +663,21 @@ def test_a_notes_kind_is_its_text_before_its_aside_not_cut_at_a_colon_inside_it(
     (root / "10_cat" / "a.caption").write_text("a cat")
     counted = scan_dataset(root, TINY).summary()["notes"]
     assert counted == {"caption read from its .caption file, as it has no .txt": 1}, counted
+
+
+def test_the_bucket_table_counts_an_epochs_samples_with_repeats_beside_the_images(tmp_path):
+    """kohya's bucket info (and the LoRA's ss_bucket_info) count a bucket's samples with repeats: the table gave
+    the images alone, which read as a bucket of 4 where an epoch draws 10."""
+    root = tmp_path / "d"
+    for folder, sizes in (("3_a", [(64, 64)] * 3), ("1_b", [(96, 64), (96, 64), (64, 64)])):
+        (root / folder).mkdir(parents=True)
+        for i, size in enumerate(sizes):
+            drawn(size=size, colour=(i * 60, len(folder), 0)).save(root / folder / f"{i}.png")
+    report = scan_dataset(root, TINY)
+    summary = report.summary()
+    assert summary["buckets"] == {"64x64": 4, "80x48": 2}
+    assert summary["bucket_samples_per_epoch"] == {"64x64": 10, "80x48": 2}
+    out = io.StringIO()
+    report.print_summary(Console(file=out, width=200, color_system=None))
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.getvalue().splitlines()]
+    assert ["64x64", "4", "10"] in rows and ["80x48", "2", "2"] in rows

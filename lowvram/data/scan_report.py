@@ -110,13 +110,18 @@ class ScanReport:
             f["images"] += 1
             f["usable" if r.usable else "skipped"] += 1
         buckets = Counter(f"{r.bucket[0]}x{r.bucket[1]}" for r in usable)
+        drawn: Counter = Counter()  # with repeats, as kohya's bucket info and the LoRA's ss_bucket_info count them
+        for (bucket, _, repeats), count in Counter((r.bucket, r.folder, r.repeats) for r in usable).items():
+            drawn[f"{bucket[0]}x{bucket[1]}"] += per_epoch(count, repeats)
         return {"images": len(self.records), "usable": len(usable), "skipped": len(self.records) - len(usable),
                 "samples_per_epoch": sum(per_epoch(count, repeats) for (_, repeats), count in
                                          Counter((r.folder, r.repeats) for r in usable).items()),
                 "folders": folders,
                 "skipped_by_reason": dict(Counter(_kind(r.reason or "") for r in self.skipped)),
                 "notes": dict(Counter(_kind(n) for r in usable for n in r.notes)),
-                "buckets": dict(sorted(buckets.items(), key=lambda item: _in_number_order(item[0])))}
+                "buckets": dict(sorted(buckets.items(), key=lambda item: _in_number_order(item[0]))),
+                "bucket_samples_per_epoch": {shape: drawn[shape] for shape in sorted(
+                    buckets, key=_in_number_order)}}
 
     @property
     def passed_over_count(self) -> str:
@@ -181,7 +186,13 @@ class ScanReport:
             kinds = ", ".join(f"{k} ({n})" for k, n in summary["notes"].items())
             console.print(f"{len(noted)} usable files have notes: {kinds}; {LISTS_EACH} them")
         if summary["buckets"]:
-            console.print(_table("buckets", ("bucket", "images"), summary["buckets"].items()))
+            per_epoch_counts = summary["bucket_samples_per_epoch"]
+            if list(per_epoch_counts.values()) == list(summary["buckets"].values()):
+                console.print(_table("buckets", ("bucket", "images"), summary["buckets"].items()))
+            else:  # repeats: an epoch's count per bucket is what kohya users read as a bucket's size
+                console.print(_table("buckets", ("bucket", "images", "per epoch (with repeats)"),
+                                     [(shape, count, per_epoch_counts[shape])
+                                      for shape, count in summary["buckets"].items()]))
         legacy = [r.non_utf8_caption for r in self.records if r.non_utf8_caption]
         if legacy:
             were = "caption was" if len(legacy) == 1 else "captions were"
