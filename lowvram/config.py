@@ -48,6 +48,7 @@ ZERO_SNR_NEEDS_V = ("the last timestep's input is pure noise, in which an epsilo
                     "needs a v-prediction model (--prediction-type v_prediction if the model is one)")
 DEFAULT_EPOCHS = 10  # the run's length where neither --max-steps nor --epochs says it
 DEFAULT_SEED = 42
+KOHYA_SS_MODEL_FOLDER = "model"  # where kohya_ss's Dataset Preparation puts a project's LoRAs, beside img/ and log/
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")  # the names of lowvram.models.families.FAMILIES, as LORA_LAYERS
 FORMATS = ("kohya", "diffusers")
 SAMPLE_DATA = "sample"
@@ -712,7 +713,12 @@ class RunConfig:
 
     @property
     def output_name(self) -> str:
-        return self.output.name or self.output_dir.resolve().name
+        """--name, else the output folder's name; a kohya_ss project's model/ folder (beside its img/) names no
+        LoRA: the project's folder does (every project's LoRA was model.safetensors, colliding in ComfyUI's list)."""
+        folder = self.output_dir.resolve()
+        if not self.output.name and folder.name.lower() == KOHYA_SS_MODEL_FOLDER and (folder.parent / "img").is_dir():
+            return folder.parent.name
+        return self.output.name or folder.name
 
     def to_toml_dict(self) -> dict[str, dict[str, Any]]:
         """Sections of set values (TOML has no null), in the form `--config` reads back."""

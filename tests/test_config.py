@@ -530,3 +530,14 @@ def test_every_file_and_new_folder_lowvram_writes_is_one_windows_can_open(tmp_pa
         assert main(command) == 2, command
         assert says in capsys.readouterr().err, command
     assert not any(tmp_path.iterdir())  # nothing made
+
+
+def test_a_kohya_ss_projects_model_folder_names_no_lora_its_project_does(tmp_path):
+    """kohya_ss's Dataset Preparation makes img/ log/ model/ in a project: with --output model every project's LoRA
+    was model.safetensors, and the second one's --copy-to to ComfyUI's folder was refused as taken."""
+    project = tmp_path / "char 1"
+    (project / "model").mkdir(parents=True)
+    assert run_config(output=str(project / "model")).output_name == "model"  # no img/ beside it: a folder like any
+    (project / "img").mkdir()
+    assert run_config(output=str(project / "model")).output_name == "char 1"
+    assert run_config(output=str(project / "model"), name="mine").output_name == "mine"
