@@ -27,7 +27,7 @@ from lowvram.files import (
 )
 from lowvram.option_values import parse_save_every, positive
 from lowvram.prompts import parse_prompt, unread_syntax
-from lowvram.run_files import LONGEST_SUFFIX, LORA_SUFFIX, copy_destination, final_lora, lora_list_folder
+from lowvram.run_files import LONGEST_SUFFIX, LORA_LISTS, LORA_SUFFIX, copy_destination, final_lora, lora_list_folder
 from lowvram.samplers import sampler_problem
 
 # the longest file a run names after its LoRA, written through a temporary name first, within a file name's bytes
@@ -49,9 +49,11 @@ def _copy_problems(c: RunConfig) -> list[str]:
 
 
 def _same_but_case(folder: Path) -> Path | None:
-    """The folder beside `folder` whose name is its own but for case, - and _ (Lora for lora), if any."""
+    """The folder beside `folder` whose name is its own but for case, - and _ (Lora for lora), if any; in a models/
+    folder, any LoRA list's (loras for Lora: ComfyUI's, where AUTOMATIC1111's was typed)."""
     def plain(name: str) -> str:
-        return name.lower().replace("-", "").replace("_", "")
+        lora_list = folder.parent.name.lower() == "models" and name.lower() in LORA_LISTS
+        return "loras" if lora_list else name.lower().replace("-", "").replace("_", "")
 
     try:
         return next((entry for entry in folder.parent.iterdir() if entry.is_dir() and plain(entry.name) ==

@@ -361,7 +361,10 @@ def test_copy_to_names_a_safetensors_file_or_a_folder_outside_the_runs_own_lora(
                        (tmp_path / "file" / "x", "--copy-to: can't write in"),
                        # a typo beside AUTOMATIC1111's LoRA folder: it was made, the LoRA never in its list
                        (tmp_path / "models" / "lora", (f"--copy-to: {tmp_path / 'models' / 'lora'} does not exist, "
-                        f"but {tmp_path / 'models' / 'Lora'} does; give that folder, or make"))):
+                        f"but {tmp_path / 'models' / 'Lora'} does; give that folder, or make")),
+                       # AUTOMATIC1111's name where ComfyUI's folder is: a Lora/ beside loras/ listed by neither
+                       (tmp_path / "models" / "loras", (f"--copy-to: {tmp_path / 'models' / 'loras'} does not "
+                        f"exist, but {tmp_path / 'models' / 'Lora'} does"))):
         (tmp_path / "file").write_bytes(b"")
         (tmp_path / "models" / "Lora").mkdir(parents=True, exist_ok=True)
         assert main([*argv, "--copy-to", str(copy)]) == 2
