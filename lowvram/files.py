@@ -171,10 +171,12 @@ def windows_path_hint(path: str | os.PathLike) -> str:
     r"""Why a path with backslashes is not found here: Windows writes folders so. On WSL, the path that is the
     Windows one here (C:\Users\me is /mnt/c/Users/me; \\wsl.localhost\Ubuntu\home\me is /home/me)."""
     text = str(path)
-    if os.sep != "/":
-        return ""
     if text.endswith('"') and '"' in text[:-1]:  # (Explorer's "Copy as path" quotes what it copies)
         return "; the quotes are part of that name (Windows' Copy as path adds them): leave them out"
+    if text.endswith("'") and re.search(r"(^|[\\/])'", text[:-1]):  # (cmd.exe passes single quotes on as they are)
+        return "; the quotes are part of that name (cmd.exe keeps single quotes): leave them out, or use \"\""
+    if os.sep != "/":
+        return ""
     if share := WSL_SHARE.search(text):
         here = (share.group(3) or "\\").replace("\\", "/")
         return f"; that is how Windows names this WSL machine's {here}: give {here}"
@@ -191,7 +193,15 @@ def windows_path_hint(path: str | os.PathLike) -> str:
                     f"; that is a Windows path: here it would be {here}, which is not there either")
         return "; that is a Windows path: give where it is on this machine" + (
             ", with / between folders" if "\\" in text else "")
-    return "; written as a Windows path: write it with / between folders here" if "\\" in text else ""
+    if "\\" not in text:
+        return ""
+    slashed = text.replace("\\", "/")
+    try:
+        found = Path(slashed).exists()
+    except OSError:
+        found = False
+    return f"; written as a Windows path: here it is {slashed}" if found else \
+        "; written as a Windows path: write it with / between folders here"
 
 
 def decode_hint(text: str, exc: Exception) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import tomllib
@@ -238,6 +239,9 @@ def test_a_windows_path_not_found_here_says_to_write_it_with_slashes(tmp_path):
         assert any(line.endswith(end) and "10_cat" in line for line in str(error.value).splitlines()), str(error.value)
     missing = "C:\\models\\v1-5"
     assert str(path_not_found("--model", missing)) == f"--model: file or folder not found: {missing}{drive}"
+    (tmp_path / "My LoRAs" / "char 1").mkdir(parents=True)  # there, written with \\: the path to give, named
+    with pytest.raises(LowvramError, match=re.escape(f"written as a Windows path: here it is {tmp_path}/My LoRAs/char 1")):
+        run_config(data=str(tmp_path / "My LoRAs\\char 1"))
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
@@ -253,7 +257,8 @@ def test_on_wsl_a_windows_path_not_found_names_the_path_it_is_here(tmp_path, mon
                         ("C:/Users/me/gone", f"here it would be {tmp_path / 'mnt/c/Users/me/gone'}, which is not there"),
                         ("\\\\wsl.localhost\\Ubuntu\\home\\me\\img",
                          "that is how Windows names this WSL machine's /home/me/img: give /home/me/img"),
-                        ('"C:\\Users\\me\\My LoRA\\img"', "the quotes are part of that name")):
+                        ('"C:\\Users\\me\\My LoRA\\img"', "the quotes are part of that name"),
+                        ("'My LoRA/img'", "the quotes are part of that name (cmd.exe keeps single quotes)")):
         with pytest.raises(LowvramError) as error:
             run_config(data=given)
         assert str(error.value).endswith(says) or says in str(error.value), (given, str(error.value))
