@@ -464,7 +464,8 @@ def test_copy_to_a_lora_folder_writes_automatic1111s_card_files_and_keeps_the_us
 
 def test_a_kohya_concepts_folder_name_is_its_cards_activation_text(tmp_path, capsys):
     """kohya_ss's GUI has no trigger word field: a 20_mystyle style folder's LoRA had an empty card and no trigger
-    words. Captions of their own without the words, or several concepts, offer none."""
+    words. Captions of their own without the words offer none; several concepts offer each one's words whose
+    captions hold them (a two-concept dataset's card was empty)."""
     from lowvram.data.sample import write_sample_dataset
 
     images = sorted((write_sample_dataset(tmp_path / "source") / "5_lvshape").glob("*.png"))[:3]
@@ -490,6 +491,16 @@ def test_a_kohya_concepts_folder_name_is_its_cards_activation_text(tmp_path, cap
     (folder / images[1].name).with_suffix(".txt").write_text("a cloud")  # most captions without the words: none
     assert main([*argv, "--output", str(tmp_path / "v2")]) == 0
     assert json.loads((loras / "v2.json").read_text()) == {"sd version": "SD1"}
+    other = tmp_path / "img" / "10_ohwx cat"
+    other.mkdir()
+    for image in images[:2]:
+        shutil.copy(image, other)  # uncaptioned: its folder's name is their caption
+    assert main([*argv, "--output", str(tmp_path / "v3")]) == 0
+    assert json.loads((loras / "v3.json").read_text()) == {"sd version": "SD1", "activation text": "ohwx cat"}
+    (folder / images[1].name).with_suffix(".txt").unlink()
+    assert main([*argv, "--output", str(tmp_path / "v4")]) == 0
+    assert json.loads((loras / "v4.json").read_text()) == {"sd version": "SD1",
+                                                           "activation text": "ohwx cat, mystyle style"}
     capsys.readouterr()
 
 

@@ -251,14 +251,19 @@ def concept_of(record) -> str | None:
 
 
 def concept_words(records: list) -> str | None:
-    """The words of a dataset of one kohya concept, its N_name folders' name (`10_mystyle style`: "mystyle style"),
-    where most of its captions hold them (those without a caption file are captioned so): its LoRA's card offers
-    them as its activation text where no --trigger-word names them (kohya_ss's GUI has no such field: the card was
-    empty). None for several concepts, images of no N_name folder, or captions of their own without the words."""
-    labels = {concept_of(record) for record in records}
-    label = (labels.pop() or "").strip() if len(labels) == 1 else ""  # (as its images train: ohwx_char, not split)
-    holding = sum(1 for record in records if has_word(record.caption, label)) if label else 0
-    return label if label and holding * 2 > len(records) else None
+    """The words of a dataset's kohya concepts, each its N_name folders' name (`10_mystyle style`: "mystyle style"),
+    where most of its images' captions hold them (those without a caption file are captioned so), comma-separated
+    as a merge's: its LoRA's card offers them as its activation text where no --trigger-word names them (kohya_ss's
+    GUI has no such field: the card was empty). None for images of no N_name folder, or captions of their own
+    without the words."""
+    by_label: dict[str, list] = {}
+    for record in records:
+        by_label.setdefault((concept_of(record) or "").strip(), []).append(record)  # (ohwx_char as it trains)
+    if "" in by_label:
+        return None
+    held = [label for label, own in by_label.items()
+            if sum(1 for record in own if has_word(record.caption, label)) * 2 > len(own)]
+    return ", ".join(held) or None
 
 
 def trigger_of_one_concept(records: list, trigger: str | None) -> str | None:
