@@ -93,6 +93,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_num_batches_per_epoch": str(shape.batches_per_epoch),
         "ss_num_epochs": str(shape.epochs),
         "ss_gradient_checkpointing": str(config.memory.gradient_checkpointing),
+        "ss_cache_latents": "True",  # (lowvram trains from cached latents always)
+        "ss_max_grad_norm": f"{config.optim.max_grad_norm:g}",
         "ss_lr_warmup_steps": f"{config.optim.warmup_steps:g}",
         # (Adafactor's own step sizes read no rate: None, as kohya writes it, not one the run never used)
         "ss_learning_rate": "None" if own_steps else f"{config.lr:g}",
