@@ -177,6 +177,24 @@ def test_a_disk_without_room_for_the_last_checkpoint_after_an_earlier_one_says_t
     assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
 
 
+def test_checkpoints_a_save_prunes_go_first_where_the_disk_has_no_room_for_it_beside_them(
+        uninterrupted, sample_data_module, small_disk):
+    """--keep-checkpoints 2 on a drive with room for two: the third was refused for want of the room the second
+    oldest, pruned after it, held (a quota-full Drive: each retry stopped at the same checkpoint)."""
+    mount, _ = small_disk
+    lora_kib = uninterrupted["sizes"]["out.safetensors"] // 1024
+    checkpoint_kib = sum(uninterrupted["sizes"][name] for name in ("adapters.safetensors", "optimizer.safetensors",
+                                                                    "rng.safetensors", "state.json")) // 1024
+    out = mount("out", 1024 + int(2.5 * checkpoint_kib) + lora_kib + 64)  # two checkpoints and the LoRA, not three
+    done = run([*cli(out, sample_data_module)[:-4], "--checkpoint-every", str(STEPS // 4), "--keep-checkpoints", "2"],
+               cached_env(uninterrupted))
+    assert done.returncode == 0, done.stderr
+    assert [path.name for _, path in checkpoint_folders.complete(out / "checkpoints")] == [
+        f"step-{STEPS * 3 // 4:06d}", f"step-{STEPS:06d}"]
+    assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
+    assert_output_sound(out)
+
+
 def test_ctrl_c_on_a_disk_with_room_for_the_lora_but_not_the_checkpoint_keeps_the_lora(
         uninterrupted, sample_data_module, small_disk):
     """The interrupted run's save wrote its checkpoint first, which did not fit, and so no LoRA either."""

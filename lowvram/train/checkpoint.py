@@ -94,7 +94,15 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     rng = {f"rank{rank}/{key}": value for rank, states in enumerate(rng_states) for key, value in states.items()}
     averaged = {str(i): t.detach().cpu().contiguous() for i, t in enumerate(ema.shadow_params)} if ema else {}
     size = sum(t.nbytes for part in (adapters, optimizer_tensors, rng, averaged) for t in part.values()) + 2**16
-    ensure_room(root, size, f"checkpoint {final.name}")  # before writing: a full disk stops it cleanly
+    try:
+        ensure_room(root, size, f"checkpoint {final.name}")  # before writing: a full disk stops it cleanly
+    except DiskFull:  # the checkpoints this save prunes, gone first (the newest kept: the run resumes from it)
+        mine = [path for _, path in complete(root, run_recipe)]
+        if len(mine) <= max(keep - 1, 1):
+            raise
+        for old in mine[:-max(keep - 1, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+        ensure_room(root, size, f"checkpoint {final.name}")
     try:
         make_folders(root)
         tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
