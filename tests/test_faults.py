@@ -105,12 +105,18 @@ def test_a_disk_that_fills_up_at_a_checkpoint_stops_the_run_in_one_line_and_resu
         uninterrupted, sample_data_module, small_disk):
     mount, grow = small_disk
     checkpoint_kib = uninterrupted["sizes"]["optimizer.safetensors"] // 1024 * 3 + 64
-    out = mount("out", 1024 + 5 * checkpoint_kib)  # about five checkpoints beside the 1 MiB kept spare
+    out = mount("out", 1024 + 5 * checkpoint_kib + 100)  # about five checkpoints beside the 1 MiB kept spare
+    (out / "archive" / "20261201-101010").mkdir(parents=True)  # an earlier branch's files: what can go, named
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(25 * 1024)}, str(out / "archive" / "20261201-101010" / "out-step00000004.safetensors"))
     env = cached_env(uninterrupted)
     failed = run(cli(out, sample_data_module), env)
     assert failed.returncode == 2, failed.stderr
     line = failed.stderr.strip()
     assert len(line.splitlines()) == 1 and "no room for checkpoint step-" in line and f"in {out / 'checkpoints'}" in line
+    assert re.search(rf"10\d KiB of earlier runs' and branches' files in {re.escape(str(out))}/archive/, which can "
+                     "go", line), line
     kept = checkpoint_folders.latest(out / "checkpoints")
     assert kept is not None and f"kept: checkpoint {kept.name}" in line and "--resume auto" in line
     assert_output_sound(out)

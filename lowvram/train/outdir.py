@@ -24,7 +24,15 @@ from pathlib import Path
 from lowvram.config import RunConfig, fields_by_name
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, Refused, shell_line
-from lowvram.files import DiskFull, make_folders, not_found_hint, remove_orphans, write_problem, write_text
+from lowvram.files import (
+    DiskFull,
+    human_size,
+    make_folders,
+    not_found_hint,
+    remove_orphans,
+    write_problem,
+    write_text,
+)
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import HASHES, RECIPE_KEY, addnet_hash, hashes
 from lowvram.resolve import ResolvedRun
@@ -554,6 +562,9 @@ def out_of_room(run: ResolvedRun, exc: DiskFull, processes: int = 1) -> LowvramE
     if exc.finished is not None:  # the run's end, whole: nothing to continue
         return LowvramError(f"{exc.reason}; kept: {', '.join(kept)}, the run's last step, whole; to train it on, "
                             f"{exc.remedy}, then {train_on_from(exc.finished)}")
+    if (folder / ARCHIVE).is_dir():  # what a user short of room looks for first: what can go
+        held = sum(path.stat().st_size for path in (folder / ARCHIVE).rglob("*") if path.is_file())
+        kept.append(f"{human_size(held)} of earlier runs' and branches' files in {folder / ARCHIVE}/, which can go")
     if newest:
         then = "continue with: " + continue_line(folder, name, processes)
     elif (folder / final_lora(name)).exists():  # the LoRA the user trained for is whole: it is the way on
