@@ -111,6 +111,13 @@ def test_a_new_run_in_a_folder_holding_another_runs_checkpoints_stops_and_loses_
                                   "--name x "
                                   "--resume auto, start over "
                                   f"with --overwrite (its files move to {out / ARCHIVE}/)")
+    (out / "x.toml").rename(out / "x x.toml")  # a name with a space (a Drive folder's): quoted, to paste
+    record = (out / "lowvram-run.json").read_bytes()
+    (out / "lowvram-run.json").write_text(json.dumps(json.loads(record) | {"name": "x x"}))
+    with pytest.raises(LowvramError, match="continue x x with --name 'x x' --resume auto"):
+        train(renamed)
+    (out / "x x.toml").rename(out / "x.toml")
+    (out / "lowvram-run.json").write_bytes(record)
     assert snapshot(out) == before  # nothing written, nothing pruned
 
     # --overwrite: the earlier run's files move to archive/, and this run's own final checkpoint survives pruning

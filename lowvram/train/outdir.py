@@ -321,7 +321,7 @@ def ownership_problem(run: ResolvedRun) -> str | None:
                 own = own.with_name(f"{config.output_name}_run")
             resume = (f"train {config.output_name} into a folder of its own, one run per folder (--output "
                       f"{shell_line(own)} --copy-to {shell_line(folder)} puts its LoRA here too), "
-                      + (f"continue {named} with --name {named} --resume auto, " if checkpoints else ""))
+                      + (f"continue {named} with --name {shell_line(named)} --resume auto, " if checkpoints else ""))
         return (f"--output: {folder} holds {what}{steps}; {resume}"
                 f"{_start_over(folder, archived(folder, record, config.output_name), 'its files')}"
                 + ("" if named else ", or choose another --output"))
