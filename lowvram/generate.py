@@ -358,9 +358,36 @@ def lora_problems(sources: list[tuple[Path, float]]) -> list[str]:
             problems.append(f"--lora: {path} is not a .safetensors file")
         elif model := base_model_words(path):
             problems.append(f"--lora: {path} is {model[0]}, not a LoRA; {model[1]}")
+        elif words := _checkpoint_adapters(path):
+            problems.append(f"--lora: {path} is {words}")
         elif not _any_lora_names(path):  # a VAE, an embedding: diffusers said "Invalid LoRA checkpoint"
             problems.append(f"--lora: {path}: {no_layers_why(path)}")
     return problems
+
+
+def _checkpoint_adapters(path: Path) -> str:
+    """Why a run's checkpoint's adapters.safetensors is no LoRA to preview, and the LoRA of its step where the run
+    wrote one; "" for any other file (diffusers said it "placed none of its layers", after loading the model)."""
+    from lowvram.errors import shell_line
+    from lowvram.run_files import written_checkpoints
+    from lowvram.train.checkpoint_folders import ADAPTERS
+
+    found = [step for step, folder in written_checkpoints(path.parent.parent) if folder == path.parent]
+    if path.name != ADAPTERS or not found:
+        return ""
+    step = found[0]
+
+    def steps_of(lora: Path) -> str:
+        try:
+            return read_header(lora)[0].get("ss_steps", "")
+        except (OSError, ValueError):
+            return ""
+
+    saves = [lora for lora in sorted(path.parent.parent.parent.glob("*.safetensors")) if steps_of(lora) == str(step)]
+    return ("a lowvram checkpoint's adapters, not a LoRA (they lack its alphas): "
+            + (f"preview step {step} with its LoRA, --lora {shell_line(saves[0])}" if saves else
+               f"the run wrote no LoRA at step {step} (--save-every writes one at each save of its steps); its LoRA "
+               "files are beside its checkpoints/ folder"))
 
 
 def _embedding_pickle(path: Path) -> str:

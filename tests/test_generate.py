@@ -69,6 +69,24 @@ def test_the_lora_of_a_run_not_ended_yet_says_how_to_continue_it(tmp_path, capsy
             in capsys.readouterr().err)
 
 
+def test_a_checkpoints_adapters_as_lora_name_the_lora_of_their_step(tmp_path, capsys):
+    """A notebook user previewing a checkpoint: diffusers "placed none of its layers ... is it a LoRA for this
+    model?" after loading the model, of lowvram's own file."""
+    train(run_config(output=str(tmp_path / "run"), max_steps=2, checkpoint_every=1, save_every="1"))
+    capsys.readouterr()
+    for step, said in ((1, f"preview step 1 with its LoRA, --lora {tmp_path / 'run' / 'run-step00000001.safetensors'}"),
+                       (2, f"preview step 2 with its LoRA, --lora {tmp_path / 'run' / 'run.safetensors'}")):
+        adapters = tmp_path / "run" / "checkpoints" / f"step-{step:06d}" / "adapters.safetensors"
+        assert main(["generate", "--model", "tiny", "--lora", str(adapters), "--prompt", "x"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"--lora: {adapters} is a lowvram checkpoint's adapters, not a LoRA (they lack its alphas): {said}" \
+            in err, err
+    (tmp_path / "run" / "run-step00000001.safetensors").unlink()
+    assert main(["generate", "--model", "tiny", "--lora", str(adapters.parent.parent / "step-000001" / adapters.name),
+                 "--prompt", "x"]) == 2
+    assert "the run wrote no LoRA at step 1 (--save-every" in capsys.readouterr().err
+
+
 def test_a_long_prompt_is_read_past_75_tokens(tmp_path):
     head = ", ".join(f"tag{i}" for i in range(45))  # past 75 tokens
     red = render(tmp_path, "red", "--prompt", f"{head}, a red circle")
