@@ -676,6 +676,8 @@ def test_resuming_past_a_shorter_end_says_which_step_the_lora_is_of(tmp_path, ca
     capsys.readouterr()
     result = train(run_config(output=str(tmp_path), max_steps=2, resume="auto", name="short"))
     out = " ".join(capsys.readouterr().out.split())
+    per_epoch = re.search(r" epochs of (\d+)\)", out).group(1)  # ("2 steps = 0.133 epochs": the checkpoint's 4/30)
+    assert f"| 2 steps (the checkpoint is past them: step 4 = {4 / int(per_epoch):.3g} epochs of {per_epoch}) |" in out
     assert ("nothing left to train: the run ends at step 2, before the checkpoint's 4 (raise --max-steps or --epochs "
             "to train further); writing the LoRA of step 4 from the checkpoint") in out
     assert "trained no further steps (the LoRA is step 4's, from its checkpoint) in 0:00:" in out

@@ -28,12 +28,15 @@ class Schedule:
     # batch count varies with the images its share draws (so steps_per_epoch, epoch 0's, is then approximate)
     epoch_ends: tuple[int, ...] = ()
     epochs: float = 0.0  # the run's length in epochs: the last one's share its steps reach into
+    past_end: int | None = None  # a resumed run's checkpoint step past its end: `epochs` is where that stands
 
     def length(self, fractional: bool) -> str:
         """"200 steps = 10 epochs of 20" (of about 20 where fractional repeats vary an epoch's batches)."""
         epochs = f"{self.epochs:.3g}"
-        return (f"{self.total_steps} steps = {epochs} epoch{'s' * (epochs != '1')} of {'about ' * fractional}"
-                f"{self.steps_per_epoch}")
+        per_epoch = f"{epochs} epoch{'s' * (epochs != '1')} of {'about ' * fractional}{self.steps_per_epoch}"
+        if self.past_end is not None:  # ("12 steps = 0.32 epochs of 50": 0.32 was the checkpoint's step 16)
+            return f"{self.total_steps} steps (the checkpoint is past them: step {self.past_end} = {per_epoch})"
+        return f"{self.total_steps} steps = {per_epoch}"
 
     def trains_text_at(self, step: int) -> bool:
         return self.text_encoder_until is None or step <= self.text_encoder_until
@@ -96,7 +99,7 @@ def plan_schedule(config: RunConfig, data: Epochs, world: int, start: tuple[int,
                     config.validation.validate_every,
                     len(data.batch_shapes()) + len(config.prompt_lines) + 1,
                     until_step, in_steps(config.optim.warmup_steps, total_steps),
-                    tuple(ends[:last + 1]), run_epochs)
+                    tuple(ends[:last + 1]), run_epochs, step if start and total_steps < step else None)
 
 
 def in_steps(given: float, total_steps: int) -> int:
