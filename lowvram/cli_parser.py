@@ -176,6 +176,11 @@ def _unquoted_path(given: list[str], word: str) -> str | None:
 PATH_WORDS = ("dir", "directory", "folder", "path", "file")  # what a flag naming a place is often spelt with
 
 
+# flags a notebook or job script reaches for to quiet or log a run (--quiet, -q, --log-file, --json)
+LOGGING_WORDS = {"quiet", "q", "silent", "no-progress", "no-progress-bar", "log-file", "logfile", "log", "json",
+                 "log-json", "verbose", "v"}
+
+
 def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | None:
     """'did you mean --lr?' for a typo of a lowvram flag, or of the kohya name of one (--lerning_rate)."""
     from lowvram.kohya_names import TRAINING_COMMANDS, others_single_flags
@@ -190,6 +195,10 @@ def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | 
     if command == "caption" and typed in ("caption-prefix", "caption-suffix"):  # (kohya_ss's captioning tab has them)
         return (f"--{typed} is train's and check-data's: it joins each caption as it trains, the files left as they "
                 "are")
+    if command == "train" and typed in LOGGING_WORDS:  # (a notebook's or a scheduler's log: what it already has)
+        return ("train prints plain lines, no live bar, where its output is no terminal: `lowvram train ... > "
+                "train.log 2>&1` keeps a log; each step's figures are in <output>/metrics.jsonl as JSON (--tensorboard "
+                "and --wandb-project log them there too)")
     if typed in ("no-sample", "no-samples", "no-sampling"):  # (a preset's or config's prompts drawn at the end)
         return ("samples are drawn only of --sample-prompt or --sample-prompt-file's prompts: leave them out (or "
                 "--sample-every 0 for none before the end)")

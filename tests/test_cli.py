@@ -80,6 +80,16 @@ def test_a_typo_of_a_flag_or_of_its_kohya_name_suggests_lowvrams_flag(capsys, ty
     assert f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("typed", ["--quiet", "-q", "--log-file", "--json"])
+def test_a_flag_to_quiet_or_log_a_run_says_how_a_run_is_logged(capsys, typed):
+    """A notebook user's --quiet got nothing, --log-file 'did you mean --config?'."""
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "tiny", "--data", "sample", typed])
+    err = capsys.readouterr().err
+    assert f"unknown option {typed} (train prints plain lines, no live bar, where its output is no terminal" in err
+    assert "<output>/metrics.jsonl" in err and "did you mean" not in err
+
+
 @pytest.mark.parametrize("command, typed, meant", [
     ("plan", "--host-ram", "--ram"), ("plan", "--ram-limit", "--ram"), ("plan", "--vram-limit", "--vram"),
     ("plan", "--max-vram", "--vram"), ("plan", "--lr-warmup", "--warmup-steps"), ("plan", "--min-lr", "--min-lr-ratio"),
