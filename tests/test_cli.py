@@ -485,3 +485,18 @@ def test_a_runs_last_line_is_written_whole_through_a_sigterm_and_the_signals_com
     finally:
         signal.signal(signal.SIGTERM, before)
     assert "lowvram train: interrupted; kept: checkpoint step-000001" in capsys.readouterr().err
+
+
+def test_main_from_python_takes_paths_and_numbers_and_returns_the_exit_code(tmp_path, capsys):
+    """The README's notebook use: main([...]) with a pathlib.Path and ints, as a cell writes them; an error is
+    its return value and one printed line, never an exception."""
+    from pathlib import Path
+
+    from lowvram.data.sample import write_sample_dataset
+
+    data = write_sample_dataset(tmp_path / "data")
+    assert main(["train", "--model", "tiny", "--data", Path(data), "--output", tmp_path / "out", "--max-steps", 1,
+                 "--rank", 4]) == 0
+    assert (tmp_path / "out" / "out.safetensors").is_file()
+    assert main(["train", "--model", "tiny", "--data", tmp_path / "missing", "--max-steps", 1]) == 2
+    assert "--data: folder not found" in capsys.readouterr().err
