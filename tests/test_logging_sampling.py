@@ -619,14 +619,16 @@ def test_ctrl_c_while_a_sample_grid_is_drawn_stops_after_that_step(tmp_path, mon
     assert max(steps) == 2
 
 
-def test_a_finished_run_resumed_keeps_its_samples_rather_than_drawing_them_again(tmp_path):
+def test_a_finished_run_resumed_keeps_its_samples_rather_than_drawing_them_again(tmp_path, capsys):
     """A script's `--resume auto` rerun of a finished config trained nothing, but drew every sample again (minutes
-    of an SDXL GPU); a new prompt is drawn."""
+    of an SDXL GPU); a new prompt is drawn. A sample kept is said as kept (its line read as drawn anew)."""
     config = run_config(output=str(tmp_path), name="run", max_steps=2, sample_prompts=["lvshape"], resume="auto")
     first = train(config).samples[0]
     stamp = first.stat().st_mtime_ns
+    capsys.readouterr()
     again = train(config)
     assert again.samples == [first] and first.stat().st_mtime_ns == stamp
+    assert f"sample {first} (drawn already, of this LoRA: kept)" in " ".join(capsys.readouterr().out.split())
     other = train(dataclasses.replace(config, output=dataclasses.replace(config.output, sample_prompts=("a circle",))))
     assert other.samples == [first] and first.stat().st_mtime_ns != stamp
 

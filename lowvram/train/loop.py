@@ -350,7 +350,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     said = ([f"[green]saved[/] {lora_path}"] * written + [f"[green]copied[/] to {copied}"] * bool(copied)
             + [f"[green]saved[/] {diffusers_folder} (diffusers' format: pipe.load_lora_weights on that folder)"]
             * (written and copy_written)
-            + [f"[green]sample[/] {p}" for p in samples])  # (kept: said)
+            + [f"[green]sample[/] {p}" + " (drawn already, of this LoRA: kept)" * (p.stat().st_mtime < started.timestamp())
+               for p in samples])  # (a finished run resumed: its samples kept, not drawn again)
     if said:
         session.console.print("\n".join(said), soft_wrap=True)
     try:
