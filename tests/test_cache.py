@@ -163,21 +163,30 @@ def test_truncated_cache_file_is_rebuilt(tmp_path, sample_data, tiny, monkeypatc
 
 def test_images_gone_or_broken_during_caching_are_left_out_of_the_run_not_stopping_it(tmp_path, sample_data, tiny):
     """Deleted, or cut short, after the scan and before their latents are encoded (a user tidying the dataset
-    during an hour of caching): the run goes on without them, as the scan leaves a bad file out, and says so."""
+    during an hour of caching): the run goes on without them, as the scan leaves a bad file out, and says so; a
+    copy of a deleted image (the scan's "duplicate: delete one") is read in its place and trains."""
+    images = sorted((sample_data / "5_lvshape").glob("*.png"))
+    copy = images[2].with_name("zz_copy.png")
+    shutil.copy(images[2], copy)
     config, cache = setup(tmp_path, sample_data)
     run = resolved(config, cache)
     sets = ScannedSets.whole([scan(run, sample_data, config.data.trigger_word, None)])
-    images = sorted(record.path for record in sets.training)
     images[0].unlink()
     images[1].write_bytes(images[1].read_bytes()[:60])
+    images[2].unlink()  # the copy's latent is this one's: its file was the one read
     console = Console(record=True, width=400)
     prepared = prepare_training_data(run, tiny, sets, torch.device("cpu"), console)
-    assert len(prepared.data.samples) == len(images) - 2
-    assert prepared.encoded_latents == len(images) - 2
+    assert len(prepared.data.samples) == len(images) + 1 - 3
+    assert prepared.encoded_latents == len(images) - 3 + 1
     printed = console.export_text()
-    assert "warning: 2 image(s) left out of this run, unreadable since the scan: " in printed, printed
+    assert "warning: 3 image(s) left out of this run, unreadable since the scan: " in printed, printed
     assert str(images[0]) in printed
-    for image in images[2:]:
+    # what the run's summary, the LoRA's metadata and a checkpoint count: the images that trained
+    assert sorted(record.path for record in sets.training) == sorted([*images[3:], copy])
+    assert len(sets.reports[0].usable) == len(images) + 1 - 3
+    assert {record.path for record in sets.reports[0].skipped} == set(images[:3])
+    sets = ScannedSets.whole([scan(run, sample_data, config.data.trigger_word, None)])
+    for image in [*images[3:], copy]:
         image.unlink()
     with pytest.raises(LowvramError, match="^no image of the dataset could be read when caching: "):  # (none cached)
         prepare_training_data(resolved(config, tmp_path / "new"), tiny, sets, torch.device("cpu"), QUIET)

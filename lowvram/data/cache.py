@@ -282,7 +282,7 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
                    console: Console) -> tuple[int, dict[str, str]]:
     """Encode the given (missing) entries, batched per bucket, less those another run sharing the cache has written
     since they were found missing (runs of a grid started together); returns how many were encoded, and the keys
-    of those whose image could no longer be read (deleted or changed since the scan) with why."""
+    of those whose image could no longer be read (deleted or changed since the scan) with its file and why."""
     from lowvram.models.conditioning import encode_images
 
     missing, encoded, unreadable = jobs, 0, {}
@@ -305,8 +305,8 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
                     try:
                         image, mask = open_training_image(job.record, job.options, job.placement.bucket)
                     except LowvramError as exc:  # gone or changed during a long caching: left out, as the scan
-                        unreadable[job.key] = str(exc)  # leaves a bad file out, not the run stopped
-                        continue
+                        unreadable[job.key] = (job.record.path, str(exc))  # leaves a bad file out, not the run
+                        continue                                           # stopped
                     read.append(job)
                     pixels.append(_to_tensor(apply_variant(image, job.placement, job.variant)))
                     masks.append(None if mask is None else _mask_tensor(apply_variant(mask, job.placement,

@@ -4,8 +4,9 @@ caches, so the VAE (and the frozen text encoders) can leave the GPU for the whol
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -70,6 +71,8 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
     latent_jobs: dict[str, LatentJob] = {}
     text_jobs: dict[str, TextJob] = {}
     samples: list[list[Sample]] = [[], [], []]  # training, regularization, validation
+    origins: list[list[Path]] = [[], [], []]  # each sample's image file
+    copies: dict[str, list[LatentJob]] = {}  # a latent's other images of the same contents (duplicates)
     buckets: dict[int, Buckets] = {}
     plain = AugmentOptions()
     dropping, variant_counts = False, set()  # whether some caption is dropped; the latent variants per image
@@ -103,8 +106,11 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
                     variant = make_variant(record.sha256, v, placement, plain if validating else augment)
                     key = latent_key(record, placement, variant, options, vae_id, model.vae.dtype,
                                      config.memory.vae_tiling)
-                    latent_jobs.setdefault(key, LatentJob(key, record, placement, variant, options))
+                    job = LatentJob(key, record, placement, variant, options)
+                    if latent_jobs.setdefault(key, job).record.path != record.path:  # a copy of an image: read in
+                        copies.setdefault(key, []).append(job)                        # its place if it is gone
                     keys.append(key)
+                origins[report_index].append(record.path)
                 samples[report_index].append(Sample(tuple(dict.fromkeys(keys)), tuple(text_keys), record.caption,
                                                     placement.bucket, record.repeats,
                                                     weight if validating else weight * record.loss_weight,
@@ -149,9 +155,15 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
     with peaks.phase("latent caching") if peaks else nullcontext():
         model.vae.to(device)
         encoded_latents, unreadable = encode_latents(missing_latents, latent_store, model.vae, batch, console)
+        gone = {path: why for path, why in unreadable.values()}
+        while retry := [next(job for job in copies.get(key, ()) if job.record.path not in gone) for key in unreadable
+                        if any(job.record.path not in gone for job in copies.get(key, ()))]:
+            more, unreadable = encode_latents(retry, latent_store, model.vae, batch, console)
+            encoded_latents += more
+            gone |= {path: why for path, why in unreadable.values()}
         model.vae.to("cpu")
-    if unreadable:
-        samples = _readable(samples, unreadable, console)
+    if gone:
+        samples = _readable(samples, origins, gone, sets, console)
     for store in (latent_store, text_store):
         if store.orphans_removed:
             console.print(f"removed {store.orphans_removed} temporary file(s) a killed run left in {store.root}")
@@ -187,14 +199,21 @@ def prepare_training_data(run: ResolvedRun, model, sets: ScannedSets, device: to
     return PreparedData(data, encoded_latents, encoded_texts, sample_embeddings, samples[2])
 
 
-def _readable(samples: list[list[Sample]], unreadable: dict[str, str], console: Console) -> list[list[Sample]]:
-    """`samples` less the images that could not be read when their latents were encoded, said in one line."""
-    kept = [[sample for sample in group if not unreadable.keys() & set(sample.latent_keys)] for group in samples]
+def _readable(samples: list[list[Sample]], origins: list[list[Path]], gone: dict[Path, str], sets: ScannedSets,
+              console: Console) -> list[list[Sample]]:
+    """`samples` less those of the image files that could not be read when their latents were encoded (at every
+    resolution: a latent cached before is of an image the run no longer has), said in one line; `sets` marks them
+    skipped, so that the run's summary, the LoRA's metadata and a checkpoint count the images that trained."""
+    kept = [[sample for sample, path in zip(group, paths) if path not in gone] for group, paths in zip(samples, origins)]
     if not kept[0]:
-        raise LowvramError(f"no image of the dataset could be read when caching: {next(iter(unreadable.values()))}")
-    gone = sum(map(len, samples)) - sum(map(len, kept))
-    console.print(f"[yellow]warning:[/] {gone} image(s) left out of this run, unreadable since the scan: "
-                  f"{next(iter(unreadable.values()))}", soft_wrap=True)
+        raise LowvramError(f"no image of the dataset could be read when caching: {next(iter(gone.values()))}")
+    for report in sets.reports:
+        report.records = [replace(record, usable=False, reason=f"unreadable since the scan: {gone[record.path]}")
+                          if record.path in gone else record for record in report.records]
+    sets.training = [record for record in sets.training if record.path not in gone]
+    sets.held_out = [record for record in sets.held_out if record.path not in gone]
+    console.print(f"[yellow]warning:[/] {len(gone)} image(s) left out of this run, unreadable since the scan: "
+                  f"{next(iter(gone.values()))}", soft_wrap=True)
     return kept
 
 
