@@ -96,11 +96,13 @@ def save(root: Path, position: Position, modules: dict[str, torch.nn.Module], op
     size = sum(t.nbytes for part in (adapters, optimizer_tensors, rng, averaged) for t in part.values()) + 2**16
     try:
         ensure_room(root, size, f"checkpoint {final.name}")  # before writing: a full disk stops it cleanly
-    except DiskFull:  # the checkpoints this save prunes, gone first (the newest kept: the run resumes from it)
-        mine = [path for _, path in complete(root, run_recipe)]
-        if len(mine) <= max(keep - 1, 1):
+    except DiskFull as short:  # the checkpoints this save prunes, gone first where that makes the room (the newest
+        # kept: the run resumes from it; none removed for nothing, where they would not make enough)
+        pruned = [path for _, path in complete(root, run_recipe)][:-max(keep - 1, 1)]
+        if sum(part.stat().st_size for old in pruned for part in old.rglob("*") if part.is_file()) \
+                < short.needed - short.free:
             raise
-        for old in mine[:-max(keep - 1, 1)]:
+        for old in pruned:
             shutil.rmtree(old, ignore_errors=True)
         ensure_room(root, size, f"checkpoint {final.name}")
     try:
