@@ -10,6 +10,7 @@ and the fix.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -22,6 +23,7 @@ from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, Optimizer, optimizer_name, spec_of
 from lowvram.option_values import relocated_source
 from lowvram.prompts import TRIGGER_PLACEHOLDER, SamplePrompt, parse_prompt, read_prompt_file
+from lowvram.run_files import RECORD
 from lowvram.samplers import SAMPLERS, sampler_name
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
 
@@ -48,6 +50,14 @@ ZERO_SNR_NEEDS_V = ("the last timestep's input is pure noise, in which an epsilo
                     "needs a v-prediction model (--prediction-type v_prediction if the model is one)")
 DEFAULT_EPOCHS = 10  # the run's length where neither --max-steps nor --epochs says it
 DEFAULT_SEED = 42
+def _recorded_name(folder: Path) -> str | None:
+    """The run's name its output folder's run record keeps (lowvram.train.outdir's), if any."""
+    try:
+        return json.loads((folder / RECORD).read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 KOHYA_SS_MODEL_FOLDER = "model"  # where kohya_ss's Dataset Preparation puts a project's LoRAs, beside img/ and log/
 FAMILIES = ("sd15", "sdxl", "tiny", "tiny-sdxl")  # the names of lowvram.models.families.FAMILIES, as LORA_LAYERS
 FORMATS = ("kohya", "diffusers")
@@ -716,7 +726,8 @@ class RunConfig:
         """--name, else the output folder's name; a kohya_ss project's model/ folder (beside its img/) names no
         LoRA: the project's folder does (every project's LoRA was model.safetensors, colliding in ComfyUI's list)."""
         folder = self.output_dir.resolve()
-        if not self.output.name and folder.name.lower() == KOHYA_SS_MODEL_FOLDER and (folder.parent / "img").is_dir():
+        if not self.output.name and folder.name.lower() == KOHYA_SS_MODEL_FOLDER and (folder.parent / "img").is_dir() \
+                and _recorded_name(folder) != folder.name:  # (a run named model/ before 2026-12-06 keeps its name)
             return folder.parent.name
         return self.output.name or folder.name
 

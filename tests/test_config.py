@@ -546,3 +546,5 @@ def test_a_kohya_ss_projects_model_folder_names_no_lora_its_project_does(tmp_pat
     (project / "img").mkdir()
     assert run_config(output=str(project / "model")).output_name == "char 1"
     assert run_config(output=str(project / "model"), name="mine").output_name == "mine"
+    (project / "model" / "lowvram-run.json").write_text('{"name": "model"}')  # a run trained there before: its name
+    assert run_config(output=str(project / "model")).output_name == "model"
