@@ -95,7 +95,9 @@ def _merged_modelspec(model: LoadedModel, base: Path, metadata: dict[str, str], 
 
     from lowvram.lora_metadata import modelspec, title_of
 
-    titles = [title_of(base, metadata)]
+    # (a folder's or hub id's whole name: my-model-v1.5, stable-diffusion-xl-base-1.0, not cut at its last dot)
+    titles = [title_of(base, metadata) if base.is_file() else metadata.get("modelspec.title") or base.resolve().name
+              if base.exists() else base.name]
     for path, _ in sources:
         with safe_open(str(path), framework="pt") as handle:
             titles.append(title_of(path, handle.metadata() or {}))

@@ -236,7 +236,7 @@ def test_the_current_folder_as_output_is_named_not_replaced(setup, tmp_path, cap
 def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tmp_path, capsys):
     """kohya's convert_diffusers20_original_sd.py: no LoRA, the model written in the other form, the same model."""
     family, checkpoint, _ = setup
-    folder, single = tmp_path / "folder", tmp_path / "single.safetensors"
+    folder, single = tmp_path / "model-v1.5", tmp_path / "single.safetensors"
     assert main(["merge", "--model", str(checkpoint), "--output", str(folder), "--save-precision", "fp32"]) == 0
     assert main(["merge", "--model", str(folder), "--output", str(single), "--save-precision", "fp32"]) == 0
     assert f"{single}: the model, converted (no LoRA fused in)" in capsys.readouterr().out
@@ -246,5 +246,6 @@ def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tm
     torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
     metadata = safe_open(str(single), framework="pt").metadata()
     assert "lowvram.fused_loras" not in metadata and "modelspec.merged_from" not in metadata
+    assert metadata["modelspec.title"] == "model-v1.5"  # a folder's whole name (its stem was model-v1)
     assert main(["merge"]) == 2
     assert "give the LoRA files to merge" in capsys.readouterr().err
