@@ -219,8 +219,9 @@ def _with_trigger(prompt: SamplePrompt, sources: list[tuple[Path, float]]) -> Sa
             words.append(trigger_words(read_header(path)[0]) if weight else "")
         except (OSError, ValueError):  # (a diffusers LoRA's folder, whose saver keeps no trigger word; a file
             continue  # diffusers reads where lowvram's reader cannot)
-    trigger = ", ".join(dict.fromkeys(word for word in words if word))
-    print(f"--prompt: {TRIGGER_PLACEHOLDER} is " + (f"'{trigger}', the LoRA's trigger word" if trigger else
+    trigger = ", ".join(dict.fromkeys(part.strip() for word in words for part in word.split(",") if part.strip()))
+    plural = "s" * ("," in trigger)  # (several concepts' words: the LoRA's trigger words)
+    print(f"--prompt: {TRIGGER_PLACEHOLDER} is " + (f"'{trigger}', the LoRA's trigger word{plural}" if trigger else
                                                       "left out: no --lora file records a trigger word"))
     return dataclasses.replace(prompt, text=prompt.text.replace(TRIGGER_PLACEHOLDER, trigger),
                                negative=prompt.negative.replace(TRIGGER_PLACEHOLDER, trigger))

@@ -184,7 +184,7 @@ def _prompted_by(read: list) -> dict[str, str]:
     for path, weight, meta, _, _ in read:
         if weight <= 0:  # (a LoRA subtracted brings none of its words)
             continue
-        triggers += [trigger_words(meta)] if trigger_words(meta) else []
+        triggers += [word.strip() for word in trigger_words(meta).split(",") if word.strip()]  # ("a, b" and "b")
         try:
             frequency = json.loads(meta.get("ss_tag_frequency") or "{}")
         except ValueError:

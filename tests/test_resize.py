@@ -264,8 +264,8 @@ def test_merged_files_hold_the_weighted_sum_of_their_updates(trained, second, tm
     assert json.loads(meta["ss_tag_frequency"]) == {  # (the second, subtracted, brings none)
         f"{trained.stem}/{folder}": counts for folder, counts in json.loads(sources[0]["ss_tag_frequency"]).items()}
     zkw = tmp_path / "zkw.safetensors"  # another trigger joins; a LoRA subtracted brings none of its words
-    save_file(load_file(str(second)), str(zkw), sources[1] | {"modelspec.trigger_phrase": "zkw"})
-    for weights, said in ((("1", "1", "1"), "lvshape, zkw"), (("1", "-1", "1"), "lvshape")):
+    save_file(load_file(str(second)), str(zkw), sources[1] | {"modelspec.trigger_phrase": "zkw, lvshape"})
+    for weights, said in ((("1", "1", "1"), "lvshape, zkw"), (("1", "-1", "1"), "lvshape")):  # (each word once)
         assert main(["merge", *(f"{path}:{w}" for path, w in zip((trained, zkw, second), weights)), "--rank", "4",
                      "--output", str(tmp_path / "three.safetensors"), "--overwrite"]) == 0
         meta = safe_open(str(tmp_path / "three.safetensors"), framework="pt").metadata()
