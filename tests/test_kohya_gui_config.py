@@ -402,3 +402,19 @@ def test_check_data_takes_a_gui_configs_hub_model_offline_by_its_sdxl_switch(tmp
     config.write_text(json.dumps(STANDARD | {"pretrained_model_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0",
                                              "sdxl": False, "train_data_dir": str(sample_data), "max_resolution": ""}))
     assert main(["check-data", "--config", str(config)]) == 0, capsys.readouterr().err
+
+
+def test_settings_a_gui_file_leaves_out_are_the_lora_tabs_not_sd_scripts_defaults(tmp_path):
+    """A preset, or a config trimmed by hand: kohya_ss opens it over the LoRA tab's values (buckets on, rank 8,
+    .txt captions, one epoch); lowvram took sd-scripts' (every image cropped square, rank 4, 1600 steps)."""
+    trimmed = {"LoRA_type": "Standard", "pretrained_model_name_or_path": "tiny", "train_data_dir": "sample",
+               "output_name": "x", "network_alpha": 4}
+    values, notes = translate_gui(trimmed, tmp_path / "preset.json")
+    assert {key: values.get(key) for key in ("bucket", "rank", "alpha", "epochs", "caption_extension", "scheduler",
+                                             "max_bucket_side", "optimizer", "max_steps")} == {
+        "bucket": True, "rank": 8, "alpha": 4.0, "epochs": 1, "caption_extension": ".txt", "scheduler": "cosine",
+        "max_bucket_side": 2048, "optimizer": "adamw8bit", "max_steps": None}
+    assert notes[0].startswith("left out of the file, taken as kohya_ss's LoRA tab has them: enable_bucket True, "
+                               "network_dim 8, epoch 1,") and "network_alpha" not in notes[0]
+    values, notes = translate_gui(STANDARD | {"enable_bucket": False}, tmp_path / "gui.json")  # a full file: as it is
+    assert values.get("bucket") is False and not any("left out of the file" in note for note in notes)
