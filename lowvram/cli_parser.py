@@ -178,7 +178,7 @@ PATH_WORDS = ("dir", "directory", "folder", "path", "file")  # what a flag namin
 
 # flags a notebook or job script reaches for to quiet or log a run (--quiet, -q, --log-file, --json)
 LOGGING_WORDS = {"quiet", "q", "silent", "no-progress", "no-progress-bar", "log-file", "logfile", "log", "json",
-                 "log-json", "verbose", "v"}
+                 "log-json"}
 
 
 def _closest_flag(word: str, flags: list[str], command: str = "train") -> str | None:

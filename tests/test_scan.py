@@ -663,6 +663,10 @@ def test_a_notes_kind_is_its_text_before_its_aside_not_cut_at_a_colon_inside_it(
     (root / "10_cat" / "a.caption").write_text("a cat")
     counted = scan_dataset(root, TINY).summary()["notes"]
     assert counted == {"caption read from its .caption file, as it has no .txt": 1}, counted
+    from lowvram.data.scan_report import _kind
+
+    assert _kind("[trigger] (ai-toolkit's placeholder) left out: no --trigger-word") == (
+        "[trigger] (ai-toolkit's placeholder) left out")  # (an aside within it: not cut there)
 
 
 def test_the_bucket_table_counts_an_epochs_samples_with_repeats_beside_the_images(tmp_path):

@@ -68,9 +68,17 @@ def per_epoch(images: int, repeats: float) -> int:
 
 
 def _kind(text: str) -> str:
-    """'too small: 1x1 ...' -> 'too small'; 'duplicate of a.png' -> 'duplicate': counts in the summary. A note's
-    aside in brackets is no part of its kind (one holding a colon was cut in its middle)."""
-    return re.sub(r" of .*| x[\d.]+", "", re.split(r":| \(", text)[0])
+    """'too small: 1x1 ...' -> 'too small'; 'duplicate of a.png' -> 'duplicate': counts in the summary. A colon
+    within brackets ends no kind (one was cut in its aside's middle), and an aside that ends the kind is none of it
+    ("... as it has no .txt (kohya and OneTrainer read ...: ...)"); "[trigger] (ai-toolkit's) left out" is whole."""
+    depth, end = 0, len(text)
+    for i, char in enumerate(text):
+        depth += (char == "(") - (char == ")")
+        if char == ":" and depth == 0:
+            end = i
+            break
+    kind = re.sub(r" \([^()]*\)$| \([^()]*$", "", text[:end])  # (an aside closing it, or cut off in it)
+    return re.sub(r" of .*| x[\d.]+", "", kind)
 
 
 def _in_number_order(text: str) -> list:

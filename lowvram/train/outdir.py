@@ -562,8 +562,9 @@ def out_of_room(run: ResolvedRun, exc: DiskFull, processes: int = 1) -> LowvramE
     if exc.finished is not None:  # the run's end, whole: nothing to continue
         return LowvramError(f"{exc.reason}; kept: {', '.join(kept)}, the run's last step, whole; to train it on, "
                             f"{exc.remedy}, then {train_on_from(exc.finished)}")
-    if (folder / ARCHIVE).is_dir():  # what a user short of room looks for first: what can go
-        held = sum(path.stat().st_size for path in (folder / ARCHIVE).rglob("*") if path.is_file())
+    held = sum(path.stat().st_size for path in (folder / ARCHIVE).rglob("*") if path.is_file()) \
+        if (folder / ARCHIVE).is_dir() else 0
+    if held:  # what a user short of room looks for first: what can go
         kept.append(f"{human_size(held)} of earlier runs' and branches' files in {folder / ARCHIVE}/, which can go")
     if newest:
         then = "continue with: " + continue_line(folder, name, processes)
