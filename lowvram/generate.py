@@ -370,13 +370,15 @@ def _checkpoint_adapters(path: Path) -> str:
     """Why a run's checkpoint's adapters.safetensors is no LoRA to preview, and the LoRA of its step where the run
     wrote one; "" for any other file (diffusers said it "placed none of its layers", after loading the model)."""
     from lowvram.errors import shell_line
-    from lowvram.run_files import written_checkpoints
+    from lowvram.run_files import CHECKPOINTS, written_checkpoints
     from lowvram.train.checkpoint_folders import ADAPTERS
 
+    path = path.absolute()  # (given from inside its step's folder: adapters.safetensors alone)
     found = [step for step, folder in written_checkpoints(path.parent.parent) if folder == path.parent]
     if path.name != ADAPTERS or not found:
         return ""
     step = found[0]
+    run = path.parent.parent.parent if path.parent.parent.name == CHECKPOINTS else path.parent.parent  # (archive/T/)
 
     def steps_of(lora: Path) -> str:
         try:
@@ -384,7 +386,7 @@ def _checkpoint_adapters(path: Path) -> str:
         except (OSError, ValueError):
             return ""
 
-    saves = [lora for lora in sorted(path.parent.parent.parent.glob("*.safetensors")) if steps_of(lora) == str(step)]
+    saves = [lora for lora in sorted(run.glob("*.safetensors")) if steps_of(lora) == str(step)]
     return ("a lowvram checkpoint's adapters, not a LoRA (they lack its alphas): "
             + (f"preview step {step} with its LoRA, --lora {shell_line(saves[0])}" if saves else
                f"the run wrote no LoRA at step {step} (--save-every writes one at each save of its steps); its LoRA "

@@ -69,7 +69,7 @@ def test_the_lora_of_a_run_not_ended_yet_says_how_to_continue_it(tmp_path, capsy
             in capsys.readouterr().err)
 
 
-def test_a_checkpoints_adapters_as_lora_name_the_lora_of_their_step(tmp_path, capsys):
+def test_a_checkpoints_adapters_as_lora_name_the_lora_of_their_step(tmp_path, capsys, monkeypatch):
     """A notebook user previewing a checkpoint: diffusers "placed none of its layers ... is it a LoRA for this
     model?" after loading the model, of lowvram's own file."""
     train(run_config(output=str(tmp_path / "run"), max_steps=2, checkpoint_every=1, save_every="1"))
@@ -81,6 +81,10 @@ def test_a_checkpoints_adapters_as_lora_name_the_lora_of_their_step(tmp_path, ca
         err = " ".join(capsys.readouterr().err.split())
         assert f"--lora: {adapters} is a lowvram checkpoint's adapters, not a LoRA (they lack its alphas): {said}" \
             in err, err
+    monkeypatch.chdir(adapters.parent)  # named from inside its step's folder
+    assert main(["generate", "--model", "tiny", "--lora", "adapters.safetensors", "--prompt", "x"]) == 2
+    assert "preview step 2 with its LoRA" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "run" / "run-step00000001.safetensors").unlink()
     assert main(["generate", "--model", "tiny", "--lora", str(adapters.parent.parent / "step-000001" / adapters.name),
                  "--prompt", "x"]) == 2
