@@ -685,3 +685,12 @@ def test_the_bucket_table_counts_an_epochs_samples_with_repeats_beside_the_image
     report.print_summary(Console(file=out, width=200, color_system=None))
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.getvalue().splitlines()]
     assert ["64x64", "4", "10"] in rows and ["80x48", "2", "2"] in rows
+    # a OneTrainer concept's balancing 0.5: its share rounded once, over its buckets (each rounded alone: 1 + 1)
+    from lowvram.cli import main
+
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps([{"name": "a", "path": str(root / "3_a"), "balancing": 3},
+                                    {"name": "b", "path": str(root / "1_b"), "balancing": 0.5}]))
+    assert main(["check-data", str(concepts), "--model", "tiny", "--report", str(tmp_path / "r.json")]) == 0
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert sum(summary["bucket_samples_per_epoch"].values()) == summary["samples_per_epoch"] == 9 + 2

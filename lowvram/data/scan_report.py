@@ -119,8 +119,16 @@ class ScanReport:
             f["usable" if r.usable else "skipped"] += 1
         buckets = Counter(f"{r.bucket[0]}x{r.bucket[1]}" for r in usable)
         drawn: Counter = Counter()  # with repeats, as kohya's bucket info and the LoRA's ss_bucket_info count them
-        for (bucket, _, repeats), count in Counter((r.bucket, r.folder, r.repeats) for r in usable).items():
-            drawn[f"{bucket[0]}x{bucket[1]}"] += per_epoch(count, repeats)
+        by_folder: dict[tuple, Counter] = {}
+        for r in usable:
+            by_folder.setdefault((r.folder, r.repeats), Counter())[f"{r.bucket[0]}x{r.bucket[1]}"] += 1
+        for (_, repeats), counts in by_folder.items():  # a folder's samples shared out over its buckets: a fractional
+            exact = {shape: count * repeats for shape, count in counts.items()}  # share rounded once, for all
+            floors = {shape: math.floor(value) for shape, value in exact.items()}
+            left = per_epoch(sum(counts.values()), repeats) - sum(floors.values())
+            for shape in sorted(exact, key=lambda s: floors[s] - exact[s])[:max(left, 0)]:
+                floors[shape] += 1
+            drawn.update(floors)
         return {"images": len(self.records), "usable": len(usable), "skipped": len(self.records) - len(usable),
                 "samples_per_epoch": sum(per_epoch(count, repeats) for (_, repeats), count in
                                          Counter((r.folder, r.repeats) for r in usable).items()),
