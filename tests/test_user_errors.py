@@ -575,6 +575,32 @@ def test_copy_to_a_dotted_folder_and_over_the_runs_earlier_copy(tmp_path, capsys
         str(tmp_path))
 
 
+def test_a_copy_another_run_wrote_since_the_start_is_not_written_over(tmp_path):
+    """Two runs of one --name copying to ComfyUI's loras/ at once: both passed the check at their start, and the
+    later copy replaced the earlier without --overwrite (the card told of the one replaced)."""
+    import signal
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    run = subprocess.Popen([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
+                            "--output", str(tmp_path / "a"), "--name", "twin", "--max-steps", "2", "--copy-to",
+                            str(loras)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    printed = []
+    for line in run.stdout:
+        printed.append(line)
+        if "| batch " in line:  # its summary, before its first step: the other run's copy lands now
+            run.send_signal(signal.SIGSTOP)
+            (loras / "twin.safetensors").write_bytes(b"the other run's")
+            run.send_signal(signal.SIGCONT)
+    assert run.wait(timeout=300) == 0, "".join(printed)
+    said = " ".join("".join(printed).split())
+    assert (loras / "twin.safetensors").read_bytes() == b"the other run's"
+    assert f"warning: not copied to {loras / 'twin.safetensors'}: a LoRA not this run's was written there since " \
+           "the run started" in said, said
+    assert (tmp_path / "a" / "twin.safetensors").is_file() and not (loras / "twin.json").exists()
+
+
 def test_overwrite_moves_files_of_no_recorded_run_to_the_archive(tmp_path, capsys):
     """(Outside a LoRA folder, where --overwrite may archive: the earlier files of no run, under this run's names.)"""
     out = tmp_path / "loras"

@@ -18,7 +18,7 @@ from lowvram.files import atomic_write, write_text
 from lowvram.lora_header import read_header
 from lowvram.lora_metadata import addnet_hash, trigger_words
 from lowvram.run_files import copy_destination, lora_list_folder
-from lowvram.train.outdir import move_to_archive
+from lowvram.train.outdir import copy_problem, move_to_archive
 
 # kohya's ss_base_model_version -> AUTOMATIC1111's "sd version" (its SdVersion names)
 SD_VERSIONS = {"sd_v1": "SD1", "sd_v2": "SD2", "sdxl_base_v1-0": "SDXL"}
@@ -32,6 +32,12 @@ def copy_final(config, lora: Path, console=None) -> Path | None:
     if not config.output.copy_to or not lora.is_file():
         return None
     copy = copy_destination(config.output.copy_to, config.output_name)
+    if copy_problem(config):  # another run's, copied there since this one started (two runs at once): kept
+        if console is not None:
+            console.print(f"[yellow]warning: not copied to {copy}[/]: a LoRA not this run's was written there since "
+                          f"the run started (another run's, of the same name); {lora} is saved: copy it there under "
+                          "another name yourself", soft_wrap=True)
+        return None
     try:
         if not (copy.is_file() and filecmp.cmp(copy, lora, shallow=False)):  # (a finished run resumed: copied)
             if copy.is_file() and config.output.overwrite:  # (its card files with it, as they tell of that LoRA;
