@@ -2,6 +2,8 @@
 diffusers' own single-file loader, gives what the base model with the LoRA applied gives; every tensor the LoRA
 did not change is kept bit for bit, extra keys included; a diffusers folder comes back as a folder."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -247,5 +249,13 @@ def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tm
     metadata = safe_open(str(single), framework="pt").metadata()
     assert "lowvram.fused_loras" not in metadata and "modelspec.merged_from" not in metadata
     assert metadata["modelspec.title"] == "model-v1.5"  # a folder's whole name (its stem was model-v1)
+    variant = tmp_path / "variant"  # a hub download of the fp16 variant alone: its files named *.fp16.safetensors
+    shutil.copytree(folder, variant)
+    for weights in variant.rglob("*.safetensors"):
+        weights.rename(weights.with_suffix(".fp16.safetensors"))
+    assert main(["merge", "--model", str(variant), "--output", str(tmp_path / "v.safetensors"), "--save-precision",
+                 "fp32"]) == 0, capsys.readouterr().err
+    hidden, out = model_outputs(load_model(str(tmp_path / "v.safetensors"), family))
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
     assert main(["merge"]) == 2
     assert "give the LoRA files to merge" in capsys.readouterr().err

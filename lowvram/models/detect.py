@@ -209,6 +209,16 @@ WEIGHT_DTYPES = ("F32", "F16", "BF16")
 MODEL_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")  # the folders of a diffusers model loading reads
 
 
+def folder_variant(path: Path) -> str | None:
+    """"fp16" for a diffusers folder some part of which holds only .fp16 variant weights (a hub download of the
+    fp16 variant alone), which diffusers loads only when told the variant; None where every part has its own."""
+    for part in MODEL_PARTS:
+        files = [file.name for file in (path / part).glob("*.safetensors")] if (path / part).is_dir() else []
+        if files and all(name.endswith(".fp16.safetensors") for name in files):
+            return "fp16"
+    return None
+
+
 def checkpoint_storage(model: str) -> tuple[int, str] | None:
     """(bytes on disk, the dtype most of its weight bytes are stored in) of a local safetensors model: a single
     file, or the files of a diffusers folder that loading reads (not its .fp16 variants); None for a hub id, a
@@ -217,8 +227,9 @@ def checkpoint_storage(model: str) -> tuple[int, str] | None:
     if path.is_file() and path.suffix.lower() == ".safetensors":
         files = [path]
     elif path.is_dir():
+        wanted = 2 if folder_variant(path) else 1  # (the files loading reads: the variant's where it reads those)
         files = [file for part in MODEL_PARTS for file in sorted((path / part).glob("*.safetensors"))
-                 if file.name.count(".") == 1]
+                 if file.name.count(".") == wanted]
     else:
         return None
     try:

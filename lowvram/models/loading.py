@@ -28,6 +28,7 @@ from lowvram.models.detect import (
     detect_family,
     detect_single_file_family,
     diffusers_folder_family,
+    folder_variant,
     hub_failure,
     is_plainly_local,
     looks_like_lora,
@@ -319,7 +320,8 @@ def _load_diffusers_folder(path: Path, forced: ModelFamily | None, dtype: torch.
     pipeline_cls = getattr(importlib.import_module("diffusers"), family.pipeline_class)
     try:
         pipeline = pipeline_cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True,
-                                                safety_checker=None, requires_safety_checker=False)
+                                                safety_checker=None, requires_safety_checker=False,
+                                                variant=folder_variant(path))
     except OSError as exc:
         pickles = any(p.suffix.lower() in PICKLE_SUFFIXES for p in path.glob("*/*"))
         hint = " (lowvram reads only .safetensors weights; convert pickle .bin files first)" if pickles else ""
