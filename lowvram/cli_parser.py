@@ -475,8 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
                        help="with --model: force the architecture instead of detecting it")
     _add_rank_flags(merge, "the merged file [default: merged.safetensors; with --model, a .safetensors name writes "
-                    "a single-file checkpoint, any other a diffusers folder: merged.safetensors for a single-file "
-                    "model, the folder merged otherwise]", rank_required=False,
+                    "a single-file checkpoint, any other a diffusers folder (a folder there already, not a model's, "
+                    "gets the model as one file in it, as ComfyUI's models/checkpoints): merged.safetensors for a "
+                    "single-file model, the folder merged otherwise]", rank_required=False,
                     precision="the first file's; with --model, the model's (fp16 for a hub or built-in model)")
 
     ext = sub.add_parser("extract", allow_abbrev=False, help="a LoRA from a fine-tuned model and its base (kohya's "

@@ -190,6 +190,10 @@ def run(args: argparse.Namespace) -> Fused:
             problems.append(f"{flag}: with --model the LoRAs are added to the model's weights whole; drop {flag}")
     single = Path(args.model).suffix.lower() == ".safetensors"
     output = args.output or Path("merged.safetensors" if single else "merged")
+    if output.is_dir() and not (output / "model_index.json").is_file() and output.resolve().name:  # a folder of
+        # the user's (ComfyUI's models/checkpoints): the model written into it as one file, never the folder replaced
+        own = Path(args.model).stem if single else Path(args.model).name
+        output = output / ("merged.safetensors" if args.lora else f"{own}.safetensors")
     if output.suffix.lower() in PICKLE_SUFFIXES:
         problems.append(f"--output: {output}: lowvram writes a .safetensors file or a diffusers folder (a name "
                         f"without extension), never a {output.suffix} pickle; name one of those")
@@ -197,9 +201,6 @@ def run(args: argparse.Namespace) -> Fused:
         problems.append(written)
     elif not output.name or output.name == ".." or not output.resolve().name:  # (Path(".").name is "")
         problems.append(f"--output {output}: name the model's own folder, e.g. {output / 'merged'}")
-    elif output.is_dir() and not (output / "model_index.json").is_file():  # a folder of the user's, not a model
-        problems.append(f"--output: {output} is a folder but no diffusers model; --overwrite replaces only a model "
-                        "folder, never removes another: name a new folder")
     if problems:
         raise LowvramError("\n".join(problems))
     return fuse_into_model(args.model, sources, output, args.model_family, args.save_precision)

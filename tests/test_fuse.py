@@ -130,10 +130,6 @@ def test_save_precision_casts_the_whole_checkpoint(setup, tmp_path):
     (["--output", "{checkpoint}"], "is a file being read; name another"),
     (["--output", "{lora}", "--overwrite"], "is a file being read; name another"),
     (["--output", "{existing}"], "exists; add --overwrite to replace it"),
-    # --overwrite replaced a folder whole: one holding the LoRA read (the run's), or one of the user's own
-    (["--output", "{loradir}", "--overwrite"], "is a folder holding"),
-    (["--output", "{tmp}", "--overwrite"], ("is a folder but no diffusers model; --overwrite replaces only a model "
-                                           "folder, never removes another: name a new folder")),
     (["--model", "{existing}"], "is not a readable .safetensors file"),  # a traceback once, from its header
     (["--output", "{tmp}/merged.ckpt"], ("merged.ckpt: lowvram writes a .safetensors file or a diffusers folder (a "
                                          "name without extension), never a .ckpt pickle")),
@@ -257,5 +253,8 @@ def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tm
                  "fp32"]) == 0, capsys.readouterr().err
     hidden, out = model_outputs(load_model(str(tmp_path / "v.safetensors"), family))
     torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+    (tmp_path / "checkpoints").mkdir()  # a folder of the user's (ComfyUI's models/checkpoints/): written into
+    assert main(["merge", "--model", str(folder), "--output", str(tmp_path / "checkpoints")]) == 0
+    assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == ["model-v1.5.safetensors"]
     assert main(["merge"]) == 2
     assert "give the LoRA files to merge" in capsys.readouterr().err
