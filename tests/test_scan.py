@@ -694,3 +694,12 @@ def test_the_bucket_table_counts_an_epochs_samples_with_repeats_beside_the_image
     assert main(["check-data", str(concepts), "--model", "tiny", "--report", str(tmp_path / "r.json")]) == 0
     summary = json.loads((tmp_path / "r.json").read_text())["summary"]
     assert sum(summary["bucket_samples_per_epoch"].values()) == summary["samples_per_epoch"] == 9 + 2
+
+
+def test_comfyuis_output_folder_captions_no_image_with_its_name(tmp_path):
+    """ComfyUI/output's uncaptioned images all trained on the word "output" (its input/ was a container already)."""
+    for name in ("output", "input", "mystyle"):
+        (tmp_path / name).mkdir()
+        drawn(colour=(9, 99, 9)).save(tmp_path / name / "ComfyUI_00001_.png")
+        [record] = scan_dataset(tmp_path / name, TINY).usable
+        assert record.caption == ("mystyle" if name == "mystyle" else ""), name

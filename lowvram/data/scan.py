@@ -137,7 +137,7 @@ class ImageFolder(NamedTuple):
 SPECIAL_FOLDERS = {"reg", "regularization", "class", "val", "valid", "validation", "test", "eval"}
 # the names of folders that hold a dataset rather than name what it shows
 CONTAINER_NAMES = {"img", "imgs", "image", "images", "pics", "pictures", "photos", "data", "dataset", "datasets",
-                   "train", "training", "input", "inputs", "raw"}
+                   "train", "training", "input", "inputs", "raw", "output", "outputs"}  # (ComfyUI's input/, output/)
 
 
 def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOptions(), index_path: Path | None = None,
