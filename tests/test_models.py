@@ -214,6 +214,11 @@ def test_folder_without_model_index_is_refused(tmp_path):
         load_model(str(tmp_path))
     assert str(refused.value).endswith(f"it holds one weights file {tmp_path / 'mymodel.safetensors'}: give the file "
                                        "itself")
+    comfyui = tmp_path / "ComfyUI"  # a UI's whole install: its checkpoints folder named
+    (comfyui / "models" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(LowvramError) as refused:
+        load_model(str(comfyui))
+    assert str(refused.value).endswith(f"it is a UI's install: give a checkpoint file from {comfyui / 'models' / 'checkpoints'}")
 
 
 def test_unknown_name_lists_the_families():

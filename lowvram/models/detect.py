@@ -184,6 +184,11 @@ def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
                   f"{folder / held[0]}: give the file itself" if held else "")
         if (folder / "config.json").is_file() and (folder.parent / "model_index.json").is_file():
             inside = f"; it is one part of one: give the model's folder, {folder.parent}"
+        # (a UI's whole install: its checkpoints folder is where the file is)
+        models = next((folder / "models" / name for name in ("checkpoints", "Stable-diffusion")
+                       if (folder / "models" / name).is_dir()), None)
+        if not held and models is not None:
+            inside = f"; it is a UI's install: give a checkpoint file from {models}"
         raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model"
                            f"{inside or '; pass a diffusers folder or a .safetensors checkpoint'}")
     index = read_json(index_file)
