@@ -234,10 +234,10 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     if info["demo_model"]:  # (said as "for SD1.5", it would be tried on a real one's)
         base = (f" for lowvram's built-in {info['demo_model']} demo model (random weights; no "
                 f"{info['base_model'] or 'real'} checkpoint loads it)")
-    model = base_model_words(path) if info["checkpoint"] else None
+    model = base_model_words(path) if info["checkpoint"] or info["network"] == "unknown" else None  # (a VAE's too)
     what = (f"{model[0]}, not a LoRA (for train and generate, {model[1]})" if model
             else f"{info['network']}{base}, {info['modules']} modules, {shown}".rstrip(", "))
-    if info["network"] == "unknown" and not info["checkpoint"]:  # (an embedding, a LyCORIS full file, ...)
+    if info["network"] == "unknown" and not model:  # (an embedding, a LyCORIS full file, ...)
         what = f"no layers lowvram reads: {lora_header.no_layers_why(path, fix=False)}"
     console.print(f"[bold]{path.name}[/]: {what}, {info['parameters']:,} parameters ({', '.join(info['dtypes'])}), "
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)

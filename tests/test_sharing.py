@@ -324,6 +324,13 @@ def test_info_counts_the_modules_of_a_diffusers_layout_lora_as_of_kohyas(tmp_pat
     assert main(["info", str(tmp_path / "other.safetensors")]) == 0  # LoRA file given where a model goes)
     assert "other.safetensors: no layers lowvram reads: no LoRA, DoRA, LoHa or LoKr layers, 16 parameters (F32)" in \
         " ".join(capsys.readouterr().out.split())
+    from lowvram.models.loading import load_model
+
+    vae = {key: value.contiguous() for key, value in load_model("tiny").vae.state_dict().items()}
+    save_file(vae, str(tmp_path / "vae.safetensors"))  # ComfyUI's models/vae file, named as train names it
+    assert main(["info", str(tmp_path / "vae.safetensors")]) == 0
+    assert "vae.safetensors: a VAE, not a LoRA (for train and generate, give it as --vae)" in \
+        " ".join(capsys.readouterr().out.split())
 
 
 def test_strip_captions_leaves_the_trigger_and_no_private_caption_or_folder_name(tmp_path, capsys):

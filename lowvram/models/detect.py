@@ -280,6 +280,12 @@ def base_model_words(path: Path) -> tuple[str, str] | None:
     for a file of anything else."""
     title = checkpoint_title(path)
     if title is None:
+        from lowvram.lora_header import read_header
+
+        with contextlib.suppress(OSError, ValueError):  # a VAE alone (ComfyUI's models/vae): not a LoRA's layers
+            keys = [key for key in read_header(path)[1] if key != "__metadata__"]
+            if (_what_else(keys) or "").startswith("is a VAE"):
+                return "a VAE", "give it as --vae"
         return None
     if unet_alone(path):
         return (f"a {title} U-Net alone (as ComfyUI's models/unet files are)",
