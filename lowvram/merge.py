@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lowvram.errors import LowvramError
+from lowvram.errors import LowvramError, shell_line
 from lowvram.lora_header import base_model_metadata
 from lowvram.lora_metadata import modelspec, save_lora, title_of, trigger_words
 from lowvram.option_values import parse_source
@@ -203,8 +203,9 @@ def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]
             sources.append(parse_source(text))
         except LowvramError as exc:
             problems.append(str(exc))
-    missing = [f"{path}: a folder; {lora_in_folder(path)}" if path.is_dir() else
-               f"{path}: file not found; give a LoRA .safetensors file"
+    missing = [f"{path}: a diffusers model, not a LoRA; merge --model {shell_line(path)} --output FILE converts it"
+               if (path / "model_index.json").is_file() else f"{path}: a folder; {lora_in_folder(path)}"
+               if path.is_dir() else f"{path}: file not found; give a LoRA .safetensors file"
                for path, _ in sources if not path.is_file()]
     return sources, problems + missing
 
@@ -216,7 +217,8 @@ def run(args: argparse.Namespace) -> Resized:
         raise LowvramError("give the LoRA files to merge (FILE[:WEIGHT] ... --rank N), or --model MODEL --output FILE "
                            "to convert a model alone")
     if args.rank is None:
-        problems.append("--rank: give the merged file's rank (or --model to fuse the LoRAs into a model instead)")
+        if not any("a diffusers model, not a LoRA" in problem for problem in problems):  # (converting: no rank)
+            problems.append("--rank: give the merged file's rank (or --model to fuse the LoRAs into a model instead)")
         args.rank = 1  # the other options are still checked
     output = args.output or Path("merged.safetensors")
     problems += option_problems(args, output, [path for path, _ in sources])

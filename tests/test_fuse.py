@@ -253,6 +253,11 @@ def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tm
                  "fp32"]) == 0, capsys.readouterr().err
     hidden, out = model_outputs(load_model(str(tmp_path / "v.safetensors"), family))
     torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+    capsys.readouterr()
+    assert main(["merge", str(folder), "--output", str(tmp_path / "x.safetensors")]) == 2  # the model as a FILE
+    assert capsys.readouterr().err.strip().splitlines() == [
+        (f"lowvram merge: error: {folder}: a diffusers model, not a LoRA; merge --model {folder} --output FILE "
+         "converts it")]
     (tmp_path / "checkpoints").mkdir()  # a folder of the user's (ComfyUI's models/checkpoints/): written into
     assert main(["merge", "--model", str(folder), "--output", str(tmp_path / "checkpoints")]) == 0
     assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == ["model-v1.5.safetensors"]
