@@ -279,7 +279,7 @@ def _rounded_up(size: int) -> int:
 
 
 def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, batch_size: int,
-                   console: Console) -> tuple[int, dict[str, str]]:
+                   console: Console) -> tuple[int, dict[str, tuple[Path, str]]]:
     """Encode the given (missing) entries, batched per bucket, less those another run sharing the cache has written
     since they were found missing (runs of a grid started together); returns how many were encoded, and the keys
     of those whose image could no longer be read (deleted or changed since the scan) with its file and why."""
