@@ -172,6 +172,18 @@ def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None
     return apply_choice(config, result.choice)
 
 
+def print_run_options(config, auto: bool) -> None:
+    """train --dry-run: every option the run would train with, as its <name>.toml holds them."""
+    import tomli_w
+
+    from lowvram.train.outdir import saved_options
+
+    picked = " (--auto then picks --unet-weights, --gradient-checkpointing and --optimizer for the GPU)" * auto
+    print(f"# lowvram train --dry-run: the options this run trains with{picked}; nothing trained (lowvram plan with "
+          f"them shows its memory); {config.output_dir / config.output_name}.toml holds them once it starts")
+    print(tomli_w.dumps(saved_options(config)), end="")
+
+
 def check_values(args: argparse.Namespace) -> dict:
     """Options for check-data: the [model] and [data] options of the preset, config and flags given (the
     model only for its resolution and buckets); the rest of a training config does not matter here."""
@@ -373,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
                         raise LowvramError(f"{flag}: only used with --auto; add --auto or drop {flag}")
                     if size:
                         parse_size(size, flag)  # wrong on any machine, one without a GPU too
+                if args.dry_run:  # (what a kohya_ss user compares with what kohya would do, before a GPU hour)
+                    print_run_options(config, args.auto)
+                    return 0
                 if unwritable(config.output_dir):
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")

@@ -316,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                        f"much VRAM (e.g. 6GB; {SIZE_UNITS})")
     train.add_argument("--ram", metavar="SIZE", help="with --auto: plan for this much host RAM instead of the "
                        f"machine's (e.g. 16GB where swap takes the loading peak, slowly; {SIZE_UNITS})")
+    train.add_argument("--dry-run", action="store_true", help="print every option the run would train with, as the "
+                       "<name>.toml it writes (a kohya or OneTrainer config read as lowvram reads it), and train "
+                       "nothing; lowvram plan with the same options shows its memory")
     _add_config_flags(train)
 
     plan = sub.add_parser("plan", allow_abbrev=False, help="estimate memory and pick a strategy (dry run)",

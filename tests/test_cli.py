@@ -500,3 +500,19 @@ def test_main_from_python_takes_paths_and_numbers_and_returns_the_exit_code(tmp_
     assert (tmp_path / "out" / "out.safetensors").is_file()
     assert main(["train", "--model", "tiny", "--data", tmp_path / "missing", "--max-steps", 1]) == 2
     assert "--data: folder not found" in capsys.readouterr().err
+
+
+def test_train_dry_run_prints_the_options_it_would_train_with_and_trains_nothing(tmp_path, capsys):
+    """A kohya_ss user comparing what lowvram will do with what kohya would, before an hour of GPU: the resolved
+    options (a kohya config's read as lowvram reads it) were only in <output>/<name>.toml once training began."""
+    import tomllib
+
+    config = tmp_path / "kohya.toml"
+    config.write_text('pretrained_model_name_or_path = "tiny"\ntrain_data_dir = "sample"\nnetwork_dim = 12\n'
+                      f'output_dir = "{tmp_path / "out"}"\nmax_train_steps = 3\n')
+    assert main(["train", "--config", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# lowvram train --dry-run: the options this run trains with; nothing trained")
+    options = tomllib.loads(out.split("\n", 1)[1])
+    assert (options["network"]["rank"], options["training"]["max_steps"], options["model"]["model"]) == (12, 3, "tiny")
+    assert not (tmp_path / "out").exists()
