@@ -113,6 +113,7 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     ["train", "--help"],
     ["cache", "--cache-dir", "SAMPLE", "--unused-for", "30", "--dry-run"],
     ["train", "--model", "tiny", "--data", "sample", "--rank", "0"],
+    ["train", "--model", "tiny", "--data", "sample", "--dry-run"],
     ["train", "--model", "tiny", "--data", "sample", "--output", "TAKEN"],  # another run's LoRA is there
 ])
 def test_fast_commands_import_no_heavy_library(argv, sample_data, tmp_path):
