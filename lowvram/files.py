@@ -495,6 +495,8 @@ def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str 
             same = target == path.resolve() or (output.exists() and output.samefile(path))  # a link to it too
             if same or (path.is_dir() and output.exists() and target.is_relative_to(path.resolve())):
                 return f"{flag}: {output} is a file being read; name another"
+            if path.is_dir() and target.is_relative_to(path.resolve()):  # (a new file in a model being read)
+                return f"{flag}: {output} is inside {path}, which is being read; name another"
             if output.is_dir() and path.resolve().is_relative_to(target):  # replacing it would remove the input
                 return f"{flag}: {output} is a folder holding {path}, which is being read; name another"
         if output.exists() and not overwrite:

@@ -192,7 +192,8 @@ def run(args: argparse.Namespace) -> Fused:
     output = args.output or Path("merged.safetensors" if single else "merged")
     if output.is_dir() and not (output / "model_index.json").is_file() and output.resolve().name:  # a folder of
         # the user's (ComfyUI's models/checkpoints): the model written into it as one file, never the folder replaced
-        own = Path(args.model).stem if single else Path(args.model).name
+        own = (Path(args.model).stem if single else Path(args.model).resolve().name if Path(args.model).exists()
+               else Path(args.model).name) or "model"  # (--model .: the folder's own name)
         output = output / ("merged.safetensors" if args.lora else f"{own}.safetensors")
     if output.suffix.lower() in PICKLE_SUFFIXES:
         problems.append(f"--output: {output}: lowvram writes a .safetensors file or a diffusers folder (a name "

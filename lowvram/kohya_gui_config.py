@@ -55,10 +55,10 @@ def is_kohya_gui_config(doc: Any) -> bool:
 
 # the LoRA tab's own values, which a file kohya_ss opens leaves in place where it names no value (a preset, a config
 # trimmed by hand): not sd-scripts' defaults (no buckets, rank 4, .caption files, 1600 steps), which it never meets
+# (no optimizer: kohya_ss's update_my_data gives a file without one AdamW, or its use_8bit_adam's AdamW8bit)
 GUI_DEFAULTS = {"enable_bucket": True, "network_dim": 8, "network_alpha": 1, "epoch": 1, "learning_rate": 0.0001,
                 "lr_scheduler": "cosine", "lr_warmup": 10, "max_resolution": "512,512", "min_bucket_reso": 256,
-                "max_bucket_reso": 2048, "bucket_reso_steps": 64, "caption_extension": ".txt", "optimizer": "AdamW8bit",
-                "train_batch_size": 1}
+                "max_bucket_reso": 2048, "bucket_reso_steps": 64, "caption_extension": ".txt", "train_batch_size": 1}
 
 # the command line's options kohya_ss counts its steps for the GUI's epochs from, as the GUI's fields
 COUNTED_FROM = {"batch_size": "train_batch_size", "gradient_accumulation": "gradient_accumulation_steps",
@@ -71,9 +71,10 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     what lowvram cannot train as kohya_ss would. `given`: the command line's values, which replace the GUI's
     fields kohya_ss counts the steps of its epochs from (its batch size, images), as kohya_ss counts them anew
     when they change."""
-    filled = {key: value for key, value in GUI_DEFAULTS.items() if key not in doc}
-    doc = filled | doc | {field: given[name] for name, field in COUNTED_FROM.items()
-                          if given and given.get(name) is not None}
+    given_fields = {field: given[name] for name, field in COUNTED_FROM.items() if given and given.get(name) is not None}
+    filled = {key: value for key, value in GUI_DEFAULTS.items() if key not in doc and key not in given_fields
+              and not (key == "lr_warmup" and doc.get("lr_scheduler") == "constant")}  # (the GUI's 0 there)
+    doc = filled | doc | given_fields
     for switch, kind in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):  # an older kohya_ss's:
         # its optimizer where the file names none, as kohya_ss's update_my_data reads it (never passed on)
         on = switched_on(doc.get(switch))
@@ -98,7 +99,7 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     values, notes = translate(settings, path, prompts, by_hand=typed)
     if filled:  # (said: which of the run's settings the file did not name)
         notes.insert(0, "left out of the file, taken as kohya_ss's LoRA tab has them: " + ", ".join(
-            f"{key} {value}" for key, value in filled.items()))
+            f"{key} {value}{'%' * (key == 'lr_warmup')}" for key, value in filled.items()))
     if doc.get("dataset_config") and _number(doc.get("epoch")) and not _number(settings.get("max_train_epochs")) \
             and not _number(settings.get("max_train_steps")):  # (0 as newer GUIs write it: no length)
         notes.append(f"epoch {doc['epoch']} not used: with a dataset_config kohya_ss passes no length, and "

@@ -203,7 +203,8 @@ def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]
             sources.append(parse_source(text))
         except LowvramError as exc:
             problems.append(str(exc))
-    missing = [f"{path}: a diffusers model, not a LoRA; merge --model {shell_line(path)} --output FILE converts it"
+    missing = [f"{path}: a diffusers model, not a LoRA; give it as --model (merge --model {shell_line(path)} "
+               f"[LoRA FILEs] --output FILE, no --rank: the LoRAs fused into it, or it converted alone)"
                if (path / "model_index.json").is_file() else f"{path}: a folder; {lora_in_folder(path)}"
                if path.is_dir() else f"{path}: file not found; give a LoRA .safetensors file"
                for path, _ in sources if not path.is_file()]

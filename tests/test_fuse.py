@@ -2,6 +2,7 @@
 diffusers' own single-file loader, gives what the base model with the LoRA applied gives; every tensor the LoRA
 did not change is kept bit for bit, extra keys included; a diffusers folder comes back as a folder."""
 
+import os
 import shutil
 
 import numpy as np
@@ -256,10 +257,20 @@ def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tm
     capsys.readouterr()
     assert main(["merge", str(folder), "--output", str(tmp_path / "x.safetensors")]) == 2  # the model as a FILE
     assert capsys.readouterr().err.strip().splitlines() == [
-        (f"lowvram merge: error: {folder}: a diffusers model, not a LoRA; merge --model {folder} --output FILE "
-         "converts it")]
+        (f"lowvram merge: error: {folder}: a diffusers model, not a LoRA; give it as --model (merge --model {folder} "
+         "[LoRA FILEs] --output FILE, no --rank: the LoRAs fused into it, or it converted alone)")]
     (tmp_path / "checkpoints").mkdir()  # a folder of the user's (ComfyUI's models/checkpoints/): written into
     assert main(["merge", "--model", str(folder), "--output", str(tmp_path / "checkpoints")]) == 0
     assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == ["model-v1.5.safetensors"]
+    assert main(["merge", "--model", str(folder), "--output", str(folder / "unet")]) == 2  # not into the model read
+    assert f"--output: {folder / 'unet' / 'model-v1.5.safetensors'} is inside {folder}, which is being read" in \
+        capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    os.chdir(folder)  # --model .: the folder's own name, not ".safetensors" (a hidden folder)
+    try:
+        assert main(["merge", "--model", ".", "--output", str(tmp_path / "out")]) == 0
+    finally:
+        os.chdir(tmp_path)
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["model-v1.5.safetensors"]
     assert main(["merge"]) == 2
     assert "give the LoRA files to merge" in capsys.readouterr().err

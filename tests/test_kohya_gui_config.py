@@ -413,7 +413,10 @@ def test_settings_a_gui_file_leaves_out_are_the_lora_tabs_not_sd_scripts_default
     assert {key: values.get(key) for key in ("bucket", "rank", "alpha", "epochs", "caption_extension", "scheduler",
                                              "max_bucket_side", "optimizer", "max_steps")} == {
         "bucket": True, "rank": 8, "alpha": 4.0, "epochs": 1, "caption_extension": ".txt", "scheduler": "cosine",
-        "max_bucket_side": 2048, "optimizer": "adamw8bit", "max_steps": None}
+        "max_bucket_side": 2048, "optimizer": None, "max_steps": None}  # (AdamW: kohya_ss's for a file of none)
+    # an older file's switch still names its optimizer; the command line's batch size is no value left out
+    values, notes = translate_gui(trimmed | {"use_lion_optimizer": True}, tmp_path / "preset.json", {"batch_size": 4})
+    assert values["optimizer"] == "lion" and "train_batch_size" not in notes[0]
     assert notes[0].startswith("left out of the file, taken as kohya_ss's LoRA tab has them: enable_bucket True, "
                                "network_dim 8, epoch 1,") and "network_alpha" not in notes[0]
     values, notes = translate_gui(STANDARD | {"enable_bucket": False}, tmp_path / "gui.json")  # a full file: as it is

@@ -219,6 +219,9 @@ def test_folder_without_model_index_is_refused(tmp_path):
     with pytest.raises(LowvramError) as refused:
         load_model(str(comfyui))
     assert str(refused.value).endswith(f"it is a UI's install: give a checkpoint file from {comfyui / 'models' / 'checkpoints'}")
+    with pytest.raises(LowvramError) as refused:  # its models/ folder too
+        load_model(str(comfyui / "models"))
+    assert str(refused.value).endswith(f"give a checkpoint file from {comfyui / 'models' / 'checkpoints'}")
 
 
 def test_unknown_name_lists_the_families():

@@ -688,12 +688,15 @@ def test_the_bucket_table_counts_an_epochs_samples_with_repeats_beside_the_image
     # a OneTrainer concept's balancing 0.5: its share rounded once, over its buckets (each rounded alone: 1 + 1)
     from lowvram.cli import main
 
+    (root / "c").mkdir()  # two images in two buckets at 0.5: one sample an epoch, not one per bucket
+    for i, size in enumerate([(96, 64), (64, 64)]):
+        drawn(size=size, colour=(i * 60, 7, 70)).save(root / "c" / f"{i}.png")
     concepts = tmp_path / "concepts.json"
     concepts.write_text(json.dumps([{"name": "a", "path": str(root / "3_a"), "balancing": 3},
-                                    {"name": "b", "path": str(root / "1_b"), "balancing": 0.5}]))
+                                    {"name": "c", "path": str(root / "c"), "balancing": 0.5}]))
     assert main(["check-data", str(concepts), "--model", "tiny", "--report", str(tmp_path / "r.json")]) == 0
     summary = json.loads((tmp_path / "r.json").read_text())["summary"]
-    assert sum(summary["bucket_samples_per_epoch"].values()) == summary["samples_per_epoch"] == 9 + 2
+    assert sum(summary["bucket_samples_per_epoch"].values()) == summary["samples_per_epoch"] == 9 + 1
 
 
 def test_comfyuis_output_folder_captions_no_image_with_its_name(tmp_path):

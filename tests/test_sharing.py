@@ -331,6 +331,10 @@ def test_info_counts_the_modules_of_a_diffusers_layout_lora_as_of_kohyas(tmp_pat
     assert main(["info", str(tmp_path / "vae.safetensors")]) == 0
     assert "vae.safetensors: a VAE, not a LoRA (for train and generate, give it as --vae)" in \
         " ".join(capsys.readouterr().out.split())
+    save_file({"shared.weight": torch.zeros(4, 4), "encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(4, 4)},
+              str(tmp_path / "t5xxl.safetensors"))  # a T5 text encoder's encoder.* is no VAE's
+    assert main(["info", str(tmp_path / "t5xxl.safetensors")]) == 0
+    assert "a VAE" not in capsys.readouterr().out
 
 
 def test_strip_captions_leaves_the_trigger_and_no_private_caption_or_folder_name(tmp_path, capsys):

@@ -73,7 +73,7 @@ def _kind(text: str) -> str:
     ("... as it has no .txt (kohya and OneTrainer read ...: ...)"); "[trigger] (ai-toolkit's) left out" is whole."""
     depth, end = 0, len(text)
     for i, char in enumerate(text):
-        depth += (char == "(") - (char == ")")
+        depth = max(depth + (char == "(") - (char == ")"), 0)  # (a stray ")" in a file name opens nothing)
         if char == ":" and depth == 0:
             end = i
             break

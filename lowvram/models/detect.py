@@ -185,8 +185,8 @@ def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
         if (folder / "config.json").is_file() and (folder.parent / "model_index.json").is_file():
             inside = f"; it is one part of one: give the model's folder, {folder.parent}"
         # (a UI's whole install: its checkpoints folder is where the file is)
-        models = next((folder / "models" / name for name in ("checkpoints", "Stable-diffusion")
-                       if (folder / "models" / name).is_dir()), None)
+        models = next((place / name for place in (folder / "models", folder)
+                       for name in ("checkpoints", "Stable-diffusion") if (place / name).is_dir()), None)
         if not held and models is not None:
             inside = f"; it is a UI's install: give a checkpoint file from {models}"
         raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model"
@@ -232,9 +232,11 @@ def checkpoint_storage(model: str) -> tuple[int, str] | None:
     if path.is_file() and path.suffix.lower() == ".safetensors":
         files = [path]
     elif path.is_dir():
-        wanted = 2 if folder_variant(path) else 1  # (the files loading reads: the variant's where it reads those)
-        files = [file for part in MODEL_PARTS for file in sorted((path / part).glob("*.safetensors"))
-                 if file.name.count(".") == wanted]
+        files = []
+        for part in MODEL_PARTS:  # the files loading reads: each part's own, or its .fp16 variant's where it has only
+            held = sorted((path / part).glob("*.safetensors"))  # those (a variant folder, diffusers told so)
+            files += [file for file in held if file.name.count(".") == 1] or [
+                file for file in held if file.name.endswith(".fp16.safetensors")]
     else:
         return None
     try:
@@ -375,7 +377,8 @@ def _what_else(keys: list[str]) -> str | None:
                for k in keys):
             return ("is a text encoder alone, not a full checkpoint; pass a full SD1.5 or SDXL checkpoint, or the "
                     "whole diffusers folder it came from")
-        if any(k.startswith(("encoder.", "decoder.", VAE_PREFIX)) for k in keys):
+        # (a VAE's own layers: T5's encoder.block.* is a text encoder's)
+        if any(k.startswith(("encoder.conv_in.", "decoder.conv_out.", "quant_conv.", VAE_PREFIX)) for k in keys):
             return "is a VAE, not a full checkpoint; pass a full SD1.5 or SDXL checkpoint"
         if any(k.startswith(("down_blocks.", "conv_in.", "text_model.")) for k in keys):
             return "is a single diffusers component; pass the whole diffusers folder (with model_index.json)"

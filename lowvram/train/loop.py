@@ -235,7 +235,8 @@ def run_training(session: Session) -> TrainResult:
         with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
             written = save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
                                  position if step > resumed_at else None, shape)
-            copied = publish.copy_final(config, lora_path, session.console) if session.main else None
+            copied = (publish.copy_final(config, lora_path, session.console, session.opened_at) if session.main
+                      else None)
         if (asked or signals.received is not None) and session.main:
             raise stopped_after_the_last_step(lora_path, draw_again(session, lora_path))
         samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log, written,

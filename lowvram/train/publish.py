@@ -24,7 +24,7 @@ from lowvram.train.outdir import copy_problem, move_to_archive
 SD_VERSIONS = {"sd_v1": "SD1", "sd_v2": "SD2", "sdxl_base_v1-0": "SDXL"}
 
 
-def copy_final(config, lora: Path, console=None) -> Path | None:
+def copy_final(config, lora: Path, console=None, since: float = 0.0) -> Path | None:
     """The final LoRA written where --copy-to says (atomically), with its AUTOMATIC1111 card: over this run's
     earlier copy (`outdir.copy_problem` found it the run's), or after moving another file there to the run's
     archive/ (--overwrite); its path, None without --copy-to, or where the copy failed (a full disk, a file
@@ -32,7 +32,8 @@ def copy_final(config, lora: Path, console=None) -> Path | None:
     if not config.output.copy_to or not lora.is_file():
         return None
     copy = copy_destination(config.output.copy_to, config.output_name)
-    if copy_problem(config):  # another run's, copied there since this one started (two runs at once): kept
+    if copy.is_file() and copy.stat().st_mtime > since and copy_problem(config):  # another run's, copied there
+        # since this one started at `since` (two runs at once): kept (one there before was this run's: checked then)
         if console is not None:
             console.print(f"[yellow]warning: not copied to {copy}[/]: a LoRA not this run's was written there since "
                           f"the run started (another run's, of the same name); {lora} is saved: copy it there under "

@@ -75,6 +75,7 @@ class Session:
     console: Console
     logging: bool = False  # whether the run's log (metrics.jsonl) opened: it then says how the run ended itself
     opened: float = field(default_factory=time.monotonic)  # before the scan, the loading and the caching
+    opened_at: float = field(default_factory=time.time)  # the same, as a file's time (what was written since)
 
     @property
     def config(self) -> RunConfig:
