@@ -214,10 +214,10 @@ def test_a_model_checkpoint_given_as_a_lora_is_named_one(tmp_path, capsys):
     save_file(sd15_single_file(parts.unet, parts.vae, parts.text_encoder), str(checkpoint))
     assert refused(["--lora", str(checkpoint), "--output", str(tmp_path / "x.png")], capsys) == (
         f"--lora: {checkpoint} is a tiny SD (random weights) model checkpoint, not a LoRA; give it as --model")
-    vae = tmp_path / "vae.safetensors"  # a VAE or an embedding got that message too
+    vae = tmp_path / "vae.safetensors"  # a VAE or an embedding got that message too; a VAE is named as one
     save_file({key: tensor.contiguous() for key, tensor in parts.vae.state_dict().items()}, str(vae))
     assert refused(["--lora", str(vae), "--output", str(tmp_path / "x.png")], capsys) == (
-        f"--lora: {vae}: no LoRA, DoRA, LoHa or LoKr layers: name a LoRA file (a model checkpoint is --model)")
+        f"--lora: {vae} is a VAE, not a LoRA; give it as --vae")
     embedding = tmp_path / "embedding.safetensors"
     save_file({"emb_params": torch.zeros(2, 32)}, str(embedding))
     assert refused(["--lora", str(embedding), "--output", str(tmp_path / "x.png")], capsys) == (

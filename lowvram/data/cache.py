@@ -311,7 +311,8 @@ def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Modu
                     pixels.append(_to_tensor(apply_variant(image, job.placement, job.variant)))
                     masks.append(None if mask is None else _mask_tensor(apply_variant(mask, job.placement,
                                                                                        job.variant)))
-                progress.advance(task, len(chunk) - len(read))
+                if len(read) < len(chunk):  # (an advance of nothing prints its line again where no bar redraws)
+                    progress.advance(task, len(chunk) - len(read))
                 if not read:
                     continue
                 chunk = read
