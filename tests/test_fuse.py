@@ -2,7 +2,6 @@
 diffusers' own single-file loader, gives what the base model with the LoRA applied gives; every tensor the LoRA
 did not change is kept bit for bit, extra keys included; a diffusers folder comes back as a folder."""
 
-import os
 import shutil
 
 import numpy as np
@@ -232,7 +231,7 @@ def test_the_current_folder_as_output_is_named_not_replaced(setup, tmp_path, cap
     assert (tmp_path / "model_index.json").read_text() == "{}"
 
 
-def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tmp_path, capsys):
+def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tmp_path, capsys, monkeypatch):
     """kohya's convert_diffusers20_original_sd.py: no LoRA, the model written in the other form, the same model."""
     family, checkpoint, _ = setup
     folder, single = tmp_path / "model-v1.5", tmp_path / "single.safetensors"
@@ -266,11 +265,8 @@ def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tm
     assert f"--output: {folder / 'unet' / 'model-v1.5.safetensors'} is inside {folder}, which is being read" in \
         capsys.readouterr().err
     (tmp_path / "out").mkdir()
-    os.chdir(folder)  # --model .: the folder's own name, not ".safetensors" (a hidden folder)
-    try:
-        assert main(["merge", "--model", ".", "--output", str(tmp_path / "out")]) == 0
-    finally:
-        os.chdir(tmp_path)
+    monkeypatch.chdir(folder)  # --model .: the folder's own name, not ".safetensors" (a hidden folder)
+    assert main(["merge", "--model", ".", "--output", str(tmp_path / "out")]) == 0
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["model-v1.5.safetensors"]
     assert main(["merge"]) == 2
     assert "give the LoRA files to merge" in capsys.readouterr().err
