@@ -281,13 +281,14 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys, monkeypat
     assert logged == [pytest.approx(peak * 2**30, abs=0.006 * 2**30)]
 
 
-def test_plan_without_a_gpu_or_budget_asks_for_one(capsys):
+def test_plan_without_a_gpu_or_budget_plans_for_each_profile(capsys):
     import torch
 
     if torch.cuda.is_available():
-        pytest.skip("checks the CPU message")
-    assert main(["plan", "--model", "sd15"]) == 2
-    assert "pass --vram SIZE or --profile NAME" in capsys.readouterr().err
+        pytest.skip("checks the CPU plan")
+    assert main(["plan", "--model", "sd15"]) == 0
+    out = capsys.readouterr().out
+    assert "no CUDA GPU here, so the plan on each card lowvram has a profile of" in out and "colab-t4" in out
 
 
 def test_check_data_reads_a_training_config_and_a_preset(tmp_path, sample_data):

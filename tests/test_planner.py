@@ -898,8 +898,34 @@ def test_plan_without_a_gpu_names_a_wrong_model_before_asking_for_a_card(tmp_pat
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}, str(lora))
     done, _ = lowvram("plan", "--model", str(lora))
     assert done.returncode == 2 and f"--model: {lora} is a LoRA, not a base model" in done.stderr, done.stderr
-    done, _ = lowvram("plan")
-    assert done.returncode == 2 and "no CUDA GPU here: pass --vram SIZE or --profile NAME" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="plans for the GPU present")
+def test_plan_without_a_gpu_or_a_card_named_plans_for_every_profile():
+    """Which card a run needs, on a laptop without one: a row per profile, each the pick `--profile` makes."""
+    from lowvram.hardware import list_profiles
+
+    done, _ = lowvram("plan", "--model-family", "sdxl", "--json")
+    assert done.returncode == 0, done.stderr
+    cards = json.loads(done.stdout)["cards"]
+    assert sorted(card["profile"] for card in cards) == list_profiles()
+    budgets = [card["hardware"]["budget"] for card in cards]
+    assert budgets == sorted(budgets)  # least VRAM first
+    for name in ("gtx-1650-4gb", "rtx-3060-laptop-6gb", "colab-t4"):
+        alone = json.loads(lowvram("plan", "--model-family", "sdxl", "--profile", name, "--json")[0].stdout)
+        card = next(card for card in cards if card["profile"] == name)
+        assert (card["choice"], card["fits"], card["compute_dtype"]) == (alone["choice"], alone["fits"],
+                                                                         alone["compute_dtype"])
+    assert not cards[0]["fits"] and cards[-1]["fits"]  # SDXL: no 4 GB GTX 1650 in fp32, every large card
+    shown, _ = lowvram("plan", "--model-family", "sdxl", "--ram", "64GB")
+    assert shown.returncode == 0 and "no CUDA GPU here, so the plan on each card" in shown.stdout
+    rows = {line.split("│")[1].strip(): line for line in shown.stdout.splitlines() if line.count("│") > 3}
+    assert "nothing fits (would with" in rows["gtx-1650-4gb"] and "bnb-nf4" in rows["rtx-3060-laptop-6gb"]
+    assert "fits" not in rows["colab-t4"] and "fp16" in rows["colab-t4"]
+    assert "bnb-nf4" in rows["gtx-1660-6gb"]  # (at its profile's 16 GiB of host RAM, SDXL in fp32 fits none)
+    assert "host RAM (--ram)" in lowvram("plan", "--model-family", "sdxl", "--json")[0].stdout
+    # nothing fits any card: a script reads it from the exit code, as from a plan for one card
+    assert lowvram("plan", "--model-family", "sdxl", "--resolution", "2048", "--batch-size", "64")[0].returncode == 1
 
 
 @pytest.mark.parametrize("network", ["lora", "dora", "loha", "lokr"])

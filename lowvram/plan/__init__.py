@@ -7,14 +7,14 @@ import dataclasses
 from lowvram.config import PLANNING_MODEL, RunConfig
 from lowvram.configure import build_config
 from lowvram.errors import LowvramError
-from lowvram.hardware import Hardware
+from lowvram.hardware import Hardware, list_profiles, load_profile
 from lowvram.models.detect import checkpoint_storage, detect_family
 from lowvram.plan.estimate import Estimate, MemoryStrategy, Workload, estimate
 from lowvram.plan.planner import Plan, plan
 from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
 
-__all__ = ["NATIVE_FORMAT", "Estimate", "MemoryStrategy", "Plan", "Workload", "apply_choice", "estimate", "fixed_choices", "plan",
-           "plan_options", "workload_for"]
+__all__ = ["NATIVE_FORMAT", "CardPlan", "Estimate", "MemoryStrategy", "Plan", "Workload", "apply_choice", "estimate",
+           "fixed_choices", "plan", "plan_cards", "plan_options", "workload_for"]
 
 STRATEGY_OPTIONS = ("unet_weights", "gradient_checkpointing", "checkpoint_blocks", "optimizer")
 
@@ -52,6 +52,35 @@ def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:
         raise LowvramError("no CUDA GPU here: pass --vram SIZE or --profile NAME to plan for a card")
     run = resolve_run(config, hardware)
     return run, plan(workload_for(run), hardware, fixed_choices(values, config))
+
+
+@dataclasses.dataclass(frozen=True)
+class CardPlan:
+    profile: str  # its --profile name
+    hardware: Hardware
+    run: ResolvedRun | None  # None where the options cannot run on the card (`refused` says why)
+    plan: Plan | None
+    refused: str = ""
+
+
+def plan_cards(values: dict, ram: int | None = None) -> list[CardPlan]:
+    """`lowvram plan` with no GPU here and none named: the plan on each card lowvram has a profile of, least VRAM
+    first (which card a run needs; --ram: the host RAM to plan with on every card)."""
+    values = {"data": "sample", "model": values.get("model_family") or PLANNING_MODEL, **values}
+    config = build_config(values)
+    detect_family(config.model.model, config.model.model_family)
+    cards = []
+    for name in list_profiles():
+        hardware = load_profile(name)
+        if ram:
+            hardware = dataclasses.replace(hardware, host_ram=ram, host_ram_source="--ram")
+        try:
+            run = resolve_run(config, hardware)
+        except LowvramError as exc:  # (--mixed-precision bf16 on a T4)
+            cards.append(CardPlan(name, hardware, None, None, str(exc)))
+            continue
+        cards.append(CardPlan(name, hardware, run, plan(workload_for(run), hardware, fixed_choices(values, config))))
+    return sorted(cards, key=lambda card: (card.hardware.free_vram, card.profile))
 
 
 def fixed_choices(values: dict, config: RunConfig) -> dict:

@@ -8,7 +8,7 @@ from rich.table import Table
 from lowvram.hardware import gib, precision_trouble
 from lowvram.plan.calibration import graphs_measured
 from lowvram.plan.estimate import PAGE_CACHE, PHASES, VRAM_SAFETY, Estimate
-from lowvram.plan.planner import Plan, checkpointing_flags, leanest_first
+from lowvram.plan.planner import Plan, checkpointing_flags, leanest_first, plan_budget
 from lowvram.resolve import NATIVE_FORMAT
 
 SHOWN_PHASES = ("latent caching", "text caching", "training", "sampling")
@@ -158,6 +158,41 @@ def host_breakdown(est: Estimate) -> Table:
         table.add_row(f"[dim]+ {PAGE_CACHE}", *[f"[dim]{gib(est.host[p][PAGE_CACHE])}" if est.host[p].get(PAGE_CACHE)
                                                  else "" for p in phases])
     return table
+
+
+def print_cards(cards: list, console: Console) -> None:
+    """`plan_cards` as one table: each card's pick (the first line of `lowvram plan --profile NAME`)."""
+    work = next(card.plan.workload for card in cards if card.plan)
+    rank = f"ranks up to {work.rank} (per block)" if work.per_block else f"rank {work.rank}"
+    console.print(f"[bold]{work.family.title}[/] at {work.resolution}px, batch {work.batch}, "
+                  f"{'LoRA' if work.network == 'lora' else work.network} {rank}"
+                  f"{' + text encoder' if work.train_text_encoder else ''}: no CUDA GPU here, so the plan on each card "
+                  "lowvram has a profile of", soft_wrap=True)
+    table = Table(title="the fastest strategy that fits each card and was seen training on a GPU: peak VRAM in "
+                        "training (GiB), time per step relative to weights in the computing format, no "
+                        "checkpointing, adamw (1.00; lower is faster)")
+    table.add_column("--profile", overflow="fold")
+    for column in ("budget", "computing"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("strategy", overflow="fold")
+    for column in ("train", "time"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for card in cards:
+        budget = gib(plan_budget(card.hardware))
+        if card.plan is None:
+            table.add_row(card.profile, budget, "", card.refused, "", "", style="dim")
+            continue
+        choice, computing = card.plan.choice, NATIVE_FORMAT[card.plan.workload.mixed_precision]
+        if choice is None:
+            fix = card.plan.suggestions[0] if card.plan.suggestions else ""
+            table.add_row(card.profile, budget, computing, "nothing fits" + (f" (would with {fix})" if fix else ""),
+                          "", "", style="dim")
+            continue
+        table.add_row(card.profile, budget, computing, choice.strategy.label, gib(choice.peak_vram("training")),
+                      f"{choice.speed:.2f}")
+    console.print(table)
+    console.print("every phase and the train command on one card: lowvram plan ... --profile NAME, or --vram SIZE "
+                  "for a card not listed", soft_wrap=True, highlight=False)
 
 
 def plan_json(result: Plan) -> dict:
