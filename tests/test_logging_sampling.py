@@ -56,6 +56,23 @@ def test_sample_grids_are_written_every_n_steps_at_the_expected_size(sampled):
     assert not last[48:, 64:].any()
 
 
+@pytest.mark.parametrize("ema", [False, True])
+def test_the_last_steps_grid_is_put_together_from_the_final_samples_not_drawn_twice(tmp_path, monkeypatch, ema):
+    """Its images are the final samples' (same weights, prompts, seeds): drawing both doubled the end's sampling
+    (minutes at SDXL 1024); under EMA the final samples show the average, so the grid is drawn."""
+    from lowvram.train import sampling
+
+    drawn, real = [], sampling.render
+    monkeypatch.setattr(sampling, "render", lambda *args, **kwargs: drawn.append(1) or real(*args, **kwargs))
+    config = run_config(output=str(tmp_path), max_steps=2, sample_every="1", sample_prompts=["lvshape"],
+                        sample_steps=2, ema=ema)
+    result = train(config)
+    assert len(drawn) == 2 + ema  # step 1's grid and the final sample (and under EMA, step 2's grid)
+    grid = tmp_path / "samples" / f"{config.output_name}-step00000002.png"
+    assert np.array_equal(np.asarray(Image.open(grid).convert("RGB")),
+                          np.asarray(Image.open(result.samples[0]).convert("RGB")))
+
+
 def test_each_sample_prompt_is_drawn_at_the_seed_plus_its_place(sampled):
     """As `generate --count` seeds its images: a prompt without its own --d draws at --seed plus its index."""
     import contextlib

@@ -31,11 +31,12 @@ from lowvram.train import checkpoint, outdir, publish
 from lowvram.train.metadata import TrainingShape
 from lowvram.train.progress import StopOnSignal, TrainingProgress, clock
 from lowvram.train.runlog import RunLog, log_early_end
-from lowvram.train.sampling import render_samples
+from lowvram.train.sampling import render_samples, save_grid
 from lowvram.train.saving import (
     at_save_points,
     checkpoint_to_resume,
     grid_due_at_start,
+    grid_of_final_samples,
     resume,
     sample_grid,
     save_final,
@@ -240,7 +241,7 @@ def run_training(session: Session) -> TrainResult:
         if (asked or signals.received is not None) and session.main:
             raise stopped_after_the_last_step(lora_path, draw_again(session, lora_path))
         samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log, written,
-                         copied)
+                         copied, grid_of_final_samples(session, schedule, step) if step > resumed_at else None)
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
         networks.cast_inputs(module, cast=True)
@@ -313,10 +314,10 @@ def write_diffusers_copy(session: Session, trainee: Trainee, lora_path: Path) ->
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
            step: int, started: datetime, resumed_at: int, log: RunLog, written: bool = True,
-           copied: Path | None = None) -> list[Path]:
-    """After the last step, in the main process: the diffusers-format copy, the sample images (in the `log` too),
-    the phase peaks, and how long this process's steps (those after `resumed_at`) took, from `started`, and where
-    their figures are."""
+           copied: Path | None = None, grid: Path | None = None) -> list[Path]:
+    """After the last step, in the main process: the diffusers-format copy, the sample images (in the `log` too,
+    and side by side at `grid`, the last step's sample grid), the phase peaks, and how long this process's steps
+    (those after `resumed_at`) took, from `started`, and where their figures are."""
     if not session.main:
         return []
     config, model, name = session.config, trainee.model, session.config.output_name
@@ -333,6 +334,14 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                                          session.run.resolution, config.output.sample_steps, config.training.seed,
                                          session.accelerator, prepared.sample_embeddings, shown,
                                          config.model.model or "")
+            if grid and samples:
+                from PIL import Image
+
+                images = [Image.open(path) for path in samples]
+                save_grid(images, grid)
+                for image in images:
+                    image.close()
+                log.image(step, "samples", grid)
     except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
         raise stopped_after_the_last_step(lora_path, draw_again(session, lora_path)) from None
     except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself
@@ -352,7 +361,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
             + [f"[green]saved[/] {diffusers_folder} (diffusers' format: pipe.load_lora_weights on that folder)"]
             * (written and copy_written)
             + [f"[green]sample[/] {p}" + " (drawn already, of this LoRA: kept)" * (p.stat().st_mtime < started.timestamp())
-               for p in samples])  # (a finished run resumed: its samples kept, not drawn again)
+               for p in samples] + [f"[green]samples[/] of step {step} side by side: {grid}"] * bool(grid and samples))  # (a finished run resumed: its samples kept, not drawn again)
     if said:
         session.console.print("\n".join(said), soft_wrap=True)
     try:

@@ -151,9 +151,13 @@ def render_grid(model: LoadedModel, prompts: tuple[SamplePrompt, ...], path: Pat
                 seed: int, accelerator, embeddings: list[tuple] | None = None) -> Path:
     """The samples of one point in training side by side in one image, top-aligned when their sizes differ
     (same seeds every time, so grids of successive steps show what training changed)."""
+    return save_grid(render_images(model, prompts, resolution, steps, seed, accelerator, embeddings), path)
+
+
+def save_grid(images: list[Image], path: Path) -> Path:
+    """The images side by side in one image at `path`, top-aligned when their sizes differ."""
     from PIL import Image as PILImage
 
-    images = render_images(model, prompts, resolution, steps, seed, accelerator, embeddings)
     grid = PILImage.new("RGB", (sum(im.width for im in images), max(im.height for im in images)))
     x = 0
     for image in images:

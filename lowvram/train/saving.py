@@ -299,9 +299,20 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
     if written:
         session.console.print(f"step {step}: {'; '.join(written)}", soft_wrap=True, highlight=False)
     sampled = bool(sample_every and is_save_point(sample_every, step, schedule))
-    if sampled:
+    if sampled and not grid_of_final_samples(session, schedule, step):
         sample_grid(session, trainee, prepared, log, step)
     return bool(written) or sampled, kept
+
+
+def grid_of_final_samples(session: Session, schedule: Schedule, step: int) -> Path | None:
+    """The last step's sample grid, where its images are the final samples drawn after the LoRA is saved (the same
+    weights, prompts and seeds), so put together from them rather than drawn twice; not under EMA, whose final
+    samples show the average."""
+    every = schedule.sample_every
+    if (step == schedule.total_steps and every and is_save_point(every, step, schedule) and session.config.samples
+            and not session.config.optim.ema):
+        return grid_path(session, step)
+    return None
 
 
 def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: Path, step: int, epochs: int,
