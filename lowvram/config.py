@@ -68,6 +68,7 @@ IMAGE_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "M
                  ".bmp": ("BMP", "DIB"), ".jfif": ("JPEG",),  # (.jfif: the JPEGs Windows' browsers save)
                  ".tif": ("TIFF",), ".tiff": ("TIFF",)}  # (a scanner's, a painting program's: OneTrainer's too)
 IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")  # a folder's captions, as Hugging Face's imagefolder keeps them
 MASK_SUFFIX = "-masklabel.png"  # OneTrainer's loss masks: <image stem>-masklabel.png beside the image, never an image
 # OneTrainer's label files beside an image, of any type: never images (it leaves them out of the images so too)
 LABEL_STEMS = ("-masklabel", "-condlabel")

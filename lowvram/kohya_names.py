@@ -111,6 +111,7 @@ KOHYA_FLAGS = {
     "--huber_schedule": "--huber-schedule",
     "--min_snr_gamma": "--min-snr-gamma",
     "--v_parameterization": "--prediction-type v_prediction",
+    "--sdxl": "(not needed: the family is read from --model; --model-family sdxl forces it)",
     "--cache_latents": "(always: latents are cached on disk)",
     "--cache_latents_to_disk": "(always: latents are cached on disk)",
     "--cache_text_encoder_outputs": "(the default without --train-text-encoder)",
@@ -166,6 +167,7 @@ WITHOUT_COUNTERPART = {
     "--metadata_thumbnail": "the final LoRA's first sample is its preview (samples/<name>-00.png; --copy-to writes "
                             "it beside the copy as <name>.preview.png, which AUTOMATIC1111 and ComfyUI show)",
     "--metadata_usage_hint": "write it in --metadata-description",
+    "--v2": "Stable Diffusion 2 is not a family lowvram trains (SD1.5 and SDXL are: --model names one)",
 }
 
 

@@ -438,6 +438,9 @@ def test_a_kohya_flag_without_a_counterpart_says_what_to_do_instead(capsys):
         main(["train", "--model", "tiny", "--data", "sample", "--token_warmup_step", "10"])
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--token_warmup_step is kohya's: lowvram trains every caption whole" in error
+    with pytest.raises(SystemExit):  # (kohya's launch line for SD2, by habit: not a misspelling)
+        main(["train", "--model", "tiny", "--data", "sample", "--v2"])
+    assert "--v2 is kohya's: Stable Diffusion 2 is not a family lowvram trains" in capsys.readouterr().err
 
 
 def test_a_warm_up_longer_than_most_of_the_run_is_warned_about(tmp_path):

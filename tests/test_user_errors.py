@@ -130,6 +130,12 @@ def test_a_file_where_a_folder_or_a_safetensors_name_belongs_is_named(tmp_path, 
     image = next(sample_data.rglob("*.png"))
     assert main(["check-data", "--model", "tiny", str(image)]) == 2
     assert f"--data: {image} is a file; give the folder of images" in one_error(capsys)
+    captions = tmp_path / "hf style" / "metadata.jsonl"  # (the kohya words sent an imagefolder's user astray)
+    captions.parent.mkdir()
+    captions.write_text('{"file_name": "a.png", "text": "a cat"}\n')
+    assert main(["check-data", "--model", "tiny", str(captions)]) == 2
+    assert one_error(capsys) == (f"lowvram check-data: error: --data: {captions} is the captions file of a Hugging "
+                                 f"Face imagefolder; give its folder: --data '{captions.parent}'")
     # a dataset uploaded as an archive (a Colab user's zip on Drive): how to unpack it, then the --data that follows
     # (its contents at the top, or the folder itself inside it, as Windows' "Compressed folder" and macOS make it)
     for archive, inside in ((tmp_path / "my dataset.zip", None), (tmp_path / "zipped" / "sample.zip", sample_data.name)):

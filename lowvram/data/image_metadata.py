@@ -11,10 +11,9 @@ import math
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES
+from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES, METADATA_FILES
 from lowvram.errors import LowvramError
 
-METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 UNREAD_METADATA_FILES = ("metadata.parquet",)
 CAPTION_COLUMNS = ("text", "caption", "prompt")  # tried in this order without --caption-column; "text" is diffusers'
 FILE_COLUMN = "file_name"
