@@ -41,6 +41,7 @@ from lowvram.prompts import (
     options_elsewhere,
     parse_prompt,
     unread_syntax,
+    with_trigger,
 )
 from lowvram.samplers import a1111_name, own_sampler, sampler_problem
 from lowvram.train.sampling import render
@@ -223,8 +224,8 @@ def _with_trigger(prompt: SamplePrompt, sources: list[tuple[Path, float]]) -> Sa
     plural = "s" * ("," in trigger)  # (several concepts' words: the LoRA's trigger words)
     print(f"--prompt: {TRIGGER_PLACEHOLDER} is " + (f"'{trigger}', the LoRA's trigger word{plural}" if trigger else
                                                       "left out: no --lora file records a trigger word"))
-    return dataclasses.replace(prompt, text=prompt.text.replace(TRIGGER_PLACEHOLDER, trigger),
-                               negative=prompt.negative.replace(TRIGGER_PLACEHOLDER, trigger))
+    return dataclasses.replace(prompt, text=with_trigger(prompt.text, trigger),
+                               negative=with_trigger(prompt.negative, trigger))
 
 
 def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Path, float]], list[str]]:

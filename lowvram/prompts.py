@@ -30,6 +30,19 @@ else:  # pragma: no cover
 # scripts written without spaces between words: kana (and half-width katakana) and CJK ideographs (a regex range)
 UNSPACED = "\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f"
 TRIGGER_PLACEHOLDER = "[trigger]"  # ai-toolkit's, in captions and sample prompts: its trigger_word goes there
+
+
+def with_trigger(line: str, trigger: str | None, separator: str = ",") -> str:
+    """ai-toolkit's placeholder in `line` replaced by the trigger word; without one, left out, a tag of its own with
+    its separator ("[trigger], red style" trains "red style", not ", red style")."""
+    if trigger:
+        return line.replace(TRIGGER_PLACEHOLDER, trigger)
+    separator = separator.strip() or ","
+    tags = line.split(separator)
+    line = separator.join(tag for tag in tags if tag.strip() != TRIGGER_PLACEHOLDER) if len(tags) > 1 else line
+    return re.sub(rf"\s*{re.escape(TRIGGER_PLACEHOLDER)}", "", line).strip()
+
+
 MAX_STEPS = 1000  # the timesteps SD1.5 and SDXL were trained with: no sampler takes more
 MAX_SEED = 2**32 - 1  # AUTOMATIC1111's and kohya's seeds; -1 draws one (where a random seed has a place)
 OPTIONS = {"n": "negative prompt", "w": "width", "h": "height", "s": "steps", "l": "guidance scale", "d": "seed",

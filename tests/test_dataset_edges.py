@@ -109,9 +109,19 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
     report = captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions(trigger_word="ohwx")))
     assert {name: (record.caption, record.notes) for name, record in report.items()} == {
         "a.png": ("a photo of ohwx, smiling", ()), "b.png": ("ohwx at the beach", ())}
+    (folder / "c.txt").write_text("red style, [trigger], soft light")
+    (folder / "d.txt").write_text("[trigger], red style")
+    picture(folder / "c.png", (90, 80, 40))
+    picture(folder / "d.png", (120, 80, 40))
     report = captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions()))
-    assert report["a.png"].caption == "a photo of , smiling"  # as ai-toolkit leaves it without a trigger word
+    # without a trigger word, left out: a tag of its own with its separator (", red style" trained an empty tag)
+    assert {name: record.caption for name, record in report.items()} == {
+        "a.png": "a photo of, smiling", "b.png": "at the beach", "c.png": "red style, soft light",
+        "d.png": "red style"}
     assert "no --trigger-word says what goes there" in report["a.png"].notes[0]
+    for stem in "cd":
+        (folder / f"{stem}.txt").unlink()
+        (folder / f"{stem}.png").unlink()
     (folder / "a.caption").write_text("a sentence")  # the other extension alone: read, and said (kohya reads none)
     (folder / "a.txt").unlink()
     assert captions_by_name(scan_dataset(tmp_path / "data", TINY, ScanOptions()))["a.png"].notes == (
@@ -134,7 +144,7 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
         assert captions_by_name(scan_dataset(tmp_path / "data", TINY, options))["red_circle.png"].caption == caption
     config = run_config(trigger_word="ohwx", sample_prompts=("[trigger], portrait --w 64",))
     assert config.prompt_lines == ("ohwx, portrait --w 64",) and config.samples[0].text == "ohwx, portrait"
-    assert run_config(sample_prompts=("[trigger] portrait",)).prompt_lines == (" portrait",)  # (as its captions')
+    assert run_config(sample_prompts=("[trigger] portrait",)).prompt_lines == ("portrait",)  # (as its captions')
 
 
 def test_a_trigger_word_of_one_of_several_concepts_is_said(tmp_path, capsys):

@@ -140,8 +140,9 @@ def test_ai_toolkits_trigger_placeholder_takes_the_loras_trigger_word(tmp_path, 
     word = render(tmp_path, "word", "--prompt", "lvshape holding a cup", "--lora", str(lora))
     assert np.array_equal(placeholder, word)
     assert Image.open(tmp_path / "placeholder.png").text["parameters"].startswith("lvshape holding a cup")
-    render(tmp_path, "none", "--prompt", "[trigger] holding a cup")
+    render(tmp_path, "none", "--prompt", "[trigger], holding a cup")
     assert "--prompt: [trigger] is left out: no --lora file records a trigger word" in capsys.readouterr().out
+    assert Image.open(tmp_path / "none.png").text["parameters"].startswith("holding a cup\n")  # (not ", holding")
     # a negative prompt's too; a diffusers-format copy's folder holds no trigger word (a traceback: a folder read as
     # a file)
     render(tmp_path, "negative", "--prompt", "a cup --n [trigger]", "--lora", str(lora))

@@ -55,7 +55,7 @@ from lowvram.dataset_files.subsets import MAX_REPEATS, REPEAT_FOLDER, is_year, r
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import ignores_case, is_utf8, passed_over, utf8_text, write_text
 from lowvram.option_values import caption_extension_problem, caption_template_problem
-from lowvram.prompts import TRIGGER_PLACEHOLDER
+from lowvram.prompts import TRIGGER_PLACEHOLDER, with_trigger
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
 SILENT_NAMES = ("Thumbs.db", "desktop.ini")
@@ -701,7 +701,7 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         if not options.trigger_word:
             notes.append(f"{TRIGGER_PLACEHOLDER} (ai-toolkit's trigger word placeholder) left out: no "
                          "--trigger-word says what goes there")
-        lines = [line.replace(TRIGGER_PLACEHOLDER, options.trigger_word or "") for line in lines]
+        lines = [with_trigger(line, options.trigger_word, options.caption_separator) for line in lines]
     if options.trigger_word and (text is not None or "{trigger}" not in options.caption_template and lines[0]):
         # (a template's caption lacks it where written without {trigger}; an empty one's trains without a caption)
         joint = ", " if options.caption_separator == "," else f"{options.caption_separator} "  # a tag of its own
