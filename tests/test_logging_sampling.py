@@ -525,6 +525,13 @@ def test_a_piped_progress_line_says_the_epoch_the_time_left_and_slow_steps_in_se
     out.truncate(0)
     out.seek(0)
     now[0] = 0.0
+    sampled_first = TrainingProgress(Console(file=out, width=200), 4)  # --sample-at-first's grid: 200 s
+    now[0] = 210.0
+    sampled_first.update(1, 1.0, 1e-4, seconds=10.0)
+    assert "  10.00 s/it  0:03:30 elapsed" in out.getvalue()  # the step's pace, not the grid's
+    out.truncate(0)
+    out.seek(0)
+    now[0] = 0.0
     resumed = TrainingProgress(Console(file=out, width=200), 10, start_step=5)
     for step, at in ((6, 100.0), (7, 110.0), (8, 120.0)):  # the first step took 100 s (warm-up), the next 10 s each
         now[0] = at

@@ -141,7 +141,8 @@ class TrainingProgress:
         steady = self.timed is not None
         if not steady:
             self.timed = (step, now)
-            rate = (step - self.start_step) / max(elapsed, 1e-9)
+            # the step's own time where given: the elapsed time holds the sample grid of --sample-at-first too
+            rate = 1 / max(seconds, 1e-9) if seconds else (step - self.start_step) / max(elapsed, 1e-9)
         else:
             rate = (step - self.timed[0]) / max(now - self.timed[1], 1e-9)
         shown = "nan" if self.loss is None else f"{self.loss:.4f}"
