@@ -92,6 +92,11 @@ else:  # pragma: no cover
 ALTERNATIVES = (("max_steps", "epochs"), ("validation_split", "validation_data"))
 
 
+def _given_values(given: Collection[str]) -> Mapping[str, Any] | None:
+    """The command line's option values, where `given` holds them (a name alone holds none)."""
+    return given if isinstance(given, Mapping) else None
+
+
 def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     """Option values from a `--config` file: lowvram's TOML (kohya's TOML configs too), or a OneTrainer or kohya_ss
     GUI config's JSON. `given`: the options the command line gives, which replace the file's: the file's values of
@@ -101,7 +106,7 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     if is_launcher(Path(path)):
         return _read_launcher(Path(path), given)
     if Path(path).suffix.lower() in (".yaml", ".yml", ".env"):
-        raise LowvramError(yaml_or_env_problem(Path(path), config_text(path)))
+        raise LowvramError(yaml_or_env_problem(Path(path), config_text(path), _given_values(given)))
     if Path(path).suffix.lower() != ".json":
         return read_toml(path, given)
     text = config_text(path)
@@ -112,9 +117,9 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     if is_simpletuner_backends(doc):
         raise LowvramError(simpletuner_backends_problem(Path(path), doc, "--config"))
     if is_simpletuner_config(doc):
-        raise LowvramError(simpletuner_config_problem(Path(path), doc))
+        raise LowvramError(simpletuner_config_problem(Path(path), doc, _given_values(given)))
     if is_ai_toolkit(doc):  # (it reads a .json config as its .yaml)
-        raise LowvramError(ai_toolkit_problem(Path(path), doc))
+        raise LowvramError(ai_toolkit_problem(Path(path), doc, _given_values(given)))
     if is_onetrainer_config(doc):
         values, notes = translate_onetrainer(doc, Path(path))
         return _translated(values, notes, Path(path), "a OneTrainer config", False, given)
@@ -280,7 +285,7 @@ def read_toml(path: Path, given: Collection[str] = (), flag: str = "--config", r
         raise LowvramError(f"--config: {path} is a kohya dataset config ([[datasets]] of image folders); pass it as "
                            f"--data {path}")
     if is_simpletuner_config(doc):  # (its config.toml: read as kohya's, refused key by key)
-        raise LowvramError(simpletuner_config_problem(Path(path), doc))
+        raise LowvramError(simpletuner_config_problem(Path(path), doc, _given_values(given)))
     if is_kohya_config(doc):
         return _read_kohya(doc, path, given)
     known = fields_by_name()

@@ -6,13 +6,15 @@ are read through `kohya_names`), so that a user moving over starts from their ow
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shlex
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lowvram.config import fields_by_name, flag_name
+from lowvram.config import as_flag_words, fields_by_name, flag_name
 from lowvram.kohya_names import AI_TOOLKIT_FLAGS, KOHYA_FLAGS, OTHER_TRAINER_FLAGS
 from lowvram.optim import KOHYA_OPTIMIZERS
 
@@ -49,7 +51,23 @@ def is_simpletuner_config(doc: Any) -> bool:
         or bool({"data_backend_config", "--data_backend_config", "model_family", "--model_family"} & doc.keys()))
 
 
-def ai_toolkit_problem(path: Path, doc: Any) -> str:
+def _with_given(words: list[str], options: Mapping[str, Any] | None) -> list[str]:
+    """The command with the `options` given beside --config in place of the file's (as a kohya config's are)."""
+    known = fields_by_name()
+    given = {name: value for name, value in (options or {}).items() if value is not None and name in known}
+    flags = {flag_name(known[name][1]) for name in given}
+    kept, value_of_dropped = [], False
+    for word in words:
+        if value_of_dropped and not word.startswith("--"):
+            value_of_dropped = False
+            continue
+        value_of_dropped = word in flags
+        if not value_of_dropped:
+            kept.append(word)
+    return kept + as_flag_words(given)
+
+
+def ai_toolkit_problem(path: Path, doc: Any, options: Mapping[str, Any] | None = None) -> str:
     """The one line an ai-toolkit config is answered with: the lowvram command its settings make, with ai-toolkit's
     defaults where they are not lowvram's (an alpha of 1, every linear layer of the U-Net adapted, images never
     upscaled, a sample before the first step)."""
@@ -122,8 +140,12 @@ def ai_toolkit_problem(path: Path, doc: Any) -> str:
              if (section, key) not in {*AI_TOOLKIT_FLAGS, *AI_TOOLKIT_READ} and value not in (None, False)]
     if len(datasets) > 1:
         left.append(f"{len(datasets) - 1} more dataset(s) (a kohya dataset .toml as --data holds several)")
+    repeats = sections["dataset"].get("num_repeats")
+    left = [f"num_repeats {repeats} (a folder named {repeats}_name trains its images {repeats} times, as kohya's)"
+            if item == "num_repeats" else item for item in left
+            if item != "loss_type" or str(train.get("loss_type")).lower() not in ("mse", "l2")]  # (lowvram's loss)
     return (f"--config: {path} is an ai-toolkit config, {ISNT_READ}; its settings as lowvram's: "
-            f"{shlex.join(words)}" + (f" (not carried over: {', '.join(left)})" if left else ""))
+            f"{shlex.join(_with_given(words, options))}" + (f" (not carried over: {', '.join(left)})" if left else ""))
 
 
 def _ai_toolkit_prompts(sample: dict) -> list[str]:
@@ -150,8 +172,9 @@ def _ai_toolkit_prompts(sample: dict) -> list[str]:
     return prompts
 
 
-def simpletuner_config_problem(path: Path, doc: dict) -> str:
-    """The one line a SimpleTuner config.json (or config.env's settings) is answered with."""
+def simpletuner_config_problem(path: Path, doc: dict, options: Mapping[str, Any] | None = None) -> str:
+    """The one line a SimpleTuner config.json (or config.env's settings) is answered with; the image folders of
+    the data backends it names (its data_backend_config) read from that file."""
     words, left = ["lowvram", "train"], []
     fields = _fields_by_flag()
     reports = str(doc.get("--report_to", doc.get("report_to", "wandb"))).lower()  # (SimpleTuner's default: wandb)
@@ -168,10 +191,21 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
                 left.append(f"resolution_type {kind} (its shorter edge; lowvram's --resolution is the side of the "
                             "buckets' area)")
             continue
-        if name == "noise_offset" or name.startswith("tracker_") and "wandb" not in reports:
-            # (SimpleTuner offsets a quarter of the steps' noise, and only with --offset_noise: lowvram every step's;
-            # a project name of no W&B run would start one)
-            left += [] if value in (0, "0", "") else [name]
+        if name == "noise_offset":  # (theirs offsets a quarter of the steps' noise, and only with --offset_noise)
+            left += [] if value in (0, "0", "") else [
+                (f"noise_offset {value} (SimpleTuner offsets the noise of a share of the steps, "
+                 "noise_offset_probability 0.25 unless set, and only with offset_noise; lowvram's --noise-offset "
+                 "offsets every step's)")]
+            continue
+        if name.startswith("tracker_") and "wandb" not in reports:  # (a project name of no W&B run would start one)
+            left.append(name)
+            continue
+        if name == "lora_type" and str(value).lower() == "standard":  # (a plain LoRA: lowvram's)
+            continue
+        if name in BACKEND_FILES:
+            backend = _backend_words(Path(str(value)), path)
+            words += backend[0] if backend else []
+            left += backend[1] if backend else [name]
             continue
         counterpart = KOHYA_FLAGS.get(f"--{name}") or OTHER_TRAINER_FLAGS.get(f"--{name}") or (
             flag_name(fields_by_name()[name][1]) if name in fields_by_name() else None)  # (one of lowvram's own)
@@ -193,8 +227,46 @@ def simpletuner_config_problem(path: Path, doc: dict) -> str:
         if words[at + 1] != "none":
             left.append("timestep_bias_strategy (without timestep_bias_multiplier it biases nothing)")
         del words[at:at + 2]
-    return (f"--config: {path} is a SimpleTuner config, {ISNT_READ}; its settings as lowvram's: {shlex.join(words)}"
-            + (f" (not carried over: {', '.join(left)})" if left else ""))
+    return (f"--config: {path} is a SimpleTuner config, {ISNT_READ}; its settings as lowvram's: "
+            f"{shlex.join(_with_given(words, options))}" + (f" (not carried over: {', '.join(left)})" if left else ""))
+
+
+def _backend_words(named: Path, config: Path) -> tuple[list[str], list[str]] | None:
+    """The lowvram options of a config's data backend file (named as SimpleTuner finds it: from the folder it runs
+    in, else beside the config), and what they leave out; None where it cannot be read as one."""
+    for path in (named, config.parent / named):
+        with contextlib.suppress(OSError, ValueError):
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if is_simpletuner_backends(doc):
+                break
+    else:
+        return None
+    training, regularization = _backend_sets(doc)
+    if not training:
+        return None
+    first, words, left = training[0], ["--data", str(training[0]["instance_data_dir"])], []
+    strategy = first.get("caption_strategy") or "filename"
+    if strategy == "filename":
+        words += ["--caption-template", "{filename}"]
+    elif strategy == "instanceprompt" and first.get("instance_prompt"):
+        words += ["--caption-template", str(first["instance_prompt"])]
+    repeats = first.get("repeats") or 0
+    if isinstance(repeats, int) and repeats > 0:
+        left.append(f"repeats {repeats} ({repeats + 1} passes an epoch: a kohya {repeats + 1}_name folder)")
+    if regularization:
+        words += ["--reg-data", str(regularization[0]["instance_data_dir"]), "--prior-prediction"]
+    if training[1:]:
+        left.append(f"{len(training) - 1} more image folder(s) (a kohya dataset .toml as --data holds several)")
+    return words, left
+
+
+def _backend_sets(doc: list) -> tuple[list[dict], list[dict]]:
+    """SimpleTuner's image backends that train, and its regularisation ones."""
+    images = [entry for entry in doc if entry.get("instance_data_dir") and entry.get("dataset_type", "image") == "image"
+              and not entry.get("disabled") and not entry.get("disable")]  # (SimpleTuner reads both spellings)
+    regularization = [entry for entry in images if entry.get("is_regularisation_data")
+                      or entry.get("is_regularization_data")]
+    return [entry for entry in images if entry not in regularization], regularization
 
 
 def _fields_by_flag() -> dict[str, tuple]:
@@ -267,11 +339,7 @@ def simpletuner_env(text: str) -> dict[str, str] | None:
 
 def simpletuner_backends_problem(path: Path, doc: list, flag: str) -> str:
     """The one line SimpleTuner's data backends are answered with: the folders they name, as lowvram's --data."""
-    images = [entry for entry in doc if entry.get("instance_data_dir") and entry.get("dataset_type", "image") == "image"
-              and not entry.get("disabled") and not entry.get("disable")]  # (SimpleTuner reads both spellings)
-    regularization = [entry for entry in images if entry.get("is_regularisation_data")
-                      or entry.get("is_regularization_data")]
-    training = [entry for entry in images if entry not in regularization]  # (the class images were named first)
+    training, regularization = _backend_sets(doc)  # (the class images were named first)
     if not training:
         return f"{flag}: {path} is a SimpleTuner data backend config, {ISNT_READ}; give the image folder as --data"
     first = training[0]
@@ -292,7 +360,7 @@ def simpletuner_backends_problem(path: Path, doc: list, flag: str) -> str:
             + (f" (and {others}: a kohya dataset .toml as --data holds several folders)" if others else ""))
 
 
-def yaml_or_env_problem(path: Path, text: str) -> str:
+def yaml_or_env_problem(path: Path, text: str, options: Mapping[str, Any] | None = None) -> str:
     """What a YAML or .env config (its `text`) is answered with: ai-toolkit's or SimpleTuner's, with the command
     their settings make; another's, the formats lowvram reads."""
     import yaml
@@ -300,13 +368,13 @@ def yaml_or_env_problem(path: Path, text: str) -> str:
     if path.suffix.lower() == ".env":
         settings = simpletuner_env(text)
         if settings:
-            return simpletuner_config_problem(path, settings)
+            return simpletuner_config_problem(path, settings, options)
     else:
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError:
             doc = None
         if is_ai_toolkit(doc):
-            return ai_toolkit_problem(path, doc)
+            return ai_toolkit_problem(path, doc, options)
     return (f"--config: {path} is no config lowvram reads: lowvram's and kohya's are TOML, OneTrainer's and "
             "kohya_ss's JSON")

@@ -68,6 +68,17 @@ def test_an_ai_toolkit_config_is_answered_with_its_lowvram_command(tmp_path, cap
     args = suggested_flags(line)
     assert "--network" not in line and "locon" not in line and args["lora_layers"] == "full", line
     assert args["alpha"] == "1"  # (ai-toolkit's alpha where none is given: 1, not lowvram's the rank)
+    # a flag given beside --config in place of the file's (the printed line trained SD XL base for 2000 steps); its
+    # timestep range, its mse (lowvram's loss) not named, its repeats said as a folder's
+    process = AI_TOOLKIT["config"]["process"][0]
+    path.write_text(dump(AI_TOOLKIT | {"config": {"name": "x", "process": [process | {
+        "train": process["train"] | {"max_denoising_steps": 900, "loss_type": "mse"},
+        "datasets": [process["datasets"][0] | {"num_repeats": 3}]}]}}))
+    line = refusal(capsys, ["train", "--config", str(path), "--model", "tiny-sdxl", "--max-steps", "2", "--no-flip"])
+    args = suggested_flags(line)
+    assert (args["model"], args["max_steps"], args["max_timestep"], args["flip"]) == ("tiny-sdxl", "2", "900", False)
+    assert "stabilityai" not in line and "2000" not in line and "loss_type" not in line, line
+    assert "num_repeats 3 (a folder named 3_name trains its images 3 times, as kohya's)" in line
     path.write_text("a: [1, 2" if suffix != ".json" else "{}")  # another's: the formats lowvram reads
     assert "is no config lowvram reads: lowvram's and kohya's are TOML" in refusal(capsys, ["train", "--config",
                                                                                              str(path)])
@@ -139,13 +150,27 @@ def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, 
     line = refusal(capsys, ["train", "--config", str(path)])
     # what takes no value as it is (adamw_bf16: no such optimizer here; a guidance is a sample prompt's inline
     # option, --center_crop a choice, epochs for samples an e): named, not turned into another option's value
+    # (its data_backend_config not there; a standard lora_type is lowvram's; SimpleTuner's noise offset is not
+    # lowvram's: said why)
     assert line.endswith("(not carried over: resolution_type pixel (its shorter edge; lowvram's --resolution is the "
                          "side of the buckets' area), data_backend_config, optimizer, validation_guidance, report_to, "
-                         "center_crop, lora_type, validation_epochs, noise_offset)"), line  # (not max_train_steps 0)
+                         "center_crop, validation_epochs, noise_offset abc (SimpleTuner offsets the noise of a share of "
+                         "the steps, noise_offset_probability 0.25 unless set, and only with offset_noise; lowvram's "
+                         "--noise-offset offsets every step's))"), line  # (not max_train_steps 0)
     args = suggested_flags(line)
     given = (args["rank"], float(args["lr"]), args.get("max_steps"), args["resolution"], args["ema"], args["network"])
     assert given == ("16", 1e-4, None, "1024", True, "lora")  # (max_train_steps 0: SimpleTuner's way by epochs)
     assert args["epochs"] == "10"
+    # the data backends it names, beside it (SimpleTuner's own folder): their image folder and captions; and a flag
+    # given beside --config in place of the file's, as a kohya config's
+    (tmp_path / "multidatabackend.json").write_text(json.dumps([
+        {"id": "me", "type": "local", "instance_data_dir": "/data/me", "repeats": 2}, BACKENDS[1]]))
+    line = refusal(capsys, ["train", "--config", str(path), "--model", "tiny-sdxl", "--max-steps", "2"])
+    args = suggested_flags(line)
+    assert (args["data"] or args["data_flag"], args["caption_template"], args["model"], args["max_steps"]) == (
+        "/data/me", "{filename}", "tiny-sdxl", "2"), line
+    assert "stabilityai" not in line and "data_backend_config" not in line
+    assert "repeats 2 (3 passes an epoch: a kohya 3_name folder)" in line
     # step cadences and the caption dropout have lowvram's (they were left out); a W&B project of a run that reports
     # to none would start a W&B run
     path.write_text(json.dumps(SIMPLETUNER | {
