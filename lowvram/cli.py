@@ -489,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
         return 141  # as a shell says a pipe's writer ended by its reader (128 + SIGPIPE): not plan's "nothing fits"
     except (MemoryError, RuntimeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno in LOG_FULL and exc.filename is None:  # (stdout's: a file's own
+            _to_nowhere(sys.stdout)  # is said where it is written; the flush at exit would raise it again)
+            with contextlib.suppress(OSError):
+                print(f"lowvram {args.command}: error: its output cannot be written ({exc.strerror}): free space on "
+                      "the disk of the file it goes to", file=sys.stderr)
+            return 2
         if args.command == "train" and _peer_lost(exc):
             with _last_words():
                 print(f"lowvram train: error: lost contact with the run's other processes (one ended, out of memory or "
@@ -551,9 +557,14 @@ def _print_any_name() -> None:
                 stream.reconfigure(errors="replace")
 
 
+# a log file's disk (or quota) full: what writing to it raises
+LOG_FULL = {errno.ENOSPC, errno.EFBIG, *([errno.EDQUOT] if hasattr(errno, "EDQUOT") else [])}
+
+
 class _GoesOnWithoutReader:
-    """stdout that, once its reader has gone (`train | head`, a log shipper that died), is written to nowhere: the
-    run goes on to its checkpoints and LoRA, its figures in metrics.jsonl, rather than dying mid-step unsaid."""
+    """stdout that, once its reader has gone (`train | head`, a log shipper that died) or its log file's disk is full
+    (`nohup train > ~/run.log` over a lab's quota), is written to nowhere: the run goes on to its checkpoints and
+    LoRA, its figures in metrics.jsonl, rather than dying mid-step unsaid."""
 
     def __init__(self, stream):
         self._stream, self._gone = stream, False
@@ -569,12 +580,16 @@ class _GoesOnWithoutReader:
             return None
         try:
             return call(*args)
-        except BrokenPipeError:
+        except OSError as exc:
+            if not isinstance(exc, BrokenPipeError) and exc.errno not in LOG_FULL:
+                raise
             self._gone = True
             _to_nowhere(self._stream)  # (the exit's flush would raise it again)
-            try:  # (on the same pipe, `2>&1 | head`, this one's reader is gone too)
-                print("lowvram train: the output's reader has gone; training goes on without printing (each step's "
-                      "figures are in the run's metrics.jsonl)", file=sys.stderr, flush=True)
+            why = ("the output's reader has gone" if isinstance(exc, BrokenPipeError) else
+                   f"the output cannot be written ({exc.strerror}: the disk of the file it goes to is full)")
+            try:  # (on the same pipe, `2>&1 | head`, this one's reader is gone too; on the same full disk, its file)
+                print(f"lowvram train: {why}; training goes on without printing (each step's figures are in the "
+                      "run's metrics.jsonl)", file=sys.stderr, flush=True)
             except OSError:
                 _to_nowhere(sys.stderr)
             return None

@@ -434,6 +434,26 @@ def test_a_run_whose_output_reader_goes_away_trains_to_its_end(tmp_path):
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="Linux's always-full device")
+def test_a_run_whose_log_files_disk_is_full_trains_to_its_end(tmp_path):
+    """`nohup lowvram train ... > ~/run.log` over a lab's quota: the first print raised ENOSPC, a traceback, exit 1,
+    mid-run; and `plan --json > file` on a full disk was a traceback too."""
+    out = tmp_path / "out"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
+                               "--output", str(out), "--max-steps", "2", "--cache-dir", str(tmp_path / "cache")],
+                              stdout=full, stderr=subprocess.PIPE, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stderr.startswith("lowvram train: the output cannot be written (No space left on device: the "
+                                      "disk of the file it goes to is full); training goes on without printing")
+        assert (out / "out.safetensors").is_file()
+        assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["end"] == "finished"
+        done = subprocess.run([sys.executable, "-m", "lowvram", "plan", "--json", "--vram", "12GB"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, check=False)
+    assert (done.returncode, done.stderr) == (2, ("lowvram plan: error: its output cannot be written (No space left "
+                                                 "on device): free space on the disk of the file it goes to\n"))
+
+
 def test_a_run_whose_one_pipe_for_both_outputs_loses_its_reader_trains_to_its_end(tmp_path):
     """`2>&1 | head`: the notice that the reader left went to the same broken pipe, which ended the run all the same;
     and a process without a stdout at all (pythonw) trains too."""
