@@ -38,7 +38,7 @@ from lowvram.configure import (
 )
 from lowvram.console import another_process, launched_processes
 from lowvram.errors import LowvramError, Refused, TrainingInterrupted, first_line, host_memory_ran_out, shell_line
-from lowvram.files import MAX_FILE_NAME, expand_home, unwritable
+from lowvram.files import FULL_DISK_ERRNOS, MAX_FILE_NAME, expand_home, unwritable
 from lowvram.hardware import parse_size
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
 from lowvram.models.families import FAMILIES
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
         return 141  # as a shell says a pipe's writer ended by its reader (128 + SIGPIPE): not plan's "nothing fits"
     except (MemoryError, RuntimeError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno in LOG_FULL and exc.filename is None:  # (stdout's: a file's own
+        if isinstance(exc, OSError) and exc.errno in FULL_DISK_ERRNOS and exc.filename is None:  # (stdout's: a file's own
             _to_nowhere(sys.stdout)  # is said where it is written; the flush at exit would raise it again)
             with contextlib.suppress(OSError):
                 print(f"lowvram {args.command}: error: its output cannot be written ({exc.strerror}): free space on "
@@ -557,10 +557,6 @@ def _print_any_name() -> None:
                 stream.reconfigure(errors="replace")
 
 
-# a log file's disk (or quota) full: what writing to it raises
-LOG_FULL = {errno.ENOSPC, errno.EFBIG, *([errno.EDQUOT] if hasattr(errno, "EDQUOT") else [])}
-
-
 class _GoesOnWithoutReader:
     """stdout that, once its reader has gone (`train | head`, a log shipper that died) or its log file's disk is full
     (`nohup train > ~/run.log` over a lab's quota), is written to nowhere: the run goes on to its checkpoints and
@@ -581,7 +577,7 @@ class _GoesOnWithoutReader:
         try:
             return call(*args)
         except OSError as exc:
-            if not isinstance(exc, BrokenPipeError) and exc.errno not in LOG_FULL:
+            if not isinstance(exc, BrokenPipeError) and exc.errno not in FULL_DISK_ERRNOS:
                 raise
             self._gone = True
             _to_nowhere(self._stream)  # (the exit's flush would raise it again)

@@ -38,7 +38,6 @@ class DiskFull(LowvramError):
     def __init__(self, folder: Path, needed: int, free: int, what: str, size_limit: bool = False,
                  kept_free: int = 0):
         self.folder, self.needed, self.free, self.what = Path(folder), needed, free, what
-        self.finished: Path | None = None  # a run's LoRA of its last step, whole, written before what did not fit
         # what lets the write through: freeing space cannot lift a file-size limit
         self.remedy = "raise the limit (ulimit -f unlimited) or write elsewhere" if size_limit else "free space"
         if size_limit:

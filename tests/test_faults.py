@@ -4,6 +4,7 @@ temporary files a killed writer left. After each: every file in the output is co
 no temporary file survives the next run, and resuming ends with the LoRA an uninterrupted run writes."""
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -131,20 +132,23 @@ def test_a_disk_that_fills_up_at_a_checkpoint_stops_the_run_in_one_line_and_resu
 def test_a_disk_with_room_for_the_lora_but_not_the_last_checkpoint_keeps_the_lora(
         uninterrupted, sample_data_module, small_disk):
     """The LoRA is written before the end's checkpoint: the file the user trained for is the one a full disk
-    keeps."""
+    keeps, and the run did its work (exit 0, metrics.jsonl's end "finished": it was 2 and "failed", which a script
+    retrying until 0 took for a run to rerun); the checkpoint's lack is a warning."""
     mount, grow = small_disk
     lora_kib = uninterrupted["sizes"]["out.safetensors"] // 1024
     checkpoint_kib = uninterrupted["sizes"]["optimizer.safetensors"] // 1024
     assert checkpoint_kib > lora_kib + 40
     out = mount("out", 1024 + lora_kib + 40)  # the 1 MiB kept spare and the LoRA, not its checkpoint
     argv = cli(out, sample_data_module)[:-4]  # no --checkpoint-every: the end's
-    failed = run(argv, cached_env(uninterrupted))
-    assert failed.returncode == 2, failed.stderr
-    line = failed.stderr.strip()
-    assert len(line.splitlines()) == 1 and "no room for checkpoint step-" in line, line
-    assert "kept: no checkpoint yet, LoRA out.safetensors" in line
-    assert line.endswith(f"then train on from it with --network-weights {out / 'out.safetensors'} and another "
-                         "--output"), line
+    done = run(argv, cached_env(uninterrupted))
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.split())
+    assert "warning: no room for checkpoint step-" in said, said
+    assert (f"{out / 'out.safetensors'}, the run's end, is whole, but has no checkpoint to --resume from; to train it "
+            f"on, free space, then train on from it with --network-weights {out / 'out.safetensors'} and another "
+            "--output") in said
+    end = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert end["end"] == "finished" and end["lora"] == str(out / "out.safetensors")
     assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
     assert_output_sound(out)
     grow(out, 64 * 1024)
@@ -165,12 +169,11 @@ def test_a_disk_without_room_for_the_last_checkpoint_after_an_earlier_one_says_t
     checkpoint_kib = sum(uninterrupted["sizes"][name] for name in ("adapters.safetensors", "optimizer.safetensors",
                                                                     "rng.safetensors", "state.json")) // 1024
     out = mount("out", 1024 + int(1.5 * checkpoint_kib) + lora_kib)  # one checkpoint, the LoRA; not a second
-    failed = run([*cli(out, sample_data_module)[:-4], "--checkpoint-every", str(STEPS // 2)], cached_env(uninterrupted))
-    assert failed.returncode == 2, failed.stderr
-    line = failed.stderr.strip()
-    assert (f"no room for checkpoint step-{STEPS:06d}" in line and f"kept: checkpoint step-{STEPS // 2:06d}, LoRA "
-            "out.safetensors, the run's last step, whole; to train it on, free space, then train on from it") in line
-    assert "--resume" not in line, line
+    done = run([*cli(out, sample_data_module)[:-4], "--checkpoint-every", str(STEPS // 2)], cached_env(uninterrupted))
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.split())
+    assert (f"no room for checkpoint step-{STEPS:06d}" in said and f"{out / 'out.safetensors'}, the run's end, is "
+            "whole, but has no checkpoint to --resume from; to train it on, free space, then train on from it") in said
     assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
     grow(out, 64 * 1024)  # --resume auto anyway: it trained the last steps again and kept the LoRA twice
     again = run([*cli(out, sample_data_module)[:-4], "--checkpoint-every", str(STEPS // 2), "--resume", "auto"],

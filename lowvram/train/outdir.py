@@ -559,9 +559,6 @@ def out_of_room(run: ResolvedRun, exc: DiskFull, processes: int = 1) -> LowvramE
     newest = checkpoint_folders.latest(checkpoint_folders.checkpoint_root(folder), recipe(run))
     loras = sorted(folder.glob(f"{name}*.safetensors"), key=lambda p: p.stat().st_mtime)
     kept = [f"checkpoint {newest.name}" if newest else "no checkpoint yet"] + [f"LoRA {p.name}" for p in loras[-1:]]
-    if exc.finished is not None:  # the run's end, whole: nothing to continue
-        return LowvramError(f"{exc.reason}; kept: {', '.join(kept)}, the run's last step, whole; to train it on, "
-                            f"{exc.remedy}, then {train_on_from(exc.finished)}")
     held = sum(path.stat().st_size for path in (folder / ARCHIVE).rglob("*") if path.is_file()) \
         if (folder / ARCHIVE).is_dir() else 0
     if held:  # what a user short of room looks for first: what can go

@@ -339,9 +339,11 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
     if position is not None:
         try:
             save_checkpoint(session, trainee, dataset, position)
-        except DiskFull as exc:  # (the LoRA trained for is whole: --resume from an earlier checkpoint retrains it)
-            exc.finished = lora_path
-            raise
+        except DiskFull as exc:  # the LoRA trained for is whole: the run did its work (a script waiting for exit 0,
+            # and metrics.jsonl's end, took a finished LoRA for a failed run); its checkpoint is to train on from
+            session.console.print(f"[yellow]warning: {exc.reason}[/]: {lora_path}, the run's end, is whole, but has no "
+                                  f"checkpoint to --resume from; to train it on, {exc.remedy}, then "
+                                  f"{outdir.train_on_from(lora_path)}", soft_wrap=True)
     return True
 
 
