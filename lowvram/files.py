@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.errors import LowvramError
+from lowvram.run_files import RECORD
 
 if TYPE_CHECKING:
     import torch
@@ -321,8 +322,9 @@ def slashed(given: str) -> str | None:
 
 
 def passed_over(path: Path) -> bool:
-    """A hidden file or folder, or a system's own (`SYSTEM_FOLDERS`): nothing of a dataset."""
-    return path.name.startswith(".") or path.name in SYSTEM_FOLDERS
+    """A hidden file or folder, a system's own (`SYSTEM_FOLDERS`), or a lowvram run's output folder (its record in
+    it: an --output inside the dataset, whose samples are no training images): nothing of a dataset."""
+    return path.name.startswith(".") or path.name in SYSTEM_FOLDERS or (path / RECORD).is_file()
 
 
 def ignores_case(path: Path) -> bool:

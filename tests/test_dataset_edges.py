@@ -528,6 +528,25 @@ def test_the_images_in_folders_passed_over_are_counted_once_and_no_others(tmp_pa
     assert not any(note.startswith("skipped folder 2019/") for note in report.folder_notes), report.folder_notes
 
 
+def test_a_runs_output_folder_inside_the_dataset_is_no_part_of_it(tmp_path, capsys):
+    """--output inside a flat dataset: the next run offered the first run's samples as images to train ("rename it
+    10_lora1 to train it"), and a kohya layout's repeats folders trained them."""
+    from lowvram.train.loop import train
+
+    for n in range(2):
+        picture(tmp_path / "flat" / f"{n}.png", (n * 60, 80, 40))
+    train(run_config(data=str(tmp_path / "flat"), output=str(tmp_path / "flat" / "lora1"), max_steps=1,
+                     sample_prompts=("lvshape",), sample_steps=2))
+    assert (tmp_path / "flat" / "lora1" / "samples" / "lora1-00.png").is_file()
+    report = scan_dataset(tmp_path / "flat", TINY, ScanOptions())
+    assert [record.relpath for record in report.usable] == ["0.png", "1.png"]
+    assert not any("lora1" in note for note in report.folder_notes), report.folder_notes
+    shutil.copytree(tmp_path / "flat" / "lora1", tmp_path / "kohya" / "10_out")  # (its record: no repeats folder)
+    picture(tmp_path / "kohya" / "5_dog" / "a.png")
+    assert [record.relpath for record in scan_dataset(tmp_path / "kohya", TINY, ScanOptions()).usable] == [
+        "5_dog/a.png"]
+
+
 def test_a_folder_named_by_a_date_is_not_read_as_millions_of_repeats(tmp_path, capsys):
     """20240101_vacation trained 20,240,101 repeats: train sat at 15 GB listing its epoch, 100000000_x was killed."""
     for name in ("20240101_vacation", "2_kept", "2019", "2020_summer/sea"):  # (an archive's years trained 2019 times)
