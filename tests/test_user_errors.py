@@ -224,7 +224,7 @@ def test_the_users_config_in_the_output_folder_under_the_runs_name_is_kept(tmp_p
             in " ".join(capsys.readouterr().err.split()))
 
 
-def test_a_run_that_failed_before_its_first_save_does_not_hold_the_folder(tmp_path, capsys):
+def test_a_run_that_failed_before_its_first_save_does_not_hold_the_folder(tmp_path, capsys, sample_data):
     out = tmp_path / "run"
     assert main(["train", "--model", "tiny", "--data", str(tmp_path / "typo"), "--output", str(out)]) == 2
     capsys.readouterr()
@@ -232,6 +232,16 @@ def test_a_run_that_failed_before_its_first_save_does_not_hold_the_folder(tmp_pa
     (out / RECORD).write_text(json.dumps({"identity": "another", "recipe": {"rank": 8}, "name": "run"}))
     assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "1"]) == 0
     assert "starting over: the earlier run in" in " ".join(capsys.readouterr().out.split())
+    # refused once the folder is held (its scan: an empty --reg-data), in a folder it made: none left behind, so no
+    # "earlier run" to start over from; one that was there stays, with what it held
+    (tmp_path / "reg").mkdir()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    for folder in (tmp_path / "new", tmp_path / "kept"):
+        assert main(["train", "--model", "tiny", "--data", str(sample_data), "--reg-data", str(tmp_path / "reg"),
+                     "--output", str(folder), "--max-steps", "1"]) == 2
+        assert "--reg-data: no images" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and (tmp_path / "kept" / "notes.txt").read_text() == "mine"
 
 
 def test_training_on_from_the_lora_overwrite_would_move_is_refused_and_other_files_stay(tmp_path, capsys):

@@ -123,9 +123,8 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
     every process raises the same error, so none waits forever on a collective."""
     folder = run.config.output_dir
     lock = FolderLock(folder) if main else None
-    problem, note = None, None
+    problem, note, existed = None, None, folder.exists()
     if lock is not None:
-        existed = folder.exists()
         try:
             unwritable = write_problem(folder)
             if unwritable:
@@ -144,11 +143,21 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
         problem = broadcast_object_list([problem])[0]
     if problem:
         raise Refused(problem)  # (every process raises it: the main one says it)
+    refused = False
     try:
         yield note
+    except LowvramError:
+        refused = True
+        raise
     finally:
         if lock is not None:
             lock.release()
+            # a run refused before it wrote anything but its record (an empty --reg-data) leaves no folder behind:
+            # the next run there said "starting over: the earlier run ... left no checkpoint or LoRA" of none
+            with contextlib.suppress(OSError):
+                if refused and not existed and [path.name for path in folder.iterdir()] == [RECORD]:
+                    (folder / RECORD).unlink()
+                    folder.rmdir()
 
 
 def processes_problem(run: ResolvedRun, processes: int) -> None:
