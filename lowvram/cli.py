@@ -52,11 +52,11 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
 
     from lowvram.console import console as log_console
     from lowvram.hardware import hardware_for
-    from lowvram.plan import fixed_choices, plan_cards, plan_options
-    from lowvram.plan.report import choice_flags, plan_json, print_cards, print_plan
+    from lowvram.plan import fixed_choices, plan_cards, plan_options, planning_values
+    from lowvram.plan.report import cards_json, choice_flags, plan_json, print_cards, print_plan
 
     values = train_values(args)
-    build_config({"data": "sample", "model": PLANNING_MODEL, **values})  # option errors before looking at a GPU
+    build_config(planning_values(values))  # option errors before looking at a GPU
     hardware = hardware_for(args.profile, args.vram, args.ram)
     console = log_console(stderr=args.json)
     if hardware.device != "cuda":  # none here and none named: which card the run needs
@@ -64,11 +64,7 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
         run = next(card.run for card in reversed(cards) if card.run)
         length = None if run.uses_sample_data else plan_dataset(run, console)
         if args.json:
-            print(json.dumps({"hardware": None, "cards": [
-                {"profile": card.profile, "refused": card.refused or None,
-                 **({key: value for key, value in plan_json(card.plan).items() if key != "candidates"}
-                    if card.plan else {})} for card in cards]} | ({"run_length": length} if length else {}),
-                indent=2))
+            print(json.dumps(cards_json(cards) | ({"run_length": length} if length else {}), indent=2))
         else:
             print_cards(cards, console)
         return 0 if any(card.plan and card.plan.choice for card in cards) else 1

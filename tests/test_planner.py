@@ -921,11 +921,20 @@ def test_plan_without_a_gpu_or_a_card_named_plans_for_every_profile():
     assert shown.returncode == 0 and "no CUDA GPU here, so the plan on each card" in shown.stdout
     rows = {line.split("│")[1].strip(): line for line in shown.stdout.splitlines() if line.count("│") > 3}
     assert "nothing fits (would with" in rows["gtx-1650-4gb"] and "bnb-nf4" in rows["rtx-3060-laptop-6gb"]
-    assert "fits" not in rows["colab-t4"] and "fp16" in rows["colab-t4"]
+    assert "fp16 ckpt adamw8bit (fp16 unverified)" in rows["colab-t4"]  # (no GPU result shows fp16 training yet)
     assert "bnb-nf4" in rows["gtx-1660-6gb"]  # (at its profile's 16 GiB of host RAM, SDXL in fp32 fits none)
     assert "host RAM (--ram)" in lowvram("plan", "--model-family", "sdxl", "--json")[0].stdout
     # nothing fits any card: a script reads it from the exit code, as from a plan for one card
     assert lowvram("plan", "--model-family", "sdxl", "--resolution", "2048", "--batch-size", "64")[0].returncode == 1
+    # a card the options cannot run on: its reason, and the same keys as the others'; an option no card takes is
+    # one line (it was a StopIteration traceback)
+    done, _ = lowvram("plan", "--model-family", "sd15", "--mixed-precision", "bf16", "--json")
+    shown = json.loads(done.stdout)
+    refused = next(card for card in shown["cards"] if card["profile"] == "colab-t4")
+    assert refused["refused"].startswith("--mixed-precision bf16: ") and shown["fits"] is True
+    assert (refused["fits"], refused["choice"], refused["hardware"]["name"]) == (False, None, "Colab free T4 16 GB")
+    done, _ = lowvram("plan", "--model-family", "sdxl", "--clip-skip", "3")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--clip-skip 3: " in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("network", ["lora", "dora", "loha", "lokr"])

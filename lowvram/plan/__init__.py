@@ -14,7 +14,7 @@ from lowvram.plan.planner import Plan, plan
 from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
 
 __all__ = ["NATIVE_FORMAT", "CardPlan", "Estimate", "MemoryStrategy", "Plan", "Workload", "apply_choice", "estimate",
-           "fixed_choices", "plan", "plan_cards", "plan_options", "workload_for"]
+           "fixed_choices", "plan", "plan_cards", "plan_options", "planning_values", "workload_for"]
 
 STRATEGY_OPTIONS = ("unet_weights", "gradient_checkpointing", "checkpoint_blocks", "optimizer")
 
@@ -41,15 +41,20 @@ def workload_for(run: ResolvedRun) -> Workload:
                     own_prediction=config.data.own_prediction, checkpoint=checkpoint_storage(config.model.model))
 
 
+def planning_values(values: dict) -> dict:
+    """The option values `lowvram plan` plans with: a dataset and a model are optional (the sample data and sd15,
+    or the --model-family named, stand in)."""
+    return {"data": "sample", "model": values.get("model_family") or PLANNING_MODEL, **values}
+
+
 def plan_options(values: dict, hardware: Hardware) -> tuple[ResolvedRun, Plan]:
-    """`lowvram plan` for option values (a dataset and a model are optional: the sample data and sd15, or the
-    --model-family named, stand in).
+    """`lowvram plan` for option values (`planning_values`) on a card.
     Raises LowvramError with the CLI's words where the options cannot run or there is no GPU to plan for."""
-    values = {"data": "sample", "model": values.get("model_family") or PLANNING_MODEL, **values}
+    values = planning_values(values)
     config = build_config(values)
     if hardware.device != "cuda":  # a wrong --model first: naming a card to plan for would not mend it
         detect_family(config.model.model, config.model.model_family)
-        raise LowvramError("no CUDA GPU here: pass --vram SIZE or --profile NAME to plan for a card")
+        raise LowvramError("no CUDA GPU here: plan for a card (a profile, or a VRAM budget)")
     run = resolve_run(config, hardware)
     return run, plan(workload_for(run), hardware, fixed_choices(values, config))
 
@@ -66,7 +71,7 @@ class CardPlan:
 def plan_cards(values: dict, ram: int | None = None) -> list[CardPlan]:
     """`lowvram plan` with no GPU here and none named: the plan on each card lowvram has a profile of, least VRAM
     first (which card a run needs; --ram: the host RAM to plan with on every card)."""
-    values = {"data": "sample", "model": values.get("model_family") or PLANNING_MODEL, **values}
+    values = planning_values(values)
     config = build_config(values)
     detect_family(config.model.model, config.model.model_family)
     cards = []
@@ -80,6 +85,8 @@ def plan_cards(values: dict, ram: int | None = None) -> list[CardPlan]:
             cards.append(CardPlan(name, hardware, None, None, str(exc)))
             continue
         cards.append(CardPlan(name, hardware, run, plan(workload_for(run), hardware, fixed_choices(values, config))))
+    if not any(card.run for card in cards):  # (an option no card takes: --clip-skip 3)
+        raise LowvramError(cards[0].refused)
     return sorted(cards, key=lambda card: (card.hardware.free_vram, card.profile))
 
 

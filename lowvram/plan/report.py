@@ -188,11 +188,30 @@ def print_cards(cards: list, console: Console) -> None:
             table.add_row(card.profile, budget, computing, "nothing fits" + (f" (would with {fix})" if fix else ""),
                           "", "", style="dim")
             continue
-        table.add_row(card.profile, budget, computing, choice.strategy.label, gib(choice.peak_vram("training")),
-                      f"{choice.speed:.2f}")
+        # (an fp16 card's pick, among those seen training in bf16, is itself unverified: said so)
+        table.add_row(card.profile, budget, computing,
+                      choice.strategy.label + (f" ({computing} unverified)" if choice.verified is False else ""),
+                      gib(choice.peak_vram("training")), f"{choice.speed:.2f}")
     console.print(table)
     console.print("every phase and the train command on one card: lowvram plan ... --profile NAME, or --vram SIZE "
                   "for a card not listed", soft_wrap=True, highlight=False)
+
+
+def cards_json(cards: list) -> dict:
+    """`plan_cards` for programs: each card's plan (without its candidates); a card the options cannot run on with
+    its reason, its hardware and no choice alike."""
+    listed = []
+    for card in cards:
+        shown = ({key: value for key, value in plan_json(card.plan).items() if key != "candidates"} if card.plan
+                 else {"hardware": _hardware_json(card.hardware, plan_budget(card.hardware)), "fits": False,
+                       "choice": None})
+        listed.append({"profile": card.profile, "refused": card.refused or None, **shown})
+    return {"hardware": None, "fits": any(card.plan and card.plan.choice for card in cards), "cards": listed}
+
+
+def _hardware_json(hardware, budget: int) -> dict:
+    return {"name": hardware.name, "source": hardware.source, "total_vram": hardware.total_vram,
+            "free_vram": hardware.free_vram, "budget": budget, "host_ram": hardware.host_ram}
 
 
 def plan_json(result: Plan) -> dict:
@@ -212,8 +231,7 @@ def plan_json(result: Plan) -> dict:
     return {
         "model_family": work.family.name, "resolution": work.resolution, "batch": work.batch, "rank": work.rank,
         "compute_dtype": NATIVE_FORMAT[work.mixed_precision], "vae_fp32": work.vae_fp32,
-        "hardware": {"name": hardware.name, "source": hardware.source, "total_vram": hardware.total_vram,
-                     "free_vram": hardware.free_vram, "budget": result.budget, "host_ram": hardware.host_ram},
+        "hardware": _hardware_json(hardware, result.budget),
         "fits": result.choice is not None, "choice": one(result.choice) if result.choice else None,
         "explanation": result.explanation, "suggestions": result.suggestions,
         "candidates": [one(e) for e in result.candidates],
