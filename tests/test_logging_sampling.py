@@ -58,19 +58,31 @@ def test_sample_grids_are_written_every_n_steps_at_the_expected_size(sampled):
 
 @pytest.mark.parametrize("ema", [False, True])
 def test_the_last_steps_grid_is_put_together_from_the_final_samples_not_drawn_twice(tmp_path, monkeypatch, ema):
-    """Its images are the final samples' (same weights, prompts, seeds): drawing both doubled the end's sampling
-    (minutes at SDXL 1024); under EMA the final samples show the average, so the grid is drawn."""
+    """Its images are the final samples' (same weights, under EMA the same average, prompts, seeds): drawing both
+    doubled the end's sampling (minutes at SDXL 1024). A disk that fills as the grid is written keeps the samples."""
     from lowvram.train import sampling
 
     drawn, real = [], sampling.render
     monkeypatch.setattr(sampling, "render", lambda *args, **kwargs: drawn.append(1) or real(*args, **kwargs))
-    config = run_config(output=str(tmp_path), max_steps=2, sample_every="1", sample_prompts=["lvshape"],
-                        sample_steps=2, ema=ema)
+    options = {"max_steps": 2, "sample_every": "1", "sample_prompts": ["lvshape"], "sample_steps": 2, "ema": ema}
+    config = run_config(output=str(tmp_path), **options)
     result = train(config)
-    assert len(drawn) == 2 + ema  # step 1's grid and the final sample (and under EMA, step 2's grid)
+    assert len(drawn) == 2  # step 1's grid and the final sample
     grid = tmp_path / "samples" / f"{config.output_name}-step00000002.png"
     assert np.array_equal(np.asarray(Image.open(grid).convert("RGB")),
                           np.asarray(Image.open(result.samples[0]).convert("RGB")))
+    if ema:
+        return
+    from lowvram.files import DiskFull
+    from lowvram.train import loop
+
+    def full(images, path):
+        raise DiskFull(path.parent, 2**20, 0, path.name)
+
+    monkeypatch.setattr(loop, "save_grid", full)
+    again = train(run_config(output=str(tmp_path / "again"), **options))
+    assert again.samples and again.samples[0].is_file()  # (they were dropped: "free space, then draw it again")
+    assert not (tmp_path / "again" / "samples" / "again-step00000002.png").exists()
 
 
 def test_each_sample_prompt_is_drawn_at_the_seed_plus_its_place(sampled):

@@ -13,6 +13,7 @@ from pathlib import Path
 import tomli_w
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from lowvram.adapters import lora_files, networks
 from lowvram.config import RunConfig
@@ -251,6 +252,26 @@ def run_training(session: Session) -> TrainResult:
                        stopping if prepared.validation else None)
 
 
+def _put_grid_together(session: Session, samples: list[Path], grid: Path, step: int, log: RunLog) -> bool:
+    """The last step's sample grid from the final samples, which are its images (`saving.grid_of_final_samples`),
+    and in the run's log; whether it was written (a full disk here leaves the samples as they are)."""
+    from PIL import Image
+
+    try:
+        images = [Image.open(path) for path in samples]
+        try:
+            save_grid(images, grid)
+        finally:
+            for image in images:
+                image.close()
+        log.image(step, "samples", grid)
+    except (OSError, DiskFull) as exc:
+        session.console.print(f"[yellow]warning: the sample grid of step {step} is not written[/] "
+                              f"({escape(str(exc))})", soft_wrap=True)
+        return False
+    return True
+
+
 def draw(session: Session, batches, count: int) -> tuple[int, int, bool, list]:
     """The next step's batches: every process draws the same `count`, or fewer where an epoch ends (as kohya's
     gradient accumulation ends with the epoch: --epochs N is N passes over the images, and an epoch's save point
@@ -334,14 +355,6 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
                                          session.run.resolution, config.output.sample_steps, config.training.seed,
                                          session.accelerator, prepared.sample_embeddings, shown,
                                          config.model.model or "")
-            if grid and samples:
-                from PIL import Image
-
-                images = [Image.open(path) for path in samples]
-                save_grid(images, grid)
-                for image in images:
-                    image.close()
-                log.image(step, "samples", grid)
     except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
         raise stopped_after_the_last_step(lora_path, draw_again(session, lora_path)) from None
     except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself
@@ -353,15 +366,18 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
         session.console.print(f"[yellow]warning: {exc.reason}[/]; {lora_path} is saved: {exc.remedy}, then "
                               f"{draw_again(session, lora_path)}", soft_wrap=True)
         samples = []
+    grid = grid if grid and samples and _put_grid_together(session, samples, grid, step, log) else None
     with contextlib.suppress(OSError, DiskFull):  # (a thumbnail: the LoRA and its samples are what matter)
         publish.add_preview(copied or (publish.card_in_place(config, lora_path) if session.main else None), samples)
     diffusers_folder = session.out_dir / diffusers_copy(name)  # (the folder diffusers' load_lora_weights takes: the
     # run's folder holds its step saves too, of which diffusers picks one)
-    said = ([f"[green]saved[/] {lora_path}"] * written + [f"[green]copied[/] to {copied}"] * bool(copied)
-            + [f"[green]saved[/] {diffusers_folder} (diffusers' format: pipe.load_lora_weights on that folder)"]
-            * (written and copy_written)
-            + [f"[green]sample[/] {p}" + " (drawn already, of this LoRA: kept)" * (p.stat().st_mtime < started.timestamp())
-               for p in samples] + [f"[green]samples[/] of step {step} side by side: {grid}"] * bool(grid and samples))  # (a finished run resumed: its samples kept, not drawn again)
+    said = ([f"[green]saved[/] {escape(str(lora_path))}"] * written
+            + [f"[green]copied[/] to {escape(str(copied))}"] * bool(copied)
+            + [(f"[green]saved[/] {escape(str(diffusers_folder))} (diffusers' format: pipe.load_lora_weights on that "
+               "folder)")] * (written and copy_written)
+            + [f"[green]sample[/] {escape(str(p))}" + " (drawn already, of this LoRA: kept)"
+               * (p.stat().st_mtime < started.timestamp()) for p in samples]  # (a finished run resumed: kept)
+            + [f"[green]samples[/] of step {step} side by side: {escape(str(grid))}"] * bool(grid))
     if said:
         session.console.print("\n".join(said), soft_wrap=True)
     try:

@@ -8,6 +8,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 
 from lowvram.adapters import lora_files
 from lowvram.config import fields_by_name, flag_name
@@ -306,11 +307,9 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
 
 def grid_of_final_samples(session: Session, schedule: Schedule, step: int) -> Path | None:
     """The last step's sample grid, where its images are the final samples drawn after the LoRA is saved (the same
-    weights, prompts and seeds), so put together from them rather than drawn twice; not under EMA, whose final
-    samples show the average."""
+    weights, under EMA the same average, prompts and seeds), so put together from them rather than drawn twice."""
     every = schedule.sample_every
-    if (step == schedule.total_steps and every and is_save_point(every, step, schedule) and session.config.samples
-            and not session.config.optim.ema):
+    if step == schedule.total_steps and every and is_save_point(every, step, schedule) and session.config.samples:
         return grid_path(session, step)
     return None
 
@@ -341,9 +340,9 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
             save_checkpoint(session, trainee, dataset, position)
         except DiskFull as exc:  # the LoRA trained for is whole: the run did its work (a script waiting for exit 0,
             # and metrics.jsonl's end, took a finished LoRA for a failed run); its checkpoint is to train on from
-            session.console.print(f"[yellow]warning: {exc.reason}[/]: {lora_path}, the run's end, is whole, but has no "
-                                  f"checkpoint to --resume from; to train it on, {exc.remedy}, then "
-                                  f"{outdir.train_on_from(lora_path)}", soft_wrap=True)
+            session.console.print(f"[yellow]warning: {escape(exc.reason)}[/]: {escape(str(lora_path))}, the run's end, "
+                                  f"is whole, but has no checkpoint to --resume from; to train it on, {exc.remedy}, "
+                                  f"then {escape(outdir.train_on_from(lora_path))}", soft_wrap=True)
     return True
 
 
