@@ -38,7 +38,7 @@ from lowvram.configure import (
 )
 from lowvram.console import another_process, launched_processes
 from lowvram.errors import LowvramError, Refused, TrainingInterrupted, first_line, host_memory_ran_out, shell_line
-from lowvram.files import FULL_DISK_ERRNOS, MAX_FILE_NAME, expand_home, unwritable
+from lowvram.files import FULL_DISK_ERRNOS, MAX_FILE_NAME, expand_home, is_size_limit, unwritable
 from lowvram.hardware import parse_size
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
 from lowvram.models.families import FAMILIES
@@ -381,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
             command.error(f"the dataset is required: lowvram {args.command} DIR")
     # under accelerate launch every process reads the same options: the main one alone tells their notes and errors
     echo = args.command == "train" and another_process()
+    # from a run's first note on, it goes on when its log's reader or disk goes; another command's output that
+    # cannot be written is said in one line
+    streams = contextlib.ExitStack()
+    written = streams.enter_context(output_may_close(goes_on=args.command == "train"))
     try:
         if args.command not in ("plan", "doctor", "train", "info", "check-data", "cache"):  # diffusers takes seconds
             _quiet_libraries()
@@ -410,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                     if taken:
                         raise LowvramError(taken)
             echo = False  # what follows may differ per process (its GPU, its share of the work)
-            with stop_signals_interrupt(), output_may_close():
+            with stop_signals_interrupt():
                 with remembered_interrupt() as interrupted:
                     _quiet_libraries()
                     from lowvram.train.loop import train
@@ -485,11 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise it again
         return 141  # as a shell says a pipe's writer ended by its reader (128 + SIGPIPE): not plan's "nothing fits"
     except (MemoryError, RuntimeError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno in FULL_DISK_ERRNOS and exc.filename is None:  # (stdout's: a file's own
-            _to_nowhere(sys.stdout)  # is said where it is written; the flush at exit would raise it again)
+        if written is not None and exc is written.failure:  # (a file's own is said where it is written)
+            _to_nowhere(sys.stdout)  # (the flush at exit would raise it again)
             with contextlib.suppress(OSError):
-                print(f"lowvram {args.command}: error: its output cannot be written ({exc.strerror}): free space on "
-                      "the disk of the file it goes to", file=sys.stderr)
+                print(f"lowvram {args.command}: error: its output cannot be written ({exc.strerror}): "
+                      f"{_unwritten_remedy(exc)}", file=sys.stderr)
             return 2
         if args.command == "train" and _peer_lost(exc):
             with _last_words():
@@ -504,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         while _LOUDNESS:
             _LOUDNESS.pop()()
+        streams.close()
     return 0
 
 
@@ -553,13 +558,21 @@ def _print_any_name() -> None:
                 stream.reconfigure(errors="replace")
 
 
-class _GoesOnWithoutReader:
-    """stdout that, once its reader has gone (`train | head`, a log shipper that died) or its log file's disk is full
-    (`nohup train > ~/run.log` over a lab's quota), is written to nowhere: the run goes on to its checkpoints and
-    LoRA, its figures in metrics.jsonl, rather than dying mid-step unsaid."""
+def _unwritten_remedy(exc: OSError) -> str:
+    if is_size_limit(exc):  # (freeing space cannot lift a file-size limit)
+        return "raise the file-size limit (ulimit -f unlimited) or write it elsewhere"
+    return "free space on the disk of the file it goes to"
 
-    def __init__(self, stream):
-        self._stream, self._gone = stream, False
+
+class _GoesOnWithoutReader:
+    """stdout (or stderr) that, once its reader has gone (`train | head`, a log shipper that died) or its log file
+    cannot grow (`nohup train > ~/run.log` over a lab's quota), is written to nowhere: the run goes on to its
+    checkpoints and LoRA, its figures in metrics.jsonl, rather than dying mid-step unsaid; said once on the other.
+    Not `goes_on` (another command): the failure is raised, and kept as `failure` to be said as the output's."""
+
+    def __init__(self, stream, errors: bool = False, goes_on: bool = True):
+        self._stream, self._gone, self._errors, self._goes_on = stream, False, errors, goes_on
+        self.failure: OSError | None = None
 
     def write(self, text: str) -> int:
         return self._guarded(self._stream.write, text) or len(text)
@@ -575,15 +588,21 @@ class _GoesOnWithoutReader:
         except OSError as exc:
             if not isinstance(exc, BrokenPipeError) and exc.errno not in FULL_DISK_ERRNOS:
                 raise
+            if not self._goes_on:
+                self.failure = exc
+                raise
             self._gone = True
             _to_nowhere(self._stream)  # (the exit's flush would raise it again)
-            why = ("the output's reader has gone" if isinstance(exc, BrokenPipeError) else
-                   f"the output cannot be written ({exc.strerror}: the disk of the file it goes to is full)")
-            try:  # (on the same pipe, `2>&1 | head`, this one's reader is gone too; on the same full disk, its file)
-                print(f"lowvram train: {why}; training goes on without printing (each step's figures are in the "
-                      "run's metrics.jsonl)", file=sys.stderr, flush=True)
+            output = "error output" if self._errors else "output"
+            why = (f"the {output}'s reader has gone" if isinstance(exc, BrokenPipeError) else
+                   f"the {output} cannot be written ({exc.strerror}: {_unwritten_remedy(exc)})")
+            other = sys.stdout if self._errors else sys.stderr
+            try:  # (on the same pipe, `2>&1 | head`, the other's reader is gone too; on the same full disk, its file:
+                # wrapped too, it goes quiet in turn)
+                print(f"lowvram train: {why}; training goes on without printing it (each step's figures are in the "
+                      "run's metrics.jsonl)", file=other, flush=True)
             except OSError:
-                _to_nowhere(sys.stderr)
+                _to_nowhere(other)
             return None
 
     def __getattr__(self, name):  # isatty, encoding, fileno ... as the stream's
@@ -596,18 +615,19 @@ def _to_nowhere(stream) -> None:
 
 
 @contextlib.contextmanager
-def output_may_close():
-    """While a run trains, its stdout may lose its reader (`_GoesOnWithoutReader`). (None where there is no stdout,
+def output_may_close(goes_on: bool = True):
+    """While a run trains (`goes_on`), its stdout and stderr may lose their reader or room (`_GoesOnWithoutReader`);
+    another command's stdout is watched for it. Yields the stdout watched. (None where there is no such stream,
     pythonw's: left so.)"""
-    previous = sys.stdout
-    if previous is None:
-        yield
-        return
-    sys.stdout = _GoesOnWithoutReader(previous)
+    previous = sys.stdout, sys.stderr
+    if previous[0] is not None:
+        sys.stdout = _GoesOnWithoutReader(previous[0], goes_on=goes_on)
+    if previous[1] is not None and goes_on:
+        sys.stderr = _GoesOnWithoutReader(previous[1], errors=True)
     try:
-        yield
+        yield sys.stdout if previous[0] is not None else None
     finally:
-        sys.stdout = previous
+        sys.stdout, sys.stderr = previous
 
 
 @contextlib.contextmanager

@@ -444,14 +444,33 @@ def test_a_run_whose_log_files_disk_is_full_trains_to_its_end(tmp_path):
                                "--output", str(out), "--max-steps", "2", "--cache-dir", str(tmp_path / "cache")],
                               stdout=full, stderr=subprocess.PIPE, text=True, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stderr.startswith("lowvram train: the output cannot be written (No space left on device: the "
-                                      "disk of the file it goes to is full); training goes on without printing")
+        assert done.stderr.startswith("lowvram train: the output cannot be written (No space left on device: free "
+                                      "space on the disk of the file it goes to); training goes on without printing")
         assert (out / "out.safetensors").is_file()
         assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["end"] == "finished"
         done = subprocess.run([sys.executable, "-m", "lowvram", "plan", "--json", "--vram", "12GB"], stdout=full,
                               stderr=subprocess.PIPE, text=True, check=False)
-    assert (done.returncode, done.stderr) == (2, ("lowvram plan: error: its output cannot be written (No space left "
-                                                 "on device): free space on the disk of the file it goes to\n"))
+        assert (done.returncode, done.stderr) == (2, ("lowvram plan: error: its output cannot be written (No space "
+                                                     "left on device): free space on the disk of the file it goes "
+                                                     "to\n"))
+        # the error output's file full (`2> err.log`), from the run's first note (a kohya config's): it trains, said on
+        # stdout (it ended with exit 2 and no word anywhere)
+        (tmp_path / "kohya.toml").write_text('pretrained_model_name_or_path = "tiny"\nmax_train_steps = 2\n')
+        done = subprocess.run([sys.executable, "-m", "lowvram", "train", "--config", str(tmp_path / "kohya.toml"),
+                               "--data", "sample", "--output", str(tmp_path / "k"), "--cache-dir",
+                               str(tmp_path / "cache")], stdout=subprocess.PIPE, stderr=full, text=True, check=False)
+    assert done.returncode == 0 and (tmp_path / "k" / "k.safetensors").is_file(), done.stdout[-2000:]
+    assert done.stdout.startswith("lowvram train: the error output cannot be written (No space left on device: free "
+                                  "space on the disk of the file it goes to); training goes on without printing it")
+    import resource  # a file-size limit is no full disk: freeing space would not lift it
+
+    with open(tmp_path / "plan.json", "w") as limited:
+        done = subprocess.run([sys.executable, "-m", "lowvram", "plan", "--json", "--vram", "12GB"], stdout=limited,
+                              stderr=subprocess.PIPE, text=True, check=False,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)))
+    assert (done.returncode, done.stderr) == (2, ("lowvram plan: error: its output cannot be written (File too "
+                                                 "large): raise the file-size limit (ulimit -f unlimited) or write it "
+                                                 "elsewhere\n"))
 
 
 def test_a_run_whose_one_pipe_for_both_outputs_loses_its_reader_trains_to_its_end(tmp_path):
