@@ -22,7 +22,7 @@ from lowvram.files import expand_home
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, Optimizer, optimizer_name, spec_of
 from lowvram.option_values import relocated_source
-from lowvram.prompts import SamplePrompt, parse_prompt, read_prompt_file, with_trigger
+from lowvram.prompts import TRIGGER_PLACEHOLDER, SamplePrompt, parse_prompt, read_prompt_file, with_trigger
 from lowvram.run_files import RECORD
 from lowvram.samplers import SAMPLERS, sampler_name
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
@@ -707,16 +707,20 @@ class RunConfig:
     @cached_property
     def prompt_lines(self) -> tuple[str, ...]:
         """The sample prompts as given: --sample-prompt's, then --sample-prompt-file's, read once (the caches hold
-        their embeddings, so they cannot change during the run), the trigger word in ai-toolkit's placeholder."""
+        their embeddings, so they cannot change during the run), the trigger word in ai-toolkit's placeholder
+        (without one, the placeholder stays: `samples` leaves it out of each prompt and negative prompt, once their
+        options are parsed)."""
         path = self.output.sample_prompt_file
         lines = self.output.sample_prompts + (tuple(read_prompt_file(Path(path))[0]) if path else ())
-        return tuple(with_trigger(line, self.data.trigger_word) for line in lines)  # (none: out,
-        # as ai-toolkit leaves it, and its captions' too)
+        trigger = self.data.trigger_word
+        return tuple(line.replace(TRIGGER_PLACEHOLDER, trigger) if trigger else line for line in lines)
 
     @property
     def samples(self) -> tuple[SamplePrompt, ...]:
         """The sample prompts with their inline options parsed (validated when the config was built)."""
-        return tuple(parse_prompt(line, self.output.sample_sampler) for line in self.prompt_lines)
+        prompts = (parse_prompt(line, self.output.sample_sampler) for line in self.prompt_lines)
+        return tuple(dataclasses.replace(prompt, text=with_trigger(prompt.text, None),
+                                         negative=with_trigger(prompt.negative, None)) for prompt in prompts)
 
     @property
     def output_dir(self) -> Path:

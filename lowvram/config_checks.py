@@ -124,7 +124,7 @@ def _file_problems(c: RunConfig) -> list[str]:
         p += _dataset_file_problems(c)
     elif Path(c.data.data).suffix.lower() in DATASET_SUFFIXES:
         p.append(f"--data: file not found: {c.data.data}{not_found_hint(c.data.data)}")
-    elif c.data.data != SAMPLE_DATA and Path(c.data.data).name.lower() in METADATA_FILES:
+    elif c.data.data != SAMPLE_DATA and Path(c.data.data).name.lower() in METADATA_FILES and Path(c.data.data).is_file():
         p.append(f"--data: {c.data.data} is the captions file of a Hugging Face imagefolder; give its folder: "
                  f"--data {shell_line(str(Path(c.data.data).parent))}")
     elif c.data.data != SAMPLE_DATA and Path(c.data.data).is_file():

@@ -144,7 +144,10 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
         assert captions_by_name(scan_dataset(tmp_path / "data", TINY, options))["red_circle.png"].caption == caption
     config = run_config(trigger_word="ohwx", sample_prompts=("[trigger], portrait --w 64",))
     assert config.prompt_lines == ("ohwx, portrait --w 64",) and config.samples[0].text == "ohwx, portrait"
-    assert run_config(sample_prompts=("[trigger] portrait",)).prompt_lines == ("portrait",)  # (as its captions')
+    # without one, left out (as its captions'), of the prompt and its negative alike, after the options are read
+    assert run_config(sample_prompts=("[trigger] portrait",)).samples[0].text == "portrait"
+    unset = run_config(sample_prompts=("[trigger], portrait --n [trigger], blurry",)).samples[0]
+    assert (unset.text, unset.negative) == ("portrait", "blurry")
 
 
 def test_a_trigger_word_of_one_of_several_concepts_is_said(tmp_path, capsys):

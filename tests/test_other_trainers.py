@@ -74,9 +74,11 @@ def test_an_ai_toolkit_config_is_answered_with_its_lowvram_command(tmp_path, cap
     path.write_text(dump(AI_TOOLKIT | {"config": {"name": "x", "process": [process | {
         "train": process["train"] | {"max_denoising_steps": 900, "loss_type": "mse"},
         "datasets": [process["datasets"][0] | {"num_repeats": 3}]}]}}))
-    line = refusal(capsys, ["train", "--config", str(path), "--model", "tiny-sdxl", "--max-steps", "2", "--no-flip"])
+    line = refusal(capsys, ["train", "--config", str(path), "--model", "tiny-sdxl", "--max-steps", "2", "--no-flip",
+                            "--resolution", "512"])
     args = suggested_flags(line)
     assert (args["model"], args["max_steps"], args["max_timestep"], args["flip"]) == ("tiny-sdxl", "2", "900", False)
+    assert (args["resolution"], args.get("extra_resolutions")) == ("512", None), line  # (its list answered by it)
     assert "stabilityai" not in line and "2000" not in line and "loss_type" not in line, line
     assert "num_repeats 3 (a folder named 3_name trains its images 3 times, as kohya's)" in line
     path.write_text("a: [1, 2" if suffix != ".json" else "{}")  # another's: the formats lowvram reads
@@ -171,6 +173,14 @@ def test_simpletuners_configs_are_answered_with_their_lowvram_command(tmp_path, 
         "/data/me", "{filename}", "tiny-sdxl", "2"), line
     assert "stabilityai" not in line and "data_backend_config" not in line
     assert "repeats 2 (3 passes an epoch: a kohya 3_name folder)" in line
+    # as SimpleTuner lays it out: config/<model>/config.json naming config/<model>/multidatabackend.json from its own
+    # folder, which lowvram need not run in
+    nested = tmp_path / "SimpleTuner" / "config" / "sdxl"
+    nested.mkdir(parents=True)
+    (tmp_path / "multidatabackend.json").rename(nested / "multidatabackend.json")
+    (nested / "config.json").write_text(json.dumps(SIMPLETUNER | {
+        "--data_backend_config": "config/sdxl/multidatabackend.json"}))
+    assert suggested_flags(refusal(capsys, ["train", "--config", str(nested / "config.json")]))["data"] == "/data/me"
     # step cadences and the caption dropout have lowvram's (they were left out); a W&B project of a run that reports
     # to none would start a W&B run
     path.write_text(json.dumps(SIMPLETUNER | {
