@@ -324,7 +324,12 @@ def slashed(given: str) -> str | None:
 def passed_over(path: Path) -> bool:
     """A hidden file or folder, a system's own (`SYSTEM_FOLDERS`), or a lowvram run's output folder (its record in
     it: an --output inside the dataset, whose samples are no training images): nothing of a dataset."""
-    return path.name.startswith(".") or path.name in SYSTEM_FOLDERS or (path / RECORD).is_file()
+    if path.name.startswith(".") or path.name in SYSTEM_FOLDERS:
+        return True
+    try:
+        return (path / RECORD).is_file()
+    except OSError:  # (a folder that cannot be read: said where it is read)
+        return False
 
 
 def ignores_case(path: Path) -> bool:
