@@ -550,6 +550,20 @@ def test_a_runs_output_folder_inside_the_dataset_is_no_part_of_it(tmp_path, caps
         "5_dog/a.png"]
 
 
+def test_a_panorama_its_bucket_crops_is_said_with_what_it_keeps(tmp_path):
+    """An 8:1 panorama in SDXL's widest bucket lost half of itself without a word (a 10:1 one is skipped, said)."""
+    from lowvram.data.buckets import Buckets
+
+    Image.new("RGB", (512, 64), (90, 80, 40)).save(picture(tmp_path / "data" / "wide.png"))
+    picture(tmp_path / "data" / "square.png")
+    report = captions_by_name(scan_dataset(tmp_path / "data", default_buckets(1024), ScanOptions()))
+    assert ("cropped to its bucket 2048x512, keeping 50% of the image (crop or split it to train all of it)"
+            in report["wide.png"].notes), report["wide.png"].notes
+    assert not any("cropped" in note for note in report["square.png"].notes)
+    square_only = scan_dataset(tmp_path / "data", Buckets(1024, 1024, 1024), ScanOptions(min_kept_fraction=0.1))
+    assert not any("cropped" in note for record in square_only.usable for note in record.notes)  # (every photo's)
+
+
 def test_a_folder_named_by_a_date_is_not_read_as_millions_of_repeats(tmp_path, capsys):
     """20240101_vacation trained 20,240,101 repeats: train sat at 15 GB listing its epoch, 100000000_x was killed."""
     for name in ("20240101_vacation", "2_kept", "2019", "2020_summer/sea"):  # (an archive's years trained 2019 times)

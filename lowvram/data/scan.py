@@ -63,6 +63,7 @@ MODE_NOTES = {"I;16": "16-bit -> 8-bit RGB", "CMYK": "CMYK -> RGB", "P": "palett
               "1": "1-bit -> RGB", "I": "32-bit -> 8-bit RGB", "F": "32-bit float -> 8-bit RGB"}
 INDEX_VERSION = 1
 UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
+CROP_NOTE_BELOW = 0.8  # a bucket's crop keeping less of an image (a panorama's) is said; buckets keep most of others
 PROGRESS_FROM = 50  # files; fewer scan in a blink
 MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
 
@@ -646,6 +647,9 @@ def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> 
             return (f"needs upscaling: {width}x{height} would be enlarged x{placement.upscale:.1f} to fill its bucket "
                     f"{placement.bucket[0]}x{placement.bucket[1]} (small images = skip)"), None, []
         notes.append(f"upscaled x{placement.upscale:.1f} to fill its bucket")
+    if placement.kept_fraction < CROP_NOTE_BELOW and len(buckets.shapes) > 1:  # (one square bucket: every photo's)
+        notes.append(f"cropped to its bucket {placement.bucket[0]}x{placement.bucket[1]}, keeping "
+                     f"{placement.kept_fraction:.0%} of the image (crop or split it to train all of it)")
     if facts["format"] and facts["format"] not in IMAGE_FORMATS.get(suffix, ()):
         notes.append(f"is a {facts['format']} file despite its {suffix} name")
     if facts.get("frames", 1) > 1:  # (an animated WebP, a TIFF of several pages: decoded, its first frame alone)
