@@ -36,9 +36,9 @@ from lowvram.configure import (
     with_preset_alpha,
     without_idle_kept_tags,
 )
-from lowvram.console import another_process, launched_processes
+from lowvram.console import another_process, launched_processes, to_nowhere, unwritten_remedy, watched_output
 from lowvram.errors import LowvramError, Refused, TrainingInterrupted, first_line, host_memory_ran_out, shell_line
-from lowvram.files import FULL_DISK_ERRNOS, MAX_FILE_NAME, expand_home, is_size_limit, unwritable
+from lowvram.files import MAX_FILE_NAME, expand_home, unwritable
 from lowvram.hardware import parse_size
 from lowvram.lora_header import FILE_NETWORK_OPTIONS, with_network_weights
 from lowvram.models.families import FAMILIES
@@ -381,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
             command.error(f"the dataset is required: lowvram {args.command} DIR")
     # under accelerate launch every process reads the same options: the main one alone tells their notes and errors
     echo = args.command == "train" and another_process()
-    # from a run's first note on, it goes on when its log's reader or disk goes; another command's output that
-    # cannot be written is said in one line
+    # a run's stderr goes quiet where its file fails (a refusal then said on stdout); stdout that fails before a
+    # run's steps (a dry run's, another command's) is said in one line, from the steps on the run goes on without it
     streams = contextlib.ExitStack()
-    written = streams.enter_context(output_may_close(goes_on=args.command == "train"))
+    written = streams.enter_context(watched_output(run=args.command == "train"))
     try:
         if args.command not in ("plan", "doctor", "train", "info", "check-data", "cache"):  # diffusers takes seconds
             _quiet_libraries()
@@ -423,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.auto:
                     words = list(argv if argv is not None else sys.argv[1:])
                     config = auto_strategy(config, values, args.vram, args.ram, words[words.index("train") + 1:])
+                if written is not None:  # the steps begin: their output may go, the run goes on
+                    written.go_on()
                 train(config)
         elif args.command == "plan":
             return run_plan(args, sys.argv[1:] if argv is None else argv)
@@ -479,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         echo = echo or (another_process() and isinstance(exc, Refused))  # (every process refuses alike)
         for line in str(exc).splitlines() if not echo else []:
             print(f"lowvram {args.command}: {said}{line}", file=sys.stderr)
+            if getattr(sys.stderr, "gone", False):  # (its file full: said on stdout)
+                print(f"lowvram {args.command}: {said}{line}")
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         if not another_process():  # (every process gets the launcher's signal: the main one says it)
@@ -490,10 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # as a shell says a pipe's writer ended by its reader (128 + SIGPIPE): not plan's "nothing fits"
     except (MemoryError, RuntimeError, OSError) as exc:
         if written is not None and exc is written.failure:  # (a file's own is said where it is written)
-            _to_nowhere(sys.stdout)  # (the flush at exit would raise it again)
+            to_nowhere(sys.stdout)  # (the flush at exit would raise it again)
             with contextlib.suppress(OSError):
                 print(f"lowvram {args.command}: error: its output cannot be written ({exc.strerror}): "
-                      f"{_unwritten_remedy(exc)}", file=sys.stderr)
+                      f"{unwritten_remedy(exc)}", file=sys.stderr)
             return 2
         if args.command == "train" and _peer_lost(exc):
             with _last_words():
@@ -556,78 +560,6 @@ def _print_any_name() -> None:
         if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
             with contextlib.suppress(ValueError, io.UnsupportedOperation):  # (a closed or detached stream)
                 stream.reconfigure(errors="replace")
-
-
-def _unwritten_remedy(exc: OSError) -> str:
-    if is_size_limit(exc):  # (freeing space cannot lift a file-size limit)
-        return "raise the file-size limit (ulimit -f unlimited) or write it elsewhere"
-    return "free space on the disk of the file it goes to"
-
-
-class _GoesOnWithoutReader:
-    """stdout (or stderr) that, once its reader has gone (`train | head`, a log shipper that died) or its log file
-    cannot grow (`nohup train > ~/run.log` over a lab's quota), is written to nowhere: the run goes on to its
-    checkpoints and LoRA, its figures in metrics.jsonl, rather than dying mid-step unsaid; said once on the other.
-    Not `goes_on` (another command): the failure is raised, and kept as `failure` to be said as the output's."""
-
-    def __init__(self, stream, errors: bool = False, goes_on: bool = True):
-        self._stream, self._gone, self._errors, self._goes_on = stream, False, errors, goes_on
-        self.failure: OSError | None = None
-
-    def write(self, text: str) -> int:
-        return self._guarded(self._stream.write, text) or len(text)
-
-    def flush(self) -> None:
-        self._guarded(self._stream.flush)
-
-    def _guarded(self, call, *args):
-        if self._gone:
-            return None
-        try:
-            return call(*args)
-        except OSError as exc:
-            if not isinstance(exc, BrokenPipeError) and exc.errno not in FULL_DISK_ERRNOS:
-                raise
-            if not self._goes_on:
-                self.failure = exc
-                raise
-            self._gone = True
-            _to_nowhere(self._stream)  # (the exit's flush would raise it again)
-            output = "error output" if self._errors else "output"
-            why = (f"the {output}'s reader has gone" if isinstance(exc, BrokenPipeError) else
-                   f"the {output} cannot be written ({exc.strerror}: {_unwritten_remedy(exc)})")
-            other = sys.stdout if self._errors else sys.stderr
-            try:  # (on the same pipe, `2>&1 | head`, the other's reader is gone too; on the same full disk, its file:
-                # wrapped too, it goes quiet in turn)
-                print(f"lowvram train: {why}; training goes on without printing it (each step's figures are in the "
-                      "run's metrics.jsonl)", file=other, flush=True)
-            except OSError:
-                _to_nowhere(other)
-            return None
-
-    def __getattr__(self, name):  # isatty, encoding, fileno ... as the stream's
-        return getattr(self._stream, name)
-
-
-def _to_nowhere(stream) -> None:
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-
-
-@contextlib.contextmanager
-def output_may_close(goes_on: bool = True):
-    """While a run trains (`goes_on`), its stdout and stderr may lose their reader or room (`_GoesOnWithoutReader`);
-    another command's stdout is watched for it. Yields the stdout watched. (None where there is no such stream,
-    pythonw's: left so.)"""
-    previous = sys.stdout, sys.stderr
-    if previous[0] is not None:
-        sys.stdout = _GoesOnWithoutReader(previous[0], goes_on=goes_on)
-    if previous[1] is not None and goes_on:
-        sys.stderr = _GoesOnWithoutReader(previous[1], errors=True)
-    try:
-        yield sys.stdout if previous[0] is not None else None
-    finally:
-        sys.stdout, sys.stderr = previous
 
 
 @contextlib.contextmanager

@@ -445,7 +445,8 @@ def test_a_run_whose_log_files_disk_is_full_trains_to_its_end(tmp_path):
                               stdout=full, stderr=subprocess.PIPE, text=True, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stderr.startswith("lowvram train: the output cannot be written (No space left on device: free "
-                                      "space on the disk of the file it goes to); training goes on without printing")
+                                      "space on the disk of the file it goes to); training goes on without printing "
+                                      "(each step's figures")
         assert (out / "out.safetensors").is_file()
         assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["end"] == "finished"
         done = subprocess.run([sys.executable, "-m", "lowvram", "plan", "--json", "--vram", "12GB"], stdout=full,
@@ -459,9 +460,20 @@ def test_a_run_whose_log_files_disk_is_full_trains_to_its_end(tmp_path):
         done = subprocess.run([sys.executable, "-m", "lowvram", "train", "--config", str(tmp_path / "kohya.toml"),
                                "--data", "sample", "--output", str(tmp_path / "k"), "--cache-dir",
                                str(tmp_path / "cache")], stdout=subprocess.PIPE, stderr=full, text=True, check=False)
-    assert done.returncode == 0 and (tmp_path / "k" / "k.safetensors").is_file(), done.stdout[-2000:]
-    assert done.stdout.startswith("lowvram train: the error output cannot be written (No space left on device: free "
-                                  "space on the disk of the file it goes to); training goes on without printing it")
+        assert done.returncode == 0 and (tmp_path / "k" / "k.safetensors").is_file(), done.stdout[-2000:]
+        assert done.stdout.startswith("lowvram train: the error output cannot be written (No space left on device: "
+                                      "free space on the disk of the file it goes to); lowvram goes on without it")
+        # a refusal there is said on stdout (it was lost, and the notice said "training goes on"); a dry run's
+        # options that cannot be written are a failure (exit 0 read as the options written)
+        done = subprocess.run([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
+                               "--output", str(tmp_path / "v"), "--vram", "8GB"], stdout=subprocess.PIPE, stderr=full,
+                              text=True, check=False)
+        assert done.returncode == 2 and "lowvram train: error: --vram: only used with --auto" in done.stdout
+        done = subprocess.run([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
+                               "--output", str(tmp_path / "d"), "--dry-run"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, check=False, env={**os.environ, "PYTHONUNBUFFERED": ""})
+    assert (done.returncode, done.stderr) == (2, ("lowvram train: error: its output cannot be written (No space "
+                                                 "left on device): free space on the disk of the file it goes to\n"))
     import resource  # a file-size limit is no full disk: freeing space would not lift it
 
     with open(tmp_path / "plan.json", "w") as limited:
