@@ -22,7 +22,7 @@ from lowvram.files import expand_home
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, Optimizer, optimizer_name, spec_of
 from lowvram.option_values import relocated_source
-from lowvram.prompts import TRIGGER_PLACEHOLDER, SamplePrompt, parse_prompt, read_prompt_file, with_trigger
+from lowvram.prompts import SamplePrompt, line_with_trigger, parse_prompt, read_prompt_file
 from lowvram.run_files import RECORD
 from lowvram.samplers import SAMPLERS, sampler_name
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
@@ -708,19 +708,15 @@ class RunConfig:
     def prompt_lines(self) -> tuple[str, ...]:
         """The sample prompts as given: --sample-prompt's, then --sample-prompt-file's, read once (the caches hold
         their embeddings, so they cannot change during the run), the trigger word in ai-toolkit's placeholder
-        (without one, the placeholder stays: `samples` leaves it out of each prompt and negative prompt, once their
-        options are parsed)."""
+        (without one, left out of each prompt and negative prompt)."""
         path = self.output.sample_prompt_file
         lines = self.output.sample_prompts + (tuple(read_prompt_file(Path(path))[0]) if path else ())
-        trigger = self.data.trigger_word
-        return tuple(line.replace(TRIGGER_PLACEHOLDER, trigger) if trigger else line for line in lines)
+        return tuple(line_with_trigger(line, self.data.trigger_word) for line in lines)
 
     @property
     def samples(self) -> tuple[SamplePrompt, ...]:
         """The sample prompts with their inline options parsed (validated when the config was built)."""
-        prompts = (parse_prompt(line, self.output.sample_sampler) for line in self.prompt_lines)
-        return tuple(dataclasses.replace(prompt, text=with_trigger(prompt.text, None),
-                                         negative=with_trigger(prompt.negative, None)) for prompt in prompts)
+        return tuple(parse_prompt(line, self.output.sample_sampler) for line in self.prompt_lines)
 
     @property
     def output_dir(self) -> Path:

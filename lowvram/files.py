@@ -324,8 +324,11 @@ def slashed(given: str) -> str | None:
 def passed_over(path: Path) -> bool:
     """A hidden file or folder, a system's own (`SYSTEM_FOLDERS`), or a lowvram run's output folder (its record in
     it: an --output inside the dataset, whose samples are no training images): nothing of a dataset."""
-    if path.name.startswith(".") or path.name in SYSTEM_FOLDERS:
-        return True
+    return path.name.startswith(".") or path.name in SYSTEM_FOLDERS or is_run_folder(path)
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether `path` is a lowvram run's output folder (its record in it)."""
     try:
         return (path / RECORD).is_file()
     except OSError:  # (a folder that cannot be read: said where it is read)

@@ -57,7 +57,8 @@ def _with_given(words: list[str], options: Mapping[str, Any] | None) -> list[str
     given = {name: value for name, value in (options or {}).items() if value is not None and name in known}
     # the file's options that answer with the given one: its resolutions list, the rates of encoders not trained
     dropped = [*given, *(["extra_resolutions"] if "resolution" in given else []),
-               *(["text_encoder_lr", "text_encoder_2_lr"] if given.get("train_text_encoder") is False else [])]
+               *(["text_encoder_lr", "text_encoder_2_lr"] if given.get("train_text_encoder") is False else []),
+               *(["conv_rank", "conv_alpha"] if given.get("lora_layers", "full") != "full" else [])]
     flags = {flag_name(known[name][1]) for name in dropped if name in known}
     kept, value_of_dropped = [], False
     for word in words:
@@ -236,9 +237,10 @@ def simpletuner_config_problem(path: Path, doc: dict, options: Mapping[str, Any]
 
 def _backend_words(named: Path, config: Path) -> tuple[list[str], list[str]] | None:
     """The lowvram options of a config's data backend file (named as SimpleTuner finds it: from the folder it runs
-    in, its own, whose config/<model>/ holds the config; else beside the config), and what they leave out; None
-    where it cannot be read as one."""
-    for path in (named, *(folder / named for folder in [config.parent, *config.parent.parents][:4])):
+    in, its own, whose config/<model>/ holds the config, a file beside it alone; else beside the config), and
+    what they leave out; None where it cannot be read as one."""
+    for path in (named, *(folder / named for folder in [config.parent, *config.parent.parents][:4]
+                          if (folder / named).parent.resolve() == config.parent.resolve())):
         with contextlib.suppress(OSError, ValueError):
             doc = json.loads(path.read_text(encoding="utf-8"))
             if is_simpletuner_backends(doc):

@@ -133,6 +133,17 @@ def _option_parts(line: str) -> list[str]:
     return re.split(rf"\s--(?=[A-Za-z]+\s|(?:{bare})$)", " " + line.strip(), flags=re.IGNORECASE)  # (--N too)
 
 
+def line_with_trigger(line: str, trigger: str | None) -> str:
+    """A prompt line's ai-toolkit placeholder filled with the trigger word, or left out (`with_trigger`) of its
+    text and its negative prompt, each read apart from the other options (out of the whole line, "[trigger],
+    portrait --n [trigger], blurry" read its --n as text)."""
+    if trigger or TRIGGER_PLACEHOLDER not in line:
+        return line.replace(TRIGGER_PLACEHOLDER, trigger or "")
+    text, *parts = _option_parts(line)
+    parts = [f"{part[:2]}{with_trigger(part[2:], None)}" if part[:2].lower() == "n " else part for part in parts]
+    return " --".join([with_trigger(text, None), *parts])
+
+
 def options_elsewhere(line: str) -> list[str]:
     """The kohya options of a prompt line that samples here leave out, each as `--key (what it is)`."""
     keys = [part.partition(" ")[0].lower() for part in _option_parts(line)[1:]]

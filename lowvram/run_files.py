@@ -29,6 +29,15 @@ def runs_name(folder: Path) -> str | None:
         return None
 
 
+def run_dataset(folder: Path) -> str:
+    """", its run trained on DIR", from an output folder's record; "" where it names none."""
+    try:
+        data = json.loads((folder / RECORD).read_text(encoding="utf-8"))["recipe"]["--data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f" (its run trained on {shell_line(data)})" if isinstance(data, str) and data else ""
+
+
 def lora_in_folder(path: Path) -> str:
     """What to give instead of a folder where a LoRA file goes: a diffusers LoRA folder's weights file, by its path,
     else a .safetensors file in it (the newest named first)."""

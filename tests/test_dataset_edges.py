@@ -146,8 +146,9 @@ def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp
     assert config.prompt_lines == ("ohwx, portrait --w 64",) and config.samples[0].text == "ohwx, portrait"
     # without one, left out (as its captions'), of the prompt and its negative alike, after the options are read
     assert run_config(sample_prompts=("[trigger] portrait",)).samples[0].text == "portrait"
-    unset = run_config(sample_prompts=("[trigger], portrait --n [trigger], blurry",)).samples[0]
-    assert (unset.text, unset.negative) == ("portrait", "blurry")
+    unset = run_config(sample_prompts=("[trigger], portrait --n [trigger], blurry --d 3",))
+    assert (unset.samples[0].text, unset.samples[0].negative, unset.samples[0].seed) == ("portrait", "blurry", 3)
+    assert unset.prompt_lines == ("portrait --n blurry --d 3",)  # (the line generate is given to draw it again)
 
 
 def test_a_trigger_word_of_one_of_several_concepts_is_said(tmp_path, capsys):
@@ -544,6 +545,9 @@ def test_a_runs_output_folder_inside_the_dataset_is_no_part_of_it(tmp_path, caps
     report = scan_dataset(tmp_path / "flat", TINY, ScanOptions())
     assert [record.relpath for record in report.usable] == ["0.png", "1.png"]
     assert not any("lora1" in note for note in report.folder_notes), report.folder_notes
+    with pytest.raises(LowvramError, match=r"--data: .*lora1 is a lowvram run's output folder, not a dataset; give the "
+                                           r"folder of the images to train \(its run trained on .*flat\)"):
+        scan_dataset(tmp_path / "flat" / "lora1", TINY, ScanOptions())  # (its samples/ offered as images to rename)
     shutil.copytree(tmp_path / "flat" / "lora1", tmp_path / "kohya" / "10_out")  # (its record: no repeats folder)
     picture(tmp_path / "kohya" / "5_dog" / "a.png")
     assert [record.relpath for record in scan_dataset(tmp_path / "kohya", TINY, ScanOptions()).usable] == [

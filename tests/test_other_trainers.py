@@ -73,12 +73,14 @@ def test_an_ai_toolkit_config_is_answered_with_its_lowvram_command(tmp_path, cap
     process = AI_TOOLKIT["config"]["process"][0]
     path.write_text(dump(AI_TOOLKIT | {"config": {"name": "x", "process": [process | {
         "train": process["train"] | {"max_denoising_steps": 900, "loss_type": "mse"},
+        "network": {"type": "lora", "linear": 16, "linear_alpha": 8, "conv": 8, "conv_alpha": 4},
         "datasets": [process["datasets"][0] | {"num_repeats": 3}]}]}}))
     line = refusal(capsys, ["train", "--config", str(path), "--model", "tiny-sdxl", "--max-steps", "2", "--no-flip",
-                            "--resolution", "512"])
+                            "--resolution", "512", "--lora-layers", "attn"])
     args = suggested_flags(line)
     assert (args["model"], args["max_steps"], args["max_timestep"], args["flip"]) == ("tiny-sdxl", "2", "900", False)
     assert (args["resolution"], args.get("extra_resolutions")) == ("512", None), line  # (its list answered by it)
+    assert "--conv-rank" not in line and args["lora_layers"] == "attn"  # (its conv's, refused with attn)
     assert "stabilityai" not in line and "2000" not in line and "loss_type" not in line, line
     assert "num_repeats 3 (a folder named 3_name trains its images 3 times, as kohya's)" in line
     path.write_text("a: [1, 2" if suffix != ".json" else "{}")  # another's: the formats lowvram reads

@@ -53,9 +53,10 @@ from lowvram.data.image_metadata import (
 from lowvram.data.scan_report import ImageRecord, ScanReport
 from lowvram.dataset_files.subsets import MAX_REPEATS, REPEAT_FOLDER, is_year, repeats_of
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import ignores_case, is_utf8, passed_over, utf8_text, write_text
+from lowvram.files import ignores_case, is_run_folder, is_utf8, passed_over, utf8_text, write_text
 from lowvram.option_values import caption_extension_problem, caption_template_problem
 from lowvram.prompts import TRIGGER_PLACEHOLDER, with_trigger
+from lowvram.run_files import run_dataset
 
 SILENT_SUFFIXES = (".txt", ".caption", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".npz", ".npy", ".md", ".csv")
 SILENT_NAMES = ("Thumbs.db", "desktop.ini")
@@ -149,6 +150,9 @@ def scan_dataset(root: Path, buckets: Buckets, options: ScanOptions = ScanOption
     given = Path(root)
     if not given.is_dir():
         raise LowvramError(f"{flag}: {'not a folder' if given.exists() else 'folder not found'}: {given}")
+    if is_run_folder(given):  # (--data and --output mixed up, or the last run's folder given)
+        raise LowvramError(f"{flag}: {given} is a lowvram run's output folder, not a dataset; give the folder of the "
+                           f"images to train{run_dataset(given)}")
     root = given.resolve()
     try:
         folders, layout_notes = repeat_folders(root, options.caption_column)
@@ -307,8 +311,8 @@ def images_below(folder: Path, up_to: int = COUNTED_UP_TO) -> int:
 def _walk_images(folder: Path, up_to: int) -> tuple[int, int]:
     """(images, files looked at) of `images_below`."""
     count = seen = 0
-    for _, subfolders, names in os.walk(folder):
-        subfolders[:] = [name for name in subfolders if not passed_over(Path(name))]
+    for here, subfolders, names in os.walk(folder):
+        subfolders[:] = [name for name in subfolders if not passed_over(Path(here) / name)]
         count += sum(1 for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
                      and not Path(name).stem.lower().endswith(LABEL_STEMS))
         seen += len(names)

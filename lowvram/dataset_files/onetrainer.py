@@ -194,8 +194,9 @@ def _folders(concept: dict, path: Path, where: str, problem) -> list[Path] | Non
     folder = folder.resolve()
     if not concept.get("include_subdirectories"):
         return [folder]
-    below = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir()
-                             and not any(passed_over(Path(part)) for part in p.relative_to(folder).parts))]
+    below = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir() and not any(
+        passed_over(folder.joinpath(*p.relative_to(folder).parts[:depth + 1]))
+        for depth in range(len(p.relative_to(folder).parts))))]
     return [p for p in below if _images([p])] or [folder]
 
 

@@ -151,12 +151,18 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
         raise
     finally:
         if lock is not None:
-            lock.release()
             # a run refused before it wrote anything but its record (an empty --reg-data) leaves no folder behind:
-            # the next run there said "starting over: the earlier run ... left no checkpoint or LoRA" of none
+            # the next run there said "starting over: the earlier run ... left no checkpoint or LoRA" of none (the
+            # record removed while the lock holds off another run's)
+            unclaimed = False
             with contextlib.suppress(OSError):
-                if refused and not existed and [path.name for path in folder.iterdir()] == [RECORD]:
+                if refused and not existed and sorted(path.name for path in folder.iterdir()) == sorted(
+                        [RECORD, lock.path.name]):
                     (folder / RECORD).unlink()
+                    unclaimed = True
+            lock.release()
+            if unclaimed:
+                with contextlib.suppress(OSError):  # (another run's files there meanwhile: it stays)
                     folder.rmdir()
 
 
