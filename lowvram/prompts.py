@@ -30,19 +30,6 @@ else:  # pragma: no cover
 # scripts written without spaces between words: kana (and half-width katakana) and CJK ideographs (a regex range)
 UNSPACED = "\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f"
 TRIGGER_PLACEHOLDER = "[trigger]"  # ai-toolkit's, in captions and sample prompts: its trigger_word goes there
-
-
-def with_trigger(line: str, trigger: str | None, separator: str = ",") -> str:
-    """ai-toolkit's placeholder in `line` replaced by the trigger word; without one, left out, a tag of its own with
-    its separator ("[trigger], red style" trains "red style", not ", red style")."""
-    if trigger:
-        return line.replace(TRIGGER_PLACEHOLDER, trigger)
-    separator = separator.strip() or ","
-    tags = line.split(separator)
-    line = separator.join(tag for tag in tags if tag.strip() != TRIGGER_PLACEHOLDER) if len(tags) > 1 else line
-    return re.sub(rf"\s*{re.escape(TRIGGER_PLACEHOLDER)}", "", line).strip()
-
-
 MAX_STEPS = 1000  # the timesteps SD1.5 and SDXL were trained with: no sampler takes more
 MAX_SEED = 2**32 - 1  # AUTOMATIC1111's and kohya's seeds; -1 draws one (where a random seed has a place)
 OPTIONS = {"n": "negative prompt", "w": "width", "h": "height", "s": "steps", "l": "guidance scale", "d": "seed",
@@ -131,6 +118,17 @@ def _option_parts(line: str) -> list[str]:
     (a hand-edited `... --n`: kohya drops it, it was trained as the prompt's text)."""
     bare = "|".join(OPTIONS)
     return re.split(rf"\s--(?=[A-Za-z]+\s|(?:{bare})$)", " " + line.strip(), flags=re.IGNORECASE)  # (--N too)
+
+
+def with_trigger(line: str, trigger: str | None, separator: str = ",") -> str:
+    """ai-toolkit's placeholder in `line` replaced by the trigger word; without one, left out, a tag of its own with
+    its separator ("[trigger], red style" trains "red style", not ", red style")."""
+    if trigger:
+        return line.replace(TRIGGER_PLACEHOLDER, trigger)
+    separator = separator.strip() or ","
+    tags = line.split(separator)
+    line = separator.join(tag for tag in tags if tag.strip() != TRIGGER_PLACEHOLDER) if len(tags) > 1 else line
+    return re.sub(rf"\s*{re.escape(TRIGGER_PLACEHOLDER)}", "", line).strip()
 
 
 def line_with_trigger(line: str, trigger: str | None) -> str:

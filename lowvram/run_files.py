@@ -30,7 +30,7 @@ def runs_name(folder: Path) -> str | None:
 
 
 def run_dataset(folder: Path) -> str:
-    """", its run trained on DIR", from an output folder's record; "" where it names none."""
+    """The words " (its run trained on DIR)" from an output folder's record; "" where it names none."""
     try:
         data = json.loads((folder / RECORD).read_text(encoding="utf-8"))["recipe"]["--data"]
     except (OSError, ValueError, KeyError, TypeError):
