@@ -236,6 +236,17 @@ def test_each_epochs_mean_loss_is_logged_at_its_end_and_a_resumed_run_goes_on_wi
     assert [(r["step"], r["epoch_loss"]) for r in records if "epoch_loss" in r][-1] == (7, pytest.approx(0.8))
 
 
+def test_a_path_with_brackets_is_said_whole_at_the_end(tmp_path, capsys):
+    """rich read "[v2]" in a folder's name as markup and dropped it from the saved lines (and from the command to
+    paste in the end's warnings)."""
+    out = tmp_path / "run [v2]"
+    result = train(run_config(output=str(out), max_steps=1, sample_every="1", sample_prompts=["lvshape"],
+                              sample_steps=2))
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"saved {result.lora_path}" in said and f"sample {result.samples[0]}" in said
+    assert f"side by side: {out / 'samples' / 'run [v2]-step00000001.png'}" in said
+
+
 def test_the_final_samples_are_written_out_where_they_are_logged(tmp_path):
     """TensorBoard's writer thread says a full disk only when its events are written out: the final samples are
     written at once, where the run says a failure in one line, not at the log's close after it (a traceback)."""
