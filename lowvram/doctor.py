@@ -14,7 +14,7 @@ from lowvram.configure import build_config
 from lowvram.console import Console
 from lowvram.errors import LowvramError, first_line
 from lowvram.files import free_bytes, human_size
-from lowvram.hardware import GIB, Hardware, detect, list_profiles, load_profile
+from lowvram.hardware import GIB, Hardware, detect, list_profiles, load_profile, no_gpu_reason
 from lowvram.housekeeping import usage
 from lowvram.plan import plan, workload_for
 from lowvram.resolve import default_cache_dir, resolve_run
@@ -133,7 +133,7 @@ def _cache_line(cache_dir: Path) -> str:
 
 def _gpu_line(hardware: Hardware) -> str:
     if hardware.device != "cuda":
-        return ("none: training runs on the CPU in fp32, which suits the tiny demo models only; `lowvram plan "
+        return (f"none: {no_gpu_reason()}. Training runs on the CPU in fp32, which suits the tiny demo models only; `lowvram plan "
                 "--vram 8GB` (or --profile) plans for a card elsewhere")
     precision = ("bf16 and fp16" if hardware.bf16 else "fp32 (no bf16, and fp16 gives NaN losses on a GTX 16xx)"
                  if hardware.fp16_fails else "fp16 only (no bf16: pre-Ampere, e.g. a T4)")

@@ -78,6 +78,21 @@ def detect() -> Hardware:
     return Hardware("cpu", "CPU", 0, True, host_ram=host)
 
 
+def no_gpu_reason() -> str:
+    """Why torch sees no CUDA GPU, said where a run falls back to the CPU: the usual causes are a CPU-only PyTorch
+    (pip's default wheel on Windows), CUDA_VISIBLE_DEVICES hiding the cards, or a missing or old driver."""
+    import torch
+
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1", "none", "NoDevFiles"):
+        return f"CUDA_VISIBLE_DEVICES={hidden.strip()!r} hides every GPU from this process"
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return (f"PyTorch {torch.__version__} is a CPU-only build; pytorch.org/get-started gives the command that "
+                "installs a CUDA one")
+    return (f"PyTorch {torch.__version__} found none: the NVIDIA driver is missing, or older than its CUDA "
+            f"{torch.version.cuda or torch.version.hip} needs (nvidia-smi shows the driver)")
+
+
 def has_native_bf16(compute_major: int) -> bool:
     """bf16 in hardware: Ampere (compute capability 8) and later. torch.cuda.is_bf16_supported() also says yes
     on a T4 or other Turing card, where bf16 is emulated and slow: those train in fp16."""

@@ -252,9 +252,12 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys, monkeypat
     for auto in ([], ["--auto"]):
         assert main(["train", *auto, "--model", "sd15", "--data", "sample", "--output", str(tmp_path / "sd")]) == 2
         said = " ".join("".join(capsys.readouterr()).split())
-        assert said.count("warning: no CUDA GPU: a full-size model trains many times slower on the CPU than on a GPU "
-                          "(a Colab notebook needs a GPU runtime") == 1, said
-        assert said.index("no CUDA GPU: a full-size") < said.index("could not download")
+        assert said.count("a full-size model trains many times slower on the CPU than on a GPU (a Colab notebook "
+                          "needs a GPU runtime") == 1, said
+        from lowvram.hardware import no_gpu_reason
+
+        assert f"warning: no CUDA GPU ({no_gpu_reason()}): a full-size" in said  # (its cause: a CPU-only PyTorch)
+        assert said.index("no CUDA GPU (") < said.index("could not download")
     # the precision asked for is the one said (a T4's fp16 on a CPU runtime: only its refusal, not "in fp32" first)
     auto_strategy(build_config({"model": "tiny", "data": "sample", "mixed_precision": "bf16"}), {}, None)
     assert "training on the CPU in bf16" in capsys.readouterr().out

@@ -38,7 +38,7 @@ from lowvram.data.prepare import PreparedData, prepare_training_data
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import redraws_in_place
-from lowvram.hardware import detect, precision_trouble, resolve_mixed_precision
+from lowvram.hardware import detect, no_gpu_reason, precision_trouble, resolve_mixed_precision
 from lowvram.lora_header import kohya_header, larger_side_first, read_header, shapes_of
 from lowvram.memory import PhasePeaks
 from lowvram.models.loading import LoadedModel, load_model, zero_terminal_snr_sampler
@@ -204,9 +204,9 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
                               f"{config.training.mixed_precision} is", soft_wrap=True, highlight=False)
     # said before the model's download and the caching, with --auto or without (a tiny family is the toy one)
     if run.hardware.device == "cpu" and not run.family.full_size and session.main:
-        session.console.print("[yellow]warning:[/] no CUDA GPU: a full-size model trains many times slower on the "
-                              "CPU than on a GPU (a Colab notebook needs a GPU runtime: Runtime > Change runtime "
-                              "type)", soft_wrap=True)
+        session.console.print(f"[yellow]warning:[/] no CUDA GPU ({escape(no_gpu_reason())}): a full-size model "
+                              "trains many times slower on the CPU than on a GPU (a Colab notebook needs a GPU "
+                              "runtime: Runtime > Change runtime type)", soft_wrap=True)
     return session
 
 
