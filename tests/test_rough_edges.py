@@ -176,6 +176,9 @@ def test_a_latin1_caption_keeps_its_accents_and_the_summary_says_it_was_not_utf8
                 "halfwidth": ("ｶﾜｲｲ, ねこ", "cp932"), "china": ("中國", "big5"), "spanish": ("¿Qué pasa?", "cp1252"),
                 "french": ("crème brûlée, Æther, 50°", "cp1252"), "eucjp": ("猫娘の女の子、笑顔", "euc_jp"),
                 "eucjp_short": ("ねこ, 笑顔", "euc_jp"),
+                # half-width katakana alone, or with kanji, from an old Japanese editor (read as cp1252: ÛÝ¸ÞÍ±°)
+                "hankaku": ("ﾛﾝｸﾞﾍｱｰ, 1girl", "cp932"), "hankaku_kanji": ("ｷｬﾗ, 笑顔", "cp932"),
+                "hankaku_tag": ("ﾃｽﾄ, smile", "cp932"), "signs": ("Ãbc ½", "cp1252"),
                 # a Russian or Ukrainian Windows' ANSI (read as cp1252: äåâóøêà)
                 "russian": ("девушка, красные волосы", "cp1251"), "ukrainian": ("дівчина, ґанок, «сад»", "cp1251"),
                 "short_gbk": ("中文", "gbk"), "robot": ("机器人", "gbk")}  # (read as cp1251: ЦРОД, »ъЖчИЛ)

@@ -171,6 +171,8 @@ def _decode_utf16(raw: bytes) -> str | None:
 # Windows' ANSI code pages of East Asia (Notepad's "ANSI" on a Japanese, Chinese or Taiwanese Windows), tried where
 # cp1252 reads a caption as garbling
 EAST_ASIAN = (("cp932", "Shift_JIS"), ("gb18030", "GBK"), ("big5", "Big5"), ("euc_jp", "EUC-JP"))
+# a half-width katakana with none beside it: a Western text's accented capital or sign (Ã, ½), not a word
+LONE_HALFWIDTH = re.compile("(?<![\uff61-\uff9f])[\uff61-\uff9f](?![\uff61-\uff9f])")
 LEGACY_NAMES = ("cp1252", "cp1251", *(name for _, name in EAST_ASIAN))
 # Russian's, Ukrainian's and Belarusian's letters and the signs their texts hold (where Shift_JIS's kana read as
 # cp1251's other signs): a cp1251 reading of these alone, with a word of three, is one
@@ -211,8 +213,10 @@ def _decode_legacy(raw: bytes) -> tuple[str, str]:
         except UnicodeDecodeError:
             continue
         chars = [char for char in text if ord(char) > 0x7F]
-        halfwidth = codec == "cp932" and _has_kana(text)  # (ｶﾜｲｲ beside kana; alone, a Big5 text's bytes)
-        if any(map(_east_asian, chars)) and all(
+        # half-width katakana (ｶﾜｲｲ) beside kana, or where no Big5 reading exists (ﾛﾝｸﾞﾍｱｰ, 1girl: an odd run of
+        # bytes before an ASCII comma); else they may be a Big5 text's bytes
+        halfwidth = codec == "cp932" and (_has_kana(text) or not _decodes(raw, "big5"))
+        if (any(map(_east_asian, chars)) or halfwidth and chars and not LONE_HALFWIDTH.search(text)) and all(
                 _east_asian(char) or _punctuation(char) or halfwidth and "\uff61" <= char <= "\uff9f" for char in chars):
             readings[name] = text
     for name, judged_by in (("Shift_JIS", _has_kana),
@@ -240,6 +244,14 @@ def _has_kana(text: str) -> bool:
 
 def _is_kana(char: str) -> bool:
     return "\u3040" <= char <= "\u30ff"
+
+
+def _decodes(raw: bytes, codec: str) -> bool:
+    try:
+        raw.decode(codec)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _fits(text: str, codec: str) -> bool:
