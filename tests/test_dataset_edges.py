@@ -271,9 +271,22 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     assert main(argv) == 0
     assert "caption-separator" not in capsys.readouterr().out  # (nothing shuffles them)
     assert main([*argv, "--shuffle-tags", "--keep-tokens", "1"]) == 0
-    assert ("note: 1 of 3 captions hold ， (in 10_ohwx/img2.png's), trained as text; pass --caption-separator '，' "
-            "to shuffle and drop the tags it parts") in " ".join(capsys.readouterr().out.split())
+    # the other captions part theirs with ',': replaced in the files, as --caption-separator '，' (the note's advice
+    # before) would leave those whole, with a Japanese comma in another (it was not said: the first found only)
+    (folder / "img1.txt").write_text("ohwx、少女、笑顔", encoding="utf-8")
+    assert main([*argv, "--shuffle-tags", "--keep-tokens", "1"]) == 0
+    assert ("note: 2 of 3 captions part their tags with ， and 、 (in 10_ohwx/img2.png's), which a shuffle takes as "
+            "one tag, and 1 with ',': replace ， and 、 with ', ' in those captions to shuffle them all "
+            "(--caption-separator takes one separator)") in " ".join(capsys.readouterr().out.split())
+    for name in ("img0.txt", "img1.txt"):  # the same one in every caption: --caption-separator
+        (folder / name).write_text("ohwx，少女", encoding="utf-8")
+    assert main([*argv, "--shuffle-tags", "--keep-tokens", "1"]) == 0
+    assert ("note: 3 of 3 captions part their tags with ， (in 10_ohwx/img0.png's), which a shuffle takes as one "
+            "tag; pass --caption-separator '，' to shuffle and drop them") in " ".join(capsys.readouterr().out.split())
+    assert main([*argv, "--shuffle-tags", "--caption-separator", "，"]) == 0
+    assert "shuffle takes as one tag" not in capsys.readouterr().out
     (folder / "img2.txt").unlink()
+    (folder / "img1.txt").write_text("ohwx, 1girl ||| red hair, smile")
     # a caption past what the text encoders read: said by train only, after the model loaded
     (folder / "img0.txt").write_text(", ".join(f"tag{i} word" for i in range(30)))
     assert main(argv) == 0

@@ -202,6 +202,7 @@ def class_copies_note(training: ScanReport, regularization: ScanReport) -> str |
 WEIGHTED = re.compile(r"\([^()]*:\s*-?\d+(\.\d+)?\s*\)")
 # (text) without a weight, unescaped: emphasis 1.1 ("artist:name" in it too: A1111's parser takes a colon as text)
 BARE_EMPHASIS = re.compile(r"(?<!\\)\((?![^()]*:\s*[+-]?[.\d]+\s*\))[^()]*(?<!\\)\)")
+WIDE_COMMAS = "，、"  # Chinese and Japanese commas
 KOHYA_KEEP_SEPARATOR = "|||"  # the keep_tokens_separator kohya's documentation writes
 
 
@@ -212,31 +213,48 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
     notes = [note for note in (trigger_of_one_concept(records, trigger), trigger_moved(records, config, trigger)) if note]
     data = config.data
     varied = data.caption_separator == "," and (data.shuffle_tags or data.tag_dropout)
-    wide = next((char for char in "，、" for record in records if char in record.caption and "," not in
-                 record.caption), "") if varied else ""
     for held, flag, value, does, unset in (
             (lambda caption: KOHYA_KEEP_SEPARATOR in caption, "--keep-tokens-separator", f"'{KOHYA_KEEP_SEPARATOR}'",
              "keep the tags before it in front", not data.keep_tokens_separator),
             (WEIGHTED.search, "--weighted-captions", "", "weigh them as kohya's --weighted_captions does",
              not data.weighted_captions),
-            (lambda caption: wide in caption and "," not in caption, "--caption-separator", f"'{wide}'",
-             "shuffle and drop the tags it parts (each caption is one tag now)", bool(wide)),
             (_choices, "--wildcards", "", "draw one of them each time, as kohya's enable_wildcard does",
              not data.wildcards)):
         found = [record for record in records if unset and held(record.caption)] if records else []
         if found:
-            shown = {"--keep-tokens-separator": KOHYA_KEEP_SEPARATOR, "--caption-separator": wide,
-                     "--wildcards": f"choices such as {_choices(found[0].caption)}"}.get(flag) or \
+            shown = {"--keep-tokens-separator": KOHYA_KEEP_SEPARATOR, "--wildcards": f"choices such as {_choices(found[0].caption)}"}.get(flag) or \
                 WEIGHTED.search(found[0].caption)[0]
             example = f"weights such as {shown}" if flag == "--weighted-captions" else shown  # (each weight its own)
             notes.append(f"note: {len(found)} of {len(records)} captions hold {example} (in {found[0].relpath}'s), "
                          f"trained as text; pass {' '.join(filter(None, (flag, value)))} to {does}")
+    notes += wide_comma_notes(records) if varied else []
     bare = [record for record in records if BARE_EMPHASIS.search(record.caption)] if data.weighted_captions else []
     if bare:  # (a tagger's "hatsune miku (vocaloid)": its series weighed 1.1, and the name parted from it)
         notes.append(f"note: {len(bare)} of {len(records)} captions hold {BARE_EMPHASIS.search(bare[0].caption)[0]} "
                      f"(in {bare[0].relpath}'s), which --weighted-captions weighs as emphasis (1.1 a pair of "
                      "brackets), as kohya does; write it \\( \\) to train it as text (a tagger's 'name (series)')")
     return notes
+
+
+def wide_comma_notes(records: list) -> list[str]:
+    """Captions whose tags are parted by a Chinese or Japanese comma (，、) alone: one tag to a shuffle at ','.
+    --caption-separator takes one separator, so it is the way only where every caption uses the same one (in a
+    dataset that mixes them it would leave the ','-parted captions whole)."""
+    parted = {char: [record for record in records if char in record.caption and "," not in record.caption]
+              for char in WIDE_COMMAS}
+    parted = {char: found for char, found in parted.items() if found}
+    if not parted:
+        return []
+    found = list({id(record): record for held in parted.values() for record in held}.values())
+    commas = sum("," in record.caption for record in records)
+    chars = " and ".join(parted)
+    said = (f"note: {len(found)} of {len(records)} captions part their tags with {chars} (in {found[0].relpath}'s), "
+            "which a shuffle takes as one tag")
+    if len(parted) == 1 and not commas:
+        return [f"{said}; pass --caption-separator '{chars}' to shuffle and drop them"]
+    mixed = f", and {commas} with ','" if commas else ""
+    return [(f"{said}{mixed}: replace {chars} with ', ' in those captions to shuffle them all (--caption-separator "
+            "takes one separator)")]
 
 
 def _choices(caption: str) -> str:
