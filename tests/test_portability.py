@@ -77,10 +77,14 @@ def test_a_caption_whose_name_differs_from_its_images_in_case_alone_is_read_as_w
 
     folder = tmp_path / "data" / "5_dog"
     folder.mkdir(parents=True)
-    for i, name in enumerate(("Cat05.PNG", "IMG_1.jpg", "plain.png", "lonely.png", "photo_01.jpg", "pic06.png")):
-        Image.new("RGB", (64, 64), (60 * i, 20, 20)).save(folder / name, format="JPEG" if "jpg" in name else "PNG")
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "ガギグ.txt")  # (a zip made on a Mac: alike on screen, apart to Linux)
+    for i, name in enumerate(("Cat05.PNG", "IMG_1.jpg", "plain.png", "lonely.png", "photo_01.jpg", "pic06.png",
+                              "ガギグ.png")):
+        Image.new("RGB", (64, 64), (30 * i, 20, 20)).save(folder / name, format="JPEG" if "jpg" in name else "PNG")
     for name, text in (("cat05.txt", "a cat"), ("img_1.TXT", "an img"), ("plain.txt", "plain"), ("renamed.txt", "x"),
-                       ("Photo_01.txt", "a photo"), ("pic06.tXt", "a pic")):
+                       ("Photo_01.txt", "a photo"), ("pic06.tXt", "a pic"), (decomposed, "kana")):
         (folder / name).write_text(text)
     if (folder / "CAT05.TXT").exists():
         pytest.skip("this file system ignores case, as Windows does")
@@ -88,13 +92,16 @@ def test_a_caption_whose_name_differs_from_its_images_in_case_alone_is_read_as_w
     report = scan(run, tmp_path / "data", None, None)
     assert {Path(r.relpath).name: r.caption for r in report.usable} == {
         "Cat05.PNG": "a cat", "IMG_1.jpg": "an img", "plain.png": "plain", "lonely.png": "dog",
-        "photo_01.jpg": "a photo", "pic06.png": "a pic"}
+        "photo_01.jpg": "a photo", "pic06.png": "a pic", "ガギグ.png": "kana"}
     notes = {Path(r.relpath).name: r.notes for r in report.usable}
     assert ("caption cat05.txt read: its name differs from the image's in letter case alone, which Windows ignores "
             "and Linux does not") in notes["Cat05.PNG"]
     assert not any("letter case" in note for note in notes["plain.png"])
+    assert (f"caption {decomposed} read: its name is the image's in another Unicode form (decomposed, as a zip made "
+            "on a Mac writes names), alike on screen, which Linux keeps apart") in notes["ガギグ.png"]
     said = " ".join(report.folder_notes)
-    assert "renamed.txt" in said and not any(name in said for name in ("cat05.txt", "img_1.TXT", "Photo_01.txt"))
+    assert "renamed.txt" in said and not any(name in said for name in ("cat05.txt", "img_1.TXT", "Photo_01.txt",
+                                                                        decomposed))
 
 
 def test_names_holding_a_windows_zips_folders_are_said_with_the_fix(tmp_path):

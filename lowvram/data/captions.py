@@ -45,7 +45,10 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
         if not others and (tags := _json_beside(image)):
             unread = f" ({tags} is not read: captions are plain text, as {image.stem}{extension})"
         return None, notes + [f"no caption file{unread}: template used"], None
-    if found[0].stem != image.stem:
+    if found[0].stem.lower() != image.stem.lower():
+        notes.append(f"caption {found[0].name} read: its name is the image's in another Unicode form (decomposed, as "
+                     "a zip made on a Mac writes names), alike on screen, which Linux keeps apart")
+    elif found[0].stem != image.stem:
         notes.append(f"caption {found[0].name} read: its name differs from the image's in letter case alone, which "
                      "Windows ignores and Linux does not")
     non_utf8 = None
@@ -130,8 +133,14 @@ def caption_file(image: Path, suffix: str) -> Path | None:
         listing = _names_by_case(str(image.parent), image.parent.stat().st_mtime_ns)
     except OSError:
         return None
-    return next((found for name in listing.get((image.stem + suffix).lower(), ())
+    return next((found for name in listing.get(name_key(image.stem + suffix), ())
                  if (found := image.with_name(name)).is_file()), None)
+
+
+def name_key(name: str) -> str:
+    """A file name as Windows and macOS match it: in any letter case, and in either Unicode form (a zip made on a Mac
+    names ガ or é decomposed, as カ and a mark, NFD: alike on screen, apart to Linux)."""
+    return unicodedata.normalize("NFC", name).lower()
 
 
 def _json_beside(image: Path) -> str | None:
@@ -141,17 +150,17 @@ def _json_beside(image: Path) -> str | None:
         listing = _names_by_case(str(image.parent), image.parent.stat().st_mtime_ns)
     except OSError:
         return None
-    keys = (f"{image.stem}.json".lower(), f"{image.name}.json".lower())
+    keys = (name_key(f"{image.stem}.json"), name_key(f"{image.name}.json"))
     return next((listing[key][0] for key in keys if key in listing), None)
 
 
 @functools.lru_cache(maxsize=32)
 def _names_by_case(folder: str, _changed: int) -> dict[str, tuple[str, ...]]:
-    """A folder's names by their lower case, read once while it is unchanged (a caption per image would read a
+    """A folder's names by their `name_key`, read once while it is unchanged (a caption per image would read a
     folder of thousands thousands of times)."""
     names: dict[str, list[str]] = {}
     for name in sorted(os.listdir(folder)):
-        names.setdefault(name.lower(), []).append(name)
+        names.setdefault(name_key(name), []).append(name)
     return {key: tuple(value) for key, value in names.items()}
 
 

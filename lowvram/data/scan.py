@@ -31,7 +31,7 @@ from lowvram.config import (
 )
 from lowvram.console import counted_progress
 from lowvram.data.buckets import Buckets
-from lowvram.data.captions import captions_of, has_word, read_caption_file, split_kept_tags, wrapped
+from lowvram.data.captions import captions_of, has_word, name_key, read_caption_file, split_kept_tags, wrapped
 from lowvram.data.image_files import (
     ALPHA_MODES,
     PIL_FORMATS,
@@ -511,12 +511,12 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                          f"{', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}")
         # an image renamed away from its caption, a common slip: a caption read by no image beside an image without
         # one, where the others pair (a README.txt in a captioned folder, or in one of template captions, is none)
-        read = {stem.lower() for stem in stems}  # (Cat05.PNG reads cat05.txt: caption_file)
-        paired = {p.stem.lower() for p in captions} & read
-        lone = [p.name for p in captions if p.stem.lower() not in read] if paired and len(paired) < len(stems) and \
-            image_folder.captions is None else []
+        read = {name_key(stem) for stem in stems}  # (Cat05.PNG reads cat05.txt: caption_file)
+        paired = {name_key(p.stem) for p in captions} & read
+        lone = [p.name for p in captions if name_key(p.stem) not in read] if paired and len(paired) < len(stems) \
+            and image_folder.captions is None else []
         # cat.txt.txt or cat.png.txt: named where Windows hides the extensions it knows
-        doubled = [p for p in captions if p.stem.lower() not in read and Path(p.stem).stem.lower() in read
+        doubled = [p for p in captions if name_key(p.stem) not in read and name_key(Path(p.stem).stem) in read
                    and Path(p.stem).suffix.lower() in (*IMAGE_SUFFIXES, *CAPTION_SUFFIXES)]
         if doubled and image_folder.captions is None:
             notes.append(f"{len(doubled)} caption file(s) in {where or './'} have two extensions, read by none: "
