@@ -22,7 +22,7 @@ from lowvram.files import expand_home
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, Optimizer, optimizer_name, spec_of
 from lowvram.option_values import relocated_source
-from lowvram.prompts import SamplePrompt, line_with_trigger, parse_prompt, read_prompt_file
+from lowvram.prompts import SamplePrompt, as_prompt_line, line_with_trigger, parse_prompt, read_prompt_file
 from lowvram.run_files import RECORD
 from lowvram.samplers import SAMPLERS, sampler_name
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
@@ -710,7 +710,8 @@ class RunConfig:
         their embeddings, so they cannot change during the run), the trigger word in ai-toolkit's placeholder
         (without one, left out of each prompt and negative prompt)."""
         path = self.output.sample_prompt_file
-        lines = self.output.sample_prompts + (tuple(read_prompt_file(Path(path))[0]) if path else ())
+        lines = tuple(map(as_prompt_line, self.output.sample_prompts)) + (
+            tuple(read_prompt_file(Path(path))[0]) if path else ())
         return tuple(line_with_trigger(line, self.data.trigger_word) for line in lines)
 
     @property

@@ -169,8 +169,14 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
     sample here uses, such as a ControlNet image). OSError or ValueError says what is wrong with the file."""
     text = text_of(path)  # a BOM (Notepad's) or UTF-16 (PowerShell's) too: '\ufeff# comment' is no comment
     suffix = path.suffix.lower()
-    if suffix == ".txt":
-        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")], []
+    if suffix == ".txt":  # (AUTOMATIC1111's generation data pasted in: its lines after the prompt are the prompt's)
+        blocks: list[str] = []
+        for line in (line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")):
+            if blocks and (NEGATIVE_LINE.match(line) or SETTINGS_LINE.match(line)):
+                blocks[-1] += "\n" + line
+            else:
+                blocks.append(line)
+        return [as_prompt_line(block) for block in blocks], []
     if suffix == ".toml":
         try:
             table = tomllib.loads(text).get("prompt")
@@ -337,6 +343,9 @@ def model_title(model: str) -> str:
     return Path(name).stem if Path(name).suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin") else name
 
 
+# the lines of AUTOMATIC1111's generation data after its prompt (PNG Info's, pasted as it shows them)
+NEGATIVE_LINE = re.compile("Negative prompt:")
+SETTINGS_LINE = re.compile(r"Steps: \d+,")
 # the generation data's settings a prompt here takes (inline, or as --clip-skip), or that name what made it
 GENERATION_READ = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "Model", "Model hash",
                    "Lora hashes", "TI hashes", "VAE", "VAE hash", "Version")
@@ -353,13 +362,15 @@ class GenerationData:
 def from_generation_data(text: str) -> GenerationData | None:
     """AUTOMATIC1111's generation data (PNG Info, Civitai's "copy generation data"): the prompt, a "Negative
     prompt:" line, and a last line "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x768, ...", as
-    one prompt with kohya's inline options; None for text that is none."""
+    one prompt with kohya's inline options (the prompt and its negative prompt alone too); None for text that is
+    none."""
     lines = text.strip().splitlines()
-    if len(lines) < 2 or not re.match(r"Steps: \d+,", lines[-1]):
+    settings = len(lines) >= 2 and bool(SETTINGS_LINE.match(lines[-1]))
+    if not settings and not any(NEGATIVE_LINE.match(line) for line in lines[1:]):
         return None
     params = {key.strip(): value.strip().strip('"') for key, value in
-              re.findall(r'([^,:]+):\s*("(?:\\.|[^"])*"|[^,]*)', lines[-1])}
-    body = "\n".join(lines[:-1])
+              re.findall(r'([^,:]+):\s*("(?:\\.|[^"])*"|[^,]*)', lines[-1])} if settings else {}
+    body = "\n".join(lines[:-1] if settings else lines)
     prompt, _, negative = ("\n" + body).partition("\nNegative prompt:")
     words = [" ".join(prompt.split())]
     words += [f"--n {' '.join(negative.split())}"] if negative.strip() else []
@@ -375,6 +386,13 @@ def from_generation_data(text: str) -> GenerationData | None:
     skip = params.get("Clip skip", "")
     return GenerationData(" ".join(words), int(skip) if skip.isdigit() else None, tuple(left_out),
                           params.get("Model", ""))
+
+
+def as_prompt_line(text: str) -> str:
+    """A sample prompt given as AUTOMATIC1111 writes one (its prompt, a "Negative prompt:" line, its settings' line)
+    as one prompt with kohya's inline options; other text as it is."""
+    data = from_generation_data(text)
+    return data.line if data else text
 
 
 def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], hashes: dict[Path, str], steps: int, sampler: str,

@@ -398,6 +398,19 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
     (tmp_path / "library.json").write_text('{"portrait": "ohwx, a portrait", "beach": "ohwx --at the beach"}')
     library = run_config(sample_prompt_file=str(tmp_path / "library.json"), sample_every="2")
     assert [p.text for p in library.samples] == ["ohwx, a portrait", "ohwx --at the beach"]
+    # AUTOMATIC1111's generation data pasted in (PNG Info's lines): one prompt with its negative prompt and settings
+    # (it was three prompts, its "Negative prompt:" and "Steps:" lines drawn as prompts), and a --sample-prompt of a
+    # prompt and its negative prompt (drawn as one prompt's words)
+    (tmp_path / "a1111.txt").write_text("ohwx, (red hair:1.2)\nNegative prompt: lowres, (worst quality:1.4)\n"
+                                        "Steps: 4, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x96\n"
+                                        "a blue square\nNegative prompt: blurry\n# Steps: 9, a comment\nSteps: 3, "
+                                        "Seed: 2\n")
+    pasted = run_config(sample_prompt_file=str(tmp_path / "a1111.txt"), sample_every="2",
+                        sample_prompts=["ohwx, a cat\nNegative prompt: blurry, lowres"])
+    assert [(p.text, p.negative, p.steps, p.seed, p.width, p.height, p.guidance, p.sampler) for p in pasted.samples] \
+        == [("ohwx, a cat", "blurry, lowres", None, None, None, None, None, None),
+            ("ohwx, (red hair:1.2)", "lowres, (worst quality:1.4)", 4, 5, 64, 96, 7.0, "euler_a"),
+            ("a blue square", "blurry", 3, 2, None, None, None, None)]
     (tmp_path / "bad.txt").write_text("a cat --w 16\n")
     (tmp_path / "comments.txt").write_text("# prompts to come\n")
     (tmp_path / "off.json").write_text('[{"prompt": "a cat", "enabled": false}]')  # OneTrainer's samples.json
