@@ -25,6 +25,13 @@ class TrainingInterrupted(LowvramError):
     exit_code = 130
 
 
+class Busy(LowvramError):
+    """Another live lowvram run holds the output folder: this run is refused before it changed anything, with
+    EX_TEMPFAIL's exit code (75, "try again later", as sendmail's), so a script tells it from an error to fix."""
+
+    exit_code = 75
+
+
 class TrainingDiverged(LowvramError):
     """Several steps in a row had a non-finite loss or gradient."""
 

@@ -21,7 +21,7 @@ from lowvram.console import another_process
 from lowvram.console import console as log_console
 from lowvram.data.dataset import TrainingData
 from lowvram.data.prepare import PreparedData
-from lowvram.errors import LowvramError, Refused, TrainingInterrupted, shell_line
+from lowvram.errors import Busy, Refused, TrainingInterrupted, shell_line
 from lowvram.files import DiskFull, is_utf8
 from lowvram.lora_metadata import addnet_hash
 from lowvram.memory import PhasePeaks, free_cached_memory, host_peak_bytes
@@ -87,7 +87,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         lock.wait_while_going_stale(lambda line: (console or log_console()).print(line, soft_wrap=True,
                                                                                   highlight=False))
         if busy := lock.held_by_another():
-            raise LowvramError(busy)
+            raise Busy(busy)
     config, fresh = outdir.nothing_to_resume(config)
     session = start_session(config, console)
     if fresh:

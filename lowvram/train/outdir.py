@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lowvram.config import RunConfig, fields_by_name
 from lowvram.dataset_files import is_dataset_file, read_dataset
-from lowvram.errors import LowvramError, Refused, shell_line
+from lowvram.errors import Busy, LowvramError, Refused, shell_line
 from lowvram.files import (
     DiskFull,
     human_size,
@@ -642,7 +642,7 @@ class FolderLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 if busy := self.held_by_another():
-                    raise LowvramError(busy) from None
+                    raise Busy(busy) from None
                 self.path.unlink(missing_ok=True)  # stale: the process that wrote it is gone
                 continue
             try:
