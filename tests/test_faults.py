@@ -148,7 +148,7 @@ def test_a_disk_with_room_for_the_lora_but_not_the_last_checkpoint_keeps_the_lor
             f"on, free space, then train on from it with --network-weights {out / 'out.safetensors'} and another "
             "--output") in said
     end = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert end["end"] == "finished" and end["lora"] == str(out / "out.safetensors")
+    assert end["end"] == "finished" and end["lora"] == str(out / "out.safetensors") and end["missing"] == ["checkpoint"]
     assert_same_lora(out / "out.safetensors", uninterrupted["lora"])
     assert_output_sound(out)
     grow(out, 64 * 1024)
@@ -493,6 +493,7 @@ def test_a_copy_to_a_full_disk_is_said_and_the_run_ends_well(small_disk, tmp_pat
     said = " ".join(capsys.readouterr().out.split())
     assert f"could not copy the LoRA to {loras / 'run.safetensors'}" in said and "sample" in said, said
     assert (out / "run.safetensors").is_file() and not (loras / "run.safetensors").exists()
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["missing"] == ["copy_to"]
 
 
 def test_a_disk_that_fills_with_the_final_samples_ends_the_run_well_saying_how_to_draw_them(small_disk, capsys,

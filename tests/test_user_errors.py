@@ -466,6 +466,8 @@ def test_copy_to_a_lora_folder_writes_automatic1111s_card_files_and_keeps_the_us
     assert main([*argv[:-6], "--copy-to", str(loras / "mine v2.safetensors"), "--sample-prompt", "lvshape",
                  "--output", str(tmp_path / "v2")]) == 0
     said = Image.open(loras / "mine v2.preview.png").text["parameters"]
+    end = json.loads((tmp_path / "v2" / "metrics.jsonl").read_text().splitlines()[-1])  # (a script collecting LoRAs)
+    assert end["copied_to"] == str(loras / "mine v2.safetensors") and "missing" not in end
     assert "<lora:mine v2:1>" in said and 'Lora hashes: "mine v2: ' in said and "Model: tiny-sdxl" in said, said
     # the finished run continued: its copy is replaced, and the preview of the earlier file with it
     earlier = addnet_hash(loras / "mine v2.safetensors")[:12]
@@ -615,6 +617,9 @@ def test_a_copy_another_run_wrote_since_the_start_is_not_written_over(tmp_path):
     assert f"warning: not copied to {loras / 'twin.safetensors'}: a LoRA not this run's was written there since " \
            "the run started" in said, said
     assert (tmp_path / "a" / "twin.safetensors").is_file() and not (loras / "twin.json").exists()
+    # exit 0 (the LoRA it trained is whole), its end line saying what is missing to a script collecting LoRAs
+    end = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert end["end"] == "finished" and end["missing"] == ["copy_to"] and "copied_to" not in end
 
 
 def test_overwrite_moves_files_of_no_recorded_run_to_the_archive(tmp_path, capsys):

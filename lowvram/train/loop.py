@@ -34,6 +34,7 @@ from lowvram.train.progress import StopOnSignal, TrainingProgress, clock
 from lowvram.train.runlog import RunLog, log_early_end
 from lowvram.train.sampling import render_samples, save_grid
 from lowvram.train.saving import (
+    FinalSave,
     at_save_points,
     checkpoint_to_resume,
     grid_due_at_start,
@@ -235,13 +236,13 @@ def run_training(session: Session) -> TrainResult:
         asked = signals.received is not None  # in the last step
         # a Ctrl-C as the last step ends (when it is most likely) lets the LoRA and its checkpoint be written
         with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
-            written = save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
-                                 position if step > resumed_at else None, shape)
+            saved = save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
+                               position if step > resumed_at else None, shape)
             copied = (publish.copy_final(config, lora_path, session.console, session.opened_at) if session.main
                       else None)
         if (asked or signals.received is not None) and session.main:
             raise stopped_after_the_last_step(lora_path, draw_again(session, lora_path))
-        samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log, written,
+        samples = finish(session, trainee, prepared, peaks, lora_path, step, shape.started, resumed_at, log, saved,
                          copied, grid_of_final_samples(session, schedule, step) if step > resumed_at else None)
     session.accelerator.wait_for_everyone()
     for _, module in networks.adapted_modules(model):  # the model handed back may run outside autocast
@@ -334,7 +335,7 @@ def write_diffusers_copy(session: Session, trainee: Trainee, lora_path: Path) ->
 
 
 def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: PhasePeaks, lora_path: Path,
-           step: int, started: datetime, resumed_at: int, log: RunLog, written: bool = True,
+           step: int, started: datetime, resumed_at: int, log: RunLog, saved: FinalSave,
            copied: Path | None = None, grid: Path | None = None) -> list[Path]:
     """After the last step, in the main process: the diffusers-format copy, the sample images (in the `log` too,
     and side by side at `grid`, the last step's sample grid), the phase peaks, and how long this process's steps
@@ -342,7 +343,7 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     if not session.main:
         return []
     config, model, name = session.config, trainee.model, session.config.output_name
-    copy_written = False
+    written, copy_written = saved.written, False
     try:
         copy_written = write_diffusers_copy(session, trainee, lora_path)
         with trainee.averaged_weights():
@@ -399,5 +400,6 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     if host:  # what a machine of little RAM needs to know (lowvram plan --ram estimates it beforehand)
         session.console.print(f"peak host RAM {host / 2**30:.2f} GiB (resident, this process)", highlight=False)
         log.record({"step": step, "host_peak_bytes": host})
-    log.finished(step, lora_path)
+    log.finished(step, lora_path, copied, ("copy_to",) * bool(config.output.copy_to and not copied)
+                 + ("checkpoint",) * saved.checkpoint_missing)
     return samples

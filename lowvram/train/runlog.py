@@ -144,9 +144,12 @@ class RunLog:
             folder = Path(self.metrics.name).parent / LOGS
             raise DiskFull(folder, KEPT_FREE, free_bytes(folder), "the TensorBoard log", is_size_limit(exc)) from None
 
-    def finished(self, step: int, lora: Path) -> None:
-        """The last line of a run that ended as asked, with its LoRA: a script following the file knows it is over."""
-        self.record({"step": step, "end": "finished", "lora": str(lora)})
+    def finished(self, step: int, lora: Path, copied: Path | None = None, missing: tuple[str, ...] = ()) -> None:
+        """The last line of a run that ended as asked, with its LoRA and --copy-to's copy: a script following the
+        file knows it is over, and what it asked for that could not be written (`missing`: "copy_to", the copy
+        refused or failed; "checkpoint", the end's to train on from, on a full disk), each said as a warning."""
+        self.record({"step": step, "end": "finished", "lora": str(lora)} | ({"copied_to": str(copied)} if copied else {})
+                    | ({"missing": list(missing)} if missing else {}))
         self.ended = True
 
     def record(self, record: dict) -> None:

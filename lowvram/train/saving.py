@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from rich.markup import escape
@@ -314,17 +315,21 @@ def grid_of_final_samples(session: Session, schedule: Schedule, step: int) -> Pa
     return None
 
 
+class FinalSave(NamedTuple):
+    written: bool  # the LoRA file (not: the file there holds it already)
+    checkpoint_missing: bool = False  # the end's checkpoint could not be written (a full disk): none to train on from
+
+
 def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: Path, step: int, epochs: int,
-               position: checkpoint.Position | None, shape: TrainingShape) -> bool:
+               position: checkpoint.Position | None, shape: TrainingShape) -> FinalSave:
     """The LoRA, then the end's checkpoint at `position` to train on from (None: this run took no step). A disk
     with room for one keeps the LoRA; one whose LoRA write fails (a file-size limit, a disk filled meanwhile) still
-    gets the checkpoint where it fits, from which --resume writes the LoRA without another step. Whether the LoRA
-    was written (not: the file there holds it already)."""
+    gets the checkpoint where it fits, from which --resume writes the LoRA without another step."""
     if session.main and session.config.training.resume:
         if position is None and written_already(session, trainee, dataset, lora_path, step, epochs, shape):
             session.console.print(f"{lora_path} holds step {step}'s LoRA of these options already: not written "
                                   "again (its file hash, which model sites key on, stays)", soft_wrap=True)
-            return False  # (and no checkpoint: this run took no step)
+            return FinalSave(written=False)  # (and no checkpoint: this run took no step)
         kept = outdir.keep_earlier_final_lora(lora_path, step, trained=position is not None)
         if kept:
             session.console.print(kept, soft_wrap=True)
@@ -343,7 +348,8 @@ def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: 
             session.console.print(f"[yellow]warning: {escape(exc.reason)}[/]: {escape(str(lora_path))}, the run's end, "
                                   f"is whole, but has no checkpoint to --resume from; to train it on, {exc.remedy}, "
                                   f"then {escape(outdir.train_on_from(lora_path))}", soft_wrap=True)
-    return True
+            return FinalSave(written=True, checkpoint_missing=True)
+    return FinalSave(written=True)
 
 
 def grid_due_at_start(session: Session, schedule: Schedule, step: int) -> bool:
