@@ -52,8 +52,8 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
 
     from lowvram.console import console as log_console
     from lowvram.hardware import hardware_for
-    from lowvram.plan import fixed_choices, plan_cards, plan_options, planning_values
-    from lowvram.plan.report import cards_json, choice_flags, plan_json, print_cards, print_plan
+    from lowvram.plan import plan_cards, plan_options, planning_values
+    from lowvram.plan.report import cards_json, plan_json, print_cards, print_plan
 
     values = train_values(args)
     build_config(planning_values(values))  # option errors before looking at a GPU
@@ -63,18 +63,19 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
         cards = plan_cards(values, hardware.host_ram if args.ram else None)
         run = next(card.run for card in reversed(cards) if card.run)
         length = None if run.uses_sample_data else plan_dataset(run, console)
-        if args.json:
-            print(json.dumps(cards_json(cards) | ({"run_length": length} if length else {}), indent=2))
+        if args.json:  # (each card's command, as the plan on that card gives it)
+            shown = cards_json(cards)
+            for listed, card in zip(shown["cards"], cards):
+                listed["train_command"] = _train_line(argv, values, args.plan_only, card.plan, card.run.config) \
+                    if card.plan else None
+            print(json.dumps(shown | ({"run_length": length} if length else {}), indent=2))
         else:
             print_cards(cards, console)
         return 0 if any(card.plan and card.plan.choice for card in cards) else 1
     run, result = plan_options(values, hardware)
     config = run.config
     length = None if run.uses_sample_data else plan_dataset(run, console)
-    chosen = choice_flags(result.choice, fixed_choices(values, config), config) if result.choice else []
-    replaced = {"--cache-batch-size": 1} if "--cache-batch-size" in chosen else {}  # (the user's, lowered to fit)
-    words = train_words(argv, values, args.plan_only | replaced)
-    line = ["lowvram", "train", *words, *chosen] if result.choice else None
+    line = _train_line(argv, values, args.plan_only, result, config)
     if args.json:
         print(json.dumps({**plan_json(result), "train_command": line} | ({"run_length": length} if length else {}),
                          indent=2))
@@ -84,6 +85,19 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
             console.print(f"to train with {result.choice.strategy.label}: {shell_line(*line)}", soft_wrap=True,
                           markup=False, highlight=False)
     return 0 if result.choice else 1
+
+
+def _train_line(argv: list[str], values: dict, plan_only: dict, result, config) -> list[str] | None:
+    """The train command of the plan's choice: the options given, less plan's own, with the choice's flags; None
+    where nothing fits."""
+    from lowvram.plan import fixed_choices
+    from lowvram.plan.report import choice_flags
+
+    if not result.choice:
+        return None
+    chosen = choice_flags(result.choice, fixed_choices(values, config), config)
+    replaced = {"--cache-batch-size": 1} if "--cache-batch-size" in chosen else {}  # (the user's, lowered to fit)
+    return ["lowvram", "train", *train_words(argv, values, plan_only | replaced), *chosen]
 
 
 def plan_dataset(run, console) -> dict:

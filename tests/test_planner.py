@@ -916,6 +916,9 @@ def test_plan_without_a_gpu_or_a_card_named_plans_for_every_profile():
         card = next(card for card in cards if card["profile"] == name)
         assert (card["choice"], card["fits"], card["compute_dtype"]) == (alone["choice"], alone["fits"],
                                                                          alone["compute_dtype"])
+        # the command to train on it, as --profile's plan gives it (a script read it with jq .train_command)
+        assert card["train_command"] == alone["train_command"] and (card["train_command"] is None) == (
+            not card["fits"])
     assert not cards[0]["fits"] and cards[-1]["fits"]  # SDXL: no 4 GB GTX 1650 in fp32, every large card
     shown, _ = lowvram("plan", "--model-family", "sdxl", "--ram", "64GB")
     assert shown.returncode == 0 and "no CUDA GPU here, so the plan on each card" in shown.stdout
@@ -933,6 +936,7 @@ def test_plan_without_a_gpu_or_a_card_named_plans_for_every_profile():
     refused = next(card for card in shown["cards"] if card["profile"] == "colab-t4")
     assert refused["refused"].startswith("--mixed-precision bf16: ") and shown["fits"] is True
     assert (refused["fits"], refused["choice"], refused["hardware"]["name"]) == (False, None, "Colab free T4 16 GB")
+    assert refused["train_command"] is None
     done, _ = lowvram("plan", "--model-family", "sdxl", "--clip-skip", "3")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--clip-skip 3: " in done.stderr, done.stderr
 
