@@ -341,6 +341,13 @@ def test_kohya_folder_names_at_their_edges(tmp_path, capsys):
     assert ("no images in 5_empty/ (.png, .jpg, .jpeg, .webp, .bmp, .jfif, .tif, .tiff): nothing of it trains"
             in report.folder_notes)
     assert not any("10/" in note for note in report.folder_notes)
+    # typed with a Japanese IME: full-width digits and underscore, alike on screen
+    wide = tmp_path / "wide"
+    picture(wide / "１０＿キャラ" / "c.png")
+    picture(wide / "3＿猫" / "d.png")
+    report = scan_dataset(wide, TINY)
+    assert sorted((r.relpath, r.caption) for r in report.records) == [("3＿猫/d.png", "猫"), ("１０＿キャラ/c.png", "キャラ")]
+    assert report.summary()["samples_per_epoch"] == 13 and not report.folder_notes
 
     subject = tmp_path / "only" / "10_my subject"  # --data names the N_name folder itself, not its parent
     picture(subject / "b.png")
