@@ -44,7 +44,12 @@ def leave_terminal() -> None:
 
 class Console(rich.console.Console):
     """rich's console, but for a reader gone from the pipe (`lowvram plan | head -1`): rich exits 1 there, which is
-    plan's "nothing fits"; the command ends as a shell's pipe writer does (cli says 141)."""
+    plan's "nothing fits"; the command ends as a shell's pipe writer does (cli says 141). Without rich's highlighting
+    of what looks like numbers and paths: it coloured a path up to its first space (/tmp/出力 中断/x.safetensors
+    read as ending at 出力)."""
+
+    def __init__(self, *args, highlight: bool = False, **kwargs):
+        super().__init__(*args, highlight=highlight, **kwargs)
 
     def on_broken_pipe(self) -> None:
         raise BrokenPipeError

@@ -523,6 +523,16 @@ def test_doctor_speaks_in_words_and_says_what_auto_would_choose(capsys):
     assert re.fullmatch(r"\S+( ckpt)? \S+ \(peak \d+\.\d GiB of 8\.0 GiB free\)", sd15), sd15
 
 
+def test_a_path_with_a_space_is_printed_in_one_colour():
+    """rich's highlighter coloured a path up to its first space, in a terminal: it read as ending there."""
+    from lowvram.console import Console
+
+    terminal = Console(force_terminal=True, file=io.StringIO(), width=200)
+    terminal.print("[green]saved[/] /tmp/出力 中断/中断テスト.safetensors (step 12, 0.5 GiB)")
+    said = terminal.file.getvalue()
+    assert "\x1b[32m" in said and "\x1b[" not in said.split("saved", 1)[1].split("\x1b[0m", 1)[1], repr(said)
+
+
 def test_no_gpu_is_said_with_its_cause(capsys, monkeypatch):
     import torch
 
