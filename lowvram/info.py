@@ -150,8 +150,9 @@ def _folder_of(name: str) -> str:
 def strip_paths(path: Path, captions: bool = False) -> int:
     """Rewrite `path` with every absolute folder in its metadata removed (a file keeps its name), and with
     `captions` what tells its dataset's captions and folder names (`without_captions`); returns how many values
-    changed. The tensors and the file's permissions stay as they were; kohya's hashes, where it has them, are those
-    of the rewritten file."""
+    changed. The tensors and the file's permissions stay as they were; a file of kohya's training metadata (ss_*)
+    gets kohya's hashes of the rewritten file (AUTOMATIC1111 reads its hash from them), as every kohya file lowvram
+    writes has them."""
     from safetensors.torch import load
 
     from lowvram.files import save_safetensors
@@ -165,7 +166,7 @@ def strip_paths(path: Path, captions: bool = False) -> int:
     if changed:
         mode = path.stat().st_mode & 0o777
         # read whole, not mapped: Windows replaces no file that is mapped
-        save = save_lora if any(key in metadata for key in HASHES) else save_safetensors
+        save = save_lora if any(key in HASHES or key.startswith("ss_") for key in metadata) else save_safetensors
         save(load(path.read_bytes()), path, stripped)
         os.chmod(path, mode)
     return changed

@@ -198,6 +198,10 @@ def test_strip_paths_leaves_kohyas_hashes_those_of_the_rewritten_file(tmp_path):
     assert main(["info", str(path), "--strip-paths"]) == 0
     metadata = assert_kohya_hashes(path)
     assert json.loads(metadata["ss_reg_dataset_dirs"]) == {"holiday": {"n_repeats": 2, "img_count": 3}}
+    # a kohya file of no hashes (an older sd-scripts'): given them, as README says of every file lowvram writes
+    bare = kohya_file(tmp_path / "bare.safetensors", extra={"ss_reg_dataset_dirs": json.dumps(dirs)})
+    assert main(["info", str(bare), "--strip-captions"]) == 0
+    assert_kohya_hashes(bare)
 
 
 def kohya_file(path: Path, width: int = 320, extra: dict | None = None) -> Path:
