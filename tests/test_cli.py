@@ -6,6 +6,7 @@ import pickle
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,24 @@ def test_train_with_nothing_usable_names_the_check_data_command_that_scans_as_it
     assert main(["check-data", str(tmp_path), "--model", "tiny", "--resolution", "128"]) == 0  # the flags matter
 
 
+def test_the_steps_time_at_the_end_leaves_out_the_final_samples(tmp_path, capsys, monkeypatch):
+    """At a slow card's 20 steps a sample, the final samples took longer than a short run's steps: "trained to step
+    4 in 0:01:45" where the steps took 17 s."""
+    from lowvram.train import loop
+
+    drawn = loop.render_samples
+
+    def slow_samples(*args, **kwargs):  # (as a slow card draws them)
+        time.sleep(6)
+        return drawn(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "render_samples", slow_samples)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--sample-prompt", "lvshape",
+                 "--sample-steps", "1", "--output", str(tmp_path / "out")]) == 0
+    took = re.search(r"trained to step 1 in 0:00:(\d\d) \(0:00:(\d\d) in all", capsys.readouterr().out)
+    assert int(took[1]) < 6 <= int(took[2]), took[0]
+
+
 def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys, monkeypatch):
     import torch
 
@@ -275,7 +294,8 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys, monkeypat
             "it; lowvram plan --profile NAME shows what it picks on that card)") in capsys.readouterr().err
     # the end says how long the steps took and where their figures are
     metrics = re.escape(str(tmp_path / "metrics.jsonl"))
-    assert re.search(rf"trained to step 1 in 0:00:\d\d \(0:00:\d\d in all, with loading and caching\); each step's "
+    assert re.search(rf"trained to step 1 in 0:00:\d\d \(0:00:\d\d in all, with loading, caching and the final "
+                     rf"samples\); each step's "
                      rf"figures are in {metrics}", out)
     # and the host RAM it took, measured (a machine of little RAM has no other word of it)
     peak = float(re.search(r"peak host RAM (\d+\.\d\d) GiB \(resident, this process\)", out)[1])

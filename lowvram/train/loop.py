@@ -344,6 +344,9 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
         return []
     config, model, name = session.config, trainee.model, session.config.output_name
     written, copy_written = saved.written, False
+    # the steps' time (with the LoRA's save), not the samples drawn after them: at 20 steps each on a slow card
+    # they took longer than a short run's steps
+    took = clock((datetime.now(timezone.utc) - started).total_seconds())
     try:
         copy_written = write_diffusers_copy(session, trainee, lora_path)
         with trainee.averaged_weights():
@@ -385,12 +388,11 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
         log.final_samples(step, samples)
     except (OSError, DiskFull) as exc:  # (the LoRA and its samples are written, which is what matters)
         session.console.print(f"[yellow]warning: the final samples are not in the run's log[/] ({exc})", soft_wrap=True)
-    took = clock((datetime.now(timezone.utc) - started).total_seconds())
     logs = session.out_dir / LOGS
     viewer = f"; TensorBoard: {shell_line('tensorboard', '--logdir', logs)}" if config.output.tensorboard else ""
     steps = (f"to step {step}" if not resumed_at else f"steps {resumed_at + 1} to {step}" if step > resumed_at
              else f"no further steps (the LoRA is step {step}'s, from its checkpoint)")
-    took += f" ({clock(time.monotonic() - session.opened)} in all, with loading and caching)"
+    took += f" ({clock(time.monotonic() - session.opened)} in all, with loading, caching and the final samples)"
     session.console.print(f"trained {steps} in {took}; each step's figures are in "
                           f"{session.out_dir / METRICS}{viewer}", soft_wrap=True, highlight=False)
     if peaks.bytes:
