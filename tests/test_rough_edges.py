@@ -179,6 +179,9 @@ def test_a_latin1_caption_keeps_its_accents_and_the_summary_says_it_was_not_utf8
                 # half-width katakana alone, or with kanji, from an old Japanese editor (read as cp1252: ÛÝ¸ÞÍ±°)
                 "hankaku": ("ﾛﾝｸﾞﾍｱｰ, 1girl", "cp932"), "hankaku_kanji": ("ｷｬﾗ, 笑顔", "cp932"),
                 "hankaku_tag": ("ﾃｽﾄ, smile", "cp932"), "signs": ("Ãbc ½", "cp1252"),
+                # (and no Western text's signs beside accented letters, nor a GBK text, read as half-width katakana)
+                "half": ("1girl, ½ más, smile", "cp1252"), "squared": ("m², coração", "cp1252"),
+                "mixed_gbk": ("女孩們, 笑", "gbk"),
                 # a Russian or Ukrainian Windows' ANSI (read as cp1252: äåâóøêà)
                 "russian": ("девушка, красные волосы", "cp1251"), "ukrainian": ("дівчина, ґанок, «сад»", "cp1251"),
                 "short_gbk": ("中文", "gbk"), "robot": ("机器人", "gbk")}  # (read as cp1251: ЦРОД, »ъЖчИЛ)

@@ -222,10 +222,12 @@ def _decode_legacy(raw: bytes) -> tuple[str, str]:
         except UnicodeDecodeError:
             continue
         chars = [char for char in text if ord(char) > 0x7F]
-        # half-width katakana (ｶﾜｲｲ) beside kana, or where no Big5 reading exists (ﾛﾝｸﾞﾍｱｰ, 1girl: an odd run of
-        # bytes before an ASCII comma); else they may be a Big5 text's bytes
-        halfwidth = codec == "cp932" and (_has_kana(text) or not _decodes(raw, "big5"))
-        if (any(map(_east_asian, chars)) or halfwidth and chars and not LONE_HALFWIDTH.search(text)) and all(
+        # half-width katakana (ｶﾜｲｲ) beside kana, or in runs where neither a Big5 nor a GBK reading exists
+        # (ﾛﾝｸﾞﾍｱｰ, 1girl: an odd run of bytes before an ASCII comma); else they may be a Chinese text's bytes, or a
+        # Western text's accented letters and signs (½ más: a lone ｽ beside a kanji)
+        halfwidth = codec == "cp932" and (_has_kana(text) or not _decodes(raw, "big5") and not _decodes(raw, "gbk")
+                                          and not LONE_HALFWIDTH.search(text))
+        if (any(map(_east_asian, chars)) or halfwidth and chars) and all(
                 _east_asian(char) or _punctuation(char) or halfwidth and "\uff61" <= char <= "\uff9f" for char in chars):
             readings[name] = text
     for name, judged_by in (("Shift_JIS", _has_kana),
