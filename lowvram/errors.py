@@ -25,7 +25,7 @@ class TrainingInterrupted(LowvramError):
     exit_code = 130
 
 
-class Busy(LowvramError):
+class Busy(Refused):
     """Another live lowvram run holds the output folder: this run is refused before it changed anything, with
     EX_TEMPFAIL's exit code (75, "try again later", as sendmail's), so a script tells it from an error to fix."""
 

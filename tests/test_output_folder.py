@@ -335,6 +335,29 @@ def test_a_run_moved_from_windows_is_its_run_and_only_what_differs_is_named():
         "--data D:/training/data there, /home/me/other here")
 
 
+def test_a_run_that_loses_the_race_for_its_folder_is_refused_as_busy_too(tmp_path):
+    """Runs started together each pass train's first look at the lock; the one whose folder the other took between
+    that look and its own lock is refused as busy (exit 75, to try again later), as at the first look: it was a
+    plain refusal, exit 2."""
+    from accelerate import Accelerator
+
+    from lowvram.errors import Busy
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+    from lowvram.train.outdir import FolderLock, claimed
+
+    run = resolve_run(run_config(output=str(tmp_path / "run"), max_steps=1), NO_GPU)
+    held = FolderLock(tmp_path / "run")  # (this process stands for the other run, which took it first)
+    held.acquire()
+    try:
+        with pytest.raises(Busy, match=f"in use by another lowvram run \\(pid {os.getpid()}") as refused, \
+                claimed(run, Accelerator(cpu=True), main=True):
+            pass
+    finally:
+        held.release()
+    assert refused.value.exit_code == 75
+
+
 def test_a_folder_in_use_is_said_first_not_after_what_resume_auto_finds_there(tmp_path, capsys):
     from lowvram.train.outdir import FolderLock
 

@@ -143,6 +143,27 @@ def test_stop_sends_what_ctrl_c_sends_and_an_interrupted_run_reads_as_stopped(tm
     assert training.state() == "stopped (a checkpoint was saved: Resume continues it)"
 
 
+def test_a_run_refused_as_its_folder_is_held_reads_as_refused_not_failed(tmp_path):
+    """Two runs racing for one folder (the UI's check at Start passed): the loser exits 75, nothing of it changed."""
+    import subprocess
+    import sys
+
+    from lowvram.train.outdir import FolderLock
+    from lowvram.ui.runs import TrainingProcess
+
+    held = FolderLock(tmp_path / "run")  # (this process stands for the run that took the folder first)
+    held.acquire()
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
+                                  "--output", str(tmp_path / "run")], stderr=subprocess.PIPE, text=True)
+        _, err = child.communicate(timeout=120)
+    finally:
+        held.release()
+    assert child.returncode == 75 and "is in use by another lowvram run" in err, err
+    assert TrainingProcess(process=child).state() == ("refused: another run holds its output folder (see the log); "
+                                                      "Start it once that run ends")
+
+
 def test_start_passes_resume_and_the_typed_budget_and_refuses_a_second_run(tmp_path, sample_data):
     from conftest import run_config
 

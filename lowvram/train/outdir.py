@@ -136,13 +136,14 @@ def claimed(run: ResolvedRun, accelerator, main: bool):
             lock.release()
             if not existed and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()  # a refused run leaves no folder behind (an --output mistyped, say)
-            problem = str(exc)
+            problem = (str(exc), isinstance(exc, Busy))  # (a run holding the folder: exit 75, to try again later)
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
         problem = broadcast_object_list([problem])[0]
     if problem:
-        raise Refused(problem)  # (every process raises it: the main one says it)
+        said, busy = problem
+        raise (Busy if busy else Refused)(said)  # (every process raises it: the main one says it)
     refused = False
     try:
         yield note
@@ -660,7 +661,7 @@ class FolderLock:
             self._stop = threading.Event()
             threading.Thread(target=self._refresh, args=(self._stop,), daemon=True, name="lowvram-lock").start()
             return
-        raise LowvramError(f"--output: could not take {self.path}; another run keeps creating it")
+        raise Busy(f"--output: could not take {self.path}; another run keeps creating it")
 
     def _refresh(self, stop: threading.Event) -> None:
         while not stop.wait(LOCK_HEARTBEAT_S):

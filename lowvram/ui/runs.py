@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowvram.errors import LowvramError, Refused
+from lowvram.errors import Busy, LowvramError, Refused
 from lowvram.files import make_folders, write_text
 from lowvram.run_files import CHECKPOINTS, METRICS, SAMPLES
 
@@ -126,6 +126,8 @@ class TrainingProcess:
             return ("stopped (a checkpoint was saved: Resume continues it)" if saved else
                     "stopped before its first step, saving nothing ("
                     + ("Resume continues from the last checkpoint)" if earlier else "Start begins it again)"))
+        if code == Busy.exit_code:  # (two runs raced for the folder: nothing of it was changed)
+            return "refused: another run holds its output folder (see the log); Start it once that run ends"
         return "finished" if code == 0 else f"failed (exit code {code}): see the log"
 
     def run_folder(self) -> Path | None:
