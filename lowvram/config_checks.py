@@ -46,7 +46,7 @@ from lowvram.option_values import (
     positive,
 )
 from lowvram.output_checks import cache_problems, output_problems
-from lowvram.prompts import options_elsewhere, read_prompt_file
+from lowvram.prompts import generation_left_out, options_elsewhere, read_prompt_file
 from lowvram.run_files import CHECKPOINTS, checkpoint_named, lora_in_folder, written_checkpoints
 from lowvram.timesteps import timestep_problem
 
@@ -552,6 +552,9 @@ def sample_prompt_notes(c: RunConfig) -> list[str]:
     """What the sample prompts hold that no sample here uses (kohya's options for other models and tools, a prompt
     file's other keys): left out, the samples drawn without it, said once. (What is wrong is config_problems'.)"""
     notes, lines = [], list(c.output.sample_prompts)
+    left = list(dict.fromkeys(setting for line in lines for setting in generation_left_out(line)))
+    if left:  # (AUTOMATIC1111's generation data as a prompt: its prompt, negative prompt and sampling settings read)
+        notes.append(f"--sample-prompt: AUTOMATIC1111's {', '.join(left)} left out: no sample here uses them")
     if c.output.sample_prompt_file:
         path = Path(c.output.sample_prompt_file)
         try:

@@ -169,14 +169,20 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
     sample here uses, such as a ControlNet image). OSError or ValueError says what is wrong with the file."""
     text = text_of(path)  # a BOM (Notepad's) or UTF-16 (PowerShell's) too: '\ufeff# comment' is no comment
     suffix = path.suffix.lower()
-    if suffix == ".txt":  # (AUTOMATIC1111's generation data pasted in: its lines after the prompt are the prompt's)
+    if suffix == ".txt":  # (AUTOMATIC1111's generation data pasted in, a field a line: its negative prompt and
+        # settings lines are the prompt's, which its settings line ends; "Steps: 3, a staircase" is a prompt)
         blocks: list[str] = []
+        ended = True
         for line in (line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")):
-            if blocks and (NEGATIVE_LINE.match(line) or SETTINGS_LINE.match(line)):
+            if not ended and (NEGATIVE_LINE.match(line) and "\nNegative prompt:" not in blocks[-1]
+                              or ALL_SETTINGS.fullmatch(line)):
                 blocks[-1] += "\n" + line
+                ended = bool(ALL_SETTINGS.fullmatch(line))
             else:
                 blocks.append(line)
-        return [as_prompt_line(block) for block in blocks], []
+                ended = False
+        left = [setting for block in blocks for setting in generation_left_out(block)]
+        return [as_prompt_line(block) for block in blocks], list(dict.fromkeys(left))
     if suffix == ".toml":
         try:
             table = tomllib.loads(text).get("prompt")
@@ -346,6 +352,8 @@ def model_title(model: str) -> str:
 # the lines of AUTOMATIC1111's generation data after its prompt (PNG Info's, pasted as it shows them)
 NEGATIVE_LINE = re.compile("Negative prompt:")
 SETTINGS_LINE = re.compile(r"Steps: \d+,")
+_SETTING = r'\s*[A-Za-z][\w ./()-]*:\s*(?:"(?:\\.|[^"])*"|[^,]*)'
+ALL_SETTINGS = re.compile(rf"Steps: \d+\s*(?:,{_SETTING})*\s*,?\s*")  # the line as a whole: key: value, ...
 # the generation data's settings a prompt here takes (inline, or as --clip-skip), or that name what made it
 GENERATION_READ = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "Model", "Model hash",
                    "Lora hashes", "TI hashes", "VAE", "VAE hash", "Version")
@@ -386,6 +394,15 @@ def from_generation_data(text: str) -> GenerationData | None:
     skip = params.get("Clip skip", "")
     return GenerationData(" ".join(words), int(skip) if skip.isdigit() else None, tuple(left_out),
                           params.get("Model", ""))
+
+
+def generation_left_out(text: str) -> list[str]:
+    """What AUTOMATIC1111's generation data given as a sample prompt holds that a training sample does not take
+    (its clip skip: the run's --clip-skip draws it; a hires fix's settings)."""
+    data = from_generation_data(text)
+    if data is None:
+        return []
+    return [*data.left_out, *([f"Clip skip: {data.clip_skip}"] if data.clip_skip else [])]
 
 
 def as_prompt_line(text: str) -> str:

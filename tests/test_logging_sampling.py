@@ -402,15 +402,27 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
     # (it was three prompts, its "Negative prompt:" and "Steps:" lines drawn as prompts), and a --sample-prompt of a
     # prompt and its negative prompt (drawn as one prompt's words)
     (tmp_path / "a1111.txt").write_text("ohwx, (red hair:1.2)\nNegative prompt: lowres, (worst quality:1.4)\n"
-                                        "Steps: 4, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x96\n"
+                                        "Steps: 4, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x96, Clip skip: "
+                                        "2, Hires upscale: 2\n"
                                         "a blue square\nNegative prompt: blurry\n# Steps: 9, a comment\nSteps: 3, "
-                                        "Seed: 2\n")
+                                        "Seed: 2\na castle\nSteps: 3, a spiral staircase\n")  # (a prompt, not settings)
     pasted = run_config(sample_prompt_file=str(tmp_path / "a1111.txt"), sample_every="2",
                         sample_prompts=["ohwx, a cat\nNegative prompt: blurry, lowres"])
     assert [(p.text, p.negative, p.steps, p.seed, p.width, p.height, p.guidance, p.sampler) for p in pasted.samples] \
         == [("ohwx, a cat", "blurry, lowres", None, None, None, None, None, None),
             ("ohwx, (red hair:1.2)", "lowres, (worst quality:1.4)", 4, 5, 64, 96, 7.0, "euler_a"),
-            ("a blue square", "blurry", 3, 2, None, None, None, None)]
+            ("a blue square", "blurry", 3, 2, None, None, None, None),
+            ("a castle", "", None, None, None, None, None, None),
+            ("Steps: 3, a spiral staircase", "", None, None, None, None, None, None)]
+    # what a training sample does not take is said (the run's --clip-skip draws it)
+    from lowvram.config_checks import sample_prompt_notes
+
+    assert sample_prompt_notes(pasted) == [("--sample-prompt-file: a1111.txt's Hires upscale, Clip skip: 2 left out: "
+                                           "no sample here uses them")]
+    given = run_config(sample_prompts=["a cat\nNegative prompt: x\nSteps: 2, Seed: 1, Denoising strength: 0.5"],
+                       sample_every="2")
+    assert sample_prompt_notes(given) == [("--sample-prompt: AUTOMATIC1111's Denoising strength left out: no sample "
+                                          "here uses them")]
     (tmp_path / "bad.txt").write_text("a cat --w 16\n")
     (tmp_path / "comments.txt").write_text("# prompts to come\n")
     (tmp_path / "off.json").write_text('[{"prompt": "a cat", "enabled": false}]')  # OneTrainer's samples.json
