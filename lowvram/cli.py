@@ -456,9 +456,12 @@ def main(argv: list[str] | None = None) -> int:
             from lowvram.hardware import NO_GPU
             from lowvram.resolve import resolve_run
 
+            if args.json and args.report is not None and str(args.report) != "-":
+                raise LowvramError(f"--json writes the report to stdout, --report to {args.report}: give one")
+            report = Path("-") if args.json else args.report
             run = resolve_run(build_config(check_values(args), writes=False), NO_GPU)  # (from inside a folder too)
-            to_stdout = str(args.report) == "-"  # (the JSON alone on stdout, for a script; the tables on stderr)
-            check_data(run, args.report, args.verbose, log_console(stderr=to_stdout), args.captions)
+            to_stdout = str(report) == "-"  # (the JSON alone on stdout, for a script; the tables on stderr)
+            check_data(run, report, args.verbose, log_console(stderr=to_stdout), args.captions)
         elif args.command == "ui":
             from lowvram.resolve import default_cache_dir
             from lowvram.ui.app import exposed, launch, login, other_users

@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_argument(check, "dataset folder, or a kohya or OneTrainer dataset file")
     check.add_argument("--report", type=Path, metavar="PATH", help="also write the full report as JSON (- writes it "
                        "to stdout, and the tables to stderr)")
-    check.add_argument("--json", action="store_const", const=Path("-"), dest="report",
+    check.add_argument("--json", action="store_true",
                        help="the full report as JSON on stdout, the tables on stderr (--report -), as plan's --json")
     check.add_argument("--verbose", action="store_true", help="list every usable file with a note (without it, up to "
                        f"{FILES_LISTED_UP_TO} are listed, then a count)")

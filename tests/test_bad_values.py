@@ -453,6 +453,8 @@ def test_check_data_writes_its_report_over_an_earlier_report_only(images, tmp_pa
     assert json.loads(out)["summary"]["images"] == 1 and "samples per epoch" in err
     assert main(["check-data", str(images), "--json"]) == 0  # as plan's, info's and doctor's (it was refused)
     assert capsys.readouterr()[0] == out
+    assert one_line(capsys, ["check-data", str(images), "--json", "--report", str(tmp_path / "r2.json")]).endswith(
+        f"--json writes the report to stdout, --report to {tmp_path / 'r2.json'}: give one")
     assert one_line(capsys, ["check-data", str(images), "--report", str(lora / "r.json")]).endswith(
         f"--report: {lora} is a file, not a folder; name the report in a folder, e.g. report.json")
 
