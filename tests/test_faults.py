@@ -514,7 +514,7 @@ def test_a_disk_that_fills_with_the_final_samples_ends_the_run_well_saying_how_t
     again = shlex.split(said.split("free space, then ", 1)[1].split(" draws it", 1)[0])
     assert main([*again[1:], "--output", str(tmp_path / "again.png")]) == 0
     assert (out / "out.safetensors").is_file() and not any((out / "samples").iterdir())
-    assert '"end": "finished"' in (out / "metrics.jsonl").read_text().splitlines()[-1]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["missing"] == ["samples"]
 
 
 def test_a_diffusers_copy_without_room_ends_the_run_well_and_leaves_no_part_of_it(small_disk, capsys):
@@ -532,6 +532,7 @@ def test_a_diffusers_copy_without_room_ends_the_run_well_and_leaves_no_part_of_i
     assert f"warning: no room for the diffusers copy out-diffusers in {out}" in said, said
     assert "which diffusers' load_lora_weights reads as well" in said and "out-diffusers (diffusers'" not in said
     assert (out / "out.safetensors").is_file() and not any(p.name.endswith("diffusers.tmp") for p in out.iterdir())
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["missing"] == ["diffusers"]
     with pytest.raises(DiskFull):  # (the check before writing; a disk filled meanwhile fails the write alike)
         lora_files.save_diffusers(train_tiny(), out / "again-diffusers", "fp16")
 

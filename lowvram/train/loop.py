@@ -402,6 +402,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     if host:  # what a machine of little RAM needs to know (lowvram plan --ram estimates it beforehand)
         session.console.print(f"peak host RAM {host / 2**30:.2f} GiB (resident, this process)", highlight=False)
         log.record({"step": step, "host_peak_bytes": host})
-    log.finished(step, lora_path, copied, ("copy_to",) * bool(config.output.copy_to and not copied)
-                 + ("checkpoint",) * saved.checkpoint_missing)
+    missing = {"copy_to": config.output.copy_to and not copied, "checkpoint": saved.checkpoint_missing,
+               "diffusers": config.output.format == "diffusers" and not copy_written,
+               "samples": config.prompt_lines and not samples}  # (each said as a warning above)
+    log.finished(step, lora_path, copied, tuple(name for name, lost in missing.items() if lost))
     return samples

@@ -147,7 +147,8 @@ class RunLog:
     def finished(self, step: int, lora: Path, copied: Path | None = None, missing: tuple[str, ...] = ()) -> None:
         """The last line of a run that ended as asked, with its LoRA and --copy-to's copy: a script following the
         file knows it is over, and what it asked for that could not be written (`missing`: "copy_to", the copy
-        refused or failed; "checkpoint", the end's to train on from, on a full disk), each said as a warning."""
+        refused or failed; "checkpoint", the end's to train on from, "diffusers", --format diffusers' copy, on a full
+        disk; "samples", the final samples, on a full disk or out of memory), each said as a warning."""
         self.record({"step": step, "end": "finished", "lora": str(lora)} | ({"copied_to": str(copied)} if copied else {})
                     | ({"missing": list(missing)} if missing else {}))
         self.ended = True
