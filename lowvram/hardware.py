@@ -86,11 +86,16 @@ def no_gpu_reason() -> str:
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
     if hidden is not None and hidden.strip() in ("", "-1", "none", "NoDevFiles"):
         return f"CUDA_VISIBLE_DEVICES={hidden.strip()!r} hides every GPU from this process"
-    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+    hip = getattr(torch.version, "hip", None)
+    if platform.system() == "Darwin":
+        return "a Mac has no CUDA GPU: lowvram trains on an NVIDIA GPU's CUDA (an AMD one's ROCm), else on the CPU"
+    if torch.version.cuda is None and hip is None:
         return (f"PyTorch {torch.__version__} is a CPU-only build; pytorch.org/get-started gives the command that "
                 "installs a CUDA one")
-    return (f"PyTorch {torch.__version__} found none: the NVIDIA driver is missing, or older than its CUDA "
-            f"{torch.version.cuda or torch.version.hip} needs (nvidia-smi shows the driver)")
+    named = f"CUDA_VISIBLE_DEVICES={hidden.strip()!r} names no GPU here, or " if hidden is not None else ""
+    driver = (f"the NVIDIA driver is missing, or older than its CUDA {torch.version.cuda} needs (nvidia-smi shows it)"
+              if hip is None else f"the AMD driver is missing, or older than its ROCm {hip} needs (rocm-smi shows it)")
+    return f"PyTorch {torch.__version__} found none: {named}{driver}"
 
 
 def has_native_bf16(compute_major: int) -> bool:

@@ -97,11 +97,17 @@ def test_a_caption_whose_name_differs_from_its_images_in_case_alone_is_read_as_w
     assert ("caption cat05.txt read: its name differs from the image's in letter case alone, which Windows ignores "
             "and Linux does not") in notes["Cat05.PNG"]
     assert not any("letter case" in note for note in notes["plain.png"])
-    assert (f"caption {decomposed} read: its name is the image's in another Unicode form (decomposed, as a zip made "
-            "on a Mac writes names), alike on screen, which Linux keeps apart") in notes["ガギグ.png"]
+    assert (f"caption {decomposed} read: its name and the image's are in different Unicode forms (one decomposed, as "
+            "a zip made on a Mac writes names), alike on screen, which Linux keeps apart") in notes["ガギグ.png"]
     said = " ".join(report.folder_notes)
     assert "renamed.txt" in said and not any(name in said for name in ("cat05.txt", "img_1.TXT", "Photo_01.txt",
                                                                         decomposed))
+    # an image named in the other form beside it reads the same caption: said, as two images of one name are
+    twin = unicodedata.normalize("NFD", "ガギグ.jpg")
+    Image.new("RGB", (64, 64)).save(folder / twin, format="JPEG")
+    report = scan(run, tmp_path / "data", None, None)
+    assert f"1 pair(s) of images in 5_dog/ of one name read one caption file: ガギグ.png and {twin}" in " ".join(
+        report.folder_notes) or f"{twin} and ガギグ.png" in " ".join(report.folder_notes), report.folder_notes
 
 
 def test_names_holding_a_windows_zips_folders_are_said_with_the_fix(tmp_path):

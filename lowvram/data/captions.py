@@ -46,8 +46,8 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
             unread = f" ({tags} is not read: captions are plain text, as {image.stem}{extension})"
         return None, notes + [f"no caption file{unread}: template used"], None
     if found[0].stem.lower() != image.stem.lower():
-        notes.append(f"caption {found[0].name} read: its name is the image's in another Unicode form (decomposed, as "
-                     "a zip made on a Mac writes names), alike on screen, which Linux keeps apart")
+        notes.append(f"caption {found[0].name} read: its name and the image's are in different Unicode forms (one "
+                     "decomposed, as a zip made on a Mac writes names), alike on screen, which Linux keeps apart")
     elif found[0].stem != image.stem:
         notes.append(f"caption {found[0].name} read: its name differs from the image's in letter case alone, which "
                      "Windows ignores and Linux does not")
