@@ -338,7 +338,8 @@ def test_a_full_disk_says_the_fix_wherever_it_stops_a_command(tmp_path):
         "; raise the limit (ulimit -f unlimited) or write elsewhere")
 
 
-def test_a_resume_folder_that_is_not_a_checkpoint_is_said_before_anything_loads(tmp_path):
+def test_a_resume_folder_that_is_not_a_checkpoint_is_said_before_anything_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # (an ./output of checkpoints in the current folder is named in the message)
     folder_without_state = "not a lowvram checkpoint folder (no state.json)"
     (tmp_path / "mine.safetensors").write_bytes(b"")
     with pytest.raises(LowvramError, match=r"or --resume auto for the output folder's newest \(to train a LoRA "

@@ -517,7 +517,7 @@ def test_a_disk_that_fills_with_the_final_samples_ends_the_run_well_saying_how_t
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["missing"] == ["samples"]
 
 
-def test_a_diffusers_copy_without_room_ends_the_run_well_and_leaves_no_part_of_it(small_disk, capsys):
+def test_a_diffusers_copy_without_room_ends_the_run_well_and_leaves_no_part_of_it(small_disk, capsys, tmp_path):
     """--format diffusers wrote its copy straight with diffusers' saver: on a disk without room for it, after the
     LoRA and its checkpoint fitted, a safetensors traceback, the run ended as failed."""
     from lowvram.adapters import lora_files
@@ -534,15 +534,16 @@ def test_a_diffusers_copy_without_room_ends_the_run_well_and_leaves_no_part_of_i
     assert (out / "out.safetensors").is_file() and not any(p.name.endswith("diffusers.tmp") for p in out.iterdir())
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["missing"] == ["diffusers"]
     with pytest.raises(DiskFull):  # (the check before writing; a disk filled meanwhile fails the write alike)
-        lora_files.save_diffusers(train_tiny(), out / "again-diffusers", "fp16")
+        lora_files.save_diffusers(train_tiny(tmp_path / "tiny"), out / "again-diffusers", "fp16")
 
 
-def train_tiny():
+def train_tiny(output: Path):
     from conftest import run_config
 
     from lowvram.train.loop import train
 
-    return train(run_config(max_steps=1, rank=64)).model
+    # (its own output folder: the default, ./output, lay in the checkout, where another file's test looked for one)
+    return train(run_config(max_steps=1, rank=64, output=str(output))).model
 
 
 def test_a_dataset_zip_unpacked_onto_a_full_drive_is_one_line_and_leaves_nothing_half_unpacked(small_disk):
