@@ -133,8 +133,8 @@ def _cache_line(cache_dir: Path) -> str:
 
 def _gpu_line(hardware: Hardware) -> str:
     if hardware.device != "cuda":
-        return (f"none: {no_gpu_reason()}. Training runs on the CPU in fp32, which suits the tiny demo models only; `lowvram plan "
-                "--vram 8GB` (or --profile) plans for a card elsewhere")
+        return (f"none: {no_gpu_reason()}. Training runs on the CPU in fp32, which suits the tiny demo models only; "
+                "`lowvram plan --vram 8GB` (or --profile) plans for a card elsewhere")
     precision = ("bf16 and fp16" if hardware.bf16 else "fp32 (no bf16, and fp16 gives NaN losses on a GTX 16xx)"
                  if hardware.fp16_fails else "fp16 only (no bf16: pre-Ampere, e.g. a T4)")
     return (f"{hardware.name}, {hardware.total_vram / GIB:.1f} GiB ({hardware.free_vram / GIB:.1f} GiB free now), "

@@ -346,7 +346,8 @@ def test_kohya_folder_names_at_their_edges(tmp_path, capsys):
     picture(wide / "１０＿キャラ" / "c.png")
     picture(wide / "3＿猫" / "d.png")
     report = scan_dataset(wide, TINY)
-    assert sorted((r.relpath, r.caption) for r in report.records) == [("3＿猫/d.png", "猫"), ("１０＿キャラ/c.png", "キャラ")]
+    assert sorted((r.relpath, r.caption) for r in report.records) == [("3＿猫/d.png", "猫"),
+                                                                      ("１０＿キャラ/c.png", "キャラ")]
     assert report.summary()["samples_per_epoch"] == 13 and not report.folder_notes
 
     subject = tmp_path / "only" / "10_my subject"  # --data names the N_name folder itself, not its parent

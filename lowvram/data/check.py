@@ -222,7 +222,8 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
              not data.wildcards)):
         found = [record for record in records if unset and held(record.caption)] if records else []
         if found:
-            shown = {"--keep-tokens-separator": KOHYA_KEEP_SEPARATOR, "--wildcards": f"choices such as {_choices(found[0].caption)}"}.get(flag) or \
+            shown = {"--keep-tokens-separator": KOHYA_KEEP_SEPARATOR,
+                     "--wildcards": f"choices such as {_choices(found[0].caption)}"}.get(flag) or \
                 WEIGHTED.search(found[0].caption)[0]
             example = f"weights such as {shown}" if flag == "--weighted-captions" else shown  # (each weight its own)
             notes.append(f"note: {len(found)} of {len(records)} captions hold {example} (in {found[0].relpath}'s), "
