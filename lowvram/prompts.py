@@ -174,10 +174,10 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
         blocks: list[str] = []
         ended = True
         for line in (line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")):
-            if not ended and (NEGATIVE_LINE.match(line) and "\nNegative prompt:" not in blocks[-1]
-                              or ALL_SETTINGS.fullmatch(line)):
+            settings = settings_fields(line) is not None
+            if not ended and (NEGATIVE_LINE.match(line) and "\nNegative prompt:" not in blocks[-1] or settings):
                 blocks[-1] += "\n" + line
-                ended = bool(ALL_SETTINGS.fullmatch(line))
+                ended = settings
             else:
                 blocks.append(line)
                 ended = False
@@ -352,8 +352,7 @@ def model_title(model: str) -> str:
 # the lines of AUTOMATIC1111's generation data after its prompt (PNG Info's, pasted as it shows them)
 NEGATIVE_LINE = re.compile("Negative prompt:")
 SETTINGS_LINE = re.compile(r"Steps: \d+,")
-_SETTING = r'\s*[A-Za-z][\w ./()-]*:\s*(?:"(?:\\.|[^"])*"|[^,]*)'
-ALL_SETTINGS = re.compile(rf"Steps: \d+\s*(?:,{_SETTING})*\s*,?\s*")  # the line as a whole: key: value, ...
+SAMPLING_KEYS = ("Sampler", "CFG scale", "Seed", "Size", "Schedule type", "Model", "Model hash")
 # the generation data's settings a prompt here takes (inline, or as --clip-skip), or that name what made it
 GENERATION_READ = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "Model", "Model hash",
                    "Lora hashes", "TI hashes", "VAE", "VAE hash", "Version")
@@ -367,18 +366,47 @@ class GenerationData:
     model: str = ""  # the base model it names (its Model: field), which --model loads, not the prompt
 
 
+def settings_fields(line: str) -> dict[str, str] | None:
+    """AUTOMATIC1111's settings line ("Steps: 20, Sampler: Euler a, ...") as its fields, a quoted value, or a JSON
+    object or list (Civitai's "Hashes: {...}"), whole; None for a line that is none: every field a "key: value",
+    one of them a sampling setting ("Steps: 3, a spiral staircase" is a prompt). One pass, no backtracking."""
+    if not SETTINGS_LINE.match(line):
+        return None
+    pieces, start, depth, quoted, escaped = [], 0, 0, False, False
+    for at, char in enumerate(line):
+        if quoted:
+            escaped, quoted = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            quoted = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth = max(depth - 1, 0)
+        elif char == "," and not depth:
+            pieces.append(line[start:at])
+            start = at + 1
+    fields = {}
+    for piece in [*pieces, line[start:]]:
+        key, colon, value = piece.partition(":")
+        if not piece.strip():
+            continue
+        if not colon or not key.strip():
+            return None
+        fields[key.strip()] = value.strip().strip('"')
+    return fields if any(key in fields for key in SAMPLING_KEYS) else None
+
+
 def from_generation_data(text: str) -> GenerationData | None:
     """AUTOMATIC1111's generation data (PNG Info, Civitai's "copy generation data"): the prompt, a "Negative
     prompt:" line, and a last line "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x768, ...", as
     one prompt with kohya's inline options (the prompt and its negative prompt alone too); None for text that is
     none."""
     lines = text.strip().splitlines()
-    settings = len(lines) >= 2 and bool(SETTINGS_LINE.match(lines[-1]))
-    if not settings and not any(NEGATIVE_LINE.match(line) for line in lines[1:]):
+    params = settings_fields(lines[-1]) if len(lines) >= 2 else None
+    if params is None and not any(NEGATIVE_LINE.match(line) for line in lines[1:]):
         return None
-    params = {key.strip(): value.strip().strip('"') for key, value in
-              re.findall(r'([^,:]+):\s*("(?:\\.|[^"])*"|[^,]*)', lines[-1])} if settings else {}
-    body = "\n".join(lines[:-1] if settings else lines)
+    body = "\n".join(lines[:-1] if params is not None else lines)
+    params = params or {}
     prompt, _, negative = ("\n" + body).partition("\nNegative prompt:")
     words = [" ".join(prompt.split())]
     words += [f"--n {' '.join(negative.split())}"] if negative.strip() else []
@@ -397,12 +425,10 @@ def from_generation_data(text: str) -> GenerationData | None:
 
 
 def generation_left_out(text: str) -> list[str]:
-    """What AUTOMATIC1111's generation data given as a sample prompt holds that a training sample does not take
-    (its clip skip: the run's --clip-skip draws it; a hires fix's settings)."""
+    """What AUTOMATIC1111's generation data given as a sample prompt holds that a training sample does not take (a
+    hires fix's settings; its clip skip is the run's --clip-skip's, as a kohya prompt's is)."""
     data = from_generation_data(text)
-    if data is None:
-        return []
-    return [*data.left_out, *([f"Clip skip: {data.clip_skip}"] if data.clip_skip else [])]
+    return list(data.left_out) if data else []
 
 
 def as_prompt_line(text: str) -> str:

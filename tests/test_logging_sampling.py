@@ -405,7 +405,12 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
                                         "Steps: 4, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x96, Clip skip: "
                                         "2, Hires upscale: 2\n"
                                         "a blue square\nNegative prompt: blurry\n# Steps: 9, a comment\nSteps: 3, "
-                                        "Seed: 2\na castle\nSteps: 3, a spiral staircase\n")  # (a prompt, not settings)
+                                        "Seed: 2\na castle\nSteps: 3, a spiral staircase\n"  # (a prompt, not settings)
+                                        # Civitai's: a JSON value, and fields past where a backtracking regex hung
+                                        "ohwx, a dog\nSteps: 30, Sampler: Euler, Seed: 9, "
+                                        + ", ".join(f'ADetailer k{i}: "a: 1, b: 2"' for i in range(40))
+                                        + ', Hashes: {"vae": "x", "lora:y": "z"}, Version: v1.10.1\n'
+                                        "a tower\nSteps: 20\nSteps: 2, style: watercolor\n")  # (no settings: prompts)
     pasted = run_config(sample_prompt_file=str(tmp_path / "a1111.txt"), sample_every="2",
                         sample_prompts=["ohwx, a cat\nNegative prompt: blurry, lowres"])
     assert [(p.text, p.negative, p.steps, p.seed, p.width, p.height, p.guidance, p.sampler) for p in pasted.samples] \
@@ -413,12 +418,16 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
             ("ohwx, (red hair:1.2)", "lowres, (worst quality:1.4)", 4, 5, 64, 96, 7.0, "euler_a"),
             ("a blue square", "blurry", 3, 2, None, None, None, None),
             ("a castle", "", None, None, None, None, None, None),
-            ("Steps: 3, a spiral staircase", "", None, None, None, None, None, None)]
+            ("Steps: 3, a spiral staircase", "", None, None, None, None, None, None),
+            ("ohwx, a dog", "", 30, 9, None, None, None, "euler"),
+            ("a tower", "", None, None, None, None, None, None), ("Steps: 20", "", None, None, None, None, None, None),
+            ("Steps: 2, style: watercolor", "", None, None, None, None, None, None)]
     # what a training sample does not take is said (the run's --clip-skip draws it)
     from lowvram.config_checks import sample_prompt_notes
 
-    assert sample_prompt_notes(pasted) == [("--sample-prompt-file: a1111.txt's Hires upscale, Clip skip: 2 left out: "
-                                           "no sample here uses them")]
+    ignored = ", ".join(["Hires upscale", *(f"ADetailer k{i}" for i in range(40)), "Hashes"])  # (clip skip: the run's)
+    assert sample_prompt_notes(pasted) == [(f"--sample-prompt-file: a1111.txt's {ignored} left out: no sample here uses "
+                                           "them")]
     given = run_config(sample_prompts=["a cat\nNegative prompt: x\nSteps: 2, Seed: 1, Denoising strength: 0.5"],
                        sample_every="2")
     assert sample_prompt_notes(given) == [("--sample-prompt: AUTOMATIC1111's Denoising strength left out: no sample "
