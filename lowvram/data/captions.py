@@ -223,8 +223,9 @@ def _decode_legacy(raw: bytes) -> tuple[str, str]:
             continue
         chars = [char for char in text if ord(char) > 0x7F]
         # half-width katakana (ｶﾜｲｲ) beside kana, or in runs where neither a Big5 nor a GBK reading exists
-        # (ﾛﾝｸﾞﾍｱｰ, 1girl: an odd run of bytes before an ASCII comma); else they may be a Chinese text's bytes, or a
-        # Western text's accented letters and signs (½ más: a lone ｽ beside a kanji)
+        # (ﾛﾝｸﾞﾍｱｰ, 1girl: an odd run of bytes before an ASCII comma); else they may be a Chinese text's bytes (GBK's
+        # 女孩們 reads as ﾅｮｺ｢ｃ; ｾｰﾗｰ服, which GBK reads too, stays GBK's as before), or a Western text's accented
+        # letters and signs (½ más: a lone ｽ beside a kanji)
         halfwidth = codec == "cp932" and (_has_kana(text) or not _decodes(raw, "big5") and not _decodes(raw, "gbk")
                                           and not LONE_HALFWIDTH.search(text))
         if (any(map(_east_asian, chars)) or halfwidth and chars) and all(
