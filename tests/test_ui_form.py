@@ -144,7 +144,9 @@ def test_stop_sends_what_ctrl_c_sends_and_an_interrupted_run_reads_as_stopped(tm
 
 
 def test_a_run_refused_as_its_folder_is_held_reads_as_refused_not_failed(tmp_path):
-    """Two runs racing for one folder (the UI's check at Start passed): the loser exits 75, nothing of it changed."""
+    """A run the UI started whose folder another run took first (two runs racing, the UI's check at Start passed)
+    exits 75, nothing of it changed: said as refused, not failed. (This one is refused at train's first look at
+    the lock; the race inside `claimed` is tests/test_output_folder.py's.)"""
     import subprocess
     import sys
 

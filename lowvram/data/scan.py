@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import unicodedata
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -487,9 +486,7 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                     continue
                 files.append((path, image_folder))
                 stems.add(path.stem)
-                # (ガ.png and a Mac's decomposed ガ.jpg read one caption too: caption_file matches them)
-                stem = unicodedata.normalize("NFC", path.stem)
-                named.setdefault(stem.lower() if ignores_case(path) else stem, []).append(path.name)
+                named.setdefault(path.stem.lower() if ignores_case(path) else path.stem, []).append(path.name)
                 keys.add(key)
             elif suffix in CAPTION_SUFFIXES:
                 captions.append(path)

@@ -392,7 +392,8 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
     viewer = f"; TensorBoard: {shell_line('tensorboard', '--logdir', logs)}" if config.output.tensorboard else ""
     steps = (f"to step {step}" if not resumed_at else f"steps {resumed_at + 1} to {step}" if step > resumed_at
              else f"no further steps (the LoRA is step {step}'s, from its checkpoint)")
-    took += f" ({clock(time.monotonic() - session.opened)} in all, with loading, caching and the final samples)"
+    took += (f" ({clock(time.monotonic() - session.opened)} in all, with loading, caching"
+             + (" and the final samples)" if samples else ")"))
     session.console.print(f"trained {steps} in {took}; each step's figures are in "
                           f"{session.out_dir / METRICS}{viewer}", soft_wrap=True, highlight=False)
     if peaks.bytes:
