@@ -5,6 +5,15 @@ import signal
 import sys
 
 
+def signals_as_ctrl_c() -> None:
+    """SIGTERM as Ctrl-C throughout, where a command's own handling is not (its last words, its return): a second
+    one was a bare 143. And Ctrl-C itself where it came ignored: a shell starts a script's `cmd &` so (and with it
+    the runs of `nohup lowvram ui &`), and the steps take Ctrl-C over anyway; until then it was lost (the UI's Stop
+    in a run's first seconds, while it imported its libraries: the run went on)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def entry() -> None:
     for stream in (sys.stdout, sys.stderr):
         # a console or file in a legacy code page (Windows' cp1252 where output is redirected) cannot hold every
@@ -15,8 +24,8 @@ def entry() -> None:
                 reconfigure(errors="backslashreplace")
     # (IPython's `%run -m lowvram` runs it in the kernel, which lives on: its signals are left as they are)
     own_process = hasattr(signal, "SIGTERM") and not getattr(builtins, "__IPYTHON__", False)
-    if own_process:  # as Ctrl-C throughout, where a command's own handling is not (its last words, its return): a
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # second one was a bare 143
+    if own_process:
+        signals_as_ctrl_c()
     try:
         from lowvram.cli import main
 

@@ -214,16 +214,40 @@ def test_captions_are_decoded_as_utf8_then_cp1252_then_latin1_byte_by_byte(tmp_p
 
 
 def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
-    """Ctrl-C in the first seconds, while torch and diffusers are being imported: one line, exit code 130."""
-    for delay in (1.0, 2.5):
-        run = subprocess.Popen([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
-                                "--output", str(tmp_path / f"out{delay}"), "--max-steps", "5000"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Ctrl-C in the first seconds, while torch and diffusers are being imported: one line, exit code 130. Also in a
+    run started with Ctrl-C ignored, as a shell starts a script's `cmd &` (and this suite, run so, its commands):
+    until the libraries were loading, it was lost and the run went on."""
+    for delay, start in ((1.0, signal.SIG_IGN), (2.5, signal.default_int_handler)):
+        here = signal.signal(signal.SIGINT, start)  # (a command inherits SIGINT ignored; a handler, as default)
+        try:
+            run = subprocess.Popen([sys.executable, "-m", "lowvram", "train", "--model", "tiny", "--data", "sample",
+                                    "--output", str(tmp_path / f"out{delay}"), "--max-steps", "5000"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finally:
+            signal.signal(signal.SIGINT, here)
         time.sleep(delay)
         run.send_signal(signal.SIGINT)
         _, err = run.communicate(timeout=300)
         assert run.returncode in (130, -signal.SIGINT), err[-3000:]  # what a shell shows as 130 either way
         assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err[-3000:]  # no traceback
+
+
+def test_a_command_started_with_ctrl_c_ignored_takes_it():
+    """`lowvram train ... &` in a script, or a run the UI started under `nohup lowvram ui &`, comes with SIGINT
+    ignored; the steps take Ctrl-C over, but before them (the imports, the caching) the UI's Stop did nothing."""
+    from lowvram.__main__ import signals_as_ctrl_c
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in before:
+            signal.signal(sig, signal.SIG_IGN)
+            signals_as_ctrl_c()
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), sig)
+                time.sleep(5)  # the handler raises before this ends
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def test_an_error_a_library_makes_of_ctrl_c_while_loading_is_the_interrupt():
