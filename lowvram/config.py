@@ -22,7 +22,14 @@ from lowvram.files import expand_home
 from lowvram.formats import WEIGHT_FORMATS
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, SCHEDULERS, Optimizer, optimizer_name, spec_of
 from lowvram.option_values import relocated_source
-from lowvram.prompts import SamplePrompt, as_prompt_line, line_with_trigger, parse_prompt, read_prompt_file
+from lowvram.prompts import (
+    SamplePrompt,
+    as_prompt_line,
+    line_with_trigger,
+    parse_prompt,
+    read_prompt_file,
+    without_lora_tags,
+)
 from lowvram.run_files import RECORD
 from lowvram.samplers import SAMPLERS, sampler_name
 from lowvram.timesteps import TIMESTEP_DISTRIBUTIONS, TimestepShape
@@ -708,11 +715,11 @@ class RunConfig:
     def prompt_lines(self) -> tuple[str, ...]:
         """The sample prompts as given: --sample-prompt's, then --sample-prompt-file's, read once (the caches hold
         their embeddings, so they cannot change during the run), the trigger word in ai-toolkit's placeholder
-        (without one, left out of each prompt and negative prompt)."""
+        (without one, left out of each prompt and negative prompt), AUTOMATIC1111's LoRA tags left out."""
         path = self.output.sample_prompt_file
         lines = tuple(map(as_prompt_line, self.output.sample_prompts)) + (
             tuple(read_prompt_file(Path(path))[0]) if path else ())
-        return tuple(line_with_trigger(line, self.data.trigger_word) for line in lines)
+        return tuple(line_with_trigger(without_lora_tags(line), self.data.trigger_word) for line in lines)
 
     @property
     def samples(self) -> tuple[SamplePrompt, ...]:

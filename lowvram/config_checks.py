@@ -46,7 +46,14 @@ from lowvram.option_values import (
     positive,
 )
 from lowvram.output_checks import cache_problems, output_problems
-from lowvram.prompts import generation_left_out, options_elsewhere, read_prompt_file
+from lowvram.prompts import (
+    LORA_TAG,
+    as_prompt_line,
+    generation_left_out,
+    options_elsewhere,
+    read_prompt_file,
+    without_lora_tags,
+)
 from lowvram.run_files import CHECKPOINTS, checkpoint_named, lora_in_folder, written_checkpoints
 from lowvram.timesteps import timestep_problem
 
@@ -564,6 +571,11 @@ def sample_prompt_notes(c: RunConfig) -> list[str]:
         lines += read
         if keys:
             notes.append(f"--sample-prompt-file: {path.name}'s {', '.join(keys)} left out: no sample here uses them")
+    tags = list(dict.fromkeys(tag for line in map(as_prompt_line, lines) if without_lora_tags(line) != line
+                              for tag in LORA_TAG.findall(line.split(" --")[0])))
+    if tags:  # (a prompt copied from Civitai or AUTOMATIC1111's PNG Info)
+        notes.append(f"sample prompts: {', '.join(tags)} left out: every sample is drawn with the LoRA being trained, "
+                     "at full strength, and no other")
     elsewhere = list(dict.fromkeys(option for line in lines for option in options_elsewhere(line)))
     if elsewhere:
         notes.append(f"sample prompts: kohya's {', '.join(elsewhere)} left out (for other models or tools, of no use "

@@ -149,8 +149,8 @@ def output_problems(c: RunConfig) -> list[str]:
             p.append(f"{where}: {exc}")
             continue
         samplers.add(prompt.sampler)
-        # (drawn as words, then refused by generate reading the sample's own infotext; a LoRA tag stays words,
-        # as in kohya, the LoRA being trained applied beside it)
+        # (drawn as words, then refused by generate reading the sample's own infotext; a LoRA tag is left out:
+        # prompt_lines)
         p += [f"{where}: {problem}" for problem in unread_syntax(prompt)]
         if prompt.seed == -1:
             p.append(f"{where}: --d -1 in '{line}': a training sample keeps its seed, so that the grids of successive "

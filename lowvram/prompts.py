@@ -142,6 +142,17 @@ def line_with_trigger(line: str, trigger: str | None) -> str:
     return " --".join([with_trigger(text, None), *parts])
 
 
+def without_lora_tags(line: str) -> str:
+    """A training sample's prompt line without AUTOMATIC1111's LoRA tags in its text (<lora:mychar:0.8>, a prompt
+    copied from a Civitai page): every sample is drawn with the LoRA being trained, and a tag would be drawn as
+    words. (A negative prompt's are words in AUTOMATIC1111 too.)"""
+    text, *parts = _option_parts(line)
+    if not LORA_TAG.search(text):
+        return line
+    text = re.sub(r",(\s*,)+", ",", re.sub(r"\s*" + LORA_TAG.pattern, "", text, flags=re.IGNORECASE))
+    return " --".join([text.strip(" ,"), *parts])
+
+
 def options_elsewhere(line: str) -> list[str]:
     """The kohya options of a prompt line that samples here leave out, each as `--key (what it is)`."""
     keys = [part.partition(" ")[0].lower() for part in _option_parts(line)[1:]]

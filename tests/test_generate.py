@@ -9,6 +9,7 @@ from conftest import run_config
 from PIL import Image
 
 from lowvram.cli import main
+from lowvram.config_checks import sample_prompt_notes
 from lowvram.errors import LowvramError
 from lowvram.lora_header import read_header
 from lowvram.train.loop import train
@@ -263,11 +264,11 @@ def test_an_image_of_a_single_file_model_names_its_hash_as_automatic1111_does(tm
     assert said.endswith(f"Size: 64x64, Model hash: {file_short_hash(checkpoint)}, Model: myMix_v3"), said
 
 
-def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_training_samples(tmp_path, capsys,
-                                                                                               monkeypatch):
+def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_left_out_of_training_samples(tmp_path, capsys,
+                                                                                           monkeypatch):
     """In generate the tag would reach CLIP as words and the image be drawn without the LoRA; a training sample's
-    (a kohya prompt file copied from A1111) stays words, as in kohya, beside the LoRA being trained. The --lora
-    said names the tag's file and weight (its file where it is here)."""
+    (a prompt copied from Civitai) is left out with a note, the LoRA being trained drawn (kohya draws the tag as
+    words beside it). The --lora said names the tag's file and weight (its file where it is here)."""
     monkeypatch.chdir(tmp_path)
     assert main([*BASE, "--prompt", "a cat <lora:style:0.8>", "--output", str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err.strip() == (
@@ -282,7 +283,13 @@ def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_kept_as_words_in_t
     assert lora_tag_flag("<lora:my style.safetensors:te=0.5>") == "--lora 'my style.safetensors:0.5'"
     assert lora_tag_flag("<lora:my style:0.8:0.5>") == ("--lora 'my style.safetensors:0.8'; one strength here, for the "
                                                        "U-Net and text encoders alike")
-    assert run_config(sample_prompts=["a cat <lora:style:0.8>"]).samples[0].text == "a cat <lora:style:0.8>"
+    tagged = run_config(sample_prompts=["<lora:mychar:0.8>, a cat, <lora:style:1> sitting --n <lora:x:1> blurry",
+                                        "a dog <LYCO:style:1>"])
+    assert [(s.text, s.negative) for s in tagged.samples] == [("a cat, sitting", "<lora:x:1> blurry"),
+                                                              ("a dog", "")]
+    assert sample_prompt_notes(tagged) == [("sample prompts: <lora:mychar:0.8>, <lora:style:1>, <LYCO:style:1> left "
+                                           "out: every sample is drawn with the LoRA being trained, at full strength, "
+                                           "and no other")]
     # prompt editing, alternation and a hypernetwork: AUTOMATIC1111's, drawn here without them (as words)
     for prompt, said in (("[red:blue:0.5] circle", "[red:blue:0.5] is AUTOMATIC1111's prompt editing or alternation"),
                          ("a [cat|dog]", "[cat|dog] is AUTOMATIC1111's prompt editing"),
