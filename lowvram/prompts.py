@@ -184,11 +184,17 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
         # settings lines are the prompt's, which its settings line ends; "Steps: 3, a staircase" is a prompt)
         blocks: list[str] = []
         ended = True
-        for line in (line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")):
-            settings = settings_fields(line) is not None
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip() if not line.startswith("#") else ""
+            settings = bool(line) and settings_fields(line) is not None
+            if not line:
+                continue
             if not ended and (NEGATIVE_LINE.match(line) and "\nNegative prompt:" not in blocks[-1] or settings):
                 blocks[-1] += "\n" + line
                 ended = settings
+            elif NEGATIVE_LINE.match(line):  # (it was drawn as a prompt of those words)
+                raise ValueError(f"line {number}, '{line[:40]}', follows no prompt of its own; put its prompt on the "
+                                 "line above (AUTOMATIC1111's generation data: the prompt, then its negative prompt)")
             else:
                 blocks.append(line)
                 ended = False

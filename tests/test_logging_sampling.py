@@ -433,10 +433,13 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
     assert sample_prompt_notes(given) == [("--sample-prompt: AUTOMATIC1111's Denoising strength left out: no sample "
                                           "here uses them")]
     (tmp_path / "bad.txt").write_text("a cat --w 16\n")
+    (tmp_path / "orphan.txt").write_text("a cat\nSteps: 2, Seed: 1\n\nNegative prompt: blurry\n")
     (tmp_path / "comments.txt").write_text("# prompts to come\n")
     (tmp_path / "off.json").write_text('[{"prompt": "a cat", "enabled": false}]')  # OneTrainer's samples.json
     for path, says in (("none.txt", "--sample-prompt-file: {} not found"),
                        ("bad.txt", "--sample-prompt-file: --w (width) must be a whole number from 32"),
+                       ("orphan.txt", ("--sample-prompt-file: {}: line 4, 'Negative prompt: blurry', follows no prompt "
+                                      "of its own; put its prompt on the line above")),
                        ("comments.txt", "--sample-prompt-file: {} holds no prompt"),
                        ("off.json", "--sample-prompt-file: {} holds no prompt")):
         with pytest.raises(LowvramError) as error:
