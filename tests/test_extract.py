@@ -1,6 +1,7 @@
 """`lowvram extract`: a LoRA from a fine-tuned model minus its base (kohya's extract_lora_from_models.py), which
 gives the tuned model back where the change is within the rank, and loads wherever a trained LoRA does."""
 
+import json
 import re
 
 import pytest
@@ -108,9 +109,12 @@ def test_extraction_builds_no_autograd_graph(tuned, tmp_path, monkeypatch):
         return real(delta, *args)
 
     monkeypatch.setattr(extract, "low_rank", recording)
+    loras = tmp_path / "ComfyUI" / "models" / "loras"  # (its card written there, as a run's is)
+    loras.mkdir(parents=True)
     assert main(["extract", "--base", "tiny", "--tuned", str(folder), "--rank", "2",
-                 "--output", str(tmp_path / "x.safetensors")]) == 0
+                 "--output", str(loras / "x.safetensors")]) == 0
     assert tracked and not any(tracked)
+    assert json.loads((loras / "x.json").read_text()) == {"sd version": "SD1"}
 
 
 def test_what_cannot_be_extracted_is_one_line(tuned, tmp_path, capsys):

@@ -329,3 +329,19 @@ def test_lora_files_of_different_models_are_not_merged(trained, tmp_path, capsys
     assert main(["merge", str(tmp_path / "both-names.safetensors"), "--rank", "8", "--output",
                  str(tmp_path / "n.safetensors")]) == 2
     assert "both-names.safetensors holds one layer under two names (lora_te1_" in capsys.readouterr().err
+
+
+def test_a_file_written_into_a_lora_list_folder_gets_its_automatic1111_card(trained, second, tmp_path):
+    """AUTOMATIC1111 shows a LoRA's trigger words and filters by base model from its card (<name>.json), which a
+    run writes into models/Lora; resize's, merge's and extract's output there had none. A card the user wrote is
+    kept, its base model following the new file's."""
+    loras = tmp_path / "webui" / "models" / "Lora"
+    loras.mkdir(parents=True)
+    assert main(["resize", str(trained), "--rank", "2", "--output", str(loras / "small.safetensors")]) == 0
+    assert json.loads((loras / "small.json").read_text()) == {"sd version": "SD1", "activation text": "lvshape"}
+    (loras / "both.json").write_text('{"sd version": "SDXL", "activation text": "mine", "notes": "v2"}')
+    assert main(["merge", str(trained), str(second), "--rank", "2", "--output", str(loras / "both.safetensors")]) == 0
+    assert json.loads((loras / "both.json").read_text()) == {"sd version": "SD1", "activation text": "mine",
+                                                             "notes": "v2"}
+    assert main(["resize", str(trained), "--rank", "2", "--output", str(tmp_path / "elsewhere.safetensors")]) == 0
+    assert not (tmp_path / "elsewhere.json").exists()  # (beside a LoRA kept elsewhere, a JSON is clutter)

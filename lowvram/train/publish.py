@@ -71,13 +71,25 @@ def copy_final(config, lora: Path, console=None, since: float = 0.0) -> Path | N
 def card_in_place(config, lora: Path) -> Path | None:
     """A run trained into a LoRA list folder itself (AUTOMATIC1111's models/Lora): its LoRA's card beside it, as
     --copy-to writes one (the list showed it without a card or a preview); the LoRA, for its preview, or None."""
-    if config.output.copy_to or not lora.is_file() or lora_list_folder(lora.parent) is None:
+    if config.output.copy_to or not card_beside(lora):
+        return None
+    return lora
+
+
+def card_beside(lora: Path) -> Path | None:
+    """`lora`'s AUTOMATIC1111 card where it is written into a LoRA list folder (models/Lora: a run's, or `resize`'s,
+    `merge`'s and `extract`'s output), else None. A card there already (the user's) is kept, its base model
+    following the LoRA's."""
+    if not lora.is_file() or lora_list_folder(lora.parent) is None:
         return None
     card = card_files(lora)[0]
     with contextlib.suppress(OSError, LowvramError):
-        if not card.exists():
-            _write_card(card, a1111_card(read_header(lora)[0]))
-    return lora
+        ours = a1111_card(read_header(lora)[0])
+        if card.exists():
+            _follow_base(card, ours)
+        else:
+            _write_card(card, ours)
+    return card
 
 
 def _follow_base(card: Path, ours: dict[str, str]) -> None:
