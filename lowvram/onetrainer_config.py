@@ -23,7 +23,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from lowvram.errors import LowvramError, quoted
-from lowvram.files import decode_hint, expand_home, local_path, not_found_hint
+from lowvram.files import decode_hint, expand_home, local_path, not_found_hint, text_of
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import misspelt, optimizer_values
@@ -682,7 +682,7 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
         file = Path(_found(str(doc["sample_definition_file_name"]), path))
         text = ""
         try:
-            text = file.read_text(encoding="utf-8")
+            text = text_of(file)  # (a BOM, Notepad's, too)
             samples = json.loads(text)
         except FileNotFoundError:
             if doc["sample_definition_file_name"] != DEFAULTS["sample_definition_file_name"]:  # (its own: no word)

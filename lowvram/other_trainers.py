@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.config import as_flag_words, fields_by_name, flag_name
+from lowvram.files import text_of
 from lowvram.kohya_names import AI_TOOLKIT_FLAGS, KOHYA_FLAGS, OTHER_TRAINER_FLAGS
 from lowvram.optim import KOHYA_OPTIMIZERS
 
@@ -242,7 +243,7 @@ def _backend_words(named: Path, config: Path) -> tuple[list[str], list[str]] | N
     for path in (named, *(folder / named for folder in [config.parent, *config.parent.parents][:4]
                           if (folder / named).parent.resolve() == config.parent.resolve())):
         with contextlib.suppress(OSError, ValueError):
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(text_of(path))  # (a BOM, Notepad's, too)
             if is_simpletuner_backends(doc):
                 break
     else:

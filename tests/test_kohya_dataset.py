@@ -365,7 +365,7 @@ def test_a_fine_tuning_subset_takes_its_captions_from_its_metadata_file(tmp_path
     metadata = {"00_red_circle": {"caption": "a red circle\na second line", "tags": "red, circle"},
                 str(tmp_path / "imgs" / "alpha" / "01_yellow_square.png"): {"tags": "yellow, square"},
                 "gone": {"caption": "an image that is not there"}}
-    (tmp_path / "meta.json").write_text(json.dumps(metadata))
+    (tmp_path / "meta.json").write_text(json.dumps(metadata), encoding="utf-8-sig")  # (Notepad's BOM: "not JSON")
     write(tmp_path / "dataset.toml", {"datasets": [{"subsets": [
         {"image_dir": "imgs/alpha", "metadata_file": "meta.json", "caption_prefix": "zkw, "}]}]})
     report = tmp_path / "report.json"

@@ -61,7 +61,8 @@ def test_a_concepts_file_trains_its_concepts_with_their_balancing_captions_and_s
                                                                                         capsys):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)  # alpha/: 3 captioned images; beta/: 3 uncaptioned; reg/: 2
-    (tmp_path / "beta.txt").write_text("lvshape thing\nlvshape, a shape\n")
+    # (saved by Notepad: a BOM, which was read as the first caption's first characters, and CRLF)
+    (tmp_path / "beta.txt").write_bytes(b"\xef\xbb\xbflvshape thing\r\nlvshape, a shape\r\n")
     write(tmp_path / "concepts.json", [
         concept("imgs/alpha", name="alpha", balancing=2.0, text={"enable_tag_shuffling": True}),
         concept(str(tmp_path / "imgs" / "beta"), name="thing", balancing=0.5, loss_weight=0.5,

@@ -58,7 +58,7 @@ def onetrainer_folder(root: Path) -> Path:
     (root / "training_samples" / "samples.json").write_text(json.dumps([
         {"enabled": True, "prompt": "lvshape, a red circle", "negative_prompt": "blurry", "width": 64, "height": 64,
          "seed": 7, "random_seed": False, "diffusion_steps": 2, "cfg_scale": 6.5, "noise_scheduler": "EULER_A"},
-        {"enabled": False, "prompt": "left out"}]))
+        {"enabled": False, "prompt": "left out"}]), encoding="utf-8-sig")  # (Notepad's BOM: it was "not JSON")
     path = root / "training_presets" / "my lora.json"
     path.write_text(json.dumps(CONFIG, indent=4))
     return path

@@ -24,7 +24,7 @@ from typing import Any
 
 from lowvram.dataset_files.subsets import DatasetFile, Subset, folder_label, repeats_of, settle
 from lowvram.errors import LowvramError
-from lowvram.files import expand_home, local_path, not_found_hint
+from lowvram.files import expand_home, local_path, not_found_hint, text_of
 from lowvram.kohya_config import NO_BUCKETS, REFUSED_SETTINGS, as_number
 from lowvram.kohya_names import KOHYA_FLAGS
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
@@ -252,7 +252,7 @@ def _metadata_captions(metadata: Path, key: str, problem) -> dict[str, str]:
     """kohya's fine-tuning metadata (merge_captions_to_metadata's JSON: image key -> caption and tags) as image key ->
     caption: the caption's first line, then the tags, as kohya joins them; an entry with neither is left out."""
     try:
-        entries = json.loads(metadata.read_text(encoding="utf-8"))
+        entries = json.loads(text_of(metadata))  # (a BOM, Notepad's, too)
     except FileNotFoundError:
         problem(key, f"file not found: {metadata}{not_found_hint(metadata)}")
         return {}

@@ -23,7 +23,7 @@ from typing import Any
 from lowvram.config import IMAGE_SUFFIXES, LABEL_STEMS
 from lowvram.dataset_files.subsets import DatasetFile, Subset, settle
 from lowvram.errors import LowvramError
-from lowvram.files import local_path, not_found_hint, passed_over
+from lowvram.files import local_path, not_found_hint, passed_over, text_of
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import misspelt
 from lowvram.prompts import is_prompt_list
@@ -273,7 +273,8 @@ def _captions(concept: dict, folders: list[Path], path: Path, where: str, notes:
         return None
     prompt_file = local_path(str(text["prompt_path"]), path, levels=2)
     try:
-        lines = [line.strip() for line in prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # (a BOM, Notepad's, was read as the first caption's first characters: three junk tokens before the trigger)
+        lines = [line.strip() for line in text_of(prompt_file).splitlines() if line.strip()]
     except (OSError, ValueError) as exc:
         problem(f"{where} text.prompt_path", f"can't read {prompt_file} ({getattr(exc, 'strerror', None) or exc}); "
                 "name the text file of the concept's prompt")
