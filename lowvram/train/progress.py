@@ -49,8 +49,8 @@ class SpillWatch:
 
 class StopOnSignal:
     """The first Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal gone: `console.leave_terminal`) asks the loop to
-    stop after the current step (or, with another `notice`, what is under way to finish); a second one stops at once
-    (files are written atomically, so nothing already saved is damaged)."""
+    stop after the current step (or, with another `notice`, what is under way to finish); a second Ctrl-C or SIGTERM
+    stops at once (files are written atomically, so nothing already saved is damaged)."""
 
     def __init__(self, notice: str = "stopping after this step and saving a checkpoint"):
         self.notice = notice
@@ -76,6 +76,8 @@ class StopOnSignal:
 
         if signum == getattr(signal, "SIGHUP", None):
             leave_terminal()
+            if self.received is not None:  # a dropped ssh connection hangs up twice (bash passes it on to its jobs,
+                return  # the kernel sends it as bash exits): no one asking to stop at once, the save goes on
         if self.received is not None:
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
