@@ -600,6 +600,28 @@ def group_shared(folder: Path) -> bool:
         return False
 
 
+def cache_sharing_fix(folder: Path) -> str:
+    """What lets this user write a cache `folder` that refused them: joining its group, where it is a group's
+    shared folder already (the README's lab set-up, its chmod 2775 done: naming that again misled), else sharing
+    it so."""
+    try:
+        group = Path(folder).stat().st_gid
+    except OSError:
+        group = None
+    if group is not None and group_shared(folder) and hasattr(os, "getgroups") and group not in (
+            os.getgid(), *os.getgroups()):
+        import grp
+        import pwd
+
+        with contextlib.suppress(KeyError):
+            group = grp.getgrgid(group).gr_name
+        user = pwd.getpwuid(os.getuid()).pw_name if hasattr(os, "getuid") else "USER"
+        return (f"you are not in its group, {group}: ask to be added (usermod -aG {group} {user}, then log in "
+                "again), or give --cache-dir a folder of your own")
+    return ("give --cache-dir a folder you can write, or share the cache as a group's folder (chmod 2775, see the "
+            "README's Caches)")
+
+
 def shared_mode(folder: Path, mode: int, of_folder: bool = False) -> int:
     """`mode` for a new file (or folder) in `folder`: in a group's shared folder, the group's to read and write too
     (and a folder setgid, as its parent), whatever the umask: else another user of a lab's shared cache could not mark

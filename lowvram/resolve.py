@@ -20,7 +20,7 @@ from lowvram.config import SAMPLE_DATA, RunConfig
 from lowvram.configure import kohya_recipe, onetrainer_recipe
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
-from lowvram.files import cache_variable, expand_home, windows_output_problem
+from lowvram.files import cache_sharing_fix, cache_variable, expand_home, windows_output_problem
 from lowvram.hardware import Hardware, resolve_mixed_precision
 from lowvram.locks import hold_shared
 from lowvram.models.detect import detect_family
@@ -51,8 +51,7 @@ def cache_in_use(cache_dir: Path, console=None):
         if reason in _UNLOCKED_SAID:  # (a run's scan takes the lock again inside the run's own hold)
             return
         _UNLOCKED_SAID.add(reason)
-        fix = ("run as the user who owns the cache, or share it as a group's folder (chmod 2775, see the README's "
-               "Caches)" if Path(cache_dir).is_dir() else  # (a HOME that is not there)
+        fix = (cache_sharing_fix(Path(cache_dir)) if Path(cache_dir).is_dir() else  # (a HOME that is not there)
                "give --cache-dir or LOWVRAM_CACHE_DIR a folder you can write")
         console.print(f"[yellow]warning:[/] the cache's lock cannot be taken ({escape(reason)}), so `lowvram cache` "
                       f"could remove what this run reads; {fix}", soft_wrap=True)

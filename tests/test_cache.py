@@ -718,6 +718,30 @@ def test_folders_made_in_a_groups_shared_cache_are_the_groups_to_write_in(tmp_pa
         os.umask(previous)
 
 
+def test_a_user_outside_a_shared_caches_group_is_told_to_join_it(tmp_path):
+    """A student left out of the lab's group was told to share the cache as a group's folder (chmod 2775): it was
+    one already. Named: the group to join, and how."""
+    from lowvram.files import cache_sharing_fix
+
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("needs root, to give the folder a group this process is not in")
+    import pwd
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, -1, 54321)
+    os.chmod(shared, 0o2775)
+    assert 54321 not in (os.getgid(), *os.getgroups())
+    assert cache_sharing_fix(shared) == (f"you are not in its group, 54321: ask to be added (usermod -aG 54321 "
+                                         f"{pwd.getpwuid(os.getuid()).pw_name}, then log in again), or give "
+                                         "--cache-dir a folder of your own")
+    os.chown(shared, -1, os.getgid())  # one's own group's, or no group's: share it so
+    for mode in (0o2775, 0o755):
+        os.chmod(shared, mode)
+        assert cache_sharing_fix(shared).endswith("or share the cache as a group's folder (chmod 2775, see the "
+                                                  "README's Caches)")
+
+
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
 def test_what_a_run_writes_in_a_groups_shared_folders_is_the_groups_under_any_umask(tmp_path):
     """A lab's shared cache and output folder (setgid, group-writable) and a student's umask of 077: her cache

@@ -749,6 +749,20 @@ def test_the_server_hands_out_no_file_of_this_machine(tmp_path):
     assert f"lowvram ui: {url}/; Ctrl-C stops it" in said and "launch()" not in said, said
 
 
+def test_an_unwritable_cache_leaves_the_app_served_and_says_so(tmp_path):
+    """A lab's cache a student cannot write (not in its group): `lowvram ui` ended in a PermissionError traceback,
+    where a run warns and goes on. (Here its ui/ is a file, which root cannot write into either.)"""
+    from ui_server import served_ui
+
+    pytest.importorskip("gradio")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "ui").write_text("")
+    with served_ui(tmp_path, tmp_path / "cache", tmp_path / "ui.log"):
+        said = " ".join((tmp_path / "ui.log").read_text().split())
+    assert f"warning: the cache {tmp_path / 'cache'} cannot be written (" in said and "the app keeps its image " \
+        "copies in" in said and "Traceback" not in said, said
+
+
 def test_a_test_image_renders_any_lora_file_and_any_prompt(tmp_path):
     """Render takes a LoRA of an earlier session's run typed in, and a prompt that starts like a flag."""
     from conftest import run_config

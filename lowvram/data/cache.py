@@ -37,6 +37,7 @@ from lowvram.errors import LowvramError
 from lowvram.files import (
     KEPT_FREE,
     DiskFull,
+    cache_sharing_fix,
     human_size,
     remove_orphans,
     save_safetensors,
@@ -188,9 +189,8 @@ class TensorStore:
                 self.keep_in_memory(exc.reason, max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
             except LowvramError as exc:  # a folder of it another user keeps to themselves (umask 077, shared cache)
                 lasting = getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS)  # (not NFS' EIO)
-                self.keep_in_memory(f"{exc}" + (" (nor will the next run: give --cache-dir a folder you can write, "
-                                                "or share the cache as a group's folder, chmod 2775, see the "
-                                                "README's Caches)" if lasting else ""),
+                self.keep_in_memory(f"{exc}" + (f" (nor will the next run: {cache_sharing_fix(self.root)})"
+                                                if lasting else ""),
                                     max(self.expected_bytes, sum(t.nbytes for t in tensors.values())))
         self.memory[key] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
 

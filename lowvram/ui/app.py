@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from lowvram.caption import CaptionConfig
 from lowvram.config import SAMPLE_DATA, SECTIONS
 from lowvram.configure import ALTERNATIVES, list_presets, preset_path, read_config, read_toml
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import expand_home, make_folders, write_text
+from lowvram.files import cache_sharing_fix, expand_home, make_folders, write_text
 from lowvram.resolve import UI_FILES
 from lowvram.run_files import CHECKPOINTS, runs_name
 from lowvram.ui import dataset as data_panel
@@ -472,9 +473,15 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, auth: tuple[str, 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     # each user's own: in a lab's shared cache, a folder of one user's refused the next user's UI (its chmod)
     private = cache_dir / UI_FILES / (f"gradio-{os.getuid()}" if hasattr(os, "getuid") else "gradio")
-    make_folders(private.parent)
-    private.mkdir(exist_ok=True)
-    private.chmod(0o700)
+    try:
+        make_folders(private.parent)
+        private.mkdir(exist_ok=True)
+        private.chmod(0o700)
+    except OSError as exc:  # a lab's cache whose group this user is not in: a traceback, where runs warn and go on
+        private = Path(tempfile.mkdtemp(prefix="lowvram-ui-"))  # (this user's alone)
+        print(f"warning: the cache {cache_dir} cannot be written ({exc.strerror or exc}): "
+              f"{cache_sharing_fix(cache_dir)}; the app keeps its image copies in {private} meanwhile",
+              file=sys.stderr)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(private))
     try:
         import gradio  # noqa: F401
