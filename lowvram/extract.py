@@ -67,7 +67,7 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
     from lowvram.config import NetworkConfig
     from lowvram.lora_metadata import modelspec, save_lora
     from lowvram.precision import DTYPES
-    from lowvram.train.publish import card_beside
+    from lowvram.train.publish import carded
 
     torch.manual_seed(0)  # svd_lowrank's random start: the same file from the same models
     original, changed = (_load(name, flag, family, DTYPES[load_precision])
@@ -123,8 +123,8 @@ def extract(base: str, tuned: str, rank: int, output: Path, lora_layers: str = "
         "ss_base_model_version": spec.base_model_version, "ss_v2": "False",
         "ss_training_comment": f"extracted by lowvram extract: {Path(tuned).name} minus {Path(base).name}"
     } | modelspec(spec.modelspec_architecture, output.stem, f"{spec.resolution}x{spec.resolution}")
-    save_lora(tensors, output, metadata, "the extracted LoRA")
-    card_beside(output)
+    with carded(output):
+        save_lora(tensors, output, metadata, "the extracted LoRA")
     return Extracted(output, unet_layers, encoders, kept, unchanged)
 
 

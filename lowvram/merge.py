@@ -18,7 +18,6 @@ from lowvram.lora_metadata import modelspec, save_lora, title_of, trigger_words
 from lowvram.option_values import parse_source
 from lowvram.resize import Resized, option_problems, read_pairs, resize_pair, shape_of, with_one_alpha
 from lowvram.run_files import lora_in_folder
-from lowvram.train.publish import card_beside
 
 # metadata the merged file keeps when every source agrees on it: what the LoRAs were trained for
 SHARED_METADATA = ("ss_base_model_version", "ss_v2", "modelspec.architecture", "modelspec.prediction_type",
@@ -83,9 +82,11 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
         before.append(down.shape[0])
         after.append(new)
         kept.append(share)
-    save_lora(with_one_alpha(written), output, _metadata(read, output, rank, dynamic, param, after, shape_of(written)),
-              "the merged LoRA")
-    card_beside(output)
+    from lowvram.train.publish import carded
+
+    with carded(output):
+        save_lora(with_one_alpha(written), output,
+                  _metadata(read, output, rank, dynamic, param, after, shape_of(written)), "the merged LoRA")
     return Resized(output, len(bases), (max(before), max(after)), after, kept, bases)
 
 

@@ -39,7 +39,6 @@ from lowvram.files import output_problem
 from lowvram.lora_header import base_model_metadata, no_layers_reason
 from lowvram.lora_metadata import RECIPE_KEY, save_lora
 from lowvram.run_files import lora_in_folder
-from lowvram.train.publish import card_beside
 
 if TYPE_CHECKING:
     import torch
@@ -131,10 +130,12 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
                            "writes it in kohya's layout, --save-precision in another precision)")
     # a fixed rank keeps each layer's alpha/rank scale (a LoCon's conv_alpha, per-block alphas), for
     # --network-weights to continue it; a rule's ranks per layer are no file's rank and alpha to continue
-    save_lora(with_one_alpha(written) if dynamic else written, output,
-              _metadata(metadata, max(before), rank, dynamic, param, after, shape_of(written), conv_rank),
-              "the resized LoRA")
-    card_beside(output)
+    from lowvram.train.publish import carded
+
+    with carded(output):
+        save_lora(with_one_alpha(written) if dynamic else written, output,
+                  _metadata(metadata, max(before), rank, dynamic, param, after, shape_of(written), conv_rank),
+                  "the resized LoRA")
     ranks = [new for new, _ in after]
     return Resized(output, len(pairs), (max(before), max(ranks)), ranks, kept, list(pairs))
 

@@ -345,3 +345,13 @@ def test_a_file_written_into_a_lora_list_folder_gets_its_automatic1111_card(trai
                                                              "notes": "v2"}
     assert main(["resize", str(trained), "--rank", "2", "--output", str(tmp_path / "elsewhere.safetensors")]) == 0
     assert not (tmp_path / "elsewhere.json").exists()  # (beside a LoRA kept elsewhere, a JSON is clutter)
+    # replaced: lowvram's card of the earlier file goes with it (its trigger words were that LoRA's), the user's stays
+    with safe_open(str(trained), framework="pt") as source:
+        renamed = source.metadata() | {"modelspec.trigger_phrase": "bob"}
+    save_file(load_file(str(trained)), str(tmp_path / "bob.safetensors"), renamed)
+    assert main(["resize", str(tmp_path / "bob.safetensors"), "--rank", "2", "--output", str(loras / "small.safetensors"),
+                 "--overwrite"]) == 0
+    assert json.loads((loras / "small.json").read_text()) == {"sd version": "SD1", "activation text": "bob"}
+    assert main(["resize", str(tmp_path / "bob.safetensors"), "--rank", "2", "--output", str(loras / "both.safetensors"),
+                 "--overwrite"]) == 0
+    assert json.loads((loras / "both.json").read_text())["activation text"] == "mine"

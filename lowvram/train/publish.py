@@ -76,10 +76,22 @@ def card_in_place(config, lora: Path) -> Path | None:
     return lora
 
 
+@contextlib.contextmanager
+def carded(lora: Path):
+    """`lora` written within the block (`resize`'s, `merge`'s, `extract`'s output), with its AUTOMATIC1111 card
+    where it goes into a LoRA list folder (`card_beside`). Card files lowvram wrote for the file it replaces go
+    (their trigger words and preview were the earlier LoRA's); the user's stay."""
+    stale = [path for path in card_files(lora) if lora.is_file() and path.exists() and not _users(lora, path)]
+    yield
+    for path in stale if lora.is_file() else []:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    card_beside(lora)
+
+
 def card_beside(lora: Path) -> Path | None:
-    """`lora`'s AUTOMATIC1111 card where it is written into a LoRA list folder (models/Lora: a run's, or `resize`'s,
-    `merge`'s and `extract`'s output), else None. A card there already (the user's) is kept, its base model
-    following the LoRA's."""
+    """`lora`'s AUTOMATIC1111 card where it is in a LoRA list folder (models/Lora), else None. A card there already
+    (the user's) is kept, its base model following the LoRA's."""
     if not lora.is_file() or lora_list_folder(lora.parent) is None:
         return None
     card = card_files(lora)[0]
