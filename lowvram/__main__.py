@@ -1,17 +1,20 @@
 """`python -m lowvram` and the `lowvram` command."""
 
 import builtins
+import os
 import signal
 import sys
 
 
 def signals_as_ctrl_c() -> None:
     """SIGTERM as Ctrl-C throughout, where a command's own handling is not (its last words, its return): a second
-    one was a bare 143. And Ctrl-C itself where it came ignored: a shell starts a script's `cmd &` so (and with it
-    the runs of `nohup lowvram ui &`), and the steps take Ctrl-C over anyway; until then it was lost (the UI's Stop
-    in a run's first seconds, while it imported its libraries: the run went on)."""
+    one was a bare 143. And Ctrl-C itself where it came ignored to a process leading its own session, which no
+    terminal's Ctrl-C reaches, only a signal sent to it: the UI's runs (their Stop), started so by a UI that
+    `nohup lowvram ui &` left ignoring it (the Stop in a run's first seconds was lost, the run went on). A shell's
+    background job (a script's `cmd &`) keeps it ignored, as the shell meant."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and hasattr(os, "getsid") and os.getsid(0) == os.getpid():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def entry() -> None:
