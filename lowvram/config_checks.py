@@ -47,9 +47,9 @@ from lowvram.option_values import (
 )
 from lowvram.output_checks import cache_problems, output_problems
 from lowvram.prompts import (
-    LORA_TAG,
     as_prompt_line,
     generation_left_out,
+    lora_tags,
     options_elsewhere,
     read_prompt_file,
     without_lora_tags,
@@ -572,7 +572,7 @@ def sample_prompt_notes(c: RunConfig) -> list[str]:
         if keys:
             notes.append(f"--sample-prompt-file: {path.name}'s {', '.join(keys)} left out: no sample here uses them")
     tags = list(dict.fromkeys(tag for line in map(as_prompt_line, lines) if without_lora_tags(line) != line
-                              for tag in LORA_TAG.findall(line.split(" --")[0])))
+                              for tag in lora_tags(line)))
     if tags:  # (a prompt copied from Civitai or AUTOMATIC1111's PNG Info)
         notes.append(f"sample prompts: {', '.join(tags)} left out: every sample is drawn with the LoRA being trained, "
                      "at full strength, and no other")

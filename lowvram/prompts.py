@@ -142,12 +142,17 @@ def line_with_trigger(line: str, trigger: str | None) -> str:
     return " --".join([with_trigger(text, None), *parts])
 
 
+def lora_tags(line: str) -> list[str]:
+    """AUTOMATIC1111's LoRA tags in a prompt line's text (its negative prompt's are words in AUTOMATIC1111 too)."""
+    return LORA_TAG.findall(_option_parts(line)[0])
+
+
 def without_lora_tags(line: str) -> str:
     """A training sample's prompt line without AUTOMATIC1111's LoRA tags in its text (<lora:mychar:0.8>, a prompt
     copied from a Civitai page): every sample is drawn with the LoRA being trained, and a tag would be drawn as
-    words. (A negative prompt's are words in AUTOMATIC1111 too.)"""
+    words. A line of tags alone stays as it is, for the options' check to refuse."""
     text, *parts = _option_parts(line)
-    if not LORA_TAG.search(text):
+    if not LORA_TAG.search(text) or not LORA_TAG.sub("", text).strip(" ,"):
         return line
     text = re.sub(r",(\s*,)+", ",", re.sub(r"\s*" + LORA_TAG.pattern, "", text, flags=re.IGNORECASE))
     return " --".join([text.strip(" ,"), *parts])

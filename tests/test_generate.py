@@ -284,12 +284,17 @@ def test_an_automatic1111_lora_tag_is_refused_naming_lora_and_left_out_of_traini
     assert lora_tag_flag("<lora:my style:0.8:0.5>") == ("--lora 'my style.safetensors:0.8'; one strength here, for the "
                                                        "U-Net and text encoders alike")
     tagged = run_config(sample_prompts=["<lora:mychar:0.8>, a cat, <lora:style:1> sitting --n <lora:x:1> blurry",
-                                        "a dog <LYCO:style:1>"])
+                                        "a dog <LYCO:style:1>", "a bird -- <lora:wings:1> flying"])
     assert [(s.text, s.negative) for s in tagged.samples] == [("a cat, sitting", "<lora:x:1> blurry"),
-                                                              ("a dog", "")]
-    assert sample_prompt_notes(tagged) == [("sample prompts: <lora:mychar:0.8>, <lora:style:1>, <LYCO:style:1> left "
-                                           "out: every sample is drawn with the LoRA being trained, at full strength, "
-                                           "and no other")]
+                                                              ("a dog", ""), ("a bird -- flying", "")]
+    assert sample_prompt_notes(tagged) == [("sample prompts: <lora:mychar:0.8>, <lora:style:1>, <LYCO:style:1>, "
+                                            "<lora:wings:1> left out: every sample is drawn with the LoRA being "
+                                            "trained, at full strength, and no other")]
+    with pytest.raises(LowvramError) as alone:  # (it said "no prompt before the options in ' --n blurry'")
+        run_config(sample_prompts=["<lora:mychar:0.8> --n blurry"])
+    assert str(alone.value) == ("--sample-prompt: '<lora:mychar:0.8> --n blurry' holds AUTOMATIC1111's LoRA tags "
+                                "alone, which a sample leaves out (every sample is drawn with the LoRA being trained); "
+                                "write the words to draw")
     # prompt editing, alternation and a hypernetwork: AUTOMATIC1111's, drawn here without them (as words)
     for prompt, said in (("[red:blue:0.5] circle", "[red:blue:0.5] is AUTOMATIC1111's prompt editing or alternation"),
                          ("a [cat|dog]", "[cat|dog] is AUTOMATIC1111's prompt editing"),

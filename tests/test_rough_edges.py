@@ -657,6 +657,19 @@ def test_a_second_sigterm_as_the_interrupted_run_ends_still_exits_130(tmp_path):
     assert "\n\n" not in log
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is POSIX's")
+def test_a_second_hang_up_goes_on_saving_and_the_log_says_what_stops_at_once():
+    """A dropped ssh connection hangs up twice: the second SIGHUP is no one asking to stop at once (which kept
+    nothing), so the run's log (a nohup'd one's, a tee'd one's) does not tell to send it again."""
+    said = ("import os, signal, time\nfrom lowvram.train.progress import StopOnSignal\nwith StopOnSignal() as stop:\n"
+            "    for _ in range(2):\n        os.kill(os.getpid(), signal.SIGHUP)\n        time.sleep(0.2)\n"
+            "    print('went on after', stop.received == signal.SIGHUP)")
+    done = subprocess.run([sys.executable, "-c", said], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [("stopping after this step and saving a checkpoint (press Ctrl-C or send SIGTERM "
+                                         "to stop at once)"), "went on after True"]
+
+
 def test_an_option_given_twice_is_said_and_the_last_counts(capsys, monkeypatch):
     """A second --sample-prompt-file replaced the first unsaid (the last counts, as argparse takes it); a number given
     again is a script's override of its base flags, unsaid."""

@@ -82,7 +82,8 @@ class StopOnSignal:
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
         self.received = signum
-        again = "press Ctrl-C again" if signum == signal.SIGINT else "send the same signal again"
+        again = {signal.SIGINT: "press Ctrl-C again", getattr(signal, "SIGHUP", None): "press Ctrl-C or send SIGTERM"}.get(
+            signum, "send the same signal again")  # (a second hang-up goes on saving)
         below_the_bar = "\n" if sys.stdout and sys.stdout.isatty() else ""  # (a terminal's bar is on the line)
         if not another_process():  # (each of accelerate launch's processes gets the signal: the main one says it)
             print(f"{below_the_bar}{self.notice} ({again} to stop at once)", flush=True)
