@@ -591,8 +591,24 @@ def _check_port(host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise LowvramError(elsewhere) from None
+            free = _free_port(address, port)  # (a lab's fifteen UIs: each student found one by trying)
             raise LowvramError(f"--port {port}: {host}:{port} cannot be served ({exc.strerror or exc}; another "
-                               "lowvram ui?); choose another with --port") from None
+                               f"lowvram ui?); choose another with --port" + (f" ({free} is free)" if free else "")
+                               ) from None
+
+
+def _free_port(address: tuple, taken: int) -> int | None:
+    """The first port after `taken` (of the next hundred) that `address`'s host can serve, or None."""
+    import socket
+
+    for port in range(taken + 1, min(taken + 100, 65535) + 1):
+        with socket.socket() as probe:
+            try:
+                probe.bind((address[0], port))
+            except OSError:
+                continue
+            return port
+    return None
 
 
 def _offline_theme():
