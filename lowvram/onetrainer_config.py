@@ -22,6 +22,7 @@ import os
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
+from lowvram.config import fields_by_name
 from lowvram.errors import LowvramError, quoted
 from lowvram.files import decode_hint, expand_home, local_path, not_found_hint, text_of
 from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
@@ -117,6 +118,7 @@ DEFAULTS = {"lora_rank": 16, "lora_alpha": 1.0, "learning_rate": 3e-6, "learning
             "sample_definition_file_name": "training_samples/samples.json",
             "output_dtype": "FLOAT_32"}  # (its own presets give none: fp16 was saved)
 BACKUP_AFTER, BACKUP_UNIT = 30, "MINUTE"  # OneTrainer's where a config gives one alone (its presets: 10, never)
+ROLLING_BACKUPS = 3  # OneTrainer's rolling_backup_count where a config gives none
 # what lowvram reads as numbers and as sections: a hand-edited value of another type is named, not crashed into
 NUMBERS = ("learning_rate", "learning_rate_warmup_steps", "learning_rate_cycles", "learning_rate_min_factor", "epochs",
            "unmasked_probability",
@@ -449,10 +451,23 @@ def _backups(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     if unit == "NEVER" or not count or count <= 0:
         return {"checkpoint_minutes": 0}
     if unit in MINUTES_PER:
-        return {"checkpoint_minutes": count * MINUTES_PER[unit]}
+        return {"checkpoint_minutes": count * MINUTES_PER[unit]} | _kept_backups(doc, notes, problem)
     if unit == "STEP":
-        return {"checkpoint_every": int(count)}
+        return {"checkpoint_every": int(count)} | _kept_backups(doc, notes, problem)
     notes.append(f"backup_after {count:g} {unit}: lowvram checkpoints every N steps or minutes; not carried over")
+    return {}
+
+
+def _kept_backups(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
+    """How many backups a run keeps: OneTrainer every one, or with rolling_backup its newest rolling_backup_count;
+    lowvram its newest --keep-checkpoints (a OneTrainer user lost the older ones unsaid)."""
+    if doc.get("rolling_backup"):
+        return {"keep_checkpoints": max(1, int(as_number(doc.get("rolling_backup_count", ROLLING_BACKUPS),
+                                                         "rolling_backup_count", problem)))}
+    if "rolling_backup" in doc:
+        kept = fields_by_name()["keep_checkpoints"][1].default
+        notes.append(f"rolling_backup false: OneTrainer keeps every backup, lowvram the newest {kept} checkpoints; "
+                     "--keep-checkpoints N keeps more")
     return {}
 
 

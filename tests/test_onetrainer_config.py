@@ -191,6 +191,15 @@ def test_onetrainers_backups_are_lowvrams_timed_checkpoints(tmp_path):
     values, notes = translate_onetrainer(CONFIG | {"backup_after": 2, "backup_after_unit": "EPOCH"}, folder)
     assert "checkpoint_minutes" not in values and "checkpoint_every" not in values
     assert "backup_after 2 EPOCH: lowvram checkpoints every N steps or minutes; not carried over" in notes
+    # how many it keeps: OneTrainer's newest rolling_backup_count, or every one (lowvram's two took the older away)
+    for rolling, kept in (({"rolling_backup": True, "rolling_backup_count": 5}, 5), ({"rolling_backup": True}, 3)):
+        assert translate_onetrainer(CONFIG | rolling, folder)[0]["keep_checkpoints"] == kept
+    values, notes = translate_onetrainer(CONFIG | {"rolling_backup": False}, folder)
+    assert "keep_checkpoints" not in values
+    assert ("rolling_backup false: OneTrainer keeps every backup, lowvram the newest 2 checkpoints; --keep-checkpoints "
+            "N keeps more") in notes
+    values, notes = translate_onetrainer(CONFIG | {"rolling_backup": False, "backup_after_unit": "NEVER"}, folder)
+    assert "keep_checkpoints" not in values and not any("rolling_backup" in note for note in notes)
 
 
 def test_an_older_onetrainer_config_is_read_by_its_old_names_without_false_notes(tmp_path):
