@@ -21,7 +21,7 @@ import torch
 from lowvram.adapters.lora_files import UNET_KOHYA_PREFIX
 from lowvram.config import IMAGE_FORMATS, WRITTEN_IMAGE_SUFFIXES
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, not_safetensors, pickle_refusal
-from lowvram.files import atomic_write, human_size, not_found_hint, output_problem
+from lowvram.files import atomic_write, human_size, not_found_hint, output_problem, unwritable
 from lowvram.hardware import detect, resolve_mixed_precision
 from lowvram.lora_header import base_family, demo_family, kohya_header, no_layers_why, read_header, shapes_of
 from lowvram.lora_layout import in_diffusers_layout, in_omi_layout
@@ -64,12 +64,12 @@ def generate(args: argparse.Namespace) -> list[Path]:
     if clip_skip and not args.clip_skip:
         args.clip_skip = clip_skip
     prompt, sources, problems = _read_options(args)
-    if folder and folder.exists() and not folder.is_dir():  # (refused after the model loaded: "could not write")
-        problems.append(f"--output: {folder} is a file, not a folder to write the images in; name another")
     paths = numbered_in(folder, args.count) if folder else output_paths(args.output, args.count)
     args.output = paths[0] if folder else args.output
     problem = _output_problem(args, paths, [Path(args.model), *([Path(args.vae)] if args.vae else []),
                                             *(path for path, _ in sources)])
+    if folder and folder.exists() and not folder.is_dir():  # (refused after the model loaded: "could not write")
+        problem = f"--output: {folder} is a file, not a folder to write the images in; name another"
     problems += [problem] if problem else []
     if problems:
         raise LowvramError("\n".join(problems))
@@ -281,6 +281,8 @@ def _output_problem(args: argparse.Namespace, paths: list[Path], inputs: list[Pa
     read = [problem for problem in (output_problem(path, inputs, overwrite=True) for path in paths) if problem]
     if read:
         return read[0]
+    if blocked := unwritable(args.output.parent):  # (said after the model loaded and the image was drawn)
+        return f"--output: {blocked}; choose a folder you can write to"
     if args.output.suffix.lower() not in WRITTEN_FORMATS:
         return (f"--output: {args.output} names no image format; end it in "
                 f"{', '.join(WRITTEN_IMAGE_SUFFIXES[:-1])} or {WRITTEN_IMAGE_SUFFIXES[-1]} (the format is the "

@@ -104,6 +104,9 @@ def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
     (tmp_path / "taken.png").write_bytes(b"")
     assert refused(["--output", f"{tmp_path / 'taken.png'}/"], capsys) == (  # (said once the model had loaded)
         f"--output: {tmp_path / 'taken.png'} is a file, not a folder to write the images in; name another")
+    assert refused(["--output", str(tmp_path / "taken.png" / "x.png")], capsys) == (  # (as were these)
+        f"--output: can't write in {tmp_path / 'taken.png'}: {tmp_path / 'taken.png'} is a file, not a folder; choose "
+        "a folder you can write to")
 
 
 @pytest.mark.parametrize("argv, says", [
