@@ -588,6 +588,7 @@ def stop_signals_interrupt():
 
     def hung_up(signum, frame):
         leave_terminal()
+        signal.signal(signum, signal.SIG_IGN)  # (the second hang-up of a dropped connection: the run is ending)
         signal.default_int_handler(signum, frame)
 
     previous = {}

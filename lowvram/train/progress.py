@@ -76,8 +76,11 @@ class StopOnSignal:
 
         if signum == getattr(signal, "SIGHUP", None):
             leave_terminal()
-            if self.received is not None:  # a dropped ssh connection hangs up twice (bash passes it on to its jobs,
-                return  # the kernel sends it as bash exits): no one asking to stop at once, the save goes on
+            # a dropped ssh connection hangs up twice (bash passes it on to its jobs, the kernel sends it as bash
+            # exits): no one asking to stop at once; the save goes on, and after the steps too
+            self.previous[signum] = signal.SIG_IGN
+            if self.received is not None:
+                return
         if self.received is not None:
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
