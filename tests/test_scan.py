@@ -16,6 +16,7 @@ from PIL import Image
 from rich.console import Console
 
 from lowvram.data.buckets import default_buckets
+from lowvram.data.image_files import SUPPORTED
 from lowvram.data.scan import NoUsableImages, ScanOptions, open_training_image, scan_dataset
 from lowvram.errors import LowvramError
 
@@ -556,6 +557,24 @@ def test_a_jfif_file_is_the_jpeg_windows_browsers_save_and_trains(tmp_path):
     (tmp_path / "ds" / "cat.txt").write_text("a cat")
     report = scan_dataset(tmp_path / "ds", TINY)
     assert [(r.relpath, r.caption) for r in report.usable] == [("cat.jfif", "a cat")]
+
+
+def test_a_phones_heic_photo_is_named_and_a_jpeg_named_heic_is_told_to_be_renamed(tmp_path):
+    """A student's iPhone photos: HEIC bytes named .jpg were 'not an image: no image decoder recognises its content
+    (b'\\x00\\x00\\x00\\x18ftypheic'...)', and a JPEG renamed .heic 'unsupported format', though a rename trains it."""
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "IMG_2000.jpg").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(200))
+    drawn().save(tmp_path / "ds" / "IMG_1234.heic", "JPEG")
+    drawn().save(tmp_path / "ds" / "IMG_1235.HEIC", "PNG")
+    (tmp_path / "ds" / "IMG_1236.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(200))
+    drawn().save(tmp_path / "ds" / "IMG_0001.jpg", "JPEG")
+    report = scan_dataset(tmp_path / "ds", TINY)
+    assert {r.relpath: r.reason for r in report.skipped} == {
+        "IMG_2000.jpg": f"unsupported format: it is a HEIC photo (a phone's), whatever its name says; convert it to "
+                        f"one of {SUPPORTED} (heif-convert, or the phone's most compatible format)",
+        "IMG_1234.heic": "unsupported name: it is a JPEG file named .heic; rename it IMG_1234.jpg",
+        "IMG_1235.HEIC": "unsupported name: it is a PNG file named .HEIC; rename it IMG_1235.png",
+        "IMG_1236.heic": f"unsupported format: .heic files can't be read; convert it to one of {SUPPORTED}"}
 
 
 def test_a_tiff_of_any_kind_trains_as_onetrainer_trains_it(tmp_path):

@@ -5,6 +5,7 @@ trains from are decoded (PIL_FORMATS); another format behind a supported name is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -106,18 +107,45 @@ def _pixels(count: int) -> str:
     return f"{count / 1e6:.0f} megapixels" if count >= 10**7 else f"{count} pixels"
 
 
+# the brands of an ISO media file (its bytes 8-12, after "ftyp") that name a HEIF image: a phone's photo
+HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"hevc": "HEIC", b"mif1": "HEIF",
+               b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
 def _unidentified(data: bytes) -> str:
     """An image of another format behind a supported name, or not an image at all."""
+    actual = _format_of(data)
+    if actual:
+        return f"unsupported format: it is a {actual} file; convert it to one of {SUPPORTED}"
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:  # (Pillow has no decoder: its bytes said, unread)
+        return (f"unsupported format: it is a {HEIF_BRANDS[data[8:12]]} photo (a phone's), whatever its name says; "
+                f"convert it to one of {SUPPORTED} (heif-convert, or the phone's most compatible format)")
+    return f"not an image: no image decoder recognises its content ({data[:12]!r}...); delete or re-export it"
+
+
+def _format_of(data: bytes) -> str | None:
+    """The format Pillow reads `data` as, or None."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
-                actual = im.format
+                return im.format
     except Exception:  # noqa: BLE001
-        actual = None
-    if actual:
-        return f"unsupported format: it is a {actual} file; convert it to one of {SUPPORTED}"
-    return f"not an image: no image decoder recognises its content ({data[:12]!r}...); delete or re-export it"
+        return None
+
+
+def unsupported_suffix_reason(path: Path) -> str:
+    """Why a file of an unsupported suffix (.heic, .gif) is skipped: its format, or a supported image behind a
+    phone's name (a JPEG renamed .heic, as a share sheet or a student does), which a rename makes usable."""
+    head = b""
+    if path.suffix.lower() in (".heic", ".heif"):  # (read at every scan: the index keeps no skipped file)
+        with contextlib.suppress(OSError), open(path, "rb") as file:
+            head = file.read(1 << 16)  # (its header: enough to tell the format)
+    actual = _format_of(head) if head else None
+    supported = next((suffix for suffix, formats in IMAGE_FORMATS.items() if actual in formats), None)
+    if supported:
+        return f"unsupported name: it is a {actual} file named {path.suffix}; rename it {path.stem}{supported}"
+    return f"unsupported format: {path.suffix.lower()} files can't be read; convert it to one of {SUPPORTED}"
 
 
 def _orientation(im: Image.Image) -> int:

@@ -35,11 +35,11 @@ from lowvram.data.captions import captions_of, has_word, name_key, read_caption_
 from lowvram.data.image_files import (
     ALPHA_MODES,
     PIL_FORMATS,
-    SUPPORTED,
     UNSUPPORTED_SUFFIXES,
     file_facts,
     to_grey,
     to_rgb,
+    unsupported_suffix_reason,
 )
 from lowvram.data.image_metadata import (
     HELD_OUT_SPLITS,
@@ -574,7 +574,7 @@ def _scan_file(root: Path, path: Path, folder: ImageFolder, buckets: Buckets, op
     non_utf8 = (Path(relpath).parent / caption_file.name).as_posix() if caption_file else None
     suffix = path.suffix.lower()
     if suffix in UNSUPPORTED_SUFFIXES:
-        reason = f"unsupported format: {suffix} files can't be read; convert it to one of {SUPPORTED}"
+        reason = unsupported_suffix_reason(path)
         return ImageRecord(path, relpath, label, repeats, False, reason, (), 0, 0, "", False, "", caption, None,
                            non_utf8_caption=non_utf8, loss_weight=folder.loss_weight, resolution=folder.resolution,
                            batch_size=folder.batch_size, kept_tags=kept, more_captions=tuple(more),
