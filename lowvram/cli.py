@@ -601,6 +601,8 @@ def stop_signals_interrupt():
         yield
     finally:
         for name, handler in previous.items():
+            if name == "SIGHUP" and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+                continue  # hung up: the terminal is gone, and its second hang-up would end the run's last words
             signal.signal(getattr(signal, name), handler)
 
 

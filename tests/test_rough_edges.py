@@ -660,14 +660,18 @@ def test_a_second_sigterm_as_the_interrupted_run_ends_still_exits_130(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is POSIX's")
 def test_a_second_hang_up_goes_on_saving_and_the_log_says_what_stops_at_once():
     """A dropped ssh connection hangs up twice: the second SIGHUP is no one asking to stop at once (which kept
-    nothing), so the run's log (a nohup'd one's, a tee'd one's) does not tell to send it again."""
-    said = ("import os, signal, time\nfrom lowvram.train.progress import StopOnSignal\nwith StopOnSignal() as stop:\n"
+    nothing), so the run's log (a nohup'd one's, a tee'd one's) does not tell to send it again; one landing after
+    the steps (the run's last words) ended it, killed by the hang-up."""
+    said = ("import os, signal, time\nfrom lowvram.cli import stop_signals_interrupt\n"
+            "from lowvram.train.progress import StopOnSignal\nsignal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+            "with stop_signals_interrupt(), StopOnSignal() as stop:\n"
             "    for _ in range(2):\n        os.kill(os.getpid(), signal.SIGHUP)\n        time.sleep(0.2)\n"
-            "    print('went on after', stop.received == signal.SIGHUP)")
+            "    print('went on after', stop.received == signal.SIGHUP)\n"
+            "os.kill(os.getpid(), signal.SIGHUP)\ntime.sleep(0.2)\nprint('and after the steps')")
     done = subprocess.run([sys.executable, "-c", said], capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, (done.returncode, done.stderr)
     assert done.stdout.splitlines() == [("stopping after this step and saving a checkpoint (press Ctrl-C or send SIGTERM "
-                                         "to stop at once)"), "went on after True"]
+                                         "to stop at once)"), "went on after True", "and after the steps"]
 
 
 def test_an_option_given_twice_is_said_and_the_last_counts(capsys, monkeypatch):
