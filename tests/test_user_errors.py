@@ -255,6 +255,13 @@ def test_training_on_from_the_lora_overwrite_would_move_is_refused_and_other_fil
     assert error.startswith(f"lowvram train: error: --network-weights: {first} is the earlier run's LoRA, which "
                             "--overwrite moves"), error
     assert first.is_file()
+    # a dataset of no usable image (phone photos in HEIC) is refused before the earlier run moves to the archive
+    (tmp_path / "phone").mkdir()
+    (tmp_path / "phone" / "IMG_0001.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(64))
+    assert main(["train", "--model", "tiny", "--data", str(tmp_path / "phone"), "--output", str(out), "--max-steps",
+                 "1", "--overwrite"]) == 2
+    assert "--data: no usable images" in capsys.readouterr().err
+    assert first.is_file() and not (out / ARCHIVE).exists()
     assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(out), "--max-steps", "1",
                  "--rank", "4", "--overwrite"]) == 0
     assert resized.is_file() and load_file(str(resized))

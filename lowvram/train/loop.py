@@ -47,6 +47,7 @@ from lowvram.train.saving import (
 )
 from lowvram.train.schedule import plan_schedule
 from lowvram.train.setup import (
+    Dataset,
     Session,
     Trainee,
     attach_adapters,
@@ -93,6 +94,10 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     session = start_session(config, console)
     if fresh:
         session.console.print(fresh, soft_wrap=True)
+    # under --overwrite, a dataset of no usable image refused before the earlier run moves to its archive (the
+    # sample dataset is written into the folder once it is this run's; a resume's refusals come before any scan)
+    moves = config.output.overwrite and not config.training.resume and not session.run.uses_sample_data
+    dataset = scan_data(session) if moves else None
     # the cache's entries stay while the run reads them, and are free to remove once it ends (the result handed
     # back, in a notebook, holds no lock)
     with (cache_in_use(session.run.cache_dir, session.console),
@@ -100,7 +105,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
         if note:
             session.console.print(note, soft_wrap=True)
         try:
-            return run_training(session)
+            return run_training(session, dataset)
         except DiskFull as exc:  # the newest checkpoint and LoRA are whole: say so, and how to go on
             failure = outdir.out_of_room(session.run, exc, session.world)
             if session.main and not session.logging:
@@ -132,10 +137,11 @@ def write_options(session: Session) -> Path:
     return config_path
 
 
-def run_training(session: Session) -> TrainResult:
-    """Data, model, adapters, the steps with their save points, the LoRA and samples: the run, top to bottom."""
+def run_training(session: Session, dataset: Dataset | None) -> TrainResult:
+    """Data (`dataset`, where it was scanned already), model, adapters, the steps with their save points, the LoRA
+    and samples: the run, top to bottom."""
     config, console, out_dir, name = session.config, session.console, session.out_dir, session.config.output_name
-    dataset = scan_data(session)
+    dataset = dataset or scan_data(session)
     fresh = not config.training.resume  # (a resumed run's stays until its resume is not refused: "nothing left")
     config_path = write_options(session) if fresh else outdir.options_path(out_dir, name)  # before the caching a
     # disconnect may stop, after a dataset refused
