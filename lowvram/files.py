@@ -613,9 +613,11 @@ def cache_sharing_fix(folder: Path) -> str:
         import grp
         import pwd
 
-        with contextlib.suppress(KeyError):
+        user = "USER"
+        with contextlib.suppress(KeyError):  # (a user or group of no name: docker run --user 1234)
             group = grp.getgrgid(group).gr_name
-        user = pwd.getpwuid(os.getuid()).pw_name if hasattr(os, "getuid") else "USER"
+        with contextlib.suppress(KeyError):
+            user = pwd.getpwuid(os.getuid()).pw_name
         return (f"you are not in its group, {group}: ask to be added (usermod -aG {group} {user}, then log in "
                 "again), or give --cache-dir a folder of your own")
     return ("give --cache-dir a folder you can write, or share the cache as a group's folder (chmod 2775, see the "

@@ -26,7 +26,7 @@ from lowvram.files import (
     windows_output_problem,
 )
 from lowvram.option_values import parse_save_every, positive
-from lowvram.prompts import lora_tags, parse_prompt, unread_syntax, without_lora_tags
+from lowvram.prompts import NEGATIVE_LINE, lora_tags, parse_prompt, unread_syntax, without_lora_tags
 from lowvram.run_files import LONGEST_SUFFIX, LORA_LISTS, LORA_SUFFIX, copy_destination, final_lora, lora_list_folder
 from lowvram.samplers import sampler_problem
 
@@ -143,6 +143,9 @@ def output_problems(c: RunConfig) -> list[str]:
                      "# comment); add one, or drop --sample-prompt-file")
     for i, line in enumerate(lines):
         where = flag if i < len(c.output.sample_prompts) else "--sample-prompt-file"
+        if NEGATIVE_LINE.match(line):  # (a --sample-prompt of it: drawn as a prompt of those words)
+            p.append(f"{where}: '{line}' is a negative prompt alone; give it after its prompt: 'PROMPT --n NEGATIVE'")
+            continue
         if lora_tags(line) and without_lora_tags(line) == line:
             p.append(f"{where}: '{line}' holds AUTOMATIC1111's LoRA tags alone, which a sample leaves out (every sample "
                      "is drawn with the LoRA being trained); write the words to draw")

@@ -198,8 +198,10 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
                 blocks[-1] += "\n" + line
                 ended = settings
             elif NEGATIVE_LINE.match(line):  # (it was drawn as a prompt of those words)
-                raise ValueError(f"line {number}, '{line[:40]}', follows no prompt of its own; put its prompt on the "
-                                 "line above (AUTOMATIC1111's generation data: the prompt, then its negative prompt)")
+                fix = ("a prompt takes one" if not ended else "it goes between its prompt and that prompt's Steps: line"
+                       if blocks else "put its prompt on the line above")
+                raise ValueError(f"line {number}, '{line[:40]}', follows no prompt of its own; {fix} (AUTOMATIC1111's "
+                                 "generation data: the prompt, its negative prompt, its settings)")
             else:
                 blocks.append(line)
                 ended = False

@@ -428,18 +428,28 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
     ignored = ", ".join(["Hires upscale", *(f"ADetailer k{i}" for i in range(40)), "Hashes"])  # (clip skip: the run's)
     assert sample_prompt_notes(pasted) == [(f"--sample-prompt-file: a1111.txt's {ignored} left out: no sample here uses "
                                            "them")]
+    with pytest.raises(LowvramError) as alone:  # (drawn as a prompt of those words)
+        run_config(sample_prompts=["Negative prompt: blurry, lowres"], sample_every="2")
+    assert str(alone.value) == ("--sample-prompt: 'Negative prompt: blurry, lowres' is a negative prompt alone; give it "
+                                "after its prompt: 'PROMPT --n NEGATIVE'")
     given = run_config(sample_prompts=["a cat\nNegative prompt: x\nSteps: 2, Seed: 1, Denoising strength: 0.5"],
                        sample_every="2")
     assert sample_prompt_notes(given) == [("--sample-prompt: AUTOMATIC1111's Denoising strength left out: no sample "
                                           "here uses them")]
     (tmp_path / "bad.txt").write_text("a cat --w 16\n")
     (tmp_path / "orphan.txt").write_text("a cat\nSteps: 2, Seed: 1\n\nNegative prompt: blurry\n")
+    (tmp_path / "top.txt").write_text("# from PNG Info\nNegative prompt: blurry\na cat\n")
+    (tmp_path / "twice.txt").write_text("a cat\nNegative prompt: blurry\nNegative prompt: dark\n")
     (tmp_path / "comments.txt").write_text("# prompts to come\n")
     (tmp_path / "off.json").write_text('[{"prompt": "a cat", "enabled": false}]')  # OneTrainer's samples.json
     for path, says in (("none.txt", "--sample-prompt-file: {} not found"),
                        ("bad.txt", "--sample-prompt-file: --w (width) must be a whole number from 32"),
                        ("orphan.txt", ("--sample-prompt-file: {}: line 4, 'Negative prompt: blurry', follows no prompt "
-                                      "of its own; put its prompt on the line above")),
+                                       "of its own; it goes between its prompt and that prompt's Steps: line")),
+                       ("top.txt", ("--sample-prompt-file: {}: line 2, 'Negative prompt: blurry', follows no prompt "
+                                    "of its own; put its prompt on the line above")),
+                       ("twice.txt", ("--sample-prompt-file: {}: line 3, 'Negative prompt: dark', follows no prompt of "
+                                      "its own; a prompt takes one")),
                        ("comments.txt", "--sample-prompt-file: {} holds no prompt"),
                        ("off.json", "--sample-prompt-file: {} holds no prompt")):
         with pytest.raises(LowvramError) as error:
