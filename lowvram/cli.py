@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import io
 import os
+import re
 import signal
 import sys
 import time
@@ -405,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             with contextlib.redirect_stderr(io.StringIO()) if echo else contextlib.nullcontext():
                 values = train_values(args)
-                config = build_config(values)  # every option error within a second, before the heavy imports
+                try:
+                    config = build_config(values)  # every option error within a second, before the heavy imports
+                except LowvramError as exc:
+                    raise LowvramError(_moved_hint(str(exc), args)) from None
                 for note in sample_prompt_notes(config) + idle_option_notes(config):
                     print(note, file=sys.stderr)
                 for flag, size in (("--vram", args.vram), ("--ram", args.ram)):
@@ -604,6 +608,20 @@ def stop_signals_interrupt():
             if name == "SIGHUP" and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
                 continue  # hung up: the terminal is gone, and its second hang-up would end the run's last words
             signal.signal(getattr(signal, name), handler)
+
+
+def _moved_hint(problems: str, args: argparse.Namespace) -> str:
+    """`problems` with, on each path not found that --config named (not typed), how a run whose folders moved (a
+    rented machine's volume mounted elsewhere, a copied folder) goes on: its flag beside --config."""
+    if not args.config:
+        return problems
+    lines = problems.splitlines()
+    for i, line in enumerate(lines):
+        missing = re.match(r"--(model|data|reg-data|vae): (?:file|folder) not found", line)
+        if missing and getattr(args, missing.group(1).replace("-", "_"), None) is None:
+            lines[i] = (f"{line} ({args.config} names it: where the run's folders moved, give --{missing.group(1)} "
+                        "beside --config)")
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -592,3 +592,16 @@ def test_train_dry_run_prints_the_options_it_would_train_with_and_trains_nothing
     options = tomllib.loads(out.split("\n", 1)[1])
     assert (options["network"]["rank"], options["training"]["max_steps"], options["model"]["model"]) == (12, 3, "tiny")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_naming_folders_that_moved_says_to_give_them_beside_it(tmp_path, capsys):
+    """A rented machine's volume mounted elsewhere: the run's .toml names the old paths, and `--config run.toml
+    --resume auto` said only "folder not found", though --data beside --config resumes it (taken as moved)."""
+    config = tmp_path / "run.toml"
+    config.write_text(f'[model]\nmodel = "tiny"\n[data]\ndata = "{(tmp_path / "old" / "ds").as_posix()}"\n')
+    assert main(["train", "--config", str(config), "--resume", "auto"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"({config} names it: where the run's folders moved, give --data beside --config)")
+    assert main(["train", "--config", str(config), "--data", str(tmp_path / "typed")]) == 2
+    err = capsys.readouterr().err.strip()  # (one typed: its own mistake)
+    assert err.startswith(f"lowvram train: error: --data: folder not found: {tmp_path / 'typed'}") and "beside" not in err
