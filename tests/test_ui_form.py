@@ -5,7 +5,9 @@ options a user set, as flags would be, and the `.toml` it saves is what `train -
 
 import os
 import re
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -761,8 +763,10 @@ def test_an_unwritable_cache_leaves_the_app_served_and_says_so(tmp_path):
     (tmp_path / "cache" / "ui").write_text("")
     with served_ui(tmp_path, tmp_path / "cache", tmp_path / "ui.log"):
         said = " ".join((tmp_path / "ui.log").read_text().split())
-    assert f"warning: the cache {tmp_path / 'cache'} cannot be written (" in said and "the app keeps its image " \
-        "copies in" in said and "Traceback" not in said, said
+    assert f"warning: the cache {tmp_path / 'cache'} cannot be written (" in said and "the app keeps its runs' " \
+        "configs and logs, renders and image copies in" in said and "Traceback" not in said, said
+    kept = Path(re.search(r"image copies in (\S+) meanwhile", said).group(1))
+    assert kept.is_relative_to(tempfile.gettempdir()) and not kept.exists()  # (removed when it ended)
 
 
 def test_a_test_image_renders_any_lora_file_and_any_prompt(tmp_path):

@@ -11,7 +11,9 @@ Every error is the CLI's one line, shown in the page; the app itself never goes 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,9 +91,9 @@ def _message(exc: Exception) -> str:
     return error_lines(text)
 
 
-def build_app(cache_dir: Path, port: int | None = None):
-    """The Blocks app; `cache_dir` holds the UI's run configs and logs (named after its `port`), renders and
-    caption originals."""
+def build_app(cache_dir: Path, port: int | None = None, ui_dir: Path | None = None):
+    """The Blocks app; `cache_dir` holds the caption originals, and the UI's run configs and logs (named after its
+    `port`) and renders, in its ui/ folder or `ui_dir`."""
     import gradio as gr
 
     fields = form_fields()
@@ -99,7 +101,7 @@ def build_app(cache_dir: Path, port: int | None = None):
     # named by its port and its user: two UIs, and a lab's users on one shared cache, never write into each other's
     user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
     training = TrainingProcess(f"ui-run-{port}{user}" if port else f"ui-run{user}")
-    ui_dir = Path(cache_dir) / UI_FILES
+    ui_dir = ui_dir or Path(cache_dir) / UI_FILES
     has_gpu = _has_cuda()
 
     with gr.Blocks(title="lowvram") as app:
@@ -472,23 +474,27 @@ def launch(host: str, port: int, share: bool, cache_dir: Path, auth: tuple[str, 
     lowvram's cache that only this user reads."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     # each user's own: in a lab's shared cache, a folder of one user's refused the next user's UI (its chmod)
-    private = cache_dir / UI_FILES / (f"gradio-{os.getuid()}" if hasattr(os, "getuid") else "gradio")
+    ui_dir = cache_dir / UI_FILES
+    private = ui_dir / (f"gradio-{os.getuid()}" if hasattr(os, "getuid") else "gradio")
     try:
         make_folders(private.parent)
         private.mkdir(exist_ok=True)
         private.chmod(0o700)
     except OSError as exc:  # a lab's cache whose group this user is not in: a traceback, where runs warn and go on
-        private = Path(tempfile.mkdtemp(prefix="lowvram-ui-"))  # (this user's alone)
+        ui_dir = Path(tempfile.mkdtemp(prefix="lowvram-ui-"))  # (this user's alone)
+        atexit.register(shutil.rmtree, ui_dir, ignore_errors=True)
+        private = ui_dir / "gradio"
+        private.mkdir()
         print(f"warning: the cache {cache_dir} cannot be written ({exc.strerror or exc}): "
-              f"{cache_sharing_fix(cache_dir)}; the app keeps its image copies in {private} meanwhile",
-              file=sys.stderr)
+              f"{cache_sharing_fix(cache_dir)}; the app keeps its runs' configs and logs, renders and image copies "
+              f"in {ui_dir} meanwhile, removed when it ends", file=sys.stderr)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(private))
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise LowvramError("Gradio is not installed; pip install 'lowvram[ui]' (in a source checkout: pip install -e '.[ui]')") from None
     _check_port(host, port)
-    app = build_app(cache_dir, port)
+    app = build_app(cache_dir, port, ui_dir)
     # quiet: Gradio's own lines tell a user of the app to "set `share=True` in `launch()`"; ours say --share
     _, local_url, share_url = app.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False,
                                          quiet=True, prevent_thread_lock=True, auth=auth, footer_links=[],
