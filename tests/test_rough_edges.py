@@ -234,19 +234,20 @@ def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "getsid"), reason="POSIX sessions")
 def test_a_run_of_its_own_session_started_with_ctrl_c_ignored_takes_it():
     """A run the UI started (in a session of its own) under `nohup lowvram ui &` comes with SIGINT ignored: its steps
-    take Ctrl-C over, but before them (the imports, the caching) the UI's Stop did nothing. A shell's background
-    job (`lowvram ui &` in a script) keeps it ignored, as the shell meant: a Ctrl-C at the terminal is not its."""
-    said = ("import signal; from lowvram.__main__ import signals_as_ctrl_c; signals_as_ctrl_c(); "
+    take Ctrl-C over, but before them (the imports, the caching) the UI's Stop did nothing; a script's `lowvram
+    train &` took it in its imports and steps, not between them. Another command as a shell's background job
+    (`lowvram ui &` in a script) keeps it ignored, as the shell meant: a Ctrl-C at the terminal is not its."""
+    said = ("import signal, sys; from lowvram.__main__ import signals_as_ctrl_c; signals_as_ctrl_c(sys.argv[1]); "
             "print(signal.getsignal(signal.SIGINT) == signal.default_int_handler, "
             "signal.getsignal(signal.SIGTERM) == signal.default_int_handler)")
     here = signal.signal(signal.SIGINT, signal.SIG_IGN)  # (passed on to the command, as a shell's `&` does)
     try:
-        own, background = (subprocess.run([sys.executable, "-c", said], capture_output=True, text=True, check=True,
-                                          start_new_session=own_session).stdout.split()
-                           for own_session in (True, False))
+        taken = [subprocess.run([sys.executable, "-c", said, command], capture_output=True, text=True, check=True,
+                                start_new_session=own_session).stdout.split()
+                 for command, own_session in (("ui", True), ("ui", False), ("train", False))]
     finally:
         signal.signal(signal.SIGINT, here)
-    assert own == ["True", "True"] and background == ["False", "True"]
+    assert taken == [["True", "True"], ["False", "True"], ["True", "True"]]
 
 
 def test_an_error_a_library_makes_of_ctrl_c_while_loading_is_the_interrupt():
