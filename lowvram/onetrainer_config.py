@@ -410,6 +410,12 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     values |= _backups(doc, notes, problem)
     if _upper(doc, "output_model_format") == "DIFFUSERS_LORA":  # (newer OneTrainer's): a diffusers folder as well
         values["format"] = "diffusers"
+    elif _upper(doc, "output_model_format") == "CKPT":  # (unsaid, a user looked for a .ckpt)
+        notes.append("output_model_format CKPT: lowvram writes the LoRA as .safetensors (kohya's layout), which every "
+                     "UI loads")
+    if doc.get("only_cache") is True:  # (unsaid, it trained: a GPU hour the user meant to spend on caching alone)
+        notes.append("only_cache true: not carried over; this run caches the latents and text, then trains (stop it "
+                     "once its steps begin: the caches stay for the next run)")
     skipped = [f"{key} {doc[key]}" for key in ("save_skip_first", "sample_skip_first")
                if isinstance(doc.get(key), (int, float)) and doc[key] > 0]
     if skipped:  # (the early saves and samples were made all the same)

@@ -173,6 +173,20 @@ def test_a_config_without_latent_caching_says_lowvram_caches(tmp_path):
         assert any(note.startswith("latent_caching false: lowvram always caches the latents") for note in notes) is said
 
 
+def test_a_cache_only_config_and_a_ckpt_format_are_said(tmp_path):
+    """OneTrainer's only_cache (fill the caches, train nothing) and a CKPT output format were passed over unsaid: the
+    run trained, and wrote a .safetensors."""
+    notes = translate_onetrainer(CONFIG | {"only_cache": True, "output_model_format": "CKPT"},
+                                 onetrainer_folder(tmp_path))[1]
+    assert ("only_cache true: not carried over; this run caches the latents and text, then trains (stop it once its "
+            "steps begin: the caches stay for the next run)") in notes
+    assert ("output_model_format CKPT: lowvram writes the LoRA as .safetensors (kohya's layout), which every UI "
+            "loads") in notes
+    quiet = translate_onetrainer(CONFIG | {"only_cache": False, "output_model_format": "SAFETENSORS"},
+                                 onetrainer_folder(tmp_path / "quiet"))[1]
+    assert not any(note.startswith(("only_cache", "output_model_format")) for note in quiet)
+
+
 def test_onetrainers_backups_are_lowvrams_timed_checkpoints(tmp_path):
     """OneTrainer backs a run up every 30 minutes by default: lowvram's checkpoints every --checkpoint-minutes."""
     folder = onetrainer_folder(tmp_path)
