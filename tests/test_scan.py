@@ -568,13 +568,15 @@ def test_a_phones_heic_photo_is_named_and_a_jpeg_named_heic_is_told_to_be_rename
     drawn().save(tmp_path / "ds" / "IMG_1235.HEIC", "PNG")
     (tmp_path / "ds" / "IMG_1236.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(200))
     drawn().save(tmp_path / "ds" / "IMG_0001.jpg", "JPEG")
+    (tmp_path / "ds" / "web.png").write_bytes(b"\0\0\0\x1cftypmif1\0\0\0\0mif1avifmiaf" + bytes(200))  # (no phone's)
     report = scan_dataset(tmp_path / "ds", TINY)
     assert {r.relpath: r.reason for r in report.skipped} == {
         "IMG_2000.jpg": f"unsupported format: it is a HEIC photo (a phone's), whatever its name says; convert it to "
                         f"one of {SUPPORTED} (heif-convert, or the phone's most compatible format)",
         "IMG_1234.heic": "unsupported name: it is a JPEG file named .heic; rename it IMG_1234.jpg",
         "IMG_1235.HEIC": "unsupported name: it is a PNG file named .HEIC; rename it IMG_1235.png",
-        "IMG_1236.heic": f"unsupported format: .heic files can't be read; convert it to one of {SUPPORTED}"}
+        "IMG_1236.heic": f"unsupported format: .heic files can't be read; convert it to one of {SUPPORTED}",
+        "web.png": f"unsupported format: it is an AVIF image, whatever its name says; convert it to one of {SUPPORTED}"}
 
 
 def test_a_tiff_of_any_kind_trains_as_onetrainer_trains_it(tmp_path):

@@ -118,6 +118,9 @@ def _unidentified(data: bytes) -> str:
     if actual:
         return f"unsupported format: it is a {actual} file; convert it to one of {SUPPORTED}"
     if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:  # (Pillow has no decoder: its bytes said, unread)
+        size = int.from_bytes(data[:4], "big")  # the ftyp box: its brands, an AVIF's among them after mif1
+        if b"avif" in data[8:size] or HEIF_BRANDS[data[8:12]] == "AVIF":
+            return f"unsupported format: it is an AVIF image, whatever its name says; convert it to one of {SUPPORTED}"
         return (f"unsupported format: it is a {HEIF_BRANDS[data[8:12]]} photo (a phone's), whatever its name says; "
                 f"convert it to one of {SUPPORTED} (heif-convert, or the phone's most compatible format)")
     return f"not an image: no image decoder recognises its content ({data[:12]!r}...); delete or re-export it"
