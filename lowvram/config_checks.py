@@ -570,7 +570,8 @@ def sample_prompt_notes(c: RunConfig) -> list[str]:
             read, keys = [], []
         lines += read
         if keys:
-            notes.append(f"--sample-prompt-file: {path.name}'s {', '.join(keys)} left out: no sample here uses them")
+            notes.append(f"--sample-prompt-file: {path.name}'s {', '.join(keys)} left out: lowvram's samples do not "
+                         "take them, and are drawn without")
     tags = list(dict.fromkeys(tag for line in map(as_prompt_line, lines) if without_lora_tags(line) != line
                               for tag in lora_tags(line)))
     if tags:  # (a prompt copied from Civitai or AUTOMATIC1111's PNG Info)

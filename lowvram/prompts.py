@@ -234,7 +234,9 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str]]:
             continue
         if onetrainer and isinstance(entry, dict):
             lines.append(onetrainer_sample(entry) or "")
-            left_out |= entry.keys() - {"prompt", "seed", *ONETRAINER_KEYS, *ONETRAINER_OWN}
+            # (OneTrainer writes every setting: those at no value, and its file's __version, change nothing)
+            left_out |= {key for key, value in entry.items() if value not in (None, "", 0, False)
+                         and not key.startswith("__")} - {"prompt", "seed", *ONETRAINER_KEYS, *ONETRAINER_OWN}
             continue
         if not isinstance(entry, dict) or not str(entry.get("prompt") or "").strip():
             raise ValueError(f"an entry without a prompt: {entry!r}")

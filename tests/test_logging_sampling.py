@@ -426,8 +426,8 @@ def test_a_prompt_file_adds_its_prompts_and_its_problems_name_it(tmp_path):
     from lowvram.config_checks import sample_prompt_notes
 
     ignored = ", ".join(["Hires upscale", *(f"ADetailer k{i}" for i in range(40)), "Hashes"])  # (clip skip: the run's)
-    assert sample_prompt_notes(pasted) == [(f"--sample-prompt-file: a1111.txt's {ignored} left out: no sample here uses "
-                                           "them")]
+    assert sample_prompt_notes(pasted) == [(f"--sample-prompt-file: a1111.txt's {ignored} left out: lowvram's samples "
+                                           "do not take them, and are drawn without")]
     with pytest.raises(LowvramError) as alone:  # (drawn as a prompt of those words)
         run_config(sample_prompts=["Negative prompt: blurry, lowres"], sample_every="2")
     assert str(alone.value) == ("--sample-prompt: 'Negative prompt: blurry, lowres' is a negative prompt alone; give it "
@@ -682,7 +682,16 @@ def test_kohyas_options_for_other_models_leave_the_sample_drawn_and_are_said(tmp
         "models or tools, of no use to an SD1.5 or SDXL sample); the samples are drawn without them")]
     (tmp_path / "prompts.json").write_text('[{"prompt": "a dog", "guidance_scale": 3.5, "scale": 6}]')
     assert sample_prompt_notes(run_config(sample_prompt_file=str(tmp_path / "prompts.json"))) == [
-        "--sample-prompt-file: prompts.json's guidance_scale left out: no sample here uses them"]
+        ("--sample-prompt-file: prompts.json's guidance_scale left out: lowvram's samples do not take them, and are "
+        "drawn without")]
+    # OneTrainer's samples.json: what it sets said (an inpainting sample's was called of no use), not every key at
+    # its default (its file's version, a layer skip of 0)
+    (tmp_path / "samples.json").write_text('[{"__version": 0, "enabled": true, "prompt": "a dog", "seed": 1, '
+                                           '"text_encoder_1_layer_skip": 0, "sample_inpainting": true, '
+                                           '"base_image_path": "", "diffusion_steps": 20}]')
+    assert sample_prompt_notes(run_config(sample_prompt_file=str(tmp_path / "samples.json"))) == [
+        ("--sample-prompt-file: samples.json's sample_inpainting left out: lowvram's samples do not take them, and are "
+        "drawn without")]
     assert sample_prompt_notes(run_config(sample_prompts=["a cat --l 5"])) == []
     # said before the first heavy import: here, where a folder no run can write to stops it
     assert main(["train", "--model", "tiny", "--data", "sample", "--output", "/proc/lowvram-out",
