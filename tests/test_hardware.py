@@ -15,7 +15,8 @@ from lowvram.hardware import (
 
 EXPECTED = {"gtx-1650-4gb", "gtx-1660-6gb", "rtx-3050-laptop-4gb", "rtx-3060-laptop-6gb", "rtx-2060-6gb",
             "rtx-3070-8gb", "rtx-4060-8gb", "rtx-4060-laptop-8gb", "rtx-3060-12gb", "colab-t4", "rtx-4090-24gb",
-            "a100-40gb", "h100-80gb"}
+            "a100-40gb", "h100-80gb", "rtx-4060-ti-16gb", "rtx-4080-16gb", "rtx-a4000-16gb", "rtx-3090-24gb",
+            "rtx-a5000-24gb", "l4-24gb", "rtx-a6000-48gb", "l40s-48gb"}  # (the last eight: what GPU rentals offer)
 
 
 def test_the_cards_people_train_on_have_profiles():
