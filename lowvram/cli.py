@@ -201,12 +201,24 @@ def print_run_options(config, auto: bool) -> None:
     """train --dry-run: every option the run would train with, as its <name>.toml holds them."""
     import tomli_w
 
-    from lowvram.train.outdir import saved_options
+    from lowvram.dataset_files import is_dataset_file, read_dataset
+    from lowvram.train.outdir import dataset_file_options, saved_options
 
     picked = " (--auto then picks --unet-weights, --gradient-checkpointing and --optimizer for the GPU)" * auto
     print(f"# lowvram train --dry-run: the options this run trains with{picked}; nothing trained (lowvram plan with "
           f"them shows its memory); {config.output_dir / config.output_name}.toml holds them once it starts")
-    print(tomli_w.dumps(saved_options(config)), end="")
+    options = saved_options(config)
+    options["output"]["output"] = str(config.output_dir)  # (the .toml's "." is the folder it lies in)
+    print(tomli_w.dumps(options), end="")
+    if is_dataset_file(config.data.data):
+        settled = dataset_file_options(config)
+        # (a OneTrainer user missed their concepts' flip, crop and tag shuffling here: the .toml leaves them out)
+        print(f"\n# and what {config.data.data} sets, read from it at each start (so its .toml leaves them out):")
+        print("\n".join(f"# {line}".rstrip() for line in tomli_w.dumps(settled).splitlines()))
+        for subset in read_dataset(Path(config.data.data)).subsets:
+            own = "".join(f", {tomli_w.dumps({name: value}).strip()}" for name, value in (subset.settings or {}).items())
+            print(f"# {subset.folder}: {subset.repeats:g} repeat{'s' * (subset.repeats != 1)}"
+                  f"{', regularization' * subset.regularization}{own}")
 
 
 def check_values(args: argparse.Namespace) -> dict:

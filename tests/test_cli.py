@@ -591,7 +591,34 @@ def test_train_dry_run_prints_the_options_it_would_train_with_and_trains_nothing
     assert out.startswith("# lowvram train --dry-run: the options this run trains with; nothing trained")
     options = tomllib.loads(out.split("\n", 1)[1])
     assert (options["network"]["rank"], options["training"]["max_steps"], options["model"]["model"]) == (12, 3, "tiny")
+    assert options["output"]["output"] == str(tmp_path / "out")  # (the .toml's ".", its own folder, said nothing)
     assert not (tmp_path / "out").exists()
+
+
+def test_train_dry_run_shows_what_the_dataset_file_sets(tmp_path, capsys):
+    """A OneTrainer user's concepts flip, crop and shuffle their tags; the run's .toml leaves those to the file,
+    and --dry-run, which prints it, showed none of them: as if they were not carried over."""
+    import tomllib
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 64)).save(images / "a.png")
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps([{"name": "c", "path": str(images), "repeats": 2,
+                                     "image": {"enable_random_flip": True},
+                                     "text": {"enable_tag_shuffling": True, "keep_tags_count": 2}}]))
+    assert main(["train", "--model", "tiny", "--data", str(concepts), "--output", str(tmp_path / "out"),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    run_options, from_file = out.split(f"\n# and what {concepts} sets, read from it at each start")
+    assert "flip" not in tomllib.loads(run_options.split("\n", 1)[1])["data"]
+    from_file = from_file.split("\n", 1)[1]
+    settled = tomllib.loads("\n".join(line[2:] for line in from_file.splitlines() if line.startswith("# [")
+                                      or " = " in line.split(":")[0]))
+    assert {key: settled["data"][key] for key in ("flip", "shuffle_tags", "keep_tokens")} == {
+        "flip": True, "shuffle_tags": True, "keep_tokens": 2}
+    assert from_file.rstrip().endswith(f"# {images}: 2 repeats")
 
 
 def test_a_config_naming_folders_that_moved_says_to_give_them_beside_it(tmp_path, capsys):

@@ -83,15 +83,26 @@ def saved_options(config: RunConfig) -> dict[str, dict]:
     (`configure.read_toml`), under the name its record keeps (`configure.build_config`)."""
     options = config.to_toml_dict()
     options["output"]["output"] = "."
-    if is_dataset_file(config.data.data):  # what the dataset file settles stays the file's: kept here, a later edit
-        # of it (its first subset's keep_tokens) was replaced by the run's copy on --config ... --resume
-        dataset = read_dataset(Path(config.data.data))
-        from_file = dataset.values | {name: value for name, (value, _) in dataset.assumed.items()}
-        for name, value in from_file.items():
-            section = options.get(fields_by_name()[name][0], {}) if name in fields_by_name() else {}
-            if name in section and section[name] == (list(value) if isinstance(value, tuple) else value):
-                del section[name]
+    for section, settled in dataset_file_options(config).items():  # (what the dataset file settles stays the
+        for name in settled:  # file's: kept here, a later edit of it, its first subset's keep_tokens, was replaced by
+            del options[section][name]  # the run's copy on --config ... --resume)
     return options
+
+
+def dataset_file_options(config: RunConfig) -> dict[str, dict]:
+    """The run's options its dataset file (a kohya dataset config, OneTrainer's concepts) sets, by section: read
+    from the file at each start, so its `.toml` leaves them out."""
+    if not is_dataset_file(config.data.data):
+        return {}
+    options = config.to_toml_dict()
+    dataset = read_dataset(Path(config.data.data))
+    settled: dict[str, dict] = {}
+    for name, value in (dataset.values | {name: value for name, (value, _) in dataset.assumed.items()}).items():
+        section = fields_by_name()[name][0] if name in fields_by_name() else ""
+        if name in options.get(section, {}) and options[section][name] == (
+                list(value) if isinstance(value, tuple) else value):
+            settled.setdefault(section, {})[name] = options[section][name]
+    return settled
 
 
 def continue_line(folder: Path, name: str, processes: int = 1) -> str:
