@@ -29,6 +29,7 @@ from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer 
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import misspelt, optimizer_values
 from lowvram.optim import RATE_OPTIONS, sets_own_step_sizes
+from lowvram.option_values import area_side
 from lowvram.prompts import onetrainer_sample
 from lowvram.run_files import LORA_SUFFIX, runs_name
 from lowvram.timesteps import SHAPED, TIMESTEP_DISTRIBUTIONS
@@ -340,8 +341,16 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
         values["resolution"] = int(sides[0])
         if len(sides) > 1:
             values["extra_resolutions"] = ",".join(sides[1:])
-    elif len(shape) == 2 and all(side.isdigit() for side in shape):  # width x height: buckets of its area
-        values["resolution"] = ",".join(shape)
+    elif len(shape) == 2 and all(side.isdigit() for side in shape) and shape[0] == shape[1]:
+        values["resolution"] = int(shape[0])
+    elif len(shape) == 2 and all(side.isdigit() for side in shape):  # (said as its own, not kohya's width,height)
+        if doc.get("aspect_ratio_bucketing") is False:
+            problem("resolution", f"'{resolution}' with aspect_ratio_bucketing off: lowvram crops every image "
+                    "square; give one side, or turn aspect_ratio_bucketing on to train buckets of its area")
+        else:
+            values["resolution"] = area_side(int(shape[0]), int(shape[1]))
+            notes.append(f"resolution '{resolution}': lowvram trains aspect-ratio buckets of about its pixel area, "
+                         f"those of {values['resolution']} px square")
     else:
         problem("resolution", f"'{resolution}': give a number, numbers separated by commas (each image trains at "
                 "each), or WIDTHxHEIGHT")

@@ -327,10 +327,17 @@ def test_a_onetrainer_preset_as_its_repository_ships_it_is_read(tmp_path):
     assert {key: values.get(key) for key in ("model", "batch_size", "lora_layers", "lr", "resolution")} == {
         "model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "batch_size": 4, "lora_layers": "attn-mlp",
         "lr": 0.0003, "resolution": 512}
-    for given, resolution, extra in (("512,768", 512, "768"), ("768x1024", "768,1024", None)):  # several; a shape
-        values, _ = translate_onetrainer(preset | {"resolution": given}, path)
+    for given, resolution, extra in (("512,768", 512, "768"), ("768x1024", 888, None), ("640x640", 640, None)):
+        values, _ = translate_onetrainer(preset | {"resolution": given}, path)  # several; a shape: its area's
         assert (values["resolution"], values.get("extra_resolutions")) == (resolution, extra), given
         build_config(values)  # and lowvram trains them: at both sides, as buckets of the shape's area
+    # (it was said to be kohya's width,height, which the OneTrainer user had not written)
+    _, notes = translate_onetrainer(preset | {"resolution": "768x1024"}, path)
+    assert "resolution '768x1024': lowvram trains aspect-ratio buckets of about its pixel area, those of 888 px " \
+        "square" in notes
+    with pytest.raises(LowvramError, match="resolution: '768x1024' with aspect_ratio_bucketing off: lowvram crops "
+                       "every image square; give one side, or turn aspect_ratio_bucketing on"):
+        translate_onetrainer(preset | {"resolution": "768x1024", "aspect_ratio_bucketing": False}, path)
     # what it leaves out is OneTrainer's default, not lowvram's: alpha 1 (not the rank: a LoRA 16 times weaker),
     # 200 warm-up steps, 100 epochs, the text encoder trained for its first 30 epochs
     assert {key: values.get(key) for key in ("rank", "alpha", "warmup_steps", "epochs", "train_text_encoder",
