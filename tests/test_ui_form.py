@@ -410,6 +410,13 @@ def test_caption_edits_keep_each_datasets_first_original_and_write_the_file_trai
     data_panel.save_caption(first, "1_x/red.png", "a caption edited", backups[0], extension=".caption")
     assert read_caption_file(first / "1_x" / "red.png", ".caption")[0] == "a caption edited"
     assert (first / "1_x" / "red.txt").read_text() == "edited twice\n"
+    # a tagger's tags in .caption beside an empty .txt: training reads the .caption, and the editor showed the empty
+    # .txt, whose save then hid the tags from training
+    (first / "1_x" / "blue.TXT").write_text("\n")
+    (first / "1_x" / "blue.caption").write_text("blue, tagged\n")
+    assert data_panel.read_caption(first, "1_x/blue.png") == "blue, tagged"
+    data_panel.save_caption(first, "1_x/blue.png", "blue, tagged, edited", backups[0])
+    assert read_caption_file(first / "1_x" / "blue.png", ".txt")[0] == "blue, tagged, edited"
 
 
 def test_the_forms_values_are_the_options_a_user_typed(tmp_path):

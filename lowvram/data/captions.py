@@ -30,7 +30,7 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     unreadable; notes; the file when it was not UTF-8)."""
     found = caption_files(image, extension)
     notes: list[str] = []
-    if len(found) > 1 and _blank(found[0]) and not _blank(found[1]):  # (a tagger's tags beside an empty .txt)
+    if _blank_before_tags(found):
         notes.append(f"both {found[0].suffix} and {found[1].suffix}: used {found[1].suffix}, as the "
                      f"{found[0].suffix} is empty")
         found = found[1:]
@@ -75,6 +75,18 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     if text is None:
         notes.append("empty caption file: template used")
     return text, notes, non_utf8
+
+
+def trained_caption_file(image: Path, extension: str) -> Path | None:
+    """The caption file training reads for the image (`read_caption_file`'s), or None."""
+    found = caption_files(image, extension)
+    return (found[1:] if _blank_before_tags(found) else found or [None])[0]
+
+
+def _blank_before_tags(found: list[Path]) -> bool:
+    """Whether the caption file read first is empty and the next is not (a tagger's tags beside an empty .txt):
+    the next is read."""
+    return len(found) > 1 and _blank(found[0]) and not _blank(found[1])
 
 
 def _blank(path: Path) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
 from lowvram.configure import build_config
-from lowvram.data.captions import caption_files, read_caption_text
+from lowvram.data.captions import read_caption_text, trained_caption_file
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
@@ -97,11 +97,10 @@ def _image(root: Path, relpath: str) -> Path:
 
 def caption_file(root: Path, relpath: str, extension: str | None = None) -> Path:
     """The caption file training reads for an image (`extension`: --caption-extension's), in whichever case it is
-    written; where there is none yet, the one it would read."""
+    written (the .caption beside an empty .txt: the scan's); where there is none yet, the one it would read."""
     image = _image(root, relpath)
     extension = extension or CAPTION_SUFFIXES[0]
-    found = caption_files(image, extension)
-    return found[0] if found else image.with_suffix(extension)
+    return trained_caption_file(image, extension) or image.with_suffix(extension)
 
 
 def metadata_caption(root: Path, relpath: str, column: str | None = None) -> tuple[str, str] | None:
