@@ -242,9 +242,10 @@ class DataConfig:
                                          "4 with random crop or colour jitter).", metavar="N")
     shuffle_tags: bool = option(False, "Shuffle comma-separated caption tags (kohya's shuffle_caption).")
     keep_tokens: int = option(0, "Leading caption tags kept in place when shuffling, and never dropped.", metavar="N")
-    caption_lines: str = option("first", "A caption file's lines: the first is the caption (kohya's way), or each "
-                                "line is one, drawn each time the image is trained (OneTrainer's way).",
-                                choices=("first", "each"))
+    caption_lines: str = option("first", "A caption file's lines: the first is the caption (kohya's way), each "
+                                "line is one, drawn each time the image is trained (OneTrainer's way), or join: the "
+                                "lines are one caption's tags (a downloader's tag file, a tag a line).",
+                                choices=("first", "each", "join"))
     wildcards: bool = option(False, "Read {a|b|c} in a caption as one of a, b, c, drawn each time the image is "
                              "trained: every combination is one of its captions (kohya's enable_wildcard, which "
                              "reads a caption file's lines as --caption-lines each does, too).")

@@ -291,6 +291,30 @@ def test_each_caption_line_is_a_caption_with_caption_lines_each(tmp_path, sample
     assert len(drawn) == 3
 
 
+def test_a_tag_file_of_a_tag_a_line_is_named_and_joined_with_caption_lines_join(sample_data):
+    """gallery-dl's tag files hold a tag a line: kohya's way trained the first tag alone, and the note pointed to
+    --caption-lines each, which trains each tag as a caption of its own."""
+    from conftest import run_config
+
+    from lowvram.data.check import scan
+    from lowvram.hardware import NO_GPU
+    from lowvram.resolve import resolve_run
+
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("1girl\naqua_hair\nhatsune_miku \\(cosplay\\)\n"
+                                                                  "long hair\n")
+    records = {}
+    for lines in ("first", "join"):
+        checked = scan(resolve_run(run_config(data=str(sample_data), caption_lines=lines), NO_GPU), sample_data,
+                       "zkw", None)
+        records[lines] = next(r for r in checked.usable if r.path.name == "00_red_circle.png")
+    assert records["first"].caption == "zkw, 1girl"
+    assert "caption lines: the first of 4 is trained, and they look like tags, one a line (a downloader's tag " \
+           "file): --caption-lines join trains them all as one caption" in records["first"].notes
+    assert (records["join"].caption, records["join"].more_captions) == (
+        "zkw, 1girl, aqua_hair, hatsune_miku \\(cosplay\\), long hair", ())
+    assert not any("caption lines" in note for note in records["join"].notes)
+
+
 def test_wildcards_make_every_combination_a_caption_of_the_image(tmp_path, sample_data):
     """kohya's {a|b|c}: each combination of a caption's choices is one of its captions, drawn in turn; past a limit,
     a fixed choice of them."""

@@ -335,14 +335,21 @@ def expand_wildcards(caption: str, limit: int) -> tuple[list[str], int]:
     return captions, count
 
 
-def captions_of(text: str, each_line: bool, wildcards: bool, notes: list[str]
+def captions_of(text: str, lines_read: str, wildcards: bool, notes: list[str], separator: str = ","
                 ) -> tuple[list[str], tuple[float, ...]]:
-    """The captions a caption text (its lines) makes: its first line, or each line; with `wildcards`, each
-    combination of their {a|b} choices. `notes` get a word on the lines left out or the captions made. Also each
-    caption's chance of being drawn where they differ (empty where all are equal): as kohya draws a line, then
-    its choices, a line of more combinations is drawn no more often than another."""
+    """The captions a caption text (its lines) makes, as --caption-lines (`lines_read`) reads them: its first line,
+    each line, or the lines joined as tags by `separator`; with `wildcards`, each combination of their {a|b}
+    choices. `notes` get a word on the lines left out or the captions made. Also each caption's chance of being
+    drawn where they differ (empty where all are equal): as kohya draws a line, then its choices, a line of more
+    combinations is drawn no more often than another."""
     lines = text.split("\n")
-    if len(lines) > 1 and not each_line:
+    if len(lines) > 1 and lines_read == "join":
+        lines = [(", " if separator == "," else f"{separator} ").join(lines)]
+    elif len(lines) > 1 and lines_read == "first" and _tag_a_line(lines, separator):
+        notes.append(f"caption lines: the first of {len(lines)} is trained, and they look like tags, one a line (a "
+                     "downloader's tag file): --caption-lines join trains them all as one caption")
+        lines = lines[:1]
+    elif len(lines) > 1 and lines_read == "first":
         notes.append(f"caption lines: the first of {len(lines)} is trained (--caption-lines each draws among them)")
         lines = lines[:1]
     elif len(lines) > 1:
@@ -359,6 +366,12 @@ def captions_of(text: str, each_line: bool, wildcards: bool, notes: list[str]
     if len({len(made_here) for made_here, _ in expanded}) == 1:
         return captions, ()
     return captions, tuple(1 / len(lines) / len(made_here) for made_here, _ in expanded for _ in made_here)
+
+
+def _tag_a_line(lines: list[str], separator: str) -> bool:
+    """Whether a caption file's lines are tags, one a line (gallery-dl's tag files): three or more, none holding
+    the tag separator nor a sentence's words (a tag line over a description is two captions, not tags)."""
+    return len(lines) >= 3 and all(separator not in line and len(line.split()) <= 4 for line in lines)
 
 
 def wrapped(prefix: str, line: str, suffix: str) -> str:

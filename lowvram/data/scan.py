@@ -87,7 +87,7 @@ class ScanOptions:
     masked_loss: bool = False  # an image's <stem>-masklabel.png is its loss mask
     keep_tokens_separator: str = ""  # kohya's: ends the tags a caption keeps in front
     caption_separator: str = ","  # kohya's: what separates a caption's tags
-    caption_lines: str = "first"  # a caption file's lines: the first one, or "each" as a caption drawn in turn
+    caption_lines: str = "first"  # a caption file's lines: the first one, "each" as a caption drawn in turn, "join"ed as tags
     wildcards: bool = False  # kohya's {a|b|c}: each combination one of the image's captions
     class_images: bool = False  # regularization images: one without a caption takes its class words, always
 
@@ -704,7 +704,7 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word or label,
                                                  filename=image.stem.replace("_", " ")).strip()]  # (as SimpleTuner)
     else:
-        lines, weights = captions_of(text, options.caption_lines == "each", options.wildcards, notes)
+        lines, weights = captions_of(text, options.caption_lines, options.wildcards, notes, options.caption_separator)
     if any(TRIGGER_PLACEHOLDER in line for line in lines):  # (a template's too: ai-toolkit's default_caption)
         if not options.trigger_word:
             notes.append(f"{TRIGGER_PLACEHOLDER} (ai-toolkit's trigger word placeholder) left out: no "
