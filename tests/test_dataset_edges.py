@@ -266,6 +266,14 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     (folder / "img0.txt").write_text("ohwx, hatsune miku \\(vocaloid\\)")
     assert main([*argv, "--weighted-captions"]) == 0
     assert "(vocaloid)" not in capsys.readouterr().out
+    # emphasis across a comma: a shuffle parts it, its brackets unpaired (said only where tags are varied)
+    (folder / "img0.txt").write_text("ohwx, (smile, blush:1.3), \\(a, b\\), (red:1.2)")
+    assert main([*argv, "--weighted-captions"]) == 0
+    assert "across a" not in capsys.readouterr().out
+    assert main([*argv, "--weighted-captions", "--shuffle-tags", "--keep-tokens", "1"]) == 0
+    assert ("note: 1 of 3 captions hold emphasis across a ',', (smile, blush:1.3) (in 10_ohwx/img0.png's), which "
+            "shuffling and tag dropout part as two tags, its brackets unpaired (as kohya's do); give each tag its own "
+            "brackets, (smile:1.3), (blush:1.3)") in " ".join(capsys.readouterr().out.split())
     # tags parted by a Chinese comma: one tag to a shuffle (kohya's too), said where tags are shuffled
     (folder / "img2.txt").write_text("ohwx，少女，笑顔", encoding="utf-8")
     assert main(argv) == 0

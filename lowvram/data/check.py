@@ -234,7 +234,21 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
         notes.append(f"note: {len(bare)} of {len(records)} captions hold {BARE_EMPHASIS.search(bare[0].caption)[0]} "
                      f"(in {bare[0].relpath}'s), which --weighted-captions weighs as emphasis (1.1 a pair of "
                      "brackets), as kohya does; write it \\( \\) to train it as text (a tagger's 'name (series)')")
+    spanning = _emphasis_across(data.caption_separator)
+    parted = [record for record in records if spanning.search(record.caption)] if data.weighted_captions and (
+        data.shuffle_tags or data.tag_dropout) else []
+    if parted:  # (its halves moved apart: "blush:1.3), 1girl, (smile" weighs the wrong words, or none)
+        notes.append(f"note: {len(parted)} of {len(records)} captions hold emphasis across a "
+                     f"'{data.caption_separator}', {spanning.search(parted[0].caption)[0]} (in {parted[0].relpath}'s), "
+                     "which shuffling and tag dropout part as two tags, its brackets unpaired (as kohya's do); give "
+                     "each tag its own brackets, (smile:1.3), (blush:1.3)")
     return notes
+
+
+def _emphasis_across(separator: str) -> re.Pattern[str]:
+    """Emphasis brackets, ( ) or [ ], holding `separator` (not escaped ones, \\( \\), which are text)."""
+    inside = r"(?:[^()\[\]\\]|\\.)*"
+    return re.compile(rf"(?<!\\)([(\[]){inside}{re.escape(separator)}{inside}(?<!\\)[)\]]")
 
 
 def wide_comma_notes(records: list) -> list[str]:
