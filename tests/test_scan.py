@@ -317,6 +317,17 @@ def test_a_folder_of_images_not_named_n_name_is_named_with_the_fix(tmp_path):
         scan_dataset(tmp_path / "ds", TINY)
     assert str(raised.value).endswith("; dog/, ohwx_mug/, tree/ hold images but are not named N_name: rename each as "
                                       "10_dog (each image 10 times per epoch), 10_ohwx_mug, 10_tree")
+    # an N_name folder of outfits: its repeats and class words kept (10_casual dropped the trigger, unsaid)
+    outfits = tmp_path / "5_mikuchar"
+    for outfit in ("casual", "school"):
+        (outfits / outfit).mkdir(parents=True)
+        drawn().save(outfits / outfit / "a.png")
+    with pytest.raises(NoUsableImages) as raised:
+        scan_dataset(outfits, TINY)
+    assert str(raised.value).endswith("; casual/, school/ hold images but are not named N_name: rename each as "
+                                      "'5_mikuchar casual' (each image 5 times per epoch), '5_mikuchar school'")
+    assert "skipped folder casual/ (1 image in it and below do not train): not named 'N_name' (N = repeats), as " \
+        "kohya's convention needs; rename it '5_mikuchar casual' to train it" in raised.value.report.folder_notes
 
 
 def test_a_photo_past_pillows_warning_trains_as_in_kohya(tmp_path):

@@ -51,7 +51,7 @@ from lowvram.data.image_metadata import (
     with_metadata,
 )
 from lowvram.data.scan_report import ImageRecord, ScanReport
-from lowvram.dataset_files.subsets import MAX_REPEATS, REPEAT_FOLDER, is_year, repeats_of
+from lowvram.dataset_files.subsets import MAX_REPEATS, REPEAT_FOLDER, folder_label, is_year, repeats_of
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import ignores_case, is_run_folder, is_utf8, passed_over, utf8_text, write_text
 from lowvram.option_values import caption_extension_problem, caption_template_problem
@@ -244,15 +244,17 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
                                          and (not (m := REPEAT_FOLDER.match(sub.name)) or is_year(m))
                                          and _holds_images(sub)]):
                 sub = unnamed[0]  # (a beginner's dataset/ohwx_mug/: kohya's layout wants 10_ohwx_mug)
-                named = (f"1_{sub.name} (kohya's balance repeats class images to match the training images)"
-                         if flag == "--reg-data" else f"10_{sub.name} (each image 10 times per epoch)")
+                count = repeats_of(root.name) or (1 if flag == "--reg-data" else 10)
+                named = (f"{n_name_for(root, sub.name, count)} (kohya's balance repeats class images to match the "
+                         "training images)" if flag == "--reg-data" else
+                         f"{n_name_for(root, sub.name, count)} (each image {count} times per epoch)")
                 if len(unnamed) == 1:
                     message += (f"; {sub.name}/ holds images but is not named N_name: rename it to {named}, or give "
                                 f"{flag} {sub}")
                 else:  # (giving one of them would leave the others out: a class, or a concept)
-                    count = "1" if flag == "--reg-data" else "10"
                     names = ", ".join(f"{s.name}/" for s in unnamed[:3]) + (" …" if len(unnamed) > 3 else "")
-                    others = ", ".join(f"{count}_{s.name}" for s in unnamed[1:3]) + (", …" if len(unnamed) > 3 else "")
+                    others = ", ".join(n_name_for(root, s.name, count) for s in unnamed[1:3]) + (
+                        ", …" if len(unnamed) > 3 else "")
                     message += f"; {names} hold images but are not named N_name: rename each as {named}, {others}"
             parquet = next(root.glob("*.parquet"), None) or next(root.glob("*/*.parquet"), None)
             if parquet:  # a dataset from the Hub in its own format: images inside the file
@@ -368,6 +370,13 @@ def nested_option(folder: Path) -> str | None:
     return "--reg-data" if folder.name.lower() in ("reg", "regularization", "class") else "--data"
 
 
+def n_name_for(root: Path, name: str, repeats: int) -> str:
+    """The N_name a folder `name` of images in `root` trains under, as typed in a shell: `repeats`, and in an N_name
+    folder of outfits (10_ohwx/casual/) its class words too (10_casual lost the trigger, unsaid)."""
+    words = f"{folder_label(root)} " if repeats_of(root.name) and folder_label(root) else ""
+    return shell_line(f"{repeats}_{words}{name}")
+
+
 def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[ImageFolder], list[str]]:
     """The root (once) and its `N_name` subfolders (N times), and notes about the folders passed over; a folder with
     a metadata file (Hugging Face's imagefolder) as the folders of the images it names, with their captions."""
@@ -380,7 +389,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     left = COUNTED_UP_TO
     subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not passed_over(p))
     # the repeats a folder left unnamed would take: its siblings' (kohya's folders of one set share theirs)
-    usual = next((repeats_of(sub.name) for sub in subfolders if repeats_of(sub.name)), 10)
+    usual = next((repeats_of(sub.name) for sub in subfolders if repeats_of(sub.name)), repeats_of(root.name) or 10)
     for sub in subfolders:
         match = REPEAT_FOLDER.match(sub.name)
         try:  # (another user's private folder, lost+found on a mounted disk)
@@ -404,7 +413,7 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
                             f"; it holds a {held}: give --data {root / sub.name} to train its images" if held else
                             f"; it holds N_name folders: give {option} {sub} to train them"
                             if (option := nested_option(sub)) else
-                            f"; rename it {shell_line(f'{usual}_{sub.name}')} to train it"
+                            f"; rename it {n_name_for(root, sub.name, usual)} to train it"
                             if images and sub.name.lower() not in SPECIAL_FOLDERS else ""))
         elif repeats > MAX_REPEATS or year:  # (a date, 20240101_trip: an epoch of millions, hours to list; an
             # illustrator's archive of 2019/, 2020/ trained each image 2019 times, as kohya would)
