@@ -120,6 +120,21 @@ def test_a_metadata_csv_in_an_n_name_folder_repeats_and_its_caption_column_can_b
     assert "10_shapes/metadata.csv: the captions of 2 image(s), from its 'long_caption' column" in out
     assert "2_nested/metadata.jsonl: the captions of 1 image(s), from its 'long_caption' column" in out
     assert "no images in" not in out and "ignored folder" not in out  # the folders on the way to deep/er/
+    # a downloader's metadata.csv (tags, rating) beside a tagger's .txt captions: passed over, as kohya passes it
+    # (it was refused, its only fix --caption-column tags, which trained its rows' tags and left the others out)
+    data = tmp_path / "booru"
+    imagefolder(data, ["10_shapes/a.png", "10_shapes/b.png"])
+    for image in ("a", "b"):
+        (data / "10_shapes" / f"{image}.txt").write_text(f"1girl, {image}")
+    with open(data / "10_shapes" / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["file_name", "tags", "rating"], ["a.png", "1girl, smile", "s"]])
+    assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
+    assert captions_of(report)["10_shapes/b.png"] == "1girl, b"
+    assert ("10_shapes/metadata.csv: not read, as no column of it is named text, caption, prompt and caption files "
+            "caption its images; to train its captions instead, name their column with --caption-column (its columns "
+            "with values: tags, rating)") in " ".join(capsys.readouterr().out.split())
+    assert main(["check-data", str(data), "--model", "tiny", "--caption-column", "tags", "--report", str(report)]) == 0
+    assert captions_of(report)["10_shapes/a.png"] == "1girl, smile"
 
 
 def test_a_downloaded_dataset_trains_its_train_split(tmp_path, capsys):

@@ -60,6 +60,13 @@ def folder_metadata(folder: Path, column: str | None, notes: list[str], root: Pa
         notes.append(f"{_shown(found, root)}: not read (Hugging Face's imagefolder names each image in a "
                      f"{FILE_COLUMN} column; its columns: {', '.join(columns[:12]) or 'none'})")
         return None
+    filled = [name for name in columns if name != FILE_COLUMN and any(_caption_text(row.get(name)) for _, row in rows)]
+    if column is None and filled and not set(CAPTION_COLUMNS) & set(filled) and _captioned_by_files(folder, rows):
+        # (a downloader's metadata.csv of tags and ratings beside a tagger's .txt files: kohya reads the .txt)
+        notes.append(f"{_shown(found, root)}: not read, as no column of it is named {', '.join(CAPTION_COLUMNS)} and "
+                     f"caption files caption its images; to train its captions instead, name their column with "
+                     f"--caption-column (its columns with values: {', '.join(filled[:12])})")
+        return None
     captions, column, repeated = _captions(found, rows, columns, column)
     if repeated:  # (Hugging Face's imagefolder trains each row as a sample of its own)
         notes.append(f"{_shown(found, root)}: {', '.join(repeated[:3])}{' ...' * (len(repeated) > 3)} in more than "
@@ -70,6 +77,17 @@ def folder_metadata(folder: Path, column: str | None, notes: list[str], root: Pa
 
 # beside an image, no caption: kohya's latent cache, a downloader's record
 NOT_CAPTIONS = (".npz", ".npy", ".json", ".safetensors", ".pt")
+
+
+def _captioned_by_files(folder: Path, rows: list[tuple[int, dict]]) -> bool:
+    """Whether the images a metadata file's first rows name have caption files beside them."""
+    for _, row in rows[:20]:
+        name = row.get(FILE_COLUMN)
+        if isinstance(name, str) and name.strip() and ".." not in name:
+            image = folder / name.strip()
+            if any(image.with_suffix(suffix).is_file() for suffix in CAPTION_SUFFIXES):
+                return True
+    return False
 
 
 def _naming_column(folder: Path, rows: list[tuple[int, dict]]) -> str | None:
