@@ -4,6 +4,8 @@ and the originals of edited captions kept byte for byte."""
 
 import ast
 import codecs
+import os
+import subprocess
 from pathlib import Path
 
 from lowvram.data.captions import read_caption_text
@@ -155,6 +157,15 @@ def test_captions_with_two_extensions_and_a_pasted_line_continuation_are_said_as
     assert ("2 caption file(s) in 5_dog/ have two extensions, read by none: cat.txt.txt, dog.png.txt (named where "
             "Windows hides the extensions it knows); rename each as its image, cat.txt") in report.folder_notes
     assert not any("an image renamed" in note for note in report.folder_notes)
+    # a downloader's sidecars (gallery-dl's dog.png.txt), a folder of them: named so, with one command for all
+    (folder / "cat.txt.txt").rename(folder / "cat.png.txt")
+    report = scan(run, tmp_path / "data", None, None)
+    note = next(note for note in report.folder_notes if "have two extensions" in note)
+    assert "(a downloader's names, or ones made where Windows hides extensions); rename each as its image, " \
+           "cat.txt, all at once: " in note
+    if os.name != "nt":  # (the command given runs: PowerShell's on Windows)
+        subprocess.run(["bash", "-c", note.split("all at once: ")[1]], check=True)
+        assert sorted(path.name for path in folder.iterdir()) == ["cat.png", "cat.txt", "dog.png", "dog.txt"]
     with pytest.raises(SystemExit):
         main(["train", "--model", "tiny", "^"])
     assert ("unexpected argument '^': ^ ends a line of a command in Windows' cmd; here a line goes on after \\ (or "

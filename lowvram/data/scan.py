@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -370,6 +371,21 @@ def nested_option(folder: Path) -> str | None:
     return "--reg-data" if folder.name.lower() in ("reg", "regularization", "class") else "--data"
 
 
+def _doubled_fix(folder: Path, doubled: list[Path]) -> str:
+    """Why caption files are named cat.png.txt or cat.txt.txt, and how to rename them all as their images'."""
+    first = doubled[0]
+    if Path(first.stem).suffix.lower() in CAPTION_SUFFIXES:
+        return f"(named where Windows hides the extensions it knows); rename each as its image, {Path(first.stem).stem}" \
+               f"{first.suffix}"
+    ending = f"{Path(first.stem).suffix}{first.suffix}"  # .png.txt: a downloader's (gallery-dl's) sidecar names
+    rename = (f"Get-ChildItem -LiteralPath {shell_line(str(folder))} -Filter '*{ending}' | Rename-Item -NewName "
+              f"{{ $_.Name -replace '{re.escape(ending)}$', '{first.suffix}' }}" if os.name == "nt" else
+              f"cd {shell_line(str(folder))} && for f in *{ending}; do mv -n -- \"$f\" \"${{f%{ending}}}{first.suffix}\"; "
+              "done")
+    return f"(a downloader's names, or ones made where Windows hides extensions); rename each as its image, " \
+           f"{Path(first.stem).stem}{first.suffix}, all at once: {rename}"
+
+
 def n_name_for(root: Path, name: str, repeats: int) -> str:
     """The N_name a folder `name` of images in `root` trains under, as typed in a shell: `repeats`, and in an N_name
     folder of outfits (10_ohwx/casual/) its class words too (10_casual lost the trigger, unsaid)."""
@@ -529,9 +545,8 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                    and Path(p.stem).suffix.lower() in (*IMAGE_SUFFIXES, *CAPTION_SUFFIXES)]
         if doubled and image_folder.captions is None:
             notes.append(f"{len(doubled)} caption file(s) in {where or './'} have two extensions, read by none: "
-                         f"{', '.join(p.name for p in doubled[:5])}{' ...' if len(doubled) > 5 else ''} (named where "
-                         f"Windows hides the extensions it knows); rename each as its image, "
-                         f"{Path(doubled[0].stem).stem}{doubled[0].suffix}")
+                         f"{', '.join(p.name for p in doubled[:5])}{' ...' if len(doubled) > 5 else ''} "
+                         f"{_doubled_fix(folder, doubled)}")
         lone = [name for name in lone if name not in {p.name for p in doubled}]
         if lone:
             notes.append(f"{len(lone)} caption file(s) in {where or './'} without an image of the same name, read by "
