@@ -304,7 +304,11 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
     for name in ("reg_data", "validation_data", "network_weights"):  # `--reg-data ""`: none, over a config's (as
         if flags.get(name) == "":                                     # kohya reads an empty reg_data_dir)
             values.pop(name, None)
+    kept = values.get("keep_tokens")
     values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error
+    if kept and "keep_tokens" not in values:  # (said, as kohya_ss users switch shuffling off for a test run)
+        print(f"keep_tokens {kept} (from {args.config or 'the dataset file'}): no effect, as nothing shuffles or drops the tags; --shuffle-tags "
+              "(kohya's shuffle_caption) or --tag-dropout moves the others", file=sys.stderr)
     if args.config:
         from lowvram.resolve import kohya_model_checked
 

@@ -498,6 +498,21 @@ def test_kept_tags_and_the_shuffle_that_moves_them_may_each_come_from_config_or_
     build_config(without_idle_kept_tags(idle) | {"model": "tiny"})
 
 
+def test_a_configs_kept_tags_that_nothing_moves_are_said(tmp_path, capsys):
+    """kohya_ss writes keep_tokens whether or not shuffle_caption is on: passed over, as kohya passes it, and said
+    (a user who switched shuffling off for a test run saw keep_tokens = 0 in the run's options, unexplained)."""
+    from lowvram.cli import main
+
+    config = tmp_path / "kohya.toml"
+    config.write_text('pretrained_model_name_or_path = "tiny"\ntrain_data_dir = "sample"\nkeep_tokens = 1\n'
+                      'shuffle_caption = false\nmax_train_steps = 1\n')
+    assert main(["train", "--config", str(config), "--dry-run"]) == 0
+    assert (f"keep_tokens 1 (from {config}): no effect, as nothing shuffles or drops the tags; --shuffle-tags "
+            "(kohya's shuffle_caption) or --tag-dropout moves the others") in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--dry-run", "--shuffle-tags"]) == 0
+    assert "no effect" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("optimizer", ["AdamWScheduleFree", "RAdamScheduleFree"])
 def test_a_schedule_free_optimizer_trains_without_a_schedule_its_warm_up_from_optimizer_args_as_in_kohya(
         tmp_path, optimizer):
