@@ -393,6 +393,19 @@ def _kept_on_interrupt(config, started: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs a lowvram command (`argv`: its words, else the process's) and returns its exit code, raising nothing:
+    from Python (a notebook's cell, a wrapper script) a wrong option too returns 2, its line printed, where
+    argparse raises SystemExit."""
+    try:
+        return _run_command(argv)
+    except SystemExit as exc:  # (argparse's: an unknown option, --help, --version)
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+
+
+def _run_command(argv: list[str] | None) -> int:
     started, config = time.time(), None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _print_any_name()

@@ -99,7 +99,8 @@ class _Parser(argparse.ArgumentParser):
             hints = [kohya_hint(b, command, flags) or (None if is_other_tools_flag(b, command) else
                                                        _closest_flag(b.split("=")[0], flags, command)) for b in bad]
             hint = "; ".join(h for h in hints if h)
-            message = f"unknown option {' '.join(bad)}" + (f" ({hint})" if hint else "")
+            # (a flag's name: "--instance_prompt=a photo of sks dog", one word, reached here split at its spaces)
+            message = f"unknown option {' '.join(word.split('=')[0] for word in bad)}" + (f" ({hint})" if hint else "")
             kohyas = [h for h in hints if h and "is kohya's name" in h]
             diffusers = [h for h in hints if h and "is the diffusers scripts' or SimpleTuner's name" in h]
             if command == "train" and len(kohyas) >= 4 and diffusers:  # a diffusers script's command: no launcher

@@ -66,26 +66,25 @@ def test_under_accelerate_launch_the_main_process_alone_tells_an_option_error_an
 
 
 def test_misspelled_option_suggests_the_right_one(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--model", "tiny", "--data", "sample", "--batch-siz", "2"])
-    assert exit_info.value.code == 2
+    # (returned, not raised as argparse's SystemExit: the README's promise to a notebook, whose diffusers flag by
+    # habit ended its cell)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--batch-siz", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "did you mean --batch-size?" in err
+    assert (main(["--version"]), main([])) == (0, 2)
 
 
 @pytest.mark.parametrize("typed, meant", [("--lerning-rate", "--lr"), ("--network-dimm", "--rank"),
                                           ("--max_step", "--max-steps"), ("--sampel-prompt", "--sample-prompt")])
 def test_a_typo_of_a_flag_or_of_its_kohya_name_suggests_lowvrams_flag(capsys, typed, meant):
-    with pytest.raises(SystemExit):
-        main(["train", "--model", "tiny", "--data", "sample", typed, "1"])
+    assert main(["train", "--model", "tiny", "--data", "sample", typed, "1"]) == 2
     assert f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("typed", ["--quiet", "-q", "--log-file", "--json"])
 def test_a_flag_to_quiet_or_log_a_run_says_how_a_run_is_logged(capsys, typed):
     """A notebook user's --quiet got nothing, --log-file 'did you mean --config?'."""
-    with pytest.raises(SystemExit):
-        main(["train", "--model", "tiny", "--data", "sample", typed])
+    assert main(["train", "--model", "tiny", "--data", "sample", typed]) == 2
     err = capsys.readouterr().err
     assert f"unknown option {typed} (train prints plain lines, no live bar, where its output is no terminal" in err
     assert "<output>/metrics.jsonl" in err and "did you mean" not in err
@@ -102,16 +101,14 @@ def test_a_flag_named_with_a_word_of_its_own_suggests_that_flag(capsys, command,
     """plan calls it host RAM: --host-ram got no suggestion, and --ram-limit got --flip; a flag whose words name
     another (--lr-warmup) keeps the closer spelling; words reordered are the flag. A flag with a word of a place
     added (--data-dir got --reg-data), abbreviated (--te-lr got --lr) or begun (generate's --out got --count)."""
-    with pytest.raises(SystemExit):
-        main([command, "--model", "sd15", "--prompt", "x", typed, "8GB"] if command == "generate" else
-             [command, "--model", "sd15", typed, "8GB"])
+    assert main([command, "--model", "sd15", "--prompt", "x", typed, "8GB"] if command == "generate" else
+                [command, "--model", "sd15", typed, "8GB"]) == 2
     assert f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
 
 
 def test_no_sample_says_how_samples_are_left_out(capsys):
     """--no-sample got 'did you mean --no-compile?'."""
-    with pytest.raises(SystemExit):
-        main(["train", "--model", "tiny", "--data", "sample", "--no-sample"])
+    assert main(["train", "--model", "tiny", "--data", "sample", "--no-sample"]) == 2
     assert "--no-sample (samples are drawn only of --sample-prompt or --sample-prompt-file's" in capsys.readouterr().err
 
 
@@ -119,8 +116,7 @@ def test_the_taggers_kohya_flags_name_what_caption_does_instead(capsys):
     """--caption_separator was answered 'did you mean --caption-extension?'."""
     for flag, says in (("--caption_separator", "tags are written joined by ', '"),
                        ("--tag_replacement", "replace a tag in the written captions yourself")):
-        with pytest.raises(SystemExit):
-            main(["caption", "data", flag, "x"])
+        assert main(["caption", "data", flag, "x"]) == 2
         err = capsys.readouterr().err
         assert f"{flag} is from kohya's tag_images_by_wd14_tagger.py" in err and says in err, err
 
@@ -290,8 +286,7 @@ def test_train_auto_without_a_gpu_says_so_and_trains(tmp_path, capsys, monkeypat
     assert (f"(`lowvram plan --model tiny-sdxl --data sample --max-steps 1 --vram 6GB --ram 8GB --output "
             f"{tmp_path / 'capped'}` shows what it picks on such a card)") in capsys.readouterr().out
     # plan's --profile given to train: said whose it is and what answers it
-    with pytest.raises(SystemExit):
-        main(["train", "--auto", "--profile", "colab-t4", "--model", "tiny", "--data", "sample"])
+    assert main(["train", "--auto", "--profile", "colab-t4", "--model", "tiny", "--data", "sample"]) == 2
     assert ("unknown option --profile (--profile is plan's: train --auto plans for the GPU present, --vram SIZE caps "
             "it; lowvram plan --profile NAME shows what it picks on that card)") in capsys.readouterr().err
     # the end says how long the steps took and where their figures are

@@ -677,9 +677,8 @@ def test_kohya_ss_and_a1111_launch_flags_are_taken_or_named(capsys):
     for given, named in ((["--server_port", "7861"], ("--server_port is from kohya_ss's GUI or AUTOMATIC1111; "
                                                        "lowvram ui's is --port")),
                          (["--gradio-auth", "me:pw"], "lowvram ui's is --auth USER:PASSWORD")):
-        with pytest.raises(SystemExit) as refused:
-            main(["ui", *given])
-        assert refused.value.code == 2 and named in capsys.readouterr().err
+        assert main(["ui", *given]) == 2
+        assert named in capsys.readouterr().err
     assert main(["ui", "--headless", "--port", "1", "--listen", "::1"]) == 2  # kohya_ss's --headless: taken
     assert capsys.readouterr().err.endswith("error: --listen ::1: the app serves IPv4 addresses only; give one, or "
                                             "--listen alone for all of them\n")
