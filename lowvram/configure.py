@@ -78,7 +78,7 @@ from lowvram.other_trainers import (
     simpletuner_config_problem,
     yaml_or_env_problem,
 )
-from lowvram.prompts import is_prompt_list, prompt_list_problem
+from lowvram.prompts import is_prompt_list, prompt_list_problem, prompted
 from lowvram.run_files import RECORD, checkpoint_named
 from lowvram.run_folder_options import saved_run_options
 
@@ -90,6 +90,9 @@ else:  # pragma: no cover
 
 # options that answer one question: a layer that sets one of them replaces a lower layer's other
 ALTERNATIVES = (("max_steps", "epochs"), ("validation_split", "validation_data"))
+# and those a layer replaces together though one layer may give both: the sample prompts, one setting in kohya's
+# configs (a file, or the GUI's text), which --sample-prompt-file beside one added to
+REPLACED_TOGETHER = (*ALTERNATIVES, ("sample_prompts", "sample_prompt_file"))
 
 
 def _given_values(given: Collection[str]) -> Mapping[str, Any] | None:
@@ -353,7 +356,7 @@ def _spelled(values: dict[str, Any]) -> dict[str, Any]:
 def _read_kohya(doc: dict[str, Any], path: Path, given: Collection[str]) -> dict[str, Any]:
     """A kohya sd-scripts config's values (`lowvram.kohya_config`), its notes printed; its paths are relative to the
     current folder, as kohya reads them."""
-    values, notes = translate(doc, path)
+    values, notes = translate(doc, path, prompted=prompted(given))
     return _translated(values, notes, path, "a kohya sd-scripts config", True, given)
 
 
@@ -394,7 +397,9 @@ def _translated(values: dict[str, Any], notes: list[str], path: Path, kind: str,
         print(f"{path}: its validation interval is not used: nothing is held out for validation", file=sys.stderr)
     # the file's own values checked beside its dataset file's (a OneTrainer validation concept is the
     # validation data its validate_after needs); its interval against the command line's held-out images later
-    problems = _file_value_problems(layered, about=set(values) - ({"validate_every"} if elsewhere else set()))
+    # (the prompts the command line gives, which replace the file's, are its interval's: checked with them later)
+    problems = _file_value_problems(layered, about=set(values) - ({"validate_every"} if elsewhere else set())
+                                    - ({"sample_every"} if prompted(given) else set()))
     if problems:
         raise LowvramError("\n".join(f"{path}: {line}" for line in problems))
     return layered
@@ -506,7 +511,7 @@ def without_idle_kept_tags(values: dict[str, Any], typed: Collection[str] = ()) 
 def _unreplaced(values: dict[str, Any], given: Collection[str]) -> dict[str, Any]:
     """A file's values less those the command line gives (and so replaces), with the alternatives of each (a file's
     epochs where the command line gives --max-steps)."""
-    replaced = set(given) | {name for group in ALTERNATIVES if set(group) & set(given) for name in group}
+    replaced = set(given) | {name for group in REPLACED_TOGETHER if set(group) & set(given) for name in group}
     return {key: value for key, value in values.items() if key not in replaced}
 
 

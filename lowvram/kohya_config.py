@@ -162,12 +162,16 @@ def switched_on(value: Any) -> bool:
 
 
 def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
-              by_hand: bool | Collection[str] = True) -> tuple[dict[str, Any], list[str]]:
+              by_hand: bool | Collection[str] = True, prompted: bool = False) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes for the user) for a kohya config document; `prompts`: sample prompts it comes
     with as text (kohya_ss's). Raises LowvramError, one line per setting, for each setting lowvram cannot train as
     kohya would, and (`by_hand`: not a file kohya_ss's GUI wrote, whose own keys are no sd-scripts settings; or the
-    keys typed by hand in one, its additional parameters) for a misspelt setting."""
+    keys typed by hand in one, its additional parameters) for a misspelt setting. `prompted`: the command line gives
+    the sample prompts, which replace its own (its prompt file not read, its interval theirs)."""
     flat = flat_config(doc)
+    if prompted:
+        flat.pop("sample_prompts", None)
+        prompts = None
     # kohya's off values are left out, except where 0 means something: no clipping, an untrained text encoder
     left = {key: value for key, value in flat.items()
             if not _off(value) or key in ("max_grad_norm", "text_encoder_lr", "network_alpha")}
@@ -319,7 +323,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
         values["sample_prompts"] = [_kohya_sample_defaults(line) for line in prompts]
     if values.get("sample_prompts"):
         values.setdefault("sample_steps", KOHYA_SAMPLE_STEPS)  # (a prompt's --s, and --sample-steps given, win)
-    if values.get("sample_every") and not values.get("sample_prompts"):
+    if values.get("sample_every") and not values.get("sample_prompts") and not prompted:
         notes.append("sample_every_n_* is not carried over: no sample_prompts file to render")
         del values["sample_every"]
     unknown = sorted(set(left) - INERT)

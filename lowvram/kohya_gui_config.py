@@ -18,6 +18,7 @@ from lowvram.errors import LowvramError, shell_line
 from lowvram.files import expand_home, local_path
 from lowvram.kohya_config import as_number, number_or_text, switched_on, translate
 from lowvram.optim import spec_of
+from lowvram.prompts import prompted
 from lowvram.samplers import sampler_name
 
 # the GUI's LoRA types lowvram trains: (network module, LyCORIS algo or None, whether conv_dim/conv_alpha pass)
@@ -96,7 +97,7 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
     prompts = [line for line in prompts if line and not line.startswith("#")]
     typed = set(_additional(str(doc.get("additional_parameters") or ""), lambda *_: None))  # (refused if misspelt)
-    values, notes = translate(settings, path, prompts, by_hand=typed)
+    values, notes = translate(settings, path, prompts, by_hand=typed, prompted=prompted(given or {}))
     if filled:  # (said: which of the run's settings the file did not name)
         notes.insert(0, "left out of the file, taken as kohya_ss's LoRA tab has them: " + ", ".join(
             f"{key} {value}{'%' * (key == 'lr_warmup')}" for key, value in filled.items()))

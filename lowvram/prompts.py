@@ -13,6 +13,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -479,3 +480,9 @@ def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], hashes: dict
             + (f", Model hash: {model_hash}" if model_hash else "") + f", Model: {model}"
             + (f", Clip skip: {clip_skip}" if clip_skip > 1 else "")  # (AUTOMATIC1111's default, 1, goes unsaid)
             + (f', Lora hashes: "{listed}"' if listed else ""))
+
+
+def prompted(given: Collection[str]) -> bool:
+    """Whether the command line's options (`given`: their names, or names and values) give the sample prompts, which
+    replace a config's (one setting in kohya's configs: its prompt file, or the GUI's text)."""
+    return bool({"sample_prompts", "sample_prompt_file"} & set(given))

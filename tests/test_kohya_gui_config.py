@@ -247,6 +247,36 @@ def test_sample_prompts_text_and_additional_parameters_are_read_as_kohya_ss_pass
     assert any(note.startswith("loraplus_lr_ratio 16: kohya_ss passes these beside network_args") for note in notes)
 
 
+def test_a_sample_prompt_given_beside_a_config_that_samples_replaces_its_prompts(tmp_path, capsys):
+    """The README's "a flag given beside --config replaces the file's value": --sample-prompt beside a GUI file of
+    prompts drawn every 2 epochs was refused as "--sample-every: no prompt to render; add --sample-prompt"."""
+    import tomllib
+
+    from lowvram.cli import main
+
+    config = write(tmp_path / "gui.json", STANDARD | {"sample_prompts": "ohwx, portrait --w 64 --h 64",
+                                                       "sample_every_n_epochs": 2})
+    assert main(["train", "--config", str(config), "--sample-prompt", "ohwx, smiling", "--dry-run"]) == 0
+    output = tomllib.loads(capsys.readouterr().out.split("\n", 1)[1])["output"]
+    assert (output["sample_prompts"], output["sample_every"]) == (["ohwx, smiling"], "2e")
+    # a prompt file replaces them too, one setting in kohya's configs (it was added to them)
+    (tmp_path / "prompts.txt").write_text("ohwx, walking --w 64 --h 64\n")
+    assert main(["train", "--config", str(config), "--sample-prompt-file", str(tmp_path / "prompts.txt"),
+                 "--dry-run"]) == 0
+    output = tomllib.loads(capsys.readouterr().out.split("\n", 1)[1])["output"]
+    assert (output["sample_prompts"], output["sample_prompt_file"]) == ([], str(tmp_path / "prompts.txt"))
+    # an sd-scripts config whose prompt file is on another machine: not looked for, and its interval theirs (it
+    # said "not found, so no samples; give --sample-prompt" to a user who had, and dropped the interval)
+    kohya = tmp_path / "kohya.toml"
+    kohya.write_text('pretrained_model_name_or_path = "tiny"\ntrain_data_dir = "sample"\nmax_train_steps = 2\n'
+                     'sample_prompts = "/elsewhere/prompts.txt"\nsample_every_n_epochs = 3\n')
+    assert main(["train", "--config", str(kohya), "--sample-prompt", "ohwx, smiling", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    output = tomllib.loads(captured.out.split("\n", 1)[1])["output"]
+    assert (output["sample_prompts"], output["sample_every"]) == (["ohwx, smiling"], "3e")
+    assert "/elsewhere/prompts.txt" not in captured.err and "sample_every_n_*" not in captured.err
+
+
 def test_a_bucket_step_off_the_latent_grid_is_rounded_up_to_it(tmp_path):
     values, notes = translate_gui(STANDARD | {"bucket_reso_steps": 1}, tmp_path / "gui.json")
     assert values["bucket_step"] == 8 and any("bucket_reso_steps 1: buckets step by 8 pixels" in n for n in notes)
