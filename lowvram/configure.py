@@ -39,6 +39,7 @@ from lowvram.dataset_files import (
     is_dataset_file,
     read_dataset,
 )
+from lowvram.dataset_files.kohya import NO_CAPTION_EXTENSION as NO_SUBSET_EXTENSION
 from lowvram.dataset_files.subsets import images_without_repeats
 from lowvram.errors import LowvramError, not_safetensors, quoted, shell_line
 from lowvram.files import (
@@ -453,6 +454,8 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
     if problems:
         raise LowvramError("\n".join(f"{data}: {line}" for line in problems))
     notes = [dataset.summary, *dataset.notes]
+    if dataset_wins and layer.get("caption_extension"):  # (a kohya config's: the subsets' fallback, as in kohya)
+        notes = [note for note in notes if NO_SUBSET_EXTENSION not in note]
     values = dict(dataset.values)
     # what the format takes where the file is silent: beneath every layer, settled once they are all merged
     assumed = {ASSUMED: {name: (value, f"{data}: {note}") for name, (value, note) in dataset.assumed.items()}

@@ -265,7 +265,7 @@ def test_a_file_that_is_no_dataset_config_or_a_second_reg_source_is_an_error_nam
     assert expected in capsys.readouterr().err
 
 
-def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_listed(tmp_path, monkeypatch):
+def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_listed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)
     doc = {"general": {"token_warmup_step": 5, "cache_info": True, "caption_prefix": "lvshape, "},
@@ -286,6 +286,13 @@ def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_list
     # alpha's .txt captions: kohya's default caption_extension, .caption, would read none of them
     assert "datasets.subsets[1]: no caption_extension: kohya would read .caption files only" in notes
     assert "datasets.subsets[2]: no caption_extension" not in notes  # beta has no captions to read either way
+    # a kohya config's caption_extension is kohya's fallback for the subsets: then nothing to say
+    config = tmp_path / "kohya.toml"
+    config.write_text(f'pretrained_model_name_or_path = "tiny"\ndataset_config = "{tmp_path / "dataset.toml"}"\n'
+                      'caption_extension = ".txt"\nmax_train_steps = 1\n')
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--dry-run"]) == 0
+    assert "no caption_extension" not in capsys.readouterr().err
     doc["datasets"][0]["subsets"][0]["caption_extension"] = ".txt"
     assert "no caption_extension" not in " | ".join(read_dataset(write(tmp_path / "dataset.toml", doc)).notes)
     # a folder of kohya's N_name layout moved into a dataset file trains once an epoch there, as in kohya

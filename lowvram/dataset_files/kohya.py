@@ -69,6 +69,10 @@ def is_kohya_dataset(doc: Any) -> bool:
     return isinstance(doc, dict) and "datasets" in doc
 
 
+# a subset's note, which a kohya config's own caption_extension answers (kohya's settings fall back to its arguments)
+NO_CAPTION_EXTENSION = "no caption_extension: kohya would read .caption files only"
+
+
 def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
     """The dataset a kohya dataset config (`doc`, read from `path`) describes. Raises LowvramError, one line per
     problem, all at once."""
@@ -128,8 +132,8 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
             seen.add(subset.folder)
             if "caption_extension" not in settled and subset.captions is None and subset.folder.is_dir() and any(
                     subset.folder.glob("*.txt")) and not any(subset.folder.glob("*.caption")):
-                notes.append(f"{name}: no caption_extension: kohya would read .caption files only (there are none); "
-                             "lowvram reads the .txt captions there (caption_extension = \".txt\" says so)")
+                notes.append(f"{name}: {NO_CAPTION_EXTENSION} (there are none); lowvram reads the .txt captions there "
+                             "(caption_extension = \".txt\" says so)")
             named = repeats_of(subset.folder.name)
             if "num_repeats" not in settled and named and named > 1:  # (a folder of kohya's layout; not 2019/)
                 notes.append(f"{name}: image_dir {subset.folder.name} trains once an epoch, as in kohya: a dataset "
