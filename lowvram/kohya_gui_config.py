@@ -63,7 +63,7 @@ GUI_DEFAULTS = {"enable_bucket": True, "network_dim": 8, "network_alpha": 1, "ep
 
 # the command line's options kohya_ss counts its steps for the GUI's epochs from, as the GUI's fields
 COUNTED_FROM = {"batch_size": "train_batch_size", "gradient_accumulation": "gradient_accumulation_steps",
-                "data": "train_data_dir", "reg_data": "reg_data_dir"}
+                "data": "train_data_dir", "reg_data": "reg_data_dir", "epochs": "epoch"}  # (and its restarts)
 
 
 def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | None = None

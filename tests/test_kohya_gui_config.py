@@ -203,6 +203,10 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
     assert "warmup_steps" not in from_file and any(note.startswith("lr_warmup 10% not used") for note in notes)
     restarts = settings_of(tmp_path, lr_scheduler="cosine_with_restarts", epoch=10)  # no cycles: one per epoch
     assert restarts["scheduler_cycles"] == 10 and "scheduler_cycles" not in settings_of(tmp_path, epoch=10)
+    # --epochs beside it: a restart per epoch of the run, as kohya_ss counts them anew (it kept the file's 10)
+    restarts, _ = translate_gui(STANDARD | {"lr_scheduler": "cosine_with_restarts", "epoch": 10}, tmp_path / "g.json",
+                                {"epochs": 2})
+    assert restarts["scheduler_cycles"] == 2
     build_config(values | {"model": "tiny"})  # and lowvram takes them
 
 
