@@ -779,6 +779,13 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem, path: Pat
             count = as_number(every_steps if by_steps else every_epochs,
                               f"{what}_every_n_{'steps' if by_steps else 'epochs'}", problem, int)
             values[f"{what}_every"] = str(count) if by_steps else f"{count}e"
+    if switched_on(left.get("save_state")) and values.get("save_every"):  # kohya's state beside each LoRA saved
+        if str(values["save_every"]).isdigit():
+            values["checkpoint_every"] = int(values["save_every"])
+        else:
+            notes.append(f"save_state: kohya saves its state at each LoRA saved (every {values['save_every'][:-1]} "
+                         "epochs); lowvram's checkpoints come every 30 minutes and at the end (--checkpoint-every N "
+                         "steps for more)")
     prompts = left.pop("sample_prompts", None)
     sampler = str(left.pop("sample_sampler", None) or "ddim")  # kohya samples with DDIM unless told otherwise
     if prompts:

@@ -1034,3 +1034,18 @@ def test_the_caption_extension_note_is_left_out_where_the_command_line_gives_the
     assert "caption_extension not set" in capsys.readouterr().err
     assert main([*argv, "--data", "sample"]) == 0
     assert "caption_extension not set" not in capsys.readouterr().err
+
+
+def test_save_state_checkpoints_at_each_save_by_steps_and_is_said_by_epochs(tmp_path):
+    """kohya's save_state writes its state beside each LoRA it saves: it was passed over, unsaid (a README row
+    promised --checkpoint-every)."""
+    values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_steps": 50},
+                              tmp_path / "k.toml")
+    assert values["checkpoint_every"] == 50 and not any("save_state" in note for note in notes)
+    values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_epochs": 2},
+                              tmp_path / "k.toml")
+    assert "checkpoint_every" not in values
+    assert ("save_state: kohya saves its state at each LoRA saved (every 2 epochs); lowvram's checkpoints come every "
+            "30 minutes and at the end (--checkpoint-every N steps for more)") in notes
+    values, notes = translate({"train_data_dir": "sample", "save_every_n_steps": 50}, tmp_path / "k.toml")
+    assert "checkpoint_every" not in values
