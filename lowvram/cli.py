@@ -324,7 +324,7 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
     if idle and values.get("bucket") is False:
         print(f"{', '.join(idle)}: no effect with --no-bucket, which crops every image square", file=sys.stderr)
     else:
-        bucket_sides_note(values)
+        bucket_sides_note(values, typed=flags)
     return with_network_weights(values)
 
 
@@ -355,7 +355,7 @@ def dataset_replaced_note(data: str | None, config: Path, config_values: dict, f
               file=sys.stderr)
 
 
-def bucket_sides_note(values: dict) -> None:
+def bucket_sides_note(values: dict, typed: Collection[str] = ()) -> None:
     """Bucket sides a --resolution given lies outside, as kohya refuses them: a smallest side above it is said (a
     kohya_ss GUI config keeps its 256 px minimum at any resolution: the square bucket alone is left); a largest side
     below it is refused (a dataset file's max_bucket_reso kept under a --resolution given over its own trained every
@@ -365,9 +365,13 @@ def bucket_sides_note(values: dict) -> None:
         shape = width_height(values["resolution"])
         resolution = area_side(*shape) if shape else int(values["resolution"])
         low, high = (int(values.get(name) or 0) for name in ("min_bucket_side", "max_bucket_side"))
-        if low > resolution:
-            print(f"--min-bucket-side {low}: above the resolution, {resolution} px, which leaves the square bucket "
-                  f"alone (every image cropped square; kohya refuses it): give at most {resolution}", file=sys.stderr)
+        if low > resolution:  # (a config's: named as its own, not a flag the user never typed)
+            named = "--min-bucket-side" if "min_bucket_side" in typed else "the config's smallest bucket side " \
+                "(kohya's min_bucket_reso)"
+            fix = f"give at most {resolution}" if "min_bucket_side" in typed else \
+                f"give --min-bucket-side {resolution // 2} (kohya_ss's half the resolution) or another at most {resolution}"
+            print(f"{named} {low}: above the resolution, {resolution} px, which leaves the square bucket "
+                  f"alone (every image cropped square; kohya refuses it): {fix}", file=sys.stderr)
         if 0 < high < resolution:  # refused: the run trained at 256 px while its metadata said 1024
             raise LowvramError(f"--max-bucket-side {high}: below the resolution, {resolution} px, so every image "
                                f"would train smaller than it (kohya refuses it too): give --max-bucket-side "
