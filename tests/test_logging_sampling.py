@@ -244,6 +244,9 @@ def test_a_path_with_brackets_is_said_whole_at_the_end(tmp_path, capsys):
                               sample_steps=2))
     said = " ".join(capsys.readouterr().out.split())
     assert f"saved {result.lora_path}" in said and f"sample {result.samples[0]}" in said
+    # the final samples' drawing said as it goes (minutes on a slow card, where a log showed the last step)
+    assert said.index("drawing 1 sample(s) of the LoRA, 2 steps each") < said.index("drawn 1 of 1") < said.index(
+        f"saved {result.lora_path}")
     assert f"side by side: {out / 'samples' / 'run [v2]-step00000001.png'}" in said
 
 

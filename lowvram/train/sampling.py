@@ -9,6 +9,7 @@ So sampling never needs more memory than training plus the VAE decode.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -117,12 +118,13 @@ def render_images(model: LoadedModel, prompts: tuple[SamplePrompt, ...], resolut
 
 def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder: Path, name: str, resolution: int,
                    steps: int, seed: int, accelerator, embeddings: list[tuple] | None = None,
-                   lora: tuple[Path, str] | None = None, model_name: str = "") -> list[Path]:
+                   lora: tuple[Path, str] | None = None, model_name: str = "",
+                   drawn_one: Callable[[int], None] | None = None) -> list[Path]:
     """The final samples: `<folder>/<name>-NN.png`, one per prompt. `lora`: the LoRA file they show and its addnet
     hash, which each image's parameters name as AUTOMATIC1111 writes them (a model site links an uploaded sample to
     the LoRA and base model by them), with the base model's `model_name` (and hash, for a single file). A sample
     there already with the same parameters (a finished run resumed: the same LoRA, prompt and seed) is kept, not
-    drawn again."""
+    drawn again. `drawn_one` is told how many are drawn as each is saved."""
     from PIL import Image as PILImage
 
     if not prompts:  # (no samples/ folder of nothing)
@@ -144,6 +146,8 @@ def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder
         image = render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast,
                        embeddings[i] if embeddings is not None else None)
         save_image(image, paths[-1], "a sample image", made_with or None)
+        if drawn_one is not None:
+            drawn_one(len(paths))
     return paths
 
 
