@@ -222,6 +222,17 @@ def test_folder_without_model_index_is_refused(tmp_path):
     with pytest.raises(LowvramError) as refused:  # its models/ folder too
         load_model(str(comfyui / "models"))
     assert str(refused.value).endswith(f"give a checkpoint file from {comfyui / 'models' / 'checkpoints'}")
+    # a diffusers LoRA folder (--format diffusers' <name>-diffusers/): said to be a LoRA, as a LoRA file is
+    lora_folder = tmp_path / "run-diffusers"
+    lora_folder.mkdir()
+    save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 32),
+               "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.zeros(32, 4)},
+              str(lora_folder / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(LowvramError) as refused:
+        load_model(str(lora_folder))
+    assert str(refused.value).endswith("it holds a LoRA, pytorch_lora_weights.safetensors, not a base model: pass a "
+                                       "base checkpoint to --model (a LoRA goes to generate's --lora, merge's FILEs "
+                                       "or train's --network-weights)")
 
 
 def test_unknown_name_lists_the_families():

@@ -189,6 +189,11 @@ def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
                        for name in ("checkpoints", "Stable-diffusion") if (place / name).is_dir()), None)
         if not held and models is not None:
             inside = f"; it is a UI's install: give a checkpoint file from {models}"
+        loras = sorted(path for path in folder.glob("*.safetensors") if _a_lora(path)) if not held and \
+            folder.is_dir() else []
+        if loras:  # (--format diffusers' <name>-diffusers/, diffusers' save_lora_weights)
+            inside = (f"; it holds a LoRA, {loras[0].name}, not a base model: pass a base checkpoint to --model (a "
+                      "LoRA goes to generate's --lora, merge's FILEs or train's --network-weights)")
         raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model"
                            f"{inside or '; pass a diffusers folder or a .safetensors checkpoint'}")
     index = read_json(index_file)
