@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import errno
 import io
+import json
 import os
 import re
 import signal
@@ -217,9 +218,26 @@ def print_run_options(config, auto: bool) -> None:
         print(f"\n# and what {config.data.data} sets, read from it at each start (so its .toml leaves them out):")
         print("\n".join(f"# {line}".rstrip() for line in tomli_w.dumps(settled).splitlines()))
         for subset in read_dataset(Path(config.data.data)).subsets:
-            own = "".join(f", {tomli_w.dumps({name: value}).strip()}" for name, value in (subset.settings or {}).items())
-            print(f"# {subset.folder}: {subset.repeats:g} repeat{'s' * (subset.repeats != 1)}"
-                  f"{', regularization' * subset.regularization}{own}")
+            print(f"# {subset.folder}: {_subset_shown(subset)}")
+
+
+def _subset_shown(subset) -> str:
+    """A dataset file's image folder as --dry-run shows it: its repeats and role, and what it trains otherwise than
+    the run (its resolution, batch, caption wrapping, the caption of its images without one, loss weight, and its
+    own caption and augmentation options; None of these: lowvram's default)."""
+    import tomli_w
+
+    shown = [f"{subset.repeats:g} repeat{'s' * (subset.repeats != 1)}"] + ["regularization"] * subset.regularization
+    shown += [f"resolution {subset.resolution}"] * (subset.resolution is not None)
+    shown += [f"batch {subset.batch_size}"] * (subset.batch_size is not None)
+    shown += [f"{name} {json.dumps(value, ensure_ascii=False)}" for name, value in (
+        ("caption_prefix", subset.caption_prefix), ("caption_suffix", subset.caption_suffix)) if value]
+    shown += [f"images without a caption file captioned {json.dumps(subset.label, ensure_ascii=False)}"] * bool(
+        subset.label_captions and subset.label)
+    shown += [f"loss weight {subset.loss_weight:g}"] * (subset.loss_weight != 1)
+    shown += [tomli_w.dumps({name: value}).strip() if value is not None else f"{name} = lowvram's default"
+              for name, value in (subset.settings or {}).items()]
+    return ", ".join(shown)
 
 
 def check_values(args: argparse.Namespace) -> dict:

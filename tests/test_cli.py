@@ -614,6 +614,20 @@ def test_train_dry_run_shows_what_the_dataset_file_sets(tmp_path, capsys):
     assert {key: settled["data"][key] for key in ("flip", "shuffle_tags", "keep_tokens")} == {
         "flip": True, "shuffle_tags": True, "keep_tokens": 2}
     assert from_file.rstrip().endswith(f"# {images}: 2 repeats")
+    # a kohya file of two datasets: what the second trains otherwise is shown, one left at lowvram's default too (a
+    # setting of None: it raised, TOML has no null)
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (64, 64)).save(other / "b.png")
+    kohya = tmp_path / "dataset.toml"
+    kohya.write_text(f'[[datasets]]\nresolution = 64\nbatch_size = 1\n[[datasets.subsets]]\nimage_dir = "{images}"\n'
+                     'caption_dropout_every_n_epochs = 3\n[[datasets]]\nresolution = 128\nbatch_size = 2\n'
+                     f'[[datasets.subsets]]\nimage_dir = "{other}"\nnum_repeats = 3\ncaption_prefix = "photo, "\n'
+                     'class_tokens = "ohwx woman"\n')
+    assert main(["train", "--model", "tiny", "--data", str(kohya), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        f'# {other}: 3 repeats, resolution 128, batch 2, caption_prefix "photo, ", images without a caption file '
+        "captioned \"ohwx woman\", caption_dropout_every = lowvram's default")
 
 
 def test_a_config_naming_folders_that_moved_says_to_give_them_beside_it(tmp_path, capsys):
