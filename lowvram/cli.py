@@ -27,7 +27,6 @@ from lowvram.config_checks import idle_option_notes, sample_prompt_notes
 from lowvram.configure import (
     ALTERNATIVES,
     ASSUMED,
-    REPLACED_TOGETHER,
     build_config,
     is_own_toml,
     kohya_recipe,
@@ -303,7 +302,7 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
               if args.config else {},
               with_dataset_settings(flags, "the command line")]
     for layer in layers:
-        for group in REPLACED_TOGETHER:
+        for group in ALTERNATIVES:
             if any(name in layer for name in group):
                 for name in group:
                     values.pop(name, None)

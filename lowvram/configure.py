@@ -91,9 +91,6 @@ else:  # pragma: no cover
 
 # options that answer one question: a layer that sets one of them replaces a lower layer's other
 ALTERNATIVES = (("max_steps", "epochs"), ("validation_split", "validation_data"))
-# and those a layer replaces together though one layer may give both: the sample prompts, one setting in kohya's
-# configs (a file, or the GUI's text), which --sample-prompt-file beside one added to
-REPLACED_TOGETHER = (*ALTERNATIVES, ("sample_prompts", "sample_prompt_file"))
 
 
 def _given_values(given: Collection[str]) -> Mapping[str, Any] | None:
@@ -125,7 +122,7 @@ def read_config(path: Path, given: Collection[str] = ()) -> dict[str, Any]:
     if is_ai_toolkit(doc):  # (it reads a .json config as its .yaml)
         raise LowvramError(ai_toolkit_problem(Path(path), doc, _given_values(given)))
     if is_onetrainer_config(doc):
-        values, notes = translate_onetrainer(doc, Path(path))
+        values, notes = translate_onetrainer(doc, Path(path), prompted(given))
         return _translated(values, notes, Path(path), "a OneTrainer config", False, given)
     if is_kohya_gui_config(doc):
         values, notes = translate_gui(doc, Path(path), given if isinstance(given, Mapping) else None)
@@ -514,7 +511,7 @@ def without_idle_kept_tags(values: dict[str, Any], typed: Collection[str] = ()) 
 def _unreplaced(values: dict[str, Any], given: Collection[str]) -> dict[str, Any]:
     """A file's values less those the command line gives (and so replaces), with the alternatives of each (a file's
     epochs where the command line gives --max-steps)."""
-    replaced = set(given) | {name for group in REPLACED_TOGETHER if set(group) & set(given) for name in group}
+    replaced = set(given) | {name for group in ALTERNATIVES if set(group) & set(given) for name in group}
     return {key: value for key, value in values.items() if key not in replaced}
 
 

@@ -206,9 +206,10 @@ def _misspelt(doc: dict[str, Any], problem, older: set[str] | None = None) -> No
                 problem(f"{part}.{key}", misspelt(f"{part}.{close[0]}"))
 
 
-def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
+def translate_onetrainer(doc: dict[str, Any], path: Path, prompted: bool = False) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes for the user) for a OneTrainer training config. Raises LowvramError, one line
-    per setting, for each setting lowvram cannot train as OneTrainer would."""
+    per setting, for each setting lowvram cannot train as OneTrainer would. `prompted`: the command line gives the
+    sample prompts, which replace its samples (not read, their interval the command line's prompts')."""
     values: dict[str, Any] = {}
     notes: list[str] = []
     problems: list[str] = []
@@ -267,8 +268,8 @@ def translate_onetrainer(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any
                      "augmentations drawn anew each step (--latent-variants sets how many)")
     values |= _loss_and_noise(doc, notes, problem, number)
     values |= _memory(doc, notes, problem)
-    values |= _samples(doc, path, notes, problem)
-    if "sample_prompts" not in values:
+    values |= _samples(doc, path, notes, problem) if not prompted else {}
+    if "sample_prompts" not in values and not prompted:
         values.pop("sample_every", None)  # no samples defined: OneTrainer draws nothing either
     left = sorted(key for key in set(doc) - READ - INERT
                   if doc[key] not in (None, False, 0, "", [], {}, "NONE", "OFF"))

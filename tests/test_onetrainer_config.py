@@ -770,3 +770,22 @@ def test_a_config_of_another_model_type_than_its_model_is_refused(tmp_path, monk
     assert capsys.readouterr().err.strip().endswith(
         f"--model: tiny-sdxl is tiny SDXL (random weights), but {path} is a recipe for SD1.5 (its model_type is "
         "STABLE_DIFFUSION_15); pass an SD1.5 model, or a recipe made for tiny SDXL (random weights)")
+
+
+def test_a_sample_prompt_given_beside_a_onetrainer_config_replaces_its_samples_at_its_interval(tmp_path, capsys):
+    """Its samples.json left on another machine: 'not found; no samples' was said beside the --sample-prompt given,
+    and the interval dropped with the samples."""
+    import tomllib
+
+    from lowvram.cli import main
+
+    config = tmp_path / "ot.json"
+    config.write_text(json.dumps({"__version": 6, "training_method": "LORA", "model_type": "STABLE_DIFFUSION_15",
+                                  "base_model_name": "tiny", "resolution": "64", "epochs": 1, "sample_after": 2,
+                                  "sample_after_unit": "STEP", "concept_file_name": "",
+                                  "sample_definition_file_name": str(tmp_path / "elsewhere" / "samples.json")}))
+    assert main(["train", "--config", str(config), "--data", "sample", "--sample-prompt", "a cat", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    output = tomllib.loads(captured.out.split("\n", 1)[1])["output"]
+    assert (output["sample_prompts"], output["sample_every"]) == (["a cat"], "2")
+    assert "samples.json" not in captured.err
