@@ -279,6 +279,12 @@ def test_a_sample_prompt_given_beside_a_config_that_samples_replaces_its_prompts
     output = tomllib.loads(captured.out.split("\n", 1)[1])["output"]
     assert (output["sample_prompts"], output["sample_every"]) == (["ohwx, smiling"], "3e")
     assert "/elsewhere/prompts.txt" not in captured.err and "sample_every_n_*" not in captured.err
+    # lowvram's own config keeps its prompts beside a prompt file, as its flags add one to the other
+    own = tmp_path / "own.toml"
+    own.write_text('[model]\nmodel = "tiny"\n[data]\ndata = "sample"\n[output]\nsample_prompts = ["a dog"]\n')
+    assert main(["train", "--config", str(own), "--sample-prompt-file", str(tmp_path / "prompts.txt"), "--dry-run"]) == 0
+    output = tomllib.loads(capsys.readouterr().out.split("\n", 1)[1])["output"]
+    assert (output["sample_prompts"], output["sample_prompt_file"]) == (["a dog"], str(tmp_path / "prompts.txt"))
 
 
 def test_a_bucket_step_off_the_latent_grid_is_rounded_up_to_it(tmp_path):
