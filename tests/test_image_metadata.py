@@ -130,11 +130,19 @@ def test_a_metadata_csv_in_an_n_name_folder_repeats_and_its_caption_column_can_b
         csv.writer(f).writerows([["file_name", "tags", "rating"], ["a.png", "1girl, smile", "s"]])
     assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
     assert captions_of(report)["10_shapes/b.png"] == "1girl, b"
-    assert ("10_shapes/metadata.csv: not read, as no column of it is named text, caption, prompt and caption files "
+    assert ("10_shapes/metadata.csv: not read, as no column of it is named text, caption, prompt, and caption files "
             "caption its images; to train its captions instead, name their column with --caption-column (its columns "
             "with values: tags, rating)") in " ".join(capsys.readouterr().out.split())
     assert main(["check-data", str(data), "--model", "tiny", "--caption-column", "tags", "--report", str(report)]) == 0
     assert captions_of(report)["10_shapes/a.png"] == "1girl, smile"
+    # an imagefolder's own captions in a column of another name, one stray .txt beside its images: still refused
+    # (passed over, its other images trained on the folder's name)
+    (data / "10_shapes" / "b.txt").unlink()
+    jsonl(data / "10_shapes" / "metadata.jsonl", [{"file_name": "a.png", "long_caption": "a circle"},
+                                                   {"file_name": "b.png", "long_caption": "a square"}])
+    (data / "10_shapes" / "metadata.csv").unlink()
+    assert main(["check-data", str(data), "--model", "tiny"]) == 2
+    assert "no captions in a column named text, caption, prompt" in capsys.readouterr().err
 
 
 def test_a_downloaded_dataset_trains_its_train_split(tmp_path, capsys):

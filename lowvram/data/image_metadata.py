@@ -63,7 +63,7 @@ def folder_metadata(folder: Path, column: str | None, notes: list[str], root: Pa
     filled = [name for name in columns if name != FILE_COLUMN and any(_caption_text(row.get(name)) for _, row in rows)]
     if column is None and filled and not set(CAPTION_COLUMNS) & set(filled) and _captioned_by_files(folder, rows):
         # (a downloader's metadata.csv of tags and ratings beside a tagger's .txt files: kohya reads the .txt)
-        notes.append(f"{_shown(found, root)}: not read, as no column of it is named {', '.join(CAPTION_COLUMNS)} and "
+        notes.append(f"{_shown(found, root)}: not read, as no column of it is named {', '.join(CAPTION_COLUMNS)}, and "
                      f"caption files caption its images; to train its captions instead, name their column with "
                      f"--caption-column (its columns with values: {', '.join(filled[:12])})")
         return None
@@ -80,14 +80,12 @@ NOT_CAPTIONS = (".npz", ".npy", ".json", ".safetensors", ".pt")
 
 
 def _captioned_by_files(folder: Path, rows: list[tuple[int, dict]]) -> bool:
-    """Whether the images a metadata file's first rows name have caption files beside them."""
-    for _, row in rows[:20]:
-        name = row.get(FILE_COLUMN)
-        if isinstance(name, str) and name.strip() and ".." not in name:
-            image = folder / name.strip()
-            if any(image.with_suffix(suffix).is_file() for suffix in CAPTION_SUFFIXES):
-                return True
-    return False
+    """Whether each image a metadata file's first rows name has a caption file beside it (one stray .txt beside an
+    imagefolder's images is no captioning)."""
+    images = [folder / name.strip() for _, row in rows[:20] if isinstance(name := row.get(FILE_COLUMN), str)
+              and name.strip() and ".." not in name]
+    return bool(images) and all(any(image.with_suffix(suffix).is_file() for suffix in CAPTION_SUFFIXES)
+                                for image in images)
 
 
 def _naming_column(folder: Path, rows: list[tuple[int, dict]]) -> str | None:
