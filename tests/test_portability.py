@@ -153,18 +153,30 @@ def test_captions_with_two_extensions_and_a_pasted_line_continuation_are_said_as
     (folder / "dog.png.txt").write_text("a dog")
     run = resolve_run(run_config(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")), NO_GPU)
     report = scan(run, tmp_path / "data", None, None)
-    assert ("2 caption file(s) in 5_dog/ have two extensions, read by none: cat.txt.txt, dog.png.txt (named where "
-            "Windows hides the extensions it knows); rename each as its image, cat.txt") in report.folder_notes
+    assert any(note.startswith("2 caption file(s) in 5_dog/ have two extensions, read by none: cat.txt.txt, "
+                               "dog.png.txt (a downloader's names, or ones made where Windows hides extensions); "
+                               "rename each as its image, cat.txt") for note in report.folder_notes)
     assert not any("an image renamed" in note for note in report.folder_notes)
-    # a downloader's sidecars (gallery-dl's dog.png.txt), a folder of them: named so, with one command for all
-    (folder / "cat.txt.txt").rename(folder / "cat.png.txt")
+    # a downloader's sidecars (gallery-dl's dog.png.txt), a folder of them in a name a shell reads otherwise, their
+    # images of several kinds: named so, with one command for all (it renamed the first's kind alone)
+    odd = tmp_path / "data" / "5_it's $HOME"
+    folder.rename(odd)
+    (odd / "cat.txt.txt").rename(odd / "cat.png.txt")
+    Image.new("RGB", (64, 64)).save(odd / "owl.jpg")
+    (odd / "owl.jpg.caption").write_text("an owl")
     report = scan(run, tmp_path / "data", None, None)
     note = next(note for note in report.folder_notes if "have two extensions" in note)
     assert "(a downloader's names, or ones made where Windows hides extensions); rename each as its image, " \
-           "cat.txt, all at once: " in note
-    if os.name != "nt":  # (the command given runs: PowerShell's on Windows)
-        subprocess.run(["bash", "-c", note.split("all at once: ")[1]], check=True)
-        assert sorted(path.name for path in folder.iterdir()) == ["cat.png", "cat.txt", "dog.png", "dog.txt"]
+           "cat.txt, those of an image's name all at once: (cd " in note
+    if os.name != "nt":  # (the command given runs, in a shell of its own folder: no command is given on Windows)
+        subprocess.run(["bash", "-c", note.split("all at once: ")[1] + " && pwd"], check=True, cwd=tmp_path,
+                       stdout=subprocess.PIPE)
+        assert sorted(path.name for path in odd.iterdir()) == ["cat.png", "cat.txt", "dog.png", "dog.txt",
+                                                               "owl.caption", "owl.jpg"]
+        (odd / "cat.txt").rename(odd / "cat.txt.txt")  # Explorer's alone: renamed by hand
+        assert f"1 caption file(s) in {odd.name}/ have two extensions, read by none: cat.txt.txt (named where Windows " \
+               "hides the extensions it knows); rename each as its image, cat.txt" in scan(
+            run, tmp_path / "data", None, None).folder_notes
     assert main(["train", "--model", "tiny", "^"]) == 2
     assert ("unexpected argument '^': ^ ends a line of a command in Windows' cmd; here a line goes on after \\ (or "
             "write the command on one line)") in capsys.readouterr().err

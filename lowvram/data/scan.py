@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -372,18 +371,21 @@ def nested_option(folder: Path) -> str | None:
 
 
 def _doubled_fix(folder: Path, doubled: list[Path]) -> str:
-    """Why caption files are named cat.png.txt or cat.txt.txt, and how to rename them all as their images'."""
+    """Why caption files are named cat.png.txt or cat.txt.txt, and how to rename them as their images': those of an
+    image's name (a downloader's, gallery-dl's) all at once, in a shell here."""
     first = doubled[0]
-    if Path(first.stem).suffix.lower() in CAPTION_SUFFIXES:
+    sidecars = [path for path in doubled if Path(path.stem).suffix.lower() in IMAGE_SUFFIXES]
+    if not sidecars:
         return f"(named where Windows hides the extensions it knows); rename each as its image, {Path(first.stem).stem}" \
                f"{first.suffix}"
-    ending = f"{Path(first.stem).suffix}{first.suffix}"  # .png.txt: a downloader's (gallery-dl's) sidecar names
-    rename = (f"Get-ChildItem -LiteralPath {shell_line(str(folder))} -Filter '*{ending}' | Rename-Item -NewName "
-              f"{{ $_.Name -replace '{re.escape(ending)}$', '{first.suffix}' }}" if os.name == "nt" else
-              f"cd {shell_line(str(folder))} && for f in *{ending}; do mv -n -- \"$f\" \"${{f%{ending}}}{first.suffix}\"; "
-              "done")
-    return f"(a downloader's names, or ones made where Windows hides extensions); rename each as its image, " \
-           f"{Path(first.stem).stem}{first.suffix}, all at once: {rename}"
+    said = f"(a downloader's names, or ones made where Windows hides extensions); rename each as its image, " \
+           f"{Path(first.stem).stem}{first.suffix}"
+    if os.name == "nt":  # (no command of cmd's or PowerShell's is offered: none is run by the tests)
+        return said
+    endings = " ".join(sorted({f"*{Path(path.stem).suffix}{path.suffix}" for path in sidecars}))
+    # (a.png.txt -> a.txt, my.photo.jpg.caption -> my.photo.caption; in a subshell, the user's own stays where it is)
+    return f"{said}, those of an image's name all at once: (cd {shell_line(str(folder))} && for f in {endings}; do " \
+           "[ ! -e \"$f\" ] || mv -n -- \"$f\" \"${f%.*.*}.${f##*.}\"; done)"
 
 
 def n_name_for(root: Path, name: str, repeats: int) -> str:
