@@ -325,7 +325,9 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
     kept = values.get("keep_tokens")
     values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error
     if kept and "keep_tokens" not in values:  # (said, as kohya_ss users switch shuffling off for a test run)
-        print(f"keep_tokens {kept} (from {args.config or 'the dataset file'}): no effect, as nothing shuffles or drops the tags; --shuffle-tags "
+        source = next(source for layer, source in zip(reversed(layers), (
+            f"--data {flags.get('data')}", str(args.config), f"the preset {args.preset}")) if "keep_tokens" in layer)
+        print(f"keep_tokens {kept} (from {source}): no effect, as nothing shuffles or drops the tags; --shuffle-tags "
               "(kohya's shuffle_caption) or --tag-dropout moves the others", file=sys.stderr)
     if args.config:
         from lowvram.resolve import kohya_model_checked

@@ -511,6 +511,10 @@ def test_a_configs_kept_tags_that_nothing_moves_are_said(tmp_path, capsys):
             "(kohya's shuffle_caption) or --tag-dropout moves the others") in capsys.readouterr().err
     assert main(["train", "--config", str(config), "--dry-run", "--shuffle-tags"]) == 0
     assert "no effect" not in capsys.readouterr().err
+    # a preset's, named as the preset's (it was said to be a dataset file's)
+    assert main(["train", "--model", "tiny", "--data", "sample", "--preset", "character", "--no-shuffle-tags",
+                 "--dry-run"]) == 0
+    assert "keep_tokens 1 (from the preset character): no effect" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("optimizer", ["AdamWScheduleFree", "RAdamScheduleFree"])
