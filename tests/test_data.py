@@ -300,19 +300,25 @@ def test_a_tag_file_of_a_tag_a_line_is_named_and_joined_with_caption_lines_join(
     from lowvram.hardware import NO_GPU
     from lowvram.resolve import resolve_run
 
-    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("1girl\naqua_hair\nhatsune_miku \\(cosplay\\)\n"
-                                                                  "long hair\n")
+    tags = "1girl\naqua_hair\nhatsune_miku \\(cosplay\\)\nlong hair\nsmile\n"
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text(tags)
     records = {}
     for lines in ("first", "join"):
         checked = scan(resolve_run(run_config(data=str(sample_data), caption_lines=lines), NO_GPU), sample_data,
                        "zkw", None)
         records[lines] = next(r for r in checked.usable if r.path.name == "00_red_circle.png")
     assert records["first"].caption == "zkw, 1girl"
-    assert "caption lines: the first of 4 is trained, and they look like tags, one a line (a downloader's tag " \
+    assert "caption lines: the first of 5 is trained, and they look like tags, one a line (a downloader's tag " \
            "file): --caption-lines join trains them all as one caption" in records["first"].notes
     assert (records["join"].caption, records["join"].more_captions) == (
-        "zkw, 1girl, aqua_hair, hatsune_miku \\(cosplay\\), long hair", ())
+        "zkw, 1girl, aqua_hair, hatsune_miku \\(cosplay\\), long hair, smile", ())
     assert not any("caption lines" in note for note in records["join"].notes)
+    # short captions to draw among (OneTrainer's way) are no tags: the usual note (review: join was offered)
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("ohwx woman smiling\nohwx portrait photo\nohwx at "
+                                                                  "the beach\nohwx red dress\nohwx in snow\n")
+    checked = scan(resolve_run(run_config(data=str(sample_data)), NO_GPU), sample_data, "zkw", None)
+    record = next(r for r in checked.usable if r.path.name == "00_red_circle.png")
+    assert "caption lines: the first of 5 is trained (--caption-lines each draws among them)" in record.notes
 
 
 def test_wildcards_make_every_combination_a_caption_of_the_image(tmp_path, sample_data):

@@ -335,17 +335,18 @@ def expand_wildcards(caption: str, limit: int) -> tuple[list[str], int]:
     return captions, count
 
 
-def captions_of(text: str, lines_read: str, wildcards: bool, notes: list[str], separator: str = ","
-                ) -> tuple[list[str], tuple[float, ...]]:
+def captions_of(text: str, lines_read: str, wildcards: bool, notes: list[str], separator: str = ",",
+                tag_file: bool = True) -> tuple[list[str], tuple[float, ...]]:
     """The captions a caption text (its lines) makes, as --caption-lines (`lines_read`) reads them: its first line,
     each line, or the lines joined as tags by `separator`; with `wildcards`, each combination of their {a|b}
     choices. `notes` get a word on the lines left out or the captions made. Also each caption's chance of being
     drawn where they differ (empty where all are equal): as kohya draws a line, then its choices, a line of more
-    combinations is drawn no more often than another."""
+    combinations is drawn no more often than another. `tag_file`: the text is a caption file's, which may be a
+    downloader's tags a line (a metadata file's list is captions)."""
     lines = text.split("\n")
     if len(lines) > 1 and lines_read == "join":
         lines = [(", " if separator == "," else f"{separator} ").join(lines)]
-    elif len(lines) > 1 and lines_read == "first" and _tag_a_line(lines, separator):
+    elif len(lines) > 1 and lines_read == "first" and tag_file and _tag_a_line(lines, separator):
         notes.append(f"caption lines: the first of {len(lines)} is trained, and they look like tags, one a line (a "
                      "downloader's tag file): --caption-lines join trains them all as one caption")
         lines = lines[:1]
@@ -369,9 +370,11 @@ def captions_of(text: str, lines_read: str, wildcards: bool, notes: list[str], s
 
 
 def _tag_a_line(lines: list[str], separator: str) -> bool:
-    """Whether a caption file's lines are tags, one a line (gallery-dl's tag files): three or more, none holding
-    the tag separator nor a sentence's words (a tag line over a description is two captions, not tags)."""
-    return len(lines) >= 3 and all(separator not in line and len(line.split()) <= 4 for line in lines)
+    """Whether a caption file's lines are tags, one a line (gallery-dl's tag files): five or more, none holding the
+    tag separator, {a|b} choices nor a sentence's words, half of them one word (booru tags: 1girl, long_hair); a tag
+    line over a description, or short captions to draw among (ohwx woman smiling), are captions."""
+    return len(lines) >= 5 and all(separator not in line and "{" not in line and len(line.split()) <= 4
+                                   for line in lines) and sum(len(line.split()) == 1 for line in lines) * 2 >= len(lines)
 
 
 def wrapped(prefix: str, line: str, suffix: str) -> str:

@@ -730,7 +730,8 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word or label,
                                                  filename=image.stem.replace("_", " ")).strip()]  # (as SimpleTuner)
     else:
-        lines, weights = captions_of(text, options.caption_lines, options.wildcards, notes, options.caption_separator)
+        lines, weights = captions_of(text, options.caption_lines, options.wildcards, notes, options.caption_separator,
+                                     tag_file=folder.captions is None)
     if any(TRIGGER_PLACEHOLDER in line for line in lines):  # (a template's too: ai-toolkit's default_caption)
         if not options.trigger_word:
             notes.append(f"{TRIGGER_PLACEHOLDER} (ai-toolkit's trigger word placeholder) left out: no "
