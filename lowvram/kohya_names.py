@@ -400,8 +400,8 @@ OTHER_TRAINER_FLAGS = {
     "--hub_model_id": "(lowvram uploads nothing: huggingface-cli upload YOUR_ID OUTPUT_FOLDER)",
     "--hub_token": "(lowvram uploads nothing: huggingface-cli upload YOUR_ID OUTPUT_FOLDER)",
     # (their names, lowvram's flags' look-alikes of other meanings)
-    "--cache_dir": ("(the downloads' cache: HF_HOME; lowvram's --cache-dir is where it keeps its latents and text "
-                    "embeddings)"),
+    "--cache_dir": ("(the diffusers scripts' download cache is HF_HOME here; lowvram's --cache-dir is another "
+                    "thing, where it keeps its latents and text embeddings)"),
     "--train_text_encoder_ti": ("(pivotal tuning, a textual inversion beside the LoRA, is not trained; "
                                 "--train-text-encoder trains a LoRA of the text encoder)"),
     "--image_interpolation_mode": "(not needed: images are resized with Lanczos)",

@@ -378,7 +378,7 @@ def unknown_option_hint(capsys, argv: list[str]) -> str:
     (["train", "--local_rank", "0"], "lowvram has none (not needed: accelerate launch"),  # (was: --rank, the LoRA's)
     (["train", "--train_text_encoder"], "--train_text_encoder is the diffusers scripts' or SimpleTuner's name"),
     # the diffusers scripts' look-alikes of lowvram's flags (each was "did you mean" the other thing)
-    (["train", "--cache_dir", "hf"], "the downloads' cache: HF_HOME; lowvram's --cache-dir is where it keeps"),
+    (["train", "--cache_dir", "hf"], "download cache is HF_HOME here; lowvram's --cache-dir is another thing"),
     (["train", "--train_text_encoder_ti"], "pivotal tuning, a textual inversion beside the LoRA, is not trained"),
     (["train", "--image_interpolation_mode", "lanczos"], "lowvram has none (not needed: images are resized with Lan"),
     (["train", "--instance_prompt=a photo of sks dog"], "unknown option --instance_prompt (--instance_prompt is the"),
