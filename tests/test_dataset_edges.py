@@ -621,3 +621,20 @@ def test_a_folder_named_by_a_date_is_not_read_as_millions_of_repeats(tmp_path, c
     with pytest.raises(NoUsableImages, match=r"; 2019/ holds images but is not named N_name: rename it to 10_2019 "
                                              r"\(each image 10 times per epoch\), or give --data "):
         scan_dataset(tmp_path / "data", TINY, ScanOptions())
+
+
+def test_a_caption_template_no_image_takes_is_said(tmp_path, capsys):
+    """A diffusers user's --instance_prompt, given as --caption-template as the hint says, beside caption files
+    left in the folder: every image trained on its own caption, and nothing said."""
+    folder = tmp_path / "data" / "10_dog"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(folder / "a.png")
+    (folder / "a.txt").write_text("a leftover caption")
+    argv = ["check-data", str(tmp_path / "data"), "--model", "tiny", "--caption-template", "a photo of sks dog"]
+    assert main(argv) == 0
+    assert ("note: --caption-template 'a photo of sks dog' captions none of the 1 images: each has its own caption (a "
+            "caption file or a metadata row), which trains instead; the template is for images without one") in " ".join(
+        capsys.readouterr().out.split())
+    (folder / "a.txt").unlink()
+    assert main(argv) == 0
+    assert "captions none" not in capsys.readouterr().out

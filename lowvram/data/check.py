@@ -229,6 +229,12 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
             notes.append(f"note: {len(found)} of {len(records)} captions hold {example} (in {found[0].relpath}'s), "
                          f"trained as text; pass {' '.join(filter(None, (flag, value)))} to {does}")
     notes += wide_comma_notes(records) if varied else []
+    if records and data.caption_template != fields_by_name()["caption_template"][1].default and not any(
+            "template used" in note for record in records for note in record.notes):
+        # (a diffusers user's --instance_prompt, given as the template: it captions every image there)
+        notes.append(f"note: --caption-template '{data.caption_template}' captions none of the {len(records)} "
+                     "images: each has its own caption (a caption file or a metadata row), which trains instead; the "
+                     "template is for images without one")
     bare = [record for record in records if BARE_EMPHASIS.search(record.caption)] if data.weighted_captions else []
     if bare:  # (a tagger's "hatsune miku (vocaloid)": its series weighed 1.1, and the name parted from it)
         notes.append(f"note: {len(bare)} of {len(records)} captions hold {BARE_EMPHASIS.search(bare[0].caption)[0]} "
