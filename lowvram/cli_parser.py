@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "a single-file checkpoint, any other a diffusers folder (a folder there already, not a model's, "
                     "gets the model as one file in it, as ComfyUI's models/checkpoints): merged.safetensors for a "
                     "single-file model, the folder merged otherwise]", rank_required=False,
-                    precision="the first file's; with --model, the model's (fp16 for a hub or built-in model)")
+                    precision="the first file's; with --model, the model's (fp16 for a hub model, fp32 for a built-in one)")
 
     ext = sub.add_parser("extract", allow_abbrev=False, help="a LoRA from a fine-tuned model and its base (kohya's "
                          "extract_lora_from_models)", description="Write a LoRA of the difference between a "

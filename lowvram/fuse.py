@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError
 from lowvram.files import output_problem
 from lowvram.merge import parse_sources
+from lowvram.models.families import FAMILIES
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +45,9 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
                     precision: str | None = None) -> Fused:
     """Write `model_name` with `sources`' LoRAs (each at its weight) fused in to `output`: a .safetensors file or
     a diffusers folder. `precision` (fp16, bf16, fp32) casts every floating tensor; by default a single file keeps
-    its dtypes, a diffusers folder takes the one most of its weights have, and a hub model is written in fp16."""
+    its dtypes, a diffusers folder takes the one most of its weights have, a hub model is written in fp16 and a
+    built-in one (tiny) in fp32, as it trains (in fp16, transformers 5 loads its text encoder so beside an fp32 U-Net,
+    and a pipeline on the CPU failed)."""
     from lowvram.adapters.lora_files import load_kohya
     from lowvram.adapters.networks import fuse_adapters
     from lowvram.models.detect import checkpoint_storage, detect_family
@@ -54,7 +57,8 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     detect_family(model_name, family)  # a broken or foreign file: its one line, before its header is read
     single = Path(model_name).suffix.lower() == ".safetensors" and Path(model_name).is_file()
     stored = checkpoint_storage(model_name)  # the files loading reads: a folder's .fp16 variants are not
-    working = precision or (HEADER_DTYPES.get(stored[1], "fp16") if stored else "fp16")
+    built_in = model_name in FAMILIES and FAMILIES[model_name].full_size is not None
+    working = precision or (HEADER_DTYPES.get(stored[1], "fp16") if stored else "fp32" if built_in else "fp16")
     model = load_model(model_name, family, dtype=DTYPES[working])
     layers, schedule = [], []
     for path, weight in sources:

@@ -270,3 +270,16 @@ def test_a_model_alone_is_converted_between_a_folder_and_a_single_file(setup, tm
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["model-v1.5.safetensors"]
     assert main(["merge"]) == 2
     assert "give the LoRA files to merge" in capsys.readouterr().err
+
+
+def test_the_built_in_model_converted_to_a_folder_draws_in_diffusers_on_the_cpu(tmp_path):
+    """`merge --model tiny --output FOLDER`, the diffusers pipeline of lowvram's toy model: written in fp16, its text
+    encoder loaded so by transformers 5 beside an fp32 U-Net, and StableDiffusionPipeline failed on a dtype mismatch.
+    Now fp32, as it trains."""
+    from diffusers import StableDiffusionPipeline
+
+    assert main(["merge", "--model", "tiny", "--output", str(tmp_path / "tiny")]) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "tiny"), safety_checker=None)
+    assert pipe.text_encoder.dtype == pipe.unet.dtype == torch.float32
+    image = pipe("a cat", height=64, width=64, num_inference_steps=2, output_type="np").images[0]
+    assert np.isfinite(image).all()
