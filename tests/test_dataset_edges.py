@@ -638,3 +638,21 @@ def test_a_caption_template_no_image_takes_is_said(tmp_path, capsys):
     (folder / "a.txt").unlink()
     assert main(argv) == 0
     assert "captions none" not in capsys.readouterr().out
+
+
+def test_sentence_captions_a_shuffle_would_cut_are_said(tmp_path, capsys):
+    """An illustrator's own sentences under --preset style, which shuffles tags: cut at each comma and reordered,
+    unsaid (kohya shuffles only when asked)."""
+    folder = tmp_path / "data" / "10_style"
+    folder.mkdir(parents=True)
+    for name, caption in (("a", ("an oil painting of a cup on a table, painted with thick impasto brushstrokes and "
+                                "palette knife marks, in a warm ochre palette")), ("b", "elodiestyle, 1girl, red hair")):
+        Image.new("RGB", (64, 64)).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(caption)
+    argv = ["check-data", str(tmp_path / "data"), "--model", "tiny"]
+    assert main([*argv, "--preset", "style"]) == 0
+    assert ("note: 1 of 2 captions are sentences (in 10_style/a.png's, 'painted with thick impasto brushstrokes and "
+            "palette knife …'), which tag shuffling cuts at each ',' and reorders; pass --no-shuffle-tags to train them "
+            "as written") in " ".join(capsys.readouterr().out.split())
+    assert main(argv) == 0
+    assert "are sentences" not in capsys.readouterr().out  # (nothing cuts them)

@@ -350,8 +350,11 @@ def captions_of(text: str, lines_read: str, wildcards: bool, notes: list[str], s
         notes.append(f"caption lines: the first of {len(lines)} is trained, and they look like tags, one a line (a "
                      "downloader's tag file): --caption-lines join trains them all as one caption")
         lines = lines[:1]
-    elif len(lines) > 1 and lines_read == "first":
-        notes.append(f"caption lines: the first of {len(lines)} is trained (--caption-lines each draws among them)")
+    elif len(lines) > 1 and lines_read == "first":  # (a paragraph Notepad wrapped: its second sentence lost, unsaid)
+        whole = "; a paragraph over several lines trains whole written on one" * all(
+            len(line.split()) >= 5 for line in lines)
+        notes.append(f"caption lines: the first of {len(lines)} is trained (--caption-lines each draws among them"
+                     f"{whole})")
         lines = lines[:1]
     elif len(lines) > 1:
         notes.append(f"caption lines: one of {len(lines)} drawn each time the image is trained")

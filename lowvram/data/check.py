@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import re
+import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,15 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
             notes.append(f"note: {len(found)} of {len(records)} captions hold {example} (in {found[0].relpath}'s), "
                          f"trained as text; pass {' '.join(filter(None, (flag, value)))} to {does}")
     notes += wide_comma_notes(records) if varied else []
+    prose = [record for record in records if _sentences(record.caption, data.caption_separator)] if (
+        data.shuffle_tags or data.tag_dropout) else []
+    if prose:  # (a style preset's shuffle over an illustrator's own sentences: clauses reordered, unsaid)
+        shown = max(prose[0].caption.split(data.caption_separator), key=len).strip()
+        fix = " ".join(["--no-shuffle-tags"] * data.shuffle_tags + ["--tag-dropout 0"] * bool(data.tag_dropout))
+        notes.append(f"note: {len(prose)} of {len(records)} captions are sentences (in {prose[0].relpath}'s, "
+                     f"'{textwrap.shorten(shown, 60, placeholder=' …')}'), which {'tag shuffling' if data.shuffle_tags else 'tag dropout'} cuts at each "
+                     f"'{data.caption_separator}' and {'reorders' if data.shuffle_tags else 'drops'}; pass {fix} to "
+                     "train them as written")
     if records and data.caption_template != fields_by_name()["caption_template"][1].default and not any(
             "template used" in note for record in records for note in record.notes):
         # (a diffusers user's --instance_prompt, given as the template: it captions every image there)
@@ -249,6 +259,13 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
                      "which shuffling and tag dropout part as two tags, its brackets unpaired (as kohya's do); give "
                      "each tag its own brackets, (smile:1.3), (blush:1.3)")
     return notes
+
+
+def _sentences(caption: str, separator: str) -> bool:
+    """Whether a caption is written as sentences rather than tags: its parts between separators are of five words
+    or more on average (booru tags and a tagger's are of one to three)."""
+    parts = [part.split() for part in caption.split(separator) if part.strip()]
+    return bool(parts) and sum(map(len, parts)) >= 5 * len(parts)
 
 
 def _emphasis_across(separator: str) -> re.Pattern[str]:
