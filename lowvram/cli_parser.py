@@ -85,9 +85,9 @@ class _Parser(argparse.ArgumentParser):
 
             flags = [o for a in self._actions for o in a.option_strings]
             command = self.prog.split()[-1]  # (a typo beside them answered too: else it came on the next run)
-            hints = [kohya_hint(word, command, flags) or (_closest_flag(word.split("=")[0], flags, command)
-                                                          if word.split("=")[0] not in flags else None)
-                     for word in getattr(self, "_given", ()) if word.startswith("--")]
+            # (a flag of its own is answered by nothing: its kohya look-alike's hint named it as its own replacement)
+            hints = [kohya_hint(word, command, flags) or _closest_flag(word.split("=")[0], flags, command)
+                     for word in getattr(self, "_given", ()) if word.startswith("--") and word.split("=")[0] not in flags]
             message += "".join(f"; {hint}" for hint in hints if hint)
         elif "unrecognized arguments:" in message:
             from lowvram.kohya_names import is_other_tools_flag, kohya_hint

@@ -509,6 +509,10 @@ def test_a_kohya_command_missing_lowvrams_required_flags_is_answered_in_kohyas_n
     assert one_line(capsys, ["resize", "x.safetensors", "--new_rank", "4", "--save_precision", "fp16"]).endswith(
         "lowvram resize's is --rank; --save_precision is from kohya's resize_lora.py; lowvram resize's is "
         "--save-precision (see lowvram resize --help)")  # (it was "did you mean": kohya's own name now)
+    # lowvram's own flags beside them are no kohya names (--dynamic-param "is from kohya's ...; lowvram's is
+    # --dynamic-param")
+    assert one_line(capsys, ["resize", "x.safetensors", "--dynamic", "sv_fro", "--dynamic-param", "0.9"]) == (
+        "lowvram resize: error: the following arguments are required: --rank (see lowvram resize --help)")
     assert one_line(capsys, ["generate", "--model", "tiny", "--W", "64"]).endswith(
         "--W is from kohya's gen_img.py; lowvram generate's is --width (or \"--w W\" inside --prompt) (see lowvram "
         "generate --help)")
