@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowvram.errors import LowvramError
-from lowvram.files import expand_home, output_problem
+from lowvram.files import expand_home, lora_output_problem
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> Extracted:
         problems.append(f"--min-diff: must be 0 or more, got {args.min_diff:g}")
     if same_model(args.base, args.tuned):
         problems.append("--tuned: the same file as --base; nothing to extract (give the fine-tuned model)")
-    written = output_problem(args.output, [Path(args.base), Path(args.tuned)], args.overwrite)
+    written = lora_output_problem(args.output, [Path(args.base), Path(args.tuned)], args.overwrite)
     if written:
         problems.append(written)
     if problems:

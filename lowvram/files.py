@@ -482,6 +482,17 @@ def name_length(name: str, windows: bool = os.name == "nt") -> int:
     return len(name.encode("utf-16-le")) // 2 if windows else len(os.fsencode(name))
 
 
+def lora_output_problem(output: Path, inputs: list[Path], overwrite: bool) -> str | None:
+    """`output_problem` for a LoRA file written (resize, merge, extract): a .safetensors name, never a folder (a UI's
+    loras/ folder was refused as existing, and its --overwrite failed after the work)."""
+    output = expand_home(output)
+    if output.is_dir():
+        return f"--output: {output} is a folder; name the LoRA file in it, e.g. {output / 'NAME.safetensors'}"
+    if output.suffix.lower() != ".safetensors":  # (a LoRA under a pickle's name would be refused as one, here too)
+        return f"--output: {output}: a LoRA is written as .safetensors; name it {output.with_suffix('.safetensors')}"
+    return output_problem(output, inputs, overwrite)
+
+
 def output_problem(output: Path, inputs: list[Path], overwrite: bool, flag: str = "--output") -> str | None:
     """Why `output` must not be written, in one line: it is one of the files `inputs` being read (or inside a
     folder being read: a diffusers model's), whatever --overwrite says; or it exists and `overwrite` is off.

@@ -35,7 +35,7 @@ else:
     import tomli as tomllib
 
 from lowvram.errors import LowvramError
-from lowvram.files import output_problem
+from lowvram.files import lora_output_problem
 from lowvram.lora_header import base_model_metadata, no_layers_reason
 from lowvram.lora_metadata import RECIPE_KEY, save_lora
 from lowvram.run_files import lora_in_folder
@@ -288,9 +288,7 @@ def option_problems(args: argparse.Namespace, output: Path, inputs: list[Path]) 
                         f"{args.dynamic_param:g}")
     elif args.dynamic_param is not None and not args.dynamic:
         problems.append("--dynamic-param: only used with --dynamic; add it or drop --dynamic-param")
-    if output.suffix.lower() != ".safetensors":  # a LoRA under a pickle's name would be refused as one, here too
-        problems.append(f"--output: {output}: a LoRA is written as .safetensors; name it {output.stem}.safetensors")
-    elif written := output_problem(output, inputs, args.overwrite):
+    if written := lora_output_problem(output, inputs, args.overwrite):
         problems.append(written)
     return problems
 

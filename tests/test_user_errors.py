@@ -151,9 +151,17 @@ def test_a_file_where_a_folder_or_a_safetensors_name_belongs_is_named(tmp_path, 
         capsys.readouterr()
     lora = train(run_config(output=str(tmp_path / "run"), max_steps=1)).lora_path
     capsys.readouterr()
-    for command in (["resize", str(lora), "--rank", "2"], ["merge", str(lora), "--rank", "2"]):
+    # extract too (it wrote one, which lowvram then refused as a pickle); a UI's loras/ folder is named as one (it
+    # was told to add --overwrite, which failed after the work)
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    for command in (["resize", str(lora), "--rank", "2"], ["merge", str(lora), "--rank", "2"],
+                    ["extract", "--base", "tiny", "--tuned", str(lora.parent / "missing.safetensors"), "--rank", "2"]):
         assert main([*command, "--output", str(tmp_path / "small.ckpt")]) == 2
-        assert "a LoRA is written as .safetensors; name it small.safetensors" in one_error(capsys)
+        assert f"a LoRA is written as .safetensors; name it {tmp_path / 'small.safetensors'}" in one_error(capsys)
+        assert main([*command, "--output", str(loras), "--overwrite"]) == 2
+        assert (f"--output: {loras} is a folder; name the LoRA file in it, e.g. {loras / 'NAME.safetensors'}"
+                in one_error(capsys))
     assert not (tmp_path / "small.ckpt").exists()
 
 
