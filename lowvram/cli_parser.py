@@ -510,9 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     precision = _spelled_by(save_precision_name)  # kohya's float is fp32
     ext.add_argument("--save-precision", type=precision, choices=SAVE_PRECISION, default="fp16",
                      help="its dtype [default: fp16]")
-    ext.add_argument("--load-precision", type=precision, choices=SAVE_PRECISION, default="fp16",
-                     help="the models' dtype on the CPU "
-                     "(fp32 takes twice the host RAM) [default: fp16]")
+    ext.add_argument("--load-precision", type=precision, choices=SAVE_PRECISION,
+                     help="the models' dtype on the CPU (fp32 takes twice the host RAM) [default: fp16 where both "
+                     "are stored in fp16, else fp32, as kohya's loads them as stored]")
     ext.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     return parser
 

@@ -3,8 +3,9 @@ model it was tuned from, as kohya's extract_lora_from_models.py makes one. Each 
 cut by its singular values to --rank (--conv-rank for the 3x3 convolutions of --lora-layers full), its factors'
 values clamped at a quantile as kohya's are (--clamp-quantile, 0.99), and written as a kohya LoRA at alpha = rank.
 A text encoder is extracted only where it changed by more than --min-diff (kohya's 0.01): tuned models often
-leave theirs as they were. Both models load on the CPU (fp16 unless --load-precision says otherwise: a
-small change survives fp16's rounding, not bf16's); each layer is split in fp32. No GPU is needed.
+leave theirs as they were. Both models load on the CPU, in fp16 where both are stored so, else in fp32 (or
+--load-precision's: a small change survives fp16's rounding, not bf16's); each layer is split in fp32. No GPU is
+needed.
 """
 
 from __future__ import annotations
@@ -167,8 +168,14 @@ def run(args: argparse.Namespace) -> Extracted:
         problems.append(written)
     if problems:
         raise LowvramError("\n".join(problems))
+    from lowvram.models.detect import stored_precision
+
+    # as the models are stored, as kohya's loads them: fp16 where both are, else fp32 (an fp32 model's small change
+    # lost up to a fifth of itself to fp16's rounding, which the kept share, of the rounded change, did not show)
+    loading = args.load_precision or ("fp16" if {stored_precision(args.base), stored_precision(args.tuned)} == {
+        "fp16"} else "fp32")
     return extract(args.base, args.tuned, args.rank, args.output, args.lora_layers, args.conv_rank, args.min_diff,
-                   args.clamp_quantile, args.save_precision, args.model_family, args.load_precision)
+                   args.clamp_quantile, args.save_precision, args.model_family, loading)
 
 
 def summary(result: Extracted) -> str:

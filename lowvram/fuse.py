@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError
 from lowvram.files import output_problem
 from lowvram.merge import parse_sources
-from lowvram.models.families import FAMILIES
 
 if TYPE_CHECKING:
     import torch
@@ -29,9 +28,6 @@ if TYPE_CHECKING:
     from lowvram.models.loading import LoadedModel
 
 # a single file's dtype as its header names it
-HEADER_DTYPES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32"}
-
-
 @dataclass(frozen=True)
 class Fused:
     path: Path
@@ -50,15 +46,13 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     and a pipeline on the CPU failed)."""
     from lowvram.adapters.lora_files import load_kohya
     from lowvram.adapters.networks import fuse_adapters
-    from lowvram.models.detect import checkpoint_storage, detect_family
+    from lowvram.models.detect import detect_family, stored_precision
     from lowvram.models.loading import SCHEDULE_MARKERS, follow_lora_schedule, load_model
     from lowvram.precision import DTYPES
 
     detect_family(model_name, family)  # a broken or foreign file: its one line, before its header is read
     single = Path(model_name).suffix.lower() == ".safetensors" and Path(model_name).is_file()
-    stored = checkpoint_storage(model_name)  # the files loading reads: a folder's .fp16 variants are not
-    built_in = model_name in FAMILIES and FAMILIES[model_name].full_size is not None
-    working = precision or (HEADER_DTYPES.get(stored[1], "fp16") if stored else "fp32" if built_in else "fp16")
+    working = precision or stored_precision(model_name)  # (a folder's .fp16 variants are not what loading reads)
     model = load_model(model_name, family, dtype=DTYPES[working])
     layers, schedule = [], []
     for path, weight in sources:

@@ -70,9 +70,9 @@ def tuned(tmp_path_factory):
 def test_the_extracted_lora_gives_the_tuned_model_back(tuned, tmp_path, capsys):
     folder, lora = tuned
     out = tmp_path / "extracted.safetensors"
+    # (loaded as stored, fp32 here, as kohya's loads them: fp16 lost up to a fifth of an fp32 model's change)
     assert main(["extract", "--base", "tiny", "--tuned", str(folder), "--rank", "4", "--lora-layers", "full",
-                 "--clamp-quantile", "1", "--load-precision", "fp32", "--save-precision", "fp32",
-                 "--output", str(out)]) == 0
+                 "--clamp-quantile", "1", "--save-precision", "fp32", "--output", str(out)]) == 0
     assert re.search(r"\d+ layers of the U-Net and \d+ of text_encoder;", capsys.readouterr().out)
     extracted, trained = load_file(str(out)), load_file(str(lora))
     assert set(extracted) == set(trained)  # the same layers, under kohya's names

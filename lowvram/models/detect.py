@@ -229,6 +229,18 @@ def folder_variant(path: Path) -> str | None:
     return None
 
 
+HEADER_DTYPES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32"}  # safetensors' names: lowvram's
+
+
+def stored_precision(model: str) -> str:
+    """The precision a model's weights are stored in, as loading them keeps them: a local safetensors model's own,
+    fp32 for a built-in one (tiny, as it trains), else fp16 (a hub model's)."""
+    if model in FAMILIES and FAMILIES[model].full_size is not None:
+        return "fp32"
+    stored = checkpoint_storage(model)
+    return HEADER_DTYPES.get(stored[1], "fp16") if stored else "fp16"
+
+
 def checkpoint_storage(model: str) -> tuple[int, str] | None:
     """(bytes on disk, the dtype most of its weight bytes are stored in) of a local safetensors model: a single
     file, or the files of a diffusers folder that loading reads (not its .fp16 variants); None for a hub id, a
