@@ -465,9 +465,6 @@ def _run_command(argv: list[str] | None) -> int:
                     raise LowvramError(_moved_hint(str(exc), args)) from None
                 for note in sample_prompt_notes(config) + idle_option_notes(config):
                     print(note, file=sys.stderr)
-                if "output" not in values:  # (a command pasted from plan's: the LoRA named "output" in a UI's list)
-                    print(f"--output not given: the run's folder is {config.output_dir}, its LoRA "
-                          f"{config.output_name}.safetensors (--output DIR names both)", file=sys.stderr)
                 for flag, size in (("--vram", args.vram), ("--ram", args.ram)):
                     if size and not args.auto:
                         raise LowvramError(f"{flag}: only used with --auto; add --auto or drop {flag}")
