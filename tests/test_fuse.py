@@ -283,3 +283,16 @@ def test_the_built_in_model_converted_to_a_folder_draws_in_diffusers_on_the_cpu(
     assert pipe.text_encoder.dtype == pipe.unet.dtype == torch.float32
     image = pipe("a cat", height=64, width=64, num_inference_steps=2, output_type="np").images[0]
     assert np.isfinite(image).all()
+
+
+def test_a_hub_model_is_written_and_extracted_in_fp16_and_a_built_in_one_in_fp32(tmp_path):
+    """merge --model and extract take the precision a model is stored in: sd15 and sdxl (hub models, loaded in
+    fp16) stayed fp16 when the built-in tiny became fp32 (review: every family was taken as built-in)."""
+    from lowvram.models.detect import stored_precision
+
+    assert [stored_precision(name) for name in ("sd15", "sdxl", "tiny", "tiny-sdxl")] == ["fp16", "fp16", "fp32", "fp32"]
+    model = load_model("tiny")
+    checkpoint = tmp_path / "fp16.safetensors"
+    save_file({k: v.half() for k, v in sd15_single_file(model.unet, model.vae, model.pipeline.text_encoder).items()},
+              str(checkpoint))
+    assert stored_precision(str(checkpoint)) == "fp16"

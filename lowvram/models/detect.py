@@ -234,8 +234,8 @@ HEADER_DTYPES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32"}  # safetensors' n
 
 def stored_precision(model: str) -> str:
     """The precision a model's weights are stored in, as loading them keeps them: a local safetensors model's own,
-    fp32 for a built-in one (tiny, as it trains), else fp16 (a hub model's)."""
-    if model in FAMILIES and FAMILIES[model].full_size is not None:
+    fp32 for a built-in one (tiny, as it trains), else fp16 (a hub model's, as lowvram loads one)."""
+    if model in FAMILIES and FAMILIES[model].full_size:  # (a shrunk family: sd15's and sdxl's are "")
         return "fp32"
     stored = checkpoint_storage(model)
     return HEADER_DTYPES.get(stored[1], "fp16") if stored else "fp16"
