@@ -656,3 +656,9 @@ def test_sentence_captions_a_shuffle_would_cut_are_said(tmp_path, capsys):
             "as written") in " ".join(capsys.readouterr().out.split())
     assert main(argv) == 0
     assert "are sentences" not in capsys.readouterr().out  # (nothing cuts them)
+    # short clauses are cut too; a trigger and one sentence, the trigger kept, have nothing to move (review)
+    (folder / "a.txt").write_text("A woman sits on a chair, holding a cup, smiling at the camera, in a bright room.")
+    (folder / "b.txt").write_text("ohwx, a photo of a woman with red hair standing in a park")
+    assert main([*argv, "--preset", "character"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "note: 1 of 2 captions are sentences (in 10_style/a.png's" in said, said

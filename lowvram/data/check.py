@@ -230,8 +230,8 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
             notes.append(f"note: {len(found)} of {len(records)} captions hold {example} (in {found[0].relpath}'s), "
                          f"trained as text; pass {' '.join(filter(None, (flag, value)))} to {does}")
     notes += wide_comma_notes(records) if varied else []
-    prose = [record for record in records if _sentences(record.caption, data.caption_separator)] if (
-        data.shuffle_tags or data.tag_dropout) else []
+    prose = [record for record in records if _sentences(record.caption, data.keep_tokens)] if (
+        data.shuffle_tags or data.tag_dropout) and data.caption_separator == "," else []  # (another: chosen for it)
     if prose:  # (a style preset's shuffle over an illustrator's own sentences: clauses reordered, unsaid)
         shown = max(prose[0].caption.split(data.caption_separator), key=len).strip()
         fix = " ".join(["--no-shuffle-tags"] * data.shuffle_tags + ["--tag-dropout 0"] * bool(data.tag_dropout))
@@ -261,11 +261,12 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
     return notes
 
 
-def _sentences(caption: str, separator: str) -> bool:
-    """Whether a caption is written as sentences rather than tags: its parts between separators are of five words
-    or more on average (booru tags and a tagger's are of one to three)."""
-    parts = [part.split() for part in caption.split(separator) if part.strip()]
-    return bool(parts) and sum(map(len, parts)) >= 5 * len(parts)
+def _sentences(caption: str, kept: int) -> bool:
+    """Whether a caption is written as sentences that its commas part into clauses a shuffle or tag dropout would
+    move: two or more parts past the `kept` ones, of 3.5 words or more on average (booru tags and a tagger's are of
+    one to three: 'long hair', 'looking at viewer')."""
+    parts = [part.split() for part in caption.split(",") if part.strip()]
+    return len(parts) - kept >= 2 and sum(map(len, parts)) >= 3.5 * len(parts)
 
 
 def _emphasis_across(separator: str) -> re.Pattern[str]:
